@@ -1,0 +1,122 @@
+"""The gateway's error tree. Each error knows its HTTP status and a stable reason id.
+
+The reason id is what the error page, the JSON body and the access log all carry, so an operator can
+grep one identifier from a user's screenshot to the log line.
+
+    GatewayError                        (500 internal)
+    ├── ConfigError                     not an HTTP error: the config file is invalid (names key and line)
+    ├── BadRequest                      400
+    │   ├── BadPath                     400 path is ambiguous or malformed (invariant 1)
+    │   └── BadHeaders                  400 header block malformed
+    ├── HeadersTooLarge                 431
+    ├── BodyTooLarge                    413
+    ├── NoRoute                         404 no route for this host and path
+    ├── AuthenticationRequired          401 sign-in needed
+    ├── Forbidden                       403 denied by policy
+    ├── UpstreamError                   502 upstream failed (connection refused, reset, bad response)
+    ├── UpstreamTimeout                 504 upstream too slow
+    └── ServiceUnavailable              503 no healthy upstream / store unreachable
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationRequired",
+    "BadHeaders",
+    "BadPath",
+    "BadRequest",
+    "BodyTooLarge",
+    "ConfigError",
+    "Forbidden",
+    "GatewayError",
+    "HeadersTooLarge",
+    "NoRoute",
+    "ServiceUnavailable",
+    "UpstreamError",
+    "UpstreamTimeout",
+]
+
+
+class GatewayError(Exception):
+    """Base class. ``status`` is the HTTP answer; ``reason`` a stable machine-readable id."""
+
+    status: int = 500
+    reason: str = "internal-error"
+    title: str = "Something went wrong"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid. ``str(err)`` is the full human-readable report."""
+
+    reason = "config-invalid"
+    title = "Configuration error"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    reason = "bad-request"
+    title = "Bad request"
+
+
+class BadPath(BadRequest):
+    reason = "bad-path"
+    title = "Ambiguous or malformed path"
+
+
+class BadHeaders(BadRequest):
+    reason = "bad-headers"
+    title = "Malformed request headers"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    reason = "headers-too-large"
+    title = "Request headers too large"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    reason = "body-too-large"
+    title = "Request body too large"
+
+
+class NoRoute(GatewayError):
+    status = 404
+    reason = "no-route"
+    title = "Not found"
+
+
+class AuthenticationRequired(GatewayError):
+    status = 401
+    reason = "authentication-required"
+    title = "Sign-in required"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    reason = "forbidden"
+    title = "Access denied"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    reason = "upstream-error"
+    title = "Bad gateway"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    reason = "upstream-timeout"
+    title = "Gateway timeout"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    reason = "unavailable"
+    title = "Service unavailable"

@@ -1,0 +1,158 @@
+"""The shape of the configuration file, as frozen msgspec structs.
+
+Everything here is declarative: the loader (``gateway.settings.loader``) turns YAML into these
+structs, resolving ``${env:NAME}`` / ``${file:PATH}`` secrets and reporting errors by key path and
+line. Derived, normalised views (canonical hosts, parsed upstream URLs) are computed by the consumers
+that need them (the router, the upstream pools), so this module stays a plain description.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "ActiveHealthCheck",
+    "ByteSize",
+    "Duration",
+    "IdentityProvider",
+    "Limits",
+    "MfaPolicy",
+    "PassiveHealthCheck",
+    "Route",
+    "ServerSettings",
+    "SessionSettings",
+    "Settings",
+    "StateSettings",
+    "StorageSettings",
+    "Timeouts",
+    "TlsSettings",
+]
+
+
+class Duration(float):
+    """Seconds. Written in the file as a number of seconds or ``500ms``, ``30s``, ``15m``, ``12h``, ``7d``."""
+
+
+class ByteSize(int):
+    """Bytes. Written in the file as a number or ``64KiB``, ``10MiB``, ``1GiB`` (also kB/MB/GB, powers of 10)."""
+
+
+class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base: immutable, and an unknown key is an error (a typo must not silently do nothing)."""
+
+
+class TlsSettings(_Config):
+    certificate: str
+    key: str
+    min_version: Literal["1.2", "1.3"] = "1.3"
+
+
+class StorageSettings(_Config):
+    # None: a SQLite file inside data_dir (the embedded single-node default).
+    url: str | None = None
+    pool_size: int = 10
+    echo: bool = False
+
+
+class StateSettings(_Config):
+    # None: in-process state (one node). redis://, rediss://, redis+sentinel://, redis+cluster://
+    redis_url: str | None = None
+
+
+class SessionSettings(_Config):
+    idle_timeout: Duration = Duration(30 * 60)
+    lifetime: Duration = Duration(12 * 3600)
+    cookie_name: str = "__Host-gateway_session"
+    # Only for plain-HTTP development on localhost; never in production.
+    insecure_cookies: bool = False
+
+
+class IdentityProvider(_Config):
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: str | None = None
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+
+
+class Timeouts(_Config):
+    connect: Duration = Duration(5)
+    # Time to wait for the upstream's response headers.
+    response: Duration = Duration(60)
+    # Longest silence while streaming a body in either direction.
+    idle: Duration = Duration(300)
+
+
+class ActiveHealthCheck(_Config):
+    path: str = "/"
+    interval: Duration = Duration(10)
+    timeout: Duration = Duration(2)
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_status: tuple[int, int] = (200, 399)
+
+
+class PassiveHealthCheck(_Config):
+    # Consecutive connect failures or 5xx-free transport errors before a target is ejected.
+    consecutive_failures: int = 5
+    ejection_time: Duration = Duration(30)
+
+
+class MfaPolicy(_Config):
+    require: Literal["none", "required", "webauthn"] = "none"
+    max_age: Duration | None = None
+
+
+class Route(_Config):
+    name: str
+    host: str
+    upstreams: tuple[str, ...]
+    path: str = "/"
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    timeouts: Timeouts = Timeouts()
+    websockets: bool = True
+    preserve_host: bool = False
+    public_paths: tuple[str, ...] = ()
+    # "none" | "required" | "webauthn", or {require: …, max_age: 15m}; normalised by Route.mfa_policy.
+    mfa: Literal["none", "required", "webauthn"] | MfaPolicy = "required"
+    allow_path_params: bool = False
+    request_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    response_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    health_check: ActiveHealthCheck | None = None
+    passive_health_check: PassiveHealthCheck = PassiveHealthCheck()
+    max_body_size: ByteSize | None = None
+
+    @property
+    def mfa_policy(self) -> MfaPolicy:
+        return self.mfa if isinstance(self.mfa, MfaPolicy) else MfaPolicy(require=self.mfa)
+
+
+class Limits(_Config):
+    max_header_bytes: ByteSize = ByteSize(32 * 1024)
+    max_body_size: ByteSize = ByteSize(1024**3)
+    # Upstream connections kept per worker (keep-alive pool).
+    max_upstream_connections: int = 512
+
+
+class ServerSettings(_Config):
+    workers: int = 1
+    # Seconds in-flight requests get to finish on shutdown before workers are stopped.
+    graceful_timeout: Duration = Duration(30)
+
+
+class Settings(_Config):
+    public_url: str
+    listen: str = "127.0.0.1:8080"
+    data_dir: str = "./gateway-data"
+    storage: StorageSettings = StorageSettings()
+    state: StateSettings = StateSettings()
+    trusted_proxies: tuple[str, ...] = ()
+    tls: TlsSettings | None = None
+    session: SessionSettings = SessionSettings()
+    server: ServerSettings = ServerSettings()
+    limits: Limits = Limits()
+    identity_providers: tuple[IdentityProvider, ...] = ()
+    routes: tuple[Route, ...] = ()
