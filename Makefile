@@ -1,0 +1,43 @@
+# Developer commands. `make help` lists them. Everything installs through the project's own files:
+# uv (bootstrapped into .tools/ when missing) and uv.lock for Python; scripts/ for system peers.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help quickstart install test test-deps lint fmt typecheck bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	python3 -m venv .tools && .tools/bin/pip install --quiet uv
+
+install: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)  ## install the gateway and its dependencies (.venv)
+	$(UV) sync --frozen
+
+quickstart: install  ## run the gateway in front of the bundled echo app (http://127.0.0.1:8080)
+	.venv/bin/gateway quickstart
+
+test-deps: install  ## make sure Redis, PostgreSQL and the test peers (nginx, openssl, wrk…) are present
+	scripts/ensure-test-deps
+
+test: test-deps  ## install everything tests need and run the whole suite
+	.venv/bin/pytest
+
+lint: install  ## ruff + mypy
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+fmt: install  ## format the code
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: test-deps  ## side-by-side measurement: direct, nginx, bare ASGI proxy, gateway
+	.venv/bin/python -m loadtests.measure
+
+bench-quick: test-deps  ## the short smoke version of the measurement
+	.venv/bin/python -m loadtests.measure --quick
+
+clean:  ## remove the virtualenv and caches
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,239 @@
+"""The proxy stage: stream one HTTP exchange to an upstream target and back.
+
+Bodies are never buffered whole: the request body is pulled from the ASGI ``receive`` channel as
+aiohttp writes it upstream, and the response is pushed to ``send`` chunk by chunk, so memory stays
+flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
+(502/503/504, rendered by the caller); failures after it started can only abort the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.pipeline.asgi import Receive, Send
+from gateway.pipeline.headers import clean_response_headers
+from gateway.state import RouteRuntime
+from gateway.upstream import Target
+
+__all__ = ["ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
+
+logger = logging.getLogger("gateway.proxy")
+
+# Methods RFC 9110 §9.2.2 calls idempotent: safe to send again to another target after a connect failure.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Never let aiohttp invent headers the client did not send: the upstream must see the client's request.
+_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ClientDisconnected(Exception):  # noqa: N818 - an event, not an error condition
+    """The client went away while its request body was being forwarded."""
+
+
+@dataclass(slots=True)
+class ProxyOutcome:
+    """What happened, for the access log."""
+
+    status: int = 0
+    target: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    attempts: int = 0
+
+
+class _RequestBody:
+    """Pulls the request body from ASGI as aiohttp writes it, enforcing the size limit."""
+
+    __slots__ = ("done", "limit", "read", "receive", "started")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.read = 0
+        self.started = False
+        self.done = asyncio.Event()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        try:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk: bytes = message.get("body", b"")
+                self.read += len(chunk)
+                if self.read > self.limit:
+                    raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            self.done.set()
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    length: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return chunked or bool(length), length
+
+
+async def forward_http(
+    *,
+    method: str,
+    path_and_query: str,
+    headers: list[tuple[bytes, bytes]],
+    receive: Receive,
+    send: Send,
+    rt: RouteRuntime,
+    session: aiohttp.ClientSession,
+    request_id: str,
+    outcome: ProxyOutcome,
+) -> None:
+    """Send the request to a target of the route's pool and stream the answer back.
+
+    ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`) except for ``host``,
+    which is filled in per target unless the route preserves the client's.
+
+    Raises:
+        BodyTooLarge, UpstreamError, UpstreamTimeout, ServiceUnavailable: before the response started.
+        ClientDisconnected: the client left while sending its body.
+    """
+    has_body, length = _has_body(headers)
+    if length is not None and length > rt.max_body_size:
+        raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
+    body = _RequestBody(receive, rt.max_body_size) if has_body else None
+    str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"transfer-encoding"]
+    pool = rt.pool
+    target = pool.pick()
+    retried = False
+    while True:
+        outcome.attempts += 1
+        outcome.target = target.url
+        try:
+            resp = await _open(method, target, path_and_query, str_headers, body, rt, session)
+            break
+        except aiohttp.ClientConnectorError as exc:
+            pool.release(target, ok=False)
+            failure = UpstreamError(f"Could not connect to the application ({type(exc).__name__}).")
+            # A connection that was never made carried no bytes: another target may safely try,
+            # but only once, and only if replaying cannot repeat a side effect.
+            if retried or method not in _IDEMPOTENT or (body is not None and body.started):
+                raise failure from exc
+            try:
+                target = pool.pick(exclude=target)
+            except ServiceUnavailable:
+                raise failure from exc
+            retried = True
+        except TimeoutError as exc:
+            pool.release(target, ok=False)
+            raise UpstreamTimeout("The application did not answer in time.") from exc
+        except (BodyTooLarge, ClientDisconnected):
+            pool.release(target, ok=True)
+            raise
+        except aiohttp.ClientError as exc:
+            pool.release(target, ok=False)
+            if body is not None and body.read > rt.max_body_size:
+                raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.") from exc
+            raise UpstreamError(f"The application closed the connection ({type(exc).__name__}).") from exc
+    outcome.bytes_in = body.read if body else 0
+    try:
+        await _relay(resp, method, send, rt, request_id, outcome)
+        pool.release(target, ok=True)
+    except BaseException:
+        pool.release(target, ok=False)
+        raise
+    finally:
+        resp.release()
+
+
+def host_header(target: Target) -> str:
+    """The Host an upstream expects: its own name, with the port unless it is the scheme's default."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = 443 if target.scheme == "https" else 80
+    return host if target.port == default else f"{host}:{target.port}"
+
+
+async def _open(
+    method: str,
+    target: Target,
+    path_and_query: str,
+    headers: list[tuple[str, str]],
+    body: _RequestBody | None,
+    rt: RouteRuntime,
+    session: aiohttp.ClientSession,
+) -> aiohttp.ClientResponse:
+    if not rt.route.preserve_host:
+        host = host_header(target)
+        headers = [(k, host if k == "host" else v) for k, v in headers]
+    # encoded=True: the canonical path is already exactly what the upstream must see; letting yarl
+    # re-quote it would make the upstream's path differ from the one the policy judged.
+    url = URL(target.url + target.base_path + path_and_query, encoded=True)
+    request = session.request(
+        method,
+        url,
+        headers=headers,
+        data=body.chunks() if body is not None else None,
+        allow_redirects=False,
+        auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO,
+        timeout=rt.client_timeout,
+    )
+    if body is None:
+        async with asyncio.timeout(rt.response_timeout):
+            return await request
+    # With a body, the response-header timeout starts once the body is sent: a slow 1 GiB upload is
+    # governed by the idle timeout, not by how long the application may think afterwards.
+    async with asyncio.timeout(None) as deadline:
+        waiter = asyncio.ensure_future(body.done.wait())
+        waiter.add_done_callback(
+            lambda _: deadline.reschedule(asyncio.get_running_loop().time() + rt.response_timeout)
+        )
+        try:
+            return await request
+        finally:
+            waiter.cancel()
+
+
+async def _relay(
+    resp: aiohttp.ClientResponse,
+    method: str,
+    send: Send,
+    rt: RouteRuntime,
+    request_id: str,
+    outcome: ProxyOutcome,
+) -> None:
+    headers = clean_response_headers(resp.raw_headers, extra=rt.response_headers, request_id=request_id)
+    outcome.status = resp.status
+    if method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    length = resp.content_length
+    if length is not None and length <= _SMALL_BODY:
+        # Small answers (most API and page responses): one read, one send.
+        data = await resp.content.readexactly(length) if length else b""
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+        outcome.bytes_out = len(data)
+        return
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    sent = 0
+    async for chunk in resp.content.iter_any():
+        sent += len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    outcome.bytes_out = sent

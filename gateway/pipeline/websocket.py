@@ -1,0 +1,102 @@
+"""WebSocket proxying: one upstream WebSocket per client WebSocket, messages pumped both ways.
+
+The upstream handshake happens before the client's is accepted, so a client only gets an open socket
+when the application really accepted it; the subprotocol the upstream chose is passed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from yarl import URL
+
+from gateway.errors import UpstreamError
+from gateway.pipeline.asgi import Receive, Scope, Send
+from gateway.pipeline.proxy import host_header
+from gateway.state import RouteRuntime
+
+__all__ = ["forward_websocket"]
+
+logger = logging.getLogger("gateway.proxy")
+
+
+async def forward_websocket(
+    *,
+    scope: Scope,
+    path_and_query: str,
+    headers: list[tuple[bytes, bytes]],
+    receive: Receive,
+    send: Send,
+    rt: RouteRuntime,
+    session: aiohttp.ClientSession,
+) -> str:
+    """Proxy a WebSocket. Returns the target URL used. Raises UpstreamError if the handshake fails."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return ""
+    target = rt.pool.pick()
+    base = target.url.replace("http", "ws", 1) + target.base_path
+    str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+    if not rt.route.preserve_host:
+        host = host_header(target)
+        str_headers = [(k, host if k == "host" else v) for k, v in str_headers]
+    try:
+        upstream = await session.ws_connect(
+            URL(base + path_and_query, encoded=True),
+            headers=str_headers,
+            protocols=tuple(scope.get("subprotocols") or ()),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+            autoclose=False,
+            autoping=True,
+            max_msg_size=16 * 1024 * 1024,
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        rt.pool.release(target, ok=isinstance(exc, aiohttp.WSServerHandshakeError))
+        # Closing before accepting makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1011})
+        raise UpstreamError(f"The application refused the WebSocket ({type(exc).__name__}).") from exc
+    try:
+        await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+        await _pump(upstream, receive, send)
+    finally:
+        rt.pool.release(target, ok=True)
+        await upstream.close()
+    return target.url
+
+
+async def _pump(upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send) -> None:
+    async def client_to_upstream() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await upstream.close(code=message.get("code", 1000))
+                return
+            if message.get("text") is not None:
+                await upstream.send_str(message["text"])
+            elif message.get("bytes") is not None:
+                await upstream.send_bytes(message["bytes"])
+
+    async def upstream_to_client() -> None:
+        async for msg in upstream:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": msg.data})
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            else:
+                break
+        code = upstream.close_code or 1000
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code})
+
+    tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,140 @@
+"""``gateway quickstart``: the gateway on the embedded default in front of the bundled echo app.
+
+It writes a data dir (a generated AES-256 keyring, mode 0600, and a commented config), starts the
+echo app as a child process and the gateway in the foreground, and prints what to try next. Running
+it again reuses the data dir and its keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.server import parse_listen
+from gateway.settings.loader import load_settings
+
+__all__ = ["run_echo", "run_quickstart", "write_quickstart_config"]
+
+_CONFIG = """\
+# Quick-start configuration written by `gateway quickstart`. Edit it and run
+#   gateway serve --config {config}
+# Reference: README.md, section Configuration.
+listen: {listen}
+public_url: http://{listen}
+data_dir: {data_dir}
+storage: {{url: null}}          # null = SQLite file in data_dir (one node); postgresql+asyncpg://… for replicas
+state: {{redis_url: null}}      # null = in-process; redis://… for replicas
+trusted_proxies: []
+session:
+  insecure_cookies: true       # plain HTTP on localhost only; never in production
+routes:
+  - name: echo
+    host: {host}
+    path: /
+    upstreams: [http://127.0.0.1:{echo_port}]
+    # Sign-in is not available yet in this build: every path of the echo app is public.
+    public_paths: ["/*"]
+    mfa: none
+    response_headers: {{X-Frame-Options: DENY}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _write_keyring(path: Path) -> None:
+    if path.exists():
+        return
+    key_id = "k" + secrets.token_hex(4)
+    keyring = {
+        "active": key_id,
+        "keys": {key_id: base64.b64encode(secrets.token_bytes(32)).decode()},
+        "algorithm": "AES-256-GCM",
+    }
+    # Created with 0600 from the start: there is no moment when another user could read the key.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(keyring, fh, indent=2)
+
+
+def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path:
+    """Create the data dir, keyring and config (kept if they exist). Returns the config path."""
+    data_dir = data_dir.resolve()
+    (data_dir / "keys").mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir / "keys", 0o700)
+    _write_keyring(data_dir / "keys" / "keyring.json")
+    config = data_dir / "gateway.yaml"
+    host, _ = parse_listen(listen)
+    config.write_text(
+        _CONFIG.format(config=config, listen=listen, data_dir=data_dir, host=host, echo_port=echo_port)
+    )
+    return config
+
+
+def _wait_for_port(port: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
+    """Start echo app + gateway; block until interrupted. Returns the exit code."""
+    from gateway.server import serve
+
+    echo_port = echo_port or _free_port()
+    print(f"[1/3] preparing {data_dir} (keys, config) …", flush=True)
+    config = write_quickstart_config(data_dir, listen, echo_port)
+    settings = load_settings(config)
+    print(f"[2/3] starting the echo app on 127.0.0.1:{echo_port} …", flush=True)
+    echo = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+        [sys.executable, "-m", "gateway", "--log-level", "warning", "echo", "--listen", f"127.0.0.1:{echo_port}"]
+    )
+    try:
+        if not _wait_for_port(echo_port):
+            print("error: the echo app did not start; see the messages above", file=sys.stderr)
+            return 1
+        print(
+            f"[3/3] starting the gateway on http://{listen}\n\n"
+            f"  Open      http://{listen}/            (the echo app shows what the gateway passed on)\n"
+            f"  Health    http://{listen}/.gateway/health\n"
+            f"  Ready     http://{listen}/.gateway/ready\n"
+            f"  Config    {config}\n\n"
+            "  Next: edit the config (add your own routes), then run\n"
+            f"        gateway serve --config {config}\n"
+            "  Stop with Ctrl-C.\n",
+            flush=True,
+        )
+        serve(config, settings)
+    finally:
+        echo.terminate()
+        try:
+            echo.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+    return 0
+
+
+def run_echo(listen: str) -> None:
+    """Serve only the echo app (granian, one worker)."""
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    host, port = parse_listen(listen)
+    Server(
+        "gateway.echo:app", address=host, port=port, interface=Interfaces.ASGI, loop=Loops.uvloop
+    ).serve()

@@ -1,0 +1,157 @@
+"""One worker's resources and lifecycle: config snapshot, storage, fast state, upstream client.
+
+Created at ASGI lifespan start-up and closed at shutdown. Reload (SIGHUP) builds a new snapshot off
+the request path and swaps it in; a config that fails validation is refused and the old one keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import ConfigError
+from gateway.settings.loader import load_settings
+from gateway.settings.schema import Settings
+from gateway.state import LiveState, Snapshot, build_snapshot
+from gateway.store.db import Database, default_sqlite_url
+from gateway.store.fast import FastState, open_fast_state
+from gateway.store.migrate import ensure_schema
+from gateway.upstream import HealthChecker
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger("gateway")
+
+
+def storage_url(settings: Settings) -> str:
+    """The configured database URL, or the embedded SQLite file in data_dir."""
+    return settings.storage.url or default_sqlite_url(settings.data_dir)
+
+
+class Runtime:
+    """Owns everything a worker shares between requests."""
+
+    def __init__(self, config_path: str | Path, settings: Settings) -> None:
+        self.config_path = Path(config_path)
+        self.live = LiveState(build_snapshot(settings, generation=1, source=str(config_path)))
+        self.session: aiohttp.ClientSession | None = None
+        self.db: Database | None = None
+        self.fast: FastState | None = None
+        self._checker: HealthChecker | None = None
+        self._reload_lock = asyncio.Lock()
+        self.last_reload_error: str | None = None
+        self.started_at = time.time()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.live.current
+
+    async def start(self) -> None:
+        """Open connections and start background work. Fails loudly: a worker must not half-start."""
+        settings = self.snapshot.settings
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        connector = aiohttp.TCPConnector(
+            limit=settings.limits.max_upstream_connections,
+            limit_per_host=0,
+            keepalive_timeout=60,
+            ttl_dns_cache=30,
+        )
+        # The session never stores cookies: upstream Set-Cookie headers belong to the browser.
+        self.session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        )
+        url = storage_url(settings)
+        await ensure_schema(url, auto=url.startswith("sqlite"))
+        self.db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
+        self.fast = open_fast_state(settings.state.redis_url)
+        self._checker = HealthChecker(self.snapshot.pools, self.session)
+        await self._checker.start()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread or Windows
+            logger.warning("SIGHUP reload is not available in this process")
+
+    def _on_sighup(self) -> None:
+        asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file; swap it in if valid. Returns whether the new config is live."""
+        async with self._reload_lock:
+            try:
+                settings = await asyncio.to_thread(load_settings, self.config_path)
+                new = build_snapshot(
+                    settings, generation=self.snapshot.generation + 1, source=str(self.config_path)
+                )
+            except (ConfigError, ValueError) as exc:
+                self.last_reload_error = str(exc)
+                logger.error("config reload refused, the previous config keeps serving:\n%s", exc)
+                return False
+            refused = self._refuse_restart_only_changes(self.snapshot.settings, settings)
+            if refused:
+                self.last_reload_error = refused
+                logger.error("config reload refused: %s", refused)
+                return False
+            assert self.session is not None
+            checker = HealthChecker(new.pools, self.session)
+            await checker.start()
+            self.live.swap(new)
+            old_checker, self._checker = self._checker, checker
+            if old_checker is not None:
+                await old_checker.stop()
+            self.last_reload_error = None
+            logger.info("config reloaded (generation %d, %d routes)", new.generation, len(new.routes))
+            return True
+
+    @staticmethod
+    def _refuse_restart_only_changes(old: Settings, new: Settings) -> str | None:
+        # These are bound when the process starts (sockets, files, connections); pretending to apply
+        # them live would leave the running gateway different from its config.
+        for key in ("listen", "tls", "data_dir", "storage", "state", "server"):
+            if getattr(old, key) != getattr(new, key):
+                return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
+        return None
+
+    async def readiness(self) -> dict[str, Any]:
+        """What /.gateway/ready reports."""
+        checks: dict[str, Any] = {"config": {"ok": True, "generation": self.snapshot.generation}}
+        if self.last_reload_error:
+            checks["config"]["last_reload_error"] = self.last_reload_error.splitlines()[0]
+        checks["storage"] = await self._probe(self.db.ping() if self.db is not None else None)
+        checks["state"] = await self._probe(self.fast.ping() if self.fast is not None else None)
+        checks["upstreams"] = {name: rt.pool.snapshot() for name, rt in self.snapshot.routes.items()}
+        ready = all(checks[k]["ok"] for k in ("config", "storage", "state"))
+        return {"ready": ready, "checks": checks}
+
+    @staticmethod
+    async def _probe(awaitable: Any) -> dict[str, Any]:
+        if awaitable is None:
+            return {"ok": False, "error": "not started"}
+        try:
+            async with asyncio.timeout(2):
+                await awaitable
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure, it never raises
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+        return {"ok": True}
+
+    async def close(self) -> None:
+        """Stop background work and close connections (graceful shutdown, after requests drained)."""
+        if self._checker is not None:
+            await self._checker.stop()
+        if self.session is not None:
+            await self.session.close()
+        if self.fast is not None:
+            await self.fast.close()
+        if self.db is not None:
+            await self.db.close()
+
+
+def load_runtime(config_path: str | Path) -> Runtime:
+    """Load and validate the config, ready for ``start()``. Raises ConfigError."""
+    return Runtime(config_path, load_settings(config_path))

@@ -1,0 +1,86 @@
+"""Serving: the gateway's ASGI app on granian, with N worker processes.
+
+granian was measured faster than uvicorn on this machine for this workload (see README, Performance).
+The master process validates the config before any worker starts, and forwards SIGHUP to the
+workers, each of which reloads its own snapshot (refusing a bad config and keeping the old one).
+granian's own SIGHUP behaviour (respawning every worker) would drop websockets and upstream pools and
+could not refuse a bad config, so it is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from gateway.pipeline.app import DataPlane, create_data_plane
+from gateway.runtime import load_runtime
+from gateway.settings.schema import Settings
+
+__all__ = ["app_factory", "parse_listen", "serve"]
+
+logger = logging.getLogger("gateway")
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 in brackets) into its parts."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def app_factory() -> DataPlane:
+    """granian factory target: builds one worker's app from the config named in the environment."""
+    # A SIGHUP arriving before the worker's loop handler is installed must not kill it (the default
+    # action of SIGHUP is to terminate); the lifespan start-up installs the real handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return create_data_plane(load_runtime(os.environ[CONFIG_ENV]))
+
+
+def serve(config_path: Path, settings: Settings) -> None:
+    """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before workers stop."""
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    host, port = parse_listen(settings.listen)
+    os.environ[CONFIG_ENV] = str(config_path.resolve())
+    tls = settings.tls
+    server = Server(
+        "gateway.server:app_factory",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=settings.server.workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.auto if tls else HTTPModes.http1,
+        websockets=True,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=10_000,
+            keep_alive=True,
+            max_buffer_size=max(int(settings.limits.max_header_bytes) + 8192, 65536),
+        ),
+        log_access=False,
+        ssl_cert=Path(tls.certificate) if tls else None,
+        ssl_key=Path(tls.key) if tls else None,
+        ssl_protocol_min=SSLProtocols.tls13 if not tls or tls.min_version == "1.3" else SSLProtocols.tls12,
+        respawn_failed_workers=True,
+        workers_kill_timeout=int(settings.server.graceful_timeout),
+    )
+    master_pid = os.getpid()
+
+    def forward_sighup(signum: int, _frame: object) -> None:
+        if os.getpid() != master_pid:  # a freshly forked worker still carries this handler
+            return
+        logger.info("SIGHUP: asking %d worker(s) to reload %s", len(server.wrks), config_path)
+        for worker in list(server.wrks):
+            with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
+                os.kill(worker.inner.pid, signal.SIGHUP)
+
+    # granian installs its own SIGHUP handler right before the start-up hooks run; replace it there.
+    server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
+    server.serve()

@@ -1,0 +1,1 @@
+"""The gateway's own pages and JSON API under ``/.gateway/`` (a Litestar app)."""
