@@ -1,0 +1,260 @@
+"""The targets of one route: load balancing and passive (outlier) ejection.
+
+The proxy calls :meth:`UpstreamPool.pick` before each upstream attempt and :meth:`UpstreamPool.release`
+after it, so both are O(number of targets) with no allocation. The active health checker
+(:mod:`gateway.upstream.health`) reports its verdicts through :meth:`UpstreamPool.set_health`.
+
+A target receives traffic when it is *available*: the active check holds it healthy **and** no
+passive ejection is in force.
+
+Passive ejection, decided as follows:
+
+* ``passive.consecutive_failures`` transport failures in a row (``release(ok=False)``: connect
+  error, reset, timeout) eject a target for ``passive.ejection_time`` seconds of the injected clock.
+  A success (``release(ok=True)``) resets the count. ``consecutive_failures`` or ``ejection_time``
+  of ``0`` disables ejection.
+* **Half-open return.** When the ejection time has passed the target is available again, but its
+  failure count is *not* reset: the very next failure re-ejects it at once, a single success clears
+  it. A target that is still down thus costs one request per ejection period, not another
+  ``consecutive_failures``.
+* A failure reported while the target is already ejected (a request that was in flight when it
+  was ejected) does not extend the ejection, so slow stragglers cannot keep a target out forever;
+  a straggler's success resets the count but does not end the ejection early either.
+* **Ejection may take out every target.** There is no ``max_ejection_percent``: when all targets
+  are ejected or unhealthy, :meth:`UpstreamPool.pick` raises :class:`~gateway.errors.ServiceUnavailable`
+  (503) until the first ejection expires. This is the simplest rule that never sends traffic to a
+  target known to be failing, and the half-open return bounds the outage to ``ejection_time``.
+* Passive and active state are independent: a passing active check does not cut an ejection
+  short, and an expired ejection does not override an unhealthy active verdict.
+
+All of this is per process: each worker has its own pools and its own view of upstream health.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from gateway.errors import ServiceUnavailable
+from gateway.settings.schema import ActiveHealthCheck, PassiveHealthCheck, Route
+from gateway.upstream.target import Target
+
+__all__ = ["Balance", "UpstreamPool"]
+
+logger = logging.getLogger("gateway.upstream")
+
+Balance = Literal["round_robin", "least_outstanding"]
+
+
+class UpstreamPool:
+    """The upstream targets of one route, with load balancing and passive health.
+
+    Args:
+        route_name: Name of the route, used in errors and logs.
+        upstreams: Configured upstream URLs (see :meth:`Target.from_url`).
+        balance: ``"round_robin"`` or ``"least_outstanding"``.
+        passive: Passive ejection settings.
+        active: Active check settings, or ``None``; the pool only keeps it for the health checker.
+        clock: Monotonic clock in seconds; injected so tests move time instead of sleeping.
+
+    Raises:
+        ValueError: No upstreams, an invalid or duplicate upstream URL, an unknown balance
+            algorithm, or negative passive settings.
+    """
+
+    __slots__ = ("_clock", "_cursor", "_least", "_passive", "active", "balance", "route_name", "targets")
+
+    def __init__(
+        self,
+        route_name: str,
+        upstreams: Sequence[str],
+        *,
+        balance: Balance,
+        passive: PassiveHealthCheck,
+        active: ActiveHealthCheck | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not upstreams:
+            raise ValueError(f"route {route_name!r} has no upstreams")
+        if balance not in ("round_robin", "least_outstanding"):
+            raise ValueError(f"route {route_name!r}: unknown balance algorithm {balance!r}")
+        if passive.consecutive_failures < 0 or passive.ejection_time < 0:
+            raise ValueError(f"route {route_name!r}: passive health check settings must not be negative")
+        targets = tuple(Target.from_url(url) for url in upstreams)
+        seen: set[str] = set()
+        for target in targets:
+            if target.url in seen:
+                # Two entries for one origin would split its health state and double its share of
+                # the load: almost certainly a typo. Unique origins also keep snapshot rows distinct.
+                raise ValueError(f"route {route_name!r}: duplicate upstream {target.url}")
+            seen.add(target.url)
+        self.route_name = route_name
+        self.targets: tuple[Target, ...] = targets
+        self.balance: Balance = balance
+        self.active = active
+        self._passive = passive
+        self._least = balance == "least_outstanding"
+        self._clock = clock
+        # Index where the next scan starts; both algorithms advance it past the chosen target so
+        # that round robin rotates and least-outstanding breaks ties in rotation.
+        self._cursor = 0
+
+    @classmethod
+    def from_route(cls, route: Route, *, clock: Callable[[], float] = time.monotonic) -> UpstreamPool:
+        """Build the pool for a configured route.
+
+        Args:
+            route: The route settings.
+            clock: Monotonic clock in seconds.
+
+        Returns:
+            A pool with every target healthy and nothing in flight.
+        """
+        return cls(
+            route.name,
+            route.upstreams,
+            balance=route.balance,
+            passive=route.passive_health_check,
+            active=route.health_check,
+            clock=clock,
+        )
+
+    @property
+    def passive(self) -> PassiveHealthCheck:
+        """The passive ejection settings."""
+        return self._passive
+
+    def pick(self, *, exclude: Target | None = None) -> Target:
+        """Choose the target for the next upstream attempt and count it as in flight.
+
+        Every successful pick must be paired with exactly one :meth:`release`.
+
+        Args:
+            exclude: A target not to choose, typically the one a retry is moving away from. The
+                exclusion is strict: if it is the only available target, this raises rather than
+                returning it again, and the caller decides whether retrying the same target is
+                worth it.
+
+        Returns:
+            The chosen target, with ``outstanding`` already incremented.
+
+        Raises:
+            ServiceUnavailable: No target (other than ``exclude``) is available.
+        """
+        targets = self.targets
+        count = len(targets)
+        now = self._clock()
+        index = self._cursor
+        chosen: Target | None = None
+        chosen_index = 0
+        for _ in range(count):
+            target = targets[index]
+            if target is not exclude and self._usable(target, now):
+                if not self._least:
+                    chosen, chosen_index = target, index
+                    break
+                # Strict "<" keeps the first one in rotation order among equals: ties round-robin.
+                if chosen is None or target.outstanding < chosen.outstanding:
+                    chosen, chosen_index = target, index
+                    if target.outstanding == 0:
+                        break  # nothing can beat an idle target
+            index += 1
+            if index == count:
+                index = 0
+        if chosen is None:
+            raise self._unavailable(exclude, now)
+        self._cursor = chosen_index + 1 if chosen_index + 1 < count else 0
+        chosen.outstanding += 1
+        return chosen
+
+    def release(self, target: Target, *, ok: bool) -> None:
+        """Report the end of an attempt that :meth:`pick` started.
+
+        Args:
+            target: The target that :meth:`pick` returned.
+            ok: ``False`` for a transport failure (connect error, reset, timeout), which counts
+                towards passive ejection; ``True`` otherwise, which resets the count. An HTTP
+                error status from the upstream is a response, so it is ``ok=True``.
+        """
+        if target.outstanding > 0:
+            target.outstanding -= 1
+        if ok:
+            target.consecutive_failures = 0
+            return
+        target.consecutive_failures += 1
+        threshold = self._passive.consecutive_failures
+        if threshold == 0 or self._passive.ejection_time <= 0 or target.consecutive_failures < threshold:
+            return
+        now = self._clock()
+        if now < target.ejected_until:
+            return  # a straggler from before the ejection: do not extend it
+        target.ejected_until = now + self._passive.ejection_time
+        logger.warning(
+            "route %s: upstream %s ejected for %gs after %d consecutive failures",
+            self.route_name,
+            target.url,
+            self._passive.ejection_time,
+            target.consecutive_failures,
+        )
+
+    def set_health(self, target: Target, *, healthy: bool) -> None:
+        """Record the active health check's verdict for a target, logging a change.
+
+        Args:
+            target: One of this pool's targets.
+            healthy: The new verdict.
+        """
+        if target.healthy == healthy:
+            return
+        target.healthy = healthy
+        if healthy:
+            logger.info("route %s: upstream %s is healthy again", self.route_name, target.url)
+        else:
+            logger.warning("route %s: upstream %s is unhealthy", self.route_name, target.url)
+
+    def any_available(self) -> bool:
+        """Whether :meth:`pick` would currently find a target (for readiness)."""
+        now = self._clock()
+        return any(self._usable(target, now) for target in self.targets)
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """The state of every target, for ``/.gateway/ready`` and metrics.
+
+        Returns:
+            One dict per target, in configuration order, with ``url``, ``healthy``, ``ejected``,
+            ``outstanding`` and ``consecutive_failures``.
+        """
+        now = self._clock()
+        rows: list[dict[str, object]] = []
+        for target in self.targets:
+            self._usable(target, now)  # lets an expired ejection end (and be logged) first
+            rows.append(
+                {
+                    "url": target.url,
+                    "healthy": target.healthy,
+                    "ejected": target.ejected(now),
+                    "outstanding": target.outstanding,
+                    "consecutive_failures": target.consecutive_failures,
+                }
+            )
+        return rows
+
+    def _usable(self, target: Target, now: float) -> bool:
+        """``target.available(now)``, ending an expired ejection on the way."""
+        if target.ejected_until:
+            if now < target.ejected_until:
+                return False
+            # Half-open: consecutive_failures is kept, so the next failure re-ejects at once.
+            target.ejected_until = 0.0
+            logger.info("route %s: upstream %s returns after ejection", self.route_name, target.url)
+        return target.healthy
+
+    def _unavailable(self, exclude: Target | None, now: float) -> ServiceUnavailable:
+        if exclude is not None and exclude.available(now):
+            return ServiceUnavailable(f"no other upstream target of route {self.route_name} is available")
+        return ServiceUnavailable(f"all upstream targets of route {self.route_name} are down")
+
+    def __repr__(self) -> str:
+        return f"UpstreamPool({self.route_name!r}, {[t.url for t in self.targets]!r})"

@@ -1,0 +1,137 @@
+"""Header hygiene: identity and forwarding headers in every spelling, hop-by-hop, Connection tricks."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.pipeline.headers import (
+    TrustedProxies,
+    clean_response_headers,
+    forwarding_for,
+    upstream_request_headers,
+)
+
+NO_PROXIES = TrustedProxies([])
+LB = TrustedProxies(["10.0.0.0/8", "127.0.0.1/32"])
+
+
+def _fwd(headers: list[tuple[bytes, bytes]], peer: str = "203.0.113.9", trusted: TrustedProxies = NO_PROXIES):
+    return forwarding_for(peer_ip=peer, scheme="https", host="app.example.com", headers=headers, trusted=trusted)
+
+
+def _out(headers: list[tuple[bytes, bytes]], **kw: object) -> dict[bytes, list[bytes]]:
+    fwd = _fwd(headers, **kw)  # type: ignore[arg-type]
+    result: dict[bytes, list[bytes]] = {}
+    for name, value in upstream_request_headers(headers, fwd=fwd):
+        result.setdefault(name, []).append(value)
+    return result
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"x-gateway-user",
+        b"X-Gateway-User",
+        b"X-GATEWAY-USER",
+        b"x_gateway_user",
+        b"X_Gateway_Roles",
+        b"x-gateway_email",
+        b"X-Gateway-Assertion",
+        b"x-gateway-anything-new",
+    ],
+)
+def test_identity_headers_are_removed_in_every_spelling(name: bytes) -> None:
+    out = _out([(b"host", b"app"), (name, b"admin")])
+    assert not any(n.replace(b"_", b"-").lower().startswith(b"x-gateway-") for n in out)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"x-forwarded-for", b"X_Forwarded_For", b"x-real-ip", b"X-Real_IP", b"forwarded", b"x-forwarded-host"],
+)
+def test_untrusted_forwarding_headers_are_replaced(name: bytes) -> None:
+    out = _out([(b"host", b"app"), (name, b"1.2.3.4")])
+    assert out[b"x-forwarded-for"] == [b"203.0.113.9"]
+    assert b"1.2.3.4" not in b"".join(v for vs in out.values() for v in vs)
+    assert out[b"x-forwarded-host"] == [b"app.example.com"]
+
+
+def test_trusted_proxy_chain_is_extended_and_client_is_rightmost_untrusted() -> None:
+    headers = [(b"host", b"app"), (b"x-forwarded-for", b"6.6.6.6, 198.51.100.7, 10.1.2.3")]
+    fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
+    # 6.6.6.6 was written by the client itself; the first untrusted hop from the right is the client.
+    assert fwd.client_ip == "198.51.100.7"
+    assert fwd.chain == ("6.6.6.6", "198.51.100.7", "10.1.2.3", "10.0.0.2")
+
+
+def test_garbage_in_trusted_xff_is_dropped() -> None:
+    headers = [(b"host", b"app"), (b"x-forwarded-for", b'unknown, 1.2.3.4;proto=http, "x", 198.51.100.7')]
+    fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
+    assert fwd.chain == ("198.51.100.7", "10.0.0.2")
+
+
+def test_trusted_proto_and_request_id_are_honoured() -> None:
+    headers = [(b"x-forwarded-proto", b"http"), (b"x-request-id", b"abc-123"), (b"x-forwarded-host", b"ext.example")]
+    fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
+    assert (fwd.proto, fwd.request_id, fwd.host) == ("http", "abc-123", "ext.example")
+
+
+def test_untrusted_request_id_and_proto_are_ignored() -> None:
+    fwd = _fwd([(b"x-forwarded-proto", b"http"), (b"x-request-id", b"abc-123")])
+    assert fwd.proto == "https"
+    assert fwd.request_id != "abc-123"
+    assert len(fwd.request_id) == 32
+
+
+@pytest.mark.parametrize("value", [b"a" * 200, b"evil\r\nx: y", b"has space", b""])
+def test_malformed_request_id_from_trusted_proxy_is_replaced(value: bytes) -> None:
+    fwd = _fwd([(b"x-request-id", value)], peer="10.0.0.2", trusted=LB)
+    assert fwd.request_id != value.decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+     b"proxy-authorization"],
+)
+def test_hop_by_hop_headers_are_removed(name: bytes) -> None:
+    out = _out([(b"host", b"app"), (name, b"x")])
+    assert name not in out
+
+
+def test_connection_nominated_headers_are_removed_but_never_the_gateways_own() -> None:
+    headers = [
+        (b"host", b"app"),
+        (b"connection", b"x-secret, X-Forwarded-For, x-request-id, forwarded, x-forwarded-proto, host"),
+        (b"x-secret", b"1"),
+    ]
+    out = _out(headers)
+    assert b"x-secret" not in out
+    for own in (b"x-forwarded-for", b"x-request-id", b"forwarded", b"x-forwarded-proto", b"host"):
+        assert own in out, own
+
+
+def test_forwarded_header_brackets_ipv6() -> None:
+    out = _out([(b"host", b"app")], peer="2001:db8::1")
+    assert out[b"forwarded"] == [b'for="[2001:db8::1]";host="app.example.com";proto=https']
+
+
+def test_response_headers_hop_by_hop_and_overrides() -> None:
+    raw = [
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"close, x-internal"),
+        (b"X-Internal", b"1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"X-Frame-Options", b"ALLOW"),
+        (b"X-Request-Id", b"spoofed"),
+    ]
+    out = clean_response_headers(raw, extra=((b"x-frame-options", b"DENY"),), request_id="rid")
+    assert out == [
+        (b"content-type", b"text/plain"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"x-frame-options", b"DENY"),
+        (b"x-request-id", b"rid"),
+    ]

@@ -1,0 +1,106 @@
+"""Route matching: host normalisation, wildcard vs exact, longest segment-bounded prefix."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import BadHeaders
+from gateway.pipeline.route import Router, normalize_host
+from gateway.settings.schema import Route
+
+
+def _route(name: str, host: str, path: str = "/", public: tuple[str, ...] = ()) -> Route:
+    return Route(name=name, host=host, path=path, upstreams=("http://127.0.0.1:1",), public_paths=public)
+
+
+ROUTER = Router(
+    [
+        _route("wiki", "wiki.example.com"),
+        _route("wiki-admin", "wiki.example.com", "/admin"),
+        _route("wiki-admin-api", "wiki.example.com", "/admin/api/"),
+        _route("any-sub", "*.example.com"),
+        _route("any-sub-static", "*.example.com", "/static", public=("/static/*",)),
+        _route("apps", "apps.example.com", "/", public=("/health", "/assets/*.js")),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("wiki.example.com", "wiki.example.com"),
+        ("WIKI.Example.COM", "wiki.example.com"),
+        ("wiki.example.com.", "wiki.example.com"),
+        ("wiki.example.com:443", "wiki.example.com"),
+        ("wiki.example.com.:8080", "wiki.example.com"),
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("[::1]:8080", "[::1]"),
+        ("[::1]", "[::1]"),
+    ],
+)
+def test_normalize_host(raw: str, expected: str) -> None:
+    assert normalize_host(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "evil.com@wiki.example.com", "wiki.example.com/x", "a b", "wiki.example.com:99999999", "http://x", ".", ":80"],
+)
+def test_malformed_host_is_refused(raw: str) -> None:
+    with pytest.raises(BadHeaders):
+        normalize_host(raw)
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "route"),
+    [
+        ("wiki.example.com", "/", "wiki"),
+        ("wiki.example.com", "/page", "wiki"),
+        ("wiki.example.com", "/admin", "wiki-admin"),
+        ("wiki.example.com", "/admin/", "wiki-admin"),
+        ("wiki.example.com", "/admin/users", "wiki-admin"),
+        # A prefix matches on segment boundaries only: '/administrator' is not under '/admin'.
+        ("wiki.example.com", "/administrator", "wiki"),
+        ("wiki.example.com", "/admin/api", "wiki-admin-api"),
+        ("wiki.example.com", "/admin/api/v1", "wiki-admin-api"),
+        ("wiki.example.com", "/admin/apix", "wiki-admin"),
+        # Exact host beats the wildcard.
+        ("apps.example.com", "/static/x", "apps"),
+        ("other.example.com", "/", "any-sub"),
+        ("other.example.com", "/static/a.css", "any-sub-static"),
+        # A wildcard covers exactly one label, like a TLS certificate.
+        ("a.b.example.com", "/", None),
+        ("example.com", "/", None),
+        ("unknown.test", "/", None),
+    ],
+)
+def test_most_specific_route_wins(host: str, path: str, route: str | None) -> None:
+    match = ROUTER.match(host, path)
+    assert (match.route.name if match else None) == route
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "public"),
+    [
+        ("other.example.com", "/static/app.css", True),
+        ("other.example.com", "/static", False),
+        ("apps.example.com", "/health", True),
+        ("apps.example.com", "/healthz", False),
+        ("apps.example.com", "/health/x", False),
+        ("apps.example.com", "/assets/app.js", True),
+        ("apps.example.com", "/assets/app.js.map", False),
+        ("apps.example.com", "/assets/deep/app.js", True),
+        ("apps.example.com", "/", False),
+    ],
+)
+def test_public_paths(host: str, path: str, public: bool) -> None:
+    match = ROUTER.match(host, path)
+    assert match is not None
+    assert match.is_public is public
+
+
+def test_exact_host_without_matching_prefix_falls_back_to_wildcard() -> None:
+    router = Router([_route("api", "a.example.com", "/api"), _route("rest", "*.example.com")])
+    hit = router.match("a.example.com", "/other")
+    assert hit is not None
+    assert hit.route.name == "rest"
