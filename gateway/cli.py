@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError, GatewayError
+from gateway.settings.loader import load_settings
 
 __all__ = ["main"]
 
@@ -32,8 +33,6 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.settings.loader import load_settings
-
     settings = load_settings(args.file)
     print(
         f"{args.file}: OK ({len(settings.routes)} route(s), "
@@ -44,7 +43,6 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
-    from gateway.settings.loader import load_settings
 
     settings = load_settings(args.config)
     serve(args.config, settings)
@@ -53,7 +51,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.runtime import storage_url
-    from gateway.settings.loader import load_settings
     from gateway.store.migrate import upgrade
 
     settings = load_settings(args.config)
@@ -76,6 +73,35 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 
     run_echo(args.listen)
     return EXIT_OK
+
+
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    import ssl
+    import urllib.request
+
+    from gateway.server import parse_listen
+
+    settings = load_settings(args.config)
+    host, port = parse_listen(settings.listen)
+    # The gateway probes itself over loopback; a wildcard bind address is reached through it.
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        host = "127.0.0.1" if host != "::" else "::1"
+    scheme = "https" if settings.tls else "http"
+    context = ssl.create_default_context()
+    # Loopback to ourselves: the certificate is issued for the public name, not for 127.0.0.1.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - fixed scheme and loopback target
+            f"{scheme}://{netloc}/.gateway/health", timeout=args.timeout, context=context
+        ) as resp:
+            ok = resp.status == 200
+    except OSError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("healthy" if ok else "unhealthy")
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def _redact_url(url: str) -> str:
@@ -115,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser(
+        "healthcheck",
+        help="probe this gateway's /.gateway/health (for container HEALTHCHECK)",
+        description="Exit 0 if the gateway configured in FILE answers /.gateway/health on its listen address.",
+    )
+    _config_arg(p)
+    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    p.set_defaults(func=_cmd_healthcheck)
+
+    p = sub.add_parser(
         "quickstart",
         help="try the gateway locally in front of a bundled echo app",
         description="Create a data dir with generated keys and a config, start the bundled echo app and "
@@ -122,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", type=Path, default=Path("gateway-data"), metavar="DIR")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
-    p.add_argument("--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)")
+    p.add_argument(
+        "--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)"
+    )
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser(
@@ -140,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     # Third-party chatter (migration plugins, connection pools) is noise at info level.
     for noisy in ("alembic", "sqlalchemy", "aiosqlite", "asyncio"):

@@ -46,6 +46,7 @@ class Runtime:
         self.fast: FastState | None = None
         self._checker: HealthChecker | None = None
         self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self.last_reload_error: str | None = None
         self.started_at = time.time()
 
@@ -56,7 +57,7 @@ class Runtime:
     async def start(self) -> None:
         """Open connections and start background work. Fails loudly: a worker must not half-start."""
         settings = self.snapshot.settings
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
         connector = aiohttp.TCPConnector(
             limit=settings.limits.max_upstream_connections,
             limit_per_host=0,
@@ -65,7 +66,11 @@ class Runtime:
         )
         # The session never stores cookies: upstream Set-Cookie headers belong to the browser.
         self.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            # Never let aiohttp invent headers the client did not send: the upstream sees the client's request.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         url = storage_url(settings)
         await ensure_schema(url, auto=url.startswith("sqlite"))
@@ -79,7 +84,10 @@ class Runtime:
             logger.warning("SIGHUP reload is not available in this process")
 
     def _on_sighup(self) -> None:
-        asyncio.ensure_future(self.reload())
+        task = asyncio.ensure_future(self.reload())
+        # Keep a reference until done: the loop only holds tasks weakly.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reload(self) -> bool:
         """Re-read the config file; swap it in if valid. Returns whether the new config is live."""

@@ -36,7 +36,6 @@ class RouteRuntime:
     response_headers: tuple[tuple[bytes, bytes], ...]
     max_body_size: int
     client_timeout: aiohttp.ClientTimeout
-    response_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +67,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             response_headers=_header_pairs(route.response_headers),
             max_body_size=int(route.max_body_size or settings.limits.max_body_size),
             client_timeout=aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=t.connect, sock_read=t.idle
+                total=None, connect=None, sock_connect=t.connect, sock_read=t.response
             ),
-            response_timeout=float(t.response),
         )
     return Snapshot(
         settings=settings,

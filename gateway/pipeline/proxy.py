@@ -8,7 +8,6 @@ flat for a 1 GiB upload or download. Failures before the response starts become 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ logger = logging.getLogger("gateway.proxy")
 
 # Methods RFC 9110 §9.2.2 calls idempotent: safe to send again to another target after a connect failure.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Never let aiohttp invent headers the client did not send: the upstream must see the client's request.
-_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-class ClientDisconnected(Exception):  # noqa: N818 - an event, not an error condition
+class ClientDisconnected(Exception):
     """The client went away while its request body was being forwarded."""
 
 
@@ -52,32 +49,28 @@ class ProxyOutcome:
 class _RequestBody:
     """Pulls the request body from ASGI as aiohttp writes it, enforcing the size limit."""
 
-    __slots__ = ("done", "limit", "read", "receive", "started")
+    __slots__ = ("limit", "read", "receive", "started")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
         self.limit = limit
         self.read = 0
         self.started = False
-        self.done = asyncio.Event()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
-        try:
-            while True:
-                message = await self.receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected
-                chunk: bytes = message.get("body", b"")
-                self.read += len(chunk)
-                if self.read > self.limit:
-                    raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
-        finally:
-            self.done.set()
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            self.read += len(chunk)
+            if self.read > self.limit:
+                raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
@@ -116,7 +109,9 @@ async def forward_http(
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
     body = _RequestBody(receive, rt.max_body_size) if has_body else None
-    str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"transfer-encoding"]
+    str_headers = [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"transfer-encoding"
+    ]
     pool = rt.pool
     target = pool.pick()
     retried = False
@@ -182,30 +177,17 @@ async def _open(
     # encoded=True: the canonical path is already exactly what the upstream must see; letting yarl
     # re-quote it would make the upstream's path differ from the one the policy judged.
     url = URL(target.url + target.base_path + path_and_query, encoded=True)
-    request = session.request(
+    # Timeouts: aiohttp arms sock_read only once the request body is fully sent, then for every
+    # read; so it is both the response-header deadline and the idle limit mid-body, without a timer
+    # of our own per request (see RouteRuntime.client_timeout).
+    return await session.request(
         method,
         url,
         headers=headers,
         data=body.chunks() if body is not None else None,
         allow_redirects=False,
-        auto_decompress=False,
-        skip_auto_headers=_SKIP_AUTO,
         timeout=rt.client_timeout,
     )
-    if body is None:
-        async with asyncio.timeout(rt.response_timeout):
-            return await request
-    # With a body, the response-header timeout starts once the body is sent: a slow 1 GiB upload is
-    # governed by the idle timeout, not by how long the application may think afterwards.
-    async with asyncio.timeout(None) as deadline:
-        waiter = asyncio.ensure_future(body.done.wait())
-        waiter.add_done_callback(
-            lambda _: deadline.reschedule(asyncio.get_running_loop().time() + rt.response_timeout)
-        )
-        try:
-            return await request
-        finally:
-            waiter.cancel()
 
 
 async def _relay(

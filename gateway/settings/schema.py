@@ -36,32 +36,35 @@ class Duration(float):
 
 
 class ByteSize(int):
-    """Bytes. Written in the file as a number or ``64KiB``, ``10MiB``, ``1GiB`` (also kB/MB/GB, powers of 10)."""
+    """Bytes. Written as a number or ``64KiB``, ``10MiB``, ``1GiB`` (also kB/MB/GB, powers of 10)."""
 
 
 class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base: immutable, and an unknown key is an error (a typo must not silently do nothing)."""
+    """Base: immutable, and an unknown key is an error (a typo must not silently do nothing).
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it, but type checkers (dataclass_transform) do not.
+    """
 
 
-class TlsSettings(_Config):
+class TlsSettings(_Config, frozen=True):
     certificate: str
     key: str
     min_version: Literal["1.2", "1.3"] = "1.3"
 
 
-class StorageSettings(_Config):
+class StorageSettings(_Config, frozen=True):
     # None: a SQLite file inside data_dir (the embedded single-node default).
     url: str | None = None
     pool_size: int = 10
     echo: bool = False
 
 
-class StateSettings(_Config):
+class StateSettings(_Config, frozen=True):
     # None: in-process state (one node). redis://, rediss://, redis+sentinel://, redis+cluster://
     redis_url: str | None = None
 
 
-class SessionSettings(_Config):
+class SessionSettings(_Config, frozen=True):
     idle_timeout: Duration = Duration(30 * 60)
     lifetime: Duration = Duration(12 * 3600)
     cookie_name: str = "__Host-gateway_session"
@@ -69,7 +72,7 @@ class SessionSettings(_Config):
     insecure_cookies: bool = False
 
 
-class IdentityProvider(_Config):
+class IdentityProvider(_Config, frozen=True):
     name: str
     issuer: str
     client_id: str
@@ -78,15 +81,15 @@ class IdentityProvider(_Config):
     scopes: tuple[str, ...] = ("openid", "email", "profile")
 
 
-class Timeouts(_Config):
+class Timeouts(_Config, frozen=True):
+    # To open a TCP (and TLS) connection to a target.
     connect: Duration = Duration(5)
-    # Time to wait for the upstream's response headers.
+    # Longest wait for the upstream once the request is sent: for the response headers and between
+    # two reads of its body (nginx's proxy_read_timeout). A slow upload does not count against it.
     response: Duration = Duration(60)
-    # Longest silence while streaming a body in either direction.
-    idle: Duration = Duration(300)
 
 
-class ActiveHealthCheck(_Config):
+class ActiveHealthCheck(_Config, frozen=True):
     path: str = "/"
     interval: Duration = Duration(10)
     timeout: Duration = Duration(2)
@@ -95,18 +98,18 @@ class ActiveHealthCheck(_Config):
     expected_status: tuple[int, int] = (200, 399)
 
 
-class PassiveHealthCheck(_Config):
+class PassiveHealthCheck(_Config, frozen=True):
     # Consecutive connect failures or 5xx-free transport errors before a target is ejected.
     consecutive_failures: int = 5
     ejection_time: Duration = Duration(30)
 
 
-class MfaPolicy(_Config):
+class MfaPolicy(_Config, frozen=True):
     require: Literal["none", "required", "webauthn"] = "none"
     max_age: Duration | None = None
 
 
-class Route(_Config):
+class Route(_Config, frozen=True):
     name: str
     host: str
     upstreams: tuple[str, ...]
@@ -130,20 +133,20 @@ class Route(_Config):
         return self.mfa if isinstance(self.mfa, MfaPolicy) else MfaPolicy(require=self.mfa)
 
 
-class Limits(_Config):
+class Limits(_Config, frozen=True):
     max_header_bytes: ByteSize = ByteSize(32 * 1024)
     max_body_size: ByteSize = ByteSize(1024**3)
     # Upstream connections kept per worker (keep-alive pool).
     max_upstream_connections: int = 512
 
 
-class ServerSettings(_Config):
+class ServerSettings(_Config, frozen=True):
     workers: int = 1
     # Seconds in-flight requests get to finish on shutdown before workers are stopped.
     graceful_timeout: Duration = Duration(30)
 
 
-class Settings(_Config):
+class Settings(_Config, frozen=True):
     public_url: str
     listen: str = "127.0.0.1:8080"
     data_dir: str = "./gateway-data"
