@@ -151,9 +151,7 @@ async def _websocket(receive: Receive, send: Send) -> None:
 
 
 def _page(info: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in info["headers"]
-    )
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in info["headers"])
     line = html.escape(f"{info['method']} {info['target']} HTTP/{info['http_version']}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">

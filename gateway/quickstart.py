@@ -102,7 +102,16 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
     settings = load_settings(config)
     print(f"[2/3] starting the echo app on 127.0.0.1:{echo_port} …", flush=True)
     echo = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-        [sys.executable, "-m", "gateway", "--log-level", "warning", "echo", "--listen", f"127.0.0.1:{echo_port}"]
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-level",
+            "warning",
+            "echo",
+            "--listen",
+            f"127.0.0.1:{echo_port}",
+        ]
     )
     try:
         if not _wait_for_port(echo_port):
@@ -135,6 +144,4 @@ def run_echo(listen: str) -> None:
     from granian.server import Server
 
     host, port = parse_listen(listen)
-    Server(
-        "gateway.echo:app", address=host, port=port, interface=Interfaces.ASGI, loop=Loops.uvloop
-    ).serve()
+    Server("gateway.echo:app", address=host, port=port, interface=Interfaces.ASGI, loop=Loops.uvloop).serve()

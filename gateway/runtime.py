@@ -126,6 +126,10 @@ class Runtime:
                 return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
         return None
 
+    def may_see_internals(self, peer_ip: str) -> bool:
+        """Loopback and trusted proxies may see operational details (addresses, errors)."""
+        return peer_ip in ("127.0.0.1", "::1") or self.snapshot.trusted.is_trusted(peer_ip)
+
     async def readiness(self) -> dict[str, Any]:
         """What /.gateway/ready reports."""
         checks: dict[str, Any] = {"config": {"ok": True, "generation": self.snapshot.generation}}

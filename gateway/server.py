@@ -79,7 +79,7 @@ def serve(config_path: Path, settings: Settings) -> None:
         logger.info("SIGHUP: asking %d worker(s) to reload %s", len(server.wrks), config_path)
         for worker in list(server.wrks):
             with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
-                os.kill(worker.inner.pid, signal.SIGHUP)
+                os.kill(worker._id(), signal.SIGHUP)  # type: ignore[no-untyped-call]
 
     # granian installs its own SIGHUP handler right before the start-up hooks run; replace it there.
     server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))

@@ -8,6 +8,8 @@ from the live snapshot. Requests under ``/.gateway/`` go to the control-plane Li
 from __future__ import annotations
 
 import logging
+from typing import cast
+
 from gateway.errors import (
     AuthenticationRequired,
     BadHeaders,
@@ -121,7 +123,7 @@ class DataPlane:
         try:
             canon = self._receive_stage(scope, snap, req)
             if _is_control(canon.path):
-                await self._control(scope, receive, send, canon.path)
+                await self._control(scope, receive, send, canon.path, req)
                 return
             rt = self._route_stage(scope, snap, req, canon)
             assert req.fwd is not None
@@ -152,13 +154,14 @@ class DataPlane:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _control(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        # The control plane sees the canonical path and never a client-supplied identity header.
-        headers = [
-            (n, v) for n, v in scope["headers"] if not normalize_name(n).startswith(b"x-gateway-")
-        ]
+    async def _control(self, scope: Scope, receive: Receive, send: Send, path: str, req: _Request) -> None:
+        # The control plane sees the canonical path, the real client address (as decided from the
+        # trusted proxies) and never a client-supplied identity header.
+        headers = [(n, v) for n, v in scope["headers"] if not normalize_name(n).startswith(b"x-gateway-")]
         inner = dict(scope)
         inner.update(path=path, raw_path=path.encode(), headers=headers, root_path="")
+        if req.fwd is not None:
+            inner["client"] = (req.fwd.client_ip, 0)
         inner.setdefault("state", {})
         await self.control(inner, receive, send)
 
@@ -217,5 +220,5 @@ def create_data_plane(runtime: Runtime) -> DataPlane:
     """Wire the data plane with its control-plane app."""
     from gateway.web.app import create_control_app
 
-    return DataPlane(runtime, create_control_app(runtime))
-
+    control = create_control_app(runtime)
+    return DataPlane(runtime, cast(ASGIApp, control))

@@ -68,6 +68,7 @@ _FORWARDING = frozenset(
 )
 _IDENTITY_PREFIX = b"x-gateway-"
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -151,16 +152,16 @@ def forwarding_for(
                 candidate = value.strip().lower()
                 if candidate in (b"http", b"https"):
                     proto = candidate.decode()
-            elif lname == b"x-forwarded-host":
+            elif lname == b"x-forwarded-host" and _FWD_HOST_RE.match(value.strip()):
                 fwd_host = value.strip().decode("latin-1")
             elif lname == b"x-request-id" and _REQUEST_ID_RE.match(value):
                 request_id = value.decode()
     chain = _parse_xff(xff) if peer_trusted else []
     chain.append(peer_ip)
     client_ip = peer_ip
-    for candidate in reversed(chain):
-        client_ip = candidate
-        if not trusted.is_trusted(candidate):
+    for hop in reversed(chain):
+        client_ip = hop
+        if not trusted.is_trusted(hop):
             break
     return Forwarding(
         client_ip=client_ip,

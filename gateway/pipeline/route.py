@@ -31,10 +31,7 @@ def normalize_host(raw: str) -> str:
     """
     if not raw or not _HOST_RE.match(raw):
         raise BadHeaders("The Host header is missing or malformed.")
-    if raw.startswith("["):
-        host = raw[: raw.index("]") + 1]
-    else:
-        host = raw.split(":", 1)[0]
+    host = raw[: raw.index("]") + 1] if raw.startswith("[") else raw.split(":", 1)[0]
     host = host.lower().rstrip(".")
     if not host:
         raise BadHeaders("The Host header is missing or malformed.")
@@ -57,7 +54,9 @@ class MatchedRoute:
 def _compile_public(pattern: str) -> re.Pattern[str]:
     # '*' matches any run of characters (across segments); paths are canonical by now, so no
     # '..' or encoded slash can smuggle a request past the pattern.
-    return re.compile("".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
+    return re.compile(
+        "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern))
+    )
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:

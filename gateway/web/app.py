@@ -26,10 +26,18 @@ def create_control_app(runtime: Runtime) -> Litestar:
         return {"status": "ok"}
 
     @get("/.gateway/ready", media_type=MediaType.JSON, cache=False)
-    async def ready() -> Response[dict[str, Any]]:
-        """Ready: config loaded, storage and fast state reachable. Load balancers route on success."""
+    async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """Ready: config loaded, storage and fast state reachable. Load balancers route on success.
+
+        The details (upstream addresses, store errors) describe the internal network, so only
+        loopback and the trusted proxies (the load balancers that probe this) see them.
+        """
         report = await runtime.readiness()
-        return Response(report, status_code=200 if report["ready"] else 503)
+        status = 200 if report["ready"] else 503
+        peer = request.client.host if request.client else ""
+        if not runtime.may_see_internals(peer):
+            report = {"ready": report["ready"]}
+        return Response(report, status_code=status)
 
     def not_found(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
         return Response(
