@@ -42,9 +42,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.runtime import storage_url
     from gateway.server import serve
+    from gateway.store.migrate import ensure_schema
 
     settings = load_settings(args.config)
+    # Check the schema once, before any worker starts, so an outdated database is one clear message
+    # (run `gateway migrate`) instead of every worker failing its start-up.
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    url = storage_url(settings)
+    asyncio.run(ensure_schema(url, auto=url.startswith("sqlite")))
     serve(args.config, settings)
     return EXIT_OK
 

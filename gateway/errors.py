@@ -16,6 +16,12 @@ grep one identifier from a user's screenshot to the log line.
     ├── UpstreamError                   502 upstream failed (connection refused, reset, bad response)
     ├── UpstreamTimeout                 504 upstream too slow
     └── ServiceUnavailable              503 no healthy upstream / store unreachable
+        ├── store.db.StoreUnavailable       the database cannot be reached (converted at the boundary)
+        ├── store.fast.StateUnavailable     Redis cannot be reached (converted at the boundary)
+        └── store.migrate.SchemaOutdated    the schema is not at the revision this release needs
+
+The storage errors live beside the code that raises them, so the error tree here stays free of
+storage imports; they are ServiceUnavailable subclasses, so every caller fails closed with a 503.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.canonical import CanonicalPath, canonicalize
 from gateway.pipeline.headers import Forwarding, forwarding_for, normalize_name, upstream_request_headers
 from gateway.pipeline.pages import error_response, wants_html
-from gateway.pipeline.proxy import ClientDisconnected, ProxyOutcome, forward_http
+from gateway.pipeline.proxy import NO_BODY, BodyFraming, ClientDisconnected, ProxyOutcome, forward_http
 from gateway.pipeline.route import normalize_host
 from gateway.pipeline.websocket import forward_websocket
 from gateway.runtime import Runtime
@@ -36,6 +36,19 @@ logger = logging.getLogger("gateway.pipeline")
 _CONTROL_PREFIX = "/.gateway"
 
 
+def _framing(lengths: list[bytes], chunked: bool) -> BodyFraming:
+    # Request smuggling lives in disagreements about where a body ends (RFC 9112 §6.3): refuse both
+    # framings at once, several different lengths, and anything that is not a plain decimal.
+    if chunked and lengths:
+        raise BadHeaders("The request has both Content-Length and Transfer-Encoding.")
+    if chunked:
+        return BodyFraming(chunked=True)
+    values = {v.strip() for v in lengths}
+    if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
+        raise BadHeaders("The request's Content-Length is malformed.")
+    return BodyFraming(content_length=int(next(iter(values))))
+
+
 def _is_control(path: str) -> bool:
     # Reserved on every host and never proxied, so an app cannot shadow the gateway's own endpoints.
     return path == _CONTROL_PREFIX or path.startswith(_CONTROL_PREFIX + "/")
@@ -44,9 +57,10 @@ def _is_control(path: str) -> bool:
 class _Request:
     """What the receive and route stages learned about a request."""
 
-    __slots__ = ("accept", "fwd", "host_raw", "path_and_query", "rt")
+    __slots__ = ("accept", "framing", "fwd", "host_raw", "path_and_query", "rt")
 
     def __init__(self) -> None:
+        self.framing = NO_BODY
         self.accept = b""
         self.host_raw = b""
         self.fwd: Forwarding | None = None
@@ -77,6 +91,8 @@ class DataPlane:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         size = 0
         hosts = 0
+        lengths: list[bytes] = []
+        chunked = False
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"host":
@@ -84,6 +100,10 @@ class DataPlane:
                 hosts += 1
             elif name == b"accept":
                 req.accept = value
+            elif name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                chunked = True
         client = scope.get("client")
         req.fwd = forwarding_for(
             peer_ip=client[0] if client else "",
@@ -97,6 +117,8 @@ class DataPlane:
         if hosts != 1:
             # Zero or several Host headers: components could disagree about the target (smuggling).
             raise BadHeaders("The request must carry exactly one Host header.")
+        if lengths or chunked:
+            req.framing = _framing(lengths, chunked)
         return canonicalize(scope.get("raw_path") or scope["path"].encode())
 
     def _route_stage(self, scope: Scope, snap: Snapshot, req: _Request, canon: CanonicalPath) -> RouteRuntime:
@@ -138,6 +160,7 @@ class DataPlane:
                 session=self.runtime.session,  # type: ignore[arg-type]
                 request_id=req.fwd.request_id,
                 outcome=outcome,
+                body_framing=req.framing,
             )
         except GatewayError as err:
             if outcome.status:
@@ -205,6 +228,10 @@ class DataPlane:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                except GatewayError as exc:
+                    logger.error("gateway worker failed to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     logger.exception("gateway worker failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

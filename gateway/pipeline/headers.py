@@ -67,6 +67,7 @@ _FORWARDING = frozenset(
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"
+_FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -197,7 +198,10 @@ def upstream_request_headers(
     The client's ``host`` is kept (first); the proxy replaces it with the target's unless the route
     preserves the host.
     """
-    nominated = _connection_tokens(headers)
+    # `Connection` may not nominate message framing (that would desynchronise the body) nor anything
+    # the route sets; headers the route sets replace the client's of the same name.
+    nominated = _connection_tokens(headers) - _FRAMING
+    overridden = {name for name, _ in extra}
     out: Headers = []
     client_host = b""
     for name, value in headers:
@@ -205,7 +209,7 @@ def upstream_request_headers(
         if lname == b"host":
             client_host = value
             continue
-        if lname in HOP_BY_HOP or lname in nominated:
+        if lname in HOP_BY_HOP or lname in nominated or lname in overridden:
             continue
         if websocket and lname.startswith(b"sec-websocket-"):
             continue  # the client library negotiates its own handshake with the upstream

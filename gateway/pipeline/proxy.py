@@ -8,6 +8,7 @@ flat for a 1 GiB upload or download. Failures before the response starts become 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from gateway.pipeline.headers import clean_response_headers
 from gateway.state import RouteRuntime
 from gateway.upstream import Target
 
-__all__ = ["ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
+__all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -33,6 +34,21 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 class ClientDisconnected(Exception):
     """The client went away while its request body was being forwarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyFraming:
+    """How the client framed its request body (RFC 9112 §6), read from the original headers."""
+
+    content_length: int | None = None
+    chunked: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+NO_BODY = BodyFraming()
 
 
 @dataclass(slots=True)
@@ -73,17 +89,6 @@ class _RequestBody:
                 return
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
-    length: int | None = None
-    chunked = False
-    for name, value in headers:
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-    return chunked or bool(length), length
-
-
 async def forward_http(
     *,
     method: str,
@@ -95,6 +100,7 @@ async def forward_http(
     session: aiohttp.ClientSession,
     request_id: str,
     outcome: ProxyOutcome,
+    body_framing: BodyFraming,
 ) -> None:
     """Send the request to a target of the route's pool and stream the answer back.
 
@@ -105,13 +111,15 @@ async def forward_http(
         BodyTooLarge, UpstreamError, UpstreamTimeout, ServiceUnavailable: before the response started.
         ClientDisconnected: the client left while sending its body.
     """
-    has_body, length = _has_body(headers)
+    length = body_framing.content_length
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
-    body = _RequestBody(receive, rt.max_body_size) if has_body else None
-    str_headers = [
-        (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"transfer-encoding"
-    ]
+    body = _RequestBody(receive, rt.max_body_size) if body_framing.has_body else None
+    str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"content-length"]
+    if length is not None:
+        # Framing comes from what the client really sent, never from the cleaned header list (where
+        # a `Connection: Content-Length` could have removed it); chunked bodies go out chunked.
+        str_headers.append(("content-length", str(length)))
     pool = rt.pool
     target = pool.pick()
     retried = False
@@ -198,21 +206,30 @@ async def _relay(
     request_id: str,
     outcome: ProxyOutcome,
 ) -> None:
+    """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
+    from then on a failure can only abort the connection, before it the caller renders an error page."""
     headers = clean_response_headers(resp.raw_headers, extra=rt.response_headers, request_id=request_id)
-    outcome.status = resp.status
+    start = {"type": "http.response.start", "status": resp.status, "headers": headers}
     if method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        outcome.status = resp.status
+        await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     length = resp.content_length
     if length is not None and length <= _SMALL_BODY:
-        # Small answers (most API and page responses): one read, one send.
-        data = await resp.content.readexactly(length) if length else b""
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        # Small answers (most API and page responses): one read, one send. Nothing was sent yet, so
+        # a truncated answer can still become a proper 502.
+        try:
+            data = await resp.content.readexactly(length) if length else b""
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamError("The application's answer was cut short.") from exc
+        outcome.status = resp.status
+        await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})
         outcome.bytes_out = len(data)
         return
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    outcome.status = resp.status
+    await send(start)
     sent = 0
     async for chunk in resp.content.iter_any():
         sent += len(chunk)

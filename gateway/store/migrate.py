@@ -30,7 +30,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.errors import GatewayError
+from gateway.errors import ServiceUnavailable
 from gateway.store.db import SQLITE_BEGIN_OPTION, backend_of, create_engine, store_errors
 
 __all__ = [
@@ -53,7 +53,7 @@ _SQLITE_MIGRATION_BUSY_TIMEOUT_MS: Final = 120_000
 _MIGRATE_HINT: Final = "run `gateway migrate --config FILE`"
 
 
-class SchemaOutdated(GatewayError):
+class SchemaOutdated(ServiceUnavailable):
     """The database schema is not the one this gateway version needs (503 until migrated)."""
 
     status = 503

@@ -66,8 +66,21 @@ class Echo:
 def run_echo(port: int | None = None) -> Iterator[Echo]:
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--log-level", "warning", "gateway.echo:app"],
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "gateway.echo:app",
+        ],
         cwd=ROOT,
     )
     try:
@@ -133,7 +146,9 @@ def echo_route(echo: Echo | str, **overrides: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def run_gateway(tmp: Path, config: dict[str, Any], *, scheme: str = "http", wait: bool = True) -> Iterator[Gateway]:
+def run_gateway(
+    tmp: Path, config: dict[str, Any], *, scheme: str = "http", wait: bool = True
+) -> Iterator[Gateway]:
     """Start ``python -m gateway serve`` with this config; waits until it accepts connections."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = int(config["listen"].rsplit(":", 1)[1])
@@ -169,7 +184,7 @@ def _wait_ready(gw: Gateway, timeout: float = 30.0) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{gw.url}/.gateway/health", timeout=2, context=ctx) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"{gw.url}/.gateway/health", timeout=2, context=ctx) as resp:
                 if resp.status == 200:
                     return
         except Exception as exc:  # noqa: BLE001
@@ -349,3 +364,13 @@ def worker_peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+@contextmanager
+def dead_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound but never listening, so for as long as the
+    context is open no other process can take it and start answering."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port

@@ -1,0 +1,826 @@
+"""Side-by-side measurement: direct echo app vs nginx vs a bare ASGI proxy vs the gateway, in one run.
+
+The machine is shared and noisy, so absolute numbers mean little; what this measures is *ratios* between
+targets that ran in the same run, interleaved in rounds, with the same client and settings::
+
+    python -m loadtests.measure [--duration 10] [--connections 32] [--quick] [--json results.json]
+
+Targets (all on 127.0.0.1, free ports, one worker each):
+
+- ``direct``:  the bundled echo app (``gateway.echo:app``) on granian;
+- ``nginx``:   Debian's nginx, ``proxy_pass`` to the echo app with an upstream keep-alive pool;
+- ``bare``:    ``loadtests.bare_proxy`` on granian: the minimal streaming ASGI reverse proxy (the baseline);
+- ``gateway``: ``python -m gateway serve`` with one public route to the echo app.
+
+See ``loadtests/README.md`` for how each number is measured. Exit codes: 0 ok; 1 a target failed to start,
+errored, or answered non-2xx; 2 bad usage; 3 (full runs only, not ``--quick``) a quality goal was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "parse_wrk"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "loadtests" / "results" / "latest.json"
+NGINX = "/usr/sbin/nginx"
+WRK = "/usr/bin/wrk"
+TARGETS = ("direct", "bare", "gateway", "nginx")
+GRANIAN_FLAGS = ("--interface", "asgi", "--workers", "1", "--loop", "uvloop", "--no-access-log")
+
+GOALS = {
+    "gateway/bare": 0.8,
+    "gateway/nginx": 0.3,
+    "added_p50_ms": 1.0,
+    "added_p99_ms": 3.0,
+}
+
+
+class MeasureError(Exception):
+    """A target could not be started or measured; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child if this script dies without cleaning up (e.g. SIGKILL)."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """A child process in its own process group, with its output in a log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """SIGTERM the process group, then SIGKILL it if it has not exited within ``timeout``."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Workers of a stopped master must not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Children:
+    """Every process this script started; ``stop_all`` is called on any exit path."""
+
+    items: list[Child] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+        handle = log.open("wb")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=ROOT,
+                preexec_fn=_die_with_parent,  # the parent is single-threaded
+            )
+        finally:
+            handle.close()
+        child = Child(name, proc, log)
+        self.items.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.items):
+            with contextlib.suppress(Exception):
+                child.stop()
+        self.items.clear()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(child: Child, port: int, timeout: float) -> None:
+    """Poll until the port answers any HTTP response; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise MeasureError(f"exited with code {child.proc.returncode}: {child.tail(8) or '(no output)'}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(
+                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+                )
+                if sock.recv(16).startswith(b"HTTP/1."):
+                    return
+                last = "answer was not HTTP"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise MeasureError(f"not ready after {timeout:.0f}s ({last}): {child.tail(8)}")
+
+
+def preflight(port: int) -> None:
+    """One request must reach the echo app through the target and come back 200 with the right target."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise MeasureError(f"preflight GET / failed: {exc}") from exc
+    finally:
+        conn.close()
+    if resp.status != 200:
+        where = resp.getheader("location")
+        detail = f" -> {where}" if where else f": {body[:200]!r}"
+        raise MeasureError(f"GET / answered {resp.status}{detail} (expected 200 from the echo app)")
+    try:
+        info = json.loads(body)
+    except ValueError as exc:
+        raise MeasureError(f"GET / did not return the echo app's JSON: {body[:200]!r}") from exc
+    if info.get("target") != "/":
+        raise MeasureError(f"echo app saw target {info.get('target')!r}, expected '/'")
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+
+
+def granian_argv(app: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "granian", *GRANIAN_FLAGS, "--host", "127.0.0.1", "--port", str(port), app]
+
+
+def nginx_conf(tmp: Path, port: int, upstream_port: int) -> str:
+    return f"""\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-tmp/body;
+    proxy_temp_path {tmp}/nginx-tmp/proxy;
+    fastcgi_temp_path {tmp}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {tmp}/nginx-tmp/uwsgi;
+    scgi_temp_path {tmp}/nginx-tmp/scgi;
+    upstream echo {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }}
+    }}
+}}
+"""
+
+
+def gateway_config(tmp: Path, port: int, upstream_port: int) -> str:
+    import yaml
+
+    config = {
+        "public_url": f"http://127.0.0.1:{port}",
+        "listen": f"127.0.0.1:{port}",
+        "data_dir": str(tmp / "data"),
+        "server": {"workers": 1},
+        "routes": [
+            {
+                "name": "echo",
+                "host": "127.0.0.1",
+                "path": "/",
+                "upstreams": [f"http://127.0.0.1:{upstream_port}"],
+                "public_paths": ["/*"],
+                "mfa": "none",
+            }
+        ],
+    }
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def gateway_unavailable_reason() -> str | None:
+    """Why ``python -m gateway serve`` cannot even be attempted, or None."""
+    pkg = ROOT / "gateway"
+    if not (pkg / "__main__.py").exists() and not (pkg / "cli.py").exists():
+        return "gateway/__main__.py and gateway/cli.py do not exist yet"
+    probe = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    if probe.returncode != 0:
+        tail = (probe.stderr or probe.stdout).strip().splitlines()[-3:]
+        return f"`python -m gateway serve --help` exited {probe.returncode}: {' | '.join(tail)}"
+    return None
+
+
+@dataclass
+class Started:
+    port: int
+    child: Child
+
+
+def start_targets(
+    wanted: list[str], tmp: Path, children: Children, ready_timeout: float
+) -> tuple[dict[str, Started], dict[str, str]]:
+    """Start the echo app and every wanted target; return the running ones and why others are missing."""
+    running: dict[str, Started] = {}
+    failed: dict[str, str] = {}
+    echo_port = free_port()
+    echo = children.spawn("echo", granian_argv("gateway.echo:app", echo_port), tmp / "echo.log")
+    wait_ready(echo, echo_port, ready_timeout)  # without the upstream nothing can be measured
+    if "direct" in wanted:
+        running["direct"] = Started(echo_port, echo)
+
+    starters: dict[str, Callable[[int], Child]] = {
+        "bare": lambda port: children.spawn(
+            "bare",
+            granian_argv("loadtests.bare_proxy:app", port),
+            tmp / "bare.log",
+            env={"BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{echo_port}"},
+        ),
+        "nginx": lambda port: _start_nginx(children, tmp, port, echo_port),
+        "gateway": lambda port: _start_gateway(children, tmp, port, echo_port),
+    }
+    for name in wanted:
+        if name == "direct":
+            continue
+        port = free_port()
+        try:
+            child = starters[name](port)
+            wait_ready(child, port, ready_timeout * (2 if name == "gateway" else 1))
+            running[name] = Started(port, child)
+        except MeasureError as exc:
+            failed[name] = str(exc)
+    for name, started in list(running.items()):
+        try:
+            preflight(started.port)
+        except MeasureError as exc:
+            failed[name] = str(exc)
+            del running[name]
+    return running, failed
+
+
+def _start_nginx(children: Children, tmp: Path, port: int, echo_port: int) -> Child:
+    if not Path(NGINX).exists():
+        raise MeasureError(f"{NGINX} not found; install it with: apt-get install -y nginx")
+    (tmp / "nginx-tmp").mkdir(exist_ok=True)
+    if os.geteuid() == 0:  # nginx workers drop to 'nobody' and must reach their temp paths
+        tmp.chmod(0o755)
+        (tmp / "nginx-tmp").chmod(0o777)
+    conf = tmp / "nginx.conf"
+    conf.write_text(nginx_conf(tmp, port, echo_port))
+    argv = [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")]
+    return children.spawn("nginx", argv, tmp / "nginx.log")
+
+
+def _start_gateway(children: Children, tmp: Path, port: int, echo_port: int) -> Child:
+    reason = gateway_unavailable_reason()
+    if reason:
+        raise MeasureError(reason)
+    (tmp / "data").mkdir(exist_ok=True)
+    conf = tmp / "gateway.yaml"
+    conf.write_text(gateway_config(tmp, port, echo_port))
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
+    return children.spawn("gateway", argv, tmp / "gateway.log")
+
+
+# --------------------------------------------------------------------------------------------------
+# Load clients
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not match:
+        raise ValueError(f"unparseable wrk time {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Parse ``wrk --latency`` output into the same shape as ``loadtests.pyclient``."""
+    result: dict[str, Any] = {"mode": "closed", "non_2xx": 0, "errors": 0, "socket_errors": {}}
+    for q in ("50", "90", "99"):
+        match = re.search(rf"^\s*{q}(?:\.0+)?%\s+(\S+)\s*$", output, re.MULTILINE)
+        if not match:
+            raise ValueError(f"no {q}% latency line in wrk output")
+        result[f"p{q}_ms"] = _ms(match.group(1))
+    match = re.search(r"^\s*Latency\s+\S+\s+\S+\s+(\S+)", output, re.MULTILINE)
+    result["max_ms"] = _ms(match.group(1)) if match else float("nan")
+    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", output)
+    if not match:
+        raise ValueError("no request count in wrk output")
+    result["requests"] = int(match.group(1))
+    result["duration_s"] = _ms(match.group(2) + match.group(3)) / 1e3
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not match:
+        raise ValueError("no Requests/sec in wrk output")
+    result["rps"] = float(match.group(1))
+    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if match:
+        result["non_2xx"] = int(match.group(1))
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if match:
+        names = ("connect", "read", "write", "timeout")
+        result["socket_errors"] = dict(zip(names, map(int, match.groups()), strict=True))
+        result["errors"] = sum(result["socket_errors"].values())
+    return result
+
+
+@dataclass
+class Client:
+    kind: str  # "wrk" | "python"
+    connections: int
+    threads: int
+
+    def closed(self, children: Children, tmp: Path, port: int, duration: float) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{port}/"
+        if self.kind == "wrk":
+            argv = [WRK, f"-t{self.threads}", f"-c{self.connections}", f"-d{max(1, round(duration))}s"]
+            argv += ["--latency", "--timeout", "5s", "-H", "Accept: application/json", url]
+            return parse_wrk(_run(children, "wrk", argv, tmp, duration + 30))
+        return self.paced(children, tmp, port, duration, 0.0)
+
+    def paced(self, children: Children, tmp: Path, port: int, duration: float, rate: float) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "loadtests.pyclient", f"http://127.0.0.1:{port}/"]
+        argv += ["--connections", str(self.connections), "--duration", str(duration), "--rate", str(rate)]
+        out = _run(children, "pyclient", argv, tmp, duration + 60)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _run(children: Children, name: str, argv: list[str], tmp: Path, timeout: float) -> str:
+    """Run a load client to completion (killed with the rest on any interruption); return its stdout."""
+    log = tmp / f"{name}.out"
+    child = children.spawn(name, argv, log)
+    try:
+        code = child.proc.wait(timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise MeasureError(f"{name} did not finish within {timeout:.0f}s") from exc
+    finally:
+        child.stop()
+        children.items.remove(child)
+    output = log.read_text(errors="replace")
+    if code != 0:
+        raise MeasureError(f"{name} exited {code}: {output.strip()[-400:]}")
+    return output
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        import aiohttp
+        import granian
+
+        versions = {"granian": granian.__version__, "aiohttp": aiohttp.__version__}
+    for tool, argv in (("nginx", [NGINX, "-v"]), ("wrk", [WRK, "-v"])):
+        if Path(argv[0]).exists():
+            with contextlib.suppress(Exception):
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+                versions[tool] = (done.stderr or done.stdout).strip().splitlines()[0]
+    return {
+        "cpu_model": cpu,
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_start": list(os.getloadavg()),
+        "versions": versions,
+    }
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rounds if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summarise(rounds: dict[str, list[dict[str, Any]]], phase: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, items in rounds.items():
+        runs = [r[phase] for r in items if phase in r]
+        if runs:
+            out[name] = {k: _median(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+    return out
+
+
+def _per_round(rounds: dict[str, list[dict[str, Any]]], name: str, phase: str) -> dict[int, dict[str, Any]]:
+    return {e["round"]: e[phase] for e in rounds.get(name, []) if phase in e}
+
+
+def _paired(
+    rounds: dict[str, list[dict[str, Any]]],
+    a: str,
+    b: str,
+    phase: str,
+    combine: Callable[[dict[str, Any], dict[str, Any]], float],
+) -> float | None:
+    """Median over rounds of ``combine(a's result, b's result)`` from the *same* round.
+
+    Pairing within a round cancels most of the drift of a shared machine: the two runs were at most
+    a few tens of seconds apart, while separate medians of a and b can come from different minutes.
+    """
+    ra, rb = _per_round(rounds, a, phase), _per_round(rounds, b, phase)
+    values = [combine(ra[r], rb[r]) for r in sorted(ra.keys() & rb.keys())]
+    values = [v for v in values if math.isfinite(v)]
+    return float(statistics.median(values)) if values else None
+
+
+def _rps_ratio(x: dict[str, Any], y: dict[str, Any]) -> float:
+    return float(x["rps"] / y["rps"]) if y["rps"] else float("nan")
+
+
+def _diff(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+    return lambda x, y: float(x[key] - y[key])
+
+
+def comparisons(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Ratios and added latencies, each the median over rounds of the per-round (paired) value."""
+    out: dict[str, Any] = {}
+    for a, b in (("gateway", "bare"), ("gateway", "nginx"), ("bare", "direct"), ("nginx", "direct")):
+        out[f"{a}/{b}"] = _paired(rounds, a, b, "closed", _rps_ratio)
+    for who, prefix in (("gateway", ""), ("bare", "bare_")):
+        for q in ("p50", "p99"):
+            out[f"{prefix}added_{q}_ms_fixed_rate"] = _paired(
+                rounds, who, "direct", "fixed", _diff(f"{q}_ms")
+            )
+    for q in ("p50", "p99"):
+        out[f"added_{q}_ms_closed_loop"] = _paired(rounds, "gateway", "direct", "closed", _diff(f"{q}_ms"))
+    return out
+
+
+def goal_checks(cmp: dict[str, Any]) -> dict[str, bool | None]:
+    def at_least(v: float | None, goal: float) -> bool | None:
+        return None if v is None else v >= goal
+
+    def at_most(v: float | None, goal: float) -> bool | None:
+        return None if v is None else v <= goal
+
+    return {
+        "gateway/bare >= 0.8x": at_least(cmp["gateway/bare"], GOALS["gateway/bare"]),
+        "gateway/nginx >= 0.3x": at_least(cmp["gateway/nginx"], GOALS["gateway/nginx"]),
+        "added p50 <= 1 ms (fixed rate)": at_most(cmp["added_p50_ms_fixed_rate"], GOALS["added_p50_ms"]),
+        "added p99 <= 3 ms (fixed rate)": at_most(cmp["added_p99_ms_fixed_rate"], GOALS["added_p99_ms"]),
+    }
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        width = re.match(r"\d*", spec)
+        return "-".rjust(int(width.group(0) or 0) + len(suffix)) if width else "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """The last non-empty line of a (possibly multi-line) reason, for the table."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head = text.split(":", 1)[0] if ":" in text and len(lines) > 1 else ""
+    last = lines[-1] if lines else text
+    out = f"{head}: ... {last}" if head and head not in last else last
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return f"{_fmt(a, '.2f')}/{_fmt(b, '.2f')} ms".rjust(16)
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "ok", False: "MISSED", None: "not measured"}[ok]
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (no samples) become null so the JSON stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    closed, fixed = report["closed_loop"], report["fixed_rate"]
+    m = report["machine"]
+    lines = [
+        "",
+        f"machine: {m['cpu_model']}, {m['nproc']} cpu(s), python {m['python']}, {m['date']}; load average "
+        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end (background load = noise)",
+        f"closed loop, max throughput: {s['client']} with {s['connections']} connections"
+        + (f", {s['threads']} thread(s)" if s["client"] == "wrk" else "")
+        + f", {s['duration']:g}s x {s['rounds']} round(s), median of rounds",
+        f"{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}   "
+        + (f"| fixed rate {s['rate']:g}/s {'p50 ms':>8}{'p99 ms':>8}" if s["rate"] else ""),
+    ]
+    for name in s["targets"]:
+        row = closed.get(name)
+        if name in report["unavailable"]:
+            lines.append(f"{name:<9}not available ({_one_line(report['unavailable'][name])})")
+            continue
+        if row is None:
+            lines.append(f"{name:<9}failed: {_one_line(report['errors'].get(name, ['no result'])[-1])}")
+            continue
+        line = f"{name:<9}{_fmt(row['rps'], '10.0f')}{_fmt(row['p50_ms'], '9.2f')}"
+        line += f"{_fmt(row['p90_ms'], '9.2f')}{_fmt(row['p99_ms'], '9.2f')}   "
+        if s["rate"]:
+            f = fixed.get(name)
+            pad = len(f"fixed rate {s['rate']:g}/s")
+            line += f"| {'':>{pad}}{_fmt(f and f['p50_ms'], '8.2f')}{_fmt(f and f['p99_ms'], '8.2f')}"
+        lines.append(line)
+    cmp, goals = report["comparisons"], report["goals"]
+    lines += [
+        "",
+        f"{'comparison (median of per-round values)':<44}{'value':>10}   goal",
+        f"{'gateway / bare   (req/s)':<44}{_fmt(cmp['gateway/bare'], '9.2f', 'x')}   >= 0.80x  "
+        + _verdict(goals["gateway/bare >= 0.8x"]),
+        f"{'gateway / nginx  (req/s)':<44}{_fmt(cmp['gateway/nginx'], '9.2f', 'x')}   >= 0.30x  "
+        + _verdict(goals["gateway/nginx >= 0.3x"]),
+        f"{'bare / direct    (req/s)':<44}{_fmt(cmp['bare/direct'], '9.2f', 'x')}   (info)",
+        f"{'nginx / direct   (req/s)':<44}{_fmt(cmp['nginx/direct'], '9.2f', 'x')}   (info)",
+    ]
+    if s["rate"]:
+        at = f"@ {s['rate']:g}/s"
+        lines += [
+            f"{'added p50, gateway - direct ' + at:<44}"
+            f"{_fmt(cmp['added_p50_ms_fixed_rate'], '7.2f', ' ms')}   <= 1 ms   "
+            + _verdict(goals["added p50 <= 1 ms (fixed rate)"]),
+            f"{'added p99, gateway - direct ' + at:<44}"
+            f"{_fmt(cmp['added_p99_ms_fixed_rate'], '7.2f', ' ms')}   <= 3 ms   "
+            + _verdict(goals["added p99 <= 3 ms (fixed rate)"]),
+            f"{'added p50/p99, bare - direct ' + at:<38}"
+            f"{_pair(cmp['bare_added_p50_ms_fixed_rate'], cmp['bare_added_p99_ms_fixed_rate'])}   (info)",
+        ]
+    else:
+        lines.append("added latency at a fixed rate: not measured (--rate 0 / --quick)")
+    lines += [
+        f"{'added p50/p99 gw - direct, closed loop':<38}"
+        f"{_pair(cmp['added_p50_ms_closed_loop'], cmp['added_p99_ms_closed_loop'])}"
+        "   (info: at saturation, mostly queueing)",
+        "",
+        "Closed-loop latency is measured at maximum throughput: it is dominated by queueing and is NOT the",
+        "'added latency at a fixed moderate rate' of the quality bars; the fixed-rate columns measure that",
+        "(open loop, Python client, latency from each request's scheduled start).",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.measure",
+        description="Measure direct / nginx / bare ASGI proxy / gateway side by side in one run "
+        "(req/s and p50/p90/p99 latency, interleaved rounds, medians, ratios against the quality goals).",
+        epilog="Exit codes: 0 ok; 1 a target failed, errored or answered non-2xx; 2 usage; "
+        "3 a quality goal was missed (not in --quick).",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load per target and round")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per target and round")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="fixed request rate for the added-latency measurement (default 300/s; 0 disables; quick 0)",
+    )
+    parser.add_argument("--rate-duration", type=float, default=5.0, help="seconds per fixed-rate run")
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=20.0, help="seconds to wait for a server")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke run: ~3 s per target, 1 round, no fixed-rate phase"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration if args.duration is not None else (2.0 if quick else 10.0)
+    args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
+    args.rate = args.rate if args.rate is not None else (0.0 if quick else 300.0)
+    args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.target_list) - set(TARGETS)
+    if unknown or not args.target_list:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.connections < args.threads or args.connections < 1 or args.rounds < 1 or args.duration <= 0:
+        parser.error("need connections >= threads >= 1, rounds >= 1, duration > 0")
+    return args
+
+
+def choose_client(kind: str) -> str:
+    if kind in ("auto", "wrk") and Path(WRK).exists():
+        return "wrk"
+    if kind == "wrk":
+        raise MeasureError(f"{WRK} not found; install it with: apt-get install -y wrk")
+    if kind == "auto":
+        print(
+            f"note: {WRK} not found (install it with: apt-get install -y wrk); using the Python client,"
+            " whose ceiling is much lower: do not compare these numbers with wrk runs",
+            file=sys.stderr,
+        )
+    return "python"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, which Python would keep.
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def measure(args: argparse.Namespace, children: Children, tmp: Path) -> dict[str, Any]:
+    client = Client(choose_client(args.client), args.connections, args.threads)
+    info = machine_info()
+    if "nginx" in args.target_list and not Path(NGINX).exists():
+        print(f"note: {NGINX} not found; install it with: apt-get install -y nginx", file=sys.stderr)
+    print(f"starting {', '.join(args.target_list)} (logs in {tmp}) ...", file=sys.stderr)
+    running, unavailable = start_targets(args.target_list, tmp, children, args.ready_timeout)
+    for name, why in unavailable.items():
+        print(f"{name}: not available ({why})", file=sys.stderr)
+
+    order = [t for t in args.target_list if t in running]
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    errors: dict[str, list[str]] = {}
+    for rnd in range(args.rounds):
+        shift = rnd % len(order) if order else 0
+        for name in order[shift:] + order[:shift]:  # rotate so no target always runs first
+            port = running[name].port
+            entry: dict[str, Any] = {"round": rnd + 1}
+            try:
+                if running[name].child.proc.poll() is not None:
+                    raise MeasureError(f"server exited: {running[name].child.tail(5)}")
+                if args.warmup > 0:
+                    client.closed(children, tmp, port, args.warmup)
+                entry["closed"] = result = client.closed(children, tmp, port, args.duration)
+                print(
+                    f"round {rnd + 1}/{args.rounds} {name:<8} {result['rps']:9.0f} req/s  "
+                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms",
+                    file=sys.stderr,
+                )
+                if args.rate > 0:
+                    entry["fixed"] = fixed = client.paced(children, tmp, port, args.rate_duration, args.rate)
+                    print(
+                        f"{'':>12}{name:<8} @ {args.rate:g}/s: achieved {fixed['rps']:.0f}/s  "
+                        f"p50 {fixed['p50_ms']:.2f} ms  p99 {fixed['p99_ms']:.2f} ms",
+                        file=sys.stderr,
+                    )
+                    if fixed["rps"] < 0.9 * args.rate:
+                        raise MeasureError(f"fixed rate {args.rate:g}/s not sustained ({fixed['rps']:.0f}/s)")
+                for phase in ("closed", "fixed"):
+                    res = entry.get(phase)
+                    if res and (res["non_2xx"] or res["errors"]):
+                        raise MeasureError(
+                            f"{phase}: {res['non_2xx']} non-2xx responses, {res['errors']} errors "
+                            f"{res.get('socket_errors') or ''}".strip()
+                        )
+            except MeasureError as exc:
+                errors.setdefault(name, []).append(f"round {rnd + 1}: {exc}")
+                print(f"{name}: error: {exc}", file=sys.stderr)
+            rounds[name].append(entry)
+
+    closed = summarise(rounds, "closed")
+    fixed = summarise(rounds, "fixed")
+    cmp = comparisons(rounds)
+    info["loadavg_end"] = list(os.getloadavg())
+    return {
+        "machine": info,
+        "settings": {
+            "client": client.kind,
+            "connections": args.connections,
+            "threads": args.threads,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "rate": args.rate,
+            "rate_duration": args.rate_duration,
+            "quick": args.quick,
+            "targets": args.target_list,
+            "request": "GET / (Accept: application/json) -> echo app JSON, about 250 bytes",
+            "server": "granian " + " ".join(GRANIAN_FLAGS),
+        },
+        "closed_loop": closed,
+        "fixed_rate": fixed,
+        "comparisons": cmp,
+        "goals": goal_checks(cmp),
+        "unavailable": unavailable,
+        "errors": errors,
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    children = Children()
+    tmp = Path(tempfile.mkdtemp(prefix="gw-measure-"))
+    try:
+        with _sigterm_as_interrupt():
+            report = measure(args, children, tmp)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping servers", file=sys.stderr)
+        return 130
+    except MeasureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # Cleanup must finish: a second Ctrl-C here would leave servers and temp files behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        children.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    print(render(report))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(_finite(report), indent=2, allow_nan=False, default=str) + "\n")
+    print(f"\nwritten: {args.json}")
+
+    failed = bool(report["unavailable"] or report["errors"])
+    failed |= any(name not in report["closed_loop"] for name in args.target_list)
+    if failed:
+        print("FAILED: a target was unavailable, errored or answered non-2xx (see above)", file=sys.stderr)
+        return 1
+    if not args.quick and any(ok is False for ok in report["goals"].values()):
+        print("goal missed (see the comparison table)", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
