@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
         self.last_reload_error: str | None = None
+        # Set by the server when a SIGHUP arrived before start() could install its handler.
+        self.early_reload: threading.Event | None = None
         self.started_at = time.time()
 
     @property
@@ -82,6 +85,9 @@ class Runtime:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread or Windows
             logger.warning("SIGHUP reload is not available in this process")
+        if self.early_reload is not None and self.early_reload.is_set():
+            # The config may have changed between loading it and now: honour that reload.
+            await self.reload()
 
     def _on_sighup(self) -> None:
         task = asyncio.ensure_future(self.reload())

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 from gateway.pipeline.app import DataPlane, create_data_plane
@@ -24,6 +25,7 @@ __all__ = ["app_factory", "parse_listen", "serve"]
 logger = logging.getLogger("gateway")
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+EARLY_SIGHUP = threading.Event()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -34,10 +36,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def app_factory() -> DataPlane:
     """granian factory target: builds one worker's app from the config named in the environment."""
-    # A SIGHUP arriving before the worker's loop handler is installed must not kill it (the default
-    # action of SIGHUP is to terminate); the lifespan start-up installs the real handler.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return create_data_plane(load_runtime(os.environ[CONFIG_ENV]))
+    # A SIGHUP can arrive while this worker is still starting (the master forwards it to every
+    # worker). It must neither kill the worker (SIGHUP's default action) nor be lost: it is noted
+    # here, and the lifespan start-up replays it once the real handler is installed.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
+    runtime = load_runtime(os.environ[CONFIG_ENV])
+    runtime.early_reload = EARLY_SIGHUP
+    return create_data_plane(runtime)
 
 
 def serve(config_path: Path, settings: Settings) -> None:
@@ -74,7 +79,9 @@ def serve(config_path: Path, settings: Settings) -> None:
     master_pid = os.getpid()
 
     def forward_sighup(signum: int, _frame: object) -> None:
-        if os.getpid() != master_pid:  # a freshly forked worker still carries this handler
+        if os.getpid() != master_pid:
+            # A freshly forked worker still carries this handler until app_factory replaces it.
+            EARLY_SIGHUP.set()
             return
         logger.info("SIGHUP: asking %d worker(s) to reload %s", len(server.wrks), config_path)
         for worker in list(server.wrks):

@@ -401,13 +401,26 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
         assert "Traceback" not in output
         assert not port_is_open(port)
         assert not port_is_open(echo_port), "the echo app outlived quickstart"
-        wait_until(
-            lambda: not process_group_members(pgid), timeout=30, what="every quickstart child process gone"
-        )
+        try:
+            wait_until(
+                lambda: not process_group_members(pgid),
+                timeout=30,
+                what="every quickstart child process gone",
+            )
+        except TimeoutError as exc:
+            left = {pid: _cmdline(pid) for pid in process_group_members(pgid)}
+            raise AssertionError(f"processes left behind by quickstart: {left}") from exc
     finally:
         if process_group_members(pgid):
             os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def _get_ok(url: str) -> httpx.Response | None:

@@ -163,8 +163,13 @@ def test_passive_ejection_without_active_checks(gw: Gateway, echo: Echo, dead_ur
 
 def test_all_upstreams_down_gives_502_then_503_once_ejected(gw: Gateway, dead_urls: list[str]) -> None:
     statuses = [_get(gw, host="down.test").status_code]
+
+    def next_is_503() -> bool:
+        statuses.append(_get(gw, host="down.test").status_code)
+        return statuses[-1] == 503
+
     wait_until(
-        lambda: statuses.append(_get(gw, host="down.test").status_code) or statuses[-1] == 503,
+        next_is_503,
         timeout=30,
         interval=0,
         what="503 once every target is ejected",

@@ -20,6 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from tests.integration.harness import (
     Echo,
@@ -53,7 +54,7 @@ def _ws_handler(conn: ServerConnection) -> None:
 
 @pytest.fixture(scope="module")
 def ws_upstream() -> Iterator[str]:
-    server = serve(_ws_handler, "127.0.0.1", 0, subprotocols=["chat.v2"])
+    server = serve(_ws_handler, "127.0.0.1", 0, subprotocols=[Subprotocol("chat.v2")])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -135,7 +136,10 @@ def _ws_connect(gw: Gateway, host: str, path: str = "/ws", **kwargs: Any) -> Cli
     """Open a WebSocket through the gateway with a chosen Host (the socket still goes to 127.0.0.1)."""
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     try:
-        return connect(f"ws://{host}:{gw.port}{path}", sock=sock, open_timeout=10, close_timeout=5, **kwargs)
+        conn: ClientConnection = connect(
+            f"ws://{host}:{gw.port}{path}", sock=sock, open_timeout=10, close_timeout=5, **kwargs
+        )
+        return conn
     except BaseException:
         sock.close()
         raise

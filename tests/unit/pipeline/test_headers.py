@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.pipeline.headers import (
+    Forwarding,
     TrustedProxies,
     clean_response_headers,
     forwarding_for,
@@ -15,8 +16,12 @@ NO_PROXIES = TrustedProxies([])
 LB = TrustedProxies(["10.0.0.0/8", "127.0.0.1/32"])
 
 
-def _fwd(headers: list[tuple[bytes, bytes]], peer: str = "203.0.113.9", trusted: TrustedProxies = NO_PROXIES):
-    return forwarding_for(peer_ip=peer, scheme="https", host="app.example.com", headers=headers, trusted=trusted)
+def _fwd(
+    headers: list[tuple[bytes, bytes]], peer: str = "203.0.113.9", trusted: TrustedProxies = NO_PROXIES
+) -> Forwarding:
+    return forwarding_for(
+        peer_ip=peer, scheme="https", host="app.example.com", headers=headers, trusted=trusted
+    )
 
 
 def _out(headers: list[tuple[bytes, bytes]], **kw: object) -> dict[bytes, list[bytes]]:
@@ -71,7 +76,11 @@ def test_garbage_in_trusted_xff_is_dropped() -> None:
 
 
 def test_trusted_proto_and_request_id_are_honoured() -> None:
-    headers = [(b"x-forwarded-proto", b"http"), (b"x-request-id", b"abc-123"), (b"x-forwarded-host", b"ext.example")]
+    headers = [
+        (b"x-forwarded-proto", b"http"),
+        (b"x-request-id", b"abc-123"),
+        (b"x-forwarded-host", b"ext.example"),
+    ]
     fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
     assert (fwd.proto, fwd.request_id, fwd.host) == ("http", "abc-123", "ext.example")
 
@@ -91,8 +100,16 @@ def test_malformed_request_id_from_trusted_proxy_is_replaced(value: bytes) -> No
 
 @pytest.mark.parametrize(
     "name",
-    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-     b"proxy-authorization"],
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+    ],
 )
 def test_hop_by_hop_headers_are_removed(name: bytes) -> None:
     out = _out([(b"host", b"app"), (name, b"x")])

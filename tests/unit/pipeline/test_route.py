@@ -44,7 +44,16 @@ def test_normalize_host(raw: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "evil.com@wiki.example.com", "wiki.example.com/x", "a b", "wiki.example.com:99999999", "http://x", ".", ":80"],
+    [
+        "",
+        "evil.com@wiki.example.com",
+        "wiki.example.com/x",
+        "a b",
+        "wiki.example.com:99999999",
+        "http://x",
+        ".",
+        ":80",
+    ],
 )
 def test_malformed_host_is_refused(raw: str) -> None:
     with pytest.raises(BadHeaders):
