@@ -15,6 +15,8 @@ name) can never remove something the gateway sets.
 from __future__ import annotations
 
 import ipaddress
+import os
+import random
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -112,6 +114,18 @@ class Forwarding:
     request_id: str
 
 
+# Request ids correlate log lines; they are not secrets, and os.urandom is a system call per request
+# (measurably slow in sandboxed kernels), so a PRNG seeded from the OS once per process is enough.
+_ids = random.Random(secrets.randbits(128))  # noqa: S311 - correlation ids, not secrets
+# Worker processes are forked: each must draw its own sequence, or two workers would repeat ids.
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
+
+
+def new_request_id() -> str:
+    """32 hex characters, unique enough to correlate one request across logs."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
 def _parse_xff(values: Sequence[bytes]) -> list[str]:
     # Only well-formed addresses survive: a value like 'unknown' or '1.2.3.4;proto=http' must not be
     # echoed into the upstream's Forwarded header or the access log.
@@ -170,7 +184,7 @@ def forwarding_for(
         proto=proto,
         host=fwd_host,
         chain=tuple(chain),
-        request_id=request_id or secrets.token_hex(16),
+        request_id=request_id or new_request_id(),
     )
 
 

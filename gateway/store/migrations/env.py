@@ -17,7 +17,8 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
 from gateway.store.db import create_engine
-from gateway.store.models import Base, UTCDateTime
+from gateway.store.models import UTCDateTime
+from gateway.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -35,7 +35,8 @@ from gateway.store.migrate import (
     head_revision,
     upgrade,
 )
-from gateway.store.models import Base, Instance, KvSetting
+from gateway.store.models import Instance, KvSetting
+from gateway.store.schema import Base
 from tests.unit.store import conftest_db
 
 # Fixtures live in conftest_db (tests/unit/store/conftest.py belongs to another suite); binding them

@@ -1,0 +1,125 @@
+"""Tables of people and their factors: users, TOTP and WebAuthn credentials, recovery codes, audit events.
+
+Secrets never sit here in the clear: TOTP seeds are AES-256-GCM ciphertext under the keyring
+(``gateway.crypto.keyring``), passwords and recovery codes are argon2id hashes. Usernames and emails are
+stored canonical (NFKC, case-folded, trimmed), so the unique constraints mean "one account per person".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from gateway.store.models import Base
+
+__all__ = ["AuditEvent", "RecoveryCode", "TotpCredential", "User", "WebAuthnCredential"]
+
+
+class User(Base):
+    """A local account (or, later, one provisioned from an identity provider)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Canonical form (see gateway.identity.names): what people type is folded to this before lookup.
+    username: Mapped[str] = mapped_column(unique=True)
+    email: Mapped[str | None] = mapped_column(unique=True)
+    display_name: Mapped[str] = mapped_column(default="")
+    # argon2id PHC string; None for accounts that can only sign in through an identity provider.
+    password_hash: Mapped[str | None]
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set for a bootstrap or admin-reset password: the user must choose a new one after sign-in.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Roles granted locally (comma-free names, space separated); groups from IdPs are added per session.
+    roles: Mapped[str] = mapped_column(default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime | None]
+
+    totp_credentials: Mapped[list[TotpCredential]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+    webauthn_credentials: Mapped[list[WebAuthnCredential]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class TotpCredential(Base):
+    """An authenticator app. ``confirmed`` only after the first valid code (enrollment proof)."""
+
+    __tablename__ = "totp_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str]
+    # Keyring ciphertext of the base32 seed (AAD binds it to this user id).
+    secret_enc: Mapped[str]
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last accepted RFC 6238 time step: a code is accepted only for a later step (no replay).
+    last_step: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="totp_credentials")
+
+
+class WebAuthnCredential(Base):
+    """A passkey or security key registered with py_webauthn."""
+
+    __tablename__ = "webauthn_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str]
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Space-separated transports the authenticator reported (usb nfc ble internal hybrid).
+    transports: Mapped[str] = mapped_column(default="")
+    aaguid: Mapped[str] = mapped_column(default="")
+    discoverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="webauthn_credentials")
+
+
+class RecoveryCode(Base):
+    """One single-use recovery code (argon2id hash). A new batch replaces the whole old set."""
+
+    __tablename__ = "recovery_codes"
+    __table_args__ = (UniqueConstraint("user_id", "batch", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    batch: Mapped[str]
+    position: Mapped[int] = mapped_column(Integer)
+    code_hash: Mapped[str]
+    created_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """An append-only security event (sign-in, MFA, enrollment, lock, admin action).
+
+    The hash chain that makes tampering detectable is added by the audit-trail work; the rows written
+    until then are chained when it lands (they are ordered by id).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    kind: Mapped[str]
+    # Who did it ("user:alice", "admin:bob", "system") and about whom (a username or "").
+    actor: Mapped[str]
+    subject: Mapped[str] = mapped_column(default="", index=True)
+    ip: Mapped[str] = mapped_column(default="")
+    outcome: Mapped[str] = mapped_column(Text, default="success")
+    # JSON object with event details; never secrets (codes, passwords, tokens).
+    details: Mapped[str] = mapped_column(default="{}")
