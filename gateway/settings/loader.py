@@ -844,6 +844,13 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
         (("limits", "max_header_bytes"), settings.limits.max_header_bytes),
         (("limits", "max_body_size"), settings.limits.max_body_size),
         (("limits", "max_upstream_connections"), settings.limits.max_upstream_connections),
+        (("passwords", "time_cost"), settings.passwords.time_cost),
+        (("passwords", "parallelism"), settings.passwords.parallelism),
+        (("passwords", "max_concurrent_hashes"), settings.passwords.max_concurrent_hashes),
+        (("regulation", "max_failures"), settings.regulation.max_failures),
+        (("regulation", "lock_time"), settings.regulation.lock_time),
+        (("mfa", "recovery_codes"), settings.mfa.recovery_codes),
+        (("mfa", "reauth_max_age"), settings.mfa.reauth_max_age),
     ]
     _require_positive(positive, report)
     if settings.server.graceful_timeout < 0:
@@ -853,6 +860,23 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
             ("session", "idle_timeout"),
             f"is longer than session.lifetime ({settings.session.lifetime:g}s), so it would never apply;"
             " make it shorter",
+        )
+    if settings.passwords.memory_kib < 19456:
+        report.add(
+            ("passwords", "memory_kib"),
+            f"{settings.passwords.memory_kib} is below OWASP's minimum for argon2id; use at least 19456 (19 MiB)",
+        )
+    if settings.passwords.min_length < 8:
+        report.add(("passwords", "min_length"), "must be at least 8 (NIST SP 800-63B)")
+    if not 0 <= settings.regulation.free_attempts < settings.regulation.max_failures:
+        report.add(("regulation", "free_attempts"), "must be at least 0 and below regulation.max_failures")
+    if settings.regulation.max_failures > 100:
+        report.add(("regulation", "max_failures"), "must not exceed 100 (NIST SP 800-63B §5.2.2)")
+    if settings.server.workers > 1 and settings.state.redis_url is None:
+        report.add(
+            ("server", "workers"),
+            "several workers need shared state: in-process state is per process, so sessions and"
+            " counters would differ between workers; set state.redis_url or use 1 worker",
         )
     cookie = settings.session.cookie_name
     if not _TOKEN.fullmatch(cookie):

@@ -14,6 +14,11 @@ import msgspec
 
 __all__ = [
     "ActiveHealthCheck",
+    "MfaSettings",
+    "PasswordSettings",
+    "RegulationSettings",
+    "TotpSettings",
+    "WebAuthnSettings",
     "ByteSize",
     "Duration",
     "IdentityProvider",
@@ -70,6 +75,51 @@ class SessionSettings(_Config, frozen=True):
     cookie_name: str = "__Host-gateway_session"
     # Only for plain-HTTP development on localhost; never in production.
     insecure_cookies: bool = False
+
+
+class PasswordSettings(_Config, frozen=True):
+    # argon2id cost; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1). Hashes made with other
+    # parameters are re-hashed at the next successful sign-in.
+    memory_kib: int = 19456
+    time_cost: int = 2
+    parallelism: int = 1
+    # Hashes computed at once per worker (each in a thread): a burst of sign-ins queues here instead
+    # of starving proxied traffic of CPU.
+    max_concurrent_hashes: int = 2
+    min_length: int = 12
+
+
+class RegulationSettings(_Config, frozen=True):
+    # Consecutive failed sign-in steps (password and second factor together) per canonical account.
+    # Each failure past `free_attempts` waits 2^(n - free_attempts) seconds (capped at lock_time);
+    # `max_failures` in a row lock the account for `lock_time`. Far below NIST's ceiling of 100.
+    free_attempts: int = 3
+    max_failures: int = 10
+    lock_time: Duration = Duration(15 * 60)
+
+
+class TotpSettings(_Config, frozen=True):
+    # Shown in authenticator apps next to the account name.
+    issuer: str = "Gateway"
+
+
+class WebAuthnSettings(_Config, frozen=True):
+    # None: the host of public_url. Passkeys are bound to it, so pick it once (a parent domain such as
+    # example.com lets routes on sub-domains share passkeys).
+    rp_id: str | None = None
+    rp_name: str = "Gateway"
+    user_verification: Literal["required", "preferred", "discouraged"] = "preferred"
+    # Sign in with a user-verifying passkey alone (counts as two factors).
+    passwordless: bool = True
+
+
+class MfaSettings(_Config, frozen=True):
+    totp: TotpSettings = TotpSettings()
+    webauthn: WebAuthnSettings = WebAuthnSettings()
+    recovery_codes: int = 10
+    # Adding or removing a factor, new recovery codes, or a password change need a second factor
+    # used within this time.
+    reauth_max_age: Duration = Duration(5 * 60)
 
 
 class IdentityProvider(_Config, frozen=True):
@@ -157,5 +207,12 @@ class Settings(_Config, frozen=True):
     session: SessionSettings = SessionSettings()
     server: ServerSettings = ServerSettings()
     limits: Limits = Limits()
+    passwords: PasswordSettings = PasswordSettings()
+    regulation: RegulationSettings = RegulationSettings()
+    mfa: MfaSettings = MfaSettings()
+    # The AES-256-GCM keyring for secrets at rest (TOTP seeds, signing keys). None:
+    # <data_dir>/keys/keyring.json, created on first start for the embedded default; with PostgreSQL
+    # every replica must share one keyring, so it must exist (`gateway keys init`).
+    keyring: str | None = None
     identity_providers: tuple[IdentityProvider, ...] = ()
     routes: tuple[Route, ...] = ()

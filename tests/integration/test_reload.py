@@ -42,7 +42,10 @@ def _config(tmp: Path, port: int, echo: Echo, version: str, *, second_route: boo
                 echo, name="second", host="second.test", response_headers={"X-Config-Version": version}
             )
         )
-    return gateway_config(tmp, port, routes, server={"workers": 2})
+    # Two workers need shared state (the loader refuses in-process state with several workers).
+    return gateway_config(
+        tmp, port, routes, server={"workers": 2}, state={"redis_url": "redis://127.0.0.1:6379/0"}
+    )
 
 
 @pytest.fixture(scope="module")

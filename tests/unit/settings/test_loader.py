@@ -1436,3 +1436,25 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
 )
 def test_msgspec_paths_become_key_paths(text: str, message: str, path: tuple[str | int, ...]) -> None:
     assert _split_validation_error(text) == (message, path)
+
+
+def test_several_workers_need_shared_state() -> None:
+    base = "public_url: https://auth.example.com\nserver: {workers: 2}\n"
+    with pytest.raises(ConfigError, match=r"server\.workers: several workers need shared state"):
+        parse_settings(base)
+    settings = parse_settings(base + "state: {redis_url: redis://127.0.0.1:6379/0}\n")
+    assert settings.server.workers == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("passwords: {memory_kib: 4096}\n", "below OWASP's minimum"),
+        ("regulation: {max_failures: 150}\n", "must not exceed 100"),
+        ("regulation: {free_attempts: 10, max_failures: 10}\n", "below regulation.max_failures"),
+        ("mfa: {webauthn: {user_verification: sometimes}}\n", "mfa.webauthn.user_verification"),
+    ],
+)
+def test_sign_in_settings_are_validated(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings("public_url: https://auth.example.com\n" + text)
