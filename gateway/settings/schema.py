@@ -14,17 +14,15 @@ import msgspec
 
 __all__ = [
     "ActiveHealthCheck",
-    "MfaSettings",
-    "PasswordSettings",
-    "RegulationSettings",
-    "TotpSettings",
-    "WebAuthnSettings",
     "ByteSize",
     "Duration",
     "IdentityProvider",
     "Limits",
     "MfaPolicy",
+    "MfaSettings",
     "PassiveHealthCheck",
+    "PasswordSettings",
+    "RegulationSettings",
     "Route",
     "ServerSettings",
     "SessionSettings",
@@ -33,6 +31,8 @@ __all__ = [
     "StorageSettings",
     "Timeouts",
     "TlsSettings",
+    "TotpSettings",
+    "WebAuthnSettings",
 ]
 
 
