@@ -1,0 +1,649 @@
+"""Server-side sessions in the fast state, with a small in-process cache in front.
+
+Keys (all in the fast state, so every replica sees them)::
+
+    sess:<sha256(id)>     the Session, JSON; TTL = min(idle timeout, remaining lifetime)
+    usess:<user_id>       JSON list of the user's session hashes (for "my sessions", revoke_user)
+    sfam:<family>         {"u": user_id, "c": sign-in time, "ids": [hashes]}: the per-host sessions
+                          of one sign-in (cross-host hand-off), ended together at sign-out
+
+Only the SHA-256 of a session id is ever stored, so a Redis dump or ``MONITOR`` does not hand out
+usable cookies. The indexes are updated with ``compare_and_set`` in a retry loop: no lost updates
+between replicas, and every update touches one key (so it works on Redis Cluster).
+
+Revocation deletes the session, then publishes its hash on ``session-revoked``; every replica's
+``run_invalidation_listener`` drops it from its cache at once. A lost broadcast is bounded by
+``cache_ttl`` (a cached entry is trusted for at most that long), which is also the bound while a
+replica's subscription is down.
+
+A store outage raises ``StateUnavailable`` from ``get``: the caller answers 503 and keeps the cookie.
+Never access, never a silent sign-out (DESIGN invariant 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import msgspec
+
+from gateway.clock import Clock
+from gateway.errors import AuthenticationRequired
+from gateway.identity.levels import AuthLevel, FactorUse, newest_second_factor
+from gateway.settings.schema import SessionSettings
+from gateway.store.fast.base import FastState, StateUnavailable, Subscription
+
+__all__ = [
+    "REVOCATION_CHANNEL",
+    "TOUCH_INTERVAL",
+    "Session",
+    "SessionEnded",
+    "SessionStore",
+    "hash_session_id",
+]
+
+_log = logging.getLogger(__name__)
+
+REVOCATION_CHANNEL = "session-revoked"
+# last_seen is written at most this often per session: an active user costs one Redis write a minute,
+# not one per request. The idle timeout is therefore exact to within this interval.
+TOUCH_INTERVAL = 60.0
+# Factor uses kept per session: enough for any audit question about this session, bounded so a
+# session that steps up all day does not grow without limit.
+_MAX_FACTORS = 16
+# Sessions indexed per user. Beyond it the oldest live ones are ended rather than dropped from the
+# index: a session missing from the index could not be revoked by revoke_user.
+_MAX_USER_SESSIONS = 200
+_CAS_ATTEMPTS = 50
+# token_urlsafe(32) gives 43 characters. Anything far from that shape is refused before hashing or a
+# store round trip, so a flood of junk cookies costs nothing.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{20,128}")
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+class SessionEnded(AuthenticationRequired):
+    """The session (or the sign-in it belongs to) no longer exists: sign in again."""
+
+    reason = "session-ended"
+    title = "Your session has ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One signed-in browser on one host. Times are Unix seconds."""
+
+    id_hash: str
+    family: str
+    user_id: int
+    username: str
+    level: AuthLevel
+    factors: tuple[FactorUse, ...]
+    roles: tuple[str, ...]
+    created_at: float
+    last_seen: float
+    ip: str
+    user_agent: str
+    host: str
+
+    @property
+    def second_factor_at(self) -> float | None:
+        """Unix time of the newest second-factor use in this session, or None."""
+        return newest_second_factor(self.factors)
+
+
+class _Family(msgspec.Struct, frozen=True):
+    u: int
+    c: float
+    ids: tuple[str, ...] = ()
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_session = msgspec.json.Decoder(Session).decode
+_decode_family = msgspec.json.Decoder(_Family).decode
+_decode_ids = msgspec.json.Decoder(tuple[str, ...]).decode
+
+
+def hash_session_id(session_id: str) -> str:
+    """The storage key of a session id: SHA-256, hex."""
+    return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
+
+
+def encode_session(session: Session) -> bytes:
+    """Serialise a session (also used by hand-off codes)."""
+    return _encode(session)
+
+
+def decode_session(raw: bytes) -> Session | None:
+    """Parse a stored session; None (logged) if it is corrupt, which callers treat as absent."""
+    try:
+        return _decode_session(raw)
+    except msgspec.MsgspecError:
+        _log.warning("discarding an unreadable session record")
+        return None
+
+
+def _session_key(id_hash: str) -> str:
+    return f"sess:{id_hash}"
+
+
+def _user_key(user_id: int) -> str:
+    return f"usess:{user_id}"
+
+
+def _family_key(family: str) -> str:
+    return f"sfam:{family}"
+
+
+class SessionStore:
+    """Create, look up, elevate and revoke sessions.
+
+    One instance per worker. The cache maps id hash → (session, cached at); an entry is used for at
+    most ``cache_ttl`` seconds of ``clock`` time (and never if the clock went backwards).
+    """
+
+    def __init__(
+        self,
+        state: FastState,
+        settings: SessionSettings,
+        clock: Clock,
+        *,
+        cache_ttl: float = 1.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        """Create a store.
+
+        Args:
+            state: The fast state shared by the replicas.
+            settings: Idle timeout and absolute lifetime.
+            clock: Unix time for session times and the cache.
+            cache_ttl: Longest time (s) a cached session is trusted without asking the store; the
+                bound on how long a revoked session can still pass if a broadcast is lost.
+            cache_size: Most cached sessions; the oldest entry goes first.
+        """
+        if cache_ttl < 0 or cache_size < 0:
+            raise ValueError("cache_ttl and cache_size must not be negative")
+        self._state = state
+        self._idle = float(settings.idle_timeout)
+        self._lifetime = float(settings.lifetime)
+        self._clock = clock
+        self._cache_ttl = cache_ttl
+        self._cache_size = cache_size
+        self._cache: dict[str, tuple[Session, float]] = {}
+        self._listening = asyncio.Event()
+
+    # -- cache -----------------------------------------------------------------------------------
+
+    def _remember(self, session: Session, now: float) -> None:
+        if self._cache_size == 0 or self._cache_ttl == 0:
+            return
+        cache = self._cache
+        cache.pop(session.id_hash, None)
+        while len(cache) >= self._cache_size:
+            del cache[next(iter(cache))]
+        cache[session.id_hash] = (session, now)
+
+    def _forget(self, hashes: Iterable[str]) -> None:
+        for id_hash in hashes:
+            self._cache.pop(id_hash, None)
+
+    def clear_cache(self) -> None:
+        """Drop every cached session (the next lookup of each goes to the store)."""
+        self._cache.clear()
+
+    @property
+    def cached(self) -> int:
+        """Number of cached sessions."""
+        return len(self._cache)
+
+    # -- time ------------------------------------------------------------------------------------
+
+    def _alive(self, session: Session, now: float) -> bool:
+        return now - session.last_seen <= self._idle and now - session.created_at <= self._lifetime
+
+    def _ttl(self, session: Session, now: float) -> float | None:
+        """Store TTL: until the idle timeout or the lifetime ends, whichever is first (None: over)."""
+        ttl = min(session.last_seen + self._idle, session.created_at + self._lifetime) - now
+        return ttl if ttl > 0 else None
+
+    # -- look-up ---------------------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> Session | None:
+        """The live session for a cookie value, or None.
+
+        Raises:
+            StateUnavailable: the store cannot answer (the caller answers 503, keeps the cookie).
+        """
+        if not _SESSION_ID.fullmatch(session_id):
+            return None
+        id_hash = hash_session_id(session_id)
+        now = self._clock.time()
+        entry = self._cache.get(id_hash)
+        if entry is not None:
+            cached, cached_at = entry
+            if 0 <= now - cached_at < self._cache_ttl:
+                if self._alive(cached, now):
+                    return cached
+                self._cache.pop(id_hash, None)
+                return None
+            self._cache.pop(id_hash, None)
+        raw = await self._state.get(_session_key(id_hash))
+        if raw is None:
+            return None
+        session = decode_session(raw)
+        # The id_hash check guards against a record stored under the wrong key ever being served.
+        if session is None or session.id_hash != id_hash or not self._alive(session, now):
+            return None
+        self._remember(session, now)
+        return session
+
+    async def touch(self, session_id: str, session: Session) -> None:
+        """Record activity: refresh ``last_seen`` and the store TTL, at most once per minute.
+
+        Uses compare-and-set against the stored record, so a touch racing a revocation or an
+        elevation can never bring the old session back.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        now = self._clock.time()
+        if now - session.last_seen < TOUCH_INTERVAL:
+            return
+        id_hash = hash_session_id(session_id)
+        key = _session_key(id_hash)
+        raw = await self._state.get(key)
+        current = None if raw is None else decode_session(raw)
+        if raw is None or current is None or current.id_hash != id_hash:
+            self._forget((id_hash,))
+            return
+        if now - current.last_seen < TOUCH_INTERVAL:  # another replica touched it already
+            self._remember(current, now)
+            return
+        updated = replace(current, last_seen=now)
+        ttl = self._ttl(updated, now)
+        if ttl is None or not self._alive(current, now):
+            return
+        if await self._state.compare_and_set(key, raw, encode_session(updated), ttl=ttl):
+            self._remember(updated, now)
+
+    async def list_user(self, user_id: int) -> list[Session]:
+        """The user's live sessions, most recently active first.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        raw_ids = await self._state.get(_user_key(user_id))
+        ids = self._parse_ids(raw_ids)
+        if not ids:
+            return []
+        now = self._clock.time()
+        records = await asyncio.gather(*(self._state.get(_session_key(h)) for h in ids))
+        live: list[Session] = []
+        dead: set[str] = set()
+        for id_hash, raw in zip(ids, records, strict=True):
+            session = None if raw is None else decode_session(raw)
+            if session is None or session.user_id != user_id or not self._alive(session, now):
+                dead.add(id_hash)
+            else:
+                live.append(session)
+        if dead:
+            # Housekeeping only: a failure here must not hide the answer.
+            with contextlib.suppress(StateUnavailable):
+                await self._update_user(user_id, lambda cur: [h for h in cur if h not in dead])
+        live.sort(key=lambda s: s.last_seen, reverse=True)
+        return live
+
+    # -- creation and elevation -------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        user_id: int,
+        username: str,
+        level: AuthLevel,
+        factors: Sequence[FactorUse],
+        roles: Sequence[str],
+        ip: str,
+        user_agent: str,
+        host: str,
+        family: str | None = None,
+    ) -> tuple[str, Session]:
+        """Start a session; return its id (the cookie value) and the session.
+
+        Args:
+            user_id: Account id.
+            username: Account name (for the UI and identity headers).
+            level: Authentication level reached.
+            factors: Factors used to reach it.
+            roles: The user's roles.
+            ip: Client address.
+            user_agent: Client User-Agent (shown in "my sessions").
+            host: The host this session's cookie is for.
+            family: Join this existing sign-in (cross-host hand-off): the session inherits the
+                sign-in time, so the absolute lifetime counts from the real sign-in on every host.
+                None starts a new sign-in.
+
+        Raises:
+            SessionEnded: ``family`` has ended (signed out, revoked or past its lifetime).
+            ValueError: ``family`` belongs to another user.
+            StateUnavailable: the store cannot answer.
+        """
+        session_id = secrets.token_urlsafe(32)
+        id_hash = hash_session_id(session_id)
+        now = self._clock.time()
+        joining = family is not None
+        family_id = family if family is not None else secrets.token_urlsafe(16)
+        created_at = await self._join_family(family_id, id_hash, user_id, now, joining=joining)
+        session = Session(
+            id_hash=id_hash,
+            family=family_id,
+            user_id=user_id,
+            username=username,
+            level=level,
+            factors=tuple(factors)[-_MAX_FACTORS:],
+            roles=tuple(roles),
+            created_at=created_at,
+            last_seen=now,
+            ip=ip,
+            user_agent=user_agent,
+            host=host,
+        )
+        ttl = self._ttl(session, now)
+        if ttl is None:
+            raise SessionEnded("This sign-in has expired.")
+        # Index first: if the store fails half-way, what is left is a dangling index entry (pruned
+        # later), never a live session that revoke_user cannot find.
+        ids = await self._update_user(user_id, lambda cur: [*cur, id_hash])
+        await self._state.set(_session_key(id_hash), encode_session(session), ttl=ttl)
+        if len(ids) > _MAX_USER_SESSIONS:
+            await self._trim_user(user_id)
+        if joining and not await self._family_has(family_id, id_hash):
+            # revoke_family ran between joining and storing: it could not delete what was not yet
+            # written, so undo it here rather than leave a session outside its ended family.
+            await self._state.delete(_session_key(id_hash))
+            raise SessionEnded("This sign-in has ended.")
+        self._remember(session, now)
+        return session_id, session
+
+    async def elevate(self, session_id: str, *, level: AuthLevel, factor: FactorUse) -> tuple[str, Session]:
+        """Record a verified factor, raise the level, and rotate the session id.
+
+        A new id at every change of authentication level defeats session fixation: an id planted
+        or observed before the second factor is worthless after it. The old id stops working at
+        once on this replica and, through the broadcast, on every other.
+
+        Raises:
+            SessionEnded: the session no longer exists.
+            StateUnavailable: the store cannot answer.
+        """
+        old_hash = hash_session_id(session_id)
+        now = self._clock.time()
+        # take: of two concurrent elevations of one id, exactly one gets to rotate it.
+        raw = await self._state.take(_session_key(old_hash))
+        old = None if raw is None else decode_session(raw)
+        self._forget((old_hash,))
+        if old is None or old.id_hash != old_hash or not self._alive(old, now):
+            await self._broadcast([old_hash])
+            raise SessionEnded("This session has ended.")
+        new_id = secrets.token_urlsafe(32)
+        new_hash = hash_session_id(new_id)
+        session = replace(
+            old,
+            id_hash=new_hash,
+            level=max(old.level, level),
+            factors=(*old.factors, factor)[-_MAX_FACTORS:],
+            last_seen=now,
+        )
+        ttl = self._ttl(session, now)
+        if ttl is None:
+            raise SessionEnded("This session has ended.")
+        await self._state.set(_session_key(new_hash), encode_session(session), ttl=ttl)
+        await self._update_user(old.user_id, lambda cur: [*(h for h in cur if h != old_hash), new_hash])
+        family_alive = await self._update_family(
+            old.family, lambda ids: [*(h for h in ids if h != old_hash), new_hash]
+        )
+        await self._broadcast([old_hash])
+        if not family_alive:
+            await self._state.delete(_session_key(new_hash))
+            raise SessionEnded("This sign-in has ended.")
+        self._remember(session, now)
+        return new_id, session
+
+    # -- revocation ------------------------------------------------------------------------------
+
+    async def revoke(self, session_id: str) -> bool:
+        """End one session (by its id). Returns whether it existed."""
+        return await self.revoke_hash(hash_session_id(session_id))
+
+    async def revoke_hash(self, id_hash: str) -> bool:
+        """End one session by its id hash (what "my sessions" shows). Returns whether it existed.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        if not _HASH.fullmatch(id_hash):
+            return False
+        raw = await self._state.take(_session_key(id_hash))
+        self._forget((id_hash,))
+        session = None if raw is None else decode_session(raw)
+        if session is not None:
+            await self._update_user(session.user_id, lambda cur: [h for h in cur if h != id_hash])
+            await self._update_family(session.family, lambda ids: [h for h in ids if h != id_hash])
+        # Broadcast even when already gone here: another replica may still have it cached.
+        await self._broadcast([id_hash])
+        return raw is not None
+
+    async def revoke_family(self, family: str) -> int:
+        """End every session of one sign-in (sign-out on all hosts). Returns how many existed.
+
+        The family record is deleted first, so a hand-off still in flight cannot join it afterwards.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        raw = await self._state.take(_family_key(family))
+        record = self._parse_family(raw)
+        if record is None:
+            return 0
+        count = await self._end(record.ids)
+        await self._update_user(record.u, lambda cur: [h for h in cur if h not in record.ids])
+        await self._broadcast(record.ids)
+        return count
+
+    async def revoke_user(self, user_id: int) -> int:
+        """End every session of a user (disable, delete, password reset). Returns how many existed.
+
+        Their sign-in families are ended too, so a pending hand-off code cannot start a new session.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        ids = self._parse_ids(await self._state.take(_user_key(user_id)))
+        records = await asyncio.gather(*(self._state.take(_session_key(h)) for h in ids))
+        self._forget(ids)
+        families: set[str] = set()
+        count = 0
+        for raw in records:
+            if raw is None:
+                continue
+            count += 1
+            session = decode_session(raw)
+            if session is not None:
+                families.add(session.family)
+        if families:
+            await self._state.delete(*(_family_key(f) for f in families))
+        await self._broadcast(ids)
+        return count
+
+    async def revoke_others(self, session_id: str, user_id: int) -> int:
+        """End every session of ``user_id`` except ``session_id`` ("sign out everywhere else").
+
+        Returns:
+            How many sessions were ended.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        keep = hash_session_id(session_id)
+        ids = self._parse_ids(await self._state.get(_user_key(user_id)))
+        count = 0
+        for id_hash in ids:
+            if id_hash != keep and await self.revoke_hash(id_hash):
+                count += 1
+        return count
+
+    async def _end(self, ids: Sequence[str]) -> int:
+        results = await asyncio.gather(*(self._state.take(_session_key(h)) for h in ids))
+        self._forget(ids)
+        return sum(1 for r in results if r is not None)
+
+    async def _broadcast(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        self._forget(ids)
+        try:
+            await self._state.publish(REVOCATION_CHANNEL, "\n".join(ids).encode("ascii"))
+        except StateUnavailable:
+            # The sessions are already deleted; other replicas' caches expire within cache_ttl.
+            # Failing the sign-out now would tell the user it did not happen when it did.
+            _log.warning("could not broadcast the revocation of %d session(s)", len(ids))
+
+    # -- invalidation listener -------------------------------------------------------------------
+
+    async def wait_listening(self) -> None:
+        """Wait until ``run_invalidation_listener`` is subscribed (wrap in ``asyncio.timeout``)."""
+        await self._listening.wait()
+
+    async def run_invalidation_listener(self, *, retry_delay: float = 1.0) -> None:
+        """Evict revoked sessions from this replica's cache as other replicas announce them.
+
+        Runs until cancelled (the runtime starts it as a task). If the subscription may have missed
+        messages (buffer overflow, lost connection, not yet connected), the whole cache is cleared:
+        over-evicting costs a few store reads, under-evicting would accept revoked sessions.
+        """
+        while True:
+            try:
+                async with self._state.subscribe(REVOCATION_CHANNEL) as subscription:
+                    self._cache.clear()  # anything announced before we were live may be lost
+                    self._listening.set()
+                    await self._listen(subscription)
+            except StateUnavailable as exc:
+                _log.warning("session invalidation listener unavailable: %s", exc)
+            finally:
+                self._listening.clear()
+            self._cache.clear()
+            await asyncio.sleep(retry_delay)
+
+    async def _listen(self, subscription: Subscription) -> None:
+        dropped, interruptions = subscription.dropped, subscription.interruptions
+        while True:
+            message: bytes | None = None
+            try:
+                # Wake up at least every cache_ttl to notice a reconnection that brought no message.
+                async with asyncio.timeout(max(self._cache_ttl, 0.05)):
+                    message = await anext(subscription)
+            except TimeoutError:
+                pass
+            except StopAsyncIteration:
+                return
+            if subscription.dropped != dropped or subscription.interruptions != interruptions:
+                dropped, interruptions = subscription.dropped, subscription.interruptions
+                self._cache.clear()
+            if message:
+                self._forget(message.decode("ascii", "replace").split("\n"))
+
+    # -- indexes ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_ids(raw: bytes | None) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        try:
+            return _decode_ids(raw)
+        except msgspec.MsgspecError:
+            _log.warning("discarding an unreadable session index")
+            return ()
+
+    @staticmethod
+    def _parse_family(raw: bytes | None) -> _Family | None:
+        if raw is None:
+            return None
+        try:
+            return _decode_family(raw)
+        except msgspec.MsgspecError:
+            _log.warning("discarding an unreadable session family record")
+            return None
+
+    async def _update_user(
+        self, user_id: int, change: Callable[[tuple[str, ...]], list[str]]
+    ) -> tuple[str, ...]:
+        """Apply ``change`` to the user's session index atomically (CAS retry loop); return the new list.
+
+        The index lives as long as a session could (the lifetime, renewed at every change), so it
+        never outlives what it indexes by much and never disappears while one is alive.
+        """
+        key = _user_key(user_id)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            new = tuple(dict.fromkeys(change(self._parse_ids(raw))))
+            payload = _encode(new) if new else None
+            if raw is None and payload is None:
+                return new
+            if await self._state.compare_and_set(key, raw, payload, ttl=self._lifetime if payload else None):
+                return new
+        raise StateUnavailable(f"session index of user {user_id} is too contended")
+
+    async def _trim_user(self, user_id: int) -> None:
+        # Over the cap: list_user first prunes sessions that ended on their own, then the least
+        # recently active are ended (never just dropped from the index, or revoke_user would miss them).
+        sessions = await self.list_user(user_id)
+        for extra in sessions[_MAX_USER_SESSIONS:]:
+            await self.revoke_hash(extra.id_hash)
+
+    async def _join_family(
+        self, family: str, id_hash: str, user_id: int, now: float, *, joining: bool
+    ) -> float:
+        """Add ``id_hash`` to the family (creating it unless ``joining``); return its sign-in time."""
+        key = _family_key(family)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            record = self._parse_family(raw)
+            if record is None:
+                if joining:
+                    raise SessionEnded("This sign-in has ended.")
+                record = _Family(u=user_id, c=now)
+            elif record.u != user_id:
+                raise ValueError("session family belongs to another user")
+            remaining = record.c + self._lifetime - now
+            if remaining <= 0:
+                raise SessionEnded("This sign-in has expired.")
+            new = _Family(u=record.u, c=record.c, ids=(*record.ids, id_hash))
+            if await self._state.compare_and_set(key, raw, _encode(new), ttl=remaining):
+                return record.c
+        raise StateUnavailable("session family record is too contended")
+
+    async def _update_family(self, family: str, change: Callable[[tuple[str, ...]], list[str]]) -> bool:
+        """Apply ``change`` to the family's ids; False if the family no longer exists."""
+        key = _family_key(family)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            record = self._parse_family(raw)
+            if record is None:
+                return False
+            remaining = record.c + self._lifetime - self._clock.time()
+            ids = tuple(dict.fromkeys(change(record.ids)))
+            new: bytes | None = None
+            if ids and remaining > 0:
+                new = _encode(_Family(u=record.u, c=record.c, ids=ids))
+            if await self._state.compare_and_set(key, raw, new, ttl=remaining if new else None):
+                return True
+        raise StateUnavailable("session family record is too contended")
+
+    async def _family_has(self, family: str, id_hash: str) -> bool:
+        record = self._parse_family(await self._state.get(_family_key(family)))
+        return record is not None and id_hash in record.ids
