@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_quickstart)
 
+    from gateway.cli_user import add_user_commands
+
+    add_user_commands(sub)
+
     p = sub.add_parser(
         "echo",
         help="run only the bundled echo app",

@@ -50,11 +50,13 @@ class GatewayError(Exception):
     reason: str = "internal-error"
     title: str = "Something went wrong"
 
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+    def __init__(self, detail: str = "", *, reason: str | None = None, location: str | None = None) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         if reason is not None:
             self.reason = reason
+        # Where a browser should go instead (sign-in, MFA): it gets a 302 there, API clients the error.
+        self.location = location
 
 
 class ConfigError(GatewayError):

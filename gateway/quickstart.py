@@ -7,6 +7,7 @@ it again reuses the data dir and its keys.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from gateway.server import parse_listen
 from gateway.settings.loader import load_settings
+from gateway.settings.schema import Settings
 
 __all__ = ["run_echo", "run_quickstart", "write_quickstart_config"]
 
@@ -27,7 +29,8 @@ _CONFIG = """\
 #   gateway serve --config {config}
 # Reference: README.md, section Configuration.
 listen: {listen}
-public_url: http://{listen}
+# localhost, not 127.0.0.1: passkeys (WebAuthn) need a host name, not an IP address.
+public_url: http://{public_host}:{port}
 data_dir: {data_dir}
 storage: {{url: null}}          # null = SQLite file in data_dir (one node); postgresql+asyncpg://… for replicas
 state: {{redis_url: null}}      # null = in-process; redis://… for replicas
@@ -36,12 +39,12 @@ session:
   insecure_cookies: true       # plain HTTP on localhost only; never in production
 routes:
   - name: echo
-    host: {host}
+    host: {public_host}
     path: /
     upstreams: [http://127.0.0.1:{echo_port}]
-    # Sign-in is not available yet in this build: every path of the echo app is public.
-    public_paths: ["/*"]
-    mfa: none
+    # Sign-in and a second factor (authenticator app or passkey) are required for the echo app.
+    mfa: required
+    public_paths: ["/favicon.ico"]
     response_headers: {{X-Frame-Options: DENY}}
 """
 
@@ -75,9 +78,17 @@ def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path
     os.chmod(data_dir / "keys", 0o700)
     _write_keyring(data_dir / "keys" / "keyring.json")
     config = data_dir / "gateway.yaml"
-    host, _ = parse_listen(listen)
+    host, port = parse_listen(listen)
+    public_host = "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::", "") else host  # noqa: S104
     config.write_text(
-        _CONFIG.format(config=config, listen=listen, data_dir=data_dir, host=host, echo_port=echo_port)
+        _CONFIG.format(
+            config=config,
+            listen=listen,
+            data_dir=data_dir,
+            public_host=public_host,
+            port=port,
+            echo_port=echo_port,
+        )
     )
     return config
 
@@ -100,6 +111,7 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
     print(f"[1/3] preparing {data_dir} (keys, config) …", flush=True)
     config = write_quickstart_config(data_dir, listen, echo_port)
     settings = load_settings(config)
+    admin_note = asyncio.run(bootstrap_admin(settings))
     print(f"[2/3] starting the echo app on 127.0.0.1:{echo_port} …", flush=True)
     echo = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [
@@ -117,11 +129,13 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
         if not _wait_for_port(echo_port):
             print("error: the echo app did not start; see the messages above", file=sys.stderr)
             return 1
+        base = settings.public_url.rstrip("/")
         print(
             f"[3/3] starting the gateway on http://{listen}\n\n"
-            f"  Open      http://{listen}/            (the echo app shows what the gateway passed on)\n"
-            f"  Health    http://{listen}/.gateway/health\n"
-            f"  Ready     http://{listen}/.gateway/ready\n"
+            f"  Open      {base}/            (the echo app shows what the gateway passed on)\n"
+            f"  Sign in   {admin_note}\n"
+            f"  Account   {base}/.gateway/account   (second factors, recovery codes, sessions)\n"
+            f"  Health    {base}/.gateway/health\n"
             f"  Config    {config}\n\n"
             "  Next: edit the config (add your own routes), then run\n"
             f"        gateway serve --config {config}\n"
@@ -136,6 +150,40 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
         except subprocess.TimeoutExpired:
             echo.kill()
     return 0
+
+
+async def bootstrap_admin(settings: Settings) -> str:
+    """Create the first admin with a one-time password (must be changed at first sign-in).
+
+    Returns the line to print: the credentials the first time, a reminder afterwards. The password
+    is shown once, on this terminal only; it is never written to a file or a log.
+    """
+    from gateway.identity.services import IdentityServices
+    from gateway.runtime import storage_url
+    from gateway.store.db import Database
+    from gateway.store.fast import open_fast_state
+    from gateway.store.migrate import ensure_schema
+
+    url = storage_url(settings)
+    await ensure_schema(url, auto=True)
+    db = Database.open(url)
+    fast = open_fast_state(None)
+    try:
+        identity = IdentityServices.build(settings, db, fast)
+        if await identity.accounts.list(limit=1, offset=0):
+            return "with your admin account (created on the first quick start)"
+        password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
+        await identity.accounts.create(
+            username="admin",
+            password=password,
+            roles=("admin",),
+            must_change_password=True,
+            actor="system:quickstart",
+        )
+        return f"user admin, one-time password {password}  (you choose a new one, then add a second factor)"
+    finally:
+        await fast.close()
+        await db.close()
 
 
 def run_echo(listen: str) -> None:

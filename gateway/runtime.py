@@ -8,6 +8,7 @@ serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from gateway.errors import ConfigError
+from gateway.identity.services import IdentityServices
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 from gateway.state import LiveState, Snapshot, build_snapshot
@@ -45,6 +47,8 @@ class Runtime:
         self.session: aiohttp.ClientSession | None = None
         self.db: Database | None = None
         self.fast: FastState | None = None
+        self.identity: IdentityServices | None = None
+        self._listener: asyncio.Future[None] | None = None
         self._checker: HealthChecker | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -79,6 +83,8 @@ class Runtime:
         await ensure_schema(url, auto=url.startswith("sqlite"))
         self.db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
         self.fast = open_fast_state(settings.state.redis_url)
+        self.identity = IdentityServices.build(settings, self.db, self.fast)
+        self._listener = asyncio.ensure_future(self.identity.sessions.run_invalidation_listener())
         self._checker = HealthChecker(self.snapshot.pools, self.session)
         await self._checker.start()
         try:
@@ -160,6 +166,10 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop background work and close connections (graceful shutdown, after requests drained)."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
         if self._checker is not None:
             await self._checker.stop()
         if self.session is not None:

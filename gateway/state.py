@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.identity.cookies import session_cookie_name
 from gateway.pipeline.headers import TrustedProxies
 from gateway.pipeline.route import Router
-from gateway.settings.schema import Route, Settings
+from gateway.settings.schema import MfaPolicy, Route, Settings
 from gateway.upstream import UpstreamPool
 
 __all__ = ["LiveState", "RouteRuntime", "Snapshot", "build_snapshot"]
@@ -36,6 +37,7 @@ class RouteRuntime:
     response_headers: tuple[tuple[bytes, bytes], ...]
     max_body_size: int
     client_timeout: aiohttp.ClientTimeout
+    mfa_policy: MfaPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class Snapshot:
     generation: int
     loaded_at: float
     source: str
+    cookie_name: str
+    public_url: str
+    own_cookies: frozenset[bytes]
 
     @property
     def pools(self) -> list[UpstreamPool]:
@@ -69,6 +74,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             client_timeout=aiohttp.ClientTimeout(
                 total=None, connect=None, sock_connect=t.connect, sock_read=t.response
             ),
+            mfa_policy=route.mfa_policy,
         )
     return Snapshot(
         settings=settings,
@@ -78,6 +84,12 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         generation=generation,
         loaded_at=time.time(),
         source=source,
+        cookie_name=session_cookie_name(settings.session),
+        # Every spelling the gateway may have set, so none of them reaches an upstream.
+        own_cookies=frozenset(
+            n.encode() for n in (session_cookie_name(settings.session), "gateway_csrf", "__Host-gateway_csrf")
+        ),
+        public_url=settings.public_url.rstrip("/"),
     )
 
 

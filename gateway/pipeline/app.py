@@ -8,6 +8,7 @@ from the live snapshot. Requests under ``/.gateway/`` go to the control-plane Li
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from gateway.errors import (
@@ -17,11 +18,14 @@ from gateway.errors import (
     GatewayError,
     HeadersTooLarge,
     NoRoute,
+    ServiceUnavailable,
     UpstreamError,
 )
+from gateway.identity.sessions import Session
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.canonical import CanonicalPath, canonicalize
 from gateway.pipeline.headers import Forwarding, forwarding_for, normalize_name, upstream_request_headers
+from gateway.pipeline.identify import identify
 from gateway.pipeline.pages import error_response, wants_html
 from gateway.pipeline.proxy import NO_BODY, BodyFraming, ClientDisconnected, ProxyOutcome, forward_http
 from gateway.pipeline.route import normalize_host
@@ -34,6 +38,16 @@ __all__ = ["DataPlane", "create_data_plane"]
 logger = logging.getLogger("gateway.pipeline")
 
 _CONTROL_PREFIX = "/.gateway"
+
+
+def identity_headers(session: Session | None) -> tuple[tuple[bytes, bytes], ...]:
+    """What the upstream learns about the user (only the gateway sets these; see headers.py)."""
+    if session is None:
+        return ()
+    return (
+        (b"x-gateway-user", session.username.encode()),
+        (b"x-gateway-roles", ",".join(session.roles).encode()),
+    )
 
 
 def _framing(lengths: list[bytes], chunked: bool) -> BodyFraming:
@@ -71,9 +85,12 @@ class _Request:
 class DataPlane:
     """The gateway's ASGI application."""
 
-    def __init__(self, runtime: Runtime, control: ASGIApp) -> None:
+    def __init__(self, runtime: Runtime, control_factory: Callable[[Runtime], ASGIApp]) -> None:
         self.runtime = runtime
-        self.control = control
+        # Built at start-up, once the identity services (and the keyring its CSRF secret derives
+        # from) exist, so every worker and replica accepts the same CSRF tokens.
+        self._control_factory = control_factory
+        self.control: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -121,7 +138,10 @@ class DataPlane:
             req.framing = _framing(lengths, chunked)
         return canonicalize(scope.get("raw_path") or scope["path"].encode())
 
-    def _route_stage(self, scope: Scope, snap: Snapshot, req: _Request, canon: CanonicalPath) -> RouteRuntime:
+    def _route_stage(
+        self, scope: Scope, snap: Snapshot, req: _Request, canon: CanonicalPath
+    ) -> tuple[RouteRuntime, bool]:
+        """Find the route; returns it and whether the path is public."""
         host = normalize_host(req.host_raw.decode("latin-1"))
         match = snap.router.match(host, canon.path)
         if match is None:
@@ -131,10 +151,22 @@ class DataPlane:
             raise BadPath("Path parameters (';') are not allowed on this route.")
         query: bytes = scope.get("query_string", b"")
         req.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
-        if not match.is_public:
-            # Sign-in lands with the identity stage; until then only public paths are reachable.
-            raise AuthenticationRequired("Sign-in is required for this page.")
-        return snap.routes[route.name]
+        return snap.routes[route.name], match.is_public
+
+    async def _identify_stage(self, scope: Scope, snap: Snapshot, req: _Request, rt: RouteRuntime) -> Session:
+        identity = self.runtime.identity
+        if identity is None:  # pragma: no cover - start() always builds it; fail closed regardless
+            raise AuthenticationRequired("Sign-in is not available.")
+        assert req.fwd is not None
+        return await identify(
+            headers=scope["headers"],
+            cookie_name=snap.cookie_name,
+            sessions=identity.sessions,
+            policy=rt.mfa_policy,
+            public_url=snap.public_url,
+            original_url=f"{req.fwd.proto}://{req.host_raw.decode('latin-1')}{req.path_and_query}",
+            now=identity.clock.time(),
+        )
 
     # -- http --------------------------------------------------------------------------------------
 
@@ -147,9 +179,16 @@ class DataPlane:
             if _is_control(canon.path):
                 await self._control(scope, receive, send, canon.path, req)
                 return
-            rt = self._route_stage(scope, snap, req, canon)
+            rt, public = self._route_stage(scope, snap, req, canon)
+            session = None if public else await self._identify_stage(scope, snap, req, rt)
             assert req.fwd is not None
-            headers = upstream_request_headers(scope["headers"], fwd=req.fwd, extra=rt.request_headers)
+            headers = upstream_request_headers(
+                scope["headers"],
+                fwd=req.fwd,
+                extra=rt.request_headers,
+                identity=identity_headers(session),
+                own_cookies=snap.own_cookies,
+            )
             await forward_http(
                 method=scope["method"],
                 path_and_query=req.path_and_query,
@@ -173,6 +212,22 @@ class DataPlane:
 
     async def _error(self, send: Send, err: GatewayError, req: _Request) -> None:
         request_id = req.fwd.request_id if req.fwd else ""
+        if err.location and wants_html(req.accept):
+            # A browser is sent where it can fix this (sign-in, MFA); scripts get the status and reason.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 302,
+                    "headers": [
+                        (b"location", err.location.encode("latin-1")),
+                        (b"cache-control", b"no-store"),
+                        (b"content-length", b"0"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         status, headers, body = error_response(err, request_id=request_id, html_page=wants_html(req.accept))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -180,12 +235,20 @@ class DataPlane:
     async def _control(self, scope: Scope, receive: Receive, send: Send, path: str, req: _Request) -> None:
         # The control plane sees the canonical path, the real client address (as decided from the
         # trusted proxies) and never a client-supplied identity header.
-        headers = [(n, v) for n, v in scope["headers"] if not normalize_name(n).startswith(b"x-gateway-")]
+        headers = [
+            (n, v)
+            for n, v in scope["headers"]
+            if not normalize_name(n).startswith(b"x-gateway-") and n != b"x-request-id"
+        ]
+        if req.fwd is not None:
+            headers.append((b"x-request-id", req.fwd.request_id.encode()))
         inner = dict(scope)
         inner.update(path=path, raw_path=path.encode(), headers=headers, root_path="")
         if req.fwd is not None:
             inner["client"] = (req.fwd.client_ip, 0)
         inner.setdefault("state", {})
+        if self.control is None:  # pragma: no cover - lifespan start-up builds it before traffic
+            raise ServiceUnavailable("The gateway is starting.")
         await self.control(inner, receive, send)
 
     # -- websocket ---------------------------------------------------------------------------------
@@ -197,12 +260,18 @@ class DataPlane:
             canon = self._receive_stage(scope, snap, req)
             if _is_control(canon.path):
                 raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
-            rt = self._route_stage(scope, snap, req, canon)
+            rt, public = self._route_stage(scope, snap, req, canon)
             if not rt.route.websockets:
                 raise NoRoute("WebSockets are disabled on this route.")
+            session = None if public else await self._identify_stage(scope, snap, req, rt)
             assert req.fwd is not None
             headers = upstream_request_headers(
-                scope["headers"], fwd=req.fwd, extra=rt.request_headers, websocket=True
+                scope["headers"],
+                fwd=req.fwd,
+                extra=rt.request_headers,
+                identity=identity_headers(session),
+                websocket=True,
+                own_cookies=snap.own_cookies,
             )
             await forward_websocket(
                 scope=scope,
@@ -236,6 +305,7 @@ class DataPlane:
                     logger.exception("gateway worker failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.control = self._control_factory(self.runtime)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.runtime.close()
@@ -247,5 +317,4 @@ def create_data_plane(runtime: Runtime) -> DataPlane:
     """Wire the data plane with its control-plane app."""
     from gateway.web.app import create_control_app
 
-    control = create_control_app(runtime)
-    return DataPlane(runtime, cast(ASGIApp, control))
+    return DataPlane(runtime, lambda rt: cast(ASGIApp, create_control_app(rt)))

@@ -206,6 +206,7 @@ def upstream_request_headers(
     extra: Sequence[tuple[bytes, bytes]] = (),
     identity: Sequence[tuple[bytes, bytes]] = (),
     websocket: bool = False,
+    own_cookies: frozenset[bytes] = frozenset(),
 ) -> Headers:
     """Build the header list sent upstream. See the module docstring for the order of operations.
 
@@ -230,6 +231,12 @@ def upstream_request_headers(
         norm = lname.replace(b"_", b"-") if b"_" in lname else lname
         if norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
             continue
+        if lname == b"cookie" and own_cookies:
+            # The gateway's session and CSRF cookies are for the gateway only: an app that logs or
+            # leaks its Cookie header must not hand out a session that works on every other app.
+            value = _without_cookies(value, own_cookies)
+            if not value:
+                continue
         out.append((lname, value))
     out.insert(0, (b"host", client_host))
     proto = fwd.proto.encode()
@@ -242,6 +249,11 @@ def upstream_request_headers(
     out.extend(extra)
     out.extend(identity)
     return out
+
+
+def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+    kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] not in names]
+    return b";".join(kept).strip()
 
 
 def _forwarded_node(ip: str) -> str:

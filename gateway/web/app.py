@@ -1,20 +1,45 @@
 """The control-plane app: everything under ``/.gateway/``, on every host, never proxied.
 
-For now: liveness and readiness. Sign-in pages, the portal, JWKS and forward-auth join later.
+Liveness and readiness, the sign-in pages, the account portal and the JSON API they use (OpenAPI at
+``/.gateway/api/schema``). Every unsafe request is CSRF-checked (double-submit cookie); the secret is
+derived from the keyring, so every replica accepts every other replica's tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, MediaType, Request, get
+from litestar.config.csrf import CSRFConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
+from litestar.openapi.config import OpenAPIConfig
 from litestar.response import Response
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from gateway.errors import GatewayError
+from gateway.pipeline.pages import error_response, wants_html
+from gateway.web.account import account_handlers
+from gateway.web.api import api_handlers
+from gateway.web.pages import page_handlers
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
-__all__ = ["create_control_app"]
+__all__ = ["create_control_app", "csrf_cookie_name"]
+
+_HERE = Path(__file__).parent
+logger = logging.getLogger("gateway.web")
+
+
+def csrf_cookie_name(insecure: bool) -> str:
+    # __Host- pins the cookie to this exact host over HTTPS; plain-HTTP development cannot use it.
+    return "gateway_csrf" if insecure else "__Host-gateway_csrf"
 
 
 def create_control_app(runtime: Runtime) -> Litestar:
@@ -39,15 +64,59 @@ def create_control_app(runtime: Runtime) -> Litestar:
             report = {"ready": report["ready"]}
         return Response(report, status_code=status)
 
-    def not_found(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-        return Response(
-            {"error": "not-found" if exc.status_code == 404 else "error", "message": exc.detail},
-            status_code=exc.status_code,
-        )
+    def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        body = {"error": "not-found" if exc.status_code == 404 else "error", "message": exc.detail}
+        return Response(body, status_code=exc.status_code)
 
+    def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+        accept = request.headers.get("accept", "").encode("latin-1")
+        status, headers, body = error_response(
+            exc, request_id=request.headers.get("x-request-id", ""), html_page=wants_html(accept)
+        )
+        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+    def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
+        logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        return gateway_error(request, GatewayError("An internal error occurred."))
+
+    settings = runtime.snapshot.settings
+    insecure = settings.session.insecure_cookies
+    secret = _csrf_secret(runtime)
     return Litestar(
-        route_handlers=[health, ready],
-        exception_handlers={HTTPException: not_found},
-        openapi_config=None,
+        route_handlers=[
+            health,
+            ready,
+            *page_handlers(runtime),
+            *account_handlers(runtime),
+            *api_handlers(runtime),
+            create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"]),
+        ],
+        template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
+        csrf_config=CSRFConfig(
+            secret=secret,
+            cookie_name=csrf_cookie_name(insecure),
+            cookie_secure=not insecure,
+            cookie_samesite="lax",
+            header_name="x-csrftoken",
+        ),
+        exception_handlers={
+            HTTPException: http_error,
+            GatewayError: gateway_error,
+            Exception: internal_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Access gateway API", version="1", path="/.gateway/api/schema", description=__doc__
+        ),
         debug=False,
     )
+
+
+def _csrf_secret(runtime: Runtime) -> str:
+    identity = runtime.identity
+    if identity is None:
+        # Not started (tests building the app alone): a per-process secret still protects forms.
+        import secrets
+
+        return secrets.token_hex(32)
+    return hmac.new(identity.keyring.derive(b"gateway csrf v1"), b"csrf", hashlib.sha256).hexdigest()

@@ -152,3 +152,21 @@ def test_response_headers_hop_by_hop_and_overrides() -> None:
         (b"x-frame-options", b"DENY"),
         (b"x-request-id", b"rid"),
     ]
+
+
+def test_gateway_cookies_never_reach_the_upstream() -> None:
+    headers = [
+        (b"host", b"app"),
+        (b"cookie", b"app=1; gateway_session=SECRET; __Host-gateway_csrf=T; other=2"),
+    ]
+    fwd = _fwd(headers)
+    out = upstream_request_headers(
+        headers, fwd=fwd, own_cookies=frozenset({b"gateway_session", b"__Host-gateway_csrf"})
+    )
+    cookies = [v for n, v in out if n == b"cookie"]
+    assert cookies == [b"app=1; other=2"]
+    only_ours = [(b"host", b"app"), (b"cookie", b"gateway_session=SECRET")]
+    out = upstream_request_headers(
+        only_ours, fwd=_fwd(only_ours), own_cookies=frozenset({b"gateway_session"})
+    )
+    assert not [v for n, v in out if n == b"cookie"]

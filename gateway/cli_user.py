@@ -1,0 +1,602 @@
+"""``gateway user …``: manage local accounts from the command line.
+
+    gateway user add USERNAME [--email E] [--display-name N] [--role R]...
+                              [--password-stdin | --no-password] [--must-change-password]
+    gateway user list [--json] [--limit N] [--offset N]
+    gateway user show USERNAME [--json]
+    gateway user disable|enable USERNAME
+    gateway user set-password USERNAME [--password-stdin] [--must-change-password]
+    gateway user reset-mfa USERNAME
+    gateway user delete USERNAME [--yes]
+
+Every action takes ``--config FILE``. USERNAME may be any spelling of the username or the email alias.
+
+Passwords never come from an argument: arguments are visible to every local user in ``ps`` and
+``/proc/*/cmdline`` and end up in shell history. They are asked twice at the terminal, or read from
+standard input with ``--password-stdin`` (for scripts: ``pass show gw/alice | gateway user add …``).
+
+The commands work on the database directly, outside any gateway process. With Redis configured
+(``state.redis_url``) sessions live there, so ``disable`` and ``delete`` end them on every replica at
+once. With in-process state the sessions live inside each running gateway, out of reach: the command
+says so, and the operator restarts the gateways to drop them.
+
+Exit codes: 0 done, 1 runtime failure (database unreachable, confirmation declined), 2 invalid input
+(unknown user, account exists, weak password, bad arguments or configuration). User errors are one
+line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+if TYPE_CHECKING:
+    from gateway.identity.accounts import AccountFactors, AccountService, FactorInfo, UserSummary
+    from gateway.identity.models import User
+    from gateway.identity.passwords import PasswordHasher
+    from gateway.settings.schema import Settings
+
+# Everything heavy (SQLAlchemy, argon2, the settings loader) is imported when an action runs, not
+# when the parser is built: `gateway --help` and the other commands must not pay for it.
+
+__all__ = ["add_user_commands"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_PASSWORD_ATTEMPTS: Final = 3
+_NO_LIVE_SESSIONS_NOTE: Final = (
+    "note: sessions are kept in-process by each running gateway (state.redis_url is not set), out of "
+    "reach of this command; restart the running gateways to end this user's sessions now."
+)
+
+
+class _UserError(Exception):
+    """Something the operator asked for cannot be done as asked (exit 2, one line)."""
+
+
+class _Declined(Exception):
+    """The operator did not confirm (exit 1)."""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    # Account errors that are the operator's input, not a failure of the system.
+    from gateway.identity.accounts import (
+        AccountExists,
+        InvalidAccount,
+        UnknownAccount,
+        WeakPassword,
+        WrongPassword,
+    )
+
+    return (_UserError, AccountExists, InvalidAccount, UnknownAccount, WeakPassword, WrongPassword)
+
+
+@dataclass(slots=True)
+class _Context:
+    accounts: AccountService
+    hasher: PasswordHasher
+    settings: Settings
+    actor: str
+
+
+# -- wiring ----------------------------------------------------------------------------------------------
+
+
+def _actor() -> str:
+    # The audit trail should say which operator account ran the command; "cli" when the OS cannot tell.
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.factors.regulation import Regulator
+    from gateway.identity.accounts import AccountService
+    from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.sessions import SessionStore
+    from gateway.runtime import storage_url
+    from gateway.store.db import Database
+    from gateway.store.fast import open_fast_state
+    from gateway.store.migrate import ensure_schema
+
+    url = storage_url(settings)
+    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    fast = open_fast_state(settings.state.redis_url)
+    try:
+        audit = AuditLog(db, clock=SYSTEM_CLOCK)
+        hasher = PasswordHasher(settings.passwords)
+        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
+        # In-process state here would be this command's own, empty store: revoking in it would
+        # report "0 sessions ended" while the gateways keep theirs. Better to have none and say so.
+        sessions = (
+            SessionStore(fast, settings.session, SYSTEM_CLOCK)
+            if settings.state.redis_url is not None
+            else None
+        )
+        accounts = AccountService(db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
+        return await action(_Context(accounts=accounts, hasher=hasher, settings=settings, actor=_actor()))
+    finally:
+        await fast.close()
+        await db.close()
+
+
+def _runner(
+    action: Callable[[argparse.Namespace, _Context], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.errors import GatewayError
+        from gateway.settings.loader import load_settings
+
+        user_errors = _user_errors()
+        settings = load_settings(args.config)
+        # The embedded SQLite file lives in data_dir, which may not exist yet on a fresh install.
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            return asyncio.run(_open_and_run(settings, lambda ctx: action(args, ctx)))
+        except user_errors as exc:
+            message = exc.detail if isinstance(exc, GatewayError) else str(exc)
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        except _Declined as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILURE
+
+    return run
+
+
+async def _user(ctx: _Context, login: str) -> User:
+    user = await ctx.accounts.find(login)
+    if user is None:
+        raise _UserError(f"no user {login!r} (give a username or email address)")
+    return user
+
+
+# -- reading secrets and confirmations -------------------------------------------------------------------
+
+
+def _read_stdin_password(stream: TextIO) -> str:
+    data = stream.read()
+    # Exactly one line ending goes (what `echo` and most secret stores append); anything else is the
+    # password, spaces included.
+    if data.endswith("\r\n"):
+        data = data[:-2]
+    elif data.endswith("\n"):
+        data = data[:-1]
+    if not data:
+        raise _UserError("no password on standard input")
+    if "\n" in data or "\r" in data:
+        raise _UserError("the password on standard input must be a single line")
+    return data
+
+
+def _require_terminal(what: str, hint: str) -> None:
+    if not sys.stdin.isatty():
+        raise _UserError(f"no terminal to {what}: {hint}")
+
+
+async def _ask_password(ctx: _Context) -> str:
+    _require_terminal("ask for the password", "pipe it in with --password-stdin")
+    for _ in range(_PASSWORD_ATTEMPTS):
+        # In a thread: getpass blocks, and the event loop must stay free to keep the pool alive.
+        first = await asyncio.to_thread(getpass.getpass, "New password: ")
+        problem = ctx.hasher.check_policy(first)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            continue
+        if await asyncio.to_thread(getpass.getpass, "Repeat the password: ") != first:
+            print("The two passwords are not the same.", file=sys.stderr)
+            continue
+        return first
+    raise _UserError("no password set (too many attempts)")
+
+
+async def _new_password(args: argparse.Namespace, ctx: _Context) -> str:
+    if args.password_stdin:
+        return _read_stdin_password(sys.stdin)
+    return await _ask_password(ctx)
+
+
+async def _confirm(prompt: str, expected: str) -> None:
+    _require_terminal("ask for confirmation", "pass --yes to confirm")
+    # The prompt goes to stderr, like getpass's: stdout stays clean for whatever a script reads.
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if answer.strip() != expected:
+        raise _Declined("not confirmed; nothing was changed")
+
+
+# -- formatting ------------------------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "never"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _status(disabled: bool) -> str:
+    return "disabled" if disabled else "active"
+
+
+def _password_state(has_password: bool, must_change: bool) -> str:
+    if not has_password:
+        return "none"
+    return "must-change" if must_change else "set"
+
+
+def _summary_json(s: UserSummary) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "username": s.username,
+        "email": s.email,
+        "display_name": s.display_name,
+        "roles": list(s.roles),
+        "disabled": s.disabled,
+        "password": _password_state(s.has_password, s.must_change_password),
+        "totp": s.totp,
+        "webauthn": s.webauthn,
+        "recovery_codes_left": s.recovery_codes_left,
+        "created_at": _iso(s.created_at),
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _factor_json(f: FactorInfo) -> dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "id": f.id,
+        "name": f.name,
+        "confirmed": f.confirmed,
+        "discoverable": f.discoverable,
+        "created_at": _iso(f.created_at),
+        "last_used_at": _iso(f.last_used_at),
+    }
+
+
+def _factor_label(f: FactorInfo) -> str:
+    if f.kind == "totp":
+        return "authenticator app" + ("" if f.confirmed else " (not confirmed)")
+    return "passkey" if f.discoverable else "security key"
+
+
+def _show_text(user: User, factors: AccountFactors) -> str:
+    password = _password_state(user.password_hash is not None, user.must_change_password)
+    if user.password_changed_at is not None and user.password_hash is not None:
+        password += f" (changed {_when(user.password_changed_at)})"
+    fields = [
+        ("username", user.username),
+        ("email", user.email or "-"),
+        ("display name", user.display_name or "-"),
+        ("roles", user.roles or "-"),
+        ("status", _status(user.disabled)),
+        ("password", password),
+        ("created", _when(user.created_at)),
+        ("updated", _when(user.updated_at)),
+        ("recovery codes", f"{factors.recovery_codes_left} of {factors.recovery_codes_total} left"),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    lines = [f"{(name + ':').ljust(width)}  {value}" for name, value in fields]
+    every = factors.totp + factors.webauthn
+    if every:
+        lines.append("second factors:")
+        rows = [[_factor_label(f), f.name, _when(f.created_at), _when(f.last_used_at)] for f in every]
+        table = _table(["KIND", "NAME", "CREATED", "LAST USED"], rows)
+        lines += ["  " + line for line in table.splitlines()]
+    else:
+        lines.append("second factors: none")
+    return "\n".join(lines)
+
+
+# -- the actions -----------------------------------------------------------------------------------------
+
+
+async def _add(args: argparse.Namespace, ctx: _Context) -> int:
+    password = None if args.no_password else await _new_password(args, ctx)
+    user = await ctx.accounts.create(
+        username=args.username,
+        password=password,
+        email=args.email,
+        display_name=args.display_name,
+        roles=args.role,
+        must_change_password=args.must_change_password,
+        actor=ctx.actor,
+    )
+    print(f"created user {user.username} (id {user.id})")
+    if password is None:
+        print("note: no password set; the user signs in through an identity provider or a passkey.")
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, ctx: _Context) -> int:
+    users = await ctx.accounts.list(limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps([_summary_json(s) for s in users], indent=2))
+        return EXIT_OK
+    if not users:
+        print("no users")
+        return EXIT_OK
+    rows = [
+        [
+            s.username,
+            s.email or "-",
+            _status(s.disabled),
+            _password_state(s.has_password, s.must_change_password),
+            str(s.totp),
+            str(s.webauthn),
+            str(s.recovery_codes_left),
+            _when(s.created_at),
+        ]
+        for s in users
+    ]
+    print(_table(["USERNAME", "EMAIL", "STATUS", "PASSWORD", "TOTP", "WEBAUTHN", "CODES", "CREATED"], rows))
+    return EXIT_OK
+
+
+async def _show(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    factors = await ctx.accounts.factors(user.id)
+    if args.json:
+        document = {
+            "id": user.id,
+            "username": user.username,
+            "email": user.email,
+            "display_name": user.display_name,
+            "roles": user.roles.split(),
+            "disabled": user.disabled,
+            "password": _password_state(user.password_hash is not None, user.must_change_password),
+            "password_changed_at": _iso(user.password_changed_at),
+            "created_at": _iso(user.created_at),
+            "updated_at": _iso(user.updated_at),
+            "factors": [_factor_json(f) for f in factors.totp + factors.webauthn],
+            "recovery_codes": {"left": factors.recovery_codes_left, "total": factors.recovery_codes_total},
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(_show_text(user, factors))
+    return EXIT_OK
+
+
+def _sessions_ended(ended: int | None) -> str:
+    return f"; {ended} session(s) ended" if ended is not None else ""
+
+
+async def _disable(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    ended = await ctx.accounts.disable(user.id, actor=ctx.actor)
+    print(f"disabled user {user.username}{_sessions_ended(ended)}")
+    if ended is None:
+        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+    return EXIT_OK
+
+
+async def _enable(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    await ctx.accounts.enable(user.id, actor=ctx.actor)
+    print(f"enabled user {user.username}")
+    return EXIT_OK
+
+
+async def _set_password(args: argparse.Namespace, ctx: _Context) -> int:
+    # Look the account up first: nobody should type a password twice for a name that does not exist.
+    user = await _user(ctx, args.username)
+    password = await _new_password(args, ctx)
+    await ctx.accounts.set_password(
+        user.id, password, actor=ctx.actor, must_change_password=args.must_change_password
+    )
+    suffix = " (to be changed at the next sign-in)" if args.must_change_password else ""
+    print(f"password set for {user.username}{suffix}")
+    print(
+        "note: sessions already signed in stay signed in; `gateway user disable` ends them.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    removed = await ctx.accounts.reset_mfa(user.id, actor=ctx.actor)
+    print(
+        f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
+        f"and {removed['recovery_codes']} recovery code(s) from {user.username}"
+    )
+    return EXIT_OK
+
+
+async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    if not args.yes:
+        await _confirm(
+            f"Delete user {user.username} with all their second factors? This cannot be undone.\n"
+            f"Type the username to confirm: ",
+            user.username,
+        )
+    ended = await ctx.accounts.delete(user.id, actor=ctx.actor)
+    print(f"deleted user {user.username}{_sessions_ended(ended)}")
+    if ended is None:
+        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+    return EXIT_OK
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    # Same option as the other commands in gateway.cli (kept here so this module does not import it).
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("gateway.yaml"),
+        metavar="FILE",
+        help="path to the YAML configuration file (default: ./gateway.yaml)",
+    )
+
+
+def _username_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("username", metavar="USERNAME", help="username or email address of the account")
+
+
+def _password_source(parser: argparse.ArgumentParser, *, allow_none: bool) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (one line) instead of asking at the terminal",
+    )
+    if allow_none:
+        group.add_argument(
+            "--no-password",
+            action="store_true",
+            help="create the account without a password (sign-in through an identity provider or passkey)",
+        )
+    parser.add_argument(
+        "--must-change-password",
+        action="store_true",
+        help="the user must choose a new password at the next sign-in",
+    )
+
+
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace, _Context], Awaitable[int]],
+    *,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    # No abbreviations: "--password SECRET" must not be taken as --password-stdin plus a stray word.
+    parser = actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
+    _config_arg(parser)
+    parser.set_defaults(func=_runner(func))
+    return parser
+
+
+def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway user …`` to the ``gateway`` command's sub-commands.
+
+    Args:
+        sub: The sub-parsers action of the top-level parser (``parser.add_subparsers(...)``). Every
+            action sets ``func`` to a callable taking the parsed arguments and returning an exit code.
+    """
+    user = sub.add_parser(
+        "user",
+        help="manage local accounts",
+        description="Create, inspect, disable and delete local accounts. Passwords are asked at the "
+        "terminal or read from standard input, never taken from an argument.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        user.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    user.set_defaults(func=usage)
+    actions = user.add_subparsers(dest="user_action", metavar="ACTION")
+
+    p = _action(
+        actions,
+        "add",
+        _add,
+        summary="create an account",
+        description="Create a local account. The password is asked twice at the terminal, or read from "
+        "standard input with --password-stdin.",
+    )
+    p.add_argument("username", metavar="USERNAME", help="the new username (stored case-folded)")
+    p.add_argument("--email", metavar="EMAIL", help="email address, also accepted as a login")
+    p.add_argument("--display-name", default="", metavar="NAME", help="name shown to people")
+    p.add_argument(
+        "--role", action="append", default=[], metavar="ROLE", help="grant a role (repeat for several)"
+    )
+    _password_source(p, allow_none=True)
+
+    p = _action(
+        actions,
+        "list",
+        _list,
+        summary="list accounts",
+        description="List accounts with their status and number of second factors.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N accounts (default 1000)")
+    p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N accounts")
+
+    p = _action(
+        actions,
+        "show",
+        _show,
+        summary="show one account and its second factors",
+        description="Show an account and its second factors (names and dates; never secrets).",
+    )
+    _username_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _action(
+        actions,
+        "disable",
+        _disable,
+        summary="disable an account and end its sessions",
+        description="Disable an account: it can no longer sign in, and its sessions are ended (on every "
+        "gateway when Redis holds the sessions; otherwise restart the running gateways).",
+    )
+    _username_arg(p)
+
+    p = _action(
+        actions,
+        "enable",
+        _enable,
+        summary="enable a disabled account",
+        description="Allow a disabled account to sign in again.",
+    )
+    _username_arg(p)
+
+    p = _action(
+        actions,
+        "set-password",
+        _set_password,
+        summary="set an account's password",
+        description="Set a new password for an account (asked twice at the terminal, or read from "
+        "standard input with --password-stdin).",
+    )
+    _username_arg(p)
+    _password_source(p, allow_none=False)
+
+    p = _action(
+        actions,
+        "reset-mfa",
+        _reset_mfa,
+        summary="remove all second factors of an account",
+        description="Remove every authenticator app, passkey, security key and recovery code of an "
+        "account (the user enrols again at the next sign-in).",
+    )
+    _username_arg(p)
+
+    p = _action(
+        actions,
+        "delete",
+        _delete,
+        summary="delete an account",
+        description="Delete an account with all its second factors and end its sessions. Asks to type "
+        "the username to confirm, unless --yes.",
+    )
+    _username_arg(p)
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

@@ -1,0 +1,418 @@
+"""AES-256-GCM keyring with key ids: how secrets at rest (TOTP seeds, signing keys) are encrypted.
+
+The keyring file is JSON, mode 0600, shared by every replica::
+
+    {"active": "k1a2b3c4", "keys": {"k1a2b3c4": "<base64 of 32 bytes>"}, "algorithm": "AES-256-GCM"}
+
+A ciphertext is a self-describing token ``v1.<kid>.<base64url(nonce || ciphertext+tag)>``. The key id
+in the token picks the key, so after :meth:`Keyring.rotate` new secrets use the new key while every
+older token still decrypts: keys rotate without downtime and without re-encrypting the database.
+
+Security properties:
+
+* **Fresh 96-bit random nonce per encryption.** GCM is catastrophically broken by a repeated
+  (key, nonce) pair; with random nonces the NIST bound of 2^32 messages per key is far beyond the
+  number of secrets a gateway stores, and rotation resets the count.
+* **Context binding.** Callers pass ``aad`` (e.g. ``b"totp:42"``), so a ciphertext copied into another
+  user's row or another column fails to decrypt instead of being used. The token header (version and
+  key id) is authenticated too.
+* **All or nothing.** Any tampering, a wrong ``aad`` or an unknown key id raises :class:`KeyringError`;
+  GCM verifies the tag before anything is returned, so there is never a partial plaintext.
+* **The file is guarded.** A keyring readable by group or others is refused (a key anyone on the box
+  can read protects nothing), new files are 0600 from the moment they exist, and rewrites go through
+  a temporary file and an atomic rename, so a crash never leaves half a keyring.
+
+Errors::
+
+    GatewayError (500)
+    └── KeyringError    missing, unreadable, malformed or too-open keyring file; undecryptable token
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.errors import GatewayError
+
+__all__ = ["ALGORITHM", "KEY_BYTES", "NONCE_BYTES", "TOKEN_VERSION", "Keyring", "KeyringError"]
+
+ALGORITHM: Final = "AES-256-GCM"
+KEY_BYTES: Final = 32
+NONCE_BYTES: Final = 12
+TOKEN_VERSION: Final = "v1"  # noqa: S105 - a format version, not a secret
+
+# Key ids appear in tokens separated by dots, so they must not contain one; bounded so a hostile file
+# cannot make every token huge.
+_KID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TAG_BYTES: Final = 16
+_INIT_HINT: Final = "run `gateway keys init --config FILE` and share the file with every replica"
+_STRICT_MODE: Final = 0o600
+
+
+class KeyringError(GatewayError):
+    """The keyring cannot be used, or a token does not decrypt under it (500)."""
+
+    reason = "keyring-error"
+    title = "Key material unavailable"
+
+
+StrPath = str | os.PathLike[str]
+
+
+class Keyring:
+    """A set of AES-256 keys by id, one of them active for new encryptions.
+
+    Build one with :meth:`load`, :meth:`create` or :meth:`load_or_create`; the constructor is for tests
+    and tools that already hold key material.
+    """
+
+    __slots__ = ("_active", "_aead", "_keys")
+
+    def __init__(self, keys: Mapping[str, bytes], active: str) -> None:
+        """Wrap key material.
+
+        Args:
+            keys: Key id → 32 raw key bytes.
+            active: The key id used by :meth:`encrypt`; must be in ``keys``.
+
+        Raises:
+            KeyringError: A key id is malformed, a key is not exactly 32 bytes, or ``active`` is unknown.
+        """
+        if not keys:
+            raise KeyringError("the keyring holds no keys")
+        for kid, key in keys.items():
+            _check_kid(kid)
+            if len(key) != KEY_BYTES:
+                # AES-128 or a truncated key would silently weaken every secret: refuse, don't pad.
+                raise KeyringError(f"key {kid!r} is {len(key)} bytes; AES-256 needs exactly {KEY_BYTES}")
+        if active not in keys:
+            raise KeyringError(f"the active key {active!r} is not in the keyring")
+        self._keys: dict[str, bytes] = dict(keys)
+        self._active = active
+        self._aead: dict[str, AESGCM] = {kid: AESGCM(key) for kid, key in self._keys.items()}
+
+    def __repr__(self) -> str:
+        # Never the key bytes: reprs end up in logs and tracebacks.
+        return f"Keyring(active={self._active!r}, key_ids={sorted(self._keys)!r})"
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: StrPath) -> Keyring:
+        """Read a keyring file.
+
+        Args:
+            path: The JSON keyring file.
+
+        Returns:
+            The keyring.
+
+        Raises:
+            KeyringError: The file is missing or unreadable, readable by group or others, not a valid
+                keyring document, or holds a key that is not exactly 32 bytes.
+        """
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise KeyringError(f"no keyring at {path}: {_INIT_HINT}") from exc
+        except OSError as exc:
+            raise KeyringError(f"cannot open the keyring {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            # fstat on the open file, not stat on the name: the mode checked is that of the bytes read.
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyringError(f"the keyring {path} is not a regular file")
+            if info.st_mode & 0o077:
+                raise KeyringError(
+                    f"the keyring {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or others can "
+                    f"read it; run `chmod 600 {path}`"
+                )
+            raw = fh.read()
+        return cls._parse(raw, path)
+
+    @classmethod
+    def create(cls, path: StrPath) -> Keyring:
+        """Write a new keyring with one fresh key to ``path``.
+
+        The file is 0600 from the moment it exists and appears complete or not at all (written to a
+        temporary file and hard-linked into place), so a concurrent reader never sees half of it.
+
+        Args:
+            path: Where to write; its parent directory is created (0700) if missing.
+
+        Returns:
+            The new keyring.
+
+        Raises:
+            KeyringError: The file already exists or cannot be written.
+        """
+        path = Path(path)
+        keyring = cls({(kid := _new_kid()): secrets.token_bytes(KEY_BYTES)}, kid)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with _temp_file(path, keyring._document()) as temp:
+                # link() fails if the name exists (unlike rename), which makes this create-if-absent.
+                os.link(temp, path)
+            _fsync_dir(path.parent)
+        except FileExistsError as exc:
+            raise KeyringError(f"a keyring already exists at {path}; not overwriting it") from exc
+        except OSError as exc:
+            raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
+        return keyring
+
+    @classmethod
+    def load_or_create(cls, path: StrPath, *, allow_create: bool) -> Keyring:
+        """Load the keyring, creating it first if it is missing and that is allowed.
+
+        Only the single-node embedded default may create one: replicas each creating their own would
+        not be able to read each other's secrets.
+
+        Args:
+            path: The keyring file.
+            allow_create: Create a new keyring when the file does not exist.
+
+        Returns:
+            The keyring.
+
+        Raises:
+            KeyringError: Missing and not allowed to create (the message says how to make one), or as
+                :meth:`load` / :meth:`create`.
+        """
+        path = Path(path)
+        if not allow_create or path.exists():
+            return cls.load(path)
+        try:
+            return cls.create(path)
+        except KeyringError:
+            # Another worker of this node created it between our check and our link: use theirs.
+            if path.exists():
+                return cls.load(path)
+            raise
+
+    def rotate(self, path: StrPath) -> str:
+        """Add a fresh key, make it active, and rewrite the keyring file atomically.
+
+        Old keys stay for decryption. The file is re-read under an exclusive lock first and its keys
+        merged in, so two rotations at once (or a rotation by another process) cannot drop a key that
+        something was already encrypted with.
+
+        Args:
+            path: The keyring file to rewrite (stays mode 0600).
+
+        Returns:
+            The new active key id.
+
+        Raises:
+            KeyringError: The file cannot be read or written, or holds a different key under one of
+                this keyring's ids.
+        """
+        path = Path(path)
+        with _exclusive_lock(path):
+            on_disk = type(self).load(path)
+            merged = dict(on_disk._keys)
+            for kid, key in self._keys.items():
+                if merged.setdefault(kid, key) != key:
+                    raise KeyringError(f"key {kid!r} in {path} differs from the loaded one; not rotating")
+            kid = _new_kid()
+            while kid in merged:  # pragma: no cover - 32-bit ids; a clash is astronomically unlikely
+                kid = _new_kid()
+            merged[kid] = secrets.token_bytes(KEY_BYTES)
+            rotated = type(self)(merged, kid)
+            try:
+                with _temp_file(path, rotated._document()) as temp:
+                    os.replace(temp, path)
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
+        self._keys, self._aead, self._active = rotated._keys, rotated._aead, rotated._active
+        return kid
+
+    # -- use -----------------------------------------------------------------------------------------
+
+    @property
+    def active_id(self) -> str:
+        """The key id new tokens are encrypted under."""
+        return self._active
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """Every key id this keyring can decrypt."""
+        return frozenset(self._keys)
+
+    def encrypt(self, plaintext: bytes, *, aad: bytes) -> str:
+        """Encrypt under the active key.
+
+        Args:
+            plaintext: The secret.
+            aad: Context the ciphertext is bound to (e.g. ``b"totp:42"``); the same bytes must be given
+                to :meth:`decrypt`.
+
+        Returns:
+            ``v1.<kid>.<base64url(nonce || ciphertext)>`` (ASCII, no padding).
+        """
+        kid = self._active
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = self._aead[kid].encrypt(nonce, plaintext, _associated(kid, aad))
+        body = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+        return f"{TOKEN_VERSION}.{kid}.{body}"
+
+    def decrypt(self, token: str, *, aad: bytes) -> bytes:
+        """Decrypt a token made by :meth:`encrypt` (under any key still in the keyring).
+
+        Args:
+            token: The token.
+            aad: The context given when it was encrypted.
+
+        Returns:
+            The plaintext.
+
+        Raises:
+            KeyringError: Malformed token, unknown key id, wrong ``aad`` or any modification. The
+                message never says which, so it cannot serve as an oracle.
+        """
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != TOKEN_VERSION:
+            raise KeyringError("malformed ciphertext token")
+        _version, kid, body = parts
+        aead = self._aead.get(kid)
+        if aead is None:
+            raise KeyringError(f"ciphertext under unknown key id {kid[:64]!r}")
+        try:
+            blob = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise KeyringError("malformed ciphertext token") from exc
+        if len(blob) < NONCE_BYTES + _TAG_BYTES:
+            raise KeyringError("malformed ciphertext token")
+        try:
+            return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _associated(kid, aad))
+        except InvalidTag as exc:
+            raise KeyringError("ciphertext does not authenticate (tampered, or wrong context)") from exc
+
+    def derive(self, info: bytes, *, length: int = 32) -> bytes:
+        """A subkey for another purpose (e.g. CSRF tokens), derived from the active key with HKDF-SHA256.
+
+        Separate ``info`` labels give independent keys, so no key is ever used for two purposes. The
+        result changes when the keyring rotates (it follows the active key).
+
+        Args:
+            info: A purpose label, e.g. ``b"gateway csrf v1"``.
+            length: Bytes wanted.
+
+        Returns:
+            ``length`` bytes of key material.
+        """
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(), length=length, salt=None, info=b"gateway keyring derive\0" + info
+        )
+        return hkdf.derive(self._keys[self._active])
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    @classmethod
+    def _parse(cls, raw: bytes, path: Path) -> Keyring:
+        # Error messages name the field, never a value: the values are keys.
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KeyringError(f"the keyring {path} is not valid JSON") from exc
+        if not isinstance(doc, dict):
+            raise KeyringError(f"the keyring {path} must be a JSON object")
+        if doc.get("algorithm") != ALGORITHM:
+            raise KeyringError(f'the keyring {path} must say "algorithm": "{ALGORITHM}"')
+        active, encoded = doc.get("active"), doc.get("keys")
+        if not isinstance(active, str) or not isinstance(encoded, dict) or not encoded:
+            raise KeyringError(f'the keyring {path} needs "active" (a key id) and a non-empty "keys" object')
+        keys: dict[str, bytes] = {}
+        for kid, value in encoded.items():
+            if not isinstance(value, str):
+                raise KeyringError(f"key {kid!r} in {path} must be a base64 string")
+            try:
+                keys[kid] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise KeyringError(f"key {kid!r} in {path} is not valid base64") from exc
+        try:
+            return cls(keys, active)
+        except KeyringError as exc:
+            raise KeyringError(f"the keyring {path}: {exc.detail}") from exc
+
+    def _document(self) -> bytes:
+        doc = {
+            "active": self._active,
+            "keys": {kid: base64.b64encode(key).decode("ascii") for kid, key in self._keys.items()},
+            "algorithm": ALGORITHM,
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode("ascii")
+
+
+def _check_kid(kid: str) -> None:
+    if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
+        raise KeyringError(f"key id {str(kid)[:64]!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+
+
+def _new_kid() -> str:
+    # The same shape `gateway quickstart` writes: "k" + 8 hex digits.
+    return "k" + secrets.token_hex(4)
+
+
+def _associated(kid: str, aad: bytes) -> bytes:
+    # The header is authenticated with the caller's context: a token cannot be re-labelled with
+    # another version or key id. Key ids hold no ".", so the boundary is unambiguous.
+    return f"{TOKEN_VERSION}.{kid}.".encode("ascii") + aad
+
+
+@contextlib.contextmanager
+def _temp_file(path: Path, content: bytes) -> Iterator[str]:
+    """A fully written, fsynced 0600 file next to ``path``; removed afterwards if still there."""
+    # mkstemp opens with O_EXCL and mode 0600: the key is never readable by others, not even briefly.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _STRICT_MODE)
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield temp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _STRICT_MODE)
+    except OSError as exc:
+        raise KeyringError(f"cannot lock the keyring {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the new directory entry durable: without it a power loss can undo the rename.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

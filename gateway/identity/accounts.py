@@ -1,0 +1,819 @@
+"""Local accounts: create, find, sign in with a password, change, disable, delete.
+
+Errors (all :class:`~gateway.errors.GatewayError`, so each knows its HTTP status)::
+
+    GatewayError
+    ├── SignInFailed        401 invalid-credentials   the ONE answer to every failed password sign-in
+    ├── AccountExists       409 account-exists        username or email already taken (by either column)
+    ├── UnknownAccount      404 unknown-account       admin operation on a user id that does not exist
+    └── BadRequest
+        ├── InvalidAccount  400 invalid-account       username, email, display name or role refused
+        ├── WeakPassword    400 weak-password         the password policy refused the new password
+        └── WrongPassword   400 wrong-password        the current password given to set_password is wrong
+    (gateway.factors.regulation.AccountLocked, 429, comes through authenticate unchanged)
+
+Sign-in gives nothing away about who has an account. Unknown user, wrong password, no password set
+and disabled account all raise the same :class:`SignInFailed` (same status, reason and message) after
+the same work: the password is always hashed (against a dummy hash when there is no account), and the
+failure is always counted. Which of them it was goes to the audit trail only.
+
+Lock-outs, and why they are shown: a locked account answers ``AccountLocked`` (429, "try again in N
+minutes") *before* the password is checked. NIST SP 800-63B allows telling the user, and people
+otherwise keep typing and keep failing. It does not reveal whether an account exists, because unknown
+logins are counted and locked exactly like real ones (under their canonical spelling), so "locked"
+says only "someone failed here often", true for any name. Checking the lock first (rather than after
+verifying the password) means a locked account costs no argon2 work, so an attacker cannot use a
+locked account to burn CPU, and learns nothing new about the password while it is locked.
+One thing the shared counter does tell: failures under an email alias lock its username too, so
+someone who already suspects that ``alice@example.com`` is ``alice`` could confirm it with ten wrong
+passwords. That is the price of one counter per person, which matters more: otherwise each spelling
+would be its own budget of guesses.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Protocol
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
+from gateway.errors import BadRequest, GatewayError
+from gateway.factors.regulation import Regulator
+from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
+from gateway.identity.names import canonical_email, canonical_username
+from gateway.identity.passwords import PasswordHasher
+from gateway.store.db import Database, store_errors
+
+__all__ = [
+    "AccountExists",
+    "AccountFactors",
+    "AccountService",
+    "FactorInfo",
+    "InvalidAccount",
+    "SessionRevoker",
+    "SignInFailed",
+    "SignInResult",
+    "UnknownAccount",
+    "UserSummary",
+    "WeakPassword",
+    "WrongPassword",
+]
+
+#: What every failed password sign-in says, whatever the cause.
+SIGN_IN_FAILED_MESSAGE: Final = "The username or password is not correct."
+MAX_DISPLAY_NAME_LENGTH: Final = 128
+# The factor name passed to the regulator for password steps.
+_PASSWORD_FACTOR: Final = "password"  # noqa: S105 - a factor name, not a password
+
+
+class SignInFailed(GatewayError):
+    """A password sign-in failed. Deliberately says nothing about why (see the module docstring)."""
+
+    status = 401
+    reason = "invalid-credentials"
+    title = SIGN_IN_FAILED_MESSAGE
+
+
+class AccountExists(GatewayError):
+    """The username or email is already used by another account (in either column)."""
+
+    status = 409
+    reason = "account-exists"
+    title = "An account with that username or email already exists"
+
+
+class UnknownAccount(GatewayError):
+    """No account has this id (admin operations; sign-in never raises this)."""
+
+    status = 404
+    reason = "unknown-account"
+    title = "No such account"
+
+
+class InvalidAccount(BadRequest):
+    """A username, email, display name or role was refused; the detail says why, for a human."""
+
+    reason = "invalid-account"
+    title = "Invalid account data"
+
+
+class WeakPassword(BadRequest):
+    """The password policy refused the new password; the detail is the policy's message."""
+
+    reason = "weak-password"
+    title = "The password is too weak"
+
+
+class WrongPassword(BadRequest):
+    """The current password given to confirm a password change is not correct."""
+
+    reason = "wrong-password"
+    title = "The current password is not correct."
+
+
+class SessionRevoker(Protocol):
+    """What accounts need from the session store: end every session of a user (``SessionStore`` is one)."""
+
+    async def revoke_user(self, user_id: int) -> int:
+        """Revoke all sessions of ``user_id`` on every replica; returns how many were ended."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignInResult:
+    """A successful password sign-in: who, and whether they must choose a new password first."""
+
+    user: User
+    must_change_password: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """One line of the account list: no secrets, only what an admin needs to see."""
+
+    id: int
+    username: str
+    email: str | None
+    display_name: str
+    roles: tuple[str, ...]
+    disabled: bool
+    has_password: bool
+    must_change_password: bool
+    totp: int
+    webauthn: int
+    recovery_codes_left: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FactorInfo:
+    """A second factor as shown to people: name and dates, never the secret or public key."""
+
+    kind: str  # "totp" | "webauthn"
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    # TOTP: enrollment was proven with a first code. WebAuthn credentials are confirmed on creation.
+    confirmed: bool = True
+    # WebAuthn: a passkey (discoverable) rather than a security key.
+    discoverable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFactors:
+    """All second factors of one account."""
+
+    totp: tuple[FactorInfo, ...]
+    webauthn: tuple[FactorInfo, ...]
+    recovery_codes_left: int
+    recovery_codes_total: int
+
+
+def _invalid(exc: ValueError) -> InvalidAccount:
+    return InvalidAccount(str(exc))
+
+
+def _check_display_name(raw: str) -> str:
+    name = raw.strip()
+    if len(name) > MAX_DISPLAY_NAME_LENGTH:
+        raise InvalidAccount(f"The display name is longer than {MAX_DISPLAY_NAME_LENGTH} characters.")
+    # Format characters (zero-width joiner) are legitimate in names and emoji; control characters and
+    # bidi overrides are not: they can make the admin console or a log line read differently.
+    for char in name:
+        if unicodedata.category(char) == "Cc" or "\u202a" <= char <= "\u202e" or "\u2066" <= char <= "\u2069":
+            raise InvalidAccount("The display name contains a control character.")
+    return name
+
+
+def _check_roles(roles: Sequence[str]) -> str:
+    cleaned: list[str] = []
+    for role in roles:
+        name = role.strip()
+        # Stored space-separated: a role with a space or comma would silently become two roles.
+        if not name or any(c.isspace() or c == "," or unicodedata.category(c) == "Cc" for c in name):
+            raise InvalidAccount(f"Invalid role name {role!r}: no spaces, commas or control characters.")
+        if name not in cleaned:
+            cleaned.append(name)
+    return " ".join(cleaned)
+
+
+def _login_candidates(login: str) -> tuple[str, ...]:
+    # A login may be a username or an email alias. Usernames may contain "@", so both readings are
+    # tried; they differ only in the details of folding (case folding vs lower-casing).
+    candidates: list[str] = []
+    for fold in (canonical_username, canonical_email):
+        try:
+            value = fold(login)
+        except ValueError:
+            continue
+        if value not in candidates:
+            candidates.append(value)
+    return tuple(candidates)
+
+
+def _failure_reason(user: User | None, *, correct: bool) -> str:
+    # For the audit trail only; the answer to the client is the same for all of them.
+    if user is None:
+        return "unknown-user"
+    if user.password_hash is None:
+        return "no-password"
+    if not correct:
+        return "bad-password"
+    return "disabled"
+
+
+def _unmatchable_key(login: str) -> str:
+    # A login that is not a valid username or email is still counted, so refusing junk takes the same
+    # path as refusing a real name. Hashed: arbitrary input never becomes a key verbatim, and "~" plus
+    # hex is neither a valid username (no "~") nor an email (no "@"), so it cannot collide with one.
+    folded = unicodedata.normalize("NFKC", login).casefold().strip()
+    return "~" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class AccountService:
+    """Local accounts on the relational store.
+
+    Args:
+        db: The open database.
+        hasher: Password hashing and policy.
+        regulator: Failed-attempt limits per canonical account.
+        audit: The audit trail.
+        clock: Time source for timestamps.
+        sessions: Session store, so disabling or deleting an account ends its sessions at once.
+            ``None`` where none is reachable (a CLI without Redis); the caller then tells the operator.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        regulator: Regulator,
+        audit: AuditLog,
+        clock: Clock,
+        *,
+        sessions: SessionRevoker | None = None,
+    ) -> None:
+        self._db = db
+        self._hasher = hasher
+        self._regulator = regulator
+        self._audit = audit
+        self._clock = clock
+        self._sessions = sessions
+
+    @property
+    def revokes_sessions(self) -> bool:
+        """Whether disable/delete can end sessions (a session store was given)."""
+        return self._sessions is not None
+
+    # -- creating and finding -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        username: str,
+        password: str | None,
+        email: str | None = None,
+        display_name: str = "",
+        roles: Sequence[str] = (),
+        must_change_password: bool = False,
+        actor: str,
+    ) -> User:
+        """Create a local account.
+
+        Args:
+            username: As typed; stored canonical (see :mod:`gateway.identity.names`).
+            password: The initial password, or ``None`` for an account that signs in only through an
+                identity provider or a passkey.
+            email: Optional email address; also accepted as a login.
+            display_name: Shown in the portal and to upstreams' users.
+            roles: Locally granted roles.
+            must_change_password: The user must choose a new password after the first sign-in.
+            actor: Who is doing this, for the audit trail (``"admin:bob"``, ``"cli:root"``).
+
+        Returns:
+            The new user.
+
+        Raises:
+            InvalidAccount: The username, email, display name or a role is not acceptable.
+            AccountExists: The username or email is taken, as a username or as an email.
+            WeakPassword: The password does not meet the policy.
+        """
+        try:
+            name = canonical_username(username)
+            address = canonical_email(email) if email is not None and email.strip() else None
+        except ValueError as exc:
+            raise _invalid(exc) from exc
+        shown_name = _check_display_name(display_name)
+        role_list = _check_roles(roles)
+        password_hash: str | None = None
+        if password is not None:
+            problem = self._hasher.check_policy(password)
+            if problem is not None:
+                raise WeakPassword(problem)
+        identifiers = {name} if address is None else {name, address}
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                taken = (
+                    await session.scalars(
+                        select(User).where(or_(User.username.in_(identifiers), User.email.in_(identifiers)))
+                    )
+                ).first()
+            if taken is not None:
+                raise self._exists(taken, name, address)
+        if password is not None:
+            # Hashed outside the transaction: it takes tens of milliseconds and holds no lock meanwhile.
+            password_hash = await self._hasher.hash(password)
+        now = self._clock.now()
+        user = User(
+            username=name,
+            email=address,
+            display_name=shown_name,
+            password_hash=password_hash,
+            disabled=False,
+            must_change_password=must_change_password,
+            roles=role_list,
+            created_at=now,
+            updated_at=now,
+            password_changed_at=now if password_hash is not None else None,
+        )
+        async with self._db.session() as session:
+            session.add(user)
+            with store_errors("cannot create the account"):
+                try:
+                    await session.commit()
+                except IntegrityError as exc:
+                    # Lost a race with another create of the same name: the unique constraint decides.
+                    # (A username racing an equal email is not caught here: no constraint spans both.)
+                    raise AccountExists(
+                        f"An account named {name!r} or with that email already exists."
+                    ) from exc
+        await self._audit.record(
+            "user.created",
+            actor=actor,
+            subject=name,
+            details={
+                "email": address or "",
+                "roles": role_list,
+                "has_password": password_hash is not None,
+                "must_change_password": must_change_password,
+            },
+        )
+        return user
+
+    @staticmethod
+    def _exists(taken: User, name: str, address: str | None) -> AccountExists:
+        if name in (taken.username, taken.email):
+            return AccountExists(f"An account named {name!r} already exists.")
+        return AccountExists(f"The email address {address!r} is already used by another account.")
+
+    async def find(self, login: str) -> User | None:
+        """The account a login names: a username or an email alias, in any spelling that folds to it.
+
+        Args:
+            login: What was typed (``ALICE``, ``alice@Example.com``, full-width letters all work).
+
+        Returns:
+            The user, or ``None`` when no account matches (or the login is not a valid name at all).
+        """
+        return await self._find(_login_candidates(login))
+
+    async def _find(self, candidates: tuple[str, ...]) -> User | None:
+        if not candidates:
+            return None
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                users = (
+                    await session.scalars(
+                        select(User).where(or_(User.username.in_(candidates), User.email.in_(candidates)))
+                    )
+                ).all()
+        # Usernames and emails are kept disjoint at creation, so at most one user matches a single
+        # spelling; if two readings of a login hit two users, the username is the stronger claim.
+        for user in users:
+            if user.username in candidates:
+                return user
+        return users[0] if users else None
+
+    async def get(self, user_id: int) -> User | None:
+        """The account with this id, or ``None``."""
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                return await session.get(User, user_id)
+
+    async def _require(self, user_id: int) -> User:
+        user = await self.get(user_id)
+        if user is None:
+            raise UnknownAccount(f"No account has id {user_id}.")
+        return user
+
+    # -- signing in -----------------------------------------------------------------------------------
+
+    async def authenticate(self, login: str, password: str, *, ip: str) -> SignInResult:
+        """Check a login and password: the first factor of a sign-in.
+
+        Args:
+            login: Username or email alias, as typed.
+            password: The password, as typed.
+            ip: The client address, for regulation and the audit trail.
+
+        Returns:
+            The user, and whether they must change their password before going on.
+
+        Raises:
+            SignInFailed: Unknown login, wrong password, no password set or account disabled; one
+                answer for all (the audit trail records which).
+            AccountLocked: Too many failures in a row for this account (or login); raised before
+                the password is checked. Says when to try again.
+        """
+        candidates = _login_candidates(login)
+        user = await self._find(candidates)
+        # The counter is per person: whichever alias was typed, a known account counts under its
+        # username. An unknown login counts under its own canonical spelling, so locks behave the
+        # same whether or not the account exists.
+        key = (
+            user.username if user is not None else (candidates[0] if candidates else _unmatchable_key(login))
+        )
+        await self._regulator.check(key)
+        stored = user.password_hash if user is not None else None
+        # Always hash, also with no account or no password (None = dummy hash of equal cost): the
+        # answer time must not tell an unknown user from a wrong password.
+        correct = await self._hasher.verify(stored, password)
+        if user is None or stored is None or not correct or user.disabled:
+            await self._regulator.record_failure(key, ip=ip, factor=_PASSWORD_FACTOR)
+            await self._audit.record(
+                "signin.password",
+                actor=f"user:{user.username}" if user is not None else "anonymous",
+                # A login that cannot be a name is left out: it is often a password typed into the
+                # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
+                subject=key if not key.startswith("~") else "",
+                ip=ip,
+                outcome="failure",
+                details={"reason": _failure_reason(user, correct=correct)},
+            )
+            raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
+        await self._regulator.record_success(key)
+        rehashed = False
+        if self._hasher.needs_rehash(stored):
+            rehashed = await self._rehash(user, stored, password)
+        await self._audit.record(
+            "signin.password",
+            actor=f"user:{user.username}",
+            subject=user.username,
+            ip=ip,
+            details={"rehashed": rehashed} if rehashed else None,
+        )
+        return SignInResult(user=user, must_change_password=user.must_change_password)
+
+    async def _rehash(self, user: User, stored: str, password: str) -> bool:
+        # The password is only known in the clear at sign-in: the one moment to move an old hash to
+        # the current cost parameters.
+        new_hash = await self._hasher.hash(password)
+        async with self._db.session() as session:
+            with store_errors("cannot update the password hash"):
+                # Compare-and-set: a password change that landed meanwhile must not be overwritten.
+                updated = (
+                    await session.scalars(
+                        update(User)
+                        .where(User.id == user.id, User.password_hash == stored)
+                        .values(password_hash=new_hash)
+                        .returning(User.id)
+                    )
+                ).all()
+                await session.commit()
+        if updated:
+            user.password_hash = new_hash
+        return bool(updated)
+
+    # -- changing accounts ----------------------------------------------------------------------------
+
+    async def set_password(
+        self,
+        user_id: int,
+        new_password: str,
+        *,
+        actor: str,
+        current_password: str | None = None,
+        must_change_password: bool = False,
+        ip: str = "",
+    ) -> None:
+        """Set a new password.
+
+        Sessions are left alone: the caller decides (the portal ends the user's other sessions; an
+        admin reset may want to disable the account instead).
+
+        Args:
+            user_id: The account.
+            new_password: The new password; checked against the policy.
+            actor: Who is doing this, for the audit trail.
+            current_password: When given (the user changing their own password), it must be correct;
+                a wrong one counts as a failed sign-in step. ``None`` for an admin reset.
+            must_change_password: Make the user choose another password at the next sign-in (an admin
+                handing out a temporary password).
+            ip: The client address, for regulation and the audit trail.
+
+        Raises:
+            UnknownAccount: No such user.
+            WeakPassword: The new password does not meet the policy.
+            WrongPassword: ``current_password`` is not correct.
+            AccountLocked: Too many failures for this account (only when ``current_password`` is given).
+        """
+        user = await self._require(user_id)
+        problem = self._hasher.check_policy(new_password)
+        if problem is not None:
+            raise WeakPassword(problem)
+        if current_password is not None:
+            # A stolen session must not become a way to guess the password without limit.
+            await self._regulator.check(user.username)
+            if not await self._hasher.verify(user.password_hash, current_password):
+                await self._regulator.record_failure(user.username, ip=ip, factor=_PASSWORD_FACTOR)
+                await self._audit.record(
+                    "user.password_changed",
+                    actor=actor,
+                    subject=user.username,
+                    ip=ip,
+                    outcome="failure",
+                    details={"reason": "bad-current-password"},
+                )
+                raise WrongPassword(WrongPassword.title)
+            await self._regulator.record_success(user.username)
+        new_hash = await self._hasher.hash(new_password)
+        now = self._clock.now()
+        await self._update(
+            user_id,
+            password_hash=new_hash,
+            password_changed_at=now,
+            must_change_password=must_change_password,
+            updated_at=now,
+        )
+        await self._audit.record(
+            "user.password_changed",
+            actor=actor,
+            subject=user.username,
+            ip=ip,
+            details={"by_admin": current_password is None, "must_change_password": must_change_password},
+        )
+
+    async def _update(self, user_id: int, **values: object) -> None:
+        async with self._db.session() as session:
+            with store_errors("cannot update the account"):
+                changed = (
+                    await session.scalars(
+                        update(User).where(User.id == user_id).values(**values).returning(User.id)
+                    )
+                ).all()
+                await session.commit()
+        if not changed:
+            raise UnknownAccount(f"No account has id {user_id}.")
+
+    async def disable(self, user_id: int, *, actor: str) -> int | None:
+        """Disable an account and end all its sessions.
+
+        Args:
+            user_id: The account.
+            actor: Who is doing this, for the audit trail.
+
+        Returns:
+            How many sessions were ended, or ``None`` without a session store (they then end only
+            when the gateways that cache them are restarted, or by their idle timeout).
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        # Disabled first, sessions second: once the flag is committed no new sign-in can succeed, so
+        # no session can be created after the revocation sweep has passed.
+        await self._update(user_id, disabled=True, updated_at=self._clock.now())
+        revoked = await self._revoke(user_id)
+        await self._audit.record(
+            "user.disabled",
+            actor=actor,
+            subject=user.username,
+            details={"sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
+    async def enable(self, user_id: int, *, actor: str) -> None:
+        """Enable a disabled account again.
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        await self._update(user_id, disabled=False, updated_at=self._clock.now())
+        await self._audit.record("user.enabled", actor=actor, subject=user.username)
+
+    async def delete(self, user_id: int, *, actor: str) -> int | None:
+        """Delete an account with all its factors (TOTP, WebAuthn, recovery codes) and sessions.
+
+        Audit events about the user stay: the trail is append-only and outlives the account.
+
+        Args:
+            user_id: The account.
+            actor: Who is doing this, for the audit trail.
+
+        Returns:
+            How many sessions were ended, or ``None`` without a session store.
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        async with self._db.session() as session:
+            with store_errors("cannot delete the account"):
+                user = await session.get(User, user_id)
+                if user is None:
+                    raise UnknownAccount(f"No account has id {user_id}.")
+                username = user.username
+                # The factor rows go with the user through ON DELETE CASCADE (SQLite has foreign
+                # keys turned on per connection by the store).
+                await session.delete(user)
+                await session.commit()
+        # Deleted first (see disable): no sign-in can create a session after the sweep.
+        revoked = await self._revoke(user_id)
+        await self._audit.record(
+            "user.deleted",
+            actor=actor,
+            subject=username,
+            details={"sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
+    async def _revoke(self, user_id: int) -> int | None:
+        if self._sessions is None:
+            return None
+        return await self._sessions.revoke_user(user_id)
+
+    async def reset_mfa(self, user_id: int, *, actor: str) -> dict[str, int]:
+        """Remove every second factor of an account: TOTP, WebAuthn credentials and recovery codes.
+
+        For a user who lost their devices. Sessions are kept: a lost phone is not a compromise (if it
+        is, disable the account). The user enrols again at the next sign-in.
+
+        Args:
+            user_id: The account.
+            actor: Who is doing this, for the audit trail.
+
+        Returns:
+            How many of each were removed: ``{"totp": n, "webauthn": n, "recovery_codes": n}``.
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        removed: dict[str, int] = {}
+        async with self._db.session() as session:
+            with store_errors("cannot reset the second factors"):
+                # One transaction: a failure halfway must not leave recovery codes without the rest.
+                removed["totp"] = len(
+                    (
+                        await session.scalars(
+                            delete(TotpCredential)
+                            .where(TotpCredential.user_id == user_id)
+                            .returning(TotpCredential.id)
+                        )
+                    ).all()
+                )
+                removed["webauthn"] = len(
+                    (
+                        await session.scalars(
+                            delete(WebAuthnCredential)
+                            .where(WebAuthnCredential.user_id == user_id)
+                            .returning(WebAuthnCredential.id)
+                        )
+                    ).all()
+                )
+                removed["recovery_codes"] = len(
+                    (
+                        await session.scalars(
+                            delete(RecoveryCode)
+                            .where(RecoveryCode.user_id == user_id)
+                            .returning(RecoveryCode.id)
+                        )
+                    ).all()
+                )
+                await session.execute(
+                    update(User).where(User.id == user_id).values(updated_at=self._clock.now())
+                )
+                await session.commit()
+        await self._audit.record("user.mfa_reset", actor=actor, subject=user.username, details=removed)
+        return removed
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    async def list(self, *, limit: int = 100, offset: int = 0) -> builtins.list[UserSummary]:
+        """Accounts ordered by username, with their factor counts.
+
+        Args:
+            limit: At most this many.
+            offset: Skip this many first (paging).
+
+        Returns:
+            One summary per account.
+        """
+        totp = (
+            select(func.count(TotpCredential.id))
+            .where(TotpCredential.user_id == User.id, TotpCredential.confirmed.is_(True))
+            .scalar_subquery()
+        )
+        webauthn = (
+            select(func.count(WebAuthnCredential.id))
+            .where(WebAuthnCredential.user_id == User.id)
+            .scalar_subquery()
+        )
+        codes = (
+            select(func.count(RecoveryCode.id))
+            .where(RecoveryCode.user_id == User.id, RecoveryCode.used_at.is_(None))
+            .scalar_subquery()
+        )
+        query = (
+            select(User, totp, webauthn, codes)
+            .order_by(User.username)
+            .limit(max(0, limit))
+            .offset(max(0, offset))
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot list accounts"):
+                rows = (await session.execute(query)).all()
+        return [
+            UserSummary(
+                id=user.id,
+                username=user.username,
+                email=user.email,
+                display_name=user.display_name,
+                roles=tuple(user.roles.split()),
+                disabled=user.disabled,
+                has_password=user.password_hash is not None,
+                must_change_password=user.must_change_password,
+                totp=int(n_totp),
+                webauthn=int(n_webauthn),
+                recovery_codes_left=int(n_codes),
+                created_at=user.created_at,
+            )
+            for user, n_totp, n_webauthn, n_codes in rows
+        ]
+
+    async def factors(self, user_id: int) -> AccountFactors:
+        """The second factors of one account, for display (names and dates, never secrets).
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        await self._require(user_id)
+        async with self._db.session() as session:
+            with store_errors("cannot read second factors"):
+                totps = (
+                    await session.scalars(
+                        select(TotpCredential)
+                        .where(TotpCredential.user_id == user_id)
+                        .order_by(TotpCredential.id)
+                    )
+                ).all()
+                keys = (
+                    await session.scalars(
+                        select(WebAuthnCredential)
+                        .where(WebAuthnCredential.user_id == user_id)
+                        .order_by(WebAuthnCredential.id)
+                    )
+                ).all()
+                codes = (
+                    await session.execute(
+                        select(func.count(RecoveryCode.id), func.count(RecoveryCode.used_at)).where(
+                            RecoveryCode.user_id == user_id
+                        )
+                    )
+                ).one()
+        total, used = int(codes[0]), int(codes[1])
+        return AccountFactors(
+            totp=tuple(
+                FactorInfo(
+                    kind="totp",
+                    id=c.id,
+                    name=c.name,
+                    created_at=c.created_at,
+                    last_used_at=c.last_used_at,
+                    confirmed=c.confirmed,
+                )
+                for c in totps
+            ),
+            webauthn=tuple(
+                FactorInfo(
+                    kind="webauthn",
+                    id=c.id,
+                    name=c.name,
+                    created_at=c.created_at,
+                    last_used_at=c.last_used_at,
+                    discoverable=c.discoverable,
+                )
+                for c in keys
+            ),
+            recovery_codes_left=total - used,
+            recovery_codes_total=total,
+        )

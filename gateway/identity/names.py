@@ -1,0 +1,142 @@
+"""Canonical usernames and email addresses: what people type, folded to the one form that is stored.
+
+Two spellings that look alike to a person must reach the same account, and so share one failed-attempt
+counter; otherwise ``ALICE``, a full-width ``alice`` (U+FF41...) and ``alice`` would be three accounts to guess, or
+three counters to spread a password-guessing attack over. Both functions therefore apply Unicode NFKC
+(compatibility forms such as full-width letters, ligatures and the Kelvin sign become plain letters),
+fold case and trim surrounding white space.
+
+Characters that do not look like anything are refused rather than removed: a zero-width joiner or a
+right-to-left override inside a name makes two different stored names render identically in an admin
+list or an audit log, which is exactly the confusion an impersonator wants. Refusing keeps "what you
+see is what is stored".
+
+Not handled (yet): confusables *across* scripts (Latin ``a`` U+0061 and Cyrillic ``a`` U+0430 are different letters;
+UTS #39 skeletons would be needed to treat them as one).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final
+
+__all__ = [
+    "MAX_EMAIL_LENGTH",
+    "MAX_MARKS_PER_LETTER",
+    "MAX_USERNAME_LENGTH",
+    "canonical_email",
+    "canonical_username",
+]
+
+MAX_USERNAME_LENGTH: Final = 64
+#: Combining marks allowed after one letter (Devanagari, Vietnamese need a few; more is decoration).
+MAX_MARKS_PER_LETTER: Final = 3
+#: RFC 5321 limits a forward path to 256 octets including the angle brackets.
+MAX_EMAIL_LENGTH: Final = 254
+
+_USERNAME_PUNCTUATION: Final = frozenset("._-@+")
+_LETTER_CATEGORIES: Final = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})
+_MARK_CATEGORIES: Final = frozenset({"Mn", "Mc"})
+# Controls, format characters (zero-width joiner/space, bidi overrides, soft hyphen), separators,
+# unassigned and private-use code points: all invisible or unpredictable on screen.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def _describe(char: str) -> str:
+    name = unicodedata.name(char, "")
+    code = f"U+{ord(char):04X}"
+    return f"{code} {name}" if name else code
+
+
+def _fold(raw: str) -> str:
+    # NFKC before case folding (full-width and compatibility letters fold like their plain forms) and
+    # again after it, because folding can produce sequences that are no longer normalized.
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold()).strip()
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES or char.isspace()
+
+
+def canonical_username(raw: str) -> str:
+    """Fold a username to its stored form.
+
+    NFKC, case-folded (so ``ß`` becomes ``ss`` and the Kelvin sign ``K`` becomes ``k``) and stripped of
+    surrounding white space. Letters of any script, decimal digits and ``. _ - @ +`` are allowed;
+    combining marks only after a letter (scripts such as Devanagari need them).
+
+    Args:
+        raw: What was typed.
+
+    Returns:
+        The canonical username.
+
+    Raises:
+        ValueError: The name is empty, longer than :data:`MAX_USERNAME_LENGTH` characters, or contains
+            an invisible, space or disallowed character; the message says which, for a human.
+    """
+    name = _fold(raw)
+    if not name:
+        raise ValueError("The username is empty.")
+    if len(name) > MAX_USERNAME_LENGTH:
+        raise ValueError(f"The username is longer than {MAX_USERNAME_LENGTH} characters.")
+    marks = -1  # combining marks since the last letter; -1: not after a letter
+    for char in name:
+        category = unicodedata.category(char)
+        if _invisible(char):
+            raise ValueError(f"The username contains an invisible or space character ({_describe(char)}).")
+        if category in _MARK_CATEGORIES:
+            # A lone mark would decorate punctuation or nothing; a long stack of them ("Zalgo" text)
+            # hides what is underneath. Real scripts need a few after a letter.
+            marks = marks + 1 if marks >= 0 else MAX_MARKS_PER_LETTER + 1
+            if marks > MAX_MARKS_PER_LETTER:
+                raise ValueError(
+                    f"The username has a combining mark that is not allowed there ({_describe(char)})."
+                )
+            continue
+        if not (category in _LETTER_CATEGORIES or category == "Nd" or char in _USERNAME_PUNCTUATION):
+            raise ValueError(
+                f"The username contains a character that is not allowed ({_describe(char)}); "
+                "use letters, digits and . _ - @ +"
+            )
+        marks = 0 if category in _LETTER_CATEGORIES else -1
+    return name
+
+
+def canonical_email(raw: str) -> str:
+    """Fold an email address to its stored form.
+
+    NFKC, stripped, and lower-cased in full: RFC 5321 lets the local part be case-sensitive, but no
+    mail system in use treats ``Alice@`` and ``alice@`` as two people, and one account (one failure
+    counter) per person matters more here. ``str.lower`` rather than case folding, so the stored
+    address stays deliverable (``ß`` is not rewritten to ``ss``).
+
+    Args:
+        raw: What was typed.
+
+    Returns:
+        The canonical address.
+
+    Raises:
+        ValueError: Empty, too long, white space or invisible characters inside, not exactly one ``@``,
+            an empty local part, or a domain without a dot.
+    """
+    address = unicodedata.normalize("NFKC", raw).strip().lower()
+    if not address:
+        raise ValueError("The email address is empty.")
+    if len(address) > MAX_EMAIL_LENGTH:
+        raise ValueError(f"The email address is longer than {MAX_EMAIL_LENGTH} characters.")
+    for char in address:
+        if _invisible(char):
+            raise ValueError(
+                f"The email address contains an invisible or space character ({_describe(char)})."
+            )
+    if address.count("@") != 1:
+        raise ValueError("The email address must contain exactly one @.")
+    local, domain = address.split("@")
+    if not local:
+        raise ValueError("The email address has nothing before the @.")
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(labels):
+        raise ValueError("The email domain must be a name with a dot, such as example.com.")
+    return address

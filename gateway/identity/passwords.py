@@ -1,0 +1,164 @@
+"""Password hashing with argon2id, off the event loop, and the password policy (NIST SP 800-63B).
+
+Hashing is deliberately slow (tens of milliseconds of CPU and 19+ MiB of memory per hash), so it never
+runs on the event loop: each hash runs in a worker thread, and at most
+``PasswordSettings.max_concurrent_hashes`` run at once per worker. A burst of sign-ins then queues on
+the semaphore instead of starving the proxied traffic of CPU (DESIGN.md invariant 5).
+
+Unknown users cost the same as wrong passwords: :meth:`PasswordHasher.verify` with no stored hash
+checks the password against a dummy hash made with the same parameters, so response time does not
+reveal which accounts exist.
+
+Passwords are NFKC-normalised before hashing (SP 800-63B §5.1.1.2): the same passphrase typed on two
+keyboards that produce different Unicode forms of one character must match. Nothing else is changed;
+spaces are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import unicodedata
+from typing import Final
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from gateway.settings.schema import PasswordSettings
+
+__all__ = ["MAX_PASSWORD_CHARS", "PasswordHasher"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest password accepted for a new password. Long enough for any passphrase or manager-generated
+#: secret; the bound keeps a single sign-in from feeding megabytes into the hash.
+MAX_PASSWORD_CHARS: Final = 1024
+
+# What the dummy hash is made from. Its value does not matter: nobody can sign in against it, because
+# verify() returns False whenever there is no stored hash, whatever the dummy check says.
+_DUMMY_PASSWORD: Final = "gateway dummy password for absent accounts"  # noqa: S105 - not a credential
+
+
+class PasswordHasher:
+    """argon2id hashing and verification with the configured cost, bounded in concurrency.
+
+    One instance per worker: the semaphore is what bounds the CPU spent on hashing.
+    """
+
+    def __init__(self, settings: PasswordSettings) -> None:
+        """Build the hasher.
+
+        Args:
+            settings: argon2id cost (memory, time, parallelism), concurrency bound and minimum length.
+                Values below OWASP's minimum are refused by the config loader, not here, so tests may
+                use cheap parameters.
+        """
+        self._settings = settings
+        self._argon = argon2.PasswordHasher(
+            time_cost=settings.time_cost,
+            memory_cost=settings.memory_kib,
+            parallelism=settings.parallelism,
+            hash_len=32,
+            salt_len=16,
+            type=argon2.Type.ID,
+        )
+        self._slots = asyncio.Semaphore(max(1, settings.max_concurrent_hashes))
+        self._dummy: str | None = None
+
+    @property
+    def settings(self) -> PasswordSettings:
+        """The settings this hasher was built with."""
+        return self._settings
+
+    async def hash(self, password: str) -> str:
+        """Hash a password for storage.
+
+        Args:
+            password: The password as typed (normalised to NFKC here).
+
+        Returns:
+            An argon2id PHC string (``$argon2id$v=19$m=...,t=...,p=...$salt$hash``).
+        """
+        normalised = _normalise(password)
+        async with self._slots:
+            return await asyncio.to_thread(self._argon.hash, normalised)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """Check a password against a stored hash, at the same cost whether or not there is one.
+
+        Args:
+            stored: The stored PHC string, or None for an unknown account or one without a password.
+            password: The password as typed.
+
+        Returns:
+            True only if ``stored`` is a hash of ``password``. Always False when ``stored`` is None
+            (after checking against the dummy hash, so the time taken is the same).
+        """
+        normalised = _normalise(password)
+        if stored is None:
+            await self._dummy_check(normalised)
+            return False
+        return await self._check(stored, normalised)
+
+    def needs_rehash(self, stored: str) -> bool:
+        """Whether ``stored`` was made with other parameters than the configured ones.
+
+        Call after a successful verification, when the password is at hand to hash again.
+
+        Args:
+            stored: A PHC string.
+
+        Returns:
+            True if it should be replaced by a hash with the current parameters (also for a hash this
+            hasher cannot parse, which cannot have the current parameters).
+        """
+        try:
+            return self._argon.check_needs_rehash(stored)
+        except InvalidHashError:
+            return True
+
+    def check_policy(self, password: str) -> str | None:
+        """Check a new password against the policy: length only, no composition rules (SP 800-63B).
+
+        Args:
+            password: The proposed password.
+
+        Returns:
+            None if acceptable, otherwise a message for the person choosing it.
+        """
+        length = len(_normalise(password))
+        if length < self._settings.min_length:
+            return f"Use at least {self._settings.min_length} characters; a few unrelated words are easy to remember."
+        if length > MAX_PASSWORD_CHARS:
+            return f"Use at most {MAX_PASSWORD_CHARS} characters."
+        return None
+
+    async def _check(self, stored: str, normalised: str) -> bool:
+        async with self._slots:
+            return await asyncio.to_thread(self._verify_sync, stored, normalised)
+
+    def _verify_sync(self, stored: str, normalised: str) -> bool:
+        try:
+            return self._argon.verify(stored, normalised)
+        except VerifyMismatchError:
+            return False
+        except InvalidHashError:
+            # A corrupt or foreign hash cannot match anything; say so in the log (never the hash).
+            logger.warning("stored password hash is not a valid argon2 hash; refusing the password")
+            return False
+        except VerificationError:
+            return False
+
+    async def _dummy_check(self, normalised: str) -> None:
+        # The dummy hash is made lazily, so building a hasher stays cheap. The call that makes it does
+        # not verify as well: one argon2 computation either way, so even the first unknown-user
+        # sign-in takes as long as a wrong password. Two first callers racing both make one: harmless.
+        if self._dummy is None:
+            async with self._slots:
+                self._dummy = await asyncio.to_thread(self._argon.hash, _DUMMY_PASSWORD)
+            return
+        await self._check(self._dummy, normalised)
+
+
+def _normalise(password: str) -> str:
+    return unicodedata.normalize("NFKC", password)

@@ -1,0 +1,356 @@
+"""The self-service portal: profile, second factors, recovery codes, sessions, password.
+
+Sensitive changes (adding or removing a factor, new recovery codes, a new password) need a second
+factor used within ``mfa.reauth_max_age``; a user enrolling their very first factor needs a fresh
+password sign-in instead. Otherwise the browser is sent to the MFA page and comes back here.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from litestar import Request, get, post
+from litestar.response import Redirect, Template
+
+from gateway.errors import GatewayError
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.sessions import Session
+from gateway.web import flows
+from gateway.web.flows import AnyRequest
+from gateway.web.pages import Form, page
+
+if TYPE_CHECKING:
+    from gateway.identity.services import IdentityServices
+    from gateway.runtime import Runtime
+
+__all__ = ["account_handlers"]
+
+
+def _when(value: datetime | float | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float | int):
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _browser(user_agent: str) -> str:
+    for name in ("Edg/", "Firefox/", "Chrome/", "Safari/", "curl/"):
+        if name in user_agent:
+            label = {
+                "Edg/": "Edge",
+                "Firefox/": "Firefox",
+                "Chrome/": "Chrome",
+                "Safari/": "Safari",
+                "curl/": "curl",
+            }
+            system = next(
+                (s for s in ("Windows", "Mac OS X", "Linux", "Android", "iPhone") if s in user_agent), ""
+            )
+            return label[name] + (f" on {system.replace('Mac OS X', 'macOS')}" if system else "")
+    return user_agent[:40] or "Unknown browser"
+
+
+def account_handlers(runtime: Runtime) -> list[Any]:
+    """The portal's route handlers, bound to one worker's runtime."""
+
+    def svc() -> IdentityServices:
+        return flows.services(runtime)
+
+    async def signed_in(request: AnyRequest) -> flows.SignedIn:
+        return await flows.current(request, runtime)
+
+    async def fresh_enough(session: Session) -> bool:
+        return await flows.may_change_factors(session, runtime)
+
+    def step_up(back: str) -> Redirect:
+        return Redirect(f"/.gateway/mfa?need=any&rd={quote(back, safe='')}")
+
+    @get("/.gateway/account", cache=False)
+    async def portal(request: Request[Any, Any, Any], notice: str = "") -> Template | Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        user = await svc().accounts.get(s.user_id)
+        factors = [
+            {
+                "kind": "totp",
+                "id": c.id,
+                "name": c.name,
+                "kind_label": "Authenticator app",
+                "created": _when(c.created_at),
+                "last_used": _when(c.last_used_at),
+            }
+            for c in await svc().totp.list(s.user_id)
+        ] + [
+            {
+                "kind": "webauthn",
+                "id": c.id,
+                "name": c.name,
+                "kind_label": "Passkey" if c.discoverable else "Security key",
+                "created": _when(c.created_at),
+                "last_used": _when(c.last_used_at),
+            }
+            for c in await svc().webauthn.list(s.user_id)
+        ]
+        own = s.id_hash
+        sessions = [
+            {
+                "id": other.id_hash,
+                "browser": _browser(other.user_agent),
+                "ip": other.ip,
+                "last_seen": _when(other.last_seen),
+                "current": other.id_hash == own,
+            }
+            for other in await svc().sessions.list_user(s.user_id)
+        ]
+        return page(
+            request,
+            "account.html",
+            user=s.username,
+            account=user,
+            two_factor=s.level >= AuthLevel.TWO_FACTOR,
+            factors=factors,
+            sessions=sessions,
+            recovery_remaining=await svc().recovery.remaining(s.user_id),
+            notice=notice,
+            error=None,
+        )
+
+    @get("/.gateway/account/enroll", cache=False)
+    async def enroll(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+        s = signed.session
+        if not await fresh_enough(s):
+            return step_up(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+        enrollment = await svc().totp.begin_enrollment(
+            s.user_id, account=s.username, name="Authenticator app"
+        )
+        return page(
+            request,
+            "enroll.html",
+            user=s.username,
+            rd=rd,
+            qr_svg=enrollment.qr_svg,
+            secret=enrollment.secret,
+            credential_id=enrollment.credential_id,
+            error=None,
+        )
+
+    @post("/.gateway/account/totp/confirm", status_code=200)
+    async def totp_confirm(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
+        signed = await signed_in(request)
+        rd = data.get("rd", "")
+        if signed.session is None or signed.session_id is None:
+            return flows.login_redirect("/.gateway/account/enroll")
+        s = signed.session
+        if not await fresh_enough(s):
+            return step_up("/.gateway/account/enroll")
+        first = not await svc().totp.has_confirmed(s.user_id) and not await svc().webauthn.list(s.user_id)
+        try:
+            credential_id = int(data.get("credential_id", "0"))
+        except ValueError:
+            credential_id = 0
+        if not await svc().totp.confirm(s.user_id, credential_id, data.get("code", "")):
+            enrollment = await svc().totp.begin_enrollment(
+                s.user_id, account=s.username, name="Authenticator app"
+            )
+            return page(
+                request,
+                "enroll.html",
+                status=400,
+                user=s.username,
+                rd=rd,
+                qr_svg=enrollment.qr_svg,
+                secret=enrollment.secret,
+                credential_id=enrollment.credential_id,
+                error="That code did not match. Scan the new code below and try again.",
+            )
+        await svc().audit.record(
+            "factor.enrolled",
+            actor=f"user:{s.username}",
+            subject=s.username,
+            ip=flows.client_ip(request),
+            details={"kind": "totp"},
+        )
+        return await _after_enrollment(request, runtime, signed.session_id, s, rd, first, Factor.TOTP)
+
+    @post("/.gateway/account/factors/{kind:str}/{credential_id:int}/remove", status_code=303)
+    async def remove_factor(request: Request[Any, Any, Any], kind: str, credential_id: int) -> Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        if not flows.is_fresh(s, runtime):
+            return step_up("/.gateway/account")
+        removed = False
+        if kind == "totp":
+            removed = await svc().totp.remove(s.user_id, credential_id)
+            if removed:
+                await svc().audit.record(
+                    "factor.removed",
+                    actor=f"user:{s.username}",
+                    subject=s.username,
+                    ip=flows.client_ip(request),
+                    details={"kind": "totp"},
+                )
+        elif kind == "webauthn":
+            removed = await svc().webauthn.remove(s.user_id, credential_id)
+        note = "Factor removed." if removed else "Nothing was removed."
+        return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+
+    @post("/.gateway/account/recovery", status_code=200)
+    async def new_recovery(request: Request[Any, Any, Any]) -> Template | Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        if not flows.is_fresh(s, runtime):
+            return step_up("/.gateway/account")
+        codes = await svc().recovery.generate(s.user_id)
+        await svc().audit.record(
+            "recovery_codes.generated",
+            actor=f"user:{s.username}",
+            subject=s.username,
+            ip=flows.client_ip(request),
+        )
+        return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
+
+    @post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
+    async def revoke_one(request: Request[Any, Any, Any], session_hash: str) -> Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        mine = {other.id_hash for other in await svc().sessions.list_user(s.user_id)}
+        if session_hash in mine and session_hash != s.id_hash:
+            await svc().sessions.revoke_hash(session_hash)
+        return Redirect("/.gateway/account?notice=Session+signed+out.", status_code=303)
+
+    @post("/.gateway/account/sessions/revoke-others", status_code=303)
+    async def revoke_others(request: Request[Any, Any, Any]) -> Redirect:
+        signed = await signed_in(request)
+        if signed.session is None or signed.session_id is None:
+            return flows.login_redirect("/.gateway/account")
+        count = await svc().sessions.revoke_others(signed.session_id, signed.session.user_id)
+        return Redirect(
+            f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
+        )
+
+    @get("/.gateway/account/password", cache=False)
+    async def password_page(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account/password")
+        user = await svc().accounts.get(signed.session.user_id)
+        forced = bool(user and user.must_change_password)
+        if not forced and not await fresh_enough(signed.session):
+            return step_up("/.gateway/account/password")
+        return page(
+            request,
+            "password.html",
+            user=signed.session.username,
+            rd=rd,
+            forced=forced,
+            error=None,
+            min_length=runtime.snapshot.settings.passwords.min_length,
+        )
+
+    @get("/.gateway/account/first-codes", cache=False)
+    async def first_codes(request: Request[Any, Any, Any]) -> Template | Redirect:
+        """After the first passkey: show recovery codes once (only if the user has none yet)."""
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        if await svc().recovery.remaining(s.user_id) > 0:
+            return Redirect("/.gateway/account")
+        codes = await svc().recovery.generate(s.user_id)
+        return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
+
+    @post("/.gateway/account/password", status_code=200)
+    async def password_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
+        signed = await signed_in(request)
+        rd = data.get("rd", "")
+        if signed.session is None or signed.session_id is None:
+            return flows.login_redirect("/.gateway/account/password")
+        s = signed.session
+        user = await svc().accounts.get(s.user_id)
+        forced = bool(user and user.must_change_password)
+        if not forced and not await fresh_enough(s):
+            return step_up("/.gateway/account/password")
+        error = None
+        if data.get("new", "") != data.get("confirm", ""):
+            error = "The two new passwords are not the same."
+        else:
+            try:
+                await svc().accounts.set_password(
+                    s.user_id,
+                    data.get("new", ""),
+                    actor=f"user:{s.username}",
+                    current_password=data.get("current", ""),
+                )
+            except GatewayError as err:
+                error = err.detail
+        if error:
+            return page(
+                request,
+                "password.html",
+                status=400,
+                user=s.username,
+                rd=rd,
+                forced=forced,
+                error=error,
+                min_length=runtime.snapshot.settings.passwords.min_length,
+            )
+        # Other sessions may have been opened with the old password: they end.
+        await svc().sessions.revoke_others(signed.session_id, s.user_id)
+        if forced:
+            return Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+        return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
+
+    return [
+        portal,
+        enroll,
+        totp_confirm,
+        remove_factor,
+        new_recovery,
+        revoke_one,
+        revoke_others,
+        password_page,
+        password_submit,
+        first_codes,
+    ]
+
+
+async def _after_enrollment(
+    request: AnyRequest,
+    runtime: Runtime,
+    session_id: str,
+    session: Session,
+    rd: str,
+    first: bool,
+    factor: Factor,
+) -> Template | Redirect:
+    """Enrollment proves possession: the session becomes two-factor (new id); first time, show codes."""
+    svc = flows.services(runtime)
+    new_id, new_session = await svc.sessions.elevate(
+        session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, svc.clock.time())
+    )
+    if first:
+        codes = await svc.recovery.generate(session.user_id)
+        next_url = flows.safe_rd(rd, runtime) if rd else "/.gateway/account"
+        if next_url != "/.gateway/account" and not next_url.startswith("/"):
+            # Cross-host return: go through login, which hands the session over.
+            next_url = f"/.gateway/login?rd={quote(rd, safe='')}"
+        response = page(request, "codes.html", user=session.username, codes=codes, next=next_url)
+        flows.set_session_cookie(response, runtime, new_id)
+        return response
+    redirect = await flows.after_sign_in(request, runtime, new_id, new_session, rd or "/.gateway/account")
+    return redirect

@@ -1,0 +1,252 @@
+"""The server-rendered pages under ``/.gateway/``: sign-in, second factor, enrollment, hand-off, sign-out.
+
+Every page works without JavaScript except the WebAuthn ceremonies; every form is CSRF-protected (the
+Litestar CSRF middleware, double-submit cookie). Failures of a credential all get the same answer;
+the detail is in the audit trail only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from gateway.errors import GatewayError
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.web import flows
+from gateway.web.flows import AnyRequest
+
+if TYPE_CHECKING:
+    from gateway.identity.services import IdentityServices
+    from gateway.runtime import Runtime
+
+__all__ = ["page_handlers"]
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+_SAME_ANSWER = "The username or password is not correct."
+_MFA_FAILED = "That code did not work. Try again, or use another factor."
+
+
+def page(request: AnyRequest, name: str, status: int = 200, **context: Any) -> Template:
+    context.setdefault("request_id", request.headers.get("x-request-id", ""))
+    context.setdefault("user", None)
+    return Template(template_name=name, context=context, status_code=status)
+
+
+def page_handlers(runtime: Runtime) -> list[Any]:
+    """The page route handlers, bound to one worker's runtime."""
+
+    def svc() -> IdentityServices:
+        return flows.services(runtime)
+
+    @get("/.gateway/login", cache=False)
+    async def login_page(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
+        signed = await flows.current(request, runtime)
+        if signed.session is not None and signed.session_id:
+            return await flows.after_sign_in(request, runtime, signed.session_id, signed.session, rd)
+        return page(
+            request,
+            "login.html",
+            rd=rd,
+            username="",
+            error=None,
+            passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
+        )
+
+    @post("/.gateway/login", status_code=200)
+    async def login_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
+        rd = data.get("rd", "")
+        username = data.get("username", "")
+        try:
+            result = await svc().accounts.authenticate(
+                username, data.get("password", ""), ip=flows.client_ip(request)
+            )
+        except GatewayError as err:
+            message = _SAME_ANSWER if err.status == 401 else err.detail
+            return page(
+                request,
+                "login.html",
+                status=err.status,
+                rd=rd,
+                username=username,
+                error=message,
+                passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
+            )
+        signed = await flows.current(request, runtime)
+        if signed.session_id:
+            # Session fixation: whatever session this browser had is ended, a new id is issued.
+            await svc().sessions.revoke(signed.session_id)
+        user = result.user
+        session_id, session = await svc().sessions.create(
+            user_id=user.id,
+            username=user.username,
+            level=AuthLevel.ONE_FACTOR,
+            factors=(FactorUse(Factor.PASSWORD, svc().clock.time()),),
+            roles=tuple(user.roles.split()),
+            ip=flows.client_ip(request),
+            user_agent=flows.user_agent(request),
+            host=runtime.snapshot.public_url,
+        )
+        if result.must_change_password:
+            response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
+        elif await _has_second_factor(runtime, user.id):
+            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+        else:
+            return await flows.after_sign_in(request, runtime, session_id, session, rd)
+        flows.set_session_cookie(response, runtime, session_id)
+        return response
+
+    @get("/.gateway/mfa", cache=False)
+    async def mfa_page(
+        request: Request[Any, Any, Any], rd: str = "", need: str = "any"
+    ) -> Template | Redirect:
+        signed = await flows.current(request, runtime)
+        if signed.session is None:
+            return flows.login_redirect(rd)
+        user_id = signed.session.user_id
+        has_totp = await svc().totp.has_confirmed(user_id)
+        has_webauthn = bool(await svc().webauthn.list(user_id))
+        if not has_totp and not has_webauthn:
+            return Redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+        return page(
+            request,
+            "mfa.html",
+            rd=rd,
+            need=need,
+            has_totp=has_totp,
+            has_webauthn=has_webauthn,
+            error=None,
+            user=signed.session.username,
+        )
+
+    @post("/.gateway/mfa/totp", status_code=200)
+    async def mfa_totp(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
+        return await _second_factor(request, data, Factor.TOTP)
+
+    @post("/.gateway/mfa/recovery", status_code=200)
+    async def mfa_recovery(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
+        return await _second_factor(request, data, Factor.RECOVERY)
+
+    async def _second_factor(
+        request: AnyRequest, data: dict[str, str], factor: Factor
+    ) -> Template | Redirect:
+        rd = data.get("rd", "")
+        signed = await flows.current(request, runtime)
+        if signed.session is None or signed.session_id is None:
+            return flows.login_redirect(rd)
+        session = signed.session
+        code = data.get("code", "")
+        regulator = svc().regulator
+        try:
+            await regulator.check(session.username)
+        except GatewayError as err:
+            return await _mfa_error(request, session.user_id, session.username, rd, err.detail, err.status)
+        if factor is Factor.TOTP:
+            ok = await svc().totp.verify(session.user_id, code)
+        else:
+            ok = await svc().recovery.use(session.user_id, code)
+        ip = flows.client_ip(request)
+        await svc().audit.record(
+            f"mfa.{factor.value}",
+            actor=f"user:{session.username}",
+            subject=session.username,
+            ip=ip,
+            outcome="success" if ok else "failure",
+        )
+        if not ok:
+            await regulator.record_failure(session.username, ip=ip, factor=factor.value)
+            return await _mfa_error(request, session.user_id, session.username, rd, _MFA_FAILED, 401)
+        await regulator.record_success(session.username)
+        new_id, new_session = await svc().sessions.elevate(
+            signed.session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, svc().clock.time())
+        )
+        return await flows.after_sign_in(request, runtime, new_id, new_session, rd)
+
+    async def _mfa_error(
+        request: AnyRequest, user_id: int, username: str, rd: str, message: str, status: int
+    ) -> Template:
+        return page(
+            request,
+            "mfa.html",
+            status=status,
+            rd=rd,
+            need="any",
+            has_totp=await svc().totp.has_confirmed(user_id),
+            has_webauthn=bool(await svc().webauthn.list(user_id)),
+            error=message,
+            user=username,
+        )
+
+    @get("/.gateway/handoff", cache=False)
+    async def handoff(request: Request[Any, Any, Any], code: str = "", rd: str = "/") -> Redirect | Template:
+        host = (request.headers.get("host") or "").split(":")[0].lower().rstrip(".")
+        grant = await svc().handoff.redeem(code, host=host)
+        # Only a path on this same host is followed after a hand-off.
+        target = rd if rd.startswith("/") and not rd.startswith("//") and "\\" not in rd else "/"
+        if grant is None:
+            return page(
+                request,
+                "message.html",
+                status=400,
+                title="This sign-in link has expired",
+                message="Sign-in links work once and only for a minute. Open the application again to continue.",
+                link=target,
+                link_text="Try again",
+            )
+        signed = await flows.current(request, runtime)
+        if signed.session_id:
+            await svc().sessions.revoke(signed.session_id)
+        source = grant.session
+        session_id, _ = await svc().sessions.create(
+            user_id=source.user_id,
+            username=source.username,
+            level=source.level,
+            factors=source.factors,
+            roles=source.roles,
+            ip=flows.client_ip(request),
+            user_agent=flows.user_agent(request),
+            host=host,
+            family=source.family,
+        )
+        response = Redirect(target)
+        flows.set_session_cookie(response, runtime, session_id)
+        return response
+
+    @get("/.gateway/logout", cache=False)
+    async def logout_page(request: Request[Any, Any, Any], rd: str = "") -> Template:
+        signed = await flows.current(request, runtime)
+        return page(
+            request,
+            "message.html",
+            title="Sign out?",
+            message="You will be signed out of every application behind this gateway in this browser.",
+            confirm_logout=True,
+            rd=rd,
+            user=signed.session.username if signed.session else None,
+        )
+
+    @post("/.gateway/logout", status_code=303)
+    async def logout(request: Request[Any, Any, Any], data: Form) -> Redirect:
+        signed = await flows.current(request, runtime)
+        if signed.session is not None:
+            await svc().sessions.revoke_family(signed.session.family)
+            await svc().audit.record(
+                "signout",
+                actor=f"user:{signed.session.username}",
+                subject=signed.session.username,
+                ip=flows.client_ip(request),
+            )
+        response = Redirect("/.gateway/login", status_code=303)
+        flows.set_session_cookie(response, runtime, None)
+        return response
+
+    return [login_page, login_submit, mfa_page, mfa_totp, mfa_recovery, handoff, logout_page, logout]
+
+
+async def _has_second_factor(runtime: Runtime, user_id: int) -> bool:
+    svc = flows.services(runtime)
+    return await svc.totp.has_confirmed(user_id) or bool(await svc.webauthn.list(user_id))

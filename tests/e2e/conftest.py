@@ -1,0 +1,154 @@
+"""Browser tests: Debian's Chromium driven by Playwright, WebAuthn through Chromium's virtual authenticator.
+
+The gateway runs for real (``python -m gateway serve``) with the auth host ``auth.localhost`` and apps on
+``app.localhost`` and ``admin.localhost`` (Chromium resolves every ``*.localhost`` to loopback, and treats
+them as secure contexts, which WebAuthn needs: an IP address cannot be a WebAuthn relying party).
+Screenshots of every page land in ``tests/e2e/screenshots/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.integration.harness import ROOT, Gateway, free_port, gateway_config, run_echo, run_gateway
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).parent / "screenshots"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Site:
+    gw: Gateway
+    port: int
+
+    def url(self, host: str, path: str = "/") -> str:
+        return f"http://{host}.localhost:{self.port}{path}"
+
+    def add_user(self, username: str, password: str = PASSWORD, *extra: str) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "user",
+                "add",
+                username,
+                "--password-stdin",
+                "--config",
+                str(self.gw.config_path),
+                *extra,
+            ],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
+    tmp = tmp_path_factory.mktemp("e2e")
+    with run_echo() as echo:
+        port = free_port()
+        routes: list[dict[str, Any]] = [
+            {"name": "app", "host": "app.localhost", "upstreams": [echo.url], "mfa": "required"},
+            {
+                "name": "admin",
+                "host": "admin.localhost",
+                "upstreams": [echo.url],
+                "mfa": {"require": "webauthn", "max_age": "15m"},
+            },
+            {"name": "wiki", "host": "wiki.localhost", "upstreams": [echo.url], "mfa": "none"},
+        ]
+        config = gateway_config(
+            tmp,
+            port,
+            routes,
+            public_url=f"http://auth.localhost:{port}",
+            session={"insecure_cookies": True},
+            listen=f"127.0.0.1:{port}",
+        )
+        with run_gateway(tmp, config) as gw:
+            yield Site(gw, port)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1100, "height": 820})
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def add_virtual_authenticator(context: BrowserContext, page: Page) -> str:
+    """A platform authenticator with resident keys and user verification (a passkey)."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    result = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return str(result["authenticatorId"])
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def oathtool(secret: str, at: float) -> str:
+    """The TOTP code Debian's oathtool computes for this secret at this time (the reference peer)."""
+    result = subprocess.run(
+        ["oathtool", "--totp", "-b", secret, "-N", f"@{int(at)}"], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+os.environ.setdefault("PW_TEST_SCREENSHOTS", str(SHOTS))

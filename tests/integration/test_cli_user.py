@@ -1,0 +1,375 @@
+"""``gateway user …`` as an operator runs it: real subprocesses against a temporary SQLite config.
+
+What a terminal shows is what is checked: exit codes, stdout, stderr. Passwords only ever travel on
+standard input (or a terminal), so every test also checks that no password shows up in any output,
+and the database holds only argon2 hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+import pytest
+
+from tests.integration.harness import ROOT
+
+PASSWORD = "correct horse battery staple"
+NEW_PASSWORD = "an entirely different passphrase"
+ACTIONS = ["add", "list", "show", "disable", "enable", "set-password", "reset-mfa", "delete"]
+
+
+@dataclass
+class Cli:
+    config: Path
+    db_path: Path
+    secrets: list[str]
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``gateway user ARGS --config FILE``; passwords go to stdin only."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "user", *args, "--config", str(self.config)],
+            cwd=ROOT,
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for secret in self.secrets:
+            assert secret not in proc.args
+            assert secret not in proc.stdout
+            assert secret not in proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        proc = self.run(*args, stdin=stdin)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def user_row(self, username: str) -> sqlite3.Row | None:
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            row: sqlite3.Row | None = conn.execute(
+                "SELECT * FROM users WHERE username = ?", (username,)
+            ).fetchone()
+            return row
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:8080\n"
+        "public_url: http://127.0.0.1:8080\n"
+        f"data_dir: {data}\n"
+        "routes:\n"
+        "  - {name: echo, host: 127.0.0.1, upstreams: ['http://127.0.0.1:9000'], mfa: none}\n"
+    )
+    c = Cli(config=config, db_path=data / "gateway.db", secrets=[PASSWORD, NEW_PASSWORD])
+    yield c
+    if c.db_path.exists():
+        raw = c.db_path.read_bytes() + b"".join(p.read_bytes() for p in data.glob("gateway.db-*"))
+        for secret in c.secrets:
+            assert secret.encode() not in raw
+
+
+def _give_factors(db_path: Path, user_id: int) -> None:
+    now = "2026-01-02 03:04:05.000000"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO totp_credentials (user_id, name, secret_enc, confirmed, last_step, created_at)"
+            " VALUES (?, 'Phone', 'ciphertext', 1, 0, ?)",
+            (user_id, now),
+        )
+        conn.execute(
+            "INSERT INTO webauthn_credentials (user_id, name, credential_id, public_key, sign_count,"
+            " transports, aaguid, discoverable, backed_up, user_verified, created_at, last_used_at)"
+            " VALUES (?, 'YubiKey', X'0102', X'0304', 0, 'usb', '', 0, 0, 1, ?, ?)",
+            (user_id, now, now),
+        )
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO recovery_codes (user_id, batch, position, code_hash, created_at)"
+                " VALUES (?, 'b', ?, 'hash', ?)",
+                (user_id, i, now),
+            )
+
+
+# -- help --------------------------------------------------------------------------------------------
+
+
+def test_user_help(cli: Cli) -> None:
+    proc = cli.run("--help")
+    assert proc.returncode == 0
+    for action in ACTIONS:
+        assert action in proc.stdout
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_action_help(cli: Cli, action: str) -> None:
+    proc = cli.run(action, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: gateway user " + action)
+    assert "--config FILE" in proc.stdout
+
+
+@pytest.mark.parametrize("action", ["add", "set-password"])
+def test_there_is_no_password_argument(cli: Cli, action: str) -> None:
+    assert "--password-stdin" in cli.run(action, "--help").stdout
+    # Not even as an abbreviation of --password-stdin.
+    proc = cli.run(action, "alice", "--password", "x")
+    assert proc.returncode == 2
+    assert "unrecognized arguments" in proc.stderr
+
+
+def test_user_without_action_prints_usage(cli: Cli) -> None:
+    proc = cli.run()
+    assert proc.returncode == 2
+    assert "usage: gateway user" in proc.stderr
+
+
+# -- the life of an account --------------------------------------------------------------------------
+
+
+def test_account_lifecycle(cli: Cli) -> None:
+    out = cli.ok(
+        "add", "Alice", "--email", "Alice@Example.com", "--display-name", "Alice Liddell",
+        "--role", "dev", "--role", "ops", "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert out.startswith("created user alice (id ")
+    row = cli.user_row("alice")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], PASSWORD)
+    assert (row["email"], row["roles"], row["display_name"]) == (
+        "alice@example.com",
+        "dev ops",
+        "Alice Liddell",
+    )
+
+    cli.ok("add", "bob", "--no-password")
+    _give_factors(cli.db_path, row["id"])
+
+    table = cli.ok("list").splitlines()
+    assert table[0].split() == [
+        "USERNAME",
+        "EMAIL",
+        "STATUS",
+        "PASSWORD",
+        "TOTP",
+        "WEBAUTHN",
+        "CODES",
+        "CREATED",
+    ]
+    assert table[1].split()[:7] == ["alice", "alice@example.com", "active", "set", "1", "1", "3"]
+    assert table[2].split()[:7] == ["bob", "-", "active", "none", "0", "0", "0"]
+    # Aligned: every column starts at the same offset on every line.
+    assert table[0].index("EMAIL") == table[1].index("alice@") == table[2].index("-")
+
+    listed = json.loads(cli.ok("list", "--json"))
+    assert [u["username"] for u in listed] == ["alice", "bob"]
+    assert listed[0]["totp"] == 1
+
+    shown = cli.ok("show", "ALICE@example.com")
+    assert shown.splitlines()[0].split() == ["username:", "alice"]
+    for fragment in ("authenticator app", "Phone", "security key", "YubiKey", "3 of 3 left"):
+        assert fragment in shown
+    assert "ciphertext" not in shown
+    detail = json.loads(cli.ok("show", "alice", "--json"))
+    assert {f["name"] for f in detail["factors"]} == {"Phone", "YubiKey"}
+    assert "ciphertext" not in json.dumps(detail)
+
+    cli.ok("set-password", "alice", "--password-stdin", "--must-change-password", stdin=NEW_PASSWORD + "\n")
+    row = cli.user_row("alice")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], NEW_PASSWORD)
+    assert row["must_change_password"] == 1
+
+    proc = cli.run("disable", "alice")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "disabled user alice"
+    assert "restart" in proc.stderr  # no Redis: running gateways keep their sessions until restarted
+    assert cli.user_row("alice")["disabled"] == 1  # type: ignore[index]
+    cli.ok("enable", "alice")
+    assert cli.user_row("alice")["disabled"] == 0  # type: ignore[index]
+
+    out = cli.ok("reset-mfa", "alice")
+    assert "1 authenticator app(s), 1 WebAuthn credential(s) and 3 recovery code(s)" in out
+    assert "second factors: none" in cli.ok("show", "alice")
+
+    cli.ok("delete", "alice", "--yes")
+    assert cli.user_row("alice") is None
+    assert cli.run("show", "alice").returncode == 2
+
+    with sqlite3.connect(cli.db_path) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM audit_events ORDER BY id")]
+        actors = {a for (a,) in conn.execute("SELECT actor FROM audit_events")}
+    assert kinds == [
+        "user.created", "user.created", "user.password_changed", "user.disabled", "user.enabled",
+        "user.mfa_reset", "user.deleted",
+    ]  # fmt: skip
+    assert all(a.startswith("cli") for a in actors)
+
+
+def test_password_on_stdin_keeps_spaces(cli: Cli) -> None:
+    padded = "  " + PASSWORD + "  "
+    cli.secrets.append(padded)
+    cli.ok("add", "carol", "--password-stdin", stdin=padded + "\r\n")
+    row = cli.user_row("carol")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], padded)
+
+
+# -- errors: one line, exit 2, no traceback ----------------------------------------------------------
+
+
+def _error(cli: Cli, *args: str, stdin: str | None = None) -> str:
+    proc = cli.run(*args, stdin=stdin)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_errors_are_one_line(cli: Cli) -> None:
+    cli.ok("add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=PASSWORD)
+    assert "already exists" in _error(cli, "add", "ALICE", "--password-stdin", stdin=PASSWORD)
+    assert "already used" in _error(
+        cli, "add", "bob", "--email", "ALICE@example.com", "--password-stdin", stdin=PASSWORD
+    )
+    assert "invisible" in _error(cli, "add", "al\u200dice2", "--no-password")
+    assert "not allowed" in _error(cli, "add", "a/b", "--no-password")
+    weak = "short"
+    cli.secrets.append(weak)
+    _error(cli, "add", "dave", "--password-stdin", stdin=weak)
+    assert cli.user_row("dave") is None
+    assert "no password on standard input" in _error(cli, "add", "erin", "--password-stdin", stdin="")
+    assert "single line" in _error(cli, "add", "erin", "--password-stdin", stdin="a\nb\n")
+    # No terminal to ask at, and no --password-stdin: refuse rather than read a pipe silently.
+    assert "--password-stdin" in _error(cli, "add", "erin")
+    for action in ("show", "disable", "enable", "reset-mfa", "delete"):
+        assert "no user 'mallory'" in _error(cli, action, "mallory")
+    assert "no user" in _error(cli, "set-password", "mallory", "--password-stdin", stdin=NEW_PASSWORD)
+
+
+def test_delete_needs_confirmation(cli: Cli) -> None:
+    cli.ok("add", "alice", "--no-password")
+    assert "--yes" in _error(cli, "delete", "alice")
+    assert cli.user_row("alice") is not None
+
+
+def test_bad_config_is_exit_2(cli: Cli, tmp_path: Path) -> None:
+    cli.config = tmp_path / "missing.yaml"
+    proc = cli.run("list")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+# -- at a terminal -----------------------------------------------------------------------------------
+
+
+def _read_until(fd: int, marker: bytes, seen: bytearray, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"EOF before {marker!r} in {bytes(seen)!r}"
+            seen += chunk
+
+
+def _at_terminal(cli: Cli, args: list[str], answers: list[tuple[bytes, str]]) -> tuple[int, str]:
+    """Run with a pseudo-terminal as stdin; type each answer once its prompt has appeared."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "user", *args, "--config", str(cli.config)],
+        cwd=ROOT,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # no controlling terminal: prompts go to stderr, input from the pty
+    )
+    os.close(slave)
+    assert proc.stderr is not None
+    assert proc.stdout is not None
+    seen = bytearray()
+    transcript = bytearray()
+    try:
+        for prompt, answer in answers:
+            # Typing before the prompt would be lost: getpass flushes pending input when it turns echo off.
+            _read_until(proc.stderr.fileno(), prompt, seen)
+            transcript += seen
+            seen.clear()
+            os.write(master, answer.encode() + b"\n")
+        out = proc.stdout.read().decode()
+        rest = (transcript + seen).decode() + proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    for secret in cli.secrets:
+        assert secret not in out
+        assert secret not in rest
+    return proc.returncode, out + rest
+
+
+def test_password_asked_twice_at_the_terminal(cli: Cli) -> None:
+    code, out = _at_terminal(
+        cli,
+        ["add", "alice"],
+        [(b"New password: ", PASSWORD), (b"Repeat the password: ", PASSWORD)],
+    )
+    assert code == 0, out
+    row = cli.user_row("alice")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], PASSWORD)
+
+
+def test_mismatched_passwords_are_asked_again(cli: Cli) -> None:
+    code, out = _at_terminal(
+        cli,
+        ["add", "alice"],
+        [
+            (b"New password: ", PASSWORD),
+            (b"Repeat the password: ", NEW_PASSWORD),
+            (b"New password: ", NEW_PASSWORD),
+            (b"Repeat the password: ", NEW_PASSWORD),
+        ],
+    )
+    assert code == 0, out
+    assert "not the same" in out
+    row = cli.user_row("alice")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], NEW_PASSWORD)
+
+
+def test_delete_confirmed_by_typing_the_name(cli: Cli) -> None:
+    cli.ok("add", "alice", "--no-password")
+    code, out = _at_terminal(cli, ["delete", "ALICE"], [(b"confirm: ", "bob")])
+    assert code == 1
+    assert "nothing was changed" in out
+    assert cli.user_row("alice") is not None
+    code, out = _at_terminal(cli, ["delete", "ALICE"], [(b"confirm: ", "alice")])
+    assert code == 0, out
+    assert cli.user_row("alice") is None

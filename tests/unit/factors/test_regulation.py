@@ -1,0 +1,254 @@
+"""Failed-attempt regulation on the in-process AND the Redis fast state (real server), with a fake clock.
+
+Every rule is checked by moving the clock, never by sleeping: the regulator keeps its times in the
+record (from the injected clock), so both backends follow the fake clock exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.errors import GatewayError
+from gateway.factors.regulation import AccountLocked, Regulator
+from gateway.settings.schema import Duration, RegulationSettings
+from gateway.store.db import Database, default_sqlite_url
+from gateway.store.fast import FastState, StateUnavailable
+from gateway.store.migrate import upgrade
+from tests.unit.store import conftest as fast_fixtures
+from tests.unit.store.conftest import FakeClock as FastClock
+
+# The fast-state fixtures, parametrized over memory and Redis.
+fast_clock = fast_fixtures.fast_clock
+fast_namespace = fast_fixtures.fast_namespace
+fast_state = fast_fixtures.fast_state
+fast_state_backend = fast_fixtures.fast_state_backend
+fast_state_peer = fast_fixtures.fast_state_peer
+make_fast_state = fast_fixtures.make_fast_state
+
+SETTINGS = RegulationSettings(free_attempts=3, max_failures=7, lock_time=Duration(900))
+IP = "203.0.113.9"
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    fast_clock: FastClock
+    state: FastState
+    audit: AuditLog
+    regulator: Regulator
+
+    def advance(self, seconds: float) -> None:
+        # Both clocks: the regulator's Unix clock and the in-process store's TTL clock.
+        self.clock.advance(seconds)
+        self.fast_clock.advance(seconds)
+
+    async def fail(self, times: int = 1, account: str = "alice") -> None:
+        for _ in range(times):
+            await self.regulator.record_failure(account, ip=IP, factor="password")
+
+    async def wait(self, account: str = "alice") -> float:
+        """Seconds the regulator makes ``account`` wait now (0 when an attempt is allowed)."""
+        try:
+            await self.regulator.check(account)
+        except AccountLocked as locked:
+            return locked.retry_after
+        return 0.0
+
+    async def locks(self, account: str = "alice") -> list[dict[str, object]]:
+        return [
+            {
+                "subject": e.subject,
+                "actor": e.actor,
+                "ip": e.ip,
+                "outcome": e.outcome,
+                **json.loads(e.details),
+            }
+            for e in await self.audit.events(kind="account.locked", subject=account)
+        ]
+
+
+@pytest.fixture
+async def audit_db(tmp_path: Path) -> AsyncIterator[Database]:
+    # The audit trail is SQL; its backends are covered elsewhere, so one SQLite file is enough here.
+    url = default_sqlite_url(tmp_path)
+    await upgrade(url)
+    db = Database.open(url, pool_size=2)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> World:
+    clock = FakeClock()
+    audit = AuditLog(audit_db, clock=clock)
+    return World(clock, fast_clock, fast_state, audit, Regulator(fast_state, SETTINGS, audit, clock))
+
+
+async def test_free_attempts_have_no_delay(world: World) -> None:
+    await world.regulator.check("alice")
+    for _ in range(SETTINGS.free_attempts):
+        await world.fail()
+        assert await world.wait() == 0
+
+
+async def test_back_off_doubles_after_the_free_attempts(world: World) -> None:
+    await world.fail(SETTINGS.free_attempts)
+    waits = []
+    for _ in range(SETTINGS.max_failures - SETTINGS.free_attempts - 1):
+        await world.fail()
+        wait = await world.wait()
+        waits.append(wait)
+        world.advance(wait - 0.5)
+        assert await world.wait() == pytest.approx(0.5)
+        world.advance(0.5)
+        assert await world.wait() == 0
+    assert waits == [2, 4, 8]
+    assert await world.locks() == []
+
+
+async def test_back_off_is_capped_at_lock_time(fast_state: FastState, audit_db: Database) -> None:
+    settings = RegulationSettings(free_attempts=1, max_failures=100, lock_time=Duration(60))
+    clock = FakeClock()
+    regulator = Regulator(fast_state, settings, AuditLog(audit_db, clock=clock), clock)
+    assert [regulator.delay(n) for n in (0, 1, 2, 3, 6, 7, 8, 99, 10**6)] == [0, 0, 2, 4, 32, 60, 60, 60, 60]
+    for _ in range(10):
+        await regulator.record_failure("alice", ip=IP, factor="totp")
+    with pytest.raises(AccountLocked) as info:
+        await regulator.check("alice")
+    assert info.value.retry_after == 60
+
+
+async def test_lock_after_max_failures_is_audited_once(world: World) -> None:
+    await world.fail(SETTINGS.max_failures - 1)
+    assert await world.locks() == []
+    await world.fail()
+    with pytest.raises(AccountLocked) as info:
+        await world.regulator.check("alice")
+    locked = info.value
+    assert isinstance(locked, GatewayError)
+    assert (locked.status, locked.reason, locked.retry_after) == (429, "account-locked", 900)
+    assert locked.detail == "Too many failed attempts. Try again in 15 minutes."
+    expected = {
+        "subject": "alice",
+        "actor": "system",
+        "ip": IP,
+        "outcome": "locked",
+        "failures": SETTINGS.max_failures,
+        "lock_time": 900.0,
+    }
+    assert await world.locks() == [expected]
+    # Attempts that slipped past check() while locking neither extend the lock nor audit it again.
+    world.advance(100)
+    await world.fail(3)
+    assert await world.wait() == 800
+    assert await world.locks() == [expected]
+    # Other accounts are not affected.
+    assert await world.wait("bob") == 0
+
+
+async def test_lock_expires_after_lock_time_and_counting_starts_afresh(world: World) -> None:
+    await world.fail(SETTINGS.max_failures)
+    world.advance(SETTINGS.lock_time - 1)
+    assert await world.wait() == 1
+    world.advance(1)
+    assert await world.wait() == 0
+    # A fresh start: the free attempts are free again, the next lock needs max_failures again.
+    await world.fail(SETTINGS.free_attempts)
+    assert await world.wait() == 0
+    await world.fail(SETTINGS.max_failures - SETTINGS.free_attempts)
+    assert await world.wait() == SETTINGS.lock_time
+    assert len(await world.locks()) == 2
+
+
+async def test_success_resets(world: World) -> None:
+    await world.fail(SETTINGS.max_failures - 1)
+    assert await world.wait() > 0
+    await world.regulator.record_success("alice")
+    assert await world.wait() == 0
+    await world.fail(SETTINGS.max_failures - 1)
+    assert await world.locks() == []
+    await world.fail()
+    assert len(await world.locks()) == 1
+
+
+async def test_failures_are_forgotten_after_a_quiet_lock_time(world: World) -> None:
+    await world.fail(SETTINGS.max_failures - 1)
+    world.advance(SETTINGS.lock_time)
+    assert await world.wait() == 0
+    await world.fail()
+    assert await world.wait() == 0  # the first failure of a new run
+    assert await world.locks() == []
+
+
+async def test_concurrent_failures_on_two_replicas_lock_and_audit_once(
+    world: World, fast_state_peer: FastState
+) -> None:
+    peer = Regulator(fast_state_peer, SETTINGS, world.audit, world.clock)
+    await asyncio.gather(
+        *(
+            (world.regulator if i % 2 else peer).record_failure("alice", ip=IP, factor="password")
+            for i in range(SETTINGS.max_failures * 3)
+        )
+    )
+    assert await world.wait() == SETTINGS.lock_time
+    with pytest.raises(AccountLocked):
+        await peer.check("alice")
+    assert len(await world.locks()) == 1
+
+
+async def test_every_failure_is_counted_under_concurrency(world: World, fast_state_peer: FastState) -> None:
+    peer = Regulator(fast_state_peer, SETTINGS, world.audit, world.clock)
+    n = SETTINGS.max_failures - 1
+    await asyncio.gather(
+        *(
+            (world.regulator if i % 2 else peer).record_failure("alice", ip=IP, factor="totp")
+            for i in range(n)
+        )
+    )
+    assert await world.locks() == []
+    await world.fail()
+    assert len(await world.locks()) == 1
+
+
+async def test_counters_live_under_reg_keys(world: World) -> None:
+    await world.fail()
+    assert await world.state.get("reg:alice") is not None
+    await world.regulator.record_success("alice")
+    assert await world.state.get("reg:alice") is None
+
+
+async def test_an_unreadable_record_starts_afresh(world: World) -> None:
+    await world.state.set("reg:alice", b"garbage")
+    assert await world.wait() == 0
+    await world.fail()
+    assert await world.wait() == 0
+
+
+async def test_a_lost_fast_state_fails_closed(world: World) -> None:
+    await world.state.close()
+    with pytest.raises(StateUnavailable):
+        await world.regulator.check("alice")
+    with pytest.raises(StateUnavailable):
+        await world.fail()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "message"),
+    [
+        (0.2, "Try again in 1 second."),
+        (2, "Try again in 2 seconds."),
+        (60, "Try again in 60 seconds."),
+        (61, "Try again in 2 minutes."),
+        (900, "Try again in 15 minutes."),
+    ],
+)
+def test_account_locked_message(seconds: float, message: str) -> None:
+    assert AccountLocked(seconds).detail == f"Too many failed attempts. {message}"
