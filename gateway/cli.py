@@ -52,6 +52,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     url = storage_url(settings)
     asyncio.run(ensure_schema(url, auto=url.startswith("sqlite")))
+    # Likewise the keyring: created here for the embedded default, required to exist otherwise
+    # (replicas must share one; a replica inventing its own would make the others' secrets unreadable).
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
     serve(args.config, settings)
     return EXIT_OK
 
@@ -111,6 +117,29 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    settings = load_settings(args.config)
+    path = keyring_path(settings)
+    if args.action == "init":
+        if path.exists():
+            print(f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr)
+            return EXIT_USAGE
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keyring = Keyring.create(path)
+        print(f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file")
+        return EXIT_OK
+    keyring = Keyring.load(path)
+    new_id = keyring.rotate(path)
+    print(
+        f"{path}: new active key {new_id}; older keys stay for decryption. "
+        "Restart the gateways (or roll them) so they encrypt with the new key."
+    )
+    return EXIT_OK
+
+
 def _redact_url(url: str) -> str:
     # Database URLs may carry a password; it must never reach a terminal or log.
     from sqlalchemy.engine import make_url
@@ -168,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)"
     )
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "keys",
+        help="create or rotate the AES-256-GCM keyring for secrets at rest",
+        description="Manage the keyring that encrypts secrets at rest (TOTP seeds, signing keys).",
+    )
+    p.add_argument("action", choices=["init", "rotate"], help="init: create it; rotate: add a new active key")
+    _config_arg(p)
+    p.set_defaults(func=_cmd_keys)
 
     from gateway.cli_user import add_user_commands
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import signal
 import stat
@@ -374,16 +375,22 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
         assert health.json() == {"status": "ok"}
 
         output = out_path.read_text()
-        assert f"http://127.0.0.1:{port}/" in output
+        assert f"http://localhost:{port}/" in output
         assert "Next:" in output
         assert f"gateway serve --config {data_dir.resolve() / 'gateway.yaml'}" in output
+        # The first admin is bootstrapped with a one-time password shown on this terminal only.
+        password = re.search(r"one-time password (\S+)", output)
+        assert password is not None, output
+        assert password.group(1) not in (data_dir / "gateway.yaml").read_text()
 
-        resp = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
-        assert resp.status_code == 200, resp.text
-        seen = json.loads(resp.text)
-        assert seen["target"] == "/"
-        assert dict(seen["headers"])["host"] == f"127.0.0.1:{echo_port}"
-        assert resp.headers["x-frame-options"] == "DENY"
+        # The echo app needs sign-in: API clients get 401, browsers the sign-in page.
+        headers = {"host": f"localhost:{port}"}
+        resp = httpx.get(f"http://127.0.0.1:{port}/", headers=headers, timeout=30)
+        assert resp.status_code == 401, resp.text
+        assert json.loads(resp.text)["error"] == "authentication-required"
+        resp = httpx.get(f"http://127.0.0.1:{port}/", headers={**headers, "accept": "text/html"}, timeout=30)
+        assert resp.status_code == 302
+        assert resp.headers["location"].startswith(f"http://localhost:{port}/.gateway/login?rd=")
 
         keyring = data_dir / "keys" / "keyring.json"
         assert stat.S_IMODE(keyring.stat().st_mode) == 0o600

@@ -101,6 +101,16 @@ def test_postgres_and_redis_after_migrate_are_ready(tmp_path: Path, echo: Echo, 
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"revision {head_revision()}" in again.stdout
 
+    # With PostgreSQL (several replicas) the keyring is never invented by a replica: without it,
+    # serve refuses with one line saying what to do...
+    refused = run_cli("serve", "--config", str(tmp_path / "gateway.yaml"))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "gateway keys init" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # ...and the operator creates it once and shares it.
+    created = run_cli("keys", "init", "--config", str(tmp_path / "gateway.yaml"))
+    assert created.returncode == 0, created.stdout + created.stderr
+
     with run_gateway(tmp_path, config) as gw:
         resp = _ready(gw)
         assert resp.status_code == 200, resp.text
