@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +125,10 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
             "echo",
             "--listen",
             f"127.0.0.1:{echo_port}",
-        ]
+        ],
+        # Its own process group, stopped as a whole by _stop_group (a terminal's Ctrl-C does not
+        # reach it directly, so it is never signalled twice while stopping).
+        start_new_session=True,
     )
     try:
         if not _wait_for_port(echo_port):
@@ -144,12 +149,20 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
         )
         serve(config, settings)
     finally:
-        echo.terminate()
-        try:
-            echo.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            echo.kill()
+        _stop_group(echo)
     return 0
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    # The echo app runs in its own process group (its granian master and worker): stop them together,
+    # so a worker is never orphaned when the master exits first.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 async def bootstrap_admin(settings: Settings) -> str:
