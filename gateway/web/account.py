@@ -205,6 +205,23 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         note = "Factor removed." if removed else "Nothing was removed."
         return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
 
+    @post("/.gateway/account/factors/{kind:str}/{credential_id:int}/rename", status_code=303)
+    async def rename_factor(
+        request: Request[Any, Any, Any], kind: str, credential_id: int, data: Form
+    ) -> Redirect:
+        signed = await signed_in(request)
+        if signed.session is None:
+            return flows.login_redirect("/.gateway/account")
+        s = signed.session
+        name = " ".join(data.get("name", "").split())[:60]
+        renamed = False
+        if name and kind == "totp":
+            renamed = await svc().totp.rename(s.user_id, credential_id, name)
+        elif name and kind == "webauthn":
+            renamed = await svc().webauthn.rename(s.user_id, credential_id, name)
+        note = "Renamed." if renamed else "Nothing was renamed."
+        return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+
     @post("/.gateway/account/recovery", status_code=200)
     async def new_recovery(request: Request[Any, Any, Any]) -> Template | Redirect:
         signed = await signed_in(request)
@@ -320,6 +337,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         enroll,
         totp_confirm,
         remove_factor,
+        rename_factor,
         new_recovery,
         revoke_one,
         revoke_others,

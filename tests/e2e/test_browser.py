@@ -86,6 +86,11 @@ def test_passkey_enrollment_then_passwordless_sign_in(
     expect(page.locator("h1")).to_contain_text("bob")
     shot(page, "05-portal")
     assert "Laptop" in page.locator("table[aria-label='Second factors']").inner_text()
+    # Rename it from the portal (the change is fresh: the passkey was just used).
+    page.click("details.rename summary")
+    page.fill("input[name=name]", "Work laptop")
+    page.click("details.rename button")
+    expect(page.locator("table[aria-label='Second factors']")).to_contain_text("Work laptop")
 
     # Sign out, then sign in with the passkey alone (user-verifying: counts as two factors).
     page.click("header button:has-text('Sign out')")
