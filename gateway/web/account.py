@@ -255,7 +255,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         signed = await signed_in(request)
         if signed.session is None or signed.session_id is None:
             return flows.login_redirect("/.gateway/account")
-        count = await svc().sessions.revoke_others(signed.session_id, signed.session.user_id)
+        count = await _end_other_browsers(svc(), signed.session)
         return Redirect(
             f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
         )
@@ -326,8 +326,8 @@ def account_handlers(runtime: Runtime) -> list[Any]:
                 error=error,
                 min_length=runtime.snapshot.settings.passwords.min_length,
             )
-        # Other sessions may have been opened with the old password: they end.
-        await svc().sessions.revoke_others(signed.session_id, s.user_id)
+        # Other browsers may have signed in with the old password: their sessions end.
+        await _end_other_browsers(svc(), s)
         if forced:
             return Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
         return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
@@ -345,6 +345,15 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         password_submit,
         first_codes,
     ]
+
+
+async def _end_other_browsers(svc: IdentityServices, session: Session) -> int:
+    """End the user's sessions outside this sign-in's family (this browser's other hosts stay)."""
+    count = 0
+    for other in await svc.sessions.list_user(session.user_id):
+        if other.family != session.family and await svc.sessions.revoke_hash(other.id_hash):
+            count += 1
+    return count
 
 
 async def _after_enrollment(
