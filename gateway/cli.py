@@ -125,11 +125,15 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     path = keyring_path(settings)
     if args.action == "init":
         if path.exists():
-            print(f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr)
+            print(
+                f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr
+            )
             return EXIT_USAGE
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         keyring = Keyring.create(path)
-        print(f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file")
+        print(
+            f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file"
+        )
         return EXIT_OK
     keyring = Keyring.load(path)
     new_id = keyring.rotate(path)

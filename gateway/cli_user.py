@@ -113,7 +113,7 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
     await ensure_schema(url, auto=url.startswith("sqlite"))
     db = Database.open(url, pool_size=2)
-    fast = open_fast_state(settings.state.redis_url)
+    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
     try:
         audit = AuditLog(db, clock=SYSTEM_CLOCK)
         hasher = PasswordHasher(settings.passwords)

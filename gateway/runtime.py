@@ -82,7 +82,7 @@ class Runtime:
         url = storage_url(settings)
         await ensure_schema(url, auto=url.startswith("sqlite"))
         self.db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
-        self.fast = open_fast_state(settings.state.redis_url)
+        self.fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
         self.identity = IdentityServices.build(settings, self.db, self.fast)
         self._listener = asyncio.ensure_future(self.identity.sessions.run_invalidation_listener())
         self._checker = HealthChecker(self.snapshot.pools, self.session)

@@ -809,6 +809,8 @@ def _check_stores(settings: Settings, report: _Report) -> None:
             f"unsupported database URL scheme {_quote(url.partition('://')[0])}; use sqlite+aiosqlite:///path"
             " or postgresql+asyncpg://user@host/db",
         )
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", settings.state.namespace):
+        report.add(("state", "namespace"), "use 1-32 letters, digits, '_', '.', ':' or '-', e.g. prod-gw:")
     url = settings.state.redis_url
     if url is not None and url.partition("://")[0] not in _REDIS_SCHEMES:
         report.bad(

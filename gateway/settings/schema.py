@@ -67,6 +67,9 @@ class StorageSettings(_Config, frozen=True):
 class StateSettings(_Config, frozen=True):
     # None: in-process state (one node). redis://, rediss://, redis+sentinel://, redis+cluster://
     redis_url: str | None = None
+    # Prefix of every key and channel: deployments sharing one Redis database must each use their own,
+    # or one's "sign out everywhere" would end the other's sessions of the same user id.
+    namespace: str = "gw:"
 
 
 class SessionSettings(_Config, frozen=True):
