@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests.integration.harness import ROOT, Gateway, free_port, gateway_config, run_echo, run_gateway
+from tests.integration.harness import Gateway, add_user, free_port, gateway_config, run_echo, run_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
@@ -35,27 +34,7 @@ class Site:
         return f"http://{host}.localhost:{self.port}{path}"
 
     def add_user(self, username: str, password: str = PASSWORD, *extra: str) -> None:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "user",
-                "add",
-                username,
-                "--password-stdin",
-                "--config",
-                str(self.gw.config_path),
-                *extra,
-            ],
-            input=password + "\n",
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        add_user(self.gw.config_path, username, password, *extra)
 
 
 @pytest.fixture(scope="module")

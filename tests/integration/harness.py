@@ -374,3 +374,28 @@ def dead_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         yield port
+
+
+def add_user(config_path: Path, username: str, password: str, *extra: str) -> None:
+    """Create a local account through the real CLI (``gateway user add … --password-stdin``)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "user",
+            "add",
+            username,
+            "--password-stdin",
+            "--config",
+            str(config_path),
+            *extra,
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

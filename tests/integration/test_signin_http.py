@@ -25,7 +25,6 @@ import re
 import secrets
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,9 +36,9 @@ import httpx
 import pytest
 
 from tests.integration.harness import (
-    ROOT,
     Gateway,
     Tripwire,
+    add_user,
     free_port,
     gateway_config,
     run_cli,
@@ -70,26 +69,7 @@ class Site:
     def add_user(self, prefix: str) -> str:
         """Create a user with PASSWORD; names are unique per run (Redis keeps lock-out counters)."""
         name = f"{prefix}{secrets.token_hex(4)}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "user",
-                "add",
-                name,
-                "--password-stdin",
-                "--config",
-                str(self.a.config_path),
-            ],
-            input=PASSWORD + "\n",
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        add_user(self.a.config_path, name, PASSWORD)
         return name
 
     def audit(self, kind: str, subject: str) -> list[sqlite3.Row]:
