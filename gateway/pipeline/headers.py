@@ -72,7 +72,6 @@ _IDENTITY_PREFIX = b"x-gateway-"
 _FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def normalize_name(name: bytes) -> bytes:
@@ -288,6 +287,3 @@ def clean_response_headers(
     out.append((b"x-request-id", request_id.encode()))
     return out
 
-
-def is_token(name: bytes) -> bool:
-    return bool(_TOKEN_RE.match(name))

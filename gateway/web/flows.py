@@ -79,17 +79,16 @@ def secure_cookies(runtime: Runtime) -> bool:
 def set_session_cookie(response: Response[Any], runtime: Runtime, session_id: str | None) -> None:
     """Set (or, with None, clear) the session cookie: HttpOnly, SameSite=Lax, Secure, host-only."""
     settings = runtime.snapshot.settings.session
-    if session_id is None:
-        response.delete_cookie(runtime.snapshot.cookie_name, path="/")
-        return
+    # Clearing uses the same attributes as setting: a browser only replaces a __Host- cookie with one
+    # that is Secure, host-only and Path=/ as well.
     response.set_cookie(
         key=runtime.snapshot.cookie_name,
-        value=session_id,
+        value=session_id or "",
         path="/",
         httponly=True,
         secure=secure_cookies(runtime),
         samesite="lax",
-        max_age=int(settings.lifetime),
+        max_age=int(settings.lifetime) if session_id else 0,
     )
 
 
