@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,6 @@ class Runtime:
         self.last_reload_error: str | None = None
         # Set by the server when a SIGHUP arrived before start() could install its handler.
         self.early_reload: threading.Event | None = None
-        self.started_at = time.time()
 
     @property
     def snapshot(self) -> Snapshot:

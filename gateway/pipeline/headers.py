@@ -286,4 +286,3 @@ def clean_response_headers(
     out.extend(extra)
     out.append((b"x-request-id", request_id.encode()))
     return out
-

@@ -152,7 +152,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         s = signed.session
         if not await fresh_enough(s):
             return step_up("/.gateway/account/enroll")
-        first = not await svc().totp.has_confirmed(s.user_id) and not await svc().webauthn.list(s.user_id)
+        first = not await flows.has_second_factor(runtime, s.user_id)
         try:
             credential_id = int(data.get("credential_id", "0"))
         except ValueError:

@@ -137,7 +137,7 @@ def api_handlers(runtime: Runtime) -> list[Any]:
         assert signed.session_id is not None
         if not await flows.may_change_factors(s, runtime):
             raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
-        first = not await svc().totp.has_confirmed(s.user_id) and not await svc().webauthn.list(s.user_id)
+        first = not await flows.has_second_factor(runtime, s.user_id)
         await svc().webauthn.register(
             user_id=s.user_id, name=data.name[:60] or "Passkey", credential_json=json.dumps(data.credential)
         )

@@ -14,7 +14,7 @@ from litestar import Request
 from litestar.response import Redirect, Response
 
 from gateway.identity.cookies import read_cookie
-from gateway.identity.levels import AuthLevel, Factor
+from gateway.identity.levels import Factor
 from gateway.identity.redirects import safe_redirect
 from gateway.identity.sessions import Session
 
@@ -27,6 +27,7 @@ __all__ = [
     "after_sign_in",
     "client_ip",
     "current",
+    "has_second_factor",
     "is_fresh",
     "login_redirect",
     "may_change_factors",
@@ -99,13 +100,19 @@ def is_fresh(session: Session, runtime: Runtime) -> bool:
     return at is not None and services(runtime).clock.time() - at <= limit
 
 
+async def has_second_factor(runtime: Runtime, user_id: int) -> bool:
+    """Whether the user has a confirmed authenticator app or a WebAuthn credential."""
+    svc = services(runtime)
+    return await svc.totp.has_confirmed(user_id) or bool(await svc.webauthn.list(user_id))
+
+
 async def may_change_factors(session: Session, runtime: Runtime) -> bool:
     """Sensitive changes need a fresh second factor; for a user enrolling their very first factor, a
     password entered within the re-authentication window must do."""
     if is_fresh(session, runtime):
         return True
     svc = services(runtime)
-    if await svc.totp.has_confirmed(session.user_id) or await svc.webauthn.list(session.user_id):
+    if await has_second_factor(runtime, session.user_id):
         return False
     window = runtime.snapshot.settings.mfa.reauth_max_age
     now = svc.clock.time()
@@ -155,7 +162,3 @@ async def after_sign_in(
     response = Redirect(await next_location(request, runtime, session, rd))
     set_session_cookie(response, runtime, session_id)
     return response
-
-
-def needs_second_factor(session: Session) -> bool:
-    return session.level < AuthLevel.TWO_FACTOR

@@ -93,7 +93,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
         )
         if result.must_change_password:
             response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
-        elif await _has_second_factor(runtime, user.id):
+        elif await flows.has_second_factor(runtime, user.id):
             response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
         else:
             return await flows.after_sign_in(request, runtime, session_id, session, rd)
@@ -245,8 +245,3 @@ def page_handlers(runtime: Runtime) -> list[Any]:
         return response
 
     return [login_page, login_submit, mfa_page, mfa_totp, mfa_recovery, handoff, logout_page, logout]
-
-
-async def _has_second_factor(runtime: Runtime, user_id: int) -> bool:
-    svc = flows.services(runtime)
-    return await svc.totp.has_confirmed(user_id) or bool(await svc.webauthn.list(user_id))
