@@ -221,7 +221,12 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     storage = settings.storage
     if storage.url is not None:
         storage = msgspec.structs.replace(storage, url=_absolute_sqlite_url(storage.url, absolute))
-    return msgspec.structs.replace(settings, data_dir=absolute(settings.data_dir), tls=tls, storage=storage)
+    policy = settings.policy
+    if policy.file is not None:
+        policy = msgspec.structs.replace(policy, file=absolute(policy.file))
+    return msgspec.structs.replace(
+        settings, data_dir=absolute(settings.data_dir), tls=tls, storage=storage, policy=policy
+    )
 
 
 def parse_duration(value: object) -> Duration:
@@ -853,6 +858,11 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
         (("regulation", "lock_time"), settings.regulation.lock_time),
         (("mfa", "recovery_codes"), settings.mfa.recovery_codes),
         (("mfa", "reauth_max_age"), settings.mfa.reauth_max_age),
+        (("policy", "cache_size"), settings.policy.cache_size),
+        (("policy", "poll_interval"), settings.policy.poll_interval),
+        (("policy", "max_staleness"), settings.policy.max_staleness),
+        (("assertion", "ttl"), settings.assertion.ttl),
+        (("admin", "reauth_max_age"), settings.admin.reauth_max_age),
     ]
     _require_positive(positive, report)
     if settings.server.graceful_timeout < 0:
@@ -880,6 +890,25 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
             "several workers need shared state: in-process state is per process, so sessions and"
             " counters would differ between workers; set state.redis_url or use 1 worker",
         )
+    if settings.assertion.ttl > 300:
+        report.add(("assertion", "ttl"), "must be at most 5m: an assertion is a bearer token upstreams accept")
+    if settings.assertion.grace < settings.assertion.ttl or settings.assertion.publish_ahead < 0:
+        report.add(
+            ("assertion", "grace"),
+            "must be at least assertion.ttl (tokens signed by a replaced key must still verify),"
+            " and publish_ahead must not be negative",
+        )
+    if settings.policy.file is not None and not os.path.isfile(settings.policy.file):
+        report.add(
+            ("policy", "file"),
+            f"file not found: {settings.policy.file}; relative paths start at the config's directory",
+        )
+    if settings.admin.listen is not None:
+        problem = _listen_problem(settings.admin.listen)
+        if problem:
+            report.bad(("admin", "listen"), problem, "expected host:port such as 127.0.0.1:9090, or null")
+        elif settings.admin.listen == settings.listen:
+            report.add(("admin", "listen"), "must differ from listen: the admin plane has its own listener")
     cookie = settings.session.cookie_name
     if not _TOKEN.fullmatch(cookie):
         report.add(("session", "cookie_name"), f"{_quote(cookie)} is not a valid cookie name")

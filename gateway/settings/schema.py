@@ -14,6 +14,8 @@ import msgspec
 
 __all__ = [
     "ActiveHealthCheck",
+    "AdminSettings",
+    "AssertionSettings",
     "ByteSize",
     "Duration",
     "IdentityProvider",
@@ -22,6 +24,7 @@ __all__ = [
     "MfaSettings",
     "PassiveHealthCheck",
     "PasswordSettings",
+    "PolicySettings",
     "RegulationSettings",
     "Route",
     "ServerSettings",
@@ -134,6 +137,38 @@ class IdentityProvider(_Config, frozen=True):
     scopes: tuple[str, ...] = ("openid", "email", "profile")
 
 
+class PolicySettings(_Config, frozen=True):
+    # casbin CSV imported into the database when it holds no policy yet (the first start of a
+    # deployment). From then on the database is the source of truth: `gateway policy import` replaces
+    # it, with history. No file and no stored policy: every non-public request is denied.
+    file: str | None = None
+    # Decisions cached per worker (entries; each a few hundred bytes).
+    cache_size: int = 100_000
+    # How often a worker checks the stored policy version: the backstop for a lost broadcast.
+    poll_interval: Duration = Duration(5)
+    # Not ready once the policy could not be confirmed current for this long (database unreachable).
+    max_staleness: Duration = Duration(300)
+
+
+class AssertionSettings(_Config, frozen=True):
+    # Lifetime of the X-Gateway-Assertion JWT; at most 5 minutes. Reused per session and route until
+    # less than a fifth of it is left.
+    ttl: Duration = Duration(300)
+    # A rotated-out signing key stays in /.gateway/jwks.json this long, so tokens it signed still verify.
+    grace: Duration = Duration(3600)
+    # A new key is published this long before it signs anything, so upstreams caching the JWKS know it.
+    publish_ahead: Duration = Duration(600)
+
+
+class AdminSettings(_Config, frozen=True):
+    # The admin API and console listen here, apart from the data plane. null: not served.
+    listen: str | None = "127.0.0.1:9090"
+    # Principals with this role (directly, through a group or through the policy's role hierarchy) are admins.
+    role: str = "admin"
+    # Admin actions need a second factor used within this time.
+    reauth_max_age: Duration = Duration(15 * 60)
+
+
 class Timeouts(_Config, frozen=True):
     # To open a TCP (and TLS) connection to a target.
     connect: Duration = Duration(5)
@@ -218,4 +253,7 @@ class Settings(_Config, frozen=True):
     # every replica must share one keyring, so it must exist (`gateway keys init`).
     keyring: str | None = None
     identity_providers: tuple[IdentityProvider, ...] = ()
+    policy: PolicySettings = PolicySettings()
+    assertion: AssertionSettings = AssertionSettings()
+    admin: AdminSettings = AdminSettings()
     routes: tuple[Route, ...] = ()

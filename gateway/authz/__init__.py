@@ -1,0 +1,1 @@
+"""Authorization: casbin RBAC policies, their compiled index, decisions and the policy store."""
