@@ -801,6 +801,7 @@ def _check_meaning(settings: Settings, report: _Report) -> None:
     if settings.tls is not None:
         _check_tls(settings.tls, report)
     _check_numbers(settings, report)
+    _check_authorization(settings, report)
     _check_identity_providers(settings.identity_providers, report)
     _check_routes(settings.routes, report)
 
@@ -890,8 +891,16 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
             "several workers need shared state: in-process state is per process, so sessions and"
             " counters would differ between workers; set state.redis_url or use 1 worker",
         )
+    cookie = settings.session.cookie_name
+    if not _TOKEN.fullmatch(cookie):
+        report.add(("session", "cookie_name"), f"{_quote(cookie)} is not a valid cookie name")
+
+
+def _check_authorization(settings: Settings, report: _Report) -> None:
     if settings.assertion.ttl > 300:
-        report.add(("assertion", "ttl"), "must be at most 5m: an assertion is a bearer token upstreams accept")
+        report.add(
+            ("assertion", "ttl"), "must be at most 5m: an assertion is a bearer token upstreams accept"
+        )
     if settings.assertion.grace < settings.assertion.ttl or settings.assertion.publish_ahead < 0:
         report.add(
             ("assertion", "grace"),
@@ -909,9 +918,6 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
             report.bad(("admin", "listen"), problem, "expected host:port such as 127.0.0.1:9090, or null")
         elif settings.admin.listen == settings.listen:
             report.add(("admin", "listen"), "must differ from listen: the admin plane has its own listener")
-    cookie = settings.session.cookie_name
-    if not _TOKEN.fullmatch(cookie):
-        report.add(("session", "cookie_name"), f"{_quote(cookie)} is not a valid cookie name")
 
 
 def _require_positive(values: list[tuple[_Path, float]], report: _Report) -> None:
