@@ -1,0 +1,1 @@
+"""The admin console and API: their own Litestar app (``admin.app``) and listener (``admin.server``)."""

@@ -62,6 +62,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_admin_serve(args: argparse.Namespace) -> int:
+    from admin.server import serve_admin
+
+    serve_admin(args.config, load_settings(args.config))
+    return EXIT_OK
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.runtime import storage_url
     from gateway.store.migrate import upgrade
@@ -117,33 +124,6 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
-
-    settings = load_settings(args.config)
-    path = keyring_path(settings)
-    if args.action == "init":
-        if path.exists():
-            print(
-                f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr
-            )
-            return EXIT_USAGE
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keyring = Keyring.create(path)
-        print(
-            f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file"
-        )
-        return EXIT_OK
-    keyring = Keyring.load(path)
-    new_id = keyring.rotate(path)
-    print(
-        f"{path}: new active key {new_id}; older keys stay for decryption. "
-        "Restart the gateways (or roll them) so they encrypt with the new key."
-    )
-    return EXIT_OK
-
-
 def _redact_url(url: str) -> str:
     # Database URLs may carry a password; it must never reach a terminal or log.
     from sqlalchemy.engine import make_url
@@ -163,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway with a config file.")
     _config_arg(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("admin", help="the admin API", description="Serve the admin API and console.")
+    admin_sub = p.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+    p = admin_sub.add_parser(
+        "serve",
+        help="run only the admin listener (admin.listen)",
+        description="Serve the admin API on admin.listen (`gateway serve` already starts it).",
+    )
+    _config_arg(p)
+    p.set_defaults(func=_cmd_admin_serve)
 
     p = sub.add_parser(
         "check-config",
@@ -202,18 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_quickstart)
 
-    p = sub.add_parser(
-        "keys",
-        help="create or rotate the AES-256-GCM keyring for secrets at rest",
-        description="Manage the keyring that encrypts secrets at rest (TOTP seeds, signing keys).",
-    )
-    p.add_argument("action", choices=["init", "rotate"], help="init: create it; rotate: add a new active key")
-    _config_arg(p)
-    p.set_defaults(func=_cmd_keys)
+    from gateway.cli_keys import register as register_keys
+
+    register_keys(sub)
 
     from gateway.cli_user import add_user_commands
 
     add_user_commands(sub)
+
+    from gateway.cli_policy import register as register_policy
+
+    register_policy(sub)
 
     p = sub.add_parser(
         "echo",

@@ -39,6 +39,12 @@ state: {{redis_url: null}}      # null = in-process; redis://… for replicas
 trusted_proxies: []
 session:
   insecure_cookies: true       # plain HTTP on localhost only; never in production
+policy:
+  # Imported into the database at the first start; afterwards change it with
+  #   gateway policy import {data_dir}/policy.csv --config {config} --reason "…"
+  file: {data_dir}/policy.csv
+admin:
+  listen: 127.0.0.1:{admin_port}   # the admin API (policy editing) on its own listener
 routes:
   - name: echo
     host: {public_host}
@@ -48,6 +54,14 @@ routes:
     mfa: required
     public_paths: ["/favicon.ico"]
     response_headers: {{X-Frame-Options: DENY}}
+"""
+
+_POLICY = """\
+# Quick-start access policy (casbin CSV: see policies/policy.csv in the repository for a full example).
+# Request = (principal, route, path, method). Everyone signed in may read the echo app; admins may
+# do anything there. Nothing else is allowed: deny by default.
+p, authenticated, echo, /*, GET|HEAD, allow
+p, admin, echo, /*, *, allow
 """
 
 
@@ -79,6 +93,9 @@ def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path
     (data_dir / "keys").mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir / "keys", 0o700)
     _write_keyring(data_dir / "keys" / "keyring.json")
+    policy = data_dir / "policy.csv"
+    if not policy.exists():
+        policy.write_text(_POLICY)
     config = data_dir / "gateway.yaml"
     host, port = parse_listen(listen)
     public_host = "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::", "") else host  # noqa: S104
@@ -90,6 +107,7 @@ def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path
             public_host=public_host,
             port=port,
             echo_port=echo_port,
+            admin_port=port + 1,
         )
     )
     return config

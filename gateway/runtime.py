@@ -17,8 +17,12 @@ from typing import Any
 
 import aiohttp
 
+from gateway.authz.live import LivePolicy
+from gateway.authz.store import PolicyStore
+from gateway.crypto.signing import SigningKeys
 from gateway.errors import ConfigError
-from gateway.identity.services import IdentityServices
+from gateway.identity.assertion import AssertionSigner
+from gateway.identity.services import IdentityServices, keyring_path
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 from gateway.state import LiveState, Snapshot, build_snapshot
@@ -47,6 +51,10 @@ class Runtime:
         self.db: Database | None = None
         self.fast: FastState | None = None
         self.identity: IdentityServices | None = None
+        self.signing: SigningKeys | None = None
+        self.assertions: AssertionSigner | None = None
+        self._signing_refresh: asyncio.Future[None] | None = None
+        self.policy: LivePolicy | None = None
         self._listener: asyncio.Future[None] | None = None
         self._checker: HealthChecker | None = None
         self._reload_lock = asyncio.Lock()
@@ -83,6 +91,25 @@ class Runtime:
         self.fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
         self.identity = IdentityServices.build(settings, self.db, self.fast)
         self._listener = asyncio.ensure_future(self.identity.sessions.run_invalidation_listener())
+        self.signing = SigningKeys(
+            self.db,
+            self.identity.keyring,
+            self.identity.clock,
+            settings.assertion,
+            keyring_path=keyring_path(settings),
+        )
+        await self.signing.ensure()
+        self._signing_refresh = asyncio.ensure_future(self.signing.run_refresh(30.0))
+        self.assertions = AssertionSigner(
+            self.signing.current,
+            issuer=self.snapshot.public_url,
+            ttl=settings.assertion.ttl,
+            clock=self.identity.clock,
+        )
+        self.policy = LivePolicy(
+            PolicyStore(self.db, self.fast, self.identity.audit, self.identity.clock), settings.policy
+        )
+        await self.policy.start()
         self._checker = HealthChecker(self.snapshot.pools, self.session)
         await self._checker.start()
         try:
@@ -131,7 +158,17 @@ class Runtime:
     def _refuse_restart_only_changes(old: Settings, new: Settings) -> str | None:
         # These are bound when the process starts (sockets, files, connections); pretending to apply
         # them live would leave the running gateway different from its config.
-        for key in ("listen", "tls", "data_dir", "storage", "state", "server"):
+        for key in (
+            "listen",
+            "tls",
+            "data_dir",
+            "storage",
+            "state",
+            "server",
+            "policy",
+            "assertion",
+            "admin",
+        ):
             if getattr(old, key) != getattr(new, key):
                 return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
         return None
@@ -147,8 +184,9 @@ class Runtime:
             checks["config"]["last_reload_error"] = self.last_reload_error.splitlines()[0]
         checks["storage"] = await self._probe(self.db.ping() if self.db is not None else None)
         checks["state"] = await self._probe(self.fast.ping() if self.fast is not None else None)
+        checks["policy"] = self.policy.readiness() if self.policy is not None else {"ok": False}
         checks["upstreams"] = {name: rt.pool.snapshot() for name, rt in self.snapshot.routes.items()}
-        ready = all(checks[k]["ok"] for k in ("config", "storage", "state"))
+        ready = all(checks[k]["ok"] for k in ("config", "storage", "state", "policy"))
         return {"ready": ready, "checks": checks}
 
     @staticmethod
@@ -168,8 +206,14 @@ class Runtime:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
+        if self._signing_refresh is not None:
+            self._signing_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._signing_refresh
         if self._checker is not None:
             await self._checker.stop()
+        if self.policy is not None:
+            await self.policy.close()
         if self.session is not None:
             await self.session.close()
         if self.fast is not None:

@@ -51,6 +51,8 @@ def serve(config_path: Path, settings: Settings) -> None:
     from granian.http import HTTP1Settings
     from granian.server import Server
 
+    from admin.server import start_admin_child
+
     host, port = parse_listen(settings.listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
     tls = settings.tls
@@ -77,6 +79,8 @@ def serve(config_path: Path, settings: Settings) -> None:
         workers_kill_timeout=int(settings.server.graceful_timeout),
     )
     master_pid = os.getpid()
+    # Started first: a busy admin port is a clear error before the gateway takes its own port.
+    admin = start_admin_child(config_path, settings)
 
     def forward_sighup(signum: int, _frame: object) -> None:
         if os.getpid() != master_pid:
@@ -87,7 +91,13 @@ def serve(config_path: Path, settings: Settings) -> None:
         for worker in list(server.wrks):
             with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
                 os.kill(worker._id(), signal.SIGHUP)  # type: ignore[no-untyped-call]
+        if admin is not None:
+            admin.reload()
 
     # granian installs its own SIGHUP handler right before the start-up hooks run; replace it there.
     server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if admin is not None and os.getpid() == master_pid:
+            admin.stop()

@@ -232,6 +232,7 @@ def gateway_config(tmp: Path, port: int, upstream_port: int) -> str:
         "listen": f"127.0.0.1:{port}",
         "data_dir": str(tmp / "data"),
         "server": {"workers": 1},
+        "admin": {"listen": None},
         "routes": [
             {
                 "name": "echo",

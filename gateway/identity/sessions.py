@@ -90,6 +90,9 @@ class Session:
     ip: str
     user_agent: str
     host: str
+    # Defaulted so sessions stored before these fields existed still decode.
+    email: str = ""
+    groups: tuple[str, ...] = ()
 
     @property
     def second_factor_at(self) -> float | None:
@@ -312,6 +315,8 @@ class SessionStore:
         user_agent: str,
         host: str,
         family: str | None = None,
+        email: str | None = None,
+        groups: Sequence[str] = (),
     ) -> tuple[str, Session]:
         """Start a session; return its id (the cookie value) and the session.
 
@@ -324,6 +329,8 @@ class SessionStore:
             ip: Client address.
             user_agent: Client User-Agent (shown in "my sessions").
             host: The host this session's cookie is for.
+            email: The account's email, if it has one (for identity headers).
+            groups: Groups an identity provider asserted (principals ``group:<name>``).
             family: Join this existing sign-in (cross-host hand-off): the session inherits the
                 sign-in time, so the absolute lifetime counts from the real sign-in on every host.
                 None starts a new sign-in.
@@ -352,6 +359,8 @@ class SessionStore:
             ip=ip,
             user_agent=user_agent,
             host=host,
+            email=email or "",
+            groups=tuple(groups),
         )
         ttl = self._ttl(session, now)
         if ttl is None:

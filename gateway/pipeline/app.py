@@ -16,6 +16,7 @@ from gateway.errors import (
     AuthenticationRequired,
     BadHeaders,
     BadPath,
+    Forbidden,
     GatewayError,
     HeadersTooLarge,
     NoRoute,
@@ -24,7 +25,9 @@ from gateway.errors import (
 )
 from gateway.identity.sessions import Session
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
+from gateway.pipeline.authorize import denial, principals_of
 from gateway.pipeline.canonical import CanonicalPath, canonicalize
+from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, forwarded_request
 from gateway.pipeline.headers import Forwarding, forwarding_for, normalize_name, upstream_request_headers
 from gateway.pipeline.identify import identify
 from gateway.pipeline.pages import error_response, wants_html
@@ -41,13 +44,15 @@ logger = logging.getLogger("gateway.pipeline")
 _CONTROL_PREFIX = "/.gateway"
 
 
-def identity_headers(session: Session | None) -> tuple[tuple[bytes, bytes], ...]:
+def identity_headers(
+    session: Session, roles: tuple[str, ...], assertion: str
+) -> tuple[tuple[bytes, bytes], ...]:
     """What the upstream learns about the user (only the gateway sets these; see headers.py)."""
-    if session is None:
-        return ()
     return (
         (b"x-gateway-user", session.username.encode()),
-        (b"x-gateway-roles", ",".join(session.roles).encode()),
+        (b"x-gateway-email", session.email.encode()),
+        (b"x-gateway-roles", ",".join(roles).encode()),
+        (b"x-gateway-assertion", assertion.encode()),
     )
 
 
@@ -154,7 +159,28 @@ class DataPlane:
         req.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
         return snap.routes[route.name], match.is_public
 
-    async def _identify_stage(self, scope: Scope, snap: Snapshot, req: _Request, rt: RouteRuntime) -> Session:
+    def _authorize_stage(
+        self, session: Session, rt: RouteRuntime, method: str, path: str
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        """Raise AccessDenied unless the policy explicitly allows this request (invariant 2).
+
+        Returns the identity headers for the upstream: only an allowed request gets them.
+        """
+        policy, signer = self.runtime.policy, self.runtime.assertions
+        if policy is None or signer is None:  # pragma: no cover - start() builds them; fail closed regardless
+            raise ServiceUnavailable("The access policy is not loaded.")
+        principals = principals_of(session)
+        decision = policy.authorizer.decide(principals, rt.route.name, method, path)
+        if not decision.allowed:
+            raise denial(decision)
+        roles = policy.roles_for(principals)
+        return identity_headers(
+            session, roles, signer.assertion_for(session, rt.route.name, session.email, roles)
+        )
+
+    async def _identify_stage(
+        self, scope: Scope, snap: Snapshot, req: _Request, rt: RouteRuntime, proto: str = ""
+    ) -> Session:
         identity = self.runtime.identity
         if identity is None:  # pragma: no cover - start() always builds it; fail closed regardless
             raise AuthenticationRequired("Sign-in is not available.")
@@ -165,7 +191,7 @@ class DataPlane:
             sessions=identity.sessions,
             policy=rt.mfa_policy,
             public_url=snap.public_url,
-            original_url=f"{req.fwd.proto}://{req.host_raw.decode('latin-1')}{req.path_and_query}",
+            original_url=f"{proto or req.fwd.proto}://{req.host_raw.decode('latin-1')}{req.path_and_query}",
             now=identity.clock.time(),
         )
 
@@ -177,17 +203,23 @@ class DataPlane:
         outcome = ProxyOutcome()
         try:
             canon = self._receive_stage(scope, snap, req)
+            if canon.path == FORWARD_AUTH_PATH:
+                await self._forward_auth(scope, send, snap, req)
+                return
             if _is_control(canon.path):
                 await self._control(scope, receive, send, canon.path, req)
                 return
             rt, public = self._route_stage(scope, snap, req, canon)
-            session = None if public else await self._identify_stage(scope, snap, req, rt)
+            identity: tuple[tuple[bytes, bytes], ...] = ()
+            if not public:
+                session = await self._identify_stage(scope, snap, req, rt)
+                identity = self._authorize_stage(session, rt, scope["method"], canon.path)
             assert req.fwd is not None
             headers = upstream_request_headers(
                 scope["headers"],
                 fwd=req.fwd,
                 extra=rt.request_headers,
-                identity=identity_headers(session),
+                identity=identity,
                 own_cookies=snap.own_cookies,
             )
             await forward_http(
@@ -210,6 +242,53 @@ class DataPlane:
             await self._error(send, err, req)
         except ClientDisconnected:
             return
+
+    # -- forward-auth ------------------------------------------------------------------------------
+
+    async def _forward_auth(self, scope: Scope, send: Send, snap: Snapshot, req: _Request) -> None:
+        """Decide a proxy's sub-request with the same stages; 200 only on an explicit allow."""
+        assert req.fwd is not None
+        status = 200
+        headers: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store"), (b"content-length", b"0")]
+        try:
+            original = forwarded_request(scope["headers"], peer_trusted=req.fwd.peer_trusted)
+            canon = canonicalize(original.raw_path)
+            req.host_raw = original.host
+            host = normalize_host(original.host.decode("latin-1"))
+            match = None if _is_control(canon.path) else snap.router.match(host, canon.path)
+            if match is None:
+                raise Forbidden("No application is configured for this address.", reason="no-route")
+            if canon.has_path_params and not match.route.allow_path_params:
+                raise BadPath("Path parameters (';') are not allowed on this route.")
+            rt = snap.routes[match.route.name]
+            req.path_and_query = canon.path + (
+                "?" + original.query.decode("latin-1") if original.query else ""
+            )
+            if not match.is_public:
+                session = await self._identify_stage(scope, snap, req, rt, proto=original.proto)
+                headers.extend(self._authorize_stage(session, rt, original.method, canon.path))
+        except GatewayError as err:
+            status, headers = self._forward_auth_refusal(scope, err, req)
+        headers.append((b"x-request-id", req.fwd.request_id.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    def _forward_auth_refusal(
+        scope: Scope, err: GatewayError, req: _Request
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        # Proxies understand 2xx, 401 and 403 (nginx turns anything else into a 500): a missing
+        # route is a 403, a sign-in or MFA page is a 401 with Location. ``?redirect=1`` (Caddy,
+        # Traefik, which pass the answer on to the client) makes it a 302 for browsers instead.
+        headers = [(b"cache-control", b"no-store"), (b"content-length", b"0")]
+        headers.append((b"x-gateway-reason", err.reason.encode()))
+        if err.location:
+            headers.append((b"location", err.location.encode("latin-1")))
+            redirect = b"redirect=1" in scope.get("query_string", b"").split(b"&")
+            return (302 if redirect and wants_html(req.accept) else 401), headers
+        if err.status in (400, 401, 403) or err.status >= 500:
+            return err.status, headers
+        return 403, headers
 
     async def _error(self, send: Send, err: GatewayError, req: _Request) -> None:
         request_id = req.fwd.request_id if req.fwd else ""
@@ -264,13 +343,17 @@ class DataPlane:
             rt, public = self._route_stage(scope, snap, req, canon)
             if not rt.route.websockets:
                 raise NoRoute("WebSockets are disabled on this route.")
-            session = None if public else await self._identify_stage(scope, snap, req, rt)
+            identity: tuple[tuple[bytes, bytes], ...] = ()
+            if not public:
+                session = await self._identify_stage(scope, snap, req, rt)
+                # A WebSocket handshake is a GET (RFC 6455 §4.1): the policy sees it as one.
+                identity = self._authorize_stage(session, rt, "GET", canon.path)
             assert req.fwd is not None
             headers = upstream_request_headers(
                 scope["headers"],
                 fwd=req.fwd,
                 extra=rt.request_headers,
-                identity=identity_headers(session),
+                identity=identity,
                 websocket=True,
                 own_cookies=snap.own_cookies,
             )
@@ -298,6 +381,7 @@ class DataPlane:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    self.control = self._control_factory(self.runtime)
                 except GatewayError as exc:
                     logger.error("gateway worker failed to start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -306,7 +390,6 @@ class DataPlane:
                     logger.exception("gateway worker failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                self.control = self._control_factory(self.runtime)
                 # Everything built so far (modules, settings, the app) lives as long as the worker:
                 # move it out of the collector's sight, so full collections stop walking ~10^5
                 # long-lived objects in the middle of requests (measured: tail-latency spikes).

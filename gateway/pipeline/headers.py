@@ -66,6 +66,15 @@ _FORWARDING = frozenset(
         b"x-client-ip",
         b"x-original-forwarded-for",
         b"x-request-id",
+        # Path and method overrides: frameworks that honour them (Symfony and Zend read X-Original-URL
+        # and X-Rewrite-URL; Express, Rails and Spring apps read the method overrides) would serve a
+        # path or method other than the one the policy allowed.
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"

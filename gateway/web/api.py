@@ -212,6 +212,7 @@ def api_handlers(runtime: Runtime) -> list[Any]:
             level=AuthLevel.TWO_FACTOR,
             factors=(FactorUse(Factor.WEBAUTHN, now),),
             roles=tuple(user.roles.split()),
+            email=user.email,
             ip=flows.client_ip(request),
             user_agent=flows.user_agent(request),
             host=runtime.snapshot.public_url,

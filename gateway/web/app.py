@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.pipeline.pages import error_response, wants_html
 from gateway.web.account import account_handlers
 from gateway.web.api import api_handlers
@@ -64,6 +65,26 @@ def create_control_app(runtime: Runtime) -> Litestar:
             report = {"ready": report["ready"]}
         return Response(report, status_code=status)
 
+    @get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False)
+    async def jwks() -> Response[bytes]:
+        """The public keys that verify ``X-Gateway-Assertion`` (an RFC 7517 JWK Set; docs/assertion.md).
+
+        Read from the database at most every 5 s per worker, so a `gateway keys rotate` shows here at
+        once; if the database cannot answer, the last loaded keys are served.
+        """
+        signing = runtime.signing
+        if signing is None:
+            raise ServiceUnavailable("the signing keys are not loaded yet")
+        try:
+            await signing.refresh(if_older_than=5.0)
+        except Exception:
+            logger.warning("could not reload the signing keys; serving the loaded ones", exc_info=True)
+        return Response(
+            json.dumps(signing.jwks(), separators=(",", ":")).encode(),
+            media_type=MediaType.JSON,
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
     def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         body = {"error": "not-found" if exc.status_code == 404 else "error", "message": exc.detail}
         return Response(body, status_code=exc.status_code)
@@ -87,6 +108,7 @@ def create_control_app(runtime: Runtime) -> Litestar:
         route_handlers=[
             health,
             ready,
+            jwks,
             *page_handlers(runtime),
             *account_handlers(runtime),
             *api_handlers(runtime),

@@ -119,11 +119,17 @@ class Gateway:
         return [int(pid) for pid in children]
 
 
+# Every signed-in user may do anything: for tests that are not about authorization.
+ALLOW_SIGNED_IN = Path(__file__).resolve().parents[1] / "support" / "allow_signed_in.csv"
+
+
 def gateway_config(tmp: Path, port: int, routes: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "public_url": f"http://127.0.0.1:{port}",
         "data_dir": str(tmp / "data"),
+        "policy": {"file": str(ALLOW_SIGNED_IN)},
+        "admin": {"listen": None},
         "routes": routes,
     }
     config.update(overrides)

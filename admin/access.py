@@ -1,0 +1,203 @@
+"""Who may use the admin API: a signed-in admin with a fresh second factor, from the admin origin.
+
+Every ``/api/`` request passes two checks, in this order:
+
+1. **CSRF** (mutating methods only): the body must be ``application/json`` (an HTML form cannot send it
+   and a cross-origin ``fetch`` that does needs a CORS preflight, which this app never grants); an
+   ``Origin`` header, when present, must be the admin listener's own origin; and ``Sec-Fetch-Site:
+   cross-site`` is refused. SameSite=Lax cookies are no defence here on their own: *site* ignores the
+   port, so an application published on the gateway's host name is same-site with the admin port.
+2. **Authentication and authority**: the gateway's session cookie (cookies are not bound to a port, so
+   the admin listener on the public host name receives it) names a live session; the session holds
+   the admin role, directly or through the policy's ``g`` hierarchy from any of its principals; and a
+   second factor was used within ``admin.reauth_max_age``.
+
+Errors::
+
+    Forbidden (403, gateway.errors)
+    ├── CrossOriginRefused      the request comes from another origin (CSRF)
+    ├── AdminRoleRequired       signed in, but not an admin
+    └── StepUpRequired          an admin whose second factor is too old; ``location`` is the MFA page
+    AuthenticationRequired (401)    no live session; ``location`` is the sign-in page
+    UnsupportedMediaType (415)      a mutating request whose body is not JSON
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gateway.authz.index import PolicyIndex
+from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
+from gateway.identity.cookies import read_cookie
+from gateway.identity.sessions import Session, SessionStore
+from gateway.pipeline.authorize import principals_of
+
+__all__ = [
+    "MUTATING_METHODS",
+    "Admin",
+    "AdminRoleRequired",
+    "CrossOriginRefused",
+    "StepUpRequired",
+    "UnsupportedMediaType",
+    "admin_origin",
+    "authenticate",
+    "check_csrf",
+    "holds_role",
+]
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class CrossOriginRefused(Forbidden):
+    reason = "cross-origin-refused"
+    title = "Cross-origin request refused"
+
+
+class AdminRoleRequired(Forbidden):
+    """Signed in, but not an admin; ``username`` says who (for the audit trail)."""
+
+    reason = "admin-role-required"
+    title = "Admin role required"
+
+    def __init__(self, detail: str, *, username: str) -> None:
+        super().__init__(detail)
+        self.username = username
+
+
+class StepUpRequired(Forbidden):
+    reason = "step-up-required"
+    title = "Confirm it's you"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    reason = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin making a request: their session and everything it speaks for."""
+
+    session: Session
+    principals: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail and the policy history name this admin."""
+        return f"user:{self.session.username}"
+
+
+def admin_origin(public_url: str, admin_listen: str) -> str:
+    """The origin browsers send for pages of the admin listener.
+
+    The admin app is served on the public host name (so the session cookie reaches it) on the admin
+    port, with the public URL's scheme. Default ports are omitted, as browsers omit them in ``Origin``.
+
+    Args:
+        public_url: ``settings.public_url`` (``https://gw.example.com``).
+        admin_listen: ``settings.admin.listen`` (``0.0.0.0:9090``); only the port is used.
+    """
+    parts = urlsplit(public_url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = int(admin_listen.rpartition(":")[2])
+    if _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def check_csrf(
+    *,
+    method: str,
+    content_type: str | None,
+    origin: str | None,
+    sec_fetch_site: str | None,
+    allowed_origins: Iterable[str],
+) -> None:
+    """Refuse a mutating request that a page of another origin could have sent.
+
+    Raises:
+        UnsupportedMediaType: the body is not declared as ``application/json``.
+        CrossOriginRefused: ``Origin`` is another origin (``null`` included), or the browser says
+            the request is ``cross-site``.
+    """
+    if method.upper() not in MUTATING_METHODS:
+        return
+    if origin is not None and origin.strip().lower().rstrip("/") not in set(allowed_origins):
+        raise CrossOriginRefused(f"Requests from {origin.strip()!r} may not change anything here.")
+    if sec_fetch_site is not None and sec_fetch_site.strip().lower() == "cross-site":
+        raise CrossOriginRefused("Cross-site requests may not change anything here.")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Send the request body as JSON, with 'Content-Type: application/json'.")
+
+
+def holds_role(principals: Iterable[str], role: str, index: PolicyIndex) -> bool:
+    """Whether any principal is ``role`` or reaches it through the policy's ``g`` lines."""
+    return any(role in index.roles_of(principal) for principal in principals)
+
+
+async def authenticate(
+    *,
+    headers: Sequence[tuple[bytes, bytes]],
+    cookie_name: str,
+    sessions: SessionStore,
+    index: PolicyIndex,
+    role: str,
+    reauth_max_age: float,
+    public_url: str,
+    now: float,
+) -> Admin:
+    """The admin behind this request, or the error that says what is missing.
+
+    Args:
+        headers: The request's ASGI headers (the session cookie is read from them).
+        cookie_name: The gateway's session cookie name.
+        sessions: The session store (shared with the gateway, so sign-out ends admin access too).
+        index: The live policy, for the role hierarchy.
+        role: ``admin.role``.
+        reauth_max_age: Seconds a second factor stays fresh enough for admin work.
+        public_url: Where the sign-in and MFA pages are.
+        now: Unix time.
+
+    Raises:
+        AuthenticationRequired: no live session.
+        AdminRoleRequired: the session does not hold ``role``.
+        StepUpRequired: no second factor within ``reauth_max_age``.
+        StateUnavailable: the session store cannot be reached (503, never access).
+    """
+    session_id = read_cookie(list(headers), cookie_name)
+    session = await sessions.get(session_id) if session_id else None
+    if session is None or session_id is None:
+        raise AuthenticationRequired(
+            "Sign in to the gateway first, then come back.", location=f"{public_url}/.gateway/login"
+        )
+    principals = principals_of(session)
+    # The role is checked before freshness: a non-admin is told so, not sent through a step-up that
+    # could not help.
+    if not holds_role(principals, role, index):
+        raise AdminRoleRequired(
+            f"Only holders of the {role!r} role may use the admin API.", username=session.username
+        )
+    at = session.second_factor_at
+    if at is None or now - at > reauth_max_age:
+        raise StepUpRequired(
+            "Admin actions need a second factor used within the last "
+            f"{_minutes(reauth_max_age)}: confirm it's you, then retry.",
+            location=f"{public_url}/.gateway/mfa?need=any",
+        )
+    await sessions.touch(session_id, session)
+    return Admin(session=session, principals=principals)
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} seconds"

@@ -1,0 +1,697 @@
+"""The admin app: the policy API under ``/api/`` (OpenAPI at ``/api/schema``), on its own listener.
+
+Every ``/api/`` request needs a signed-in admin with a fresh second factor, and every change is
+CSRF-checked (see :mod:`admin.access`). Changes go through the :class:`~gateway.authz.store.PolicyStore`,
+which validates them, stores a new version and records ``policy.changed``; this app records an
+``admin.<action>`` event beside it, also for a refused change. A change made here is live in every
+gateway worker within one broadcast (or one poll interval).
+
+Rules travel as JSON objects, named for what they mean rather than casbin's field names::
+
+    {"ptype": "p", "subject": "role:editor", "route": "app", "path": "/docs/*", "methods": "GET|HEAD",
+     "effect": "allow"}
+    {"ptype": "g", "member": "user:alice", "role": "editor"}
+
+(``p, <subject>, <route>, <path>, <methods>, <effect>`` and ``g, <member>, <role>`` in the CSV.)
+Answers to a rule listing add ``line`` (its line in the stored CSV) and ``csv`` (the line itself).
+
+Errors have the gateway's JSON shape, ``{"error", "message", "status", "request_id"}``, plus
+``location`` when a page can fix it (sign-in, step-up) and ``findings`` when validation refused a
+policy (422).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+from litestar import Litestar, MediaType, Request, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import Response
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
+from gateway.authz.live import LivePolicy
+from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
+from gateway.authz.store import PolicyRejected, PolicyStore, PolicyVersionInfo
+from gateway.authz.validate import Finding, validate
+from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
+from gateway.pipeline.authorize import AUTHENTICATED
+from gateway.pipeline.canonical import canonicalize
+from gateway.pipeline.headers import forwarding_for, new_request_id
+
+if TYPE_CHECKING:
+    from gateway.identity.services import IdentityServices
+    from gateway.runtime import Runtime
+
+__all__ = ["create_admin_app"]
+
+logger = logging.getLogger("gateway.admin")
+
+_PUBLIC = "public"  # handler opt: no session needed (health)
+_ADMIN = "admin"  # connection state key: the authenticated Admin
+_REQUEST_ID = "request_id"
+_CLIENT_IP = "client_ip"
+# casbin's field names, as PolicyError messages use them, and what this API calls them.
+_FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
+
+Field = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Reason = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=2000, description="Why: kept in the policy history and the audit trail."
+    ),
+]
+
+
+# -- request and response bodies ------------------------------------------------------------------
+
+
+class PermissionRule(msgspec.Struct, tag="p", tag_field="ptype", kw_only=True, forbid_unknown_fields=True):
+    """A ``p`` line: may ``subject`` use ``methods`` on ``path`` of ``route``?"""
+
+    subject: Field
+    route: Field
+    path: Field
+    methods: Field
+    effect: Literal["allow", "deny"]
+
+
+class RoleLink(msgspec.Struct, tag="g", tag_field="ptype", kw_only=True, forbid_unknown_fields=True):
+    """A ``g`` line: ``member`` holds ``role``."""
+
+    member: Field
+    role: Field
+
+
+class StoredPermissionRule(PermissionRule, tag="p", kw_only=True):
+    line: int | None = None
+    csv: str = ""
+
+
+class StoredRoleLink(RoleLink, tag="g", kw_only=True):
+    line: int | None = None
+    csv: str = ""
+
+
+class RulesChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    rules: Annotated[list[PermissionRule | RoleLink], msgspec.Meta(min_length=1, max_length=10_000)]
+    reason: Reason
+
+
+class PolicyReplace(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    csv: Annotated[str, msgspec.Meta(description="The whole new policy, casbin CSV.")]
+    reason: Reason
+
+
+class RestoreRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class RoleChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    member: Field
+    role: Field
+    reason: Reason
+
+
+class ExplainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A hypothetical request. Give ``principals`` or ``username`` (not both)."""
+
+    route: Field
+    method: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,20}$", description="As sent: GET, POST, …")]
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    principals: list[Field] | None = None
+    username: Field | None = None
+
+
+class PolicyView(msgspec.Struct, kw_only=True):
+    version: int
+    created_at: datetime | None
+    rules: list[StoredPermissionRule | StoredRoleLink]
+    csv: str
+
+
+class VersionInfo(msgspec.Struct, kw_only=True):
+    version: int
+    created_at: datetime
+    actor: str
+    reason: str
+    lines: int
+    restored_from: int | None
+    added: int
+    removed: int
+
+
+class History(msgspec.Struct, kw_only=True):
+    versions: list[VersionInfo]
+
+
+class VersionView(VersionInfo, kw_only=True):
+    diff: str
+    csv: str
+    rules: list[StoredPermissionRule | StoredRoleLink]
+
+
+class FindingView(msgspec.Struct, kw_only=True):
+    """A validation finding: ``error`` refuses a change (422), ``warning`` is reported with it."""
+
+    severity: str
+    code: str
+    message: str
+    line: int | None
+    rule: str | None
+
+
+class ChangeResult(msgspec.Struct, kw_only=True):
+    version: int
+    previous: int
+    changed: bool
+    # What validation still says about the stored policy (errors refuse a change; these do not).
+    warnings: list[FindingView] = msgspec.field(default_factory=list)
+
+
+class RolesView(msgspec.Struct, kw_only=True):
+    version: int
+    admin_role: str
+    roles: list[StoredRoleLink]
+
+
+class ExplainResult(msgspec.Struct, kw_only=True):
+    allowed: bool
+    reason: str
+    explanation: str
+    rule: StoredPermissionRule | None
+    principal: str | None
+    version: int
+    principals: list[str]
+    route: str
+    method: str
+    path: str
+    note: str | None = None
+
+
+# -- conversions ----------------------------------------------------------------------------------
+
+
+def rule_json(rule: Rule) -> StoredPermissionRule | StoredRoleLink:
+    if rule.ptype == "p":
+        return StoredPermissionRule(
+            subject=rule.sub,
+            route=rule.dom,
+            path=rule.obj,
+            methods=rule.act,
+            effect="deny" if rule.is_deny else "allow",
+            line=rule.line,
+            csv=rule.to_csv(),
+        )
+    return StoredRoleLink(member=rule.member, role=rule.role, line=rule.line, csv=rule.to_csv())
+
+
+def rule_of(item: PermissionRule | RoleLink) -> Rule:
+    if isinstance(item, PermissionRule):
+        return Rule("p", (item.subject, item.route, item.path, item.methods, item.effect))
+    return Rule.link(item.member, item.role)
+
+
+def checked_rules(items: Iterable[PermissionRule | RoleLink], key: str = "rules") -> list[Rule]:
+    """The rules, each checked as a policy line would be. Raises BadRequest naming the bad one."""
+    rules: list[Rule] = []
+    for i, item in enumerate(items):
+        rule = rule_of(item)
+        try:
+            PolicyRules.from_rules([rule])
+        except PolicyError as exc:
+            hint = f" (casbin field names: {_FIELD_NAMES})" if "field '" in exc.detail else ""
+            raise BadRequest(
+                f"{key}[{i}] ({rule.to_csv()}): {exc.detail}{hint}; nothing was changed"
+            ) from exc
+        rules.append(rule)
+    return rules
+
+
+def _info(info: PolicyVersionInfo) -> VersionInfo:
+    return VersionInfo(
+        version=info.version,
+        created_at=info.created_at,
+        actor=info.actor,
+        reason=info.reason,
+        lines=info.lines,
+        restored_from=info.restored_from,
+        added=info.added,
+        removed=info.removed,
+    )
+
+
+def finding_json(finding: Finding) -> FindingView:
+    return FindingView(
+        severity=str(finding.severity),
+        code=finding.code,
+        message=finding.message,
+        line=finding.line,
+        rule=finding.rule.to_csv() if finding.rule is not None else None,
+    )
+
+
+# -- request ids, client addresses, guard -------------------------------------------------------
+
+
+class RequestContext(ASGIMiddleware):
+    """Give each request an id and its client address (trusted proxies honoured); harden responses."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        client = scope.get("client")
+        headers = list(scope["headers"])
+        host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
+        fwd = forwarding_for(
+            peer_ip=client[0] if client else "",
+            scheme=scope.get("scheme", "http"),
+            host=host,
+            headers=headers,
+            trusted=self.runtime.snapshot.trusted,
+        )
+        state = scope.setdefault("state", {})
+        state[_REQUEST_ID] = fwd.request_id
+        state[_CLIENT_IP] = fwd.client_ip
+
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *_response_headers(fwd.request_id)]
+            await send(message)
+
+        await next_app(scope, receive, send_hardened)
+
+
+def _response_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-request-id", request_id.encode()),
+        # Policy and history are not for shared caches, nor for framing by another page.
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    ]
+
+
+def _request_id(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, dict[str, str]]:
+    """The request's id, and the headers an error response must add itself.
+
+    Requests that matched no route (404, 405) never pass the route middleware: their error answer
+    gets its id and the hardening headers here instead.
+    """
+    found = connection.scope.get("state", {}).get(_REQUEST_ID)
+    if found:
+        return str(found), {}
+    request_id = new_request_id()
+    return request_id, {k.decode(): v.decode() for k, v in _response_headers(request_id)}
+
+
+def _client_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return str(connection.scope.get("state", {}).get(_CLIENT_IP, ""))
+
+
+def _admin_of(request: Request[Any, Any, Any]) -> Admin:
+    admin = request.scope.get("state", {}).get(_ADMIN)
+    if not isinstance(admin, Admin):  # pragma: no cover - the guard runs before every /api handler
+        raise GatewayError("the admin guard did not run")
+    return admin
+
+
+def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "error": err.reason,
+        "message": err.detail,
+        "status": err.status,
+        "request_id": request_id,
+    }
+    if err.location:
+        body["location"] = err.location
+    if isinstance(err, PolicyRejected):
+        body["findings"] = [msgspec.structs.asdict(finding_json(f)) for f in err.findings]
+    return body
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+
+class _Context:
+    """What the handlers share: the runtime's services, the guard, audited changes."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.snapshot.settings
+        if settings.admin.listen is None:
+            raise GatewayError("admin.listen is null: the admin API is disabled in this configuration")
+        self.runtime = runtime
+        self.origins = frozenset({admin_origin(runtime.snapshot.public_url, settings.admin.listen)})
+
+    def identity(self) -> IdentityServices:
+        if self.runtime.identity is None:  # pragma: no cover - start() builds it before any request
+            raise ServiceUnavailable("The admin service is still starting.")
+        return self.runtime.identity
+
+    def policy(self) -> LivePolicy:
+        if self.runtime.policy is None:  # pragma: no cover - start() builds it before any request
+            raise ServiceUnavailable("The policy is not loaded yet.")
+        return self.runtime.policy
+
+    def store(self) -> PolicyStore:
+        return self.policy().store
+
+    async def guard(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
+        if handler.opt.get(_PUBLIC):
+            return
+        headers = connection.headers
+        check_csrf(
+            method=str(connection.scope.get("method", "GET")),
+            content_type=headers.get("content-type"),
+            origin=headers.get("origin"),
+            sec_fetch_site=headers.get("sec-fetch-site"),
+            allowed_origins=self.origins,
+        )
+        snap = self.runtime.snapshot
+        try:
+            admin = await authenticate(
+                headers=list(connection.scope["headers"]),
+                cookie_name=snap.cookie_name,
+                sessions=self.identity().sessions,
+                index=self.policy().authorizer.index,
+                role=snap.settings.admin.role,
+                reauth_max_age=float(snap.settings.admin.reauth_max_age),
+                public_url=snap.public_url,
+                now=self.identity().clock.time(),
+            )
+        except AdminRoleRequired as err:
+            # A signed-in non-admin probing the admin API is worth a line in the trail.
+            await self.audit(
+                connection, "admin.refused", actor=f"user:{err.username}", outcome="failure",
+                details={"error": err.reason, "path": connection.url.path},
+            )  # fmt: skip
+            raise
+        connection.scope.setdefault("state", {})[_ADMIN] = admin
+
+    async def audit(
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        kind: str,
+        *,
+        actor: str,
+        outcome: str = "success",
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        try:
+            await self.identity().audit.record(
+                kind, actor=actor, subject="policy", ip=_client_ip(connection), outcome=outcome,
+                details=details,
+            )  # fmt: skip
+        except Exception:
+            # The change itself is committed and in the policy history (with actor and reason).
+            logger.exception("admin: audit record %s failed", kind)
+
+    async def change(
+        self,
+        request: Request[Any, Any, Any],
+        action: str,
+        details: Mapping[str, object],
+        make: Callable[[str], Awaitable[int]],
+    ) -> ChangeResult:
+        """Run one policy change as this admin, audit it (also when refused), make it live here."""
+        admin = _admin_of(request)
+        previous = await self.store().version()
+        try:
+            version = await make(admin.actor)
+        except GatewayError as err:
+            await self.audit(
+                request, f"admin.{action}", actor=admin.actor, outcome="failure",
+                details={**details, "error": err.reason},
+            )  # fmt: skip
+            raise
+        # This process decides who is an admin and answers explain: it must see its own change now.
+        await self.policy().load()
+        await self.audit(
+            request, f"admin.{action}", actor=admin.actor, details={**details, "version": version}
+        )
+        stored = await self.store().get(version) if version else None
+        findings = validate(stored.rules) if stored is not None else []
+        return ChangeResult(
+            version=version,
+            previous=previous,
+            changed=version != previous,
+            warnings=[finding_json(f) for f in findings if f.severity != "error"],
+        )
+
+
+def _reading_handlers(ctx: _Context) -> list[Any]:
+    @get("/health", media_type=MediaType.JSON, cache=False, opt={_PUBLIC: True}, include_in_schema=False)
+    async def health() -> dict[str, str]:
+        """Alive: the process answers."""
+        return {"status": "ok"}
+
+    @get("/api/policy", cache=False, tags=["policy"])
+    async def current_policy() -> PolicyView:
+        """The current policy: version, rules (with their CSV lines) and the CSV text."""
+        stored = await ctx.store().current()
+        return PolicyView(
+            version=stored.version,
+            created_at=stored.created_at,
+            rules=[rule_json(rule) for rule in stored.rules],
+            csv=stored.csv,
+        )
+
+    @get("/api/policy/history", cache=False, tags=["policy"])
+    async def history(limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
+        """The latest changes, newest first (``?limit=``, default 20)."""
+        return History(versions=[_info(info) for info in await ctx.store().history(limit)])
+
+    @get("/api/policy/versions/{version:int}", cache=False, tags=["policy"])
+    async def version_view(version: Annotated[int, PathParameter(ge=1)]) -> VersionView:
+        """One version: who, when, why, its CSV, its rules and the diff against the version before."""
+        info = await ctx.store().describe(version)
+        stored = await ctx.store().get(version)
+        return VersionView(
+            **msgspec.structs.asdict(_info(info)),
+            diff=info.diff,
+            csv=stored.csv,
+            rules=[rule_json(rule) for rule in stored.rules],
+        )
+
+    @get("/api/policy/roles", cache=False, tags=["roles"])
+    async def roles() -> RolesView:
+        """Role assignments (the policy's ``g`` lines) and the role that makes an admin."""
+        stored = await ctx.store().current()
+        return RolesView(
+            version=stored.version,
+            admin_role=ctx.runtime.snapshot.settings.admin.role,
+            roles=[_link_json(rule) for rule in stored.rules.links],
+        )
+
+    return [health, current_policy, history, version_view, roles]
+
+
+def _changing_handlers(ctx: _Context) -> list[Any]:
+    store = ctx.store
+
+    @post("/api/policy/rules", status_code=200, tags=["policy"])
+    async def add_rules(request: Request[Any, Any, Any], data: JSONBody[RulesChange]) -> ChangeResult:
+        """Add rules (400 if one is already there; 422 if the result fails validation)."""
+        rules = checked_rules(data.rules)
+        details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
+        return await ctx.change(
+            request, "policy.add", details, lambda actor: store().add(rules, actor=actor, reason=data.reason)
+        )
+
+    @delete("/api/policy/rules", status_code=200, tags=["policy"])
+    async def remove_rules(request: Request[Any, Any, Any], data: JSONBody[RulesChange]) -> ChangeResult:
+        """Remove rules (400 if one is not there; 422 if the result fails validation)."""
+        rules = checked_rules(data.rules)
+        details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
+        return await ctx.change(
+            request,
+            "policy.remove",
+            details,
+            lambda actor: store().remove(rules, actor=actor, reason=data.reason),
+        )
+
+    @put("/api/policy", status_code=200, tags=["policy"])
+    async def replace_policy(request: Request[Any, Any, Any], data: JSONBody[PolicyReplace]) -> ChangeResult:
+        """Replace the whole policy with CSV text (400 names a malformed line; 422: validation)."""
+        try:
+            rules = parse_policy(data.csv, source="csv")
+        except PolicyError as exc:
+            raise BadRequest(f"{exc}; nothing was changed") from exc
+        details = {"reason": data.reason, "lines": len(rules)}
+        return await ctx.change(
+            request,
+            "policy.replace",
+            details,
+            lambda actor: store().replace(rules, actor=actor, reason=data.reason),
+        )
+
+    @post("/api/policy/restore/{version:int}", status_code=200, tags=["policy"])
+    async def restore(
+        request: Request[Any, Any, Any],
+        version: Annotated[int, PathParameter(ge=1)],
+        data: JSONBody[RestoreRequest],
+    ) -> ChangeResult:
+        """Store a new version with the policy of an old one (404 if there is no such version)."""
+        details = {"reason": data.reason, "restored_from": version}
+        return await ctx.change(
+            request,
+            "policy.restore",
+            details,
+            lambda actor: store().restore(version, actor=actor, reason=data.reason),
+        )
+
+    @post("/api/policy/roles", status_code=200, tags=["roles"])
+    async def add_role(request: Request[Any, Any, Any], data: JSONBody[RoleChange]) -> ChangeResult:
+        """Give ``member`` the role ``role``."""
+        rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
+        details = {"reason": data.reason, "member": data.member, "role": data.role}
+        return await ctx.change(
+            request, "role.add", details, lambda actor: store().add(rules, actor=actor, reason=data.reason)
+        )
+
+    @delete("/api/policy/roles", status_code=200, tags=["roles"])
+    async def remove_role(request: Request[Any, Any, Any], data: JSONBody[RoleChange]) -> ChangeResult:
+        """Take the role ``role`` from ``member``."""
+        rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
+        details = {"reason": data.reason, "member": data.member, "role": data.role}
+        return await ctx.change(
+            request,
+            "role.remove",
+            details,
+            lambda actor: store().remove(rules, actor=actor, reason=data.reason),
+        )
+
+    return [add_rules, remove_rules, replace_policy, restore, add_role, remove_role]
+
+
+def _explain_handler(ctx: _Context) -> Any:
+    @post("/api/policy/explain", status_code=200, tags=["policy"])
+    async def explain(data: JSONBody[ExplainRequest]) -> ExplainResult:
+        """Decide a hypothetical request with the current policy, and say which rule decided it.
+
+        The path is canonicalised first, exactly as the gateway does before asking the policy.
+        """
+        if (data.principals is None) == (data.username is None):
+            raise BadRequest("Give either 'principals' (a list) or 'username', not both and not neither.")
+        snap = ctx.runtime.snapshot
+        route = next((r for r in snap.settings.routes if r.name == data.route), None)
+        if route is None:
+            names = ", ".join(sorted(r.name for r in snap.settings.routes)) or "none"
+            raise BadRequest(f"There is no route named {data.route!r} (routes: {names}).")
+        canon = canonicalize(data.path.encode())
+        if canon.has_path_params and not route.allow_path_params:
+            raise BadRequest(
+                f"The gateway refuses ';' path parameters on route {route.name!r} before asking the policy."
+            )
+        note = None
+        if data.username is not None:
+            user = await ctx.identity().accounts.find(data.username)
+            if user is None:
+                raise BadRequest(f"There is no account named {data.username!r}.")
+            principals = frozenset((f"user:{user.username}", AUTHENTICATED, *user.roles.split()))
+            note = (
+                "The principals of the local account; groups an identity provider asserts at sign-in "
+                "are not known here (pass 'principals' to include them)."
+            )
+            if user.disabled:
+                note += " The account is disabled: it cannot sign in, whatever the policy says."
+        else:
+            principals = frozenset(data.principals or ())
+        await ctx.policy().load()
+        decision = ctx.policy().authorizer.index.decide(principals, route.name, data.method, canon.path)
+        rule = rule_json(decision.rule) if decision.rule is not None else None
+        return ExplainResult(
+            allowed=decision.allowed,
+            reason=str(decision.reason),
+            explanation=decision.explain(),
+            rule=rule if isinstance(rule, StoredPermissionRule) else None,
+            principal=decision.principal,
+            version=decision.version,
+            principals=sorted(principals),
+            route=route.name,
+            method=data.method,
+            path=canon.path,
+            note=note,
+        )
+
+    return explain
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    request_id, headers = _request_id(request)
+    return Response(_error_body(exc, request_id), status_code=exc.status, headers=headers)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    # Litestar lists each problem with where it is (``rules[0].path``): say exactly what to fix.
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = item.get("key")
+            problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+    message = "The request is not valid; nothing was changed. " + ("; ".join(problems) or str(exc.detail))
+    return _gateway_error(request, BadRequest(message))
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    reason = _HTTP_REASONS.get(exc.status_code, "error")
+    request_id, headers = _request_id(request)
+    body = {"error": reason, "message": exc.detail, "status": exc.status_code, "request_id": request_id}
+    return Response(body, status_code=exc.status_code, headers={**(exc.headers or {}), **headers})
+
+
+_HTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _gateway_error(request, GatewayError("An internal error occurred."))
+
+
+def create_admin_app(runtime: Runtime) -> Litestar:
+    """Build the admin app bound to a runtime; the app's lifespan starts and closes the runtime.
+
+    Raises:
+        GatewayError: ``admin.listen`` is null (the configuration serves no admin API).
+    """
+    ctx = _Context(runtime)
+    return Litestar(
+        route_handlers=[*_reading_handlers(ctx), *_changing_handlers(ctx), _explain_handler(ctx)],
+        guards=[ctx.guard],
+        middleware=[RequestContext(runtime)],
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.close],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Gateway admin API", version="1", path="/api/schema", description=__doc__
+        ),
+        debug=False,
+    )
+
+
+def _link_json(rule: Rule) -> StoredRoleLink:
+    return StoredRoleLink(member=rule.member, role=rule.role, line=rule.line, csv=rule.to_csv())

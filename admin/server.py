@@ -1,0 +1,196 @@
+"""Serving the admin app: granian on ``admin.listen``, alone or as a child of ``gateway serve``.
+
+``gateway serve`` starts the admin listener as a child process (:func:`start_admin_child`) after
+checking that its port is free, forwards SIGHUP to it, and stops it when the gateway stops; the
+child also dies with its parent (Linux ``PR_SET_PDEATHSIG``), so a killed gateway leaves no admin
+listener behind. ``gateway admin serve`` runs it on its own (:func:`serve_admin`), e.g. on another
+host than the data plane.
+
+The admin process opens the same :class:`~gateway.runtime.Runtime` as a gateway worker (database,
+fast state, identity services, live policy). One worker is enough: admin traffic is a few people.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from litestar import Litestar
+
+from admin.app import create_admin_app
+from gateway.errors import ConfigError, GatewayError
+from gateway.runtime import load_runtime
+from gateway.settings.schema import Settings
+
+__all__ = ["AdminChild", "AdminListenBusy", "app_factory", "serve_admin", "start_admin_child"]
+
+logger = logging.getLogger("gateway.admin")
+
+CONFIG_ENV = "GATEWAY_ADMIN_CONFIG"
+# Set by ``gateway serve`` for its child: the pid whose death must end this process too.
+PARENT_ENV = "GATEWAY_ADMIN_PARENT"
+EARLY_SIGHUP = threading.Event()
+_PR_SET_PDEATHSIG = 1
+
+
+class AdminListenBusy(GatewayError):
+    """Another process already listens on ``admin.listen``."""
+
+    reason = "admin-listen-busy"
+    title = "Admin port in use"
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def app_factory() -> Litestar:
+    """granian factory target: the admin app of the config named in the environment."""
+    # As in gateway.server: a SIGHUP during start-up must neither kill the worker nor be lost.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
+    runtime = load_runtime(os.environ[CONFIG_ENV])
+    runtime.early_reload = EARLY_SIGHUP
+    return create_admin_app(runtime)
+
+
+def check_port_free(listen: str) -> None:
+    """Raise :class:`AdminListenBusy` if ``listen`` cannot be bound (checked before anything starts)."""
+    host, port = _parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AdminListenBusy(
+                    f"admin.listen {listen}: the address is already in use. Stop the other process, "
+                    "choose another port, or set 'admin: {listen: null}' to serve no admin API."
+                ) from exc
+            raise AdminListenBusy(f"admin.listen {listen}: cannot listen there ({exc.strerror}).") from exc
+
+
+def serve_admin(config_path: Path, settings: Settings) -> None:
+    """Run the admin app until SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: ``admin.listen`` is null.
+        AdminListenBusy: the port is taken.
+    """
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+    from granian.server import Server
+
+    listen = settings.admin.listen
+    if listen is None:
+        raise ConfigError("admin.listen is null: this configuration serves no admin API")
+    _die_with_parent()
+    check_port_free(listen)
+    host, port = _parse_listen(listen)
+    os.environ[CONFIG_ENV] = str(config_path.resolve())
+    tls = settings.tls
+    server = Server(
+        "admin.server:app_factory",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        loop=Loops.uvloop,
+        http=HTTPModes.auto if tls else HTTPModes.http1,
+        websockets=False,
+        log_access=False,
+        # The session cookie is Secure whenever the gateway uses TLS: the admin port must too.
+        ssl_cert=Path(tls.certificate) if tls else None,
+        ssl_key=Path(tls.key) if tls else None,
+        ssl_protocol_min=SSLProtocols.tls13 if not tls or tls.min_version == "1.3" else SSLProtocols.tls12,
+        respawn_failed_workers=True,
+        workers_kill_timeout=int(settings.server.graceful_timeout),
+    )
+    master_pid = os.getpid()
+
+    def forward_sighup(signum: int, _frame: object) -> None:
+        # granian's own SIGHUP respawns the worker, which cannot refuse a bad config: the worker's
+        # runtime reloads instead and keeps the old config if the new one is invalid.
+        if os.getpid() != master_pid:
+            EARLY_SIGHUP.set()
+            return
+        for worker in list(server.wrks):
+            with contextlib.suppress(ProcessLookupError, AttributeError, TypeError):
+                os.kill(worker._id(), signal.SIGHUP)  # type: ignore[no-untyped-call]
+
+    server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
+    logger.info("admin API on %s", listen)
+    server.serve()
+
+
+def _die_with_parent() -> None:
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+        logger.warning("admin: cannot arrange to stop with the gateway process")
+        return
+    if os.getppid() != int(parent):
+        # The gateway died before the request above took effect.
+        sys.exit(1)
+
+
+@dataclass
+class AdminChild:
+    """The admin listener started by ``gateway serve``."""
+
+    proc: subprocess.Popen[bytes]
+    listen: str
+
+    def reload(self) -> None:
+        """Forward a SIGHUP (the gateway's reload) to the admin listener."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the admin listener (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elif self.proc.returncode:
+            logger.error("the admin listener on %s had exited with %d", self.listen, self.proc.returncode)
+
+
+def start_admin_child(config_path: Path, settings: Settings) -> AdminChild | None:
+    """Start ``gateway admin serve`` for this config, unless ``admin.listen`` is null.
+
+    Raises:
+        AdminListenBusy: the port is taken (nothing was started).
+    """
+    listen = settings.admin.listen
+    if listen is None:
+        return None
+    check_port_free(listen)
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        level = "info"
+    command = [sys.executable, "-m", "gateway", "--log-level", level]
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        [*command, "admin", "serve", "--config", str(config_path.resolve())], env=env
+    )
+    logger.info("admin listener starting on %s (pid %d)", listen, proc.pid)
+    return AdminChild(proc, listen)

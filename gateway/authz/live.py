@@ -1,0 +1,122 @@
+"""A worker's live policy: the index it decides with, kept current from the policy store.
+
+At start-up the stored policy is loaded (after importing ``policy.file`` into an empty store); a
+policy the worker cannot load at start is a failed start, never a worker that allows by accident.
+Afterwards :meth:`PolicyStore.watch` reports new versions (broadcast through the fast state, with a
+database poll as backstop); each new index is compiled in a thread, off the event loop, and swapped
+in with one assignment, so requests in flight finish on the index they started with.
+
+When neither the broadcast nor the database can be reached, the last good index keeps deciding (a
+store outage must not open anything, nor close everything), and the worker reports not-ready once
+the policy could not be confirmed current for longer than ``policy.max_staleness``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from gateway.authz.cache import Authorizer
+from gateway.authz.index import PolicyIndex
+from gateway.authz.rules import PolicyRules
+from gateway.authz.store import PolicyStore
+from gateway.settings.schema import PolicySettings
+
+__all__ = ["LivePolicy"]
+
+logger = logging.getLogger("gateway.policy")
+
+_ROLES_MEMO = 10_000
+
+
+def _is_principal_form(name: str) -> bool:
+    return name == "authenticated" or name.startswith(("user:", "group:"))
+
+
+class LivePolicy:
+    """Owns a worker's :class:`Authorizer` and keeps it on the newest stored policy."""
+
+    def __init__(self, store: PolicyStore, settings: PolicySettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.authorizer = Authorizer(
+            PolicyIndex.build(PolicyRules(), version=0), max_entries=settings.cache_size
+        )
+        self._watcher: asyncio.Task[None] | None = None
+        self._swap_lock = asyncio.Lock()
+        self._roles: dict[tuple[int, frozenset[str]], tuple[str, ...]] = {}
+        self.loaded_at = time.monotonic()
+
+    @property
+    def version(self) -> int:
+        return self.authorizer.version
+
+    async def start(self) -> None:
+        """Import the bootstrap file into an empty store, load the policy, start watching."""
+        if self.settings.file is not None:
+            version = await self.store.bootstrap(self.settings.file)
+            if version is not None:
+                logger.info("policy: imported %s as version %d", self.settings.file, version)
+        await self.load()
+        self._watcher = asyncio.ensure_future(
+            self.store.watch(self._on_version, poll_interval=self.settings.poll_interval, since=self.version)
+        )
+
+    async def load(self) -> None:
+        """Load the stored policy and swap it in if it is newer than the one deciding now."""
+        async with self._swap_lock:
+            stored = await self.store.current()
+            if stored.version <= self.version:
+                self.loaded_at = time.monotonic()
+                return
+            index = await asyncio.to_thread(PolicyIndex.build, stored.rules, version=stored.version)
+            self.authorizer.swap(index)
+            self.loaded_at = time.monotonic()
+            logger.info("policy: version %d is live (%d lines)", stored.version, len(stored.rules))
+
+    def roles_for(self, principals: frozenset[str]) -> tuple[str, ...]:
+        """The roles these principals hold, directly or through the policy's ``g`` hierarchy.
+
+        What upstreams see in ``X-Gateway-Roles`` and the assertion's ``roles``: role names only, not
+        the principals themselves (``user:…``, ``group:…``, ``authenticated``). Memoised per policy
+        version, so the hot path pays for it once per principal set.
+        """
+        index = self.authorizer.index
+        key = (index.version, principals)
+        found = self._roles.get(key)
+        if found is None:
+            reached: set[str] = set()
+            for principal in principals:
+                reached |= index.roles_of(principal)
+            found = tuple(sorted(r for r in reached if not _is_principal_form(r)))
+            if len(self._roles) >= _ROLES_MEMO:
+                self._roles.clear()
+            self._roles[key] = found
+        return found
+
+    async def _on_version(self, version: int) -> None:
+        if version > self.version:
+            await self.load()
+
+    def staleness(self) -> float:
+        """Seconds since the policy was last confirmed current (by a load or a version check)."""
+        confirmed = max(self.loaded_at, self.store.last_confirmed)
+        return max(0.0, time.monotonic() - confirmed)
+
+    def readiness(self) -> dict[str, Any]:
+        """What /.gateway/ready reports about the policy."""
+        age = self.staleness()
+        ok = age <= self.settings.max_staleness
+        check: dict[str, Any] = {"ok": ok, "version": self.version}
+        if not ok:
+            check["error"] = f"policy not confirmed current for {age:.0f}s"
+        return check
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher

@@ -1,0 +1,288 @@
+"""``gateway keys …``: the keyring for secrets at rest and the keys that sign identity assertions.
+
+    gateway keys init   --config FILE                              create the keyring file
+    gateway keys rotate --config FILE [--all | --signing | --keyring]
+    gateway keys list   --config FILE [--json]
+
+``rotate`` (default ``--all``) does both rotations:
+
+* **signing**: a new ES256 key is published in ``/.gateway/jwks.json`` at once but signs only after
+  ``assertion.publish_ahead``, so upstreams caching the JWKS know it before they meet it; the key it
+  replaces signs until then and stays published for ``assertion.grace`` after that. Running gateways
+  pick the new key up within 30 s, without a restart.
+* **keyring**: a new AES-256-GCM key becomes active for new secrets; older keys stay for decryption.
+  Gateways encrypt with it after a restart.
+
+With ``--all`` the signing key is rotated first, so its private half is encrypted under the keyring
+key every running gateway already holds.
+
+``list`` shows each signing key's state: ``next`` (published, not signing yet), ``active`` (signing),
+``retiring`` (published so its tokens still verify, no longer signing), ``expired`` (deleted at the
+next rotation).
+
+Exit codes: 0 done, 1 runtime failure (database or keyring unusable), 2 invalid input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.crypto.keyring import Keyring
+    from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
+    from gateway.settings.schema import Settings
+
+# Heavy imports (SQLAlchemy, cryptography, the settings loader) happen when an action runs, not when
+# the parser is built: `gateway --help` must not pay for them.
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _when(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+def _storage_url(settings: Settings) -> str:
+    # As gateway.runtime.storage_url, without importing the whole runtime for a key command.
+    from gateway.store.db import default_sqlite_url
+
+    return settings.storage.url or default_sqlite_url(settings.data_dir)
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    from gateway.settings.loader import load_settings
+
+    return load_settings(args.config)
+
+
+async def _with_signing_keys(
+    settings: Settings, keyring: Keyring, action: Callable[[SigningKeys], Awaitable[int]]
+) -> int:
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.signing import SigningKeys
+    from gateway.store.db import Database
+    from gateway.store.migrate import ensure_schema
+
+    url = _storage_url(settings)
+    if url.startswith("sqlite"):
+        # The embedded database lives in data_dir, which may not exist yet on a fresh install.
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    try:
+        return await action(SigningKeys(db, keyring, SYSTEM_CLOCK, settings.assertion))
+    finally:
+        await db.close()
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    path = keyring_path(_load_settings(args))
+    if path.exists():
+        print(f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr)
+        return EXIT_USAGE
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keyring = Keyring.create(path)
+    print(f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file")
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    settings = _load_settings(args)
+    path = keyring_path(settings)
+    # Like `serve`: only the embedded default may create the keyring; replicas must share one.
+    keyring = Keyring.load_or_create(path, allow_create=_storage_url(settings).startswith("sqlite"))
+    if args.what in ("all", "signing"):
+
+        async def rotate_signing(keys: SigningKeys) -> int:
+            before = await keys.load(with_private=False)
+            kid = await keys.rotate()
+            _print_rotation(before, await keys.load(with_private=False), kid)
+            return EXIT_OK
+
+        asyncio.run(_with_signing_keys(settings, keyring, rotate_signing))
+    if args.what in ("all", "keyring"):
+        new_id = keyring.rotate(path)
+        print(
+            f"keyring {path}: new active key {new_id}; older keys stay for decryption. "
+            "Restart the gateways (or roll them) so they encrypt with the new key."
+        )
+    return EXIT_OK
+
+
+def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
+    from gateway.clock import SYSTEM_CLOCK
+
+    now = SYSTEM_CLOCK.time()
+    new = next(k for k in after.keys if k.kid == kid)
+    if new.active_from <= now:
+        print(f"signing key: new key {kid} signs now (there was no key to hand over from)")
+        return
+    print(
+        f"signing key: new key {kid} is published now and signs from {_when(new.active_from)} "
+        f"(assertion.publish_ahead); running gateways load it within 30 s"
+    )
+    for old in before.keys:
+        if old.retired_at is None:
+            print(
+                f"signing key: {old.kid} signs until {_when(new.active_from)} and stays published "
+                f"until {_when(new.active_from + after.grace)} (assertion.grace)"
+            )
+    pruned = {k.kid for k in before.keys} - {k.kid for k in after.keys}
+    if pruned:
+        print(f"signing key: deleted expired key(s) {', '.join(sorted(pruned))}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    settings = _load_settings(args)
+    path = keyring_path(settings)
+    keyring = Keyring.load(path)
+
+    async def show(keys: SigningKeys) -> int:
+        keyset = await keys.load(with_private=False)
+        now = SYSTEM_CLOCK.time()
+        rows = [_key_json(keyset, k, now) for k in keyset.keys]
+        if args.json:
+            doc = {
+                "keyring": {"path": str(path), "active": keyring.active_id, "keys": sorted(keyring.key_ids)},
+                "signing_keys": rows,
+            }
+            print(json.dumps(doc, indent=2))
+            return EXIT_OK
+        print(f"keyring {path}: active key {keyring.active_id} ({len(keyring.key_ids)} key(s) in all)")
+        if not rows:
+            print("no signing keys yet: a gateway creates the first one when it starts")
+            return EXIT_OK
+        table = [
+            ("KID", "STATE", "CREATED", "SIGNS FROM", "SIGNS UNTIL", "PUBLISHED UNTIL", "KEYRING KEY"),
+            *(
+                (
+                    r["kid"],
+                    r["state"],
+                    _when(k.created_at),
+                    _when(k.active_from),
+                    _when(k.retired_at),
+                    _when(k.retired_at + keyset.grace if k.retired_at is not None else None),
+                    k.keyring_kid,
+                )
+                for r, k in zip(rows, keyset.keys, strict=True)
+            ),
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return EXIT_OK
+
+    return asyncio.run(_with_signing_keys(settings, keyring, show))
+
+
+def _key_json(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
+    return {
+        "kid": key.kid,
+        "state": str(keyset.state(key, now)),
+        "created_at": _iso(key.created_at),
+        "active_from": _iso(key.active_from),
+        "retired_at": _iso(key.retired_at),
+        "published_until": _iso(key.retired_at + keyset.grace if key.retired_at is not None else None),
+        "keyring_key": key.keyring_kid,
+    }
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("gateway.yaml"),
+        metavar="FILE",
+        help="path to the YAML configuration file (default: ./gateway.yaml)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway keys …`` to the ``gateway`` command's sub-commands.
+
+    Args:
+        sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
+            taking the parsed arguments and returning an exit code.
+    """
+    keys = sub.add_parser(
+        "keys",
+        help="manage the keyring and the assertion-signing keys",
+        description="Manage the AES-256-GCM keyring that encrypts secrets at rest (TOTP seeds, signing "
+        "keys) and the ES256 keys that sign the identity assertion upstreams receive.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        keys.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    keys.set_defaults(func=usage)
+    actions = keys.add_subparsers(dest="keys_action", metavar="ACTION")
+
+    p = actions.add_parser(
+        "init",
+        help="create the keyring file",
+        description="Create the keyring file (mode 0600) with one fresh key. Every replica needs this same file.",
+    )
+    _config_arg(p)
+    p.set_defaults(func=_init)
+
+    p = actions.add_parser(
+        "rotate",
+        help="rotate the signing key and/or the keyring (default: both)",
+        description="Rotate the assertion-signing key (the new one is published now and signs after "
+        "assertion.publish_ahead; the old one stays published for assertion.grace) and the keyring (a "
+        "new key for new secrets; old keys stay for decryption).",
+    )
+    _config_arg(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", dest="what", action="store_const", const="all", help="both (the default)")
+    which.add_argument(
+        "--signing", dest="what", action="store_const", const="signing", help="only the signing key"
+    )
+    which.add_argument(
+        "--keyring", dest="what", action="store_const", const="keyring", help="only the keyring"
+    )
+    p.set_defaults(func=_rotate, what="all")
+
+    p = actions.add_parser(
+        "list",
+        help="show the keyring and the signing keys with their state",
+        description="Show the active keyring key and every signing key: next, active, retiring or expired, "
+        "with the times it was created, signs from, signs until and stays published until (UTC).",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_list)

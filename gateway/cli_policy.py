@@ -1,0 +1,731 @@
+"""``gateway policy …``: check, test, store, inspect and roll back the access policy.
+
+    gateway policy validate FILE
+    gateway policy test FILE --cases CASES
+    gateway policy explain (--file FILE | --config CFG) --principal P… --route R --method M --path PATH
+    gateway policy diff A B                      two files
+    gateway policy diff FILE --config CFG        the stored policy against a file
+    gateway policy import FILE --config CFG --reason TEXT [--force]
+    gateway policy export --config CFG [--version N] [-o FILE]
+    gateway policy history --config CFG [--limit N]
+    gateway policy restore N --config CFG --reason TEXT [--force]
+
+``validate``, ``test``, ``explain --file`` and ``diff A B`` work on files alone: they need no
+configuration and no database, so they run in CI next to the policy's source. The others work on the
+stored policy through the configured database; a change is versioned, audited and broadcast to the
+running gateways (with Redis at once; otherwise each gateway polls within ``policy.poll_interval``).
+
+``explain`` and ``test`` canonicalise the path first, exactly as the gateway does before it asks the
+policy, so their answer is the gateway's answer.
+
+Exit codes: 0 done (``diff``: no difference), 1 findings or failures (validation errors, failing test
+cases, a rejected change; ``diff``: the policies differ; the database unreachable), 2 invalid input
+(unreadable or malformed file, unknown version, bad arguments or configuration). User errors are one
+message on stderr naming the file and line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import difflib
+import getpass
+import io
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from gateway.authz.decision import Decision
+    from gateway.authz.index import PolicyIndex
+    from gateway.authz.rules import PolicyRules
+    from gateway.authz.store import PolicyStore
+    from gateway.authz.validate import Finding
+    from gateway.settings.schema import Settings
+
+# Heavy imports (SQLAlchemy, casbin, the settings loader) happen when an action runs, not when the
+# parser is built: `gateway --help` must not pay for them.
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_EXPECT: Final = ("allow", "deny")
+_CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
+_REQUIRED_KEYS: Final = ("principals", "route", "method", "path", "expect")
+_BAD_PATH: Final = "bad-path"
+# Stored versions start at 1; an index built from a file carries this one.
+_FILE_VERSION: Final = 0
+
+
+class _UserError(Exception):
+    """The operator's input cannot be used as given (exit 2, one message)."""
+
+
+class _Failed(Exception):
+    """The command ran and found problems it already printed (exit 1)."""
+
+
+@dataclass(slots=True)
+class _Context:
+    store: PolicyStore
+    settings: Settings
+    actor: str
+
+
+# -- wiring ----------------------------------------------------------------------------------------------
+
+
+def _user_errors(*, stored: bool) -> tuple[type[Exception], ...]:
+    from gateway.authz.rules import PolicyError
+
+    if not stored:
+        # The offline commands never import the store (and with it SQLAlchemy and redis): a second
+        # saved on every `gateway policy validate` in an editor hook or CI.
+        return (_UserError, PolicyError)
+    from gateway.authz.store import RuleExists, RuleNotFound, UnknownVersion
+
+    return (_UserError, PolicyError, RuleExists, RuleNotFound, UnknownVersion)
+
+
+def _report(run: Callable[[], int], *, stored: bool) -> int:
+    from gateway.errors import GatewayError
+
+    try:
+        return run()
+    except _user_errors(stored=stored) as exc:
+        message = exc.detail if isinstance(exc, GatewayError) else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except _Failed:
+        return EXIT_FAILURE
+
+
+def _offline(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return _report(lambda: action(args), stored=False)
+
+    return run
+
+
+def _actor() -> str:
+    # The audit trail should say which operator account ran the command; "cli" when the OS cannot tell.
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.authz.store import PolicyStore
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.store.db import Database, default_sqlite_url
+    from gateway.store.fast import open_fast_state
+    from gateway.store.migrate import ensure_schema
+
+    # As gateway.runtime.storage_url, without importing the whole runtime (a second per command).
+    url = settings.storage.url or default_sqlite_url(settings.data_dir)
+    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+    try:
+        store = PolicyStore(db, fast, AuditLog(db, clock=SYSTEM_CLOCK), SYSTEM_CLOCK)
+        return await action(_Context(store=store, settings=settings, actor=_actor()))
+    finally:
+        await fast.close()
+        await db.close()
+
+
+def _online(
+    action: Callable[[argparse.Namespace, _Context], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.settings.loader import load_settings
+
+        def go() -> int:
+            settings = load_settings(args.config)
+            # The embedded SQLite file lives in data_dir, which may not exist yet on a fresh install.
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+            return asyncio.run(_open_and_run(settings, lambda ctx: action(args, ctx)))
+
+        return _report(go, stored=True)
+
+    return run
+
+
+# -- reading files ---------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _UserError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise _UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise _UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _read_policy(path: Path) -> PolicyRules:
+    from gateway.authz.rules import parse_policy
+
+    return parse_policy(_read_text(path, "policy file"), source=str(path))
+
+
+def _finding_text(finding: Finding, source: object) -> str:
+    where = f"{source}:{finding.line}" if finding.line is not None else f"{source}"
+    return f"{where}: {finding.severity} [{finding.code}] {finding.message}"
+
+
+async def _stored_change(change: Awaitable[int], source: object) -> int:
+    """Run a change; a rejection lists its findings (naming ``source`` and the line) and exits 1."""
+    from gateway.authz.store import PolicyRejected
+
+    try:
+        return await change
+    except PolicyRejected as exc:
+        errors = [f for f in exc.findings if f.severity == "error"]
+        print(
+            f"error: {source}: {_plural(len(errors), 'error')}; nothing was stored "
+            "(--force stores it anyway)",
+            file=sys.stderr,
+        )
+        for finding in exc.findings:
+            print(f"  {_finding_text(finding, source)}", file=sys.stderr)
+        raise _Failed from None
+
+
+# -- test cases ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Case:
+    where: str
+    name: str
+    principals: frozenset[str]
+    route: str
+    method: str
+    path: str
+    expect: str
+    reason: str | None
+
+
+def _principals(value: object, where: str) -> frozenset[str]:
+    if isinstance(value, str):
+        names = [name for name in re.split(r"[\s,]+", value) if name]
+    elif isinstance(value, list) and all(isinstance(name, str) for name in value):
+        names = [name.strip() for name in value if name.strip()]
+    else:
+        raise _UserError(f"{where}: 'principals' must be a list or a space/comma separated string")
+    return frozenset(names)
+
+
+def _case(raw: dict[str, Any], where: str) -> _Case:
+    if unknown := sorted(set(raw) - _CASE_KEYS):
+        raise _UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+    if missing := [key for key in _REQUIRED_KEYS if raw.get(key) in (None, "")]:
+        raise _UserError(f"{where}: missing {', '.join(map(repr, missing))}")
+    for key in ("route", "method", "path", "expect"):
+        if not isinstance(raw[key], str):
+            raise _UserError(f"{where}: {key!r} must be a string")
+    expect = raw["expect"].strip().lower()
+    if expect not in _EXPECT:
+        raise _UserError(f"{where}: 'expect' must be allow or deny, not {raw['expect']!r}")
+    reason = raw.get("reason")
+    if reason in ("", None):
+        reason = None
+    elif not isinstance(reason, str):
+        raise _UserError(f"{where}: 'reason' must be a string")
+    name = raw.get("name") or ""
+    return _Case(
+        where=where,
+        name=str(name),
+        principals=_principals(raw["principals"], where),
+        route=raw["route"].strip(),
+        method=raw["method"].strip(),
+        path=raw["path"].strip(),
+        expect=expect,
+        reason=reason.strip() if reason is not None else None,
+    )
+
+
+def _yaml_cases(text: str, source: Path) -> list[_Case]:
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else str(source)
+        problem = getattr(exc, "problem", None) or exc
+        raise _UserError(f"{where}: not valid YAML: {problem}") from None
+    node: Any = root
+    if isinstance(data, dict) and set(data) == {"cases"} and isinstance(root, yaml.MappingNode):
+        data = data["cases"]
+        node = next(value for key, value in root.value if key.value == "cases")
+    if not isinstance(data, list) or not isinstance(node, yaml.SequenceNode):
+        raise _UserError(f"{source}: expected a list of cases (or a mapping with one key, 'cases')")
+    # The composed nodes carry the line of each case; the loaded list has one item per node.
+    nodes: list[Any] = node.value
+    cases = []
+    for number, (item, node) in enumerate(zip(data, nodes, strict=True), start=1):
+        where = f"{source}:{node.start_mark.line + 1} (case {number})"
+        if not isinstance(item, dict):
+            raise _UserError(f"{where}: a case is a mapping of principals, route, method, path, expect")
+        cases.append(_case(item, where))
+    return cases
+
+
+def _csv_cases(text: str, source: Path) -> list[_Case]:
+    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+    header = [name.strip() for name in reader.fieldnames or []]
+    if missing := [key for key in _REQUIRED_KEYS if key not in header]:
+        raise _UserError(f"{source}:1: the header row lacks column(s) {', '.join(missing)}")
+    cases = []
+    for row in reader:
+        where = f"{source}:{reader.line_num}"
+        if None in row:
+            raise _UserError(f"{where}: more fields than columns in the header")
+        cleaned = {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
+        if not any(cleaned.values()):
+            continue
+        cases.append(_case(cleaned, where))
+    return cases
+
+
+def _load_cases(path: Path) -> list[_Case]:
+    text = _read_text(path, "cases file")
+    cases = _csv_cases(text, path) if path.suffix.lower() == ".csv" else _yaml_cases(text, path)
+    if not cases:
+        raise _UserError(f"{path}: no test cases")
+    return cases
+
+
+# -- deciding like the gateway ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    allowed: bool
+    reason: str
+    explanation: str
+    path: str
+
+
+def _decide(index: PolicyIndex, principals: frozenset[str], route: str, method: str, path: str) -> _Outcome:
+    from gateway.errors import BadPath
+    from gateway.pipeline.canonical import canonicalize
+
+    raw = path.split("?", 1)[0].encode("utf-8", "surrogateescape")
+    try:
+        canonical = canonicalize(raw).path
+    except BadPath as exc:
+        return _Outcome(False, _BAD_PATH, f"the gateway refuses this path with 400: {exc.detail}", path)
+    decision: Decision = index.decide(principals, route, method, canonical)
+    explanation = decision.explain()
+    if index.version == _FILE_VERSION:
+        # A file has no version; "policy version 0" would read as "nothing stored".
+        explanation = explanation.removesuffix(f"; policy version {_FILE_VERSION}")
+    return _Outcome(decision.allowed, str(decision.reason), explanation, canonical)
+
+
+# -- formatting ------------------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _unified(a: str, b: str, a_name: str, b_name: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            a.splitlines(keepends=True), b.splitlines(keepends=True), fromfile=a_name, tofile=b_name
+        )
+    )
+
+
+# -- offline actions -------------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from gateway.authz.rules import PolicyError
+    from gateway.authz.validate import validate
+
+    path: Path = args.file
+    try:
+        rules = _read_policy(path)
+    except PolicyError as exc:
+        # A malformed line is this command's finding, not a usage error.
+        where = f"{exc.source}:{exc.line}" if exc.line is not None else exc.source
+        print(f"{where}: error: {exc.detail}")
+        print(f"{path}: malformed; fix this line first (nothing else was checked)")
+        return EXIT_FAILURE
+    findings = validate(rules)
+    for finding in findings:
+        print(_finding_text(finding, path))
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    summary = (
+        f"{path}: {_plural(len(rules.policies), 'rule')}, {_plural(len(rules.links), 'role grant')}; "
+        f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    )
+    print(summary if findings else f"{summary}: OK")
+    return EXIT_FAILURE if errors else EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    from gateway.authz.index import PolicyIndex
+
+    rules = _read_policy(args.file)
+    cases = _load_cases(args.cases)
+    index = PolicyIndex.build(rules, version=_FILE_VERSION)
+    failures: list[list[str]] = []
+    for case in cases:
+        outcome = _decide(index, case.principals, case.route, case.method, case.path)
+        got = "allow" if outcome.allowed else "deny"
+        if got == case.expect and case.reason in (None, outcome.reason):
+            continue
+        expected = case.expect + (f" [{case.reason}]" if case.reason else "")
+        failures.append(
+            [
+                case.where + (f" {case.name}" if case.name else ""),
+                " ".join(sorted(case.principals)),
+                f"{case.method} {case.route} {case.path}",
+                expected,
+                f"{got} [{outcome.reason}]",
+                outcome.explanation,
+            ]
+        )
+    if failures:
+        print(_table(["CASE", "PRINCIPALS", "REQUEST", "EXPECTED", "GOT", "WHY"], failures))
+    passed = len(cases) - len(failures)
+    print(
+        f"{_plural(len(cases), 'case')}: {passed} passed, {len(failures)} failed "
+        f"({args.cases} against {args.file})"
+    )
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _print_explanation(
+    index: PolicyIndex, principals: frozenset[str], route: str, method: str, path: str
+) -> None:
+    outcome = _decide(index, principals, route, method, path)
+    shown = outcome.path if outcome.path == path else f"{outcome.path} (canonical form of {path})"
+    print(f"request:    {method} {shown} on route {route!r}")
+    for principal in sorted(principals):
+        roles = sorted(index.roles_of(principal) - {principal})
+        print(f"principal:  {principal}" + (f" (roles: {', '.join(roles)})" if roles else ""))
+    print(f"decision:   {outcome.explanation}")
+
+
+def _explain_file(args: argparse.Namespace) -> int:
+    from gateway.authz.index import PolicyIndex
+
+    index = PolicyIndex.build(_read_policy(args.file), version=_FILE_VERSION)
+    _print_explanation(index, frozenset(args.principal), args.route, args.method, args.path)
+    return EXIT_OK
+
+
+def _diff_files(args: argparse.Namespace) -> int:
+    a, b = _read_policy(args.a), _read_policy(args.b)
+    text = _unified(a.to_csv(), b.to_csv(), str(args.a), str(args.b))
+    return _print_diff(text, f"{args.a} and {args.b}")
+
+
+def _print_diff(text: str, what: str) -> int:
+    if not text:
+        print(f"no difference between {what}")
+        return EXIT_OK
+    sys.stdout.write(text)
+    return EXIT_FAILURE
+
+
+# -- actions on the stored policy ------------------------------------------------------------------------
+
+
+def _no_broadcast_note(ctx: _Context) -> None:
+    if ctx.settings.state.redis_url is None:
+        print(
+            "note: no Redis configured, so running gateways learn of the change by polling "
+            f"(within policy.poll_interval, {ctx.settings.policy.poll_interval:g}s).",
+            file=sys.stderr,
+        )
+
+
+async def _import(args: argparse.Namespace, ctx: _Context) -> int:
+    rules = _read_policy(args.file)
+    before = await ctx.store.version()
+    version = await _stored_change(
+        ctx.store.replace(rules, actor=ctx.actor, reason=args.reason, force=args.force), args.file
+    )
+    if version == before:
+        print(f"{args.file}: same as the stored policy; version {version} stays current")
+        return EXIT_OK
+    info = await ctx.store.describe(version)
+    print(
+        f"imported {args.file} as version {version} "
+        f"(+{info.added} -{info.removed}, {_plural(info.lines, 'line')})"
+    )
+    _no_broadcast_note(ctx)
+    return EXIT_OK
+
+
+async def _export(args: argparse.Namespace, ctx: _Context) -> int:
+    stored = await (ctx.store.get(args.version) if args.version is not None else ctx.store.current())
+    if stored.version == 0:
+        print("note: no policy is stored (every non-public request is denied)", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(stored.csv)
+    else:
+        try:
+            args.output.write_text(stored.csv, encoding="utf-8")
+        except OSError as exc:
+            raise _UserError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
+        print(f"wrote version {stored.version} to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _diff_stored(args: argparse.Namespace, ctx: _Context) -> int:
+    rules = _read_policy(args.a)
+    stored = await ctx.store.current()
+    text = _unified(stored.csv, rules.to_csv(), f"stored version {stored.version}", str(args.a))
+    return _print_diff(text, f"stored version {stored.version} and {args.a}")
+
+
+async def _explain_stored(args: argparse.Namespace, ctx: _Context) -> int:
+    from gateway.authz.index import PolicyIndex
+
+    stored = await ctx.store.current()
+    index = PolicyIndex.build(stored.rules, version=stored.version)
+    _print_explanation(index, frozenset(args.principal), args.route, args.method, args.path)
+    return EXIT_OK
+
+
+async def _history(args: argparse.Namespace, ctx: _Context) -> int:
+    entries = await ctx.store.history(args.limit)
+    if not entries:
+        print("no policy stored yet")
+        return EXIT_OK
+    rows = [
+        [
+            str(e.version),
+            e.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            e.actor,
+            f"+{e.added} -{e.removed}",
+            str(e.lines),
+            e.reason + (f" (restored from {e.restored_from})" if e.restored_from is not None else ""),
+        ]
+        for e in entries
+    ]
+    print(_table(["VERSION", "CREATED", "ACTOR", "CHANGE", "LINES", "REASON"], rows))
+    return EXIT_OK
+
+
+async def _restore(args: argparse.Namespace, ctx: _Context) -> int:
+    before = await ctx.store.version()
+    version = await _stored_change(
+        ctx.store.restore(args.version, actor=ctx.actor, reason=args.reason, force=args.force),
+        f"version {args.version}",
+    )
+    if version == before:
+        print(f"version {version} already has the policy of version {args.version}; nothing changed")
+        return EXIT_OK
+    info = await ctx.store.describe(version)
+    print(f"restored version {args.version} as version {version} (+{info.added} -{info.removed})")
+    _no_broadcast_note(ctx)
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    if args.b is not None:
+        return _offline(_diff_files)(args)
+    return _online(_diff_stored)(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _offline(_explain_file)(args)
+    return _online(_explain_stored)(args)
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def _config_arg(parser: argparse.ArgumentParser, *, help_suffix: str = "") -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("gateway.yaml"),
+        metavar="CFG",
+        help="path to the YAML configuration file (default: ./gateway.yaml)" + help_suffix,
+    )
+
+
+def _version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("versions start at 1")
+    return value
+
+
+def _reason_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", required=True, metavar="TEXT", help="why (kept in the history and the audit trail)"
+    )
+
+
+def _force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="store the policy even when validation reports errors"
+    )
+
+
+def _request_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--principal",
+        "-p",
+        action="append",
+        required=True,
+        metavar="P",
+        help="a principal the request speaks for: user:NAME, group:NAME, a role, authenticated "
+        "(repeat for each; a signed-in session has at least user:NAME and authenticated)",
+    )
+    parser.add_argument("--route", "-r", required=True, metavar="R", help="the route name")
+    parser.add_argument("--method", "-m", required=True, metavar="M", help="the HTTP method (GET, POST, …)")
+    parser.add_argument(
+        "--path", required=True, metavar="PATH", help="the request path (canonicalised like the gateway does)"
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway policy …`` to the ``gateway`` command's sub-commands.
+
+    Args:
+        sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
+            taking the parsed arguments and returning an exit code.
+    """
+    policy = sub.add_parser(
+        "policy",
+        help="validate, test, store, explain and roll back the access policy",
+        description="Work with the casbin access policy: check and test files offline, import them into "
+        "the database as a new version, explain decisions, and restore earlier versions.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        policy.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    policy.set_defaults(func=usage)
+    actions = policy.add_subparsers(dest="policy_action", metavar="ACTION")
+
+    def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
+
+    p = action(
+        "validate",
+        "check a policy file",
+        "Parse a policy file and check it (unknown roles, unreachable rules, shadowed allows, …). "
+        "Prints each finding with its line. Exit 1 if there are errors. Needs no configuration.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
+    p.set_defaults(func=_offline(_validate))
+
+    p = action(
+        "test",
+        "run expected decisions against a policy file",
+        "Decide every case of CASES with the policy in FILE and compare with the expected answer. "
+        "CASES is YAML (a list of mappings, or {cases: [...]}) or CSV with a header row; each case has "
+        "principals (a list, or names separated by spaces or commas), route, method, path, expect "
+        "(allow or deny) and optionally reason (policy-allow, policy-deny, no-matching-rule, no-policy, "
+        "bad-path) and name. Exit 1 if any case fails. Needs no configuration.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
+    p.add_argument(
+        "--cases", required=True, type=Path, metavar="CASES", help="the test cases (.yaml or .csv)"
+    )
+    p.set_defaults(func=_offline(_test))
+
+    p = action(
+        "explain",
+        "show which rule allows or denies a request",
+        "Decide one request with the stored policy (--config) or a file (--file) and print the deciding "
+        "rule with its line, the roles each principal reaches, and the policy version.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--file", "-f", type=Path, metavar="FILE", help="decide with this policy file")
+    _config_arg(p, help_suffix="; decides with the stored policy")
+    _request_args(p)
+    p.set_defaults(func=_explain)
+
+    p = action(
+        "diff",
+        "compare the stored policy with a file, or two files",
+        "Show a unified diff of the rules: `diff FILE --config CFG` compares the stored policy with "
+        "FILE, `diff A B` two files. Exit 0 when they are the same, 1 when they differ.",
+    )
+    p.add_argument("a", type=Path, metavar="FILE", help="a policy file")
+    p.add_argument("b", type=Path, nargs="?", metavar="FILE2", help="a second policy file")
+    _config_arg(p)
+    p.set_defaults(func=_diff)
+
+    p = action(
+        "import",
+        "store a policy file as the new version",
+        "Parse and validate FILE and store it as a new version of the policy (a no-op when it equals "
+        "the stored one). Running gateways switch to it at once (Redis) or within policy.poll_interval.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
+    _config_arg(p)
+    _reason_arg(p)
+    _force_arg(p)
+    p.set_defaults(func=_online(_import))
+
+    p = action(
+        "export",
+        "print the stored policy",
+        "Write the stored policy (the current version, or --version N) as casbin CSV.",
+    )
+    _config_arg(p)
+    p.add_argument("--version", type=_version_number, metavar="N", help="an earlier version")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=_online(_export))
+
+    p = action(
+        "history",
+        "list the stored versions",
+        "List the latest versions of the policy: when, by whom, why, and how many rules changed.",
+    )
+    _config_arg(p)
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N versions (default 20)")
+    p.set_defaults(func=_online(_history))
+
+    p = action(
+        "restore",
+        "make an earlier version current again",
+        "Store a new version whose policy is that of version N. History is never rewritten: the "
+        "restore is itself a version, and can be undone the same way.",
+    )
+    p.add_argument("version", type=_version_number, metavar="N", help="the version to bring back")
+    _config_arg(p)
+    _reason_arg(p)
+    _force_arg(p)
+    p.set_defaults(func=_online(_restore))

@@ -1,0 +1,47 @@
+"""A browser played by httpx: CSRF double-submit cookie, form posts and password sign-in.
+
+Shared by the HTTP-level tests; it drives the gateway's own HTML forms exactly as a browser does.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.integration.harness import Gateway
+
+__all__ = ["CSRF_COOKIE", "PASSWORD", "SESSION_COOKIE", "browser", "cookie", "csrf", "login", "post_form"]
+
+PASSWORD = "correct horse battery staple"
+SESSION_COOKIE = "gateway_session"  # "__Host-gateway_session" without the prefix (insecure_cookies)
+CSRF_COOKIE = "gateway_csrf"
+
+
+def browser(gw: Gateway) -> httpx.Client:
+    """A cookie-keeping client on the auth host that does not follow redirects (we check each hop)."""
+    return httpx.Client(base_url=gw.url, follow_redirects=False, timeout=30.0)
+
+
+def cookie(client: httpx.Client, name: str = SESSION_COOKIE) -> str | None:
+    """The value of one cookie in the client's jar (None if absent; two of them is a test error)."""
+    values = [c.value for c in client.cookies.jar if c.name == name]
+    assert len(values) <= 1, f"{len(values)} {name} cookies in the jar"
+    return values[0] if values else None
+
+
+def csrf(client: httpx.Client) -> str:
+    """The CSRF token (double-submit cookie); fetched from the sign-in page the first time."""
+    token = cookie(client, CSRF_COOKIE)
+    if token is None:
+        client.get("/.gateway/login")
+        token = cookie(client, CSRF_COOKIE)
+    assert token, "no CSRF cookie from the sign-in page"
+    return token
+
+
+def post_form(client: httpx.Client, path: str, fields: dict[str, str] | None = None) -> httpx.Response:
+    return client.post(path, data={**(fields or {}), "_csrf_token": csrf(client)})
+
+
+def login(client: httpx.Client, user: str, password: str = PASSWORD, rd: str = "") -> httpx.Response:
+    client.get("/.gateway/login", params={"rd": rd} if rd else None)
+    return post_form(client, "/.gateway/login", {"username": user, "password": password, "rd": rd})

@@ -1,0 +1,188 @@
+"""The admin app in process: a real Runtime (SQLite file, in-process fast state) behind Litestar's client.
+
+The integration tests drive the same app through the real gateway; these check the answers in detail
+(error shape, what a 400 says, the schema) without processes or TOTP, by creating the admin's session
+directly in the runtime's session store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from litestar.testing import AsyncTestClient
+
+from admin.app import create_admin_app
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.runtime import Runtime, load_runtime
+
+ADMIN_PORT = 9443
+ORIGIN = f"http://gw.test:{ADMIN_PORT}"
+POLICY = """\
+p, authenticated, app, /docs/*, GET, allow
+p, admin, *, /*, *, allow
+g, user:boss, admin
+"""
+
+
+class Admin:
+    def __init__(self, client: AsyncTestClient[Any], runtime: Runtime, session_id: str) -> None:
+        self.client = client
+        self.runtime = runtime
+        self.cookie = f"gateway_session={session_id}"
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Origin": ORIGIN, "Cookie": self.cookie, **kwargs.pop("headers", {})}
+        response: httpx.Response = await self.client.request(method, path, headers=headers, **kwargs)
+        return response
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    (tmp_path / "policy.csv").write_text(POLICY)
+    config = {
+        "listen": "127.0.0.1:8080",
+        "public_url": "http://gw.test:8080",
+        "data_dir": str(tmp_path / "data"),
+        "session": {"insecure_cookies": True},
+        "policy": {"file": str(tmp_path / "policy.csv")},
+        "admin": {"listen": f"127.0.0.1:{ADMIN_PORT}"},
+        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
+    }
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    runtime = load_runtime(tmp_path / "gateway.yaml")
+    app = create_admin_app(runtime)
+    async with AsyncTestClient(app, base_url=ORIGIN) as client:
+        assert runtime.identity is not None
+        now = runtime.identity.clock.time()
+        session_id, _ = await runtime.identity.sessions.create(
+            user_id=1,
+            username="boss",
+            level=AuthLevel.TWO_FACTOR,
+            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+            roles=(),
+            ip="127.0.0.1",
+            user_agent="test",
+            host="http://gw.test:8080",
+        )
+        yield Admin(client, runtime, session_id)
+
+
+async def test_health_and_schema(admin: Admin) -> None:
+    assert (await admin.client.get("/health")).json() == {"status": "ok"}
+    schema = (await admin.call("GET", "/api/schema/openapi.json")).json()
+    assert set(schema["paths"]) >= {
+        "/api/policy",
+        "/api/policy/history",
+        "/api/policy/versions/{version}",
+        "/api/policy/rules",
+        "/api/policy/restore/{version}",
+        "/api/policy/roles",
+        "/api/policy/explain",
+    }
+    assert "/health" not in schema["paths"]
+
+
+async def test_errors_have_the_gateway_shape(admin: Admin) -> None:
+    resp = await admin.call("GET", "/api/nothing-here")
+    assert resp.status_code == 404
+    assert set(resp.json()) == {"error", "message", "status", "request_id"}
+    assert resp.json()["request_id"] == resp.headers["x-request-id"]
+    resp = await admin.client.get("/api/policy")  # no cookie
+    assert resp.status_code == 401
+    assert resp.json()["location"] == "http://gw.test:8080/.gateway/login"
+
+
+async def test_a_rule_is_added_and_audited(admin: Admin) -> None:
+    rule = {
+        "ptype": "p",
+        "subject": "role:x",
+        "route": "app",
+        "path": "/x/*",
+        "methods": "GET",
+        "effect": "deny",
+    }
+    resp = await admin.call("POST", "/api/policy/rules", json={"rules": [rule], "reason": "test"})
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    assert {k: result[k] for k in ("version", "previous", "changed")} == {
+        "version": 2,
+        "previous": 1,
+        "changed": True,
+    }
+    # Stored, with what validation still says about it: nobody holds the role.
+    assert [w["code"] for w in result["warnings"]] == ["unheld-role"]
+    policy = (await admin.call("GET", "/api/policy")).json()
+    assert {**rule, "line": 3, "csv": "p, role:x, app, /x/*, GET, deny"} in policy["rules"]
+    assert admin.runtime.identity is not None
+    events = await admin.runtime.identity.audit.events(kind="admin.policy.add")
+    assert [(e.actor, e.outcome) for e in events] == [("user:boss", "success")]
+    changed = await admin.runtime.identity.audit.events(kind="policy.changed")
+    assert changed[0].actor == "user:boss"  # newest first
+
+
+async def test_a_change_that_fails_validation_is_422_and_warnings_come_with_a_stored_change(
+    admin: Admin,
+) -> None:
+    bad = {
+        "ptype": "p",
+        "subject": "user:x",
+        "route": "app",
+        "path": "/a:/b",
+        "methods": "GET",
+        "effect": "allow",
+    }
+    resp = await admin.call("POST", "/api/policy/rules", json={"rules": [bad], "reason": "r"})
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["error"] == "policy-rejected"
+    assert {
+        "severity": "error",
+        "code": "empty-param",
+        "line": None,
+        "rule": "p, user:x, app, /a:/b, GET, allow",
+    }.items() <= body["findings"][0].items()
+    assert (await admin.call("GET", "/api/policy")).json()["version"] == 1
+
+    # A duplicate is only a warning: stored, and reported.
+    resp = await admin.call(
+        "PUT",
+        "/api/policy",
+        json={"csv": POLICY + "p, authenticated, app, /docs/*, GET, allow\n", "reason": "r"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert [w["code"] for w in resp.json()["warnings"]] == ["duplicate-rule"]
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        ({"rules": [{"ptype": "p", "subject": "a"}], "reason": "r"}, "missing required field `route`"),
+        ({"rules": [{"ptype": "g", "member": " a", "role": "b"}], "reason": "r"}, "padded with spaces"),
+        ({"rules": [{"ptype": "g", "member": "a", "role": "b"}], "reason": "r", "force": True}, "force"),
+        ({"rules": "p, a, b", "reason": "r"}, "Expected `array`"),
+    ],
+)
+async def test_a_400_says_what_to_fix(admin: Admin, body: dict[str, Any], phrase: str) -> None:
+    resp = await admin.call("POST", "/api/policy/rules", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == "bad-request"
+    assert phrase in resp.json()["message"]
+    assert (await admin.call("GET", "/api/policy")).json()["version"] == 1
+
+
+async def test_explain_answers_with_the_deciding_rule(admin: Admin) -> None:
+    resp = await admin.call(
+        "POST",
+        "/api/policy/explain",
+        json={"principals": ["user:boss"], "route": "app", "method": "PATCH", "path": "/a/./b//c"},
+    )
+    body = resp.json()
+    assert body["allowed"] is True
+    assert body["path"] == "/a/b/c"
+    assert body["principal"] == "admin"
+    assert body["rule"]["csv"] == "p, admin, *, /*, *, allow"

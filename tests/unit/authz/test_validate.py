@@ -1,0 +1,104 @@
+"""Policy findings: each names the rule (line) and says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.authz.rules import parse_policy
+from gateway.authz.validate import Finding, Severity, validate
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _findings(text: str) -> list[Finding]:
+    return validate(parse_policy("g, user:alice, editor\n" + text))
+
+
+def _codes(text: str) -> list[tuple[str, Severity, int | None]]:
+    return [(f.code, f.severity, f.line) for f in _findings(text)]
+
+
+def test_the_shipped_policy_is_clean() -> None:
+    rules = parse_policy((ROOT / "policies" / "policy.csv").read_text(encoding="utf-8"))
+    assert validate(rules) == []
+
+
+def test_clean_policy() -> None:
+    assert _codes("p, editor, wiki, /pages/:page/*, GET, allow\np, user:bob, wiki, /, GET, allow\n") == []
+
+
+def test_duplicates() -> None:
+    findings = _findings("p, editor, wiki, /a, GET, allow\np, editor, wiki, /a, GET, allow\n")
+    assert [(f.code, f.line) for f in findings] == [("duplicate-rule", 3)]
+    assert "repeats line 2; delete one" in findings[0].message
+    assert str(findings[0]).startswith("line 3: warning [duplicate-rule] ")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "codes"),
+    [
+        ("/a/:", [("empty-param", Severity.ERROR)]),
+        ("/a/:/b", [("empty-param", Severity.ERROR)]),
+        ("/a/x:", [("empty-param", Severity.ERROR)]),
+        ("/a*", [("star-mid-segment", Severity.ERROR)]),
+        ("/a/b*", [("star-mid-segment", Severity.ERROR)]),
+        ("/a/*/b", [("star-mid-path", Severity.WARNING)]),
+        ("/assets/*.js", [("star-in-segment", Severity.WARNING), ("regex-pattern", Severity.WARNING)]),
+        ("/assets/*js", [("star-in-segment", Severity.WARNING)]),
+        ("/files/a:b", [("param-mid-segment", Severity.WARNING)]),
+        ("/favicon.ico", [("regex-pattern", Severity.WARNING)]),
+        ("/v[12]/x", [("regex-pattern", Severity.WARNING)]),
+        ("/f/:name.json", []),
+        ("/a/:id/*", []),
+    ],
+)
+def test_patterns(pattern: str, codes: list[tuple[str, Severity]]) -> None:
+    findings = _findings(f"p, editor, wiki, {pattern}, GET, allow\n")
+    assert [(f.code, f.severity) for f in findings] == codes
+    assert all(f.line == 2 for f in findings)
+
+
+def test_rule_for_a_role_nobody_holds() -> None:
+    findings = _findings("p, ediotr, wiki, /a, GET, allow\np, editor, wiki, /b, GET, allow\n")
+    assert [(f.code, f.line) for f in findings] == [("unheld-role", 2)]
+    assert "'ediotr'" in findings[0].message
+    assert "grant it" in findings[0].message
+
+
+def test_principal_subjects_need_no_grant() -> None:
+    text = (
+        "p, user:bob, w, /a, GET, allow\np, group:x, w, /a, GET, allow\np, authenticated, w, /a, GET, allow\n"
+    )
+    assert _codes(text) == []
+    assert _codes("p, user:, w, /a, GET, allow\n") == [("empty-name", Severity.ERROR, 2)]
+
+
+def test_unknown_role_in_g() -> None:
+    findings = validate(parse_policy("g, viewer, reader\np, user:a, w, /, GET, allow\n"))
+    assert {(f.code, f.line) for f in findings} == {("unknown-role", 1)}
+    assert {f.message.split("'")[1] for f in findings} == {"viewer", "reader"}
+
+
+def test_roles_held_through_groups_and_hierarchy() -> None:
+    text = "g, group:eng, engineer\ng, engineer, employee\np, employee, w, /, GET, allow\n"
+    assert validate(parse_policy(text)) == []
+
+
+def test_hierarchy_deeper_than_casbin_reaches() -> None:
+    links = "".join(f"g, r{i}, r{i + 1}\n" for i in range(10))
+    findings = validate(parse_policy("g, user:a, r0\np, r10, w, /, GET, allow\n" + links))
+    deep = [f for f in findings if f.code == "hierarchy-too-deep"]
+    assert deep
+    assert all(f.severity is Severity.ERROR for f in deep)
+    assert "'user:a' reaches 'r9' only through 10 g steps" in deep[0].message
+    assert "flatten" in deep[0].message
+
+
+def test_cycles() -> None:
+    findings = validate(parse_policy("g, user:a, x\ng, x, y\ng, y, x\np, x, w, /, GET, allow\n"))
+    assert [(f.code, f.line) for f in findings] == [("role-cycle", 2)]
+    assert "x, y" in findings[0].message
+    self_link = validate(parse_policy("g, user:a, x\ng, x, x\np, x, w, /, GET, allow\n"))
+    assert [f.code for f in self_link] == ["role-cycle"]
