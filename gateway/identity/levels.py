@@ -42,11 +42,15 @@ class Factor(StrEnum):
     WEBAUTHN = "webauthn"
     RECOVERY = "recovery"
     OIDC = "oidc"
+    # The identity provider's own MFA, proven by its `amr`/`acr` claims. Recorded only for providers
+    # whose operator set `trust_mfa`; otherwise a provider sign-in is one factor, whatever it claims.
+    IDP_MFA = "idp-mfa"
 
 
-# The gateway's own second factors. OIDC and passwords are first factors: what the upstream IdP did
-# for MFA is not something this gateway has verified itself.
-SECOND_FACTORS = frozenset({Factor.TOTP, Factor.WEBAUTHN, Factor.RECOVERY})
+# What counts as a second factor. OIDC and passwords are first factors: what an upstream IdP did for
+# MFA is not something this gateway has verified itself, unless the operator chose to trust it
+# (IDP_MFA, per provider).
+SECOND_FACTORS = frozenset({Factor.TOTP, Factor.WEBAUTHN, Factor.RECOVERY, Factor.IDP_MFA})
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from gateway.factors.totp import TotpService
 from gateway.factors.webauthn import WebAuthnService
 from gateway.identity.accounts import AccountService
 from gateway.identity.handoff import HandoffCodes
+from gateway.identity.oidc.service import OidcService
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.sessions import SessionStore
 from gateway.settings.schema import Settings
@@ -43,6 +44,7 @@ class IdentityServices:
     totp: TotpService
     webauthn: WebAuthnService
     recovery: RecoveryCodes
+    oidc: OidcService
 
     @classmethod
     def build(
@@ -69,4 +71,12 @@ class IdentityServices:
                 db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock
             ),
             recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
+            oidc=OidcService(
+                db=db,
+                fast=fast,
+                audit=audit,
+                sessions=sessions,
+                clock=clock,
+                session_lifetime=float(settings.session.lifetime),
+            ),
         )

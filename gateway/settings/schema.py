@@ -13,6 +13,8 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "DEFAULT_ID_TOKEN_ALGORITHMS",
+    "DEFAULT_MFA_AMR",
     "ActiveHealthCheck",
     "AdminSettings",
     "AssertionSettings",
@@ -128,13 +130,84 @@ class MfaSettings(_Config, frozen=True):
     reauth_max_age: Duration = Duration(5 * 60)
 
 
+# Signature algorithms an ID token may use by default. Asymmetric only: an HMAC "key" would have to be
+# the client secret (shared with the provider) or, in the classic confusion attack, a public key.
+DEFAULT_ID_TOKEN_ALGORITHMS = ("RS256", "ES256", "PS256")
+# RFC 8176 `amr` values that prove more than a password (multiple factors, one-time code, key).
+DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "swk")
+
+
 class IdentityProvider(_Config, frozen=True):
+    """An OpenID Connect provider people sign in through (docs/oidc.md has examples per vendor)."""
+
+    # [a-z0-9][a-z0-9_-]*: in URLs (/.gateway/oidc/<name>/callback), logs and identity links.
     name: str
+    # Exactly as the provider's discovery document and ID tokens spell it.
     issuer: str
     client_id: str
+    # Write ${env:…} or ${file:…}, never the secret itself. None: a public client (PKCE only).
     client_secret: str | None = None
-    groups_claim: str = "groups"
+    # Shown on the sign-in button; the name when empty.
+    display_name: str = ""
     scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Claim (ID token, or userinfo) listing the person's groups; they become principals group:<name>.
+    groups_claim: str = "groups"
+    # Group → role(s) granted in sessions signed in through this provider (on top of local roles).
+    role_map: dict[str, str | tuple[str, ...]] = msgspec.field(default_factory=dict)
+    # Claim proposing the username of an account created just in time (never used to find one).
+    username_claim: str = "preferred_username"
+    # jit: create an account at the first sign-in. preprovisioned: only accounts an admin created;
+    # the first sign-in links the account whose email is the provider's *verified* email.
+    provisioning: Literal["jit", "preprovisioned"] = "preprovisioned"
+    # jit only: link an existing account whose email equals the provider's verified email, instead of
+    # refusing the sign-in. Only for providers that verify email addresses themselves.
+    link_by_email: bool = False
+    # Claims every sign-in must carry with exactly this value (a list claim must contain it), e.g.
+    # {hd: example.com} for Google Workspace, {tid: <tenant id>} for Entra ID.
+    required_claims: dict[str, str] = msgspec.field(default_factory=dict)
+    # A login hint (an email typed on the sign-in page) in one of these domains goes to this provider.
+    email_domains: tuple[str, ...] = ()
+    # Count the provider's own MFA as the second factor when its `amr` or `acr` claim proves it.
+    trust_mfa: bool = False
+    mfa_amr: tuple[str, ...] = DEFAULT_MFA_AMR
+    mfa_acr: tuple[str, ...] = ()
+    allowed_algorithms: tuple[str, ...] = DEFAULT_ID_TOKEN_ALGORITHMS
+    # How far the provider's clock may be from ours (exp, iat, nbf).
+    clock_skew: Duration = Duration(60)
+    # Each request to the provider (discovery, keys, token, userinfo) gives up after this.
+    timeout: Duration = Duration(10)
+    # An unknown key id re-fetches the provider's keys at most this often.
+    jwks_cooldown: Duration = Duration(30)
+    # Also read claims from the userinfo endpoint (for providers that keep groups out of the ID token).
+    userinfo: bool = False
+    # None: client_secret_basic with a secret, none (public client) without.
+    token_endpoint_auth: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
+    # Extra authorization request parameters, e.g. {prompt: select_account} or {hd: example.com}.
+    extra_params: dict[str, str] = msgspec.field(default_factory=dict)
+    # Sign-out also ends the session at the provider (its end_session_endpoint), when it has one.
+    rp_logout: bool = True
+
+    @property
+    def label(self) -> str:
+        """What the sign-in page calls this provider."""
+        return self.display_name or self.name
+
+    @property
+    def auth_method(self) -> str:
+        """How the gateway authenticates to the token endpoint."""
+        if self.token_endpoint_auth is not None:
+            return self.token_endpoint_auth
+        return "client_secret_basic" if self.client_secret is not None else "none"
+
+    def roles_for(self, groups: tuple[str, ...]) -> tuple[str, ...]:
+        """The roles ``role_map`` grants for these groups, in the groups' order, without duplicates."""
+        roles: list[str] = []
+        for group in groups:
+            mapped = self.role_map.get(group, ())
+            for role in (mapped,) if isinstance(mapped, str) else mapped:
+                if role not in roles:
+                    roles.append(role)
+        return tuple(roles)
 
 
 class PolicySettings(_Config, frozen=True):

@@ -9,9 +9,10 @@ from __future__ import annotations
 from gateway.authz import models as authz_models
 from gateway.crypto import models as crypto_models
 from gateway.identity import models as identity_models
+from gateway.identity.oidc import models as oidc_models
 from gateway.store.models import Base
 
 __all__ = ["Base", "metadata"]
 
 metadata = Base.metadata
-_DOMAINS = (identity_models, authz_models, crypto_models)
+_DOMAINS = (identity_models, authz_models, crypto_models, oidc_models)

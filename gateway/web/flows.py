@@ -108,7 +108,7 @@ async def has_second_factor(runtime: Runtime, user_id: int) -> bool:
 
 async def may_change_factors(session: Session, runtime: Runtime) -> bool:
     """Sensitive changes need a fresh second factor; for a user enrolling their very first factor, a
-    password entered within the re-authentication window must do."""
+    password entered (or an identity-provider sign-in made) within the re-authentication window must do."""
     if is_fresh(session, runtime):
         return True
     svc = services(runtime)
@@ -116,7 +116,8 @@ async def may_change_factors(session: Session, runtime: Runtime) -> bool:
         return False
     window = runtime.snapshot.settings.mfa.reauth_max_age
     now = svc.clock.time()
-    return any(use.factor is Factor.PASSWORD and now - use.at <= window for use in session.factors)
+    first = (Factor.PASSWORD, Factor.OIDC)
+    return any(use.factor in first and now - use.at <= window for use in session.factors)
 
 
 def _route_hosts(runtime: Runtime) -> list[str]:

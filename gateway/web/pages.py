@@ -17,8 +17,10 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.web import flows
 from gateway.web.flows import AnyRequest
+from gateway.web.oidc import oidc_handlers
 
 if TYPE_CHECKING:
     from gateway.identity.services import IdentityServices
@@ -43,24 +45,47 @@ def page_handlers(runtime: Runtime) -> list[Any]:
     def svc() -> IdentityServices:
         return flows.services(runtime)
 
+    def providers() -> list[dict[str, str]]:
+        return [
+            {"name": idp.name, "label": idp.label} for idp in runtime.snapshot.settings.identity_providers
+        ]
+
+    def to_provider(name: str, rd: str, login_hint: str = "") -> Redirect:
+        query = f"rd={quote(rd, safe='')}"
+        if login_hint:
+            query += f"&login_hint={quote(login_hint, safe='')}"
+        return Redirect(f"/.gateway/oidc/{name}/start?{query}")
+
     @get("/.gateway/login", cache=False)
-    async def login_page(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
+    async def login_page(
+        request: Request[Any, Any, Any], rd: str = "", login_hint: str = "", idp: str = ""
+    ) -> Template | Redirect:
         signed = await flows.current(request, runtime)
         if signed.session is not None and signed.session_id:
             return await flows.after_sign_in(request, runtime, signed.session_id, signed.session, rd)
+        configured = runtime.snapshot.settings.identity_providers
+        # A login hint in a provider's email domain, or a provider named outright, skips this page.
+        chosen = provider_named(configured, idp) if idp else provider_for_email(configured, login_hint)
+        if chosen is not None:
+            return to_provider(chosen.name, rd, login_hint)
         return page(
             request,
             "login.html",
             rd=rd,
-            username="",
+            username=login_hint,
             error=None,
             passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
+            providers=providers(),
         )
 
     @post("/.gateway/login", status_code=200)
     async def login_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         rd = data.get("rd", "")
         username = data.get("username", "")
+        routed = provider_for_email(runtime.snapshot.settings.identity_providers, username)
+        if routed is not None:
+            # This domain signs in at its identity provider; the password typed here is not looked at.
+            return to_provider(routed.name, rd, username)
         try:
             result = await svc().accounts.authenticate(
                 username, data.get("password", ""), ip=flows.client_ip(request)
@@ -75,6 +100,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
                 username=username,
                 error=message,
                 passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
+                providers=providers(),
             )
         signed = await flows.current(request, runtime)
         if signed.session_id:
@@ -235,6 +261,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
     @post("/.gateway/logout", status_code=303)
     async def logout(request: Request[Any, Any, Any], data: Form) -> Redirect:
         signed = await flows.current(request, runtime)
+        location = "/.gateway/login"
         if signed.session is not None:
             await svc().sessions.revoke_family(signed.session.family)
             await svc().audit.record(
@@ -243,8 +270,33 @@ def page_handlers(runtime: Runtime) -> list[Any]:
                 subject=signed.session.username,
                 ip=flows.client_ip(request),
             )
-        response = Redirect("/.gateway/login", status_code=303)
+            location = await _provider_logout(signed.session.family) or location
+        response = Redirect(location, status_code=303)
         flows.set_session_cookie(response, runtime, None)
         return response
 
-    return [login_page, login_submit, mfa_page, mfa_totp, mfa_recovery, handoff, logout_page, logout]
+    async def _provider_logout(family: str) -> str | None:
+        """RP-initiated logout: the provider's end-session URL when this sign-in came through one."""
+        oidc = svc().oidc
+        sign_in = await oidc.index.forget(family)
+        if sign_in is None:
+            return None
+        idp = provider_named(runtime.snapshot.settings.identity_providers, sign_in.provider)
+        if idp is None:
+            return None
+        public_url = runtime.snapshot.public_url.rstrip("/")
+        return await oidc.end_session_url(
+            idp, sign_in, post_logout_redirect_uri=f"{public_url}/.gateway/oidc/{idp.name}/logged-out"
+        )
+
+    return [
+        login_page,
+        login_submit,
+        mfa_page,
+        mfa_totp,
+        mfa_recovery,
+        handoff,
+        logout_page,
+        logout,
+        *oidc_handlers(runtime),
+    ]

@@ -1,0 +1,354 @@
+"""Who a verified ID token is here: identity links, provisioning, email, groups and roles.
+
+The rules, in the order they are applied:
+
+1. ``(provider, sub)`` is the identity. A linked account is found by it and by nothing else.
+2. An email is used only when the provider says it is verified (``email_verified: true``). An
+   unverified email is never stored, never matched, never shown to upstreams.
+3. No link yet:
+
+   * ``provisioning: preprovisioned``: the account an administrator created with that verified
+     email is linked; without one the sign-in is refused.
+   * ``provisioning: jit``: an account is created (no password: it signs in through the provider).
+     If the verified email already belongs to an account, that account is linked only with
+     ``link_by_email: true``; otherwise the sign-in is refused (an administrator decides).
+   * An account already linked to *another* subject at the same provider is never linked again (a
+     provider that reassigned an email to someone else must not hand them the old owner's account).
+
+4. The account and its link are written in one transaction: nothing is half-created. Two replicas
+   racing to create the same person end with one account (the unique link decides; the loser reads
+   the winner's).
+5. Groups come from ``groups_claim`` (a list of strings, or one string); roles are the account's
+   local roles plus ``role_map`` of those groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
+from gateway.errors import GatewayError
+from gateway.identity.models import User
+from gateway.identity.names import canonical_email, canonical_username
+from gateway.identity.oidc.models import IdentityLink
+from gateway.settings.schema import IdentityProvider
+from gateway.store.db import Database, store_errors
+
+__all__ = ["AccountRefused", "IdentityMapper", "MappedIdentity", "groups_of", "verified_email"]
+
+MAX_GROUPS: Final = 256
+MAX_GROUP_LENGTH: Final = 256
+_MAX_DISPLAY_NAME: Final = 128
+
+
+class AccountRefused(GatewayError):
+    """The provider vouched for the person, but they may not sign in here (shown to them plainly)."""
+
+    status = 403
+    reason = "oidc-account-refused"
+    title = "You cannot sign in here with this account"
+
+    def __init__(self, detail: str, *, why: str) -> None:
+        super().__init__(detail)
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class MappedIdentity:
+    """The local account of a provider sign-in, and what happened to find it."""
+
+    user: User
+    created: bool
+    linked: bool
+    email: str | None
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+def verified_email(claims: Mapping[str, Any]) -> str | None:
+    """The canonical email if the provider verified it, else None."""
+    email = claims.get("email")
+    flag = claims.get("email_verified")
+    # Some providers (Cognito, older Okta) send the flag as the string "true".
+    if not isinstance(email, str) or not (flag is True or flag == "true"):
+        return None
+    try:
+        return canonical_email(email)
+    except ValueError:
+        return None
+
+
+def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:
+    """The groups the provider asserted: strings only, no control characters, bounded in number and size."""
+    value = claims.get(claim)
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    groups: list[str] = []
+    for item in items:
+        if (
+            isinstance(item, str)
+            and 0 < len(item) <= MAX_GROUP_LENGTH
+            and not any(unicodedata.category(c) == "Cc" for c in item)
+            and item not in groups
+        ):
+            groups.append(item)
+        if len(groups) >= MAX_GROUPS:
+            break
+    return tuple(groups)
+
+
+def _display_name(claims: Mapping[str, Any]) -> str:
+    name = claims.get("name")
+    if not isinstance(name, str):
+        return ""
+    # Control characters and bidi overrides would make an admin list read differently than stored.
+    cleaned = "".join(
+        c for c in name if unicodedata.category(c) not in ("Cc", "Cf") and not "\u202a" <= c <= "\u202e"
+    )
+    return cleaned.strip()[:_MAX_DISPLAY_NAME]
+
+
+def _username_candidates(
+    idp: IdentityProvider, subject: str, claims: Mapping[str, Any], email: str | None
+) -> list[str]:
+    proposed: list[str] = []
+    wanted = claims.get(idp.username_claim)
+    for raw in (wanted if isinstance(wanted, str) else None, email):
+        if raw is None:
+            continue
+        try:
+            name = canonical_username(raw)
+        except ValueError:
+            continue
+        if name not in proposed:
+            proposed.append(name)
+    # Always available: the provider's name and a digest of the subject (never the raw sub, which may
+    # be long or contain characters a username may not).
+    proposed.append(f"{idp.name}-{hashlib.sha256(subject.encode()).hexdigest()[:16]}")
+    return proposed
+
+
+class IdentityMapper:
+    """Find, link or create the account of a verified provider identity."""
+
+    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+        """Create the mapper.
+
+        Args:
+            db: The relational store.
+            audit: Account creation and linking are recorded here.
+            clock: Timestamps.
+        """
+        self._db = db
+        self._audit = audit
+        self._clock = clock
+
+    async def map(
+        self, idp: IdentityProvider, *, subject: str, claims: Mapping[str, Any], ip: str = ""
+    ) -> MappedIdentity:
+        """The account for ``(idp.name, subject)``; link or create it as the provider's rules say.
+
+        Args:
+            idp: The provider's settings (provisioning, link_by_email, groups_claim, role_map).
+            subject: The verified ``sub``.
+            claims: The verified ID token claims (and userinfo, if configured).
+            ip: The client address, for the audit trail.
+
+        Raises:
+            AccountRefused: no account may be used (pre-provisioned only, email taken, disabled…).
+            StoreUnavailable: the database cannot answer.
+        """
+        email = verified_email(claims)
+        groups = groups_of(claims, idp.groups_claim)
+        for attempt in range(2):
+            user, created, linked = await self._find_or_make(idp, subject, claims, email, ip)
+            if user is not None:
+                break
+            # Lost a race with another replica creating the same link: read theirs.
+            if attempt == 1:  # pragma: no cover - needs two lost races in a row
+                raise AccountRefused("Please try again.", why="contended")
+        assert user is not None
+        if user.disabled:
+            await self._audit.record(
+                "signin.oidc",
+                actor=f"oidc:{idp.name}",
+                subject=user.username,
+                ip=ip,
+                outcome="failure",
+                details={"reason": "disabled"},
+            )
+            raise AccountRefused("This account is disabled. Contact your administrator.", why="disabled")
+        roles = tuple(dict.fromkeys((*user.roles.split(), *idp.roles_for(groups))))
+        return MappedIdentity(
+            user=user,
+            created=created,
+            linked=linked,
+            email=user.email,
+            groups=groups,
+            roles=roles,
+        )
+
+    async def _find_or_make(
+        self,
+        idp: IdentityProvider,
+        subject: str,
+        claims: Mapping[str, Any],
+        email: str | None,
+        ip: str,
+    ) -> tuple[User | None, bool, bool]:
+        now = self._clock.now()
+        async with self._db.session() as session:
+            with store_errors("cannot read identity links"):
+                link = (
+                    await session.scalars(
+                        select(IdentityLink).where(
+                            IdentityLink.provider == idp.name, IdentityLink.subject == subject
+                        )
+                    )
+                ).first()
+                if link is not None:
+                    user = await session.get(User, link.user_id)
+                    await session.execute(
+                        update(IdentityLink).where(IdentityLink.id == link.id).values(last_used_at=now)
+                    )
+                    await session.commit()
+                    if user is not None:
+                        return user, False, False
+                owner = None
+                if email is not None:
+                    owner = (
+                        await session.scalars(
+                            select(User).where(or_(User.email == email, User.username == email))
+                        )
+                    ).first()
+        if owner is not None:
+            if idp.provisioning == "jit" and not idp.link_by_email:
+                await self._refuse(idp, subject, ip, "email-taken")
+                raise AccountRefused(
+                    "An account with your email address already exists here. An administrator can link it to "
+                    "your identity provider account.",
+                    why="email-taken",
+                )
+            return await self._link(idp, subject, owner, ip), False, True
+        if idp.provisioning != "jit":
+            await self._refuse(idp, subject, ip, "not-provisioned")
+            raise AccountRefused(
+                "There is no account for you here yet. Ask an administrator to create one with your email address.",
+                why="not-provisioned",
+            )
+        created = await self._create(idp, subject, claims, email, ip)
+        return created, created is not None, created is not None
+
+    async def _refuse(self, idp: IdentityProvider, subject: str, ip: str, why: str) -> None:
+        await self._audit.record(
+            "signin.oidc",
+            actor=f"oidc:{idp.name}",
+            subject="",
+            ip=ip,
+            outcome="failure",
+            details={
+                "reason": why,
+                "provider": idp.name,
+                "sub_sha256": hashlib.sha256(subject.encode()).hexdigest(),
+            },
+        )
+
+    async def _link(self, idp: IdentityProvider, subject: str, user: User, ip: str) -> User:
+        now = self._clock.now()
+        async with self._db.session() as session:
+            with store_errors("cannot link the account"):
+                session.add(
+                    IdentityLink(
+                        provider=idp.name, subject=subject, user_id=user.id, created_at=now, last_used_at=now
+                    )
+                )
+                try:
+                    await session.commit()
+                except IntegrityError as exc:
+                    await self._refuse(idp, subject, ip, "linked-to-another-subject")
+                    raise AccountRefused(
+                        "Your account here is already linked to another account at this identity provider. "
+                        "Contact your administrator.",
+                        why="linked-to-another-subject",
+                    ) from exc
+        await self._audit.record(
+            "oidc.linked",
+            actor=f"oidc:{idp.name}",
+            subject=user.username,
+            ip=ip,
+            details={"provider": idp.name, "by": "verified-email"},
+        )
+        return user
+
+    async def _create(
+        self, idp: IdentityProvider, subject: str, claims: Mapping[str, Any], email: str | None, ip: str
+    ) -> User | None:
+        """Create the account and its link in one transaction; None if another replica won the link."""
+        now = self._clock.now()
+        candidates = _username_candidates(idp, subject, claims, email)
+        async with self._db.session() as session:
+            with store_errors("cannot create the account"):
+                rows = (
+                    await session.execute(
+                        select(User.username, User.email).where(
+                            or_(User.username.in_(candidates), User.email.in_(candidates))
+                        )
+                    )
+                ).all()
+                # Usernames and emails are one namespace (either may be typed as a login).
+                taken = {value for row in rows for value in row if value is not None}
+                username = next((name for name in candidates if name not in taken), None)
+                if username is None:
+                    raise AccountRefused(
+                        "No free username could be found for you. Contact your administrator.", why="username"
+                    )
+                user = User(
+                    username=username,
+                    email=email,
+                    display_name=_display_name(claims),
+                    password_hash=None,
+                    disabled=False,
+                    must_change_password=False,
+                    roles="",
+                    created_at=now,
+                    updated_at=now,
+                    password_changed_at=None,
+                )
+                session.add(user)
+                try:
+                    await session.flush()
+                    session.add(
+                        IdentityLink(
+                            provider=idp.name,
+                            subject=subject,
+                            user_id=user.id,
+                            created_at=now,
+                            last_used_at=now,
+                        )
+                    )
+                    await session.commit()
+                except IntegrityError:
+                    await session.rollback()
+                    return None
+        await self._audit.record(
+            "user.created",
+            actor=f"oidc:{idp.name}",
+            subject=username,
+            ip=ip,
+            details={"email": email or "", "roles": "", "has_password": False, "provisioning": "jit"},
+        )
+        await self._audit.record(
+            "oidc.linked",
+            actor=f"oidc:{idp.name}",
+            subject=username,
+            ip=ip,
+            details={"provider": idp.name, "by": "jit"},
+        )
+        return user

@@ -1,0 +1,146 @@
+"""What logout needs to know about provider sign-ins, kept in the fast state.
+
+Keys (every replica sees them; all live as long as a session can)::
+
+    oidc-fam:<family>                   {provider, sub, sid, id_token}: the provider sign-in behind one
+                                        session family (for RP-initiated logout: id_token_hint)
+    oidc-sid:<provider>:<sha256(sid)>   JSON list of families signed in with that provider session
+    oidc-sub:<provider>:<sha256(sub)>   JSON list of families of that subject
+    oidc-jti:<provider>:<sha256(jti)>   a logout token already used (replay protection)
+
+A back-channel logout names ``sid`` and/or ``sub``; the families found through these indexes are
+ended with ``SessionStore.revoke_family``, which deletes every session of the sign-in (every host's)
+and broadcasts the revocation to every replica. Index updates use compare-and-set in a retry loop, as
+the session indexes do, so replicas never lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from gateway.store.fast.base import FastState, StateUnavailable
+
+__all__ = ["OidcSignIn", "OidcSignInIndex"]
+
+_CAS_ATTEMPTS: Final = 50
+_MAX_FAMILIES: Final = 200
+
+
+class OidcSignIn(msgspec.Struct, frozen=True):
+    """The provider sign-in behind one session family."""
+
+    provider: str
+    sub: str
+    sid: str | None
+    id_token: str
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_sign_in = msgspec.json.Decoder(OidcSignIn).decode
+_decode_list = msgspec.json.Decoder(tuple[str, ...]).decode
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _family_key(family: str) -> str:
+    return f"oidc-fam:{family}"
+
+
+def _sid_key(provider: str, sid: str) -> str:
+    return f"oidc-sid:{provider}:{_digest(sid)}"
+
+
+def _sub_key(provider: str, sub: str) -> str:
+    return f"oidc-sub:{provider}:{_digest(sub)}"
+
+
+class OidcSignInIndex:
+    """Record provider sign-ins by family, and find families by provider ``sid`` or ``sub``."""
+
+    def __init__(self, state: FastState, *, ttl: float) -> None:
+        """Create the index.
+
+        Args:
+            state: The fast state.
+            ttl: How long entries live (the session lifetime).
+        """
+        self._state = state
+        self._ttl = ttl
+
+    async def remember(self, *, family: str, sign_in: OidcSignIn) -> None:
+        """Record the provider sign-in behind ``family``.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        await self._state.set(_family_key(family), _encode(sign_in), ttl=self._ttl)
+        await self._add(_sub_key(sign_in.provider, sign_in.sub), family)
+        if sign_in.sid:
+            await self._add(_sid_key(sign_in.provider, sign_in.sid), family)
+
+    async def get(self, family: str) -> OidcSignIn | None:
+        """The provider sign-in behind ``family``, if it was one."""
+        return self._parse(await self._state.get(_family_key(family)))
+
+    async def forget(self, family: str) -> OidcSignIn | None:
+        """Remove and return the record of ``family`` (at sign-out)."""
+        return self._parse(await self._state.take(_family_key(family)))
+
+    async def families(self, *, provider: str, sub: str | None, sid: str | None) -> tuple[str, ...]:
+        """Families to end for a logout naming ``sid`` and/or ``sub``; their index entries are removed.
+
+        With both, only families of that provider session *and* that subject qualify (a token whose
+        sid and sub disagree ends nothing more than either names).
+        """
+        by_sid = await self._take_list(_sid_key(provider, sid)) if sid else None
+        if sub is None:
+            return by_sid or ()
+        if by_sid is None:
+            return await self._take_list(_sub_key(provider, sub))
+        of_subject = set(self._parse_list(await self._state.get(_sub_key(provider, sub))))
+        return tuple(f for f in by_sid if f in of_subject)
+
+    async def claim_token_id(self, *, provider: str, jti: str, ttl: float) -> bool:
+        """Mark a logout token's ``jti`` used; False if it was already (a replay)."""
+        key = f"oidc-jti:{provider}:{_digest(jti)}"
+        return await self._state.set(key, b"1", ttl=max(ttl, 1.0), only_if_absent=True)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(raw: bytes | None) -> OidcSignIn | None:
+        if raw is None:
+            return None
+        try:
+            return _decode_sign_in(raw)
+        except msgspec.MsgspecError:
+            return None
+
+    @staticmethod
+    def _parse_list(raw: bytes | None) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        try:
+            return _decode_list(raw)
+        except msgspec.MsgspecError:
+            return ()
+
+    async def _take_list(self, key: str) -> tuple[str, ...]:
+        return self._parse_list(await self._state.take(key))
+
+    async def _add(self, key: str, family: str) -> None:
+        await self._update(key, lambda cur: [*cur, family][-_MAX_FAMILIES:])
+
+    async def _update(self, key: str, change: Callable[[tuple[str, ...]], list[str]]) -> None:
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            new = tuple(dict.fromkeys(change(self._parse_list(raw))))
+            if await self._state.compare_and_set(key, raw, _encode(new), ttl=self._ttl):
+                return
+        raise StateUnavailable("OIDC session index is too contended")

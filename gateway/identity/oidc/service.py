@@ -1,0 +1,366 @@
+"""OIDC sign-in from start to session, back-channel logout, and RP-initiated logout.
+
+The order of a sign-in is chosen so that a failure leaves nothing behind:
+
+1. **start**: discovery first (a provider that is down fails here, before any state is stored), then
+   the flow record (``state``/``nonce``/PKCE verifier, see :mod:`.flow`), then the redirect.
+2. **callback**: the flow record is spent; the code is exchanged (with the verifier); the ID token is
+   verified (:mod:`.tokens`); userinfo is read if configured. Only then is anything written: the
+   account and its link (:mod:`.links`, one transaction), the session (by the caller), the logout
+   index. A provider that fails at any earlier step leaves no account, no link and no session.
+
+Factors: a provider sign-in is ``Factor.OIDC``, one factor, used when the gateway verified it. With
+``trust_mfa``, an ``amr`` value from ``mfa_amr`` (or the ``acr`` from ``mfa_acr``) adds
+``Factor.IDP_MFA`` at the provider's ``auth_time`` and makes the session two-factor; without it the gateway's own
+second factor is asked for by every route that requires one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.oidc.flow import FlowInvalid, FlowRecord, FlowStore
+from gateway.identity.oidc.links import AccountRefused, IdentityMapper, MappedIdentity
+from gateway.identity.oidc.logout import OidcSignIn, OidcSignInIndex
+from gateway.identity.oidc.provider import ProviderClient, ProviderRefused, ProviderUnavailable
+from gateway.identity.oidc.tokens import (
+    MAX_TOKEN_AGE,
+    Check,
+    IdToken,
+    TokenRejected,
+    verify_id_token,
+    verify_logout_token,
+)
+from gateway.identity.sessions import SessionStore
+from gateway.settings.schema import IdentityProvider
+from gateway.store.db import Database
+from gateway.store.fast.base import FastState
+
+__all__ = [
+    "CompletedSignIn",
+    "OidcService",
+    "mfa_proven",
+    "provider_for_email",
+    "provider_named",
+    "unmet_claims",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedSignIn:
+    """A verified provider sign-in, mapped to its account: everything a session needs."""
+
+    provider: str
+    identity: MappedIdentity
+    level: AuthLevel
+    factors: tuple[FactorUse, ...]
+    token: IdToken
+    id_token: str
+    rd: str
+
+
+def unmet_claims(idp: IdentityProvider, claims: Mapping[str, Any]) -> list[str]:
+    """Names of ``required_claims`` the sign-in does not carry with the required value."""
+    unmet: list[str] = []
+    for name, wanted in idp.required_claims.items():
+        value = claims.get(name)
+        if not (value == wanted or (isinstance(value, list) and wanted in value)):
+            unmet.append(name)
+    return unmet
+
+
+def mfa_proven(idp: IdentityProvider, token: IdToken) -> bool:
+    """Whether the provider's claims prove MFA that this provider's operator chose to trust."""
+    if not idp.trust_mfa:
+        return False
+    return bool(set(token.amr) & set(idp.mfa_amr)) or (token.acr is not None and token.acr in idp.mfa_acr)
+
+
+class OidcService:
+    """The OIDC side of sign-in for one worker: provider clients, flows, identity mapping, logout."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        fast: FastState,
+        audit: AuditLog,
+        sessions: SessionStore,
+        clock: Clock,
+        session_lifetime: float,
+    ) -> None:
+        """Wire the service.
+
+        Args:
+            db: The relational store (identity links, accounts).
+            fast: The fast state (flows, logout index).
+            audit: The audit trail.
+            sessions: The session store (back-channel logout ends sessions through it).
+            clock: Unix time.
+            session_lifetime: How long logout index entries must live.
+        """
+        self._audit = audit
+        self._sessions = sessions
+        self._clock = clock
+        self.flows = FlowStore(fast, clock)
+        self.mapper = IdentityMapper(db, audit, clock)
+        self.index = OidcSignInIndex(fast, ttl=session_lifetime)
+        self._clients: dict[str, ProviderClient] = {}
+
+    def client(self, idp: IdentityProvider) -> ProviderClient:
+        """The worker's client for this provider (a reloaded config with other settings gets a new one)."""
+        client = self._clients.get(idp.name)
+        if client is None or client.idp != idp:
+            client = ProviderClient(idp, self._clock)
+            self._clients[idp.name] = client
+        return client
+
+    # -- sign-in -----------------------------------------------------------------------------------
+
+    async def authorization_url(
+        self,
+        idp: IdentityProvider,
+        *,
+        binding: str,
+        rd: str,
+        redirect_uri: str,
+        login_hint: str | None = None,
+    ) -> str:
+        """Start a sign-in; return the provider URL to send the browser to.
+
+        Raises:
+            ProviderUnavailable: the provider's discovery document cannot be had (nothing is stored).
+            StateUnavailable: the fast state cannot answer.
+        """
+        metadata = await self.client(idp).metadata()
+        flow = await self.flows.begin(provider=idp.name, binding=binding, rd=rd)
+        params: dict[str, str] = {
+            **idp.extra_params,
+            "response_type": "code",
+            "client_id": idp.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(idp.scopes),
+            "state": flow.state,
+            "nonce": flow.nonce,
+            "code_challenge": flow.code_challenge,
+            "code_challenge_method": "S256",
+        }
+        if login_hint:
+            params["login_hint"] = login_hint[:254]
+        endpoint = metadata.authorization_endpoint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+    async def complete(
+        self,
+        idp: IdentityProvider,
+        *,
+        record: FlowRecord,
+        code: str,
+        redirect_uri: str,
+        ip: str,
+    ) -> CompletedSignIn:
+        """Finish a sign-in from the provider's callback, once its flow record was spent (``flows.finish``).
+
+        Raises:
+            FlowInvalid: no code.
+            ProviderRefused: the token endpoint refused the code (replayed, wrong verifier…).
+            ProviderUnavailable: the provider is down, slow or answered nonsense.
+            TokenRejected: the ID token failed a check.
+            AccountRefused: the person may not sign in here (required_claims unmet, no account…).
+        """
+        if not code:
+            raise FlowInvalid("The identity provider sent no authorization code.", reason="oidc-code-missing")
+        client = self.client(idp)
+        try:
+            tokens = await client.exchange_code(
+                code=code[:2048], verifier=record.verifier, redirect_uri=redirect_uri
+            )
+            token = await verify_id_token(
+                tokens.id_token,
+                issuer=idp.issuer,
+                client_id=idp.client_id,
+                nonce=record.nonce,
+                algorithms=idp.allowed_algorithms,
+                find_keys=client.keys,
+                now=self._clock.time(),
+                skew=float(idp.clock_skew),
+                access_token=tokens.access_token,
+            )
+            claims: dict[str, Any] = dict(token.claims)
+            if idp.userinfo and tokens.access_token:
+                claims = self._merge_userinfo(token, claims, await client.userinfo(tokens.access_token))
+        except TokenRejected as err:
+            await self._failed(idp, ip, {"check": err.check.value, "detail": err.detail})
+            raise
+        except ProviderRefused as err:
+            await self._failed(idp, ip, {"token_endpoint": err.error})
+            raise
+        except ProviderUnavailable as err:
+            await self._failed(idp, ip, {"unavailable": err.detail[:200]})
+            raise
+        missing = unmet_claims(idp, claims)
+        if missing:
+            await self._failed(idp, ip, {"required_claims": missing})
+            raise AccountRefused(
+                f"Your {idp.label} account may not sign in here. Use your organisation's account.",
+                why="required-claims",
+            )
+        identity = await self.mapper.map(idp, subject=token.subject, claims=claims, ip=ip)
+        now = self._clock.time()
+        # The sign-in is used now (the gateway verified it now); the provider's MFA happened at its
+        # auth_time, which is what a route's max_age must measure (a long-lived provider session
+        # does not make old MFA fresh).
+        factors = [FactorUse(Factor.OIDC, now)]
+        level = AuthLevel.ONE_FACTOR
+        trusted = mfa_proven(idp, token)
+        if trusted:
+            at = min(token.auth_time, now) if token.auth_time is not None else now
+            factors.append(FactorUse(Factor.IDP_MFA, at))
+            level = AuthLevel.TWO_FACTOR
+        await self._audit.record(
+            "signin.oidc",
+            actor=f"user:{identity.user.username}",
+            subject=identity.user.username,
+            ip=ip,
+            details={
+                "provider": idp.name,
+                "created": identity.created,
+                "linked": identity.linked,
+                "amr": list(token.amr),
+                "acr": token.acr or "",
+                "provider_mfa_trusted": trusted,
+                "groups": list(identity.groups),
+            },
+        )
+        return CompletedSignIn(
+            provider=idp.name,
+            identity=identity,
+            level=level,
+            factors=tuple(factors),
+            token=token,
+            id_token=tokens.id_token,
+            rd=record.rd,
+        )
+
+    @staticmethod
+    def _merge_userinfo(token: IdToken, claims: dict[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+        # OIDC Core §5.3.2: userinfo of another subject must not be used (token substitution).
+        if info.get("sub") != token.subject:
+            raise TokenRejected(Check.SUBJECT, "userinfo is about another subject")
+        merged = dict(info)
+        merged.update(claims)  # what the signed ID token says wins
+        return merged
+
+    async def _failed(self, idp: IdentityProvider, ip: str, details: Mapping[str, object]) -> None:
+        await self._audit.record(
+            "signin.oidc",
+            actor=f"oidc:{idp.name}",
+            ip=ip,
+            outcome="failure",
+            details={"provider": idp.name, **details},
+        )
+
+    async def remember(self, completed: CompletedSignIn, *, family: str) -> None:
+        """Index the new session family for logout (by provider ``sid`` and ``sub``)."""
+        await self.index.remember(
+            family=family,
+            sign_in=OidcSignIn(
+                provider=completed.provider,
+                sub=completed.token.subject,
+                sid=completed.token.sid,
+                id_token=completed.id_token,
+            ),
+        )
+
+    # -- logout ------------------------------------------------------------------------------------
+
+    async def backchannel_logout(self, idp: IdentityProvider, logout_token: str, *, ip: str) -> int:
+        """End every session of the sign-ins a provider's logout token names, on every replica.
+
+        Returns:
+            How many sessions were ended.
+
+        Raises:
+            TokenRejected: the logout token failed a check, or was used before.
+            ProviderUnavailable: the provider's keys cannot be fetched.
+        """
+        client = self.client(idp)
+        now = self._clock.time()
+        try:
+            token = await verify_logout_token(
+                logout_token,
+                issuer=idp.issuer,
+                client_id=idp.client_id,
+                algorithms=idp.allowed_algorithms,
+                find_keys=client.keys,
+                now=now,
+                skew=float(idp.clock_skew),
+            )
+            # Kept until the token could no longer pass the iat/exp checks anyway.
+            until = token.issued_at + MAX_TOKEN_AGE + 2 * float(idp.clock_skew)
+            if not await self.index.claim_token_id(provider=idp.name, jti=token.jti, ttl=until - now):
+                raise TokenRejected(Check.TOKEN_ID, "this logout token was already used")
+        except TokenRejected as err:
+            await self._audit.record(
+                "signout.backchannel",
+                actor=f"oidc:{idp.name}",
+                ip=ip,
+                outcome="failure",
+                details={"provider": idp.name, "check": err.check.value, "detail": err.detail},
+            )
+            raise
+        families = await self.index.families(provider=idp.name, sub=token.subject, sid=token.sid)
+        ended = 0
+        for family in families:
+            ended += await self._sessions.revoke_family(family)
+            await self.index.forget(family)
+        await self._audit.record(
+            "signout.backchannel",
+            actor=f"oidc:{idp.name}",
+            ip=ip,
+            details={"provider": idp.name, "by": "sid" if token.sid else "sub", "sessions_ended": ended},
+        )
+        return ended
+
+    async def end_session_url(
+        self, idp: IdentityProvider, sign_in: OidcSignIn, *, post_logout_redirect_uri: str
+    ) -> str | None:
+        """The provider's end-session URL for RP-initiated logout, or None (not wanted, not offered, down)."""
+        if not idp.rp_logout:
+            return None
+        try:
+            metadata = await self.client(idp).metadata()
+        except ProviderUnavailable:
+            return None
+        endpoint = metadata.end_session_endpoint
+        if endpoint is None:
+            return None
+        params = {
+            "id_token_hint": sign_in.id_token,
+            "client_id": idp.client_id,
+            "post_logout_redirect_uri": post_logout_redirect_uri,
+        }
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
+
+def provider_named(providers: Sequence[IdentityProvider], name: str) -> IdentityProvider | None:
+    """The configured provider called ``name``."""
+    return next((idp for idp in providers if idp.name == name), None)
+
+
+def provider_for_email(providers: Sequence[IdentityProvider], login: str) -> IdentityProvider | None:
+    """The provider whose ``email_domains`` contain the domain of ``login`` (an email), if any."""
+    local, at, domain = login.strip().rpartition("@")
+    if not at or not local or not domain:
+        return None
+    domain = domain.lower().rstrip(".")
+    for idp in providers:
+        if any(domain == d.strip().lower().rstrip(".") for d in idp.email_domains):
+            return idp
+    return None

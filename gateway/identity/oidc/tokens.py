@@ -1,0 +1,362 @@
+"""Validation of the two JWTs a provider sends: the ID token (sign-in) and the logout token.
+
+OpenID Connect Core §3.1.3.7 and Back-Channel Logout 1.0 §2.6, checked in this order, and the first
+failure names its :class:`Check` (the audit trail records it; the person sees one plain message):
+
+1. **Shape**: three base64url segments, a JSON object header, at most 16 KiB.
+2. **Algorithm** from the provider's allow-list, read from the header *before* any key is touched.
+   ``none`` and every HMAC algorithm are refused whatever the configuration says: an HMAC key would be
+   the provider's public key read as a secret (the key-confusion attack). Unknown ``crit`` headers too.
+3. **Key**: from the provider's JWKS, matching ``kid``, key type and curve (an RSA key never verifies
+   an EC signature, and a key announcing ``use: enc`` or another ``alg`` is not used).
+4. **Signature** (joserfc, restricted to that one algorithm).
+5. **Claims**: ``iss`` equals the configured issuer exactly; ``aud`` contains the client id, and with
+   several audiences ``azp`` must name it (``azp`` must name it whenever present); ``exp``, ``iat``
+   and ``nbf`` within the allowed clock skew; ``nonce`` equal to the one this browser's flow sent;
+   ``at_hash`` matching the access token when present. A logout token instead needs ``jti``, the
+   back-channel ``events`` member, ``sub`` or ``sid``, and *no* ``nonce`` (so neither token can be
+   passed off as the other).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
+
+from gateway.errors import GatewayError
+
+__all__ = [
+    "BACKCHANNEL_EVENT",
+    "Check",
+    "IdToken",
+    "KeyFinder",
+    "LogoutToken",
+    "TokenRejected",
+    "jws_header",
+    "key_matches",
+    "verify_id_token",
+    "verify_logout_token",
+]
+
+BACKCHANNEL_EVENT: Final = "http://schemas.openid.net/event/backchannel-logout"
+MAX_TOKEN_BYTES: Final = 16 * 1024
+# An ID token is fetched right after the code exchange; one issued longer ago than a whole sign-in
+# may take (the flow's lifetime) is not the answer to this sign-in.
+MAX_TOKEN_AGE: Final = 600.0
+_NEVER: Final = frozenset({"none", "HS256", "HS384", "HS512"})
+# Explicit types (RFC 8725 §3.11): an ID token may say JWT; a logout token logout+jwt (or JWT, from
+# providers older than the final spec). Anything else (at+jwt, …) is another kind of token.
+_ID_TYPES: Final = frozenset({"jwt"})
+_LOGOUT_TYPES: Final = frozenset({"jwt", "logout+jwt"})
+# JWS algorithm → (key type, curve or None).
+_KEY_TYPES: Final[Mapping[str, tuple[str, str | None]]] = {
+    **{f"{p}{n}": ("RSA", None) for p in ("RS", "PS") for n in (256, 384, 512)},
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+    "Ed25519": ("OKP", "Ed25519"),
+}
+# at_hash uses the hash of the token's algorithm (Core §3.1.3.6); EdDSA with Ed25519 uses SHA-512.
+_HASHES: Final[Mapping[str, str]] = {"256": "sha256", "384": "sha384", "512": "sha512"}
+
+KeyFinder = Callable[[str | None, str], Awaitable[Sequence[Key]]]
+"""``(kid, alg) → candidate keys``: the provider's JWKS, re-fetched (rate-limited) on an unknown kid."""
+
+
+class Check(StrEnum):
+    """Which check refused a token (recorded in the audit trail)."""
+
+    SHAPE = "shape"
+    ALGORITHM = "alg"
+    KEY = "key"
+    SIGNATURE = "signature"
+    ISSUER = "iss"
+    AUDIENCE = "aud"
+    AUTHORIZED_PARTY = "azp"
+    EXPIRED = "exp"
+    ISSUED_AT = "iat"
+    NOT_BEFORE = "nbf"
+    NONCE = "nonce"
+    SUBJECT = "sub"
+    ACCESS_TOKEN_HASH = "at_hash"  # noqa: S105 - a claim name
+    TYPE = "typ"
+    EVENTS = "events"
+    TOKEN_ID = "jti"  # noqa: S105 - a claim name
+
+
+class TokenRejected(GatewayError):
+    """A token from the provider failed validation; ``check`` says which check, for the log only."""
+
+    status = 401
+    reason = "oidc-token-invalid"
+    title = "The identity provider's answer could not be verified"
+
+    def __init__(self, check: Check, detail: str) -> None:
+        super().__init__(detail)
+        self.check = check
+
+
+@dataclass(frozen=True, slots=True)
+class IdToken:
+    """A verified ID token. ``claims`` is the whole payload; the rest are the parts the gateway uses."""
+
+    claims: Mapping[str, Any]
+    subject: str
+    issued_at: float
+    auth_time: float | None
+    amr: tuple[str, ...]
+    acr: str | None
+    sid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutToken:
+    """A verified back-channel logout token: end the sessions of ``subject`` and/or ``sid``."""
+
+    jti: str
+    issued_at: float
+    expires_at: float | None
+    subject: str | None
+    sid: str | None
+
+
+def _b64decode(segment: str) -> bytes:
+    if not segment or any(c in segment for c in "=+/"):
+        raise ValueError("not base64url without padding")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def jws_header(token: str) -> dict[str, Any]:
+    """The protected header of a compact JWS, parsed without verifying anything.
+
+    Raises:
+        TokenRejected: not a compact JWS with a JSON object header (``Check.SHAPE``).
+    """
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenRejected(Check.SHAPE, f"token longer than {MAX_TOKEN_BYTES} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenRejected(Check.SHAPE, "not a signed JWT (compact JWS with three parts)")
+    try:
+        header = json.loads(_b64decode(parts[0]))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise TokenRejected(Check.SHAPE, "unreadable JWT header") from exc
+    if not isinstance(header, dict):
+        raise TokenRejected(Check.SHAPE, "JWT header is not a JSON object")
+    return header
+
+
+def key_matches(key: Key, alg: str) -> bool:
+    """Whether ``key`` may verify a signature made with ``alg`` (type, curve, use and alg agree)."""
+    wanted = _KEY_TYPES.get(alg)
+    if wanted is None:
+        return False
+    kty, crv = wanted
+    if key.key_type != kty:
+        return False
+    if crv is not None and isinstance(key, (ECKey, OKPKey)) and key.curve_name != crv:
+        return False
+    if isinstance(key, OKPKey) and key.curve_name not in ("Ed25519", "Ed448"):
+        return False
+    if key.get("use") not in (None, "sig"):
+        return False
+    key_alg = key.get("alg")
+    return key_alg is None or key_alg == alg
+
+
+async def _verified_payload(
+    token: str, *, algorithms: Sequence[str], find_keys: KeyFinder, types: frozenset[str]
+) -> tuple[str, dict[str, Any]]:
+    """Check shape, algorithm, key and signature; return the algorithm and the JSON claims."""
+    header = jws_header(token)
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg in _NEVER or alg not in algorithms or alg not in _KEY_TYPES:
+        raise TokenRejected(Check.ALGORITHM, f"signature algorithm {alg!r} is not allowed")
+    if "crit" in header:
+        raise TokenRejected(Check.SHAPE, "token has critical header parameters this gateway does not know")
+    typ = header.get("typ")
+    if typ is not None and str(typ).lower().removeprefix("application/") not in types:
+        raise TokenRejected(Check.TYPE, f"token type {typ!r} is not one of {sorted(types)}")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenRejected(Check.KEY, "kid is not a string")
+    candidates = [key for key in await find_keys(kid, alg) if key_matches(key, alg)]
+    if not candidates:
+        raise TokenRejected(Check.KEY, f"no key of the provider matches kid {kid!r} and {alg}")
+    for key in candidates:
+        assert isinstance(key, (RSAKey, ECKey, OKPKey))
+        try:
+            verified = jws.deserialize_compact(token, key, algorithms=[alg])
+        except JoseError:
+            continue
+        try:
+            claims = json.loads(verified.payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TokenRejected(Check.SHAPE, "token payload is not JSON") from exc
+        if not isinstance(claims, dict):
+            raise TokenRejected(Check.SHAPE, "token payload is not a JSON object")
+        return alg, claims
+    raise TokenRejected(Check.SIGNATURE, "signature does not verify")
+
+
+def _number(claims: Mapping[str, Any], name: str, check: Check, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TokenRejected(check, f"{name} is missing or not a number")
+    return float(value)
+
+
+def _check_common(
+    claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float, skew: float
+) -> tuple[float, float | None]:
+    """iss, aud/azp, exp, iat, nbf. Returns (iat, exp)."""
+    if claims.get("iss") != issuer:
+        raise TokenRejected(Check.ISSUER, f"issuer {claims.get('iss')!r} is not {issuer!r}")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
+    if not audiences or not all(isinstance(a, str) for a in audiences) or client_id not in audiences:
+        raise TokenRejected(Check.AUDIENCE, f"audience {aud!r} does not include this gateway's client id")
+    azp = claims.get("azp")
+    if (len(audiences) > 1 or azp is not None) and azp != client_id:
+        # Several audiences: the token was issued to azp, which must be us, not another audience.
+        raise TokenRejected(Check.AUTHORIZED_PARTY, f"authorized party {azp!r} is not this gateway")
+    exp = _number(claims, "exp", Check.EXPIRED, required=False)
+    if exp is not None and now > exp + skew:
+        raise TokenRejected(Check.EXPIRED, "token has expired")
+    iat = _number(claims, "iat", Check.ISSUED_AT, required=True)
+    assert iat is not None
+    if iat > now + skew:
+        raise TokenRejected(Check.ISSUED_AT, "token is issued in the future")
+    if now - iat > MAX_TOKEN_AGE + skew:
+        raise TokenRejected(Check.ISSUED_AT, "token was issued too long ago")
+    nbf = _number(claims, "nbf", Check.NOT_BEFORE, required=False)
+    if nbf is not None and nbf > now + skew:
+        raise TokenRejected(Check.NOT_BEFORE, "token is not valid yet")
+    return iat, exp
+
+
+def _access_token_hash(alg: str, access_token: str) -> str:
+    name = "sha512" if alg in ("EdDSA", "Ed25519") else _HASHES[alg[-3:]]
+    digest = hashlib.new(name, access_token.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+async def verify_id_token(
+    token: str,
+    *,
+    issuer: str,
+    client_id: str,
+    nonce: str,
+    algorithms: Sequence[str],
+    find_keys: KeyFinder,
+    now: float,
+    skew: float,
+    access_token: str | None = None,
+) -> IdToken:
+    """Verify an ID token from the token endpoint (see the module docstring for the checks).
+
+    Args:
+        token: The compact JWS.
+        issuer: The configured issuer (compared exactly).
+        client_id: This gateway's client id at the provider.
+        nonce: The nonce this browser's sign-in sent.
+        algorithms: The provider's allowed signature algorithms.
+        find_keys: The provider's keys for a kid and algorithm.
+        now: Unix time.
+        skew: Allowed clock difference in seconds.
+        access_token: The access token issued with it, to check ``at_hash`` against when present.
+
+    Raises:
+        TokenRejected: a check failed; ``check`` names it.
+    """
+    alg, claims = await _verified_payload(token, algorithms=algorithms, find_keys=find_keys, types=_ID_TYPES)
+    iat, exp = _check_common(claims, issuer=issuer, client_id=client_id, now=now, skew=skew)
+    if exp is None:
+        raise TokenRejected(Check.EXPIRED, "exp is missing")
+    if "events" in claims:
+        raise TokenRejected(Check.EVENTS, "a security event token (logout token) is not an ID token")
+    got = claims.get("nonce")
+    if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+        raise TokenRejected(Check.NONCE, "nonce does not match this sign-in")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 255:
+        raise TokenRejected(Check.SUBJECT, "sub is missing or invalid")
+    at_hash = claims.get("at_hash")
+    if (
+        at_hash is not None
+        and access_token is not None
+        and not (
+            isinstance(at_hash, str)
+            and hmac.compare_digest(at_hash.encode(), _access_token_hash(alg, access_token).encode())
+        )
+    ):
+        raise TokenRejected(Check.ACCESS_TOKEN_HASH, "at_hash does not match the access token")
+    auth_time = _number(claims, "auth_time", Check.ISSUED_AT, required=False)
+    if auth_time is not None and auth_time > now + skew:
+        raise TokenRejected(Check.ISSUED_AT, "auth_time is in the future")
+    acr = claims.get("acr")
+    sid = claims.get("sid")
+    return IdToken(
+        claims=claims,
+        subject=sub,
+        issued_at=iat,
+        auth_time=auth_time,
+        amr=_strings(claims.get("amr")),
+        acr=acr if isinstance(acr, str) else None,
+        sid=sid if isinstance(sid, str) and sid else None,
+    )
+
+
+async def verify_logout_token(
+    token: str,
+    *,
+    issuer: str,
+    client_id: str,
+    algorithms: Sequence[str],
+    find_keys: KeyFinder,
+    now: float,
+    skew: float,
+) -> LogoutToken:
+    """Verify a back-channel logout token (Back-Channel Logout 1.0 §2.6). ``jti`` reuse is the caller's.
+
+    Raises:
+        TokenRejected: a check failed; ``check`` names it.
+    """
+    _alg, claims = await _verified_payload(
+        token, algorithms=algorithms, find_keys=find_keys, types=_LOGOUT_TYPES
+    )
+    iat, exp = _check_common(claims, issuer=issuer, client_id=client_id, now=now, skew=skew)
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+        raise TokenRejected(Check.EVENTS, "events does not contain the back-channel logout event")
+    if "nonce" in claims:
+        raise TokenRejected(Check.NONCE, "a logout token must not contain a nonce")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise TokenRejected(Check.TOKEN_ID, "jti is missing")
+    sub, sid = claims.get("sub"), claims.get("sid")
+    subject = sub if isinstance(sub, str) and sub else None
+    session = sid if isinstance(sid, str) and sid else None
+    if subject is None and session is None:
+        raise TokenRejected(Check.SUBJECT, "a logout token needs sub or sid")
+    return LogoutToken(jti=jti, issued_at=iat, expires_at=exp, subject=subject, sid=session)

@@ -1,0 +1,224 @@
+"""Identity mapping on SQLite and PostgreSQL: (provider, sub) links, provisioning, email rules, roles.
+
+Every rule of :mod:`gateway.identity.oidc.links` has a test here; the ones about not taking over an
+account (unverified email, email taken, a second subject for a linked account) are the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.identity.models import User
+from gateway.identity.oidc.links import AccountRefused, IdentityMapper, groups_of, verified_email
+from gateway.identity.oidc.models import IdentityLink
+from gateway.settings.schema import IdentityProvider
+from gateway.store.db import Database
+from tests.unit.store import conftest_db
+
+pg_database = conftest_db.pg_database
+database_url = conftest_db.database_url
+migrated_url = conftest_db.migrated_url
+database = conftest_db.database
+
+JIT = IdentityProvider(
+    name="corp",
+    issuer="https://idp.example.com",
+    client_id="gateway",
+    client_secret="s",
+    provisioning="jit",
+    role_map={"admins": "admin", "eng": ("dev", "reader")},
+)
+PRE = IdentityProvider(name="pre", issuer="https://idp.example.com", client_id="gateway", client_secret="s")
+
+
+@dataclass
+class World:
+    db: Database
+    mapper: IdentityMapper
+    audit: AuditLog
+
+    async def add_local(
+        self, username: str, email: str | None = None, roles: str = "", disabled: bool = False
+    ) -> User:
+        now = FakeClock().now()
+        user = User(
+            username=username,
+            email=email,
+            display_name="",
+            password_hash="$argon2id$x",
+            disabled=disabled,
+            must_change_password=False,
+            roles=roles,
+            created_at=now,
+            updated_at=now,
+            password_changed_at=now,
+        )
+        async with self.db.session() as session:
+            session.add(user)
+            await session.commit()
+        return user
+
+    async def count(self, model: Any) -> int:
+        async with self.db.session() as session:
+            return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+@pytest.fixture
+async def world(database: Database) -> World:
+    clock = FakeClock()
+    audit = AuditLog(database, clock=clock)
+    return World(database, IdentityMapper(database, audit, clock), audit)
+
+
+def claims(sub: str = "s-1", **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "sub": sub,
+        "email": "Ada@Example.com",
+        "email_verified": True,
+        "preferred_username": "ada",
+        "name": "Ada Lovelace",
+        "groups": ["eng", "admins", "eng"],
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+async def test_jit_creates_an_account_without_password_and_finds_it_by_the_link(world: World) -> None:
+    first = await world.mapper.map(JIT, subject="s-1", claims=claims(), ip="198.51.100.1")
+    assert (first.created, first.linked) == (True, True)
+    user = first.user
+    assert (user.username, user.email, user.display_name, user.password_hash) == (
+        "ada",
+        "ada@example.com",
+        "Ada Lovelace",
+        None,
+    )
+    assert first.groups == ("eng", "admins")
+    assert first.roles == ("dev", "reader", "admin")
+    # Later: found by (provider, sub) even when the email and username claims changed.
+    again = await world.mapper.map(
+        JIT, subject="s-1", claims=claims(email="new@example.com", preferred_username="x")
+    )
+    assert (again.created, again.linked, again.user.id) == (False, False, user.id)
+    assert await world.count(User) == 1
+    kinds = [e.kind for e in await world.audit.events()]
+    assert kinds.count("user.created") == 1
+    assert kinds.count("oidc.linked") == 1
+
+
+async def test_local_roles_come_first_and_groups_map_to_roles(world: World) -> None:
+    await world.add_local("ops-person", "ops@example.com", roles="ops admin")
+    mapped = await world.mapper.map(PRE, subject="s-9", claims=claims(email="ops@example.com"))
+    assert mapped.roles == ("ops", "admin")  # PRE has no role_map
+    jit = await world.mapper.map(
+        JIT, subject="s-8", claims=claims(email="x@example.com", preferred_username="xy")
+    )
+    assert jit.roles == ("dev", "reader", "admin")
+
+
+async def test_an_unverified_email_is_neither_matched_nor_stored(world: World) -> None:
+    local = await world.add_local("ada", "ada@example.com")
+    for flag in (False, None, "false", 1):
+        assert verified_email(claims(email_verified=flag)) is None
+    assert verified_email(claims(email_verified="true")) == "ada@example.com"
+    mapped = await world.mapper.map(JIT, subject="s-2", claims=claims(email_verified=False))
+    assert mapped.user.id != local.id
+    assert mapped.user.email is None
+    # Its preferred username "ada" is taken by the local account: another name, never that account.
+    assert mapped.user.username == "ada@example.com" or mapped.user.username.startswith("corp-")
+    assert mapped.user.username != "ada"
+
+
+async def test_jit_refuses_a_verified_email_of_an_existing_account_unless_linking_is_allowed(
+    world: World,
+) -> None:
+    local = await world.add_local("ada", "ada@example.com")
+    with pytest.raises(AccountRefused) as refused:
+        await world.mapper.map(JIT, subject="s-3", claims=claims())
+    assert refused.value.why == "email-taken"
+    assert refused.value.status == 403
+    assert await world.count(User) == 1
+    assert await world.count(IdentityLink) == 0
+    failure = (await world.audit.events(kind="signin.oidc"))[0]
+    assert failure.outcome == "failure"
+    assert json.loads(failure.details)["reason"] == "email-taken"
+    linking = IdentityProvider(**{**_fields(JIT), "link_by_email": True})
+    mapped = await world.mapper.map(linking, subject="s-3", claims=claims())
+    assert (mapped.user.id, mapped.linked, mapped.created) == (local.id, True, False)
+
+
+def _fields(idp: IdentityProvider) -> dict[str, Any]:
+    return {name: getattr(idp, name) for name in idp.__struct_fields__}
+
+
+async def test_preprovisioned_links_by_verified_email_only(world: World) -> None:
+    with pytest.raises(AccountRefused) as refused:
+        await world.mapper.map(PRE, subject="s-4", claims=claims())
+    assert refused.value.why == "not-provisioned"
+    local = await world.add_local("ada", "ada@example.com")
+    with pytest.raises(AccountRefused):
+        await world.mapper.map(PRE, subject="s-4", claims=claims(email_verified=False))
+    mapped = await world.mapper.map(PRE, subject="s-4", claims=claims())
+    assert (mapped.user.id, mapped.linked) == (local.id, True)
+    assert await world.count(User) == 1
+
+
+async def test_an_account_linked_to_one_subject_is_not_linked_to_another(world: World) -> None:
+    local = await world.add_local("ada", "ada@example.com")
+    await world.mapper.map(PRE, subject="old-sub", claims=claims())
+    # The provider reassigned the email to a new person (new sub): they do not get Ada's account.
+    with pytest.raises(AccountRefused) as refused:
+        await world.mapper.map(PRE, subject="new-sub", claims=claims())
+    assert refused.value.why == "linked-to-another-subject"
+    assert (await world.mapper.map(PRE, subject="old-sub", claims=claims())).user.id == local.id
+
+
+async def test_a_disabled_account_is_refused(world: World) -> None:
+    await world.add_local("ada", "ada@example.com", disabled=True)
+    with pytest.raises(AccountRefused) as refused:
+        await world.mapper.map(PRE, subject="s-5", claims=claims())
+    assert refused.value.why == "disabled"
+
+
+async def test_usernames_fall_back_when_taken_or_invalid(world: World) -> None:
+    await world.add_local("ada")
+    taken = await world.mapper.map(JIT, subject="s-6", claims=claims(email="other@example.com"))
+    assert taken.user.username == "other@example.com"
+    weird = await world.mapper.map(
+        JIT,
+        subject="s-7",
+        claims=claims(email=None, preferred_username="bad\u202ename", name="\u202eEvil\x00"),
+    )
+    assert weird.user.username.startswith("corp-")
+    assert weird.user.display_name == "Evil"
+
+
+async def test_two_replicas_creating_the_same_person_end_with_one_account(
+    world: World, database: Database
+) -> None:
+    other = IdentityMapper(database, world.audit, FakeClock())
+    results = await asyncio.gather(
+        world.mapper.map(JIT, subject="s-race", claims=claims()),
+        other.map(JIT, subject="s-race", claims=claims()),
+        return_exceptions=True,
+    )
+    users = {r.user.id for r in results if not isinstance(r, BaseException)}
+    assert len(users) == 1, results
+    assert await world.count(User) == 1
+    assert await world.count(IdentityLink) == 1
+
+
+def test_groups_are_bounded_strings() -> None:
+    assert groups_of({"groups": "solo"}, "groups") == ("solo",)
+    assert groups_of({"groups": ["a", 1, None, "", "b\x07", "a", "c"]}, "groups") == ("a", "c")
+    assert groups_of({"roles": ["x"]}, "groups") == ()
+    assert len(groups_of({"groups": [f"g{i}" for i in range(1000)]}, "groups")) == 256
+    assert groups_of({"groups": ["x" * 257]}, "groups") == ()
