@@ -23,6 +23,7 @@ from gateway.crypto.signing import SigningKeys
 from gateway.errors import ConfigError
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.services import IdentityServices, keyring_path
+from gateway.observe.record import Observer
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 from gateway.state import LiveState, Snapshot, build_snapshot
@@ -55,6 +56,8 @@ class Runtime:
         self.assertions: AssertionSigner | None = None
         self._signing_refresh: asyncio.Future[None] | None = None
         self.policy: LivePolicy | None = None
+        # Called with each request's record when it ends (access log, metrics); they only enqueue.
+        self.observers: list[Observer] = []
         self._listener: asyncio.Future[None] | None = None
         self._checker: HealthChecker | None = None
         self._reload_lock = asyncio.Lock()

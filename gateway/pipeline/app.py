@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
-from typing import cast
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, cast
 
 from gateway.errors import (
     AuthenticationRequired,
@@ -24,6 +25,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.identity.sessions import Session
+from gateway.observe.record import RequestRecord, notify
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.authorize import denial, principals_of
 from gateway.pipeline.canonical import CanonicalPath, canonicalize
@@ -69,6 +71,19 @@ def _framing(lengths: list[bytes], chunked: bool) -> BodyFraming:
     return BodyFraming(content_length=int(next(iter(values))))
 
 
+def _refused(rec: RequestRecord, err: GatewayError) -> None:
+    """Note why a request was refused: who refused it (the decision) and the reason id."""
+    rec.reason = err.reason
+    if isinstance(err, AuthenticationRequired):
+        rec.decision = "unauthenticated"
+    elif isinstance(err, Forbidden):
+        rec.decision = "deny"
+    elif err.status < 500:
+        rec.decision = "invalid"
+    else:
+        rec.decision = "error"
+
+
 def _is_control(path: str) -> bool:
     # Reserved on every host and never proxied, so an app cannot shadow the gateway's own endpoints.
     return path == _CONTROL_PREFIX or path.startswith(_CONTROL_PREFIX + "/")
@@ -77,9 +92,11 @@ def _is_control(path: str) -> bool:
 class _Request:
     """What the receive and route stages learned about a request."""
 
-    __slots__ = ("accept", "framing", "fwd", "host_raw", "path_and_query", "rt")
+    __slots__ = ("accept", "framing", "fwd", "host_raw", "path_and_query", "rec", "rt", "user_agent")
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str, method: str) -> None:
+        self.rec = RequestRecord(at=time.time(), kind=kind, method=method)
+        self.user_agent = b""
         self.framing = NO_BODY
         self.accept = b""
         self.host_raw = b""
@@ -123,6 +140,8 @@ class DataPlane:
                 hosts += 1
             elif name == b"accept":
                 req.accept = value
+            elif name == b"user-agent":
+                req.user_agent = value
             elif name == b"content-length":
                 lengths.append(value)
             elif name == b"transfer-encoding":
@@ -160,7 +179,7 @@ class DataPlane:
         return snap.routes[route.name], match.is_public
 
     def _authorize_stage(
-        self, session: Session, rt: RouteRuntime, method: str, path: str
+        self, session: Session, rt: RouteRuntime, method: str, path: str, rec: RequestRecord
     ) -> tuple[tuple[bytes, bytes], ...]:
         """Raise AccessDenied unless the policy explicitly allows this request (invariant 2).
 
@@ -170,7 +189,11 @@ class DataPlane:
         if policy is None or signer is None:  # pragma: no cover - start() builds them; fail closed regardless
             raise ServiceUnavailable("The access policy is not loaded.")
         principals = principals_of(session)
+        started = time.perf_counter()
         decision = policy.authorizer.decide(principals, rt.route.name, method, path)
+        rec.authz_seconds = time.perf_counter() - started
+        rec.policy_version = decision.version
+        rec.reason = decision.reason
         if not decision.allowed:
             raise denial(decision)
         roles = policy.roles_for(principals)
@@ -198,22 +221,32 @@ class DataPlane:
     # -- http --------------------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         snap = self.runtime.live.current
-        req = _Request()
+        req = _Request("http", scope["method"])
+        rec = req.rec
         outcome = ProxyOutcome()
         try:
             canon = self._receive_stage(scope, snap, req)
+            rec.path = canon.path
             if canon.path == FORWARD_AUTH_PATH:
+                rec.kind = "forward-auth"
                 await self._forward_auth(scope, send, snap, req)
                 return
             if _is_control(canon.path):
+                rec.kind, rec.decision = "control", "public"
                 await self._control(scope, receive, send, canon.path, req)
                 return
             rt, public = self._route_stage(scope, snap, req, canon)
+            rec.route = rt.route.name
             identity: tuple[tuple[bytes, bytes], ...] = ()
-            if not public:
+            if public:
+                rec.decision = "public"
+            else:
                 session = await self._identify_stage(scope, snap, req, rt)
-                identity = self._authorize_stage(session, rt, scope["method"], canon.path)
+                rec.user, rec.session = session.username, session.id_hash[:16]
+                identity = self._authorize_stage(session, rt, scope["method"], canon.path, rec)
+                rec.decision = "allow"
             assert req.fwd is not None
             headers = upstream_request_headers(
                 scope["headers"],
@@ -235,13 +268,36 @@ class DataPlane:
                 body_framing=req.framing,
             )
         except GatewayError as err:
+            _refused(rec, err)
             if outcome.status:
                 raise  # the response already started: only closing the connection is left
             if err.status >= 500:
                 logger.warning("%s %s: %s", scope["method"], scope.get("path"), err.detail)
+            rec.status = 302 if err.location and wants_html(req.accept) else err.status
             await self._error(send, err, req)
         except ClientDisconnected:
+            rec.status = 499  # nginx's code for "the client closed the connection"
             return
+        finally:
+            self._observe(req, outcome, started)
+
+    def _observe(self, req: _Request, outcome: ProxyOutcome, started: float) -> None:
+        """Complete the request's record and hand it to the observers (they only enqueue)."""
+        observers = self.runtime.observers
+        if not observers:
+            return
+        rec = req.rec
+        if req.fwd is not None:
+            rec.request_id, rec.client_ip = req.fwd.request_id, req.fwd.client_ip
+        rec.host = req.host_raw.decode("latin-1")
+        rec.user_agent = req.user_agent.decode("latin-1")
+        _, _, rec.query = req.path_and_query.partition("?")
+        if outcome.status:
+            rec.status = outcome.status
+        rec.bytes_in, rec.bytes_out = outcome.bytes_in, outcome.bytes_out
+        rec.upstream, rec.upstream_seconds = outcome.target, outcome.upstream_seconds
+        rec.total_seconds = time.perf_counter() - started
+        notify(observers, rec)
 
     # -- forward-auth ------------------------------------------------------------------------------
 
@@ -264,11 +320,22 @@ class DataPlane:
             req.path_and_query = canon.path + (
                 "?" + original.query.decode("latin-1") if original.query else ""
             )
+            rec = req.rec
+            rec.method, rec.path, rec.route, rec.decision = (
+                original.method,
+                canon.path,
+                rt.route.name,
+                "public",
+            )
             if not match.is_public:
                 session = await self._identify_stage(scope, snap, req, rt, proto=original.proto)
-                headers.extend(self._authorize_stage(session, rt, original.method, canon.path))
+                rec.user, rec.session = session.username, session.id_hash[:16]
+                headers.extend(self._authorize_stage(session, rt, original.method, canon.path, rec))
+                rec.decision = "allow"
         except GatewayError as err:
+            _refused(req.rec, err)
             status, headers = self._forward_auth_refusal(scope, err, req)
+        req.rec.status = status
         headers.append((b"x-request-id", req.fwd.request_id.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -329,25 +396,41 @@ class DataPlane:
         inner.setdefault("state", {})
         if self.control is None:  # pragma: no cover - lifespan start-up builds it before traffic
             raise ServiceUnavailable("The gateway is starting.")
-        await self.control(inner, receive, send)
+        rec = req.rec
+
+        async def send_and_note(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                rec.status = int(message["status"])
+            await send(message)
+
+        await self.control(inner, receive, send_and_note)
 
     # -- websocket ---------------------------------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         snap = self.runtime.live.current
-        req = _Request()
+        req = _Request("websocket", "GET")
+        rec = req.rec
+        outcome = ProxyOutcome()
         try:
             canon = self._receive_stage(scope, snap, req)
             if _is_control(canon.path):
                 raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
+            rec.path = canon.path
             rt, public = self._route_stage(scope, snap, req, canon)
+            rec.route = rt.route.name
             if not rt.route.websockets:
                 raise NoRoute("WebSockets are disabled on this route.")
             identity: tuple[tuple[bytes, bytes], ...] = ()
+            rec.decision = "public"
             if not public:
                 session = await self._identify_stage(scope, snap, req, rt)
+                rec.user, rec.session = session.username, session.id_hash[:16]
                 # A WebSocket handshake is a GET (RFC 6455 §4.1): the policy sees it as one.
-                identity = self._authorize_stage(session, rt, "GET", canon.path)
+                identity = self._authorize_stage(session, rt, "GET", canon.path, rec)
+                rec.decision = "allow"
+            rec.status = 101
             assert req.fwd is not None
             headers = upstream_request_headers(
                 scope["headers"],
@@ -367,11 +450,17 @@ class DataPlane:
                 session=self.runtime.session,  # type: ignore[arg-type]
             )
         except UpstreamError as err:
+            _refused(rec, err)
+            rec.status = err.status
             logger.warning("websocket %s: %s", scope.get("path"), err.detail)
         except GatewayError as err:
             # Refuse the handshake; the ASGI server answers it with 403.
+            _refused(rec, err)
+            rec.status = 403
             logger.info("websocket refused (%s): %s", err.reason, err.detail)
             await send({"type": "websocket.close", "code": 1008})
+        finally:
+            self._observe(req, outcome, started)
 
     # -- lifespan ----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -60,6 +61,8 @@ class ProxyOutcome:
     bytes_in: int = 0
     bytes_out: int = 0
     attempts: int = 0
+    # From sending the request to the response headers (the last attempt).
+    upstream_seconds: float | None = None
 
 
 class _RequestBody:
@@ -127,7 +130,9 @@ async def forward_http(
         outcome.attempts += 1
         outcome.target = target.url
         try:
+            sent_at = time.perf_counter()
             resp = await _open(method, target, path_and_query, str_headers, body, rt, session)
+            outcome.upstream_seconds = time.perf_counter() - sent_at
             break
         except aiohttp.ClientConnectorError as exc:
             pool.release(target, ok=False)
