@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -17,9 +19,26 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.identity.models import AuditEvent
 from gateway.store.db import Database
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditListener", "AuditLog", "SecurityEvent"]
 
 logger = logging.getLogger("gateway.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """An audit event as listeners see it once it is stored (details already JSON)."""
+
+    at: datetime
+    kind: str
+    actor: str
+    subject: str
+    ip: str
+    outcome: str
+    details: str
+
+
+# Called after an event is stored (sinks, metrics, threat detection): must only count or enqueue.
+AuditListener = Callable[[SecurityEvent], None]
 
 
 class AuditLog:
@@ -28,6 +47,7 @@ class AuditLog:
     def __init__(self, db: Database, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._db = db
         self._clock = clock
+        self.listeners: list[AuditListener] = []
 
     async def record(
         self,
@@ -41,10 +61,11 @@ class AuditLog:
     ) -> None:
         """Append one event, e.g. ``record("signin.failure", actor="user:alice", subject="alice", ip=ip)``."""
         payload = json.dumps(dict(details or {}), sort_keys=True, default=str)
+        at = self._clock.now()
         async with self._db.session() as session:
             session.add(
                 AuditEvent(
-                    at=self._clock.now(),
+                    at=at,
                     kind=kind,
                     actor=actor,
                     subject=subject,
@@ -67,6 +88,12 @@ class AuditLog:
                 }
             ),
         )
+        event = SecurityEvent(at, kind, actor, subject, ip, outcome, payload)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("audit listener %r failed", listener)
 
     async def events(
         self, *, subject: str | None = None, kind: str | None = None, limit: int = 100
