@@ -167,6 +167,12 @@ def test_spoofed_identity_and_overrides_never_change_the_decision(site: Site) ->
         "X-Original-URL": "/docs/readme",
         "X-Rewrite-URL": "/docs/readme",
         "X-HTTP-Method-Override": "GET",
+        # Forwarding headers from a client that is not a trusted proxy are not believed.
+        "X-Forwarded-Host": "trip.localhost",
+        "X-Forwarded-Uri": "/docs/readme",
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-For": "10.9.9.9",
+        "Forwarded": "for=10.9.9.9;host=trip.localhost",
     }
     assert call(site.a, site.sessions["mallory"], "/docs/readme", headers=spoof).status_code == 403
     assert call(site.a, site.sessions["alice"], "/admin/x", headers=spoof).status_code == 403
@@ -175,6 +181,8 @@ def test_spoofed_identity_and_overrides_never_change_the_decision(site: Site) ->
     assert seen["x-gateway-assertion"] != "forged"
     for name in ("x-original-url", "x-rewrite-url", "x-http-method-override"):
         assert name not in seen
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert "x-forwarded-uri" not in seen
     # Connection cannot strip what the gateway sets.
     hop = call(
         site.a,

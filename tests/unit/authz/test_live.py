@@ -1,0 +1,118 @@
+"""A worker's live policy: loads newer versions, keeps the last good one, reports staleness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.authz.live import LivePolicy
+from gateway.authz.rules import PolicyRules, parse_policy
+from gateway.settings.schema import Duration, PolicySettings
+
+
+@dataclass
+class Stored:
+    version: int
+    rules: PolicyRules
+    csv: str = ""
+
+
+@dataclass
+class FakeStore:
+    """The part of PolicyStore that LivePolicy uses; ``down`` makes every read fail."""
+
+    stored: Stored
+    last_confirmed: float = 0.0
+    down: bool = False
+    bootstrapped: list[str] = field(default_factory=list)
+
+    async def current(self) -> Stored:
+        if self.down:
+            raise ConnectionError("database unreachable")
+        self.last_confirmed = time.monotonic()
+        return self.stored
+
+    async def bootstrap(self, path: str) -> int | None:
+        self.bootstrapped.append(path)
+        return None
+
+    async def watch(
+        self, on_version: Callable[[int], Awaitable[None]], *, poll_interval: float, since: int
+    ) -> None:
+        await asyncio.Event().wait()
+
+
+V1 = parse_policy("p, authenticated, app, /docs/*, GET, allow\ng, user:alice, editor\n")
+V2 = parse_policy("p, authenticated, app, /docs/*, GET, allow\np, editor, app, /admin/*, GET, allow\n")
+ALICE = frozenset({"user:alice", "authenticated"})
+
+
+def live(store: FakeStore, **settings: object) -> LivePolicy:
+    return LivePolicy(store, PolicySettings(**settings))  # type: ignore[arg-type]
+
+
+async def test_start_loads_the_stored_policy_and_a_newer_version_replaces_it() -> None:
+    store = FakeStore(Stored(1, V1))
+    policy = live(store, file="/x/policy.csv")
+    await policy.start()
+    try:
+        assert store.bootstrapped == ["/x/policy.csv"]
+        assert policy.version == 1
+        assert policy.authorizer.decide(ALICE, "app", "GET", "/docs/a").allowed
+        assert not policy.authorizer.decide(ALICE, "app", "GET", "/admin/a").allowed
+        assert policy.roles_for(ALICE) == ("editor",)
+        store.stored = Stored(2, V2)
+        await policy.load()
+        assert policy.version == 2
+        # The cache is keyed by version: the old "deny" is not answered any more, nor the old role.
+        assert not policy.authorizer.decide(ALICE, "app", "GET", "/admin/a").allowed
+        assert policy.roles_for(ALICE) == ()
+    finally:
+        await policy.close()
+
+
+async def test_an_unreachable_store_keeps_the_last_good_policy() -> None:
+    store = FakeStore(Stored(1, V1))
+    policy = live(store)
+    await policy.start()
+    try:
+        store.down = True
+        with pytest.raises(ConnectionError):
+            await policy.load()
+        assert policy.version == 1
+        assert policy.authorizer.decide(ALICE, "app", "GET", "/docs/a").allowed
+    finally:
+        await policy.close()
+
+
+async def test_readiness_turns_red_only_when_the_policy_is_older_than_the_bound() -> None:
+    store = FakeStore(Stored(1, V1))
+    policy = live(store, max_staleness=Duration(60))
+    await policy.start()
+    try:
+        assert policy.readiness()["ok"] is True
+        # Nothing confirmed the policy for 30 s: still within the bound.
+        policy.loaded_at = store.last_confirmed = time.monotonic() - 30
+        assert policy.readiness()["ok"] is True
+        policy.loaded_at = store.last_confirmed = time.monotonic() - 61
+        check = policy.readiness()
+        assert check["ok"] is False
+        assert "not confirmed current" in check["error"]
+        assert check["version"] == 1
+    finally:
+        await policy.close()
+
+
+async def test_an_empty_store_denies_everything() -> None:
+    policy = live(FakeStore(Stored(0, PolicyRules())))
+    await policy.start()
+    try:
+        decision = policy.authorizer.decide(ALICE, "app", "GET", "/docs/a")
+        assert not decision.allowed
+        assert decision.reason == "no-policy"
+    finally:
+        await policy.close()
