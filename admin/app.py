@@ -44,7 +44,8 @@ from gateway.authz.live import LivePolicy
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
 from gateway.authz.store import PolicyRejected, PolicyStore, PolicyVersionInfo
 from gateway.authz.validate import Finding, validate
-from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
+from gateway.errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable
+from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
@@ -667,6 +668,26 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return _gateway_error(request, GatewayError("An internal error occurred."))
 
 
+def _metrics_handler(ctx: _Context) -> Any:
+    scraper = Scraper()
+
+    @get("/metrics", cache=False, opt={_PUBLIC: True}, include_in_schema=False)
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Prometheus metrics of the whole gateway (see :mod:`gateway.observe.metrics`).
+
+        No session: a Prometheus server has none. Instead only the loopback and the trusted proxies
+        (the direct peer, not a forwarded address) may scrape, like the gateway's other internals;
+        route counts and policy versions say too much about the deployment to be public.
+        """
+        client = request.scope.get("client")
+        if not ctx.runtime.may_see_internals(client[0] if client else ""):
+            raise Forbidden("Metrics are served to the loopback and trusted proxies only.")
+        body = await scraper.render(settings=ctx.runtime.snapshot.settings, local=ctx.runtime.metrics)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return metrics
+
+
 def create_admin_app(runtime: Runtime) -> Litestar:
     """Build the admin app bound to a runtime; the app's lifespan starts and closes the runtime.
 
@@ -675,7 +696,12 @@ def create_admin_app(runtime: Runtime) -> Litestar:
     """
     ctx = _Context(runtime)
     return Litestar(
-        route_handlers=[*_reading_handlers(ctx), *_changing_handlers(ctx), _explain_handler(ctx)],
+        route_handlers=[
+            *_reading_handlers(ctx),
+            *_changing_handlers(ctx),
+            _explain_handler(ctx),
+            _metrics_handler(ctx),
+        ],
         guards=[ctx.guard],
         middleware=[RequestContext(runtime)],
         on_startup=[runtime.start],

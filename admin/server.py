@@ -29,6 +29,7 @@ from litestar import Litestar
 
 from admin.app import create_admin_app
 from gateway.errors import ConfigError, GatewayError
+from gateway.observe.metrics import prepare_multiprocess
 from gateway.runtime import load_runtime
 from gateway.settings.schema import Settings
 
@@ -98,6 +99,9 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
     check_port_free(listen)
     host, port = _parse_listen(listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
+    # The same directory as the gateway's workers on this host (set already under `gateway serve`);
+    # never wiped here: a standalone admin listener must not zero a running gateway's counters.
+    prepare_multiprocess(settings, wipe=False)
     tls = settings.tls
     server = Server(
         "admin.server:app_factory",

@@ -204,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_policy(sub)
 
+    from gateway.cli_audit import register as register_audit
+
+    register_audit(sub)
+
+    from gateway.cli_incident import add_incident_commands
+
+    add_incident_commands(sub)
+
     p = sub.add_parser(
         "echo",
         help="run only the bundled echo app",

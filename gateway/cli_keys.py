@@ -116,22 +116,41 @@ def _rotate(args: argparse.Namespace) -> int:
     path = keyring_path(settings)
     # Like `serve`: only the embedded default may create the keyring; replicas must share one.
     keyring = Keyring.load_or_create(path, allow_create=_storage_url(settings).startswith("sqlite"))
+    rotated: dict[str, object] = {}
     if args.what in ("all", "signing"):
 
         async def rotate_signing(keys: SigningKeys) -> int:
             before = await keys.load(with_private=False)
             kid = await keys.rotate()
+            rotated["signing_key"] = kid
             _print_rotation(before, await keys.load(with_private=False), kid)
             return EXIT_OK
 
         asyncio.run(_with_signing_keys(settings, keyring, rotate_signing))
     if args.what in ("all", "keyring"):
         new_id = keyring.rotate(path)
+        rotated["keyring_key"] = new_id
         print(
             f"keyring {path}: new active key {new_id}; older keys stay for decryption. "
             "Restart the gateways (or roll them) so they encrypt with the new key."
         )
+    asyncio.run(_record_rotation(settings, rotated))
     return EXIT_OK
+
+
+async def _record_rotation(settings: Settings, rotated: dict[str, object]) -> None:
+    import getpass
+
+    from gateway.audit.trail import record_once
+    from gateway.store.migrate import ensure_schema
+
+    url = _storage_url(settings)
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        actor = "cli"
+    await record_once(url, "keys.rotated", actor=actor, subject="keys", details=rotated)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:

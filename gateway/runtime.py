@@ -10,27 +10,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
 from gateway.authz.live import LivePolicy
 from gateway.authz.store import PolicyStore
 from gateway.crypto.signing import SigningKeys
 from gateway.errors import ConfigError
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.services import IdentityServices, keyring_path
+from gateway.observe.access import CheckpointEntry, access_observer, audit_listener
 from gateway.observe.record import Observer
+from gateway.observe.sinks import SinkHub
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 from gateway.state import LiveState, Snapshot, build_snapshot
 from gateway.store.db import Database, default_sqlite_url
 from gateway.store.fast import FastState, open_fast_state
 from gateway.store.migrate import ensure_schema
+from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
 from gateway.upstream import HealthChecker
+
+if TYPE_CHECKING:
+    from gateway.observe.metrics import Metrics
 
 __all__ = ["Runtime"]
 
@@ -60,11 +69,20 @@ class Runtime:
         self.observers: list[Observer] = []
         self._listener: asyncio.Future[None] | None = None
         self._checker: HealthChecker | None = None
+        self._checkpoints: asyncio.Future[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
         self.last_reload_error: str | None = None
         # Set by the server when a SIGHUP arrived before start() could install its handler.
         self.early_reload: threading.Event | None = None
+        # This process's Prometheus metrics (request observer, audit listener); built at start.
+        self.metrics: Metrics | None = None
+        # Access-log and security-event sinks (logging.sinks); None until start().
+        self.sinks: SinkHub | None = None
+        # Blocked client addresses, checked in the receive stage (in-process; kept current by the
+        # threat detector from the fast state's broadcast and the block-list files).
+        self.ip_blocks = IpBlocks(time.time)
+        self.threats: ThreatDetector | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -113,6 +131,10 @@ class Runtime:
             PolicyStore(self.db, self.fast, self.identity.audit, self.identity.clock), settings.policy
         )
         await self.policy.start()
+        self._start_metrics()
+        await self._start_access_log()
+        await self._start_threats()
+        self._start_checkpoints()
         self._checker = HealthChecker(self.snapshot.pools, self.session)
         await self._checker.start()
         try:
@@ -122,6 +144,90 @@ class Runtime:
         if self.early_reload is not None and self.early_reload.is_set():
             # The config may have changed between loading it and now: honour that reload.
             await self.reload()
+
+    def _start_metrics(self) -> None:
+        # Imported here, not at the top: the master process imports this module before it sets the
+        # metrics directory, and prometheus_client must not pick its storage before that.
+        from gateway.observe.metrics import Metrics
+
+        assert self.identity is not None
+        assert self.policy is not None
+        metrics = Metrics()
+        metrics.watch_decision_cache(self.policy.authorizer.cache)
+        metrics.watch_policy_version(lambda: self.policy.version if self.policy is not None else 0)
+        # Read when sampled: the sink hub is built after this (and only when sinks are configured).
+        metrics.watch_sinks(lambda: self.sinks.stats() if self.sinks is not None else {})
+        self.observers.append(metrics.observe_request)
+        self.identity.audit.listeners.append(metrics.observe_audit)
+        metrics.start()
+        self.metrics = metrics
+
+    def _start_checkpoints(self) -> None:
+        """Sign a checkpoint of the audit chain every interval and send it out of the database."""
+        assert self.db is not None
+        assert self.identity is not None
+        settings = self.snapshot.settings
+        checkpointer = Checkpointer(
+            self.db, self.identity.keyring, directory=Path(settings.data_dir) / CHECKPOINT_DIR
+        )
+        clock = self.identity.clock
+
+        def emit(checkpoint: dict[str, Any]) -> None:
+            if self.sinks is not None:
+                self.sinks.publish(CheckpointEntry(checkpoint, clock.time()))
+
+        self._checkpoints = asyncio.ensure_future(
+            checkpointer.run_checkpoints(emit, float(settings.audit.checkpoint_interval))
+        )
+
+    async def _start_access_log(self) -> None:
+        assert self.identity is not None
+        config = self.snapshot.settings.logging
+        if not config.sinks or not (config.access_log or config.security_events):
+            return
+        hub = SinkHub.from_settings(config)
+        await hub.start()
+        self.sinks = hub
+        # With access_log off no observer is registered at all: the load tests measure its cost that way.
+        if config.access_log:
+            self.observers.append(access_observer(hub))
+        if config.security_events:
+            self.identity.audit.listeners.append(audit_listener(hub))
+
+    async def _start_threats(self) -> None:
+        assert self.identity is not None
+        assert self.fast is not None
+        settings = self.snapshot.settings
+        threat = settings.threat
+        if not threat.enabled:
+            return
+        webhook = None
+        if threat.webhook_url is not None:
+            webhook = Webhook(
+                threat.webhook_url, queue_size=threat.webhook_queue, timeout=float(threat.webhook_timeout)
+            )
+        clock = self.identity.clock.time
+        responder = Responder(
+            state=self.fast,
+            audit=self.identity.audit,
+            accounts=self.identity.accounts,
+            sessions=self.identity.sessions,
+            session_settings=settings.session,
+            clock=clock,
+            # Alerts reach the sinks as the ``threat.<rule>`` security event (audit listener above).
+            emit=None,
+            webhook=webhook,
+        )
+        self.threats = ThreatDetector(
+            settings=lambda: self.snapshot.settings.threat,
+            state=self.fast,
+            responder=responder,
+            blocks=self.ip_blocks,
+            clock=clock,
+        )
+        await self.threats.start()
+        self.observers.append(self.threats.observe)
+        self.identity.audit.listeners.append(self.threats.on_audit)
 
     def _on_sighup(self) -> None:
         task = asyncio.ensure_future(self.reload())
@@ -140,11 +246,13 @@ class Runtime:
             except (ConfigError, ValueError) as exc:
                 self.last_reload_error = str(exc)
                 logger.error("config reload refused, the previous config keeps serving:\n%s", exc)
+                await self._audit_reload("failure", str(exc))
                 return False
             refused = self._refuse_restart_only_changes(self.snapshot.settings, settings)
             if refused:
                 self.last_reload_error = refused
                 logger.error("config reload refused: %s", refused)
+                await self._audit_reload("failure", refused)
                 return False
             assert self.session is not None
             checker = HealthChecker(new.pools, self.session)
@@ -155,7 +263,19 @@ class Runtime:
                 await old_checker.stop()
             self.last_reload_error = None
             logger.info("config reloaded (generation %d, %d routes)", new.generation, len(new.routes))
+            await self._audit_reload("success", f"generation {new.generation}")
             return True
+
+    async def _audit_reload(self, outcome: str, detail: str) -> None:
+        from gateway.audit.trail import record_quietly
+
+        audit = self.identity.audit if self.identity is not None else None
+        details = {
+            "config": str(self.config_path),
+            "detail": detail.splitlines()[0] if detail else "",
+            "pid": os.getpid(),
+        }
+        await record_quietly(audit, "config.reloaded", actor="system", outcome=outcome, details=details)
 
     @staticmethod
     def _refuse_restart_only_changes(old: Settings, new: Settings) -> str | None:
@@ -171,6 +291,7 @@ class Runtime:
             "policy",
             "assertion",
             "admin",
+            "logging",
         ):
             if getattr(old, key) != getattr(new, key):
                 return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
@@ -213,8 +334,19 @@ class Runtime:
             self._signing_refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._signing_refresh
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._checkpoints
         if self._checker is not None:
             await self._checker.stop()
+        if self.threats is not None:
+            await self.threats.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.sinks is not None:
+            # Requests have drained: deliver what is queued, within logging.flush_timeout.
+            await self.sinks.close()
         if self.policy is not None:
             await self.policy.close()
         if self.session is not None:

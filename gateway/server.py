@@ -52,9 +52,13 @@ def serve(config_path: Path, settings: Settings) -> None:
     from granian.server import Server
 
     from admin.server import start_admin_child
+    from gateway.observe.metrics import prepare_multiprocess
 
     host, port = parse_listen(settings.listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
+    # Before any worker or the admin child exists: they all inherit it and count into one directory
+    # the admin listener sums (see gateway.observe.metrics). A new gateway starts its counters at 0.
+    prepare_multiprocess(settings, wipe=True)
     tls = settings.tls
     server = Server(
         "gateway.server:app_factory",

@@ -2,7 +2,9 @@
 
 Every sign-in, MFA event, enrollment, lock and admin action is recorded with who did it, to whom, from
 where and the outcome. Details never carry secrets (codes, passwords, tokens): callers pass facts only.
-The hash chain that makes tampering detectable is added by the audit-trail issue on top of this table.
+Records are hash-chained as they are written (``gateway.audit.chain``), so a changed, deleted or
+inserted row is found by ``gateway audit verify``; signed checkpoints (``gateway.audit.checkpoint``)
+kept outside the database reveal a truncated tail.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
+from gateway.audit.chain import append
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.identity.models import AuditEvent
 from gateway.store.db import Database
 
-__all__ = ["AuditListener", "AuditLog", "SecurityEvent"]
+__all__ = ["AuditListener", "AuditLog", "SecurityEvent", "record_once", "record_quietly"]
 
 logger = logging.getLogger("gateway.audit")
 
@@ -62,19 +66,17 @@ class AuditLog:
         """Append one event, e.g. ``record("signin.failure", actor="user:alice", subject="alice", ip=ip)``."""
         payload = json.dumps(dict(details or {}), sort_keys=True, default=str)
         at = self._clock.now()
-        async with self._db.session() as session:
-            session.add(
-                AuditEvent(
-                    at=at,
-                    kind=kind,
-                    actor=actor,
-                    subject=subject,
-                    ip=ip,
-                    outcome=outcome,
-                    details=payload,
-                )
-            )
-            await session.commit()
+        # Serialized with every other writer (workers, replicas) so the records form one chain.
+        await append(
+            self._db,
+            at=at,
+            kind=kind,
+            actor=actor,
+            subject=subject,
+            ip=ip,
+            outcome=outcome,
+            details=payload,
+        )
         logger.info(
             "%s",
             json.dumps(
@@ -106,3 +108,38 @@ class AuditLog:
             query = query.where(AuditEvent.kind == kind)
         async with self._db.session() as session:
             return list((await session.scalars(query)).all())
+
+
+async def record_once(
+    url: str,
+    kind: str,
+    *,
+    actor: str,
+    subject: str = "",
+    outcome: str = "success",
+    details: Mapping[str, object] | None = None,
+) -> None:
+    """Record one event through a short-lived connection (CLI commands that hold no ``AuditLog``).
+
+    The schema must already be current (the caller ran ``ensure_schema`` or ``gateway migrate``).
+    """
+    db = Database.open(url, pool_size=1)
+    try:
+        await AuditLog(db).record(kind, actor=actor, subject=subject, outcome=outcome, details=details)
+    finally:
+        await db.close()
+
+
+async def record_quietly(audit: AuditLog | None, kind: str, **fields: Any) -> None:
+    """:meth:`AuditLog.record`, but a failure is logged instead of raised (``audit`` may be ``None``).
+
+    For events about something that already happened (a reload applied): failing to record it must
+    not turn it into an error for the caller.
+    """
+    if audit is None:
+        logger.warning("audit event %s not recorded: no audit log yet", kind)
+        return
+    try:
+        await audit.record(kind, **fields)
+    except Exception:
+        logger.exception("audit event %s could not be recorded", kind)

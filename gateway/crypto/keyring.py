@@ -306,7 +306,7 @@ class Keyring:
         except InvalidTag as exc:
             raise KeyringError("ciphertext does not authenticate (tampered, or wrong context)") from exc
 
-    def derive(self, info: bytes, *, length: int = 32) -> bytes:
+    def derive(self, info: bytes, *, length: int = 32, kid: str | None = None) -> bytes:
         """A subkey for another purpose (e.g. CSRF tokens), derived from the active key with HKDF-SHA256.
 
         Separate ``info`` labels give independent keys, so no key is ever used for two purposes. The
@@ -315,14 +315,21 @@ class Keyring:
         Args:
             info: A purpose label, e.g. ``b"gateway csrf v1"``.
             length: Bytes wanted.
+            kid: Derive from this (possibly older) key instead of the active one, e.g. to check a MAC
+                made before a rotation.
 
         Returns:
             ``length`` bytes of key material.
+
+        Raises:
+            KeyringError: ``kid`` is not in the keyring.
         """
+        if kid is not None and kid not in self._keys:
+            raise KeyringError(f"unknown key id {kid[:64]!r}")
         hkdf = HKDF(
             algorithm=hashes.SHA256(), length=length, salt=None, info=b"gateway keyring derive\0" + info
         )
-        return hkdf.derive(self._keys[self._active])
+        return hkdf.derive(self._keys[kid if kid is not None else self._active])
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -106,8 +106,10 @@ class RecoveryCode(Base):
 class AuditEvent(Base):
     """An append-only security event (sign-in, MFA, enrollment, lock, admin action).
 
-    The hash chain that makes tampering detectable is added by the audit-trail work; the rows written
-    until then are chained when it lands (they are ordered by id).
+    Records form one hash chain (``gateway.audit.chain``): ``seq`` numbers them 1, 2, 3, … without
+    gaps, ``prev_hash`` is the ``record_hash`` of record ``seq - 1`` and ``record_hash`` is SHA-256 over
+    this record's canonical content and ``prev_hash``. A changed, deleted, inserted or reordered row
+    breaks the chain at that row.
     """
 
     __tablename__ = "audit_events"
@@ -123,3 +125,7 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(Text, default="success")
     # JSON object with event details; never secrets (codes, passwords, tokens).
     details: Mapped[str] = mapped_column(default="{}")
+    # Position in the chain, assigned under the chain lock: contiguous, so a deleted row leaves a gap.
+    seq: Mapped[int] = mapped_column(unique=True)
+    prev_hash: Mapped[str]
+    record_hash: Mapped[str]

@@ -38,6 +38,7 @@ from gateway.pipeline.route import normalize_host
 from gateway.pipeline.websocket import forward_websocket
 from gateway.runtime import Runtime
 from gateway.state import RouteRuntime, Snapshot
+from gateway.threat.blocks import IpBlocked
 
 __all__ = ["DataPlane", "create_data_plane"]
 
@@ -154,6 +155,9 @@ class DataPlane:
             headers=headers,
             trusted=snap.trusted,
         )
+        # One in-process look-up (empty set: one check); the threat detector keeps it current.
+        if req.fwd.client_ip in self.runtime.ip_blocks:
+            raise IpBlocked("Access from your address is blocked.")
         if size > snap.settings.limits.max_header_bytes:
             raise HeadersTooLarge(f"Request headers exceed {snap.settings.limits.max_header_bytes} bytes.")
         if hosts != 1:

@@ -48,8 +48,11 @@ from gateway.settings.schema import (
     ByteSize,
     Duration,
     IdentityProvider,
+    LoggingSettings,
+    LogSink,
     Route,
     Settings,
+    ThreatSettings,
     TlsSettings,
 )
 
@@ -224,8 +227,30 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     policy = settings.policy
     if policy.file is not None:
         policy = msgspec.structs.replace(policy, file=absolute(policy.file))
+    sinks = tuple(
+        msgspec.structs.replace(
+            sink,
+            path=absolute(sink.path) if sink.path is not None else None,
+            ca_file=absolute(sink.ca_file) if sink.ca_file is not None else None,
+        )
+        for sink in settings.logging.sinks
+    )
     return msgspec.structs.replace(
-        settings, data_dir=absolute(settings.data_dir), tls=tls, storage=storage, policy=policy
+        settings,
+        data_dir=absolute(settings.data_dir),
+        tls=tls,
+        storage=storage,
+        policy=policy,
+        logging=msgspec.structs.replace(settings.logging, sinks=sinks),
+        threat=msgspec.structs.replace(
+            settings.threat,
+            block_lists=tuple(absolute(f) for f in settings.threat.block_lists),
+            geoip_database=(
+                absolute(settings.threat.geoip_database)
+                if settings.threat.geoip_database is not None
+                else None
+            ),
+        ),
     )
 
 
@@ -804,6 +829,56 @@ def _check_meaning(settings: Settings, report: _Report) -> None:
     _check_authorization(settings, report)
     _check_identity_providers(settings.identity_providers, report)
     _check_routes(settings.routes, report)
+    _check_logging(settings.logging, report)
+    _check_threat(settings.threat, report)
+
+
+def _check_threat(threat: ThreatSettings, report: _Report) -> None:
+    rules = (
+        "brute_force",
+        "spraying",
+        "mfa_failures",
+        "reconnaissance",
+        "session_hijack",
+        "impossible_travel",
+    )
+    for name in rules:
+        rule = getattr(threat, name)
+        at: _Path = ("threat", name)
+        _require_positive(
+            [
+                ((*at, "count"), rule.count),
+                ((*at, "window"), rule.window),
+                ((*at, "block_for"), rule.block_for),
+            ],
+            report,
+        )
+        if "webhook" in rule.responses and threat.webhook_url is None:
+            report.add((*at, "responses"), "has 'webhook' but threat.webhook_url is not set")
+    _require_positive(
+        [
+            (("threat", "block_list_poll"), threat.block_list_poll),
+            (("threat", "webhook_queue"), threat.webhook_queue),
+            (("threat", "webhook_timeout"), threat.webhook_timeout),
+            (("threat", "impossible_travel", "max_speed_kmh"), threat.impossible_travel.max_speed_kmh),
+        ],
+        report,
+    )
+    if threat.webhook_url is not None:
+        problem = _url_problem(threat.webhook_url, allow_path=True)
+        if problem:
+            report.bad(("threat", "webhook_url"), problem, "expected an absolute http(s) URL")
+    for index, file in enumerate(threat.block_lists):
+        if not os.path.isfile(file):
+            report.add(
+                ("threat", "block_lists", index),
+                f"file not found: {file}; relative paths start at the config's directory",
+            )
+    if threat.geoip_database is not None and not os.path.isfile(threat.geoip_database):
+        report.add(
+            ("threat", "geoip_database"),
+            f"file not found: {threat.geoip_database}; relative paths start at the config's directory",
+        )
 
 
 def _check_stores(settings: Settings, report: _Report) -> None:
@@ -864,6 +939,7 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
         (("policy", "max_staleness"), settings.policy.max_staleness),
         (("assertion", "ttl"), settings.assertion.ttl),
         (("admin", "reauth_max_age"), settings.admin.reauth_max_age),
+        (("audit", "checkpoint_interval"), settings.audit.checkpoint_interval),
     ]
     _require_positive(positive, report)
     if settings.server.graceful_timeout < 0:
@@ -1149,6 +1225,106 @@ _NAME_RULE: Final = (
     "names must match [a-z0-9][a-z0-9_-]* (lowercase letters, digits, - and _), e.g. wiki;"
     " they appear in URLs, logs and policies"
 )
+
+
+# Which keys each sink type reads: a key meant for another type is an error, not silently ignored.
+_SINK_KEYS: Final = {
+    "stdout": frozenset(),
+    "file": frozenset({"path", "max_bytes", "backups"}),
+    "syslog": frozenset({"address", "ca_file", "app_name", "facility"}),
+    "http": frozenset(
+        {"url", "profile", "headers", "token", "index", "labels", "batch_size", "flush_interval"}
+    ),
+}
+_SINK_COMMON: Final = frozenset({"type", "name", "queue_size", "retries", "timeout"})
+_SINK_REQUIRED: Final = {"file": "path", "syslog": "address", "http": "url"}
+_SYSLOG_SCHEMES: Final = ("udp", "tcp", "tls")
+
+
+def _check_logging(logging: LoggingSettings, report: _Report) -> None:
+    _require_positive(
+        [
+            (("logging", "queue_size"), logging.queue_size),
+            (("logging", "flush_timeout"), logging.flush_timeout),
+        ],
+        report,
+    )
+    names: dict[str, int] = {}
+    for index, sink in enumerate(logging.sinks):
+        at: _Path = ("logging", "sinks", index)
+        name = sink.name or f"{sink.type}-{index}"
+        if name in names:
+            report.add((*at, "name"), f"{_quote(name)} is already the name of sinks[{names[name]}]")
+        names[name] = index
+        _check_sink(sink, at, report)
+
+
+def _check_sink_keys(sink: LogSink, at: _Path, report: _Report) -> None:
+    written: object = report.data
+    for key in at:
+        # Absent from the document (the default sinks): nothing written, nothing to check.
+        if isinstance(written, dict):
+            written = written.get(key)
+        elif isinstance(written, list) and isinstance(key, int) and key < len(written):
+            written = written[key]
+        else:
+            return
+    allowed = _SINK_KEYS[sink.type] | _SINK_COMMON
+    for key in written if isinstance(written, dict) else ():
+        if key not in allowed:
+            report.add((*at, key), f"does not apply to a {sink.type} sink", line=report.line((*at, key)))
+
+
+def _check_sink(sink: LogSink, at: _Path, report: _Report) -> None:
+    _check_sink_keys(sink, at, report)
+    required = _SINK_REQUIRED.get(sink.type)
+    if required is not None and not getattr(sink, required):
+        report.add(at, f"a {sink.type} sink needs {_quote(required)}")
+    positive: list[tuple[_Path, float]] = [
+        ((*at, "max_bytes"), sink.max_bytes),
+        ((*at, "batch_size"), sink.batch_size),
+        ((*at, "flush_interval"), sink.flush_interval),
+        ((*at, "timeout"), sink.timeout),
+        ((*at, "retries"), sink.retries),
+    ]
+    if sink.queue_size is not None:
+        positive.append(((*at, "queue_size"), sink.queue_size))
+    _require_positive(positive, report)
+    if sink.backups < 0:
+        report.add((*at, "backups"), "must not be negative; use 0 to truncate instead of keeping old files")
+    if sink.type == "syslog" and sink.address:
+        problem = _syslog_address_problem(sink.address)
+        if problem:
+            report.bad(
+                (*at, "address"), problem, "expected udp://host:port, tcp://host:port or tls://host:port"
+            )
+        if sink.ca_file is not None and not os.path.isfile(sink.ca_file):
+            report.add((*at, "ca_file"), f"{sink.ca_file} is not a readable file")
+    if sink.type == "http" and sink.url:
+        problem = _url_problem(sink.url, allow_path=True)
+        if problem:
+            report.bad((*at, "url"), problem, "expected the collector's endpoint, e.g. https://es:9200/_bulk")
+    for header, value in sink.headers.items():
+        if not _TOKEN.fullmatch(header) or any(c in value for c in "\r\n\0"):
+            report.add((*at, "headers", header), "is not a valid HTTP header name and value")
+
+
+def _syslog_address_problem(address: str) -> str | None:
+    scheme, sep, _ = address.partition("://")
+    if not sep or scheme not in _SYSLOG_SCHEMES:
+        return f"scheme must be udp, tcp or tls, not {_quote(scheme) if sep else 'missing'}"
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        return "is not a valid address (bad port or brackets)"
+    if not parts.hostname:
+        return "has no host"
+    if port is None or port == 0:
+        return "needs a port 1-65535, e.g. tcp://logs.example.com:514"
+    if parts.path not in ("", "/") or parts.query or parts.username is not None:
+        return "must be just scheme://host:port"
+    return None
 
 
 def _url_problem(url: str, *, allow_path: bool) -> str | None:

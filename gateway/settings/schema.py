@@ -18,10 +18,13 @@ __all__ = [
     "ActiveHealthCheck",
     "AdminSettings",
     "AssertionSettings",
+    "AuditSettings",
     "ByteSize",
     "Duration",
     "IdentityProvider",
     "Limits",
+    "LogSink",
+    "LoggingSettings",
     "MfaPolicy",
     "MfaSettings",
     "PassiveHealthCheck",
@@ -34,9 +37,12 @@ __all__ = [
     "Settings",
     "StateSettings",
     "StorageSettings",
+    "ThreatRule",
+    "ThreatSettings",
     "Timeouts",
     "TlsSettings",
     "TotpSettings",
+    "TravelRule",
     "WebAuthnSettings",
 ]
 
@@ -242,6 +248,12 @@ class AdminSettings(_Config, frozen=True):
     reauth_max_age: Duration = Duration(15 * 60)
 
 
+class AuditSettings(_Config, frozen=True):
+    # How often a worker signs a checkpoint of the audit chain and sends it out of the database (the
+    # sinks and <data_dir>/audit-checkpoints/), which is what makes a truncated trail detectable.
+    checkpoint_interval: Duration = Duration(300)
+
+
 class Timeouts(_Config, frozen=True):
     # To open a TCP (and TLS) connection to a target.
     connect: Duration = Duration(5)
@@ -301,10 +313,122 @@ class Limits(_Config, frozen=True):
     max_upstream_connections: int = 512
 
 
+# Automatic answers a threat rule may give (see gateway/threat): an alert is always recorded.
+ThreatResponse = Literal[
+    "alert", "webhook", "block_ip", "lock_account", "revoke_session", "revoke_sessions", "step_up"
+]
+
+
+class ThreatRule(_Config, frozen=True):
+    """One detection rule: fires once per ``window`` when ``count`` signals are reached."""
+
+    enabled: bool = True
+    count: int = 10
+    window: Duration = Duration(300)
+    responses: tuple[ThreatResponse, ...] = ("alert",)
+    # How long a block_ip response keeps the address out.
+    block_for: Duration = Duration(3600)
+
+
+class TravelRule(ThreatRule, frozen=True):
+    """Impossible travel between two sign-ins of one account (needs ``threat.geoip_database``)."""
+
+    max_speed_kmh: float = 1000.0
+    # Jumps shorter than this are ignored: GeoIP places addresses tens of km off.
+    min_distance_km: float = 500.0
+
+
+class ThreatSettings(_Config, frozen=True):
+    """Real-time threat detection; counters live in the fast state, so replicas count together."""
+
+    enabled: bool = True
+    # Failed sign-in steps (password or second factor) against one account.
+    brute_force: ThreatRule = ThreatRule(count=10, window=Duration(300))
+    # Failed sign-ins from one address over this many *different* accounts (spraying, stuffing).
+    spraying: ThreatRule = ThreatRule(count=10, window=Duration(600), responses=("alert", "block_ip"))
+    # Failed second-factor attempts on one account (MFA fatigue / a stolen password being pushed).
+    mfa_failures: ThreatRule = ThreatRule(
+        count=5, window=Duration(600), responses=("alert", "revoke_sessions")
+    )
+    # Policy denials collected by one principal (user, or address without a session).
+    reconnaissance: ThreatRule = ThreatRule(count=30, window=Duration(300), responses=("alert", "step_up"))
+    # A session used from a new address AND a new User-Agent at once (count/window unused).
+    session_hijack: ThreatRule = ThreatRule(count=1, responses=("alert", "revoke_session"))
+    impossible_travel: TravelRule = TravelRule(count=1, window=Duration(86400))
+    # Files of CIDRs (one per line, '#' comments), re-read when they change (threat-intel feeds).
+    block_lists: tuple[str, ...] = ()
+    block_list_poll: Duration = Duration(5)
+    # A MaxMind-format (GeoLite2/GeoIP2 City) database; None disables impossible travel.
+    geoip_database: str | None = None
+    # JSON POSTed for each incident when a rule has the webhook response.
+    webhook_url: str | None = None
+    webhook_queue: int = 1000
+    webhook_timeout: Duration = Duration(5)
+
+
 class ServerSettings(_Config, frozen=True):
     workers: int = 1
     # Seconds in-flight requests get to finish on shutdown before workers are stopped.
     graceful_timeout: Duration = Duration(30)
+
+
+class LogSink(_Config, frozen=True):
+    """One destination of access-log and security events; which keys apply depends on ``type``.
+
+    stdout: none. file: ``path``, ``max_bytes``, ``backups``. syslog: ``address``
+    (``udp://``, ``tcp://`` or ``tls://host:port``), ``ca_file`` (tls), ``app_name``, ``facility``.
+    http: ``url``, ``profile``, ``headers``, ``token``, ``index`` (elasticsearch), ``labels`` (loki).
+    """
+
+    type: Literal["stdout", "file", "syslog", "http"]
+    # The key this sink's counters are reported under; "<type>-<position>" when omitted.
+    name: str | None = None
+    path: str | None = None
+    max_bytes: ByteSize = ByteSize(100 * 2**20)
+    backups: int = 5
+    address: str | None = None
+    ca_file: str | None = None
+    app_name: str = "gateway"
+    facility: Literal[
+        "kern",
+        "user",
+        "daemon",
+        "auth",
+        "authpriv",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+    ] = "authpriv"
+    url: str | None = None
+    profile: Literal["ndjson", "elasticsearch", "loki", "splunk"] = "ndjson"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # Sent as "Authorization: Bearer <token>" ("Splunk <token>" for the splunk profile).
+    token: str | None = None
+    index: str = "gateway"
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    batch_size: int = 500
+    flush_interval: Duration = Duration(1)
+    timeout: Duration = Duration(10)
+    # Attempts per batch before it is dropped (and counted); waits double from 0.2s up to 30s.
+    retries: int = 5
+    # Events waiting for this sink; beyond it new events are dropped (and counted). None: queue_size.
+    queue_size: int | None = None
+
+
+class LoggingSettings(_Config, frozen=True):
+    # One ECS JSON event per request. Off: no observer at all (the load tests measure the overhead).
+    access_log: bool = True
+    # Audit-trail events (sign-ins, MFA, lock-outs, admin changes) to the same sinks.
+    security_events: bool = True
+    sinks: tuple[LogSink, ...] = (LogSink(type="stdout"),)
+    queue_size: int = 10_000
+    # How long shutdown waits for the sinks to deliver what is queued.
+    flush_timeout: Duration = Duration(5)
 
 
 class Settings(_Config, frozen=True):
@@ -329,4 +453,7 @@ class Settings(_Config, frozen=True):
     policy: PolicySettings = PolicySettings()
     assertion: AssertionSettings = AssertionSettings()
     admin: AdminSettings = AdminSettings()
+    audit: AuditSettings = AuditSettings()
+    logging: LoggingSettings = LoggingSettings()
+    threat: ThreatSettings = ThreatSettings()
     routes: tuple[Route, ...] = ()

@@ -246,8 +246,14 @@ def account_handlers(runtime: Runtime) -> list[Any]:
             return flows.login_redirect("/.gateway/account")
         s = signed.session
         mine = {other.id_hash for other in await svc().sessions.list_user(s.user_id)}
-        if session_hash in mine and session_hash != s.id_hash:
-            await svc().sessions.revoke_hash(session_hash)
+        if (
+            session_hash in mine
+            and session_hash != s.id_hash
+            and await svc().sessions.revoke_hash(session_hash)
+        ):
+            await svc().audit.record(
+                "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
+            )
         return Redirect("/.gateway/account?notice=Session+signed+out.", status_code=303)
 
     @post("/.gateway/account/sessions/revoke-others", status_code=303)
@@ -256,6 +262,14 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         if signed.session is None or signed.session_id is None:
             return flows.login_redirect("/.gateway/account")
         count = await _end_other_browsers(svc(), signed.session)
+        s = signed.session
+        await svc().audit.record(
+            "session.revoked",
+            actor=f"user:{s.username}",
+            subject=s.username,
+            ip=flows.client_ip(request),
+            details={"others": count},
+        )
         return Redirect(
             f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
         )

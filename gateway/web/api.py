@@ -108,7 +108,10 @@ def api_handlers(runtime: Runtime) -> list[Any]:
         assert s is not None
         if session_hash not in {o.id_hash for o in await svc().sessions.list_user(s.user_id)}:
             raise PermissionDeniedException("Not one of your sessions.")
-        await svc().sessions.revoke_hash(session_hash)
+        if await svc().sessions.revoke_hash(session_hash):
+            await svc().audit.record(
+                "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
+            )
 
     @post("/.gateway/api/webauthn/register/options", status_code=200)
     async def register_options(request: Request[Any, Any, Any], data: RegistrationStart) -> Response[Any]:

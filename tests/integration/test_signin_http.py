@@ -114,6 +114,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             # waits (after failure n > free_attempts the next attempt waits 2^(n - free_attempts) s,
             # which with the default 3 would be 2+4+...+64 s of real time before the tenth failure).
             "regulation": {"free_attempts": 9, "max_failures": 10, "lock_time": "15m"},
+            # This module tests the gateway's own lock-out answers; the threat rules' responses (e.g.
+            # revoking the sessions after a burst of MFA failures) are tested in test_threats.py.
+            "threat": {"enabled": False},
         }
         config_a = gateway_config(tmp / "a", port_a, routes, **common)
         config_b = gateway_config(tmp / "b", port_b, routes, **common)

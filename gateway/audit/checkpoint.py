@@ -1,0 +1,360 @@
+"""Signed checkpoints of the audit chain, kept outside the database, and verification against them.
+
+A hash chain alone cannot show that its tail was cut off, nor that someone with write access
+recomputed every hash after changing a record. A checkpoint can: every ``audit.checkpoint_interval``
+a worker signs ``{head id, head seq, head hash, count, time}`` and sends it *out* of the database (the
+security-event sinks, and an append-only JSONL file under ``<data_dir>/audit-checkpoints/``).
+``gateway audit verify --checkpoint FILE`` then proves the stored chain still reaches every
+checkpoint with the same hash.
+
+Signature: HMAC-SHA256 under ``keyring.derive(b"audit-checkpoint", kid=…)``. Chosen over ES256 with
+the assertion-signing key because assertion keys are deleted ``assertion.grace`` after they retire
+(old checkpoints would become unverifiable within hours), while keyring keys are kept for
+decryption forever and every replica and the CLI already hold the keyring. The checkpoint names the
+keyring key id, so checkpoints made before a keyring rotation still verify. The cost: whoever can
+verify can also sign, so keep the keyring away from whoever you are guarding the trail against (the
+database credentials alone are not enough to forge a checkpoint).
+
+Before signing, a worker verifies the records appended since the last checkpoint it trusts, so it
+never signs over a broken chain; it emits an ``audit.chain_broken`` alert instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from gateway.audit.chain import (
+    GENESIS,
+    ChainProblem,
+    ChainReport,
+    ChainWalker,
+    chain_head,
+    count_records,
+    iso,
+    iter_records,
+)
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.errors import GatewayError
+from gateway.store.db import Database
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_FILE",
+    "ChainBroken",
+    "Checkpointer",
+    "TrailVerdict",
+    "check_signature",
+    "load_checkpoints",
+    "sign_checkpoint",
+    "verify_trail",
+]
+
+logger = logging.getLogger("gateway.audit")
+
+CHECKPOINT_DIR: Final = "audit-checkpoints"
+CHECKPOINT_FILE: Final = "checkpoints.jsonl"
+CHECKPOINT_TYPE: Final = "audit.checkpoint"
+MAC_ALGORITHM: Final = "HMAC-SHA256"
+_KEY_LABEL: Final = b"audit-checkpoint"
+_FIELDS: Final = ("head_id", "head_seq", "head_hash", "count", "at")
+
+
+class ChainBroken(GatewayError):
+    """The audit chain does not verify, so no checkpoint was signed over it (500)."""
+
+    reason = "audit-chain-broken"
+    title = "Audit trail tampered"
+
+
+def _signed_bytes(doc: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sign_checkpoint(body: Mapping[str, Any], keyring: Keyring) -> dict[str, Any]:
+    """Return ``body`` with ``type``, ``alg``, ``kid`` and the ``mac`` over all of it."""
+    doc = {**body, "type": CHECKPOINT_TYPE, "alg": MAC_ALGORITHM, "kid": keyring.active_id}
+    key = keyring.derive(_KEY_LABEL, kid=keyring.active_id)
+    doc["mac"] = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()
+    return doc
+
+
+def check_signature(doc: Mapping[str, Any], keyring: Keyring) -> str | None:
+    """``None`` if the checkpoint's MAC verifies under the keyring, else why not."""
+    if doc.get("alg") != MAC_ALGORITHM:
+        return f"unknown signature algorithm {doc.get('alg')!r}"
+    kid, mac = doc.get("kid"), doc.get("mac")
+    if not isinstance(kid, str) or not isinstance(mac, str):
+        return "no key id or MAC"
+    try:
+        key = keyring.derive(_KEY_LABEL, kid=kid)
+    except KeyringError:
+        return f"signed with key {kid[:64]!r}, which this keyring does not hold"
+    expected = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()
+    # Constant time: the MAC must not leak how much of a forgery was right.
+    return None if hmac.compare_digest(expected, mac) else "the MAC does not verify (forged or altered)"
+
+
+def _check_shape(doc: Any, where: str) -> dict[str, Any]:
+    if not isinstance(doc, dict) or doc.get("type") != CHECKPOINT_TYPE:
+        raise ValueError(f'{where}: not an audit checkpoint (no "type": "{CHECKPOINT_TYPE}")')
+    for name in _FIELDS:
+        if name not in doc:
+            raise ValueError(f"{where}: the checkpoint lacks {name!r}")
+    if not all(isinstance(doc[n], int) and not isinstance(doc[n], bool) for n in ("head_seq", "count")):
+        raise ValueError(f"{where}: head_seq and count must be integers")
+    if not isinstance(doc["head_hash"], str):
+        raise ValueError(f"{where}: head_hash must be a string")
+    return doc
+
+
+def load_checkpoints(path: Path) -> list[dict[str, Any]]:
+    """Read checkpoints: one JSON object, a JSON list, or JSON lines (blank lines skipped).
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: Malformed JSON or not a checkpoint; the message names the line.
+    """
+    text = path.read_text(encoding="utf-8")
+    with contextlib.suppress(json.JSONDecodeError):
+        whole = json.loads(text)
+        items = whole if isinstance(whole, list) else [whole]
+        return [_check_shape(doc, f"{path} item {i}") for i, doc in enumerate(items, start=1)]
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        found.append(_check_shape(doc, f"{path}:{number}"))
+    if not found:
+        raise ValueError(f"{path}: holds no checkpoint")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TrailVerdict:
+    """The chain walk plus the checkpoints it was held against."""
+
+    report: ChainReport
+    problem: ChainProblem | None
+    checkpoints_checked: int
+
+    @property
+    def ok(self) -> bool:
+        """Whether the chain is intact and reaches every checkpoint."""
+        return self.problem is None
+
+
+def _checkpoint_problems(
+    checkpoints: Iterable[Mapping[str, Any]],
+    hashes: Mapping[int, tuple[int, str]],
+    last_seq: int,
+    keyring: Keyring | None,
+) -> list[tuple[int, ChainProblem]]:
+    """Hold checkpoints against the hashes a walk saw (seq → (id, hash)), sorted by seq.
+
+    ``last_seq`` is where the intact part of the chain ends.
+    """
+    found: list[tuple[int, ChainProblem]] = []
+    matched = 0  # the highest checkpointed seq seen intact so far, for "rewritten between" messages
+    for doc in sorted(checkpoints, key=lambda d: int(d["head_seq"])):
+        seq, head_id, when = int(doc["head_seq"]), doc["head_id"], doc["at"]
+        if keyring is not None and (why := check_signature(doc, keyring)) is not None:
+            found.append(
+                (
+                    seq,
+                    ChainProblem(
+                        None,
+                        None,
+                        f"checkpoint of {when} (seq {seq}): {why}",
+                        "do not trust this checkpoint file; use the copy in your log sinks",
+                    ),
+                )
+            )
+            continue
+        if seq == 0:
+            continue
+        if seq > last_seq:
+            found.append(
+                (
+                    seq,
+                    ChainProblem(
+                        head_id,
+                        seq,
+                        f"missing: record(s) seq {_range(last_seq + 1, seq)} are gone from the end of the chain, "
+                        f"but the checkpoint of {when} saw {doc['count']} records with head id {head_id} "
+                        "(the trail was truncated)",
+                    ),
+                )
+            )
+            continue
+        stored = hashes.get(seq)
+        if stored is None or stored[1] != doc["head_hash"] or stored[0] != head_id:
+            found.append(
+                (
+                    seq,
+                    ChainProblem(
+                        stored[0] if stored is not None else head_id,
+                        seq,
+                        f"the chain was rewritten: the record at seq {seq} no longer has the hash the "
+                        f"checkpoint of {when} signed, so records between seq {matched + 1} and {seq} "
+                        "were changed and their hashes recomputed",
+                    ),
+                )
+            )
+            continue
+        matched = seq
+    return found
+
+
+async def verify_trail(
+    db: Database, checkpoints: Iterable[Mapping[str, Any]] = (), *, keyring: Keyring | None = None
+) -> TrailVerdict:
+    """Walk the whole stored chain and hold it against ``checkpoints``.
+
+    Args:
+        db: The database.
+        checkpoints: Parsed checkpoints (:func:`load_checkpoints`).
+        keyring: Checks each checkpoint's MAC when given.
+
+    Returns:
+        The verdict; ``problem`` is the first (lowest seq) break found.
+    """
+    checkpoints = list(checkpoints)
+    wanted = {int(d["head_seq"]) for d in checkpoints}
+    hashes: dict[int, tuple[int, str]] = {}
+    walker = ChainWalker()
+    async for record in iter_records(db):
+        if not walker.feed(record):
+            break
+        if record.seq in wanted:
+            hashes[record.seq] = (record.id, record.record_hash)
+    report = walker.report()
+    last_seq = report.last.seq if report.last is not None else 0
+    problems = _checkpoint_problems(checkpoints, hashes, last_seq, keyring)
+    if report.problem is not None and report.problem.seq is not None:
+        # A checkpoint beyond the break is a consequence of the break, not a second finding.
+        problems = [p for p in problems if p[0] <= report.problem.seq]
+        problems.append((report.problem.seq, report.problem))
+    problems.sort(key=lambda p: p[0])
+    return TrailVerdict(report, problems[0][1] if problems else None, len(checkpoints))
+
+
+class Checkpointer:
+    """Signs checkpoints of the chain head; one per worker (replicas' checkpoints agree)."""
+
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        *,
+        directory: str | os.PathLike[str] | None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """Args:
+        db: The database.
+        keyring: Signs the checkpoints (HMAC key derived per keyring key id).
+        directory: Where ``checkpoints.jsonl`` is appended (``<data_dir>/audit-checkpoints``);
+            ``None`` keeps no local file.
+        clock: Time source for the checkpoint time.
+        """
+        self._db = db
+        self._keyring = keyring
+        self._clock = clock
+        self._file = Path(directory) / CHECKPOINT_FILE if directory is not None else None
+        # The last head this process verified: later checkpoints only walk what was appended since.
+        self._trusted_seq = 0
+        self._trusted_hash = GENESIS
+
+    @property
+    def path(self) -> Path | None:
+        """The local JSONL file, if any."""
+        return self._file
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Verify the records appended since the last checkpoint, then sign the head.
+
+        Returns:
+            The signed checkpoint (also appended to the local file).
+
+        Raises:
+            ChainBroken: The records since the last trusted head do not verify; nothing was signed.
+            StoreUnavailable: The database cannot be read.
+        """
+        head = await chain_head(self._db)
+        head_seq = head.seq if head is not None else 0
+        head_hash = head.record_hash if head is not None else GENESIS
+        if head_seq < self._trusted_seq or (
+            head_seq == self._trusted_seq and head_hash != self._trusted_hash
+        ):
+            raise ChainBroken(
+                f"the chain now ends at seq {head_seq}, but this worker signed seq {self._trusted_seq} "
+                "earlier: records were removed or rewritten"
+            )
+        walker = ChainWalker(after_seq=self._trusted_seq, after_hash=self._trusted_hash)
+        async for record in iter_records(self._db, from_seq=self._trusted_seq + 1, to_seq=head_seq):
+            if not walker.feed(record):
+                raise ChainBroken(str(walker.problem))
+        reached = walker.last.seq if walker.last is not None else self._trusted_seq
+        if reached != head_seq:
+            raise ChainBroken(f"records seq {reached + 1}..{head_seq} are missing")
+        body = {
+            "head_id": head.id if head is not None else 0,
+            "head_seq": head_seq,
+            "head_hash": head_hash,
+            "count": await count_records(self._db),
+            "at": iso(self._clock.now()),
+        }
+        doc = sign_checkpoint(body, self._keyring)
+        self._trusted_seq, self._trusted_hash = head_seq, head_hash
+        if self._file is not None:
+            await asyncio.to_thread(_append_line, self._file, json.dumps(doc, sort_keys=True))
+        return doc
+
+    async def run_checkpoints(self, emit: Callable[[dict[str, Any]], None], interval: float) -> None:
+        """Every ``interval`` seconds, make a checkpoint and hand it to ``emit`` (the sinks).
+
+        Runs until cancelled. A failure is logged and alerted (``audit.chain_broken``) but never ends
+        the loop: the next interval tries again.
+        """
+        if interval <= 0:
+            raise ValueError(f"checkpoint interval must be positive, not {interval}")
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                emit(await self.checkpoint())
+            except ChainBroken as exc:
+                logger.error("audit chain broken, no checkpoint signed: %s", exc.detail)
+                with contextlib.suppress(Exception):
+                    emit({"type": "audit.chain_broken", "at": iso(self._clock.now()), "problem": exc.detail})
+            except Exception:
+                logger.exception("audit checkpoint failed")
+
+
+def _range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}..{hi}"
+
+
+def _append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_APPEND: lines from several workers land whole and never overwrite each other.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,395 @@
+"""``gateway audit …``: read, verify, checkpoint and export the tamper-evident audit trail.
+
+    gateway audit list   --config CFG [--kind K] [--since ISO] [--limit N] [--json]
+    gateway audit verify --config CFG [--checkpoint FILE]
+    gateway audit checkpoint --config CFG
+    gateway audit export --config CFG --since ISO --until ISO -o BUNDLE(.zip|dir)
+    gateway audit verify-bundle BUNDLE [--config CFG]
+
+``verify`` walks the whole hash chain and holds it against signed checkpoints (``--checkpoint``, or
+by default the gateway's own ``<data_dir>/audit-checkpoints/checkpoints.jsonl``): a modified, deleted,
+inserted or reordered record breaks the chain; a truncated tail or a chain rewritten with fresh
+hashes no longer reaches a checkpoint. It names the first bad record, what is wrong and what to do.
+
+Exit codes: 0 verified / done, 1 the trail or bundle does not verify, or the database or keyring is
+unusable, 2 invalid input (bad time, unreadable checkpoint file or bundle, bad configuration). User
+errors are one message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.audit.chain import ChainRecord
+    from gateway.crypto.keyring import Keyring
+    from gateway.settings.schema import Settings
+    from gateway.store.db import Database
+
+# Heavy imports (SQLAlchemy, cryptography, the settings loader) happen when an action runs, not when
+# the parser is built: `gateway --help` must not pay for them.
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _UserError(Exception):
+    """The operator's input cannot be used as given (exit 2, one message)."""
+
+
+def _when(at: datetime | None) -> str:
+    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+
+def _time(text: str) -> datetime:
+    """argparse type: ISO 8601, UTC when no offset is given (a date alone means its midnight)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T08:00:00Z)"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _checkpoint_dir(settings: Settings) -> Path:
+    from gateway.audit.checkpoint import CHECKPOINT_DIR
+
+    return Path(settings.data_dir) / CHECKPOINT_DIR
+
+
+def _keyring(settings: Settings, *, allow_create: bool = False) -> Keyring:
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    # Like `serve`: only the embedded default may create the keyring; replicas must share one.
+    embedded = allow_create and not settings.storage.url
+    return Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
+
+
+async def _with_db(settings: Settings, action: Callable[[Database], Awaitable[int]]) -> int:
+    from gateway.store.db import Database, default_sqlite_url
+    from gateway.store.migrate import ensure_schema
+
+    # As gateway.runtime.storage_url, without importing the whole runtime.
+    url = settings.storage.url or default_sqlite_url(settings.data_dir)
+    if url.startswith("sqlite"):
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    try:
+        return await action(db)
+    finally:
+        await db.close()
+
+
+def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return action(args)
+        except _UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    from gateway.settings.loader import load_settings
+
+    return load_settings(args.config)
+
+
+def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
+    from gateway.audit.checkpoint import load_checkpoints
+
+    try:
+        return load_checkpoints(path)
+    except FileNotFoundError:
+        raise _UserError(f"{path}: no such checkpoint file") from None
+    except UnicodeDecodeError:
+        raise _UserError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise _UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from gateway.audit.chain import ChainRecord
+    from gateway.identity.models import AuditEvent
+    from gateway.store.db import store_errors
+
+    if args.limit < 1:
+        raise _UserError("--limit must be at least 1")
+    settings = _load_settings(args)
+
+    async def show(db: Database) -> int:
+        query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(args.limit)
+        if args.kind:
+            query = query.where(AuditEvent.kind == args.kind)
+        if args.since:
+            query = query.where(AuditEvent.at >= args.since)
+        with store_errors("audit trail"):
+            async with db.session() as session:
+                rows = [ChainRecord.of(r) for r in (await session.scalars(query)).all()]
+        if args.json:
+            for record in rows:
+                print(json.dumps(record.to_json(), ensure_ascii=False))
+            return EXIT_OK
+        if not rows:
+            print("no audit records match")
+            return EXIT_OK
+        table = [
+            ("SEQ", "ID", "TIME (UTC)", "KIND", "ACTOR", "SUBJECT", "IP", "OUTCOME", "DETAILS"),
+            *(
+                (str(r.seq), str(r.id), _when(r.at), r.kind, r.actor, r.subject, r.ip, r.outcome, r.details)
+                for r in rows
+            ),
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+        for row in table:
+            cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+            print("  ".join([*cells, row[-1]]).rstrip())
+        return EXIT_OK
+
+    return asyncio.run(_with_db(settings, show))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.audit.checkpoint import CHECKPOINT_FILE, verify_trail
+
+    settings = _load_settings(args)
+    sources: list[Path] = list(args.checkpoint or [])
+    default = _checkpoint_dir(settings) / CHECKPOINT_FILE
+    if not sources and default.exists():
+        sources = [default]
+    checkpoints = [doc for path in sources for doc in _read_checkpoints(path)]
+    keyring = _keyring(settings) if checkpoints else None
+
+    async def run(db: Database) -> int:
+        verdict = await verify_trail(db, checkpoints, keyring=keyring)
+        report = verdict.report
+        if verdict.problem is not None:
+            print(f"audit trail FAILED verification: {verdict.problem}")
+            print(f"({report.records} record(s) verified before the problem)")
+            return EXIT_FAILURE
+        print(f"audit trail OK: {report.records} record(s) verified")
+        if report.first is not None and report.last is not None:
+            print(f"  first: {_when(report.first.at)} (seq {report.first.seq}, id {report.first.id})")
+            print(f"  last:  {_when(report.last.at)} (seq {report.last.seq}, id {report.last.id})")
+        print(f"  head hash: {report.head_hash}")
+        if checkpoints:
+            latest = max(checkpoints, key=lambda c: int(c["head_seq"]))
+            print(
+                f"  checkpoints: {len(checkpoints)} reached and signatures valid (from "
+                f"{', '.join(map(str, sources))}); latest seq {latest['head_seq']} at {latest['at']}"
+            )
+        else:
+            print(
+                "  checkpoints: none given, so a truncated tail cannot be detected; pass --checkpoint "
+                "FILE (checkpoints from your log sinks)"
+            )
+        return EXIT_OK
+
+    return asyncio.run(_with_db(settings, run))
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from gateway.audit.checkpoint import Checkpointer
+
+    settings = _load_settings(args)
+    keyring = _keyring(settings, allow_create=True)
+    directory = _checkpoint_dir(settings)
+
+    async def run(db: Database) -> int:
+        doc = await Checkpointer(db, keyring, directory=directory).checkpoint()
+        print(json.dumps(doc, sort_keys=True))
+        print(f"appended to {directory / 'checkpoints.jsonl'}", file=sys.stderr)
+        return EXIT_OK
+
+    return asyncio.run(_with_db(settings, run))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gateway.audit.bundle import BundleError, export_bundle
+    from gateway.audit.checkpoint import CHECKPOINT_FILE
+    from gateway.clock import SYSTEM_CLOCK
+
+    if args.since >= args.until:
+        raise _UserError("--since must be before --until")
+    settings = _load_settings(args)
+    local = _checkpoint_dir(settings) / CHECKPOINT_FILE
+    checkpoints = _read_checkpoints(local) if local.exists() else []
+    for path in args.checkpoint or []:
+        checkpoints += _read_checkpoints(path)
+
+    async def run(db: Database) -> int:
+        try:
+            summary = await export_bundle(
+                db,
+                since=args.since,
+                until=args.until,
+                checkpoints=checkpoints,
+                out=args.output,
+                now=SYSTEM_CLOCK.now(),
+            )
+        except BundleError as exc:
+            raise _UserError(str(exc)) from None
+        span = _span(summary.first, summary.last)
+        print(
+            f"wrote {summary.path}: {summary.records} record(s){span}, {summary.checkpoints} checkpoint(s); "
+            f"check it with `gateway audit verify-bundle {summary.path}`"
+        )
+        if summary.problem is not None:
+            print(f"warning: the exported records do not verify: {summary.problem}", file=sys.stderr)
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    return asyncio.run(_with_db(settings, run))
+
+
+def _span(first: ChainRecord | None, last: ChainRecord | None) -> str:
+    if first is None or last is None:
+        return ""
+    return f" (seq {first.seq}..{last.seq}, {_when(first.at)} .. {_when(last.at)})"
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from gateway.audit.bundle import BundleError, verify_bundle
+
+    keyring = _keyring(_load_settings(args)) if args.config is not None else None
+    try:
+        verdict = verify_bundle(args.bundle, keyring=keyring)
+    except BundleError as exc:
+        raise _UserError(str(exc)) from None
+    if verdict.problem is not None:
+        print(f"bundle FAILED verification: {verdict.problem}")
+        return EXIT_FAILURE
+    print(f"bundle OK: {verdict.records} record(s){_span(verdict.first, verdict.last)}, manifest matches")
+    if verdict.last is not None:
+        print(f"  head hash: {verdict.last.record_hash}")
+    signatures = (
+        "signatures valid" if verdict.signatures_checked else "signatures NOT checked (pass --config)"
+    )
+    print(f"  checkpoints inside the range: {verdict.checkpoints_checked} match; {signatures}")
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def _config_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("gateway.yaml") if required else None,
+        metavar="FILE",
+        help="path to the YAML configuration file"
+        + (" (default: ./gateway.yaml)" if required else "; needed to check checkpoint signatures"),
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway audit …`` to the ``gateway`` command's sub-commands.
+
+    Args:
+        sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
+            taking the parsed arguments and returning an exit code.
+    """
+    audit = sub.add_parser(
+        "audit",
+        help="read, verify and export the tamper-evident audit trail",
+        description="The audit trail is a hash chain of security events. Verify it against signed "
+        "checkpoints, list records, and export evidence bundles that verify offline.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        audit.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    audit.set_defaults(func=usage)
+    actions = audit.add_subparsers(dest="audit_action", metavar="ACTION")
+
+    def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
+
+    p = action("list", "show audit records, newest first", "Show audit records, newest first.")
+    _config_arg(p)
+    p.add_argument("--kind", metavar="KIND", help="only this kind, e.g. signin.password")
+    p.add_argument(
+        "--since", type=_time, metavar="ISO", help="only records at or after this time (UTC if no offset)"
+    )
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N records (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_guarded(_list))
+
+    p = action(
+        "verify",
+        "check the hash chain and that it reaches every checkpoint",
+        "Walk the whole audit chain and check every record's hash and link, then check the chain still "
+        "reaches each signed checkpoint (default: <data_dir>/audit-checkpoints/checkpoints.jsonl). "
+        "Names the first bad record. Exit 1 on any problem.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="checkpoints to hold the chain against: one JSON object or JSON lines (repeatable)",
+    )
+    p.set_defaults(func=_guarded(_verify))
+
+    p = action(
+        "checkpoint",
+        "sign a checkpoint of the chain head now",
+        "Verify the chain, sign its head (HMAC-SHA256, key from the keyring), print it and append it to "
+        "<data_dir>/audit-checkpoints/checkpoints.jsonl. Gateways do this every audit.checkpoint_interval.",
+    )
+    _config_arg(p)
+    p.set_defaults(func=_guarded(_checkpoint))
+
+    p = action(
+        "export",
+        "write an evidence bundle for a time range",
+        "Write the records with SINCE <= time < UNTIL, the hash-chain proof, the checkpoints, a manifest "
+        "of SHA-256 sums and a README as a zip file (-o NAME.zip) or a new directory.",
+    )
+    _config_arg(p)
+    p.add_argument("--since", type=_time, required=True, metavar="ISO", help="start (UTC if no offset)")
+    p.add_argument(
+        "--until", type=_time, required=True, metavar="ISO", help="end, exclusive (UTC if no offset)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="BUNDLE", help="NAME.zip or a directory"
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, action="append", metavar="FILE", help="more checkpoints to include"
+    )
+    p.set_defaults(func=_guarded(_export))
+
+    p = action(
+        "verify-bundle",
+        "check an evidence bundle offline",
+        "Check a bundle made by `gateway audit export`: manifest, every record hash, the chain links "
+        "from the anchor, and the checkpoints inside the range (their signatures too with --config).",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the zip file or directory")
+    _config_arg(p, required=False)
+    p.set_defaults(func=_guarded(_verify_bundle))

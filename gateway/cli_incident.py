@@ -1,0 +1,262 @@
+"""``gateway incident …``: see and undo what threat detection did, and block addresses by hand.
+
+    gateway incident list [--json] [--limit N]
+    gateway incident show ID [--json]
+    gateway incident lift ID                       unblock / re-enable what the incident did
+    gateway incident block-ip CIDR [--for 1h] [--reason TEXT]
+    gateway incident unblock-ip CIDR
+
+Every action takes ``--config FILE``. Incidents and blocks live in the fast state, so the command
+needs ``state.redis_url``: with in-process state they live inside each running gateway, out of
+reach, and the command says so (exit 1). Every change is audited with the operator as the actor and
+reaches every replica within about a second (broadcast).
+
+Exit codes: 0 done, 1 runtime failure (store unreachable, in-process state), 2 invalid input
+(unknown incident, bad address or duration, bad configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from gateway.settings.schema import Settings
+    from gateway.threat.incidents import Incident
+    from gateway.threat.responder import Responder
+
+__all__ = ["add_incident_commands"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_IN_PROCESS: Final = (
+    "error: state.redis_url is not set: incidents and blocks live inside each running gateway's "
+    "memory, out of reach of this command. Configure Redis to manage them from the command line."
+)
+
+
+class _UserError(Exception):
+    """The operator's input cannot be acted on (exit 2)."""
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaitable[int]]) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.factors.regulation import Regulator
+    from gateway.identity.accounts import AccountService
+    from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.sessions import SessionStore
+    from gateway.runtime import storage_url
+    from gateway.store.db import Database
+    from gateway.store.fast import open_fast_state
+    from gateway.store.migrate import ensure_schema
+    from gateway.threat.responder import Responder
+
+    url = storage_url(settings)
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+    try:
+        audit = AuditLog(db, clock=SYSTEM_CLOCK)
+        sessions = SessionStore(fast, settings.session, SYSTEM_CLOCK)
+        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
+        accounts = AccountService(
+            db, PasswordHasher(settings.passwords), regulator, audit, SYSTEM_CLOCK, sessions=sessions
+        )
+        responder = Responder(
+            state=fast,
+            audit=audit,
+            accounts=accounts,
+            sessions=sessions,
+            session_settings=settings.session,
+            clock=SYSTEM_CLOCK.time,
+        )
+        return await action(responder)
+    finally:
+        await fast.close()
+        await db.close()
+
+
+def _runner(
+    action: Callable[[argparse.Namespace, Responder], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.settings.loader import load_settings
+
+        settings = load_settings(args.config)
+        if settings.state.redis_url is None:
+            print(_IN_PROCESS, file=sys.stderr)
+            return EXIT_FAILURE
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            return asyncio.run(_open_and_run(settings, lambda r: action(args, r)))
+        except _UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _document(incident: Incident) -> dict[str, object]:
+    import msgspec
+
+    doc: dict[str, object] = msgspec.to_builtins(incident)
+    return doc
+
+
+async def _list(args: argparse.Namespace, responder: Responder) -> int:
+    incidents = await responder.incidents.latest(args.limit)
+    blocks = await responder.blocks.entries()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "incidents": [_document(i) for i in incidents],
+                    "blocks": [b.to_json() for b in blocks],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not incidents:
+        print("no incidents")
+    for i in incidents:
+        actions = ",".join(a.kind for a in i.actions) or "alert"
+        print(f"{i.id}  {_when(i.at)}  {i.status:<6}  {i.rule:<17} {actions:<24} {i.summary}")
+    if blocks:
+        print("\nblocked addresses:")
+        for b in blocks:
+            print(f"  {b.cidr:<20} until {_when(b.until)}  {b.incident} {b.reason}")
+    return EXIT_OK
+
+
+async def _incident(responder: Responder, incident_id: str) -> Incident:
+    incident = await responder.incidents.get(incident_id)
+    if incident is None:
+        raise _UserError(f"no incident {incident_id!r} (see `gateway incident list`)")
+    return incident
+
+
+async def _show(args: argparse.Namespace, responder: Responder) -> int:
+    incident = await _incident(responder, args.id)
+    if args.json:
+        print(json.dumps(_document(incident), indent=2))
+        return EXIT_OK
+    print(f"incident  {incident.id} ({incident.status})")
+    print(f"rule      {incident.rule}")
+    print(f"at        {_when(incident.at)}")
+    for label, value in (("subject", incident.subject), ("ip", incident.ip), ("session", incident.session)):
+        if value:
+            print(f"{label:<9} {value}")
+    print(f"summary   {incident.summary}")
+    for key, evidence in incident.evidence.items():
+        print(f"  {key}: {evidence}")
+    for a in incident.actions:
+        state = "lifted" if a.lifted else ("done" if a.ok else "FAILED")
+        until = f" until {_when(a.until)}" if a.until else ""
+        print(f"action    {a.kind} {a.target}{until} [{state}] {a.note}")
+    if incident.lifted_by:
+        print(f"lifted    by {incident.lifted_by} at {_when(incident.lifted_at)}")
+    return EXIT_OK
+
+
+async def _lift(args: argparse.Namespace, responder: Responder) -> int:
+    await _incident(responder, args.id)
+    lifted = await responder.lift(args.id, actor=_actor())
+    assert lifted is not None
+    undone = [f"{a.kind} {a.target}" for a in lifted.actions if a.lifted]
+    print(f"{lifted.id} lifted" + (f": {', '.join(undone)}" if undone else " (nothing to undo)"))
+    return EXIT_OK
+
+
+def _network(text: str) -> str:
+    from gateway.threat.blocks import normalize_network
+
+    try:
+        return str(normalize_network(text))
+    except ValueError as exc:
+        raise _UserError(f"{text!r} is not an IP address or CIDR network") from exc
+
+
+async def _block(args: argparse.Namespace, responder: Responder) -> int:
+    from gateway.settings.loader import parse_duration
+
+    cidr = _network(args.cidr)
+    try:
+        seconds = float(parse_duration(args.duration))
+    except (ValueError, TypeError) as exc:
+        raise _UserError(f"--for {args.duration!r}: expected a duration such as 30m, 1h or 7d") from exc
+    if seconds <= 0:
+        raise _UserError("--for must be longer than 0")
+    incident = await responder.block_ip(cidr, seconds=seconds, actor=_actor(), reason=args.reason)
+    print(f"{cidr} blocked for {seconds:g}s ({incident.id})")
+    return EXIT_OK
+
+
+async def _unblock(args: argparse.Namespace, responder: Responder) -> int:
+    cidr = _network(args.cidr)
+    if await responder.unblock_ip(cidr, actor=_actor()) == 0:
+        raise _UserError(f"{cidr} is not blocked (see `gateway incident list`)")
+    print(f"{cidr} unblocked")
+    return EXIT_OK
+
+
+def add_incident_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway incident …`` to the ``gateway`` command's sub-commands."""
+    from gateway.cli import _config_arg
+
+    incident = sub.add_parser(
+        "incident",
+        help="threat incidents and address blocks",
+        description="List and inspect what threat detection found and did; lift its actions; block "
+        "or unblock addresses on every replica.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        incident.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    incident.set_defaults(func=usage)
+    actions = incident.add_subparsers(dest="incident_action", metavar="ACTION")
+
+    def action(
+        name: str, func: Callable[[argparse.Namespace, Responder], Awaitable[int]], summary: str
+    ) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=summary, description=summary + ".", allow_abbrev=False)
+        _config_arg(parser)
+        parser.set_defaults(func=_runner(func))
+        return parser
+
+    p = action("list", _list, "list the newest incidents and the addresses blocked now")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N incidents (default 50)")
+    p = action("show", _show, "show one incident: evidence and actions")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = action("lift", _lift, "undo an incident's blocks and account locks")
+    p.add_argument("id", metavar="ID")
+    p = action("block-ip", _block, "refuse an address or network on every replica for a while")
+    p.add_argument("cidr", metavar="CIDR")
+    p.add_argument("--for", dest="duration", default="1h", metavar="DURATION", help="how long (default 1h)")
+    p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
+    p = action("unblock-ip", _unblock, "lift the block of exactly this address or network")
+    p.add_argument("cidr", metavar="CIDR")

@@ -1,0 +1,272 @@
+"""The access log: one ECS JSON event per request, and the audit trail's security events, to the sinks.
+
+The observer and the audit listener run on the request's event loop, so they only wrap the record in
+an entry and enqueue it (:meth:`SinkHub.publish`). The JSON is built later, once, by the first sink
+task that needs it; records are not changed after the data plane hands them to observers.
+
+Field names follow the Elastic Common Schema (nested objects: ``event.kind`` is ``{"event": {"kind"}}``);
+gateway-specific facts live under ``gateway.*`` and ``upstream.*``. Durations are nanoseconds, as ECS
+defines ``event.duration``. Nothing secret is written: the data plane never puts headers, cookies or
+bodies in the record, the query string and path go through :mod:`gateway.observe.redact`, and the
+session appears only as the prefix of its id's SHA-256.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from gateway.observe.redact import REDACTED, redact_details, redact_path, redact_query
+
+if TYPE_CHECKING:
+    from gateway.audit.trail import AuditListener, SecurityEvent
+    from gateway.observe.record import Observer, RequestRecord
+    from gateway.observe.sinks import SinkHub
+
+__all__ = ["AccessEntry", "Entry", "SecurityEntry", "access_observer", "audit_listener"]
+
+ECS_VERSION: Final = "8.11.0"
+_ENCODER: Final = msgspec.json.Encoder()
+_FAILED_DECISIONS: Final = frozenset({"deny", "unauthenticated", "invalid", "error"})
+# Audit kinds that are detections or lock-outs rather than plain facts: ECS "alert" events.
+_ALERT_PREFIXES: Final = ("threat.", "alert.", "anomaly.")
+_ALERT_MARKERS: Final = ("locked", "lockout", "brute", "replay", "tamper")
+_MAX_USER_AGENT: Final = 512
+
+
+def _timestamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _nanos(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+class Entry:
+    """One event queued for the sinks; serialised lazily and only once, whichever sink asks first."""
+
+    __slots__ = ("_document", "_json")
+
+    stream: str = ""  # "access" or "security": syslog MSGID, Loki label, Elasticsearch dataset
+
+    def __init__(self) -> None:
+        self._document: dict[str, Any] | None = None
+        self._json: bytes | None = None
+
+    @property
+    def at(self) -> float:
+        """When it happened, Unix seconds."""
+        raise NotImplementedError
+
+    @property
+    def severity(self) -> int:
+        """Syslog severity: 6 informational, 4 warning (alerts)."""
+        return 6
+
+    def document(self) -> dict[str, Any]:
+        """The ECS document (built on first use)."""
+        if self._document is None:
+            self._document = self._build()
+        return self._document
+
+    def json(self) -> bytes:
+        """The document as compact UTF-8 JSON, no trailing newline."""
+        if self._json is None:
+            self._json = _ENCODER.encode(self.document())
+        return self._json
+
+    def _build(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class AccessEntry(Entry):
+    """The access-log event of one request."""
+
+    __slots__ = ("record",)
+    stream = "access"
+
+    def __init__(self, record: RequestRecord) -> None:
+        super().__init__()
+        self.record = record
+
+    @property
+    def at(self) -> float:
+        return self.record.at
+
+    def _build(self) -> dict[str, Any]:
+        rec = self.record
+        failed = rec.decision in _FAILED_DECISIONS or rec.status >= 500
+        request: dict[str, Any] = {"method": rec.method, "bytes": rec.bytes_in}
+        if rec.request_id:
+            request["id"] = rec.request_id
+        url: dict[str, Any] = {"path": redact_path(rec.path)}
+        if rec.query:
+            url["query"] = redact_query(rec.query)
+        if rec.host:
+            url["domain"] = rec.host
+        gateway: dict[str, Any] = {
+            "kind": rec.kind,
+            "route": rec.route,
+            "decision": rec.decision,
+            "reason": rec.reason,
+            "policy_version": rec.policy_version,
+        }
+        if rec.authz_seconds is not None:
+            gateway["authz"] = {"duration": _nanos(rec.authz_seconds)}
+        doc: dict[str, Any] = {
+            "@timestamp": _timestamp(rec.at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "event",
+                "category": ["web"],
+                "type": ["access", "denied" if rec.decision in _FAILED_DECISIONS else "allowed"],
+                "dataset": "gateway.access",
+                "outcome": "failure" if failed else "success",
+                "duration": _nanos(rec.total_seconds),
+            },
+            "http": {"request": request, "response": {"status_code": rec.status, "bytes": rec.bytes_out}},
+            "url": url,
+            "source": {"ip": rec.client_ip} if rec.client_ip else {},
+            "user_agent": {"original": rec.user_agent[:_MAX_USER_AGENT]},
+            "gateway": gateway,
+        }
+        if rec.user:
+            doc["user"] = {"name": rec.user}
+        if rec.session:
+            doc["session"] = {"id": rec.session}
+        if rec.upstream:
+            upstream: dict[str, Any] = {"address": rec.upstream}
+            if rec.upstream_seconds is not None:
+                upstream["duration"] = _nanos(rec.upstream_seconds)
+            doc["upstream"] = upstream
+        if rec.request_id:
+            doc["trace"] = {"id": rec.request_id}
+        return doc
+
+
+class SecurityEntry(Entry):
+    """One audit-trail event (sign-in, MFA, lock-out, admin change), details redacted."""
+
+    __slots__ = ("event",)
+    stream = "security"
+
+    def __init__(self, event: SecurityEvent) -> None:
+        super().__init__()
+        self.event = event
+
+    @property
+    def at(self) -> float:
+        return self.event.at.timestamp()
+
+    @property
+    def severity(self) -> int:
+        return 4 if is_alert(self.event.kind) else 6
+
+    def _build(self) -> dict[str, Any]:
+        ev = self.event
+        try:
+            details = redact_details(json.loads(ev.details)) if ev.details else {}
+        except ValueError:
+            details = REDACTED  # not JSON: cannot tell what is secret inside, so show nothing
+        doc: dict[str, Any] = {
+            "@timestamp": _timestamp(self.at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "alert" if is_alert(ev.kind) else "event",
+                "category": [_category(ev.kind)],
+                "action": ev.kind,
+                "dataset": "gateway.audit",
+                "outcome": _outcome(ev.outcome),
+            },
+            "gateway": {"actor": ev.actor, "subject": ev.subject, "outcome": ev.outcome, "details": details},
+        }
+        if ev.ip:
+            doc["source"] = {"ip": ev.ip}
+        if ev.subject:
+            doc["user"] = {"name": ev.subject}
+        return doc
+
+
+class CheckpointEntry(Entry):
+    """A signed audit-chain checkpoint (or a ``audit.chain_broken`` alert) on its way out of the database.
+
+    Sent to the sinks so the SIEM holds proof of the chain's head: a trail truncated later no longer
+    reaches the last checkpoint it received (``gateway audit verify --checkpoint``).
+    """
+
+    __slots__ = ("_at", "checkpoint")
+    stream = "security"
+
+    def __init__(self, checkpoint: dict[str, Any], at: float) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self._at = at
+
+    @property
+    def at(self) -> float:
+        return self._at
+
+    @property
+    def severity(self) -> int:
+        return 4 if self.checkpoint.get("type") == "audit.chain_broken" else 6
+
+    def _build(self) -> dict[str, Any]:
+        broken = self.checkpoint.get("type") == "audit.chain_broken"
+        return {
+            "@timestamp": _timestamp(self._at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "alert" if broken else "event",
+                "category": ["database"],
+                "action": "audit.chain_broken" if broken else "audit.checkpoint",
+                "dataset": "gateway.audit",
+            },
+            "gateway": {"checkpoint": self.checkpoint},
+        }
+
+
+def is_alert(kind: str) -> bool:
+    """Whether an audit kind is a detection or lock-out (``event.kind: alert``) rather than a fact."""
+    return kind.startswith(_ALERT_PREFIXES) or any(marker in kind for marker in _ALERT_MARKERS)
+
+
+def _category(kind: str) -> str:
+    head = kind.partition(".")[0]
+    if head in ("signin", "signout", "session", "mfa", "account", "passkey", "totp", "webauthn"):
+        return "authentication"
+    if head in ("user", "role", "group"):
+        return "iam"
+    if head in ("policy", "config", "route", "admin"):
+        return "configuration"
+    if head in ("threat", "alert", "anomaly"):
+        return "intrusion_detection"
+    return "authentication"
+
+
+def _outcome(outcome: str) -> str:
+    if outcome in ("success", "failure"):
+        return outcome
+    return "failure" if outcome in ("denied", "refused", "error", "locked") else "unknown"
+
+
+def access_observer(hub: SinkHub) -> Observer:
+    """The request observer: wrap the record and enqueue it for every sink (no I/O, never blocks)."""
+    publish = hub.publish
+
+    def observe(record: RequestRecord) -> None:
+        publish(AccessEntry(record))
+
+    return observe
+
+
+def audit_listener(hub: SinkHub) -> AuditListener:
+    """The audit-trail listener: enqueue each stored security event for every sink."""
+    publish = hub.publish
+
+    def listen(event: SecurityEvent) -> None:
+        publish(SecurityEntry(event))
+
+    return listen

@@ -1,0 +1,192 @@
+"""Keep secrets out of the access log: query strings, paths and audit details pass through here.
+
+Two independent tests, either one redacts:
+
+* **The name looks secret.** ``token``, ``access_token``, ``X-Amz-Signature``, ``apiKey``, ``client-secret``,
+  ``SAMLResponse``, ``code``, ``state``, ``otp``… in any case and in snake, kebab, dotted or camel spelling.
+  OAuth's ``code`` and ``state`` are included: a code is a bearer credential until redeemed, and the
+  state binds it to the browser.
+* **The value looks secret**, whatever its name: a JWT/JWS/JWE, a well-known token prefix (``ghp_``,
+  ``sk_live_``, ``xoxb-``, ``AKIA…``), or a long random-looking string. A value that carries a nested
+  query (``next=/cb?token=…``) is redacted when anything inside it would be.
+
+False positives cost a little detail in a log line; a false negative leaks a credential into a SIEM that
+many people read, so the rules lean towards redacting.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import Final
+from urllib.parse import unquote_plus
+
+__all__ = ["REDACTED", "is_secret_name", "looks_secret", "redact_details", "redact_path", "redact_query"]
+
+REDACTED: Final = "[REDACTED]"
+
+# Whole words of a parameter name (after splitting camelCase and on _ - . [ ] space).
+_SECRET_WORDS: Final = frozenset(
+    {
+        "token", "tokens", "jwt", "bearer", "password", "passwd", "pwd", "pass", "passphrase", "secret",
+        "secrets", "key", "apikey", "signature", "sig", "auth", "authorization", "session", "sessionid",
+        "sid", "otp", "totp", "hotp", "pin", "code", "state", "nonce", "cookie", "credential",
+        "credentials", "csrf", "xsrf", "assertion", "ticket", "saml", "samlresponse", "samlrequest",
+        "verifier", "hmac", "privatekey", "salt",
+    }
+)  # fmt: skip
+# Substrings of the name with separators removed: catch run-together spellings (accesstoken, apikey).
+_SECRET_PARTS: Final = (
+    "token", "secret", "passw", "passwd", "apikey", "signature", "credential", "sessionid", "authorization",
+    "privatekey", "samlresponse", "samlrequest", "jwt", "cookie", "otpcode",
+)  # fmt: skip
+_CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS: Final = re.compile(r"[^A-Za-z0-9]+")
+
+# JWS (3 parts) and JWE (5 parts): base64url JSON headers always start "eyJ".
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*")
+_KNOWN_PREFIX: Final = re.compile(
+    r"(?:gh[pousr]_|github_pat_|glpat-|sk_live_|sk_test_|rk_live_|pk_live_|xox[abposr]-|AKIA|ASIA|AIza"
+    r"|ya29\.|hf_)[A-Za-z0-9_\-.]{10,}"
+)
+_TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
+_MIN_ENTROPY_BITS: Final = 3.0
+
+
+def _words(name: str) -> list[str]:
+    spaced = _CAMEL.sub("_", name)
+    return [word for word in _SEPARATORS.split(spaced.lower()) if word]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter or field named ``name`` must never have its value logged.
+
+    Args:
+        name: The name as sent, e.g. ``access_token``, ``X-Amz-Signature`` or ``idToken``.
+
+    Returns:
+        True when a word of the name, or the name run together, looks like a credential.
+    """
+    words = _words(name)
+    if any(word in _SECRET_WORDS for word in words):
+        return True
+    compact = "".join(words)
+    return any(part in compact for part in _SECRET_PARTS)
+
+
+def _entropy(text: str) -> float:
+    counts = Counter(text)
+    size = len(text)
+    return -sum(n / size * math.log2(n / size) for n in counts.values())
+
+
+def looks_secret(value: str) -> bool:
+    """Whether ``value`` (already decoded) looks like a token or key, whatever it is called.
+
+    Args:
+        value: A parameter value, path segment or detail string.
+
+    Returns:
+        True for JWTs, well-known token formats and long random-looking strings (20+ token characters
+        mixing letters and digits with high character entropy). Words, dates and slugs stay visible.
+    """
+    if _JWT.search(value) or _KNOWN_PREFIX.search(value):
+        return True
+    for match in _TOKENISH.finditer(value):
+        text = match.group()
+        letters = sum(c.isalpha() for c in text)
+        digits = sum(c.isdigit() for c in text)
+        entropy = _entropy(text)
+        if letters and digits and digits * 10 >= len(text) and entropy >= _MIN_ENTROPY_BITS:
+            return True
+        # Base64 of random bytes: many distinct characters, whatever the digit count.
+        # Slugs (the-quick-brown-fox) are as varied, but split into words by separators.
+        separators = sum(c in "-._~" for c in text)
+        if len(text) >= 24 and entropy >= 4.2 and separators * 8 <= len(text):
+            return True
+        # Random upper+lower mixes without digits (base64 of few bytes) are caught by mixed case.
+        if not digits and _mixed_case_random(text, entropy):
+            return True
+    return False
+
+
+def _mixed_case_random(text: str, entropy: float) -> bool:
+    upper = sum(c.isupper() for c in text)
+    lower = sum(c.islower() for c in text)
+    # Real words have few capitals; random base64 has about as many upper as lower case letters.
+    return upper * 4 >= len(text) and lower * 4 >= len(text) and entropy >= 3.5
+
+
+def redact_query(query: str, *, limit: int = 4096) -> str:
+    """Return the raw query string with secret-looking parameters replaced by ``[REDACTED]``.
+
+    Names stay as written, so an analyst still sees *that* a token was sent. A bare parameter without
+    ``=`` is judged by its value. The result is cut at ``limit`` characters.
+
+    Args:
+        query: The query string without the ``?``, as received (percent-encoded).
+        limit: Longest result kept; a longer one ends with ``…``.
+
+    Returns:
+        The redacted query string.
+    """
+    if not query:
+        return ""
+    out: list[str] = []
+    for pair in query.split("&"):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            out.append(REDACTED if _value_is_secret(unquote_plus(name)) else pair)
+        elif is_secret_name(unquote_plus(name)) or _value_is_secret(unquote_plus(value)):
+            out.append(f"{name}={REDACTED}")
+        else:
+            out.append(pair)
+    result = "&".join(out)
+    return result if len(result) <= limit else result[:limit] + "…"
+
+
+def _value_is_secret(value: str) -> bool:
+    if looks_secret(value):
+        return True
+    # A URL or query inside a value (next=/cb?code=…): redact it whole if anything inside is secret.
+    _, mark, nested = value.partition("?")
+    inner = nested if mark else value
+    if "=" in inner:
+        return redact_query(inner) != inner
+    return False
+
+
+def redact_path(path: str) -> str:
+    """Return ``path`` with segments that look like tokens (a JWT in a magic link) replaced.
+
+    Only the value test applies: path segments have no names, and ids such as UUIDs stay readable
+    unless they look random enough to be keys.
+    """
+    if not looks_secret(path):
+        return path
+    return "/".join(REDACTED if looks_secret(segment) else segment for segment in path.split("/"))
+
+
+def redact_details(value: object) -> object:
+    """Return a JSON-like value with secret-named keys and secret-looking strings redacted (recursively).
+
+    Args:
+        value: Decoded JSON: dicts, lists, strings, numbers, booleans, None.
+
+    Returns:
+        A copy safe to log.
+    """
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if is_secret_name(str(key)) else redact_details(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_details(item) for item in value]
+    if isinstance(value, str):
+        if looks_secret(value):
+            return REDACTED
+        return redact_query(value) if "=" in value and "&" in value else value
+    return value

@@ -1,0 +1,184 @@
+"""What every sink shares: a bounded queue, one delivery task, batching, retries, counters, flush.
+
+The request path only calls :meth:`Sink.offer` (``put_nowait``): a full queue drops the event and
+counts it, so a sink that is down or slow costs requests nothing. The delivery task takes batches off
+the queue and hands them to :meth:`Sink.send`; a failed batch is retried with exponential back-off
+(0.2 s doubling up to 30 s) and dropped, counted, after ``retries`` attempts, so one bad collector
+never wedges a sink for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from gateway.observe.access import Entry
+
+__all__ = ["Delivery", "PermanentError", "Sink", "SinkStats"]
+
+logger = logging.getLogger("gateway.observe.sinks")
+
+_FIRST_BACKOFF: Final = 0.2
+_MAX_BACKOFF: Final = 30.0
+
+
+class PermanentError(Exception):
+    """The collector refused the batch for good (e.g. HTTP 400): retrying would only repeat it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a sink queues and batches: events it may hold, events per delivery, how long it waits for a
+    batch to fill, attempts per batch."""
+
+    queue_size: int = 10_000
+    batch_size: int = 100
+    flush_interval: float = 0.0
+    retries: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counters of one sink since start. ``queued`` counts accepted events, ``dropped`` events lost
+    (queue full, retries exhausted, refused, or still queued at shutdown), ``failures`` failed delivery
+    attempts, ``pending`` events waiting now."""
+
+    queued: int
+    sent: int
+    dropped: int
+    failures: int
+    pending: int
+
+
+class Sink:
+    """Base class: subclasses implement :meth:`send` (and :meth:`open` / :meth:`aclose` if they hold
+    connections or files)."""
+
+    def __init__(self, name: str, delivery: Delivery) -> None:
+        self.name = name
+        self._queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=delivery.queue_size)
+        self._batch_size = delivery.batch_size
+        self._flush_interval = delivery.flush_interval
+        self._retries = delivery.retries
+        self._task: asyncio.Task[None] | None = None
+        # The batch being gathered or delivered: counted as pending, and as dropped if shutdown cuts it.
+        self._batch: list[Entry] = []
+        self._closing = False
+        self._failing = False
+        self._queued = self._sent = self._dropped = self._failures = 0
+
+    def offer(self, entry: Entry) -> None:
+        """Enqueue without waiting; a full queue drops the event (counted). Never raises."""
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self._dropped += 1
+        else:
+            self._queued += 1
+
+    def stats(self) -> SinkStats:
+        """A snapshot of the counters."""
+        return SinkStats(
+            queued=self._queued,
+            sent=self._sent,
+            dropped=self._dropped,
+            failures=self._failures,
+            pending=self._queue.qsize() + len(self._batch),
+        )
+
+    async def open(self) -> None:
+        """Acquire what the sink needs (a client session); connections open lazily in send()."""
+
+    async def send(self, batch: list[Entry]) -> None:
+        """Deliver a batch or raise. Must bound its own waiting (timeouts)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+
+    async def start(self) -> None:
+        """Open the sink and start its delivery task."""
+        await self.open()
+        self._task = asyncio.create_task(self._run(), name=f"log-sink-{self.name}")
+
+    async def close(self, grace: float) -> None:
+        """Deliver what is queued for at most ``grace`` seconds, then stop; the rest counts as dropped."""
+        self._closing = True
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._dropped += self._queue.qsize() + len(self._batch)
+        self._batch = []
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        try:
+            await self.aclose()
+        except Exception:  # shutdown must go on for the other sinks
+            logger.warning("log sink %s did not close cleanly", self.name, exc_info=True)
+
+    async def _run(self) -> None:
+        while True:
+            batch = self._batch = []
+            await self._gather(batch)
+            await self._deliver(batch)
+            self._batch = []
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _gather(self, batch: list[Entry]) -> None:
+        batch.append(await self._queue.get())
+        self._drain_into(batch)
+        if self._flush_interval > 0 and not self._closing:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._flush_interval
+            while len(batch) < self._batch_size and not self._closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+                self._drain_into(batch)
+
+    def _drain_into(self, batch: list[Entry]) -> None:
+        while len(batch) < self._batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+
+    async def _deliver(self, batch: list[Entry]) -> None:
+        delay = _FIRST_BACKOFF
+        for attempt in range(1, self._retries + 1):
+            try:
+                await self.send(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of a collector is retried, never raised
+                self._failures += 1
+                if not self._failing:
+                    # Once per outage, not per attempt: a dead collector must not flood the log.
+                    self._failing = True
+                    logger.warning("log sink %s failed, retrying: %s", self.name, _describe(exc))
+                if isinstance(exc, PermanentError) or attempt == self._retries:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+            else:
+                self._sent += len(batch)
+                if self._failing:
+                    self._failing = False
+                    logger.warning("log sink %s delivers again", self.name)
+                return
+        self._dropped += len(batch)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

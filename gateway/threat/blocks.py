@@ -1,0 +1,378 @@
+"""Blocked addresses: the in-process matcher the data plane asks, and the shared list that feeds it.
+
+Two sources, merged into one ``IpBlocks`` per worker:
+
+* **Temporary blocks** (a threat rule's ``block_ip`` response, or ``gateway incident block-ip``) live in
+  the fast state under one key, ``threat:blocks`` (JSON list, changed with compare-and-set). Every
+  change is announced on the ``threat-blocks`` channel; each replica re-reads the key when it hears
+  it, and every few seconds anyway (a lost broadcast or a dropped subscription is bounded by that).
+* **Block-list files** (threat-intel feeds: one CIDR per line, ``#`` comments), re-read when their
+  modification time or size changes. Each replica reads its own copy of the files.
+
+The data plane's check is ``client_ip in blocks``: one dict look-up when only single addresses are
+blocked, a parse plus one set look-up per distinct prefix length when networks are (results cached).
+Never a network call on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.errors import Forbidden
+from gateway.store.fast.base import FastState, StateUnavailable, Subscription
+
+__all__ = [
+    "BLOCKS_CHANNEL",
+    "BLOCKS_KEY",
+    "BlockEntry",
+    "BlockListFiles",
+    "BlockStore",
+    "IpBlocked",
+    "IpBlocks",
+    "normalize_network",
+    "read_block_list",
+]
+
+logger = logging.getLogger("gateway.threat")
+
+BLOCKS_KEY: Final = "threat:blocks"
+BLOCKS_CHANNEL: Final = "threat-blocks"
+_CAS_ROUNDS: Final = 32
+_CACHE_SIZE: Final = 4096
+# Blocks kept in the shared list at most; a rule blocking more than this is itself an incident.
+MAX_BLOCKS: Final = 10_000
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class IpBlocked(Forbidden):
+    """The client address is blocked (a threat response or a block list): 403 ``ip-blocked``."""
+
+    reason = "ip-blocked"
+    title = "Access from this address is blocked"
+
+
+def normalize_network(text: str) -> Network:
+    """Parse an address or CIDR (host bits allowed) into its network; IPv4-mapped IPv6 becomes IPv4.
+
+    Raises:
+        ValueError: not an address or network.
+    """
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEntry:
+    """One temporary block. ``until`` is Unix time; ``incident`` the incident that made it."""
+
+    cidr: str
+    until: float
+    incident: str = ""
+    reason: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"cidr": self.cidr, "until": self.until, "incident": self.incident, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> BlockEntry:
+        until = doc["until"]
+        if not isinstance(until, int | float):
+            raise TypeError("until")
+        return cls(str(doc["cidr"]), float(until), str(doc.get("incident", "")), str(doc.get("reason", "")))
+
+
+class IpBlocks:
+    """The in-process set of blocked addresses and networks, rebuilt whole on every change."""
+
+    __slots__ = ("_cache", "_clock", "_dynamic", "_exact", "_files", "_nets")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        """Start empty.
+
+        Args:
+            clock: Unix time; an entry stops matching at its ``until`` even before the next rebuild.
+        """
+        self._clock = clock
+        self._dynamic: list[tuple[Network, float]] = []
+        self._files: list[Network] = []
+        # address text -> until; plus per IP version: prefix length -> {network int >> host bits: until}
+        self._exact: dict[str, float] = {}
+        self._nets: dict[int, dict[int, dict[int, float]]] = {}
+        self._cache: dict[str, float] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        if not self._exact and not self._nets:
+            return False
+        until = self._exact.get(ip)
+        if until is None:
+            # IPv6 text has many spellings (and IPv4-mapped forms): only those need parsing here.
+            if not self._nets and ":" not in ip:
+                return False
+            until = self._cache.get(ip)
+            if until is None:
+                until = self._lookup(ip)
+                if len(self._cache) >= _CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[ip] = until
+        return until > self._clock()
+
+    def _lookup(self, ip: str) -> float:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return 0.0
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        exact = self._exact.get(str(addr))
+        if exact is not None:
+            return exact
+        by_len = self._nets.get(addr.version)
+        if not by_len:
+            return 0.0
+        bits = addr.max_prefixlen
+        value = int(addr)
+        best = 0.0
+        for plen, nets in by_len.items():
+            until = nets.get(value >> (bits - plen))
+            if until is not None and until > best:
+                best = until
+        return best
+
+    def set_dynamic(self, entries: Iterable[BlockEntry]) -> None:
+        """Replace the temporary blocks (from the fast state)."""
+        parsed: list[tuple[Network, float]] = []
+        for entry in entries:
+            try:
+                parsed.append((normalize_network(entry.cidr), entry.until))
+            except ValueError:
+                logger.error("ignoring unreadable block %r", entry.cidr)
+        self._dynamic = parsed
+        self._rebuild()
+
+    def set_files(self, networks: Iterable[Network]) -> None:
+        """Replace the networks from block-list files (they never expire)."""
+        self._files = list(networks)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        exact: dict[str, float] = {}
+        nets: dict[int, dict[int, dict[int, float]]] = {}
+        pairs = [*self._dynamic, *((net, math.inf) for net in self._files)]
+        for net, until in pairs:
+            if net.prefixlen == net.max_prefixlen:
+                key = str(net.network_address)
+                exact[key] = max(until, exact.get(key, 0.0))
+                continue
+            shifted = int(net.network_address) >> (net.max_prefixlen - net.prefixlen)
+            table = nets.setdefault(net.version, {}).setdefault(net.prefixlen, {})
+            table[shifted] = max(until, table.get(shifted, 0.0))
+        # Swapped whole, never mutated in place: a request mid-check sees the old or the new set.
+        self._exact, self._nets, self._cache = exact, nets, {}
+
+    @property
+    def dynamic(self) -> Sequence[tuple[Network, float]]:
+        return tuple(self._dynamic)
+
+    def __len__(self) -> int:
+        return len(self._dynamic) + len(self._files)
+
+
+def _decode(raw: bytes | None) -> list[BlockEntry]:
+    if raw is None:
+        return []
+    try:
+        return [BlockEntry.from_json(doc) for doc in json.loads(raw)]
+    except (ValueError, TypeError, KeyError):
+        logger.error("unreadable block list in the fast state; treating it as empty")
+        return []
+
+
+class BlockStore:
+    """The shared list of temporary blocks in the fast state, and the listener that mirrors it."""
+
+    def __init__(self, state: FastState, clock: Callable[[], float]) -> None:
+        self._state = state
+        self._clock = clock
+
+    async def entries(self) -> list[BlockEntry]:
+        """The blocks still in force, soonest-ending first."""
+        now = self._clock()
+        live = [e for e in _decode(await self._state.get(BLOCKS_KEY)) if e.until > now]
+        return sorted(live, key=lambda e: e.until)
+
+    async def add(self, cidr: str, *, until: float, incident: str = "", reason: str = "") -> BlockEntry:
+        """Block ``cidr`` until ``until`` (an existing block of it is extended, never shortened).
+
+        Raises:
+            ValueError: ``cidr`` is not an address or network.
+            StateUnavailable: the fast state cannot answer.
+        """
+        text = str(normalize_network(cidr))
+        entry = BlockEntry(text, until, incident, reason)
+
+        def change(current: list[BlockEntry]) -> list[BlockEntry]:
+            kept = [e for e in current if e.cidr != text]
+            old = [e for e in current if e.cidr == text]
+            if old and old[0].until >= until:
+                return current
+            return [*kept, entry][-MAX_BLOCKS:]
+
+        await self._update(change)
+        return entry
+
+    async def remove(self, cidr: str) -> int:
+        """Lift the block of exactly ``cidr``; returns how many were lifted (0 or 1).
+
+        Raises:
+            ValueError: ``cidr`` is not an address or network.
+            StateUnavailable: the fast state cannot answer.
+        """
+        text = str(normalize_network(cidr))
+        removed = 0
+
+        def change(current: list[BlockEntry]) -> list[BlockEntry]:
+            nonlocal removed
+            kept = [e for e in current if e.cidr != text]
+            removed = len(current) - len(kept)
+            return kept
+
+        await self._update(change)
+        return removed
+
+    async def _update(self, change: Callable[[list[BlockEntry]], list[BlockEntry]]) -> None:
+        for _ in range(_CAS_ROUNDS):
+            raw = await self._state.get(BLOCKS_KEY)
+            now = self._clock()
+            current = [e for e in _decode(raw) if e.until > now]
+            new = change(current)
+            encoded = json.dumps([e.to_json() for e in new], separators=(",", ":")).encode()
+            if await self._state.compare_and_set(BLOCKS_KEY, raw, encoded if new else None):
+                break
+        else:
+            raise StateUnavailable("the block list kept changing; giving up")
+        try:
+            await self._state.publish(BLOCKS_CHANNEL, b"changed")
+        except StateUnavailable:
+            # Stored already: every replica's periodic refresh picks it up within its interval.
+            logger.warning("could not broadcast a block-list change")
+
+    async def refresh(self, blocks: IpBlocks) -> None:
+        """Load the shared list into ``blocks`` (keeps the old set if the store cannot answer)."""
+        blocks.set_dynamic(await self.entries())
+
+    async def run_listener(self, blocks: IpBlocks, *, refresh_every: float = 5.0) -> None:
+        """Keep ``blocks`` current: re-read on every broadcast, and every ``refresh_every`` s anyway."""
+        while True:
+            try:
+                async with self._state.subscribe(BLOCKS_CHANNEL) as sub:
+                    await self.refresh(blocks)
+                    await self._follow(sub, blocks, refresh_every)
+            except StateUnavailable as exc:
+                logger.warning("block-list subscription lost (%s); retrying", exc)
+            await asyncio.sleep(refresh_every)
+
+    async def _follow(self, sub: Subscription, blocks: IpBlocks, refresh_every: float) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(refresh_every):
+                    await sub.__anext__()
+            except TimeoutError:
+                pass
+            except StopAsyncIteration:
+                return
+            with contextlib.suppress(StateUnavailable):
+                await self.refresh(blocks)
+
+
+def read_block_list(path: str) -> list[Network]:
+    """Parse a block-list file: one address or CIDR per line; ``#`` starts a comment.
+
+    Unreadable lines are logged and skipped, so one bad line in a feed does not drop the whole feed.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    networks: list[Network] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                networks.append(normalize_network(text.split()[0]))
+            except ValueError:
+                logger.warning("%s:%d: not an address or network: %.60r", path, number, text)
+    return networks
+
+
+class BlockListFiles:
+    """Re-reads block-list files when they change and feeds ``IpBlocks``."""
+
+    def __init__(self, blocks: IpBlocks, paths: Callable[[], Sequence[str]]) -> None:
+        self._blocks = blocks
+        self._paths = paths
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._loaded: dict[str, list[Network]] = {}
+
+    def poll(self) -> bool:
+        """Re-read changed files and rebuild the matcher if any changed; returns whether it did."""
+        changed = self.scan()
+        if changed:
+            self.apply()
+        return changed
+
+    def scan(self) -> bool:
+        """Re-read changed files (blocking I/O: run in a thread); returns whether any changed.
+
+        A file that vanished or cannot be read keeps its last good contents: a feed being rewritten
+        must not open the gate.
+        """
+        paths = list(self._paths())
+        gone = set(self._loaded) - set(paths)
+        for path in gone:
+            self._loaded.pop(path, None)
+            self._seen.pop(path, None)
+        changed = bool(gone)
+        for path in paths:
+            try:
+                stat = os.stat(path)
+            except OSError as exc:
+                if path not in self._loaded:
+                    logger.error("block list %s cannot be read: %s", path, exc.strerror)
+                continue
+            mark = (stat.st_mtime, stat.st_size)
+            if self._seen.get(path) == mark:
+                continue
+            try:
+                networks = read_block_list(path)
+            except OSError as exc:
+                logger.error("block list %s cannot be read: %s", path, exc.strerror)
+                continue
+            self._seen[path], self._loaded[path] = mark, networks
+            changed = True
+            logger.info("block list %s loaded: %d entries", path, len(networks))
+        return changed
+
+    def apply(self) -> None:
+        """Hand the loaded networks to the matcher (on the event loop, like every other change)."""
+        self._blocks.set_files(n for nets in list(self._loaded.values()) for n in nets)
+
+    async def run(self, interval: Callable[[], float]) -> None:
+        """Poll forever (cancel to stop)."""
+        while True:
+            if await asyncio.to_thread(self.scan):
+                self.apply()
+            await asyncio.sleep(interval())

@@ -1,0 +1,376 @@
+"""Carry out a rule's responses, record the incident, and lift incidents again.
+
+Shared by the running gateway (automatic responses) and ``gateway incident`` (admin actions), so
+both record the same incidents and audit events. Every step is audited: the incident itself as
+``threat.<rule>`` (with the actions and their outcome in its details), an admin's block, unblock and
+lift as ``incident.block_ip``, ``incident.unblock_ip`` and ``incident.lifted``.
+
+Forced step-up: the session's second-factor uses are dropped and its level set back to one factor,
+then its id is broadcast on the session-revocation channel so every replica drops its cached copy.
+The MFA stage then sends the user to the MFA page on the next request to a route that needs a
+second factor; succeeding there rotates the session id as any elevation does. The session itself
+(and the user's work in it) survives: cheaper for a false positive than a revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Final
+
+import aiohttp
+import msgspec
+
+from gateway.audit.trail import AuditLog
+from gateway.identity.accounts import AccountService
+from gateway.identity.levels import SECOND_FACTORS, AuthLevel
+from gateway.identity.sessions import (
+    REVOCATION_CHANNEL,
+    Session,
+    SessionStore,
+    decode_session,
+    encode_session,
+)
+from gateway.settings.schema import SessionSettings, ThreatRule
+from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.threat.blocks import BlockStore, normalize_network
+from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
+
+__all__ = ["Emitter", "Responder", "Webhook"]
+
+logger = logging.getLogger("gateway.threat")
+
+# Receives each incident as a flat JSON-able mapping (the runtime's event sinks).
+Emitter = Callable[[Mapping[str, object]], None]
+_CAS_ROUNDS: Final = 16
+
+
+class Webhook:
+    """POSTs incidents as JSON from a bounded queue; a full queue drops (and counts) the newest."""
+
+    def __init__(self, url: str, *, queue_size: int, timeout: float) -> None:
+        self.url = url
+        self.dropped = 0
+        self.sent = 0
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=queue_size)
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+
+    def enqueue(self, document: Mapping[str, object]) -> None:
+        try:
+            self._queue.put_nowait(json.dumps(dict(document), default=str).encode())
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                body = await self._queue.get()
+                try:
+                    async with http.post(
+                        self.url, data=body, headers={"content-type": "application/json"}
+                    ) as resp:
+                        if resp.status >= 300:
+                            logger.warning("threat webhook answered %d", resp.status)
+                        else:
+                            self.sent += 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    logger.warning("threat webhook failed: %s", exc or type(exc).__name__)
+
+
+class Responder:
+    """Applies responses and lifts them."""
+
+    def __init__(
+        self,
+        *,
+        state: FastState,
+        audit: AuditLog,
+        accounts: AccountService | None,
+        sessions: SessionStore | None,
+        session_settings: SessionSettings,
+        clock: Callable[[], float],
+        emit: Emitter | None = None,
+        webhook: Webhook | None = None,
+    ) -> None:
+        self._state = state
+        self._audit = audit
+        self._accounts = accounts
+        self._sessions = sessions
+        self._session_settings = session_settings
+        self._clock = clock
+        self.emit = emit
+        self.webhook = webhook
+        self.blocks = BlockStore(state, clock)
+        self.incidents = IncidentStore(state)
+
+    # -- automatic responses -----------------------------------------------------------------------
+
+    async def respond(
+        self,
+        rule_name: str,
+        rule: ThreatRule,
+        *,
+        subject: str = "",
+        ip: str = "",
+        session: str = "",
+        summary: str,
+        evidence: Mapping[str, str | int | float],
+    ) -> Incident:
+        """Record an incident for ``rule`` and carry out its responses (each one audited)."""
+        incident_id = new_incident_id()
+        actions: list[Action] = []
+        for response in rule.responses:
+            if response in ("alert", "webhook"):
+                continue
+            action = await self._act(response, rule, incident_id, subject=subject, ip=ip, session=session)
+            if action is not None:
+                actions.append(action)
+        incident = Incident(
+            id=incident_id,
+            rule=rule_name,
+            at=self._clock(),
+            subject=subject,
+            ip=ip,
+            session=session,
+            summary=summary,
+            evidence=dict(evidence),
+            actions=tuple(actions),
+        )
+        try:
+            await self.incidents.save(incident, new=True)
+        except StateUnavailable:
+            logger.error("incident %s could not be stored (it is in the audit trail)", incident_id)
+        document = incident_document(incident)
+        await self._audit.record(
+            f"threat.{rule_name}",
+            actor="system:threat",
+            subject=subject,
+            ip=ip,
+            outcome="detected",
+            details={k: v for k, v in document.items() if k not in ("subject", "ip")},
+        )
+        if self.emit is not None:
+            try:
+                self.emit(document)
+            except Exception:
+                logger.exception("threat alert emitter failed")
+        if self.webhook is not None and "webhook" in rule.responses:
+            self.webhook.enqueue(document)
+        logger.warning("threat %s: %s (incident %s)", rule_name, summary, incident_id)
+        return incident
+
+    async def _act(
+        self, response: str, rule: ThreatRule, incident_id: str, *, subject: str, ip: str, session: str
+    ) -> Action | None:
+        try:
+            if response == "block_ip":
+                return await self._block(ip, rule, incident_id)
+            if response == "lock_account":
+                return await self._lock(subject, incident_id)
+            if response == "revoke_session":
+                return await self._revoke_session(subject, session)
+            if response == "revoke_sessions":
+                return await self._revoke_sessions(subject)
+            if response == "step_up":
+                return await self._step_up(subject, session)
+        except Exception as exc:
+            # One failed response must not stop the others; the incident records the failure.
+            logger.exception("threat response %s failed", response)
+            return Action(response, subject or ip, ok=False, note=str(exc) or type(exc).__name__)
+        return None
+
+    async def _block(self, ip: str, rule: ThreatRule, incident_id: str) -> Action | None:
+        if not ip:
+            return None
+        until = self._clock() + float(rule.block_for)
+        entry = await self.blocks.add(ip, until=until, incident=incident_id, reason="threat")
+        return Action("block_ip", entry.cidr, until=until)
+
+    async def _revoke_session(self, subject: str, session: str) -> Action | None:
+        if not session or self._sessions is None:
+            return None
+        count = 0
+        for s in await self.find_sessions(subject, session):
+            count += await self._sessions.revoke_hash(s.id_hash)
+        return Action("revoke_session", session, ok=count > 0, note=f"{count} revoked")
+
+    async def _revoke_sessions(self, subject: str) -> Action | None:
+        user_id = await self._user(subject)
+        if user_id is None or self._sessions is None:
+            return None
+        count = await self._sessions.revoke_user(user_id)
+        return Action("revoke_sessions", subject, note=f"{count} revoked")
+
+    async def _step_up(self, subject: str, session: str) -> Action | None:
+        if not subject:
+            return None
+        count = 0
+        for s in await self.find_sessions(subject, session):
+            count += await self.demote(s.id_hash)
+        return Action("step_up", session or subject, ok=count > 0, note=f"{count} session(s)")
+
+    async def _lock(self, subject: str, incident_id: str) -> Action | None:
+        user_id = await self._user(subject)
+        if user_id is None or self._accounts is None:
+            return None
+        await self._accounts.disable(user_id, actor=f"system:threat:{incident_id}")
+        return Action("lock_account", subject)
+
+    async def _user(self, username: str) -> int | None:
+        if not username or self._accounts is None:
+            return None
+        user = await self._accounts.find(username)
+        return user.id if user is not None else None
+
+    async def find_sessions(self, username: str, prefix: str = "") -> list[Session]:
+        """The user's live sessions whose id hash starts with ``prefix`` (all of them for "")."""
+        user_id = await self._user(username)
+        if user_id is None or self._sessions is None:
+            return []
+        return [s for s in await self._sessions.list_user(user_id) if s.id_hash.startswith(prefix)]
+
+    async def demote(self, id_hash: str) -> int:
+        """Force a step-up: drop the session's second-factor uses (see the module docstring).
+
+        Returns 1 if the session was changed, 0 if it no longer exists.
+        """
+        key = f"sess:{id_hash}"
+        for _ in range(_CAS_ROUNDS):
+            raw = await self._state.get(key)
+            current = None if raw is None else decode_session(raw)
+            if current is None or current.id_hash != id_hash:
+                return 0
+            now = self._clock()
+            updated = replace(
+                current,
+                level=min(current.level, AuthLevel.ONE_FACTOR),
+                factors=tuple(f for f in current.factors if f.factor not in SECOND_FACTORS),
+            )
+            ends = min(
+                current.last_seen + float(self._session_settings.idle_timeout),
+                current.created_at + float(self._session_settings.lifetime),
+            )
+            if ends <= now:
+                return 0
+            if await self._state.compare_and_set(key, raw, encode_session(updated), ttl=ends - now):
+                with contextlib.suppress(StateUnavailable):
+                    # Every replica drops its cached copy and re-reads the demoted record.
+                    await self._state.publish(REVOCATION_CHANNEL, id_hash.encode("ascii"))
+                return 1
+        raise StateUnavailable("the session kept changing; giving up the step-up")
+
+    # -- admin actions -----------------------------------------------------------------------------
+
+    async def block_ip(self, cidr: str, *, seconds: float, actor: str, reason: str = "") -> Incident:
+        """Block ``cidr`` for ``seconds`` by hand: recorded as a ``manual`` incident.
+
+        Raises:
+            ValueError: not an address or network.
+            StateUnavailable: the fast state cannot answer.
+        """
+        text = str(normalize_network(cidr))
+        incident_id = new_incident_id()
+        until = self._clock() + seconds
+        await self.blocks.add(text, until=until, incident=incident_id, reason=reason or "manual")
+        incident = Incident(
+            id=incident_id,
+            rule="manual",
+            at=self._clock(),
+            ip=text,
+            summary=reason or f"blocked by {actor}",
+            actions=(Action("block_ip", text, until=until),),
+        )
+        await self.incidents.save(incident, new=True)
+        await self._audit.record(
+            "incident.block_ip",
+            actor=actor,
+            subject=text,
+            ip=text,
+            details={"incident": incident_id, "seconds": seconds, "reason": reason},
+        )
+        return incident
+
+    async def unblock_ip(self, cidr: str, *, actor: str) -> int:
+        """Lift the block of exactly ``cidr``; returns 0 if it was not blocked."""
+        text = str(normalize_network(cidr))
+        removed = await self.blocks.remove(text)
+        await self._audit.record(
+            "incident.unblock_ip", actor=actor, subject=text, ip=text, details={"removed": removed}
+        )
+        return removed
+
+    async def lift(self, incident_id: str, *, actor: str) -> Incident | None:
+        """Undo what can be undone of an incident (unblock, re-enable); None if unknown.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer.
+        """
+        incident = await self.incidents.get(incident_id)
+        if incident is None:
+            return None
+        actions: list[Action] = []
+        for action in incident.actions:
+            if not action.liftable:
+                actions.append(action)
+                continue
+            if action.kind == "block_ip":
+                await self.blocks.remove(action.target)
+            elif action.kind == "lock_account":
+                user_id = await self._user(action.target)
+                if user_id is not None and self._accounts is not None:
+                    await self._accounts.enable(user_id, actor=actor)
+            actions.append(msgspec.structs.replace(action, lifted=True))
+        lifted = msgspec.structs.replace(
+            incident,
+            actions=tuple(actions),
+            status="lifted",
+            lifted_by=actor,
+            lifted_at=self._clock(),
+        )
+        await self.incidents.save(lifted)
+        await self._audit.record(
+            "incident.lifted",
+            actor=actor,
+            subject=incident.subject or incident.ip,
+            ip=incident.ip,
+            details={
+                "incident": incident.id,
+                "rule": incident.rule,
+                "lifted": [f"{a.kind}:{a.target}" for a in actions if a.lifted],
+            },
+        )
+        return lifted
+
+
+def incident_document(incident: Incident) -> dict[str, object]:
+    """The incident as one flat event for sinks and webhooks."""
+    return {
+        "event": "threat.detected",
+        "incident": incident.id,
+        "rule": incident.rule,
+        "at": incident.at,
+        "subject": incident.subject,
+        "ip": incident.ip,
+        "session": incident.session,
+        "summary": incident.summary,
+        "evidence": dict(incident.evidence),
+        "actions": [
+            {"kind": a.kind, "target": a.target, "ok": a.ok, "note": a.note, "until": a.until}
+            for a in incident.actions
+        ],
+    }

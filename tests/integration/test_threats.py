@@ -1,0 +1,169 @@
+"""Threat detection end to end: two real gateways sharing Redis and the database.
+
+Clients are told apart by ``X-Forwarded-For`` (the loopback peer is a trusted proxy), so one test
+machine can be the attacker, the victim and the admin at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.harness import (
+    Gateway,
+    add_user,
+    free_port,
+    gateway_config,
+    run_cli,
+    run_echo,
+    run_gateway,
+    wait_until,
+)
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, cookie, login
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+SPRAYER = "198.51.100.50"
+FEED_IP = "192.0.2.77"
+BYSTANDER = "203.0.113.10"
+
+
+@dataclass
+class Site:
+    a: Gateway
+    b: Gateway
+    feed: Path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("threats")
+    data_dir = tmp / "shared-data"
+    feed = tmp / "feed.txt"
+    feed.write_text("# threat-intel feed, empty at start\n")
+    port_a, port_b = free_port(), free_port()
+    with run_echo() as echo:
+        routes: list[dict[str, Any]] = [
+            {"name": "app", "host": "127.0.0.1", "path": "/", "upstreams": [echo.url], "mfa": "none"},
+        ]
+        common: dict[str, Any] = {
+            "public_url": f"http://127.0.0.1:{port_a}",
+            "data_dir": str(data_dir),
+            "session": {"insecure_cookies": True},
+            "state": {"redis_url": REDIS_URL, "namespace": f"threat{port_a}:"},
+            "trusted_proxies": ["127.0.0.1/32"],
+            "threat": {
+                "spraying": {"count": 4, "window": "10m", "responses": ["alert", "block_ip"]},
+                "session_hijack": {"responses": ["alert", "revoke_session"]},
+                "block_lists": [str(feed)],
+                "block_list_poll": "200ms",
+            },
+        }
+        config_a = gateway_config(tmp / "a", port_a, routes, **common)
+        config_b = gateway_config(tmp / "b", port_b, routes, **common)
+        with run_gateway(tmp / "a", config_a) as gw_a, run_gateway(tmp / "b", config_b) as gw_b:
+            yield Site(gw_a, gw_b, feed)
+
+
+def client(gw: Gateway, ip: str, agent: str = "Mozilla/5.0 Firefox/140.0") -> httpx.Client:
+    return httpx.Client(
+        base_url=gw.url,
+        follow_redirects=False,
+        timeout=30.0,
+        headers={"X-Forwarded-For": ip, "User-Agent": agent},
+    )
+
+
+def get(gw: Gateway, ip: str, *, session: str | None = None, agent: str = "test/1.0") -> httpx.Response:
+    headers = {"X-Forwarded-For": ip, "User-Agent": agent, "Accept": "application/json"}
+    if session is not None:
+        headers["Cookie"] = f"{SESSION_COOKIE}={session}"
+    return httpx.get(f"{gw.url}/probe", headers=headers, follow_redirects=False, timeout=30.0)
+
+
+def blocked(gw: Gateway, ip: str) -> bool:
+    resp = get(gw, ip)
+    return resp.status_code == 403 and resp.json().get("error") == "ip-blocked"
+
+
+def incident_cli(site: Site, *args: str) -> Any:
+    result = run_cli("incident", *args, "--config", str(site.a.config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_a_password_spray_on_one_replica_blocks_the_ip_on_the_other(site: Site) -> None:
+    assert not blocked(site.b, SPRAYER)
+    with client(site.a, SPRAYER) as attacker:
+        for name in ("spray1", "spray2", "spray3", "spray4"):
+            assert login(attacker, name, "Winter2026!").status_code in (200, 401)
+    wait_until(lambda: blocked(site.b, SPRAYER), what="sprayer blocked on replica B")
+    assert blocked(site.a, SPRAYER)
+    assert not blocked(site.b, BYSTANDER)
+
+    listing = json.loads(incident_cli(site, "list", "--json"))
+    [incident] = [i for i in listing["incidents"] if i["rule"] == "spraying"]
+    assert incident["ip"] == SPRAYER
+    assert [b["cidr"] for b in listing["blocks"]] == [f"{SPRAYER}/32"]
+    assert "block_ip" in incident_cli(site, "show", incident["id"])
+
+    assert "lifted" in incident_cli(site, "lift", incident["id"])
+    wait_until(lambda: not blocked(site.b, SPRAYER), what="sprayer unblocked on replica B")
+    assert not blocked(site.a, SPRAYER)
+
+
+def test_a_block_list_file_is_reloaded_when_it_changes(site: Site) -> None:
+    assert not blocked(site.a, FEED_IP)
+    site.feed.write_text("# feed\n192.0.2.0/24\n")
+    wait_until(lambda: blocked(site.a, FEED_IP) and blocked(site.b, FEED_IP), what="feed applied")
+    site.feed.write_text("# feed, entry withdrawn\n")
+    wait_until(lambda: not blocked(site.a, FEED_IP) and not blocked(site.b, FEED_IP), what="feed lifted")
+
+
+def test_an_admin_blocks_and_unblocks_by_hand(site: Site) -> None:
+    out = incident_cli(site, "block-ip", "198.51.100.128/25", "--for", "1h", "--reason", "test")
+    assert "blocked" in out
+    wait_until(lambda: blocked(site.b, "198.51.100.200"), what="manual block on B")
+    assert not blocked(site.b, "198.51.100.1")
+    incident_cli(site, "unblock-ip", "198.51.100.128/25")
+    wait_until(lambda: not blocked(site.b, "198.51.100.200"), what="manual unblock on B")
+    bad = run_cli("incident", "block-ip", "not-a-network", "--config", str(site.a.config_path))
+    assert bad.returncode == 2
+    assert "not an IP address" in bad.stderr
+    unknown = run_cli("incident", "lift", "inc-00000000", "--config", str(site.a.config_path))
+    assert unknown.returncode == 2
+
+
+def test_a_session_replayed_from_another_address_and_browser_is_revoked(site: Site) -> None:
+    add_user(site.a.config_path, "victim", PASSWORD)
+    with client(site.a, "203.0.113.20", agent="Mozilla/5.0 Firefox/140.0") as victim:
+        assert login(victim, "victim").status_code == 302
+        sid = cookie(victim)
+    assert sid is not None
+    ok = get(site.a, "203.0.113.20", session=sid, agent="Mozilla/5.0 Firefox/140.0")
+    assert ok.status_code == 200, ok.text
+    # The same cookie from elsewhere with another client: on the other replica.
+    get(site.b, "198.51.100.99", session=sid, agent="python-requests/2.32")
+
+    def revoked() -> bool:
+        resp = get(site.a, "203.0.113.20", session=sid, agent="Mozilla/5.0 Firefox/140.0")
+        return resp.status_code == 401
+
+    wait_until(revoked, what="hijacked session revoked")
+    listing = json.loads(incident_cli(site, "list", "--json"))
+    assert any(i["rule"] == "session_hijack" and i["subject"] == "victim" for i in listing["incidents"])
+
+
+def test_without_redis_the_command_says_it_cannot_reach_the_gateways(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, free_port(), [])
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    result = run_cli("incident", "list", "--config", str(path))
+    assert result.returncode == 1
+    assert "state.redis_url is not set" in result.stderr
+    assert "Traceback" not in result.stderr

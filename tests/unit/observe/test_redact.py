@@ -1,0 +1,112 @@
+"""Redaction of query strings, paths and audit details: what must never reach a log, in one table."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.observe.redact import (
+    REDACTED,
+    is_secret_name,
+    looks_secret,
+    redact_details,
+    redact_path,
+    redact_query,
+)
+
+JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLWJ5dGVz"
+
+SECRET_NAMES = [
+    "token", "TOKEN", "access_token", "access-token", "accessToken", "AccessToken", "id_token", "idToken",
+    "refresh_token", "code", "state", "password", "Password", "passwd", "pwd", "new-password", "secret",
+    "client_secret", "clientSecret", "key", "api_key", "api-key", "apiKey", "APIKEY", "x-api-key",
+    "signature", "X-Amz-Signature", "sig", "auth", "auth_token", "authToken", "session", "session_id",
+    "sessionId", "SESSIONID", "sid", "otp", "otp_code", "totp", "nonce", "SAMLResponse", "RelayState",
+    "jwt", "csrf_token", "_csrf_token", "private_key", "code_verifier", "ticket", "pin",
+]  # fmt: skip
+PLAIN_NAMES = ["q", "page", "sort", "lang", "redirect_uri", "rd", "user", "email", "id", "monkey", "keyword"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_secret_names_are_recognised_in_every_spelling(name: str) -> None:
+    assert is_secret_name(name)
+    assert redact_query(f"{name}=hunter2&page=1") == f"{name}={REDACTED}&page=1"
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_ordinary_names_with_ordinary_values_stay_readable(name: str) -> None:
+    assert not is_secret_name(name)
+    assert redact_query(f"{name}=hello-world") == f"{name}=hello-world"
+
+
+SECRET_VALUES = [
+    JWT,
+    JWT.replace(".", "%2E"),  # percent-encoded dots are decoded before judging
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "xoxb-123456789012-abcdefghijkl",
+    "AKIAIOSFODNN7EXAMPLE",
+    "8f14e45fceea167a5a36dedd4bea2543",  # hex digest
+    "dGhpcyBpcyBhIHJhbmRvbSBrZXkgMTIzNDU2Nzg5MA==",  # base64 key material
+    "Zm9vYmFyYmF6cXV4UVVVWFhZWnp6",  # random base64 without digits
+    "%2Fcallback%3Fcode%3Dabc%26x%3D1",  # a nested query carrying a code
+]
+PLAIN_VALUES = [
+    "the-quick-brown-fox-jumps-over-the-lazy-dog",
+    "https://example.com/docs/page",
+    "hello",
+    "2024-01-01",
+    "created_at",
+    "/docs/getting-started",
+    "en-US",
+    "42",
+    "alice@example.com",
+]
+
+
+@pytest.mark.parametrize("value", SECRET_VALUES)
+def test_secret_looking_values_are_redacted_whatever_the_name(value: str) -> None:
+    assert redact_query(f"next={value}&page=2") == f"next={REDACTED}&page=2"
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES)
+def test_plain_values_stay(value: str) -> None:
+    assert redact_query(f"v={value}") == f"v={value}"
+
+
+def test_bare_parameters_and_empty_queries() -> None:
+    assert redact_query("") == ""
+    assert redact_query(JWT) == REDACTED
+    assert redact_query("debug&token") == "debug&token"  # a name alone carries no value
+    assert redact_query("token=") == f"token={REDACTED}"
+
+
+def test_long_queries_are_cut() -> None:
+    assert len(redact_query("a=" + "x" * 10_000, limit=100)) == 101
+
+
+def test_paths_keep_ordinary_segments_and_lose_tokens() -> None:
+    assert redact_path("/api/v1/users/alice") == "/api/v1/users/alice"
+    assert redact_path(f"/magic/{JWT}/confirm") == f"/magic/{REDACTED}/confirm"
+
+
+def test_looks_secret_ignores_words() -> None:
+    assert not looks_secret("Internationalization")
+    assert not looks_secret("the-quick-brown-fox-jumps-over")
+    assert looks_secret(JWT)
+
+
+def test_details_redact_secret_keys_and_values_recursively() -> None:
+    details = {
+        "method": "totp",
+        "code": "123456",
+        "nested": {"password": "pw", "ok": [1, "x", JWT], "Client-Secret": "s"},
+        "redirect": "/cb?state=abc&x=1",
+        "count": 3,
+    }
+    assert redact_details(details) == {
+        "method": "totp",
+        "code": REDACTED,
+        "nested": {"password": REDACTED, "ok": [1, "x", REDACTED], "Client-Secret": REDACTED},
+        "redirect": f"/cb?state={REDACTED}&x=1",
+        "count": 3,
+    }

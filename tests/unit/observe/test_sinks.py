@@ -1,0 +1,411 @@
+"""Sinks against real in-process peers: an aiohttp collector, asyncio syslog servers, files on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.audit.trail import SecurityEvent
+from gateway.observe.access import AccessEntry, SecurityEntry, access_observer, audit_listener
+from gateway.observe.record import RequestRecord
+from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, SyslogSink
+
+AT = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
+RFC5424 = re.compile(rb"<(\d+)>1 (\S+) (\S+) (\S+) (\d+) (\S+) - (.*)", re.S)
+
+
+def record(**overrides: Any) -> RequestRecord:
+    fields: dict[str, Any] = {
+        "at": AT,
+        "kind": "http",
+        "request_id": "req-1",
+        "client_ip": "192.0.2.7",
+        "user_agent": "curl/8",
+        "host": "app.example.com",
+        "method": "GET",
+        "path": "/reports",
+        "query": "page=2&access_token=s3cr3t",
+        "route": "app",
+        "user": "alice",
+        "session": "ab12cd34",
+        "status": 200,
+        "bytes_in": 10,
+        "bytes_out": 2048,
+        "upstream": "10.0.0.5:8080",
+        "upstream_seconds": 0.004,
+        "authz_seconds": 0.00002,
+        "total_seconds": 0.005,
+        "decision": "allow",
+        "reason": "policy-allow",
+        "policy_version": 7,
+    }
+    fields.update(overrides)
+    return RequestRecord(**fields)
+
+
+def security(
+    kind: str = "signin.failure", details: str = '{"password": "pw", "method": "password"}'
+) -> SecurityEvent:
+    return SecurityEvent(
+        datetime.fromtimestamp(AT, UTC), kind, "user:alice", "alice", "192.0.2.7", "failure", details
+    )
+
+
+def test_access_document_has_the_ecs_fields() -> None:
+    doc = AccessEntry(record()).document()
+    assert doc["@timestamp"] == "2026-01-01T00:00:00.250Z"
+    assert doc["event"] == {
+        "kind": "event",
+        "category": ["web"],
+        "type": ["access", "allowed"],
+        "dataset": "gateway.access",
+        "outcome": "success",
+        "duration": 5_000_000,
+    }
+    assert doc["http"] == {
+        "request": {"method": "GET", "bytes": 10, "id": "req-1"},
+        "response": {"status_code": 200, "bytes": 2048},
+    }
+    assert doc["url"] == {
+        "path": "/reports",
+        "query": "page=2&access_token=[REDACTED]",
+        "domain": "app.example.com",
+    }
+    assert doc["source"] == {"ip": "192.0.2.7"}
+    assert doc["user"] == {"name": "alice"}
+    assert doc["session"] == {"id": "ab12cd34"}
+    assert doc["user_agent"] == {"original": "curl/8"}
+    assert doc["gateway"] == {
+        "kind": "http",
+        "route": "app",
+        "decision": "allow",
+        "reason": "policy-allow",
+        "policy_version": 7,
+        "authz": {"duration": 20_000},
+    }
+    assert doc["upstream"] == {"address": "10.0.0.5:8080", "duration": 4_000_000}
+    assert doc["trace"] == {"id": "req-1"}
+    assert b"s3cr3t" not in AccessEntry(record()).json()
+    # No request or response headers at all (cookies, Authorization): only the user agent is kept.
+    assert set(doc) == {
+        "@timestamp", "ecs", "event", "http", "url", "source", "user_agent", "gateway", "user", "session",
+        "upstream", "trace",
+    }  # fmt: skip
+    assert "headers" not in doc["http"]["request"]
+
+
+def test_denied_request_is_a_failure_without_user_or_upstream() -> None:
+    doc = AccessEntry(
+        record(decision="deny", reason="policy-deny", user="", upstream="", status=403)
+    ).document()
+    assert doc["event"]["outcome"] == "failure"
+    assert doc["event"]["type"] == ["access", "denied"]
+    assert "user" not in doc
+    assert "upstream" not in doc
+
+
+def test_security_event_document_redacts_details() -> None:
+    entry = SecurityEntry(security())
+    doc = entry.document()
+    assert doc["event"]["kind"] == "event"
+    assert doc["event"]["action"] == "signin.failure"
+    assert doc["event"]["outcome"] == "failure"
+    assert doc["gateway"]["details"] == {"password": "[REDACTED]", "method": "password"}
+    assert entry.stream == "security"
+    assert entry.severity == 6
+
+
+def test_lockouts_and_detections_are_alerts() -> None:
+    for kind in ("account.locked", "threat.credential_stuffing"):
+        entry = SecurityEntry(security(kind, "{}"))
+        assert entry.document()["event"]["kind"] == "alert"
+        assert entry.severity == 4
+
+
+def test_details_that_are_not_json_are_hidden() -> None:
+    assert SecurityEntry(security(details="token=abc")).document()["gateway"]["details"] == "[REDACTED]"
+
+
+class Recording(Sink):
+    """A sink that fails its first ``fail`` deliveries, then records."""
+
+    def __init__(self, delivery: Delivery, *, fail: int = 0) -> None:
+        super().__init__("recording", delivery)
+        self.fail = fail
+        self.batches: list[list[bytes]] = []
+
+    async def send(self, batch: list[Any]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("down")
+        self.batches.append([entry.json() for entry in batch])
+
+
+async def test_a_full_queue_drops_and_counts_without_raising() -> None:
+    sink = Recording(Delivery(queue_size=3))
+    hub = SinkHub([sink], flush_timeout=5)
+    observe = access_observer(hub)
+    for _ in range(5):
+        observe(record())  # not started: nothing drains the queue
+    assert hub.stats()["recording"].queued == 3
+    assert hub.stats()["recording"].dropped == 2
+    await hub.start()
+    await hub.close()
+    stats = hub.stats()["recording"]
+    assert (stats.sent, stats.dropped, stats.pending) == (3, 2, 0)
+
+
+async def test_failed_batches_are_retried_then_delivered() -> None:
+    sink = Recording(Delivery(retries=3), fail=2)
+    hub = SinkHub([sink])
+    await hub.start()
+    audit_listener(hub)(security())
+    await hub.close()
+    stats = hub.stats()["recording"]
+    assert (stats.sent, stats.failures, stats.dropped) == (1, 2, 0)
+    assert b"signin.failure" in sink.batches[0][0]
+
+
+async def test_a_batch_is_dropped_after_its_last_attempt() -> None:
+    sink = Recording(Delivery(retries=2), fail=10)
+    hub = SinkHub([sink])
+    await hub.start()
+    hub.publish(AccessEntry(record()))
+    await hub.close()
+    stats = hub.stats()["recording"]
+    assert (stats.sent, stats.failures, stats.dropped) == (0, 2, 1)
+
+
+async def test_close_gives_up_after_the_flush_timeout_and_counts_the_rest() -> None:
+    sink = Recording(Delivery(retries=1000), fail=10**6)
+    hub = SinkHub([sink], flush_timeout=0.3)
+    await hub.start()
+    for _ in range(4):
+        hub.publish(AccessEntry(record()))
+    await hub.close()
+    stats = hub.stats()["recording"]
+    assert stats.sent == 0
+    assert stats.dropped == 4
+    assert stats.pending == 0
+
+
+async def test_file_sink_writes_lines_and_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    line = len(AccessEntry(record()).json()) + 1
+    sink = FileSink("file", Delivery(batch_size=1), path=str(path), max_bytes=line * 2, backups=2)
+    hub = SinkHub([sink])
+    await hub.start()
+    for index in range(7):
+        hub.publish(AccessEntry(record(request_id=f"r{index}")))
+    await hub.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["access.log", "access.log.1", "access.log.2"]
+    ids = [json.loads(x)["trace"]["id"] for name in ("access.log.2", "access.log.1", "access.log")
+           for x in (tmp_path / name).read_text().splitlines()]  # fmt: skip
+    assert ids == ["r2", "r3", "r4", "r5", "r6"]  # r0 and r1 rotated out with the oldest file
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@dataclass
+class Collector:
+    url: str
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)  # answered in order; then 200
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[Collector]:
+    app = web.Application()
+    runner = web.AppRunner(app)
+    state = Collector("")
+
+    async def handle(request: web.Request) -> web.Response:
+        state.requests.append((request.path, dict(request.headers), await request.read()))
+        status = state.statuses.pop(0) if state.statuses else 200
+        if request.path.endswith("_bulk"):
+            return web.json_response({"errors": False, "items": []}, status=status)
+        return web.json_response({}, status=status)
+
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+def http_sink(url: str, profile: str, **options: Any) -> HttpSink:
+    return HttpSink(
+        profile,
+        Delivery(batch_size=options.pop("batch_size", 10), retries=options.pop("retries", 3)),
+        url=url,
+        profile=profile,
+        headers=options.pop("headers", {}),
+        token=options.pop("token", "tok-123"),
+        index="gw-access",
+        labels={"env": "test"},
+        timeout=5,
+    )
+
+
+async def deliver(sink: Sink, *entries: Any) -> SinkHub:
+    hub = SinkHub([sink])
+    await hub.start()
+    for entry in entries:
+        hub.publish(entry)
+    await hub.close()
+    return hub
+
+
+async def test_elasticsearch_bulk_profile(collector: Collector) -> None:
+    await deliver(
+        http_sink(collector.url + "/_bulk", "elasticsearch"), AccessEntry(record()), SecurityEntry(security())
+    )
+    [(_path, headers, body)] = collector.requests
+    assert headers["Content-Type"] == "application/x-ndjson"
+    assert headers["Authorization"] == "Bearer tok-123"
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    assert lines[0] == {"create": {"_index": "gw-access"}} == lines[2]
+    assert lines[1]["event"]["dataset"] == "gateway.access"
+    assert lines[3]["event"]["action"] == "signin.failure"
+    assert body.endswith(b"\n")
+
+
+async def test_loki_push_profile(collector: Collector) -> None:
+    await deliver(
+        http_sink(collector.url + "/loki/api/v1/push", "loki"),
+        AccessEntry(record()),
+        SecurityEntry(security()),
+    )
+    [(path, headers, body)] = collector.requests
+    assert path == "/loki/api/v1/push"
+    assert headers["Content-Type"] == "application/json"
+    streams = json.loads(body)["streams"]
+    assert [s["stream"] for s in streams] == [
+        {"app": "gateway", "env": "test", "stream": "access"},
+        {"app": "gateway", "env": "test", "stream": "security"},
+    ]
+    [[stamp, line]] = streams[0]["values"]
+    assert stamp == "1767225600250000000"
+    assert json.loads(line)["url"]["query"] == "page=2&access_token=[REDACTED]"
+
+
+async def test_splunk_hec_profile(collector: Collector) -> None:
+    await deliver(http_sink(collector.url + "/services/collector/event", "splunk"), AccessEntry(record()))
+    [(_path, headers, body)] = collector.requests
+    assert headers["Authorization"] == "Splunk tok-123"
+    event = json.loads(body)
+    assert event["time"] == 1767225600.25
+    assert event["sourcetype"] == "gateway:access"
+    assert event["event"]["http"]["response"]["status_code"] == 200
+
+
+async def test_ndjson_profile_and_custom_headers(collector: Collector) -> None:
+    sink = http_sink(collector.url + "/ingest", "ndjson", token=None, headers={"X-Tenant": "a"})
+    await deliver(sink, *(AccessEntry(record(request_id=str(i))) for i in range(25)))
+    assert [len(body.splitlines()) for _, _, body in collector.requests] == [10, 10, 5]
+    assert all("Authorization" not in h and h["X-Tenant"] == "a" for _, h, _ in collector.requests)
+
+
+async def test_http_retries_server_errors_and_drops_refusals(collector: Collector) -> None:
+    collector.statuses = [503, 429, 200, 400]
+    hub = await deliver(
+        http_sink(collector.url + "/x", "ndjson", batch_size=1), AccessEntry(record()), AccessEntry(record())
+    )
+    stats = hub.stats()["ndjson"]
+    assert (stats.sent, stats.failures, stats.dropped) == (1, 3, 1)
+
+
+async def test_http_to_a_dead_port_counts_failures_and_drops() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        hub = await deliver(
+            http_sink(f"http://127.0.0.1:{port}/x", "ndjson", retries=2), AccessEntry(record())
+        )
+    stats = hub.stats()["ndjson"]
+    assert (stats.sent, stats.failures, stats.dropped) == (0, 2, 1)
+
+
+def parse_frames(data: bytes) -> list[bytes]:
+    """Split RFC 6587 octet-counted frames, checking each count."""
+    out = []
+    while data:
+        count, _, rest = data.partition(b" ")
+        out.append(rest[: int(count)])
+        data = rest[int(count) :]
+    return out
+
+
+async def test_syslog_tcp_octet_counting_and_rfc5424_header() -> None:
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.extend(await reader.read())
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = SyslogSink(
+        "syslog",
+        Delivery(),
+        address=f"tcp://127.0.0.1:{port}",
+        facility="local3",
+        app_name="gw",
+        hostname="node-1",
+    )
+    await deliver(sink, AccessEntry(record()), SecurityEntry(security("account.locked", "{}")))
+    await done.wait()
+    server.close()
+    first, second = (RFC5424.fullmatch(frame) for frame in parse_frames(bytes(received)))
+    assert first is not None
+    assert second is not None
+    assert first.group(1) == b"158"  # local3 (19) * 8 + informational (6)
+    assert second.group(1) == b"156"  # warning (4): an alert
+    assert first.group(2) == b"2026-01-01T00:00:00.250000Z"
+    assert (first.group(3), first.group(4), first.group(6)) == (b"node-1", b"gw", b"access")
+    assert second.group(6) == b"security"
+    assert json.loads(first.group(7))["http"]["request"]["method"] == "GET"
+
+
+async def test_syslog_udp_sends_one_message_per_datagram() -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Receiver(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            queue.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    sink = SyslogSink("udp", Delivery(), address=f"udp://127.0.0.1:{port}", facility="auth", app_name="gw")
+    await deliver(sink, AccessEntry(record()), AccessEntry(record()))
+    messages = [await queue.get(), await queue.get()]
+    transport.close()
+    assert all(RFC5424.fullmatch(m) and m.startswith(b"<38>1 ") for m in messages)
+
+
+async def test_syslog_tcp_to_a_dead_port_counts_failures() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sink = SyslogSink(
+            "s", Delivery(retries=2), address=f"tcp://127.0.0.1:{port}", facility="auth", app_name="gw"
+        )
+        hub = await deliver(sink, AccessEntry(record()))
+    stats = hub.stats()["s"]
+    assert (stats.sent, stats.failures, stats.dropped) == (0, 2, 1)

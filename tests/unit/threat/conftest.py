@@ -1,0 +1,168 @@
+"""Fixtures for the threat tests: a detector wired to real stores (fast state over memory and Redis,
+SQLite audit trail and accounts) with fake clocks; signals are processed by hand, never by sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.factors.regulation import Regulator
+from gateway.identity.accounts import AccountService
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.sessions import Session, SessionStore
+from gateway.observe.record import RequestRecord
+from gateway.settings.schema import (
+    Duration,
+    PasswordSettings,
+    RegulationSettings,
+    SessionSettings,
+    ThreatRule,
+    ThreatSettings,
+)
+from gateway.store.db import Database, default_sqlite_url
+from gateway.store.fast import FastState
+from gateway.store.migrate import upgrade
+from gateway.threat import IpBlocks, Responder, ThreatDetector
+from tests.unit.store import conftest as fast_fixtures
+from tests.unit.store.conftest import FakeClock as FastClock
+
+# The fast-state fixtures, parametrized over memory and Redis.
+fast_clock = fast_fixtures.fast_clock
+fast_namespace = fast_fixtures.fast_namespace
+fast_state = fast_fixtures.fast_state
+fast_state_backend = fast_fixtures.fast_state_backend
+fast_state_peer = fast_fixtures.fast_state_peer
+make_fast_state = fast_fixtures.make_fast_state
+
+FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+PASSWORD = "correct horse battery staple"
+SESSION_SETTINGS = SessionSettings(idle_timeout=Duration(1800), lifetime=Duration(3600))
+IP = "203.0.113.9"
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
+
+# Small thresholds keep the scenarios short; each test states what it relies on.
+SETTINGS = ThreatSettings(
+    brute_force=ThreatRule(count=5, window=Duration(300)),
+    spraying=ThreatRule(count=4, window=Duration(600), responses=("alert", "block_ip")),
+    mfa_failures=ThreatRule(count=3, window=Duration(600), responses=("alert", "revoke_sessions")),
+    reconnaissance=ThreatRule(count=5, window=Duration(300), responses=("alert", "step_up")),
+    session_hijack=ThreatRule(responses=("alert", "revoke_session")),
+)
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    fast_clock: FastClock
+    state: FastState
+    db: Database
+    audit: AuditLog
+    accounts: AccountService
+    sessions: SessionStore
+    responder: Responder
+    blocks: IpBlocks
+    detector: ThreatDetector
+    settings: list[ThreatSettings]
+    emitted: list[Mapping[str, object]] = field(default_factory=list)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.fast_clock.advance(seconds)
+
+    async def pump(self) -> int:
+        return await self.detector.process_pending()
+
+    async def fail(self, kind: str, subject: str, ip: str = IP, times: int = 1) -> None:
+        for _ in range(times):
+            await self.audit.record(kind, actor="anonymous", subject=subject, ip=ip, outcome="failure")
+        await self.pump()
+
+    async def user(self, name: str = "alice") -> int:
+        user = await self.accounts.create(username=name, password=PASSWORD, actor="test")
+        return user.id
+
+    async def session(self, name: str = "alice", *, ip: str = IP, ua: str = UA) -> tuple[str, Session]:
+        found = await self.accounts.find(name)
+        user_id = found.id if found is not None else await self.user(name)
+        now = self.clock.time()
+        return await self.sessions.create(
+            user_id=user_id,
+            username=name,
+            level=AuthLevel.TWO_FACTOR,
+            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+            roles=(),
+            ip=ip,
+            user_agent=ua,
+            host="app.example.com",
+        )
+
+    def request(
+        self, *, user: str = "", session: Session | None = None, ip: str = IP, ua: str = UA, **kw: str
+    ) -> None:
+        rec = RequestRecord(at=self.clock.time(), kind="http", client_ip=ip, user_agent=ua)
+        rec.user = user
+        rec.session = session.id_hash[:16] if session is not None else ""
+        rec.decision = kw.get("decision", "allow")
+        rec.reason = kw.get("reason", "policy-allow")
+        self.detector.observe(rec)
+
+    async def events(self, kind: str) -> list[str]:
+        return [e.subject or e.ip for e in await self.audit.events(kind=kind)]
+
+
+@pytest.fixture
+async def audit_db(tmp_path: Path) -> AsyncIterator[Database]:
+    url = default_sqlite_url(tmp_path)
+    await upgrade(url)
+    db = Database.open(url, pool_size=2)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> World:
+    clock = FakeClock()
+    # The in-process store's TTL clock starts where the Unix clock does, so both move together.
+    fast_clock.now = clock.time()
+    audit = AuditLog(audit_db, clock=clock)
+    regulator = Regulator(fast_state, RegulationSettings(), audit, clock)
+    sessions = SessionStore(fast_state, SESSION_SETTINGS, clock, cache_ttl=0)
+    accounts = AccountService(
+        audit_db, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
+    )
+    emitted: list[Mapping[str, object]] = []
+    responder = Responder(
+        state=fast_state,
+        audit=audit,
+        accounts=accounts,
+        sessions=sessions,
+        session_settings=SESSION_SETTINGS,
+        clock=clock.time,
+        emit=emitted.append,
+    )
+    blocks = IpBlocks(clock.time)
+    current = [SETTINGS]
+    detector = ThreatDetector(
+        settings=lambda: current[0], state=fast_state, responder=responder, blocks=blocks, clock=clock.time
+    )
+    audit.listeners.append(detector.on_audit)
+    return World(
+        clock,
+        fast_clock,
+        fast_state,
+        audit_db,
+        audit,
+        accounts,
+        sessions,
+        responder,
+        blocks,
+        detector,
+        current,
+        emitted,
+    )

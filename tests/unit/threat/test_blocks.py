@@ -1,0 +1,133 @@
+"""The address matcher the data plane asks, the shared block list, and block-list files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.store.fast import FastState
+from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocks, normalize_network, read_block_list
+
+INF = float("inf")
+
+
+def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
+    blocks = IpBlocks((clock or FakeClock()).time)
+    blocks.set_files(normalize_network(c) for c in cidrs)
+    return blocks
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "ip", "blocked"),
+    [
+        ((), "192.0.2.1", False),
+        (("192.0.2.1",), "192.0.2.1", True),
+        (("192.0.2.1",), "192.0.2.2", False),
+        (("192.0.2.0/24",), "192.0.2.200", True),
+        (("192.0.2.0/24",), "192.0.3.1", False),
+        (("192.0.2.128/25", "10.0.0.0/8"), "10.255.0.1", True),
+        (("192.0.2.128/25",), "192.0.2.127", False),
+        (("192.0.2.7/24",), "192.0.2.1", True),  # host bits in a feed line are tolerated
+        (("2001:db8::/32",), "2001:db8:ffff::1", True),
+        (("2001:db8::/32",), "2001:db9::1", False),
+        (("2001:db8::1",), "2001:DB8:0:0::1", True),  # another spelling of the same address
+        (("192.0.2.1",), "::ffff:192.0.2.1", True),  # IPv4-mapped
+        (("::ffff:192.0.2.0/120",), "192.0.2.9", True),
+        (("0.0.0.0/0",), "203.0.113.1", True),
+        (("192.0.2.0/24",), "not-an-ip", False),
+        (("192.0.2.0/24",), "", False),
+    ],
+)
+def test_matcher(cidrs: tuple[str, ...], ip: str, blocked: bool) -> None:
+    blocks = matcher(*cidrs)
+    assert (ip in blocks) is blocked
+    assert (ip in blocks) is blocked  # answered from the cache the second time
+
+
+def test_temporary_blocks_expire_without_a_rebuild() -> None:
+    from gateway.threat.blocks import BlockEntry
+
+    clock = FakeClock()
+    blocks = IpBlocks(clock.time)
+    blocks.set_dynamic(
+        [BlockEntry("192.0.2.1/32", clock.time() + 60), BlockEntry("198.51.100.0/24", clock.time() + 120)]
+    )
+    assert "192.0.2.1" in blocks
+    assert "198.51.100.3" in blocks
+    clock.advance(61)
+    assert "192.0.2.1" not in blocks
+    assert "198.51.100.3" in blocks
+    clock.advance(60)
+    assert "198.51.100.3" not in blocks
+
+
+def test_block_list_file_reload(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("# threat intel\n192.0.2.0/24  # scanners\n\nnot-an-address\n2001:db8::/48\n")
+    assert [str(n) for n in read_block_list(str(feed))] == ["192.0.2.0/24", "2001:db8::/48"]
+    blocks = IpBlocks(FakeClock().time)
+    files = BlockListFiles(blocks, lambda: [str(feed)])
+    assert files.poll()
+    assert "192.0.2.9" in blocks
+    assert not files.poll()  # unchanged: not re-read
+
+    feed.write_text("198.51.100.0/24\n")
+    os.utime(feed, (1, 1))  # a new mtime even within the file system's timestamp granularity
+    assert files.poll()
+    assert "192.0.2.9" not in blocks
+    assert "198.51.100.1" in blocks
+
+    feed.unlink()  # a feed being replaced keeps its last good contents
+    assert not files.poll()
+    assert "198.51.100.1" in blocks
+
+
+async def test_block_store_broadcast_reaches_a_peer(
+    fast_state: FastState, fast_state_peer: FastState
+) -> None:
+    clock = FakeClock()
+    here, there = BlockStore(fast_state, clock.time), BlockStore(fast_state_peer, clock.time)
+    peer_blocks = IpBlocks(clock.time)
+    refreshed = asyncio.Event()
+    original = there.refresh
+
+    async def noting(blocks: IpBlocks) -> None:
+        await original(blocks)
+        refreshed.set()
+
+    there.refresh = noting  # type: ignore[method-assign]
+    listener = asyncio.ensure_future(there.run_listener(peer_blocks, refresh_every=3600))
+    try:
+        async with asyncio.timeout(10):
+            await refreshed.wait()  # subscribed and loaded
+        refreshed.clear()
+        await here.add("192.0.2.1", until=clock.time() + 60, incident="inc-1")
+        async with asyncio.timeout(10):
+            while "192.0.2.1" not in peer_blocks:
+                await refreshed.wait()
+                refreshed.clear()
+        assert [(e.cidr, e.incident) for e in await there.entries()] == [("192.0.2.1/32", "inc-1")]
+        assert await here.remove("192.0.2.1/32") == 1
+        async with asyncio.timeout(10):
+            while "192.0.2.1" in peer_blocks:
+                await refreshed.wait()
+                refreshed.clear()
+        assert await here.remove("192.0.2.1") == 0
+    finally:
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
+
+
+async def test_a_block_is_extended_never_shortened(fast_state: FastState) -> None:
+    clock = FakeClock()
+    store = BlockStore(fast_state, clock.time)
+    await store.add("192.0.2.1", until=clock.time() + 600)
+    await store.add("192.0.2.1", until=clock.time() + 60)
+    [entry] = await store.entries()
+    assert entry.until == clock.time() + 600
+    assert entry.until < INF

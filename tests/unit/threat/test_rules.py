@@ -1,0 +1,231 @@
+"""Each rule fires on its attack and stays quiet on ordinary traffic (memory and Redis fast state)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import msgspec
+
+from gateway.identity.levels import AuthLevel, check_requirement
+from gateway.settings.schema import Duration, MfaPolicy, ThreatRule
+from tests.unit.threat.conftest import IP, UA, World
+
+OTHER_IP = "198.51.100.7"
+
+
+async def incidents(world: World, rule: str) -> list[str]:
+    return [i.subject or i.ip for i in await world.responder.incidents.latest() if i.rule == rule]
+
+
+# -- brute force ---------------------------------------------------------------------------------------
+
+
+async def test_brute_force_fires_once_at_the_threshold(world: World) -> None:
+    await world.fail("signin.password", "alice", times=4)
+    assert await incidents(world, "brute_force") == []
+    await world.fail("signin.password", "alice", times=6)
+    assert await incidents(world, "brute_force") == ["alice"]
+    assert await world.events("threat.brute_force") == ["alice"]
+    assert [e["rule"] for e in world.emitted] == ["brute_force"]
+
+
+async def test_brute_force_counts_per_account_and_ignores_successes(world: World) -> None:
+    for name in ("alice", "bob", "carol"):
+        await world.fail("signin.password", name, ip=f"192.0.2.{len(name)}", times=2)
+    for _ in range(10):
+        await world.audit.record("signin.password", actor="user:alice", subject="alice", ip=IP)
+    await world.pump()
+    assert await incidents(world, "brute_force") == []
+
+
+# -- spraying / stuffing ---------------------------------------------------------------------------
+
+
+async def test_spraying_from_one_ip_blocks_it(world: World) -> None:
+    for name in ("alice", "bob", "carol"):
+        await world.fail("signin.password", name, ip=OTHER_IP)
+    assert OTHER_IP not in world.blocks
+    await world.fail("signin.password", "dave", ip=OTHER_IP)
+    assert await incidents(world, "spraying") == [OTHER_IP]
+    await world.responder.blocks.refresh(world.blocks)
+    assert OTHER_IP in world.blocks
+    assert IP not in world.blocks
+    [incident] = await world.responder.incidents.latest()
+    assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", f"{OTHER_IP}/32")]
+
+
+async def test_spraying_counts_distinct_accounts_only(world: World) -> None:
+    # One user mistyping many times from the office address is brute force at most, not spraying.
+    await world.fail("signin.password", "alice", ip=OTHER_IP, times=4)
+    await world.fail("signin.password", "bob", ip=OTHER_IP, times=2)
+    assert await incidents(world, "spraying") == []
+
+
+async def test_spraying_through_real_sign_ins(world: World) -> None:
+    from gateway.identity.accounts import SignInFailed
+
+    for name in ("alice", "bob", "carol", "dave"):
+        await world.user(name)
+        with contextlib.suppress(SignInFailed):
+            await world.accounts.authenticate(name, "Winter2026!", ip=OTHER_IP)
+    await world.pump()
+    assert await incidents(world, "spraying") == [OTHER_IP]
+
+
+# -- MFA failures ----------------------------------------------------------------------------------
+
+
+async def test_mfa_failures_revoke_the_users_sessions(world: World) -> None:
+    _, mine = await world.session("alice")
+    _, other = await world.session("bob")
+    await world.fail("mfa.totp", "alice", times=2)
+    assert await incidents(world, "mfa_failures") == []
+    await world.fail("mfa.totp", "alice")
+    assert await incidents(world, "mfa_failures") == ["alice"]
+    alice = await world.accounts.find("alice")
+    bob = await world.accounts.find("bob")
+    assert alice is not None
+    assert bob is not None
+    assert await world.sessions.list_user(alice.id) == []
+    assert [s.id_hash for s in await world.sessions.list_user(bob.id)] == [other.id_hash]
+    assert mine.id_hash  # revoked above
+
+
+async def test_password_failures_are_not_mfa_failures(world: World) -> None:
+    await world.fail("signin.password", "alice", times=4)
+    assert await incidents(world, "mfa_failures") == []
+
+
+# -- reconnaissance -------------------------------------------------------------------------------------
+
+
+async def test_reconnaissance_forces_a_step_up(world: World) -> None:
+    sid, session = await world.session("alice")
+    for _ in range(4):
+        world.request(user="alice", session=session, decision="deny", reason="policy-deny")
+    await world.pump()
+    assert await incidents(world, "reconnaissance") == []
+    world.request(user="alice", session=session, decision="deny", reason="no-matching-rule")
+    await world.pump()
+    assert await incidents(world, "reconnaissance") == ["alice"]
+    stepped = await world.sessions.get(sid)
+    assert stepped is not None
+    assert stepped.level == AuthLevel.ONE_FACTOR
+    assert stepped.second_factor_at is None
+    # The MFA stage now sends this session to the MFA page on a route that needs a second factor.
+    verdict = check_requirement(
+        level=stepped.level,
+        factors=stepped.factors,
+        policy=MfaPolicy(require="required"),
+        has_second_factor=True,
+        now=world.clock.time(),
+    )
+    assert not verdict.ok
+    assert verdict.reason == "second-factor"
+
+
+async def test_mfa_prompts_and_allowed_requests_are_not_reconnaissance(world: World) -> None:
+    _, session = await world.session("alice")
+    for _ in range(10):
+        world.request(user="alice", session=session, decision="deny", reason="mfa-required")
+        world.request(user="alice", session=session)
+    await world.pump()
+    assert await incidents(world, "reconnaissance") == []
+
+
+async def test_reconnaissance_without_a_session_counts_per_address(world: World) -> None:
+    for _ in range(5):
+        world.request(ip=OTHER_IP, decision="deny", reason="policy-deny")
+    await world.pump()
+    [incident] = await world.responder.incidents.latest()
+    assert (incident.rule, incident.ip, incident.evidence["principal"]) == (
+        "reconnaissance",
+        OTHER_IP,
+        f"ip:{OTHER_IP}",
+    )
+
+
+# -- session hijack ---------------------------------------------------------------------------------
+
+
+async def test_new_ip_and_new_user_agent_revoke_the_session(world: World) -> None:
+    sid, session = await world.session("alice")
+    world.request(user="alice", session=session)
+    await world.pump()
+    world.request(user="alice", session=session, ip=OTHER_IP, ua="curl/8.0")
+    await world.pump()
+    assert await incidents(world, "session_hijack") == ["alice"]
+    assert await world.sessions.get(sid) is None
+
+
+async def test_first_sight_from_the_attacker_is_caught_too(world: World) -> None:
+    sid, session = await world.session("alice")
+    world.request(user="alice", session=session, ip=OTHER_IP, ua="curl/8.0")
+    await world.pump()
+    assert await incidents(world, "session_hijack") == ["alice"]
+    assert await world.sessions.get(sid) is None
+
+
+async def test_a_new_ip_or_a_new_browser_alone_is_normal(world: World) -> None:
+    sid, session = await world.session("alice")
+    world.request(user="alice", session=session)
+    world.request(user="alice", session=session, ip=OTHER_IP)  # phone moved to another network
+    world.request(user="alice", session=session, ua=UA + " Updated")  # browser updated
+    await world.pump()
+    assert await incidents(world, "session_hijack") == []
+    assert await world.sessions.get(sid) is not None
+
+
+# -- incidents and lifting --------------------------------------------------------------------------
+
+
+async def test_lift_unblocks_and_reenables(world: World) -> None:
+    rule = ThreatRule(count=1, window=Duration(60), responses=("alert", "block_ip", "lock_account"))
+    await world.user("alice")
+    incident = await world.responder.respond(
+        "brute_force", rule, subject="alice", ip=OTHER_IP, summary="test", evidence={}
+    )
+    await world.responder.blocks.refresh(world.blocks)
+    alice = await world.accounts.find("alice")
+    assert alice is not None
+    assert alice.disabled
+    assert OTHER_IP in world.blocks
+
+    lifted = await world.responder.lift(incident.id, actor="cli:root")
+    assert lifted is not None
+    assert lifted.status == "lifted"
+    assert [a.lifted for a in lifted.actions] == [True, True]
+    await world.responder.blocks.refresh(world.blocks)
+    assert OTHER_IP not in world.blocks
+    alice = await world.accounts.find("alice")
+    assert alice is not None
+    assert not alice.disabled
+    [event] = await world.audit.events(kind="incident.lifted")
+    assert json.loads(event.details)["incident"] == incident.id
+    assert event.actor == "cli:root"
+
+
+async def test_blocks_end_on_their_own(world: World) -> None:
+    incident = await world.responder.block_ip("192.0.2.0/24", seconds=60, actor="cli:root")
+    await world.responder.blocks.refresh(world.blocks)
+    assert "192.0.2.77" in world.blocks
+    world.advance(61)
+    assert "192.0.2.77" not in world.blocks
+    assert await world.responder.blocks.entries() == []
+    stored = await world.responder.incidents.get(incident.id)
+    assert stored is not None
+    assert msgspec.to_builtins(stored)["rule"] == "manual"
+
+
+async def test_disabled_rules_and_detection_stay_quiet(world: World) -> None:
+    import msgspec.structs
+
+    world.settings[0] = msgspec.structs.replace(world.settings[0], enabled=False)
+    await world.fail("signin.password", "alice", times=20)
+    sid, session = await world.session("alice")
+    world.request(user="alice", session=session, ip=OTHER_IP, ua="curl/8.0")
+    await world.pump()
+    assert await world.responder.incidents.latest() == []
+    assert await world.sessions.get(sid) is not None
+    assert UA  # the baseline UA constant is shared with the other tests
