@@ -33,11 +33,11 @@ fmt: install  ## format the code
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: test-deps  ## side-by-side measurement: direct, nginx, bare ASGI proxy, gateway
-	.venv/bin/python -m loadtests.measure
+bench: test-deps  ## the latency guard: signed-in hot path vs direct, nginx, bare proxy; checks loadtests/budget.yaml
+	.venv/bin/python -m loadtests.guard
 
-bench-quick: test-deps  ## the short smoke version of the measurement
-	.venv/bin/python -m loadtests.measure --quick
+bench-quick: test-deps  ## the CI smoke version of the guard (< 2 minutes, fails only far outside the budget)
+	.venv/bin/python -m loadtests.guard --quick
 
 clean:  ## remove the virtualenv and caches
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import math
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +50,31 @@ DEFAULT_JSON = ROOT / "loadtests" / "results" / "latest.json"
 NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 TARGETS = ("direct", "bare", "gateway", "nginx")
+# Optional targets: the same signed-in gateway with the access log switched off (``logging.access_log``).
+EXTRA_TARGETS = ("gateway-nolog",)
+ACCESS_LOG_KEY = "logging.access_log"
+
+
+def access_log_switch() -> bool:
+    """Whether this gateway's settings have the ``logging.access_log`` on/off switch."""
+    try:
+        from gateway.settings.schema import LoggingSettings  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return False
+    return "access_log" in getattr(LoggingSettings, "__struct_fields__", ())
+
+
+def gateway_variants() -> dict[str, dict[str, Any]]:
+    """Gateway targets and their extra settings. The access log goes to the default sink (stdout: the
+    gateway's log file in the temp dir), named explicitly so both variants write the same way."""
+    if not access_log_switch():
+        return {"gateway": {}}
+    return {
+        "gateway": {"logging": {"access_log": True, "sinks": [{"type": "stdout"}]}},
+        "gateway-nolog": {"logging": {"access_log": False, "sinks": [{"type": "stdout"}]}},
+    }
+
+
 GRANIAN_FLAGS = ("--interface", "asgi", "--workers", "1", "--loop", "uvloop", "--no-access-log")
 
 GOALS = {
@@ -162,11 +189,15 @@ def wait_ready(child: Child, port: int, timeout: float) -> None:
     raise MeasureError(f"not ready after {timeout:.0f}s ({last}): {child.tail(8)}")
 
 
-def preflight(port: int) -> None:
-    """One request must reach the echo app through the target and come back 200 with the right target."""
+def preflight(port: int, headers: dict[str, str] | None = None, expect_user: str | None = None) -> None:
+    """One request must reach the echo app through the target and come back 200 with the right target.
+
+    With ``expect_user`` (the gateway's signed-in hot path) the echo app must also have received the
+    gateway's identity headers for that user: a 200 without them would be measuring the wrong path.
+    """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/", headers={"Accept": "application/json"})
+        conn.request("GET", "/", headers={"Accept": "application/json", **(headers or {})})
         resp = conn.getresponse()
         body = resp.read()
     except OSError as exc:
@@ -183,6 +214,91 @@ def preflight(port: int) -> None:
         raise MeasureError(f"GET / did not return the echo app's JSON: {body[:200]!r}") from exc
     if info.get("target") != "/":
         raise MeasureError(f"echo app saw target {info.get('target')!r}, expected '/'")
+    if expect_user is not None:
+        seen = {str(k).lower(): v for k, v in info.get("headers", [])}
+        if seen.get("x-gateway-user") != expect_user or "x-gateway-assertion" not in seen:
+            raise MeasureError(f"the echo app did not get {expect_user!r}'s identity headers: {sorted(seen)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The signed-in user of the gateway target (created with the CLI, signed in through the HTML form)
+
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench password for the load tests"  # a throwaway account in a temp dir
+# The sign-in load signs in as another account: a user has at most 200 sessions and the least
+# recently active are ended beyond that, so sign-ins as the browsing user would end its session.
+SIGNIN_USER = "bench-signin"
+ALLOW_SIGNED_IN = "p, authenticated, *, /*, *, allow\n"
+
+
+def add_user(config: Path, username: str, password: str) -> None:
+    """``gateway user add USERNAME --password-stdin``: the gateway's own CLI, never its database."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "user",
+            "add",
+            username,
+            "--password-stdin",
+            "--config",
+            str(config),
+        ],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise MeasureError(
+            f"gateway user add {username} exited {done.returncode}: {done.stderr.strip()[-300:]}"
+        )
+
+
+def _cookies(resp: http.client.HTTPResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in resp.headers.get_all("set-cookie") or []:
+        name, _, rest = value.partition("=")
+        out[name.strip()] = rest.split(";", 1)[0]
+    return out
+
+
+def sign_in(port: int, username: str, password: str) -> str:
+    """Sign in through the gateway's HTML form (CSRF cookie + form post); returns the session cookie value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/.gateway/login", headers={"Accept": "text/html"})
+        page = conn.getresponse()
+        page.read()
+        csrf = _cookies(page).get("gateway_csrf")
+        if not csrf:
+            raise MeasureError(f"GET /.gateway/login answered {page.status} without a CSRF cookie")
+        form = urllib.parse.urlencode(
+            {"username": username, "password": password, "rd": "", "_csrf_token": csrf}
+        )
+        conn.request(
+            "POST",
+            "/.gateway/login",
+            body=form,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": f"gateway_csrf={csrf}",
+                "Accept": "text/html",
+            },
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise MeasureError(f"sign-in failed: {exc}") from exc
+    finally:
+        conn.close()
+    session = _cookies(resp).get(SESSION_COOKIE)
+    if resp.status not in (302, 303) or not session:
+        raise MeasureError(f"sign-in answered {resp.status} without a session cookie: {body[:200]!r}")
+    return session
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,25 +340,37 @@ http {{
 """
 
 
-def gateway_config(tmp: Path, port: int, upstream_port: int) -> str:
+SESSION_COOKIE = "gateway_session"  # "__Host-" prefix dropped by session.insecure_cookies (plain HTTP)
+
+
+def gateway_config(tmp: Path, port: int, upstream_port: int, extra: dict[str, Any] | None = None) -> str:
+    """One signed-in route to the echo app: cookie -> session -> MFA check -> RBAC -> identity headers.
+
+    ``mfa: none`` because the benchmark session signed in with a password only; the MFA check still
+    runs on every request (it compares the session's level with the route's requirement).
+    """
     import yaml
 
-    config = {
+    policy = tmp / "policy.csv"
+    policy.write_text(ALLOW_SIGNED_IN)
+    config: dict[str, Any] = {
         "public_url": f"http://127.0.0.1:{port}",
         "listen": f"127.0.0.1:{port}",
         "data_dir": str(tmp / "data"),
         "server": {"workers": 1},
         "admin": {"listen": None},
+        "policy": {"file": str(policy)},
+        "session": {"insecure_cookies": True},
         "routes": [
             {
                 "name": "echo",
                 "host": "127.0.0.1",
                 "path": "/",
                 "upstreams": [f"http://127.0.0.1:{upstream_port}"],
-                "public_paths": ["/*"],
                 "mfa": "none",
             }
         ],
+        **(extra or {}),
     }
     return str(yaml.safe_dump(config, sort_keys=False))
 
@@ -270,10 +398,25 @@ def gateway_unavailable_reason() -> str | None:
 class Started:
     port: int
     child: Child
+    cookie: str | None = None  # a gateway's signed-in session
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request to this target
+
+
+def assign_headers(running: dict[str, Started]) -> None:
+    """Every target gets a session ``Cookie`` of the same length (the gateway's own; the others the main
+    gateway's, which they ignore), so request bytes stay like-for-like."""
+    main = running.get("gateway") or next((s for s in running.values() if s.cookie), None)
+    for started in running.values():
+        cookie = started.cookie or (main.cookie if main else None)
+        started.headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
 
 
 def start_targets(
-    wanted: list[str], tmp: Path, children: Children, ready_timeout: float
+    wanted: list[str],
+    tmp: Path,
+    children: Children,
+    ready_timeout: float,
+    gateway_extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Started], dict[str, str]]:
     """Start the echo app and every wanted target; return the running ones and why others are missing."""
     running: dict[str, Started] = {}
@@ -292,21 +435,35 @@ def start_targets(
             env={"BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{echo_port}"},
         ),
         "nginx": lambda port: _start_nginx(children, tmp, port, echo_port),
-        "gateway": lambda port: _start_gateway(children, tmp, port, echo_port),
     }
+    variants = gateway_variants()
+    for variant, settings in variants.items():
+        starters[variant] = functools.partial(
+            _gateway_at, children, tmp / variant, variant, echo_port, {**settings, **(gateway_extra or {})}
+        )
     for name in wanted:
         if name == "direct":
+            continue
+        if name not in starters:
+            failed[name] = f"access log not available (no {ACCESS_LOG_KEY} setting)"
             continue
         port = free_port()
         try:
             child = starters[name](port)
-            wait_ready(child, port, ready_timeout * (2 if name == "gateway" else 1))
+            is_gateway = name in variants
+            wait_ready(child, port, ready_timeout * (2 if is_gateway else 1))
             running[name] = Started(port, child)
+            if is_gateway:
+                add_user(tmp / name / "gateway.yaml", BENCH_USER, BENCH_PASSWORD)
+                add_user(tmp / name / "gateway.yaml", SIGNIN_USER, BENCH_PASSWORD)
+                running[name].cookie = sign_in(port, BENCH_USER, BENCH_PASSWORD)
         except MeasureError as exc:
             failed[name] = str(exc)
+            running.pop(name, None)
+    assign_headers(running)
     for name, started in list(running.items()):
         try:
-            preflight(started.port)
+            preflight(started.port, started.headers, BENCH_USER if name in variants else None)
         except MeasureError as exc:
             failed[name] = str(exc)
             del running[name]
@@ -326,15 +483,23 @@ def _start_nginx(children: Children, tmp: Path, port: int, echo_port: int) -> Ch
     return children.spawn("nginx", argv, tmp / "nginx.log")
 
 
-def _start_gateway(children: Children, tmp: Path, port: int, echo_port: int) -> Child:
+def _gateway_at(
+    children: Children, tmp: Path, name: str, echo_port: int, extra: dict[str, Any], port: int
+) -> Child:
+    return _start_gateway(children, tmp, name, port, echo_port, extra)
+
+
+def _start_gateway(
+    children: Children, tmp: Path, name: str, port: int, echo_port: int, extra: dict[str, Any] | None = None
+) -> Child:
     reason = gateway_unavailable_reason()
     if reason:
         raise MeasureError(reason)
-    (tmp / "data").mkdir(exist_ok=True)
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
     conf = tmp / "gateway.yaml"
-    conf.write_text(gateway_config(tmp, port, echo_port))
+    conf.write_text(gateway_config(tmp, port, echo_port, extra))
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(conf)]
-    return children.spawn("gateway", argv, tmp / "gateway.log")
+    return children.spawn(name, argv, tmp / "gateway.log")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,18 +550,32 @@ class Client:
     kind: str  # "wrk" | "python"
     connections: int
     threads: int
+    headers: dict[int, dict[str, str]] = field(default_factory=dict)  # per port: the session cookie
+
+    def _header_args(self, flag: str, port: int) -> list[str]:
+        return [arg for k, v in self.headers.get(port, {}).items() for arg in (flag, f"{k}: {v}")]
 
     def closed(self, children: Children, tmp: Path, port: int, duration: float) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/"
         if self.kind == "wrk":
             argv = [WRK, f"-t{self.threads}", f"-c{self.connections}", f"-d{max(1, round(duration))}s"]
-            argv += ["--latency", "--timeout", "5s", "-H", "Accept: application/json", url]
+            argv += ["--latency", "--timeout", "5s", "-H", "Accept: application/json"]
+            argv += [*self._header_args("-H", port), url]
             return parse_wrk(_run(children, "wrk", argv, tmp, duration + 30))
         return self.paced(children, tmp, port, duration, 0.0)
 
-    def paced(self, children: Children, tmp: Path, port: int, duration: float, rate: float) -> dict[str, Any]:
+    def paced(
+        self,
+        children: Children,
+        tmp: Path,
+        port: int,
+        duration: float,
+        rate: float,
+        samples: Path | None = None,
+    ) -> dict[str, Any]:
         argv = [sys.executable, "-m", "loadtests.pyclient", f"http://127.0.0.1:{port}/"]
         argv += ["--connections", str(self.connections), "--duration", str(duration), "--rate", str(rate)]
+        argv += self._header_args("--header", port) + (["--samples", str(samples)] if samples else [])
         out = _run(children, "pyclient", argv, tmp, duration + 60)
         return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -462,7 +641,7 @@ def summarise(rounds: dict[str, list[dict[str, Any]]], phase: str) -> dict[str, 
     for name, items in rounds.items():
         runs = [r[phase] for r in items if phase in r]
         if runs:
-            out[name] = {k: _median(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+            out[name] = {k: _median(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req")}
     return out
 
 
@@ -492,6 +671,11 @@ def _rps_ratio(x: dict[str, Any], y: dict[str, Any]) -> float:
     return float(x["rps"] / y["rps"]) if y["rps"] else float("nan")
 
 
+def _cpu_ratio(x: dict[str, Any], y: dict[str, Any]) -> float:
+    a, b = x.get("cpu_us_per_req"), y.get("cpu_us_per_req")
+    return float(a / b) if a and b else float("nan")
+
+
 def _diff(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
     return lambda x, y: float(x[key] - y[key])
 
@@ -499,8 +683,12 @@ def _diff(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
 def comparisons(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Ratios and added latencies, each the median over rounds of the per-round (paired) value."""
     out: dict[str, Any] = {}
-    for a, b in (("gateway", "bare"), ("gateway", "nginx"), ("bare", "direct"), ("nginx", "direct")):
+    pairs = (("gateway", "bare"), ("gateway", "nginx"), ("bare", "direct"), ("nginx", "direct"))
+    for a, b in (*pairs, ("gateway", "gateway-nolog")):
         out[f"{a}/{b}"] = _paired(rounds, a, b, "closed", _rps_ratio)
+    for a, b in (("bare", "gateway"), ("gateway-nolog", "gateway")):
+        # CPU per request of b relative to a, inverted so that it reads like a throughput ratio.
+        out[f"cpu {a}/{b}"] = _paired(rounds, a, b, "closed", _cpu_ratio)
     for who, prefix in (("gateway", ""), ("bare", "bare_")):
         for q in ("p50", "p99"):
             out[f"{prefix}added_{q}_ms_fixed_rate"] = _paired(
@@ -572,19 +760,19 @@ def render(report: dict[str, Any]) -> str:
         f"closed loop, max throughput: {s['client']} with {s['connections']} connections"
         + (f", {s['threads']} thread(s)" if s["client"] == "wrk" else "")
         + f", {s['duration']:g}s x {s['rounds']} round(s), median of rounds",
-        f"{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}   "
+        f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'CPU us/req':>11}   "
         + (f"| fixed rate {s['rate']:g}/s {'p50 ms':>8}{'p99 ms':>8}" if s["rate"] else ""),
     ]
     for name in s["targets"]:
         row = closed.get(name)
         if name in report["unavailable"]:
-            lines.append(f"{name:<9}not available ({_one_line(report['unavailable'][name])})")
+            lines.append(f"{name:<14}not available ({_one_line(report['unavailable'][name])})")
             continue
         if row is None:
-            lines.append(f"{name:<9}failed: {_one_line(report['errors'].get(name, ['no result'])[-1])}")
+            lines.append(f"{name:<14}failed: {_one_line(report['errors'].get(name, ['no result'])[-1])}")
             continue
-        line = f"{name:<9}{_fmt(row['rps'], '10.0f')}{_fmt(row['p50_ms'], '9.2f')}"
-        line += f"{_fmt(row['p90_ms'], '9.2f')}{_fmt(row['p99_ms'], '9.2f')}   "
+        line = f"{name:<14}{_fmt(row['rps'], '10.0f')}{_fmt(row['p50_ms'], '9.2f')}"
+        line += f"{_fmt(row['p90_ms'], '9.2f')}{_fmt(row['p99_ms'], '9.2f')}{_fmt(row.get('cpu_us_per_req'), '11.0f')}   "
         if s["rate"]:
             f = fixed.get(name)
             pad = len(f"fixed rate {s['rate']:g}/s")
@@ -600,7 +788,16 @@ def render(report: dict[str, Any]) -> str:
         + _verdict(goals["gateway/nginx >= 0.3x"]),
         f"{'bare / direct    (req/s)':<44}{_fmt(cmp['bare/direct'], '9.2f', 'x')}   (info)",
         f"{'nginx / direct   (req/s)':<44}{_fmt(cmp['nginx/direct'], '9.2f', 'x')}   (info)",
+        f"{'bare / gateway   (CPU per request)':<44}{_fmt(cmp.get('cpu bare/gateway'), '9.2f', 'x')}"
+        "   (info: the 0.8x bar in CPU, robust to other load)",
     ]
+    if cmp.get("gateway/gateway-nolog") is not None:
+        lines += [
+            f"{'gateway / gateway-nolog (req/s)':<44}{_fmt(cmp['gateway/gateway-nolog'], '9.2f', 'x')}"
+            "   access log on/off",
+            f"{'gateway-nolog / gateway (CPU per request)':<44}"
+            f"{_fmt(cmp.get('cpu gateway-nolog/gateway'), '9.2f', 'x')}   (info)",
+        ]
     if s["rate"]:
         at = f"@ {s['rate']:g}/s"
         lines += [
@@ -669,9 +866,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.rate = args.rate if args.rate is not None else (0.0 if quick else 300.0)
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.target_list) - set(TARGETS)
+    unknown = set(args.target_list) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown or not args.target_list:
-        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS + EXTRA_TARGETS)}")
     if args.connections < args.threads or args.connections < 1 or args.rounds < 1 or args.duration <= 0:
         parser.error("need connections >= threads >= 1, rounds >= 1, duration > 0")
     return args
@@ -705,56 +902,120 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def measure(args: argparse.Namespace, children: Children, tmp: Path) -> dict[str, Any]:
+def _process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (granian master + workers, nginx master + workers)."""
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += _process_tree(int(child))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by a process tree (Linux ``/proc``; 0.0 elsewhere)."""
+    ticks = 0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_target(
+    args: argparse.Namespace,
+    client: Client,
+    children: Children,
+    tmp: Path,
+    target: Started,
+    name: str,
+    rnd: int,
+    errors: dict[str, list[str]],
+    latency_samples: dict[str, list[int]],
+) -> dict[str, Any]:
+    """One target in one round: warm-up, closed loop, fixed rate; errors are recorded, not raised."""
+    port = target.port
+    entry: dict[str, Any] = {"round": rnd + 1}
+    try:
+        if target.child.proc.poll() is not None:
+            raise MeasureError(f"server exited: {target.child.tail(5)}")
+        if args.warmup > 0:
+            client.closed(children, tmp, port, args.warmup)
+        cpu_before = cpu_seconds(target.child.proc.pid)
+        entry["closed"] = result = client.closed(children, tmp, port, args.duration)
+        # CPU per request of the target's own processes: far less sensitive to other load on a shared
+        # machine than req/s (a stolen core slows the target but does not make its requests costlier).
+        if result["requests"]:
+            result["cpu_us_per_req"] = (
+                (cpu_seconds(target.child.proc.pid) - cpu_before) / result["requests"] * 1e6
+            )
+        print(
+            f"round {rnd + 1}/{args.rounds} {name:<8} {result['rps']:9.0f} req/s  "
+            f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms",
+            file=sys.stderr,
+        )
+        if args.rate > 0:
+            samples = tmp / f"samples-{name}-{rnd + 1}.json"
+            entry["fixed"] = fixed = client.paced(children, tmp, port, args.rate_duration, args.rate, samples)
+            with contextlib.suppress(OSError, ValueError):
+                latency_samples.setdefault(name, []).extend(json.loads(samples.read_text()))
+            print(
+                f"{'':>12}{name:<8} @ {args.rate:g}/s: achieved {fixed['rps']:.0f}/s  "
+                f"p50 {fixed['p50_ms']:.2f} ms  p99 {fixed['p99_ms']:.2f} ms",
+                file=sys.stderr,
+            )
+            if fixed["rps"] < 0.9 * args.rate:
+                raise MeasureError(f"fixed rate {args.rate:g}/s not sustained ({fixed['rps']:.0f}/s)")
+        for phase in ("closed", "fixed"):
+            res = entry.get(phase)
+            if res and (res["non_2xx"] or res["errors"]):
+                raise MeasureError(
+                    f"{phase}: {res['non_2xx']} non-2xx responses, {res['errors']} errors "
+                    f"{res.get('socket_errors') or ''}".strip()
+                )
+    except MeasureError as exc:
+        errors.setdefault(name, []).append(f"round {rnd + 1}: {exc}")
+        print(f"{name}: error: {exc}", file=sys.stderr)
+    return entry
+
+
+AfterRounds = Callable[[dict[str, Started], Client, Path], dict[str, Any]]
+
+
+def measure(
+    args: argparse.Namespace, children: Children, tmp: Path, after_rounds: AfterRounds | None = None
+) -> dict[str, Any]:
+    """Start the targets, run the interleaved rounds, and summarise; ``after_rounds`` runs extra phases
+    (``loadtests.guard``) while the targets are still up, and its result is the report's ``extra``."""
     client = Client(choose_client(args.client), args.connections, args.threads)
     info = machine_info()
     if "nginx" in args.target_list and not Path(NGINX).exists():
         print(f"note: {NGINX} not found; install it with: apt-get install -y nginx", file=sys.stderr)
     print(f"starting {', '.join(args.target_list)} (logs in {tmp}) ...", file=sys.stderr)
     running, unavailable = start_targets(args.target_list, tmp, children, args.ready_timeout)
+    client.headers = {started.port: started.headers for started in running.values()}
     for name, why in unavailable.items():
         print(f"{name}: not available ({why})", file=sys.stderr)
 
     order = [t for t in args.target_list if t in running]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     errors: dict[str, list[str]] = {}
+    latency_samples: dict[str, list[int]] = {}
     for rnd in range(args.rounds):
         shift = rnd % len(order) if order else 0
         for name in order[shift:] + order[:shift]:  # rotate so no target always runs first
-            port = running[name].port
-            entry: dict[str, Any] = {"round": rnd + 1}
-            try:
-                if running[name].child.proc.poll() is not None:
-                    raise MeasureError(f"server exited: {running[name].child.tail(5)}")
-                if args.warmup > 0:
-                    client.closed(children, tmp, port, args.warmup)
-                entry["closed"] = result = client.closed(children, tmp, port, args.duration)
-                print(
-                    f"round {rnd + 1}/{args.rounds} {name:<8} {result['rps']:9.0f} req/s  "
-                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms",
-                    file=sys.stderr,
-                )
-                if args.rate > 0:
-                    entry["fixed"] = fixed = client.paced(children, tmp, port, args.rate_duration, args.rate)
-                    print(
-                        f"{'':>12}{name:<8} @ {args.rate:g}/s: achieved {fixed['rps']:.0f}/s  "
-                        f"p50 {fixed['p50_ms']:.2f} ms  p99 {fixed['p99_ms']:.2f} ms",
-                        file=sys.stderr,
-                    )
-                    if fixed["rps"] < 0.9 * args.rate:
-                        raise MeasureError(f"fixed rate {args.rate:g}/s not sustained ({fixed['rps']:.0f}/s)")
-                for phase in ("closed", "fixed"):
-                    res = entry.get(phase)
-                    if res and (res["non_2xx"] or res["errors"]):
-                        raise MeasureError(
-                            f"{phase}: {res['non_2xx']} non-2xx responses, {res['errors']} errors "
-                            f"{res.get('socket_errors') or ''}".strip()
-                        )
-            except MeasureError as exc:
-                errors.setdefault(name, []).append(f"round {rnd + 1}: {exc}")
-                print(f"{name}: error: {exc}", file=sys.stderr)
+            entry = _measure_target(
+                args, client, children, tmp, running[name], name, rnd, errors, latency_samples
+            )
             rounds[name].append(entry)
 
+    extra: dict[str, Any] = {}
+    if after_rounds is not None and running:
+        try:
+            extra = after_rounds(running, client, tmp)
+        except MeasureError as exc:
+            errors.setdefault("extra", []).append(str(exc))
+            print(f"extra phases: error: {exc}", file=sys.stderr)
     closed = summarise(rounds, "closed")
     fixed = summarise(rounds, "fixed")
     cmp = comparisons(rounds)
@@ -782,6 +1043,8 @@ def measure(args: argparse.Namespace, children: Children, tmp: Path) -> dict[str
         "unavailable": unavailable,
         "errors": errors,
         "rounds": rounds,
+        "extra": extra,
+        "latency_samples_ns": latency_samples,
     }
 
 
@@ -807,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    report.pop("latency_samples_ns", None)  # raw samples are for loadtests.guard's plot only
     print(render(report))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_finite(report), indent=2, allow_nan=False, default=str) + "\n")

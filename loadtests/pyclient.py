@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,6 +44,7 @@ class _Stats:
     def __init__(self) -> None:
         self.latencies: list[int] = []
         self.non_2xx = 0
+        self.statuses: dict[int, int] = {}  # every non-2xx status and how often (for error messages)
         self.errors = 0
 
 
@@ -52,6 +54,7 @@ async def _one(session: aiohttp.ClientSession, url: str, start_ns: int, stats: _
             await resp.read()
             if not 200 <= resp.status < 300:
                 stats.non_2xx += 1
+                stats.statuses[resp.status] = stats.statuses.get(resp.status, 0) + 1
     except (aiohttp.ClientError, TimeoutError):
         stats.errors += 1
         return
@@ -81,7 +84,9 @@ async def _paced(
         delay = (scheduled - time.perf_counter_ns()) / 1e9
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(_one(session, url, scheduled, stats))
+        # The event loop's timers are millisecond-grained and may wake a little early: a request sent
+        # before its slot is timed from when it was really sent (never from a future instant).
+        task = asyncio.create_task(_one(session, url, min(scheduled, time.perf_counter_ns()), stats))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         i += 1
@@ -89,13 +94,27 @@ async def _paced(
         await asyncio.gather(*tasks)
 
 
-async def run(url: str, connections: int, duration: float, rate: float = 0.0) -> dict[str, Any]:
-    """Run one measurement and return the summary (see the module docstring)."""
+async def run(
+    url: str,
+    connections: int,
+    duration: float,
+    rate: float = 0.0,
+    headers: dict[str, str] | None = None,
+    samples: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run one measurement and return the summary (see the module docstring).
+
+    ``headers`` go on every request (e.g. the session ``Cookie`` of the signed-in hot path);
+    ``samples``, when given, receives every latency in nanoseconds (for plots).
+    """
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=10)
     stats = _Stats()
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers=headers,
     ) as session:
         start_ns = time.perf_counter_ns()
         end_ns = start_ns + int(duration * 1e9)
@@ -105,11 +124,14 @@ async def run(url: str, connections: int, duration: float, rate: float = 0.0) ->
             await _closed(session, url, connections, end_ns, stats)
         elapsed = (time.perf_counter_ns() - start_ns) / 1e9
     lat = sorted(stats.latencies)
+    if samples is not None:
+        samples.extend(lat)
     return {
         "mode": "rate" if rate > 0 else "closed",
         "target_rate": rate or None,
         "requests": len(lat),
         "non_2xx": stats.non_2xx,
+        "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
         "errors": stats.errors,
         "duration_s": elapsed,
         "rps": len(lat) / elapsed if elapsed > 0 else 0.0,
@@ -126,14 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s (open loop); 0 = closed loop")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="add a header (repeatable)"
+    )
+    parser.add_argument("--samples", type=Path, help="also write every latency (ns, sorted) as JSON here")
     args = parser.parse_args(argv)
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    raw: list[int] | None = [] if args.samples else None
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    result = runner(run(args.url, args.connections, args.duration, args.rate))
+    result = runner(run(args.url, args.connections, args.duration, args.rate, headers, raw))
+    if args.samples and raw is not None:
+        args.samples.write_text(json.dumps(raw))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

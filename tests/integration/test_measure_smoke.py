@@ -1,7 +1,9 @@
-"""Smoke run of the side-by-side measurement (``python -m loadtests.measure --quick``).
+"""Smoke run of the latency guard (``python -m loadtests.guard --quick``, well under 2 minutes).
 
-This asserts only that every target starts, serves the echo app correctly and is measured; it never
-asserts on speed (the quality bars are checked by full runs of ``loadtests.measure``, not by tests).
+It fails on any error (a target that does not start, answers non-2xx or errors, a sign-in that fails) and
+on a value *far* outside ``loadtests/budget.yaml`` (``smoke_factor`` times worse than its goal, e.g. under
+a third of a throughput ratio): a shared 2-core CI machine is too noisy for the strict budget in a short
+run, but a regression of that size is not noise. The strict budget is the manual ``make bench``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ TARGETS = ("direct", "bare", "gateway", "nginx")
 
 @pytest.mark.peer
 @pytest.mark.timeout(240)
-def test_quick_measurement_covers_all_targets(tmp_path: Path) -> None:
+def test_quick_guard_measures_the_signed_in_hot_path_within_the_loose_budget(tmp_path: Path) -> None:
     missing = [
         f"{tool} ({path} missing: apt-get install -y {tool})"
         for tool, path in (("nginx", "/usr/sbin/nginx"), ("wrk", "/usr/bin/wrk"))
@@ -30,9 +32,8 @@ def test_quick_measurement_covers_all_targets(tmp_path: Path) -> None:
     if missing:
         pytest.fail("the measurement smoke test needs " + " and ".join(missing), pytrace=False)
 
-    out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.measure", "--quick", "--duration", "2", "--json", str(out)],
+        [sys.executable, "-m", "loadtests.guard", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -41,7 +42,7 @@ def test_quick_measurement_covers_all_targets(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(out.read_text())
+    report = json.loads((tmp_path / "guard.json").read_text())
     assert report["settings"]["client"] == "wrk"
     assert not report["unavailable"], report["unavailable"]
     assert not report["errors"], report["errors"]
@@ -49,6 +50,16 @@ def test_quick_measurement_covers_all_targets(tmp_path: Path) -> None:
         row = report["closed_loop"].get(name)
         assert row is not None, f"no result for {name}"
         assert row["rps"] > 0, f"{name}: {row}"
-        assert row["p50_ms"] > 0, f"{name}: {row}"
+        assert report["fixed_rate"][name]["p50_ms"] > 0, name
+    # The hot path really was the signed-in one, and every goal was measured (loosely) in this run.
+    checks = report["budget"]["checks"]
+    assert report["budget"]["factor"] > 1
+    for key in ("added_p50_ms", "added_p99_ms", "gateway_vs_bare", "gateway_vs_nginx"):
+        assert checks[key] is True, (key, report["budget"]["values"][key])
+    # Measured, but too noisy in one short pair to fail CI on (budget.yaml: smoke: false).
+    assert report["budget"]["values"]["signin_p99_ratio"] is not None
+    signins = report["extra"]["signins"]
+    assert all(r["signins"]["ok"] > 0 and r["signins"]["failed"] == 0 for r in signins["rounds"])
+    assert (tmp_path / "guard.png").stat().st_size > 10_000
     for key in ("cpu_model", "nproc", "python", "date"):
         assert report["machine"][key], key

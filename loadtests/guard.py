@@ -1,0 +1,339 @@
+"""The latency guard: the signed-in hot path measured side by side against ``loadtests/budget.yaml``.
+
+One command (``make bench``)::
+
+    python -m loadtests.guard [--quick] [--rounds 3] [--duration 10] [--budget loadtests/budget.yaml]
+
+starts the echo upstream, nginx, the bare ASGI pass-through and two gateways (access log on and off),
+each gateway with a user created by ``gateway user add`` and signed in through the HTML form; then, in
+interleaved rounds (``loadtests.measure``), wrk throughput with the session ``Cookie`` and open-loop
+latency at a fixed rate; then browsing at that rate with and without sign-ins running
+(``loadtests.signins``), alternating which comes first. It prints every value next to its goal, writes
+``loadtests/results/guard.json`` and ``guard.png`` (latency distribution direct vs gateway, throughput
+bars).
+
+Exit codes: 0 within budget; 1 an error (a target did not start, errored, answered non-2xx, a sign-in
+failed); 2 usage; 3 the strict budget was missed (full runs), or with ``--quick`` a value is
+``smoke_factor`` times worse than its goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtests import measure as m
+
+__all__ = ["check_budget", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = ROOT / "loadtests" / "budget.yaml"
+RESULTS = ROOT / "loadtests" / "results"
+GUARD_TARGETS = ("direct", "bare", "gateway", "nginx", "gateway-nolog")
+
+
+def load_budget(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("goals"), dict):
+        raise m.MeasureError(f"{path}: needs a 'goals' mapping")
+    for key, goal in data["goals"].items():
+        if not isinstance(goal, dict) or ("min" in goal) == ("max" in goal):
+            raise m.MeasureError(f"{path}: goals.{key} needs exactly one of min / max")
+    return data
+
+
+def check_budget(
+    values: dict[str, float | None], budget: dict[str, Any], *, factor: float = 1.0
+) -> dict[str, bool | None]:
+    """Each goal: True (met), False (missed) or None (not measured). ``factor`` > 1 loosens every goal
+    (the smoke run: a minimum divided by it, a maximum multiplied by it)."""
+    out: dict[str, bool | None] = {}
+    for key, goal in budget["goals"].items():
+        value = values.get(key)
+        if factor != 1 and goal.get("smoke") is False:
+            out[key] = None  # too noisy for a short run: reported, checked only by full runs
+        elif value is None or not math.isfinite(value):
+            out[key] = None
+        elif "min" in goal:
+            out[key] = value >= float(goal["min"]) / factor
+        else:
+            out[key] = value <= float(goal["max"]) * factor
+    return out
+
+
+def _signin_phase(args: argparse.Namespace, budget: dict[str, Any]) -> m.AfterRounds:
+    """Browsing p99 at the fixed rate on the gateway, with and without sign-ins running, alternating."""
+
+    def phase(running: dict[str, m.Started], client: m.Client, tmp: Path) -> dict[str, Any]:
+        gw = running.get("gateway")
+        if gw is None or args.signin_rounds == 0:
+            return {}
+        rate, signin_rate = float(budget.get("rate", 300)), float(budget.get("signin_rate", 10))
+        pairs: list[dict[str, Any]] = []
+        for rnd in range(args.signin_rounds):
+            pair: dict[str, Any] = {"round": rnd + 1}
+            for with_signins in (False, True) if rnd % 2 == 0 else (True, False):
+                loader = None
+                if with_signins:
+                    argv = [sys.executable, "-m", "loadtests.signins", f"http://127.0.0.1:{gw.port}"]
+                    argv += ["--user", m.SIGNIN_USER, "--password-env", "GW_BENCH_PASSWORD"]
+                    argv += ["--rate", str(signin_rate), "--duration", str(args.rate_duration + 1)]
+                    loader = m.Children.spawn(
+                        _CHILDREN,
+                        "signins",
+                        argv,
+                        tmp / "signins.out",
+                        env={"GW_BENCH_PASSWORD": m.BENCH_PASSWORD},
+                    )
+                browse = client.paced(_CHILDREN, tmp, gw.port, args.rate_duration, rate)
+                key = "with_signins" if with_signins else "without"
+                pair[key] = browse
+                if loader is not None:
+                    loader.proc.wait(args.rate_duration + 60)
+                    _CHILDREN.items.remove(loader)
+                    out = (tmp / "signins.out").read_text().strip().splitlines()
+                    pair["signins"] = result = json.loads(out[-1]) if out else {}
+                    if loader.proc.returncode != 0 or not result or result.get("failed"):
+                        raise m.MeasureError(f"sign-in load failed: {out[-3:] if out else 'no output'}")
+                for res in (browse,):
+                    if res["non_2xx"] or res["errors"]:
+                        raise m.MeasureError(
+                            f"browsing ({key}): {res['non_2xx']} non-2xx {res.get('statuses', {})}, {res['errors']} errors"
+                        )
+                print(
+                    f"sign-in round {rnd + 1}/{args.signin_rounds} gateway @ {rate:g}/s {key:<13} "
+                    f"p50 {browse['p50_ms']:.2f} ms  p99 {browse['p99_ms']:.2f} ms"
+                    + (
+                        f"  ({pair['signins']['rate']:.1f} sign-ins/s, p99 {pair['signins']['p99_ms']:.0f} ms)"
+                        if with_signins
+                        else ""
+                    ),
+                    file=sys.stderr,
+                )
+            pairs.append(pair)
+        ratios = [
+            p["with_signins"]["p99_ms"] / p["without"]["p99_ms"] for p in pairs if p["without"]["p99_ms"]
+        ]
+        return {
+            "signins": {
+                "rate": rate,
+                "signin_rate": signin_rate,
+                "rounds": pairs,
+                "p99_without_ms": statistics.median(p["without"]["p99_ms"] for p in pairs),
+                "p99_with_ms": statistics.median(p["with_signins"]["p99_ms"] for p in pairs),
+                "p99_ratio": statistics.median(ratios) if ratios else None,
+                "signin_p50_ms": statistics.median(p["signins"]["p50_ms"] for p in pairs),
+                "signin_p99_ms": statistics.median(p["signins"]["p99_ms"] for p in pairs),
+            }
+        }
+
+    return phase
+
+
+_CHILDREN = m.Children()
+
+
+def values_of(report: dict[str, Any]) -> dict[str, float | None]:
+    cmp = report["comparisons"]
+    signins = report.get("extra", {}).get("signins", {})
+    return {
+        "added_p50_ms": cmp.get("added_p50_ms_fixed_rate"),
+        "added_p99_ms": cmp.get("added_p99_ms_fixed_rate"),
+        "gateway_vs_bare": cmp.get("gateway/bare"),
+        "gateway_vs_nginx": cmp.get("gateway/nginx"),
+        "signin_p99_ratio": signins.get("p99_ratio"),
+        "access_log_ratio": cmp.get("gateway/gateway-nolog"),
+    }
+
+
+def render(
+    report: dict[str, Any], budget: dict[str, Any], checks: dict[str, bool | None], factor: float
+) -> str:
+    lines = [m.render(report), ""]
+    signins = report.get("extra", {}).get("signins")
+    if signins:
+        lines.append(
+            f"browsing @ {signins['rate']:g}/s p99: {signins['p99_without_ms']:.2f} ms without, "
+            f"{signins['p99_with_ms']:.2f} ms with {signins['signin_rate']:g} sign-ins/s "
+            f"(sign-in p50 {signins['signin_p50_ms']:.0f} ms, p99 {signins['signin_p99_ms']:.0f} ms)"
+        )
+    loose = f" (smoke: goals loosened {factor:g}x)" if factor != 1 else ""
+    lines += ["", f"{'budget ' + str(report['budget_file']) + loose:<60}{'value':>10}   goal"]
+    values = values_of(report)
+    for key, goal in budget["goals"].items():
+        value = values.get(key)
+        bound = f">= {goal['min']:g}" if "min" in goal else f"<= {goal['max']:g}"
+        unit = " ms" if key.endswith("_ms") else "x"
+        shown = "n/a" if value is None else f"{value:.2f}{unit}"
+        verdict = {True: "ok", False: "MISSED", None: "not measured"}[checks[key]]
+        if checks[key] is None and value is not None and factor != 1 and goal.get("smoke") is False:
+            verdict = "(not checked in --quick)"
+        if key == "access_log_ratio" and value is None and report.get("access_log_unavailable"):
+            verdict = "n/a (access log not available)"
+        lines.append(f"  {goal.get('what', key)[:56]:<58}{shown:>10}   {bound:<7} {verdict}")
+    lines.append(
+        f"noise: load average {report['machine']['loadavg_start'][0]:.1f} -> "
+        f"{report['machine']['loadavg_end'][0]:.1f}; per-round values are in the JSON"
+    )
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> None:
+    """Latency distribution (CDF) at the fixed rate per target, and median req/s bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name in ("direct", "nginx", "bare", "gateway", "gateway-nolog"):
+        data = sorted(samples.get(name, []))
+        if not data:
+            continue
+        ms = [v / 1e6 for v in data]
+        frac = [(i + 1) / len(ms) for i in range(len(ms))]
+        left.plot(
+            ms,
+            frac,
+            label=f"{name} (p50 {ms[len(ms) // 2]:.2f} ms, p99 {ms[int(0.99 * (len(ms) - 1))]:.2f} ms)",
+        )
+    left.set_xscale("log")
+    left.set_xlabel("latency, ms (log scale)")
+    left.set_ylabel("fraction of requests")
+    left.set_title(f"latency at a fixed {report['settings']['rate']:g} req/s (open loop, all rounds)")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    closed = report["closed_loop"]
+    names = [n for n in ("direct", "nginx", "bare", "gateway", "gateway-nolog") if n in closed]
+    bars = right.bar(
+        names, [closed[n]["rps"] for n in names], color=["#888", "#4a7", "#47a", "#c63", "#e96"][: len(names)]
+    )
+    right.bar_label(bars, fmt="%.0f")
+    right.set_ylabel("req/s (wrk, median of rounds)")
+    cmp = report["comparisons"]
+    title = "throughput, signed-in hot path"
+    if cmp.get("gateway/bare") and cmp.get("gateway/nginx"):
+        title += f": gateway/bare {cmp['gateway/bare']:.2f}x, gateway/nginx {cmp['gateway/nginx']:.2f}x"
+    right.set_title(title, fontsize=10)
+    fig.suptitle(
+        f"{report['machine']['date']} - {report['machine']['nproc']} cpu(s), load "
+        f"{report['machine']['loadavg_start'][0]:.1f}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.guard",
+        description="Measure the signed-in hot path side by side and check it against loadtests/budget.yaml.",
+        epilog="Exit codes: 0 within budget; 1 error; 2 usage; 3 budget missed (--quick: far outside it).",
+    )
+    parser.add_argument("--budget", type=Path, default=BUDGET)
+    parser.add_argument("--quick", action="store_true", help="CI smoke run (< 2 minutes), loose budget")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3; quick 1)")
+    parser.add_argument("--duration", type=float, default=None, help="wrk seconds per target and round")
+    parser.add_argument("--rate-duration", type=float, default=None, help="seconds per fixed-rate run")
+    parser.add_argument(
+        "--signin-rounds", type=int, default=None, help="with/without sign-in pairs (3; quick 1)"
+    )
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for guard.json and guard.png")
+    args = parser.parse_args(argv)
+    q = args.quick
+    args.rounds = args.rounds or (1 if q else 3)
+    args.duration = args.duration or (2.0 if q else 10.0)
+    args.rate_duration = args.rate_duration or (3.0 if q else 5.0)
+    args.signin_rounds = args.signin_rounds if args.signin_rounds is not None else (1 if q else 3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        budget = load_budget(args.budget)
+    except (OSError, yaml.YAMLError, m.MeasureError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    factor = float(budget.get("smoke_factor", 3)) if args.quick else 1.0
+    margs = m.parse_args(
+        [
+            "--targets",
+            ",".join(GUARD_TARGETS),
+            "--rounds",
+            str(args.rounds),
+            "--duration",
+            str(args.duration),
+            "--rate",
+            str(budget.get("rate", 300)),
+            "--rate-duration",
+            str(args.rate_duration),
+            "--warmup",
+            "1" if args.quick else "2",
+            "--connections",
+            str(args.connections),
+            "--client",
+            "wrk",
+        ]
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="gw-guard-"))
+    global _CHILDREN
+    _CHILDREN = children = m.Children()
+    try:
+        with m._sigterm_as_interrupt():
+            report = m.measure(margs, children, tmp, after_rounds=_signin_phase(args, budget))
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping servers", file=sys.stderr)
+        return 130
+    except m.MeasureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        children.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    samples = report.pop("latency_samples_ns", {})
+    report["budget_file"] = os.path.relpath(args.budget, ROOT)
+    if not m.access_log_switch():
+        report["access_log_unavailable"] = report["unavailable"].pop("gateway-nolog", "no switch")
+        margs.target_list.remove("gateway-nolog")
+    checks = check_budget(values_of(report), budget, factor=factor)
+    report["budget"] = {"values": values_of(report), "checks": checks, "factor": factor}
+    print(render(report, budget, checks, factor))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "guard.json").write_text(
+        json.dumps(m._finite(report), indent=2, allow_nan=False, default=str) + "\n"
+    )
+    plot(report, samples, args.out / "guard.png")
+    print(f"\nwritten: {args.out / 'guard.json'}, {args.out / 'guard.png'}")
+
+    failed = bool(report["unavailable"] or report["errors"])
+    failed |= any(n not in report["closed_loop"] for n in GUARD_TARGETS if n in margs.target_list)
+    if failed:
+        print("FAILED: a target was unavailable or errored (see above)", file=sys.stderr)
+        return 1
+    if any(ok is False for ok in checks.values()):
+        print("budget missed" + (" by far (smoke factor)" if args.quick else ""), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
