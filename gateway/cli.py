@@ -18,7 +18,7 @@ from gateway.settings.loader import load_settings
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
 
 
 class _UserError(Exception):
@@ -312,19 +312,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
             taking the parsed arguments and returning an exit code.
     """
-    audit = sub.add_parser(
+    actions = command_group(
+        sub,
         "audit",
         help="read, verify and export the tamper-evident audit trail",
         description="The audit trail is a hash chain of security events. Verify it against signed "
         "checkpoints, list records, and export evidence bundles that verify offline.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        audit.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    audit.set_defaults(func=usage)
-    actions = audit.add_subparsers(dest="audit_action", metavar="ACTION")
 
     def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return actions.add_parser(name, help=summary, description=description, allow_abbrev=False)

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_incident_commands"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+
 _IN_PROCESS: Final = (
     "error: state.redis_url is not set: incidents and blocks live inside each running gateway's "
     "memory, out of reach of this command. Configure Redis to manage them from the command line."
@@ -224,19 +225,13 @@ def add_incident_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     """Add ``gateway incident …`` to the ``gateway`` command's sub-commands."""
     from gateway.cli import _config_arg
 
-    incident = sub.add_parser(
+    actions = command_group(
+        sub,
         "incident",
         help="threat incidents and address blocks",
         description="List and inspect what threat detection found and did; lift its actions; block "
         "or unblock addresses on every replica.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        incident.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    incident.set_defaults(func=usage)
-    actions = incident.add_subparsers(dest="incident_action", metavar="ACTION")
 
     def action(
         name: str, func: Callable[[argparse.Namespace, Responder], Awaitable[int]], summary: str

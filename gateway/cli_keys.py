@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group
 
 
 def _when(moment: float | None) -> str:
@@ -256,19 +256,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
             taking the parsed arguments and returning an exit code.
     """
-    keys = sub.add_parser(
+    actions = command_group(
+        sub,
         "keys",
         help="manage the keyring and the assertion-signing keys",
         description="Manage the AES-256-GCM keyring that encrypts secrets at rest (TOTP seeds, signing "
         "keys) and the ES256 keys that sign the identity assertion upstreams receive.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        keys.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    keys.set_defaults(func=usage)
-    actions = keys.add_subparsers(dest="keys_action", metavar="ACTION")
 
     p = actions.add_parser(
         "init",

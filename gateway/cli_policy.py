@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+
 _EXPECT: Final = ("allow", "deny")
 _CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
 _REQUIRED_KEYS: Final = ("principals", "route", "method", "path", "expect")
@@ -623,19 +624,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sub: The sub-parsers action of the top-level parser. Every action sets ``func`` to a callable
             taking the parsed arguments and returning an exit code.
     """
-    policy = sub.add_parser(
+    actions = command_group(
+        sub,
         "policy",
         help="validate, test, store, explain and roll back the access policy",
         description="Work with the casbin access policy: check and test files offline, import them into "
         "the database as a new version, explain decisions, and restore earlier versions.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        policy.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    policy.set_defaults(func=usage)
-    actions = policy.add_subparsers(dest="policy_action", metavar="ACTION")
 
     def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return actions.add_parser(name, help=summary, description=description, allow_abbrev=False)

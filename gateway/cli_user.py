@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_user_commands"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+
 _PASSWORD_ATTEMPTS: Final = 3
 _NO_LIVE_SESSIONS_NOTE: Final = (
     "note: sessions are kept in-process by each running gateway (state.redis_url is not set), out of "
@@ -499,19 +500,13 @@ def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         sub: The sub-parsers action of the top-level parser (``parser.add_subparsers(...)``). Every
             action sets ``func`` to a callable taking the parsed arguments and returning an exit code.
     """
-    user = sub.add_parser(
+    actions = command_group(
+        sub,
         "user",
         help="manage local accounts",
         description="Create, inspect, disable and delete local accounts. Passwords are asked at the "
         "terminal or read from standard input, never taken from an argument.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        user.print_help(sys.stderr)
-        return EXIT_USAGE
-
-    user.set_defaults(func=usage)
-    actions = user.add_subparsers(dest="user_action", metavar="ACTION")
 
     p = _action(
         actions,
