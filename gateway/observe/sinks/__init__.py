@@ -40,8 +40,14 @@ logger = logging.getLogger("gateway.observe.sinks")
 
 def build_sink(config: LogSink, *, name: str, queue_size: int) -> Sink:
     """The sink a validated ``logging.sinks[]`` entry describes (nothing is opened yet)."""
-    # Local and syslog sinks write whatever is queued at once; HTTP collectors want fewer, larger requests.
-    delivery = Delivery(queue_size=config.queue_size or queue_size, batch_size=500, retries=config.retries)
+    # Local and syslog sinks write what gathered within 50 ms (one write and one wake-up per batch, not
+    # per request); HTTP collectors want fewer, larger requests.
+    delivery = Delivery(
+        queue_size=config.queue_size or queue_size,
+        batch_size=500,
+        flush_interval=0.05,
+        retries=config.retries,
+    )
     if config.type == "file":
         assert config.path is not None
         return FileSink(name, delivery, path=config.path, max_bytes=config.max_bytes, backups=config.backups)
