@@ -82,7 +82,6 @@ async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaita
             audit=audit,
             accounts=accounts,
             sessions=sessions,
-            session_settings=settings.session,
             clock=SYSTEM_CLOCK.time,
         )
         return await action(responder)

@@ -212,7 +212,6 @@ class Runtime:
             audit=self.identity.audit,
             accounts=self.identity.accounts,
             sessions=self.identity.sessions,
-            session_settings=settings.session,
             clock=clock,
             # Alerts reach the sinks as the ``threat.<rule>`` security event (audit listener above).
             emit=None,

@@ -35,7 +35,7 @@ import msgspec
 
 from gateway.clock import Clock
 from gateway.errors import AuthenticationRequired
-from gateway.identity.levels import AuthLevel, FactorUse, newest_second_factor
+from gateway.identity.levels import SECOND_FACTORS, AuthLevel, FactorUse, newest_second_factor
 from gateway.settings.schema import SessionSettings
 from gateway.store.fast.base import FastState, StateUnavailable, Subscription
 
@@ -428,6 +428,39 @@ class SessionStore:
     async def revoke(self, session_id: str) -> bool:
         """End one session (by its id). Returns whether it existed."""
         return await self.revoke_hash(hash_session_id(session_id))
+
+    async def demote(self, id_hash: str) -> bool:
+        """Force a step-up: drop the session's second-factor uses, keep its first factor.
+
+        The session stays signed in (kinder to a false alarm than revoking it), but every route that
+        needs a second factor sends it to the MFA page again; passing it rotates the id as usual. Every
+        replica drops its cached copy through the revocation broadcast and re-reads the record.
+
+        Returns:
+            False if the session no longer exists.
+
+        Raises:
+            StateUnavailable: the store cannot answer, or the record kept changing.
+        """
+        key = _session_key(id_hash)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            current = decode_session(raw) if raw is not None else None
+            now = self._clock.time()
+            if current is None or current.id_hash != id_hash:
+                return False
+            ttl = self._ttl(current, now)
+            if ttl is None:
+                return False
+            demoted = replace(
+                current,
+                level=min(current.level, AuthLevel.ONE_FACTOR),
+                factors=tuple(f for f in current.factors if f.factor not in SECOND_FACTORS),
+            )
+            if await self._state.compare_and_set(key, raw, encode_session(demoted), ttl=ttl):
+                await self._broadcast([id_hash])
+                return True
+        raise StateUnavailable("the session kept changing; the step-up was not applied")
 
     async def revoke_hash(self, id_hash: str) -> bool:
         """End one session by its id hash (what "my sessions" shows). Returns whether it existed.

@@ -19,23 +19,17 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Final
 
 import aiohttp
 import msgspec
 
 from gateway.audit.trail import AuditLog
 from gateway.identity.accounts import AccountService
-from gateway.identity.levels import SECOND_FACTORS, AuthLevel
 from gateway.identity.sessions import (
-    REVOCATION_CHANNEL,
     Session,
     SessionStore,
-    decode_session,
-    encode_session,
 )
-from gateway.settings.schema import SessionSettings, ThreatRule
+from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.blocks import BlockStore, normalize_network
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
@@ -46,7 +40,6 @@ logger = logging.getLogger("gateway.threat")
 
 # Receives each incident as a flat JSON-able mapping (the runtime's event sinks).
 Emitter = Callable[[Mapping[str, object]], None]
-_CAS_ROUNDS: Final = 16
 
 
 class Webhook:
@@ -102,7 +95,6 @@ class Responder:
         audit: AuditLog,
         accounts: AccountService | None,
         sessions: SessionStore | None,
-        session_settings: SessionSettings,
         clock: Callable[[], float],
         emit: Emitter | None = None,
         webhook: Webhook | None = None,
@@ -111,7 +103,6 @@ class Responder:
         self._audit = audit
         self._accounts = accounts
         self._sessions = sessions
-        self._session_settings = session_settings
         self._clock = clock
         self.emit = emit
         self.webhook = webhook
@@ -217,11 +208,11 @@ class Responder:
         return Action("revoke_sessions", subject, note=f"{count} revoked")
 
     async def _step_up(self, subject: str, session: str) -> Action | None:
-        if not subject:
+        if not subject or self._sessions is None:
             return None
         count = 0
         for s in await self.find_sessions(subject, session):
-            count += await self.demote(s.id_hash)
+            count += await self._sessions.demote(s.id_hash)
         return Action("step_up", session or subject, ok=count > 0, note=f"{count} session(s)")
 
     async def _lock(self, subject: str, incident_id: str) -> Action | None:
@@ -243,36 +234,6 @@ class Responder:
         if user_id is None or self._sessions is None:
             return []
         return [s for s in await self._sessions.list_user(user_id) if s.id_hash.startswith(prefix)]
-
-    async def demote(self, id_hash: str) -> int:
-        """Force a step-up: drop the session's second-factor uses (see the module docstring).
-
-        Returns 1 if the session was changed, 0 if it no longer exists.
-        """
-        key = f"sess:{id_hash}"
-        for _ in range(_CAS_ROUNDS):
-            raw = await self._state.get(key)
-            current = None if raw is None else decode_session(raw)
-            if current is None or current.id_hash != id_hash:
-                return 0
-            now = self._clock()
-            updated = replace(
-                current,
-                level=min(current.level, AuthLevel.ONE_FACTOR),
-                factors=tuple(f for f in current.factors if f.factor not in SECOND_FACTORS),
-            )
-            ends = min(
-                current.last_seen + float(self._session_settings.idle_timeout),
-                current.created_at + float(self._session_settings.lifetime),
-            )
-            if ends <= now:
-                return 0
-            if await self._state.compare_and_set(key, raw, encode_session(updated), ttl=ends - now):
-                with contextlib.suppress(StateUnavailable):
-                    # Every replica drops its cached copy and re-reads the demoted record.
-                    await self._state.publish(REVOCATION_CHANNEL, id_hash.encode("ascii"))
-                return 1
-        raise StateUnavailable("the session kept changing; giving up the step-up")
 
     # -- admin actions -----------------------------------------------------------------------------
 

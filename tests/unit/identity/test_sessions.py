@@ -165,6 +165,28 @@ async def test_elevate_never_lowers_the_level(store: SessionStore, clock: FakeCl
     assert session.level is AuthLevel.TWO_FACTOR
 
 
+async def test_demote_drops_the_second_factor_on_every_replica(
+    store: SessionStore, replica: SessionStore, clock: FakeClock
+) -> None:
+    session_id, _ = await sign_in(store)
+    session_id, two = await store.elevate(
+        session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(Factor.TOTP, clock.time())
+    )
+    assert await replica.get(session_id) == two  # cached on the other replica
+    async with listening(replica):
+        assert await store.demote(two.id_hash) is True
+        deadline = asyncio.get_running_loop().time() + PROPAGATION_BOUND
+        while (seen := await replica.get(session_id)) is not None and seen.level is AuthLevel.TWO_FACTOR:
+            assert asyncio.get_running_loop().time() < deadline, "the replica kept the two-factor copy"
+            await asyncio.sleep(0.01)
+    demoted = await store.get(session_id)
+    assert demoted is not None  # still signed in, same id
+    assert demoted.level is AuthLevel.ONE_FACTOR
+    assert demoted.second_factor_at is None
+    assert [f.factor for f in demoted.factors] == [Factor.PASSWORD]
+    assert await store.demote("0" * 64) is False
+
+
 async def test_elevate_unknown_session(store: SessionStore) -> None:
     with pytest.raises(SessionEnded):
         await store.elevate("B" * 43, level=AuthLevel.TWO_FACTOR, factor=FactorUse(Factor.TOTP, 0.0))

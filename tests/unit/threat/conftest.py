@@ -142,7 +142,6 @@ def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> W
         audit=audit,
         accounts=accounts,
         sessions=sessions,
-        session_settings=SESSION_SETTINGS,
         clock=clock.time,
         emit=emitted.append,
     )
