@@ -1,11 +1,33 @@
-"""What the ``gateway`` sub-command modules share: exit codes and command groups with a usage fallback."""
+"""What the ``gateway`` sub-command modules share: exit codes, command groups, the operator, services."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "SubParsers", "command_group"]
+if TYPE_CHECKING:
+    from gateway.audit.trail import AuditLog
+    from gateway.identity.accounts import AccountService
+    from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.sessions import SessionStore
+    from gateway.settings.schema import Settings
+    from gateway.store.fast import FastState
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "AccountServices",
+    "SubParsers",
+    "account_services",
+    "command_group",
+    "operator",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -28,3 +50,60 @@ def command_group(
 
     group.set_defaults(func=usage)
     return group.add_subparsers(dest=f"{name}_action", metavar="ACTION")
+
+
+def operator() -> str:
+    """Who runs the command, for the audit trail: ``cli:<OS user>``, or ``cli`` when the OS cannot tell."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountServices:
+    """What account-changing commands work with, opened like ``serve`` opens them."""
+
+    settings: Settings
+    fast: FastState
+    audit: AuditLog
+    hasher: PasswordHasher
+    accounts: AccountService
+    # None with in-process state: this command's own, empty store would report "0 sessions ended"
+    # while the gateways keep theirs. Better to have none and say so.
+    sessions: SessionStore | None
+
+
+@asynccontextmanager
+async def account_services(settings: Settings) -> AsyncIterator[AccountServices]:
+    """Open the database and fast state and build the account services; close them afterwards."""
+    from gateway.audit.trail import AuditLog
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.factors.regulation import Regulator
+    from gateway.identity.accounts import AccountService
+    from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.sessions import SessionStore
+    from gateway.runtime import storage_url
+    from gateway.store.db import Database
+    from gateway.store.fast import open_fast_state
+    from gateway.store.migrate import ensure_schema
+
+    url = storage_url(settings)
+    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=2)
+    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+    try:
+        audit = AuditLog(db, clock=SYSTEM_CLOCK)
+        hasher = PasswordHasher(settings.passwords)
+        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
+        sessions = (
+            SessionStore(fast, settings.session, SYSTEM_CLOCK)
+            if settings.state.redis_url is not None
+            else None
+        )
+        accounts = AccountService(db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
+        yield AccountServices(settings, fast, audit, hasher, accounts, sessions)
+    finally:
+        await fast.close()
+        await db.close()

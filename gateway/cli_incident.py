@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_incident_commands"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_services, command_group, operator
 
 _IN_PROCESS: Final = (
     "error: state.redis_url is not set: incidents and blocks live inside each running gateway's "
@@ -46,48 +45,19 @@ class _UserError(Exception):
     """The operator's input cannot be acted on (exit 2)."""
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaitable[int]]) -> int:
-    from gateway.audit.trail import AuditLog
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.factors.regulation import Regulator
-    from gateway.identity.accounts import AccountService
-    from gateway.identity.passwords import PasswordHasher
-    from gateway.identity.sessions import SessionStore
-    from gateway.runtime import storage_url
-    from gateway.store.db import Database
-    from gateway.store.fast import open_fast_state
-    from gateway.store.migrate import ensure_schema
     from gateway.threat.responder import Responder
 
-    url = storage_url(settings)
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    db = Database.open(url, pool_size=2)
-    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
-    try:
-        audit = AuditLog(db, clock=SYSTEM_CLOCK)
-        sessions = SessionStore(fast, settings.session, SYSTEM_CLOCK)
-        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
-        accounts = AccountService(
-            db, PasswordHasher(settings.passwords), regulator, audit, SYSTEM_CLOCK, sessions=sessions
-        )
+    async with account_services(settings) as svc:
         responder = Responder(
-            state=fast,
-            audit=audit,
-            accounts=accounts,
-            sessions=sessions,
+            state=svc.fast,
+            audit=svc.audit,
+            accounts=svc.accounts,
+            sessions=svc.sessions,
             clock=SYSTEM_CLOCK.time,
         )
         return await action(responder)
-    finally:
-        await fast.close()
-        await db.close()
 
 
 def _runner(
@@ -181,7 +151,7 @@ async def _show(args: argparse.Namespace, responder: Responder) -> int:
 
 async def _lift(args: argparse.Namespace, responder: Responder) -> int:
     await _incident(responder, args.id)
-    lifted = await responder.lift(args.id, actor=_actor())
+    lifted = await responder.lift(args.id, actor=operator())
     assert lifted is not None
     undone = [f"{a.kind} {a.target}" for a in lifted.actions if a.lifted]
     print(f"{lifted.id} lifted" + (f": {', '.join(undone)}" if undone else " (nothing to undo)"))
@@ -207,14 +177,14 @@ async def _block(args: argparse.Namespace, responder: Responder) -> int:
         raise _UserError(f"--for {args.duration!r}: expected a duration such as 30m, 1h or 7d") from exc
     if seconds <= 0:
         raise _UserError("--for must be longer than 0")
-    incident = await responder.block_ip(cidr, seconds=seconds, actor=_actor(), reason=args.reason)
+    incident = await responder.block_ip(cidr, seconds=seconds, actor=operator(), reason=args.reason)
     print(f"{cidr} blocked for {seconds:g}s ({incident.id})")
     return EXIT_OK
 
 
 async def _unblock(args: argparse.Namespace, responder: Responder) -> int:
     cidr = _network(args.cidr)
-    if await responder.unblock_ip(cidr, actor=_actor()) == 0:
+    if await responder.unblock_ip(cidr, actor=operator()) == 0:
         raise _UserError(f"{cidr} is not blocked (see `gateway incident list`)")
     print(f"{cidr} unblocked")
     return EXIT_OK

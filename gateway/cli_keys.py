@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group
+from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group, operator
 
 
 def _when(moment: float | None) -> str:
@@ -139,18 +139,12 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 async def _record_rotation(settings: Settings, rotated: dict[str, object]) -> None:
-    import getpass
-
     from gateway.audit.trail import record_once
     from gateway.store.migrate import ensure_schema
 
     url = _storage_url(settings)
     await ensure_schema(url, auto=url.startswith("sqlite"))
-    try:
-        actor = f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        actor = "cli"
-    await record_once(url, "keys.rotated", actor=actor, subject="keys", details=rotated)
+    await record_once(url, "keys.rotated", actor=operator(), subject="keys", details=rotated)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:

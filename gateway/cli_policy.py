@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import csv
 import difflib
-import getpass
 import io
 import re
 import sys
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, operator
 
 _EXPECT: Final = ("allow", "deny")
 _CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
@@ -112,14 +111,6 @@ def _offline(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return run
 
 
-def _actor() -> str:
-    # The audit trail should say which operator account ran the command; "cli" when the OS cannot tell.
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
     from gateway.audit.trail import AuditLog
     from gateway.authz.store import PolicyStore
@@ -136,7 +127,7 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
     try:
         store = PolicyStore(db, fast, AuditLog(db, clock=SYSTEM_CLOCK), SYSTEM_CLOCK)
-        return await action(_Context(store=store, settings=settings, actor=_actor()))
+        return await action(_Context(store=store, settings=settings, actor=operator()))
     finally:
         await fast.close()
         await db.close()

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_user_commands"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_services, command_group, operator
 
 _PASSWORD_ATTEMPTS: Final = 3
 _NO_LIVE_SESSIONS_NOTE: Final = (
@@ -90,47 +90,11 @@ class _Context:
 # -- wiring ----------------------------------------------------------------------------------------------
 
 
-def _actor() -> str:
-    # The audit trail should say which operator account ran the command; "cli" when the OS cannot tell.
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
-    from gateway.audit.trail import AuditLog
-    from gateway.clock import SYSTEM_CLOCK
-    from gateway.factors.regulation import Regulator
-    from gateway.identity.accounts import AccountService
-    from gateway.identity.passwords import PasswordHasher
-    from gateway.identity.sessions import SessionStore
-    from gateway.runtime import storage_url
-    from gateway.store.db import Database
-    from gateway.store.fast import open_fast_state
-    from gateway.store.migrate import ensure_schema
-
-    url = storage_url(settings)
-    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    db = Database.open(url, pool_size=2)
-    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
-    try:
-        audit = AuditLog(db, clock=SYSTEM_CLOCK)
-        hasher = PasswordHasher(settings.passwords)
-        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
-        # In-process state here would be this command's own, empty store: revoking in it would
-        # report "0 sessions ended" while the gateways keep theirs. Better to have none and say so.
-        sessions = (
-            SessionStore(fast, settings.session, SYSTEM_CLOCK)
-            if settings.state.redis_url is not None
-            else None
+    async with account_services(settings) as svc:
+        return await action(
+            _Context(accounts=svc.accounts, hasher=svc.hasher, settings=settings, actor=operator())
         )
-        accounts = AccountService(db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
-        return await action(_Context(accounts=accounts, hasher=hasher, settings=settings, actor=_actor()))
-    finally:
-        await fast.close()
-        await db.close()
 
 
 def _runner(
