@@ -31,6 +31,7 @@ from admin.app import create_admin_app
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
 from gateway.runtime import load_runtime
+from gateway.server import parse_listen
 from gateway.settings.schema import Settings
 
 __all__ = ["AdminChild", "AdminListenBusy", "app_factory", "serve_admin", "start_admin_child"]
@@ -51,11 +52,6 @@ class AdminListenBusy(GatewayError):
     title = "Admin port in use"
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def app_factory() -> Litestar:
     """granian factory target: the admin app of the config named in the environment."""
     # As in gateway.server: a SIGHUP during start-up must neither kill the worker nor be lost.
@@ -67,7 +63,7 @@ def app_factory() -> Litestar:
 
 def check_port_free(listen: str) -> None:
     """Raise :class:`AdminListenBusy` if ``listen`` cannot be bound (checked before anything starts)."""
-    host, port = _parse_listen(listen)
+    host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,7 +93,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
         raise ConfigError("admin.listen is null: this configuration serves no admin API")
     _die_with_parent()
     check_port_free(listen)
-    host, port = _parse_listen(listen)
+    host, port = parse_listen(listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
     # The same directory as the gateway's workers on this host (set already under `gateway serve`);
     # never wiped here: a standalone admin listener must not zero a running gateway's counters.
