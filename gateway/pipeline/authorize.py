@@ -34,9 +34,22 @@ class AccessDenied(Forbidden):
 
 def principals_of(session: Session) -> frozenset[str]:
     """Everything a session speaks for, as the policy names it."""
-    return frozenset(
-        (f"user:{session.username}", AUTHENTICATED, *session.roles, *(f"group:{g}" for g in session.groups))
-    )
+    key = (session.username, tuple(session.roles), tuple(session.groups))
+    found = _principals.get(key)
+    if found is None:
+        # One shared set per identity: the decision and role caches hash it on every request, and a
+        # frozenset computes its hash once per object.
+        found = frozenset(
+            (f"user:{session.username}", AUTHENTICATED, *session.roles, *(f"group:{g}" for g in session.groups))
+        )
+        if len(_principals) >= _MAX_REMEMBERED:
+            _principals.clear()
+        _principals[key] = found
+    return found
+
+
+_principals: dict[tuple[str, tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
+_MAX_REMEMBERED = 10_000
 
 
 def denial(decision: Decision) -> AccessDenied:

@@ -20,8 +20,8 @@ import random
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = [
     "Forwarding",
@@ -110,9 +110,12 @@ class TrustedProxies:
         return bool(self._networks)
 
 
-@dataclass(frozen=True, slots=True)
-class Forwarding:
-    """Who the client is and how it reached us, after deciding what to trust."""
+class Forwarding(NamedTuple):
+    """Who the client is and how it reached us, after deciding what to trust.
+
+    A NamedTuple rather than a frozen dataclass: built for every request, and a frozen dataclass's
+    ``__init__`` goes through ``object.__setattr__`` for each field.
+    """
 
     client_ip: str
     peer_trusted: bool
@@ -207,6 +210,39 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
+# What the request side does with a header, by its name as received (see _classify).
+_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET = range(5)
+_MAX_REMEMBERED_NAMES = 4096
+_name_kinds: dict[bytes, tuple[int, bytes]] = {}
+
+
+def _classify(name: bytes) -> tuple[int, bytes]:
+    """What to do with a request header of this name, and its lower-case form.
+
+    Requests repeat the same few dozen names, so the answer is remembered (a bounded number of
+    names: the client chooses them); the rules themselves are the module docstring's.
+    """
+    known = _name_kinds.get(name)
+    if known is not None:
+        return known
+    lname = name.lower()
+    norm = lname.replace(b"_", b"-")
+    if lname == b"host":
+        kind = _HOST
+    elif lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
+        kind = _DROP
+    elif lname == b"cookie":
+        kind = _COOKIE
+    elif lname.startswith(b"sec-websocket-"):
+        kind = _WEBSOCKET
+    else:
+        kind = _KEEP
+    if len(_name_kinds) >= _MAX_REMEMBERED_NAMES:
+        _name_kinds.clear()
+    _name_kinds[name] = (kind, lname)
+    return kind, lname
+
+
 def upstream_request_headers(
     headers: Headers,
     *,
@@ -221,42 +257,49 @@ def upstream_request_headers(
     The client's ``host`` is kept (first); the proxy replaces it with the target's unless the route
     preserves the host.
     """
-    # `Connection` may not nominate message framing (that would desynchronise the body) nor anything
-    # the route sets; headers the route sets replace the client's of the same name.
-    nominated = _connection_tokens(headers) - _FRAMING
-    overridden = {name for name, _ in extra}
-    out: Headers = []
-    client_host = b""
+    out: Headers = [(b"host", b"")]
+    connection = False
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"host":
-            client_host = value
-            continue
-        if lname in HOP_BY_HOP or lname in nominated or lname in overridden:
-            continue
-        if websocket and lname.startswith(b"sec-websocket-"):
-            continue  # the client library negotiates its own handshake with the upstream
-        norm = lname.replace(b"_", b"-") if b"_" in lname else lname
-        if norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
-            continue
-        if lname == b"cookie" and own_cookies:
+        kind, lname = _classify(name)
+        if kind == _KEEP:
+            out.append((lname, value))
+        elif kind == _HOST:
+            out[0] = (b"host", value)
+        elif kind == _COOKIE:
             # The gateway's session and CSRF cookies are for the gateway only: an app that logs or
             # leaks its Cookie header must not hand out a session that works on every other app.
-            value = _without_cookies(value, own_cookies)
-            if not value:
-                continue
-        out.append((lname, value))
-    out.insert(0, (b"host", client_host))
-    proto = fwd.proto.encode()
-    host = fwd.host.encode("latin-1")
-    out.append((b"x-forwarded-for", ", ".join(fwd.chain).encode("latin-1")))
-    out.append((b"x-forwarded-proto", proto))
-    out.append((b"x-forwarded-host", host))
-    out.append((b"forwarded", _forwarded(fwd).encode("latin-1")))
+            if own_cookies:
+                value = _without_cookies(value, own_cookies)
+            if value:
+                out.append((lname, value))
+        elif kind == _WEBSOCKET:
+            if not websocket:  # the client library negotiates its own handshake with the upstream
+                out.append((lname, value))
+        elif lname == b"connection":
+            connection = True
+    # `Connection` may not nominate message framing (that would desynchronise the body) nor anything
+    # the route sets; headers the route sets replace the client's of the same name.
+    nominated = _connection_tokens(headers) - _FRAMING if connection else set()
+    if extra:
+        nominated |= {name for name, _ in extra}
+    if nominated:
+        out = [out[0], *(item for item in out[1:] if item[0] not in nominated)]
+    out.extend(_forwarding_headers(fwd.chain, fwd.proto, fwd.host))
     out.append((b"x-request-id", fwd.request_id.encode()))
     out.extend(extra)
     out.extend(identity)
     return out
+
+
+@lru_cache(maxsize=1024)
+def _forwarding_headers(chain: tuple[str, ...], proto: str, host: str) -> tuple[tuple[bytes, bytes], ...]:
+    # The same client through the same host gets the same four headers: built once, not per request.
+    return (
+        (b"x-forwarded-for", ", ".join(chain).encode("latin-1")),
+        (b"x-forwarded-proto", proto.encode()),
+        (b"x-forwarded-host", host.encode("latin-1")),
+        (b"forwarded", _forwarded(chain, proto, host).encode("latin-1")),
+    )
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
@@ -269,10 +312,10 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
-def _forwarded(fwd: Forwarding) -> str:
-    elements = [f"for={_forwarded_node(ip)}" for ip in fwd.chain]
-    host = fwd.host.replace('"', "")
-    elements[-1] += f';host="{host}";proto={fwd.proto}'
+def _forwarded(chain: tuple[str, ...], proto: str, host: str) -> str:
+    elements = [f"for={_forwarded_node(ip)}" for ip in chain]
+    host = host.replace('"', "")
+    elements[-1] += f';host="{host}";proto={proto}'
     return ", ".join(elements)
 
 

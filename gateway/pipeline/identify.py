@@ -9,6 +9,7 @@ access, never a silent sign-out (invariant 2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 from gateway.errors import AuthenticationRequired, Forbidden
@@ -29,10 +30,12 @@ async def identify(
     sessions: SessionStore,
     policy: MfaPolicy,
     public_url: str,
-    original_url: str,
+    original_url: Callable[[], str],
     now: float,
 ) -> Session:
     """Return the session that may use this route, or raise what the client should be told.
+
+    ``original_url`` builds the URL to come back to after signing in; only refusals need it.
 
     Raises:
         AuthenticationRequired: no (valid) session; ``location`` is the sign-in page.
@@ -45,7 +48,7 @@ async def identify(
     if session is None or session_id is None:
         raise AuthenticationRequired(
             "Sign-in is required for this page.",
-            location=f"{public_url}/.gateway/login?rd={quote(original_url, safe='')}",
+            location=f"{public_url}/.gateway/login?rd={quote(original_url(), safe='')}",
         )
     verdict = check_requirement(
         level=session.level, factors=session.factors, policy=policy, has_second_factor=True, now=now
@@ -53,9 +56,9 @@ async def identify(
     # Sliding idle timeout; the store writes at most once a minute per session, not per request.
     await sessions.touch(session_id, session)
     if not verdict.ok:
-        # Quoted only here: percent-encoding the return URL was a measurable share of every allowed
-        # request (py-spy, signed-in hot path), and only refusals need it.
-        rd = quote(original_url, safe="")
+        # Built and quoted only here: percent-encoding the return URL was a measurable share of every
+        # allowed request (py-spy, signed-in hot path), and only refusals need it.
+        rd = quote(original_url(), safe="")
         if verdict.reason in _MFA_REASONS:
             need = "webauthn" if verdict.reason == "webauthn" else "any"
             raise Forbidden(

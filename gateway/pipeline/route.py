@@ -29,6 +29,22 @@ def normalize_host(raw: str) -> str:
     Raises:
         BadHeaders: the value is not a syntactically valid host.
     """
+    # Every request carries one of a handful of Host values: remember the answers (valid ones only,
+    # and a bounded number, since the header is the client's to choose).
+    host = _HOSTS.get(raw)
+    if host is None:
+        host = _normalize_host(raw)
+        if len(_HOSTS) >= _MAX_REMEMBERED_HOSTS:
+            _HOSTS.clear()
+        _HOSTS[raw] = host
+    return host
+
+
+_HOSTS: dict[str, str] = {}
+_MAX_REMEMBERED_HOSTS = 1024
+
+
+def _normalize_host(raw: str) -> str:
     if not raw or not _HOST_RE.match(raw):
         raise BadHeaders("The Host header is missing or malformed.")
     host = raw[: raw.index("]") + 1] if raw.startswith("[") else raw.split(":", 1)[0]

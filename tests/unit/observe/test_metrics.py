@@ -39,7 +39,8 @@ def _one_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of the exposition, keyed by name and labels."""
+    """Every sample of the exposition, keyed by name and labels (after writing out the tallies)."""
+    metrics.flush()
     text = exposition(local=metrics.registry).decode()
     found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for family in text_string_to_metric_families(text):
@@ -119,7 +120,7 @@ def test_status_outside_the_classes_is_other() -> None:
     )
 
 
-def test_decision_cache_hits_and_misses_are_counted_after_each_request() -> None:
+def test_decision_cache_hits_and_misses_are_counted_at_each_flush() -> None:
     metrics = Metrics()
     cache = DecisionCache()
     cache.get((1, frozenset(), "app", "GET", "/"))  # before watching: not counted
@@ -358,6 +359,7 @@ metrics = Metrics()
 metrics.watch_policy_version(lambda: 4)
 for _ in range(int(sys.argv[2])):
     metrics.observe_request(RequestRecord(at=0.0, kind="http", route="app", status=200, decision="allow"))
+metrics.flush()  # what Runtime.close does through Metrics.close when a worker stops
 """
 
 
@@ -378,3 +380,40 @@ def test_processes_are_summed_and_a_dead_ones_gauges_forgotten(
     # Both children have exited: their policy versions no longer count, their requests still do.
     assert not list(tmp_path.glob("gauge_livemin_*.db"))
     assert ("gateway_policy_version", frozenset()) not in found
+
+
+def test_requests_reach_the_values_only_when_flushed_and_are_written_once() -> None:
+    metrics = Metrics()
+    child = metrics.requests.labels(kind="http", route="app", status="2xx", decision="allow")
+    for _ in range(3):
+        metrics.observe_request(record(total_seconds=0.02, upstream_seconds=0.5, authz_seconds=0.00003))
+    assert child._value.get() == 0  # tallied in process, not yet in the (shared) values
+    metrics.flush()
+    metrics.flush()  # a second flush with nothing new adds nothing
+    assert value(metrics, "gateway_requests_total", kind="http", route="app", status="2xx", decision="allow") == 3
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.01") == 0
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.025") == 3
+    assert value(metrics, "gateway_request_duration_seconds_sum", route="app") == pytest.approx(0.06)
+    assert value(metrics, "gateway_upstream_duration_seconds_bucket", route="app", le="0.25") == 0
+    assert value(metrics, "gateway_upstream_duration_seconds_bucket", route="app", le="0.5") == 3
+    assert value(metrics, "gateway_authz_duration_seconds_bucket", le="2.5e-05") == 0
+    assert value(metrics, "gateway_authz_duration_seconds_bucket", le="5e-05") == 3
+    assert value(metrics, "gateway_authz_duration_seconds_count") == 3
+
+
+def test_an_observation_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    metrics = Metrics()
+    metrics.observe_request(record(total_seconds=0.005))  # exactly a bound: "le" means <=
+    metrics.observe_request(record(total_seconds=60.0))  # above every bound: only +Inf
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.0025") == 0
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.005") == 1
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="30.0") == 1
+    assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="+Inf") == 2
+
+
+async def test_closing_writes_what_is_still_tallied() -> None:
+    metrics = Metrics()
+    metrics.start()
+    metrics.observe_request(record())
+    await metrics.close()
+    assert metrics.requests.labels(kind="http", route="app", status="2xx", decision="allow")._value.get() == 1

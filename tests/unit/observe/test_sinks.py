@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit.trail import SecurityEvent
-from gateway.observe.access import AccessEntry, SecurityEntry, access_observer, audit_listener
+from gateway.observe.access import AccessEntry, SecurityEntry, _timestamp, access_observer, audit_listener
 from gateway.observe.record import RequestRecord
 from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, SyslogSink
 
@@ -102,6 +104,26 @@ def test_access_document_has_the_ecs_fields() -> None:
         "upstream", "trace",
     }  # fmt: skip
     assert "headers" not in doc["http"]["request"]
+
+
+def test_the_json_line_is_the_document() -> None:
+    entry = AccessEntry(record())
+    line = entry.json()
+    assert json.loads(line) == AccessEntry(record()).document()
+    assert line.startswith(b'{"@timestamp":"2026-01-01T00:00:00.250Z","ecs":{"version":')
+
+
+def test_an_anonymous_request_without_client_address_has_no_source_or_user() -> None:
+    doc = AccessEntry(record(client_ip="", user="", session="", request_id="", query="")).document()
+    assert not {"source", "user", "session", "trace"} & set(doc)
+    assert "query" not in doc["url"]
+    assert "id" not in doc["http"]["request"]
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_timestamps_are_what_isoformat_writes(at: float) -> None:
+    expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert _timestamp(at) == expected
 
 
 def test_denied_request_is_a_failure_without_user_or_upstream() -> None:
