@@ -220,7 +220,9 @@ class DataPlane:
             sessions=identity.sessions,
             policy=rt.mfa_policy,
             public_url=snap.public_url,
-            original_url=lambda: f"{proto or fwd.proto}://{req.host_raw.decode('latin-1')}{req.path_and_query}",
+            original_url=lambda: (
+                f"{proto or fwd.proto}://{req.host_raw.decode('latin-1')}{req.path_and_query}"
+            ),
             now=identity.clock.time(),
         )
 

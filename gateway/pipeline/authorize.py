@@ -40,7 +40,12 @@ def principals_of(session: Session) -> frozenset[str]:
         # One shared set per identity: the decision and role caches hash it on every request, and a
         # frozenset computes its hash once per object.
         found = frozenset(
-            (f"user:{session.username}", AUTHENTICATED, *session.roles, *(f"group:{g}" for g in session.groups))
+            (
+                f"user:{session.username}",
+                AUTHENTICATED,
+                *session.roles,
+                *(f"group:{g}" for g in session.groups),
+            )
         )
         if len(_principals) >= _MAX_REMEMBERED:
             _principals.clear()

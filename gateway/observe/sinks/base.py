@@ -66,6 +66,7 @@ class Sink:
         self._queue: deque[Entry] = deque()
         self._capacity = delivery.queue_size
         self._wakeup: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
         self._batch_size = delivery.batch_size
         self._flush_interval = delivery.flush_interval
         self._retries = delivery.retries
@@ -118,8 +119,7 @@ class Sink:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    while self._queue or self._batch:  # shutdown only: polling costs nothing here
-                        await asyncio.sleep(0.005)
+                    await self._drained()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -131,6 +131,12 @@ class Sink:
         except Exception:  # shutdown must go on for the other sinks
             logger.warning("log sink %s did not close cleanly", self.name, exc_info=True)
 
+    async def _drained(self) -> None:
+        # The delivery task sets _idle whenever it runs out of events to deliver.
+        while self._queue or self._batch:
+            self._idle.clear()
+            await self._idle.wait()
+
     async def _run(self) -> None:
         while True:
             batch = self._batch = []
@@ -140,6 +146,7 @@ class Sink:
 
     async def _gather(self, batch: list[Entry]) -> None:
         while not self._queue:
+            self._idle.set()
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
                 await self._wakeup

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Literal
 
@@ -13,7 +14,7 @@ import argon2
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.identity.passwords import MAX_PASSWORD_CHARS, PasswordHasher
+from gateway.identity.passwords import HASH_THREAD_NICENESS, MAX_PASSWORD_CHARS, PasswordHasher
 from gateway.settings import parse_settings
 from gateway.settings.schema import PasswordSettings
 
@@ -172,3 +173,24 @@ async def test_the_event_loop_stays_responsive_while_20_hashes_run() -> None:
     assert ticks >= 20
     # And the burst queued behind the bound instead of taking every core.
     assert peak == settings.max_concurrent_hashes
+
+
+async def test_hashes_run_in_threads_below_the_event_loops_priority() -> None:
+    hasher = PasswordHasher(FAST)
+    seen: list[tuple[int, int]] = []
+
+    class Recording(argon2.PasswordHasher):
+        def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+            tid = threading.get_native_id()
+            seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+            return super().hash(password, salt=salt)
+
+    hasher._argon = Recording.from_parameters(hasher._argon._parameters)
+    await hasher.hash(PASSWORD)
+    loop_tid = threading.get_native_id()
+    loop_nice = os.getpriority(os.PRIO_PROCESS, loop_tid)
+    [(tid, nice)] = seen
+    assert tid != loop_tid
+    assert nice == min(19, loop_nice + HASH_THREAD_NICENESS)
+    # The event loop's own thread keeps its priority.
+    assert os.getpriority(os.PRIO_PROCESS, loop_tid) == loop_nice

@@ -390,7 +390,10 @@ def test_requests_reach_the_values_only_when_flushed_and_are_written_once() -> N
     assert child._value.get() == 0  # tallied in process, not yet in the (shared) values
     metrics.flush()
     metrics.flush()  # a second flush with nothing new adds nothing
-    assert value(metrics, "gateway_requests_total", kind="http", route="app", status="2xx", decision="allow") == 3
+    assert (
+        value(metrics, "gateway_requests_total", kind="http", route="app", status="2xx", decision="allow")
+        == 3
+    )
     assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.01") == 0
     assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.025") == 3
     assert value(metrics, "gateway_request_duration_seconds_sum", route="app") == pytest.approx(0.06)
