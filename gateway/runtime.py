@@ -37,6 +37,7 @@ from gateway.store.fast import FastState, open_fast_state
 from gateway.store.migrate import ensure_schema
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
 from gateway.upstream import HealthChecker
+from gateway.upstream.http1 import Http1Client
 
 if TYPE_CHECKING:
     from gateway.observe.metrics import Metrics
@@ -57,7 +58,9 @@ class Runtime:
     def __init__(self, config_path: str | Path, settings: Settings) -> None:
         self.config_path = Path(config_path)
         self.live = LiveState(build_snapshot(settings, generation=1, source=str(config_path)))
+        # aiohttp for WebSockets and health checks; the proxy stage's own HTTP/1.1 client for the rest.
         self.session: aiohttp.ClientSession | None = None
+        self.upstream: Http1Client | None = None
         self.db: Database | None = None
         self.fast: FastState | None = None
         self.identity: IdentityServices | None = None
@@ -106,6 +109,7 @@ class Runtime:
             # Never let aiohttp invent headers the client did not send: the upstream sees the client's request.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        self.upstream = Http1Client(max_connections=settings.limits.max_upstream_connections)
         url = storage_url(settings)
         await ensure_schema(url, auto=url.startswith("sqlite"))
         self.db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
@@ -325,35 +329,27 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop background work and close connections (graceful shutdown, after requests drained)."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        if self._signing_refresh is not None:
-            self._signing_refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._signing_refresh
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._checkpoints
+        for task in (self._listener, self._signing_refresh, self._checkpoints):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._checker is not None:
             await self._checker.stop()
-        if self.threats is not None:
-            await self.threats.close()
-        if self.metrics is not None:
-            await self.metrics.close()
-        if self.sinks is not None:
-            # Requests have drained: deliver what is queued, within logging.flush_timeout.
-            await self.sinks.close()
-        if self.policy is not None:
-            await self.policy.close()
-        if self.session is not None:
-            await self.session.close()
-        if self.fast is not None:
-            await self.fast.close()
-        if self.db is not None:
-            await self.db.close()
+        # In this order: detectors and metrics first, then the sinks (requests have drained: they
+        # deliver what is queued, within logging.flush_timeout), then the connections.
+        for part in (
+            self.threats,
+            self.metrics,
+            self.sinks,
+            self.policy,
+            self.session,
+            self.upstream,
+            self.fast,
+            self.db,
+        ):
+            if part is not None:
+                await part.close()
 
 
 def load_runtime(config_path: str | Path) -> Runtime:

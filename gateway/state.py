@@ -12,8 +12,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from gateway.identity.cookies import session_cookie_name
 from gateway.pipeline.headers import TrustedProxies
 from gateway.pipeline.route import Router
@@ -36,7 +34,10 @@ class RouteRuntime:
     request_headers: tuple[tuple[bytes, bytes], ...]
     response_headers: tuple[tuple[bytes, bytes], ...]
     max_body_size: int
-    client_timeout: aiohttp.ClientTimeout
+    # nginx's proxy_connect_timeout and proxy_read_timeout: the response one runs from the end of the
+    # request body to the response head, and again for every wait between body reads.
+    connect_timeout: float
+    read_timeout: float
     mfa_policy: MfaPolicy
 
 
@@ -71,9 +72,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             request_headers=_header_pairs(route.request_headers),
             response_headers=_header_pairs(route.response_headers),
             max_body_size=int(route.max_body_size or settings.limits.max_body_size),
-            client_timeout=aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=t.connect, sock_read=t.response
-            ),
+            connect_timeout=t.connect,
+            read_timeout=t.response,
             mfa_policy=route.mfa_policy,
         )
     return Snapshot(

@@ -270,7 +270,7 @@ class DataPlane:
                 receive=receive,
                 send=send,
                 rt=rt,
-                session=self.runtime.session,  # type: ignore[arg-type]
+                client=self.runtime.upstream,  # type: ignore[arg-type]
                 request_id=req.fwd.request_id,
                 outcome=outcome,
                 body_framing=req.framing,

@@ -1,27 +1,24 @@
 """The proxy stage: stream one HTTP exchange to an upstream target and back.
 
 Bodies are never buffered whole: the request body is pulled from the ASGI ``receive`` channel as
-aiohttp writes it upstream, and the response is pushed to ``send`` chunk by chunk, so memory stays
+the upstream client (:mod:`gateway.upstream.http1`) writes it, and the response is pushed to ``send`` chunk by chunk, so memory stays
 flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
 (502/503/504, rendered by the caller); failures after it started can only abort the connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import aiohttp
-from yarl import URL
 
 from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.pipeline.asgi import Receive, Send
 from gateway.pipeline.headers import clean_response_headers
 from gateway.state import RouteRuntime
 from gateway.upstream import Target
+from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError, UpstreamResponse
 
 __all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
 
@@ -66,7 +63,7 @@ class ProxyOutcome:
 
 
 class _RequestBody:
-    """Pulls the request body from ASGI as aiohttp writes it, enforcing the size limit."""
+    """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
     __slots__ = ("limit", "read", "receive", "started")
 
@@ -100,15 +97,15 @@ async def forward_http(
     receive: Receive,
     send: Send,
     rt: RouteRuntime,
-    session: aiohttp.ClientSession,
+    client: Http1Client,
     request_id: str,
     outcome: ProxyOutcome,
     body_framing: BodyFraming,
 ) -> None:
     """Send the request to a target of the route's pool and stream the answer back.
 
-    ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`) except for ``host``,
-    which is filled in per target unless the route preserves the client's.
+    ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`), ``host`` first; it is
+    replaced per target unless the route preserves the client's.
 
     Raises:
         BodyTooLarge, UpstreamError, UpstreamTimeout, ServiceUnavailable: before the response started.
@@ -118,25 +115,36 @@ async def forward_http(
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
     body = _RequestBody(receive, rt.max_body_size) if body_framing.has_body else None
-    str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != b"content-length"]
+    # Framing comes from what the client really sent, never from the cleaned header list (where a
+    # `Connection: Content-Length` could have removed it); chunked bodies go out chunked.
+    sent_headers = [item for item in headers if item[0] != b"content-length"]
     if length is not None:
-        # Framing comes from what the client really sent, never from the cleaned header list (where
-        # a `Connection: Content-Length` could have removed it); chunked bodies go out chunked.
-        str_headers.append(("content-length", str(length)))
+        sent_headers.append((b"content-length", b"%d" % length))
     pool = rt.pool
     target = pool.pick()
     retried = False
     while True:
         outcome.attempts += 1
         outcome.target = target.url
+        if not rt.route.preserve_host:
+            sent_headers[0] = (b"host", host_header(target).encode("latin-1"))
         try:
             sent_at = time.perf_counter()
-            resp = await _open(method, target, path_and_query, str_headers, body, rt, session)
+            resp = await client.request(
+                target,
+                method,
+                target.base_path + path_and_query,
+                sent_headers,
+                body.chunks() if body is not None else None,
+                chunked=body_framing.chunked,
+                connect_timeout=rt.connect_timeout,
+                read_timeout=rt.read_timeout,
+            )
             outcome.upstream_seconds = time.perf_counter() - sent_at
             break
-        except aiohttp.ClientConnectorError as exc:
+        except UpstreamConnectError as exc:
             pool.release(target, ok=False)
-            failure = UpstreamError(f"Could not connect to the application ({type(exc).__name__}).")
+            failure = UpstreamError(f"Could not connect to the application ({exc}).")
             # A connection that was never made carried no bytes: another target may safely try,
             # but only once, and only if replaying cannot repeat a side effect.
             if retried or method not in _IDEMPOTENT or (body is not None and body.started):
@@ -152,11 +160,9 @@ async def forward_http(
         except (BodyTooLarge, ClientDisconnected):
             pool.release(target, ok=True)
             raise
-        except aiohttp.ClientError as exc:
+        except UpstreamProtocolError as exc:
             pool.release(target, ok=False)
-            if body is not None and body.read > rt.max_body_size:
-                raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.") from exc
-            raise UpstreamError(f"The application closed the connection ({type(exc).__name__}).") from exc
+            raise UpstreamError(f"The application broke the exchange: {exc}.") from exc
     outcome.bytes_in = body.read if body else 0
     try:
         await _relay(resp, method, send, rt, request_id, outcome)
@@ -175,36 +181,8 @@ def host_header(target: Target) -> str:
     return host if target.port == default else f"{host}:{target.port}"
 
 
-async def _open(
-    method: str,
-    target: Target,
-    path_and_query: str,
-    headers: list[tuple[str, str]],
-    body: _RequestBody | None,
-    rt: RouteRuntime,
-    session: aiohttp.ClientSession,
-) -> aiohttp.ClientResponse:
-    if not rt.route.preserve_host:
-        host = host_header(target)
-        headers = [(k, host if k == "host" else v) for k, v in headers]
-    # encoded=True: the canonical path is already exactly what the upstream must see; letting yarl
-    # re-quote it would make the upstream's path differ from the one the policy judged.
-    url = URL(target.url + target.base_path + path_and_query, encoded=True)
-    # Timeouts: aiohttp arms sock_read only once the request body is fully sent, then for every
-    # read; so it is both the response-header deadline and the idle limit mid-body, without a timer
-    # of our own per request (see RouteRuntime.client_timeout).
-    return await session.request(
-        method,
-        url,
-        headers=headers,
-        data=body.chunks() if body is not None else None,
-        allow_redirects=False,
-        timeout=rt.client_timeout,
-    )
-
-
 async def _relay(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     method: str,
     send: Send,
     rt: RouteRuntime,
@@ -213,7 +191,7 @@ async def _relay(
 ) -> None:
     """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
     from then on a failure can only abort the connection, before it the caller renders an error page."""
-    headers = clean_response_headers(resp.raw_headers, extra=rt.response_headers, request_id=request_id)
+    headers = clean_response_headers(resp.headers, extra=rt.response_headers, request_id=request_id)
     start = {"type": "http.response.start", "status": resp.status, "headers": headers}
     if method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
         outcome.status = resp.status
@@ -225,9 +203,11 @@ async def _relay(
         # Small answers (most API and page responses): one read, one send. Nothing was sent yet, so
         # a truncated answer can still become a proper 502.
         try:
-            data = await resp.content.readexactly(length) if length else b""
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            data = await resp.read() if length else b""
+        except UpstreamProtocolError as exc:
             raise UpstreamError("The application's answer was cut short.") from exc
+        if len(data) != length:
+            raise UpstreamError("The application's answer was cut short.")
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -236,7 +216,7 @@ async def _relay(
     outcome.status = resp.status
     await send(start)
     sent = 0
-    async for chunk in resp.content.iter_any():
+    async for chunk in resp.chunks():
         sent += len(chunk)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,476 @@
+"""The proxy stage's HTTP/1.1 client: keep-alive connections per target, responses parsed by llhttp.
+
+Why not aiohttp's client (which the gateway still uses for WebSockets and health checks): on the
+signed-in hot path its request machinery (``ClientRequest``/``ClientResponse`` objects, CIMultiDict
+headers, str/bytes round trips, per-read timer rescheduling) was about 45% of a worker's CPU in the
+profile, more than the whole gateway pipeline. A proxy needs far less: the headers arrive as bytes
+and leave as bytes, the response head is handed on as it came, and the body is streamed. This module
+does only that, with httptools (the llhttp parser Node.js uses) for the response side.
+
+What it guarantees, the same as the aiohttp path did:
+
+- the request head is written in one ``write``; a body is streamed from an async iterator with the
+  client's framing (``Content-Length`` or chunked), never buffered whole, with write back-pressure;
+- the response head is awaited for at most ``read_timeout`` after the request was sent, and every
+  wait for more of the body too (nginx's ``proxy_read_timeout``); connecting for at most
+  ``connect_timeout``; a timeout raises :class:`TimeoutError`;
+- :class:`UpstreamConnectError` means no connection was made (nothing was sent: the caller may try
+  another target); any other failure is :class:`UpstreamProtocolError` (garbage, a close before the
+  response was complete);
+- a connection goes back to the pool only after a complete response that allows keep-alive; a
+  reused connection that the upstream had closed meanwhile is retried once on a new connection for
+  requests without a body (nothing could have reached the application);
+- 1xx interim responses are skipped; responses to HEAD and 204/304 have no body; a response without
+  length or chunking ends when the upstream closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final
+
+import httptools
+
+from gateway.upstream.target import Target
+
+__all__ = ["Http1Client", "UpstreamConnectError", "UpstreamProtocolError", "UpstreamResponse"]
+
+# Buffered response bytes above which the connection stops reading until the client catches up.
+_HIGH_WATER: Final = 256 * 1024
+_IDLE_SECONDS: Final = 50.0  # below the common 60 s keep-alive timeout of upstream servers
+_MAX_IDLE_PER_TARGET: Final = 256
+
+
+class UpstreamConnectError(Exception):
+    """No connection to the target could be made; nothing was sent."""
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream broke the exchange: malformed response, or closed before it was complete."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to a target, carrying one exchange at a time."""
+
+    def __init__(self, key: tuple[str, str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.in_use = True
+        self.counted_out = False  # its pool slot was freed (see Http1Client._forget)
+        self.idle_since = 0.0
+        self.reused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+        self.error: Exception | None = None
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use:
+            self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
+            return
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"malformed response from the application ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_done and not self.complete and self.content_length is None and not self.chunked:
+            # A response framed by closing the connection (RFC 9112 §6.3, last rule) ends here.
+            self.complete = True
+            self.keep_alive = False
+            self._wake()
+        elif not self.complete:
+            self._fail(UpstreamProtocolError("the application closed the connection"))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_drain()
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.headers = []  # an interim response (100 Continue, 103 Early Hints): wait for the real one
+            return
+        self.status = status
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                self.content_length = int(value) if value.strip().isdigit() else None
+            elif lname == b"transfer-encoding":
+                self.chunked = True
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.head_done:
+            return  # the end of an interim response
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # -- used by the client ------------------------------------------------------------------------
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, within: float | None) -> None:
+        """Wait for the parser to make progress (or the connection to fail), at most ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = None if within is None else loop.call_later(within, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def drain(self) -> None:
+        """Wait until the transport accepts more data (back-pressure on request bodies)."""
+        while self.writing_paused and not self.closed:
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+
+    def take_body(self) -> bytes:
+        data = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
+        if len(self.body) > 1:
+            self.body.clear()
+        self.buffered = 0
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamProtocolError("the application closed the connection")
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamResponse:
+    """A response whose head has arrived; the body is read with :meth:`read` or :meth:`chunks`.
+
+    Always call :meth:`release` (it returns the connection to the pool only if the exchange ended
+    cleanly, and closes it otherwise).
+    """
+
+    __slots__ = ("_client", "_conn", "_read_timeout", "_reusable", "headers", "status")
+
+    def __init__(
+        self, client: Http1Client, conn: _Connection, read_timeout: float | None, head_only: bool
+    ) -> None:
+        self._client = client
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self.status = conn.status
+        self.headers = conn.headers
+        self._reusable = not head_only
+        if head_only:
+            # HEAD answers carry a Content-Length but no body, and llhttp cannot know the request was
+            # a HEAD: the exchange ends with the head, and the connection is not reused.
+            conn.complete = True
+
+    @property
+    def content_length(self) -> int | None:
+        """The length the upstream declared, or None (chunked or until close)."""
+        return None if self._conn.chunked else self._conn.content_length
+
+    @property
+    def complete(self) -> bool:
+        return self._conn.complete and not self._conn.body
+
+    async def read(self) -> bytes:
+        """The whole (small) body. Raises UpstreamProtocolError if it was cut short."""
+        parts = [chunk async for chunk in self.chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives. Raises UpstreamProtocolError or TimeoutError."""
+        conn = self._conn
+        while True:
+            if conn.body:
+                yield conn.take_body()
+                continue
+            if conn.complete:
+                return
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._read_timeout)
+
+    def release(self) -> None:
+        """Hand the connection back (clean, complete, keep-alive) or close it."""
+        conn = self._conn
+        if self._reusable and conn.complete and conn.keep_alive and not conn.body and not conn.closed:
+            self._client._give_back(conn)
+        else:
+            conn.close()
+            self._client._forget(conn)
+
+
+class Http1Client:
+    """Keep-alive connection pools for the proxy stage, with a bound on open connections."""
+
+    def __init__(self, *, max_connections: int) -> None:
+        self._limit = max(1, max_connections)
+        self._open = 0
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._tls = ssl.create_default_context()
+        self._closed = False
+
+    async def request(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None,
+        *,
+        chunked: bool,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        """Send one request to ``target`` and wait for the response head.
+
+        ``headers`` are sent as given (the caller frames the body with ``Content-Length`` or asks for
+        ``chunked``). Raises UpstreamConnectError, UpstreamProtocolError or TimeoutError.
+        """
+        head = _request_head(method, path, headers, chunked)
+        conn = await self._acquire(target, connect_timeout)
+        try:
+            return await self._exchange(conn, method, head, body, chunked, read_timeout)
+        except UpstreamProtocolError:
+            if not (conn.reused and body is None and not conn.received_any):
+                raise
+        # The upstream had closed this idle keep-alive connection before our request reached it:
+        # nothing was processed, so a new connection may carry the same body-less request.
+        conn = await self._acquire(target, connect_timeout, fresh=True)
+        return await self._exchange(conn, method, head, body, chunked, read_timeout)
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        try:
+            conn.write(head)
+            if body is not None:
+                try:
+                    await _send_body(conn, body, chunked)
+                except UpstreamProtocolError:
+                    if not conn.head_done:
+                        raise
+                    # The application answered early (e.g. 413) and hung up: its answer is what counts.
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(read_timeout)
+        except BaseException:
+            conn.close()
+            self._forget(conn)
+            raise
+        return UpstreamResponse(self, conn, read_timeout, head_only=method == "HEAD")
+
+    # -- the pool ----------------------------------------------------------------------------------
+
+    async def _acquire(
+        self, target: Target, connect_timeout: float | None, *, fresh: bool = False
+    ) -> _Connection:
+        key = (target.scheme, target.host, target.port)
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.closed or now - conn.idle_since > _IDLE_SECONDS:
+                conn.close()
+                self._forget(conn)
+                continue
+            conn.reused = conn.in_use = True
+            conn._reset()
+            return conn
+        await self._take_slot()
+        try:
+            return await self._connect(key, target, connect_timeout)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def _connect(self, key: tuple[str, str, int], target: Target, within: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = self._tls if target.scheme == "https" else None
+        try:
+            async with asyncio.timeout(within):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(key),
+                    target.host,
+                    target.port,
+                    ssl=tls,
+                    server_hostname=target.host if tls else None,
+                )
+        except TimeoutError:
+            raise
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+        return conn
+
+    def _give_back(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.close()
+            self._forget(conn)
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= _MAX_IDLE_PER_TARGET:
+            conn.close()
+            self._forget(conn)
+            return
+        conn.idle_since = time.monotonic()
+        conn.in_use = False
+        idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        # Called once per connection that will not be used again: it frees its slot.
+        if not conn.counted_out:
+            conn.counted_out = True
+            self._release_slot()
+
+    async def _take_slot(self) -> None:
+        while self._open >= self._limit:
+            if self._evict_idle():
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+        self._open += 1
+
+    def _release_slot(self) -> None:
+        self._open -= 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def _evict_idle(self) -> bool:
+        # At the limit, an idle connection to some other target is worth less than a new one here.
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.pop(0)
+                conn.close()
+                self._forget(conn)
+                return True
+        return False
+
+    async def close(self) -> None:
+        """Close every idle connection; connections in use close when released."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+            idle.clear()
+
+
+def _request_head(method: str, path: str, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode("latin-1")]
+    lines.extend(name + b": " + value for name, value in headers)
+    if chunked:
+        lines.append(b"transfer-encoding: chunked")
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    # One scan instead of one per header: a CR or LF inside a name or value would start a header or
+    # a request of its own upstream (response splitting). The ASGI server refuses them from clients;
+    # this keeps anything the gateway itself adds honest too.
+    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
+        raise UpstreamProtocolError("refusing to send a header with a line break in it")
+    return head
+
+
+async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue  # an empty chunk would end a chunked body
+        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if conn.writing_paused:
+            await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
