@@ -14,6 +14,11 @@ policy, no identity headers, no access log); it only does what every reverse pro
 It is lean on purpose (the gateway must keep 80% of its throughput), but it does not cut corners that a
 real proxy could not cut. WebSockets are not proxied (closed with 1011): the benchmark is HTTP.
 
+Two upstream clients, chosen with ``BARE_PROXY_CLIENT``: ``aiohttp`` (default; one
+``aiohttp.ClientSession``, what a Python proxy is usually built on) or ``http1``, the gateway's own
+upstream client (:mod:`gateway.upstream.http1`). The second shows what the gateway's pipeline costs
+on top of the very same proxying: the gateway's guard measures against both.
+
 The upstream comes from the environment variable ``BARE_PROXY_UPSTREAM`` (default
 ``http://127.0.0.1:9000``). Run it with::
 
@@ -30,6 +35,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError
+from gateway.upstream.target import Target
+
 __all__ = ["HOP_BY_HOP", "app"]
 
 Scope = MutableMapping[str, Any]
@@ -38,6 +46,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 UPSTREAM = os.environ.get("BARE_PROXY_UPSTREAM", "http://127.0.0.1:9000").rstrip("/")
+CLIENT = os.environ.get("BARE_PROXY_CLIENT", "aiohttp")
 
 HOP_BY_HOP = frozenset(
     {
@@ -149,13 +158,65 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
                 if not more:
                     return
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        body = f"bad gateway: {type(exc).__name__}\n".encode()
-        headers_out = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-        try:
-            await send({"type": "http.response.start", "status": 502, "headers": headers_out})
-            await send({"type": "http.response.body", "body": body})
-        except Exception:  # noqa: BLE001 - response already started or client gone; nothing to add
-            return
+        await _bad_gateway(send, exc)
+
+
+_http1: Http1Client | None = None
+_target: Target | None = None
+
+
+async def _http_lean(scope: Scope, receive: Receive, send: Send) -> None:
+    """The same pass-through on the gateway's HTTP/1.1 client (headers stay bytes end to end)."""
+    if _http1 is None or _target is None:
+        _start_http1()
+    assert _http1 is not None
+    assert _target is not None
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    target = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
+    headers = _filter(scope["headers"])
+    chunked = False
+    body: AsyncIterator[bytes] | None = None
+    if _may_have_body(scope):
+        chunked = not any(k == b"content-length" for k, _ in headers)
+        body = _body_stream(b"", receive)
+    try:
+        resp = await _http1.request(
+            _target,
+            scope["method"],
+            target,
+            headers,
+            body,
+            chunked=chunked,
+            connect_timeout=5,
+            read_timeout=60,
+        )
+    except (UpstreamConnectError, UpstreamProtocolError, TimeoutError) as exc:
+        await _bad_gateway(send, exc)
+        return
+    try:
+        await send({"type": "http.response.start", "status": resp.status, "headers": _filter(resp.headers)})
+        async for chunk in resp.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        resp.release()
+
+
+def _start_http1() -> None:
+    global _http1, _target
+    _http1 = Http1Client(max_connections=512)
+    _target = Target.from_url(UPSTREAM)
+
+
+async def _bad_gateway(send: Send, exc: BaseException) -> None:
+    body = f"bad gateway: {type(exc).__name__}\n".encode()
+    headers_out = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    try:
+        await send({"type": "http.response.start", "status": 502, "headers": headers_out})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # noqa: BLE001 - response already started or client gone; nothing to add
+        return
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,7 +224,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     global _session
     kind = scope["type"]
     if kind == "http":
-        await _http(scope, receive, send)
+        await (_http_lean if CLIENT == "http1" else _http)(scope, receive, send)
     elif kind == "websocket":
         await receive()
         await send({"type": "websocket.close", "code": 1011})

@@ -4,7 +4,8 @@ One command (``make bench``)::
 
     python -m loadtests.guard [--quick] [--rounds 3] [--duration 10] [--budget loadtests/budget.yaml]
 
-starts the echo upstream, nginx, the bare ASGI pass-through and two gateways (access log on and off),
+starts the echo upstream, nginx, the bare ASGI pass-through (on aiohttp's client, and on the gateway's
+own HTTP/1.1 client) and two gateways (access log on and off),
 each gateway with a user created by ``gateway user add`` and signed in through the HTML form; then, in
 interleaved rounds (``loadtests.measure``), wrk throughput with the session ``Cookie`` and open-loop
 latency at a fixed rate; then browsing at that rate with and without sign-ins running
@@ -40,7 +41,7 @@ __all__ = ["check_budget", "main"]
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = ROOT / "loadtests" / "budget.yaml"
 RESULTS = ROOT / "loadtests" / "results"
-GUARD_TARGETS = ("direct", "bare", "gateway", "nginx", "gateway-nolog")
+GUARD_TARGETS = ("direct", "bare", "gateway", "nginx", "gateway-nolog", "bare-http1")
 
 
 def load_budget(path: Path) -> dict[str, Any]:
@@ -151,6 +152,7 @@ def values_of(report: dict[str, Any]) -> dict[str, float | None]:
         "added_p50_ms": cmp.get("added_p50_ms_fixed_rate"),
         "added_p99_ms": cmp.get("added_p99_ms_fixed_rate"),
         "gateway_vs_bare": cmp.get("gateway/bare"),
+        "gateway_vs_bare_http1": cmp.get("gateway/bare-http1"),
         "gateway_vs_nginx": cmp.get("gateway/nginx"),
         "signin_p99_ratio": signins.get("p99_ratio"),
         "access_log_ratio": cmp.get("gateway/gateway-nolog"),
@@ -197,7 +199,7 @@ def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for name in ("direct", "nginx", "bare", "gateway", "gateway-nolog"):
+    for name in ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog"):
         data = sorted(samples.get(name, []))
         if not data:
             continue
@@ -215,16 +217,17 @@ def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> N
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8, loc="lower right")
     closed = report["closed_loop"]
-    names = [n for n in ("direct", "nginx", "bare", "gateway", "gateway-nolog") if n in closed]
-    bars = right.bar(
-        names, [closed[n]["rps"] for n in names], color=["#888", "#4a7", "#47a", "#c63", "#e96"][: len(names)]
-    )
+    names = [n for n in ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog") if n in closed]
+    colours = {"direct": "#888", "nginx": "#4a7", "bare": "#47a", "bare-http1": "#79c", "gateway": "#c63"}
+    bars = right.bar(names, [closed[n]["rps"] for n in names], color=[colours.get(n, "#e96") for n in names])
     right.bar_label(bars, fmt="%.0f")
     right.set_ylabel("req/s (wrk, median of rounds)")
     cmp = report["comparisons"]
     title = "throughput, signed-in hot path"
     if cmp.get("gateway/bare") and cmp.get("gateway/nginx"):
         title += f": gateway/bare {cmp['gateway/bare']:.2f}x, gateway/nginx {cmp['gateway/nginx']:.2f}x"
+    if cmp.get("gateway/bare-http1"):
+        title += f", gateway/bare-http1 {cmp['gateway/bare-http1']:.2f}x"
     right.set_title(title, fontsize=10)
     fig.suptitle(
         f"{report['machine']['date']} - {report['machine']['nproc']} cpu(s), load "

@@ -51,7 +51,7 @@ NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 TARGETS = ("direct", "bare", "gateway", "nginx")
 # Optional targets: the same signed-in gateway with the access log switched off (``logging.access_log``).
-EXTRA_TARGETS = ("gateway-nolog",)
+EXTRA_TARGETS = ("gateway-nolog", "bare-http1")
 ACCESS_LOG_KEY = "logging.access_log"
 # What every load client asks for: the same 256-byte answer from the echo app through every target.
 # Not the echo app's "/" page, which reflects the request headers it received: the gateway adds its
@@ -441,6 +441,12 @@ def start_targets(
             tmp / "bare.log",
             env={"BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{echo_port}"},
         ),
+        "bare-http1": lambda port: children.spawn(
+            "bare-http1",
+            granian_argv("loadtests.bare_proxy:app", port),
+            tmp / "bare-http1.log",
+            env={"BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{echo_port}", "BARE_PROXY_CLIENT": "http1"},
+        ),
         "nginx": lambda port: _start_nginx(children, tmp, port, echo_port),
     }
     variants = gateway_variants()
@@ -691,9 +697,9 @@ def comparisons(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Ratios and added latencies, each the median over rounds of the per-round (paired) value."""
     out: dict[str, Any] = {}
     pairs = (("gateway", "bare"), ("gateway", "nginx"), ("bare", "direct"), ("nginx", "direct"))
-    for a, b in (*pairs, ("gateway", "gateway-nolog")):
+    for a, b in (*pairs, ("gateway", "gateway-nolog"), ("gateway", "bare-http1"), ("bare-http1", "bare")):
         out[f"{a}/{b}"] = _paired(rounds, a, b, "closed", _rps_ratio)
-    for a, b in (("bare", "gateway"), ("gateway-nolog", "gateway")):
+    for a, b in (("bare", "gateway"), ("gateway-nolog", "gateway"), ("bare-http1", "gateway")):
         # CPU per request of b relative to a, inverted so that it reads like a throughput ratio.
         out[f"cpu {a}/{b}"] = _paired(rounds, a, b, "closed", _cpu_ratio)
     for who, prefix in (("gateway", ""), ("bare", "bare_")):

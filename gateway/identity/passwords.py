@@ -6,8 +6,9 @@ runs on the event loop: each hash runs in a worker thread, and at most
 the semaphore instead of starving the proxied traffic of CPU (DESIGN.md invariant 5). The hashing
 threads also run at a lower scheduling priority (nice +10, Linux schedules threads on their own): when
 the CPU is contended, the event loop that proxies requests goes first and the hash waits a little.
-Measured with the guard: browsing p99 at 300 req/s while 10 sign-ins/s run went from 1.8-2.7x to
-the figure in the README's performance table.
+(On the 2-core benchmark machine the cores are rarely both busy at 300 req/s, so the guard's "browsing
+p99 with sign-ins" did not change measurably: see the README's performance section for what does
+cost there.)
 
 Unknown users cost the same as wrong passwords: :meth:`PasswordHasher.verify` with no stored hash
 checks the password against a dummy hash made with the same parameters, so response time does not

@@ -355,9 +355,31 @@ class Http1Client:
         self, target: Target, connect_timeout: float | None, *, fresh: bool = False
     ) -> _Connection:
         key = (target.scheme, target.host, target.port)
+        while True:
+            conn = None if fresh else self._idle_connection(key)
+            if conn is not None:
+                return conn
+            if self._open < self._limit or self._evict_idle():
+                break
+            # At the limit with nothing idle: wait until a connection is handed back or closed.
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+        self._open += 1
+        try:
+            return await self._connect(key, target, connect_timeout)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             if conn.closed or now - conn.idle_since > _IDLE_SECONDS:
                 conn.close()
@@ -366,12 +388,7 @@ class Http1Client:
             conn.reused = conn.in_use = True
             conn._reset()
             return conn
-        await self._take_slot()
-        try:
-            return await self._connect(key, target, connect_timeout)
-        except BaseException:
-            self._release_slot()
-            raise
+        return None
 
     async def _connect(self, key: tuple[str, str, int], target: Target, within: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -404,6 +421,7 @@ class Http1Client:
         conn.idle_since = time.monotonic()
         conn.in_use = False
         idle.append(conn)
+        self._wake_one()
 
     def _forget(self, conn: _Connection) -> None:
         # Called once per connection that will not be used again: it frees its slot.
@@ -411,26 +429,16 @@ class Http1Client:
             conn.counted_out = True
             self._release_slot()
 
-    async def _take_slot(self) -> None:
-        while self._open >= self._limit:
-            if self._evict_idle():
-                continue
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._slot_waiters.remove(waiter)
-        self._open += 1
-
     def _release_slot(self) -> None:
         self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                break
+                return
 
     def _evict_idle(self) -> bool:
         # At the limit, an idle connection to some other target is worth less than a new one here.
@@ -438,7 +446,8 @@ class Http1Client:
             if idle:
                 conn = idle.pop(0)
                 conn.close()
-                self._forget(conn)
+                conn.counted_out = True
+                self._open -= 1  # its slot goes to the caller at once, not to a waiter
                 return True
         return False
 

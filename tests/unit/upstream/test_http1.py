@@ -1,0 +1,359 @@
+"""The proxy stage's HTTP/1.1 client against scripted upstreams on real sockets.
+
+Each upstream is a small asyncio server that reads requests and answers with exactly the bytes a test
+gives it, so the framing cases (interim responses, HEAD, close-delimited and chunked bodies, truncation,
+garbage, stale keep-alive connections) are the real thing on the wire, not mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError
+from gateway.upstream.target import Target
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+Clients = Callable[[int], Http1Client]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """Make clients; every one is closed (its idle connections too) when the test ends."""
+    made: list[Http1Client] = []
+
+    def make(limit: int = 4) -> Http1Client:
+        made.append(Http1Client(max_connections=limit))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
+    await asyncio.sleep(0.01)  # let the transports finish closing
+
+
+class Upstream:
+    """A scripted upstream: ``handler(reader, writer, connection_number)`` per connection."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Target:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self.writers.append(writer)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await self.handler(reader, writer, self.connections)
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return Target.from_url(f"http://127.0.0.1:{port}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:  # the server's side of every connection, even mid-handler
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await self.server.wait_closed()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head)
+        return head
+
+
+def answering(upstream_box: list[Upstream], *responses: bytes, keep_open: bool = True) -> Handler:
+    """Answer each request on a connection with the next of ``responses``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        for response in responses:
+            await upstream_box[0].read_request(reader)
+            writer.write(response)
+            await writer.drain()
+        if keep_open:
+            await reader.read()  # until the client closes
+
+    return handler
+
+
+def scripted(*responses: bytes, keep_open: bool = True) -> Upstream:
+    box: list[Upstream] = []
+    upstream = Upstream(answering(box, *responses, keep_open=keep_open))
+    box.append(upstream)
+    return upstream
+
+
+async def get(
+    client: Http1Client, target: Target, method: str = "GET", *, read_timeout: float = 5.0
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    resp = await client.request(
+        target,
+        method,
+        "/x?y=1",
+        [(b"host", b"app")],
+        None,
+        chunked=False,
+        connect_timeout=5,
+        read_timeout=read_timeout,
+    )
+    try:
+        return resp.status, resp.headers, await resp.read()
+    finally:
+        resp.release()
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_the_head_as_given(clients: Clients) -> None:
+    upstream = scripted(OK, OK)
+    async with upstream as target:
+        client = clients(4)
+        assert await get(client, target) == (200, [(b"Content-Length", b"2")], b"ok")
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 1
+    assert upstream.requests[0] == b"GET /x?y=1 HTTP/1.1\r\nhost: app\r\n\r\n"
+
+
+async def test_interim_responses_are_skipped(clients: Clients) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    async with scripted(interim + OK) as target:
+        status, headers, body = await get(clients(4), target)
+    assert (status, headers, body) == (200, [(b"Content-Length", b"2")], b"ok")
+
+
+async def test_head_has_no_body_and_its_connection_is_not_reused(clients: Clients) -> None:
+    box: list[Upstream] = []
+
+    async def by_method(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        while True:
+            head = await box[0].read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" if head.startswith(b"HEAD") else OK
+            )
+            await writer.drain()
+
+    upstream = Upstream(by_method)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target, "HEAD"))[2] == b""
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 2
+
+
+async def test_no_content_answers_keep_the_connection(clients: Clients) -> None:
+    upstream = scripted(
+        b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", OK
+    )
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[:1] == (204,)
+        assert (await get(client, target))[0] == 304
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 1
+
+
+async def test_a_body_framed_by_closing_the_connection_ends_with_it(clients: Clients) -> None:
+    async with scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep_open=False) as target:
+        resp = await clients(4).request(
+            target, "GET", "/", [(b"host", b"a")], None, chunked=False, connect_timeout=5, read_timeout=5
+        )
+        assert resp.content_length is None
+        assert await resp.read() == b"until the end"
+        resp.release()
+
+
+async def test_chunked_answers_are_decoded(clients: Clients) -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    upstream = scripted(chunked, OK)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"abcde"
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 1
+
+
+async def test_a_truncated_body_is_an_error_and_the_connection_is_dropped(clients: Clients) -> None:
+    async with scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", keep_open=False) as target:
+        with pytest.raises(UpstreamProtocolError):
+            await get(clients(4), target)
+
+
+async def test_garbage_is_a_protocol_error(clients: Clients) -> None:
+    async with scripted(b"this is not HTTP\r\n\r\n") as target:
+        with pytest.raises(UpstreamProtocolError, match="malformed"):
+            await get(clients(4), target)
+
+
+async def test_closing_without_an_answer_is_a_protocol_error(clients: Clients) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    async with Upstream(hang_up) as target:
+        with pytest.raises(UpstreamProtocolError, match="closed"):
+            await get(clients(4), target)
+
+
+async def test_a_silent_upstream_times_out(clients: Clients) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.read()
+
+    async with Upstream(silent) as target:
+        with pytest.raises(TimeoutError):
+            await get(clients(4), target, read_timeout=0.2)
+
+
+async def test_a_refused_connection_is_a_connect_error(clients: Clients) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(UpstreamConnectError):
+        await get(clients(4), Target.from_url(f"http://127.0.0.1:{port}"))
+
+
+async def test_a_keep_alive_connection_closed_by_the_upstream_is_replaced_for_a_bodyless_request(
+    clients: Clients,
+) -> None:
+    box: list[Upstream] = []
+
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await box[0].read_request(reader)
+        writer.write(OK)  # keep-alive allowed, but the server closes right after
+        await writer.drain()
+
+    upstream = Upstream(one_per_connection)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"ok"
+        await asyncio.sleep(0.05)
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 2
+
+
+async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(clients: Clients) -> None:
+    release = asyncio.Event()
+    box: list[Upstream] = []
+
+    async def slow_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await box[0].read_request(reader)
+            if len(box[0].requests) == 1:
+                await release.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    upstream = Upstream(slow_first)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(1)
+        first = asyncio.create_task(get(client, target))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(get(client, target))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # no second connection while the first is in use
+        release.set()
+        assert (await first)[2] == b"ok"
+        assert (await second)[2] == b"ok"
+    assert upstream.connections == 1
+
+
+async def test_a_header_with_a_line_break_is_never_sent(clients: Clients) -> None:
+    upstream = scripted(OK)
+    async with upstream as target:
+        with pytest.raises(UpstreamProtocolError, match="line break"):
+            await clients(4).request(
+                target,
+                "GET",
+                "/",
+                [(b"host", b"a"), (b"x-evil", b"1\r\nx-admin: yes")],
+                None,
+                chunked=False,
+                connect_timeout=5,
+                read_timeout=5,
+            )
+    assert upstream.requests == []
+
+
+async def test_a_streamed_body_goes_out_chunked(clients: Clients) -> None:
+    received: list[bytes] = []
+
+    async def read_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head
+        received.append(await reader.readuntil(b"0\r\n\r\n"))
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b""
+        yield b"world"
+
+    async with Upstream(read_chunked) as target:
+        resp = await clients(4).request(
+            target, "POST", "/", [(b"host", b"a")], body(), chunked=True, connect_timeout=5, read_timeout=5
+        )
+        assert await resp.read() == b"ok"
+        resp.release()
+    assert received == [b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"]
+
+
+async def test_a_large_answer_pauses_reading_until_the_client_catches_up(clients: Clients) -> None:
+    size = 8 * 1024 * 1024
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+        await reader.read()
+
+    async with Upstream(big) as target:
+        resp = await clients(4).request(
+            target, "GET", "/", [(b"host", b"a")], None, chunked=False, connect_timeout=5, read_timeout=5
+        )
+        await asyncio.sleep(0.3)  # the upstream writes as fast as it may; nobody reads
+        conn = resp._conn
+        assert conn.reading_paused
+        assert conn.buffered < 2 * 1024 * 1024  # bounded, not the whole 8 MiB
+        total = 0
+        async for chunk in resp.chunks():
+            total += len(chunk)
+        resp.release()
+    assert total == size
+
+
+async def test_bytes_arriving_on_an_idle_connection_retire_it(clients: Clients) -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad")  # nobody asked
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK)
+            await writer.drain()
+        await reader.read()
+
+    upstream = Upstream(chatty)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"ok"
+        await asyncio.sleep(0.15)
+        assert (await get(client, target))[2] == b"ok"  # from a new connection, not the stray answer
+    assert upstream.connections == 2
