@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("direct", "bare", "gateway", "nginx")
+TARGETS = ("direct", "bare", "bare-http1", "gateway", "nginx")
 
 
 @pytest.mark.peer
@@ -54,7 +54,13 @@ def test_quick_guard_measures_the_signed_in_hot_path_within_the_loose_budget(tmp
     # The hot path really was the signed-in one, and every goal was measured (loosely) in this run.
     checks = report["budget"]["checks"]
     assert report["budget"]["factor"] > 1
-    for key in ("added_p50_ms", "added_p99_ms", "gateway_vs_bare", "gateway_vs_nginx"):
+    for key in (
+        "added_p50_ms",
+        "added_p99_ms",
+        "gateway_vs_bare",
+        "gateway_vs_bare_http1",
+        "gateway_vs_nginx",
+    ):
         assert checks[key] is True, (key, report["budget"]["values"][key])
     # Measured, but too noisy in one short pair to fail CI on (budget.yaml: smoke: false).
     assert report["budget"]["values"]["signin_p99_ratio"] is not None

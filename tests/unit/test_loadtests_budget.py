@@ -32,6 +32,7 @@ def test_check_budget(
 def test_the_shipped_budget_has_every_quality_bar() -> None:
     goals = load_budget(BUDGET)["goals"]
     assert goals["gateway_vs_bare"]["min"] == 0.8
+    assert goals["gateway_vs_bare_http1"]["min"] == 0.8
     assert goals["gateway_vs_nginx"]["min"] == 0.3
     assert goals["added_p50_ms"]["max"] == 1.0
     assert goals["added_p99_ms"]["max"] == 3.0
