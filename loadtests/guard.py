@@ -223,11 +223,12 @@ def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> N
     right.bar_label(bars, fmt="%.0f")
     right.set_ylabel("req/s (wrk, median of rounds)")
     cmp = report["comparisons"]
-    title = "throughput, signed-in hot path"
-    if cmp.get("gateway/bare") and cmp.get("gateway/nginx"):
-        title += f": gateway/bare {cmp['gateway/bare']:.2f}x, gateway/nginx {cmp['gateway/nginx']:.2f}x"
-    if cmp.get("gateway/bare-http1"):
-        title += f", gateway/bare-http1 {cmp['gateway/bare-http1']:.2f}x"
+    title = "throughput, signed-in hot path (median of per-round ratios):\n"
+    title += ", ".join(
+        f"gateway/{ref} {cmp[f'gateway/{ref}']:.2f}x"
+        for ref in ("bare", "bare-http1", "nginx")
+        if cmp.get(f"gateway/{ref}")
+    )
     right.set_title(title, fontsize=10)
     fig.suptitle(
         f"{report['machine']['date']} - {report['machine']['nproc']} cpu(s), load "
