@@ -19,7 +19,7 @@ What it guarantees, the same as the aiohttp path did:
   response was complete);
 - a connection goes back to the pool only after a complete response that allows keep-alive; a
   reused connection that the upstream had closed meanwhile is retried once on a new connection for
-  requests without a body (nothing could have reached the application);
+  idempotent requests without a body;
 - 1xx interim responses are skipped; responses to HEAD and 204/304 have no body; a response without
   length or chunking ends when the upstream closes.
 """
@@ -44,6 +44,7 @@ __all__ = ["Http1Client", "UpstreamConnectError", "UpstreamProtocolError", "Upst
 _HIGH_WATER: Final = 256 * 1024
 _IDLE_SECONDS: Final = 50.0  # below the common 60 s keep-alive timeout of upstream servers
 _MAX_IDLE_PER_TARGET: Final = 256
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class UpstreamConnectError(Exception):
@@ -314,10 +315,11 @@ class Http1Client:
         try:
             return await self._exchange(conn, method, head, body, chunked, read_timeout)
         except UpstreamProtocolError:
-            if not (conn.reused and body is None and not conn.received_any):
+            if not (conn.reused and body is None and not conn.received_any and method in _IDEMPOTENT):
                 raise
-        # The upstream had closed this idle keep-alive connection before our request reached it:
-        # nothing was processed, so a new connection may carry the same body-less request.
+        # Most likely the upstream had closed this idle keep-alive connection before our request
+        # reached it. It may also have crashed while processing it: so only idempotent methods are
+        # sent again (RFC 9110 §9.2.2, as nginx's proxy_next_upstream does).
         conn = await self._acquire(target, connect_timeout, fresh=True)
         return await self._exchange(conn, method, head, body, chunked, read_timeout)
 

@@ -241,6 +241,35 @@ async def test_a_keep_alive_connection_closed_by_the_upstream_is_replaced_for_a_
     assert upstream.connections == 2
 
 
+@pytest.mark.parametrize(("method", "replayed"), [("GET", True), ("POST", False)])
+async def test_only_idempotent_requests_are_sent_again_when_a_reused_connection_drops(
+    clients: Clients, method: str, replayed: bool
+) -> None:
+    box: list[Upstream] = []
+
+    async def second_request_drops(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int
+    ) -> None:
+        await box[0].read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await box[0].read_request(reader)  # received (maybe processed), then the connection drops
+
+    upstream = Upstream(second_request_drops)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"ok"
+        if replayed:
+            assert (await get(client, target, method))[2] == b"ok"
+        else:
+            with pytest.raises(UpstreamProtocolError):
+                await get(client, target, method)
+    sent = [head for head in upstream.requests if head.startswith(method.encode() + b" ")]
+    # GET: the first try (first request on connection 1 was the warm-up GET) and the retry arrive.
+    assert len(sent) == (3 if replayed else 1)
+
+
 async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(clients: Clients) -> None:
     release = asyncio.Event()
     box: list[Upstream] = []
