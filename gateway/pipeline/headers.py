@@ -326,15 +326,36 @@ def clean_response_headers(
     request_id: str,
 ) -> Headers:
     """Drop hop-by-hop headers from an upstream response and add the route's and the gateway's own."""
-    items = list(raw)
-    nominated = _connection_tokens(items)
-    overridden = {name for name, _ in extra}
+    items = raw if isinstance(raw, list) else list(raw)
     out: Headers = []
+    connection = False
     for name, value in items:
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in nominated or lname in overridden or lname == b"x-request-id":
-            continue
-        out.append((lname, value))
+        known = _response_names.get(name)
+        if known is None:
+            known = _classify_response(name)
+        drop, lname = known
+        if not drop:
+            out.append((lname, value))
+        elif lname == b"connection":
+            connection = True
+    nominated = _connection_tokens(items) if connection else set()
+    if extra:
+        nominated |= {name for name, _ in extra}
+    if nominated:
+        out = [item for item in out if item[0] not in nominated]
     out.extend(extra)
     out.append((b"x-request-id", request_id.encode()))
     return out
+
+
+_response_names: dict[bytes, tuple[bool, bytes]] = {}
+
+
+def _classify_response(name: bytes) -> tuple[bool, bytes]:
+    # Remembered per name as sent (a bounded number: the upstream chooses them), like _classify.
+    lname = name.lower()
+    known = (lname in HOP_BY_HOP or lname == b"x-request-id", lname)
+    if len(_response_names) >= _MAX_REMEMBERED_NAMES:
+        _response_names.clear()
+    _response_names[name] = known
+    return known

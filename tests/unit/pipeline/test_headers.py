@@ -170,3 +170,17 @@ def test_gateway_cookies_never_reach_the_upstream() -> None:
         only_ours, fwd=_fwd(only_ours), own_cookies=frozenset({b"gateway_session"})
     )
     assert not [v for n, v in out if n == b"cookie"]
+
+
+def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> None:
+    from gateway.pipeline import headers as module
+
+    fwd = forwarding_for(
+        peer_ip="192.0.2.1", scheme="http", host="app", headers=[], trusted=TrustedProxies([])
+    )
+    for i in range(3 * module._MAX_REMEMBERED_NAMES):
+        out = upstream_request_headers([(b"host", b"app"), (b"X-Junk-%d" % i, b"v")], fwd=fwd)
+        assert (b"x-junk-%d" % i, b"v") in out
+        clean_response_headers([(b"X-Resp-%d" % i, b"v")], request_id="r")
+    assert len(module._name_kinds) <= module._MAX_REMEMBERED_NAMES
+    assert len(module._response_names) <= module._MAX_REMEMBERED_NAMES

@@ -113,3 +113,16 @@ def test_exact_host_without_matching_prefix_falls_back_to_wildcard() -> None:
     hit = router.match("a.example.com", "/other")
     assert hit is not None
     assert hit.route.name == "rest"
+
+
+def test_remembered_hosts_stay_bounded_and_malformed_ones_are_never_remembered() -> None:
+    from gateway.pipeline import route as module
+
+    for i in range(3 * module._MAX_REMEMBERED_HOSTS):
+        assert normalize_host(f"Host-{i}.Example.com:8443") == f"host-{i}.example.com"
+    assert len(module._HOSTS) <= module._MAX_REMEMBERED_HOSTS
+    with pytest.raises(BadHeaders):
+        normalize_host("bad host")
+    with pytest.raises(BadHeaders):  # still refused the second time: errors are not cached as answers
+        normalize_host("bad host")
+    assert "bad host" not in module._HOSTS
