@@ -13,7 +13,6 @@ still succeed, and the losses must be counted.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import re
 import shutil
@@ -27,10 +26,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.integration.harness import (
     add_user,
@@ -45,6 +40,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import PASSWORD, login, post_form
+from tests.support.certs import self_signed
 
 # Plain-looking on purpose: these must be caught by where they are (names, headers), not by looking random.
 SECRETS = {
@@ -75,39 +71,13 @@ class Rsyslog:
         return self.output.read_text(errors="replace").splitlines() if self.output.exists() else []
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
     """rsyslogd in the foreground: imtcp (plain and TLS) and imudp on free ports, everything to a file."""
     if not Path(RSYSLOG).exists():
         pytest.skip("rsyslogd is not installed (scripts/ensure-test-deps installs it)")
     tmp = tmp_path_factory.mktemp("rsyslog")
-    cert, key = _self_signed(tmp)
+    cert, key = self_signed(tmp)
     server = Rsyslog(free_port(), free_port(), free_port(), cert, tmp / "messages.log")
     (tmp / "rsyslog.conf").write_text(
         f"""
