@@ -10,6 +10,8 @@ the policy itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from gateway.authz.decision import Decision
 from gateway.errors import Forbidden
 from gateway.identity.sessions import Session
@@ -34,27 +36,14 @@ class AccessDenied(Forbidden):
 
 def principals_of(session: Session) -> frozenset[str]:
     """Everything a session speaks for, as the policy names it."""
-    key = (session.username, tuple(session.roles), tuple(session.groups))
-    found = _principals.get(key)
-    if found is None:
-        # One shared set per identity: the decision and role caches hash it on every request, and a
-        # frozenset computes its hash once per object.
-        found = frozenset(
-            (
-                f"user:{session.username}",
-                AUTHENTICATED,
-                *session.roles,
-                *(f"group:{g}" for g in session.groups),
-            )
-        )
-        if len(_principals) >= _MAX_REMEMBERED:
-            _principals.clear()
-        _principals[key] = found
-    return found
+    return _principals(session.username, session.roles, session.groups)
 
 
-_principals: dict[tuple[str, tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
-_MAX_REMEMBERED = 10_000
+@lru_cache(maxsize=10_000)
+def _principals(username: str, roles: tuple[str, ...], groups: tuple[str, ...]) -> frozenset[str]:
+    # One shared set per identity: the decision and role caches hash it on every request, and a
+    # frozenset computes its hash once per object.
+    return frozenset((f"user:{username}", AUTHENTICATED, *roles, *(f"group:{g}" for g in groups)))
 
 
 def denial(decision: Decision) -> AccessDenied:

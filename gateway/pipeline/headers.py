@@ -212,35 +212,25 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
 
 # What the request side does with a header, by its name as received (see _classify).
 _KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET = range(5)
+# Requests and responses repeat the same few dozen header names, so what to do with each is remembered;
+# a bounded number, since clients and upstreams choose them.
 _MAX_REMEMBERED_NAMES = 4096
-_name_kinds: dict[bytes, tuple[int, bytes]] = {}
 
 
+@lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
 def _classify(name: bytes) -> tuple[int, bytes]:
-    """What to do with a request header of this name, and its lower-case form.
-
-    Requests repeat the same few dozen names, so the answer is remembered (a bounded number of
-    names: the client chooses them); the rules themselves are the module docstring's.
-    """
-    known = _name_kinds.get(name)
-    if known is not None:
-        return known
+    """What to do with a request header of this name (the module docstring's rules), and its lower case."""
     lname = name.lower()
     norm = lname.replace(b"_", b"-")
     if lname == b"host":
-        kind = _HOST
-    elif lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
-        kind = _DROP
-    elif lname == b"cookie":
-        kind = _COOKIE
-    elif lname.startswith(b"sec-websocket-"):
-        kind = _WEBSOCKET
-    else:
-        kind = _KEEP
-    if len(_name_kinds) >= _MAX_REMEMBERED_NAMES:
-        _name_kinds.clear()
-    _name_kinds[name] = (kind, lname)
-    return kind, lname
+        return _HOST, lname
+    if lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
+        return _DROP, lname
+    if lname == b"cookie":
+        return _COOKIE, lname
+    if lname.startswith(b"sec-websocket-"):
+        return _WEBSOCKET, lname
+    return _KEEP, lname
 
 
 def upstream_request_headers(
@@ -330,10 +320,7 @@ def clean_response_headers(
     out: Headers = []
     connection = False
     for name, value in items:
-        known = _response_names.get(name)
-        if known is None:
-            known = _classify_response(name)
-        drop, lname = known
+        drop, lname = _classify_response(name)
         if not drop:
             out.append((lname, value))
         elif lname == b"connection":
@@ -348,14 +335,9 @@ def clean_response_headers(
     return out
 
 
-_response_names: dict[bytes, tuple[bool, bytes]] = {}
-
-
+@lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
 def _classify_response(name: bytes) -> tuple[bool, bytes]:
-    # Remembered per name as sent (a bounded number: the upstream chooses them), like _classify.
+    """Whether a response header of this name is dropped (hop-by-hop, or the request id the gateway
+    sets itself), and its lower case."""
     lname = name.lower()
-    known = (lname in HOP_BY_HOP or lname == b"x-request-id", lname)
-    if len(_response_names) >= _MAX_REMEMBERED_NAMES:
-        _response_names.clear()
-    _response_names[name] = known
-    return known
+    return lname in HOP_BY_HOP or lname == b"x-request-id", lname

@@ -1,8 +1,8 @@
 """The proxy stage: stream one HTTP exchange to an upstream target and back.
 
 Bodies are never buffered whole: the request body is pulled from the ASGI ``receive`` channel as
-the upstream client (:mod:`gateway.upstream.http1`) writes it, and the response is pushed to ``send`` chunk by chunk, so memory stays
-flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
+the upstream client (:mod:`gateway.upstream.http1`) writes it, and the response is pushed to ``send``
+chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
 (502/503/504, rendered by the caller); failures after it started can only abort the connection.
 """
 
@@ -204,10 +204,10 @@ async def _relay(
         # a truncated answer can still become a proper 502.
         try:
             data = await resp.read() if length else b""
-        except UpstreamProtocolError as exc:
+        except UpstreamProtocolError as exc:  # closed before Content-Length bytes arrived
             raise UpstreamError("The application's answer was cut short.") from exc
-        if len(data) != length:
-            raise UpstreamError("The application's answer was cut short.")
+        except TimeoutError as exc:  # the rest of the body stopped coming
+            raise UpstreamTimeout("The application did not answer in time.") from exc
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.errors import BadHeaders
 from gateway.settings.schema import Route
@@ -23,28 +24,16 @@ __all__ = ["MatchedRoute", "Router", "normalize_host"]
 _HOST_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}))(?::[0-9]{1,5})?$")
 
 
+@lru_cache(maxsize=1024)
 def normalize_host(raw: str) -> str:
     """Return the canonical host for matching: lower-case, no port, no trailing dot.
+
+    Every request carries one of a handful of Host values, so answers are remembered (a bounded
+    number, since the client chooses them; refusals are exceptions and never remembered).
 
     Raises:
         BadHeaders: the value is not a syntactically valid host.
     """
-    # Every request carries one of a handful of Host values: remember the answers (valid ones only,
-    # and a bounded number, since the header is the client's to choose).
-    host = _HOSTS.get(raw)
-    if host is None:
-        host = _normalize_host(raw)
-        if len(_HOSTS) >= _MAX_REMEMBERED_HOSTS:
-            _HOSTS.clear()
-        _HOSTS[raw] = host
-    return host
-
-
-_HOSTS: dict[str, str] = {}
-_MAX_REMEMBERED_HOSTS = 1024
-
-
-def _normalize_host(raw: str) -> str:
     if not raw or not _HOST_RE.match(raw):
         raise BadHeaders("The Host header is missing or malformed.")
     host = raw[: raw.index("]") + 1] if raw.startswith("[") else raw.split(":", 1)[0]

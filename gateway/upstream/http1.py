@@ -250,10 +250,6 @@ class UpstreamResponse:
         """The length the upstream declared, or None (chunked or until close)."""
         return None if self._conn.chunked else self._conn.content_length
 
-    @property
-    def complete(self) -> bool:
-        return self._conn.complete and not self._conn.body
-
     async def read(self) -> bytes:
         """The whole (small) body. Raises UpstreamProtocolError if it was cut short."""
         parts = [chunk async for chunk in self.chunks()]

@@ -13,6 +13,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -57,6 +58,10 @@ class _BrokenHandler(socketserver.BaseRequestHandler):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"L" * 200_000)
         elif target.startswith(b"/close"):
             pass  # close without a byte of response
+        elif target.startswith(b"/stall-small"):
+            # Headers and part of a small body, then silence with the connection open.
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10)
+            time.sleep(3)
         sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -133,6 +138,13 @@ def gw(
         ),
         echo_route(
             broken_upstream, name="broken", host="broken.test", passive_health_check=dict(NO_EJECTION)
+        ),
+        echo_route(
+            broken_upstream,
+            name="broken-slow",
+            host="broken-slow.test",
+            timeouts={"response": "1s"},
+            passive_health_check=dict(NO_EJECTION),
         ),
     ]
     tmp = tmp_path_factory.mktemp("upstream-errors")
@@ -225,6 +237,12 @@ def test_upstream_closing_without_answer_is_502(gw: Gateway) -> None:
 def test_upstream_truncating_a_small_response_is_502(gw: Gateway) -> None:
     """The gateway reads small answers whole before replying, so a truncated one is still a clean 502."""
     _gateway_json_error(_request(gw, "GET", "/truncated-small", host="broken.test"), 502, "upstream-error")
+
+
+def test_upstream_stalling_in_a_small_body_is_504(gw: Gateway) -> None:
+    """timeouts.response also bounds each wait for more of the body: a small answer whose body stops
+    coming is read whole before replying, so it is still a clean 504."""
+    _gateway_json_error(_request(gw, "GET", "/stall-small", host="broken-slow.test"), 504, "upstream-timeout")
 
 
 def test_upstream_truncating_a_streamed_response_aborts_the_client_connection(gw: Gateway) -> None:

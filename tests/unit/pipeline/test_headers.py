@@ -182,5 +182,5 @@ def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> Non
         out = upstream_request_headers([(b"host", b"app"), (b"X-Junk-%d" % i, b"v")], fwd=fwd)
         assert (b"x-junk-%d" % i, b"v") in out
         clean_response_headers([(b"X-Resp-%d" % i, b"v")], request_id="r")
-    assert len(module._name_kinds) <= module._MAX_REMEMBERED_NAMES
-    assert len(module._response_names) <= module._MAX_REMEMBERED_NAMES
+    assert module._classify.cache_info().currsize <= module._MAX_REMEMBERED_NAMES
+    assert module._classify_response.cache_info().currsize <= module._MAX_REMEMBERED_NAMES
