@@ -32,6 +32,7 @@ from gateway.pipeline.canonical import CanonicalPath, canonicalize
 from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, forwarded_request
 from gateway.pipeline.headers import Forwarding, forwarding_for, normalize_name, upstream_request_headers
 from gateway.pipeline.identify import identify
+from gateway.pipeline.page_hosts import check_page_host
 from gateway.pipeline.pages import error_response, wants_html
 from gateway.pipeline.proxy import NO_BODY, BodyFraming, ClientDisconnected, ProxyOutcome, forward_http
 from gateway.pipeline.route import normalize_host
@@ -243,6 +244,7 @@ class DataPlane:
                 return
             if _is_control(canon.path):
                 rec.kind, rec.decision = "control", "public"
+                check_page_host(snap, req.host_raw.decode("latin-1"), canon.path)
                 await self._control(scope, receive, send, canon.path, req)
                 return
             rt, public = self._route_stage(scope, snap, req, canon)

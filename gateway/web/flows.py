@@ -14,8 +14,9 @@ from litestar import Request
 from litestar.response import Redirect, Response
 
 from gateway.identity.cookies import read_cookie
+from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import Factor
-from gateway.identity.redirects import safe_redirect
+from gateway.identity.redirects import safe_local_redirect, safe_redirect
 from gateway.identity.sessions import Session
 
 if TYPE_CHECKING:
@@ -25,12 +26,15 @@ if TYPE_CHECKING:
 __all__ = [
     "SignedIn",
     "after_sign_in",
+    "carried_rd",
     "client_ip",
     "current",
     "has_second_factor",
     "is_fresh",
     "login_redirect",
     "may_change_factors",
+    "safe_local_rd",
+    "safe_rd",
     "services",
     "set_session_cookie",
 ]
@@ -124,16 +128,35 @@ def _route_hosts(runtime: Runtime) -> list[str]:
     return [route.host for route in runtime.snapshot.settings.routes]
 
 
-def safe_rd(rd: str | None, runtime: Runtime) -> str:
-    """The return URL if it is safe to follow, else the account portal."""
+def safe_rd(rd: str | None, runtime: Runtime, fallback: str = "/.gateway/account") -> str:
+    """The return URL if it is safe to follow, else ``fallback`` (the account portal).
+
+    The one validator (:func:`gateway.identity.redirects.safe_redirect`) for every ``Location`` and
+    link built from a user's ``rd``: it reads the URL as a browser would, so ``/<TAB>/evil.test``
+    (which a browser reads as ``//evil.test``) never leaves the gateway's hosts.
+    """
     snap = runtime.snapshot
     return safe_redirect(
         rd,
         public_url=snap.public_url,
         route_hosts=_route_hosts(runtime),
         allow_http=snap.settings.session.insecure_cookies or snap.public_url.startswith("http://"),
-        fallback="/.gateway/account",
+        fallback=fallback,
     )
+
+
+def carried_rd(rd: str | None, runtime: Runtime) -> str:
+    """``rd`` to carry on to the next step (form field, query), or ``""`` if it could not be followed.
+
+    Checked where it enters, not only where it is followed: a page never renders an unsafe return
+    URL into a form, a link or a script's data, so no later step can use it unchecked.
+    """
+    return safe_rd(rd, runtime, fallback="")
+
+
+def safe_local_rd(rd: str | None, fallback: str = "/") -> str:
+    """``rd`` if it is a path on the current host (the same validator), else ``fallback``."""
+    return safe_local_redirect(rd, fallback=fallback)
 
 
 def login_redirect(rd: str | None) -> Redirect:
@@ -144,11 +167,14 @@ async def next_location(request: AnyRequest, runtime: Runtime, session: Session,
     """Where to go after a sign-in step: ``rd`` if safe, through a hand-off code on another host."""
     target = safe_rd(rd, runtime)
     parts = urlsplit(target)
-    here = (request.headers.get("host") or "").split(":")[0].lower()
-    if not (parts.netloc and parts.hostname and parts.hostname.lower() != here):
+    # Compared the way the hand-off page compares (no port, no trailing dot, [v6] kept), so a code is
+    # issued for exactly the host that will redeem it.
+    here = normalise_host(request.headers.get("host") or "")
+    there = normalise_host(parts.netloc.rpartition("@")[2]) if parts.netloc else ""
+    if not there or there == here:
         return target
     code = await services(runtime).handoff.issue(
-        family=session.family, user_id=session.user_id, target_host=parts.hostname.lower(), session=session
+        family=session.family, user_id=session.user_id, target_host=there, session=session
     )
     path = parts.path or "/"
     if parts.query:

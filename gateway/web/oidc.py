@@ -77,10 +77,14 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
     def insecure() -> bool:
         return not flows.secure_cookies(runtime)
 
-    def start_link(name: str, rd: str) -> str:
-        return (
-            f"/.gateway/oidc/{name}/start?rd={quote(rd, safe='')}" if rd else f"/.gateway/oidc/{name}/start"
-        )
+    def start_link(name: str, rd: str, login_hint: str = "") -> str:
+        # rd is carried as data (quoted); it has been checked on entry to start and is checked
+        # again where it is followed (after the callback).
+        params = [f"rd={quote(rd, safe='')}"] if rd else []
+        if login_hint:
+            params.append(f"login_hint={quote(login_hint, safe='')}")
+        query = "&".join(params)
+        return f"/.gateway/oidc/{quote(name, safe='')}/start" + (f"?{query}" if query else "")
 
     def unknown_provider(request: AnyRequest) -> Template:
         return _page(
@@ -99,12 +103,14 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
         settings = provider(idp)
         if settings is None:
             return unknown_provider(request)
+        # Checked on entry, so the sign-in in flight never stores a return URL it could not follow.
+        rd = flows.carried_rd(rd, runtime)
         public_url = runtime.snapshot.public_url
         auth_host = normalise_host(urlsplit(public_url).netloc)
         if normalise_host(request.headers.get("host") or "") != auth_host:
             # The binding cookie must be set on the host the provider returns to (cookies ignore ports).
-            query = f"?{request.url.query}" if request.url.query else ""
-            return Redirect(f"{public_url}/.gateway/oidc/{idp}/start{query}")
+            # The link is rebuilt from the checked values, never from the raw query.
+            return Redirect(public_url + start_link(settings.name, rd, login_hint))
         cookie_name = binding_cookie_name(insecure())
         binding = read_cookie(list(request.scope["headers"]), cookie_name)
         if binding is None or not is_binding(binding):

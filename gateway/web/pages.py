@@ -16,6 +16,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
+from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.web import flows
@@ -60,6 +61,8 @@ def page_handlers(runtime: Runtime) -> list[Any]:
     async def login_page(
         request: Request[Any, Any, Any], rd: str = "", login_hint: str = "", idp: str = ""
     ) -> Template | Redirect:
+        # Checked on entry: the form, the provider links and the passkey button carry it on.
+        rd = flows.carried_rd(rd, runtime)
         signed = await flows.current(request, runtime)
         if signed.session is not None and signed.session_id:
             return await flows.after_sign_in(request, runtime, signed.session_id, signed.session, rd)
@@ -210,10 +213,11 @@ def page_handlers(runtime: Runtime) -> list[Any]:
 
     @get("/.gateway/handoff", cache=False)
     async def handoff(request: Request[Any, Any, Any], code: str = "", rd: str = "/") -> Redirect | Template:
-        host = (request.headers.get("host") or "").split(":")[0].lower().rstrip(".")
+        host = normalise_host(request.headers.get("host") or "")
         grant = await svc().handoff.redeem(code, host=host)
-        # Only a path on this same host is followed after a hand-off.
-        target = rd if rd.startswith("/") and not rd.startswith("//") and "\\" not in rd else "/"
+        # Only a path on this same host, read as a browser reads it: both the "Try again" link and
+        # the Location come from the one validator ("/<TAB>/evil.test" is "//evil.test" to a browser).
+        target = flows.safe_local_rd(rd)
         if grant is None:
             return page(
                 request,

@@ -1,0 +1,210 @@
+"""A running gateway's own pages answer only on the auth host and the routes' hosts (issue 12, item 9),
+and the hand-off page never sends a browser off its host (issue 12, item 3), over real HTTP.
+
+One gateway (``python -m gateway serve``): the auth host ``127.0.0.1`` (``public_url``), routes on
+``app.test`` and ``*.apps.test`` (one factor is enough on both), and an identity provider whose issuer
+refuses connections (its start page still answers on the auth host). Requests carry the ``Host`` an
+attacker would choose; httpx sends it as given.
+
+What a browser does with the hand-off page's links is tested in Chromium
+(``tests/e2e/test_redirect_corpus.py``); here the bytes the gateway sends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.integration.harness import (
+    Gateway,
+    add_user,
+    dead_port,
+    free_port,
+    gateway_config,
+    run_echo,
+    run_gateway,
+)
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login
+
+EVIL = "evil.test"
+LINK_RE = re.compile(r'<a class="button" href="([^"]*)">Try again</a>')
+
+# Everything under /.gateway/ that a browser or a script of the attacker's page could use.
+PAGES = [
+    ("GET", "/.gateway/login"),
+    ("POST", "/.gateway/login"),
+    ("GET", "/.gateway/mfa"),
+    ("POST", "/.gateway/mfa/totp"),
+    ("GET", "/.gateway/account"),
+    ("GET", "/.gateway/account/enroll"),
+    ("GET", "/.gateway/account/password"),
+    ("GET", "/.gateway/oidc/corp/start"),
+    ("GET", "/.gateway/oidc/corp/callback"),
+    ("GET", "/.gateway/handoff"),
+    ("GET", "/.gateway/logout"),
+    ("POST", "/.gateway/api/login/passkey/options"),
+    ("GET", "/.gateway/api/schema"),
+    ("GET", "/.gateway/static/gateway.css"),
+]
+
+
+@dataclass
+class Site:
+    gw: Gateway
+
+    def send(self, method: str, path: str, host: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Host": host, **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.gw.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    @property
+    def auth(self) -> str:
+        return f"127.0.0.1:{self.gw.port}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("page-hosts")
+    port = free_port()
+    with run_echo() as echo, dead_port() as down:
+        routes: list[dict[str, Any]] = [
+            {"name": "app", "host": "app.test", "upstreams": [echo.url], "mfa": "none"},
+            {"name": "apps", "host": "*.apps.test", "upstreams": [echo.url], "mfa": "none"},
+        ]
+        config = gateway_config(
+            tmp,
+            port,
+            routes,
+            session={"insecure_cookies": True},
+            # This test plays the proxy that asks forward-auth questions.
+            trusted_proxies=["127.0.0.1/32"],
+            identity_providers=[
+                {
+                    "name": "corp",
+                    "issuer": f"http://127.0.0.1:{down}",
+                    "client_id": "gateway",
+                    "client_secret": "not-used-here",
+                }
+            ],
+        )
+        with run_gateway(tmp, config) as gw:
+            yield Site(gw)
+
+
+# -- item 9: the pages answer on the auth host and the routes' hosts only ----------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), PAGES, ids=[f"{m} {p}" for m, p in PAGES])
+@pytest.mark.parametrize("host", [EVIL, f"{EVIL}:8080", "10.9.8.7", "a.b.apps.test", "apps.test"])
+def test_pages_are_not_served_on_other_hosts(site: Site, method: str, path: str, host: str) -> None:
+    """The attack: the genuine sign-in page (and the rest) under a name the operator never chose."""
+    resp = site.send(method, path, host, headers={"Accept": "text/html"})
+    assert resp.status_code == 404, resp.text
+    assert "no-route" in resp.text
+    assert "Sign in" not in resp.text
+    # Nothing is set up for that host either: no session, no CSRF token, no sign-in in flight.
+    assert "set-cookie" not in resp.headers
+
+
+def test_sign_in_page_on_the_auth_host(site: Site) -> None:
+    resp = site.send("GET", "/.gateway/login", site.auth)
+    assert resp.status_code == 200
+    assert 'action="/.gateway/login"' in resp.text
+
+
+@pytest.mark.parametrize("host", ["app.test", "team1.apps.test", "APP.test.", "app.test:8443"])
+def test_sign_in_page_on_route_hosts(site: Site, host: str) -> None:
+    resp = site.send("GET", "/.gateway/login", host)
+    assert resp.status_code == 200
+    assert 'action="/.gateway/login"' in resp.text
+
+
+def test_route_host_still_sends_to_sign_in(site: Site) -> None:
+    resp = site.send("GET", "/page", "app.test", headers={"Accept": "text/html"})
+    assert resp.status_code == 302
+    target = urlsplit(resp.headers["location"])
+    assert (target.netloc, target.path) == (site.auth, "/.gateway/login")
+
+
+def test_oidc_start_on_a_route_host_goes_to_the_auth_host(site: Site) -> None:
+    resp = site.send("GET", "/.gateway/oidc/corp/start?rd=%2Fx&login_hint=a%40b.test", "app.test")
+    assert resp.status_code in (302, 307)
+    target = urlsplit(resp.headers["location"])
+    assert (target.netloc, target.path) == (site.auth, "/.gateway/oidc/corp/start")
+    assert parse_qs(target.query) == {"rd": ["/x"], "login_hint": ["a@b.test"]}
+
+
+@pytest.mark.parametrize("host", [EVIL, "10.9.8.7", "10.9.8.7:8080", "[::1]"])
+def test_probes_answer_on_every_host(site: Site, host: str) -> None:
+    """Load balancers and proxies probe by IP address: health, readiness, JWKS and forward-auth."""
+    assert site.send("GET", "/.gateway/health", host).status_code == 200
+    assert site.send("GET", "/.gateway/ready", host).status_code == 200
+    jwks = site.send("GET", "/.gateway/jwks.json", host)
+    assert jwks.status_code == 200
+    assert jwks.json()["keys"]
+    asked = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "http", "X-Forwarded-Uri": "/x"}
+    # Forward-auth answers about the original request's host: a route host → sign-in needed, a host
+    # with no route → not found; both are answers, from any Host the proxy uses to reach us.
+    resp = site.send("GET", "/.gateway/auth", host, headers={**asked, "X-Forwarded-Host": "app.test"})
+    assert resp.status_code == 401
+    resp = site.send("GET", "/.gateway/auth", host, headers={**asked, "X-Forwarded-Host": EVIL})
+    assert resp.status_code in (403, 404)
+
+
+# -- item 3: the hand-off page follows only a path on its own host -----------------------------------
+
+# rd values as the attacker puts them in the link (already percent-encoded where a URL would be).
+HOSTILE = [
+    "/%09/evil.test",
+    "/%0A/evil.test",
+    "/%0D%0A/evil.test",
+    "/%0D/evil.test",
+    "/%09%09/evil.test",
+    "%09//evil.test",
+    "/%5Cevil.test",
+    "/%5C%09evil.test",
+    "//evil.test",
+    "/%2F%2Fevil.test",
+    "/%252F%252Fevil.test",
+    "/a/..//evil.test",
+    "/a/%2e%2e//evil.test",
+    "https://evil.test/",
+    "https%3A%2F%2Fevil.test",
+    "http://app.test/x",
+    "%20//evil.test",
+    "/%EF%BC%8Fevil.test",
+]
+
+
+@pytest.mark.parametrize("rd", HOSTILE)
+def test_handoff_error_page_links_only_to_its_own_host(site: Site, rd: str) -> None:
+    """The reported attack: an expired code, rd=/%09/evil.test → a "Try again" link to evil.test."""
+    resp = site.send("GET", f"/.gateway/handoff?code=expired&rd={rd}", "app.test")
+    assert resp.status_code == 400
+    assert LINK_RE.findall(resp.text) == ["/"]
+
+
+def test_handoff_with_a_valid_code_redirects_only_to_its_own_host(site: Site) -> None:
+    """A real code (the attacker's own, say) with a hostile rd: the Location is "/" every time."""
+    add_user(site.gw.config_path, "handoff", PASSWORD)
+    with browser(site.gw) as client:
+        assert login(client, "handoff").status_code == 302
+        for rd in HOSTILE:
+            resp = client.get("/.gateway/login", params={"rd": f"http://app.test:{site.gw.port}/x"})
+            target = urlsplit(resp.headers["location"])
+            assert (target.netloc, target.path) == (f"app.test:{site.gw.port}", "/.gateway/handoff")
+            code = parse_qs(target.query)["code"][0]
+            redeemed = site.send("GET", f"/.gateway/handoff?code={code}&rd={rd}", "app.test")
+            assert redeemed.status_code == 302, (rd, redeemed.text)
+            assert redeemed.headers["location"] == "/", rd
+            assert SESSION_COOKIE in redeemed.headers.get("set-cookie", "")
+        # Control: a plain path on the host is followed as given.
+        resp = client.get("/.gateway/login", params={"rd": f"http://app.test:{site.gw.port}/x?y=1"})
+        handoff = urlsplit(resp.headers["location"])
+        redeemed = site.send("GET", f"{handoff.path}?{handoff.query}", "app.test")
+        assert redeemed.headers["location"] == "/x?y=1"
