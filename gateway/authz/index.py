@@ -9,15 +9,17 @@ match:
    through ``g`` lines within casbin's default hierarchy limit (:data:`MAX_HIERARCHY_LEVEL`: at most
    9 steps). The closure is computed once per principal and memoised (bounded).
 2. **Domain.** ``p.dom == "*" || r.dom == p.dom``: one table for the route, one for ``*``.
-3. **Path.** ``keyMatch2(r.obj, p.obj)`` turns the pattern into a regex: ``/*`` becomes ``/.*``, every
-   ``:name`` becomes ``[^/]+``, and everything else *is regex*. Patterns made of plain segments,
-   ``:param`` segments and an optional final ``/*`` go into a segment trie, whose matching is exactly
-   that regex (a line feed in the path is the one subtlety: ``.`` never matches it and ``$`` also
-   matches just before a final one; the trie walks the path with and without that final ``\\n`` and
-   lets ``/*`` match no line feed). Every other pattern (``.``, ``*`` mid-segment, ``[``, a ``:`` inside
-   a segment …) goes to a per-subject fallback list checked with casbin's own ``key_match2``, called
-   only when the path starts with the pattern's literal prefix (the text before its first special
-   character). Correctness first: anything not provably equivalent is left to casbin's function.
+3. **Path.** ``pathMatch(r.obj, p.obj)`` is keyMatch2 plus one rule: a trailing ``/*`` also matches the
+   path it hangs from (``/admin/*`` matches ``/admin``). keyMatch2 turns the pattern into a regex:
+   ``/*`` becomes ``/.*``, every ``:name`` becomes ``[^/]+``, and everything else *is regex*. Patterns
+   made of plain segments, ``:param`` segments and an optional final ``/*`` go into a segment trie,
+   whose matching is exactly that (a line feed in the path is the one subtlety: ``.`` never matches it
+   and ``$`` also matches just before a final one; the trie walks the path with and without that final
+   ``\\n`` and lets ``/*`` match no line feed below its root). Every other pattern (``.``, ``*``
+   mid-segment, ``[``, a ``:`` inside a segment …) goes to a per-subject fallback list checked with the
+   matcher's own ``path_match``, called only when the path starts with the pattern's literal prefix
+   (the text before its first special character). Correctness first: anything not provably equivalent
+   is left to the matcher's function.
 4. **Method.** ``methodMatch``: each trie leaf is keyed by method, with ``*`` as its own key.
 
 The effect is ``some(allow) && !some(deny)``: deny wins.
@@ -31,12 +33,11 @@ the extra link).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from casbin.util import key_match2
-
 from gateway.authz.decision import Decision, Reason
-from gateway.authz.rules import PolicyRules, Rule, method_match
+from gateway.authz.rules import PolicyRules, Rule, method_match, path_match, subtree_root
 
 __all__ = ["MAX_HIERARCHY_LEVEL", "IndexStats", "PolicyIndex", "is_trie_pattern", "literal_prefix"]
 
@@ -90,7 +91,7 @@ class _DomainTable:
 
     def __init__(self) -> None:
         self.root = _Node()
-        # subject -> (literal prefix, entry) for patterns evaluated by casbin's key_match2
+        # subject -> (literal prefix, entry) for patterns evaluated by the matcher's path_match
         self.fallback: dict[str, list[tuple[str, _Entry]]] = {}
 
 
@@ -106,11 +107,24 @@ class IndexStats:
 
 
 def is_trie_pattern(pattern: str) -> bool:
-    """Whether the index matches ``pattern`` itself (else casbin's ``key_match2`` does, more slowly)."""
+    """Whether the index matches ``pattern`` itself (else ``path_match`` does, more slowly)."""
     return _segments(pattern) is not None
 
 
 def literal_prefix(pattern: str) -> str:
+    """The start every path matching ``pattern`` under ``pathMatch`` must have (possibly ``""``).
+
+    The common start of what keyMatch2 requires for the pattern and, for a trailing ``/*``, for the
+    path it hangs from (``/a.b/*`` matches ``/a.b`` too, which does not start with ``/a.b/``).
+    """
+    prefix = _key_match2_prefix(pattern)
+    root = subtree_root(pattern)
+    if root is None:
+        return prefix
+    return os.path.commonprefix([prefix, _key_match2_prefix(root)])
+
+
+def _key_match2_prefix(pattern: str) -> str:
     """The start every path matching ``pattern`` under keyMatch2 must have (possibly ``""``).
 
     The characters before the first one that keyMatch2 or a regex treats specially are matched
@@ -307,7 +321,7 @@ def _leaf(root: _Node, segments: tuple[str | None, ...], star: bool) -> _Leaf:
 
 
 def _match(root: _Node, path: str) -> list[_Leaf]:
-    """The leaves of every trie pattern whose keyMatch2 regex matches ``path`` (which starts with "/")."""
+    """The leaves of every trie pattern that ``path_match`` matches to ``path`` (which starts with "/")."""
     leaves: list[_Leaf] = []
     segments = path[1:].split("/")
     if "\n" not in path:
@@ -334,6 +348,10 @@ def _walk(node: _Node, segments: list[str], at: int, line_feed: int, leaves: lis
     if at == len(segments):
         if node.end is not None:
             leaves.append(node.end)
+        # A trailing "/*" also covers the path it hangs from (pathMatch): "/admin/*" matches "/admin".
+        # Every segment was compared whole on the way here, so no line feed rule applies.
+        if node.star is not None:
+            leaves.append(node.star)
         return
     # "/*" matches "/" plus anything, so it needs at least one more (possibly empty) segment.
     if node.star is not None and at > line_feed:
@@ -397,7 +415,7 @@ def _from_casbin(
     for entries in candidates:
         for prefix, entry in entries:
             rule = entry[1]
-            if path.startswith(prefix) and method_match(method, rule.act) and key_match2(path, rule.obj):
+            if path.startswith(prefix) and method_match(method, rule.act) and path_match(path, rule.obj):
                 if rule.is_deny:
                     deny = _earlier(deny, entry)
                 else:

@@ -14,7 +14,7 @@ from casbin.persist.adapters.string_adapter import StringAdapter
 from casbin.rbac.default_role_manager import RoleManager
 
 from gateway.authz.index import MAX_HIERARCHY_LEVEL
-from gateway.authz.rules import PolicyRules, method_match
+from gateway.authz.rules import PolicyRules, method_match, path_match
 
 __all__ = ["casbin_enforcer", "model_text"]
 
@@ -26,7 +26,7 @@ def model_text() -> str:
 
 
 def casbin_enforcer(rules: PolicyRules, *, max_hierarchy_level: int = MAX_HIERARCHY_LEVEL) -> casbin.Enforcer:
-    """A ``casbin.Enforcer`` holding ``rules`` in memory, with ``methodMatch`` registered.
+    """A ``casbin.Enforcer`` holding ``rules`` in memory, with ``pathMatch`` and ``methodMatch`` registered.
 
     The rules go through casbin's own CSV loader (``StringAdapter``), so casbin reads what we write.
 
@@ -41,6 +41,7 @@ def casbin_enforcer(rules: PolicyRules, *, max_hierarchy_level: int = MAX_HIERAR
     model = casbin.Enforcer.new_model(text=model_text())
     text = rules.to_csv()
     enforcer = casbin.Enforcer(model, StringAdapter(text) if text else None)
+    enforcer.add_function("pathMatch", path_match)
     enforcer.add_function("methodMatch", method_match)
     if max_hierarchy_level != MAX_HIERARCHY_LEVEL:
         enforcer.set_role_manager(RoleManager(max_hierarchy_level=max_hierarchy_level))

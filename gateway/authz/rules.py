@@ -25,11 +25,14 @@ from casbin.util import key_match2
 
 __all__ = [
     "METHOD_SPEC",
+    "SUBTREE",
     "PolicyError",
     "PolicyRules",
     "Rule",
     "method_match",
     "parse_policy",
+    "path_match",
+    "subtree_root",
 ]
 
 # `*`, or uppercase method names joined by `|` (GET|HEAD). No regex: membership is exact.
@@ -38,6 +41,8 @@ _P_FIELDS = ("sub", "dom", "obj", "act", "eft")
 _G_FIELDS = ("member", "role")
 _EFFECTS = ("allow", "deny")
 _REGEX_META = frozenset(".^$*+?{}[]\\|()")
+# A pattern ending in this covers a subtree: the path it hangs from and everything below it.
+SUBTREE = "/*"
 
 Ptype = Literal["p", "g"]
 
@@ -64,6 +69,38 @@ def method_match(method: str, spec: str) -> bool:
         True for ``*`` or exact membership; ``get`` does not match ``GET`` (methods are case-sensitive).
     """
     return spec == "*" or method in spec.split("|")
+
+
+def subtree_root(pattern: str) -> str | None:
+    """The pattern of the path a trailing ``/*`` hangs from (``/admin`` for ``/admin/*``), else ``None``.
+
+    ``/*`` alone has no root of its own to add: ``/`` already matches it.
+    """
+    if len(pattern) > len(SUBTREE) and pattern.endswith(SUBTREE):
+        return pattern[: -len(SUBTREE)]
+    return None
+
+
+def path_match(path: str, pattern: str) -> bool:
+    """Whether a canonical path matches a rule's path pattern (casbin's ``pathMatch``).
+
+    casbin's ``keyMatch2`` (``:name`` is one segment, ``/*`` is ``/.*``, the rest a regex), plus one
+    rule: a trailing ``/*`` also matches the path it hangs from, so ``/admin/*`` matches ``/admin``,
+    ``/admin/`` and ``/admin/x`` but never ``/administrator`` (segment boundaries, as a route's ``path``
+    prefix). Under plain keyMatch2 ``/admin/*`` left ``/admin`` itself out, so a deny meant for an area
+    let its entrance through to the app (and ``?x=1`` or ``/%61dmin`` are the same canonical path).
+
+    Args:
+        path: the canonical request path.
+        pattern: the rule's ``obj`` field.
+
+    Returns:
+        True when the rule's path applies to the request.
+    """
+    if key_match2(path, pattern):
+        return True
+    root = subtree_root(pattern)
+    return root is not None and key_match2(path, root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +291,9 @@ def _check(ptype: str, fields: tuple[str, ...], *, line: int | None, source: str
     if not _REGEX_META.isdisjoint(obj):
         try:
             # keyMatch2 hands the rest of the pattern to re; a broken regex would fail every request.
+            # pathMatch may also compile the subtree's root on its own: that regex must compile too.
             key_match2("/", obj)
+            key_match2("/", subtree_root(obj) or obj)
         except (re.error, Warning) as exc:
             raise PolicyError(
                 f"path pattern {obj!r} is not a valid keyMatch2 pattern ({exc}); outside ':name' and a "

@@ -3,7 +3,12 @@
 :func:`validate` returns findings, each with a severity, the rule (and line) and a message saying what
 to do. ``error`` means the rule cannot work as written (a pattern casbin reads differently, a role out
 of casbin's reach); ``warning`` means it works but looks like a mistake (a duplicate, a role nobody
-holds, regex characters in a path).
+holds, regex characters in a path, a pattern that covers less or more than it seems to).
+
+Path findings explain the matcher's ``pathMatch`` where it could surprise: a trailing ``/*`` covers the
+path it hangs from and everything below it on segment boundaries (``/admin/*``: ``/admin``,
+``/admin/``, ``/admin/x``, never ``/administrator``); nothing else does. ``/admin*``, ``/admin/``,
+``/admin/.*`` and a deny on plain ``/admin`` all look like "the admin area" and are not.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.authz.index import MAX_HIERARCHY_LEVEL
-from gateway.authz.rules import PolicyRules, Rule
+from gateway.authz.rules import SUBTREE, PolicyRules, Rule, subtree_root
 
 __all__ = ["Finding", "Severity", "validate"]
 
@@ -60,6 +65,8 @@ def validate(rules: PolicyRules) -> list[Finding]:
     findings = [
         *_duplicates(rules),
         *(finding for rule in rules.policies for finding in _pattern_findings(rule)),
+        *_area_findings(rules),
+        *_subtree_findings(rules),
         *_subject_findings(rules, held),
         *_unknown_roles(rules, held),
         *_hierarchy_findings(rules, graph, reach),
@@ -82,74 +89,199 @@ def _duplicates(rules: PolicyRules) -> list[Finding]:
     return out
 
 
+_Problem = tuple[Severity, str, str]  # severity, code, message
+
+
 def _pattern_findings(rule: Rule) -> list[Finding]:
-    out: list[Finding] = []
+    """Segments that keyMatch2 reads differently from how they look."""
     pattern = rule.obj
     segments = pattern[1:].split("/")
+    out: list[Finding] = []
     for position, segment in enumerate(segments):
-        last = position == len(segments) - 1
-        if segment == ":" or (":" in segment and segment.endswith(":")):
-            out.append(
-                Finding(
-                    Severity.ERROR,
-                    "empty-param",
-                    f"{pattern!r}: ':' without a name is a literal colon to keyMatch2; "
-                    "name the parameter (':id') or remove the colon",
-                    rule,
-                )
-            )
-        elif ":" in segment[1:] and not segment.startswith(":"):
+        problems = (
+            _param_problem(pattern, segment),
+            _star_problem(pattern, segments, position),
+            None if _is_regex_subtree(segments, position) else _regex_problem(pattern, segment),
+        )
+        out.extend(Finding(*problem, rule) for problem in problems if problem is not None)
+    return out
+
+
+def _is_regex_subtree(segments: list[str], position: int) -> bool:
+    """``/admin/.*``: the regex spelling of a subtree (reported as such, not as any regex)."""
+    return position == len(segments) - 1 and position > 0 and segments[position] == ".*"
+
+
+def _param_problem(pattern: str, segment: str) -> _Problem | None:
+    if segment == ":" or (":" in segment and segment.endswith(":")):
+        return (
+            Severity.ERROR,
+            "empty-param",
+            f"{pattern!r}: ':' without a name is a literal colon to keyMatch2; "
+            "name the parameter (':id') or remove the colon",
+        )
+    if ":" in segment[1:] and not segment.startswith(":"):
+        return (
+            Severity.WARNING,
+            "param-mid-segment",
+            f"{pattern!r}: keyMatch2 reads ':…' inside segment {segment!r} as a parameter up to the "
+            "next '/'; put the parameter in a segment of its own ('/files/:name')",
+        )
+    return None
+
+
+def _star_problem(pattern: str, segments: list[str], position: int) -> _Problem | None:
+    segment = segments[position]
+    if segment == "*":
+        if position == len(segments) - 1:
+            return None
+        return (
+            Severity.WARNING,
+            "star-mid-path",
+            f"{pattern!r}: '/*' before the end matches any number of segments (and only a final '/*' "
+            "also covers the path it hangs from); use ':name' for exactly one",
+        )
+    if _is_regex_subtree(segments, position):
+        root = "/" + "/".join(segments[:position])
+        return (
+            Severity.ERROR,
+            "regex-subtree",
+            f"{pattern!r}: the regex '.*' matches everything below '{root}/' but, unlike '{root}/*', "
+            f"not '{root}' itself, so a deny on it leaves '{root}' open; write '{root}/*' for '{root}' "
+            "and everything below it",
+        )
+    if segment.startswith("*"):
+        return (
+            Severity.WARNING,
+            "star-in-segment",
+            f"{pattern!r}: keyMatch2 turns '/*' into '/.*' wherever it is, so '/{segment}' also "
+            "matches across segments ('/a/b/c' for '/*c'); end the pattern with '/*' or name a "
+            "segment with ':name'",
+        )
+    if "*" in segment and not segment.startswith(":"):
+        return (Severity.ERROR, "star-mid-segment", _star_mid_segment_message(pattern, segments, position))
+    return None
+
+
+def _star_mid_segment_message(pattern: str, segments: list[str], position: int) -> str:
+    """Explain ``/admin*`` with the author's own path: what it matches, and what to write instead."""
+    stem = segments[position][:-1]
+    plain = segments[position].endswith("*") and stem and not (set(stem) & set(_REGEX_CHARS + "*:"))
+    if not plain:
+        return (
+            f"{pattern!r}: '*' after a character repeats that character in keyMatch2 (a regex): "
+            "'/a*' matches '/' and '/aaa', never '/a/x'; write '/a/*' for '/a' and everything below it"
+        )
+    area = "/" + "/".join([*segments[:position], stem])
+    return (
+        f"{pattern!r}: '*' after a character repeats that character in keyMatch2 (a regex), so this "
+        f"matches '{area[:-1]}' and '{area}{stem[-1] * 2}' but never '{area}/x'; write '{area}/*' for "
+        f"'{area}' and everything below it (on segment boundaries: never '{area}x')"
+    )
+
+
+def _regex_problem(pattern: str, segment: str) -> _Problem | None:
+    if segment.startswith(":") or not any(char in _REGEX_CHARS for char in segment):
+        return None
+    return (
+        Severity.WARNING,
+        "regex-pattern",
+        f"{pattern!r}: keyMatch2 reads {segment!r} as a regular expression ('.' is any "
+        "character); rewrite it with literal segments, ':name' and a final '/*' if you can",
+    )
+
+
+def _area_findings(rules: PolicyRules) -> list[Finding]:
+    """Plain patterns that look like "this area" but cover a single path."""
+    denied = {(rule.sub, rule.dom, rule.obj) for rule in rules.policies if rule.is_deny}
+    out: list[Finding] = []
+    for rule in rules.policies:
+        finding = _area_finding(rule)
+        # A deny on "/x" next to the same deny on "/x/*" is not left open below.
+        if finding is not None and (rule.sub, rule.dom, rule.obj + SUBTREE) not in denied:
+            out.append(finding)
+    return out
+
+
+def _area_finding(rule: Rule) -> Finding | None:
+    pattern = rule.obj
+    if pattern == "/" or pattern.endswith(SUBTREE):
+        return None
+    if pattern.endswith("/"):
+        area = pattern.rstrip("/") or "/"
+        return Finding(
+            Severity.WARNING,
+            "trailing-slash",
+            f"{pattern!r} matches that exact path only: not '{area}' and nothing below it; write "
+            f"'{area.rstrip('/')}/*' for '{area}' and everything below it, or '{area}' for that one page",
+            rule,
+        )
+    last = pattern.rsplit("/", 1)[-1]
+    if rule.is_deny and not last.startswith(":") and not (set(pattern) & set(_REGEX_CHARS + "*")):
+        # A deny is what keeps people out of an area; one that stops at its entrance leaves every page
+        # below it to whatever broader allow exists.
+        return Finding(
+            Severity.WARNING,
+            "deny-exact-path",
+            f"a deny on {pattern!r} stops there: nothing below it ('{pattern}/…') is denied, so it "
+            f"stays open to any allow; write '{pattern}/*' to deny '{pattern}' and everything below it",
+            rule,
+        )
+    return None
+
+
+def _methods_within(inner: str, outer: str) -> bool:
+    """Whether every method of spec ``inner`` is in spec ``outer``."""
+    return outer == "*" or (inner != "*" and set(inner.split("|")) <= set(outer.split("|")))
+
+
+def _subtree_findings(rules: PolicyRules) -> list[Finding]:
+    """Exact rules next to a ``/*`` rule of the same subject, route and effect on the same path.
+
+    Such pairs were written for plain keyMatch2, where ``/me/*`` did not cover ``/me``. Under
+    pathMatch the subtree's methods reach the root too, which widens it (or makes the exact rule a
+    duplicate).
+    """
+    exact: dict[tuple[str, str, str, str], Rule] = {}
+    for rule in rules.policies:
+        exact.setdefault((rule.sub, rule.dom, rule.eft, rule.obj), rule)
+    out: list[Finding] = []
+    for rule in rules.policies:
+        root = subtree_root(rule.obj)
+        twin = exact.get((rule.sub, rule.dom, rule.eft, root)) if root is not None else None
+        if twin is None or root is None:
+            continue
+        if not _methods_within(rule.act, twin.act):
+            message = _widens(rule, twin, root)
+            if _methods_within(twin.act, rule.act):
+                message += f"; if it should have them, {_where(twin, root)} adds nothing and can go"
+            out.append(Finding(Severity.WARNING, "subtree-covers-root", message, rule))
+        elif _methods_within(twin.act, rule.act):
+            where = _where(rule, rule.obj)
             out.append(
                 Finding(
                     Severity.WARNING,
-                    "param-mid-segment",
-                    f"{pattern!r}: keyMatch2 reads ':…' inside segment {segment!r} as a parameter up to the "
-                    "next '/'; put the parameter in a segment of its own ('/files/:name')",
-                    rule,
-                )
-            )
-        if segment == "*" and not last:
-            out.append(
-                Finding(
-                    Severity.WARNING,
-                    "star-mid-path",
-                    f"{pattern!r}: '/*' before the end matches any number of segments; use ':name' for "
-                    "exactly one",
-                    rule,
-                )
-            )
-        elif segment.startswith("*") and segment != "*":
-            out.append(
-                Finding(
-                    Severity.WARNING,
-                    "star-in-segment",
-                    f"{pattern!r}: keyMatch2 turns '/*' into '/.*' wherever it is, so '/{segment}' also "
-                    "matches across segments ('/a/b/c' for '/*c'); end the pattern with '/*' or name a "
-                    "segment with ':name'",
-                    rule,
-                )
-            )
-        elif "*" in segment and segment != "*" and not segment.startswith(":"):
-            out.append(
-                Finding(
-                    Severity.ERROR,
-                    "star-mid-segment",
-                    f"{pattern!r}: '*' after a character repeats that character in keyMatch2 (a regex) "
-                    "('/a*' matches '/' and '/aaa'); write '/a/*' for everything under /a/",
-                    rule,
-                )
-            )
-        if not segment.startswith(":") and any(char in _REGEX_CHARS for char in segment):
-            out.append(
-                Finding(
-                    Severity.WARNING,
-                    "regex-pattern",
-                    f"{pattern!r}: keyMatch2 reads {segment!r} as a regular expression ('.' is any "
-                    "character); rewrite it with literal segments, ':name' and a final '/*' if you can",
-                    rule,
+                    "covered-by-subtree",
+                    f"{root!r} is already covered by {rule.obj!r} ({where}; a trailing '/*' also matches "
+                    "the path it hangs from); delete this line",
+                    twin,
                 )
             )
     return out
+
+
+def _where(rule: Rule, pattern: str) -> str:
+    return f"line {rule.line}" if rule.line is not None else f"the rule on {pattern!r}"
+
+
+def _widens(rule: Rule, twin: Rule, root: str) -> str:
+    where = _where(twin, root)
+    verb = "denies" if rule.is_deny else "allows"
+    return (
+        f"{rule.obj!r} also matches {root!r} itself, so it {verb} {rule.act} on {root!r} too, more than "
+        f"the {twin.act} of {where}; if {root!r} should have only those, write '{root}/:part/*' here "
+        f"(the paths below {root!r}, not {root!r} itself)"
+    )
 
 
 def _members(rules: PolicyRules) -> dict[str, list[str]]:

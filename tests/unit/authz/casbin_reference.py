@@ -2,12 +2,13 @@
 
 casbin's ``enforce`` evaluates its matcher against every ``p`` line (about 35 ms per request at 10,000
 lines, so 100,000 requests would take an hour). :class:`Reference` therefore evaluates the matcher's
-clauses one by one with casbin's own functions — ``g`` through the enforcer's role manager
-(``has_link``), ``keyMatch2`` through ``casbin.util.key_match2`` — plus the domain comparison and our
-``methodMatch``, and then asks the real ``casbin.Enforcer.enforce`` with its ``p`` list narrowed to the
-rules that passed. A rule left out makes the matcher false, and the effect depends only on the set of
-matching rules, so the answer is the one the whole policy gives (``test_narrowing_is_exact`` checks that
-on a sample against the unnarrowed enforcer). Nothing here uses the index's code.
+clauses one by one with the functions the enforcer itself calls — ``g`` through its role manager
+(``has_link``), ``pathMatch`` and ``methodMatch`` through the functions registered with it
+(``gateway.authz.rules``) — plus the domain comparison, and then asks the real
+``casbin.Enforcer.enforce`` with its ``p`` list narrowed to the rules that passed. A rule left out makes
+the matcher false, and the effect depends only on the set of matching rules, so the answer is the one the
+whole policy gives (``test_narrowing_is_exact`` checks that on a sample against the unnarrowed enforcer).
+Nothing here uses the index's code.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from casbin.util import key_match2
-
 from gateway.authz.index import MAX_HIERARCHY_LEVEL
 from gateway.authz.model import casbin_enforcer
-from gateway.authz.rules import PolicyRules, method_match
+from gateway.authz.rules import PolicyRules, method_match, path_match
 
 __all__ = ["Reference"]
 
@@ -71,7 +70,7 @@ class Reference:
                 )
                 if method_match(act, row[3])
             ]
-        self._assertion.policy = [row for row in rows if key_match2(obj, row[2])]
+        self._assertion.policy = [row for row in rows if path_match(obj, row[2])]
         try:
             return bool(self.enforcer.enforce(sub, dom, obj, act))
         finally:

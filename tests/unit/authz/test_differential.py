@@ -1,8 +1,8 @@
 """The index against casbin on a 10,000-line generated policy and 100,000 generated requests.
 
 Zero mismatches allowed. The policy and requests come from ``loadtests.policygen`` with fixed seeds;
-the requests include trailing slashes, empty segments, ``/``, ``""``, unicode, line feeds and paths
-that only regex patterns match. casbin is asked through :class:`Reference` (see its docstring for
+the requests include trailing slashes, empty segments, ``/``, ``""``, unicode, line feeds, the paths
+that a trailing ``/*`` hangs from, and paths that only regex patterns match. casbin is asked through :class:`Reference` (see its docstring for
 why that is still casbin's answer on the whole policy; ``test_narrowing_is_exact`` checks it).
 """
 
@@ -13,7 +13,7 @@ import random
 import pytest
 
 from gateway.authz.index import MAX_HIERARCHY_LEVEL, PolicyIndex
-from gateway.authz.rules import PolicyRules, parse_policy
+from gateway.authz.rules import PolicyRules, parse_policy, subtree_root
 from loadtests.policygen import GeneratedPolicy, Request, generate_policy, generate_requests
 from tests.unit.authz.casbin_reference import Reference
 
@@ -71,6 +71,17 @@ def test_generated_policy_has_every_shape(rules: PolicyRules, index: PolicyIndex
     # A role chain longer than casbin's hierarchy limit: the far end is out of reach.
     assert "chain12" not in index.roles_of("chain0")
     assert f"chain{MAX_HIERARCHY_LEVEL - 1}" in index.roles_of("chain0")
+
+
+def test_requests_hit_the_paths_that_a_trailing_star_hangs_from(generated: GeneratedPolicy) -> None:
+    # Those are matched only through pathMatch's root rule ("/res/*" covers "/res"), so the comparison
+    # below must see many of them, with allow and deny rules behind them.
+    roots = {
+        root for rule in generated.rules.policies if (root := subtree_root(rule.obj)) and ":" not in root
+    }
+    hits = [r for r in generate_requests(generated, REQUESTS, seed=1) if r.path in roots]
+    assert len(hits) > 0.01 * REQUESTS
+    assert len({r.path for r in hits}) > 10
 
 
 def test_single_principals_match_casbin(

@@ -33,6 +33,11 @@ CASES = [
     (GUEST, "echo", "GET", "/", True),
     (GUEST, "echo", "DELETE", "/any/path", True),
     (CONTRACTOR, "echo", "POST", "/admin/x", False),  # the contractor deny covers every route
+    (CONTRACTOR, "echo", "GET", "/admin", False),  # ... and the admin area's own path
+    (CONTRACTOR, "echo", "GET", "/admin/", False),
+    (CONTRACTOR, "echo", "GET", "/administrator", True),  # segment boundaries: not an admin area
+    (CONTRACTOR, "echo", "GET", "/adm", True),
+    (GUEST, "echo", "GET", "/admin", True),
     ({"user:guest"}, "echo", "GET", "/", False),  # without `authenticated` nothing allows it
     # wiki
     (STAFF, "wiki", "GET", "/", True),
@@ -43,13 +48,17 @@ CASES = [
     (CAROL, "wiki", "POST", "/pages/home/edit", True),  # wiki-admin includes wiki-editor
     (CAROL, "wiki", "DELETE", "/api/pages/home", True),
     (CAROL, "wiki", "GET", "/admin/users", True),
+    (CAROL, "wiki", "GET", "/admin", True),
+    (CAROL | {"group:contractors"}, "wiki", "GET", "/admin", False),  # the contractor deny wins
     (STAFF, "wiki", "GET", "/admin/users", False),
     (ENG, "wiki", "POST", "/pages/engineering/runbooks", True),
     (STAFF, "wiki", "POST", "/pages/engineering/runbooks", False),
     (GUEST, "wiki", "GET", "/pages/home", False),
     # grafana
     (ENG, "grafana", "GET", "/d/abc123/service-overview", True),
-    (ENG, "grafana", "GET", "/d/abc123", False),  # "/d/:uid/*" needs the slash after the uid
+    (ENG, "grafana", "GET", "/d/abc123", True),  # "/d/:uid/*" covers the dashboard itself too
+    (ENG, "grafana", "GET", "/d/", False),  # ... but needs a uid
+    (ENG, "grafana", "GET", "/d", False),
     (ENG, "grafana", "POST", "/api/dashboards/db", False),
     (ALICE, "grafana", "POST", "/api/dashboards/db", True),  # sre includes engineer
     (ALICE, "grafana", "GET", "/d/abc/x", True),
@@ -72,9 +81,13 @@ CASES = [
     # hr
     (STAFF, "hr", "GET", "/me", True),
     (STAFF, "hr", "POST", "/me/address", True),
+    (STAFF, "hr", "POST", "/me", False),  # "/me/:part/*": below /me only
+    (STAFF, "hr", "POST", "/me/", False),
     (STAFF, "hr", "GET", "/people/42", True),
     (CONTRACTOR, "hr", "GET", "/me", True),
     (CONTRACTOR, "hr", "GET", "/people/42", False),  # contractors: no colleague directory
+    (CONTRACTOR | {"hr-staff"}, "hr", "GET", "/people", False),  # the deny covers /people itself
+    (DANA, "hr", "GET", "/people", True),
     (DANA, "hr", "DELETE", "/people/42", True),
     (STAFF, "hr", "DELETE", "/people/42", False),
     # admins everywhere, by grant or by carrying the role
@@ -117,6 +130,17 @@ def test_the_contractor_deny_is_the_reason() -> None:
     assert decision.rule is not None
     assert decision.rule.to_csv() == "p, contractor, *, /admin/*, *, deny"
     assert decision.principal == "contractor"
+
+
+@pytest.mark.parametrize("path", ["/admin", "/admin/", "/admin/x", "/admin/x/y"])
+@pytest.mark.parametrize("route", ["echo", "wiki", "grafana", "finance", "hr", "an-app-added-later"])
+def test_contractors_are_never_in_an_admin_area(route: str, path: str) -> None:
+    # The policy's promise, on every route (the deny's domain is "*"), even holding each area's grant.
+    principals = frozenset(CONTRACTOR | {"wiki-admin", "sre", "finance-admin", "hr-staff"})
+    decision = INDEX.decide(principals, route, "GET", path)
+    assert not decision.allowed
+    assert decision.reason is Reason.POLICY_DENY
+    assert _casbin(principals, route, "GET", path) is False
 
 
 def test_policy_round_trips() -> None:

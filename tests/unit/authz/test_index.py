@@ -9,7 +9,8 @@ from gateway.authz.index import MAX_HIERARCHY_LEVEL, PolicyIndex, is_trie_patter
 from gateway.authz.model import casbin_enforcer
 from gateway.authz.rules import PolicyRules, Rule, parse_policy
 
-# (pattern, path, matches): what keyMatch2 does, including where it is regex.
+# (pattern, path, matches): what pathMatch does (keyMatch2, including where it is regex, plus a trailing
+# "/*" covering the path it hangs from).
 PATTERN_CASES = [
     ("/a", "/a", True),
     ("/a", "/a/", False),
@@ -22,10 +23,18 @@ PATTERN_CASES = [
     ("/*", "", False),
     ("/*", "/x/y/z", True),
     ("/*", "x", False),
-    ("/a/*", "/a", False),
+    ("/a/*", "/a", True),
     ("/a/*", "/a/", True),
     ("/a/*", "/a/b/c", True),
     ("/a/*", "/ab", False),
+    ("/admin/*", "/administrator", False),
+    ("/admin/*", "/admin", True),
+    ("/a/b/*", "/a/b", True),
+    ("/a/b/*", "/a", False),
+    ("/a/b/*", "/a/bc", False),
+    ("/a/*", "/", False),
+    ("/a/*", "", False),
+    ("//*", "/", True),
     ("/a//*", "/a//x", True),
     ("/a//*", "/a/x", False),
     ("/:id", "/42", True),
@@ -33,7 +42,9 @@ PATTERN_CASES = [
     ("/:id", "/4/2", False),
     ("/a/:id", "/a/", False),
     ("/a/:id/*", "/a/1/", True),
-    ("/a/:id/*", "/a/1", False),
+    ("/a/:id/*", "/a/1", True),
+    ("/a/:id/*", "/a/", False),
+    ("/a/:id/*", "/a", False),
     ("/:a/:b", "/x/y", True),
     ("/:a/:b", "/x//", False),
     ("/f/:name.json", "/f/anything", True),
@@ -45,6 +56,14 @@ PATTERN_CASES = [
     ("/a*", "/aaa", True),
     ("/x/*/y", "/x/1/2/y", True),
     ("/x/*/y", "/x/y", False),
+    # The root of a regex pattern's "/*" is matched with keyMatch2 too (the index asks path_match).
+    ("/a.b/*", "/aXb", True),
+    ("/a.b/*", "/a.b/c", True),
+    ("/a.b/*", "/a.bc", False),
+    ("/x/*/*", "/x/1", True),
+    ("/x/*/*", "/x", False),
+    ("/a*/*", "/aa", True),
+    ("/a*/*", "/", True),
     ("/v[12]", "/v2", True),
     ("/a:b", "/aZ", True),
     ("/a/:", "/a/:", True),
@@ -55,6 +74,10 @@ PATTERN_CASES = [
     ("/a", "/a\n", True),
     ("/a/*", "/a/x\n", True),
     ("/a/*", "/a/x\ny", False),
+    ("/a/*", "/a\n", True),
+    ("/a/*", "/a/\n", True),
+    ("/a/:id/*", "/a/x\ny", True),
+    ("/a/b/*", "/a\n/b", False),
     ("/a/:id", "/a/x\ny", True),
     ("/:id", "/\n", True),
 ]

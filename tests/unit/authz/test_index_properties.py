@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from casbin.util import key_match2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -10,7 +9,8 @@ from gateway.authz.cache import Authorizer
 from gateway.authz.decision import Reason
 from gateway.authz.index import MAX_HIERARCHY_LEVEL, PolicyIndex, literal_prefix
 from gateway.authz.model import casbin_enforcer
-from gateway.authz.rules import PolicyError, PolicyRules, Rule
+from gateway.authz.rules import PolicyError, PolicyRules, Rule, path_match
+from gateway.pipeline.route import _prefix_matches
 from tests.unit.authz.strategies import p_rules, policies, requests
 
 Request = tuple[frozenset[str], str, str, str]
@@ -97,15 +97,47 @@ def test_swap_makes_the_new_policy_decide(old: PolicyRules, new: PolicyRules, ba
         assert decision.version == 2
 
 
-@settings(max_examples=2000)
-@given(
-    pattern=st.text(alphabet="/ab:.*+?{}[]()|^$\\1,", max_size=10).map(lambda t: "/" + t),
-    path=st.text(alphabet="/ab:.*+?{}[]()|^$\\1\n", max_size=10),
-)
-def test_literal_prefix_is_necessary_for_a_key_match2_match(pattern: str, path: str) -> None:
+PATTERN_TEXT = st.text(alphabet="/ab:.*+?{}[]()|^$\\1,", max_size=10).map(lambda t: "/" + t)
+PATH_TEXT = st.text(alphabet="/ab:.*+?{}[]()|^$\\1\n", max_size=10)
+
+
+def _accepted(pattern: str) -> bool:
     try:
         PolicyRules.from_rules([Rule.allow("a", "b", pattern, "GET")])
     except PolicyError:
-        return  # not a regex casbin can compile: the parser rejects the rule
-    if key_match2(path, pattern):
+        return False  # not a regex casbin can compile: the parser rejects the rule
+    return True
+
+
+@settings(max_examples=2000)
+@given(pattern=PATTERN_TEXT, path=PATH_TEXT)
+def test_literal_prefix_is_necessary_for_a_path_match(pattern: str, path: str) -> None:
+    if _accepted(pattern) and path_match(path, pattern):
         assert path.startswith(literal_prefix(pattern))
+
+
+@settings(max_examples=2000)
+@given(pattern=PATTERN_TEXT, path=PATH_TEXT)
+def test_an_accepted_pattern_never_fails_a_request(pattern: str, path: str) -> None:
+    # A pattern whose "/*" root alone is no valid regex would raise on every request it is asked about.
+    if _accepted(pattern):
+        path_match(path, pattern)
+
+
+@given(
+    prefix=st.lists(st.sampled_from(("a", "b", "ab", "admin", "administrator")), max_size=3),
+    path=st.lists(st.sampled_from(("a", "b", "ab", "", "admin", "administrator")), max_size=4),
+)
+def test_a_trailing_star_means_what_a_route_path_prefix_means(prefix: list[str], path: list[str]) -> None:
+    # Two independent implementations of "this path and everything below it, on segment boundaries":
+    # the router's prefix match (on canonical paths) and a policy's "/*".
+    route_path = "/" + "/".join(prefix)
+    request_path = "/" + "/".join(path)
+    expected = _prefix_matches(route_path, request_path)
+    assert path_match(request_path, route_path.rstrip("/") + "/*") is expected
+    assert (
+        PolicyIndex.build(PolicyRules((Rule.allow("a", "app", route_path.rstrip("/") + "/*", "*"),)), 1)
+        .decide(frozenset({"a"}), "app", "GET", request_path)
+        .allowed
+        is expected
+    )

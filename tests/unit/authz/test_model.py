@@ -16,6 +16,19 @@ def test_model_files_are_identical() -> None:
     ).read_bytes()
     assert model_text() == (ROOT / "policies" / "model.conf").read_text(encoding="utf-8")
     assert "methodMatch(r.act, p.act)" in model_text()
+    # Not casbin's keyMatch2 (which left "/admin" outside "/admin/*"): the gateway's own function.
+    assert "pathMatch(r.obj, p.obj)" in model_text()
+    assert "keyMatch2(r.obj" not in model_text()
+
+
+def test_enforcer_uses_path_match() -> None:
+    enforcer = casbin_enforcer(
+        parse_policy("p, dev, app, /*, *, allow\np, dev, app, /admin/*, *, deny\ng, user:dave, dev\n")
+    )
+    for path in ("/admin", "/admin/", "/admin/users"):
+        assert not enforcer.enforce("user:dave", "app", path, "GET"), path
+    for path in ("/", "/administrator", "/adm", "/x/admin"):
+        assert enforcer.enforce("user:dave", "app", path, "GET"), path
 
 
 def test_enforcer_uses_method_match_and_roles() -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.authz.rules import PolicyError, PolicyRules, Rule, method_match, parse_policy
+from gateway.authz.rules import (
+    PolicyError,
+    PolicyRules,
+    Rule,
+    method_match,
+    parse_policy,
+    path_match,
+    subtree_root,
+)
 
 GOOD = """\
 # comment line
@@ -129,3 +137,43 @@ def test_method_match(method: str, spec: str, expected: bool) -> None:
 def test_patterns_casbin_cannot_compile_are_rejected(pattern: str) -> None:
     with pytest.raises(PolicyError, match="not a valid keyMatch2 pattern"):
         parse_policy(f"p, a, b, {pattern}, GET, allow")
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern", "expected"),
+    [
+        ("/admin", "/admin/*", True),
+        ("/admin/", "/admin/*", True),
+        ("/admin/x/y", "/admin/*", True),
+        ("/administrator", "/admin/*", False),
+        ("/adm", "/admin/*", False),
+        ("/", "/admin/*", False),
+        ("/", "/*", True),
+        ("", "/*", False),  # "/*" has no root of its own: "" is not a path
+        ("/d/abc", "/d/:uid/*", True),
+        ("/d/", "/d/:uid/*", False),
+        ("/admin", "/admin", True),
+        ("/admin/x", "/admin", False),
+        ("/admin", "/admin/", False),
+        ("/admi", "/admin*", True),  # regex, as keyMatch2 reads it (validate flags it)
+        ("/admin/x", "/admin*", False),
+        ("/admin", "/admin/.*", False),  # only a literal trailing "/*" covers its root
+    ],
+)
+def test_path_match(path: str, pattern: str, expected: bool) -> None:
+    assert path_match(path, pattern) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "root"),
+    [
+        ("/admin/*", "/admin"),
+        ("/a/:id/*", "/a/:id"),
+        ("/*", None),
+        ("/admin", None),
+        ("/a*", None),
+        ("//*", "/"),
+    ],
+)
+def test_subtree_root(pattern: str, root: str | None) -> None:
+    assert subtree_root(pattern) == root

@@ -52,6 +52,11 @@ def test_duplicates() -> None:
         ("/v[12]/x", [("regex-pattern", Severity.WARNING)]),
         ("/f/:name.json", []),
         ("/a/:id/*", []),
+        ("/admin/*", []),
+        ("/admin/.*", [("regex-subtree", Severity.ERROR)]),
+        ("/admin/", [("trailing-slash", Severity.WARNING)]),
+        ("/a/:id/", [("trailing-slash", Severity.WARNING)]),
+        ("/", []),
     ],
 )
 def test_patterns(pattern: str, codes: list[tuple[str, Severity]]) -> None:
@@ -102,3 +107,77 @@ def test_cycles() -> None:
     assert "x, y" in findings[0].message
     self_link = validate(parse_policy("g, user:a, x\ng, x, x\np, x, w, /, GET, allow\n"))
     assert [f.code for f in self_link] == ["role-cycle"]
+
+
+def _messages(text: str) -> dict[str, str]:
+    return {f.code: f.message for f in _findings(text)}
+
+
+def test_a_star_glued_to_a_name_is_explained_with_that_name() -> None:
+    message = _messages("p, editor, wiki, /admin*, *, deny\n")["star-mid-segment"]
+    # What it matches instead, what to write, and that "/*" stops at segment boundaries.
+    assert "matches '/admi' and '/adminnn' but never '/admin/x'" in message
+    assert "write '/admin/*' for '/admin' and everything below it" in message
+    assert "never '/adminx'" in message
+    nested = _messages("p, editor, wiki, /app/files*, GET, allow\n")["star-mid-segment"]
+    assert "write '/app/files/*' for '/app/files'" in nested
+
+
+def test_the_regex_spelling_of_a_subtree_misses_its_root() -> None:
+    message = _messages("p, editor, wiki, /admin/.*, *, deny\n")["regex-subtree"]
+    assert "not '/admin' itself" in message
+    assert "write '/admin/*'" in message
+
+
+def test_a_trailing_slash_is_one_exact_path() -> None:
+    message = _messages("p, editor, wiki, /admin/, *, allow\n")["trailing-slash"]
+    assert "not '/admin' and nothing below it" in message
+    assert "'/admin/*' for '/admin' and everything below it" in message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "warned"),
+    [("/admin", True), ("/a/:id/admin", True), ("/admin/*", False), ("/a/:id", False), ("/a.b", False)],
+)
+def test_a_deny_that_stops_at_the_entrance_of_an_area(pattern: str, warned: bool) -> None:
+    findings = _findings(f"p, editor, wiki, /*, *, allow\np, user:alice, wiki, {pattern}, *, deny\n")
+    codes = [f.code for f in findings if f.code == "deny-exact-path"]
+    assert codes == (["deny-exact-path"] if warned else [])
+    if warned:
+        assert f"write '{pattern}/*' to deny '{pattern}' and everything below it" in findings[0].message
+    # The same path in an allow is an ordinary page.
+    assert "deny-exact-path" not in _messages(f"p, editor, wiki, {pattern}, GET, allow\n")
+
+
+def test_a_subtree_that_now_reaches_its_root_with_more_methods() -> None:
+    # Written for plain keyMatch2, where "/me/*" left "/me" alone: now POST reaches "/me" too.
+    findings = _findings("p, editor, hr, /me, GET, allow\np, editor, hr, /me/*, GET|POST, allow\n")
+    assert [(f.code, f.line) for f in findings] == [("subtree-covers-root", 3)]
+    assert "allows GET|POST on '/me' too, more than the GET of line 2" in findings[0].message
+    assert "write '/me/:part/*' here" in findings[0].message
+
+
+def test_an_exact_rule_that_its_subtree_already_covers() -> None:
+    findings = _findings("p, editor, hr, /me, GET|HEAD, deny\np, editor, hr, /me/*, HEAD|GET, deny\n")
+    assert [(f.code, f.line) for f in findings] == [("covered-by-subtree", 2)]
+    assert "'/me' is already covered by '/me/*' (line 3;" in findings[0].message
+    assert "delete this line" in findings[0].message
+    # With more methods below, the subtree widens the root, and the exact line is redundant as well.
+    wider = _findings("p, editor, hr, /me, GET, deny\np, editor, hr, /me/*, *, deny\n")
+    assert [(f.code, f.line) for f in wider] == [("subtree-covers-root", 3)]
+    assert "denies * on '/me' too" in wider[0].message
+    assert "line 2 adds nothing and can go" in wider[0].message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "p, editor, hr, /me, GET|POST, allow\np, editor, hr, /me/*, GET, allow\n",  # root has more
+        "p, editor, hr, /me, GET, allow\np, editor, hr, /me/*, *, deny\n",  # other effect
+        "p, editor, hr, /me, GET, allow\np, user:alice, hr, /me/*, *, allow\n",  # other subject
+        "p, editor, hr, /me, GET, allow\np, editor, wiki, /me/*, *, allow\n",  # other route
+        "p, editor, hr, /me, GET, allow\np, editor, hr, /me/:part/*, *, allow\n",  # strictly below
+    ],
+)
+def test_unrelated_exact_and_subtree_rules(text: str) -> None:
+    assert not {"subtree-covers-root", "covered-by-subtree"} & {f.code for f in _findings(text)}
