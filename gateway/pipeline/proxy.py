@@ -141,6 +141,7 @@ async def forward_http(
                 read_timeout=rt.read_timeout,
             )
             outcome.upstream_seconds = time.perf_counter() - sent_at
+            pool.responded(target)  # alive: ends a probation now, not after a long body
             break
         except UpstreamConnectError as exc:
             pool.release(target, ok=False)

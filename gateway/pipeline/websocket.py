@@ -58,6 +58,7 @@ async def forward_websocket(
         # Closing before accepting makes the server answer the handshake with 403.
         await send({"type": "websocket.close", "code": 1011})
         raise UpstreamError(f"The application refused the WebSocket ({type(exc).__name__}).") from exc
+    rt.pool.responded(target)  # the handshake was answered: a probation ends now, not at close
     try:
         await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
         await _pump(upstream, receive, send)

@@ -7,6 +7,13 @@ is a failure. ``healthy_threshold`` passes in a row mark a target healthy, ``unh
 failures in a row mark it unhealthy; targets start healthy, so a freshly started gateway does not
 refuse traffic before the first round.
 
+The same ``healthy_threshold`` passes in a row also end a passive ejection early
+(:meth:`UpstreamPool.readmit`), but only passes of probes that started while that ejection was
+already in force: a target that recovered is back within a few intervals instead of waiting out
+``passive_health_check.ejection_time``, and it returns on probation (one request at a time until it
+answers one), so a health endpoint that answers while real requests hang costs one request per
+readmission.
+
 One asyncio task per pool runs a round every ``check.interval``; the targets of a round are probed
 concurrently, so one slow target does not delay the others' verdicts. Tests drive rounds with
 :meth:`HealthChecker.check_once` instead of sleeping.
@@ -87,6 +94,8 @@ class HealthChecker:
         self._clock = clock
         # Signed streak per target: +n after n passes in a row, -n after n failures in a row.
         self._streaks: dict[Target, int] = {}
+        # Per passively ejected target: (which ejection, passes in a row since it began).
+        self._readmissions: dict[Target, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -152,9 +161,12 @@ class HealthChecker:
             await asyncio.sleep(delay)
 
     async def _check_pool(self, session: aiohttp.ClientSession, pc: _PoolCheck) -> None:
+        # Read before probing: only an ejection already in force when a probe starts may be ended by it.
+        ejections = [pc.pool.ejection_in_force(target) for target, _ in pc.urls]
         results = await asyncio.gather(*(self._probe(session, pc, url) for _, url in pc.urls))
-        for (target, _), passed in zip(pc.urls, results, strict=True):
+        for (target, _), ejection, passed in zip(pc.urls, ejections, results, strict=True):
             self._record(pc, target, passed=passed)
+            self._consider_readmission(pc, target, ejection, passed=passed)
 
     async def _probe(self, session: aiohttp.ClientSession, pc: _PoolCheck, url: str) -> bool:
         low, high = pc.check.expected_status
@@ -183,3 +195,17 @@ class HealthChecker:
             pc.pool.set_health(target, healthy=True)
         elif not passed and target.healthy and -streak >= check.unhealthy_threshold:
             pc.pool.set_health(target, healthy=False)
+
+    def _consider_readmission(self, pc: _PoolCheck, target: Target, ejection: int, *, passed: bool) -> None:
+        """Count passes since ``ejection`` began; end it after ``healthy_threshold`` in a row."""
+        if not ejection or not passed:
+            self._readmissions.pop(target, None)
+            return
+        counted, passes = self._readmissions.get(target, (ejection, 0))
+        # A new ejection (the target failed again after a readmission) starts the count over.
+        passes = passes + 1 if counted == ejection else 1
+        if passes >= pc.check.healthy_threshold:
+            self._readmissions.pop(target, None)
+            pc.pool.readmit(target, ejection=ejection)
+        else:
+            self._readmissions[target] = (ejection, passes)

@@ -12,11 +12,12 @@ What it guarantees, the same as the aiohttp path did:
 - the request head is written in one ``write``; a body is streamed from an async iterator with the
   client's framing (``Content-Length`` or chunked), never buffered whole, with write back-pressure;
 - the response head is awaited for at most ``read_timeout`` after the request was sent, and every
-  wait for more of the body too (nginx's ``proxy_read_timeout``); connecting for at most
-  ``connect_timeout``; a timeout raises :class:`TimeoutError`;
+  wait for more of the body too (nginx's ``proxy_read_timeout``); such a timeout raises
+  :class:`TimeoutError`;
 - :class:`UpstreamConnectError` means no connection was made (nothing was sent: the caller may try
-  another target); any other failure is :class:`UpstreamProtocolError` (garbage, a close before the
-  response was complete);
+  another target), also when connecting (TCP and TLS) took longer than ``connect_timeout``
+  (:class:`UpstreamConnectTimeout`); any other failure is :class:`UpstreamProtocolError` (garbage, a
+  close before the response was complete);
 - a connection goes back to the pool only after a complete response that allows keep-alive; a
   reused connection that the upstream had closed meanwhile is retried once on a new connection for
   idempotent requests without a body;
@@ -38,7 +39,13 @@ import httptools
 
 from gateway.upstream.target import Target
 
-__all__ = ["Http1Client", "UpstreamConnectError", "UpstreamProtocolError", "UpstreamResponse"]
+__all__ = [
+    "Http1Client",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
+    "UpstreamProtocolError",
+    "UpstreamResponse",
+]
 
 # Buffered response bytes above which the connection stops reading until the client catches up.
 _HIGH_WATER: Final = 256 * 1024
@@ -49,6 +56,15 @@ _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 
 class UpstreamConnectError(Exception):
     """No connection to the target could be made; nothing was sent."""
+
+
+class UpstreamConnectTimeout(UpstreamConnectError):
+    """Connecting (TCP and TLS) took longer than the connect timeout; nothing was sent.
+
+    A connect error like any other, on purpose: the caller counts it towards passive ejection and
+    may try another target, as for a refused connection (a target whose backlog is full or whose
+    host is gone drops the connection attempt silently instead of refusing it).
+    """
 
 
 class UpstreamProtocolError(Exception):
@@ -400,8 +416,8 @@ class Http1Client:
                     ssl=tls,
                     server_hostname=target.host if tls else None,
                 )
-        except TimeoutError:
-            raise
+        except TimeoutError as exc:
+            raise UpstreamConnectTimeout("connect timed out") from exc
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
         return conn

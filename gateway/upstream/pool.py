@@ -1,31 +1,41 @@
 """The targets of one route: load balancing and passive (outlier) ejection.
 
 The proxy calls :meth:`UpstreamPool.pick` before each upstream attempt and :meth:`UpstreamPool.release`
-after it, so both are O(number of targets) with no allocation. The active health checker
-(:mod:`gateway.upstream.health`) reports its verdicts through :meth:`UpstreamPool.set_health`.
+after it, so both are O(number of targets) with no allocation; :meth:`UpstreamPool.responded` marks
+the moment the response head arrived. The active health checker (:mod:`gateway.upstream.health`)
+reports its verdicts through :meth:`UpstreamPool.set_health` and :meth:`UpstreamPool.readmit`.
 
-A target receives traffic when it is *available*: the active check holds it healthy **and** no
-passive ejection is in force.
+A target receives traffic when the active check holds it healthy **and** no passive ejection is in
+force **and**, while it is on probation after an ejection, it has no request in flight.
 
 Passive ejection, decided as follows:
 
-* ``passive.consecutive_failures`` transport failures in a row (``release(ok=False)``: connect
-  error, reset, timeout) eject a target for ``passive.ejection_time`` seconds of the injected clock.
-  A success (``release(ok=True)``) resets the count. ``consecutive_failures`` or ``ejection_time``
-  of ``0`` disables ejection.
-* **Half-open return.** When the ejection time has passed the target is available again, but its
-  failure count is *not* reset: the very next failure re-ejects it at once, a single success clears
-  it. A target that is still down thus costs one request per ejection period, not another
-  ``consecutive_failures``.
+* **What counts as a failure.** ``release(ok=False)``: the connection could not be made (refused,
+  reset, connect timeout), the response head did not arrive within ``timeouts.response`` (a hung
+  target), or the exchange broke (garbage, a close before the response was complete). An HTTP error
+  status is a response, not a failure. ``passive.consecutive_failures`` failures in a row eject the
+  target for ``passive.ejection_time`` seconds of the injected clock; a completed exchange
+  (``release(ok=True)``) resets the count. ``consecutive_failures`` or ``ejection_time`` of ``0``
+  disables ejection.
+* **Return on probation.** An ejection ends when its time has passed, or earlier when the active
+  health check (if the route has one) sees ``healthy_threshold`` passing probes in a row that all
+  started after the ejection began (:meth:`UpstreamPool.readmit`). It returns on probation: until it
+  sends one response head (:meth:`UpstreamPool.responded`) it gets at most **one request at a
+  time**; and its failure count is *not* reset until an exchange completes, so the first failure
+  re-ejects it at once. A target that is still hung therefore holds one request per
+  ejection, not its share of all traffic until the response timeout (which is what a plain return
+  would do), and a target that passes its health check but fails real traffic costs one request per
+  readmission.
 * A failure reported while the target is already ejected (a request that was in flight when it
   was ejected) does not extend the ejection, so slow stragglers cannot keep a target out forever;
-  a straggler's success resets the count but does not end the ejection early either.
+  a straggler's response resets the count but does not end the ejection early either.
 * **Ejection may take out every target.** There is no ``max_ejection_percent``: when all targets
-  are ejected or unhealthy, :meth:`UpstreamPool.pick` raises :class:`~gateway.errors.ServiceUnavailable`
-  (503) until the first ejection expires. This is the simplest rule that never sends traffic to a
-  target known to be failing, and the half-open return bounds the outage to ``ejection_time``.
-* Passive and active state are independent: a passing active check does not cut an ejection
-  short, and an expired ejection does not override an unhealthy active verdict.
+  are ejected, unhealthy or busy with their probation request, :meth:`UpstreamPool.pick` raises
+  :class:`~gateway.errors.ServiceUnavailable` (503). This is the simplest rule that never sends
+  traffic to a target known to be failing, and the return on probation bounds the outage to
+  ``ejection_time``.
+* An expired (or readmitted) ejection does not override an unhealthy active verdict: a target needs
+  both to receive traffic.
 
 All of this is per process: each worker has its own pools and its own view of upstream health.
 """
@@ -64,7 +74,17 @@ class UpstreamPool:
             algorithm, or negative passive settings.
     """
 
-    __slots__ = ("_clock", "_cursor", "_least", "_passive", "active", "balance", "route_name", "targets")
+    __slots__ = (
+        "_clock",
+        "_cursor",
+        "_eject_after",
+        "_least",
+        "_passive",
+        "active",
+        "balance",
+        "route_name",
+        "targets",
+    )
 
     def __init__(
         self,
@@ -95,6 +115,8 @@ class UpstreamPool:
         self.balance: Balance = balance
         self.active = active
         self._passive = passive
+        # Failures in a row that eject a target; 0 when ejection is off (either setting 0).
+        self._eject_after = passive.consecutive_failures if passive.ejection_time > 0 else 0
         self._least = balance == "least_outstanding"
         self._clock = clock
         # Index where the next scan starts; both algorithms advance it past the chosen target so
@@ -174,9 +196,10 @@ class UpstreamPool:
 
         Args:
             target: The target that :meth:`pick` returned.
-            ok: ``False`` for a transport failure (connect error, reset, timeout), which counts
-                towards passive ejection; ``True`` otherwise, which resets the count. An HTTP
-                error status from the upstream is a response, so it is ``ok=True``.
+            ok: ``False`` for a transport failure (connect error or timeout, reset, response
+                timeout, a broken response), which counts towards passive ejection; ``True``
+                otherwise, which resets the count. An HTTP error status from the upstream is a
+                response, so it is ``ok=True``.
         """
         if target.outstanding > 0:
             target.outstanding -= 1
@@ -184,13 +207,15 @@ class UpstreamPool:
             target.consecutive_failures = 0
             return
         target.consecutive_failures += 1
-        threshold = self._passive.consecutive_failures
-        if threshold == 0 or self._passive.ejection_time <= 0 or target.consecutive_failures < threshold:
+        threshold = self._eject_after
+        if threshold == 0 or target.consecutive_failures < threshold:
             return
+        target.probation = False
         now = self._clock()
         if now < target.ejected_until:
             return  # a straggler from before the ejection: do not extend it
         target.ejected_until = now + self._passive.ejection_time
+        target.ejections += 1
         logger.warning(
             "route %s: upstream %s ejected for %gs after %d consecutive failures",
             self.route_name,
@@ -198,6 +223,54 @@ class UpstreamPool:
             self._passive.ejection_time,
             target.consecutive_failures,
         )
+
+    def responded(self, target: Target) -> None:
+        """Report that ``target`` sent a response head for the attempt in progress.
+
+        The target is alive, so a probation ends here rather than when the body is done: a long
+        download or a WebSocket on probation does not keep the target at one request at a time.
+        The failure count is left to :meth:`release`, so a target whose answers stall after the
+        head still gets ejected.
+
+        Args:
+            target: The target that :meth:`pick` returned; :meth:`release` still follows.
+        """
+        if target.probation:
+            target.probation = False
+
+    def ejection_in_force(self, target: Target) -> int:
+        """Which passive ejection of the target is in force (its ``ejections`` count), or ``0``.
+
+        The active health checker reads it before probing and hands it back to :meth:`readmit`,
+        which ends only that same ejection.
+        """
+        return target.ejections if target.ejected(self._clock()) else 0
+
+    def readmit(self, target: Target, *, ejection: int) -> bool:
+        """End a passive ejection early because the active health check found the target healthy.
+
+        Only the ejection that was already in force when the passing probes started may be ended
+        (``ejection`` is what :meth:`ejection_in_force` said then): a probe that was in flight when
+        the target was ejected proves nothing about the failure that ejected it. The target returns
+        on probation, exactly as when the ejection time has passed.
+
+        Args:
+            target: One of this pool's targets.
+            ejection: What :meth:`ejection_in_force` returned before the probes started.
+
+        Returns:
+            Whether an ejection was ended.
+        """
+        if not ejection or target.ejections != ejection or not target.ejected(self._clock()):
+            return False
+        target.ejected_until = 0.0
+        target.probation = True
+        logger.info(
+            "route %s: upstream %s readmitted by the active health check (on probation)",
+            self.route_name,
+            target.url,
+        )
+        return True
 
     def set_health(self, target: Target, *, healthy: bool) -> None:
         """Record the active health check's verdict for a target, logging a change.
@@ -224,7 +297,7 @@ class UpstreamPool:
 
         Returns:
             One dict per target, in configuration order, with ``url``, ``healthy``, ``ejected``,
-            ``outstanding`` and ``consecutive_failures``.
+            ``probation``, ``outstanding`` and ``consecutive_failures``.
         """
         now = self._clock()
         rows: list[dict[str, object]] = []
@@ -235,6 +308,7 @@ class UpstreamPool:
                     "url": target.url,
                     "healthy": target.healthy,
                     "ejected": target.ejected(now),
+                    "probation": target.probation,
                     "outstanding": target.outstanding,
                     "consecutive_failures": target.consecutive_failures,
                 }
@@ -242,14 +316,21 @@ class UpstreamPool:
         return rows
 
     def _usable(self, target: Target, now: float) -> bool:
-        """``target.available(now)``, ending an expired ejection on the way."""
+        """Whether ``target`` may take a request now, ending an expired ejection on the way."""
         if target.ejected_until:
             if now < target.ejected_until:
                 return False
-            # Half-open: consecutive_failures is kept, so the next failure re-ejects at once.
+            # consecutive_failures is kept, so the next failure re-ejects at once.
             target.ejected_until = 0.0
-            logger.info("route %s: upstream %s returns after ejection", self.route_name, target.url)
-        return target.healthy
+            target.probation = True
+            logger.info(
+                "route %s: upstream %s returns after ejection (on probation)", self.route_name, target.url
+            )
+        if not target.healthy:
+            return False
+        # One request at a time on probation: a target that is still hung holds that one request
+        # until the response timeout, instead of every request the balancer would send it meanwhile.
+        return target.outstanding == 0 or not target.probation
 
     def _unavailable(self, exclude: Target | None, now: float) -> ServiceUnavailable:
         if exclude is not None and exclude.available(now):

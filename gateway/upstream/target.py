@@ -34,7 +34,12 @@ class Target:
         healthy: The active health check's verdict. ``True`` until checks say otherwise, and always
             ``True`` when the route has no active check.
         ejected_until: Monotonic deadline of a passive ejection; ``0`` when not ejected.
-        consecutive_failures: Passive failures (connect error, reset, timeout) in a row.
+        ejections: How many times it was ejected; names the current ejection (see
+            :meth:`UpstreamPool.readmit <gateway.upstream.pool.UpstreamPool.readmit>`).
+        consecutive_failures: Passive failures (connect error or timeout, reset, response timeout,
+            broken response) in a row.
+        probation: Back from an ejection and no response head seen since: the pool gives it at
+            most one request at a time.
     """
 
     url: str
@@ -45,7 +50,9 @@ class Target:
     outstanding: int = 0
     healthy: bool = True
     ejected_until: float = 0.0
+    ejections: int = 0
     consecutive_failures: int = 0
+    probation: bool = False
 
     @classmethod
     def from_url(cls, raw: str) -> Target:

@@ -1,13 +1,19 @@
-"""Upstream failover through a real gateway: active health checks, passive ejection, all targets down.
+"""Upstream failover through a real gateway: active health checks, passive ejection, all targets down,
+hung targets (response and connect timeouts), readmission by the active check, probation.
 
 Which upstream answered is read from the echo app's view of the ``Host`` header: the gateway sets it
-to the target's own ``host:port`` (routes do not preserve the client's Host here).
+to the target's own ``host:port`` (routes do not preserve the client's Host here). A hung target is
+a socket that accepts connections and never answers (the tripwire); a target that cannot even be
+connected to is a socket whose accept queue is full, so the kernel drops connection attempts.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from tests.integration.harness import (
     gateway_config,
     run_echo,
     run_gateway,
+    run_tripwire,
     stop,
     wait_until,
 )
@@ -185,3 +192,159 @@ def test_all_upstreams_down_gives_502_then_503_once_ejected(gw: Gateway, dead_ur
     assert all(row["ejected"] for row in rows.values()), rows
     resp = _get(gw, host="down.test")
     assert resp.headers["content-type"].startswith("application/json")
+
+
+# --- recovery: readmission by the active check, timeouts, probation -----------------------------------
+
+
+@contextmanager
+def blackhole() -> Iterator[str]:
+    """A loopback URL whose connection attempts time out: its accept queue is full and never drained."""
+    with ExitStack() as stack:
+        server = stack.enter_context(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_active_check_readmits_an_ejected_target_long_before_ejection_time(tmp_path: Path) -> None:
+    with run_echo() as first:
+        second_port = free_port()
+        second_url = f"http://127.0.0.1:{second_port}"
+        route = echo_route(
+            first,
+            upstreams=[first.url, second_url],
+            # The active check never calls the stopped target unhealthy here (threshold 1000): it is
+            # out only through the passive ejection, which lasts far longer than this test may run.
+            health_check={**ACTIVE_CHECK, "unhealthy_threshold": 1000},
+            passive_health_check={"consecutive_failures": 1, "ejection_time": "600s"},
+        )
+        config = gateway_config(tmp_path, free_port(), [route])
+        with run_echo(second_port) as second, run_gateway(tmp_path, config) as gw:
+            stop(second.proc)
+
+            def second_ejected() -> bool:
+                resp = _get(gw)  # refused on the second target, retried on the first
+                assert resp.status_code == 200, resp.text
+                return bool(_targets(gw, "echo")[second_url]["ejected"])
+
+            wait_until(second_ejected, timeout=30, interval=0, what="the stopped upstream ejected")
+            assert _targets(gw, "echo")[second_url]["healthy"] is True
+            with run_echo(second_port):
+                # Within a few 1 s check intervals, not the 600 s ejection time.
+                wait_until(
+                    lambda: _served_by(_get(gw)) == f"127.0.0.1:{second_port}",
+                    timeout=60,
+                    what="the restarted upstream readmitted by the active check",
+                )
+                assert _targets(gw, "echo")[second_url]["ejected"] is False
+                assert "readmitted by the active health check" in gw.log()
+                assert {_get(gw).status_code for _ in range(6)} == {200}
+
+
+@pytest.fixture(scope="module")
+def timeouts_gw(
+    tmp_path_factory: pytest.TempPathFactory, echo: Echo
+) -> Iterator[tuple[Gateway, dict[str, str]]]:
+    """A gateway whose routes each pair the live echo app with a target that never answers in time."""
+    tmp = tmp_path_factory.mktemp("gw-timeouts")
+    with run_tripwire() as hung, run_tripwire() as hung_briefly, blackhole() as unreachable:
+        fast = {"connect": "500ms", "response": "1s"}
+        routes = [
+            # A hung target, ejected for longer than the test: the timeouts alone must take it out.
+            echo_route(
+                echo,
+                name="hung",
+                host="hung.test",
+                upstreams=[echo.url, hung.url],
+                timeouts=dict(fast),
+                passive_health_check={"consecutive_failures": 2, "ejection_time": "600s"},
+            ),
+            # The same with a short ejection, to see it come back on probation.
+            echo_route(
+                echo,
+                name="probation",
+                host="probation.test",
+                upstreams=[echo.url, hung_briefly.url],
+                timeouts=dict(fast),
+                passive_health_check={"consecutive_failures": 2, "ejection_time": "5s"},
+            ),
+            echo_route(
+                echo,
+                name="unreachable",
+                host="unreachable.test",
+                upstreams=[echo.url, unreachable],
+                timeouts=dict(fast),
+                passive_health_check={"consecutive_failures": 2, "ejection_time": "600s"},
+            ),
+        ]
+        targets = {"hung": hung.url, "probation": hung_briefly.url, "unreachable": unreachable}
+        with run_gateway(tmp, gateway_config(tmp, free_port(), routes)) as gateway:
+            yield gateway, targets
+
+
+def _eject_by_timeouts(gw: Gateway, route: str, target: str) -> list[int]:
+    """Send requests one at a time until ``target`` is ejected; their statuses."""
+    statuses: list[int] = []
+
+    def ejected() -> bool:
+        resp = _get(gw, host=f"{route}.test")
+        statuses.append(resp.status_code)
+        return bool(_targets(gw, route)[target]["ejected"])
+
+    wait_until(ejected, timeout=60, interval=0, what=f"the silent target of {route} ejected")
+    return statuses
+
+
+def test_a_hung_target_is_ejected_after_consecutive_response_timeouts(
+    timeouts_gw: tuple[Gateway, dict[str, str]], echo: Echo
+) -> None:
+    gw, targets = timeouts_gw
+    statuses = _eject_by_timeouts(gw, "hung", targets["hung"])
+    # Every request the hung target took waited for timeouts.response and was a 504; the second one
+    # in a row ejected it (the echo app's 200s in between do not reset the hung target's count).
+    assert statuses.count(504) == 2, statuses
+    assert set(statuses) == {200, 504}, statuses
+    row = _targets(gw, "hung")[targets["hung"]]
+    assert row["consecutive_failures"] >= 2
+    for _ in range(8):
+        resp = _get(gw, host="hung.test")
+        assert resp.status_code == 200, resp.text
+        assert _served_by(resp) == f"127.0.0.1:{echo.port}"
+
+
+def test_a_target_that_cannot_be_connected_to_is_ejected_and_requests_go_elsewhere(
+    timeouts_gw: tuple[Gateway, dict[str, str]], echo: Echo
+) -> None:
+    gw, targets = timeouts_gw
+    statuses = _eject_by_timeouts(gw, "unreachable", targets["unreachable"])
+    # Nothing was sent to it, so each GET that timed out connecting was retried on the echo app.
+    assert set(statuses) == {200}, statuses
+    assert _targets(gw, "unreachable")[targets["unreachable"]]["consecutive_failures"] >= 2
+    assert f"upstream {targets['unreachable']} ejected" in gw.log()
+
+
+def test_a_returning_hung_target_holds_one_request_not_its_share(
+    timeouts_gw: tuple[Gateway, dict[str, str]],
+) -> None:
+    gw, targets = timeouts_gw
+    target = targets["probation"]
+    _eject_by_timeouts(gw, "probation", target)
+    # Reading the state ends an expired ejection: the target is back, on probation.
+    wait_until(
+        lambda: _targets(gw, "probation")[target]["probation"] is True,
+        timeout=60,
+        what="the ejection over and the target on probation",
+    )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: _get(gw, host="probation.test").status_code, range(8)))
+    # Round robin would have sent it half of these, each held for the response timeout; on probation
+    # it gets one, whose timeout ejects it again at once.
+    assert sorted(statuses) == [200] * 7 + [504], statuses
+    assert _targets(gw, "probation")[target]["ejected"] is True

@@ -53,6 +53,11 @@ class FakeUpstream:
         self.port = runner.addresses[0][1]
         self._runner = runner
 
+    def finish_hanging(self) -> None:
+        """Let every held request (and every later one) answer."""
+        self.hang = False
+        self._release.set()
+
     async def stop(self) -> None:
         self._release.set()  # let hanging handlers finish so shutdown does not wait on them
         if self._runner is not None:
@@ -179,6 +184,7 @@ async def test_stopped_server_marks_unhealthy_then_recovers(
         "url": a.url,
         "healthy": False,
         "ejected": False,
+        "probation": False,
         "outstanding": 0,
         "consecutive_failures": 0,
     }
@@ -304,18 +310,94 @@ async def test_one_round_covers_every_pool(
     assert (a.paths, b.paths, c.paths) == (["/healthz"], ["/healthz"], ["/healthz"])
 
 
-async def test_active_pass_does_not_end_passive_ejection(
+def eject(pool: UpstreamPool, target: Target) -> int:
+    """Fail ``target`` until the pool ejects it; which ejection is in force."""
+    for _ in range(pool.passive.consecutive_failures):
+        target.outstanding += 1  # as if picked
+        pool.release(target, ok=False)
+    ejection = pool.ejection_in_force(target)
+    assert ejection, "not ejected"
+    return ejection
+
+
+async def test_active_passes_end_a_passive_ejection_on_probation(
     upstream_factory: Callable[[], Awaitable[FakeUpstream]],
     checker_factory: Callable[[list[UpstreamPool]], HealthChecker],
 ) -> None:
     a, b = await upstream_factory(), await upstream_factory()
+    pool = make_pool(a, b)  # healthy_threshold=2, ejection_time 30 s
+    target_a = pool.targets[0]
+    eject(pool, target_a)
+    checker = checker_factory([pool])
+    await rounds(checker, 1)
+    assert pool.ejection_in_force(target_a)  # one pass is below the healthy threshold
+    assert picked_urls(pool) == {b.url}
+    await rounds(checker, 1)
+    # Back long before the 30 s ejection time, but on probation: one request at a time.
+    assert not pool.ejection_in_force(target_a)
+    assert pool.snapshot()[0]["probation"] is True
+    held = [pool.pick() for _ in range(4)]
+    assert [t.url for t in held].count(a.url) == 1
+    for target in held:
+        pool.release(target, ok=True)
+
+
+async def test_a_failed_probe_restarts_the_count_towards_readmission(
+    upstream_factory: Callable[[], Awaitable[FakeUpstream]],
+    checker_factory: Callable[[list[UpstreamPool]], HealthChecker],
+) -> None:
+    a, b = await upstream_factory(), await upstream_factory()
+    pool = make_pool(
+        a, b, check=ActiveHealthCheck(path="/healthz", healthy_threshold=2, unhealthy_threshold=5)
+    )
+    target_a = pool.targets[0]
+    deadline = eject(pool, target_a)
+    checker = checker_factory([pool])
+    await rounds(checker, 1)
+    a.status = 500
+    await rounds(checker, 1)
+    a.status = 200
+    await rounds(checker, 1)
+    assert pool.ejection_in_force(target_a) == deadline  # pass, fail, pass: not two in a row
+    await rounds(checker, 1)
+    assert not pool.ejection_in_force(target_a)
+
+
+async def test_a_probe_that_started_before_the_ejection_does_not_end_it(
+    upstream_factory: Callable[[], Awaitable[FakeUpstream]],
+    checker_factory: Callable[[list[UpstreamPool]], HealthChecker],
+) -> None:
+    a, b = await upstream_factory(), await upstream_factory()
+    check = ActiveHealthCheck(path="/healthz", healthy_threshold=1, unhealthy_threshold=1)
+    pool = make_pool(a, b, check=check)
+    target_a = pool.targets[0]
+    checker = checker_factory([pool])
+    a.hang = True
+    round_in_flight = asyncio.create_task(checker.check_once())
+    await a.wait_for_requests(1)
+    # The probe is on its way when real traffic ejects the target; then the probe passes.
+    deadline = eject(pool, target_a)
+    a.finish_hanging()
+    await asyncio.wait_for(round_in_flight, GUARD)
+    assert healthy(target_a)
+    assert pool.ejection_in_force(target_a) == deadline
+    # The next probe started during the ejection, so its pass counts.
+    await rounds(checker, 1)
+    assert not pool.ejection_in_force(target_a)
+
+
+async def test_failing_probes_never_end_an_ejection(
+    upstream_factory: Callable[[], Awaitable[FakeUpstream]],
+    checker_factory: Callable[[list[UpstreamPool]], HealthChecker],
+) -> None:
+    a, b = await upstream_factory(), await upstream_factory()
+    a.status = 503
     pool = make_pool(a, b)
     target_a = pool.targets[0]
-    for _ in range(pool.passive.consecutive_failures):
-        pool.release(target_a, ok=False)
-    await rounds(checker_factory([pool]), 3)
-    assert healthy(target_a)
-    assert picked_urls(pool) == {b.url}
+    deadline = eject(pool, target_a)
+    await rounds(checker_factory([pool]), 4)
+    assert pool.ejection_in_force(target_a) == deadline
+    assert not healthy(target_a)
 
 
 async def test_background_task_applies_verdicts_and_stops(

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError
+from gateway.upstream.http1 import (
+    Http1Client,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamProtocolError,
+)
 from gateway.upstream.target import Target
 from tests.support.certs import self_signed
 
@@ -421,3 +426,36 @@ async def test_https_upstreams_are_verified_and_spoken_to_over_tls(clients: Clie
         assert seen == [b"GET /x?y=1 HTTP/1.1\r\nhost: app\r\n\r\n"]
     finally:
         server.close()
+
+
+async def test_a_connect_timeout_is_a_connect_error(clients: Clients) -> None:
+    """A target that silently drops the connection attempt (full backlog, host gone) is a connect
+    error like a refusal: nothing was sent, so the proxy may count it and try another target."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        # Fill the accept queue: the kernel then drops further SYNs instead of answering them.
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            with pytest.raises(UpstreamConnectTimeout, match="connect timed out") as info:
+                await clients(4).request(
+                    Target.from_url(f"http://127.0.0.1:{port}"),
+                    "GET",
+                    "/",
+                    [(b"host", b"a")],
+                    None,
+                    chunked=False,
+                    connect_timeout=0.3,
+                    read_timeout=5,
+                )
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert isinstance(info.value, UpstreamConnectError)

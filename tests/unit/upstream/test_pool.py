@@ -332,6 +332,82 @@ def test_straggler_failure_does_not_extend_ejection(clock: FakeClock) -> None:
     assert a.ejected_until == deadline
 
 
+def test_a_returning_target_gets_one_request_at_a_time_until_it_answers(clock: FakeClock) -> None:
+    pool = make_pool(clock, failures=2, ejection_time=30)
+    a = pool.targets[0]
+    fail(pool, a, 2)
+    clock.advance(30)
+    # A still-hung target would hold every request sent to it until the response timeout: on
+    # probation it holds only the first one.
+    held = [pool.pick() for _ in range(9)]
+    assert [t.url for t in held].count(A) == 1
+    assert pool.snapshot()[0]["probation"] is True
+    pool.responded(a)  # its response head arrived: alive
+    assert pool.snapshot()[0]["probation"] is False
+    more = [pool.pick() for _ in range(9)]
+    assert [t.url for t in more].count(A) == 3
+    for target in held + more:
+        pool.release(target, ok=True)
+
+
+def test_a_single_target_on_probation_refuses_a_second_request(clock: FakeClock) -> None:
+    pool = make_pool(clock, (A,), failures=1, ejection_time=5)
+    a = pool.targets[0]
+    fail(pool, a, 1)
+    clock.advance(5)
+    trial = pool.pick()
+    with pytest.raises(ServiceUnavailable):
+        pool.pick()
+    pool.release(trial, ok=False)  # the trial timed out: ejected again at once
+    assert a.ejected(clock())
+    assert not pool.any_available()
+
+
+def test_an_answer_that_stalls_after_the_head_still_counts_towards_ejection(clock: FakeClock) -> None:
+    pool = make_pool(clock, (A,), failures=3, ejection_time=30)
+    a = pool.targets[0]
+    for _ in range(3):
+        assert pool.pick() is a
+        pool.responded(a)  # the head came...
+        pool.release(a, ok=False)  # ...then the body stopped: a response timeout
+    assert a.ejected(clock())
+
+
+def test_readmit_ends_only_the_ejection_it_was_given(clock: FakeClock) -> None:
+    pool = make_pool(clock, failures=1, ejection_time=30)
+    a, b = pool.targets[0], pool.targets[1]
+    assert pool.ejection_in_force(a) == 0
+    assert pool.readmit(a, ejection=0) is False  # nothing in force
+    fail(pool, a, 1)
+    first = pool.ejection_in_force(a)
+    assert first
+    assert pool.readmit(a, ejection=first + 1) is False  # some other ejection
+    assert a.ejected(clock())
+    assert pool.readmit(a, ejection=first) is True
+    assert not a.ejected(clock())
+    assert a.probation
+    assert pool.readmit(a, ejection=first) is False  # already over
+    fail(pool, a, 1)  # the probation request fails: a new ejection at the same instant
+    assert pool.ejection_in_force(a) != first
+    assert pool.readmit(a, ejection=first) is False  # an older pass does not end a newer ejection
+    assert a.ejected(clock())
+    # An expired ejection needs no readmission.
+    fail(pool, b, 1)
+    expired = pool.ejection_in_force(b)
+    clock.advance(30)
+    assert pool.readmit(b, ejection=expired) is False
+    assert pool.ejection_in_force(b) == 0
+
+
+def test_readmission_does_not_override_an_unhealthy_verdict(clock: FakeClock) -> None:
+    pool = make_pool(clock, failures=1, ejection_time=30)
+    a = pool.targets[0]
+    fail(pool, a, 1)
+    pool.set_health(a, healthy=False)
+    assert pool.readmit(a, ejection=pool.ejection_in_force(a)) is True
+    assert A not in pick_release(pool, 10)
+
+
 def test_all_ejected_raises_service_unavailable(clock: FakeClock) -> None:
     pool = make_pool(clock, failures=1, ejection_time=5)
     for target in pool.targets:
@@ -387,7 +463,7 @@ def test_transitions_are_logged(clock: FakeClock, caplog: pytest.LogCaptureFixtu
     records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "gateway.upstream"]
     assert records == [
         (logging.WARNING, f"route app: upstream {A} ejected for 5s after 1 consecutive failures"),
-        (logging.INFO, f"route app: upstream {A} returns after ejection"),
+        (logging.INFO, f"route app: upstream {A} returns after ejection (on probation)"),
         (logging.WARNING, f"route app: upstream {A} is unhealthy"),
         (logging.INFO, f"route app: upstream {A} is healthy again"),
     ]
@@ -404,9 +480,30 @@ def test_snapshot(clock: FakeClock) -> None:
     held = pool.pick()
     assert held is c
     assert pool.snapshot() == [
-        {"url": A, "healthy": True, "ejected": True, "outstanding": 0, "consecutive_failures": 2},
-        {"url": B, "healthy": False, "ejected": False, "outstanding": 0, "consecutive_failures": 0},
-        {"url": C, "healthy": True, "ejected": False, "outstanding": 1, "consecutive_failures": 0},
+        {
+            "url": A,
+            "healthy": True,
+            "ejected": True,
+            "probation": False,
+            "outstanding": 0,
+            "consecutive_failures": 2,
+        },
+        {
+            "url": B,
+            "healthy": False,
+            "ejected": False,
+            "probation": False,
+            "outstanding": 0,
+            "consecutive_failures": 0,
+        },
+        {
+            "url": C,
+            "healthy": True,
+            "ejected": False,
+            "probation": False,
+            "outstanding": 1,
+            "consecutive_failures": 0,
+        },
     ]
     clock.advance(10)
     assert pool.snapshot()[0]["ejected"] is False
