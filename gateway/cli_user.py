@@ -20,6 +20,10 @@ The commands work on the database directly, outside any gateway process. With Re
 once. With in-process state the sessions live inside each running gateway, out of reach: the command
 says so, and the operator restarts the gateways to drop them.
 
+New passwords follow the policy of :mod:`gateway.identity.password_policy` (minimum length, not a
+common or breached password or a trivial variant of one, not built from the username, email or display
+name); a refused password is asked again at the terminal, and exits 2 from standard input.
+
 Exit codes: 0 done, 1 runtime failure (database unreachable, confirmation declined), 2 invalid input
 (unknown user, account exists, weak password, bad arguments or configuration). User errors are one
 line on stderr, never a traceback.
@@ -151,12 +155,14 @@ def _require_terminal(what: str, hint: str) -> None:
         raise _UserError(f"no terminal to {what}: {hint}")
 
 
-async def _ask_password(ctx: _Context) -> str:
+async def _ask_password(ctx: _Context, personal: Sequence[str]) -> str:
     _require_terminal("ask for the password", "pipe it in with --password-stdin")
     for _ in range(_PASSWORD_ATTEMPTS):
         # In a thread: getpass blocks, and the event loop must stay free to keep the pool alive.
         first = await asyncio.to_thread(getpass.getpass, "New password: ")
-        problem = ctx.hasher.check_policy(first)
+        # Checked here too (the account service checks again) so that a refused password is asked
+        # again at once, with the rule it broke, instead of after typing it twice.
+        problem = await ctx.hasher.check_new(first, personal=personal)
         if problem is not None:
             print(problem, file=sys.stderr)
             continue
@@ -167,10 +173,15 @@ async def _ask_password(ctx: _Context) -> str:
     raise _UserError("no password set (too many attempts)")
 
 
-async def _new_password(args: argparse.Namespace, ctx: _Context) -> str:
+async def _new_password(args: argparse.Namespace, ctx: _Context, personal: Sequence[str]) -> str:
+    """The new password, from standard input or asked at the terminal.
+
+    ``personal`` is what the account is known by (username, email, display name), for the policy.
+    A password from standard input is checked by the account service (a refusal exits 2).
+    """
     if args.password_stdin:
         return _read_stdin_password(sys.stdin)
-    return await _ask_password(ctx)
+    return await _ask_password(ctx, personal)
 
 
 async def _confirm(prompt: str, expected: str) -> None:
@@ -277,7 +288,8 @@ def _show_text(user: User, factors: AccountFactors) -> str:
 
 
 async def _add(args: argparse.Namespace, ctx: _Context) -> int:
-    password = None if args.no_password else await _new_password(args, ctx)
+    personal = (args.username, args.email or "", args.display_name)
+    password = None if args.no_password else await _new_password(args, ctx, personal)
     user = await ctx.accounts.create(
         username=args.username,
         password=password,
@@ -365,7 +377,7 @@ async def _enable(args: argparse.Namespace, ctx: _Context) -> int:
 async def _set_password(args: argparse.Namespace, ctx: _Context) -> int:
     # Look the account up first: nobody should type a password twice for a name that does not exist.
     user = await _user(ctx, args.username)
-    password = await _new_password(args, ctx)
+    password = await _new_password(args, ctx, (user.username, user.email or "", user.display_name))
     await ctx.accounts.set_password(
         user.id, password, actor=ctx.actor, must_change_password=args.must_change_password
     )

@@ -70,6 +70,8 @@ __all__ = [
 #: What every failed password sign-in says, whatever the cause.
 SIGN_IN_FAILED_MESSAGE: Final = "The username or password is not correct."
 MAX_DISPLAY_NAME_LENGTH: Final = 128
+#: Why a password change that keeps the current password is refused.
+SAME_PASSWORD_MESSAGE: Final = "Choose a new password: this is your current one."  # noqa: S105 - a message
 # The factor name passed to the regulator for password steps.
 _PASSWORD_FACTOR: Final = "password"  # noqa: S105 - a factor name, not a password
 
@@ -206,6 +208,13 @@ def _check_roles(roles: Sequence[str]) -> str:
     return " ".join(cleaned)
 
 
+def _same_password(new: str, current: str | None) -> bool:
+    # Compared as they are hashed (NFKC): a different Unicode spelling of the same password is the same.
+    if current is None:
+        return False
+    return unicodedata.normalize("NFKC", new) == unicodedata.normalize("NFKC", current)
+
+
 def _login_candidates(login: str) -> tuple[str, ...]:
     # A login may be a username or an email alias. Usernames may contain "@", so both readings are
     # tried; they differ only in the details of folding (case folding vs lower-casing).
@@ -316,7 +325,8 @@ class AccountService:
         role_list = _check_roles(roles)
         password_hash: str | None = None
         if password is not None:
-            problem = self._hasher.check_policy(password)
+            # Checked against what the account is known by too (SP 800-63B: context-specific words).
+            problem = await self._hasher.check_new(password, personal=(name, address or "", shown_name))
             if problem is not None:
                 raise WeakPassword(problem)
         identifiers = {name} if address is None else {name, address}
@@ -522,12 +532,18 @@ class AccountService:
 
         Raises:
             UnknownAccount: No such user.
-            WeakPassword: The new password does not meet the policy.
+            WeakPassword: The new password does not meet the policy, or is ``current_password``.
             WrongPassword: ``current_password`` is not correct.
             AccountLocked: Too many failures for this account (only when ``current_password`` is given).
         """
         user = await self._require(user_id)
-        problem = self._hasher.check_policy(new_password)
+        problem = await self._hasher.check_new(
+            new_password, personal=(user.username, user.email or "", user.display_name)
+        )
+        if problem is None and _same_password(new_password, current_password):
+            # Keeping the current password would make a forced change a no-op: whoever handed out a
+            # one-time password would still know it.
+            problem = SAME_PASSWORD_MESSAGE
         if problem is not None:
             raise WeakPassword(problem)
         if current_password is not None:

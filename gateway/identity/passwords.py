@@ -17,6 +17,9 @@ reveal which accounts exist.
 Passwords are NFKC-normalised before hashing (SP 800-63B §5.1.1.2): the same passphrase typed on two
 keyboards that produce different Unicode forms of one character must match. Nothing else is changed;
 spaces are kept.
+
+Which new passwords are acceptable is :mod:`gateway.identity.password_policy`'s business;
+:meth:`PasswordHasher.check_new` applies it with the configured minimum length, off the event loop.
 """
 
 from __future__ import annotations
@@ -26,22 +29,19 @@ import logging
 import os
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from gateway.identity.password_policy import MAX_PASSWORD_CHARS, check_password
 from gateway.settings.schema import PasswordSettings
 
 __all__ = ["MAX_PASSWORD_CHARS", "PasswordHasher"]
 
 logger = logging.getLogger(__name__)
-
-#: Longest password accepted for a new password. Long enough for any passphrase or manager-generated
-#: secret; the bound keeps a single sign-in from feeding megabytes into the hash.
-MAX_PASSWORD_CHARS: Final = 1024
 
 # What the dummy hash is made from. Its value does not matter: nobody can sign in against it, because
 # verify() returns False whenever there is no stored hash, whatever the dummy check says.
@@ -148,21 +148,27 @@ class PasswordHasher:
         except InvalidHashError:
             return True
 
-    def check_policy(self, password: str) -> str | None:
-        """Check a new password against the policy: length only, no composition rules (SP 800-63B).
+    def check_policy(self, password: str, *, personal: Sequence[str] = ()) -> str | None:
+        """Check a new password against the policy (SP 800-63B §5.1.1.2; no composition rules).
+
+        Blocks for about 30 ms the first time in a process (the password lists are loaded): on an
+        event loop, use :meth:`check_new`.
 
         Args:
             password: The proposed password.
+            personal: The account's username, email address and display name: a password built from
+                them is refused.
 
         Returns:
-            None if acceptable, otherwise a message for the person choosing it.
+            None if acceptable, otherwise a message for the person choosing it that names the rule it
+            breaks (never the password itself).
         """
-        length = len(_normalise(password))
-        if length < self._settings.min_length:
-            return f"Use at least {self._settings.min_length} characters; a few unrelated words are easy to remember."
-        if length > MAX_PASSWORD_CHARS:
-            return f"Use at most {MAX_PASSWORD_CHARS} characters."
-        return None
+        refusal = check_password(password, min_length=self._settings.min_length, personal=personal)
+        return None if refusal is None else refusal.message
+
+    async def check_new(self, password: str, *, personal: Sequence[str] = ()) -> str | None:
+        """:meth:`check_policy` in a worker thread, so loading the lists never stalls the event loop."""
+        return await asyncio.to_thread(self.check_policy, password, personal=tuple(personal))
 
     async def _check(self, stored: str, normalised: str) -> bool:
         async with self._slots:
