@@ -186,7 +186,8 @@ async def authenticate(
             f"Only holders of the {role!r} role may use the admin API.", username=session.username
         )
     at = session.second_factor_at
-    if at is None or now - at > reauth_max_age:
+    # A session that still owes a password change never has admin power, whatever it holds.
+    if at is None or now - at > reauth_max_age or session.password_change:
         raise StepUpRequired(
             "Admin actions need a second factor used within the last "
             f"{_minutes(reauth_max_age)}: confirm it's you, then retry.",

@@ -9,7 +9,9 @@ Rules (``RegulationSettings``)::
     failures 1 .. free_attempts        no delay
     failure n > free_attempts          wait 2^(n - free_attempts) s before the next attempt (≤ lock_time)
     failure n = max_failures           locked for lock_time, audited once as ``account.locked``
-    success                            counter reset
+    completed sign-in                  counter reset (every factor the session needs is done; a
+                                       correct password alone resets nothing when a second factor
+                                       is still to come, so cycling sign-ins never buys more guesses)
     lock_time without a failure        counter forgotten (an old typo does not count towards today's lock)
 
 A lock ends on its own after ``lock_time``, and the count starts afresh. Locks are temporary on
@@ -170,7 +172,7 @@ class Regulator:
             )
 
     async def record_success(self, account: str) -> None:
-        """Reset the counter after a successful step.
+        """Reset the counter after a completed sign-in (never after a first factor alone).
 
         Args:
             account: The canonical account name.

@@ -225,6 +225,39 @@ class TotpService:
         uri = provisioning_uri(secret, account=account, issuer=self._settings.totp.issuer)
         return TotpEnrollment(credential_id=row.id, secret=secret, uri=uri, qr_svg=qr_svg(uri))
 
+    async def pending_enrollment(
+        self, user_id: int, credential_id: int, *, account: str
+    ) -> TotpEnrollment | None:
+        """The user's unconfirmed, unexpired enrollment ``credential_id`` again (after a wrong code).
+
+        The user has just scanned this seed: a mistyped code must not throw it away and make them
+        scan a new one (and leave a dead entry in their app).
+
+        Returns:
+            What :meth:`begin_enrollment` returned for it, or None when it is unknown, foreign,
+            confirmed, expired or does not decrypt.
+        """
+        row = await self._pending(user_id, credential_id)
+        secret = None if row is None else self._secret(row)
+        if secret is None:
+            return None
+        uri = provisioning_uri(secret, account=account, issuer=self._settings.totp.issuer)
+        return TotpEnrollment(credential_id=credential_id, secret=secret, uri=uri, qr_svg=qr_svg(uri))
+
+    async def _pending(self, user_id: int, credential_id: int) -> TotpCredential | None:
+        now = self._clock.now()
+        async with self._db.session() as session:
+            with store_errors("cannot read the TOTP enrollment"):
+                row: TotpCredential | None = await session.scalar(
+                    select(TotpCredential).where(
+                        TotpCredential.id == credential_id,
+                        TotpCredential.user_id == user_id,
+                        TotpCredential.confirmed.is_(False),
+                        TotpCredential.created_at >= now - ENROLLMENT_TTL,
+                    )
+                )
+                return row
+
     async def confirm(self, user_id: int, credential_id: int, code: str) -> bool:
         """Finish an enrollment with the first code from the app.
 
@@ -237,17 +270,7 @@ class TotpService:
             True if the code matched and the credential is now confirmed; False for a wrong code, an
             unknown, foreign, already confirmed or expired enrollment.
         """
-        now = self._clock.now()
-        async with self._db.session() as session:
-            with store_errors("cannot read the TOTP enrollment"):
-                row = await session.scalar(
-                    select(TotpCredential).where(
-                        TotpCredential.id == credential_id,
-                        TotpCredential.user_id == user_id,
-                        TotpCredential.confirmed.is_(False),
-                        TotpCredential.created_at >= now - ENROLLMENT_TTL,
-                    )
-                )
+        row = await self._pending(user_id, credential_id)
         if row is None:
             return False
         secret = self._secret(row)

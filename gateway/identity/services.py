@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.audit.trail import AuditLog
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
+from gateway.factors.first_codes import FirstCodesGrants
 from gateway.factors.recovery import RecoveryCodes
 from gateway.factors.regulation import Regulator
 from gateway.factors.totp import TotpService
@@ -45,6 +46,7 @@ class IdentityServices:
     webauthn: WebAuthnService
     recovery: RecoveryCodes
     oidc: OidcService
+    first_codes: FirstCodesGrants
 
     @classmethod
     def build(
@@ -53,7 +55,8 @@ class IdentityServices:
         """Wire the services. The keyring is created only for the embedded (SQLite) default."""
         embedded = settings.storage.url is None or settings.storage.url.startswith("sqlite")
         keyring = Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
-        audit = AuditLog(db, clock=clock)
+        # Keyed: every record carries an HMAC under a key the database does not hold.
+        audit = AuditLog(db, clock=clock, keyring=keyring)
         hasher = PasswordHasher(settings.passwords)
         regulator = Regulator(fast, settings.regulation, audit, clock)
         sessions = SessionStore(fast, settings.session, clock)
@@ -71,6 +74,7 @@ class IdentityServices:
                 db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock
             ),
             recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
+            first_codes=FirstCodesGrants(fast),
             oidc=OidcService(
                 db=db,
                 fast=fast,

@@ -93,6 +93,9 @@ class Session:
     # Defaulted so sessions stored before these fields existed still decode.
     email: str = ""
     groups: tuple[str, ...] = ()
+    # The account still has a one-time password (an admin set it, or the quick start): until it is
+    # changed, this session may only change it or sign out, on every host (see web/gate.py).
+    password_change: bool = False
 
     @property
     def second_factor_at(self) -> float | None:
@@ -317,6 +320,7 @@ class SessionStore:
         family: str | None = None,
         email: str | None = None,
         groups: Sequence[str] = (),
+        password_change: bool = False,
     ) -> tuple[str, Session]:
         """Start a session; return its id (the cookie value) and the session.
 
@@ -331,6 +335,7 @@ class SessionStore:
             host: The host this session's cookie is for.
             email: The account's email, if it has one (for identity headers).
             groups: Groups an identity provider asserted (principals ``group:<name>``).
+            password_change: The account must choose a new password before anything else.
             family: Join this existing sign-in (cross-host hand-off): the session inherits the
                 sign-in time, so the absolute lifetime counts from the real sign-in on every host.
                 None starts a new sign-in.
@@ -361,6 +366,7 @@ class SessionStore:
             host=host,
             email=email or "",
             groups=tuple(groups),
+            password_change=password_change,
         )
         ttl = self._ttl(session, now)
         if ttl is None:
@@ -390,9 +396,27 @@ class SessionStore:
             SessionEnded: the session no longer exists.
             StateUnavailable: the store cannot answer.
         """
+        return await self._rotate(
+            session_id,
+            lambda old: replace(
+                old, level=max(old.level, level), factors=(*old.factors, factor)[-_MAX_FACTORS:]
+            ),
+        )
+
+    async def password_changed(self, session_id: str) -> tuple[str, Session]:
+        """Lift the session's forced password change after the new password is stored; new id.
+
+        Raises:
+            SessionEnded: the session no longer exists.
+            StateUnavailable: the store cannot answer.
+        """
+        return await self._rotate(session_id, lambda old: replace(old, password_change=False))
+
+    async def _rotate(self, session_id: str, change: Callable[[Session], Session]) -> tuple[str, Session]:
+        """Replace a session by a changed copy under a new id; the old id ends everywhere."""
         old_hash = hash_session_id(session_id)
         now = self._clock.time()
-        # take: of two concurrent elevations of one id, exactly one gets to rotate it.
+        # take: of two concurrent rotations of one id, exactly one gets to rotate it.
         raw = await self._state.take(_session_key(old_hash))
         old = None if raw is None else decode_session(raw)
         self._forget((old_hash,))
@@ -401,13 +425,7 @@ class SessionStore:
             raise SessionEnded("This session has ended.")
         new_id = secrets.token_urlsafe(32)
         new_hash = hash_session_id(new_id)
-        session = replace(
-            old,
-            id_hash=new_hash,
-            level=max(old.level, level),
-            factors=(*old.factors, factor)[-_MAX_FACTORS:],
-            last_seen=now,
-        )
+        session = replace(change(old), id_hash=new_hash, last_seen=now)
         ttl = self._ttl(session, now)
         if ttl is None:
             raise SessionEnded("This session has ended.")

@@ -40,7 +40,8 @@ async def identify(
     Raises:
         AuthenticationRequired: no (valid) session; ``location`` is the sign-in page.
         Forbidden: signed in, but the session lacks the factor or freshness the route needs;
-            ``location`` is the MFA page (reason ``mfa-required``).
+            ``location`` is the MFA page (reason ``mfa-required``); or the account must change its
+            one-time password first (reason ``password-change-required``).
         StateUnavailable: the session store cannot be reached (503).
     """
     session_id = read_cookie(headers, cookie_name)
@@ -49,6 +50,14 @@ async def identify(
         raise AuthenticationRequired(
             "Sign-in is required for this page.",
             location=f"{public_url}/.gateway/login?rd={quote(original_url(), safe='')}",
+        )
+    if session.password_change:
+        # A one-time password (an admin's, the quick start's) is known to someone else: until its
+        # owner replaces it, the session opens no application, not even one that asks for no MFA.
+        raise Forbidden(
+            "Choose a new password first.",
+            reason="password-change-required",
+            location=f"{public_url}/.gateway/account/password?rd={quote(original_url(), safe='')}",
         )
     verdict = check_requirement(
         level=session.level, factors=session.factors, policy=policy, has_second_factor=True, now=now

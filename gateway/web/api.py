@@ -17,6 +17,7 @@ from litestar.response import Response
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.web import flows
+from gateway.web.gate import PUBLIC, Step, admits
 
 if TYPE_CHECKING:
     from gateway.identity.services import IdentityServices
@@ -113,7 +114,7 @@ def api_handlers(runtime: Runtime) -> list[Any]:
                 "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
             )
 
-    @post("/.gateway/api/webauthn/register/options", status_code=200)
+    @post("/.gateway/api/webauthn/register/options", status_code=200, opt=admits(Step.ENROLL))
     async def register_options(request: Request[Any, Any, Any], data: RegistrationStart) -> Response[Any]:
         """Options for navigator.credentials.create (needs a fresh second factor, or a fresh password
         when this is the first factor)."""
@@ -131,7 +132,7 @@ def api_handlers(runtime: Runtime) -> list[Any]:
         )
         return _json(json.loads(options))
 
-    @post("/.gateway/api/webauthn/register/verify", status_code=200)
+    @post("/.gateway/api/webauthn/register/verify", status_code=200, opt=admits(Step.ENROLL))
     async def register_verify(request: Request[Any, Any, Any], data: CeremonyResult) -> Response[Any]:
         """Store the new passkey; the session becomes two-factor (new id)."""
         signed = await require(request)
@@ -150,20 +151,22 @@ def api_handlers(runtime: Runtime) -> list[Any]:
             factor=FactorUse(Factor.WEBAUTHN, svc().clock.time()),
         )
         if first:
-            # The first factor: recovery codes are shown next (the portal page generates them).
+            # The first factor: recovery codes are shown next. The page generates them only with
+            # this grant, bound to the session the new passkey just elevated and spent on use.
+            await svc().first_codes.issue(new_session.id_hash)
             response = _json({"redirect": "/.gateway/account/first-codes"})
             flows.set_session_cookie(response, runtime, new_id)
             return response
         return await redirect_json(request, new_id, new_session, data.rd or "/.gateway/account")
 
-    @post("/.gateway/api/mfa/webauthn/options", status_code=200)
+    @post("/.gateway/api/mfa/webauthn/options", status_code=200, opt=admits(Step.SECOND_FACTOR))
     async def mfa_options(request: Request[Any, Any, Any]) -> Response[Any]:
         """Options for navigator.credentials.get, limited to this user's credentials."""
         s = (await require(request)).session
         assert s is not None
         return _json(json.loads(await svc().webauthn.authentication_options(user_id=s.user_id)))
 
-    @post("/.gateway/api/mfa/webauthn/verify", status_code=200)
+    @post("/.gateway/api/mfa/webauthn/verify", status_code=200, opt=admits(Step.SECOND_FACTOR))
     async def mfa_verify(request: Request[Any, Any, Any], data: CeremonyResult) -> Response[Any]:
         """Verify the assertion; the session becomes two-factor (new id)."""
         signed = await require(request)
@@ -187,14 +190,14 @@ def api_handlers(runtime: Runtime) -> list[Any]:
         )
         return await redirect_json(request, new_id, new_session, data.rd)
 
-    @post("/.gateway/api/login/passkey/options", status_code=200)
+    @post("/.gateway/api/login/passkey/options", status_code=200, opt=PUBLIC)
     async def passkey_options() -> Response[Any]:
         """Options for a passwordless sign-in with a discoverable credential (passkey)."""
         if not runtime.snapshot.settings.mfa.webauthn.passwordless:
             raise PermissionDeniedException("Passwordless sign-in is disabled.")
         return _json(json.loads(await svc().webauthn.authentication_options(user_id=None)))
 
-    @post("/.gateway/api/login/passkey/verify", status_code=200)
+    @post("/.gateway/api/login/passkey/verify", status_code=200, opt=PUBLIC)
     async def passkey_verify(request: Request[Any, Any, Any], data: CeremonyResult) -> Response[Any]:
         """A user-verifying passkey alone signs in with two factors."""
         if not runtime.snapshot.settings.mfa.webauthn.passwordless:

@@ -323,13 +323,28 @@ async def test_unknown_logins_lock_like_real_ones(world: World) -> None:
         await world.accounts.authenticate("mallory", "wrong password here", ip=IP)
 
 
-async def test_success_resets_the_counter(world: World) -> None:
+async def test_a_correct_password_alone_does_not_reset_the_counter(world: World) -> None:
+    # The attack run's hole: a correct password reset the counter that wrong second-factor codes add
+    # to, so signing in again bought another round of guesses. Now the limit holds across sign-ins.
     await _alice(world)
     for _ in range(REGULATION.max_failures - 1):
         await _failure(world, "alice", "wrong password here")
         world.clock.advance(REGULATION.lock_time / 100)
     world.clock.advance(REGULATION.lock_time / 10)
     await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+    await world.regulator.record_failure("alice", ip=IP, factor="totp")
+    with pytest.raises(AccountLocked):
+        await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+
+
+async def test_a_completed_sign_in_resets_the_counter(world: World) -> None:
+    await _alice(world)
+    for _ in range(REGULATION.max_failures - 1):
+        await _failure(world, "alice", "wrong password here")
+        world.clock.advance(REGULATION.lock_time / 100)
+    world.clock.advance(REGULATION.lock_time / 10)
+    await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+    await world.regulator.record_success("alice")  # what the sign-in pages do once it is complete
     for _ in range(REGULATION.max_failures - 1):
         await _failure(world, "alice", "wrong password here")
         world.clock.advance(REGULATION.lock_time / 100)

@@ -1,0 +1,479 @@
+"""The second factor holds against an attacker who knows the password, on one node and on replicas.
+
+Each test performs an attack from the outside attack run against real gateway processes and shows it
+no longer gets through:
+
+* cycling sign-ins (correct password, then wrong codes, again and again, on either replica) locks the
+  account at ``regulation.max_failures`` like any other run of failures;
+* a password-only session cannot mint recovery codes (the first-codes page after a passkey);
+* a password-only session reaches only the second-factor pages (or, without a factor, enrollment) and
+  sign-out: no session list, no "sign out everywhere else", no factor changes, on any host;
+* a forced password change cannot be skipped: the session opens no page and no application, on any
+  host, until the password is replaced;
+* a mistyped code while enrolling an authenticator app keeps the seed the user has just scanned.
+
+The module runs twice: on the embedded default (one gateway, no Redis) and on two replicas sharing
+Redis and one database, where the attacker alternates between the replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.harness import (
+    Gateway,
+    add_user,
+    free_port,
+    gateway_config,
+    run_echo,
+    run_gateway,
+)
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, csrf, login, post_form
+from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, oathtool, wrong_code
+from tests.support.soft_authenticator import SoftAuthenticator
+
+# A Redis database no other test module uses (session indexes are keyed by numeric user id).
+REDIS_URL = "redis://127.0.0.1:6379/13"
+CODES_RE = re.compile(r'<ul class="codes" id="recovery-codes">(.*?)</ul>', re.S)
+MAX_FAILURES = 10
+NEW_PASSWORD = "plum orbit quartz lantern " + secrets.token_hex(3)
+
+
+@dataclass
+class Site:
+    """The gateways a browser may reach (one on the embedded default, two replicas otherwise)."""
+
+    replicas: list[Gateway]
+    db_path: Path
+    wiki_host: str = "localhost"  # the mfa: none route
+
+    @property
+    def a(self) -> Gateway:
+        return self.replicas[0]
+
+    def replica(self, n: int) -> Gateway:
+        return self.replicas[n % len(self.replicas)]
+
+    def add_user(self, prefix: str, *extra: str) -> str:
+        name = f"{prefix}{secrets.token_hex(4)}"
+        add_user(self.a.config_path, name, PASSWORD, *extra)
+        return name
+
+    def audit(self, kind: str, subject: str) -> list[sqlite3.Row]:
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(
+                "SELECT * FROM audit_events WHERE kind = ? AND subject = ?", (kind, subject)
+            ).fetchall()
+
+
+@pytest.fixture(scope="module", params=["embedded", "replicas"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp(f"steps-{request.param}")
+    data_dir = tmp / "shared-data"
+    ports = [free_port(), free_port()] if request.param == "replicas" else [free_port()]
+    with run_echo() as echo:
+        routes: list[dict[str, Any]] = [
+            {"name": "app", "host": "127.0.0.1", "path": "/", "upstreams": [echo.url], "mfa": "required"},
+            {"name": "wiki", "host": "localhost", "path": "/", "upstreams": [echo.url], "mfa": "none"},
+        ]
+        common: dict[str, Any] = {
+            "public_url": f"http://127.0.0.1:{ports[0]}",
+            "data_dir": str(data_dir),
+            "session": {"insecure_cookies": True},
+            # No back-off waits before the lock (they are tested in the regulation unit tests).
+            "regulation": {
+                "free_attempts": MAX_FAILURES - 1,
+                "max_failures": MAX_FAILURES,
+                "lock_time": "15m",
+            },
+            # One recovery code: "all codes used" is one sign-in away.
+            "mfa": {"recovery_codes": 1},
+            "threat": {"enabled": False},
+        }
+        if request.param == "replicas":
+            common["state"] = {"redis_url": REDIS_URL}
+        with run_gateway(tmp / "r0", gateway_config(tmp / "r0", ports[0], routes, **common)) as first:
+            if len(ports) == 1:
+                yield Site([first], data_dir / "gateway.db")
+                return
+            with run_gateway(tmp / "r1", gateway_config(tmp / "r1", ports[1], routes, **common)) as second:
+                yield Site([first, second], data_dir / "gateway.db")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def on(gw: Gateway) -> httpx.Client:
+    return browser(gw)
+
+
+_USED_STEPS: dict[str, int] = {}
+
+
+def next_code(secret: str) -> str:
+    """A code the gateway accepts now and has not seen: each step's code works once per secret.
+
+    It is the current step's code, or the next step's when the current one was used (the gateway
+    accepts one step of drift either way, so a step boundary passing in between does no harm).
+    """
+    used = _USED_STEPS.get(secret, 0)
+    while used + 1 > int(time.time() // 30) + 1:
+        time.sleep(0.2)  # both usable steps are spent: wait for a fresh one
+    step = max(used + 1, int(time.time() // 30))
+    _USED_STEPS[secret] = step
+    return oathtool(secret, step * 30)
+
+
+def enroll_totp(client: httpx.Client) -> tuple[str, list[str]]:
+    """Enroll an authenticator app; returns its secret and the recovery codes shown."""
+    page = client.get("/.gateway/account/enroll")
+    assert page.status_code == 200, page.text
+    secret_m, credential_m = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
+    assert secret_m, page.text
+    assert credential_m, page.text
+    done = post_form(
+        client,
+        "/.gateway/account/totp/confirm",
+        {"credential_id": credential_m.group(1), "code": next_code(secret_m.group(1))},
+    )
+    assert done.status_code == 200, done.text
+    return secret_m.group(1), codes_in(done.text)
+
+
+def codes_in(html: str) -> list[str]:
+    found = CODES_RE.search(html)
+    return re.findall(r"<li>([^<]+)</li>", found.group(1)) if found else []
+
+
+def enrolled(site: Site, prefix: str) -> tuple[str, str, list[str]]:
+    user = site.add_user(prefix)
+    with on(site.a) as client:
+        assert login(client, user).status_code == 302
+        secret, codes = enroll_totp(client)
+        assert post_form(client, "/.gateway/logout").status_code == 303
+    return user, secret, codes
+
+
+def get(
+    gw: Gateway, session_id: str | None, path: str, *, host: str = "127.0.0.1", html: bool = True
+) -> httpx.Response:
+    headers = {"Host": host, "Accept": "text/html" if html else "application/json"}
+    if session_id:
+        headers["Cookie"] = f"{SESSION_COOKIE}={session_id}"
+    return httpx.get(f"{gw.url}{path}", headers=headers, follow_redirects=False, timeout=30.0)
+
+
+def reaches_app(gw: Gateway, session_id: str, user: str, *, host: str) -> bool:
+    resp = get(gw, session_id, "/probe", host=host, html=False)
+    return resp.status_code == 200 and dict(resp.json()["headers"]).get("x-gateway-user") == user
+
+
+def api_post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    return client.post(path, json=body, headers={"x-csrftoken": csrf(client), "Accept": "application/json"})
+
+
+def register_passkey(client: httpx.Client, origin: str) -> httpx.Response:
+    """Register a passkey through the JSON API as webauthn.js does; returns the verify answer."""
+    options = api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+    assert options.status_code == 200, options.text
+    key = SoftAuthenticator(origin=origin)
+    credential = json.loads(key.create(options.text))
+    return api_post(
+        client, "/.gateway/api/webauthn/register/verify", {"credential": credential, "name": "Key"}
+    )
+
+
+def held_for_second_factor(resp: httpx.Response) -> bool:
+    """The answer a half-signed-in session gets: the MFA page for browsers, 403 for scripts."""
+    if resp.status_code in (302, 303):
+        return resp.headers["location"].startswith("/.gateway/mfa")
+    if resp.status_code == 403 and resp.headers.get("content-type", "").startswith("application/json"):
+        return bool(resp.json().get("error") == "mfa-required")
+    return False
+
+
+# -- 1. unlimited second-factor guessing --------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_cycling_sign_ins_locks_at_the_limit(site: Site) -> None:
+    user, secret, _ = enrolled(site, "cycle")
+    bad = wrong_code(secret)
+    failures = 0
+    waiting: str | None = None
+    sign_ins = 0
+    # Sign in with the correct password, then guess codes; start over on the other replica.
+    while failures < MAX_FAILURES:
+        with on(site.replica(sign_ins)) as attacker:
+            resp = login(attacker, user)
+            assert resp.status_code == 302, (failures, resp.text)
+            assert resp.headers["location"].startswith("/.gateway/mfa")
+            sign_ins += 1
+            waiting = cookie(attacker)
+            for _ in range(3):
+                if failures == MAX_FAILURES:
+                    break
+                resp = post_form(attacker, "/.gateway/mfa/totp", {"code": bad, "rd": ""})
+                assert resp.status_code == 401, (failures, resp.text)
+                failures += 1
+    assert sign_ins > 3  # the guesses really were spread over several sign-ins
+
+    # Locked, on every replica: the correct password is refused before it is checked...
+    for n in range(len(site.replicas)):
+        with on(site.replica(n)) as owner:
+            resp = login(owner, user)
+            assert resp.status_code == 429, resp.text
+            assert cookie(owner) is None
+    # ...and the correct code in the waiting one-factor session too; it never reaches the app.
+    assert waiting is not None
+    with on(site.replica(1)) as attacker:
+        csrf(attacker)  # the CSRF cookie first, from the sign-in page, as a browser would have it
+        attacker.cookies.set(SESSION_COOKIE, waiting)
+        resp = post_form(attacker, "/.gateway/mfa/totp", {"code": next_code(secret), "rd": ""})
+        assert resp.status_code == 429, resp.text
+    assert held_for_second_factor(get(site.a, waiting, "/probe", html=False))
+    locks = site.audit("account.locked", user)
+    assert len(locks) == 1
+    assert json.loads(locks[0]["details"])["failures"] == MAX_FAILURES
+
+
+@pytest.mark.peer
+def test_a_completed_sign_in_still_forgives_earlier_failures(site: Site) -> None:
+    user, secret, _ = enrolled(site, "forgive")
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        for _ in range(MAX_FAILURES - 1):
+            assert post_form(owner, "/.gateway/mfa/totp", {"code": wrong_code(secret)}).status_code == 401
+        done = post_form(owner, "/.gateway/mfa/totp", {"code": next_code(secret)})
+        assert done.status_code in (302, 303), done.text
+        assert post_form(owner, "/.gateway/logout").status_code == 303
+    # The count starts afresh: nine more failures do not lock.
+    with on(site.replica(1)) as owner:
+        assert login(owner, user).status_code == 302
+        for _ in range(MAX_FAILURES - 1):
+            assert post_form(owner, "/.gateway/mfa/totp", {"code": wrong_code(secret)}).status_code == 401
+    assert site.audit("account.locked", user) == []
+
+
+# -- 2. recovery codes for a password-only session ---------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_used_up_recovery_codes_are_not_reissued_to_a_password_only_session(site: Site) -> None:
+    user, _, codes = enrolled(site, "spent")
+    assert len(codes) == 1
+    with on(site.a) as owner:  # the owner spends the last code
+        assert login(owner, user).status_code == 302
+        assert post_form(owner, "/.gateway/mfa/recovery", {"code": codes[0]}).status_code in (302, 303)
+        assert post_form(owner, "/.gateway/logout").status_code == 303
+    for n in range(len(site.replicas)):
+        with on(site.replica(n)) as attacker:
+            assert login(attacker, user).status_code == 302
+            for path in ("/.gateway/account/first-codes", "/.gateway/account/first-codes?x=1"):
+                resp = attacker.get(path)
+                assert codes_in(resp.text) == []
+                assert held_for_second_factor(resp), (resp.status_code, resp.headers)
+            resp = post_form(attacker, "/.gateway/account/recovery")
+            assert codes_in(resp.text) == []
+            assert held_for_second_factor(resp)
+
+
+@pytest.mark.peer
+def test_a_passkey_registered_without_its_codes_page_gives_no_codes_later(site: Site) -> None:
+    user = site.add_user("passkey")
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        done = register_passkey(owner, site.a.url)
+        assert done.status_code == 200, done.text
+        assert done.json()["redirect"] == "/.gateway/account/first-codes"
+        # The owner closes the tab instead of following it; later signs out.
+        assert post_form(owner, "/.gateway/logout").status_code == 303
+    with on(site.replica(1)) as attacker:
+        assert login(attacker, user).status_code == 302
+        resp = attacker.get("/.gateway/account/first-codes")
+        assert codes_in(resp.text) == []
+        assert held_for_second_factor(resp)
+
+
+@pytest.mark.peer
+def test_the_codes_page_after_a_first_passkey_shows_codes_once(site: Site) -> None:
+    user = site.add_user("once")
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        assert register_passkey(owner, site.a.url).status_code == 200
+        first = owner.get("/.gateway/account/first-codes")
+        assert first.status_code == 200
+        assert len(codes_in(first.text)) == 1
+        again = site.replica(1)
+        second = get(again, cookie(owner), "/.gateway/account/first-codes")
+        assert second.status_code in (302, 303)
+        assert codes_in(second.text) == []
+
+
+# -- 4. what a one-factor session may do -------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_a_password_only_session_reaches_only_the_second_factor_and_sign_out(site: Site) -> None:
+    user, secret, _ = enrolled(site, "half")
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        assert post_form(owner, "/.gateway/mfa/totp", {"code": next_code(secret)}).status_code in (
+            302,
+            303,
+        )
+        owner_session = cookie(owner)
+        assert owner_session is not None
+        owner_hash = next(s["id"] for s in owner.get("/.gateway/api/sessions").json() if s["current"])
+    assert reaches_app(site.a, owner_session, user, host="127.0.0.1")
+
+    with on(site.replica(1)) as attacker:
+        assert login(attacker, user).status_code == 302
+        half = cookie(attacker)
+        assert half is not None
+        for host in ("127.0.0.1", site.wiki_host):  # the auth host and a route's host
+            for path in (
+                "/.gateway/account",
+                "/.gateway/account/password",
+                "/.gateway/account/enroll",
+                "/.gateway/account/first-codes",
+            ):
+                assert held_for_second_factor(get(site.a, half, path, host=host)), (host, path)
+            for path in ("/.gateway/api/me", "/.gateway/api/sessions"):
+                resp = get(site.replica(1), half, path, host=host, html=False)
+                assert held_for_second_factor(resp), (host, path, resp.status_code, resp.text)
+                assert "user_agent" not in resp.text
+                assert "127.0.0.1" not in resp.text
+        # The unsafe acts, as forms and as API calls: refused, and nothing changes.
+        for path in (
+            "/.gateway/account/sessions/revoke-others",
+            f"/.gateway/account/sessions/{owner_hash}/revoke",
+            "/.gateway/account/recovery",
+            "/.gateway/account/factors/totp/1/remove",
+            "/.gateway/account/factors/totp/1/rename",
+        ):
+            resp = post_form(attacker, path, {"name": "pwned"})
+            assert held_for_second_factor(resp), (path, resp.status_code)
+        resp = attacker.delete(
+            f"/.gateway/api/sessions/{owner_hash}",
+            headers={"x-csrftoken": csrf(attacker), "Accept": "application/json"},
+        )
+        assert held_for_second_factor(resp), resp.text
+        resp = api_post(attacker, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+        assert held_for_second_factor(resp), resp.text
+        # The owner's session lives on, with its factor list unchanged.
+        assert reaches_app(site.a, owner_session, user, host="127.0.0.1")
+        # What the session may do: the second-factor page, and sign out.
+        assert attacker.get("/.gateway/mfa").status_code == 200
+        assert post_form(attacker, "/.gateway/logout").status_code == 303
+        assert get(site.a, half, "/.gateway/account").headers["location"].startswith("/.gateway/login")
+
+
+@pytest.mark.peer
+def test_a_user_without_a_second_factor_may_only_enroll_one(site: Site) -> None:
+    user = site.add_user("fresh")
+    with on(site.a) as client:
+        assert login(client, user).status_code == 302
+        one = cookie(client)
+        resp = get(site.a, one, "/.gateway/account")
+        assert resp.status_code == 303
+        assert resp.headers["location"].startswith("/.gateway/account/enroll")
+        sessions = get(site.replica(1), one, "/.gateway/api/sessions", html=False)
+        assert sessions.status_code == 403
+        assert sessions.json()["error"] == "mfa-required"
+        assert client.get("/.gateway/account/enroll").status_code == 200
+        # Once enrolled, the whole portal is theirs.
+        enroll_totp(client)
+        assert client.get("/.gateway/account").status_code == 200
+
+
+# -- 5. forced password change -------------------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_a_forced_password_change_cannot_be_skipped_on_any_host(site: Site) -> None:
+    user = site.add_user("forced", "--must-change-password")
+    with on(site.a) as client:
+        resp = login(client, user, rd=f"http://{site.wiki_host}:{site.a.port}/")
+        assert resp.status_code == 302
+        assert resp.headers["location"].startswith("/.gateway/account/password")
+        held = cookie(client)
+        assert held is not None
+
+        def password_page(resp: httpx.Response) -> bool:
+            if resp.status_code in (302, 303):
+                location = resp.headers["location"]
+                return "/.gateway/account/password" in location and "/.gateway/handoff" not in location
+            return resp.status_code == 403 and resp.json().get("error") == "password-change-required"
+
+        for gw in site.replicas:
+            for host in ("127.0.0.1", site.wiki_host):
+                # The applications, also the one that asks for no second factor...
+                assert password_page(get(gw, held, "/probe", host=host)), (gw.port, host)
+                assert password_page(get(gw, held, "/probe", host=host, html=False)), (gw.port, host)
+                # ...and every gateway page but the password change and sign-out.
+                for path in ("/.gateway/account", "/.gateway/mfa", "/.gateway/account/enroll"):
+                    assert password_page(get(gw, held, path, host=host)), (gw.port, host, path)
+                assert password_page(get(gw, held, "/.gateway/api/me", host=host, html=False))
+        # No hand-off of the held session to another host either.
+        resp = client.get("/.gateway/login", params={"rd": f"http://{site.wiki_host}:{site.a.port}/x"})
+        assert password_page(resp)
+
+        page = client.get("/.gateway/account/password")
+        assert page.status_code == 200
+        done = post_form(
+            client,
+            "/.gateway/account/password",
+            {"current": PASSWORD, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""},
+        )
+        assert done.status_code in (302, 303), done.text
+        assert done.headers["location"].startswith("/.gateway/mfa")
+        free = cookie(client)
+        assert free is not None
+        assert free != held  # a new id once the hold is lifted; the old one is dead
+    assert get(site.a, held, "/probe", host=site.wiki_host, html=False).status_code == 401
+    assert reaches_app(site.replica(1), free, user, host=site.wiki_host)
+
+
+# -- 9. enrollment keeps the scanned secret -------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_a_wrong_code_during_enrollment_keeps_the_scanned_secret(site: Site) -> None:
+    user = site.add_user("typo")
+    with on(site.a) as client:
+        assert login(client, user).status_code == 302
+        page = client.get("/.gateway/account/enroll")
+        secret_m, credential_m = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
+        assert secret_m
+        assert credential_m
+        secret, credential = secret_m.group(1), credential_m.group(1)
+        wrong = post_form(
+            client,
+            "/.gateway/account/totp/confirm",
+            {"credential_id": credential, "code": wrong_code(secret)},
+        )
+        assert wrong.status_code == 400
+        again_secret, again_credential = SECRET_RE.search(wrong.text), CREDENTIAL_RE.search(wrong.text)
+        assert again_secret
+        assert again_credential
+        assert (again_secret.group(1), again_credential.group(1)) == (secret, credential)
+        done = post_form(
+            client,
+            "/.gateway/account/totp/confirm",
+            {"credential_id": credential, "code": next_code(secret)},
+        )
+        assert done.status_code == 200
+        assert len(codes_in(done.text)) == 1
