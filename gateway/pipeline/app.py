@@ -61,16 +61,60 @@ def identity_headers(
     )
 
 
-def _framing(lengths: list[bytes], chunked: bool) -> BodyFraming:
+class BadFraming(BadHeaders):
+    """The request's body framing is ambiguous (RFC 9112 §6): answered with 400, then the connection closes."""
+
+    reason = "bad-framing"
+    title = "Ambiguous request framing"
+
+
+class BrokenBody(BadFraming):
+    """The chunked body is malformed, or the body ended before its framing said it would."""
+
+    reason = "bad-body"
+    title = "Malformed request body"
+
+
+class _ControlBody:
+    """The control app's ``receive``: a broken request body becomes :class:`BrokenBody` (a 400).
+
+    granian reports a malformed chunked body as ``http.disconnect`` (see ``_http``); Litestar would
+    answer that with a 500. Raised from ``receive``, the gateway's own error handler answers it.
+    """
+
+    __slots__ = ("_receive", "broken", "complete")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.broken = False
+        self.complete = False
+
+    async def receive(self) -> MutableMapping[str, Any]:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.complete = not message.get("more_body", False)
+        elif message["type"] == "http.disconnect" and not self.complete:
+            self.broken = True
+            raise BrokenBody("The request body is malformed or ended early.")
+        return message
+
+
+def _framing(lengths: list[bytes], codings: list[bytes]) -> BodyFraming:
     # Request smuggling lives in disagreements about where a body ends (RFC 9112 §6.3): refuse both
     # framings at once, several different lengths, and anything that is not a plain decimal.
-    if chunked and lengths:
-        raise BadHeaders("The request has both Content-Length and Transfer-Encoding.")
-    if chunked:
+    if codings:
+        if lengths:
+            raise BadFraming("The request has both Content-Length and Transfer-Encoding.")
+        # The only coding accepted is one `chunked` alone (§6.1: it is final, applied once; names are
+        # case-insensitive). granian frames `identity, chunked`, `gzip, chunked` or two fields as
+        # chunked, but a proxy in front may read them otherwise and see a different end of body,
+        # and the upstream would get a gzip body labelled as plain: refuse rather than guess.
+        if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
+            raise BadFraming("The request's Transfer-Encoding must be exactly 'chunked'.")
         return BodyFraming(chunked=True)
     values = {v.strip() for v in lengths}
     if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
-        raise BadHeaders("The request's Content-Length is malformed.")
+        raise BadFraming("The request's Content-Length is malformed.")
     return BodyFraming(content_length=int(next(iter(values))))
 
 
@@ -135,7 +179,7 @@ class DataPlane:
         size = 0
         hosts = 0
         lengths: list[bytes] = []
-        chunked = False
+        codings: list[bytes] = []
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"host":
@@ -148,7 +192,7 @@ class DataPlane:
             elif name == b"content-length":
                 lengths.append(value)
             elif name == b"transfer-encoding":
-                chunked = True
+                codings.append(value)
         client = scope.get("client")
         req.fwd = forwarding_for(
             peer_ip=client[0] if client else "",
@@ -165,8 +209,8 @@ class DataPlane:
         if hosts != 1:
             # Zero or several Host headers: components could disagree about the target (smuggling).
             raise BadHeaders("The request must carry exactly one Host header.")
-        if lengths or chunked:
-            req.framing = _framing(lengths, chunked)
+        if lengths or codings:
+            req.framing = _framing(lengths, codings)
         return canonicalize(scope.get("raw_path") or scope["path"].encode())
 
     def _route_stage(
@@ -286,8 +330,16 @@ class DataPlane:
             rec.status = 302 if err.location and wants_html(req.accept) else err.status
             await self._error(send, err, req)
         except ClientDisconnected:
-            rec.status = 499  # nginx's code for "the client closed the connection"
-            return
+            if outcome.status:
+                rec.status = 499  # nginx's code for "the client closed the connection"
+                return
+            # granian reports a malformed chunked body (bad or overflowing size, bare LF) exactly as a
+            # client that left: an http.disconnect. Either way the body is incomplete (RFC 9112 §8):
+            # a 400 that closes the connection, so nothing after it is read as a request of its own.
+            broken = BrokenBody("The request body is malformed or ended early.")
+            _refused(rec, broken)
+            rec.status = broken.status
+            await self._error(send, broken, req)
         finally:
             self._observe(req, outcome, started)
 
@@ -386,6 +438,10 @@ class DataPlane:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         status, headers, body = error_response(err, request_id=request_id, html_page=wants_html(req.accept))
+        if isinstance(err, BadFraming):
+            # The server and a proxy in front may disagree on where this body ends: no byte after
+            # it on this connection may be read as another request (smuggling).
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -407,13 +463,17 @@ class DataPlane:
         if self.control is None:  # pragma: no cover - lifespan start-up builds it before traffic
             raise ServiceUnavailable("The gateway is starting.")
         rec = req.rec
+        body = _ControlBody(receive)
 
         async def send_and_note(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 rec.status = int(message["status"])
+                if body.broken:  # see _error: nothing after a broken body may count as a request
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+                    rec.decision, rec.reason = "invalid", BrokenBody.reason
             await send(message)
 
-        await self.control(inner, receive, send_and_note)
+        await self.control(inner, body.receive if req.framing.has_body else receive, send_and_note)
 
     # -- websocket ---------------------------------------------------------------------------------
 
