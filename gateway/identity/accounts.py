@@ -470,7 +470,10 @@ class AccountService:
                 details={"reason": _failure_reason(user, correct=correct)},
             )
             raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
-        await self._regulator.record_success(key)
+        # No reset of the failure counter here: a correct password is only half of a sign-in for a
+        # user with a second factor, and resetting on it let an attacker who knows the password guess
+        # codes without end (sign in again, guess again). The caller resets it once the whole sign-in
+        # is done (see ``Regulator.record_success``).
         rehashed = False
         if self._hasher.needs_rehash(stored):
             rehashed = await self._rehash(user, stored, password)
@@ -560,7 +563,8 @@ class AccountService:
                     details={"reason": "bad-current-password"},
                 )
                 raise WrongPassword(WrongPassword.title)
-            await self._regulator.record_success(user.username)
+            # A correct current password resets nothing: like at sign-in, it is one factor, and a
+            # forced change happens before the second factor (the counter must keep its codes).
         new_hash = await self._hasher.hash(new_password)
         now = self._clock.now()
         await self._update(
