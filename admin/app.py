@@ -334,7 +334,7 @@ def _admin_of(request: Request[Any, Any, Any]) -> Admin:
 def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "error": err.reason,
-        "message": err.detail,
+        "message": err.public_detail,
         "status": err.status,
         "request_id": request_id,
     }

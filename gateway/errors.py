@@ -22,6 +22,11 @@ grep one identifier from a user's screenshot to the log line.
 
 The storage errors live beside the code that raises them, so the error tree here stays free of
 storage imports; they are ServiceUnavailable subclasses, so every caller fails closed with a 503.
+
+What a client is told: ``detail`` is for the log and the operator. For a client error (4xx) it is
+written for the person in front of the page and is shown as it is; a server-side failure (5xx) often
+carries backend text (``ConnectionRefusedError: [Errno 111]``, driver messages, internal addresses),
+so pages and JSON bodies show ``public_detail`` instead: the class's plain ``public_message``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class GatewayError(Exception):
     status: int = 500
     reason: str = "internal-error"
     title: str = "Something went wrong"
+    # What a client may read about a server-side failure (never the detail: see the module docstring).
+    public_message: str = "The gateway could not complete this request."
 
     def __init__(self, detail: str = "", *, reason: str | None = None, location: str | None = None) -> None:
         super().__init__(detail or self.title)
@@ -57,6 +64,16 @@ class GatewayError(Exception):
             self.reason = reason
         # Where a browser should go instead (sign-in, MFA): it gets a 302 there, API clients the error.
         self.location = location
+
+    @property
+    def public_detail(self) -> str:
+        """The message a page or JSON body may show: the detail of a 4xx, a fixed sentence for a 5xx.
+
+        A 5xx detail is often a backend's own text (exception names, errno, addresses of internal
+        servers): it tells an attacker what runs behind the gateway and when it is down, and a user
+        nothing they can act on. It belongs in the log, which the request id shown with it leads to.
+        """
+        return self.detail if self.status < 500 else self.public_message
 
 
 class ConfigError(GatewayError):
@@ -116,15 +133,18 @@ class UpstreamError(GatewayError):
     status = 502
     reason = "upstream-error"
     title = "Bad gateway"
+    public_message = "The application behind the gateway did not answer properly."
 
 
 class UpstreamTimeout(GatewayError):
     status = 504
     reason = "upstream-timeout"
     title = "Gateway timeout"
+    public_message = "The application took too long to answer."
 
 
 class ServiceUnavailable(GatewayError):
     status = 503
     reason = "unavailable"
     title = "Service unavailable"
+    public_message = "This service is unavailable right now; try again in a minute."

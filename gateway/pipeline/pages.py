@@ -1,27 +1,83 @@
 """Error answers of the data plane: a finished-looking HTML page for browsers, JSON for API clients.
 
 Every answer carries the reason id and the request id, so a user's screenshot leads to the log line.
+A server-side failure (5xx) shows a plain sentence, never its detail (``GatewayError.public_detail``):
+exception names, errno values and backend addresses are for the log only.
+
+Every answer the gateway writes itself carries the same hardening headers (:func:`hardening_headers`);
+the control app adds them in one hook (``gateway/web/hardening.py``), the data plane's error answers
+here. The proxied application's answers are its own and are never changed.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from typing import Final
 
 from gateway.errors import GatewayError
 
-__all__ = ["error_response", "wants_html"]
+__all__ = ["ERROR_PAGE_CSP", "HARDENING_HEADER_NAMES", "error_response", "hardening_headers", "wants_html"]
+
+# The error page has no script, no form and one stylesheet from its own origin (served by the control
+# app on every host). frame-ancestors: no other site may frame it (clickjacking); base-uri: injected
+# markup cannot re-point relative URLs.
+ERROR_PAGE_CSP: Final = (
+    b"default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+    b"form-action 'none'; frame-ancestors 'none'"
+)
+
+#: The headers :func:`hardening_headers` sets; a response that already has one gets it replaced.
+HARDENING_HEADER_NAMES: Final = frozenset(
+    {
+        b"cache-control",
+        b"content-security-policy",
+        b"x-frame-options",
+        b"referrer-policy",
+        b"x-content-type-options",
+    }
+)
+
+
+def hardening_headers(csp: bytes, *, cache_control: bytes = b"no-store") -> list[tuple[bytes, bytes]]:
+    """The headers every answer the gateway writes itself carries.
+
+    Args:
+        csp: The Content-Security-Policy of this answer.
+        cache_control: ``no-store`` (pages carry personal data, codes and CSRF tokens that no shared
+            or browser cache may keep), or a caching policy for static assets.
+    """
+    return [
+        (b"cache-control", cache_control),
+        (b"content-security-policy", csp),
+        # For browsers that predate CSP's frame-ancestors; both say "never in a frame".
+        (b"x-frame-options", b"DENY"),
+        # Gateway URLs carry hand-off codes and return URLs: never send them on to another site.
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+
 
 _HINTS = {
     400: "The request was refused before it reached the application. Check the address for unusual characters.",
     401: "Sign in to continue.",
-    403: "You are signed in, but your role does not allow this request. Ask an administrator if you need it.",
+    403: "This request is not allowed. Ask an administrator if you need it.",
     404: "No application is published at this address. Check the link, or ask an administrator.",
     413: "The upload is larger than this application accepts.",
     431: "The request headers are too large. Clearing this site's cookies usually helps.",
-    502: "The application behind the gateway did not answer properly. Try again in a moment.",
-    503: "The application is temporarily unavailable. Try again in a moment.",
-    504: "The application took too long to answer. Try again in a moment.",
+}
+_SERVER_HINT = "Try again in a moment. If it keeps happening, give an administrator the request id below."
+
+# Keyed by reason, for refusals whose status alone would say something untrue: an IP block refuses
+# before anyone is identified, so it must not tell an anonymous visitor "you are signed in"; only the
+# authorize stage, which runs after the session is known, may say so.
+_REASON_HINTS = {
+    "ip-blocked": "Requests from your network address are blocked. If you think this is a mistake, "
+    "give an administrator the request id below.",
+    "policy-deny": "You are signed in, but your role does not allow this request. "
+    "Ask an administrator if you need it.",
+    "no-matching-rule": "You are signed in, but your role does not allow this request. "
+    "Ask an administrator if you need it.",
 }
 
 _PAGE = """<!doctype html>
@@ -29,22 +85,10 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <meta name="robots" content="noindex">
 <title>{status} · {title}</title>
-<style>
-:root{{color-scheme:light dark}}
-body{{margin:0;min-height:100vh;display:grid;place-items:center;background:#f4f5f8;color:#1d2433;
-font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}}
-main{{max-width:520px;margin:24px;padding:36px 40px;background:#fff;border-radius:14px;
-box-shadow:0 1px 2px rgba(16,24,40,.06),0 8px 24px rgba(16,24,40,.08)}}
-.code{{font-size:.8rem;font-weight:600;letter-spacing:.08em;text-transform:uppercase;color:{accent}}}
-h1{{margin:.35rem 0 .75rem;font-size:1.5rem}}
-p{{line-height:1.55;color:#454f63;margin:.5rem 0}}
-.meta{{margin-top:1.5rem;padding-top:1rem;border-top:1px solid #eceef3;font-size:.8rem;color:#6b7385;
-font-family:ui-monospace,SFMono-Regular,Menlo,monospace}}
-@media (prefers-color-scheme:dark){{body{{background:#12151c;color:#e6e9ef}}main{{background:#1b2029;
-box-shadow:none}}p{{color:#b4bccb}}.meta{{border-color:#2a303c;color:#8d96a8}}}}
-</style></head>
+<link rel="stylesheet" href="/.gateway/static/error.css">
+</head>
 <body><main role="main">
-<div class="code">Error {status}</div>
+<div class="code{server}">Error {status}</div>
 <h1>{title}</h1>
 <p>{detail}</p>
 <p>{hint}</p>
@@ -58,33 +102,38 @@ def wants_html(accept: bytes) -> bool:
     return b"text/html" in accept
 
 
+def _hint(err: GatewayError) -> str:
+    if err.reason in _REASON_HINTS:
+        return _REASON_HINTS[err.reason]
+    return _SERVER_HINT if err.status >= 500 else _HINTS.get(err.status, "")
+
+
 def error_response(
     err: GatewayError, *, request_id: str, html_page: bool
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Render an error as (status, headers, body)."""
+    """Render an error as (status, headers, body); the caller logs a 5xx's detail."""
     status = err.status
+    message = err.public_detail
     if html_page:
-        accent = "#b42318" if status >= 500 else "#b54708"
         body = _PAGE.format(
             status=status,
             title=html.escape(err.title),
-            detail=html.escape(err.detail) if err.detail != err.title else "",
-            hint=html.escape(_HINTS.get(status, "")),
+            detail=html.escape(message) if message != err.title else "",
+            hint=html.escape(_hint(err)),
             reason=html.escape(err.reason),
             request_id=html.escape(request_id),
-            accent=accent,
+            server=" server" if status >= 500 else "",
         ).encode()
         ctype = b"text/html; charset=utf-8"
     else:
         body = json.dumps(
-            {"error": err.reason, "message": err.detail, "status": status, "request_id": request_id}
+            {"error": err.reason, "message": message, "status": status, "request_id": request_id}
         ).encode()
         ctype = b"application/json"
     headers = [
         (b"content-type", ctype),
         (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
+        *hardening_headers(ERROR_PAGE_CSP),
         (b"x-request-id", request_id.encode()),
     ]
     return status, headers, body

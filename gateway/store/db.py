@@ -81,6 +81,7 @@ class StoreUnavailable(ServiceUnavailable):
 
     reason = "store-unavailable"
     title = "Storage unavailable"
+    public_message = "Sign-in is unavailable right now; try again in a minute."
 
 
 def default_sqlite_url(data_dir: str | Path) -> str:

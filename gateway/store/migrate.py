@@ -59,6 +59,7 @@ class SchemaOutdated(ServiceUnavailable):
     status = 503
     reason = "schema-outdated"
     title = "Database schema needs migrating"
+    public_message = "The gateway is being upgraded; try again in a few minutes."
 
 
 def alembic_config(url: str | None = None, *, quiet: bool = False) -> Config:

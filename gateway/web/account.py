@@ -328,7 +328,9 @@ def account_handlers(runtime: Runtime) -> list[Any]:
                     current_password=data.get("current", ""),
                 )
             except GatewayError as err:
-                error = err.detail
+                if err.status >= 500:
+                    raise  # an outage: the error handler logs the detail and shows a plain page
+                error = err.public_detail
         if error:
             return page(
                 request,

@@ -19,6 +19,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import YamlRenderPlugin
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -27,6 +28,8 @@ from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.pipeline.pages import error_response, wants_html
 from gateway.web.account import account_handlers
 from gateway.web.api import api_handlers
+from gateway.web.api_reference import ReferencePage
+from gateway.web.hardening import SecurityHeaders
 from gateway.web.pages import page_handlers
 
 if TYPE_CHECKING:
@@ -86,11 +89,23 @@ def create_control_app(runtime: Runtime) -> Litestar:
         )
 
     def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-        body = {"error": "not-found" if exc.status_code == 404 else "error", "message": exc.detail}
+        # A framework 5xx may carry an exception's text too: the log has it, the client a plain line.
+        message = exc.detail if exc.status_code < 500 else GatewayError.public_message
+        body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
         return Response(body, status_code=exc.status_code)
 
     def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
         accept = request.headers.get("accept", "").encode("latin-1")
+        if exc.status >= 500:
+            # The detail (driver errors, addresses) goes to the log only; the page shows a plain line
+            # and the request id that leads here.
+            logger.warning(
+                "%s %s: %s (request id %s)",
+                request.method,
+                request.url.path,
+                exc,
+                request.headers.get("x-request-id", ""),
+            )
         status, headers, body = error_response(
             exc, request_id=request.headers.get("x-request-id", ""), html_page=wants_html(accept)
         )
@@ -128,8 +143,16 @@ def create_control_app(runtime: Runtime) -> Litestar:
             Exception: internal_error,
         },
         openapi_config=OpenAPIConfig(
-            title="Access gateway API", version="1", path="/.gateway/api/schema", description=__doc__
+            title="Access gateway API",
+            version="1",
+            path="/.gateway/api/schema",
+            description=__doc__,
+            # Rendered on the server: works offline and under the CSP (see api_reference.py);
+            # openapi.json is added by Litestar.
+            render_plugins=[ReferencePage(path="/"), YamlRenderPlugin()],
         ),
+        # Security headers on every answer, error answers and static files included (hardening.py).
+        before_send=[SecurityHeaders(runtime)],
         debug=False,
     )
 

@@ -94,7 +94,9 @@ def page_handlers(runtime: Runtime) -> list[Any]:
                 username, data.get("password", ""), ip=flows.client_ip(request)
             )
         except GatewayError as err:
-            message = _SAME_ANSWER if err.status == 401 else err.detail
+            if err.status >= 500:
+                raise  # an outage: the error handler logs the detail and shows a plain page
+            message = _SAME_ANSWER if err.status == 401 else err.public_detail
             return page(
                 request,
                 "login.html",
@@ -174,7 +176,9 @@ def page_handlers(runtime: Runtime) -> list[Any]:
         try:
             await regulator.check(session.username)
         except GatewayError as err:
-            return await _mfa_error(request, session.user_id, session.username, rd, err.detail, err.status)
+            if err.status >= 500:
+                raise  # an outage: the error handler logs the detail and shows a plain page
+            return await _mfa_error(request, session.user_id, session.username, rd, err.public_detail, err.status)
         if factor is Factor.TOTP:
             ok = await svc().totp.verify(session.user_id, code)
         else:

@@ -29,6 +29,7 @@ class StateUnavailable(ServiceUnavailable):
 
     reason = "state-unavailable"
     title = "Session store unavailable"
+    public_message = "Sign-in is unavailable right now; try again in a minute."
 
 
 @runtime_checkable
