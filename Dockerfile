@@ -5,17 +5,21 @@
 #   docker run -p 8080:8080 -v $PWD/gateway.yaml:/etc/gateway/gateway.yaml:ro -v gw-data:/var/lib/gateway gateway
 # The config must listen on 0.0.0.0:8080 (or another port you publish) and keep data_dir on the volume.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Pinned: the same interpreter and uv the lock file and the wheel test (tests/integration/test_wheel.py)
+# were checked with. Bump both on purpose, never by a rebuild.
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG UV_VERSION=0.13.9
 
 FROM ${PYTHON_IMAGE} AS build
 ENV UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv
-RUN pip install --no-cache-dir uv
+ARG UV_VERSION
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /src
 # Dependencies first, so code changes do not invalidate the (slow) dependency layer.
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY gateway ./gateway
 COPY admin ./admin
