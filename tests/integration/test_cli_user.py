@@ -373,3 +373,48 @@ def test_delete_confirmed_by_typing_the_name(cli: Cli) -> None:
     code, out = _at_terminal(cli, ["delete", "ALICE"], [(b"confirm: ", "alice")])
     assert code == 0, out
     assert cli.user_row("alice") is None
+
+
+# -- the password policy -----------------------------------------------------------------------------
+
+
+def test_weak_passwords_exit_2_and_change_nothing(cli: Cli) -> None:
+    # The attack run's input, and one built from the account's names; each CLI run is a process
+    # start, so the variants of the rules are covered by the unit tests of the policy instead.
+    common, personal = "password1234", "jones.acme1999"
+    cli.secrets += [common, personal]
+    names = ["--email", "dave.jones@acme.example", "--display-name", "Dave Jones"]
+    assert "breached" in _error(cli, "add", "dave", *names, "--password-stdin", stdin=common)
+    assert cli.user_row("dave") is None
+
+    cli.ok("add", "dave", *names, "--password-stdin", stdin=PASSWORD)
+    before = cli.user_row("dave")
+    assert before is not None
+    message = _error(
+        cli, "set-password", "DAVE", "--must-change-password", "--password-stdin", stdin=personal
+    )
+    assert "built from your username, email address or name" in message
+    after = cli.user_row("dave")
+    assert after is not None
+    assert (after["password_hash"], after["must_change_password"]) == (before["password_hash"], 0)
+    with sqlite3.connect(cli.db_path) as conn:
+        changes = conn.execute("SELECT count(*) FROM audit_events WHERE kind = 'user.password_changed'")
+        assert changes.fetchone() == (0,)
+
+
+def test_a_refused_password_is_asked_again_at_the_terminal(cli: Cli) -> None:
+    cli.secrets.append("alice12345678")
+    code, out = _at_terminal(
+        cli,
+        ["add", "alice"],
+        [
+            (b"New password: ", "alice12345678"),  # built from the username: refused before the repeat
+            (b"New password: ", PASSWORD),
+            (b"Repeat the password: ", PASSWORD),
+        ],
+    )
+    assert code == 0, out
+    assert "built from your username" in out
+    row = cli.user_row("alice")
+    assert row is not None
+    argon2.PasswordHasher().verify(row["password_hash"], PASSWORD)
