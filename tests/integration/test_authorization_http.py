@@ -3,7 +3,8 @@
 Two gateway processes share one data directory (SQLite: users and the policy store) and one Redis (the
 policy broadcast), as replicas do. Users sign in with a password (``mfa: none`` routes, so no TOTP);
 the policy is imported from a file at the first start and changed through the real ``gateway policy``
-CLI. A tripwire upstream proves that refused requests never leave the gateway.
+CLI. A tripwire upstream proves that refused requests never leave the gateway: path tricks, and every
+spelling of an area's own path (``/admin`` under a deny on ``/admin/*``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.integration.harness import (
     add_user,
     free_port,
     gateway_config,
+    raw_request,
     run_cli,
     run_echo,
     run_gateway,
@@ -41,6 +43,9 @@ p, authenticated, app, /items/:id, GET, allow
 p, user:mallory, app, /*, *, deny
 g, user:alice, editor
 p, authenticated, trip, /open/*, GET, allow
+p, authenticated, guard, /*, *, allow
+p, dev, guard, /admin/*, *, deny
+g, user:dave, dev
 """
 
 
@@ -49,6 +54,7 @@ class Site:
     a: Gateway
     b: Gateway
     wire: Tripwire
+    guard_wire: Tripwire
     tmp: Path
     sessions: dict[str, str]
 
@@ -68,10 +74,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("authz")
     (tmp / "policy.csv").write_text(POLICY)
     port_a, port_b = free_port(), free_port()
-    with run_echo() as echo, run_tripwire() as wire:
+    with run_echo() as echo, run_tripwire() as wire, run_tripwire() as guard_wire:
         routes: list[dict[str, Any]] = [
             {"name": "app", "host": "127.0.0.1", "upstreams": [echo.url], "mfa": "none"},
             {"name": "trip", "host": "trip.localhost", "upstreams": [wire.url], "mfa": "none"},
+            # Open to everyone but an admin area denied to developers, in front of its own tripwire;
+            # the short response timeout ends an allowed request (the control) as a 504, and no
+            # number of those ejects the target.
+            {
+                "name": "guard",
+                "host": "guard.localhost",
+                "upstreams": [guard_wire.url],
+                "mfa": "none",
+                "timeouts": {"response": "1s"},
+                "passive_health_check": {"consecutive_failures": 1000},
+            },
         ]
         common: dict[str, Any] = {
             "public_url": f"http://127.0.0.1:{port_a}",
@@ -86,10 +103,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 ("alice", ("--email", "alice@example.com")),
                 ("bob", ("--role", "admin")),
                 ("mallory", ()),
+                ("dave", ()),
             ):
                 add_user(gw_a.config_path, user, PASSWORD, *extra)
             sessions = {}
-            for user in ("alice", "bob", "mallory"):
+            for user in ("alice", "bob", "mallory", "dave"):
                 with browser(gw_a) as client:
                     assert login(client, user).status_code == 302
                     session = cookie(client, SESSION_COOKIE)
@@ -97,7 +115,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     sessions[user] = session
             config_b = gateway_config(tmp / "b", port_b, routes, **common)
             with run_gateway(tmp / "b", config_b) as gw_b:
-                yield Site(gw_a, gw_b, wire, tmp, sessions)
+                yield Site(gw_a, gw_b, wire, guard_wire, tmp, sessions)
 
 
 def call(
@@ -239,6 +257,64 @@ def test_anonymous_requests_are_sent_to_sign_in_not_to_the_policy(site: Site) ->
     page = call(site.a, None, "/docs/readme", html=True)
     assert page.status_code == 302
     assert "/.gateway/login" in page.headers["location"]
+
+
+# Every spelling of the admin area itself, its entrance included. "/admin/*" used to leave "/admin" to
+# the route's "/*" allow: the query and "%61" are the same canonical path, so all of these reached the app.
+ADMIN_AREA = [
+    ("GET", "/admin"),
+    ("GET", "/admin?x=1"),
+    ("GET", "/%61dmin"),
+    ("GET", "/%61%64%6D%69%6E?next=/"),
+    ("HEAD", "/admin"),
+    ("POST", "/admin"),
+    ("GET", "/admin/"),
+    ("GET", "/admin/."),
+    ("GET", "/x/../admin"),
+    ("GET", "//admin"),
+    ("GET", "/admin/users"),
+    ("GET", "/%61dmin/users"),
+]
+
+
+def raw_call(site: Site, user: str, method: str, target: str) -> tuple[int, bytes]:
+    """Send the request line exactly as written (httpx would resolve "." and ".." itself)."""
+    request = (
+        f"{method} {target} HTTP/1.1\r\nHost: guard.localhost\r\nAccept: application/json\r\n"
+        f"Cookie: {SESSION_COOKIE}={site.sessions[user]}\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw_request(site.a.port, request.encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_AREA)
+def test_a_denied_area_includes_its_own_path(site: Site, method: str, path: str) -> None:
+    site.guard_wire.connections()
+    status, body = raw_call(site, "dave", method, path)
+    assert status == 403, body
+    if method != "HEAD":
+        assert b'"policy-deny"' in body
+    assert site.guard_wire.connections() == 0, f"{method} {path} reached the upstream"
+
+
+@pytest.mark.parametrize(("user", "path"), [("dave", "/administrator"), ("dave", "/adm"), ("bob", "/admin")])
+def test_the_denied_area_ends_at_its_segment_boundary(site: Site, user: str, path: str) -> None:
+    # The control: the same route forwards what the deny does not cover (the tripwire never answers,
+    # so the gateway gives up after the route's 1 s response timeout).
+    site.guard_wire.connections()
+    resp = call(site.a, site.sessions[user], path, host="guard.localhost")
+    assert resp.status_code == 504, resp.text
+    assert site.guard_wire.connections() == 1
+
+
+def test_an_allowed_area_includes_its_own_path(site: Site) -> None:
+    bob, alice = site.sessions["bob"], site.sessions["alice"]
+    # "p, admin, app, /admin/*, *, allow": the area's own page, with and without the slash.
+    assert seen_headers(call(site.a, bob, "/admin"))["x-gateway-user"] == "bob"
+    assert call(site.a, bob, "/admin/").status_code == 200
+    assert call(site.a, bob, "/administrator").status_code == 403
+    assert call(site.a, alice, "/admin").status_code == 403
 
 
 def test_a_policy_change_on_one_replica_is_enforced_by_another_within_a_second(site: Site) -> None:
