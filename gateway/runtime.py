@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,14 @@ from gateway.errors import ConfigError
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.services import IdentityServices, keyring_path
 from gateway.observe.access import CheckpointEntry, access_observer, audit_listener
+from gateway.observe.readiness import (
+    Component,
+    ProbeResult,
+    Readiness,
+    ReadinessMonitor,
+    assess,
+    sessions_needed,
+)
 from gateway.observe.record import Observer
 from gateway.observe.sinks import SinkHub
 from gateway.settings.loader import load_settings
@@ -72,6 +81,8 @@ class Runtime:
         self.observers: list[Observer] = []
         self._listener: asyncio.Future[None] | None = None
         self._checker: HealthChecker | None = None
+        # Probes the database and the fast state for /.gateway/ready and the component gauges.
+        self._readiness: ReadinessMonitor | None = None
         self._checkpoints: asyncio.Future[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -135,6 +146,8 @@ class Runtime:
             PolicyStore(self.db, self.fast, self.identity.audit, self.identity.clock), settings.policy
         )
         await self.policy.start()
+        self._readiness = ReadinessMonitor({Component.STORAGE: self.db.ping, Component.STATE: self.fast.ping})
+        await self._readiness.start()
         self._start_metrics()
         await self._start_access_log()
         await self._start_threats()
@@ -161,6 +174,7 @@ class Runtime:
         metrics.watch_policy_version(lambda: self.policy.version if self.policy is not None else 0)
         # Read when sampled: the sink hub is built after this (and only when sinks are configured).
         metrics.watch_sinks(lambda: self.sinks.stats() if self.sinks is not None else {})
+        metrics.watch_readiness(self._readiness_gauges)
         self.observers.append(metrics.observe_request)
         self.identity.audit.listeners.append(metrics.observe_audit)
         metrics.start()
@@ -305,27 +319,34 @@ class Runtime:
         return peer_ip in ("127.0.0.1", "::1") or self.snapshot.trusted.is_trusted(peer_ip)
 
     async def readiness(self) -> dict[str, Any]:
-        """What /.gateway/ready reports."""
-        checks: dict[str, Any] = {"config": {"ok": True, "generation": self.snapshot.generation}}
-        if self.last_reload_error:
-            checks["config"]["last_reload_error"] = self.last_reload_error.splitlines()[0]
-        checks["storage"] = await self._probe(self.db.ping() if self.db is not None else None)
-        checks["state"] = await self._probe(self.fast.ping() if self.fast is not None else None)
-        checks["policy"] = self.policy.readiness() if self.policy is not None else {"ok": False}
-        checks["upstreams"] = {name: rt.pool.snapshot() for name, rt in self.snapshot.routes.items()}
-        ready = all(checks[k]["ok"] for k in ("config", "storage", "state", "policy"))
-        return {"ready": ready, "checks": checks}
+        """What /.gateway/ready reports: whether this replica can serve its traffic, and what is degraded.
 
-    @staticmethod
-    async def _probe(awaitable: Any) -> dict[str, Any]:
-        if awaitable is None:
-            return {"ok": False, "error": "not started"}
-        try:
-            async with asyncio.timeout(2):
-                await awaitable
-        except Exception as exc:  # noqa: BLE001 - readiness reports any failure, it never raises
-            return {"ok": False, "error": str(exc) or type(exc).__name__}
-        return {"ok": True}
+        The rules are in :mod:`gateway.observe.readiness`: a database outage degrades sign-in but
+        keeps the replica ready; an unreachable fast state (while routes need sessions) or a stale
+        policy makes it not ready.
+        """
+        probes = await self._readiness.current() if self._readiness is not None else {}
+        return self._assess(probes, upstreams=True).report()
+
+    def _readiness_gauges(self) -> tuple[bool, Mapping[str, bool]]:
+        # For the metrics sampler: the last probe results, no I/O.
+        probes = self._readiness.latest() if self._readiness is not None else {}
+        verdict = self._assess(probes, upstreams=False)
+        return verdict.ready, {component.value: up for component, up in verdict.up.items()}
+
+    def _assess(self, probes: Mapping[Component, ProbeResult], *, upstreams: bool) -> Readiness:
+        snapshot = self.snapshot
+        config: dict[str, Any] = {"ok": True, "generation": snapshot.generation}
+        if self.last_reload_error:
+            config["last_reload_error"] = self.last_reload_error.splitlines()[0]
+        policy = self.policy.readiness() if self.policy is not None else {"ok": False, "error": "not loaded"}
+        return assess(
+            config=config,
+            policy=policy,
+            probes=probes,
+            sessions=sessions_needed(snapshot.settings.routes),
+            upstreams={name: rt.pool.snapshot() for name, rt in snapshot.routes.items()} if upstreams else {},
+        )
 
     async def close(self) -> None:
         """Stop background work and close connections (graceful shutdown, after requests drained)."""
@@ -336,6 +357,8 @@ class Runtime:
                     await task
         if self._checker is not None:
             await self._checker.stop()
+        if self._readiness is not None:
+            await self._readiness.close()
         # In this order: detectors and metrics first, then the sinks (requests have drained: they
         # deliver what is queued, within logging.flush_timeout), then the connections.
         for part in (

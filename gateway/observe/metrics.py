@@ -40,6 +40,12 @@ Metrics (all prefixed ``gateway_``):
                                        to the stored version once every worker has swapped
 ``sessions_active``                    sessions alive in the fast state (Redis only), counted by the
                                        admin process at most every 15 s
+``ready``                              1 when every live worker answers ``/.gateway/ready`` with 200
+                                       (the minimum over the workers), else 0
+``component_up``                       by ``component`` (``config``, ``storage``, ``state``,
+                                       ``policy``): 1 when every live worker can use it, else 0; a
+                                       database outage shows here as ``storage`` 0 while ``ready``
+                                       stays 1 (see :mod:`gateway.observe.readiness`)
 ====================================== ===================================================================
 
 Per request the observer only adds to plain in-process tallies (one dict lookup, a bisect per
@@ -297,6 +303,22 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        # "livemin": the worst view among the live workers of this listener, so one worker that
+        # cannot reach a service is not hidden by the others.
+        self.ready = Gauge(
+            "gateway_ready",
+            "1 when every live worker is ready (answers /.gateway/ready with 200).",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.component_up = Gauge(
+            "gateway_component_up",
+            "1 when every live worker can use this component (config, storage, state, policy).",
+            ["component"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self._readiness: Callable[[], tuple[bool, Mapping[str, bool]]] | None = None
         self._series: dict[tuple[str, str, int, str], _Series] = {}
         self._pending: dict[tuple[str, str, int, str], _Pending] = {}
         self._authz = _Tally(AUTHZ_BUCKETS)
@@ -326,6 +348,15 @@ class Metrics:
     def watch_sinks(self, stats: SinkStats) -> None:
         """Poll ``stats`` (e.g. ``SinkHub.stats``) every few seconds for queue depth and results."""
         self._sinks.append(stats)
+
+    def watch_readiness(self, read: Callable[[], tuple[bool, Mapping[str, bool]]]) -> None:
+        """Report ``read()`` (the verdict, and per component whether it is up) every second.
+
+        ``read`` must not do I/O: it is called on the sampler's tick (the runtime hands over the
+        readiness monitor's last probe results).
+        """
+        self._readiness = read
+        self._sample_readiness(read)
 
     def start(self) -> None:
         """Start the sampler that polls sinks, the decision cache and the policy version."""
@@ -395,6 +426,12 @@ class Metrics:
                 self._miss.inc(misses - self._misses)
             self._misses = misses
 
+    def _sample_readiness(self, read: Callable[[], tuple[bool, Mapping[str, bool]]]) -> None:
+        ready, components = read()
+        self.ready.set(1 if ready else 0)
+        for component, up in components.items():
+            self.component_up.labels(component=component).set(1 if up else 0)
+
     def _set_version(self, version: int) -> None:
         self._version = version
         self.policy_version.set(version)
@@ -425,8 +462,10 @@ class Metrics:
     # -- sampler --------------------------------------------------------------------------------------
 
     def sample(self) -> None:
-        """Flush the tallies; poll the sinks, the decision cache and the policy version once."""
+        """Flush the tallies; poll the sinks, the decision cache, the policy version and readiness once."""
         self.flush()
+        if self._readiness is not None:
+            self._sample_readiness(self._readiness)
         if self._version_of is not None:
             version = self._version_of()
             if version != self._version:

@@ -56,10 +56,14 @@ def create_control_app(runtime: Runtime) -> Litestar:
 
     @get("/.gateway/ready", media_type=MediaType.JSON, cache=False)
     async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """Ready: config loaded, storage and fast state reachable. Load balancers route on success.
+        """Ready: this replica can serve its traffic (config and policy loaded and current, the
+        session store reachable when routes need sessions). Load balancers route on success.
 
-        The details (upstream addresses, store errors) describe the internal network, so only
-        loopback and the trusted proxies (the load balancers that probe this) see them.
+        A database outage is not a reason to leave the pool (signed-in traffic does not use it):
+        it is reported under ``degraded``, as are the other parts that do not work here. The rules
+        are in :mod:`gateway.observe.readiness`. The details (upstream addresses, store errors)
+        describe the internal network, so only loopback and the trusted proxies (the load
+        balancers that probe this) see them.
         """
         report = await runtime.readiness()
         status = 200 if report["ready"] else 503
