@@ -6,10 +6,12 @@
     gateway audit export --config CFG --since ISO --until ISO -o BUNDLE(.zip|dir)
     gateway audit verify-bundle BUNDLE [--config CFG]
 
-``verify`` walks the whole hash chain and holds it against signed checkpoints (``--checkpoint``, or
-by default the gateway's own ``<data_dir>/audit-checkpoints/checkpoints.jsonl``): a modified, deleted,
-inserted or reordered record breaks the chain; a truncated tail or a chain rewritten with fresh
-hashes no longer reaches a checkpoint. It names the first bad record, what is wrong and what to do.
+``verify`` walks the whole hash chain with the keyring and holds it against signed checkpoints (the
+gateway's own ``<data_dir>/audit-checkpoints/checkpoints.jsonl`` and every ``--checkpoint`` file, e.g.
+a file sink's log): a modified, deleted, inserted or reordered record breaks the chain; a record
+appended or rewritten with database access only does not carry the chain key's MAC; a truncated
+tail or a chain rewritten with fresh hashes no longer reaches a checkpoint. It names the first bad
+record, what is wrong and what to do.
 
 Exit codes: 0 verified / done, 1 the trail or bundle does not verify, or the database or keyring is
 unusable, 2 invalid input (bad time, unreadable checkpoint file or bundle, bad configuration). User
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.audit.chain import ChainRecord
+    from gateway.audit.chain import ChainRecord, ChainReport
     from gateway.crypto.keyring import Keyring
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
@@ -64,6 +66,13 @@ def _checkpoint_dir(settings: Settings) -> Path:
     from gateway.audit.checkpoint import CHECKPOINT_DIR
 
     return Path(settings.data_dir) / CHECKPOINT_DIR
+
+
+def _keyring_if_present(settings: Settings) -> Keyring | None:
+    """The keyring, or ``None`` if there is no keyring file (a trail that was never keyed)."""
+    from gateway.identity.services import keyring_path
+
+    return _keyring(settings) if keyring_path(settings).exists() else None
 
 
 def _keyring(settings: Settings, *, allow_create: bool = False) -> Keyring:
@@ -174,12 +183,13 @@ def _verify(args: argparse.Namespace) -> int:
     from gateway.audit.checkpoint import CHECKPOINT_FILE, verify_trail
 
     settings = _load_settings(args)
-    sources: list[Path] = list(args.checkpoint or [])
     default = _checkpoint_dir(settings) / CHECKPOINT_FILE
-    if not sources and default.exists():
-        sources = [default]
+    # The local file and every given one: a checkpoint anywhere that the chain no longer reaches is
+    # evidence, and an attacker who can edit one copy rarely controls the SIEM's.
+    sources: list[Path] = [default] if default.exists() else []
+    sources += [p for p in args.checkpoint or [] if p not in sources]
     checkpoints = [doc for path in sources for doc in _read_checkpoints(path)]
-    keyring = _keyring(settings) if checkpoints else None
+    keyring = _keyring_if_present(settings)
 
     async def run(db: Database) -> int:
         verdict = await verify_trail(db, checkpoints, keyring=keyring)
@@ -188,25 +198,47 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"audit trail FAILED verification: {verdict.problem}")
             print(f"({report.records} record(s) verified before the problem)")
             return EXIT_FAILURE
-        print(f"audit trail OK: {report.records} record(s) verified")
-        if report.first is not None and report.last is not None:
-            print(f"  first: {_when(report.first.at)} (seq {report.first.seq}, id {report.first.id})")
-            print(f"  last:  {_when(report.last.at)} (seq {report.last.seq}, id {report.last.id})")
-        print(f"  head hash: {report.head_hash}")
-        if checkpoints:
-            latest = max(checkpoints, key=lambda c: int(c["head_seq"]))
+        if report.unchecked:
+            from gateway.identity.services import keyring_path
+
             print(
-                f"  checkpoints: {len(checkpoints)} reached and signatures valid (from "
-                f"{', '.join(map(str, sources))}); latest seq {latest['head_seq']} at {latest['at']}"
+                f"audit trail NOT verified: {report.unchecked} keyed record(s) cannot be checked without "
+                f"the keyring (none at {keyring_path(settings)}); run this where the gateways' keyring is"
             )
-        else:
-            print(
-                "  checkpoints: none given, so a truncated tail cannot be detected; pass --checkpoint "
-                "FILE (checkpoints from your log sinks)"
-            )
+            return EXIT_FAILURE
+        _print_verified(report, checkpoints, sources)
         return EXIT_OK
 
     return asyncio.run(_with_db(settings, run))
+
+
+def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sources: list[Path]) -> None:
+    print(f"audit trail OK: {report.records} record(s) verified")
+    if report.first is not None and report.last is not None:
+        print(f"  first: {_when(report.first.at)} (seq {report.first.seq}, id {report.first.id})")
+        print(f"  last:  {_when(report.last.at)} (seq {report.last.seq}, id {report.last.id})")
+    print(f"  head hash: {report.head_hash}")
+    if report.legacy:
+        print(
+            f"  legacy: {report.legacy} record(s) from before the chain was keyed (SHA-256 only, chain "
+            "version 1); only checkpoints protect them against a rewrite"
+        )
+    if report.keyed_from is not None and report.last is not None:
+        print(
+            f"  keyed: seq {report.keyed_from}..{report.last.seq}, HMAC under the chain key of keyring "
+            f"key(s) {', '.join(sorted(report.key_ids))}"
+        )
+    if checkpoints:
+        latest = max(checkpoints, key=lambda c: int(c["head_seq"]))
+        print(
+            f"  checkpoints: {len(checkpoints)} reached and signatures valid (from "
+            f"{', '.join(map(str, sources))}); latest seq {latest['head_seq']} at {latest['at']}"
+        )
+    else:
+        print(
+            "  checkpoints: none given, so a truncated tail cannot be detected; pass --checkpoint "
+            "FILE (checkpoints from your log sinks)"
+        )
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
@@ -237,6 +269,7 @@ def _export(args: argparse.Namespace) -> int:
     checkpoints = _read_checkpoints(local) if local.exists() else []
     for path in args.checkpoint or []:
         checkpoints += _read_checkpoints(path)
+    keyring = _keyring_if_present(settings)
 
     async def run(db: Database) -> int:
         try:
@@ -247,6 +280,7 @@ def _export(args: argparse.Namespace) -> int:
                 checkpoints=checkpoints,
                 out=args.output,
                 now=SYSTEM_CLOCK.now(),
+                keyring=keyring,
             )
         except BundleError as exc:
             raise _UserError(str(exc)) from None
@@ -287,6 +321,11 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         "signatures valid" if verdict.signatures_checked else "signatures NOT checked (pass --config)"
     )
     print(f"  checkpoints inside the range: {verdict.checkpoints_checked} match; {signatures}")
+    if verdict.unchecked:
+        print(
+            f"  keyed records: {verdict.unchecked} linked correctly, their MACs NOT checked (pass --config "
+            "where the gateways' keyring is)"
+        )
     return EXIT_OK
 
 
@@ -301,7 +340,11 @@ def _config_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> No
         default=Path("gateway.yaml") if required else None,
         metavar="FILE",
         help="path to the YAML configuration file"
-        + (" (default: ./gateway.yaml)" if required else "; needed to check checkpoint signatures"),
+        + (
+            " (default: ./gateway.yaml)"
+            if required
+            else "; needed to check keyed records' MACs and checkpoint signatures"
+        ),
     )
 
 
@@ -336,9 +379,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = action(
         "verify",
         "check the hash chain and that it reaches every checkpoint",
-        "Walk the whole audit chain and check every record's hash and link, then check the chain still "
-        "reaches each signed checkpoint (default: <data_dir>/audit-checkpoints/checkpoints.jsonl). "
-        "Names the first bad record. Exit 1 on any problem.",
+        "Walk the whole audit chain and check every record's hash (the keyed records' HMAC, with the "
+        "keyring) and link, then check the chain still reaches each signed checkpoint "
+        "(<data_dir>/audit-checkpoints/checkpoints.jsonl and every --checkpoint file). Names the first "
+        "bad record. Exit 1 on any problem.",
     )
     _config_arg(p)
     p.add_argument(
@@ -346,7 +390,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         action="append",
         metavar="FILE",
-        help="checkpoints to hold the chain against: one JSON object or JSON lines (repeatable)",
+        help="more checkpoints to hold the chain against: one JSON object, JSON lines, or a file "
+        "sink's log (repeatable)",
     )
     p.set_defaults(func=_guarded(_verify))
 
@@ -382,7 +427,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "verify-bundle",
         "check an evidence bundle offline",
         "Check a bundle made by `gateway audit export`: manifest, every record hash, the chain links "
-        "from the anchor, and the checkpoints inside the range (their signatures too with --config).",
+        "from the anchor, and the checkpoints inside the range (with --config also the keyed records' MACs "
+        "and the checkpoints' signatures).",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the zip file or directory")
     _config_arg(p, required=False)

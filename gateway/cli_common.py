@@ -79,9 +79,11 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     """Open the database and fast state and build the account services; close them afterwards."""
     from gateway.audit.trail import AuditLog
     from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.keyring import Keyring
     from gateway.factors.regulation import Regulator
     from gateway.identity.accounts import AccountService
     from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.services import keyring_path
     from gateway.identity.sessions import SessionStore
     from gateway.runtime import storage_url
     from gateway.store.db import Database
@@ -91,10 +93,12 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     url = storage_url(settings)
     # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
     await ensure_schema(url, auto=url.startswith("sqlite"))
+    # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
+    keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
     db = Database.open(url, pool_size=2)
     fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
     try:
-        audit = AuditLog(db, clock=SYSTEM_CLOCK)
+        audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
         hasher = PasswordHasher(settings.passwords)
         regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
         sessions = (

@@ -134,17 +134,18 @@ def _rotate(args: argparse.Namespace) -> int:
             f"keyring {path}: new active key {new_id}; older keys stay for decryption. "
             "Restart the gateways (or roll them) so they encrypt with the new key."
         )
-    asyncio.run(_record_rotation(settings, rotated))
+    asyncio.run(_record_rotation(settings, keyring, rotated))
     return EXIT_OK
 
 
-async def _record_rotation(settings: Settings, rotated: dict[str, object]) -> None:
+async def _record_rotation(settings: Settings, keyring: Keyring, rotated: dict[str, object]) -> None:
     from gateway.audit.trail import record_once
     from gateway.store.migrate import ensure_schema
 
     url = _storage_url(settings)
     await ensure_schema(url, auto=url.startswith("sqlite"))
-    await record_once(url, "keys.rotated", actor=operator(), subject="keys", details=rotated)
+    # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
+    await record_once(url, "keys.rotated", keyring=keyring, actor=operator(), subject="keys", details=rotated)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:

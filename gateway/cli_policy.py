@@ -115,6 +115,8 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     from gateway.audit.trail import AuditLog
     from gateway.authz.store import PolicyStore
     from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
     from gateway.store.db import Database, default_sqlite_url
     from gateway.store.fast import open_fast_state
     from gateway.store.migrate import ensure_schema
@@ -123,10 +125,13 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     url = settings.storage.url or default_sqlite_url(settings.data_dir)
     # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
     await ensure_schema(url, auto=url.startswith("sqlite"))
+    # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
+    keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
     db = Database.open(url, pool_size=2)
     fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
     try:
-        store = PolicyStore(db, fast, AuditLog(db, clock=SYSTEM_CLOCK), SYSTEM_CLOCK)
+        audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
+        store = PolicyStore(db, fast, audit, SYSTEM_CLOCK)
         return await action(_Context(store=store, settings=settings, actor=operator()))
     finally:
         await fast.close()

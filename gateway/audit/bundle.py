@@ -9,9 +9,9 @@ A bundle is a directory or a zip file holding::
     manifest.json      SHA-256 of every other file
     README.txt         how to verify it (with or without this gateway)
 
-:func:`verify_bundle` checks the manifest, recomputes every record hash, checks each record links to
-the one before (starting at the anchor) and that the checkpoints inside the range match; with the
-keyring it also checks the checkpoints' signatures.
+:func:`verify_bundle` checks the manifest, recomputes every legacy record's hash, checks each record
+links to the one before (starting at the anchor) and that the checkpoints inside the range match;
+with the keyring it also checks the keyed records' MACs and the checkpoints' signatures.
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from typing import Any, Final
 
 from sqlalchemy import func, select
 
-from gateway.audit.chain import GENESIS, ChainRecord, ChainWalker, chain_head, iso, iter_records
+from gateway.audit.chain import (
+    GENESIS,
+    KEYED_VERSION,
+    ChainRecord,
+    ChainWalker,
+    chain_head,
+    chain_keys,
+    iso,
+    iter_records,
+)
 from gateway.audit.checkpoint import check_signature
 from gateway.crypto.keyring import Keyring
 from gateway.identity.models import AuditEvent
@@ -63,9 +72,14 @@ Verify it by hand:
 1. manifest.json lists the SHA-256 of every other file: `sha256sum events.jsonl chain.json
    checkpoints.jsonl README.txt` must print the same values. Record the SHA-256 of manifest.json
    itself somewhere you trust (a ticket, an e-mail) when you hand the bundle over.
-2. Each line of events.jsonl is one record. Its record_hash is SHA-256 of the UTF-8 bytes of the
-   compact JSON object (keys sorted, separators "," and ":", non-ASCII kept as is) with the keys
-   v (=1), id, seq, at, kind, actor, subject, ip, outcome, details, prev (= the record's prev_hash).
+2. Each line of events.jsonl is one record. Its canonical bytes are the UTF-8 of the compact JSON
+   object (keys sorted, separators "," and ":", non-ASCII kept as is) with the keys v, id, seq, at,
+   kind, actor, subject, ip, outcome, details, prev (= the record's prev_hash), and for v = 2 also kid.
+   For v = 1 (records written before the chain was keyed) record_hash is SHA-256 of those bytes.
+   For v = 2 it is HMAC-SHA256 of those bytes under the chain key of keyring key kid: HKDF-SHA256
+   (no salt, info "gateway keyring derive" + a zero byte + "audit-chain v2", 32 bytes) of that
+   keyring key. Only the keyring holder can check (or make) these; a v = 1 record after a v = 2 one
+   is a forgery.
 3. The first record's prev_hash is chain.json's anchor.record_hash (the record just before the range;
    64 zeros when the range starts at the first record ever); each later record's prev_hash is the
    record_hash of the line before it, and seq goes up by exactly one.
@@ -101,6 +115,7 @@ class BundleVerdict:
     checkpoints_checked: int
     signatures_checked: bool
     problem: str | None
+    unchecked: int = 0  # keyed records whose MAC was not checked (no keyring)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +131,17 @@ def _ref(record: ChainRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {"seq": record.seq, "id": record.id, "record_hash": record.record_hash}
+
+
+def _walker(anchor: Mapping[str, Any], keyring: Keyring | None) -> ChainWalker:
+    """A walker starting after the anchor; a keyed anchor means no legacy record may follow."""
+    seq = int(anchor["seq"])
+    return ChainWalker(
+        keys=chain_keys(keyring),
+        after_seq=seq,
+        after_hash=str(anchor["record_hash"] or ""),
+        keyed_from=seq if anchor.get("v") == KEYED_VERSION else None,
+    )
 
 
 async def _seq_range(db: Database, since: datetime, until: datetime) -> tuple[int, int] | None:
@@ -136,12 +162,15 @@ async def export_bundle(
     checkpoints: Iterable[Mapping[str, Any]],
     out: Path,
     now: datetime,
+    keyring: Keyring | None = None,
 ) -> ExportSummary:
     """Write an evidence bundle for the records with ``since <= at < until``.
 
     The range exported is contiguous in the chain (from the first to the last matching record), so
     the proof has no holes. ``out`` ending in ``.zip`` gives a zip file, anything else a directory
     (created; it must not exist or be empty).
+
+    ``keyring`` checks the keyed records' MACs while exporting.
 
     Returns:
         The summary; its ``problem`` is set when the exported range itself does not verify (the bundle
@@ -160,9 +189,15 @@ async def export_bundle(
             before = [r async for r in iter_records(db, from_seq=lo - 1, to_seq=lo - 1)]
             anchor = {"seq": lo - 1, "id": None, "record_hash": None}
             if before:
-                anchor = {"seq": before[0].seq, "id": before[0].id, "record_hash": before[0].record_hash}
+                first = before[0]
+                anchor = {
+                    "seq": first.seq,
+                    "id": first.id,
+                    "record_hash": first.record_hash,
+                    "v": first.version,
+                }
         records = [r async for r in iter_records(db, from_seq=lo, to_seq=hi)]
-    walker = ChainWalker(after_seq=anchor["seq"], after_hash=anchor["record_hash"] or "")
+    walker = _walker(anchor, keyring)
     for record in records:
         if not walker.feed(record):
             break
@@ -276,7 +311,7 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
 
     Args:
         path: The bundle directory or zip file.
-        keyring: Also checks the checkpoints' signatures when given.
+        keyring: Also checks the keyed records' MACs and the checkpoints' signatures when given.
 
     Returns:
         The verdict, naming the first problem.
@@ -294,7 +329,7 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
 
     def verdict(problem: str | None, walker: ChainWalker | None = None, checked: int = 0) -> BundleVerdict:
         w = walker or ChainWalker()
-        return BundleVerdict(w.records, w.first, w.last, checked, keyring is not None, problem)
+        return BundleVerdict(w.records, w.first, w.last, checked, keyring is not None, problem, w.unchecked)
 
     wrong = _manifest_problem(files, manifest)
     if wrong is not None:
@@ -303,7 +338,7 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
     try:
         records = [ChainRecord.from_json(doc) for doc in _lines(files, EVENTS)]
         anchor = chain["anchor"]
-        walker = ChainWalker(after_seq=int(anchor["seq"]), after_hash=str(anchor["record_hash"]))
+        walker = _walker(anchor, keyring)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: malformed bundle: {exc}") from None
     for record in records:

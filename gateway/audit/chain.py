@@ -1,22 +1,35 @@
 """The audit hash chain: how a record is hashed, how appends stay linear, how a chain is verified.
 
 Every record carries ``seq`` (1, 2, 3, … without gaps), ``prev_hash`` (the previous record's hash;
-:data:`GENESIS` for the first) and ``record_hash`` = SHA-256 over :func:`canonical` content, which
-includes ``id``, ``seq``, the time, kind, actor, subject, ip, outcome, details and ``prev_hash``. So:
+:data:`GENESIS` for the first) and ``record_hash`` over :func:`canonical` content, which includes
+``id``, ``seq``, the time, kind, actor, subject, ip, outcome, details and ``prev_hash``. So:
 
 * a **modified** field changes the record's hash (it no longer matches ``record_hash``);
 * a **deleted** record leaves a gap in ``seq`` and the next record's ``prev_hash`` points at nothing;
 * an **inserted** or **reordered** record either has no valid hash or does not link to its neighbour;
-* a **truncated** tail, or a chain rewritten from some point on with freshly computed hashes, is what
-  the plain chain cannot show: signed checkpoints kept outside the database do
-  (``gateway.audit.checkpoint``).
+* a **truncated** tail, or a chain rewritten from some point on, is what the chain alone cannot show:
+  signed checkpoints kept outside the database do (``gateway.audit.checkpoint``).
+
+Two chain versions, named per record in ``chain_version``:
+
+* **1, legacy**: ``record_hash`` = SHA-256 of the canonical bytes. No secret, so anyone who can write
+  to the database can append a record that verifies. Only records written before the chain was keyed
+  (migration ``0006``) are version 1.
+* **2, keyed**: ``record_hash`` = HMAC-SHA256 under a key derived from the keyring key ``key_id``
+  (``gateway.audit.chain_key``), which the database does not hold; the canonical bytes also carry
+  ``"v": 2`` and ``"kid"``. Writing to the database is no longer enough to extend the chain.
+
+The changeover is one-way: once a keyed record is in the chain, a version 1 record after it is a
+forgery (a downgrade), and writers without the chain key refuse to append (:class:`ChainKeyMissing`).
+The canonical form is the same for both versions apart from those two fields, so personal fields can
+later be made unreadable the same way for both.
 
 One chain, many writers: appends from every worker and replica serialize on a database-wide lock
 (``pg_advisory_xact_lock`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) held from reading the head to
 commit, and ``seq`` is unique, so two appends can never both follow the same head.
 
-The canonical form is frozen (version 1): migration ``0005`` has its own copy, and evidence bundles
-are verified with it offline. Change it only with a new version number.
+The canonical form is frozen per version: migration ``0005`` has its own copy of version 1, and
+evidence bundles are verified with it offline. Change it only with a new version number.
 """
 
 from __future__ import annotations
@@ -25,18 +38,25 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.chain_key import ChainKeys
+from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.errors import GatewayError
 from gateway.identity.models import AuditEvent
 from gateway.store.db import SQLITE_BEGIN_OPTION, Database, store_errors
 
 __all__ = [
     "GENESIS",
+    "KEYED_VERSION",
+    "LEGACY_VERSION",
+    "SEAL_KIND",
+    "ChainKeyMissing",
     "ChainProblem",
     "ChainRecord",
     "ChainReport",
@@ -44,15 +64,22 @@ __all__ = [
     "append",
     "canonical",
     "chain_head",
+    "chain_keys",
     "count_records",
     "iso",
     "iter_records",
+    "seal_legacy",
     "verify_database",
 ]
 
 #: ``prev_hash`` of the first record.
 GENESIS: Final = "0" * 64
-CANONICAL_VERSION: Final = 1
+#: SHA-256 over the canonical form: records written before the chain was keyed.
+LEGACY_VERSION: Final = 1
+#: HMAC-SHA256 under the chain key of the record's ``key_id``.
+KEYED_VERSION: Final = 2
+#: The keyed record that closes an all-legacy chain (``seal_legacy``): the changeover point.
+SEAL_KIND: Final = "audit.chain_keyed"
 # Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the migration and signing-key locks.
 _PG_CHAIN_LOCK: Final = 0x6777617564636861  # b"gwaudcha"
 _BATCH: Final = 1000
@@ -60,6 +87,25 @@ _RESTORE_HINT: Final = (
     "treat the trail as tampered: keep this database as evidence, compare it with a backup or an "
     "exported bundle, and find who had write access to the database"
 )
+_KEYRING_HINT: Final = (
+    "verify with the keyring the gateways use (it holds every key id ever active); if this is that "
+    "keyring, the record was forged: " + _RESTORE_HINT
+)
+
+
+class ChainKeyMissing(GatewayError):
+    """A writer without the chain key tried to extend a keyed chain (500); nothing was written.
+
+    Its record would be unkeyed after keyed ones, which verification reports as a forgery.
+    """
+
+    reason = "audit-chain-key-missing"
+    title = "Audit trail key unavailable"
+
+
+def chain_keys(keyring: Keyring | None) -> ChainKeys | None:
+    """The chain keys of ``keyring`` (``None`` without one)."""
+    return ChainKeys(keyring) if keyring is not None else None
 
 
 def iso(at: datetime) -> str:
@@ -82,10 +128,16 @@ def canonical(
     outcome: str,
     details: str,
     prev_hash: str,
+    version: int = LEGACY_VERSION,
+    key_id: str = "",
 ) -> bytes:
-    """The bytes a record's hash covers: compact JSON with sorted keys, UTF-8."""
-    doc = {
-        "v": CANONICAL_VERSION,
+    """The bytes a record's hash covers: compact JSON with sorted keys, UTF-8.
+
+    Version 1 bytes are exactly those written before keyed chains existed; version 2 adds ``"kid"``
+    and says ``"v": 2``, so a keyed record's MAC also binds its version and key id.
+    """
+    doc: dict[str, object] = {
+        "v": version,
         "id": id,
         "seq": seq,
         "at": iso(at),
@@ -97,6 +149,8 @@ def canonical(
         "details": details,
         "prev": prev_hash,
     }
+    if version != LEGACY_VERSION:
+        doc["kid"] = key_id
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -115,6 +169,8 @@ class ChainRecord:
     details: str
     prev_hash: str
     record_hash: str
+    version: int = LEGACY_VERSION
+    key_id: str = ""
 
     @classmethod
     def of(cls, row: AuditEvent) -> ChainRecord:
@@ -131,28 +187,44 @@ class ChainRecord:
             row.details,
             row.prev_hash,
             row.record_hash,
+            row.chain_version,
+            row.key_id,
         )
 
-    def computed_hash(self) -> str:
-        """SHA-256 (hex) of this record's canonical content."""
-        return hashlib.sha256(
-            canonical(
-                id=self.id,
-                seq=self.seq,
-                at=self.at,
-                kind=self.kind,
-                actor=self.actor,
-                subject=self.subject,
-                ip=self.ip,
-                outcome=self.outcome,
-                details=self.details,
-                prev_hash=self.prev_hash,
-            )
-        ).hexdigest()
+    def canonical(self) -> bytes:
+        """This record's canonical bytes (what its hash covers)."""
+        return canonical(
+            id=self.id,
+            seq=self.seq,
+            at=self.at,
+            kind=self.kind,
+            actor=self.actor,
+            subject=self.subject,
+            ip=self.ip,
+            outcome=self.outcome,
+            details=self.details,
+            prev_hash=self.prev_hash,
+            version=self.version,
+            key_id=self.key_id,
+        )
+
+    def digest(self, keys: ChainKeys | None = None) -> str:
+        """The hash this record should carry: SHA-256 (version 1) or its MAC (version 2).
+
+        Raises:
+            KeyringError: A keyed record and no ``keys``, or ``keys`` lack its key id.
+        """
+        if self.version == LEGACY_VERSION:
+            return hashlib.sha256(self.canonical()).hexdigest()
+        if keys is None:
+            raise KeyringError("a keyed audit record needs the keyring")
+        return keys.mac(self.canonical(), kid=self.key_id)
 
     def to_json(self) -> dict[str, Any]:
         """As one line of an exported ``events.jsonl``."""
         return {
+            "v": self.version,
+            "kid": self.key_id,
             "id": self.id,
             "seq": self.seq,
             "at": iso(self.at),
@@ -168,7 +240,10 @@ class ChainRecord:
 
     @classmethod
     def from_json(cls, doc: Any) -> ChainRecord:
-        """Parse :meth:`to_json` output; raises ``ValueError`` naming what is wrong."""
+        """Parse :meth:`to_json` output; raises ``ValueError`` naming what is wrong.
+
+        Lines without ``v`` and ``kid`` (bundles exported before keyed chains) are version 1.
+        """
         if not isinstance(doc, dict):
             raise ValueError("a record must be a JSON object")
         try:
@@ -182,12 +257,13 @@ class ChainRecord:
         if at.tzinfo is None:
             raise ValueError("a record time has no time zone")
         rid, seq, kind, actor, subject, ip, outcome = values
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rid, seq)):
-            raise ValueError("a record's id and seq must be integers")
-        texts = (kind, actor, subject, ip, outcome, details, prev, digest)
+        version, kid = doc.get("v", LEGACY_VERSION), doc.get("kid", "")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rid, seq, version)):
+            raise ValueError("a record's id, seq and v must be integers")
+        texts = (kind, actor, subject, ip, outcome, details, prev, digest, kid)
         if not all(isinstance(v, str) for v in texts):
             raise ValueError("a record's text fields must be strings")
-        return cls(rid, seq, at, kind, actor, subject, ip, outcome, details, prev, digest)
+        return cls(rid, seq, at, kind, actor, subject, ip, outcome, details, prev, digest, version, kid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +282,21 @@ class ChainProblem:
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """What a walk over the chain found. ``problem`` is ``None`` when every link holds."""
+    """What a walk over the chain found. ``problem`` is ``None`` when every link holds.
+
+    ``legacy`` counts version 1 records (protected by checkpoints only), ``keyed_from`` is the seq of
+    the first keyed record, ``unchecked`` counts keyed records whose MAC could not be checked (no
+    keyring given: their links were checked, their content was not).
+    """
 
     records: int
     first: ChainRecord | None
     last: ChainRecord | None
     problem: ChainProblem | None
+    legacy: int = 0
+    keyed_from: int | None = None
+    unchecked: int = 0
+    key_ids: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -227,13 +312,45 @@ class ChainReport:
 class ChainWalker:
     """Checks records fed in ``seq`` order, stopping at the first break (later ones follow from it)."""
 
-    __slots__ = ("_expect_prev", "_expect_seq", "first", "last", "problem", "records")
+    __slots__ = (
+        "_expect_prev",
+        "_expect_seq",
+        "_keys",
+        "first",
+        "key_ids",
+        "keyed_from",
+        "last",
+        "legacy",
+        "problem",
+        "records",
+        "unchecked",
+    )
 
-    def __init__(self, *, after_seq: int = 0, after_hash: str = GENESIS) -> None:
-        """Start after a known record (the genesis by default; an anchor for an exported range)."""
+    def __init__(
+        self,
+        *,
+        keys: ChainKeys | None = None,
+        after_seq: int = 0,
+        after_hash: str = GENESIS,
+        keyed_from: int | None = None,
+    ) -> None:
+        """Start after a known record (the genesis by default; an anchor for an exported range).
+
+        Args:
+            keys: Checks keyed records' MACs; without them only their links are checked.
+            after_seq: The seq of the record before the first one fed.
+            after_hash: That record's hash.
+            keyed_from: Where the chain became keyed, if that is before ``after_seq``: a legacy
+                record fed later is then a forgery.
+        """
+        self._keys = keys
         self._expect_seq = after_seq + 1
         self._expect_prev = after_hash
         self.records = 0
+        self.legacy = 0
+        self.unchecked = 0
+        self.keyed_from = keyed_from
+        self.key_ids: set[str] = set()
         self.first: ChainRecord | None = None
         self.last: ChainRecord | None = None
         self.problem: ChainProblem | None = None
@@ -245,12 +362,22 @@ class ChainWalker:
         self.problem = self._check(record)
         if self.problem is not None:
             return False
+        self._count(record)
+        return True
+
+    def _count(self, record: ChainRecord) -> None:
         self.records += 1
+        if record.version == LEGACY_VERSION:
+            self.legacy += 1
+        else:
+            self.keyed_from = self.keyed_from or record.seq
+            self.key_ids.add(record.key_id)
+            if self._keys is None:
+                self.unchecked += 1
         self.first = self.first or record
         self.last = record
         self._expect_seq = record.seq + 1
         self._expect_prev = record.record_hash
-        return True
 
     def _check(self, r: ChainRecord) -> ChainProblem | None:
         if r.seq > self._expect_seq:
@@ -260,10 +387,9 @@ class ChainWalker:
             )
         if r.seq < self._expect_seq:  # only possible in a bundle: the database keeps seq unique
             return ChainProblem(r.id, r.seq, f"seq {r.seq} repeats or goes backwards (inserted record)")
-        if r.computed_hash() != r.record_hash:
-            return ChainProblem(
-                r.id, r.seq, "its content does not match its hash (a field was modified, or the row forged)"
-            )
+        problem = self._check_hash(r)
+        if problem is not None:
+            return problem
         if r.prev_hash != self._expect_prev:
             return ChainProblem(
                 r.id,
@@ -273,9 +399,59 @@ class ChainWalker:
             )
         return None
 
+    def _check_hash(self, r: ChainRecord) -> ChainProblem | None:
+        if r.version == LEGACY_VERSION:
+            if self.keyed_from is not None:
+                # The attack keyed chains exist for: SHA-256 over the public canonical form is what
+                # anyone with write access to the database can compute, the chain key is not.
+                return ChainProblem(
+                    r.id,
+                    r.seq,
+                    "it is an unkeyed (version 1) record after the chain became keyed at seq "
+                    f"{self.keyed_from}: it was written without the chain key (forged by someone "
+                    "with access to the database)",
+                )
+            if hashlib.sha256(r.canonical()).hexdigest() != r.record_hash:
+                return ChainProblem(
+                    r.id,
+                    r.seq,
+                    "its content does not match its hash (a field was modified, or the row forged)",
+                )
+            return None
+        if r.version != KEYED_VERSION:
+            return ChainProblem(r.id, r.seq, f"unknown chain version {r.version} (the row was forged)")
+        if self._keys is None:
+            return None
+        try:
+            intact = self._keys.matches(r.canonical(), r.record_hash, kid=r.key_id)
+        except KeyringError:
+            return ChainProblem(
+                r.id,
+                r.seq,
+                f"it is keyed under key id {r.key_id[:64]!r}, which this keyring does not hold",
+                _KEYRING_HINT,
+            )
+        if not intact:
+            return ChainProblem(
+                r.id,
+                r.seq,
+                "its content does not match its hash (the HMAC under the chain key): a field was "
+                "modified, or the row was written without the chain key (forged)",
+            )
+        return None
+
     def report(self) -> ChainReport:
         """The result so far."""
-        return ChainReport(self.records, self.first, self.last, self.problem)
+        return ChainReport(
+            self.records,
+            self.first,
+            self.last,
+            self.problem,
+            self.legacy,
+            self.keyed_from,
+            self.unchecked,
+            frozenset(self.key_ids),
+        )
 
 
 def _range(lo: int, hi: int) -> str:
@@ -283,6 +459,13 @@ def _range(lo: int, hi: int) -> str:
 
 
 # -- the database ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    seq: int
+    record_hash: str
+    version: int
 
 
 @contextlib.asynccontextmanager
@@ -301,9 +484,59 @@ async def _chain_lock(db: Database) -> AsyncIterator[AsyncConnection]:
             yield conn
 
 
+async def _head(conn: AsyncConnection) -> _Head | None:
+    query = (
+        select(AuditEvent.seq, AuditEvent.record_hash, AuditEvent.chain_version)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return _Head(row[0], row[1], row[2]) if row is not None else None
+
+
+async def _insert(
+    conn: AsyncConnection, keys: ChainKeys | None, head: _Head | None, draft: ChainRecord
+) -> ChainRecord:
+    """Write ``draft`` (content only) as the record after ``head``; the chain lock is held."""
+    if keys is None and head is not None and head.version != LEGACY_VERSION:
+        raise ChainKeyMissing(
+            "this writer holds no keyring, so it cannot append to the keyed audit chain; "
+            "give it the gateways' keyring"
+        )
+    seq, prev = (head.seq + 1, head.record_hash) if head is not None else (1, GENESIS)
+    version, kid = (KEYED_VERSION, keys.active_id) if keys is not None else (LEGACY_VERSION, "")
+    # The id is part of the hash, so the row goes in first (with a placeholder hash, inside this
+    # uncommitted transaction) and gets its hash once the id is known.
+    rid = (
+        await conn.execute(
+            insert(AuditEvent)
+            .values(
+                at=draft.at,
+                kind=draft.kind,
+                actor=draft.actor,
+                subject=draft.subject,
+                ip=draft.ip,
+                outcome=draft.outcome,
+                details=draft.details,
+                seq=seq,
+                prev_hash=prev,
+                record_hash="",
+                chain_version=version,
+                key_id=kid,
+            )
+            .returning(AuditEvent.id)
+        )
+    ).scalar_one()
+    record = replace(draft, id=rid, seq=seq, prev_hash=prev, version=version, key_id=kid)
+    record = replace(record, record_hash=record.digest(keys))
+    await conn.execute(update(AuditEvent).where(AuditEvent.id == rid).values(record_hash=record.record_hash))
+    return record
+
+
 async def append(
     db: Database,
     *,
+    keys: ChainKeys | None,
     at: datetime,
     kind: str,
     actor: str,
@@ -314,41 +547,46 @@ async def append(
 ) -> ChainRecord:
     """Append one record to the chain and commit it.
 
+    Args:
+        db: The database.
+        keys: Keys the record (version 2). ``None`` writes a legacy version 1 record, which is only
+            allowed while the chain has no keyed record yet (tests and tools that predate keying).
+        at: The event time; the other arguments are the record's content.
+
+    Raises:
+        ChainKeyMissing: ``keys`` is ``None`` and the chain is already keyed; nothing was written.
+        StoreUnavailable: The database cannot be reached or refused the write.
+    """
+    draft = ChainRecord(0, 0, at, kind, actor, subject, ip, outcome, details, "", "")
+    with store_errors("audit trail"):
+        async with _chain_lock(db) as conn:
+            return await _insert(conn, keys, await _head(conn), draft)
+
+
+async def seal_legacy(
+    db: Database, keys: ChainKeys, *, at: datetime, head_seq: int, head_hash: str
+) -> ChainRecord | None:
+    """Close an all-legacy chain with a keyed ``audit.chain_keyed`` record naming the legacy head.
+
+    Until a keyed record follows them, legacy records can still be extended by a forger; a gateway
+    that writes nothing for a while would leave that window open, so the checkpointer seals the
+    chain as soon as it has verified its head. The seal is written only if the head is still the
+    verified one (``head_seq``, ``head_hash``) and still legacy.
+
+    Returns:
+        The seal, or ``None`` when the head moved or is already keyed.
+
     Raises:
         StoreUnavailable: The database cannot be reached or refused the write.
     """
+    details = json.dumps({"legacy_head_hash": head_hash, "legacy_records": head_seq}, sort_keys=True)
+    draft = ChainRecord(0, 0, at, SEAL_KIND, "system", "", "", "success", details, "", "")
     with store_errors("audit trail"):
         async with _chain_lock(db) as conn:
-            head = (
-                await conn.execute(
-                    select(AuditEvent.seq, AuditEvent.record_hash).order_by(AuditEvent.seq.desc()).limit(1)
-                )
-            ).first()
-            seq, prev = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
-            # The id is part of the hash, so the row goes in first (with a placeholder hash, inside
-            # this uncommitted transaction) and gets its hash once the id is known.
-            rid = (
-                await conn.execute(
-                    insert(AuditEvent)
-                    .values(
-                        at=at,
-                        kind=kind,
-                        actor=actor,
-                        subject=subject,
-                        ip=ip,
-                        outcome=outcome,
-                        details=details,
-                        seq=seq,
-                        prev_hash=prev,
-                        record_hash="",
-                    )
-                    .returning(AuditEvent.id)
-                )
-            ).scalar_one()
-            record = ChainRecord(rid, seq, at, kind, actor, subject, ip, outcome, details, prev, "")
-            digest = record.computed_hash()
-            await conn.execute(update(AuditEvent).where(AuditEvent.id == rid).values(record_hash=digest))
-    return ChainRecord(rid, seq, at, kind, actor, subject, ip, outcome, details, prev, digest)
+            head = await _head(conn)
+            if head != _Head(head_seq, head_hash, LEGACY_VERSION):
+                return None
+            return await _insert(conn, keys, head, draft)
 
 
 async def iter_records(
@@ -385,14 +623,18 @@ async def count_records(db: Database) -> int:
             return int((await session.execute(select(func.count()).select_from(AuditEvent))).scalar_one())
 
 
-async def verify_database(db: Database) -> ChainReport:
+async def verify_database(db: Database, *, keyring: Keyring | None = None) -> ChainReport:
     """Walk the whole stored chain.
+
+    Args:
+        db: The database.
+        keyring: Checks keyed records' MACs; without it only their links are (``report.unchecked``).
 
     Returns:
         The report; its ``problem`` names the first broken record. Truncation of the tail is not
-        visible here: check checkpoints too (``gateway.audit.checkpoint.check_checkpoints``).
+        visible here: check checkpoints too (``gateway.audit.checkpoint.verify_trail``).
     """
-    walker = ChainWalker()
+    walker = ChainWalker(keys=chain_keys(keyring))
     async for record in iter_records(db):
         if not walker.feed(record):
             break

@@ -15,8 +15,15 @@ keyring key id, so checkpoints made before a keyring rotation still verify. The 
 verify can also sign, so keep the keyring away from whoever you are guarding the trail against (the
 database credentials alone are not enough to forge a checkpoint).
 
-Before signing, a worker verifies the records appended since the last checkpoint it trusts, so it
-never signs over a broken chain; it emits an ``audit.chain_broken`` alert instead.
+Before signing, a worker verifies the records appended since the last checkpoint it trusts (keyed
+records against their MAC, so a record forged with database access only is found), and never signs
+over a broken chain; it emits an ``audit.chain_broken`` alert instead. A chain whose head is still a
+legacy (unkeyed) record is sealed first with a keyed ``audit.chain_keyed`` record, so an idle gateway
+does not leave the legacy tail open to forged appends.
+
+Checkpoints are read back from the local JSONL file, from a file of checkpoint objects, or straight
+from a file sink's log (JSON lines where checkpoints sit under ``gateway.checkpoint`` among other
+events).
 """
 
 from __future__ import annotations
@@ -35,14 +42,19 @@ from typing import Any, Final
 
 from gateway.audit.chain import (
     GENESIS,
+    LEGACY_VERSION,
     ChainProblem,
+    ChainRecord,
     ChainReport,
     ChainWalker,
     chain_head,
+    chain_keys,
     count_records,
     iso,
     iter_records,
+    seal_legacy,
 )
+from gateway.audit.chain_key import ChainKeys
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring, KeyringError
 from gateway.errors import GatewayError
@@ -119,27 +131,54 @@ def _check_shape(doc: Any, where: str) -> dict[str, Any]:
     return doc
 
 
+def _from_sink_event(doc: Any) -> Any:
+    """The checkpoint inside a sink's event; ``None`` for any other event of a sink's log."""
+    if not isinstance(doc, dict) or doc.get("type") == CHECKPOINT_TYPE:
+        return doc
+    nested = doc.get("gateway")
+    nested = nested.get("checkpoint") if isinstance(nested, dict) else None
+    if isinstance(nested, dict):
+        # audit.chain_broken alerts travel the same way; they are not proof of anything.
+        return nested if nested.get("type") == CHECKPOINT_TYPE else None
+    # Another ECS event (an access-log line) in a file sink's log; anything else is refused below.
+    return None if "@timestamp" in doc and "event" in doc else doc
+
+
+def _collect(items: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    found = []
+    for where, doc in items:
+        inner = _from_sink_event(doc)
+        if inner is not None:
+            found.append(_check_shape(inner, where))
+    return found
+
+
 def load_checkpoints(path: Path) -> list[dict[str, Any]]:
-    """Read checkpoints: one JSON object, a JSON list, or JSON lines (blank lines skipped).
+    """Read checkpoints: one JSON object, a JSON list, JSON lines, or a file sink's log.
+
+    Blank lines, and events of a sink's log that are not checkpoints, are skipped.
 
     Raises:
         OSError: The file cannot be read.
-        ValueError: Malformed JSON or not a checkpoint; the message names the line.
+        ValueError: Malformed JSON, not a checkpoint, or no checkpoint at all; the message names
+            the line.
     """
     text = path.read_text(encoding="utf-8")
+    found: list[dict[str, Any]] | None = None
     with contextlib.suppress(json.JSONDecodeError):
         whole = json.loads(text)
         items = whole if isinstance(whole, list) else [whole]
-        return [_check_shape(doc, f"{path} item {i}") for i, doc in enumerate(items, start=1)]
-    found = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        found.append(_check_shape(doc, f"{path}:{number}"))
+        found = _collect((f"{path} item {i}", doc) for i, doc in enumerate(items, start=1))
+    if found is None:
+        lines = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        found = _collect(lines)
     if not found:
         raise ValueError(f"{path}: holds no checkpoint")
     return found
@@ -229,7 +268,8 @@ async def verify_trail(
     Args:
         db: The database.
         checkpoints: Parsed checkpoints (:func:`load_checkpoints`).
-        keyring: Checks each checkpoint's MAC when given.
+        keyring: Checks each checkpoint's MAC and each keyed record's MAC when given; without it
+            keyed records are checked for links only (``report.unchecked``).
 
     Returns:
         The verdict; ``problem`` is the first (lowest seq) break found.
@@ -237,7 +277,7 @@ async def verify_trail(
     checkpoints = list(checkpoints)
     wanted = {int(d["head_seq"]) for d in checkpoints}
     hashes: dict[int, tuple[int, str]] = {}
-    walker = ChainWalker()
+    walker = ChainWalker(keys=chain_keys(keyring))
     async for record in iter_records(db):
         if not walker.feed(record):
             break
@@ -267,18 +307,22 @@ class Checkpointer:
     ) -> None:
         """Args:
         db: The database.
-        keyring: Signs the checkpoints (HMAC key derived per keyring key id).
+        keyring: Signs the checkpoints (HMAC key derived per keyring key id) and checks the keyed
+            records' MACs before signing.
         directory: Where ``checkpoints.jsonl`` is appended (``<data_dir>/audit-checkpoints``);
             ``None`` keeps no local file.
         clock: Time source for the checkpoint time.
         """
         self._db = db
         self._keyring = keyring
+        self._keys = ChainKeys(keyring)
         self._clock = clock
         self._file = Path(directory) / CHECKPOINT_FILE if directory is not None else None
         # The last head this process verified: later checkpoints only walk what was appended since.
         self._trusted_seq = 0
         self._trusted_hash = GENESIS
+        # Where the chain became keyed, once seen: a legacy record after it is a forgery.
+        self._keyed_from: int | None = None
 
     @property
     def path(self) -> Path | None:
@@ -286,32 +330,22 @@ class Checkpointer:
         return self._file
 
     async def checkpoint(self) -> dict[str, Any]:
-        """Verify the records appended since the last checkpoint, then sign the head.
+        """Verify the records appended since the last checkpoint, seal a legacy head, sign the head.
 
         Returns:
             The signed checkpoint (also appended to the local file).
 
         Raises:
-            ChainBroken: The records since the last trusted head do not verify; nothing was signed.
+            ChainBroken: The records since the last trusted head do not verify (a modified record,
+                or one forged without the chain key); nothing was signed.
             StoreUnavailable: The database cannot be read.
         """
         head = await chain_head(self._db)
+        walker = await self._verify_up_to(head)
+        if head is not None and head.version == LEGACY_VERSION:
+            head = await self._seal(head, walker)
         head_seq = head.seq if head is not None else 0
         head_hash = head.record_hash if head is not None else GENESIS
-        if head_seq < self._trusted_seq or (
-            head_seq == self._trusted_seq and head_hash != self._trusted_hash
-        ):
-            raise ChainBroken(
-                f"the chain now ends at seq {head_seq}, but this worker signed seq {self._trusted_seq} "
-                "earlier: records were removed or rewritten"
-            )
-        walker = ChainWalker(after_seq=self._trusted_seq, after_hash=self._trusted_hash)
-        async for record in iter_records(self._db, from_seq=self._trusted_seq + 1, to_seq=head_seq):
-            if not walker.feed(record):
-                raise ChainBroken(str(walker.problem))
-        reached = walker.last.seq if walker.last is not None else self._trusted_seq
-        if reached != head_seq:
-            raise ChainBroken(f"records seq {reached + 1}..{head_seq} are missing")
         body = {
             "head_id": head.id if head is not None else 0,
             "head_seq": head_seq,
@@ -321,9 +355,49 @@ class Checkpointer:
         }
         doc = sign_checkpoint(body, self._keyring)
         self._trusted_seq, self._trusted_hash = head_seq, head_hash
+        self._keyed_from = walker.keyed_from
         if self._file is not None:
             await asyncio.to_thread(_append_line, self._file, json.dumps(doc, sort_keys=True))
         return doc
+
+    async def _verify_up_to(self, head: ChainRecord | None) -> ChainWalker:
+        """Walk from the last trusted head to ``head`` with the chain keys; raise on any break."""
+        head_seq = head.seq if head is not None else 0
+        head_hash = head.record_hash if head is not None else GENESIS
+        if head_seq < self._trusted_seq or (
+            head_seq == self._trusted_seq and head_hash != self._trusted_hash
+        ):
+            raise ChainBroken(
+                f"the chain now ends at seq {head_seq}, but this worker signed seq {self._trusted_seq} "
+                "earlier: records were removed or rewritten"
+            )
+        walker = ChainWalker(
+            keys=self._keys,
+            after_seq=self._trusted_seq,
+            after_hash=self._trusted_hash,
+            keyed_from=self._keyed_from,
+        )
+        async for record in iter_records(self._db, from_seq=self._trusted_seq + 1, to_seq=head_seq):
+            if not walker.feed(record):
+                raise ChainBroken(str(walker.problem))
+        reached = walker.last.seq if walker.last is not None else self._trusted_seq
+        if reached != head_seq:
+            raise ChainBroken(f"records seq {reached + 1}..{head_seq} are missing")
+        return walker
+
+    async def _seal(self, head: ChainRecord, walker: ChainWalker) -> ChainRecord:
+        """Close the verified legacy ``head`` with a keyed record; the new head (or ``head``)."""
+        sealed = await seal_legacy(
+            self._db, self._keys, at=self._clock.now(), head_seq=head.seq, head_hash=head.record_hash
+        )
+        if sealed is None:
+            # Another writer appended after the verified head: sign what was verified; the next
+            # checkpoint walks (and seals, if still needed) from there.
+            return head
+        if not walker.feed(sealed):  # pragma: no cover - written just now under the chain lock
+            raise ChainBroken(str(walker.problem))
+        logger.info("audit chain keyed from seq %d on (legacy records 1..%d sealed)", sealed.seq, head.seq)
+        return sealed
 
     async def run_checkpoints(self, emit: Callable[[dict[str, Any]], None], interval: float) -> None:
         """Every ``interval`` seconds, make a checkpoint and hand it to ``emit`` (the sinks).

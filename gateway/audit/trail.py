@@ -4,7 +4,9 @@ Every sign-in, MFA event, enrollment, lock and admin action is recorded with who
 where and the outcome. Details never carry secrets (codes, passwords, tokens): callers pass facts only.
 Records are hash-chained as they are written (``gateway.audit.chain``), so a changed, deleted or
 inserted row is found by ``gateway audit verify``; signed checkpoints (``gateway.audit.checkpoint``)
-kept outside the database reveal a truncated tail.
+kept outside the database reveal a truncated tail. Writers that hold the keyring key each record
+(HMAC under a key the database does not hold), so write access to the database is not enough to
+append a record that verifies.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.audit.chain import append
+from gateway.audit.chain import append, chain_keys
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.crypto.keyring import Keyring
 from gateway.identity.models import AuditEvent
 from gateway.store.db import Database
 
@@ -48,9 +51,17 @@ AuditListener = Callable[[SecurityEvent], None]
 class AuditLog:
     """Writes security events. One instance per worker."""
 
-    def __init__(self, db: Database, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, db: Database, *, clock: Clock = SYSTEM_CLOCK, keyring: Keyring | None = None) -> None:
+        """Args:
+        db: The database holding the chain.
+        clock: Time source for record times.
+        keyring: Keys every record (chain version 2). Every gateway and CLI writer passes it;
+            ``None`` writes legacy unkeyed records and is refused once the chain is keyed
+            (``ChainKeyMissing``), so it only suits tests and tools on a chain that was never keyed.
+        """
         self._db = db
         self._clock = clock
+        self._keys = chain_keys(keyring)
         self.listeners: list[AuditListener] = []
 
     async def record(
@@ -69,6 +80,7 @@ class AuditLog:
         # Serialized with every other writer (workers, replicas) so the records form one chain.
         await append(
             self._db,
+            keys=self._keys,
             at=at,
             kind=kind,
             actor=actor,
@@ -114,6 +126,7 @@ async def record_once(
     url: str,
     kind: str,
     *,
+    keyring: Keyring | None,
     actor: str,
     subject: str = "",
     outcome: str = "success",
@@ -122,10 +135,12 @@ async def record_once(
     """Record one event through a short-lived connection (CLI commands that hold no ``AuditLog``).
 
     The schema must already be current (the caller ran ``ensure_schema`` or ``gateway migrate``).
+    ``keyring`` keys the record, as :class:`AuditLog` does.
     """
     db = Database.open(url, pool_size=1)
     try:
-        await AuditLog(db).record(kind, actor=actor, subject=subject, outcome=outcome, details=details)
+        audit = AuditLog(db, keyring=keyring)
+        await audit.record(kind, actor=actor, subject=subject, outcome=outcome, details=details)
     finally:
         await db.close()
 

@@ -108,8 +108,9 @@ class AuditEvent(Base):
 
     Records form one hash chain (``gateway.audit.chain``): ``seq`` numbers them 1, 2, 3, … without
     gaps, ``prev_hash`` is the ``record_hash`` of record ``seq - 1`` and ``record_hash`` is SHA-256 over
-    this record's canonical content and ``prev_hash``. A changed, deleted, inserted or reordered row
-    breaks the chain at that row.
+    this record's canonical content and ``prev_hash`` (``chain_version`` 1, records from before the
+    chain was keyed) or HMAC-SHA256 under the chain key of keyring key ``key_id`` (version 2). A
+    changed, deleted, inserted or reordered row breaks the chain at that row.
     """
 
     __tablename__ = "audit_events"
@@ -129,3 +130,8 @@ class AuditEvent(Base):
     seq: Mapped[int] = mapped_column(unique=True)
     prev_hash: Mapped[str]
     record_hash: Mapped[str]
+    # 1: SHA-256, no secret (written before migration 0006); 2: keyed. No default: every writer must
+    # say which, and only gateway.audit.chain writes rows.
+    chain_version: Mapped[int]
+    # The keyring key id whose derived chain key made record_hash ("" for version 1).
+    key_id: Mapped[str]

@@ -1,19 +1,24 @@
 """``gateway audit …`` as an operator runs it: real subprocesses on SQLite and PostgreSQL.
 
 Checked: exit codes (0 verified, 1 tampered or failed, 2 user error), what stdout and stderr say, and
-never a traceback. Records are written by several OS processes at once, as workers and replicas do.
+never a traceback. Records are written by several OS processes at once, as workers and replicas do,
+keyed with the keyring as the gateways key them. The attacker of the forgery tests holds only the
+database: a separate process that computes what the public canonical form allows and inserts it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from gateway.audit.chain import GENESIS, ChainRecord
 from tests.integration.harness import ROOT, run_cli
 from tests.unit.store import conftest_db
 
@@ -25,18 +30,56 @@ ACTIONS = ["list", "verify", "checkpoint", "export", "verify-bundle"]
 _WRITER = """\
 import asyncio, sys
 from gateway.audit.trail import AuditLog
+from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database
 
-async def main(url, name, n):
+async def main(url, name, n, keyring_path):
+    # "-": write as the code before keyed chains did (legacy records).
+    keyring = None if keyring_path == "-" else Keyring.load_or_create(keyring_path, allow_create=True)
     db = Database.open(url, pool_size=2)
     try:
-        log = AuditLog(db)
+        log = AuditLog(db, keyring=keyring)
         for i in range(n):
             await log.record("test.append", actor=name, subject="s", details={"i": i})
     finally:
         await db.close()
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+"""
+
+# Database access only: read the head, build the next record, hash it with what is public (the
+# canonical form and SHA-256; the label says version 1 or claims version 2 under the real key id),
+# insert it with SQLAlchemy. Prints the forged record's id.
+_FORGER = """\
+import asyncio, dataclasses, hashlib, sys
+from sqlalchemy import insert, select
+from gateway.audit.chain import ChainRecord
+from gateway.identity.models import AuditEvent
+from gateway.store.db import Database
+
+async def main(url, version):
+    db = Database.open(url, pool_size=1)
+    try:
+        async with db.session() as session:
+            head = ChainRecord.of((await session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()))).first())
+            forged = dataclasses.replace(
+                head, id=head.id + 1, seq=head.seq + 1, kind="admin.user.roles", actor="admin:alice",
+                subject="mallory", details='{"roles": ["admin"]}', prev_hash=head.record_hash,
+                version=version, key_id="" if version == 1 else head.key_id,
+            )
+            digest = hashlib.sha256(forged.canonical()).hexdigest()
+            await session.execute(insert(AuditEvent).values(
+                id=forged.id, at=forged.at, kind=forged.kind, actor=forged.actor, subject=forged.subject,
+                ip=forged.ip, outcome=forged.outcome, details=forged.details, seq=forged.seq,
+                prev_hash=forged.prev_hash, record_hash=digest, chain_version=forged.version,
+                key_id=forged.key_id,
+            ))
+            await session.commit()
+        print(forged.id)
+    finally:
+        await db.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
@@ -46,14 +89,38 @@ def gateway(*args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def write_concurrently(url: str, processes: int, each: int) -> None:
-    """Append from several OS processes at once (each its own engine and connections)."""
+def write_concurrently(url: str, processes: int, each: int, keyring: Path | None) -> None:
+    """Append from several OS processes at once (each its own engine and connections).
+
+    ``keyring=None`` writes legacy (unkeyed) records, as the release before keyed chains did.
+    """
+    key_arg = str(keyring) if keyring is not None else "-"
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, url, f"worker:{p}", str(each)], cwd=ROOT)
+        subprocess.Popen([sys.executable, "-c", _WRITER, url, f"worker:{p}", str(each), key_arg], cwd=ROOT)
         for p in range(processes)
     ]
-    for proc in procs:
-        assert proc.wait(timeout=120) == 0
+    try:
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def forge_tail(url: str, *, version: int) -> int:
+    """Append a correctly linked, SHA-256-hashed record with database access only; its id."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORGER, url, str(version)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout)
 
 
 @pytest.fixture
@@ -72,6 +139,10 @@ def _url(config: Path) -> str:
     return f"sqlite+aiosqlite:///{config.parent / 'data' / 'gateway.db'}"
 
 
+def _keyring(config: Path) -> Path:
+    return config.parent / "data" / "keys" / "keyring.json"
+
+
 def test_help_and_usage() -> None:
     proc = gateway("audit", "--help")
     assert proc.returncode == 0
@@ -87,7 +158,7 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     c = ("--config", str(config))
     assert gateway("keys", "init", *c).returncode == 0
     assert gateway("keys", "rotate", "--keyring", *c).returncode == 0  # recorded as keys.rotated
-    write_concurrently(_url(config), processes=3, each=5)
+    write_concurrently(_url(config), processes=3, each=5, keyring=_keyring(config))
 
     proc = gateway("audit", "checkpoint", *c)
     assert proc.returncode == 0, proc.stderr
@@ -99,6 +170,8 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     assert "audit trail OK: 16 record(s) verified" in proc.stdout
     assert f"head hash: {checkpoint['head_hash']}" in proc.stdout
     assert "checkpoints: 1 reached and signatures valid" in proc.stdout
+    assert "keyed: seq 1..16, HMAC under the chain key of keyring key(s) " in proc.stdout
+    assert "legacy" not in proc.stdout
 
     proc = gateway("audit", "list", *c, "--kind", "keys.rotated")
     assert proc.returncode == 0
@@ -116,6 +189,7 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout
     assert "bundle OK: 16 record(s)" in proc.stdout
     assert "signatures NOT checked" in proc.stdout
+    assert "keyed records: 16 linked correctly, their MACs NOT checked" in proc.stdout
     proc = gateway("audit", "verify-bundle", str(bundle), *c)
     assert proc.returncode == 0, proc.stdout
     assert "checkpoints inside the range: 1 match; signatures valid" in proc.stdout
@@ -123,7 +197,7 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
 
 def test_tampering_is_named_with_the_first_bad_record(config: Path, tmp_path: Path) -> None:
     c = ("--config", str(config))
-    write_concurrently(_url(config), processes=2, each=5)
+    write_concurrently(_url(config), processes=2, each=5, keyring=_keyring(config))
     assert gateway("audit", "checkpoint", *c).returncode == 0
     saved = tmp_path / "from-the-sinks.jsonl"
     saved.write_text((config.parent / "data" / "audit-checkpoints" / "checkpoints.jsonl").read_text())
@@ -171,7 +245,7 @@ def test_user_errors(config: Path, tmp_path: Path) -> None:
 
 def test_tampered_bundle_fails(config: Path, tmp_path: Path) -> None:
     c = ("--config", str(config))
-    write_concurrently(_url(config), processes=1, each=4)
+    write_concurrently(_url(config), processes=1, each=4, keyring=_keyring(config))
     bundle = tmp_path / "bundle"
     assert (
         gateway(
@@ -192,8 +266,117 @@ def test_concurrent_processes_keep_one_chain(database_url: str, tmp_path: Path) 
         f"public_url: http://127.0.0.1:8080\ndata_dir: {tmp_path / 'data'}\nstorage: {{url: '{database_url}'}}\n"
     )
     assert gateway("migrate", "--config", str(config)).returncode == 0
-    write_concurrently(database_url, processes=4, each=15)
+    write_concurrently(
+        database_url, processes=4, each=15, keyring=tmp_path / "data" / "keys" / "keyring.json"
+    )
     proc = gateway("audit", "verify", "--config", str(config))
     assert proc.returncode == 0, proc.stdout
     assert "audit trail OK: 60 record(s) verified" in proc.stdout
     assert "(seq 60, id 60)" in proc.stdout
+    assert "keyed: seq 1..60" in proc.stdout
+
+
+def _pg_or_sqlite_config(database_url: str, tmp_path: Path) -> Path:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"public_url: http://127.0.0.1:8080\ndata_dir: {tmp_path / 'data'}\nstorage: {{url: '{database_url}'}}\n"
+    )
+    assert gateway("migrate", "--config", str(config)).returncode == 0
+    return config
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["as-legacy", "claiming-keyed"])
+def test_a_record_forged_at_the_tail_with_database_access_is_named(
+    database_url: str, tmp_path: Path, version: int
+) -> None:
+    # Issue 12 item 11: before keyed chains, this forgery verified and the next checkpoint signed it.
+    config = _pg_or_sqlite_config(database_url, tmp_path)
+    c = ("--config", str(config))
+    write_concurrently(database_url, processes=2, each=3, keyring=tmp_path / "data" / "keys" / "keyring.json")
+    assert gateway("audit", "checkpoint", *c).returncode == 0
+    local = tmp_path / "data" / "audit-checkpoints" / "checkpoints.jsonl"
+    signed_before = local.read_text()
+
+    forged = forge_tail(database_url, version=version)
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1, proc.stdout
+    assert f"audit trail FAILED verification: record id {forged} (seq 7): " in proc.stdout
+    assert "written without the chain key" in proc.stdout
+    assert "(6 record(s) verified before the problem)" in proc.stdout
+    # The checkpointer verifies before it signs: no checkpoint over the forgery.
+    proc = gateway("audit", "checkpoint", *c)
+    assert proc.returncode == 1
+    assert f"record id {forged} (seq 7)" in proc.stderr
+    assert local.read_text() == signed_before
+
+
+def _rewrite_all_as_legacy(config: Path) -> None:
+    """The rewrite a keyed chain alone cannot refuse: every record recomputed as a legacy record."""
+    prev = GENESIS
+    with _db(config) as conn:
+        rows = conn.execute(
+            "SELECT id, seq, at, kind, actor, subject, ip, outcome, details FROM audit_events ORDER BY seq"
+        ).fetchall()
+        for rid, seq, at, kind, actor, subject, ip, outcome, details in rows:
+            when = datetime.fromisoformat(at).replace(tzinfo=UTC)
+            record = ChainRecord(rid, seq, when, kind, actor, subject, ip, outcome, details, prev, "")
+            digest = hashlib.sha256(record.canonical()).hexdigest()
+            conn.execute(
+                "UPDATE audit_events SET prev_hash = ?, record_hash = ?, chain_version = 1, key_id = '' WHERE id = ?",
+                (prev, digest, rid),
+            )
+            prev = digest
+
+
+def test_verify_holds_the_chain_against_the_local_checkpoints(config: Path) -> None:
+    # Without --checkpoint, <data_dir>/audit-checkpoints/ is read: a chain that no longer has the
+    # hash a checkpoint signed at its position, or that is shorter than the last checkpoint, fails.
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=1, each=4, keyring=_keyring(config))
+    assert gateway("audit", "checkpoint", *c).returncode == 0
+    _rewrite_all_as_legacy(config)
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1, proc.stdout
+    assert "the chain was rewritten: the record at seq 4 no longer has the hash the checkpoint" in proc.stdout
+    with _db(config) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq = 4")
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1, proc.stdout
+    assert "record(s) seq 4 are gone from the end of the chain" in proc.stdout
+
+
+def test_a_chain_written_before_keying_verifies_and_is_sealed(config: Path) -> None:
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=2, each=2, keyring=None)  # the previous release
+    assert gateway("keys", "init", *c).returncode == 0
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 0, proc.stdout
+    assert "audit trail OK: 4 record(s) verified" in proc.stdout
+    assert "legacy: 4 record(s) from before the chain was keyed" in proc.stdout
+    # The first checkpoint seals the legacy part with a keyed record (the changeover point) ...
+    proc = gateway("audit", "checkpoint", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["head_seq"] == 5
+    proc = gateway("audit", "list", *c, "--limit", "1", "--json")
+    seal = json.loads(proc.stdout)
+    assert (seal["kind"], seal["v"], seal["seq"]) == ("audit.chain_keyed", 2, 5)
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 0, proc.stdout
+    assert "keyed: seq 5..5" in proc.stdout
+    # ... so the legacy forgery that used to work is now named.
+    forged = forge_tail(_url(config), version=1)
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1
+    assert (
+        f"record id {forged} (seq 6): it is an unkeyed (version 1) record after the chain became keyed at seq 5"
+        in (proc.stdout)
+    )
+
+
+def test_verify_without_the_keyring_does_not_vouch_for_keyed_records(config: Path) -> None:
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=1, each=2, keyring=_keyring(config))
+    _keyring(config).rename(config.parent / "elsewhere.json")
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1, proc.stdout
+    assert "audit trail NOT verified: 2 keyed record(s) cannot be checked without the keyring" in proc.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.bundle import BundleError, export_bundle, verify_bundle
-from gateway.audit.chain import GENESIS
+from gateway.audit.chain import GENESIS, ChainRecord
 from gateway.audit.checkpoint import (
     ChainBroken,
     Checkpointer,
@@ -35,8 +37,10 @@ def _keyring(tmp_path: Path) -> tuple[Keyring, Path]:
     return Keyring.create(path), path
 
 
-async def _fill(db: Database, clock: FakeClock, n: int, step: float = 60.0) -> None:
-    audit = AuditLog(db, clock=clock)
+async def _fill(
+    db: Database, clock: FakeClock, n: int, step: float = 60.0, *, keyring: Keyring | None = None
+) -> None:
+    audit = AuditLog(db, clock=clock, keyring=keyring)
     for i in range(n):
         await audit.record("signin.password", actor=f"user:u{i}", subject=f"u{i}", details={"i": i})
         clock.advance(step)
@@ -106,13 +110,36 @@ def test_load_checkpoints_reads_one_object_a_list_or_json_lines(tmp_path: Path) 
         load_checkpoints(one)
 
 
+def test_load_checkpoints_reads_a_file_sinks_log(tmp_path: Path) -> None:
+    # What a file sink writes: access-log and security events, checkpoints and alerts, one a line.
+    keyring, _ = _keyring(tmp_path)
+    docs = [
+        sign_checkpoint({"head_id": i, "head_seq": i, "head_hash": GENESIS, "count": i, "at": "x"}, keyring)
+        for i in (1, 2)
+    ]
+    access = {"@timestamp": "2027-01-15T08:00:00Z", "event": {"action": "request"}, "http": {}}
+    broken = {"type": "audit.chain_broken", "problem": "record id 3 (seq 3): ..."}
+
+    def entry(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        return {"@timestamp": "2027-01-15T08:00:00Z", "event": {}, "gateway": {"checkpoint": checkpoint}}
+
+    sink = tmp_path / "events.log"
+    sink.write_text(
+        "\n".join(json.dumps(d) for d in [access, entry(docs[0]), entry(broken), access, entry(docs[1])])
+    )
+    assert load_checkpoints(sink) == docs
+    sink.write_text(json.dumps(access) + "\n")
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        load_checkpoints(sink)
+
+
 # --- the checkpoint task ------------------------------------------------------------------------------
 
 
 async def test_checkpoints_go_to_the_file_and_to_emit(database: Database, tmp_path: Path) -> None:
     keyring, _ = _keyring(tmp_path)
     clock = FakeClock(T0)
-    await _fill(database, clock, 3)
+    await _fill(database, clock, 3, keyring=keyring)
     checkpointer = Checkpointer(database, keyring, directory=tmp_path / "cps", clock=clock)
     emitted: list[dict[str, Any]] = []
 
@@ -133,10 +160,10 @@ async def test_checkpoints_go_to_the_file_and_to_emit(database: Database, tmp_pa
 async def test_no_checkpoint_is_signed_over_a_broken_chain(database: Database, tmp_path: Path) -> None:
     keyring, _ = _keyring(tmp_path)
     clock = FakeClock(T0)
-    await _fill(database, clock, 2)
+    await _fill(database, clock, 2, keyring=keyring)
     checkpointer = Checkpointer(database, keyring, directory=None, clock=clock)
     await checkpointer.checkpoint()
-    await _fill(database, clock, 2)
+    await _fill(database, clock, 2, keyring=keyring)
     async with database.engine.begin() as conn:
         await conn.exec_driver_sql("UPDATE audit_events SET actor = 'user:x' WHERE seq = 4")
     with pytest.raises(ChainBroken, match="seq 4"):
@@ -167,10 +194,10 @@ async def test_checkpoint_interval_must_be_positive(database: Database, tmp_path
 async def test_bundle_round_trip(database: Database, tmp_path: Path, kind: str) -> None:
     keyring, _ = _keyring(tmp_path)
     clock = FakeClock(T0)
-    await _fill(database, clock, 4)
+    await _fill(database, clock, 4, keyring=keyring)
     checkpointer = Checkpointer(database, keyring, directory=None, clock=clock)
     cps = [await checkpointer.checkpoint()]
-    await _fill(database, clock, 4)
+    await _fill(database, clock, 4, keyring=keyring)
     cps.append(await checkpointer.checkpoint())
     start = datetime.fromtimestamp(T0, UTC)
     out = tmp_path / ("b.zip" if kind == "zip" else "bundle")
@@ -181,6 +208,7 @@ async def test_bundle_round_trip(database: Database, tmp_path: Path, kind: str) 
         checkpoints=cps,
         out=out,
         now=clock.now(),
+        keyring=keyring,
     )
     assert summary.problem is None
     assert (summary.records, summary.first and summary.first.seq, summary.last and summary.last.seq) == (
@@ -191,7 +219,10 @@ async def test_bundle_round_trip(database: Database, tmp_path: Path, kind: str) 
     verdict = verify_bundle(out, keyring=keyring)
     assert verdict.ok, verdict.problem
     assert (verdict.records, verdict.checkpoints_checked, verdict.signatures_checked) == (4, 1, True)
-    assert verify_bundle(out).ok
+    assert verdict.unchecked == 0
+    without_key = verify_bundle(out)
+    assert without_key.ok
+    assert (without_key.signatures_checked, without_key.unchecked) == (False, 4)  # links only
 
 
 def _rewrite_bundle(path: Path, name: str, change: Any) -> None:
@@ -263,9 +294,49 @@ async def test_tampered_bundles_are_refused(database: Database, tmp_path: Path) 
         )
 
 
-def _fix_manifest(data: bytes, events: bytes) -> bytes:
-    import hashlib
+def _append_forged_legacy_event(data: bytes) -> bytes:
+    # A record a forger adds at the end: the next seq, linked, SHA-256 over the canonical form.
+    last = ChainRecord.from_json(json.loads(data.decode().splitlines()[-1]))
+    forged = dataclasses.replace(
+        last,
+        id=last.id + 1,
+        seq=last.seq + 1,
+        actor="admin:mallory",
+        prev_hash=last.record_hash,
+        version=1,
+        key_id="",
+    )
+    forged = dataclasses.replace(forged, record_hash=hashlib.sha256(forged.canonical()).hexdigest())
+    return data + (json.dumps(forged.to_json()) + "\n").encode()
 
+
+async def test_tampered_keyed_bundles_are_refused(database: Database, tmp_path: Path) -> None:
+    keyring, _ = _keyring(tmp_path)
+    clock = FakeClock(T0)
+    await _fill(database, clock, 4, keyring=keyring)
+    start = datetime.fromtimestamp(T0, UTC)
+    original = tmp_path / "b.zip"
+    await export_bundle(
+        database, since=start, until=start + timedelta(hours=1), checkpoints=[], out=original, now=clock.now()
+    )
+    # Events and manifest rewritten consistently: the records themselves give the forgery away.
+    for change, key, complaint in [
+        (_edit_first_event, keyring, "written without the chain key (forged)"),
+        (_append_forged_legacy_event, None, "unkeyed (version 1) record after the chain became keyed"),
+    ]:
+        copy = tmp_path / "deep.zip"
+        copy.write_bytes(original.read_bytes())
+        _rewrite_bundle(copy, "events.jsonl", change)
+        with zipfile.ZipFile(copy) as archive:
+            events = archive.read("events.jsonl")
+        _rewrite_bundle(copy, "manifest.json", lambda d, e=events: _fix_manifest(d, e))
+        verdict = verify_bundle(copy, keyring=key)
+        assert verdict.problem is not None
+        assert complaint in verdict.problem, verdict.problem
+        copy.unlink()
+
+
+def _fix_manifest(data: bytes, events: bytes) -> bytes:
     manifest = json.loads(data)
     manifest["files"]["events.jsonl"] = hashlib.sha256(events).hexdigest()
     return json.dumps(manifest).encode()
