@@ -149,6 +149,66 @@ def test_validate(files: dict[str, Path], tmp_path: Path) -> None:
     assert "no such policy file" in proc.stderr
 
 
+# Each line looks like "the admin area" (or was written when "/x/*" left "/x" out) and is not quite.
+SURPRISES = """\
+p, authenticated, app, /*, *, allow
+p, dev, app, /admin*, *, deny
+p, dev, app, /settings/.*, *, deny
+p, dev, app, /billing/, *, deny
+p, dev, app, /export, *, deny
+p, dev, app, /me, GET, allow
+p, dev, app, /me/*, GET|POST, allow
+g, user:dave, dev
+"""
+
+
+def test_validate_explains_where_a_path_pattern_could_surprise(tmp_path: Path) -> None:
+    policy = tmp_path / "surprises.csv"
+    policy.write_text(SURPRISES)
+    proc = gateway("policy", "validate", str(policy))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    found = {
+        line.split(" [", 1)[1].split("]", 1)[0]: line for line in proc.stdout.splitlines() if " [" in line
+    }
+    assert found["star-mid-segment"].startswith(f"{policy}:2: error ")
+    assert "write '/admin/*' for '/admin' and everything below it" in found["star-mid-segment"]
+    assert found["regex-subtree"].startswith(f"{policy}:3: error ")
+    assert "not '/settings' itself" in found["regex-subtree"]
+    assert found["trailing-slash"].startswith(f"{policy}:4: warning ")
+    assert found["deny-exact-path"].startswith(f"{policy}:5: warning ")
+    assert "write '/export/*' to deny '/export' and everything below it" in found["deny-exact-path"]
+    assert found["subtree-covers-root"].startswith(f"{policy}:7: warning ")
+    assert "allows GET|POST on '/me' too, more than the GET of line 6" in found["subtree-covers-root"]
+    assert proc.stdout.strip().endswith("2 errors, 3 warnings")
+
+
+def test_explain_names_the_subtree_deny_for_the_areas_own_path(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text(
+        "p, authenticated, app, /*, *, allow\np, dev, app, /admin/*, *, deny\ng, user:dave, dev\n"
+    )
+    common = (
+        "policy",
+        "explain",
+        "--file",
+        str(policy),
+        "-p",
+        "user:dave",
+        "-p",
+        "authenticated",
+        "--route",
+        "app",
+        "--method",
+        "GET",
+    )
+    proc = gateway(*common, "--path", "/%61dmin")
+    assert proc.returncode == 0, proc.stderr
+    assert "GET /admin (canonical form of /%61dmin)" in proc.stdout
+    assert "denied [policy-deny] by rule (line 2) 'p, dev, app, /admin/*, *, deny' for dev" in proc.stdout
+    proc = gateway(*common, "--path", "/administrator")
+    assert "allowed [policy-allow] by rule (line 1)" in proc.stdout
+
+
 def test_the_shipped_policy_passes_its_tests() -> None:
     proc = gateway("policy", "test", "policies/policy.csv", "--cases", "policies/tests.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
