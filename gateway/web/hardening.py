@@ -46,6 +46,9 @@ _CSP_HOST = re.compile(r"(\*\.)?[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 
 
 def _origin(url: str) -> str | None:
+    # urlsplit silently drops tabs and line breaks; a URL holding any is refused, not repaired.
+    if not url.isprintable() or " " in url:
+        return None
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in _DEFAULT_PORTS or not _CSP_HOST.fullmatch(host):
