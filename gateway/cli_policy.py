@@ -634,7 +634,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = action(
         "validate",
         "check a policy file",
-        "Parse a policy file and check it (unknown roles, unreachable rules, shadowed allows, …). "
+        "Parse a policy file and check it (unknown roles, unreachable rules, shadowed allows, …) and "
+        "explain path patterns that cover less or more than they seem to: a trailing '/*' is the path "
+        "and everything below it ('/admin/*' covers '/admin', never '/administrator'), while "
+        "'/admin*', '/admin/', '/admin/.*' or a deny on plain '/admin' are not the admin area. "
         "Prints each finding with its line. Exit 1 if there are errors. Needs no configuration.",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
