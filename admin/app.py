@@ -35,6 +35,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import YamlRenderPlugin
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +50,7 @@ from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
+from gateway.web.api_reference import ReferencePage
 
 if TYPE_CHECKING:
     from gateway.identity.services import IdentityServices
@@ -713,7 +715,12 @@ def create_admin_app(runtime: Runtime) -> Litestar:
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(
-            title="Gateway admin API", version="1", path="/api/schema", description=__doc__
+            title="Gateway admin API",
+            version="1",
+            path="/api/schema",
+            description=__doc__,
+            # Litestar's default viewer loads Redoc from a CDN: blank under this listener's CSP.
+            render_plugins=[ReferencePage(path="/"), YamlRenderPlugin()],
         ),
         debug=False,
     )

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from jinja2 import Environment, FileSystemLoader
 from litestar.enums import MediaType
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 
@@ -23,6 +25,7 @@ __all__ = ["Field", "Operation", "ReferencePage", "SchemaView", "reference_of"]
 
 _METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _REF_PREFIX: Final = "#/components/schemas/"
+_TEMPLATES: Final = Path(__file__).parent / "templates"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,23 +152,26 @@ def reference_of(openapi: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ReferencePage(OpenAPIRenderPlugin):
-    """Litestar render plugin: the reference page, rendered with the app's templates."""
+    """Litestar render plugin: the reference page, from the gateway's page templates.
+
+    It brings its own template environment, so an app without templates (the admin listener) can
+    serve it too; there it is unstyled, as that listener serves no static files.
+    """
 
     def __init__(self, *, path: str = "/", template: str = "api_reference.html") -> None:
         """Serve the page at ``path`` under the OpenAPI path, from ``template``."""
         super().__init__(path=path, media_type=MediaType.HTML)
-        self.template = template
+        # autoescape: every value on the page comes from the OpenAPI document (docstrings included).
+        self._template = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True).get_template(
+            template
+        )
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        """Render the page (Jinja autoescapes every value taken from the document)."""
-        engine = request.app.template_engine
-        if engine is None:  # pragma: no cover - the control app always has its templates
-            raise RuntimeError("the API reference page needs the app's template engine")
+        """Render the page for this request (its request id in the footer)."""
         context = reference_of(openapi_schema)
         context.update(
             request_id=request.headers.get("x-request-id", ""),
             user=None,
             base=request.url.path.rstrip("/"),
         )
-        html: str = engine.get_template(self.template).render(**context)
-        return html.encode()
+        return self._template.render(**context).encode()
