@@ -20,7 +20,7 @@ from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import YamlRenderPlugin
-from litestar.response import Response
+from litestar.response import Redirect, Response
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -29,6 +29,7 @@ from gateway.pipeline.pages import error_response, wants_html
 from gateway.web.account import account_handlers
 from gateway.web.api import api_handlers
 from gateway.web.api_reference import ReferencePage
+from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
 from gateway.web.pages import page_handlers
 
@@ -49,12 +50,12 @@ def csrf_cookie_name(insecure: bool) -> str:
 def create_control_app(runtime: Runtime) -> Litestar:
     """Build the Litestar app for ``/.gateway/``, bound to one worker's runtime."""
 
-    @get("/.gateway/health", media_type=MediaType.JSON, cache=False)
+    @get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
     async def health() -> dict[str, Any]:
         """Alive: the process answers. Load balancers restart on failure."""
         return {"status": "ok"}
 
-    @get("/.gateway/ready", media_type=MediaType.JSON, cache=False)
+    @get("/.gateway/ready", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
     async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """Ready: this replica can serve its traffic (config and policy loaded and current, the
         session store reachable when routes need sessions). Load balancers route on success.
@@ -72,7 +73,7 @@ def create_control_app(runtime: Runtime) -> Litestar:
             report = {"ready": report["ready"]}
         return Response(report, status_code=status)
 
-    @get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False)
+    @get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
     async def jwks() -> Response[bytes]:
         """The public keys that verify ``X-Gateway-Assertion`` (an RFC 7517 JWK Set; docs/assertion.md).
 
@@ -110,6 +111,9 @@ def create_control_app(runtime: Runtime) -> Litestar:
                 exc,
                 request.headers.get("x-request-id", ""),
             )
+        if exc.location and wants_html(accept):
+            # A browser is sent where it can fix this (the pending sign-in step), as the data plane does.
+            return Redirect(exc.location, status_code=303)
         status, headers, body = error_response(
             exc, request_id=request.headers.get("x-request-id", ""), html_page=wants_html(accept)
         )
@@ -131,7 +135,7 @@ def create_control_app(runtime: Runtime) -> Litestar:
             *page_handlers(runtime),
             *account_handlers(runtime),
             *api_handlers(runtime),
-            create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"]),
+            create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC),
         ],
         template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(
@@ -141,6 +145,8 @@ def create_control_app(runtime: Runtime) -> Litestar:
             cookie_samesite="lax",
             header_name="x-csrftoken",
         ),
+        # One guard for every handler: a session with a sign-in step pending reaches only that step.
+        guards=[step_guard(runtime)],
         exception_handlers={
             HTTPException: http_error,
             GatewayError: gateway_error,

@@ -165,6 +165,10 @@ def login_redirect(rd: str | None) -> Redirect:
 
 async def next_location(request: AnyRequest, runtime: Runtime, session: Session, rd: str | None) -> str:
     """Where to go after a sign-in step: ``rd`` if safe, through a hand-off code on another host."""
+    if session.password_change:
+        # A one-time password must be replaced before this sign-in goes anywhere, and no other host
+        # is handed a session that has not done so.
+        return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
     target = safe_rd(rd, runtime)
     parts = urlsplit(target)
     # Compared the way the hand-off page compares (no port, no trailing dot, [v6] kept), so a code is

@@ -31,6 +31,7 @@ from gateway.identity.oidc.tokens import TokenRejected
 from gateway.settings.schema import IdentityProvider
 from gateway.web import flows
 from gateway.web.flows import AnyRequest
+from gateway.web.gate import PUBLIC
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -96,7 +97,7 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
             link_text="Back to sign-in",
         )
 
-    @get("/.gateway/oidc/{idp:str}/start", cache=False)
+    @get("/.gateway/oidc/{idp:str}/start", cache=False, opt=PUBLIC)
     async def start(
         request: Request[Any, Any, Any], idp: str, rd: str = "", login_hint: str = ""
     ) -> Redirect | Template:
@@ -151,7 +152,7 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
             link_text="Try again",
         )
 
-    @get("/.gateway/oidc/{idp:str}/callback", cache=False)
+    @get("/.gateway/oidc/{idp:str}/callback", cache=False, opt=PUBLIC)
     async def callback(
         request: Request[Any, Any, Any],
         idp: str,
@@ -298,6 +299,7 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
         status_code=200,
         exclude_from_csrf=True,
         media_type=MediaType.JSON,
+        opt=PUBLIC,
     )
     async def backchannel_logout(request: Request[Any, Any, Any], idp: str, data: Form) -> Response[Any]:
         """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions of a subject or its sid."""
@@ -329,7 +331,7 @@ def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of s
             )
         return Response(b"", status_code=200, headers=headers, media_type=MediaType.TEXT)
 
-    @get("/.gateway/oidc/{idp:str}/logged-out", cache=False)
+    @get("/.gateway/oidc/{idp:str}/logged-out", cache=False, opt=PUBLIC)
     async def logged_out(request: Request[Any, Any, Any], idp: str) -> Template:
         """Where the provider sends the browser after RP-initiated logout (register it as post-logout URI)."""
         settings = provider(idp)

@@ -21,6 +21,7 @@ from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.web import flows
 from gateway.web.flows import AnyRequest
+from gateway.web.gate import PUBLIC, Step, admits
 from gateway.web.oidc import oidc_handlers
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             query += f"&login_hint={quote(login_hint, safe='')}"
         return Redirect(f"/.gateway/oidc/{name}/start?{query}")
 
-    @get("/.gateway/login", cache=False)
+    @get("/.gateway/login", cache=False, opt=PUBLIC)
     async def login_page(
         request: Request[Any, Any, Any], rd: str = "", login_hint: str = "", idp: str = ""
     ) -> Template | Redirect:
@@ -81,7 +82,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             providers=providers(),
         )
 
-    @post("/.gateway/login", status_code=200)
+    @post("/.gateway/login", status_code=200, opt=PUBLIC)
     async def login_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         rd = data.get("rd", "")
         username = data.get("username", "")
@@ -122,17 +123,20 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             ip=flows.client_ip(request),
             user_agent=flows.user_agent(request),
             host=runtime.snapshot.public_url,
+            password_change=result.must_change_password,
         )
         if result.must_change_password:
             response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
         elif await flows.has_second_factor(runtime, user.id):
             response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
         else:
+            # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
+            await svc().regulator.record_success(user.username)
             return await flows.after_sign_in(request, runtime, session_id, session, rd)
         flows.set_session_cookie(response, runtime, session_id)
         return response
 
-    @get("/.gateway/mfa", cache=False)
+    @get("/.gateway/mfa", cache=False, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
     async def mfa_page(
         request: Request[Any, Any, Any], rd: str = "", need: str = "any"
     ) -> Template | Redirect:
@@ -155,11 +159,11 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             user=signed.session.username,
         )
 
-    @post("/.gateway/mfa/totp", status_code=200)
+    @post("/.gateway/mfa/totp", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
     async def mfa_totp(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         return await _second_factor(request, data, Factor.TOTP)
 
-    @post("/.gateway/mfa/recovery", status_code=200)
+    @post("/.gateway/mfa/recovery", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
     async def mfa_recovery(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         return await _second_factor(request, data, Factor.RECOVERY)
 
@@ -215,14 +219,16 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             user=username,
         )
 
-    @get("/.gateway/handoff", cache=False)
+    @get("/.gateway/handoff", cache=False, opt=PUBLIC)
     async def handoff(request: Request[Any, Any, Any], code: str = "", rd: str = "/") -> Redirect | Template:
         host = normalise_host(request.headers.get("host") or "")
         grant = await svc().handoff.redeem(code, host=host)
         # Only a path on this same host, read as a browser reads it: both the "Try again" link and
         # the Location come from the one validator ("/<TAB>/evil.test" is "//evil.test" to a browser).
         target = flows.safe_local_rd(rd)
-        if grant is None:
+        # A session that still owes a password change is never copied to another host (defence in
+        # depth: next_location does not issue such codes).
+        if grant is None or grant.session.password_change:
             return page(
                 request,
                 "message.html",
@@ -253,7 +259,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
         flows.set_session_cookie(response, runtime, session_id)
         return response
 
-    @get("/.gateway/logout", cache=False)
+    @get("/.gateway/logout", cache=False, opt=PUBLIC)
     async def logout_page(request: Request[Any, Any, Any], rd: str = "") -> Template:
         signed = await flows.current(request, runtime)
         return page(
@@ -266,7 +272,7 @@ def page_handlers(runtime: Runtime) -> list[Any]:
             user=signed.session.username if signed.session else None,
         )
 
-    @post("/.gateway/logout", status_code=303)
+    @post("/.gateway/logout", status_code=303, opt=PUBLIC)
     async def logout(request: Request[Any, Any, Any], data: Form) -> Redirect:
         signed = await flows.current(request, runtime)
         location = "/.gateway/login"
