@@ -91,15 +91,15 @@ _LEET_AS_I: Final = str.maketrans({**_LEET_COMMON, "1": "i", "!": "i", "|": "i"}
 _LEET_AS_L: Final = str.maketrans({**_LEET_COMMON, "1": "l", "!": "l", "|": "l"})
 
 # Keyboard rows (US, German, French layouts, and the shifted digit row) for walks like "qwerty" and
-# "!@#$%": neighbouring keys in either direction count as one step.
+# "!@#$%": neighbouring keys in either direction count as one step. No accented keys: passwords are
+# compared with accents folded away.
 _KEYBOARD_ROWS: Final = (
     "`1234567890-=",
     "~!@#$%^&*()_+",
     "qwertyuiop[]\\",
     "asdfghjkl;'",
     "zxcvbnm,./",
-    "qwertzuiopü",
-    "asdfghjklöä",
+    "qwertzuiop",
     "yxcvbnm",
     "azertyuiop",
     "qsdfghjklm",
@@ -203,8 +203,9 @@ def _read_frequency_lists() -> dict[str, list[str]]:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"the {_LIST_PACKAGE} package (password lists) is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / _LIST_FILE
-    # Executed like an import of that one file (it is a generated module holding a dict literal), not
-    # of the package: its __init__ builds the estimator's dictionaries, which cost 10x the time.
+    # Executed like an import of that one file (a generated module holding a dict literal; the same
+    # code an import runs, from the same installed package), not of the package: its __init__ builds
+    # the estimator's ranked dictionaries, which this module does not use.
     file_spec = importlib.util.spec_from_file_location(f"gateway._{_LIST_PACKAGE}_lists", path)
     if file_spec is None or file_spec.loader is None:
         raise RuntimeError(f"cannot read {path}")
