@@ -336,6 +336,32 @@ async def test_tampered_keyed_bundles_are_refused(database: Database, tmp_path: 
         copy.unlink()
 
 
+def _as_before_keying(data: bytes) -> bytes:
+    # Bundles exported by the release before keyed chains had no "v" and "kid" in events.jsonl.
+    docs = [json.loads(line) for line in data.decode().splitlines()]
+    return "".join(
+        json.dumps({k: v for k, v in d.items() if k not in ("v", "kid")}) + "\n" for d in docs
+    ).encode()
+
+
+async def test_bundles_exported_before_keying_still_verify(database: Database, tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    await _fill(database, clock, 3)  # legacy records
+    start = datetime.fromtimestamp(T0, UTC)
+    old = tmp_path / "old.zip"
+    await export_bundle(
+        database, since=start, until=start + timedelta(hours=1), checkpoints=[], out=old, now=clock.now()
+    )
+    _rewrite_bundle(old, "events.jsonl", _as_before_keying)
+    with zipfile.ZipFile(old) as archive:
+        events = archive.read("events.jsonl")
+    assert b'"v"' not in events
+    _rewrite_bundle(old, "manifest.json", lambda d: _fix_manifest(d, events))
+    verdict = verify_bundle(old)
+    assert verdict.ok, verdict.problem
+    assert (verdict.records, verdict.unchecked) == (3, 0)
+
+
 def _fix_manifest(data: bytes, events: bytes) -> bytes:
     manifest = json.loads(data)
     manifest["files"]["events.jsonl"] = hashlib.sha256(events).hexdigest()
