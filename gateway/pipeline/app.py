@@ -326,7 +326,11 @@ class DataPlane:
             if outcome.status:
                 raise  # the response already started: only closing the connection is left
             if err.status >= 500:
-                logger.warning("%s %s: %s", scope["method"], scope.get("path"), err.detail)
+                # The page shows a plain message and the request id; the detail is here, under that id.
+                request_id = req.fwd.request_id if req.fwd else ""
+                logger.warning(
+                    "%s %s: %s (request id %s)", scope["method"], scope.get("path"), err.detail, request_id
+                )
             rec.status = 302 if err.location and wants_html(req.accept) else err.status
             await self._error(send, err, req)
         except ClientDisconnected:
