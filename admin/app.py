@@ -50,6 +50,7 @@ from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
+from gateway.store.ids import parse_id
 from gateway.web.api_reference import ReferencePage
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ _CLIENT_IP = "client_ip"
 _FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
 
 Field = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+# Taken as text and parsed by parse_id in the handler: a number beyond the id columns' range reached
+# the database as is, and its refusal answered as an outage (503 with the driver's text).
+VersionId = Annotated[
+    str, PathParameter(description="A policy version: a whole number from 1 to 2147483647.")
+]
 Reason = Annotated[
     str,
     msgspec.Meta(
@@ -479,11 +485,12 @@ def _reading_handlers(ctx: _Context) -> list[Any]:
         """The latest changes, newest first (``?limit=``, default 20)."""
         return History(versions=[_info(info) for info in await ctx.store().history(limit)])
 
-    @get("/api/policy/versions/{version:int}", cache=False, tags=["policy"])
-    async def version_view(version: Annotated[int, PathParameter(ge=1)]) -> VersionView:
+    @get("/api/policy/versions/{version:str}", cache=False, tags=["policy"])
+    async def version_view(version: VersionId) -> VersionView:
         """One version: who, when, why, its CSV, its rules and the diff against the version before."""
-        info = await ctx.store().describe(version)
-        stored = await ctx.store().get(version)
+        number = parse_id(version, what="version")
+        info = await ctx.store().describe(number)
+        stored = await ctx.store().get(number)
         return VersionView(
             **msgspec.structs.asdict(_info(info)),
             diff=info.diff,
@@ -543,19 +550,18 @@ def _changing_handlers(ctx: _Context) -> list[Any]:
             lambda actor: store().replace(rules, actor=actor, reason=data.reason),
         )
 
-    @post("/api/policy/restore/{version:int}", status_code=200, tags=["policy"])
+    @post("/api/policy/restore/{version:str}", status_code=200, tags=["policy"])
     async def restore(
-        request: Request[Any, Any, Any],
-        version: Annotated[int, PathParameter(ge=1)],
-        data: JSONBody[RestoreRequest],
+        request: Request[Any, Any, Any], version: VersionId, data: JSONBody[RestoreRequest]
     ) -> ChangeResult:
         """Store a new version with the policy of an old one (404 if there is no such version)."""
-        details = {"reason": data.reason, "restored_from": version}
+        number = parse_id(version, what="version")
+        details = {"reason": data.reason, "restored_from": number}
         return await ctx.change(
             request,
             "policy.restore",
             details,
-            lambda actor: store().restore(version, actor=actor, reason=data.reason),
+            lambda actor: store().restore(number, actor=actor, reason=data.reason),
         )
 
     @post("/api/policy/roles", status_code=200, tags=["roles"])

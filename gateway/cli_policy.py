@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, operator
+from gateway.store.ids import MAX_ID, BadId, parse_id
 
 _EXPECT: Final = ("allow", "deny")
 _CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
@@ -575,13 +576,14 @@ def _config_arg(parser: argparse.ArgumentParser, *, help_suffix: str = "") -> No
 
 
 def _version_number(text: str) -> int:
+    # The same check as the admin API: a number beyond the id column's range reached the database,
+    # whose refusal read as "store unavailable".
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("versions start at 1")
-    return value
+        return parse_id(text, what="version")
+    except BadId:
+        raise argparse.ArgumentTypeError(
+            f"not a version number: {text!r} (versions start at 1 and end at {MAX_ID})"
+        ) from None
 
 
 def _reason_arg(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ Driver errors never leave this package raw: :meth:`Database.ping` converts them 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,12 +26,12 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, AdaptedConnection, Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import BadRequest, ServiceUnavailable
 
 __all__ = [
     "PING_TIMEOUT_S",
@@ -74,6 +75,8 @@ PING_TIMEOUT_S: Final = 5.0
 # covers refused connections and asyncpg's connect timeout (``TimeoutError`` is an ``OSError``),
 # which SQLAlchemy does not wrap because they are raised before a DBAPI connection exists.
 _DRIVER_ERRORS: Final = (DBAPIError, PoolTimeoutError, OSError)
+
+logger = logging.getLogger("gateway.store")
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -221,6 +224,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}".rstrip(": ")
 
 
+def _refused_value(exc: BaseException) -> bool:
+    # SQLSTATE class 22 ("data exception": out of range, invalid text representation, ...) is the
+    # database refusing a value it was given, not failing; asyncpg reports it (also its own
+    # client-side int32 check) as a plain DBAPIError whose ``orig`` carries the SQLSTATE. SQLite's
+    # driver raises OverflowError for an integer beyond 64 bits before the query runs.
+    if isinstance(exc, DataError | OverflowError):
+        return True
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return str(getattr(orig, "sqlstate", "") or "").startswith("22")
+
+
 @contextmanager
 def store_errors(what: str) -> Iterator[None]:
     """Convert driver errors raised inside the block to :class:`StoreUnavailable`.
@@ -230,10 +244,15 @@ def store_errors(what: str) -> Iterator[None]:
 
     Raises:
         StoreUnavailable: A driver, pool or socket error occurred.
+        BadRequest: The database refused a value of the request (a 400, not an outage); the
+            driver's text goes to the log only, as it names tables, columns and values.
     """
     try:
         yield
-    except _DRIVER_ERRORS as exc:
+    except (*_DRIVER_ERRORS, OverflowError) as exc:
+        if _refused_value(exc):
+            logger.warning("%s: the database refused a value: %s", what, _describe(exc))
+            raise BadRequest("The request contains a value out of range; nothing was changed.") from exc
         raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
 
 

@@ -18,6 +18,7 @@ from litestar.response import Redirect, Template
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
+from gateway.store.ids import parse_id
 from gateway.web import flows
 from gateway.web.flows import AnyRequest
 from gateway.web.pages import Form, page
@@ -153,10 +154,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         if not await fresh_enough(s):
             return step_up("/.gateway/account/enroll")
         first = not await flows.has_second_factor(runtime, s.user_id)
-        try:
-            credential_id = int(data.get("credential_id", "0"))
-        except ValueError:
-            credential_id = 0
+        credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
         if not await svc().totp.confirm(s.user_id, credential_id, data.get("code", "")):
             enrollment = await svc().totp.begin_enrollment(
                 s.user_id, account=s.username, name="Authenticator app"
@@ -181,12 +179,13 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         )
         return await _after_enrollment(request, runtime, signed.session_id, s, rd, first, Factor.TOTP)
 
-    @post("/.gateway/account/factors/{kind:str}/{credential_id:int}/remove", status_code=303)
-    async def remove_factor(request: Request[Any, Any, Any], kind: str, credential_id: int) -> Redirect:
+    @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", status_code=303)
+    async def remove_factor(request: Request[Any, Any, Any], kind: str, factor_id: str) -> Redirect:
         signed = await signed_in(request)
         if signed.session is None:
             return flows.login_redirect("/.gateway/account")
         s = signed.session
+        credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
         if not flows.is_fresh(s, runtime):
             return step_up("/.gateway/account")
         removed = False
@@ -205,14 +204,15 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         note = "Factor removed." if removed else "Nothing was removed."
         return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
 
-    @post("/.gateway/account/factors/{kind:str}/{credential_id:int}/rename", status_code=303)
+    @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
     async def rename_factor(
-        request: Request[Any, Any, Any], kind: str, credential_id: int, data: Form
+        request: Request[Any, Any, Any], kind: str, factor_id: str, data: Form
     ) -> Redirect:
         signed = await signed_in(request)
         if signed.session is None:
             return flows.login_redirect("/.gateway/account")
         s = signed.session
+        credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
         name = " ".join(data.get("name", "").split())[:60]
         renamed = False
         if name and kind == "totp":
