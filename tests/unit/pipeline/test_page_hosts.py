@@ -81,7 +81,9 @@ def test_hosts_follow_a_new_snapshot(snapshot: Snapshot) -> None:
     """A reload that adds a route serves the pages there at once (the cache is per snapshot)."""
     assert not page_hosts(snapshot).serves("new.example.com")
     reloaded = build_snapshot(
-        parse_settings(CONFIG + '  - {name: new, host: new.example.com, upstreams: ["http://127.0.0.1:9"]}\n'),
+        parse_settings(
+            CONFIG + '  - {name: new, host: new.example.com, upstreams: ["http://127.0.0.1:9"]}\n'
+        ),
         generation=2,
         source="test",
     )
