@@ -33,7 +33,6 @@ the extra link).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from gateway.authz.decision import Decision, Reason
@@ -121,7 +120,15 @@ def literal_prefix(pattern: str) -> str:
     root = subtree_root(pattern)
     if root is None:
         return prefix
-    return os.path.commonprefix([prefix, _key_match2_prefix(root)])
+    return _common_start(prefix, _key_match2_prefix(root))
+
+
+def _common_start(a: str, b: str) -> str:
+    """The longest string both start with (character by character: these are patterns, not paths)."""
+    at = 0
+    while at < min(len(a), len(b)) and a[at] == b[at]:
+        at += 1
+    return a[:at]
 
 
 def _key_match2_prefix(pattern: str) -> str:
