@@ -21,6 +21,7 @@ from gateway.identity.sessions import Session
 from gateway.store.ids import parse_id
 from gateway.web import flows
 from gateway.web.flows import AnyRequest
+from gateway.web.gate import Step, admits
 from gateway.web.pages import Form, page
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
             error=None,
         )
 
-    @get("/.gateway/account/enroll", cache=False)
+    @get("/.gateway/account/enroll", cache=False, opt=admits(Step.ENROLL))
     async def enroll(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
         signed = await signed_in(request)
         if signed.session is None:
@@ -144,7 +145,7 @@ def account_handlers(runtime: Runtime) -> list[Any]:
             error=None,
         )
 
-    @post("/.gateway/account/totp/confirm", status_code=200)
+    @post("/.gateway/account/totp/confirm", status_code=200, opt=admits(Step.ENROLL))
     async def totp_confirm(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         signed = await signed_in(request)
         rd = data.get("rd", "")
@@ -156,9 +157,14 @@ def account_handlers(runtime: Runtime) -> list[Any]:
         first = not await flows.has_second_factor(runtime, s.user_id)
         credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
         if not await svc().totp.confirm(s.user_id, credential_id, data.get("code", "")):
-            enrollment = await svc().totp.begin_enrollment(
-                s.user_id, account=s.username, name="Authenticator app"
-            )
+            # Keep the seed the user has just scanned while the enrollment lasts; only an expired
+            # (or foreign) one is replaced by a new seed to scan.
+            enrollment = await svc().totp.pending_enrollment(s.user_id, credential_id, account=s.username)
+            rescan = enrollment is None
+            if enrollment is None:
+                enrollment = await svc().totp.begin_enrollment(
+                    s.user_id, account=s.username, name="Authenticator app"
+                )
             return page(
                 request,
                 "enroll.html",
@@ -168,7 +174,11 @@ def account_handlers(runtime: Runtime) -> list[Any]:
                 qr_svg=enrollment.qr_svg,
                 secret=enrollment.secret,
                 credential_id=enrollment.credential_id,
-                error="That code did not match. Scan the new code below and try again.",
+                error=(
+                    "That code did not match. Scan the new code below and try again."
+                    if rescan
+                    else "That code did not match. Check the time on your phone and enter the current code."
+                ),
             )
         await svc().audit.record(
             "factor.enrolled",
@@ -274,13 +284,20 @@ def account_handlers(runtime: Runtime) -> list[Any]:
             f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
         )
 
-    @get("/.gateway/account/password", cache=False)
+    @get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))
     async def password_page(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
         signed = await signed_in(request)
         if signed.session is None:
             return flows.login_redirect("/.gateway/account/password")
         user = await svc().accounts.get(signed.session.user_id)
         forced = bool(user and user.must_change_password)
+        if signed.session.password_change and not forced and signed.session_id:
+            # The one-time password was replaced elsewhere (another browser, an admin): this
+            # session's hold is stale. Lift it (new id) and go on with the sign-in.
+            new_id, _ = await svc().sessions.password_changed(signed.session_id)
+            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+            flows.set_session_cookie(response, runtime, new_id)
+            return response
         if not forced and not await fresh_enough(signed.session):
             return step_up("/.gateway/account/password")
         return page(
@@ -295,17 +312,22 @@ def account_handlers(runtime: Runtime) -> list[Any]:
 
     @get("/.gateway/account/first-codes", cache=False)
     async def first_codes(request: Request[Any, Any, Any]) -> Template | Redirect:
-        """After the first passkey: show recovery codes once (only if the user has none yet)."""
+        """After the first passkey: show recovery codes once, to the session that registered it.
+
+        Only with the single-use grant that registration left for this very session: otherwise a
+        password-only session of a user without unused codes could mint ten and pass the second
+        factor with one (the gate already keeps one-factor sessions out; this holds on its own).
+        """
         signed = await signed_in(request)
         if signed.session is None:
             return flows.login_redirect("/.gateway/account")
         s = signed.session
-        if await svc().recovery.remaining(s.user_id) > 0:
+        if s.level < AuthLevel.TWO_FACTOR or not await svc().first_codes.redeem(s.id_hash):
             return Redirect("/.gateway/account")
         codes = await svc().recovery.generate(s.user_id)
         return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
 
-    @post("/.gateway/account/password", status_code=200)
+    @post("/.gateway/account/password", status_code=200, opt=admits(Step.PASSWORD_CHANGE))
     async def password_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         signed = await signed_in(request)
         rd = data.get("rd", "")
@@ -344,8 +366,13 @@ def account_handlers(runtime: Runtime) -> list[Any]:
             )
         # Other browsers may have signed in with the old password: their sessions end.
         await _end_other_browsers(svc(), s)
-        if forced:
-            return Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+        if forced or s.password_change:
+            # The hold on this session is lifted with a new id; the sign-in goes on to the second
+            # factor (or its enrollment).
+            new_id, _ = await svc().sessions.password_changed(signed.session_id)
+            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}", status_code=303)
+            flows.set_session_cookie(response, runtime, new_id)
+            return response
         return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
 
     return [

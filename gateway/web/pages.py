@@ -182,7 +182,9 @@ def page_handlers(runtime: Runtime) -> list[Any]:
         except GatewayError as err:
             if err.status >= 500:
                 raise  # an outage: the error handler logs the detail and shows a plain page
-            return await _mfa_error(request, session.user_id, session.username, rd, err.public_detail, err.status)
+            return await _mfa_error(
+                request, session.user_id, session.username, rd, err.public_detail, err.status
+            )
         if factor is Factor.TOTP:
             ok = await svc().totp.verify(session.user_id, code)
         else:
