@@ -90,8 +90,14 @@ def test_sign_in_during_a_redis_outage_is_a_plain_page(redis_down: tuple[Gateway
     with browser(gw) as client:
         assert client.get("/.gateway/login", headers=HTML).status_code == 200
         resp = sign_in_post(client)
+        passkey = client.post(
+            "/.gateway/api/login/passkey/options", json={}, headers={"x-csrftoken": csrf(client), **JSON}
+        )
     assert_plain(resp, 503, backend_port=port)
     assert "text/html" in resp.headers["content-type"]
+    # The passwordless sign-in's JSON API too.
+    assert_plain(passkey, 503, backend_port=port)
+    assert passkey.json()["message"] == UNAVAILABLE
     # The detail is not lost: it is in the log, with the request id the page shows.
     log = wait_until(lambda: (text := gw.log()) and resp.headers["x-request-id"] in text and text)
     assert re.search(r"fast state \w+ failed", log), log
@@ -105,6 +111,8 @@ def test_sign_in_during_a_redis_outage_is_a_plain_page(redis_down: tuple[Gateway
         ("GET", "/.gateway/account", HTML),
         ("GET", "/.gateway/api/me", JSON),
         ("GET", "/.gateway/mfa", HTML),
+        ("GET", "/.gateway/logout", HTML),
+        ("GET", "/.gateway/handoff?code=a-well-formed-hand-off-code-0123&rd=/", HTML),
     ],
 )
 def test_every_page_with_a_session_during_a_redis_outage_is_plain(
