@@ -31,6 +31,8 @@ so pages and JSON bodies show ``public_detail`` instead: the class's plain ``pub
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
     "AuthenticationRequired",
     "BadHeaders",
@@ -38,6 +40,7 @@ __all__ = [
     "BadRequest",
     "BodyTooLarge",
     "ConfigError",
+    "ErrorReason",
     "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
@@ -48,11 +51,42 @@ __all__ = [
 ]
 
 
+class ErrorReason(StrEnum):
+    """The reason ids of the errors in this module and of the data plane's own refusals.
+
+    The values are on the wire (error pages, JSON bodies, ``X-Gateway-Reason``) and in the access
+    log, where operators and SIEM rules match them: never rename one. A policy decision carries
+    :class:`gateway.authz.decision.Reason` instead; errors of other packages (storage, identity)
+    name their own ids beside their classes.
+    """
+
+    INTERNAL_ERROR = "internal-error"
+    CONFIG_INVALID = "config-invalid"
+    BAD_REQUEST = "bad-request"
+    BAD_PATH = "bad-path"
+    BAD_HEADERS = "bad-headers"
+    # Request smuggling guards (RFC 9112 §6): ambiguous framing, a malformed or cut-short body.
+    BAD_FRAMING = "bad-framing"
+    BAD_BODY = "bad-body"
+    HEADERS_TOO_LARGE = "headers-too-large"
+    BODY_TOO_LARGE = "body-too-large"
+    NO_ROUTE = "no-route"
+    AUTHENTICATION_REQUIRED = "authentication-required"
+    FORBIDDEN = "forbidden"
+    MFA_REQUIRED = "mfa-required"
+    PASSWORD_CHANGE_REQUIRED = "password-change-required"  # noqa: S105 - a reason id, not a password
+    UNTRUSTED_PROXY = "untrusted-proxy"
+    IP_BLOCKED = "ip-blocked"
+    UPSTREAM_ERROR = "upstream-error"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
+    UNAVAILABLE = "unavailable"
+
+
 class GatewayError(Exception):
     """Base class. ``status`` is the HTTP answer; ``reason`` a stable machine-readable id."""
 
     status: int = 500
-    reason: str = "internal-error"
+    reason: str = ErrorReason.INTERNAL_ERROR
     title: str = "Something went wrong"
     # What a client may read about a server-side failure (never the detail: see the module docstring).
     public_message: str = "The gateway could not complete this request."
@@ -79,72 +113,72 @@ class GatewayError(Exception):
 class ConfigError(GatewayError):
     """The configuration is invalid. ``str(err)`` is the full human-readable report."""
 
-    reason = "config-invalid"
+    reason: str = ErrorReason.CONFIG_INVALID
     title = "Configuration error"
 
 
 class BadRequest(GatewayError):
     status = 400
-    reason = "bad-request"
+    reason: str = ErrorReason.BAD_REQUEST
     title = "Bad request"
 
 
 class BadPath(BadRequest):
-    reason = "bad-path"
+    reason: str = ErrorReason.BAD_PATH
     title = "Ambiguous or malformed path"
 
 
 class BadHeaders(BadRequest):
-    reason = "bad-headers"
+    reason: str = ErrorReason.BAD_HEADERS
     title = "Malformed request headers"
 
 
 class HeadersTooLarge(GatewayError):
     status = 431
-    reason = "headers-too-large"
+    reason: str = ErrorReason.HEADERS_TOO_LARGE
     title = "Request headers too large"
 
 
 class BodyTooLarge(GatewayError):
     status = 413
-    reason = "body-too-large"
+    reason: str = ErrorReason.BODY_TOO_LARGE
     title = "Request body too large"
 
 
 class NoRoute(GatewayError):
     status = 404
-    reason = "no-route"
+    reason: str = ErrorReason.NO_ROUTE
     title = "Not found"
 
 
 class AuthenticationRequired(GatewayError):
     status = 401
-    reason = "authentication-required"
+    reason: str = ErrorReason.AUTHENTICATION_REQUIRED
     title = "Sign-in required"
 
 
 class Forbidden(GatewayError):
     status = 403
-    reason = "forbidden"
+    reason: str = ErrorReason.FORBIDDEN
     title = "Access denied"
 
 
 class UpstreamError(GatewayError):
     status = 502
-    reason = "upstream-error"
+    reason: str = ErrorReason.UPSTREAM_ERROR
     title = "Bad gateway"
     public_message = "The application behind the gateway did not answer properly."
 
 
 class UpstreamTimeout(GatewayError):
     status = 504
-    reason = "upstream-timeout"
+    reason: str = ErrorReason.UPSTREAM_TIMEOUT
     title = "Gateway timeout"
     public_message = "The application took too long to answer."
 
 
 class ServiceUnavailable(GatewayError):
     status = 503
-    reason = "unavailable"
+    reason: str = ErrorReason.UNAVAILABLE
     title = "Service unavailable"
     public_message = "This service is unavailable right now; try again in a minute."

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from gateway.observe.record import AccessDecision
 from gateway.observe.redact import REDACTED, redact_details, redact_path, redact_query
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ __all__ = ["AccessEntry", "Entry", "SecurityEntry", "access_observer", "audit_li
 
 ECS_VERSION: Final = "8.11.0"
 _ENCODER: Final = msgspec.json.Encoder()
-_FAILED_DECISIONS: Final = frozenset({"deny", "unauthenticated", "invalid", "error"})
+_FAILED_DECISIONS: Final = frozenset(
+    {AccessDecision.DENY, AccessDecision.UNAUTHENTICATED, AccessDecision.INVALID, AccessDecision.ERROR}
+)
 # Audit kinds that are detections or lock-outs rather than plain facts: ECS "alert" events.
 _ALERT_PREFIXES: Final = ("threat.", "alert.", "anomaly.")
 _ALERT_MARKERS: Final = ("locked", "lockout", "brute", "replay", "tamper")

@@ -11,26 +11,61 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["Observer", "RequestRecord", "notify"]
+__all__ = ["AccessDecision", "Observer", "RequestKind", "RequestRecord", "notify"]
 
 logger = logging.getLogger("gateway.observe")
+
+
+class RequestKind(StrEnum):
+    """Which entry of the data plane a request came through (the access log's ``gateway.kind``)."""
+
+    HTTP = "http"
+    WEBSOCKET = "websocket"
+    # A proxy's sub-request asking about another request (``/.gateway/auth``).
+    FORWARD_AUTH = "forward-auth"
+    # The gateway's own pages and API under ``/.gateway/``.
+    CONTROL = "control"
+
+
+class AccessDecision(StrEnum):
+    """Who decided a request's fate, and how (the access log's ``gateway.decision``).
+
+    The values are on the wire (access log, metrics labels) where SIEM rules match them: never
+    rename one. Only ``ALLOW`` and ``PUBLIC`` mean the request went on; everything else is a refusal.
+    """
+
+    # The policy explicitly allowed it (reason ``policy-allow``).
+    ALLOW = "allow"
+    # A public path of a route, or one of the gateway's own endpoints: no identity needed.
+    PUBLIC = "public"
+    # Signed in, but the policy, the MFA requirement or a pending password change refused it.
+    DENY = "deny"
+    # No valid session: go and sign in.
+    UNAUTHENTICATED = "unauthenticated"
+    # Refused as malformed (path, headers, framing, body) or not routable.
+    INVALID = "invalid"
+    # The gateway, a store or the upstream failed (5xx).
+    ERROR = "error"
+    # Nothing decided: the request ended by an unexpected failure before any stage did (written as "").
+    UNDECIDED = ""
 
 
 @dataclass(slots=True)
 class RequestRecord:
     """What happened to one request. Times: ``at`` Unix seconds; durations in seconds.
 
-    ``decision`` is ``allow`` (policy allowed), ``public`` (a public path or a gateway endpoint),
-    ``deny`` (policy or MFA refused), ``unauthenticated`` (no valid session), ``invalid`` (refused as
-    malformed before routing) or ``error`` (the gateway or the upstream failed). ``reason`` is the
-    stable reason id the error page and JSON body carry (``policy-allow`` for allowed requests).
+    ``decision``: see :class:`AccessDecision`. ``reason`` is the stable reason id the error page and
+    JSON body carry: a :class:`gateway.authz.decision.Reason` when the policy decided (``policy-allow``
+    for allowed requests), else the refusing error's (a :class:`gateway.errors.ErrorReason` for the
+    data plane's own refusals); empty for public requests.
     ``query`` is the raw query string: observers that write it out must redact secret-looking
     parameters (see the access log).
     """
 
     at: float
-    kind: str  # "http", "websocket", "forward-auth", "control"
+    kind: RequestKind
     request_id: str = ""
     client_ip: str = ""
     user_agent: str = ""
@@ -48,7 +83,7 @@ class RequestRecord:
     upstream_seconds: float | None = None
     authz_seconds: float | None = None
     total_seconds: float = 0.0
-    decision: str = ""
+    decision: AccessDecision = AccessDecision.UNDECIDED
     reason: str = ""
     policy_version: int = 0
 

@@ -10,17 +10,34 @@ a forgery, and the answer is 403. Missing, repeated or malformed values are 400.
 with the identity headers for the proxy to copy — only for an explicit allow (or a public path);
 everything else is 401 (with ``Location``, the sign-in or MFA page) or 403, so a proxy that treats
 "not 2xx" as "deny" can never be talked into letting a request through.
+
+In the data plane's stage sequence, forward-auth is an entry of its own: :func:`retarget` makes the
+original request the one the stages decide, :func:`answer_allowed` and :func:`answer_refused` are
+how it answers instead of proxying.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
-from gateway.errors import BadHeaders, Forbidden
+from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
+from gateway.pipeline.asgi import Scope, Send
+from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import normalize_name
+from gateway.pipeline.pages import wants_html
 
-__all__ = ["FORWARD_AUTH_PATH", "ForwardedRequest", "UntrustedProxy", "forwarded_request"]
+__all__ = [
+    "FORWARD_AUTH_PATH",
+    "ForwardedRequest",
+    "UnknownTarget",
+    "UntrustedProxy",
+    "answer_allowed",
+    "answer_refused",
+    "forwarded_request",
+    "retarget",
+]
 
 FORWARD_AUTH_PATH = "/.gateway/auth"
 
@@ -37,8 +54,14 @@ _WANTED = {
 class UntrustedProxy(Forbidden):
     """A forward-auth request from an address that is not a trusted proxy (403)."""
 
-    reason = "untrusted-proxy"
+    reason: str = ErrorReason.UNTRUSTED_PROXY
     title = "Not a trusted proxy"
+
+
+class UnknownTarget(Forbidden):
+    """No route for the request a proxy asks about: 403 ``no-route`` (a proxy turns a 404 into a 500)."""
+
+    reason: str = ErrorReason.NO_ROUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +118,56 @@ def forwarded_request(headers: list[tuple[bytes, bytes]], *, peer_trusted: bool)
         raw_path=raw_path,
         query=query,
     )
+
+
+def retarget(scope: Scope, ctx: RequestContext) -> bytes:
+    """The forward-auth entry's receive: the request the proxy asks about becomes the one decided.
+
+    Its method, scheme, host and query replace the sub-request's in ``ctx``; returns its raw path
+    for the canonical stage.
+
+    Raises:
+        UntrustedProxy, BadHeaders: see :func:`forwarded_request`.
+    """
+    original = forwarded_request(scope["headers"], peer_trusted=ctx.fwd is not None and ctx.fwd.peer_trusted)
+    ctx.method = original.method
+    ctx.proto = original.proto
+    ctx.host_raw = original.host
+    ctx.query = original.query
+    return original.raw_path
+
+
+# The proxy must not cache an answer about one request for another; there is never a body.
+_NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
+
+
+async def answer_allowed(send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...]) -> None:
+    """200, with the identity headers for the proxy to copy onto the request it forwards."""
+    request_id = ctx.fwd.request_id if ctx.fwd else ""
+    ctx.rec.status = 200
+    await _answer(send, 200, [*_NO_STORE, *identity, (b"x-request-id", request_id.encode())])
+
+
+async def answer_refused(send: Send, scope: Scope, ctx: RequestContext, err: GatewayError) -> None:
+    """401 or 403 (or 400/5xx as they are) with the reason id; never a 2xx."""
+    # Proxies understand 2xx, 401 and 403 (nginx turns anything else into a 500): a missing
+    # route is a 403, a sign-in or MFA page is a 401 with Location. ``?redirect=1`` (Caddy,
+    # Traefik, which pass the answer on to the client) makes it a 302 for browsers instead.
+    headers = [*_NO_STORE, (b"x-gateway-reason", err.reason.encode())]
+    if err.location:
+        headers.append((b"location", err.location.encode("latin-1")))
+        redirect = b"redirect=1" in scope.get("query_string", b"").split(b"&")
+        status = 302 if redirect and wants_html(ctx.accept) else 401
+    elif err.status in (400, 401, 403) or err.status >= 500:
+        status = err.status
+    else:
+        status = 403
+    ctx.rec.status = status
+    request_id = ctx.fwd.request_id if ctx.fwd else ""
+    headers.append((b"x-request-id", request_id.encode()))
+    await _answer(send, status, headers)
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -15,7 +15,8 @@ import html
 import json
 from typing import Final
 
-from gateway.errors import GatewayError
+from gateway.authz.decision import Reason
+from gateway.errors import ErrorReason, GatewayError
 
 __all__ = ["ERROR_PAGE_CSP", "HARDENING_HEADER_NAMES", "error_response", "hardening_headers", "wants_html"]
 
@@ -71,12 +72,12 @@ _SERVER_HINT = "Try again in a moment. If it keeps happening, give an administra
 # Keyed by reason, for refusals whose status alone would say something untrue: an IP block refuses
 # before anyone is identified, so it must not tell an anonymous visitor "you are signed in"; only the
 # authorize stage, which runs after the session is known, may say so.
-_REASON_HINTS = {
-    "ip-blocked": "Requests from your network address are blocked. If you think this is a mistake, "
+_REASON_HINTS: Final[dict[str, str]] = {
+    ErrorReason.IP_BLOCKED: "Requests from your network address are blocked. If you think this is a mistake, "
     "give an administrator the request id below.",
-    "policy-deny": "You are signed in, but your role does not allow this request. "
+    Reason.POLICY_DENY: "You are signed in, but your role does not allow this request. "
     "Ask an administrator if you need it.",
-    "no-matching-rule": "You are signed in, but your role does not allow this request. "
+    Reason.NO_MATCHING_RULE: "You are signed in, but your role does not allow this request. "
     "Ask an administrator if you need it.",
 }
 

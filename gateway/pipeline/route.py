@@ -4,6 +4,9 @@ Hosts compare case-insensitively with the port and a trailing dot removed; an ex
 wildcard (``*.example.com`` matches exactly one extra label, like a TLS certificate). Within a host
 the longest path prefix wins, and a prefix only matches on a segment boundary: ``/admin`` covers
 ``/admin`` and ``/admin/x`` but never ``/administrator`` (a classic policy bypass in prefix routers).
+
+The route stage (:func:`route_request`) runs this on the canonical path; ``/.gateway/`` belongs to
+the gateway on every host and never matches a route.
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from gateway.errors import BadHeaders
+from gateway.errors import BadHeaders, BadPath, GatewayError
 from gateway.settings.schema import Route
 
-__all__ = ["MatchedRoute", "Router", "normalize_host"]
+if TYPE_CHECKING:  # the snapshot holds a Router: imported for types only
+    from gateway.pipeline.canonical import CanonicalPath
+    from gateway.pipeline.context import RequestContext
+    from gateway.state import Snapshot
+
+__all__ = ["CONTROL_PREFIX", "MatchedRoute", "Router", "is_control", "normalize_host", "route_request"]
+
+CONTROL_PREFIX = "/.gateway"
 
 # A host header: a DNS name or IPv4 (letters, digits, '-', '.') or a bracketed IPv6 literal, then an
 # optional port. Anything else ('@', '/', spaces, userinfo) is refused: it is either garbage or an
@@ -41,6 +52,12 @@ def normalize_host(raw: str) -> str:
     if not host:
         raise BadHeaders("The Host header is missing or malformed.")
     return host
+
+
+def is_control(path: str) -> bool:
+    """Whether a canonical path is one of the gateway's own (``/.gateway`` and below)."""
+    # Reserved on every host and never proxied, so an app cannot shadow the gateway's own endpoints.
+    return path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +125,38 @@ class Router:
                 public = any(p.fullmatch(path) for p in entry.public)
                 return MatchedRoute(entry.route, public)
         return None
+
+
+def route_request(
+    ctx: RequestContext, snap: Snapshot, canon: CanonicalPath, *, no_route: type[GatewayError]
+) -> bool:
+    """The route stage: find the route for the request's host and canonical path.
+
+    Sets ``ctx.rt`` and ``ctx.path_and_query`` (what the upstream is sent: the canonical path, so
+    the policy and the application see the same path).
+
+    Args:
+        ctx: The request; ``host_raw`` and ``query`` are read.
+        snap: The live configuration.
+        canon: The canonical path.
+        no_route: What to raise when no route matches: :class:`~gateway.errors.NoRoute` (404) for a
+            request, a 403 for a proxy's forward-auth question (proxies understand only 401/403).
+
+    Returns:
+        Whether the path is public on its route (no identity needed).
+
+    Raises:
+        BadHeaders: the ``Host`` is malformed.
+        BadPath: the path has ``;`` parameters and the route does not allow them.
+    """
+    host = normalize_host(ctx.host_raw.decode("latin-1"))
+    match = None if is_control(canon.path) else snap.router.match(host, canon.path)
+    if match is None:
+        raise no_route("No application is configured for this address.")
+    route = match.route
+    if canon.has_path_params and not route.allow_path_params:
+        raise BadPath("Path parameters (';') are not allowed on this route.")
+    query = ctx.query
+    ctx.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
+    ctx.rt = snap.routes[route.name]
+    return match.is_public

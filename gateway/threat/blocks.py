@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.errors import Forbidden
+from gateway.errors import ErrorReason, Forbidden
 from gateway.store.fast.base import FastState, StateUnavailable, Subscription
 
 __all__ = [
@@ -57,7 +57,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class IpBlocked(Forbidden):
     """The client address is blocked (a threat response or a block list): 403 ``ip-blocked``."""
 
-    reason = "ip-blocked"
+    reason: str = ErrorReason.IP_BLOCKED
     title = "Access from this address is blocked"
 
 

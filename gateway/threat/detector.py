@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.audit.trail import SecurityEvent
-from gateway.observe.record import RequestRecord
+from gateway.authz.decision import Reason
+from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.blocks import BlockListFiles, IpBlocks
@@ -40,7 +41,7 @@ __all__ = ["ThreatDetector"]
 logger = logging.getLogger("gateway.threat")
 
 # Denials that are a principal probing the policy; not "go do MFA" or "your address is blocked".
-_PROBE_REASONS: Final = frozenset({"policy-deny", "no-matching-rule"})
+_PROBE_REASONS: Final = frozenset({Reason.POLICY_DENY, Reason.NO_MATCHING_RULE})
 _BASELINES: Final = 50_000
 _UA_LIMIT: Final = 256  # sessions keep the first 256 characters of the User-Agent
 _HIJACK_MEMORY: Final = 86400.0
@@ -91,7 +92,8 @@ class ThreatDetector:
         settings = self._settings()
         if not settings.enabled:
             return
-        if rec.decision == "deny" and rec.reason in _PROBE_REASONS and settings.reconnaissance.enabled:
+        probing = rec.decision is AccessDecision.DENY and rec.reason in _PROBE_REASONS
+        if probing and settings.reconnaissance.enabled:
             self._put(("deny", rec.user, rec.client_ip, rec.session))
         if rec.session and settings.session_hijack.enabled:
             baselines = self._baselines

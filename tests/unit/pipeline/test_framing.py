@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.app import BadFraming, _framing
 from gateway.pipeline.proxy import BodyFraming
+from gateway.pipeline.receive import BadFraming, body_framing
 
 
 @pytest.mark.parametrize(
@@ -28,14 +28,14 @@ from gateway.pipeline.proxy import BodyFraming
 )
 def test_transfer_encoding_other_than_one_chunked_is_refused(codings: list[bytes]) -> None:
     with pytest.raises(BadFraming) as raised:
-        _framing([], codings)
+        body_framing([], codings)
     assert raised.value.status == 400
     assert raised.value.reason == "bad-framing"
 
 
 @pytest.mark.parametrize("value", [b"chunked", b"CHUNKED", b"Chunked", b" chunked\t"])
 def test_one_chunked_in_any_case_is_chunked(value: bytes) -> None:
-    assert _framing([], [value]) == BodyFraming(chunked=True)
+    assert body_framing([], [value]) == BodyFraming(chunked=True)
 
 
 @pytest.mark.parametrize(
@@ -51,8 +51,8 @@ def test_one_chunked_in_any_case_is_chunked(value: bytes) -> None:
 )
 def test_ambiguous_or_malformed_length_is_refused(lengths: list[bytes], codings: list[bytes]) -> None:
     with pytest.raises(BadFraming):
-        _framing(lengths, codings)
+        body_framing(lengths, codings)
 
 
 def test_repeated_equal_length_is_one_length() -> None:
-    assert _framing([b"5", b"5"], []) == BodyFraming(content_length=5)
+    assert body_framing([b"5", b"5"], []) == BodyFraming(content_length=5)

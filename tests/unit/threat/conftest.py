@@ -16,7 +16,7 @@ from gateway.identity.accounts import AccountService
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.sessions import Session, SessionStore
-from gateway.observe.record import RequestRecord
+from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
 from gateway.settings.schema import (
     Duration,
     PasswordSettings,
@@ -105,10 +105,10 @@ class World:
     def request(
         self, *, user: str = "", session: Session | None = None, ip: str = IP, ua: str = UA, **kw: str
     ) -> None:
-        rec = RequestRecord(at=self.clock.time(), kind="http", client_ip=ip, user_agent=ua)
+        rec = RequestRecord(at=self.clock.time(), kind=RequestKind.HTTP, client_ip=ip, user_agent=ua)
         rec.user = user
         rec.session = session.id_hash[:16] if session is not None else ""
-        rec.decision = kw.get("decision", "allow")
+        rec.decision = AccessDecision(kw.get("decision", "allow"))
         rec.reason = kw.get("reason", "policy-allow")
         self.detector.observe(rec)
 

@@ -1,0 +1,72 @@
+"""What the stages learn about one request, handed from stage to stage.
+
+One plain slotted object per request instead of arguments threaded through every stage: the stages
+fill it in request order (receive: the headers it read and the client's address; route: the route and
+the path to forward), and the access-log record travels in it. It is built
+for every request, so it is a class with ``__slots__`` and plain assignments, not a dataclass.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.observe.record import RequestKind, RequestRecord
+from gateway.pipeline.headers import Forwarding
+from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
+from gateway.state import RouteRuntime
+
+__all__ = ["RequestContext"]
+
+
+class RequestContext:
+    """One request on its way through the stages.
+
+    Attributes:
+        rec: The access-log record (finished and handed to the observers when the request ends).
+        method: The method the policy sees: the request's own, the original request's for
+            forward-auth, and ``GET`` for a WebSocket handshake (RFC 6455 §4.1).
+        proto: ``http`` or ``https``, as the client reached the gateway (for the return URL).
+        host_raw: The ``Host`` the request is for, as sent (the original one for forward-auth).
+        query: The raw query string of the request the stages decide.
+        path_and_query: The canonical path and the query: what the upstream is sent (set by route).
+        rt: The matched route (set by route).
+        fwd: Who the client is, after deciding which forwarding headers to trust (set by receive).
+        outcome: What the proxy stage did, for the access log.
+    """
+
+    __slots__ = (
+        "accept",
+        "framing",
+        "fwd",
+        "host_raw",
+        "method",
+        "outcome",
+        "path_and_query",
+        "proto",
+        "query",
+        "rec",
+        "rt",
+        "user_agent",
+    )
+
+    def __init__(self, kind: RequestKind, method: str) -> None:
+        self.rec = RequestRecord(at=time.time(), kind=kind, method=method)
+        self.method = method
+        self.proto = "http"
+        self.user_agent = b""
+        self.accept = b""
+        self.host_raw = b""
+        self.query = b""
+        self.framing = NO_BODY
+        self.fwd: Forwarding | None = None
+        self.path_and_query = ""
+        self.rt: RouteRuntime | None = None
+        self.outcome = ProxyOutcome()
+
+    def original_url(self) -> str:
+        """The URL the client asked for: where sign-in and MFA pages send the browser back to.
+
+        Built only for refusals: percent-encoding it for every request was a measurable share of
+        the signed-in hot path.
+        """
+        return f"{self.proto}://{self.host_raw.decode('latin-1')}{self.path_and_query}"

@@ -1,0 +1,214 @@
+"""The data plane's entries: what each does once the stages allowed a request, and how it refuses one.
+
+Every entry runs the same stage sequence (:meth:`gateway.pipeline.app.DataPlane._run`); they differ
+only at the end:
+
+=============  ==========================================  =============================================
+entry          allowed: the proxy stage                    refused
+=============  ==========================================  =============================================
+HTTP           stream the exchange to the upstream         error page / JSON, or 302 to sign-in or MFA
+forward-auth   200 with the identity headers               401 (with ``Location``) or 403, never a 2xx
+WebSocket      open the upstream socket, pump both ways    the handshake closed (the server answers 403)
+=============  ==========================================  =============================================
+
+Entries are module-level singletons with no state: the per-request work is plain method calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import ClassVar, Protocol
+
+import aiohttp
+
+from gateway.errors import GatewayError, NoRoute, ServiceUnavailable, UpstreamError
+from gateway.observe.record import RequestKind
+from gateway.pipeline.asgi import Receive, Scope, Send
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
+from gateway.pipeline.headers import upstream_request_headers
+from gateway.pipeline.pages import wants_html
+from gateway.pipeline.proxy import forward_http
+from gateway.pipeline.refusal import answer_error
+from gateway.pipeline.websocket import forward_websocket
+from gateway.state import Snapshot
+from gateway.upstream.http1 import Http1Client
+
+__all__ = ["FORWARD_AUTH", "HTTP", "WEBSOCKET", "Clients", "Entry"]
+
+logger = logging.getLogger("gateway.pipeline")
+
+Identity = tuple[tuple[bytes, bytes], ...]
+
+
+class Clients(Protocol):
+    """The upstream clients the proxy stage uses (built at start-up)."""
+
+    @property
+    def upstream(self) -> Http1Client | None: ...
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None: ...
+
+
+class Entry:
+    """How one kind of request ends. Subclasses set the class attributes and override both methods."""
+
+    __slots__ = ()
+
+    kind: ClassVar[RequestKind]
+    # What the route stage raises when nothing matches.
+    no_route: ClassVar[type[GatewayError]] = NoRoute
+    # Only routes with `websockets: true` accept this entry.
+    needs_websockets: ClassVar[bool] = False
+
+    def finish(
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        snap: Snapshot,
+        identity: Identity,
+        clients: Clients,
+    ) -> Awaitable[object]:
+        """The proxy stage of this entry, for a request the stages let through."""
+        raise NotImplementedError
+
+    async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
+        """Answer a refusal (the decision and reason are already noted in ``ctx.rec``)."""
+        raise NotImplementedError
+
+
+class _Http(Entry):
+    __slots__ = ()
+    kind = RequestKind.HTTP
+
+    def finish(
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        snap: Snapshot,
+        identity: Identity,
+        clients: Clients,
+    ) -> Awaitable[None]:
+        # Not a coroutine itself: the caller awaits forward_http's directly (one frame fewer per request).
+        rt, fwd, client = ctx.rt, ctx.fwd, clients.upstream
+        # Set by the route and receive stages.
+        assert rt is not None
+        assert fwd is not None
+        if client is None:  # pragma: no cover - start() builds it before traffic; fail closed regardless
+            raise ServiceUnavailable("The gateway is starting.")
+        headers = upstream_request_headers(
+            scope["headers"],
+            fwd=fwd,
+            extra=rt.request_headers,
+            identity=identity,
+            own_cookies=snap.own_cookies,
+        )
+        return forward_http(
+            method=scope["method"],
+            path_and_query=ctx.path_and_query,
+            headers=headers,
+            receive=receive,
+            send=send,
+            rt=rt,
+            client=client,
+            request_id=fwd.request_id,
+            outcome=ctx.outcome,
+            body_framing=ctx.framing,
+        )
+
+    async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
+        if ctx.outcome.status:
+            raise err  # the response already started: only closing the connection is left
+        if err.status >= 500:
+            # The page shows a plain message and the request id; the detail is here, under that id.
+            request_id = ctx.fwd.request_id if ctx.fwd else ""
+            logger.warning(
+                "%s %s: %s (request id %s)", scope["method"], scope.get("path"), err.detail, request_id
+            )
+        ctx.rec.status = 302 if err.location and wants_html(ctx.accept) else err.status
+        await answer_error(send, err, ctx)
+
+
+class _ForwardAuth(Entry):
+    __slots__ = ()
+    kind = RequestKind.FORWARD_AUTH
+    # A proxy turns anything but 2xx, 401 and 403 into a 500: an unknown target is a 403.
+    no_route = UnknownTarget
+
+    def finish(
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        snap: Snapshot,
+        identity: Identity,
+        clients: Clients,
+    ) -> Awaitable[None]:
+        return answer_allowed(send, ctx, identity)
+
+    async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
+        await answer_refused(send, scope, ctx, err)
+
+
+class _WebSocket(Entry):
+    __slots__ = ()
+    kind = RequestKind.WEBSOCKET
+    needs_websockets = True
+
+    def finish(
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        snap: Snapshot,
+        identity: Identity,
+        clients: Clients,
+    ) -> Awaitable[str]:
+        rt, fwd, session = ctx.rt, ctx.fwd, clients.session
+        # Set by the route and receive stages.
+        assert rt is not None
+        assert fwd is not None
+        if session is None:  # pragma: no cover - start() builds it before traffic; fail closed regardless
+            raise ServiceUnavailable("The gateway is starting.")
+        ctx.rec.status = 101
+        headers = upstream_request_headers(
+            scope["headers"],
+            fwd=fwd,
+            extra=rt.request_headers,
+            identity=identity,
+            websocket=True,
+            own_cookies=snap.own_cookies,
+        )
+        return forward_websocket(
+            scope=scope,
+            path_and_query=ctx.path_and_query,
+            headers=headers,
+            receive=receive,
+            send=send,
+            rt=rt,
+            session=session,
+        )
+
+    async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
+        if isinstance(err, UpstreamError):
+            # forward_websocket already closed the client's handshake.
+            ctx.rec.status = err.status
+            logger.warning("websocket %s: %s", scope.get("path"), err.detail)
+            return
+        # Refuse the handshake; the ASGI server answers it with 403.
+        ctx.rec.status = 403
+        logger.info("websocket refused (%s): %s", err.reason, err.detail)
+        await send({"type": "websocket.close", "code": 1008})
+
+
+HTTP: Entry = _Http()
+FORWARD_AUTH: Entry = _ForwardAuth()
+WEBSOCKET: Entry = _WebSocket()

@@ -1,0 +1,108 @@
+"""The receive stage: the request line and headers as the client sent them, checked before anything reads them.
+
+One pass over the header list: its size, exactly one ``Host``, the body framing (RFC 9112 §6), and
+who the client is (the address comes from ``X-Forwarded-For`` only through trusted proxies; see
+:mod:`gateway.pipeline.headers`). A blocked client address is refused here, before any other work.
+Returns the raw request target's path for the canonical stage.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import BadHeaders, ErrorReason, HeadersTooLarge
+from gateway.pipeline.asgi import Scope
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.headers import forwarding_for
+from gateway.pipeline.proxy import BodyFraming
+from gateway.state import Snapshot
+from gateway.threat.blocks import IpBlocked, IpBlocks
+
+__all__ = ["BadFraming", "BrokenBody", "body_framing", "receive_request"]
+
+
+class BadFraming(BadHeaders):
+    """The request's body framing is ambiguous (RFC 9112 §6): answered with 400, then the connection closes."""
+
+    reason: str = ErrorReason.BAD_FRAMING
+    title = "Ambiguous request framing"
+
+
+class BrokenBody(BadFraming):
+    """The chunked body is malformed, or the body ended before its framing said it would."""
+
+    reason: str = ErrorReason.BAD_BODY
+    title = "Malformed request body"
+
+
+def body_framing(lengths: list[bytes], codings: list[bytes]) -> BodyFraming:
+    """How the body ends, from every ``Content-Length`` and ``Transfer-Encoding`` value sent.
+
+    Raises:
+        BadFraming: the framing is ambiguous or malformed.
+    """
+    # Request smuggling lives in disagreements about where a body ends (RFC 9112 §6.3): refuse both
+    # framings at once, several different lengths, and anything that is not a plain decimal.
+    if codings:
+        if lengths:
+            raise BadFraming("The request has both Content-Length and Transfer-Encoding.")
+        # The only coding accepted is one `chunked` alone (§6.1: it is final, applied once; names are
+        # case-insensitive). granian frames `identity, chunked`, `gzip, chunked` or two fields as
+        # chunked, but a proxy in front may read them otherwise and see a different end of body,
+        # and the upstream would get a gzip body labelled as plain: refuse rather than guess.
+        if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
+            raise BadFraming("The request's Transfer-Encoding must be exactly 'chunked'.")
+        return BodyFraming(chunked=True)
+    values = {v.strip() for v in lengths}
+    if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
+        raise BadFraming("The request's Content-Length is malformed.")
+    return BodyFraming(content_length=int(next(iter(values))))
+
+
+def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: IpBlocks) -> bytes:
+    """Check the request's headers and note what later stages need; return the raw path.
+
+    Raises:
+        IpBlocked: the client's address is blocked (403).
+        HeadersTooLarge: the header block is over ``limits.max_header_bytes`` (431).
+        BadHeaders: no ``Host`` or more than one (400).
+        BadFraming: the body framing is ambiguous (400, connection closed).
+    """
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    size = 0
+    hosts = 0
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"host":
+            ctx.host_raw = value
+            hosts += 1
+        elif name == b"accept":
+            ctx.accept = value
+        elif name == b"user-agent":
+            ctx.user_agent = value
+        elif name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+    client = scope.get("client")
+    fwd = ctx.fwd = forwarding_for(
+        peer_ip=client[0] if client else "",
+        scheme=scope.get("scheme", "http").replace("ws", "http"),
+        host=ctx.host_raw.decode("latin-1"),
+        headers=headers,
+        trusted=snap.trusted,
+    )
+    ctx.proto = fwd.proto
+    # One in-process look-up (empty set: one check); the threat detector keeps it current.
+    if fwd.client_ip in blocks:
+        raise IpBlocked("Access from your address is blocked.")
+    if size > snap.settings.limits.max_header_bytes:
+        raise HeadersTooLarge(f"Request headers exceed {snap.settings.limits.max_header_bytes} bytes.")
+    if hosts != 1:
+        # Zero or several Host headers: components could disagree about the target (smuggling).
+        raise BadHeaders("The request must carry exactly one Host header.")
+    if lengths or codings:
+        ctx.framing = body_framing(lengths, codings)
+    ctx.query = scope.get("query_string", b"")
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw

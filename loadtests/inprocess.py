@@ -1,0 +1,247 @@
+"""The data plane driven in-process: deterministic cost per request, for before/after comparisons.
+
+The side-by-side benchmark (``loadtests.measure``) measures throughput on the shared machine, whose
+noise is a factor of two between minutes. This driver removes the network client, the ASGI server and
+the other processes: it starts one worker's :class:`~gateway.runtime.Runtime` (embedded storage, the
+access log to a file), signs a session in directly through the session store, and calls the
+:class:`~gateway.pipeline.app.DataPlane` with the same request the benchmark sends (``GET
+/__echo/bytes/256`` with the session cookie), one after another. The upstream is a tiny HTTP/1.1 server
+in the same event loop that answers 256 bytes, so the proxy stage and the gateway's upstream client run
+for real. Every request runs cookie → session → MFA check → RBAC → identity headers + assertion →
+proxy → access log and metrics, the signed-in hot path.
+
+Two ways to read it::
+
+    python -m loadtests.inprocess --requests 20000          # CPU µs per request (process time)
+    python -m loadtests.inprocess --instructions            # instructions per request (callgrind)
+
+``--instructions`` runs this module twice under ``valgrind --tool=callgrind`` with ``--requests`` and
+twice as many, and divides the difference in instructions by the difference in requests: start-up cost
+cancels, and the count does not depend on what else the machine is doing. ``PYTHONHASHSEED`` is fixed,
+so two runs of the same code give the same count to within a fraction of a percent.
+
+Exit codes: 0 done; 1 a request was not answered 200 (the measurement would be meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["main"]
+
+_BODY = b"x" * 256
+_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 256\r\n\r\n" + _BODY
+)
+_PATH = b"/__echo/bytes/256"
+_COOKIE = "gateway_session"  # session.insecure_cookies: no "__Host-" prefix
+
+
+class _Upstream(asyncio.Protocol):
+    """Answers every request head (GET, no body) with the same 256 bytes, keeping the connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            self.buffer = self.buffer[end + 4 :]
+            assert self.transport is not None
+            self.transport.write(_RESPONSE)
+
+
+def _config(tmp: Path, upstream_port: int) -> Path:
+    policy = tmp / "policy.csv"
+    policy.write_text("p, authenticated, *, /*, *, allow\n")
+    config: dict[str, Any] = {
+        "public_url": "http://127.0.0.1:8080",
+        "listen": "127.0.0.1:8080",
+        "data_dir": str(tmp / "data"),
+        "admin": {"listen": None},
+        "policy": {"file": str(policy)},
+        "session": {"insecure_cookies": True},
+        "logging": {"sinks": [{"type": "file", "path": str(tmp / "access.log")}]},
+        "routes": [
+            {
+                "name": "echo",
+                "host": "127.0.0.1",
+                "path": "/",
+                "upstreams": [f"http://127.0.0.1:{upstream_port}"],
+                "mfa": "none",
+            }
+        ],
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+async def _lifespan(plane: Any, kind: str) -> None:
+    """Send one lifespan message to the data plane and wait for its answer."""
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    answers: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": f"lifespan.{kind}"})
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await answers.put(message)
+
+    task = asyncio.ensure_future(plane({"type": "lifespan"}, inbox.get, send))
+    answer = await answers.get()
+    if not answer["type"].endswith(".complete"):
+        raise RuntimeError(f"lifespan {kind} failed: {answer}")
+    if kind == "shutdown":
+        await task
+    else:
+        task.cancel()
+
+
+async def _sign_in(runtime: Any) -> str:
+    from gateway.identity.levels import AuthLevel, Factor, FactorUse
+
+    session_id, _ = await runtime.identity.sessions.create(
+        user_id=1,
+        username="bench",
+        level=AuthLevel.ONE_FACTOR,
+        factors=[FactorUse(Factor.PASSWORD, time.time())],
+        roles=[],
+        ip="127.0.0.1",
+        user_agent="inprocess",
+        host="127.0.0.1",
+    )
+    return str(session_id)
+
+
+async def _drive(plane: Any, cookie: bytes, count: int) -> int:
+    """Send ``count`` requests; return how many were not answered 200."""
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    for _ in range(count):
+        # A new scope per request, as the ASGI server builds one.
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": _PATH.decode(),
+            "raw_path": _PATH,
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1:8080"),
+                (b"user-agent", b"wrk"),
+                (b"accept", b"application/json"),
+                (b"cookie", cookie),
+            ],
+            "client": ("127.0.0.1", 50_000),
+            "server": ("127.0.0.1", 8080),
+        }
+        await plane(scope, receive, send)
+    return sum(1 for status in statuses if status != 200) + (count - len(statuses))
+
+
+async def _run(requests: int, warmup: int) -> int:
+    from gateway.pipeline.app import create_data_plane
+    from gateway.runtime import load_runtime
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
+        plane = create_data_plane(load_runtime(_config(Path(tmp), port)))
+        await _lifespan(plane, "startup")
+        try:
+            cookie = f"{_COOKIE}={await _sign_in(plane.runtime)}".encode()
+            failed = await _drive(plane, cookie, warmup)
+            started = time.process_time()
+            failed += await _drive(plane, cookie, requests)
+            spent = time.process_time() - started
+        finally:
+            await _lifespan(plane, "shutdown")
+            server.close()
+    if failed:
+        print(f"{failed} requests were not answered 200", file=sys.stderr)
+        return 1
+    print(f"{requests} requests, {spent / requests * 1e6:.1f} µs CPU per request")
+    return 0
+
+
+def _callgrind(requests: int) -> int:
+    """Instructions of one run of this module with ``requests`` requests, counted by callgrind."""
+    with tempfile.TemporaryDirectory(prefix="inprocess-cg-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-m",
+                "loadtests.inprocess",
+                "--requests",
+                str(requests),
+                "--warmup",
+                "200",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"the run under callgrind failed: {proc.stderr[-2000:]}")
+        match = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
+        if match is None:
+            raise RuntimeError("callgrind wrote no summary line")
+        return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.inprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="measured requests (default 20000)")
+    parser.add_argument("--warmup", type=int, default=2_000, help="requests before measuring (default 2000)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under callgrind (runs --requests and 2x; default 1000)",
+    )
+    args = parser.parse_args(argv)
+    if args.instructions:
+        small = args.requests if args.requests != 20_000 else 1_000
+        first, second = _callgrind(small), _callgrind(2 * small)
+        print(f"{(second - first) / small / 1000:.1f} k instructions per request ({small} vs {2 * small})")
+        return 0
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    return asyncio.run(_run(args.requests, args.warmup))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
