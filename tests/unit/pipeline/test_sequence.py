@@ -1,0 +1,349 @@
+"""One stage sequence for every entry: HTTP, forward-auth and WebSocket decide the same way.
+
+The data plane is driven in-process, as the ASGI server calls it, with a real worker runtime
+(embedded storage, the shipped session store and policy engine) and a real upstream (aiohttp, HTTP
+and WebSocket) on a loopback port. One table of requests (allowed, public, no session, policy deny,
+MFA missing, password change owed, ambiguous path, no route) goes through each entry: the decision
+and reason in the access-log record are the same whichever entry carried the request (they come
+from the same stages), and each entry answers in its own way. Running gateways are tested in
+``tests/integration/`` (test_forward_auth, test_authorization_http, test_streaming, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import WSMsgType, web
+
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
+from gateway.pipeline.app import DataPlane, create_data_plane
+from gateway.pipeline.headers import TrustedProxies
+from gateway.runtime import load_runtime
+
+# The control app (gateway/web/) still uses APIs Litestar deprecated (litestar.contrib.jinja,
+# inferred query parameters); a running gateway only warns, and this data-plane test builds it too.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# Route "closed" has no rule at all: default deny.
+POLICY = """p, authenticated, app, /*, *, allow
+p, authenticated, app, /secret/*, *, deny
+p, authenticated, strong, /*, *, allow
+"""
+
+
+@dataclass
+class Upstream:
+    """What the application behind the gateway received (request headers, per request)."""
+
+    port: int = 0
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    plane: DataPlane
+    upstream: Upstream
+    records: list[RequestRecord]
+    cookies: dict[str, bytes]
+
+
+async def _app_handler(upstream: Upstream, request: web.Request) -> web.StreamResponse:
+    upstream.seen.append({name.lower(): value for name, value in request.headers.items()})
+    if request.headers.get("upgrade", "").lower() == "websocket":
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.CLOSE:
+                break
+        return ws
+    return web.Response(text="ok")
+
+
+def _config(tmp: Path, upstream_port: int) -> Path:
+    (tmp / "policy.csv").write_text(POLICY)
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    config = {
+        "public_url": "http://auth.test",
+        "data_dir": str(tmp / "data"),
+        "admin": {"listen": None},
+        "trusted_proxies": ["127.0.0.1/32"],
+        "policy": {"file": str(tmp / "policy.csv")},
+        "session": {"insecure_cookies": True},
+        "logging": {"access_log": False, "security_events": False},
+        "routes": [
+            {
+                "name": "app",
+                "host": "app.test",
+                "upstreams": [upstream],
+                "mfa": "none",
+                "public_paths": ["/public/*"],
+            },
+            {"name": "strong", "host": "strong.test", "upstreams": [upstream], "mfa": "required"},
+            {"name": "closed", "host": "closed.test", "upstreams": [upstream], "mfa": "none"},
+        ],
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def _lifespan(plane: DataPlane, kind: str) -> None:
+    messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    answers: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    await messages.put({"type": f"lifespan.{kind}"})
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await answers.put(message)
+
+    task = asyncio.ensure_future(plane({"type": "lifespan"}, messages.get, send))
+    try:
+        answer = await asyncio.wait_for(answers.get(), 60)
+        assert answer["type"] == f"lifespan.{kind}.complete", answer
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _sign_in(plane: DataPlane, user_id: int, username: str, *, password_change: bool = False) -> bytes:
+    identity = plane.runtime.identity
+    assert identity is not None
+    session_id, _ = await identity.sessions.create(
+        user_id=user_id,
+        username=username,
+        level=AuthLevel.ONE_FACTOR,
+        factors=[FactorUse(Factor.PASSWORD, time.time())],
+        roles=[],
+        ip="127.0.0.1",
+        user_agent="test",
+        host="app.test",
+        password_change=password_change,
+    )
+    return f"{plane.runtime.live.current.cookie_name}={session_id}".encode()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """The application behind the gateway: answers HTTP and accepts WebSockets on every path."""
+    upstream = Upstream()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _app_handler(upstream, request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        upstream.port = runner.addresses[0][1]
+        yield upstream
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[World]:
+    """One gateway worker, started as the ASGI server starts it, with two signed-in sessions."""
+    thresholds = gc.get_threshold()
+    plane = create_data_plane(load_runtime(_config(tmp_path, upstream.port)))
+    started = False
+    try:
+        await _lifespan(plane, "startup")
+        started = True
+        records: list[RequestRecord] = []
+        plane.runtime.observers.append(records.append)
+        cookies = {
+            "": b"",
+            "alice": await _sign_in(plane, 1, "alice"),
+            "bob": await _sign_in(plane, 2, "bob", password_change=True),
+        }
+        yield World(plane, upstream, records, cookies)
+    finally:
+        if started:
+            await _lifespan(plane, "shutdown")
+        else:
+            await plane.runtime.close()
+        # The worker's start-up tunes the collector for a long-lived process: undo it for the test run.
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[bytes, bytes]
+    record: RequestRecord
+
+
+def _headers(host: str, cookie: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [(b"host", host.encode()), (b"accept", b"application/json"), (b"user-agent", b"test")]
+    return [*headers, (b"cookie", cookie)] if cookie else headers
+
+
+async def _http(world: World, host: str, raw_path: bytes, cookie: bytes) -> Answer:
+    return await _call(world, "http", raw_path, _headers(host, cookie))
+
+
+async def _forward_auth(world: World, host: str, raw_path: bytes, cookie: bytes) -> Answer:
+    # The proxy's sub-request: its own Host, the original request in X-Forwarded-*.
+    headers = [
+        *_headers("proxy.internal", cookie),
+        (b"x-forwarded-method", b"GET"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", host.encode()),
+        (b"x-forwarded-uri", raw_path),
+    ]
+    return await _call(world, "http", b"/.gateway/auth", headers)
+
+
+async def _websocket(world: World, host: str, raw_path: bytes, cookie: bytes) -> Answer:
+    return await _call(world, "websocket", raw_path, _headers(host, cookie))
+
+
+async def _call(world: World, kind: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer:
+    inbox: list[MutableMapping[str, Any]] = [{"type": "websocket.connect"}, {"type": "websocket.disconnect"}]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        if kind == "http":
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return inbox.pop(0) if inbox else {"type": "websocket.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40_000),
+        "server": ("127.0.0.1", 8080),
+    }
+    if kind == "http":
+        scope["method"] = "GET"
+    before = len(world.records)
+    await world.plane(scope, receive, send)
+    assert len(world.records) == before + 1, "every request leaves exactly one record"
+    record = world.records[-1]
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    if starts:
+        return Answer(starts[0]["status"], dict(starts[0]["headers"]), record)
+    # A WebSocket: accepted, or closed before accepting (the ASGI server answers that with 403).
+    accepted = any(m["type"] == "websocket.accept" for m in sent)
+    return Answer(101 if accepted else 403, {}, record)
+
+
+ENTRIES = {"http": _http, "forward-auth": _forward_auth, "websocket": _websocket}
+KINDS = {
+    "http": RequestKind.HTTP,
+    "forward-auth": RequestKind.FORWARD_AUTH,
+    "websocket": RequestKind.WEBSOCKET,
+}
+
+# (case, host, raw path, who, decision, reason, status per entry: http, forward-auth, websocket)
+CASES: list[tuple[str, str, bytes, str, str, str, tuple[int, int, int]]] = [
+    ("allowed", "app.test", b"/hello", "alice", "allow", "policy-allow", (200, 200, 101)),
+    ("public path", "app.test", b"/public/x", "", "public", "", (200, 200, 101)),
+    ("no session", "app.test", b"/hello", "", "unauthenticated", "authentication-required", (401, 401, 403)),
+    ("policy deny", "app.test", b"/secret/x", "alice", "deny", "policy-deny", (403, 403, 403)),
+    # A deny area covers its own root (a trailing /* is the path and everything below it).
+    ("deny area root", "app.test", b"/secret", "alice", "deny", "policy-deny", (403, 403, 403)),
+    ("no rule", "closed.test", b"/hello", "alice", "deny", "no-matching-rule", (403, 403, 403)),
+    # Forward-auth answers a refusal that has a page to go to with 401 + Location (proxies' contract).
+    ("mfa missing", "strong.test", b"/hello", "alice", "deny", "mfa-required", (403, 401, 403)),
+    ("password owed", "app.test", b"/hello", "bob", "deny", "password-change-required", (403, 401, 403)),
+    ("encoded slash", "app.test", b"/a%2fb", "alice", "invalid", "bad-path", (400, 400, 403)),
+    ("dot segments", "app.test", b"/x/../secret/y", "alice", "deny", "policy-deny", (403, 403, 403)),
+]
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+async def test_every_entry_runs_the_same_stages(world: World, entry: str) -> None:
+    for case, host, raw_path, who, decision, reason, statuses in CASES:
+        answer = await ENTRIES[entry](world, host, raw_path, world.cookies[who])
+        rec = answer.record
+        expected_status = statuses[list(ENTRIES).index(entry)]
+        assert (case, answer.status) == (case, expected_status)
+        assert (case, rec.decision, rec.reason) == (case, decision, reason)
+        assert rec.kind is KINDS[entry]
+        # Enums end to end: the record holds members, which are their wire values as strings.
+        assert type(rec.decision) is AccessDecision
+        assert not rec.reason or isinstance(rec.reason, StrEnum), (case, type(rec.reason))
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+async def test_only_an_allowed_request_carries_the_identity(world: World, entry: str) -> None:
+    call = ENTRIES[entry]
+    allowed = await call(world, "app.test", b"/hello", world.cookies["alice"])
+    public = await call(world, "app.test", b"/public/x", world.cookies["alice"])
+    if entry == "forward-auth":
+        # The proxy copies these onto the request it forwards; a public path carries none.
+        assert allowed.headers[b"x-gateway-user"] == b"alice"
+        assert allowed.headers[b"x-gateway-assertion"]
+        assert b"x-gateway-user" not in public.headers
+        assert not world.upstream.seen
+    else:
+        assert [seen.get("x-gateway-user") for seen in world.upstream.seen] == ["alice", None]
+    assert (allowed.record.user, public.record.user) == ("alice", "")
+    assert allowed.record.policy_version > 0
+
+
+async def test_no_route_is_a_404_but_a_403_for_a_proxy(world: World) -> None:
+    http = await _http(world, "nowhere.test", b"/hello", world.cookies["alice"])
+    assert (http.status, http.record.decision, http.record.reason) == (
+        404,
+        AccessDecision.INVALID,
+        "no-route",
+    )
+    # Proxies turn anything but 2xx, 401 and 403 into a 500: the same refusal is a 403 for them.
+    fa = await _forward_auth(world, "nowhere.test", b"/hello", world.cookies["alice"])
+    assert (fa.status, fa.record.decision, fa.headers[b"x-gateway-reason"]) == (
+        403,
+        AccessDecision.DENY,
+        b"no-route",
+    )
+    ws = await _websocket(world, "nowhere.test", b"/hello", world.cookies["alice"])
+    assert (ws.status, ws.record.decision, ws.record.reason) == (403, AccessDecision.INVALID, "no-route")
+    assert not world.upstream.seen
+
+
+async def test_the_gateway_paths_are_never_routed(world: World) -> None:
+    # A route for "/" covers every path, yet /.gateway/ belongs to the gateway on every host.
+    for entry in ("forward-auth", "websocket"):
+        answer = await ENTRIES[entry](world, "app.test", b"/.gateway/account", world.cookies["alice"])
+        assert (entry, answer.status, answer.record.reason) == (entry, 403, "no-route")
+    # Through the HTTP entry, the control app answers it (its own page, not the upstream).
+    page = await _http(world, "app.test", b"/.gateway/health", b"")
+    assert (page.status, page.record.kind, page.record.decision) == (200, RequestKind.CONTROL, "public")
+    assert not world.upstream.seen
+
+
+async def test_forward_auth_from_an_untrusted_peer_is_refused_before_the_stages(world: World) -> None:
+    headers = [
+        *_headers("proxy.internal", world.cookies["alice"]),
+        (b"x-forwarded-method", b"GET"),
+        (b"x-forwarded-host", b"app.test"),
+        (b"x-forwarded-uri", b"/hello"),
+    ]
+    live = world.plane.runtime.live
+    live.swap(dataclasses.replace(live.current, trusted=TrustedProxies([])))
+    answer = await _call(world, "http", b"/.gateway/auth", headers)
+    assert (answer.status, answer.headers[b"x-gateway-reason"]) == (403, b"untrusted-proxy")
+    assert (answer.record.decision, answer.record.route, answer.record.user) == (AccessDecision.DENY, "", "")
