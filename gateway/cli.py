@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart",
         help="try the gateway locally in front of a bundled echo app",
         description="Create a data dir with generated keys and a config, start the bundled echo app and "
-        "the gateway in front of it (embedded SQLite + in-process state), and print what to do next.",
+        "the gateway in front of it (the embedded default: SQLite files in the data dir, no server to "
+        "install), and print what to do next.",
     )
     p.add_argument("--data-dir", type=Path, default=Path("gateway-data"), metavar="DIR")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")

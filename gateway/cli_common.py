@@ -69,8 +69,8 @@ class AccountServices:
     audit: AuditLog
     hasher: PasswordHasher
     accounts: AccountService
-    # None with in-process state: this command's own, empty store would report "0 sessions ended"
-    # while the gateways keep theirs. Better to have none and say so.
+    # None only with state.embedded: memory, where the sessions live inside the gateway process:
+    # this command's own, empty store would report "0 sessions ended" while the gateway keeps them.
     sessions: SessionStore | None
 
 
@@ -87,7 +87,7 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     from gateway.identity.sessions import SessionStore
     from gateway.runtime import storage_url
     from gateway.store.db import Database
-    from gateway.store.fast import open_fast_state
+    from gateway.store.fast import open_configured_state, shares_state
     from gateway.store.migrate import ensure_schema
 
     url = storage_url(settings)
@@ -96,16 +96,14 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
     keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
     db = Database.open(url, pool_size=2)
-    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+    # The same fast state as the running gateways (Redis, or the node's file in data_dir), so what
+    # this command ends or lifts ends or lifts there too, announced on the same broadcast.
+    fast = open_configured_state(settings)
     try:
         audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
         hasher = PasswordHasher(settings.passwords)
         regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
-        sessions = (
-            SessionStore(fast, settings.session, SYSTEM_CLOCK)
-            if settings.state.redis_url is not None
-            else None
-        )
+        sessions = SessionStore(fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
         accounts = AccountService(db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
         yield AccountServices(settings, fast, audit, hasher, accounts, sessions)
     finally:

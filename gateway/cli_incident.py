@@ -6,12 +6,13 @@
     gateway incident block-ip CIDR [--for 1h] [--reason TEXT]
     gateway incident unblock-ip CIDR
 
-Every action takes ``--config FILE``. Incidents and blocks live in the fast state, so the command
-needs ``state.redis_url``: with in-process state they live inside each running gateway, out of
-reach, and the command says so (exit 1). Every change is audited with the operator as the actor and
-reaches every replica within about a second (broadcast).
+Every action takes ``--config FILE``. Incidents and blocks live in the fast state the running
+gateways use (Redis, or the node's shared file in ``data_dir``), so the command acts on them directly.
+Every change is audited with the operator as the actor and reaches every worker and replica within
+about a second (broadcast). Only a gateway on ``state.embedded: memory`` keeps them inside its own
+process, out of reach: the command says so (exit 1).
 
-Exit codes: 0 done, 1 runtime failure (store unreachable, in-process state), 2 invalid input
+Exit codes: 0 done, 1 runtime failure (store unreachable, state.embedded: memory), 2 invalid input
 (unknown incident, bad address or duration, bad configuration).
 """
 
@@ -36,8 +37,8 @@ __all__ = ["add_incident_commands"]
 from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_services, command_group, operator
 
 _IN_PROCESS: Final = (
-    "error: state.redis_url is not set: incidents and blocks live inside each running gateway's "
-    "memory, out of reach of this command. Configure Redis to manage them from the command line."
+    "error: state.embedded is memory: incidents and blocks live inside the running gateway's process, "
+    "out of reach of this command. Use the default (state.embedded: file) to manage them from here."
 )
 
 
@@ -65,9 +66,10 @@ def _runner(
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from gateway.settings.loader import load_settings
+        from gateway.store.fast import shares_state
 
         settings = load_settings(args.config)
-        if settings.state.redis_url is None:
+        if not shares_state(settings):
             print(_IN_PROCESS, file=sys.stderr)
             return EXIT_FAILURE
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@
 ``validate``, ``test``, ``explain --file`` and ``diff A B`` work on files alone: they need no
 configuration and no database, so they run in CI next to the policy's source. The others work on the
 stored policy through the configured database; a change is versioned, audited and broadcast to the
-running gateways (with Redis at once; otherwise each gateway polls within ``policy.poll_interval``).
+running gateways at once (through Redis or the node's shared state file; a gateway on
+``state.embedded: memory`` finds it by polling within ``policy.poll_interval``).
 
 ``explain`` and ``test`` canonicalise the path first, exactly as the gateway does before it asks the
 policy, so their answer is the gateway's answer.
@@ -119,7 +120,7 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     from gateway.crypto.keyring import Keyring
     from gateway.identity.services import keyring_path
     from gateway.store.db import Database, default_sqlite_url
-    from gateway.store.fast import open_fast_state
+    from gateway.store.fast import open_configured_state
     from gateway.store.migrate import ensure_schema
 
     # As gateway.runtime.storage_url, without importing the whole runtime (a second per command).
@@ -129,7 +130,7 @@ async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitab
     # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
     keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
     db = Database.open(url, pool_size=2)
-    fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+    fast = open_configured_state(settings)
     try:
         audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
         store = PolicyStore(db, fast, audit, SYSTEM_CLOCK)
@@ -457,9 +458,13 @@ def _print_diff(text: str, what: str) -> int:
 
 
 def _no_broadcast_note(ctx: _Context) -> None:
-    if ctx.settings.state.redis_url is None:
+    from gateway.store.fast import shares_state
+
+    # Redis and the node's shared state file carry the broadcast to every running gateway; only a
+    # gateway on state.embedded: memory cannot hear it from this process.
+    if not shares_state(ctx.settings):
         print(
-            "note: no Redis configured, so running gateways learn of the change by polling "
+            "note: state.embedded is memory, so the running gateway learns of the change by polling "
             f"(within policy.poll_interval, {ctx.settings.policy.poll_interval:g}s).",
             file=sys.stderr,
         )
@@ -687,7 +692,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "import",
         "store a policy file as the new version",
         "Parse and validate FILE and store it as a new version of the policy (a no-op when it equals "
-        "the stored one). Running gateways switch to it at once (Redis) or within policy.poll_interval.",
+        "the stored one). Running gateways switch to it at once.",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
     _config_arg(p)

@@ -15,10 +15,11 @@ Passwords never come from an argument: arguments are visible to every local user
 ``/proc/*/cmdline`` and end up in shell history. They are asked twice at the terminal, or read from
 standard input with ``--password-stdin`` (for scripts: ``pass show gw/alice | gateway user add …``).
 
-The commands work on the database directly, outside any gateway process. With Redis configured
-(``state.redis_url``) sessions live there, so ``disable`` and ``delete`` end them on every replica at
-once. With in-process state the sessions live inside each running gateway, out of reach: the command
-says so, and the operator restarts the gateways to drop them.
+The commands work on the database directly, outside any gateway process, and on the fast state the
+running gateways use (Redis, or the node's shared file in ``data_dir``), so ``disable``, ``delete`` and
+``reset-mfa`` end the user's sessions on every worker and replica within a second (revocation
+broadcast). Only a gateway on ``state.embedded: memory`` keeps its sessions out of reach; the command
+then says so.
 
 New passwords follow the policy of :mod:`gateway.identity.password_policy` (minimum length, not a
 common or breached password or a trivial variant of one, not built from the username, email or display
@@ -57,8 +58,8 @@ from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_servic
 
 _PASSWORD_ATTEMPTS: Final = 3
 _NO_LIVE_SESSIONS_NOTE: Final = (
-    "note: sessions are kept in-process by each running gateway (state.redis_url is not set), out of "
-    "reach of this command; restart the running gateways to end this user's sessions now."
+    "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
+    "out of reach of this command; they end at their idle timeout or when the gateway restarts."
 )
 
 
@@ -396,7 +397,10 @@ async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
     print(
         f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
         f"and {removed['recovery_codes']} recovery code(s) from {user.username}"
+        + _sessions_ended(removed.get("sessions"))
     )
+    if "sessions" not in removed:
+        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
     return EXIT_OK
 
 
@@ -526,8 +530,8 @@ def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "disable",
         _disable,
         summary="disable an account and end its sessions",
-        description="Disable an account: it can no longer sign in, and its sessions are ended (on every "
-        "gateway when Redis holds the sessions; otherwise restart the running gateways).",
+        description="Disable an account: it can no longer sign in, and its sessions are ended on every "
+        "running gateway within a second.",
     )
     _username_arg(p)
 
@@ -557,7 +561,7 @@ def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         _reset_mfa,
         summary="remove all second factors of an account",
         description="Remove every authenticator app, passkey, security key and recovery code of an "
-        "account (the user enrols again at the next sign-in).",
+        "account and end its sessions (the user signs in again and enrols at the next sign-in).",
     )
     _username_arg(p)
 

@@ -35,7 +35,7 @@ listen: {listen}
 public_url: http://{public_host}:{port}
 data_dir: {data_dir}
 storage: {{url: null}}          # null = SQLite file in data_dir (one node); postgresql+asyncpg://… for replicas
-state: {{redis_url: null}}      # null = in-process; redis://… for replicas
+state: {{redis_url: null}}      # null = data_dir/state.db, shared by every process on this node; redis://… for replicas
 trusted_proxies: []
 session:
   insecure_cookies: true       # plain HTTP on localhost only; never in production
@@ -193,13 +193,13 @@ async def bootstrap_admin(settings: Settings) -> str:
     from gateway.identity.services import IdentityServices
     from gateway.runtime import storage_url
     from gateway.store.db import Database
-    from gateway.store.fast import open_fast_state
+    from gateway.store.fast import open_configured_state
     from gateway.store.migrate import ensure_schema
 
     url = storage_url(settings)
     await ensure_schema(url, auto=True)
     db = Database.open(url)
-    fast = open_fast_state(None)
+    fast = open_configured_state(settings)
     try:
         identity = IdentityServices.build(settings, db, fast)
         if await identity.accounts.list(limit=1, offset=0):

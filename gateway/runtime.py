@@ -42,7 +42,7 @@ from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 from gateway.state import LiveState, Snapshot, build_snapshot
 from gateway.store.db import Database, default_sqlite_url
-from gateway.store.fast import FastState, open_fast_state
+from gateway.store.fast import FastState, open_configured_state
 from gateway.store.migrate import ensure_schema
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
 from gateway.upstream import HealthChecker
@@ -124,7 +124,9 @@ class Runtime:
         url = storage_url(settings)
         await ensure_schema(url, auto=url.startswith("sqlite"))
         self.db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
-        self.fast = open_fast_state(settings.state.redis_url, namespace=settings.state.namespace)
+        # Redis, or the node's shared file in data_dir: every worker, the admin listener and the CLI
+        # see the same sessions, counters, blocks and broadcasts.
+        self.fast = open_configured_state(settings)
         self.identity = IdentityServices.build(settings, self.db, self.fast)
         self._listener = asyncio.ensure_future(self.identity.sessions.run_invalidation_listener())
         self.signing = SigningKeys(

@@ -674,15 +674,17 @@ class AccountService:
     async def reset_mfa(self, user_id: int, *, actor: str) -> dict[str, int]:
         """Remove every second factor of an account: TOTP, WebAuthn credentials and recovery codes.
 
-        For a user who lost their devices. Sessions are kept: a lost phone is not a compromise (if it
-        is, disable the account). The user enrols again at the next sign-in.
+        For a user who lost their devices. The user's sessions end too: each one holds the
+        second-factor level that the removed factors granted, and the lost device may itself hold a
+        signed-in browser. The user signs in again and enrols at the next sign-in.
 
         Args:
             user_id: The account.
             actor: Who is doing this, for the audit trail.
 
         Returns:
-            How many of each were removed: ``{"totp": n, "webauthn": n, "recovery_codes": n}``.
+            How many of each were removed: ``{"totp": n, "webauthn": n, "recovery_codes": n}``, plus
+            ``"sessions": n`` ended (absent without a session store).
 
         Raises:
             UnknownAccount: No such user.
@@ -723,7 +725,17 @@ class AccountService:
                     update(User).where(User.id == user_id).values(updated_at=self._clock.now())
                 )
                 await session.commit()
-        await self._audit.record("user.mfa_reset", actor=actor, subject=user.username, details=removed)
+        # Factors first, sessions second (as in disable): a sign-in racing the reset cannot reach the
+        # second-factor level with a removed factor once the sweep has passed.
+        revoked = await self._revoke(user_id)
+        if revoked is not None:
+            removed["sessions"] = revoked
+        await self._audit.record(
+            "user.mfa_reset",
+            actor=actor,
+            subject=user.username,
+            details={**removed, "sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
         return removed
 
     # -- reading --------------------------------------------------------------------------------------

@@ -898,7 +898,30 @@ def _check_stores(settings: Settings, report: _Report) -> None:
             ("state", "redis_url"),
             f"unsupported Redis URL scheme {_quote(url.partition('://')[0])}; use one of "
             + ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
-            + " or null for in-process state",
+            + " or null for the embedded state in data_dir",
+        )
+    _check_embedded_state(settings, report)
+
+
+def _check_embedded_state(settings: Settings, report: _Report) -> None:
+    if settings.state.embedded == "file":
+        return
+    path = ("state", "embedded")
+    if settings.state.redis_url is not None:
+        report.add(path, "applies only without state.redis_url; remove one of them")
+    # Memory state lives inside one process: another worker, or the admin listener (its own process),
+    # would not know this worker's sessions and would refuse them (or accept revoked ones).
+    if settings.server.workers > 1:
+        report.add(
+            path,
+            "memory keeps sessions and counters inside one process, so several workers would not share"
+            " them; use file (the default) or server.workers: 1",
+        )
+    if settings.admin.listen is not None:
+        report.add(
+            path,
+            "memory keeps sessions inside the gateway process, so the admin listener (its own process)"
+            " could not see them; use file (the default) or admin.listen: null",
         )
 
 
@@ -961,12 +984,6 @@ def _check_numbers(settings: Settings, report: _Report) -> None:
         report.add(("regulation", "free_attempts"), "must be at least 0 and below regulation.max_failures")
     if settings.regulation.max_failures > 100:
         report.add(("regulation", "max_failures"), "must not exceed 100 (NIST SP 800-63B §5.2.2)")
-    if settings.server.workers > 1 and settings.state.redis_url is None:
-        report.add(
-            ("server", "workers"),
-            "several workers need shared state: in-process state is per process, so sessions and"
-            " counters would differ between workers; set state.redis_url or use 1 worker",
-        )
     cookie = settings.session.cookie_name
     if not _TOKEN.fullmatch(cookie):
         report.add(("session", "cookie_name"), f"{_quote(cookie)} is not a valid cookie name")

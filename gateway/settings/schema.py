@@ -76,8 +76,13 @@ class StorageSettings(_Config, frozen=True):
 
 
 class StateSettings(_Config, frozen=True):
-    # None: in-process state (one node). redis://, rediss://, redis+sentinel://, redis+cluster://
+    # None: the embedded default, one node (see ``embedded``). redis://, rediss://, redis+sentinel://,
+    # redis+cluster:// for several replicas.
     redis_url: str | None = None
+    # Without redis_url: "file" = <data_dir>/state.db, shared by every process on the node (workers,
+    # admin listener, CLI); "memory" = inside one gateway process only (benchmarks; refused with
+    # several workers or an admin listener, which could not see its sessions).
+    embedded: Literal["file", "memory"] = "file"
     # Prefix of every key and channel: deployments sharing one Redis database must each use their own,
     # or one's "sign out everywhere" would end the other's sessions of the same user id.
     namespace: str = "gw:"

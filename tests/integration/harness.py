@@ -260,17 +260,37 @@ def http_get_on_fresh_connection(
     (local port = gateway port, remote port = our port) is a socket inode in /proc/net/tcp, and
     exactly one process holds that inode as a file descriptor.
     """
+    return request_on_fresh_connection(port, "GET", path, headers={"Host": host}, timeout=timeout)
+
+
+def request_on_fresh_connection(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, str], bytes, int]:
+    """Like :func:`http_get_on_fresh_connection`, with any method, headers and body.
+
+    Response headers that repeat (``Set-Cookie``) are joined with newlines.
+    """
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Host": host})
+        conn.request(method, path, body=body, headers={"Host": "127.0.0.1", **(headers or {})})
         resp = conn.getresponse()
-        body = resp.read()
+        data = resp.read()
         assert conn.sock is not None
         our_port = conn.sock.getsockname()[1]
         pid = _pid_serving(port, our_port)
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body, pid
+        received: dict[str, str] = {}
+        for name, value in resp.getheaders():
+            key = name.lower()
+            received[key] = f"{received[key]}\n{value}" if key in received else value
+        return resp.status, received, data, pid
     finally:
         conn.close()
 

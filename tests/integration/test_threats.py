@@ -159,11 +159,11 @@ def test_a_session_replayed_from_another_address_and_browser_is_revoked(site: Si
     assert any(i["rule"] == "session_hijack" and i["subject"] == "victim" for i in listing["incidents"])
 
 
-def test_without_redis_the_command_says_it_cannot_reach_the_gateways(tmp_path: Path) -> None:
-    config = gateway_config(tmp_path, free_port(), [])
+def test_with_memory_state_the_command_says_it_cannot_reach_the_gateway(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, free_port(), [], state={"embedded": "memory"})
     path = tmp_path / "gateway.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     result = run_cli("incident", "list", "--config", str(path))
     assert result.returncode == 1
-    assert "state.redis_url is not set" in result.stderr
+    assert "state.embedded is memory" in result.stderr
     assert "Traceback" not in result.stderr

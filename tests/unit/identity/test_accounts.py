@@ -541,13 +541,19 @@ async def test_reset_mfa_removes_every_factor(world: World) -> None:
     bob = await world.accounts.create(username="bob", password=None, actor="admin:root")
     await _give_factors(world, alice.id)
     await _give_factors(world, bob.id)
+    # The sessions the removed factors elevated end with them; nobody else's do.
+    sessions = [await world.sign_in(alice) for _ in range(2)]
+    bobs = await world.sign_in(bob)
     removed = await world.accounts.reset_mfa(alice.id, actor="admin:root")
-    assert removed == {"totp": 2, "webauthn": 1, "recovery_codes": 4}
+    assert removed == {"totp": 2, "webauthn": 1, "recovery_codes": 4, "sessions": 2}
     assert await _factor_rows(world, alice.id) == (0, 0, 0)
     assert await _factor_rows(world, bob.id) == (2, 1, 4)  # nobody else's
+    for session_id in sessions:
+        assert await world.sessions.get(session_id) is None
+    assert await world.sessions.get(bobs) is not None
     (event,) = await world.events("user.mfa_reset")
     assert event.subject == "alice"
-    assert json.loads(event.details) == removed
+    assert json.loads(event.details) == {**removed, "sessions_revoked": 2}
     # The password still works; the account is not disabled.
     await world.accounts.authenticate("alice", PASSWORD, ip=IP)
 

@@ -1438,12 +1438,37 @@ def test_msgspec_paths_become_key_paths(text: str, message: str, path: tuple[str
     assert _split_validation_error(text) == (message, path)
 
 
-def test_several_workers_need_shared_state() -> None:
+def test_several_workers_share_the_embedded_state_by_default() -> None:
     base = "public_url: https://auth.example.com\nserver: {workers: 2}\n"
-    with pytest.raises(ConfigError, match=r"server\.workers: several workers need shared state"):
-        parse_settings(base)
+    settings = parse_settings(base)
+    assert (settings.server.workers, settings.state.redis_url, settings.state.embedded) == (2, None, "file")
     settings = parse_settings(base + "state: {redis_url: redis://127.0.0.1:6379/0}\n")
     assert settings.server.workers == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Memory state is one process's: other workers and the admin listener could not see it.
+        ("state: {embedded: memory}\nserver: {workers: 2}\nadmin: {listen: null}\n", "would not share"),
+        ("state: {embedded: memory}\n", "the admin listener (its own process) could not see them"),
+        (
+            "state: {embedded: memory, redis_url: 'redis://h:6379/0'}\nadmin: {listen: null}\n",
+            "only without state.redis_url",
+        ),
+    ],
+)
+def test_memory_state_is_refused_where_another_process_needs_it(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"state\.embedded: ") as caught:
+        parse_settings("public_url: https://auth.example.com\n" + text)
+    assert message in str(caught.value)
+
+
+def test_memory_state_for_one_process_without_an_admin_listener() -> None:
+    settings = parse_settings(
+        "public_url: https://auth.example.com\nstate: {embedded: memory}\nadmin: {listen: null}\n"
+    )
+    assert settings.state.embedded == "memory"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
-"""Fixtures for the fast-state tests: one ``fast_state`` parametrized over memory and Redis.
+"""Fixtures for the fast-state tests: one ``fast_state`` parametrized over memory, the node's shared
+SQLite file (``local``) and Redis.
 
 Every Redis-backed instance gets a random namespace and its keys are deleted afterwards, so parallel
-or interrupted runs on the shared Redis never see each other's data.
+or interrupted runs on the shared Redis never see each other's data. Local instances of one test share
+one file in the test's temporary directory, each with its own connection and thread, as the processes
+of a node do.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from gateway.store.fast import FastState, MemoryFastState, RedisFastState
+from gateway.store.fast import FastState, LocalFastState, MemoryFastState, RedisFastState
 
 FAST_STATE_REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOLERANT_TIMEOUTS: dict[str, Any] = {"connect_timeout": 2.0, "op_timeout": 5.0, "ready_timeout": 10.0}
@@ -54,7 +57,7 @@ def fast_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "local", "redis"])
 def fast_state_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -75,8 +78,14 @@ async def _delete_namespace(url: str, namespace: str) -> None:
 
 
 @pytest.fixture
+def fast_state_file(tmp_path: Path) -> Path:
+    """The node's shared state file of the local backend."""
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
 async def make_fast_state(
-    fast_state_backend: str, fast_namespace: str, fast_clock: FakeClock
+    fast_state_backend: str, fast_namespace: str, fast_clock: FakeClock, fast_state_file: Path
 ) -> AsyncIterator[MakeFastState]:
     """Build instances of the backend under test; all are closed (and their keys deleted) afterwards.
 
@@ -90,6 +99,12 @@ async def make_fast_state(
         if fast_state_backend == "memory":
             options.pop("namespace", None)
             state = MemoryFastState(clock=fast_clock, **options)
+        elif fast_state_backend == "local":
+            options.setdefault("namespace", fast_namespace)
+            # As for Redis: a loaded machine must not turn a slow call into StateUnavailable here.
+            options.setdefault("op_timeout", 10.0)
+            options.setdefault("busy_timeout", 5.0)
+            state = LocalFastState(fast_state_file, clock=fast_clock, **options)
         else:
             options.setdefault("namespace", fast_namespace)
             # Behaviour tests, not latency tests: generous timeouts keep a loaded CI machine from
@@ -120,8 +135,9 @@ def fast_state_peer(
 ) -> FastState:
     """A second replica sharing ``fast_state``'s data.
 
-    With Redis it is a separate client (its own connections), which is how replicas talk. The
-    in-process store serves exactly one node, so its only peer is itself.
+    With Redis it is a separate client (its own connections), which is how replicas talk; with the
+    local file another instance (its own connection and thread), as another process on the node.
+    The in-process store serves exactly one process, so its only peer is itself.
     """
     if fast_state_backend == "memory":
         return fast_state
@@ -130,10 +146,10 @@ def fast_state_peer(
 
 @pytest.fixture
 def fast_tick(fast_state_backend: str, fast_clock: FakeClock) -> Tick:
-    """Let ``seconds`` pass: move the fake clock for memory, really sleep for Redis."""
+    """Let ``seconds`` pass: move the fake clock for memory and the local file, really sleep for Redis."""
 
     async def tick(seconds: float) -> None:
-        if fast_state_backend == "memory":
+        if fast_state_backend in ("memory", "local"):
             fast_clock.advance(seconds)
             await asyncio.sleep(0)
         else:

@@ -1,0 +1,299 @@
+"""What only the node's shared file (``LocalFastState``) must show: the contract's own cases run in
+``test_fast_state.py`` against every backend.
+
+Here: several real processes on one file (atomicity and the broadcast across processes, not just
+across instances), the file's permissions, failing closed when the file is unusable or locked, and
+the feed's pruning reported as an interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.settings.loader import parse_settings
+from gateway.store.fast import (
+    LocalFastState,
+    MemoryFastState,
+    RedisFastState,
+    StateUnavailable,
+    open_configured_state,
+    open_fast_state,
+    shares_state,
+    state_file,
+)
+
+from .conftest import FakeClock
+
+# A hang guard, not a speed assertion.
+BOUND = 30.0
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[Callable[..., LocalFastState]]:
+    """Make ``LocalFastState`` instances on ``tmp_path/state.db``; all are closed afterwards."""
+    made: list[LocalFastState] = []
+
+    def make(path: Path | None = None, **options: object) -> LocalFastState:
+        state = LocalFastState(path or tmp_path / "state.db", **options)  # type: ignore[arg-type]
+        made.append(state)
+        return state
+
+    yield make
+    for state in made:
+        await state.close()
+
+
+async def _python(script: str, *args: str) -> str:
+    """Run ``script`` in a new interpreter (another process on the node); return its stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), BOUND)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+_INCREMENTS = """
+    import asyncio, sys
+    from gateway.store.fast import LocalFastState
+
+    async def main() -> None:
+        state = LocalFastState(sys.argv[1], op_timeout=20, busy_timeout=10)
+        counts = await asyncio.gather(*(state.incr_window("hits", window=600) for _ in range(100)))
+        took = await state.take("code")
+        print(" ".join(map(str, counts)), took is not None)
+        await state.close()
+
+    asyncio.run(main())
+"""
+
+
+async def test_counters_and_single_use_values_are_atomic_across_processes(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    path = tmp_path / "state.db"
+    here = opened(path, op_timeout=20, busy_timeout=10)
+    await here.set("code", b"123456", ttl=600)
+    # Three processes count at once (two interpreters and this one) and race for one code.
+    outputs = await asyncio.gather(
+        _python(_INCREMENTS, str(path)),
+        _python(_INCREMENTS, str(path)),
+        asyncio.gather(*(here.incr_window("hits", window=600) for _ in range(100)), here.take("code")),
+    )
+    theirs = [line.split() for line in outputs[:2]]
+    ours = outputs[2]
+    counts = [int(n) for words in theirs for n in words[:-1]] + [int(n) for n in ours[:-1] if n is not None]
+    assert sorted(counts) == list(range(1, 301))  # no increment lost, none counted twice
+    winners = [words[-1] == "True" for words in theirs] + [ours[-1] is not None]
+    assert winners.count(True) == 1  # the code was taken exactly once
+    assert await here.get("hits") == b"300"
+
+
+_PUBLISH = """
+    import asyncio, sys
+    from gateway.store.fast import LocalFastState
+
+    async def main() -> None:
+        state = LocalFastState(sys.argv[1])
+        for i in range(3):
+            await state.publish("session-revoked", f"hash{i}".encode())
+        await state.close()
+
+    asyncio.run(main())
+"""
+
+
+async def test_a_message_published_by_another_process_is_received(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    state = opened(tmp_path / "state.db")
+    async with state.subscribe("session-revoked") as subscription:
+        await _python(_PUBLISH, str(tmp_path / "state.db"))
+        received = [await asyncio.wait_for(anext(subscription), BOUND) for _ in range(3)]
+    assert received == [b"hash0", b"hash1", b"hash2"]
+
+
+async def test_the_file_and_its_wal_files_are_private(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    loose = tmp_path / "loose.db"
+    loose.touch(mode=0o644)
+    loose.chmod(0o644)
+    for path in (tmp_path / "state.db", loose):
+        state = opened(path)
+        await state.set("sess:x", b"session record", ttl=60)
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):
+            mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+            assert mode == 0o600, f"{name}: {mode:o}"
+
+
+async def test_keys_carry_the_namespace_on_disk(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    state = opened(namespace="site-a:")
+    await state.set("k", b"v")
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("SELECT key, value FROM kv").fetchall() == [("site-a:k", b"v")]
+
+
+@pytest.mark.parametrize("kind", ["directory", "garbage", "missing-dir"])
+async def test_an_unusable_file_fails_closed(
+    tmp_path: Path, opened: Callable[..., LocalFastState], kind: str
+) -> None:
+    path = tmp_path / "state.db"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        path = tmp_path / "nowhere" / "state.db"
+    state = opened(path)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: state.get("sess:x"),
+        lambda: state.set("k", b"v"),
+        lambda: state.take("k"),
+        lambda: state.incr_window("k", window=1),
+        lambda: state.compare_and_set("k", None, b"v"),
+        lambda: state.publish("ch", b"m"),
+        state.ping,
+    ]
+    for call in calls:
+        with pytest.raises(StateUnavailable) as caught:
+            await call()
+        assert caught.value.status == 503
+    with pytest.raises(StateUnavailable):
+        async with state.subscribe("ch"):
+            pass
+
+
+async def test_a_held_write_lock_fails_writes_closed_and_they_recover(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    state = opened(busy_timeout=0.2)
+    await state.set("sess:x", b"record")
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process in the middle of a long write
+        for call in (
+            lambda: state.set("k", b"v"),
+            lambda: state.incr_window("k", window=1),
+            lambda: state.compare_and_set("k", None, b"v"),
+            lambda: state.take("sess:x"),
+        ):
+            with pytest.raises(StateUnavailable):
+                await call()
+        # WAL: reading is never blocked by a writer, so signed-in traffic keeps flowing.
+        assert await state.get("sess:x") == b"record"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await state.take("sess:x") == b"record"
+
+
+async def test_a_call_that_cannot_finish_in_time_fails_closed(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    state = opened(busy_timeout=3.0, op_timeout=0.2)
+    await state.ping()
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailable, match="timed out"):
+            await state.incr_window("k", window=1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+async def test_expired_rows_are_swept_in_bounded_batches(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    state = opened(clock=clock, sweep_batch=100)
+    for i in range(250):
+        await state.set(f"k{i}", b"v", ttl=5)
+    await state.set("keep", b"v")
+    clock.advance(6)
+    assert await state.sweep() == 100
+    assert await state.sweep() == 100
+    assert await state.sweep() == 50
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (1,)
+
+
+async def test_messages_pruned_before_they_were_read_count_as_an_interruption(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    # Polled by hand: the background poller would only wake up after an hour.
+    reader = opened(clock=clock, poll_interval=3600)
+    writer = opened(clock=clock)
+    async with reader.subscribe("ch") as subscription:
+        await writer.publish("ch", b"first")
+        assert await reader.poll() == 1
+        assert await anext(subscription) == b"first"
+        for i in range(3):
+            await writer.publish("ch", f"lost{i}".encode())
+        clock.advance(61)  # the reader stalled for longer than the feed keeps messages
+        assert await writer.sweep() == 4
+        await writer.publish("ch", b"after")
+        assert await reader.poll() == 1
+        assert subscription.interruptions == 1
+        assert await anext(subscription) == b"after"
+        # Reading on without a gap is no interruption.
+        await writer.publish("ch", b"next")
+        await reader.poll()
+        assert subscription.interruptions == 1
+        assert await anext(subscription) == b"next"
+
+
+async def test_the_configuration_picks_the_backend(tmp_path: Path) -> None:
+    base = f"public_url: https://auth.example.com\ndata_dir: {tmp_path}\n"
+    default = parse_settings(base)
+    state = open_configured_state(default)
+    assert isinstance(state, LocalFastState)
+    assert state.path == state_file(tmp_path) == tmp_path / "state.db"
+    assert shares_state(default)
+    await state.ping()
+    await state.close()
+    memory = parse_settings(base + "state: {embedded: memory}\nadmin: {listen: null}\n")
+    assert isinstance(open_configured_state(memory), MemoryFastState)
+    assert not shares_state(memory)
+    redis = parse_settings(base + "state: {redis_url: 'redis://127.0.0.1:6379/0', namespace: 'x:'}\n")
+    shared = open_configured_state(redis)
+    assert isinstance(shared, RedisFastState)
+    assert shares_state(redis)
+    await shared.close()
+    assert isinstance(open_fast_state(None, local_path=tmp_path / "s.db"), LocalFastState)
+
+
+def test_nonsense_limits_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=">= 1"):
+        LocalFastState(tmp_path / "s.db", subscription_buffer=0)
+    with pytest.raises(ValueError, match="positive"):
+        LocalFastState(tmp_path / "s.db", poll_interval=0)
+
+
+def test_nothing_is_opened_before_the_first_call(tmp_path: Path) -> None:
+    LocalFastState(tmp_path / "state.db")
+    assert not os.path.exists(tmp_path / "state.db")
