@@ -33,6 +33,7 @@ from gateway.observe.metrics import prepare_multiprocess
 from gateway.runtime import load_runtime
 from gateway.server import parse_listen
 from gateway.settings.schema import Settings
+from gateway.workers import become_worker, guard_workers
 
 __all__ = ["AdminChild", "AdminListenBusy", "app_factory", "serve_admin", "start_admin_child"]
 
@@ -54,6 +55,7 @@ class AdminListenBusy(GatewayError):
 
 def app_factory() -> Litestar:
     """granian factory target: the admin app of the config named in the environment."""
+    become_worker()  # as a gateway worker: stops on SIGTERM while starting, never outlives its master
     # As in gateway.server: a SIGHUP during start-up must neither kill the worker nor be lost.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
     runtime = load_runtime(os.environ[CONFIG_ENV])
@@ -130,6 +132,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
                 os.kill(worker._id(), signal.SIGHUP)  # type: ignore[no-untyped-call]
 
     server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
+    guard_workers(float(settings.server.graceful_timeout))
     logger.info("admin API on %s", listen)
     server.serve()
 

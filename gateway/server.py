@@ -5,6 +5,8 @@ The master process validates the config before any worker starts, and forwards S
 workers, each of which reloads its own snapshot (refusing a bad config and keeping the old one).
 granian's own SIGHUP behaviour (respawning every worker) would drop websockets and upstream pools and
 could not refuse a bad config, so it is replaced.
+
+Workers never outlive their master and always hear SIGTERM: see :mod:`gateway.workers`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from gateway.pipeline.app import DataPlane, create_data_plane
 from gateway.runtime import load_runtime
 from gateway.settings.schema import Settings
+from gateway.workers import become_worker, guard_workers
 
 __all__ = ["app_factory", "parse_listen", "serve"]
 
@@ -36,6 +39,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def app_factory() -> DataPlane:
     """granian factory target: builds one worker's app from the config named in the environment."""
+    become_worker()
     # A SIGHUP can arrive while this worker is still starting (the master forwards it to every
     # worker). It must neither kill the worker (SIGHUP's default action) nor be lost: it is noted
     # here, and the lifespan start-up replays it once the real handler is installed.
@@ -100,6 +104,8 @@ def serve(config_path: Path, settings: Settings) -> None:
 
     # granian installs its own SIGHUP handler right before the start-up hooks run; replace it there.
     server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
+    # After the admin child started (it has its own guard): only granian's workers fork from here on.
+    guard_workers(float(settings.server.graceful_timeout))
     try:
         server.serve()
     finally:
