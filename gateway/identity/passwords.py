@@ -3,7 +3,7 @@
 Hashing is deliberately slow (tens of milliseconds of CPU and 19+ MiB of memory per hash), so it never
 runs on the event loop: each hash runs in a worker thread, and at most
 ``PasswordSettings.max_concurrent_hashes`` run at once per worker. A burst of sign-ins then queues on
-the semaphore instead of starving the proxied traffic of CPU (DESIGN.md invariant 5). The hashing
+the semaphore instead of starving the proxied traffic of CPU (docs/architecture.md, invariant 5). The hashing
 threads also run at a lower scheduling priority (nice +10, Linux schedules threads on their own): when
 the CPU is contended, the event loop that proxies requests goes first and the hash waits a little.
 (On the 2-core benchmark machine the cores are rarely both busy at 300 req/s, so the guard's "browsing

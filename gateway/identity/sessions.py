@@ -17,7 +17,7 @@ Revocation deletes the session, then publishes its hash on ``session-revoked``; 
 replica's subscription is down.
 
 A store outage raises ``StateUnavailable`` from ``get``: the caller answers 503 and keeps the cookie.
-Never access, never a silent sign-out (DESIGN invariant 2).
+Never access, never a silent sign-out (docs/architecture.md, invariant 2).
 """
 
 from __future__ import annotations

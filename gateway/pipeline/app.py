@@ -1,6 +1,6 @@
 """The data plane: one ASGI callable that runs every request through one stage sequence.
 
-receive → canonical → route → identify → mfa → authorize → proxy (see DESIGN.md), each stage in its
+receive → canonical → route → identify → mfa → authorize → proxy (docs/architecture.md), each stage in its
 own module of this package, in that order. Every entry runs the same sequence: an HTTP request, a
 proxy's forward-auth sub-request (``/.gateway/auth``: the stages decide the original request it
 describes) and a WebSocket handshake; they differ only in their last stage and in how they answer a

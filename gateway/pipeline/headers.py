@@ -1,4 +1,4 @@
-"""Header hygiene for both directions of the proxy (invariant 3 of DESIGN.md).
+"""Header hygiene for both directions of the proxy (invariant 3 of docs/architecture.md).
 
 Request side, in this order:
 1. drop hop-by-hop headers (RFC 9110 §7.6.1) and every header the client names in ``Connection``;

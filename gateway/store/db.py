@@ -1,6 +1,6 @@
 """The relational store: one async engine and session factory over SQLite (embedded) or PostgreSQL.
 
-Two backends run the same code (see DESIGN.md, State):
+Two backends run the same code (see docs/architecture.md, Processes):
 
 * ``sqlite+aiosqlite:///<abs path>/gateway.db`` — the single-node default. Several worker processes
   share the one file, so every connection turns on WAL (readers never block the writer), foreign keys

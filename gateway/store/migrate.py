@@ -3,7 +3,7 @@
 The Alembic environment lives in ``gateway/store/migrations/`` inside the package, so an installed
 gateway can migrate without an ``alembic.ini`` or a source checkout.
 
-Policy (DESIGN.md, State): the embedded SQLite database upgrades itself at start; PostgreSQL, shared
+Policy (docs/architecture.md, Processes): the embedded SQLite database upgrades itself at start; PostgreSQL, shared
 by several replicas, is only ever upgraded by an operator running ``gateway migrate`` — a rolling
 deploy must never have a new replica change the schema under old ones. :func:`ensure_schema` encodes
 that policy.

@@ -1,4 +1,4 @@
-"""Header hygiene through a real gateway (DESIGN.md invariant 3: only the gateway speaks for identity).
+"""Header hygiene through a real gateway (docs/architecture.md invariant 3: only the gateway speaks for identity).
 
 The bundled echo app answers with the exact header list it received, so every assertion here is about
 what an upstream really sees on the wire, not about what a function returned. Two gateways are shared

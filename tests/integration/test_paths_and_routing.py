@@ -1,4 +1,4 @@
-"""Canonical paths and routing through a real gateway (DESIGN.md invariant 1: authorize what you forward).
+"""Canonical paths and routing through a real gateway (docs/architecture.md invariant 1: authorize what you forward).
 
 Paths are sent byte-exact over a raw socket (client libraries normalise dot segments themselves)
 and the echo app reports the request target it received, so these tests prove that the one canonical

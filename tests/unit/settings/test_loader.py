@@ -92,7 +92,7 @@ routes:
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
-    """A directory holding the DESIGN.md example as gateway.yaml, with its TLS files."""
+    """A directory holding the design example (the README's config shape) as gateway.yaml, with its TLS files."""
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls" / "cert.pem").write_text("cert")
     (tmp_path / "tls" / "key.pem").write_text("key")
