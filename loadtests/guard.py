@@ -41,7 +41,7 @@ __all__ = ["check_budget", "main"]
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = ROOT / "loadtests" / "budget.yaml"
 RESULTS = ROOT / "loadtests" / "results"
-GUARD_TARGETS = ("direct", "bare", "gateway", "nginx", "gateway-nolog", "bare-http1")
+GUARD_TARGETS = ("direct", "bare", "gateway", "nginx", "gateway-nolog", "bare-http1", "gateway-memstate")
 
 
 def load_budget(path: Path) -> dict[str, Any]:
@@ -156,6 +156,7 @@ def values_of(report: dict[str, Any]) -> dict[str, float | None]:
         "gateway_vs_nginx": cmp.get("gateway/nginx"),
         "signin_p99_ratio": signins.get("p99_ratio"),
         "access_log_ratio": cmp.get("gateway/gateway-nolog"),
+        "shared_state_ratio": cmp.get("gateway/gateway-memstate"),
     }
 
 
@@ -199,7 +200,7 @@ def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for name in ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog"):
+    for name in ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog", "gateway-memstate"):
         data = sorted(samples.get(name, []))
         if not data:
             continue
@@ -217,7 +218,8 @@ def plot(report: dict[str, Any], samples: dict[str, list[int]], path: Path) -> N
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8, loc="lower right")
     closed = report["closed_loop"]
-    names = [n for n in ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog") if n in closed]
+    targets = ("direct", "nginx", "bare", "bare-http1", "gateway", "gateway-nolog", "gateway-memstate")
+    names = [n for n in targets if n in closed]
     colours = {"direct": "#888", "nginx": "#4a7", "bare": "#47a", "bare-http1": "#79c", "gateway": "#c63"}
     bars = right.bar(names, [closed[n]["rps"] for n in names], color=[colours.get(n, "#e96") for n in names])
     right.bar_label(bars, fmt="%.0f")

@@ -50,8 +50,10 @@ DEFAULT_JSON = ROOT / "loadtests" / "results" / "latest.json"
 NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 TARGETS = ("direct", "bare", "gateway", "nginx")
-# Optional targets: the same signed-in gateway with the access log switched off (``logging.access_log``).
-EXTRA_TARGETS = ("gateway-nolog", "bare-http1")
+# Optional targets: the same signed-in gateway with the access log switched off (``logging.access_log``),
+# and with its fast state inside the process (``state.embedded: memory``) instead of the node's shared
+# file: what sharing sessions with the other processes costs.
+EXTRA_TARGETS = ("gateway-nolog", "bare-http1", "gateway-memstate")
 ACCESS_LOG_KEY = "logging.access_log"
 # What every load client asks for: the same 256-byte answer from the echo app through every target.
 # Not the echo app's "/" page, which reflects the request headers it received: the gateway adds its
@@ -71,15 +73,30 @@ def access_log_switch() -> bool:
     return "access_log" in getattr(LoggingSettings, "__struct_fields__", ())
 
 
+def embedded_state_switch() -> bool:
+    """Whether this gateway's settings have ``state.embedded`` (the node's file or in-process memory)."""
+    try:
+        from gateway.settings.schema import StateSettings
+    except ImportError:
+        return False
+    return "embedded" in getattr(StateSettings, "__struct_fields__", ())
+
+
 def gateway_variants() -> dict[str, dict[str, Any]]:
     """Gateway targets and their extra settings. The access log goes to the default sink (stdout: the
-    gateway's log file in the temp dir), named explicitly so both variants write the same way."""
+    gateway's log file in the temp dir), named explicitly so every variant writes the same way."""
     if not access_log_switch():
         return {"gateway": {}}
-    return {
-        "gateway": {"logging": {"access_log": True, "sinks": [{"type": "stdout"}]}},
+    logged = {"logging": {"access_log": True, "sinks": [{"type": "stdout"}]}}
+    variants: dict[str, dict[str, Any]] = {
+        "gateway": logged,
         "gateway-nolog": {"logging": {"access_log": False, "sinks": [{"type": "stdout"}]}},
     }
+    if embedded_state_switch():
+        # The main target runs on the embedded default (the node's shared state file); this one is
+        # the same gateway with the state inside its one process, as before the file existed.
+        variants["gateway-memstate"] = {**logged, "state": {"embedded": "memory"}}
+    return variants
 
 
 GRANIAN_FLAGS = ("--interface", "asgi", "--workers", "1", "--loop", "uvloop", "--no-access-log")
@@ -697,9 +714,15 @@ def comparisons(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Ratios and added latencies, each the median over rounds of the per-round (paired) value."""
     out: dict[str, Any] = {}
     pairs = (("gateway", "bare"), ("gateway", "nginx"), ("bare", "direct"), ("nginx", "direct"))
-    for a, b in (*pairs, ("gateway", "gateway-nolog"), ("gateway", "bare-http1"), ("bare-http1", "bare")):
+    extra = (("gateway", "gateway-nolog"), ("gateway", "bare-http1"), ("bare-http1", "bare"))
+    for a, b in (*pairs, *extra, ("gateway", "gateway-memstate")):
         out[f"{a}/{b}"] = _paired(rounds, a, b, "closed", _rps_ratio)
-    for a, b in (("bare", "gateway"), ("gateway-nolog", "gateway"), ("bare-http1", "gateway")):
+    for a, b in (
+        ("bare", "gateway"),
+        ("gateway-nolog", "gateway"),
+        ("bare-http1", "gateway"),
+        ("gateway-memstate", "gateway"),
+    ):
         # CPU per request of b relative to a, inverted so that it reads like a throughput ratio.
         out[f"cpu {a}/{b}"] = _paired(rounds, a, b, "closed", _cpu_ratio)
     for who, prefix in (("gateway", ""), ("bare", "bare_")):
@@ -810,6 +833,13 @@ def render(report: dict[str, Any]) -> str:
             "   access log on/off",
             f"{'gateway-nolog / gateway (CPU per request)':<44}"
             f"{_fmt(cmp.get('cpu gateway-nolog/gateway'), '9.2f', 'x')}   (info)",
+        ]
+    if cmp.get("gateway/gateway-memstate") is not None:
+        lines += [
+            f"{'gateway / gateway-memstate (req/s)':<44}{_fmt(cmp['gateway/gateway-memstate'], '9.2f', 'x')}"
+            "   shared state file / in-process",
+            f"{'gateway-memstate / gateway (CPU per request)':<44}"
+            f"{_fmt(cmp.get('cpu gateway-memstate/gateway'), '9.2f', 'x')}   (info)",
         ]
     if s["rate"]:
         at = f"@ {s['rate']:g}/s"

@@ -38,6 +38,7 @@ def test_the_shipped_budget_has_every_quality_bar() -> None:
     assert goals["added_p99_ms"]["max"] == 3.0
     assert goals["signin_p99_ratio"]["max"] == 1.25
     assert goals["access_log_ratio"]["min"] == 0.95
+    assert goals["shared_state_ratio"]["min"] == 0.95
 
 
 def test_a_goal_needs_exactly_one_bound(tmp_path: Path) -> None:
