@@ -397,6 +397,10 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
         assert stat.S_IMODE((data_dir / "keys").stat().st_mode) == 0o700
         assert json.loads(keyring.read_text())["algorithm"] == "AES-256-GCM"
         assert (data_dir / "gateway.db").is_file()
+        # The embedded default needs no server: nothing printed asks for Redis, and the node's shared
+        # fast state (sessions for the workers, the admin listener and the CLI) sits in the data dir.
+        assert "redis" not in output.lower()
+        assert stat.S_IMODE((data_dir / "state.db").stat().st_mode) == 0o600
 
         if to_group:
             os.killpg(pgid, signum)
