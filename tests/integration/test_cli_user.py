@@ -85,6 +85,18 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
             assert secret.encode() not in raw
 
 
+def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: Cli) -> None:
+    # Only a gateway on state.embedded: memory keeps its sessions where no command can reach them; the
+    # command must say so rather than report "0 session(s) ended" as if it had looked.
+    cli.config.write_text(cli.config.read_text() + "state: {embedded: memory}\nadmin: {listen: null}\n")
+    cli.ok("add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    for action in (["disable"], ["reset-mfa"], ["delete", "--yes"]):
+        proc = cli.run(*action, "alice")
+        assert proc.returncode == 0, proc.stderr
+        assert "session(s) ended" not in proc.stdout
+        assert "state.embedded is memory" in proc.stderr
+
+
 def _give_factors(db_path: Path, user_id: int) -> None:
     now = "2026-01-02 03:04:05.000000"
     with sqlite3.connect(db_path) as conn:
