@@ -1,4 +1,5 @@
-"""Fixtures for the admin tests: the fast-state fixtures (memory and Redis) and a fake Unix clock."""
+"""Fixtures for the admin tests: the fast-state fixtures (memory, the node's file, Redis) and a fake Unix
+clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tests.unit.store.conftest import (  # noqa: F401 - fixtures are found by na
     fast_namespace,
     fast_state,
     fast_state_backend,
+    fast_state_file,
     make_fast_state,
 )
 

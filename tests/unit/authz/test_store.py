@@ -44,6 +44,7 @@ database = conftest_db.database
 fast_clock = fast_conftest.fast_clock
 fast_namespace = fast_conftest.fast_namespace
 fast_state_backend = fast_conftest.fast_state_backend
+fast_state_file = fast_conftest.fast_state_file
 make_fast_state = fast_conftest.make_fast_state
 fast_state = fast_conftest.fast_state
 fast_state_peer = fast_conftest.fast_state_peer

@@ -25,11 +25,12 @@ from gateway.store.migrate import upgrade
 from tests.unit.store import conftest as fast_fixtures
 from tests.unit.store.conftest import FakeClock as FastClock
 
-# The fast-state fixtures, parametrized over memory and Redis.
+# The fast-state fixtures, parametrized over memory, the node's file and Redis.
 fast_clock = fast_fixtures.fast_clock
 fast_namespace = fast_fixtures.fast_namespace
 fast_state = fast_fixtures.fast_state
 fast_state_backend = fast_fixtures.fast_state_backend
+fast_state_file = fast_fixtures.fast_state_file
 fast_state_peer = fast_fixtures.fast_state_peer
 make_fast_state = fast_fixtures.make_fast_state
 

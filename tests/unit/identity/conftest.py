@@ -1,4 +1,5 @@
-"""Fixtures for the identity tests: the fast-state fixtures (memory and Redis) plus a fake Unix clock."""
+"""Fixtures for the identity tests: the fast-state fixtures (memory, the node's file, Redis) plus a fake
+Unix clock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tests.unit.store.conftest import (  # noqa: F401 - fixtures are found by na
     fast_namespace,
     fast_state,
     fast_state_backend,
+    fast_state_file,
     fast_state_peer,
     fast_tcp_proxy,
     make_fast_state,
