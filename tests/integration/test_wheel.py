@@ -102,7 +102,7 @@ def test_the_installed_wheel_serves_with_its_admin_listener(tmp_path: Path) -> N
         def answers(url: str) -> bool:
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    return resp.status == 200
+                    return bool(resp.status == 200)
             except OSError:
                 return False
 
