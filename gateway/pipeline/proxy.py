@@ -120,6 +120,35 @@ async def forward_http(
     sent_headers = [item for item in headers if item[0] != b"content-length"]
     if length is not None:
         sent_headers.append((b"content-length", b"%d" % length))
+    resp, target = await _exchange(
+        client, rt, method, path_and_query, sent_headers, body, body_framing, outcome
+    )
+    pool = rt.pool
+    outcome.bytes_in = body.read if body else 0
+    try:
+        await _relay(resp, method, send, rt, request_id, outcome)
+        pool.release(target, ok=True)
+    except BaseException:
+        pool.release(target, ok=False)
+        raise
+    finally:
+        resp.release()
+
+
+async def _exchange(
+    client: Http1Client,
+    rt: RouteRuntime,
+    method: str,
+    path_and_query: str,
+    sent_headers: list[tuple[bytes, bytes]],
+    body: _RequestBody | None,
+    body_framing: BodyFraming,
+    outcome: ProxyOutcome,
+) -> tuple[UpstreamResponse, Target]:
+    """Send the request to a target (one retry on another after a connect failure); the answer's head.
+
+    Every way out without an answer gives the target's slot back to the pool.
+    """
     pool = rt.pool
     target = pool.pick()
     retried = False
@@ -142,7 +171,7 @@ async def forward_http(
             )
             outcome.upstream_seconds = time.perf_counter() - sent_at
             pool.responded(target)  # alive: ends a probation now, not after a long body
-            break
+            return resp, target
         except UpstreamConnectError as exc:
             pool.release(target, ok=False)
             failure = UpstreamError(f"Could not connect to the application ({exc}).")
@@ -164,15 +193,11 @@ async def forward_http(
         except UpstreamProtocolError as exc:
             pool.release(target, ok=False)
             raise UpstreamError(f"The application broke the exchange: {exc}.") from exc
-    outcome.bytes_in = body.read if body else 0
-    try:
-        await _relay(resp, method, send, rt, request_id, outcome)
-        pool.release(target, ok=True)
-    except BaseException:
-        pool.release(target, ok=False)
-        raise
-    finally:
-        resp.release()
+        except BaseException:
+            # Cancellation, or a bug of ours: the target is not to blame, but its slot must come back
+            # (a target on probation would otherwise stay out of rotation for good).
+            pool.release(target, ok=True)
+            raise
 
 
 def host_header(target: Target) -> str:

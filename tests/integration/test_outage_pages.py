@@ -35,7 +35,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import SESSION_COOKIE, browser, csrf
-from tests.support.tcp_relay import run_relay
+from tests.support.tcp_proxy import TcpProxy
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -157,7 +157,7 @@ def _fresh_database() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def postgres_cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int]]:
     tmp: Path = tmp_path_factory.mktemp("postgres-down")
-    with _fresh_database() as name, run_relay("127.0.0.1", 5432) as relay, run_echo() as echo:
+    with _fresh_database() as name, TcpProxy(("127.0.0.1", 5432)) as relay, run_echo() as echo:
         config = gateway_config(
             tmp,
             free_port(),
@@ -173,7 +173,7 @@ def postgres_cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gat
             # Before the outage a wrong sign-in is the ordinary refusal: the database answers.
             with browser(gw) as client:
                 assert sign_in_post(client).status_code == 401
-            relay.cut()
+            relay.stop()
             yield gw, relay.port
 
 
