@@ -27,10 +27,11 @@ test-deps: install  ## make sure Redis, PostgreSQL and the test peers (nginx, op
 test: test-deps  ## install everything tests need and run the whole suite
 	.venv/bin/pytest
 
-lint: install  ## ruff + mypy
+lint: install  ## ruff, mypy and the layering contract (import-linter, see docs/architecture.md)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 fmt: install  ## format the code
 	.venv/bin/ruff format .

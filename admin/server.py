@@ -31,7 +31,7 @@ from admin.app import create_admin_app
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
 from gateway.runtime import load_runtime
-from gateway.server import parse_listen
+from gateway.settings.listen import parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
 

@@ -18,18 +18,7 @@ from gateway.settings.loader import load_settings
 
 __all__ = ["main"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("gateway.yaml"),
-        metavar="FILE",
-        help="path to the YAML configuration file (default: ./gateway.yaml)",
-    )
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_arg
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -99,7 +88,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     import ssl
     import urllib.request
 
-    from gateway.server import parse_listen
+    from gateway.settings.listen import parse_listen
 
     settings = load_settings(args.config)
     host, port = parse_listen(settings.listen)
@@ -141,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway with a config file.")
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("admin", help="the admin API", description="Serve the admin API and console.")
@@ -151,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only the admin listener (admin.listen)",
         description="Serve the admin API on admin.listen (`gateway serve` already starts it).",
     )
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_cmd_admin_serve)
 
     p = sub.add_parser(
@@ -167,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="create or upgrade the database schema",
         description="Apply database migrations (needed for PostgreSQL; SQLite is migrated at start-up).",
     )
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser(
@@ -175,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe this gateway's /.gateway/health (for container HEALTHCHECK)",
         description="Exit 0 if the gateway configured in FILE answers /.gateway/health on its listen address.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
     p.set_defaults(func=_cmd_healthcheck)
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg
 
 
 class _UserError(Exception):
@@ -332,22 +332,6 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def _config_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("gateway.yaml") if required else None,
-        metavar="FILE",
-        help="path to the YAML configuration file"
-        + (
-            " (default: ./gateway.yaml)"
-            if required
-            else "; needed to check keyed records' MACs and checkpoint signatures"
-        ),
-    )
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``gateway audit …`` to the ``gateway`` command's sub-commands.
 
@@ -367,7 +351,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         return actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
 
     p = action("list", "show audit records, newest first", "Show audit records, newest first.")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--kind", metavar="KIND", help="only this kind, e.g. signin.password")
     p.add_argument(
         "--since", type=_time, metavar="ISO", help="only records at or after this time (UTC if no offset)"
@@ -384,7 +368,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(<data_dir>/audit-checkpoints/checkpoints.jsonl and every --checkpoint file). Names the first "
         "bad record. Exit 1 on any problem.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -401,7 +385,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Verify the chain, sign its head (HMAC-SHA256, key from the keyring), print it and append it to "
         "<data_dir>/audit-checkpoints/checkpoints.jsonl. Gateways do this every audit.checkpoint_interval.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_guarded(_checkpoint))
 
     p = action(
@@ -410,7 +394,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Write the records with SINCE <= time < UNTIL, the hash-chain proof, the checkpoints, a manifest "
         "of SHA-256 sums and a README as a zip file (-o NAME.zip) or a new directory.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--since", type=_time, required=True, metavar="ISO", help="start (UTC if no offset)")
     p.add_argument(
         "--until", type=_time, required=True, metavar="ISO", help="end, exclusive (UTC if no offset)"
@@ -431,5 +415,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and the checkpoints' signatures).",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the zip file or directory")
-    _config_arg(p, required=False)
+    config_arg(
+        p, required=False, help_suffix="; needed to check keyed records' MACs and checkpoint signatures"
+    )
     p.set_defaults(func=_guarded(_verify_bundle))

@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "SubParsers",
     "account_services",
     "command_group",
+    "config_arg",
     "operator",
 ]
 
@@ -50,6 +52,19 @@ def command_group(
 
     group.set_defaults(func=usage)
     return group.add_subparsers(dest=f"{name}_action", metavar="ACTION")
+
+
+def config_arg(parser: argparse.ArgumentParser, *, required: bool = True, help_suffix: str = "") -> None:
+    """The ``--config`` option every command shares (``./gateway.yaml`` unless it is optional)."""
+    default_note = " (default: ./gateway.yaml)" if required else ""
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("gateway.yaml") if required else None,
+        metavar="FILE",
+        help="path to the YAML configuration file" + default_note + help_suffix,
+    )
 
 
 def operator() -> str:

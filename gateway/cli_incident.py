@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
 __all__ = ["add_incident_commands"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_services, command_group, operator
+from gateway.cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    account_services,
+    command_group,
+    config_arg,
+    operator,
+)
 
 _IN_PROCESS: Final = (
     "error: state.embedded is memory: incidents and blocks live inside the running gateway's process, "
@@ -194,8 +202,6 @@ async def _unblock(args: argparse.Namespace, responder: Responder) -> int:
 
 def add_incident_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``gateway incident …`` to the ``gateway`` command's sub-commands."""
-    from gateway.cli import _config_arg
-
     actions = command_group(
         sub,
         "incident",
@@ -208,7 +214,7 @@ def add_incident_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         name: str, func: Callable[[argparse.Namespace, Responder], Awaitable[int]], summary: str
     ) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=summary, description=summary + ".", allow_abbrev=False)
-        _config_arg(parser)
+        config_arg(parser)
         parser.set_defaults(func=_runner(func))
         return parser
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group, operator
+from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
 
 
 def _when(moment: float | None) -> str:
@@ -233,17 +233,6 @@ def _key_json(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("gateway.yaml"),
-        metavar="FILE",
-        help="path to the YAML configuration file (default: ./gateway.yaml)",
-    )
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``gateway keys …`` to the ``gateway`` command's sub-commands.
 
@@ -264,7 +253,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="create the keyring file",
         description="Create the keyring file (mode 0600) with one fresh key. Every replica needs this same file.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_init)
 
     p = actions.add_parser(
@@ -274,7 +263,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "assertion.publish_ahead; the old one stays published for assertion.grace) and the keyring (a "
         "new key for new secrets; old keys stay for decryption).",
     )
-    _config_arg(p)
+    config_arg(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--all", dest="what", action="store_const", const="all", help="both (the default)")
     which.add_argument(
@@ -291,6 +280,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show the active keyring key and every signing key: next, active, retiring or expired, "
         "with the times it was created, signs from, signs until and stays published until (UTC).",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)

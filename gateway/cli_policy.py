@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, operator
+from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
 from gateway.store.ids import MAX_ID, BadId, parse_id
 
 _EXPECT: Final = ("allow", "deny")
@@ -569,17 +569,6 @@ def _explain(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _config_arg(parser: argparse.ArgumentParser, *, help_suffix: str = "") -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("gateway.yaml"),
-        metavar="CFG",
-        help="path to the YAML configuration file (default: ./gateway.yaml)" + help_suffix,
-    )
-
-
 def _version_number(text: str) -> int:
     # The same check as the admin API: a number beyond the id column's range reached the database,
     # whose refusal read as "store unavailable".
@@ -673,7 +662,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--file", "-f", type=Path, metavar="FILE", help="decide with this policy file")
-    _config_arg(p, help_suffix="; decides with the stored policy")
+    config_arg(p, help_suffix="; decides with the stored policy")
     _request_args(p)
     p.set_defaults(func=_explain)
 
@@ -685,7 +674,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("a", type=Path, metavar="FILE", help="a policy file")
     p.add_argument("b", type=Path, nargs="?", metavar="FILE2", help="a second policy file")
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=_diff)
 
     p = action(
@@ -695,7 +684,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the stored one). Running gateways switch to it at once.",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the policy (casbin CSV)")
-    _config_arg(p)
+    config_arg(p)
     _reason_arg(p)
     _force_arg(p)
     p.set_defaults(func=_online(_import))
@@ -705,7 +694,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "print the stored policy",
         "Write the stored policy (the current version, or --version N) as casbin CSV.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--version", type=_version_number, metavar="N", help="an earlier version")
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=_online(_export))
@@ -715,7 +704,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "list the stored versions",
         "List the latest versions of the policy: when, by whom, why, and how many rules changed.",
     )
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N versions (default 20)")
     p.set_defaults(func=_online(_history))
 
@@ -726,7 +715,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "restore is itself a version, and can be undone the same way.",
     )
     p.add_argument("version", type=_version_number, metavar="N", help="the version to bring back")
-    _config_arg(p)
+    config_arg(p)
     _reason_arg(p)
     _force_arg(p)
     p.set_defaults(func=_online(_restore))

@@ -54,7 +54,15 @@ if TYPE_CHECKING:
 
 __all__ = ["add_user_commands"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, account_services, command_group, operator
+from gateway.cli_common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    account_services,
+    command_group,
+    config_arg,
+    operator,
+)
 
 _PASSWORD_ATTEMPTS: Final = 3
 _NO_LIVE_SESSIONS_NOTE: Final = (
@@ -422,18 +430,6 @@ async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    # Same option as the other commands in gateway.cli (kept here so this module does not import it).
-    parser.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("gateway.yaml"),
-        metavar="FILE",
-        help="path to the YAML configuration file (default: ./gateway.yaml)",
-    )
-
-
 def _username_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("username", metavar="USERNAME", help="username or email address of the account")
 
@@ -468,7 +464,7 @@ def _action(
 ) -> argparse.ArgumentParser:
     # No abbreviations: "--password SECRET" must not be taken as --password-stdin plus a stray word.
     parser = actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
-    _config_arg(parser)
+    config_arg(parser)
     parser.set_defaults(func=_runner(func))
     return parser
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.server import parse_listen
+from gateway.settings.listen import parse_listen
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
 

@@ -20,21 +20,16 @@ from pathlib import Path
 
 from gateway.pipeline.app import DataPlane, create_data_plane
 from gateway.runtime import load_runtime
+from gateway.settings.listen import parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
 
-__all__ = ["app_factory", "parse_listen", "serve"]
+__all__ = ["app_factory", "serve"]
 
 logger = logging.getLogger("gateway")
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 EARLY_SIGHUP = threading.Event()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``host:port`` (IPv6 in brackets) into its parts."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def app_factory() -> DataPlane:

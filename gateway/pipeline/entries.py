@@ -28,12 +28,12 @@ from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
 from gateway.pipeline.headers import upstream_request_headers
-from gateway.pipeline.pages import wants_html
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
 from gateway.pipeline.websocket import forward_websocket
 from gateway.state import Snapshot
 from gateway.upstream.http1 import Http1Client
+from gateway.web.error_pages import wants_html
 
 __all__ = ["FORWARD_AUTH", "HTTP", "WEBSOCKET", "Clients", "Entry"]
 

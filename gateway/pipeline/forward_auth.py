@@ -26,7 +26,7 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import normalize_name
-from gateway.pipeline.pages import wants_html
+from gateway.web.error_pages import wants_html
 
 __all__ = [
     "FORWARD_AUTH_PATH",

@@ -3,7 +3,7 @@
 Every stage refuses by raising a :class:`~gateway.errors.GatewayError`; the error's class says who
 refused (:func:`decision_for`) and its ``reason`` is the id the page, the JSON body and the access log
 all carry. A browser is sent where it can fix the problem (sign-in, MFA) with a 302; everyone else
-gets the error page or JSON (:mod:`gateway.pipeline.pages`).
+gets the error page or JSON (:mod:`gateway.web.error_pages`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.pipeline.asgi import Send
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.pages import error_response, wants_html
 from gateway.pipeline.receive import BadFraming
+from gateway.web.error_pages import error_response, wants_html
 
 __all__ = ["answer_error", "decision_for", "note_refusal"]
 

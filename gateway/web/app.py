@@ -25,10 +25,10 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.pipeline.pages import error_response, wants_html
 from gateway.web.account import account_handlers
 from gateway.web.api import api_handlers
 from gateway.web.api_reference import ReferencePage
+from gateway.web.error_pages import error_response, wants_html
 from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
 from gateway.web.pages import page_handlers

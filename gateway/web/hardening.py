@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from gateway.pipeline.pages import HARDENING_HEADER_NAMES, hardening_headers
+from gateway.web.error_pages import HARDENING_HEADER_NAMES, hardening_headers
 
 if TYPE_CHECKING:
     from litestar.types import Message, Scope

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store.db import create_engine
 from gateway.store.models import UTCDateTime
-from gateway.store.schema import Base
+from gateway.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

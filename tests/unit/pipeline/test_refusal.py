@@ -31,10 +31,10 @@ from gateway.observe.access import AccessEntry
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
 from gateway.pipeline.authorize import AccessDenied
 from gateway.pipeline.forward_auth import UnknownTarget, UntrustedProxy
-from gateway.pipeline.pages import error_response
 from gateway.pipeline.receive import BadFraming, BrokenBody
 from gateway.pipeline.refusal import decision_for, note_refusal
 from gateway.threat.blocks import IpBlocked
+from gateway.web.error_pages import error_response
 
 # (error, its reason id on the wire, who refused)
 REFUSALS: list[tuple[GatewayError, str, str]] = [

@@ -36,7 +36,7 @@ from gateway.store.migrate import (
     upgrade,
 )
 from gateway.store.models import Instance, KvSetting
-from gateway.store.schema import Base
+from gateway.schema import Base
 from tests.unit.store import conftest_db
 
 # Fixtures live in conftest_db (tests/unit/store/conftest.py belongs to another suite); binding them

@@ -17,11 +17,11 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.pipeline.authorize import AccessDenied
-from gateway.pipeline.pages import ERROR_PAGE_CSP, error_response
 from gateway.store.db import StoreUnavailable
 from gateway.store.fast.base import StateUnavailable
 from gateway.store.migrate import SchemaOutdated
 from gateway.threat.blocks import IpBlocked
+from gateway.web.error_pages import ERROR_PAGE_CSP, error_response
 
 # What backends really say when they are down: none of it may reach a client.
 BACKEND_TEXT = "ConnectionRefusedError: [Errno 111] Connect call failed ('10.0.0.7', 5432)"

@@ -1,4 +1,4 @@
-"""Error answers of the data plane: a finished-looking HTML page for browsers, JSON for API clients.
+"""Error answers of the data plane and the control app: a finished-looking HTML page for browsers, JSON for scripts.
 
 Every answer carries the reason id and the request id, so a user's screenshot leads to the log line.
 A server-side failure (5xx) shows a plain sentence, never its detail (``GatewayError.public_detail``):
