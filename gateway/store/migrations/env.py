@@ -16,9 +16,9 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
+from gateway.schema import Base
 from gateway.store.db import create_engine
 from gateway.store.models import UTCDateTime
-from gateway.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.schema import Base
 from gateway.store.db import (
     Database,
     StoreUnavailable,
@@ -36,7 +37,6 @@ from gateway.store.migrate import (
     upgrade,
 )
 from gateway.store.models import Instance, KvSetting
-from gateway.schema import Base
 from tests.unit.store import conftest_db
 
 # Fixtures live in conftest_db (tests/unit/store/conftest.py belongs to another suite); binding them
