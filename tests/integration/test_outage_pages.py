@@ -10,15 +10,10 @@ which goes to the gateway's log instead.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import secrets
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import yaml
@@ -35,9 +30,9 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import SESSION_COOKIE, browser, csrf
+from tests.support.pg import fresh_database
 from tests.support.tcp_proxy import TcpProxy
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 JSON = {"Accept": "application/json"}
 UNAVAILABLE = "Sign-in is unavailable right now; try again in a minute."
@@ -132,32 +127,10 @@ def test_every_page_with_a_session_during_a_redis_outage_is_plain(
 # -- PostgreSQL goes away while the gateway runs ---------------------------------------------------
 
 
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, run()).result()
-
-
-@contextmanager
-def _fresh_database() -> Iterator[str]:
-    name = f"gw_outage_{secrets.token_hex(6)}"
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def postgres_cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int]]:
     tmp: Path = tmp_path_factory.mktemp("postgres-down")
-    with _fresh_database() as name, TcpProxy(("127.0.0.1", 5432)) as relay, run_echo() as echo:
+    with fresh_database("gw_outage") as name, TcpProxy(("127.0.0.1", 5432)) as relay, run_echo() as echo:
         config = gateway_config(
             tmp,
             free_port(),

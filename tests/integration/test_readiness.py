@@ -8,16 +8,13 @@ real server (tests/support/tcp_proxy.py), never by stopping the server other tes
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -35,25 +32,11 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import SESSION_COOKIE, browser, cookie, login
+from tests.support.pg import fresh_database
 from tests.support.tcp_proxy import TcpProxy
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NOTHING_LISTENING = "redis://127.0.0.1:1/0"
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        # CREATE/DROP DATABASE cannot run in a transaction; asyncpg's execute() autocommits.
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    # Its own loop in a thread: safe whether or not an event loop is running in this thread.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture
@@ -64,12 +47,8 @@ def fresh_pg_url() -> Iterator[str]:
 
 @contextmanager
 def _fresh_pg_database() -> Iterator[str]:
-    name = f"gw_it_{secrets.token_hex(6)}"
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_database() as name:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
