@@ -50,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.store.fast.base import StateUnavailable, validate_ttl
 
 __all__ = ["STATE_FILE", "LocalFastState", "LocalSubscription"]
@@ -59,7 +60,6 @@ _log = logging.getLogger(__name__)
 STATE_FILE: Final = "state.db"
 
 _T = TypeVar("_T")
-_Clock = Callable[[], float]
 _Row = tuple[int, str, bytes]
 
 _SCHEMA: Final = """
@@ -200,7 +200,7 @@ class LocalFastState:
         path: str | Path,
         *,
         namespace: str = "gw:",
-        clock: _Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         busy_timeout: float = 1.0,
         op_timeout: float = 2.0,
         poll_interval: float = 0.1,
@@ -214,8 +214,9 @@ class LocalFastState:
         Args:
             path: The database file, normally ``<data_dir>/state.db``.
             namespace: Prefix of every key and channel, so deployments sharing a data dir stay apart.
-            clock: Unix seconds; expiry and message ages are measured on it.
-            busy_timeout: Seconds a write waits for another process's write to finish.
+            clock: Expiry and message ages are measured on its Unix time.
+            busy_timeout: Seconds one statement waits for another process's write to finish (SQLite's
+                busy handler); a statement still busy after it is retried until ``op_timeout``.
             op_timeout: Seconds any call may take in all (queueing on this instance's thread included)
                 before it fails closed.
             poll_interval: Seconds between two reads of the feed while something is subscribed.
@@ -264,9 +265,32 @@ class LocalFastState:
         return self._conn
 
     def _call(self, operation: str, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
-        """Run ``fn(connection, now)`` on the thread, converting failures to ``StateUnavailable``."""
+        """Run ``fn(connection, now)`` on the thread, converting failures to ``StateUnavailable``.
+
+        A busy database is retried until ``op_timeout``: SQLite's own busy handler covers the common
+        case (waiting for another writer), but some lock conflicts return at once without calling it
+        (a read snapshot overtaken by a commit, a connection opening while another runs recovery or
+        its last checkpoint), and under heavy contention on a loaded machine one ``busy_timeout`` can
+        run out although the writers ahead each hold the lock for microseconds. A busy statement did
+        not run, so running it again is safe.
+        """
+        deadline = time.monotonic() + self._op_timeout
+        pause = 0.005
+        while True:
+            try:
+                return self._call_once(fn)
+            except (sqlite3.Error, OSError) as exc:
+                if _is_busy(exc) and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
+                    continue
+                raise StateUnavailable(
+                    f"fast state {operation} failed ({type(exc).__name__}: {exc})"
+                ) from exc
+
+    def _call_once(self, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
         try:
-            return fn(self._connection(), self._clock())
+            return fn(self._connection(), self._clock.time())
         except (sqlite3.Error, OSError) as exc:
             if self._conn is not None and not _is_busy(exc):
                 # Anything but "another process holds the lock" may be a broken connection (file
@@ -274,7 +298,7 @@ class LocalFastState:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
                 self._conn = None
-            raise StateUnavailable(f"fast state {operation} failed ({type(exc).__name__}: {exc})") from exc
+            raise
 
     async def _run(self, operation: str, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
         if self._closed:
@@ -500,9 +524,9 @@ class LocalFastState:
                 if failing or seen is None or seen != mark or now >= next_full:
                     await self.poll()
                     mark, next_full = seen, now + _FULL_POLL
-                if self._clock() >= next_sweep:
+                if self._clock.time() >= next_sweep:
                     await self.sweep()
-                    next_sweep = self._clock() + self._sweep_interval
+                    next_sweep = self._clock.time() + self._sweep_interval
                 failing = False
             except StateUnavailable as exc:
                 if not failing:

@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -189,7 +190,7 @@ async def test_an_unusable_file_fails_closed(
 async def test_a_held_write_lock_fails_writes_closed_and_they_recover(
     tmp_path: Path, opened: Callable[..., LocalFastState]
 ) -> None:
-    state = opened(busy_timeout=0.2)
+    state = opened(busy_timeout=0.1, op_timeout=0.5)
     await state.set("sess:x", b"record")
     blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     try:
@@ -208,6 +209,25 @@ async def test_a_held_write_lock_fails_writes_closed_and_they_recover(
         blocker.execute("ROLLBACK")
         blocker.close()
     assert await state.take("sess:x") == b"record"
+
+
+async def test_a_write_waits_out_a_lock_longer_than_busy_timeout_within_op_timeout(
+    tmp_path: Path, opened: Callable[..., LocalFastState]
+) -> None:
+    # SQLite's busy handler gives up after busy_timeout; the call retries until op_timeout, so a
+    # burst of contention on a loaded node delays a write instead of failing it closed.
+    state = opened(busy_timeout=0.05, op_timeout=10.0)
+    await state.ping()
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: blocker.execute("ROLLBACK"))
+    release.start()
+    try:
+        assert await state.incr_window("k", window=60) == 1
+        assert await state.set("k2", b"v")  # no write can pass BEGIN IMMEDIATE: these waited for it
+    finally:
+        release.join()
+        blocker.close()
 
 
 async def test_a_call_that_cannot_finish_in_time_fails_closed(
