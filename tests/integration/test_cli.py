@@ -443,7 +443,7 @@ def _get_ok(url: str) -> httpx.Response | None:
 
 
 def test_quickstart_keeps_existing_keyring(tmp_path: Path) -> None:
-    from gateway.quickstart import write_quickstart_config
+    from gateway.cli.quickstart import write_quickstart_config
 
     data_dir = tmp_path / "qs"
     config = write_quickstart_config(data_dir, "127.0.0.1:8080", 9000)

@@ -168,7 +168,7 @@ def test_create_refuses_to_overwrite(path: Path, keyring: Keyring) -> None:
 
 
 def test_loads_the_format_gateway_quickstart_writes(tmp_path: Path) -> None:
-    from gateway.quickstart import _write_keyring
+    from gateway.cli.quickstart import _write_keyring
 
     path = tmp_path / "keyring.json"
     _write_keyring(path)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
+from gateway.cli.harness import EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
 
 
 def _when(moment: float | None) -> str:

@@ -18,7 +18,7 @@ from gateway.settings.loader import load_settings
 
 __all__ = ["main"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_arg
+from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, config_arg
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -72,13 +72,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from gateway.quickstart import run_quickstart
+    from gateway.cli.quickstart import run_quickstart
 
     return run_quickstart(data_dir=args.data_dir, listen=args.listen, echo_port=args.echo_port)
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
-    from gateway.quickstart import run_echo
+    from gateway.cli.quickstart import run_echo
 
     run_echo(args.listen)
     return EXIT_OK
@@ -182,23 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_quickstart)
 
-    from gateway.cli_keys import register as register_keys
+    from gateway.cli.keys import register as register_keys
 
     register_keys(sub)
 
-    from gateway.cli_user import add_user_commands
+    from gateway.cli.user import add_user_commands
 
     add_user_commands(sub)
 
-    from gateway.cli_policy import register as register_policy
+    from gateway.cli.policy import register as register_policy
 
     register_policy(sub)
 
-    from gateway.cli_audit import register as register_audit
+    from gateway.cli.audit import register as register_audit
 
     register_audit(sub)
 
-    from gateway.cli_incident import add_incident_commands
+    from gateway.cli.incident import add_incident_commands
 
     add_incident_commands(sub)
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_user_commands"]
 
-from gateway.cli_common import (
+from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
+from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
 from gateway.store.ids import MAX_ID, BadId, parse_id
 
 _EXPECT: Final = ("allow", "deny")

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg
+from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg
 
 
 class _UserError(Exception):
