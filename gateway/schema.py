@@ -6,6 +6,7 @@ seen by autogenerate and by the check that every model change has a migration.
 
 from __future__ import annotations
 
+from gateway.audit import models as audit_models
 from gateway.authz import models as authz_models
 from gateway.crypto import models as crypto_models
 from gateway.identity import models as identity_models
@@ -15,4 +16,4 @@ from gateway.store.models import Base
 __all__ = ["Base", "metadata"]
 
 metadata = Base.metadata
-_DOMAINS = (identity_models, authz_models, crypto_models, oidc_models)
+_DOMAINS = (identity_models, audit_models, authz_models, crypto_models, oidc_models)

@@ -39,8 +39,8 @@ from gateway.audit.chain import (
     iter_records,
 )
 from gateway.audit.checkpoint import check_signature
+from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
-from gateway.identity.models import AuditEvent
 from gateway.store.db import Database, store_errors
 
 __all__ = ["BundleError", "BundleVerdict", "ExportSummary", "export_bundle", "verify_bundle"]

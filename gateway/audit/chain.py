@@ -46,9 +46,9 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.chain_key import ChainKeys
+from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring, KeyringError
 from gateway.errors import GatewayError
-from gateway.identity.models import AuditEvent
 from gateway.store.db import SQLITE_BEGIN_OPTION, Database, store_errors
 
 __all__ = [

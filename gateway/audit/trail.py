@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.audit.chain import append, chain_keys
+from gateway.audit.models import AuditEvent
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
-from gateway.identity.models import AuditEvent
 from gateway.store.db import Database
 
 __all__ = ["AuditListener", "AuditLog", "SecurityEvent", "record_once", "record_quietly"]

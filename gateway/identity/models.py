@@ -1,4 +1,4 @@
-"""Tables of people and their factors: users, TOTP and WebAuthn credentials, recovery codes, audit events.
+"""Tables of people and their factors: users, TOTP and WebAuthn credentials, recovery codes.
 
 Secrets never sit here in the clear: TOTP seeds are AES-256-GCM ciphertext under the keyring
 (``gateway.crypto.keyring``), passwords and recovery codes are argon2id hashes. Usernames and emails are
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.store.models import Base
 
-__all__ = ["AuditEvent", "RecoveryCode", "TotpCredential", "User", "WebAuthnCredential"]
+__all__ = ["RecoveryCode", "TotpCredential", "User", "WebAuthnCredential"]
 
 
 class User(Base):
@@ -101,37 +101,3 @@ class RecoveryCode(Base):
     code_hash: Mapped[str]
     created_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
-
-
-class AuditEvent(Base):
-    """An append-only security event (sign-in, MFA, enrollment, lock, admin action).
-
-    Records form one hash chain (``gateway.audit.chain``): ``seq`` numbers them 1, 2, 3, … without
-    gaps, ``prev_hash`` is the ``record_hash`` of record ``seq - 1`` and ``record_hash`` is SHA-256 over
-    this record's canonical content and ``prev_hash`` (``chain_version`` 1, records from before the
-    chain was keyed) or HMAC-SHA256 under the chain key of keyring key ``key_id`` (version 2). A
-    changed, deleted, inserted or reordered row breaks the chain at that row.
-    """
-
-    __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_at", "at"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime]
-    kind: Mapped[str]
-    # Who did it ("user:alice", "admin:bob", "system") and about whom (a username or "").
-    actor: Mapped[str]
-    subject: Mapped[str] = mapped_column(default="", index=True)
-    ip: Mapped[str] = mapped_column(default="")
-    outcome: Mapped[str] = mapped_column(Text, default="success")
-    # JSON object with event details; never secrets (codes, passwords, tokens).
-    details: Mapped[str] = mapped_column(default="{}")
-    # Position in the chain, assigned under the chain lock: contiguous, so a deleted row leaves a gap.
-    seq: Mapped[int] = mapped_column(unique=True)
-    prev_hash: Mapped[str]
-    record_hash: Mapped[str]
-    # 1: SHA-256, no secret (written before migration 0006); 2: keyed. No default: every writer must
-    # say which, and only gateway.audit.chain writes rows.
-    chain_version: Mapped[int]
-    # The keyring key id whose derived chain key made record_hash ("" for version 1).
-    key_id: Mapped[str]

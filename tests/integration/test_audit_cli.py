@@ -54,7 +54,7 @@ _FORGER = """\
 import asyncio, dataclasses, hashlib, sys
 from sqlalchemy import insert, select
 from gateway.audit.chain import ChainRecord
-from gateway.identity.models import AuditEvent
+from gateway.audit.models import AuditEvent
 from gateway.store.db import Database
 
 async def main(url, version):

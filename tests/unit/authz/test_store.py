@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.authz.models import PolicyRuleRow
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
@@ -31,7 +32,6 @@ from gateway.authz.store import (
     UnknownVersion,
 )
 from gateway.clock import FakeClock
-from gateway.identity.models import AuditEvent
 from gateway.store.db import Database, StoreUnavailable
 from gateway.store.fast import FastState, MemoryFastState
 from tests.unit.store import conftest as fast_conftest

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from webauthn.helpers import parse_cbor
 
+from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.factors.webauthn import (
@@ -28,7 +29,7 @@ from gateway.factors.webauthn import (
     WebAuthnService,
     user_handle,
 )
-from gateway.identity.models import AuditEvent, User, WebAuthnCredential
+from gateway.identity.models import User, WebAuthnCredential
 from gateway.settings.schema import WebAuthnSettings
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.factors.regulation import AccountLocked, Regulator
@@ -31,7 +32,7 @@ from gateway.identity.accounts import (
     WrongPassword,
 )
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.identity.models import AuditEvent, RecoveryCode, TotpCredential, User, WebAuthnCredential
+from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.sessions import SessionStore
 from gateway.settings.schema import Duration, PasswordSettings, RegulationSettings, SessionSettings
