@@ -140,7 +140,7 @@ def _list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from gateway.audit.chain import ChainRecord
-    from gateway.identity.models import AuditEvent
+    from gateway.audit.models import AuditEvent
     from gateway.store.db import store_errors
 
     if args.limit < 1:
