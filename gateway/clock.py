@@ -1,8 +1,13 @@
-"""Time, injected: code asks a Clock, tests move a FakeClock instead of sleeping."""
+"""Time, injected: code asks a Clock, tests move a FakeClock instead of sleeping.
+
+One shape for every reader of time: Unix time (``time``, ``now``) for what is stored or shown and
+outlives the process, the monotonic clock (``monotonic``) for intervals inside one process (TTLs of the
+in-process store, ejections, probe schedules), which a wall-clock step cannot bend.
+"""
 
 from __future__ import annotations
 
-import time
+import time as _time
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -18,22 +23,34 @@ class Clock(Protocol):
         """The current time, timezone-aware UTC."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back; only differences between readings mean anything."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
 
-    def time(self) -> float:
-        return time.time()
+    # The C functions themselves rather than wrappers: the data plane reads the clock on every request
+    # (upstream pools bind ``clock.monotonic`` once), so the real clock costs what time.monotonic does.
+    time = staticmethod(_time.time)
+    monotonic = staticmethod(_time.monotonic)
 
     def now(self) -> datetime:
         return datetime.now(UTC)
 
 
 class FakeClock:
-    """A clock that only moves when told to (tests)."""
+    """A clock that only moves when told to (tests).
 
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
+    ``advance`` moves Unix time and the monotonic clock together, so code that reads either sees the
+    same seconds pass. They start far apart (Unix time in 2027, the monotonic clock at 1000 s), so
+    a test cannot pass by mixing them up.
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0, *, monotonic_start: float = 1000.0) -> None:
         self.t = start
+        self.mono = monotonic_start
 
     def time(self) -> float:
         return self.t
@@ -41,8 +58,12 @@ class FakeClock:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.t, UTC)
 
+    def monotonic(self) -> float:
+        return self.mono
+
     def advance(self, seconds: float) -> None:
         self.t += seconds
+        self.mono += seconds
 
 
 SYSTEM_CLOCK = SystemClock()

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import aiohttp
 from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
 from gateway.authz.live import LivePolicy
 from gateway.authz.store import PolicyStore
+from gateway.clock import SYSTEM_CLOCK
 from gateway.crypto.signing import SigningKeys
 from gateway.errors import ConfigError
 from gateway.identity.assertion import AssertionSigner
@@ -95,7 +95,7 @@ class Runtime:
         self.sinks: SinkHub | None = None
         # Blocked client addresses, checked in the receive stage (in-process; kept current by the
         # threat detector from the fast state's broadcast and the block-list files).
-        self.ip_blocks = IpBlocks(time.time)
+        self.ip_blocks = IpBlocks(SYSTEM_CLOCK)
         self.threats: ThreatDetector | None = None
 
     @property
@@ -226,7 +226,7 @@ class Runtime:
             webhook = Webhook(
                 threat.webhook_url, queue_size=threat.webhook_queue, timeout=float(threat.webhook_timeout)
             )
-        clock = self.identity.clock.time
+        clock = self.identity.clock
         responder = Responder(
             state=self.fast,
             audit=self.identity.audit,

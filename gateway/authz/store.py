@@ -34,7 +34,6 @@ import contextlib
 import difflib
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -191,8 +190,6 @@ class PolicyStore:
         fast: FastState,
         audit: AuditLog,
         clock: Clock = SYSTEM_CLOCK,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Wire the store.
 
@@ -200,14 +197,13 @@ class PolicyStore:
             db: The relational store holding ``policy_rules`` and ``policy_versions``.
             fast: Carries the ``policy-changed`` broadcast between replicas.
             audit: Records every change.
-            clock: Timestamps of versions.
-            monotonic: The clock of :attr:`last_confirmed` (``time.monotonic``, as the readiness check).
+            clock: Timestamps of versions (Unix time) and :attr:`last_confirmed` (monotonic, as the
+                readiness check).
         """
         self._db = db
         self._fast = fast
         self._audit = audit
         self._clock = clock
-        self._monotonic = monotonic
         #: ``monotonic()`` of the last successful version check or load (0.0 before the first): the
         #: worker reports not-ready when this is older than ``policy.max_staleness``.
         self.last_confirmed: float = 0.0
@@ -223,7 +219,7 @@ class PolicyStore:
         with store_errors("policy version check failed"):
             async with self._db.session() as session:
                 latest = await session.scalar(select(func.max(PolicyVersion.version)))
-        self.last_confirmed = self._monotonic()
+        self.last_confirmed = self._clock.monotonic()
         return int(latest or 0)
 
     async def current(self) -> StoredPolicy:
@@ -237,7 +233,7 @@ class PolicyStore:
                 row = await session.scalar(
                     select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(1)
                 )
-        self.last_confirmed = self._monotonic()
+        self.last_confirmed = self._clock.monotonic()
         if row is None:
             return StoredPolicy(version=0, rules=PolicyRules(), csv="", created_at=None)
         return _stored(row)

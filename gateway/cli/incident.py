@@ -64,7 +64,7 @@ async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaita
             audit=svc.audit,
             accounts=svc.accounts,
             sessions=svc.sessions,
-            clock=SYSTEM_CLOCK.time,
+            clock=SYSTEM_CLOCK,
         )
         return await action(responder)
 

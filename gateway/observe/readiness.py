@@ -39,12 +39,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.settings.schema import Route
 
 __all__ = [
@@ -107,7 +107,7 @@ class ReadinessMonitor:
         timeout: Seconds one probe may take; a slower service counts as down.
         interval: Seconds between background probes.
         max_age: :meth:`current` probes again when the last result is older than this.
-        clock: Monotonic clock in seconds.
+        clock: Its monotonic clock ages the last results.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class ReadinessMonitor:
         timeout: float = 2.0,
         interval: float = 5.0,
         max_age: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._probes = dict(probes)
         self._timeout = timeout
@@ -135,7 +135,7 @@ class ReadinessMonitor:
 
     async def current(self) -> Mapping[Component, ProbeResult]:
         """The results, probing first if the last ones are older than ``max_age``."""
-        if self._clock() - self._checked_at > self._max_age:
+        if self._clock.monotonic() - self._checked_at > self._max_age:
             await self.refresh()
         return self.latest()
 
@@ -176,7 +176,7 @@ class ReadinessMonitor:
         results = await asyncio.gather(*(self._probe(self._probes[c]) for c in components))
         for component, result in zip(components, results, strict=True):
             self._record(component, result)
-        self._checked_at = self._clock()
+        self._checked_at = self._clock.monotonic()
 
     async def _probe(self, probe: Probe) -> ProbeResult:
         try:

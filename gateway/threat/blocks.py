@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.clock import Clock
 from gateway.errors import ErrorReason, Forbidden
 from gateway.store.fast.base import FastState, StateUnavailable, Subscription
 
@@ -97,15 +98,16 @@ class BlockEntry:
 class IpBlocks:
     """The in-process set of blocked addresses and networks, rebuilt whole on every change."""
 
-    __slots__ = ("_cache", "_clock", "_dynamic", "_exact", "_files", "_nets")
+    __slots__ = ("_cache", "_dynamic", "_exact", "_files", "_nets", "_time")
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Clock) -> None:
         """Start empty.
 
         Args:
             clock: Unix time; an entry stops matching at its ``until`` even before the next rebuild.
         """
-        self._clock = clock
+        # Bound once: the receive stage asks on every request while anything is blocked.
+        self._time = clock.time
         self._dynamic: list[tuple[Network, float]] = []
         self._files: list[Network] = []
         # address text -> until; plus per IP version: prefix length -> {network int >> host bits: until}
@@ -127,7 +129,7 @@ class IpBlocks:
                 if len(self._cache) >= _CACHE_SIZE:
                     self._cache.clear()
                 self._cache[ip] = until
-        return until > self._clock()
+        return until > self._time()
 
     def _lookup(self, ip: str) -> float:
         try:
@@ -203,13 +205,13 @@ def _decode(raw: bytes | None) -> list[BlockEntry]:
 class BlockStore:
     """The shared list of temporary blocks in the fast state, and the listener that mirrors it."""
 
-    def __init__(self, state: FastState, clock: Callable[[], float]) -> None:
+    def __init__(self, state: FastState, clock: Clock) -> None:
         self._state = state
         self._clock = clock
 
     async def entries(self) -> list[BlockEntry]:
         """The blocks still in force, soonest-ending first."""
-        now = self._clock()
+        now = self._clock.time()
         live = [e for e in _decode(await self._state.get(BLOCKS_KEY)) if e.until > now]
         return sorted(live, key=lambda e: e.until)
 
@@ -255,7 +257,7 @@ class BlockStore:
     async def _update(self, change: Callable[[list[BlockEntry]], list[BlockEntry]]) -> None:
         for _ in range(_CAS_ROUNDS):
             raw = await self._state.get(BLOCKS_KEY)
-            now = self._clock()
+            now = self._clock.time()
             current = [e for e in _decode(raw) if e.until > now]
             new = change(current)
             encoded = json.dumps([e.to_json() for e in new], separators=(",", ":")).encode()

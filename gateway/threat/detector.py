@@ -29,6 +29,7 @@ from typing import Final
 
 from gateway.audit.trail import SecurityEvent
 from gateway.authz.decision import Reason
+from gateway.clock import Clock
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
@@ -59,7 +60,7 @@ class ThreatDetector:
         state: FastState,
         responder: Responder,
         blocks: IpBlocks,
-        clock: Callable[[], float],
+        clock: Clock,
         queue_size: int = 10_000,
     ) -> None:
         """Wire the detector.

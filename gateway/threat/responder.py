@@ -24,6 +24,7 @@ import aiohttp
 import msgspec
 
 from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
 from gateway.identity.accounts import AccountService
 from gateway.identity.sessions import (
     Session,
@@ -95,7 +96,7 @@ class Responder:
         audit: AuditLog,
         accounts: AccountService | None,
         sessions: SessionStore | None,
-        clock: Callable[[], float],
+        clock: Clock,
         emit: Emitter | None = None,
         webhook: Webhook | None = None,
     ) -> None:
@@ -134,7 +135,7 @@ class Responder:
         incident = Incident(
             id=incident_id,
             rule=rule_name,
-            at=self._clock(),
+            at=self._clock.time(),
             subject=subject,
             ip=ip,
             session=session,
@@ -188,7 +189,7 @@ class Responder:
     async def _block(self, ip: str, rule: ThreatRule, incident_id: str) -> Action | None:
         if not ip:
             return None
-        until = self._clock() + float(rule.block_for)
+        until = self._clock.time() + float(rule.block_for)
         entry = await self.blocks.add(ip, until=until, incident=incident_id, reason="threat")
         return Action("block_ip", entry.cidr, until=until)
 
@@ -246,12 +247,12 @@ class Responder:
         """
         text = str(normalize_network(cidr))
         incident_id = new_incident_id()
-        until = self._clock() + seconds
+        until = self._clock.time() + seconds
         await self.blocks.add(text, until=until, incident=incident_id, reason=reason or "manual")
         incident = Incident(
             id=incident_id,
             rule="manual",
-            at=self._clock(),
+            at=self._clock.time(),
             ip=text,
             summary=reason or f"blocked by {actor}",
             actions=(Action("block_ip", text, until=until),),
@@ -301,7 +302,7 @@ class Responder:
             actions=tuple(actions),
             status="lifted",
             lifted_by=actor,
-            lifted_at=self._clock(),
+            lifted_at=self._clock.time(),
         )
         await self.incidents.save(lifted)
         await self._audit.record(

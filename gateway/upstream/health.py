@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import aiohttp
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.settings.schema import ActiveHealthCheck
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.target import Target
@@ -68,7 +68,7 @@ class HealthChecker:
         session_factory: Either a callable returning a new :class:`aiohttp.ClientSession`, which the
             checker creates on first use and closes in :meth:`stop`, or a session the caller owns
             and closes.
-        clock: Monotonic clock in seconds, used to keep rounds on a fixed schedule.
+        clock: Its monotonic clock keeps rounds on a fixed schedule.
 
     Raises:
         ValueError: A pool's check has a non-positive interval or a threshold below 1.
@@ -82,7 +82,7 @@ class HealthChecker:
         pools: Sequence[UpstreamPool],
         session_factory: Callable[[], aiohttp.ClientSession] | aiohttp.ClientSession,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._checks = tuple(_PoolCheck(pool, pool.active) for pool in pools if pool.active is not None)
         if isinstance(session_factory, aiohttp.ClientSession):
@@ -146,7 +146,7 @@ class HealthChecker:
 
     async def _run(self, session: aiohttp.ClientSession, pc: _PoolCheck) -> None:
         interval = pc.check.interval
-        next_round = self._clock()
+        next_round = self._clock.monotonic()
         while True:
             try:
                 await self._check_pool(session, pc)
@@ -154,10 +154,10 @@ class HealthChecker:
                 # A bug in one round must not end health checking for good.
                 logger.exception("route %s: health check round failed", pc.pool.route_name)
             next_round += interval
-            delay = next_round - self._clock()
+            delay = next_round - self._clock.monotonic()
             if delay < 0:
                 # Fell behind (slow probes, paused process): restart the schedule, no burst of rounds.
-                next_round, delay = self._clock(), 0.0
+                next_round, delay = self._clock.monotonic(), 0.0
             await asyncio.sleep(delay)
 
     async def _check_pool(self, session: aiohttp.ClientSession, pc: _PoolCheck) -> None:

@@ -43,10 +43,10 @@ All of this is per process: each worker has its own pools and its own view of up
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import ServiceUnavailable
 from gateway.settings.schema import ActiveHealthCheck, PassiveHealthCheck, Route
 from gateway.upstream.target import Target
@@ -67,7 +67,7 @@ class UpstreamPool:
         balance: ``"round_robin"`` or ``"least_outstanding"``.
         passive: Passive ejection settings.
         active: Active check settings, or ``None``; the pool only keeps it for the health checker.
-        clock: Monotonic clock in seconds; injected so tests move time instead of sleeping.
+        clock: Its monotonic clock times ejections; injected so tests move time instead of sleeping.
 
     Raises:
         ValueError: No upstreams, an invalid or duplicate upstream URL, an unknown balance
@@ -75,10 +75,10 @@ class UpstreamPool:
     """
 
     __slots__ = (
-        "_clock",
         "_cursor",
         "_eject_after",
         "_least",
+        "_monotonic",
         "_passive",
         "active",
         "balance",
@@ -94,7 +94,7 @@ class UpstreamPool:
         balance: Balance,
         passive: PassiveHealthCheck,
         active: ActiveHealthCheck | None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not upstreams:
             raise ValueError(f"route {route_name!r} has no upstreams")
@@ -118,18 +118,19 @@ class UpstreamPool:
         # Failures in a row that eject a target; 0 when ejection is off (either setting 0).
         self._eject_after = passive.consecutive_failures if passive.ejection_time > 0 else 0
         self._least = balance == "least_outstanding"
-        self._clock = clock
+        # Bound once: pick() and release() read it on every upstream attempt.
+        self._monotonic = clock.monotonic
         # Index where the next scan starts; both algorithms advance it past the chosen target so
         # that round robin rotates and least-outstanding breaks ties in rotation.
         self._cursor = 0
 
     @classmethod
-    def from_route(cls, route: Route, *, clock: Callable[[], float] = time.monotonic) -> UpstreamPool:
+    def from_route(cls, route: Route, *, clock: Clock = SYSTEM_CLOCK) -> UpstreamPool:
         """Build the pool for a configured route.
 
         Args:
             route: The route settings.
-            clock: Monotonic clock in seconds.
+            clock: The clock of ejections (its monotonic reading).
 
         Returns:
             A pool with every target healthy and nothing in flight.
@@ -167,7 +168,7 @@ class UpstreamPool:
         """
         targets = self.targets
         count = len(targets)
-        now = self._clock()
+        now = self._monotonic()
         index = self._cursor
         chosen: Target | None = None
         chosen_index = 0
@@ -211,7 +212,7 @@ class UpstreamPool:
         if threshold == 0 or target.consecutive_failures < threshold:
             return
         target.probation = False
-        now = self._clock()
+        now = self._monotonic()
         if now < target.ejected_until:
             return  # a straggler from before the ejection: do not extend it
         target.ejected_until = now + self._passive.ejection_time
@@ -244,7 +245,7 @@ class UpstreamPool:
         The active health checker reads it before probing and hands it back to :meth:`readmit`,
         which ends only that same ejection.
         """
-        return target.ejections if target.ejected(self._clock()) else 0
+        return target.ejections if target.ejected(self._monotonic()) else 0
 
     def readmit(self, target: Target, *, ejection: int) -> bool:
         """End a passive ejection early because the active health check found the target healthy.
@@ -261,7 +262,7 @@ class UpstreamPool:
         Returns:
             Whether an ejection was ended.
         """
-        if not ejection or target.ejections != ejection or not target.ejected(self._clock()):
+        if not ejection or target.ejections != ejection or not target.ejected(self._monotonic()):
             return False
         target.ejected_until = 0.0
         target.probation = True
@@ -289,7 +290,7 @@ class UpstreamPool:
 
     def any_available(self) -> bool:
         """Whether :meth:`pick` would currently find a target (for readiness)."""
-        now = self._clock()
+        now = self._monotonic()
         return any(self._usable(target, now) for target in self.targets)
 
     def snapshot(self) -> list[dict[str, object]]:
@@ -299,7 +300,7 @@ class UpstreamPool:
             One dict per target, in configuration order, with ``url``, ``healthy``, ``ejected``,
             ``probation``, ``outstanding`` and ``consecutive_failures``.
         """
-        now = self._clock()
+        now = self._monotonic()
         rows: list[dict[str, object]] = []
         for target in self.targets:
             self._usable(target, now)  # lets an expired ejection end (and be logged) first

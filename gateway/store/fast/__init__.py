@@ -14,11 +14,10 @@ Three backends satisfy ``FastState`` and fail closed with ``StateUnavailable``:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.store.fast.base import FastState, StateUnavailable, Subscription
 from gateway.store.fast.local import STATE_FILE, LocalFastState
 from gateway.store.fast.memory import MemoryFastState
@@ -51,7 +50,7 @@ def open_fast_state(
     *,
     namespace: str = "gw:",
     local_path: str | Path | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
     connect_timeout: float = 0.5,
     op_timeout: float = 1.0,
 ) -> FastState:
@@ -66,7 +65,8 @@ def open_fast_state(
         namespace: Prefix of every key and channel (Redis and the local file).
         local_path: The shared SQLite file, used when ``redis_url`` is None; None keeps the state in
             this process.
-        clock: Monotonic clock for the in-process store's TTLs (the file uses Unix time, Redis its own).
+        clock: The in-process store's TTLs run on its monotonic clock, the file's on its Unix time
+            (Redis keeps its own).
         connect_timeout: Seconds to connect to Redis.
         op_timeout: Seconds to wait for a Redis reply.
 
@@ -78,7 +78,7 @@ def open_fast_state(
             redis_url, namespace=namespace, connect_timeout=connect_timeout, op_timeout=op_timeout
         )
     if local_path is not None:
-        return LocalFastState(local_path, namespace=namespace)
+        return LocalFastState(local_path, namespace=namespace, clock=clock)
     return MemoryFastState(clock=clock)
 
 
@@ -95,7 +95,9 @@ def shares_state(settings: Settings) -> bool:
     return settings.state.redis_url is not None or settings.state.embedded == "file"
 
 
-def open_configured_state(settings: Settings) -> FastState:
+def open_configured_state(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> FastState:
     """The fast state ``settings`` ask for: Redis, the node's shared file, or (opted in) memory."""
     local = state_file(settings.data_dir) if settings.state.embedded == "file" else None
-    return open_fast_state(settings.state.redis_url, namespace=settings.state.namespace, local_path=local)
+    return open_fast_state(
+        settings.state.redis_url, namespace=settings.state.namespace, local_path=local, clock=clock
+    )

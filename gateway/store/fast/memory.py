@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.store.fast.base import StateUnavailable, validate_ttl
 
 __all__ = ["MemoryFastState", "MemorySubscription"]
-
-_Clock = Callable[[], float]
 
 
 class MemorySubscription:
@@ -112,7 +110,7 @@ class MemoryFastState:
     def __init__(
         self,
         *,
-        clock: _Clock = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         sweep_interval: float = 1.0,
         sweep_batch: int = 1000,
         subscription_buffer: int = 1024,
@@ -120,20 +118,21 @@ class MemoryFastState:
         """Create an empty store.
 
         Args:
-            clock: Monotonic seconds; all TTLs are measured on it.
+            clock: All TTLs are measured on its monotonic clock.
             sweep_interval: Minimum seconds between two sweeps of expired keys.
             sweep_batch: Most expired keys one sweep removes, bounding the latency it adds to a call.
             subscription_buffer: Messages buffered per subscriber before the oldest are dropped.
         """
         if sweep_batch < 1 or subscription_buffer < 1:
             raise ValueError("sweep_batch and subscription_buffer must be >= 1")
-        self._clock = clock
+        # Bound once: every call reads it.
+        self._monotonic = clock.monotonic
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._expiries: list[tuple[float, str]] = []
         self._volatile = 0
         self._sweep_interval = sweep_interval
         self._sweep_batch = sweep_batch
-        self._next_sweep = clock() + sweep_interval
+        self._next_sweep = self._monotonic() + sweep_interval
         self._subscription_buffer = subscription_buffer
         # Weak so a subscription the caller forgot to close does not keep receiving (and holding
         # memory) forever.
@@ -149,7 +148,7 @@ class MemoryFastState:
     def _tick(self) -> float:
         """Check the store is open, run a sweep if one is due, and return the current time."""
         self._check_open()
-        now = self._clock()
+        now = self._monotonic()
         if now >= self._next_sweep:
             self.sweep(now)
         return now
@@ -190,7 +189,7 @@ class MemoryFastState:
         Called automatically; public so an operator hook or a test can force one.
         """
         if now is None:
-            now = self._clock()
+            now = self._monotonic()
         self._next_sweep = now + self._sweep_interval
         removed = 0
         heap = self._expiries
