@@ -38,9 +38,9 @@ from gateway.observe.readiness import (
 )
 from gateway.observe.record import Observer
 from gateway.observe.sinks import SinkHub
+from gateway.pipeline.snapshot import LiveState, Snapshot, build_snapshot
 from gateway.settings.loader import load_settings
 from gateway.settings.schema import Settings
-from gateway.state import LiveState, Snapshot, build_snapshot
 from gateway.store.db import Database, default_sqlite_url
 from gateway.store.fast import FastState, open_configured_state
 from gateway.store.migrate import ensure_schema

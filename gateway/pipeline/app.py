@@ -33,8 +33,8 @@ from gateway.pipeline.proxy import ClientDisconnected
 from gateway.pipeline.receive import BrokenBody, receive_request
 from gateway.pipeline.refusal import note_refusal
 from gateway.pipeline.route import is_control, route_request
+from gateway.pipeline.snapshot import Snapshot
 from gateway.runtime import Runtime
-from gateway.state import Snapshot
 
 __all__ = ["DataPlane", "create_data_plane"]
 

@@ -13,7 +13,7 @@ import time
 from gateway.observe.record import RequestKind, RequestRecord
 from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
-from gateway.state import RouteRuntime
+from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["RequestContext"]
 

@@ -30,8 +30,8 @@ from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_
 from gateway.pipeline.headers import upstream_request_headers
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
+from gateway.pipeline.snapshot import Snapshot
 from gateway.pipeline.websocket import forward_websocket
-from gateway.state import Snapshot
 from gateway.upstream.http1 import Http1Client
 from gateway.web.error_pages import wants_html
 

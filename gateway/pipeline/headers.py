@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
+from gateway.settings.trusted import TrustedProxies
+
 __all__ = [
     "Forwarding",
     "TrustedProxies",
@@ -86,28 +88,6 @@ _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 def normalize_name(name: bytes) -> bytes:
     """Lower-case and read ``_`` as ``-``: the spelling-insensitive form used for security checks."""
     return name.lower().replace(b"_", b"-")
-
-
-class TrustedProxies:
-    """The networks whose ``X-Forwarded-*`` / ``Forwarded`` headers the gateway believes."""
-
-    __slots__ = ("_networks", "is_trusted")
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-        @lru_cache(maxsize=4096)
-        def is_trusted(ip: str) -> bool:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            return any(addr in net for net in self._networks)
-
-        self.is_trusted = is_trusted
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
 
 
 class Forwarding(NamedTuple):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gateway.errors import NoRoute
 from gateway.pipeline.route import normalize_host
-from gateway.state import Snapshot
+from gateway.pipeline.snapshot import Snapshot
 
 __all__ = ["HOST_INDEPENDENT", "PageHosts", "check_page_host", "page_hosts"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.pipeline.asgi import Receive, Send
 from gateway.pipeline.headers import clean_response_headers
-from gateway.state import RouteRuntime
+from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
 from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError, UpstreamResponse
 

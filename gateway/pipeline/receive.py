@@ -13,7 +13,7 @@ from gateway.pipeline.asgi import Scope
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import forwarding_for
 from gateway.pipeline.proxy import BodyFraming
-from gateway.state import Snapshot
+from gateway.pipeline.snapshot import Snapshot
 from gateway.threat.blocks import IpBlocked, IpBlocks
 
 __all__ = ["BadFraming", "BrokenBody", "body_framing", "receive_request"]

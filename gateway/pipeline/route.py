@@ -23,7 +23,7 @@ from gateway.settings.schema import Route
 if TYPE_CHECKING:  # the snapshot holds a Router: imported for types only
     from gateway.pipeline.canonical import CanonicalPath
     from gateway.pipeline.context import RequestContext
-    from gateway.state import Snapshot
+    from gateway.pipeline.snapshot import Snapshot
 
 __all__ = ["CONTROL_PREFIX", "MatchedRoute", "Router", "is_control", "normalize_host", "route_request"]
 

@@ -16,7 +16,7 @@ from yarl import URL
 from gateway.errors import UpstreamError
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.proxy import host_header
-from gateway.state import RouteRuntime
+from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["forward_websocket"]
 

@@ -162,7 +162,7 @@ def create_control_app(runtime: Runtime) -> Litestar:
             render_plugins=[ReferencePage(path="/"), YamlRenderPlugin()],
         ),
         # Security headers on every answer, error answers and static files included (hardening.py).
-        before_send=[SecurityHeaders(runtime)],
+        before_send=[SecurityHeaders(runtime.live)],
         debug=False,
     )
 

@@ -22,13 +22,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.web.error_pages import HARDENING_HEADER_NAMES, hardening_headers
 
 if TYPE_CHECKING:
     from litestar.types import Message, Scope
-
-    from gateway.runtime import Runtime
-    from gateway.state import Snapshot
 
 __all__ = ["STATIC_CACHE", "STATIC_PREFIX", "SecurityHeaders", "control_csp", "form_action_sources"]
 
@@ -90,13 +88,13 @@ def form_action_sources(
     return tuple(sources)
 
 
-def control_csp(snapshot: Snapshot) -> bytes:
+def control_csp(config: CurrentConfig) -> bytes:
     """The Content-Security-Policy of the control app's answers under this configuration."""
-    settings = snapshot.settings
+    settings = config.settings
     form_action = form_action_sources(
-        public_url=snapshot.public_url,
+        public_url=config.public_url,
         route_hosts=[route.host for route in settings.routes],
-        allow_http=settings.session.insecure_cookies or snapshot.public_url.startswith("http://"),
+        allow_http=settings.session.insecure_cookies or config.public_url.startswith("http://"),
         issuers=[idp.issuer for idp in settings.identity_providers],
     )
     return (
@@ -108,18 +106,18 @@ def control_csp(snapshot: Snapshot) -> bytes:
 class SecurityHeaders:
     """The control app's ``before_send`` hook: the hardening headers on every response it sends."""
 
-    __slots__ = ("_csp", "_for", "_runtime")
+    __slots__ = ("_csp", "_for", "_live")
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self._for: Snapshot | None = None
+    def __init__(self, live: LiveConfig) -> None:
+        self._live = live
+        self._for: CurrentConfig | None = None
         self._csp = b""
 
     def _policy(self) -> bytes:
-        # Built once per configuration (a reload swaps the snapshot, and with it routes and providers).
-        snapshot = self._runtime.snapshot
-        if snapshot is not self._for:
-            self._csp, self._for = control_csp(snapshot), snapshot
+        # Built once per configuration (a reload swaps it, and with it routes and providers).
+        config = self._live.current
+        if config is not self._for:
+            self._csp, self._for = control_csp(config), config
         return self._csp
 
     async def __call__(self, message: Message, scope: Scope) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.errors import BadHeaders, NoRoute
 from gateway.pipeline.page_hosts import HOST_INDEPENDENT, check_page_host, page_hosts
+from gateway.pipeline.snapshot import Snapshot, build_snapshot
 from gateway.settings import parse_settings
-from gateway.state import Snapshot, build_snapshot
 
 CONFIG = """
 public_url: https://auth.example.com:8443

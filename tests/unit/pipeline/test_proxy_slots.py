@@ -13,8 +13,8 @@ from typing import Any, cast
 import pytest
 
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome, forward_http
+from gateway.pipeline.snapshot import RouteRuntime
 from gateway.settings.schema import Duration, PassiveHealthCheck
-from gateway.state import RouteRuntime
 from gateway.upstream import UpstreamPool
 from gateway.upstream.http1 import Http1Client
 

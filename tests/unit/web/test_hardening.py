@@ -7,8 +7,8 @@ from typing import Any, cast
 
 import pytest
 
+from gateway.pipeline.snapshot import build_snapshot
 from gateway.settings.loader import parse_settings
-from gateway.state import build_snapshot
 from gateway.web.hardening import STATIC_CACHE, SecurityHeaders, form_action_sources
 
 
@@ -74,8 +74,8 @@ def test_a_host_that_is_not_a_plain_name_never_reaches_the_policy(host: str) -> 
     assert got == ("'self'", "https://auth.example.com")
 
 
-class _Runtime:
-    """What the hook reads of a runtime: the live snapshot."""
+class _Live:
+    """What the hook reads: the live configuration."""
 
     def __init__(self) -> None:
         settings = parse_settings(
@@ -83,11 +83,11 @@ class _Runtime:
             "routes:\n  - {name: wiki, host: wiki.example.com, upstreams: ['http://127.0.0.1:9']}\n",
             source="test.yaml",
         )
-        self.snapshot = build_snapshot(settings, generation=1, source="test.yaml")
+        self.current = build_snapshot(settings, generation=1, source="test.yaml")
 
 
 def _send(path: str, headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
-    hook = SecurityHeaders(cast("Any", _Runtime()))
+    hook = SecurityHeaders(_Live())
     message: dict[str, Any] = {"type": "http.response.start", "status": 200, "headers": headers}
     asyncio.run(hook(cast("Any", message), cast("Any", {"type": "http", "path": path})))
     out: dict[bytes, list[bytes]] = {}
@@ -127,7 +127,7 @@ def test_static_assets_get_a_cache_lifetime_and_the_jwks_keeps_its_own() -> None
 
 
 def test_other_messages_pass_unchanged() -> None:
-    hook = SecurityHeaders(cast("Any", _Runtime()))
+    hook = SecurityHeaders(_Live())
     body: dict[str, Any] = {"type": "http.response.body", "body": b"x"}
     asyncio.run(hook(cast("Any", body), cast("Any", {"type": "http", "path": "/.gateway/login"})))
     assert body == {"type": "http.response.body", "body": b"x"}

@@ -1,5 +1,8 @@
 """The live snapshot: everything a request needs, built from one config, swapped atomically.
 
+It belongs to the data plane (the router and the proxy table are compiled into it); the pages and the
+admin API read it through :class:`gateway.settings.current.CurrentConfig`, which it implements.
+
 A request takes ``live.current`` once when it starts and uses that object to the end, so a reload
 never mixes two configs inside one request, and requests in flight finish on the snapshot they began
 with. Building a snapshot does all the parsing and compiling up front (routes, header bytes, pools),
@@ -13,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.identity.cookies import session_cookie_name
-from gateway.pipeline.headers import TrustedProxies
 from gateway.pipeline.route import Router
 from gateway.settings.schema import MfaPolicy, Route, Settings
+from gateway.settings.trusted import TrustedProxies
 from gateway.upstream import UpstreamPool
 
 __all__ = ["LiveState", "RouteRuntime", "Snapshot", "build_snapshot"]
