@@ -66,6 +66,7 @@ __all__ = [
     "RuleNotFound",
     "StoredPolicy",
     "UnknownVersion",
+    "policy_diff",
 ]
 
 logger = logging.getLogger("gateway.policy")
@@ -294,7 +295,15 @@ class PolicyStore:
 
     # -- changing --------------------------------------------------------------------------------
 
-    async def replace(self, rules: PolicyRules, *, actor: str, reason: str, force: bool = False) -> int:
+    async def replace(
+        self,
+        rules: PolicyRules,
+        *,
+        actor: str,
+        reason: str,
+        force: bool = False,
+        expected_version: int | None = None,
+    ) -> int:
         """Make ``rules`` the whole policy.
 
         Args:
@@ -302,16 +311,21 @@ class PolicyStore:
             actor: Who changes it (``user:alice``, ``cli:root``).
             reason: Why; kept in the history and the audit trail.
             force: Store it even when validation reports errors.
+            expected_version: Store it only on top of this version (an edit made, reviewed or
+                approved against it must not silently undo a change stored since).
 
         Returns:
             The new version; the current one when ``rules`` equal the stored policy (nothing stored).
 
         Raises:
             PolicyRejected: validation found errors and ``force`` is false.
-            PolicyConflict: concurrent writers won every attempt.
+            PolicyConflict: concurrent writers won every attempt, or the policy is no longer at
+                ``expected_version``.
             StoreUnavailable: the database failed.
         """
-        return await self._change(lambda _current: rules, actor=actor, reason=reason, force=force)
+        return await self._change(
+            lambda _current: rules, actor=actor, reason=reason, force=force, expected_version=expected_version
+        )
 
     async def add(self, rules: Iterable[Rule], *, actor: str, reason: str, force: bool = False) -> int:
         """Append ``rules`` to the current policy.
@@ -401,6 +415,7 @@ class PolicyStore:
         force: bool,
         restored_from: int | None = None,
         only_if_empty: bool = False,
+        expected_version: int | None = None,
     ) -> int:
         # Optimistic: compute and validate the new policy outside any transaction (validation can
         # take a while on a big policy and must not hold the write lock), then write it only if the
@@ -410,6 +425,11 @@ class PolicyStore:
             previous = await self._read_latest()
             if only_if_empty and previous.version > 0:
                 return 0
+            if expected_version is not None and previous.version != expected_version:
+                raise PolicyConflict(
+                    f"the policy is at version {previous.version} now, not {expected_version}:"
+                    " nothing was changed; review the change against the current policy"
+                )
             after = change(parse_policy(previous.csv, source=f"policy version {previous.version}"))
             if after is None:
                 return previous.version
@@ -417,7 +437,7 @@ class PolicyStore:
             if csv == previous.csv:
                 return previous.version
             if not force and csv not in validated:
-                await self._check(after)
+                await self.check(after)
                 validated.add(csv)
             version = previous.version + 1
             diff = _diff(previous, csv, version)
@@ -461,7 +481,8 @@ class PolicyStore:
                 return await _latest(conn)
 
     @staticmethod
-    async def _check(rules: PolicyRules) -> None:
+    async def check(rules: PolicyRules) -> None:
+        """Raise PolicyRejected when ``rules`` have error-severity findings (what every save checks)."""
         from gateway.authz.validate import validate
 
         # In a thread: checking a large policy is CPU work the event loop should not wait on.
@@ -661,12 +682,17 @@ def _counts(old_csv: str, new_csv: str) -> tuple[int, int]:
 def _diff(previous: _Current, csv: str, version: int) -> str:
     if previous.version == 0:
         return ""
+    return policy_diff(previous.csv, csv, before=f"version {previous.version}", after=f"version {version}")
+
+
+def policy_diff(old_csv: str, new_csv: str, *, before: str, after: str) -> str:
+    """A unified diff of two policies' CSV text, as history and proposals show it."""
     return "".join(
         difflib.unified_diff(
-            previous.csv.splitlines(keepends=True),
-            csv.splitlines(keepends=True),
-            fromfile=f"version {previous.version}",
-            tofile=f"version {version}",
+            old_csv.splitlines(keepends=True),
+            new_csv.splitlines(keepends=True),
+            fromfile=before,
+            tofile=after,
         )
     )
 
