@@ -178,7 +178,7 @@ def _network(text: str) -> str:
 
 
 async def _block(args: argparse.Namespace, responder: Responder) -> int:
-    from gateway.settings.loader import parse_duration
+    from gateway.settings.units import parse_duration
 
     cidr = _network(args.cidr)
     try:

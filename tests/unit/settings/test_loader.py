@@ -30,7 +30,9 @@ from gateway.settings import (
     load_settings,
     parse_settings,
 )
-from gateway.settings.loader import _split_validation_error, parse_byte_size, parse_duration, resolve_paths
+from gateway.settings.paths import resolve_paths
+from gateway.settings.units import parse_byte_size, parse_duration
+from gateway.settings.walker import _split_validation_error
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "gateway.example.yaml"
 SECRET = "s3cr3t-Value-never-shown"

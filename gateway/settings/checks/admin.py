@@ -1,0 +1,24 @@
+"""Checks for ``admin``: the admin API's own listener and how fresh an admin's second factor must be."""
+
+from __future__ import annotations
+
+from gateway.settings.checks.values import listen_problem, require_positive
+from gateway.settings.report import Report
+from gateway.settings.schema import Settings
+
+__all__ = ["check_listen", "check_reauth"]
+
+
+def check_reauth(settings: Settings, report: Report) -> None:
+    """The re-authentication age is positive."""
+    require_positive([(("admin", "reauth_max_age"), settings.admin.reauth_max_age)], report)
+
+
+def check_listen(settings: Settings, report: Report) -> None:
+    """The admin listener, when enabled, is an address of its own (never the data plane's)."""
+    if settings.admin.listen is not None:
+        problem = listen_problem(settings.admin.listen)
+        if problem:
+            report.bad(("admin", "listen"), problem, "expected host:port such as 127.0.0.1:9090, or null")
+        elif settings.admin.listen == settings.listen:
+            report.add(("admin", "listen"), "must differ from listen: the admin plane has its own listener")

@@ -1,0 +1,52 @@
+"""Checks for where the gateway answers and how much it takes: public_url, listen, trusted_proxies,
+``server`` and ``limits``."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gateway.settings.checks.values import listen_problem, require_positive, url_problem
+from gateway.settings.report import Report, quote
+from gateway.settings.schema import Settings
+
+__all__ = ["check_addresses", "check_capacity", "check_shutdown"]
+
+
+def check_addresses(settings: Settings, report: Report) -> None:
+    """public_url, listen and trusted_proxies are what they claim to be."""
+    problem = url_problem(settings.public_url, allow_path=False)
+    if problem:
+        report.bad(
+            ("public_url",), problem, "expected an absolute http(s) URL such as https://auth.example.com"
+        )
+    problem = listen_problem(settings.listen)
+    if problem:
+        report.bad(("listen",), problem, "expected host:port such as 127.0.0.1:8080 or [::1]:8080")
+    for index, proxy in enumerate(settings.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            report.bad(
+                ("trusted_proxies", index),
+                f"{quote(proxy)} is not an IP address or network",
+                "expected an IP address or CIDR network such as 10.0.0.0/8",
+            )
+
+
+def check_capacity(settings: Settings, report: Report) -> None:
+    """Workers and request limits are positive."""
+    require_positive(
+        [
+            (("server", "workers"), settings.server.workers),
+            (("limits", "max_header_bytes"), settings.limits.max_header_bytes),
+            (("limits", "max_body_size"), settings.limits.max_body_size),
+            (("limits", "max_upstream_connections"), settings.limits.max_upstream_connections),
+        ],
+        report,
+    )
+
+
+def check_shutdown(settings: Settings, report: Report) -> None:
+    """The graceful shutdown wait is not negative (0 means stop at once)."""
+    if settings.server.graceful_timeout < 0:
+        report.add(("server", "graceful_timeout"), "must not be negative; use 0 to stop without waiting")

@@ -1,0 +1,37 @@
+"""Checks for ``session``: how long a session lives and what its cookie is called."""
+
+from __future__ import annotations
+
+from gateway.settings.checks.values import TOKEN, require_positive
+from gateway.settings.report import Report, quote
+from gateway.settings.schema import Settings
+
+__all__ = ["check_cookie", "check_durations", "check_idle_within_lifetime"]
+
+
+def check_durations(settings: Settings, report: Report) -> None:
+    """Both timeouts are positive."""
+    require_positive(
+        [
+            (("session", "idle_timeout"), settings.session.idle_timeout),
+            (("session", "lifetime"), settings.session.lifetime),
+        ],
+        report,
+    )
+
+
+def check_idle_within_lifetime(settings: Settings, report: Report) -> None:
+    """An idle timeout longer than the lifetime could never end a session: surely a mistake."""
+    if settings.session.idle_timeout > settings.session.lifetime:
+        report.add(
+            ("session", "idle_timeout"),
+            f"is longer than session.lifetime ({settings.session.lifetime:g}s), so it would never apply;"
+            " make it shorter",
+        )
+
+
+def check_cookie(settings: Settings, report: Report) -> None:
+    """The cookie name is an HTTP token, or browsers would drop or split the cookie."""
+    cookie = settings.session.cookie_name
+    if not TOKEN.fullmatch(cookie):
+        report.add(("session", "cookie_name"), f"{quote(cookie)} is not a valid cookie name")

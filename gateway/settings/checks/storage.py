@@ -1,0 +1,72 @@
+"""Checks for where the gateway keeps its data: data_dir, ``storage`` (durable) and ``state`` (fast)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final
+
+from gateway.settings.checks.values import require_positive
+from gateway.settings.report import Report, quote
+from gateway.settings.schema import Settings
+
+__all__ = ["check_pool", "check_stores"]
+
+_DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
+
+
+def check_stores(settings: Settings, report: Report) -> None:
+    """The data directory, the database and Redis URLs, and the embedded state's mode."""
+    if not settings.data_dir:
+        report.add(
+            ("data_dir",), "must not be empty; set a directory the gateway may write, e.g. /var/lib/gateway"
+        )
+    elif os.path.exists(settings.data_dir) and not os.path.isdir(settings.data_dir):
+        report.add(("data_dir",), f"{settings.data_dir} exists and is not a directory")
+    # Only the scheme is ever printed: these URLs routinely embed a password.
+    url = settings.storage.url
+    if url is not None and url.partition("://")[0] not in _DATABASE_SCHEMES:
+        report.bad(
+            ("storage", "url"),
+            f"unsupported database URL scheme {quote(url.partition('://')[0])}; use sqlite+aiosqlite:///path"
+            " or postgresql+asyncpg://user@host/db",
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", settings.state.namespace):
+        report.add(("state", "namespace"), "use 1-32 letters, digits, '_', '.', ':' or '-', e.g. prod-gw:")
+    url = settings.state.redis_url
+    if url is not None and url.partition("://")[0] not in _REDIS_SCHEMES:
+        report.bad(
+            ("state", "redis_url"),
+            f"unsupported Redis URL scheme {quote(url.partition('://')[0])}; use one of "
+            + ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
+            + " or null for the embedded state in data_dir",
+        )
+    _check_embedded_state(settings, report)
+
+
+def check_pool(settings: Settings, report: Report) -> None:
+    """The database connection pool has room for at least one connection."""
+    require_positive([(("storage", "pool_size"), settings.storage.pool_size)], report)
+
+
+def _check_embedded_state(settings: Settings, report: Report) -> None:
+    if settings.state.embedded == "file":
+        return
+    path = ("state", "embedded")
+    if settings.state.redis_url is not None:
+        report.add(path, "applies only without state.redis_url; remove one of them")
+    # Memory state lives inside one process: another worker, or the admin listener (its own process),
+    # would not know this worker's sessions and would refuse them (or accept revoked ones).
+    if settings.server.workers > 1:
+        report.add(
+            path,
+            "memory keeps sessions and counters inside one process, so several workers would not share"
+            " them; use file (the default) or server.workers: 1",
+        )
+    if settings.admin.listen is not None:
+        report.add(
+            path,
+            "memory keeps sessions inside the gateway process, so the admin listener (its own process)"
+            " could not see them; use file (the default) or admin.listen: null",
+        )

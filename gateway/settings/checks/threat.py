@@ -1,0 +1,60 @@
+"""Checks for ``threat``: detection rules, their responses, and the files and webhook they use."""
+
+from __future__ import annotations
+
+import os
+
+from gateway.settings.checks.values import require_positive, url_problem
+from gateway.settings.report import KeyPath, Report
+from gateway.settings.schema import Settings, ThreatRule
+
+__all__ = ["check_threat"]
+
+
+def check_threat(settings: Settings, report: Report) -> None:
+    """Every rule counts over a positive window, and whatever a response needs is configured."""
+    threat = settings.threat
+    rules: tuple[tuple[str, ThreatRule], ...] = (
+        ("brute_force", threat.brute_force),
+        ("spraying", threat.spraying),
+        ("mfa_failures", threat.mfa_failures),
+        ("reconnaissance", threat.reconnaissance),
+        ("session_hijack", threat.session_hijack),
+        ("impossible_travel", threat.impossible_travel),
+    )
+    for name, rule in rules:
+        at: KeyPath = ("threat", name)
+        require_positive(
+            [
+                ((*at, "count"), rule.count),
+                ((*at, "window"), rule.window),
+                ((*at, "block_for"), rule.block_for),
+            ],
+            report,
+        )
+        if "webhook" in rule.responses and threat.webhook_url is None:
+            report.add((*at, "responses"), "has 'webhook' but threat.webhook_url is not set")
+    require_positive(
+        [
+            (("threat", "block_list_poll"), threat.block_list_poll),
+            (("threat", "webhook_queue"), threat.webhook_queue),
+            (("threat", "webhook_timeout"), threat.webhook_timeout),
+            (("threat", "impossible_travel", "max_speed_kmh"), threat.impossible_travel.max_speed_kmh),
+        ],
+        report,
+    )
+    if threat.webhook_url is not None:
+        problem = url_problem(threat.webhook_url, allow_path=True)
+        if problem:
+            report.bad(("threat", "webhook_url"), problem, "expected an absolute http(s) URL")
+    for index, file in enumerate(threat.block_lists):
+        if not os.path.isfile(file):
+            report.add(
+                ("threat", "block_lists", index),
+                f"file not found: {file}; relative paths start at the config's directory",
+            )
+    if threat.geoip_database is not None and not os.path.isfile(threat.geoip_database):
+        report.add(
+            ("threat", "geoip_database"),
+            f"file not found: {threat.geoip_database}; relative paths start at the config's directory",
+        )
