@@ -11,9 +11,10 @@ from gateway.authz import models as authz_models
 from gateway.crypto import models as crypto_models
 from gateway.identity import models as identity_models
 from gateway.identity.oidc import models as oidc_models
+from gateway.observe import models as observe_models
 from gateway.store.models import Base
 
 __all__ = ["Base", "metadata"]
 
 metadata = Base.metadata
-_DOMAINS = (identity_models, audit_models, authz_models, crypto_models, oidc_models)
+_DOMAINS = (identity_models, audit_models, authz_models, crypto_models, oidc_models, observe_models)

@@ -1,5 +1,5 @@
-"""The policy console: the decision sample (request shapes per hour, replayed by the what-if) and
-policy proposals (two-person approval).
+"""The admin console: the decision sample (request shapes per hour, replayed by the what-if), policy
+proposals (two-person approval) and the replica registry (each process's heartbeat).
 
 Revision ID: 0007
 Revises: 0006
@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create the decision_samples and policy_proposals tables."""
+    """Create the decision_samples, policy_proposals and replicas tables."""
     op.create_table(
         "decision_samples",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -58,9 +58,25 @@ def upgrade() -> None:
     with op.batch_alter_table("policy_proposals", schema=None) as batch_op:
         batch_op.create_index("ix_policy_proposals_status", ["status"], unique=False)
 
+    op.create_table(
+        "replicas",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("host", sa.Text(), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("role", sa.Text(), nullable=False),
+        sa.Column("version", sa.Text(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ready", sa.Boolean(), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=False),
+        sa.Column("config_generation", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_replicas")),
+    )
+
 
 def downgrade() -> None:
-    """Drop the decision_samples and policy_proposals tables."""
+    """Drop the decision_samples, policy_proposals and replicas tables."""
+    op.drop_table("replicas")
     with op.batch_alter_table("policy_proposals", schema=None) as batch_op:
         batch_op.drop_index("ix_policy_proposals_status")
     op.drop_table("policy_proposals")
