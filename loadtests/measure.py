@@ -402,8 +402,8 @@ def gateway_config(tmp: Path, port: int, upstream_port: int, extra: dict[str, An
 def gateway_unavailable_reason() -> str | None:
     """Why ``python -m gateway serve`` cannot even be attempted, or None."""
     pkg = ROOT / "gateway"
-    if not (pkg / "__main__.py").exists() and not (pkg / "cli.py").exists():
-        return "gateway/__main__.py and gateway/cli.py do not exist yet"
+    if not (pkg / "__main__.py").exists() and not (pkg / "cli").is_dir():
+        return "gateway/__main__.py and gateway/cli/ do not exist yet"
     probe = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--help"],
         capture_output=True,

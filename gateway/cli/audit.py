@@ -21,13 +21,25 @@ errors are one message on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gateway.cli.harness import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    load_keyring,
+    open_store,
+    run,
+)
 
 if TYPE_CHECKING:
     from gateway.audit.chain import ChainRecord, ChainReport
@@ -39,12 +51,6 @@ if TYPE_CHECKING:
 # the parser is built: `gateway --help` must not pay for them.
 
 __all__ = ["register"]
-
-from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg
-
-
-class _UserError(Exception):
-    """The operator's input cannot be used as given (exit 2, one message)."""
 
 
 def _when(at: datetime | None) -> str:
@@ -72,50 +78,17 @@ def _keyring_if_present(settings: Settings) -> Keyring | None:
     """The keyring, or ``None`` if there is no keyring file (a trail that was never keyed)."""
     from gateway.identity.services import keyring_path
 
-    return _keyring(settings) if keyring_path(settings).exists() else None
+    return load_keyring(settings, may_create=False) if keyring_path(settings).exists() else None
 
 
-def _keyring(settings: Settings, *, allow_create: bool = False) -> Keyring:
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
+def _on_db(settings: Settings, action: Callable[[Database], Awaitable[int]]) -> int:
+    """Run ``action`` on the database: the audit commands need neither the fast state nor sessions."""
 
-    # Like `serve`: only the embedded default may create the keyring; replicas must share one.
-    embedded = allow_create and not settings.storage.url
-    return Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
+    async def work() -> int:
+        async with open_store(settings) as store:
+            return await action(store.db)
 
-
-async def _with_db(settings: Settings, action: Callable[[Database], Awaitable[int]]) -> int:
-    from gateway.store.db import Database, default_sqlite_url
-    from gateway.store.migrate import ensure_schema
-
-    # As gateway.runtime.storage_url, without importing the whole runtime.
-    url = settings.storage.url or default_sqlite_url(settings.data_dir)
-    if url.startswith("sqlite"):
-        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
-    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    db = Database.open(url, pool_size=2)
-    try:
-        return await action(db)
-    finally:
-        await db.close()
-
-
-def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return action(args)
-        except _UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-
-    return run
-
-
-def _load_settings(args: argparse.Namespace) -> Settings:
-    from gateway.settings.loader import load_settings
-
-    return load_settings(args.config)
+    return run(work())
 
 
 def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
@@ -124,13 +97,13 @@ def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
     try:
         return load_checkpoints(path)
     except FileNotFoundError:
-        raise _UserError(f"{path}: no such checkpoint file") from None
+        raise UserError(f"{path}: no such checkpoint file") from None
     except UnicodeDecodeError:
-        raise _UserError(f"{path}: not UTF-8 text") from None
+        raise UserError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
-        raise _UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise _UserError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -144,8 +117,8 @@ def _list(args: argparse.Namespace) -> int:
     from gateway.store.db import store_errors
 
     if args.limit < 1:
-        raise _UserError("--limit must be at least 1")
-    settings = _load_settings(args)
+        raise UserError("--limit must be at least 1")
+    settings = load_config(args)
 
     async def show(db: Database) -> int:
         query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(args.limit)
@@ -176,13 +149,13 @@ def _list(args: argparse.Namespace) -> int:
             print("  ".join([*cells, row[-1]]).rstrip())
         return EXIT_OK
 
-    return asyncio.run(_with_db(settings, show))
+    return _on_db(settings, show)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.audit.checkpoint import CHECKPOINT_FILE, verify_trail
 
-    settings = _load_settings(args)
+    settings = load_config(args)
     default = _checkpoint_dir(settings) / CHECKPOINT_FILE
     # The local file and every given one: a checkpoint anywhere that the chain no longer reaches is
     # evidence, and an attacker who can edit one copy rarely controls the SIEM's.
@@ -191,7 +164,7 @@ def _verify(args: argparse.Namespace) -> int:
     checkpoints = [doc for path in sources for doc in _read_checkpoints(path)]
     keyring = _keyring_if_present(settings)
 
-    async def run(db: Database) -> int:
+    async def check(db: Database) -> int:
         verdict = await verify_trail(db, checkpoints, keyring=keyring)
         report = verdict.report
         if verdict.problem is not None:
@@ -209,7 +182,7 @@ def _verify(args: argparse.Namespace) -> int:
         _print_verified(report, checkpoints, sources)
         return EXIT_OK
 
-    return asyncio.run(_with_db(settings, run))
+    return _on_db(settings, check)
 
 
 def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sources: list[Path]) -> None:
@@ -244,17 +217,17 @@ def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sour
 def _checkpoint(args: argparse.Namespace) -> int:
     from gateway.audit.checkpoint import Checkpointer
 
-    settings = _load_settings(args)
-    keyring = _keyring(settings, allow_create=True)
+    settings = load_config(args)
+    keyring = load_keyring(settings)
     directory = _checkpoint_dir(settings)
 
-    async def run(db: Database) -> int:
+    async def sign(db: Database) -> int:
         doc = await Checkpointer(db, keyring, directory=directory).checkpoint()
         print(json.dumps(doc, sort_keys=True))
         print(f"appended to {directory / 'checkpoints.jsonl'}", file=sys.stderr)
         return EXIT_OK
 
-    return asyncio.run(_with_db(settings, run))
+    return _on_db(settings, sign)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -263,15 +236,15 @@ def _export(args: argparse.Namespace) -> int:
     from gateway.clock import SYSTEM_CLOCK
 
     if args.since >= args.until:
-        raise _UserError("--since must be before --until")
-    settings = _load_settings(args)
+        raise UserError("--since must be before --until")
+    settings = load_config(args)
     local = _checkpoint_dir(settings) / CHECKPOINT_FILE
     checkpoints = _read_checkpoints(local) if local.exists() else []
     for path in args.checkpoint or []:
         checkpoints += _read_checkpoints(path)
     keyring = _keyring_if_present(settings)
 
-    async def run(db: Database) -> int:
+    async def export(db: Database) -> int:
         try:
             summary = await export_bundle(
                 db,
@@ -283,7 +256,7 @@ def _export(args: argparse.Namespace) -> int:
                 keyring=keyring,
             )
         except BundleError as exc:
-            raise _UserError(str(exc)) from None
+            raise UserError(str(exc)) from None
         span = _span(summary.first, summary.last)
         print(
             f"wrote {summary.path}: {summary.records} record(s){span}, {summary.checkpoints} checkpoint(s); "
@@ -294,7 +267,7 @@ def _export(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         return EXIT_OK
 
-    return asyncio.run(_with_db(settings, run))
+    return _on_db(settings, export)
 
 
 def _span(first: ChainRecord | None, last: ChainRecord | None) -> str:
@@ -306,11 +279,11 @@ def _span(first: ChainRecord | None, last: ChainRecord | None) -> str:
 def _verify_bundle(args: argparse.Namespace) -> int:
     from gateway.audit.bundle import BundleError, verify_bundle
 
-    keyring = _keyring(_load_settings(args)) if args.config is not None else None
+    keyring = load_keyring(load_config(args), may_create=False) if args.config is not None else None
     try:
         verdict = verify_bundle(args.bundle, keyring=keyring)
     except BundleError as exc:
-        raise _UserError(str(exc)) from None
+        raise UserError(str(exc)) from None
     if verdict.problem is not None:
         print(f"bundle FAILED verification: {verdict.problem}")
         return EXIT_FAILURE
@@ -332,7 +305,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway audit …`` to the ``gateway`` command's sub-commands.
 
     Args:
@@ -358,7 +331,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N records (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=_guarded(_list))
+    p.set_defaults(func=_list)
 
     p = action(
         "verify",
@@ -377,7 +350,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="more checkpoints to hold the chain against: one JSON object, JSON lines, or a file "
         "sink's log (repeatable)",
     )
-    p.set_defaults(func=_guarded(_verify))
+    p.set_defaults(func=_verify)
 
     p = action(
         "checkpoint",
@@ -386,7 +359,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "<data_dir>/audit-checkpoints/checkpoints.jsonl. Gateways do this every audit.checkpoint_interval.",
     )
     config_arg(p)
-    p.set_defaults(func=_guarded(_checkpoint))
+    p.set_defaults(func=_checkpoint)
 
     p = action(
         "export",
@@ -405,7 +378,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--checkpoint", type=Path, action="append", metavar="FILE", help="more checkpoints to include"
     )
-    p.set_defaults(func=_guarded(_export))
+    p.set_defaults(func=_export)
 
     p = action(
         "verify-bundle",
@@ -418,4 +391,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config_arg(
         p, required=False, help_suffix="; needed to check keyed records' MACs and checkpoint signatures"
     )
-    p.set_defaults(func=_guarded(_verify_bundle))
+    p.set_defaults(func=_verify_bundle)

@@ -1,39 +1,130 @@
-"""What the ``gateway`` sub-command modules share: exit codes, command groups, the operator, services."""
+"""What every ``gateway`` command runs in: options, exit codes, errors, the store and the one run.
+
+A command module builds its parser with :func:`command_group` and :func:`config_arg`; its actions only
+say what to do. Input the operator must change is a :class:`UserError` (exit 2, one line on stderr
+that says what to do), a command that ran and could not do what was asked is :class:`Failed` (exit
+1); :func:`execute` turns these and the gateway's own errors into the exit code, so no command prints
+a traceback for them. An action that needs the database or the fast state opens them with
+:func:`open_store` inside a coroutine it hands to :func:`run`, the CLI's one ``asyncio.run``.
+
+Heavy imports (SQLAlchemy, cryptography, the settings loader) happen when an action runs, not when the
+parser is built: `gateway --help` must not pay for them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
-    from gateway.identity.accounts import AccountService
-    from gateway.identity.passwords import PasswordHasher
-    from gateway.identity.sessions import SessionStore
+    from gateway.crypto.keyring import Keyring
     from gateway.settings.schema import Settings
+    from gateway.store.db import Database
     from gateway.store.fast import FastState
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
-    "AccountServices",
+    "Action",
+    "Failed",
+    "Store",
     "SubParsers",
-    "account_services",
+    "UserError",
     "command_group",
     "config_arg",
+    "execute",
+    "load_config",
+    "load_keyring",
+    "open_store",
     "operator",
+    "run",
+    "storage_url",
+    "user_errors",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 SubParsers = argparse._SubParsersAction
+# What every action sets as ``func``: the parsed arguments in, the exit code out.
+Action = Callable[[argparse.Namespace], int]
+
+_T = TypeVar("_T")
+
+
+# -- errors and exit codes -------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """The operator's input cannot be used as given: exit 2 with ``error: <message>`` on stderr.
+
+    The message names what is wrong and what to do instead (the file and line, the command to run).
+    """
+
+
+class Failed(Exception):
+    """The command ran and could not do what was asked: exit 1.
+
+    The message, if any, is printed to stderr as it is; a command that already printed its findings
+    raises it without one.
+    """
+
+
+@contextmanager
+def user_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Report these errors of the domain (an unknown account, a malformed policy) as the operator's.
+
+    A :class:`GatewayError` is reported by its ``detail``, anything else by its text.
+    """
+    try:
+        yield
+    except kinds as exc:
+        raise UserError(exc.detail if isinstance(exc, GatewayError) else str(exc)) from None
+
+
+def run(work: Coroutine[Any, Any, _T], *, errors: tuple[type[Exception], ...] = ()) -> _T:
+    """Run a command's coroutine to its end: the CLI's one event loop.
+
+    Args:
+        work: What the command does (it opens what it needs with :func:`open_store`).
+        errors: Errors of the domain that are the operator's input (see :func:`user_errors`).
+    """
+    with user_errors(*errors):
+        return asyncio.run(work)
+
+
+def execute(action: Action, args: argparse.Namespace) -> int:
+    """Run one action and map what it raises to the exit code and one message, never a traceback."""
+    try:
+        return action(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Failed as exc:
+        if str(exc):
+            print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    except ConfigError as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+# -- the parser --------------------------------------------------------------------------------------------
 
 
 def command_group(
@@ -67,6 +158,9 @@ def config_arg(parser: argparse.ArgumentParser, *, required: bool = True, help_s
     )
 
 
+# -- what commands load ------------------------------------------------------------------------------------
+
+
 def operator() -> str:
     """Who runs the command, for the audit trail: ``cli:<OS user>``, or ``cli`` when the OS cannot tell."""
     try:
@@ -75,52 +169,92 @@ def operator() -> str:
         return "cli"
 
 
+def load_config(args: argparse.Namespace) -> Settings:
+    """The settings of ``--config``; an invalid file is a :class:`ConfigError` (exit 2, with its line)."""
+    from gateway.settings.loader import load_settings
+
+    config: Path = args.config
+    return load_settings(config)
+
+
+def storage_url(settings: Settings) -> str:
+    """As :func:`gateway.runtime.storage_url`, without importing the whole runtime (a second a command)."""
+    from gateway.store.db import default_sqlite_url
+
+    return settings.storage.url or default_sqlite_url(settings.data_dir)
+
+
+def load_keyring(settings: Settings, *, may_create: bool = True) -> Keyring:
+    """The node's keyring. Like ``serve``, only the embedded default may create it: replicas share one."""
+    from gateway.crypto.keyring import Keyring
+    from gateway.identity.services import keyring_path
+
+    embedded = storage_url(settings).startswith("sqlite")
+    return Keyring.load_or_create(keyring_path(settings), allow_create=may_create and embedded)
+
+
 @dataclass(frozen=True, slots=True)
-class AccountServices:
-    """What account-changing commands work with, opened like ``serve`` opens them."""
+class Store:
+    """What :func:`open_store` opened for one command; closed when its ``async with`` ends."""
 
     settings: Settings
-    fast: FastState
-    audit: AuditLog
-    hasher: PasswordHasher
-    accounts: AccountService
-    # None only with state.embedded: memory, where the sessions live inside the gateway process:
-    # this command's own, empty store would report "0 sessions ended" while the gateway keeps them.
-    sessions: SessionStore | None
+    db: Database
+    # Only what the command asked for: None otherwise.
+    keyring: Keyring | None
+    state: FastState | None
+
+    @property
+    def fast(self) -> FastState:
+        """The fast state (opened with ``fast=True``)."""
+        if self.state is None:
+            raise RuntimeError("the store was opened without the fast state (open_store(fast=True))")
+        return self.state
+
+    def audit(self) -> AuditLog:
+        """The audit trail, keyed with the keyring when it was loaded (``keyring=True``)."""
+        from gateway.audit.trail import AuditLog
+        from gateway.clock import SYSTEM_CLOCK
+
+        return AuditLog(self.db, clock=SYSTEM_CLOCK, keyring=self.keyring)
 
 
 @asynccontextmanager
-async def account_services(settings: Settings) -> AsyncIterator[AccountServices]:
-    """Open the database and fast state and build the account services; close them afterwards."""
-    from gateway.audit.trail import AuditLog
-    from gateway.clock import SYSTEM_CLOCK
-    from gateway.crypto.keyring import Keyring
-    from gateway.factors.regulation import Regulator
-    from gateway.identity.accounts import AccountService
-    from gateway.identity.passwords import PasswordHasher
-    from gateway.identity.services import keyring_path
-    from gateway.identity.sessions import SessionStore
-    from gateway.runtime import storage_url
+async def open_store(
+    settings: Settings, *, fast: bool = False, keyring: bool = False
+) -> AsyncIterator[Store]:
+    """Open the database (and the fast state, and load the keyring, when asked) as ``serve`` does.
+
+    Closed on exit, also when the command fails.
+
+    Args:
+        settings: The command's configuration.
+        fast: Also open the fast state the running gateways use (Redis, or the node's shared file in
+            ``data_dir``), so what the command ends or lifts ends or lifts there too, announced on the
+            same broadcast.
+        keyring: Also load the keyring (created only for the embedded default), for commands that
+            write to the keyed audit trail.
+    """
     from gateway.store.db import Database
-    from gateway.store.fast import open_configured_state, shares_state
+    from gateway.store.fast import open_configured_state
     from gateway.store.migrate import ensure_schema
 
     url = storage_url(settings)
+    embedded = url.startswith("sqlite")
+    if embedded or fast:
+        # The SQLite files (the database, the node's shared state) live in data_dir, which may not
+        # exist yet on a fresh install.
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
     # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
-    await ensure_schema(url, auto=url.startswith("sqlite"))
+    await ensure_schema(url, auto=embedded)
     # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
-    keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
+    keys = load_keyring(settings) if keyring else None
     db = Database.open(url, pool_size=2)
-    # The same fast state as the running gateways (Redis, or the node's file in data_dir), so what
-    # this command ends or lifts ends or lifts there too, announced on the same broadcast.
-    fast = open_configured_state(settings)
     try:
-        audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
-        hasher = PasswordHasher(settings.passwords)
-        regulator = Regulator(fast, settings.regulation, audit, SYSTEM_CLOCK)
-        sessions = SessionStore(fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
-        accounts = AccountService(db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
-        yield AccountServices(settings, fast, audit, hasher, accounts, sessions)
+        state = open_configured_state(settings) if fast else None
+        try:
+            yield Store(settings, db, keys, state)
+        finally:
+            if state is not None:
+                await state.close()
     finally:
-        await fast.close()
         await db.close()

@@ -19,30 +19,31 @@ Exit codes: 0 done, 1 runtime failure (store unreachable, state.embedded: memory
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
+
+from gateway.cli.accounts import account_services
+from gateway.cli.harness import (
+    EXIT_OK,
+    Action,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    operator,
+    run,
+)
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
     from gateway.threat.incidents import Incident
     from gateway.threat.responder import Responder
 
-__all__ = ["add_incident_commands"]
-
-from gateway.cli.harness import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    account_services,
-    command_group,
-    config_arg,
-    operator,
-)
+__all__ = ["register"]
 
 _IN_PROCESS: Final = (
     "error: state.embedded is memory: incidents and blocks live inside the running gateway's process, "
@@ -50,11 +51,7 @@ _IN_PROCESS: Final = (
 )
 
 
-class _UserError(Exception):
-    """The operator's input cannot be acted on (exit 2)."""
-
-
-async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaitable[int]]) -> int:
+async def _with_responder(settings: Settings, action: Callable[[Responder], Awaitable[int]]) -> int:
     from gateway.clock import SYSTEM_CLOCK
     from gateway.threat.responder import Responder
 
@@ -69,25 +66,16 @@ async def _open_and_run(settings: Settings, action: Callable[[Responder], Awaita
         return await action(responder)
 
 
-def _runner(
-    action: Callable[[argparse.Namespace, Responder], Awaitable[int]],
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from gateway.settings.loader import load_settings
+def _runner(action: Callable[[argparse.Namespace, Responder], Awaitable[int]]) -> Action:
+    def command(args: argparse.Namespace) -> int:
         from gateway.store.fast import shares_state
 
-        settings = load_settings(args.config)
+        settings = load_config(args)
         if not shares_state(settings):
-            print(_IN_PROCESS, file=sys.stderr)
-            return EXIT_FAILURE
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            return asyncio.run(_open_and_run(settings, lambda r: action(args, r)))
-        except _UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            raise Failed(_IN_PROCESS)
+        return run(_with_responder(settings, lambda r: action(args, r)))
 
-    return run
+    return command
 
 
 def _when(at: float | None) -> str:
@@ -132,7 +120,7 @@ async def _list(args: argparse.Namespace, responder: Responder) -> int:
 async def _incident(responder: Responder, incident_id: str) -> Incident:
     incident = await responder.incidents.get(incident_id)
     if incident is None:
-        raise _UserError(f"no incident {incident_id!r} (see `gateway incident list`)")
+        raise UserError(f"no incident {incident_id!r} (see `gateway incident list`)")
     return incident
 
 
@@ -174,7 +162,7 @@ def _network(text: str) -> str:
     try:
         return str(normalize_network(text))
     except ValueError as exc:
-        raise _UserError(f"{text!r} is not an IP address or CIDR network") from exc
+        raise UserError(f"{text!r} is not an IP address or CIDR network") from exc
 
 
 async def _block(args: argparse.Namespace, responder: Responder) -> int:
@@ -184,9 +172,9 @@ async def _block(args: argparse.Namespace, responder: Responder) -> int:
     try:
         seconds = float(parse_duration(args.duration))
     except (ValueError, TypeError) as exc:
-        raise _UserError(f"--for {args.duration!r}: expected a duration such as 30m, 1h or 7d") from exc
+        raise UserError(f"--for {args.duration!r}: expected a duration such as 30m, 1h or 7d") from exc
     if seconds <= 0:
-        raise _UserError("--for must be longer than 0")
+        raise UserError("--for must be longer than 0")
     incident = await responder.block_ip(cidr, seconds=seconds, actor=operator(), reason=args.reason)
     print(f"{cidr} blocked for {seconds:g}s ({incident.id})")
     return EXIT_OK
@@ -195,12 +183,12 @@ async def _block(args: argparse.Namespace, responder: Responder) -> int:
 async def _unblock(args: argparse.Namespace, responder: Responder) -> int:
     cidr = _network(args.cidr)
     if await responder.unblock_ip(cidr, actor=operator()) == 0:
-        raise _UserError(f"{cidr} is not blocked (see `gateway incident list`)")
+        raise UserError(f"{cidr} is not blocked (see `gateway incident list`)")
     print(f"{cidr} unblocked")
     return EXIT_OK
 
 
-def add_incident_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway incident …`` to the ``gateway`` command's sub-commands."""
     actions = command_group(
         sub,

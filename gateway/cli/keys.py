@@ -26,25 +26,33 @@ Exit codes: 0 done, 1 runtime failure (database or keyring unusable), 2 invalid 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gateway.cli.harness import (
+    EXIT_OK,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    load_keyring,
+    open_store,
+    operator,
+    run,
+)
 
 if TYPE_CHECKING:
     from gateway.crypto.keyring import Keyring
     from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
     from gateway.settings.schema import Settings
+    from gateway.store.db import Database
 
 # Heavy imports (SQLAlchemy, cryptography, the settings loader) happen when an action runs, not when
 # the parser is built: `gateway --help` must not pay for them.
 
 __all__ = ["register"]
-
-from gateway.cli.harness import EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
 
 
 def _when(moment: float | None) -> str:
@@ -57,38 +65,11 @@ def _iso(moment: float | None) -> str | None:
     return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
 
 
-def _storage_url(settings: Settings) -> str:
-    # As gateway.runtime.storage_url, without importing the whole runtime for a key command.
-    from gateway.store.db import default_sqlite_url
-
-    return settings.storage.url or default_sqlite_url(settings.data_dir)
-
-
-def _load_settings(args: argparse.Namespace) -> Settings:
-    from gateway.settings.loader import load_settings
-
-    return load_settings(args.config)
-
-
-async def _with_signing_keys(
-    settings: Settings, keyring: Keyring, action: Callable[[SigningKeys], Awaitable[int]]
-) -> int:
+def _signing_keys(settings: Settings, keyring: Keyring, db: Database) -> SigningKeys:
     from gateway.clock import SYSTEM_CLOCK
     from gateway.crypto.signing import SigningKeys
-    from gateway.store.db import Database
-    from gateway.store.migrate import ensure_schema
 
-    url = _storage_url(settings)
-    if url.startswith("sqlite"):
-        # The embedded database lives in data_dir, which may not exist yet on a fresh install.
-        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
-    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    db = Database.open(url, pool_size=2)
-    try:
-        return await action(SigningKeys(db, keyring, SYSTEM_CLOCK, settings.assertion))
-    finally:
-        await db.close()
+    return SigningKeys(db, keyring, SYSTEM_CLOCK, settings.assertion)
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -98,10 +79,9 @@ def _init(args: argparse.Namespace) -> int:
     from gateway.crypto.keyring import Keyring
     from gateway.identity.services import keyring_path
 
-    path = keyring_path(_load_settings(args))
+    path = keyring_path(load_config(args))
     if path.exists():
-        print(f"error: {path} already exists; use `gateway keys rotate` to add a new key", file=sys.stderr)
-        return EXIT_USAGE
+        raise UserError(f"{path} already exists; use `gateway keys rotate` to add a new key")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     keyring = Keyring.create(path)
     print(f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file")
@@ -109,24 +89,23 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from gateway.crypto.keyring import Keyring
     from gateway.identity.services import keyring_path
 
-    settings = _load_settings(args)
+    settings = load_config(args)
     path = keyring_path(settings)
-    # Like `serve`: only the embedded default may create the keyring; replicas must share one.
-    keyring = Keyring.load_or_create(path, allow_create=_storage_url(settings).startswith("sqlite"))
+    keyring = load_keyring(settings)
     rotated: dict[str, object] = {}
     if args.what in ("all", "signing"):
 
-        async def rotate_signing(keys: SigningKeys) -> int:
-            before = await keys.load(with_private=False)
-            kid = await keys.rotate()
-            rotated["signing_key"] = kid
-            _print_rotation(before, await keys.load(with_private=False), kid)
-            return EXIT_OK
+        async def rotate_signing() -> None:
+            async with open_store(settings) as store:
+                keys = _signing_keys(settings, keyring, store.db)
+                before = await keys.load(with_private=False)
+                kid = await keys.rotate()
+                rotated["signing_key"] = kid
+                _print_rotation(before, await keys.load(with_private=False), kid)
 
-        asyncio.run(_with_signing_keys(settings, keyring, rotate_signing))
+        run(rotate_signing())
     if args.what in ("all", "keyring"):
         new_id = keyring.rotate(path)
         rotated["keyring_key"] = new_id
@@ -134,18 +113,17 @@ def _rotate(args: argparse.Namespace) -> int:
             f"keyring {path}: new active key {new_id}; older keys stay for decryption. "
             "Restart the gateways (or roll them) so they encrypt with the new key."
         )
-    asyncio.run(_record_rotation(settings, keyring, rotated))
+    run(_record_rotation(settings, keyring, rotated))
     return EXIT_OK
 
 
 async def _record_rotation(settings: Settings, keyring: Keyring, rotated: dict[str, object]) -> None:
-    from gateway.audit.trail import record_once
-    from gateway.store.migrate import ensure_schema
+    from gateway.audit.trail import AuditLog
 
-    url = _storage_url(settings)
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
-    await record_once(url, "keys.rotated", keyring=keyring, actor=operator(), subject="keys", details=rotated)
+    async with open_store(settings) as store:
+        # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
+        audit = AuditLog(store.db, keyring=keyring)
+        await audit.record("keys.rotated", actor=operator(), subject="keys", details=rotated)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
@@ -176,46 +154,47 @@ def _list(args: argparse.Namespace) -> int:
     from gateway.crypto.keyring import Keyring
     from gateway.identity.services import keyring_path
 
-    settings = _load_settings(args)
+    settings = load_config(args)
     path = keyring_path(settings)
     keyring = Keyring.load(path)
 
-    async def show(keys: SigningKeys) -> int:
-        keyset = await keys.load(with_private=False)
-        now = SYSTEM_CLOCK.time()
-        rows = [_key_json(keyset, k, now) for k in keyset.keys]
-        if args.json:
-            doc = {
-                "keyring": {"path": str(path), "active": keyring.active_id, "keys": sorted(keyring.key_ids)},
-                "signing_keys": rows,
-            }
-            print(json.dumps(doc, indent=2))
-            return EXIT_OK
-        print(f"keyring {path}: active key {keyring.active_id} ({len(keyring.key_ids)} key(s) in all)")
-        if not rows:
-            print("no signing keys yet: a gateway creates the first one when it starts")
-            return EXIT_OK
-        table = [
-            ("KID", "STATE", "CREATED", "SIGNS FROM", "SIGNS UNTIL", "PUBLISHED UNTIL", "KEYRING KEY"),
-            *(
-                (
-                    r["kid"],
-                    r["state"],
-                    _when(k.created_at),
-                    _when(k.active_from),
-                    _when(k.retired_at),
-                    _when(k.retired_at + keyset.grace if k.retired_at is not None else None),
-                    k.keyring_kid,
-                )
-                for r, k in zip(rows, keyset.keys, strict=True)
-            ),
-        ]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        return EXIT_OK
+    async def load() -> KeySet:
+        async with open_store(settings) as store:
+            return await _signing_keys(settings, keyring, store.db).load(with_private=False)
 
-    return asyncio.run(_with_signing_keys(settings, keyring, show))
+    keyset = run(load())
+    now = SYSTEM_CLOCK.time()
+    rows = [_key_json(keyset, k, now) for k in keyset.keys]
+    if args.json:
+        doc = {
+            "keyring": {"path": str(path), "active": keyring.active_id, "keys": sorted(keyring.key_ids)},
+            "signing_keys": rows,
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"keyring {path}: active key {keyring.active_id} ({len(keyring.key_ids)} key(s) in all)")
+    if not rows:
+        print("no signing keys yet: a gateway creates the first one when it starts")
+        return EXIT_OK
+    table = [
+        ("KID", "STATE", "CREATED", "SIGNS FROM", "SIGNS UNTIL", "PUBLISHED UNTIL", "KEYRING KEY"),
+        *(
+            (
+                r["kid"],
+                r["state"],
+                _when(k.created_at),
+                _when(k.active_from),
+                _when(k.retired_at),
+                _when(k.retired_at + keyset.grace if k.retired_at is not None else None),
+                k.keyring_kid,
+            )
+            for r, k in zip(rows, keyset.keys, strict=True)
+        ),
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
 
 
 def _key_json(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
@@ -233,7 +212,7 @@ def _key_json(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway keys …`` to the ``gateway`` command's sub-commands.
 
     Args:

@@ -28,7 +28,6 @@ message on stderr naming the file and line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import difflib
 import io
@@ -38,6 +37,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from gateway.cli.harness import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Action,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    open_store,
+    operator,
+    run,
+    user_errors,
+)
+from gateway.store.ids import MAX_ID, BadId, parse_id
 
 if TYPE_CHECKING:
     from gateway.authz.decision import Decision
@@ -52,23 +68,12 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command_group, config_arg, operator
-from gateway.store.ids import MAX_ID, BadId, parse_id
-
 _EXPECT: Final = ("allow", "deny")
 _CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
 _REQUIRED_KEYS: Final = ("principals", "route", "method", "path", "expect")
 _BAD_PATH: Final = "bad-path"
 # Stored versions start at 1; an index built from a file carries this one.
 _FILE_VERSION: Final = 0
-
-
-class _UserError(Exception):
-    """The operator's input cannot be used as given (exit 2, one message)."""
-
-
-class _Failed(Exception):
-    """The command ran and found problems it already printed (exit 1)."""
 
 
 @dataclass(slots=True)
@@ -87,74 +92,38 @@ def _user_errors(*, stored: bool) -> tuple[type[Exception], ...]:
     if not stored:
         # The offline commands never import the store (and with it SQLAlchemy and redis): a second
         # saved on every `gateway policy validate` in an editor hook or CI.
-        return (_UserError, PolicyError)
+        return (PolicyError,)
     from gateway.authz.store import RuleExists, RuleNotFound, UnknownVersion
 
-    return (_UserError, PolicyError, RuleExists, RuleNotFound, UnknownVersion)
+    return (PolicyError, RuleExists, RuleNotFound, UnknownVersion)
 
 
-def _report(run: Callable[[], int], *, stored: bool) -> int:
-    from gateway.errors import GatewayError
+def _offline(action: Action) -> Action:
+    def command(args: argparse.Namespace) -> int:
+        with user_errors(*_user_errors(stored=False)):
+            return action(args)
 
-    try:
-        return run()
-    except _user_errors(stored=stored) as exc:
-        message = exc.detail if isinstance(exc, GatewayError) else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except _Failed:
-        return EXIT_FAILURE
+    return command
 
 
-def _offline(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        return _report(lambda: action(args), stored=False)
-
-    return run
-
-
-async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
-    from gateway.audit.trail import AuditLog
+async def _with_context(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
     from gateway.authz.store import PolicyStore
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
-    from gateway.store.db import Database, default_sqlite_url
-    from gateway.store.fast import open_configured_state
-    from gateway.store.migrate import ensure_schema
 
-    # As gateway.runtime.storage_url, without importing the whole runtime (a second per command).
-    url = settings.storage.url or default_sqlite_url(settings.data_dir)
-    # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
-    await ensure_schema(url, auto=url.startswith("sqlite"))
-    # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.
-    keyring = Keyring.load_or_create(keyring_path(settings), allow_create=url.startswith("sqlite"))
-    db = Database.open(url, pool_size=2)
-    fast = open_configured_state(settings)
-    try:
-        audit = AuditLog(db, clock=SYSTEM_CLOCK, keyring=keyring)
-        store = PolicyStore(db, fast, audit, SYSTEM_CLOCK)
-        return await action(_Context(store=store, settings=settings, actor=operator()))
-    finally:
-        await fast.close()
-        await db.close()
+    # The fast state carries the change to the running gateways at once (the broadcast); the keyring
+    # keys the change's audit record.
+    async with open_store(settings, fast=True, keyring=True) as store:
+        policies = PolicyStore(store.db, store.fast, store.audit(), SYSTEM_CLOCK)
+        return await action(_Context(store=policies, settings=settings, actor=operator()))
 
 
-def _online(
-    action: Callable[[argparse.Namespace, _Context], Awaitable[int]],
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from gateway.settings.loader import load_settings
+def _online(action: Callable[[argparse.Namespace, _Context], Awaitable[int]]) -> Action:
+    def command(args: argparse.Namespace) -> int:
+        errors = _user_errors(stored=True)
+        settings = load_config(args)
+        return run(_with_context(settings, lambda ctx: action(args, ctx)), errors=errors)
 
-        def go() -> int:
-            settings = load_settings(args.config)
-            # The embedded SQLite file lives in data_dir, which may not exist yet on a fresh install.
-            Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-            return asyncio.run(_open_and_run(settings, lambda ctx: action(args, ctx)))
-
-        return _report(go, stored=True)
-
-    return run
+    return command
 
 
 # -- reading files ---------------------------------------------------------------------------------------
@@ -164,11 +133,11 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise _UserError(f"{path}: no such {what}") from None
+        raise UserError(f"{path}: no such {what}") from None
     except UnicodeDecodeError as exc:
-        raise _UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise _UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _read_policy(path: Path) -> PolicyRules:
@@ -197,7 +166,7 @@ async def _stored_change(change: Awaitable[int], source: object) -> int:
         )
         for finding in exc.findings:
             print(f"  {_finding_text(finding, source)}", file=sys.stderr)
-        raise _Failed from None
+        raise Failed from None
 
 
 # -- test cases ------------------------------------------------------------------------------------------
@@ -221,26 +190,26 @@ def _principals(value: object, where: str) -> frozenset[str]:
     elif isinstance(value, list) and all(isinstance(name, str) for name in value):
         names = [name.strip() for name in value if name.strip()]
     else:
-        raise _UserError(f"{where}: 'principals' must be a list or a space/comma separated string")
+        raise UserError(f"{where}: 'principals' must be a list or a space/comma separated string")
     return frozenset(names)
 
 
 def _case(raw: dict[str, Any], where: str) -> _Case:
     if unknown := sorted(set(raw) - _CASE_KEYS):
-        raise _UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+        raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
     if missing := [key for key in _REQUIRED_KEYS if raw.get(key) in (None, "")]:
-        raise _UserError(f"{where}: missing {', '.join(map(repr, missing))}")
+        raise UserError(f"{where}: missing {', '.join(map(repr, missing))}")
     for key in ("route", "method", "path", "expect"):
         if not isinstance(raw[key], str):
-            raise _UserError(f"{where}: {key!r} must be a string")
+            raise UserError(f"{where}: {key!r} must be a string")
     expect = raw["expect"].strip().lower()
     if expect not in _EXPECT:
-        raise _UserError(f"{where}: 'expect' must be allow or deny, not {raw['expect']!r}")
+        raise UserError(f"{where}: 'expect' must be allow or deny, not {raw['expect']!r}")
     reason = raw.get("reason")
     if reason in ("", None):
         reason = None
     elif not isinstance(reason, str):
-        raise _UserError(f"{where}: 'reason' must be a string")
+        raise UserError(f"{where}: 'reason' must be a string")
     name = raw.get("name") or ""
     return _Case(
         where=where,
@@ -264,20 +233,20 @@ def _yaml_cases(text: str, source: Path) -> list[_Case]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else str(source)
         problem = getattr(exc, "problem", None) or exc
-        raise _UserError(f"{where}: not valid YAML: {problem}") from None
+        raise UserError(f"{where}: not valid YAML: {problem}") from None
     node: Any = root
     if isinstance(data, dict) and set(data) == {"cases"} and isinstance(root, yaml.MappingNode):
         data = data["cases"]
         node = next(value for key, value in root.value if key.value == "cases")
     if not isinstance(data, list) or not isinstance(node, yaml.SequenceNode):
-        raise _UserError(f"{source}: expected a list of cases (or a mapping with one key, 'cases')")
+        raise UserError(f"{source}: expected a list of cases (or a mapping with one key, 'cases')")
     # The composed nodes carry the line of each case; the loaded list has one item per node.
     nodes: list[Any] = node.value
     cases = []
     for number, (item, node) in enumerate(zip(data, nodes, strict=True), start=1):
         where = f"{source}:{node.start_mark.line + 1} (case {number})"
         if not isinstance(item, dict):
-            raise _UserError(f"{where}: a case is a mapping of principals, route, method, path, expect")
+            raise UserError(f"{where}: a case is a mapping of principals, route, method, path, expect")
         cases.append(_case(item, where))
     return cases
 
@@ -286,12 +255,12 @@ def _csv_cases(text: str, source: Path) -> list[_Case]:
     reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
     header = [name.strip() for name in reader.fieldnames or []]
     if missing := [key for key in _REQUIRED_KEYS if key not in header]:
-        raise _UserError(f"{source}:1: the header row lacks column(s) {', '.join(missing)}")
+        raise UserError(f"{source}:1: the header row lacks column(s) {', '.join(missing)}")
     cases = []
     for row in reader:
         where = f"{source}:{reader.line_num}"
         if None in row:
-            raise _UserError(f"{where}: more fields than columns in the header")
+            raise UserError(f"{where}: more fields than columns in the header")
         cleaned = {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
         if not any(cleaned.values()):
             continue
@@ -303,7 +272,7 @@ def _load_cases(path: Path) -> list[_Case]:
     text = _read_text(path, "cases file")
     cases = _csv_cases(text, path) if path.suffix.lower() == ".csv" else _yaml_cases(text, path)
     if not cases:
-        raise _UserError(f"{path}: no test cases")
+        raise UserError(f"{path}: no test cases")
     return cases
 
 
@@ -498,7 +467,7 @@ async def _export(args: argparse.Namespace, ctx: _Context) -> int:
         try:
             args.output.write_text(stored.csv, encoding="utf-8")
         except OSError as exc:
-            raise _UserError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
+            raise UserError(f"{args.output}: cannot write: {exc.strerror or exc}") from None
         print(f"wrote version {stored.version} to {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -609,7 +578,7 @@ def _request_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway policy …`` to the ``gateway`` command's sub-commands.
 
     Args:

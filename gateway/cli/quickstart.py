@@ -1,13 +1,16 @@
 """``gateway quickstart``: the gateway on the embedded default in front of the bundled echo app.
 
+    gateway quickstart [--data-dir DIR] [--listen HOST:PORT] [--echo-port PORT]
+    gateway echo [--listen HOST:PORT]
+
 It writes a data dir (a generated AES-256 keyring, mode 0600, and a commented config), starts the
 echo app as a child process and the gateway in the foreground, and prints what to try next. Running
-it again reuses the data dir and its keys.
+it again reuses the data dir and its keys. ``gateway echo`` runs only the echo app.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import base64
 import contextlib
 import json
@@ -19,12 +22,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, open_store, run
 from gateway.settings.listen import parse_listen
-from gateway.settings.loader import load_settings
-from gateway.settings.schema import Settings
 
-__all__ = ["run_echo", "run_quickstart", "write_quickstart_config"]
+if TYPE_CHECKING:
+    from gateway.settings.schema import Settings
+
+__all__ = ["register", "register_echo", "run_echo", "run_quickstart", "write_quickstart_config"]
 
 _CONFIG = """\
 # Quick-start configuration written by `gateway quickstart`. Edit it and run
@@ -126,12 +132,13 @@ def _wait_for_port(port: int, timeout: float = 15.0) -> bool:
 def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
     """Start echo app + gateway; block until interrupted. Returns the exit code."""
     from gateway.server import serve
+    from gateway.settings.loader import load_settings
 
     echo_port = echo_port or _free_port()
     print(f"[1/3] preparing {data_dir} (keys, config) …", flush=True)
     config = write_quickstart_config(data_dir, listen, echo_port)
     settings = load_settings(config)
-    admin_note = asyncio.run(bootstrap_admin(settings))
+    admin_note = run(bootstrap_admin(settings))
     print(f"[2/3] starting the echo app on 127.0.0.1:{echo_port} …", flush=True)
     echo = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [
@@ -151,7 +158,7 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
     try:
         if not _wait_for_port(echo_port):
             print("error: the echo app did not start; see the messages above", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
         base = settings.public_url.rstrip("/")
         print(
             f"[3/3] starting the gateway on http://{listen}\n\n"
@@ -169,7 +176,7 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
         serve(config, settings)
     finally:
         _stop_group(echo)
-    return 0
+    return EXIT_OK
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -191,17 +198,10 @@ async def bootstrap_admin(settings: Settings) -> str:
     is shown once, on this terminal only; it is never written to a file or a log.
     """
     from gateway.identity.services import IdentityServices
-    from gateway.runtime import storage_url
-    from gateway.store.db import Database
-    from gateway.store.fast import open_configured_state
-    from gateway.store.migrate import ensure_schema
 
-    url = storage_url(settings)
-    await ensure_schema(url, auto=True)
-    db = Database.open(url)
-    fast = open_configured_state(settings)
-    try:
-        identity = IdentityServices.build(settings, db, fast)
+    # The quick-start config is the embedded default: the schema upgrades itself, as in `serve`.
+    async with open_store(settings, fast=True) as store:
+        identity = IdentityServices.build(settings, store.db, store.fast)
         if await identity.accounts.list(limit=1, offset=0):
             return "with your admin account (created on the first quick start)"
         password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
@@ -213,9 +213,6 @@ async def bootstrap_admin(settings: Settings) -> str:
             actor="system:quickstart",
         )
         return f"user admin, one-time password {password}  (you choose a new one, then add a second factor)"
-    finally:
-        await fast.close()
-        await db.close()
 
 
 def run_echo(listen: str) -> None:
@@ -225,3 +222,43 @@ def run_echo(listen: str) -> None:
 
     host, port = parse_listen(listen)
     Server("gateway.echo:app", address=host, port=port, interface=Interfaces.ASGI, loop=Loops.uvloop).serve()
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    return run_quickstart(data_dir=args.data_dir, listen=args.listen, echo_port=args.echo_port)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    run_echo(args.listen)
+    return EXIT_OK
+
+
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway quickstart``."""
+    p = sub.add_parser(
+        "quickstart",
+        help="try the gateway locally in front of a bundled echo app",
+        description="Create a data dir with generated keys and a config, start the bundled echo app and "
+        "the gateway in front of it (the embedded default: SQLite files in the data dir, no server to "
+        "install), and print what to do next.",
+    )
+    p.add_argument("--data-dir", type=Path, default=Path("gateway-data"), metavar="DIR")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    p.add_argument(
+        "--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)"
+    )
+    p.set_defaults(func=_quickstart)
+
+
+def register_echo(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway echo`` (last in the listing: it is a helper of the quick start)."""
+    p = sub.add_parser(
+        "echo",
+        help="run only the bundled echo app",
+        description="Serve the echo app, which shows the request line and headers it receives.",
+    )
+    p.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT")
+    p.set_defaults(func=_echo)

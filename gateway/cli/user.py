@@ -40,8 +40,21 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from gateway.cli.accounts import account_services
+from gateway.cli.harness import (
+    EXIT_OK,
+    Action,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    operator,
+    run,
+)
 
 if TYPE_CHECKING:
     from gateway.identity.accounts import AccountFactors, AccountService, FactorInfo, UserSummary
@@ -52,31 +65,13 @@ if TYPE_CHECKING:
 # Everything heavy (SQLAlchemy, argon2, the settings loader) is imported when an action runs, not
 # when the parser is built: `gateway --help` and the other commands must not pay for it.
 
-__all__ = ["add_user_commands"]
-
-from gateway.cli.harness import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    account_services,
-    command_group,
-    config_arg,
-    operator,
-)
+__all__ = ["register"]
 
 _PASSWORD_ATTEMPTS: Final = 3
 _NO_LIVE_SESSIONS_NOTE: Final = (
     "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
     "out of reach of this command; they end at their idle timeout or when the gateway restarts."
 )
-
-
-class _UserError(Exception):
-    """Something the operator asked for cannot be done as asked (exit 2, one line)."""
-
-
-class _Declined(Exception):
-    """The operator did not confirm (exit 1)."""
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -89,7 +84,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         WrongPassword,
     )
 
-    return (_UserError, AccountExists, InvalidAccount, UnknownAccount, WeakPassword, WrongPassword)
+    return (AccountExists, InvalidAccount, UnknownAccount, WeakPassword, WrongPassword)
 
 
 @dataclass(slots=True)
@@ -103,41 +98,26 @@ class _Context:
 # -- wiring ----------------------------------------------------------------------------------------------
 
 
-async def _open_and_run(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
+async def _with_context(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
     async with account_services(settings) as svc:
         return await action(
             _Context(accounts=svc.accounts, hasher=svc.hasher, settings=settings, actor=operator())
         )
 
 
-def _runner(
-    action: Callable[[argparse.Namespace, _Context], Awaitable[int]],
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from gateway.errors import GatewayError
-        from gateway.settings.loader import load_settings
+def _runner(action: Callable[[argparse.Namespace, _Context], Awaitable[int]]) -> Action:
+    def command(args: argparse.Namespace) -> int:
+        errors = _user_errors()
+        settings = load_config(args)
+        return run(_with_context(settings, lambda ctx: action(args, ctx)), errors=errors)
 
-        user_errors = _user_errors()
-        settings = load_settings(args.config)
-        # The embedded SQLite file lives in data_dir, which may not exist yet on a fresh install.
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        try:
-            return asyncio.run(_open_and_run(settings, lambda ctx: action(args, ctx)))
-        except user_errors as exc:
-            message = exc.detail if isinstance(exc, GatewayError) else str(exc)
-            print(f"error: {message}", file=sys.stderr)
-            return EXIT_USAGE
-        except _Declined as exc:
-            print(str(exc), file=sys.stderr)
-            return EXIT_FAILURE
-
-    return run
+    return command
 
 
 async def _user(ctx: _Context, login: str) -> User:
     user = await ctx.accounts.find(login)
     if user is None:
-        raise _UserError(f"no user {login!r} (give a username or email address)")
+        raise UserError(f"no user {login!r} (give a username or email address)")
     return user
 
 
@@ -153,15 +133,15 @@ def _read_stdin_password(stream: TextIO) -> str:
     elif data.endswith("\n"):
         data = data[:-1]
     if not data:
-        raise _UserError("no password on standard input")
+        raise UserError("no password on standard input")
     if "\n" in data or "\r" in data:
-        raise _UserError("the password on standard input must be a single line")
+        raise UserError("the password on standard input must be a single line")
     return data
 
 
 def _require_terminal(what: str, hint: str) -> None:
     if not sys.stdin.isatty():
-        raise _UserError(f"no terminal to {what}: {hint}")
+        raise UserError(f"no terminal to {what}: {hint}")
 
 
 async def _ask_password(ctx: _Context, personal: Sequence[str]) -> str:
@@ -179,7 +159,7 @@ async def _ask_password(ctx: _Context, personal: Sequence[str]) -> str:
             print("The two passwords are not the same.", file=sys.stderr)
             continue
         return first
-    raise _UserError("no password set (too many attempts)")
+    raise UserError("no password set (too many attempts)")
 
 
 async def _new_password(args: argparse.Namespace, ctx: _Context, personal: Sequence[str]) -> str:
@@ -199,7 +179,7 @@ async def _confirm(prompt: str, expected: str) -> None:
     print(prompt, end="", file=sys.stderr, flush=True)
     answer = await asyncio.to_thread(sys.stdin.readline)
     if answer.strip() != expected:
-        raise _Declined("not confirmed; nothing was changed")
+        raise Failed("not confirmed; nothing was changed")
 
 
 # -- formatting ------------------------------------------------------------------------------------------
@@ -455,7 +435,7 @@ def _password_source(parser: argparse.ArgumentParser, *, allow_none: bool) -> No
 
 
 def _action(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    actions: SubParsers[argparse.ArgumentParser],
     name: str,
     func: Callable[[argparse.Namespace, _Context], Awaitable[int]],
     *,
@@ -469,7 +449,7 @@ def _action(
     return parser
 
 
-def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway user …`` to the ``gateway`` command's sub-commands.
 
     Args:
