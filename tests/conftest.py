@@ -1,8 +1,12 @@
-"""Suite-wide rules.
+"""Suite-wide rules and the shared fixtures.
 
 In CI (``CI`` set), a test that needs a real protocol peer (marked ``peer``) must run: if any such
 test is skipped, the session fails. A skipped peer test would otherwise turn a missing install step
 into a silently green run.
+
+Fixtures more than one test module needs live in plugin modules under ``tests/support/`` and are
+registered here, once for the whole tree (pytest accepts ``pytest_plugins`` only in the top-level
+conftest): a test asks for ``clock``, ``fast_state`` or ``database`` by name and imports nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +14,12 @@ from __future__ import annotations
 import os
 
 import pytest
+
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.fast_state",
+    "tests.support.database",
+]
 
 _skipped_peers: list[str] = []
 

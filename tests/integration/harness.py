@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.wait import wait_until as wait_until  # the integration tests' one poller
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -220,20 +222,6 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
 # --------------------------------------------------------------------------------------------------
 # Helpers for the serving and operations tests (TLS, reload, failover, readiness, CLI)
 # --------------------------------------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Any, *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
-) -> Any:
-    """Poll ``predicate()`` until it returns something truthy (returned); bounded, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached after {timeout}s (last value: {last!r})")
 
 
 def run_cli(

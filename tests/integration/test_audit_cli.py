@@ -20,10 +20,6 @@ import pytest
 
 from gateway.audit.chain import GENESIS, ChainRecord
 from tests.integration.harness import ROOT, run_cli
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
 
 ACTIONS = ["list", "verify", "checkpoint", "export", "verify-bundle"]
 

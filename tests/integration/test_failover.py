@@ -110,12 +110,6 @@ def test_active_health_check_takes_a_stopped_upstream_out_and_back(tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
 def dead_urls() -> list[str]:
     """Loopback URLs with nothing listening (connections are refused at once)."""
     ports: set[int] = set()

@@ -27,9 +27,7 @@ from tests.integration.harness import (
     free_port,
     gateway_config,
     raw_request,
-    run_echo,
     run_gateway,
-    run_tripwire,
 )
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -87,18 +85,6 @@ def header_upstream() -> Iterator[str]:
 # --------------------------------------------------------------------------------------------------
 # Gateways
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def tripwire() -> Iterator[Tripwire]:
-    with run_tripwire() as wire:
-        yield wire
 
 
 def _routes(echo: Echo, tripwire: Tripwire, header_upstream: str) -> list[dict[str, Any]]:

@@ -26,7 +26,6 @@ from tests.integration.harness import (
     raw_request,
     run_echo,
     run_gateway,
-    run_tripwire,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -44,12 +43,6 @@ def echo_a() -> Iterator[Echo]:
 def echo_b() -> Iterator[Echo]:
     with run_echo() as app:
         yield app
-
-
-@pytest.fixture(scope="module")
-def tripwire() -> Iterator[Tripwire]:
-    with run_tripwire() as wire:
-        yield wire
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from tests.integration.harness import (
     free_port,
     gateway_config,
     run_cli,
-    run_echo,
     run_gateway,
     wait_until,
 )
@@ -49,12 +48,6 @@ def fresh_pg_url() -> Iterator[str]:
 def _fresh_pg_database() -> Iterator[str]:
     with fresh_database() as name:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
 
 
 def _ready(gw: Gateway) -> httpx.Response:

@@ -49,12 +49,6 @@ def _config(tmp: Path, port: int, echo: Echo, version: str, *, second_route: boo
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, echo: Echo) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gw-reload")
     port = free_port()

@@ -30,9 +30,7 @@ from tests.integration.harness import (
     free_port,
     gateway_config,
     raw_request,
-    run_echo,
     run_gateway,
-    run_tripwire,
     worker_peak_rss_kib,
 )
 
@@ -67,18 +65,6 @@ def ws_upstream() -> Iterator[str]:
 # --------------------------------------------------------------------------------------------------
 # Gateway
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def tripwire() -> Iterator[Tripwire]:
-    with run_tripwire() as wire:
-        yield wire
 
 
 @pytest.fixture(scope="module")

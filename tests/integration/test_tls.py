@@ -23,7 +23,6 @@ from tests.integration.harness import (
     echo_route,
     free_port,
     gateway_config,
-    run_echo,
     run_gateway,
 )
 from tests.support.certs import self_signed
@@ -33,12 +32,6 @@ from tests.support.certs import self_signed
 def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost, with its key as PKCS#8 PEM (granian needs it)."""
     return self_signed(tmp_path_factory.mktemp("tls"), ips=["127.0.0.1"])
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
 
 
 def _tls_gateway(tmp: Path, echo: Echo, cert_files: tuple[Path, Path], **tls_extra: str) -> Iterator[Gateway]:

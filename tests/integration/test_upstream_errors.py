@@ -28,7 +28,6 @@ from tests.integration.harness import (
     echo_route,
     free_port,
     gateway_config,
-    run_echo,
     run_gateway,
 )
 
@@ -82,12 +81,6 @@ def broken_upstream() -> Iterator[str]:
 # --------------------------------------------------------------------------------------------------
 # Gateway
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    with run_echo() as app:
-        yield app
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Fixtures for the fast-state tests: one ``fast_state`` parametrized over memory, the node's shared
-SQLite file (``local``) and Redis.
+"""Fast-state fixtures (a plugin, see ``tests/conftest.py``): one ``fast_state`` parametrized over
+memory, the node's shared SQLite file (``local``) and Redis, for every suite that keeps state there.
 
 Every Redis-backed instance gets a random namespace and its keys are deleted afterwards, so parallel
 or interrupted runs on the shared Redis never see each other's data. Local instances of one test share
@@ -16,7 +16,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +27,9 @@ import pytest
 import redis
 import redis.asyncio
 
+from gateway.clock import FakeClock
 from gateway.store.fast import FastState, LocalFastState, MemoryFastState, RedisFastState
+from tests.support.wait import wait_until
 
 FAST_STATE_REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOLERANT_TIMEOUTS: dict[str, Any] = {"connect_timeout": 2.0, "op_timeout": 5.0, "ready_timeout": 10.0}
@@ -39,22 +40,11 @@ MakeFastState = Callable[..., FastState]
 Tick = Callable[[float], Awaitable[None]]
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def fast_clock() -> FakeClock:
-    return FakeClock()
+def fast_clock(clock: FakeClock) -> FakeClock:
+    """The clock of the in-process store's TTLs (monotonic) and the file's (Unix time): the test's one
+    ``clock``, so moving it ages the state and everything else together. Redis keeps its own time."""
+    return clock
 
 
 @pytest.fixture(params=["memory", "local", "redis"])
@@ -277,13 +267,14 @@ def _free_port(*, with_bus: bool = False) -> int:
 
 
 def _wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll ``check`` while the server starts (it refuses connections or is not ready yet meanwhile)."""
+
+    def ready() -> bool:
         with contextlib.suppress(redis.RedisError, OSError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
+            return check()
+        return False
+
+    wait_until(ready, timeout=timeout, interval=0.05, what=what)
 
 
 def _sync_call(port: int, *args: Any) -> Any:

@@ -34,20 +34,6 @@ from gateway.authz.store import (
 from gateway.clock import FakeClock
 from gateway.store.db import Database, StoreUnavailable
 from gateway.store.fast import FastState, MemoryFastState
-from tests.unit.store import conftest as fast_conftest
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
-fast_clock = fast_conftest.fast_clock
-fast_namespace = fast_conftest.fast_namespace
-fast_state_backend = fast_conftest.fast_state_backend
-fast_state_file = fast_conftest.fast_state_file
-make_fast_state = fast_conftest.make_fast_state
-fast_state = fast_conftest.fast_state
-fast_state_peer = fast_conftest.fast_state_peer
 
 BASE = """\
 p, admin, *, /*, *, allow
@@ -70,11 +56,6 @@ p, user:root, *, /files*, GET, allow
 
 def rules(text: str) -> PolicyRules:
     return parse_policy(text)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -30,12 +30,6 @@ from gateway.crypto.signing import (
 )
 from gateway.settings.schema import AssertionSettings, Duration
 from gateway.store.db import Database
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 GRACE = 3600.0
 AHEAD = 600.0
@@ -52,11 +46,6 @@ def keyring_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def keyring(keyring_file: Path) -> Keyring:
     return Keyring.load(keyring_file)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

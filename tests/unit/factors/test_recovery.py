@@ -16,12 +16,6 @@ from gateway.identity.models import RecoveryCode, User
 from gateway.identity.passwords import PasswordHasher
 from gateway.settings.schema import MfaSettings, PasswordSettings
 from gateway.store.db import Database
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 # Cheap argon2 for tests (the loader refuses these in a config file; constructing them directly is fine).
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, max_concurrent_hashes=4)

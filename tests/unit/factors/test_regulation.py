@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -19,20 +17,8 @@ from gateway.clock import FakeClock
 from gateway.errors import GatewayError
 from gateway.factors.regulation import AccountLocked, Regulator
 from gateway.settings.schema import Duration, RegulationSettings
-from gateway.store.db import Database, default_sqlite_url
+from gateway.store.db import Database
 from gateway.store.fast import FastState, StateUnavailable
-from gateway.store.migrate import upgrade
-from tests.unit.store import conftest as fast_fixtures
-from tests.unit.store.conftest import FakeClock as FastClock
-
-# The fast-state fixtures, parametrized over memory, the node's file and Redis.
-fast_clock = fast_fixtures.fast_clock
-fast_namespace = fast_fixtures.fast_namespace
-fast_state = fast_fixtures.fast_state
-fast_state_backend = fast_fixtures.fast_state_backend
-fast_state_file = fast_fixtures.fast_state_file
-fast_state_peer = fast_fixtures.fast_state_peer
-make_fast_state = fast_fixtures.make_fast_state
 
 SETTINGS = RegulationSettings(free_attempts=3, max_failures=7, lock_time=Duration(900))
 IP = "203.0.113.9"
@@ -41,15 +27,13 @@ IP = "203.0.113.9"
 @dataclass
 class World:
     clock: FakeClock
-    fast_clock: FastClock
     state: FastState
     audit: AuditLog
     regulator: Regulator
 
     def advance(self, seconds: float) -> None:
-        # Both clocks: the regulator's Unix clock and the in-process store's TTL clock.
+        # One clock: the regulator's Unix time and the in-process store's TTLs move together.
         self.clock.advance(seconds)
-        self.fast_clock.advance(seconds)
 
     async def fail(self, times: int = 1, account: str = "alice") -> None:
         for _ in range(times):
@@ -77,20 +61,9 @@ class World:
 
 
 @pytest.fixture
-async def audit_db(tmp_path: Path) -> AsyncIterator[Database]:
-    # The audit trail is SQL; its backends are covered elsewhere, so one SQLite file is enough here.
-    url = default_sqlite_url(tmp_path)
-    await upgrade(url)
-    db = Database.open(url, pool_size=2)
-    yield db
-    await db.close()
-
-
-@pytest.fixture
-def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> World:
-    clock = FakeClock()
+def world(fast_state: FastState, clock: FakeClock, audit_db: Database) -> World:
     audit = AuditLog(audit_db, clock=clock)
-    return World(clock, fast_clock, fast_state, audit, Regulator(fast_state, SETTINGS, audit, clock))
+    return World(clock, fast_state, audit, Regulator(fast_state, SETTINGS, audit, clock))
 
 
 async def test_free_attempts_have_no_delay(world: World) -> None:

@@ -33,12 +33,6 @@ from gateway.factors.totp import (
 from gateway.identity.models import TotpCredential, User
 from gateway.settings.schema import MfaSettings, TotpSettings
 from gateway.store.db import Database
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 # RFC 6238 appendix B: the SHA-1 seed "12345678901234567890"; 6-digit codes are the last 6 of the table's 8.

@@ -41,12 +41,6 @@ from tests.support.soft_authenticator import (
     b64url_decode,
     cbor_encode,
 )
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 PUBLIC_URL = "https://auth.example.com"
 ORIGIN = "https://auth.example.com"
@@ -101,7 +95,7 @@ async def _add_user(db: Database, clock: FakeClock, username: str) -> int:
 @pytest.fixture
 async def world(database: Database) -> AsyncIterator[World]:
     clock = FakeClock()
-    fast = MemoryFastState(clock=clock.time)
+    fast = MemoryFastState(clock=clock)
     audit = AuditLog(database, clock=clock)
     alice = await _add_user(database, clock, "alice")
     bob = await _add_user(database, clock, "bob")

@@ -38,12 +38,6 @@ from gateway.identity.sessions import SessionStore
 from gateway.settings.schema import Duration, PasswordSettings, RegulationSettings, SessionSettings
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 # Cheap argon2 for tests (the loader refuses these in a config file; constructing them directly is fine).
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
@@ -101,7 +95,7 @@ class World:
 @pytest.fixture
 async def world(database: Database) -> AsyncIterator[World]:
     clock = FakeClock()
-    fast = MemoryFastState(clock=clock.time)
+    fast = MemoryFastState(clock=clock)
     audit = AuditLog(database, clock=clock)
     hasher = CountingHasher(FAST_ARGON)
     regulator = Regulator(fast, REGULATION, audit, clock)

@@ -21,12 +21,6 @@ from gateway.identity.oidc.links import AccountRefused, IdentityMapper, groups_o
 from gateway.identity.oidc.models import IdentityLink
 from gateway.settings.schema import IdentityProvider
 from gateway.store.db import Database
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 JIT = IdentityProvider(
     name="corp",

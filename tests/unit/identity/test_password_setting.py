@@ -14,13 +14,8 @@ from gateway.identity.models import User
 from gateway.identity.password_policy import Rule, check_password
 from gateway.identity.passwords import MAX_PASSWORD_CHARS
 from tests.unit.identity.test_accounts import IP, OTHER_PASSWORD, PASSWORD, World, _alice, world
-from tests.unit.store import conftest_db
 
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
-__all__ = ["database", "database_url", "migrated_url", "pg_database", "world"]
+__all__ = ["world"]
 
 # Alice's account in test_accounts: username "Alice", email "Alice@Example.com", name "Alice Liddell".
 WEAK = [

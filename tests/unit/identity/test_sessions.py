@@ -23,8 +23,8 @@ from gateway.identity.sessions import (
 )
 from gateway.settings.schema import SessionSettings
 from gateway.store.fast import FastState, MemoryFastState, RedisFastState, StateUnavailable
+from tests.support.fast_state import FAST_STATE_REDIS_URL, TOLERANT_TIMEOUTS, MakeFastState, TcpProxy
 from tests.unit.identity.conftest import IDLE, LIFETIME
-from tests.unit.store.conftest import FAST_STATE_REDIS_URL, TOLERANT_TIMEOUTS, MakeFastState, TcpProxy
 
 # The guarantee under test: a revocation reaches every replica's cache within this many seconds.
 PROPAGATION_BOUND = 1.0

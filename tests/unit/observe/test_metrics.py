@@ -29,7 +29,7 @@ from gateway.authz.decision import Decision, Reason
 from gateway.observe.metrics import MULTIPROC_ENV, Metrics, SessionCounter, exposition, redis_session_count
 from gateway.observe.record import RequestRecord
 from gateway.runtime import load_runtime
-from tests.unit.store.conftest import FAST_STATE_REDIS_URL
+from tests.support.fast_state import FAST_STATE_REDIS_URL
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.clock import FakeClock
 from gateway.observe.metrics import MULTIPROC_ENV, Metrics, exposition
 from gateway.observe.readiness import (
     Component,
@@ -22,19 +23,12 @@ from gateway.observe.readiness import (
     sessions_needed,
 )
 from gateway.settings.schema import Route
+from tests.support.wait import wait_until_async
 
 UP = ProbeResult(ok=True)
 DOWN = ProbeResult(ok=False, error="connection refused")
 # Bound on waiting for background work, so a bug fails the test instead of hanging it.
 GUARD = 10
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def verdict(
@@ -146,15 +140,15 @@ class Service:
             raise self.error
 
 
-async def test_results_are_reused_within_max_age_and_probed_again_after() -> None:
-    clock, db = FakeClock(), Service()
+async def test_results_are_reused_within_max_age_and_probed_again_after(clock: FakeClock) -> None:
+    db = Service()
     monitor = ReadinessMonitor({Component.STORAGE: db.ping}, max_age=1.0, clock=clock)
     assert (await monitor.current())[Component.STORAGE] == UP
-    clock.now += 0.5
+    clock.advance(0.5)
     db.error = ConnectionRefusedError("refused")
     assert (await monitor.current())[Component.STORAGE] == UP  # anyone may ask: no probe per request
     assert db.calls == 1
-    clock.now += 0.6
+    clock.advance(0.6)
     assert (await monitor.current())[Component.STORAGE] == ProbeResult(ok=False, error="refused")
     assert db.calls == 2
     await monitor.close()
@@ -165,7 +159,7 @@ async def test_concurrent_callers_share_one_probe() -> None:
     db.gate = asyncio.Event()
     monitor = ReadinessMonitor({Component.STORAGE: db.ping}, clock=FakeClock())
     waiting = [asyncio.ensure_future(monitor.current()) for _ in range(20)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: every caller is now waiting on the one probe
     db.gate.set()
     results = await asyncio.wait_for(asyncio.gather(*waiting), GUARD)
     assert db.calls == 1
@@ -188,7 +182,7 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_shared_probe() -> None
     monitor = ReadinessMonitor({Component.STORAGE: db.ping}, clock=FakeClock())
     impatient = asyncio.ensure_future(monitor.current())
     patient = asyncio.ensure_future(monitor.current())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: both callers are waiting on the probe
     impatient.cancel()
     db.gate.set()
     assert (await asyncio.wait_for(patient, GUARD))[Component.STORAGE] == UP
@@ -219,11 +213,7 @@ async def test_the_background_loop_keeps_probing_until_closed() -> None:
     await monitor.start()
     assert db.calls >= 1  # start() probes before returning
 
-    async def probed_again() -> None:
-        while db.calls < 3:
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(probed_again(), GUARD)
+    await wait_until_async(lambda: db.calls >= 3, timeout=GUARD, what="two more background probes")
     await monitor.close()
     await monitor.close()  # idempotent (Runtime.close may run after a failed start)
 

@@ -37,14 +37,6 @@ from gateway.store.migrate import (
     upgrade,
 )
 from gateway.store.models import Instance, KvSetting
-from tests.unit.store import conftest_db
-
-# Fixtures live in conftest_db (tests/unit/store/conftest.py belongs to another suite); binding them
-# here is what makes pytest find them.
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 UNREACHABLE_PG = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
 T0 = datetime(2025, 3, 30, 0, 59, 59, 123456, tzinfo=UTC)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio
 
+from gateway.clock import FakeClock
 from gateway.errors import ServiceUnavailable
 from gateway.store.fast import (
     FastState,
@@ -22,11 +23,9 @@ from gateway.store.fast import (
     parse_redis_url,
 )
 from gateway.store.fast.url import build_client
-
-from .conftest import (
+from tests.support.fast_state import (
     FAST_STATE_REDIS_URL,
     TOLERANT_TIMEOUTS,
-    FakeClock,
     FastStateServer,
     MakeFastState,
     TcpProxy,

@@ -13,12 +13,6 @@ from gateway.authz.models import PolicyVersion
 from gateway.errors import BadRequest
 from gateway.store.db import Database, StoreUnavailable, store_errors
 from gateway.store.ids import MAX_ID, BadId, parse_id
-from tests.unit.store import conftest_db
-
-pg_database = conftest_db.pg_database
-database_url = conftest_db.database_url
-migrated_url = conftest_db.migrated_url
-database = conftest_db.database
 
 
 @pytest.mark.parametrize(

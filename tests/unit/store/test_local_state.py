@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import FakeClock
 from gateway.settings.loader import parse_settings
 from gateway.store.fast import (
     LocalFastState,
@@ -31,8 +32,6 @@ from gateway.store.fast import (
     shares_state,
     state_file,
 )
-
-from .conftest import FakeClock
 
 # A hang guard, not a speed assertion.
 BOUND = 30.0
@@ -246,9 +245,8 @@ async def test_a_call_that_cannot_finish_in_time_fails_closed(
 
 
 async def test_expired_rows_are_swept_in_bounded_batches(
-    tmp_path: Path, opened: Callable[..., LocalFastState]
+    tmp_path: Path, opened: Callable[..., LocalFastState], clock: FakeClock
 ) -> None:
-    clock = FakeClock(1_800_000_000.0)
     state = opened(clock=clock, sweep_batch=100)
     for i in range(250):
         await state.set(f"k{i}", b"v", ttl=5)
@@ -262,9 +260,8 @@ async def test_expired_rows_are_swept_in_bounded_batches(
 
 
 async def test_messages_pruned_before_they_were_read_count_as_an_interruption(
-    tmp_path: Path, opened: Callable[..., LocalFastState]
+    tmp_path: Path, opened: Callable[..., LocalFastState], clock: FakeClock
 ) -> None:
-    clock = FakeClock(1_800_000_000.0)
     # Polled by hand: the background poller would only wake up after an hour.
     reader = opened(clock=clock, poll_interval=3600)
     writer = opened(clock=clock)

@@ -1,11 +1,11 @@
-"""Fixtures for the threat tests: a detector wired to real stores (fast state over memory and Redis,
-SQLite audit trail and accounts) with fake clocks; signals are processed by hand, never by sleeping."""
+"""Fixtures for the threat tests: a detector wired to real stores (the shared fast-state fixtures, a
+SQLite audit trail and accounts) on the test's fake clock; signals are processed by hand, never by
+sleeping."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -25,21 +25,9 @@ from gateway.settings.schema import (
     ThreatRule,
     ThreatSettings,
 )
-from gateway.store.db import Database, default_sqlite_url
+from gateway.store.db import Database
 from gateway.store.fast import FastState
-from gateway.store.migrate import upgrade
 from gateway.threat import IpBlocks, Responder, ThreatDetector
-from tests.unit.store import conftest as fast_fixtures
-from tests.unit.store.conftest import FakeClock as FastClock
-
-# The fast-state fixtures, parametrized over memory, the shared file and Redis.
-fast_clock = fast_fixtures.fast_clock
-fast_namespace = fast_fixtures.fast_namespace
-fast_state = fast_fixtures.fast_state
-fast_state_backend = fast_fixtures.fast_state_backend
-fast_state_file = fast_fixtures.fast_state_file
-fast_state_peer = fast_fixtures.fast_state_peer
-make_fast_state = fast_fixtures.make_fast_state
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
 PASSWORD = "correct horse battery staple"
@@ -60,7 +48,6 @@ SETTINGS = ThreatSettings(
 @dataclass
 class World:
     clock: FakeClock
-    fast_clock: FastClock
     state: FastState
     db: Database
     audit: AuditLog
@@ -73,8 +60,8 @@ class World:
     emitted: list[Mapping[str, object]] = field(default_factory=list)
 
     def advance(self, seconds: float) -> None:
+        # One clock: the stores' TTLs (memory, the file) and the detector's windows age together.
         self.clock.advance(seconds)
-        self.fast_clock.advance(seconds)
 
     async def pump(self) -> int:
         return await self.detector.process_pending()
@@ -118,19 +105,7 @@ class World:
 
 
 @pytest.fixture
-async def audit_db(tmp_path: Path) -> AsyncIterator[Database]:
-    url = default_sqlite_url(tmp_path)
-    await upgrade(url)
-    db = Database.open(url, pool_size=2)
-    yield db
-    await db.close()
-
-
-@pytest.fixture
-def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> World:
-    clock = FakeClock()
-    # The in-process store's TTL clock starts where the Unix clock does, so both move together.
-    fast_clock.now = clock.time()
+def world(fast_state: FastState, clock: FakeClock, audit_db: Database) -> World:
     audit = AuditLog(audit_db, clock=clock)
     regulator = Regulator(fast_state, RegulationSettings(), audit, clock)
     sessions = SessionStore(fast_state, SESSION_SETTINGS, clock, cache_ttl=0)
@@ -143,18 +118,17 @@ def world(fast_state: FastState, fast_clock: FastClock, audit_db: Database) -> W
         audit=audit,
         accounts=accounts,
         sessions=sessions,
-        clock=clock.time,
+        clock=clock,
         emit=emitted.append,
     )
-    blocks = IpBlocks(clock.time)
+    blocks = IpBlocks(clock)
     current = [SETTINGS]
     detector = ThreatDetector(
-        settings=lambda: current[0], state=fast_state, responder=responder, blocks=blocks, clock=clock.time
+        settings=lambda: current[0], state=fast_state, responder=responder, blocks=blocks, clock=clock
     )
     audit.listeners.append(detector.on_audit)
     return World(
         clock,
-        fast_clock,
         fast_state,
         audit_db,
         audit,

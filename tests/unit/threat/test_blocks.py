@@ -16,7 +16,7 @@ INF = float("inf")
 
 
 def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
-    blocks = IpBlocks((clock or FakeClock()).time)
+    blocks = IpBlocks(clock or FakeClock())
     blocks.set_files(normalize_network(c) for c in cidrs)
     return blocks
 
@@ -48,11 +48,10 @@ def test_matcher(cidrs: tuple[str, ...], ip: str, blocked: bool) -> None:
     assert (ip in blocks) is blocked  # answered from the cache the second time
 
 
-def test_temporary_blocks_expire_without_a_rebuild() -> None:
+def test_temporary_blocks_expire_without_a_rebuild(clock: FakeClock) -> None:
     from gateway.threat.blocks import BlockEntry
 
-    clock = FakeClock()
-    blocks = IpBlocks(clock.time)
+    blocks = IpBlocks(clock)
     blocks.set_dynamic(
         [BlockEntry("192.0.2.1/32", clock.time() + 60), BlockEntry("198.51.100.0/24", clock.time() + 120)]
     )
@@ -69,7 +68,7 @@ def test_block_list_file_reload(tmp_path: Path) -> None:
     feed = tmp_path / "feed.txt"
     feed.write_text("# threat intel\n192.0.2.0/24  # scanners\n\nnot-an-address\n2001:db8::/48\n")
     assert [str(n) for n in read_block_list(str(feed))] == ["192.0.2.0/24", "2001:db8::/48"]
-    blocks = IpBlocks(FakeClock().time)
+    blocks = IpBlocks(FakeClock())
     files = BlockListFiles(blocks, lambda: [str(feed)])
     assert files.poll()
     assert "192.0.2.9" in blocks
@@ -87,11 +86,10 @@ def test_block_list_file_reload(tmp_path: Path) -> None:
 
 
 async def test_block_store_broadcast_reaches_a_peer(
-    fast_state: FastState, fast_state_peer: FastState
+    fast_state: FastState, fast_state_peer: FastState, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
-    here, there = BlockStore(fast_state, clock.time), BlockStore(fast_state_peer, clock.time)
-    peer_blocks = IpBlocks(clock.time)
+    here, there = BlockStore(fast_state, clock), BlockStore(fast_state_peer, clock)
+    peer_blocks = IpBlocks(clock)
     refreshed = asyncio.Event()
     original = there.refresh
 
@@ -123,9 +121,8 @@ async def test_block_store_broadcast_reaches_a_peer(
             await listener
 
 
-async def test_a_block_is_extended_never_shortened(fast_state: FastState) -> None:
-    clock = FakeClock()
-    store = BlockStore(fast_state, clock.time)
+async def test_a_block_is_extended_never_shortened(fast_state: FastState, clock: FakeClock) -> None:
+    store = BlockStore(fast_state, clock)
     await store.add("192.0.2.1", until=clock.time() + 600)
     await store.add("192.0.2.1", until=clock.time() + 60)
     [entry] = await store.entries()

@@ -7,29 +7,12 @@ from collections import Counter
 
 import pytest
 
+from gateway.clock import FakeClock
 from gateway.errors import ServiceUnavailable
 from gateway.settings.schema import ActiveHealthCheck, Duration, PassiveHealthCheck, Route
 from gateway.upstream import Target, UpstreamPool
 
 A, B, C = "http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://10.0.0.3:8080"
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make_pool(
@@ -284,9 +267,9 @@ def test_ejection_after_consecutive_failures_and_return(clock: FakeClock) -> Non
     pool = make_pool(clock, failures=3, ejection_time=30)
     a = pool.targets[0]
     fail(pool, a, 2)
-    assert a.available(clock())
+    assert a.available(clock.monotonic())
     fail(pool, a, 1)
-    assert a.ejected_until == clock() + 30
+    assert a.ejected_until == clock.monotonic() + 30
     assert pick_release(pool, 100) == {B: 50, C: 50}
     clock.advance(29.9)
     assert A not in pick_release(pool, 100)
@@ -303,7 +286,7 @@ def test_success_resets_failure_count(clock: FakeClock) -> None:
     pool.release(a, ok=True)
     assert a.consecutive_failures == 0
     fail(pool, a, 2)
-    assert a.available(clock())
+    assert a.available(clock.monotonic())
 
 
 def test_half_open_return_reejects_on_first_failure(clock: FakeClock) -> None:
@@ -312,14 +295,14 @@ def test_half_open_return_reejects_on_first_failure(clock: FakeClock) -> None:
     fail(pool, a, 3)
     clock.advance(30)
     assert pool.pick(exclude=pool.targets[2]) in (a, pool.targets[1])
-    assert a.available(clock())
+    assert a.available(clock.monotonic())
     fail(pool, a, 1)  # one failure on return is enough
-    assert a.ejected(clock())
+    assert a.ejected(clock.monotonic())
     clock.advance(30)
     a.outstanding += 1
     pool.release(a, ok=True)  # one success closes the circuit fully
     fail(pool, a, 2)
-    assert a.available(clock())
+    assert a.available(clock.monotonic())
 
 
 def test_straggler_failure_does_not_extend_ejection(clock: FakeClock) -> None:
@@ -359,7 +342,7 @@ def test_a_single_target_on_probation_refuses_a_second_request(clock: FakeClock)
     with pytest.raises(ServiceUnavailable):
         pool.pick()
     pool.release(trial, ok=False)  # the trial timed out: ejected again at once
-    assert a.ejected(clock())
+    assert a.ejected(clock.monotonic())
     assert not pool.any_available()
 
 
@@ -370,7 +353,7 @@ def test_an_answer_that_stalls_after_the_head_still_counts_towards_ejection(cloc
         assert pool.pick() is a
         pool.responded(a)  # the head came...
         pool.release(a, ok=False)  # ...then the body stopped: a response timeout
-    assert a.ejected(clock())
+    assert a.ejected(clock.monotonic())
 
 
 def test_readmit_ends_only_the_ejection_it_was_given(clock: FakeClock) -> None:
@@ -382,15 +365,15 @@ def test_readmit_ends_only_the_ejection_it_was_given(clock: FakeClock) -> None:
     first = pool.ejection_in_force(a)
     assert first
     assert pool.readmit(a, ejection=first + 1) is False  # some other ejection
-    assert a.ejected(clock())
+    assert a.ejected(clock.monotonic())
     assert pool.readmit(a, ejection=first) is True
-    assert not a.ejected(clock())
+    assert not a.ejected(clock.monotonic())
     assert a.probation
     assert pool.readmit(a, ejection=first) is False  # already over
     fail(pool, a, 1)  # the probation request fails: a new ejection at the same instant
     assert pool.ejection_in_force(a) != first
     assert pool.readmit(a, ejection=first) is False  # an older pass does not end a newer ejection
-    assert a.ejected(clock())
+    assert a.ejected(clock.monotonic())
     # An expired ejection needs no readmission.
     fail(pool, b, 1)
     expired = pool.ejection_in_force(b)
@@ -447,7 +430,7 @@ def test_passive_ejection_disabled(clock: FakeClock, failures: int, ejection_tim
     a = pool.targets[0]
     fail(pool, a, 50)
     assert a.ejected_until == 0
-    assert a.available(clock())
+    assert a.available(clock.monotonic())
 
 
 def test_transitions_are_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
