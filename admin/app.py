@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 from litestar import Litestar, MediaType, Request, delete, get, post, put
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
@@ -43,21 +44,22 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
 from gateway.authz.live import LivePolicy
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
-from gateway.authz.store import PolicyRejected, PolicyStore, PolicyVersionInfo
+from gateway.authz.store import PolicyRejected, PolicyVersionInfo
 from gateway.authz.validate import Finding, validate
-from gateway.errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable
-from gateway.observe.metrics import CONTENT_TYPE, Scraper
+from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.identity.services import IdentityServices
+from gateway.observe.metrics import CONTENT_TYPE, Metrics, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
+from gateway.services import Services
+from gateway.settings.current import CurrentConfig, LiveConfig
+from gateway.settings.trusted import may_see_internals
 from gateway.store.ids import parse_id
 from gateway.web.api_reference import ReferencePage
+from gateway.web.deps import Config, Identity, constant
 
-if TYPE_CHECKING:
-    from gateway.identity.services import IdentityServices
-    from gateway.runtime import Runtime
-
-__all__ = ["create_admin_app"]
+__all__ = ["create_admin_app", "dependencies"]
 
 logger = logging.getLogger("gateway.admin")
 
@@ -69,6 +71,11 @@ _CLIENT_IP = "client_ip"
 _FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
 
 Field = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+# What the handlers may declare (Litestar DI; the name is the dependency's name, see dependencies()).
+Policy: TypeAlias = NamedDependency[LivePolicy]
+LocalMetrics: TypeAlias = NamedDependency[Metrics]
+MetricsScraper: TypeAlias = NamedDependency[Scraper]
+
 # Taken as text and parsed by parse_id in the handler: a number beyond the id columns' range reached
 # the database as is, and its refusal answered as an outage (503 with the driver's text).
 VersionId = Annotated[
@@ -278,8 +285,8 @@ class RequestContext(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, live: LiveConfig) -> None:
+        self.live = live
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         client = scope.get("client")
@@ -290,7 +297,7 @@ class RequestContext(ASGIMiddleware):
             scheme=scope.get("scheme", "http"),
             host=host,
             headers=headers,
-            trusted=self.runtime.snapshot.trusted,
+            trusted=self.live.current.trusted,
         )
         state = scope.setdefault("state", {})
         state[_REQUEST_ID] = fwd.request_id
@@ -354,33 +361,31 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 
 
 # -- the app ----------------------------------------------------------------------------------------
+#
+# (The module docstring is the API's OpenAPI description.) Handlers are module-level functions that
+# declare what they use as typed parameters, provided once for the whole app by Litestar's dependency
+# injection (dependencies() below): ``identity``, ``policy``, ``config`` (the configuration in force,
+# read once per request), ``local_metrics`` and ``scraper``. A new call declares the ones it needs, goes into
+# ``HANDLERS``, and records an ``admin.<action>`` event (see _change).
 
 
-class _Context:
-    """What the handlers share: the runtime's services, the guard, audited changes."""
+class AdminGuard:
+    """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        settings = runtime.snapshot.settings
-        if settings.admin.listen is None:
+    __slots__ = ("_identity", "_live", "_origins", "_policy")
+
+    def __init__(self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig) -> None:
+        self._identity = identity
+        self._policy = policy
+        self._live = live
+        config = live.current
+        if config.settings.admin.listen is None:
             raise GatewayError("admin.listen is null: the admin API is disabled in this configuration")
-        self.runtime = runtime
-        self.origins = frozenset({admin_origin(runtime.snapshot.public_url, settings.admin.listen)})
+        self._origins = frozenset({admin_origin(config.public_url, config.settings.admin.listen)})
 
-    def identity(self) -> IdentityServices:
-        if self.runtime.identity is None:  # pragma: no cover - start() builds it before any request
-            raise ServiceUnavailable("The admin service is still starting.")
-        return self.runtime.identity
-
-    def policy(self) -> LivePolicy:
-        if self.runtime.policy is None:  # pragma: no cover - start() builds it before any request
-            raise ServiceUnavailable("The policy is not loaded yet.")
-        return self.runtime.policy
-
-    def store(self) -> PolicyStore:
-        return self.policy().store
-
-    async def guard(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
         if handler.opt.get(_PUBLIC):
             return
         headers = connection.headers
@@ -389,256 +394,348 @@ class _Context:
             content_type=headers.get("content-type"),
             origin=headers.get("origin"),
             sec_fetch_site=headers.get("sec-fetch-site"),
-            allowed_origins=self.origins,
+            allowed_origins=self._origins,
         )
-        snap = self.runtime.snapshot
+        config = self._live.current
         try:
             admin = await authenticate(
                 headers=list(connection.scope["headers"]),
-                cookie_name=snap.cookie_name,
-                sessions=self.identity().sessions,
-                index=self.policy().authorizer.index,
-                role=snap.settings.admin.role,
-                reauth_max_age=float(snap.settings.admin.reauth_max_age),
-                public_url=snap.public_url,
-                now=self.identity().clock.time(),
+                cookie_name=config.cookie_name,
+                sessions=self._identity.sessions,
+                index=self._policy.authorizer.index,
+                role=config.settings.admin.role,
+                reauth_max_age=float(config.settings.admin.reauth_max_age),
+                public_url=config.public_url,
+                now=self._identity.clock.time(),
             )
         except AdminRoleRequired as err:
             # A signed-in non-admin probing the admin API is worth a line in the trail.
-            await self.audit(
-                connection, "admin.refused", actor=f"user:{err.username}", outcome="failure",
+            await _audit(
+                self._identity, connection, "admin.refused", actor=f"user:{err.username}", outcome="failure",
                 details={"error": err.reason, "path": connection.url.path},
             )  # fmt: skip
             raise
         connection.scope.setdefault("state", {})[_ADMIN] = admin
 
-    async def audit(
-        self,
-        connection: ASGIConnection[Any, Any, Any, Any],
-        kind: str,
-        *,
-        actor: str,
-        outcome: str = "success",
-        details: Mapping[str, object] | None = None,
-    ) -> None:
-        try:
-            await self.identity().audit.record(
-                kind, actor=actor, subject="policy", ip=_client_ip(connection), outcome=outcome,
-                details=details,
-            )  # fmt: skip
-        except Exception:
-            # The change itself is committed and in the policy history (with actor and reason).
-            logger.exception("admin: audit record %s failed", kind)
 
-    async def change(
-        self,
-        request: Request[Any, Any, Any],
-        action: str,
-        details: Mapping[str, object],
-        make: Callable[[str], Awaitable[int]],
-    ) -> ChangeResult:
-        """Run one policy change as this admin, audit it (also when refused), make it live here."""
-        admin = _admin_of(request)
-        previous = await self.store().version()
-        try:
-            version = await make(admin.actor)
-        except GatewayError as err:
-            await self.audit(
-                request, f"admin.{action}", actor=admin.actor, outcome="failure",
-                details={**details, "error": err.reason},
-            )  # fmt: skip
-            raise
-        # This process decides who is an admin and answers explain: it must see its own change now.
-        await self.policy().load()
-        await self.audit(
-            request, f"admin.{action}", actor=admin.actor, details={**details, "version": version}
+async def _audit(
+    identity: IdentityServices,
+    connection: ASGIConnection[Any, Any, Any, Any],
+    kind: str,
+    *,
+    actor: str,
+    outcome: str = "success",
+    details: Mapping[str, object] | None = None,
+) -> None:
+    try:
+        await identity.audit.record(
+            kind, actor=actor, subject="policy", ip=_client_ip(connection), outcome=outcome,
+            details=details,
+        )  # fmt: skip
+    except Exception:
+        # The change itself is committed and in the policy history (with actor and reason).
+        logger.exception("admin: audit record %s failed", kind)
+
+
+async def _change(
+    request: Request[Any, Any, Any],
+    identity: IdentityServices,
+    policy: LivePolicy,
+    action: str,
+    details: Mapping[str, object],
+    make: Callable[[str], Awaitable[int]],
+) -> ChangeResult:
+    """Run one policy change as this admin, audit it (also when refused), make it live here."""
+    admin = _admin_of(request)
+    store = policy.store
+    previous = await store.version()
+    try:
+        version = await make(admin.actor)
+    except GatewayError as err:
+        await _audit(
+            identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
+            details={**details, "error": err.reason},
+        )  # fmt: skip
+        raise
+    # This process decides who is an admin and answers explain: it must see its own change now.
+    await policy.load()
+    await _audit(
+        identity, request, f"admin.{action}", actor=admin.actor, details={**details, "version": version}
+    )
+    stored = await store.get(version) if version else None
+    findings = validate(stored.rules) if stored is not None else []
+    return ChangeResult(
+        version=version,
+        previous=previous,
+        changed=version != previous,
+        warnings=[finding_json(f) for f in findings if f.severity != "error"],
+    )
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@get("/health", media_type=MediaType.JSON, cache=False, opt={_PUBLIC: True}, include_in_schema=False)
+async def health() -> dict[str, str]:
+    """Alive: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/api/policy", cache=False, tags=["policy"])
+async def current_policy(policy: Policy) -> PolicyView:
+    """The current policy: version, rules (with their CSV lines) and the CSV text."""
+    stored = await policy.store.current()
+    return PolicyView(
+        version=stored.version,
+        created_at=stored.created_at,
+        rules=[rule_json(rule) for rule in stored.rules],
+        csv=stored.csv,
+    )
+
+
+@get("/api/policy/history", cache=False, tags=["policy"])
+async def history(policy: Policy, limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
+    """The latest changes, newest first (``?limit=``, default 20)."""
+    return History(versions=[_info(info) for info in await policy.store.history(limit)])
+
+
+@get("/api/policy/versions/{version:str}", cache=False, tags=["policy"])
+async def version_view(policy: Policy, version: VersionId) -> VersionView:
+    """One version: who, when, why, its CSV, its rules and the diff against the version before."""
+    number = parse_id(version, what="version")
+    info = await policy.store.describe(number)
+    stored = await policy.store.get(number)
+    return VersionView(
+        **msgspec.structs.asdict(_info(info)),
+        diff=info.diff,
+        csv=stored.csv,
+        rules=[rule_json(rule) for rule in stored.rules],
+    )
+
+
+@get("/api/policy/roles", cache=False, tags=["roles"])
+async def roles(policy: Policy, config: Config) -> RolesView:
+    """Role assignments (the policy's ``g`` lines) and the role that makes an admin."""
+    stored = await policy.store.current()
+    return RolesView(
+        version=stored.version,
+        admin_role=config.settings.admin.role,
+        roles=[_link_json(rule) for rule in stored.rules.links],
+    )
+
+
+# -- changing -------------------------------------------------------------------------------------
+
+
+@post("/api/policy/rules", status_code=200, tags=["policy"])
+async def add_rules(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    data: JSONBody[RulesChange],
+) -> ChangeResult:
+    """Add rules (400 if one is already there; 422 if the result fails validation)."""
+    rules = checked_rules(data.rules)
+    details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "policy.add",
+        details,
+        lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+    )
+
+
+@delete("/api/policy/rules", status_code=200, tags=["policy"])
+async def remove_rules(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    data: JSONBody[RulesChange],
+) -> ChangeResult:
+    """Remove rules (400 if one is not there; 422 if the result fails validation)."""
+    rules = checked_rules(data.rules)
+    details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "policy.remove",
+        details,
+        lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+    )
+
+
+@put("/api/policy", status_code=200, tags=["policy"])
+async def replace_policy(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    data: JSONBody[PolicyReplace],
+) -> ChangeResult:
+    """Replace the whole policy with CSV text (400 names a malformed line; 422: validation)."""
+    try:
+        rules = parse_policy(data.csv, source="csv")
+    except PolicyError as exc:
+        raise BadRequest(f"{exc}; nothing was changed") from exc
+    details = {"reason": data.reason, "lines": len(rules)}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "policy.replace",
+        details,
+        lambda actor: policy.store.replace(rules, actor=actor, reason=data.reason),
+    )
+
+
+@post("/api/policy/restore/{version:str}", status_code=200, tags=["policy"])
+async def restore(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    version: VersionId,
+    data: JSONBody[RestoreRequest],
+) -> ChangeResult:
+    """Store a new version with the policy of an old one (404 if there is no such version)."""
+    number = parse_id(version, what="version")
+    details = {"reason": data.reason, "restored_from": number}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "policy.restore",
+        details,
+        lambda actor: policy.store.restore(number, actor=actor, reason=data.reason),
+    )
+
+
+@post("/api/policy/roles", status_code=200, tags=["roles"])
+async def add_role(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    data: JSONBody[RoleChange],
+) -> ChangeResult:
+    """Give ``member`` the role ``role``."""
+    rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
+    details = {"reason": data.reason, "member": data.member, "role": data.role}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "role.add",
+        details,
+        lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+    )
+
+
+@delete("/api/policy/roles", status_code=200, tags=["roles"])
+async def remove_role(
+    request: Request[Any, Any, Any],
+    identity: Identity,
+    policy: Policy,
+    data: JSONBody[RoleChange],
+) -> ChangeResult:
+    """Take the role ``role`` from ``member``."""
+    rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
+    details = {"reason": data.reason, "member": data.member, "role": data.role}
+    return await _change(
+        request,
+        identity,
+        policy,
+        "role.remove",
+        details,
+        lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+    )
+
+
+@post("/api/policy/explain", status_code=200, tags=["policy"])
+async def explain(
+    identity: Identity, policy: Policy, config: Config, data: JSONBody[ExplainRequest]
+) -> ExplainResult:
+    """Decide a hypothetical request with the current policy, and say which rule decided it.
+
+    The path is canonicalised first, exactly as the gateway does before asking the policy.
+    """
+    if (data.principals is None) == (data.username is None):
+        raise BadRequest("Give either 'principals' (a list) or 'username', not both and not neither.")
+    routes = config.settings.routes
+    route = next((r for r in routes if r.name == data.route), None)
+    if route is None:
+        names = ", ".join(sorted(r.name for r in routes)) or "none"
+        raise BadRequest(f"There is no route named {data.route!r} (routes: {names}).")
+    canon = canonicalize(data.path.encode())
+    if canon.has_path_params and not route.allow_path_params:
+        raise BadRequest(
+            f"The gateway refuses ';' path parameters on route {route.name!r} before asking the policy."
         )
-        stored = await self.store().get(version) if version else None
-        findings = validate(stored.rules) if stored is not None else []
-        return ChangeResult(
-            version=version,
-            previous=previous,
-            changed=version != previous,
-            warnings=[finding_json(f) for f in findings if f.severity != "error"],
+    note = None
+    if data.username is not None:
+        user = await identity.accounts.find(data.username)
+        if user is None:
+            raise BadRequest(f"There is no account named {data.username!r}.")
+        principals = frozenset((f"user:{user.username}", AUTHENTICATED, *user.roles.split()))
+        note = (
+            "The principals of the local account; groups an identity provider asserts at sign-in "
+            "are not known here (pass 'principals' to include them)."
         )
+        if user.disabled:
+            note += " The account is disabled: it cannot sign in, whatever the policy says."
+    else:
+        principals = frozenset(data.principals or ())
+    await policy.load()
+    decision = policy.authorizer.index.decide(principals, route.name, data.method, canon.path)
+    rule = rule_json(decision.rule) if decision.rule is not None else None
+    return ExplainResult(
+        allowed=decision.allowed,
+        reason=str(decision.reason),
+        explanation=decision.explain(),
+        rule=rule if isinstance(rule, StoredPermissionRule) else None,
+        principal=decision.principal,
+        version=decision.version,
+        principals=sorted(principals),
+        route=route.name,
+        method=data.method,
+        path=canon.path,
+        note=note,
+    )
 
 
-def _reading_handlers(ctx: _Context) -> list[Any]:
-    @get("/health", media_type=MediaType.JSON, cache=False, opt={_PUBLIC: True}, include_in_schema=False)
-    async def health() -> dict[str, str]:
-        """Alive: the process answers."""
-        return {"status": "ok"}
+@get("/metrics", cache=False, opt={_PUBLIC: True}, include_in_schema=False)
+async def metrics(
+    request: Request[Any, Any, Any], config: Config, local_metrics: LocalMetrics, scraper: MetricsScraper
+) -> Response[bytes]:
+    """Prometheus metrics of the whole gateway (see :mod:`gateway.observe.metrics`).
 
-    @get("/api/policy", cache=False, tags=["policy"])
-    async def current_policy() -> PolicyView:
-        """The current policy: version, rules (with their CSV lines) and the CSV text."""
-        stored = await ctx.store().current()
-        return PolicyView(
-            version=stored.version,
-            created_at=stored.created_at,
-            rules=[rule_json(rule) for rule in stored.rules],
-            csv=stored.csv,
-        )
-
-    @get("/api/policy/history", cache=False, tags=["policy"])
-    async def history(limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
-        """The latest changes, newest first (``?limit=``, default 20)."""
-        return History(versions=[_info(info) for info in await ctx.store().history(limit)])
-
-    @get("/api/policy/versions/{version:str}", cache=False, tags=["policy"])
-    async def version_view(version: VersionId) -> VersionView:
-        """One version: who, when, why, its CSV, its rules and the diff against the version before."""
-        number = parse_id(version, what="version")
-        info = await ctx.store().describe(number)
-        stored = await ctx.store().get(number)
-        return VersionView(
-            **msgspec.structs.asdict(_info(info)),
-            diff=info.diff,
-            csv=stored.csv,
-            rules=[rule_json(rule) for rule in stored.rules],
-        )
-
-    @get("/api/policy/roles", cache=False, tags=["roles"])
-    async def roles() -> RolesView:
-        """Role assignments (the policy's ``g`` lines) and the role that makes an admin."""
-        stored = await ctx.store().current()
-        return RolesView(
-            version=stored.version,
-            admin_role=ctx.runtime.snapshot.settings.admin.role,
-            roles=[_link_json(rule) for rule in stored.rules.links],
-        )
-
-    return [health, current_policy, history, version_view, roles]
+    No session: a Prometheus server has none. Instead only the loopback and the trusted proxies
+    (the direct peer, not a forwarded address) may scrape, like the gateway's other internals;
+    route counts and policy versions say too much about the deployment to be public.
+    """
+    client = request.scope.get("client")
+    if not may_see_internals(config.trusted, client[0] if client else ""):
+        raise Forbidden("Metrics are served to the loopback and trusted proxies only.")
+    body = await scraper.render(settings=config.settings, local=local_metrics)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
-def _changing_handlers(ctx: _Context) -> list[Any]:
-    store = ctx.store
-
-    @post("/api/policy/rules", status_code=200, tags=["policy"])
-    async def add_rules(request: Request[Any, Any, Any], data: JSONBody[RulesChange]) -> ChangeResult:
-        """Add rules (400 if one is already there; 422 if the result fails validation)."""
-        rules = checked_rules(data.rules)
-        details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
-        return await ctx.change(
-            request, "policy.add", details, lambda actor: store().add(rules, actor=actor, reason=data.reason)
-        )
-
-    @delete("/api/policy/rules", status_code=200, tags=["policy"])
-    async def remove_rules(request: Request[Any, Any, Any], data: JSONBody[RulesChange]) -> ChangeResult:
-        """Remove rules (400 if one is not there; 422 if the result fails validation)."""
-        rules = checked_rules(data.rules)
-        details = {"reason": data.reason, "rules": [r.to_csv() for r in rules]}
-        return await ctx.change(
-            request,
-            "policy.remove",
-            details,
-            lambda actor: store().remove(rules, actor=actor, reason=data.reason),
-        )
-
-    @put("/api/policy", status_code=200, tags=["policy"])
-    async def replace_policy(request: Request[Any, Any, Any], data: JSONBody[PolicyReplace]) -> ChangeResult:
-        """Replace the whole policy with CSV text (400 names a malformed line; 422: validation)."""
-        try:
-            rules = parse_policy(data.csv, source="csv")
-        except PolicyError as exc:
-            raise BadRequest(f"{exc}; nothing was changed") from exc
-        details = {"reason": data.reason, "lines": len(rules)}
-        return await ctx.change(
-            request,
-            "policy.replace",
-            details,
-            lambda actor: store().replace(rules, actor=actor, reason=data.reason),
-        )
-
-    @post("/api/policy/restore/{version:str}", status_code=200, tags=["policy"])
-    async def restore(
-        request: Request[Any, Any, Any], version: VersionId, data: JSONBody[RestoreRequest]
-    ) -> ChangeResult:
-        """Store a new version with the policy of an old one (404 if there is no such version)."""
-        number = parse_id(version, what="version")
-        details = {"reason": data.reason, "restored_from": number}
-        return await ctx.change(
-            request,
-            "policy.restore",
-            details,
-            lambda actor: store().restore(number, actor=actor, reason=data.reason),
-        )
-
-    @post("/api/policy/roles", status_code=200, tags=["roles"])
-    async def add_role(request: Request[Any, Any, Any], data: JSONBody[RoleChange]) -> ChangeResult:
-        """Give ``member`` the role ``role``."""
-        rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
-        details = {"reason": data.reason, "member": data.member, "role": data.role}
-        return await ctx.change(
-            request, "role.add", details, lambda actor: store().add(rules, actor=actor, reason=data.reason)
-        )
-
-    @delete("/api/policy/roles", status_code=200, tags=["roles"])
-    async def remove_role(request: Request[Any, Any, Any], data: JSONBody[RoleChange]) -> ChangeResult:
-        """Take the role ``role`` from ``member``."""
-        rules = checked_rules([RoleLink(member=data.member, role=data.role)], key="roles")
-        details = {"reason": data.reason, "member": data.member, "role": data.role}
-        return await ctx.change(
-            request,
-            "role.remove",
-            details,
-            lambda actor: store().remove(rules, actor=actor, reason=data.reason),
-        )
-
-    return [add_rules, remove_rules, replace_policy, restore, add_role, remove_role]
-
-
-def _explain_handler(ctx: _Context) -> Any:
-    @post("/api/policy/explain", status_code=200, tags=["policy"])
-    async def explain(data: JSONBody[ExplainRequest]) -> ExplainResult:
-        """Decide a hypothetical request with the current policy, and say which rule decided it.
-
-        The path is canonicalised first, exactly as the gateway does before asking the policy.
-        """
-        if (data.principals is None) == (data.username is None):
-            raise BadRequest("Give either 'principals' (a list) or 'username', not both and not neither.")
-        snap = ctx.runtime.snapshot
-        route = next((r for r in snap.settings.routes if r.name == data.route), None)
-        if route is None:
-            names = ", ".join(sorted(r.name for r in snap.settings.routes)) or "none"
-            raise BadRequest(f"There is no route named {data.route!r} (routes: {names}).")
-        canon = canonicalize(data.path.encode())
-        if canon.has_path_params and not route.allow_path_params:
-            raise BadRequest(
-                f"The gateway refuses ';' path parameters on route {route.name!r} before asking the policy."
-            )
-        note = None
-        if data.username is not None:
-            user = await ctx.identity().accounts.find(data.username)
-            if user is None:
-                raise BadRequest(f"There is no account named {data.username!r}.")
-            principals = frozenset((f"user:{user.username}", AUTHENTICATED, *user.roles.split()))
-            note = (
-                "The principals of the local account; groups an identity provider asserts at sign-in "
-                "are not known here (pass 'principals' to include them)."
-            )
-            if user.disabled:
-                note += " The account is disabled: it cannot sign in, whatever the policy says."
-        else:
-            principals = frozenset(data.principals or ())
-        await ctx.policy().load()
-        decision = ctx.policy().authorizer.index.decide(principals, route.name, data.method, canon.path)
-        rule = rule_json(decision.rule) if decision.rule is not None else None
-        return ExplainResult(
-            allowed=decision.allowed,
-            reason=str(decision.reason),
-            explanation=decision.explain(),
-            rule=rule if isinstance(rule, StoredPermissionRule) else None,
-            principal=decision.principal,
-            version=decision.version,
-            principals=sorted(principals),
-            route=route.name,
-            method=data.method,
-            path=canon.path,
-            note=note,
-        )
-
-    return explain
+#: The admin app's handlers, in registration order.
+HANDLERS: Final = (
+    health,
+    current_policy,
+    history,
+    version_view,
+    roles,
+    add_rules,
+    remove_rules,
+    replace_policy,
+    restore,
+    add_role,
+    remove_role,
+    explain,
+    metrics,
+)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -676,44 +773,36 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return _gateway_error(request, GatewayError("An internal error occurred."))
 
 
-def _metrics_handler(ctx: _Context) -> Any:
-    scraper = Scraper()
+def dependencies(services: Services) -> Mapping[str, Provide]:
+    """What the admin handlers may declare as parameters, by name."""
+    live = services.live
 
-    @get("/metrics", cache=False, opt={_PUBLIC: True}, include_in_schema=False)
-    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Prometheus metrics of the whole gateway (see :mod:`gateway.observe.metrics`).
+    def config() -> CurrentConfig:
+        # Per request: a reload between two requests is seen by the second.
+        return live.current
 
-        No session: a Prometheus server has none. Instead only the loopback and the trusted proxies
-        (the direct peer, not a forwarded address) may scrape, like the gateway's other internals;
-        route counts and policy versions say too much about the deployment to be public.
-        """
-        client = request.scope.get("client")
-        if not ctx.runtime.may_see_internals(client[0] if client else ""):
-            raise Forbidden("Metrics are served to the loopback and trusted proxies only.")
-        body = await scraper.render(settings=ctx.runtime.snapshot.settings, local=ctx.runtime.metrics)
-        return Response(body, media_type=CONTENT_TYPE)
-
-    return metrics
+    return {
+        "config": Provide(config, sync_to_thread=False),
+        "identity": constant(services.identity),
+        "policy": constant(services.policy),
+        "local_metrics": constant(services.metrics),
+        # One per app: the session counter (Redis) is created on the first scrape.
+        "scraper": constant(Scraper()),
+    }
 
 
-def create_admin_app(runtime: Runtime) -> Litestar:
-    """Build the admin app bound to a runtime; the app's lifespan starts and closes the runtime.
+def create_admin_app(services: Services) -> Litestar:
+    """Build the admin app on the admin process's started services.
 
     Raises:
         GatewayError: ``admin.listen`` is null (the configuration serves no admin API).
     """
-    ctx = _Context(runtime)
+    guard = AdminGuard(services.identity, services.policy, services.live)
     return Litestar(
-        route_handlers=[
-            *_reading_handlers(ctx),
-            *_changing_handlers(ctx),
-            _explain_handler(ctx),
-            _metrics_handler(ctx),
-        ],
-        guards=[ctx.guard],
-        middleware=[RequestContext(runtime)],
-        on_startup=[runtime.start],
-        on_shutdown=[runtime.close],
+        route_handlers=list(HANDLERS),
+        dependencies=dict(dependencies(services)),
+        guards=[guard],
+        middleware=[RequestContext(services.live)],
         exception_handlers={
             GatewayError: _gateway_error,
             ValidationException: _validation_error,

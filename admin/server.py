@@ -6,8 +6,11 @@ child also dies with its parent (Linux ``PR_SET_PDEATHSIG``), so a killed gatewa
 listener behind. ``gateway admin serve`` runs it on its own (:func:`serve_admin`), e.g. on another
 host than the data plane.
 
-The admin process opens the same :class:`~gateway.runtime.Runtime` as a gateway worker (database,
-fast state, identity services, live policy). One worker is enough: admin traffic is a few people.
+The admin process starts the composition root's admin role (:mod:`gateway.root`: database, fast
+state, identity services, live policy, readiness, metrics; no upstream clients, health checks, threat
+detection or checkpoints) and serves :mod:`admin.app` on it; its granian factory is
+``gateway.server:admin_app_factory``, the composition root being above this package. One worker is
+enough: admin traffic is a few people.
 """
 
 from __future__ import annotations
@@ -25,20 +28,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from litestar import Litestar
-
-from admin.app import create_admin_app
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
-from gateway.runtime import load_runtime
 from gateway.settings.listen import parse_listen
 from gateway.settings.schema import Settings
-from gateway.workers import become_worker, guard_workers
+from gateway.workers import guard_workers
 
-__all__ = ["AdminChild", "AdminListenBusy", "app_factory", "serve_admin", "start_admin_child"]
+__all__ = ["CONFIG_ENV", "EARLY_SIGHUP", "AdminChild", "AdminListenBusy", "serve_admin", "start_admin_child"]
 
 logger = logging.getLogger("gateway.admin")
 
+# Read by the granian factory (gateway.server.admin_app_factory) in the worker process.
 CONFIG_ENV = "GATEWAY_ADMIN_CONFIG"
 # Set by ``gateway serve`` for its child: the pid whose death must end this process too.
 PARENT_ENV = "GATEWAY_ADMIN_PARENT"
@@ -51,16 +51,6 @@ class AdminListenBusy(GatewayError):
 
     reason = "admin-listen-busy"
     title = "Admin port in use"
-
-
-def app_factory() -> Litestar:
-    """granian factory target: the admin app of the config named in the environment."""
-    become_worker()  # as a gateway worker: stops on SIGTERM while starting, never outlives its master
-    # As in gateway.server: a SIGHUP during start-up must neither kill the worker nor be lost.
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
-    runtime = load_runtime(os.environ[CONFIG_ENV])
-    runtime.early_reload = EARLY_SIGHUP
-    return create_admin_app(runtime)
 
 
 def check_port_free(listen: str) -> None:
@@ -102,7 +92,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
     prepare_multiprocess(settings, wipe=False)
     tls = settings.tls
     server = Server(
-        "admin.server:app_factory",
+        "gateway.server:admin_app_factory",
         factory=True,
         address=host,
         port=port,
@@ -123,7 +113,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
 
     def forward_sighup(signum: int, _frame: object) -> None:
         # granian's own SIGHUP respawns the worker, which cannot refuse a bad config: the worker's
-        # runtime reloads instead and keeps the old config if the new one is invalid.
+        # services reload instead and keep the old config if the new one is invalid.
         if os.getpid() != master_pid:
             EARLY_SIGHUP.set()
             return

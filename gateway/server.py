@@ -6,7 +6,9 @@ workers, each of which reloads its own snapshot (refusing a bad config and keepi
 granian's own SIGHUP behaviour (respawning every worker) would drop websockets and upstream pools and
 could not refuse a bad config, so it is replaced.
 
-Workers never outlive their master and always hear SIGTERM: see :mod:`gateway.workers`.
+Workers never outlive their master and always hear SIGTERM: see :mod:`gateway.workers`. The granian
+factories here (a gateway worker's, the admin listener's) hand the config to the composition root
+(:mod:`gateway.root`), whose app starts the services at lifespan start-up.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.pipeline.app import DataPlane, create_data_plane
-from gateway.runtime import load_runtime
 from gateway.settings.listen import parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
 
-__all__ = ["app_factory", "serve"]
+if TYPE_CHECKING:
+    from gateway.root.apps import ProcessApp
+    from gateway.services import Services, WorkerServices
+
+__all__ = ["admin_app_factory", "app_factory", "serve"]
 
 logger = logging.getLogger("gateway")
 
@@ -32,16 +37,28 @@ CONFIG_ENV = "GATEWAY_CONFIG"
 EARLY_SIGHUP = threading.Event()
 
 
-def app_factory() -> DataPlane:
+def app_factory() -> ProcessApp[WorkerServices]:
     """granian factory target: builds one worker's app from the config named in the environment."""
+    # Imported here: the master process imports this module too, and needs none of it.
+    from gateway.root.apps import worker_app
+
     become_worker()
     # A SIGHUP can arrive while this worker is still starting (the master forwards it to every
     # worker). It must neither kill the worker (SIGHUP's default action) nor be lost: it is noted
     # here, and the lifespan start-up replays it once the real handler is installed.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
-    runtime = load_runtime(os.environ[CONFIG_ENV])
-    runtime.early_reload = EARLY_SIGHUP
-    return create_data_plane(runtime)
+    return worker_app(os.environ[CONFIG_ENV], early_reload=EARLY_SIGHUP)
+
+
+def admin_app_factory() -> ProcessApp[Services]:
+    """granian factory target of the admin listener (``admin.server.serve_admin``)."""
+    from admin import server as admin_server
+    from gateway.root.apps import admin_app
+
+    become_worker()  # as a gateway worker: stops on SIGTERM while starting, never outlives its master
+    # As for a gateway worker: a SIGHUP during start-up must neither kill the worker nor be lost.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: admin_server.EARLY_SIGHUP.set())
+    return admin_app(os.environ[admin_server.CONFIG_ENV], early_reload=admin_server.EARLY_SIGHUP)
 
 
 def serve(config_path: Path, settings: Settings) -> None:

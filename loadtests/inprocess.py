@@ -2,8 +2,8 @@
 
 The side-by-side benchmark (``loadtests.measure``) measures throughput on the shared machine, whose
 noise is a factor of two between minutes. This driver removes the network client, the ASGI server and
-the other processes: it starts one worker's :class:`~gateway.runtime.Runtime` (embedded storage, the
-access log to a file), signs a session in directly through the session store, and calls the
+the other processes: it starts one worker's services (:func:`gateway.root.apps.worker_app`: embedded storage,
+the access log to a file), signs a session in directly through the session store, and calls the
 :class:`~gateway.pipeline.app.DataPlane` with the same request the benchmark sends (``GET
 /__echo/bytes/256`` with the session cookie), one after another. The upstream is a tiny HTTP/1.1 server
 in the same event loop that answers 256 bytes, so the proxy stage and the gateway's upstream client run
@@ -119,10 +119,10 @@ async def _lifespan(plane: Any, kind: str) -> None:
         task.cancel()
 
 
-async def _sign_in(runtime: Any) -> str:
+async def _sign_in(services: Any) -> str:
     from gateway.identity.levels import AuthLevel, Factor, FactorUse
 
-    session_id, _ = await runtime.identity.sessions.create(
+    session_id, _ = await services.identity.sessions.create(
         user_id=1,
         username="bench",
         level=AuthLevel.ONE_FACTOR,
@@ -172,17 +172,16 @@ async def _drive(plane: Any, cookie: bytes, count: int) -> int:
 
 
 async def _run(requests: int, warmup: int) -> int:
-    from gateway.pipeline.app import create_data_plane
-    from gateway.runtime import load_runtime
+    from gateway.root.apps import worker_app
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
-        plane = create_data_plane(load_runtime(_config(Path(tmp), port)))
+        plane = worker_app(_config(Path(tmp), port))
         await _lifespan(plane, "startup")
         try:
-            cookie = f"{_COOKIE}={await _sign_in(plane.runtime)}".encode()
+            cookie = f"{_COOKIE}={await _sign_in(plane.running.services)}".encode()
             failed = await _drive(plane, cookie, warmup)
             started = time.process_time()
             failed += await _drive(plane, cookie, requests)

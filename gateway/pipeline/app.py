@@ -11,13 +11,9 @@ requests under ``/.gateway/`` go to the control-plane Litestar app instead.
 
 from __future__ import annotations
 
-import gc
-import logging
 import time
-from collections.abc import Callable
-from typing import cast
 
-from gateway.errors import AuthenticationRequired, GatewayError, NoRoute, ServiceUnavailable
+from gateway.errors import GatewayError, NoRoute
 from gateway.observe.record import AccessDecision, RequestKind, notify
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.authorize import authorize
@@ -33,26 +29,52 @@ from gateway.pipeline.proxy import ClientDisconnected
 from gateway.pipeline.receive import BrokenBody, receive_request
 from gateway.pipeline.refusal import note_refusal
 from gateway.pipeline.route import is_control, route_request
-from gateway.pipeline.snapshot import Snapshot
-from gateway.runtime import Runtime
+from gateway.pipeline.snapshot import LiveState, Snapshot
+from gateway.services import WorkerServices
 
-__all__ = ["DataPlane", "create_data_plane"]
+__all__ = ["DataPlane"]
 
-logger = logging.getLogger("gateway.pipeline")
-
-_GC_YOUNG_THRESHOLD = 35_000
 _NO_IDENTITY: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class DataPlane:
-    """The gateway's ASGI application."""
+    """The gateway's ASGI application for requests; the composition root owns its lifespan.
 
-    def __init__(self, runtime: Runtime, control_factory: Callable[[Runtime], ASGIApp]) -> None:
-        self.runtime = runtime
-        # Built at start-up, once the identity services (and the keyring its CSRF secret derives
-        # from) exist, so every worker and replica accepts the same CSRF tokens.
-        self._control_factory = control_factory
-        self.control: ASGIApp | None = None
+    Built once the worker's services have started (:mod:`gateway.root`), so every part it uses is
+    there: the parts each request needs are bound to slots once, not looked up per request.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_control_app",
+        "_ip_blocks",
+        "_live",
+        "_observers",
+        "_policy",
+        "_services",
+        "_sessions",
+        "_signer",
+    )
+
+    def __init__(self, services: WorkerServices, live: LiveState, control: ASGIApp) -> None:
+        """Wire the data plane.
+
+        Args:
+            services: The worker's started services.
+            live: The snapshot holder (the same object as ``services.live``, with the pipeline's
+                full type: router, proxy table, trusted proxies).
+            control: The control-plane app for ``/.gateway/`` (the pages and their API).
+        """
+        self._services = services
+        self._live = live
+        self._control_app = control
+        self._ip_blocks = services.ip_blocks
+        self._sessions = services.identity.sessions
+        self._clock = services.identity.clock
+        self._policy = services.policy
+        self._signer = services.assertions
+        # The list itself: observers registered later (tests) are seen too.
+        self._observers = services.observers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -61,22 +83,19 @@ class DataPlane:
         elif kind == "websocket":
             # A WebSocket handshake is a GET (RFC 6455 §4.1): the policy sees it as one.
             await self._run(WEBSOCKET, "GET", scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
 
     # -- the stage sequence ------------------------------------------------------------------------
 
     async def _run(self, entry: Entry, method: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Run one request through the stages in order; every stage refuses by raising GatewayError."""
         started = time.perf_counter()
-        runtime = self.runtime
-        snap = runtime.live.current
+        snap = self._live.current
         ctx = RequestContext(entry.kind, method)
         rec = ctx.rec
         try:
             # receive, canonical: the request as the client sent it; one canonical path from here on
             # (invariant 1: the path the policy sees is the path the upstream gets).
-            canon = canonicalize(receive_request(scope, snap, ctx, runtime.ip_blocks))
+            canon = canonicalize(receive_request(scope, snap, ctx, self._ip_blocks))
             rec.path = canon.path
             if is_control(canon.path):
                 if entry is not HTTP:
@@ -101,22 +120,17 @@ class DataPlane:
                 rec.decision = AccessDecision.PUBLIC
             else:
                 # identify, mfa, authorize
-                services, policy, signer = runtime.identity, runtime.policy, runtime.assertions
-                if services is None:  # pragma: no cover - start() always builds it; fail closed regardless
-                    raise AuthenticationRequired("Sign-in is not available.")
-                if policy is None or signer is None:  # pragma: no cover - start() builds them; fail closed
-                    raise ServiceUnavailable("The access policy is not loaded.")
                 session = await identify(
                     headers=scope["headers"],
                     cookie_name=snap.cookie_name,
-                    sessions=services.sessions,
+                    sessions=self._sessions,
                     public_url=snap.public_url,
                     request=ctx,
                 )
                 require_mfa(
                     session=session,
                     policy=rt.mfa_policy,
-                    now=services.clock.time(),
+                    now=self._clock.time(),
                     public_url=snap.public_url,
                     request=ctx,
                 )
@@ -126,13 +140,13 @@ class DataPlane:
                     route=rt.route.name,
                     method=ctx.method,
                     path=canon.path,
-                    policy=policy,
-                    signer=signer,
+                    policy=self._policy,
+                    signer=self._signer,
                     rec=rec,
                 )
                 rec.decision = AccessDecision.ALLOW
             # proxy (or the forward-auth answer)
-            await entry.finish(ctx, scope, receive, send, snap, identity, runtime)
+            await entry.finish(ctx, scope, receive, send, snap, identity, self._services)
         except GatewayError as err:
             note_refusal(rec, err)
             await entry.refuse(ctx, scope, send, err)
@@ -155,13 +169,11 @@ class DataPlane:
         """A request for the gateway's own pages: no route, identity or policy stage of its own here."""
         ctx.rec.kind, ctx.rec.decision = RequestKind.CONTROL, AccessDecision.PUBLIC
         check_page_host(snap, ctx.host_raw.decode("latin-1"), path)
-        if self.control is None:  # pragma: no cover - lifespan start-up builds it before traffic
-            raise ServiceUnavailable("The gateway is starting.")
-        await hand_to_control(self.control, scope, receive, send, path, ctx)
+        await hand_to_control(self._control_app, scope, receive, send, path, ctx)
 
     def _observe(self, ctx: RequestContext, started: float) -> None:
         """Complete the request's record and hand it to the observers (they only enqueue)."""
-        observers = self.runtime.observers
+        observers = self._observers
         if not observers:
             return
         rec, fwd, outcome = ctx.rec, ctx.fwd, ctx.outcome
@@ -176,43 +188,3 @@ class DataPlane:
         rec.upstream, rec.upstream_seconds = outcome.target, outcome.upstream_seconds
         rec.total_seconds = time.perf_counter() - started
         notify(observers, rec)
-
-    # -- lifespan ----------------------------------------------------------------------------------
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.runtime.start()
-                    self.control = self._control_factory(self.runtime)
-                except GatewayError as exc:
-                    logger.error("gateway worker failed to start: %s", exc)
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                except Exception as exc:
-                    logger.exception("gateway worker failed to start")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                # Everything built so far (modules, settings, the app) lives as long as the worker:
-                # move it out of the collector's sight, so full collections stop walking ~10^5
-                # long-lived objects in the middle of requests (measured: tail-latency spikes).
-                gc.collect()
-                gc.freeze()
-                # Young collections still ran every 700 allocations, i.e. every few requests: 7% of
-                # the worker's time under load (py-spy --native). Almost everything a request
-                # allocates dies by reference counting, so collecting 50x less often finds the same
-                # few cycles while walking far fewer objects in total.
-                gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.runtime.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-
-def create_data_plane(runtime: Runtime) -> DataPlane:
-    """Wire the data plane with its control-plane app."""
-    from gateway.web.app import create_control_app
-
-    return DataPlane(runtime, lambda rt: cast(ASGIApp, create_control_app(rt)))

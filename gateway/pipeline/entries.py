@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 
 import aiohttp
 
-from gateway.errors import GatewayError, NoRoute, ServiceUnavailable, UpstreamError
+from gateway.errors import GatewayError, NoRoute, UpstreamError
 from gateway.observe.record import RequestKind
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
@@ -43,13 +43,13 @@ Identity = tuple[tuple[bytes, bytes], ...]
 
 
 class Clients(Protocol):
-    """The upstream clients the proxy stage uses (built at start-up)."""
+    """The upstream clients the proxy stage uses (a worker's services)."""
 
     @property
-    def upstream(self) -> Http1Client | None: ...
+    def upstream(self) -> Http1Client: ...
 
     @property
-    def session(self) -> aiohttp.ClientSession | None: ...
+    def websockets(self) -> aiohttp.ClientSession: ...
 
 
 class Entry:
@@ -100,8 +100,6 @@ class _Http(Entry):
         # Set by the route and receive stages.
         assert rt is not None
         assert fwd is not None
-        if client is None:  # pragma: no cover - start() builds it before traffic; fail closed regardless
-            raise ServiceUnavailable("The gateway is starting.")
         headers = upstream_request_headers(
             scope["headers"],
             fwd=fwd,
@@ -172,12 +170,10 @@ class _WebSocket(Entry):
         identity: Identity,
         clients: Clients,
     ) -> Awaitable[str]:
-        rt, fwd, session = ctx.rt, ctx.fwd, clients.session
+        rt, fwd, session = ctx.rt, ctx.fwd, clients.websockets
         # Set by the route and receive stages.
         assert rt is not None
         assert fwd is not None
-        if session is None:  # pragma: no cover - start() builds it before traffic; fail closed regardless
-            raise ServiceUnavailable("The gateway is starting.")
         ctx.rec.status = 101
         headers = upstream_request_headers(
             scope["headers"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from litestar import Request, get, post
@@ -17,18 +17,17 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
 from gateway.web import flows
+from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import Step, admits
 from gateway.web.pages import Form, page
 
-if TYPE_CHECKING:
-    from gateway.identity.services import IdentityServices
-    from gateway.runtime import Runtime
-
-__all__ = ["account_handlers"]
+__all__ = ["HANDLERS"]
 
 
 def _when(value: datetime | float | None) -> str:
@@ -56,352 +55,379 @@ def _browser(user_agent: str) -> str:
     return user_agent[:40] or "Unknown browser"
 
 
-def account_handlers(runtime: Runtime) -> list[Any]:
-    """The portal's route handlers, bound to one worker's runtime."""
+def _step_up(back: str) -> Redirect:
+    return Redirect(f"/.gateway/mfa?need=any&rd={quote(back, safe='')}")
 
-    def svc() -> IdentityServices:
-        return flows.services(runtime)
 
-    async def signed_in(request: AnyRequest) -> flows.SignedIn:
-        return await flows.current(request, runtime)
+@get("/.gateway/account", cache=False)
+async def portal(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, notice: str = ""
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    user = await identity.accounts.get(s.user_id)
+    factors = [
+        {
+            "kind": "totp",
+            "id": c.id,
+            "name": c.name,
+            "kind_label": "Authenticator app",
+            "created": _when(c.created_at),
+            "last_used": _when(c.last_used_at),
+        }
+        for c in await identity.totp.list(s.user_id)
+    ] + [
+        {
+            "kind": "webauthn",
+            "id": c.id,
+            "name": c.name,
+            "kind_label": "Passkey" if c.discoverable else "Security key",
+            "created": _when(c.created_at),
+            "last_used": _when(c.last_used_at),
+        }
+        for c in await identity.webauthn.list(s.user_id)
+    ]
+    own = s.id_hash
+    sessions = [
+        {
+            "id": other.id_hash,
+            "browser": _browser(other.user_agent),
+            "ip": other.ip,
+            "last_seen": _when(other.last_seen),
+            "current": other.id_hash == own,
+        }
+        for other in await identity.sessions.list_user(s.user_id)
+    ]
+    return page(
+        request,
+        "account.html",
+        user=s.username,
+        account=user,
+        two_factor=s.level >= AuthLevel.TWO_FACTOR,
+        factors=factors,
+        sessions=sessions,
+        recovery_remaining=await identity.recovery.remaining(s.user_id),
+        notice=notice,
+        error=None,
+    )
 
-    async def fresh_enough(session: Session) -> bool:
-        return await flows.may_change_factors(session, runtime)
 
-    def step_up(back: str) -> Redirect:
-        return Redirect(f"/.gateway/mfa?need=any&rd={quote(back, safe='')}")
+@get("/.gateway/account/enroll", cache=False, opt=admits(Step.ENROLL))
+async def enroll(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+    s = signed.session
+    if not await flows.may_change_factors(s, config, identity):
+        return _step_up(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+    enrollment = await identity.totp.begin_enrollment(s.user_id, account=s.username, name="Authenticator app")
+    return page(
+        request,
+        "enroll.html",
+        user=s.username,
+        rd=rd,
+        qr_svg=enrollment.qr_svg,
+        secret=enrollment.secret,
+        credential_id=enrollment.credential_id,
+        error=None,
+    )
 
-    @get("/.gateway/account", cache=False)
-    async def portal(request: Request[Any, Any, Any], notice: str = "") -> Template | Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        user = await svc().accounts.get(s.user_id)
-        factors = [
-            {
-                "kind": "totp",
-                "id": c.id,
-                "name": c.name,
-                "kind_label": "Authenticator app",
-                "created": _when(c.created_at),
-                "last_used": _when(c.last_used_at),
-            }
-            for c in await svc().totp.list(s.user_id)
-        ] + [
-            {
-                "kind": "webauthn",
-                "id": c.id,
-                "name": c.name,
-                "kind_label": "Passkey" if c.discoverable else "Security key",
-                "created": _when(c.created_at),
-                "last_used": _when(c.last_used_at),
-            }
-            for c in await svc().webauthn.list(s.user_id)
-        ]
-        own = s.id_hash
-        sessions = [
-            {
-                "id": other.id_hash,
-                "browser": _browser(other.user_agent),
-                "ip": other.ip,
-                "last_seen": _when(other.last_seen),
-                "current": other.id_hash == own,
-            }
-            for other in await svc().sessions.list_user(s.user_id)
-        ]
-        return page(
-            request,
-            "account.html",
-            user=s.username,
-            account=user,
-            two_factor=s.level >= AuthLevel.TWO_FACTOR,
-            factors=factors,
-            sessions=sessions,
-            recovery_remaining=await svc().recovery.remaining(s.user_id),
-            notice=notice,
-            error=None,
-        )
 
-    @get("/.gateway/account/enroll", cache=False, opt=admits(Step.ENROLL))
-    async def enroll(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
-        s = signed.session
-        if not await fresh_enough(s):
-            return step_up(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
-        enrollment = await svc().totp.begin_enrollment(
-            s.user_id, account=s.username, name="Authenticator app"
-        )
+@post("/.gateway/account/totp/confirm", status_code=200, opt=admits(Step.ENROLL))
+async def totp_confirm(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    rd = data.get("rd", "")
+    if signed.session is None or signed.session_id is None:
+        return flows.login_redirect("/.gateway/account/enroll")
+    s = signed.session
+    if not await flows.may_change_factors(s, config, identity):
+        return _step_up("/.gateway/account/enroll")
+    first = not await flows.has_second_factor(identity, s.user_id)
+    credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
+    if not await identity.totp.confirm(s.user_id, credential_id, data.get("code", "")):
+        # Keep the seed the user has just scanned while the enrollment lasts; only an expired
+        # (or foreign) one is replaced by a new seed to scan.
+        enrollment = await identity.totp.pending_enrollment(s.user_id, credential_id, account=s.username)
+        rescan = enrollment is None
+        if enrollment is None:
+            enrollment = await identity.totp.begin_enrollment(
+                s.user_id, account=s.username, name="Authenticator app"
+            )
         return page(
             request,
             "enroll.html",
+            status=400,
             user=s.username,
             rd=rd,
             qr_svg=enrollment.qr_svg,
             secret=enrollment.secret,
             credential_id=enrollment.credential_id,
-            error=None,
+            error=(
+                "That code did not match. Scan the new code below and try again."
+                if rescan
+                else "That code did not match. Check the time on your phone and enter the current code."
+            ),
         )
+    await identity.audit.record(
+        "factor.enrolled",
+        actor=f"user:{s.username}",
+        subject=s.username,
+        ip=flows.client_ip(request),
+        details={"kind": "totp"},
+    )
+    return await _after_enrollment(request, config, identity, signed.session_id, s, rd, first, Factor.TOTP)
 
-    @post("/.gateway/account/totp/confirm", status_code=200, opt=admits(Step.ENROLL))
-    async def totp_confirm(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
-        signed = await signed_in(request)
-        rd = data.get("rd", "")
-        if signed.session is None or signed.session_id is None:
-            return flows.login_redirect("/.gateway/account/enroll")
-        s = signed.session
-        if not await fresh_enough(s):
-            return step_up("/.gateway/account/enroll")
-        first = not await flows.has_second_factor(runtime, s.user_id)
-        credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
-        if not await svc().totp.confirm(s.user_id, credential_id, data.get("code", "")):
-            # Keep the seed the user has just scanned while the enrollment lasts; only an expired
-            # (or foreign) one is replaced by a new seed to scan.
-            enrollment = await svc().totp.pending_enrollment(s.user_id, credential_id, account=s.username)
-            rescan = enrollment is None
-            if enrollment is None:
-                enrollment = await svc().totp.begin_enrollment(
-                    s.user_id, account=s.username, name="Authenticator app"
-                )
-            return page(
-                request,
-                "enroll.html",
-                status=400,
-                user=s.username,
-                rd=rd,
-                qr_svg=enrollment.qr_svg,
-                secret=enrollment.secret,
-                credential_id=enrollment.credential_id,
-                error=(
-                    "That code did not match. Scan the new code below and try again."
-                    if rescan
-                    else "That code did not match. Check the time on your phone and enter the current code."
-                ),
+
+@post("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", status_code=303)
+async def remove_factor(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    kind: str,
+    factor_id: str,
+) -> Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
+    if not flows.is_fresh(s, config, identity.clock):
+        return _step_up("/.gateway/account")
+    removed = False
+    if kind == "totp":
+        removed = await identity.totp.remove(s.user_id, credential_id)
+        if removed:
+            await identity.audit.record(
+                "factor.removed",
+                actor=f"user:{s.username}",
+                subject=s.username,
+                ip=flows.client_ip(request),
+                details={"kind": "totp"},
             )
-        await svc().audit.record(
-            "factor.enrolled",
-            actor=f"user:{s.username}",
-            subject=s.username,
-            ip=flows.client_ip(request),
-            details={"kind": "totp"},
+    elif kind == "webauthn":
+        removed = await identity.webauthn.remove(s.user_id, credential_id)
+    note = "Factor removed." if removed else "Nothing was removed."
+    return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+
+
+@post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
+async def rename_factor(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    kind: str,
+    factor_id: str,
+    data: Form,
+) -> Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
+    name = " ".join(data.get("name", "").split())[:60]
+    renamed = False
+    if name and kind == "totp":
+        renamed = await identity.totp.rename(s.user_id, credential_id, name)
+    elif name and kind == "webauthn":
+        renamed = await identity.webauthn.rename(s.user_id, credential_id, name)
+    note = "Renamed." if renamed else "Nothing was renamed."
+    return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+
+
+@post("/.gateway/account/recovery", status_code=200)
+async def new_recovery(
+    request: Request[Any, Any, Any], config: Config, identity: Identity
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    if not flows.is_fresh(s, config, identity.clock):
+        return _step_up("/.gateway/account")
+    codes = await identity.recovery.generate(s.user_id)
+    await identity.audit.record(
+        "recovery_codes.generated",
+        actor=f"user:{s.username}",
+        subject=s.username,
+        ip=flows.client_ip(request),
+    )
+    return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
+
+
+@post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
+async def revoke_one(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: str
+) -> Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    mine = {other.id_hash for other in await identity.sessions.list_user(s.user_id)}
+    if (
+        session_hash in mine
+        and session_hash != s.id_hash
+        and await identity.sessions.revoke_hash(session_hash)
+    ):
+        await identity.audit.record(
+            "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
         )
-        return await _after_enrollment(request, runtime, signed.session_id, s, rd, first, Factor.TOTP)
+    return Redirect("/.gateway/account?notice=Session+signed+out.", status_code=303)
 
-    @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", status_code=303)
-    async def remove_factor(request: Request[Any, Any, Any], kind: str, factor_id: str) -> Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
-        if not flows.is_fresh(s, runtime):
-            return step_up("/.gateway/account")
-        removed = False
-        if kind == "totp":
-            removed = await svc().totp.remove(s.user_id, credential_id)
-            if removed:
-                await svc().audit.record(
-                    "factor.removed",
-                    actor=f"user:{s.username}",
-                    subject=s.username,
-                    ip=flows.client_ip(request),
-                    details={"kind": "totp"},
-                )
-        elif kind == "webauthn":
-            removed = await svc().webauthn.remove(s.user_id, credential_id)
-        note = "Factor removed." if removed else "Nothing was removed."
-        return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
 
-    @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
-    async def rename_factor(
-        request: Request[Any, Any, Any], kind: str, factor_id: str, data: Form
-    ) -> Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
-        name = " ".join(data.get("name", "").split())[:60]
-        renamed = False
-        if name and kind == "totp":
-            renamed = await svc().totp.rename(s.user_id, credential_id, name)
-        elif name and kind == "webauthn":
-            renamed = await svc().webauthn.rename(s.user_id, credential_id, name)
-        note = "Renamed." if renamed else "Nothing was renamed."
-        return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+@post("/.gateway/account/sessions/revoke-others", status_code=303)
+async def revoke_others(request: Request[Any, Any, Any], config: Config, identity: Identity) -> Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None or signed.session_id is None:
+        return flows.login_redirect("/.gateway/account")
+    count = await _end_other_browsers(identity, signed.session)
+    s = signed.session
+    await identity.audit.record(
+        "session.revoked",
+        actor=f"user:{s.username}",
+        subject=s.username,
+        ip=flows.client_ip(request),
+        details={"others": count},
+    )
+    return Redirect(
+        f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
+    )
 
-    @post("/.gateway/account/recovery", status_code=200)
-    async def new_recovery(request: Request[Any, Any, Any]) -> Template | Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        if not flows.is_fresh(s, runtime):
-            return step_up("/.gateway/account")
-        codes = await svc().recovery.generate(s.user_id)
-        await svc().audit.record(
-            "recovery_codes.generated",
-            actor=f"user:{s.username}",
-            subject=s.username,
-            ip=flows.client_ip(request),
-        )
-        return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
 
-    @post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
-    async def revoke_one(request: Request[Any, Any, Any], session_hash: str) -> Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        mine = {other.id_hash for other in await svc().sessions.list_user(s.user_id)}
-        if (
-            session_hash in mine
-            and session_hash != s.id_hash
-            and await svc().sessions.revoke_hash(session_hash)
-        ):
-            await svc().audit.record(
-                "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
+@get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))
+async def password_page(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account/password")
+    user = await identity.accounts.get(signed.session.user_id)
+    forced = bool(user and user.must_change_password)
+    if signed.session.password_change and not forced and signed.session_id:
+        # The one-time password was replaced elsewhere (another browser, an admin): this
+        # session's hold is stale. Lift it (new id) and go on with the sign-in.
+        new_id, _ = await identity.sessions.password_changed(signed.session_id)
+        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+        flows.set_session_cookie(response, config, new_id)
+        return response
+    if not forced and not await flows.may_change_factors(signed.session, config, identity):
+        return _step_up("/.gateway/account/password")
+    return page(
+        request,
+        "password.html",
+        user=signed.session.username,
+        rd=rd,
+        forced=forced,
+        error=None,
+        min_length=config.settings.passwords.min_length,
+    )
+
+
+@get("/.gateway/account/first-codes", cache=False)
+async def first_codes(
+    request: Request[Any, Any, Any], config: Config, identity: Identity
+) -> Template | Redirect:
+    """After the first passkey: show recovery codes once, to the session that registered it.
+
+    Only with the single-use grant that registration left for this very session: otherwise a
+    password-only session of a user without unused codes could mint ten and pass the second
+    factor with one (the gate already keeps one-factor sessions out; this holds on its own).
+    """
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect("/.gateway/account")
+    s = signed.session
+    if s.level < AuthLevel.TWO_FACTOR or not await identity.first_codes.redeem(s.id_hash):
+        return Redirect("/.gateway/account")
+    codes = await identity.recovery.generate(s.user_id)
+    return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
+
+
+@post("/.gateway/account/password", status_code=200, opt=admits(Step.PASSWORD_CHANGE))
+async def password_submit(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    rd = data.get("rd", "")
+    if signed.session is None or signed.session_id is None:
+        return flows.login_redirect("/.gateway/account/password")
+    s = signed.session
+    user = await identity.accounts.get(s.user_id)
+    forced = bool(user and user.must_change_password)
+    if not forced and not await flows.may_change_factors(s, config, identity):
+        return _step_up("/.gateway/account/password")
+    error = None
+    if data.get("new", "") != data.get("confirm", ""):
+        error = "The two new passwords are not the same."
+    else:
+        try:
+            await identity.accounts.set_password(
+                s.user_id,
+                data.get("new", ""),
+                actor=f"user:{s.username}",
+                current_password=data.get("current", ""),
             )
-        return Redirect("/.gateway/account?notice=Session+signed+out.", status_code=303)
-
-    @post("/.gateway/account/sessions/revoke-others", status_code=303)
-    async def revoke_others(request: Request[Any, Any, Any]) -> Redirect:
-        signed = await signed_in(request)
-        if signed.session is None or signed.session_id is None:
-            return flows.login_redirect("/.gateway/account")
-        count = await _end_other_browsers(svc(), signed.session)
-        s = signed.session
-        await svc().audit.record(
-            "session.revoked",
-            actor=f"user:{s.username}",
-            subject=s.username,
-            ip=flows.client_ip(request),
-            details={"others": count},
-        )
-        return Redirect(
-            f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
-        )
-
-    @get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))
-    async def password_page(request: Request[Any, Any, Any], rd: str = "") -> Template | Redirect:
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account/password")
-        user = await svc().accounts.get(signed.session.user_id)
-        forced = bool(user and user.must_change_password)
-        if signed.session.password_change and not forced and signed.session_id:
-            # The one-time password was replaced elsewhere (another browser, an admin): this
-            # session's hold is stale. Lift it (new id) and go on with the sign-in.
-            new_id, _ = await svc().sessions.password_changed(signed.session_id)
-            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
-            flows.set_session_cookie(response, runtime, new_id)
-            return response
-        if not forced and not await fresh_enough(signed.session):
-            return step_up("/.gateway/account/password")
+        except GatewayError as err:
+            if err.status >= 500:
+                raise  # an outage: the error handler logs the detail and shows a plain page
+            error = err.public_detail
+    if error:
         return page(
             request,
             "password.html",
-            user=signed.session.username,
+            status=400,
+            user=s.username,
             rd=rd,
             forced=forced,
-            error=None,
-            min_length=runtime.snapshot.settings.passwords.min_length,
+            error=error,
+            min_length=config.settings.passwords.min_length,
         )
-
-    @get("/.gateway/account/first-codes", cache=False)
-    async def first_codes(request: Request[Any, Any, Any]) -> Template | Redirect:
-        """After the first passkey: show recovery codes once, to the session that registered it.
-
-        Only with the single-use grant that registration left for this very session: otherwise a
-        password-only session of a user without unused codes could mint ten and pass the second
-        factor with one (the gate already keeps one-factor sessions out; this holds on its own).
-        """
-        signed = await signed_in(request)
-        if signed.session is None:
-            return flows.login_redirect("/.gateway/account")
-        s = signed.session
-        if s.level < AuthLevel.TWO_FACTOR or not await svc().first_codes.redeem(s.id_hash):
-            return Redirect("/.gateway/account")
-        codes = await svc().recovery.generate(s.user_id)
-        return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
-
-    @post("/.gateway/account/password", status_code=200, opt=admits(Step.PASSWORD_CHANGE))
-    async def password_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
-        signed = await signed_in(request)
-        rd = data.get("rd", "")
-        if signed.session is None or signed.session_id is None:
-            return flows.login_redirect("/.gateway/account/password")
-        s = signed.session
-        user = await svc().accounts.get(s.user_id)
-        forced = bool(user and user.must_change_password)
-        if not forced and not await fresh_enough(s):
-            return step_up("/.gateway/account/password")
-        error = None
-        if data.get("new", "") != data.get("confirm", ""):
-            error = "The two new passwords are not the same."
-        else:
-            try:
-                await svc().accounts.set_password(
-                    s.user_id,
-                    data.get("new", ""),
-                    actor=f"user:{s.username}",
-                    current_password=data.get("current", ""),
-                )
-            except GatewayError as err:
-                if err.status >= 500:
-                    raise  # an outage: the error handler logs the detail and shows a plain page
-                error = err.public_detail
-        if error:
-            return page(
-                request,
-                "password.html",
-                status=400,
-                user=s.username,
-                rd=rd,
-                forced=forced,
-                error=error,
-                min_length=runtime.snapshot.settings.passwords.min_length,
-            )
-        # Other browsers may have signed in with the old password: their sessions end.
-        await _end_other_browsers(svc(), s)
-        if forced or s.password_change:
-            # The hold on this session is lifted with a new id; the sign-in goes on to the second
-            # factor (or its enrollment).
-            new_id, _ = await svc().sessions.password_changed(signed.session_id)
-            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}", status_code=303)
-            flows.set_session_cookie(response, runtime, new_id)
-            return response
-        return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
-
-    return [
-        portal,
-        enroll,
-        totp_confirm,
-        remove_factor,
-        rename_factor,
-        new_recovery,
-        revoke_one,
-        revoke_others,
-        password_page,
-        password_submit,
-        first_codes,
-    ]
+    # Other browsers may have signed in with the old password: their sessions end.
+    await _end_other_browsers(identity, s)
+    if forced or s.password_change:
+        # The hold on this session is lifted with a new id; the sign-in goes on to the second
+        # factor (or its enrollment).
+        new_id, _ = await identity.sessions.password_changed(signed.session_id)
+        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}", status_code=303)
+        flows.set_session_cookie(response, config, new_id)
+        return response
+    return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
 
 
-async def _end_other_browsers(svc: IdentityServices, session: Session) -> int:
+#: The portal's handlers, registered on the control app (``web/app.py``).
+HANDLERS: Final = (
+    portal,
+    enroll,
+    totp_confirm,
+    remove_factor,
+    rename_factor,
+    new_recovery,
+    revoke_one,
+    revoke_others,
+    password_page,
+    password_submit,
+    first_codes,
+)
+
+
+async def _end_other_browsers(identity: IdentityServices, session: Session) -> int:
     """End the user's sessions outside this sign-in's family (this browser's other hosts stay)."""
     count = 0
-    for other in await svc.sessions.list_user(session.user_id):
-        if other.family != session.family and await svc.sessions.revoke_hash(other.id_hash):
+    for other in await identity.sessions.list_user(session.user_id):
+        if other.family != session.family and await identity.sessions.revoke_hash(other.id_hash):
             count += 1
     return count
 
 
 async def _after_enrollment(
     request: AnyRequest,
-    runtime: Runtime,
+    config: CurrentConfig,
+    identity: IdentityServices,
     session_id: str,
     session: Session,
     rd: str,
@@ -409,18 +435,19 @@ async def _after_enrollment(
     factor: Factor,
 ) -> Template | Redirect:
     """Enrollment proves possession: the session becomes two-factor (new id); first time, show codes."""
-    svc = flows.services(runtime)
-    new_id, new_session = await svc.sessions.elevate(
-        session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, svc.clock.time())
+    new_id, new_session = await identity.sessions.elevate(
+        session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
     )
     if first:
-        codes = await svc.recovery.generate(session.user_id)
-        next_url = flows.safe_rd(rd, runtime) if rd else "/.gateway/account"
+        codes = await identity.recovery.generate(session.user_id)
+        next_url = flows.safe_rd(rd, config) if rd else "/.gateway/account"
         if next_url != "/.gateway/account" and not next_url.startswith("/"):
             # Cross-host return: go through login, which hands the session over.
             next_url = f"/.gateway/login?rd={quote(rd, safe='')}"
         response = page(request, "codes.html", user=session.username, codes=codes, next=next_url)
-        flows.set_session_cookie(response, runtime, new_id)
+        flows.set_session_cookie(response, config, new_id)
         return response
-    redirect = await flows.after_sign_in(request, runtime, new_id, new_session, rd or "/.gateway/account")
+    redirect = await flows.after_sign_in(
+        request, config, identity, new_id, new_session, rd or "/.gateway/account"
+    )
     return redirect

@@ -11,32 +11,39 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 from litestar import Litestar, MediaType, Request, get
 from litestar.config.csrf import CSRFConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import YamlRenderPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Response
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from gateway.errors import GatewayError, ServiceUnavailable
-from gateway.web.account import account_handlers
-from gateway.web.api import api_handlers
+from gateway.crypto.keyring import Keyring
+from gateway.errors import GatewayError
+from gateway.services import WorkerServices
+from gateway.settings.current import CurrentConfig
+from gateway.settings.trusted import may_see_internals
+from gateway.web import account, api, oidc, pages
 from gateway.web.api_reference import ReferencePage
+from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import error_response, wants_html
 from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
-from gateway.web.pages import page_handlers
 
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+__all__ = ["create_control_app", "csrf_cookie_name", "dependencies"]
 
-__all__ = ["create_control_app", "csrf_cookie_name"]
+# (The module docstring is the API's OpenAPI description.) Handlers are module-level functions that
+# declare what they use as typed parameters (web/deps.py: ``config``, ``identity``, ``signing``,
+# ``readiness``), provided once for the whole app by Litestar's dependency injection (dependencies()
+# below). A new page declares the ones it needs and goes into its module's ``HANDLERS``.
 
 _HERE = Path(__file__).parent
 logger = logging.getLogger("gateway.web")
@@ -47,110 +54,131 @@ def csrf_cookie_name(insecure: bool) -> str:
     return "gateway_csrf" if insecure else "__Host-gateway_csrf"
 
 
-def create_control_app(runtime: Runtime) -> Litestar:
-    """Build the Litestar app for ``/.gateway/``, bound to one worker's runtime."""
+@get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+async def health() -> dict[str, Any]:
+    """Alive: the process answers. Load balancers restart on failure."""
+    return {"status": "ok"}
 
-    @get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
-    async def health() -> dict[str, Any]:
-        """Alive: the process answers. Load balancers restart on failure."""
-        return {"status": "ok"}
 
-    @get("/.gateway/ready", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
-    async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """Ready: this replica can serve its traffic (config and policy loaded and current, the
-        session store reachable when routes need sessions). Load balancers route on success.
+@get("/.gateway/ready", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+async def ready(
+    request: Request[Any, Any, Any], config: Config, readiness: Readiness
+) -> Response[dict[str, Any]]:
+    """Ready: this replica can serve its traffic (config and policy loaded and current, the
+    session store reachable when routes need sessions). Load balancers route on success.
 
-        A database outage is not a reason to leave the pool (signed-in traffic does not use it):
-        it is reported under ``degraded``, as are the other parts that do not work here. The rules
-        are in :mod:`gateway.observe.readiness`. The details (upstream addresses, store errors)
-        describe the internal network, so only loopback and the trusted proxies (the load
-        balancers that probe this) see them.
-        """
-        report = await runtime.readiness()
-        status = 200 if report["ready"] else 503
-        peer = request.client.host if request.client else ""
-        if not runtime.may_see_internals(peer):
-            report = {"ready": report["ready"]}
-        return Response(report, status_code=status)
+    A database outage is not a reason to leave the pool (signed-in traffic does not use it):
+    it is reported under ``degraded``, as are the other parts that do not work here. The rules
+    are in :mod:`gateway.observe.readiness`. The details (upstream addresses, store errors)
+    describe the internal network, so only loopback and the trusted proxies (the load
+    balancers that probe this) see them.
+    """
+    report = await readiness()
+    status = 200 if report["ready"] else 503
+    peer = request.client.host if request.client else ""
+    if not may_see_internals(config.trusted, peer):
+        report = {"ready": report["ready"]}
+    return Response(report, status_code=status)
 
-    @get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
-    async def jwks() -> Response[bytes]:
-        """The public keys that verify ``X-Gateway-Assertion`` (an RFC 7517 JWK Set; docs/assertion.md).
 
-        Read from the database at most every 5 s per worker, so a `gateway keys rotate` shows here at
-        once; if the database cannot answer, the last loaded keys are served.
-        """
-        signing = runtime.signing
-        if signing is None:
-            raise ServiceUnavailable("the signing keys are not loaded yet")
-        try:
-            await signing.refresh(if_older_than=5.0)
-        except Exception:
-            logger.warning("could not reload the signing keys; serving the loaded ones", exc_info=True)
-        return Response(
-            json.dumps(signing.jwks(), separators=(",", ":")).encode(),
-            media_type=MediaType.JSON,
-            headers={"Cache-Control": "public, max-age=300"},
+@get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+async def jwks(signing: Signing) -> Response[bytes]:
+    """The public keys that verify ``X-Gateway-Assertion`` (an RFC 7517 JWK Set; docs/assertion.md).
+
+    Read from the database at most every 5 s per worker, so a `gateway keys rotate` shows here at
+    once; if the database cannot answer, the last loaded keys are served.
+    """
+    try:
+        await signing.refresh(if_older_than=5.0)
+    except Exception:
+        logger.warning("could not reload the signing keys; serving the loaded ones", exc_info=True)
+    return Response(
+        json.dumps(signing.jwks(), separators=(",", ":")).encode(),
+        media_type=MediaType.JSON,
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+_OWN: Final = (health, ready, jwks)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    # A framework 5xx may carry an exception's text too: the log has it, the client a plain line.
+    message = exc.detail if exc.status_code < 500 else GatewayError.public_message
+    body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
+    return Response(body, status_code=exc.status_code)
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    accept = request.headers.get("accept", "").encode("latin-1")
+    if exc.status >= 500:
+        # The detail (driver errors, addresses) goes to the log only; the page shows a plain line
+        # and the request id that leads here.
+        logger.warning(
+            "%s %s: %s (request id %s)",
+            request.method,
+            request.url.path,
+            exc,
+            request.headers.get("x-request-id", ""),
         )
+    if exc.location and wants_html(accept):
+        # A browser is sent where it can fix this (the pending sign-in step), as the data plane does.
+        return Redirect(exc.location, status_code=303)
+    status, headers, body = error_response(
+        exc, request_id=request.headers.get("x-request-id", ""), html_page=wants_html(accept)
+    )
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
-    def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-        # A framework 5xx may carry an exception's text too: the log has it, the client a plain line.
-        message = exc.detail if exc.status_code < 500 else GatewayError.public_message
-        body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
-        return Response(body, status_code=exc.status_code)
 
-    def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-        accept = request.headers.get("accept", "").encode("latin-1")
-        if exc.status >= 500:
-            # The detail (driver errors, addresses) goes to the log only; the page shows a plain line
-            # and the request id that leads here.
-            logger.warning(
-                "%s %s: %s (request id %s)",
-                request.method,
-                request.url.path,
-                exc,
-                request.headers.get("x-request-id", ""),
-            )
-        if exc.location and wants_html(accept):
-            # A browser is sent where it can fix this (the pending sign-in step), as the data plane does.
-            return Redirect(exc.location, status_code=303)
-        status, headers, body = error_response(
-            exc, request_id=request.headers.get("x-request-id", ""), html_page=wants_html(accept)
-        )
-        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _gateway_error(request, GatewayError("An internal error occurred."))
 
-    def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-        # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
-        logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return gateway_error(request, GatewayError("An internal error occurred."))
 
-    settings = runtime.snapshot.settings
-    insecure = settings.session.insecure_cookies
-    secret = _csrf_secret(runtime)
+def dependencies(services: WorkerServices) -> Mapping[str, Provide]:
+    """What the control app's handlers may declare as parameters, by name."""
+    live = services.live
+
+    def config() -> CurrentConfig:
+        # Per request: a reload between two requests is seen by the second.
+        return live.current
+
+    return {
+        "config": Provide(config, sync_to_thread=False),
+        "identity": constant(services.identity),
+        "signing": constant(services.signing),
+        "readiness": constant(services.readiness),
+    }
+
+
+def create_control_app(services: WorkerServices) -> Litestar:
+    """Build the Litestar app for ``/.gateway/`` on one worker's started services."""
+    insecure = services.live.current.settings.session.insecure_cookies
     return Litestar(
         route_handlers=[
-            health,
-            ready,
-            jwks,
-            *page_handlers(runtime),
-            *account_handlers(runtime),
-            *api_handlers(runtime),
+            *_OWN,
+            *pages.HANDLERS,
+            *oidc.HANDLERS,
+            *account.HANDLERS,
+            *api.HANDLERS,
             create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC),
         ],
+        dependencies=dict(dependencies(services)),
         template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(
-            secret=secret,
+            secret=_csrf_secret(services.identity.keyring),
             cookie_name=csrf_cookie_name(insecure),
             cookie_secure=not insecure,
             cookie_samesite="lax",
             header_name="x-csrftoken",
         ),
         # One guard for every handler: a session with a sign-in step pending reaches only that step.
-        guards=[step_guard(runtime)],
+        guards=[step_guard(services.identity, services.live)],
         exception_handlers={
-            HTTPException: http_error,
-            GatewayError: gateway_error,
-            Exception: internal_error,
+            HTTPException: _http_error,
+            GatewayError: _gateway_error,
+            Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(
             title="Access gateway API",
@@ -162,16 +190,11 @@ def create_control_app(runtime: Runtime) -> Litestar:
             render_plugins=[ReferencePage(path="/"), YamlRenderPlugin()],
         ),
         # Security headers on every answer, error answers and static files included (hardening.py).
-        before_send=[SecurityHeaders(runtime.live)],
+        before_send=[SecurityHeaders(services.live)],
         debug=False,
     )
 
 
-def _csrf_secret(runtime: Runtime) -> str:
-    identity = runtime.identity
-    if identity is None:
-        # Not started (tests building the app alone): a per-process secret still protects forms.
-        import secrets
-
-        return secrets.token_hex(32)
-    return hmac.new(identity.keyring.derive(b"gateway csrf v1"), b"csrf", hashlib.sha256).hexdigest()
+def _csrf_secret(keyring: Keyring) -> str:
+    # Derived from the keyring: every worker and replica accepts the same CSRF tokens.
+    return hmac.new(keyring.derive(b"gateway csrf v1"), b"csrf", hashlib.sha256).hexdigest()

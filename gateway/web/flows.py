@@ -7,21 +7,20 @@ host's ``/.gateway/handoff`` exchanges for its own session in the same family.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from litestar import Request
 from litestar.response import Redirect, Response
 
+from gateway.clock import Clock
 from gateway.identity.cookies import read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import Factor
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
+from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
-
-if TYPE_CHECKING:
-    from gateway.identity.services import IdentityServices
-    from gateway.runtime import Runtime
+from gateway.settings.current import CurrentConfig
 
 __all__ = [
     "SignedIn",
@@ -35,7 +34,6 @@ __all__ = [
     "may_change_factors",
     "safe_local_rd",
     "safe_rd",
-    "services",
     "set_session_cookie",
 ]
 
@@ -52,19 +50,12 @@ class SignedIn:
         self.session = session
 
 
-def services(runtime: Runtime) -> IdentityServices:
-    if runtime.identity is None:  # pragma: no cover - start() builds it before any request
-        raise RuntimeError("identity services are not started")
-    return runtime.identity
-
-
-async def current(request: AnyRequest, runtime: Runtime) -> SignedIn:
+async def current(request: AnyRequest, config: CurrentConfig, identity: IdentityServices) -> SignedIn:
     """The session of this request (cookie → store). StateUnavailable propagates (503)."""
-    name = runtime.snapshot.cookie_name
-    session_id = read_cookie(list(request.scope["headers"]), name)
+    session_id = read_cookie(list(request.scope["headers"]), config.cookie_name)
     if not session_id:
         return SignedIn(None, None)
-    session = await services(runtime).sessions.get(session_id)
+    session = await identity.sessions.get(session_id)
     return SignedIn(session_id if session else None, session)
 
 
@@ -77,81 +68,74 @@ def user_agent(request: AnyRequest) -> str:
     return request.headers.get("user-agent", "")[:256]
 
 
-def secure_cookies(runtime: Runtime) -> bool:
-    return not runtime.snapshot.settings.session.insecure_cookies
+def secure_cookies(config: CurrentConfig) -> bool:
+    return not config.settings.session.insecure_cookies
 
 
-def set_session_cookie(response: Response[Any], runtime: Runtime, session_id: str | None) -> None:
+def set_session_cookie(response: Response[Any], config: CurrentConfig, session_id: str | None) -> None:
     """Set (or, with None, clear) the session cookie: HttpOnly, SameSite=Lax, Secure, host-only."""
-    settings = runtime.snapshot.settings.session
+    settings = config.settings.session
     # Clearing uses the same attributes as setting: a browser only replaces a __Host- cookie with one
     # that is Secure, host-only and Path=/ as well.
     response.set_cookie(
-        key=runtime.snapshot.cookie_name,
+        key=config.cookie_name,
         value=session_id or "",
         path="/",
         httponly=True,
-        secure=secure_cookies(runtime),
+        secure=secure_cookies(config),
         samesite="lax",
         max_age=int(settings.lifetime) if session_id else 0,
     )
 
 
-def is_fresh(session: Session, runtime: Runtime) -> bool:
+def is_fresh(session: Session, config: CurrentConfig, clock: Clock) -> bool:
     """A second factor used within mfa.reauth_max_age (needed for sensitive changes)."""
     at = session.second_factor_at
-    limit = runtime.snapshot.settings.mfa.reauth_max_age
-    return at is not None and services(runtime).clock.time() - at <= limit
+    limit = config.settings.mfa.reauth_max_age
+    return at is not None and clock.time() - at <= limit
 
 
-async def has_second_factor(runtime: Runtime, user_id: int) -> bool:
+async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:
     """Whether the user has a confirmed authenticator app or a WebAuthn credential."""
-    svc = services(runtime)
-    return await svc.totp.has_confirmed(user_id) or bool(await svc.webauthn.list(user_id))
+    return await identity.totp.has_confirmed(user_id) or bool(await identity.webauthn.list(user_id))
 
 
-async def may_change_factors(session: Session, runtime: Runtime) -> bool:
+async def may_change_factors(session: Session, config: CurrentConfig, identity: IdentityServices) -> bool:
     """Sensitive changes need a fresh second factor; for a user enrolling their very first factor, a
     password entered (or an identity-provider sign-in made) within the re-authentication window must do."""
-    if is_fresh(session, runtime):
+    if is_fresh(session, config, identity.clock):
         return True
-    svc = services(runtime)
-    if await has_second_factor(runtime, session.user_id):
+    if await has_second_factor(identity, session.user_id):
         return False
-    window = runtime.snapshot.settings.mfa.reauth_max_age
-    now = svc.clock.time()
+    window = config.settings.mfa.reauth_max_age
+    now = identity.clock.time()
     first = (Factor.PASSWORD, Factor.OIDC)
     return any(use.factor in first and now - use.at <= window for use in session.factors)
 
 
-def _route_hosts(runtime: Runtime) -> list[str]:
-    return [route.host for route in runtime.snapshot.settings.routes]
-
-
-def safe_rd(rd: str | None, runtime: Runtime, fallback: str = "/.gateway/account") -> str:
+def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:
     """The return URL if it is safe to follow, else ``fallback`` (the account portal).
 
     The one validator (:func:`gateway.identity.redirects.safe_redirect`) for every ``Location`` and
     link built from a user's ``rd``: it reads the URL as a browser would, so ``/<TAB>/evil.test``
     (which a browser reads as ``//evil.test``) never leaves the gateway's hosts.
     """
-    snap = runtime.snapshot
     return safe_redirect(
         rd,
-        public_url=snap.public_url,
-        route_hosts=_route_hosts(runtime),
-        allow_http=snap.settings.session.insecure_cookies or snap.public_url.startswith("http://"),
+        public_url=config.public_url,
+        route_hosts=[route.host for route in config.settings.routes],
+        allow_http=config.settings.session.insecure_cookies or config.public_url.startswith("http://"),
         fallback=fallback,
     )
 
 
-def carried_rd(rd: str | None, runtime: Runtime) -> str:
+def carried_rd(rd: str | None, config: CurrentConfig) -> str:
     """``rd`` to carry on to the next step (form field, query), or ``""`` if it could not be followed.
 
     Checked where it enters, not only where it is followed: a page never renders an unsafe return
     URL into a form, a link or a script's data, so no later step can use it unchecked.
     """
-    return safe_rd(rd, runtime, fallback="")
+    return safe_rd(rd, config, fallback="")
 
 
 def safe_local_rd(rd: str | None, fallback: str = "/") -> str:
@@ -163,13 +147,15 @@ def login_redirect(rd: str | None) -> Redirect:
     return Redirect(f"/.gateway/login?rd={quote(rd or '', safe='')}" if rd else "/.gateway/login")
 
 
-async def next_location(request: AnyRequest, runtime: Runtime, session: Session, rd: str | None) -> str:
+async def next_location(
+    request: AnyRequest, config: CurrentConfig, identity: IdentityServices, session: Session, rd: str | None
+) -> str:
     """Where to go after a sign-in step: ``rd`` if safe, through a hand-off code on another host."""
     if session.password_change:
         # A one-time password must be replaced before this sign-in goes anywhere, and no other host
         # is handed a session that has not done so.
         return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
-    target = safe_rd(rd, runtime)
+    target = safe_rd(rd, config)
     parts = urlsplit(target)
     # Compared the way the hand-off page compares (no port, no trailing dot, [v6] kept), so a code is
     # issued for exactly the host that will redeem it.
@@ -177,7 +163,7 @@ async def next_location(request: AnyRequest, runtime: Runtime, session: Session,
     there = normalise_host(parts.netloc.rpartition("@")[2]) if parts.netloc else ""
     if not there or there == here:
         return target
-    code = await services(runtime).handoff.issue(
+    code = await identity.handoff.issue(
         family=session.family, user_id=session.user_id, target_host=there, session=session
     )
     path = parts.path or "/"
@@ -187,9 +173,14 @@ async def next_location(request: AnyRequest, runtime: Runtime, session: Session,
 
 
 async def after_sign_in(
-    request: AnyRequest, runtime: Runtime, session_id: str, session: Session, rd: str | None
+    request: AnyRequest,
+    config: CurrentConfig,
+    identity: IdentityServices,
+    session_id: str,
+    session: Session,
+    rd: str | None,
 ) -> Redirect:
     """Redirect to :func:`next_location`, carrying this session's cookie on the auth host."""
-    response = Redirect(await next_location(request, runtime, session, rd))
-    set_session_cookie(response, runtime, session_id)
+    response = Redirect(await next_location(request, config, identity, session, rd))
+    set_session_cookie(response, config, session_id)
     return response

@@ -22,7 +22,7 @@ Steps, in the order they must be done::
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from litestar.connection import ASGIConnection
@@ -31,11 +31,10 @@ from litestar.handlers.base import BaseRouteHandler
 from gateway.errors import Forbidden
 from gateway.identity.cookies import read_cookie
 from gateway.identity.levels import AuthLevel
+from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.settings.current import LiveConfig
 from gateway.web.flows import has_second_factor
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
 
 __all__ = ["PUBLIC", "Step", "StepRequired", "admits", "pending_step", "step_guard", "step_location"]
 
@@ -92,30 +91,29 @@ def step_location(step: Step, back: str) -> str:
     return f"{_PAGES[step]}?rd={quote(back, safe='')}"
 
 
-async def pending_step(session: Session, runtime: Runtime) -> Step | None:
+async def pending_step(session: Session, identity: IdentityServices) -> Step | None:
     """The step this session must finish before anything else, or None when it is complete."""
     if session.password_change:
         return Step.PASSWORD_CHANGE
     if session.level >= AuthLevel.TWO_FACTOR:
         return None
-    return Step.SECOND_FACTOR if await has_second_factor(runtime, session.user_id) else Step.ENROLL
+    return Step.SECOND_FACTOR if await has_second_factor(identity, session.user_id) else Step.ENROLL
 
 
-def step_guard(runtime: Runtime) -> Any:
+def step_guard(identity: IdentityServices, live: LiveConfig) -> Any:
     """The control app's guard: refuse a session with a pending step outside that step's pages."""
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         allowed = handler.opt.get(_OPT, frozenset())
         if allowed == "public":
             return
-        identity = runtime.identity
-        session_id = read_cookie(list(connection.scope["headers"]), runtime.snapshot.cookie_name)
-        if identity is None or not session_id:
+        session_id = read_cookie(list(connection.scope["headers"]), live.current.cookie_name)
+        if not session_id:
             return  # no session: every handler sends its own sign-in answer
         session = await identity.sessions.get(session_id)
         if session is None:
             return
-        step = await pending_step(session, runtime)
+        step = await pending_step(session, identity)
         if step is None or step in allowed:
             return
         query = connection.scope.get("query_string", b"").decode("latin-1")

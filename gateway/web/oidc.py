@@ -12,7 +12,7 @@ until a new one replaces it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any, Final
 from urllib.parse import quote, urlsplit
 
 from litestar import MediaType, Request, get, post
@@ -28,15 +28,15 @@ from gateway.identity.oidc.links import AccountRefused
 from gateway.identity.oidc.provider import ProviderRefused, ProviderUnavailable
 from gateway.identity.oidc.service import provider_named
 from gateway.identity.oidc.tokens import TokenRejected
+from gateway.identity.services import IdentityServices
+from gateway.settings.current import CurrentConfig
 from gateway.settings.schema import IdentityProvider
 from gateway.web import flows
+from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import PUBLIC
 
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
-
-__all__ = ["binding_cookie_name", "callback_url", "oidc_handlers"]
+__all__ = ["HANDLERS", "binding_cookie_name", "callback_url"]
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
@@ -69,280 +69,292 @@ def _page(request: AnyRequest, status: int, **context: Any) -> Template:
     return Template(template_name="message.html", context=context, status_code=status)
 
 
-def oidc_handlers(runtime: Runtime) -> list[Any]:  # noqa: C901 - a factory of small closures (see pyproject)
-    """The OIDC route handlers, bound to one worker's runtime."""
+def _provider(config: CurrentConfig, name: str) -> IdentityProvider | None:
+    return provider_named(config.settings.identity_providers, name)
 
-    def provider(name: str) -> IdentityProvider | None:
-        return provider_named(runtime.snapshot.settings.identity_providers, name)
 
-    def insecure() -> bool:
-        return not flows.secure_cookies(runtime)
+def _insecure(config: CurrentConfig) -> bool:
+    return not flows.secure_cookies(config)
 
-    def start_link(name: str, rd: str, login_hint: str = "") -> str:
-        # rd is carried as data (quoted); it has been checked on entry to start and is checked
-        # again where it is followed (after the callback).
-        params = [f"rd={quote(rd, safe='')}"] if rd else []
-        if login_hint:
-            params.append(f"login_hint={quote(login_hint, safe='')}")
-        query = "&".join(params)
-        return f"/.gateway/oidc/{quote(name, safe='')}/start" + (f"?{query}" if query else "")
 
-    def unknown_provider(request: AnyRequest) -> Template:
-        return _page(
-            request,
-            404,
-            title="Unknown sign-in option",
-            message="This identity provider is not configured here.",
-            link="/.gateway/login",
-            link_text="Back to sign-in",
-        )
+def start_link(name: str, rd: str, login_hint: str = "") -> str:
+    # rd is carried as data (quoted); it has been checked on entry to start and is checked
+    # again where it is followed (after the callback).
+    params = [f"rd={quote(rd, safe='')}"] if rd else []
+    if login_hint:
+        params.append(f"login_hint={quote(login_hint, safe='')}")
+    query = "&".join(params)
+    return f"/.gateway/oidc/{quote(name, safe='')}/start" + (f"?{query}" if query else "")
 
-    @get("/.gateway/oidc/{idp:str}/start", cache=False, opt=PUBLIC)
-    async def start(
-        request: Request[Any, Any, Any], idp: str, rd: str = "", login_hint: str = ""
-    ) -> Redirect | Template:
-        settings = provider(idp)
-        if settings is None:
-            return unknown_provider(request)
-        # Checked on entry, so the sign-in in flight never stores a return URL it could not follow.
-        rd = flows.carried_rd(rd, runtime)
-        public_url = runtime.snapshot.public_url
-        auth_host = normalise_host(urlsplit(public_url).netloc)
-        if normalise_host(request.headers.get("host") or "") != auth_host:
-            # The binding cookie must be set on the host the provider returns to (cookies ignore ports).
-            # The link is rebuilt from the checked values, never from the raw query.
-            return Redirect(public_url + start_link(settings.name, rd, login_hint))
-        cookie_name = binding_cookie_name(insecure())
-        binding = read_cookie(list(request.scope["headers"]), cookie_name)
-        if binding is None or not is_binding(binding):
-            binding = new_binding()
-        try:
-            location = await flows.services(runtime).oidc.authorization_url(
-                settings,
-                binding=binding,
-                rd=rd,
-                redirect_uri=callback_url(public_url, idp),
-                login_hint=login_hint or None,
-            )
-        except ProviderUnavailable:
-            return _unavailable(request, settings, rd)
-        response = Redirect(location)
-        response.set_cookie(
-            key=cookie_name,
-            value=binding,
-            path="/",
-            httponly=True,
-            secure=not insecure(),
-            # Lax: the provider's redirect back is a top-level GET navigation, which carries it.
-            samesite="lax",
-            max_age=int(FLOW_TTL),
-        )
-        return response
 
-    def _unavailable(request: AnyRequest, idp: IdentityProvider, rd: str) -> Template:
-        return _page(
-            request,
-            503,
-            title=f"{idp.label} is not answering",
-            message=(
-                f"The sign-in could not be completed because {idp.label} did not answer in time. Nothing was"
-                " changed, and applications you are already signed in to keep working. Try again in a moment."
-            ),
-            link=start_link(idp.name, rd),
-            link_text="Try again",
-        )
-
-    @get("/.gateway/oidc/{idp:str}/callback", cache=False, opt=PUBLIC)
-    async def callback(
-        request: Request[Any, Any, Any],
-        idp: str,
-        code: str = "",
-        # "state" is a name Litestar reserves for the app state.
-        oauth_state: Annotated[str, Parameter(query="state")] = "",
-        iss: str = "",
-        error: str = "",
-        error_description: str = "",
-    ) -> Redirect | Template:
-        settings = provider(idp)
-        if settings is None:
-            return unknown_provider(request)
-        svc = flows.services(runtime)
-        binding = read_cookie(list(request.scope["headers"]), binding_cookie_name(insecure()))
-        ip = flows.client_ip(request)
-        if iss and iss != settings.issuer:
-            # RFC 9207: the answer names another issuer than the one this callback belongs to (mix-up).
-            return _page(
-                request,
-                400,
-                title="This sign-in link is not valid",
-                message="The answer came from another identity provider than the one this sign-in used.",
-                detail="oidc-issuer-mismatch",
-                link="/.gateway/login",
-                link_text="Sign in again",
-            )
-        if error:
-            return await _provider_error(
-                request, settings, oauth_state, binding, error, error_description, ip
-            )
-        rd = ""
-        try:
-            record = await svc.oidc.flows.finish(state=oauth_state, binding=binding, provider=idp)
-            rd = record.rd
-            completed = await svc.oidc.complete(
-                settings,
-                record=record,
-                code=code,
-                redirect_uri=callback_url(runtime.snapshot.public_url, idp),
-                ip=ip,
-            )
-        except FlowInvalid as err:
-            return _page(
-                request,
-                400,
-                title="This sign-in link is not valid",
-                message=f"{err.detail} Start the sign-in again from this browser.",
-                link="/.gateway/login",
-                link_text="Sign in again",
-            )
-        except ProviderUnavailable:
-            return _unavailable(request, settings, rd)
-        except (ProviderRefused, TokenRejected) as err:
-            return _page(
-                request,
-                401,
-                title="The sign-in could not be completed",
-                message=(
-                    f"{settings.label}'s answer could not be accepted, so you were not signed in. "
-                    "Please try again; if it keeps happening, tell your administrator the request id below."
-                ),
-                detail=err.reason,
-                link=start_link(idp, rd),
-                link_text="Try again",
-            )
-        except AccountRefused as err:
-            return _page(
-                request,
-                403,
-                title="You cannot sign in here with this account",
-                message=err.detail,
-                link="/.gateway/login",
-                link_text="Back to sign-in",
-            )
-        signed = await flows.current(request, runtime)
-        if signed.session_id:
-            # Session fixation: whatever session this browser had is ended, a new id is issued.
-            await svc.sessions.revoke(signed.session_id)
-        identity = completed.identity
-        session_id, session = await svc.sessions.create(
-            user_id=identity.user.id,
-            username=identity.user.username,
-            level=completed.level,
-            factors=completed.factors,
-            roles=identity.roles,
-            email=identity.email,
-            groups=identity.groups,
-            ip=ip,
-            user_agent=flows.user_agent(request),
-            host=runtime.snapshot.public_url,
-        )
-        await svc.oidc.remember(completed, family=session.family)
-        if completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(
-            runtime, identity.user.id
-        ):
-            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
-            flows.set_session_cookie(response, runtime, session_id)
-            return response
-        return await flows.after_sign_in(request, runtime, session_id, session, rd)
-
-    async def _provider_error(
-        request: AnyRequest,
-        idp: IdentityProvider,
-        state: str,
-        binding: str | None,
-        error: str,
-        description: str,
-        ip: str,
-    ) -> Template:
-        svc = flows.services(runtime)
-        ours = False
-        rd = ""
-        try:
-            record = await svc.oidc.flows.finish(state=state, binding=binding, provider=idp.name)
-        except FlowInvalid:
-            pass
-        else:
-            ours, rd = True, record.rd
-        code = error if error.replace("_", "").isalnum() and len(error) <= 64 else "invalid_error"
-        await svc.audit.record(
-            "signin.oidc",
-            actor=f"oidc:{idp.name}",
-            ip=ip,
-            outcome="failure",
-            details={"provider": idp.name, "error": code, "flow_valid": ours},
-        )
-        message = _PROVIDER_ERRORS.get(code, f"{idp.label} did not sign you in.")
-        # The provider's own words only for a sign-in this browser started: anyone can craft a
-        # callback URL, and this page must not display their text as if it came from us.
-        detail = f"{code}: {description[:300]}" if ours and description else code
-        return _page(
-            request,
-            403 if code == "access_denied" else 401,
-            title="You were not signed in",
-            message=message,
-            detail=detail,
-            link=start_link(idp.name, rd),
-            link_text="Try again",
-        )
-
-    @post(
-        "/.gateway/oidc/{idp:str}/backchannel-logout",
-        status_code=200,
-        exclude_from_csrf=True,
-        media_type=MediaType.JSON,
-        opt=PUBLIC,
+def unknown_provider(request: AnyRequest) -> Template:
+    return _page(
+        request,
+        404,
+        title="Unknown sign-in option",
+        message="This identity provider is not configured here.",
+        link="/.gateway/login",
+        link_text="Back to sign-in",
     )
-    async def backchannel_logout(request: Request[Any, Any, Any], idp: str, data: Form) -> Response[Any]:
-        """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions of a subject or its sid."""
-        headers = {"Cache-Control": "no-store"}
-        settings = provider(idp)
-        if settings is None:
-            return Response(
-                {"error": "invalid_request", "error_description": "unknown provider"}, status_code=404
-            )
-        token = data.get("logout_token", "")
-        try:
-            await flows.services(runtime).oidc.backchannel_logout(
-                settings, token, ip=flows.client_ip(request)
-            )
-        except TokenRejected as err:
-            return Response(
-                {"error": "invalid_request", "error_description": err.detail},
-                status_code=400,
-                headers=headers,
-            )
-        except ProviderUnavailable:
-            return Response(
-                {
-                    "error": "temporarily_unavailable",
-                    "error_description": "the provider's keys are unavailable",
-                },
-                status_code=503,
-                headers=headers,
-            )
-        return Response(b"", status_code=200, headers=headers, media_type=MediaType.TEXT)
 
-    @get("/.gateway/oidc/{idp:str}/logged-out", cache=False, opt=PUBLIC)
-    async def logged_out(request: Request[Any, Any, Any], idp: str) -> Template:
-        """Where the provider sends the browser after RP-initiated logout (register it as post-logout URI)."""
-        settings = provider(idp)
-        label = settings.label if settings is not None else "the identity provider"
+
+@get("/.gateway/oidc/{idp:str}/start", cache=False, opt=PUBLIC)
+async def start(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    idp: str,
+    rd: str = "",
+    login_hint: str = "",
+) -> Redirect | Template:
+    settings = _provider(config, idp)
+    if settings is None:
+        return unknown_provider(request)
+    # Checked on entry, so the sign-in in flight never stores a return URL it could not follow.
+    rd = flows.carried_rd(rd, config)
+    public_url = config.public_url
+    auth_host = normalise_host(urlsplit(public_url).netloc)
+    if normalise_host(request.headers.get("host") or "") != auth_host:
+        # The binding cookie must be set on the host the provider returns to (cookies ignore ports).
+        # The link is rebuilt from the checked values, never from the raw query.
+        return Redirect(public_url + start_link(settings.name, rd, login_hint))
+    cookie_name = binding_cookie_name(_insecure(config))
+    binding = read_cookie(list(request.scope["headers"]), cookie_name)
+    if binding is None or not is_binding(binding):
+        binding = new_binding()
+    try:
+        location = await identity.oidc.authorization_url(
+            settings,
+            binding=binding,
+            rd=rd,
+            redirect_uri=callback_url(public_url, idp),
+            login_hint=login_hint or None,
+        )
+    except ProviderUnavailable:
+        return _unavailable(request, settings, rd)
+    response = Redirect(location)
+    response.set_cookie(
+        key=cookie_name,
+        value=binding,
+        path="/",
+        httponly=True,
+        secure=not _insecure(config),
+        # Lax: the provider's redirect back is a top-level GET navigation, which carries it.
+        samesite="lax",
+        max_age=int(FLOW_TTL),
+    )
+    return response
+
+
+def _unavailable(request: AnyRequest, idp: IdentityProvider, rd: str) -> Template:
+    return _page(
+        request,
+        503,
+        title=f"{idp.label} is not answering",
+        message=(
+            f"The sign-in could not be completed because {idp.label} did not answer in time. Nothing was"
+            " changed, and applications you are already signed in to keep working. Try again in a moment."
+        ),
+        link=start_link(idp.name, rd),
+        link_text="Try again",
+    )
+
+
+@get("/.gateway/oidc/{idp:str}/callback", cache=False, opt=PUBLIC)
+async def callback(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    idp: str,
+    code: str = "",
+    # "state" is a name Litestar reserves for the app state.
+    oauth_state: Annotated[str, Parameter(query="state")] = "",
+    iss: str = "",
+    error: str = "",
+    error_description: str = "",
+) -> Redirect | Template:
+    settings = _provider(config, idp)
+    if settings is None:
+        return unknown_provider(request)
+    binding = read_cookie(list(request.scope["headers"]), binding_cookie_name(_insecure(config)))
+    ip = flows.client_ip(request)
+    if iss and iss != settings.issuer:
+        # RFC 9207: the answer names another issuer than the one this callback belongs to (mix-up).
         return _page(
             request,
-            200,
-            title="You are signed out",
-            message=f"You are signed out of the gateway and of {label}.",
+            400,
+            title="This sign-in link is not valid",
+            message="The answer came from another identity provider than the one this sign-in used.",
+            detail="oidc-issuer-mismatch",
             link="/.gateway/login",
             link_text="Sign in again",
         )
+    if error:
+        return await _provider_error(
+            request, identity, settings, oauth_state, binding, error, error_description, ip
+        )
+    rd = ""
+    try:
+        record = await identity.oidc.flows.finish(state=oauth_state, binding=binding, provider=idp)
+        rd = record.rd
+        completed = await identity.oidc.complete(
+            settings,
+            record=record,
+            code=code,
+            redirect_uri=callback_url(config.public_url, idp),
+            ip=ip,
+        )
+    except FlowInvalid as err:
+        return _page(
+            request,
+            400,
+            title="This sign-in link is not valid",
+            message=f"{err.detail} Start the sign-in again from this browser.",
+            link="/.gateway/login",
+            link_text="Sign in again",
+        )
+    except ProviderUnavailable:
+        return _unavailable(request, settings, rd)
+    except (ProviderRefused, TokenRejected) as err:
+        return _page(
+            request,
+            401,
+            title="The sign-in could not be completed",
+            message=(
+                f"{settings.label}'s answer could not be accepted, so you were not signed in. "
+                "Please try again; if it keeps happening, tell your administrator the request id below."
+            ),
+            detail=err.reason,
+            link=start_link(idp, rd),
+            link_text="Try again",
+        )
+    except AccountRefused as err:
+        return _page(
+            request,
+            403,
+            title="You cannot sign in here with this account",
+            message=err.detail,
+            link="/.gateway/login",
+            link_text="Back to sign-in",
+        )
+    signed = await flows.current(request, config, identity)
+    if signed.session_id:
+        # Session fixation: whatever session this browser had is ended, a new id is issued.
+        await identity.sessions.revoke(signed.session_id)
+    who = completed.identity
+    session_id, session = await identity.sessions.create(
+        user_id=who.user.id,
+        username=who.user.username,
+        level=completed.level,
+        factors=completed.factors,
+        roles=who.roles,
+        email=who.email,
+        groups=who.groups,
+        ip=ip,
+        user_agent=flows.user_agent(request),
+        host=config.public_url,
+    )
+    await identity.oidc.remember(completed, family=session.family)
+    if completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id):
+        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+        flows.set_session_cookie(response, config, session_id)
+        return response
+    return await flows.after_sign_in(request, config, identity, session_id, session, rd)
 
-    return [start, callback, backchannel_logout, logged_out]
+
+async def _provider_error(
+    request: AnyRequest,
+    identity: IdentityServices,
+    idp: IdentityProvider,
+    state: str,
+    binding: str | None,
+    error: str,
+    description: str,
+    ip: str,
+) -> Template:
+    ours = False
+    rd = ""
+    try:
+        record = await identity.oidc.flows.finish(state=state, binding=binding, provider=idp.name)
+    except FlowInvalid:
+        pass
+    else:
+        ours, rd = True, record.rd
+    code = error if error.replace("_", "").isalnum() and len(error) <= 64 else "invalid_error"
+    await identity.audit.record(
+        "signin.oidc",
+        actor=f"oidc:{idp.name}",
+        ip=ip,
+        outcome="failure",
+        details={"provider": idp.name, "error": code, "flow_valid": ours},
+    )
+    message = _PROVIDER_ERRORS.get(code, f"{idp.label} did not sign you in.")
+    # The provider's own words only for a sign-in this browser started: anyone can craft a
+    # callback URL, and this page must not display their text as if it came from us.
+    detail = f"{code}: {description[:300]}" if ours and description else code
+    return _page(
+        request,
+        403 if code == "access_denied" else 401,
+        title="You were not signed in",
+        message=message,
+        detail=detail,
+        link=start_link(idp.name, rd),
+        link_text="Try again",
+    )
+
+
+@post(
+    "/.gateway/oidc/{idp:str}/backchannel-logout",
+    status_code=200,
+    exclude_from_csrf=True,
+    media_type=MediaType.JSON,
+    opt=PUBLIC,
+)
+async def backchannel_logout(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, idp: str, data: Form
+) -> Response[Any]:
+    """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions of a subject or its sid."""
+    headers = {"Cache-Control": "no-store"}
+    settings = _provider(config, idp)
+    if settings is None:
+        return Response(
+            {"error": "invalid_request", "error_description": "unknown provider"}, status_code=404
+        )
+    token = data.get("logout_token", "")
+    try:
+        await identity.oidc.backchannel_logout(settings, token, ip=flows.client_ip(request))
+    except TokenRejected as err:
+        return Response(
+            {"error": "invalid_request", "error_description": err.detail},
+            status_code=400,
+            headers=headers,
+        )
+    except ProviderUnavailable:
+        return Response(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "the provider's keys are unavailable",
+            },
+            status_code=503,
+            headers=headers,
+        )
+    return Response(b"", status_code=200, headers=headers, media_type=MediaType.TEXT)
+
+
+@get("/.gateway/oidc/{idp:str}/logged-out", cache=False, opt=PUBLIC)
+async def logged_out(request: Request[Any, Any, Any], config: Config, idp: str) -> Template:
+    """Where the provider sends the browser after RP-initiated logout (register it as post-logout URI)."""
+    settings = _provider(config, idp)
+    label = settings.label if settings is not None else "the identity provider"
+    return _page(
+        request,
+        200,
+        title="You are signed out",
+        message=f"You are signed out of the gateway and of {label}.",
+        link="/.gateway/login",
+        link_text="Sign in again",
+    )
+
+
+#: The OIDC handlers, registered on the control app (``web/app.py``).
+HANDLERS: Final = (start, callback, backchannel_logout, logged_out)

@@ -7,7 +7,7 @@ the detail is in the audit trail only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Final
 from urllib.parse import quote
 
 from litestar import Request, get, post
@@ -19,16 +19,14 @@ from gateway.errors import GatewayError
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
+from gateway.identity.services import IdentityServices
+from gateway.settings.current import CurrentConfig
 from gateway.web import flows
+from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import PUBLIC, Step, admits
-from gateway.web.oidc import oidc_handlers
 
-if TYPE_CHECKING:
-    from gateway.identity.services import IdentityServices
-    from gateway.runtime import Runtime
-
-__all__ = ["page_handlers"]
+__all__ = ["HANDLERS", "Form", "page"]
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 _SAME_ANSWER = "The username or password is not correct."
@@ -41,278 +39,316 @@ def page(request: AnyRequest, name: str, status: int = 200, **context: Any) -> T
     return Template(template_name=name, context=context, status_code=status)
 
 
-def page_handlers(runtime: Runtime) -> list[Any]:
-    """The page route handlers, bound to one worker's runtime."""
+def _providers(config: CurrentConfig) -> list[dict[str, str]]:
+    return [{"name": idp.name, "label": idp.label} for idp in config.settings.identity_providers]
 
-    def svc() -> IdentityServices:
-        return flows.services(runtime)
 
-    def providers() -> list[dict[str, str]]:
-        return [
-            {"name": idp.name, "label": idp.label} for idp in runtime.snapshot.settings.identity_providers
-        ]
+def _to_provider(name: str, rd: str, login_hint: str = "") -> Redirect:
+    query = f"rd={quote(rd, safe='')}"
+    if login_hint:
+        query += f"&login_hint={quote(login_hint, safe='')}"
+    return Redirect(f"/.gateway/oidc/{name}/start?{query}")
 
-    def to_provider(name: str, rd: str, login_hint: str = "") -> Redirect:
-        query = f"rd={quote(rd, safe='')}"
-        if login_hint:
-            query += f"&login_hint={quote(login_hint, safe='')}"
-        return Redirect(f"/.gateway/oidc/{name}/start?{query}")
 
-    @get("/.gateway/login", cache=False, opt=PUBLIC)
-    async def login_page(
-        request: Request[Any, Any, Any], rd: str = "", login_hint: str = "", idp: str = ""
-    ) -> Template | Redirect:
-        # Checked on entry: the form, the provider links and the passkey button carry it on.
-        rd = flows.carried_rd(rd, runtime)
-        signed = await flows.current(request, runtime)
-        if signed.session is not None and signed.session_id:
-            return await flows.after_sign_in(request, runtime, signed.session_id, signed.session, rd)
-        configured = runtime.snapshot.settings.identity_providers
-        # A login hint in a provider's email domain, or a provider named outright, skips this page.
-        chosen = provider_named(configured, idp) if idp else provider_for_email(configured, login_hint)
-        if chosen is not None:
-            return to_provider(chosen.name, rd, login_hint)
+@get("/.gateway/login", cache=False, opt=PUBLIC)
+async def login_page(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    rd: str = "",
+    login_hint: str = "",
+    idp: str = "",
+) -> Template | Redirect:
+    # Checked on entry: the form, the provider links and the passkey button carry it on.
+    rd = flows.carried_rd(rd, config)
+    signed = await flows.current(request, config, identity)
+    if signed.session is not None and signed.session_id:
+        return await flows.after_sign_in(request, config, identity, signed.session_id, signed.session, rd)
+    configured = config.settings.identity_providers
+    # A login hint in a provider's email domain, or a provider named outright, skips this page.
+    chosen = provider_named(configured, idp) if idp else provider_for_email(configured, login_hint)
+    if chosen is not None:
+        return _to_provider(chosen.name, rd, login_hint)
+    return page(
+        request,
+        "login.html",
+        rd=rd,
+        username=login_hint,
+        error=None,
+        passwordless=config.settings.mfa.webauthn.passwordless,
+        providers=_providers(config),
+    )
+
+
+@post("/.gateway/login", status_code=200, opt=PUBLIC)
+async def login_submit(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
+) -> Template | Redirect:
+    rd = data.get("rd", "")
+    username = data.get("username", "")
+    routed = provider_for_email(config.settings.identity_providers, username)
+    if routed is not None:
+        # This domain signs in at its identity provider; the password typed here is not looked at.
+        return _to_provider(routed.name, rd, username)
+    try:
+        result = await identity.accounts.authenticate(
+            username, data.get("password", ""), ip=flows.client_ip(request)
+        )
+    except GatewayError as err:
+        if err.status >= 500:
+            raise  # an outage: the error handler logs the detail and shows a plain page
+        message = _SAME_ANSWER if err.status == 401 else err.public_detail
         return page(
             request,
             "login.html",
+            status=err.status,
             rd=rd,
-            username=login_hint,
-            error=None,
-            passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
-            providers=providers(),
-        )
-
-    @post("/.gateway/login", status_code=200, opt=PUBLIC)
-    async def login_submit(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
-        rd = data.get("rd", "")
-        username = data.get("username", "")
-        routed = provider_for_email(runtime.snapshot.settings.identity_providers, username)
-        if routed is not None:
-            # This domain signs in at its identity provider; the password typed here is not looked at.
-            return to_provider(routed.name, rd, username)
-        try:
-            result = await svc().accounts.authenticate(
-                username, data.get("password", ""), ip=flows.client_ip(request)
-            )
-        except GatewayError as err:
-            if err.status >= 500:
-                raise  # an outage: the error handler logs the detail and shows a plain page
-            message = _SAME_ANSWER if err.status == 401 else err.public_detail
-            return page(
-                request,
-                "login.html",
-                status=err.status,
-                rd=rd,
-                username=username,
-                error=message,
-                passwordless=runtime.snapshot.settings.mfa.webauthn.passwordless,
-                providers=providers(),
-            )
-        signed = await flows.current(request, runtime)
-        if signed.session_id:
-            # Session fixation: whatever session this browser had is ended, a new id is issued.
-            await svc().sessions.revoke(signed.session_id)
-        user = result.user
-        session_id, session = await svc().sessions.create(
-            user_id=user.id,
-            username=user.username,
-            level=AuthLevel.ONE_FACTOR,
-            factors=(FactorUse(Factor.PASSWORD, svc().clock.time()),),
-            roles=tuple(user.roles.split()),
-            email=user.email,
-            ip=flows.client_ip(request),
-            user_agent=flows.user_agent(request),
-            host=runtime.snapshot.public_url,
-            password_change=result.must_change_password,
-        )
-        if result.must_change_password:
-            response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
-        elif await flows.has_second_factor(runtime, user.id):
-            response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
-        else:
-            # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
-            await svc().regulator.record_success(user.username)
-            return await flows.after_sign_in(request, runtime, session_id, session, rd)
-        flows.set_session_cookie(response, runtime, session_id)
-        return response
-
-    @get("/.gateway/mfa", cache=False, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
-    async def mfa_page(
-        request: Request[Any, Any, Any], rd: str = "", need: str = "any"
-    ) -> Template | Redirect:
-        signed = await flows.current(request, runtime)
-        if signed.session is None:
-            return flows.login_redirect(rd)
-        user_id = signed.session.user_id
-        has_totp = await svc().totp.has_confirmed(user_id)
-        has_webauthn = bool(await svc().webauthn.list(user_id))
-        if not has_totp and not has_webauthn:
-            return Redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
-        return page(
-            request,
-            "mfa.html",
-            rd=rd,
-            need=need,
-            has_totp=has_totp,
-            has_webauthn=has_webauthn,
-            error=None,
-            user=signed.session.username,
-        )
-
-    @post("/.gateway/mfa/totp", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
-    async def mfa_totp(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
-        return await _second_factor(request, data, Factor.TOTP)
-
-    @post("/.gateway/mfa/recovery", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
-    async def mfa_recovery(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
-        return await _second_factor(request, data, Factor.RECOVERY)
-
-    async def _second_factor(
-        request: AnyRequest, data: dict[str, str], factor: Factor
-    ) -> Template | Redirect:
-        rd = data.get("rd", "")
-        signed = await flows.current(request, runtime)
-        if signed.session is None or signed.session_id is None:
-            return flows.login_redirect(rd)
-        session = signed.session
-        code = data.get("code", "")
-        regulator = svc().regulator
-        try:
-            await regulator.check(session.username)
-        except GatewayError as err:
-            if err.status >= 500:
-                raise  # an outage: the error handler logs the detail and shows a plain page
-            return await _mfa_error(
-                request, session.user_id, session.username, rd, err.public_detail, err.status
-            )
-        if factor is Factor.TOTP:
-            ok = await svc().totp.verify(session.user_id, code)
-        else:
-            ok = await svc().recovery.use(session.user_id, code)
-        ip = flows.client_ip(request)
-        await svc().audit.record(
-            f"mfa.{factor.value}",
-            actor=f"user:{session.username}",
-            subject=session.username,
-            ip=ip,
-            outcome="success" if ok else "failure",
-        )
-        if not ok:
-            await regulator.record_failure(session.username, ip=ip, factor=factor.value)
-            return await _mfa_error(request, session.user_id, session.username, rd, _MFA_FAILED, 401)
-        await regulator.record_success(session.username)
-        new_id, new_session = await svc().sessions.elevate(
-            signed.session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, svc().clock.time())
-        )
-        return await flows.after_sign_in(request, runtime, new_id, new_session, rd)
-
-    async def _mfa_error(
-        request: AnyRequest, user_id: int, username: str, rd: str, message: str, status: int
-    ) -> Template:
-        return page(
-            request,
-            "mfa.html",
-            status=status,
-            rd=rd,
-            need="any",
-            has_totp=await svc().totp.has_confirmed(user_id),
-            has_webauthn=bool(await svc().webauthn.list(user_id)),
+            username=username,
             error=message,
-            user=username,
+            passwordless=config.settings.mfa.webauthn.passwordless,
+            providers=_providers(config),
         )
+    signed = await flows.current(request, config, identity)
+    if signed.session_id:
+        # Session fixation: whatever session this browser had is ended, a new id is issued.
+        await identity.sessions.revoke(signed.session_id)
+    user = result.user
+    session_id, session = await identity.sessions.create(
+        user_id=user.id,
+        username=user.username,
+        level=AuthLevel.ONE_FACTOR,
+        factors=(FactorUse(Factor.PASSWORD, identity.clock.time()),),
+        roles=tuple(user.roles.split()),
+        email=user.email,
+        ip=flows.client_ip(request),
+        user_agent=flows.user_agent(request),
+        host=config.public_url,
+        password_change=result.must_change_password,
+    )
+    if result.must_change_password:
+        response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
+    elif await flows.has_second_factor(identity, user.id):
+        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+    else:
+        # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
+        await identity.regulator.record_success(user.username)
+        return await flows.after_sign_in(request, config, identity, session_id, session, rd)
+    flows.set_session_cookie(response, config, session_id)
+    return response
 
-    @get("/.gateway/handoff", cache=False, opt=PUBLIC)
-    async def handoff(request: Request[Any, Any, Any], code: str = "", rd: str = "/") -> Redirect | Template:
-        host = normalise_host(request.headers.get("host") or "")
-        grant = await svc().handoff.redeem(code, host=host)
-        # Only a path on this same host, read as a browser reads it: both the "Try again" link and
-        # the Location come from the one validator ("/<TAB>/evil.test" is "//evil.test" to a browser).
-        target = flows.safe_local_rd(rd)
-        # A session that still owes a password change is never copied to another host (defence in
-        # depth: next_location does not issue such codes).
-        if grant is None or grant.session.password_change:
-            return page(
-                request,
-                "message.html",
-                status=400,
-                title="This sign-in link has expired",
-                message="Sign-in links work once and only for a minute. Open the application again to continue.",
-                link=target,
-                link_text="Try again",
-            )
-        signed = await flows.current(request, runtime)
-        if signed.session_id:
-            await svc().sessions.revoke(signed.session_id)
-        source = grant.session
-        session_id, _ = await svc().sessions.create(
-            user_id=source.user_id,
-            username=source.username,
-            level=source.level,
-            factors=source.factors,
-            roles=source.roles,
-            email=source.email,
-            groups=source.groups,
-            ip=flows.client_ip(request),
-            user_agent=flows.user_agent(request),
-            host=host,
-            family=source.family,
+
+@get("/.gateway/mfa", cache=False, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
+async def mfa_page(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    rd: str = "",
+    need: str = "any",
+) -> Template | Redirect:
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect(rd)
+    user_id = signed.session.user_id
+    has_totp = await identity.totp.has_confirmed(user_id)
+    has_webauthn = bool(await identity.webauthn.list(user_id))
+    if not has_totp and not has_webauthn:
+        return Redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+    return page(
+        request,
+        "mfa.html",
+        rd=rd,
+        need=need,
+        has_totp=has_totp,
+        has_webauthn=has_webauthn,
+        error=None,
+        user=signed.session.username,
+    )
+
+
+@post("/.gateway/mfa/totp", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
+async def mfa_totp(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
+) -> Template | Redirect:
+    return await _second_factor(request, data, Factor.TOTP, config, identity)
+
+
+@post("/.gateway/mfa/recovery", status_code=200, opt=admits(Step.SECOND_FACTOR, Step.ENROLL))
+async def mfa_recovery(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
+) -> Template | Redirect:
+    return await _second_factor(request, data, Factor.RECOVERY, config, identity)
+
+
+async def _second_factor(
+    request: AnyRequest,
+    data: dict[str, str],
+    factor: Factor,
+    config: CurrentConfig,
+    identity: IdentityServices,
+) -> Template | Redirect:
+    rd = data.get("rd", "")
+    signed = await flows.current(request, config, identity)
+    if signed.session is None or signed.session_id is None:
+        return flows.login_redirect(rd)
+    session = signed.session
+    code = data.get("code", "")
+    regulator = identity.regulator
+    try:
+        await regulator.check(session.username)
+    except GatewayError as err:
+        if err.status >= 500:
+            raise  # an outage: the error handler logs the detail and shows a plain page
+        return await _mfa_error(
+            request, identity, session.user_id, session.username, rd, err.public_detail, err.status
         )
-        response = Redirect(target)
-        flows.set_session_cookie(response, runtime, session_id)
-        return response
+    if factor is Factor.TOTP:
+        ok = await identity.totp.verify(session.user_id, code)
+    else:
+        ok = await identity.recovery.use(session.user_id, code)
+    ip = flows.client_ip(request)
+    await identity.audit.record(
+        f"mfa.{factor.value}",
+        actor=f"user:{session.username}",
+        subject=session.username,
+        ip=ip,
+        outcome="success" if ok else "failure",
+    )
+    if not ok:
+        await regulator.record_failure(session.username, ip=ip, factor=factor.value)
+        return await _mfa_error(request, identity, session.user_id, session.username, rd, _MFA_FAILED, 401)
+    await regulator.record_success(session.username)
+    new_id, new_session = await identity.sessions.elevate(
+        signed.session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
+    )
+    return await flows.after_sign_in(request, config, identity, new_id, new_session, rd)
 
-    @get("/.gateway/logout", cache=False, opt=PUBLIC)
-    async def logout_page(request: Request[Any, Any, Any], rd: str = "") -> Template:
-        signed = await flows.current(request, runtime)
+
+async def _mfa_error(
+    request: AnyRequest,
+    identity: IdentityServices,
+    user_id: int,
+    username: str,
+    rd: str,
+    message: str,
+    status: int,
+) -> Template:
+    return page(
+        request,
+        "mfa.html",
+        status=status,
+        rd=rd,
+        need="any",
+        has_totp=await identity.totp.has_confirmed(user_id),
+        has_webauthn=bool(await identity.webauthn.list(user_id)),
+        error=message,
+        user=username,
+    )
+
+
+@get("/.gateway/handoff", cache=False, opt=PUBLIC)
+async def handoff(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    code: str = "",
+    rd: str = "/",
+) -> Redirect | Template:
+    host = normalise_host(request.headers.get("host") or "")
+    grant = await identity.handoff.redeem(code, host=host)
+    # Only a path on this same host, read as a browser reads it: both the "Try again" link and
+    # the Location come from the one validator ("/<TAB>/evil.test" is "//evil.test" to a browser).
+    target = flows.safe_local_rd(rd)
+    # A session that still owes a password change is never copied to another host (defence in
+    # depth: next_location does not issue such codes).
+    if grant is None or grant.session.password_change:
         return page(
             request,
             "message.html",
-            title="Sign out?",
-            message="You will be signed out of every application behind this gateway in this browser.",
-            confirm_logout=True,
-            rd=rd,
-            user=signed.session.username if signed.session else None,
+            status=400,
+            title="This sign-in link has expired",
+            message="Sign-in links work once and only for a minute. Open the application again to continue.",
+            link=target,
+            link_text="Try again",
         )
+    signed = await flows.current(request, config, identity)
+    if signed.session_id:
+        await identity.sessions.revoke(signed.session_id)
+    source = grant.session
+    session_id, _ = await identity.sessions.create(
+        user_id=source.user_id,
+        username=source.username,
+        level=source.level,
+        factors=source.factors,
+        roles=source.roles,
+        email=source.email,
+        groups=source.groups,
+        ip=flows.client_ip(request),
+        user_agent=flows.user_agent(request),
+        host=host,
+        family=source.family,
+    )
+    response = Redirect(target)
+    flows.set_session_cookie(response, config, session_id)
+    return response
 
-    @post("/.gateway/logout", status_code=303, opt=PUBLIC)
-    async def logout(request: Request[Any, Any, Any], data: Form) -> Redirect:
-        signed = await flows.current(request, runtime)
-        location = "/.gateway/login"
-        if signed.session is not None:
-            await svc().sessions.revoke_family(signed.session.family)
-            await svc().audit.record(
-                "signout",
-                actor=f"user:{signed.session.username}",
-                subject=signed.session.username,
-                ip=flows.client_ip(request),
-            )
-            location = await _provider_logout(signed.session.family) or location
-        response = Redirect(location, status_code=303)
-        flows.set_session_cookie(response, runtime, None)
-        return response
 
-    async def _provider_logout(family: str) -> str | None:
-        """RP-initiated logout: the provider's end-session URL when this sign-in came through one."""
-        oidc = svc().oidc
-        sign_in = await oidc.index.forget(family)
-        if sign_in is None:
-            return None
-        idp = provider_named(runtime.snapshot.settings.identity_providers, sign_in.provider)
-        if idp is None:
-            return None
-        public_url = runtime.snapshot.public_url.rstrip("/")
-        return await oidc.end_session_url(
-            idp, sign_in, post_logout_redirect_uri=f"{public_url}/.gateway/oidc/{idp.name}/logged-out"
+@get("/.gateway/logout", cache=False, opt=PUBLIC)
+async def logout_page(
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+) -> Template:
+    signed = await flows.current(request, config, identity)
+    return page(
+        request,
+        "message.html",
+        title="Sign out?",
+        message="You will be signed out of every application behind this gateway in this browser.",
+        confirm_logout=True,
+        rd=rd,
+        user=signed.session.username if signed.session else None,
+    )
+
+
+@post("/.gateway/logout", status_code=303, opt=PUBLIC)
+async def logout(request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form) -> Redirect:
+    signed = await flows.current(request, config, identity)
+    location = "/.gateway/login"
+    if signed.session is not None:
+        await identity.sessions.revoke_family(signed.session.family)
+        await identity.audit.record(
+            "signout",
+            actor=f"user:{signed.session.username}",
+            subject=signed.session.username,
+            ip=flows.client_ip(request),
         )
+        location = await _provider_logout(signed.session.family, config, identity) or location
+    response = Redirect(location, status_code=303)
+    flows.set_session_cookie(response, config, None)
+    return response
 
-    return [
-        login_page,
-        login_submit,
-        mfa_page,
-        mfa_totp,
-        mfa_recovery,
-        handoff,
-        logout_page,
-        logout,
-        *oidc_handlers(runtime),
-    ]
+
+async def _provider_logout(family: str, config: CurrentConfig, identity: IdentityServices) -> str | None:
+    """RP-initiated logout: the provider's end-session URL when this sign-in came through one."""
+    oidc = identity.oidc
+    sign_in = await oidc.index.forget(family)
+    if sign_in is None:
+        return None
+    idp = provider_named(config.settings.identity_providers, sign_in.provider)
+    if idp is None:
+        return None
+    public_url = config.public_url.rstrip("/")
+    return await oidc.end_session_url(
+        idp, sign_in, post_logout_redirect_uri=f"{public_url}/.gateway/oidc/{idp.name}/logged-out"
+    )
+
+
+#: The page handlers, registered on the control app (``web/app.py``).
+HANDLERS: Final = (
+    login_page,
+    login_submit,
+    mfa_page,
+    mfa_totp,
+    mfa_recovery,
+    handoff,
+    logout_page,
+    logout,
+)

@@ -1,8 +1,9 @@
-"""The admin app in process: a real Runtime (SQLite file, in-process fast state) behind Litestar's client.
+"""The admin app in process: the admin role's real services (SQLite file, in-process fast state) behind
+Litestar's client.
 
 The integration tests drive the same app through the real gateway; these check the answers in detail
 (error shape, what a 400 says, the schema) without processes or TOTP, by creating the admin's session
-directly in the runtime's session store.
+directly in the services' session store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from litestar.testing import AsyncTestClient
 
 from admin.app import create_admin_app
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.runtime import Runtime, load_runtime
+from gateway.root.start import Role, start
+from gateway.services import Services
+from gateway.settings.loader import load_settings
 
 ADMIN_PORT = 9443
 ORIGIN = f"http://gw.test:{ADMIN_PORT}"
@@ -30,9 +33,9 @@ g, user:boss, admin
 
 
 class Admin:
-    def __init__(self, client: AsyncTestClient[Any], runtime: Runtime, session_id: str) -> None:
+    def __init__(self, client: AsyncTestClient[Any], services: Services, session_id: str) -> None:
         self.client = client
-        self.runtime = runtime
+        self.services = services
         self.cookie = f"gateway_session={session_id}"
 
     async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -54,22 +57,25 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
     }
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
-    runtime = load_runtime(tmp_path / "gateway.yaml")
-    app = create_admin_app(runtime)
-    async with AsyncTestClient(app, base_url=ORIGIN) as client:
-        assert runtime.identity is not None
-        now = runtime.identity.clock.time()
-        session_id, _ = await runtime.identity.sessions.create(
-            user_id=1,
-            username="boss",
-            level=AuthLevel.TWO_FACTOR,
-            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
-            roles=(),
-            ip="127.0.0.1",
-            user_agent="test",
-            host="http://gw.test:8080",
-        )
-        yield Admin(client, runtime, session_id)
+    path = tmp_path / "gateway.yaml"
+    running = await start(path, load_settings(path), role=Role.ADMIN)
+    try:
+        services = running.services
+        async with AsyncTestClient(create_admin_app(services), base_url=ORIGIN) as client:
+            now = services.identity.clock.time()
+            session_id, _ = await services.identity.sessions.create(
+                user_id=1,
+                username="boss",
+                level=AuthLevel.TWO_FACTOR,
+                factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+                roles=(),
+                ip="127.0.0.1",
+                user_agent="test",
+                host="http://gw.test:8080",
+            )
+            yield Admin(client, services, session_id)
+    finally:
+        await running.close()
 
 
 async def test_health_and_schema(admin: Admin) -> None:
@@ -118,10 +124,9 @@ async def test_a_rule_is_added_and_audited(admin: Admin) -> None:
     assert [w["code"] for w in result["warnings"]] == ["unheld-role"]
     policy = (await admin.call("GET", "/api/policy")).json()
     assert {**rule, "line": 3, "csv": "p, role:x, app, /x/*, GET, deny"} in policy["rules"]
-    assert admin.runtime.identity is not None
-    events = await admin.runtime.identity.audit.events(kind="admin.policy.add")
+    events = await admin.services.identity.audit.events(kind="admin.policy.add")
     assert [(e.actor, e.outcome) for e in events] == [("user:boss", "success")]
-    changed = await admin.runtime.identity.audit.events(kind="policy.changed")
+    changed = await admin.services.identity.audit.events(kind="policy.changed")
     assert changed[0].actor == "user:boss"  # newest first
 
 

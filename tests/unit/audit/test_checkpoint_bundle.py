@@ -25,7 +25,8 @@ from gateway.audit.checkpoint import (
 from gateway.audit.trail import AuditLog, record_quietly
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from gateway.runtime import Runtime
+from gateway.pipeline.snapshot import LiveState, build_snapshot
+from gateway.root.reload import Reloader
 from gateway.settings.loader import load_settings
 from gateway.store.db import Database
 
@@ -385,11 +386,11 @@ async def test_record_quietly_never_raises(database: Database, caplog: pytest.Lo
 async def test_refused_reload_is_audited(database: Database, tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {tmp_path}\n")
-    runtime = Runtime(config, load_settings(config))
     audit = AuditLog(database, clock=FakeClock())
-    runtime.identity = type("Identity", (), {"audit": audit})()
+    live = LiveState(build_snapshot(load_settings(config), generation=1, source=str(config)))
+    reloader = Reloader(config, live, audit=audit, health=None)
     config.write_text("public_url: [not a url\n")
-    assert await runtime.reload() is False
+    assert await reloader.reload() is False
     (event,) = await audit.events(kind="config.reloaded")
     assert (event.outcome, event.actor) == ("failure", "system")
     assert json.loads(event.details)["config"] == str(config)

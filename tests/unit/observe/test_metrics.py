@@ -28,7 +28,8 @@ from gateway.authz.cache import DecisionCache
 from gateway.authz.decision import Decision, Reason
 from gateway.observe.metrics import MULTIPROC_ENV, Metrics, SessionCounter, exposition, redis_session_count
 from gateway.observe.record import RequestRecord
-from gateway.runtime import load_runtime
+from gateway.root.start import Role, start
+from gateway.settings.loader import load_settings
 from tests.support.fast_state import FAST_STATE_REDIS_URL
 
 
@@ -338,13 +339,19 @@ async def test_metrics_are_refused_to_a_peer_that_is_neither_loopback_nor_a_trus
         "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
     }
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
-    runtime = load_runtime(tmp_path / "gateway.yaml")
-    # Litestar's test client connects as "testclient", which is no loopback address.
-    async with AsyncTestClient(create_admin_app(runtime), base_url="http://gw.test:9443") as client:
-        response = await client.get("/metrics")
-        assert response.status_code == 403
-        assert response.json()["error"] == "forbidden"
-        assert runtime.metrics is not None  # the runtime registered its metrics at start
+    path = tmp_path / "gateway.yaml"
+    running = await start(path, load_settings(path), role=Role.ADMIN)
+    try:
+        # Litestar's test client connects as "testclient", which is no loopback address.
+        async with AsyncTestClient(
+            create_admin_app(running.services), base_url="http://gw.test:9443"
+        ) as client:
+            response = await client.get("/metrics")
+            assert response.status_code == 403
+            assert response.json()["error"] == "forbidden"
+            assert running.services.metrics is not None  # start-up registered its metrics
+    finally:
+        await running.close()
 
 
 # -- several processes ------------------------------------------------------------------------------
@@ -359,7 +366,7 @@ metrics = Metrics()
 metrics.watch_policy_version(lambda: 4)
 for _ in range(int(sys.argv[2])):
     metrics.observe_request(RequestRecord(at=0.0, kind="http", route="app", status=200, decision="allow"))
-metrics.flush()  # what Runtime.close does through Metrics.close when a worker stops
+metrics.flush()  # what closing the services does through Metrics.close when a worker stops
 """
 
 

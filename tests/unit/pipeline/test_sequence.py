@@ -1,6 +1,6 @@
 """One stage sequence for every entry: HTTP, forward-auth and WebSocket decide the same way.
 
-The data plane is driven in-process, as the ASGI server calls it, with a real worker runtime
+The data plane is driven in-process, as the ASGI server calls it, with a real worker's services
 (embedded storage, the shipped session store and policy engine) and a real upstream (aiohttp, HTTP
 and WebSocket) on a loopback port. One table of requests (allowed, public, no session, policy deny,
 MFA missing, password change owed, ambiguous path, no route) goes through each entry: the decision
@@ -27,9 +27,9 @@ from aiohttp import WSMsgType, web
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
-from gateway.pipeline.app import DataPlane, create_data_plane
 from gateway.pipeline.headers import TrustedProxies
-from gateway.runtime import load_runtime
+from gateway.root.apps import ProcessApp, worker_app
+from gateway.services import WorkerServices
 
 # The control app (gateway/web/) still uses APIs Litestar deprecated (litestar.contrib.jinja,
 # inferred query parameters); a running gateway only warns, and this data-plane test builds it too.
@@ -52,7 +52,7 @@ class Upstream:
 
 @dataclass
 class World:
-    plane: DataPlane
+    plane: ProcessApp[WorkerServices]
     upstream: Upstream
     records: list[RequestRecord]
     cookies: dict[str, bytes]
@@ -98,7 +98,7 @@ def _config(tmp: Path, upstream_port: int) -> Path:
     return path
 
 
-async def _lifespan(plane: DataPlane, kind: str) -> None:
+async def _lifespan(plane: ProcessApp[WorkerServices], kind: str) -> None:
     messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     answers: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
     await messages.put({"type": f"lifespan.{kind}"})
@@ -115,9 +115,10 @@ async def _lifespan(plane: DataPlane, kind: str) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _sign_in(plane: DataPlane, user_id: int, username: str, *, password_change: bool = False) -> bytes:
-    identity = plane.runtime.identity
-    assert identity is not None
+async def _sign_in(
+    plane: ProcessApp[WorkerServices], user_id: int, username: str, *, password_change: bool = False
+) -> bytes:
+    identity = plane.running.services.identity
     session_id, _ = await identity.sessions.create(
         user_id=user_id,
         username=username,
@@ -129,7 +130,7 @@ async def _sign_in(plane: DataPlane, user_id: int, username: str, *, password_ch
         host="app.test",
         password_change=password_change,
     )
-    return f"{plane.runtime.live.current.cookie_name}={session_id}".encode()
+    return f"{plane.running.live.current.cookie_name}={session_id}".encode()
 
 
 @pytest.fixture
@@ -156,13 +157,13 @@ async def upstream() -> AsyncIterator[Upstream]:
 async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[World]:
     """One gateway worker, started as the ASGI server starts it, with two signed-in sessions."""
     thresholds = gc.get_threshold()
-    plane = create_data_plane(load_runtime(_config(tmp_path, upstream.port)))
+    plane = worker_app(_config(tmp_path, upstream.port))
     started = False
     try:
         await _lifespan(plane, "startup")
         started = True
         records: list[RequestRecord] = []
-        plane.runtime.observers.append(records.append)
+        plane.running.services.observers.append(records.append)
         cookies = {
             "": b"",
             "alice": await _sign_in(plane, 1, "alice"),
@@ -170,10 +171,9 @@ async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[World]:
         }
         yield World(plane, upstream, records, cookies)
     finally:
+        # A start-up that failed has closed what it opened already.
         if started:
             await _lifespan(plane, "shutdown")
-        else:
-            await plane.runtime.close()
         # The worker's start-up tunes the collector for a long-lived process: undo it for the test run.
         gc.unfreeze()
         gc.set_threshold(*thresholds)
@@ -342,7 +342,7 @@ async def test_forward_auth_from_an_untrusted_peer_is_refused_before_the_stages(
         (b"x-forwarded-host", b"app.test"),
         (b"x-forwarded-uri", b"/hello"),
     ]
-    live = world.plane.runtime.live
+    live = world.plane.running.live
     live.swap(dataclasses.replace(live.current, trusted=TrustedProxies([])))
     answer = await _call(world, "http", b"/.gateway/auth", headers)
     assert (answer.status, answer.headers[b"x-gateway-reason"]) == (403, b"untrusted-proxy")

@@ -1,0 +1,149 @@
+"""Keeping the live configuration current: SIGHUP reload, and the upstream health checks that follow it.
+
+A reload builds a new snapshot off the request path and swaps it in; a config that fails validation,
+or that changes what only a restart can apply, is refused and the old one keeps serving (the refusal
+is logged, audited and shown in the readiness report). In a gateway worker the upstream health checks
+follow the snapshot: the new pools are checked before the swap, the old checks stop after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from gateway.audit.trail import AuditLog, record_quietly
+from gateway.errors import ConfigError
+from gateway.pipeline.snapshot import LiveState, Snapshot, build_snapshot
+from gateway.settings.loader import load_settings
+from gateway.settings.schema import Settings
+from gateway.upstream import HealthChecker
+
+__all__ = ["HealthChecks", "Reloader"]
+
+logger = logging.getLogger("gateway")
+
+# Bound when the process starts (sockets, files, connections); pretending to apply them live would
+# leave the running gateway different from its config.
+_RESTART_ONLY = (
+    "listen",
+    "tls",
+    "data_dir",
+    "storage",
+    "state",
+    "server",
+    "policy",
+    "assertion",
+    "admin",
+    "logging",
+)
+
+
+class HealthChecks:
+    """The active health checks of the live snapshot's upstream pools (gateway workers only)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._checker: HealthChecker | None = None
+
+    async def follow(self, snapshot: Snapshot) -> HealthChecker | None:
+        """Start checking ``snapshot``'s pools; returns the checker they replace (the caller stops it
+        once the new snapshot is live)."""
+        checker = HealthChecker(snapshot.pools, self._session)
+        await checker.start()
+        old, self._checker = self._checker, checker
+        return old
+
+    async def close(self) -> None:
+        if self._checker is not None:
+            await self._checker.stop()
+            self._checker = None
+
+
+class Reloader:
+    """Re-reads the config file on request (SIGHUP) and swaps the snapshot in if it is valid."""
+
+    def __init__(
+        self, config_path: Path, live: LiveState, *, audit: AuditLog, health: HealthChecks | None
+    ) -> None:
+        """Wire the reloader.
+
+        Args:
+            config_path: The file to re-read.
+            live: The holder whose snapshot is swapped.
+            audit: Where ``config.reloaded`` is recorded (success and refusal).
+            health: The upstream health checks to move to the new pools; None where no upstream is
+                checked (the admin listener).
+        """
+        self.config_path = config_path
+        self.live = live
+        self._audit = audit
+        self._health = health
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
+        # The first line goes to the readiness report until a reload succeeds.
+        self.last_error: str | None = None
+
+    def on_sighup(self) -> None:
+        """The SIGHUP handler: reload in a task (signal handlers must not block the loop)."""
+        task = asyncio.ensure_future(self.reload())
+        # Keep a reference until done: the loop only holds tasks weakly.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def listen(self) -> bool:
+        """Reload on SIGHUP from now on. Returns False where signals cannot be handled."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread or Windows
+            logger.warning("SIGHUP reload is not available in this process")
+            return False
+        return True
+
+    async def reload(self) -> bool:
+        """Re-read the config file; swap it in if valid. Returns whether the new config is live."""
+        async with self._lock:
+            current = self.live.current
+            try:
+                settings = await asyncio.to_thread(load_settings, self.config_path)
+                new = build_snapshot(
+                    settings, generation=current.generation + 1, source=str(self.config_path)
+                )
+            except (ConfigError, ValueError) as exc:
+                self.last_error = str(exc)
+                logger.error("config reload refused, the previous config keeps serving:\n%s", exc)
+                await self._record("failure", str(exc))
+                return False
+            refused = _restart_only_change(current.settings, settings)
+            if refused:
+                self.last_error = refused
+                logger.error("config reload refused: %s", refused)
+                await self._record("failure", refused)
+                return False
+            old_checker = await self._health.follow(new) if self._health is not None else None
+            self.live.swap(new)
+            if old_checker is not None:
+                await old_checker.stop()
+            self.last_error = None
+            logger.info("config reloaded (generation %d, %d routes)", new.generation, len(new.routes))
+            await self._record("success", f"generation {new.generation}")
+            return True
+
+    async def _record(self, outcome: str, detail: str) -> None:
+        details = {
+            "config": str(self.config_path),
+            "detail": detail.splitlines()[0] if detail else "",
+            "pid": os.getpid(),
+        }
+        await record_quietly(self._audit, "config.reloaded", actor="system", outcome=outcome, details=details)
+
+
+def _restart_only_change(old: Settings, new: Settings) -> str | None:
+    for key in _RESTART_ONLY:
+        if getattr(old, key) != getattr(new, key):
+            return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
+    return None

@@ -1,0 +1,382 @@
+"""Start-up: one function opens a process's parts in order and hands back the frozen services.
+
+``start(config_path, settings, role=...)`` opens the stores, the identity services, the live policy,
+readiness, metrics and sinks (every serving process), and for a gateway worker also the signing
+keys, the upstream clients and health checks, threat detection and the audit checkpoints. Each part
+is registered for closing as soon as it is open: if a later step fails, what was opened is closed
+again (in reverse order) and the error propagates, so no process ever half-starts. What comes back
+is a :class:`Running`: the services, the live snapshot, the reloader (SIGHUP) and the one ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import aiohttp
+
+from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
+from gateway.authz.live import LivePolicy
+from gateway.authz.store import PolicyStore
+from gateway.crypto.signing import SigningKeys
+from gateway.identity.assertion import AssertionSigner
+from gateway.identity.services import IdentityServices, keyring_path
+from gateway.observe.access import CheckpointEntry, access_observer, audit_listener
+from gateway.observe.metrics import Metrics
+from gateway.observe.readiness import Component, ReadinessMonitor
+from gateway.observe.record import Observer
+from gateway.observe.sinks import SinkHub
+from gateway.pipeline.snapshot import LiveState, build_snapshot
+from gateway.root.readiness import ProcessReadiness
+from gateway.root.reload import HealthChecks, Reloader
+from gateway.services import Services, WorkerServices
+from gateway.settings.schema import Settings
+from gateway.store.db import Database, default_sqlite_url
+from gateway.store.fast import FastState, open_configured_state
+from gateway.store.migrate import ensure_schema
+from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
+from gateway.upstream.http1 import Http1Client
+
+__all__ = ["Role", "Running", "start"]
+
+logger = logging.getLogger("gateway")
+
+S = TypeVar("S", bound=Services)
+
+
+class Role(StrEnum):
+    """What a process serves, and so what it starts."""
+
+    # The data plane and the /.gateway/ pages: everything.
+    WORKER = "worker"
+    # The admin API: stores, identity, policy, readiness, metrics and security-event sinks; no
+    # upstream clients or health checks, no threat detection, no signing keys, no checkpoints.
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Running(Generic[S]):
+    """A started process: its services, the live snapshot, and what keeps and ends them."""
+
+    services: S
+    # The same holder as ``services.live``, with the pipeline's full snapshot type.
+    live: LiveState
+    reloader: Reloader
+    _stack: contextlib.AsyncExitStack = field(repr=False)
+
+    async def reload(self) -> bool:
+        """Re-read the config file now (what SIGHUP does). Returns whether the new config is live."""
+        return await self.reloader.reload()
+
+    async def close(self) -> None:
+        """Stop background work and close connections, in reverse order of opening (graceful
+        shutdown, after requests drained: detectors and metrics, then the sinks deliver what is
+        queued within ``logging.flush_timeout``, then the policy and the connections)."""
+        await self._stack.aclose()
+
+
+@overload
+async def start(
+    config_path: str | Path,
+    settings: Settings,
+    *,
+    role: Literal[Role.WORKER],
+    early_reload: threading.Event | None = None,
+) -> Running[WorkerServices]: ...
+
+
+@overload
+async def start(
+    config_path: str | Path,
+    settings: Settings,
+    *,
+    role: Literal[Role.ADMIN],
+    early_reload: threading.Event | None = None,
+) -> Running[Services]: ...
+
+
+async def start(
+    config_path: str | Path,
+    settings: Settings,
+    *,
+    role: Role,
+    early_reload: threading.Event | None = None,
+) -> Running[WorkerServices] | Running[Services]:
+    """Open everything ``role`` runs, in order; on any failure close what was opened and raise.
+
+    Args:
+        config_path: The config file (re-read on SIGHUP).
+        settings: It, loaded and validated.
+        role: What this process serves.
+        early_reload: Set by the server when a SIGHUP arrived before the handler was installed here:
+            the config may have changed since ``settings`` were loaded, so that reload is honoured.
+    """
+    path = Path(config_path)
+    stack = contextlib.AsyncExitStack()
+    try:
+        running: Running[WorkerServices] | Running[Services]
+        if role is Role.WORKER:
+            running = await _open_worker(stack, path, settings)
+        else:
+            running = await _open_admin(stack, path, settings)
+        if running.reloader.listen():
+            stack.callback(_stop_listening)
+        if early_reload is not None and early_reload.is_set():
+            await running.reload()
+    except BaseException:
+        await stack.aclose()
+        raise
+    return running
+
+
+# -- the parts ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """The parts every role opens, and the ones only start-up needs."""
+
+    live: LiveState
+    db: Database
+    fast: FastState
+    identity: IdentityServices
+    policy: LivePolicy
+    reloader: Reloader
+    readiness: ProcessReadiness
+    sinks: SinkHub | None
+    metrics: Metrics
+
+
+async def _open_worker(
+    stack: contextlib.AsyncExitStack, path: Path, settings: Settings
+) -> Running[WorkerServices]:
+    live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
+    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    websockets = _websocket_session(settings)
+    stack.push_async_callback(websockets.close)
+    upstream = Http1Client(max_connections=settings.limits.max_upstream_connections)
+    stack.push_async_callback(upstream.close)
+    db, fast, identity = await _open_stores(stack, settings)
+    signing = SigningKeys(
+        db, identity.keyring, identity.clock, settings.assertion, keyring_path=keyring_path(settings)
+    )
+    await signing.ensure()
+    _background(stack, signing.run_refresh(30.0))
+    assertions = AssertionSigner(
+        signing.current, issuer=live.current.public_url, ttl=settings.assertion.ttl, clock=identity.clock
+    )
+    health = HealthChecks(websockets)
+    shared = await _open_shared(stack, path, settings, live, db, fast, identity, health, Role.WORKER)
+    observers: list[Observer] = [shared.metrics.observe_request]
+    config = settings.logging
+    # With access_log off no observer is registered at all: the load tests measure its cost that way.
+    if shared.sinks is not None and config.access_log:
+        observers.append(access_observer(shared.sinks))
+    ip_blocks = IpBlocks(identity.clock)
+    threats = await _open_threats(stack, live, settings, fast, identity, ip_blocks)
+    if threats is not None:
+        observers.append(threats.observe)
+        identity.audit.listeners.append(threats.on_audit)
+    _start_checkpoints(stack, settings, db, identity, shared.sinks)
+    await health.follow(live.current)
+    stack.push_async_callback(health.close)
+    services = WorkerServices(
+        live=live,
+        db=db,
+        fast=fast,
+        identity=identity,
+        policy=shared.policy,
+        metrics=shared.metrics,
+        sinks=shared.sinks,
+        signing=signing,
+        assertions=assertions,
+        ip_blocks=ip_blocks,
+        threats=threats,
+        observers=observers,
+        upstream=upstream,
+        websockets=websockets,
+        readiness=shared.readiness.report,
+    )
+    return Running(services, live, shared.reloader, stack)
+
+
+async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Settings) -> Running[Services]:
+    live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
+    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    db, fast, identity = await _open_stores(stack, settings)
+    shared = await _open_shared(stack, path, settings, live, db, fast, identity, None, Role.ADMIN)
+    services = Services(
+        live=live,
+        db=db,
+        fast=fast,
+        identity=identity,
+        policy=shared.policy,
+        metrics=shared.metrics,
+        sinks=shared.sinks,
+    )
+    return Running(services, live, shared.reloader, stack)
+
+
+async def _open_stores(
+    stack: contextlib.AsyncExitStack, settings: Settings
+) -> tuple[Database, FastState, IdentityServices]:
+    url = settings.storage.url or default_sqlite_url(settings.data_dir)
+    await ensure_schema(url, auto=url.startswith("sqlite"))
+    db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
+    stack.push_async_callback(db.close)
+    # Redis, or the node's shared file in data_dir: every worker, the admin listener and the CLI see
+    # the same sessions, counters, blocks and broadcasts.
+    fast = open_configured_state(settings)
+    stack.push_async_callback(fast.close)
+    identity = IdentityServices.build(settings, db, fast)
+    _background(stack, identity.sessions.run_invalidation_listener())
+    return db, fast, identity
+
+
+async def _open_shared(
+    stack: contextlib.AsyncExitStack,
+    path: Path,
+    settings: Settings,
+    live: LiveState,
+    db: Database,
+    fast: FastState,
+    identity: IdentityServices,
+    health: HealthChecks | None,
+    role: Role,
+) -> _Shared:
+    policy = LivePolicy(PolicyStore(db, fast, identity.audit, identity.clock), settings.policy)
+    await policy.start()
+    stack.push_async_callback(policy.close)
+    reloader = Reloader(path, live, audit=identity.audit, health=health)
+    # Probes the database and the fast state for /.gateway/ready and the component gauges.
+    monitor = ReadinessMonitor({Component.STORAGE: db.ping, Component.STATE: fast.ping})
+    await monitor.start()
+    stack.push_async_callback(monitor.close)
+    readiness = ProcessReadiness(monitor, live, reloader, policy)
+    sinks = await _open_sinks(stack, settings, role)
+    metrics = Metrics()
+    metrics.watch_decision_cache(policy.authorizer.cache)
+    metrics.watch_policy_version(lambda: policy.version)
+    if sinks is not None:
+        metrics.watch_sinks(sinks.stats)
+    metrics.watch_readiness(readiness.gauges)
+    identity.audit.listeners.append(metrics.observe_audit)
+    metrics.start()
+    stack.push_async_callback(metrics.close)
+    if sinks is not None and settings.logging.security_events:
+        identity.audit.listeners.append(audit_listener(sinks))
+    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics)
+
+
+async def _open_sinks(stack: contextlib.AsyncExitStack, settings: Settings, role: Role) -> SinkHub | None:
+    """The access-log and security-event sinks (``logging.sinks``), if this process writes to any.
+
+    The admin listener serves no data-plane request: it writes security events only.
+    """
+    config = settings.logging
+    wanted = config.security_events or (role is Role.WORKER and config.access_log)
+    if not config.sinks or not wanted:
+        return None
+    hub = SinkHub.from_settings(config)
+    await hub.start()
+    stack.push_async_callback(hub.close)
+    return hub
+
+
+async def _open_threats(
+    stack: contextlib.AsyncExitStack,
+    live: LiveState,
+    settings: Settings,
+    fast: FastState,
+    identity: IdentityServices,
+    ip_blocks: IpBlocks,
+) -> ThreatDetector | None:
+    threat = settings.threat
+    if not threat.enabled:
+        return None
+    webhook = None
+    if threat.webhook_url is not None:
+        webhook = Webhook(
+            threat.webhook_url, queue_size=threat.webhook_queue, timeout=float(threat.webhook_timeout)
+        )
+    responder = Responder(
+        state=fast,
+        audit=identity.audit,
+        accounts=identity.accounts,
+        sessions=identity.sessions,
+        clock=identity.clock,
+        # Alerts reach the sinks as the ``threat.<rule>`` security event (the audit listener).
+        emit=None,
+        webhook=webhook,
+    )
+    detector = ThreatDetector(
+        settings=lambda: live.current.settings.threat,
+        state=fast,
+        responder=responder,
+        blocks=ip_blocks,
+        clock=identity.clock,
+    )
+    await detector.start()
+    stack.push_async_callback(detector.close)
+    return detector
+
+
+def _start_checkpoints(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    db: Database,
+    identity: IdentityServices,
+    sinks: SinkHub | None,
+) -> None:
+    """Sign a checkpoint of the audit chain every interval and send it out of the database."""
+    checkpointer = Checkpointer(db, identity.keyring, directory=Path(settings.data_dir) / CHECKPOINT_DIR)
+    clock = identity.clock
+
+    def emit(checkpoint: dict[str, Any]) -> None:
+        if sinks is not None:
+            sinks.publish(CheckpointEntry(checkpoint, clock.time()))
+
+    _background(stack, checkpointer.run_checkpoints(emit, float(settings.audit.checkpoint_interval)))
+
+
+def _websocket_session(settings: Settings) -> aiohttp.ClientSession:
+    """aiohttp for upstream WebSockets and the health checks."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.limits.max_upstream_connections,
+        limit_per_host=0,
+        keepalive_timeout=60,
+        ttl_dns_cache=30,
+    )
+    # The session never stores cookies: upstream Set-Cookie headers belong to the browser.
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        # Never let aiohttp invent headers the client did not send: the upstream sees the client's request.
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+
+
+def _background(stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` as a task until the process closes."""
+    task = asyncio.ensure_future(work)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    stack.push_async_callback(cancel)
+
+
+def _stop_listening() -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
