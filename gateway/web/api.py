@@ -57,11 +57,12 @@ def _json(data: Any, status: int = 200) -> Response[Any]:
 
 async def _require(
     request: Request[Any, Any, Any], config: CurrentConfig, identity: IdentityServices
-) -> flows.SignedIn:
+) -> tuple[str, Session]:
+    """The request's session id and session; 401 without one."""
     signed = await flows.current(request, config, identity)
     if signed.session is None or signed.session_id is None:
         raise NotAuthorizedException("Sign in first.")
-    return signed
+    return signed.session_id, signed.session
 
 
 async def _redirect_json(
@@ -80,8 +81,7 @@ async def _redirect_json(
 @get("/.gateway/api/me", cache=False)
 async def me(request: Request[Any, Any, Any], config: Config, identity: Identity) -> Me:
     """The signed-in user and the strength of this session."""
-    s = (await _require(request, config, identity)).session
-    assert s is not None
+    _, s = await _require(request, config, identity)
     return Me(
         username=s.username,
         level=s.level.name.lower(),
@@ -95,8 +95,7 @@ async def my_sessions(
     request: Request[Any, Any, Any], config: Config, identity: Identity
 ) -> list[SessionInfo]:
     """This user's active sessions."""
-    s = (await _require(request, config, identity)).session
-    assert s is not None
+    _, s = await _require(request, config, identity)
     return [
         SessionInfo(
             id=o.id_hash,
@@ -114,8 +113,7 @@ async def end_session(
     request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: str
 ) -> None:
     """Sign out one of this user's other sessions."""
-    s = (await _require(request, config, identity)).session
-    assert s is not None
+    _, s = await _require(request, config, identity)
     if session_hash not in {o.id_hash for o in await identity.sessions.list_user(s.user_id)}:
         raise PermissionDeniedException("Not one of your sessions.")
     if await identity.sessions.revoke_hash(session_hash):
@@ -133,9 +131,7 @@ async def register_options(
 ) -> Response[Any]:
     """Options for navigator.credentials.create (needs a fresh second factor, or a fresh password
     when this is the first factor)."""
-    signed = await _require(request, config, identity)
-    s = signed.session
-    assert s is not None
+    _, s = await _require(request, config, identity)
     if not await flows.may_change_factors(s, config, identity):
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
     user = await identity.accounts.get(s.user_id)
@@ -153,10 +149,7 @@ async def register_verify(
     request: Request[Any, Any, Any], config: Config, identity: Identity, data: CeremonyResult
 ) -> Response[Any]:
     """Store the new passkey; the session becomes two-factor (new id)."""
-    signed = await _require(request, config, identity)
-    s = signed.session
-    assert s is not None
-    assert signed.session_id is not None
+    session_id, s = await _require(request, config, identity)
     if not await flows.may_change_factors(s, config, identity):
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
     first = not await flows.has_second_factor(identity, s.user_id)
@@ -164,7 +157,7 @@ async def register_verify(
         user_id=s.user_id, name=data.name[:60] or "Passkey", credential_json=json.dumps(data.credential)
     )
     new_id, new_session = await identity.sessions.elevate(
-        signed.session_id,
+        session_id,
         level=AuthLevel.TWO_FACTOR,
         factor=FactorUse(Factor.WEBAUTHN, identity.clock.time()),
     )
@@ -183,8 +176,7 @@ async def register_verify(
 @post("/.gateway/api/mfa/webauthn/options", status_code=200, opt=admits(Step.SECOND_FACTOR))
 async def mfa_options(request: Request[Any, Any, Any], config: Config, identity: Identity) -> Response[Any]:
     """Options for navigator.credentials.get, limited to this user's credentials."""
-    s = (await _require(request, config, identity)).session
-    assert s is not None
+    _, s = await _require(request, config, identity)
     return _json(json.loads(await identity.webauthn.authentication_options(user_id=s.user_id)))
 
 
@@ -193,10 +185,7 @@ async def mfa_verify(
     request: Request[Any, Any, Any], config: Config, identity: Identity, data: CeremonyResult
 ) -> Response[Any]:
     """Verify the assertion; the session becomes two-factor (new id)."""
-    signed = await _require(request, config, identity)
-    s = signed.session
-    assert s is not None
-    assert signed.session_id is not None
+    session_id, s = await _require(request, config, identity)
     await identity.regulator.check(s.username)
     try:
         await identity.webauthn.authenticate(credential_json=json.dumps(data.credential), user_id=s.user_id)
@@ -205,7 +194,7 @@ async def mfa_verify(
         raise
     await identity.regulator.record_success(s.username)
     new_id, new_session = await identity.sessions.elevate(
-        signed.session_id,
+        session_id,
         level=AuthLevel.TWO_FACTOR,
         factor=FactorUse(Factor.WEBAUTHN, identity.clock.time()),
     )
