@@ -240,8 +240,8 @@ class _DecisionCacheCounts(Protocol):
 class Metrics:
     """The metrics of one process, and the observer and audit listener that feed them.
 
-    Build one per process (:meth:`Runtime.start`). Without ``PROMETHEUS_MULTIPROC_DIR`` (unit tests, a
-    single process) the values live in ``registry``; with it they go to the shared files.
+    Build one per process (start-up does, :mod:`gateway.root.start`). Without ``PROMETHEUS_MULTIPROC_DIR``
+    (unit tests, a single process) the values live in ``registry``; with it they go to the shared files.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
