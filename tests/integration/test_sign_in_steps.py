@@ -38,6 +38,7 @@ from tests.integration.harness import (
     gateway_config,
     run_echo,
     run_gateway,
+    wait_until,
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, csrf, login, post_form
 from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, oathtool, wrong_code
@@ -129,8 +130,8 @@ def next_code(secret: str) -> str:
     accepts one step of drift either way, so a step boundary passing in between does no harm).
     """
     used = _USED_STEPS.get(secret, 0)
-    while used + 1 > int(time.time() // 30) + 1:
-        time.sleep(0.2)  # both usable steps are spent: wait for a fresh one
+    # When both usable steps are spent, a fresh one comes with the next 30-second step.
+    wait_until(lambda: used + 1 <= int(time.time() // 30) + 1, timeout=35, interval=0.2, what="a fresh step")
     step = max(used + 1, int(time.time() // 30))
     _USED_STEPS[secret] = step
     return oathtool(secret, step * 30)

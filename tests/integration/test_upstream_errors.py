@@ -58,7 +58,8 @@ class _BrokenHandler(socketserver.BaseRequestHandler):
         elif target.startswith(b"/close"):
             pass  # close without a byte of response
         elif target.startswith(b"/stall-small"):
-            # Headers and part of a small body, then silence with the connection open.
+            # Headers and part of a small body, then silence with the connection open: the stall is
+            # the scenario (the gateway's read timeout must end it first), not a wait for something.
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10)
             time.sleep(3)
         sock.shutdown(socket.SHUT_RDWR)

@@ -125,7 +125,7 @@ def test_a_worker_stopped_twice_while_starting_still_stops(tmp_path: Path) -> No
         wait_until(lambda: _has_open(new, "state.db") or not _alive(new), interval=0.005, what="starting")
         for _ in range(2):
             os.kill(new, signal.SIGTERM)
-            time.sleep(0.05)  # two deliveries, not one merged pending signal
+            time.sleep(0.05)  # the scenario: two deliveries, not one merged pending signal
         wait_until(lambda: not _alive(new), timeout=FEW_SECONDS, what="the starting worker stopped")
         tracked |= _descendants(gw.proc.pid)
         # The master stops cleanly too, with nothing left behind.

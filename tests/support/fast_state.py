@@ -136,12 +136,16 @@ def fast_state_peer(
 
 @pytest.fixture
 def fast_tick(fast_state_backend: str, fast_clock: FakeClock) -> Tick:
-    """Let ``seconds`` pass: move the fake clock for memory and the local file, really sleep for Redis."""
+    """Let ``seconds`` pass: move the fake clock for memory and the local file, really sleep for Redis.
+
+    The step of a polling loop (``eventually_none``), never a wait that decides a test on its own:
+    Redis expires keys on its own clock, which no test can move.
+    """
 
     async def tick(seconds: float) -> None:
         if fast_state_backend in ("memory", "local"):
             fast_clock.advance(seconds)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop, as a real pause would give
         else:
             await asyncio.sleep(seconds)
 

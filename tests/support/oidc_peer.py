@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -216,14 +215,3 @@ def sign_in_at_provider(
 def query_of(url: str) -> dict[str, str]:
     """The query parameters of a URL (first value of each)."""
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-
-
-def wait_for(predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate()`` until truthy; never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not reached after {timeout}s")

@@ -29,7 +29,7 @@ _TWO_STOPS = """
         # Two stop requests before the worker serves: the master's SIGTERM, then its death signal.
         for _ in range(2):
             os.kill(os.getpid(), signal.SIGTERM)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the scenario: two separate deliveries, each handled alone
         print("still answering", flush=True)
 
     loop.run_until_complete(main())

@@ -34,6 +34,7 @@ from gateway.authz.store import (
 from gateway.clock import FakeClock
 from gateway.store.db import Database, StoreUnavailable
 from gateway.store.fast import FastState, MemoryFastState
+from tests.support.wait import wait_until_async
 
 BASE = """\
 p, admin, *, /*, *, allow
@@ -380,12 +381,6 @@ async def watching(
             await task
 
 
-async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
-
-
 async def test_a_change_reaches_another_replica_by_broadcast_within_a_second(
     open_db: Callable[[], Database],
     fast_state: FastState,
@@ -398,7 +393,7 @@ async def test_a_change_reaches_another_replica_by_broadcast_within_a_second(
     # A poll interval far beyond the deadline: only the broadcast can deliver in time.
     async with watching(reader, seen, poll_interval=60):
         # The start-up check, then one more once the subscription is live.
-        await wait_for(lambda: reader.checks >= 2)
+        await wait_until_async(lambda: reader.checks >= 2, timeout=5.0, what="two version checks")
         version = await writer.replace(rules(BASE), actor="cli:root", reason="first")
         assert await seen.next(timeout=1.0) == version
         version = await writer.add([Rule.link("user:bob", "admin")], actor="cli:root", reason="bob")
@@ -459,7 +454,7 @@ async def test_the_watcher_survives_outages_and_failing_loads(
     assert reader.last_confirmed == 0.0
     with caplog.at_level(logging.WARNING, logger="gateway.policy"):
         async with watching(reader, flaky_load, poll_interval=0.05) as task:
-            await wait_for(lambda: len(loads) >= 2)
+            await wait_until_async(lambda: len(loads) >= 2, timeout=5.0, what="the load retried")
             assert not task.done()
     # The failed load was retried with the same version; once it succeeded, no more calls.
     assert loads == [1, 1]
@@ -468,20 +463,24 @@ async def test_the_watcher_survives_outages_and_failing_loads(
     assert "broadcast unavailable" in caplog.text
 
 
-async def test_the_watcher_reports_only_newer_versions(store: PolicyStore) -> None:
+async def test_the_watcher_reports_only_newer_versions(database: Database, clock: FakeClock) -> None:
+    store = CountingStore(database, MemoryFastState(), AuditLog(database, clock=clock), clock)
     await store.replace(rules(BASE), actor="cli:root", reason="first")
     seen = Seen()
     async with watching(store, seen, poll_interval=0.05, since=1):
-        await asyncio.sleep(0.2)
+        # A second check starts only after the first one's report (if any) is done.
+        await wait_until_async(lambda: store.checks >= 2, timeout=5.0, what="two version checks")
         assert seen.versions == []
         await store.replace(rules(CHANGED), actor="cli:root", reason="second")
         assert await seen.next(timeout=2.0) == 2
 
 
-async def test_the_watcher_stops_when_cancelled(store: PolicyStore) -> None:
+async def test_the_watcher_stops_when_cancelled(database: Database, clock: FakeClock) -> None:
+    store = CountingStore(database, MemoryFastState(), AuditLog(database, clock=clock), clock)
     seen = Seen()
     task = asyncio.create_task(store.watch(seen, poll_interval=60))
-    await asyncio.sleep(0.05)
+    # Running, not just created: it has checked once and waits for the next poll or a broadcast.
+    await wait_until_async(lambda: store.checks >= 1, timeout=5.0, what="the first version check")
     task.cancel()
     async with asyncio.timeout(1):
         with pytest.raises(asyncio.CancelledError):

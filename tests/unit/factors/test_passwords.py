@@ -164,7 +164,7 @@ async def test_the_event_loop_stays_responsive_while_20_hashes_run() -> None:
     async def heartbeat() -> None:
         nonlocal ticks
         while not done.is_set():
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # the scenario: a heartbeat that needs the loop every millisecond
             ticks += 1
 
     beat = asyncio.create_task(heartbeat())

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,6 +25,7 @@ from gateway.identity.sessions import (
 from gateway.settings.schema import SessionSettings
 from gateway.store.fast import FastState, MemoryFastState, RedisFastState, StateUnavailable
 from tests.support.fast_state import FAST_STATE_REDIS_URL, TOLERANT_TIMEOUTS, MakeFastState, TcpProxy
+from tests.support.wait import wait_until_async
 from tests.unit.identity.conftest import IDLE, LIFETIME
 
 # The guarantee under test: a revocation reaches every replica's cache within this many seconds.
@@ -495,8 +497,18 @@ async def test_listener_survives_an_unavailable_store(
     state = make_fast_state()
     store = SessionStore(state, session_settings, clock)
     await state.close()
+    attempts = 0
+    subscribe = state.subscribe
+
+    def counting(channel: str) -> Any:
+        nonlocal attempts
+        attempts += 1
+        return subscribe(channel)
+
+    state.subscribe = counting  # type: ignore[method-assign]
     task = asyncio.create_task(store.run_invalidation_listener(retry_delay=0.01))
-    await asyncio.sleep(0.1)
+    # Survival shows as retries: three attempts to subscribe, each refused, and the task still runs.
+    await wait_until_async(lambda: attempts >= 3, what="three subscription attempts")
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -10,6 +10,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.observe.replicas import Heartbeat, ReplicaRegistry
 from gateway.store.db import Database
+from tests.support.wait import wait_until_async
 
 
 @pytest.fixture
@@ -56,10 +57,7 @@ async def test_a_stopped_replica_leaves_the_list(database: Database, clock: Fake
         return Heartbeat(ready=True, policy_version=1, config_generation=1)
 
     task = asyncio.ensure_future(registry.run(report, interval=0.01))
-    for _ in range(500):
-        if await registry.replicas():
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(registry.replicas, what="the replica's first heartbeat")
     assert [r.id for r in await registry.replicas()] == [registry.id]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

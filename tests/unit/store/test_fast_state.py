@@ -31,6 +31,7 @@ from tests.support.fast_state import (
     TcpProxy,
     Tick,
 )
+from tests.support.wait import wait_until_async
 
 # A hang guard, not a speed assertion: anything slower than this is a bug, not a slow machine.
 BOUND = 10.0
@@ -105,8 +106,10 @@ async def test_ttl_expires_only_that_key(fast_state: FastState, fast_tick: Tick)
 
 async def test_set_without_ttl_clears_an_earlier_ttl(fast_state: FastState, fast_tick: Tick) -> None:
     await fast_state.set("k", b"v", ttl=0.2)
+    # Written after k with the same TTL: once it is gone, k's old TTL has run out too.
+    await fast_state.set("witness", b"w", ttl=0.2)
     await fast_state.set("k", b"v")
-    await fast_tick(0.5)
+    await eventually_none(fast_state, "witness", fast_tick)
     assert await fast_state.get("k") == b"v"
 
 
@@ -318,10 +321,7 @@ async def test_close_ends_iteration_and_stops_delivery(fast_state: FastState) ->
 
     consumer = asyncio.create_task(consume())
     await fast_state.publish("ch", b"one")
-    for _ in range(200):
-        if received:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: received, timeout=BOUND, what="the first message")
     await subscription.close()
     await asyncio.wait_for(consumer, BOUND)  # iteration ended
     await fast_state.publish("ch", b"two")
@@ -339,10 +339,7 @@ async def test_slow_subscriber_drops_oldest_without_blocking_publishers(
         for i in range(10):
             await state.publish("ch", str(i).encode())
         # The Redis reader runs in the background: wait until it has seen all ten.
-        for _ in range(500):
-            if subscription.dropped == 6:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: subscription.dropped >= 6, timeout=BOUND, what="six dropped")
         assert subscription.dropped == 6
         assert [await next_message(subscription) for _ in range(4)] == [b"6", b"7", b"8", b"9"]
         assert subscription.interruptions == 0
@@ -704,11 +701,11 @@ async def exercise_topology(url: str, namespace: str) -> None:
         assert await second.compare_and_set("cas", b"1", b"2") is True
         assert await first.compare_and_set("cas", b"1", b"3") is False
         await first.set("short", b"s", ttl=0.3)
-        for _ in range(200):
-            if await second.get("short") is None:
-                break
-            await asyncio.sleep(0.05)
-        assert await second.get("short") is None
+
+        async def expired() -> bool:
+            return await second.get("short") is None
+
+        await wait_until_async(expired, timeout=BOUND, interval=0.05, what="the short key expired")
         async with second.subscribe("bus") as subscription:
             await first.publish("bus", b"hello")
             assert await next_message(subscription) == b"hello"

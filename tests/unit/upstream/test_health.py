@@ -423,7 +423,11 @@ async def test_background_task_applies_verdicts_and_stops(
     assert sessions[0].closed
     seen = len(a.paths)
     await checker.stop()  # idempotent
-    await asyncio.sleep(0)  # give a leaked task the chance to probe again (it must not exist)
+    # A leaked task would probe every 10 ms: once another checker on the same schedule has probed
+    # three times more, such a task would have probed too (it must not exist).
+    b = await upstream_factory()
+    async with HealthChecker([make_pool(b, name="other", check=check)], factory):
+        await b.wait_for_requests(4)
     assert len(a.paths) == seen
 
 

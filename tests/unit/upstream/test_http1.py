@@ -23,6 +23,7 @@ from gateway.upstream.http1 import (
 )
 from gateway.upstream.target import Target
 from tests.support.certs import self_signed
+from tests.support.wait import wait_until_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -41,7 +42,14 @@ async def clients() -> AsyncIterator[Clients]:
     yield make
     for client in made:
         await client.close()
-    await asyncio.sleep(0.01)  # let the transports finish closing
+    # The transports finish closing on the loop's next turns; there is nothing to poll for, and an
+    # unclosed one would be a ResourceWarning (an error here).
+    await asyncio.sleep(0.01)
+
+
+def usable_idle(client: Http1Client) -> int:
+    """Idle connections the client would reuse (open ones)."""
+    return sum(not conn.closed for idle in client._idle.values() for conn in idle)
 
 
 class Upstream:
@@ -244,7 +252,9 @@ async def test_a_keep_alive_connection_closed_by_the_upstream_is_replaced_for_a_
     async with upstream as target:
         client = clients(4)
         assert (await get(client, target))[2] == b"ok"
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: not usable_idle(client), what="the upstream's close seen by the client"
+        )
         assert (await get(client, target))[2] == b"ok"
     assert upstream.connections == 2
 
@@ -295,10 +305,12 @@ async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(client
     async with upstream as target:
         client = clients(1)
         first = asyncio.create_task(get(client, target))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: len(upstream.requests) == 1, what="the first request upstream")
         second = asyncio.create_task(get(client, target))
-        await asyncio.sleep(0.05)
-        assert not second.done()  # no second connection while the first is in use
+        # No second connection while the first is in use: the second request queues for a slot.
+        await wait_until_async(lambda: len(client._slot_waiters) == 1, what="the second request queued")
+        assert not second.done()
+        assert upstream.connections == 1
         release.set()
         assert (await first)[2] == b"ok"
         assert (await second)[2] == b"ok"
@@ -362,9 +374,9 @@ async def test_a_large_answer_pauses_reading_until_the_client_catches_up(clients
         resp = await clients(4).request(
             target, "GET", "/", [(b"host", b"a")], None, chunked=False, connect_timeout=5, read_timeout=5
         )
-        await asyncio.sleep(0.3)  # the upstream writes as fast as it may; nobody reads
+        # The upstream writes as fast as it may; nobody reads.
         conn = resp._conn
-        assert conn.reading_paused
+        await wait_until_async(lambda: conn.reading_paused, what="reading paused")
         assert conn.buffered < 2 * 1024 * 1024  # bounded, not the whole 8 MiB
         total = 0
         async for chunk in resp.chunks():
@@ -378,7 +390,7 @@ async def test_bytes_arriving_on_an_idle_connection_retire_it(clients: Clients) 
         await reader.readuntil(b"\r\n\r\n")
         writer.write(OK)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the scenario: the stray bytes come later, on the idle connection
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad")  # nobody asked
         await writer.drain()
         with contextlib.suppress(asyncio.IncompleteReadError):
@@ -391,7 +403,7 @@ async def test_bytes_arriving_on_an_idle_connection_retire_it(clients: Clients) 
     async with upstream as target:
         client = clients(4)
         assert (await get(client, target))[2] == b"ok"
-        await asyncio.sleep(0.15)
+        await wait_until_async(lambda: not usable_idle(client), what="the idle connection retired")
         assert (await get(client, target))[2] == b"ok"  # from a new connection, not the stray answer
     assert upstream.connections == 2
 
