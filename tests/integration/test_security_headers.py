@@ -141,10 +141,12 @@ def _error_pages(gw: Gateway) -> dict[str, httpx.Response]:
         seen[f"502 {kind}"] = get("down.test", **accept)
         get("gone.test", **accept)  # the one target refuses and is ejected...
         seen[f"503 {kind}"] = get("gone.test", **accept)  # ...so nothing is left
-        seen[f"403 {kind}"] = wait_until(
-            lambda accept=accept: _refused(get("127.0.0.1", **accept, **{"X-Forwarded-For": BLOCKED_IP})),
-            what="the block list to load",
-        )
+        blocked = {**accept, "X-Forwarded-For": BLOCKED_IP}
+
+        def refused(blocked: dict[str, str] = blocked) -> httpx.Response | None:
+            return _refused(get("127.0.0.1", **blocked))
+
+        seen[f"403 {kind}"] = wait_until(refused, what="the block list to load")
     seen["hand-off error"] = get("127.0.0.1", "/.gateway/handoff?code=forged&rd=/", **HTML)
     seen["unknown gateway path"] = get("127.0.0.1", "/.gateway/no-such-page", **JSON)
     seen["api reference"] = get("127.0.0.1", "/.gateway/api/schema", **HTML)

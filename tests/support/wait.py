@@ -13,15 +13,24 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 __all__ = ["quiet_period", "quiet_period_async", "wait_until", "wait_until_async"]
 
 _T = TypeVar("_T")
 
 
+# A predicate answers a truthy value when the condition holds; None or False until then (what is
+# returned is the truthy value, so the falsy types drop out of the result).
+_Falsy = None | Literal[False]
+
+
 def wait_until(
-    predicate: Callable[[], _T], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+    predicate: Callable[[], _T | _Falsy],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
 ) -> _T:
     """Poll ``predicate()`` until it returns something truthy, and return that.
 
@@ -30,7 +39,6 @@ def wait_until(
             value).
     """
     deadline = time.monotonic() + timeout
-    last: _T | None = None
     while True:
         last = predicate()
         if last:
@@ -40,20 +48,40 @@ def wait_until(
         time.sleep(interval)
 
 
+@overload
 async def wait_until_async(
-    predicate: Callable[[], Awaitable[_T]] | Callable[[], _T],
+    predicate: Callable[[], Awaitable[_T | _Falsy]],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+) -> _T: ...
+
+
+@overload
+async def wait_until_async(
+    predicate: Callable[[], _T | _Falsy],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+) -> _T: ...
+
+
+async def wait_until_async(
+    predicate: Callable[[], Any],
     *,
     timeout: float = 10.0,
     interval: float = 0.01,
     what: str = "condition",
-) -> _T:
+) -> Any:
     """:func:`wait_until` on an event loop: ``predicate`` may be a plain or a coroutine function, and
     the loop keeps running (the code under test makes progress) between polls."""
     deadline = time.monotonic() + timeout
-    last: _T | None = None
     while True:
-        value = predicate()
-        last = await value if inspect.isawaitable(value) else value
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         if time.monotonic() >= deadline:
