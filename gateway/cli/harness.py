@@ -178,7 +178,11 @@ def load_config(args: argparse.Namespace) -> Settings:
 
 
 def storage_url(settings: Settings) -> str:
-    """As :func:`gateway.runtime.storage_url`, without importing the whole runtime (a second a command)."""
+    """The configured database URL, or the embedded SQLite file in ``data_dir``, as ``serve`` opens it.
+
+    Computed here rather than imported from the server's start-up code: importing that costs every
+    command about a second.
+    """
     from gateway.store.db import default_sqlite_url
 
     return settings.storage.url or default_sqlite_url(settings.data_dir)
