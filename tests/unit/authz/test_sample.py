@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from gateway.authz.sample import MAX_PATH, DecisionSample
+from gateway.authz.whatif import Sampled
 from gateway.clock import FakeClock
 from gateway.store.db import Database
 
@@ -20,8 +21,8 @@ def clock() -> FakeClock:
     return FakeClock(1_800_000_000.0 - 1_800_000_000.0 % HOUR + 60)  # a minute past an hour
 
 
-def shapes(sampled: list[object]) -> dict[tuple[object, ...], int]:
-    return {(s.principals, s.route, s.method, s.path): s.count for s in sampled}  # type: ignore[attr-defined]
+def shapes(sampled: list[Sampled]) -> dict[tuple[frozenset[str], str, str, str], int]:
+    return {(s.principals, s.route, s.method, s.path): s.count for s in sampled}
 
 
 async def test_counts_add_up_across_flushes_and_replicas(database: Database, clock: FakeClock) -> None:
