@@ -39,25 +39,27 @@ EARLY_SIGHUP = threading.Event()
 
 def app_factory() -> ProcessApp[WorkerServices]:
     """granian factory target: builds one worker's app from the config named in the environment."""
-    # Imported here: the master process imports this module too, and needs none of it.
-    from gateway.root.apps import worker_app
-
     become_worker()
     # A SIGHUP can arrive while this worker is still starting (the master forwards it to every
     # worker). It must neither kill the worker (SIGHUP's default action) nor be lost: it is noted
     # here, and the lifespan start-up replays it once the real handler is installed.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: EARLY_SIGHUP.set())
+    # Imported here, once the worker is set up: the master process imports this module too, and
+    # needs none of the composition root.
+    from gateway.root.apps import worker_app
+
     return worker_app(os.environ[CONFIG_ENV], early_reload=EARLY_SIGHUP)
 
 
 def admin_app_factory() -> ProcessApp[Services]:
     """granian factory target of the admin listener (``admin.server.serve_admin``)."""
     from admin import server as admin_server
-    from gateway.root.apps import admin_app
 
     become_worker()  # as a gateway worker: stops on SIGTERM while starting, never outlives its master
     # As for a gateway worker: a SIGHUP during start-up must neither kill the worker nor be lost.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: admin_server.EARLY_SIGHUP.set())
+    from gateway.root.apps import admin_app
+
     return admin_app(os.environ[admin_server.CONFIG_ENV], early_reload=admin_server.EARLY_SIGHUP)
 
 
