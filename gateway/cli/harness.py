@@ -178,14 +178,13 @@ def load_config(args: argparse.Namespace) -> Settings:
 
 
 def storage_url(settings: Settings) -> str:
-    """The configured database URL, or the embedded SQLite file in ``data_dir``, as ``serve`` opens it.
+    """The database ``serve`` opens (:func:`gateway.store.db.configured_url`).
 
-    Computed here rather than imported from the server's start-up code: importing that costs every
-    command about a second.
+    Imported when called: commands that never touch the database skip loading its drivers.
     """
-    from gateway.store.db import default_sqlite_url
+    from gateway.store.db import configured_url
 
-    return settings.storage.url or default_sqlite_url(settings.data_dir)
+    return configured_url(settings)
 
 
 def load_keyring(settings: Settings, *, may_create: bool = True) -> Keyring:

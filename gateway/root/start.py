@@ -39,7 +39,7 @@ from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
 from gateway.services import Services, WorkerServices
 from gateway.settings.schema import Settings
-from gateway.store.db import Database, default_sqlite_url
+from gateway.store.db import Database, configured_url
 from gateway.store.fast import FastState, open_configured_state
 from gateway.store.migrate import ensure_schema
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
@@ -228,7 +228,7 @@ async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Se
 async def _open_stores(
     stack: contextlib.AsyncExitStack, settings: Settings
 ) -> tuple[Database, FastState, IdentityServices]:
-    url = settings.storage.url or default_sqlite_url(settings.data_dir)
+    url = configured_url(settings)
     await ensure_schema(url, auto=url.startswith("sqlite"))
     db = Database.open(url, pool_size=settings.storage.pool_size, echo=settings.storage.echo)
     stack.push_async_callback(db.close)

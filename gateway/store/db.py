@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, AdaptedConnection, Connection, make_url
@@ -33,6 +33,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.errors import BadRequest, ServiceUnavailable
 
+if TYPE_CHECKING:
+    from gateway.settings.schema import Settings
+
 __all__ = [
     "PING_TIMEOUT_S",
     "SQLITE_BEGIN_OPTION",
@@ -40,6 +43,7 @@ __all__ = [
     "Database",
     "StoreUnavailable",
     "backend_of",
+    "configured_url",
     "create_engine",
     "default_sqlite_url",
     "normalize_url",
@@ -99,6 +103,11 @@ def default_sqlite_url(data_dir: str | Path) -> str:
     """
     path = Path(data_dir).expanduser().resolve() / "gateway.db"
     return f"sqlite+aiosqlite:///{path.as_posix()}"
+
+
+def configured_url(settings: Settings) -> str:
+    """The database every process of a deployment opens: ``storage.url``, or the embedded SQLite file."""
+    return settings.storage.url or default_sqlite_url(settings.data_dir)
 
 
 def normalize_url(url: str | URL) -> URL:
