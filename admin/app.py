@@ -47,12 +47,11 @@ from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
 from gateway.authz.store import PolicyRejected, PolicyVersionInfo
 from gateway.authz.validate import Finding, validate
 from gateway.errors import BadRequest, Forbidden, GatewayError
-from gateway.identity.services import IdentityServices
 from gateway.observe.metrics import CONTENT_TYPE, Metrics, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
-from gateway.services import Services
+from gateway.services import IdentityServices, Services
 from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.settings.trusted import may_see_internals
 from gateway.store.ids import parse_id

@@ -9,6 +9,9 @@ configuration inside ``live``, never a service). Two shapes, one per kind of pro
   keys, the assertion signer, blocked addresses, the request observers, threat detection, the
   upstream clients and the readiness report.
 
+Both carry :class:`IdentityServices`, the sign-in services (accounts, sessions, second factors), which
+``gateway quickstart`` also builds on its own to create the first administrator.
+
 The data plane, the pages (``gateway/web/``) and the admin API (``admin/``) receive them; the pages
 and the admin API get the parts as typed handler parameters through Litestar's dependency injection
 (``web/app.py``, ``admin/app.py``). This module sits just above the domains so all three can name it.
@@ -22,24 +25,97 @@ from typing import Any
 
 import aiohttp
 
+from gateway.audit.trail import AuditLog
 from gateway.authz.live import LivePolicy
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.crypto.keyring import Keyring, keyring_path
 from gateway.crypto.signing import SigningKeys
+from gateway.factors.first_codes import FirstCodesGrants
+from gateway.factors.recovery import RecoveryCodes
+from gateway.factors.totp import TotpService
+from gateway.factors.webauthn import WebAuthnService
+from gateway.identity.accounts import AccountService
 from gateway.identity.assertion import AssertionSigner
-from gateway.identity.services import IdentityServices
+from gateway.identity.handoff import HandoffCodes
+from gateway.identity.oidc.service import OidcService
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.identity.sessions import SessionStore
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import Observer
 from gateway.observe.sinks import SinkHub
 from gateway.settings.current import LiveConfig
+from gateway.settings.schema import Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, ThreatDetector
 from gateway.upstream.http1 import Http1Client
 
-__all__ = ["ReadinessReport", "Services", "WorkerServices"]
+__all__ = ["IdentityServices", "ReadinessReport", "Services", "WorkerServices"]
 
 #: What ``/.gateway/ready`` answers (see :mod:`gateway.observe.readiness`), probing if the last
 #: results are stale.
 ReadinessReport = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class IdentityServices:
+    """The sign-in services of one process: the accounts, their sessions and their second factors.
+
+    It lives here, above both ``gateway.identity`` and ``gateway.factors``, because it bundles the
+    two: factors belong to an account (they import identity's tables), so identity never imports them.
+    """
+
+    clock: Clock
+    audit: AuditLog
+    keyring: Keyring
+    hasher: PasswordHasher
+    regulator: Regulator
+    sessions: SessionStore
+    handoff: HandoffCodes
+    accounts: AccountService
+    totp: TotpService
+    webauthn: WebAuthnService
+    recovery: RecoveryCodes
+    oidc: OidcService
+    first_codes: FirstCodesGrants
+
+    @classmethod
+    def build(
+        cls, settings: Settings, db: Database, fast: FastState, *, clock: Clock = SYSTEM_CLOCK
+    ) -> IdentityServices:
+        """Wire the services. The keyring is created only for the embedded (SQLite) default."""
+        embedded = settings.storage.url is None or settings.storage.url.startswith("sqlite")
+        keyring = Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
+        # Keyed: every record carries an HMAC under a key the database does not hold.
+        audit = AuditLog(db, clock=clock, keyring=keyring)
+        hasher = PasswordHasher(settings.passwords)
+        regulator = Regulator(fast, settings.regulation, audit, clock)
+        sessions = SessionStore(fast, settings.session, clock)
+        return cls(
+            clock=clock,
+            audit=audit,
+            keyring=keyring,
+            hasher=hasher,
+            regulator=regulator,
+            sessions=sessions,
+            handoff=HandoffCodes(fast, clock),
+            accounts=AccountService(db, hasher, regulator, audit, clock, sessions=sessions),
+            totp=TotpService(db, keyring, settings.mfa, clock),
+            webauthn=WebAuthnService(
+                db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock
+            ),
+            recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
+            first_codes=FirstCodesGrants(fast),
+            oidc=OidcService(
+                db=db,
+                fast=fast,
+                audit=audit,
+                sessions=sessions,
+                clock=clock,
+                session_lifetime=float(settings.session.lifetime),
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,9 +38,9 @@ class AccountServices:
 async def account_services(settings: Settings) -> AsyncIterator[AccountServices]:
     """Open the store (database, fast state, keyring) and build the account services on it."""
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.factors.regulation import Regulator
     from gateway.identity.accounts import AccountService
     from gateway.identity.passwords import PasswordHasher
+    from gateway.identity.regulation import Regulator
     from gateway.identity.sessions import SessionStore
     from gateway.store.fast import shares_state
 

@@ -76,7 +76,7 @@ def _checkpoint_dir(settings: Settings) -> Path:
 
 def _keyring_if_present(settings: Settings) -> Keyring | None:
     """The keyring, or ``None`` if there is no keyring file (a trail that was never keyed)."""
-    from gateway.identity.services import keyring_path
+    from gateway.crypto.keyring import keyring_path
 
     return load_keyring(settings, may_create=False) if keyring_path(settings).exists() else None
 
@@ -172,7 +172,7 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"({report.records} record(s) verified before the problem)")
             return EXIT_FAILURE
         if report.unchecked:
-            from gateway.identity.services import keyring_path
+            from gateway.crypto.keyring import keyring_path
 
             print(
                 f"audit trail NOT verified: {report.unchecked} keyed record(s) cannot be checked without "

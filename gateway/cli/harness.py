@@ -189,8 +189,7 @@ def storage_url(settings: Settings) -> str:
 
 def load_keyring(settings: Settings, *, may_create: bool = True) -> Keyring:
     """The node's keyring. Like ``serve``, only the embedded default may create it: replicas share one."""
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
+    from gateway.crypto.keyring import Keyring, keyring_path
 
     embedded = storage_url(settings).startswith("sqlite")
     return Keyring.load_or_create(keyring_path(settings), allow_create=may_create and embedded)

@@ -76,8 +76,7 @@ def _signing_keys(settings: Settings, keyring: Keyring, db: Database) -> Signing
 
 
 def _init(args: argparse.Namespace) -> int:
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
+    from gateway.crypto.keyring import Keyring, keyring_path
 
     path = keyring_path(load_config(args))
     if path.exists():
@@ -89,7 +88,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from gateway.identity.services import keyring_path
+    from gateway.crypto.keyring import keyring_path
 
     settings = load_config(args)
     path = keyring_path(settings)
@@ -151,8 +150,7 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
 
 def _list(args: argparse.Namespace) -> int:
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.crypto.keyring import Keyring
-    from gateway.identity.services import keyring_path
+    from gateway.crypto.keyring import Keyring, keyring_path
 
     settings = load_config(args)
     path = keyring_path(settings)

@@ -197,7 +197,7 @@ async def bootstrap_admin(settings: Settings) -> str:
     Returns the line to print: the credentials the first time, a reminder afterwards. The password
     is shown once, on this terminal only; it is never written to a file or a log.
     """
-    from gateway.identity.services import IdentityServices
+    from gateway.services import IdentityServices
 
     # The quick-start config is the embedded default: the schema upgrades itself, as in `serve`.
     async with open_store(settings, fast=True) as store:

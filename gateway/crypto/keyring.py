@@ -50,8 +50,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import GatewayError
+from gateway.settings.schema import Settings
 
-__all__ = ["ALGORITHM", "KEY_BYTES", "NONCE_BYTES", "TOKEN_VERSION", "Keyring", "KeyringError"]
+__all__ = [
+    "ALGORITHM",
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "TOKEN_VERSION",
+    "Keyring",
+    "KeyringError",
+    "keyring_path",
+]
 
 ALGORITHM: Final = "AES-256-GCM"
 KEY_BYTES: Final = 32
@@ -367,6 +376,15 @@ class Keyring:
             "algorithm": ALGORITHM,
         }
         return (json.dumps(doc, indent=2) + "\n").encode("ascii")
+
+
+def keyring_path(settings: Settings) -> Path:
+    """The configured keyring file, or the one in data_dir.
+
+    One answer for every process and command (the workers, ``gateway keys``, ``gateway audit``), so
+    they all open the same file.
+    """
+    return Path(settings.keyring) if settings.keyring else Path(settings.data_dir) / "keys" / "keyring.json"
 
 
 def _check_kid(kid: str) -> None:

@@ -19,7 +19,7 @@ Security properties, and where each one is enforced:
   phones drift and people type slowly. Wider windows only help an attacker.
 * **Constant-time comparison** of every candidate code, so timing does not leak digits.
 
-Rate limiting of wrong codes is the caller's job (``gateway.factors.regulation``): with 10^6 codes and 3
+Rate limiting of wrong codes is the caller's job (``gateway.identity.regulation``): with 10^6 codes and 3
 valid at a time, unlimited guessing would succeed quickly.
 """
 

@@ -10,7 +10,7 @@ Errors (all :class:`~gateway.errors.GatewayError`, so each knows its HTTP status
         ├── InvalidAccount  400 invalid-account       username, email, display name or role refused
         ├── WeakPassword    400 weak-password         the password policy refused the new password
         └── WrongPassword   400 wrong-password        the current password given to set_password is wrong
-    (gateway.factors.regulation.AccountLocked, 429, comes through authenticate unchanged)
+    (gateway.identity.regulation.AccountLocked, 429, comes through authenticate unchanged)
 
 Sign-in gives nothing away about who has an account. Unknown user, wrong password, no password set
 and disabled account all raise the same :class:`SignInFailed` (same status, reason and message) after
@@ -46,10 +46,10 @@ from sqlalchemy.exc import IntegrityError
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
-from gateway.factors.regulation import Regulator
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import canonical_email, canonical_username
 from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
 from gateway.store.db import Database, store_errors
 
 __all__ = [

@@ -26,9 +26,9 @@ import aiohttp
 from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
 from gateway.authz.live import LivePolicy
 from gateway.authz.store import PolicyStore
+from gateway.crypto.keyring import keyring_path
 from gateway.crypto.signing import SigningKeys
 from gateway.identity.assertion import AssertionSigner
-from gateway.identity.services import IdentityServices, keyring_path
 from gateway.observe.access import CheckpointEntry, access_observer, audit_listener
 from gateway.observe.metrics import Metrics
 from gateway.observe.readiness import Component, ReadinessMonitor
@@ -37,7 +37,7 @@ from gateway.observe.sinks import SinkHub
 from gateway.pipeline.snapshot import LiveState, build_snapshot
 from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
-from gateway.services import Services, WorkerServices
+from gateway.services import IdentityServices, Services, WorkerServices
 from gateway.settings.schema import Settings
 from gateway.store.db import Database, configured_url
 from gateway.store.fast import FastState, open_configured_state

@@ -17,8 +17,8 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
 from gateway.web import flows

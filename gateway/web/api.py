@@ -16,8 +16,8 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.response import Response
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.web import flows
 from gateway.web.deps import Config, Identity

@@ -13,8 +13,7 @@ from typing import TypeAlias
 from litestar.di import NamedDependency, Provide
 
 from gateway.crypto.signing import SigningKeys
-from gateway.identity.services import IdentityServices
-from gateway.services import ReadinessReport
+from gateway.services import IdentityServices, ReadinessReport
 from gateway.settings.current import CurrentConfig
 
 __all__ = ["Config", "Identity", "Readiness", "Signing", "constant"]

@@ -18,8 +18,8 @@ from gateway.identity.cookies import read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import Factor
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
-from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 
 __all__ = [

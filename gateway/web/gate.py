@@ -31,8 +31,8 @@ from litestar.handlers.base import BaseRouteHandler
 from gateway.errors import Forbidden
 from gateway.identity.cookies import read_cookie
 from gateway.identity.levels import AuthLevel
-from gateway.identity.services import IdentityServices
 from gateway.identity.sessions import Session
+from gateway.services import IdentityServices
 from gateway.settings.current import LiveConfig
 from gateway.web.flows import has_second_factor
 

@@ -28,7 +28,7 @@ from gateway.identity.oidc.links import AccountRefused
 from gateway.identity.oidc.provider import ProviderRefused, ProviderUnavailable
 from gateway.identity.oidc.service import provider_named
 from gateway.identity.oidc.tokens import TokenRejected
-from gateway.identity.services import IdentityServices
+from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.schema import IdentityProvider
 from gateway.web import flows

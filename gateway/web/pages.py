@@ -19,7 +19,7 @@ from gateway.errors import GatewayError
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
-from gateway.identity.services import IdentityServices
+from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.web import flows
 from gateway.web.deps import Config, Identity

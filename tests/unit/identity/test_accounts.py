@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
-from gateway.factors.regulation import AccountLocked, Regulator
 from gateway.identity.accounts import (
     SIGN_IN_FAILED_MESSAGE,
     AccountExists,
@@ -34,6 +33,7 @@ from gateway.identity.accounts import (
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.identity.sessions import SessionStore
 from gateway.settings.schema import Duration, PasswordSettings, RegulationSettings, SessionSettings
 from gateway.store.db import Database

@@ -15,7 +15,7 @@ import pytest
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.errors import GatewayError
-from gateway.factors.regulation import AccountLocked, Regulator
+from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.settings.schema import Duration, RegulationSettings
 from gateway.store.db import Database
 from gateway.store.fast import FastState, StateUnavailable

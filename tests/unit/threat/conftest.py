@@ -11,10 +11,10 @@ import pytest
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
-from gateway.factors.regulation import Regulator
 from gateway.identity.accounts import AccountService
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import Session, SessionStore
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
 from gateway.settings.schema import (
