@@ -25,12 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Litestar, MediaType, Request, delete, get, post, put
 from litestar.connection import ASGIConnection
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
@@ -41,13 +41,16 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from admin import console
 from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
+from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY
+from admin.deps import LocalMetrics, MetricsScraper, Policy
 from gateway.authz.live import LivePolicy
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
 from gateway.authz.store import PolicyRejected, PolicyVersionInfo
 from gateway.authz.validate import Finding, validate
 from gateway.errors import BadRequest, Forbidden, GatewayError
-from gateway.observe.metrics import CONTENT_TYPE, Metrics, Scraper
+from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
@@ -70,10 +73,6 @@ _CLIENT_IP = "client_ip"
 _FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
 
 Field = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-# What the handlers may declare (Litestar DI; the name is the dependency's name, see dependencies()).
-Policy: TypeAlias = NamedDependency[LivePolicy]
-LocalMetrics: TypeAlias = NamedDependency[Metrics]
-MetricsScraper: TypeAlias = NamedDependency[Scraper]
 
 # Taken as text and parsed by parse_id in the handler: a number beyond the id columns' range reached
 # the database as is, and its refusal answered as an outage (503 with the driver's text).
@@ -302,22 +301,33 @@ class RequestContext(ASGIMiddleware):
         state[_REQUEST_ID] = fwd.request_id
         state[_CLIENT_IP] = fwd.client_ip
 
+        csp = _csp_for(scope.get("path", ""))
+
         async def send_hardened(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *_response_headers(fwd.request_id)]
+                message["headers"] = [*message.get("headers", ()), *_response_headers(fwd.request_id, csp)]
             await send(message)
 
         await next_app(scope, receive, send_hardened)
 
 
-def _response_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+_API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
+
+
+def _csp_for(path: str) -> bytes:
+    # The API answers data and runs nothing; the console's pages run their own script and styles.
+    return _API_CSP if path.startswith("/api/") or path in ("/api", "/metrics", "/health") else CONSOLE_CSP
+
+
+def _response_headers(request_id: str, csp: bytes = _API_CSP) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-request-id", request_id.encode()),
         # Policy and history are not for shared caches, nor for framing by another page.
         (b"cache-control", b"no-store"),
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
-        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-security-policy", csp),
     ]
 
 
@@ -742,7 +752,18 @@ HANDLERS: Final = (
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
     request_id, headers = _request_id(request)
+    if _is_page(request):
+        return console.error_page(request, exc, request_id, headers)
     return Response(_error_body(exc, request_id), status_code=exc.status, headers=headers)
+
+
+def _is_page(request: Request[Any, Any, Any]) -> bool:
+    # A console page (not the API a script or the page's own script calls) answers errors in HTML.
+    handler: Any = request.scope.get("route_handler")
+    if handler is not None:
+        return bool(handler.opt.get(PAGE_OPT_KEY))
+    # No route matched (404, 405): a page if a browser asked for one.
+    return "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api")
 
 
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -784,6 +805,7 @@ def dependencies(services: Services) -> Mapping[str, Provide]:
         "config": Provide(config, sync_to_thread=False),
         "identity": constant(services.identity),
         "policy": constant(services.policy),
+        "services": constant(services),
         "local_metrics": constant(services.metrics),
         # One per app: the session counter (Redis) is created on the first scrape.
         "scraper": constant(Scraper()),
@@ -798,7 +820,8 @@ def create_admin_app(services: Services) -> Litestar:
     """
     guard = AdminGuard(services.identity, services.policy, services.live)
     return Litestar(
-        route_handlers=list(HANDLERS),
+        route_handlers=[*HANDLERS, *console.HANDLERS, console.static_router()],
+        template_config=console.template_config(),
         dependencies=dict(dependencies(services)),
         guards=[guard],
         middleware=[RequestContext(services.live)],

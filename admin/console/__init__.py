@@ -1,0 +1,21 @@
+"""The admin console: server-rendered pages on the admin listener, driving the same JSON API.
+
+Reading: each page's GET handler calls the same function as its ``/api/...`` twin and renders the
+result with Jinja (``admin/templates/console/``). Changing: every form on a page is submitted by
+``console.js`` as JSON to the documented API endpoint named in its ``data-api`` attribute, so a
+script and the console can never diverge, and the admin API's CSRF defence (JSON bodies only, own
+origin) covers the console without a second mechanism. Pages answer a missing sign-in or a stale
+second factor with a redirect to the gateway's page that fixes it.
+
+One module per section (overview, users, policies, audit, incidents, keys, settings); each exports
+``HANDLERS`` (its pages and its API calls), collected here.
+"""
+
+from __future__ import annotations
+
+from admin.console.overview import HANDLERS as OVERVIEW
+from admin.console.render import error_page, static_router, template_config
+
+__all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
+
+HANDLERS = (*OVERVIEW,)

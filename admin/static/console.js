@@ -1,0 +1,134 @@
+// The console's one script: every <form data-api="..."> is sent as JSON to the admin API, so the
+// console changes nothing the documented API could not (and the API's CSRF defence covers it).
+//
+//   data-api="/api/users/{username}/disable"  the endpoint; {field} is filled from the form, encoded
+//   data-method="POST"                          the HTTP method (default POST)
+//   data-confirm="Disable this account?"        asked first (destructive actions)
+//   data-then="reload" | "go:/users/{username}" | "show" | "download"
+//   data-render="name"                          with "show": window.consoleRender[name](data, box)
+//   data-result="#id"                           where results and errors go (default: after the form)
+//
+// Field types: type=number → number; checkbox → boolean; <select multiple> → list; a <textarea
+// data-lines> → list of non-empty lines; data-json → parsed JSON; data-skip-empty → left out if empty.
+"use strict";
+
+(function () {
+  const renderers = (window.consoleRender = window.consoleRender || {});
+
+  function text(tag, value, cls) {
+    const el = document.createElement(tag);
+    if (cls) el.className = cls;
+    el.textContent = value;
+    return el;
+  }
+
+  renderers.json = (data, box) => box.append(text("pre", JSON.stringify(data, null, 2), "code"));
+  renderers.message = (data, box) =>
+    box.append(text("p", (data && data.message) || "Done.", "alert ok"));
+
+  function fields(form) {
+    const body = {};
+    for (const el of form.elements) {
+      if (!el.name || el.disabled || el.type === "submit" || el.type === "button") continue;
+      let value;
+      if (el.type === "checkbox") value = el.checked;
+      else if (el.type === "number") value = el.value === "" ? null : Number(el.value);
+      else if (el.multiple) value = Array.from(el.selectedOptions, (o) => o.value);
+      else if (el.dataset.lines !== undefined)
+        value = el.value.split("\n").map((l) => l.trim()).filter(Boolean);
+      else if (el.dataset.json !== undefined) value = el.value.trim() ? JSON.parse(el.value) : null;
+      else value = el.value;
+      if (el.dataset.skipEmpty !== undefined && (value === "" || value === null)) continue;
+      body[el.name] = value;
+    }
+    return body;
+  }
+
+  function fill(template, body) {
+    return template.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(String(body[name] ?? "")));
+  }
+
+  function resultBox(form) {
+    const sel = form.dataset.result;
+    let box = sel ? document.querySelector(sel) : form.nextElementSibling;
+    if (!box || !box.classList.contains("result")) {
+      box = document.createElement("div");
+      box.className = "result";
+      box.setAttribute("role", "status");
+      box.setAttribute("aria-live", "polite");
+      form.after(box);
+    }
+    return box;
+  }
+
+  function showError(box, status, data) {
+    const p = text("p", (data && data.message) || `The request failed (HTTP ${status}).`, "alert");
+    if (data && data.location) {
+      p.append(" ");
+      const a = text("a", data.error === "step-up-required" ? "Confirm it's you" : "Sign in");
+      a.href = data.location;
+      p.append(a);
+    }
+    box.append(p);
+    if (data && Array.isArray(data.findings)) renderers.findings?.(data, box);
+  }
+
+  async function submit(form, event) {
+    event.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    const box = resultBox(form);
+    box.replaceChildren();
+    let body;
+    try {
+      body = fields(form);
+    } catch (err) {
+      showError(box, 400, { message: "A field holds malformed JSON: " + err.message });
+      return;
+    }
+    const method = (form.dataset.method || "POST").toUpperCase();
+    const url = fill(form.dataset.api, body);
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    form.setAttribute("aria-busy", "true");
+    try {
+      const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+      if (method !== "GET" && method !== "HEAD") {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+      }
+      const response = await fetch(url, init);
+      const then = form.dataset.then || "reload";
+      if (response.ok && then === "download") {
+        const blob = await response.blob();
+        const name = /filename="?([^";]+)"?/.exec(response.headers.get("content-disposition") || "");
+        const link = document.createElement("a");
+        link.href = URL.createObjectURL(blob);
+        link.download = name ? name[1] : "download";
+        document.body.append(link);
+        link.click();
+        link.remove();
+        box.append(text("p", "Downloaded " + link.download + ".", "alert ok"));
+        return;
+      }
+      const type = response.headers.get("content-type") || "";
+      const data = type.includes("json") ? await response.json() : null;
+      if (!response.ok) {
+        showError(box, response.status, data);
+        return;
+      }
+      if (then === "reload") window.location.reload();
+      else if (then.startsWith("go:")) window.location.assign(fill(then.slice(3), { ...body, ...(data || {}) }));
+      else (renderers[form.dataset.render || "json"] || renderers.json)(data, box, form);
+    } catch (err) {
+      showError(box, 0, { message: "The admin API could not be reached: " + err.message });
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+      form.removeAttribute("aria-busy");
+    }
+  }
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form instanceof HTMLFormElement && form.dataset.api) submit(form, event);
+  });
+})();
