@@ -45,6 +45,7 @@ __all__ = [
     "authenticate",
     "check_csrf",
     "holds_role",
+    "require_recent_factor",
 ]
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -195,6 +196,25 @@ async def authenticate(
         )
     await sessions.touch(session_id, session)
     return Admin(session=session, principals=principals)
+
+
+def require_recent_factor(admin: Admin, *, now: float, max_age: float, public_url: str) -> None:
+    """Ask for the second factor again before a destructive action (``admin.destructive_reauth_max_age``).
+
+    An admin session is fresh enough for reading and ordinary changes for ``admin.reauth_max_age``;
+    resetting someone's factors, ending their sessions, replacing or restoring the policy or lifting a
+    block also needs a factor used within ``max_age``, so a borrowed, unlocked laptop cannot do them.
+
+    Raises:
+        StepUpRequired: the last second factor is older than ``max_age``; ``location`` is the MFA page.
+    """
+    at = admin.session.second_factor_at
+    if at is None or now - at > max_age:
+        raise StepUpRequired(
+            "This action needs a second factor used within the last "
+            f"{_minutes(max_age)}: confirm it's you, then retry.",
+            location=f"{public_url}/.gateway/mfa?need=any",
+        )
 
 
 def _minutes(seconds: float) -> str:

@@ -251,6 +251,15 @@ class AdminSettings(_Config, frozen=True):
     role: str = "admin"
     # Admin actions need a second factor used within this time.
     reauth_max_age: Duration = Duration(15 * 60)
+    # Destructive actions (reset a user's factors, revoke all their sessions, delete, restore or
+    # replace the policy, lift a block) ask for the second factor again when it is older than this.
+    destructive_reauth_max_age: Duration = Duration(5 * 60)
+    # 2: a policy change proposed by one admin goes live only when another admin approves it.
+    approvals: Literal[1, 2] = 1
+    # A proposal not approved within this time expires.
+    proposal_ttl: Duration = Duration(48 * 3600)
+    # How long the decision sample that the policy what-if replays is kept.
+    sample_retention: Duration = Duration(24 * 3600)
 
 
 class AuditSettings(_Config, frozen=True):

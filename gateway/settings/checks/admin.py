@@ -1,4 +1,5 @@
-"""Checks for ``admin``: the admin API's own listener and how fresh an admin's second factor must be."""
+"""Checks for ``admin``: the admin API's own listener, how fresh an admin's second factor must be, and the
+console's proposal and sample lifetimes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,23 @@ __all__ = ["check_listen", "check_reauth"]
 
 
 def check_reauth(settings: Settings, report: Report) -> None:
-    """The re-authentication age is positive."""
-    require_positive([(("admin", "reauth_max_age"), settings.admin.reauth_max_age)], report)
+    """The re-authentication ages, the proposal lifetime and the sample retention are positive, and a
+    destructive action never accepts an older factor than any admin action."""
+    admin = settings.admin
+    require_positive(
+        [
+            (("admin", "reauth_max_age"), admin.reauth_max_age),
+            (("admin", "destructive_reauth_max_age"), admin.destructive_reauth_max_age),
+            (("admin", "proposal_ttl"), admin.proposal_ttl),
+            (("admin", "sample_retention"), admin.sample_retention),
+        ],
+        report,
+    )
+    if admin.destructive_reauth_max_age > admin.reauth_max_age:
+        report.add(
+            ("admin", "destructive_reauth_max_age"),
+            "must not exceed admin.reauth_max_age: destructive actions need the fresher factor",
+        )
 
 
 def check_listen(settings: Settings, report: Report) -> None:

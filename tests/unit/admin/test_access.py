@@ -233,3 +233,28 @@ async def test_the_second_factor_goes_stale_after_reauth_max_age(
     with pytest.raises(StepUpRequired) as caught:
         await _authenticate(sessions, clock, boss)
     assert "15 minutes" in caught.value.detail
+
+
+async def test_a_destructive_action_asks_again_for_an_older_factor(
+    sessions: SessionStore, clock: FakeClock
+) -> None:
+    from admin.access import Admin, require_recent_factor
+
+    session_id = await _session(sessions, clock, "boss")  # a TOTP use now
+    session = await sessions.get(session_id)
+    assert session is not None
+    admin = Admin(session=session, principals=frozenset({"user:boss"}))
+    require_recent_factor(admin, now=clock.time() + 299, max_age=300, public_url=PUBLIC_URL)
+    with pytest.raises(StepUpRequired) as refused:
+        require_recent_factor(admin, now=clock.time() + 301, max_age=300, public_url=PUBLIC_URL)
+    assert refused.value.location == f"{PUBLIC_URL}/.gateway/mfa?need=any"
+    assert "5 minutes" in str(refused.value)
+    password_only = await sessions.get(await _session(sessions, clock, "ann", totp=False))
+    assert password_only is not None
+    with pytest.raises(StepUpRequired):
+        require_recent_factor(
+            Admin(session=password_only, principals=frozenset()),
+            now=clock.time(),
+            max_age=300,
+            public_url=PUBLIC_URL,
+        )

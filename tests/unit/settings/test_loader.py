@@ -1485,3 +1485,29 @@ def test_memory_state_for_one_process_without_an_admin_listener() -> None:
 def test_sign_in_settings_are_validated(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings("public_url: https://auth.example.com\n" + text)
+
+
+def test_console_settings_default_to_one_approval_and_fresh_destructive_factors() -> None:
+    admin = parse_settings("public_url: https://auth.example.com\n").admin
+    assert admin.approvals == 1
+    assert admin.destructive_reauth_max_age == 300
+    assert admin.proposal_ttl == 48 * 3600
+    assert admin.sample_retention == 24 * 3600
+    two = parse_settings(
+        "public_url: https://auth.example.com\nadmin: {approvals: 2, proposal_ttl: 1h}\n"
+    ).admin
+    assert (two.approvals, two.proposal_ttl) == (2, 3600)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("admin: {approvals: 3}\n", "admin.approvals"),
+        ("admin: {destructive_reauth_max_age: 30m}\n", "must not exceed admin.reauth_max_age"),
+        ("admin: {proposal_ttl: 0s}\n", "admin.proposal_ttl"),
+        ("admin: {sample_retention: 0s}\n", "admin.sample_retention"),
+    ],
+)
+def test_console_settings_are_validated(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings("public_url: https://auth.example.com\n" + text)
