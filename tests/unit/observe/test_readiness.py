@@ -215,7 +215,7 @@ async def test_the_background_loop_keeps_probing_until_closed() -> None:
 
     await wait_until_async(lambda: db.calls >= 3, timeout=GUARD, what="two more background probes")
     await monitor.close()
-    await monitor.close()  # idempotent (Runtime.close may run after a failed start)
+    await monitor.close()  # idempotent (the root closes it again after a failed start)
 
 
 # -- the gauges ------------------------------------------------------------------------------------
