@@ -197,6 +197,7 @@ async def bootstrap_admin(settings: Settings) -> str:
     Returns the line to print: the credentials the first time, a reminder afterwards. The password
     is shown once, on this terminal only; it is never written to a file or a log.
     """
+    from gateway.identity.passwords import one_time_password
     from gateway.services import IdentityServices
 
     # The quick-start config is the embedded default: the schema upgrades itself, as in `serve`.
@@ -204,7 +205,7 @@ async def bootstrap_admin(settings: Settings) -> str:
         identity = IdentityServices.build(settings, store.db, store.fast)
         if await identity.accounts.list(limit=1, offset=0):
             return "with your admin account (created on the first quick start)"
-        password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
+        password = one_time_password()
         await identity.accounts.create(
             username="admin",
             password=password,

@@ -43,6 +43,7 @@ from typing import Final, Protocol
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
@@ -58,6 +59,8 @@ __all__ = [
     "AccountService",
     "FactorInfo",
     "InvalidAccount",
+    "NoPassword",
+    "RolesChanged",
     "SessionRevoker",
     "SignInFailed",
     "SignInResult",
@@ -121,6 +124,13 @@ class WrongPassword(BadRequest):
     title = "The current password is not correct."
 
 
+class NoPassword(BadRequest):
+    """A password change was forced on an account that has no password (it signs in elsewhere)."""
+
+    reason = "no-password"
+    title = "The account has no password"
+
+
 class SessionRevoker(Protocol):
     """What accounts need from the session store: end every session of a user (``SessionStore`` is one)."""
 
@@ -168,6 +178,18 @@ class FactorInfo:
     confirmed: bool = True
     # WebAuthn: a passkey (discoverable) rather than a security key.
     discoverable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RolesChanged:
+    """What :meth:`AccountService.set_roles` did."""
+
+    roles: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    # Sessions ended because they carried a removed role; None without a session store, 0 when no
+    # role was removed (added roles reach the user at the next sign-in).
+    sessions_ended: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +249,11 @@ def _login_candidates(login: str) -> tuple[str, ...]:
         if value not in candidates:
             candidates.append(value)
     return tuple(candidates)
+
+
+def _search_terms(text: str) -> str:
+    # What is stored is canonical (NFKC, case-folded), so the search term is folded the same way.
+    return unicodedata.normalize("NFKC", text).casefold().strip()
 
 
 def _failure_reason(user: User | None, *, correct: bool) -> str:
@@ -631,6 +658,59 @@ class AccountService:
         await self._update(user_id, disabled=False, updated_at=self._clock.now())
         await self._audit.record("user.enabled", actor=actor, subject=user.username)
 
+    async def require_password_change(self, user_id: int, *, actor: str) -> None:
+        """Make the user choose a new password at their next sign-in.
+
+        Sessions already signed in are left alone (the caller may end them): the hold is placed on
+        a session when it signs in, from the account's flag.
+
+        Raises:
+            UnknownAccount: No such user.
+            NoPassword: The account has no password to change (identity provider or passkey only).
+        """
+        user = await self._require(user_id)
+        if user.password_hash is None:
+            raise NoPassword(
+                f"{user.username} has no password (they sign in through an identity provider or a "
+                "passkey): there is nothing to change."
+            )
+        await self._update(user_id, must_change_password=True, updated_at=self._clock.now())
+        await self._audit.record("user.password_change_required", actor=actor, subject=user.username)
+
+    async def set_roles(self, user_id: int, roles: Sequence[str], *, actor: str) -> RolesChanged:
+        """Replace the account's local roles.
+
+        A session carries the roles it signed in with, so a removed role would live on in it: when a
+        role is removed, the user's sessions end (invariant 4: authorization changes take effect at
+        once). Added roles reach the user at the next sign-in.
+
+        Raises:
+            UnknownAccount: No such user.
+            InvalidAccount: A role name is not acceptable (spaces, commas, control characters).
+        """
+        user = await self._require(user_id)
+        cleaned = _check_roles(roles)
+        before, after = user.roles.split(), cleaned.split()
+        added = tuple(r for r in after if r not in before)
+        removed = tuple(r for r in before if r not in after)
+        if added or removed or cleaned != user.roles:
+            await self._update(user_id, roles=cleaned, updated_at=self._clock.now())
+        # Roles first, sessions second (as in disable): a sign-in racing the change gets the new roles.
+        ended = await self._revoke(user_id) if removed else 0
+        if added or removed:
+            await self._audit.record(
+                "user.roles_changed",
+                actor=actor,
+                subject=user.username,
+                details={
+                    "roles": cleaned,
+                    "added": " ".join(added),
+                    "removed": " ".join(removed),
+                    "sessions_revoked": ended if ended is not None else "unknown",
+                },
+            )
+        return RolesChanged(roles=tuple(after), added=added, removed=removed, sessions_ended=ended)
+
     async def delete(self, user_id: int, *, actor: str) -> int | None:
         """Delete an account with all its factors (TOTP, WebAuthn, recovery codes) and sessions.
 
@@ -740,12 +820,15 @@ class AccountService:
 
     # -- reading --------------------------------------------------------------------------------------
 
-    async def list(self, *, limit: int = 100, offset: int = 0) -> builtins.list[UserSummary]:
+    async def list(
+        self, *, limit: int = 100, offset: int = 0, search: str | None = None
+    ) -> builtins.list[UserSummary]:
         """Accounts ordered by username, with their factor counts.
 
         Args:
             limit: At most this many.
             offset: Skip this many first (paging).
+            search: Only accounts whose username, email or display name contains this (any case).
 
         Returns:
             One summary per account.
@@ -771,6 +854,16 @@ class AccountService:
             .limit(max(0, limit))
             .offset(max(0, offset))
         )
+        term = _search_terms(search or "")
+        if term:
+            # autoescape: a "%" or "_" typed into the search box is a character, not a wildcard.
+            query = query.where(
+                or_(
+                    User.username.contains(term, autoescape=True),
+                    User.email.contains(term, autoescape=True),
+                    func.lower(User.display_name).contains(term, autoescape=True),
+                )
+            )
         async with self._db.session() as session:
             with store_errors("cannot list accounts"):
                 rows = (await session.execute(query)).all()
@@ -791,6 +884,23 @@ class AccountService:
             )
             for user, n_totp, n_webauthn, n_codes in rows
         ]
+
+    async def history(self, username: str, *, limit: int = 50) -> builtins.list[AuditEvent]:
+        """The latest audit events about the account or done by it, newest first.
+
+        Args:
+            username: The canonical username (``User.username``).
+            limit: At most this many.
+        """
+        query = (
+            select(AuditEvent)
+            .where(or_(AuditEvent.subject == username, AuditEvent.actor == f"user:{username}"))
+            .order_by(AuditEvent.id.desc())
+            .limit(max(0, limit))
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read the audit trail"):
+                return builtins.list((await session.scalars(query)).all())
 
     async def factors(self, user_id: int) -> AccountFactors:
         """The second factors of one account, for display (names and dates, never secrets).

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from gateway.identity.password_policy import MAX_PASSWORD_CHARS, check_password
 from gateway.settings.schema import PasswordSettings
 
-__all__ = ["MAX_PASSWORD_CHARS", "PasswordHasher"]
+__all__ = ["MAX_PASSWORD_CHARS", "PasswordHasher", "one_time_password"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ _DUMMY_PASSWORD: Final = "gateway dummy password for absent accounts"  # noqa: S
 HASH_THREAD_NICENESS: Final = 10
 
 _T = TypeVar("_T")
+
+
+def one_time_password() -> str:
+    """A password an admin hands out once (the quick start's first admin, a console-created user).
+
+    Three groups of eight URL-safe characters (144 random bits), easy to read out and to type; the
+    account is created with ``must_change_password`` so it is replaced at the first sign-in.
+    """
+    return "-".join(secrets.token_urlsafe(6) for _ in range(3))
 
 
 def _lower_priority() -> None:
