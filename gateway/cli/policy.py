@@ -28,15 +28,12 @@ message on stderr naming the file and line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
-import io
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from gateway.cli.harness import (
     EXIT_FAILURE,
@@ -56,7 +53,7 @@ from gateway.cli.harness import (
 from gateway.store.ids import MAX_ID, BadId, parse_id
 
 if TYPE_CHECKING:
-    from gateway.authz.decision import Decision
+    from gateway.authz.cases import Case
     from gateway.authz.index import PolicyIndex
     from gateway.authz.rules import PolicyRules
     from gateway.authz.store import PolicyStore
@@ -68,10 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-_EXPECT: Final = ("allow", "deny")
-_CASE_KEYS: Final = frozenset({"name", "principals", "route", "method", "path", "expect", "reason"})
-_REQUIRED_KEYS: Final = ("principals", "route", "method", "path", "expect")
-_BAD_PATH: Final = "bad-path"
 # Stored versions start at 1; an index built from a file carries this one.
 _FILE_VERSION: Final = 0
 
@@ -172,136 +165,20 @@ async def _stored_change(change: Awaitable[int], source: object) -> int:
 # -- test cases ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Case:
-    where: str
-    name: str
-    principals: frozenset[str]
-    route: str
-    method: str
-    path: str
-    expect: str
-    reason: str | None
+def _load_cases(path: Path) -> list[Case]:
+    from gateway.authz.cases import CasesInvalid, parse_cases
 
-
-def _principals(value: object, where: str) -> frozenset[str]:
-    if isinstance(value, str):
-        names = [name for name in re.split(r"[\s,]+", value) if name]
-    elif isinstance(value, list) and all(isinstance(name, str) for name in value):
-        names = [name.strip() for name in value if name.strip()]
-    else:
-        raise UserError(f"{where}: 'principals' must be a list or a space/comma separated string")
-    return frozenset(names)
-
-
-def _case(raw: dict[str, Any], where: str) -> _Case:
-    if unknown := sorted(set(raw) - _CASE_KEYS):
-        raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
-    if missing := [key for key in _REQUIRED_KEYS if raw.get(key) in (None, "")]:
-        raise UserError(f"{where}: missing {', '.join(map(repr, missing))}")
-    for key in ("route", "method", "path", "expect"):
-        if not isinstance(raw[key], str):
-            raise UserError(f"{where}: {key!r} must be a string")
-    expect = raw["expect"].strip().lower()
-    if expect not in _EXPECT:
-        raise UserError(f"{where}: 'expect' must be allow or deny, not {raw['expect']!r}")
-    reason = raw.get("reason")
-    if reason in ("", None):
-        reason = None
-    elif not isinstance(reason, str):
-        raise UserError(f"{where}: 'reason' must be a string")
-    name = raw.get("name") or ""
-    return _Case(
-        where=where,
-        name=str(name),
-        principals=_principals(raw["principals"], where),
-        route=raw["route"].strip(),
-        method=raw["method"].strip(),
-        path=raw["path"].strip(),
-        expect=expect,
-        reason=reason.strip() if reason is not None else None,
-    )
-
-
-def _yaml_cases(text: str, source: Path) -> list[_Case]:
-    import yaml
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else str(source)
-        problem = getattr(exc, "problem", None) or exc
-        raise UserError(f"{where}: not valid YAML: {problem}") from None
-    node: Any = root
-    if isinstance(data, dict) and set(data) == {"cases"} and isinstance(root, yaml.MappingNode):
-        data = data["cases"]
-        node = next(value for key, value in root.value if key.value == "cases")
-    if not isinstance(data, list) or not isinstance(node, yaml.SequenceNode):
-        raise UserError(f"{source}: expected a list of cases (or a mapping with one key, 'cases')")
-    # The composed nodes carry the line of each case; the loaded list has one item per node.
-    nodes: list[Any] = node.value
-    cases = []
-    for number, (item, node) in enumerate(zip(data, nodes, strict=True), start=1):
-        where = f"{source}:{node.start_mark.line + 1} (case {number})"
-        if not isinstance(item, dict):
-            raise UserError(f"{where}: a case is a mapping of principals, route, method, path, expect")
-        cases.append(_case(item, where))
-    return cases
-
-
-def _csv_cases(text: str, source: Path) -> list[_Case]:
-    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
-    header = [name.strip() for name in reader.fieldnames or []]
-    if missing := [key for key in _REQUIRED_KEYS if key not in header]:
-        raise UserError(f"{source}:1: the header row lacks column(s) {', '.join(missing)}")
-    cases = []
-    for row in reader:
-        where = f"{source}:{reader.line_num}"
-        if None in row:
-            raise UserError(f"{where}: more fields than columns in the header")
-        cleaned = {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
-        if not any(cleaned.values()):
-            continue
-        cases.append(_case(cleaned, where))
-    return cases
-
-
-def _load_cases(path: Path) -> list[_Case]:
     text = _read_text(path, "cases file")
-    cases = _csv_cases(text, path) if path.suffix.lower() == ".csv" else _yaml_cases(text, path)
-    if not cases:
-        raise UserError(f"{path}: no test cases")
-    return cases
+    try:
+        return parse_cases(text, source=str(path), fmt="csv" if path.suffix.lower() == ".csv" else "yaml")
+    except CasesInvalid as exc:
+        raise UserError(exc.detail) from None
 
 
-# -- deciding like the gateway ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    allowed: bool
-    reason: str
-    explanation: str
-    path: str
-
-
-def _decide(index: PolicyIndex, principals: frozenset[str], route: str, method: str, path: str) -> _Outcome:
-    from gateway.errors import BadPath
+def _canonical(raw: bytes) -> str:
     from gateway.pipeline.canonical import canonicalize
 
-    raw = path.split("?", 1)[0].encode("utf-8", "surrogateescape")
-    try:
-        canonical = canonicalize(raw).path
-    except BadPath as exc:
-        return _Outcome(False, _BAD_PATH, f"the gateway refuses this path with 400: {exc.detail}", path)
-    decision: Decision = index.decide(principals, route, method, canonical)
-    explanation = decision.explain()
-    if index.version == _FILE_VERSION:
-        # A file has no version; "policy version 0" would read as "nothing stored".
-        explanation = explanation.removesuffix(f"; policy version {_FILE_VERSION}")
-    return _Outcome(decision.allowed, str(decision.reason), explanation, canonical)
+    return canonicalize(raw).path
 
 
 # -- formatting ------------------------------------------------------------------------------------------
@@ -357,42 +234,40 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
+    from gateway.authz.cases import failures, run_cases
     from gateway.authz.index import PolicyIndex
 
     rules = _read_policy(args.file)
     cases = _load_cases(args.cases)
     index = PolicyIndex.build(rules, version=_FILE_VERSION)
-    failures: list[list[str]] = []
-    for case in cases:
-        outcome = _decide(index, case.principals, case.route, case.method, case.path)
-        got = "allow" if outcome.allowed else "deny"
-        if got == case.expect and case.reason in (None, outcome.reason):
-            continue
-        expected = case.expect + (f" [{case.reason}]" if case.reason else "")
-        failures.append(
-            [
-                case.where + (f" {case.name}" if case.name else ""),
-                " ".join(sorted(case.principals)),
-                f"{case.method} {case.route} {case.path}",
-                expected,
-                f"{got} [{outcome.reason}]",
-                outcome.explanation,
-            ]
-        )
-    if failures:
-        print(_table(["CASE", "PRINCIPALS", "REQUEST", "EXPECTED", "GOT", "WHY"], failures))
-    passed = len(cases) - len(failures)
+    failed = failures(run_cases(index, cases, canonicalize=_canonical))
+    rows = [
+        [
+            result.case.where + (f" {result.case.name}" if result.case.name else ""),
+            " ".join(sorted(result.case.principals)),
+            f"{result.case.method} {result.case.route} {result.case.path}",
+            result.expected,
+            f"{result.got} [{result.outcome.reason}]",
+            result.outcome.explanation,
+        ]
+        for result in failed
+    ]
+    if rows:
+        print(_table(["CASE", "PRINCIPALS", "REQUEST", "EXPECTED", "GOT", "WHY"], rows))
+    passed = len(cases) - len(rows)
     print(
-        f"{_plural(len(cases), 'case')}: {passed} passed, {len(failures)} failed "
+        f"{_plural(len(cases), 'case')}: {passed} passed, {len(rows)} failed "
         f"({args.cases} against {args.file})"
     )
-    return EXIT_FAILURE if failures else EXIT_OK
+    return EXIT_FAILURE if rows else EXIT_OK
 
 
 def _print_explanation(
     index: PolicyIndex, principals: frozenset[str], route: str, method: str, path: str
 ) -> None:
-    outcome = _decide(index, principals, route, method, path)
+    from gateway.authz.cases import decide
+
+    outcome = decide(index, principals, route, method, path, canonicalize=_canonical)
     shown = outcome.path if outcome.path == path else f"{outcome.path} (canonical form of {path})"
     print(f"request:    {method} {shown} on route {route!r}")
     for principal in sorted(principals):
