@@ -45,6 +45,7 @@ __all__ = [
     "Session",
     "SessionEnded",
     "SessionStore",
+    "browser_label",
     "hash_session_id",
 ]
 
@@ -113,6 +114,31 @@ _encode = msgspec.json.Encoder().encode
 _decode_session = msgspec.json.Decoder(Session).decode
 _decode_family = msgspec.json.Decoder(_Family).decode
 _decode_ids = msgspec.json.Decoder(tuple[str, ...]).decode
+
+
+_BROWSERS = (
+    ("Edg/", "Edge"),
+    ("Firefox/", "Firefox"),
+    ("Chrome/", "Chrome"),
+    ("Safari/", "Safari"),
+    ("curl/", "curl"),
+)
+_SYSTEMS = (
+    ("Windows", "Windows"),
+    ("Mac OS X", "macOS"),
+    ("Linux", "Linux"),
+    ("Android", "Android"),
+    ("iPhone", "iPhone"),
+)
+
+
+def browser_label(user_agent: str) -> str:
+    """A session's browser as people name it ("Chrome on Linux"), for "my sessions" and the console."""
+    for marker, name in _BROWSERS:
+        if marker in user_agent:
+            system = next((label for mark, label in _SYSTEMS if mark in user_agent), "")
+            return name + (f" on {system}" if system else "")
+    return user_agent[:40] or "Unknown browser"
 
 
 def hash_session_id(session_id: str) -> str:

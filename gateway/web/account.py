@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.identity.sessions import Session
+from gateway.identity.sessions import Session, browser_label
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
@@ -36,23 +36,6 @@ def _when(value: datetime | float | None) -> str:
     if isinstance(value, float | int):
         return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
     return value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _browser(user_agent: str) -> str:
-    for name in ("Edg/", "Firefox/", "Chrome/", "Safari/", "curl/"):
-        if name in user_agent:
-            label = {
-                "Edg/": "Edge",
-                "Firefox/": "Firefox",
-                "Chrome/": "Chrome",
-                "Safari/": "Safari",
-                "curl/": "curl",
-            }
-            system = next(
-                (s for s in ("Windows", "Mac OS X", "Linux", "Android", "iPhone") if s in user_agent), ""
-            )
-            return label[name] + (f" on {system.replace('Mac OS X', 'macOS')}" if system else "")
-    return user_agent[:40] or "Unknown browser"
 
 
 def _step_up(back: str) -> Redirect:
@@ -93,7 +76,7 @@ async def portal(
     sessions = [
         {
             "id": other.id_hash,
-            "browser": _browser(other.user_agent),
+            "browser": browser_label(other.user_agent),
             "ip": other.ip,
             "last_seen": _when(other.last_seen),
             "current": other.id_hash == own,
