@@ -12,6 +12,9 @@ Every change is audited with the operator as the actor and reaches every worker 
 about a second (broadcast). Only a gateway on ``state.embedded: memory`` keeps them inside its own
 process, out of reach: the command says so (exit 1).
 
+A block by hand names at most an IPv4 /16 or an IPv6 /32 and lasts at most 90 days (wider or
+longer belongs in a block-list file, ``threat.block_lists``); the admin console applies the same rule.
+
 Exit codes: 0 done, 1 runtime failure (store unreachable, state.embedded: memory), 2 invalid input
 (unknown incident, bad address or duration, bad configuration).
 """
@@ -118,10 +121,12 @@ async def _list(args: argparse.Namespace, responder: Responder) -> int:
 
 
 async def _incident(responder: Responder, incident_id: str) -> Incident:
-    incident = await responder.incidents.get(incident_id)
-    if incident is None:
-        raise UserError(f"no incident {incident_id!r} (see `gateway incident list`)")
-    return incident
+    from gateway.threat.incidents import BadIncidentId, IncidentNotFound, parse_incident_id
+
+    try:
+        return await responder.incidents.require(parse_incident_id(incident_id))
+    except (BadIncidentId, IncidentNotFound):
+        raise UserError(f"no incident {incident_id!r} (see `gateway incident list`)") from None
 
 
 async def _show(args: argparse.Namespace, responder: Responder) -> int:
@@ -156,25 +161,25 @@ async def _lift(args: argparse.Namespace, responder: Responder) -> int:
     return EXIT_OK
 
 
-def _network(text: str) -> str:
-    from gateway.threat.blocks import normalize_network
+def _network(text: str, *, to_block: bool = False) -> str:
+    # One rule for the CLI and the admin console (gateway.threat.manual): a block by hand may not be
+    # too broad; an unblock takes any network, so older blocks stay liftable.
+    from gateway.threat.manual import BlockRefused, manual_network, parse_network
 
     try:
-        return str(normalize_network(text))
-    except ValueError as exc:
-        raise UserError(f"{text!r} is not an IP address or CIDR network") from exc
+        return str(manual_network(text) if to_block else parse_network(text))
+    except BlockRefused as exc:
+        raise UserError(exc.detail) from None
 
 
 async def _block(args: argparse.Namespace, responder: Responder) -> int:
-    from gateway.settings.units import parse_duration
+    from gateway.threat.manual import BlockRefused, block_seconds
 
-    cidr = _network(args.cidr)
+    cidr = _network(args.cidr, to_block=True)
     try:
-        seconds = float(parse_duration(args.duration))
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"--for {args.duration!r}: expected a duration such as 30m, 1h or 7d") from exc
-    if seconds <= 0:
-        raise UserError("--for must be longer than 0")
+        seconds = block_seconds(args.duration)
+    except BlockRefused as exc:
+        raise UserError(f"--for {args.duration!r}: {exc.detail}") from None
     incident = await responder.block_ip(cidr, seconds=seconds, actor=operator(), reason=args.reason)
     print(f"{cidr} blocked for {seconds:g}s ({incident.id})")
     return EXIT_OK
@@ -216,7 +221,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("id", metavar="ID")
     p = action("block-ip", _block, "refuse an address or network on every replica for a while")
     p.add_argument("cidr", metavar="CIDR")
-    p.add_argument("--for", dest="duration", default="1h", metavar="DURATION", help="how long (default 1h)")
+    p.add_argument(
+        "--for", dest="duration", default="1h", metavar="DURATION", help="how long (default 1h, at most 90d)"
+    )
     p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
     p = action("unblock-ip", _unblock, "lift the block of exactly this address or network")
     p.add_argument("cidr", metavar="CIDR")

@@ -77,22 +77,32 @@ def normalize_network(text: str) -> Network:
 
 @dataclass(frozen=True, slots=True)
 class BlockEntry:
-    """One temporary block. ``until`` is Unix time; ``incident`` the incident that made it."""
+    """One temporary block. ``until`` is Unix time; ``incident`` the incident that made it; ``actor``
+    who made it (``system:threat`` for a rule, the admin for a manual block; "" in older entries)."""
 
     cidr: str
     until: float
     incident: str = ""
     reason: str = ""
+    actor: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {"cidr": self.cidr, "until": self.until, "incident": self.incident, "reason": self.reason}
+        doc: dict[str, object] = {
+            "cidr": self.cidr, "until": self.until, "incident": self.incident, "reason": self.reason
+        }  # fmt: skip
+        if self.actor:
+            doc["actor"] = self.actor
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> BlockEntry:
         until = doc["until"]
         if not isinstance(until, int | float):
             raise TypeError("until")
-        return cls(str(doc["cidr"]), float(until), str(doc.get("incident", "")), str(doc.get("reason", "")))
+        return cls(
+            str(doc["cidr"]), float(until), str(doc.get("incident", "")), str(doc.get("reason", "")),
+            str(doc.get("actor", "")),
+        )  # fmt: skip
 
 
 class IpBlocks:
@@ -215,7 +225,9 @@ class BlockStore:
         live = [e for e in _decode(await self._state.get(BLOCKS_KEY)) if e.until > now]
         return sorted(live, key=lambda e: e.until)
 
-    async def add(self, cidr: str, *, until: float, incident: str = "", reason: str = "") -> BlockEntry:
+    async def add(
+        self, cidr: str, *, until: float, incident: str = "", reason: str = "", actor: str = ""
+    ) -> BlockEntry:
         """Block ``cidr`` until ``until`` (an existing block of it is extended, never shortened).
 
         Raises:
@@ -223,7 +235,7 @@ class BlockStore:
             StateUnavailable: the fast state cannot answer.
         """
         text = str(normalize_network(cidr))
-        entry = BlockEntry(text, until, incident, reason)
+        entry = BlockEntry(text, until, incident, reason, actor)
 
         def change(current: list[BlockEntry]) -> list[BlockEntry]:
             kept = [e for e in current if e.cidr != text]

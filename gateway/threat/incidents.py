@@ -12,23 +12,74 @@ Actions and how they are lifted::
     revoke_session(s) the session / all the user's sessions are ended            not undoable: sign in again
     step_up           the session must show a fresh second factor                not undoable: already asked
     alert, webhook    notifications                                              nothing to lift
+
+Severity is the rule's by nature (:func:`severity`): a session or an account that is likely in someone
+else's hands is ``high``; attempts that have not (yet) succeeded are ``medium``; an admin's own block
+is ``low``. The console sorts and colours by it; it never changes what a rule does.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Final
 
 import msgspec
 
+from gateway.errors import BadRequest, GatewayError
 from gateway.store.fast.base import FastState, StateUnavailable
 
-__all__ = ["MAX_INCIDENTS", "RETENTION", "Action", "Incident", "IncidentStore", "new_incident_id"]
+__all__ = [
+    "MAX_INCIDENTS",
+    "RETENTION",
+    "Action",
+    "BadIncidentId",
+    "Incident",
+    "IncidentNotFound",
+    "IncidentStore",
+    "new_incident_id",
+    "parse_incident_id",
+    "severity",
+]
 
 RETENTION: Final = 30 * 86400.0
 MAX_INCIDENTS: Final = 1000
 _INDEX: Final = "threat:incidents"
 _CAS_ROUNDS: Final = 32
+_ID = re.compile(r"inc-[0-9a-f]{8}")
+# How urgent a rule's finding is by nature (see the module docstring); other rules are "medium".
+_SEVERITY: Final = {
+    "session_hijack": "high",
+    "impossible_travel": "high",
+    "mfa_failures": "high",
+    "manual": "low",
+}
+
+
+class IncidentNotFound(GatewayError):
+    """No incident has this id (never had, or it expired after ``RETENTION``): 404."""
+
+    status = 404
+    reason = "incident-not-found"
+    title = "No such incident"
+
+
+class BadIncidentId(BadRequest):
+    """Text that no incident id can be (ids look like ``inc-3f9a1c2b``): 400, nothing looked up."""
+
+    reason = "bad-incident-id"
+    title = "Malformed incident id"
+
+
+def parse_incident_id(text: str) -> str:
+    """``text`` if it has the shape of an incident id, checked before it becomes part of a key.
+
+    Raises:
+        BadIncidentId: anything else.
+    """
+    if not _ID.fullmatch(text):
+        raise BadIncidentId(f"{text[:40]!r} is not an incident id; ids look like inc-3f9a1c2b.")
+    return text
 
 
 class Action(msgspec.Struct, frozen=True):
@@ -61,6 +112,13 @@ class Incident(msgspec.Struct, frozen=True):
     status: str = "open"
     lifted_by: str = ""
     lifted_at: float | None = None
+    # Who opened it: an admin for a manual block ("user:alice", "operator:root"); "" for a rule.
+    actor: str = ""
+
+
+def severity(incident: Incident) -> str:
+    """``high``, ``medium`` or ``low``: how urgent the incident's rule is by nature."""
+    return _SEVERITY.get(incident.rule, "medium")
 
 
 _encode = msgspec.json.Encoder().encode
@@ -109,6 +167,18 @@ class IncidentStore:
             return _decode_incident(raw)
         except msgspec.DecodeError:
             return None
+
+    async def require(self, incident_id: str) -> Incident:
+        """The incident with this id.
+
+        Raises:
+            IncidentNotFound: unknown or expired.
+            StateUnavailable: the fast state cannot answer.
+        """
+        incident = await self.get(incident_id)
+        if incident is None:
+            raise IncidentNotFound(f"There is no incident {incident_id!r} (it may have expired).")
+        return incident
 
     async def latest(self, limit: int = 50) -> list[Incident]:
         """The newest incidents first."""

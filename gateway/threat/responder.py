@@ -32,8 +32,9 @@ from gateway.identity.sessions import (
 )
 from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
-from gateway.threat.blocks import BlockStore, normalize_network
+from gateway.threat.blocks import BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
+from gateway.threat.manual import manual_network, parse_network
 
 __all__ = ["Emitter", "Responder", "Webhook"]
 
@@ -190,7 +191,9 @@ class Responder:
         if not ip:
             return None
         until = self._clock.time() + float(rule.block_for)
-        entry = await self.blocks.add(ip, until=until, incident=incident_id, reason="threat")
+        entry = await self.blocks.add(
+            ip, until=until, incident=incident_id, reason="threat", actor="system:threat"
+        )
         return Action("block_ip", entry.cidr, until=until)
 
     async def _revoke_session(self, subject: str, session: str) -> Action | None:
@@ -242,13 +245,14 @@ class Responder:
         """Block ``cidr`` for ``seconds`` by hand: recorded as a ``manual`` incident.
 
         Raises:
-            ValueError: not an address or network.
+            BlockRefused: not an address or network, or too broad to block by hand
+                (:mod:`gateway.threat.manual`).
             StateUnavailable: the fast state cannot answer.
         """
-        text = str(normalize_network(cidr))
+        text = str(manual_network(cidr))
         incident_id = new_incident_id()
         until = self._clock.time() + seconds
-        await self.blocks.add(text, until=until, incident=incident_id, reason=reason or "manual")
+        await self.blocks.add(text, until=until, incident=incident_id, reason=reason or "manual", actor=actor)
         incident = Incident(
             id=incident_id,
             rule="manual",
@@ -256,6 +260,7 @@ class Responder:
             ip=text,
             summary=reason or f"blocked by {actor}",
             actions=(Action("block_ip", text, until=until),),
+            actor=actor,
         )
         await self.incidents.save(incident, new=True)
         await self._audit.record(
@@ -268,8 +273,13 @@ class Responder:
         return incident
 
     async def unblock_ip(self, cidr: str, *, actor: str) -> int:
-        """Lift the block of exactly ``cidr``; returns 0 if it was not blocked."""
-        text = str(normalize_network(cidr))
+        """Lift the block of exactly ``cidr``; returns 0 if it was not blocked.
+
+        Raises:
+            BlockRefused: not an address or network.
+            StateUnavailable: the fast state cannot answer.
+        """
+        text = str(parse_network(cidr))
         removed = await self.blocks.remove(text)
         await self._audit.record(
             "incident.unblock_ip", actor=actor, subject=text, ip=text, details={"removed": removed}

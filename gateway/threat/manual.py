@@ -1,0 +1,102 @@
+"""What an admin may block by hand: one rule for ``gateway incident block-ip`` and the console.
+
+A block made by hand names an address or a network and how long it lasts. Both are checked here, once,
+so the CLI and the admin API refuse the same things with the same words:
+
+* **Not too broad.** A manual block is a quick, temporary answer to one attacker. An IPv4 network wider
+  than ``/16`` or an IPv6 network wider than ``/32`` (an ISP's allocation) would shut out whole
+  populations with one typo (``0.0.0.0/0`` shuts out everyone); such ranges belong in a block-list
+  file (``threat.block_lists``), where they are reviewed and versioned like any other configuration.
+* **Not for ever.** At most ``MAX_BLOCK`` (90 days), for the same reason: a permanent block is a
+  block-list entry.
+
+Unblocking takes any address or network (a block made before these limits must stay liftable), so it
+only needs :func:`parse_network`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+from gateway.errors import BadRequest
+from gateway.settings.units import parse_duration
+from gateway.threat.blocks import Network, normalize_network
+
+__all__ = [
+    "MAX_BLOCK",
+    "MIN_PREFIX",
+    "BlockRefused",
+    "block_seconds",
+    "covers",
+    "manual_network",
+    "parse_network",
+]
+
+#: The widest network a manual block may name, per IP version (its shortest prefix length).
+MIN_PREFIX: Final = {4: 16, 6: 32}
+#: The longest a manual block may last, in seconds.
+MAX_BLOCK: Final = 90 * 86400.0
+
+
+class BlockRefused(BadRequest):
+    """A manual block or unblock that cannot be done as asked: nothing was changed."""
+
+    reason = "block-refused"
+    title = "Block refused"
+
+
+def parse_network(text: str) -> Network:
+    """The address or network in ``text`` (host bits allowed; IPv4-mapped IPv6 becomes IPv4).
+
+    Raises:
+        BlockRefused: not an address or network.
+    """
+    try:
+        return normalize_network(text)
+    except ValueError as exc:
+        raise BlockRefused(f"{text!r} is not an IP address or CIDR network") from exc
+
+
+def manual_network(text: str) -> Network:
+    """The network an admin asked to block, if it is narrow enough (see the module docstring).
+
+    Raises:
+        BlockRefused: not an address or network, or wider than :data:`MIN_PREFIX` allows.
+    """
+    network = parse_network(text)
+    shortest = MIN_PREFIX[network.version]
+    if network.prefixlen < shortest:
+        raise BlockRefused(
+            f"{network} is too broad to block by hand (at most /{shortest} for IPv{network.version}); "
+            "put wide ranges in a block-list file (threat.block_lists)"
+        )
+    return network
+
+
+def block_seconds(value: str) -> float:
+    """How long a manual block lasts: a duration such as ``30m``, ``1h`` or ``7d``, up to 90 days.
+
+    Raises:
+        BlockRefused: not a duration, not positive, or longer than :data:`MAX_BLOCK`.
+    """
+    try:
+        seconds = float(parse_duration(value))
+    except (ValueError, TypeError) as exc:
+        raise BlockRefused("expected a duration such as 30m, 1h or 7d") from exc
+    if seconds <= 0:
+        raise BlockRefused("must be longer than 0")
+    if seconds > MAX_BLOCK:
+        raise BlockRefused("must be at most 90d; a longer block belongs in a block-list file")
+    return seconds
+
+
+def covers(network: Network, address: str) -> bool:
+    """Whether ``address`` (any spelling, IPv4-mapped included) is inside ``network``; False if unreadable."""
+    try:
+        addr = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.version == network.version and addr in network

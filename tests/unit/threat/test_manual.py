@@ -1,0 +1,143 @@
+"""Blocks by hand (CLI and admin console): which networks and durations are accepted, one rule for both."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.store.fast import FastState
+from gateway.threat.blocks import BlockEntry, BlockStore
+from gateway.threat.incidents import (
+    BadIncidentId,
+    Incident,
+    IncidentNotFound,
+    IncidentStore,
+    parse_incident_id,
+    severity,
+)
+from gateway.threat.manual import (
+    MAX_BLOCK,
+    BlockRefused,
+    block_seconds,
+    covers,
+    manual_network,
+    parse_network,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("203.0.113.7", "203.0.113.7/32"),
+        (" 203.0.113.7 ", "203.0.113.7/32"),
+        ("203.0.113.9/24", "203.0.113.0/24"),  # host bits tolerated, as in block-list files
+        ("10.1.0.0/16", "10.1.0.0/16"),  # the widest IPv4 network a hand may block
+        ("2001:db8::/32", "2001:db8::/32"),  # the widest IPv6 one
+        ("::ffff:203.0.113.7", "203.0.113.7/32"),  # IPv4-mapped becomes IPv4
+    ],
+)
+def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> None:
+    assert str(manual_network(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("0.0.0.0/0", "too broad"),
+        ("10.0.0.0/8", "at most /16 for IPv4"),
+        ("10.0.0.0/15", "too broad"),
+        ("::/0", "at most /32 for IPv6"),
+        ("2001:db8::/31", "too broad"),
+        ("not-an-ip", "is not an IP address or CIDR network"),
+        ("10.0.0.0/33", "is not an IP address or CIDR network"),
+        ("", "is not an IP address or CIDR network"),
+    ],
+)
+def test_broad_or_unreadable_networks_are_refused(text: str, phrase: str) -> None:
+    with pytest.raises(BlockRefused, match=phrase) as caught:
+        manual_network(text)
+    assert caught.value.status == 400
+    assert caught.value.reason == "block-refused"
+
+
+def test_an_unblock_takes_any_network_so_old_broad_blocks_stay_liftable() -> None:
+    assert str(parse_network("10.0.0.0/8")) == "10.0.0.0/8"
+    with pytest.raises(BlockRefused):
+        parse_network("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30m", 1800.0), ("1h", 3600.0), ("7d", 604800.0), ("90d", MAX_BLOCK)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert block_seconds(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [("soon", "expected a duration"), ("0s", "longer than 0"), ("91d", "at most 90d"), ("1h 30", "expected")],
+)
+def test_bad_durations_are_refused(text: str, phrase: str) -> None:
+    with pytest.raises(BlockRefused, match=phrase):
+        block_seconds(text)
+
+
+@pytest.mark.parametrize(
+    ("network", "address", "inside"),
+    [
+        ("203.0.113.0/24", "203.0.113.7", True),
+        ("203.0.113.0/24", "::ffff:203.0.113.7", True),
+        ("203.0.113.0/24", "203.0.114.7", False),
+        ("2001:db8::/32", "2001:DB8::1", True),
+        ("203.0.113.0/24", "2001:db8::1", False),
+        ("203.0.113.0/24", "", False),
+        ("203.0.113.0/24", "testclient", False),
+    ],
+)
+def test_covers(network: str, address: str, inside: bool) -> None:
+    assert covers(parse_network(network), address) is inside
+
+
+@pytest.mark.parametrize("text", ["inc-3f9a1c2b", "inc-00000000"])
+def test_incident_ids(text: str) -> None:
+    assert parse_incident_id(text) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["", "inc-3F9A1C2B", "inc-3f9a1c2", "inc-3f9a1c2b0", "../inc-3f9a1c2b", "x" * 500]
+)
+def test_malformed_incident_ids_are_refused_before_any_look_up(text: str) -> None:
+    with pytest.raises(BadIncidentId) as caught:
+        parse_incident_id(text)
+    assert caught.value.status == 400
+
+
+async def test_require_names_the_missing_incident(fast_state: FastState) -> None:
+    store = IncidentStore(fast_state)
+    with pytest.raises(IncidentNotFound, match="inc-00000000") as caught:
+        await store.require("inc-00000000")
+    assert caught.value.status == 404
+    incident = Incident(id="inc-00000001", rule="manual", at=1.0, actor="user:boss")
+    await store.save(incident, new=True)
+    assert await store.require("inc-00000001") == incident
+
+
+@pytest.mark.parametrize(
+    ("rule", "level"),
+    [("session_hijack", "high"), ("mfa_failures", "high"), ("brute_force", "medium"), ("manual", "low")],
+)
+def test_severity_is_the_rules(rule: str, level: str) -> None:
+    assert severity(Incident(id="inc-00000001", rule=rule, at=0.0)) == level
+
+
+async def test_a_block_remembers_who_made_it(fast_state: FastState, clock: FakeClock) -> None:
+    store = BlockStore(fast_state, clock)
+    await store.add("203.0.113.7", until=clock.time() + 60, reason="probe", actor="user:boss")
+    await store.add("198.51.100.1", until=clock.time() + 30)
+    entries = await store.entries()
+    assert entries == [
+        BlockEntry("198.51.100.1/32", clock.time() + 30),
+        BlockEntry("203.0.113.7/32", clock.time() + 60, "", "probe", "user:boss"),
+    ]
+    # Entries written before blocks had an actor still read.
+    assert BlockEntry.from_json({"cidr": "192.0.2.1/32", "until": 5}).actor == ""
