@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Litestar, MediaType, Request, delete, get, post, put
@@ -37,18 +37,36 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import YamlRenderPlugin
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
-from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
+from admin.access import AdminRoleRequired, admin_origin, authenticate, check_csrf, require_recent_factor
+from admin.actions import ADMIN_KEY, CLIENT_IP_KEY
+from admin.actions import admin_of as _admin_of
+from admin.actions import audit as _audit
 from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY
 from admin.deps import LocalMetrics, MetricsScraper, Policy
+from admin.policy_json import (
+    ChangeResult,
+    Field,
+    PermissionRule,
+    Reason,
+    RoleLink,
+    StoredPermissionRule,
+    StoredRoleLink,
+    VersionId,
+    VersionInfo,
+    finding_json,
+    rule_json,
+    version_info,
+)
 from gateway.authz.live import LivePolicy
+from gateway.authz.proposals import ApprovalRequired
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
-from gateway.authz.store import PolicyRejected, PolicyVersionInfo
-from gateway.authz.validate import Finding, validate
+from gateway.authz.store import PolicyRejected
+from gateway.authz.validate import validate
 from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
@@ -66,55 +84,11 @@ __all__ = ["create_admin_app", "dependencies"]
 logger = logging.getLogger("gateway.admin")
 
 _PUBLIC = "public"  # handler opt: no session needed (health)
-_ADMIN = "admin"  # connection state key: the authenticated Admin
 _REQUEST_ID = "request_id"
-_CLIENT_IP = "client_ip"
 # casbin's field names, as PolicyError messages use them, and what this API calls them.
 _FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
 
-Field = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-
-# Taken as text and parsed by parse_id in the handler: a number beyond the id columns' range reached
-# the database as is, and its refusal answered as an outage (503 with the driver's text).
-VersionId = Annotated[
-    str, PathParameter(description="A policy version: a whole number from 1 to 2147483647.")
-]
-Reason = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1, max_length=2000, description="Why: kept in the policy history and the audit trail."
-    ),
-]
-
-
 # -- request and response bodies ------------------------------------------------------------------
-
-
-class PermissionRule(msgspec.Struct, tag="p", tag_field="ptype", kw_only=True, forbid_unknown_fields=True):
-    """A ``p`` line: may ``subject`` use ``methods`` on ``path`` of ``route``?"""
-
-    subject: Field
-    route: Field
-    path: Field
-    methods: Field
-    effect: Literal["allow", "deny"]
-
-
-class RoleLink(msgspec.Struct, tag="g", tag_field="ptype", kw_only=True, forbid_unknown_fields=True):
-    """A ``g`` line: ``member`` holds ``role``."""
-
-    member: Field
-    role: Field
-
-
-class StoredPermissionRule(PermissionRule, tag="p", kw_only=True):
-    line: int | None = None
-    csv: str = ""
-
-
-class StoredRoleLink(RoleLink, tag="g", kw_only=True):
-    line: int | None = None
-    csv: str = ""
 
 
 class RulesChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -125,6 +99,18 @@ class RulesChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PolicyReplace(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     csv: Annotated[str, msgspec.Meta(description="The whole new policy, casbin CSV.")]
     reason: Reason
+    expected_version: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=2147483647,
+                description="Store it only on top of this version: an editor opened on an older one is "
+                "refused with 409 instead of undoing the changes stored since.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class RestoreRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -154,17 +140,6 @@ class PolicyView(msgspec.Struct, kw_only=True):
     csv: str
 
 
-class VersionInfo(msgspec.Struct, kw_only=True):
-    version: int
-    created_at: datetime
-    actor: str
-    reason: str
-    lines: int
-    restored_from: int | None
-    added: int
-    removed: int
-
-
 class History(msgspec.Struct, kw_only=True):
     versions: list[VersionInfo]
 
@@ -173,24 +148,6 @@ class VersionView(VersionInfo, kw_only=True):
     diff: str
     csv: str
     rules: list[StoredPermissionRule | StoredRoleLink]
-
-
-class FindingView(msgspec.Struct, kw_only=True):
-    """A validation finding: ``error`` refuses a change (422), ``warning`` is reported with it."""
-
-    severity: str
-    code: str
-    message: str
-    line: int | None
-    rule: str | None
-
-
-class ChangeResult(msgspec.Struct, kw_only=True):
-    version: int
-    previous: int
-    changed: bool
-    # What validation still says about the stored policy (errors refuse a change; these do not).
-    warnings: list[FindingView] = msgspec.field(default_factory=list)
 
 
 class RolesView(msgspec.Struct, kw_only=True):
@@ -216,20 +173,6 @@ class ExplainResult(msgspec.Struct, kw_only=True):
 # -- conversions ----------------------------------------------------------------------------------
 
 
-def rule_json(rule: Rule) -> StoredPermissionRule | StoredRoleLink:
-    if rule.ptype == "p":
-        return StoredPermissionRule(
-            subject=rule.sub,
-            route=rule.dom,
-            path=rule.obj,
-            methods=rule.act,
-            effect="deny" if rule.is_deny else "allow",
-            line=rule.line,
-            csv=rule.to_csv(),
-        )
-    return StoredRoleLink(member=rule.member, role=rule.role, line=rule.line, csv=rule.to_csv())
-
-
 def rule_of(item: PermissionRule | RoleLink) -> Rule:
     if isinstance(item, PermissionRule):
         return Rule("p", (item.subject, item.route, item.path, item.methods, item.effect))
@@ -250,29 +193,6 @@ def checked_rules(items: Iterable[PermissionRule | RoleLink], key: str = "rules"
             ) from exc
         rules.append(rule)
     return rules
-
-
-def _info(info: PolicyVersionInfo) -> VersionInfo:
-    return VersionInfo(
-        version=info.version,
-        created_at=info.created_at,
-        actor=info.actor,
-        reason=info.reason,
-        lines=info.lines,
-        restored_from=info.restored_from,
-        added=info.added,
-        removed=info.removed,
-    )
-
-
-def finding_json(finding: Finding) -> FindingView:
-    return FindingView(
-        severity=str(finding.severity),
-        code=finding.code,
-        message=finding.message,
-        line=finding.line,
-        rule=finding.rule.to_csv() if finding.rule is not None else None,
-    )
 
 
 # -- request ids, client addresses, guard -------------------------------------------------------
@@ -299,7 +219,7 @@ class RequestContext(ASGIMiddleware):
         )
         state = scope.setdefault("state", {})
         state[_REQUEST_ID] = fwd.request_id
-        state[_CLIENT_IP] = fwd.client_ip
+        state[CLIENT_IP_KEY] = fwd.client_ip
 
         csp = _csp_for(scope.get("path", ""))
 
@@ -342,17 +262,6 @@ def _request_id(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, di
         return str(found), {}
     request_id = new_request_id()
     return request_id, {k.decode(): v.decode() for k, v in _response_headers(request_id)}
-
-
-def _client_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return str(connection.scope.get("state", {}).get(_CLIENT_IP, ""))
-
-
-def _admin_of(request: Request[Any, Any, Any]) -> Admin:
-    admin = request.scope.get("state", {}).get(_ADMIN)
-    if not isinstance(admin, Admin):  # pragma: no cover - the guard runs before every /api handler
-        raise GatewayError("the admin guard did not run")
-    return admin
 
 
 def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
@@ -424,26 +333,7 @@ class AdminGuard:
                 details={"error": err.reason, "path": connection.url.path},
             )  # fmt: skip
             raise
-        connection.scope.setdefault("state", {})[_ADMIN] = admin
-
-
-async def _audit(
-    identity: IdentityServices,
-    connection: ASGIConnection[Any, Any, Any, Any],
-    kind: str,
-    *,
-    actor: str,
-    outcome: str = "success",
-    details: Mapping[str, object] | None = None,
-) -> None:
-    try:
-        await identity.audit.record(
-            kind, actor=actor, subject="policy", ip=_client_ip(connection), outcome=outcome,
-            details=details,
-        )  # fmt: skip
-    except Exception:
-        # The change itself is committed and in the policy history (with actor and reason).
-        logger.exception("admin: audit record %s failed", kind)
+        connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
 
 
 async def _change(
@@ -453,12 +343,31 @@ async def _change(
     action: str,
     details: Mapping[str, object],
     make: Callable[[str], Awaitable[int]],
+    *,
+    config: CurrentConfig,
+    destructive: bool = False,
 ) -> ChangeResult:
-    """Run one policy change as this admin, audit it (also when refused), make it live here."""
+    """Run one policy change as this admin, audit it (also when refused), make it live here.
+
+    With ``admin.approvals: 2`` no change is made directly: it is proposed and another admin approves
+    it (``/api/policy/proposals``). A destructive change (replace, restore) also needs a second factor
+    used within ``admin.destructive_reauth_max_age``.
+    """
     admin = _admin_of(request)
     store = policy.store
     previous = await store.version()
+    settings = config.settings.admin
     try:
+        if settings.approvals > 1:
+            raise ApprovalRequired(
+                "This gateway needs two admins for a policy change (admin.approvals: 2): propose it with "
+                "POST /api/policy/proposals (the console's Policies page), and another admin approves it."
+            )
+        if destructive:
+            require_recent_factor(
+                admin, now=identity.clock.time(), max_age=float(settings.destructive_reauth_max_age),
+                public_url=config.public_url,
+            )  # fmt: skip
         version = await make(admin.actor)
     except GatewayError as err:
         await _audit(
@@ -505,7 +414,7 @@ async def current_policy(policy: Policy) -> PolicyView:
 @get("/api/policy/history", cache=False, tags=["policy"])
 async def history(policy: Policy, limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
     """The latest changes, newest first (``?limit=``, default 20)."""
-    return History(versions=[_info(info) for info in await policy.store.history(limit)])
+    return History(versions=[version_info(info) for info in await policy.store.history(limit)])
 
 
 @get("/api/policy/versions/{version:str}", cache=False, tags=["policy"])
@@ -515,7 +424,7 @@ async def version_view(policy: Policy, version: VersionId) -> VersionView:
     info = await policy.store.describe(number)
     stored = await policy.store.get(number)
     return VersionView(
-        **msgspec.structs.asdict(_info(info)),
+        **msgspec.structs.asdict(version_info(info)),
         diff=info.diff,
         csv=stored.csv,
         rules=[rule_json(rule) for rule in stored.rules],
@@ -541,6 +450,7 @@ async def add_rules(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     data: JSONBody[RulesChange],
 ) -> ChangeResult:
     """Add rules (400 if one is already there; 422 if the result fails validation)."""
@@ -553,6 +463,7 @@ async def add_rules(
         "policy.add",
         details,
         lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+        config=config,
     )
 
 
@@ -561,6 +472,7 @@ async def remove_rules(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     data: JSONBody[RulesChange],
 ) -> ChangeResult:
     """Remove rules (400 if one is not there; 422 if the result fails validation)."""
@@ -573,6 +485,7 @@ async def remove_rules(
         "policy.remove",
         details,
         lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+        config=config,
     )
 
 
@@ -581,9 +494,15 @@ async def replace_policy(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     data: JSONBody[PolicyReplace],
 ) -> ChangeResult:
-    """Replace the whole policy with CSV text (400 names a malformed line; 422: validation)."""
+    """Replace the whole policy with CSV text (400 names a malformed line; 422: validation).
+
+    ``expected_version`` (optional) makes it a compare-and-set: 409 when the policy moved on since.
+    Destructive: needs a second factor used within ``admin.destructive_reauth_max_age``; refused (403)
+    when ``admin.approvals`` is 2 (propose it instead).
+    """
     try:
         rules = parse_policy(data.csv, source="csv")
     except PolicyError as exc:
@@ -595,7 +514,11 @@ async def replace_policy(
         policy,
         "policy.replace",
         details,
-        lambda actor: policy.store.replace(rules, actor=actor, reason=data.reason),
+        lambda actor: policy.store.replace(
+            rules, actor=actor, reason=data.reason, expected_version=data.expected_version
+        ),
+        config=config,
+        destructive=True,
     )
 
 
@@ -604,10 +527,14 @@ async def restore(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     version: VersionId,
     data: JSONBody[RestoreRequest],
 ) -> ChangeResult:
-    """Store a new version with the policy of an old one (404 if there is no such version)."""
+    """Store a new version with the policy of an old one (404 if there is no such version).
+
+    Destructive, like a replace; refused (403) when ``admin.approvals`` is 2 (propose it instead).
+    """
     number = parse_id(version, what="version")
     details = {"reason": data.reason, "restored_from": number}
     return await _change(
@@ -617,6 +544,8 @@ async def restore(
         "policy.restore",
         details,
         lambda actor: policy.store.restore(number, actor=actor, reason=data.reason),
+        config=config,
+        destructive=True,
     )
 
 
@@ -625,6 +554,7 @@ async def add_role(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     data: JSONBody[RoleChange],
 ) -> ChangeResult:
     """Give ``member`` the role ``role``."""
@@ -637,6 +567,7 @@ async def add_role(
         "role.add",
         details,
         lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+        config=config,
     )
 
 
@@ -645,6 +576,7 @@ async def remove_role(
     request: Request[Any, Any, Any],
     identity: Identity,
     policy: Policy,
+    config: Config,
     data: JSONBody[RoleChange],
 ) -> ChangeResult:
     """Take the role ``role`` from ``member``."""
@@ -657,6 +589,7 @@ async def remove_role(
         "role.remove",
         details,
         lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+        config=config,
     )
 
 

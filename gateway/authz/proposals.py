@@ -27,6 +27,7 @@ from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.store.db import Database, store_errors
 
 __all__ = [
+    "ApprovalRequired",
     "Proposal",
     "ProposalClosed",
     "ProposalNotFound",
@@ -59,6 +60,13 @@ class ProposalClosed(GatewayError):
     status = 409
     reason = "proposal-closed"
     title = "Proposal closed"
+
+
+class ApprovalRequired(Forbidden):
+    """``admin.approvals: 2``: the policy changes only through a proposal another admin approves."""
+
+    reason = "policy-approval-required"
+    title = "Another admin must approve"
 
 
 class SelfApproval(Forbidden):

@@ -1,0 +1,59 @@
+"""Who is acting and the trail they leave: the admin of a request and its ``admin.<action>`` audit record.
+
+The admin guard (:class:`admin.app.AdminGuard`) stores the :class:`~admin.access.Admin` in the
+connection state, the request context middleware the client address; handlers of the app and of
+the console's sections read them here, and record every action, also a refused one, through
+:func:`audit`, so every section's trail has the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from litestar.connection import ASGIConnection
+
+from admin.access import Admin
+from gateway.errors import GatewayError
+from gateway.services import IdentityServices
+
+__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "client_ip"]
+
+logger = logging.getLogger("gateway.admin")
+
+#: Connection state keys: the authenticated Admin (set by the guard) and the client address.
+ADMIN_KEY: Final = "admin"
+CLIENT_IP_KEY: Final = "client_ip"
+
+
+def admin_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Admin:
+    """The admin making this request (the guard ran before every non-public handler)."""
+    admin = connection.scope.get("state", {}).get(ADMIN_KEY)
+    if not isinstance(admin, Admin):  # pragma: no cover - the guard runs before every /api handler
+        raise GatewayError("the admin guard did not run")
+    return admin
+
+
+def client_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return str(connection.scope.get("state", {}).get(CLIENT_IP_KEY, ""))
+
+
+async def audit(
+    identity: IdentityServices,
+    connection: ASGIConnection[Any, Any, Any, Any],
+    kind: str,
+    *,
+    actor: str,
+    outcome: str = "success",
+    subject: str = "policy",
+    details: Mapping[str, object] | None = None,
+) -> None:
+    """Record ``kind`` (``admin.<action>``) for this request; a failing record is logged, never raised."""
+    try:
+        await identity.audit.record(
+            kind, actor=actor, subject=subject, ip=client_ip(connection), outcome=outcome, details=details
+        )
+    except Exception:
+        # The action itself is done (a policy change is also in the history, with actor and reason).
+        logger.exception("admin: audit record %s failed", kind)
