@@ -27,6 +27,7 @@ import aiohttp
 
 from gateway.audit.trail import AuditLog
 from gateway.authz.live import LivePolicy
+from gateway.authz.sample import DecisionSample
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring, keyring_path
 from gateway.crypto.signing import SigningKeys
@@ -43,6 +44,7 @@ from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import Observer
+from gateway.observe.replicas import ReplicaRegistry
 from gateway.observe.sinks import SinkHub
 from gateway.settings.current import LiveConfig
 from gateway.settings.schema import Settings
@@ -132,6 +134,9 @@ class Services:
     metrics: Metrics
     # None when logging configures no sink this process writes to.
     sinks: SinkHub | None
+    # This process's heartbeat row in ``replicas`` (beating in the background), and the list of all
+    # of them: what the admin overview shows of the deployment.
+    replicas: ReplicaRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +156,6 @@ class WorkerServices(Services):
     upstream: Http1Client
     websockets: aiohttp.ClientSession
     readiness: ReadinessReport
+    # What the authorize stage decided, counted per request shape (flushed in the background to
+    # ``decision_samples``): the traffic the policy what-if replays.
+    sample: DecisionSample

@@ -51,6 +51,7 @@ class DataPlane:
         "_live",
         "_observers",
         "_policy",
+        "_sample",
         "_services",
         "_sessions",
         "_signer",
@@ -73,6 +74,7 @@ class DataPlane:
         self._clock = services.identity.clock
         self._policy = services.policy
         self._signer = services.assertions
+        self._sample = services.sample
         # The list itself: observers registered later (tests) are seen too.
         self._observers = services.observers
 
@@ -143,6 +145,7 @@ class DataPlane:
                     policy=self._policy,
                     signer=self._signer,
                     rec=rec,
+                    sample=self._sample,
                 )
                 rec.decision = AccessDecision.ALLOW
             # proxy (or the forward-auth answer)

@@ -1,8 +1,9 @@
 """Start-up: one function opens a process's parts in order and hands back the frozen services.
 
 ``start(config_path, settings, role=...)`` opens the stores, the identity services, the live policy,
-readiness, metrics and sinks (every serving process), and for a gateway worker also the signing
-keys, the upstream clients and health checks, threat detection and the audit checkpoints. Each part
+readiness, metrics, sinks and the replica heartbeat (every serving process), and for a gateway worker
+also the signing keys, the upstream clients and health checks, threat detection, the audit
+checkpoints and the decision sample. Each part
 is registered for closing as soon as it is open: if a later step fails, what was opened is closed
 again (in reverse order) and the error propagates, so no process ever half-starts. What comes back
 is a :class:`Running`: the services, the live snapshot, the reloader (SIGHUP) and the one ``close``.
@@ -17,6 +18,7 @@ import signal
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -25,6 +27,7 @@ import aiohttp
 
 from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
 from gateway.authz.live import LivePolicy
+from gateway.authz.sample import DecisionSample
 from gateway.authz.store import PolicyStore
 from gateway.crypto.keyring import keyring_path
 from gateway.crypto.signing import SigningKeys
@@ -33,8 +36,10 @@ from gateway.observe.access import CheckpointEntry, access_observer, audit_liste
 from gateway.observe.metrics import Metrics
 from gateway.observe.readiness import Component, ReadinessMonitor
 from gateway.observe.record import Observer
+from gateway.observe.replicas import ReplicaRegistry
 from gateway.observe.sinks import SinkHub
 from gateway.pipeline.snapshot import LiveState, build_snapshot
+from gateway.root.presence import HEARTBEAT_INTERVAL, admin_report, package_version, worker_report
 from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
 from gateway.services import IdentityServices, Services, WorkerServices
@@ -50,6 +55,10 @@ __all__ = ["Role", "Running", "start"]
 logger = logging.getLogger("gateway")
 
 S = TypeVar("S", bound=Services)
+
+# Seconds between two flushes of a worker's decision sample: what the policy what-if sees of the
+# traffic is at most this old, and a busy worker writes a handful of rows per interval.
+SAMPLE_FLUSH_INTERVAL = 10.0
 
 
 class Role(StrEnum):
@@ -153,6 +162,7 @@ class _Shared:
     readiness: ProcessReadiness
     sinks: SinkHub | None
     metrics: Metrics
+    replicas: ReplicaRegistry
 
 
 async def _open_worker(
@@ -186,6 +196,11 @@ async def _open_worker(
         observers.append(threats.observe)
         identity.audit.listeners.append(threats.on_audit)
     _start_checkpoints(stack, settings, db, identity, shared.sinks)
+    # Noted by the authorize stage (no I/O), flushed in the background, flushed once more at close.
+    sample = DecisionSample(
+        db, clock=identity.clock, retention=timedelta(seconds=float(settings.admin.sample_retention))
+    )
+    _background(stack, sample.run(SAMPLE_FLUSH_INTERVAL))
     await health.follow(live.current)
     stack.push_async_callback(health.close)
     services = WorkerServices(
@@ -204,6 +219,8 @@ async def _open_worker(
         upstream=upstream,
         websockets=websockets,
         readiness=shared.readiness.report,
+        replicas=shared.replicas,
+        sample=sample,
     )
     return Running(services, live, shared.reloader, stack)
 
@@ -221,6 +238,7 @@ async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Se
         policy=shared.policy,
         metrics=shared.metrics,
         sinks=shared.sinks,
+        replicas=shared.replicas,
     )
     return Running(services, live, shared.reloader, stack)
 
@@ -273,7 +291,14 @@ async def _open_shared(
     stack.push_async_callback(metrics.close)
     if sinks is not None and settings.logging.security_events:
         identity.audit.listeners.append(audit_listener(sinks))
-    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics)
+    # This process in the deployment's list; a clean close removes its row (the task's last step).
+    replicas = ReplicaRegistry(db, role=role.value, version=package_version(), clock=identity.clock)
+    if role is Role.WORKER:
+        report = worker_report(readiness.report, policy, live)
+    else:
+        report = admin_report(policy, live)
+    _background(stack, replicas.run(report, HEARTBEAT_INTERVAL))
+    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas)
 
 
 async def _open_sinks(stack: contextlib.AsyncExitStack, settings: Settings, role: Role) -> SinkHub | None:
