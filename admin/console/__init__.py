@@ -14,8 +14,9 @@ One module per section (overview, users, policies, audit, incidents, keys, setti
 from __future__ import annotations
 
 from admin.console.overview import HANDLERS as OVERVIEW
+from admin.console.policies import HANDLERS as POLICIES
 from admin.console.render import error_page, static_router, template_config
 
 __all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
 
-HANDLERS = (*OVERVIEW,)
+HANDLERS = (*OVERVIEW, *POLICIES)
