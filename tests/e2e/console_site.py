@@ -11,6 +11,7 @@ in the console, a failed request) or asks another origin for anything fails the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tests.e2e.conftest import CHROMIUM, PASSWORD, oathtool
 from tests.integration.harness import Gateway, add_user, free_port, gateway_config, run_echo, run_gateway
 from tests.integration.test_admin_api import wait_admin_healthy
 
-__all__ = ["Console", "ConsoleAdmin", "admin_page", "console"]
+__all__ = ["Console", "ConsoleAdmin", "admin_page", "console", "run_console", "sign_in_admin"]
 
 POLICY = """\
 p, authenticated, app, /docs/*, GET, allow
@@ -71,9 +72,15 @@ class ConsoleAdmin:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    with run_console(tmp_path_factory.mktemp("console")) as site:
+        yield site
+
+
+@contextlib.contextmanager
+def run_console(tmp: Path, **admin: Any) -> Iterator[Console]:
+    """A console site in ``tmp``; ``admin`` adds settings of the ``admin`` section (``approvals=2``)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
-    tmp = tmp_path_factory.mktemp("console")
     policy = tmp / "policy.csv"
     policy.write_text(POLICY)
     with run_echo() as echo:
@@ -88,7 +95,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             public_url=f"http://auth.localhost:{port}",
             session={"insecure_cookies": True},
             policy={"file": str(policy)},
-            admin={"listen": f"127.0.0.1:{admin_port}"},
+            admin={"listen": f"127.0.0.1:{admin_port}", **admin},
         )
         with run_gateway(tmp, config) as gw:
             wait_admin_healthy(admin_port, gw.proc)
