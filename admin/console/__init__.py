@@ -16,7 +16,8 @@ from __future__ import annotations
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
 from admin.console.render import error_page, static_router, template_config
+from admin.console.users import HANDLERS as USERS
 
 __all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
 
-HANDLERS = (*OVERVIEW, *POLICIES)
+HANDLERS = (*OVERVIEW, *USERS, *POLICIES)
