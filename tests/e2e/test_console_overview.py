@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
+from tests.support.wait import wait_until
 
 __all__ = ["admin_page", "console"]
 
 
-def test_the_overview_shows_the_policy_and_the_stores(
+def test_the_overview_shows_the_policy_stores_replicas_and_counts(
     console: Console, admin_page: Callable[[str], ConsoleAdmin]
 ) -> None:
     admin = admin_page("boss")
     page = admin.page
+    # Every serving process reports itself when it starts: the worker and the admin listener.
+    wait_until(lambda: len(_replicas(page)) >= 2, what="the worker and the admin listener reported")
+    page.reload()
     expect(page.locator(".tile").first).to_contain_text("Policy")
     expect(page.locator(".tile", has_text="Policy")).to_contain_text("v1")
     expect(page.locator(".tile", has_text="Stores")).to_contain_text("database: up")
     expect(page.locator("nav.console-nav a[aria-current=page]")).to_have_text("Overview")
+    replicas = _replicas(page)
+    # One worker (server.workers: 1) and the admin listener, both live and ready, on this node.
+    assert sorted(r["role"] for r in replicas) == ["admin", "worker"]
+    assert all(r["ready"] and not r["gone"] and r["this_node"] for r in replicas)
+    assert [r["this_process"] for r in replicas if r["role"] == "admin"] == [True]
+    table = page.locator("#replicas table")
+    for replica in replicas:
+        row = table.locator(f"tr.replica[data-pid='{replica['pid']}']")
+        expect(row).to_contain_text(replica["role"])
+        expect(row.locator(".badge.ok")).to_have_text("ready")
+    expect(table.locator("tr.replica[data-role=admin]")).to_contain_text("this listener")
+    # The signed-in admin's own session is stored in the node's state file, so it is counted.
+    body = page.evaluate("fetch('/api/overview').then(r => r.json())")
+    assert body["sessions"]["count"] >= 1
+    expect(page.locator("#sessions-tile .big")).not_to_have_text("—")
+    expect(page.locator("#incidents-tile")).to_contain_text("0")
+    expect(page.locator("#incidents-tile a")).to_have_attribute("href", "/incidents")
+    expect(page.locator("#proposals-tile a")).to_have_attribute("href", "/policies")
+    assert body["incidents"]["count"] == 0
+    assert body["proposals"]["count"] == 0
+    # No checkpoint within the test's minutes (audit.checkpoint_interval is 5 min): the tile says so.
+    assert body["audit"]["available"] is True
+    expect(page.locator("#audit-tile")).to_contain_text("checkpoint")
     shot(page, "console-overview")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-overview-390")
@@ -31,6 +59,12 @@ def test_the_overview_shows_the_policy_and_the_stores(
     body = page.evaluate("fetch('/api/overview').then(r => r.json())")
     assert body["policy"]["version"] == 1
     assert {c["name"]: c["ok"] for c in body["components"]} == {"database": True, "fast state": True}
+
+
+def _replicas(page: Page) -> list[dict[str, Any]]:
+    body: dict[str, Any] = page.evaluate("fetch('/api/overview').then(r => r.json())")
+    items: list[dict[str, Any]] = body["replicas"]["items"]
+    return [r for r in items if not r["gone"]]
 
 
 def test_pages_are_hardened_and_refuse_strangers(console: Console) -> None:
