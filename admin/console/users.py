@@ -1,0 +1,738 @@
+"""Users: find, create, disable and enable accounts, force a password change, reset second factors,
+set roles, see and end sessions, read the account's audit history (``/users``, ``/users/{username}``
+and their twins under ``/api/users``).
+
+Every change is the account service's own operation (:class:`gateway.identity.accounts.AccountService`,
+the one ``gateway user …`` uses), run as the signed-in admin, and recorded twice in the audit trail:
+the domain's event (``user.disabled``, ``user.mfa_reset``, …, actor ``user:<admin>``) and an
+``admin.user.<action>`` event with the admin's reason and outcome, also when the action is refused.
+
+Destructive actions (disable, which ends every session; reset second factors; end all sessions) need a
+reason and a second factor used within ``admin.destructive_reauth_max_age``; the others take an
+optional reason.
+
+A new account gets a one-time password, shown once in the answer and never stored or logged in the
+clear; the user must choose a new one at the first sign-in (the gateway's password page holds the
+session until then). Invitation links are not implemented: ``mode`` accepts ``"password"`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from litestar import Request, delete, get, post, put
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import Template
+
+from admin.access import require_recent_factor
+from admin.actions import admin_of, audit
+from admin.console.render import PAGE_OPT, page
+from admin.deps import AdminServices, Policy
+from gateway.audit.models import AuditEvent
+from gateway.errors import BadRequest, GatewayError
+from gateway.identity.accounts import AccountFactors, FactorInfo, UnknownAccount, UserSummary
+from gateway.identity.models import User
+from gateway.identity.passwords import one_time_password
+from gateway.identity.sessions import Session, browser_label
+from gateway.pipeline.authorize import AUTHENTICATED
+from gateway.services import Services
+from gateway.web.deps import Config
+
+__all__ = ["HANDLERS", "UserDetail", "UserList", "user_detail", "user_list"]
+
+#: How many audit events the user page shows (the Audit section has the rest).
+HISTORY_LIMIT: Final = 50
+_SESSION_HASH = re.compile(r"[0-9a-f]{64}")
+# Longer than any username or email alias (64 and 254): anything longer names nobody.
+_MAX_LOGIN = 320
+
+
+class UnknownSession(GatewayError):
+    """The session to end is not a live session of that account."""
+
+    status = 404
+    reason = "unknown-session"
+    title = "No such session"
+
+
+Username = Annotated[
+    str, PathParameter(description="The account's username or email address.", max_length=_MAX_LOGIN)
+]
+SessionId = Annotated[
+    str, PathParameter(description="A session's id as listed by GET /api/users/{username} (64 hex).")
+]
+Reason = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=2000, description="Why: kept in the audit trail. Required."),
+]
+OptionalReason = Annotated[str, msgspec.Meta(max_length=2000, description="Why: kept in the audit trail.")]
+RoleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Roles = Annotated[list[RoleName], msgspec.Meta(max_length=64, description="Local role names.")]
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+
+class CreateUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new local account with a one-time password it must change at the first sign-in."""
+
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    display_name: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    roles: Roles = msgspec.field(default_factory=list)
+    mode: Annotated[
+        Literal["password"],
+        msgspec.Meta(description="'password': a one-time password, shown once in the answer."),
+    ] = "password"
+    reason: OptionalReason = ""
+
+
+class Change(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: OptionalReason = ""
+
+
+class DestructiveChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: OptionalReason = ""
+    end_sessions: Annotated[
+        bool, msgspec.Meta(description="Also end the sessions signed in now (they sign in again).")
+    ] = False
+
+
+class RolesChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    roles: Roles
+    reason: OptionalReason = ""
+
+
+# -- answers ----------------------------------------------------------------------------------------
+
+
+class UserRow(msgspec.Struct, kw_only=True):
+    username: str
+    email: str | None
+    display_name: str
+    roles: list[str]
+    status: Literal["active", "disabled"]
+    # "set", "must-change" (a one-time password still to change) or "none" (identity provider, passkey).
+    password: Literal["set", "must-change", "none"]
+    totp: int
+    webauthn: int
+    recovery_codes_left: int
+    created_at: datetime
+
+
+class UserList(msgspec.Struct, kw_only=True):
+    users: list[UserRow]
+    q: str
+    limit: int
+    offset: int
+    # Another page follows (this one is full).
+    more: bool
+
+
+class FactorView(msgspec.Struct, kw_only=True):
+    kind: Literal["totp", "webauthn"]
+    label: str
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    confirmed: bool
+
+
+class SessionView(msgspec.Struct, kw_only=True):
+    # The session's id hash (never the cookie value): what revoking one takes.
+    id: str
+    browser: str
+    user_agent: str
+    ip: str
+    host: str
+    level: str
+    created_at: datetime
+    last_seen: datetime
+    second_factor_at: datetime | None
+    password_change: bool
+    groups: list[str]
+
+
+class RoleGrantView(msgspec.Struct, kw_only=True):
+    role: str
+    # The principal that reaches it: "user:alice", a local role, "group:<idp group>", "authenticated".
+    via: str
+
+
+class PolicyLinkView(msgspec.Struct, kw_only=True):
+    role: str
+    line: int | None
+    csv: str
+
+
+class RolesView(msgspec.Struct, kw_only=True):
+    # Local roles on the account (``gateway user add --role``, PUT .../roles).
+    direct: list[str]
+    # The policy's g-lines naming this user (``g, user:<name>, <role>``).
+    policy: list[PolicyLinkView]
+    # Groups an identity provider asserted for the live sessions.
+    groups: list[str]
+    # Every role the account reaches through the policy's g-lines, and from where.
+    effective: list[RoleGrantView]
+    admin_role: str
+    is_admin: bool
+
+
+class EventView(msgspec.Struct, kw_only=True):
+    seq: int
+    at: datetime
+    kind: str
+    actor: str
+    subject: str
+    ip: str
+    outcome: str
+    details: dict[str, Any]
+
+
+class UserDetail(UserRow, kw_only=True):
+    updated_at: datetime
+    password_changed_at: datetime | None
+    factors: list[FactorView]
+    recovery_codes_total: int
+    sessions: list[SessionView]
+    roles_view: RolesView
+    history: list[EventView]
+
+
+class Created(msgspec.Struct, kw_only=True):
+    username: str
+    # Shown once: it is not stored in the clear and cannot be read again.
+    one_time_password: str
+    must_change_password: bool
+    sign_in_url: str
+
+
+class ActionResult(msgspec.Struct, kw_only=True):
+    username: str
+    action: str
+    message: str
+    # Sessions ended by the action; None when it ends none.
+    sessions_ended: int | None = None
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def _password_state(has_password: bool, must_change: bool) -> Literal["set", "must-change", "none"]:
+    if not has_password:
+        return "none"
+    return "must-change" if must_change else "set"
+
+
+def _row(s: UserSummary) -> UserRow:
+    return UserRow(
+        username=s.username,
+        email=s.email,
+        display_name=s.display_name,
+        roles=list(s.roles),
+        status="disabled" if s.disabled else "active",
+        password=_password_state(s.has_password, s.must_change_password),
+        totp=s.totp,
+        webauthn=s.webauthn,
+        recovery_codes_left=s.recovery_codes_left,
+        created_at=s.created_at,
+    )
+
+
+async def user_list(services: Services, *, q: str = "", limit: int = 50, offset: int = 0) -> UserList:
+    """What the list shows; the page and ``GET /api/users`` both answer with it."""
+    # One more than asked: whether another page follows, without counting every account.
+    found = await services.identity.accounts.list(limit=limit + 1, offset=offset, search=q)
+    return UserList(
+        users=[_row(s) for s in found[:limit]], q=q, limit=limit, offset=offset, more=len(found) > limit
+    )
+
+
+def _factor_label(f: FactorInfo) -> str:
+    if f.kind == "totp":
+        return "Authenticator app" + ("" if f.confirmed else " (not confirmed)")
+    return "Passkey" if f.discoverable else "Security key"
+
+
+def _factors(factors: AccountFactors) -> list[FactorView]:
+    return [
+        FactorView(
+            kind="totp" if f.kind == "totp" else "webauthn",
+            label=_factor_label(f),
+            id=f.id,
+            name=f.name,
+            created_at=f.created_at,
+            last_used_at=f.last_used_at,
+            confirmed=f.confirmed,
+        )
+        for f in (*factors.totp, *factors.webauthn)
+    ]
+
+
+def _utc(at: float) -> datetime:
+    return datetime.fromtimestamp(at, UTC)
+
+
+def _session(s: Session) -> SessionView:
+    second = s.second_factor_at
+    return SessionView(
+        id=s.id_hash,
+        browser=browser_label(s.user_agent),
+        user_agent=s.user_agent,
+        ip=s.ip,
+        host=s.host,
+        level=s.level.name.lower().replace("_", "-"),
+        created_at=_utc(s.created_at),
+        last_seen=_utc(s.last_seen),
+        second_factor_at=_utc(second) if second is not None else None,
+        password_change=s.password_change,
+        groups=list(s.groups),
+    )
+
+
+def _event(e: AuditEvent) -> EventView:
+    try:
+        details = json.loads(e.details)
+    except ValueError:
+        details = {"raw": e.details}
+    return EventView(
+        seq=e.seq,
+        at=e.at,
+        kind=e.kind,
+        actor=e.actor,
+        subject=e.subject,
+        ip=e.ip,
+        outcome=e.outcome,
+        details=details if isinstance(details, dict) else {"value": details},
+    )
+
+
+async def _roles(user: User, sessions: list[Session], policy: Policy, admin_role: str) -> RolesView:
+    direct = user.roles.split()
+    member = f"user:{user.username}"
+    stored = await policy.store.current()
+    links = [
+        PolicyLinkView(role=r.role, line=r.line, csv=r.to_csv())
+        for r in stored.rules.links
+        if r.member == member
+    ]
+    groups = sorted({g for s in sessions for g in s.groups})
+    # As a session of this account would speak (gateway.pipeline.authorize.principals_of), with the
+    # groups its live sessions were given by an identity provider.
+    principals = [member, *direct, *(f"group:{g}" for g in groups), AUTHENTICATED]
+    index = policy.authorizer.index
+    effective: dict[str, str] = {role: "local role" for role in direct}
+    for principal in principals:
+        for role in sorted(index.roles_of(principal) - {principal}):
+            effective.setdefault(role, principal)
+    return RolesView(
+        direct=direct,
+        policy=links,
+        groups=groups,
+        effective=[RoleGrantView(role=r, via=v) for r, v in sorted(effective.items())],
+        admin_role=admin_role,
+        is_admin=admin_role in effective or admin_role == member,
+    )
+
+
+async def _account(services: Services, username: str) -> User:
+    user = await services.identity.accounts.find(username) if len(username) <= _MAX_LOGIN else None
+    if user is None:
+        raise UnknownAccount(f"There is no account named {username[:80]!r}: search the list of users.")
+    return user
+
+
+async def user_detail(services: Services, policy: Policy, config: Config, username: str) -> UserDetail:
+    """What the user page shows; the page and ``GET /api/users/{username}`` both answer with it."""
+    identity = services.identity
+    user = await _account(services, username)
+    factors = await identity.accounts.factors(user.id)
+    sessions = await identity.sessions.list_user(user.id)
+    history = await identity.accounts.history(user.username, limit=HISTORY_LIMIT)
+    return UserDetail(
+        username=user.username,
+        email=user.email,
+        display_name=user.display_name,
+        roles=user.roles.split(),
+        status="disabled" if user.disabled else "active",
+        password=_password_state(user.password_hash is not None, user.must_change_password),
+        totp=len([f for f in factors.totp if f.confirmed]),
+        webauthn=len(factors.webauthn),
+        recovery_codes_left=factors.recovery_codes_left,
+        recovery_codes_total=factors.recovery_codes_total,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+        password_changed_at=user.password_changed_at,
+        factors=_factors(factors),
+        sessions=[_session(s) for s in sessions],
+        roles_view=await _roles(user, sessions, policy, config.settings.admin.role),
+        history=[_event(e) for e in history],
+    )
+
+
+# -- changing ---------------------------------------------------------------------------------------
+
+
+async def _act(
+    request: Request[Any, Any, Any],
+    services: Services,
+    config: Config,
+    username: str,
+    action: str,
+    reason: str,
+    work: Callable[[User, str], Awaitable[ActionResult]],
+    *,
+    destructive: bool = False,
+) -> ActionResult:
+    """Run one action on an account as this admin, auditing it with the reason, also when refused."""
+    admin = admin_of(request)
+    subject = username[:80]
+    try:
+        if destructive:
+            require_recent_factor(
+                admin,
+                now=services.identity.clock.time(),
+                public_url=config.public_url,
+                max_age=float(config.settings.admin.destructive_reauth_max_age),
+            )
+        user = await _account(services, username)
+        subject = user.username
+        result = await work(user, admin.actor)
+    except GatewayError as err:
+        await audit(
+            services.identity,
+            request,
+            f"admin.user.{action}",
+            actor=admin.actor,
+            subject=subject,
+            outcome="failure",
+            details={"reason": reason, "error": err.reason},
+        )
+        raise
+    details: dict[str, object] = {"reason": reason}
+    if result.sessions_ended is not None:
+        details["sessions_ended"] = result.sessions_ended
+    await audit(
+        services.identity,
+        request,
+        f"admin.user.{action}",
+        actor=admin.actor,
+        subject=subject,
+        details=details,
+    )
+    return result
+
+
+def _ended(count: int | None) -> str:
+    if count is None:
+        return ""
+    return f" {count} session{'' if count == 1 else 's'} ended."
+
+
+# -- the JSON API -----------------------------------------------------------------------------------
+
+
+@get("/api/users", cache=False, tags=["users"])
+async def list_users(
+    services: AdminServices,
+    q: Annotated[str, QueryParameter(max_length=200, description="Part of a username, email or name.")] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
+) -> UserList:
+    """Accounts ordered by username, with status, password state and factor counts (``?q=`` searches)."""
+    return await user_list(services, q=q, limit=limit, offset=offset)
+
+
+@get("/api/users/{username:str}", cache=False, tags=["users"])
+async def get_user(services: AdminServices, policy: Policy, config: Config, username: Username) -> UserDetail:
+    """One account: facts, second factors, live sessions, roles (local, policy, effective), the latest
+    audit events about or by it."""
+    return await user_detail(services, policy, config, username)
+
+
+@post("/api/users", status_code=201, tags=["users"])
+async def create_user(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[CreateUser]
+) -> Created:
+    """Create an account with a one-time password, shown once here; the user must change it at the first
+    sign-in. 409 if the username or email is taken, 400 for a name or role the gateway refuses."""
+    admin = admin_of(request)
+    password = one_time_password()
+    details = {"reason": data.reason, "mode": data.mode, "roles": " ".join(data.roles)}
+    try:
+        user = await services.identity.accounts.create(
+            username=data.username,
+            password=password,
+            email=data.email,
+            display_name=data.display_name,
+            roles=data.roles,
+            must_change_password=True,
+            actor=admin.actor,
+        )
+    except GatewayError as err:
+        await audit(
+            services.identity,
+            request,
+            "admin.user.create",
+            actor=admin.actor,
+            subject=data.username[:80],
+            outcome="failure",
+            details={**details, "error": err.reason},
+        )
+        raise
+    await audit(
+        services.identity,
+        request,
+        "admin.user.create",
+        actor=admin.actor,
+        subject=user.username,
+        details=details,
+    )
+    return Created(
+        username=user.username,
+        one_time_password=password,
+        must_change_password=True,
+        sign_in_url=f"{config.public_url}/.gateway/login",
+    )
+
+
+@post("/api/users/{username:str}/disable", status_code=200, tags=["users"])
+async def disable_user(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[DestructiveChange],
+) -> ActionResult:
+    """Disable an account: it cannot sign in, and every session ends at once on every replica.
+
+    Destructive: needs a reason and a recent second factor (403 step-up otherwise)."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        ended = await services.identity.accounts.disable(user.id, actor=actor)
+        return ActionResult(
+            username=user.username,
+            action="disable",
+            sessions_ended=ended,
+            message=f"{user.username} is disabled.{_ended(ended)}",
+        )
+
+    return await _act(request, services, config, username, "disable", data.reason, work, destructive=True)
+
+
+@post("/api/users/{username:str}/enable", status_code=200, tags=["users"])
+async def enable_user(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[Change],
+) -> ActionResult:
+    """Allow a disabled account to sign in again."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        await services.identity.accounts.enable(user.id, actor=actor)
+        return ActionResult(
+            username=user.username, action="enable", message=f"{user.username} may sign in again."
+        )
+
+    return await _act(request, services, config, username, "enable", data.reason, work)
+
+
+@post("/api/users/{username:str}/password-change", status_code=200, tags=["users"])
+async def require_password_change(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[PasswordChange],
+) -> ActionResult:
+    """Make the user choose a new password at the next sign-in (``end_sessions``: sign them out now,
+    so that is at once). 400 for an account without a password."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        identity = services.identity
+        await identity.accounts.require_password_change(user.id, actor=actor)
+        ended = await identity.sessions.revoke_user(user.id) if data.end_sessions else None
+        return ActionResult(
+            username=user.username,
+            action="password-change",
+            sessions_ended=ended,
+            message=f"{user.username} must choose a new password at the next sign-in.{_ended(ended)}",
+        )
+
+    return await _act(request, services, config, username, "password_change", data.reason, work)
+
+
+@post("/api/users/{username:str}/reset-factors", status_code=200, tags=["users"])
+async def reset_factors(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[DestructiveChange],
+) -> ActionResult:
+    """Remove every authenticator app, passkey, security key and recovery code, and end the sessions; the
+    user enrols again at the next sign-in. Destructive: needs a reason and a recent second factor."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        removed = await services.identity.accounts.reset_mfa(user.id, actor=actor)
+        ended = removed.get("sessions")
+        return ActionResult(
+            username=user.username,
+            action="reset-factors",
+            sessions_ended=ended,
+            message=(
+                f"Removed {removed['totp']} authenticator app(s), {removed['webauthn']} passkey(s) or "
+                f"security key(s) and {removed['recovery_codes']} recovery code(s).{_ended(ended)}"
+            ),
+        )
+
+    return await _act(
+        request, services, config, username, "reset_factors", data.reason, work, destructive=True
+    )
+
+
+@put("/api/users/{username:str}/roles", status_code=200, tags=["users"])
+async def set_roles(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[RolesChange],
+) -> ActionResult:
+    """Replace the account's local roles. Removing one ends the user's sessions (they carry the roles they
+    signed in with); added roles apply from the next sign-in. Roles from the policy's g-lines are changed
+    with ``/api/policy/roles``."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
+        ended = changed.sessions_ended if changed.removed else None
+        roles = ", ".join(changed.roles) or "none"
+        return ActionResult(
+            username=user.username,
+            action="roles",
+            sessions_ended=ended,
+            message=f"Local roles of {user.username}: {roles}.{_ended(ended)}",
+        )
+
+    return await _act(request, services, config, username, "roles", data.reason, work)
+
+
+@delete("/api/users/{username:str}/sessions/{session:str}", status_code=200, tags=["users"])
+async def revoke_session(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    session: SessionId,
+    data: JSONBody[Change],
+) -> ActionResult:
+    """End one session of the account (its next request needs a sign-in). 404 if it is not theirs or over."""
+    if not _SESSION_HASH.fullmatch(session):
+        raise BadRequest("A session id is 64 hexadecimal digits, as GET /api/users/{username} lists them.")
+
+    async def work(user: User, actor: str) -> ActionResult:
+        sessions = services.identity.sessions
+        # Only this account's: an id hash of someone else's session ends nothing here.
+        if session not in {s.id_hash for s in await sessions.list_user(user.id)}:
+            raise UnknownSession(f"{user.username} has no live session with that id; reload the page.")
+        ended = 1 if await sessions.revoke_hash(session) else 0
+        await services.identity.audit.record(
+            "session.revoked", actor=actor, subject=user.username, details={"session": session[:12]}
+        )
+        return ActionResult(
+            username=user.username,
+            action="revoke-session",
+            sessions_ended=ended,
+            message=f"The session of {user.username} has ended.",
+        )
+
+    return await _act(request, services, config, username, "revoke_session", data.reason, work)
+
+
+@delete("/api/users/{username:str}/sessions", status_code=200, tags=["users"])
+async def revoke_sessions(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[DestructiveChange],
+) -> ActionResult:
+    """End every session of the account on every replica. Destructive: needs a reason and a recent
+    second factor."""
+
+    async def work(user: User, actor: str) -> ActionResult:
+        ended = await services.identity.sessions.revoke_user(user.id)
+        await services.identity.audit.record(
+            "session.revoked", actor=actor, subject=user.username, details={"all": ended}
+        )
+        return ActionResult(
+            username=user.username,
+            action="revoke-sessions",
+            sessions_ended=ended,
+            message=f"Every session of {user.username} has ended.{_ended(ended)}",
+        )
+
+    return await _act(
+        request, services, config, username, "revoke_sessions", data.reason, work, destructive=True
+    )
+
+
+# -- the pages --------------------------------------------------------------------------------------
+
+
+@get("/users", cache=False, opt=PAGE_OPT, include_in_schema=False)
+async def users_page(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    q: Annotated[str, QueryParameter(max_length=200)] = "",
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
+) -> Template:
+    view = await user_list(services, q=q.strip(), limit=50, offset=offset)
+    return page(request, "users.html", title="Users", section="users", view=view)
+
+
+@get("/users/{username:str}", cache=False, opt=PAGE_OPT, include_in_schema=False)
+async def user_page(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    policy: Policy,
+    config: Config,
+    username: Username,
+) -> Template:
+    view = await user_detail(services, policy, config, username)
+    return page(
+        request,
+        "user.html",
+        title=view.username,
+        section="users",
+        view=view,
+        destructive_minutes=max(1, int(config.settings.admin.destructive_reauth_max_age) // 60),
+    )
+
+
+HANDLERS = (
+    list_users,
+    get_user,
+    create_user,
+    disable_user,
+    enable_user,
+    require_password_change,
+    reset_factors,
+    set_roles,
+    revoke_session,
+    revoke_sessions,
+    users_page,
+    user_page,
+)
