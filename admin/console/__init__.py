@@ -13,6 +13,7 @@ One module per section (overview, users, policies, audit, incidents, keys, setti
 
 from __future__ import annotations
 
+from admin.console.incidents import HANDLERS as INCIDENTS
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
 from admin.console.render import error_page, static_router, template_config
@@ -20,4 +21,4 @@ from admin.console.users import HANDLERS as USERS
 
 __all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
 
-HANDLERS = (*OVERVIEW, *USERS, *POLICIES)
+HANDLERS = (*OVERVIEW, *USERS, *POLICIES, *INCIDENTS)
