@@ -43,7 +43,15 @@ from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, store_errors
 
-__all__ = ["BundleError", "BundleVerdict", "ExportSummary", "export_bundle", "verify_bundle"]
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "BundleVerdict",
+    "ExportSummary",
+    "assemble_bundle",
+    "export_bundle",
+    "verify_bundle",
+]
 
 FORMAT: Final = 1
 EVENTS, CHAIN, CHECKPOINTS, MANIFEST, README = (
@@ -180,6 +188,43 @@ async def export_bundle(
         BundleError: ``out`` exists and is not empty.
         StoreUnavailable: The database cannot be read.
     """
+    bundle = await assemble_bundle(
+        db, since=since, until=until, checkpoints=checkpoints, now=now, keyring=keyring
+    )
+    _write(out, bundle.files)
+    return ExportSummary(out, bundle.records, bundle.first, bundle.last, bundle.checkpoints, bundle.problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """An evidence bundle in memory: its files (name → bytes) and what they hold."""
+
+    files: Mapping[str, bytes]
+    records: int
+    first: ChainRecord | None
+    last: ChainRecord | None
+    checkpoints: int
+    problem: str | None
+
+    def zip_bytes(self) -> bytes:
+        """The bundle as the zip file ``gateway audit export -o NAME.zip`` writes."""
+        return _zip(self.files)
+
+
+async def assemble_bundle(
+    db: Database,
+    *,
+    since: datetime,
+    until: datetime,
+    checkpoints: Iterable[Mapping[str, Any]],
+    now: datetime,
+    keyring: Keyring | None = None,
+) -> Bundle:
+    """The evidence bundle :func:`export_bundle` writes, in memory (the admin console sends it as is).
+
+    Raises:
+        StoreUnavailable: The database cannot be read.
+    """
     span = await _seq_range(db, since, until)
     records: list[ChainRecord] = []
     anchor: dict[str, Any] = {"seq": 0, "id": 0, "record_hash": GENESIS}
@@ -247,9 +292,8 @@ async def export_bundle(
         "files": {name: _sha256(data) for name, data in files.items()},
     }
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-    _write(out, files)
-    return ExportSummary(
-        out,
+    return Bundle(
+        files,
         len(records),
         records[0] if records else None,
         records[-1] if records else None,
@@ -258,16 +302,20 @@ async def export_bundle(
     )
 
 
+def _zip(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def _write(out: Path, files: Mapping[str, bytes]) -> None:
     if out.suffix.lower() == ".zip":
         if out.exists():
             raise BundleError(f"{out} already exists; choose a new name")
         out.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, data in files.items():
-                archive.writestr(name, data)
-        out.write_bytes(buffer.getvalue())
+        out.write_bytes(_zip(files))
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} exists and is not an empty directory; choose a new one")

@@ -67,7 +67,9 @@ __all__ = [
     "Checkpointer",
     "TrailVerdict",
     "check_signature",
+    "latest_checkpoint",
     "load_checkpoints",
+    "local_checkpoint_file",
     "sign_checkpoint",
     "verify_trail",
 ]
@@ -151,6 +153,19 @@ def _collect(items: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
         if inner is not None:
             found.append(_check_shape(inner, where))
     return found
+
+
+def local_checkpoint_file(data_dir: str | os.PathLike[str]) -> Path:
+    """Where this node's gateways append their checkpoints (``<data_dir>/audit-checkpoints/checkpoints.jsonl``).
+
+    ``gateway audit verify``, ``gateway audit export`` and the admin console read it from here.
+    """
+    return Path(data_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def latest_checkpoint(checkpoints: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The checkpoint of the highest chain position, or ``None`` without any."""
+    return max(checkpoints, key=lambda c: int(c["head_seq"]), default=None)
 
 
 def load_checkpoints(path: Path) -> list[dict[str, Any]]:

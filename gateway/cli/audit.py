@@ -59,19 +59,18 @@ def _when(at: datetime | None) -> str:
 
 def _time(text: str) -> datetime:
     """argparse type: ISO 8601, UTC when no offset is given (a date alone means its midnight)."""
+    from gateway.audit.query import parse_time
+
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T08:00:00Z)"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _checkpoint_dir(settings: Settings) -> Path:
-    from gateway.audit.checkpoint import CHECKPOINT_DIR
+def _checkpoint_file(settings: Settings) -> Path:
+    from gateway.audit.checkpoint import local_checkpoint_file
 
-    return Path(settings.data_dir) / CHECKPOINT_DIR
+    return local_checkpoint_file(settings.data_dir)
 
 
 def _keyring_if_present(settings: Settings) -> Keyring | None:
@@ -110,25 +109,15 @@ def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from gateway.audit.chain import ChainRecord
-    from gateway.audit.models import AuditEvent
-    from gateway.store.db import store_errors
+    from gateway.audit.query import AuditFilter, find_records
 
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
     settings = load_config(args)
 
     async def show(db: Database) -> int:
-        query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(args.limit)
-        if args.kind:
-            query = query.where(AuditEvent.kind == args.kind)
-        if args.since:
-            query = query.where(AuditEvent.at >= args.since)
-        with store_errors("audit trail"):
-            async with db.session() as session:
-                rows = [ChainRecord.of(r) for r in (await session.scalars(query)).all()]
+        where = AuditFilter(kind=args.kind or None, since=args.since)
+        rows = await find_records(db, where, limit=args.limit)
         if args.json:
             for record in rows:
                 print(json.dumps(record.to_json(), ensure_ascii=False))
@@ -153,10 +142,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit.checkpoint import CHECKPOINT_FILE, verify_trail
+    from gateway.audit.checkpoint import verify_trail
 
     settings = load_config(args)
-    default = _checkpoint_dir(settings) / CHECKPOINT_FILE
+    default = _checkpoint_file(settings)
     # The local file and every given one: a checkpoint anywhere that the chain no longer reaches is
     # evidence, and an attacker who can edit one copy rarely controls the SIEM's.
     sources: list[Path] = [default] if default.exists() else []
@@ -186,6 +175,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sources: list[Path]) -> None:
+    from gateway.audit.checkpoint import latest_checkpoint
+
     print(f"audit trail OK: {report.records} record(s) verified")
     if report.first is not None and report.last is not None:
         print(f"  first: {_when(report.first.at)} (seq {report.first.seq}, id {report.first.id})")
@@ -201,8 +192,8 @@ def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sour
             f"  keyed: seq {report.keyed_from}..{report.last.seq}, HMAC under the chain key of keyring "
             f"key(s) {', '.join(sorted(report.key_ids))}"
         )
-    if checkpoints:
-        latest = max(checkpoints, key=lambda c: int(c["head_seq"]))
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
         print(
             f"  checkpoints: {len(checkpoints)} reached and signatures valid (from "
             f"{', '.join(map(str, sources))}); latest seq {latest['head_seq']} at {latest['at']}"
@@ -219,7 +210,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
     settings = load_config(args)
     keyring = load_keyring(settings)
-    directory = _checkpoint_dir(settings)
+    directory = _checkpoint_file(settings).parent
 
     async def sign(db: Database) -> int:
         doc = await Checkpointer(db, keyring, directory=directory).checkpoint()
@@ -232,13 +223,12 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from gateway.audit.bundle import BundleError, export_bundle
-    from gateway.audit.checkpoint import CHECKPOINT_FILE
     from gateway.clock import SYSTEM_CLOCK
 
     if args.since >= args.until:
         raise UserError("--since must be before --until")
     settings = load_config(args)
-    local = _checkpoint_dir(settings) / CHECKPOINT_FILE
+    local = _checkpoint_file(settings)
     checkpoints = _read_checkpoints(local) if local.exists() else []
     for path in args.checkpoint or []:
         checkpoints += _read_checkpoints(path)

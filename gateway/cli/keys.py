@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.cli.harness import (
     EXIT_OK,
@@ -45,7 +45,7 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.crypto.keyring import Keyring
-    from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
+    from gateway.crypto.signing import KeySet, SigningKeys
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
 
@@ -59,10 +59,6 @@ def _when(moment: float | None) -> str:
     if moment is None:
         return "-"
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _iso(moment: float | None) -> str | None:
-    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 def _signing_keys(settings: Settings, keyring: Keyring, db: Database) -> SigningKeys:
@@ -88,41 +84,35 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    from gateway.audit.trail import AuditLog
     from gateway.crypto.keyring import keyring_path
+    from gateway.crypto.lifecycle import RotationTarget, rotate_keys
 
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
-    rotated: dict[str, object] = {}
-    if args.what in ("all", "signing"):
 
-        async def rotate_signing() -> None:
-            async with open_store(settings) as store:
-                keys = _signing_keys(settings, keyring, store.db)
-                before = await keys.load(with_private=False)
-                kid = await keys.rotate()
-                rotated["signing_key"] = kid
-                _print_rotation(before, await keys.load(with_private=False), kid)
+    async def rotate() -> None:
+        async with open_store(settings) as store:
+            rotation = await rotate_keys(
+                RotationTarget(args.what),
+                signing=_signing_keys(settings, keyring, store.db),
+                keyring=keyring,
+                keyring_file=path,
+            )
+            if rotation.signing is not None:
+                _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)
+            if rotation.keyring_key is not None:
+                print(
+                    f"keyring {path}: new active key {rotation.keyring_key}; older keys stay for decryption. "
+                    "Restart the gateways (or roll them) so they encrypt with the new key."
+                )
+            # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
+            audit = AuditLog(store.db, keyring=keyring)
+            await audit.record("keys.rotated", actor=operator(), subject="keys", details=rotation.details())
 
-        run(rotate_signing())
-    if args.what in ("all", "keyring"):
-        new_id = keyring.rotate(path)
-        rotated["keyring_key"] = new_id
-        print(
-            f"keyring {path}: new active key {new_id}; older keys stay for decryption. "
-            "Restart the gateways (or roll them) so they encrypt with the new key."
-        )
-    run(_record_rotation(settings, keyring, rotated))
+    run(rotate())
     return EXIT_OK
-
-
-async def _record_rotation(settings: Settings, keyring: Keyring, rotated: dict[str, object]) -> None:
-    from gateway.audit.trail import AuditLog
-
-    async with open_store(settings) as store:
-        # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
-        audit = AuditLog(store.db, keyring=keyring)
-        await audit.record("keys.rotated", actor=operator(), subject="keys", details=rotated)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
@@ -151,6 +141,7 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
 def _list(args: argparse.Namespace) -> int:
     from gateway.clock import SYSTEM_CLOCK
     from gateway.crypto.keyring import Keyring, keyring_path
+    from gateway.crypto.lifecycle import describe_key
 
     settings = load_config(args)
     path = keyring_path(settings)
@@ -162,7 +153,7 @@ def _list(args: argparse.Namespace) -> int:
 
     keyset = run(load())
     now = SYSTEM_CLOCK.time()
-    rows = [_key_json(keyset, k, now) for k in keyset.keys]
+    rows = [describe_key(keyset, k, now) for k in keyset.keys]
     if args.json:
         doc = {
             "keyring": {"path": str(path), "active": keyring.active_id, "keys": sorted(keyring.key_ids)},
@@ -193,18 +184,6 @@ def _list(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
-
-
-def _key_json(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
-    return {
-        "kid": key.kid,
-        "state": str(keyset.state(key, now)),
-        "created_at": _iso(key.created_at),
-        "active_from": _iso(key.active_from),
-        "retired_at": _iso(key.retired_at),
-        "published_until": _iso(key.retired_at + keyset.grace if key.retired_at is not None else None),
-        "keyring_key": key.keyring_kid,
-    }
 
 
 # -- parser ----------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Listing and rotating the node's keys: what ``gateway keys list|rotate`` and the admin console share.
+
+Two kinds of key, two rotations (see :mod:`gateway.crypto.keyring` and :mod:`gateway.crypto.signing`):
+
+* **signing**: a new ES256 key, published at once, signing after ``assertion.publish_ahead``; running
+  gateways pick it up within 30 s.
+* **keyring**: a new AES-256-GCM key in the keyring file, active for new secrets; older keys stay for
+  decryption. Processes encrypt with it once they reload the file (a restart).
+
+Rotating both rotates the signing key first, so its private half is encrypted under the keyring key
+every running gateway already holds. Neither list nor rotation ever exposes private key material: a
+signing key is described by its public facts, the keyring by its key ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from gateway.crypto.keyring import Keyring
+from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
+
+__all__ = ["Rotation", "RotationTarget", "SigningRotation", "describe_key", "rotate_keys"]
+
+
+class RotationTarget(StrEnum):
+    """What to rotate."""
+
+    ALL = "all"
+    SIGNING = "signing"
+    KEYRING = "keyring"
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+def describe_key(keyset: KeySet, key: PublishedKey, now: float) -> dict[str, Any]:
+    """One signing key's public facts and its state at ``now`` (times ISO 8601, UTC; ``None`` if unset).
+
+    ``published_until`` is when it leaves ``jwks.json`` (retired plus ``assertion.grace``);
+    ``keyring_key`` the keyring key id its private half is encrypted under.
+    """
+    return {
+        "kid": key.kid,
+        "state": str(keyset.state(key, now)),
+        "created_at": _iso(key.created_at),
+        "active_from": _iso(key.active_from),
+        "retired_at": _iso(key.retired_at),
+        "published_until": _iso(key.retired_at + keyset.grace if key.retired_at is not None else None),
+        "keyring_key": key.keyring_kid,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class SigningRotation:
+    """The new signing key and the key sets around its rotation."""
+
+    kid: str
+    before: KeySet
+    after: KeySet
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What a rotation did."""
+
+    signing: SigningRotation | None = None
+    keyring_key: str | None = None
+
+    def details(self) -> dict[str, object]:
+        """The new key ids, for the audit record (``keys.rotated``)."""
+        found: dict[str, object] = {}
+        if self.signing is not None:
+            found["signing_key"] = self.signing.kid
+        if self.keyring_key is not None:
+            found["keyring_key"] = self.keyring_key
+        return found
+
+
+async def rotate_keys(
+    target: RotationTarget, *, signing: SigningKeys, keyring: Keyring, keyring_file: Path
+) -> Rotation:
+    """Rotate the signing key, the keyring or both (signing first).
+
+    Args:
+        target: What to rotate.
+        signing: The signing keys (only public data is read; the new key is encrypted under the
+            keyring they were built with).
+        keyring: Rotated in place and written to ``keyring_file`` (merged with what the file holds).
+            A long-running process that must go on encrypting under the key every other process
+            holds passes a copy freshly loaded from the file instead of its own.
+        keyring_file: The keyring file.
+
+    Returns:
+        The new key ids, and the signing key sets around the rotation.
+
+    Raises:
+        StoreUnavailable: The database cannot be reached.
+        KeyringError: The keyring file cannot be read or written.
+    """
+    rotation = Rotation()
+    if target in (RotationTarget.ALL, RotationTarget.SIGNING):
+        before = await signing.load(with_private=False)
+        kid = await signing.rotate()
+        after = await signing.load(with_private=False)
+        rotation = Rotation(signing=SigningRotation(kid, before, after))
+    if target in (RotationTarget.ALL, RotationTarget.KEYRING):
+        # File I/O under an exclusive lock (and an fsync): off the event loop.
+        new_id = await asyncio.to_thread(keyring.rotate, keyring_file)
+        rotation = replace(rotation, keyring_key=new_id)
+    return rotation
