@@ -13,12 +13,15 @@ One module per section (overview, users, policies, audit, incidents, keys, setti
 
 from __future__ import annotations
 
+from admin.console.audit import HANDLERS as AUDIT
 from admin.console.incidents import HANDLERS as INCIDENTS
+from admin.console.keys import HANDLERS as KEYS
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
 from admin.console.render import error_page, static_router, template_config
+from admin.console.settings import HANDLERS as SETTINGS
 from admin.console.users import HANDLERS as USERS
 
 __all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
 
-HANDLERS = (*OVERVIEW, *USERS, *POLICIES, *INCIDENTS)
+HANDLERS = (*OVERVIEW, *USERS, *POLICIES, *INCIDENTS, *AUDIT, *KEYS, *SETTINGS)

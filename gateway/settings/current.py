@@ -39,6 +39,21 @@ class CurrentConfig(Protocol):
     @property
     def trusted(self) -> TrustedProxies: ...
 
+    @property
+    def source(self) -> str:
+        """The config file it was loaded from."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """1 at start-up, one more at each reload."""
+        ...
+
+    @property
+    def loaded_at(self) -> float:
+        """When it was loaded (Unix time)."""
+        ...
+
 
 class LiveConfig(Protocol):
     """Holds the configuration in force; a reload swaps it."""

@@ -1,0 +1,222 @@
+"""Keys: the keyring and the assertion-signing keys with their states; rotate them (``/keys``, ``/api/keys``).
+
+What ``gateway keys list`` and ``gateway keys rotate`` do, through the same domain calls
+(:mod:`gateway.crypto.lifecycle`). Nothing here ever answers private material: a signing key is its
+kid, algorithm, state and times; the keyring is its key ids.
+
+The keyring is read from its file for each answer, so a key added by a rotation elsewhere shows up at
+once. A keyring rotation here rotates a copy read from the file: this process (like every running
+gateway) goes on encrypting under the key all of them hold until it restarts, so nothing it writes in
+between is unreadable to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, get, post
+from litestar.params import JSONBody
+from litestar.response import Template
+
+from admin.access import require_recent_factor
+from admin.actions import admin_of, audit
+from admin.console.render import PAGE_OPT, page
+from admin.deps import AdminServices
+from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
+from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rotate_keys
+from gateway.crypto.signing import ALGORITHM, SigningKeys
+from gateway.errors import GatewayError
+from gateway.services import Services
+from gateway.web.deps import Config, Identity
+
+__all__ = ["HANDLERS", "KeysView", "keys_view"]
+
+
+class KeyringKeyView(msgspec.Struct, kw_only=True):
+    kid: str
+    # New secrets are encrypted under the active key (once a process has read it).
+    active: bool
+    # The key this admin process encrypts under now; differs from ``active`` until it restarts.
+    in_use_here: bool
+
+
+class KeyringView(msgspec.Struct, kw_only=True):
+    path: str
+    algorithm: str
+    active: str
+    keys: list[KeyringKeyView]
+
+
+class SigningKeyView(msgspec.Struct, kw_only=True):
+    """One assertion-signing key: ``next`` (published, signs later), ``active`` (signs), ``retiring``
+    (published so its tokens still verify), ``expired`` (deleted at the next rotation)."""
+
+    kid: str
+    algorithm: str
+    state: str
+    created_at: datetime | None
+    active_from: datetime | None
+    retired_at: datetime | None
+    published_until: datetime | None
+    keyring_key: str
+
+
+class KeysView(msgspec.Struct, kw_only=True):
+    keyring: KeyringView
+    signing_keys: list[SigningKeyView]
+    # assertion.publish_ahead and assertion.grace, in seconds.
+    publish_ahead: float
+    grace: float
+
+
+class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``signing``: a new assertion-signing key; ``keyring``: a new keyring key; ``all``: both."""
+
+    which: Literal["signing", "keyring", "all"]
+    reason: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=2000, description="Kept in the audit trail.")
+    ]
+
+
+class RotateResult(msgspec.Struct, kw_only=True):
+    which: str
+    signing_key: str | None
+    keyring_key: str | None
+    message: str
+    keys: KeysView
+
+
+def _signing(services: Services) -> SigningKeys:
+    settings = services.live.current.settings
+    identity = services.identity
+    return SigningKeys(
+        services.db, identity.keyring, identity.clock, settings.assertion, keyring_path=keyring_path(settings)
+    )
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text).astimezone(UTC) if text is not None else None
+
+
+async def _file_keyring(services: Services) -> Keyring:
+    """The keyring as its file holds it now; this process's own if the file cannot be read."""
+    try:
+        return await asyncio.to_thread(Keyring.load, keyring_path(services.live.current.settings))
+    except KeyringError:
+        return services.identity.keyring
+
+
+async def keys_view(services: AdminServices) -> KeysView:
+    """What the Keys page and ``GET /api/keys`` show."""
+    settings = services.live.current.settings
+    keyring = await _file_keyring(services)
+    here = services.identity.keyring.active_id
+    keyset = await _signing(services).load(with_private=False)
+    now = services.identity.clock.time()
+    signing = []
+    for key in keyset.keys:
+        facts = describe_key(keyset, key, now)
+        signing.append(
+            SigningKeyView(
+                kid=key.kid, algorithm=key.jwk.get("alg", ALGORITHM), state=facts["state"],
+                created_at=_when(facts["created_at"]), active_from=_when(facts["active_from"]),
+                retired_at=_when(facts["retired_at"]), published_until=_when(facts["published_until"]),
+                keyring_key=key.keyring_kid,
+            )
+        )  # fmt: skip
+    return KeysView(
+        keyring=KeyringView(
+            path=str(keyring_path(settings)), algorithm="AES-256-GCM", active=keyring.active_id,
+            keys=[
+                KeyringKeyView(kid=kid, active=kid == keyring.active_id, in_use_here=kid == here)
+                for kid in sorted(keyring.key_ids, key=lambda k: (k != keyring.active_id, k))
+            ],
+        ),
+        signing_keys=signing,
+        publish_ahead=float(settings.assertion.publish_ahead),
+        grace=float(settings.assertion.grace),
+    )  # fmt: skip
+
+
+@get("/api/keys", cache=False, tags=["keys"])
+async def keys_json(services: AdminServices) -> KeysView:
+    """The keyring's key ids (which one is active) and every assertion-signing key with its state and
+    times (created, signs from, signs until, published until). Never private material."""
+    return await keys_view(services)
+
+
+@get("/keys", cache=False, opt=PAGE_OPT, include_in_schema=False)
+async def keys_page(request: Request[Any, Any, Any], services: AdminServices) -> Template:
+    return page(request, "keys.html", title="Keys", section="keys", view=await keys_view(services))
+
+
+def _message(rotation: Rotation, view: KeysView) -> str:
+    parts = []
+    if rotation.signing is not None:
+        new = next((k for k in view.signing_keys if k.kid == rotation.signing.kid), None)
+        if new is not None and new.state == "active":
+            parts.append(f"New signing key {rotation.signing.kid} signs now.")
+        else:
+            signs_from = (
+                new.active_from.strftime("%Y-%m-%d %H:%M:%S UTC") if new and new.active_from else "later"
+            )
+            parts.append(
+                f"New signing key {rotation.signing.kid} is published now and signs from {signs_from} "
+                "(assertion.publish_ahead); running gateways load it within 30 s."
+            )
+    if rotation.keyring_key is not None:
+        parts.append(
+            f"New keyring key {rotation.keyring_key} is active in the keyring file; older keys stay for "
+            "decryption. Restart the gateways (or roll them) so they encrypt with it."
+        )
+    return " ".join(parts)
+
+
+@post("/api/keys/rotate", status_code=200, tags=["keys"])
+async def rotate(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    identity: Identity,
+    config: Config,
+    data: JSONBody[RotateRequest],
+) -> RotateResult:
+    """Rotate the signing key, the keyring or both (signing first), as ``gateway keys rotate`` does.
+
+    A new signing key is published at once and signs after ``assertion.publish_ahead``; the key it
+    replaces stays published for ``assertion.grace``. A new keyring key is active for new secrets once
+    the gateways restart; older keys stay for decryption. Needs a second factor used within
+    ``admin.destructive_reauth_max_age`` (403 ``step-up-required``). Recorded as ``admin.keys.rotate``.
+    """
+    admin = admin_of(request)
+    details: dict[str, object] = {"reason": data.reason, "which": data.which}
+    try:
+        require_recent_factor(
+            admin, now=identity.clock.time(), max_age=float(config.settings.admin.destructive_reauth_max_age),
+            public_url=config.public_url,
+        )  # fmt: skip
+        # A copy from the file: this process keeps encrypting under the key every gateway holds.
+        keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
+        rotation = await rotate_keys(
+            RotationTarget(data.which), signing=_signing(services), keyring=keyring,
+            keyring_file=keyring_path(config.settings),
+        )  # fmt: skip
+    except GatewayError as err:
+        await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
+                    details={**details, "error": err.reason})  # fmt: skip
+        raise
+    await audit(identity, request, "admin.keys.rotate", actor=admin.actor, subject="keys",
+                details={**details, **rotation.details()})  # fmt: skip
+    view = await keys_view(services)
+    return RotateResult(
+        which=data.which,
+        signing_key=rotation.signing.kid if rotation.signing is not None else None,
+        keyring_key=rotation.keyring_key,
+        message=_message(rotation, view),
+        keys=view,
+    )
+
+
+HANDLERS = (keys_json, keys_page, rotate)
