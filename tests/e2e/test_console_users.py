@@ -1,0 +1,130 @@
+"""The console's Users section, driven in Chromium: an admin creates a user and reads the one-time
+password from the page; the user signs in with it in another browser and is asked to choose a new
+password; the admin sees that session on the user's page and revokes it (the user's next page needs a
+sign-in), resets their second factors (a reason is asked), disables and enables the account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.conftest import shot
+from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
+
+__all__ = ["admin_page", "console"]
+
+
+def no_horizontal_scroll(page: Page) -> bool:
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
+
+
+def phone_shot(page: Page, name: str) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, name)
+    assert no_horizontal_scroll(page), f"{name}: the page scrolls sideways at 390 px"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_create_sign_in_revoke_reset_disable(
+    browser: Browser, console: Console, admin_page: Callable[[str], ConsoleAdmin]
+) -> None:
+    admin = admin_page("boss")
+    page = admin.page
+    page.click("nav.console-nav >> text=Users")
+    expect(page.locator("h1")).to_have_text("Users")
+    expect(page.locator("table.users")).to_contain_text("boss")
+
+    # Create: the one-time password is shown once, on the page.
+    page.fill("#new-username", "nina")
+    page.fill("#new-email", "nina@example.com")
+    page.fill("#new-name", "Nina Simone")
+    page.fill("#new-roles", "dev")
+    page.fill("#new-reason", "new hire")
+    page.click("form[data-api='/api/users'] button[type=submit]")
+    otp = page.locator("#one-time-password")
+    expect(otp).to_be_visible()
+    password = otp.inner_text().strip()
+    assert len(password) >= 20
+    shot(page, "console-users-created")
+
+    # Search finds her, with her badges.
+    page.fill("#q", "nina")
+    page.click("form[role=search] button[type=submit]")
+    row = page.locator("table.users tbody tr", has_text="nina")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("must change")
+    shot(page, "console-users")
+    phone_shot(page, "console-users-390")
+
+    # Nina signs in in another browser: she must choose a new password first.
+    nina_context = browser.new_context(viewport={"width": 1280, "height": 900})
+    nina = nina_context.new_page()
+    nina.goto(console.gateway_url("/.gateway/login"))
+    nina.fill("#username", "nina")
+    nina.fill("#password", password)
+    nina.click("button[type=submit]")
+    expect(nina.locator("h1")).to_have_text("Choose a new password")
+
+    # The admin sees that session on her page and revokes it.
+    row.locator("a").first.click()
+    expect(page.locator("h1")).to_have_text("nina")
+    sessions = page.locator("table.sessions tbody tr")
+    expect(sessions).to_have_count(1)
+    expect(sessions.first).to_contain_text("changing password")
+    expect(page.locator("table.history")).to_contain_text("admin.user.create")
+    shot(page, "console-user")
+    phone_shot(page, "console-user-390")
+    page.once("dialog", lambda dialog: dialog.accept())
+    sessions.first.locator("button", has_text="Revoke").click()
+    expect(page.locator("p.empty", has_text="No live session")).to_be_visible()
+    # Her next request needs a sign-in.
+    nina.goto(console.gateway_url("/.gateway/account"))
+    expect(nina.locator("h1")).to_have_text("Sign in")
+    nina_context.close()
+
+    # Reset her second factors: a reason is required (the browser asks for it), then it is done.
+    reset = page.locator("#reset-form")
+    reset.locator("button").click()
+    assert page.evaluate("document.querySelector('#reset-reason').validity.valueMissing")
+    page.fill("#reset-reason", "lost phone")
+    page.once("dialog", lambda dialog: dialog.accept())
+    reset.locator("button").click()
+    expect(page.locator("table.history")).to_contain_text("admin.user.reset_factors")
+
+    # Disable, then enable.
+    page.fill("#disable-reason", "left the team")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#disable-form button").click()
+    expect(page.locator(".badges .badge.bad")).to_have_text("disabled")
+    expect(page.locator("#enable-form")).to_be_visible()
+    shot(page, "console-user-disabled")
+    page.locator("#enable-form button").click()
+    expect(page.locator(".badges .badge.ok").first).to_have_text("active")
+    expect(page.locator("table.history")).to_contain_text("admin.user.enable")
+
+    # The page and its API twin agree.
+    body = page.evaluate("fetch('/api/users/nina').then(r => r.json())")
+    assert body["status"] == "active"
+    assert body["sessions"] == []
+    assert body["roles"] == ["dev"]
+
+
+def test_a_refused_action_says_why_on_the_page(
+    console: Console, admin_page: Callable[[str], ConsoleAdmin]
+) -> None:
+    console.add_user("omar")
+    # The other admin: each admin enrols an authenticator app once per site (the fixture's sign-in).
+    admin = admin_page("second")
+    page = admin.page
+    page.goto(console.url("/users/omar"))
+    page.fill("#roles-input", "two words")
+    page.locator("#roles-form button").click()
+    expect(page.locator("#roles-form + .result .alert")).to_contain_text("Invalid role name")
+    # An unknown user is a page that says what to do (fetched: the fixture counts a 404 page as broken).
+    answer = page.evaluate(
+        "fetch('/users/nobody-here', {headers: {accept: 'text/html'}}).then(async r => [r.status, await r.text()])"
+    )
+    assert answer[0] == 404
+    assert "search the list of users" in answer[1]
