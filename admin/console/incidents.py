@@ -496,7 +496,7 @@ async def incidents_page(request: Request[Any, Any, Any], services: AdminService
 
 @get("/incidents/{incident_id:str}", cache=False, opt=PAGE_OPT, include_in_schema=False)
 async def incident_page(
-    request: Request[Any, Any, Any], services: AdminServices, incident_id: str
+    request: Request[Any, Any, Any], services: AdminServices, incident_id: IncidentId
 ) -> Template:
     view = await incident_detail(services, incident_id)
     return page(request, "incident.html", title=f"Incident {view.id}", section="incidents", view=view)
