@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Select, select
 
@@ -19,6 +19,7 @@ from gateway.store.db import Database, store_errors
 
 __all__ = ["AuditFilter", "find_records", "parse_time"]
 
+_Query = TypeVar("_Query", bound=Select[Any])
 # ``kind`` ending in this matches every kind it starts with (``admin.*``).
 _PREFIX_MARK: Final = "*"
 
@@ -55,7 +56,7 @@ class AuditFilter:
     until: datetime | None = None
     before_seq: int | None = None
 
-    def apply(self, query: Select[tuple[AuditEvent]]) -> Select[tuple[AuditEvent]]:
+    def apply(self, query: _Query) -> _Query:
         """``query`` narrowed to this filter."""
         if self.actor is not None:
             query = query.where(AuditEvent.actor == self.actor)

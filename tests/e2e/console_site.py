@@ -33,6 +33,10 @@ p, admin, app, /*, *, allow
 g, user:boss, admin
 g, user:second, admin
 """
+# Secrets in the config (the Settings page must mask them): a webhook URL's token, and an upstream
+# credential read from a file through ${file:...}.
+WEBHOOK_SECRET = "hooktoken-Zx81Qw92Er73Ty64"
+UPSTREAM_KEY = "upstream-key-Lm5Nb6Vc7Xz8"
 
 
 @dataclass
@@ -83,11 +87,15 @@ def run_console(tmp: Path, **admin: Any) -> Iterator[Console]:
         pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
     policy = tmp / "policy.csv"
     policy.write_text(POLICY)
+    (tmp / "upstream-key").write_text(UPSTREAM_KEY + "\n")
     with run_echo() as echo:
         port, admin_port = free_port(), free_port()
         routes: list[dict[str, Any]] = [
-            {"name": "app", "host": "app.localhost", "upstreams": [echo.url], "mfa": "none"},
-        ]
+            {
+                "name": "app", "host": "app.localhost", "upstreams": [echo.url], "mfa": "none",
+                "request_headers": {"X-Upstream-Key": "${file:upstream-key}"},
+            },
+        ]  # fmt: skip
         config = gateway_config(
             tmp,
             port,
@@ -96,6 +104,9 @@ def run_console(tmp: Path, **admin: Any) -> Iterator[Console]:
             session={"insecure_cookies": True},
             policy={"file": str(policy)},
             admin={"listen": f"127.0.0.1:{admin_port}", **admin},
+            threat={"webhook_url": f"https://hooks.example.com/services/{WEBHOOK_SECRET}"},
+            # A rotated signing key signs at once, so the Keys page shows it active.
+            assertion={"publish_ahead": "0s"},
         )
         with run_gateway(tmp, config) as gw:
             wait_admin_healthy(admin_port, gw.proc)
