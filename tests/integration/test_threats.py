@@ -135,6 +135,10 @@ def test_an_admin_blocks_and_unblocks_by_hand(site: Site) -> None:
     bad = run_cli("incident", "block-ip", "not-a-network", "--config", str(site.a.config_path))
     assert bad.returncode == 2
     assert "not an IP address" in bad.stderr
+    # The admin console's rule too (gateway.threat.manual): a hand-made block is at most a /16.
+    broad = run_cli("incident", "block-ip", "10.0.0.0/8", "--config", str(site.a.config_path))
+    assert broad.returncode == 2
+    assert "too broad to block by hand" in broad.stderr
     unknown = run_cli("incident", "lift", "inc-00000000", "--config", str(site.a.config_path))
     assert unknown.returncode == 2
 
