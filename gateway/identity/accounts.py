@@ -677,6 +677,35 @@ class AccountService:
         await self._update(user_id, must_change_password=True, updated_at=self._clock.now())
         await self._audit.record("user.password_change_required", actor=actor, subject=user.username)
 
+    async def clear_password(self, user_id: int, *, actor: str) -> int | None:
+        """Remove the account's password, so that it can sign in with one only after choosing a new one
+        (an admin re-inviting the user: :mod:`gateway.identity.invitations`). Its sessions end too:
+        they may have been signed in with the password being withdrawn.
+
+        Returns:
+            How many sessions were ended, or ``None`` without a session store.
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        # Cleared first, sessions second (as in disable): a sign-in racing this finds no password.
+        await self._update(
+            user_id,
+            password_hash=None,
+            must_change_password=False,
+            password_changed_at=None,
+            updated_at=self._clock.now(),
+        )
+        revoked = await self._revoke(user_id)
+        await self._audit.record(
+            "user.password_cleared",
+            actor=actor,
+            subject=user.username,
+            details={"sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
     async def set_roles(self, user_id: int, roles: Sequence[str], *, actor: str) -> RolesChanged:
         """Replace the account's local roles.
 

@@ -260,6 +260,8 @@ class AdminSettings(_Config, frozen=True):
     proposal_ttl: Duration = Duration(48 * 3600)
     # How long the decision sample that the policy what-if replays is kept.
     sample_retention: Duration = Duration(24 * 3600)
+    # An invitation link (a new account's first password, chosen by the user) works this long, once.
+    invitation_ttl: Duration = Duration(72 * 3600)
 
 
 class AuditSettings(_Config, frozen=True):

@@ -1,5 +1,5 @@
 """Checks for ``admin``: the admin API's own listener, how fresh an admin's second factor must be, and the
-console's proposal and sample lifetimes."""
+console's proposal, sample and invitation lifetimes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ __all__ = ["check_listen", "check_reauth"]
 
 
 def check_reauth(settings: Settings, report: Report) -> None:
-    """The re-authentication ages, the proposal lifetime and the sample retention are positive, and a
-    destructive action never accepts an older factor than any admin action."""
+    """The re-authentication ages, the proposal and invitation lifetimes and the sample retention are
+    positive, and a destructive action never accepts an older factor than any admin action."""
     admin = settings.admin
     require_positive(
         [
@@ -20,6 +20,7 @@ def check_reauth(settings: Settings, report: Report) -> None:
             (("admin", "destructive_reauth_max_age"), admin.destructive_reauth_max_age),
             (("admin", "proposal_ttl"), admin.proposal_ttl),
             (("admin", "sample_retention"), admin.sample_retention),
+            (("admin", "invitation_ttl"), admin.invitation_ttl),
         ],
         report,
     )

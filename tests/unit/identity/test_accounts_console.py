@@ -1,6 +1,7 @@
 """What the admin console's Users section asks of accounts, on SQLite and PostgreSQL: search, forcing a
 password change, replacing local roles (and ending the sessions that carry a removed one), an
-account's audit history, and the one-time password an admin hands out.
+account's audit history, the one-time password an admin hands out, and clearing a password for an
+invitation.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 
 import pytest
 
-from gateway.identity.accounts import InvalidAccount, NoPassword, UnknownAccount
+from gateway.identity.accounts import InvalidAccount, NoPassword, SignInFailed, UnknownAccount
 from gateway.identity.passwords import one_time_password
 from tests.unit.identity.test_accounts import IP, PASSWORD, World, _alice, world
 
@@ -119,3 +120,21 @@ async def test_one_time_passwords_are_long_random_and_acceptable(world: World) -
     for password in list(passwords)[:5]:
         assert len(password) == 26
         assert await world.hasher.check_new(password, personal=("alice", "", "")) is None
+
+
+async def test_clear_password_for_a_new_invitation_ends_the_sessions(world: World) -> None:
+    user = await _alice(world)
+    session_id = await world.sign_in(user)
+    assert await world.accounts.clear_password(user.id, actor="user:boss") == 1
+    stored = await world.accounts.get(user.id)
+    assert stored is not None
+    assert stored.password_hash is None
+    assert (stored.must_change_password, stored.password_changed_at) == (False, None)
+    # The password signed in with is gone, and so is the session.
+    assert await world.sessions.get(session_id) is None
+    with pytest.raises(SignInFailed):
+        await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+    (event,) = await world.events("user.password_cleared")
+    assert (event.actor, event.subject) == ("user:boss", "alice")
+    with pytest.raises(UnknownAccount):
+        await world.accounts.clear_password(4242, actor="user:boss")

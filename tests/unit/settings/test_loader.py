@@ -1493,11 +1493,14 @@ def test_console_settings_default_to_one_approval_and_fresh_destructive_factors(
     assert admin.destructive_reauth_max_age == Duration(300)
     assert admin.proposal_ttl == Duration(48 * 3600)
     assert admin.sample_retention == Duration(24 * 3600)
+    assert admin.invitation_ttl == Duration(72 * 3600)
     two = parse_settings(
         "public_url: https://auth.example.com\nadmin: {approvals: 2, proposal_ttl: 1h}\n"
     ).admin
     assert two.approvals == 2
     assert two.proposal_ttl == Duration(3600)
+    invited = parse_settings("public_url: https://auth.example.com\nadmin: {invitation_ttl: 30m}\n").admin
+    assert invited.invitation_ttl == Duration(1800)
 
 
 @pytest.mark.parametrize(
@@ -1507,6 +1510,7 @@ def test_console_settings_default_to_one_approval_and_fresh_destructive_factors(
         ("admin: {destructive_reauth_max_age: 30m}\n", "must not exceed admin.reauth_max_age"),
         ("admin: {proposal_ttl: 0s}\n", "admin.proposal_ttl"),
         ("admin: {sample_retention: 0s}\n", "admin.sample_retention"),
+        ("admin: {invitation_ttl: 0s}\n", "admin.invitation_ttl"),
     ],
 )
 def test_console_settings_are_validated(text: str, message: str) -> None:
