@@ -155,17 +155,28 @@ class ReplicaRegistry:
                 await session.commit()
         return int(getattr(result, "rowcount", 0) or 0)
 
-    async def run(self, report: ReplicaReport, interval: float = 10.0) -> None:
-        """Beat every ``interval`` seconds until cancelled, then leave."""
+    async def announce(self, report: ReplicaReport) -> None:
+        """Beat once now, and forget rows silent for ``forget_after``; a database outage is only logged.
+
+        The composition root calls it before the process serves, so the process is listed from its
+        first request on, and then runs :meth:`run` with ``beat_first=False``.
+        """
         try:
+            await self.beat(await report())
+            await self.forget_old()
+        except StoreUnavailable as exc:
+            # The overview shows this replica as gone while the database is away; nothing else
+            # depends on the heartbeat.
+            logger.debug("replica heartbeat skipped: %s", exc)
+
+    async def run(self, report: ReplicaReport, interval: float = 10.0, *, beat_first: bool = True) -> None:
+        """Beat every ``interval`` seconds (the first one at once, unless ``beat_first`` is false)
+        until cancelled, then leave."""
+        try:
+            if not beat_first:
+                await asyncio.sleep(interval)
             while True:
-                try:
-                    await self.beat(await report())
-                    await self.forget_old()
-                except StoreUnavailable as exc:
-                    # The overview shows this replica as gone while the database is away; nothing
-                    # else depends on the heartbeat.
-                    logger.debug("replica heartbeat skipped: %s", exc)
+                await self.announce(report)
                 await asyncio.sleep(interval)
         finally:
             with contextlib.suppress(StoreUnavailable):

@@ -297,7 +297,9 @@ async def _open_shared(
         report = worker_report(readiness.report, policy, live)
     else:
         report = admin_report(policy, live)
-    _background(stack, replicas.run(report, HEARTBEAT_INTERVAL))
+    # Listed before the process serves; the background beats follow an interval apart.
+    await replicas.announce(report)
+    _background(stack, replicas.run(report, HEARTBEAT_INTERVAL, beat_first=False))
     return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas)
 
 

@@ -65,6 +65,32 @@ async def test_a_stopped_replica_leaves_the_list(database: Database, clock: Fake
     assert await registry.replicas() == []
 
 
+async def test_announced_at_start_then_beating_an_interval_later(
+    database: Database, clock: FakeClock
+) -> None:
+    registry = ReplicaRegistry(database, role="admin", version="1.0", clock=clock)
+    versions = iter(range(1, 100))
+
+    async def report() -> Heartbeat:
+        return Heartbeat(ready=True, policy_version=next(versions), config_generation=1)
+
+    await registry.announce(report)
+    assert [r.policy_version for r in await registry.replicas()] == [1]
+    task = asyncio.ensure_future(registry.run(report, interval=0.05, beat_first=False))
+    # The next beat comes an interval later, not at once: the row then says what the second report said.
+    found = await wait_until_async(lambda: _versions(registry), what="the beat after the announcement")
+    assert found == [2]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await registry.replicas() == []
+
+
+async def _versions(registry: ReplicaRegistry) -> list[int]:
+    versions = [r.policy_version for r in await registry.replicas()]
+    return versions if versions != [1] else []
+
+
 def test_bad_windows_are_refused(database: Database) -> None:
     with pytest.raises(ValueError, match="stale_after"):
         ReplicaRegistry(database, role="worker", version="1", stale_after=timedelta(0))
