@@ -13,7 +13,12 @@ optional reason.
 
 A new account gets a one-time password, shown once in the answer and never stored or logged in the
 clear; the user must choose a new one at the first sign-in (the gateway's password page holds the
-session until then). Invitation links are not implemented: ``mode`` accepts ``"password"`` only.
+session until then). Or (``mode: "invitation"``) it gets no password and an invitation link, shown
+once: ``<public_url>/.gateway/invite/<token>``, where the user chooses their own password
+(:mod:`gateway.identity.invitations`, :mod:`gateway.web.invite`). ``POST /api/users/{username}/invite``
+sends a new link (the old one stops working) to an account without a password, or, with
+``clear_password`` (destructive), withdraws the password first. The token is never stored, logged or
+audited; ``user.invitation.issued`` and ``admin.user.<action>`` keep a prefix of its hash.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 from litestar import Request, delete, get, post, put
@@ -36,6 +41,7 @@ from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import AccountFactors, FactorInfo, UnknownAccount, UserSummary
+from gateway.identity.invitations import INVITE_PATH, Invitation, Invitations, IssuedInvitation
 from gateway.identity.models import User
 from gateway.identity.passwords import one_time_password
 from gateway.identity.sessions import Session, browser_label
@@ -50,6 +56,14 @@ HISTORY_LIMIT: Final = 50
 _SESSION_HASH = re.compile(r"[0-9a-f]{64}")
 # Longer than any username or email alias (64 and 254): anything longer names nobody.
 _MAX_LOGIN = 320
+
+
+class InvitationRefused(GatewayError):
+    """The account cannot be given an invitation as it is (it has a password, or is disabled)."""
+
+    status = 409
+    reason = "invitation-refused"
+    title = "No invitation for this account"
 
 
 class UnknownSession(GatewayError):
@@ -79,15 +93,21 @@ Roles = Annotated[list[RoleName], msgspec.Meta(max_length=64, description="Local
 
 
 class CreateUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A new local account with a one-time password it must change at the first sign-in."""
+    """A new local account: with a one-time password it must change at the first sign-in, or with no
+    password and an invitation link where the user chooses one."""
 
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
     display_name: Annotated[str, msgspec.Meta(max_length=128)] = ""
     roles: Roles = msgspec.field(default_factory=list)
     mode: Annotated[
-        Literal["password"],
-        msgspec.Meta(description="'password': a one-time password, shown once in the answer."),
+        Literal["password", "invitation"],
+        msgspec.Meta(
+            description=(
+                "'password': a one-time password, shown once in the answer. 'invitation': no password; "
+                "an invitation link, shown once, valid for admin.invitation_ttl."
+            )
+        ),
     ] = "password"
     reason: OptionalReason = ""
 
@@ -104,6 +124,19 @@ class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: OptionalReason = ""
     end_sessions: Annotated[
         bool, msgspec.Meta(description="Also end the sessions signed in now (they sign in again).")
+    ] = False
+
+
+class InviteChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: OptionalReason = ""
+    clear_password: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "Withdraw the account's password first (and end its sessions). Destructive: needs a "
+                "reason and a recent second factor. Without it an account with a password is a 409."
+            )
+        ),
     ] = False
 
 
@@ -199,6 +232,13 @@ class EventView(msgspec.Struct, kw_only=True):
     details: dict[str, Any]
 
 
+class InvitationView(msgspec.Struct, kw_only=True):
+    issued_at: datetime
+    expires_at: datetime
+    # The first hex digits of the token's hash, as the audit trail names it (never the token).
+    fingerprint: str
+
+
 class UserDetail(UserRow, kw_only=True):
     updated_at: datetime
     password_changed_at: datetime | None
@@ -207,14 +247,19 @@ class UserDetail(UserRow, kw_only=True):
     sessions: list[SessionView]
     roles_view: RolesView
     history: list[EventView]
+    # The invitation link the account can still be opened with, if any.
+    invitation: InvitationView | None = None
 
 
 class Created(msgspec.Struct, kw_only=True):
     username: str
-    # Shown once: it is not stored in the clear and cannot be read again.
-    one_time_password: str
+    # Shown once: it is not stored in the clear and cannot be read again. None with an invitation.
+    one_time_password: str | None
     must_change_password: bool
     sign_in_url: str
+    # mode "invitation": the link, shown once (only its hash is stored), and when it stops working.
+    invitation_url: str | None = None
+    invitation_expires_at: datetime | None = None
 
 
 class ActionResult(msgspec.Struct, kw_only=True):
@@ -223,6 +268,15 @@ class ActionResult(msgspec.Struct, kw_only=True):
     message: str
     # Sessions ended by the action; None when it ends none.
     sessions_ended: int | None = None
+
+
+class Invited(ActionResult, kw_only=True):
+    # Shown once: only its hash is stored. The previous link, if any, no longer works.
+    invitation_url: str
+    invitation_expires_at: datetime
+
+
+_R = TypeVar("_R", bound=ActionResult)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -281,6 +335,42 @@ def _factors(factors: AccountFactors) -> list[FactorView]:
 
 def _utc(at: float) -> datetime:
     return datetime.fromtimestamp(at, UTC)
+
+
+def _invitations(services: Services) -> Invitations:
+    # Built per request: it is two references, and the admin process needs no long-lived one.
+    return Invitations(services.fast, services.identity.clock)
+
+
+def _invitation_view(invitation: Invitation | None) -> InvitationView | None:
+    if invitation is None:
+        return None
+    return InvitationView(
+        issued_at=_utc(invitation.issued_at),
+        expires_at=_utc(invitation.expires_at),
+        fingerprint=invitation.fingerprint,
+    )
+
+
+async def _invite(services: Services, config: Config, user: User, actor: str) -> IssuedInvitation:
+    """A new invitation link for ``user`` (replacing any earlier one), recorded without its token."""
+    issued = await _invitations(services).issue(
+        user_id=user.id, username=user.username, ttl=float(config.settings.admin.invitation_ttl)
+    )
+    await services.identity.audit.record(
+        "user.invitation.issued",
+        actor=actor,
+        subject=user.username,
+        details={
+            "invitation": issued.invitation.fingerprint,
+            "expires_at": _utc(issued.invitation.expires_at).isoformat(),
+        },
+    )
+    return issued
+
+
+def _invitation_url(config: Config, token: str) -> str:
+    return f"{config.public_url}{INVITE_PATH}{token}"
 
 
 def _session(s: Session) -> SessionView:
@@ -377,6 +467,7 @@ async def user_detail(services: Services, policy: Policy, config: Config, userna
         sessions=[_session(s) for s in sessions],
         roles_view=await _roles(user, sessions, policy, config.settings.admin.role),
         history=[_event(e) for e in history],
+        invitation=_invitation_view(await _invitations(services).pending(user.id)),
     )
 
 
@@ -390,11 +481,14 @@ async def _act(
     username: str,
     action: str,
     reason: str,
-    work: Callable[[User, str], Awaitable[ActionResult]],
+    work: Callable[[User, str], Awaitable[_R]],
     *,
     destructive: bool = False,
-) -> ActionResult:
-    """Run one action on an account as this admin, auditing it with the reason, also when refused."""
+    noted: dict[str, object] | None = None,
+) -> _R:
+    """Run one action on an account as this admin, auditing it with the reason, also when refused.
+
+    ``noted``: filled by ``work`` with more for the audit record of a success (never a secret)."""
     admin = admin_of(request)
     subject = username[:80]
     try:
@@ -422,6 +516,7 @@ async def _act(
     details: dict[str, object] = {"reason": reason}
     if result.sessions_ended is not None:
         details["sessions_ended"] = result.sessions_ended
+    details.update(noted or {})
     await audit(
         services.identity,
         request,
@@ -464,11 +559,15 @@ async def get_user(services: AdminServices, policy: Policy, config: Config, user
 async def create_user(
     request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[CreateUser]
 ) -> Created:
-    """Create an account with a one-time password, shown once here; the user must change it at the first
-    sign-in. 409 if the username or email is taken, 400 for a name or role the gateway refuses."""
+    """Create an account. ``mode: "password"``: with a one-time password, shown once here; the user must
+    change it at the first sign-in. ``mode: "invitation"``: with no password and an invitation link,
+    shown once here, where the user chooses one (valid once, for ``admin.invitation_ttl``). 409 if the
+    username or email is taken, 400 for a name or role the gateway refuses."""
     admin = admin_of(request)
-    password = one_time_password()
-    details = {"reason": data.reason, "mode": data.mode, "roles": " ".join(data.roles)}
+    invited = data.mode == "invitation"
+    password = None if invited else one_time_password()
+    details: dict[str, object] = {"reason": data.reason, "mode": data.mode, "roles": " ".join(data.roles)}
+    issued: IssuedInvitation | None = None
     try:
         user = await services.identity.accounts.create(
             username=data.username,
@@ -476,9 +575,14 @@ async def create_user(
             email=data.email,
             display_name=data.display_name,
             roles=data.roles,
-            must_change_password=True,
+            must_change_password=not invited,
             actor=admin.actor,
         )
+        if invited:
+            # If this fails (the fast state is down) the account stays, without a password: POST
+            # .../invite sends it a link once the store answers again.
+            issued = await _invite(services, config, user, admin.actor)
+            details["invitation"] = issued.invitation.fingerprint
     except GatewayError as err:
         await audit(
             services.identity,
@@ -501,9 +605,67 @@ async def create_user(
     return Created(
         username=user.username,
         one_time_password=password,
-        must_change_password=True,
+        must_change_password=not invited,
         sign_in_url=f"{config.public_url}/.gateway/login",
+        invitation_url=_invitation_url(config, issued.token) if issued else None,
+        invitation_expires_at=_utc(issued.invitation.expires_at) if issued else None,
     )
+
+
+@post("/api/users/{username:str}/invite", status_code=200, tags=["users"])
+async def invite_user(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    username: Username,
+    data: JSONBody[InviteChange],
+) -> Invited:
+    """Send a new invitation link (shown once here; the previous link stops working) to an account
+    without a password, where the user chooses one. 409 for a disabled account, or one with a password
+    unless ``clear_password`` withdraws it (and ends its sessions): that is destructive, and needs a
+    reason and a recent second factor."""
+    noted: dict[str, object] = {"clear_password": data.clear_password}
+
+    async def work(user: User, actor: str) -> Invited:
+        if user.disabled:
+            raise InvitationRefused(f"{user.username} is disabled: enable the account first.")
+        ended: int | None = None
+        if user.password_hash is not None:
+            if not data.clear_password:
+                raise InvitationRefused(
+                    f"{user.username} has a password. To replace it with an invitation, send "
+                    "clear_password: true with a reason (it ends their sessions)."
+                )
+            if not data.reason.strip():
+                raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
+            ended = await services.identity.accounts.clear_password(user.id, actor=actor)
+        issued = await _invite(services, config, user, actor)
+        noted["invitation"] = issued.invitation.fingerprint
+        expires = _utc(issued.invitation.expires_at)
+        return Invited(
+            username=user.username,
+            action="invite",
+            sessions_ended=ended,
+            message=(
+                f"A new invitation link for {user.username}, valid until "
+                f"{expires.strftime('%Y-%m-%d %H:%M UTC')}; earlier links no longer work.{_ended(ended)}"
+            ),
+            invitation_url=_invitation_url(config, issued.token),
+            invitation_expires_at=expires,
+        )
+
+    result: Invited = await _act(
+        request,
+        services,
+        config,
+        username,
+        "invite",
+        data.reason,
+        work,
+        destructive=data.clear_password,
+        noted=noted,
+    )
+    return result
 
 
 @post("/api/users/{username:str}/disable", status_code=200, tags=["users"])
@@ -696,11 +858,19 @@ async def revoke_sessions(
 async def users_page(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    config: Config,
     q: Annotated[str, QueryParameter(max_length=200)] = "",
     offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
 ) -> Template:
     view = await user_list(services, q=q.strip(), limit=50, offset=offset)
-    return page(request, "users.html", title="Users", section="users", view=view)
+    return page(
+        request,
+        "users.html",
+        title="Users",
+        section="users",
+        view=view,
+        invitation_hours=max(1, int(config.settings.admin.invitation_ttl) // 3600),
+    )
 
 
 @get("/users/{username:str}", cache=False, opt=PAGE_OPT, include_in_schema=False)
@@ -726,6 +896,7 @@ HANDLERS = (
     list_users,
     get_user,
     create_user,
+    invite_user,
     disable_user,
     enable_user,
     require_password_change,

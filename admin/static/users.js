@@ -1,7 +1,8 @@
 // The Users section's result renderers (see console.js for how forms reach the API).
 //
-//   created  the answer to POST /api/users: the one-time password, shown once, with a copy button
-//            and a link to the new account's page.
+//   created  the answer to POST /api/users: the one-time password or the invitation link, shown once,
+//            with a copy button and a link to the new account's page.
+//   invited  the answer to POST /api/users/{username}/invite: the new invitation link, shown once.
 "use strict";
 
 (function () {
@@ -14,31 +15,65 @@
     return node;
   }
 
-  renderers.created = (data, box, form) => {
-    const card = el("div", "alert ok created");
-    card.append(el("p", "", `Created ${data.username}. Give them this one-time password; it is shown only now.`));
+  // A secret shown once, with a copy button (the clipboard API needs a secure context or localhost).
+  function secretRow(id, value) {
     const row = el("p", "otp-row");
-    const code = el("code", "otp", data.one_time_password);
-    code.id = "one-time-password";
+    const code = el("code", "otp", value);
+    code.id = id;
     row.append(code);
     if (navigator.clipboard) {
       const copy = el("button", "secondary", "Copy");
       copy.type = "button";
       copy.addEventListener("click", () =>
-        navigator.clipboard.writeText(data.one_time_password).then(
+        navigator.clipboard.writeText(value).then(
           () => (copy.textContent = "Copied"),
           () => (copy.textContent = "Copy failed: select it"),
         ),
       );
       row.append(copy);
     }
-    card.append(row);
-    const next = el("p", "muted");
-    next.append(`They sign in at ${data.sign_in_url}, choose a new password, then add a second factor. `);
+    return row;
+  }
+
+  function until(iso) {
+    return iso ? iso.replace("T", " ").replace(/:\d\d(\.\d+)?(Z|[+-]00:00)$/, " UTC") : "";
+  }
+
+  function accountLink(username) {
     const link = el("a", "", "Open the account");
-    link.href = "/users/" + encodeURIComponent(data.username);
-    next.append(link);
-    card.append(next);
+    link.href = "/users/" + encodeURIComponent(username);
+    return link;
+  }
+
+  renderers.created = (data, box, form) => {
+    const card = el("div", "alert ok created");
+    if (data.invitation_url) {
+      card.append(el("p", "", `Created ${data.username}. Send them this invitation link; it is shown only now.`));
+      card.append(secretRow("invitation-link", data.invitation_url));
+      const next = el("p", "muted");
+      next.append(
+        `It works once, until ${until(data.invitation_expires_at)}: they choose their password there, ` +
+          "sign in, then add a second factor. ",
+      );
+      next.append(accountLink(data.username));
+      card.append(next);
+    } else {
+      card.append(el("p", "", `Created ${data.username}. Give them this one-time password; it is shown only now.`));
+      card.append(secretRow("one-time-password", data.one_time_password));
+      const next = el("p", "muted");
+      next.append(`They sign in at ${data.sign_in_url}, choose a new password, then add a second factor. `);
+      next.append(accountLink(data.username));
+      card.append(next);
+    }
+    box.append(card);
+    if (form) form.reset();
+  };
+
+  renderers.invited = (data, box, form) => {
+    const card = el("div", "alert ok created");
+    card.append(el("p", "", data.message));
+    card.append(secretRow("invitation-link", data.invitation_url));
+    card.append(el("p", "muted", "Send it to them; it is shown only now. Reload the page to see the account's history."));
     box.append(card);
     if (form) form.reset();
   };

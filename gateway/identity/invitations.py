@@ -72,7 +72,8 @@ _decode = msgspec.json.Decoder(_Record).decode
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+    # Any text hashes (a junk token is fingerprinted for the audit trail too); ours are ASCII.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def fingerprint(token: str) -> str:

@@ -28,10 +28,11 @@ from litestar.template.config import TemplateConfig
 
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
+from gateway.identity.invitations import Invitations
 from gateway.services import WorkerServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.trusted import may_see_internals
-from gateway.web import account, api, oidc, pages
+from gateway.web import account, api, invite, oidc, pages
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import error_response, wants_html
@@ -149,6 +150,7 @@ def dependencies(services: WorkerServices) -> Mapping[str, Provide]:
         "identity": constant(services.identity),
         "signing": constant(services.signing),
         "readiness": constant(services.readiness),
+        "invitations": constant(Invitations(services.fast, services.identity.clock)),
     }
 
 
@@ -161,6 +163,7 @@ def create_control_app(services: WorkerServices) -> Litestar:
             *pages.HANDLERS,
             *oidc.HANDLERS,
             *account.HANDLERS,
+            *invite.HANDLERS,
             *api.HANDLERS,
             create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC),
         ],

@@ -148,6 +148,7 @@ def _error_pages(gw: Gateway) -> dict[str, httpx.Response]:
 
         seen[f"403 {kind}"] = wait_until(refused, what="the block list to load")
     seen["hand-off error"] = get("127.0.0.1", "/.gateway/handoff?code=forged&rd=/", **HTML)
+    seen["invitation error"] = get("127.0.0.1", "/.gateway/invite/" + "A" * 43, **HTML)
     seen["unknown gateway path"] = get("127.0.0.1", "/.gateway/no-such-page", **JSON)
     seen["api reference"] = get("127.0.0.1", "/.gateway/api/schema", **HTML)
     seen["api schema json"] = get("127.0.0.1", "/.gateway/api/schema/openapi.json")
@@ -170,6 +171,7 @@ PAGES = [
     "sign-out",
     "second factor",
     "hand-off error",
+    "invitation error",
     "unknown gateway path",
     "api reference",
     "api schema json",
@@ -216,7 +218,7 @@ def test_every_gateway_page_carries_the_security_headers(
 ) -> None:
     resp = pages[name]
     # The walk reached the page it meant to (a sign-in redirect would also carry the headers).
-    expected = {"sign-out": 303, "hand-off error": 400, "unknown gateway path": 404}
+    expected = {"sign-out": 303, "hand-off error": 400, "invitation error": 410, "unknown gateway path": 404}
     status = int(name.split()[0]) if name[0].isdigit() else expected.get(name, 200)
     assert resp.status_code == status, resp.text
     assert_hardened(resp, gw)
