@@ -51,6 +51,8 @@ _KNOWN_PREFIX: Final = re.compile(
     r"(?:gh[pousr]_|github_pat_|glpat-|sk_live_|sk_test_|rk_live_|pk_live_|xox[abposr]-|AKIA|ASIA|AIza"
     r"|ya29\.|hf_)[A-Za-z0-9_\-.]{10,}"
 )
+# Paths of the gateway's own pages whose rest is a credential (gateway/identity/invitations.py).
+_CREDENTIAL_PATHS: Final = ("/.gateway/invite/",)
 _TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
 _MIN_ENTROPY_BITS: Final = 3.0
 
@@ -162,8 +164,13 @@ def redact_path(path: str) -> str:
     """Return ``path`` with segments that look like tokens (a JWT in a magic link) replaced.
 
     Only the value test applies: path segments have no names, and ids such as UUIDs stay readable
-    unless they look random enough to be keys.
+    unless they look random enough to be keys. The gateway's own credential paths (an invitation
+    link's token) are redacted whatever their token looks like: the value test is a heuristic, and a
+    random token with many ``-``/``_`` can read as a slug.
     """
+    for prefix in _CREDENTIAL_PATHS:
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return prefix + REDACTED
     if not looks_secret(path):
         return path
     return "/".join(REDACTED if looks_secret(segment) else segment for segment in path.split("/"))

@@ -29,6 +29,7 @@ from litestar.template.config import TemplateConfig
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.invitations import Invitations
+from gateway.observe.redact import redact_path
 from gateway.services import WorkerServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.trusted import may_see_internals
@@ -118,7 +119,7 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
         logger.warning(
             "%s %s: %s (request id %s)",
             request.method,
-            request.url.path,
+            redact_path(request.url.path),
             exc,
             request.headers.get("x-request-id", ""),
         )
@@ -133,7 +134,8 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
-    logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    # The path may hold a credential (an invitation token): redacted as in the access log.
+    logger.exception("unhandled error in %s %s", request.method, redact_path(request.url.path), exc_info=exc)
     return _gateway_error(request, GatewayError("An internal error occurred."))
 
 

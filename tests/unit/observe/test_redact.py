@@ -89,6 +89,14 @@ def test_paths_keep_ordinary_segments_and_lose_tokens() -> None:
     assert redact_path(f"/magic/{JWT}/confirm") == f"/magic/{REDACTED}/confirm"
 
 
+def test_an_invitation_token_is_redacted_whatever_it_looks_like() -> None:
+    # A real token_urlsafe(32) draw that the value test alone reads as a slug (six separators).
+    slug_like = "Y9arNpV-gCTnM3_Lr_zF9vP-MDjfIO_-WBypi9rzhGA"
+    assert not looks_secret(slug_like)
+    assert redact_path(f"/.gateway/invite/{slug_like}") == f"/.gateway/invite/{REDACTED}"
+    assert redact_path("/.gateway/invite/") == "/.gateway/invite/"
+
+
 def test_looks_secret_ignores_words() -> None:
     assert not looks_secret("Internationalization")
     assert not looks_secret("the-quick-brown-fox-jumps-over")
