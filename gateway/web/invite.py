@@ -12,7 +12,8 @@ it was. Tokens are 256 random bits, so guessing is not a threat worth a limiter;
 per-address limiter for unauthenticated forms to share (the sign-in form's regulator counts per
 account, and a token names no account until it is valid). Failed acceptances are audited with the
 client's address, so a flood is visible. The token is in no log line the gateway writes: the access
-log redacts token-like path segments, and the audit trail keeps only a prefix of its hash.
+log and the error log redact the rest of an invitation path (``gateway.observe.redact``), and the audit
+trail keeps only a prefix of its hash.
 """
 
 from __future__ import annotations
