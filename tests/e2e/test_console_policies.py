@@ -53,6 +53,7 @@ def test_a_draft_is_validated_diffed_tested_replayed_saved_and_an_old_version_re
     # own: the console's tab is watched for requests to other origins.
     app = admin.context.new_page()
     app.goto(f"http://app.localhost:{console.port}/docs/readme")
+    app.goto(f"http://app.localhost:{console.port}/payroll")  # allowed by the admin rule only
     app.close()
     page.goto(console.url("/policies"))
     expect(page.locator("h1")).to_have_text("Policies")
@@ -91,6 +92,22 @@ def test_a_draft_is_validated_diffed_tested_replayed_saved_and_an_old_version_re
     replayed = page.locator("#whatif-form + .result")
     expect(replayed.locator(".alert")).to_contain_text("24 hours")
     shot(page, "console-policies-editor")
+
+    # The replay of real traffic: without the admin rule, the admin's own /payroll request (sampled
+    # by the data plane, flushed every 10 s) would be denied, and /docs/readme would not change.
+    page.fill("#draft", POLICY.replace("p, admin, app, /*, *, allow\n", ""))
+    flips = replayed.locator("table.flips")
+    for _ in range(20):
+        page.click("#whatif-form button")
+        expect(replayed.locator(".alert")).to_be_visible()
+        if flips.count():
+            break
+        page.wait_for_timeout(1000)  # the sample is flushed every 10 s: ask again
+    expect(flips).to_contain_text("/payroll")
+    expect(flips).not_to_contain_text("/docs/readme")
+    expect(replayed.locator(".alert.warn")).to_contain_text("allowed today would be denied")
+    shot(page, "console-policies-whatif")
+    page.fill("#draft", POLICY + NEWS)
 
     # A failing case is shown as such.
     page.fill(
