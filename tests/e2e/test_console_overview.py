@@ -55,10 +55,33 @@ def test_the_overview_shows_the_policy_stores_replicas_and_counts(
     shot(page, "console-overview-390")
     # No horizontal scrolling at phone width.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    # Dark mode follows the system: the same page on a dark background, every section reachable.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.emulate_media(color_scheme="dark")
+    dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert dark != light
+    assert _luminance(dark) < 0.2 < _luminance(light)
+    shot(page, "console-overview-dark")
+    hrefs = [link.get_attribute("href") for link in page.locator("nav.console-nav a").all()]
+    for href in hrefs:
+        assert href is not None
+        response = page.goto(console.url(href))
+        assert response is not None
+        assert response.status == 200, href
+        expect(page.locator("nav.console-nav a[aria-current=page]")).to_have_attribute("href", href)
+    page.goto(console.url("/"))
+    page.emulate_media(color_scheme="light")
     # The page's twin in the API answers the same numbers.
     body = page.evaluate("fetch('/api/overview').then(r => r.json())")
     assert body["policy"]["version"] == 1
     assert {c["name"]: c["ok"] for c in body["components"]} == {"database": True, "fast state": True}
+
+
+def _luminance(css_color: str) -> float:
+    """0 (black) to 1 (white) for ``rgb(r, g, b)``."""
+    red, green, blue = (int(part) for part in css_color[css_color.index("(") + 1 : -1].split(",")[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
 
 
 def _replicas(page: Page) -> list[dict[str, Any]]:
