@@ -166,7 +166,7 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
             f"  Sign in   {admin_note}\n"
             f"  Account   {base}/.gateway/account   (second factors, recovery codes, sessions)\n"
             f"  Health    {base}/.gateway/health\n"
-            f"  Policy    {base.rsplit(':', 1)[0]}:{parse_listen(listen)[1] + 1}/api/policy   (admin API: admins with a fresh second factor)\n"
+            f"  Console   {base.rsplit(':', 1)[0]}:{parse_listen(listen)[1] + 1}/   (admin console and API: sign in here first, with a second factor)\n"
             f"  Config    {config}\n\n"
             "  Next: edit the config (add your own routes), then run\n"
             f"        gateway serve --config {config}\n"
