@@ -14,11 +14,13 @@ from typing import Any, Final
 
 from litestar.connection import ASGIConnection
 
-from admin.access import Admin
+from admin.access import Admin, require_recent_factor
+from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.services import IdentityServices
+from gateway.settings.current import CurrentConfig
 
-__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "client_ip"]
+__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "client_ip", "confirm_destructive"]
 
 logger = logging.getLogger("gateway.admin")
 
@@ -33,6 +35,18 @@ def admin_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Admin:
     if not isinstance(admin, Admin):  # pragma: no cover - the guard runs before every /api handler
         raise GatewayError("the admin guard did not run")
     return admin
+
+
+def confirm_destructive(admin: Admin, config: CurrentConfig, clock: Clock) -> None:
+    """Ask again for the second factor before a destructive action: one used within
+    ``admin.destructive_reauth_max_age`` (403 ``step-up-required`` otherwise, see
+    :func:`admin.access.require_recent_factor`)."""
+    require_recent_factor(
+        admin,
+        now=clock.time(),
+        max_age=float(config.settings.admin.destructive_reauth_max_age),
+        public_url=config.public_url,
+    )
 
 
 def client_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

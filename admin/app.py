@@ -42,8 +42,8 @@ from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
-from admin.access import AdminRoleRequired, admin_origin, authenticate, check_csrf, require_recent_factor
-from admin.actions import ADMIN_KEY, CLIENT_IP_KEY
+from admin.access import AdminRoleRequired, admin_origin, authenticate, check_csrf
+from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, confirm_destructive
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
 from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY
@@ -364,10 +364,7 @@ async def _change(
                 "POST /api/policy/proposals (the console's Policies page), and another admin approves it."
             )
         if destructive:
-            require_recent_factor(
-                admin, now=identity.clock.time(), max_age=float(settings.destructive_reauth_max_age),
-                public_url=config.public_url,
-            )  # fmt: skip
+            confirm_destructive(admin, config, identity.clock)
         version = await make(admin.actor)
     except GatewayError as err:
         await _audit(

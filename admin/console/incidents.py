@@ -37,8 +37,8 @@ from litestar import Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
-from admin.access import Admin, require_recent_factor
-from admin.actions import admin_of, audit, client_ip
+from admin.access import Admin
+from admin.actions import admin_of, audit, client_ip, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.audit.models import AuditEvent
@@ -355,15 +355,6 @@ async def _act(
     return result
 
 
-def _destructive(admin: Admin, services: Services, config: Config) -> None:
-    require_recent_factor(
-        admin,
-        now=services.identity.clock.time(),
-        max_age=float(config.settings.admin.destructive_reauth_max_age),
-        public_url=config.public_url,
-    )
-
-
 def _not_own(network: str, request: Request[Any, Any, Any], admin: Admin) -> None:
     net = manual_network(network)
     for label, address in (
@@ -419,7 +410,7 @@ async def unblock(
     """
 
     async def work(admin: Admin) -> UnblockResult:
-        _destructive(admin, services, config)
+        confirm_destructive(admin, config, services.identity.clock)
         network = str(parse_network(data.address))
         if await responder(services).unblock_ip(network, actor=admin.actor) == 0:
             raise NotBlocked(f"{network} is not blocked (the list of blocks names each exactly).")
@@ -444,7 +435,7 @@ async def lift(
     """
 
     async def work(admin: Admin) -> LiftResult:
-        _destructive(admin, services, config)
+        confirm_destructive(admin, config, services.identity.clock)
         found = await responder(services).incidents.require(parse_incident_id(incident_id))
         if found.status == "lifted":
             raise AlreadyLifted(f"{found.id} was lifted by {found.lifted_by} already; nothing was changed.")

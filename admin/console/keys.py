@@ -21,8 +21,7 @@ from litestar import Request, get, post
 from litestar.params import JSONBody
 from litestar.response import Template
 
-from admin.access import require_recent_factor
-from admin.actions import admin_of, audit
+from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
@@ -193,10 +192,7 @@ async def rotate(
     admin = admin_of(request)
     details: dict[str, object] = {"reason": data.reason, "which": data.which}
     try:
-        require_recent_factor(
-            admin, now=identity.clock.time(), max_age=float(config.settings.admin.destructive_reauth_max_age),
-            public_url=config.public_url,
-        )  # fmt: skip
+        confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
         rotation = await rotate_keys(

@@ -32,8 +32,7 @@ from litestar import Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
-from admin.access import require_recent_factor
-from admin.actions import admin_of, audit
+from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from admin.policy_json import (
@@ -476,12 +475,7 @@ async def approve(
     details: dict[str, object] = {"reason": data.reason, "proposal": number}
     proposals = _proposals(policy, services, config)
     try:
-        require_recent_factor(
-            admin,
-            now=identity.clock.time(),
-            max_age=float(config.settings.admin.destructive_reauth_max_age),
-            public_url=config.public_url,
-        )
+        confirm_destructive(admin, config, identity.clock)
         version = await proposals.approve(number, actor=admin.actor, reason=data.reason)
     except GatewayError as err:
         await audit(

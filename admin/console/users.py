@@ -34,8 +34,7 @@ from litestar import Request, delete, get, post, put
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
-from admin.access import require_recent_factor
-from admin.actions import admin_of, audit
+from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
@@ -493,12 +492,7 @@ async def _act(
     subject = username[:80]
     try:
         if destructive:
-            require_recent_factor(
-                admin,
-                now=services.identity.clock.time(),
-                public_url=config.public_url,
-                max_age=float(config.settings.admin.destructive_reauth_max_age),
-            )
+            confirm_destructive(admin, config, services.identity.clock)
         user = await _account(services, username)
         subject = user.username
         result = await work(user, admin.actor)
