@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.identity.passwords import PasswordHasher
     from gateway.identity.sessions import SessionStore
     from gateway.settings.schema import Settings
+    from gateway.store.db import Database
     from gateway.store.fast import FastState
 
 __all__ = ["AccountServices", "account_services"]
@@ -25,6 +26,7 @@ class AccountServices:
     """What account-changing commands work with."""
 
     settings: Settings
+    db: Database
     fast: FastState
     audit: AuditLog
     hasher: PasswordHasher
@@ -52,4 +54,4 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
             SessionStore(store.fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
         )
         accounts = AccountService(store.db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
-        yield AccountServices(settings, store.fast, audit, hasher, accounts, sessions)
+        yield AccountServices(settings, store.db, store.fast, audit, hasher, accounts, sessions)

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from gateway.identity.models import User
     from gateway.identity.passwords import PasswordHasher
     from gateway.settings.schema import Settings
+    from gateway.store.db import Database
 
 # Everything heavy (SQLAlchemy, argon2, the settings loader) is imported when an action runs, not
 # when the parser is built: `gateway --help` and the other commands must not pay for it.
@@ -90,6 +91,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @dataclass(slots=True)
 class _Context:
     accounts: AccountService
+    db: Database
     hasher: PasswordHasher
     settings: Settings
     actor: str
@@ -101,7 +103,7 @@ class _Context:
 async def _with_context(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
     async with account_services(settings) as svc:
         return await action(
-            _Context(accounts=svc.accounts, hasher=svc.hasher, settings=settings, actor=operator())
+            _Context(accounts=svc.accounts, db=svc.db, hasher=svc.hasher, settings=settings, actor=operator())
         )
 
 
@@ -401,6 +403,11 @@ async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
             user.username,
         )
     ended = await ctx.accounts.delete(user.id, actor=ctx.actor)
+    # The decision sample names the user in every request shape it counted (the policy what-if's
+    # data): an erased account leaves no trace there either.
+    from gateway.authz.sample import DecisionSample
+
+    await DecisionSample(ctx.db).forget([f"user:{user.username}"])
     print(f"deleted user {user.username}{_sessions_ended(ended)}")
     if ended is None:
         print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)

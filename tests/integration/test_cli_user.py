@@ -432,3 +432,19 @@ def test_a_refused_password_is_asked_again_at_the_terminal(cli: Cli) -> None:
     row = cli.user_row("alice")
     assert row is not None
     argon2.PasswordHasher().verify(row["password_hash"], PASSWORD)
+
+
+def test_delete_erases_the_user_from_the_decision_sample(cli: Cli) -> None:
+    # The policy what-if's sample names users in the request shapes it counted: deleting the account
+    # deletes those rows too (whole principal names only: alice2 stays).
+    cli.ok("add", "alice", "--no-password")
+    with sqlite3.connect(cli.db_path) as conn:
+        conn.executemany(
+            "INSERT INTO decision_samples (bucket, principals, route, method, path, count)"
+            " VALUES ('2026-12-02 10:00:00.000000', ?, 'app', 'GET', '/x', 3)",
+            [("authenticated user:alice",), ("authenticated user:alice2",), ("group:ops user:alice",)],
+        )
+    cli.ok("delete", "alice", "--yes")
+    with sqlite3.connect(cli.db_path) as conn:
+        left = [row[0] for row in conn.execute("SELECT principals FROM decision_samples")]
+    assert left == ["authenticated user:alice2"]
