@@ -30,7 +30,6 @@ import json
 import re
 import secrets
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from tests.support.oidc_peer import (
     run_provider,
     sign_in_at_provider,
 )
+from tests.support.totp import oathtool, previous_step_code
 
 pytestmark = pytest.mark.peer
 
@@ -194,13 +194,6 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def oathtool(secret: str, at: float) -> str:
-    result = subprocess.run(
-        ["oathtool", "--totp", "-b", secret, "-N", f"@{int(at)}"], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
-
-
 def start(client: httpx.Client, idp: str = "corp", rd: str = "") -> httpx.Response:
     """Press "Sign in with …": the gateway's redirect to the provider."""
     resp = client.get(f"/.gateway/oidc/{idp}/start", params={"rd": rd} if rd else None)
@@ -255,7 +248,7 @@ def enroll_totp(client: httpx.Client) -> str:
     done = post_form(
         client,
         "/.gateway/account/totp/confirm",
-        {"credential_id": credential_match.group(1), "code": oathtool(secret, time.time() - 30)},
+        {"credential_id": credential_match.group(1), "code": previous_step_code(secret)},
     )
     assert done.status_code == 200, done.text
     return secret

@@ -41,8 +41,9 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, csrf, login, post_form
-from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, oathtool, wrong_code
+from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, wrong_code
 from tests.support.soft_authenticator import SoftAuthenticator
+from tests.support.totp import oathtool
 
 # A Redis database no other test module uses (session indexes are keyed by numeric user id).
 REDIS_URL = "redis://127.0.0.1:6379/13"

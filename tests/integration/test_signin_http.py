@@ -24,7 +24,6 @@ import json
 import re
 import secrets
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from tests.integration.http_client import (
     login,
     post_form,
 )
+from tests.support.totp import oathtool, previous_step_code
 
 # A Redis database of its own: the fast state's key namespace is fixed ("gw:") and session indexes are
 # keyed by numeric user id, so gateways of other test modules (each with its own SQLite database,
@@ -128,14 +128,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def oathtool(secret: str, at: float) -> str:
-    """The TOTP code Debian's oathtool computes for this secret at this time (the reference peer)."""
-    result = subprocess.run(
-        ["oathtool", "--totp", "-b", secret, "-N", f"@{int(at)}"], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
-
-
 def wrong_code(secret: str) -> str:
     """Six digits that are none of the codes the gateway accepts right now (±1 step of drift)."""
     now = time.time()
@@ -158,7 +150,7 @@ def enroll_totp(client: httpx.Client) -> str:
     done = post_form(
         client,
         "/.gateway/account/totp/confirm",
-        {"credential_id": credential_match.group(1), "code": oathtool(secret, time.time() - 30)},
+        {"credential_id": credential_match.group(1), "code": previous_step_code(secret)},
     )
     assert done.status_code == 200, done.text
     assert "recovery codes" in done.text.lower(), done.text
