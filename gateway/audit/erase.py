@@ -1,0 +1,360 @@
+"""Erasing a person's personal fields from the audit trail (GDPR), on the chain and verifiably.
+
+:func:`erase_person` finds the version 3 records that name a user, tombstones their fields, drops
+those fields' salts and keeps the commitments (``gateway.audit.erasable``), so the chain still
+verifies and nobody can confirm what the fields held. In the same transaction, under the chain lock,
+it appends a keyed ``privacy.audit_erased`` record saying how many records it erased and the SHA-256
+of their seqs; every erased field names that record. Someone with database access only cannot append
+such a record, so erasing fields by hand to hide their tracks is found by the verifier
+(``gateway.audit.backing``).
+
+Which fields: a record whose ``subject`` is the user loses ``subject`` and ``details``; one whose
+``actor`` is the user (``user:NAME``, ``admin:NAME`` or ``NAME``) loses ``actor``, ``ip`` and
+``details``. An erasure record never loses its details: they are what backs an erasure (they hold a
+request reference, a pseudonym, a count and a hash, nothing about the person erased).
+
+:func:`erase_expired` does the same for age instead of a person (the retention engine,
+``gateway.privacy.retention``): every personal field of every version 3 record older than a cutoff,
+backed by one erasure record whose pseudonym is the fixed :data:`EXPIRED_PSEUDONYM`.
+
+What it cannot do: version 1 and 2 records hold the fields in their hash, so erasing them would break
+the chain; they are counted (``kept_legacy``) and left alone. Mentions of the user inside other
+people's records' details, and copies the ``gateway.audit`` log and the sinks already received, are
+outside the table and out of its reach.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Row, Select, Update, or_, select, update
+
+from gateway.audit.chain import ERASABLE_VERSION, ChainRecord, append_locked, chain_lock
+from gateway.audit.chain_key import ChainKeys
+from gateway.audit.erasable import (
+    ERASURE_KIND,
+    Erased,
+    ErasureClaim,
+    ErasureFormatError,
+    commit,
+    dump_erased,
+    dump_salts,
+    erased_value,
+    parse_erased,
+    parse_salts,
+    seqs_digest,
+)
+from gateway.audit.models import AuditEvent
+from gateway.errors import GatewayError
+from gateway.store.db import Database, store_errors
+
+__all__ = [
+    "EXPIRED_PSEUDONYM",
+    "ErasureRefused",
+    "ErasureResult",
+    "Expiring",
+    "erase_expired",
+    "erase_person",
+    "expiring",
+]
+
+logger = logging.getLogger("gateway.audit")
+
+_AS_SUBJECT: Final = ("subject", "details")
+_AS_ACTOR: Final = ("actor", "ip", "details")
+# The actor spellings that name a user (the web and CLI write "user:NAME", the admin API "admin:NAME").
+_ACTOR_PREFIXES: Final = ("user:", "admin:", "")
+#: The pseudonym of fields erased for their age (:func:`erase_expired`): ``[erased:0]``. Fixed, so a
+#: reader tells a retention erasure from a person's (whose pseudonym is 12 random hex digits), and
+#: one, because the records it erases name many people and must not be linkable to each other.
+EXPIRED_PSEUDONYM: Final = "0"
+
+
+class ErasureRefused(GatewayError):
+    """A record to erase does not have the shape erasure needs (500); nothing was erased."""
+
+    reason = "audit-erasure-refused"
+    title = "Audit erasure refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    """What :func:`erase_person` did.
+
+    ``record`` is the ``privacy.audit_erased`` record appended, ``erased`` the seqs of the records
+    whose fields were erased and ``fields`` how many fields that was. ``kept_legacy`` counts version 1
+    and 2 records naming the user, left readable because erasing them would break the chain.
+    """
+
+    record: ChainRecord
+    erased: tuple[int, ...]
+    fields: int
+    kept_legacy: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    row: ChainRecord
+    fields: tuple[str, ...]
+
+
+def _record(row: Row[Any]) -> ChainRecord:
+    """A row of ``select(AuditEvent)`` read on a plain connection (the chain lock's), as the chain sees it."""
+    m = row._mapping
+    return ChainRecord(
+        m["id"],
+        m["seq"],
+        m["at"],
+        m["kind"],
+        m["actor"],
+        m["subject"],
+        m["ip"],
+        m["outcome"],
+        m["details"],
+        m["prev_hash"],
+        m["record_hash"],
+        m["chain_version"],
+        m["key_id"],
+        m["salts"],
+        m["erased"],
+    )
+
+
+def _fields_to_erase(row: ChainRecord, username: str, actors: frozenset[str]) -> tuple[str, ...]:
+    """The fields of ``row`` that name the user and are not erased yet, in ``PERSONAL_FIELDS`` order."""
+    wanted: set[str] = set()
+    if row.subject == username:
+        wanted.update(_AS_SUBJECT)
+    if row.actor in actors:
+        wanted.update(_AS_ACTOR)
+    if row.kind == ERASURE_KIND:
+        wanted.discard("details")  # the claim that backs an earlier erasure must stay readable
+    try:
+        already = parse_erased(row.erased)
+    except ErasureFormatError as exc:
+        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+    return tuple(f for f in ("actor", "subject", "ip", "details") if f in wanted and f not in already)
+
+
+async def erase_person(
+    db: Database,
+    keys: ChainKeys,
+    *,
+    at: datetime,
+    username: str,
+    pseudonym: str,
+    actor: str,
+    request_ref: str,
+) -> ErasureResult:
+    """Erase ``username``'s personal fields from every version 3 record naming them, on the chain.
+
+    Args:
+        db: The database.
+        keys: The chain keys (the erasure record is keyed like any record).
+        at: The erasure record's time.
+        username: Whose fields: records with this subject, or with ``user:``/``admin:`` + it (or it
+            alone) as actor.
+        pseudonym: What the tombstones say (``[erased:<pseudonym>]``): 1-32 lowercase hex digits, so
+            one person's erased records can still be told apart from another's.
+        actor: Who erases (the erasure record's actor, e.g. ``admin:bob``).
+        request_ref: The erasure request's reference (a ticket), recorded in the erasure record.
+
+    Returns:
+        What was erased and what was kept; the erasure record is written even when nothing was found,
+        as the trace that the request was carried out.
+
+    Raises:
+        ValueError: An empty ``username`` (it would match every record without a subject) or a
+            malformed ``pseudonym``.
+        ErasureRefused: A record naming the user has malformed salts or erased fields (the trail
+            does not verify); nothing was written.
+        StoreUnavailable: The database cannot be reached or refused the write.
+    """
+    if not username:
+        raise ValueError("erasure needs a username")
+    tombstone = erased_value(pseudonym)
+    actors = frozenset(prefix + username for prefix in _ACTOR_PREFIXES)
+    query = (
+        select(AuditEvent)
+        .where(or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actors))))
+        .order_by(AuditEvent.seq)
+    )
+    with store_errors("audit trail"):
+        async with chain_lock(db) as conn:
+            rows = [_record(row) for row in (await conn.execute(query)).all()]
+            plans, kept_legacy = [], 0
+            for row in rows:
+                if row.version != ERASABLE_VERSION:
+                    kept_legacy += 1
+                    continue
+                fields = _fields_to_erase(row, username, actors)
+                if fields:
+                    plans.append(_Plan(row, fields))
+            seqs = tuple(plan.row.seq for plan in plans)
+            claim = ErasureClaim(request_ref, pseudonym, len(seqs), seqs_digest(seqs))
+            draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
+            record = await append_locked(conn, keys, draft)
+            for plan in plans:
+                await conn.execute(_erasing(plan, tombstone, record.seq))
+    _mirror(record)
+    return ErasureResult(record, seqs, sum(len(plan.fields) for plan in plans), kept_legacy)
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    """What :func:`erase_expired` would erase now (:func:`expiring`) or did.
+
+    ``due`` holds the seq and time of each record whose fields go; ``spared`` counts, per username
+    under a legal hold, the records left whole because they name that person.
+    """
+
+    due: tuple[tuple[int, datetime], ...]
+    spared: Mapping[str, int]
+
+
+def _expired_query(before: datetime) -> Select[AuditEvent]:
+    return (
+        select(AuditEvent)
+        .where(
+            AuditEvent.chain_version == ERASABLE_VERSION,
+            AuditEvent.at < before,
+            # Fully erased records have no salt left: with the index on ``at`` this keeps a daily run
+            # to the day's new records (and the few erasure records, which keep their details' salt).
+            AuditEvent.salts != dump_salts({}),
+        )
+        .order_by(AuditEvent.seq)
+    )
+
+
+def _expired_plans(rows: list[ChainRecord], spare: frozenset[str]) -> tuple[list[_Plan], dict[str, int]]:
+    """The records older than the cutoff that lose fields, and what the legal holds spare."""
+    plans: list[_Plan] = []
+    spared: dict[str, int] = {}
+    for row in rows:
+        named = next((n for n in sorted(spare) if row.subject == n or row.actor in _spellings(n)), None)
+        if named is not None:
+            spared[named] = spared.get(named, 0) + 1
+            continue
+        fields = _expired_fields(row)
+        if fields:
+            plans.append(_Plan(row, fields))
+    return plans, spared
+
+
+def _spellings(username: str) -> frozenset[str]:
+    return frozenset(prefix + username for prefix in _ACTOR_PREFIXES)
+
+
+def _expired_fields(row: ChainRecord) -> tuple[str, ...]:
+    """Every personal field of ``row`` still salted (an erasure record's details excepted)."""
+    try:
+        salted = parse_salts(row.salts)
+    except ErasureFormatError as exc:
+        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+    if row.kind == ERASURE_KIND:
+        salted.pop("details", None)  # the claim that backs an earlier erasure must stay readable
+    return tuple(f for f in ("actor", "subject", "ip", "details") if f in salted)
+
+
+async def expiring(db: Database, *, before: datetime, spare: frozenset[str] = frozenset()) -> Expiring:
+    """What :func:`erase_expired` would erase with these arguments, read without the chain lock.
+
+    Raises:
+        ErasureRefused: A record older than ``before`` has malformed salts or erased fields.
+        StoreUnavailable: The database cannot be reached.
+    """
+    with store_errors("audit trail"):
+        async with db.engine.connect() as conn:
+            rows = [_record(row) for row in (await conn.execute(_expired_query(before))).all()]
+    plans, spared = _expired_plans(rows, spare)
+    return Expiring(tuple((plan.row.seq, plan.row.at) for plan in plans), spared)
+
+
+async def erase_expired(
+    db: Database,
+    keys: ChainKeys,
+    *,
+    at: datetime,
+    before: datetime,
+    actor: str,
+    request_ref: str,
+    spare: frozenset[str] = frozenset(),
+) -> tuple[ErasureResult | None, Expiring]:
+    """Erase every personal field of every version 3 record older than ``before`` (retention).
+
+    The records stay (their kind, outcome, time and place in the chain), so the chain keeps verifying;
+    their actor, subject, ip and details become ``[erased:0]`` (:data:`EXPIRED_PSEUDONYM`), empty ones
+    included, so an expired record has no salt left and is not looked at again. An erasure record
+    keeps its details (they back an earlier erasure). One ``privacy.audit_erased`` record backs them
+    all, appended in the same transaction under the chain lock, as :func:`erase_person` does.
+
+    Args:
+        db: The database.
+        keys: The chain keys.
+        at: The erasure record's time.
+        before: Records with ``at`` before this lose their fields.
+        actor: Who erases (``system:retention``).
+        request_ref: The retention run's reference, recorded in the erasure record.
+        spare: Usernames under a legal hold: records naming one of them (as subject or actor, spelled
+            as :func:`erase_person` matches them) are left whole.
+
+    Returns:
+        What was erased (``None`` when nothing was due: no erasure record is written then, so a run
+        with nothing to do leaves no trace on the chain) and what was erased or spared.
+
+    Raises:
+        ErasureRefused: A record to erase has malformed salts or erased fields; nothing was written.
+        StoreUnavailable: The database cannot be reached or refused the write.
+    """
+    tombstone = erased_value(EXPIRED_PSEUDONYM)
+    with store_errors("audit trail"):
+        async with chain_lock(db) as conn:
+            rows = [_record(row) for row in (await conn.execute(_expired_query(before))).all()]
+            plans, spared = _expired_plans(rows, spare)
+            done = Expiring(tuple((plan.row.seq, plan.row.at) for plan in plans), spared)
+            if not plans:
+                return None, done
+            seqs = tuple(plan.row.seq for plan in plans)
+            claim = ErasureClaim(request_ref, EXPIRED_PSEUDONYM, len(seqs), seqs_digest(seqs))
+            draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
+            record = await append_locked(conn, keys, draft)
+            for plan in plans:
+                await conn.execute(_erasing(plan, tombstone, record.seq))
+    _mirror(record)
+    return ErasureResult(record, seqs, sum(len(plan.fields) for plan in plans), 0), done
+
+
+def _erasing(plan: _Plan, tombstone: str, by: int) -> Update:
+    """The UPDATE that erases ``plan``'s fields: tombstones, commitments kept, salts dropped."""
+    row = plan.row
+    try:
+        salts, erased = parse_salts(row.salts), parse_erased(row.erased)
+    except ErasureFormatError as exc:
+        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+    values = row.personal()
+    for field in plan.fields:
+        salt = salts.pop(field, None)
+        if salt is None:
+            raise ErasureRefused(f"audit record seq {row.seq}: field {field!r} has no salt to erase it with")
+        # The commitment of the stored value: a value changed by hand keeps failing its MAC.
+        erased[field] = Erased(commit(field, salt, values[field]), by)
+    tombstones = dict.fromkeys(plan.fields, tombstone)
+    return (
+        update(AuditEvent)
+        .where(AuditEvent.id == row.id)
+        .values(salts=dump_salts(salts), erased=dump_erased(erased), **tombstones)
+    )
+
+
+def _mirror(record: ChainRecord) -> None:
+    """Log the erasure record as :class:`gateway.audit.trail.AuditLog` logs every record."""
+    fields = {"actor": record.actor, "subject": record.subject, "ip": record.ip}
+    logger.info(
+        "%s",
+        json.dumps({"event": record.kind, **fields, "outcome": record.outcome, "details": record.details}),
+    )

@@ -1,0 +1,537 @@
+"""``gateway privacy …``: data-subject requests, the rights carried out for a person, and legal holds.
+
+    gateway privacy requests [--open | --overdue] [--json]
+    gateway privacy show REF [--json]
+    gateway privacy verify REF --by TEXT
+    gateway privacy reject REF --reason TEXT
+    gateway privacy export USER --verified-by TEXT [--out FILE [--force]] [--law LAW]
+    gateway privacy rectify USER [--email E] [--name N] --verified-by TEXT [--law LAW]
+    gateway privacy restrict USER [--lift] --verified-by TEXT [--law LAW]
+    gateway privacy close USER --verified-by TEXT [--law LAW]
+    gateway privacy erase USER --verified-by TEXT [--yes] [--law LAW]
+    gateway privacy hold place REFERENCE --reason TEXT (--user NAME | --class CLASS)
+    gateway privacy hold release REFERENCE
+    gateway privacy hold list [--all] [--json]
+
+The rights call the same service the portal and the admin console call (``gateway.privacy.service``),
+so each one is a row in the request register (channel ``cli``) and an audit event, with the operator
+(``cli:<OS user>``) as the actor. ``--verified-by`` says how the operator verified the person's identity
+(it is recorded with the request: "passport seen at the front desk", "call-back to the number on file").
+
+An erasure asks to type the username at a terminal unless ``--yes``; under a legal hold it is suspended
+(the account is restricted meanwhile) and says which hold. The export is the person's data: written
+with ``--out`` to a new file readable by its owner only (``--force`` replaces an existing one), or to
+standard output.
+
+Exit codes: 0 done (an erasure held by a legal hold included: the request was recorded), 1 runtime
+failure (store unreachable, confirmation declined), 2 invalid input (unknown user, request or hold,
+bad arguments or configuration). Every action takes ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.cli.harness import (
+    EXIT_OK,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+)
+from gateway.cli.privacy_services import PrivacyContext, privacy_runner, when
+
+if TYPE_CHECKING:
+    from gateway.privacy.holds import HoldView
+    from gateway.privacy.register import RequestView
+
+__all__ = ["register"]
+
+_LAWS: Final = ("gdpr", "ccpa", "dpdp")
+# The data classes a class hold can name (gateway.privacy.holds.DATA_CLASSES; spelled out here so
+# that building the parser imports no domain module).
+_DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
+_NO_LIVE_SESSIONS_NOTE: Final = (
+    "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
+    "out of reach of this command; they end at their idle timeout or when the gateway restarts."
+)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _rights(ctx: PrivacyContext, args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments every right takes from a CLI action."""
+    from gateway.privacy.register import Channel
+
+    return {
+        "settings": ctx.settings.privacy,
+        "channel": Channel.CLI,
+        "actor": ctx.actor,
+        "verified_by": args.verified_by,
+        "law": args.law,
+    }
+
+
+def _request_line(request: RequestView) -> str:
+    line = f"{request.kind} request {request.ref}: {request.status}"
+    return line + (f" (held by {request.hold_ref})" if request.status == "on_hold" else "")
+
+
+# -- the register ----------------------------------------------------------------------------------------
+
+
+async def _requests(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    now = ctx.retention.clock.now()
+    found = await ctx.privacy.register.find(status="open" if args.open or args.overdue else None)
+    if args.overdue:
+        found = [r for r in found if r.overdue(now)]
+    if args.json:
+        print(json.dumps([r.to_json(now) for r in found], indent=2))
+        return EXIT_OK
+    if not found:
+        print("no requests")
+        return EXIT_OK
+    rows = [
+        [
+            r.ref,
+            r.kind,
+            r.law,
+            r.subject,
+            r.channel,
+            r.status + (" OVERDUE" if r.overdue(now) else ""),
+            when(r.received_at),
+            when(r.due_at),
+        ]
+        for r in found
+    ]
+    print(_table(["REF", "KIND", "LAW", "SUBJECT", "CHANNEL", "STATUS", "RECEIVED", "DUE"], rows))
+    return EXIT_OK
+
+
+async def _show(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    request = await ctx.privacy.register.get(args.ref)
+    now = ctx.retention.clock.now()
+    if args.json:
+        print(json.dumps(request.to_json(now), indent=2))
+        return EXIT_OK
+    fields = [
+        ("reference", request.ref),
+        ("kind", request.kind),
+        ("law", request.law),
+        ("subject", request.subject),
+        ("channel", request.channel),
+        ("status", request.status + (" (overdue)" if request.overdue(now) else "")),
+        ("received", when(request.received_at)),
+        ("verified", f"{when(request.verified_at)} by {request.verified_by}" if request.verified_at else "-"),
+        ("due", when(request.due_at)),
+        ("completed", when(request.completed_at)),
+        ("legal hold", request.hold_ref or "-"),
+        ("outcome", request.outcome or "-"),
+        ("details", json.dumps(request.details, sort_keys=True)),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    print("\n".join(f"{(name + ':').ljust(width)}  {value}" for name, value in fields))
+    return EXIT_OK
+
+
+async def _verify(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    from gateway.privacy.register import Status
+
+    current = await ctx.privacy.register.get(args.ref)
+    if current.status != Status.RECEIVED:
+        raise UserError(f"request {current.ref} is {current.status}: there is no identity left to verify")
+    request = await ctx.privacy.register.verify(current.ref, by=f"{args.by} ({ctx.actor})")
+    await ctx.audit.record(
+        "privacy.request.verified", actor=ctx.actor, subject=request.subject, details={"request": request.ref}
+    )
+    print(_request_line(request))
+    return EXIT_OK
+
+
+async def _reject(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    from gateway.privacy.register import OPEN
+
+    current = await ctx.privacy.register.get(args.ref)
+    if current.status not in OPEN:
+        raise UserError(
+            f"request {current.ref} is {current.status} already; only open requests can be rejected"
+        )
+    request = await ctx.privacy.register.reject(current.ref, outcome=args.reason)
+    await ctx.audit.record(
+        "privacy.request.rejected",
+        actor=ctx.actor,
+        subject=request.subject,
+        details={"request": request.ref, "reason": args.reason},
+    )
+    print(_request_line(request))
+    if current.kind == "erasure" and current.status == "on_hold":
+        print("note: the account stays restricted; `gateway privacy restrict --lift` lets it sign in again")
+    return EXIT_OK
+
+
+# -- the rights ------------------------------------------------------------------------------------------
+
+
+def _open_new(path: Path, *, force: bool) -> int:
+    """A file descriptor for the export: a new file (or, with ``force``, a replaced one), mode 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UserError(f"{path} exists; pass --force to replace it") from None
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+async def _export(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    user = await ctx.user(args.user)
+    out: Path | None = args.out
+    # The file is opened before the request is recorded: a refused path records nothing.
+    fd = _open_new(out, force=args.force) if out is not None else None
+    try:
+        request, document = await ctx.privacy.export(user, **_rights(ctx, args))
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        if fd is None:
+            sys.stdout.write(text)
+        else:
+            await asyncio.to_thread(os.write, fd, text.encode("utf-8"))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    # Standard output may be the export itself: what was done goes to standard error.
+    print(_request_line(request) + (f"; written to {out}" if out is not None else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+async def _rectify(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    if args.email is None and args.name is None:
+        raise UserError("nothing to correct: give --email and/or --name")
+    user = await ctx.user(args.user)
+    request = await ctx.privacy.rectify(user, email=args.email, display_name=args.name, **_rights(ctx, args))
+    print(_request_line(request))
+    print(request.outcome)
+    return EXIT_OK
+
+
+async def _restrict(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    user = await ctx.user(args.user)
+    request = await ctx.privacy.restrict(user, not args.lift, **_rights(ctx, args))
+    print(_request_line(request))
+    print(request.outcome)
+    if not args.lift and ctx.sessions_out_of_reach:
+        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+    return EXIT_OK
+
+
+async def _close(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    user = await ctx.user(args.user)
+    request = await ctx.privacy.close(user, **_rights(ctx, args))
+    print(_request_line(request))
+    print(request.outcome)
+    return EXIT_OK
+
+
+async def _confirm(prompt: str, expected: str) -> None:
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for confirmation: pass --yes to confirm")
+    # The prompt goes to stderr: stdout stays clean for whatever a script reads.
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if answer.strip() != expected:
+        raise Failed("not confirmed; nothing was changed")
+
+
+async def _erase(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    user = await ctx.user(args.user)
+    if not args.yes:
+        await _confirm(
+            f"Erase {user.username}: the account, its factors and sessions are deleted and its audit records "
+            "no longer name the person. This cannot be undone.\nType the username to confirm: ",
+            user.username,
+        )
+    request = await ctx.privacy.erase(user, **_rights(ctx, args))
+    print(_request_line(request))
+    print(request.outcome)
+    return EXIT_OK
+
+
+# -- legal holds -------------------------------------------------------------------------------------
+
+
+def _hold_line(hold: HoldView) -> str:
+    what = f"user {hold.subject}" if hold.scope == "person" else f"data class {hold.data_class}"
+    return f"legal hold {hold.reference} on {what}"
+
+
+async def _hold_place(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    username = None
+    if args.user is not None:
+        user = await ctx.accounts.find(args.user)
+        if user is not None:
+            username = user.username
+        else:
+            # An order may come after the erasure: the hold still finds the removed content by the
+            # keyed digest of the name.
+            from gateway.identity.names import canonical_username
+
+            try:
+                username = canonical_username(args.user)
+            except ValueError as exc:
+                raise UserError(f"--user {args.user[:40]!r} is not a username: {exc}") from None
+            print(
+                f"note: no account is named {username!r} (erased, or never existed): the hold covers what "
+                "is kept under that name (removed content, audit records, requests)",
+                file=sys.stderr,
+            )
+    hold = await ctx.privacy.holds.place(
+        args.reference, reason=args.reason, by=ctx.actor, username=username, data_class=args.data_class
+    )
+    await ctx.audit.record(
+        "privacy.hold.placed",
+        actor=ctx.actor,
+        subject=hold.subject,
+        details={"reference": hold.reference, "data_class": hold.data_class, "reason": hold.reason},
+    )
+    print(f"placed {_hold_line(hold)}")
+    return EXIT_OK
+
+
+async def _hold_release(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    hold = await ctx.privacy.holds.release(args.reference, by=ctx.actor)
+    await ctx.audit.record(
+        "privacy.hold.released",
+        actor=ctx.actor,
+        subject=hold.subject,
+        details={"reference": hold.reference, "data_class": hold.data_class},
+    )
+    print(f"released {_hold_line(hold)}; what it kept past its time goes with the next retention run")
+    # The erasures it held back are carried out now, as the console does; the retention run would too.
+    for request in await ctx.privacy.resume_held_erasures(settings=ctx.settings.privacy, actor=ctx.actor):
+        print(f"carried out the held {_request_line(request)}")
+    return EXIT_OK
+
+
+async def _hold_list(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    holds = await ctx.privacy.holds.find(active_only=not args.all)
+    if args.json:
+        print(json.dumps([h.to_json() for h in holds], indent=2))
+        return EXIT_OK
+    if not holds:
+        print("no legal holds" if args.all else "no active legal holds")
+        return EXIT_OK
+    rows = [
+        [
+            h.reference,
+            h.subject if h.scope == "person" else f"class:{h.data_class}",
+            when(h.placed_at) + f" by {h.placed_by}",
+            "active" if h.active else f"released {when(h.released_at)} by {h.released_by}",
+            h.reason,
+        ]
+        for h in holds
+    ]
+    print(_table(["REFERENCE", "COVERS", "PLACED", "STATUS", "REASON"], rows))
+    return EXIT_OK
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def _action(
+    actions: SubParsers[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace, PrivacyContext], Awaitable[int]],
+    *,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=summary, description=description, allow_abbrev=False)
+    config_arg(parser)
+    parser.set_defaults(func=privacy_runner(func))
+    return parser
+
+
+def _right(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", metavar="USER", help="username or email address of the person")
+    parser.add_argument(
+        "--verified-by",
+        required=True,
+        metavar="TEXT",
+        help="how you verified the person's identity (recorded with the request)",
+    )
+    parser.add_argument(
+        "--law", choices=_LAWS, help="the law the request falls under (default: privacy.default_law)"
+    )
+
+
+def _register_hold(actions: SubParsers[argparse.ArgumentParser]) -> None:
+    holds = actions.add_parser(
+        "hold",
+        help="place, release and list legal holds",
+        description="A legal hold (a court or government order, or counsel's instruction) suspends the "
+        "deletion of what it covers: one person's data, or a whole data class.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        holds.print_help(sys.stderr)
+        return 2
+
+    holds.set_defaults(func=usage)
+    sub = holds.add_subparsers(dest="hold_action", metavar="ACTION")
+
+    p = _action(
+        sub,
+        "place",
+        _hold_place,
+        summary="place a legal hold",
+        description="Place a legal hold on a person (--user) or a data class (--class). While it is active, "
+        "neither an erasure nor the retention run deletes what it covers.",
+    )
+    p.add_argument(
+        "reference", metavar="REFERENCE", help="the order's reference (unique, e.g. a case number)"
+    )
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded with the hold)")
+    covers = p.add_mutually_exclusive_group(required=True)
+    covers.add_argument("--user", metavar="NAME", help="the person (username or email; also after erasure)")
+    covers.add_argument("--class", dest="data_class", choices=_DATA_CLASSES, help="a whole data class")
+
+    p = _action(
+        sub,
+        "release",
+        _hold_release,
+        summary="release a legal hold",
+        description="Release an active legal hold. Held erasures are carried out and what the hold kept is "
+        "deleted by the next retention run, if due.",
+    )
+    p.add_argument("reference", metavar="REFERENCE", help="the hold's reference")
+
+    p = _action(
+        sub,
+        "list",
+        _hold_list,
+        summary="list legal holds",
+        description="List the active legal holds (all of them with --all), newest first.",
+    )
+    p.add_argument("--all", action="store_true", help="include released holds")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway privacy …`` to the ``gateway`` command's sub-commands."""
+    actions = command_group(
+        sub,
+        "privacy",
+        help="data-subject requests, rights and legal holds",
+        description="Carry out a person's privacy rights (export, rectification, restriction, closure, "
+        "erasure), read and update the request register, and manage legal holds.",
+    )
+
+    p = _action(
+        actions,
+        "requests",
+        _requests,
+        summary="list the request register",
+        description="List data-subject requests, newest first (at most 200).",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--open", action="store_true", help="only open requests (received, verified, on hold)")
+    which.add_argument("--overdue", action="store_true", help="only open requests past their due date")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _action(
+        actions, "show", _show, summary="show one request", description="Show one request and its dates."
+    )
+    p.add_argument("ref", metavar="REF", help="the request's reference (PR-…)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _action(
+        actions,
+        "verify",
+        _verify,
+        summary="record that a requester's identity was verified",
+        description="Record how the requester's identity was verified (with you as the verifier).",
+    )
+    p.add_argument("ref", metavar="REF", help="the request's reference (PR-…)")
+    p.add_argument("--by", required=True, metavar="TEXT", help="how the identity was verified")
+
+    p = _action(
+        actions,
+        "reject",
+        _reject,
+        summary="reject an open request",
+        description="Close an open request as refused; the reason is what the person is told.",
+    )
+    p.add_argument("ref", metavar="REF", help="the request's reference (PR-…)")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why, in words the person can read")
+
+    p = _action(
+        actions,
+        "export",
+        _export,
+        summary="export everything held about a person (JSON)",
+        description="Export the person's data (the export.schema.json document) to --out FILE (a new file "
+        "readable by you only) or to standard output. Recorded as an access request.",
+    )
+    _right(p)
+    p.add_argument("--out", type=Path, metavar="FILE", help="write to this file instead of standard output")
+    p.add_argument("--force", action="store_true", help="replace --out FILE if it exists")
+
+    p = _action(
+        actions,
+        "rectify",
+        _rectify,
+        summary="correct a person's email or name",
+        description="Correct the email address and/or display name (refused for accounts whose identity "
+        "provider owns them).",
+    )
+    _right(p)
+    p.add_argument("--email", metavar="E", help="the corrected email address")
+    p.add_argument("--name", metavar="N", help="the corrected display name")
+
+    p = _action(
+        actions,
+        "restrict",
+        _restrict,
+        summary="restrict processing (or lift the restriction)",
+        description="Restrict processing of a person's data: no sign-in, sessions end, the data is kept "
+        "unchanged. --lift ends the restriction.",
+    )
+    _right(p)
+    p.add_argument("--lift", action="store_true", help="lift the restriction instead")
+
+    p = _action(
+        actions,
+        "close",
+        _close,
+        summary="close a registration",
+        description="Close the account: no sign-in from now; its data is deleted by the retention run "
+        "after privacy.retention.registration unless reopened.",
+    )
+    _right(p)
+
+    p = _action(
+        actions,
+        "erase",
+        _erase,
+        summary="erase a person now",
+        description="Erase the person now: the account, its factors and sessions go, audit records no "
+        "longer name them, what was removed is sealed for investigation. A legal hold suspends it (the "
+        "account is restricted meanwhile). Asks to type the username unless --yes.",
+    )
+    _right(p)
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    _register_hold(actions)

@@ -1,0 +1,162 @@
+"""``gateway retention …``: what the retention rules would delete and when, and the purge now.
+
+    gateway retention plan [--at ISO-DATE] [--json]
+    gateway retention run [--force] [--json]
+
+``plan`` lists per data class (``privacy.retention``) how many items are due now (or at ``--at``, to
+look ahead), the oldest one's due date, the next ones and when they fall due, and what an active legal
+hold keeps, naming the hold. It changes nothing.
+
+``run`` purges what is due now, as the gateways' workers do once per ``retention.interval``: it claims
+the period's run first, so a period the gateways already purged is not purged again unless ``--force``
+(recorded as ``<period>/manual-<n>``). It prints each class as it is done and a summary.
+
+Exit codes: 0 done (or nothing to do), 1 a class could not be purged (the store failed; the rest ran),
+2 invalid input or configuration. Every action takes ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, UserError, command_group, config_arg
+from gateway.cli.privacy_services import PrivacyContext, privacy_runner, when
+
+if TYPE_CHECKING:
+    from gateway.privacy.retention import ClassPlan, ClassRun, Plan
+
+__all__ = ["parse_at", "register"]
+
+
+def parse_at(text: str) -> datetime:
+    """``--at``: an ISO 8601 date or date and time; without a zone it is UTC.
+
+    Raises:
+        UserError: Not an ISO 8601 date.
+    """
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--at {text[:40]!r} is not an ISO 8601 date (like 2027-06-01 or 2027-06-01T12:00)"
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _held(held: dict[str, int]) -> str:
+    return ", ".join(f"{ref} ({n})" for ref, n in sorted(held.items())) or "-"
+
+
+def _plan_text(plan: Plan) -> str:
+    lines = [f"retention plan at {when(plan.at)}"]
+    for c in plan.classes:
+        lines += _class_plan_lines(c)
+    if plan.resumable:
+        lines.append(
+            f"held erasures whose hold was released, carried out by the run: {', '.join(plan.resumable)}"
+        )
+    return "\n".join(lines)
+
+
+def _class_plan_lines(c: ClassPlan) -> list[str]:
+    from gateway.privacy.retention import VERBS
+    from gateway.privacy.retention_rules import NEXT_SHOWN
+
+    s = c.survey
+    head = f"{c.data_class} (kept {c.keep.total_seconds() / 86400:g} days; {VERBS[c.data_class]} when due)"
+    if c.error is not None:
+        return [head, f"  error: {c.error}"]
+    lines = [
+        head,
+        f"  due now: {len(s.due)}" + (f" (oldest due {when(s.oldest_due)})" if s.oldest_due else ""),
+    ]
+    lines += [f"    {when(item.due_at)}  {item.label}" for item in s.due[:NEXT_SHOWN]]
+    if len(s.due) > NEXT_SHOWN:
+        lines.append(f"    ... and {len(s.due) - NEXT_SHOWN} more")
+    if s.held:
+        lines.append(f"  kept by legal holds: {_held(s.held)}")
+    if s.upcoming:
+        lines.append(f"  next ({s.later} not due yet):")
+        lines += [f"    {when(item.due_at)}  {item.label}" for item in s.upcoming]
+    else:
+        lines.append("  next: nothing else")
+    return lines
+
+
+async def _plan(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    at = parse_at(args.at) if args.at else ctx.retention.clock.now()
+    plan = await ctx.retention.plan(at)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else _plan_text(plan))
+    return EXIT_OK
+
+
+def _progress_line(result: ClassRun) -> str:
+    from gateway.privacy.retention import VERBS
+
+    if result.error is not None:
+        return f"{result.data_class}: failed: {result.error}"
+    line = f"{result.data_class}: {result.done} {VERBS[result.data_class]}"
+    return line + (f"; kept by legal holds: {_held(result.held)}" if result.held else "")
+
+
+async def _run(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    def progress(result: ClassRun) -> None:
+        if not args.json:
+            print(_progress_line(result), flush=True)
+
+    report = await ctx.retention.run(
+        ctx.retention.clock.now(), ctx.actor, force=args.force, progress=progress
+    )
+    if report is None:
+        print(
+            "this period's retention run was done already (by a gateway or another command); "
+            "--force runs it again",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    summary: dict[str, Any] = report.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"held erasures carried out: {report.resumed}"
+            + (f" (failed: {report.resume_error})" if report.resume_error else "")
+        )
+        print(f"run {report.period} recorded ({'ok' if report.ok else 'with failures'})")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway retention …`` to the ``gateway`` command's sub-commands."""
+    actions = command_group(
+        sub,
+        "retention",
+        help="what the retention rules delete, and when",
+        description="List what the privacy.retention rules would delete and when (plan), or purge what "
+        "is due now (run). Legal holds keep what they cover.",
+    )
+    p = actions.add_parser(
+        "plan",
+        help="list what would be deleted and when",
+        description="Per data class: how many items are due now (or at --at), the oldest one's due date, "
+        "the next ones and when they fall due, and what legal holds keep. Changes nothing.",
+    )
+    config_arg(p)
+    p.add_argument("--at", metavar="ISO-DATE", help="plan at this moment instead of now (UTC unless it says)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=privacy_runner(_plan))
+
+    p = actions.add_parser(
+        "run",
+        help="purge what is due now",
+        description="Purge what is due now, class by class, as the gateways do once per "
+        "retention.interval. A period already purged is skipped unless --force.",
+    )
+    config_arg(p)
+    p.add_argument("--force", action="store_true", help="run even if this period's run was done")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+    p.set_defaults(func=privacy_runner(_run))

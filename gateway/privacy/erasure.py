@@ -1,0 +1,221 @@
+"""Erasure of one person: what goes, what is kept for a legal reason, and the proof that it happened.
+
+In this order, so a failure part-way leaves the person *more* protected, never exposed:
+
+1. **Held?** An active legal hold on the person (or on registration data) suspends the erasure: the
+   account is restricted instead (no sign-in, no optional processing) and the caller keeps the
+   request ``on_hold`` naming the hold.
+2. **Removed content** (product policy, and e.g. India's IT Rules 3(1)(g)): the person's export is
+   sealed AES-256-GCM under the keyring into ``removed_content`` for ``privacy.retention.
+   removed_content`` (180 days), restricted (no view shows it), then deleted by the retention run
+   unless a hold covers it. A purge at the end of the registration retention skips this (the data
+   has been kept its time already).
+3. **The account and what hangs off it** go: factors, consent records and provider links by
+   ``ON DELETE CASCADE``, sessions revoked everywhere, decision-sample rows deleted.
+4. **The audit trail**: the person's fields in chain-version-3 records become tombstones
+   (``gateway.audit.erase``), backed by a keyed erasure record, so ``gateway audit verify`` still
+   passes and nothing readable is left; older records (version 1/2) cannot be changed without
+   breaking the chain and are reported as kept.
+5. **Pseudonymised**: the register, the holds and the policy history keep the person's pseudonym.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from gateway.audit.chain_key import ChainKeys
+from gateway.audit.erase import erase_person
+from gateway.audit.trail import AuditLog
+from gateway.authz.models import PolicyProposalRow, PolicyVersion
+from gateway.authz.sample import DecisionSample
+from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import AccountService, UnknownAccount
+from gateway.identity.models import User
+from gateway.identity.sessions import SessionStore
+from gateway.privacy.export import export_person
+from gateway.privacy.holds import Holds
+from gateway.privacy.models import RemovedContent
+from gateway.privacy.register import Register
+from gateway.privacy.subjects import new_pseudonym, subject_key
+from gateway.store.db import Database, store_errors
+
+__all__ = ["Erased", "Eraser", "Held", "removed_content_aad"]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The erasure is suspended by this hold; the account was restricted instead."""
+
+    hold_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What an erasure did."""
+
+    pseudonym: str
+    audit_records: int
+    audit_kept_legacy: int
+    samples_deleted: int
+    sessions_ended: int | None
+    archived_until: str | None
+
+    def summary(self) -> dict[str, object]:
+        """For the register's outcome and the audit record (no personal data)."""
+        return {
+            "pseudonym": self.pseudonym,
+            "audit_records_erased": self.audit_records,
+            "audit_records_kept_legacy": self.audit_kept_legacy,
+            "sample_rows_deleted": self.samples_deleted,
+            "sessions_ended": self.sessions_ended if self.sessions_ended is not None else "unknown",
+            "removed_content_until": self.archived_until,
+        }
+
+
+def removed_content_aad(ref: str) -> bytes:
+    """What a removed-content payload's ciphertext is bound to: a row cannot be swapped for another."""
+    return b"gateway removed-content v1:" + ref.encode("utf-8")
+
+
+class Eraser:
+    """Erases people; see the module docstring for the order and what is kept."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        keyring: Keyring,
+        accounts: AccountService,
+        sessions: SessionStore | None,
+        audit: AuditLog,
+        holds: Holds,
+        register: Register,
+        clock: Clock,
+    ) -> None:
+        """Args are the stores and services an erasure touches."""
+        self._db = db
+        self._keyring = keyring
+        self._accounts = accounts
+        self._sessions = sessions
+        self._audit = audit
+        self._holds = holds
+        self._register = register
+        self._clock = clock
+
+    async def erase(
+        self, user_id: int, *, actor: str, ref: str, keep_for: timedelta | None, reason: str
+    ) -> Erased | Held:
+        """Erase the person with account ``user_id`` (see the module docstring).
+
+        Args:
+            user_id: The account.
+            actor: Who asked for it ("user:alice", "admin:bob", "system:retention").
+            ref: The privacy request (or retention run) reference, quoted in every record.
+            keep_for: How long the sealed removed content is kept; ``None`` keeps none.
+            reason: Why, in words ("erasure request", "registration closed 180 days ago").
+
+        Raises:
+            UnknownAccount: No such account.
+            StoreUnavailable: A store failed; what was done so far stays done (see the order).
+        """
+        user = await self._accounts.get(user_id)
+        if user is None:
+            raise UnknownAccount(f"No account has id {user_id}.")
+        hold = await self._holds.covering(username=user.username, data_class="registration")
+        if hold is not None:
+            if not user.restricted:
+                await self._accounts.set_restricted(user_id, True, actor=actor)
+            return Held(hold.reference)
+        pseudonym = new_pseudonym()
+        tombstone = f"[erased:{pseudonym}]"
+        if actor in (user.username, f"user:{user.username}", f"admin:{user.username}"):
+            # Self-service erasure: the records of it must not name the person either.
+            actor = tombstone
+        now = self._clock.now()
+        until = None
+        if keep_for is not None:
+            until = now + keep_for
+            await self._seal(user, ref=ref, pseudonym=pseudonym, reason=reason, until=until)
+        ended = await self._accounts.delete(user_id, actor=actor)
+        samples = await DecisionSample(self._db, clock=self._clock).forget([f"user:{user.username}"])
+        result = await erase_person(
+            self._db,
+            ChainKeys(self._keyring),
+            at=self._clock.now(),
+            username=user.username,
+            pseudonym=pseudonym,
+            actor=actor,
+            request_ref=ref,
+        )
+        await self._register.pseudonymise(user_id, tombstone)
+        await self._holds.pseudonymise(user.username, tombstone)
+        await self._pseudonymise_policy_history(user.username, tombstone)
+        erased = Erased(
+            pseudonym=pseudonym,
+            audit_records=len(result.erased),
+            audit_kept_legacy=result.kept_legacy,
+            samples_deleted=samples,
+            sessions_ended=ended,
+            archived_until=until.isoformat() if until is not None else None,
+        )
+        await self._audit.record(
+            "privacy.erased",
+            actor=actor,
+            subject=tombstone,
+            details={"request": ref, "reason": reason, **erased.summary()},
+        )
+        return erased
+
+    async def _seal(self, user: User, *, ref: str, pseudonym: str, reason: str, until: datetime) -> None:
+        document = await export_person(self._db, user, sessions=self._sessions, now=self._clock.now())
+        payload = self._keyring.encrypt(
+            json.dumps(document, sort_keys=True).encode("utf-8"), aad=removed_content_aad(ref)
+        )
+        row = RemovedContent(
+            ref=ref,
+            pseudonym=pseudonym,
+            subject_key=subject_key(self._keyring, user.username),
+            reason=reason,
+            removed_at=self._clock.now(),
+            expires_at=until,
+            payload=payload.encode("ascii"),
+        )
+        async with self._db.session() as session:
+            session.add(row)
+            with store_errors("cannot keep the removed content"):
+                await session.commit()
+
+    async def _pseudonymise_policy_history(self, username: str, tombstone: str) -> None:
+        names = [username, f"user:{username}", f"admin:{username}"]
+        async with self._db.session() as session:
+            with store_errors("cannot pseudonymise the policy history"):
+                await session.execute(
+                    update(PolicyVersion).where(PolicyVersion.actor.in_(names)).values(actor=tombstone)
+                )
+                await session.execute(
+                    update(PolicyProposalRow)
+                    .where(PolicyProposalRow.proposer.in_(names))
+                    .values(proposer=tombstone)
+                )
+                await session.execute(
+                    update(PolicyProposalRow)
+                    .where(PolicyProposalRow.decided_by.in_(names))
+                    .values(decided_by=tombstone)
+                )
+                await session.commit()
+
+    async def read_removed(self, ref: str) -> dict[str, object] | None:
+        """Decrypt one removed-content archive (for an investigation under a hold; audited by the caller)."""
+        async with self._db.session() as session:
+            with store_errors("cannot read removed content"):
+                row = (await session.scalars(select(RemovedContent).where(RemovedContent.ref == ref))).first()
+        if row is None:
+            return None
+        plain = self._keyring.decrypt(row.payload.decode("ascii"), aad=removed_content_aad(ref))
+        doc: dict[str, object] = json.loads(plain)
+        return doc

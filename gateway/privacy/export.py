@@ -1,0 +1,221 @@
+"""Everything the gateway holds about one person, as one JSON document (access and portability).
+
+The document follows ``export.schema.json`` next to this module (JSON Schema 2020-12; the tests
+validate every export against it). It carries the account, second factors as metadata only (never a
+TOTP seed, a public key or a code hash), live sessions, identity-provider links, consent records,
+privacy requests, the decision-sample rows naming the person and their own audit events. It is built
+from the stores directly, so it is also what an erasure archives before it deletes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import or_, select
+
+from gateway.audit.models import AuditEvent
+from gateway.authz.models import DecisionSampleRow
+from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
+from gateway.identity.oidc.models import IdentityLink
+from gateway.identity.sessions import Session, SessionStore, browser_label
+from gateway.privacy.models import ConsentRecord, PrivacyRequest
+from gateway.privacy.register import RequestView
+from gateway.store.db import Database, store_errors
+from gateway.store.fast import StateUnavailable
+
+__all__ = ["EXPORT_FORMAT", "SCHEMA_PATH", "audit_filter", "export_person"]
+
+#: Bumped when the document's shape changes incompatibly (the schema's ``format`` const).
+EXPORT_FORMAT: Final = "gateway.personal-data/1"
+SCHEMA_PATH: Final = Path(__file__).with_name("export.schema.json")
+
+
+def _iso(at: datetime | float | None) -> str | None:
+    if at is None:
+        return None
+    if isinstance(at, float | int):
+        return datetime.fromtimestamp(at, UTC).isoformat()
+    return at.isoformat()
+
+
+def audit_filter(username: str) -> Any:
+    """The audit events about or by ``username`` (as subject, or as the acting user or admin)."""
+    return or_(
+        AuditEvent.subject == username,
+        AuditEvent.actor.in_([f"user:{username}", f"admin:{username}", username]),
+    )
+
+
+def _account(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "display_name": user.display_name,
+        "roles": user.roles.split(),
+        "has_password": user.password_hash is not None,
+        "must_change_password": user.must_change_password,
+        "disabled": user.disabled,
+        "restricted": user.restricted,
+        "closed_at": _iso(user.closed_at),
+        "objections": user.objections.split(),
+        "created_at": _iso(user.created_at),
+        "updated_at": _iso(user.updated_at),
+        "password_changed_at": _iso(user.password_changed_at),
+    }
+
+
+def _factors(
+    totp: Sequence[TotpCredential], webauthn: Sequence[WebAuthnCredential], codes: Sequence[RecoveryCode]
+) -> dict[str, Any]:
+    return {
+        "totp": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "confirmed": t.confirmed,
+                "created_at": _iso(t.created_at),
+                "last_used_at": _iso(t.last_used_at),
+            }
+            for t in totp
+        ],
+        "webauthn": [
+            {
+                "id": w.id,
+                "name": w.name,
+                "transports": w.transports.split(),
+                "aaguid": w.aaguid,
+                "discoverable": w.discoverable,
+                "backed_up": w.backed_up,
+                "user_verified": w.user_verified,
+                "created_at": _iso(w.created_at),
+                "last_used_at": _iso(w.last_used_at),
+            }
+            for w in webauthn
+        ],
+        "recovery_codes": {
+            "issued": len(codes),
+            "used": sum(1 for c in codes if c.used_at is not None),
+            "issued_at": _iso(min((c.created_at for c in codes), default=None)),
+        },
+    }
+
+
+def _session(s: Session) -> dict[str, Any]:
+    return {
+        "created_at": _iso(s.created_at),
+        "last_seen": _iso(s.last_seen),
+        "ip": s.ip,
+        "browser": browser_label(s.user_agent),
+        "user_agent": s.user_agent,
+        "host": s.host,
+        "level": s.level.name.lower(),
+    }
+
+
+def _event(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "at": _iso(e.at),
+        "kind": e.kind,
+        "actor": e.actor,
+        "subject": e.subject,
+        "ip": e.ip,
+        "outcome": e.outcome,
+        "details": json.loads(e.details) if e.details.startswith("{") else e.details,
+    }
+
+
+async def export_person(
+    db: Database, user: User, *, sessions: SessionStore | None, now: datetime
+) -> dict[str, Any]:
+    """The person's data as one JSON-ready document (see the module docstring).
+
+    Sessions come from the fast state; when it cannot answer, ``sessions_unavailable`` says so and
+    the rest of the export still goes out (the person is told, not refused).
+
+    Raises:
+        StoreUnavailable: The database cannot be read.
+    """
+    uid = user.id
+    with store_errors("cannot read the person's data"):
+        async with db.session() as s:
+            totp = (await s.scalars(select(TotpCredential).where(TotpCredential.user_id == uid))).all()
+            keys = (
+                await s.scalars(select(WebAuthnCredential).where(WebAuthnCredential.user_id == uid))
+            ).all()
+            codes = (await s.scalars(select(RecoveryCode).where(RecoveryCode.user_id == uid))).all()
+            links = (await s.scalars(select(IdentityLink).where(IdentityLink.user_id == uid))).all()
+            consents = (
+                await s.scalars(
+                    select(ConsentRecord).where(ConsentRecord.user_id == uid).order_by(ConsentRecord.id)
+                )
+            ).all()
+            requests = (
+                await s.scalars(
+                    select(PrivacyRequest).where(PrivacyRequest.user_id == uid).order_by(PrivacyRequest.id)
+                )
+            ).all()
+            events = (
+                await s.scalars(
+                    select(AuditEvent).where(audit_filter(user.username)).order_by(AuditEvent.seq)
+                )
+            ).all()
+            principal = f" user:{user.username} "
+            samples = (
+                await s.scalars(
+                    select(DecisionSampleRow)
+                    .where((" " + DecisionSampleRow.principals + " ").contains(principal, autoescape=True))
+                    .order_by(DecisionSampleRow.bucket)
+                )
+            ).all()
+    live: list[dict[str, Any]] = []
+    unavailable = False
+    if sessions is not None:
+        try:
+            live = [_session(x) for x in await sessions.list_user(uid)]
+        except StateUnavailable:
+            unavailable = True
+    return {
+        "format": EXPORT_FORMAT,
+        "generated_at": now.isoformat(),
+        "account": _account(user),
+        "factors": _factors(totp, keys, codes),
+        "sessions": live,
+        "sessions_unavailable": unavailable,
+        "identity_links": [
+            {
+                "provider": link.provider,
+                "subject": link.subject,
+                "created_at": _iso(link.created_at),
+                "last_used_at": _iso(link.last_used_at),
+            }
+            for link in links
+        ],
+        "consents": [
+            {
+                "purpose": c.purpose,
+                "version": c.version,
+                "decision": c.decision,
+                "at": _iso(c.at),
+                "method": c.method,
+            }
+            for c in consents
+        ],
+        "privacy_requests": [_request(RequestView.of(r)) for r in requests],
+        "access_sample": [
+            {"hour": _iso(r.bucket), "route": r.route, "method": r.method, "path": r.path, "count": r.count}
+            for r in samples
+        ],
+        "audit_events": [_event(e) for e in events],
+    }
+
+
+def _request(view: RequestView) -> dict[str, Any]:
+    doc = view.to_json()
+    doc.pop("subject", None)
+    return doc

@@ -1,0 +1,217 @@
+"""Legal holds: a court or government order (or counsel) that suspends deletion.
+
+A hold covers a person (found by their subject key, also after erasure) or a whole data class
+(``registration``, ``removed_content``, ``audit_events``, ``incidents``, ``privacy_requests``). While
+an active hold covers something, neither an erasure nor the retention run deletes it; the erasure
+request stays ``on_hold`` and names the hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import ColumnElement, and_, or_, select
+
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.crypto.keyring import Keyring
+from gateway.errors import BadRequest, GatewayError
+from gateway.privacy.models import LegalHold
+from gateway.privacy.subjects import subject_key, subject_keys
+from gateway.store.db import Database, store_errors
+
+__all__ = ["DATA_CLASSES", "HoldExists", "HoldView", "Holds", "UnknownHold"]
+
+#: The data classes a class hold (and the retention engine) knows.
+DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
+
+
+class UnknownHold(GatewayError):
+    """No active hold has that reference (404)."""
+
+    status = 404
+    reason = "unknown-legal-hold"
+    title = "No such legal hold"
+
+
+class HoldExists(GatewayError):
+    """A hold with that reference exists already (409): references name one order each."""
+
+    status = 409
+    reason = "legal-hold-exists"
+    title = "A legal hold with that reference exists"
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    """One hold as the API and CLI show it (never the subject key)."""
+
+    reference: str
+    scope: str
+    subject: str
+    data_class: str
+    reason: str
+    placed_by: str
+    placed_at: datetime
+    released_by: str
+    released_at: datetime | None
+
+    @classmethod
+    def of(cls, row: LegalHold) -> HoldView:
+        """The view of a stored row."""
+        return cls(
+            row.reference,
+            row.scope,
+            row.subject,
+            row.data_class,
+            row.reason,
+            row.placed_by,
+            row.placed_at,
+            row.released_by,
+            row.released_at,
+        )
+
+    @property
+    def active(self) -> bool:
+        """Not released."""
+        return self.released_at is None
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready."""
+        return {
+            "reference": self.reference,
+            "scope": self.scope,
+            "subject": self.subject,
+            "data_class": self.data_class,
+            "reason": self.reason,
+            "placed_by": self.placed_by,
+            "placed_at": self.placed_at.isoformat(),
+            "released_by": self.released_by,
+            "released_at": self.released_at.isoformat() if self.released_at else None,
+            "active": self.active,
+        }
+
+
+class Holds:
+    """Places, releases and finds legal holds."""
+
+    def __init__(self, db: Database, keyring: Keyring, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Args:
+        db: The database holding ``legal_holds``.
+        keyring: Makes the subject keys.
+        clock: Time source.
+        """
+        self._db = db
+        self._keyring = keyring
+        self._clock = clock
+
+    async def place(
+        self,
+        reference: str,
+        *,
+        reason: str,
+        by: str,
+        username: str | None = None,
+        data_class: str | None = None,
+    ) -> HoldView:
+        """Place a hold on a person (``username``, canonical) or a data class; exactly one of them.
+
+        Raises:
+            BadRequest: Neither or both given, an unknown class, or an empty reference/reason.
+            HoldExists: The reference is taken.
+        """
+        reference, reason = reference.strip(), reason.strip()
+        if not reference or len(reference) > 200 or not reason:
+            raise BadRequest("A legal hold needs a reference (at most 200 characters) and a reason.")
+        if (username is None) == (data_class is None):
+            raise BadRequest("A legal hold covers either a person (username) or a data class, not both.")
+        if data_class is not None and data_class not in DATA_CLASSES:
+            raise BadRequest(
+                f"Unknown data class {data_class[:40]!r}; expected one of {', '.join(DATA_CLASSES)}."
+            )
+        row = LegalHold(
+            reference=reference,
+            scope="person" if username is not None else "class",
+            subject_key=subject_key(self._keyring, username) if username is not None else "",
+            subject=username or "",
+            data_class=data_class or "",
+            reason=reason,
+            placed_by=by,
+            placed_at=self._clock.now(),
+            released_by="",
+            released_at=None,
+        )
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot read legal holds"):
+                taken = (
+                    await session.scalars(select(LegalHold.id).where(LegalHold.reference == reference))
+                ).first()
+            if taken is not None:
+                raise HoldExists(f"A legal hold with reference {reference!r} exists already.")
+            session.add(row)
+            with store_errors("cannot place the legal hold"):
+                await session.commit()
+        return HoldView.of(row)
+
+    async def release(self, reference: str, *, by: str) -> HoldView:
+        """Release an active hold; what it held is deleted by the next retention run if due.
+
+        Raises:
+            UnknownHold: No active hold has that reference.
+        """
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot release the legal hold"):
+                row = (
+                    await session.scalars(
+                        select(LegalHold).where(
+                            LegalHold.reference == reference, LegalHold.released_at.is_(None)
+                        )
+                    )
+                ).first()
+                if row is None:
+                    raise UnknownHold(f"No active legal hold has reference {reference[:200]!r}.")
+                row.released_at = self._clock.now()
+                row.released_by = by
+                await session.commit()
+        return HoldView.of(row)
+
+    async def find(self, *, active_only: bool = False) -> list[HoldView]:
+        """Every hold, newest first."""
+        query = select(LegalHold).order_by(LegalHold.id.desc())
+        if active_only:
+            query = query.where(LegalHold.released_at.is_(None))
+        async with self._db.session() as session:
+            with store_errors("cannot read legal holds"):
+                rows = (await session.scalars(query)).all()
+        return [HoldView.of(r) for r in rows]
+
+    async def covering(
+        self, *, username: str | None = None, keys: list[str] | None = None, data_class: str | None = None
+    ) -> HoldView | None:
+        """The first active hold on this person (by name or subject keys) or on ``data_class``."""
+        wanted = list(keys or [])
+        if username is not None:
+            wanted += subject_keys(self._keyring, username)
+        clauses: list[ColumnElement[bool]] = []
+        if wanted:
+            clauses.append(LegalHold.subject_key.in_(wanted))
+        if data_class is not None:
+            clauses.append(and_(LegalHold.scope == "class", LegalHold.data_class == data_class))
+        if not clauses:
+            return None
+        query = select(LegalHold).where(LegalHold.released_at.is_(None), or_(*clauses)).order_by(LegalHold.id)
+        async with self._db.session() as session:
+            with store_errors("cannot read legal holds"):
+                row = (await session.scalars(query)).first()
+        return HoldView.of(row) if row is not None else None
+
+    async def pseudonymise(self, username: str, pseudonym: str) -> None:
+        """Replace the erased person's name in the holds' ``subject`` (their subject key stays)."""
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot update legal holds"):
+                for row in (
+                    await session.scalars(select(LegalHold).where(LegalHold.subject == username))
+                ).all():
+                    row.subject = pseudonym
+                await session.commit()

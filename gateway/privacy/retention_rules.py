@@ -1,0 +1,486 @@
+"""The retention rules, one per data class: what is due, what a legal hold keeps, and the purge.
+
+Each rule *surveys* its class at a moment (what is due now and what a hold keeps, the oldest due
+date, what falls due next) and *purges* what its survey found due. A purge's own statement checks
+again that each item is still due, so a purge repeated, or run by two processes at once, removes
+nothing twice. Holds are read when the survey starts; the eraser checks them once more for an
+account, and a hold placed while a run is under way applies from the next run for the other classes.
+
+============================  ==========================================  =============================
+class                         due when                                    what goes
+============================  ==========================================  =============================
+``registration``              ``users.closed_at`` + the rule              the person, through the eraser
+``removed_content``           ``removed_content.expires_at``              the sealed archive row
+``audit_events``              the record's ``at`` + the rule              its personal fields (not the
+                                                                          record: the chain verifies)
+``incidents``                 the incident's ``at`` + the rule            the incident (fast state)
+``privacy_requests``          ``completed_at`` + the rule (completed or   the register row
+                              rejected requests only)
+============================  ==========================================  =============================
+
+Holds: a class hold on the data class keeps everything of the class; a person hold keeps what names
+that person (by their subject keys for an account and removed content, by name, or by their erasure
+pseudonym once erased, for audit records, incidents and register rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+from sqlalchemy import ColumnElement, delete, func, select
+
+from gateway.audit.chain import ERASABLE_VERSION
+from gateway.audit.chain_key import ChainKeys
+from gateway.audit.erasable import dump_salts
+from gateway.audit.erase import erase_expired, expiring
+from gateway.audit.models import AuditEvent
+from gateway.crypto.keyring import Keyring
+from gateway.identity.models import User
+from gateway.privacy.erasure import Eraser, Held
+from gateway.privacy.holds import Holds
+from gateway.privacy.models import PrivacyRequest, RemovedContent
+from gateway.privacy.register import Channel, Kind, Register, Status
+from gateway.privacy.subjects import subject_keys
+from gateway.settings.schema import PrivacySettings
+from gateway.store.db import Database, store_errors
+from gateway.threat.incidents import MAX_INCIDENTS, IncidentStore
+
+__all__ = [
+    "ACTOR",
+    "NEXT_SHOWN",
+    "ActiveHolds",
+    "AuditEventsRule",
+    "IncidentsRule",
+    "Item",
+    "Purged",
+    "RegistrationRule",
+    "RemovedContentRule",
+    "RequestsRule",
+    "Rule",
+    "Survey",
+]
+
+#: Who the retention engine acts as in the register and the audit trail.
+ACTOR: Final = "system:retention"
+#: How many of the items falling due next a survey lists.
+NEXT_SHOWN: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One thing of a class and when it falls (or fell) due; ``label`` is for the operator only."""
+
+    label: str
+    due_at: datetime
+    key: int | str = 0
+
+
+@dataclass(slots=True)
+class Survey:
+    """A class at one moment.
+
+    ``due``: due now and not held (what a purge removes). ``held``: hold reference → how many items
+    due now it keeps. ``oldest_due``: the earliest due date among the due and held items. ``upcoming``:
+    the next :data:`NEXT_SHOWN` items not due yet, soonest first, of ``later`` in all.
+    """
+
+    due: list[Item] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)
+    oldest_due: datetime | None = None
+    upcoming: list[Item] = field(default_factory=list)
+    later: int = 0
+
+    def note_due(self, item: Item, hold: str | None) -> None:
+        """Count an item that is due: kept by ``hold``, or to purge."""
+        if self.oldest_due is None or item.due_at < self.oldest_due:
+            self.oldest_due = item.due_at
+        if hold is None:
+            self.due.append(item)
+        else:
+            self.held[hold] = self.held.get(hold, 0) + 1
+
+    def note_later(self, item: Item) -> None:
+        """Count an item not due yet (call in due order: the first few are listed)."""
+        self.later += 1
+        if len(self.upcoming) < NEXT_SHOWN:
+            self.upcoming.append(item)
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge did: how many items went and what holds kept (found during the purge)."""
+
+    done: int
+    held: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveHolds:
+    """The active holds at the start of a survey or run, by data class and by subject."""
+
+    classes: dict[str, str]
+    people: dict[str, str]
+
+    @classmethod
+    async def load(cls, holds: Holds) -> ActiveHolds:
+        """Read the active holds; the oldest hold wins where two cover the same thing."""
+        classes: dict[str, str] = {}
+        people: dict[str, str] = {}
+        for hold in reversed(await holds.find(active_only=True)):
+            if hold.scope == "class":
+                classes.setdefault(hold.data_class, hold.reference)
+            elif hold.subject:
+                people.setdefault(hold.subject, hold.reference)
+        return cls(classes, people)
+
+    def person(self, subject: str) -> str | None:
+        """The hold on the person named ``subject`` (username or erasure tombstone), if any."""
+        return self.people.get(subject) if subject else None
+
+
+class Rule(Protocol):
+    """One data class's retention rule."""
+
+    data_class: str
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        """What is due at ``now`` when items are kept ``keep``."""
+        ...
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        """Remove what ``survey`` found due; ``ref`` names the run in what it writes."""
+        ...
+
+
+def _days(keep: timedelta) -> str:
+    return f"{keep.total_seconds() / 86400:g}"
+
+
+# -- registration ------------------------------------------------------------------------------------------
+
+
+class RegistrationRule:
+    """Closed accounts, erased (without a removed-content archive) once closed longer than the rule."""
+
+    data_class = "registration"
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        holds: Holds,
+        register: Register,
+        eraser: Eraser,
+        settings: Callable[[], PrivacySettings],
+    ) -> None:
+        """Args are the stores and services an erasure by rule touches; ``settings`` is read per run."""
+        self._db = db
+        self._holds = holds
+        self._register = register
+        self._eraser = eraser
+        self._settings = settings
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        query = (
+            select(User.id, User.username, User.closed_at)
+            .where(User.closed_at.is_not(None))
+            .order_by(User.closed_at, User.id)
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read closed accounts"):
+                rows = (await session.execute(query)).all()
+        survey = Survey()
+        for user_id, username, closed_at in rows:
+            if closed_at is None:  # not selected; the column is nullable
+                continue
+            item = Item(username, closed_at + keep, user_id)
+            if item.due_at > now:
+                survey.note_later(item)
+                continue
+            # By subject keys under every keyring key, so a hold placed before a key rotation counts.
+            hold = await self._holds.covering(username=username, data_class=self.data_class)
+            survey.note_due(item, hold.reference if hold is not None else None)
+        return survey
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        done, held = 0, dict[str, int]()
+        settings = self._settings()
+        for item in survey.due:
+            user_id = int(item.key)
+            closed = item.due_at - keep
+            days = (now - closed).days
+            request = await self._register.open(
+                Kind.ERASURE,
+                settings=settings,
+                user_id=user_id,
+                subject=item.label,
+                channel=Channel.SYSTEM,
+                verified_by=f"retention rule: registration closed {closed:%Y-%m-%d}, kept {_days(keep)} days",
+                details={"retention_run": ref},
+            )
+            # No archive: the data was kept its time already. The eraser checks the holds again.
+            result = await self._eraser.erase(
+                user_id,
+                actor=ACTOR,
+                ref=request.ref,
+                keep_for=None,
+                reason=f"registration closed {days} days ago",
+            )
+            if isinstance(result, Held):
+                # A hold placed since the survey: resumed by a later run once it is released.
+                held[result.hold_ref] = held.get(result.hold_ref, 0) + 1
+                await self._register.hold(
+                    request.ref,
+                    hold_ref=result.hold_ref,
+                    outcome="A legal hold suspends the deletion of this closed registration.",
+                )
+                continue
+            await self._register.complete(
+                request.ref,
+                outcome=(
+                    f"Erased: the registration was closed {days} days ago and kept {_days(keep)} days. "
+                    f"{result.audit_records} audit records no longer name the person."
+                ),
+                details={"retention_run": ref, **result.summary()},
+            )
+            done += 1
+        return Purged(done, held)
+
+
+# -- removed content ---------------------------------------------------------------------------------------
+
+
+class RemovedContentRule:
+    """Sealed archives of erased people, deleted at ``expires_at`` unless a hold covers them.
+
+    The archive's own expiry decides (set when the erasure sealed it from ``retention.removed_content``),
+    so shortening the rule later does not shorten what was promised to an investigation.
+    """
+
+    data_class = "removed_content"
+
+    def __init__(self, db: Database, *, holds: Holds, keyring: Keyring) -> None:
+        """Args:
+        db: The database holding ``removed_content``.
+        holds: Finds person holds by the archive's subject key.
+        keyring: Makes the subject keys of held usernames under every key it holds.
+        """
+        self._db = db
+        self._holds = holds
+        self._keyring = keyring
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        query = select(
+            RemovedContent.id,
+            RemovedContent.ref,
+            RemovedContent.pseudonym,
+            RemovedContent.subject_key,
+            RemovedContent.expires_at,
+        ).order_by(RemovedContent.expires_at, RemovedContent.id)
+        async with self._db.session() as session:
+            with store_errors("cannot read removed content"):
+                rows = (await session.execute(query)).all()
+        # A hold stores its subject key under the key active when it was placed, an archive under the
+        # one active at the erasure: a hold that still names the person is matched under every key,
+        # so a keyring rotation in between does not let the archive go.
+        by_name = {
+            key: reference
+            for name, reference in holds.people.items()
+            if not name.startswith("[erased:")
+            for key in subject_keys(self._keyring, name)
+        }
+        survey = Survey()
+        for row_id, ref, pseudonym, key, expires_at in rows:
+            item = Item(f"{ref} ([erased:{pseudonym}])", expires_at, row_id)
+            if expires_at > now:
+                survey.note_later(item)
+                continue
+            hold = await self._holds.covering(keys=[key], data_class=self.data_class)
+            survey.note_due(item, hold.reference if hold is not None else by_name.get(key))
+        return survey
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        if not survey.due:
+            return Purged(0)
+        ids = [int(item.key) for item in survey.due]
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot delete removed content"):
+                gone = (
+                    await session.scalars(
+                        delete(RemovedContent)
+                        .where(RemovedContent.id.in_(ids), RemovedContent.expires_at <= now)
+                        .returning(RemovedContent.id)
+                    )
+                ).all()
+                await session.commit()
+        return Purged(len(gone))
+
+
+# -- audit events --------------------------------------------------------------------------------------
+
+
+class AuditEventsRule:
+    """The personal fields of audit records older than the rule (``gateway.audit.erase.erase_expired``)."""
+
+    data_class = "audit_events"
+
+    def __init__(self, db: Database, *, keys: ChainKeys) -> None:
+        """Args:
+        db: The database holding the chain.
+        keys: The chain keys (the erasure record is keyed).
+        """
+        self._db = db
+        self._keys = keys
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        before = now - keep
+        found = await expiring(self._db, before=before, spare=frozenset(holds.people))
+        survey = Survey()
+        class_hold = holds.classes.get(self.data_class)
+        for seq, at in found.due:
+            survey.note_due(Item(f"record seq {seq}", at + keep, seq), class_hold)
+        for name, count in found.spared.items():
+            survey.held[holds.people[name]] = survey.held.get(holds.people[name], 0) + count
+        # What falls due next: the oldest records still holding personal fields.
+        base = (
+            AuditEvent.chain_version == ERASABLE_VERSION,
+            AuditEvent.at >= before,
+            AuditEvent.salts != dump_salts({}),
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read the audit trail"):
+                later = int((await session.execute(select(func.count()).where(*base))).scalar_one())
+                rows = (
+                    await session.execute(
+                        select(AuditEvent.seq, AuditEvent.kind, AuditEvent.at)
+                        .where(*base)
+                        .order_by(AuditEvent.at, AuditEvent.seq)
+                        .limit(NEXT_SHOWN)
+                    )
+                ).all()
+        survey.upcoming = [Item(f"record seq {seq} ({kind})", at + keep, seq) for seq, kind, at in rows]
+        survey.later = later
+        return survey
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        if not survey.due:
+            return Purged(0)
+        # Selected again under the chain lock (the survey only decided that there is work), sparing
+        # the same people; what the holds spared is already in the survey.
+        result, _ = await erase_expired(
+            self._db,
+            self._keys,
+            at=now,
+            before=now - keep,
+            actor=ACTOR,
+            request_ref=ref,
+            spare=frozenset(holds.people),
+        )
+        return Purged(len(result.erased) if result is not None else 0)
+
+
+# -- incidents ------------------------------------------------------------------------------------------
+
+
+class IncidentsRule:
+    """The threat domain's incidents (fast state), deleted once older than the rule."""
+
+    data_class = "incidents"
+
+    def __init__(self, incidents: IncidentStore) -> None:
+        """Args:
+        incidents: The incidents of the fast state every replica shares.
+        """
+        self._incidents = incidents
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        found = await self._incidents.latest(MAX_INCIDENTS)
+        survey = Survey()
+        for incident in sorted(found, key=lambda i: (i.at, i.id)):
+            item = Item(
+                f"{incident.id} ({incident.rule})",
+                datetime.fromtimestamp(incident.at, UTC) + keep,
+                incident.id,
+            )
+            if item.due_at > now:
+                survey.note_later(item)
+                continue
+            survey.note_due(item, holds.classes.get(self.data_class) or holds.person(incident.subject))
+        return survey
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        return Purged(await self._incidents.remove([str(item.key) for item in survey.due]))
+
+
+# -- the request register ------------------------------------------------------------------------------
+
+
+class RequestsRule:
+    """Completed and rejected register rows, deleted once completed longer than the rule ago."""
+
+    data_class = "privacy_requests"
+
+    def __init__(self, db: Database) -> None:
+        """Args:
+        db: The database holding the register.
+        """
+        self._db = db
+
+    async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
+        query = (
+            select(PrivacyRequest.id, PrivacyRequest.ref, PrivacyRequest.subject, PrivacyRequest.completed_at)
+            .where(_closed(), PrivacyRequest.completed_at.is_not(None))
+            .order_by(PrivacyRequest.completed_at, PrivacyRequest.id)
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read the privacy register"):
+                rows = (await session.execute(query)).all()
+        survey = Survey()
+        for row_id, ref, subject, completed_at in rows:
+            if completed_at is None:  # not selected; the column is nullable
+                continue
+            item = Item(ref, completed_at + keep, row_id)
+            if item.due_at > now:
+                survey.note_later(item)
+                continue
+            survey.note_due(item, holds.classes.get(self.data_class) or holds.person(subject))
+        return survey
+
+    async def purge(
+        self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
+    ) -> Purged:
+        if not survey.due:
+            return Purged(0)
+        ids = [int(item.key) for item in survey.due]
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot delete privacy requests"):
+                gone = (
+                    await session.scalars(
+                        delete(PrivacyRequest)
+                        .where(
+                            PrivacyRequest.id.in_(ids),
+                            _closed(),
+                            PrivacyRequest.completed_at <= now - keep,
+                        )
+                        .returning(PrivacyRequest.id)
+                    )
+                ).all()
+                await session.commit()
+        return Purged(len(gone))
+
+
+def _closed() -> ColumnElement[bool]:
+    return PrivacyRequest.status.in_([str(Status.COMPLETED), str(Status.REJECTED)])

@@ -1,0 +1,401 @@
+"""The rights, one method each, for every channel: the portal, the admin API and console, the CLI.
+
+Each call opens a row in the request register (:mod:`gateway.privacy.register`), does the work,
+records what was done and writes one ``privacy.<kind>`` audit event naming the request; the
+channel only decides who the actor is and how identity was verified. So the portal, the API and the
+CLI cannot drift apart: they call the same method.
+
+Identity verification: a person using the portal is verified by their signed-in session (with a
+recent second factor for erasure and closure, which the portal checks before calling); an admin or
+operator acting for a person writes who they are and, in the request, how they verified the person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
+from gateway.errors import GatewayError
+from gateway.identity.accounts import AccountService, UnknownAccount
+from gateway.identity.models import User
+from gateway.identity.oidc.models import IdentityLink
+from gateway.identity.sessions import SessionStore
+from gateway.privacy.erasure import Erased, Eraser, Held
+from gateway.privacy.export import export_person
+from gateway.privacy.holds import Holds
+from gateway.privacy.register import Channel, Kind, Register, RequestView
+from gateway.settings.schema import PrivacySettings
+from gateway.store.db import Database, store_errors
+
+__all__ = ["Privacy", "ProviderOwned"]
+
+
+class ProviderOwned(GatewayError):
+    """The field comes from an identity provider (409): correct it there, not here."""
+
+    status = 409
+    reason = "field-owned-by-identity-provider"
+    title = "Correct this at your identity provider"
+
+
+class Privacy:
+    """The data-subject rights over one process's stores (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        keyring: Keyring,
+        accounts: AccountService,
+        sessions: SessionStore | None,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        """Args are the stores and services the rights touch."""
+        self._db = db
+        self._accounts = accounts
+        self._sessions = sessions
+        self._audit = audit
+        self._clock = clock
+        self.register = Register(db, clock=clock)
+        self.holds = Holds(db, keyring, clock=clock)
+        self.eraser = Eraser(
+            db,
+            keyring=keyring,
+            accounts=accounts,
+            sessions=sessions,
+            audit=audit,
+            holds=self.holds,
+            register=self.register,
+            clock=clock,
+        )
+
+    async def user(self, user_id: int) -> User:
+        """The account, or :class:`UnknownAccount` (404)."""
+        user = await self._accounts.get(user_id)
+        if user is None:
+            raise UnknownAccount(f"No account has id {user_id}.")
+        return user
+
+    async def _open(
+        self,
+        kind: Kind,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        verified_by: str,
+        law: str | None,
+        details: Mapping[str, object] | None = None,
+    ) -> RequestView:
+        return await self.register.open(
+            kind,
+            settings=settings,
+            user_id=user.id,
+            subject=user.username,
+            channel=channel,
+            law=law,
+            details=details,
+            verified_by=verified_by,
+        )
+
+    async def _done(
+        self, request: RequestView, *, actor: str, outcome: str, **details: object
+    ) -> RequestView:
+        done = await self.register.complete(request.ref, outcome=outcome)
+        await self._audit.record(
+            f"privacy.{request.kind}",
+            actor=actor,
+            subject=request.subject,
+            details={"request": request.ref, "law": request.law, "channel": request.channel, **details},
+        )
+        return done
+
+    # -- access and portability ---------------------------------------------------------------------
+
+    async def export(
+        self,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        law: str | None = None,
+        portable: bool = False,
+    ) -> tuple[RequestView, dict[str, Any]]:
+        """Everything held about the person (``export.schema.json``), recorded as an access request."""
+        kind = Kind.PORTABILITY if portable else Kind.ACCESS
+        request = await self._open(
+            kind, user, settings=settings, channel=channel, verified_by=verified_by, law=law
+        )
+        document = await export_person(self._db, user, sessions=self._sessions, now=self._clock.now())
+        done = await self._done(
+            request,
+            actor=actor,
+            outcome="The export was handed to the requester.",
+            events=len(document["audit_events"]),
+        )
+        return done, document
+
+    # -- rectification ----------------------------------------------------------------------------------
+
+    async def rectify(
+        self,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        email: str | None = None,
+        display_name: str | None = None,
+        law: str | None = None,
+    ) -> RequestView:
+        """Correct the email and/or display name.
+
+        Raises:
+            ProviderOwned: The account signs in through an identity provider, which owns these fields.
+            InvalidAccount: A value is not acceptable; AccountExists: the email is taken.
+        """
+        owned = await self.provider_owned(user)
+        if owned is not None:
+            raise owned
+        fields = [
+            name for name, value in (("email", email), ("display_name", display_name)) if value is not None
+        ]
+        request = await self._open(
+            Kind.RECTIFICATION,
+            user,
+            settings=settings,
+            channel=channel,
+            verified_by=verified_by,
+            law=law,
+            details={"fields": fields},
+        )
+        try:
+            changed = await self._accounts.set_profile(
+                user.id, email=email, display_name=display_name, actor=actor
+            )
+        except GatewayError as exc:
+            await self.register.reject(request.ref, outcome=exc.public_detail)
+            raise
+        outcome = (
+            f"Corrected: {', '.join(changed)}."
+            if changed
+            else "Nothing to correct: the values were already so."
+        )
+        return await self._done(request, actor=actor, outcome=outcome, fields=" ".join(changed))
+
+    async def provider_owned(self, user: User) -> ProviderOwned | None:
+        """The refusal a rectification of this account gets, or None when the gateway owns its fields.
+
+        A page asks first, so it can show the reason instead of a form that could only fail.
+        """
+        providers = await self._providers(user.id)
+        if not providers:
+            return None
+        return ProviderOwned(
+            "Your email and name come from your identity provider ("
+            + ", ".join(providers)
+            + "): correct them there; they are read again at your next sign-in."
+        )
+
+    async def _providers(self, user_id: int) -> list[str]:
+        async with self._db.session() as session:
+            with store_errors("cannot read identity links"):
+                rows = (
+                    await session.scalars(
+                        select(IdentityLink.provider).where(IdentityLink.user_id == user_id)
+                    )
+                ).all()
+        return sorted(set(rows))
+
+    # -- restriction ------------------------------------------------------------------------------------
+
+    async def restrict(
+        self,
+        user: User,
+        restricted: bool,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        law: str | None = None,
+    ) -> RequestView:
+        """Restrict processing (no sign-in, sessions end, data kept, no optional processing) or lift it."""
+        request = await self._open(
+            Kind.RESTRICTION,
+            user,
+            settings=settings,
+            channel=channel,
+            verified_by=verified_by,
+            law=law,
+            details={"restricted": restricted},
+        )
+        ended = await self._accounts.set_restricted(user.id, restricted, actor=actor)
+        outcome = (
+            "Processing is restricted: the account cannot sign in and its data is kept unchanged."
+            if restricted
+            else "The restriction was lifted."
+        )
+        return await self._done(
+            request,
+            actor=actor,
+            outcome=outcome,
+            restricted=restricted,
+            sessions_ended=ended if ended is not None else "unknown",
+        )
+
+    # -- closure and erasure ----------------------------------------------------------------------------
+
+    async def close(
+        self,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        law: str | None = None,
+    ) -> RequestView:
+        """Cancel the registration: no sign-in from now; the data goes after ``retention.registration``."""
+        request = await self._open(
+            Kind.CLOSURE, user, settings=settings, channel=channel, verified_by=verified_by, law=law
+        )
+        await self._accounts.close(user.id, actor=actor)
+        days = float(settings.retention.registration) / 86400
+        return await self._done(
+            request,
+            actor=actor,
+            outcome=f"The account is closed; its data will be deleted {days:g} days from now unless reopened.",
+        )
+
+    async def erase(
+        self,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        law: str | None = None,
+    ) -> RequestView:
+        """Erase the person now, subject to legal holds (see :mod:`gateway.privacy.erasure`).
+
+        Returns:
+            The request: completed, or ``on_hold`` naming the hold (the account is then restricted).
+        """
+        request = await self._open(
+            Kind.ERASURE, user, settings=settings, channel=channel, verified_by=verified_by, law=law
+        )
+        result = await self.eraser.erase(
+            user.id,
+            actor=actor,
+            ref=request.ref,
+            keep_for=timedelta(seconds=float(settings.retention.removed_content)),
+            reason="erasure request",
+        )
+        if isinstance(result, Held):
+            held = await self.register.hold(
+                request.ref,
+                hold_ref=result.hold_ref,
+                outcome=(
+                    "A legal hold suspends this erasure; processing is restricted meanwhile. The data is "
+                    "erased when the hold is released."
+                ),
+            )
+            await self._audit.record(
+                "privacy.erasure",
+                actor=actor,
+                subject=user.username,
+                outcome="held",
+                details={"request": request.ref, "hold": result.hold_ref},
+            )
+            return held
+        return await self._finish_erasure(request, result)
+
+    async def _finish_erasure(self, request: RequestView, result: Erased) -> RequestView:
+        kept = (
+            f" {result.audit_kept_legacy} older audit records (written before erasable records) keep their fields."
+            if result.audit_kept_legacy
+            else ""
+        )
+        outcome = (
+            f"Erased. {result.audit_records} audit records no longer name the person."
+            + kept
+            + (
+                f" What was removed is kept encrypted for investigation until {result.archived_until}."
+                if result.archived_until
+                else ""
+            )
+        )
+        # The request row itself was pseudonymised by the eraser; complete it by reference.
+        return await self.register.complete(request.ref, outcome=outcome, details=result.summary())
+
+    async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
+        """Carry out held erasures whose holds were released (the retention run calls this)."""
+        done: list[RequestView] = []
+        for request in await self.register.find(status="on_hold"):
+            if request.kind != Kind.ERASURE or request.user_id is None:
+                continue
+            if await self.holds.covering(username=request.subject, data_class="registration") is not None:
+                continue
+            try:
+                user = await self.user(request.user_id)
+            except UnknownAccount:
+                continue
+            result = await self.eraser.erase(
+                user.id,
+                actor=actor,
+                ref=request.ref,
+                keep_for=timedelta(seconds=float(settings.retention.removed_content)),
+                reason="erasure request (hold released)",
+            )
+            if isinstance(result, Erased):
+                done.append(await self._finish_erasure(request, result))
+        return done
+
+    async def record(
+        self,
+        kind: Kind,
+        user: User,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        outcome: str,
+        details: Mapping[str, object] | None = None,
+    ) -> RequestView:
+        """Register a right exercised elsewhere (an objection or a consent withdrawal), as completed."""
+        request = await self._open(
+            kind, user, settings=settings, channel=channel, verified_by=verified_by, law=None, details=details
+        )
+        return await self._done(request, actor=actor, outcome=outcome)
+
+    async def report_overdue(self) -> int:
+        """Send each newly overdue request once to the sinks (as a security event); returns how many."""
+        overdue = await self.register.overdue()
+        for request in overdue:
+            await self._audit.record(
+                "privacy.request_overdue",
+                actor="system",
+                subject=request.subject,
+                outcome="failure",
+                details={
+                    "request": request.ref,
+                    "kind": request.kind,
+                    "law": request.law,
+                    "due_at": request.due_at.isoformat(),
+                    "status": request.status,
+                },
+            )
+        return len(overdue)

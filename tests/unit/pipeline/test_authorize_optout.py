@@ -1,0 +1,85 @@
+"""The authorize stage honours the "policy_analytics" purpose: a session that opted out is decided as
+any other but never counted in the decision sample; everyone else's requests still are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import pytest
+
+from gateway.authz.decision import Decision, Reason
+from gateway.authz.live import LivePolicy
+from gateway.authz.sample import DecisionSample
+from gateway.clock import FakeClock
+from gateway.identity.assertion import AssertionSigner
+from gateway.identity.levels import AuthLevel
+from gateway.identity.sessions import Session
+from gateway.observe.record import RequestKind, RequestRecord
+from gateway.pipeline.authorize import AccessDenied, authorize
+from gateway.privacy.purposes import GEOLOCATION, POLICY_ANALYTICS
+from gateway.store.db import Database
+
+
+@dataclass
+class DenyAll:
+    """A policy whose every decision is a default deny (the stage counts before it answers)."""
+
+    calls: int = 0
+
+    def decide(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+        self.calls += 1
+        return Decision(allowed=False, reason=Reason.NO_MATCHING_RULE, rule=None, principal=None, version=3)
+
+
+@dataclass
+class Policy:
+    authorizer: DenyAll
+
+
+def session(name: str, optout: tuple[str, ...]) -> Session:
+    return Session(
+        id_hash="0" * 64,
+        family="f",
+        user_id=1,
+        username=name,
+        level=AuthLevel.TWO_FACTOR,
+        factors=(),
+        roles=(),
+        created_at=0.0,
+        last_seen=0.0,
+        ip="192.0.2.1",
+        user_agent="pytest",
+        host="app.example.com",
+        optout=optout,
+    )
+
+
+async def test_an_opted_out_session_is_decided_but_not_sampled(database: Database, clock: FakeClock) -> None:
+    sample = DecisionSample(database, clock=clock)
+    policy = Policy(DenyAll())
+    people = {
+        "alice": (POLICY_ANALYTICS,),
+        "bob": (),
+        # Another purpose's opt-out does not stop this one.
+        "carol": (GEOLOCATION,),
+    }
+    for name, optout in people.items():
+        rec = RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+        with pytest.raises(AccessDenied):
+            authorize(
+                session=session(name, optout),
+                route="app",
+                method="GET",
+                path=f"/{name}",
+                policy=cast(LivePolicy, policy),
+                signer=cast(AssertionSigner, None),
+                rec=rec,
+                sample=sample,
+            )
+        # Decided (and recorded) the same way whatever the person chose.
+        assert (rec.policy_version, rec.reason) == (3, Reason.NO_MATCHING_RULE)
+    assert policy.authorizer.calls == 3
+    await sample.flush()
+    paths = sorted(s.path for s in await sample.recent(1))
+    assert paths == ["/bob", "/carol"]

@@ -1,0 +1,307 @@
+"""The rights end to end over the real stores (SQLite and PostgreSQL): export against its schema,
+rectification, restriction, closure, erasure with the audit chain still verifying and nothing
+readable left, legal holds suspending an erasure, and overdue requests reported once.
+
+Each limit is also attacked: a restricted or closed account tries to sign in again, an erased
+person's name is searched in every column of every audit row, a held erasure is retried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+from sqlalchemy import select, text
+
+from gateway.audit.chain import verify_database
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import AccountService, SignInFailed
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.models import User
+from gateway.identity.oidc.models import IdentityLink
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.identity.sessions import SessionStore
+from gateway.privacy.export import SCHEMA_PATH
+from gateway.privacy.models import PrivacyRequest, RemovedContent
+from gateway.privacy.register import Channel, Kind, Status
+from gateway.privacy.service import Privacy, ProviderOwned
+from gateway.settings.schema import (
+    Duration,
+    PasswordSettings,
+    PrivacySettings,
+    RegulationSettings,
+    SessionSettings,
+)
+from gateway.store.db import Database
+from gateway.store.fast import MemoryFastState
+
+FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+PASSWORD = "correct horse battery staple"
+IP = "203.0.113.77"
+SETTINGS = PrivacySettings()
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+@dataclass
+class World:
+    db: Database
+    clock: FakeClock
+    keyring: Keyring
+    audit: AuditLog
+    sessions: SessionStore
+    accounts: AccountService
+    privacy: Privacy
+
+    async def alice(self) -> User:
+        user = await self.accounts.create(
+            username="alice",
+            password=PASSWORD,
+            email="alice@example.com",
+            display_name="Alice L",
+            actor="admin:root",
+        )
+        # Give her a trail: a sign-in from her address and a live session.
+        await self.accounts.authenticate("alice", PASSWORD, ip=IP)
+        await self.sessions.create(
+            user_id=user.id,
+            username=user.username,
+            level=AuthLevel.ONE_FACTOR,
+            factors=(FactorUse(Factor.PASSWORD, self.clock.time()),),
+            roles=(),
+            ip=IP,
+            user_agent="Mozilla/5.0 Firefox/140.0",
+            host="auth.example.com",
+            email=user.email,
+        )
+        return user
+
+    async def request(self, ref: str) -> PrivacyRequest:
+        async with self.db.session() as s:
+            row = (await s.scalars(select(PrivacyRequest).where(PrivacyRequest.ref == ref))).one()
+        return row
+
+
+@pytest.fixture
+async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC).timestamp())
+    fast = MemoryFastState(clock=clock)
+    keyring = Keyring.create(tmp_path / "keyring.json")
+    audit = AuditLog(database, clock=clock, keyring=keyring)
+    regulator = Regulator(
+        fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
+    )
+    sessions = SessionStore(fast, SessionSettings(), clock)
+    accounts = AccountService(
+        database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
+    )
+    privacy = Privacy(
+        database, keyring=keyring, accounts=accounts, sessions=sessions, audit=audit, clock=clock
+    )
+    yield World(database, clock, keyring, audit, sessions, accounts, privacy)
+    await fast.close()
+
+
+def _as_portal(user: User) -> dict[str, object]:
+    return {
+        "settings": SETTINGS,
+        "channel": Channel.PORTAL,
+        "actor": f"user:{user.username}",
+        "verified_by": "signed-in session",
+    }
+
+
+async def test_export_matches_its_schema_and_holds_no_secret(world: World) -> None:
+    user = await world.alice()
+    request, doc = await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert doc["account"]["email"] == "alice@example.com"
+    assert doc["sessions"][0]["ip"] == IP
+    assert doc["sessions"][0]["browser"] == "Firefox"
+    assert any(e["kind"] == "signin.password" for e in doc["audit_events"])
+    blob = json.dumps(doc)
+    assert "argon2" not in blob
+    assert user.password_hash is not None
+    assert user.password_hash not in blob
+    # The request is in the register, completed, and in the trail.
+    assert request.status == Status.COMPLETED
+    assert request.kind == Kind.ACCESS
+    assert request.completed_at is not None
+    assert request.due_at == request.received_at + timedelta(days=30)
+    (event,) = await world.audit.events(kind="privacy.access")
+    assert json.loads(event.details)["request"] == request.ref
+
+
+async def test_a_field_the_schema_does_not_know_fails_validation() -> None:
+    # The schema is strict (additionalProperties: false): a field added to the export without the
+    # schema (and so without documentation) is caught by the test above.
+    doc = {"format": "gateway.personal-data/1", "surprise": 1}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
+
+
+async def test_rectification_changes_email_and_name_and_is_audited(world: World) -> None:
+    user = await world.alice()
+    request = await world.privacy.rectify(
+        user,
+        email="Alice.New@Example.com",
+        display_name="Alice Liddell",
+        **_as_portal(user),  # type: ignore[arg-type]
+    )
+    fresh = await world.accounts.get(user.id)
+    assert fresh is not None
+    assert (fresh.email, fresh.display_name) == (
+        "alice.new@example.com",
+        "Alice Liddell",
+    )
+    assert request.status == Status.COMPLETED
+    assert "email" in request.outcome
+    (event,) = await world.audit.events(kind="user.profile_changed")
+    assert "alice.new" not in event.details  # the fields, never the values
+
+
+async def test_rectification_reaches_live_sessions(world: World) -> None:
+    # The apps read the email from the session (identity headers, assertion): a correction that
+    # waited for the next sign-in would keep handing them the wrong one.
+    user = await world.alice()
+    (before,) = await world.sessions.list_user(user.id)
+    assert before.email == "alice@example.com"
+    await world.privacy.rectify(user, email="alice.fixed@example.com", **_as_portal(user))  # type: ignore[arg-type]
+    (live,) = await world.sessions.list_user(user.id)
+    assert live.email == "alice.fixed@example.com"
+
+
+async def test_rectification_to_a_taken_email_changes_nothing_and_is_rejected(world: World) -> None:
+    user = await world.alice()
+    await world.accounts.create(
+        username="bob", password=PASSWORD, email="bob@example.com", actor="admin:root"
+    )
+    with pytest.raises(Exception, match="already used"):
+        await world.privacy.rectify(user, email="bob@example.com", **_as_portal(user))  # type: ignore[arg-type]
+    fresh = await world.accounts.get(user.id)
+    assert fresh is not None
+    assert fresh.email == "alice@example.com"
+    (request,) = await world.privacy.register.find(user_id=user.id)
+    assert request.status == Status.REJECTED
+
+
+async def test_fields_owned_by_an_identity_provider_say_where_to_correct_them(world: World) -> None:
+    user = await world.alice()
+    async with world.db.session() as s:
+        s.add(IdentityLink(provider="corp-sso", subject="abc", user_id=user.id, created_at=world.clock.now()))
+        await s.commit()
+    with pytest.raises(ProviderOwned, match="corp-sso"):
+        await world.privacy.rectify(user, email="x@example.com", **_as_portal(user))  # type: ignore[arg-type]
+
+
+async def test_restriction_stops_sign_in_keeps_data_and_ends_sessions(world: World) -> None:
+    user = await world.alice()
+    await world.privacy.restrict(user, True, **_as_portal(user))  # type: ignore[arg-type]
+    assert await world.sessions.list_user(user.id) == []
+    with pytest.raises(SignInFailed):  # the attack: sign in again with the right password
+        await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+    kept = await world.accounts.get(user.id)
+    assert kept is not None
+    assert kept.restricted
+    assert kept.email == "alice@example.com"
+    await world.privacy.restrict(kept, False, **_as_portal(user))  # type: ignore[arg-type]
+    assert (await world.accounts.authenticate("alice", PASSWORD, ip=IP)).user.id == user.id
+
+
+async def test_closure_stops_sign_in_and_says_when_the_data_goes(world: World) -> None:
+    user = await world.alice()
+    request = await world.privacy.close(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert "180 days" in request.outcome
+    with pytest.raises(SignInFailed):
+        await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+
+
+async def _audit_text(db: Database) -> str:
+    """Every column of every audit row, as one string (what someone reading the table would see)."""
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT * FROM audit_events"))).all()
+    return "\n".join(" ".join(str(v) for v in row) for row in rows)
+
+
+async def test_erasure_leaves_nothing_readable_and_the_chain_verifying(world: World) -> None:
+    user = await world.alice()
+    assert "alice" in await _audit_text(world.db)
+    assert IP in await _audit_text(world.db)
+    request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert request.status == Status.COMPLETED
+    assert await world.accounts.get(user.id) is None
+    trail = await _audit_text(world.db)
+    assert "alice" not in trail
+    assert IP not in trail
+    report = await verify_database(world.db, keyring=world.keyring)
+    assert report.ok, report.problem
+    # The register proves it, under the pseudonym only.
+    row = await world.request(request.ref)
+    assert row.subject.startswith("[erased:")
+    assert row.user_id is None
+    assert "alice" not in row.details
+    # The removed content is sealed (no plaintext), and opens with the keyring for an investigation.
+    async with world.db.session() as s:
+        kept = (await s.scalars(select(RemovedContent))).one()
+    assert b"alice" not in kept.payload
+    assert kept.expires_at == world.clock.now() + timedelta(days=180)
+    opened = await world.privacy.eraser.read_removed(request.ref)
+    assert opened is not None
+    account = opened["account"]
+    assert isinstance(account, dict)
+    assert account["username"] == "alice"
+
+
+async def test_a_legal_hold_suspends_erasure_until_released(world: World) -> None:
+    user = await world.alice()
+    await world.privacy.holds.place("COURT-2026-17", reason="subpoena", by="admin:counsel", username="alice")
+    request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert request.status == Status.ON_HOLD
+    assert request.hold_ref == "COURT-2026-17"
+    held = await world.accounts.get(user.id)
+    assert held is not None
+    assert held.restricted
+    with pytest.raises(SignInFailed):
+        await world.accounts.authenticate("alice", PASSWORD, ip=IP)
+    # Retrying while held changes nothing.
+    assert await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention") == []
+    assert await world.accounts.get(user.id) is not None
+    await world.privacy.holds.release("COURT-2026-17", by="admin:counsel")
+    (done,) = await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention")
+    assert done.ref == request.ref
+    assert done.status == Status.COMPLETED
+    assert await world.accounts.get(user.id) is None
+    assert (await verify_database(world.db, keyring=world.keyring)).ok
+
+
+async def test_overdue_requests_are_reported_once(world: World) -> None:
+    user = await world.alice()
+    open_request = await world.privacy.register.open(
+        Kind.ERASURE, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.ADMIN
+    )
+    assert await world.privacy.report_overdue() == 0
+    world.clock.advance(31 * 86400)
+    assert await world.privacy.report_overdue() == 1
+    assert await world.privacy.report_overdue() == 0  # once, also across replicas (marked in the row)
+    (event,) = await world.audit.events(kind="privacy.request_overdue")
+    assert json.loads(event.details)["request"] == open_request.ref
+    assert event.outcome == "failure"
+
+
+async def test_ccpa_requests_are_due_in_45_days(world: World) -> None:
+    user = await world.alice()
+    request = await world.privacy.register.open(
+        Kind.ACCESS, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.CLI, law="ccpa"
+    )
+    assert request.due_at - request.received_at == timedelta(days=45)
+    assert request.status == Status.RECEIVED  # not verified yet
+    verified = await world.privacy.register.verify(request.ref, by="admin:bob (ID checked by phone)")
+    assert verified.status == Status.VERIFIED
+    assert verified.verified_at is not None

@@ -1,0 +1,262 @@
+"""The account's privacy page in process: a worker's real services (SQLite file, embedded fast state)
+behind the control app and Litestar's client.
+
+What the real-gateway tests (tests/integration/test_account_privacy_http.py, the Chromium test) do not
+reach: an account linked to an identity provider sees the provider's reason instead of a form that
+could only fail; each purpose shows what applies to the person now and the one consent-API call that
+changes it; the "done" page speaks only of requests that ended a session.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import yaml
+from litestar.testing import AsyncTestClient
+
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.models import User
+from gateway.identity.oidc.models import IdentityLink
+from gateway.privacy.register import Channel
+from gateway.root.start import Role, start
+from gateway.services import WorkerServices
+from gateway.settings.loader import load_settings
+from gateway.web.app import create_control_app
+
+# The control app still uses APIs Litestar deprecated (inferred query parameters); a running gateway
+# only warns, and these tests build it (as tests/unit/pipeline/test_sequence.py does).
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+BASE_URL = "http://gw.test:8080"
+HTML = {"Accept": "text/html"}
+JSON = {"Accept": "application/json"}
+PAGE = "/.gateway/account/privacy"
+PURPOSES: list[dict[str, Any]] = [
+    {"name": "newsletter", "title": "Product newsletter", "notice": "Monthly news.", "version": 2},
+    {"name": "surveys", "title": "Surveys", "notice": "Now and then a survey.", "basis": "consent"},
+    {"name": "account", "title": "Your account", "notice": "To sign you in.", "basis": "contract"},
+    {
+        "name": "geolocation",
+        "title": "Sign-in location checks",
+        "notice": "The address is looked up.",
+        "basis": "legitimate_interest",
+        "objectable": True,
+    },
+    {
+        "name": "policy_analytics",
+        "title": "Access pattern sample",
+        "notice": "Request shapes are counted.",
+        "basis": "legitimate_interest",
+        "objectable": True,
+    },
+]
+
+
+class Control:
+    """One started worker's control app, and a signed-in browser on it."""
+
+    def __init__(self, client: AsyncTestClient[Any], services: WorkerServices) -> None:
+        self.client = client
+        self.services = services
+
+    async def sign_in(self, username: str) -> User:
+        """A new account and a two-factor session for it, with the CSRF cookie a page gives."""
+        identity = self.services.identity
+        user = await identity.accounts.create(username=username, password=None, actor="cli:test")
+        now = identity.clock.time()
+        session_id, _ = await identity.sessions.create(
+            user_id=user.id,
+            username=user.username,
+            level=AuthLevel.TWO_FACTOR,
+            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+            roles=(),
+            ip="127.0.0.1",
+            user_agent="test",
+            host=BASE_URL,
+        )
+        self.client.cookies.set("gateway_session", session_id, domain="gw.test")
+        await self.page()  # and the CSRF cookie, as a browser has it from the page
+        return user
+
+    async def page(self) -> httpx.Response:
+        response: httpx.Response = await self.client.get(PAGE, headers=HTML)
+        assert response.status_code == 200, response.text
+        return response
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        token = self.client.cookies.get("gateway_csrf") or ""
+        response: httpx.Response = await self.client.post(
+            path, json=body, headers={**JSON, "x-csrftoken": token}
+        )
+        return response
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Control]:
+    config: dict[str, Any] = {
+        "listen": "127.0.0.1:8080",
+        "public_url": BASE_URL,
+        "data_dir": str(tmp_path / "data"),
+        "session": {"insecure_cookies": True},
+        "admin": {"listen": None},
+        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
+        "privacy": {"purposes": PURPOSES, "retention": {"registration": "90d", "removed_content": "120d"}},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    running = await start(path, load_settings(path), role=Role.WORKER)
+    try:
+        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
+            yield Control(client, running.services)
+    finally:
+        await running.close()
+
+
+def _rows(page: httpx.Response) -> dict[str, str]:
+    """The "Your choices" table: purpose title → the row's markup."""
+    section = page.text.split('id="choices"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, re.S)
+    titled = {}
+    for row in rows:
+        title = re.search(r"<strong>([^<]+)</strong>", row)
+        if title:
+            titled[title.group(1)] = row
+    return titled
+
+
+def _visible(markup: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", markup)).split())
+
+
+def _buttons(row: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, API path, JSON body) of each button in a row."""
+    found = re.findall(r'<button[^>]*data-api="([^"]+)" data-body="([^"]+)"[^>]*>([^<]+)</button>', row)
+    return [(label, api, json.loads(html.unescape(body))) for api, body, label in found]
+
+
+async def test_an_account_of_an_identity_provider_sees_why_instead_of_the_form(gw: Control) -> None:
+    user = await gw.sign_in("ivy")
+    async with gw.services.db.session() as session:
+        now = gw.services.identity.clock.now()
+        session.add(IdentityLink(provider="corp-sso", subject="s-1", user_id=user.id, created_at=now))
+        await session.commit()
+    page = await gw.page()
+    correct = page.text.split('id="correct"', 1)[1].split("</section>", 1)[0]
+    assert "Your email and name come from your identity provider (corp-sso)" in _visible(correct)
+    assert "/rectify" not in correct
+    # The API says the same, and nothing is registered or changed.
+    refused = await gw.post_json("/.gateway/api/account/rectify", {"display_name": "Ivy"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "field-owned-by-identity-provider"
+    kept = await gw.services.identity.accounts.get(user.id)
+    assert kept is not None
+    assert kept.display_name == ""
+    assert await gw.services.privacy.register.find(user_id=user.id) == []
+
+
+async def test_each_purpose_shows_what_applies_now_and_the_call_that_changes_it(gw: Control) -> None:
+    user = await gw.sign_in("jon")
+    consents = gw.services.identity.consents
+    purposes = {p.name: p for p in consents.purposes()}
+    # Allowed surveys, objected to geolocation; the newsletter never answered.
+    await consents.record(user.id, purposes["surveys"], "granted", "api", actor="user:jon")
+    await consents.object(user.id, purposes["geolocation"], method="api", actor="user:jon")
+    rows = _rows(await gw.page())
+    assert list(rows) == [
+        "Product newsletter",
+        "Surveys",
+        "Your account",
+        "Sign-in location checks",
+        "Access pattern sample",
+    ]
+    states = {title: _visible(row.split("</td>")[2]) for title, row in rows.items()}
+    assert states == {
+        "Product newsletter": "Not processed not answered yet",
+        "Surveys": "Processed you allowed it",
+        "Your account": "Processed needed to serve you",
+        "Sign-in location checks": "Not processed you objected",
+        "Access pattern sample": "Processed you may object",
+    }
+    buttons = {title: _buttons(row) for title, row in rows.items()}
+    assert buttons == {
+        "Product newsletter": [
+            ("Allow", "/.gateway/api/consents", {"purpose": "newsletter", "decision": "granted"})
+        ],
+        "Surveys": [
+            ("Withdraw consent", "/.gateway/api/consents", {"purpose": "surveys", "decision": "withdrawn"})
+        ],
+        "Your account": [],
+        "Sign-in location checks": [
+            ("Withdraw objection", "/.gateway/api/objections", {"purpose": "geolocation", "object": False})
+        ],
+        "Access pattern sample": [
+            ("Object", "/.gateway/api/objections", {"purpose": "policy_analytics", "object": True})
+        ],
+    }
+    # Every button's call is one the consent API takes: the page's script sends exactly these.
+    for title, calls in buttons.items():
+        for _, api, body in calls:
+            answer = await gw.post_json(api, body)
+            assert answer.status_code == 200, (title, answer.text)
+    states = {title: _visible(row.split("</td>")[2]) for title, row in _rows(await gw.page()).items()}
+    assert states["Product newsletter"] == "Processed you allowed it"
+    assert states["Surveys"] == "Not processed you withdrew it"
+    assert states["Sign-in location checks"] == "Processed you may object"
+    assert states["Access pattern sample"] == "Not processed you objected"
+
+
+async def test_a_changed_notice_asks_again(gw: Control) -> None:
+    user = await gw.sign_in("kim")
+    consents = gw.services.identity.consents
+    newsletter = consents.purpose("newsletter")
+    # An answer to the notice's previous version: it no longer counts.
+    older = msgspec.structs.replace(newsletter, version=newsletter.version - 1)
+    await consents.record(user.id, older, "granted", "api", actor="user:kim")
+    row = _rows(await gw.page())["Product newsletter"]
+    assert _visible(row.split("</td>")[2]) == "Not processed the notice changed: answer again"
+    assert [label for label, _, _ in _buttons(row)] == ["Allow"]
+
+
+async def test_the_done_page_speaks_only_of_requests_that_ended_a_session(gw: Control) -> None:
+    privacy = gw.services.privacy
+    settings = gw.services.live.current.settings.privacy
+    who: dict[str, Any] = {"settings": settings, "channel": Channel.PORTAL, "verified_by": "test"}
+    lee = await gw.services.identity.accounts.create(username="lee", password=None, actor="cli:test")
+    exported, _ = await privacy.export(lee, actor="user:lee", **who)
+    restricted = await privacy.restrict(lee, True, actor="user:lee", **who)
+    may = await gw.services.identity.accounts.create(username="may", password=None, actor="cli:test")
+    await privacy.holds.place("ORDER-7", reason="court order", by="admin:counsel", username="may")
+    held = await privacy.erase(may, actor="user:may", **who)
+    closed = await privacy.close(
+        await gw.services.identity.accounts.create(username="ned", password=None, actor="cli:test"),
+        actor="user:ned",
+        **who,
+    )
+
+    async def done(ref: str) -> httpx.Response:
+        response: httpx.Response = await gw.client.get(f"{PAGE}/done", params={"ref": ref}, headers=HTML)
+        return response
+
+    for ref in ("", "PR-", "not-a-ref", "PR-AAAAAAAAAA", exported.ref):
+        assert (await done(ref)).status_code == 404, ref
+    texts = {}
+    for view in (restricted, held, closed):
+        page = await done(view.ref)
+        assert page.status_code == 200, page.text
+        texts[view.kind] = _visible(page.text)
+        assert view.ref in texts[view.kind]
+        # Whose request it is stays out of a page anyone with the link could open.
+        for name in ("lee", "may", "ned"):
+            assert re.search(rf"\b{name}\b", texts[view.kind]) is None
+    assert "Processing is restricted" in texts["restriction"]
+    assert "Your erasure is on hold" in texts["erasure"]
+    assert "Your account is closed" in texts["closure"]
+    assert "deleted 90 days from now" in texts["closure"]
