@@ -1,0 +1,275 @@
+"""The disaster-recovery drill of a PostgreSQL deployment: pgBackRest's newest backup and the archived
+WAL restored into a fresh cluster, a gateway started on it, and the same proofs as on SQLite.
+
+The steps (each a named check; the first failure ends the drill):
+
+* ``verify``: ``pgbackrest verify`` passes and ``pgbackrest info`` names the newest backup;
+* ``restore``: ``pgbackrest restore`` into a new temporary data directory (all archived WAL replayed,
+  archiving off in the copy, so it never pushes WAL into the live stanza);
+* ``start_database``: PostgreSQL on that directory (``pg_ctl``, as ``backup.pgbackrest.os_user``, a free
+  loopback port and a socket in the node's directory) has finished recovery and accepts connections;
+* ``start``, ``sign_in``: as on SQLite (:mod:`gateway.backup.drill`), with ``storage.url`` pointing at
+  the restored cluster (same user, password and database as the live URL, another host and port);
+* ``audit_chain``: the restored trail verifies with the keyring.
+
+RPO is the age of the newest backup (when it stopped); the age of the newest restored audit record
+shows what the archived WAL added on top. RTO runs from the start of the restore to the gateway being
+ready. The cluster is always stopped (``-m immediate``) and its directory removed unless ``keep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from gateway.audit.chain import verify_database
+from gateway.backup.drill import (
+    Check,
+    DrillReport,
+    free_port,
+    interrupt,
+    node_config,
+    node_config_file,
+    serve_and_use,
+)
+from gateway.backup.pgbackrest import PgBackRestError, as_owner, restore_args
+from gateway.backup.pgbackrest import run as run_pgbackrest
+from gateway.crypto.keyring import Keyring
+from gateway.settings.schema import PgBackRestSettings
+from gateway.store.db import Database
+from gateway.store.pg_tls import TLS_PARAMETERS
+
+__all__ = ["PG_STEPS", "find_pg_ctl", "run_pg_drill"]
+
+PG_STEPS = ("verify", "restore", "start_database", "start", "sign_in", "audit_chain")
+# Recovery of a day's WAL on a small database takes seconds; a large one is what this bound reports.
+RECOVERY_TIMEOUT = 600.0
+
+Progress = Callable[[str], None]
+CheckFn = Callable[[str, str | None, str], bool]
+
+
+def find_pg_ctl() -> Path | None:
+    """``pg_ctl``: on the PATH, else the newest of Debian's ``/usr/lib/postgresql/<major>/bin``."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3].split(".")[0])
+    )
+    return Path(candidates[-1]) if candidates else None
+
+
+def _newest_backup(pg: PgBackRestSettings) -> tuple[str, datetime]:
+    info = json.loads("\n".join(run_pgbackrest(pg, "info", "--output=json").output))
+    backups = [b for stanza in info for b in stanza.get("backup", [])]
+    if not backups:
+        raise PgBackRestError("info", 0, f"stanza {pg.stanza} has no backup to restore")
+    newest = max(backups, key=lambda b: b["timestamp"]["stop"])
+    return str(newest["label"]), datetime.fromtimestamp(newest["timestamp"]["stop"], UTC)
+
+
+def _give(path: Path, os_user: str | None) -> None:
+    if os_user is not None:
+        entry = pwd.getpwnam(os_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _prepare_config(data: Path, os_user: str | None) -> None:
+    # pgBackRest restores the data directory only; Debian keeps postgresql.conf and pg_hba.conf in
+    # /etc, so a copy restored from such a cluster has none: a minimal pair, loopback only.
+    for name, body in (
+        ("postgresql.conf", "listen_addresses = '127.0.0.1'\n"),
+        ("pg_hba.conf", "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n"),
+    ):
+        path = data / name
+        if not path.exists():
+            path.write_text(body)
+            path.chmod(0o600)
+            _give(path, os_user)
+
+
+@contextmanager
+def _cluster(
+    pg: PgBackRestSettings, pg_ctl: Path, data: Path, port: int, sockets: Path
+) -> Iterator[str | None]:
+    """Start PostgreSQL on ``data``; yields None when it runs, else why not. Always stopped after."""
+    log = sockets.parent / "pglog" / "postgresql.log"
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c archive_mode=off"
+    start = as_owner(
+        pg, str(pg_ctl), "-D", str(data), "-l", str(log), "-w", "-t", "120", "-o", options, "start"
+    )
+    try:
+        proc = subprocess.run(start, capture_output=True, text=True, timeout=180, check=False)  # noqa: S603
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            yield f"pg_ctl start failed ({proc.returncode}): {proc.stderr.strip()[-200:]} {' | '.join(tail)}"
+        else:
+            yield None
+    finally:
+        if (data / "postmaster.pid").exists():
+            stop = as_owner(pg, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop")
+            subprocess.run(stop, capture_output=True, timeout=60, check=False)  # noqa: S603
+
+
+async def _promoted(url: str, deadline: float) -> str | None:
+    db = Database.open(url, pool_size=1)
+    try:
+        while True:
+            try:
+                async with db.engine.connect() as conn:
+                    if not (await conn.execute(text("SELECT pg_is_in_recovery()"))).scalar_one():
+                        return None
+            except Exception as exc:  # noqa: BLE001 - reported as the step's problem
+                last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            else:
+                last = "still recovering"
+            if time.monotonic() > deadline:
+                return f"not accepting writes after {RECOVERY_TIMEOUT:.0f}s ({last})"
+            await asyncio.sleep(0.2)
+    finally:
+        await db.close()
+
+
+async def _audit(url: str, keyring: Keyring) -> tuple[str | None, datetime | None]:
+    db = Database.open(url, pool_size=1)
+    try:
+        report = await verify_database(db, keyring=keyring)
+        async with db.engine.connect() as conn:
+            newest = (await conn.execute(text("SELECT max(at) FROM audit_events"))).scalar_one()
+    finally:
+        await db.close()
+    problem = None if report.problem is None else f"audit chain broken: {report.problem}"
+    return problem, newest
+
+
+def run_pg_drill(
+    pg: PgBackRestSettings,
+    live_url: str,
+    live_config: Path,
+    keyring_file: Path,
+    keyring: Keyring,
+    *,
+    port: int | None = None,
+    keep: bool = False,
+    progress: Progress = lambda _line: None,
+) -> DrillReport:
+    """Every step of the PostgreSQL drill (see the module docstring); synchronous, as ``run_drill``."""
+    report = DrillReport(backup_id="", backup_path=f"pgbackrest stanza {pg.stanza}", steps=PG_STEPS)
+    node_dir = Path(tempfile.mkdtemp(prefix="gateway-drill-"))
+    # The cluster's owner must reach its directories inside; nobody may list this one.
+    os.chmod(node_dir, 0o711 if pg.os_user else 0o700)
+    report.node_dir = str(node_dir)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, progress)
+    except KeyboardInterrupt:
+        report.checks.append(Check("interrupted", False, "the drill was interrupted; the node was stopped"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not keep:
+            shutil.rmtree(node_dir, ignore_errors=True)
+    return report
+
+
+def _steps(
+    report: DrillReport,
+    pg: PgBackRestSettings,
+    live_url: str,
+    live_config: Path,
+    keyring_file: Path,
+    keyring: Keyring,
+    node_dir: Path,
+    port: int | None,
+    progress: Progress,
+) -> None:
+    def check(name: str, problem: str | None, ok: str) -> bool:
+        report.checks.append(Check(name, problem is None, problem or ok))
+        progress(f"{name}: {'ok' if problem is None else 'FAILED'} - {problem or ok}")
+        return problem is None
+
+    pg_ctl = find_pg_ctl()
+    try:
+        if pg_ctl is None:
+            raise PgBackRestError("drill", 127, "pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)")
+        run_pgbackrest(pg, "verify")
+        label, stopped = _newest_backup(pg)
+    except PgBackRestError as exc:
+        check("verify", str(exc), "")
+        return
+    report.backup_id = label
+    check("verify", None, f"pgbackrest verify passed; newest backup {label}")
+
+    data, sockets = node_dir / "pgdata", node_dir / "sock"
+    for path in (data, sockets, node_dir / "pglog"):
+        path.mkdir(mode=0o700)
+        _give(path, pg.os_user)
+    started = time.monotonic()
+    try:
+        run_pgbackrest(pg, "restore", *restore_args(data, target_time=None))
+    except PgBackRestError as exc:
+        check("restore", str(exc), "")
+        return
+    _prepare_config(data, pg.os_user)
+    report.rpo_seconds = (datetime.now(UTC) - stopped).total_seconds()
+    check("restore", None, f"{label} and the archived WAL into {data}")
+
+    db_port = free_port()
+    # The drill's own cluster listens on loopback only: the live URL's TLS parameters name the live
+    # server (verify-full would refuse 127.0.0.1), and the restored copy may have no certificate.
+    node = (
+        make_url(live_url).difference_update_query(TLS_PARAMETERS).update_query_dict({"sslmode": "disable"})
+    )
+    node_url = node.set(host="127.0.0.1", port=db_port).render_as_string(hide_password=False)
+    with _cluster(pg, pg_ctl, data, db_port, sockets) as problem:
+        problem = problem or asyncio.run(_promoted(node_url, time.monotonic() + RECOVERY_TIMEOUT))
+        if not check("start_database", problem, f"PostgreSQL on 127.0.0.1:{db_port}, recovery done"):
+            return
+        _gateway_steps(report, node_url, live_config, keyring_file, keyring, node_dir, port, started, check)
+
+
+def _gateway_steps(
+    report: DrillReport,
+    node_url: str,
+    live_config: Path,
+    keyring_file: Path,
+    keyring: Keyring,
+    node_dir: Path,
+    port: int | None,
+    started: float,
+    check: CheckFn,
+) -> None:
+    report.port = port or free_port()
+    cwd = live_config.resolve().parent
+    raw = node_config(live_config, node_dir / "data", report.port, keyring_file)
+    # The one place the restored cluster is named; the file is 0600 and removed after (kept: 0600
+    # in the 0700 node directory), as the password of the live URL may be in it.
+    raw["storage"] = {**raw["storage"], "url": node_url}
+    doc = yaml.safe_dump(raw)
+    kept = node_dir / "gateway.yaml"
+    kept.write_text(doc)
+    kept.chmod(0o600)
+    with node_config_file(cwd, node_dir, doc) as config:
+        serve_and_use(report, config, node_dir, cwd, started, check)
+    if report.failed:
+        return
+    problem, newest = asyncio.run(_audit(node_url, keyring))
+    if newest is not None:
+        report.newest_record_age_seconds = (datetime.now(UTC) - newest).total_seconds()
+    check("audit_chain", problem, "the restored trail verifies with the keyring")

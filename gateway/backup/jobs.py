@@ -1,0 +1,152 @@
+"""What one backup of a deployment is, by storage backend: the unit the schedule runs.
+
+* **SQLite** (the embedded default): an online snapshot, encrypted and signed
+  (:func:`gateway.backup.archive.create_backup`), verified end to end as ``gateway backup verify``
+  does (decrypt, restore into a scratch directory, audit chain, row counts), copied to every
+  ``backup.targets`` (each copy checked), then pruned to ``keep_daily``/``keep_weekly``.
+* **PostgreSQL** with ``backup.pgbackrest``: ``pgbackrest backup``, full on ``backup.full_on`` and
+  incremental otherwise (pgBackRest makes it full when the repository has none), then ``pgbackrest
+  verify``; pgBackRest's own ``retention_full`` prunes.
+
+A failure raises :class:`~gateway.backup.manifest.BackupError` naming what failed; a backup that was
+made but not copied everywhere comes back with ``problem`` set (the schedule reports it as failed: a
+lost site would lose it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from gateway.backup.archive import create_backup
+from gateway.backup.manifest import BackupError
+from gateway.backup.pgbackrest import PgBackRestError
+from gateway.backup.pgbackrest import run as run_pgbackrest
+from gateway.backup.sets import backup_directory, prune
+from gateway.backup.snapshot import sqlite_path
+from gateway.backup.targets import replicate_all
+from gateway.backup.verify import verify_backup
+from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
+from gateway.settings.schema import PgBackRestSettings, Settings
+from gateway.store.db import configured_url
+
+__all__ = ["Job", "Made", "job_for", "pgbackrest_backup", "sqlite_backup"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """One backup made.
+
+    Attributes:
+        backup_id: The SQLite backup id, or pgBackRest's backup label.
+        details: For the audit record and the run row (ids, hashes, copies; never key material).
+        problem: Made, but something after it failed (a target the copy did not reach).
+    """
+
+    backup_id: str
+    details: dict[str, object] = field(default_factory=dict)
+    problem: str | None = None
+
+
+# One backup of the deployment at ``now``; raises BackupError when none was made.
+Job = Callable[[datetime], Awaitable[Made]]
+
+
+async def sqlite_backup(
+    settings: Settings,
+    keyring: Keyring,
+    clock: Clock,
+    *,
+    verify: bool = True,
+    replicate: bool = True,
+    prune_old: bool = True,
+    to: Path | None = None,
+    progress: Progress = lambda _line: None,
+) -> Made:
+    """Snapshot, encrypt, sign, verify, replicate and prune (see the module docstring).
+
+    Raises:
+        BackupError: No backup was made, or the one made failed verification (naming the part).
+    """
+    database = sqlite_path(configured_url(settings))
+    directory = to or backup_directory(settings)
+    manifest, path = await asyncio.to_thread(
+        create_backup, database, Path(settings.data_dir), directory, keyring, clock, progress
+    )
+    details: dict[str, object] = {
+        "backup_id": manifest.backup_id,
+        "created_at": manifest.created_at,
+        "schema_revision": manifest.schema_revision,
+        "audit_head_seq": manifest.audit_head_seq,
+        "parts": {p.name: p.sha256 for p in manifest.parts},
+    }
+    if verify:
+        # On a thread with its own loop: decrypting and checking a large database is seconds of
+        # blocking work that must not stall the requests this worker's loop is serving.
+        verified = await asyncio.to_thread(asyncio.run, verify_backup(path, keyring))
+        details["verified_rows"] = sum(verified.row_counts.values())
+        progress(f"verified: restored, audit chain of {verified.audit_records} record(s) checked")
+    done, failed = await asyncio.to_thread(replicate_all, path, settings.backup.targets if replicate else ())
+    details["replicated"] = [c.location for c in done]
+    details["replication_failed"] = [t for t, _p in failed]
+    for copy in done:
+        progress(f"replicated to {copy.location} (checked)")
+    for target, why in failed:
+        progress(f"replication to {target} FAILED: {why}")
+    if prune_old and to is None:
+        b = settings.backup
+        _kept, dropped = await asyncio.to_thread(
+            prune, directory, keep_daily=b.keep_daily, keep_weekly=b.keep_weekly
+        )
+        details["pruned"] = [s.backup_id for s in dropped]
+    problem = "; ".join(f"replication to {t} failed: {why}" for t, why in failed) or None
+    return Made(manifest.backup_id, details, problem)
+
+
+_LABEL = re.compile(r"new backup label = (\S+)")
+
+
+def pgbackrest_backup(pg: PgBackRestSettings, full_on: int, now: datetime, progress: Progress) -> Made:
+    """``pgbackrest backup`` (full on ``full_on``, else incremental), then ``pgbackrest verify``.
+
+    Raises:
+        BackupError: pgBackRest failed (its message; the part is ``pgbackrest``).
+    """
+    kind = "full" if now.isoweekday() == full_on else "incr"
+    try:
+        made = run_pgbackrest(pg, "backup", f"--type={kind}", on_line=progress)
+        run_pgbackrest(pg, "verify", on_line=progress)
+    except PgBackRestError as exc:
+        raise BackupError(str(exc), part="pgbackrest") from None
+    labels = [m.group(1) for line in made.output if (m := _LABEL.search(line))]
+    label = labels[-1] if labels else f"{kind}@{now:%Y%m%dT%H%M%SZ}"
+    return Made(label, {"backup_id": label, "type": kind, "stanza": pg.stanza, "verified": True})
+
+
+def job_for(settings: Callable[[], Settings], keyring: Keyring, clock: Clock) -> Job | None:
+    """The scheduled job for this deployment's storage; ``None`` when it has no way to back up
+    (PostgreSQL without ``backup.pgbackrest``: the readiness details say so)."""
+    if configured_url(settings()).startswith("sqlite"):
+
+        async def embedded(_now: datetime) -> Made:
+            return await sqlite_backup(settings(), keyring, clock)
+
+        return embedded
+    if settings().backup.pgbackrest is None:
+        return None
+
+    async def postgresql(now: datetime) -> Made:
+        current = settings()
+        pg = current.backup.pgbackrest
+        if pg is None:
+            raise BackupError("backup.pgbackrest was removed from the configuration", part="pgbackrest")
+        return await asyncio.to_thread(pgbackrest_backup, pg, current.backup.full_on, now, lambda _l: None)
+
+    return postgresql

@@ -1,0 +1,108 @@
+"""Restoring a backup into a new data directory, and refusing to overwrite a live one.
+
+The target's ``gateway.db`` is written to a temporary file beside it and renamed into place, so it is
+the whole backup or the old file, never half of one. An existing non-empty database is replaced only
+with ``force``; a database some process has open (a gateway running on that data directory, found
+through ``/proc``) is never replaced: stop the gateway first. With ``force`` the old WAL files and the
+node's fast state (``state.db``: sessions, counters) are removed too, since they belong to the old
+database: a stale WAL would be replayed into the restored file, and sessions of the old state would
+outlive a disabled account of the restored one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from gateway.audit.checkpoint import local_checkpoint_file
+from gateway.backup.archive import CHECKPOINTS_PART, DATABASE_PART
+from gateway.backup.manifest import BackupError
+
+__all__ = ["database_in_use", "install_parts", "refuse_live_target", "staging_dir"]
+
+_DB_NAME = "gateway.db"
+_STALE = (
+    "gateway.db-wal",
+    "gateway.db-shm",
+    "gateway.db-journal",
+    "state.db",
+    "state.db-wal",
+    "state.db-shm",
+)
+
+
+def database_in_use(path: Path) -> list[int]:
+    """The ids of processes that hold ``path`` open (Linux ``/proc``; empty where it cannot tell)."""
+    target = path.resolve()
+    holders = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue  # gone, or another user's process we may not look into
+        for fd in fds:
+            try:
+                if Path(os.readlink(fd)) == target:
+                    holders.append(int(proc.name))
+                    break
+            except OSError:
+                continue
+    return holders
+
+
+def refuse_live_target(data_dir: Path, *, force: bool) -> None:
+    """Raise unless the data directory's database may be replaced.
+
+    Raises:
+        BackupError: A process has the database open (always), or it exists and is not empty
+            (unless ``force``).
+    """
+    db = data_dir / _DB_NAME
+    if not db.exists():
+        return
+    holders = [pid for pid in database_in_use(db) if pid != os.getpid()]
+    if holders:
+        raise BackupError(
+            f"{db} is open in process {', '.join(map(str, holders))} (a gateway running on it?): stop it first"
+        )
+    if db.stat().st_size > 0 and not force:
+        raise BackupError(
+            f"{db} exists and is not empty: restore into a new data directory, or pass --force to replace it"
+        )
+
+
+def install_parts(staged: Path, data_dir: Path) -> Path:
+    """Move decrypted parts from ``staged`` (on the same file system) into ``data_dir``.
+
+    The database and the audit checkpoints are each renamed into place, so each is the restored file
+    or the old one, never half of one.
+
+    Returns:
+        The restored database file.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in _STALE:
+        (data_dir / stale).unlink(missing_ok=True)
+    db = data_dir / _DB_NAME
+    os.replace(staged / DATABASE_PART, db)
+    if (staged / CHECKPOINTS_PART).exists():
+        checkpoints = local_checkpoint_file(data_dir)
+        checkpoints.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(staged / CHECKPOINTS_PART, checkpoints)
+    _fsync_dir(data_dir)
+    return db
+
+
+def staging_dir(data_dir: Path) -> Path:
+    """A new 0700 directory inside ``data_dir`` to decrypt into (same file system: the moves are renames)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=data_dir, prefix=".restore-"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

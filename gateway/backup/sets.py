@@ -1,0 +1,89 @@
+"""The backups kept in a directory, and pruning them to N daily and M weekly.
+
+Pruning keeps the newest backup of each of the ``keep_daily`` most recent days that have one and of
+each of the ``keep_weekly`` most recent ISO weeks that have one (UTC), and always the newest backup.
+Days and weeks without a backup do not count, so a pause in backups never prunes the last good ones
+away. Partial directories (being written) and unreadable ones are never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest
+from gateway.settings.schema import Settings
+
+__all__ = ["BackupSet", "backup_directory", "list_backups", "prune", "prune_plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSet:
+    """One backup directory as listed (its manifest read, not verified)."""
+
+    backup_id: str
+    path: Path
+    created_at: datetime
+    parts: int
+    size: int
+
+
+def list_backups(directory: Path) -> list[BackupSet]:
+    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped."""
+    found: list[BackupSet] = []
+    if not directory.is_dir():
+        return found
+    for path in directory.iterdir():
+        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
+            continue
+        try:
+            manifest, _doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
+            created = datetime.fromisoformat(manifest.created_at).astimezone(UTC)
+        except (BackupError, ValueError, OSError):
+            continue
+        size = sum(p.size for p in manifest.parts)
+        found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
+    return sorted(found, key=lambda s: (s.created_at, s.backup_id))
+
+
+def _newest_per(sets: list[BackupSet], key: str, count: int) -> set[str]:
+    newest: dict[tuple[int, int], BackupSet] = {}
+    for s in sets:  # oldest first: a later one of the same period replaces an earlier
+        iso = s.created_at.isocalendar()
+        period = (
+            (s.created_at.year, s.created_at.timetuple().tm_yday) if key == "day" else (iso.year, iso.week)
+        )
+        newest[period] = s
+    return {newest[p].backup_id for p in sorted(newest, reverse=True)[:count]}
+
+
+def prune_plan(
+    sets: list[BackupSet], *, keep_daily: int, keep_weekly: int
+) -> tuple[list[BackupSet], list[BackupSet]]:
+    """Which backups to keep and which to delete (each list oldest first)."""
+    keep = _newest_per(sets, "day", keep_daily) | _newest_per(sets, "week", keep_weekly)
+    if sets:
+        keep.add(sets[-1].backup_id)
+    return [s for s in sets if s.backup_id in keep], [s for s in sets if s.backup_id not in keep]
+
+
+def prune(
+    directory: Path, *, keep_daily: int, keep_weekly: int, dry_run: bool = False
+) -> tuple[list[BackupSet], list[BackupSet]]:
+    """Delete the backups :func:`prune_plan` does not keep (none with ``dry_run``).
+
+    Returns:
+        The kept and the deleted (or, with ``dry_run``, to be deleted) backups.
+    """
+    keep, drop = prune_plan(list_backups(directory), keep_daily=keep_daily, keep_weekly=keep_weekly)
+    if not dry_run:
+        for s in drop:
+            shutil.rmtree(s.path)
+    return keep, drop
+
+
+def backup_directory(settings: Settings) -> Path:
+    """Where this node keeps its backups: ``backup.directory``, or ``<data_dir>/backups``."""
+    return Path(settings.backup.directory or Path(settings.data_dir) / "backups")

@@ -1,0 +1,312 @@
+"""``gateway backup …``: encrypted, signed backups of the embedded (SQLite) database.
+
+    gateway backup create [--to DIR] [--no-replicate]
+    gateway backup list
+    gateway backup verify [ID|PATH]
+    gateway backup restore ID|PATH --data-dir DIR [--force]
+    gateway backup prune [--dry-run]
+
+``create`` snapshots the live database online (gateways keep serving), encrypts it and the audit
+checkpoints under the keyring, writes a signed manifest and copies the backup to every
+``backup.targets``. ``verify`` checks a backup end to end (newest without an argument): signature,
+hashes, decryption, a restore into a scratch directory, the schema revision and the audit chain.
+``restore`` puts a backup into a new data directory (an existing database only with ``--force``,
+never one a running gateway holds open). ``prune`` keeps ``backup.keep_daily`` daily and
+``backup.keep_weekly`` weekly backups. Create, verify and restore are recorded in the audit trail
+(``backup.created``, ``backup.verified``, ``backup.verify_failed``, ``backup.restored``).
+
+Exit codes: 0 done, 1 the backup or a check failed (the failing part is named), 2 invalid input or
+configuration. Every action takes ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.cli.harness import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    load_keyring,
+    open_store,
+    operator,
+    run,
+    storage_url,
+)
+
+if TYPE_CHECKING:
+    from gateway.backup.manifest import Manifest
+    from gateway.settings.schema import Settings
+
+__all__ = ["register"]
+
+
+def _database(settings: Settings) -> Path:
+    from gateway.backup.snapshot import sqlite_path
+
+    try:
+        return sqlite_path(storage_url(settings))
+    except ValueError:
+        raise UserError(
+            "storage.url is PostgreSQL: its backups are made by pgBackRest (backup.pgbackrest), not by "
+            "gateway backup create"
+        ) from None
+
+
+def _directory(settings: Settings) -> Path:
+    from gateway.backup.sets import backup_directory
+
+    return backup_directory(settings)
+
+
+def _resolve(settings: Settings, ref: str | None) -> Path:
+    """A backup given by id (in ``backup.directory``) or path; the newest one without."""
+    from gateway.backup.sets import list_backups
+
+    directory = _directory(settings)
+    if ref is None:
+        backups = list_backups(directory)
+        if not backups:
+            raise UserError(f"no backups in {directory}; make one with `gateway backup create`")
+        return backups[-1].path
+    for candidate in (Path(ref), directory / ref):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"no backup {ref!r}: neither a directory nor a backup id in {directory}")
+
+
+def _summary(manifest: Manifest) -> dict[str, object]:
+    # What the audit record says about a backup: identifiers and hashes, never key material.
+    return {
+        "backup_id": manifest.backup_id,
+        "created_at": manifest.created_at,
+        "schema_revision": manifest.schema_revision,
+        "audit_head_seq": manifest.audit_head_seq,
+        "parts": {p.name: p.sha256 for p in manifest.parts},
+    }
+
+
+def _create(args: argparse.Namespace) -> int:
+    from gateway.backup.jobs import sqlite_backup
+    from gateway.backup.manifest import BackupError
+    from gateway.backup.schedule import BackupSchedule
+    from gateway.clock import SYSTEM_CLOCK
+
+    settings = load_config(args)
+    _database(settings)  # PostgreSQL: a clear word about pgBackRest instead
+
+    async def work() -> int:
+        async with open_store(settings, keyring=True) as store:
+            assert store.keyring is not None  # opened with keyring=True
+            try:
+                made = await sqlite_backup(
+                    settings, store.keyring, SYSTEM_CLOCK, verify=False, replicate=not args.no_replicate,
+                    prune_old=False, to=args.to, progress=lambda line: print(line, flush=True),
+                )  # fmt: skip
+            except BackupError as exc:
+                raise Failed(f"backup FAILED: {exc.detail}") from None
+            print(f"backup {made.backup_id} written to {(args.to or _directory(settings)) / made.backup_id}")
+            audit = store.audit()
+            await audit.record(
+                "backup.created",
+                actor=operator(),
+                outcome="success" if made.problem is None else "partial",
+                details=made.details,
+            )
+            # Every replica's readiness details see it: a manual backup counts as the deployment's.
+            await BackupSchedule(store.db, audit, None, lambda: settings.backup, SYSTEM_CLOCK).record_manual(
+                made
+            )
+            print(made.backup_id)
+            return EXIT_OK if made.problem is None else EXIT_FAILURE
+
+    return run(work())
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.backup.sets import list_backups
+
+    settings = load_config(args)
+    directory = _directory(settings)
+    backups = list_backups(directory)
+    if not backups:
+        print(f"no backups in {directory}")
+        return EXIT_OK
+    for b in backups:
+        print(
+            f"{b.backup_id}  {b.created_at:%Y-%m-%d %H:%M:%S}Z  {b.parts} part(s)  {b.size} bytes  {b.path}"
+        )
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.backup.manifest import BackupError
+    from gateway.backup.verify import verify_backup
+
+    settings = load_config(args)
+    path = _resolve(settings, args.backup)
+    keyring = load_keyring(settings, may_create=False)
+
+    async def work() -> int:
+        try:
+            verified = await verify_backup(path, keyring)
+        except BackupError as exc:
+            print(f"backup {path.name} FAILED verification: {exc.detail}")
+            async with open_store(settings, keyring=True) as store:
+                await store.audit().record(
+                    "backup.verify_failed",
+                    actor=operator(),
+                    outcome="failure",
+                    details={"backup": path.name, "part": exc.part, "problem": exc.detail},
+                )
+            return EXIT_FAILURE
+        m = verified.manifest
+        print(f"backup {m.backup_id} OK: signature, {len(m.parts)} part(s) hashed and decrypted, restored")
+        print(f"  created {m.created_at}, gateway {m.gateway_version}, schema {m.schema_revision}")
+        print(f"  audit chain verified: {verified.audit_records} record(s), head seq {m.audit_head_seq}")
+        print("  rows per table:")
+        for table, count in sorted(verified.row_counts.items()):
+            print(f"    {table}: {count}")
+        async with open_store(settings, keyring=True) as store:
+            await store.audit().record(
+                "backup.verified",
+                actor=operator(),
+                details={**_summary(m), "rows": sum(verified.row_counts.values())},
+            )
+        return EXIT_OK
+
+    return run(work())
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.backup.manifest import BackupError
+    from gateway.backup.restore import refuse_live_target
+    from gateway.backup.verify import restore_backup
+    from gateway.store.db import Database, default_sqlite_url
+
+    settings = load_config(args)
+    path = _resolve(settings, args.backup)
+    data_dir: Path = args.data_dir
+    try:
+        refuse_live_target(data_dir, force=args.force)
+    except BackupError as exc:
+        raise UserError(exc.detail) from None
+    keyring = load_keyring(settings, may_create=False)
+
+    async def work() -> int:
+        try:
+            verified = await restore_backup(path, keyring, data_dir, force=args.force)
+        except BackupError as exc:
+            raise Failed(f"restore FAILED: {exc.detail}") from None
+        # The restored trail records its own restore: the first thing the new node's chain says.
+        db = Database.open(default_sqlite_url(data_dir), pool_size=1)
+        try:
+            await AuditLog(db, keyring=keyring).record(
+                "backup.restored",
+                actor=operator(),
+                details={**_summary(verified.manifest), "forced": bool(args.force)},
+            )
+        finally:
+            await db.close()
+        m = verified.manifest
+        print(
+            f"backup {m.backup_id} restored into {data_dir} (audit chain verified, {verified.audit_records} records)"
+        )
+        print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")
+        return EXIT_OK
+
+    return run(work())
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from gateway.backup.sets import prune
+
+    settings = load_config(args)
+    b = settings.backup
+    keep, drop = prune(
+        _directory(settings), keep_daily=b.keep_daily, keep_weekly=b.keep_weekly, dry_run=args.dry_run
+    )
+    for s in keep:
+        print(f"keep    {s.backup_id}")
+    for s in drop:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {s.backup_id}")
+    if drop and not args.dry_run:
+
+        async def record() -> None:
+            async with open_store(settings, keyring=True) as store:
+                await store.audit().record(
+                    "backup.pruned", actor=operator(), details={"deleted": [s.backup_id for s in drop]}
+                )
+
+        run(record())
+    return EXIT_OK
+
+
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway backup …`` to the ``gateway`` command's sub-commands."""
+    actions = command_group(
+        sub,
+        "backup",
+        help="encrypted, signed backups of the embedded database",
+        description="Make, list, verify, restore and prune backups of the embedded SQLite database. "
+        "The keyring decrypts them and is never inside one: keep a copy of it elsewhere.",
+    )
+    p = actions.add_parser(
+        "create",
+        help="back up the database now (online)",
+        description="Snapshot the database while gateways keep serving, encrypt it under the keyring, "
+        "write a signed manifest and copy the backup to backup.targets. Prints the backup id.",
+    )
+    config_arg(p)
+    p.add_argument("--to", type=Path, metavar="DIR", help="write it here instead of backup.directory")
+    p.add_argument("--no-replicate", action="store_true", help="do not copy it to backup.targets")
+    p.set_defaults(func=_create)
+
+    p = actions.add_parser(
+        "list", help="list the backups", description="List the backups in backup.directory."
+    )
+    config_arg(p)
+    p.set_defaults(func=_list)
+
+    p = actions.add_parser(
+        "verify",
+        help="check a backup end to end",
+        description="Check the manifest signature, each part's hash and decryption, restore into a scratch "
+        "directory and check the schema revision and the audit chain; print row counts. Exit 1 naming the "
+        "failing part.",
+    )
+    config_arg(p)
+    p.add_argument("backup", nargs="?", metavar="ID|PATH", help="the backup (default: the newest)")
+    p.set_defaults(func=_verify)
+
+    p = actions.add_parser(
+        "restore",
+        help="restore a backup into a new data directory",
+        description="Verify the backup and write it into --data-dir. An existing non-empty database is "
+        "replaced only with --force; one a running gateway holds open never is.",
+    )
+    config_arg(p)
+    p.add_argument("backup", metavar="ID|PATH", help="the backup")
+    p.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="the new node's data directory"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing database (not a running one)")
+    p.set_defaults(func=_restore)
+
+    p = actions.add_parser(
+        "prune",
+        help="delete backups beyond keep_daily and keep_weekly",
+        description="Keep the newest backup of each of the backup.keep_daily most recent days and "
+        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest.",
+    )
+    config_arg(p)
+    p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.set_defaults(func=_prune)

@@ -1,0 +1,262 @@
+"""``gateway pgbackrest …``: backups of a PostgreSQL deployment with pgBackRest, and point-in-time recovery.
+
+    gateway pgbackrest config [--write] [--output FILE]
+    gateway pgbackrest stanza-create
+    gateway pgbackrest check
+    gateway pgbackrest backup [--type full|diff|incr]
+    gateway pgbackrest info [--json]
+    gateway pgbackrest verify
+    gateway pgbackrest restore --pg-path DIR [--target-time ISO] [--force]
+
+``config`` prints the ``pgbackrest.conf`` written from ``backup.pgbackrest`` (the passphrase redacted)
+and the ``postgresql.conf`` lines that archive the WAL into it; ``--write`` writes the file (mode 0600).
+The other actions run the pgBackRest command of the same name, showing its output as it comes.
+``restore`` restores into a NEW data directory (``--type=time --target-action=promote`` with
+``--target-time``), and refuses a running cluster's, the live one's or a non-empty directory without
+``--force``. ``backup``, ``verify`` and ``restore`` are recorded in the audit trail
+(``backup.pg.created``, ``backup.pg.verified``, ``backup.pg.restored``; a failure too) when the
+gateway's database is reachable.
+
+Exit codes: 0 done, 1 pgBackRest failed (its ``ERROR`` line is printed), 2 invalid input or
+configuration (also: ``backup.pgbackrest`` is not configured). Every action takes ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.cli.harness import (
+    EXIT_OK,
+    Failed,
+    SubParsers,
+    UserError,
+    command_group,
+    config_arg,
+    load_config,
+    operator,
+    run,
+    storage_url,
+)
+
+if TYPE_CHECKING:
+    from gateway.backup.pgbackrest import Result
+    from gateway.settings.schema import PgBackRestSettings, Settings
+
+__all__ = ["parse_time", "register"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_time(text: str) -> datetime:
+    """``--target-time``: an ISO 8601 date and time; without a zone it is UTC.
+
+    Raises:
+        UserError: Not an ISO 8601 date and time.
+    """
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--target-time {text[:40]!r} is not an ISO 8601 time (like 2027-06-01T12:00:00+00:00)"
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, PgBackRestSettings]:
+    settings = load_config(args)
+    pg = settings.backup.pgbackrest
+    if pg is None:
+        raise UserError(
+            "backup.pgbackrest is not configured; add it to the configuration (see docs/backup-postgresql.md)"
+        )
+    return settings, pg
+
+
+def _show(line: str) -> None:
+    # pgBackRest's progress and messages go to stderr, so stdout stays the command's own result.
+    print(line, file=sys.stderr, flush=True)
+
+
+def _record(settings: Settings, kind: str, *, outcome: str, details: dict[str, object]) -> None:
+    """Record the event in the gateway's audit trail; an unreachable database only logs a warning.
+
+    The backup or restore already happened (or failed) either way: failing to record it must not
+    change the command's result.
+    """
+    from gateway.audit.trail import record_once
+    from gateway.cli.harness import load_keyring
+
+    try:
+        keyring = load_keyring(settings, may_create=False)
+        run(
+            record_once(
+                storage_url(settings),
+                kind,
+                keyring=keyring,
+                actor=operator(),
+                subject=str(details.get("stanza", "")),
+                outcome=outcome,
+                details=details,
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the database or the keyring: reported, never fatal here
+        print(f"warning: audit event {kind} not recorded ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def _pgbackrest(
+    settings: Settings,
+    pg: PgBackRestSettings,
+    command: str,
+    *options: str,
+    event: str | None = None,
+    details: dict[str, object] | None = None,
+) -> Result:
+    """Run one pgBackRest command; record ``event`` (success or failure) when given.
+
+    Raises:
+        Failed: pgBackRest failed (its message names why).
+    """
+    from gateway.backup.pgbackrest import PgBackRestError
+    from gateway.backup.pgbackrest import run as run_pgbackrest
+
+    facts: dict[str, object] = {"stanza": pg.stanza, "command": command, **(details or {})}
+    try:
+        result = run_pgbackrest(pg, command, *options, on_line=_show)
+    except PgBackRestError as exc:
+        if event is not None:
+            _record(settings, event, outcome="failure", details={**facts, "error": str(exc)})
+        raise Failed(f"error: {exc}") from None
+    if event is not None:
+        _record(settings, event, outcome="success", details=facts)
+    return result
+
+
+def _config(args: argparse.Namespace) -> int:
+    from gateway.backup.pgbackrest import config_text, postgresql_lines, write_config
+
+    _, pg = _settings(args)
+    if args.write:
+        path = write_config(pg, args.output)
+        print(f"wrote {path} (mode 0600)")
+    else:
+        print(f"# {args.output or pg.config_path}")
+        print(config_text(pg, redact=True))
+    print("# postgresql.conf (then restart PostgreSQL)")
+    print(postgresql_lines(pg), end="")
+    return EXIT_OK
+
+
+def _simple(command: str, event: str | None = None) -> Callable[[argparse.Namespace], int]:
+    def action(args: argparse.Namespace) -> int:
+        settings, pg = _settings(args)
+        _pgbackrest(settings, pg, command, event=event)
+        print(f"pgbackrest {command}: OK (stanza {pg.stanza})")
+        return EXIT_OK
+
+    return action
+
+
+def _backup(args: argparse.Namespace) -> int:
+    settings, pg = _settings(args)
+    _pgbackrest(
+        settings, pg, "backup", f"--type={args.type}", event="backup.pg.created", details={"type": args.type}
+    )
+    print(f"pgbackrest backup: {args.type} backup of stanza {pg.stanza} done")
+    return EXIT_OK
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gateway.backup.pgbackrest import PgBackRestError
+    from gateway.backup.pgbackrest import run as run_pgbackrest
+
+    _, pg = _settings(args)
+    options = ["--output=json"] if args.json else []
+    try:
+        result = run_pgbackrest(pg, "info", *options)
+    except PgBackRestError as exc:
+        raise Failed(f"error: {exc}") from None
+    print("\n".join(result.output))
+    return EXIT_OK
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from gateway.backup.pgbackrest import live_cluster, restore_args
+
+    settings, pg = _settings(args)
+    target: Path = args.pg_path
+    at = parse_time(args.target_time) if args.target_time else None
+    reason = live_cluster(target, pg)
+    if reason is not None and not args.force:
+        raise UserError(f"{reason}; restore into a new directory, or add --force to overwrite it")
+    _prepare(target, pg.os_user)
+    options = restore_args(target, target_time=at)
+    if args.force:
+        # Overwrites what is there, keeping files whose checksum already matches.
+        options.append("--delta")
+    details: dict[str, object] = {"pg_path": str(target)}
+    if at is not None:
+        details["target_time"] = at.isoformat()
+    _pgbackrest(settings, pg, "restore", *options, event="backup.pg.restored", details=details)
+    print(
+        f"restored stanza {pg.stanza} into {target}"
+        + (f" to {at.isoformat()}" if at is not None else " (to the end of the archived WAL)")
+        + "; start PostgreSQL on it to finish the recovery"
+    )
+    return EXIT_OK
+
+
+def _prepare(target: Path, os_user: str | None) -> None:
+    """Create the new data directory (mode 0700, as PostgreSQL requires), owned by ``os_user``."""
+    import os
+
+    target.mkdir(parents=True, exist_ok=True)
+    target.chmod(0o700)
+    if os_user is not None and os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(os_user)
+        os.chown(target, entry.pw_uid, entry.pw_gid)
+
+
+def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``gateway pgbackrest …``."""
+    group = command_group(
+        sub,
+        "pgbackrest",
+        help="back up and restore a PostgreSQL database with pgBackRest (PITR)",
+        description="Back up and restore a PostgreSQL deployment with pgBackRest: full, differential and "
+        "incremental backups, WAL archiving into an encrypted repository, point-in-time recovery.",
+    )
+    p = group.add_parser("config", help="print (or write) pgbackrest.conf and the postgresql.conf lines")
+    config_arg(p)
+    p.add_argument("--write", action="store_true", help="write the file (mode 0600) instead of printing it")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="where to write (default: config_path)")
+    p.set_defaults(func=_config)
+    for name, event, text in (
+        ("stanza-create", None, "create the stanza in the repository (once, after config)"),
+        ("check", None, "check the configuration and that WAL reaches the repository"),
+        ("verify", "backup.pg.verified", "verify every backup and WAL file in the repository"),
+    ):
+        p = group.add_parser(name, help=text)
+        config_arg(p)
+        p.set_defaults(func=_simple(name, event))
+    p = group.add_parser("backup", help="make a full, differential or incremental backup")
+    config_arg(p)
+    p.add_argument("--type", choices=["full", "diff", "incr"], default="incr", help="default: incr")
+    p.set_defaults(func=_backup)
+    p = group.add_parser("info", help="list the backups and the archived WAL")
+    config_arg(p)
+    p.add_argument("--json", action="store_true", help="pgBackRest's JSON output")
+    p.set_defaults(func=_info)
+    p = group.add_parser("restore", help="restore into a new data directory, to a point in time")
+    config_arg(p)
+    p.add_argument("--pg-path", type=Path, required=True, metavar="DIR", help="the new data directory")
+    p.add_argument("--target-time", metavar="ISO", help="recover to this time (default: all archived WAL)")
+    p.add_argument("--force", action="store_true", help="restore into a non-empty or live directory")
+    p.set_defaults(func=_restore)

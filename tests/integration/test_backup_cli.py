@@ -1,0 +1,252 @@
+"""``gateway backup …`` as an operator runs it: real subprocesses on the embedded (SQLite) database.
+
+Checked: a backup made while another process keeps appending audit records restores to the state
+it captured (every table equal up to the snapshot's chain head); replication to a directory and to a
+real rclone remote; verify naming the failing part with exit 1; restore refusing an existing
+database (exit 2) unless --force; prune; and the audit records of each, with no key material in them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import ROOT, run_cli
+
+PASSWORD = "correct horse battery staple 42"
+
+_WRITER = """\
+import asyncio, sys
+from gateway.audit.trail import AuditLog
+from gateway.crypto.keyring import Keyring
+from gateway.store.db import Database
+
+async def main(url, keyring_path):
+    db = Database.open(url, pool_size=2)
+    log = AuditLog(db, keyring=Keyring.load(keyring_path))
+    i = 0
+    try:
+        while True:
+            await log.record("test.background", actor="writer", details={"i": i})
+            i += 1
+            if i == 10:
+                print("writing", flush=True)
+            await asyncio.sleep(0.002)
+    finally:
+        await db.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def _rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
+    with closing(sqlite3.connect(database)) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr) for n in names}
+
+
+def _audit(database: Path, kind: str) -> list[dict[str, object]]:
+    with closing(sqlite3.connect(database)) as conn:
+        return [
+            {"actor": a, "outcome": o, **json.loads(d)}
+            for a, o, d in conn.execute(
+                "SELECT actor, outcome, details FROM audit_events WHERE kind = ? ORDER BY seq", (kind,)
+            )
+        ]
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed by scripts/ensure-test-deps")
+def test_backup_cli_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    remote = tmp_path / "remote"
+    config.write_text(
+        "public_url: http://127.0.0.1:8080\n"
+        f"data_dir: {data}\n"
+        "backup:\n"
+        f"  targets: [{tmp_path / 'nas'}, 'rclone:testremote:{remote}/gw']\n"
+        "  keep_daily: 1\n"
+        "  keep_weekly: 0\n"
+    )
+    env = {"RCLONE_CONFIG_TESTREMOTE_TYPE": "local", "RCLONE_CONFIG": str(tmp_path / "none.conf")}
+    c = ("--config", str(config))
+
+    def gateway(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        if stdin is None:
+            return run_cli(*args, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    proc = gateway("user", "add", "alice", "--password-stdin", *c, stdin=PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+    database = data / "gateway.db"
+    keyring = data / "keys" / "keyring.json"
+
+    # A backup while another process keeps writing audit records, as a serving gateway does.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, f"sqlite+aiosqlite:///{database}", str(keyring)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "writing\n"
+        proc = gateway("backup", "create", *c)
+    finally:
+        writer.terminate()
+        writer.wait(timeout=30)
+        if writer.stdout is not None:
+            writer.stdout.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    backup_id = lines[-1]
+    assert lines[0].startswith("part gateway.db: ")
+    assert f"backup {backup_id} written to {data / 'backups' / backup_id}" in lines
+    assert f"replicated to {tmp_path / 'nas' / backup_id} (checked)" in lines
+    assert f"replicated to testremote:{remote}/gw/{backup_id} (checked)" in lines
+    assert "Traceback" not in proc.stderr
+    backup = data / "backups" / backup_id
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["audit_head_seq"] > 10
+    assert keyring.read_bytes() not in b"".join(p.read_bytes() for p in backup.iterdir())
+
+    proc = gateway("backup", "list", *c)
+    assert proc.returncode == 0
+    assert backup_id in proc.stdout
+
+    # Each copy verifies on its own (by path).
+    for copy in (backup, tmp_path / "nas" / backup_id, remote / "gw" / backup_id):
+        proc = gateway("backup", "verify", str(copy), *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"backup {backup_id} OK" in proc.stdout
+        assert "    users: 1" in proc.stdout
+
+    # Restore into a new data directory: identical to the live database up to the snapshot's head.
+    live = _rows(database)
+    restored = tmp_path / "restored"
+    proc = gateway("backup", "restore", backup_id, "--data-dir", str(restored), *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = _rows(restored / "gateway.db")
+    head = manifest["audit_head_seq"]
+    # The run row of a manual backup is written after its snapshot: the live database has it (every
+    # replica's readiness sees the backup), the backup does not.
+    (run,) = live.pop("backup_runs")
+    assert run[1:4] == (f"manual:{backup_id}", "manual", "ok")
+    assert got.pop("backup_runs") == []
+    assert {k: v for k, v in got.items() if k != "audit_events"} == {
+        k: v for k, v in live.items() if k != "audit_events"
+    }
+    with closing(sqlite3.connect(restored / "gateway.db")) as conn:
+        restored_chain = conn.execute(
+            "SELECT * FROM audit_events WHERE seq <= ? ORDER BY seq", (head,)
+        ).fetchall()
+        after = conn.execute("SELECT kind FROM audit_events WHERE seq > ?", (head,)).fetchall()
+    with closing(sqlite3.connect(database)) as conn:
+        live_chain = conn.execute(
+            "SELECT * FROM audit_events WHERE seq <= ? ORDER BY seq", (head,)
+        ).fetchall()
+    assert restored_chain == live_chain
+    assert after == [("backup.restored",)]  # the restored node's first record says where it came from
+    restored_config = tmp_path / "restored.yaml"
+    restored_config.write_text(
+        f"public_url: http://127.0.0.1:8080\ndata_dir: {restored}\nkeyring: {keyring}\n"
+    )
+    proc = gateway("audit", "verify", "--config", str(restored_config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # Restoring over it again is refused without --force (exit 2), done with it.
+    proc = gateway("backup", "restore", backup_id, "--data-dir", str(restored), *c)
+    assert proc.returncode == 2
+    assert "exists and is not empty" in proc.stderr
+    assert _audit(restored / "gateway.db", "backup.restored")[0]["forced"] is False
+    proc = gateway("backup", "restore", backup_id, "--data-dir", str(restored), "--force", *c)
+    assert proc.returncode == 0, proc.stderr
+
+    # A flipped byte: exit 1 naming the part, recorded as backup.verify_failed.
+    damaged = tmp_path / "nas" / backup_id / "gateway.db.enc"
+    raw = bytearray(damaged.read_bytes())
+    raw[100] ^= 0x01
+    damaged.write_bytes(bytes(raw))
+    proc = gateway("backup", "verify", str(tmp_path / "nas" / backup_id), *c)
+    assert proc.returncode == 1
+    assert f"backup {backup_id} FAILED verification: part gateway.db: sha256 mismatch" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+    # A wrong keyring: exit 1, decryption named.
+    other = tmp_path / "other"
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {other}\n")
+    assert gateway("keys", "init", "--config", str(other_config)).returncode == 0
+    proc = gateway("backup", "verify", str(backup), "--config", str(other_config))
+    assert proc.returncode == 1
+    assert "cannot decrypt part gateway.db: wrong keyring?" in proc.stdout
+
+    created = _audit(database, "backup.created")
+    assert [r["backup_id"] for r in created] == [backup_id]
+    assert created[0]["replication_failed"] == []
+    assert len(_audit(database, "backup.verified")) == 3
+    failed = _audit(database, "backup.verify_failed")
+    assert [(r["part"], r["outcome"]) for r in failed] == [("gateway.db", "failure")]
+    with closing(sqlite3.connect(database)) as conn:
+        details = " ".join(
+            d for (d,) in conn.execute("SELECT details FROM audit_events WHERE kind LIKE 'backup.%'")
+        )
+    key = json.loads(keyring.read_text())["keys"]
+    assert not any(k in details for k in key.values())
+
+    # Prune with keep_daily 1: a second backup the same day replaces the first.
+    proc = gateway("backup", "create", "--no-replicate", *c)
+    assert proc.returncode == 0, proc.stderr
+    second = proc.stdout.splitlines()[-1]
+    proc = gateway("backup", "prune", "--dry-run", *c)
+    assert proc.returncode == 0
+    assert f"would delete {backup_id}" in proc.stdout
+    assert backup.exists()
+    proc = gateway("backup", "prune", *c)
+    assert f"deleted {backup_id}" in proc.stdout
+    assert f"keep    {second}" in proc.stdout
+    assert not backup.exists()
+    assert _audit(database, "backup.pruned")[0]["deleted"] == [backup_id]
+
+
+def test_backup_cli_user_errors(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {tmp_path / 'data'}\n")
+    c = ("--config", str(config))
+    proc = run_cli("backup", "verify", *c)
+    assert proc.returncode == 2
+    assert "no backups in" in proc.stderr
+    proc = run_cli("backup", "restore", "nosuch", "--data-dir", str(tmp_path / "x"), *c)
+    assert proc.returncode == 2
+    assert "no backup 'nosuch'" in proc.stderr
+    pg = tmp_path / "pg.yaml"
+    pg.write_text(
+        "public_url: http://127.0.0.1:8080\nstorage: {url: 'postgresql+asyncpg://postgres@127.0.0.1:5432/test'}\n"
+    )
+    proc = run_cli("backup", "create", "--config", str(pg))
+    assert proc.returncode == 2
+    assert "pgBackRest" in proc.stderr
+    proc = run_cli("backup")
+    assert proc.returncode == 2

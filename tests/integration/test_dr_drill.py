@@ -1,0 +1,254 @@
+"""``gateway dr drill`` as an operator runs it: a real data directory, a real backup, a real fresh node.
+
+Checked: the drill over a good backup passes with RPO and RTO numbers, leaves exactly one ``dr.drill``
+success record in the live trail, leaves no process behind (its port is free, no child of it remains,
+nothing holds the restored files) and the live database's rows unchanged but for that record; a
+corrupted newest backup fails at the verify step, naming it, and records a failure ``dr.drill``; a
+drill stopped by Ctrl-C or SIGTERM while its node runs stops the node too and records a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import ROOT, free_port, run_cli
+
+PASSWORD = "correct horse battery staple 42"
+POLICY = "p, authenticated, app, /*, GET, allow\ng, user:alice, admin\n"
+
+
+def _rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr) for n in names}
+
+
+def _drills(database: Path) -> list[tuple[str, dict[str, object]]]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        return [
+            (outcome, json.loads(details))
+            for outcome, details in conn.execute(
+                "SELECT outcome, details FROM audit_events WHERE kind = 'dr.drill' ORDER BY seq"
+            )
+        ]
+
+
+# A process is its pid and its start time (/proc/<pid>/stat field 22): pids wrap at 32768 here, and
+# a parallel test suite starts enough processes to reuse a pid the drill's node had minutes before.
+Process = tuple[int, int]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _descendants(pid: int) -> set[Process]:
+    """Every living process whose ancestry reaches ``pid`` (read from /proc)."""
+    parents: dict[int, tuple[int, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(int(stat.parent.name))
+        if fields is not None:
+            parents[int(stat.parent.name)] = (int(fields[1]), int(fields[19]))
+    found: set[Process] = set()
+    for child, (_, started) in parents.items():
+        p = child
+        while p > 1 and p in parents:
+            p = parents[p][0]
+            if p == pid:
+                found.add((child, started))
+                break
+    return found
+
+
+def _still_running(process: Process) -> bool:
+    """The same process (same start time) is alive and not a zombie."""
+    fields = _stat(process[0])
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == process[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> tuple[Path, Path]:
+    """A live node's config and database: two users, a policy file, audit records, one backup."""
+    data = tmp_path / "data"
+    policy = tmp_path / "policy.csv"
+    policy.write_text(POLICY)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "public_url: https://gw.example.test\n"
+        f"data_dir: {data}\n"
+        "policy:\n  file: policy.csv\n"  # relative: the drill node must read it beside the live file
+        "routes:\n  - name: app\n    host: app.example.test\n    upstreams: [http://127.0.0.1:9]\n"
+    )
+    for user in ("alice", "bob"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "user", "add", user, "--password-stdin", "-c", str(config)],
+            cwd=ROOT,
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert run_cli("user", "disable", "bob", "-c", str(config)).returncode == 0
+    proc = run_cli("backup", "create", "-c", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return config, data / "gateway.db"
+
+
+def _drill(config: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[Process]]:
+    """Run the drill; also return the processes it left behind (children of its own, still alive)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dr", "drill", "--json", "-c", str(config), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    seen: set[Process] = set()
+    try:
+        while proc.poll() is None:
+            seen |= _descendants(proc.pid)
+            try:
+                proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode is not None
+    alive = {process for process in seen if _still_running(process)}
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), alive
+
+
+def test_drill_restores_starts_signs_in_and_records_success(site: tuple[Path, Path]) -> None:
+    config, database = site
+    before = _rows(database)
+    port = free_port()
+
+    proc, left = _drill(config, "--port", str(port))
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "success"
+    assert report["checks_passed"] == ["verify", "restore", "start", "sign_in", "audit_chain"]
+    assert report["checks_failed"] == []
+    assert 0 <= report["rpo_seconds"] < 120
+    assert 0 < report["rto_seconds"] < 90
+    assert report["newest_record_age_seconds"] >= report["rpo_seconds"] - 1
+    assert f"127.0.0.1:{port}" in report["checks"][2]["detail"]
+    # The node is gone: its port is free and no process the drill started remains.
+    assert _port_free(port)
+    assert left == set()
+    # The live database gained the drill's record and nothing else: no drill account, no sessions.
+    after = _rows(database)
+    drills = _drills(database)
+    assert len(drills) == 1
+    outcome, details = drills[0]
+    assert outcome == "success"
+    assert details["checks_failed"] == []
+    assert details["rto_seconds"] == report["rto_seconds"]
+    assert details["backup_id"] == report["backup_id"]
+    assert "dr-drill" not in json.dumps(after["users"], default=str)
+    for table, rows in before.items():
+        if table != "audit_events":
+            assert after[table] == rows, table
+    assert set(before["audit_events"]) <= set(after["audit_events"])
+    assert len(after["audit_events"]) == len(before["audit_events"]) + 1
+
+
+def test_a_corrupted_backup_fails_the_verify_step_and_records_a_failure(site: tuple[Path, Path]) -> None:
+    config, database = site
+    backups = sorted((database.parent / "backups").iterdir())
+    part = backups[-1] / "gateway.db.enc"
+    assert part.exists(), sorted(p.name for p in backups[-1].iterdir())
+    blob = bytearray(part.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    part.write_bytes(bytes(blob))
+
+    proc, left = _drill(config)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "failure"
+    assert report["checks_failed"] == ["verify"]
+    assert report["checks_passed"] == []
+    assert "gateway.db" in report["problem"]
+    assert report["rto_seconds"] is None
+    assert left == set()
+    [(outcome, details)] = _drills(database)
+    assert outcome == "failure"
+    assert details["checks_failed"] == ["verify"]
+    assert "gateway.db" in str(details["problem"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
+    site: tuple[Path, Path], signum: signal.Signals
+) -> None:
+    config, database = site
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dr", "drill", "--json", "-c", str(config), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[Process] = set()
+    try:
+        # Interrupt once the node listens: the drill is then at its start or sign-in step.
+        deadline = time.monotonic() + 90
+        while _port_free(port):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the drill's node never listened"
+            seen |= _descendants(proc.pid)
+            time.sleep(0.05)
+        seen |= _descendants(proc.pid)
+        assert seen, "the node runs as a child of the drill"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    report = json.loads(out)
+    assert report["outcome"] == "failure"
+    assert report["checks_failed"] == ["interrupted"]
+    assert _port_free(port)
+    assert {process for process in seen if _still_running(process)} == set()
+    [(outcome, details)] = _drills(database)
+    assert outcome == "failure"
+    assert details["checks_failed"] == ["interrupted"]

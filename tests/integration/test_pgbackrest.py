@@ -1,0 +1,311 @@
+"""``gateway pgbackrest …`` against real pgBackRest and a PostgreSQL cluster the test starts itself.
+
+The cluster runs on a free port with its own socket directory, archiving its WAL into an encrypted
+repository through the ``postgresql.conf`` lines ``gateway pgbackrest config`` prints. A full backup
+is taken, the policy is changed to A, then (a second later) to B; a point-in-time restore to the
+time between them, started as a second cluster, holds exactly A. Run as root (CI), PostgreSQL and
+pgBackRest run as the ``postgres`` OS user (initdb refuses root) through ``runuser``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+
+from tests.integration.harness import run_cli
+from tests.support.pg_cluster import PG_BIN, Node, pg_node
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pgbackrest") is None or not (PG_BIN / "initdb").exists(),
+    reason="needs pgbackrest and PostgreSQL 15 (scripts/ensure-test-deps installs them)",
+)
+CIPHER_PASS = "correct horse battery staple, twice over"
+POLICY_A = "p, staff, app, /wiki/*, GET, allow\n"
+POLICY_B = "p, staff, app, /wiki/*, GET|POST, allow\np, admin, *, /*, *, allow\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    with pg_node("gw-pgbackrest-") as n:
+        yield n
+
+
+def _config(node: Node, tmp_path: Path, port: int, *, name: str, cipher_pass: str) -> Path:
+    secret = tmp_path / f"{name}.pass"
+    secret.write_text(cipher_pass + "\n")
+    config = tmp_path / f"{name}.yaml"
+    os_user = f"'{node.os_user}'" if node.os_user else "null"
+    config.write_text(
+        f"""public_url: http://127.0.0.1:8080
+data_dir: {tmp_path / "data"}
+storage: {{url: 'postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres'}}
+backup:
+  pgbackrest:
+    stanza: gw
+    repo_path: {node.home / "repo"}
+    cipher_pass: ${{file:{secret}}}
+    pg_path: {node.home / "data"}
+    pg_port: {port}
+    pg_socket_path: {node.home / "sock"}
+    config_path: {node.home / f"{name}.conf"}
+    os_user: {os_user}
+"""
+    )
+    return config
+
+
+def _gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = run_cli(*args, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+async def _sql(port: int, query: str) -> object:
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=10)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
+async def _set_policy(url: str, keyring: Path, text: str, reason: str) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.authz.rules import parse_policy
+    from gateway.authz.store import PolicyStore
+    from gateway.crypto.keyring import Keyring
+    from gateway.store.db import Database
+    from gateway.store.fast.memory import MemoryFastState
+
+    db = Database.open(url, pool_size=1)
+    try:
+        keys = Keyring.load_or_create(keyring, allow_create=False)
+        store = PolicyStore(db, MemoryFastState(), AuditLog(db, keyring=keys))
+        return await store.replace(parse_policy(text), actor="cli:test", reason=reason, force=True)
+    finally:
+        await db.close()
+
+
+async def _live_policy(url: str) -> tuple[int, str]:
+    from gateway.audit.trail import AuditLog
+    from gateway.authz.store import PolicyStore
+    from gateway.store.db import Database
+    from gateway.store.fast.memory import MemoryFastState
+
+    db = Database.open(url, pool_size=1)
+    try:
+        current = await PolicyStore(db, MemoryFastState(), AuditLog(db)).current()
+        return current.version, current.csv
+    finally:
+        await db.close()
+
+
+async def _audit_kinds(port: int) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=10)
+    try:
+        rows = await conn.fetch(
+            "select kind, outcome from audit_events where kind like 'backup.pg.%' order by id"
+        )
+        return [(r["kind"], r["outcome"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def _scheduled_backup(config: Path, now: datetime) -> tuple[str | None, str | None]:
+    """What a running deployment's schedule does for the period of ``now``: its status and backup id."""
+    from gateway.audit.trail import AuditLog
+    from gateway.backup.jobs import job_for
+    from gateway.backup.models import BackupRun
+    from gateway.backup.schedule import BackupSchedule
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.keyring import Keyring
+    from gateway.settings.loader import load_settings
+    from gateway.store.db import Database, configured_url
+
+    settings = load_settings(config)
+    keys = Keyring.load_or_create(Path(settings.data_dir) / "keys" / "keyring.json", allow_create=False)
+    db = Database.open(configured_url(settings), pool_size=1)
+    try:
+        job = job_for(lambda: settings, keys, SYSTEM_CLOCK)
+        schedule = BackupSchedule(db, AuditLog(db, keyring=keys), job, lambda: settings.backup, SYSTEM_CLOCK)
+        status = await schedule.run_period(now)
+        async with db.session() as session:
+            made = await session.scalar(select(BackupRun.backup_id).where(BackupRun.kind == "scheduled"))
+        return status, made
+    finally:
+        await db.close()
+
+
+def _wait_promoted(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while asyncio.run(_sql(port, "select pg_is_in_recovery()")):
+        assert time.monotonic() < deadline, "the restored cluster did not finish its recovery"
+        time.sleep(0.2)
+
+
+def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Path) -> None:
+    port, restored_port = _free_port(), _free_port()
+    config = _config(node, tmp_path, port, name="gateway", cipher_pass=CIPHER_PASS)
+    c = ("--config", str(config))
+    for name in ("data", "sock", "repo"):
+        node.mkdir(name)
+
+    proc = _gateway("pgbackrest", "config", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert "repo1-cipher-type=aes-256-cbc" in proc.stdout
+    assert CIPHER_PASS not in proc.stdout  # shown redacted
+    proc = _gateway("pgbackrest", "config", "--write", *c)
+    assert proc.returncode == 0, proc.stderr
+    written = node.home / "gateway.conf"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert f"repo1-cipher-pass={CIPHER_PASS}\n" in written.read_text()
+    pg_lines = proc.stdout.split("# postgresql.conf (then restart PostgreSQL)\n", 1)[1]
+    assert "archive_mode = on" in pg_lines
+    assert "wal_level = replica" in pg_lines
+
+    # The cluster, archiving through exactly the lines the command printed.
+    init = subprocess.run(
+        node.as_owner(PG_BIN / "initdb", "-D", node.home / "data", "-A", "trust", "-U", "postgres"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    with (node.home / "data" / "postgresql.conf").open("a") as conf:
+        conf.write(pg_lines)
+    node.start(node.home / "data", port, node.home / "sock")
+
+    assert _gateway("migrate", *c).returncode == 0
+    assert _gateway("keys", "init", *c).returncode == 0
+    for action in ("stanza-create", "check"):
+        proc = _gateway("pgbackrest", action, *c)
+        assert proc.returncode == 0, proc.stderr
+    proc = _gateway("pgbackrest", "backup", "--type", "full", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert "full backup of stanza gw done" in proc.stdout
+    assert "backup command end: completed successfully" in proc.stderr  # the progress, shown
+
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    keyring = tmp_path / "data" / "keys" / "keyring.json"
+    # pgBackRest picks the backup for a target time by its stop time in whole seconds, strictly
+    # earlier: a target in the second the backup stopped in has no backup (exit 75, the hint below).
+    time.sleep(1.1)
+    version_a = asyncio.run(_set_policy(url, keyring, POLICY_A, "version A"))
+    # The database's own clock: the restore target is compared with the commit times it recorded.
+    target = asyncio.run(_sql(port, "select clock_timestamp()"))
+    assert isinstance(target, datetime)
+    time.sleep(1.1)
+    version_b = asyncio.run(_set_policy(url, keyring, POLICY_B, "version B"))
+    assert version_b == version_a + 1
+    # Close the segment holding B and wait until it is in the repository.
+    asyncio.run(_sql(port, "select pg_switch_wal()::text"))
+    assert _gateway("pgbackrest", "check", *c).returncode == 0
+
+    proc = _gateway("pgbackrest", "verify", *c)
+    assert proc.returncode == 0, proc.stderr
+    proc = _gateway("pgbackrest", "info", "--json", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert '"type":"full"' in proc.stdout
+    # A running deployment's schedule makes the next one: incremental on a Wednesday (a full one is in
+    # the repository), then verified, and recorded as the period's run.
+    status, label = asyncio.run(_scheduled_backup(config, datetime(2026, 12, 2, 3, 0, tzinfo=UTC)))
+    assert status == "ok"
+    assert label is not None
+    assert label.endswith("I")  # pgBackRest's label of an incremental backup
+    proc = _gateway("pgbackrest", "info", "--json", *c)
+    assert '"type":"incr"' in proc.stdout
+    assert label in proc.stdout
+
+    # The drill: the newest backup and the archived WAL into a fresh cluster, a gateway on it, a
+    # sign-in and the audit chain; the live trail records it. Archive B's segment first: the drill
+    # restores everything archived, so the restored node holds the latest policy.
+    # Its temporary node goes under a directory of this test's (reachable by the cluster's owner), so
+    # "nothing left behind" is about this drill alone, whatever else runs meanwhile.
+    drill_tmp = node.mkdir("drill-tmp")
+    os.chmod(drill_tmp, 0o755)
+    proc = run_cli("dr", "drill", "--json", *c, env={"TMPDIR": str(drill_tmp)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    drill = json.loads(proc.stdout)
+    assert drill["outcome"] == "success", drill
+    assert drill["backup_id"] == label
+    assert drill["checks_passed"] == [
+        "verify",
+        "restore",
+        "start_database",
+        "start",
+        "sign_in",
+        "audit_chain",
+    ]
+    assert drill["rto_seconds"] > 0
+    assert 0 <= drill["rpo_seconds"] < 600
+    assert asyncio.run(_sql(port, "select count(*) from audit_events where kind = 'dr.drill'")) == 1
+    # Nothing of the drill is left: no directory (its cluster was stopped before it was removed).
+    assert list(drill_tmp.iterdir()) == []
+
+    # The live directory is refused without --force, and nothing is touched.
+    proc = _gateway("pgbackrest", "restore", "--pg-path", str(node.home / "data"), *c)
+    assert proc.returncode == 2
+    assert "running PostgreSQL cluster" in proc.stderr
+
+    # A target before every backup: pgBackRest refuses before writing, and the error says what to do.
+    early = node.home / "too-early"
+    proc = _gateway(
+        "pgbackrest", "restore", "--pg-path", str(early), "--target-time", "2020-01-01T00:00:00Z", *c
+    )
+    assert proc.returncode == 1
+    assert "pick a later --target-time" in proc.stderr
+    assert not any(early.iterdir())
+
+    restored = node.home / "restored"
+    proc = _gateway(
+        "pgbackrest", "restore", "--pg-path", str(restored), "--target-time", target.isoformat(), *c
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"restored stanza gw into {restored} to {target.isoformat()}" in proc.stdout
+    node.start(restored, restored_port, node.home / "sock")
+    _wait_promoted(restored_port)
+
+    restored_url = f"postgresql://postgres@127.0.0.1:{restored_port}/postgres"
+    assert asyncio.run(_live_policy(restored_url)) == (version_a, POLICY_A)
+    assert asyncio.run(_live_policy(url)) == (version_b, POLICY_B)
+    # The restored copy does not push its WAL into the original's stanza.
+    assert asyncio.run(_sql(restored_port, "show archive_mode")) == "off"
+
+    # Each run is in the live trail; the restored copy was taken before the restore was recorded.
+    assert asyncio.run(_audit_kinds(port)) == [
+        ("backup.pg.created", "success"),
+        ("backup.pg.verified", "success"),
+        ("backup.pg.restored", "failure"),  # the target before every backup
+        ("backup.pg.restored", "success"),
+    ]
+
+    # A wrong passphrase cannot read the repository, and says so.
+    wrong = _config(node, tmp_path, port, name="wrong", cipher_pass="not the passphrase of this repo")
+    assert _gateway("pgbackrest", "config", "--write", "--config", str(wrong)).returncode == 0
+    proc = _gateway("pgbackrest", "verify", "--config", str(wrong))
+    assert proc.returncode == 1
+    assert "error: pgbackrest verify failed: No usable backup.info file" in proc.stderr
+    assert "cannot be read with this cipher_pass" in proc.stderr
+    proc = _gateway("pgbackrest", "info", "--json", "--config", str(wrong))
+    assert proc.returncode == 1
+    assert "unable to load info file" in proc.stderr
+    assert asyncio.run(_audit_kinds(port))[-1] == ("backup.pg.verified", "failure")

@@ -1,0 +1,149 @@
+"""``backup.pgbackrest``: its checks, the pgbackrest.conf and postgresql.conf lines, the restore guard."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.backup.pgbackrest import (
+    PgBackRestError,
+    argv,
+    config_text,
+    live_cluster,
+    postgresql_lines,
+    reported_problem,
+    write_config,
+)
+from gateway.errors import ConfigError
+from gateway.settings.loader import parse_settings
+from gateway.settings.schema import PgBackRestSettings
+
+PASS = "a passphrase long enough to keep"
+
+
+def _settings(extra: str, environ: dict[str, str] | None = None) -> PgBackRestSettings:
+    text = f"public_url: https://gw.example\nbackup:\n  pgbackrest:\n    pg_path: /var/lib/postgresql/15/main\n{extra}"
+    pg = parse_settings(text, environ=environ or {}).backup.pgbackrest
+    assert pg is not None
+    return pg
+
+
+def test_config_from_an_env_secret() -> None:
+    pg = _settings(
+        "    cipher_pass: ${env:PGBR_PASS}\n    pg_socket_path: /run/postgresql\n", {"PGBR_PASS": PASS}
+    )
+    text = config_text(pg)
+    assert "[global]\nrepo1-path=/var/lib/pgbackrest\nrepo1-cipher-type=aes-256-cbc\n" in text
+    assert f"repo1-cipher-pass={PASS}\n" in text
+    assert "repo1-retention-full=2\n" in text
+    assert "repo1-retention-diff" not in text
+    assert (
+        "[gateway]\npg1-path=/var/lib/postgresql/15/main\npg1-port=5432\npg1-socket-path=/run/postgresql\n"
+        in text
+    )
+    assert PASS not in config_text(pg, redact=True)
+    lines = postgresql_lines(pg)
+    assert "archive_mode = on\n" in lines
+    assert (
+        "archive_command = 'pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=gateway archive-push %p'\n"
+        in lines
+    )
+    assert "wal_level = replica\n" in lines
+
+
+def test_remote_cluster_and_retention() -> None:
+    pg = _settings(
+        f"    cipher_pass: '{PASS}'\n    pg_host: db1.internal\n    pg_port: 5433\n    stanza: main\n"
+        "    retention_full: 4\n    retention_diff: 7\n    compress_type: zst\n"
+    )
+    text = config_text(pg)
+    assert "[main]\npg1-path=/var/lib/postgresql/15/main\npg1-port=5433\npg1-host=db1.internal\n" in text
+    assert "repo1-retention-full=4\nrepo1-retention-diff=7\ncompress-type=zst\n" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    cipher_pass: short\n", "backup.pgbackrest.cipher_pass: must be at least 20 characters"),
+        (f"    cipher_pass: '{PASS}'\n    stanza: 'a b'\n", "backup.pgbackrest.stanza: must be letters"),
+        (
+            f"    cipher_pass: '{PASS}'\n    repo_path: backups\n",
+            "backup.pgbackrest.repo_path: must be an absolute",
+        ),
+        (f"    cipher_pass: '{PASS}'\n    pg_port: 0\n", "backup.pgbackrest.pg_port: must be a port"),
+        (
+            f"    cipher_pass: '{PASS}'\n    retention_full: 0\n",
+            "backup.pgbackrest.retention_full: must be at least 1",
+        ),
+        (
+            f"    cipher_pass: '{PASS}'\n    pg_host: db\n    pg_socket_path: /run/postgresql\n",
+            "backup.pgbackrest.pg_host: set pg_host",
+        ),
+        (f"    cipher_pass: '{PASS}'\n    compress_type: rar\n", "backup.pgbackrest.compress_type"),
+    ],
+)
+def test_checks_name_the_key(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings(extra)
+    assert message in str(caught.value)
+
+
+def test_write_config_is_private(tmp_path: Path) -> None:
+    pg = _settings(f"    cipher_pass: '{PASS}'\n    config_path: {tmp_path / 'etc' / 'pgbackrest.conf'}\n")
+    path = write_config(pg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == config_text(pg)
+
+
+def test_argv_runs_as_the_clusters_owner() -> None:
+    pg = _settings(f"    cipher_pass: '{PASS}'\n    os_user: nobody-else\n")
+    assert argv(pg, "backup", "--type=full") == [
+        "runuser",
+        "-u",
+        "nobody-else",
+        "--",
+        "pgbackrest",
+        "--config=/etc/pgbackrest/pgbackrest.conf",
+        "--stanza=gateway",
+        "--type=full",
+        "backup",
+    ]
+
+
+def test_live_directories_are_refused(tmp_path: Path) -> None:
+    text = f"public_url: https://gw.example\nbackup: {{pgbackrest: {{pg_path: {tmp_path / 'main'}, cipher_pass: '{PASS}'}}}}\n"
+    pg = parse_settings(text).backup.pgbackrest
+    assert pg is not None
+    assert live_cluster(tmp_path / "new", pg) is None
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "postmaster.pid").write_text("1\n")
+    assert "running PostgreSQL cluster" in (live_cluster(tmp_path / "running", pg) or "")
+    assert "live cluster's data directory" in (live_cluster(Path(pg.pg_path), pg) or "")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("")
+    assert live_cluster(tmp_path / "used", pg) == f"{tmp_path / 'used'} is not empty"
+
+
+def test_problems_reported_with_exit_zero() -> None:
+    verify = [
+        "P00   INFO: stanza: gw",
+        "                                    status: error",
+        "                                      No usable backup.info file",
+        "P00   INFO: verify command end: completed successfully (2ms)",
+    ]
+    assert reported_problem(verify) == "No usable backup.info file"
+    assert reported_problem(["stanza: gw", "    status: error (no valid backups)"]) is None
+    assert reported_problem(['[{"name":"gw","repo":[{"status":{"code":0,"message":"ok"}}]}]']) is None
+    assert (
+        reported_problem(
+            ['[{"name":"gw","repo":[{"status":{"code":99,"message":"[FormatError] bad\\nmore"}}]}]']
+        )
+        == "[FormatError] bad"
+    )
+    error = PgBackRestError("verify", 0, "No usable backup.info file")
+    assert "cannot be read with this cipher_pass" in str(error)
+    assert "(exit" not in str(error)
+    assert "(exit 82)" in str(PgBackRestError("check", 82, "timeout"))
+    assert "pick a later --target-time" in str(PgBackRestError("restore", 75, "unable to find backup set"))
