@@ -1,0 +1,93 @@
+"""Telling the people an incident affected: one templated email each (``gateway.notify``), previewed
+first, each message audited (``notify.sent`` / ``notify.failed``) and listed in the incident's timeline.
+
+Affected people without an email address on their account cannot be told this way: they are named
+in the result (and the timeline), so the team reaches them otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from gateway.audit.trail import AuditLog
+from gateway.errors import BadRequest
+from gateway.identity.accounts import AccountService
+from gateway.notify.audit import recorder
+from gateway.notify.message import Incident, Preview, Recipient, compose, preview
+from gateway.notify.smtp import Delivery, send_all
+from gateway.response.cases import Cases, CaseView
+from gateway.settings.schema import Settings
+
+__all__ = ["DEFAULT_WHAT_TO_DO", "Notified", "notify_affected"]
+
+DEFAULT_WHAT_TO_DO: Final = (
+    "Sign in again and choose a new password if you are asked to. If you did not expect this message's "
+    "activity on your account, tell the security contact below."
+)
+
+
+@dataclass(slots=True)
+class Notified:
+    """What a notification round did (or, previewed, would do)."""
+
+    previews: list[Preview] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    without_address: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+async def _recipients(case: CaseView, accounts: AccountService, result: Notified) -> list[Recipient]:
+    found = []
+    for username in case.affected_users:
+        user = await accounts.find(username)
+        if user is None:
+            result.missing.append(username)
+        elif not user.email:
+            result.without_address.append(username)
+        else:
+            found.append(Recipient(username=user.username, address=user.email, name=user.display_name))
+    return found
+
+
+async def notify_affected(
+    case: CaseView,
+    *,
+    settings: Settings,
+    accounts: AccountService,
+    cases: Cases,
+    audit: AuditLog,
+    actor: str,
+    template: str = "incident",
+    what_to_do: str = DEFAULT_WHAT_TO_DO,
+    send: bool,
+) -> Notified:
+    """Preview (``send`` false) or send the incident's notification to every affected person.
+
+    Raises:
+        BadRequest: no affected people; a template or value the notifier refuses.
+        MailUnavailable: the SMTP server cannot be reached or refused the login (nothing was sent).
+    """
+    if not case.affected_users:
+        raise BadRequest(f"Incident {case.id} names no affected user; add them first.")
+    result = Notified()
+    about = Incident(id=case.id, title=case.title, summary=case.summary or case.title, what_to_do=what_to_do)
+    now = cases.clock.now()
+    people = await _recipients(case, accounts, result)
+    if not send:
+        result.previews = [preview(settings, r, about, now=now, template=template) for r in people]
+        return result
+    messages = [compose(settings, r, about, now=now, template=template) for r in people]
+    result.deliveries = await send_all(settings, messages, on_result=recorder(audit, actor=actor))
+    sent = [d.message.username for d in result.deliveries if d.ok]
+    failed = {d.message.username: d.detail for d in result.deliveries if not d.ok}
+    await cases.record(
+        case.id,
+        "notification",
+        actor,
+        f"Notified {len(sent)} of {len(case.affected_users)} affected people by email ({template})"
+        + (f"; not sent: {', '.join(sorted(failed))}" if failed else "")
+        + (f"; no email address: {', '.join(result.without_address)}" if result.without_address else ""),
+        {"sent": sent, "failed": failed, "without_address": result.without_address, "template": template},
+    )
+    return result

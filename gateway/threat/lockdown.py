@@ -1,0 +1,250 @@
+"""Lockdown: the switch that shuts the gateway's applications in an emergency, and who still gets in.
+
+The switch lives in the fast state under one key, ``lockdown:state`` (JSON, no expiry: a lockdown
+ends only when someone switches it off, never by itself). Every change is announced on the
+``lockdown`` channel; each worker of every replica keeps the switch in memory (:class:`Lockdown`),
+re-reads the key when it hears the broadcast, and every ``refresh_every`` seconds anyway, so a lost
+broadcast or a dropped subscription is bounded by that interval. The data plane asks only the
+in-memory copy: no fast-state read per request (invariant 5).
+
+When the fast state cannot be read, a worker keeps the last state it knew (on stays on, off stays
+off). Failing closed on every hiccup would turn a Redis blip into a full outage; and while the fast
+state is down no session can be read either, so no signed-in request gets through anyway.
+
+Who passes a lockdown (:func:`is_break_glass`): a session that speaks for the ``lockdown.break_glass_group``
+(an identity provider's group of that name, or the role of that name as the policy sees it: a local
+role of the account, or reached through the policy's ``g`` lines) *and* used a WebAuthn factor
+(passkey or security key) in this session within ``lockdown.max_factor_age``. A TOTP code or a recovery
+code is not enough: those can be phished or read off a stolen phone, a WebAuthn assertion cannot.
+
+Every switch is an audit record, ``lockdown.on`` / ``lockdown.off`` (actor, routes, reason), which the
+audit listener also sends to the security-event sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable
+from typing import Final
+
+import msgspec
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import Clock
+from gateway.errors import BadRequest
+from gateway.identity.levels import Factor
+from gateway.identity.sessions import Session
+from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.store.fast.follow import follow_channel
+
+__all__ = [
+    "LOCKDOWN_CHANNEL",
+    "LOCKDOWN_KEY",
+    "MAX_REASON",
+    "Lockdown",
+    "LockdownRefused",
+    "LockdownState",
+    "LockdownStore",
+    "check_request",
+    "is_break_glass",
+]
+
+logger = logging.getLogger("gateway.lockdown")
+
+LOCKDOWN_KEY: Final = "lockdown:state"
+LOCKDOWN_CHANNEL: Final = "lockdown"
+#: The longest reason kept with a switch (it goes into the audit trail and every status answer).
+MAX_REASON: Final = 2000
+
+
+class LockdownRefused(BadRequest):
+    """A switch that cannot be made as asked (unknown route, no reason): 400, nothing changed."""
+
+    reason = "lockdown-refused"
+    title = "Lockdown not changed"
+
+
+class LockdownState(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The switch as stored. ``routes`` None: every route; otherwise only these route names."""
+
+    on: bool = False
+    routes: tuple[str, ...] | None = None
+    since: float = 0.0
+    actor: str = ""
+    reason: str = ""
+    # The incident whose threat rule switched it on ("" when a person did).
+    incident: str = ""
+
+    def covers(self, route: str) -> bool:
+        """Whether a request to ``route`` is locked now."""
+        return self.on and (self.routes is None or route in self.routes)
+
+    def to_json(self) -> dict[str, object]:
+        """The status document of the CLI's ``--json`` and ``GET /api/lockdown``."""
+        return {
+            "on": self.on,
+            "all_routes": self.on and self.routes is None,
+            "routes": list(self.routes) if self.routes is not None else [],
+            "since": self.since or None,
+            "actor": self.actor,
+            "reason": self.reason,
+            "incident": self.incident,
+        }
+
+
+OFF: Final = LockdownState()
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(LockdownState).decode
+
+
+def check_request(*, routes: Iterable[str], known: Collection[str], reason: str) -> tuple[str, ...] | None:
+    """The route selection of a switch, checked: None for every route, else the named ones (sorted).
+
+    Raises:
+        LockdownRefused: a name no configured route has, or an empty or over-long reason.
+    """
+    text = reason.strip()
+    if not text:
+        raise LockdownRefused("Give a reason: it is kept in the audit trail and shown in the status.")
+    if len(text) > MAX_REASON:
+        raise LockdownRefused(f"The reason is longer than {MAX_REASON} characters.")
+    chosen = sorted(set(routes))
+    if not chosen:
+        return None
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        names = ", ".join(sorted(known)) or "none"
+        raise LockdownRefused(
+            f"No route is named {', '.join(repr(n) for n in unknown)}; the configured routes are: {names}."
+        )
+    return tuple(chosen)
+
+
+def is_break_glass(
+    session: Session, *, group: str | None, roles: Collection[str], max_factor_age: float, now: float
+) -> bool:
+    """Whether ``session`` may pass a lockdown (see the module docstring).
+
+    Args:
+        session: The request's session.
+        group: ``lockdown.break_glass_group``; None lets nobody through.
+        roles: The roles the session's principals hold as the policy sees them (its local roles and
+            those reached through ``g`` lines; :meth:`gateway.authz.live.LivePolicy.roles_for`).
+        max_factor_age: How long ago the WebAuthn factor may have been used, in seconds.
+        now: Unix time.
+    """
+    if group is None or (group not in session.groups and group not in roles):
+        return False
+    oldest = now - max_factor_age
+    # A factor "used in the future" is a clock step or a forged record: it does not count.
+    return any(use.factor is Factor.WEBAUTHN and oldest <= use.at <= now + 60 for use in session.factors)
+
+
+class Lockdown:
+    """A worker's in-memory copy of the switch; the data plane reads ``state`` and nothing else."""
+
+    __slots__ = ("confirmed_at", "state")
+
+    def __init__(self, state: LockdownState = OFF) -> None:
+        self.state = state
+        # Monotonic time of the last successful read (0: never): how stale the copy may be.
+        self.confirmed_at = 0.0
+
+    def set(self, state: LockdownState, *, at: float) -> None:
+        if state != self.state:
+            logger.warning(
+                "lockdown %s (%s) by %s: %s",
+                "ON" if state.on else "off",
+                "all routes" if state.routes is None else ", ".join(state.routes),
+                state.actor or "-",
+                state.reason or "-",
+            )
+        # One assignment: a request in flight sees the old or the new state, never a mix.
+        self.state = state
+        self.confirmed_at = at
+
+
+class LockdownStore:
+    """The switch in the fast state: read it, flip it (audited), and mirror it into a worker."""
+
+    def __init__(self, state: FastState, clock: Clock, audit: AuditLog | None = None) -> None:
+        self._state = state
+        self._clock = clock
+        self._audit = audit
+
+    async def read(self) -> LockdownState:
+        """The switch as stored (off when never switched).
+
+        Raises:
+            StateUnavailable: the fast state cannot answer.
+        """
+        raw = await self._state.get(LOCKDOWN_KEY)
+        if raw is None:
+            return OFF
+        try:
+            return _decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # Someone wrote junk into the key by hand: keep the gateway shut rather than guess open.
+            logger.error("unreadable lockdown state in the fast state; treating it as on for every route")
+            return LockdownState(on=True, reason="unreadable lockdown state")
+
+    async def switch_on(
+        self, routes: tuple[str, ...] | None, *, actor: str, reason: str, incident: str = "", ip: str = ""
+    ) -> LockdownState:
+        """Lock ``routes`` (None: every route), replacing any earlier selection; audited ``lockdown.on``.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer (nothing was switched).
+        """
+        new = LockdownState(
+            on=True, routes=routes, since=self._clock.time(), actor=actor, reason=reason, incident=incident
+        )
+        await self._write(new, "lockdown.on", ip=ip)
+        return new
+
+    async def switch_off(self, *, actor: str, reason: str, ip: str = "") -> LockdownState:
+        """Open every route again; audited ``lockdown.off`` (also when it was off already).
+
+        Raises:
+            StateUnavailable: the fast state cannot answer (nothing was switched).
+        """
+        new = LockdownState(on=False, since=self._clock.time(), actor=actor, reason=reason)
+        await self._write(new, "lockdown.off", ip=ip)
+        return new
+
+    async def _write(self, new: LockdownState, kind: str, *, ip: str) -> None:
+        await self._state.set(LOCKDOWN_KEY, _encode(new))
+        if self._audit is not None:
+            details: dict[str, object] = {
+                "routes": "all" if new.routes is None else list(new.routes),
+                "reason": new.reason,
+            }
+            if not new.on:
+                details["routes"] = []
+            if new.incident:
+                details["incident"] = new.incident
+            await self._audit.record(kind, actor=new.actor, subject="lockdown", ip=ip, details=details)
+        try:
+            await self._state.publish(LOCKDOWN_CHANNEL, b"changed")
+        except StateUnavailable:
+            # Stored already: every worker's periodic re-read picks it up within its interval.
+            logger.warning("could not broadcast a lockdown change")
+
+    async def refresh(self, lockdown: Lockdown) -> None:
+        """Load the stored switch into ``lockdown``.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer (``lockdown`` keeps what it had).
+        """
+        lockdown.set(await self.read(), at=self._clock.monotonic())
+
+    async def run_listener(self, lockdown: Lockdown, *, refresh_every: float) -> None:
+        """Keep ``lockdown`` current: re-read on every broadcast, and every ``refresh_every`` s anyway;
+        an outage keeps the last known state."""
+        await follow_channel(
+            self._state,
+            LOCKDOWN_CHANNEL,
+            lambda: self.refresh(lockdown),
+            refresh_every=refresh_every,
+            what="lockdown",
+        )

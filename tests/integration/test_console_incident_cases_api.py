@@ -1,0 +1,467 @@
+"""The incident records API (``/api/incident-cases``) over real HTTP, against a real gateway with its
+admin listener, a real SMTP server for the notifications, on the embedded default.
+
+A real brute-force detection (three wrong passwords from one address) raises the record; the signed-in
+admin walks it through the five phases with the API alone: containment seals evidence that hashes to
+what the record and the chain say, eradication ends the affected sessions, closing is refused while the
+lock of the detection stands and passes once lifted, the report comes in both formats, the affected
+people are previewed and then told by email. Refusals change nothing and are answered in the admin
+API's JSON error shape.
+
+Users (as in ``test_admin_api``, whose helpers this module reuses on its own site): ``boss`` an admin
+with a fresh TOTP factor, ``root`` an admin by local role with a password only, ``carol`` no role;
+``victim`` and ``bob`` the affected people, with email addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.harness import add_user, free_port, gateway_config, run_echo, run_gateway, wait_until
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, login, post_form
+from tests.integration.test_admin_api import (
+    POLICY,
+    Site,
+    api,
+    assert_error,
+    boss,
+    carol,
+    signed_in,
+    wait_admin_healthy,
+)
+from tests.integration.test_signin_http import enroll_totp
+from tests.support.smtp_server import SmtpServer, smtp_server
+from tests.support.totp import oathtool
+
+__all__ = ["boss", "carol"]  # fixtures, used by name
+
+ATTACKER = "198.51.100.77"
+BASE = "/api/incident-cases"
+
+
+def _config(
+    tmp: Path, port: int, admin_port: int, echo_url: str, policy: Path, smtp_port: int, **admin: Any
+) -> dict[str, Any]:
+    routes: list[dict[str, Any]] = [
+        {"name": "app", "host": "127.0.0.1", "upstreams": [echo_url], "mfa": "none"}
+    ]
+    return gateway_config(
+        tmp,
+        port,
+        routes,
+        session={"insecure_cookies": True},
+        trusted_proxies=["127.0.0.1/32"],
+        policy={"file": str(policy)},
+        admin={"listen": f"127.0.0.1:{admin_port}", **admin},
+        threat={"brute_force": {"count": 3, "window": "10m", "responses": ["alert", "lock_account"]}},
+        notify={
+            "organisation": "Example Ltd",
+            "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "sender": "sec@example.com"},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def mail() -> Iterator[SmtpServer]:
+    """The module gateway's mail server (a fixture of its own, so tests can read what it received)."""
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("console-incident-cases")
+    policy_path = tmp / "policy.csv"
+    policy_path.write_text(POLICY)
+    port, admin_port = free_port(), free_port()
+    with (
+        run_echo() as echo,
+        run_gateway(tmp, _config(tmp, port, admin_port, echo.url, policy_path, mail.port)) as gw,
+    ):
+        wait_admin_healthy(admin_port, gw.proc)
+        for user, extra in (
+            ("boss", ()),
+            ("root", ("--role", "admin")),
+            ("carol", ()),
+            ("victim", ("--email", "victim@example.org")),
+            ("bob", ("--email", "bob@example.org")),
+        ):
+            add_user(gw.config_path, user, PASSWORD, *extra)
+        yield Site(gw, admin_port, tmp / "data" / "gateway.db", policy_path)
+
+
+def audits(site: Site, kind: str) -> list[dict[str, Any]]:
+    return [{**dict(r), "details": json.loads(r["details"])} for r in site.audit(kind)]
+
+
+def audited_about(site: Site, subject: str) -> list[tuple[str, str, dict[str, Any]]]:
+    with closing(sqlite3.connect(site.db_path)) as conn:
+        rows = conn.execute(
+            "SELECT kind, actor, details FROM audit_events WHERE subject = ? ORDER BY seq", (subject,)
+        ).fetchall()
+    return [(k, a, json.loads(d)) for k, a, d in rows]
+
+
+def ok(resp: httpx.Response, status: int = 200) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def still_signed_in(site: Site, client: httpx.Client) -> bool:
+    """Whether the gateway lets the session through (the policy allows /docs/ to everyone signed in)."""
+    session = client.cookies.get(SESSION_COOKIE)
+    resp = httpx.get(
+        f"{site.gw.url}/docs/probe",
+        headers={"Cookie": f"{SESSION_COOKIE}={session}", "Accept": "application/json"},
+        timeout=30,
+    )
+    return resp.status_code == 200
+
+
+def case_of(site: Site, boss: httpx.Client, case_id: str) -> dict[str, Any]:
+    return ok(api(site, boss, "GET", f"{BASE}/{case_id}"))
+
+
+# -- the five phases ----------------------------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_a_brute_force_incident_walked_through_the_phases_with_the_api(
+    site: Site, boss: httpx.Client, mail: SmtpServer
+) -> None:
+    bob = signed_in(site, "bob")
+    try:
+        _walk(site, boss, bob, mail)
+    finally:
+        bob.close()
+
+
+def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -> None:
+    assert still_signed_in(site, bob)
+    # Detection: three wrong passwords for the victim from one address raise the record.
+    with httpx.Client(
+        base_url=site.gw.url, follow_redirects=False, timeout=30.0, headers={"X-Forwarded-For": ATTACKER}
+    ) as attacker:
+        for _ in range(3):
+            login(attacker, "victim", "not the password")
+
+    def raised() -> list[dict[str, Any]]:
+        listing = ok(api(site, boss, "GET", BASE, params={"open": "true"}))["cases"]
+        return [c for c in listing if c["rule"] == "brute_force"]
+
+    [case] = wait_until(raised, timeout=30, what="a brute-force incident record")
+    case_id = case["id"]
+    assert (case["phase"], case["affected_users"], case["addresses"]) == ("detection", ["victim"], [ATTACKER])
+    assert case["opened_by"] == "rule:brute_force"
+
+    # Analysis: an owner, bob is affected too, a note.
+    updated = ok(
+        api(
+            site, boss, "POST", f"{BASE}/{case_id}/update",
+            json={"owner": "alice", "users": ["bob"], "severity": "high"},
+        )
+    )  # fmt: skip
+    assert (updated["owner"], updated["severity"], updated["affected_users"]) == (
+        "alice", "high", ["victim", "bob"],
+    )  # fmt: skip
+    noted = ok(api(site, boss, "POST", f"{BASE}/{case_id}/notes", json={"text": "a VPN exit node"}), 201)
+    assert [(e["kind"], e["actor"], e["text"]) for e in noted["timeline"]][-1] == (
+        "note", "user:boss", "a VPN exit node",
+    )  # fmt: skip
+
+    # The workflow refuses shortcuts and nonsense, and nothing changes.
+    early = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "closed"})
+    assert "closes from post-incident" in assert_error(early, 409, "phase-refused")["message"]
+    bad = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "panic"})
+    assert "not a phase" in assert_error(bad, 400, "bad-phase")["message"]
+    assert case_of(site, boss, case_id)["phase"] == "detection"
+
+    # Containment seals the evidence: the file hashes to the record's sha256, and the chain has it.
+    moved = ok(
+        api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "containment", "note": "go"})
+    )
+    sealed = moved["sealed"]
+    assert moved["case"]["phase"] == "containment"
+    assert moved["case"]["evidence"] == [sealed]
+    assert hashlib.sha256(Path(sealed["file"]).read_bytes()).hexdigest() == sealed["sha256"]
+    assert sealed["records"] > 0
+    chain = [(a, d["sha256"]) for k, a, d in audited_about(site, case_id) if k == "incident.evidence_sealed"]
+    assert chain == [("user:boss", sealed["sha256"])]
+
+    # Eradication: everyone affected loses their sessions.
+    ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "eradication"}))
+    unknown = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "explode"})
+    assert "not an action" in assert_error(unknown, 400, "bad-request")["message"]
+    assert still_signed_in(site, bob)
+    acted = ok(api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "revoke-sessions"}))
+    assert acted["done"] == {"victim": "sessions revoked", "bob": "sessions revoked"}
+    wait_until(lambda: not still_signed_in(site, bob), timeout=10, what="bob's session ended")
+
+    # Recovery: closing is refused with the whole checklist while the detection's lock stands.
+    ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "recovery"}))
+    checks = ok(api(site, boss, "GET", f"{BASE}/{case_id}/checks"))
+    failed = {c["name"]: c["detail"] for c in checks["checks"] if not c["passed"]}
+    assert checks["passed"] is False
+    assert list(failed) == ["containment_lifted"]
+    assert "lock_account victim" in failed["containment_lifted"]
+    ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "post-incident"}))
+    refused = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "closed"})
+    body = assert_error(refused, 409, "recovery-checks-failed")
+    assert [c["name"] for c in body["checks"] if not c["passed"]] == ["containment_lifted"]
+    assert {c["name"] for c in body["checks"]} >= {"audit_chain", "database", "policy", "evidence"}
+    assert case_of(site, boss, case_id)["phase"] == "post_incident"
+
+    lifted = ok(api(site, boss, "POST", f"{BASE}/{case_id}/lift", json={"reason": "attacker gone"}))
+    assert lifted["detections"] == [case_id]
+    assert ok(api(site, boss, "GET", f"{BASE}/{case_id}/checks"))["passed"] is True
+
+    # Post-incident: the people are previewed (nothing sent), then told.
+    preview = ok(api(site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": True}))
+    assert sorted(p["to"] for p in preview["previews"]) == [
+        "bob <bob@example.org>",
+        "victim <victim@example.org>",
+    ]
+    assert all(f"Please quote the reference {case_id}." in p["body"] for p in preview["previews"])
+    assert preview["deliveries"] == []
+    assert mail.received == []
+    todo = "Choose a new password when you next sign in."
+    sent = ok(
+        api(site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": False, "what_to_do": todo})
+    )
+    assert sorted((d["username"], d["sent"]) for d in sent["deliveries"]) == [("bob", True), ("victim", True)]
+    assert sorted(r.rcpt_tos for r in mail.received) == [("bob@example.org",), ("victim@example.org",)]
+    assert all(todo in r.message.get_content() for r in mail.received)
+
+    ok(api(site, boss, "POST", f"{BASE}/{case_id}/update", json={"root_cause": "a reused password"}))
+    report = api(site, boss, "GET", f"{BASE}/{case_id}/report", params={"format": "json"})
+    doc = ok(report)
+    assert f'filename="post-incident-{case_id}.json"' in report.headers["content-disposition"]
+    phases = [e["details"]["to"] for e in doc["timeline"] if "to" in e.get("details", {})]
+    assert phases == ["containment", "eradication", "recovery", "post_incident"]
+    assert [a["details"]["action"] for a in doc["actions"] if a["kind"] == "action"] == [
+        "revoke-sessions",
+        "lift",
+    ]
+    assert doc["incident"]["evidence"][0]["sha256"] == sealed["sha256"]
+    md = api(site, boss, "GET", f"{BASE}/{case_id}/report", params={"format": "md"})
+    assert md.status_code == 200, md.text
+    assert md.headers["content-type"].startswith("text/markdown")
+    assert f'filename="post-incident-{case_id}.md"' in md.headers["content-disposition"]
+    assert f"# Post-incident report: brute force: victim ({case_id})" in md.text
+    assert "a reused password" in md.text
+    assert sealed["sha256"] in md.text
+
+    closed = ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "closed"}))
+    assert closed["case"]["closed_at"] is not None
+    assert all(c["passed"] for c in closed["checks"])
+    again = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "containment"})
+    assert "is closed" in assert_error(again, 409, "phase-refused")["message"]
+    assert [c["id"] for c in ok(api(site, boss, "GET", BASE, params={"open": "true"}))["cases"]].count(
+        case_id
+    ) == 0
+
+    # The trail: every change by the admin, the refusals as failures.
+    about = audited_about(site, case_id)
+    assert [d["to"] for k, a, d in about if k == "incident.phase" and a == "user:boss"] == [
+        "containment", "eradication", "recovery", "post_incident", "closed",
+    ]  # fmt: skip
+    phases_tried = [(a["outcome"], a["details"]["phase"]) for a in audits(site, "admin.incident_case.phase")]
+    assert ("failure", "panic") in phases_tried
+    assert ("success", "containment") in phases_tried
+    assert {a["actor"] for a in audits(site, "admin.incident_case.phase")} == {"user:boss"}
+    errors = [a["details"].get("error") for a in audits(site, "admin.incident_case.phase")]
+    assert errors.count("recovery-checks-failed") == 1
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", BASE, None),
+        ("GET", f"{BASE}/inc-00000000", None),
+        ("GET", f"{BASE}/inc-00000000/report", None),
+        ("POST", BASE, {"title": "t"}),
+        ("POST", f"{BASE}/inc-00000000/phase", {"phase": "containment"}),
+        ("POST", f"{BASE}/inc-00000000/actions", {"action": "disable"}),
+    ],
+)
+def test_without_a_session_it_is_401_for_a_non_admin_403_and_without_a_factor_a_step_up(
+    site: Site, carol: httpx.Client, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    before = len(site.audit("incident.opened"))
+    assert_error(api(site, None, method, path, json=body), 401, "authentication-required")
+    assert_error(api(site, carol, method, path, json=body), 403, "admin-role-required")
+    root = signed_in(site, "root")
+    try:
+        assert_error(api(site, root, method, path, json=body), 403, "step-up-required")
+    finally:
+        root.close()
+    assert len(site.audit("incident.opened")) == before
+
+
+@pytest.mark.peer
+def test_unknown_and_malformed_ids(site: Site, boss: httpx.Client) -> None:
+    for method, suffix, body in (
+        ("GET", "", None),
+        ("GET", "/checks", None),
+        ("GET", "/report", None),
+        ("POST", "/notes", {"text": "t"}),
+        ("POST", "/phase", {"phase": "containment"}),
+        ("POST", "/seal", {}),
+        ("POST", "/actions", {"action": "revoke-sessions"}),
+        ("POST", "/lift", {}),
+        ("POST", "/notify", {}),
+    ):
+        assert_error(
+            api(site, boss, method, f"{BASE}/inc-00000000{suffix}", json=body), 404, "incident-not-found"
+        )
+        assert_error(api(site, boss, method, f"{BASE}/INC-1{suffix}", json=body), 400, "bad-incident-id")
+    assert not (site.db_path.parent / "incidents" / "inc-00000000").exists()
+    assert_error(api(site, boss, "GET", BASE, params={"limit": 0}), 400, "bad-request")
+    report = api(site, boss, "GET", f"{BASE}/inc-00000000/report", params={"format": "pdf"})
+    assert_error(report, 400, "bad-request")
+    schema = api(site, boss, "GET", "/api/schema/openapi.json").json()["paths"]
+    for path in (BASE, f"{BASE}/{{case_id}}", f"{BASE}/{{case_id}}/phase", f"{BASE}/{{case_id}}/notify"):
+        assert path in schema, path
+
+
+BAD_OPENS: list[tuple[str, dict[str, Any], str]] = [
+    ("no title", {"severity": "low"}, "title"),
+    ("an empty title", {"title": "   "}, "must not be empty"),
+    ("an unknown severity", {"title": "t", "severity": "apocalyptic"}, "Unknown severity"),
+    ("an unknown field", {"title": "t", "owner": "x"}, "owner"),
+    ("a control character in a name", {"title": "t", "users": ["a\nb"]}, "users"),
+    ("a title too long", {"title": "x" * 201}, "title"),
+]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(("what", "body", "phrase"), BAD_OPENS, ids=[b[0] for b in BAD_OPENS])
+def test_bad_input_is_400_and_opens_nothing(
+    site: Site, boss: httpx.Client, what: str, body: dict[str, Any], phrase: str
+) -> None:
+    before = ok(api(site, boss, "GET", BASE, params={"limit": 1000}))["cases"]
+    message = assert_error(api(site, boss, "POST", BASE, json=body), 400, "bad-request")["message"]
+    assert phrase in message, (what, message)
+    assert ok(api(site, boss, "GET", BASE, params={"limit": 1000}))["cases"] == before
+
+
+@pytest.mark.peer
+def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, boss: httpx.Client) -> None:
+    opened = ok(
+        api(
+            site, boss, "POST", BASE,
+            json={"title": "suspected admin compromise", "severity": "critical", "users": ["boss"]},
+        ),
+        201,
+    )  # fmt: skip
+    case_id = opened["id"]
+    assert (opened["phase"], opened["opened_by"], opened["severity"]) == (
+        "detection",
+        "user:boss",
+        "critical",
+    )
+    empty = api(site, boss, "POST", f"{BASE}/{case_id}/notes", json={"text": "   "})
+    assert "must not be empty" in assert_error(empty, 400, "bad-request")["message"]
+    # Disabling the admin's own account would shut them out of the console: refused, nothing done.
+    own = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "disable"})
+    assert_error(own, 409, "own-account")
+    assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
+
+    # A policy restore for the incident: an unknown version is 404; the first version is restored.
+    missing = api(
+        site, boss, "POST", f"{BASE}/{case_id}/restore-policy", json={"version": 999, "reason": "r"}
+    )
+    assert_error(missing, 404, "policy-version-not-found")
+    resp = api(
+        site, boss, "POST", f"{BASE}/{case_id}/restore-policy", json={"version": 1, "reason": "known good"}
+    )
+    restored = ok(resp)
+    assert restored["restored_from"] == 1
+    [entry] = [e for e in case_of(site, boss, case_id)["timeline"] if e["kind"] == "action"]
+    assert (entry["actor"], entry["details"]["action"], entry["details"]["from"]) == (
+        "user:boss", "restore-policy", 1,
+    )  # fmt: skip
+    tries = [
+        (a["outcome"], a["details"].get("error")) for a in audits(site, "admin.incident_case.restore_policy")
+    ]
+    assert tries == [("failure", "policy-version-not-found"), ("success", None)]
+
+
+# -- destructive calls ask for a fresh factor ---------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_destructive_calls_need_a_second_factor_from_the_last_moments(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a gateway whose destructive actions need a factor from the last 3 s: once the admin's factor
+    is older, account actions, sending, lifting and restoring are refused with the step-up page and
+    change nothing, while reading, a note and a preview still work; after the step-up they go through."""
+    tmp = tmp_path_factory.mktemp("console-incident-cases-stale")
+    policy_path = tmp / "policy.csv"
+    policy_path.write_text(POLICY)
+    port, admin_port = free_port(), free_port()
+    with smtp_server() as mail:
+        config = _config(
+            tmp, port, admin_port, "http://127.0.0.1:9", policy_path, mail.port,
+            destructive_reauth_max_age="3s",
+        )  # fmt: skip
+        with run_gateway(tmp, config) as gw:
+            wait_admin_healthy(admin_port, gw.proc)
+            add_user(gw.config_path, "boss", PASSWORD)
+            add_user(gw.config_path, "bob", PASSWORD, "--email", "bob@example.org")
+            brief = Site(gw, admin_port, tmp / "data" / "gateway.db", policy_path)
+            client = signed_in(brief, "boss")
+            try:
+                _stale(brief, client, mail)
+            finally:
+                client.close()
+
+
+def _stale(site: Site, client: httpx.Client, mail: SmtpServer) -> None:
+    secret = enroll_totp(client)
+    case_id = ok(api(site, client, "POST", BASE, json={"title": "t", "users": ["bob"]}), 201)["id"]
+
+    def stale() -> bool:
+        probe = api(site, client, "POST", f"{BASE}/inc-00000000/lift", json={})
+        return probe.status_code == 403  # 404 (no such incident) while the factor is fresh
+
+    wait_until(stale, timeout=15.0, interval=0.5, what="the factor too old for destructive actions")
+    for suffix, body in (
+        ("/actions", {"action": "revoke-sessions"}),
+        ("/notify", {"preview": False}),
+        ("/lift", {"reason": "r"}),
+        ("/restore-policy", {"version": 1, "reason": "r"}),
+    ):
+        resp = api(site, client, "POST", f"{BASE}/{case_id}{suffix}", json=body)
+        assert (
+            assert_error(resp, 403, "step-up-required")["location"] == f"{site.gw.url}/.gateway/mfa?need=any"
+        )
+    assert mail.received == []
+    assert [e["kind"] for e in case_of(site, client, case_id)["timeline"]] == ["phase"]
+    refused = [(a["outcome"], a["details"]["error"]) for a in audits(site, "admin.incident_case.action")]
+    assert refused == [("failure", "step-up-required")]
+    # Reading, a note and a preview are not destructive.
+    ok(api(site, client, "POST", f"{BASE}/{case_id}/notes", json={"text": "still here"}), 201)
+    assert len(ok(api(site, client, "POST", f"{BASE}/{case_id}/notify", json={}))["previews"]) == 1
+    unknown = api(site, client, "POST", f"{BASE}/{case_id}/notify", json={"template": "nope"})
+    assert "no notification template 'nope'" in assert_error(unknown, 400, "notify-bad-message")["message"]
+
+    stepped = post_form(client, "/.gateway/mfa/totp", {"code": oathtool(secret, time.time()), "rd": ""})
+    assert stepped.status_code == 302, stepped.text
+    acted = ok(api(site, client, "POST", f"{BASE}/{case_id}/actions", json={"action": "revoke-sessions"}))
+    assert acted["done"] == {"bob": "sessions revoked"}

@@ -1,0 +1,165 @@
+"""Rendering a notification: placeholders filled safely, headers one line, the body as written."""
+
+from __future__ import annotations
+
+import string
+import textwrap
+from datetime import UTC, datetime
+from email.headerregistry import Address
+
+import pytest
+
+from gateway.notify import BadMessage, Incident, Recipient, compose, preview, render
+from gateway.settings.loader import parse_settings
+from gateway.settings.schema import DEFAULT_TEMPLATES, TEMPLATE_PLACEHOLDERS, MailTemplate, Settings
+
+NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+INCIDENT = Incident(
+    id="inc-42",
+    title="Password database exposure",
+    summary="A backup of sign-in records was readable for two hours.\nNo passwords were in it.",
+    what_to_do="Change your password and review your sessions.",
+)
+
+
+def _settings(extra: str = "") -> Settings:
+    return parse_settings(
+        textwrap.dedent("""\
+        public_url: https://auth.example.com
+        privacy:
+          contact: {name: Grievance Officer, email: privacy@example.com}
+        notify:
+          organisation: Example Ltd
+          smtp: {host: mail.example.com, sender: security@example.com, sender_name: Example Security}
+        """)
+        + extra
+    )
+
+
+def test_default_templates_use_only_known_placeholders() -> None:
+    for template in DEFAULT_TEMPLATES.values():
+        for text in (template.subject, template.body):
+            assert string.Template(text).is_valid()
+            assert set(string.Template(text).get_identifiers()) <= set(TEMPLATE_PLACEHOLDERS)
+
+
+def test_compose_fills_every_placeholder() -> None:
+    message = compose(_settings(), Recipient("alice", "alice@example.org", "Alice Ng"), INCIDENT, now=NOW)
+    email = message.email
+    assert email["From"] == "Example Security <security@example.com>"
+    assert email["To"] == "Alice Ng <alice@example.org>"
+    assert email["Subject"] == "Security notice from Example Ltd: Password database exposure"
+    assert email["Date"] == "Mon, 01 Mar 2027 12:00:00 +0000"
+    assert email["Message-ID"].endswith("@example.com>")
+    assert email["Auto-Submitted"] == "auto-generated"
+    assert email.get_content_type() == "text/plain"
+    assert email.get_content_charset() == "utf-8"
+    body = email.get_content()
+    assert body.startswith("Hello Alice Ng,\n")
+    assert "account (alice)" in body
+    assert "two hours.\nNo passwords were in it.\n" in body
+    assert "contact Grievance Officer <privacy@example.com>." in body
+    assert "reference inc-42." in body
+    assert "$" not in body
+    assert (message.username, message.incident, message.template) == ("alice", "inc-42", "incident")
+
+
+def test_values_are_text_never_templates_or_format_strings() -> None:
+    tricky = Incident(id="i1", title="$username {0.__class__} %s", summary="${contact}", what_to_do="$$")
+    email = compose(_settings(), Recipient("bob", "bob@example.org"), tricky, now=NOW).email
+    assert email["Subject"] == "Security notice from Example Ltd: $username {0.__class__} %s"
+    body = email.get_content()
+    assert "${contact}" in body
+    assert "\n$$\n" in body
+    assert body.startswith("Hello bob,\n")  # no display name: the username
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["Exposure\r\nBcc: attacker@evil.example", "Exposure\nBcc: attacker@evil.example", "a\rb", "a\x00b"],
+)
+def test_line_break_in_a_subject_value_is_refused(title: str) -> None:
+    incident = Incident(id="i1", title=title, summary="s", what_to_do="w")
+    with pytest.raises(BadMessage, match=r"\$title contains a line break"):
+        compose(_settings(), Recipient("bob", "bob@example.org"), incident, now=NOW)
+
+
+def test_display_name_with_a_line_break_is_replaced_by_the_username() -> None:
+    evil = Recipient("mallory", "mallory@example.org", "Mallory\r\nBcc: everyone@example.org")
+    email = compose(_settings(), evil, INCIDENT, now=NOW).email
+    assert email["To"] == "mallory <mallory@example.org>"
+    assert "Bcc" not in email
+    assert "Bcc" not in email.as_string()
+    assert email.get_content().startswith("Hello mallory,\n")
+
+
+def test_render_itself_refuses_a_header_value_with_a_control_character() -> None:
+    # email.headerregistry.Address refuses CR and LF itself; render refuses the other controls too.
+    template = MailTemplate(subject="Hi $name", body="x")
+    with pytest.raises(BadMessage, match="display name contains a line break or another control character"):
+        render(
+            template,
+            {"name": "x"},
+            sender=Address("S", "s", "example.com"),
+            to=Address("Eve\x00Bcc: x@example.org", "eve", "example.org"),
+            now=NOW,
+        )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "no-at-sign",
+        "a b@example.org",
+        "a@b",
+        '"q"@example.org',
+        "a@example.org\r\nBcc: x@y.org",
+        "é@example.org",
+    ],
+)
+def test_bad_recipient_addresses_are_refused(address: str) -> None:
+    with pytest.raises(BadMessage, match="recipient's address"):
+        compose(_settings(), Recipient("bob", address), INCIDENT, now=NOW)
+
+
+def test_body_control_characters_are_removed_and_line_endings_made_one() -> None:
+    incident = Incident(id="i1", title="t", summary="one\r\ntwo\rthree\x1b[31m\x07", what_to_do="w")
+    body = compose(_settings(), Recipient("bob", "bob@example.org"), incident, now=NOW).email.get_content()
+    assert "one\ntwo\nthree[31m\n" in body
+
+
+def test_unicode_survives_in_subject_name_and_body() -> None:
+    incident = Incident(id="i1", title="Fuite de données", summary="Überprüfung — 検査", what_to_do="w")
+    message = compose(_settings(), Recipient("zoe", "zoe@example.org", "Zoë Ångström"), incident, now=NOW)
+    wire = message.email.as_bytes()
+    assert wire.isascii()  # RFC 2047 headers and quoted-printable body: nothing 8-bit on the wire
+    assert message.email["Subject"] == "Security notice from Example Ltd: Fuite de données"
+    assert "Überprüfung — 検査" in message.email.get_content()
+
+
+def test_named_template_and_unknown_template() -> None:
+    settings = _settings(
+        "  templates:\n    reset: {subject: 'Reset for $username', body: 'Hello $name, see $incident.'}\n"
+    )
+    shown = preview(settings, Recipient("carol", "carol@example.org"), INCIDENT, now=NOW, template="reset")
+    assert (shown.subject, shown.body, shown.to) == (
+        "Reset for carol",
+        "Hello carol, see inc-42.\n",
+        "carol <carol@example.org>",
+    )
+    # The built-in incident template stays available beside the configured ones.
+    assert preview(settings, Recipient("carol", "carol@example.org"), INCIDENT, now=NOW).subject.startswith(
+        "Security notice"
+    )
+    with pytest.raises(BadMessage, match="no notification template 'nope'; templates: incident, reset"):
+        compose(settings, Recipient("carol", "carol@example.org"), INCIDENT, now=NOW, template="nope")
+
+
+def test_contact_and_organisation_fall_back() -> None:
+    settings = parse_settings(
+        "public_url: https://auth.example.com\n"
+        "notify:\n  smtp: {host: mail.example.com, sender: security@example.com}\n"
+    )
+    body = compose(settings, Recipient("bob", "bob@example.org"), INCIDENT, now=NOW).email.get_content()
+    assert "contact security@example.com." in body
+    assert "incident at auth.example.com that" in body

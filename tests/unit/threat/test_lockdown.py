@@ -1,0 +1,208 @@
+"""The lockdown switch: who passes (group + WebAuthn + age), which routes it covers, the store that
+keeps it in the fast state (audited, broadcast to a peer), and a threat rule that switches it on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.sessions import Session
+from gateway.settings.schema import ThreatRule
+from gateway.store.db import Database
+from gateway.store.fast import FastState, StateUnavailable
+from gateway.threat.lockdown import (
+    LOCKDOWN_KEY,
+    Lockdown,
+    LockdownRefused,
+    LockdownState,
+    LockdownStore,
+    check_request,
+    is_break_glass,
+)
+from tests.unit.threat.conftest import World
+
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+
+
+def session(
+    *factors: tuple[Factor, float], groups: tuple[str, ...] = (), roles: tuple[str, ...] = ()
+) -> Session:
+    return Session(
+        id_hash="0" * 64,
+        family="f",
+        user_id=1,
+        username="erin",
+        level=AuthLevel.TWO_FACTOR,
+        factors=tuple(FactorUse(f, at) for f, at in factors),
+        roles=roles,
+        created_at=NOW - HOUR,
+        last_seen=NOW,
+        ip="192.0.2.1",
+        user_agent="test",
+        host="app.example.com",
+        groups=groups,
+    )
+
+
+PASSKEY = (Factor.WEBAUTHN, NOW - 60)
+
+
+@pytest.mark.parametrize(
+    ("sess", "roles", "group", "passes"),
+    [
+        # An identity provider's group of that name, with a passkey this session: passes.
+        (session((Factor.PASSWORD, NOW - 90), PASSKEY, groups=("break-glass",)), (), "break-glass", True),
+        # The role as the policy sees it (local role or g line), with a passkey: passes.
+        (session(PASSKEY), ("break-glass",), "break-glass", True),
+        # In the group, but the second factor was an authenticator app: does not.
+        (
+            session((Factor.PASSWORD, NOW - 90), (Factor.TOTP, NOW - 60), groups=("break-glass",)),
+            (),
+            "break-glass",
+            False,
+        ),
+        # Recovery codes and an IdP's own MFA are not a passkey either.
+        (
+            session((Factor.RECOVERY, NOW - 60), (Factor.IDP_MFA, NOW - 60), groups=("break-glass",)),
+            (),
+            "break-glass",
+            False,
+        ),
+        # A passkey, but not in the group (another group, or only a look-alike principal name).
+        (session(PASSKEY, groups=("staff",)), ("admin",), "break-glass", False),
+        (session(PASSKEY, groups=("group:break-glass",)), ("user:break-glass",), "break-glass", False),
+        # No break-glass group configured: nobody passes.
+        (session(PASSKEY, groups=("break-glass",)), ("break-glass",), None, False),
+        # The passkey was used longer ago than max_factor_age (12h here).
+        (session((Factor.WEBAUTHN, NOW - 13 * HOUR), groups=("break-glass",)), (), "break-glass", False),
+        # An older passkey use does not count, a fresh one in the same session does.
+        (
+            session((Factor.WEBAUTHN, NOW - 13 * HOUR), PASSKEY, groups=("break-glass",)),
+            (),
+            "break-glass",
+            True,
+        ),
+        # A use stamped in the future (a forged or clock-stepped record) does not count.
+        (session((Factor.WEBAUTHN, NOW + HOUR), groups=("break-glass",)), (), "break-glass", False),
+    ],
+)
+def test_who_passes(sess: Session, roles: tuple[str, ...], group: str | None, passes: bool) -> None:
+    assert is_break_glass(sess, group=group, roles=roles, max_factor_age=12 * HOUR, now=NOW) is passes
+
+
+def test_a_lockdown_covers_every_route_or_the_chosen_ones() -> None:
+    every = LockdownState(on=True)
+    some = LockdownState(on=True, routes=("app",))
+    off = LockdownState(on=False, routes=None)
+    assert every.covers("app")
+    assert every.covers("wiki")
+    assert some.covers("app")
+    assert not some.covers("wiki")
+    assert not off.covers("app")
+
+
+def test_the_route_selection_is_checked() -> None:
+    known = ["app", "wiki", "api"]
+    assert check_request(routes=[], known=known, reason="incident 12") is None
+    assert check_request(routes=["wiki", "app", "app"], known=known, reason="x") == ("app", "wiki")
+    with pytest.raises(LockdownRefused, match=r"'nope'.*: api, app, wiki"):
+        check_request(routes=["app", "nope"], known=known, reason="x")
+    with pytest.raises(LockdownRefused, match="reason"):
+        check_request(routes=[], known=known, reason="   ")
+    with pytest.raises(LockdownRefused, match="longer"):
+        check_request(routes=[], known=known, reason="x" * 2001)
+
+
+async def test_a_switch_is_stored_audited_and_read_back(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    audit = AuditLog(audit_db, clock=clock)
+    store = LockdownStore(fast_state, clock, audit)
+    assert await store.read() == LockdownState()
+    on = await store.switch_on(("app",), actor="cli:root", reason="credential leak", ip="192.0.2.9")
+    assert await store.read() == on
+    assert on.on
+    assert on.routes == ("app",)
+    assert on.since == clock.time()
+    clock.advance(60)
+    off = await store.switch_off(actor="user:erin", reason="contained")
+    assert (await store.read()).on is False
+    assert off.actor == "user:erin"
+    [on_event] = await audit.events(kind="lockdown.on")
+    [off_event] = await audit.events(kind="lockdown.off")
+    assert (on_event.actor, on_event.ip) == ("cli:root", "192.0.2.9")
+    assert json.loads(on_event.details) == {"routes": ["app"], "reason": "credential leak"}
+    assert json.loads(off_event.details) == {"routes": [], "reason": "contained"}
+
+
+async def test_junk_in_the_key_keeps_the_gateway_shut(fast_state: FastState, clock: FakeClock) -> None:
+    await fast_state.set(LOCKDOWN_KEY, b"{not json")
+    state = await LockdownStore(fast_state, clock).read()
+    assert state.on
+    assert state.covers("anything")
+
+
+async def test_the_broadcast_reaches_a_peer_and_an_outage_keeps_the_last_state(
+    fast_state: FastState, fast_state_peer: FastState, clock: FakeClock
+) -> None:
+    here, there = LockdownStore(fast_state, clock), LockdownStore(fast_state_peer, clock)
+    peer = Lockdown()
+    refreshed = asyncio.Event()
+    original = there.refresh
+
+    async def noting(lockdown: Lockdown) -> None:
+        await original(lockdown)
+        refreshed.set()
+
+    there.refresh = noting  # type: ignore[method-assign]
+    # An hour between re-reads: only the broadcast can bring the change within the test.
+    listener = asyncio.ensure_future(there.run_listener(peer, refresh_every=3600))
+    try:
+        async with asyncio.timeout(10):
+            await refreshed.wait()
+        refreshed.clear()
+        await here.switch_on(None, actor="cli:root", reason="drill")
+        async with asyncio.timeout(10):
+            while not peer.state.on:
+                await refreshed.wait()
+                refreshed.clear()
+        assert peer.state.covers("app")
+    finally:
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
+    # The peer's store goes away: its copy keeps saying "on" (a refresh fails, the copy stays).
+    await fast_state_peer.close()
+    with pytest.raises(StateUnavailable):
+        await there.refresh(peer)
+    assert peer.state.on
+
+
+async def test_a_threat_rule_locks_every_route_and_lifting_its_incident_opens_them(world: World) -> None:
+    rule = ThreatRule(count=1, responses=("alert", "lockdown"))
+    incident = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    state = await world.responder.lockdown.read()
+    assert state.on
+    assert state.routes is None
+    assert state.incident == incident.id
+    assert state.actor == "system:threat"
+    assert [a.kind for a in incident.actions] == ["lockdown"]
+    [event] = await world.audit.events(kind="lockdown.on")
+    assert json.loads(event.details)["incident"] == incident.id
+    await world.responder.lift(incident.id, actor="user:erin")
+    assert not (await world.responder.lockdown.read()).on
+
+
+async def test_lifting_an_old_incident_leaves_a_newer_lockdown_on(world: World) -> None:
+    rule = ThreatRule(count=1, responses=("lockdown",))
+    incident = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    # A person took over: their lockdown (of one route) is not the incident's to end.
+    await world.responder.lockdown.switch_on(("app",), actor="cli:root", reason="narrowed")
+    await world.responder.lift(incident.id, actor="user:erin")
+    assert (await world.responder.lockdown.read()).routes == ("app",)
