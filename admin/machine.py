@@ -1,0 +1,177 @@
+"""The admin API for machine clients: ``/api/service-accounts`` and ``/api/tokens``.
+
+The same operations as ``gateway service-account`` and ``gateway token`` (:class:`gateway.machine.accounts
+.ServiceAccounts`), with the admin as the actor of their audit records (``service_account.created``,
+``token.created``, ``token.revoked``, ``service_account.deleted``). A created token is in the answer
+to its ``POST`` only: it is never shown again. Revoking a token and deleting an account (which revokes
+its tokens) are destructive: they cut a running job off, so they need a second factor used within
+``admin.destructive_reauth_max_age`` (403 ``step-up-required``). Every refused attempt is recorded as
+``admin.<action>`` with outcome ``failure`` and the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.params import JSONBody, PathParameter, QueryParameter
+
+from admin.actions import admin_of, audit, client_ip, confirm_destructive
+from admin.deps import AdminServices
+from gateway.errors import GatewayError
+from gateway.machine.accounts import AccountView, InvalidMachineRequest, ServiceAccounts, TokenView
+from gateway.services import Services
+from gateway.settings.units import parse_duration
+from gateway.web.deps import Config
+
+__all__ = ["HANDLERS", "NewAccount", "NewToken", "TokenIssued"]
+
+_NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_ROLE = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_ROUTE = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_ACCOUNT_PATH = Annotated[str, PathParameter(description="The service account's name.")]
+_TOKEN_PATH = Annotated[str, PathParameter(description="The token's id: gwt_ and 8 characters.")]
+
+
+class NewAccount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A service account to create."""
+
+    name: _NAME
+    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    owner: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    roles: Annotated[list[_ROLE], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+
+
+class NewToken(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A token to issue: for ``account``, on ``routes``, expiring after ``expires`` (``90d``, ``12h``)."""
+
+    account: _NAME
+    routes: Annotated[list[_ROUTE], msgspec.Meta(min_length=1, max_length=256)]
+    expires: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class TokenIssued(msgspec.Struct, kw_only=True):
+    """The token, shown this once, and what lists will show of it."""
+
+    token: str
+    details: TokenView
+
+
+def _accounts(services: Services, config: Config) -> ServiceAccounts:
+    return ServiceAccounts(
+        services.db,
+        services.identity.audit,
+        services.fast,
+        services.identity.clock,
+        max_lifetime=float(config.settings.tokens.max_lifetime),
+    )
+
+
+async def _refused(
+    services: Services, request: Request[Any, Any, Any], action: str, subject: str, err: GatewayError
+) -> None:
+    admin = admin_of(request)
+    await audit(
+        services.identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
+        subject=subject, details={"error": err.reason},
+    )  # fmt: skip
+
+
+@get("/api/service-accounts", cache=False, tags=["machine clients"])
+async def list_service_accounts(services: AdminServices, config: Config) -> list[AccountView]:
+    """Every service account with its roles and number of active tokens."""
+    return await _accounts(services, config).list_accounts()
+
+
+@post("/api/service-accounts", status_code=201, tags=["machine clients"])
+async def create_service_account(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[NewAccount]
+) -> AccountView:
+    """Create a service account (400 ``machine-invalid`` for a bad name or role, 409 if it exists)."""
+    admin = admin_of(request)
+    try:
+        return await _accounts(services, config).create_account(
+            data.name, description=data.description, owner=data.owner, roles=data.roles,
+            actor=admin.actor, ip=client_ip(request),
+        )  # fmt: skip
+    except GatewayError as err:
+        await _refused(services, request, "service_account.create", f"client:{data.name[:64]}", err)
+        raise
+
+
+@delete("/api/service-accounts/{name:str}", status_code=200, tags=["machine clients"])
+async def delete_service_account(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, name: _ACCOUNT_PATH
+) -> dict[str, int]:
+    """Delete a service account and revoke its tokens everywhere. Destructive: a recent second factor."""
+    admin = admin_of(request)
+    try:
+        confirm_destructive(admin, config, services.identity.clock)
+        revoked = await _accounts(services, config).delete_account(
+            name, actor=admin.actor, ip=client_ip(request)
+        )
+    except GatewayError as err:
+        await _refused(services, request, "service_account.delete", f"client:{name[:64]}", err)
+        raise
+    return {"tokens_revoked": revoked}
+
+
+@get("/api/tokens", cache=False, tags=["machine clients"])
+async def list_tokens(
+    services: AdminServices,
+    config: Config,
+    account: Annotated[str | None, QueryParameter(name="account", max_length=64)] = None,
+) -> list[TokenView]:
+    """Every token (or one account's), newest first: ids, routes, state and last use, never a token."""
+    return await _accounts(services, config).list_tokens(account)
+
+
+@post("/api/tokens", status_code=201, tags=["machine clients"])
+async def create_token(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[NewToken]
+) -> TokenIssued:
+    """Issue a token; the answer holds it once. 400 for an unknown route or a lifetime above the maximum."""
+    admin = admin_of(request)
+    try:
+        try:
+            lifetime = float(parse_duration(data.expires))
+        except (TypeError, ValueError):
+            raise InvalidMachineRequest(
+                f"expires {data.expires[:32]!r} is not a duration such as 90d"
+            ) from None
+        view, token = await _accounts(services, config).create_token(
+            data.account, routes=data.routes, lifetime=lifetime,
+            known_routes=[r.name for r in config.settings.routes], actor=admin.actor, ip=client_ip(request),
+        )  # fmt: skip
+    except GatewayError as err:
+        await _refused(services, request, "token.create", f"client:{data.account[:64]}", err)
+        raise
+    return TokenIssued(token=token, details=view)
+
+
+@post("/api/tokens/{token_id:str}/revoke", status_code=200, tags=["machine clients"])
+async def revoke_token(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, token_id: _TOKEN_PATH
+) -> TokenView:
+    """Revoke a token by its id: refused on every worker and replica within a second. Destructive."""
+    admin = admin_of(request)
+    try:
+        confirm_destructive(admin, config, services.identity.clock)
+        return await _accounts(services, config).revoke_token(
+            token_id, actor=admin.actor, ip=client_ip(request)
+        )
+    except GatewayError as err:
+        await _refused(services, request, "token.revoke", token_id[:32], err)
+        raise
+
+
+#: The machine-client calls, registered by :mod:`admin.app`.
+HANDLERS: Final = (
+    list_service_accounts,
+    create_service_account,
+    delete_service_account,
+    list_tokens,
+    create_token,
+    revoke_token,
+)

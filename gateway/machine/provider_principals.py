@@ -1,0 +1,158 @@
+"""Who an identity provider's access token speaks for, as the policy sees it; and why one is refused.
+
+Both provider verifiers (:mod:`.provider_jwt` for RFC 9068 JWTs, :mod:`.provider_introspection` for
+opaque tokens) end here with the token's verified claims:
+
+* **A client's own token** (client credentials: no ``sub``, or ``sub`` equal to ``client_id``) is
+  ``client:<provider>:<client_id>``. The provider's name is part of it because the gateway's own
+  service accounts are ``client:<name>`` too: a provider client called ``ci`` must not get the rules
+  written for the service account ``ci`` (nor one provider's client another's). Neither a service
+  account's name nor a role may contain ``:``, so the spellings cannot meet.
+* **A person's token** (``sub`` is someone, not the client) is ``user:<name>`` of the account linked
+  to ``(provider, sub)`` by an earlier OIDC sign-in (:mod:`.provider_accounts`), with ``users: linked``;
+  no linked account, a disabled one, or ``users: refuse`` → refused. The person's roles and
+  ``authenticated`` are *not* added: a token carries what the client was granted, and a rule for every
+  signed-in person must not open an application to every token (as for the gateway's own tokens).
+* **Scopes**: one principal ``scope:<name>`` per scope (``scope`` claim, space separated), so
+  ``p, scope:reports.read, api, /reports/*, GET, allow`` lets any accepted token with that scope read
+  the reports, and a token without it gets the policy's 403 ``insufficient_scope``.
+
+Refusal reasons (the audit trail's ``details.reason``) and the short ``error_description`` the client
+reads are in :data:`REFUSALS`; they name the reason class, never the token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gateway.machine.verifier import TokenRefused, VerifiedToken
+
+__all__ = [
+    "CLIENT",
+    "REFUSALS",
+    "SCOPE",
+    "USER",
+    "client_principal",
+    "refuse",
+    "scopes_of",
+    "verified_token",
+]
+
+CLIENT: Final = "client:"
+USER: Final = "user:"
+SCOPE: Final = "scope:"
+# What a client id, subject or scope may look like to become a principal: printable, no spaces or
+# commas (casbin's CSV), bounded. Anything else is refused rather than squeezed into a name.
+_NAME: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,255}")
+_MAX_SCOPES: Final = 64
+
+# reason → what the client reads (RFC 6750 error_description: ASCII, no secrets, no token contents).
+REFUSALS: Final[Mapping[str, str]] = {
+    "malformed": "The access token is not a well-formed token.",
+    "unknown-issuer": "The access token's issuer is not trusted here.",
+    "algorithm": "The access token's signature algorithm is not allowed.",
+    "type": "The access token's type is not at+jwt.",
+    "key": "The access token is signed with a key the provider does not publish.",
+    "signature": "The access token's signature does not verify.",
+    "issuer": "The access token's issuer is not trusted here.",
+    "audience": "The access token is for another audience.",
+    "expired": "The access token has expired.",
+    "not-yet-valid": "The access token is not valid yet.",
+    "claims": "The access token lacks a required claim or has an invalid one.",
+    "inactive": "The access token is not active (revoked, expired or unknown).",
+    "no-introspection": "The access token is not one this gateway accepts.",
+    "user-not-linked": "The access token's user has no account here.",
+    "user-tokens-refused": "Only client tokens are accepted from this provider.",
+}
+
+
+def refuse(reason: str) -> TokenRefused:
+    """The refusal for ``reason`` (one of :data:`REFUSALS`)."""
+    return TokenRefused(reason, REFUSALS[reason])
+
+
+def _string(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else None
+
+
+def scopes_of(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The token's scopes: ``scope`` as RFC 9068 §2.2.3 / RFC 7662 §2.2 write it (space separated).
+
+    Raises:
+        TokenRefused: ``scope`` is not a string of well-formed names, or too many of them.
+    """
+    value = claims.get("scope")
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise refuse("claims")
+    scopes = tuple(dict.fromkeys(value.split()))
+    if len(scopes) > _MAX_SCOPES or not all(_NAME.fullmatch(s) for s in scopes):
+        raise refuse("claims")
+    return scopes
+
+
+def client_principal(provider: str, client_id: str) -> str:
+    """``client:<provider>:<client_id>``: never the same as a service account's ``client:<name>``."""
+    return f"{CLIENT}{provider}:{client_id}"
+
+
+def verified_token(
+    *,
+    provider: str,
+    claims: Mapping[str, Any],
+    username: str | None,
+    token_id: str,
+    expires_at: float,
+) -> VerifiedToken:
+    """The :class:`VerifiedToken` of verified claims (see the module docstring for the principals).
+
+    Args:
+        provider: The provider's configured name.
+        claims: The token's verified claims (JWT payload, or the introspection answer).
+        username: For a person's token, the linked account's name (the caller looked it up).
+        token_id: A public id for logs (a hash prefix or the ``jti``, never the token).
+        expires_at: Unix time the token stops being accepted.
+
+    Raises:
+        TokenRefused: no usable ``client_id``, or a person's token without ``username``.
+    """
+    client_id = _string(claims, "client_id")
+    if client_id is None:
+        raise refuse("claims")
+    scopes = frozenset(f"{SCOPE}{s}" for s in scopes_of(claims))
+    if is_client_token(claims):
+        name = f"{provider}:{client_id}"
+        principals = frozenset((client_principal(provider, client_id), *scopes))
+    else:
+        if username is None:
+            raise refuse("user-not-linked")
+        name = username
+        principals = frozenset((f"{USER}{username}", *scopes))
+    return VerifiedToken(
+        subject=name,
+        principals=principals,
+        roles=(),
+        routes=None,
+        expires_at=expires_at,
+        token_id=token_id,
+        issuer=provider,
+        client_id=name if username is None else f"{provider}:{client_id}",
+        person=username is not None,
+    )
+
+
+def is_client_token(claims: Mapping[str, Any]) -> bool:
+    """A client-credentials token: no ``sub``, or ``sub`` is the client itself (RFC 9068 §2.2)."""
+    sub = claims.get("sub")
+    return sub is None or sub == claims.get("client_id")
+
+
+def subject_of(claims: Mapping[str, Any]) -> str | None:
+    """The person's ``sub`` of a user token (None for a client's own token, or an unusable ``sub``)."""
+    if is_client_token(claims):
+        return None
+    return _string(claims, "sub")

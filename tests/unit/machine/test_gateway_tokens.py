@@ -1,0 +1,132 @@
+"""Verifying gateway tokens against a real database and fast state: scope, expiry, revocation, cache, audit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+
+from gateway.audit.models import AuditEvent
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.machine.accounts import InvalidMachineRequest, ServiceAccounts, UnknownToken
+from gateway.machine.gateway_tokens import GatewayTokens
+from gateway.machine.verifier import TokenOutOfScope, TokenRefused, Verifiers
+from gateway.store.db import Database
+from gateway.store.fast.base import FastState
+
+ROUTES = ("api", "wiki", "other")
+
+
+@pytest.fixture
+def accounts(audit_db: Database, fast_state: FastState, clock: FakeClock) -> ServiceAccounts:
+    return ServiceAccounts(
+        audit_db, AuditLog(audit_db, clock=clock), fast_state, clock, max_lifetime=86400 * 30
+    )
+
+
+@pytest.fixture
+async def tokens(audit_db: Database, fast_state: FastState, clock: FakeClock) -> AsyncIterator[GatewayTokens]:
+    verifier = GatewayTokens(audit_db, AuditLog(audit_db, clock=clock), fast_state, clock)
+    yield verifier
+    await verifier.close()
+
+
+async def _kinds(db: Database) -> list[tuple[str, str]]:
+    async with db.session() as session:
+        rows = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
+    return [(row.kind, row.details) for row in rows]
+
+
+async def _issue(accounts: ServiceAccounts, *routes: str, lifetime: float = 3600.0) -> tuple[str, str]:
+    view, token = await accounts.create_token(
+        "ci", routes=routes, lifetime=lifetime, known_routes=ROUTES, actor="cli:test"
+    )
+    return token, view.id
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+async def test_a_token_speaks_for_its_client_on_its_routes_only(
+    accounts: ServiceAccounts, tokens: GatewayTokens, audit_db: Database
+) -> None:
+    await accounts.create_account("CI", roles=["deployers", "readers"], actor="cli:test")
+    token, token_id = await _issue(accounts, "api", "wiki")
+    chain = Verifiers([tokens])
+    verified = await chain.verify(token, route="api", ip="192.0.2.1")
+    assert verified.subject == "ci"
+    assert verified.principals == {"client:ci", "deployers", "readers"}
+    assert verified.token_id == token_id
+    with pytest.raises(TokenOutOfScope):
+        await chain.verify(token, route="other", ip="192.0.2.1")
+    with pytest.raises(TokenRefused) as unknown:
+        await chain.verify("gwt_" + "A" * 43, route="api", ip="192.0.2.1")
+    assert unknown.value.reason == "unknown"
+    with pytest.raises(TokenRefused) as junk:
+        await chain.verify("eyJhbGciOi.x.y", route="api", ip="192.0.2.1")
+    assert junk.value.reason == "unrecognised"
+    await asyncio.gather(*tokens._writes.pending)
+    kinds = await _kinds(audit_db)
+    # The use and refusal records are written in the background: in any order.
+    assert sorted(k for k, _ in kinds) == [
+        "service_account.created", "token.created", "token.refused", "token.refused", "token.used",
+    ]  # fmt: skip
+    assert all(token not in details for _, details in kinds)
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+async def test_expiry_is_checked_on_every_use_also_from_the_cache(
+    accounts: ServiceAccounts, tokens: GatewayTokens, clock: FakeClock
+) -> None:
+    await accounts.create_account("ci", actor="cli:test")
+    token, _ = await _issue(accounts, "api", lifetime=60)
+    await tokens.verify(token, route="api", ip="")
+    clock.advance(60)
+    with pytest.raises(TokenRefused) as expired:
+        await tokens.verify(token, route="api", ip="")
+    assert expired.value.reason == "expired"
+    assert "expired" in expired.value.description
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local", "redis"], indirect=True)
+async def test_a_revocation_empties_every_listening_cache_at_once(
+    accounts: ServiceAccounts, tokens: GatewayTokens
+) -> None:
+    await accounts.create_account("ci", actor="cli:test")
+    token, token_id = await _issue(accounts, "api")
+    listener = asyncio.ensure_future(tokens.run_invalidation_listener())
+    try:
+        async with asyncio.timeout(10):
+            await tokens.wait_listening()
+        await tokens.verify(token, route="api", ip="")
+        assert tokens.cached == 1
+        view = await accounts.revoke_token(token_id, actor="cli:test")
+        assert view.state == "revoked"
+        # The fake clock does not move: only the broadcast can have dropped the cached entry.
+        async with asyncio.timeout(10):
+            while tokens.cached:
+                await asyncio.sleep(0.01)
+        with pytest.raises(TokenRefused) as revoked:
+            await tokens.verify(token, route="api", ip="")
+        assert revoked.value.reason == "revoked"
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+async def test_bad_management_input_changes_nothing(accounts: ServiceAccounts) -> None:
+    await accounts.create_account("ci", actor="cli:test")
+    for routes, lifetime in (((), 60.0), (("nope",), 60.0), (("api",), 0.0), (("api",), 86400 * 31)):
+        with pytest.raises(InvalidMachineRequest):
+            await accounts.create_token(
+                "ci", routes=routes, lifetime=lifetime, known_routes=ROUTES, actor="t"
+            )
+    for roles in (["user:alice"], ["authenticated"], ["two words"]):
+        with pytest.raises(InvalidMachineRequest):
+            await accounts.create_account("other", roles=roles, actor="t")
+    with pytest.raises(UnknownToken):
+        await accounts.revoke_token("gwt_AAAAAAAA", actor="t")
+    assert await accounts.list_tokens() == []
+    assert [a.name for a in await accounts.list_accounts()] == ["ci"]
