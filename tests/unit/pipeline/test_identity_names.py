@@ -1,0 +1,58 @@
+"""``identity_headers``: the identity under configured names, and those names stripped from clients."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.pipeline.headers import (
+    DEFAULT_IDENTITY_NAMES,
+    IdentityNames,
+    TrustedProxies,
+    forwarding_for,
+    upstream_request_headers,
+)
+from gateway.pipeline.snapshot import build_snapshot
+from gateway.settings.loader import parse_settings
+
+REMOTE = IdentityNames.of("Remote-User", "Remote-Email", "Remote-Groups")
+
+
+def _sent(headers: list[tuple[bytes, bytes]], names: IdentityNames) -> list[tuple[bytes, bytes]]:
+    fwd = forwarding_for(
+        peer_ip="203.0.113.9",
+        scheme="https",
+        host="app.example.com",
+        headers=headers,
+        trusted=TrustedProxies([]),
+    )
+    identity = ((names.user, b"alice"), (names.email, b"alice@example.com"), (names.roles, b"staff"))
+    return upstream_request_headers(headers, fwd=fwd, identity=identity, strip=names.to_strip())
+
+
+@pytest.mark.parametrize(
+    "spoof",
+    [b"Remote-User", b"remote-user", b"REMOTE_USER", b"remote_user", b"Remote-Groups", b"remote_email"],
+)
+def test_a_client_sent_configured_name_is_dropped_in_every_spelling(spoof: bytes) -> None:
+    sent = _sent([(spoof, b"admin"), (b"accept", b"*/*")], REMOTE)
+    assert b"admin" not in [value for _, value in sent]
+    assert sent.count((b"remote-user", b"alice")) == 1
+    assert (b"accept", b"*/*") in sent
+
+
+def test_default_names_strip_nothing_extra() -> None:
+    assert DEFAULT_IDENTITY_NAMES.to_strip() == frozenset()
+    # X-Gateway-* is dropped anyway; a Remote-User is an ordinary header when not configured.
+    sent = _sent([(b"remote-user", b"someone"), (b"x-gateway-user", b"admin")], DEFAULT_IDENTITY_NAMES)
+    assert (b"remote-user", b"someone") in sent
+    assert [v for n, v in sent if n == b"x-gateway-user"] == [b"alice"]
+
+
+def test_the_snapshot_compiles_the_configured_names() -> None:
+    settings = parse_settings(
+        "public_url: https://auth.example.com\n"
+        "identity_headers: {user: X-Forwarded-User, email: X-Forwarded-Email, roles: X-Forwarded-Groups}\n"
+    )
+    snap = build_snapshot(settings, generation=1, source="test")
+    assert snap.identity_names == (b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups")
+    assert snap.strip_identity == {b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups"}
