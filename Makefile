@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help quickstart install test test-deps lint fmt typecheck bench bench-quick clean
+.PHONY: help quickstart install test test-deps lint fmt typecheck bench bench-quick bench-instructions clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,8 +24,12 @@ quickstart: install  ## run the gateway in front of the bundled echo app (http:/
 test-deps: install  ## make sure Redis, PostgreSQL and the test peers (nginx, openssl, wrk…) are present
 	scripts/ensure-test-deps
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file's tests together in one of them
+# (module fixtures start a gateway or a peer once). Most integration time is spent waiting for processes
+# that tests start, so more workers than the 2 cores pays: measured in the README ("Tests").
+TEST_WORKERS ?= 3
 test: test-deps  ## install everything tests need and run the whole suite
-	.venv/bin/pytest
+	.venv/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 lint: install  ## ruff, mypy and the layering contract (import-linter, see docs/architecture.md)
 	.venv/bin/ruff check .
@@ -42,6 +46,9 @@ bench: test-deps  ## the latency guard: signed-in hot path vs direct, nginx, bar
 
 bench-quick: test-deps  ## the CI smoke version of the guard (< 2 minutes, fails only far outside the budget)
 	.venv/bin/python -m loadtests.guard --quick
+
+bench-instructions: test-deps  ## the load-proof CI guard: hot-path instructions per request (callgrind) vs budget.yaml
+	.venv/bin/python -m loadtests.instruction_guard
 
 clean:  ## remove the virtualenv and caches
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache

@@ -46,8 +46,10 @@ from admin.access import AdminRoleRequired, admin_origin, authenticate, check_cs
 from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, confirm_destructive
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
-from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY
+from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY, PUBLIC_URL_KEY
 from admin.deps import LocalMetrics, MetricsScraper, Policy
+from admin.lockdown import HANDLERS as LOCKDOWN
+from admin.machine import HANDLERS as MACHINE
 from admin.policy_json import (
     ChangeResult,
     Field,
@@ -72,6 +74,7 @@ from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.headers import forwarding_for, new_request_id
+from gateway.response.workflow import RecoveryChecksFailed
 from gateway.services import IdentityServices, Services
 from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.settings.trusted import may_see_internals
@@ -220,6 +223,7 @@ class RequestContext(ASGIMiddleware):
         state = scope.setdefault("state", {})
         state[_REQUEST_ID] = fwd.request_id
         state[CLIENT_IP_KEY] = fwd.client_ip
+        state[PUBLIC_URL_KEY] = self.live.current.public_url
 
         csp = _csp_for(scope.get("path", ""))
 
@@ -275,6 +279,9 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
         body["location"] = err.location
     if isinstance(err, PolicyRejected):
         body["findings"] = [msgspec.structs.asdict(finding_json(f)) for f in err.findings]
+    if isinstance(err, RecoveryChecksFailed):
+        # Closing refused: the whole checklist, so the team sees what to fix.
+        body["checks"] = [c.as_dict() for c in err.checks]
     return body
 
 
@@ -750,7 +757,7 @@ def create_admin_app(services: Services) -> Litestar:
     """
     guard = AdminGuard(services.identity, services.policy, services.live)
     return Litestar(
-        route_handlers=[*HANDLERS, *console.HANDLERS, console.static_router()],
+        route_handlers=[*HANDLERS, *LOCKDOWN, *MACHINE, *console.HANDLERS, console.static_router()],
         template_config=console.template_config(),
         dependencies=dict(dependencies(services)),
         guards=[guard],

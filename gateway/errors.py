@@ -80,6 +80,12 @@ class ErrorReason(StrEnum):
     UPSTREAM_ERROR = "upstream-error"
     UPSTREAM_TIMEOUT = "upstream-timeout"
     UNAVAILABLE = "unavailable"
+    # An emergency lockdown closed the route (gateway/pipeline/lockdown.py): 503 with Retry-After.
+    LOCKDOWN = "lockdown"
+    # Bearer authentication (gateway/pipeline/bearer.py, RFC 6750 §3.1): a missing, malformed, unknown,
+    # expired or revoked token (401), or one not valid for the route (403).
+    INVALID_TOKEN = "invalid-token"  # noqa: S105 - a reason id, not a token
+    INSUFFICIENT_SCOPE = "insufficient-scope"
 
 
 class GatewayError(Exception):

@@ -19,7 +19,7 @@ and the admin API get the parts as typed handler parameters through Litestar's d
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +42,20 @@ from gateway.identity.oidc.service import OidcService
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
+from gateway.machine.verifier import Verifiers
 from gateway.observe.metrics import Metrics
 from gateway.observe.record import Observer
 from gateway.observe.replicas import ReplicaRegistry
 from gateway.observe.sinks import SinkHub
+from gateway.observe.tracing import Tracer
+from gateway.privacy.consent import Consents
+from gateway.privacy.service import Privacy
 from gateway.settings.current import LiveConfig
-from gateway.settings.schema import Settings
+from gateway.settings.schema import Purpose, Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, ThreatDetector
+from gateway.threat.lockdown import Lockdown
 from gateway.upstream.http1 import Http1Client
 
 __all__ = ["IdentityServices", "ReadinessReport", "Services", "WorkerServices"]
@@ -81,12 +86,35 @@ class IdentityServices:
     recovery: RecoveryCodes
     oidc: OidcService
     first_codes: FirstCodesGrants
+    # Consents and objections: what a new session's opt-out is, and what the sign-in asks.
+    consents: Consents
+
+    def privacy(self, db: Database) -> Privacy:
+        """The privacy service over these sign-in services."""
+        return Privacy(
+            db,
+            keyring=self.keyring,
+            accounts=self.accounts,
+            sessions=self.sessions,
+            audit=self.audit,
+            clock=self.clock,
+        )
 
     @classmethod
     def build(
-        cls, settings: Settings, db: Database, fast: FastState, *, clock: Clock = SYSTEM_CLOCK
+        cls,
+        settings: Settings,
+        db: Database,
+        fast: FastState,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        purposes: Callable[[], Sequence[Purpose]] | None = None,
     ) -> IdentityServices:
-        """Wire the services. The keyring is created only for the embedded (SQLite) default."""
+        """Wire the services. The keyring is created only for the embedded (SQLite) default.
+
+        ``purposes`` gives the privacy purposes in force (a serving process passes the live
+        configuration's, so a reload applies); by default those of ``settings``.
+        """
         embedded = settings.storage.url is None or settings.storage.url.startswith("sqlite")
         keyring = Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
         # Keyed: every record carries an HMAC under a key the database does not hold.
@@ -109,6 +137,13 @@ class IdentityServices:
             ),
             recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
             first_codes=FirstCodesGrants(fast),
+            consents=Consents(
+                db,
+                audit,
+                sessions,
+                purposes=purposes or (lambda: settings.privacy.purposes),
+                clock=clock,
+            ),
             oidc=OidcService(
                 db=db,
                 fast=fast,
@@ -137,6 +172,8 @@ class Services:
     # This process's heartbeat row in ``replicas`` (beating in the background), and the list of all
     # of them: what the admin overview shows of the deployment.
     replicas: ReplicaRegistry
+    # The data-subject rights, the request register and legal holds (gateway.privacy).
+    privacy: Privacy
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +184,9 @@ class WorkerServices(Services):
     assertions: AssertionSigner
     # Blocked client addresses, checked in the receive stage; kept current by the threat detector.
     ip_blocks: IpBlocks
+    # The emergency lockdown switch as this worker knows it (checked after the route stage); kept
+    # current from the fast state by its listener.
+    lockdown: Lockdown
     # None when ``threat.enabled`` is false.
     threats: ThreatDetector | None
     # Called with each request's record when it ends (metrics, access log, threats); they only
@@ -159,3 +199,8 @@ class WorkerServices(Services):
     # What the authorize stage decided, counted per request shape (flushed in the background to
     # ``decision_samples``): the traffic the policy what-if replays.
     sample: DecisionSample
+    # Who a bearer token speaks for (the gateway's own API tokens today), for routes that take tokens.
+    bearer: Verifiers
+    # Request tracing (gateway.observe.tracing); None when ``tracing.enabled`` is false, and then the
+    # data plane does no tracing work at all.
+    tracer: Tracer | None

@@ -157,6 +157,8 @@ def values_of(report: dict[str, Any]) -> dict[str, float | None]:
         "signin_p99_ratio": signins.get("p99_ratio"),
         "access_log_ratio": cmp.get("gateway/gateway-nolog"),
         "shared_state_ratio": cmp.get("gateway/gateway-memstate"),
+        "cpu_vs_bare_http1": cmp.get("cpu bare-http1/gateway"),
+        "cpu_access_log_ratio": cmp.get("cpu gateway-nolog/gateway"),
     }
 
 

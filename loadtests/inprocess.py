@@ -14,6 +14,7 @@ Two ways to read it::
 
     python -m loadtests.inprocess --requests 20000          # CPU µs per request (process time)
     python -m loadtests.inprocess --instructions            # instructions per request (callgrind)
+    python -m loadtests.inprocess --instructions --tracing 0.01   # the same with tracing on, 1% sampled
 
 ``--instructions`` runs this module twice under ``valgrind --tool=callgrind`` with ``--requests`` and
 twice as many, and divides the difference in instructions by the difference in requests: start-up cost
@@ -22,6 +23,13 @@ cancels, and the count does not depend on what else the machine is doing (CPU ti
 fixed. What remains variable is background work that runs per second of wall time (metrics
 sampling, readiness probes, the session cache's one-second memory), which callgrind stretches 50
 times: compare runs of the same code to see the spread before reading a difference.
+
+``--tracing RATIO`` turns tracing on with that sample ratio; the spans go to a collector stub in the
+same event loop, so encoding and sending the sampled ones (on the exporter's thread) is counted too.
+
+``--slow-stage STAGE`` runs one stage of :mod:`gateway.pipeline.app` twice per request (the first
+answer discarded): the deliberate 2x slowdown that shows the CI guard (``loadtests.guard
+--instructions``) catches a regression of one stage.
 
 Exit codes: 0 done; 1 a request was not answered 200 (the measurement would be meaningless).
 """
@@ -42,7 +50,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["main"]
+__all__ = ["SLOWABLE", "instructions_per_request", "main"]
 
 _BODY = b"x" * 256
 _RESPONSE = (
@@ -71,7 +79,30 @@ class _Upstream(asyncio.Protocol):
             self.transport.write(_RESPONSE)
 
 
-def _config(tmp: Path, upstream_port: int) -> Path:
+class _Collector(asyncio.Protocol):
+    """Takes OTLP/HTTP exports (head, then Content-Length bytes of body) and answers each with a 200."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            match = re.search(rb"(?i)content-length:\s*(\d+)", self.buffer[:end])
+            size = int(match.group(1)) if match else 0
+            if len(self.buffer) < end + 4 + size:
+                return
+            self.buffer = self.buffer[end + 4 + size :]
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+def _config(tmp: Path, upstream_port: int, tracing: dict[str, Any] | None = None) -> Path:
     policy = tmp / "policy.csv"
     policy.write_text("p, authenticated, *, /*, *, allow\n")
     config: dict[str, Any] = {
@@ -79,7 +110,10 @@ def _config(tmp: Path, upstream_port: int) -> Path:
         "listen": "127.0.0.1:8080",
         "data_dir": str(tmp / "data"),
         "admin": {"listen": None},
-        "policy": {"file": str(policy)},
+        # Work that runs per second of wall time, not per request, stays out of the count: callgrind
+        # stretches a run 50x, and a machine busy with other work stretches it further.
+        "policy": {"file": str(policy), "poll_interval": "1h", "max_staleness": "2h"},
+        "lockdown": {"refresh_interval": "1h"},
         "session": {"insecure_cookies": True},
         # In-process fast state: the shared file's feed is polled ten times a second, and under
         # callgrind (50x slower) that polling would be most of what is counted.
@@ -95,6 +129,8 @@ def _config(tmp: Path, upstream_port: int) -> Path:
             }
         ],
     }
+    if tracing is not None:
+        config["tracing"] = tracing
     path = tmp / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -171,14 +207,67 @@ async def _drive(plane: Any, cookie: bytes, count: int) -> int:
     return sum(1 for status in statuses if status != 200) + (count - len(statuses))
 
 
-async def _run(requests: int, warmup: int) -> int:
+# The stages --slow-stage can double: the functions gateway.pipeline.app calls per request.
+SLOWABLE = ("canonicalize", "route_request", "identify", "require_mfa", "authorize")
+
+
+def _slow_down(stage: str) -> None:
+    """Make ``stage`` do its work twice per request (benchmark only: proves the guard notices)."""
+    import inspect
+
+    from gateway.pipeline import app
+
+    original = getattr(app, stage)
+    if inspect.iscoroutinefunction(original):
+
+        async def twice_async(*args: Any, **kwargs: Any) -> Any:
+            await original(*args, **kwargs)
+            return await original(*args, **kwargs)
+
+        setattr(app, stage, twice_async)
+    else:
+
+        def twice(*args: Any, **kwargs: Any) -> Any:
+            original(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        setattr(app, stage, twice)
+
+
+def _dormant_timers() -> None:
+    """Stretch every ``asyncio.sleep`` of half a second or more 1000-fold: periodic work stays out.
+
+    Metrics sampling, readiness probes, key and policy refreshes run per second of wall time, not
+    per request; under callgrind (50x slower) on a machine busy with other work they were up to a
+    fifth of the count, and the count moved with the load (503 k on a moderately loaded machine,
+    595 k with two CPU hogs). Requests never sleep. The file sink's batching wait (50 ms) stays
+    real, so writing every line is counted; only the number of batches still depends on wall time.
+    """
+    real_sleep = asyncio.sleep
+
+    async def dormant(delay: float, result: Any = None) -> Any:
+        return await real_sleep(delay * 1000 if delay >= 0.5 else delay, result)
+
+    asyncio.sleep = dormant
+
+
+async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:
     from gateway.root.apps import worker_app
+
+    if slow_stage is not None:
+        _slow_down(slow_stage)
+    _dormant_timers()
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    collector = await loop.create_server(_Collector, "127.0.0.1", 0)
+    traces = None
+    if tracing is not None:
+        endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
+        traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": tracing}
     with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
-        plane = worker_app(_config(Path(tmp), port))
+        plane = worker_app(_config(Path(tmp), port, traces))
         await _lifespan(plane, "startup")
         try:
             cookie = f"{_COOKIE}={await _sign_in(plane.running.services)}".encode()
@@ -189,6 +278,7 @@ async def _run(requests: int, warmup: int) -> int:
         finally:
             await _lifespan(plane, "shutdown")
             server.close()
+            collector.close()
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1
@@ -196,7 +286,21 @@ async def _run(requests: int, warmup: int) -> int:
     return 0
 
 
-def _callgrind(requests: int) -> int:
+def instructions_per_request(
+    requests: int, *, tracing: float | None = None, slow_stage: str | None = None
+) -> float:
+    """Instructions per request of the signed-in hot path: callgrind runs with ``requests`` and twice
+    as many (side by side, one per core), the difference divided by ``requests``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    extra = [*(["--tracing", str(tracing)] if tracing is not None else [])]
+    extra += ["--slow-stage", slow_stage] if slow_stage is not None else []
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda n: _callgrind(n, extra), (requests, 2 * requests))
+    return (second - first) / requests
+
+
+def _callgrind(requests: int, extra: list[str]) -> int:
     """Instructions of one run of this module with ``requests`` requests, counted by callgrind."""
     with tempfile.TemporaryDirectory(prefix="inprocess-cg-") as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -213,6 +317,7 @@ def _callgrind(requests: int) -> int:
                 str(requests),
                 "--warmup",
                 "200",
+                *extra,
             ],
             env=env,
             capture_output=True,
@@ -236,16 +341,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="count instructions per request under callgrind (runs --requests and 2x; default 1000)",
     )
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        metavar="RATIO",
+        help="turn tracing on with this sample ratio (spans go to a collector stub in-process)",
+    )
+    parser.add_argument(
+        "--slow-stage",
+        choices=SLOWABLE,
+        help="run this stage twice per request (the deliberate slowdown the CI guard must catch)",
+    )
     args = parser.parse_args(argv)
     if args.instructions:
         small = args.requests if args.requests != 20_000 else 1_000
-        first, second = _callgrind(small), _callgrind(2 * small)
-        print(f"{(second - first) / small / 1000:.1f} k instructions per request ({small} vs {2 * small})")
+        per_request = instructions_per_request(small, tracing=args.tracing, slow_stage=args.slow_stage)
+        print(f"{per_request / 1000:.1f} k instructions per request ({small} vs {2 * small})")
         return 0
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    return asyncio.run(_run(args.requests, args.warmup))
+    return asyncio.run(_run(args.requests, args.warmup, args.tracing, args.slow_stage))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,25 @@ pytest_plugins = [
 _skipped_peers: list[str] = []
 
 
+# The longest files start first: with one file per process (pytest-xdist --dist loadfile), a long file
+# scheduled last would run alone at the end of the suite.
+_FIRST = (
+    "tests/integration/test_instruction_guard.py",
+    "tests/integration/test_measure_smoke.py",
+    "tests/integration/test_incident_cases.py",
+    "tests/integration/test_pgbackrest.py",
+    "tests/e2e/",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, first in enumerate(_FIRST) if path.startswith(first)), len(_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each file and among the rest is kept
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and "peer" in report.keywords:
         _skipped_peers.append(report.nodeid)

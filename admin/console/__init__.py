@@ -7,21 +7,34 @@ script and the console can never diverge, and the admin API's CSRF defence (JSON
 origin) covers the console without a second mechanism. Pages answer a missing sign-in or a stale
 second factor with a redirect to the gateway's page that fixes it.
 
-One module per section (overview, users, policies, audit, incidents, keys, settings); each exports
+One module per section (overview, users, policies, audit, incidents, privacy, keys, settings); each exports
 ``HANDLERS`` (its pages and its API calls), collected here.
+``incident_cases`` is API only (``/api/incident-cases``, the twin of ``gateway incident case``).
 """
 
 from __future__ import annotations
 
 from admin.console.audit import HANDLERS as AUDIT
+from admin.console.incident_cases import HANDLERS as INCIDENT_CASES
 from admin.console.incidents import HANDLERS as INCIDENTS
 from admin.console.keys import HANDLERS as KEYS
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
+from admin.console.privacy import HANDLERS as PRIVACY
 from admin.console.render import error_page, static_router, template_config
 from admin.console.settings import HANDLERS as SETTINGS
 from admin.console.users import HANDLERS as USERS
 
 __all__ = ["HANDLERS", "error_page", "static_router", "template_config"]
 
-HANDLERS = (*OVERVIEW, *USERS, *POLICIES, *INCIDENTS, *AUDIT, *KEYS, *SETTINGS)
+HANDLERS = (
+    *OVERVIEW,
+    *USERS,
+    *POLICIES,
+    *INCIDENTS,
+    *INCIDENT_CASES,
+    *PRIVACY,
+    *AUDIT,
+    *KEYS,
+    *SETTINGS,
+)

@@ -36,7 +36,7 @@ from gateway.settings.compose import compose, read_document
 from gateway.settings.report import KeyPath, Report
 from gateway.settings.schema import Settings
 
-__all__ = ["MASK", "MaskedSettings", "mask_settings", "render_path"]
+__all__ = ["MASK", "MaskedSettings", "mask_person", "mask_settings", "render_path"]
 
 #: What a masked value (or the masked part of one) is replaced with.
 MASK: Final = "[masked]"
@@ -85,6 +85,22 @@ def mask_settings(
     if not isinstance(document, dict):  # pragma: no cover - Settings is a struct: always a mapping
         raise TypeError("settings did not convert to a mapping")
     return MaskedSettings(document, sorted(set(masker.masked)), notes)
+
+
+def mask_person(name: str) -> str:
+    """A person's username or address as a list of many people shows it: enough to tell rows apart
+    and recognise a name one knows, not to read names off a screen or a screenshot.
+
+    ``alice`` → ``a•••e``, ``alice@example.com`` → ``a•••@example.com`` (the domain names no one),
+    ``bo`` → ``b•••``. An erasure pseudonym (``[erased:…]``) names no one and is kept, as is "".
+    The page about one person (a privacy request's) shows the name in full.
+    """
+    if not name or (name.startswith("[erased:") and name.endswith("]")):
+        return name
+    local, at, domain = name.partition("@")
+    if at:
+        return f"{local[:1]}•••@{domain}"
+    return f"{name[:1]}•••{name[-1]}" if len(name) > 3 else f"{name[:1]}•••"
 
 
 def _plain(value: object) -> object:

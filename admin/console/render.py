@@ -25,6 +25,7 @@ __all__ = [
     "NAV",
     "PAGE_OPT",
     "PAGE_OPT_KEY",
+    "PUBLIC_URL_KEY",
     "NavItem",
     "error_page",
     "page",
@@ -38,6 +39,10 @@ _GATEWAY_STATIC = _ADMIN_DIR.parent / "gateway" / "web" / "static"
 #: Handler opt marking an HTML page: its errors are pages, sign-in and step-up become redirects.
 PAGE_OPT_KEY = "page"
 PAGE_OPT = {PAGE_OPT_KEY: True}
+
+#: Scope state key of the gateway's public URL (set per request by the admin app's middleware): the
+#: layout links the gateway's privacy notice there, since this listener does not serve it.
+PUBLIC_URL_KEY = "public_url"
 
 CONSOLE_CSP = (
     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -58,6 +63,7 @@ NAV = (
     NavItem("policies", "Policies", "/policies"),
     NavItem("audit", "Audit", "/audit"),
     NavItem("incidents", "Incidents", "/incidents"),
+    NavItem("privacy", "Privacy", "/privacy"),
     NavItem("keys", "Keys", "/keys"),
     NavItem("settings", "Settings", "/settings"),
 )
@@ -84,6 +90,7 @@ def page(
             "nav": NAV,
             "admin": admin.session.username if admin is not None else "",
             "request_id": state.get("request_id", ""),
+            "privacy_url": f"{state.get(PUBLIC_URL_KEY, '')}/.gateway/privacy",
             **context,
         },
         status_code=status_code,

@@ -239,6 +239,11 @@ class InvitationView(msgspec.Struct, kw_only=True):
 
 
 class UserDetail(UserRow, kw_only=True):
+    # The account's id: what the privacy API's per-person calls take (/api/privacy/users/{id}/...).
+    id: int
+    # Privacy: processing restricted (no sign-in, data kept), and when the registration was closed.
+    restricted: bool
+    closed_at: datetime | None
     updated_at: datetime
     password_changed_at: datetime | None
     factors: list[FactorView]
@@ -449,6 +454,7 @@ async def user_detail(services: Services, policy: Policy, config: Config, userna
     sessions = await identity.sessions.list_user(user.id)
     history = await identity.accounts.history(user.username, limit=HISTORY_LIMIT)
     return UserDetail(
+        id=user.id,
         username=user.username,
         email=user.email,
         display_name=user.display_name,
@@ -460,6 +466,8 @@ async def user_detail(services: Services, policy: Policy, config: Config, userna
         recovery_codes_left=factors.recovery_codes_left,
         recovery_codes_total=factors.recovery_codes_total,
         created_at=user.created_at,
+        restricted=user.restricted,
+        closed_at=user.closed_at,
         updated_at=user.updated_at,
         password_changed_at=user.password_changed_at,
         factors=_factors(factors),

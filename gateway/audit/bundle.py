@@ -11,7 +11,9 @@ A bundle is a directory or a zip file holding::
 
 :func:`verify_bundle` checks the manifest, recomputes every legacy record's hash, checks each record
 links to the one before (starting at the anchor) and that the checkpoints inside the range match;
-with the keyring it also checks the keyed records' MACs and the checkpoints' signatures.
+with the keyring it also checks the keyed records' MACs and the checkpoints' signatures. Version 3
+records carry their ``salts`` and ``erased`` columns, so records whose personal fields were erased
+still verify offline; their erasure records are checked where both lie inside the range.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Final
 from sqlalchemy import func, select
 
 from gateway.audit.chain import (
+    ERASABLE_VERSION,
     GENESIS,
     KEYED_VERSION,
     ChainRecord,
@@ -82,12 +85,17 @@ Verify it by hand:
    itself somewhere you trust (a ticket, an e-mail) when you hand the bundle over.
 2. Each line of events.jsonl is one record. Its canonical bytes are the UTF-8 of the compact JSON
    object (keys sorted, separators "," and ":", non-ASCII kept as is) with the keys v, id, seq, at,
-   kind, actor, subject, ip, outcome, details, prev (= the record's prev_hash), and for v = 2 also kid.
+   kind, actor, subject, ip, outcome, details, prev (= the record's prev_hash), and for v = 2 and 3
+   also kid. For v = 3 the keys actor, subject, ip and details are replaced by actor_c, subject_c,
+   ip_c and details_c: for a field erased, its "c" in the line's erased object (JSON text); for any
+   other, HMAC-SHA256 (hex) keyed by the bytes of its hex salt in the salts object, over the field
+   name, a zero byte and the UTF-8 value. An erased field holds "[erased:<pseudonym>]" and has no
+   salt; the "by" next to its commitment is the seq of the privacy.audit_erased record that erased it.
    For v = 1 (records written before the chain was keyed) record_hash is SHA-256 of those bytes.
-   For v = 2 it is HMAC-SHA256 of those bytes under the chain key of keyring key kid: HKDF-SHA256
-   (no salt, info "gateway keyring derive" + a zero byte + "audit-chain v2", 32 bytes) of that
-   keyring key. Only the keyring holder can check (or make) these; a v = 1 record after a v = 2 one
-   is a forgery.
+   For v = 2 and 3 it is HMAC-SHA256 of those bytes under the chain key of keyring key kid:
+   HKDF-SHA256 (no salt, info "gateway keyring derive" + a zero byte + "audit-chain v2", 32 bytes) of
+   that keyring key. Only the keyring holder can check (or make) these; a v = 1 record after a v = 2
+   or 3 one, or a v = 2 record after a v = 3 one, is a forgery (a downgrade).
 3. The first record's prev_hash is chain.json's anchor.record_hash (the record just before the range;
    64 zeros when the range starts at the first record ever); each later record's prev_hash is the
    record_hash of the line before it, and seq goes up by exactly one.
@@ -124,6 +132,9 @@ class BundleVerdict:
     signatures_checked: bool
     problem: str | None
     unchecked: int = 0  # keyed records whose MAC was not checked (no keyring)
+    erased: int = 0  # records with erased personal fields
+    # Erased records and erasure records whose counterpart lies outside the range: backing not checked.
+    erasures_unchecked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -142,13 +153,15 @@ def _ref(record: ChainRecord | None) -> dict[str, Any] | None:
 
 
 def _walker(anchor: Mapping[str, Any], keyring: Keyring | None) -> ChainWalker:
-    """A walker starting after the anchor; a keyed anchor means no legacy record may follow."""
+    """A walker starting after the anchor; a keyed anchor means no legacy record may follow, an
+    erasable one (version 3) no version 2 record either."""
     seq = int(anchor["seq"])
     return ChainWalker(
         keys=chain_keys(keyring),
         after_seq=seq,
         after_hash=str(anchor["record_hash"] or ""),
-        keyed_from=seq if anchor.get("v") == KEYED_VERSION else None,
+        keyed_from=seq if anchor.get("v") in (KEYED_VERSION, ERASABLE_VERSION) else None,
+        erasable_from=seq if anchor.get("v") == ERASABLE_VERSION else None,
     )
 
 
@@ -246,6 +259,8 @@ async def assemble_bundle(
     for record in records:
         if not walker.feed(record):
             break
+    # A range: later records (erasure records among them) are not in the bundle.
+    walker.finish(at_head=False)
     problem = None
     if anchor["record_hash"] is None:
         problem = f"the record before the range (seq {anchor['seq']}) is missing from the database"
@@ -376,8 +391,18 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
         raise BundleError(f"{path}: manifest.json and chain.json must be JSON objects")
 
     def verdict(problem: str | None, walker: ChainWalker | None = None, checked: int = 0) -> BundleVerdict:
-        w = walker or ChainWalker()
-        return BundleVerdict(w.records, w.first, w.last, checked, keyring is not None, problem, w.unchecked)
+        r = (walker or ChainWalker()).report()
+        return BundleVerdict(
+            r.records,
+            r.first,
+            r.last,
+            checked,
+            keyring is not None,
+            problem,
+            r.unchecked,
+            r.erased,
+            r.erasures_unchecked,
+        )
 
     wrong = _manifest_problem(files, manifest)
     if wrong is not None:
@@ -392,6 +417,8 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
     for record in records:
         if not walker.feed(record):
             return verdict(str(walker.problem), walker)
+    if not walker.finish(at_head=False):
+        return verdict(str(walker.problem), walker)
     if chain.get("records") != [_ref(r) for r in records]:
         return verdict("chain.json does not list exactly the records of events.jsonl", walker)
     head = _ref(records[-1]) if records else anchor

@@ -10,7 +10,7 @@ Every record carries ``seq`` (1, 2, 3, … without gaps), ``prev_hash`` (the pre
 * a **truncated** tail, or a chain rewritten from some point on, is what the chain alone cannot show:
   signed checkpoints kept outside the database do (``gateway.audit.checkpoint``).
 
-Two chain versions, named per record in ``chain_version``:
+Three chain versions, named per record in ``chain_version``:
 
 * **1, legacy**: ``record_hash`` = SHA-256 of the canonical bytes. No secret, so anyone who can write
   to the database can append a record that verifies. Only records written before the chain was keyed
@@ -18,11 +18,19 @@ Two chain versions, named per record in ``chain_version``:
 * **2, keyed**: ``record_hash`` = HMAC-SHA256 under a key derived from the keyring key ``key_id``
   (``gateway.audit.chain_key``), which the database does not hold; the canonical bytes also carry
   ``"v": 2`` and ``"kid"``. Writing to the database is no longer enough to extend the chain.
+* **3, keyed, erasable**: the MAC of version 2, but the canonical bytes carry a commitment to each
+  personal field (``actor_c``, ``subject_c``, ``ip_c``, ``details_c``: HMAC-SHA256 keyed by a random
+  per-field salt, ``gateway.audit.erasable``) instead of the field itself, and ``"v": 3``. Erasing a
+  field (``gateway.audit.erase``) tombstones its value and destroys its salt; the commitment stays, so
+  the MAC still verifies, and a keyed ``privacy.audit_erased`` record on the chain backs every erasure
+  (``gateway.audit.backing``). Every writer holding the chain key writes version 3.
 
-The changeover is one-way: once a keyed record is in the chain, a version 1 record after it is a
-forgery (a downgrade), and writers without the chain key refuse to append (:class:`ChainKeyMissing`).
-The canonical form is the same for both versions apart from those two fields, so personal fields can
-later be made unreadable the same way for both.
+The changeovers are one-way: once a keyed record is in the chain, a version 1 record after it is a
+forgery (a downgrade), and writers without the chain key refuse to append (:class:`ChainKeyMissing`);
+a version 2 record after version 3 is accepted when its MAC verifies: during a rolling deploy a
+replica still on the previous release writes version 2 records beside the new ones' version 3, and
+the chain key it needs is what makes it genuine. Such a record's personal fields cannot be erased;
+an erasure counts it among the records it had to keep.
 
 One chain, many writers: appends from every worker and replica serialize on a database-wide lock
 (``pg_advisory_xact_lock`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) held from reading the head to
@@ -37,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -45,13 +53,23 @@ from typing import Any, Final
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.backing import ErasureLedger, Finding
 from gateway.audit.chain_key import ChainKeys
+from gateway.audit.erasable import (
+    PERSONAL_FIELDS,
+    ErasureFormatError,
+    commitments,
+    dump_salts,
+    new_salts,
+    parse_erased,
+)
 from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring, KeyringError
 from gateway.errors import GatewayError
 from gateway.store.db import SQLITE_BEGIN_OPTION, Database, store_errors
 
 __all__ = [
+    "ERASABLE_VERSION",
     "GENESIS",
     "KEYED_VERSION",
     "LEGACY_VERSION",
@@ -62,9 +80,11 @@ __all__ = [
     "ChainReport",
     "ChainWalker",
     "append",
+    "append_locked",
     "canonical",
     "chain_head",
     "chain_keys",
+    "chain_lock",
     "count_records",
     "iso",
     "iter_records",
@@ -76,8 +96,12 @@ __all__ = [
 GENESIS: Final = "0" * 64
 #: SHA-256 over the canonical form: records written before the chain was keyed.
 LEGACY_VERSION: Final = 1
-#: HMAC-SHA256 under the chain key of the record's ``key_id``.
+#: HMAC-SHA256 under the chain key of the record's ``key_id``, personal fields in the clear.
 KEYED_VERSION: Final = 2
+#: The MAC of version 2 over per-field commitments instead of the personal fields: erasable.
+ERASABLE_VERSION: Final = 3
+#: ``salts`` and ``erased`` of a record without commitments (versions 1 and 2).
+_NO_COMMITMENTS: Final = "{}"
 #: The keyed record that closes an all-legacy chain (``seal_legacy``): the changeover point.
 SEAL_KIND: Final = "audit.chain_keyed"
 # Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the migration and signing-key locks.
@@ -130,11 +154,17 @@ def canonical(
     prev_hash: str,
     version: int = LEGACY_VERSION,
     key_id: str = "",
+    commitments: Mapping[str, str] | None = None,
 ) -> bytes:
     """The bytes a record's hash covers: compact JSON with sorted keys, UTF-8.
 
     Version 1 bytes are exactly those written before keyed chains existed; version 2 adds ``"kid"``
-    and says ``"v": 2``, so a keyed record's MAC also binds its version and key id.
+    and says ``"v": 2``, so a keyed record's MAC also binds its version and key id. Version 3 is
+    version 2 with ``actor``, ``subject``, ``ip`` and ``details`` replaced by ``commitments`` (field →
+    hex commitment) under ``actor_c``, ``subject_c``, ``ip_c`` and ``details_c``.
+
+    Raises:
+        ValueError: Version 3 without a commitment for every personal field.
     """
     doc: dict[str, object] = {
         "v": version,
@@ -151,12 +181,22 @@ def canonical(
     }
     if version != LEGACY_VERSION:
         doc["kid"] = key_id
+    if version == ERASABLE_VERSION:
+        if commitments is None or set(commitments) != set(PERSONAL_FIELDS):
+            raise ValueError("a version 3 record commits to every personal field")
+        for field in PERSONAL_FIELDS:
+            del doc[field]
+            doc[f"{field}_c"] = commitments[field]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
 class ChainRecord:
-    """One stored record as the chain sees it (from the database or from an evidence bundle)."""
+    """One stored record as the chain sees it (from the database or from an evidence bundle).
+
+    ``salts`` and ``erased`` are the stored JSON texts of those columns (``gateway.audit.erasable``);
+    ``"{}"`` for versions 1 and 2.
+    """
 
     id: int
     seq: int
@@ -171,6 +211,8 @@ class ChainRecord:
     record_hash: str
     version: int = LEGACY_VERSION
     key_id: str = ""
+    salts: str = _NO_COMMITMENTS
+    erased: str = _NO_COMMITMENTS
 
     @classmethod
     def of(cls, row: AuditEvent) -> ChainRecord:
@@ -189,10 +231,24 @@ class ChainRecord:
             row.record_hash,
             row.chain_version,
             row.key_id,
+            row.salts,
+            row.erased,
         )
 
+    def personal(self) -> dict[str, str]:
+        """The stored personal fields, field → value (tombstones for erased ones)."""
+        return {"actor": self.actor, "subject": self.subject, "ip": self.ip, "details": self.details}
+
     def canonical(self) -> bytes:
-        """This record's canonical bytes (what its hash covers)."""
+        """This record's canonical bytes (what its hash covers).
+
+        Raises:
+            ErasureFormatError: A version 3 record whose salts, erased fields or tombstones are not
+                what appends and erasure write (the message says which field).
+        """
+        committed = None
+        if self.version == ERASABLE_VERSION:
+            committed = commitments(self.personal(), self.salts, self.erased)
         return canonical(
             id=self.id,
             seq=self.seq,
@@ -206,10 +262,11 @@ class ChainRecord:
             prev_hash=self.prev_hash,
             version=self.version,
             key_id=self.key_id,
+            commitments=committed,
         )
 
     def digest(self, keys: ChainKeys | None = None) -> str:
-        """The hash this record should carry: SHA-256 (version 1) or its MAC (version 2).
+        """The hash this record should carry: SHA-256 (version 1) or its MAC (versions 2 and 3).
 
         Raises:
             KeyringError: A keyed record and no ``keys``, or ``keys`` lack its key id.
@@ -221,8 +278,12 @@ class ChainRecord:
         return keys.mac(self.canonical(), kid=self.key_id)
 
     def to_json(self) -> dict[str, Any]:
-        """As one line of an exported ``events.jsonl``."""
-        return {
+        """As one line of an exported ``events.jsonl``; version 3 adds ``salts`` and ``erased``.
+
+        Those two are the columns' JSON texts as stored, like ``details``: a verifier needs them to
+        recompute the commitments, and versions 1 and 2 keep the lines older bundles had.
+        """
+        doc: dict[str, Any] = {
             "v": self.version,
             "kid": self.key_id,
             "id": self.id,
@@ -237,12 +298,17 @@ class ChainRecord:
             "prev_hash": self.prev_hash,
             "record_hash": self.record_hash,
         }
+        if self.version == ERASABLE_VERSION:
+            doc["salts"], doc["erased"] = self.salts, self.erased
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> ChainRecord:
         """Parse :meth:`to_json` output; raises ``ValueError`` naming what is wrong.
 
-        Lines without ``v`` and ``kid`` (bundles exported before keyed chains) are version 1.
+        Lines without ``v`` and ``kid`` (bundles exported before keyed chains) are version 1; lines
+        without ``salts`` and ``erased`` (versions 1 and 2, bundles exported before version 3) hold
+        ``"{}"``.
         """
         if not isinstance(doc, dict):
             raise ValueError("a record must be a JSON object")
@@ -258,12 +324,14 @@ class ChainRecord:
             raise ValueError("a record time has no time zone")
         rid, seq, kind, actor, subject, ip, outcome = values
         version, kid = doc.get("v", LEGACY_VERSION), doc.get("kid", "")
+        salts, erased = doc.get("salts", _NO_COMMITMENTS), doc.get("erased", _NO_COMMITMENTS)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rid, seq, version)):
             raise ValueError("a record's id, seq and v must be integers")
-        texts = (kind, actor, subject, ip, outcome, details, prev, digest, kid)
+        texts = (kind, actor, subject, ip, outcome, details, prev, digest, kid, salts, erased)
         if not all(isinstance(v, str) for v in texts):
             raise ValueError("a record's text fields must be strings")
-        return cls(rid, seq, at, kind, actor, subject, ip, outcome, details, prev, digest, version, kid)
+        head = (rid, seq, at, kind, actor, subject, ip, outcome, details, prev, digest)
+        return cls(*head, version, kid, salts, erased)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +354,11 @@ class ChainReport:
 
     ``legacy`` counts version 1 records (protected by checkpoints only), ``keyed_from`` is the seq of
     the first keyed record, ``unchecked`` counts keyed records whose MAC could not be checked (no
-    keyring given: their links were checked, their content was not).
+    keyring given: their links were checked, their content was not). ``erasable_from`` is the seq of
+    the first version 3 record, ``erased`` counts records with erased personal fields and ``erasures``
+    the ``privacy.audit_erased`` records backing them; ``erasures_unchecked`` counts erased records
+    and erasure records whose counterpart lies outside a partial walk (a range), so their backing was
+    not checked.
     """
 
     records: int
@@ -297,6 +369,10 @@ class ChainReport:
     keyed_from: int | None = None
     unchecked: int = 0
     key_ids: frozenset[str] = frozenset()
+    erasable_from: int | None = None
+    erased: int = 0
+    erasures: int = 0
+    erasures_unchecked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -310,12 +386,17 @@ class ChainReport:
 
 
 class ChainWalker:
-    """Checks records fed in ``seq`` order, stopping at the first break (later ones follow from it)."""
+    """Checks records fed in ``seq`` order, stopping at the first break (later ones follow from it).
+
+    Call :meth:`finish` after the last record: whether every erasure is backed is only known then.
+    """
 
     __slots__ = (
         "_expect_prev",
         "_expect_seq",
         "_keys",
+        "_ledger",
+        "erasable_from",
         "first",
         "key_ids",
         "keyed_from",
@@ -333,6 +414,7 @@ class ChainWalker:
         after_seq: int = 0,
         after_hash: str = GENESIS,
         keyed_from: int | None = None,
+        erasable_from: int | None = None,
     ) -> None:
         """Start after a known record (the genesis by default; an anchor for an exported range).
 
@@ -342,6 +424,8 @@ class ChainWalker:
             after_hash: That record's hash.
             keyed_from: Where the chain became keyed, if that is before ``after_seq``: a legacy
                 record fed later is then a forgery.
+            erasable_from: Where the chain became erasable (version 3), if that is before
+                ``after_seq``: a version 1 or 2 record fed later is then a downgrade.
         """
         self._keys = keys
         self._expect_seq = after_seq + 1
@@ -350,7 +434,10 @@ class ChainWalker:
         self.legacy = 0
         self.unchecked = 0
         self.keyed_from = keyed_from
+        self.erasable_from = erasable_from
         self.key_ids: set[str] = set()
+        # Erasure records' counts hold against every record naming them only in a walk from genesis.
+        self._ledger = ErasureLedger(from_genesis=after_seq == 0)
         self.first: ChainRecord | None = None
         self.last: ChainRecord | None = None
         self.problem: ChainProblem | None = None
@@ -362,8 +449,40 @@ class ChainWalker:
         self.problem = self._check(record)
         if self.problem is not None:
             return False
+        # Erased records are only fed to the ledger once their format was checked in _check.
+        erased = parse_erased(record.erased) if record.version == ERASABLE_VERSION else {}
+        found = self._ledger.feed(
+            seq=record.seq,
+            record_id=record.id,
+            kind=record.kind,
+            erasable=record.version == ERASABLE_VERSION,
+            details=record.details,
+            values=record.personal(),
+            erased=erased,
+        )
+        if found is not None:
+            self.problem = _problem(found)
+            return False
         self._count(record)
         return True
+
+    def finish(self, *, at_head: bool) -> bool:
+        """After the last record: check erased records whose erasure record was not fed.
+
+        Args:
+            at_head: The walk reached the chain's head, so nothing follows: an erased field naming an
+                erasure record beyond it is unbacked. A walk of a range passes ``False``, and such
+                records are counted as unchecked instead.
+
+        Returns:
+            ``False`` if there is a problem (now or from before).
+        """
+        if self.problem is not None:
+            return False
+        found = self._ledger.finish(at_head=at_head)
+        if found is not None:
+            self.problem = _problem(found)
+        return self.problem is None
 
     def _count(self, record: ChainRecord) -> None:
         self.records += 1
@@ -374,6 +493,8 @@ class ChainWalker:
             self.key_ids.add(record.key_id)
             if self._keys is None:
                 self.unchecked += 1
+        if record.version == ERASABLE_VERSION:
+            self.erasable_from = self.erasable_from or record.seq
         self.first = self.first or record
         self.last = record
         self._expect_seq = record.seq + 1
@@ -417,13 +538,38 @@ class ChainWalker:
                     r.seq,
                     "its content does not match its hash (a field was modified, or the row forged)",
                 )
-            return None
-        if r.version != KEYED_VERSION:
+            return self._check_no_commitments(r)
+        if r.version not in (KEYED_VERSION, ERASABLE_VERSION):
             return ChainProblem(r.id, r.seq, f"unknown chain version {r.version} (the row was forged)")
+        try:
+            data = r.canonical()
+        except ErasureFormatError as exc:
+            return ChainProblem(r.id, r.seq, str(exc))
+        problem = self._check_mac(r, data)
+        if problem is not None or r.version == ERASABLE_VERSION:
+            return problem
+        # A version 2 record after version 3 is accepted (module docstring: rolling deploys); its MAC,
+        # checked above, is what a forger lacks.
+        return self._check_no_commitments(r)
+
+    @staticmethod
+    def _check_no_commitments(r: ChainRecord) -> ChainProblem | None:
+        # Versions 1 and 2 have no commitments: salts or erased fields on them were written by hand
+        # (and would claim an erasure that nothing backs).
+        if (r.salts, r.erased) == (_NO_COMMITMENTS, _NO_COMMITMENTS):
+            return None
+        return ChainProblem(
+            r.id,
+            r.seq,
+            f"it is a version {r.version} record, which has no erasable fields, but its salts or erased "
+            "column is set (written by hand)",
+        )
+
+    def _check_mac(self, r: ChainRecord, data: bytes) -> ChainProblem | None:
         if self._keys is None:
             return None
         try:
-            intact = self._keys.matches(r.canonical(), r.record_hash, kid=r.key_id)
+            intact = self._keys.matches(data, r.record_hash, kid=r.key_id)
         except KeyringError:
             return ChainProblem(
                 r.id,
@@ -451,7 +597,17 @@ class ChainWalker:
             self.keyed_from,
             self.unchecked,
             frozenset(self.key_ids),
+            self.erasable_from,
+            self._ledger.erased,
+            self._ledger.erasures,
+            self._ledger.unchecked,
         )
+
+
+def _problem(found: Finding) -> ChainProblem:
+    if found.action is None:
+        return ChainProblem(found.record_id, found.seq, found.what)
+    return ChainProblem(found.record_id, found.seq, found.what, found.action)
 
 
 def _range(lo: int, hi: int) -> str:
@@ -469,8 +625,12 @@ class _Head:
 
 
 @contextlib.asynccontextmanager
-async def _chain_lock(db: Database) -> AsyncIterator[AsyncConnection]:
-    """A transaction holding the database-wide chain lock from before the head is read until commit."""
+async def chain_lock(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A transaction holding the database-wide chain lock from before the head is read until commit.
+
+    Appends (:func:`append_locked`) and erasures (``gateway.audit.erase``) run inside it, so an
+    erasure and the records it counts are one consistent step of the chain.
+    """
     async with db.engine.connect() as conn:
         if db.backend == "sqlite":
             # SQLite has one writer at a time; IMMEDIATE takes that write lock at BEGIN, before the
@@ -504,7 +664,9 @@ async def _insert(
             "give it the gateways' keyring"
         )
     seq, prev = (head.seq + 1, head.record_hash) if head is not None else (1, GENESIS)
-    version, kid = (KEYED_VERSION, keys.active_id) if keys is not None else (LEGACY_VERSION, "")
+    version, kid = (ERASABLE_VERSION, keys.active_id) if keys is not None else (LEGACY_VERSION, "")
+    # Fresh salts per field and record: one HMAC each when hashing, no extra round trip.
+    salts = dump_salts(new_salts()) if version == ERASABLE_VERSION else _NO_COMMITMENTS
     # The id is part of the hash, so the row goes in first (with a placeholder hash, inside this
     # uncommitted transaction) and gets its hash once the id is known.
     rid = (
@@ -523,14 +685,37 @@ async def _insert(
                 record_hash="",
                 chain_version=version,
                 key_id=kid,
+                salts=salts,
+                erased=_NO_COMMITMENTS,
             )
             .returning(AuditEvent.id)
         )
     ).scalar_one()
-    record = replace(draft, id=rid, seq=seq, prev_hash=prev, version=version, key_id=kid)
+    record = replace(
+        draft,
+        id=rid,
+        seq=seq,
+        prev_hash=prev,
+        version=version,
+        key_id=kid,
+        salts=salts,
+        erased=_NO_COMMITMENTS,
+    )
     record = replace(record, record_hash=record.digest(keys))
     await conn.execute(update(AuditEvent).where(AuditEvent.id == rid).values(record_hash=record.record_hash))
     return record
+
+
+async def append_locked(conn: AsyncConnection, keys: ChainKeys | None, draft: ChainRecord) -> ChainRecord:
+    """Append ``draft`` (content only) after the current head, on a connection holding :func:`chain_lock`.
+
+    Commits with the caller's transaction, so other writes in it (an erasure's updates) are atomic
+    with the record.
+
+    Raises:
+        ChainKeyMissing: ``keys`` is ``None`` and the chain is already keyed.
+    """
+    return await _insert(conn, keys, await _head(conn), draft)
 
 
 async def append(
@@ -549,8 +734,9 @@ async def append(
 
     Args:
         db: The database.
-        keys: Keys the record (version 2). ``None`` writes a legacy version 1 record, which is only
-            allowed while the chain has no keyed record yet (tests and tools that predate keying).
+        keys: Keys the record (version 3, erasable). ``None`` writes a legacy version 1 record, which
+            is only allowed while the chain has no keyed record yet (tests and tools that predate
+            keying).
         at: The event time; the other arguments are the record's content.
 
     Raises:
@@ -559,8 +745,8 @@ async def append(
     """
     draft = ChainRecord(0, 0, at, kind, actor, subject, ip, outcome, details, "", "")
     with store_errors("audit trail"):
-        async with _chain_lock(db) as conn:
-            return await _insert(conn, keys, await _head(conn), draft)
+        async with chain_lock(db) as conn:
+            return await append_locked(conn, keys, draft)
 
 
 async def seal_legacy(
@@ -582,7 +768,7 @@ async def seal_legacy(
     details = json.dumps({"legacy_head_hash": head_hash, "legacy_records": head_seq}, sort_keys=True)
     draft = ChainRecord(0, 0, at, SEAL_KIND, "system", "", "", "success", details, "", "")
     with store_errors("audit trail"):
-        async with _chain_lock(db) as conn:
+        async with chain_lock(db) as conn:
             head = await _head(conn)
             if head != _Head(head_seq, head_hash, LEGACY_VERSION):
                 return None
@@ -638,4 +824,6 @@ async def verify_database(db: Database, *, keyring: Keyring | None = None) -> Ch
     async for record in iter_records(db):
         if not walker.feed(record):
             break
+    # iter_records stops only when no record follows: the walk ended at the head.
+    walker.finish(at_head=True)
     return walker.report()

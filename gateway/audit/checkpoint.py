@@ -298,6 +298,7 @@ async def verify_trail(
             break
         if record.seq in wanted:
             hashes[record.seq] = (record.id, record.record_hash)
+    walker.finish(at_head=True)  # the whole chain: every erasure record was read
     report = walker.report()
     last_seq = report.last.seq if report.last is not None else 0
     problems = _checkpoint_problems(checkpoints, hashes, last_seq, keyring)
@@ -338,6 +339,8 @@ class Checkpointer:
         self._trusted_hash = GENESIS
         # Where the chain became keyed, once seen: a legacy record after it is a forgery.
         self._keyed_from: int | None = None
+        # Where it became erasable (version 3), once seen: a version 2 record after it is a downgrade.
+        self._erasable_from: int | None = None
 
     @property
     def path(self) -> Path | None:
@@ -371,6 +374,7 @@ class Checkpointer:
         doc = sign_checkpoint(body, self._keyring)
         self._trusted_seq, self._trusted_hash = head_seq, head_hash
         self._keyed_from = walker.keyed_from
+        self._erasable_from = walker.erasable_from
         if self._file is not None:
             await asyncio.to_thread(_append_line, self._file, json.dumps(doc, sort_keys=True))
         return doc
@@ -391,10 +395,16 @@ class Checkpointer:
             after_seq=self._trusted_seq,
             after_hash=self._trusted_hash,
             keyed_from=self._keyed_from,
+            erasable_from=self._erasable_from,
         )
         async for record in iter_records(self._db, from_seq=self._trusted_seq + 1, to_seq=head_seq):
             if not walker.feed(record):
                 raise ChainBroken(str(walker.problem))
+        # Not at_head: an erasure appended after the head was read may already have erased records
+        # of this walk. Erasures whose records lie before it stay unchecked here; `audit verify`
+        # checks them over the whole chain.
+        if not walker.finish(at_head=False):
+            raise ChainBroken(str(walker.problem))
         reached = walker.last.seq if walker.last is not None else self._trusted_seq
         if reached != head_seq:
             raise ChainBroken(f"records seq {reached + 1}..{head_seq} are missing")

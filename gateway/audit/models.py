@@ -23,7 +23,8 @@ class AuditEvent(Base):
     Records form one hash chain (``gateway.audit.chain``): ``seq`` numbers them 1, 2, 3, … without
     gaps, ``prev_hash`` is the ``record_hash`` of record ``seq - 1`` and ``record_hash`` is SHA-256 over
     this record's canonical content and ``prev_hash`` (``chain_version`` 1, records from before the
-    chain was keyed) or HMAC-SHA256 under the chain key of keyring key ``key_id`` (version 2). A
+    chain was keyed) or HMAC-SHA256 under the chain key of keyring key ``key_id`` (version 2; version 3
+    covers per-field commitments instead of the personal fields, which makes them erasable). A
     changed, deleted, inserted or reordered row breaks the chain at that row.
     """
 
@@ -49,3 +50,8 @@ class AuditEvent(Base):
     chain_version: Mapped[int]
     # The keyring key id whose derived chain key made record_hash ("" for version 1).
     key_id: Mapped[str]
+    # Version 3 (gateway.audit.erasable): JSON {field: hex salt} for each personal field not erased,
+    # and {field: {"c": commitment, "by": seq of the privacy.audit_erased record}} for each erased
+    # one; "{}" for versions 1 and 2. The server default fills rows written by releases before 0008.
+    salts: Mapped[str] = mapped_column(server_default="{}")
+    erased: Mapped[str] = mapped_column(server_default="{}")

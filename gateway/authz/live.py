@@ -33,7 +33,7 @@ _ROLES_MEMO = 10_000
 
 
 def _is_principal_form(name: str) -> bool:
-    return name == "authenticated" or name.startswith(("user:", "group:"))
+    return name == "authenticated" or name.startswith(("user:", "group:", "client:"))
 
 
 class LivePolicy:
@@ -81,7 +81,7 @@ class LivePolicy:
         """The roles these principals hold, directly or through the policy's ``g`` hierarchy.
 
         What upstreams see in ``X-Gateway-Roles`` and the assertion's ``roles``: role names only, not
-        the principals themselves (``user:…``, ``group:…``, ``authenticated``). Memoised per policy
+        the principals themselves (``user:…``, ``group:…``, ``client:…``, ``authenticated``). Memoised per policy
         version, so the hot path pays for it once per principal set.
         """
         index = self.authorizer.index

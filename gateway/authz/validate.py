@@ -23,7 +23,8 @@ from gateway.authz.rules import SUBTREE, PolicyRules, Rule, subtree_root
 __all__ = ["Finding", "Severity", "validate"]
 
 AUTHENTICATED = "authenticated"
-_PRINCIPAL_PREFIXES = ("user:", "group:")
+# client:<name> is a service account (gateway/machine/): a machine client with an API token.
+_PRINCIPAL_PREFIXES = ("user:", "group:", "client:")
 _REGEX_CHARS = ".^$+?{}[]\\|()"
 
 

@@ -11,7 +11,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import audit, incident, keys, policy, quickstart, serve, user
+from gateway.cli import (
+    audit,
+    backup,
+    dr,
+    incident,
+    keys,
+    lockdown,
+    machine,
+    notify,
+    pgbackrest,
+    policy,
+    privacy,
+    quickstart,
+    retention,
+    serve,
+    user,
+)
 from gateway.cli.harness import EXIT_USAGE, Action, execute
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register(sub)
     audit.register(sub)
     incident.register(sub)
+    lockdown.register(sub)
+    machine.register(sub)
+    notify.register(sub)
+    privacy.register(sub)
+    retention.register(sub)
+    pgbackrest.register(sub)
+    backup.register(sub)
+    dr.register(sub)
     quickstart.register_echo(sub)
     return parser
 

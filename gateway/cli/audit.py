@@ -11,7 +11,8 @@ gateway's own ``<data_dir>/audit-checkpoints/checkpoints.jsonl`` and every ``--c
 a file sink's log): a modified, deleted, inserted or reordered record breaks the chain; a record
 appended or rewritten with database access only does not carry the chain key's MAC; a truncated
 tail or a chain rewritten with fresh hashes no longer reaches a checkpoint. It names the first bad
-record, what is wrong and what to do.
+record, what is wrong and what to do, and counts the records whose personal fields were erased (each
+backed by a ``privacy.audit_erased`` record on the chain).
 
 Exit codes: 0 verified / done, 1 the trail or bundle does not verify, or the database or keyring is
 unusable, 2 invalid input (bad time, unreadable checkpoint file or bundle, bad configuration). User
@@ -192,6 +193,11 @@ def _print_verified(report: ChainReport, checkpoints: list[dict[str, Any]], sour
             f"  keyed: seq {report.keyed_from}..{report.last.seq}, HMAC under the chain key of keyring "
             f"key(s) {', '.join(sorted(report.key_ids))}"
         )
+    if report.erasable_from is not None:
+        print(
+            f"  erasable: from seq {report.erasable_from} on (chain version 3); {report.erased} record(s) "
+            f"with erased personal fields, backed by {report.erasures} erasure record(s)"
+        )
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         print(
@@ -288,6 +294,13 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         print(
             f"  keyed records: {verdict.unchecked} linked correctly, their MACs NOT checked (pass --config "
             "where the gateways' keyring is)"
+        )
+    if verdict.erased:
+        print(f"  erased: {verdict.erased} record(s) with erased personal fields")
+    if verdict.erasures_unchecked:
+        print(
+            f"  erasures: {verdict.erasures_unchecked} erased or erasure record(s) whose counterpart lies "
+            "outside the range: their backing NOT checked (`gateway audit verify` checks the whole chain)"
         )
     return EXIT_OK
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from gateway.cli.announce import Unannounced
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
@@ -33,8 +35,10 @@ if TYPE_CHECKING:
     from gateway.store.fast import FastState
 
 __all__ = [
+    "CONFIG_ENV",
     "EXIT_FAILURE",
     "EXIT_OK",
+    "EXIT_UNANNOUNCED",
     "EXIT_USAGE",
     "Action",
     "Failed",
@@ -43,6 +47,7 @@ __all__ = [
     "UserError",
     "command_group",
     "config_arg",
+    "config_from_environment",
     "execute",
     "load_config",
     "load_keyring",
@@ -54,6 +59,10 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# The config file every command uses when --config is not given (see config_arg).
+CONFIG_ENV = "GATEWAY_CONFIG"
+# The change is stored, but the running gateways were not told (they find it by polling, within a second).
+EXIT_UNANNOUNCED = 3
 
 SubParsers = argparse._SubParsersAction
 # What every action sets as ``func``: the parsed arguments in, the exit code out.
@@ -114,6 +123,9 @@ def execute(action: Action, args: argparse.Namespace) -> int:
         if str(exc):
             print(exc, file=sys.stderr)
         return EXIT_FAILURE
+    except Unannounced as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNANNOUNCED
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -145,14 +157,33 @@ def command_group(
     return group.add_subparsers(dest=f"{name}_action", metavar="ACTION")
 
 
+def config_from_environment() -> Path | None:
+    """The config file named by ``$GATEWAY_CONFIG``, or None when it is unset or empty.
+
+    Containers, units and shells set it once, so no command needs ``--config`` repeated (``--config``
+    still wins). Read when the parser is built, in the process that runs the command.
+    """
+    named = os.environ.get(CONFIG_ENV, "")
+    return Path(named) if named else None
+
+
 def config_arg(parser: argparse.ArgumentParser, *, required: bool = True, help_suffix: str = "") -> None:
-    """The ``--config`` option every command shares (``./gateway.yaml`` unless it is optional)."""
-    default_note = " (default: ./gateway.yaml)" if required else ""
+    """The ``--config`` option every command shares.
+
+    Without it: ``$GATEWAY_CONFIG``, then ``./gateway.yaml`` (an optional ``--config`` stays unset).
+    """
+    from_env = config_from_environment()
+    if required:
+        default: Path | None = from_env or Path("gateway.yaml")
+        default_note = f" (default: ${CONFIG_ENV}, else ./gateway.yaml)"
+    else:
+        default = from_env
+        default_note = f" (default: ${CONFIG_ENV} when set)"
     parser.add_argument(
         "--config",
         "-c",
         type=Path,
-        default=Path("gateway.yaml") if required else None,
+        default=default,
         metavar="FILE",
         help="path to the YAML configuration file" + default_note + help_suffix,
     )
@@ -236,6 +267,7 @@ async def open_store(
         keyring: Also load the keyring (created only for the embedded default), for commands that
             write to the keyed audit trail.
     """
+    from gateway.cli.announce import AnnouncementWatch
     from gateway.store.db import Database
     from gateway.store.fast import open_configured_state
     from gateway.store.migrate import ensure_schema
@@ -252,11 +284,15 @@ async def open_store(
     keys = load_keyring(settings) if keyring else None
     db = Database.open(url, pool_size=2)
     try:
-        state = open_configured_state(settings) if fast else None
+        watch = AnnouncementWatch(open_configured_state(settings)) if fast else None
         try:
-            yield Store(settings, db, keys, state)
+            yield Store(settings, db, keys, cast("FastState | None", watch))
         finally:
-            if state is not None:
-                await state.close()
+            if watch is not None:
+                await watch.close()
+        # Only a command that ran to its end: its change is stored, and the running gateways should know.
+        unannounced = watch.verdict(settings) if watch is not None else None
+        if unannounced is not None:
+            raise unannounced
     finally:
         await db.close()

@@ -40,6 +40,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
+from gateway.cli.incident_case import register_cases
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -227,3 +228,4 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
     p = action("unblock-ip", _unblock, "lift the block of exactly this address or network")
     p.add_argument("cidr", metavar="CIDR")
+    register_cases(actions)

@@ -2,7 +2,7 @@
 
 gateway serve --config FILE
 gateway admin serve --config FILE
-gateway check-config FILE
+gateway check-config [FILE]   (FILE: $GATEWAY_CONFIG when omitted)
 gateway migrate --config FILE
 gateway healthcheck --config FILE [--timeout SECONDS]
 """
@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 from gateway.cli.harness import (
+    CONFIG_ENV,
     EXIT_FAILURE,
     EXIT_OK,
     SubParsers,
     config_arg,
+    config_from_environment,
     load_config,
     load_keyring,
     run,
@@ -40,6 +42,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
+    from gateway.store.fast import refuse_unverified_tls
     from gateway.store.migrate import ensure_schema
 
     settings = load_config(args)
@@ -48,6 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     url = storage_url(settings)
     run(ensure_schema(url, auto=url.startswith("sqlite")))
+    # A rediss:// server whose certificate is refused: one clear message, not a 503 on every request.
+    run(refuse_unverified_tls(settings))
     # Likewise the keyring: created here for the embedded default, required to exist otherwise
     # (replicas must share one; a replica inventing its own would make the others' secrets unreadable).
     load_keyring(settings)
@@ -57,8 +62,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _admin_serve(args: argparse.Namespace) -> int:
     from admin.server import serve_admin
+    from gateway.store.fast import refuse_unverified_tls
 
-    serve_admin(args.config, load_config(args))
+    settings = load_config(args)
+    run(refuse_unverified_tls(settings))
+    serve_admin(args.config, settings)
     return EXIT_OK
 
 
@@ -131,7 +139,15 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="validate a config file without starting",
         description="Validate a configuration file and report every problem with its line.",
     )
-    p.add_argument("file", type=Path, metavar="FILE", help="the YAML configuration file")
+    from_env = config_from_environment()
+    p.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        nargs="?" if from_env else None,
+        default=from_env,
+        help=f"the YAML configuration file (default: ${CONFIG_ENV} when set)",
+    )
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser(

@@ -554,7 +554,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         _delete,
         summary="delete an account",
         description="Delete an account with all its second factors and end its sessions. Asks to type "
-        "the username to confirm, unless --yes.",
+        "the username to confirm, unless --yes. The audit trail keeps naming the person: for a data-subject "
+        "erasure (GDPR Art. 17, DPDP s. 12) use `gateway privacy erase`, which also erases them from the "
+        "trail, honours legal holds and records the request.",
     )
     _username_arg(p)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

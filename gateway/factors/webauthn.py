@@ -329,7 +329,7 @@ class WebAuthnService:
             created_at=self._clock.now(),
             last_used_at=None,
         )
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot store the WebAuthn credential"):
                 user = await session.get(User, user_id)
                 if user is None:
@@ -510,7 +510,7 @@ class WebAuthnService:
         Returns:
             False if the user has no such credential.
         """
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot rename the WebAuthn credential"):
                 row = await session.scalar(
                     select(WebAuthnCredential).where(

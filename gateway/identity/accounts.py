@@ -132,10 +132,15 @@ class NoPassword(BadRequest):
 
 
 class SessionRevoker(Protocol):
-    """What accounts need from the session store: end every session of a user (``SessionStore`` is one)."""
+    """What accounts need from the session store: end every session of a user, correct their email
+    (``SessionStore`` is one)."""
 
     async def revoke_user(self, user_id: int) -> int:
         """Revoke all sessions of ``user_id`` on every replica; returns how many were ended."""
+        ...
+
+    async def set_email(self, user_id: int, email: str) -> int:
+        """Give the live sessions of ``user_id`` a corrected email; returns how many changed."""
         ...
 
 
@@ -264,6 +269,10 @@ def _failure_reason(user: User | None, *, correct: bool) -> str:
         return "no-password"
     if not correct:
         return "bad-password"
+    if user.restricted:
+        return "restricted"
+    if user.closed_at is not None:
+        return "closed"
     return "disabled"
 
 
@@ -357,7 +366,7 @@ class AccountService:
             if problem is not None:
                 raise WeakPassword(problem)
         identifiers = {name} if address is None else {name, address}
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot read accounts"):
                 taken = (
                     await session.scalars(
@@ -382,7 +391,7 @@ class AccountService:
             updated_at=now,
             password_changed_at=now if password_hash is not None else None,
         )
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             session.add(user)
             with store_errors("cannot create the account"):
                 try:
@@ -484,7 +493,7 @@ class AccountService:
         # Always hash, also with no account or no password (None = dummy hash of equal cost): the
         # answer time must not tell an unknown user from a wrong password.
         correct = await self._hasher.verify(stored, password)
-        if user is None or stored is None or not correct or user.disabled:
+        if user is None or stored is None or not correct or not user.can_sign_in:
             await self._regulator.record_failure(key, ip=ip, factor=_PASSWORD_FACTOR)
             await self._audit.record(
                 "signin.password",
@@ -517,7 +526,7 @@ class AccountService:
         # The password is only known in the clear at sign-in: the one moment to move an old hash to
         # the current cost parameters.
         new_hash = await self._hasher.hash(password)
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot update the password hash"):
                 # Compare-and-set: a password change that landed meanwhile must not be overwritten.
                 updated = (
@@ -610,7 +619,7 @@ class AccountService:
         )
 
     async def _update(self, user_id: int, **values: object) -> None:
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
                 changed = (
                     await session.scalars(
@@ -755,7 +764,7 @@ class AccountService:
         Raises:
             UnknownAccount: No such user.
         """
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot delete the account"):
                 user = await session.get(User, user_id)
                 if user is None:
@@ -780,6 +789,113 @@ class AccountService:
             return None
         return await self._sessions.revoke_user(user_id)
 
+    # -- privacy: rectification, restriction, closure ----------------------------------------------------
+
+    async def set_profile(
+        self, user_id: int, *, email: str | None = None, display_name: str | None = None, actor: str
+    ) -> tuple[str, ...]:
+        """Correct the email and/or display name (rectification); ``None`` leaves a field as it is.
+
+        An empty email removes it. The audit record names the fields changed, never their values.
+
+        Returns:
+            The fields that changed.
+
+        Raises:
+            UnknownAccount: No such user.
+            InvalidAccount: The email or display name is not acceptable.
+            AccountExists: The email belongs to another account (as its email or username).
+        """
+        user = await self._require(user_id)
+        values: dict[str, object] = {}
+        if email is not None:
+            try:
+                address = canonical_email(email) if email.strip() else None
+            except ValueError as exc:
+                raise _invalid(exc) from exc
+            if address != user.email:
+                if address is not None and await self._taken(address, user_id):
+                    raise AccountExists(f"The email address {address!r} is already used by another account.")
+                values["email"] = address
+        if display_name is not None:
+            shown = _check_display_name(display_name)
+            if shown != user.display_name:
+                values["display_name"] = shown
+        if not values:
+            return ()
+        # A race with another account taking the address between the check and here is caught by
+        # the unique constraint (the update fails; nothing changes).
+        await self._update(user_id, **values, updated_at=self._clock.now())
+        if "email" in values and self._sessions is not None:
+            # Live sessions carry the email to the apps (identity headers, assertion): correct them too.
+            await self._sessions.set_email(user_id, str(values["email"] or ""))
+        changed = tuple(sorted(values))
+        await self._audit.record(
+            "user.profile_changed", actor=actor, subject=user.username, details={"fields": " ".join(changed)}
+        )
+        return changed
+
+    async def _taken(self, identifier: str, user_id: int) -> bool:
+        query = select(User.id).where(
+            or_(User.username == identifier, User.email == identifier), User.id != user_id
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                return (await session.scalars(query)).first() is not None
+
+    async def set_restricted(self, user_id: int, restricted: bool, *, actor: str) -> int | None:
+        """Restrict processing (no sign-in, data kept, no optional processing), or lift it.
+
+        Restricting ends every session, as disabling does, flag first so no sign-in slips between.
+
+        Returns:
+            Sessions ended (0 when lifting; ``None`` without a session store).
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        await self._update(user_id, restricted=restricted, updated_at=self._clock.now())
+        revoked = await self._revoke(user_id) if restricted else 0
+        await self._audit.record(
+            "user.restricted" if restricted else "user.unrestricted",
+            actor=actor,
+            subject=user.username,
+            details={"sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
+    async def close(self, user_id: int, *, actor: str) -> int | None:
+        """Cancel the registration: no sign-in from now on; the data goes after the retention period.
+
+        Returns:
+            Sessions ended (``None`` without a session store).
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        now = self._clock.now()
+        await self._update(user_id, closed_at=now, updated_at=now)
+        revoked = await self._revoke(user_id)
+        await self._audit.record(
+            "user.closed",
+            actor=actor,
+            subject=user.username,
+            details={"sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
+    async def reopen(self, user_id: int, *, actor: str) -> None:
+        """Undo a closure before its retention period ends (the person changed their mind).
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        await self._update(user_id, closed_at=None, updated_at=self._clock.now())
+        await self._audit.record("user.reopened", actor=actor, subject=user.username)
+
     async def reset_mfa(self, user_id: int, *, actor: str) -> dict[str, int]:
         """Remove every second factor of an account: TOTP, WebAuthn credentials and recovery codes.
 
@@ -800,7 +916,7 @@ class AccountService:
         """
         user = await self._require(user_id)
         removed: dict[str, int] = {}
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot reset the second factors"):
                 # One transaction: a failure halfway must not leave recovery codes without the rest.
                 removed["totp"] = len(

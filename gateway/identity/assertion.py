@@ -195,6 +195,56 @@ class AssertionSigner:
             cache[cache_key] = _Cached(token, iat, exp, email, roles, session.factors)
         return token
 
+    def assertion_for_client(
+        self,
+        client: str,
+        token_id: str,
+        route_name: str,
+        roles: Sequence[str],
+        expires_at: float,
+        *,
+        client_id: str = "",
+    ) -> str:
+        """The signed assertion for a request authenticated by a bearer token on this route.
+
+        ``sub`` is who the token speaks for; ``client_id`` is the OAuth client it was issued to, the
+        same as ``sub`` for a machine client's own token (RFC 9068 §2.2), the application for a
+        person's provider token. ``amr`` is empty: no one authenticated to the gateway. The token's
+        own expiry bounds ``exp``. Reused per token, route and key like a session's.
+
+        Raises:
+            AssertionRefused: Empty client or route.
+            SigningUnavailable: No key signs at this moment.
+        """
+        if not client or not route_name:
+            raise AssertionRefused("no identity assertion without a client and a route")
+        now = self._clock.time()
+        key = self._keys().signing_key(now)
+        if key is None:
+            raise SigningUnavailable("no assertion-signing key is active")
+        roles = tuple(roles)
+        cache_key = ("client:" + token_id, route_name, key.kid)
+        hit = self._cache.get(cache_key)
+        if hit is not None and hit.exp - now >= self._min_left and hit.iat <= now and hit.roles == roles:
+            return hit.token
+        private = key.private_key
+        if private is None:
+            raise SigningUnavailable(f"the private half of signing key {key.kid} is not available")
+        iat = int(now)
+        exp = min(iat + self._ttl, max(iat + 1, int(expires_at)))
+        claims: dict[str, object] = {
+            "iss": self._issuer, "sub": client, "aud": route_name, "client_id": client_id or client,
+            "roles": list(roles), "amr": [], "gateway_auth": "bearer", "iat": iat, "exp": exp,
+            "jti": secrets.token_urlsafe(16),
+        }  # fmt: skip
+        token = self._encode_signed(private, key.kid, claims)
+        if self._cache_size:
+            self._cache.pop(cache_key, None)
+            while len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
+            self._cache[cache_key] = _Cached(token, iat, exp, None, roles, ())
+        return token
+
     def _sign(
         self,
         private: ec.EllipticCurvePrivateKey,
@@ -206,7 +256,6 @@ class AssertionSigner:
         iat: int,
         exp: int,
     ) -> str:
-        header = {"alg": ALGORITHM, "typ": "JWT", "kid": kid}
         claims: dict[str, object] = {"iss": self._issuer, "sub": session.username, "aud": route_name}
         if email:
             claims["email"] = email
@@ -216,6 +265,11 @@ class AssertionSigner:
         claims["iat"] = iat
         claims["exp"] = exp
         claims["jti"] = secrets.token_urlsafe(16)
+        return self._encode_signed(private, kid, claims)
+
+    @staticmethod
+    def _encode_signed(private: ec.EllipticCurvePrivateKey, kid: str, claims: dict[str, object]) -> str:
+        header = {"alg": ALGORITHM, "typ": "JWT", "kid": kid}
         signing_input = _b64(_encode(header)) + b"." + _b64(_encode(claims))
         # JWS (RFC 7518 §3.4) wants r || s, each 32 bytes big-endian, not the DER cryptography returns.
         r, s = decode_dss_signature(private.sign(signing_input, _ECDSA))

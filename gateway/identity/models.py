@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.store.models import Base
@@ -37,6 +37,18 @@ class User(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     password_changed_at: Mapped[datetime | None]
+    # Privacy (gateway.privacy): when the registration was cancelled or withdrawn (the account is
+    # closed and its data deleted privacy.retention.registration later), whether processing is
+    # restricted (no sign-in, data kept), and the optional purposes the person objected to.
+    closed_at: Mapped[datetime | None]
+    # Server defaults as in migration 0009, which added them to existing rows.
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    objections: Mapped[str] = mapped_column(default="", server_default=text("''"))
+
+    @property
+    def can_sign_in(self) -> bool:
+        """Not disabled, not restricted (privacy), not closed: every sign-in path asks this."""
+        return not (self.disabled or self.restricted or self.closed_at is not None)
 
     totp_credentials: Mapped[list[TotpCredential]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True

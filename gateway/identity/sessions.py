@@ -37,7 +37,8 @@ from gateway.clock import Clock
 from gateway.errors import AuthenticationRequired
 from gateway.identity.levels import SECOND_FACTORS, AuthLevel, FactorUse, newest_second_factor
 from gateway.settings.schema import SessionSettings
-from gateway.store.fast.base import FastState, StateUnavailable, Subscription
+from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.store.fast.follow import follow_evictions
 
 __all__ = [
     "REVOCATION_CHANNEL",
@@ -97,6 +98,10 @@ class Session:
     # The account still has a one-time password (an admin set it, or the quick start): until it is
     # changed, this session may only change it or sign out, on every host (see web/gate.py).
     password_change: bool = False
+    # The optional purposes not to process for this person (gateway.privacy.purposes.optout): decided
+    # at sign-in and whenever a consent, objection or restriction changes, so the data plane only
+    # tests membership (e.g. "policy_analytics" for the decision sample).
+    optout: tuple[str, ...] = ()
 
     @property
     def second_factor_at(self) -> float | None:
@@ -347,6 +352,7 @@ class SessionStore:
         email: str | None = None,
         groups: Sequence[str] = (),
         password_change: bool = False,
+        optout: Sequence[str] = (),
     ) -> tuple[str, Session]:
         """Start a session; return its id (the cookie value) and the session.
 
@@ -362,6 +368,7 @@ class SessionStore:
             email: The account's email, if it has one (for identity headers).
             groups: Groups an identity provider asserted (principals ``group:<name>``).
             password_change: The account must choose a new password before anything else.
+            optout: The optional purposes not to process for this person (see ``Session.optout``).
             family: Join this existing sign-in (cross-host hand-off): the session inherits the
                 sign-in time, so the absolute lifetime counts from the real sign-in on every host.
                 None starts a new sign-in.
@@ -393,6 +400,7 @@ class SessionStore:
             email=email or "",
             groups=tuple(groups),
             password_change=password_change,
+            optout=tuple(optout),
         )
         ttl = self._ttl(session, now)
         if ttl is None:
@@ -506,6 +514,57 @@ class SessionStore:
                 return True
         raise StateUnavailable("the session kept changing; the step-up was not applied")
 
+    async def set_optout(self, user_id: int, optout: Sequence[str]) -> int:
+        """Give every live session of the user this opt-out, in place (no new id, nothing else changes).
+
+        Each record is updated with compare-and-set, so a touch or a demotion racing it is never
+        undone; then the changed ids are broadcast so every replica drops its cached copy and reads
+        the new value. The index is read again after the pass: a session that a rotation or a sign-in
+        added meanwhile is updated too (one that lands after the last pass keeps the value it was
+        given, at worst until the next change).
+
+        Returns:
+            How many sessions were changed.
+
+        Raises:
+            StateUnavailable: the store cannot answer, or a record kept changing.
+        """
+        return await self._update_live(user_id, {"optout": tuple(optout)})
+
+    async def set_email(self, user_id: int, email: str) -> int:
+        """Give every live session of the user a corrected email (rectification), as :meth:`set_optout`
+        does: the identity headers and assertions of the next requests carry it, on every replica."""
+        return await self._update_live(user_id, {"email": email})
+
+    async def _update_live(self, user_id: int, fields: dict[str, object]) -> int:
+        seen: set[str] = set()
+        changed: list[str] = []
+        for _ in range(3):
+            ids = [h for h in self._parse_ids(await self._state.get(_user_key(user_id))) if h not in seen]
+            if not ids:
+                break
+            seen.update(ids)
+            for id_hash in ids:
+                if await self._replace_fields(id_hash, user_id, fields):
+                    changed.append(id_hash)
+        await self._broadcast(changed)
+        return len(changed)
+
+    async def _replace_fields(self, id_hash: str, user_id: int, fields: dict[str, object]) -> bool:
+        key = _session_key(id_hash)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            current = decode_session(raw) if raw is not None else None
+            if current is None or current.id_hash != id_hash or current.user_id != user_id:
+                return False
+            ttl = self._ttl(current, self._clock.time())
+            if ttl is None or all(getattr(current, name) == value for name, value in fields.items()):
+                return False
+            updated = encode_session(replace(current, **fields))  # type: ignore[arg-type]
+            if await self._state.compare_and_set(key, raw, updated, ttl=ttl):
+                return True
+        raise StateUnavailable("the session kept changing; it was not updated")
+
     async def revoke_hash(self, id_hash: str) -> bool:
         """End one session by its id hash (what "my sessions" shows). Returns whether it existed.
 
@@ -608,40 +667,14 @@ class SessionStore:
     async def run_invalidation_listener(self, *, retry_delay: float = 1.0) -> None:
         """Evict revoked sessions from this replica's cache as other replicas announce them.
 
-        Runs until cancelled (the runtime starts it as a task). If the subscription may have missed
-        messages (buffer overflow, lost connection, not yet connected), the whole cache is cleared:
-        over-evicting costs a few store reads, under-evicting would accept revoked sessions.
+        Runs until cancelled (the runtime starts it as a task); see
+        :func:`gateway.store.fast.follow.follow_evictions` for what a possibly missed message does.
         """
-        while True:
-            try:
-                async with self._state.subscribe(REVOCATION_CHANNEL) as subscription:
-                    self._cache.clear()  # anything announced before we were live may be lost
-                    self._listening.set()
-                    await self._listen(subscription)
-            except StateUnavailable as exc:
-                _log.warning("session invalidation listener unavailable: %s", exc)
-            finally:
-                self._listening.clear()
-            self._cache.clear()
-            await asyncio.sleep(retry_delay)
-
-    async def _listen(self, subscription: Subscription) -> None:
-        dropped, interruptions = subscription.dropped, subscription.interruptions
-        while True:
-            message: bytes | None = None
-            try:
-                # Wake up at least every cache_ttl to notice a reconnection that brought no message.
-                async with asyncio.timeout(max(self._cache_ttl, 0.05)):
-                    message = await anext(subscription)
-            except TimeoutError:
-                pass
-            except StopAsyncIteration:
-                return
-            if subscription.dropped != dropped or subscription.interruptions != interruptions:
-                dropped, interruptions = subscription.dropped, subscription.interruptions
-                self._cache.clear()
-            if message:
-                self._forget(message.decode("ascii", "replace").split("\n"))
+        await follow_evictions(
+            self._state, REVOCATION_CHANNEL, forget=self._forget, clear=self._cache.clear,
+            listening=self._listening, wake_every=self._cache_ttl, retry_delay=retry_delay,
+            what="session invalidation",
+        )  # fmt: skip
 
     # -- indexes ---------------------------------------------------------------------------------
 

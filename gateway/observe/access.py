@@ -137,17 +137,23 @@ class AccessEntry(Entry):
                 duration=_nanos(rec.total_seconds),
             ),
             http=_Http(
-                _HttpRequest(rec.method, rec.bytes_in, rec.request_id or None),
-                _HttpResponse(rec.status, rec.bytes_out),
+                _HttpRequest(rec.method, _Body(rec.bytes_in), rec.request_id or None),
+                _HttpResponse(rec.status, _Body(rec.bytes_out)),
             ),
-            url=_Url(redact_path(rec.path), redact_query(rec.query) if rec.query else None, rec.host or None),
+            url=_Url(
+                redact_path(rec.path), redact_query(rec.query) if rec.query else None, *_split_host(rec.host)
+            ),
             source=_Source(rec.client_ip) if rec.client_ip else None,
             user_agent=_UserAgent(rec.user_agent[:_MAX_USER_AGENT]),
-            gateway=_GatewayFacts(rec.kind, rec.route, rec.decision, rec.reason, rec.policy_version, authz),
+            gateway=_GatewayFacts(
+                rec.kind, rec.route, rec.decision, rec.reason, rec.policy_version, str(rec.auth), authz
+            ),
             user=_User(rec.user) if rec.user else None,
             session=_Id(rec.session) if rec.session else None,
             upstream=upstream,
-            trace=_Id(rec.request_id) if rec.request_id else None,
+            # The OpenTelemetry trace when tracing is on; else the request id, as before tracing existed.
+            trace=_Id(rec.trace_id or rec.request_id) if rec.trace_id or rec.request_id else None,
+            span=_Id(rec.span_id) if rec.span_id else None,
         )
 
 
@@ -168,15 +174,20 @@ class _Event(msgspec.Struct, **_STRUCT):
     duration: int
 
 
+class _Body(msgspec.Struct, **_STRUCT):
+    # ECS http.*.body.bytes: the body as sent, not counting headers (http.*.bytes would include them).
+    bytes: int
+
+
 class _HttpRequest(msgspec.Struct, **_STRUCT):
     method: str
-    bytes: int
+    body: _Body
     id: str | None = None
 
 
 class _HttpResponse(msgspec.Struct, **_STRUCT):
     status_code: int
-    bytes: int
+    body: _Body
 
 
 class _Http(msgspec.Struct, **_STRUCT):
@@ -187,7 +198,22 @@ class _Http(msgspec.Struct, **_STRUCT):
 class _Url(msgspec.Struct, **_STRUCT):
     path: str
     query: str | None = None
+    # ECS: the host name alone; the port the client named goes to url.port.
     domain: str | None = None
+    port: int | None = None
+
+
+def _split_host(host: str) -> tuple[str | None, int | None]:
+    """``Host`` as the client sent it, split into ECS ``url.domain`` and ``url.port``."""
+    if host.startswith("["):  # [2001:db8::1]:8443
+        name, _, rest = host[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, colon, port_text = host.rpartition(":")
+        if not colon:
+            name, port_text = host, ""
+    port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else None
+    return (name or None), port
 
 
 class _Source(msgspec.Struct, **_STRUCT):
@@ -208,6 +234,8 @@ class _GatewayFacts(msgspec.Struct, **_STRUCT):
     decision: str
     reason: str
     policy_version: int
+    # session | bearer | none: a person's session or a machine client's token.
+    auth: str
     authz: _Duration | None = None
 
 
@@ -237,6 +265,7 @@ class _AccessDoc(msgspec.Struct, **_STRUCT, rename={"timestamp": "@timestamp"}):
     session: _Id | None = None
     upstream: _Upstream | None = None
     trace: _Id | None = None
+    span: _Id | None = None
 
 
 _ECS: Final = _Ecs(ECS_VERSION)

@@ -19,8 +19,12 @@ proxy needs neither.
 Metrics (all prefixed ``gateway_``):
 
 ====================================== ===================================================================
-``requests_total``                     requests by ``kind``, ``route``, ``status`` (class: ``2xx`` …) and
-                                       ``decision`` (see :class:`~gateway.observe.record.RequestRecord`)
+``requests_total``                     requests by ``kind``, ``route``, ``status`` (class: ``2xx`` …),
+                                       ``code`` (the exact status, ``100``-``599``, else ``other``: at
+                                       most 501 values) and ``decision`` (see
+                                       :class:`~gateway.observe.record.RequestRecord`)
+``requests_by_auth_total``             requests by ``route``, ``auth`` (``session``, ``bearer`` for an
+                                       API token, ``none``) and ``decision``: people and machines apart
 ``request_duration_seconds``           total time per request, by ``route`` (histogram)
 ``upstream_duration_seconds``          time spent waiting for the upstream, by ``route`` (histogram)
 ``authz_duration_seconds``             time spent deciding (cache or index), histogram, µs buckets
@@ -184,6 +188,7 @@ def _blocks_of(details: str) -> list[str]:
 
 class _Series(NamedTuple):
     requests: Any  # the resolved Counter child
+    by_auth: Any  # Counter child
     total: Any  # Histogram child
     upstream: Any  # Histogram child
 
@@ -249,7 +254,16 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "Requests handled.", ["kind", "route", "status", "decision"], registry=r
+            "gateway_requests",
+            "Requests handled.",
+            ["kind", "route", "status", "code", "decision"],
+            registry=r,
+        )
+        self.requests_by_auth = Counter(
+            "gateway_requests_by_auth",
+            "Requests by how they authenticated: a session, a bearer token, or nothing.",
+            ["route", "auth", "decision"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
@@ -319,8 +333,8 @@ class Metrics:
             registry=r,
         )
         self._readiness: Callable[[], tuple[bool, Mapping[str, bool]]] | None = None
-        self._series: dict[tuple[str, str, int, str], _Series] = {}
-        self._pending: dict[tuple[str, str, int, str], _Pending] = {}
+        self._series: dict[tuple[str, str, int, str, str], _Series] = {}
+        self._pending: dict[tuple[str, str, int, str, str], _Pending] = {}
         self._authz = _Tally(AUTHZ_BUCKETS)
         self._cache: _DecisionCacheCounts | None = None
         self._hit = self.cache_lookups.labels(result="hit")
@@ -376,7 +390,7 @@ class Metrics:
 
     def observe_request(self, record: RequestRecord) -> None:
         """The request observer: tally the request and its timings (written out by :meth:`flush`)."""
-        key = (record.kind, record.route, record.status, record.decision)
+        key = (record.kind, record.route, record.status, record.decision, record.auth)
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _Pending()
@@ -396,6 +410,7 @@ class Metrics:
                 continue
             series = self._series.get(key) or self._resolve(key)
             series.requests.inc(pending.requests)
+            series.by_auth.inc(pending.requests)
             pending.requests = 0
             pending.total.flush_into(series.total)
             pending.upstream.flush_into(series.upstream)
@@ -403,12 +418,18 @@ class Metrics:
         if self._cache is not None:
             self._sample_cache(self._cache)
 
-    def _resolve(self, key: tuple[str, str, int, str]) -> _Series:
-        kind, route, status, decision = key
+    def _resolve(self, key: tuple[str, str, int, str, str]) -> _Series:
+        kind, route, status, decision, auth = key
         route = route or _NO_ROUTE
         status_class = _STATUS_CLASSES[status // 100] if 0 <= status < 600 else "other"
+        # The exact code, as Prometheus users query it (code="503"); bounded to HTTP's range so no
+        # value can grow the label set without limit.
+        code = str(status) if 100 <= status <= 599 else "other"
         series = _Series(
-            self.requests.labels(kind=kind, route=route, status=status_class, decision=decision or "-"),
+            self.requests.labels(
+                kind=kind, route=route, status=status_class, code=code, decision=decision or "-"
+            ),
+            self.requests_by_auth.labels(route=route, auth=auth or "none", decision=decision or "-"),
             self.request_duration.labels(route=route),
             self.upstream_duration.labels(route=route),
         )

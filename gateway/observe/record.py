@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["AccessDecision", "Observer", "RequestKind", "RequestRecord", "notify"]
+__all__ = ["AccessDecision", "AuthKind", "Observer", "RequestKind", "RequestRecord", "notify"]
 
 logger = logging.getLogger("gateway.observe")
 
@@ -27,6 +27,18 @@ class RequestKind(StrEnum):
     FORWARD_AUTH = "forward-auth"
     # The gateway's own pages and API under ``/.gateway/``.
     CONTROL = "control"
+
+
+class AuthKind(StrEnum):
+    """How the request proved who it is (the access log's ``gateway.auth``, the metrics' ``auth``).
+
+    ``session``: a browser session cookie; ``bearer``: an API token (a machine client); ``none``:
+    nobody was identified (public paths, refusals before or at identification, the gateway's pages).
+    """
+
+    SESSION = "session"
+    BEARER = "bearer"
+    NONE = "none"
 
 
 class AccessDecision(StrEnum):
@@ -86,6 +98,10 @@ class RequestRecord:
     decision: AccessDecision = AccessDecision.UNDECIDED
     reason: str = ""
     policy_version: int = 0
+    auth: AuthKind = AuthKind.NONE
+    # The request's trace and server span (32 and 16 hex digits) when tracing is on, else "".
+    trace_id: str = ""
+    span_id: str = ""
 
 
 Observer = Callable[[RequestRecord], None]

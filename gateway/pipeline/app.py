@@ -1,7 +1,8 @@
 """The data plane: one ASGI callable that runs every request through one stage sequence.
 
-receive → canonical → route → identify → mfa → authorize → proxy (docs/architecture.md), each stage in its
-own module of this package, in that order. Every entry runs the same sequence: an HTTP request, a
+receive → canonical → route → lockdown → identify → mfa → authorize → proxy (docs/architecture.md), each
+stage in its own module of this package, in that order (lockdown only while one covers the route;
+bearer instead of identify and mfa when the route takes tokens and the request brings one). Every entry runs the same sequence: an HTTP request, a
 proxy's forward-auth sub-request (``/.gateway/auth``: the stages decide the original request it
 describes) and a WebSocket handshake; they differ only in their last stage and in how they answer a
 refusal (:mod:`gateway.pipeline.entries`). It is deliberately not a framework route handler: the
@@ -11,28 +12,35 @@ requests under ``/.gateway/`` go to the control-plane Litestar app instead.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from gateway.errors import GatewayError, NoRoute
-from gateway.observe.record import AccessDecision, RequestKind, notify
+from gateway.observe.record import AccessDecision, AuthKind, RequestKind, notify
+from gateway.observe.tracing import RequestTrace, Stage
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
-from gateway.pipeline.authorize import authorize
+from gateway.pipeline.authorize import authorize, authorize_client
+from gateway.pipeline.bearer import authenticate_bearer, bearer_token
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.control import hand_to_control
 from gateway.pipeline.entries import FORWARD_AUTH, HTTP, WEBSOCKET, Entry
 from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, retarget
 from gateway.pipeline.identify import identify
+from gateway.pipeline.lockdown import enforce_lockdown
 from gateway.pipeline.mfa import require_mfa
 from gateway.pipeline.page_hosts import check_page_host
 from gateway.pipeline.proxy import ClientDisconnected
 from gateway.pipeline.receive import BrokenBody, receive_request
 from gateway.pipeline.refusal import note_refusal
 from gateway.pipeline.route import is_control, route_request
+from gateway.pipeline.sizes import counting
 from gateway.pipeline.snapshot import LiveState, Snapshot
 from gateway.services import WorkerServices
 
 __all__ = ["DataPlane"]
+
+logger = logging.getLogger("gateway.pipeline")
 
 _NO_IDENTITY: tuple[tuple[bytes, bytes], ...] = ()
 
@@ -45,16 +53,19 @@ class DataPlane:
     """
 
     __slots__ = (
+        "_bearer",
         "_clock",
         "_control_app",
         "_ip_blocks",
         "_live",
+        "_lockdown",
         "_observers",
         "_policy",
         "_sample",
         "_services",
         "_sessions",
         "_signer",
+        "_tracer",
     )
 
     def __init__(self, services: WorkerServices, live: LiveState, control: ASGIApp) -> None:
@@ -75,8 +86,13 @@ class DataPlane:
         self._policy = services.policy
         self._signer = services.assertions
         self._sample = services.sample
+        self._bearer = services.bearer
+        # The worker's in-memory lockdown switch, kept current by its listener (no I/O to read it).
+        self._lockdown = services.lockdown
         # The list itself: observers registered later (tests) are seen too.
         self._observers = services.observers
+        # None while tracing is off: then no request does any tracing work beyond `is not None`.
+        self._tracer = services.tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -94,16 +110,16 @@ class DataPlane:
         snap = self._live.current
         ctx = RequestContext(entry.kind, method)
         rec = ctx.rec
+        tracer = self._tracer
+        trace = ctx.trace = None if tracer is None else tracer.begin(scope, snap.trusted, rec)
         try:
             # receive, canonical: the request as the client sent it; one canonical path from here on
             # (invariant 1: the path the policy sees is the path the upstream gets).
             canon = canonicalize(receive_request(scope, snap, ctx, self._ip_blocks))
             rec.path = canon.path
             if is_control(canon.path):
-                if entry is not HTTP:
-                    raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
-                if canon.path != FORWARD_AUTH_PATH:
-                    await self._control(scope, receive, send, snap, canon.path, ctx)
+                if entry is not HTTP or canon.path != FORWARD_AUTH_PATH:
+                    await self._control(entry, scope, receive, send, snap, canon.path, ctx)
                     return
                 # A proxy asks about another request: the stages decide that one, and the answer
                 # replaces the proxy stage. Refusals from here on are forward-auth answers.
@@ -117,9 +133,48 @@ class DataPlane:
             rec.method, rec.path, rec.route = ctx.method, canon.path, rt.route.name
             if entry.needs_websockets and not rt.route.websockets:
                 raise NoRoute("WebSockets are disabled on this route.")
+            # lockdown: one attribute read while none is on; public paths of a locked route too.
+            lock = self._lockdown.state
+            if lock.on and lock.covers(rt.route.name):
+                await enforce_lockdown(
+                    headers=scope["headers"],
+                    cookie_name=snap.cookie_name,
+                    sessions=self._sessions,
+                    policy=self._policy,
+                    settings=snap.settings.lockdown,
+                    now=self._clock.time(),
+                    public_url=snap.public_url,
+                    request=ctx,
+                )
             identity = _NO_IDENTITY
             if public:
                 rec.decision = AccessDecision.PUBLIC
+            elif rt.bearer_auth and (
+                (token := bearer_token(scope["headers"])) is not None or not rt.session_auth
+            ):
+                # bearer, authorize: the token alone decides, whatever cookie came with it.
+                fwd = ctx.fwd
+                assert fwd is not None  # set by receive
+                if token is not None:
+                    rec.auth = AuthKind.BEARER
+                if trace is not None:
+                    trace.enter(Stage.BEARER)
+                client = await authenticate_bearer(
+                    token, verifiers=self._bearer, route=rt.route.name, ip=fwd.client_ip
+                )
+                rec.user = client.actor
+                identity = authorize_client(
+                    client=client,
+                    route=rt.route.name,
+                    method=ctx.method,
+                    path=canon.path,
+                    policy=self._policy,
+                    signer=self._signer,
+                    rec=rec,
+                    sample=self._sample,
+                    names=snap.identity_names,
+                )
+                rec.decision = AccessDecision.ALLOW
             else:
                 # identify, mfa, authorize
                 session = await identify(
@@ -137,6 +192,7 @@ class DataPlane:
                     request=ctx,
                 )
                 rec.user, rec.session = session.username, session.id_hash[:16]
+                rec.auth = AuthKind.SESSION
                 identity = authorize(
                     session=session,
                     route=rt.route.name,
@@ -146,36 +202,69 @@ class DataPlane:
                     signer=self._signer,
                     rec=rec,
                     sample=self._sample,
+                    names=snap.identity_names,
                 )
                 rec.decision = AccessDecision.ALLOW
-            # proxy (or the forward-auth answer)
+            # proxy (or the forward-auth answer); the upstream stage span starts with its traceparent.
+            if trace is not None:
+                trace.leave()
             await entry.finish(ctx, scope, receive, send, snap, identity, self._services)
         except GatewayError as err:
             note_refusal(rec, err)
-            await entry.refuse(ctx, scope, send, err)
+            await entry.refuse(ctx, scope, counting(send, ctx.outcome), err)
         except ClientDisconnected:
-            if ctx.outcome.status:
-                rec.status = 499  # nginx's code for "the client closed the connection"
-                return
-            # granian reports a malformed chunked body (bad or overflowing size, bare LF) exactly as a
-            # client that left: an http.disconnect. Either way the body is incomplete (RFC 9112 §8):
-            # a 400 that closes the connection, so nothing after it is read as a request of its own.
-            broken = BrokenBody("The request body is malformed or ended early.")
-            note_refusal(rec, broken)
-            await entry.refuse(ctx, scope, send, broken)
+            await self._client_left(entry, ctx, scope, send)
         finally:
             self._observe(ctx, started)
 
+    async def _client_left(self, entry: Entry, ctx: RequestContext, scope: Scope, send: Send) -> None:
+        """The client went away while its body was being forwarded (or sent a broken one)."""
+        rec = ctx.rec
+        if ctx.outcome.status:
+            rec.status = 499  # nginx's code for "the client closed the connection"
+            return
+        # granian reports a malformed chunked body (bad or overflowing size, bare LF) exactly as a
+        # client that left: an http.disconnect. Either way the body is incomplete (RFC 9112 §8):
+        # a 400 that closes the connection, so nothing after it is read as a request of its own.
+        broken = BrokenBody("The request body is malformed or ended early.")
+        note_refusal(rec, broken)
+        await entry.refuse(ctx, scope, counting(send, ctx.outcome), broken)
+
     async def _control(
-        self, scope: Scope, receive: Receive, send: Send, snap: Snapshot, path: str, ctx: RequestContext
+        self,
+        entry: Entry,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        snap: Snapshot,
+        path: str,
+        ctx: RequestContext,
     ) -> None:
         """A request for the gateway's own pages: no route, identity or policy stage of its own here."""
+        if entry is not HTTP:
+            raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
         ctx.rec.kind, ctx.rec.decision = RequestKind.CONTROL, AccessDecision.PUBLIC
         check_page_host(snap, ctx.host_raw.decode("latin-1"), path)
         await hand_to_control(self._control_app, scope, receive, send, path, ctx)
 
+    def _end_trace(self, ctx: RequestContext, trace: RequestTrace) -> None:
+        """Close the request's trace; the exporter only enqueues, and its failure never reaches the client."""
+        assert self._tracer is not None
+        try:
+            self._tracer.end(
+                trace,
+                ctx.rec,
+                status=ctx.outcome.status or ctx.rec.status,
+                request_id=ctx.fwd.request_id if ctx.fwd else "",
+                target=ctx.outcome.target,
+            )
+        except Exception:
+            logger.exception("tracing failed")
+
     def _observe(self, ctx: RequestContext, started: float) -> None:
         """Complete the request's record and hand it to the observers (they only enqueue)."""
+        if ctx.trace is not None:
+            self._end_trace(ctx, ctx.trace)
         observers = self._observers
         if not observers:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from gateway.observe.record import RequestKind, RequestRecord
+from gateway.observe.tracing import RequestTrace
 from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
 from gateway.pipeline.snapshot import RouteRuntime
@@ -32,6 +33,7 @@ class RequestContext:
         rt: The matched route (set by route).
         fwd: Who the client is, after deciding which forwarding headers to trust (set by receive).
         outcome: What the proxy stage did, for the access log.
+        trace: The request's trace when tracing is on (set first), else None.
     """
 
     __slots__ = (
@@ -46,6 +48,7 @@ class RequestContext:
         "query",
         "rec",
         "rt",
+        "trace",
         "user_agent",
     )
 
@@ -62,6 +65,7 @@ class RequestContext:
         self.path_and_query = ""
         self.rt: RouteRuntime | None = None
         self.outcome = ProxyOutcome()
+        self.trace: RequestTrace | None = None
 
     def original_url(self) -> str:
         """The URL the client asked for: where sign-in and MFA pages send the browser back to.

@@ -47,7 +47,8 @@ class _ControlBody:
 async def hand_to_control(
     app: ASGIApp, scope: Scope, receive: Receive, send: Send, path: str, ctx: RequestContext
 ) -> None:
-    """Run the control app on this request, noting its status (and a broken body) in the record."""
+    """Run the control app on this request, noting its status (and a broken body) in the record, and
+    its body's size in the outcome (``http.response.body.bytes``)."""
     headers = [
         (n, v)
         for n, v in scope["headers"]
@@ -69,6 +70,8 @@ async def hand_to_control(
             if body.broken:  # see answer_error: nothing after a broken body may count as a request
                 message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
                 rec.decision, rec.reason = AccessDecision.INVALID, BrokenBody.reason
+        elif message["type"] == "http.response.body":
+            ctx.outcome.bytes_out += len(message.get("body", b""))
         await send(message)
 
     await app(inner, body.receive if ctx.framing.has_body else receive, send_and_note)

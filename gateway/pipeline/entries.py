@@ -23,11 +23,12 @@ from typing import ClassVar, Protocol
 import aiohttp
 
 from gateway.errors import GatewayError, NoRoute, UpstreamError
-from gateway.observe.record import RequestKind
+from gateway.observe.record import AuthKind, RequestKind
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
-from gateway.pipeline.headers import upstream_request_headers
+from gateway.pipeline.headers import upstream_request_headers, without_authorization
+from gateway.pipeline.lockdown import LockedDown
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
 from gateway.pipeline.snapshot import Snapshot
@@ -106,7 +107,13 @@ class _Http(Entry):
             extra=rt.request_headers,
             identity=identity,
             own_cookies=snap.own_cookies,
+            strip=snap.strip_identity,
         )
+        if ctx.rec.auth is AuthKind.BEARER:
+            headers = without_authorization(headers)
+        if ctx.trace is not None:
+            # The gateway's upstream span becomes the application's parent (the client's is replaced).
+            headers = ctx.trace.upstream_headers(headers)
         return forward_http(
             method=scope["method"],
             path_and_query=ctx.path_and_query,
@@ -123,7 +130,7 @@ class _Http(Entry):
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
         if ctx.outcome.status:
             raise err  # the response already started: only closing the connection is left
-        if err.status >= 500:
+        if err.status >= 500 and not isinstance(err, LockedDown):
             # The page shows a plain message and the request id; the detail is here, under that id.
             request_id = ctx.fwd.request_id if ctx.fwd else ""
             logger.warning(
@@ -182,7 +189,13 @@ class _WebSocket(Entry):
             identity=identity,
             websocket=True,
             own_cookies=snap.own_cookies,
+            strip=snap.strip_identity,
         )
+        if ctx.rec.auth is AuthKind.BEARER:
+            headers = without_authorization(headers)
+        if ctx.trace is not None:
+            # The gateway's upstream span becomes the application's parent (the client's is replaced).
+            headers = ctx.trace.upstream_headers(headers)
         return forward_websocket(
             scope=scope,
             path_and_query=ctx.path_and_query,

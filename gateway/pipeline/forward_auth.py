@@ -24,8 +24,10 @@ from typing import Final
 
 from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
+from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import normalize_name
+from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
 __all__ = [
@@ -162,6 +164,11 @@ async def answer_refused(send: Send, scope: Scope, ctx: RequestContext, err: Gat
         status = err.status
     else:
         status = 403
+    if isinstance(err, BearerChallenge):
+        headers.append((b"www-authenticate", err.challenge))
+    if isinstance(err, LockedDown):
+        # The proxy in front may pass it on (Caddy, Traefik): clients then know when to come back.
+        headers.append((b"retry-after", str(err.retry_after).encode()))
     ctx.rec.status = status
     request_id = ctx.fwd.request_id if ctx.fwd else ""
     headers.append((b"x-request-id", request_id.encode()))

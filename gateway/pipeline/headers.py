@@ -2,9 +2,10 @@
 
 Request side, in this order:
 1. drop hop-by-hop headers (RFC 9110 §7.6.1) and every header the client names in ``Connection``;
-2. drop every incoming identity header (``X-Gateway-*``) in every spelling: the name is compared
-   lower-cased with ``_`` read as ``-``, because many frameworks (CGI/WSGI ``HTTP_X_GATEWAY_USER``,
-   Django, Rails) fold both spellings into the same variable;
+2. drop every incoming identity header (``X-Gateway-*``, and the names ``identity_headers`` gives
+   them, such as ``Remote-User``) in every spelling: the name is compared lower-cased with ``_`` read
+   as ``-``, because many frameworks (CGI/WSGI ``HTTP_X_GATEWAY_USER``, Django, Rails) fold both
+   spellings into the same variable;
 3. drop the forwarding family (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, ``X-Request-Id``) in
    every spelling, then re-create it: trusted values are extended, untrusted ones replaced.
 
@@ -26,12 +27,15 @@ from typing import NamedTuple
 from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
+    "DEFAULT_IDENTITY_NAMES",
     "Forwarding",
+    "IdentityNames",
     "TrustedProxies",
     "clean_response_headers",
     "forwarding_for",
     "normalize_name",
     "upstream_request_headers",
+    "without_authorization",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -88,6 +92,25 @@ _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 def normalize_name(name: bytes) -> bytes:
     """Lower-case and read ``_`` as ``-``: the spelling-insensitive form used for security checks."""
     return name.lower().replace(b"_", b"-")
+
+
+class IdentityNames(NamedTuple):
+    """The lower-case names the verified identity is sent under (``identity_headers``)."""
+
+    user: bytes
+    email: bytes
+    roles: bytes
+
+    @classmethod
+    def of(cls, user: str, email: str, roles: str) -> IdentityNames:
+        return cls(user.lower().encode(), email.lower().encode(), roles.lower().encode())
+
+    def to_strip(self) -> frozenset[bytes]:
+        """The configured names outside ``X-Gateway-*``, normalized: a client must not send them."""
+        return frozenset(n for n in map(normalize_name, self) if not n.startswith(_IDENTITY_PREFIX))
+
+
+DEFAULT_IDENTITY_NAMES = IdentityNames(b"x-gateway-user", b"x-gateway-email", b"x-gateway-roles")
 
 
 class Forwarding(NamedTuple):
@@ -198,13 +221,17 @@ _MAX_REMEMBERED_NAMES = 4096
 
 
 @lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
-def _classify(name: bytes) -> tuple[int, bytes]:
-    """What to do with a request header of this name (the module docstring's rules), and its lower case."""
+def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
+    """What to do with a request header of this name (the module docstring's rules), and its lower case.
+
+    ``strip``: the configured identity names besides ``X-Gateway-*`` (a frozenset hashes once, so
+    it costs the cache key little).
+    """
     lname = name.lower()
     norm = lname.replace(b"_", b"-")
     if lname == b"host":
         return _HOST, lname
-    if lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING:
+    if lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING or norm in strip:
         return _DROP, lname
     if lname == b"cookie":
         return _COOKIE, lname
@@ -221,16 +248,18 @@ def upstream_request_headers(
     identity: Sequence[tuple[bytes, bytes]] = (),
     websocket: bool = False,
     own_cookies: frozenset[bytes] = frozenset(),
+    strip: frozenset[bytes] = frozenset(),
 ) -> Headers:
     """Build the header list sent upstream. See the module docstring for the order of operations.
 
     The client's ``host`` is kept (first); the proxy replaces it with the target's unless the route
-    preserves the host.
+    preserves the host. ``strip`` holds further identity header names (normalized, see
+    :meth:`IdentityNames.to_strip`) to drop in every spelling.
     """
     out: Headers = [(b"host", b"")]
     connection = False
     for name, value in headers:
-        kind, lname = _classify(name)
+        kind, lname = _classify(name, strip)
         if kind == _KEEP:
             out.append((lname, value))
         elif kind == _HOST:
@@ -259,6 +288,15 @@ def upstream_request_headers(
     out.extend(extra)
     out.extend(identity)
     return out
+
+
+def without_authorization(headers: Headers) -> Headers:
+    """The headers without ``Authorization``: a request authenticated by a gateway bearer token.
+
+    The token is for the gateway only, like its cookies: an application that logs or leaks its
+    ``Authorization`` header must not hand out a token that works on every route it is scoped to.
+    """
+    return [item for item in headers if item[0] != b"authorization"]
 
 
 @lru_cache(maxsize=1024)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from gateway.errors import AuthenticationRequired, ErrorReason, Forbidden
 from gateway.identity.cookies import read_cookie
 from gateway.identity.sessions import Session, SessionStore
+from gateway.observe.tracing import Stage
 from gateway.pipeline.context import RequestContext
 
 __all__ = ["identify"]
@@ -38,6 +39,8 @@ async def identify(
             ``password-change-required``; ``location`` is the password page).
         StateUnavailable: the session store cannot be reached (503).
     """
+    if request.trace is not None:
+        request.trace.enter(Stage.IDENTIFY)
     session_id = read_cookie(headers, cookie_name)
     session = await sessions.get(session_id) if session_id else None
     if session is None or session_id is None:

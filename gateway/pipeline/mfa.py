@@ -15,6 +15,7 @@ from urllib.parse import quote
 from gateway.errors import AuthenticationRequired, ErrorReason, Forbidden
 from gateway.identity.levels import check_requirement
 from gateway.identity.sessions import Session
+from gateway.observe.tracing import Stage
 from gateway.pipeline.context import RequestContext
 from gateway.settings.schema import MfaPolicy
 
@@ -35,6 +36,9 @@ def require_mfa(
             needs one).
         AuthenticationRequired: the session cannot satisfy it; ``location`` is the sign-in page.
     """
+    # The authorize span starts here: the MFA requirement is the first half of the decision.
+    if request.trace is not None:
+        request.trace.enter(Stage.AUTHORIZE)
     verdict = check_requirement(
         level=session.level, factors=session.factors, policy=policy, has_second_factor=True, now=now
     )

@@ -18,7 +18,13 @@ from gateway.pipeline.asgi import Receive, Send
 from gateway.pipeline.headers import clean_response_headers
 from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
-from gateway.upstream.http1 import Http1Client, UpstreamConnectError, UpstreamProtocolError, UpstreamResponse
+from gateway.upstream.http1 import (
+    Http1Client,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTlsError,
+)
 
 __all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
 
@@ -174,6 +180,9 @@ async def _exchange(
             return resp, target
         except UpstreamConnectError as exc:
             pool.release(target, ok=False)
+            if isinstance(exc, UpstreamTlsError):
+                # The operator's to fix (a certificate, CA or pin), not a passing outage: say which route.
+                logger.warning("route %s: TLS with upstream %s failed: %s", rt.route.name, target.url, exc)
             failure = UpstreamError(f"Could not connect to the application ({exc}).")
             # A connection that was never made carried no bytes: another target may safely try,
             # but only once, and only if replaying cannot repeat a side effect.

@@ -11,9 +11,12 @@ from __future__ import annotations
 from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.pipeline.asgi import Send
+from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.lockdown import LockedDown
 from gateway.pipeline.receive import BadFraming
 from gateway.web.error_pages import error_response, wants_html
+from gateway.web.maintenance import maintenance_response
 
 __all__ = ["answer_error", "decision_for", "note_refusal"]
 
@@ -22,7 +25,8 @@ def decision_for(err: GatewayError) -> AccessDecision:
     """Who refused: no session (unauthenticated), the policy or MFA (deny), the request (invalid), or a failure."""
     if isinstance(err, AuthenticationRequired):
         return AccessDecision.UNAUTHENTICATED
-    if isinstance(err, Forbidden):
+    # A lockdown is a decision the operator made about this request, not a failure of the gateway.
+    if isinstance(err, Forbidden | LockedDown):
         return AccessDecision.DENY
     return AccessDecision.INVALID if err.status < 500 else AccessDecision.ERROR
 
@@ -52,7 +56,22 @@ async def answer_error(send: Send, err: GatewayError, ctx: RequestContext) -> No
         )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
+    if isinstance(err, LockedDown):
+        status, headers, body = maintenance_response(
+            title=err.page_title,
+            message=err.detail,
+            retry_after=err.retry_after,
+            sign_in=err.sign_in,
+            request_id=request_id,
+            html_page=wants_html(ctx.accept),
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
     status, headers, body = error_response(err, request_id=request_id, html_page=wants_html(ctx.accept))
+    if isinstance(err, BearerChallenge):
+        # RFC 6750 §3: how to authenticate (and what was wrong with the token).
+        headers.append((b"www-authenticate", err.challenge))
     if isinstance(err, BadFraming):
         # The server and a proxy in front may disagree on where this body ends: no byte after
         # it on this connection may be read as another request (smuggling).

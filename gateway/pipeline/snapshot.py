@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.identity.cookies import session_cookie_name
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames
 from gateway.pipeline.route import Router
 from gateway.settings.schema import MfaPolicy, Route, Settings
 from gateway.settings.trusted import TrustedProxies
@@ -42,6 +43,9 @@ class RouteRuntime:
     connect_timeout: float
     read_timeout: float
     mfa_policy: MfaPolicy
+    # The route's auth methods (``auth: [session, bearer]``), as two flags read on every request.
+    session_auth: bool = True
+    bearer_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class Snapshot:
     cookie_name: str
     public_url: str
     own_cookies: frozenset[bytes]
+    # identity_headers: what the identity is sent as, and the client headers dropped for it.
+    identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
+    strip_identity: frozenset[bytes] = frozenset()
 
     @property
     def pools(self) -> list[UpstreamPool]:
@@ -78,7 +85,11 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             connect_timeout=t.connect,
             read_timeout=t.response,
             mfa_policy=route.mfa_policy,
+            session_auth="session" in route.auth,
+            bearer_auth="bearer" in route.auth,
         )
+    configured = settings.identity_headers
+    names = IdentityNames.of(configured.user, configured.email, configured.roles)
     return Snapshot(
         settings=settings,
         router=Router(settings.routes),
@@ -93,6 +104,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             n.encode() for n in (session_cookie_name(settings.session), "gateway_csrf", "__Host-gateway_csrf")
         ),
         public_url=settings.public_url.rstrip("/"),
+        identity_names=names,
+        strip_identity=names.to_strip(),
     )
 
 

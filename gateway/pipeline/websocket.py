@@ -43,6 +43,8 @@ async def forward_websocket(
     if not rt.route.preserve_host:
         host = host_header(target)
         str_headers = [(k, host if k == "host" else v) for k, v in str_headers]
+    # The route's upstream_tls as the HTTP client uses it (pin included: checked in the handshake).
+    tls = target.tls
     try:
         upstream = await session.ws_connect(
             URL(base + path_and_query, encoded=True),
@@ -52,9 +54,13 @@ async def forward_websocket(
             autoclose=False,
             autoping=True,
             max_msg_size=16 * 1024 * 1024,
+            ssl=True if tls is None else tls.context,
+            server_hostname=None if tls is None else tls.server_name,
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
         rt.pool.release(target, ok=isinstance(exc, aiohttp.WSServerHandshakeError))
+        if isinstance(exc, aiohttp.ClientSSLError):
+            logger.warning("route %s: TLS with upstream %s failed: %s", rt.route.name, target.url, exc)
         # Closing before accepting makes the server answer the handshake with 403.
         await send({"type": "websocket.close", "code": 1011})
         raise UpstreamError(f"The application refused the WebSocket ({type(exc).__name__}).") from exc

@@ -8,7 +8,7 @@ ready. ``/.gateway/ready`` asks :meth:`ProcessReadiness.report`; the metrics sam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.authz.live import LivePolicy
@@ -36,10 +36,17 @@ class ProcessReadiness:
         self._live = live
         self._reloader = reloader
         self._policy = policy
+        # The backups' line (gateway.backup.schedule), once the schedule runs here; never a reason
+        # to leave the pool: serving does not depend on it.
+        self.backup: Callable[[], dict[str, Any] | None] = lambda: None
 
     async def report(self) -> dict[str, Any]:
         """What ``/.gateway/ready`` reports: the verdict, what is degraded, and the details."""
-        return self._assess(await self._monitor.current(), upstreams=True).report()
+        report = self._assess(await self._monitor.current(), upstreams=True).report()
+        backup = self.backup()
+        if backup is not None:
+            report["checks"]["backup"] = backup
+        return report
 
     def gauges(self) -> tuple[bool, Mapping[str, bool]]:
         """For the metrics sampler: the verdict and, per component, whether it is up (no I/O)."""

@@ -40,6 +40,7 @@ _RESTART_ONLY = (
     "assertion",
     "admin",
     "logging",
+    "tracing",
 )
 
 

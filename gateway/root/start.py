@@ -29,25 +29,41 @@ from gateway.audit.checkpoint import CHECKPOINT_DIR, Checkpointer
 from gateway.authz.live import LivePolicy
 from gateway.authz.sample import DecisionSample
 from gateway.authz.store import PolicyStore
+from gateway.backup.jobs import job_for
+from gateway.backup.schedule import BackupSchedule, run_backups
 from gateway.crypto.keyring import keyring_path
 from gateway.crypto.signing import SigningKeys
 from gateway.identity.assertion import AssertionSigner
+from gateway.machine.gateway_tokens import GatewayTokens
+from gateway.machine.provider_accounts import LinkedAccounts
+from gateway.machine.provider_audit import ProviderAudit
+from gateway.machine.provider_introspection import ProviderIntrospection
+from gateway.machine.provider_jwt import ProviderJwtTokens
+from gateway.machine.verifier import TokenVerifier, Verifiers
 from gateway.observe.access import CheckpointEntry, access_observer, audit_listener
 from gateway.observe.metrics import Metrics
 from gateway.observe.readiness import Component, ReadinessMonitor
 from gateway.observe.record import Observer
 from gateway.observe.replicas import ReplicaRegistry
 from gateway.observe.sinks import SinkHub
+from gateway.observe.tracing import Tracer
 from gateway.pipeline.snapshot import LiveState, build_snapshot
+from gateway.privacy.chores import run_chores
+from gateway.privacy.purposes import GEOLOCATION
+from gateway.privacy.retention import Retention
+from gateway.privacy.service import Privacy
+from gateway.response.cases import Cases
 from gateway.root.presence import HEARTBEAT_INTERVAL, admin_report, package_version, worker_report
 from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
 from gateway.services import IdentityServices, Services, WorkerServices
-from gateway.settings.schema import Settings
+from gateway.settings.schema import IdentityProvider, Settings
 from gateway.store.db import Database, configured_url
-from gateway.store.fast import FastState, open_configured_state
+from gateway.store.fast import FastState, StateUnavailable, open_configured_state
 from gateway.store.migrate import ensure_schema
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
+from gateway.threat.incidents import IncidentStore
+from gateway.threat.lockdown import Lockdown, LockdownStore
 from gateway.upstream.http1 import Http1Client
 
 __all__ = ["Role", "Running", "start"]
@@ -163,6 +179,7 @@ class _Shared:
     sinks: SinkHub | None
     metrics: Metrics
     replicas: ReplicaRegistry
+    privacy: Privacy
 
 
 async def _open_worker(
@@ -174,7 +191,7 @@ async def _open_worker(
     stack.push_async_callback(websockets.close)
     upstream = Http1Client(max_connections=settings.limits.max_upstream_connections)
     stack.push_async_callback(upstream.close)
-    db, fast, identity = await _open_stores(stack, settings)
+    db, fast, identity = await _open_stores(stack, settings, live)
     signing = SigningKeys(
         db, identity.keyring, identity.clock, settings.assertion, keyring_path=keyring_path(settings)
     )
@@ -191,7 +208,8 @@ async def _open_worker(
     if shared.sinks is not None and config.access_log:
         observers.append(access_observer(shared.sinks))
     ip_blocks = IpBlocks(identity.clock)
-    threats = await _open_threats(stack, live, settings, fast, identity, ip_blocks)
+    lockdown = await _open_lockdown(stack, live, fast, identity)
+    threats = await _open_threats(stack, live, settings, fast, identity, ip_blocks, db)
     if threats is not None:
         observers.append(threats.observe)
         identity.audit.listeners.append(threats.on_audit)
@@ -201,6 +219,33 @@ async def _open_worker(
         db, clock=identity.clock, retention=timedelta(seconds=float(settings.admin.sample_retention))
     )
     _background(stack, sample.run(SAMPLE_FLUSH_INTERVAL))
+    # The gateway's own API tokens: cached per worker for a second, revocations heard at once.
+    tokens = GatewayTokens(db, identity.audit, fast, identity.clock)
+    _background(stack, tokens.run_invalidation_listener())
+    stack.push_async_callback(tokens.close)
+    bearer = _provider_verifiers(stack, live, db, identity, tokens)
+    # Every worker tries each period's retention run; the run's row makes it one across replicas.
+    retention = Retention(
+        db,
+        shared.privacy,
+        keyring=identity.keyring,
+        audit=identity.audit,
+        incidents=IncidentStore(fast),
+        settings=lambda: live.current.settings.privacy,
+        clock=identity.clock,
+    )
+    _background(stack, run_chores(shared.privacy, lambda: live.current.settings.privacy, retention))
+    # The same for backups: every worker tries each period's, the run's row makes it one; each shows
+    # the last state it read in its readiness details.
+    backups = BackupSchedule(
+        db,
+        identity.audit,
+        job_for(lambda: live.current.settings, identity.keyring, identity.clock),
+        lambda: live.current.settings.backup,
+        identity.clock,
+    )
+    shared.readiness.backup = backups.readiness
+    _background(stack, run_backups(backups, lambda: live.current.settings.backup.scheduled))
     await health.follow(live.current)
     stack.push_async_callback(health.close)
     services = WorkerServices(
@@ -214,21 +259,52 @@ async def _open_worker(
         signing=signing,
         assertions=assertions,
         ip_blocks=ip_blocks,
+        lockdown=lockdown,
         threats=threats,
         observers=observers,
         upstream=upstream,
         websockets=websockets,
         readiness=shared.readiness.report,
         replicas=shared.replicas,
+        privacy=shared.privacy,
         sample=sample,
+        bearer=bearer,
+        tracer=_open_tracing(stack, settings),
     )
     return Running(services, live, shared.reloader, stack)
+
+
+def _provider_verifiers(
+    stack: contextlib.AsyncExitStack,
+    live: LiveState,
+    db: Database,
+    identity: IdentityServices,
+    tokens: GatewayTokens,
+) -> Verifiers:
+    """The bearer chain: the gateway's own tokens, then identity providers' JWTs, then introspection.
+
+    The providers are read from the live configuration on every use (a reload applies), through the
+    sign-in code's per-worker provider clients (one discovery and JWKS cache per provider).
+    """
+    audit = ProviderAudit(identity.audit, identity.clock)
+    stack.push_async_callback(audit.close)
+    accounts = LinkedAccounts(db, identity.clock)
+
+    def providers() -> tuple[IdentityProvider, ...]:
+        return live.current.settings.identity_providers
+
+    chain: list[TokenVerifier] = [
+        tokens,
+        ProviderJwtTokens(providers, identity.oidc.client, accounts, audit, identity.clock),
+        ProviderIntrospection(providers, identity.oidc.client, accounts, audit, identity.clock),
+    ]
+    return Verifiers(chain)
 
 
 async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Settings) -> Running[Services]:
     live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
     await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
-    db, fast, identity = await _open_stores(stack, settings)
+    db, fast, identity = await _open_stores(stack, settings, live)
     shared = await _open_shared(stack, path, settings, live, db, fast, identity, None, Role.ADMIN)
     services = Services(
         live=live,
@@ -239,12 +315,13 @@ async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Se
         metrics=shared.metrics,
         sinks=shared.sinks,
         replicas=shared.replicas,
+        privacy=shared.privacy,
     )
     return Running(services, live, shared.reloader, stack)
 
 
 async def _open_stores(
-    stack: contextlib.AsyncExitStack, settings: Settings
+    stack: contextlib.AsyncExitStack, settings: Settings, live: LiveState
 ) -> tuple[Database, FastState, IdentityServices]:
     url = configured_url(settings)
     await ensure_schema(url, auto=url.startswith("sqlite"))
@@ -254,7 +331,10 @@ async def _open_stores(
     # the same sessions, counters, blocks and broadcasts.
     fast = open_configured_state(settings)
     stack.push_async_callback(fast.close)
-    identity = IdentityServices.build(settings, db, fast)
+    # The privacy purposes of the configuration in force: a reload that changes a notice applies.
+    identity = IdentityServices.build(
+        settings, db, fast, purposes=lambda: live.current.settings.privacy.purposes
+    )
     _background(stack, identity.sessions.run_invalidation_listener())
     return db, fast, identity
 
@@ -300,7 +380,8 @@ async def _open_shared(
     # Listed before the process serves; the background beats follow an interval apart.
     await replicas.announce(report)
     _background(stack, replicas.run(report, HEARTBEAT_INTERVAL, beat_first=False))
-    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas)
+    privacy = identity.privacy(db)
+    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas, privacy)
 
 
 async def _open_sinks(stack: contextlib.AsyncExitStack, settings: Settings, role: Role) -> SinkHub | None:
@@ -318,6 +399,23 @@ async def _open_sinks(stack: contextlib.AsyncExitStack, settings: Settings, role
     return hub
 
 
+async def _open_lockdown(
+    stack: contextlib.AsyncExitStack, live: LiveState, fast: FastState, identity: IdentityServices
+) -> Lockdown:
+    """The worker's lockdown switch: read before the first request, then kept current in the background."""
+    lockdown = Lockdown()
+    store = LockdownStore(fast, identity.clock)
+    try:
+        # A worker starting during a lockdown must not serve its first requests as if there were none.
+        await store.refresh(lockdown)
+    except StateUnavailable as exc:
+        # No session can be read either while the fast state is down; the listener retries.
+        logger.error("lockdown state unreadable at start (%s); assuming off until it can be read", exc)
+    interval = float(live.current.settings.lockdown.refresh_interval)
+    _background(stack, store.run_listener(lockdown, refresh_every=interval))
+    return lockdown
+
+
 async def _open_threats(
     stack: contextlib.AsyncExitStack,
     live: LiveState,
@@ -325,6 +423,7 @@ async def _open_threats(
     fast: FastState,
     identity: IdentityServices,
     ip_blocks: IpBlocks,
+    db: Database,
 ) -> ThreatDetector | None:
     threat = settings.threat
     if not threat.enabled:
@@ -344,12 +443,17 @@ async def _open_threats(
         emit=None,
         webhook=webhook,
     )
+    # Every detection becomes (or joins) a durable incident record that walks the five phases.
+    cases = Cases(db, identity.audit, identity.clock)
+    responder.listeners.append(cases.from_detection)
     detector = ThreatDetector(
         settings=lambda: live.current.settings.threat,
         state=fast,
         responder=responder,
         blocks=ip_blocks,
         clock=identity.clock,
+        # Impossible travel geolocates a sign-in only for a person who has not opted out of it.
+        may_locate=lambda username: identity.consents.allows(username, GEOLOCATION),
     )
     await detector.start()
     stack.push_async_callback(detector.close)
@@ -390,6 +494,22 @@ def _websocket_session(settings: Settings) -> aiohttp.ClientSession:
         # Never let aiohttp invent headers the client did not send: the upstream sees the client's request.
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
+
+
+def _open_tracing(stack: contextlib.AsyncExitStack, settings: Settings) -> Tracer | None:
+    """The worker's tracer, or None when tracing is off (then the OpenTelemetry SDK is never imported)."""
+    if not settings.tracing.enabled:
+        return None
+    from gateway.observe.tracing_export import OtlpExport
+
+    tracer = Tracer(
+        OtlpExport(settings.tracing, version=package_version()),
+        sample_ratio=settings.tracing.sample_ratio,
+        parent_sampling=settings.tracing.parent_sampling,
+    )
+    # At shutdown the spans still queued are sent (bounded by tracing.timeout), off the event loop.
+    stack.push_async_callback(asyncio.to_thread, tracer.close)
+    return tracer
 
 
 def _background(stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None]) -> None:

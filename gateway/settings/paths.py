@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.settings.schema import Settings
+from gateway.settings.schema import Settings, UpstreamTls
 
 __all__ = ["resolve_paths"]
 
@@ -19,7 +19,8 @@ __all__ = ["resolve_paths"]
 def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     """Return ``settings`` with relative filesystem paths made absolute against ``base_dir``.
 
-    Covers ``data_dir``, the TLS certificate and key, and a relative ``sqlite+aiosqlite:///`` URL.
+    Covers ``data_dir``, the TLS certificate and key, the routes' ``upstream_tls`` files, and a
+    relative ``sqlite+aiosqlite:///`` URL.
     Idempotent: absolute paths are only normalised, so resolving twice changes nothing.
 
     Args:
@@ -52,10 +53,17 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
         )
         for sink in settings.logging.sinks
     )
+    routes = tuple(
+        msgspec.structs.replace(route, upstream_tls=_absolute_upstream_tls(route.upstream_tls, absolute))
+        if route.upstream_tls is not None
+        else route
+        for route in settings.routes
+    )
     return msgspec.structs.replace(
         settings,
         data_dir=absolute(settings.data_dir),
         tls=tls,
+        routes=routes,
         storage=storage,
         policy=policy,
         logging=msgspec.structs.replace(settings.logging, sinks=sinks),
@@ -68,6 +76,15 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
                 else None
             ),
         ),
+    )
+
+
+def _absolute_upstream_tls(tls: UpstreamTls, absolute: Callable[[str], str]) -> UpstreamTls:
+    def maybe(value: str | None) -> str | None:
+        return absolute(value) if value is not None else None
+
+    return msgspec.structs.replace(
+        tls, certificate=maybe(tls.certificate), key=maybe(tls.key), ca_file=maybe(tls.ca_file)
     )
 
 

@@ -8,41 +8,57 @@ that need them (the router, the upstream pools), so this module stays a plain de
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
 __all__ = [
+    "DEFAULT_ACCESS_TOKEN_ALGORITHMS",
     "DEFAULT_ID_TOKEN_ALGORITHMS",
     "DEFAULT_MFA_AMR",
+    "DEFAULT_TEMPLATES",
+    "TEMPLATE_PLACEHOLDERS",
+    "AccessTokens",
     "ActiveHealthCheck",
     "AdminSettings",
     "AssertionSettings",
     "AuditSettings",
+    "AuthMethod",
+    "BackupSettings",
     "ByteSize",
     "Duration",
+    "IdentityHeaderNames",
     "IdentityProvider",
     "Limits",
+    "LockdownSettings",
     "LogSink",
     "LoggingSettings",
+    "MailTemplate",
     "MfaPolicy",
     "MfaSettings",
+    "NotifySettings",
     "PassiveHealthCheck",
     "PasswordSettings",
+    "PgBackRestSettings",
     "PolicySettings",
     "RegulationSettings",
     "Route",
     "ServerSettings",
     "SessionSettings",
     "Settings",
+    "SmtpSettings",
     "StateSettings",
     "StorageSettings",
     "ThreatRule",
     "ThreatSettings",
     "Timeouts",
     "TlsSettings",
+    "TokenIntrospection",
+    "TokenSettings",
     "TotpSettings",
+    "TracingSettings",
     "TravelRule",
+    "UpstreamTls",
     "WebAuthnSettings",
 ]
 
@@ -96,6 +112,13 @@ class SessionSettings(_Config, frozen=True):
     insecure_cookies: bool = False
 
 
+class TokenSettings(_Config, frozen=True):
+    """The gateway's own API tokens for service accounts (``gateway token create``)."""
+
+    # Every token expires; this is the longest lifetime a token may be given.
+    max_lifetime: Duration = Duration(365 * 86400)
+
+
 class PasswordSettings(_Config, frozen=True):
     # argon2id cost; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1). Hashes made with other
     # parameters are re-hashed at the next successful sign-in.
@@ -146,6 +169,40 @@ class MfaSettings(_Config, frozen=True):
 DEFAULT_ID_TOKEN_ALGORITHMS = ("RS256", "ES256", "PS256")
 # RFC 8176 `amr` values that prove more than a password (multiple factors, one-time code, key).
 DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "swk")
+# Signature algorithms a provider's JWT access token may use by default (RFC 9068 §4: asymmetric).
+DEFAULT_ACCESS_TOKEN_ALGORITHMS = ("RS256", "ES256", "PS256", "EdDSA")
+
+
+class TokenIntrospection(_Config, frozen=True):
+    """How the gateway asks the provider about an opaque access token (RFC 7662), as a client."""
+
+    # None: the provider's own client_id / client_secret (the sign-in client). client_secret_basic.
+    client_id: str | None = None
+    # Write ${env:…} or ${file:…}, never the secret itself.
+    client_secret: str | None = None
+
+
+class AccessTokens(_Config, frozen=True):
+    """The provider's access tokens, accepted on routes with ``auth: [bearer]`` (gateway/machine/provider_*)."""
+
+    # The gateway's identifier at the provider (RFC 8707 resource / the token's `aud`); required.
+    audience: str
+    algorithms: tuple[str, ...] = DEFAULT_ACCESS_TOKEN_ALGORITHMS
+    # RFC 9068 §4 wants the header typ at+jwt; true also takes plain "JWT" (providers older than it).
+    allow_jwt_typ: bool = False
+    # exp and nbf tolerance (a short-lived token must die close to its exp).
+    clock_skew: Duration = Duration(5)
+    # Opaque (non-JWT) tokens are asked about at the provider's introspection_endpoint; None: refused.
+    introspection: TokenIntrospection | None = None
+    # An introspection answer is trusted this long at most (and never past the token's exp): a token
+    # revoked at the provider stops working within it. Refusals are remembered for negative_ttl.
+    cache_ttl: Duration = Duration(60)
+    negative_ttl: Duration = Duration(5)
+    cache_size: int = 10_000
+    # A token of a person (sub is not the client): refuse = only client-credentials tokens; linked = the
+    # account an OIDC sign-in linked to (provider, sub), principal user:<name> (no roles, no
+    # "authenticated"); no linked account, or a disabled one: refused.
+    users: Literal["linked", "refuse"] = "refuse"
 
 
 class IdentityProvider(_Config, frozen=True):
@@ -197,6 +254,8 @@ class IdentityProvider(_Config, frozen=True):
     extra_params: dict[str, str] = msgspec.field(default_factory=dict)
     # Sign-out also ends the session at the provider (its end_session_endpoint), when it has one.
     rp_logout: bool = True
+    # Also accept the provider's access tokens on bearer routes (None: only sign-ins).
+    access_tokens: AccessTokens | None = None
 
     @property
     def label(self) -> str:
@@ -229,7 +288,7 @@ class PolicySettings(_Config, frozen=True):
     # Decisions cached per worker (entries; each a few hundred bytes).
     cache_size: int = 100_000
     # How often a worker checks the stored policy version: the backstop for a lost broadcast.
-    poll_interval: Duration = Duration(5)
+    poll_interval: Duration = Duration(1)
     # Not ready once the policy could not be confirmed current for this long (database unreachable).
     max_staleness: Duration = Duration(300)
 
@@ -242,6 +301,16 @@ class AssertionSettings(_Config, frozen=True):
     grace: Duration = Duration(3600)
     # A new key is published this long before it signs anything, so upstreams caching the JWKS know it.
     publish_ahead: Duration = Duration(600)
+
+
+class IdentityHeaderNames(_Config, frozen=True):
+    # The names under which the upstream (and a forward-auth proxy) receives the verified identity,
+    # for apps that already read X-Forwarded-User or Remote-User. A client-sent header of a configured
+    # name is removed in every spelling, like X-Gateway-*. X-Gateway-Assertion and X-Gateway-Auth
+    # keep their names.
+    user: str = "X-Gateway-User"
+    email: str = "X-Gateway-Email"
+    roles: str = "X-Gateway-Roles"
 
 
 class AdminSettings(_Config, frozen=True):
@@ -298,6 +367,25 @@ class MfaPolicy(_Config, frozen=True):
     max_age: Duration | None = None
 
 
+AuthMethod = Literal["session", "bearer"]
+
+
+class UpstreamTls(_Config, frozen=True):
+    """How the gateway speaks TLS to a route's https upstreams (mTLS: apps that only let the gateway in)."""
+
+    # The client certificate (PEM, intermediates after it) and its key the gateway presents; both or neither.
+    certificate: str | None = None
+    key: str | None = None
+    # CA bundle (PEM) the app's certificate must chain to; without it (and without a pin) the system CAs.
+    ca_file: str | None = None
+    # SHA-256 of the app's leaf certificate (hex, colons allowed). Alone it replaces the chain check
+    # (self-signed apps); with ca_file both must hold.
+    pin_sha256: str | None = None
+    # SNI and the name verified in the certificate, when the upstream URL is an IP or another name.
+    server_name: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
 class Route(_Config, frozen=True):
     name: str
     host: str
@@ -316,6 +404,12 @@ class Route(_Config, frozen=True):
     health_check: ActiveHealthCheck | None = None
     passive_health_check: PassiveHealthCheck = PassiveHealthCheck()
     max_body_size: ByteSize | None = None
+    # TLS to the upstreams (client certificate, CA, pin, SNI); only with https:// upstreams.
+    upstream_tls: UpstreamTls | None = None
+    # How a request proves who it is: a session cookie (browsers), a bearer token (scripts, CI: the
+    # gateway's API tokens, see gateway/machine/), or either. A request with a token on a route that
+    # takes both is decided by the token alone.
+    auth: tuple[AuthMethod, ...] = ("session",)
 
     @property
     def mfa_policy(self) -> MfaPolicy:
@@ -331,7 +425,7 @@ class Limits(_Config, frozen=True):
 
 # Automatic answers a threat rule may give (see gateway/threat): an alert is always recorded.
 ThreatResponse = Literal[
-    "alert", "webhook", "block_ip", "lock_account", "revoke_session", "revoke_sessions", "step_up"
+    "alert", "webhook", "block_ip", "lock_account", "revoke_session", "revoke_sessions", "step_up", "lockdown"
 ]
 
 
@@ -380,6 +474,23 @@ class ThreatSettings(_Config, frozen=True):
     webhook_url: str | None = None
     webhook_queue: int = 1000
     webhook_timeout: Duration = Duration(5)
+
+
+class LockdownSettings(_Config, frozen=True):
+    """Emergency lockdown (gateway/threat/lockdown.py): who still gets in, and what everyone else sees."""
+
+    # The group (from an identity provider) or role (local, or through the policy's g lines) whose
+    # members pass a lockdown with a WebAuthn factor of this session. None: nobody passes.
+    break_glass_group: str | None = None
+    # How long ago that WebAuthn factor may have been used.
+    max_factor_age: Duration = Duration(12 * 3600)
+    # The Retry-After of the 503 everyone else gets.
+    retry_after: Duration = Duration(300)
+    # The maintenance page's heading and text (also the JSON answer's message).
+    title: str = "We'll be back soon"
+    message: str = "This service is temporarily closed for maintenance. Please try again later."
+    # Every worker re-reads the switch this often besides following its broadcast.
+    refresh_interval: Duration = Duration(1)
 
 
 class ServerSettings(_Config, frozen=True):
@@ -436,6 +547,29 @@ class LogSink(_Config, frozen=True):
     queue_size: int | None = None
 
 
+class TracingSettings(_Config, frozen=True):
+    """OpenTelemetry traces of requests, sent to a collector over OTLP/HTTP (gateway/observe/tracing.py)."""
+
+    enabled: bool = False
+    # The collector's OTLP/HTTP traces URL (protobuf).
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # The share of requests whose spans are sent, 0 to 1; 5xx answers and upstream failures always are.
+    sample_ratio: float = 0.01
+    # "ignore": the gateway draws every sampling decision itself. "trusted_proxies": a peer in
+    # trusted_proxies decides by the sampled flag of its traceparent (and its tracestate is passed on).
+    parent_sampling: Literal["ignore", "trusted_proxies"] = "ignore"
+    service_name: str = "gateway"
+    # Sent with every export (e.g. a hosted collector's API key); never logged.
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # CA bundle for an https endpoint signed by a private CA.
+    ca_file: str | None = None
+    timeout: Duration = Duration(10)
+    # How long finished spans wait to be sent together; shutdown sends what is left.
+    export_interval: Duration = Duration(5)
+    # Spans waiting to be sent; beyond it new spans are dropped.
+    queue_size: int = 2048
+
+
 class LoggingSettings(_Config, frozen=True):
     # One ECS JSON event per request. Off: no observer at all (the load tests measure the overhead).
     access_log: bool = True
@@ -447,6 +581,237 @@ class LoggingSettings(_Config, frozen=True):
     flush_timeout: Duration = Duration(5)
 
 
+class PrivacyContact(_Config, frozen=True):
+    """The grievance officer / privacy contact (DPDP Act s. 8(10), GDPR Art. 13(1)(b)) on /.gateway/privacy."""
+
+    name: str = ""
+    email: str = ""
+    # Postal address, one line per element of the tuple.
+    address: tuple[str, ...] = ()
+    # What people are promised: how long until a grievance or rights request is answered.
+    response_time: Duration = Duration(30 * 86400)
+
+
+class Purpose(_Config, frozen=True):
+    """One purpose the gateway (or the apps behind it) processes personal data for, with its notice.
+
+    ``basis`` decides what a person can do about it: ``consent`` purposes are asked at sign-in and can
+    be withdrawn; ``legitimate_interest`` purposes with ``objectable`` can be objected to; ``contract``
+    and ``legal_obligation`` purposes are neither (restriction still stops them where it can).
+    """
+
+    name: str
+    title: str
+    # The notice shown to the person (plain text; paragraphs separated by blank lines).
+    notice: str
+    # Bumped whenever the notice changes: a consent given to an older version is asked again.
+    version: int = 1
+    basis: Literal["consent", "contract", "legal_obligation", "legitimate_interest"] = "consent"
+    objectable: bool = False
+
+
+# The gateway's own optional processing. "geolocation": the sign-in address looked up in the GeoIP
+# database for impossible-travel detection; "policy_analytics": the request shapes kept for the admin
+# console's what-if (gateway.authz.sample). Both rest on legitimate interest and can be objected to.
+DEFAULT_PURPOSES: Final = (
+    Purpose(
+        name="geolocation",
+        title="Sign-in location checks",
+        notice=(
+            "When you sign in, the gateway looks up the approximate location of your IP address to "
+            "detect sign-ins from two places too far apart to travel between (a sign of a stolen "
+            "password). Only the city-level position of the sign-in is kept, for a day."
+        ),
+        basis="legitimate_interest",
+        objectable=True,
+    ),
+    Purpose(
+        name="policy_analytics",
+        title="Access pattern sample for policy reviews",
+        notice=(
+            "The gateway counts which paths of which applications you were allowed or refused, per "
+            "hour, so administrators can check a policy change against real traffic before applying "
+            "it. The counts are deleted after a day."
+        ),
+        basis="legitimate_interest",
+        objectable=True,
+    ),
+)
+
+
+class RetentionSettings(_Config, frozen=True):
+    """How long each class of personal data is kept (``gateway retention plan`` lists the effect).
+
+    Defaults are the product policy: registration data is deleted 180 days after the registration is
+    cancelled or withdrawn; removed content (erased people's security records, removed factors) is
+    kept 180 days for investigation, longer under a legal hold.
+    """
+
+    registration: Duration = Duration(180 * 86400)
+    removed_content: Duration = Duration(180 * 86400)
+    audit_events: Duration = Duration(400 * 86400)
+    incidents: Duration = Duration(400 * 86400)
+    privacy_requests: Duration = Duration(3 * 365 * 86400)
+    # How often the purge runs (once per period across all replicas).
+    interval: Duration = Duration(86400)
+
+
+class PrivacySettings(_Config, frozen=True):
+    contact: PrivacyContact = PrivacyContact()
+    # The law a rights request falls under unless the request says otherwise.
+    default_law: Literal["gdpr", "ccpa", "dpdp"] = "gdpr"
+    # Time allowed to complete a request, per law (GDPR Art. 12(3): one month; CCPA: 45 days).
+    due: dict[str, Duration] = msgspec.field(
+        default_factory=lambda: {
+            "gdpr": Duration(30 * 86400),
+            "ccpa": Duration(45 * 86400),
+            "dpdp": Duration(30 * 86400),
+        }
+    )
+    purposes: tuple[Purpose, ...] = DEFAULT_PURPOSES
+    retention: RetentionSettings = RetentionSettings()
+    # How often overdue requests are looked for and reported to the sinks.
+    overdue_check: Duration = Duration(3600)
+
+
+class PgBackRestSettings(_Config, frozen=True):
+    """pgBackRest for a PostgreSQL database (``gateway pgbackrest …``, ``backup.pgbackrest``).
+
+    The gateway writes pgBackRest's configuration from these and runs it; pgBackRest itself makes the
+    full/differential/incremental backups, archives the WAL and restores to a point in time. The
+    repository is always encrypted (pgBackRest supports aes-256-cbc only): ``cipher_pass`` is best
+    given as ``${file:…}`` or ``${env:…}``.
+    """
+
+    cipher_pass: str
+    # The cluster's data directory; a host (pg1-host, reached over SSH by pgBackRest) when the
+    # repository is on another machine, else the local socket directory (pg1-socket-path).
+    pg_path: str
+    stanza: str = "gateway"
+    repo_path: str = "/var/lib/pgbackrest"
+    pg_port: int = 5432
+    pg_host: str | None = None
+    pg_socket_path: str | None = None
+    retention_full: int = 2
+    retention_diff: int | None = None
+    compress_type: Literal["none", "gz", "bz2", "lz4", "zst"] = "gz"
+    # Where pgbackrest.conf is written and read; PostgreSQL's archive_command names it too.
+    config_path: str = "/etc/pgbackrest/pgbackrest.conf"
+    # The OS user pgBackRest runs as (the cluster's owner, as archive_command does); None: whoever
+    # runs the gateway command.
+    os_user: str | None = None
+
+
+class BackupSettings(_Config, frozen=True):
+    """Backups of the embedded database (``gateway backup …``).
+
+    ``directory`` defaults to ``<data_dir>/backups``. ``targets`` are further copies of every backup: a
+    directory, or ``rclone:<remote>:<path>``. Pruning keeps the newest backup of each of the
+    ``keep_daily`` most recent days and of each of the ``keep_weekly`` most recent ISO weeks.
+    """
+
+    directory: str | None = None
+    targets: tuple[str, ...] = ()
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    # How often a running deployment makes one (once per period across all replicas); off: only
+    # `gateway backup create` (or an outside scheduler) makes them.
+    interval: Duration = Duration(86400)
+    scheduled: bool = True
+    # A backup is *missed* when the newest good one is older than interval + grace: an alert to the
+    # sinks (once) and a red line in the readiness details until one succeeds.
+    grace: Duration = Duration(7200)
+    # PostgreSQL: the scheduled pgBackRest backup is a full one on this ISO weekday (1 Monday ... 7
+    # Sunday) and whenever the repository has none; an incremental one on the other days.
+    full_on: int = 7
+    # PostgreSQL deployments: pgBackRest makes the backups instead (None: not configured).
+    pgbackrest: PgBackRestSettings | None = None
+
+
+class SmtpSettings(_Config, frozen=True):
+    """The mail server notifications go out through (``gateway notify test`` tries it)."""
+
+    host: str
+    # The From address of every notification (also the envelope sender).
+    sender: str
+    # Shown before the sender's address ("Example Security <security@example.com>").
+    sender_name: str = ""
+    # starttls: upgrade a plain connection (port 587), refusing a server that cannot; tls: TLS from
+    # the first byte (port 465); none: no encryption, refused unless host is a loopback address.
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    # None: 587 for starttls, 465 for tls, 25 for none.
+    port: int | None = None
+    # Both or neither. Write the password as ${file:…} or ${env:…}, never the secret itself.
+    username: str | None = None
+    password: str | None = None
+    # Connecting, and each command's answer, give up after this.
+    timeout: Duration = Duration(30)
+    # PEM bundle of the CA that signed the server's certificate (a private CA); None: the system's.
+    ca_file: str | None = None
+
+    @property
+    def effective_port(self) -> int:
+        """The port connected to: ``port``, or the usual one for ``security``."""
+        if self.port is not None:
+            return self.port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class MailTemplate(_Config, frozen=True):
+    """One notification's text; ``$placeholder`` (or ``${placeholder}``) values are filled in, ``$$`` is ``$``."""
+
+    subject: str
+    body: str
+
+
+# What a template may refer to (gateway.notify fills them; an unknown one is a config error).
+TEMPLATE_PLACEHOLDERS: Final = (
+    "name",
+    "username",
+    "incident",
+    "title",
+    "summary",
+    "what_to_do",
+    "contact",
+    "organisation",
+)
+
+# Built in; a template of the same name in notify.templates replaces it.
+DEFAULT_TEMPLATES: Final = {
+    "incident": MailTemplate(
+        subject="Security notice from $organisation: $title",
+        body=(
+            "Hello $name,\n"
+            "\n"
+            "We are writing to tell you about a security incident at $organisation that affects your\n"
+            "account ($username).\n"
+            "\n"
+            "What happened:\n"
+            "$summary\n"
+            "\n"
+            "What you should do:\n"
+            "$what_to_do\n"
+            "\n"
+            "If you have questions, or want to complain about how this was handled, contact $contact.\n"
+            "Please quote the reference $incident.\n"
+            "\n"
+            "$organisation\n"
+        ),
+    ),
+}
+
+
+class NotifySettings(_Config, frozen=True):
+    """Email to people affected by an incident (``gateway.notify``)."""
+
+    # None: notifications cannot be sent (the rest of the gateway does not need mail).
+    smtp: SmtpSettings | None = None
+    # $organisation in templates; empty: the host of public_url.
+    organisation: str = ""
+    # Templates by name, on top of DEFAULT_TEMPLATES.
+    templates: dict[str, MailTemplate] = msgspec.field(default_factory=dict)
+
+
 class Settings(_Config, frozen=True):
     public_url: str
     listen: str = "127.0.0.1:8080"
@@ -456,6 +821,7 @@ class Settings(_Config, frozen=True):
     trusted_proxies: tuple[str, ...] = ()
     tls: TlsSettings | None = None
     session: SessionSettings = SessionSettings()
+    tokens: TokenSettings = TokenSettings()
     server: ServerSettings = ServerSettings()
     limits: Limits = Limits()
     passwords: PasswordSettings = PasswordSettings()
@@ -468,8 +834,14 @@ class Settings(_Config, frozen=True):
     identity_providers: tuple[IdentityProvider, ...] = ()
     policy: PolicySettings = PolicySettings()
     assertion: AssertionSettings = AssertionSettings()
+    identity_headers: IdentityHeaderNames = IdentityHeaderNames()
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
     threat: ThreatSettings = ThreatSettings()
+    lockdown: LockdownSettings = LockdownSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    backup: BackupSettings = BackupSettings()
+    notify: NotifySettings = NotifySettings()
     routes: tuple[Route, ...] = ()

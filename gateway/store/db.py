@@ -7,7 +7,9 @@ Two backends run the same code (see docs/architecture.md, Processes):
   (off by default in SQLite) and a busy timeout (a writer waits for the lock instead of failing).
 * ``postgresql+asyncpg://user@host/db`` — production with several replicas. Connections are
   pre-pinged (a restarted server must not surface as a 500 on the next request) and connecting
-  gives up quickly, so a readiness probe reports the outage instead of hanging.
+  gives up quickly, so a readiness probe reports the outage instead of hanging. TLS follows libpq's
+  ``sslmode`` family in the URL (``?sslmode=verify-full&sslrootcert=/etc/gateway/pg-ca.pem``, see
+  ``pg_tls.py``); a refused server certificate is named as such in the error.
 
 Driver errors never leave this package raw: :meth:`Database.ping` converts them at the boundary to
 :class:`StoreUnavailable`, a 503.
@@ -32,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.store.pg_tls import split_tls, ssl_argument, warn_unverified
+from gateway.store.tls import verification_failure
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -155,12 +159,19 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
 
     Returns:
         A new engine; the caller disposes it.
+
+    Raises:
+        ValueError: The URL is not supported (:func:`normalize_url`).
+        ConfigError: Its TLS parameters are invalid or their files cannot be loaded.
     """
     parsed = normalize_url(url)
     if parsed.drivername == "sqlite+aiosqlite":
         engine = create_async_engine(parsed, echo=echo, pool_size=pool_size)
         _install_sqlite_hooks(engine)
         return engine
+    # libpq's sslmode/sslrootcert/sslcert/sslkey become asyncpg's ssl argument (gateway.store.pg_tls).
+    parsed, tls = split_tls(parsed)
+    warn_unverified(parsed, tls)
     return create_async_engine(
         parsed,
         echo=echo,
@@ -168,6 +179,7 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
         pool_pre_ping=True,
         connect_args={
             "timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "ssl": ssl_argument(tls),
             # Lets a DBA tell gateway connections apart in pg_stat_activity.
             "server_settings": {"application_name": "gateway"},
         },
@@ -230,6 +242,14 @@ def _describe(exc: BaseException) -> str:
     # DBAPIError's own str() carries the SQL and a link to the SQLAlchemy docs; the driver's message
     # is what an operator needs. Neither includes the password from the URL.
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    refused = verification_failure(exc)
+    if refused is not None:
+        # Not an outage: waiting will not help, the CA or the host name in storage.url is wrong.
+        return (
+            f"TLS verification of the PostgreSQL server failed: {refused}; check sslrootcert (the CA"
+            " that issued the server's certificate) and that the host in storage.url is a name the"
+            " certificate carries"
+        )
     return f"{type(cause).__name__}: {cause}".rstrip(": ")
 
 
@@ -272,13 +292,20 @@ class Database:
     objects on commit, because in async code a lazy refresh on attribute access would be hidden I/O.
     """
 
-    __slots__ = ("_backend", "_engine", "_sessions")
+    __slots__ = ("_backend", "_engine", "_sessions", "_writers")
 
     def __init__(self, engine: AsyncEngine, backend: Backend) -> None:
         """Wrap an engine made by :func:`create_engine`; prefer :meth:`open`."""
         self._engine = engine
         self._backend: Backend = backend
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # SQLite, WAL: a transaction that reads and then writes cannot upgrade its snapshot once
+        # another connection has committed since its first read; SQLite answers "database is
+        # locked" at once (no busy wait), so such units of work take the write lock when they begin.
+        writer = (
+            engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"}) if backend == "sqlite" else engine
+        )
+        self._writers = async_sessionmaker(writer, expire_on_commit=False)
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 10, echo: bool = False) -> Database:
@@ -309,16 +336,21 @@ class Database:
         return self._backend
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
         """A session for one unit of work.
 
         Commit explicitly with ``await session.commit()``; anything uncommitted is rolled back when
         the block exits, so an exception never leaves half a change behind.
 
+        Args:
+            write: The unit reads and then writes what it read (SQLite: ``BEGIN IMMEDIATE``, so a
+                concurrent commit makes it wait its turn instead of failing). A unit whose first
+                statement writes does not need it.
+
         Yields:
             A fresh :class:`~sqlalchemy.ext.asyncio.AsyncSession`.
         """
-        async with self._sessions() as session:
+        async with (self._writers if write else self._sessions)() as session:
             yield session
 
     async def ping(self) -> None:

@@ -17,7 +17,6 @@ Never a network call on the request path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -29,7 +28,8 @@ from typing import Final
 
 from gateway.clock import Clock
 from gateway.errors import ErrorReason, Forbidden
-from gateway.store.fast.base import FastState, StateUnavailable, Subscription
+from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.store.fast.follow import follow_channel
 
 __all__ = [
     "BLOCKS_CHANNEL",
@@ -287,28 +287,15 @@ class BlockStore:
         """Load the shared list into ``blocks`` (keeps the old set if the store cannot answer)."""
         blocks.set_dynamic(await self.entries())
 
-    async def run_listener(self, blocks: IpBlocks, *, refresh_every: float = 5.0) -> None:
+    async def run_listener(self, blocks: IpBlocks, *, refresh_every: float = 1.0) -> None:
         """Keep ``blocks`` current: re-read on every broadcast, and every ``refresh_every`` s anyway."""
-        while True:
-            try:
-                async with self._state.subscribe(BLOCKS_CHANNEL) as sub:
-                    await self.refresh(blocks)
-                    await self._follow(sub, blocks, refresh_every)
-            except StateUnavailable as exc:
-                logger.warning("block-list subscription lost (%s); retrying", exc)
-            await asyncio.sleep(refresh_every)
-
-    async def _follow(self, sub: Subscription, blocks: IpBlocks, refresh_every: float) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(refresh_every):
-                    await sub.__anext__()
-            except TimeoutError:
-                pass
-            except StopAsyncIteration:
-                return
-            with contextlib.suppress(StateUnavailable):
-                await self.refresh(blocks)
+        await follow_channel(
+            self._state,
+            BLOCKS_CHANNEL,
+            lambda: self.refresh(blocks),
+            refresh_every=refresh_every,
+            what="block-list",
+        )
 
 
 def read_block_list(path: str) -> list[Network]:

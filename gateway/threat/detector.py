@@ -12,7 +12,8 @@ Rules (``threat:`` settings; thresholds are ``count`` signals within ``window``)
     mfa_failures      failed second-factor attempts per account (MFA fatigue)
     reconnaissance    policy denials per principal (user, or address without a session)
     session_hijack    a session used from a new address AND a new User-Agent (vs. its sign-in)
-    impossible_travel two sign-ins of one account further apart than max_speed_kmh allows
+    impossible_travel two sign-ins of one account further apart than max_speed_kmh allows (a person who
+                      opted out of the "geolocation" purpose is never looked up: ``may_locate``)
 
 A counter rule fires when its fixed-window counter reaches ``count`` exactly, so it fires once per
 window however many replicas count. A hijack fires once per session.
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from gateway.audit.trail import SecurityEvent
@@ -62,6 +63,7 @@ class ThreatDetector:
         blocks: IpBlocks,
         clock: Clock,
         queue_size: int = 10_000,
+        may_locate: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """Wire the detector.
 
@@ -72,8 +74,12 @@ class ThreatDetector:
             blocks: The in-process matcher the data plane checks.
             clock: Unix time.
             queue_size: Signals waiting at most; beyond it they are dropped and counted.
+            may_locate: Whether the account of this username may be geolocated (it has not objected
+                to the "geolocation" purpose, nor is its processing restricted). Asked before every
+                lookup; an error counts as no. None: everyone may be.
         """
         self._settings = settings
+        self._may_locate = may_locate
         self._state = state
         self.responder = responder
         self.blocks = blocks
@@ -298,6 +304,11 @@ class ThreatDetector:
         path = settings.geoip_database
         if path is None:
             return
+        key = f"threat:geo:{subject}"
+        if not await self._locatable(subject):
+            # The person opted out: no lookup, and the position kept from an earlier sign-in goes too.
+            await self._state.delete(key)
+            return
         if self._geo is None or self._geo.path != path:
             if self._geo is not None:
                 self._geo.close()
@@ -306,7 +317,6 @@ class ThreatDetector:
         if here is None:
             return
         rule = settings.impossible_travel
-        key = f"threat:geo:{subject}"
         raw = await self._state.get(key)
         await self._state.set(
             key,
@@ -333,3 +343,13 @@ class ThreatDetector:
             f"{hours * 60:.0f} min later",
             evidence={"km": round(km), "minutes": round(hours * 60), "previous_ip": prev_ip},
         )
+
+    async def _locatable(self, subject: str) -> bool:
+        if self._may_locate is None:
+            return True
+        try:
+            return await self._may_locate(subject)
+        except Exception:
+            # Not knowing whether the person objected is not permission: skip this sign-in.
+            logger.warning("could not tell whether %r may be geolocated; not located", subject, exc_info=True)
+            return False

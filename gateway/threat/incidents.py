@@ -11,6 +11,7 @@ Actions and how they are lifted::
     lock_account      the account is disabled (sessions ended)                   lift: re-enabled
     revoke_session(s) the session / all the user's sessions are ended            not undoable: sign in again
     step_up           the session must show a fresh second factor                not undoable: already asked
+    lockdown          every route is locked down (gateway/threat/lockdown.py)    lift: off, if still this one's
     alert, webhook    notifications                                              nothing to lift
 
 Severity is the rule's by nature (:func:`severity`): a session or an account that is likely in someone
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from typing import Final
 
 import msgspec
@@ -94,7 +96,7 @@ class Action(msgspec.Struct, frozen=True):
 
     @property
     def liftable(self) -> bool:
-        return self.ok and not self.lifted and self.kind in ("block_ip", "lock_account")
+        return self.ok and not self.lifted and self.kind in ("block_ip", "lock_account", "lockdown")
 
 
 class Incident(msgspec.Struct, frozen=True):
@@ -179,6 +181,29 @@ class IncidentStore:
         if incident is None:
             raise IncidentNotFound(f"There is no incident {incident_id!r} (it may have expired).")
         return incident
+
+    async def remove(self, incident_ids: Collection[str]) -> int:
+        """Delete these incidents and take them out of the index (the privacy retention engine).
+
+        Returns:
+            How many of them were still stored.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer.
+        """
+        gone = set(incident_ids)
+        if not gone:
+            return 0
+        for _ in range(_CAS_ROUNDS):
+            raw = await self._state.get(_INDEX)
+            ids = self._ids(raw)
+            kept = [i for i in ids if i not in gone]
+            # Compared and set, like save: an incident opened meanwhile on another replica stays listed.
+            if len(kept) == len(ids) or await self._state.compare_and_set(
+                _INDEX, raw, _encode(kept), ttl=RETENTION
+            ):
+                return await self._state.delete(*(_key(i) for i in sorted(gone)))
+        raise StateUnavailable("the incident index kept changing; giving up")
 
     async def latest(self, limit: int = 50) -> list[Incident]:
         """The newest incidents first."""

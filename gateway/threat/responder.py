@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import msgspec
@@ -34,6 +34,7 @@ from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.blocks import BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
+from gateway.threat.lockdown import LockdownStore
 from gateway.threat.manual import manual_network, parse_network
 
 __all__ = ["Emitter", "Responder", "Webhook"]
@@ -110,6 +111,10 @@ class Responder:
         self.webhook = webhook
         self.blocks = BlockStore(state, clock)
         self.incidents = IncidentStore(state)
+        self.lockdown = LockdownStore(state, clock, audit)
+        # Told of every incident a rule raises (the durable incident records of gateway.response,
+        # which this floor cannot import); a listener that fails is logged, never the detection's end.
+        self.listeners: list[Callable[[Incident], Awaitable[object]]] = []
 
     # -- automatic responses -----------------------------------------------------------------------
 
@@ -130,7 +135,9 @@ class Responder:
         for response in rule.responses:
             if response in ("alert", "webhook"):
                 continue
-            action = await self._act(response, rule, incident_id, subject=subject, ip=ip, session=session)
+            action = await self._act(
+                response, rule, incident_id, subject=subject, ip=ip, session=session, rule_name=rule_name
+            )
             if action is not None:
                 actions.append(action)
         incident = Incident(
@@ -164,13 +171,28 @@ class Responder:
                 logger.exception("threat alert emitter failed")
         if self.webhook is not None and "webhook" in rule.responses:
             self.webhook.enqueue(document)
+        for listener in self.listeners:
+            try:
+                await listener(incident)
+            except Exception:
+                logger.exception("incident %s: a listener failed (the detection stands)", incident_id)
         logger.warning("threat %s: %s (incident %s)", rule_name, summary, incident_id)
         return incident
 
     async def _act(
-        self, response: str, rule: ThreatRule, incident_id: str, *, subject: str, ip: str, session: str
+        self,
+        response: str,
+        rule: ThreatRule,
+        incident_id: str,
+        *,
+        subject: str,
+        ip: str,
+        session: str,
+        rule_name: str = "",
     ) -> Action | None:
         try:
+            if response == "lockdown":
+                return await self._lockdown(incident_id, rule_name)
             if response == "block_ip":
                 return await self._block(ip, rule, incident_id)
             if response == "lock_account":
@@ -195,6 +217,17 @@ class Responder:
             ip, until=until, incident=incident_id, reason="threat", actor="system:threat"
         )
         return Action("block_ip", entry.cidr, until=until)
+
+    async def _lockdown(self, incident_id: str, rule_name: str) -> Action:
+        # Every route: a rule knows what it saw, not which application the attacker is after. A person
+        # narrows it (`gateway lockdown on --route`) or lifts it once the incident is understood.
+        await self.lockdown.switch_on(
+            None,
+            actor="system:threat",
+            reason=f"threat rule {rule_name} ({incident_id})",
+            incident=incident_id,
+        )
+        return Action("lockdown", "all routes")
 
     async def _revoke_session(self, subject: str, session: str) -> Action | None:
         if not session or self._sessions is None:
@@ -306,6 +339,11 @@ class Responder:
                 user_id = await self._user(action.target)
                 if user_id is not None and self._accounts is not None:
                     await self._accounts.enable(user_id, actor=actor)
+            elif action.kind == "lockdown":
+                # Only the lockdown this incident switched on: a newer one (a person's) stays.
+                current = await self.lockdown.read()
+                if current.on and current.incident == incident.id:
+                    await self.lockdown.switch_off(actor=actor, reason=f"incident {incident.id} lifted")
             actions.append(msgspec.structs.replace(action, lifted=True))
         lifted = msgspec.structs.replace(
             incident,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -46,7 +47,7 @@ _PROBE_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 class _PoolCheck:
     """Precomputed per-pool probe data, so a round does no string building or option parsing."""
 
-    __slots__ = ("check", "pool", "timeout", "urls")
+    __slots__ = ("check", "pool", "server_name", "ssl", "timeout", "urls")
 
     def __init__(self, pool: UpstreamPool, check: ActiveHealthCheck) -> None:
         if check.interval <= 0:
@@ -58,6 +59,11 @@ class _PoolCheck:
         self.check = check
         self.timeout = aiohttp.ClientTimeout(total=check.timeout)
         self.urls = tuple((target, target.url + path) for target in pool.targets)
+        # Probes speak TLS exactly as the proxy does (client certificate, CA, pin, SNI): a check that
+        # connected differently could call an upstream healthy that refuses every real request.
+        tls = next((target.tls for target in pool.targets if target.tls is not None), None)
+        self.ssl: ssl.SSLContext | bool = True if tls is None else tls.context
+        self.server_name = None if tls is None else tls.server_name
 
 
 class HealthChecker:
@@ -173,7 +179,9 @@ class HealthChecker:
         try:
             # No redirects: a redirect to a login page must not count as the upstream being healthy
             # unless 3xx is in expected_status.
-            async with session.get(url, timeout=pc.timeout, allow_redirects=False) as response:
+            async with session.get(
+                url, timeout=pc.timeout, allow_redirects=False, ssl=pc.ssl, server_hostname=pc.server_name
+            ) as response:
                 passed = low <= response.status <= high
                 if not passed:
                     logger.debug("route %s: probe %s answered %d", pc.pool.route_name, url, response.status)

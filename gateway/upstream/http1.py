@@ -38,6 +38,7 @@ from typing import Final
 import httptools
 
 from gateway.upstream.target import Target
+from gateway.upstream.tls import TlsClient, describe_tls_error
 
 __all__ = [
     "Http1Client",
@@ -45,6 +46,7 @@ __all__ = [
     "UpstreamConnectTimeout",
     "UpstreamProtocolError",
     "UpstreamResponse",
+    "UpstreamTlsError",
 ]
 
 # Buffered response bytes above which the connection stops reading until the client catches up.
@@ -67,6 +69,15 @@ class UpstreamConnectTimeout(UpstreamConnectError):
     """
 
 
+class UpstreamTlsError(UpstreamConnectError):
+    """The TLS handshake failed: the app's certificate (CA, name, pin) or ours was refused; nothing was sent."""
+
+
+# (scheme, host, port, TLS settings): a connection is reused only for the same TLS settings, so after a
+# reload with a renewed certificate every new exchange runs on a connection made with it.
+_Key = tuple[str, str, int, TlsClient | None]
+
+
 class UpstreamProtocolError(Exception):
     """The upstream broke the exchange: malformed response, or closed before it was complete."""
 
@@ -74,7 +85,7 @@ class UpstreamProtocolError(Exception):
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to a target, carrying one exchange at a time."""
 
-    def __init__(self, key: tuple[str, str, int]) -> None:
+    def __init__(self, key: _Key) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -300,7 +311,7 @@ class Http1Client:
     def __init__(self, *, max_connections: int) -> None:
         self._limit = max(1, max_connections)
         self._open = 0
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._tls = ssl.create_default_context()
         self._closed = False
@@ -368,7 +379,7 @@ class Http1Client:
     async def _acquire(
         self, target: Target, connect_timeout: float | None, *, fresh: bool = False
     ) -> _Connection:
-        key = (target.scheme, target.host, target.port)
+        key = (target.scheme, target.host, target.port, target.tls)
         while True:
             conn = None if fresh else self._idle_connection(key)
             if conn is not None:
@@ -390,7 +401,7 @@ class Http1Client:
             self._release_slot()
             raise
 
-    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
+    def _idle_connection(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -404,21 +415,24 @@ class Http1Client:
             return conn
         return None
 
-    async def _connect(self, key: tuple[str, str, int], target: Target, within: float | None) -> _Connection:
+    async def _connect(self, key: _Key, target: Target, within: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
-        tls = self._tls if target.scheme == "https" else None
+        tls: ssl.SSLContext | None = None
+        server_name: str | None = None
+        if target.scheme == "https":
+            route_tls = target.tls
+            tls = self._tls if route_tls is None else route_tls.context
+            server_name = target.host if route_tls is None else route_tls.server_name or target.host
         try:
             async with asyncio.timeout(within):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(key),
-                    target.host,
-                    target.port,
-                    ssl=tls,
-                    server_hostname=target.host if tls else None,
+                    lambda: _Connection(key), target.host, target.port, ssl=tls, server_hostname=server_name
                 )
         except TimeoutError as exc:
             raise UpstreamConnectTimeout("connect timed out") from exc
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            raise UpstreamTlsError(f"TLS handshake failed: {describe_tls_error(exc)}") from exc
+        except OSError as exc:
             raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
         return conn
 

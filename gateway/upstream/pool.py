@@ -50,6 +50,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import ServiceUnavailable
 from gateway.settings.schema import ActiveHealthCheck, PassiveHealthCheck, Route
 from gateway.upstream.target import Target
+from gateway.upstream.tls import TlsClient, tls_client
 
 __all__ = ["Balance", "UpstreamPool"]
 
@@ -68,6 +69,7 @@ class UpstreamPool:
         passive: Passive ejection settings.
         active: Active check settings, or ``None``; the pool only keeps it for the health checker.
         clock: Its monotonic clock times ejections; injected so tests move time instead of sleeping.
+        tls: The TLS every https target is reached with (``upstream_tls``), or ``None`` for defaults.
 
     Raises:
         ValueError: No upstreams, an invalid or duplicate upstream URL, an unknown balance
@@ -95,6 +97,7 @@ class UpstreamPool:
         passive: PassiveHealthCheck,
         active: ActiveHealthCheck | None,
         clock: Clock = SYSTEM_CLOCK,
+        tls: TlsClient | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError(f"route {route_name!r} has no upstreams")
@@ -110,6 +113,8 @@ class UpstreamPool:
                 # the load: almost certainly a typo. Unique origins also keep snapshot rows distinct.
                 raise ValueError(f"route {route_name!r}: duplicate upstream {target.url}")
             seen.add(target.url)
+            if target.scheme == "https":
+                target.tls = tls
         self.route_name = route_name
         self.targets: tuple[Target, ...] = targets
         self.balance: Balance = balance
@@ -134,7 +139,14 @@ class UpstreamPool:
 
         Returns:
             A pool with every target healthy and nothing in flight.
+
+        Raises:
+            ValueError: As the constructor, and when the route's ``upstream_tls`` files cannot be loaded.
         """
+        try:
+            tls = tls_client(route.upstream_tls)  # once per snapshot, never per request
+        except ValueError as exc:
+            raise ValueError(f"route {route.name!r}: {exc}") from exc
         return cls(
             route.name,
             route.upstreams,
@@ -142,6 +154,7 @@ class UpstreamPool:
             passive=route.passive_health_check,
             active=route.health_check,
             clock=clock,
+            tls=tls,
         )
 
     @property

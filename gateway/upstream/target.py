@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gateway.upstream.tls import TlsClient
+
 __all__ = ["Target"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -40,6 +42,7 @@ class Target:
             broken response) in a row.
         probation: Back from an ejection and no response head seen since: the pool gives it at
             most one request at a time.
+        tls: The route's ``upstream_tls`` (https targets only), or ``None`` for the client's defaults.
     """
 
     url: str
@@ -53,6 +56,7 @@ class Target:
     ejections: int = 0
     consecutive_failures: int = 0
     probation: bool = False
+    tls: TlsClient | None = None
 
     @classmethod
     def from_url(cls, raw: str) -> Target:

@@ -223,7 +223,7 @@ async def passkey_verify(
         credential_json=json.dumps(data.credential), user_id=None
     )
     user = await identity.accounts.get(assertion.user_id)
-    if user is None or user.disabled:
+    if user is None or not user.can_sign_in:
         raise NotAuthorizedException("That passkey cannot sign in.")
     signed = await flows.current(request, config, identity)
     if signed.session_id:
@@ -239,6 +239,7 @@ async def passkey_verify(
         ip=flows.client_ip(request),
         user_agent=flows.user_agent(request),
         host=config.public_url,
+        optout=await identity.consents.optout_of(user),
     )
     await identity.audit.record(
         "signin.passkey",

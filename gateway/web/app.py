@@ -33,7 +33,17 @@ from gateway.observe.redact import redact_path
 from gateway.services import WorkerServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.trusted import may_see_internals
-from gateway.web import account, api, invite, oidc, pages
+from gateway.web import (
+    account,
+    account_privacy,
+    account_privacy_api,
+    api,
+    consent,
+    invite,
+    oidc,
+    pages,
+    privacy_page,
+)
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import error_response, wants_html
@@ -152,6 +162,7 @@ def dependencies(services: WorkerServices) -> Mapping[str, Provide]:
         "identity": constant(services.identity),
         "signing": constant(services.signing),
         "readiness": constant(services.readiness),
+        "privacy": constant(services.privacy),
         "invitations": constant(Invitations(services.fast, services.identity.clock)),
     }
 
@@ -165,7 +176,11 @@ def create_control_app(services: WorkerServices) -> Litestar:
             *pages.HANDLERS,
             *oidc.HANDLERS,
             *account.HANDLERS,
+            *account_privacy.HANDLERS,
+            *account_privacy_api.HANDLERS,
+            *consent.HANDLERS,
             *invite.HANDLERS,
+            *privacy_page.HANDLERS,
             *api.HANDLERS,
             create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC),
         ],

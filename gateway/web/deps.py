@@ -13,10 +13,11 @@ from typing import TypeAlias
 from litestar.di import NamedDependency, Provide
 
 from gateway.crypto.signing import SigningKeys
+from gateway.privacy.service import Privacy as PrivacyService
 from gateway.services import IdentityServices, ReadinessReport
 from gateway.settings.current import CurrentConfig
 
-__all__ = ["Config", "Identity", "Readiness", "Signing", "constant"]
+__all__ = ["Config", "Identity", "Privacy", "Readiness", "Signing", "constant"]
 
 #: ``config``: the configuration in force, read once per request.
 Config: TypeAlias = NamedDependency[CurrentConfig]
@@ -26,6 +27,8 @@ Identity: TypeAlias = NamedDependency[IdentityServices]
 Signing: TypeAlias = NamedDependency[SigningKeys]
 #: ``readiness``: this replica's readiness report.
 Readiness: TypeAlias = NamedDependency[ReadinessReport]
+#: ``privacy``: the data-subject rights, the request register and legal holds.
+Privacy: TypeAlias = NamedDependency[PrivacyService]
 
 
 def constant(value: object) -> Provide:

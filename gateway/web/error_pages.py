@@ -81,6 +81,8 @@ _REASON_HINTS: Final[dict[str, str]] = {
     "Ask an administrator if you need it.",
 }
 
+# Like every gateway page, it links the privacy notice (GDPR Art. 12: easily accessible). Relative, like
+# the stylesheet: the control app serves both on the auth host and every route's host.
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -94,6 +96,7 @@ _PAGE = """<!doctype html>
 <p>{detail}</p>
 <p>{hint}</p>
 <div class="meta">reason: {reason}<br>request id: {request_id}</div>
+<footer><a href="/.gateway/privacy">Privacy</a></footer>
 </main></body></html>
 """
 

@@ -2,11 +2,14 @@
 
 After any sign-in step on the auth host, the browser goes back to where it came from (``rd``). If that
 is another host, cookies do not travel, so it goes through a one-time hand-off code that the target
-host's ``/.gateway/handoff`` exchanges for its own session in the same family.
+host's ``/.gateway/handoff`` exchanges for its own session in the same family. A person with a consent
+notice still to answer (a new purpose, or a new version of one) sees it first (``web/consent.py``),
+then goes on the same way.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -21,12 +24,14 @@ from gateway.identity.redirects import safe_local_redirect, safe_redirect
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
+from gateway.store.db import StoreUnavailable
 
 __all__ = [
     "SignedIn",
     "after_sign_in",
     "carried_rd",
     "client_ip",
+    "consent_pending",
     "current",
     "has_second_factor",
     "is_fresh",
@@ -38,6 +43,8 @@ __all__ = [
 ]
 
 AnyRequest = Request[Any, Any, Any]
+
+logger = logging.getLogger("gateway.web")
 
 
 class SignedIn:
@@ -155,6 +162,8 @@ async def next_location(
         # A one-time password must be replaced before this sign-in goes anywhere, and no other host
         # is handed a session that has not done so.
         return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
+    if await consent_pending(identity, session):
+        return f"/.gateway/consent?rd={quote(rd, safe='')}" if rd else "/.gateway/consent"
     target = safe_rd(rd, config)
     parts = urlsplit(target)
     # Compared the way the hand-off page compares (no port, no trailing dot, [v6] kept), so a code is
@@ -170,6 +179,19 @@ async def next_location(
     if parts.query:
         path += "?" + parts.query
     return f"{parts.scheme}://{parts.netloc}/.gateway/handoff?code={quote(code)}&rd={quote(path, safe='')}"
+
+
+async def consent_pending(identity: IdentityServices, session: Session) -> bool:
+    """Whether the person has a consent notice to answer before going on.
+
+    A database outage does not hold the sign-in up: the session already leaves every unanswered
+    consent purpose out (its opt-out), so the question waits for the next sign-in.
+    """
+    try:
+        return bool(await identity.consents.pending(session.user_id))
+    except StoreUnavailable:
+        logger.warning("could not read the consents of user %d; not asking now", session.user_id)
+        return False
 
 
 async def after_sign_in(

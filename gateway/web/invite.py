@@ -65,7 +65,7 @@ async def _open(identity: IdentityServices, invitation: Invitation | None) -> Us
         return None
     user = await identity.accounts.get(invitation.user_id)
     # Gone, disabled, or given a password some other way since: the link has nothing left to do.
-    if user is None or user.disabled or user.password_hash is not None:
+    if user is None or not user.can_sign_in or user.password_hash is not None:
         return None
     return user
 

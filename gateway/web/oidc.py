@@ -253,6 +253,7 @@ async def callback(
         ip=ip,
         user_agent=flows.user_agent(request),
         host=config.public_url,
+        optout=await identity.consents.optout_of(who.user),
     )
     await identity.oidc.remember(completed, family=session.family)
     if completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id):

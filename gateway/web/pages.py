@@ -124,6 +124,7 @@ async def login_submit(
         user_agent=flows.user_agent(request),
         host=config.public_url,
         password_change=result.must_change_password,
+        optout=await identity.consents.optout_of(user),
     )
     if result.must_change_password:
         response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
@@ -286,6 +287,8 @@ async def handoff(
         user_agent=flows.user_agent(request),
         host=host,
         family=source.family,
+        # The sign-in's choices travel with it (kept current in place by Consents.apply_optout).
+        optout=source.optout,
     )
     response = Redirect(target)
     flows.set_session_cookie(response, config, session_id)

@@ -318,7 +318,8 @@ def _rewrite_all_as_legacy(config: Path) -> None:
             record = ChainRecord(rid, seq, when, kind, actor, subject, ip, outcome, details, prev, "")
             digest = hashlib.sha256(record.canonical()).hexdigest()
             conn.execute(
-                "UPDATE audit_events SET prev_hash = ?, record_hash = ?, chain_version = 1, key_id = '' WHERE id = ?",
+                "UPDATE audit_events SET prev_hash = ?, record_hash = ?, chain_version = 1, key_id = '', "
+                "salts = '{}', erased = '{}' WHERE id = ?",
                 (prev, digest, rid),
             )
             prev = digest
@@ -355,7 +356,7 @@ def test_a_chain_written_before_keying_verifies_and_is_sealed(config: Path) -> N
     assert json.loads(proc.stdout)["head_seq"] == 5
     proc = gateway("audit", "list", *c, "--limit", "1", "--json")
     seal = json.loads(proc.stdout)
-    assert (seal["kind"], seal["v"], seal["seq"]) == ("audit.chain_keyed", 2, 5)
+    assert (seal["kind"], seal["v"], seal["seq"]) == ("audit.chain_keyed", 3, 5)
     proc = gateway("audit", "verify", *c)
     assert proc.returncode == 0, proc.stdout
     assert "keyed: seq 5..5" in proc.stdout

@@ -32,7 +32,8 @@ from tests.integration.test_admin_api import (
     signed_in,
     wait_admin_healthy,
 )
-from tests.integration.test_signin_http import enroll_totp, oathtool
+from tests.integration.test_signin_http import enroll_totp
+from tests.support.totp import oathtool
 
 __all__ = ["boss", "carol"]  # fixtures, used by name
 

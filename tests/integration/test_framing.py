@@ -346,7 +346,10 @@ def test_malformed_framing_on_gateway_endpoints_is_one_400(
     upstream.take()
     answers, closed = exchange(gw.port, data + SMUGGLED)
     _assert_refused(answers, closed, reason)
-    assert upstream.take() == []
+    # An upstream request the previous test's broken body opened and cut off (never complete, always
+    # to /a) may be recorded only now on a loaded machine; nothing these requests say goes to /a.
+    late = [s for s in upstream.take() if not (s.target == "/a" and not s.complete)]
+    assert late == []
 
 
 # --------------------------------------------------------------------------------------------------

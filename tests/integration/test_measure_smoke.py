@@ -55,15 +55,16 @@ def test_quick_guard_measures_the_signed_in_hot_path_within_the_loose_budget(tmp
     checks = report["budget"]["checks"]
     assert report["budget"]["factor"] > 1
     for key in (
-        "added_p50_ms",
-        "added_p99_ms",
+        "cpu_vs_bare_http1",
         "gateway_vs_bare",
         "gateway_vs_bare_http1",
         "gateway_vs_nginx",
     ):
         assert checks[key] is True, (key, report["budget"]["values"][key])
-    # Measured, but too noisy in one short pair to fail CI on (budget.yaml: smoke: false).
-    assert report["budget"]["values"]["signin_p99_ratio"] is not None
+    # Measured and reported, but wall-clock tails measure the machine's other load too: never failed on
+    # in the smoke run (budget.yaml: smoke: false).
+    for key in ("added_p50_ms", "added_p99_ms", "signin_p99_ratio"):
+        assert report["budget"]["values"][key] is not None, key
     signins = report["extra"]["signins"]
     assert all(r["signins"]["ok"] > 0 and r["signins"]["failed"] == 0 for r in signins["rounds"])
     assert (tmp_path / "guard.png").stat().st_size > 10_000

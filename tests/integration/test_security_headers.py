@@ -93,6 +93,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             # The test client stands in for a load balancer: its X-Forwarded-For names the client.
             trusted_proxies=["127.0.0.1/32"],
             threat={"block_lists": [str(block_list)]},
+            # A consent purpose: the sign-in asks it on its own page.
+            privacy={"purposes": [{"name": "newsletter", "title": "Newsletter", "notice": "Monthly mail."}]},
         )
         yield stack.enter_context(run_gateway(tmp, config))
 
@@ -105,6 +107,8 @@ def _account_pages(gw: Gateway) -> dict[str, httpx.Response]:
     with browser(gw) as client:
         seen["sign-in"] = client.get("/.gateway/login", headers=HTML)
         assert login(client, user).status_code == 302
+        seen["consent"] = client.get("/.gateway/consent", headers=HTML)
+        assert "Newsletter" in seen["consent"].text, seen["consent"].text
         seen["enrollment"] = client.get("/.gateway/account/enroll", headers=HTML)
         secret = SECRET_RE.search(seen["enrollment"].text)
         credential = CREDENTIAL_RE.search(seen["enrollment"].text)
@@ -117,6 +121,13 @@ def _account_pages(gw: Gateway) -> dict[str, httpx.Response]:
         )
         assert "recovery codes" in seen["recovery-codes"].text.lower(), seen["recovery-codes"].text
         seen["portal"] = client.get("/.gateway/account", headers=HTML)
+        seen["account privacy"] = client.get("/.gateway/account/privacy", headers=HTML)
+        assert "Erase your account" in seen["account privacy"].text, seen["account privacy"].text
+        seen["personal-data export"] = client.get("/.gateway/account/privacy/export")
+        assert "attachment" in seen["personal-data export"].headers["content-disposition"]
+        seen["account privacy api"] = client.get("/.gateway/api/account/requests", headers=JSON)
+        seen["privacy signed in"] = client.get("/.gateway/privacy", headers=HTML)
+        assert "You are signed in as" in seen["privacy signed in"].text, seen["privacy signed in"].text
         seen["password"] = client.get("/.gateway/account/password", headers=HTML)
         seen["json-api"] = client.get("/.gateway/api/me", headers=JSON)
         seen["sign-out page"] = client.get("/.gateway/logout", headers=HTML)
@@ -150,6 +161,9 @@ def _error_pages(gw: Gateway) -> dict[str, httpx.Response]:
     seen["hand-off error"] = get("127.0.0.1", "/.gateway/handoff?code=forged&rd=/", **HTML)
     seen["invitation error"] = get("127.0.0.1", "/.gateway/invite/" + "A" * 43, **HTML)
     seen["unknown gateway path"] = get("127.0.0.1", "/.gateway/no-such-page", **JSON)
+    seen["privacy"] = get("127.0.0.1", "/.gateway/privacy", **HTML)
+    seen["privacy on a route host"] = get("open.test", "/.gateway/privacy", **HTML)
+    seen["privacy api"] = get("127.0.0.1", "/.gateway/api/privacy", **JSON)
     seen["api reference"] = get("127.0.0.1", "/.gateway/api/schema", **HTML)
     seen["api schema json"] = get("127.0.0.1", "/.gateway/api/schema/openapi.json")
     return seen
@@ -162,9 +176,13 @@ def pages(gw: Gateway) -> dict[str, httpx.Response]:
 
 PAGES = [
     "sign-in",
+    "consent",
     "enrollment",
     "recovery-codes",
     "portal",
+    "account privacy",
+    "personal-data export",
+    "account privacy api",
     "password",
     "json-api",
     "sign-out page",
@@ -173,6 +191,10 @@ PAGES = [
     "hand-off error",
     "invitation error",
     "unknown gateway path",
+    "privacy",
+    "privacy signed in",
+    "privacy on a route host",
+    "privacy api",
     "api reference",
     "api schema json",
     *(f"{status} {kind}" for status in (404, 403, 502, 503) for kind in ("html", "json")),
@@ -224,6 +246,17 @@ def test_every_gateway_page_carries_the_security_headers(
     assert_hardened(resp, gw)
 
 
+def test_every_html_page_links_the_privacy_notice(pages: dict[str, httpx.Response]) -> None:
+    # GDPR Art. 12: the notice is one click away from every page a person sees, error pages included.
+    html_pages = {name: r for name, r in pages.items() if "text/html" in r.headers.get("content-type", "")}
+    # The walk reached the kinds of page it must cover (a change to it cannot quietly leave them out).
+    must = {"sign-in", "consent", "portal", "second factor", "privacy", "404 html", "hand-off error"}
+    assert must <= set(html_pages), sorted(html_pages)
+    link = '<a href="/.gateway/privacy">Privacy</a>'
+    assert [name for name, resp in html_pages.items() if link not in resp.text] == []
+    assert pages["privacy api"].json()["purposes"][0]["name"] == "newsletter"
+
+
 def test_pages_that_show_secrets_are_never_stored(pages: dict[str, httpx.Response]) -> None:
     # The TOTP secret and the recovery codes must not end up in a browser's or proxy's cache.
     assert SECRET_RE.search(pages["enrollment"].text)
@@ -231,7 +264,7 @@ def test_pages_that_show_secrets_are_never_stored(pages: dict[str, httpx.Respons
     assert pages["recovery-codes"].headers["cache-control"] == "no-store"
 
 
-@pytest.mark.parametrize("asset", ["gateway.css", "error.css", "webauthn.js"])
+@pytest.mark.parametrize("asset", ["gateway.css", "error.css", "webauthn.js", "choices.js"])
 def test_static_assets_are_cacheable_and_hardened(gw: Gateway, asset: str) -> None:
     resp = httpx.get(f"{gw.url}/.gateway/static/{asset}", timeout=30)
     assert resp.status_code == 200

@@ -2,7 +2,9 @@
 
 :func:`run_provider` starts ``node server.mjs`` with a config written here: an RSA signing key made in
 Python (so tests can sign tokens exactly as the provider would: a logout token, or an ID token with
-one claim wrong), one confidential client per gateway redirect URI, and test accounts.
+one claim wrong), one confidential client per gateway redirect URI, and test accounts. For access tokens on bearer
+routes: resource servers (audience, scopes, lifetime, opaque or JWT format), machine clients
+(:func:`machine_client`), :meth:`Provider.client_credentials` and :meth:`Provider.revoke`.
 :func:`sign_in_at_provider` drives the provider's own sign-in form with httpx, as a browser would.
 
 ``scripts/ensure-test-deps`` installs the package (``npm ci``); a missing install is a test failure,
@@ -34,6 +36,7 @@ __all__ = [
     "PROVIDER_DIR",
     "Account",
     "Provider",
+    "machine_client",
     "provider_client",
     "run_provider",
     "sign_in_at_provider",
@@ -106,6 +109,30 @@ class Provider:
         head = {"alg": "RS256", "kid": self.key.kid, **(header or {})}
         return jwt.encode(head, dict(claims), self.key, algorithms=[head["alg"]])
 
+    def client_credentials(
+        self, client_id: str, secret: str, *, resource: str | None = None, scope: str | None = None
+    ) -> dict[str, Any]:
+        """The token response of a client credentials grant (RFC 6749 §4.4; ``resource`` is RFC 8707)."""
+        form = {"grant_type": "client_credentials"}
+        if resource is not None:
+            form["resource"] = resource
+        if scope is not None:
+            form["scope"] = scope
+        resp = httpx.post(f"{self.issuer}/token", data=form, auth=(client_id, secret), timeout=10)
+        assert resp.status_code == 200, resp.text
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    def revoke(self, token: str, client_id: str, secret: str) -> None:
+        """Revoke a token at the provider's revocation endpoint (RFC 7009)."""
+        resp = httpx.post(
+            f"{self.issuer}/token/revocation",
+            data={"token": token, "token_type_hint": "access_token"},
+            auth=(client_id, secret),
+            timeout=10,
+        )
+        assert resp.status_code == 200, resp.text
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -136,6 +163,19 @@ def provider_client(
     return client
 
 
+def machine_client(client_id: str, secret: str, scopes: list[str]) -> dict[str, Any]:
+    """Client metadata for a script or service using the client credentials grant (no browser)."""
+    return {
+        "client_id": client_id,
+        "client_secret": secret,
+        "redirect_uris": [],
+        "response_types": [],
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "scope": " ".join(scopes),
+    }
+
+
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
@@ -155,6 +195,8 @@ def run_provider(
     accounts: list[Account],
     port: int | None = None,
     key: RSAKey | None = None,
+    resource_servers: Mapping[str, Mapping[str, Any]] | None = None,
+    extra_scopes: list[str] | None = None,
 ) -> Iterator[Provider]:
     """Start the test provider on ``127.0.0.1:<port>``; stopped at the end of the block."""
     node = _node()
@@ -168,6 +210,8 @@ def run_provider(
         "clients": clients,
         "accounts": {a.username: a.as_config() for a in accounts},
         "testControl": True,
+        "resourceServers": dict(resource_servers or {}),
+        "extraScopes": list(extra_scopes or []),
     }
     config_path = tmp / f"provider-{port}.json"
     config_path.write_text(json.dumps(config))

@@ -15,7 +15,6 @@ SHA-256 of ``state`` (``oidc-flow:<hash>``, ten minutes):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from gateway.clock import Clock
 from gateway.errors import BadRequest
@@ -67,9 +67,8 @@ _decode = msgspec.json.Decoder(FlowRecord).decode
 
 
 def s256(verifier: str) -> str:
-    """The PKCE S256 code challenge of a verifier (RFC 7636 §4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    """The PKCE S256 code challenge of a verifier (RFC 7636 §4.2, authlib's implementation)."""
+    return str(create_s256_code_challenge(verifier))
 
 
 def new_binding() -> str:

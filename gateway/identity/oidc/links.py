@@ -175,7 +175,7 @@ class IdentityMapper:
             if attempt == 1:  # pragma: no cover - needs two lost races in a row
                 raise AccountRefused("Please try again.", why="contended")
         assert user is not None
-        if user.disabled:
+        if not user.can_sign_in:
             await self._audit.record(
                 "signin.oidc",
                 actor=f"oidc:{idp.name}",
@@ -204,7 +204,7 @@ class IdentityMapper:
         ip: str,
     ) -> tuple[User | None, bool, bool]:
         now = self._clock.now()
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot read identity links"):
                 link = (
                     await session.scalars(
@@ -293,7 +293,7 @@ class IdentityMapper:
         """Create the account and its link in one transaction; None if another replica won the link."""
         now = self._clock.now()
         candidates = _username_candidates(idp, subject, claims, email)
-        async with self._db.session() as session:
+        async with self._db.session(write=True) as session:
             with store_errors("cannot create the account"):
                 rows = (
                     await session.execute(

@@ -16,13 +16,13 @@ Keys (JWKS) are cached without expiry and re-fetched when a token names a key id
 know, at most once per ``jwks_cooldown``: a provider rotating its keys is followed at once, and a
 stream of tokens with made-up key ids cannot turn the gateway into a request amplifier.
 
-Every request has the provider's ``timeout`` and reads at most 1 MiB.
+Every request has the provider's ``timeout`` and reads at most 1 MiB. The token request's form and
+client authentication are authlib's (``prepare_token_request``, ``ClientAuth``); the HTTP stays here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import warnings
@@ -32,6 +32,9 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from authlib.oauth2.auth import ClientAuth
+from authlib.oauth2.rfc6749.parameters import prepare_token_request
+from authlib.oidc.discovery import get_well_known_url
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
@@ -90,6 +93,8 @@ class ProviderMetadata:
     userinfo_endpoint: str | None
     end_session_endpoint: str | None
     fetched_at: float
+    # RFC 7662, for opaque access tokens on bearer routes (gateway/machine/provider_introspection.py).
+    introspection_endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +169,7 @@ class ProviderClient:
         url: str,
         *,
         what: str,
-        data: Mapping[str, str] | None = None,
+        data: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one request; return (status, parsed JSON body or None). Transport failures → 503."""
@@ -236,8 +241,7 @@ class ProviderClient:
 
     async def _discover(self) -> ProviderMetadata:
         issuer = self.idp.issuer
-        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        doc = await self._get_json(url, what="discovery")
+        doc = await self._get_json(get_well_known_url(issuer, external=True), what="discovery")
         if doc.get("issuer") != issuer:
             # OIDC Discovery §4.3: the document must be the configured issuer's own.
             raise ProviderUnavailable(
@@ -251,7 +255,7 @@ class ProviderClient:
             raise ProviderUnavailable(f"{self.idp.name}: the provider does not support PKCE with S256")
         optional = {
             key: doc.get(key) if _endpoint_ok(doc.get(key), issuer) else None
-            for key in ("userinfo_endpoint", "end_session_endpoint")
+            for key in ("userinfo_endpoint", "end_session_endpoint", "introspection_endpoint")
         }
         return ProviderMetadata(
             issuer=issuer,
@@ -261,6 +265,7 @@ class ProviderClient:
             userinfo_endpoint=optional["userinfo_endpoint"],
             end_session_endpoint=optional["end_session_endpoint"],
             fetched_at=self._clock.time(),
+            introspection_endpoint=optional["introspection_endpoint"],
         )
 
     # -- keys --------------------------------------------------------------------------------------
@@ -315,23 +320,15 @@ class ProviderClient:
             ProviderUnavailable: no usable answer.
         """
         metadata = await self.metadata()
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-        }
-        headers: dict[str, str] = {}
-        method = self.idp.auth_method
-        secret = self.idp.client_secret or ""
+        form = prepare_token_request(
+            "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier
+        )
+        method, client_id, secret = self.idp.auth_method, self.idp.client_id, self.idp.client_secret or ""
         if method == "client_secret_basic":
-            # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
-            pair = f"{quote(self.idp.client_id, safe='')}:{quote(secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        else:
-            form["client_id"] = self.idp.client_id
-            if method == "client_secret_post":
-                form["client_secret"] = secret
+            # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic (authlib's encoder does not).
+            client_id, secret = quote(client_id, safe=""), quote(secret, safe="")
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        _uri, headers, form = ClientAuth(client_id, secret, method).prepare("POST", "", headers, form)
         status, body = await self._request(
             "POST", metadata.token_endpoint, what="token request", data=form, headers=headers
         )
@@ -345,6 +342,29 @@ class ProviderClient:
         return TokenResponse(
             id_token=body["id_token"], access_token=access if isinstance(access, str) else None
         )
+
+    async def introspect(self, token: str, *, client_id: str, client_secret: str) -> dict[str, Any]:
+        """The provider's answer about an access token (RFC 7662), authenticated by client_secret_basic.
+
+        The token is sent only to the discovered ``introspection_endpoint`` (https, or loopback http).
+
+        Raises:
+            ProviderUnavailable: no introspection endpoint, or no usable answer (the caller fails closed).
+        """
+        metadata = await self.metadata()
+        if metadata.introspection_endpoint is None:
+            raise ProviderUnavailable(f"{self.idp.name}: the provider announces no introspection_endpoint")
+        form = f"token={quote(token, safe='')}&token_type_hint=access_token"
+        # RFC 6749 §2.3.1 / RFC 7662 §2.1: Basic with form-urlencoded id and secret (see exchange_code).
+        basic = ClientAuth(quote(client_id, safe=""), quote(client_secret, safe=""), "client_secret_basic")
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        _uri, headers, form = basic.prepare("POST", "", headers, form)
+        status, body = await self._request(
+            "POST", metadata.introspection_endpoint, what="introspection", data=form, headers=headers
+        )
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+            raise ProviderUnavailable(f"{self.idp.name}: introspection answered HTTP {status} without active")
+        return body
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """Claims from the userinfo endpoint (plain JSON; signed userinfo is not supported).

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
@@ -140,21 +142,21 @@ class OidcService:
         """
         metadata = await self.client(idp).metadata()
         flow = await self.flows.begin(provider=idp.name, binding=binding, rd=rd)
-        params: dict[str, str] = {
+        params = {
             **idp.extra_params,
-            "response_type": "code",
-            "client_id": idp.client_id,
-            "redirect_uri": redirect_uri,
-            "scope": " ".join(idp.scopes),
-            "state": flow.state,
             "nonce": flow.nonce,
             "code_challenge": flow.code_challenge,
             "code_challenge_method": "S256",
+            "login_hint": login_hint[:254] if login_hint else None,  # authlib leaves out None
         }
-        if login_hint:
-            params["login_hint"] = login_hint[:254]
-        endpoint = metadata.authorization_endpoint
-        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+        for name in ("response_type", "client_id", "redirect_uri", "scope", "state"):
+            params.pop(name, None)  # authlib's own arguments (the config check refuses them too)
+        uri = metadata.authorization_endpoint
+        return str(
+            prepare_grant_uri(
+                uri, idp.client_id, "code", redirect_uri, list(idp.scopes), flow.state, **params
+            )
+        )
 
     async def complete(
         self,
@@ -341,12 +343,12 @@ class OidcService:
         endpoint = metadata.end_session_endpoint
         if endpoint is None:
             return None
-        params = {
-            "id_token_hint": sign_in.id_token,
-            "client_id": idp.client_id,
-            "post_logout_redirect_uri": post_logout_redirect_uri,
-        }
-        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+        params = [
+            ("id_token_hint", sign_in.id_token),
+            ("client_id", idp.client_id),
+            ("post_logout_redirect_uri", post_logout_redirect_uri),
+        ]
+        return str(add_params_to_uri(endpoint, params))
 
 
 def provider_named(providers: Sequence[IdentityProvider], name: str) -> IdentityProvider | None:

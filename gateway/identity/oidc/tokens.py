@@ -10,8 +10,10 @@ failure names its :class:`Check` (the audit trail records it; the person sees on
 3. **Key**: from the provider's JWKS, matching ``kid``, key type and curve (an RSA key never verifies
    an EC signature, and a key announcing ``use: enc`` or another ``alg`` is not used).
 4. **Signature** (joserfc, restricted to that one algorithm).
-5. **Claims**: ``iss`` equals the configured issuer exactly; ``aud`` contains the client id, and with
-   several audiences ``azp`` must name it (``azp`` must name it whenever present); ``exp``, ``iat``
+5. **Claims**, by authlib's OpenID Connect claim classes (``CodeIDToken``, which authlib 1.9 builds on
+   joserfc's claims registry; its own ``authlib.jose`` is deprecated in favour of joserfc) with the
+   gateway's options and hooks on top: ``iss`` equals the configured issuer exactly; ``aud`` contains
+   the client id, and with several audiences ``azp`` must name it (``azp`` must name it whenever present); ``exp``, ``iat``
    and ``nbf`` within the allowed clock skew; ``nonce`` equal to the one this browser's flow sent;
    ``at_hash`` matching the access token when present. A logout token instead needs ``jti``, the
    back-channel ``events`` member, ``sub`` or ``sid``, and *no* ``nonce`` (so neither token can be
@@ -22,16 +24,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, ClassVar, Final, TypeGuard
 
+from authlib.oidc.core import CodeIDToken
+from authlib.oidc.core import IDToken as OidcClaims
 from joserfc import jws
-from joserfc.errors import JoseError
+from joserfc.errors import ClaimError, JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from gateway.errors import GatewayError
@@ -68,8 +71,6 @@ _KEY_TYPES: Final[Mapping[str, tuple[str, str | None]]] = {
     "EdDSA": ("OKP", None),
     "Ed25519": ("OKP", "Ed25519"),
 }
-# at_hash uses the hash of the token's algorithm (Core §3.1.3.6); EdDSA with Ed25519 uses SHA-512.
-_HASHES: Final[Mapping[str, str]] = {"256": "sha256", "384": "sha384", "512": "sha512"}
 
 KeyFinder = Callable[[str | None, str], Awaitable[Sequence[Key]]]
 """``(kid, alg) → candidate keys``: the provider's JWKS, re-fetched (rate-limited) on an unknown kid."""
@@ -211,48 +212,36 @@ async def _verified_payload(
     raise TokenRejected(Check.SIGNATURE, "signature does not verify")
 
 
-def _number(claims: Mapping[str, Any], name: str, check: Check, *, required: bool) -> float | None:
-    value = claims.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TokenRejected(check, f"{name} is missing or not a number")
-    return float(value)
+class _LogoutClaims(OidcClaims):  # type: ignore[misc]  # authlib has no type hints
+    """Back-Channel Logout §2.4: authlib's ID token checks (aud, azp, exp when present) with its essentials."""
+
+    ESSENTIAL_CLAIMS: ClassVar = ["iss", "aud", "iat", "jti"]
 
 
-def _check_common(
-    claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float, skew: float
-) -> tuple[float, float | None]:
-    """iss, aud/azp, exp, iat, nbf. Returns (iat, exp)."""
-    if claims.get("iss") != issuer:
-        raise TokenRejected(Check.ISSUER, f"issuer {claims.get('iss')!r} is not {issuer!r}")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
-    if not audiences or not all(isinstance(a, str) for a in audiences) or client_id not in audiences:
-        raise TokenRejected(Check.AUDIENCE, f"audience {aud!r} does not include this gateway's client id")
-    azp = claims.get("azp")
-    if (len(audiences) > 1 or azp is not None) and azp != client_id:
-        # Several audiences: the token was issued to azp, which must be us, not another audience.
-        raise TokenRejected(Check.AUTHORIZED_PARTY, f"authorized party {azp!r} is not this gateway")
-    exp = _number(claims, "exp", Check.EXPIRED, required=False)
-    if exp is not None and now > exp + skew:
-        raise TokenRejected(Check.EXPIRED, "token has expired")
-    iat = _number(claims, "iat", Check.ISSUED_AT, required=True)
-    assert iat is not None
-    if iat > now + skew:
-        raise TokenRejected(Check.ISSUED_AT, "token is issued in the future")
-    if now - iat > MAX_TOKEN_AGE + skew:
-        raise TokenRejected(Check.ISSUED_AT, "token was issued too long ago")
-    nbf = _number(claims, "nbf", Check.NOT_BEFORE, required=False)
-    if nbf is not None and nbf > now + skew:
-        raise TokenRejected(Check.NOT_BEFORE, "token is not valid yet")
-    return iat, exp
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _access_token_hash(alg: str, access_token: str) -> str:
-    name = "sha512" if alg in ("EdDSA", "Ed25519") else _HASHES[alg[-3:]]
-    digest = hashlib.new(name, access_token.encode("ascii", "replace")).digest()
-    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+def _options(*, issuer: str, client_id: str, now: float, skew: float) -> dict[str, dict[str, Any]]:
+    """The claim options both tokens share (joserfc compares exactly; an empty value is refused)."""
+    return {
+        "iss": {"essential": True, "value": issuer},
+        "aud": {"essential": True, "value": client_id},
+        # Present at all: then it must name this gateway (authlib requires it with several audiences).
+        "azp": {"essential": False},
+        # A token issued longer ago than a whole sign-in may take is not the answer to this one.
+        "iat": {"essential": True, "validate": lambda _c, iat: now - iat <= MAX_TOKEN_AGE + skew},
+    }
+
+
+def _validate(claims: OidcClaims, *, now: float, skew: float) -> None:
+    try:
+        claims.validate(now=now, leeway=skew)
+    except ClaimError as err:
+        # The claim named (the first of several missing) is the check: Check's values are claim names.
+        name = "iat" if err.claim == "auth_time" else err.claim.split(",")[0]
+        check = Check(name) if name in Check._value2member_map_ else Check.SHAPE
+        raise TokenRejected(check, f"{err.claim}: {err.description}") from err
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -290,37 +279,35 @@ async def verify_id_token(
         TokenRejected: a check failed; ``check`` names it.
     """
     alg, claims = await _verified_payload(token, algorithms=algorithms, find_keys=find_keys, types=_ID_TYPES)
-    iat, exp = _check_common(claims, issuer=issuer, client_id=client_id, now=now, skew=skew)
-    if exp is None:
-        raise TokenRejected(Check.EXPIRED, "exp is missing")
     if "events" in claims:
         raise TokenRejected(Check.EVENTS, "a security event token (logout token) is not an ID token")
-    got = claims.get("nonce")
-    if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
-        raise TokenRejected(Check.NONCE, "nonce does not match this sign-in")
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise TokenRejected(Check.SUBJECT, "sub is missing or invalid")
-    at_hash = claims.get("at_hash")
-    if (
-        at_hash is not None
-        and access_token is not None
-        and not (
-            isinstance(at_hash, str)
-            and hmac.compare_digest(at_hash.encode(), _access_token_hash(alg, access_token).encode())
-        )
-    ):
-        raise TokenRejected(Check.ACCESS_TOKEN_HASH, "at_hash does not match the access token")
-    auth_time = _number(claims, "auth_time", Check.ISSUED_AT, required=False)
-    if auth_time is not None and auth_time > now + skew:
-        raise TokenRejected(Check.ISSUED_AT, "auth_time is in the future")
+    options = _options(issuer=issuer, client_id=client_id, now=now, skew=skew)
+    options.update(
+        {
+            "sub": {"essential": True, "validate": lambda _c, sub: len(sub) <= 255},
+            # Compared in constant time here rather than by authlib's plain comparison.
+            "nonce": {
+                "essential": True,
+                "validate": lambda _c, got: (
+                    isinstance(got, str) and hmac.compare_digest(got.encode(), nonce.encode())
+                ),
+            },
+            "auth_time": {"validate": lambda _c, at: _is_number(at) and at <= now + skew},
+            "at_hash": {"essential": False, "validate": lambda _c, at_hash: isinstance(at_hash, str)},
+        }
+    )
+    # authlib's at_hash helper knows the JWS name EdDSA; an Ed25519 signature hashes with SHA-512 too.
+    header = {"alg": "EdDSA" if alg == "Ed25519" else alg}
+    params = {"client_id": client_id, "access_token": access_token}
+    _validate(CodeIDToken(claims, header, options, params), now=now, skew=skew)
+    auth_time = claims.get("auth_time")
     acr = claims.get("acr")
     sid = claims.get("sid")
     return IdToken(
         claims=claims,
-        subject=sub,
-        issued_at=iat,
-        auth_time=auth_time,
+        subject=claims["sub"],
+        issued_at=float(claims["iat"]),
+        auth_time=float(auth_time) if _is_number(auth_time) else None,
         amr=_strings(claims.get("amr")),
         acr=acr if isinstance(acr, str) else None,
         sid=sid if isinstance(sid, str) and sid else None,
@@ -342,21 +329,27 @@ async def verify_logout_token(
     Raises:
         TokenRejected: a check failed; ``check`` names it.
     """
-    _alg, claims = await _verified_payload(
+    alg, claims = await _verified_payload(
         token, algorithms=algorithms, find_keys=find_keys, types=_LOGOUT_TYPES
     )
-    iat, exp = _check_common(claims, issuer=issuer, client_id=client_id, now=now, skew=skew)
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
         raise TokenRejected(Check.EVENTS, "events does not contain the back-channel logout event")
     if "nonce" in claims:
         raise TokenRejected(Check.NONCE, "a logout token must not contain a nonce")
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > 256:
-        raise TokenRejected(Check.TOKEN_ID, "jti is missing")
+    options = _options(issuer=issuer, client_id=client_id, now=now, skew=skew)
+    options["jti"] = {"essential": True, "validate": lambda _c, jti: len(jti) <= 256}
+    _validate(_LogoutClaims(claims, {"alg": alg}, options, {"client_id": client_id}), now=now, skew=skew)
     sub, sid = claims.get("sub"), claims.get("sid")
     subject = sub if isinstance(sub, str) and sub else None
     session = sid if isinstance(sid, str) and sid else None
     if subject is None and session is None:
         raise TokenRejected(Check.SUBJECT, "a logout token needs sub or sid")
-    return LogoutToken(jti=jti, issued_at=iat, expires_at=exp, subject=subject, sid=session)
+    exp = claims.get("exp")
+    return LogoutToken(
+        jti=claims["jti"],
+        issued_at=float(claims["iat"]),
+        expires_at=float(exp) if _is_number(exp) else None,
+        subject=subject,
+        sid=session,
+    )

@@ -15,11 +15,17 @@ from gateway.settings.checks import (
     admin,
     assertion,
     audit,
+    backup,
     identity,
+    identity_headers,
+    lockdown,
     logging,
     mfa,
+    notify,
     passwords,
+    pgbackrest,
     policy,
+    privacy,
     regulation,
     routes,
     server,
@@ -27,6 +33,9 @@ from gateway.settings.checks import (
     storage,
     threat,
     tls,
+    tokens,
+    tracing,
+    upstream_tls,
 )
 from gateway.settings.report import Report
 from gateway.settings.schema import Settings
@@ -65,9 +74,18 @@ CHECKS: tuple[Check, ...] = (
     admin.check_listen,
     # Identity providers, routes, log sinks and threat rules.
     identity.check_providers,
+    identity_headers.check_identity_headers,
     routes.check_routes,
+    upstream_tls.check_upstream_tls,
     logging.check_logging,
+    tracing.check_tracing,
     threat.check_threat,
+    lockdown.check_lockdown,
+    privacy.check_privacy,
+    backup.check_backup,
+    pgbackrest.check_pgbackrest,
+    notify.check_notify,
+    tokens.check_tokens,
 )
 
 

@@ -7,12 +7,13 @@ rests on can be overridden.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.settings.checks.values import NAME_RULE, host_problem, url_problem
 from gateway.settings.report import SLUG, KeyPath, Report, quote
-from gateway.settings.schema import IdentityProvider, Settings
+from gateway.settings.schema import AccessTokens, IdentityProvider, Settings
 
 __all__ = ["check_providers"]
 
@@ -74,18 +75,33 @@ def check_providers(settings: Settings, report: Report) -> None:
                 report.add(path, f"{quote(domain)} already routes to identity provider {domains[name]}")
             else:
                 domains[name] = idp.name
+    introspecting = [
+        i for i, idp in enumerate(settings.identity_providers)
+        if idp.access_tokens is not None and idp.access_tokens.introspection is not None
+    ]  # fmt: skip
+    if len(introspecting) > 1:
+        # An opaque token names no issuer: asking several providers would show each one the others' tokens.
+        report.add(
+            ("identity_providers", introspecting[1], "access_tokens", "introspection"),
+            "only one identity provider may introspect opaque tokens (an opaque token does not say whose it is)",
+        )
 
 
-def _check_security(idp: IdentityProvider, at: KeyPath, report: Report) -> None:
-    if not idp.allowed_algorithms:
-        report.add((*at, "allowed_algorithms"), "must name at least one algorithm, e.g. [RS256]")
-    for a_index, alg in enumerate(idp.allowed_algorithms):
+def _check_algorithms(algorithms: Sequence[str], at: KeyPath, report: Report) -> None:
+    """ID-token and access-token algorithms alike: at least one, each asymmetric (no HMAC, no none)."""
+    if not algorithms:
+        report.add(at, "must name at least one algorithm, e.g. [RS256]")
+    for a_index, alg in enumerate(algorithms):
         if alg not in _ID_TOKEN_ALGORITHMS:
             report.add(
-                (*at, "allowed_algorithms", a_index),
+                (*at, a_index),
                 f"{quote(alg)} is not allowed; use asymmetric algorithms only: "
                 + ", ".join(sorted(_ID_TOKEN_ALGORITHMS)),
             )
+
+
+def _check_security(idp: IdentityProvider, at: KeyPath, report: Report) -> None:
+    _check_algorithms(idp.allowed_algorithms, (*at, "allowed_algorithms"), report)
     method = idp.auth_method
     if method == "none" and idp.client_secret is not None:
         report.add((*at, "token_endpoint_auth"), "is none, but a client_secret is set; remove one of them")
@@ -99,6 +115,37 @@ def _check_security(idp: IdentityProvider, at: KeyPath, report: Report) -> None:
             "only applies to provisioning: jit (pre-provisioned accounts are always found by verified email)",
         )
     _check_limits(idp, at, report)
+    if idp.access_tokens is not None:
+        _check_access_tokens(idp, idp.access_tokens, (*at, "access_tokens"), report)
+
+
+def _check_access_tokens(idp: IdentityProvider, tokens: AccessTokens, at: KeyPath, report: Report) -> None:
+    """A provider's access tokens (gateway/machine/provider_*): audience, algorithms, introspection, caches."""
+    if not tokens.audience.strip():
+        report.add(
+            (*at, "audience"), "must not be empty; use the gateway's resource identifier at the provider"
+        )
+    _check_algorithms(tokens.algorithms, (*at, "algorithms"), report)
+    if not 0 <= tokens.clock_skew <= 60:
+        report.add((*at, "clock_skew"), "must be between 0 and 1m")
+    if not 0 < tokens.cache_ttl <= 3600:
+        report.add(
+            (*at, "cache_ttl"), "must be greater than 0 and at most 1h (a revoked token works until it ends)"
+        )
+    if not 0 <= tokens.negative_ttl <= tokens.cache_ttl:
+        report.add((*at, "negative_ttl"), "must be between 0 and cache_ttl")
+    if not 1 <= tokens.cache_size <= 1_000_000:
+        report.add((*at, "cache_size"), "must be between 1 and 1000000 entries")
+    introspection = tokens.introspection
+    if introspection is not None and (introspection.client_secret or idp.client_secret) is None:
+        report.add(
+            (*at, "introspection", "client_secret"),
+            "is required: the provider's introspection endpoint authenticates the gateway (client_secret_basic)",
+        )
+    if introspection is not None and introspection.client_id == "":
+        report.add(
+            (*at, "introspection", "client_id"), "must not be empty (omit it to use the provider's client_id)"
+        )
 
 
 def _check_limits(idp: IdentityProvider, at: KeyPath, report: Report) -> None:

@@ -5,6 +5,7 @@ Route names are unique, and no two routes claim the same host and path prefix.
 
 from __future__ import annotations
 
+from gateway.settings.checks.identity_headers import identity_names
 from gateway.settings.checks.values import NAME_RULE, TOKEN, host_problem, require_positive, url_problem
 from gateway.settings.report import SLUG, KeyPath, Report, quote
 from gateway.settings.schema import ActiveHealthCheck, Route, Settings
@@ -16,6 +17,8 @@ def check_routes(settings: Settings, report: Report) -> None:
     """Every route on its own, plus unique names and targets across routes."""
     names: dict[str, int] = {}
     targets: dict[tuple[str, str], tuple[str, int]] = {}
+    # The names identity_headers gives the identity: no route may set them either.
+    reserved = identity_names(settings)
     for index, route in enumerate(settings.routes):
         at: KeyPath = ("routes", index)
         if not SLUG.fullmatch(route.name):
@@ -27,7 +30,7 @@ def check_routes(settings: Settings, report: Report) -> None:
             )
         else:
             names[route.name] = report.line((*at, "name"))
-        _check_route(route, at, report)
+        _check_route(route, at, report, reserved)
         # Same host and path prefix twice: only one could ever match, and which one would be an accident.
         target = (route.host.lower(), route.path.rstrip("/") or "/")
         if target in targets:
@@ -41,7 +44,7 @@ def check_routes(settings: Settings, report: Report) -> None:
             targets[target] = (route.name, report.line(at))
 
 
-def _check_route(route: Route, at: KeyPath, report: Report) -> None:
+def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[str]) -> None:
     problem = host_problem(route.host)
     if problem:
         report.bad(
@@ -63,7 +66,7 @@ def _check_route(route: Route, at: KeyPath, report: Report) -> None:
             report.bad(
                 (*at, "public_paths", index), f"{quote(public)} does not start with /", "e.g. /static/*"
             )
-    _check_headers(route, at, report)
+    _check_headers(route, at, report, reserved)
     require_positive(
         [
             ((*at, "timeouts", "connect"), route.timeouts.connect),
@@ -71,6 +74,7 @@ def _check_route(route: Route, at: KeyPath, report: Report) -> None:
         ],
         report,
     )
+    _check_auth(route, at, report)
     policy = route.mfa_policy
     if policy.max_age is not None and policy.max_age <= 0:
         report.add((*at, "mfa", "max_age"), f"must be greater than 0; got {policy.max_age:g}")
@@ -88,6 +92,14 @@ def _check_route(route: Route, at: KeyPath, report: Report) -> None:
     )
 
 
+def _check_auth(route: Route, at: KeyPath, report: Report) -> None:
+    # An empty list would leave no way in at all (every request 401): a typo, never an intention.
+    if not route.auth:
+        report.add((*at, "auth"), "list at least one method: [session], [bearer] or [session, bearer]")
+    elif len(set(route.auth)) != len(route.auth):
+        report.add((*at, "auth"), "names a method twice; list each of session and bearer at most once")
+
+
 def _path_problem(path: str) -> str | None:
     # The router matches canonical paths; a prefix that is not canonical could never match, or would
     # match differently than it reads.
@@ -101,21 +113,25 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-def _check_headers(route: Route, at: KeyPath, report: Report) -> None:
+def _check_headers(route: Route, at: KeyPath, report: Report, reserved: frozenset[str]) -> None:
     for key, headers in (
         ("request_headers", route.request_headers),
         ("response_headers", route.response_headers),
     ):
         for name, value in headers.items():
-            _check_header((*at, key, name), name, value, report)
+            _check_header((*at, key, name), name, value, report, reserved)
 
 
-def _check_header(path: KeyPath, name: str, value: str, report: Report) -> None:
+def _check_header(path: KeyPath, name: str, value: str, report: Report, reserved: frozenset[str]) -> None:
     if not TOKEN.fullmatch(name):
         report.add(path, f"{quote(name)} is not a valid header name")
     elif name.lower().replace("_", "-").startswith("x-gateway-"):
         # Invariant 3: upstreams trust X-Gateway-* as the gateway's word on identity; no config may forge it.
         report.add(path, f"{name} is reserved: only the gateway sets X-Gateway-* identity headers; remove it")
+    elif path[2] == "request_headers" and name.lower().replace("_", "-") in reserved:
+        report.add(
+            path, f"{name} is reserved: identity_headers sends the identity under this name; remove it"
+        )
     if any(char in value for char in "\r\n\0"):
         report.add(path, "header value must not contain line breaks or NUL (header injection)")
 

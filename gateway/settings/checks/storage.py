@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
+from collections.abc import Callable
 from typing import Final
 
 from gateway.settings.checks.values import require_positive
 from gateway.settings.report import Report, quote
 from gateway.settings.schema import Settings
+from gateway.settings.store_tls import SYSTEM_ROOTS, parse_pg_tls, parse_redis_tls, query_of
 
 __all__ = ["check_pool", "check_stores"]
 
@@ -32,6 +35,9 @@ def check_stores(settings: Settings, report: Report) -> None:
             f"unsupported database URL scheme {quote(url.partition('://')[0])}; use sqlite+aiosqlite:///path"
             " or postgresql+asyncpg://user@host/db",
         )
+    elif url is not None and url.startswith("postgresql"):
+        pg_url = url
+        _check_tls(report, ("storage", "url"), lambda: _pg_files(pg_url))
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", settings.state.namespace):
         report.add(("state", "namespace"), "use 1-32 letters, digits, '_', '.', ':' or '-', e.g. prod-gw:")
     url = settings.state.redis_url
@@ -42,6 +48,9 @@ def check_stores(settings: Settings, report: Report) -> None:
             + ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
             + " or null for the embedded state in data_dir",
         )
+    elif url is not None:
+        redis_url = url
+        _check_tls(report, ("state", "redis_url"), lambda: _redis_files(redis_url))
     _check_embedded_state(settings, report)
 
 
@@ -70,3 +79,46 @@ def _check_embedded_state(settings: Settings, report: Report) -> None:
             "memory keeps sessions inside the gateway process, so the admin listener (its own process)"
             " could not see them; use file (the default) or admin.listen: null",
         )
+
+
+def _pg_files(url: str) -> list[tuple[str, str, bool]]:
+    tls = parse_pg_tls(query_of(url))
+    roots = [] if tls.root_cert in (None, SYSTEM_ROOTS) else [("sslrootcert", tls.root_cert, True)]
+    return [
+        *roots,
+        *((name, file, False) for name, file in (("sslcert", tls.cert), ("sslkey", tls.key)) if file),
+    ]
+
+
+def _redis_files(url: str) -> list[tuple[str, str, bool]]:
+    scheme = url.partition("://")[0].lower()
+    tls = parse_redis_tls(query_of(url), tls=scheme.startswith("rediss"))
+    files = (("ssl_ca_certs", tls.ca_file, True), ("ssl_certfile", tls.cert_file, False))
+    return [(name, file, ca) for name, file, ca in (*files, ("ssl_keyfile", tls.key_file, False)) if file]
+
+
+def _check_tls(
+    report: Report, path: tuple[str, str], files: Callable[[], list[tuple[str, str, bool]]]
+) -> None:
+    """The URL's TLS options (``settings/store_tls.py``) and that their files load.
+
+    Messages name the option and the file, never the URL: it may carry a password.
+    """
+    try:
+        named = files()
+    except ValueError as exc:
+        report.add(path, str(exc))
+        return
+    for name, file, is_ca in named:
+        try:
+            if is_ca:
+                ssl.create_default_context(cafile=file)
+            else:
+                with open(file, "rb"):
+                    pass
+        except FileNotFoundError:
+            report.add(path, f"{name}: file not found: {file}")
+        except PermissionError:
+            report.add(path, f"{name}: {file} is not readable by this user")
+        except (OSError, ssl.SSLError) as exc:
+            report.add(path, f"{name}: {file} holds no usable PEM certificate ({type(exc).__name__})")

@@ -9,7 +9,8 @@ Three backends satisfy ``FastState`` and fail closed with ``StateUnavailable``:
 * ``MemoryFastState`` (``memory.py``): inside one process only; unit tests, and ``state.embedded:
   memory`` for a single-process gateway (benchmarks).
 
-``open_configured_state(settings)`` picks the one the configuration asks for.
+``open_configured_state(settings)`` picks the one the configuration asks for; ``refuse_unverified_tls``
+is the start-up check that a ``rediss://`` server's certificate passes verification.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import ConfigError
 from gateway.store.fast.base import FastState, StateUnavailable, Subscription
 from gateway.store.fast.local import STATE_FILE, LocalFastState
 from gateway.store.fast.memory import MemoryFastState
 from gateway.store.fast.redis import RedisFastState
 from gateway.store.fast.url import RedisMode, RedisTarget, parse_redis_url
+from gateway.store.tls import verification_failure
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -40,6 +43,7 @@ __all__ = [
     "open_configured_state",
     "open_fast_state",
     "parse_redis_url",
+    "refuse_unverified_tls",
     "shares_state",
     "state_file",
 ]
@@ -101,3 +105,32 @@ def open_configured_state(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
     return open_fast_state(
         settings.state.redis_url, namespace=settings.state.namespace, local_path=local, clock=clock
     )
+
+
+async def refuse_unverified_tls(settings: Settings) -> None:
+    """Ping a ``rediss://`` fast state once and refuse to go on if its certificate was refused.
+
+    The fast state otherwise connects lazily, so a gateway starts while Redis is still coming up and
+    reports that through readiness. A certificate that fails verification is different: the CA file
+    or the host name in ``state.redis_url`` is wrong, waiting will not fix it, and every request would
+    be a 503. Any other failure (refused, timed out) is left to readiness as before.
+
+    Raises:
+        ConfigError: The TLS handshake refused the server's certificate (the message says why).
+    """
+    url = settings.state.redis_url
+    if url is None or not parse_redis_url(url).tls:
+        return
+    state = open_configured_state(settings)
+    try:
+        await state.ping()
+    except StateUnavailable as exc:
+        refused = verification_failure(exc)
+        if refused is not None:
+            raise ConfigError(
+                f"state.redis_url: TLS verification of the Redis server failed: {refused}; check"
+                " ssl_ca_certs (the CA that issued the server's certificate) and that the host in the"
+                " URL is a name the certificate carries"
+            ) from None
+    finally:
+        await state.close()

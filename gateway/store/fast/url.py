@@ -11,12 +11,22 @@ Accepted shapes (the error message for a bad URL repeats them)::
 
 Sentinel ports default to 26379, all others to 6379. The credentials are those of the data nodes; a
 Sentinel that needs its own password takes ``?sentinel_password=...``. Query parameters of the plain
-forms are passed to ``redis.asyncio.Redis.from_url`` unchanged.
+forms are passed to ``redis.asyncio.Redis.from_url`` unchanged, except TLS options.
+
+TLS (every ``rediss`` form): the server's certificate and its host name are always verified, against
+the system's trusted CAs plus ``?ssl_ca_certs=/abs/ca.pem`` if given (redis-py adds the file to the
+system's CAs); ``ssl_certfile`` and ``ssl_keyfile`` give a client certificate (``tls-auth-clients
+yes``). Every other ``ssl_*`` option is refused, as redis-py would read ``ssl_cert_reqs=none`` or
+``ssl_check_hostname=false`` as "do not verify" (rules in :mod:`gateway.settings.store_tls`). Sentinels
+are reached over TLS with the same files. A plain ``redis://`` to a host off this machine is logged
+as a warning once per process.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,6 +37,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from gateway.settings.store_tls import RedisTls, is_loopback, parse_redis_tls
+
 __all__ = ["EXPECTED_SHAPES", "RedisClient", "RedisMode", "RedisTarget", "build_client", "parse_redis_url"]
 
 EXPECTED_SHAPES = (
@@ -36,6 +48,9 @@ EXPECTED_SHAPES = (
 )
 
 RedisClient = Redis | RedisCluster
+
+logger = logging.getLogger("gateway.store")
+_warned: set[str] = set()
 
 
 class RedisMode(enum.StrEnum):
@@ -64,6 +79,7 @@ class RedisTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
+    tls_files: RedisTls = field(default_factory=RedisTls)
 
     def redacted(self) -> str:
         """The URL with any password replaced by ``***``, for logs and error messages."""
@@ -108,6 +124,13 @@ def _parse_db(url: str, text: str) -> int:
     return int(text)
 
 
+def _tls_files(url: str, query: dict[str, list[str]], tls: bool) -> RedisTls:
+    try:
+        return parse_redis_tls(query, tls=tls)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+
+
 def _split_userinfo(url: str, netloc: str) -> tuple[str | None, str | None, str]:
     userinfo, at, hostlist = netloc.rpartition("@")
     if not at:
@@ -137,7 +160,8 @@ def parse_redis_url(url: str) -> RedisTarget:
 def _parse_plain(url: str, scheme: str, tls: bool) -> RedisTarget:
     parts = urlsplit(url)
     username, password, hostlist = _split_userinfo(url, parts.netloc)
-    query = parse_qs(parts.query)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    tls_files = _tls_files(url, query, tls)
     if scheme == "unix":
         if not parts.path or parts.path == "/":
             raise _bad(url, "missing socket path")
@@ -158,7 +182,14 @@ def _parse_plain(url: str, scheme: str, tls: bool) -> RedisTarget:
     if "db" in query:
         db = _parse_db(url, query["db"][-1])
     return RedisTarget(
-        RedisMode.STANDALONE, url, (host,), db=db, tls=tls, username=username, password=password
+        RedisMode.STANDALONE,
+        url,
+        (host,),
+        db=db,
+        tls=tls,
+        username=username,
+        password=password,
+        tls_files=tls_files,
     )
 
 
@@ -169,8 +200,9 @@ def _parse_multi(url: str, rest: str, tls: bool, mode: RedisMode) -> RedisTarget
     default_port = 26379 if mode is RedisMode.SENTINEL else 6379
     hosts = tuple(_parse_host(url, item, default_port) for item in hostlist.split(","))
     query = parse_qs(query_text, keep_blank_values=True)
+    tls_files = _tls_files(url, query, tls)
     allowed = {"sentinel_password"} if mode is RedisMode.SENTINEL else set()
-    unknown = sorted(set(query) - allowed)
+    unknown = sorted(name for name in set(query) - allowed if not name.startswith("ssl"))
     if unknown:
         raise _bad(url, f"unsupported option(s) {', '.join(unknown)} for {mode} URLs")
     segments = [s for s in path.split("/") if s] if path else []
@@ -195,6 +227,32 @@ def _parse_multi(url: str, rest: str, tls: bool, mode: RedisMode) -> RedisTarget
         username=username,
         password=password,
         sentinel_password=sentinel_password,
+        tls_files=tls_files,
+    )
+
+
+def _tls_options(target: RedisTarget) -> dict[str, Any]:
+    # Spelled out rather than left to redis-py's defaults, which did not check host names before 6.0.
+    files = target.tls_files
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+        "ssl_ca_certs": files.ca_file,
+        "ssl_certfile": files.cert_file,
+        "ssl_keyfile": files.key_file,
+    }
+
+
+def _warn_plaintext(target: RedisTarget) -> None:
+    remote = [host for host, _ in target.hosts if not is_loopback(host)]
+    if target.tls or not remote or remote[0] in _warned:
+        return
+    _warned.add(remote[0])
+    logger.warning(
+        "state.redis_url: the connection to Redis at %s is not encrypted, so anyone on the network path"
+        " can read or change sessions; use rediss:// (with ?ssl_ca_certs=/path/to/ca.pem for a private CA)",
+        remote[0],
     )
 
 
@@ -223,6 +281,7 @@ def build_client(
         The data client and, for Sentinel, the ``Sentinel`` whose own connections the caller must
         also close.
     """
+    _warn_plaintext(target)
     common: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": op_timeout,
@@ -230,7 +289,10 @@ def build_client(
         # to fail closed on the request path.
         "retry": Retry(NoBackoff(), retries),
     }
+    tls = _tls_options(target) if target.tls else {}
     if target.mode is RedisMode.STANDALONE:
+        # The URL's own ssl_* options (the same files) are parsed by redis-py and win over these.
+        common.update(tls)
         pool = BlockingConnectionPool.from_url(
             target.url, max_connections=max_connections, timeout=op_timeout, **common
         )
@@ -239,7 +301,7 @@ def build_client(
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.mode is RedisMode.CLUSTER:
         nodes = [ClusterNode(host, port) for host, port in target.hosts]
-        cluster = RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common)
+        cluster = RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **tls, **common)
         return cluster, None
     assert target.service_name is not None  # guaranteed by the parser
     sentinel_kwargs: dict[str, Any] = {
@@ -248,9 +310,10 @@ def build_client(
         "retry": Retry(NoBackoff(), retries),
         "password": target.sentinel_password,
         "ssl": target.tls,
+        **tls,
     }
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        list(target.hosts), sentinel_kwargs=sentinel_kwargs, ssl=target.tls, **common
+        list(target.hosts), sentinel_kwargs=sentinel_kwargs, ssl=target.tls, **tls, **common
     )
     client = sentinel.master_for(target.service_name, db=target.db, **auth)
     return client, sentinel

@@ -2,12 +2,17 @@
 // from one JSON file given as the only argument (tests/support/oidc_peer.py writes it):
 //
 //   {port, issuer, jwks: {keys: [private JWKs]}, clients: [client metadata],
-//    accounts: {id: {password, claims: {...}, amr: [...], acr}}, testControl: bool}
+//    accounts: {id: {password, claims: {...}, amr: [...], acr}}, testControl: bool,
+//    resourceServers: {<resource indicator URI>: {scope, audience, accessTokenTTL, accessTokenFormat,
+//                      jwt: {sign: {alg, key}}}}, extraScopes: [...]}   (the last two optional)
 //
 // What it does like a production provider: authorization code flow with PKCE required (S256 only),
 // its own sign-in page (a plain username/password form: the browser test types into it), ID tokens
 // with email, email_verified, groups, amr, acr and sid, userinfo, RP-initiated logout and back-channel
-// logout. Consent is implied for the configured (first-party) clients.
+// logout. Consent is implied for the configured (first-party) clients. For machine clients: the client
+// credentials grant, resource indicators (RFC 8707: each configured resource server says its audience,
+// scopes, token lifetime and format: opaque, or RFC 9068 JWT signed with the provider's key or, for
+// attack tests, an HMAC secret), token introspection (RFC 7662) and revocation (RFC 7009).
 //
 // Test-only switches, only with testControl (never on in a real deployment):
 //   POST /__test/next-id-token  (text body) the next token response carries this id_token instead
@@ -19,10 +24,11 @@
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const accounts = config.accounts;
+const resourceServers = config.resourceServers || {};
 
 const html = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -42,7 +48,7 @@ const provider = new Provider(config.issuer, {
   clients: config.clients,
   jwks: config.jwks,
   cookies: { keys: ['gateway-test-cookie-key-one', 'gateway-test-cookie-key-two'] },
-  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access', ...(config.extraScopes || [])],
   claims: {
     // How and when the person authenticated travels with every ID token (as Entra ID and Okta do).
     openid: ['sub', 'amr', 'acr', 'auth_time'],
@@ -64,8 +70,25 @@ const provider = new Provider(config.issuer, {
     devInteractions: { enabled: false },
     backchannelLogout: { enabled: true },
     rpInitiatedLogout: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // No resource asked for: no audience (an opaque token for userinfo, as before these features).
+      defaultResource: (ctx, client, oneOf) => oneOf,
+      useGrantedResource: () => false,
+      getResourceServerInfo(ctx, indicator) {
+        const server = resourceServers[indicator];
+        if (!server) throw new errors.InvalidTarget();
+        return server;
+      },
+    },
   },
-  ttl: { Session: 3600, Interaction: 600, Grant: 3600, AuthorizationCode: 60, IdToken: 3600, AccessToken: 600 },
+  ttl: {
+    Session: 3600, Interaction: 600, Grant: 3600, AuthorizationCode: 60, IdToken: 3600, AccessToken: 600,
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 600,
+  },
   async findAccount(ctx, id) {
     const account = accounts[id];
     if (!account) return undefined;

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Connection
 
 from gateway.audit.chain import (
+    ERASABLE_VERSION,
     GENESIS,
     KEYED_VERSION,
     LEGACY_VERSION,
@@ -38,6 +39,8 @@ from gateway.audit.chain import (
 )
 from gateway.audit.chain_key import ChainKeys
 from gateway.audit.checkpoint import ChainBroken, Checkpointer, sign_checkpoint, verify_trail
+from gateway.audit.erasable import dump_salts, new_salts
+from gateway.audit.erase import erase_person
 from gateway.audit.trail import AuditLog, SecurityEvent
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
@@ -84,7 +87,7 @@ async def _rewrite(db: Database, change: Callable[[ChainRecord], ChainRecord], *
     """What an attacker with write access does: change records and recompute every later hash.
 
     Without the chain key the only hash they can compute is the legacy SHA-256, so the rewritten
-    records become version 1.
+    records become version 1 (without the salts and erased fields version 1 does not have).
     """
     records = await _records(db)
     prev = records[from_seq - 2].record_hash if from_seq > 1 else GENESIS
@@ -94,7 +97,7 @@ async def _rewrite(db: Database, change: Callable[[ChainRecord], ChainRecord], *
         await _sql(
             db,
             "UPDATE audit_events SET actor = :actor, prev_hash = :prev, record_hash = :h, chain_version = 1, "
-            "key_id = '' WHERE id = :id",
+            "key_id = '', salts = '{}', erased = '{}' WHERE id = :id",
             actor=changed.actor,
             prev=changed.prev_hash,
             h=changed.record_hash,
@@ -112,8 +115,8 @@ async def _insert_row(db: Database, record: ChainRecord) -> None:
     await _sql(
         db,
         "INSERT INTO audit_events (id, at, kind, actor, subject, ip, outcome, details, seq, prev_hash, "
-        "record_hash, chain_version, key_id) VALUES (:id, :at, :kind, :actor, :subject, :ip, :outcome, "
-        ":details, :seq, :prev, :h, :v, :kid)",
+        "record_hash, chain_version, key_id, salts, erased) VALUES (:id, :at, :kind, :actor, :subject, :ip, "
+        ":outcome, :details, :seq, :prev, :h, :v, :kid, :salts, :erased)",
         id=record.id,
         at=_at_param(db, record.at),
         kind=record.kind,
@@ -127,6 +130,8 @@ async def _insert_row(db: Database, record: ChainRecord) -> None:
         h=record.record_hash,
         v=record.version,
         kid=record.key_id,
+        salts=record.salts,
+        erased=record.erased,
     )
 
 
@@ -147,6 +152,8 @@ async def _forge_next(db: Database, *, version: int = LEGACY_VERSION, key_id: st
         "",
         version,
         key_id,
+        # Salts are no secret: a forger can pick their own, only the MAC over them is out of reach.
+        dump_salts(new_salts()) if version == ERASABLE_VERSION else "{}",
     )
     # The hash anyone can compute; for a "keyed" label it is the best guess without the key.
     forged = dataclasses.replace(forged, record_hash=_legacy_hash(forged))
@@ -168,7 +175,7 @@ async def test_records_form_one_chain_that_verifies(database: Database) -> None:
     report = await verify_database(database, keyring=KEYRING)
     assert report.ok, report.problem
     assert (report.records, report.head_hash) == (5, records[-1].record_hash)
-    assert {(r.version, r.key_id) for r in records} == {(KEYED_VERSION, "k1")}
+    assert {(r.version, r.key_id) for r in records} == {(ERASABLE_VERSION, "k1")}
     assert (report.legacy, report.keyed_from, report.unchecked, report.key_ids) == (
         0,
         1,
@@ -334,9 +341,10 @@ async def test_tampering_is_found_at_the_first_bad_record(
     [
         ((LEGACY_VERSION, ""), "unkeyed (version 1) record after the chain became keyed"),
         ((KEYED_VERSION, "k1"), "written without the chain key (forged)"),
+        ((ERASABLE_VERSION, "k1"), "written without the chain key (forged)"),
         ((7, "k1"), "unknown chain version 7"),
     ],
-    ids=["as-legacy", "as-keyed", "as-unknown-version"],
+    ids=["as-legacy", "as-keyed", "as-erasable", "as-unknown-version"],
 )
 async def test_record_forged_at_the_tail_with_database_access_is_named(
     database: Database, tmp_path: Path, label: tuple[int, str], complaint: str
@@ -444,6 +452,64 @@ def test_keyed_canonical_form_and_mac_follow_the_documented_recipe() -> None:
     assert record.digest(ChainKeys(KEYRING)) != hashlib.sha256(data).hexdigest()
 
 
+def test_erasable_canonical_form_and_mac_follow_the_documented_recipe() -> None:
+    # Version 3 as the bundle README spells it out, computed here without the gateway's code.
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    values = {"actor": "user:ünï", "subject": "s", "ip": "::1", "details": '{"x":1}'}
+    salts = {field: bytes([n]) * 16 for n, field in enumerate(values, start=1)}
+    commitments = {
+        f"{field}_c": hmac.new(
+            salts[field], field.encode() + b"\0" + value.encode(), hashlib.sha256
+        ).hexdigest()
+        for field, value in values.items()
+    }
+    doc = {"v": 3, "id": 7, "seq": 3, "at": "2026-01-02T03:04:05.000000+00:00", "kind": "k"}
+    doc |= {"outcome": "success", "prev": GENESIS, "kid": "k1", **commitments}
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    chain_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway keyring derive\0audit-chain v2"
+    ).derive(KEY)
+    record = ChainRecord(
+        7,
+        3,
+        at,
+        "k",
+        values["actor"],
+        values["subject"],
+        values["ip"],
+        "success",
+        values["details"],
+        GENESIS,
+        "",
+        ERASABLE_VERSION,
+        "k1",
+        json.dumps({field: salt.hex() for field, salt in salts.items()}),
+    )
+    assert record.canonical() == data
+    assert b"user:" not in data  # personal fields only as commitments
+    assert record.digest(ChainKeys(KEYRING)) == hmac.new(chain_key, data, hashlib.sha256).hexdigest()
+    # The same content as version 2 hashes differently: the version is bound into the MAC.
+    as_v2 = dataclasses.replace(record, version=KEYED_VERSION, salts="{}")
+    assert as_v2.digest(ChainKeys(KEYRING)) != record.digest(ChainKeys(KEYRING))
+
+
+async def test_erasable_records_round_trip_through_their_json_lines(database: Database) -> None:
+    await _fill(database, 2, keyring=None)  # legacy
+    await _fill(database, 2)  # erasable
+    records = await _records(database)
+    for record in records:
+        line = json.loads(json.dumps(record.to_json()))
+        assert ChainRecord.from_json(line) == record
+        assert ({"salts", "erased"} <= set(line)) is (record.version == ERASABLE_VERSION)
+    assert json.loads(records[2].salts).keys() == {"actor", "subject", "ip", "details"}
+    assert records[2].salts != records[3].salts  # fresh salts per record
+    # Lines from bundles exported before version 3 have no salts and erased.
+    old = {k: v for k, v in records[0].to_json().items()}
+    assert (ChainRecord.from_json(old).salts, ChainRecord.from_json(old).erased) == ("{}", "{}")
+    with pytest.raises(ValueError, match="text fields must be strings"):
+        ChainRecord.from_json({**records[2].to_json(), "salts": {"actor": "00"}})
+
+
 # --- checkpoints: what the chain alone cannot show ------------------------------------------------------
 
 
@@ -539,7 +605,7 @@ async def test_a_legacy_chain_still_verifies_and_keyed_records_continue_it(datab
     report = await verify_database(database, keyring=KEYRING)
     assert report.ok, report.problem
     assert (report.records, report.legacy, report.keyed_from) == (5, 3, 4)
-    assert [r.version for r in await _records(database)] == [1, 1, 1, 2, 2]
+    assert [r.version for r in await _records(database)] == [1, 1, 1, 3, 3]
     # Tampering with the legacy part is still found as before.
     await _sql(database, "UPDATE audit_events SET actor = 'user:x' WHERE seq = 2")
     report = await verify_database(database, keyring=KEYRING)
@@ -557,7 +623,7 @@ async def test_the_checkpointer_seals_a_legacy_head(database: Database, tmp_path
     cp = await checkpointer.checkpoint()
     seal = (await _records(database))[-1]
     assert (cp["head_seq"], cp["head_hash"]) == (4, seal.record_hash)
-    assert (seal.kind, seal.actor, seal.version, seal.key_id) == (SEAL_KIND, "system", KEYED_VERSION, "k1")
+    assert (seal.kind, seal.actor, seal.version, seal.key_id) == (SEAL_KIND, "system", ERASABLE_VERSION, "k1")
     assert json.loads(seal.details) == {"legacy_records": 3, "legacy_head_hash": seal.prev_hash}
     assert (await checkpointer.checkpoint())["head_seq"] == 4  # sealed once
     forged = await _forge_next(database)
@@ -704,7 +770,8 @@ async def test_records_written_by_the_previous_release_verify_after_the_upgrade(
     assert (report.problem.seq, report.records) == (4, 3)
 
 
-async def test_downgrade_below_keying_is_refused_while_keyed_records_exist(migrated_url: str) -> None:
+async def test_downgrade_below_erasable_records_is_refused_while_they_exist(migrated_url: str) -> None:
+    # Keyed records are erasable (version 3) now: migration 0008 is the first to refuse.
     db = Database.open(migrated_url, pool_size=1)
     try:
         await _fill(db, 1)
@@ -719,7 +786,91 @@ async def test_downgrade_below_keying_is_refused_while_keyed_records_exist(migra
                 cfg.attributes["connection"] = sync
                 command.downgrade(cfg, "0005")
 
-            with pytest.raises(RuntimeError, match="1 audit record\\(s\\) are keyed"):
+            with pytest.raises(
+                RuntimeError, match="1 audit record\\(s\\) are erasable \\(chain version 3\\)"
+            ):
                 await conn.run_sync(downgrade)
     finally:
         await engine.dispose()
+
+
+async def test_keyed_records_of_the_release_before_erasable_verify_after_the_upgrade(
+    database_url: str,
+) -> None:
+    # Schema 0007 and version 2 rows exactly as the previous release's append wrote them (HMAC over
+    # the fields in the clear), spelled out here rather than through today's code.
+    await _migrate_to(database_url, "0007")
+    chain_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gateway keyring derive\0audit-chain v2"
+    ).derive(KEY)
+    prev = GENESIS
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            for seq in (1, 2):
+                at = datetime(2026, 12, 1, 9, 0, seq, tzinfo=UTC)
+                fields = {
+                    "kind": "signin.password",
+                    "actor": "user:alice",
+                    "subject": "alice",
+                    "ip": "198.51.100.23",
+                    "outcome": "success",
+                    "details": "{}",
+                }
+                doc = {"v": 2, "kid": "k1", "id": seq, "seq": seq, "prev": prev, **fields}
+                doc["at"] = at.isoformat(timespec="microseconds")
+                data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                digest = hmac.new(chain_key, data.encode(), hashlib.sha256).hexdigest()
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO audit_events (id, at, kind, actor, subject, ip, outcome, details, seq, "
+                        "prev_hash, record_hash, chain_version, key_id) VALUES (:id, :at, :kind, :actor, "
+                        ":subject, :ip, :outcome, :details, :seq, :prev, :h, 2, 'k1')"
+                    ),
+                    {
+                        "id": seq,
+                        "seq": seq,
+                        "prev": prev,
+                        "h": digest,
+                        **fields,
+                        "at": at
+                        if engine.dialect.name == "postgresql"
+                        else at.replace(tzinfo=None).isoformat(" "),
+                    },
+                )
+                prev = digest
+            if engine.dialect.name == "postgresql":  # explicit ids do not advance the id sequence
+                await conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('audit_events', 'id'), 2)"))
+    finally:
+        await engine.dispose()
+    await upgrade(database_url)
+    db = Database.open(database_url, pool_size=1)
+    try:
+        report = await verify_database(db, keyring=KEYRING)
+        assert report.ok, report.problem
+        assert (report.keyed_from, report.erasable_from) == (1, None)
+        old = await _records(db)
+        assert {(r.salts, r.erased) for r in old} == {("{}", "{}")}  # the migration's server default
+        # New records continue the chain as version 3; erasing alice reaches only those.
+        await AuditLog(db, clock=FakeClock(), keyring=KEYRING).record(
+            "signin.password", actor="user:alice", subject="alice", ip="198.51.100.23"
+        )
+        result = await erase_person(
+            db,
+            ChainKeys(KEYRING),
+            at=datetime(2026, 12, 2, tzinfo=UTC),
+            username="alice",
+            pseudonym="aa",
+            actor="admin:bob",
+            request_ref="r-1",
+        )
+        report = await verify_database(db, keyring=KEYRING)
+        records = await _records(db)
+    finally:
+        await db.close()
+    assert report.ok, report.problem
+    assert (result.erased, result.kept_legacy) == ((3,), 2)
+    assert (report.keyed_from, report.erasable_from, report.erased, report.erasures) == (1, 3, 1, 1)
+    assert records[:2] == old
+    assert [r.version for r in records] == [2, 2, 3, 3]
+    assert records[2].subject == "[erased:aa]"

@@ -163,6 +163,26 @@ def test_token_verifies_with_the_published_key_and_carries_every_claim(
     }
 
 
+def test_a_bearer_requests_assertion_names_who_the_token_speaks_for_and_its_client(
+    signer: AssertionSigner, signing: SigningKeys, clock: FakeClock
+) -> None:
+    jwks = signing.jwks()
+    expires = clock.time() + 3600
+    own = signer.assertion_for_client("ci", "gwt_abc", "api", ["deployers"], expires)
+    claims = verify_es256(own, jwks, audience="api", now=clock.time())
+    # A machine client's own token: sub and client_id are the client; no person authenticated.
+    assert (claims["sub"], claims["client_id"], claims["amr"]) == ("ci", "ci", [])
+    assert claims["gateway_auth"] == "bearer"
+    assert claims["roles"] == ["deployers"]
+    # A linked person's provider token: sub is the person, client_id the application it was issued to.
+    person = signer.assertion_for_client("alice", "jwt:1", "api", [], expires, client_id="corp:reporter")
+    claims = verify_es256(person, jwks, audience="api", now=clock.time())
+    assert (claims["sub"], claims["client_id"]) == ("alice", "corp:reporter")
+    # The token's own expiry bounds the assertion's.
+    short = signer.assertion_for_client("ci", "gwt_short", "api", [], clock.time() + 30)
+    assert verify_es256(short, jwks, audience="api", now=clock.time())["exp"] == int(clock.time()) + 30
+
+
 def test_signature_is_raw_r_s_not_der(signer: AssertionSigner, clock: FakeClock) -> None:
     token = signer.assertion_for(make_session(clock), "wiki", None, [])
     assert len(_b64decode(token.split(".")[2])) == 64

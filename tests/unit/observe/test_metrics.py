@@ -84,10 +84,21 @@ def test_each_request_counts_once_under_its_route_status_class_and_decision() ->
     metrics.observe_request(record(kind="forward-auth", route="", status=401, decision="unauthenticated"))
 
     requests = "gateway_requests_total"
-    assert value(metrics, requests, kind="http", route="app", status="2xx", decision="allow") == 2
-    assert value(metrics, requests, kind="http", route="app", status="4xx", decision="deny") == 1
+    for code in ("200", "204"):
+        assert (
+            value(metrics, requests, kind="http", route="app", status="2xx", code=code, decision="allow") == 1
+        )
+    assert value(metrics, requests, kind="http", route="app", status="4xx", code="403", decision="deny") == 1
     assert (
-        value(metrics, requests, kind="forward-auth", route="-", status="4xx", decision="unauthenticated")
+        value(
+            metrics,
+            requests,
+            kind="forward-auth",
+            route="-",
+            status="4xx",
+            code="401",
+            decision="unauthenticated",
+        )
         == 1
     )
     assert sum(v for (name, _), v in samples(metrics).items() if name == requests) == 4
@@ -111,14 +122,19 @@ def test_status_outside_the_classes_is_other() -> None:
     metrics = Metrics()
     metrics.observe_request(record(status=0, decision="error"))
     metrics.observe_request(record(status=799, decision="error"))
+    requests = "gateway_requests_total"
+    # No HTTP status (0) and one beyond HTTP's range keep the code label bounded: both are "other".
     assert (
-        value(metrics, "gateway_requests_total", kind="http", route="app", status="0xx", decision="error")
-        == 1
+        value(metrics, requests, kind="http", route="app", status="0xx", code="other", decision="error") == 1
     )
     assert (
-        value(metrics, "gateway_requests_total", kind="http", route="app", status="other", decision="error")
+        value(metrics, requests, kind="http", route="app", status="other", code="other", decision="error")
         == 1
     )
+    metrics.observe_request(record(status=100))
+    metrics.observe_request(record(status=599))
+    codes = {dict(labels)["code"] for (name, labels) in samples(metrics) if name == requests}
+    assert codes == {"other", "100", "599"}
 
 
 def test_decision_cache_hits_and_misses_are_counted_at_each_flush() -> None:
@@ -382,7 +398,9 @@ def test_processes_are_summed_and_a_dead_ones_gauges_forgotten(
         for f in text_string_to_metric_families(exposition().decode())
         for s in f.samples
     }
-    labels = frozenset({"kind": "http", "route": "app", "status": "2xx", "decision": "allow"}.items())
+    labels = frozenset(
+        {"kind": "http", "route": "app", "status": "2xx", "code": "200", "decision": "allow"}.items()
+    )
     assert found[("gateway_requests_total", labels)] == 7
     # Both children have exited: their policy versions no longer count, their requests still do.
     assert not list(tmp_path.glob("gauge_livemin_*.db"))
@@ -391,14 +409,22 @@ def test_processes_are_summed_and_a_dead_ones_gauges_forgotten(
 
 def test_requests_reach_the_values_only_when_flushed_and_are_written_once() -> None:
     metrics = Metrics()
-    child = metrics.requests.labels(kind="http", route="app", status="2xx", decision="allow")
+    child = metrics.requests.labels(kind="http", route="app", status="2xx", code="200", decision="allow")
     for _ in range(3):
         metrics.observe_request(record(total_seconds=0.02, upstream_seconds=0.5, authz_seconds=0.00003))
     assert child._value.get() == 0  # tallied in process, not yet in the (shared) values
     metrics.flush()
     metrics.flush()  # a second flush with nothing new adds nothing
     assert (
-        value(metrics, "gateway_requests_total", kind="http", route="app", status="2xx", decision="allow")
+        value(
+            metrics,
+            "gateway_requests_total",
+            kind="http",
+            route="app",
+            status="2xx",
+            code="200",
+            decision="allow",
+        )
         == 3
     )
     assert value(metrics, "gateway_request_duration_seconds_bucket", route="app", le="0.01") == 0
@@ -426,4 +452,9 @@ async def test_closing_writes_what_is_still_tallied() -> None:
     metrics.start()
     metrics.observe_request(record())
     await metrics.close()
-    assert metrics.requests.labels(kind="http", route="app", status="2xx", decision="allow")._value.get() == 1
+    assert (
+        metrics.requests.labels(
+            kind="http", route="app", status="2xx", code="200", decision="allow"
+        )._value.get()
+        == 1
+    )

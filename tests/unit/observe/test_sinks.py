@@ -50,6 +50,7 @@ def record(**overrides: Any) -> RequestRecord:
         "decision": "allow",
         "reason": "policy-allow",
         "policy_version": 7,
+        "auth": "session",
     }
     fields.update(overrides)
     return RequestRecord(**fields)
@@ -75,8 +76,8 @@ def test_access_document_has_the_ecs_fields() -> None:
         "duration": 5_000_000,
     }
     assert doc["http"] == {
-        "request": {"method": "GET", "bytes": 10, "id": "req-1"},
-        "response": {"status_code": 200, "bytes": 2048},
+        "request": {"method": "GET", "body": {"bytes": 10}, "id": "req-1"},
+        "response": {"status_code": 200, "body": {"bytes": 2048}},
     }
     assert doc["url"] == {
         "path": "/reports",
@@ -93,6 +94,7 @@ def test_access_document_has_the_ecs_fields() -> None:
         "decision": "allow",
         "reason": "policy-allow",
         "policy_version": 7,
+        "auth": "session",
         "authz": {"duration": 20_000},
     }
     assert doc["upstream"] == {"address": "10.0.0.5:8080", "duration": 4_000_000}

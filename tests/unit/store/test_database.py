@@ -27,6 +27,7 @@ from gateway.store.db import (
     create_engine,
     default_sqlite_url,
     normalize_url,
+    store_errors,
 )
 from gateway.store.migrate import (
     SchemaOutdated,
@@ -279,6 +280,56 @@ async def test_sqlite_savepoints_nest_inside_the_transaction(database: Database)
         await session.rollback()
     async with database.session() as session:
         assert (await session.execute(sa.select(sa.func.count()).select_from(KvSetting))).scalar_one() == 0
+
+
+async def _read_then_write_after_a_commit_between(database: Database, *, write: bool) -> None:
+    """Read a row, let another connection commit, then write what was read."""
+    async with database.session() as session:
+        session.add(KvSetting(key="counter", value="0", updated_at=T0))
+        await session.commit()
+
+    async def other_writer() -> None:
+        async with database.session() as session:
+            session.add(KvSetting(key="other", value="x", updated_at=T0))
+            await session.commit()
+
+    async with database.session(write=write) as session:
+        row = await session.get(KvSetting, "counter")
+        assert row is not None
+        # With the write lock taken at BEGIN the other writer waits for this unit to end.
+        other = asyncio.create_task(other_writer())
+        await asyncio.sleep(0.2)
+        row.value = str(int(row.value) + 1)
+        with store_errors("counter"):
+            await session.commit()
+    await other
+
+
+async def test_a_read_then_write_unit_waits_its_turn_with_write(tmp_path: Path) -> None:
+    db = Database.open(default_sqlite_url(tmp_path))
+    try:
+        await upgrade(default_sqlite_url(tmp_path))
+        await _read_then_write_after_a_commit_between(db, write=True)
+        async with db.session() as session:
+            counter = await session.get(KvSetting, "counter")
+            assert counter is not None
+            assert counter.value == "1"
+            assert await session.get(KvSetting, "other") is not None
+    finally:
+        await db.close()
+
+
+async def test_a_plain_read_then_write_unit_fails_on_sqlite_when_another_commits_between(
+    tmp_path: Path,
+) -> None:
+    # Why write=True exists: SQLite cannot upgrade a stale read snapshot and says "locked" at once.
+    db = Database.open(default_sqlite_url(tmp_path))
+    try:
+        await upgrade(default_sqlite_url(tmp_path))
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await _read_then_write_after_a_commit_between(db, write=False)
+    finally:
+        await db.close()
 
 
 async def test_ping_on_unreachable_postgres_fails_fast() -> None:
