@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -68,7 +67,7 @@ def _audit(database: Path, kind: str) -> list[dict[str, object]]:
         ]
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed by scripts/ensure-test-deps")
+@pytest.mark.peer  # the real rclone binary (scripts/ensure-test-deps installs it)
 def test_backup_cli_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "data"
     config = tmp_path / "gateway.yaml"

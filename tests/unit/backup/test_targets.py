@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,7 @@ async def test_a_damaged_existing_copy_is_reported(backup: tuple[Path, Keyring],
         replicate(path, str(tmp_path / "offsite"))
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed by scripts/ensure-test-deps")
+@pytest.mark.peer  # the real rclone binary (scripts/ensure-test-deps installs it)
 async def test_rclone_remote_gets_a_checked_copy_that_verifies(
     backup: tuple[Path, Keyring], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,7 +67,7 @@ async def test_rclone_remote_gets_a_checked_copy_that_verifies(
     await verify_backup(copy, keyring)
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is installed by scripts/ensure-test-deps")
+@pytest.mark.peer  # the real rclone binary (scripts/ensure-test-deps installs it)
 def test_an_unknown_rclone_remote_fails_and_others_still_run(
     backup: tuple[Path, Keyring], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
