@@ -8,6 +8,14 @@ the last: a part copied into another backup or renamed, chunks reordered, droppe
 any chunk, all fail to decrypt. The directory is assembled under a hidden name and renamed when
 complete, so a listed backup is never half-written.
 
+The parts: ``gateway.db`` (the snapshot), ``audit-checkpoints.jsonl`` (when the node has signed
+checkpoints) and one ``incidents/<case>/<file>`` part per file of the sealed incident evidence under
+``<data_dir>/incidents/`` (``gateway.response.evidence``). The evidence is listed after the snapshot
+is taken, so every bundle whose sealing the snapshot's audit chain records is already on disk and in
+the backup; its plaintext SHA-256 in the manifest is the one the chain's ``incident.evidence_sealed``
+holds. Part files are flat (``incidents-0001.enc``): a part's name says where it is restored, never
+where its ciphertext lies.
+
 The plaintext snapshot exists only in a 0700 scratch directory for as long as it is being encrypted.
 """
 
@@ -44,9 +52,12 @@ __all__ = [
     "CHECKPOINTS_PART",
     "CHUNK_BYTES",
     "DATABASE_PART",
+    "INCIDENTS_DIR",
     "Progress",
     "chunk_aad",
     "create_backup",
+    "evidence_files",
+    "part_path",
     "read_backup",
 ]
 
@@ -54,6 +65,9 @@ DATABASE_PART: Final = "gateway.db"
 # The signed audit checkpoints live outside the database (they reveal a truncated tail), so a restored
 # node needs them too.
 CHECKPOINTS_PART: Final = "audit-checkpoints.jsonl"
+# The sealed incident evidence of the node (``gateway.response.evidence.evidence_directory``, a floor
+# above): one part per file, named ``incidents/<path below it>``.
+INCIDENTS_DIR: Final = "incidents"
 
 Progress = Callable[[str], None]
 # Plaintext per chunk: large enough that the per-token overhead (nonce, tag, base64) is small.
@@ -63,6 +77,46 @@ CHUNK_BYTES: Final = 4 * 2**20
 def chunk_aad(backup_id: str, name: str, index: int, *, last: bool) -> bytes:
     """The associated data of one chunk: its backup, its part, its position and whether it ends the part."""
     return f"gateway backup {backup_id} part {name} chunk {index} {'last' if last else 'more'}".encode()
+
+
+def evidence_files(data_dir: Path) -> list[tuple[str, Path]]:
+    """The incident evidence files of ``data_dir`` as (part name, file), sorted by name.
+
+    Regular files only: a symbolic link is not followed (a backup never reaches outside the data
+    directory through one), nor is anything that is not a file.
+    """
+    root = data_dir / INCIDENTS_DIR
+    if not root.is_dir() or root.is_symlink():
+        return []
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
+        for name in files:
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                found.append((f"{INCIDENTS_DIR}/{path.relative_to(root).as_posix()}", path))
+    return sorted(found)
+
+
+def part_path(root: Path, name: str) -> Path:
+    """Where the part ``name`` goes below ``root`` (a data directory or a staging directory).
+
+    Raises:
+        BackupError: A name that is not one of the parts a backup is made of: it would be written
+            outside ``root`` or over something else (a manifest is signed, so only a keyring holder
+            could write one; checked all the same before anything is written).
+    """
+    if name in (DATABASE_PART, CHECKPOINTS_PART):
+        return root / name
+    head, _, rest = name.partition("/")
+    components = rest.split("/")
+    if (
+        head != INCIDENTS_DIR
+        or not rest
+        or any(c in ("", ".", "..") or "\\" in c or "\x00" in c for c in components)
+    ):
+        raise BackupError(f"{MANIFEST_NAME}: part name {name[:80]!r} is not one a backup holds", part=name)
+    return root.joinpath(INCIDENTS_DIR, *components)
 
 
 def _gateway_version() -> str:
@@ -183,12 +237,18 @@ def _write_parts(
             revision, head_seq, head_hash = _describe_snapshot(snap)
         except (OSError, sqlite3.Error) as exc:
             raise BackupError(f"cannot snapshot {database}: {exc}", part=DATABASE_PART) from exc
-        sources = {DATABASE_PART: snap}
+        sources = [(DATABASE_PART, snap, f"{DATABASE_PART}.enc")]
         checkpoints = local_checkpoint_file(data_dir)
         if checkpoints.is_file():
-            sources[CHECKPOINTS_PART] = checkpoints
-        for name, source in sources.items():
-            part = _encrypt_part(source, work / f"{name}.enc", backup_id, name, keyring)
+            sources.append((CHECKPOINTS_PART, checkpoints, f"{CHECKPOINTS_PART}.enc"))
+        # After the snapshot: every bundle the snapshot's chain says was sealed is on disk by now.
+        for n, (name, path) in enumerate(evidence_files(data_dir), start=1):
+            sources.append((name, path, f"{INCIDENTS_DIR}-{n:04d}.enc"))
+        for name, source, file in sources:
+            try:
+                part = _encrypt_part(source, work / file, backup_id, name, keyring)
+            except OSError as exc:
+                raise BackupError(f"part {name}: cannot read {source}: {exc.strerror}", part=name) from exc
             parts.append(part)
             progress(
                 f"part {name}: {part.plain_size} bytes, encrypted {part.size} bytes, sha256 {part.sha256[:16]}…"
@@ -258,11 +318,19 @@ def read_backup(path: Path, keyring: Keyring, into: Path) -> Manifest:
     if raw != manifest_bytes(manifest, keyring):
         # Signed content intact but the bytes differ (spacing, order): not as written, so not trusted.
         raise BackupError(f"{MANIFEST_NAME}: not byte for byte as it was written", part=MANIFEST_NAME)
+    targets = {part.name: part_path(into, part.name) for part in manifest.parts}
+    for part in manifest.parts:
+        if "/" in part.file or part.file.startswith("."):
+            raise BackupError(
+                f"{MANIFEST_NAME}: part file {part.file[:80]!r} is not a plain name", part=part.name
+            )
     # Every part's hash before any decryption: a damaged part is named as damaged, not as undecryptable.
     for part in manifest.parts:
         _check_hash(path, part)
     for part in manifest.parts:
-        _decrypt_part(path / part.file, manifest.backup_id, part, keyring, into / part.name)
+        dest = targets[part.name]
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _decrypt_part(path / part.file, manifest.backup_id, part, keyring, dest)
     return manifest
 
 

@@ -7,6 +7,10 @@ through ``/proc``) is never replaced: stop the gateway first. With ``force`` the
 node's fast state (``state.db``: sessions, counters) are removed too, since they belong to the old
 database: a stale WAL would be replayed into the restored file, and sessions of the old state would
 outlive a disabled account of the restored one.
+
+The sealed incident evidence (``incidents/…`` parts) is put back under ``<data_dir>/incidents/``, each
+file renamed into place. Evidence files already there and not in the backup are left alone, also
+with ``force``: a restore never deletes evidence.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.audit.checkpoint import local_checkpoint_file
-from gateway.backup.archive import CHECKPOINTS_PART, DATABASE_PART
+from gateway.backup.archive import CHECKPOINTS_PART, DATABASE_PART, INCIDENTS_DIR
 from gateway.backup.manifest import BackupError
 
 __all__ = ["database_in_use", "install_parts", "refuse_live_target", "staging_dir"]
@@ -75,8 +79,8 @@ def refuse_live_target(data_dir: Path, *, force: bool) -> None:
 def install_parts(staged: Path, data_dir: Path) -> Path:
     """Move decrypted parts from ``staged`` (on the same file system) into ``data_dir``.
 
-    The database and the audit checkpoints are each renamed into place, so each is the restored file
-    or the old one, never half of one.
+    The database, the audit checkpoints and each evidence file are renamed into place, so each is the
+    restored file or the old one, never half of one.
 
     Returns:
         The restored database file.
@@ -90,6 +94,13 @@ def install_parts(staged: Path, data_dir: Path) -> Path:
         checkpoints = local_checkpoint_file(data_dir)
         checkpoints.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(staged / CHECKPOINTS_PART, checkpoints)
+    evidence = staged / INCIDENTS_DIR
+    if evidence.is_dir():
+        for source in sorted(p for p in evidence.rglob("*") if p.is_file()):
+            dest = data_dir / INCIDENTS_DIR / source.relative_to(evidence)
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(source, dest)
+            _fsync_dir(dest.parent)
     _fsync_dir(data_dir)
     return db
 

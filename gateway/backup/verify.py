@@ -4,7 +4,11 @@
 each part's presence, SHA-256 and decryption (``archive.read_backup``), then restores into a scratch
 directory and checks the restored database: SQLite's integrity check, the Alembic revision against
 the manifest (and that this gateway knows it), the audit chain (``verify_database`` with the keyring) and its head against the
-manifest. It reports the row count of every table.
+manifest, and each restored incident evidence file against its plaintext SHA-256. It reports the row
+count of every table, and how many evidence files the backup holds and how many of them match a hash
+the restored chain says was sealed (``incident.evidence_sealed``); a sealed bundle the backup lacks
+(deleted from the node before the backup) is reported, not failed: the backup is sound, the evidence
+was already gone.
 
 ``restore_backup`` runs the same checks on the real target: it refuses a live one first, then writes
 and checks what it wrote.
@@ -12,6 +16,7 @@ and checks what it wrote.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -22,8 +27,8 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 
 from gateway.audit.chain import verify_database
-from gateway.backup.archive import DATABASE_PART, read_backup
-from gateway.backup.manifest import BackupError, Manifest
+from gateway.backup.archive import DATABASE_PART, INCIDENTS_DIR, part_path, read_backup
+from gateway.backup.manifest import BackupError, Manifest, file_sha256
 from gateway.backup.restore import install_parts, refuse_live_target, staging_dir
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, default_sqlite_url
@@ -47,6 +52,11 @@ class Verified:
     database: Path
     audit_records: int
     row_counts: dict[str, int]
+    # Incident evidence files restored, and how many of them the chain says were sealed (by hash).
+    evidence_files: int = 0
+    evidence_sealed: int = 0
+    # SHA-256 of bundles the restored chain says were sealed that the backup does not hold.
+    sealed_missing: tuple[str, ...] = ()
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, int]:
@@ -80,6 +90,7 @@ async def check_restored(manifest: Manifest, data_dir: Path, keyring: Keyring) -
                 )
             revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             counts = _tables(conn)
+            sealed = _sealed_hashes(conn)
     except sqlite3.Error as exc:
         raise BackupError(
             f"part {DATABASE_PART}: not a readable database ({exc})", part=DATABASE_PART
@@ -110,7 +121,57 @@ async def check_restored(manifest: Manifest, data_dir: Path, keyring: Keyring) -
             f"part {DATABASE_PART}: audit chain ends at seq {head_seq}, the manifest says {manifest.audit_head_seq}",
             part=DATABASE_PART,
         )
-    return Verified(manifest, db_file, report.records, counts)
+    evidence = _check_evidence(manifest, data_dir)
+    return Verified(
+        manifest,
+        db_file,
+        report.records,
+        counts,
+        evidence_files=len(evidence),
+        evidence_sealed=len(evidence & sealed),
+        sealed_missing=tuple(sorted(sealed - evidence)),
+    )
+
+
+def _sealed_hashes(conn: sqlite3.Connection) -> set[str]:
+    """The SHA-256 of every evidence bundle the chain records as sealed."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'"
+    ).fetchone():
+        return set()
+    found = set()
+    for (details,) in conn.execute(
+        "SELECT details FROM audit_events WHERE kind = 'incident.evidence_sealed'"
+    ):
+        try:
+            digest = json.loads(details).get("sha256")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(digest, str):
+            found.add(digest)
+    return found
+
+
+def _check_evidence(manifest: Manifest, data_dir: Path) -> set[str]:
+    """Each evidence part is in place under ``data_dir`` with its plaintext SHA-256; their hashes.
+
+    Raises:
+        BackupError: One is missing or differs (naming it).
+    """
+    hashes = set()
+    for part in manifest.parts:
+        if not part.name.startswith(f"{INCIDENTS_DIR}/"):
+            continue
+        try:
+            digest, size = file_sha256(part_path(data_dir, part.name))
+        except OSError:
+            raise BackupError(f"part {part.name}: not restored", part=part.name) from None
+        if (digest, size) != (part.plain_sha256, part.plain_size):
+            raise BackupError(
+                f"part {part.name}: the restored file does not match its sha256", part=part.name
+            )
+        hashes.add(digest)
+    return hashes
 
 
 async def verify_backup(path: Path, keyring: Keyring) -> Verified:

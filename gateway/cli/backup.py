@@ -6,10 +6,12 @@
     gateway backup restore ID|PATH --data-dir DIR [--force]
     gateway backup prune [--dry-run]
 
-``create`` snapshots the live database online (gateways keep serving), encrypts it and the audit
-checkpoints under the keyring, writes a signed manifest and copies the backup to every
+``create`` snapshots the live database online (gateways keep serving), encrypts it, the audit
+checkpoints and the sealed incident evidence (``<data_dir>/incidents/``) under the keyring, writes a
+signed manifest and copies the backup to every
 ``backup.targets``. ``verify`` checks a backup end to end (newest without an argument): signature,
-hashes, decryption, a restore into a scratch directory, the schema revision and the audit chain.
+hashes, decryption, a restore into a scratch directory, the schema revision, the audit chain and the
+evidence files against their seals.
 ``restore`` puts a backup into a new data directory (an existing database only with ``--force``,
 never one a running gateway holds open). ``prune`` keeps ``backup.keep_daily`` daily and
 ``backup.keep_weekly`` weekly backups. Create, verify and restore are recorded in the audit trail
@@ -43,6 +45,7 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.backup.manifest import Manifest
+    from gateway.backup.verify import Verified
     from gateway.settings.schema import Settings
 
 __all__ = ["register"]
@@ -174,6 +177,7 @@ def _verify(args: argparse.Namespace) -> int:
         print("  rows per table:")
         for table, count in sorted(verified.row_counts.items()):
             print(f"    {table}: {count}")
+        _print_evidence(verified)
         async with open_store(settings, keyring=True) as store:
             await store.audit().record(
                 "backup.verified",
@@ -183,6 +187,18 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run(work())
+
+
+def _print_evidence(verified: Verified) -> None:
+    print(
+        f"  incident evidence: {verified.evidence_files} file(s) restored and hashed, "
+        f"{verified.evidence_sealed} matching a seal in the audit chain"
+    )
+    for digest in verified.sealed_missing:
+        print(
+            f"  warning: the evidence bundle sealed with sha256 {digest} is not in this backup "
+            "(it was gone from <data_dir>/incidents when the backup was made)"
+        )
 
 
 def _restore(args: argparse.Namespace) -> int:
@@ -220,6 +236,7 @@ def _restore(args: argparse.Namespace) -> int:
         print(
             f"backup {m.backup_id} restored into {data_dir} (audit chain verified, {verified.audit_records} records)"
         )
+        _print_evidence(verified)
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")
         return EXIT_OK
 
@@ -262,8 +279,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p = actions.add_parser(
         "create",
         help="back up the database now (online)",
-        description="Snapshot the database while gateways keep serving, encrypt it under the keyring, "
-        "write a signed manifest and copy the backup to backup.targets. Prints the backup id.",
+        description="Snapshot the database while gateways keep serving, encrypt it (with the audit "
+        "checkpoints and the sealed incident evidence) under the keyring, write a signed manifest and copy "
+        "the backup to backup.targets. Prints the backup id.",
     )
     config_arg(p)
     p.add_argument("--to", type=Path, metavar="DIR", help="write it here instead of backup.directory")
