@@ -50,6 +50,7 @@ from gateway.observe.sinks import SinkHub
 from gateway.observe.tracing import Tracer
 from gateway.privacy.consent import Consents
 from gateway.privacy.service import Privacy
+from gateway.response.personal_data import CasePersonalData
 from gateway.settings.current import LiveConfig
 from gateway.settings.schema import Purpose, Settings
 from gateway.store.db import Database
@@ -97,6 +98,8 @@ class IdentityServices:
             accounts=self.accounts,
             sessions=self.sessions,
             audit=self.audit,
+            consents=self.consents,
+            incident_records=CasePersonalData(db),
             clock=self.clock,
         )
 

@@ -429,7 +429,10 @@ _RULES: Final = {
     "audit_events": (
         "Personal fields of older audit records are erased; the records stay, so the chain still verifies."
     ),
-    "incidents": "Threat incidents older than this are deleted.",
+    "incidents": (
+        "Threat detections older than this, and incident records closed longer ago than this (with their "
+        "timelines), are deleted; open incidents are kept."
+    ),
     "privacy_requests": "Completed and rejected requests leave the register this long after they were closed.",
 }
 

@@ -54,19 +54,26 @@ class PrivacyContext:
 async def privacy_services(settings: Settings) -> AsyncIterator[PrivacyContext]:
     """Open the store (database, fast state, keyring) and build the privacy services on it."""
     from gateway.clock import SYSTEM_CLOCK
+    from gateway.privacy.consent import Consents
     from gateway.privacy.retention import Retention
     from gateway.privacy.service import Privacy
+    from gateway.response.personal_data import CasePersonalData
     from gateway.threat.incidents import IncidentStore
 
     async with account_services(settings) as svc:
         # Loaded (never created) a second time: the account services keep theirs to the audit trail.
         keyring = load_keyring(settings, may_create=False)
+        consents = Consents(
+            svc.db, svc.audit, svc.sessions, purposes=lambda: settings.privacy.purposes, clock=SYSTEM_CLOCK
+        )
         privacy = Privacy(
             svc.db,
             keyring=keyring,
             accounts=svc.accounts,
             sessions=svc.sessions,
             audit=svc.audit,
+            consents=consents,
+            incident_records=CasePersonalData(svc.db),
             clock=SYSTEM_CLOCK,
         )
         retention = Retention(

@@ -100,6 +100,8 @@ def _progress_line(result: ClassRun) -> str:
     if result.error is not None:
         return f"{result.data_class}: failed: {result.error}"
     line = f"{result.data_class}: {result.done} {VERBS[result.data_class]}"
+    if result.parts:
+        line += " (" + ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in result.parts.items()) + ")"
     return line + (f"; kept by legal holds: {_held(result.held)}" if result.held else "")
 
 

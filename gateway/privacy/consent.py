@@ -124,7 +124,7 @@ class Consents:
         self,
         db: Database,
         audit: AuditLog,
-        sessions: SessionStore,
+        sessions: SessionStore | None,
         *,
         purposes: Callable[[], Sequence[Purpose]],
         clock: Clock = SYSTEM_CLOCK,
@@ -345,7 +345,9 @@ class Consents:
         """Recompute what not to process for the person and write it into every live session of theirs.
 
         Called after every consent, objection or restriction change (a restriction's code calls it
-        too). Returns how many sessions changed; an unknown account has none.
+        too). Returns how many sessions changed; an unknown account has none, and so has a process
+        whose sessions live in another process (``sessions`` ``None``: the CLI with ``state.embedded:
+        memory``), where the next sign-in carries the new opt-out.
 
         Raises:
             StoreUnavailable: the database cannot answer.
@@ -354,7 +356,7 @@ class Consents:
         async with self._db.session() as session:
             with store_errors("cannot read accounts"):
                 user = await session.get(User, user_id)
-        if user is None:
+        if user is None or self._sessions is None:
             return 0
         changed = await self._sessions.set_optout(user_id, await self.optout_of(user))
         if changed:

@@ -16,7 +16,11 @@ In this order, so a failure part-way leaves the person *more* protected, never e
    (``gateway.audit.erase``), backed by a keyed erasure record, so ``gateway audit verify`` still
    passes and nothing readable is left; older records (version 1/2) cannot be changed without
    breaking the chain and are reported as kept.
-5. **Pseudonymised**: the register, the holds and the policy history keep the person's pseudonym.
+5. **Pseudonymised**: the register, the holds and the policy history keep the person's pseudonym, and
+   so do the incident records (``gateway.privacy.incident_records``): every mention of the username or
+   email in a case or its timeline (affected users, titles, notes, actors, entry details) becomes the
+   same ``[erased:<pseudonym>]`` tombstone the audit erasure writes. Sealed evidence bundles are not
+   changed: their hashes are in the chain (``incident.evidence_sealed``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from gateway.identity.models import User
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
+from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.models import RemovedContent
 from gateway.privacy.register import Register
 from gateway.privacy.subjects import new_pseudonym, subject_key
@@ -64,6 +69,8 @@ class Erased:
     samples_deleted: int
     sessions_ended: int | None
     archived_until: str | None
+    # Incident records (cases and timeline entries) in which a mention was replaced.
+    incident_rows: int = 0
 
     def summary(self) -> dict[str, object]:
         """For the register's outcome and the audit record (no personal data)."""
@@ -74,6 +81,7 @@ class Erased:
             "sample_rows_deleted": self.samples_deleted,
             "sessions_ended": self.sessions_ended if self.sessions_ended is not None else "unknown",
             "removed_content_until": self.archived_until,
+            "incident_rows_pseudonymised": self.incident_rows,
         }
 
 
@@ -95,10 +103,12 @@ class Eraser:
         audit: AuditLog,
         holds: Holds,
         register: Register,
+        incident_records: IncidentRecords,
         clock: Clock,
     ) -> None:
         """Args are the stores and services an erasure touches."""
         self._db = db
+        self._incident_records = incident_records
         self._keyring = keyring
         self._accounts = accounts
         self._sessions = sessions
@@ -155,6 +165,9 @@ class Eraser:
         await self._register.pseudonymise(user_id, tombstone)
         await self._holds.pseudonymise(user.username, tombstone)
         await self._pseudonymise_policy_history(user.username, tombstone)
+        incident_rows = await self._incident_records.pseudonymise(
+            [user.username, *([user.email] if user.email else [])], tombstone
+        )
         erased = Erased(
             pseudonym=pseudonym,
             audit_records=len(result.erased),
@@ -162,6 +175,7 @@ class Eraser:
             samples_deleted=samples,
             sessions_ended=ended,
             archived_until=until.isoformat() if until is not None else None,
+            incident_rows=incident_rows,
         )
         await self._audit.record(
             "privacy.erased",

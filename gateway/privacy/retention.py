@@ -139,6 +139,8 @@ class ClassRun:
     done: int
     held: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # Items of each kind that went, for a class of several kinds (incidents).
+    parts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready; names no person."""
@@ -147,6 +149,7 @@ class ClassRun:
             "action": VERBS.get(self.data_class, ""),
             "held": self.held,
             "error": self.error,
+            **({"parts": self.parts} if self.parts else {}),
         }
 
 
@@ -209,7 +212,8 @@ class Retention:
         privacy: The rights service (its register, holds and eraser).
         keyring: Keys the audit erasure record.
         audit: Where the run's event goes.
-        incidents: The threat incidents of the shared fast state.
+        incidents: The threat detections of the shared fast state (the incident records of the
+            database come with ``privacy``).
         settings: The privacy settings in force (read at every plan and run).
         clock: Time source of the chores loop that schedules runs.
         """
@@ -228,7 +232,7 @@ class Retention:
             ),
             RemovedContentRule(db, holds=privacy.holds, keyring=keyring),
             AuditEventsRule(db, keys=ChainKeys(keyring)),
-            IncidentsRule(incidents),
+            IncidentsRule(incidents, privacy.incident_records),
             RequestsRule(db),
         )
 
@@ -312,7 +316,9 @@ class Retention:
                 logger.error("retention: %s failed: %s", rule.data_class, exc)
                 result = ClassRun(rule.data_class, 0, error=exc.detail)
             else:
-                result = ClassRun(rule.data_class, purged.done, _merge(survey.held, purged.held))
+                result = ClassRun(
+                    rule.data_class, purged.done, _merge(survey.held, purged.held), parts=purged.parts
+                )
             report.classes.append(result)
             if progress is not None:
                 progress(result)

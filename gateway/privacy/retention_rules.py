@@ -13,14 +13,18 @@ class                         due when                                    what g
 ``removed_content``           ``removed_content.expires_at``              the sealed archive row
 ``audit_events``              the record's ``at`` + the rule              its personal fields (not the
                                                                           record: the chain verifies)
-``incidents``                 the incident's ``at`` + the rule            the incident (fast state)
+``incidents``                 a detection's ``at`` + the rule; an         the detection (fast state);
+                              incident record's ``closed_at`` + the rule  the record with its timeline
+                              (closed records only: an open one never)    (``incident_cases``,
+                                                                          ``incident_entries``)
 ``privacy_requests``          ``completed_at`` + the rule (completed or   the register row
                               rejected requests only)
 ============================  ==========================================  =============================
 
 Holds: a class hold on the data class keeps everything of the class; a person hold keeps what names
 that person (by their subject keys for an account and removed content, by name, or by their erasure
-pseudonym once erased, for audit records, incidents and register rows).
+pseudonym once erased, for audit records, incidents and register rows; an incident record is kept by a
+hold on any of its affected users).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from gateway.crypto.keyring import Keyring
 from gateway.identity.models import User
 from gateway.privacy.erasure import Eraser, Held
 from gateway.privacy.holds import Holds
+from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.models import PrivacyRequest, RemovedContent
 from gateway.privacy.register import Channel, Kind, Register, Status
 from gateway.privacy.subjects import subject_keys
@@ -111,10 +116,14 @@ class Survey:
 
 @dataclass(frozen=True, slots=True)
 class Purged:
-    """What a purge did: how many items went and what holds kept (found during the purge)."""
+    """What a purge did: how many items went and what holds kept (found during the purge).
+
+    ``parts``: for a class whose items are of several kinds (``incidents``), how many of each went.
+    """
 
     done: int
     held: dict[str, int] = field(default_factory=dict)
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,37 +401,66 @@ class AuditEventsRule:
 
 # -- incidents ------------------------------------------------------------------------------------------
 
+#: How a survey's item key tells an incident record (``case:inc-…``) from a detection (``inc-…``).
+_CASE: Final = "case:"
+
 
 class IncidentsRule:
-    """The threat domain's incidents (fast state), deleted once older than the rule."""
+    """Incidents: the threat domain's detections (fast state), deleted once older than the rule, and
+    incident records (``incident_cases`` with their timeline), deleted once closed longer than the rule.
+
+    An open incident record is never due, however old: it is still being worked on. A record is kept by
+    a class hold on ``incidents`` or a person hold on any of its affected users (by name, or by the
+    pseudonym an erasure wrote there). Deleting a record breaks nothing the audit chain verifies (see
+    :mod:`gateway.response.personal_data`), so it is deleted rather than pseudonymised.
+    """
 
     data_class = "incidents"
 
-    def __init__(self, incidents: IncidentStore) -> None:
+    def __init__(self, incidents: IncidentStore, records: IncidentRecords) -> None:
         """Args:
-        incidents: The incidents of the fast state every replica shares.
+        incidents: The detections of the fast state every replica shares.
+        records: The incident records of the database (incident response's cases).
         """
         self._incidents = incidents
+        self._records = records
 
     async def survey(self, now: datetime, keep: timedelta, holds: ActiveHolds) -> Survey:
-        found = await self._incidents.latest(MAX_INCIDENTS)
-        survey = Survey()
-        for incident in sorted(found, key=lambda i: (i.at, i.id)):
+        class_hold = holds.classes.get(self.data_class)
+        items: list[tuple[Item, str | None]] = []
+        for incident in await self._incidents.latest(MAX_INCIDENTS):
             item = Item(
                 f"{incident.id} ({incident.rule})",
                 datetime.fromtimestamp(incident.at, UTC) + keep,
                 incident.id,
             )
+            items.append((item, class_hold or holds.person(incident.subject)))
+        for case in await self._records.closed_cases():
+            item = Item(
+                f"incident record {case.id} (closed {case.closed_at:%Y-%m-%d})",
+                case.closed_at + keep,
+                _CASE + case.id,
+            )
+            person = next((h for h in map(holds.person, case.affected_users) if h is not None), None)
+            items.append((item, class_hold or person))
+        survey = Survey()
+        for item, hold in sorted(items, key=lambda pair: (pair[0].due_at, str(pair[0].key))):
             if item.due_at > now:
                 survey.note_later(item)
-                continue
-            survey.note_due(item, holds.classes.get(self.data_class) or holds.person(incident.subject))
+            else:
+                survey.note_due(item, hold)
         return survey
 
     async def purge(
         self, now: datetime, keep: timedelta, survey: Survey, holds: ActiveHolds, ref: str
     ) -> Purged:
-        return Purged(await self._incidents.remove([str(item.key) for item in survey.due]))
+        keys = [str(item.key) for item in survey.due]
+        detections = await self._incidents.remove([k for k in keys if not k.startswith(_CASE)])
+        deleted = await self._records.delete_closed(
+            [k.removeprefix(_CASE) for k in keys if k.startswith(_CASE)], closed_before=now - keep
+        )
+        parts = {"detections": detections, "records": deleted.cases, "record_entries": deleted.entries}
+        return Purged(detections + deleted.cases, parts=parts)
 
 
 # -- the request register ------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ CLI cannot drift apart: they call the same method.
 Identity verification: a person using the portal is verified by their signed-in session (with a
 recent second factor for erasure and closure, which the portal checks before calling); an admin or
 operator acting for a person writes who they are and, in the request, how they verified the person.
+
+An objection or a consent withdrawal changes the person's choices through
+:class:`~gateway.privacy.consent.Consents` (the same call the person's own page makes), so its effect
+is the same whoever records it: the person's live sessions stop carrying the purpose at once.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from gateway.identity.accounts import AccountService, UnknownAccount
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import SessionStore
+from gateway.privacy.consent import Consents, purpose_named
 from gateway.privacy.erasure import Erased, Eraser, Held
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
+from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.register import Channel, Kind, Register, RequestView
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
@@ -55,14 +61,20 @@ class Privacy:
         accounts: AccountService,
         sessions: SessionStore | None,
         audit: AuditLog,
+        consents: Consents,
+        incident_records: IncidentRecords,
         clock: Clock,
     ) -> None:
-        """Args are the stores and services the rights touch."""
+        """Args are the stores and services the rights touch; ``incident_records`` are incident
+        response's (``gateway.response.personal_data.CasePersonalData``), which an erasure pseudonymises
+        and the retention run prunes."""
         self._db = db
         self._accounts = accounts
         self._sessions = sessions
         self._audit = audit
+        self._consents = consents
         self._clock = clock
+        self.incident_records = incident_records
         self.register = Register(db, clock=clock)
         self.holds = Holds(db, keyring, clock=clock)
         self.eraser = Eraser(
@@ -73,6 +85,7 @@ class Privacy:
             audit=audit,
             holds=self.holds,
             register=self.register,
+            incident_records=incident_records,
             clock=clock,
         )
 
@@ -363,23 +376,98 @@ class Privacy:
                 done.append(await self._finish_erasure(request, result))
         return done
 
-    async def record(
+    # -- objection and consent withdrawal -----------------------------------------------------------
+
+    async def object(
         self,
-        kind: Kind,
         user: User,
+        purpose: str,
         *,
         settings: PrivacySettings,
         channel: Channel,
         actor: str,
         verified_by: str,
-        outcome: str,
-        details: Mapping[str, object] | None = None,
+        method: str,
+        law: str | None = None,
+        ip: str = "",
+        reason: str = "",
     ) -> RequestView:
-        """Register a right exercised elsewhere (an objection or a consent withdrawal), as completed."""
+        """Object to a legitimate-interest purpose (GDPR Art. 21): it is no longer processed for the
+        person, from their sessions' next request on; registered as a completed objection request.
+
+        Args:
+            user: The person.
+            purpose: The purpose's name (``privacy.purposes``).
+            settings: The privacy settings in force (the purposes, the due times).
+            channel: Where the objection arrived.
+            actor: Who records it (``user:alice``, ``user:boss`` for an admin, ``cli:root``).
+            verified_by: How the person's identity was verified (kept in the register).
+            method: How the choice was made, for the audit record ("api", "admin:boss", "cli:root").
+            law: The law the request falls under; default ``privacy.default_law``.
+            ip: The client address, for the audit record.
+            reason: Why, when someone records it for the person (kept in the register's details).
+
+        Raises:
+            UnknownPurpose: no purpose has that name (422); NotObjectable: it cannot be objected to
+                (409). Nothing is recorded then.
+        """
+        chosen = purpose_named(settings.purposes, purpose)
+        added = await self._consents.object(user.id, chosen, method=method, actor=actor, ip=ip)
         request = await self._open(
-            kind, user, settings=settings, channel=channel, verified_by=verified_by, law=None, details=details
+            Kind.OBJECTION,
+            user,
+            settings=settings,
+            channel=channel,
+            verified_by=verified_by,
+            law=law,
+            details={"purpose": chosen.name, **({"reason": reason} if reason else {})},
         )
-        return await self._done(request, actor=actor, outcome=outcome)
+        outcome = (
+            f"Objection recorded for {chosen.name}; in effect at once."
+            if added
+            else f"Objection recorded for {chosen.name}; it was in effect already."
+        )
+        return await self._done(request, actor=actor, outcome=outcome, purpose=chosen.name)
+
+    async def withdraw_consent(
+        self,
+        user: User,
+        purpose: str,
+        *,
+        settings: PrivacySettings,
+        channel: Channel,
+        actor: str,
+        verified_by: str,
+        method: str,
+        law: str | None = None,
+        ip: str = "",
+        reason: str = "",
+    ) -> RequestView:
+        """Withdraw the person's consent to a consent-based purpose (GDPR Art. 7(3)): a ``withdrawn``
+        answer to its current notice, in effect from their sessions' next request on; registered as a
+        completed consent-withdrawal request. Arguments as :meth:`object`.
+
+        Raises:
+            UnknownPurpose: no purpose has that name (422); NotConsentBased: it does not rest on
+                consent (409). Nothing is recorded then.
+        """
+        chosen = purpose_named(settings.purposes, purpose)
+        await self._consents.record(user.id, chosen, "withdrawn", method, actor=actor, ip=ip)
+        request = await self._open(
+            Kind.CONSENT_WITHDRAWAL,
+            user,
+            settings=settings,
+            channel=channel,
+            verified_by=verified_by,
+            law=law,
+            details={"purpose": chosen.name, **({"reason": reason} if reason else {})},
+        )
+        return await self._done(
+            request,
+            actor=actor,
+            outcome=f"Consent withdrawn for {chosen.name}; in effect at once.",
+            purpose=chosen.name,
+        )
 
     async def report_overdue(self) -> int:
         """Send each newly overdue request once to the sinks (as a security event); returns how many."""

@@ -29,8 +29,7 @@ from gateway.identity.accounts import UnknownAccount
 from gateway.identity.sessions import Session
 from gateway.privacy.consent import purpose_named
 from gateway.privacy.purposes import is_current, parse_objections, pending
-from gateway.privacy.register import Channel, Kind
-from gateway.privacy.service import Privacy as PrivacyService
+from gateway.privacy.register import Channel
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.schema import Purpose
@@ -289,6 +288,12 @@ async def answer_consent(
 ) -> ConsentState:
     """Record an answer (see ``_CONSENT_DOC``)."""
     session = await _require(request, config, identity)
+    if data.decision == "withdrawn":
+        # A right exercised: the service records it and registers it, as for an admin or the CLI.
+        await privacy.withdraw_consent(
+            await privacy.user(session.user_id), data.purpose, **_as_person(request, config, session)
+        )
+        return await _state(config, identity, session.user_id)
     purpose = purpose_named(config.settings.privacy.purposes, data.purpose)
     await identity.consents.record(
         session.user_id,
@@ -298,26 +303,19 @@ async def answer_consent(
         actor=f"user:{session.username}",
         ip=flows.client_ip(request),
     )
-    if data.decision == "withdrawn":
-        await _register(privacy, config, session, Kind.CONSENT_WITHDRAWAL, purpose.name, "Consent withdrawn")
     return await _state(config, identity, session.user_id)
 
 
-async def _register(
-    privacy: PrivacyService, config: CurrentConfig, session: Session, kind: Kind, purpose: str, what: str
-) -> None:
-    """A withdrawal or an objection is a right exercised: it goes in the request register too."""
-    user = await privacy.user(session.user_id)
-    await privacy.record(
-        kind,
-        user,
-        settings=config.settings.privacy,
-        channel=Channel.PORTAL,
-        actor=f"user:{session.username}",
-        verified_by="signed-in session",
-        outcome=f"{what} for {purpose}; in effect at once.",
-        details={"purpose": purpose},
-    )
+def _as_person(request: AnyRequest, config: CurrentConfig, session: Session) -> dict[str, Any]:
+    """How the portal exercises a right in the person's own name (the privacy service's arguments)."""
+    return {
+        "settings": config.settings.privacy,
+        "channel": Channel.PORTAL,
+        "actor": f"user:{session.username}",
+        "verified_by": "signed-in session",
+        "method": _API,
+        "ip": flows.client_ip(request),
+    }
 
 
 @post(
@@ -336,13 +334,16 @@ async def change_objection(
 ) -> ConsentState:
     """Add or withdraw an objection (see ``_OBJECTION_DOC``)."""
     session = await _require(request, config, identity)
+    if data.objects:
+        # A right exercised: the service records it and registers it, as for an admin or the CLI.
+        await privacy.object(
+            await privacy.user(session.user_id), data.purpose, **_as_person(request, config, session)
+        )
+        return await _state(config, identity, session.user_id)
     purpose = purpose_named(config.settings.privacy.purposes, data.purpose)
-    change = identity.consents.object if data.objects else identity.consents.withdraw_objection
-    await change(
+    await identity.consents.withdraw_objection(
         session.user_id, purpose, method=_API, actor=f"user:{session.username}", ip=flows.client_ip(request)
     )
-    if data.objects:
-        await _register(privacy, config, session, Kind.OBJECTION, purpose.name, "Objection recorded")
     return await _state(config, identity, session.user_id)
 
 

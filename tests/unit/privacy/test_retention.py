@@ -30,10 +30,12 @@ from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
 from gateway.privacy import chores
+from gateway.privacy.consent import Consents
 from gateway.privacy.models import PrivacyRequest, RemovedContent, RetentionRun
 from gateway.privacy.register import Channel, Kind, Status
 from gateway.privacy.retention import Plan, Retention, RunReport, period_of
 from gateway.privacy.service import Privacy
+from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
     Duration,
     PasswordSettings,
@@ -76,9 +78,7 @@ class World:
             accounts = AccountService(
                 db, PasswordHasher(FAST_ARGON), _regulator(self.fast, audit, self.clock), audit, self.clock
             )
-            privacy = Privacy(
-                db, keyring=self.keyring, accounts=accounts, sessions=None, audit=audit, clock=self.clock
-            )
+            privacy = _privacy(db, self.keyring, accounts, None, audit, self.clock)
         return Retention(
             db or self.db,
             privacy,
@@ -125,6 +125,26 @@ class World:
         return True
 
 
+def _privacy(
+    db: Database,
+    keyring: Keyring,
+    accounts: AccountService,
+    sessions: SessionStore | None,
+    audit: AuditLog,
+    clock: FakeClock,
+) -> Privacy:
+    return Privacy(
+        db,
+        keyring=keyring,
+        accounts=accounts,
+        sessions=sessions,
+        audit=audit,
+        consents=Consents(db, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
+        incident_records=CasePersonalData(db),
+        clock=clock,
+    )
+
+
 def _regulator(fast: MemoryFastState, audit: AuditLog, clock: FakeClock) -> Regulator:
     return Regulator(
         fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
@@ -141,9 +161,7 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
     accounts = AccountService(
         database, PasswordHasher(FAST_ARGON), _regulator(fast, audit, clock), audit, clock, sessions=sessions
     )
-    privacy = Privacy(
-        database, keyring=keyring, accounts=accounts, sessions=sessions, audit=audit, clock=clock
-    )
+    privacy = _privacy(database, keyring, accounts, sessions, audit, clock)
     yield World(database, clock, keyring, audit, fast, accounts, privacy, IncidentStore(fast), SETTINGS)
     await fast.close()
 
@@ -408,6 +426,7 @@ async def test_a_class_hold_keeps_incidents(world: World) -> None:
         "action": "deleted",
         "held": {"CERT-1": 1},
         "error": None,
+        "parts": {"detections": 0, "records": 0, "record_entries": 0},
     }
     assert await world.incidents.get("inc-0000000c") is not None
 

@@ -29,10 +29,12 @@ from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
+from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
 from gateway.privacy.register import Channel, Kind, Status
 from gateway.privacy.service import Privacy, ProviderOwned
+from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
     Duration,
     PasswordSettings,
@@ -103,7 +105,14 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
         database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
     )
     privacy = Privacy(
-        database, keyring=keyring, accounts=accounts, sessions=sessions, audit=audit, clock=clock
+        database,
+        keyring=keyring,
+        accounts=accounts,
+        sessions=sessions,
+        audit=audit,
+        consents=Consents(database, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
+        incident_records=CasePersonalData(database),
+        clock=clock,
     )
     yield World(database, clock, keyring, audit, sessions, accounts, privacy)
     await fast.close()

@@ -1,0 +1,78 @@
+"""A person's name in free text and JSON, replaced by their erasure tombstone.
+
+Records that are not the audit trail (incident records above all) keep a person's name in text a
+human wrote or a rule composed: a title ("brute force: alice"), a note ("called alice@example.com"),
+an actor ("user:alice"), a list of affected users, a JSON document of an entry. An erasure replaces
+each mention by the tombstone the audit erasure writes (``[erased:<pseudonym>]``), so one person's
+records still read as one person's, and no name is left.
+
+A mention is the name as a whole token: not inside a longer name (``al`` is not found in ``alice``,
+nor ``alice`` in ``alice2`` or ``bob.alice``), case-insensitive (a note may capitalise it), with the
+actor prefixes ``user:`` and ``admin:`` taken with it (``user:alice`` becomes the tombstone, as the
+audit erasure makes the whole actor field one). A sentence's full stop after a name still ends it.
+An email address is looked for before the username, so ``alice@example.com`` is one mention, not a
+username with a domain left behind.
+
+What it cannot find: a name spelled otherwise (a nickname, a display name, a typo), which erasure
+cannot know about (``docs/privacy.md``, "Known gaps").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Mentions"]
+
+# Characters that continue a username (gateway.identity.names: letters, digits, marks, and . _ - @ +):
+# a mention is not preceded by one, nor followed by one (a "." followed by a letter or digit continues
+# the name; one followed by a space or the end is the end of a sentence).
+_BEFORE = r"(?<![\w.@+\-])"
+_AFTER = r"(?![\w@+\-]|\.\w)"
+
+
+class Mentions:
+    """Finds the mentions of one person (their username and email) and replaces them by ``tombstone``."""
+
+    def __init__(self, names: Iterable[str], tombstone: str) -> None:
+        """Args:
+        names: The person's username and email address (empty ones are ignored).
+        tombstone: What replaces each mention (``[erased:<pseudonym>]``).
+        """
+        # Longest first: an email address before the username it may start with.
+        wanted = sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
+        self._tombstone = tombstone
+        self._pattern = (
+            re.compile(
+                _BEFORE + r"(?:(?:user|admin):)?(?:" + "|".join(re.escape(n) for n in wanted) + ")" + _AFTER,
+                re.IGNORECASE,
+            )
+            if wanted
+            else None
+        )
+
+    def text(self, value: str) -> str:
+        """``value`` with every mention replaced."""
+        if self._pattern is None or not value:
+            return value
+        return self._pattern.sub(lambda _match: self._tombstone, value)
+
+    def document(self, value: Any) -> Any:
+        """A parsed JSON value with every mention replaced in its strings, object keys included."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.document(item) for item in value]
+        if isinstance(value, dict):
+            return {self.text(str(key)): self.document(item) for key, item in value.items()}
+        return value
+
+    def names(self, values: Iterable[str]) -> list[str]:
+        """A list of names (``affected_users``) with the person's replaced, in order, without repeats."""
+        out: list[str] = []
+        for value in values:
+            replaced = self.text(value)
+            if replaced not in out:
+                out.append(replaced)
+        return out

@@ -1,0 +1,152 @@
+"""The incident records under the privacy rules: retention of closed cases, and a person's erasure.
+
+The privacy engine (``gateway.privacy``, a floor below) states what it needs in
+:class:`gateway.privacy.incident_records.IncidentRecords`; this is that, over ``incident_cases`` and
+``incident_entries``.
+
+**Retention deletes, it does not pseudonymise.** Nothing the audit chain verifies reads these tables:
+``gateway audit verify`` reads ``audit_events`` only, and every change to a case was also written there
+(``incident.opened``, ``incident.phase``, ``incident.note``, ``incident.action``,
+``incident.evidence_sealed`` with the bundle's SHA-256), under the case id. So a case closed longer than
+``privacy.retention.incidents`` goes with its timeline and the chain still verifies; what stays is the
+trail's own record of it (whose personal fields the ``audit_events`` rule handles). The sealed bundle
+files in ``<data_dir>/incidents/<id>/`` are not touched (``docs/privacy.md``, "Known gaps").
+
+**Erasure rewrites mentions.** The person's username and email become their erasure tombstone in every
+text a case or entry holds (title, owner, who opened it, affected users, summary, root cause, lessons;
+an entry's actor, text and JSON details), whatever the case's phase. The ``evidence`` column (bundle
+file, hash, window, counts) holds no name and is left as sealed; so are the bundles themselves, whose
+hashes the chain holds. Routes, addresses, rules and ids are not names and stay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import delete, select
+
+from gateway.privacy.incident_records import CasesDeleted, ClosedCase
+from gateway.privacy.mentions import Mentions
+from gateway.response.models import IncidentCase, IncidentEntry
+from gateway.response.phases import Phase
+from gateway.store.db import Database, store_errors
+
+__all__ = ["CasePersonalData"]
+
+# The free-text columns of a case that may name a person (affected_users is a JSON list, apart).
+_CASE_TEXT: Final = ("title", "owner", "opened_by", "summary", "root_cause", "lessons")
+
+
+def _details(stored: str, mentions: Mentions) -> str:
+    """An entry's JSON details with the mentions replaced (as written: unchanged when none is found)."""
+    try:
+        parsed: Any = json.loads(stored)
+    except ValueError:
+        return mentions.text(stored)
+    replaced = mentions.document(parsed)
+    # Written as Cases._entry writes it.
+    return stored if replaced == parsed else json.dumps(replaced, sort_keys=True, default=str)
+
+
+def _affected(stored: str, mentions: Mentions) -> str:
+    """``affected_users`` (a JSON list of usernames) with the person's name replaced."""
+    try:
+        users: Any = json.loads(stored)
+    except ValueError:
+        return mentions.text(stored)
+    if not isinstance(users, list):
+        return mentions.text(stored)
+    replaced = mentions.names(str(u) for u in users)
+    return stored if replaced == users else json.dumps(replaced)
+
+
+class CasePersonalData:
+    """Closed incident records for the retention rule, and a person's mentions for the eraser."""
+
+    def __init__(self, db: Database) -> None:
+        """Args:
+        db: The database holding ``incident_cases`` and ``incident_entries``.
+        """
+        self._db = db
+
+    async def closed_cases(self) -> list[ClosedCase]:
+        query = (
+            select(IncidentCase.id, IncidentCase.closed_at, IncidentCase.affected_users)
+            .where(IncidentCase.phase == Phase.CLOSED.value, IncidentCase.closed_at.is_not(None))
+            .order_by(IncidentCase.closed_at, IncidentCase.id)
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot read incident records"):
+                rows = (await session.execute(query)).all()
+        found = []
+        for case_id, closed_at, users in rows:
+            if closed_at is None:  # not selected; the column is nullable
+                continue
+            try:
+                affected = tuple(str(u) for u in json.loads(users))
+            except (ValueError, TypeError):
+                affected = ()
+            found.append(ClosedCase(case_id, closed_at, affected))
+        return found
+
+    async def delete_closed(self, ids: Sequence[str], *, closed_before: datetime) -> CasesDeleted:
+        if not ids:
+            return CasesDeleted(0, 0)
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot delete incident records"):
+                # Checked again here, in the deleting transaction: only what is still due goes.
+                due = list(
+                    (
+                        await session.scalars(
+                            select(IncidentCase.id).where(
+                                IncidentCase.id.in_(list(ids)),
+                                IncidentCase.phase == Phase.CLOSED.value,
+                                IncidentCase.closed_at <= closed_before,
+                            )
+                        )
+                    ).all()
+                )
+                if not due:
+                    return CasesDeleted(0, 0)
+                # The foreign key cascades too; deleted by name so the count is known and no
+                # database setting decides whether the timeline stays behind.
+                entries = (
+                    await session.scalars(
+                        delete(IncidentEntry)
+                        .where(IncidentEntry.case_id.in_(due))
+                        .returning(IncidentEntry.id)
+                    )
+                ).all()
+                cases = (
+                    await session.scalars(
+                        delete(IncidentCase).where(IncidentCase.id.in_(due)).returning(IncidentCase.id)
+                    )
+                ).all()
+                await session.commit()
+        return CasesDeleted(len(cases), len(entries))
+
+    async def pseudonymise(self, names: Sequence[str], tombstone: str) -> int:
+        mentions = Mentions(names, tombstone)
+        changed = 0
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot pseudonymise incident records"):
+                # Every row is read: JSON escapes non-ASCII names ("\u00e9"), and SQLite's lower()
+                # folds ASCII only, so a LIKE filter in SQL would miss some mentions.
+                for case in (await session.scalars(select(IncidentCase).with_for_update())).all():
+                    before = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
+                    for column in _CASE_TEXT:
+                        setattr(case, column, mentions.text(getattr(case, column)))
+                    case.affected_users = _affected(case.affected_users, mentions)
+                    after = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
+                    changed += int(after != before)
+                for entry in (await session.scalars(select(IncidentEntry).with_for_update())).all():
+                    before = [entry.actor, entry.text, entry.details]
+                    entry.actor = mentions.text(entry.actor)
+                    entry.text = mentions.text(entry.text)
+                    entry.details = _details(entry.details, mentions)
+                    changed += int([entry.actor, entry.text, entry.details] != before)
+                await session.commit()
+        return changed

@@ -1,0 +1,308 @@
+"""Incident records (``incident_cases``, ``incident_entries``) under the privacy rules, on SQLite and
+PostgreSQL, with time moved by a FakeClock.
+
+Retention: a case closed longer than ``privacy.retention.incidents`` goes with its timeline; one closed
+recently, and one still open however old, stay; a person hold on an affected user or a class hold on
+``incidents`` keeps it until released; the run's counts are in its ``privacy.retention_run`` record and
+the chain still verifies. Erasure: afterwards no column of either table holds the person's username or
+email (also a non-ASCII name, which the JSON of an entry stores escaped), other people's names stay,
+the evidence column is as it was sealed, and the chain verifies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from gateway.audit.chain import verify_database
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import AccountService
+from gateway.identity.models import User
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.identity.sessions import SessionStore
+from gateway.privacy.consent import Consents
+from gateway.privacy.register import Channel
+from gateway.privacy.retention import Retention, RunReport
+from gateway.privacy.service import Privacy
+from gateway.response.cases import Cases, CaseView
+from gateway.response.personal_data import CasePersonalData
+from gateway.response.phases import Phase
+from gateway.settings.schema import (
+    Duration,
+    PasswordSettings,
+    PrivacySettings,
+    RegulationSettings,
+    SessionSettings,
+)
+from gateway.store.db import Database
+from gateway.store.fast import MemoryFastState
+from gateway.threat.incidents import IncidentStore
+
+FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+PASSWORD = "correct horse battery staple"
+SETTINGS = PrivacySettings()
+DAY = 86400.0
+START = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+SEALED = {
+    "sha256": "5" * 64,
+    "file": "/var/lib/gateway/incidents/evidence.zip",
+    "since": "2026-11-30T09:30:00+00:00",
+    "until": "2026-12-01T09:30:00+00:00",
+    "records": 12,
+    "sealed_at": "2026-12-01T09:30:00+00:00",
+    "problem": None,
+}
+
+
+@dataclass
+class World:
+    db: Database
+    clock: FakeClock
+    keyring: Keyring
+    audit: AuditLog
+    accounts: AccountService
+    privacy: Privacy
+    cases: Cases
+    incidents: IncidentStore
+
+    def engine(self) -> Retention:
+        return Retention(
+            self.db,
+            self.privacy,
+            keyring=self.keyring,
+            audit=self.audit,
+            incidents=self.incidents,
+            settings=lambda: SETTINGS,
+            clock=self.clock,
+        )
+
+    async def run(self, *, force: bool = False) -> RunReport:
+        report = await self.engine().run(self.clock.now(), "test:1", force=force)
+        assert report is not None
+        return report
+
+    async def person(self, name: str, email: str | None = None) -> User:
+        return await self.accounts.create(
+            username=name, password=PASSWORD, email=email, display_name=name.title(), actor="admin:root"
+        )
+
+    async def incident(self, title: str, *users: str, closed: bool) -> CaseView:
+        case = await self.cases.open(
+            title=title, severity_="medium", actor="rule:brute_force", users=users, rule="brute_force"
+        )
+        await self.cases.note(case.id, f"Looked into {title}.", actor="user:boss")
+        if closed:
+            await self.cases.move(case.id, Phase.POST_INCIDENT, actor="user:boss")
+            await self.cases.move(case.id, Phase.CLOSED, actor="user:boss")
+        return await self.cases.get(case.id)
+
+    async def rows(self, table: str) -> list[dict[str, Any]]:
+        async with self.db.engine.connect() as conn:
+            result = await conn.execute(text(f"SELECT * FROM {table}"))
+            return [dict(row._mapping) for row in result]
+
+    async def entries_of(self, case_id: str) -> int:
+        return sum(1 for row in await self.rows("incident_entries") if row["case_id"] == case_id)
+
+    async def case_ids(self) -> set[str]:
+        return {str(row["id"]) for row in await self.rows("incident_cases")}
+
+
+@pytest.fixture
+async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
+    clock = FakeClock(START.timestamp())
+    fast = MemoryFastState(clock=clock)
+    keyring = Keyring.create(tmp_path / "keyring.json")
+    audit = AuditLog(database, clock=clock, keyring=keyring)
+    sessions = SessionStore(fast, SessionSettings(), clock)
+    regulator = Regulator(
+        fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
+    )
+    accounts = AccountService(
+        database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
+    )
+    privacy = Privacy(
+        database,
+        keyring=keyring,
+        accounts=accounts,
+        sessions=sessions,
+        audit=audit,
+        consents=Consents(database, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
+        incident_records=CasePersonalData(database),
+        clock=clock,
+    )
+    cases = Cases(database, audit, clock)
+    yield World(database, clock, keyring, audit, accounts, privacy, cases, IncidentStore(fast))
+    await fast.close()
+
+
+def _incidents(report: RunReport) -> dict[str, Any]:
+    (found,) = [c.to_json() for c in report.classes if c.data_class == "incidents"]
+    return found
+
+
+async def _verifies(db: Database, keyring: Keyring) -> bool:
+    report = await verify_database(db, keyring=keyring)
+    assert report.ok, report.problem
+    return True
+
+
+# -- retention -------------------------------------------------------------------------------------------
+
+
+async def test_a_closed_record_goes_after_the_rule_and_an_open_or_recent_one_stays(world: World) -> None:
+    old = await world.incident("brute force: ann", "ann", closed=True)
+    still_open = await world.incident("spraying: 203.0.113.9", closed=False)
+    assert await world.entries_of(old.id) == 4  # opened, the note, two phase moves
+    world.clock.advance(300 * DAY)
+    recent = await world.incident("brute force: ben", "ben", closed=True)
+    world.clock.advance(101 * DAY)  # old closed 401 days ago, recent 101; still_open opened 401 days ago
+
+    plan = next(
+        c for c in (await world.engine().plan(world.clock.now())).classes if c.data_class == "incidents"
+    )
+    assert [i.label for i in plan.survey.due] == [f"incident record {old.id} (closed 2026-12-01)"]
+    assert [i.key for i in plan.survey.upcoming] == [f"case:{recent.id}"]
+    assert plan.survey.held == {}
+
+    report = await world.run()
+    assert report.ok
+    assert _incidents(report) == {
+        "done": 1,
+        "action": "deleted",
+        "held": {},
+        "error": None,
+        "parts": {"detections": 0, "records": 1, "record_entries": 4},
+    }
+    assert await world.case_ids() == {still_open.id, recent.id}
+    assert await world.entries_of(old.id) == 0
+    assert await world.entries_of(recent.id) == 4
+    # The run's audit record carries the counts, and names nobody.
+    (event,) = await world.audit.events(kind="privacy.retention_run")
+    details = json.loads(event.details)
+    assert details["classes"]["incidents"]["parts"]["records"] == 1
+    assert "ann" not in event.details
+    # Nothing the chain verifies was in the deleted rows.
+    assert await _verifies(world.db, world.keyring)
+
+    # Idempotent: a forced run the same day finds nothing more.
+    again = await world.run(force=True)
+    assert _incidents(again)["done"] == 0
+    assert await world.case_ids() == {still_open.id, recent.id}
+
+    # The recent one goes at its own time; the open one never.
+    world.clock.advance(300 * DAY)
+    assert _incidents(await world.run())["parts"]["records"] == 1
+    assert await world.case_ids() == {still_open.id}
+
+
+@pytest.mark.parametrize("scope", ["person", "class"])
+async def test_a_hold_keeps_a_closed_record_until_released(world: World, scope: str) -> None:
+    case = await world.incident("brute force: cleo", "cleo", "dora", closed=True)
+    # A person hold on any affected user keeps the record, as a class hold does.
+    hold = {"username": "dora"} if scope == "person" else {"data_class": "incidents"}
+    await world.privacy.holds.place("CERT-77", reason="forensics", by="cli:counsel", **hold)
+    world.clock.advance(401 * DAY)
+
+    plan = next(
+        c for c in (await world.engine().plan(world.clock.now())).classes if c.data_class == "incidents"
+    )
+    assert plan.survey.due == []
+    assert plan.survey.held == {"CERT-77": 1}
+    report = await world.run()
+    assert _incidents(report)["held"] == {"CERT-77": 1}
+    assert _incidents(report)["parts"]["records"] == 0
+    assert await world.case_ids() == {case.id}
+    assert await world.entries_of(case.id) == 4
+
+    await world.privacy.holds.release("CERT-77", by="cli:counsel")
+    report = await world.run(force=True)
+    assert _incidents(report)["parts"] == {"detections": 0, "records": 1, "record_entries": 4}
+    assert await world.case_ids() == set()
+
+
+# -- erasure ---------------------------------------------------------------------------------------------
+
+
+async def _columns(world: World) -> list[str]:
+    """Every value of every row of both incident tables, as text."""
+    values = []
+    for table in ("incident_cases", "incident_entries"):
+        for row in await world.rows(table):
+            values += [str(v) for v in row.values()]
+    return values
+
+
+async def test_erasure_leaves_no_incident_column_naming_the_person(world: World) -> None:
+    alice = await world.person("alice", "alice@example.com")
+    await world.person("carol", "carol@example.com")
+    # Alice is an affected user of one incident and the responder of another.
+    attacked = await world.incident("brute force: alice", "alice", "carol", closed=False)
+    await world.cases.note(
+        attacked.id, "Called alice@example.com; Alice confirmed it was not her. Carol was not reached.",
+        actor="user:boss",
+    )  # fmt: skip
+    await world.cases.record(
+        attacked.id, "notification", "user:boss", "Notified 1 of 2 affected people by email; not sent: alice",
+        {"sent": ["carol"], "failed": {"alice": "mailbox of alice@example.com full"}, "template": "incident"},
+    )  # fmt: skip
+    await world.cases.add_evidence(attacked.id, SEALED)
+    handled = await world.incident("spraying: 198.51.100.4", closed=False)
+    await world.cases.update(
+        handled.id, actor="user:alice", owner="alice", root_cause="alice reset the password of carol"
+    )
+    await world.cases.note(handled.id, "Blocked the address.", actor="user:alice")
+    before = {row["id"]: row["evidence"] for row in await world.rows("incident_cases")}
+
+    request = await world.privacy.erase(
+        alice, settings=SETTINGS, channel=Channel.ADMIN, actor="admin:root", verified_by="ID checked"
+    )
+    tombstone = request.subject
+    assert tombstone.startswith("[erased:")
+    assert request.details["incident_rows_pseudonymised"] == 8
+
+    values = await _columns(world)
+    assert not [v for v in values if "alice" in v.lower()]
+    # The same tombstone as the audit erasure; other people keep their names.
+    cases = {row["id"]: row for row in await world.rows("incident_cases")}
+    assert json.loads(cases[attacked.id]["affected_users"]) == [tombstone, "carol"]
+    assert cases[attacked.id]["title"] == f"brute force: {tombstone}"
+    assert (cases[handled.id]["owner"], cases[handled.id]["root_cause"]) == (
+        tombstone,
+        f"{tombstone} reset the password of carol",
+    )
+    entries = [row for row in await world.rows("incident_entries") if row["case_id"] == attacked.id]
+    (note,) = [row for row in entries if str(row["text"]).startswith("Called")]
+    assert note["text"] == f"Called {tombstone}; {tombstone} confirmed it was not her. Carol was not reached."
+    (sent,) = [row for row in entries if row["kind"] == "notification"]
+    assert json.loads(sent["details"])["failed"] == {tombstone: f"mailbox of {tombstone} full"}
+    assert {row["actor"] for row in await world.rows("incident_entries") if row["case_id"] == handled.id} >= {
+        tombstone
+    }
+    # Sealed evidence stays as it was sealed; the chain verifies.
+    assert {row["id"]: row["evidence"] for row in await world.rows("incident_cases")} == before
+    assert await _verifies(world.db, world.keyring)
+
+
+async def test_a_non_ascii_name_is_found_also_where_json_escapes_it(world: World) -> None:
+    jozef = await world.person("józef")
+    case = await world.incident("brute force: józef", "józef", closed=True)
+    await world.cases.record(case.id, "notification", "user:boss", "Notified", {"sent": ["józef"]})
+    raw = [row["details"] for row in await world.rows("incident_entries") if row["kind"] == "notification"]
+    assert raw == ['{"sent": ["j\\u00f3zef"]}']  # how the entry stores it
+
+    await world.privacy.erase(
+        jozef, settings=SETTINGS, channel=Channel.ADMIN, actor="admin:root", verified_by="ID checked"
+    )
+    values = await _columns(world)
+    assert not [v for v in values if "józef" in v or "j\\u00f3zef" in v]

@@ -1,0 +1,53 @@
+"""A person's mentions in free text and JSON (``gateway.privacy.mentions``), table-driven: the whole name
+is replaced, in any case, with its actor prefix; a longer name that contains it is left alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.privacy.mentions import Mentions
+
+T = "[erased:0a1b2c3d4e5f]"
+ALICE = Mentions(["alice", "alice@example.com"], T)
+
+CASES = [
+    ("brute force: alice", f"brute force: {T}"),
+    ("user:alice", T),
+    ("admin:alice", T),
+    ("cli:alice", f"cli:{T}"),
+    ("Called alice@example.com today.", f"Called {T} today."),
+    ("ALICE said so", f"{T} said so"),
+    ("Reported by alice.", f"Reported by {T}."),
+    ("alice, bob and carol", f"{T}, bob and carol"),
+    ("(alice)", f"({T})"),
+    ('"alice"', f'"{T}"'),
+    ("alice2 is someone else", "alice2 is someone else"),
+    ("malice is not a name", "malice is not a name"),
+    ("bob.alice and alice.bob", "bob.alice and alice.bob"),
+    ("alice_b and b-alice", "alice_b and b-alice"),
+    ("alice@other.org", "alice@other.org"),
+    ("alice+tag", "alice+tag"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES)
+def test_a_mention_is_the_whole_name(text: str, expected: str) -> None:
+    assert ALICE.text(text) == expected
+
+
+def test_json_documents_are_replaced_in_keys_and_values() -> None:
+    doc = {"sent": ["alice", "bob"], "failed": {"alice": "mailbox of alice@example.com full"}, "n": 2}
+    assert ALICE.document(doc) == {"sent": [T, "bob"], "failed": {T: f"mailbox of {T} full"}, "n": 2}
+
+
+def test_a_list_of_names_keeps_its_order_without_repeats() -> None:
+    assert ALICE.names(["bob", "alice", "ALICE", "carol"]) == ["bob", T, "carol"]
+
+
+def test_no_names_changes_nothing() -> None:
+    assert Mentions(["", "  "], T).text("alice") == "alice"
+
+
+def test_a_non_ascii_name() -> None:
+    assert Mentions(["józef"], T).text("Józef and józefa") == f"{T} and józefa"
