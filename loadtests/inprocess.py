@@ -44,13 +44,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import MutableMapping
+from collections import Counter
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["SLOWABLE", "instructions_per_request", "main"]
+__all__ = [
+    "SLOWABLE",
+    "Upstream",
+    "drive",
+    "instructions_per_request",
+    "lifespan",
+    "main",
+    "sign_in",
+    "worker_config",
+]
 
 _BODY = b"x" * 256
 _RESPONSE = (
@@ -60,7 +70,7 @@ _PATH = b"/__echo/bytes/256"
 _COOKIE = "gateway_session"  # session.insecure_cookies: no "__Host-" prefix
 
 
-class _Upstream(asyncio.Protocol):
+class Upstream(asyncio.Protocol):
     """Answers every request head (GET, no body) with the same 256 bytes, keeping the connection."""
 
     def __init__(self) -> None:
@@ -102,9 +112,18 @@ class _Collector(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
-def _config(tmp: Path, upstream_port: int, tracing: dict[str, Any] | None = None) -> Path:
+def worker_config(
+    tmp: Path,
+    upstream_port: int,
+    tracing: dict[str, Any] | None = None,
+    *,
+    policy_text: str = "p, authenticated, *, /*, *, allow\n",
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """The benchmark worker's configuration file in ``tmp``: one route to the upstream on
+    ``upstream_port``, the policy ``policy_text``, in-process fast state unless ``state`` says otherwise."""
     policy = tmp / "policy.csv"
-    policy.write_text("p, authenticated, *, /*, *, allow\n")
+    policy.write_text(policy_text)
     config: dict[str, Any] = {
         "public_url": "http://127.0.0.1:8080",
         "listen": "127.0.0.1:8080",
@@ -117,7 +136,7 @@ def _config(tmp: Path, upstream_port: int, tracing: dict[str, Any] | None = None
         "session": {"insecure_cookies": True},
         # In-process fast state: the shared file's feed is polled ten times a second, and under
         # callgrind (50x slower) that polling would be most of what is counted.
-        "state": {"embedded": "memory"},
+        "state": state if state is not None else {"embedded": "memory"},
         "logging": {"sinks": [{"type": "file", "path": str(tmp / "access.log")}]},
         "routes": [
             {
@@ -136,7 +155,7 @@ def _config(tmp: Path, upstream_port: int, tracing: dict[str, Any] | None = None
     return path
 
 
-async def _lifespan(plane: Any, kind: str) -> None:
+async def lifespan(plane: Any, kind: str) -> None:
     """Send one lifespan message to the data plane and wait for its answer."""
     inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     answers: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
@@ -155,7 +174,7 @@ async def _lifespan(plane: Any, kind: str) -> None:
         task.cancel()
 
 
-async def _sign_in(services: Any) -> str:
+async def sign_in(services: Any) -> str:
     from gateway.identity.levels import AuthLevel, Factor, FactorUse
 
     session_id, _ = await services.identity.sessions.create(
@@ -171,8 +190,12 @@ async def _sign_in(services: Any) -> str:
     return str(session_id)
 
 
-async def _drive(plane: Any, cookie: bytes, count: int) -> int:
-    """Send ``count`` requests; return how many were not answered 200."""
+async def drive(
+    plane: Any, cookie: bytes | Sequence[bytes], count: int, tally: Counter[int] | None = None
+) -> int:
+    """Send ``count`` requests (with ``cookie``, or with each of several cookies in turn); return how
+    many were not answered 200. ``tally`` counts the answers by status."""
+    cookies = [cookie] if isinstance(cookie, bytes) else list(cookie)
     statuses: list[int] = []
 
     async def receive() -> dict[str, Any]:
@@ -182,7 +205,7 @@ async def _drive(plane: Any, cookie: bytes, count: int) -> int:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    for _ in range(count):
+    for i in range(count):
         # A new scope per request, as the ASGI server builds one.
         scope = {
             "type": "http",
@@ -198,12 +221,14 @@ async def _drive(plane: Any, cookie: bytes, count: int) -> int:
                 (b"host", b"127.0.0.1:8080"),
                 (b"user-agent", b"wrk"),
                 (b"accept", b"application/json"),
-                (b"cookie", cookie),
+                (b"cookie", cookies[i % len(cookies)]),
             ],
             "client": ("127.0.0.1", 50_000),
             "server": ("127.0.0.1", 8080),
         }
         await plane(scope, receive, send)
+    if tally is not None:
+        tally.update(statuses)
     return sum(1 for status in statuses if status != 200) + (count - len(statuses))
 
 
@@ -259,7 +284,7 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
     _dormant_timers()
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Upstream, "127.0.0.1", 0)
+    server = await loop.create_server(Upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     collector = await loop.create_server(_Collector, "127.0.0.1", 0)
     traces = None
@@ -267,16 +292,16 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
         endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
         traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": tracing}
     with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
-        plane = worker_app(_config(Path(tmp), port, traces))
-        await _lifespan(plane, "startup")
+        plane = worker_app(worker_config(Path(tmp), port, traces))
+        await lifespan(plane, "startup")
         try:
-            cookie = f"{_COOKIE}={await _sign_in(plane.running.services)}".encode()
-            failed = await _drive(plane, cookie, warmup)
+            cookie = f"{_COOKIE}={await sign_in(plane.running.services)}".encode()
+            failed = await drive(plane, cookie, warmup)
             started = time.process_time()
-            failed += await _drive(plane, cookie, requests)
+            failed += await drive(plane, cookie, requests)
             spent = time.process_time() - started
         finally:
-            await _lifespan(plane, "shutdown")
+            await lifespan(plane, "shutdown")
             server.close()
             collector.close()
     if failed:

@@ -1,0 +1,205 @@
+"""Each pipeline stage's share of the signed-in hot path, in Python bytecode instructions per request.
+
+::
+
+    python -m loadtests.stages [--requests 300] [--json PATH]
+
+Drives the data plane in-process exactly as :mod:`loadtests.inprocess` does (one worker's services,
+``GET /__echo/bytes/256`` with a session cookie, an upstream in the same event loop) and counts every
+bytecode instruction the interpreter executes on this thread while the measured requests run
+(``sys.settrace`` with ``f_trace_opcodes``). Each instruction goes to the stage whose function is the
+nearest caller of the frame that executed it (an ``await`` chain is a chain of callers): the stages
+are the functions :class:`gateway.pipeline.app.DataPlane` calls per request. Work outside every
+stage is the event loop and the callbacks it runs (the upstream connection's protocol, timers).
+
+The count is deterministic: the same code gives the same numbers on a busy or an idle machine, so a
+change to one stage shows up in that stage's line alone. It counts Python instructions, not machine
+instructions: work done in C (hashing, signing, JSON encoding, socket calls) is one instruction
+each. ``loadtests.inprocess --instructions`` gives the machine-instruction total per request;
+``loadtests/README.md`` lists both. Threads (the access log's file writer) are not traced.
+
+Exit codes: 0 done; 1 a request was not answered 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
+
+__all__ = ["count_stages", "main"]
+
+# Stage names in the order the pipeline runs them, and the function that is each stage.
+_STAGES: tuple[tuple[str, str, str], ...] = (
+    ("receive", "gateway.pipeline.receive", "receive_request"),
+    ("canonicalize", "gateway.pipeline.canonical", "canonicalize"),
+    ("route", "gateway.pipeline.route", "route_request"),
+    ("identify", "gateway.pipeline.identify", "identify"),
+    ("mfa", "gateway.pipeline.mfa", "require_mfa"),
+    ("authorize", "gateway.pipeline.authorize", "authorize"),
+    ("upstream headers", "gateway.pipeline.entries", "_Http.finish"),
+    ("proxy", "gateway.pipeline.proxy", "forward_http"),
+    ("observe (access log, metrics)", "gateway.pipeline.app", "DataPlane._observe"),
+    ("pipeline (the stage sequence)", "gateway.pipeline.app", "DataPlane._run"),
+)
+_OUTSIDE_UPSTREAM = "proxy: upstream connection callbacks"
+_OUTSIDE_LOOP = "event loop (asyncio)"
+_OUTSIDE_GATEWAY = "gateway background tasks"
+_DRIVER = "benchmark driver and its upstream (not the gateway)"
+_OUTSIDE = "other"
+
+
+def _stage_codes() -> dict[CodeType, str]:
+    import importlib
+
+    codes: dict[CodeType, str] = {}
+    for name, module_name, qualname in _STAGES:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        codes[target.__code__] = name
+    return codes
+
+
+def _outside(filename: str) -> str:
+    """Where an instruction outside every stage belongs, by the file of the code running it."""
+    if "/gateway/upstream/" in filename:
+        return _OUTSIDE_UPSTREAM
+    if "/loadtests/" in filename:
+        return _DRIVER
+    if "/gateway/" in filename:
+        return _OUTSIDE_GATEWAY
+    if "/asyncio/" in filename:
+        return _OUTSIDE_LOOP
+    return _OUTSIDE
+
+
+class _Tally:
+    """The trace function: counts each executed instruction under its stage."""
+
+    def __init__(self, codes: dict[CodeType, str]) -> None:
+        self.codes = codes
+        self.counts: Counter[str] = Counter()
+        # (stage, function) -> instructions: what --detail lists.
+        self.functions: Counter[tuple[str, str]] = Counter()
+
+    def stage_of(self, frame: FrameType) -> str:
+        walk: FrameType | None = frame
+        while walk is not None:
+            stage = self.codes.get(walk.f_code)
+            if stage is not None:
+                return stage
+            walk = walk.f_back
+        return _outside(frame.f_code.co_filename)
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        if event != "call":
+            return None
+        stage = self.stage_of(frame)
+        counts, functions = self.counts, self.functions
+        code = frame.f_code
+        where = (stage, f"{Path(code.co_filename).name}:{code.co_qualname}")
+        frame.f_trace_opcodes = True
+
+        def local(frame: FrameType, event: str, arg: object) -> Any:
+            if event == "opcode":
+                counts[stage] += 1
+                functions[where] += 1
+            return local
+
+        return local
+
+
+async def _run(requests: int, warmup: int) -> dict[str, Any]:
+    from gateway.root.apps import worker_app
+    from loadtests.inprocess import Upstream, drive, lifespan, sign_in, worker_config
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tally = _Tally(_stage_codes())
+    with tempfile.TemporaryDirectory(prefix="stages-") as tmp:
+        plane = worker_app(worker_config(Path(tmp), port))
+        await lifespan(plane, "startup")
+        try:
+            cookie = f"gateway_session={await sign_in(plane.running.services)}".encode()
+            failed = await drive(plane, cookie, warmup)
+            sys.settrace(tally)
+            try:
+                failed += await drive(plane, cookie, requests)
+            finally:
+                sys.settrace(None)
+        finally:
+            await lifespan(plane, "shutdown")
+            server.close()
+    if failed:
+        raise RuntimeError(f"{failed} requests were not answered 200")
+    return {
+        "stages": {name: n / requests for name, n in tally.counts.items()},
+        "functions": {
+            f"{stage} | {function}": n / requests for (stage, function), n in tally.functions.items()
+        },
+    }
+
+
+def count_stages(requests: int = 300, warmup: int = 200) -> dict[str, dict[str, float]]:
+    """Bytecode instructions per request by stage (``stages``) and by stage and function
+    (``functions``, keys ``"<stage> | <file>:<function>"``); the driver's own loop included."""
+    return asyncio.run(_run(requests, warmup))
+
+
+def _table(per_stage: dict[str, float]) -> str:
+    total = sum(per_stage.values())
+    order = [name for name, _, _ in _STAGES] + [
+        _OUTSIDE_UPSTREAM,
+        _OUTSIDE_GATEWAY,
+        _OUTSIDE_LOOP,
+        _OUTSIDE,
+        _DRIVER,
+    ]
+    lines = ["| stage | bytecodes per request | share |", "|---|---:|---:|"]
+    for name in order:
+        if name in per_stage:
+            lines.append(f"| {name} | {per_stage[name]:,.0f} | {per_stage[name] / total:.1%} |")
+    lines.append(f"| **total** | **{total:,.0f}** | 100% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.stages", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="measured requests (default 300)")
+    parser.add_argument("--json", type=Path, help="also write the counts here as JSON")
+    parser.add_argument(
+        "--detail", type=int, default=0, metavar="N", help="also list the N costliest functions"
+    )
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        per_stage = count_stages(args.requests)
+    except RuntimeError as exc:
+        print(f"stages: {exc}", file=sys.stderr)
+        return 1
+    print(_table(per_stage["stages"]))
+    if args.detail:
+        print("\n| stage | function | bytecodes per request |\n|---|---|---:|")
+        costliest = sorted(per_stage["functions"].items(), key=lambda item: -item[1])[: args.detail]
+        for key, n in costliest:
+            stage, function = key.split(" | ", 1)
+            print(f"| {stage} | `{function}` | {n:,.0f} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps(per_stage, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
