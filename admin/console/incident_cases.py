@@ -151,6 +151,9 @@ class Evidence(msgspec.Struct, kw_only=True):
     sealed_at: str
     # The exported range did not verify (sealed anyway, as evidence); None when it did.
     problem: str | None = None
+    # The policy version in force when sealed: what the recovery checks expect live at closing
+    # (unless one is restored for the incident). None for a bundle sealed before it was recorded.
+    policy_version: int | None = None
 
 
 class CaseRecord(msgspec.Struct, kw_only=True):
@@ -356,8 +359,8 @@ async def show_case(services: AdminServices, config: Config, case_id: CaseId) ->
 
 @get("/api/incident-cases/{case_id:str}/checks", cache=False, tags=_TAGS)
 async def recovery_checks(services: AdminServices, config: Config, case_id: CaseId) -> Checks:
-    """The recovery checklist (audit chain, database, policy, evidence hashes, containment lifted),
-    every check run; closing needs all of them to pass."""
+    """The recovery checklist (audit chain, readiness, policy version, evidence hashes, containment
+    lifted, lockdown), every check run; closing needs all of them to pass."""
     flow = await _workflow(services, config)
     checks = await flow.checks(await flow.cases.get(case_id))
     return Checks(passed=all(c.passed for c in checks), checks=_checks(checks))

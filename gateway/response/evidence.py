@@ -4,7 +4,9 @@ The bundle is the one ``gateway audit export`` writes (records, the chain proof,
 checkpoints; it verifies offline with ``gateway audit verify-bundle``), for the window from
 :data:`LOOKBACK` before the incident opened until now. Its SHA-256 goes into the incident record and,
 in an ``incident.evidence_sealed`` audit record, into the chain itself: a bundle swapped later no
-longer matches what the chain says was sealed.
+longer matches what the chain says was sealed. The policy version in force at sealing is recorded
+with it: the recovery checks expect that version live when the incident closes, unless one was
+restored for the incident.
 """
 
 from __future__ import annotations
@@ -51,12 +53,14 @@ async def seal_evidence(
     keyring: Keyring | None,
     actor: str,
     now: datetime,
+    policy_version: int,
 ) -> dict[str, Any]:
     """Write the incident's evidence bundle, and record its hash in the incident and the chain.
 
     Returns:
         What was sealed: ``sha256``, ``file``, ``since``, ``until``, ``records``, ``sealed_at``,
-        ``problem`` (the exported range did not verify: it is sealed anyway, as evidence).
+        ``problem`` (the exported range did not verify: it is sealed anyway, as evidence),
+        ``policy_version`` (the version in force).
     """
     since = case.opened_at - LOOKBACK
     folder = evidence_directory(data_dir) / case.id
@@ -76,6 +80,7 @@ async def seal_evidence(
         "records": summary.records,
         "sealed_at": now.isoformat(),
         "problem": summary.problem,
+        "policy_version": policy_version,
     }
     await cases.add_evidence(case.id, sealed)
     await audit.record(

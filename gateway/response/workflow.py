@@ -28,7 +28,7 @@ from gateway.response.cases import Cases, CaseView
 from gateway.response.evidence import seal_evidence
 from gateway.response.notification import DEFAULT_WHAT_TO_DO, Notified, notify_affected
 from gateway.response.phases import Phase, check_move, parse_phase
-from gateway.response.recovery import RecoveryCheck, recovery_checks
+from gateway.response.recovery import RecoveryCheck, readiness_check, recovery_checks
 from gateway.response.report import audit_timeline, report_json
 from gateway.response.webhook import case_webhook
 from gateway.settings.schema import Settings
@@ -110,16 +110,22 @@ class Workflow:
         async def locked() -> bool:
             return (await lockdowns.read()).on
 
+        async def readiness() -> RecoveryCheck:
+            return await readiness_check(
+                settings=self.settings, db=self.db, fast=self.fast, policy=self.policy, clock=self.cases.clock
+            )
+
         return await recovery_checks(
             case, db=self.db, keyring=self.keyring, cases=self.cases, policy=self.policy,
-            detections=IncidentStore(self.fast), lockdown=locked,
+            detections=IncidentStore(self.fast), readiness=readiness, lockdown=locked,
         )  # fmt: skip
 
     async def seal(self, case: CaseView, *, actor: str) -> dict[str, Any]:
-        """Seal the evidence of the incident's window up to now (see :mod:`gateway.response.evidence`)."""
+        """Seal the evidence of the incident's window up to now (see :mod:`gateway.response.evidence`),
+        with the policy version in force (what the recovery checks expect live at closing)."""
         return await seal_evidence(
             self.db, self.cases, self.audit, case, data_dir=self.settings.data_dir, keyring=self.keyring,
-            actor=actor, now=self.cases.clock.now(),
+            actor=actor, now=self.cases.clock.now(), policy_version=await self.policy.version(),
         )  # fmt: skip
 
     async def move(self, case_id: str, phase: str, *, actor: str, note: str = "") -> Moved:

@@ -219,7 +219,7 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
     refused = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "closed"})
     body = assert_error(refused, 409, "recovery-checks-failed")
     assert [c["name"] for c in body["checks"] if not c["passed"]] == ["containment_lifted"]
-    assert {c["name"] for c in body["checks"]} >= {"audit_chain", "database", "policy", "evidence"}
+    assert {c["name"] for c in body["checks"]} >= {"audit_chain", "readiness", "policy_version", "evidence"}
     assert case_of(site, boss, case_id)["phase"] == "post_incident"
 
     lifted = ok(api(site, boss, "POST", f"{BASE}/{case_id}/lift", json={"reason": "attacker gone"}))

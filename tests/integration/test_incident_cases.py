@@ -291,6 +291,9 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
     out = cli(site, "check", case_id)
     assert "PASSED" in out
     assert "[ok] audit_chain" in out
+    # Every worker of both replicas reported itself ready; the policy sealed at containment is live.
+    assert "[ok] readiness: database and fast state answer, policy loads; " in out
+    assert "[ok] policy_version: version 1 is live, as expected (in force when the evidence was sealed" in out
 
     # Post-incident: the affected people are told (previewed first), the report, then closed.
     cli(site, "phase", case_id, "post-incident")
