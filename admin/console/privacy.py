@@ -8,7 +8,14 @@ actor and, as ``verified_by``, what the admin writes about how they verified the
 the register row, the ``privacy.<kind>`` audit event and the erasure itself are the same whichever
 way a right arrives. Beside each, an ``admin.privacy.<action>`` event carries the admin's reason and
 outcome, also when the action is refused (``export``, ``rectify``, ``restrict``, ``close``,
-``erase``, ``verify``, ``reject``, ``hold.place``, ``hold.release``).
+``erase``, ``object``, ``withdraw_consent``, ``verify``, ``reject``, ``hold.place``, ``hold.release``).
+
+An objection or a consent withdrawal that reaches the organisation by email, phone or letter is
+recorded here for the person (``object``, ``withdraw_consent``) through the service method their own
+portal calls, so the effect is theirs: the purpose stops for their sessions at once (an objection to
+``policy_analytics`` keeps their requests out of the decision sample). The register row's
+``verified_by`` is what the admin wrote followed by the admin. Like a restriction, neither asks for a
+recent second factor: both only stop processing, and the person can undo them from their portal.
 
 Erasing someone and releasing a legal hold are destructive: they need a reason and a second factor used
 within ``admin.destructive_reauth_max_age``. Releasing a hold carries out at once the erasures it held
@@ -40,7 +47,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
 from admin.access import Admin, CrossOriginRefused, admin_origin
-from admin.actions import admin_of, audit, confirm_destructive
+from admin.actions import admin_of, audit, client_ip, confirm_destructive
 from admin.console.masking import mask_person
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
@@ -211,6 +218,20 @@ class Restrict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RightChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    verified_by: VerifiedBy
+    reason: Reason
+    law: Law = None
+
+
+class PurposeChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A choice the person made outside the gateway, recorded for them."""
+
+    purpose: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=64, description="The purpose's name, as privacy.purposes names it."
+        ),
+    ]
     verified_by: VerifiedBy
     reason: Reason
     law: Law = None
@@ -1014,6 +1035,78 @@ async def erase_user(
     return await _act(request, services, "erase", subject=_user_ref(user_id), details=details, work=work)
 
 
+def _for_person(admin: Admin, request: Request[Any, Any, Any], data: PurposeChange) -> dict[str, Any]:
+    """The privacy service's arguments for a choice recorded by ``admin`` for the person."""
+    return {
+        "channel": Channel.ADMIN,
+        "actor": admin.actor,
+        # Who verified is part of how: the register keeps both.
+        "verified_by": f"{data.verified_by.strip()} ({admin.actor})",
+        "method": f"admin:{admin.session.username}",
+        "ip": client_ip(request),
+        "reason": data.reason.strip(),
+    }
+
+
+@post("/api/privacy/users/{user_id:str}/object", status_code=200, tags=["privacy"])
+async def object_for_user(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
+    data: JSONBody[PurposeChange],
+) -> RightResult:  # fmt: skip
+    """Record the person's objection to a legitimate-interest purpose, received by email, phone or
+    letter: as if they objected on their portal, the purpose is no longer processed for them from
+    their sessions' next request on (``policy_analytics``: their requests stay out of the decision
+    sample; ``geolocation``: no sign-in location checks). Registered as a completed ``objection``
+    request. 422 ``unknown-purpose`` for a name ``privacy.purposes`` does not have, 409
+    ``not-objectable`` for a purpose that cannot be objected to (a consent is withdrawn instead):
+    nothing recorded then."""
+    settings = config.settings.privacy
+
+    async def work(admin: Admin, about: _About) -> RightResult:
+        chosen = _law(settings, data.law)
+        user = await _person(services, user_id, about)
+        view = await services.privacy.object(
+            user, data.purpose, settings=settings, law=chosen, **_for_person(admin, request, data)
+        )
+        details["request"] = view.ref
+        return _right(view, f"{view.outcome} ({view.ref})")
+
+    details: dict[str, object] = {
+        "purpose": data.purpose, "verified_by": data.verified_by, "reason": data.reason,
+    }  # fmt: skip
+    return await _act(request, services, "object", subject=_user_ref(user_id), details=details, work=work)
+
+
+@post("/api/privacy/users/{user_id:str}/withdraw-consent", status_code=200, tags=["privacy"])
+async def withdraw_consent_for_user(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
+    data: JSONBody[PurposeChange],
+) -> RightResult:  # fmt: skip
+    """Record the withdrawal of the person's consent to a consent-based purpose, received by email,
+    phone or letter: as if they withdrew it on their portal (a ``withdrawn`` answer to the current
+    notice), the purpose is no longer processed for them from their sessions' next request on.
+    Registered as a completed ``consent_withdrawal`` request. 422 ``unknown-purpose``, 409
+    ``not-consent-based`` for a purpose that does not rest on consent (object to it instead):
+    nothing recorded then."""
+    settings = config.settings.privacy
+
+    async def work(admin: Admin, about: _About) -> RightResult:
+        chosen = _law(settings, data.law)
+        user = await _person(services, user_id, about)
+        view = await services.privacy.withdraw_consent(
+            user, data.purpose, settings=settings, law=chosen, **_for_person(admin, request, data)
+        )
+        details["request"] = view.ref
+        return _right(view, f"{view.outcome} ({view.ref})")
+
+    details: dict[str, object] = {
+        "purpose": data.purpose, "verified_by": data.verified_by, "reason": data.reason,
+    }  # fmt: skip
+    return await _act(
+        request, services, "withdraw_consent", subject=_user_ref(user_id), details=details, work=work
+    )
+
+
 # -- the JSON API: legal holds ----------------------------------------------------------------------
 
 
@@ -1180,6 +1273,8 @@ HANDLERS = (
     restrict_user,
     close_user,
     erase_user,
+    object_for_user,
+    withdraw_consent_for_user,
     holds_json,
     place_hold,
     release_hold,

@@ -891,6 +891,8 @@ async def user_page(
         section="users",
         view=view,
         destructive_minutes=max(1, int(config.settings.admin.destructive_reauth_max_age) // 60),
+        # For recording an objection or a consent withdrawal the person sent in (the Privacy card).
+        purposes=config.settings.privacy.purposes,
     )
 
 

@@ -9,6 +9,8 @@
     gateway privacy restrict USER [--lift] --verified-by TEXT [--law LAW]
     gateway privacy close USER --verified-by TEXT [--law LAW]
     gateway privacy erase USER --verified-by TEXT [--yes] [--law LAW]
+    gateway privacy object USER PURPOSE --verified-by TEXT --reason TEXT [--law LAW]
+    gateway privacy withdraw USER PURPOSE --verified-by TEXT --reason TEXT [--law LAW]
     gateway privacy hold place REFERENCE --reason TEXT (--user NAME | --class CLASS)
     gateway privacy hold release REFERENCE
     gateway privacy hold list [--all] [--json]
@@ -17,6 +19,10 @@ The rights call the same service the portal and the admin console call (``gatewa
 so each one is a row in the request register (channel ``cli``) and an audit event, with the operator
 (``cli:<OS user>``) as the actor. ``--verified-by`` says how the operator verified the person's identity
 (it is recorded with the request: "passport seen at the front desk", "call-back to the number on file").
+
+``object`` and ``withdraw`` record an objection or a consent withdrawal the person sent in (by email,
+phone, letter) exactly as their own portal records it: the purpose stops for them from their sessions'
+next request on, and the register row's ``verified_by`` is ``--verified-by`` followed by the operator.
 
 An erasure asks to type the username at a terminal unless ``--yes``; under a legal hold it is suspended
 (the account is restricted meanwhile) and says which hold. The export is the person's data: written
@@ -59,6 +65,10 @@ _LAWS: Final = ("gdpr", "ccpa", "dpdp")
 # The data classes a class hold can name (gateway.privacy.holds.DATA_CLASSES; spelled out here so
 # that building the parser imports no domain module).
 _DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
+_NO_LIVE_OPTOUT_NOTE: Final = (
+    "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
+    "out of reach of this command; their next sign-in carries the change."
+)
 _NO_LIVE_SESSIONS_NOTE: Final = (
     "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
     "out of reach of this command; they end at their idle timeout or when the gateway restarts."
@@ -269,6 +279,38 @@ async def _erase(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     return EXIT_OK
 
 
+async def _choice(args: argparse.Namespace, ctx: PrivacyContext, *, withdraw: bool) -> int:
+    """An objection (``withdraw`` false) or a consent withdrawal the person sent in, recorded for them."""
+    from gateway.privacy.register import Channel
+
+    user = await ctx.user(args.user)
+    record = ctx.privacy.withdraw_consent if withdraw else ctx.privacy.object
+    request = await record(
+        user,
+        args.purpose,
+        settings=ctx.settings.privacy,
+        channel=Channel.CLI,
+        actor=ctx.actor,
+        verified_by=f"{args.verified_by} ({ctx.actor})",
+        method=ctx.actor,
+        law=args.law,
+        reason=args.reason,
+    )
+    print(_request_line(request))
+    print(request.outcome)
+    if ctx.sessions_out_of_reach:
+        print(_NO_LIVE_OPTOUT_NOTE, file=sys.stderr)
+    return EXIT_OK
+
+
+async def _object(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    return await _choice(args, ctx, withdraw=False)
+
+
+async def _withdraw(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    return await _choice(args, ctx, withdraw=True)
+
+
 # -- legal holds -------------------------------------------------------------------------------------
 
 
@@ -377,6 +419,14 @@ def _right(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _choice_args(parser: argparse.ArgumentParser, purpose: str) -> None:
+    _right(parser)
+    parser.add_argument("purpose", metavar="PURPOSE", help=purpose)
+    parser.add_argument(
+        "--reason", required=True, metavar="TEXT", help="why, e.g. how it reached you (kept in the register)"
+    )
+
+
 def _register_hold(actions: SubParsers[argparse.ArgumentParser]) -> None:
     holds = actions.add_parser(
         "hold",
@@ -436,7 +486,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "privacy",
         help="data-subject requests, rights and legal holds",
         description="Carry out a person's privacy rights (export, rectification, restriction, closure, "
-        "erasure), read and update the request register, and manage legal holds.",
+        "erasure, objection, consent withdrawal), read and update the request register, and manage legal "
+        "holds.",
     )
 
     p = _action(
@@ -533,5 +584,27 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     _right(p)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    p = _action(
+        actions,
+        "object",
+        _object,
+        summary="record a person's objection to a purpose",
+        description="Record an objection the person sent in (email, phone, letter) to a legitimate-interest "
+        "purpose of privacy.purposes (geolocation, policy_analytics): as if they objected on their account "
+        "page, it is no longer processed for them. Recorded as a completed objection request.",
+    )
+    _choice_args(p, "the objectable purpose (a name in privacy.purposes)")
+
+    p = _action(
+        actions,
+        "withdraw",
+        _withdraw,
+        summary="record a person's consent withdrawal",
+        description="Record the withdrawal of a consent the person sent in (email, phone, letter) for a "
+        "consent-based purpose of privacy.purposes: as if they withdrew it on their account page, it is no "
+        "longer processed for them. Recorded as a completed consent-withdrawal request.",
+    )
+    _choice_args(p, "the consent-based purpose (a name in privacy.purposes)")
 
     _register_hold(actions)

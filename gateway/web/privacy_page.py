@@ -23,7 +23,6 @@ from litestar.response import Template
 
 from gateway.settings.schema import PrivacyContact, PrivacySettings, Purpose, RetentionSettings
 from gateway.store.fast.base import StateUnavailable
-from gateway.threat.incidents import RETENTION as INCIDENT_TTL
 from gateway.web import flows
 from gateway.web.deps import Config, Identity
 from gateway.web.gate import PUBLIC
@@ -131,7 +130,7 @@ _RETENTION_TEXT: Final = {
     "legal hold covers it)",
     "audit_events": "Names and addresses in security records (then erased; the record of what happened "
     "stays)",
-    "incidents": "Security incidents (the security record of each stays)",
+    "incidents": "Security incidents, after each is closed (the security record of each stays)",
     "privacy_requests": "Your privacy requests, after they are completed or rejected",
 }
 
@@ -180,7 +179,7 @@ class PrivacyFacts(msgspec.Struct):
     purposes: list[PurposeFacts]
     rights: list[RightFacts]
     # How long each data class is kept, seconds: privacy.retention (the purge interval is not a
-    # retention period), incidents at most as long as the fast store keeps them.
+    # retention period); incidents: the incident records, counted from their closing.
     retention: dict[str, float]
 
 
@@ -210,10 +209,9 @@ def _purpose(purpose: Purpose) -> PurposeFacts:
 
 
 def _retention(retention: RetentionSettings) -> dict[str, float]:
-    kept = {name: float(getattr(retention, name)) for name in _RETENTION_TEXT}
-    # The fast store drops an incident after INCIDENT_TTL whatever the rule says: say what really happens.
-    kept["incidents"] = min(kept["incidents"], INCIDENT_TTL)
-    return kept
+    # Incidents: the rule is what keeps the incident records (the fast store's detections expire
+    # sooner, but the record of a detection outlives them), so the rule is what the page says.
+    return {name: float(getattr(retention, name)) for name in _RETENTION_TEXT}
 
 
 def privacy_facts(settings: PrivacySettings) -> PrivacyFacts:

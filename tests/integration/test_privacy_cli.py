@@ -5,7 +5,10 @@ What a terminal shows is what is checked (exit codes, stdout, stderr, never a tr
 commands did is read back from the database: a closed registration goes only once due and not under a
 legal hold, the chain still verifies after the purge and no audit row names the person; an export is a
 new owner-only file that is not overwritten by accident; an erasure needs a terminal or --yes and says
-which hold suspends it.
+which hold suspends it. An objection or consent withdrawal recorded for a person is their choice (their
+objections, their consent record) and a completed register row verified by the operator; a purpose of
+the wrong kind, an unknown one or a missing reason exits 2 and changes nothing. The retention plan and
+run name the closed incident records that go (an open one stays).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ PRIVACY_ACTIONS = [
     ["restrict"],
     ["close"],
     ["erase"],
+    ["object"],
+    ["withdraw"],
     ["hold"],
     ["hold", "place"],
     ["hold", "release"],
@@ -274,3 +279,129 @@ def test_verify_reject_and_what_is_refused(cli: Cli) -> None:
         "incidents",
         "privacy_requests",
     ]
+
+
+# -- objection and consent withdrawal, recorded for a person ----------------------------------------------
+
+PURPOSES = """privacy:
+  purposes:
+    - {name: geolocation, title: Sign-in location checks, notice: The address is looked up., basis: legitimate_interest, objectable: true}
+    - {name: policy_analytics, title: Access pattern sample, notice: Request shapes are counted., basis: legitimate_interest, objectable: true}
+    - {name: newsletter, title: Product newsletter, notice: A monthly mail., basis: consent}
+"""
+
+
+def _choices(cli: Cli) -> tuple[Any, ...]:
+    return (
+        cli.sql("SELECT ref, kind, status FROM privacy_requests ORDER BY id"),
+        cli.sql("SELECT username, objections FROM users ORDER BY id"),
+        cli.sql("SELECT user_id, purpose, decision FROM consent_records ORDER BY id"),
+    )
+
+
+def test_an_objection_and_a_consent_withdrawal_recorded_for_a_person(cli: Cli) -> None:
+    cli.config.write_text(cli.config.read_text() + PURPOSES)
+    cli.add_user("erin")
+
+    out = cli.ok(
+        "privacy", "object", "erin", "policy_analytics",
+        "--verified-by", "signed letter", "--reason", "letter of 3 May",
+    )  # fmt: skip
+    assert "objection request PR-" in out
+    assert "Objection recorded for policy_analytics; in effect at once." in out
+    ((objections,),) = cli.sql("SELECT objections FROM users WHERE username = 'erin'")
+    assert objections == "policy_analytics"
+    out = cli.ok(
+        "privacy", "withdraw", "erin@example.com", "newsletter", "--verified-by", "phone", "--reason", "call"
+    )
+    assert "consent_withdrawal request PR-" in out
+    ((decision, method),) = cli.sql("SELECT decision, method FROM consent_records")
+    assert decision == "withdrawn"
+    assert method.startswith("cli:")
+
+    rows = cli.sql("SELECT kind, channel, status, verified_by, details FROM privacy_requests ORDER BY id")
+    assert [tuple(r[:3]) for r in rows] == [
+        ("objection", "cli", "completed"),
+        ("consent_withdrawal", "cli", "completed"),
+    ]
+    assert rows[0][3].startswith("signed letter (cli:")
+    assert json.loads(rows[0][4]) == {"purpose": "policy_analytics", "reason": "letter of 3 May"}
+    kinds = {row[0] for row in cli.sql("SELECT kind FROM audit_events WHERE subject = 'erin'")}
+    assert {"privacy.objection.added", "privacy.objection", "privacy.consent.withdrawn"} <= kinds
+
+    before = _choices(cli)
+    refused = [
+        (["object", "erin", "newsletter"], "cannot be objected to"),
+        (["object", "erin", "marketing"], "no purpose named 'marketing'"),
+        (["withdraw", "erin", "geolocation"], "not on consent"),
+        (["object", "nobody", "geolocation"], "no user 'nobody'"),
+    ]
+    for args, message in refused:
+        proc = cli.run("privacy", *args, "--verified-by", "x", "--reason", "r")
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+    missing = cli.run("privacy", "object", "erin", "geolocation", "--verified-by", "x")
+    assert missing.returncode == 2
+    assert "--reason" in missing.stderr
+    assert _choices(cli) == before
+
+
+# -- incident records under the retention rule -------------------------------------------------------------
+
+
+def _incident_record(cli: Cli, *, opened: datetime, closed: datetime | None) -> str:
+    """An incident record as incident response leaves it, opened (and closed) at these times."""
+    from gateway.response.models import IncidentCase, IncidentEntry
+    from gateway.threat.incidents import new_incident_id
+
+    case_id = new_incident_id()
+
+    async def write() -> None:
+        db = Database.open(cli.url, pool_size=1)
+        try:
+            async with db.session() as session:
+                session.add(
+                    IncidentCase(
+                        id=case_id, title="brute force: ann", severity="medium",
+                        phase="closed" if closed else "containment", owner="", opened_at=opened,
+                        opened_by="rule:brute_force", updated_at=closed or opened, closed_at=closed,
+                        rule="brute_force", affected_users='["ann"]', routes="[]", addresses="[]",
+                        summary="", root_cause="", lessons="", evidence="[]",
+                    )
+                )  # fmt: skip
+                await session.flush()
+                for at in (opened, closed or opened):
+                    session.add(
+                        IncidentEntry(
+                            case_id=case_id, at=at, kind="phase", actor="user:boss", text="", details="{}"
+                        )
+                    )
+                await session.commit()
+        finally:
+            await db.close()
+
+    asyncio.run(write())
+    return case_id
+
+
+def test_the_retention_plan_and_run_name_closed_incident_records(cli: Cli) -> None:
+    now = datetime.now(UTC)
+    old = _incident_record(cli, opened=now - timedelta(days=420), closed=now - timedelta(days=401))
+    recent = _incident_record(cli, opened=now - timedelta(days=420), closed=now - timedelta(days=30))
+    still_open = _incident_record(cli, opened=now - timedelta(days=900), closed=None)
+
+    plan = cli.ok("retention", "plan")
+    section = plan[plan.index("incidents (kept 400 days") : plan.index("privacy_requests (")]
+    assert "due now: 1" in section
+    assert f"incident record {old}" in section
+    assert f"incident record {recent}" in section.split("next (")[1]
+    assert still_open not in section
+
+    out = cli.ok("retention", "run")
+    assert "incidents: 1 deleted (detections: 0, records: 1, record entries: 2)" in out
+    ids = {row[0] for row in cli.sql("SELECT id FROM incident_cases")}
+    assert ids == {recent, still_open}
+    assert cli.sql("SELECT count(*) FROM incident_entries WHERE case_id = :id", id=old) == [(0,)]
+    summary = json.loads(cli.sql("SELECT summary FROM retention_runs")[0][0])
+    assert summary["classes"]["incidents"]["parts"] == {"detections": 0, "records": 1, "record_entries": 2}
+    assert cli.run("audit", "verify").returncode == 0

@@ -189,8 +189,8 @@ async def test_the_page_names_the_contact_and_explains_purposes_rights_and_reten
         k.startswith("Names and addresses in security records") and v == "400 days" for k, v in kept.items()
     )
     assert any(k.startswith("Your privacy requests") and v == "1095 days" for k, v in kept.items())
-    # 400 days configured by default, but the fast store drops an incident after 30: the page says 30.
-    assert kept["Security incidents (the security record of each stays)"] == "30 days"
+    # The incident records are kept the rule's 400 days after closing (detections expire sooner).
+    assert kept["Security incidents, after each is closed (the security record of each stays)"] == "400 days"
     # Like every gateway page, it links the privacy notice in its footer.
     assert '<a href="/.gateway/privacy">Privacy</a>' in page.text
 
@@ -250,7 +250,7 @@ async def test_without_a_contact_the_page_says_so_instead_of_empty_fields(contro
         "Access pattern sample for policy reviews",
     ]
     assert facts["contact"] is None
-    assert facts["retention"]["incidents"] == 30 * 86400  # capped by the fast store's TTL
+    assert facts["retention"]["incidents"] == 400 * 86400  # the incident records' rule
     assert facts["retention"]["registration"] == 180 * 86400
     assert {r["name"]: r["by_contact"] for r in facts["rights"]} == dict.fromkeys(RIGHTS, False)
 
