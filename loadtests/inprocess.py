@@ -53,12 +53,14 @@ import yaml
 
 __all__ = [
     "SLOWABLE",
+    "Collector",
     "Upstream",
     "drive",
     "instructions_per_request",
     "lifespan",
     "main",
     "sign_in",
+    "slow_down",
     "worker_config",
 ]
 
@@ -89,7 +91,7 @@ class Upstream(asyncio.Protocol):
             self.transport.write(_RESPONSE)
 
 
-class _Collector(asyncio.Protocol):
+class Collector(asyncio.Protocol):
     """Takes OTLP/HTTP exports (head, then Content-Length bytes of body) and answers each with a 200."""
 
     def __init__(self) -> None:
@@ -119,9 +121,11 @@ def worker_config(
     *,
     policy_text: str = "p, authenticated, *, /*, *, allow\n",
     state: dict[str, Any] | None = None,
+    access_log: bool = True,
 ) -> Path:
     """The benchmark worker's configuration file in ``tmp``: one route to the upstream on
-    ``upstream_port``, the policy ``policy_text``, in-process fast state unless ``state`` says otherwise."""
+    ``upstream_port``, the policy ``policy_text``, in-process fast state unless ``state`` says otherwise,
+    the access log to a file unless ``access_log`` is False."""
     policy = tmp / "policy.csv"
     policy.write_text(policy_text)
     config: dict[str, Any] = {
@@ -137,7 +141,7 @@ def worker_config(
         # In-process fast state: the shared file's feed is polled ten times a second, and under
         # callgrind (50x slower) that polling would be most of what is counted.
         "state": state if state is not None else {"embedded": "memory"},
-        "logging": {"sinks": [{"type": "file", "path": str(tmp / "access.log")}]},
+        "logging": {"sinks": [{"type": "file", "path": str(tmp / "access.log")}] if access_log else []},
         "routes": [
             {
                 "name": "echo",
@@ -236,7 +240,7 @@ async def drive(
 SLOWABLE = ("canonicalize", "route_request", "identify", "require_mfa", "authorize")
 
 
-def _slow_down(stage: str) -> None:
+def slow_down(stage: str) -> None:
     """Make ``stage`` do its work twice per request (benchmark only: proves the guard notices)."""
     import inspect
 
@@ -280,13 +284,13 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
     from gateway.root.apps import worker_app
 
     if slow_stage is not None:
-        _slow_down(slow_stage)
+        slow_down(slow_stage)
     _dormant_timers()
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    collector = await loop.create_server(_Collector, "127.0.0.1", 0)
+    collector = await loop.create_server(Collector, "127.0.0.1", 0)
     traces = None
     if tracing is not None:
         endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"

@@ -33,7 +33,9 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["count_stages", "main"]
+from loadtests.inprocess import SLOWABLE
+
+__all__ = ["VARIANTS", "count_stages", "main"]
 
 # Stage names in the order the pipeline runs them, and the function that is each stage.
 _STAGES: tuple[tuple[str, str, str], ...] = (
@@ -116,16 +118,38 @@ class _Tally:
         return local
 
 
-async def _run(requests: int, warmup: int) -> dict[str, Any]:
-    from gateway.root.apps import worker_app
-    from loadtests.inprocess import Upstream, drive, lifespan, sign_in, worker_config
+# The per-request features whose cost ``--variant`` shows, as changes to the benchmark's configuration
+# (access log to a file, in-process state, tracing off, a session cookie).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "access-log-off": {"access_log": False},
+    "tracing-1pct": {"tracing": 0.01},
+    "tracing-all": {"tracing": 1.0},
+    "embedded-file-state": {"state": {"embedded": "file"}},
+}
 
+
+async def _run(
+    requests: int, warmup: int, variant: str = "baseline", slow_stage: str | None = None
+) -> dict[str, Any]:
+    from gateway.root.apps import worker_app
+    from loadtests.inprocess import Collector, Upstream, drive, lifespan, sign_in, slow_down, worker_config
+
+    if slow_stage is not None:
+        slow_down(slow_stage)
+    options = dict(VARIANTS[variant])
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Upstream, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    collector = await loop.create_server(Collector, "127.0.0.1", 0)
+    ratio = options.pop("tracing", None)
+    traces = None
+    if ratio is not None:
+        endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
+        traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": ratio}
     tally = _Tally(_stage_codes())
     with tempfile.TemporaryDirectory(prefix="stages-") as tmp:
-        plane = worker_app(worker_config(Path(tmp), port))
+        plane = worker_app(worker_config(Path(tmp), port, traces, **options))
         await lifespan(plane, "startup")
         try:
             cookie = f"gateway_session={await sign_in(plane.running.services)}".encode()
@@ -138,6 +162,7 @@ async def _run(requests: int, warmup: int) -> dict[str, Any]:
         finally:
             await lifespan(plane, "shutdown")
             server.close()
+            collector.close()
     if failed:
         raise RuntimeError(f"{failed} requests were not answered 200")
     return {
@@ -148,10 +173,15 @@ async def _run(requests: int, warmup: int) -> dict[str, Any]:
     }
 
 
-def count_stages(requests: int = 300, warmup: int = 200) -> dict[str, dict[str, float]]:
+def count_stages(
+    requests: int = 300, warmup: int = 200, *, variant: str = "baseline", slow_stage: str | None = None
+) -> dict[str, dict[str, float]]:
     """Bytecode instructions per request by stage (``stages``) and by stage and function
-    (``functions``, keys ``"<stage> | <file>:<function>"``); the driver's own loop included."""
-    return asyncio.run(_run(requests, warmup))
+    (``functions``, keys ``"<stage> | <file>:<function>"``); the driver's own loop included.
+
+    ``variant`` is one of :data:`VARIANTS`; ``slow_stage`` makes one stage do its work twice
+    (:func:`loadtests.inprocess.slow_down`). Call once per process: the slowdown stays."""
+    return asyncio.run(_run(requests, warmup, variant, slow_stage))
 
 
 def _table(per_stage: dict[str, float]) -> str:
@@ -178,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detail", type=int, default=0, metavar="N", help="also list the N costliest functions"
     )
+    parser.add_argument(
+        "--variant", choices=tuple(VARIANTS), default="baseline", help="a feature switched (default baseline)"
+    )
+    parser.add_argument("--slow-stage", choices=SLOWABLE, help="run this stage twice per request")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -185,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     try:
-        per_stage = count_stages(args.requests)
+        per_stage = count_stages(args.requests, variant=args.variant, slow_stage=args.slow_stage)
     except RuntimeError as exc:
         print(f"stages: {exc}", file=sys.stderr)
         return 1
