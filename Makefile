@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help quickstart install test test-deps lint fmt typecheck bench bench-quick bench-instructions clean
+.PHONY: help quickstart install test test-deps lint fmt typecheck bench bench-quick bench-instructions bench-stages bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ bench-quick: test-deps  ## the CI smoke version of the guard (< 2 minutes, fails
 
 bench-instructions: test-deps  ## the load-proof CI guard: hot-path instructions per request (callgrind) vs budget.yaml
 	.venv/bin/python -m loadtests.instruction_guard
+
+bench-stages: install  ## the per-stage CI guard: bytecodes per request of each stage and feature vs budget.yaml (~40 s)
+	.venv/bin/python -m loadtests.stage_guard
+
+bench-scale: test-deps  ## one worker's memory and CPU per request with 100,000 sessions and policy lines (~15 min)
+	.venv/bin/python -m loadtests.scale
 
 clean:  ## remove the virtualenv and caches
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
