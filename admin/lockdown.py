@@ -5,6 +5,9 @@ stored in the fast state, broadcast to every worker and replica, audited as ``lo
 ``lockdown.off`` with the admin as the actor. Flipping it either way is destructive (it shuts everyone
 out, or lets everyone back in during an incident), so it needs a reason and a second factor used within
 ``admin.destructive_reauth_max_age``; every attempt, also a refused one, is ``admin.lockdown``.
+
+The console's Lockdown page (:mod:`admin.console.lockdown`) renders :func:`lockdown_view`, what
+``GET /api/lockdown`` answers, and switches through ``POST /api/lockdown``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from gateway.services import Services
 from gateway.threat.lockdown import MAX_REASON, LockdownState, LockdownStore, check_request
 from gateway.web.deps import Config
 
-__all__ = ["HANDLERS", "LockdownRequest", "LockdownView"]
+__all__ = ["HANDLERS", "LockdownRequest", "LockdownView", "lockdown_view"]
 
 _ROUTE_NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
@@ -77,10 +80,15 @@ def _view(state: LockdownState, message: str = "") -> LockdownView:
     )
 
 
+async def lockdown_view(services: Services) -> LockdownView:
+    """The switch as the workers apply it; the page and ``GET /api/lockdown`` both answer with it."""
+    return _view(await _store(services).read())
+
+
 @get("/api/lockdown", cache=False, tags=["lockdown"])
 async def lockdown_status(services: AdminServices) -> LockdownView:
     """Whether a lockdown is on, for which routes, since when, by whom and why."""
-    return _view(await _store(services).read())
+    return await lockdown_view(services)
 
 
 @post("/api/lockdown", status_code=200, tags=["lockdown"])

@@ -8,8 +8,9 @@ origin) covers the console without a second mechanism. Pages answer a missing si
 second factor with a redirect to the gateway's page that fixes it.
 
 One module per section (overview, users, policies, audit, incidents, privacy, keys, settings); each exports
-``HANDLERS`` (its pages and its API calls), collected here.
-``incident_cases`` is API only (``/api/incident-cases``, the twin of ``gateway incident case``).
+``HANDLERS`` (its pages and its API calls), collected here. The Response section has two:
+``incident_cases`` (the records' pages and ``/api/incident-cases``, the twin of ``gateway incident case``)
+and ``lockdown`` (the page of the switch whose API is ``admin/lockdown.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from admin.console.audit import HANDLERS as AUDIT
 from admin.console.incident_cases import HANDLERS as INCIDENT_CASES
 from admin.console.incidents import HANDLERS as INCIDENTS
 from admin.console.keys import HANDLERS as KEYS
+from admin.console.lockdown import HANDLERS as LOCKDOWN
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
 from admin.console.privacy import HANDLERS as PRIVACY
@@ -33,6 +35,7 @@ HANDLERS = (
     *POLICIES,
     *INCIDENTS,
     *INCIDENT_CASES,
+    *LOCKDOWN,
     *PRIVACY,
     *AUDIT,
     *KEYS,

@@ -1,4 +1,5 @@
-"""Incident records through the five phases, as a JSON API (``/api/incident-cases``).
+"""Incident records through the five phases: the console's Response pages (``/incident-cases``,
+``/incident-cases/{id}``) and their JSON API (``/api/incident-cases``).
 
 The twin of ``gateway incident case …``: every operation is :class:`gateway.response.workflow.Workflow`'s,
 the one the CLI runs, here with the signed-in admin as the actor. So the rules are the same whichever
@@ -9,11 +10,16 @@ audit record. Beside each change, an ``admin.incident_case.<action>`` event carr
 outcome, also when the change is refused (``open``, ``update``, ``note``, ``phase``, ``seal``,
 ``action``, ``restore_policy``, ``lift``, ``notify``).
 
-Destructive calls need a second factor used within ``admin.destructive_reauth_max_age``: an account
-action on every affected person, restoring a policy version (refused like ``/api/policy/restore`` when
+Destructive calls need a second factor used within ``admin.destructive_reauth_max_age`` and, except
+sending the notification, a reason (kept in the ``admin.incident_case.*`` record): an account action on
+every affected person, restoring a policy version (refused like ``/api/policy/restore`` when
 ``admin.approvals`` is 2), lifting the blocks and locks of the incident's detections (as
 ``/api/incidents/{id}/lift``), and sending the notification (a preview needs none). An admin cannot
 disable their own account here (the console would shut them out): another admin or the CLI can.
+
+The pages render :func:`case_list` and :func:`case_detail`, the functions ``GET /api/incident-cases``
+and ``GET /api/incident-cases/{id}`` answer with; their forms are sent by ``console.js`` to the calls
+below. The recovery checklist (a walk of the whole audit chain) runs when asked, not on every view.
 
 Key rotation is not repeated here: ``/api/keys/rotate`` (and the CLI's ``rotate-keys``) does it.
 """
@@ -29,25 +35,27 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 from litestar import MediaType, Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.response import Response
+from litestar.response import Response, Template
 
 from admin.access import Admin
 from admin.actions import admin_of, audit, confirm_destructive
+from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.errors import GatewayError
 from gateway.response.actions import AccountAction
 from gateway.response.cases import SEVERITIES, Cases, CaseView, EntryView
-from gateway.response.phases import TITLES
+from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
 from gateway.response.report import dumps, report_markdown
 from gateway.response.workflow import Workflow
 from gateway.services import Services
 from gateway.settings.current import CurrentConfig
+from gateway.settings.schema import DEFAULT_TEMPLATES
 from gateway.web.deps import Config
 
-__all__ = ["HANDLERS", "CaseDetail", "CaseList", "CaseRecord"]
+__all__ = ["HANDLERS", "CaseDetail", "CaseList", "CaseRecord", "case_detail", "case_list"]
 
 logger = logging.getLogger("gateway.admin")
 _T = TypeVar("_T")
@@ -72,6 +80,9 @@ CaseId = Annotated[
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 _Names = Annotated[list[_Name], msgspec.Meta(max_length=1000)]
 _Text = Annotated[str, msgspec.Meta(max_length=4000)]
+Reason = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=2000, description="Why: kept in the audit trail.")
+]
 Severity = Annotated[
     str, msgspec.Meta(min_length=1, max_length=20, description=f"One of {', '.join(SEVERITIES)}.")
 ]
@@ -120,6 +131,7 @@ class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     disable."""
 
     action: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    reason: Reason
 
 
 class RestorePolicyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -128,7 +140,7 @@ class RestorePolicyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
 
 
 class LiftRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    reason: Reason
 
 
 class NotifyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -339,6 +351,22 @@ async def _act(
 # -- reading ----------------------------------------------------------------------------------------
 
 
+async def case_list(services: Services, config: CurrentConfig, *, open_only: bool, limit: int) -> CaseList:
+    """What the list shows; the page and ``GET /api/incident-cases`` both answer with it."""
+    flow = await _workflow(services, config)
+    return CaseList(cases=[_record(c) for c in await flow.cases.latest(limit, open_only=open_only)])
+
+
+async def case_detail(services: Services, config: CurrentConfig, case_id: str) -> CaseDetail:
+    """What the record's page shows; the page and ``GET /api/incident-cases/{id}`` both answer with it.
+
+    Raises:
+        BadIncidentId: not an incident id's shape (400).
+        CaseNotFound: no such record (404).
+    """
+    return await _detail((await _workflow(services, config)).cases, case_id)
+
+
 @get("/api/incident-cases", cache=False, tags=_TAGS)
 async def list_cases(
     services: AdminServices,
@@ -347,14 +375,13 @@ async def list_cases(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
 ) -> CaseList:
     """Incident records, newest first (``?open=true`` only those not closed; ``?limit=``, default 50)."""
-    flow = await _workflow(services, config)
-    return CaseList(cases=[_record(c) for c in await flow.cases.latest(limit, open_only=open_only)])
+    return await case_list(services, config, open_only=open_only, limit=limit)
 
 
 @get("/api/incident-cases/{case_id:str}", cache=False, tags=_TAGS)
 async def show_case(services: AdminServices, config: Config, case_id: CaseId) -> CaseDetail:
     """One incident record and its timeline, oldest entry first."""
-    return await _detail((await _workflow(services, config)).cases, case_id)
+    return await case_detail(services, config, case_id)
 
 
 @get("/api/incident-cases/{case_id:str}/checks", cache=False, tags=_TAGS)
@@ -502,8 +529,9 @@ async def account_action(
     data: JSONBody[ActionRequest],
 ) -> ActionResult:
     """Apply an action to every affected account: ``revoke-sessions``, ``force-password-change``,
-    ``reset-mfa`` or ``disable`` (destructive: a recent second factor). 400 for another action or an
-    incident that names nobody; 409 ``own-account`` to disable an incident that names the admin."""
+    ``reset-mfa`` or ``disable`` (destructive: a reason and a recent second factor). 400 for another
+    action or an incident that names nobody; 409 ``own-account`` to disable an incident that names the
+    admin."""
 
     async def work(admin: Admin) -> ActionResult:
         confirm_destructive(admin, config, services.identity.clock)
@@ -522,7 +550,7 @@ async def account_action(
         )
         return ActionResult(action=result.action, done=result.done, missing=result.missing, message=message)
 
-    details: dict[str, object] = {"action": data.action[:40]}
+    details: dict[str, object] = {"action": data.action[:40], "reason": data.reason}
     return await _act(request, services, "action", subject=case_id, details=details, work=work)
 
 
@@ -569,8 +597,8 @@ async def lift(
     data: JSONBody[LiftRequest],
 ) -> LiftResult:
     """Lift every block and account lock the incident's detections placed (destructive, as
-    ``/api/incidents/{id}/lift``: a recent second factor). The recovery checks need this before
-    closing."""
+    ``/api/incidents/{id}/lift``: a reason and a recent second factor). The recovery checks need this
+    before closing."""
 
     async def work(admin: Admin) -> LiftResult:
         confirm_destructive(admin, config, services.identity.clock)
@@ -632,7 +660,42 @@ async def notify(
     return await _act(request, services, "notify", subject=case_id, details=details, work=work)
 
 
+# -- pages ------------------------------------------------------------------------------------------
+
+#: The phases a record can be moved to, in order, with their titles (the page's phase form).
+_PHASES: Final = tuple((phase.value, TITLES[phase]) for phase in Phase)
+
+
+@get("/incident-cases", cache=False, opt=PAGE_OPT, include_in_schema=False)
+async def cases_page(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    config: Config,
+    open_only: Annotated[bool, QueryParameter(name="open")] = False,
+) -> Template:
+    view = await case_list(services, config, open_only=open_only, limit=200)
+    return page(
+        request, "incident_cases.html", title="Incident records", section="response", view=view,
+        open_only=open_only, severities=SEVERITIES,
+    )  # fmt: skip
+
+
+@get("/incident-cases/{case_id:str}", cache=False, opt=PAGE_OPT, include_in_schema=False)
+async def case_page(
+    request: Request[Any, Any, Any], services: AdminServices, config: Config, case_id: CaseId
+) -> Template:
+    view = await case_detail(services, config, case_id)
+    templates = sorted({*DEFAULT_TEMPLATES, *config.settings.notify.templates})
+    return page(
+        request, "incident_case.html", title=f"Incident {view.id}", section="response", view=view,
+        phases=_PHASES, severities=SEVERITIES, actions=[a.value for a in AccountAction], templates=templates,
+        mail=config.settings.notify.smtp is not None, approvals=config.settings.admin.approvals,
+    )  # fmt: skip
+
+
 HANDLERS: Final = (
+    cases_page,
+    case_page,
     list_cases,
     show_case,
     recovery_checks,

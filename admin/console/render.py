@@ -63,6 +63,7 @@ NAV = (
     NavItem("policies", "Policies", "/policies"),
     NavItem("audit", "Audit", "/audit"),
     NavItem("incidents", "Incidents", "/incidents"),
+    NavItem("response", "Response", "/incident-cases"),
     NavItem("privacy", "Privacy", "/privacy"),
     NavItem("keys", "Keys", "/keys"),
     NavItem("settings", "Settings", "/settings"),

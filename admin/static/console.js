@@ -71,6 +71,8 @@
     }
     box.append(p);
     if (data && Array.isArray(data.findings)) renderers.findings?.(data, box);
+    // A refused close of an incident record answers with its whole recovery checklist.
+    if (data && Array.isArray(data.checks)) renderers.checks?.(data, box);
   }
 
   async function submit(form, event) {

@@ -81,8 +81,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 
 
 @contextlib.contextmanager
-def run_console(tmp: Path, **admin: Any) -> Iterator[Console]:
-    """A console site in ``tmp``; ``admin`` adds settings of the ``admin`` section (``approvals=2``)."""
+def run_console(tmp: Path, *, extra: dict[str, Any] | None = None, **admin: Any) -> Iterator[Console]:
+    """A console site in ``tmp``; ``admin`` adds settings of the ``admin`` section (``approvals=2``),
+    ``extra`` other top-level sections (``{"notify": {...}}``)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
     policy = tmp / "policy.csv"
@@ -107,6 +108,7 @@ def run_console(tmp: Path, **admin: Any) -> Iterator[Console]:
             threat={"webhook_url": f"https://hooks.example.com/services/{WEBHOOK_SECRET}"},
             # A rotated signing key signs at once, so the Keys page shows it active.
             assertion={"publish_ahead": "0s"},
+            **(extra or {}),
         )
         with run_gateway(tmp, config) as gw:
             wait_admin_healthy(admin_port, gw.proc)

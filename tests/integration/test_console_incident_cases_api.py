@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from admin.console.render import CONSOLE_CSP
 from tests.integration.harness import add_user, free_port, gateway_config, run_echo, run_gateway, wait_until
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, login, post_form
 from tests.integration.test_admin_api import (
@@ -201,10 +202,14 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
 
     # Eradication: everyone affected loses their sessions.
     ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "eradication"}))
-    unknown = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "explode"})
+    unknown = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "explode", "reason": "r"})
     assert "not an action" in assert_error(unknown, 400, "bad-request")["message"]
     assert still_signed_in(site, bob)
-    acted = ok(api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "revoke-sessions"}))
+    acted = ok(
+        api(
+            site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "revoke-sessions", "reason": "r"}
+        )
+    )
     assert acted["done"] == {"victim": "sessions revoked", "bob": "sessions revoked"}
     wait_until(lambda: not still_signed_in(site, bob), timeout=10, what="bob's session ended")
 
@@ -295,7 +300,7 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
         ("GET", f"{BASE}/inc-00000000/report", None),
         ("POST", BASE, {"title": "t"}),
         ("POST", f"{BASE}/inc-00000000/phase", {"phase": "containment"}),
-        ("POST", f"{BASE}/inc-00000000/actions", {"action": "disable"}),
+        ("POST", f"{BASE}/inc-00000000/actions", {"action": "disable", "reason": "r"}),
     ],
 )
 def test_without_a_session_it_is_401_for_a_non_admin_403_and_without_a_factor_a_step_up(
@@ -321,8 +326,8 @@ def test_unknown_and_malformed_ids(site: Site, boss: httpx.Client) -> None:
         ("POST", "/notes", {"text": "t"}),
         ("POST", "/phase", {"phase": "containment"}),
         ("POST", "/seal", {}),
-        ("POST", "/actions", {"action": "revoke-sessions"}),
-        ("POST", "/lift", {}),
+        ("POST", "/actions", {"action": "revoke-sessions", "reason": "r"}),
+        ("POST", "/lift", {"reason": "r"}),
         ("POST", "/notify", {}),
     ):
         assert_error(
@@ -377,7 +382,7 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
     empty = api(site, boss, "POST", f"{BASE}/{case_id}/notes", json={"text": "   "})
     assert "must not be empty" in assert_error(empty, 400, "bad-request")["message"]
     # Disabling the admin's own account would shut them out of the console: refused, nothing done.
-    own = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "disable"})
+    own = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "disable", "reason": "r"})
     assert_error(own, 409, "own-account")
     assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
 
@@ -399,6 +404,61 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
         (a["outcome"], a["details"].get("error")) for a in audits(site, "admin.incident_case.restore_policy")
     ]
     assert tries == [("failure", "policy-version-not-found"), ("success", None)]
+
+
+@pytest.mark.peer
+def test_destructive_calls_need_a_reason_which_the_trail_keeps(site: Site, boss: httpx.Client) -> None:
+    case_id = ok(api(site, boss, "POST", BASE, json={"title": "shared account", "users": ["bob"]}), 201)["id"]
+    for suffix, body in (("/actions", {"action": "revoke-sessions"}), ("/lift", {})):
+        for missing in (body, {**body, "reason": ""}):
+            refused = api(site, boss, "POST", f"{BASE}/{case_id}{suffix}", json=missing)
+            assert "reason" in assert_error(refused, 400, "bad-request")["message"]
+    assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
+    body = {"action": "revoke-sessions", "reason": "the account was shared"}
+    ok(api(site, boss, "POST", f"{BASE}/{case_id}/actions", json=body))
+    [acted] = [a for a in audits(site, "admin.incident_case.action") if a["subject"] == case_id]
+    assert (acted["outcome"], acted["details"]["reason"]) == ("success", "the account was shared")
+
+
+# -- the console's pages -------------------------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_the_response_pages_need_an_admin_with_a_factor_and_render_under_the_console_csp(
+    site: Site, boss: httpx.Client, carol: httpx.Client
+) -> None:
+    case_id = ok(api(site, boss, "POST", BASE, json={"title": "page check <b>bold</b>"}), 201)["id"]
+    html = {"Accept": "text/html"}
+    paths = ("/incident-cases", f"/incident-cases/{case_id}", "/lockdown")
+    root = signed_in(site, "root")
+    try:
+        for path in paths:
+            anonymous = api(site, None, "GET", path, headers=html, follow_redirects=False)
+            assert anonymous.status_code == 303, (path, anonymous.text)
+            assert "/.gateway/login" in anonymous.headers["location"]
+            no_role = api(site, carol, "GET", path, headers=html, follow_redirects=False)
+            assert no_role.status_code == 403, path
+            assert "text/html" in no_role.headers["content-type"]
+            no_factor = api(site, root, "GET", path, headers=html, follow_redirects=False)
+            assert no_factor.status_code == 303, path
+            assert "/.gateway/mfa" in no_factor.headers["location"]
+            shown = api(site, boss, "GET", path, headers=html)
+            assert shown.status_code == 200, (path, shown.text)
+            assert shown.headers["content-security-policy"] == CONSOLE_CSP.decode()
+            assert "<script>" not in shown.text
+            assert " style=" not in shown.text
+            assert '<a href="/incident-cases" aria-current="page">Response</a>' in shown.text
+    finally:
+        root.close()
+    listed = api(site, boss, "GET", "/incident-cases", headers=html).text
+    assert f'href="/incident-cases/{case_id}"' in listed
+    # What a record says is text, never markup.
+    assert "page check &lt;b&gt;bold&lt;/b&gt;" in listed
+    assert "<b>bold</b>" not in listed
+    for bad, status in ((f"{BASE}/INC-1", 400), (f"{BASE}/inc-00000000", 404)):
+        answer = api(site, boss, "GET", bad.replace("/api", ""), headers=html)
+        assert answer.status_code == status
+        assert "text/html" in answer.headers["content-type"]
 
 
 # -- destructive calls ask for a fresh factor ---------------------------------------------------------
@@ -437,12 +497,12 @@ def _stale(site: Site, client: httpx.Client, mail: SmtpServer) -> None:
     case_id = ok(api(site, client, "POST", BASE, json={"title": "t", "users": ["bob"]}), 201)["id"]
 
     def stale() -> bool:
-        probe = api(site, client, "POST", f"{BASE}/inc-00000000/lift", json={})
+        probe = api(site, client, "POST", f"{BASE}/inc-00000000/lift", json={"reason": "r"})
         return probe.status_code == 403  # 404 (no such incident) while the factor is fresh
 
     wait_until(stale, timeout=15.0, interval=0.5, what="the factor too old for destructive actions")
     for suffix, body in (
-        ("/actions", {"action": "revoke-sessions"}),
+        ("/actions", {"action": "revoke-sessions", "reason": "r"}),
         ("/notify", {"preview": False}),
         ("/lift", {"reason": "r"}),
         ("/restore-policy", {"version": 1, "reason": "r"}),
@@ -463,5 +523,13 @@ def _stale(site: Site, client: httpx.Client, mail: SmtpServer) -> None:
 
     stepped = post_form(client, "/.gateway/mfa/totp", {"code": oathtool(secret, time.time()), "rd": ""})
     assert stepped.status_code == 302, stepped.text
-    acted = ok(api(site, client, "POST", f"{BASE}/{case_id}/actions", json={"action": "revoke-sessions"}))
+    acted = ok(
+        api(
+            site,
+            client,
+            "POST",
+            f"{BASE}/{case_id}/actions",
+            json={"action": "revoke-sessions", "reason": "r"},
+        )
+    )
     assert acted["done"] == {"bob": "sessions revoked"}
