@@ -3,7 +3,8 @@ WAL restored into a fresh cluster, a gateway started on it, and the same proofs 
 
 The steps (each a named check; the first failure ends the drill):
 
-* ``verify``: ``pgbackrest verify`` passes and ``pgbackrest info`` names the newest backup;
+* ``verify``: the repository verifies (``pgbackrest verify``, and the WAL each backup needs is archived:
+  :func:`gateway.backup.pg_repo.verify_repository`) and ``pgbackrest info`` names the newest backup;
 * ``restore``: ``pgbackrest restore`` into a new temporary data directory (all archived WAL replayed,
   archiving off in the copy, so it never pushes WAL into the live stanza);
 * ``start_database``: PostgreSQL on that directory (``pg_ctl``, as ``backup.pgbackrest.os_user``, a free
@@ -48,6 +49,8 @@ from gateway.backup.drill import (
     node_config_file,
     serve_and_use,
 )
+from gateway.backup.manifest import BackupError
+from gateway.backup.pg_repo import verify_repository
 from gateway.backup.pgbackrest import PgBackRestError, as_owner, restore_args
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.crypto.keyring import Keyring
@@ -208,13 +211,20 @@ def _steps(
     try:
         if pg_ctl is None:
             raise PgBackRestError("drill", 127, "pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)")
-        run_pgbackrest(pg, "verify")
+        checked = verify_repository(pg)
         label, stopped = _newest_backup(pg)
     except PgBackRestError as exc:
         check("verify", str(exc), "")
         return
+    except BackupError as exc:
+        check("verify", exc.detail, "")
+        return
     report.backup_id = label
-    check("verify", None, f"pgbackrest verify passed; newest backup {label}")
+    check(
+        "verify",
+        None,
+        f"pgbackrest verify passed, the WAL of {len(checked.backups)} backup(s) is archived; newest backup {label}",
+    )
 
     data, sockets = node_dir / "pgdata", node_dir / "sock"
     for path in (data, sockets, node_dir / "pglog"):

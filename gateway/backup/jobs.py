@@ -5,8 +5,10 @@
   does (decrypt, restore into a scratch directory, audit chain, row counts), copied to every
   ``backup.targets`` (each copy checked), then pruned to ``keep_daily``/``keep_weekly``.
 * **PostgreSQL** with ``backup.pgbackrest``: ``pgbackrest backup``, full on ``backup.full_on`` and
-  incremental otherwise (pgBackRest makes it full when the repository has none), then ``pgbackrest
-  verify``; pgBackRest's own ``retention_full`` prunes.
+  incremental otherwise (pgBackRest makes it full when the repository has none), then the repository
+  verified (:func:`gateway.backup.pg_repo.verify_repository`: ``pgbackrest verify`` and the WAL every
+  backup needs), then copied to every ``backup.targets`` (each copy checked); pgBackRest's own
+  ``retention_full`` prunes, and the copies follow.
 
 A failure raises :class:`~gateway.backup.manifest.BackupError` naming what failed; a backup that was
 made but not copied everywhere comes back with ``problem`` set (the schedule reports it as failed: a
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from gateway.backup.archive import create_backup
 from gateway.backup.manifest import BackupError
-from gateway.backup.pgbackrest import PgBackRestError
+from gateway.backup.pg_repo import replicate_repository, verify_repository
+from gateway.backup.pgbackrest import BackupType, PgBackRestError
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.backup.sets import backup_directory, prune
 from gateway.backup.snapshot import sqlite_path
@@ -35,7 +38,7 @@ from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import PgBackRestSettings, Settings
 from gateway.store.db import configured_url
 
-__all__ = ["Job", "Made", "job_for", "pgbackrest_backup", "sqlite_backup"]
+__all__ = ["Job", "Made", "job_for", "pgbackrest_backup", "scheduled_type", "sqlite_backup"]
 
 Progress = Callable[[str], None]
 
@@ -113,21 +116,44 @@ async def sqlite_backup(
 _LABEL = re.compile(r"new backup label = (\S+)")
 
 
-def pgbackrest_backup(pg: PgBackRestSettings, full_on: int, now: datetime, progress: Progress) -> Made:
-    """``pgbackrest backup`` (full on ``full_on``, else incremental), then ``pgbackrest verify``.
+def scheduled_type(full_on: int, now: datetime) -> BackupType:
+    """A full backup on the ISO weekday ``full_on``, an incremental one on the others."""
+    return "full" if now.isoweekday() == full_on else "incr"
+
+
+def pgbackrest_backup(
+    pg: PgBackRestSettings,
+    kind: BackupType,
+    now: datetime,
+    progress: Progress,
+    *,
+    targets: tuple[str, ...] = (),
+    verify: bool = True,
+) -> Made:
+    """``pgbackrest backup --type=<kind>``, then the repository verified and copied to ``targets``.
+
+    The copies are made only from a repository that verified (so ``verify=False`` with targets still
+    verifies): a damaged repository never replaces the last good copy.
 
     Raises:
-        BackupError: pgBackRest failed (its message; the part is ``pgbackrest``).
+        BackupError: pgBackRest failed (part ``pgbackrest``), or the repository did not verify (the
+            part names the backup label or file).
     """
-    kind = "full" if now.isoweekday() == full_on else "incr"
     try:
         made = run_pgbackrest(pg, "backup", f"--type={kind}", on_line=progress)
-        run_pgbackrest(pg, "verify", on_line=progress)
     except PgBackRestError as exc:
         raise BackupError(str(exc), part="pgbackrest") from None
     labels = [m.group(1) for line in made.output if (m := _LABEL.search(line))]
     label = labels[-1] if labels else f"{kind}@{now:%Y%m%dT%H%M%SZ}"
-    return Made(label, {"backup_id": label, "type": kind, "stanza": pg.stanza, "verified": True})
+    details: dict[str, object] = {"backup_id": label, "type": kind, "stanza": pg.stanza, "verified": False}
+    if verify or targets:
+        verify_repository(pg, on_line=progress)
+        details["verified"] = True
+    done, failed = replicate_repository(pg, targets, progress)
+    details["replicated"] = [c.location for c in done]
+    details["replication_failed"] = [t for t, _p in failed]
+    problem = "; ".join(f"replication to {t} failed: {why}" for t, why in failed) or None
+    return Made(label, details, problem)
 
 
 def job_for(settings: Callable[[], Settings], keyring: Keyring, clock: Clock) -> Job | None:
@@ -147,6 +173,13 @@ def job_for(settings: Callable[[], Settings], keyring: Keyring, clock: Clock) ->
         pg = current.backup.pgbackrest
         if pg is None:
             raise BackupError("backup.pgbackrest was removed from the configuration", part="pgbackrest")
-        return await asyncio.to_thread(pgbackrest_backup, pg, current.backup.full_on, now, lambda _l: None)
+        return await asyncio.to_thread(
+            pgbackrest_backup,
+            pg,
+            scheduled_type(current.backup.full_on, now),
+            now,
+            lambda _l: None,
+            targets=current.backup.targets,
+        )
 
     return postgresql

@@ -9,6 +9,11 @@ output is passed on line by line (the progress) and whose failures are reported 
 The repository is encrypted with pgBackRest's repository encryption, which supports aes-256-cbc only.
 Its passphrase is in ``pgbackrest.conf`` (written mode 0600): PostgreSQL's ``archive_command`` runs
 ``pgbackrest archive-push`` without the gateway's environment and must be able to read it.
+
+``verify`` exits 0 when it finds damage: it logs each damaged file (``invalid checksum '<label>/pg_data/…'``,
+``file missing '…'``, ``invalid size``, ``invalid result``) and a ``status: error`` summary per backup. The
+gateway reads both, so the failure it reports names the file and the backup label
+(:func:`reported_problem`, :func:`named_part`).
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from gateway.settings.schema import PgBackRestSettings
 
 __all__ = [
     "BACKUP_TYPES",
+    "BackupType",
     "PgBackRestError",
     "Result",
     "argv",
     "as_owner",
     "config_text",
     "live_cluster",
+    "named_part",
     "postgresql_lines",
     "reported_problem",
     "restore_args",
@@ -48,6 +55,15 @@ _ERROR_LINE: Final = re.compile(r"ERROR: \[(\d+)\]: (.*)")
 # ``verify`` and ``info`` exit 0 even when they find a stanza broken or unreadable: they say so in
 # their output (``status: error`` and the reasons below it, or a JSON status code).
 _STATUS_ERROR: Final = re.compile(r"^\s*status: error(?! \(no valid backups\))")
+# A damaged file, as ``verify`` logs it: ``invalid checksum '<label>/pg_data/…'`` (quoted), or
+# ``invalid result <archive id>/…/<segment>-<sha1>.gz: [29] …`` (unquoted, then the error).
+_FILE_FINDING: Final = re.compile(
+    r"(?:INFO|WARN|ERROR): (?P<problem>file missing|invalid checksum|invalid size|invalid result) "
+    r"'?(?P<file>[^'\s:]+)'?"
+)
+# A backup's line in the ``verify`` summary, and a label's shape (full, or full_diff/incr).
+_BACKUP_STATUS: Final = re.compile(r"backup: (?P<label>[^,\s]+), status: (?P<status>[^,]+)")
+_LABEL: Final = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
 # What an unreadable repository (wrong passphrase, or not a pgBackRest repository) looks like.
 _UNREADABLE: Final = re.compile(r"No usable (backup|archive)\.info|FormatError|unable to load info file")
 # ``info --output=json`` stanza status codes that are not a problem: 0 ok, 2 no backup made yet.
@@ -68,9 +84,10 @@ _HINTS: Final[dict[int, str]] = {
 class PgBackRestError(Exception):
     """A pgBackRest command ran and failed: its exit status and its ``ERROR`` line."""
 
-    def __init__(self, command: str, status: int, message: str) -> None:
+    def __init__(self, command: str, status: int, message: str, *, part: str = "") -> None:
         """Args: the pgBackRest command, its exit status (0: it exited 0 but reported an error in its
-        output), its last ``ERROR`` line (or the reported problem)."""
+        output), its last ``ERROR`` line (or the reported problem), and the backup label (or file) the
+        problem is in, when it names one."""
         hint = _HINTS.get(status)
         if status == 0 and _UNREADABLE.search(message):
             hint = _HINTS[39]
@@ -80,6 +97,7 @@ class PgBackRestError(Exception):
         )
         self.command = command
         self.status = status
+        self.part = part
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +180,11 @@ def write_config(pg: PgBackRestSettings, path: Path | None = None) -> Path:
     return target
 
 
-def argv(pg: PgBackRestSettings, command: str, *options: str) -> list[str]:
-    """The command line of one pgBackRest command, as ``os_user`` when that is not who runs it."""
+def argv(pg: PgBackRestSettings, command: str, *options: str, params: Sequence[str] = ()) -> list[str]:
+    """The command line of one pgBackRest command (``params`` after it: ``repo-ls <path>``), as
+    ``os_user`` when that is not who runs it."""
     return as_owner(
-        pg, "pgbackrest", f"--config={pg.config_path}", f"--stanza={pg.stanza}", *options, command
+        pg, "pgbackrest", f"--config={pg.config_path}", f"--stanza={pg.stanza}", *options, command, *params
     )
 
 
@@ -183,19 +202,36 @@ def _current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def restore_args(target: Path, *, target_time: datetime | None) -> list[str]:
-    """Options of a restore into ``target`` (a new data directory), to ``target_time`` when given.
+def restore_args(
+    target: Path,
+    *,
+    target_time: datetime | None,
+    backup: str | None = None,
+    repo_path: Path | None = None,
+) -> list[str]:
+    """Options of a restore into ``target`` (a new data directory).
+
+    To ``target_time`` when given (``--type=time``); from ``backup`` (``--set``), alone to the moment
+    it finished (``--type=immediate``: consistent, no later WAL replayed); from the repository copy at
+    ``repo_path``. Without any, pgBackRest's newest backup and all archived WAL. Every kind ends
+    promoted to a normal cluster.
 
     The restored copy does not archive (``--archive-mode=off``): its WAL would otherwise be pushed into
     the stanza of the cluster it was restored from, on a diverging timeline.
     """
     options = [f"--pg1-path={target}", "--archive-mode=off"]
+    if repo_path is not None:
+        options.append(f"--repo1-path={repo_path}")
+    if backup is not None:
+        options.append(f"--set={backup}")
     if target_time is not None:
         options += [
             "--type=time",
             f"--target={target_time.isoformat(sep=' ')}",
             "--target-action=promote",
         ]
+    elif backup is not None:
+        options += ["--type=immediate", "--target-action=promote"]
     return options
 
 
@@ -221,20 +257,23 @@ def run(
     *options: str,
     on_line: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
+    params: Sequence[str] = (),
 ) -> Result:
     """Run ``pgbackrest <command>``, passing each output line to ``on_line`` as it is written.
 
     Args:
         pg: The settings (configuration file, stanza, OS user).
-        command: ``stanza-create``, ``check``, ``backup``, ``info``, ``verify``, ``restore``.
+        command: ``stanza-create``, ``check``, ``backup``, ``info``, ``verify``, ``restore``, ``repo-ls``.
         options: Its options (``--type=full``).
         on_line: Shown the output as it comes (the progress of a long backup).
         env: Extra environment variables.
+        params: Its parameters, after the command (the path of ``repo-ls``).
 
     Raises:
-        PgBackRestError: It exited with a non-zero status (or pgbackrest is not installed: 127).
+        PgBackRestError: It exited with a non-zero status (or pgbackrest is not installed: 127), or
+            exited 0 and reported a problem (``part``: the backup label or file it names).
     """
-    line = argv(pg, command, *options)
+    line = argv(pg, command, *options, params=params)
     output: list[str] = []
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv from the operator's settings, no shell
@@ -262,20 +301,30 @@ def run(
         raise PgBackRestError(command, status, _error_message(output))
     problem = reported_problem(output)
     if problem is not None:
-        raise PgBackRestError(command, 0, problem)
+        raise PgBackRestError(command, 0, problem, part=named_part(output))
     return Result(command, tuple(output))
 
 
 def reported_problem(output: Sequence[str]) -> str | None:
     """The problem a command that exited 0 reported in its output (``verify``, ``info``), or None.
 
-    Text: the indented lines under ``status: error``; JSON (``info --output=json``): each stanza's
-    status message whose code is not 0 (ok) or 2 (no backup yet).
+    Text: each damaged file ``verify`` logged (its problem and path, which starts with the backup
+    label or the archive id), then the indented lines under ``status: error`` (which backup, how many
+    files of each kind); JSON (``info --output=json``): each stanza's status message whose code is
+    not 0 (ok) or 2 (no backup yet).
     """
     for i, text in enumerate(output):
         if _STATUS_ERROR.search(text):
-            reasons = [line.strip() for line in output[i + 1 :] if line.startswith(" ") and line.strip()]
-            return "; ".join(reasons[:4]) or text.strip()
+            files = [f"{problem} '{file}'" for problem, file in _file_findings(output)]
+            shown = files[:_SHOWN_FILES] + (
+                [f"and {len(files) - _SHOWN_FILES} more damaged file(s)"] if len(files) > _SHOWN_FILES else []
+            )
+            reasons = [
+                line.strip()
+                for line in output[i + 1 :]
+                if line.startswith(" ") and line.strip() and not line.strip().startswith("[")
+            ]
+            return "; ".join(shown + reasons[:6]) or text.strip()
     joined = "\n".join(output).strip()
     if joined.startswith("["):
         try:
@@ -289,6 +338,30 @@ def reported_problem(output: Sequence[str]) -> str | None:
                 if code not in _JSON_OK:
                     return str(repo["status"].get("message", f"status code {code}")).splitlines()[0]
     return None
+
+
+_SHOWN_FILES: Final = 5
+
+
+def _file_findings(output: Sequence[str]) -> list[tuple[str, str]]:
+    return [(m["problem"], m["file"]) for line in output if (m := _FILE_FINDING.search(line))]
+
+
+def named_part(output: Sequence[str]) -> str:
+    """The backup label (or WAL file) the first problem ``verify`` reported is in; "" when none.
+
+    A damaged file's path starts with its backup's label (``20270301-020001F/pg_data/…``) or, for WAL,
+    with the archive id (``15-1/0000000100000000/…``): the label, else the file. Without a damaged
+    file, the first backup the summary does not call valid (``status: manifest missing``).
+    """
+    for _problem, file in _file_findings(output):
+        head = file.split("/", 1)[0]
+        return head if _LABEL.fullmatch(head) else file
+    for line in output:
+        match = _BACKUP_STATUS.search(line)
+        if match is not None and match["status"].strip() != "valid":
+            return match["label"]
+    return ""
 
 
 def _error_message(output: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway.backup.manifest import MANIFEST_NAME, BackupError, file_sha256, parse_manifest
 from gateway.settings.checks.backup import RCLONE_TARGET
 
-__all__ = ["Replicated", "replicate", "replicate_all"]
+__all__ = ["Replicated", "rclone", "replicate", "replicate_all"]
 
 _RCLONE_TIMEOUT = 3600.0
 
@@ -69,7 +69,12 @@ def _to_directory(backup: Path, target: Path) -> str:
     return str(final)
 
 
-def _rclone(*args: str) -> None:
+def rclone(*args: str) -> None:
+    """Run ``rclone <args>`` (from PATH, the gateway's environment: ``RCLONE_CONFIG``, ``RCLONE_CONFIG_<REMOTE>_…``).
+
+    Raises:
+        BackupError: rclone is missing, timed out or failed (its last line of output).
+    """
     try:
         done = subprocess.run(  # noqa: S603 - fixed program, arguments from the configuration
             ["rclone", *args],  # noqa: S607 - rclone from PATH, as the operator installed it
@@ -89,8 +94,8 @@ def _rclone(*args: str) -> None:
 
 def _to_rclone(backup: Path, remote: str, path: str) -> str:
     dest = f"{remote}:{path.rstrip('/') + '/' if path.strip('/') else ''}{backup.name}"
-    _rclone("copy", "--checksum", str(backup), dest)
-    _rclone("check", "--one-way", str(backup), dest)
+    rclone("copy", "--checksum", str(backup), dest)
+    rclone("check", "--one-way", str(backup), dest)
     return dest
 
 

@@ -1,21 +1,29 @@
-"""``gateway backup …``: encrypted, signed backups of the embedded (SQLite) database.
+"""``gateway backup …``: the deployment's backups: the embedded (SQLite) database's own, encrypted and
+signed; on PostgreSQL, pgBackRest's.
 
-    gateway backup create [--to DIR] [--no-replicate]
+    gateway backup create [--to DIR] [--type full|diff|incr] [--no-replicate]
     gateway backup list
-    gateway backup verify [ID|PATH]
+    gateway backup verify [ID|PATH] [--target TARGET]
     gateway backup restore ID|PATH --data-dir DIR [--force]
     gateway backup prune [--dry-run]
 
-``create`` snapshots the live database online (gateways keep serving), encrypts it, the audit
-checkpoints and the sealed incident evidence (``<data_dir>/incidents/``) under the keyring, writes a
-signed manifest and copies the backup to every
-``backup.targets``. ``verify`` checks a backup end to end (newest without an argument): signature,
-hashes, decryption, a restore into a scratch directory, the schema revision, the audit chain and the
-evidence files against their seals.
+**Embedded (SQLite).** ``create`` snapshots the live database online (gateways keep serving), encrypts
+it, the audit checkpoints and the sealed incident evidence (``<data_dir>/incidents/``) under the
+keyring, writes a signed manifest and copies the backup to every ``backup.targets``. ``verify`` checks
+a backup end to end (newest without an argument): signature, hashes, decryption, a restore into a
+scratch directory, the schema revision, the audit chain and the evidence files against their seals.
 ``restore`` puts a backup into a new data directory (an existing database only with ``--force``,
 never one a running gateway holds open). ``prune`` keeps ``backup.keep_daily`` daily and
 ``backup.keep_weekly`` weekly backups. Create, verify and restore are recorded in the audit trail
 (``backup.created``, ``backup.verified``, ``backup.verify_failed``, ``backup.restored``).
+
+**PostgreSQL** (``backup.pgbackrest``): ``create`` runs ``pgbackrest backup`` (``--type``, by default
+full on ``backup.full_on`` and incremental otherwise), then, with ``backup.targets``, verifies the
+repository and copies it to each target; ``list`` is ``pgbackrest info``; ``verify`` checks the whole
+repository (or, with ``--target``, its copy at one of ``backup.targets``): every file of every backup
+and every WAL segment against its checksum, and the WAL each backup needs; a failure names the backup
+label and the file. They record ``backup.pg.created`` and ``backup.pg.verified``. Restores are
+``gateway pgbackrest restore`` (to a point in time), and pgBackRest's ``retention_full`` prunes.
 
 Exit codes: 0 done, 1 the backup or a check failed (the failing part is named), 2 invalid input or
 configuration. Every action takes ``--config FILE``.
@@ -24,6 +32,8 @@ configuration. Every action takes ``--config FILE``.
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,14 +49,16 @@ from gateway.cli.harness import (
     load_keyring,
     open_store,
     operator,
+    record_event,
     run,
     storage_url,
 )
 
 if TYPE_CHECKING:
+    from gateway.backup.jobs import Made
     from gateway.backup.manifest import Manifest
     from gateway.backup.verify import Verified
-    from gateway.settings.schema import Settings
+    from gateway.settings.schema import PgBackRestSettings, Settings
 
 __all__ = ["register"]
 
@@ -61,6 +73,28 @@ def _database(settings: Settings) -> Path:
             "storage.url is PostgreSQL: its backups are made by pgBackRest (backup.pgbackrest), not by "
             "gateway backup create"
         ) from None
+
+
+def _postgres(settings: Settings) -> PgBackRestSettings | None:
+    """The pgBackRest settings of a PostgreSQL deployment; ``None`` on the embedded database.
+
+    Raises:
+        UserError: PostgreSQL without ``backup.pgbackrest``.
+    """
+    if storage_url(settings).startswith("sqlite"):
+        return None
+    pg = settings.backup.pgbackrest
+    if pg is None:
+        raise UserError(
+            "storage.url is PostgreSQL: its backups are made by pgBackRest, and backup.pgbackrest is not "
+            "configured (see docs/backup-postgresql.md)"
+        )
+    return pg
+
+
+def _progress(line: str) -> None:
+    # pgBackRest's progress goes to stderr: stdout stays the command's own result.
+    print(line, file=sys.stderr, flush=True)
 
 
 def _directory(settings: Settings) -> Path:
@@ -103,7 +137,14 @@ def _create(args: argparse.Namespace) -> int:
     from gateway.clock import SYSTEM_CLOCK
 
     settings = load_config(args)
-    _database(settings)  # PostgreSQL: a clear word about pgBackRest instead
+    pg = _postgres(settings)
+    if pg is not None:
+        return _create_pg(args, settings, pg)
+    if args.type is not None:
+        raise UserError(
+            "--type is for PostgreSQL (pgBackRest); an embedded backup is always a whole snapshot"
+        )
+    _database(settings)
 
     async def work() -> int:
         async with open_store(settings, keyring=True) as store:
@@ -133,10 +174,71 @@ def _create(args: argparse.Namespace) -> int:
     return run(work())
 
 
+def _create_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSettings) -> int:
+    from gateway.backup.jobs import pgbackrest_backup, scheduled_type
+    from gateway.backup.manifest import BackupError
+
+    if args.to is not None:
+        raise UserError("--to is for the embedded database; pgBackRest writes to backup.pgbackrest.repo_path")
+    now = datetime.now(UTC)
+    kind = args.type or scheduled_type(settings.backup.full_on, now)
+    targets = () if args.no_replicate else settings.backup.targets
+    facts: dict[str, object] = {"stanza": pg.stanza, "type": kind}
+    try:
+        made = pgbackrest_backup(pg, kind, now, _progress, targets=targets, verify=False)
+    except BackupError as exc:
+        record_event(
+            settings,
+            "backup.pg.created",
+            outcome="failure",
+            subject=pg.stanza,
+            details={**facts, "error": exc.detail},
+        )
+        raise Failed(f"backup FAILED: {exc.detail}") from None
+    record_event(
+        settings,
+        "backup.pg.created",
+        outcome="success" if made.problem is None else "partial",
+        subject=pg.stanza,
+        details={**facts, **made.details},
+    )
+    _record_manual_run(settings, made)
+    print(f"backup {made.backup_id}: {kind} backup of stanza {pg.stanza} by pgBackRest in {pg.repo_path}")
+    replicated = made.details.get("replicated")
+    for location in replicated if isinstance(replicated, list) else []:
+        print(f"replicated to {location} (checked)")
+    if made.problem is not None:
+        print(f"backup {made.backup_id} made, but: {made.problem}")
+    print(made.backup_id)
+    return EXIT_OK if made.problem is None else EXIT_FAILURE
+
+
+def _record_manual_run(settings: Settings, made: Made) -> None:
+    """The manual run, so every replica's readiness details see the backup; a warning when it cannot."""
+    from gateway.backup.schedule import BackupSchedule
+    from gateway.clock import SYSTEM_CLOCK
+
+    async def work() -> None:
+        async with open_store(settings) as store:
+            schedule = BackupSchedule(store.db, store.audit(), None, lambda: settings.backup, SYSTEM_CLOCK)
+            await schedule.record_manual(made)
+
+    try:
+        run(work())
+    except Exception as exc:  # noqa: BLE001 - the database: reported, the backup is made either way
+        print(
+            f"warning: the run of backup {made.backup_id} not recorded ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
+
+
 def _list(args: argparse.Namespace) -> int:
     from gateway.backup.sets import list_backups
 
     settings = load_config(args)
+    pg = _postgres(settings)
+    if pg is not None:
+        return _list_pg(pg)
     directory = _directory(settings)
     backups = list_backups(directory)
     if not backups:
@@ -149,11 +251,76 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list_pg(pg: PgBackRestSettings) -> int:
+    from gateway.backup.pgbackrest import PgBackRestError
+    from gateway.backup.pgbackrest import run as run_pgbackrest
+
+    try:
+        result = run_pgbackrest(pg, "info")
+    except PgBackRestError as exc:
+        raise Failed(f"error: {exc}") from None
+    print("\n".join(result.output))
+    return EXIT_OK
+
+
+def _verify_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSettings) -> int:
+    from gateway.backup.manifest import BackupError
+    from gateway.backup.pg_repo import local_copy, verify_repository
+
+    if args.backup is not None:
+        raise UserError(
+            "pgBackRest verifies the whole repository (every backup and the WAL they need): leave out the "
+            "backup id; --target TARGET checks a copy"
+        )
+    details: dict[str, object] = {"stanza": pg.stanza}
+    if args.target is not None:
+        if args.target not in settings.backup.targets:
+            shown = ", ".join(settings.backup.targets) or "none configured"
+            raise UserError(f"--target {args.target!r} is not one of backup.targets ({shown})")
+        details["target"] = args.target
+    where = f"the copy at {args.target}" if args.target is not None else f"repository {pg.repo_path}"
+    try:
+        if args.target is None:
+            checked = verify_repository(pg, on_line=_progress)
+        else:
+            with local_copy(pg, args.target) as repo:
+                checked = verify_repository(pg, repo_path=str(repo), on_line=_progress)
+    except BackupError as exc:
+        print(f"{where} FAILED verification: {exc.detail}")
+        print(f"  failing part: {exc.part}")
+        record_event(
+            settings,
+            "backup.pg.verified",
+            outcome="failure",
+            subject=pg.stanza,
+            details={**details, "part": exc.part, "problem": exc.detail},
+        )
+        return EXIT_FAILURE
+    print(f"{where} OK: pgbackrest verify passed (every file of every backup and of the WAL archive)")
+    print(f"  backups: {', '.join(checked.backups) or 'none'}")
+    print(f"  WAL they need: {checked.wal_segments} segment(s), each in the archive")
+    record_event(
+        settings,
+        "backup.pg.verified",
+        subject=pg.stanza,
+        details={**details, "backups": list(checked.backups), "wal_segments": checked.wal_segments},
+    )
+    return EXIT_OK
+
+
 def _verify(args: argparse.Namespace) -> int:
     from gateway.backup.manifest import BackupError
     from gateway.backup.verify import verify_backup
 
     settings = load_config(args)
+    pg = _postgres(settings)
+    if pg is not None:
+        return _verify_pg(args, settings, pg)
+    if args.target is not None:
+        raise UserError(
+            "--target is for PostgreSQL's repository copies; an embedded backup's copy is verified by its "
+            "path: gateway backup verify PATH"
+        )
     path = _resolve(settings, args.backup)
     keyring = load_keyring(settings, may_create=False)
 
@@ -209,6 +376,11 @@ def _restore(args: argparse.Namespace) -> int:
     from gateway.store.db import Database, default_sqlite_url
 
     settings = load_config(args)
+    if _postgres(settings) is not None:
+        raise UserError(
+            "on PostgreSQL, restore with `gateway pgbackrest restore --pg-path DIR [--backup LABEL] "
+            "[--target-time ISO]` (pgBackRest, into a new data directory)"
+        )
     path = _resolve(settings, args.backup)
     data_dir: Path = args.data_dir
     try:
@@ -247,6 +419,11 @@ def _prune(args: argparse.Namespace) -> int:
     from gateway.backup.sets import prune
 
     settings = load_config(args)
+    if _postgres(settings) is not None:
+        raise UserError(
+            "on PostgreSQL, pgBackRest expires old backups itself after each backup "
+            "(backup.pgbackrest.retention_full, retention_diff); the copies at backup.targets follow"
+        )
     b = settings.backup
     keep, drop = prune(
         _directory(settings), keep_daily=b.keep_daily, keep_weekly=b.keep_weekly, dry_run=args.dry_run
@@ -272,24 +449,33 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     actions = command_group(
         sub,
         "backup",
-        help="encrypted, signed backups of the embedded database",
-        description="Make, list, verify, restore and prune backups of the embedded SQLite database. "
-        "The keyring decrypts them and is never inside one: keep a copy of it elsewhere.",
+        help="the deployment's backups: encrypted and signed (SQLite), or pgBackRest's (PostgreSQL)",
+        description="Make, list, verify, restore and prune backups of the embedded SQLite database; on "
+        "PostgreSQL (backup.pgbackrest) make, list and verify pgBackRest's. The keyring decrypts the "
+        "embedded backups and is never inside one: keep a copy of it elsewhere.",
     )
     p = actions.add_parser(
         "create",
         help="back up the database now (online)",
-        description="Snapshot the database while gateways keep serving, encrypt it (with the audit "
+        description="SQLite: snapshot the database while gateways keep serving, encrypt it (with the audit "
         "checkpoints and the sealed incident evidence) under the keyring, write a signed manifest and copy "
-        "the backup to backup.targets. Prints the backup id.",
+        "the backup to backup.targets. PostgreSQL: pgbackrest backup, then (with backup.targets) verify the "
+        "repository and copy it to each target. Prints the backup id (pgBackRest's label) last.",
     )
     config_arg(p)
-    p.add_argument("--to", type=Path, metavar="DIR", help="write it here instead of backup.directory")
+    p.add_argument("--to", type=Path, metavar="DIR", help="SQLite: write it here instead of backup.directory")
+    p.add_argument(
+        "--type",
+        choices=["full", "diff", "incr"],
+        help="PostgreSQL: the kind of backup (default: full on backup.full_on, else incr)",
+    )
     p.add_argument("--no-replicate", action="store_true", help="do not copy it to backup.targets")
     p.set_defaults(func=_create)
 
     p = actions.add_parser(
-        "list", help="list the backups", description="List the backups in backup.directory."
+        "list",
+        help="list the backups",
+        description="List the backups in backup.directory (PostgreSQL: pgbackrest info).",
     )
     config_arg(p)
     p.set_defaults(func=_list)
@@ -297,19 +483,27 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p = actions.add_parser(
         "verify",
         help="check a backup end to end",
-        description="Check the manifest signature, each part's hash and decryption, restore into a scratch "
-        "directory and check the schema revision and the audit chain; print row counts. Exit 1 naming the "
-        "failing part.",
+        description="SQLite: check the manifest signature, each part's hash and decryption, restore into a "
+        "scratch directory and check the schema revision, the audit chain and the incident evidence; print "
+        "row counts. PostgreSQL: pgbackrest verify over the whole repository (or its copy at --target) and "
+        "the WAL each backup needs. Exit 1 naming the failing part (the file, the backup label).",
     )
     config_arg(p)
-    p.add_argument("backup", nargs="?", metavar="ID|PATH", help="the backup (default: the newest)")
+    p.add_argument("backup", nargs="?", metavar="ID|PATH", help="SQLite: the backup (default: the newest)")
+    p.add_argument(
+        "--target",
+        metavar="TARGET",
+        help="PostgreSQL: verify the repository's copy at this one of backup.targets (an rclone remote's is "
+        "fetched into a temporary directory first)",
+    )
     p.set_defaults(func=_verify)
 
     p = actions.add_parser(
         "restore",
         help="restore a backup into a new data directory",
         description="Verify the backup and write it into --data-dir. An existing non-empty database is "
-        "replaced only with --force; one a running gateway holds open never is.",
+        "replaced only with --force; one a running gateway holds open never is. PostgreSQL: gateway "
+        "pgbackrest restore.",
     )
     config_arg(p)
     p.add_argument("backup", metavar="ID|PATH", help="the backup")
@@ -323,7 +517,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "prune",
         help="delete backups beyond keep_daily and keep_weekly",
         description="Keep the newest backup of each of the backup.keep_daily most recent days and "
-        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest.",
+        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest. PostgreSQL: "
+        "pgBackRest's retention_full does it.",
     )
     config_arg(p)
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

@@ -53,6 +53,7 @@ __all__ = [
     "load_keyring",
     "open_store",
     "operator",
+    "record_event",
     "run",
     "storage_url",
     "user_errors",
@@ -296,3 +297,36 @@ async def open_store(
             raise unannounced
     finally:
         await db.close()
+
+
+def record_event(
+    settings: Settings,
+    kind: str,
+    *,
+    outcome: str = "success",
+    subject: str = "",
+    details: dict[str, object] | None = None,
+) -> bool:
+    """Record an event about something that already happened; an unreachable database or keyring only
+    prints a warning (the backup, restore or check happened or failed either way, and a copy is
+    verified where no database runs). Returns whether it was recorded.
+    """
+    from gateway.audit.trail import record_once
+
+    try:
+        keyring = load_keyring(settings, may_create=False)
+        run(
+            record_once(
+                storage_url(settings),
+                kind,
+                keyring=keyring,
+                actor=operator(),
+                subject=subject,
+                outcome=outcome,
+                details=details,
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the database or the keyring: reported, never fatal here
+        print(f"warning: audit event {kind} not recorded ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return False
+    return True

@@ -3,19 +3,22 @@
     gateway pgbackrest config [--write] [--output FILE]
     gateway pgbackrest stanza-create
     gateway pgbackrest check
-    gateway pgbackrest backup [--type full|diff|incr]
+    gateway pgbackrest backup [--type full|diff|incr] [--no-replicate]
     gateway pgbackrest info [--json]
-    gateway pgbackrest verify
-    gateway pgbackrest restore --pg-path DIR [--target-time ISO] [--force]
+    gateway pgbackrest verify [--target TARGET]
+    gateway pgbackrest restore --pg-path DIR [--backup LABEL] [--target-time ISO] [--repo-path DIR] [--force]
 
 ``config`` prints the ``pgbackrest.conf`` written from ``backup.pgbackrest`` (the passphrase redacted)
 and the ``postgresql.conf`` lines that archive the WAL into it; ``--write`` writes the file (mode 0600).
 The other actions run the pgBackRest command of the same name, showing its output as it comes.
-``restore`` restores into a NEW data directory (``--type=time --target-action=promote`` with
-``--target-time``), and refuses a running cluster's, the live one's or a non-empty directory without
-``--force``. ``backup``, ``verify`` and ``restore`` are recorded in the audit trail
-(``backup.pg.created``, ``backup.pg.verified``, ``backup.pg.restored``; a failure too) when the
-gateway's database is reachable.
+``backup`` then verifies the repository and copies it to every ``backup.targets`` (when there are
+any). ``verify`` checks every backup's files and the WAL each needs (``--target``: the copy at one of
+``backup.targets``); a failure names the backup label and the file. ``restore`` restores into a NEW
+data directory (``--type=time --target-action=promote`` with ``--target-time``; ``--backup`` alone: that
+backup as it was when it finished; ``--repo-path``: from a copy of the repository), and refuses a
+running cluster's, the live one's or a non-empty directory without ``--force``. ``backup``, ``verify``
+and ``restore`` are recorded in the audit trail (``backup.pg.created``, ``backup.pg.verified``,
+``backup.pg.restored``; a failure too) when the gateway's database is reachable.
 
 Exit codes: 0 done, 1 pgBackRest failed (its ``ERROR`` line is printed), 2 invalid input or
 configuration (also: ``backup.pgbackrest`` is not configured). Every action takes ``--config FILE``.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,9 +43,7 @@ from gateway.cli.harness import (
     command_group,
     config_arg,
     load_config,
-    operator,
-    run,
-    storage_url,
+    record_event,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["parse_time", "register"]
 
 logger = logging.getLogger(__name__)
+
+# pgBackRest's backup labels: a full one, or a differential/incremental one on top of its full one.
+_LABEL_SHAPE = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
 
 
 def parse_time(text: str) -> datetime:
@@ -84,29 +89,8 @@ def _show(line: str) -> None:
 
 
 def _record(settings: Settings, kind: str, *, outcome: str, details: dict[str, object]) -> None:
-    """Record the event in the gateway's audit trail; an unreachable database only logs a warning.
-
-    The backup or restore already happened (or failed) either way: failing to record it must not
-    change the command's result.
-    """
-    from gateway.audit.trail import record_once
-    from gateway.cli.harness import load_keyring
-
-    try:
-        keyring = load_keyring(settings, may_create=False)
-        run(
-            record_once(
-                storage_url(settings),
-                kind,
-                keyring=keyring,
-                actor=operator(),
-                subject=str(details.get("stanza", "")),
-                outcome=outcome,
-                details=details,
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - the database or the keyring: reported, never fatal here
-        print(f"warning: audit event {kind} not recorded ({type(exc).__name__}: {exc})", file=sys.stderr)
+    """Record the event in the gateway's audit trail; an unreachable database only prints a warning."""
+    record_event(settings, kind, outcome=outcome, subject=str(details.get("stanza", "")), details=details)
 
 
 def _pgbackrest(
@@ -152,10 +136,10 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _simple(command: str, event: str | None = None) -> Callable[[argparse.Namespace], int]:
+def _simple(command: str) -> Callable[[argparse.Namespace], int]:
     def action(args: argparse.Namespace) -> int:
         settings, pg = _settings(args)
-        _pgbackrest(settings, pg, command, event=event)
+        _pgbackrest(settings, pg, command)
         print(f"pgbackrest {command}: OK (stanza {pg.stanza})")
         return EXIT_OK
 
@@ -163,12 +147,73 @@ def _simple(command: str, event: str | None = None) -> Callable[[argparse.Namesp
 
 
 def _backup(args: argparse.Namespace) -> int:
+    from gateway.backup.jobs import pgbackrest_backup
+    from gateway.backup.manifest import BackupError
+
     settings, pg = _settings(args)
-    _pgbackrest(
-        settings, pg, "backup", f"--type={args.type}", event="backup.pg.created", details={"type": args.type}
+    targets = () if args.no_replicate else settings.backup.targets
+    facts: dict[str, object] = {"stanza": pg.stanza, "command": "backup", "type": args.type}
+    try:
+        made = pgbackrest_backup(pg, args.type, datetime.now(UTC), _show, targets=targets, verify=False)
+    except BackupError as exc:
+        _record(settings, "backup.pg.created", outcome="failure", details={**facts, "error": exc.detail})
+        raise Failed(f"error: {exc.detail}") from None
+    _record(
+        settings,
+        "backup.pg.created",
+        outcome="success" if made.problem is None else "partial",
+        details={**facts, **made.details},
     )
-    print(f"pgbackrest backup: {args.type} backup of stanza {pg.stanza} done")
+    print(f"pgbackrest backup: {args.type} backup of stanza {pg.stanza} done ({made.backup_id})")
+    replicated = made.details.get("replicated")
+    for location in replicated if isinstance(replicated, list) else []:
+        print(f"copied to {location} (checked)")
+    if made.problem is not None:
+        raise Failed(f"error: {made.problem}")
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.backup.manifest import BackupError
+    from gateway.backup.pg_repo import local_copy, verify_repository
+
+    settings, pg = _settings(args)
+    details: dict[str, object] = {"stanza": pg.stanza, "command": "verify"}
+    if args.target is not None:
+        details["target"] = args.target
+        _known_target(settings, args.target)
+    try:
+        if args.target is None:
+            checked = verify_repository(pg, on_line=_show)
+        else:
+            with local_copy(pg, args.target) as repo:
+                checked = verify_repository(pg, repo_path=str(repo), on_line=_show)
+    except BackupError as exc:
+        _record(
+            settings,
+            "backup.pg.verified",
+            outcome="failure",
+            details={**details, "part": exc.part, "error": exc.detail},
+        )
+        raise Failed(f"error: {exc.detail}") from None
+    _record(
+        settings,
+        "backup.pg.verified",
+        outcome="success",
+        details={**details, "backups": list(checked.backups)},
+    )
+    where = f" (the copy at {args.target})" if args.target is not None else ""
+    print(
+        f"pgbackrest verify: OK (stanza {pg.stanza}){where}: {len(checked.backups)} backup(s), "
+        f"{checked.wal_segments} WAL segment(s) they need in the archive"
+    )
+    return EXIT_OK
+
+
+def _known_target(settings: Settings, target: str) -> None:
+    if target not in settings.backup.targets:
+        shown = ", ".join(settings.backup.targets) or "none configured"
+        raise UserError(f"--target {target!r} is not one of backup.targets ({shown})")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -191,22 +236,41 @@ def _restore(args: argparse.Namespace) -> int:
     settings, pg = _settings(args)
     target: Path = args.pg_path
     at = parse_time(args.target_time) if args.target_time else None
+    label: str | None = args.backup
+    if label is not None and not _LABEL_SHAPE.fullmatch(label):
+        raise UserError(
+            f"--backup {label[:40]!r} is not a pgBackRest backup label (`gateway pgbackrest info`)"
+        )
+    repo: Path | None = args.repo_path
+    if repo is not None and not (repo / "backup" / pg.stanza).is_dir():
+        raise UserError(
+            f"--repo-path {repo}: no repository of stanza {pg.stanza} there (backup/{pg.stanza}/)"
+        )
     reason = live_cluster(target, pg)
     if reason is not None and not args.force:
         raise UserError(f"{reason}; restore into a new directory, or add --force to overwrite it")
     _prepare(target, pg.os_user)
-    options = restore_args(target, target_time=at)
+    options = restore_args(target, target_time=at, backup=label, repo_path=repo)
     if args.force:
         # Overwrites what is there, keeping files whose checksum already matches.
         options.append("--delta")
     details: dict[str, object] = {"pg_path": str(target)}
     if at is not None:
         details["target_time"] = at.isoformat()
+    if label is not None:
+        details["backup"] = label
+    if repo is not None:
+        details["repo_path"] = str(repo)
     _pgbackrest(settings, pg, "restore", *options, event="backup.pg.restored", details=details)
+    if at is not None:
+        to = f" to {at.isoformat()}"
+    elif label is not None:
+        to = f" to the end of backup {label}"
+    else:
+        to = " (to the end of the archived WAL)"
+    source = f" from the copy at {repo}" if repo is not None else ""
     print(
-        f"restored stanza {pg.stanza} into {target}"
-        + (f" to {at.isoformat()}" if at is not None else " (to the end of the archived WAL)")
-        + "; start PostgreSQL on it to finish the recovery"
+        f"restored stanza {pg.stanza}{source} into {target}{to}; start PostgreSQL on it to finish the recovery"
     )
     return EXIT_OK
 
@@ -238,17 +302,37 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--write", action="store_true", help="write the file (mode 0600) instead of printing it")
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="where to write (default: config_path)")
     p.set_defaults(func=_config)
-    for name, event, text in (
-        ("stanza-create", None, "create the stanza in the repository (once, after config)"),
-        ("check", None, "check the configuration and that WAL reaches the repository"),
-        ("verify", "backup.pg.verified", "verify every backup and WAL file in the repository"),
+    for name, text in (
+        ("stanza-create", "create the stanza in the repository (once, after config)"),
+        ("check", "check the configuration and that WAL reaches the repository"),
     ):
         p = group.add_parser(name, help=text)
         config_arg(p)
-        p.set_defaults(func=_simple(name, event))
-    p = group.add_parser("backup", help="make a full, differential or incremental backup")
+        p.set_defaults(func=_simple(name))
+    p = group.add_parser(
+        "verify",
+        help="verify every backup and WAL file in the repository (or a copy of it)",
+        description="Run pgbackrest verify (every file of every backup and every archived WAL segment "
+        "against its checksum) and check that the archive holds the WAL each backup needs. Exit 1 naming "
+        "the backup label and the damaged or missing file.",
+    )
+    config_arg(p)
+    p.add_argument(
+        "--target",
+        metavar="TARGET",
+        help="verify the copy at this one of backup.targets instead (an rclone remote's is fetched first)",
+    )
+    p.set_defaults(func=_verify)
+    p = group.add_parser(
+        "backup",
+        help="make a full, differential or incremental backup",
+        description="Run pgbackrest backup; with backup.targets, then verify the repository and copy it to "
+        "each target (rclone sync, then rclone check). Exit 1 when the backup, the verification or a copy "
+        "failed.",
+    )
     config_arg(p)
     p.add_argument("--type", choices=["full", "diff", "incr"], default="incr", help="default: incr")
+    p.add_argument("--no-replicate", action="store_true", help="do not copy the repository to backup.targets")
     p.set_defaults(func=_backup)
     p = group.add_parser("info", help="list the backups and the archived WAL")
     config_arg(p)
@@ -258,5 +342,16 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     config_arg(p)
     p.add_argument("--pg-path", type=Path, required=True, metavar="DIR", help="the new data directory")
     p.add_argument("--target-time", metavar="ISO", help="recover to this time (default: all archived WAL)")
+    p.add_argument(
+        "--backup",
+        metavar="LABEL",
+        help="restore this backup; alone: as it was when it finished (no later WAL replayed)",
+    )
+    p.add_argument(
+        "--repo-path",
+        type=Path,
+        metavar="DIR",
+        help="restore from this copy of the repository (e.g. <target>/pgbackrest of a directory target)",
+    )
     p.add_argument("--force", action="store_true", help="restore into a non-empty or live directory")
     p.set_defaults(func=_restore)

@@ -297,6 +297,44 @@ def test_backup_cli_user_errors(tmp_path: Path) -> None:
     )
     proc = run_cli("backup", "create", "--config", str(pg))
     assert proc.returncode == 2
-    assert "pgBackRest" in proc.stderr
+    assert "backup.pgbackrest is not configured" in proc.stderr
     proc = run_cli("backup")
     assert proc.returncode == 2
+    # Options of the other backend: refused with what to do instead, nothing run.
+    for args, message in (
+        (("backup", "create", "--type", "full"), "--type is for PostgreSQL"),
+        (("backup", "verify", "--target", str(tmp_path / "nas")), "verified by its path"),
+    ):
+        proc = run_cli(*args, *c)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+    with_pgbackrest = tmp_path / "pgbackrest.yaml"
+    with_pgbackrest.write_text(
+        "public_url: http://127.0.0.1:8080\n"
+        "storage: {url: 'postgresql+asyncpg://postgres@127.0.0.1:5432/test'}\n"
+        f"backup: {{targets: [{tmp_path / 'nas'}], pgbackrest: {{pg_path: /var/lib/postgresql/15/main, "
+        "cipher_pass: 'a passphrase long enough to keep'}}\n"
+    )
+    p = ("--config", str(with_pgbackrest))
+    refused: tuple[tuple[tuple[str, ...], str], ...] = (
+        (("backup", "verify", "20261203-152508F"), "leave out the backup id"),
+        (("backup", "verify", "--target", "rclone:elsewhere:x"), "is not one of backup.targets"),
+        (("backup", "create", "--to", str(tmp_path)), "pgBackRest writes to backup.pgbackrest.repo_path"),
+        (("backup", "restore", "x", "--data-dir", str(tmp_path / "r")), "gateway pgbackrest restore"),
+        (("backup", "prune"), "retention_full"),
+        (
+            ("pgbackrest", "restore", "--pg-path", str(tmp_path / "r"), "--backup", "latest"),
+            "not a pgBackRest backup label",
+        ),
+        (
+            ("pgbackrest", "restore", "--pg-path", str(tmp_path / "r"), "--repo-path", str(tmp_path)),
+            "no repository of stanza",
+        ),
+        (("pgbackrest", "verify", "--target", "/elsewhere"), "is not one of backup.targets"),
+    )
+    for command, message in refused:
+        proc = run_cli(*command, *p)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ import asyncpg
 import pytest
 from sqlalchemy import select
 
-from tests.integration.harness import run_cli
+from tests.integration.harness import ROOT, run_cli
 from tests.support.pg_cluster import PG_BIN, Node, pg_node
 
 # Real pgBackRest and a PostgreSQL 15 cluster of the test's own (scripts/ensure-test-deps installs
@@ -47,7 +48,9 @@ def node() -> Iterator[Node]:
         yield n
 
 
-def _config(node: Node, tmp_path: Path, port: int, *, name: str, cipher_pass: str) -> Path:
+def _config(
+    node: Node, tmp_path: Path, port: int, *, name: str, cipher_pass: str, targets: tuple[str, ...] = ()
+) -> Path:
     secret = tmp_path / f"{name}.pass"
     secret.write_text(cipher_pass + "\n")
     config = tmp_path / f"{name}.yaml"
@@ -57,6 +60,7 @@ def _config(node: Node, tmp_path: Path, port: int, *, name: str, cipher_pass: st
 data_dir: {tmp_path / "data"}
 storage: {{url: 'postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres'}}
 backup:
+  targets: {json.dumps(list(targets))}
   pgbackrest:
     stanza: gw
     repo_path: {node.home / "repo"}
@@ -301,9 +305,275 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     assert _gateway("pgbackrest", "config", "--write", "--config", str(wrong)).returncode == 0
     proc = _gateway("pgbackrest", "verify", "--config", str(wrong))
     assert proc.returncode == 1
-    assert "error: pgbackrest verify failed: No usable backup.info file" in proc.stderr
+    assert (
+        f"error: repository {node.home / 'repo'}: pgbackrest verify failed: No usable backup.info file"
+        in proc.stderr
+    )
     assert "cannot be read with this cipher_pass" in proc.stderr
     proc = _gateway("pgbackrest", "info", "--json", "--config", str(wrong))
     assert proc.returncode == 1
     assert "unable to load info file" in proc.stderr
     assert asyncio.run(_audit_kinds(port))[-1] == ("backup.pg.verified", "failure")
+
+
+# -- identical state, damage named, copies at further targets ---------------------------------------------
+
+PASSWORD = "correct horse battery staple 42"
+# rclone's remote "testremote" of type local, configured through the environment only.
+RCLONE_ENV = {"RCLONE_CONFIG_TESTREMOTE_TYPE": "local", "RCLONE_CONFIG": "/nonexistent/rclone.conf"}
+
+
+def _archiving_cluster(node: Node, tmp_path: Path, port: int, *, targets: tuple[str, ...] = ()) -> Path:
+    """A cluster of the test's own archiving into a fresh stanza, migrated, with a keyring: its config."""
+    config = _config(node, tmp_path, port, name="gateway", cipher_pass=CIPHER_PASS, targets=targets)
+    c = ("--config", str(config))
+    for name in ("data", "sock", "repo"):
+        node.mkdir(name)
+    proc = _gateway("pgbackrest", "config", "--write", *c)
+    assert proc.returncode == 0, proc.stderr
+    node.initdb(node.home / "data")
+    with (node.home / "data" / "postgresql.conf").open("a") as conf:
+        conf.write(proc.stdout.split("# postgresql.conf (then restart PostgreSQL)\n", 1)[1])
+    node.start(node.home / "data", port, node.home / "sock")
+    for args in (("migrate",), ("keys", "init"), ("pgbackrest", "stanza-create")):
+        proc = _gateway(*args, *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return config
+
+
+def _add_user(config: Path, name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "user", "add", name, "--password-stdin", "--config", str(config)],
+        cwd=ROOT,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+async def _dump(port: int) -> dict[str, list[str]]:
+    """Every table of the gateway's database, each row as text, sorted: equal dumps, equal state."""
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=10)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch(
+                "select tablename from pg_tables where schemaname = 'public' order by 1"
+            )
+        ]
+        dump = {}
+        for table in tables:
+            rows = await conn.fetch(f'select t::text as row from public."{table}" t')
+            dump[table] = sorted(r["row"] for r in rows)
+        return dump
+    finally:
+        await conn.close()
+
+
+def _flip(path: Path) -> bytes:
+    """Flip one bit in the middle of ``path`` (keeping its owner); the original bytes."""
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return original
+
+
+def _put_back(path: Path, data: bytes, node: Node) -> None:
+    path.write_bytes(data)
+    node.own(path)
+
+
+def _restored(node: Node, data: Path, port: int) -> dict[str, list[str]]:
+    node.start(data, port, node.home / "sock")
+    _wait_promoted(port)
+    return asyncio.run(_dump(port))
+
+
+def _pg_audit(port: int, kind: str) -> list[dict[str, object]]:
+    async def fetch() -> list[dict[str, object]]:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=10)
+        try:
+            rows = await conn.fetch(
+                "select outcome, details from audit_events where kind = $1 order by id", kind
+            )
+            return [{"outcome": r["outcome"], **json.loads(r["details"])} for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_a_backup_restores_to_the_identical_state_and_damage_is_named(node: Node, tmp_path: Path) -> None:
+    port, restored_port = _free_port(), _free_port()
+    config = _archiving_cluster(node, tmp_path, port)
+    c = ("--config", str(config))
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    asyncio.run(_set_policy(url, tmp_path / "data" / "keys" / "keyring.json", POLICY_A, "version A"))
+    _add_user(config, "alice")
+
+    # The source at backup time: nothing writes while the backup runs.
+    before = asyncio.run(_dump(port))
+    assert len(before["users"]) == 1
+    assert len(before["audit_events"]) >= 2
+    proc = _gateway("backup", "create", "--type", "full", *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    label = proc.stdout.splitlines()[-1]
+    assert f"backup {label}: full backup of stanza gw by pgBackRest in {node.home / 'repo'}" in proc.stdout
+    assert "backup command end: completed successfully" in proc.stderr  # pgBackRest's progress
+    # The live database moved on (the backup's audit record, its run for the readiness details) ...
+    assert asyncio.run(_dump(port)) != before
+    proc = _gateway("backup", "list", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert f"full backup: {label}" in proc.stdout
+
+    # ... the restore of exactly that backup, started as a cluster of its own, holds the state it had.
+    restored = node.home / "restored"
+    proc = _gateway("pgbackrest", "restore", "--pg-path", str(restored), "--backup", label, *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"restored stanza gw into {restored} to the end of backup {label}" in proc.stdout
+    assert _restored(node, restored, restored_port) == before
+
+    proc = _gateway("backup", "verify", *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"repository {node.home / 'repo'} OK" in proc.stdout
+    assert f"  backups: {label}\n" in proc.stdout
+
+    # One flipped byte in a file of the backup: exit 1, the file and the backup label named.
+    backup_dir = node.home / "repo" / "backup" / "gw" / label
+    files = sorted(p for p in (backup_dir / "pg_data").rglob("*") if p.is_file() and p.stat().st_size > 512)
+    damaged = files[len(files) // 2]
+    relative = damaged.relative_to(backup_dir.parent).as_posix()
+    original = _flip(damaged)
+    proc = _gateway("backup", "verify", *c)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"repository {node.home / 'repo'} FAILED verification" in proc.stdout
+    # pgBackRest reports a bad checksum, or (the flip broke decryption or decompression) a bad result.
+    assert f"invalid checksum '{relative}'" in proc.stdout or f"invalid result '{relative}'" in proc.stdout
+    assert f"backup: {label}, status: invalid" in proc.stdout
+    assert f"  failing part: {label}\n" in proc.stdout
+    _put_back(damaged, original, node)
+
+    # A missing file of the backup, likewise.
+    gone = files[0]
+    kept = gone.read_bytes()
+    gone.unlink()
+    proc = _gateway("backup", "verify", *c)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"file missing '{gone.relative_to(backup_dir.parent).as_posix()}'" in proc.stdout
+    assert f"  failing part: {label}\n" in proc.stdout
+    _put_back(gone, kept, node)
+
+    # A missing WAL segment the backup needs (pgBackRest 2.45's verify does not notice: the gateway does).
+    info = json.loads(_gateway("pgbackrest", "info", "--json", *c).stdout)
+    (backup,) = info[0]["backup"]
+    start = backup["archive"]["start"]
+    (segment,) = (node.home / "repo" / "archive" / "gw").glob(f"*/{start[:16]}/{start}-*")
+    aside = node.home / "aside"
+    segment.rename(aside)
+    proc = _gateway("backup", "verify", *c)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"backup {label} cannot be restored: WAL segment {start} it needs is missing" in proc.stdout
+    assert f"  failing part: {label}\n" in proc.stdout
+    aside.rename(segment)
+    proc = _gateway("pgbackrest", "verify", *c)  # the other command, the same checks
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pgbackrest verify: OK (stanza gw): 1 backup(s)" in proc.stdout
+
+    verified = _pg_audit(port, "backup.pg.verified")
+    assert [(v["outcome"], v.get("part")) for v in verified] == [
+        ("success", None),
+        ("failure", label),
+        ("failure", label),
+        ("failure", label),
+        ("success", None),
+    ]
+    (created,) = _pg_audit(port, "backup.pg.created")
+    assert created["backup_id"] == label
+
+
+def test_every_backup_is_copied_to_the_targets_where_it_verifies_and_restores(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in RCLONE_ENV.items():
+        monkeypatch.setenv(name, value)  # the gateway commands' environment (and the scheduled job's)
+    port, restored_port = _free_port(), _free_port()
+    nas, remote = node.home / "nas", node.home / "remote"
+    targets = (str(nas), f"rclone:testremote:{remote}/gw")
+    config = _archiving_cluster(node, tmp_path, port, targets=targets)
+    c = ("--config", str(config))
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    asyncio.run(_set_policy(url, tmp_path / "data" / "keys" / "keyring.json", POLICY_A, "version A"))
+    before = asyncio.run(_dump(port))
+
+    proc = _gateway("backup", "create", "--type", "full", *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    label = proc.stdout.splitlines()[-1]
+    assert f"replicated to {nas / 'pgbackrest'} (checked)" in proc.stdout
+    assert f"replicated to testremote:{remote}/gw/pgbackrest (checked)" in proc.stdout
+    # A pgBackRest repository of its own at each target, encrypted as the original (no plaintext).
+    assert (nas / "pgbackrest" / "backup" / "gw" / label / "backup.manifest").is_file()
+    assert (remote / "gw" / "pgbackrest" / "archive" / "gw" / "archive.info").is_file()
+    assert b"pgbackrest" not in (nas / "pgbackrest" / "backup" / "gw" / "backup.info").read_bytes()[:64]
+    (created,) = _pg_audit(port, "backup.pg.created")
+    assert created["replicated"] == [str(nas / "pgbackrest"), f"testremote:{remote}/gw/pgbackrest"]
+    assert created["verified"] is True  # copied only after the repository verified
+
+    for target in targets:
+        proc = _gateway("backup", "verify", "--target", target, *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"the copy at {target} OK" in proc.stdout
+        assert f"  backups: {label}\n" in proc.stdout
+
+    # The copy restores by itself (the site of the original is gone): exactly the backed-up state.
+    restored = node.home / "restored"
+    proc = _gateway(
+        "pgbackrest", "restore", "--pg-path", str(restored), "--backup", label,
+        "--repo-path", str(nas / "pgbackrest"), *c,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"from the copy at {nas / 'pgbackrest'}" in proc.stdout
+    assert _restored(node, restored, restored_port) == before
+
+    # Damage in a copy is found there, while the original verifies; the next backup mends the copy.
+    copied = nas / "pgbackrest" / "backup" / "gw" / label / "pg_data"
+    damaged = max((p for p in copied.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    _flip(damaged)
+    proc = _gateway("backup", "verify", "--target", str(nas), *c)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"the copy at {nas} FAILED verification" in proc.stdout
+    assert f"'{damaged.relative_to(copied.parent.parent).as_posix()}'" in proc.stdout
+    assert f"  failing part: {label}\n" in proc.stdout
+    assert _gateway("backup", "verify", *c).returncode == 0
+
+    # The scheduled backup (a running deployment's) reaches every target too.
+    status, incremental = asyncio.run(_scheduled_backup(config, datetime(2026, 12, 2, 3, 0, tzinfo=UTC)))
+    assert status == "ok"
+    assert incremental is not None
+    for target in targets:
+        proc = _gateway("backup", "verify", "--target", target, *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"  backups: {label}, {incremental}\n" in proc.stdout
+
+    # A target that fails: reported (exit 1), the backup is made and the other target still copied.
+    broken = _config(
+        node,
+        tmp_path,
+        port,
+        name="broken",
+        cipher_pass=CIPHER_PASS,
+        targets=("rclone:nosuchremote:x", str(nas)),
+    )
+    assert _gateway("pgbackrest", "config", "--write", "--config", str(broken)).returncode == 0
+    proc = _gateway("pgbackrest", "backup", "--config", str(broken))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "replication to rclone:nosuchremote:x failed: rclone sync failed" in proc.stderr
+    assert f"copied to {nas / 'pgbackrest'} (checked)" in proc.stdout
+    newest = json.loads(_gateway("pgbackrest", "info", "--json", *c).stdout)[0]["backup"][-1]["label"]
+    proc = _gateway("backup", "verify", "--target", str(nas), *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert newest in proc.stdout
+    assert _pg_audit(port, "backup.pg.created")[-1]["outcome"] == "partial"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from gateway.backup.pgbackrest import (
     argv,
     config_text,
     live_cluster,
+    named_part,
     postgresql_lines,
     reported_problem,
+    restore_args,
     write_config,
 )
 from gateway.errors import ConfigError
@@ -147,3 +150,73 @@ def test_problems_reported_with_exit_zero() -> None:
     assert "(exit" not in str(error)
     assert "(exit 82)" in str(PgBackRestError("check", 82, "timeout"))
     assert "pick a later --target-time" in str(PgBackRestError("restore", 75, "unable to find backup set"))
+
+
+# What pgBackRest 2.45's verify logs for a flipped byte, a missing file and a WAL file it cannot read.
+VERIFY_DAMAGED = [
+    "2026-12-03 15:25:55.723 P01   INFO: invalid result 15-1/0000000100000000/000000010000000000000002-21314c0d86b2c4d254b970c5a0d97446f1c3e20c.gz: [29] raised from local-1 protocol: unexpected eof in compressed data",
+    "                                    [FormatError] on retry after 0ms",
+    "2026-12-03 15:25:55.780 P01   INFO: invalid checksum '20261203-152508F/pg_data/global/1260.gz'",
+    "2026-12-03 15:25:55.781 P01   INFO: file missing '20261203-152508F_20261204-020001I/pg_data/base/5/2619.gz'",
+    "2026-12-03 15:25:55.784 P00   INFO: stanza: gw",
+    "                                    status: error",
+    "                                      archiveId: 15-1, total WAL checked: 2, total valid WAL: 1",
+    "                                        other: 1",
+    "                                      backup: 20261203-152508F, status: invalid, total files checked: 964, total valid files: 962",
+    "                                        missing: 1, checksum invalid: 1",
+    "2026-12-03 15:25:55.784 P00   INFO: verify command end: completed successfully (15424ms)",
+]
+
+
+def test_damaged_files_are_named_with_their_backup() -> None:
+    problem = reported_problem(VERIFY_DAMAGED)
+    assert problem is not None
+    assert problem.startswith(
+        "invalid result '15-1/0000000100000000/000000010000000000000002-21314c0d86b2c4d254b970c5a0d97446f1c3e20c.gz'; "
+        "invalid checksum '20261203-152508F/pg_data/global/1260.gz'; "
+        "file missing '20261203-152508F_20261204-020001I/pg_data/base/5/2619.gz'; "
+    )
+    assert "backup: 20261203-152508F, status: invalid, total files checked: 964" in problem
+    assert "[FormatError]" not in problem
+    # The first damaged file is WAL: named by its file; a backup's file: by the backup's label.
+    assert named_part(VERIFY_DAMAGED).startswith("15-1/0000000100000000/000000010000000000000002-")
+    assert named_part(VERIFY_DAMAGED[2:]) == "20261203-152508F"
+    assert named_part(VERIFY_DAMAGED[3:]) == "20261203-152508F_20261204-020001I"
+    # No file, a manifest gone: the summary names the backup.
+    summary = [
+        "P00   INFO: stanza: gw",
+        "      status: error",
+        "        backup: 20261203-152508F, status: valid, total files checked: 964, total valid files: 964",
+        "        backup: 20261204-020001F, status: manifest missing, total files checked: 0, total valid files: 0",
+    ]
+    assert named_part(summary) == "20261204-020001F"
+    assert "status: manifest missing" in (reported_problem(summary) or "")
+    many = [f"P01   INFO: file missing '20261203-152508F/pg_data/base/5/{n}.gz'" for n in range(8)]
+    assert reported_problem([*many, "stanza: gw", "  status: error"]) == (
+        "; ".join(f"file missing '20261203-152508F/pg_data/base/5/{n}.gz'" for n in range(5))
+        + "; and 3 more damaged file(s)"
+    )
+    error = PgBackRestError("verify", 0, "x", part="20261203-152508F")
+    assert error.part == "20261203-152508F"
+
+
+def test_restore_options() -> None:
+    target = Path("/srv/pg/restored")
+    assert restore_args(target, target_time=None) == ["--pg1-path=/srv/pg/restored", "--archive-mode=off"]
+    assert restore_args(
+        target, target_time=None, backup="20261203-152508F", repo_path=Path("/mnt/nas/pgbackrest")
+    ) == [
+        "--pg1-path=/srv/pg/restored",
+        "--archive-mode=off",
+        "--repo1-path=/mnt/nas/pgbackrest",
+        "--set=20261203-152508F",
+        "--type=immediate",
+        "--target-action=promote",
+    ]
+    at = datetime(2027, 3, 1, 9, 41, tzinfo=UTC)
+    assert restore_args(target, target_time=at, backup="20261203-152508F")[2:] == [
+        "--set=20261203-152508F",
+        "--type=time",
+        "--target=2027-03-01 09:41:00+00:00",
+        "--target-action=promote",
+    ]
