@@ -295,7 +295,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "pgbackrest",
         help="back up and restore a PostgreSQL database with pgBackRest (PITR)",
         description="Back up and restore a PostgreSQL deployment with pgBackRest: full, differential and "
-        "incremental backups, WAL archiving into an encrypted repository, point-in-time recovery.",
+        "incremental backups, WAL archiving into an encrypted repository, its verification, copies of it at "
+        "backup.targets, point-in-time recovery (also from a copy).",
     )
     p = group.add_parser("config", help="print (or write) pgbackrest.conf and the postgresql.conf lines")
     config_arg(p)
