@@ -232,8 +232,18 @@ async def test_a_write_waits_out_a_lock_longer_than_busy_timeout_within_op_timeo
 async def test_a_call_that_cannot_finish_in_time_fails_closed(
     tmp_path: Path, opened: Callable[..., LocalFastState]
 ) -> None:
-    state = opened(busy_timeout=3.0, op_timeout=0.2)
-    await state.ping()
+    # op_timeout well below busy_timeout: the blocked write below must time out, not wait SQLite out.
+    state = opened(busy_timeout=3.0, op_timeout=1.0)
+    # The first call opens the file in the state's thread; on a loaded CI machine that alone once took
+    # longer than a short op_timeout. Warm up until it answers, then block.
+    for _ in range(10):
+        try:
+            await state.ping()
+            break
+        except StateUnavailable:
+            continue
+    else:
+        pytest.fail("the state never answered a ping")
     blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
