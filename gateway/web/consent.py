@@ -23,7 +23,6 @@ from urllib.parse import quote
 import msgspec
 from litestar import Request, get, post
 from litestar.exceptions import NotAuthorizedException
-from litestar.params import FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
 from gateway.identity.accounts import UnknownAccount
@@ -165,7 +164,7 @@ def _form(
 
 @get("/.gateway/consent", cache=False, opt=_ADMITS)
 async def consent_page(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
 ) -> Template | Redirect:
     # Checked on entry: the form carries it on.
     rd = flows.carried_rd(rd, config)
@@ -285,11 +284,7 @@ async def my_consents(request: Request[Any, Any, Any], config: Config, identity:
     description=_CONSENT_DOC,
 )
 async def answer_consent(
-    request: Request[Any, Any, Any],
-    config: Config,
-    identity: Identity,
-    privacy: Privacy,
-    data: JSONBody[ConsentChange],
+    request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy, data: ConsentChange
 ) -> ConsentState:
     """Record an answer (see ``_CONSENT_DOC``)."""
     session = await _require(request, config, identity)
@@ -335,7 +330,7 @@ async def change_objection(
     config: Config,
     identity: Identity,
     privacy: Privacy,
-    data: JSONBody[ObjectionChange],
+    data: ObjectionChange,
 ) -> ConsentState:
     """Add or withdraw an objection (see ``_OBJECTION_DOC``)."""
     session = await _require(request, config, identity)
