@@ -13,6 +13,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
@@ -44,7 +45,7 @@ def _step_up(back: str) -> Redirect:
 
 @get("/.gateway/account", cache=False)
 async def portal(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, notice: str = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, notice: FromQuery[str] = ""
 ) -> Template | Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:
@@ -99,7 +100,7 @@ async def portal(
 
 @get("/.gateway/account/enroll", cache=False, opt=admits(Step.ENROLL))
 async def enroll(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template | Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:
@@ -172,8 +173,8 @@ async def remove_factor(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    kind: str,
-    factor_id: str,
+    kind: FromPath[str],
+    factor_id: FromPath[str],
 ) -> Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:
@@ -204,8 +205,8 @@ async def rename_factor(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    kind: str,
-    factor_id: str,
+    kind: FromPath[str],
+    factor_id: FromPath[str],
     data: Form,
 ) -> Redirect:
     signed = await flows.current(request, config, identity)
@@ -245,7 +246,7 @@ async def new_recovery(
 
 @post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
 async def revoke_one(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: str
+    request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: FromPath[str]
 ) -> Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:
@@ -284,7 +285,7 @@ async def revoke_others(request: Request[Any, Any, Any], config: Config, identit
 
 @get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))
 async def password_page(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template | Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from litestar import Request, get, post
 from litestar.enums import MediaType
+from litestar.params import FromQuery
 from litestar.response import Redirect, Response, Template
 
 from gateway.errors import GatewayError
@@ -230,7 +231,11 @@ async def _verified(
 
 @get(PAGE, cache=False)
 async def privacy_page(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy, notice: str = ""
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    privacy: Privacy,
+    notice: FromQuery[str] = "",
 ) -> Template | Redirect:
     """The page: every right, the person's choices and their requests."""
     found = await signed_in(request, config, identity)
@@ -433,7 +438,9 @@ def _done_text(view: RequestView, config: CurrentConfig) -> tuple[str, str] | No
 
 
 @get(_DONE, cache=False, opt=PUBLIC)
-async def done(request: Request[Any, Any, Any], config: Config, privacy: Privacy, ref: str = "") -> Template:
+async def done(
+    request: Request[Any, Any, Any], config: Config, privacy: Privacy, ref: FromQuery[str] = ""
+) -> Template:
     """After a request that ended the session: what happened, and the reference (the session is gone).
 
     Public, as the person is signed out by then. It shows only the kind and status of the request

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar import Request, get, post
 from litestar.exceptions import NotAuthorizedException
+from litestar.params import JSONBody
 from litestar.response import Response
 
 from gateway.errors import BadRequest
@@ -167,7 +168,11 @@ async def export(
     description=_RECTIFY_DOC,
 )
 async def rectify(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy, data: Rectification
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    privacy: Privacy,
+    data: JSONBody[Rectification],
 ) -> PrivacyRequest:
     """Rectification (see ``_RECTIFY_DOC``)."""
     who = await _verified(request, config, identity)
@@ -239,7 +244,7 @@ async def erase(
     config: Config,
     identity: Identity,
     privacy: Privacy,
-    data: ErasureConfirmation,
+    data: JSONBody[ErasureConfirmation],
 ) -> Response[PrivacyRequest]:
     """Erasure (see ``_ERASE_DOC``)."""
     who = await _verified(request, config, identity)

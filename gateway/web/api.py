@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
@@ -110,7 +111,7 @@ async def my_sessions(
 
 @delete("/.gateway/api/sessions/{session_hash:str}", status_code=204)
 async def end_session(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: str
+    request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: FromPath[str]
 ) -> None:
     """Sign out one of this user's other sessions."""
     _, s = await _require(request, config, identity)
@@ -127,7 +128,7 @@ async def register_options(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    data: RegistrationStart,
+    data: JSONBody[RegistrationStart],
 ) -> Response[Any]:
     """Options for navigator.credentials.create (needs a fresh second factor, or a fresh password
     when this is the first factor)."""
@@ -146,7 +147,7 @@ async def register_options(
 
 @post("/.gateway/api/webauthn/register/verify", status_code=200, opt=admits(Step.ENROLL))
 async def register_verify(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, data: CeremonyResult
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: JSONBody[CeremonyResult]
 ) -> Response[Any]:
     """Store the new passkey; the session becomes two-factor (new id)."""
     session_id, s = await _require(request, config, identity)
@@ -182,7 +183,7 @@ async def mfa_options(request: Request[Any, Any, Any], config: Config, identity:
 
 @post("/.gateway/api/mfa/webauthn/verify", status_code=200, opt=admits(Step.SECOND_FACTOR))
 async def mfa_verify(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, data: CeremonyResult
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: JSONBody[CeremonyResult]
 ) -> Response[Any]:
     """Verify the assertion; the session becomes two-factor (new id)."""
     session_id, s = await _require(request, config, identity)
@@ -214,7 +215,7 @@ async def passkey_options(config: Config, identity: Identity) -> Response[Any]:
 
 @post("/.gateway/api/login/passkey/verify", status_code=200, opt=PUBLIC)
 async def passkey_verify(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, data: CeremonyResult
+    request: Request[Any, Any, Any], config: Config, identity: Identity, data: JSONBody[CeremonyResult]
 ) -> Response[Any]:
     """A user-verifying passkey alone signs in with two factors."""
     if not config.settings.mfa.webauthn.passwordless:

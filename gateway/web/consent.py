@@ -23,6 +23,7 @@ from urllib.parse import quote
 import msgspec
 from litestar import Request, get, post
 from litestar.exceptions import NotAuthorizedException
+from litestar.params import FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
 from gateway.identity.accounts import UnknownAccount
@@ -164,7 +165,7 @@ def _form(
 
 @get("/.gateway/consent", cache=False, opt=_ADMITS)
 async def consent_page(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template | Redirect:
     # Checked on entry: the form carries it on.
     rd = flows.carried_rd(rd, config)
@@ -284,7 +285,11 @@ async def my_consents(request: Request[Any, Any, Any], config: Config, identity:
     description=_CONSENT_DOC,
 )
 async def answer_consent(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy, data: ConsentChange
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    privacy: Privacy,
+    data: JSONBody[ConsentChange],
 ) -> ConsentState:
     """Record an answer (see ``_CONSENT_DOC``)."""
     session = await _require(request, config, identity)
@@ -330,7 +335,7 @@ async def change_objection(
     config: Config,
     identity: Identity,
     privacy: Privacy,
-    data: ObjectionChange,
+    data: JSONBody[ObjectionChange],
 ) -> ConsentState:
     """Add or withdraw an objection (see ``_OBJECTION_DOC``)."""
     session = await _require(request, config, identity)

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from litestar import MediaType, Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Response, Template
 
 from gateway.identity.cookies import read_cookie
@@ -103,9 +103,9 @@ async def start(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    idp: str,
-    rd: str = "",
-    login_hint: str = "",
+    idp: FromPath[str],
+    rd: FromQuery[str] = "",
+    login_hint: FromQuery[str] = "",
 ) -> Redirect | Template:
     settings = _provider(config, idp)
     if settings is None:
@@ -165,13 +165,13 @@ async def callback(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    idp: str,
-    code: str = "",
+    idp: FromPath[str],
+    code: FromQuery[str] = "",
     # "state" is a name Litestar reserves for the app state.
-    oauth_state: Annotated[str, Parameter(query="state")] = "",
-    iss: str = "",
-    error: str = "",
-    error_description: str = "",
+    oauth_state: Annotated[str, QueryParameter(name="state")] = "",
+    iss: FromQuery[str] = "",
+    error: FromQuery[str] = "",
+    error_description: FromQuery[str] = "",
 ) -> Redirect | Template:
     settings = _provider(config, idp)
     if settings is None:
@@ -312,7 +312,7 @@ async def _provider_error(
     opt=PUBLIC,
 )
 async def backchannel_logout(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, idp: str, data: Form
+    request: Request[Any, Any, Any], config: Config, identity: Identity, idp: FromPath[str], data: Form
 ) -> Response[Any]:
     """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions of a subject or its sid."""
     headers = {"Cache-Control": "no-store"}
@@ -343,7 +343,7 @@ async def backchannel_logout(
 
 
 @get("/.gateway/oidc/{idp:str}/logged-out", cache=False, opt=PUBLIC)
-async def logged_out(request: Request[Any, Any, Any], config: Config, idp: str) -> Template:
+async def logged_out(request: Request[Any, Any, Any], config: Config, idp: FromPath[str]) -> Template:
     """Where the provider sends the browser after RP-initiated logout (register it as post-logout URI)."""
     settings = _provider(config, idp)
     label = settings.label if settings is not None else "the identity provider"

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
@@ -55,9 +55,9 @@ async def login_page(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    rd: str = "",
-    login_hint: str = "",
-    idp: str = "",
+    rd: FromQuery[str] = "",
+    login_hint: FromQuery[str] = "",
+    idp: FromQuery[str] = "",
 ) -> Template | Redirect:
     # Checked on entry: the form, the provider links and the passkey button carry it on.
     rd = flows.carried_rd(rd, config)
@@ -143,8 +143,8 @@ async def mfa_page(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    rd: str = "",
-    need: str = "any",
+    rd: FromQuery[str] = "",
+    need: FromQuery[str] = "any",
 ) -> Template | Redirect:
     signed = await flows.current(request, config, identity)
     if signed.session is None:
@@ -251,8 +251,8 @@ async def handoff(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
-    code: str = "",
-    rd: str = "/",
+    code: FromQuery[str] = "",
+    rd: FromQuery[str] = "/",
 ) -> Redirect | Template:
     host = normalise_host(request.headers.get("host") or "")
     grant = await identity.handoff.redeem(code, host=host)
@@ -297,7 +297,7 @@ async def handoff(
 
 @get("/.gateway/logout", cache=False, opt=PUBLIC)
 async def logout_page(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: str = ""
+    request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template:
     signed = await flows.current(request, config, identity)
     return page(

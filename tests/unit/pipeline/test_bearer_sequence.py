@@ -18,7 +18,6 @@ from gateway.observe.record import AuthKind, RequestRecord
 from gateway.root.apps import worker_app
 from tests.unit.pipeline.test_sequence import Answer, Upstream, World, _call, _lifespan, _sign_in, upstream
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 __all__ = ["upstream"]  # the fixture, shared with test_sequence
 
 POLICY = """p, authenticated, *, /*, *, allow

@@ -31,10 +31,6 @@ from gateway.pipeline.headers import TrustedProxies
 from gateway.root.apps import ProcessApp, worker_app
 from gateway.services import WorkerServices
 
-# The control app (gateway/web/) still uses APIs Litestar deprecated (litestar.contrib.jinja,
-# inferred query parameters); a running gateway only warns, and this data-plane test builds it too.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 # Route "closed" has no rule at all: default deny.
 POLICY = """p, authenticated, app, /*, *, allow
 p, authenticated, app, /secret/*, *, deny

@@ -31,10 +31,6 @@ from gateway.services import WorkerServices
 from gateway.settings.loader import load_settings
 from gateway.web.app import create_control_app
 
-# The control app still uses APIs Litestar deprecated (inferred query parameters); a running gateway
-# only warns, and these tests build it (as tests/unit/pipeline/test_sequence.py does).
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 BASE_URL = "http://gw.test:8080"
 HTML = {"Accept": "text/html"}
 JSON = {"Accept": "application/json"}

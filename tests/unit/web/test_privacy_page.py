@@ -28,10 +28,6 @@ from gateway.settings.loader import load_settings
 from gateway.web.app import create_control_app
 from gateway.web.privacy_page import ACCOUNT_PRIVACY, NO_CONTACT, PRIVACY_PATH
 
-# The control app still uses APIs Litestar deprecated (inferred query parameters); a running gateway
-# only warns, and these tests build it (as tests/unit/pipeline/test_sequence.py does).
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 BASE_URL = "http://gw.test:8080"
 HTML = {"Accept": "text/html"}
 
