@@ -371,8 +371,8 @@ def test_kubernetes_deployment_probes_ports_and_volumes(tmp_path: Path) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": _port(settings.listen), "admin": _port(settings.admin.listen)}
     # The probes ask the gateway's real endpoints (the handlers' own paths), on the data plane.
-    assert container["readinessProbe"]["httpGet"] == {"path": ready.paths.pop(), "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": health.paths.pop(), "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": next(iter(ready.paths)), "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": next(iter(health.paths)), "port": "http"}
     assert container["readinessProbe"]["httpGet"]["path"] == "/.gateway/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/.gateway/health"
     assert container["args"] == ["serve"]
