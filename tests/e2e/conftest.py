@@ -9,7 +9,6 @@ Screenshots of every page land in ``tests/e2e/screenshots/`` for people to look 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.integration.harness import Gateway, add_user, free_port, gateway_config, run_echo, run_gateway
+from tests.support.totp import oathtool as oathtool  # the e2e tests import it from here
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
@@ -120,14 +120,6 @@ def add_virtual_authenticator(context: BrowserContext, page: Page) -> str:
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def oathtool(secret: str, at: float) -> str:
-    """The TOTP code Debian's oathtool computes for this secret at this time (the reference peer)."""
-    result = subprocess.run(
-        ["oathtool", "--totp", "-b", secret, "-N", f"@{int(at)}"], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
 
 
 os.environ.setdefault("PW_TEST_SCREENSHOTS", str(SHOTS))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -40,6 +39,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import browser, login, post_form
+from tests.support.totp import oathtool
 
 pytestmark = pytest.mark.peer
 
@@ -51,13 +51,6 @@ CREDENTIAL_RE = re.compile(r'name="credential_id" value="(\d+)"')
 # Sources a fetch directive may name: the page's own origin, or nothing.
 OWN_ORIGIN_ONLY = {"'self'", "'none'"}
 FETCH_DIRECTIVES = ("script-src", "style-src", "img-src", "connect-src", "font-src", "frame-src")
-
-
-def oathtool(secret: str, at: float) -> str:
-    result = subprocess.run(
-        ["oathtool", "--totp", "-b", secret, "-N", f"@{int(at)}"], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ Also here: ``GATEWAY_CONFIG`` as the default of every ``--config`` (gateway/cli/
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
 import re
@@ -25,16 +24,13 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.settings.listen import parse_listen
 from gateway.settings.loader import parse_settings
 from gateway.settings.schema import Settings
 from gateway.store.fast.url import RedisMode, parse_redis_url
 from gateway.web.app import health, ready
+from tests.support.certs import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -106,30 +102,6 @@ def _dockerfile_uid() -> int:
     match = re.search(r"useradd [^\n]*--uid (\d+)", (ROOT / "Dockerfile").read_text())
     assert match, "the Dockerfile no longer creates its user with --uid"
     return int(match[1])
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway.localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls_certificate", directory / "tls_key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
 
 
 # -- docker compose ----------------------------------------------------------------------------------------
@@ -301,7 +273,7 @@ def test_compose_nginx_forwards_to_the_gateways_listen_and_admin_ports(tmp_path:
 @pytest.mark.peer  # a skip for a missing tool fails CI (scripts/ensure-test-deps installs it)
 @pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx not installed")
 def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     conf = (COMPOSE_DIR / "nginx.conf").read_text()
     # nginx resolves upstream names at load time: the compose names are not resolvable here.
     conf = re.sub(r"server gateway-\d:", "server 127.0.0.1:", conf)
