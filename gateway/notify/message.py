@@ -44,6 +44,10 @@ __all__ = [
 
 # Control characters a body may not carry: all C0 but tab and line feed, and DEL.
 _BODY_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A preview without notify.smtp has no sender: a reserved name (RFC 2606 .invalid) fills the From
+# header it is rendered with, and the preview says so instead of showing it.
+_NO_SENDER: Final = Address(username="sender", domain="notify-smtp-not-configured.invalid")
+_NO_SENDER_TEXT: Final = "(notify.smtp is not configured: no sender yet)"
 
 
 class BadMessage(BadRequest):
@@ -148,8 +152,8 @@ def render(
     for role, address in (("sender", sender), ("recipient", to)):
         if problem := address_problem(address.addr_spec):
             raise BadMessage(f"the {role}'s address {problem}")
-        if header_problem(address.display_name):
-            raise BadMessage(f"the {role}'s display name {header_problem(address.display_name)}")
+        if problem := header_problem(address.display_name):
+            raise BadMessage(f"the {role}'s display name {problem}")
     for name in string.Template(template.subject).get_identifiers():
         if problem := header_problem(values.get(name, "")):
             raise BadMessage(f"${name} {problem}; it cannot go into the subject")
@@ -181,11 +185,40 @@ def compose(
     smtp = settings.notify.smtp
     if smtp is None:
         raise BadMessage("notify.smtp is not configured: there is no sender to write from")
+    sender = _address(smtp.sender_name, smtp.sender, "sender")
+    return _message(settings, recipient, incident, now=now, template=template, sender=sender)
+
+
+def preview(
+    settings: Settings, recipient: Recipient, incident: Incident, *, now: datetime, template: str = "incident"
+) -> Preview:
+    """What :func:`compose` would send, as text: nothing is sent. Works without ``notify.smtp`` (the
+    team reviews the wording before a mail server is set up); ``sender`` then says there is none."""
+    smtp = settings.notify.smtp
+    sender = _NO_SENDER if smtp is None else _address(smtp.sender_name, smtp.sender, "sender")
+    email = _message(settings, recipient, incident, now=now, template=template, sender=sender).email
+    return Preview(
+        sender=_NO_SENDER_TEXT if smtp is None else str(email["From"]),
+        to=str(email["To"]),
+        subject=str(email["Subject"]),
+        body=email.get_content(),
+    )
+
+
+def _message(
+    settings: Settings,
+    recipient: Recipient,
+    incident: Incident,
+    *,
+    now: datetime,
+    template: str,
+    sender: Address,
+) -> Message:
     values = values_for(settings, recipient, incident)
     email = render(
         template_named(settings, template),
         values,
-        sender=_address(smtp.sender_name, smtp.sender, "sender"),
+        sender=sender,
         to=_address(values["name"], recipient.address, "recipient"),
         now=now,
     )
@@ -195,19 +228,6 @@ def compose(
         address=recipient.address,
         template=template,
         incident=incident.id,
-    )
-
-
-def preview(
-    settings: Settings, recipient: Recipient, incident: Incident, *, now: datetime, template: str = "incident"
-) -> Preview:
-    """What :func:`compose` would send, as text: nothing is sent."""
-    email = compose(settings, recipient, incident, now=now, template=template).email
-    return Preview(
-        sender=str(email["From"]),
-        to=str(email["To"]),
-        subject=str(email["Subject"]),
-        body=email.get_content(),
     )
 
 

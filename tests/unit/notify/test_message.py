@@ -163,3 +163,17 @@ def test_contact_and_organisation_fall_back() -> None:
     body = compose(settings, Recipient("bob", "bob@example.org"), INCIDENT, now=NOW).email.get_content()
     assert "contact security@example.com." in body
     assert "incident at auth.example.com that" in body
+
+
+def test_a_preview_needs_no_mail_server_but_sending_does() -> None:
+    # The console and `incident case notify --preview` offer previews before notify.smtp is set up.
+    settings = parse_settings("public_url: https://auth.example.com\nnotify:\n  organisation: Example Ltd\n")
+    shown = preview(settings, Recipient("bob", "bob@example.org", "Bob"), INCIDENT, now=NOW)
+    assert shown.sender == "(notify.smtp is not configured: no sender yet)"
+    assert (shown.to, shown.subject) == (
+        "Bob <bob@example.org>",
+        "Security notice from Example Ltd: Password database exposure",
+    )
+    assert shown.body.startswith("Hello Bob,\n")
+    with pytest.raises(BadMessage, match=r"notify\.smtp is not configured"):
+        compose(settings, Recipient("bob", "bob@example.org"), INCIDENT, now=NOW)
