@@ -27,11 +27,11 @@ from gateway.observe.record import AuthKind, RequestKind
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
-from gateway.pipeline.headers import upstream_request_headers, without_authorization
+from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
-from gateway.pipeline.snapshot import Snapshot
+from gateway.pipeline.snapshot import RouteRuntime, Snapshot
 from gateway.pipeline.websocket import forward_websocket
 from gateway.upstream.http1 import Http1Client
 from gateway.web.error_pages import wants_html
@@ -51,6 +51,32 @@ class Clients(Protocol):
 
     @property
     def websockets(self) -> aiohttp.ClientSession: ...
+
+
+def _upstream_headers(
+    ctx: RequestContext,
+    scope: Scope,
+    snap: Snapshot,
+    rt: RouteRuntime,
+    fwd: Forwarding,
+    identity: Identity,
+    *,
+    websocket: bool,
+) -> Headers:
+    """The request's headers for the application (HTTP and WebSocket alike), in one pass."""
+    headers = upstream_request_headers(
+        scope["headers"],
+        fwd=fwd,
+        extra=rt.request_headers,
+        identity=identity,
+        websocket=websocket,
+        own_cookies=snap.own_cookies,
+        strip=snap.strip_bearer if ctx.rec.auth is AuthKind.BEARER else snap.strip_identity,
+    )
+    if ctx.trace is not None:
+        # The gateway's upstream span becomes the application's parent (the client's is replaced).
+        headers = ctx.trace.upstream_headers(headers)
+    return headers
 
 
 class Entry:
@@ -101,19 +127,7 @@ class _Http(Entry):
         # Set by the route and receive stages.
         assert rt is not None
         assert fwd is not None
-        headers = upstream_request_headers(
-            scope["headers"],
-            fwd=fwd,
-            extra=rt.request_headers,
-            identity=identity,
-            own_cookies=snap.own_cookies,
-            strip=snap.strip_identity,
-        )
-        if ctx.rec.auth is AuthKind.BEARER:
-            headers = without_authorization(headers)
-        if ctx.trace is not None:
-            # The gateway's upstream span becomes the application's parent (the client's is replaced).
-            headers = ctx.trace.upstream_headers(headers)
+        headers = _upstream_headers(ctx, scope, snap, rt, fwd, identity, websocket=False)
         return forward_http(
             method=scope["method"],
             path_and_query=ctx.path_and_query,
@@ -182,20 +196,7 @@ class _WebSocket(Entry):
         assert rt is not None
         assert fwd is not None
         ctx.rec.status = 101
-        headers = upstream_request_headers(
-            scope["headers"],
-            fwd=fwd,
-            extra=rt.request_headers,
-            identity=identity,
-            websocket=True,
-            own_cookies=snap.own_cookies,
-            strip=snap.strip_identity,
-        )
-        if ctx.rec.auth is AuthKind.BEARER:
-            headers = without_authorization(headers)
-        if ctx.trace is not None:
-            # The gateway's upstream span becomes the application's parent (the client's is replaced).
-            headers = ctx.trace.upstream_headers(headers)
+        headers = _upstream_headers(ctx, scope, snap, rt, fwd, identity, websocket=True)
         return forward_websocket(
             scope=scope,
             path_and_query=ctx.path_and_query,

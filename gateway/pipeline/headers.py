@@ -35,7 +35,6 @@ __all__ = [
     "forwarding_for",
     "normalize_name",
     "upstream_request_headers",
-    "without_authorization",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -253,8 +252,10 @@ def upstream_request_headers(
     """Build the header list sent upstream. See the module docstring for the order of operations.
 
     The client's ``host`` is kept (first); the proxy replaces it with the target's unless the route
-    preserves the host. ``strip`` holds further identity header names (normalized, see
-    :meth:`IdentityNames.to_strip`) to drop in every spelling.
+    preserves the host. ``strip`` holds further client header names (normalized) to drop in every
+    spelling: the configured identity names (:meth:`IdentityNames.to_strip`), and ``authorization``
+    when a bearer token authenticated the request (the snapshot's ``strip_bearer``). A header the
+    route sets (``extra``) is never dropped by it.
     """
     out: Headers = [(b"host", b"")]
     connection = False
@@ -288,15 +289,6 @@ def upstream_request_headers(
     out.extend(extra)
     out.extend(identity)
     return out
-
-
-def without_authorization(headers: Headers) -> Headers:
-    """The headers without ``Authorization``: a request authenticated by a gateway bearer token.
-
-    The token is for the gateway only, like its cookies: an application that logs or leaks its
-    ``Authorization`` header must not hand out a token that works on every route it is scoped to.
-    """
-    return [item for item in headers if item[0] != b"authorization"]
 
 
 @lru_cache(maxsize=1024)

@@ -65,6 +65,10 @@ class Snapshot:
     # identity_headers: what the identity is sent as, and the client headers dropped for it.
     identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
     strip_identity: frozenset[bytes] = frozenset()
+    # The same, and the client's Authorization, for a request a bearer token authenticated: the token
+    # is for the gateway only (an application that logs or leaks it must not hand it out), while an
+    # Authorization the route itself sets (request_headers) still reaches the application.
+    strip_bearer: frozenset[bytes] = frozenset({b"authorization"})
 
     @property
     def pools(self) -> list[UpstreamPool]:
@@ -106,6 +110,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         public_url=settings.public_url.rstrip("/"),
         identity_names=names,
         strip_identity=names.to_strip(),
+        strip_bearer=names.to_strip() | {b"authorization"},
     )
 
 

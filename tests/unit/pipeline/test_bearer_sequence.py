@@ -38,6 +38,15 @@ def _config(tmp: Path, port: int) -> Path:
         },
         {"name": "api", "host": "api.test", "upstreams": [target], "mfa": "none", "auth": ["bearer"]},
         {"name": "app", "host": "app.test", "upstreams": [target], "mfa": "none"},
+        {
+            "name": "svc",
+            "host": "svc.test",
+            "upstreams": [target],
+            "mfa": "none",
+            "auth": ["bearer"],
+            # The gateway authenticates to the application itself: the route's own credentials.
+            "request_headers": {"Authorization": "Basic Z2F0ZXdheTpzZWNyZXQ="},
+        },
     ]
     config = {
         "public_url": "http://auth.test",
@@ -69,7 +78,11 @@ async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[tuple[World
         )
         await accounts.create_account("ci", actor="cli:test")
         _, token = await accounts.create_token(
-            "ci", routes=["both", "api", "app"], lifetime=3600, known_routes=["both", "api", "app"], actor="t"
+            "ci",
+            routes=["both", "api", "app", "svc"],
+            lifetime=3600,
+            known_routes=["both", "api", "app", "svc"],
+            actor="t",
         )
         cookies = {"alice": await _sign_in(plane, 1, "alice")}
         yield World(plane, upstream, records, cookies), token
@@ -125,3 +138,14 @@ async def test_a_session_route_ignores_tokens_as_it_always_did(world: tuple[Worl
     assert (allowed.status, allowed.record.auth) == (200, AuthKind.SESSION)
     # Not a bearer route: the Authorization header is the application's, passed on as before.
     assert w.upstream.seen[-1]["authorization"] == f"Bearer {token}"
+
+
+async def test_the_routes_own_authorization_reaches_the_application_on_a_token_request(
+    world: tuple[World, str],
+) -> None:
+    w, token = world
+    for kind, status in (("http", 200), ("websocket", 101)):
+        answer = await _request(w, "svc.test", token=token, kind=kind)
+        assert (answer.status, answer.record.auth) == (status, AuthKind.BEARER)
+        # The client's token is dropped; the credentials the route sets are what the application gets.
+        assert w.upstream.seen[-1]["authorization"] == "Basic Z2F0ZXdheTpzZWNyZXQ="
