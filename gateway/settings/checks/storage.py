@@ -16,7 +16,16 @@ from gateway.settings.store_tls import SYSTEM_ROOTS, parse_pg_tls, parse_redis_t
 __all__ = ["check_pool", "check_stores"]
 
 _DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
-_REDIS_SCHEMES: Final = ("redis", "rediss", "redis+sentinel", "redis+cluster", "unix")
+# Every scheme gateway/store/fast/url.py opens (the TLS forms of Sentinel and Cluster included).
+_REDIS_SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+    "unix",
+)
 
 
 def check_stores(settings: Settings, report: Report) -> None:

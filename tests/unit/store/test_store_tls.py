@@ -254,3 +254,11 @@ def test_check_config_accepts_readable_files(ca: PrivateCa) -> None:
         f"state: {{redis_url: 'rediss://r:6380?ssl_ca_certs={ca.certificate}'}}\n"
     )
     assert settings.storage.url is not None
+
+
+@pytest.mark.parametrize("scheme", ["rediss+sentinel", "rediss+cluster"])
+def test_check_config_accepts_sentinel_and_cluster_over_tls(ca: PrivateCa, scheme: str) -> None:
+    # The store opens these (README: "also rediss+sentinel://, rediss+cluster://"); the check must not refuse them.
+    url = f"{scheme}://s1:26379,s2:26379/main?ssl_ca_certs={ca.certificate}"
+    settings = parse_settings(f"public_url: https://auth.example.com\nstate: {{redis_url: '{url}'}}\n")
+    assert settings.state.redis_url == url
