@@ -12,7 +12,6 @@ restored for the incident.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +19,7 @@ from typing import Any, Final
 from gateway.audit.bundle import export_bundle
 from gateway.audit.checkpoint import load_checkpoints, local_checkpoint_file
 from gateway.audit.trail import AuditLog
+from gateway.backup.manifest import file_sha256
 from gateway.crypto.keyring import Keyring
 from gateway.response.cases import Cases, CaseView
 from gateway.store.db import Database
@@ -31,16 +31,8 @@ LOOKBACK: Final = timedelta(hours=24)
 
 
 def evidence_directory(data_dir: str) -> Path:
-    """Where sealed bundles are kept: ``<data_dir>/incidents/<id>/``."""
+    """Where sealed bundles are kept: one folder an incident below it, ``<data_dir>/incidents/<id>/``."""
     return Path(data_dir) / "incidents"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def seal_evidence(
@@ -73,7 +65,7 @@ async def seal_evidence(
     )
     await asyncio.to_thread(out.chmod, 0o600)
     sealed: dict[str, Any] = {
-        "sha256": await asyncio.to_thread(_sha256, out),
+        "sha256": (await asyncio.to_thread(file_sha256, out))[0],
         "file": str(out),
         "since": since.isoformat(),
         "until": now.isoformat(),

@@ -23,7 +23,6 @@ Every check runs, also after another failed or could not reach its store: the te
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from gateway.audit.chain import verify_database
 from gateway.authz.store import PolicyStore
+from gateway.backup.manifest import file_sha256
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.observe.readiness import Component, ReadinessMonitor, assess, sessions_needed
@@ -83,13 +83,7 @@ def expected_policy(case: CaseView, entries: Sequence[EntryView]) -> ExpectedPol
 
 
 def _file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)[0] if path.is_file() else None
 
 
 async def recovery_checks(

@@ -7,8 +7,10 @@ expects the version restored for the incident, else the one sealed with the evid
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from gateway.clock import FakeClock
 from gateway.observe.replicas import Heartbeat, ReplicaRegistry
 from gateway.response.cases import CaseView, EntryView
 from gateway.response.phases import Phase
-from gateway.response.recovery import ExpectedPolicy, expected_policy, readiness_check
+from gateway.response.recovery import ExpectedPolicy, _evidence, expected_policy, readiness_check
 from gateway.settings.loader import parse_settings
 from gateway.settings.schema import Settings
 from gateway.store.db import Database
@@ -139,3 +141,16 @@ def test_a_version_restored_for_the_incident_wins_and_the_latest_restore_counts(
 def test_nothing_recorded_expects_nothing() -> None:
     assert expected_policy(_case([]), []) is None
     assert expected_policy(_case([_sealed(None, "a")]), []) is None
+
+
+async def test_the_evidence_check_rehashes_every_sealed_file(tmp_path: Path) -> None:
+    bundle = tmp_path / "evidence.zip"
+    bundle.write_bytes(b"sealed bytes" * 100_000)
+    sealed = {"sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(), "file": str(bundle)}
+    assert (await _evidence(_case([sealed]))).passed
+    assert (await _evidence(_case([]))).detail == "no evidence was sealed (containment seals it)"
+    bundle.write_bytes(b"swapped")
+    changed = await _evidence(_case([sealed]))
+    assert (changed.passed, changed.detail) == (False, f"{bundle} no longer matches its recorded sha256")
+    bundle.unlink()
+    assert (await _evidence(_case([sealed]))).detail == f"{bundle} is missing"
