@@ -71,9 +71,34 @@ def _principals(username: str, roles: tuple[str, ...], groups: tuple[str, ...]) 
     return frozenset((f"user:{username}", AUTHENTICATED, *roles, *(f"group:{g}" for g in groups)))
 
 
+def _message(decision: Decision) -> str:
+    return _MESSAGES.get(decision.reason, "Access denied by policy.")
+
+
 def denial(decision: Decision) -> AccessDenied:
     """The error for a decision that is not an allow (the reason id is also what the access log carries)."""
-    return AccessDenied(_MESSAGES.get(decision.reason, "Access denied by policy."), reason=decision.reason)
+    return AccessDenied(_message(decision), reason=decision.reason)
+
+
+def _decide(
+    principals: frozenset[str],
+    route: str,
+    method: str,
+    path: str,
+    policy: LivePolicy,
+    rec: RequestRecord,
+    sample: DecisionSample | None,
+) -> Decision:
+    """The policy's decision, its time, version and reason noted in ``rec``; the request's shape in
+    ``sample`` unless it is None (the person opted out of policy analytics)."""
+    started = time.perf_counter()
+    decision = policy.authorizer.decide(principals, route, method, path)
+    rec.authz_seconds = time.perf_counter() - started
+    rec.policy_version = decision.version
+    rec.reason = decision.reason
+    if sample is not None:
+        sample.note(principals, route, method, path)
+    return decision
 
 
 def identity_headers(
@@ -116,13 +141,9 @@ def authorize(
         AccessDenied: a deny rule matched, no rule allows it, or no policy is loaded (403).
     """
     principals = principals_of(session)
-    started = time.perf_counter()
-    decision = policy.authorizer.decide(principals, route, method, path)
-    rec.authz_seconds = time.perf_counter() - started
-    rec.policy_version = decision.version
-    rec.reason = decision.reason
-    if POLICY_ANALYTICS not in session.optout:
-        sample.note(principals, route, method, path)
+    decision = _decide(
+        principals, route, method, path, policy, rec, None if POLICY_ANALYTICS in session.optout else sample
+    )
     if not decision.allowed:
         raise denial(decision)
     roles = policy.roles_for(principals)
@@ -167,16 +188,9 @@ def authorize_client(
             RFC 6750 ``insufficient_scope`` challenge).
     """
     principals = client.principals
-    started = time.perf_counter()
-    decision = policy.authorizer.decide(principals, route, method, path)
-    rec.authz_seconds = time.perf_counter() - started
-    rec.policy_version = decision.version
-    rec.reason = decision.reason
-    sample.note(principals, route, method, path)
+    decision = _decide(principals, route, method, path, policy, rec, sample)
     if not decision.allowed:
-        raise InsufficientScope(
-            _MESSAGES.get(decision.reason, "Access denied by policy."), reason=decision.reason
-        )
+        raise InsufficientScope(_message(decision), reason=decision.reason)
     roles = policy.roles_for(principals)
     assertion = signer.assertion_for_client(
         client.subject, client.token_id, route, roles, client.expires_at, client_id=client.client_id
