@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
@@ -24,7 +25,7 @@ from gateway.response.phases import TITLES, Phase, check_move
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import Incident, new_incident_id, parse_incident_id, severity
 
-__all__ = ["SEVERITIES", "CaseNotFound", "CaseView", "Cases", "EntryView"]
+__all__ = ["SEVERITIES", "CaseNotFound", "CaseView", "Cases", "EntryView", "detection_ids"]
 
 SEVERITIES: Final = ("low", "medium", "high", "critical")
 # A detection joins an open incident of the same rule and person/address opened this recently.
@@ -123,6 +124,23 @@ def _clean(text: str, what: str, *, required: bool = False, limit: int = _MAX_TE
     return text
 
 
+def detection_ids(entries: Iterable[EntryView]) -> list[str]:
+    """The detections that raised or joined the incident (its ``detection`` entries), sorted."""
+    return sorted({str(e.details["detection"]) for e in entries if e.kind == "detection"})
+
+
+def _check_severity(severity_: str) -> None:
+    if severity_ not in SEVERITIES:
+        raise BadRequest(f"Unknown severity {severity_[:20]!r}; use one of {', '.join(SEVERITIES)}.")
+
+
+async def _load(session: AsyncSession, case_id: str) -> IncidentCase:
+    row = await session.get(IncidentCase, case_id)
+    if row is None:
+        raise CaseNotFound(f"There is no incident record {case_id!r}.")
+    return row
+
+
 def _merge(existing: str, more: Iterable[str]) -> str:
     items = list(json.loads(existing))
     for item in more:
@@ -177,8 +195,7 @@ class Cases:
         Raises:
             BadRequest: an empty title, an unknown severity, text too long.
         """
-        if severity_ not in SEVERITIES:
-            raise BadRequest(f"Unknown severity {severity_[:20]!r}; use one of {', '.join(SEVERITIES)}.")
+        _check_severity(severity_)
         now = self.clock.now()
         row = IncidentCase(
             id=incident_id or new_incident_id(), title=_clean(title, "The title", required=True, limit=200),
@@ -261,10 +278,7 @@ class Cases:
     async def _row(self, case_id: str) -> IncidentCase:
         async with self._db.session() as session:
             with store_errors("cannot read the incident"):
-                row = await session.get(IncidentCase, case_id)
-        if row is None:
-            raise CaseNotFound(f"There is no incident record {case_id!r}.")
-        return row
+                return await _load(session, case_id)
 
     async def latest(self, limit: int = 50, *, open_only: bool = False) -> list[CaseView]:
         """The newest incidents first."""
@@ -298,9 +312,7 @@ class Cases:
         note = _clean(note, "The note")
         async with self._db.session(write=True) as session:
             with store_errors("cannot change the incident's phase"):
-                row = await session.get(IncidentCase, parse_incident_id(case_id))
-                if row is None:
-                    raise CaseNotFound(f"There is no incident record {case_id!r}.")
+                row = await _load(session, parse_incident_id(case_id))
                 before = Phase(row.phase)
                 check_move(before, target)
                 now = self.clock.now()
@@ -339,14 +351,12 @@ class Cases:
         lessons: str | None = None,
     ) -> CaseView:
         """Change the owner, severity, root cause or lessons; add affected users, routes, addresses."""
-        if severity_ is not None and severity_ not in SEVERITIES:
-            raise BadRequest(f"Unknown severity {severity_[:20]!r}; use one of {', '.join(SEVERITIES)}.")
+        if severity_ is not None:
+            _check_severity(severity_)
         changed: dict[str, object] = {}
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the incident"):
-                row = await session.get(IncidentCase, parse_incident_id(case_id))
-                if row is None:
-                    raise CaseNotFound(f"There is no incident record {case_id!r}.")
+                row = await _load(session, parse_incident_id(case_id))
                 if owner is not None:
                     row.owner = changed["owner"] = _clean(owner, "The owner", limit=200)
                 if severity_ is not None:
@@ -380,9 +390,7 @@ class Cases:
         """Append a sealed evidence bundle's description to the record."""
         async with self._db.session(write=True) as session:
             with store_errors("cannot record the evidence"):
-                row = await session.get(IncidentCase, case_id)
-                if row is None:
-                    raise CaseNotFound(f"There is no incident record {case_id!r}.")
+                row = await _load(session, case_id)
                 row.evidence = json.dumps([*json.loads(row.evidence), sealed])
                 row.updated_at = self.clock.now()
                 await session.commit()

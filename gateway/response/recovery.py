@@ -35,7 +35,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.observe.readiness import Component, ReadinessMonitor, assess, sessions_needed
 from gateway.observe.replicas import ReplicaRegistry
-from gateway.response.cases import Cases, CaseView, EntryView
+from gateway.response.cases import Cases, CaseView, EntryView, detection_ids
 from gateway.settings.schema import Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
@@ -224,10 +224,10 @@ async def _evidence(case: CaseView) -> RecoveryCheck:
 async def _containment(
     entries: Sequence[EntryView], clock: Clock, detections: IncidentStore
 ) -> RecoveryCheck:
-    ids = {str(e.details["detection"]) for e in entries if e.kind == "detection"}
+    ids = detection_ids(entries)
     now = clock.time()
     standing: list[str] = []
-    for incident_id in sorted(ids):
+    for incident_id in ids:
         incident = await detections.get(incident_id)
         if incident is None:
             continue

@@ -24,7 +24,7 @@ from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService
 from gateway.identity.sessions import SessionStore
 from gateway.response.actions import ActionResult, parse_account_action, record_action, run_account_action
-from gateway.response.cases import Cases, CaseView
+from gateway.response.cases import Cases, CaseView, detection_ids
 from gateway.response.evidence import seal_evidence
 from gateway.response.notification import DEFAULT_WHAT_TO_DO, Notified, notify_affected
 from gateway.response.phases import Phase, check_move, parse_phase
@@ -190,9 +190,7 @@ class Workflow:
             state=self.fast, audit=self.audit, accounts=self.accounts, sessions=self.sessions,
             clock=self.cases.clock,
         )  # fmt: skip
-        ids = sorted(
-            {str(e.details["detection"]) for e in await self.cases.entries(case.id) if e.kind == "detection"}
-        )
+        ids = detection_ids(await self.cases.entries(case.id))
         lifted = [i for i in ids if await responder.lift(i, actor=actor) is not None]
         await record_action(
             self.cases, self.audit, case.id, actor, "lift",
