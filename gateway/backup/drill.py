@@ -49,10 +49,12 @@ from gateway.store.db import Database, default_sqlite_url
 
 __all__ = [
     "Check",
+    "CheckFn",
     "DrillReport",
-    "interrupt",
+    "audit_chain",
+    "checker",
+    "in_node",
     "node_config",
-    "node_config_file",
     "run_drill",
     "serve_and_use",
 ]
@@ -65,6 +67,10 @@ DRILL_USER = "dr-drill"
 
 
 STEPS = ("verify", "restore", "start", "sign_in", "audit_chain")
+
+Progress = Callable[[str], None]
+# Records one step: its name, its problem (None: passed) and what passing means; True when it passed.
+CheckFn = Callable[[str, str | None, str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +202,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def node_config_file(beside: Path, fallback: Path, doc: str) -> Iterator[Path]:
+def _node_config_file(beside: Path, fallback: Path, doc: str) -> Iterator[Path]:
     """The node's config file, written beside the live one and removed after.
 
     Relative paths in a config (a policy file, ``${file:…}``) start at its directory, so the copy
@@ -281,8 +287,9 @@ def sign_in(port: int, username: str, password: str) -> str | None:
     return None if "location" in headers else "the sign-in answered without a next step"
 
 
-async def _audit_chain(db_file: Path, keyring: Keyring) -> str | None:
-    db = Database.open(default_sqlite_url(db_file.parent), pool_size=1)
+async def audit_chain(url: str, keyring: Keyring) -> str | None:
+    """Why the restored node's audit trail at ``url`` does not verify with the keyring; None when it does."""
+    db = Database.open(url, pool_size=1)
     try:
         report = await verify_database(db, keyring=keyring)
     finally:
@@ -325,7 +332,7 @@ def run_drill(
     *,
     port: int | None = None,
     keep: bool = False,
-    progress: Callable[[str], None] = lambda _line: None,
+    progress: Progress = lambda _line: None,
 ) -> DrillReport:
     """Run every step of the drill on ``backup``; the report names each check (first failure ends it).
 
@@ -336,12 +343,27 @@ def run_drill(
     main thread, outside an event loop.
     """
     report = DrillReport(backup_id=backup.name, backup_path=str(backup))
+
+    def steps(node_dir: Path) -> None:
+        _steps(report, backup, live_config, keyring_file, keyring, node_dir, port, checker(report, progress))
+
+    return in_node(report, steps, keep=keep)
+
+
+def in_node(
+    report: DrillReport, steps: Callable[[Path], None], *, keep: bool, mode: int = 0o700
+) -> DrillReport:
+    """Run ``steps`` in a new temporary node directory (``mode``), removed after unless ``keep``.
+
+    SIGTERM is turned into ``KeyboardInterrupt`` meanwhile, so a stopped drill still stops its node on
+    the way out; an interrupted drill ends with a failed ``interrupted`` check.
+    """
     node_dir = Path(tempfile.mkdtemp(prefix="gateway-drill-"))
-    os.chmod(node_dir, 0o700)
+    os.chmod(node_dir, mode)
     report.node_dir = str(node_dir)
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _steps(report, backup, live_config, keyring_file, keyring, node_dir, port, progress)
+        steps(node_dir)
     except KeyboardInterrupt:
         report.checks.append(Check("interrupted", False, "the drill was interrupted; the node was stopped"))
     finally:
@@ -351,9 +373,20 @@ def run_drill(
     return report
 
 
-def interrupt(_signum: int, _frame: object) -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
     # A stopped drill must still stop its node: SIGTERM unwinds like Ctrl-C through every finally.
     raise KeyboardInterrupt
+
+
+def checker(report: DrillReport, progress: Progress) -> CheckFn:
+    """The function the steps record their checks with: into ``report``, and one progress line each."""
+
+    def check(name: str, problem: str | None, ok: str) -> bool:
+        report.checks.append(Check(name, problem is None, problem or ok))
+        progress(f"{name}: {'ok' if problem is None else 'FAILED'} - {problem or ok}")
+        return problem is None
+
+    return check
 
 
 def _steps(
@@ -364,13 +397,8 @@ def _steps(
     keyring: Keyring,
     node_dir: Path,
     port: int | None,
-    progress: Callable[[str], None],
+    check: CheckFn,
 ) -> None:
-    def check(name: str, problem: str | None, ok: str) -> bool:
-        report.checks.append(Check(name, problem is None, problem or ok))
-        progress(f"{name}: {'ok' if problem is None else 'FAILED'} - {problem or ok}")
-        return problem is None
-
     try:
         verified = asyncio.run(verify_backup(backup, keyring))
     except BackupError as exc:
@@ -397,29 +425,40 @@ def _steps(
     check("restore", None, f"into {data_dir}")
 
     report.port = port or free_port()
-    cwd = live_config.resolve().parent
-    doc = yaml.safe_dump(node_config(live_config, data_dir, report.port, keyring_file))
-    # A copy stays with the node, for ``--keep``: what it ran on (relative paths as seen beside the live file).
-    kept = node_dir / "gateway.yaml"
-    kept.write_text(doc)
-    kept.chmod(0o600)
-    with node_config_file(cwd, node_dir, doc) as config:
-        serve_and_use(report, config, node_dir, cwd, started, check)
+    raw = node_config(live_config, data_dir, report.port, keyring_file)
+    serve_and_use(report, raw, node_dir, live_config.resolve().parent, started, check)
     if report.failed:
         return
-    problem = asyncio.run(_audit_chain(restored.database, keyring))
+    problem = asyncio.run(audit_chain(default_sqlite_url(data_dir), keyring))
     check("audit_chain", problem, "the restored trail verifies with the keyring")
 
 
 def serve_and_use(
-    report: DrillReport,
-    config: Path,
-    node_dir: Path,
-    cwd: Path,
-    started: float,
-    check: Callable[[str, str | None, str], bool],
+    report: DrillReport, raw: dict[str, Any], node_dir: Path, cwd: Path, started: float, check: CheckFn
 ) -> None:
-    """Start the node, wait until it is ready (RTO), then sign the drill account in; always stop it."""
+    """Start the node on the configuration ``raw``, wait until it is ready (RTO), then sign the drill
+    account in; always stop it.
+
+    The configuration is written beside the live one (``cwd``: relative paths mean the same there) and
+    removed after; a copy stays with the node for ``--keep``. Both are 0600 from the start: the copy
+    may hold the live database URL's password.
+    """
+    assert report.port is not None
+    doc = yaml.safe_dump(raw)
+    _write_private(node_dir / "gateway.yaml", doc)
+    with _node_config_file(cwd, node_dir, doc) as config:
+        _serve_and_use(report, config, node_dir, cwd, started, check)
+
+
+def _write_private(path: Path, doc: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(doc)
+
+
+def _serve_and_use(
+    report: DrillReport, config: Path, node_dir: Path, cwd: Path, started: float, check: CheckFn
+) -> None:
     assert report.port is not None
     with _serving(config, node_dir / "gateway.log", cwd) as proc:
         problem = _wait_ready(report.port, proc, READY_TIMEOUT)

@@ -26,27 +26,25 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from gateway.audit.chain import verify_database
 from gateway.backup.drill import (
-    Check,
+    CheckFn,
     DrillReport,
+    Progress,
+    checker,
     free_port,
-    interrupt,
+    in_node,
     node_config,
-    node_config_file,
     serve_and_use,
 )
 from gateway.backup.manifest import BackupError
@@ -63,9 +61,6 @@ __all__ = ["PG_STEPS", "find_pg_ctl", "run_pg_drill"]
 PG_STEPS = ("verify", "restore", "start_database", "start", "sign_in", "audit_chain")
 # Recovery of a day's WAL on a small database takes seconds; a large one is what this bound reports.
 RECOVERY_TIMEOUT = 600.0
-
-Progress = Callable[[str], None]
-CheckFn = Callable[[str, str | None, str], bool]
 
 
 def find_pg_ctl() -> Path | None:
@@ -175,20 +170,13 @@ def run_pg_drill(
 ) -> DrillReport:
     """Every step of the PostgreSQL drill (see the module docstring); synchronous, as ``run_drill``."""
     report = DrillReport(backup_id="", backup_path=f"pgbackrest stanza {pg.stanza}", steps=PG_STEPS)
-    node_dir = Path(tempfile.mkdtemp(prefix="gateway-drill-"))
+    check = checker(report, progress)
+
+    def steps(node_dir: Path) -> None:
+        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, check)
+
     # The cluster's owner must reach its directories inside; nobody may list this one.
-    os.chmod(node_dir, 0o711 if pg.os_user else 0o700)
-    report.node_dir = str(node_dir)
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, progress)
-    except KeyboardInterrupt:
-        report.checks.append(Check("interrupted", False, "the drill was interrupted; the node was stopped"))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if not keep:
-            shutil.rmtree(node_dir, ignore_errors=True)
-    return report
+    return in_node(report, steps, keep=keep, mode=0o711 if pg.os_user else 0o700)
 
 
 def _steps(
@@ -200,13 +188,8 @@ def _steps(
     keyring: Keyring,
     node_dir: Path,
     port: int | None,
-    progress: Progress,
+    check: CheckFn,
 ) -> None:
-    def check(name: str, problem: str | None, ok: str) -> bool:
-        report.checks.append(Check(name, problem is None, problem or ok))
-        progress(f"{name}: {'ok' if problem is None else 'FAILED'} - {problem or ok}")
-        return problem is None
-
     pg_ctl = find_pg_ctl()
     try:
         if pg_ctl is None:
@@ -266,17 +249,11 @@ def _gateway_steps(
     check: CheckFn,
 ) -> None:
     report.port = port or free_port()
-    cwd = live_config.resolve().parent
     raw = node_config(live_config, node_dir / "data", report.port, keyring_file)
-    # The one place the restored cluster is named; the file is 0600 and removed after (kept: 0600
-    # in the 0700 node directory), as the password of the live URL may be in it.
+    # The one place the restored cluster is named (serve_and_use writes the file 0600: the password
+    # of the live URL may be in it).
     raw["storage"] = {**raw["storage"], "url": node_url}
-    doc = yaml.safe_dump(raw)
-    kept = node_dir / "gateway.yaml"
-    kept.write_text(doc)
-    kept.chmod(0o600)
-    with node_config_file(cwd, node_dir, doc) as config:
-        serve_and_use(report, config, node_dir, cwd, started, check)
+    serve_and_use(report, raw, node_dir, live_config.resolve().parent, started, check)
     if report.failed:
         return
     problem, newest = asyncio.run(_audit(node_url, keyring))
