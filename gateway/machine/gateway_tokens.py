@@ -32,7 +32,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.machine.background import BackgroundWrites
 from gateway.machine.models import ApiToken, ServiceAccount
-from gateway.machine.tokens import REVOCATION_CHANNEL, hash_token, is_gateway_token, prefix_of
+from gateway.machine.tokens import REVOCATION_CHANNEL, hash_token, is_gateway_token
 from gateway.machine.verifier import TokenOutOfScope, TokenRefused, VerifiedToken
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState
@@ -229,8 +229,3 @@ class GatewayTokens:
             listening=self._listening, wake_every=self._cache_ttl, retry_delay=retry_delay,
             what="token revocation",
         )  # fmt: skip
-
-
-def token_id_of(token: str) -> str:
-    """The public id of a token of the gateway's shape, for a log line ("" for anything else)."""
-    return prefix_of(token) if is_gateway_token(token) else ""
