@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Row, Select, Update, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.chain import ERASABLE_VERSION, ChainRecord, append_locked, chain_lock
 from gateway.audit.chain_key import ChainKeys
@@ -58,6 +59,7 @@ __all__ = [
     "ErasureRefused",
     "ErasureResult",
     "Expiring",
+    "actor_spellings",
     "erase_expired",
     "erase_person",
     "expiring",
@@ -73,6 +75,11 @@ _ACTOR_PREFIXES: Final = ("user:", "admin:", "")
 #: reader tells a retention erasure from a person's (whose pseudonym is 12 random hex digits), and
 #: one, because the records it erases name many people and must not be linkable to each other.
 EXPIRED_PSEUDONYM: Final = "0"
+
+
+def actor_spellings(username: str) -> frozenset[str]:
+    """The ``actor`` values that name ``username``: ``user:NAME``, ``admin:NAME`` and ``NAME``."""
+    return frozenset(prefix + username for prefix in _ACTOR_PREFIXES)
 
 
 class ErasureRefused(GatewayError):
@@ -95,6 +102,10 @@ class ErasureResult:
     erased: tuple[int, ...]
     fields: int
     kept_legacy: int
+
+
+def _malformed(row: ChainRecord, exc: ErasureFormatError) -> ErasureRefused:
+    return ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +148,7 @@ def _fields_to_erase(row: ChainRecord, username: str, actors: frozenset[str]) ->
     try:
         already = parse_erased(row.erased)
     except ErasureFormatError as exc:
-        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+        raise _malformed(row, exc) from None
     return tuple(f for f in ("actor", "subject", "ip", "details") if f in wanted and f not in already)
 
 
@@ -177,8 +188,8 @@ async def erase_person(
     """
     if not username:
         raise ValueError("erasure needs a username")
-    tombstone = erased_value(pseudonym)
-    actors = frozenset(prefix + username for prefix in _ACTOR_PREFIXES)
+    erased_value(pseudonym)  # a malformed pseudonym is refused before anything is read
+    actors = actor_spellings(username)
     query = (
         select(AuditEvent)
         .where(or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actors))))
@@ -195,14 +206,10 @@ async def erase_person(
                 fields = _fields_to_erase(row, username, actors)
                 if fields:
                     plans.append(_Plan(row, fields))
-            seqs = tuple(plan.row.seq for plan in plans)
-            claim = ErasureClaim(request_ref, pseudonym, len(seqs), seqs_digest(seqs))
-            draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
-            record = await append_locked(conn, keys, draft)
-            for plan in plans:
-                await conn.execute(_erasing(plan, tombstone, record.seq))
-    _mirror(record)
-    return ErasureResult(record, seqs, sum(len(plan.fields) for plan in plans), kept_legacy)
+            record = await _erase_locked(
+                conn, keys, plans, at=at, actor=actor, request_ref=request_ref, pseudonym=pseudonym
+            )
+    return _result(record, plans, kept_legacy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +242,10 @@ def _expired_plans(rows: list[ChainRecord], spare: frozenset[str]) -> tuple[list
     """The records older than the cutoff that lose fields, and what the legal holds spare."""
     plans: list[_Plan] = []
     spared: dict[str, int] = {}
+    # Built once, not per record: a daily run reads every record of the day.
+    held = [(name, actor_spellings(name)) for name in sorted(spare)]
     for row in rows:
-        named = next((n for n in sorted(spare) if row.subject == n or row.actor in _spellings(n)), None)
+        named = next((n for n, actors in held if row.subject == n or row.actor in actors), None)
         if named is not None:
             spared[named] = spared.get(named, 0) + 1
             continue
@@ -246,16 +255,12 @@ def _expired_plans(rows: list[ChainRecord], spare: frozenset[str]) -> tuple[list
     return plans, spared
 
 
-def _spellings(username: str) -> frozenset[str]:
-    return frozenset(prefix + username for prefix in _ACTOR_PREFIXES)
-
-
 def _expired_fields(row: ChainRecord) -> tuple[str, ...]:
     """Every personal field of ``row`` still salted (an erasure record's details excepted)."""
     try:
         salted = parse_salts(row.salts)
     except ErasureFormatError as exc:
-        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+        raise _malformed(row, exc) from None
     if row.kind == ERASURE_KIND:
         salted.pop("details", None)  # the claim that backs an earlier erasure must stay readable
     return tuple(f for f in ("actor", "subject", "ip", "details") if f in salted)
@@ -311,7 +316,6 @@ async def erase_expired(
         ErasureRefused: A record to erase has malformed salts or erased fields; nothing was written.
         StoreUnavailable: The database cannot be reached or refused the write.
     """
-    tombstone = erased_value(EXPIRED_PSEUDONYM)
     with store_errors("audit trail"):
         async with chain_lock(db) as conn:
             rows = [_record(row) for row in (await conn.execute(_expired_query(before))).all()]
@@ -319,14 +323,40 @@ async def erase_expired(
             done = Expiring(tuple((plan.row.seq, plan.row.at) for plan in plans), spared)
             if not plans:
                 return None, done
-            seqs = tuple(plan.row.seq for plan in plans)
-            claim = ErasureClaim(request_ref, EXPIRED_PSEUDONYM, len(seqs), seqs_digest(seqs))
-            draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
-            record = await append_locked(conn, keys, draft)
-            for plan in plans:
-                await conn.execute(_erasing(plan, tombstone, record.seq))
+            record = await _erase_locked(
+                conn, keys, plans, at=at, actor=actor, request_ref=request_ref, pseudonym=EXPIRED_PSEUDONYM
+            )
+    return _result(record, plans, 0), done
+
+
+async def _erase_locked(
+    conn: AsyncConnection,
+    keys: ChainKeys,
+    plans: list[_Plan],
+    *,
+    at: datetime,
+    actor: str,
+    request_ref: str,
+    pseudonym: str,
+) -> ChainRecord:
+    """Append the erasure record backing ``plans`` and erase their fields, on a connection holding
+    :func:`~gateway.audit.chain.chain_lock` (one transaction: the record and its erasures go together)."""
+    tombstone = erased_value(pseudonym)
+    seqs = tuple(plan.row.seq for plan in plans)
+    claim = ErasureClaim(request_ref, pseudonym, len(seqs), seqs_digest(seqs))
+    draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
+    record = await append_locked(conn, keys, draft)
+    for plan in plans:
+        await conn.execute(_erasing(plan, tombstone, record.seq))
+    return record
+
+
+def _result(record: ChainRecord, plans: list[_Plan], kept_legacy: int) -> ErasureResult:
+    """The result of a committed erasure, mirrored to the ``gateway.audit`` log as every record is."""
     _mirror(record)
-    return ErasureResult(record, seqs, sum(len(plan.fields) for plan in plans), 0), done
+    return ErasureResult(
+        record, tuple(plan.row.seq for plan in plans), sum(len(plan.fields) for plan in plans), kept_legacy
+    )
 
 
 def _erasing(plan: _Plan, tombstone: str, by: int) -> Update:
@@ -335,7 +365,7 @@ def _erasing(plan: _Plan, tombstone: str, by: int) -> Update:
     try:
         salts, erased = parse_salts(row.salts), parse_erased(row.erased)
     except ErasureFormatError as exc:
-        raise ErasureRefused(f"audit record seq {row.seq}: {exc}; run `gateway audit verify`") from None
+        raise _malformed(row, exc) from None
     values = row.personal()
     for field in plan.fields:
         salt = salts.pop(field, None)
