@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from gateway.audit.chain_key import ChainKeys
-from gateway.audit.erase import erase_person
+from gateway.audit.erase import actor_spellings, erase_person
 from gateway.audit.trail import AuditLog
 from gateway.authz.models import PolicyProposalRow, PolicyVersion
 from gateway.authz.sample import DecisionSample
@@ -143,7 +143,7 @@ class Eraser:
             return Held(hold.reference)
         pseudonym = new_pseudonym()
         tombstone = f"[erased:{pseudonym}]"
-        if actor in (user.username, f"user:{user.username}", f"admin:{user.username}"):
+        if actor in actor_spellings(user.username):
             # Self-service erasure: the records of it must not name the person either.
             actor = tombstone
         now = self._clock.now()
@@ -205,7 +205,7 @@ class Eraser:
                 await session.commit()
 
     async def _pseudonymise_policy_history(self, username: str, tombstone: str) -> None:
-        names = [username, f"user:{username}", f"admin:{username}"]
+        names = sorted(actor_spellings(username))
         async with self._db.session() as session:
             with store_errors("cannot pseudonymise the policy history"):
                 await session.execute(

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from sqlalchemy import or_, select
 
+from gateway.audit.erase import actor_spellings
 from gateway.audit.models import AuditEvent
 from gateway.authz.models import DecisionSampleRow
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
@@ -44,10 +45,7 @@ def _iso(at: datetime | float | None) -> str | None:
 
 def audit_filter(username: str) -> Any:
     """The audit events about or by ``username`` (as subject, or as the acting user or admin)."""
-    return or_(
-        AuditEvent.subject == username,
-        AuditEvent.actor.in_([f"user:{username}", f"admin:{username}", username]),
-    )
+    return or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actor_spellings(username))))
 
 
 def _account(user: User) -> dict[str, Any]:
