@@ -19,7 +19,8 @@ __all__ = ["resolve_paths"]
 def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     """Return ``settings`` with relative filesystem paths made absolute against ``base_dir``.
 
-    Covers ``data_dir``, the TLS certificate and key, the routes' ``upstream_tls`` files, and a
+    Covers ``data_dir``, the TLS certificate and key, the routes' ``upstream_tls`` files, the CA files
+    of ``tracing`` and ``notify.smtp``, ``backup.directory`` and its directory ``targets``, and a
     relative ``sqlite+aiosqlite:///`` URL.
     Idempotent: absolute paths are only normalised, so resolving twice changes nothing.
 
@@ -33,8 +34,12 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     base = os.path.abspath(base_dir)
 
     def absolute(value: str) -> str:
-        # An empty value stays empty so the semantic check can name it instead of silently meaning base.
-        return os.path.normpath(os.path.join(base, value)) if value else value
+        # An empty (or blank) value stays as written so the semantic check can name it instead of
+        # silently meaning base.
+        return os.path.normpath(os.path.join(base, value)) if value.strip() else value
+
+    def maybe(value: str | None) -> str | None:
+        return absolute(value) if value is not None else None
 
     tls = settings.tls
     if tls is not None:
@@ -54,10 +59,19 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
         for sink in settings.logging.sinks
     )
     routes = tuple(
-        msgspec.structs.replace(route, upstream_tls=_absolute_upstream_tls(route.upstream_tls, absolute))
+        msgspec.structs.replace(route, upstream_tls=_absolute_upstream_tls(route.upstream_tls, maybe))
         if route.upstream_tls is not None
         else route
         for route in settings.routes
+    )
+    smtp = settings.notify.smtp
+    if smtp is not None:
+        smtp = msgspec.structs.replace(smtp, ca_file=maybe(smtp.ca_file))
+    backup = msgspec.structs.replace(
+        settings.backup,
+        directory=maybe(settings.backup.directory),
+        # rclone:<remote>:<path> names a remote, not a file here.
+        targets=tuple(t if t.startswith("rclone:") else absolute(t) for t in settings.backup.targets),
     )
     return msgspec.structs.replace(
         settings,
@@ -67,6 +81,9 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
         storage=storage,
         policy=policy,
         logging=msgspec.structs.replace(settings.logging, sinks=sinks),
+        tracing=msgspec.structs.replace(settings.tracing, ca_file=maybe(settings.tracing.ca_file)),
+        notify=msgspec.structs.replace(settings.notify, smtp=smtp),
+        backup=backup,
         threat=msgspec.structs.replace(
             settings.threat,
             block_lists=tuple(absolute(f) for f in settings.threat.block_lists),
@@ -79,10 +96,7 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     )
 
 
-def _absolute_upstream_tls(tls: UpstreamTls, absolute: Callable[[str], str]) -> UpstreamTls:
-    def maybe(value: str | None) -> str | None:
-        return absolute(value) if value is not None else None
-
+def _absolute_upstream_tls(tls: UpstreamTls, maybe: Callable[[str | None], str | None]) -> UpstreamTls:
     return msgspec.structs.replace(
         tls, certificate=maybe(tls.certificate), key=maybe(tls.key), ca_file=maybe(tls.ca_file)
     )

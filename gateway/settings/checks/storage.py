@@ -30,7 +30,7 @@ _REDIS_SCHEMES: Final = (
 
 def check_stores(settings: Settings, report: Report) -> None:
     """The data directory, the database and Redis URLs, and the embedded state's mode."""
-    if not settings.data_dir:
+    if not settings.data_dir.strip():
         report.add(
             ("data_dir",), "must not be empty; set a directory the gateway may write, e.g. /var/lib/gateway"
         )

@@ -230,6 +230,35 @@ def test_a_relative_config_path_is_resolved_too(config_dir: Path, monkeypatch: p
     assert settings.tls.key == str(config_dir / "tls" / "key.pem")
 
 
+def test_every_file_and_directory_setting_resolves_against_the_config_directory(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: "Relative paths are resolved against the config file's directory" (every process reads
+    # the same file, whatever its working directory).
+    (tmp_path / "ca.pem").write_text("ca")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    text = (
+        "public_url: https://auth.example.com\n"
+        "tracing: {ca_file: ca.pem}\n"
+        "notify: {smtp: {host: smtp.example.com, sender: gw@example.com, ca_file: ./ca.pem}}\n"
+        "backup: {directory: backups, targets: [copies/one, 'rclone:offsite:gateway']}\n"
+    )
+
+    settings = parse_settings(text, base_dir=tmp_path)
+
+    assert settings.tracing.ca_file == str(tmp_path / "ca.pem")
+    assert settings.notify.smtp is not None
+    assert settings.notify.smtp.ca_file == str(tmp_path / "ca.pem")
+    assert settings.backup.directory == str(tmp_path / "backups")
+    assert settings.backup.targets == (str(tmp_path / "copies" / "one"), "rclone:offsite:gateway")
+    assert resolve_paths(settings, Path("/somewhere/else")) == settings
+
+
+def test_a_blank_path_is_left_for_its_check_to_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"backup\.directory: must not be empty"):
+        parse_settings("public_url: https://auth.example.com\nbackup: {directory: '  '}\n", base_dir=tmp_path)
+
+
 def test_path_resolution_is_idempotent(config_dir: Path) -> None:
     settings = load_settings(config_dir / "gateway.yaml", environ={"CORP_SECRET": "x"})
 
