@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from gateway.settings.checks.notify import is_loopback
 from gateway.settings.checks.values import TOKEN, require_positive, url_problem
 from gateway.settings.report import Report
 from gateway.settings.schema import Settings
+from gateway.settings.store_tls import is_loopback
 
 __all__ = ["check_tracing"]
 
