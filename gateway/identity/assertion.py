@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from gateway.clock import Clock
-from gateway.crypto.signing import ALGORITHM, KeySet, SigningUnavailable
+from gateway.crypto.signing import ALGORITHM, KeySet, PublishedKey, SigningUnavailable
 from gateway.errors import GatewayError
 from gateway.identity.levels import SECOND_FACTORS, AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
@@ -75,6 +75,13 @@ def amr_for(level: AuthLevel, factors: Sequence[FactorUse]) -> tuple[str, ...]:
 
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _private_half(key: PublishedKey) -> ec.EllipticCurvePrivateKey:
+    private = key.private_key
+    if private is None:
+        raise SigningUnavailable(f"the private half of signing key {key.kid} is not available")
+    return private
 
 
 class _Cached(msgspec.Struct, frozen=True, gc=False):
@@ -181,18 +188,10 @@ class AssertionSigner:
             and hit.factors == session.factors
         ):
             return hit.token
-        private = key.private_key
-        if private is None:
-            raise SigningUnavailable(f"the private half of signing key {key.kid} is not available")
         iat = int(now)
         exp = iat + self._ttl
-        token = self._sign(private, key.kid, session, route_name, email, roles, iat, exp)
-        cache = self._cache
-        if self._cache_size:
-            cache.pop(cache_key, None)
-            while len(cache) >= self._cache_size:
-                del cache[next(iter(cache))]
-            cache[cache_key] = _Cached(token, iat, exp, email, roles, session.factors)
+        token = self._sign(_private_half(key), key.kid, session, route_name, email, roles, iat, exp)
+        self._keep(cache_key, _Cached(token, iat, exp, email, roles, session.factors))
         return token
 
     def assertion_for_client(
@@ -227,9 +226,6 @@ class AssertionSigner:
         hit = self._cache.get(cache_key)
         if hit is not None and hit.exp - now >= self._min_left and hit.iat <= now and hit.roles == roles:
             return hit.token
-        private = key.private_key
-        if private is None:
-            raise SigningUnavailable(f"the private half of signing key {key.kid} is not available")
         iat = int(now)
         exp = min(iat + self._ttl, max(iat + 1, int(expires_at)))
         claims: dict[str, object] = {
@@ -237,13 +233,19 @@ class AssertionSigner:
             "roles": list(roles), "amr": [], "gateway_auth": "bearer", "iat": iat, "exp": exp,
             "jti": secrets.token_urlsafe(16),
         }  # fmt: skip
-        token = self._encode_signed(private, key.kid, claims)
-        if self._cache_size:
-            self._cache.pop(cache_key, None)
-            while len(self._cache) >= self._cache_size:
-                del self._cache[next(iter(self._cache))]
-            self._cache[cache_key] = _Cached(token, iat, exp, None, roles, ())
+        token = self._encode_signed(_private_half(key), key.kid, claims)
+        self._keep(cache_key, _Cached(token, iat, exp, None, roles, ()))
         return token
+
+    def _keep(self, cache_key: tuple[str, str, str], cached: _Cached) -> None:
+        """Keep a token for reuse; the oldest goes first when the cache is full."""
+        if not self._cache_size:
+            return
+        cache = self._cache
+        cache.pop(cache_key, None)
+        while len(cache) >= self._cache_size:
+            del cache[next(iter(cache))]
+        cache[cache_key] = cached
 
     def _sign(
         self,
