@@ -16,7 +16,7 @@ from pathlib import Path
 from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest
 from gateway.settings.schema import Settings
 
-__all__ = ["BackupSet", "backup_directory", "list_backups", "prune", "prune_plan"]
+__all__ = ["BackupSet", "backup_directory", "find_backup", "list_backups", "prune", "prune_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,23 @@ def list_backups(directory: Path) -> list[BackupSet]:
         size = sum(p.size for p in manifest.parts)
         found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
+
+
+def find_backup(directory: Path, ref: str | None) -> Path:
+    """A backup given by path or by id (in ``directory``); the newest in ``directory`` without ``ref``.
+
+    Raises:
+        LookupError: No such backup, or none at all (the message says which, for the operator).
+    """
+    if ref is None:
+        backups = list_backups(directory)
+        if not backups:
+            raise LookupError(f"no backups in {directory}; make one with `gateway backup create`")
+        return backups[-1].path
+    for candidate in (Path(ref), directory / ref):
+        if candidate.is_dir():
+            return candidate
+    raise LookupError(f"no backup {ref!r}: neither a directory nor a backup id in {directory}")
 
 
 def _newest_per(sets: list[BackupSet], key: str, count: int) -> set[str]:

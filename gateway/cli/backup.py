@@ -105,18 +105,12 @@ def _directory(settings: Settings) -> Path:
 
 def _resolve(settings: Settings, ref: str | None) -> Path:
     """A backup given by id (in ``backup.directory``) or path; the newest one without."""
-    from gateway.backup.sets import list_backups
+    from gateway.backup.sets import find_backup
 
-    directory = _directory(settings)
-    if ref is None:
-        backups = list_backups(directory)
-        if not backups:
-            raise UserError(f"no backups in {directory}; make one with `gateway backup create`")
-        return backups[-1].path
-    for candidate in (Path(ref), directory / ref):
-        if candidate.is_dir():
-            return candidate
-    raise UserError(f"no backup {ref!r}: neither a directory nor a backup id in {directory}")
+    try:
+        return find_backup(_directory(settings), ref)
+    except LookupError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _summary(manifest: Manifest) -> dict[str, object]:

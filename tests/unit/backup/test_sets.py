@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from gateway.backup.archive import create_backup
-from gateway.backup.sets import list_backups, prune
+from gateway.backup.sets import find_backup, list_backups, prune
 from gateway.clock import FakeClock
 from tests.unit.backup.helpers import make_node
 
@@ -83,3 +85,16 @@ async def test_partial_and_foreign_directories_are_left_alone(tmp_path: Path) ->
         "broken",
         "notes",
     ]
+
+
+async def test_a_backup_is_found_by_id_or_path_and_the_newest_without(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    with pytest.raises(LookupError, match="no backups in"):
+        find_backup(empty, None)
+    directory = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    first, newest = list_backups(directory)
+    assert find_backup(directory, None) == newest.path
+    assert find_backup(directory, first.backup_id) == first.path
+    assert find_backup(empty, str(first.path)) == first.path
+    with pytest.raises(LookupError, match="neither a directory nor a backup id"):
+        find_backup(directory, "20270101T000000Z-000000")
