@@ -72,16 +72,15 @@ async def enforce_lockdown(
         request.trace.enter(Stage.LOCKDOWN)
     session_id = read_cookie(headers, cookie_name)
     session = await sessions.get(session_id) if session_id else None
-    rd = quote(request.original_url(), safe="")
-    if session is None:
-        raise LockedDown(settings, sign_in=f"{public_url}/.gateway/login?rd={rd}")
-    roles = policy.roles_for(principals_of(session))
-    if is_break_glass(
+    if session is not None and is_break_glass(
         session,
         group=settings.break_glass_group,
-        roles=roles,
+        roles=policy.roles_for(principals_of(session)),
         max_factor_age=float(settings.max_factor_age),
         now=now,
     ):
         return
-    raise LockedDown(settings, sign_in=f"{public_url}/.gateway/mfa?need=webauthn&rd={rd}")
+    # Where an administrator goes next: sign in (no session), or prove a passkey (signed in).
+    step = "login?" if session is None else "mfa?need=webauthn&"
+    rd = quote(request.original_url(), safe="")
+    raise LockedDown(settings, sign_in=f"{public_url}/.gateway/{step}rd={rd}")

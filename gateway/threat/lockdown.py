@@ -143,14 +143,12 @@ def is_break_glass(
 class Lockdown:
     """A worker's in-memory copy of the switch; the data plane reads ``state`` and nothing else."""
 
-    __slots__ = ("confirmed_at", "state")
+    __slots__ = ("state",)
 
     def __init__(self, state: LockdownState = OFF) -> None:
         self.state = state
-        # Monotonic time of the last successful read (0: never): how stale the copy may be.
-        self.confirmed_at = 0.0
 
-    def set(self, state: LockdownState, *, at: float) -> None:
+    def set(self, state: LockdownState) -> None:
         if state != self.state:
             logger.warning(
                 "lockdown %s (%s) by %s: %s",
@@ -161,7 +159,6 @@ class Lockdown:
             )
         # One assignment: a request in flight sees the old or the new state, never a mix.
         self.state = state
-        self.confirmed_at = at
 
 
 class LockdownStore:
@@ -236,7 +233,7 @@ class LockdownStore:
         Raises:
             StateUnavailable: the fast state cannot answer (``lockdown`` keeps what it had).
         """
-        lockdown.set(await self.read(), at=self._clock.monotonic())
+        lockdown.set(await self.read())
 
     async def run_listener(self, lockdown: Lockdown, *, refresh_every: float) -> None:
         """Keep ``lockdown`` current: re-read on every broadcast, and every ``refresh_every`` s anyway;

@@ -188,7 +188,7 @@ class Responder:
         subject: str,
         ip: str,
         session: str,
-        rule_name: str = "",
+        rule_name: str,
     ) -> Action | None:
         try:
             if response == "lockdown":
