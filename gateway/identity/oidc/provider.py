@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from authlib.oauth2.auth import ClientAuth
@@ -121,6 +121,17 @@ def _endpoint_ok(url: object, issuer: str) -> bool:
         and urlsplit(issuer).scheme == "http"
         and urlsplit(issuer).hostname in _LOOPBACK
     )
+
+
+def _authenticated(form: str, method: str, client_id: str, secret: str) -> tuple[str, dict[str, str]]:
+    """A form for the token or introspection endpoint with the client's authentication (``method``:
+    client_secret_basic, client_secret_post or none), and the headers to send it with."""
+    if method == "client_secret_basic":
+        # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic (authlib's encoder does not).
+        client_id, secret = quote(client_id, safe=""), quote(secret, safe="")
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    _uri, headers, body = ClientAuth(client_id, secret, method).prepare("POST", "", headers, form)
+    return body, headers
 
 
 def _import_key(data: Mapping[str, Any]) -> Key | None:
@@ -320,15 +331,14 @@ class ProviderClient:
             ProviderUnavailable: no usable answer.
         """
         metadata = await self.metadata()
-        form = prepare_token_request(
-            "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier
+        form, headers = _authenticated(
+            prepare_token_request(
+                "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier
+            ),
+            self.idp.auth_method,
+            self.idp.client_id,
+            self.idp.client_secret or "",
         )
-        method, client_id, secret = self.idp.auth_method, self.idp.client_id, self.idp.client_secret or ""
-        if method == "client_secret_basic":
-            # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic (authlib's encoder does not).
-            client_id, secret = quote(client_id, safe=""), quote(secret, safe="")
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        _uri, headers, form = ClientAuth(client_id, secret, method).prepare("POST", "", headers, form)
         status, body = await self._request(
             "POST", metadata.token_endpoint, what="token request", data=form, headers=headers
         )
@@ -354,11 +364,13 @@ class ProviderClient:
         metadata = await self.metadata()
         if metadata.introspection_endpoint is None:
             raise ProviderUnavailable(f"{self.idp.name}: the provider announces no introspection_endpoint")
-        form = f"token={quote(token, safe='')}&token_type_hint=access_token"
-        # RFC 6749 §2.3.1 / RFC 7662 §2.1: Basic with form-urlencoded id and secret (see exchange_code).
-        basic = ClientAuth(quote(client_id, safe=""), quote(client_secret, safe=""), "client_secret_basic")
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        _uri, headers, form = basic.prepare("POST", "", headers, form)
+        # RFC 7662 §2.1: the gateway authenticates as a client, with client_secret_basic.
+        form, headers = _authenticated(
+            urlencode({"token": token, "token_type_hint": "access_token"}),
+            "client_secret_basic",
+            client_id,
+            client_secret,
+        )
         status, body = await self._request(
             "POST", metadata.introspection_endpoint, what="introspection", data=form, headers=headers
         )

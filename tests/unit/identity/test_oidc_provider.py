@@ -229,6 +229,21 @@ async def test_the_code_exchange_authenticates_the_client_and_sends_the_verifier
     assert "client_secret" not in form
 
 
+async def test_introspection_authenticates_with_basic_and_sends_the_token(provider: FakeProvider) -> None:
+    # The token endpoint's recorder stands in as the introspection endpoint (RFC 7662 §2.1).
+    provider.discovery_overrides = {"introspection_endpoint": f"{provider.url}/token"}
+    provider.token_body = {"active": True, "sub": "svc"}
+    client = ProviderClient(settings(provider), FakeClock())
+    answer = await client.introspect("tok en/+=", client_id="intro:spect", client_secret="p&ss word")
+    assert answer == {"active": True, "sub": "svc"}
+    auth, form = provider.token_requests[-1]
+    assert base64.b64decode(auth.removeprefix("Basic ")).decode() == "intro%3Aspect:p%26ss%20word"
+    assert form == {"token": "tok en/+=", "token_type_hint": "access_token"}
+    provider.token_body = {"sub": "svc"}
+    with pytest.raises(ProviderUnavailable, match="without active"):
+        await client.introspect("t", client_id="c", client_secret="s")
+
+
 async def test_token_endpoint_errors_and_outages_are_told_apart(provider: FakeProvider) -> None:
     client = ProviderClient(settings(provider), FakeClock())
     provider.token_status, provider.token_body = 400, {"error": "invalid_grant"}
