@@ -494,25 +494,18 @@ class SessionStore:
         Raises:
             StateUnavailable: the store cannot answer, or the record kept changing.
         """
-        key = _session_key(id_hash)
-        for _ in range(_CAS_ATTEMPTS):
-            raw = await self._state.get(key)
-            current = decode_session(raw) if raw is not None else None
-            now = self._clock.time()
-            if current is None or current.id_hash != id_hash:
-                return False
-            ttl = self._ttl(current, now)
-            if ttl is None:
-                return False
-            demoted = replace(
+
+        def demoted(current: Session) -> Session:
+            return replace(
                 current,
                 level=min(current.level, AuthLevel.ONE_FACTOR),
                 factors=tuple(f for f in current.factors if f.factor not in SECOND_FACTORS),
             )
-            if await self._state.compare_and_set(key, raw, encode_session(demoted), ttl=ttl):
-                await self._broadcast([id_hash])
-                return True
-        raise StateUnavailable("the session kept changing; the step-up was not applied")
+
+        if not await self._change_in_place(id_hash, demoted, failed="the step-up was not applied"):
+            return False
+        await self._broadcast([id_hash])
+        return True
 
     async def set_optout(self, user_id: int, optout: Sequence[str]) -> int:
         """Give every live session of the user this opt-out, in place (no new id, nothing else changes).
@@ -537,6 +530,11 @@ class SessionStore:
         return await self._update_live(user_id, {"email": email})
 
     async def _update_live(self, user_id: int, fields: dict[str, object]) -> int:
+        def with_fields(current: Session) -> Session | None:
+            if current.user_id != user_id or all(getattr(current, n) == v for n, v in fields.items()):
+                return None
+            return replace(current, **fields)  # type: ignore[arg-type]
+
         seen: set[str] = set()
         changed: list[str] = []
         for _ in range(3):
@@ -545,25 +543,35 @@ class SessionStore:
                 break
             seen.update(ids)
             for id_hash in ids:
-                if await self._replace_fields(id_hash, user_id, fields):
+                if await self._change_in_place(id_hash, with_fields, failed="it was not updated"):
                     changed.append(id_hash)
         await self._broadcast(changed)
         return len(changed)
 
-    async def _replace_fields(self, id_hash: str, user_id: int, fields: dict[str, object]) -> bool:
+    async def _change_in_place(
+        self, id_hash: str, change: Callable[[Session], Session | None], *, failed: str
+    ) -> bool:
+        """Replace a live session's record by ``change(current)`` under the same id, with
+        compare-and-set so a racing touch is never undone; False when the session is gone or
+        ``change`` returns None (nothing to change).
+
+        Raises:
+            StateUnavailable: the store cannot answer, or the record kept changing (``failed`` says
+                what was not done).
+        """
         key = _session_key(id_hash)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._state.get(key)
             current = decode_session(raw) if raw is not None else None
-            if current is None or current.id_hash != id_hash or current.user_id != user_id:
+            if current is None or current.id_hash != id_hash:
                 return False
             ttl = self._ttl(current, self._clock.time())
-            if ttl is None or all(getattr(current, name) == value for name, value in fields.items()):
+            updated = None if ttl is None else change(current)
+            if updated is None:
                 return False
-            updated = encode_session(replace(current, **fields))  # type: ignore[arg-type]
-            if await self._state.compare_and_set(key, raw, updated, ttl=ttl):
+            if await self._state.compare_and_set(key, raw, encode_session(updated), ttl=ttl):
                 return True
-        raise StateUnavailable("the session kept changing; it was not updated")
+        raise StateUnavailable(f"the session kept changing; {failed}")
 
     async def revoke_hash(self, id_hash: str) -> bool:
         """End one session by its id hash (what "my sessions" shows). Returns whether it existed.
