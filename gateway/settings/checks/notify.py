@@ -1,8 +1,9 @@
 """Checks for ``notify``: the SMTP server, the sender address and the notification templates.
 
-The address rule and the loopback test live here because the notifier applies the same rule to every
+The address and header rules live here because the notifier applies the same rules to every
 recipient at send time (``gateway.notify`` imports them): one rule, so a sender the config accepted is
-never refused later, and a recipient is held to what a sender is.
+never refused later, and a recipient is held to what a sender is. Whether a host is loopback is the
+settings' one test (:func:`gateway.settings.store_tls.is_loopback`), as for the stores and tracing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Final
 from gateway.settings.checks.values import NAME_RULE, host_problem
 from gateway.settings.report import KeyPath, Report, quote
 from gateway.settings.schema import TEMPLATE_PLACEHOLDERS, Settings
+from gateway.settings.store_tls import is_loopback
 
-__all__ = ["address_problem", "check_notify", "header_problem", "is_loopback"]
+__all__ = ["address_problem", "check_notify", "header_problem"]
 
 _NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # RFC 5321 dot-atom local part and a DNS domain of at least two labels, ASCII only: no quoted local
@@ -52,16 +54,6 @@ def header_problem(value: str) -> str | None:
     return None
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (traffic that never leaves the machine)."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_notify(settings: Settings, report: Report) -> None:
     """The SMTP server is reachable as written and never in the clear off this machine; the sender is an
     address; every template has a subject and body and refers only to placeholders the notifier fills."""
@@ -84,8 +76,8 @@ def _check_smtp(settings: Settings, report: Report) -> None:
     assert smtp is not None
     at: KeyPath = ("notify", "smtp")
     host = smtp.host.strip("[]")
-    if not _is_ip(host) and host_problem(host):
-        report.add((*at, "host"), f"{report.show((*at, 'host'), smtp.host)} {host_problem(host)}")
+    if not _is_ip(host) and (problem := host_problem(host)):
+        report.add((*at, "host"), f"{report.show((*at, 'host'), smtp.host)} {problem}")
     if smtp.port is not None and not 1 <= smtp.port <= 65535:
         report.add((*at, "port"), f"must be 1-65535; got {smtp.port}")
     if smtp.security == "none" and not is_loopback(host):
