@@ -30,6 +30,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import msgspec
 
+from gateway.audit.erasable import pseudonym_of
 from gateway.errors import ConfigError
 from gateway.observe.redact import is_secret_name, looks_secret
 from gateway.settings.compose import compose, read_document
@@ -95,7 +96,7 @@ def mask_person(name: str) -> str:
     ``bo`` → ``b•••``. An erasure pseudonym (``[erased:…]``) names no one and is kept, as is "".
     The page about one person (a privacy request's) shows the name in full.
     """
-    if not name or (name.startswith("[erased:") and name.endswith("]")):
+    if not name or pseudonym_of(name) is not None:
         return name
     local, at, domain = name.partition("@")
     if at:

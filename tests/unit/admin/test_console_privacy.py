@@ -25,6 +25,8 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
         ("", ""),
         ("[erased:0a1b2c3d4e5f]", "[erased:0a1b2c3d4e5f]"),
         ("[erased:x", "[•••x"),
+        # Only a real tombstone (hex pseudonym) is shown whole: anything else may carry a name.
+        ("[erased:alice]", "[•••]"),
     ],
 )
 def test_a_list_shows_a_name_masked(name: str, shown: str) -> None:
