@@ -61,6 +61,7 @@ class InvalidToken(BearerChallenge, AuthenticationRequired):
     title = "Access token required"
 
     def __init__(self, detail: str, *, error: str = "invalid_token") -> None:
+        """``error=""``: the bare challenge, for a request that sent no token at all (RFC 6750 §3.1)."""
         super().__init__(detail)
         self.challenge = challenge(error, detail)
 
@@ -124,9 +125,9 @@ async def authenticate_bearer(
     """
     if token is None:
         # RFC 6750 §3.1: a request with no credentials gets the bare challenge, no error code.
-        err = InvalidToken("This application takes an access token: send Authorization: Bearer <token>.")
-        err.challenge = challenge()
-        raise err
+        raise InvalidToken(
+            "This application takes an access token: send Authorization: Bearer <token>.", error=""
+        )
     try:
         return await verifiers.verify(token, route=route, ip=ip)
     except TokenOutOfScope as refused:
