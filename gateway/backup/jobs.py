@@ -83,13 +83,7 @@ async def sqlite_backup(
     manifest, path = await asyncio.to_thread(
         create_backup, database, Path(settings.data_dir), directory, keyring, clock, progress
     )
-    details: dict[str, object] = {
-        "backup_id": manifest.backup_id,
-        "created_at": manifest.created_at,
-        "schema_revision": manifest.schema_revision,
-        "audit_head_seq": manifest.audit_head_seq,
-        "parts": {p.name: p.sha256 for p in manifest.parts},
-    }
+    details = manifest.summary()
     if verify:
         # On a thread with its own loop: decrypting and checking a large database is seconds of
         # blocking work that must not stall the requests this worker's loop is serving.

@@ -109,6 +109,16 @@ class Manifest:
         """The part called ``name``, if the backup has one."""
         return next((p for p in self.parts if p.name == name), None)
 
+    def summary(self) -> dict[str, object]:
+        """What an audit record says about the backup: identifiers and hashes, never key material."""
+        return {
+            "backup_id": self.backup_id,
+            "created_at": self.created_at,
+            "schema_revision": self.schema_revision,
+            "audit_head_seq": self.audit_head_seq,
+            "parts": {p.name: p.sha256 for p in self.parts},
+        }
+
     def body(self) -> dict[str, Any]:
         """Everything the signature covers, as JSON-ready values."""
         doc = asdict(self)

@@ -56,7 +56,6 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.backup.jobs import Made
-    from gateway.backup.manifest import Manifest
     from gateway.backup.verify import Verified
     from gateway.settings.schema import PgBackRestSettings, Settings
 
@@ -111,17 +110,6 @@ def _resolve(settings: Settings, ref: str | None) -> Path:
         return find_backup(_directory(settings), ref)
     except LookupError as exc:
         raise UserError(str(exc)) from None
-
-
-def _summary(manifest: Manifest) -> dict[str, object]:
-    # What the audit record says about a backup: identifiers and hashes, never key material.
-    return {
-        "backup_id": manifest.backup_id,
-        "created_at": manifest.created_at,
-        "schema_revision": manifest.schema_revision,
-        "audit_head_seq": manifest.audit_head_seq,
-        "parts": {p.name: p.sha256 for p in manifest.parts},
-    }
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -343,7 +331,7 @@ def _verify(args: argparse.Namespace) -> int:
             await store.audit().record(
                 "backup.verified",
                 actor=operator(),
-                details={**_summary(m), "rows": sum(verified.row_counts.values())},
+                details={**m.summary(), "rows": sum(verified.row_counts.values())},
             )
         return EXIT_OK
 
@@ -394,7 +382,7 @@ def _restore(args: argparse.Namespace) -> int:
             await AuditLog(db, keyring=keyring).record(
                 "backup.restored",
                 actor=operator(),
-                details={**_summary(verified.manifest), "forced": bool(args.force)},
+                details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
         finally:
             await db.close()
