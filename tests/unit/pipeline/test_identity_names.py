@@ -56,3 +56,5 @@ def test_the_snapshot_compiles_the_configured_names() -> None:
     snap = build_snapshot(settings, generation=1, source="test")
     assert snap.identity_names == (b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups")
     assert snap.strip_identity == {b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups"}
+    # A bearer request drops the client's Authorization as well (the token is for the gateway only).
+    assert snap.strip_bearer == snap.strip_identity | {b"authorization"}
