@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from gateway.backup.archive import create_backup
+from gateway.backup.archive import Progress, create_backup
 from gateway.backup.manifest import BackupError
 from gateway.backup.pg_repo import replicate_repository, verify_repository
 from gateway.backup.pgbackrest import BackupType, PgBackRestError
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.backup.sets import backup_directory, prune
 from gateway.backup.snapshot import sqlite_path
-from gateway.backup.targets import replicate_all
+from gateway.backup.targets import Replicated, replicate_all
 from gateway.backup.verify import verify_backup
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
@@ -39,8 +39,6 @@ from gateway.settings.schema import PgBackRestSettings, Settings
 from gateway.store.db import configured_url
 
 __all__ = ["Job", "Made", "job_for", "pgbackrest_backup", "scheduled_type", "sqlite_backup"]
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +89,7 @@ async def sqlite_backup(
         details["verified_rows"] = sum(verified.row_counts.values())
         progress(f"verified: restored, audit chain of {verified.audit_records} record(s) checked")
     done, failed = await asyncio.to_thread(replicate_all, path, settings.backup.targets if replicate else ())
-    details["replicated"] = [c.location for c in done]
-    details["replication_failed"] = [t for t, _p in failed]
+    problem = _copies(details, done, failed)
     for copy in done:
         progress(f"replicated to {copy.location} (checked)")
     for target, why in failed:
@@ -103,8 +100,14 @@ async def sqlite_backup(
             prune, directory, keep_daily=b.keep_daily, keep_weekly=b.keep_weekly
         )
         details["pruned"] = [s.backup_id for s in dropped]
-    problem = "; ".join(f"replication to {t} failed: {why}" for t, why in failed) or None
     return Made(manifest.backup_id, details, problem)
+
+
+def _copies(details: dict[str, object], done: list[Replicated], failed: list[tuple[str, str]]) -> str | None:
+    """Note the copies in ``details``; the problem a failed one makes of the backup, if any."""
+    details["replicated"] = [c.location for c in done]
+    details["replication_failed"] = [t for t, _p in failed]
+    return "; ".join(f"replication to {t} failed: {why}" for t, why in failed) or None
 
 
 _LABEL = re.compile(r"new backup label = (\S+)")
@@ -144,10 +147,7 @@ def pgbackrest_backup(
         verify_repository(pg, on_line=progress)
         details["verified"] = True
     done, failed = replicate_repository(pg, targets, progress)
-    details["replicated"] = [c.location for c in done]
-    details["replication_failed"] = [t for t, _p in failed]
-    problem = "; ".join(f"replication to {t} failed: {why}" for t, why in failed) or None
-    return Made(label, details, problem)
+    return Made(label, details, _copies(details, done, failed))
 
 
 def job_for(settings: Callable[[], Settings], keyring: Keyring, clock: Clock) -> Job | None:
