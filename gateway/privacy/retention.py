@@ -38,7 +38,6 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.privacy.models import RetentionRun
-from gateway.privacy.register import Kind
 from gateway.privacy.retention_rules import (
     ACTOR,
     NEXT_SHOWN,
@@ -260,17 +259,8 @@ class Retention:
                 classes.append(ClassPlan(rule.data_class, keep, Survey(), error=exc.detail))
             else:
                 classes.append(ClassPlan(rule.data_class, keep, survey))
-        return Plan(now, tuple(classes), tuple(await self._resumable()))
-
-    async def _resumable(self) -> list[str]:
-        refs = []
-        for request in await self._privacy.register.find(status="on_hold"):
-            if request.kind != Kind.ERASURE or request.user_id is None:
-                continue
-            hold = await self._privacy.holds.covering(username=request.subject, data_class="registration")
-            if hold is None:
-                refs.append(request.ref)
-        return refs
+        resumable = await self._privacy.resumable_erasures()
+        return Plan(now, tuple(classes), tuple(request.ref for request in resumable))
 
     # -- the run ----------------------------------------------------------------------------------------
 

@@ -353,14 +353,21 @@ class Privacy:
         # The request row itself was pseudonymised by the eraser; complete it by reference.
         return await self.register.complete(request.ref, outcome=outcome, details=result.summary())
 
-    async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
-        """Carry out held erasures whose holds were released (the retention run calls this)."""
-        done: list[RequestView] = []
+    async def resumable_erasures(self) -> list[RequestView]:
+        """Held erasures whose holds were released: what :meth:`resume_held_erasures` carries out."""
+        found: list[RequestView] = []
         for request in await self.register.find(status="on_hold"):
             if request.kind != Kind.ERASURE or request.user_id is None:
                 continue
-            if await self.holds.covering(username=request.subject, data_class="registration") is not None:
-                continue
+            if await self.holds.covering(username=request.subject, data_class="registration") is None:
+                found.append(request)
+        return found
+
+    async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
+        """Carry out held erasures whose holds were released (the retention run calls this)."""
+        done: list[RequestView] = []
+        for request in await self.resumable_erasures():
+            assert request.user_id is not None  # resumable_erasures skips requests without an account
             try:
                 user = await self.user(request.user_id)
             except UnknownAccount:

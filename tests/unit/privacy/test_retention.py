@@ -256,6 +256,23 @@ async def test_a_hold_stops_the_purge_until_released(world: World, scope: str) -
     assert await world.verifies()
 
 
+async def test_the_plan_lists_a_held_erasure_once_its_hold_is_released(world: World) -> None:
+    carol = await world.person("carol")
+    await world.privacy.holds.place("COURT-2027-9", reason="order", by="cli:counsel", username="carol")
+    held = await world.privacy.erase(
+        carol, settings=world.settings, channel=Channel.ADMIN, actor="admin:root", verified_by="ID checked"
+    )
+    assert held.status == Status.ON_HOLD
+    assert (await world.engine().plan(world.clock.now())).resumable == ()
+
+    await world.privacy.holds.release("COURT-2027-9", by="cli:counsel")
+    assert (await world.engine().plan(world.clock.now())).resumable == (held.ref,)
+    report = await world.run()
+    assert report.resumed == 1
+    assert await world.accounts.get(carol.id) is None
+    assert (await world.engine().plan(world.clock.now())).resumable == ()
+
+
 # -- removed content ---------------------------------------------------------------------------------------
 
 
