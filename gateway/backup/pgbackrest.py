@@ -33,6 +33,7 @@ from gateway.settings.schema import PgBackRestSettings
 
 __all__ = [
     "BACKUP_TYPES",
+    "LABEL",
     "BackupType",
     "PgBackRestError",
     "Result",
@@ -61,9 +62,10 @@ _FILE_FINDING: Final = re.compile(
     r"(?:INFO|WARN|ERROR): (?P<problem>file missing|invalid checksum|invalid size|invalid result) "
     r"'?(?P<file>[^'\s:]+)'?"
 )
-# A backup's line in the ``verify`` summary, and a label's shape (full, or full_diff/incr).
+# A backup's line in the ``verify`` summary.
 _BACKUP_STATUS: Final = re.compile(r"backup: (?P<label>[^,\s]+), status: (?P<status>[^,]+)")
-_LABEL: Final = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
+# pgBackRest's backup labels: a full one, or a differential/incremental one on top of its full one.
+LABEL: Final = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
 # What an unreadable repository (wrong passphrase, or not a pgBackRest repository) looks like.
 _UNREADABLE: Final = re.compile(r"No usable (backup|archive)\.info|FormatError|unable to load info file")
 # ``info --output=json`` stanza status codes that are not a problem: 0 ok, 2 no backup made yet.
@@ -356,7 +358,7 @@ def named_part(output: Sequence[str]) -> str:
     """
     for _problem, file in _file_findings(output):
         head = file.split("/", 1)[0]
-        return head if _LABEL.fullmatch(head) else file
+        return head if LABEL.fullmatch(head) else file
     for line in output:
         match = _BACKUP_STATUS.search(line)
         if match is not None and match["status"].strip() != "valid":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -53,9 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["parse_time", "register"]
 
 logger = logging.getLogger(__name__)
-
-# pgBackRest's backup labels: a full one, or a differential/incremental one on top of its full one.
-_LABEL_SHAPE = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
 
 
 def parse_time(text: str) -> datetime:
@@ -231,13 +227,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from gateway.backup.pgbackrest import live_cluster, restore_args
+    from gateway.backup.pgbackrest import LABEL, live_cluster, restore_args
 
     settings, pg = _settings(args)
     target: Path = args.pg_path
     at = parse_time(args.target_time) if args.target_time else None
     label: str | None = args.backup
-    if label is not None and not _LABEL_SHAPE.fullmatch(label):
+    if label is not None and not LABEL.fullmatch(label):
         raise UserError(
             f"--backup {label[:40]!r} is not a pgBackRest backup label (`gateway pgbackrest info`)"
         )
