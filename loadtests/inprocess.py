@@ -45,7 +45,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import MutableMapping, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "lifespan",
     "main",
     "sign_in",
+    "signed_in_plane",
     "slow_down",
     "worker_config",
 ]
@@ -280,34 +282,43 @@ def _dormant_timers() -> None:
     asyncio.sleep = dormant
 
 
-async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:
+@asynccontextmanager
+async def signed_in_plane(tracing: float | None = None, **options: Any) -> AsyncIterator[tuple[Any, bytes]]:
+    """The benchmark's worker (:func:`worker_config` in a temporary directory, ``options`` passed on),
+    started, with its upstream in this event loop and a signed-in session's cookie; shut down and
+    removed when the block ends.
+
+    ``tracing`` turns tracing on with that sample ratio, exporting to a :class:`Collector` in this loop.
+    """
     from gateway.root.apps import worker_app
 
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inprocess-")))
+        server = await loop.create_server(Upstream, "127.0.0.1", 0)
+        stack.callback(server.close)
+        traces = None
+        if tracing is not None:
+            collector = await loop.create_server(Collector, "127.0.0.1", 0)
+            stack.callback(collector.close)
+            endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
+            traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": tracing}
+        plane = worker_app(worker_config(tmp, server.sockets[0].getsockname()[1], traces, **options))
+        await lifespan(plane, "startup")
+        stack.push_async_callback(lifespan, plane, "shutdown")
+        yield plane, f"{_COOKIE}={await sign_in(plane.running.services)}".encode()
+
+
+async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:
     if slow_stage is not None:
         slow_down(slow_stage)
     _dormant_timers()
 
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    collector = await loop.create_server(Collector, "127.0.0.1", 0)
-    traces = None
-    if tracing is not None:
-        endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
-        traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": tracing}
-    with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
-        plane = worker_app(worker_config(Path(tmp), port, traces))
-        await lifespan(plane, "startup")
-        try:
-            cookie = f"{_COOKIE}={await sign_in(plane.running.services)}".encode()
-            failed = await drive(plane, cookie, warmup)
-            started = time.process_time()
-            failed += await drive(plane, cookie, requests)
-            spent = time.process_time() - started
-        finally:
-            await lifespan(plane, "shutdown")
-            server.close()
-            collector.close()
+    async with signed_in_plane(tracing) as (plane, cookie):
+        failed = await drive(plane, cookie, warmup)
+        started = time.process_time()
+        failed += await drive(plane, cookie, requests)
+        spent = time.process_time() - started
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1
@@ -322,7 +333,7 @@ def instructions_per_request(
     as many (side by side, one per core), the difference divided by ``requests``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    extra = [*(["--tracing", str(tracing)] if tracing is not None else [])]
+    extra = ["--tracing", str(tracing)] if tracing is not None else []
     extra += ["--slow-stage", slow_stage] if slow_stage is not None else []
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(lambda n: _callgrind(n, extra), (requests, 2 * requests))

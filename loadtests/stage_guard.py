@@ -33,32 +33,31 @@ from typing import Any
 import yaml
 
 from loadtests.inprocess import SLOWABLE
+from loadtests.stages import STAGE_NAMES
 
 __all__ = ["REQUEST_STAGES", "feature_verdict", "main", "stage_verdicts"]
 
 BUDGET = Path(__file__).resolve().parent / "budget.yaml"
 
-# The stages a request runs itself (loadtests.stages), in order; the rest of the count is shared work.
-REQUEST_STAGES = (
-    "receive",
-    "canonicalize",
-    "route",
-    "identify",
-    "mfa",
-    "authorize",
-    "upstream headers",
-    "proxy",
-    "observe (access log, metrics)",
-    "pipeline (the stage sequence)",
-)
+# The stages a request runs itself, in order; the rest of the count is shared work.
+REQUEST_STAGES = STAGE_NAMES
 
 
 def stage_verdicts(measured: dict[str, float], budget: dict[str, Any]) -> list[tuple[bool, str]]:
-    """One (within budget, line) per stage of ``budget["baseline"]``."""
+    """One (within budget, line) per stage of ``budget["baseline"]``, and a failing line for each request
+    stage without a baseline or a baseline stage that was not measured (a renamed stage must not pass
+    unchecked)."""
     tolerance, slack = float(budget["tolerance"]), float(budget["slack"])
-    out = []
+    out = [
+        (False, f"{stage}: no baseline in the budget")
+        for stage in REQUEST_STAGES
+        if stage not in budget["baseline"]
+    ]
     for stage, baseline in budget["baseline"].items():
-        value = measured.get(stage, 0.0)
+        if stage not in measured:
+            out.append((False, f"{stage}: not measured (no such stage in loadtests.stages)"))
+            continue
+        value = measured[stage]
         limit = baseline * (1 + tolerance) + slack
         ok = value <= limit
         line = f"{stage}: {value:,.0f} bytecodes per request; baseline {baseline:,} ({value / baseline - 1:+.1%}), limit {limit:,.0f}"
@@ -70,10 +69,8 @@ def feature_verdict(
     name: str, on: dict[str, float], off: dict[str, float], budget: dict[str, Any]
 ) -> tuple[bool, str]:
     """Whether what a feature adds to the request's own stages is within ``budget["max"]``."""
-    added = sum(on.get(stage, 0.0) for stage in REQUEST_STAGES) - sum(
-        off.get(stage, 0.0) for stage in REQUEST_STAGES
-    )
     base = sum(off.get(stage, 0.0) for stage in REQUEST_STAGES)
+    added = sum(on.get(stage, 0.0) for stage in REQUEST_STAGES) - base
     shared = sum(on.values()) - sum(off.values()) - added
     ok = added <= float(budget["max"])
     line = (

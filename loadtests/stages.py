@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from types import CodeType, FrameType
@@ -35,7 +34,7 @@ from typing import Any
 
 from loadtests.inprocess import SLOWABLE
 
-__all__ = ["VARIANTS", "count_stages", "main"]
+__all__ = ["STAGE_NAMES", "VARIANTS", "count_stages", "main"]
 
 # Stage names in the order the pipeline runs them, and the function that is each stage.
 _STAGES: tuple[tuple[str, str, str], ...] = (
@@ -50,6 +49,8 @@ _STAGES: tuple[tuple[str, str, str], ...] = (
     ("observe (access log, metrics)", "gateway.pipeline.app", "DataPlane._observe"),
     ("pipeline (the stage sequence)", "gateway.pipeline.app", "DataPlane._run"),
 )
+# The stages a request runs itself, in order: what the stage guard gates (the rest is shared work).
+STAGE_NAMES = tuple(name for name, _, _ in _STAGES)
 _OUTSIDE_UPSTREAM = "proxy: upstream connection callbacks"
 _OUTSIDE_LOOP = "event loop (asyncio)"
 _OUTSIDE_GATEWAY = "gateway background tasks"
@@ -132,37 +133,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 async def _run(
     requests: int, warmup: int, variant: str = "baseline", slow_stage: str | None = None
 ) -> dict[str, Any]:
-    from gateway.root.apps import worker_app
-    from loadtests.inprocess import Collector, Upstream, drive, lifespan, sign_in, slow_down, worker_config
+    from loadtests.inprocess import drive, signed_in_plane, slow_down
 
     if slow_stage is not None:
         slow_down(slow_stage)
     options = dict(VARIANTS[variant])
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    collector = await loop.create_server(Collector, "127.0.0.1", 0)
-    ratio = options.pop("tracing", None)
-    traces = None
-    if ratio is not None:
-        endpoint = f"http://127.0.0.1:{collector.sockets[0].getsockname()[1]}/v1/traces"
-        traces = {"enabled": True, "endpoint": endpoint, "sample_ratio": ratio}
     tally = _Tally(_stage_codes())
-    with tempfile.TemporaryDirectory(prefix="stages-") as tmp:
-        plane = worker_app(worker_config(Path(tmp), port, traces, **options))
-        await lifespan(plane, "startup")
+    async with signed_in_plane(options.pop("tracing", None), **options) as (plane, cookie):
+        failed = await drive(plane, cookie, warmup)
+        sys.settrace(tally)
         try:
-            cookie = f"gateway_session={await sign_in(plane.running.services)}".encode()
-            failed = await drive(plane, cookie, warmup)
-            sys.settrace(tally)
-            try:
-                failed += await drive(plane, cookie, requests)
-            finally:
-                sys.settrace(None)
+            failed += await drive(plane, cookie, requests)
         finally:
-            await lifespan(plane, "shutdown")
-            server.close()
-            collector.close()
+            sys.settrace(None)
     if failed:
         raise RuntimeError(f"{failed} requests were not answered 200")
     return {
@@ -186,7 +169,8 @@ def count_stages(
 
 def _table(per_stage: dict[str, float]) -> str:
     total = sum(per_stage.values())
-    order = [name for name, _, _ in _STAGES] + [
+    order = [
+        *STAGE_NAMES,
         _OUTSIDE_UPSTREAM,
         _OUTSIDE_GATEWAY,
         _OUTSIDE_LOOP,

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadtests.stages import STAGE_NAMES
+
 
 def _stages(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
     out = tmp_path / f"{name}.json"
@@ -30,25 +32,10 @@ def _stages(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
     return report
 
 
-# The stages a signed-in request to a proxied route runs (loadtests.stages._STAGES).
-HOT_PATH = (
-    "receive",
-    "canonicalize",
-    "route",
-    "identify",
-    "mfa",
-    "authorize",
-    "upstream headers",
-    "proxy",
-    "observe (access log, metrics)",
-    "pipeline (the stage sequence)",
-)
-
-
 def test_two_runs_of_the_same_code_count_the_same_per_stage(tmp_path: Path) -> None:
     first = _stages(tmp_path, "first", "--requests", "60")["stages"]
     second = _stages(tmp_path, "second", "--requests", "120")["stages"]
-    for stage in HOT_PATH:
+    for stage in STAGE_NAMES:
         assert first[stage] > 0, stage
         # The same per request, whatever the number of requests, up to work that runs by the clock
         # (a cached assertion re-signed, a session re-read after its second in the cache): runs of
@@ -58,5 +45,5 @@ def test_two_runs_of_the_same_code_count_the_same_per_stage(tmp_path: Path) -> N
 
 def test_the_report_lists_the_stages_and_the_costliest_functions(tmp_path: Path) -> None:
     report = _stages(tmp_path, "detail", "--requests", "50", "--detail", "5")
-    assert set(HOT_PATH) <= report["stages"].keys()
+    assert set(STAGE_NAMES) <= report["stages"].keys()
     assert any(key.startswith("proxy | ") for key in report["functions"])
