@@ -32,7 +32,6 @@ from typing import Final, Literal
 from gateway.settings.schema import PgBackRestSettings
 
 __all__ = [
-    "BACKUP_TYPES",
     "LABEL",
     "BackupType",
     "PgBackRestError",
@@ -50,7 +49,6 @@ __all__ = [
 ]
 
 BackupType = Literal["full", "diff", "incr"]
-BACKUP_TYPES: Final[tuple[BackupType, ...]] = ("full", "diff", "incr")
 # pgBackRest reports a failure as ``ERROR: [055]: message``; the code is also its exit status.
 _ERROR_LINE: Final = re.compile(r"ERROR: \[(\d+)\]: (.*)")
 # ``verify`` and ``info`` exit 0 even when they find a stanza broken or unreadable: they say so in

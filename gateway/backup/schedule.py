@@ -60,7 +60,7 @@ ACTOR: Final = "system:backup"
 
 @dataclass(frozen=True, slots=True)
 class BackupState:
-    """What the runs say, as of ``checked_at``.
+    """What the runs say, as read by :meth:`BackupSchedule.refresh`.
 
     Attributes:
         configured: The deployment can back up (SQLite, or PostgreSQL with ``backup.pgbackrest``).
@@ -72,7 +72,6 @@ class BackupState:
     """
 
     configured: bool
-    checked_at: datetime
     every: float
     grace: float
     since: datetime
@@ -107,7 +106,7 @@ class BackupState:
         elif self.missed(now):
             line["ok"] = False
             line["error"] = (
-                f"missed: no good backup since {(self.last_ok_at or self.since).isoformat()}"
+                f"missed: no good backup since {self.last_ok_at.isoformat()}"
                 if self.last_ok_at is not None
                 else f"missed: no backup yet since the first start at {self.since.isoformat()}"
             )
@@ -250,7 +249,6 @@ class BackupSchedule:
             failure_at = failure = None
         self._state = BackupState(
             configured=self._job is not None,
-            checked_at=now,
             every=self.interval(),
             grace=float(settings.grace),
             since=since,
