@@ -366,7 +366,8 @@ class AccountService:
             if problem is not None:
                 raise WeakPassword(problem)
         identifiers = {name} if address is None else {name, address}
-        async with self._db.session(write=True) as session:
+        # Read only (the insert below is its own unit, guarded by the unique constraint): no write lock.
+        async with self._db.session() as session:
             with store_errors("cannot read accounts"):
                 taken = (
                     await session.scalars(
