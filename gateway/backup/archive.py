@@ -57,6 +57,7 @@ __all__ = [
     "chunk_aad",
     "create_backup",
     "evidence_files",
+    "fsync_dir",
     "part_path",
     "read_backup",
 ]
@@ -134,7 +135,8 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the entries just renamed or created in ``directory`` durable (a power loss cannot undo them)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -216,9 +218,9 @@ def create_backup(
             parts=tuple(parts),
         )
         _write_file(work / MANIFEST_NAME, manifest_bytes(manifest, keyring))
-        _fsync_dir(work)
+        fsync_dir(work)
         work.rename(final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         _remove_tree(work)
         raise

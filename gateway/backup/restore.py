@@ -20,12 +20,11 @@ import tempfile
 from pathlib import Path
 
 from gateway.audit.checkpoint import local_checkpoint_file
-from gateway.backup.archive import CHECKPOINTS_PART, DATABASE_PART, INCIDENTS_DIR
+from gateway.backup.archive import CHECKPOINTS_PART, DATABASE_PART, INCIDENTS_DIR, fsync_dir
 from gateway.backup.manifest import BackupError
 
 __all__ = ["database_in_use", "install_parts", "refuse_live_target", "staging_dir"]
 
-_DB_NAME = "gateway.db"
 _STALE = (
     "gateway.db-wal",
     "gateway.db-shm",
@@ -62,7 +61,7 @@ def refuse_live_target(data_dir: Path, *, force: bool) -> None:
         BackupError: A process has the database open (always), or it exists and is not empty
             (unless ``force``).
     """
-    db = data_dir / _DB_NAME
+    db = data_dir / DATABASE_PART
     if not db.exists():
         return
     holders = [pid for pid in database_in_use(db) if pid != os.getpid()]
@@ -88,7 +87,7 @@ def install_parts(staged: Path, data_dir: Path) -> Path:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in _STALE:
         (data_dir / stale).unlink(missing_ok=True)
-    db = data_dir / _DB_NAME
+    db = data_dir / DATABASE_PART
     os.replace(staged / DATABASE_PART, db)
     if (staged / CHECKPOINTS_PART).exists():
         checkpoints = local_checkpoint_file(data_dir)
@@ -100,8 +99,8 @@ def install_parts(staged: Path, data_dir: Path) -> Path:
             dest = data_dir / INCIDENTS_DIR / source.relative_to(evidence)
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.replace(source, dest)
-            _fsync_dir(dest.parent)
-    _fsync_dir(data_dir)
+            fsync_dir(dest.parent)
+    fsync_dir(data_dir)
     return db
 
 
@@ -109,11 +108,3 @@ def staging_dir(data_dir: Path) -> Path:
     """A new 0700 directory inside ``data_dir`` to decrypt into (same file system: the moves are renames)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=data_dir, prefix=".restore-"))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

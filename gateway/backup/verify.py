@@ -80,7 +80,7 @@ async def check_restored(manifest: Manifest, data_dir: Path, keyring: Keyring) -
     Raises:
         BackupError: Not a sound SQLite file, another schema revision, or a broken audit chain.
     """
-    db_file = data_dir / "gateway.db"
+    db_file = data_dir / DATABASE_PART
     try:
         with closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)) as conn:
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
