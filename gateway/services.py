@@ -202,7 +202,8 @@ class WorkerServices(Services):
     # What the authorize stage decided, counted per request shape (flushed in the background to
     # ``decision_samples``): the traffic the policy what-if replays.
     sample: DecisionSample
-    # Who a bearer token speaks for (the gateway's own API tokens today), for routes that take tokens.
+    # Who a bearer token speaks for (the gateway's own API tokens, then identity providers' access
+    # tokens: JWTs and introspection), for routes that take tokens.
     bearer: Verifiers
     # Request tracing (gateway.observe.tracing); None when ``tracing.enabled`` is false, and then the
     # data plane does no tracing work at all.

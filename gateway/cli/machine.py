@@ -12,7 +12,8 @@ revocation is announced on the fast state the running gateways use (Redis, or th
 in ``data_dir``): every worker of every replica refuses the token within a second.
 
 Exit codes: 0 done, 1 runtime failure (store unreachable), 2 invalid input (bad name, unknown route
-or account, lifetime above ``tokens.max_lifetime``, bad configuration).
+or account, lifetime above ``tokens.max_lifetime``, bad configuration), 3 stored but the running
+gateways were not told (the revocation's broadcast failed; they find it within a second).
 """
 
 from __future__ import annotations
