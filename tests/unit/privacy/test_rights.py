@@ -22,7 +22,7 @@ from gateway.audit.chain import verify_database
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from gateway.identity.accounts import AccountService, SignInFailed
+from gateway.identity.accounts import AccountExists, AccountService, SignInFailed
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
@@ -192,7 +192,7 @@ async def test_rectification_to_a_taken_email_changes_nothing_and_is_rejected(wo
     await world.accounts.create(
         username="bob", password=PASSWORD, email="bob@example.com", actor="admin:root"
     )
-    with pytest.raises(Exception, match="already used"):
+    with pytest.raises(AccountExists, match="already used"):
         await world.privacy.rectify(user, email="bob@example.com", **_as_portal(user))  # type: ignore[arg-type]
     fresh = await world.accounts.get(user.id)
     assert fresh is not None

@@ -61,9 +61,11 @@ def test_default_ports() -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.3.4.5"])
 def test_plain_smtp_is_allowed_on_loopback(host: str) -> None:
-    parse_settings(
+    smtp = parse_settings(
         f"public_url: https://auth.example.com\nnotify:\n  smtp: {{host: '{host}', security: none, sender: a@example.com}}\n"
-    )
+    ).notify.smtp
+    assert smtp is not None
+    assert (smtp.host, smtp.security) == (host, "none")
 
 
 def test_bad_values_are_reported_with_their_lines() -> None:

@@ -110,12 +110,13 @@ def test_contexts_per_mode(ca: PrivateCa) -> None:
 
 def test_a_client_certificate_is_loaded(ca: PrivateCa) -> None:
     client = ca.issue("gw-client", "gateway", client=True)
-    context = ssl_argument(
-        _pg(
-            f"sslmode=verify-full&sslrootcert={ca.certificate}&sslcert={client.certificate}&sslkey={client.key}"
-        )
-    )
+    other = ca.issue("other-client", "other", client=True)
+    base = f"sslmode=verify-full&sslrootcert={ca.certificate}&sslcert={client.certificate}"
+    context = ssl_argument(_pg(f"{base}&sslkey={client.key}"))
     assert isinstance(context, ssl.SSLContext)
+    # Loaded, not only named: a key that is not the certificate's is refused when the context is built.
+    with pytest.raises(ConfigError, match="cannot load the TLS files"):
+        ssl_argument(_pg(f"{base}&sslkey={other.key}"))
 
 
 def test_an_unloadable_file_is_a_config_error(tmp_path: Path) -> None:
