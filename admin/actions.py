@@ -9,8 +9,8 @@ the console's sections read them here, and record every action, also a refused o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, TypeVar
 
 from litestar.connection import ASGIConnection
 
@@ -20,9 +20,10 @@ from gateway.errors import GatewayError
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 
-__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "client_ip", "confirm_destructive"]
+__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "audited", "client_ip", "confirm_destructive"]
 
 logger = logging.getLogger("gateway.admin")
+_T = TypeVar("_T")
 
 #: Connection state keys: the authenticated Admin (set by the guard) and the client address.
 ADMIN_KEY: Final = "admin"
@@ -71,3 +72,27 @@ async def audit(
     except Exception:
         # The action itself is done (a policy change is also in the history, with actor and reason).
         logger.exception("admin: audit record %s failed", kind)
+
+
+async def audited(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    identity: IdentityServices,
+    kind: str,
+    *,
+    subject: str,
+    details: Mapping[str, object],
+    work: Callable[[Admin], Awaitable[_T]],
+) -> _T:
+    """Run ``work`` as this request's admin and record ``kind``, also when it is refused (then with
+    ``outcome: failure`` and the error's reason). ``work`` may add to ``details`` (never a secret)."""
+    admin = admin_of(connection)
+    try:
+        result = await work(admin)
+    except GatewayError as err:
+        await audit(
+            identity, connection, kind, actor=admin.actor, outcome="failure", subject=subject,
+            details={**details, "error": err.reason},
+        )  # fmt: skip
+        raise
+    await audit(identity, connection, kind, actor=admin.actor, subject=subject, details=details)
+    return result

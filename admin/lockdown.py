@@ -19,9 +19,9 @@ import msgspec
 from litestar import Request, get, post
 from litestar.params import JSONBody
 
-from admin.actions import admin_of, audit, client_ip, confirm_destructive
+from admin.access import Admin
+from admin.actions import audited, client_ip, confirm_destructive
 from admin.deps import AdminServices
-from gateway.errors import GatewayError
 from gateway.services import Services
 from gateway.threat.lockdown import MAX_REASON, LockdownState, LockdownStore, check_request
 from gateway.web.deps import Config
@@ -101,9 +101,8 @@ async def switch_lockdown(
     name no configured route has or an empty reason; nothing is changed then. ``on`` replaces an earlier
     selection of routes.
     """
-    admin = admin_of(request)
-    details: dict[str, object] = {"on": data.on, "routes": data.routes or "all", "reason": data.reason}
-    try:
+
+    async def work(admin: Admin) -> LockdownView:
         confirm_destructive(admin, config, services.identity.clock)
         routes = check_request(
             routes=data.routes if data.on else (),
@@ -114,20 +113,14 @@ async def switch_lockdown(
         if data.on:
             state = await store.switch_on(routes, actor=admin.actor, reason=data.reason.strip(), ip=ip)
             scope = "every route" if routes is None else ", ".join(routes)
-            message = f"Lockdown is on for {scope}."
-        else:
-            state = await store.switch_off(actor=admin.actor, reason=data.reason.strip(), ip=ip)
-            message = "Lockdown is off: every route is open again."
-    except GatewayError as err:
-        await audit(
-            services.identity, request, "admin.lockdown", actor=admin.actor, outcome="failure",
-            subject="lockdown", details={**details, "error": err.reason},
-        )  # fmt: skip
-        raise
-    await audit(
-        services.identity, request, "admin.lockdown", actor=admin.actor, subject="lockdown", details=details
+            return _view(state, f"Lockdown is on for {scope}.")
+        state = await store.switch_off(actor=admin.actor, reason=data.reason.strip(), ip=ip)
+        return _view(state, "Lockdown is off: every route is open again.")
+
+    details = {"on": data.on, "routes": data.routes or "all", "reason": data.reason}
+    return await audited(
+        request, services.identity, "admin.lockdown", subject="lockdown", details=details, work=work
     )
-    return _view(state, message)
 
 
 #: The lockdown calls, registered by :mod:`admin.app`.

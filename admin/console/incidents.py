@@ -38,7 +38,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
 from admin.access import Admin
-from admin.actions import admin_of, audit, client_ip, confirm_destructive
+from admin.actions import audited, client_ip, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.audit.models import AuditEvent
@@ -340,19 +340,8 @@ async def _act(
     work: Callable[[Admin], Awaitable[_T]],
 ) -> _T:
     """Run ``work`` as this request's admin and record ``admin.<action>``, also when it is refused."""
-    admin = admin_of(request)
-    try:
-        result = await work(admin)
-    except GatewayError as err:
-        await audit(
-            services.identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
-            subject=subject, details={**details, "error": err.reason},
-        )  # fmt: skip
-        raise
-    await audit(
-        services.identity, request, f"admin.{action}", actor=admin.actor, subject=subject, details=details
-    )
-    return result
+    kind = f"admin.{action}"
+    return await audited(request, services.identity, kind, subject=subject, details=details, work=work)
 
 
 def _not_own(network: str, request: Request[Any, Any, Any], admin: Admin) -> None:
