@@ -38,7 +38,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
 from admin.access import Admin
-from admin.actions import admin_of, audit, confirm_destructive
+from admin.actions import audited, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.authz.proposals import ApprovalRequired
@@ -314,11 +314,16 @@ async def _keyring(config: CurrentConfig, fallback: Keyring) -> Keyring:
         return fallback
 
 
+def _cases(services: Services) -> Cases:
+    """The records alone, for reading: no keyring file read, no webhook (reads announce nothing)."""
+    return Cases(services.db, services.identity.audit, services.identity.clock)
+
+
 async def _workflow(services: Services, config: CurrentConfig) -> Workflow:
     """The CLI's workflow on this process's stores and the configuration in force."""
     identity = services.identity
     return Workflow(
-        cases=Cases(services.db, identity.audit, identity.clock), settings=config.settings, db=services.db,
+        cases=_cases(services), settings=config.settings, db=services.db,
         fast=services.fast, audit=identity.audit, accounts=identity.accounts, sessions=identity.sessions,
         policy=services.policy.store, keyring=await _keyring(config, identity.keyring),
     )  # fmt: skip
@@ -334,54 +339,42 @@ async def _act(
     work: Callable[[Admin], Awaitable[_T]],
 ) -> _T:
     """Run ``work`` as this request's admin and record ``admin.incident_case.<action>``, also when refused."""
-    admin = admin_of(request)
     kind = f"admin.incident_case.{action}"
-    try:
-        result = await work(admin)
-    except GatewayError as err:
-        await audit(
-            services.identity, request, kind, actor=admin.actor, outcome="failure", subject=subject[:64],
-            details={**details, "error": err.reason},
-        )  # fmt: skip
-        raise
-    await audit(services.identity, request, kind, actor=admin.actor, subject=subject[:64], details=details)
-    return result
+    return await audited(request, services.identity, kind, subject=subject[:64], details=details, work=work)
 
 
 # -- reading ----------------------------------------------------------------------------------------
 
 
-async def case_list(services: Services, config: CurrentConfig, *, open_only: bool, limit: int) -> CaseList:
+async def case_list(services: Services, *, open_only: bool, limit: int) -> CaseList:
     """What the list shows; the page and ``GET /api/incident-cases`` both answer with it."""
-    flow = await _workflow(services, config)
-    return CaseList(cases=[_record(c) for c in await flow.cases.latest(limit, open_only=open_only)])
+    return CaseList(cases=[_record(c) for c in await _cases(services).latest(limit, open_only=open_only)])
 
 
-async def case_detail(services: Services, config: CurrentConfig, case_id: str) -> CaseDetail:
+async def case_detail(services: Services, case_id: str) -> CaseDetail:
     """What the record's page shows; the page and ``GET /api/incident-cases/{id}`` both answer with it.
 
     Raises:
         BadIncidentId: not an incident id's shape (400).
         CaseNotFound: no such record (404).
     """
-    return await _detail((await _workflow(services, config)).cases, case_id)
+    return await _detail(_cases(services), case_id)
 
 
 @get("/api/incident-cases", cache=False, tags=_TAGS)
 async def list_cases(
     services: AdminServices,
-    config: Config,
     open_only: Annotated[bool, QueryParameter(name="open", description="Only those not closed.")] = False,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
 ) -> CaseList:
     """Incident records, newest first (``?open=true`` only those not closed; ``?limit=``, default 50)."""
-    return await case_list(services, config, open_only=open_only, limit=limit)
+    return await case_list(services, open_only=open_only, limit=limit)
 
 
 @get("/api/incident-cases/{case_id:str}", cache=False, tags=_TAGS)
-async def show_case(services: AdminServices, config: Config, case_id: CaseId) -> CaseDetail:
+async def show_case(services: AdminServices, case_id: CaseId) -> CaseDetail:
     """One incident record and its timeline, oldest entry first."""
-    return await case_detail(services, config, case_id)
+    return await case_detail(services, case_id)
 
 
 @get("/api/incident-cases/{case_id:str}/checks", cache=False, tags=_TAGS)
@@ -670,10 +663,9 @@ _PHASES: Final = tuple((phase.value, TITLES[phase]) for phase in Phase)
 async def cases_page(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    config: Config,
     open_only: Annotated[bool, QueryParameter(name="open")] = False,
 ) -> Template:
-    view = await case_list(services, config, open_only=open_only, limit=200)
+    view = await case_list(services, open_only=open_only, limit=200)
     return page(
         request, "incident_cases.html", title="Incident records", section="response", view=view,
         open_only=open_only, severities=SEVERITIES,
@@ -684,7 +676,7 @@ async def cases_page(
 async def case_page(
     request: Request[Any, Any, Any], services: AdminServices, config: Config, case_id: CaseId
 ) -> Template:
-    view = await case_detail(services, config, case_id)
+    view = await case_detail(services, case_id)
     templates = sorted({*DEFAULT_TEMPLATES, *config.settings.notify.templates})
     return page(
         request, "incident_case.html", title=f"Incident {view.id}", section="response", view=view,
