@@ -149,20 +149,22 @@ async def _measure(policy_lines: int, sessions: int, requests: int, state: str) 
             await lifespan(plane, "shutdown")
             server.close()
             if state == "redis":
-                _forget(store["namespace"])
+                result["redis_keys"] = _forget(store["namespace"])
     return result
 
 
-def _forget(namespace: str) -> None:
-    """Delete this run's keys from Redis."""
+def _forget(namespace: str) -> int:
+    """Delete this run's keys from Redis; return how many there were."""
     import redis
 
     client = redis.Redis.from_url(_REDIS)
+    deleted = 0
     try:
         for keys in _batches(client.scan_iter(match=f"{namespace}*", count=1000), 1000):
-            client.delete(*keys)
+            deleted += client.delete(*keys)
     finally:
         client.close()
+    return deleted
 
 
 def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

@@ -48,6 +48,8 @@ def test_a_small_run_measures_both_configurations(tmp_path: Path, state: str) ->
         assert 0 < row["rss_started_mib"] <= row["rss_after_requests_mib"] + 1
         assert row["cpu_us_per_request"] > 0
         assert row["first_cpu_us_per_request"] > 0
+        # The sessions really lived in Redis (a run that silently kept them in the worker left none).
+        assert (row.get("redis_keys", 0) >= row["sessions"]) is (state == "redis"), row
     assert report["cpu_ratio"] == pytest.approx(large["cpu_us_per_request"] / small["cpu_us_per_request"])
 
 
