@@ -31,6 +31,7 @@ __all__ = [
     "Decision",
     "format_objections",
     "is_current",
+    "notice_paragraphs",
     "optout",
     "parse_objections",
     "pending",
@@ -59,6 +60,12 @@ class ConsentView:
     at: datetime
     # How it was given: "sign-in prompt", "api", "account page", "admin:<name>".
     method: str
+
+
+def notice_paragraphs(notice: str) -> list[str]:
+    """A notice's paragraphs, as the pages show them: ``Purpose.notice`` is plain text whose paragraphs
+    are separated by blank lines."""
+    return [part.strip() for part in notice.replace("\r\n", "\n").split("\n\n") if part.strip()]
 
 
 def is_current(purpose: Purpose, answer: ConsentView | None) -> bool:

@@ -29,7 +29,7 @@ from litestar.response import Redirect, Template
 from gateway.identity.accounts import UnknownAccount
 from gateway.identity.sessions import Session
 from gateway.privacy.consent import purpose_named
-from gateway.privacy.purposes import is_current, parse_objections, pending
+from gateway.privacy.purposes import is_current, notice_paragraphs, parse_objections, pending
 from gateway.privacy.register import Channel
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
@@ -120,17 +120,10 @@ def _notice(purpose: Purpose) -> PurposeNotice:
     )
 
 
-def _paragraphs(text: str) -> list[str]:
-    return [part.strip() for part in text.split("\n\n") if part.strip()]
-
-
 async def _signed_in(
     request: AnyRequest, config: CurrentConfig, identity: IdentityServices
-) -> tuple[str, Session] | None:
-    signed = await flows.current(request, config, identity)
-    if signed.session is None or signed.session_id is None:
-        return None
-    return signed.session_id, signed.session
+) -> Session | None:
+    return (await flows.current(request, config, identity)).session
 
 
 def _form(
@@ -146,7 +139,7 @@ def _form(
         {
             "name": p.name,
             "title": p.title,
-            "paragraphs": _paragraphs(p.notice),
+            "paragraphs": notice_paragraphs(p.notice),
             "version": p.version,
             "answer": (chosen or {}).get(p.name, ""),
         }
@@ -169,12 +162,11 @@ async def consent_page(
 ) -> Template | Redirect:
     # Checked on entry: the form carries it on.
     rd = flows.carried_rd(rd, config)
-    signed = await _signed_in(request, config, identity)
-    if signed is None:
+    session = await _signed_in(request, config, identity)
+    if session is None:
         return flows.login_redirect(
             f"/.gateway/consent?rd={quote(rd, safe='')}" if rd else "/.gateway/consent"
         )
-    _, session = signed
     current = await identity.consents.current(session.user_id)
     waiting = pending(config.settings.privacy.purposes, current)
     if not waiting:
@@ -187,10 +179,9 @@ async def consent_submit(
     request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
 ) -> Template | Redirect:
     rd = flows.carried_rd(data.get("rd", ""), config)
-    signed = await _signed_in(request, config, identity)
-    if signed is None:
+    session = await _signed_in(request, config, identity)
+    if session is None:
         return flows.login_redirect(rd)
-    _, session = signed
     current = await identity.consents.current(session.user_id)
     # Only what is still open: a notice answered meanwhile (another tab) is not answered twice, and
     # one added by a reload since the page was shown is shown next.
@@ -238,10 +229,10 @@ async def _state(config: CurrentConfig, identity: IdentityServices, user_id: int
 
 
 async def _require(request: AnyRequest, config: CurrentConfig, identity: IdentityServices) -> Session:
-    signed = await _signed_in(request, config, identity)
-    if signed is None:
+    session = await _signed_in(request, config, identity)
+    if session is None:
         raise NotAuthorizedException("Sign in first.")
-    return signed[1]
+    return session
 
 
 # The API's reference (/.gateway/api/schema) shows these: the app documents operations by what their

@@ -21,12 +21,14 @@ import msgspec
 from litestar import Request, get
 from litestar.response import Template
 
+from gateway.privacy.purposes import notice_paragraphs
 from gateway.settings.schema import PrivacyContact, PrivacySettings, Purpose, RetentionSettings
 from gateway.store.fast.base import StateUnavailable
 from gateway.web import flows
 from gateway.web.deps import Config, Identity
 from gateway.web.gate import PUBLIC
 from gateway.web.pages import page
+from gateway.web.rights import PAGE
 
 __all__ = [
     "ACCOUNT_PRIVACY",
@@ -43,7 +45,7 @@ __all__ = [
 #: This page, as every other gateway page links to it.
 PRIVACY_PATH: Final = "/.gateway/privacy"
 #: Where a signed-in person exercises their rights themselves (the account portal's privacy page).
-ACCOUNT_PRIVACY: Final = "/.gateway/account/privacy"
+ACCOUNT_PRIVACY: Final = PAGE
 #: What the page says instead of empty fields when ``privacy.contact`` is not configured.
 NO_CONTACT: Final = "No privacy contact has been configured; ask your administrator."
 
@@ -240,11 +242,6 @@ def _days(seconds: float) -> str:
     return f"{shown} day" if shown == "1" else f"{shown} days"
 
 
-def _paragraphs(text: str) -> list[str]:
-    # Notices are plain text with paragraphs separated by blank lines (schema.Purpose.notice).
-    return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
-
-
 async def _signed_in_as(request: Request[Any, Any, Any], config: Config, identity: Identity) -> str | None:
     try:
         signed = await flows.current(request, config, identity)
@@ -266,7 +263,7 @@ async def privacy_page(request: Request[Any, Any, Any], config: Config, identity
         contact=facts.contact,
         response_days=_days(facts.contact.response_time) if facts.contact else "",
         no_contact=NO_CONTACT,
-        purposes=[{"facts": p, "paragraphs": _paragraphs(p.notice)} for p in facts.purposes],
+        purposes=[{"facts": p, "paragraphs": notice_paragraphs(p.notice)} for p in facts.purposes],
         rights=facts.rights,
         retention=[
             {"name": name, "text": _RETENTION_TEXT[name], "days": _days(seconds)}
