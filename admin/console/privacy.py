@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -57,7 +56,7 @@ from gateway.identity.accounts import InvalidAccount
 from gateway.identity.models import User
 from gateway.identity.names import canonical_email, canonical_username
 from gateway.privacy.holds import DATA_CLASSES, HoldView
-from gateway.privacy.register import OPEN, Channel, RequestView, Status
+from gateway.privacy.register import OPEN, Channel, RequestView, Status, is_ref
 from gateway.privacy.retention import VERBS, ClassPlan, Retention
 from gateway.services import Services
 from gateway.settings.schema import PrivacySettings
@@ -84,7 +83,6 @@ logger = logging.getLogger("gateway.admin")
 #: At most this many open requests are listed (oldest due first); a register with more open
 #: requests than this has a bigger problem than a long page.
 OPEN_LIMIT: Final = 1000
-_REF: Final = re.compile(r"PR-[A-Z2-7]{10}")
 _DAY: Final = 86400
 _T = TypeVar("_T")
 _STATUSES: Final = ("all", "open", "overdue", *(str(s) for s in Status))
@@ -459,7 +457,7 @@ _RULES: Final = {
 
 
 def _check_ref(ref: str) -> str:
-    if not _REF.fullmatch(ref):
+    if not is_ref(ref):
         raise BadRequestRef(
             "A request reference is PR- and 10 characters (A-Z, 2-7), as the register lists it."
         )

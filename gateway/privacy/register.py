@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from gateway.privacy.models import PrivacyRequest
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 
-__all__ = ["Channel", "Kind", "Register", "RequestView", "Status", "UnknownRequest"]
+__all__ = ["Channel", "Kind", "Register", "RequestView", "Status", "UnknownRequest", "is_ref"]
 
 
 class Kind(StrEnum):
@@ -67,6 +68,8 @@ class Channel(StrEnum):
 
 
 OPEN: Final = (Status.RECEIVED, Status.VERIFIED, Status.ON_HOLD)
+# What new_ref makes: "PR-" and 10 characters of the base32 alphabet.
+_REF: Final = re.compile(r"PR-[A-Z2-7]{10}")
 
 
 class UnknownRequest(GatewayError):
@@ -152,6 +155,11 @@ def _iso(at: datetime | None) -> str | None:
 def new_ref() -> str:
     """``PR-`` and 10 random base32 characters: unguessable, easy to read out on the phone."""
     return "PR-" + base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:10]
+
+
+def is_ref(text: str) -> bool:
+    """Whether ``text`` has the shape :func:`new_ref` gives (checked before anything is looked up)."""
+    return _REF.fullmatch(text) is not None
 
 
 class Register:

@@ -16,7 +16,6 @@ an erasure), with the session cookie cleared.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -31,7 +30,7 @@ from gateway.errors import GatewayError
 from gateway.identity.models import User
 from gateway.identity.sessions import Session
 from gateway.privacy.purposes import ConsentView, is_current, parse_objections
-from gateway.privacy.register import Channel, Kind, RequestView, Status, UnknownRequest
+from gateway.privacy.register import Channel, Kind, RequestView, Status, UnknownRequest, is_ref
 from gateway.privacy.service import Privacy as PrivacyService
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
@@ -46,7 +45,6 @@ from gateway.web.rights import PAGE, RecentFactorRequired, Requester, requester,
 __all__ = ["HANDLERS", "export_filename"]
 
 _DONE: Final = f"{PAGE}/done"
-_REF: Final = re.compile(r"PR-[A-Z2-7]{10}")
 
 _KINDS: Final[dict[str, str]] = {
     Kind.ACCESS: "Access (download)",
@@ -447,7 +445,7 @@ async def done(
     (never whose it is): the reference is unguessable and known to the person who made it.
     """
     text = None
-    if _REF.fullmatch(ref):
+    if is_ref(ref):
         try:
             text = _done_text(await privacy.register.get(ref), config)
         except UnknownRequest:
