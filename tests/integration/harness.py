@@ -180,6 +180,18 @@ def run_gateway(
         stop(proc)
 
 
+def refused_start(tmp: Path, config: dict[str, Any], *, timeout: float = 90) -> str:
+    """Start ``gateway serve`` with ``config`` and return its output once it has exited non-zero;
+    fail if it is still running after ``timeout`` seconds (it would have served)."""
+    with run_gateway(tmp, config, wait=False) as gw:
+        try:
+            gw.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the gateway kept running:\n{gw.log()}") from None
+        assert gw.proc.returncode != 0, gw.log()
+        return gw.log()
+
+
 def _wait_ready(gw: Gateway, timeout: float = 30.0) -> None:
     """Wait until a worker answers /.gateway/health (the port opens before workers finish start-up)."""
     import ssl

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.harness import ROOT, run_cli
-from tests.support.pg_cluster import PG_BIN, Node, pg_node
+from tests.support.pg_cluster import Node, pg_node
 
 # Real pgBackRest and a PostgreSQL 15 cluster of the test's own (scripts/ensure-test-deps installs
 # both): a peer test, so a missing tool fails CI instead of skipping quietly.
@@ -184,14 +184,7 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     assert "wal_level = replica" in pg_lines
 
     # The cluster, archiving through exactly the lines the command printed.
-    init = subprocess.run(
-        node.as_owner(PG_BIN / "initdb", "-D", node.home / "data", "-A", "trust", "-U", "postgres"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert init.returncode == 0, init.stderr
+    node.initdb(node.home / "data")
     with (node.home / "data" / "postgresql.conf").open("a") as conf:
         conf.write(pg_lines)
     node.start(node.home / "data", port, node.home / "sock")

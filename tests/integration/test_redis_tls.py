@@ -23,6 +23,7 @@ from tests.integration.harness import (
     echo_route,
     free_port,
     gateway_config,
+    refused_start,
     run_echo,
     run_gateway,
     stop,
@@ -98,16 +99,6 @@ def _config(tmp: Path, redis_url: str, routes: list[dict[str, object]] | None = 
     )
 
 
-def _refused_start(tmp: Path, config: dict[str, object]) -> str:
-    with run_gateway(tmp, config, wait=False) as gw:
-        try:
-            gw.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the gateway kept running:\n{gw.log()}")
-        assert gw.proc.returncode != 0
-        return gw.log()
-
-
 def test_plaintext_is_refused_by_the_server(redis: TlsRedis) -> None:
     # The premise: nothing speaks plaintext Redis on that port, so a working gateway spoke TLS.
     import socket
@@ -134,7 +125,7 @@ def test_rediss_with_the_issuing_ca_serves(redis: TlsRedis, tmp_path: Path) -> N
 
 def test_a_ca_that_did_not_issue_the_certificate_refuses_to_start(redis: TlsRedis, tmp_path: Path) -> None:
     url = f"rediss://:hunter2@localhost:{redis.port}/0?ssl_ca_certs={redis.other_ca}"
-    log = _refused_start(tmp_path, _config(tmp_path, url))
+    log = refused_start(tmp_path, _config(tmp_path, url))
     assert "state.redis_url: TLS verification of the Redis server failed" in log, log
     assert "Traceback" not in log
     assert "hunter2" not in log
@@ -142,7 +133,7 @@ def test_a_ca_that_did_not_issue_the_certificate_refuses_to_start(redis: TlsRedi
 
 def test_a_host_the_certificate_does_not_name_refuses_to_start(redis: TlsRedis, tmp_path: Path) -> None:
     url = f"rediss://127.0.0.1:{redis.port}/0?ssl_ca_certs={redis.ca}"
-    log = _refused_start(tmp_path, _config(tmp_path, url))
+    log = refused_start(tmp_path, _config(tmp_path, url))
     assert "TLS verification of the Redis server failed" in log, log
     assert "mismatch" in log, log
 

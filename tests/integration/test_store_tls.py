@@ -9,7 +9,6 @@ and is ready; with a CA that did not issue the certificate, or a host the certif
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.harness import echo_route, free_port, gateway_config, run_cli, run_echo, run_gateway
+from tests.integration.harness import (
+    echo_route,
+    free_port,
+    gateway_config,
+    refused_start,
+    run_cli,
+    run_echo,
+    run_gateway,
+)
 from tests.support.pg_cluster import PG_BIN, Node, pg_node
 from tests.support.pki import PrivateCa
 
@@ -81,17 +88,6 @@ def _write(tmp: Path, config: dict[str, object]) -> Path:
     return path
 
 
-def _refused_start(tmp: Path, config: dict[str, object]) -> str:
-    """Start ``gateway serve`` and return its output once it has exited, failing if it ever serves."""
-    with run_gateway(tmp, config, wait=False) as gw:
-        try:
-            gw.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the gateway kept running:\n{gw.log()}")
-        assert gw.proc.returncode != 0
-        return gw.log()
-
-
 def test_plaintext_is_refused_by_the_cluster(cluster: TlsCluster, tmp_path: Path) -> None:
     # The premise of the other tests: this server takes no connection without TLS.
     config = gateway_config(
@@ -151,7 +147,7 @@ def test_a_ca_that_did_not_issue_the_certificate_refuses_to_start(
         storage={"url": _url(cluster, ca=cluster.other_ca)},
         keyring=str(tmp_path / "k.json"),
     )
-    log = _refused_start(tmp_path, config)
+    log = refused_start(tmp_path, config)
     assert "TLS verification of the PostgreSQL server failed" in log, log
     assert "unable to get local issuer certificate" in log, log
     assert "Traceback" not in log
@@ -166,7 +162,7 @@ def test_a_host_the_certificate_does_not_name_refuses_to_start(cluster: TlsClust
         storage={"url": _url(cluster, host="127.0.0.1")},
         keyring=str(tmp_path / "k.json"),
     )
-    log = _refused_start(tmp_path, config)
+    log = refused_start(tmp_path, config)
     assert "TLS verification of the PostgreSQL server failed" in log, log
     assert "mismatch" in log, log
     assert "Traceback" not in log
