@@ -2,8 +2,7 @@
 
 ``loadtests/README.md`` lists each stage's share from it; a count that moved between two runs of the
 same code, or a stage that counted nothing, would make that table meaningless. Run as the command
-users run (a process of its own: the pages' Litestar handlers still use the parameter style that
-Litestar deprecates, which this test session turns into errors).
+users run, in a process of its own.
 """
 
 from __future__ import annotations
