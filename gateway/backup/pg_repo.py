@@ -140,14 +140,22 @@ def _segments_in(listing: Mapping[str, Any]) -> set[str]:
 
 
 def verify_repository(
-    pg: PgBackRestSettings, *, repo_path: str | None = None, on_line: Progress | None = None
+    pg: PgBackRestSettings, *, target: str | None = None, on_line: Progress | None = None
 ) -> RepoChecked:
-    """Verify the repository (``repo_path``: a copy of it instead of the configured one).
+    """Verify the configured repository, or with ``target`` its copy at that one of ``backup.targets``
+    (an rclone remote's is fetched first: :func:`local_copy`).
 
     Raises:
         BackupError: pgBackRest failed or found damage (``part``: the backup label or file it
-            names), or a backup lacks WAL it needs (``part``: its label).
+            names), a backup lacks WAL it needs (``part``: its label), or the target holds no copy.
     """
+    if target is None:
+        return _verify(pg, None, on_line)
+    with local_copy(pg, target) as repo:
+        return _verify(pg, str(repo), on_line)
+
+
+def _verify(pg: PgBackRestSettings, repo_path: str | None, on_line: Progress | None) -> RepoChecked:
     where = repo_path or pg.repo_path
     options = [f"--repo1-path={repo_path}"] if repo_path else []
     try:

@@ -247,7 +247,7 @@ def _list_pg(pg: PgBackRestSettings) -> int:
 
 def _verify_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSettings) -> int:
     from gateway.backup.manifest import BackupError
-    from gateway.backup.pg_repo import local_copy, verify_repository
+    from gateway.backup.pg_repo import verify_repository
 
     if args.backup is not None:
         raise UserError(
@@ -262,11 +262,7 @@ def _verify_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSetti
         details["target"] = args.target
     where = f"the copy at {args.target}" if args.target is not None else f"repository {pg.repo_path}"
     try:
-        if args.target is None:
-            checked = verify_repository(pg, on_line=_progress)
-        else:
-            with local_copy(pg, args.target) as repo:
-                checked = verify_repository(pg, repo_path=str(repo), on_line=_progress)
+        checked = verify_repository(pg, target=args.target, on_line=_progress)
     except BackupError as exc:
         print(f"{where} FAILED verification: {exc.detail}")
         print(f"  failing part: {exc.part}")

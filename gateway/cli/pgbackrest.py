@@ -171,7 +171,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.backup.manifest import BackupError
-    from gateway.backup.pg_repo import local_copy, verify_repository
+    from gateway.backup.pg_repo import verify_repository
 
     settings, pg = _settings(args)
     details: dict[str, object] = {"stanza": pg.stanza, "command": "verify"}
@@ -179,11 +179,7 @@ def _verify(args: argparse.Namespace) -> int:
         details["target"] = args.target
         _known_target(settings, args.target)
     try:
-        if args.target is None:
-            checked = verify_repository(pg, on_line=_show)
-        else:
-            with local_copy(pg, args.target) as repo:
-                checked = verify_repository(pg, repo_path=str(repo), on_line=_show)
+        checked = verify_repository(pg, target=args.target, on_line=_show)
     except BackupError as exc:
         _record(
             settings,
