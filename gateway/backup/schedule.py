@@ -42,7 +42,7 @@ from gateway.settings.schema import BackupSettings
 from gateway.store.db import Database, store_errors
 from gateway.store.instance import born
 
-__all__ = ["BackupSchedule", "BackupState", "run_backups"]
+__all__ = ["BackupSchedule", "BackupState", "record_manual", "run_backups"]
 
 logger = logging.getLogger("gateway.backup")
 
@@ -184,21 +184,6 @@ class BackupSchedule:
             return "failed"
         return await self._made(claimed, made)
 
-    async def record_manual(self, made: Made, *, runner: str = "cli") -> None:
-        """Record a backup made by hand (``gateway backup create``), so every replica sees it."""
-        now = self.clock.now()
-        period = f"manual:{made.backup_id}"
-        async with self._db.session() as session:
-            session.add(
-                BackupRun(
-                    period=period, kind="manual", status="ok" if made.problem is None else "failed",
-                    started_at=now, finished_at=now, runner=runner, backup_id=made.backup_id,
-                    detail=made.problem or "",
-                )
-            )  # fmt: skip
-            with store_errors("cannot record the backup"):
-                await session.commit()
-
     async def _made(self, claimed: str, made: Made) -> str:
         status = "ok" if made.problem is None else "failed"
         await self._finish(claimed, status, made.backup_id, made.problem or "")
@@ -313,6 +298,24 @@ class BackupSchedule:
                     )
                 )
                 await session.commit()
+
+
+async def record_manual(db: Database, made: Made, now: datetime) -> None:
+    """Record a backup made by hand (``gateway backup create``), so every replica's readiness sees it.
+
+    Raises:
+        StoreUnavailable: The database failed.
+    """
+    async with db.session() as session:
+        session.add(
+            BackupRun(
+                period=f"manual:{made.backup_id}", kind="manual",
+                status="ok" if made.problem is None else "failed", started_at=now, finished_at=now,
+                runner="cli", backup_id=made.backup_id, detail=made.problem or "",
+            )
+        )  # fmt: skip
+        with store_errors("cannot record the backup"):
+            await session.commit()
 
 
 def _failure(row: BackupRun | None, now: datetime) -> tuple[datetime | None, str | None]:

@@ -115,7 +115,7 @@ def _resolve(settings: Settings, ref: str | None) -> Path:
 def _create(args: argparse.Namespace) -> int:
     from gateway.backup.jobs import sqlite_backup
     from gateway.backup.manifest import BackupError
-    from gateway.backup.schedule import BackupSchedule
+    from gateway.backup.schedule import record_manual
     from gateway.clock import SYSTEM_CLOCK
 
     settings = load_config(args)
@@ -139,17 +139,14 @@ def _create(args: argparse.Namespace) -> int:
             except BackupError as exc:
                 raise Failed(f"backup FAILED: {exc.detail}") from None
             print(f"backup {made.backup_id} written to {(args.to or _directory(settings)) / made.backup_id}")
-            audit = store.audit()
-            await audit.record(
+            await store.audit().record(
                 "backup.created",
                 actor=operator(),
                 outcome="success" if made.problem is None else "partial",
                 details=made.details,
             )
             # Every replica's readiness details see it: a manual backup counts as the deployment's.
-            await BackupSchedule(store.db, audit, None, lambda: settings.backup, SYSTEM_CLOCK).record_manual(
-                made
-            )
+            await record_manual(store.db, made, SYSTEM_CLOCK.now())
             print(made.backup_id)
             return EXIT_OK if made.problem is None else EXIT_FAILURE
 
@@ -197,13 +194,12 @@ def _create_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSetti
 
 def _record_manual_run(settings: Settings, made: Made) -> None:
     """The manual run, so every replica's readiness details see the backup; a warning when it cannot."""
-    from gateway.backup.schedule import BackupSchedule
+    from gateway.backup.schedule import record_manual
     from gateway.clock import SYSTEM_CLOCK
 
     async def work() -> None:
         async with open_store(settings) as store:
-            schedule = BackupSchedule(store.db, store.audit(), None, lambda: settings.backup, SYSTEM_CLOCK)
-            await schedule.record_manual(made)
+            await record_manual(store.db, made, SYSTEM_CLOCK.now())
 
     try:
         run(work())
