@@ -54,6 +54,7 @@ from gateway.cli.harness import (
     config_arg,
 )
 from gateway.cli.privacy_services import PrivacyContext, privacy_runner, when
+from gateway.settings.checks.privacy import LAWS
 
 if TYPE_CHECKING:
     from gateway.privacy.holds import HoldView
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-_LAWS: Final = ("gdpr", "ccpa", "dpdp")
 # The data classes a class hold can name (gateway.privacy.holds.DATA_CLASSES; spelled out here so
 # that building the parser imports no domain module).
 _DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
@@ -415,7 +415,7 @@ def _right(parser: argparse.ArgumentParser) -> None:
         help="how you verified the person's identity (recorded with the request)",
     )
     parser.add_argument(
-        "--law", choices=_LAWS, help="the law the request falls under (default: privacy.default_law)"
+        "--law", choices=LAWS, help="the law the request falls under (default: privacy.default_law)"
     )
 
 

@@ -31,9 +31,10 @@ from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
 from gateway.privacy import chores
 from gateway.privacy.consent import Consents
+from gateway.privacy.holds import DATA_CLASSES
 from gateway.privacy.models import PrivacyRequest, RemovedContent, RetentionRun
 from gateway.privacy.register import Channel, Kind, Status
-from gateway.privacy.retention import Plan, Retention, RunReport, period_of
+from gateway.privacy.retention import VERBS, Plan, Retention, RunReport, period_of
 from gateway.privacy.service import Privacy
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
@@ -475,6 +476,15 @@ async def test_two_engines_racing_for_one_period_do_the_work_once(world: World, 
     assert len(await world.audit.events(kind="privacy.retention_run")) == 1
     assert len(await world.audit.events(kind="privacy.erased")) == 1
     assert await world.verifies()
+
+
+def test_every_place_that_names_the_data_classes_names_the_same_ones(world: World) -> None:
+    # The CLI spells them out (its parser imports no domain module): this keeps the copy true.
+    from gateway.cli.privacy import _DATA_CLASSES
+
+    assert _DATA_CLASSES == DATA_CLASSES
+    assert tuple(VERBS) == DATA_CLASSES
+    assert tuple(rule.data_class for rule in world.engine()._rules) == DATA_CLASSES
 
 
 def test_period_keys() -> None:
