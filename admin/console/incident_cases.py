@@ -44,11 +44,11 @@ from admin.deps import AdminServices
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.errors import GatewayError
-from gateway.response.actions import AccountAction
-from gateway.response.cases import SEVERITIES, Cases, CaseView, EntryView
+from gateway.response.cases import Cases, CaseView, EntryView
 from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
 from gateway.response.report import dumps, report_markdown
+from gateway.response.vocabulary import SEVERITIES, AccountAction
 from gateway.response.workflow import Workflow
 from gateway.services import Services
 from gateway.settings.current import CurrentConfig

@@ -35,7 +35,6 @@ from gateway.cli.accounts import AccountServices, account_services
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
-    Failed,
     SubParsers,
     config_arg,
     load_config,
@@ -45,7 +44,6 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
-    from gateway.crypto.keyring import Keyring
     from gateway.response.cases import Cases, CaseView
     from gateway.response.recovery import RecoveryCheck
     from gateway.response.workflow import Workflow
@@ -56,10 +54,12 @@ __all__ = ["register_cases"]
 @dataclass(frozen=True, slots=True)
 class _Ctx:
     svc: AccountServices
-    cases: Cases
-    keyring: Keyring
-    # The operations the admin API runs too (gateway/response/workflow.py).
+    # The operations the admin API runs too (gateway/response/workflow.py); its cases and keyring.
     flow: Workflow
+
+    @property
+    def cases(self) -> Cases:
+        return self.flow.cases
 
 
 @asynccontextmanager
@@ -72,12 +72,12 @@ async def _context(args: argparse.Namespace) -> AsyncIterator[_Ctx]:
     settings = load_config(args)
     keyring = load_keyring(settings)
     async with account_services(settings) as svc:
-        cases = Cases(svc.db, svc.audit, SYSTEM_CLOCK)
         flow = Workflow(
-            cases=cases, settings=settings, db=svc.db, fast=svc.fast, audit=svc.audit, accounts=svc.accounts,
-            sessions=svc.sessions, policy=PolicyStore(svc.db, svc.fast, svc.audit), keyring=keyring,
+            cases=Cases(svc.db, svc.audit, SYSTEM_CLOCK), settings=settings, db=svc.db, fast=svc.fast,
+            audit=svc.audit, accounts=svc.accounts, sessions=svc.sessions,
+            policy=PolicyStore(svc.db, svc.fast, svc.audit), keyring=keyring,
         )  # fmt: skip
-        yield _Ctx(svc, cases, keyring, flow)
+        yield _Ctx(svc, flow)
 
 
 def _command(
@@ -193,10 +193,7 @@ async def _seal_again(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 async def _act(args: argparse.Namespace, ctx: _Ctx) -> int:
-    if ctx.svc.sessions is None:
-        raise Failed(
-            "error: state.embedded is memory: sessions live inside the gateway's process, out of reach"
-        )
+    # With state.embedded: memory the workflow refuses (SessionsOutOfReach: exit 1, its message).
     result = await ctx.flow.act(args.id, args.action, actor=operator())
     for username, done in result.done.items():
         print(f"{username}: {done}")
@@ -220,8 +217,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
     from gateway.response.actions import record_action
 
     case = await ctx.cases.get(args.id)
-    keyring = ctx.keyring
-    settings = ctx.svc.settings
+    keyring, keyring_file = ctx.flow.keyring, keyring_path(ctx.svc.settings)
     target = (
         RotationTarget.SIGNING
         if args.signing
@@ -230,11 +226,9 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         else RotationTarget.ALL
     )
     signing = SigningKeys(
-        ctx.svc.db, keyring, ctx.cases.clock, settings.assertion, keyring_path=keyring_path(settings)
+        ctx.svc.db, keyring, ctx.cases.clock, ctx.svc.settings.assertion, keyring_path=keyring_file
     )
-    rotation = await rotate_keys(
-        target, signing=signing, keyring=keyring, keyring_file=keyring_path(settings)
-    )
+    rotation = await rotate_keys(target, signing=signing, keyring=keyring, keyring_file=keyring_file)
     details = rotation.details()
     await ctx.svc.audit.record("keys.rotated", actor=operator(), subject="keys", details=details)
     await record_action(
@@ -300,8 +294,9 @@ async def _notify(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     """Add ``gateway incident case …`` under the incident group's actions."""
-    from gateway.response.cases import SEVERITIES
+    # Light modules only: this runs for every `gateway` command, not just this group's.
     from gateway.response.phases import Phase
+    from gateway.response.vocabulary import SEVERITIES, AccountAction
 
     group = actions.add_parser(
         "case",
@@ -354,7 +349,7 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("id", metavar="ID")
     p = action("act", _act, "apply an action to every affected account")
     p.add_argument("id", metavar="ID")
-    p.add_argument("action", choices=["revoke-sessions", "force-password-change", "reset-mfa", "disable"])
+    p.add_argument("action", choices=[a.value for a in AccountAction])
     p = action("restore-policy", _restore_policy, "restore an earlier policy version")
     p.add_argument("id", metavar="ID")
     p.add_argument("version", type=int, metavar="VERSION")

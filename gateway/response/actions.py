@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from gateway.audit.trail import AuditLog
@@ -18,17 +17,9 @@ from gateway.errors import BadRequest
 from gateway.identity.accounts import AccountService
 from gateway.identity.sessions import SessionStore
 from gateway.response.cases import Cases, CaseView
+from gateway.response.vocabulary import AccountAction
 
-__all__ = ["AccountAction", "ActionResult", "parse_account_action", "record_action", "run_account_action"]
-
-
-class AccountAction(StrEnum):
-    """What an action does to every affected account."""
-
-    REVOKE_SESSIONS = "revoke-sessions"
-    FORCE_PASSWORD_CHANGE = "force-password-change"  # noqa: S105 - an action name
-    RESET_MFA = "reset-mfa"
-    DISABLE = "disable"
+__all__ = ["ActionResult", "parse_account_action", "record_action", "run_account_action"]
 
 
 _DONE = {

@@ -22,12 +22,12 @@ from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
 from gateway.response.models import IncidentCase, IncidentEntry
 from gateway.response.phases import TITLES, Phase, check_move
+from gateway.response.vocabulary import SEVERITIES
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import Incident, new_incident_id, parse_incident_id, severity
 
-__all__ = ["SEVERITIES", "CaseNotFound", "CaseView", "Cases", "EntryView", "detection_ids"]
+__all__ = ["CaseNotFound", "CaseView", "Cases", "EntryView", "detection_ids"]
 
-SEVERITIES: Final = ("low", "medium", "high", "critical")
 # A detection joins an open incident of the same rule and person/address opened this recently.
 JOIN_WINDOW: Final = timedelta(hours=24)
 _MAX_TEXT: Final = 4000
