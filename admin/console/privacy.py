@@ -1127,8 +1127,7 @@ async def place_hold(
     async def work(admin: Admin, about: _About) -> HoldPlaced:
         username: str | None = None
         exists: bool | None = None
-        if (data.username is None) == (data.data_class is None):
-            raise BadRequest("A legal hold covers either a person (username) or a data class, not both.")
+        # Holds.place refuses neither or both (400), whoever asks.
         if data.username is not None:
             user = await services.identity.accounts.find(data.username)
             if user is not None:
