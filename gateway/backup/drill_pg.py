@@ -24,7 +24,6 @@ import asyncio
 import glob
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -49,7 +48,7 @@ from gateway.backup.drill import (
 )
 from gateway.backup.manifest import BackupError
 from gateway.backup.pg_repo import verify_repository
-from gateway.backup.pgbackrest import PgBackRestError, as_owner, restore_args
+from gateway.backup.pgbackrest import PgBackRestError, as_owner, owner_ids, restore_args
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import PgBackRestSettings
@@ -84,9 +83,8 @@ def _newest_backup(pg: PgBackRestSettings) -> tuple[str, datetime]:
 
 
 def _give(path: Path, os_user: str | None) -> None:
-    if os_user is not None:
-        entry = pwd.getpwnam(os_user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    if (ids := owner_ids(os_user)) is not None:
+        os.chown(path, *ids)
 
 
 def _prepare_config(data: Path, os_user: str | None) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.backup.manifest import BackupError
-from gateway.backup.pgbackrest import PgBackRestError
+from gateway.backup.pgbackrest import PgBackRestError, owner_ids
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.backup.targets import Replicated, rclone
 from gateway.settings.checks.backup import RCLONE_TARGET
@@ -210,13 +209,13 @@ def copy_location(target: str) -> str:
 
 def _hand_over(root: Path, os_user: str | None) -> None:
     """Give the copy to the cluster's owner (pgBackRest reads it as that user): 0750 and 0640."""
-    entry = pwd.getpwnam(os_user) if os_user is not None and os.geteuid() == 0 else None
+    ids = owner_ids(os_user)
     for folder, _dirs, files in os.walk(root):
         paths = [(Path(folder), 0o750)] + [(Path(folder) / f, 0o640) for f in files]
         for path, mode in paths:
             os.chmod(path, mode)
-            if entry is not None:
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            if ids is not None:
+                os.chown(path, *ids)
 
 
 def _copy(pg: PgBackRestSettings, target: str, progress: Progress) -> Replicated:

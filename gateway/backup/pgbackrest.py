@@ -41,6 +41,7 @@ __all__ = [
     "config_text",
     "live_cluster",
     "named_part",
+    "owner_ids",
     "postgresql_lines",
     "reported_problem",
     "restore_args",
@@ -172,12 +173,20 @@ def write_config(pg: PgBackRestSettings, path: Path | None = None) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(config_text(pg))
     os.chmod(target, 0o600)
-    if pg.os_user is not None and os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam(pg.os_user)
-        os.chown(target, entry.pw_uid, entry.pw_gid)
+    if (ids := owner_ids(pg.os_user)) is not None:
+        os.chown(target, *ids)
     return target
+
+
+def owner_ids(os_user: str | None) -> tuple[int, int] | None:
+    """The uid and gid to give files to the cluster's owner ``os_user`` with; None when there is none
+    or this process cannot give files away (only root can)."""
+    if os_user is None or os.geteuid() != 0:
+        return None
+    import pwd
+
+    entry = pwd.getpwnam(os_user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def argv(pg: PgBackRestSettings, command: str, *options: str, params: Sequence[str] = ()) -> list[str]:

@@ -271,13 +271,12 @@ def _prepare(target: Path, os_user: str | None) -> None:
     """Create the new data directory (mode 0700, as PostgreSQL requires), owned by ``os_user``."""
     import os
 
+    from gateway.backup.pgbackrest import owner_ids
+
     target.mkdir(parents=True, exist_ok=True)
     target.chmod(0o700)
-    if os_user is not None and os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam(os_user)
-        os.chown(target, entry.pw_uid, entry.pw_gid)
+    if (ids := owner_ids(os_user)) is not None:
+        os.chown(target, *ids)
 
 
 def register(sub: SubParsers[argparse.ArgumentParser]) -> None:

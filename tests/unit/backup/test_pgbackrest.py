@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from gateway.backup.pgbackrest import (
     config_text,
     live_cluster,
     named_part,
+    owner_ids,
     postgresql_lines,
     reported_problem,
     restore_args,
@@ -220,3 +223,13 @@ def test_restore_options() -> None:
         "--target=2027-03-01 09:41:00+00:00",
         "--target-action=promote",
     ]
+
+
+def test_files_are_given_to_the_cluster_owner_only_by_root() -> None:
+    assert owner_ids(None) is None
+    me = pwd.getpwuid(os.geteuid())
+    expected = (me.pw_uid, me.pw_gid) if os.geteuid() == 0 else None
+    assert owner_ids(me.pw_name) == expected
+    if os.geteuid() == 0:
+        with pytest.raises(KeyError):  # a user the system does not know is an error, not skipped
+            owner_ids("no-such-user-gw")
