@@ -49,13 +49,13 @@ from gateway.cli.harness import (
     load_keyring,
     open_store,
     operator,
+    record_backup_run,
     record_event,
     run,
     storage_url,
 )
 
 if TYPE_CHECKING:
-    from gateway.backup.jobs import Made
     from gateway.backup.verify import Verified
     from gateway.settings.schema import PgBackRestSettings, Settings
 
@@ -181,7 +181,7 @@ def _create_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSetti
         subject=pg.stanza,
         details={**facts, **made.details},
     )
-    _record_manual_run(settings, made)
+    record_backup_run(settings, made)
     print(f"backup {made.backup_id}: {kind} backup of stanza {pg.stanza} by pgBackRest in {pg.repo_path}")
     replicated = made.details.get("replicated")
     for location in replicated if isinstance(replicated, list) else []:
@@ -190,24 +190,6 @@ def _create_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSetti
         print(f"backup {made.backup_id} made, but: {made.problem}")
     print(made.backup_id)
     return EXIT_OK if made.problem is None else EXIT_FAILURE
-
-
-def _record_manual_run(settings: Settings, made: Made) -> None:
-    """The manual run, so every replica's readiness details see the backup; a warning when it cannot."""
-    from gateway.backup.schedule import record_manual
-    from gateway.clock import SYSTEM_CLOCK
-
-    async def work() -> None:
-        async with open_store(settings) as store:
-            await record_manual(store.db, made, SYSTEM_CLOCK.now())
-
-    try:
-        run(work())
-    except Exception as exc:  # noqa: BLE001 - the database: reported, the backup is made either way
-        print(
-            f"warning: the run of backup {made.backup_id} not recorded ({type(exc).__name__}: {exc})",
-            file=sys.stderr,
-        )
 
 
 def _list(args: argparse.Namespace) -> int:

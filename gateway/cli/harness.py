@@ -29,6 +29,7 @@ from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
+    from gateway.backup.jobs import Made
     from gateway.crypto.keyring import Keyring
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
@@ -330,3 +331,22 @@ def record_event(
         print(f"warning: audit event {kind} not recorded ({type(exc).__name__}: {exc})", file=sys.stderr)
         return False
     return True
+
+
+def record_backup_run(settings: Settings, made: Made) -> None:
+    """Record a backup made by hand, so every replica's readiness details and the missed-backup alert
+    see it (``gateway backup create`` and ``gateway pgbackrest backup``); a warning when it cannot."""
+    from gateway.backup.schedule import record_manual
+    from gateway.clock import SYSTEM_CLOCK
+
+    async def work() -> None:
+        async with open_store(settings) as store:
+            await record_manual(store.db, made, SYSTEM_CLOCK.now())
+
+    try:
+        run(work())
+    except Exception as exc:  # noqa: BLE001 - the database: reported, the backup is made either way
+        print(
+            f"warning: the run of backup {made.backup_id} not recorded ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )

@@ -42,6 +42,7 @@ from gateway.cli.harness import (
     command_group,
     config_arg,
     load_config,
+    record_backup_run,
     record_event,
 )
 
@@ -160,6 +161,8 @@ def _backup(args: argparse.Namespace) -> int:
         outcome="success" if made.problem is None else "partial",
         details={**facts, **made.details},
     )
+    # As `gateway backup create` does: readiness and the missed-backup alert count this backup too.
+    record_backup_run(settings, made)
     print(f"pgbackrest backup: {args.type} backup of stanza {pg.stanza} done ({made.backup_id})")
     replicated = made.details.get("replicated")
     for location in replicated if isinstance(replicated, list) else []:

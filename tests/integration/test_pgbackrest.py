@@ -198,6 +198,10 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert "full backup of stanza gw done" in proc.stdout
     assert "backup command end: completed successfully" in proc.stderr  # the progress, shown
+    # Recorded as the deployment's backup, as `gateway backup create` records it: readiness and the
+    # missed-backup alert see a backup made this way too.
+    made = proc.stdout.split("done (", 1)[1].split(")", 1)[0]
+    assert asyncio.run(_sql(port, f"select status from backup_runs where backup_id = '{made}'")) == "ok"
 
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     keyring = tmp_path / "data" / "keys" / "keyring.json"
