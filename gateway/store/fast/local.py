@@ -264,7 +264,7 @@ class LocalFastState:
             self._conn = _open(self._path, self._busy_timeout)
         return self._conn
 
-    def _call(self, operation: str, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
+    def _call(self, operation: str, fn: Callable[[sqlite3.Connection, float], _T], deadline: float) -> _T:
         """Run ``fn(connection, now)`` on the thread, converting failures to ``StateUnavailable``.
 
         A busy database is retried until ``op_timeout``: SQLite's own busy handler covers the common
@@ -273,12 +273,18 @@ class LocalFastState:
         its last checkpoint), and under heavy contention on a loaded machine one ``busy_timeout`` can
         run out although the writers ahead each hold the lock for microseconds. A busy statement did
         not run, so running it again is safe.
+
+        ``deadline`` is the caller's: no try starts after it, and a try begun just before it waits for
+        the lock only until then, so a write reported as timed out does not happen a moment later (a
+        one-time token consumed, an attempt counted) behind the back of the caller who was told it
+        failed.
         """
-        deadline = time.monotonic() + self._op_timeout
         pause = 0.005
         while True:
+            if time.monotonic() >= deadline:
+                raise StateUnavailable(f"fast state {operation} timed out")
             try:
-                return self._call_once(fn)
+                return self._call_once(fn, deadline)
             except (sqlite3.Error, OSError) as exc:
                 if _is_busy(exc) and time.monotonic() + pause < deadline:
                     time.sleep(pause)
@@ -288,9 +294,18 @@ class LocalFastState:
                     f"fast state {operation} failed ({type(exc).__name__}: {exc})"
                 ) from exc
 
-    def _call_once(self, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
+    def _call_once(self, fn: Callable[[sqlite3.Connection, float], _T], deadline: float) -> _T:
         try:
-            return fn(self._connection(), self._clock.time())
+            conn = self._connection()
+            remaining = deadline - time.monotonic()
+            if remaining >= self._busy_timeout:
+                return fn(conn, self._clock.time())
+            # Near the caller's deadline: wait for another writer only as long as the caller waits.
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(remaining * 1000))}")
+            try:
+                return fn(conn, self._clock.time())
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         except (sqlite3.Error, OSError) as exc:
             if self._conn is not None and not _is_busy(exc):
                 # Anything but "another process holds the lock" may be a broken connection (file
@@ -304,9 +319,10 @@ class LocalFastState:
         if self._closed:
             raise StateUnavailable("fast state is closed")
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._op_timeout
         try:
             async with asyncio.timeout(self._op_timeout):
-                return await loop.run_in_executor(self._executor, self._call, operation, fn)
+                return await loop.run_in_executor(self._executor, self._call, operation, fn, deadline)
         except TimeoutError:
             raise StateUnavailable(f"fast state {operation} timed out") from None
         except RuntimeError as exc:  # the executor was shut down by close() meanwhile
