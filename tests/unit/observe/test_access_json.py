@@ -1,0 +1,161 @@
+"""The access event's JSON, put together from bytes for speed, against its ECS shape written out plainly.
+
+``expected`` below is the document as nested dicts, the way a reader of the access log sees it; the
+gateway's writer must produce exactly this, byte for byte once encoded, for any record: strings with
+quotes, backslashes, control characters and non-ASCII (which only msgspec may escape), every optional
+part present or absent, refusals and 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.observe.access import ECS_VERSION, AccessEntry
+from gateway.observe.record import AccessDecision, AuthKind, RequestKind, RequestRecord
+from gateway.observe.redact import redact_path, redact_query
+
+_FAILED = {AccessDecision.DENY, AccessDecision.UNAUTHENTICATED, AccessDecision.INVALID, AccessDecision.ERROR}
+
+
+def expected(rec: RequestRecord) -> dict[str, Any]:
+    """The ECS document of ``rec``, written the plain way (the shape the README documents)."""
+    refused = rec.decision in _FAILED
+    name, port = _split(rec.host)
+    url: dict[str, Any] = {"path": redact_path(rec.path)}
+    if rec.query:
+        url["query"] = redact_query(rec.query)
+    if name:
+        url["domain"] = name
+    if port is not None:
+        url["port"] = port
+    request: dict[str, Any] = {"method": rec.method, "body": {"bytes": rec.bytes_in}}
+    if rec.request_id:
+        request["id"] = rec.request_id
+    gateway: dict[str, Any] = {
+        "kind": str(rec.kind),
+        "route": rec.route,
+        "decision": str(rec.decision),
+        "reason": rec.reason,
+        "policy_version": rec.policy_version,
+        "auth": str(rec.auth),
+    }
+    if rec.authz_seconds is not None:
+        gateway["authz"] = {"duration": round(rec.authz_seconds * 1e9)}
+    at = datetime.fromtimestamp(rec.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc: dict[str, Any] = {
+        "@timestamp": at,
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["web"],
+            "type": ["access", "denied" if refused else "allowed"],
+            "dataset": "gateway.access",
+            "outcome": "failure" if refused or rec.status >= 500 else "success",
+            "duration": round(rec.total_seconds * 1e9),
+        },
+        "http": {
+            "request": request,
+            "response": {"status_code": rec.status, "body": {"bytes": rec.bytes_out}},
+        },
+        "url": url,
+        "user_agent": {"original": rec.user_agent[:512]},
+        "gateway": gateway,
+    }
+    if rec.client_ip:
+        doc["source"] = {"ip": rec.client_ip}
+    if rec.user:
+        doc["user"] = {"name": rec.user}
+    if rec.session:
+        doc["session"] = {"id": rec.session}
+    if rec.upstream:
+        doc["upstream"] = {"address": rec.upstream}
+        if rec.upstream_seconds is not None:
+            doc["upstream"]["duration"] = round(rec.upstream_seconds * 1e9)
+    if rec.trace_id or rec.request_id:
+        doc["trace"] = {"id": rec.trace_id or rec.request_id}
+    if rec.span_id:
+        doc["span"] = {"id": rec.span_id}
+    return doc
+
+
+def _split(host: str) -> tuple[str, int | None]:
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        text = rest[1:] if rest.startswith(":") else ""
+    elif ":" in host:
+        name, _, text = host.rpartition(":")
+    else:
+        name, text = host, ""
+    port = int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+    return name, port
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+_SECONDS = st.floats(min_value=0, max_value=100, allow_nan=False)
+_HOSTS = st.one_of(
+    _TEXT,
+    st.sampled_from(
+        ["app.example.com", "app.example.com:8443", "[2001:db8::1]:443", "[::1]", "h:0", "h:99999"]
+    ),
+)
+_PATHS = st.one_of(
+    _TEXT.map(lambda t: "/" + t),
+    st.sampled_from(["/reports", "/a/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "/.gateway/invite/abc"]),
+)
+
+records = st.builds(
+    RequestRecord,
+    at=st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False),
+    kind=st.sampled_from(list(RequestKind)),
+    request_id=st.one_of(st.just(""), _TEXT),
+    client_ip=st.one_of(st.just(""), st.just("192.0.2.7"), _TEXT),
+    user_agent=st.one_of(_TEXT, st.just("x" * 600)),
+    host=_HOSTS,
+    method=st.one_of(st.sampled_from(["GET", "POST"]), _TEXT),
+    path=_PATHS,
+    query=st.one_of(st.just(""), _TEXT, st.just("page=2&access_token=s3cr3t")),
+    route=_TEXT,
+    user=st.one_of(st.just(""), _TEXT),
+    session=st.one_of(st.just(""), st.just("ab12cd34")),
+    status=st.integers(min_value=100, max_value=599),
+    bytes_in=st.integers(min_value=0, max_value=2**40),
+    bytes_out=st.integers(min_value=0, max_value=2**40),
+    upstream=st.one_of(st.just(""), _TEXT),
+    upstream_seconds=st.one_of(st.none(), _SECONDS),
+    authz_seconds=st.one_of(st.none(), _SECONDS),
+    total_seconds=_SECONDS,
+    decision=st.sampled_from(list(AccessDecision)),
+    reason=_TEXT,
+    policy_version=st.integers(min_value=0, max_value=2**31),
+    auth=st.sampled_from(list(AuthKind)),
+    trace_id=st.one_of(st.just(""), st.just("0af7651916cd43dd8448eb211c80319c")),
+    span_id=st.one_of(st.just(""), st.just("b7ad6b7169203331")),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(records)
+def test_the_written_json_is_the_plain_document(rec: RequestRecord) -> None:
+    entry = AccessEntry(rec)
+    written = entry.json()
+    # Same bytes as encoding the plain document (key order, escaping, numbers), so a reader can
+    # never tell how it was made.
+    assert written == msgspec.json.encode(expected(rec))
+    assert json.loads(written) == expected(rec)  # and any JSON parser reads it back
+    assert AccessEntry(rec).document() == expected(rec)
+
+
+def test_a_hostile_user_agent_cannot_break_out_of_its_string() -> None:
+    rec = RequestRecord(
+        at=1.0, kind=RequestKind.HTTP, user_agent='x","user":{"name":"admin"},"y":"\n', host="h", path="/"
+    )
+    doc = json.loads(AccessEntry(rec).json())
+    assert "user" not in doc
+    assert doc["user_agent"]["original"] == rec.user_agent
+    assert b"\n" not in AccessEntry(rec).json()  # one event per line, always
