@@ -1,6 +1,7 @@
 """``gateway audit …``: read, verify, checkpoint and export the tamper-evident audit trail.
 
-    gateway audit list   --config CFG [--kind K] [--since ISO] [--limit N] [--json]
+    gateway audit list   --config CFG [--kind K] [--actor A] [--subject S] [--outcome O]
+                         [--since ISO] [--until ISO] [--limit N] [--json]
     gateway audit verify --config CFG [--checkpoint FILE]
     gateway audit checkpoint --config CFG
     gateway audit export --config CFG --since ISO --until ISO -o BUNDLE(.zip|dir)
@@ -114,10 +115,19 @@ def _list(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise UserError("--since must be before --until")
     settings = load_config(args)
 
     async def show(db: Database) -> int:
-        where = AuditFilter(kind=args.kind or None, since=args.since)
+        where = AuditFilter(
+            kind=args.kind or None,
+            actor=args.actor,
+            subject=args.subject,
+            outcome=args.outcome,
+            since=args.since,
+            until=args.until,
+        )
         rows = await find_records(db, where, limit=args.limit)
         if args.json:
             for record in rows:
@@ -328,9 +338,17 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
 
     p = action("list", "show audit records, newest first", "Show audit records, newest first.")
     config_arg(p)
-    p.add_argument("--kind", metavar="KIND", help="only this kind, e.g. signin.password")
+    p.add_argument(
+        "--kind", metavar="KIND", help="only this kind, e.g. signin.password, or a prefix: 'admin.*'"
+    )
+    p.add_argument("--actor", metavar="ACTOR", help="only what this actor did, e.g. user:alice")
+    p.add_argument("--subject", metavar="SUBJECT", help="only records about this subject, e.g. alice")
+    p.add_argument("--outcome", metavar="OUTCOME", help="only this outcome, e.g. failure")
     p.add_argument(
         "--since", type=_time, metavar="ISO", help="only records at or after this time (UTC if no offset)"
+    )
+    p.add_argument(
+        "--until", type=_time, metavar="ISO", help="only records before this time (UTC if no offset)"
     )
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N records (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -176,6 +176,28 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     proc = gateway("audit", "list", *c, "--limit", "3", "--json")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["seq"] for r in rows] == [16, 15, 14]
+    # Who did what: the filters a security engineer reaches for first, each able to exclude.
+    rotated = json.loads(gateway("audit", "list", *c, "--kind", "keys.*", "--json").stdout)
+    assert rotated["kind"] == "keys.rotated"
+    for flag, value in (
+        ("--actor", rotated["actor"]),
+        ("--subject", "keys"),
+        ("--outcome", rotated["outcome"]),
+    ):
+        proc = gateway("audit", "list", *c, flag, value, "--json")
+        assert proc.returncode == 0, proc.stderr
+        found = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert rotated["seq"] in [r["seq"] for r in found]
+        assert all(r[flag.removeprefix("--")] == value for r in found)
+    proc = gateway("audit", "list", *c, "--actor", "user:nobody-at-all")
+    assert proc.stdout.strip() == "no audit records match"
+    proc = gateway("audit", "list", *c, "--until", "2000-01-01", "--json")
+    assert proc.returncode == 0
+    assert proc.stdout == ""
+    proc = gateway(
+        "audit", "list", *c, "--since", "2000-01-01", "--until", "2100-01-01", "--limit", "100", "--json"
+    )
+    assert len(proc.stdout.splitlines()) == 16
 
     bundle = tmp_path / "evidence.zip"
     proc = gateway("audit", "export", *c, "--since", "2000-01-01", "--until", "2100-01-01", "-o", str(bundle))
@@ -226,6 +248,10 @@ def test_user_errors(config: Path, tmp_path: Path) -> None:
     cases = [
         (("audit", "list", *c, "--since", "last tuesday"), "not an ISO 8601 time"),
         (("audit", "list", *c, "--limit", "0"), "--limit must be at least 1"),
+        (
+            ("audit", "list", *c, "--since", "2026-02-01", "--until", "2026-01-01"),
+            "--since must be before --until",
+        ),
         (("audit", "verify", *c, "--checkpoint", str(tmp_path / "nope.jsonl")), "no such checkpoint file"),
         (("audit", "verify", *c, "--checkpoint", str(config)), "not JSON"),
         (("audit", "export", *c, "--since", "2026-02-01", "--until", "2026-01-01", "-o", "x.zip"), "before"),

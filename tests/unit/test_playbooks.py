@@ -161,7 +161,7 @@ def test_the_checker_finds_drift() -> None:
 ```sh
 gateway incident case phase $ID containment --config gateway.yaml   # fine
 gateway incident case shut $ID --config gateway.yaml
-gateway audit list --actor user:mallory --config gateway.yaml | jq .
+gateway audit list --colour red --config gateway.yaml | jq .
 gateway incident case act $ID revoke-everything --config gateway.yaml
 gateway keys rotate --signing \\
     --keyring --config gateway.yaml
@@ -172,7 +172,7 @@ ID=inc-3f9a1c2b; gateway incident case check $ID --json
     assert [c.argv[:3] for c in commands] == [
         ("incident", "case", "phase"),
         ("incident", "case", "shut"),
-        ("audit", "list", "--actor"),
+        ("audit", "list", "--colour"),
         ("incident", "case", "act"),
         ("keys", "rotate", "--signing"),
         ("incident", "case", "check"),
@@ -180,7 +180,7 @@ ID=inc-3f9a1c2b; gateway incident case check $ID --json
     results = [problems(c) for c in commands]
     assert results[0] == []
     assert "is followed by 'shut'" in results[1][0]
-    assert "has no option --actor" in results[2][0]
+    assert "has no option --colour" in results[2][0]
     assert "invalid choice: 'revoke-everything'" in results[3][0]
     assert "not allowed with argument" in results[4][0]
     assert results[5] == []
