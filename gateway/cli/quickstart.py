@@ -93,8 +93,11 @@ def _write_keyring(path: Path) -> None:
         json.dump(keyring, fh, indent=2)
 
 
-def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path:
-    """Create the data dir, keyring and config (kept if they exist). Returns the config path."""
+def write_quickstart_config(data_dir: Path, listen: str, echo_port: int, admin_port: int = 0) -> Path:
+    """Create the data dir, keyring and config (kept if they exist). Returns the config path.
+
+    ``admin_port`` 0 means the ``listen`` port + 1.
+    """
     data_dir = data_dir.resolve()
     (data_dir / "keys").mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir / "keys", 0o700)
@@ -113,7 +116,7 @@ def write_quickstart_config(data_dir: Path, listen: str, echo_port: int) -> Path
             public_host=public_host,
             port=port,
             echo_port=echo_port,
-            admin_port=port + 1,
+            admin_port=admin_port or port + 1,
         )
     )
     return config
@@ -129,14 +132,15 @@ def _wait_for_port(port: int, timeout: float = 15.0) -> bool:
     return False
 
 
-def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
+def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0, admin_port: int = 0) -> int:
     """Start echo app + gateway; block until interrupted. Returns the exit code."""
     from gateway.server import serve
     from gateway.settings.loader import load_settings
 
     echo_port = echo_port or _free_port()
     print(f"[1/3] preparing {data_dir} (keys, config) …", flush=True)
-    config = write_quickstart_config(data_dir, listen, echo_port)
+    admin_port = admin_port or parse_listen(listen)[1] + 1
+    config = write_quickstart_config(data_dir, listen, echo_port, admin_port)
     settings = load_settings(config)
     admin_note = run(bootstrap_admin(settings))
     print(f"[2/3] starting the echo app on 127.0.0.1:{echo_port} …", flush=True)
@@ -166,7 +170,7 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0) -> int:
             f"  Sign in   {admin_note}\n"
             f"  Account   {base}/.gateway/account   (second factors, recovery codes, sessions)\n"
             f"  Health    {base}/.gateway/health\n"
-            f"  Console   {base.rsplit(':', 1)[0]}:{parse_listen(listen)[1] + 1}/   (admin console and API: sign in here first, with a second factor)\n"
+            f"  Console   {base.rsplit(':', 1)[0]}:{admin_port}/   (admin console and API: sign in here first, with a second factor)\n"
             f"  Config    {config}\n\n"
             "  Next: edit the config (add your own routes), then run\n"
             f"        gateway serve --config {config}\n"
@@ -229,7 +233,9 @@ def run_echo(listen: str) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    return run_quickstart(data_dir=args.data_dir, listen=args.listen, echo_port=args.echo_port)
+    return run_quickstart(
+        data_dir=args.data_dir, listen=args.listen, echo_port=args.echo_port, admin_port=args.admin_port
+    )
 
 
 def _echo(args: argparse.Namespace) -> int:
@@ -250,6 +256,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
     p.add_argument(
         "--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)"
+    )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="admin console port on 127.0.0.1 (default: the --listen port + 1)",
     )
     p.set_defaults(func=_quickstart)
 

@@ -346,7 +346,8 @@ def test_secret_from_file_is_never_printed(tmp_path: Path) -> None:
 )
 def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, to_group: bool) -> None:
     data_dir = tmp_path / "qs"
-    port, echo_port = free_port(), free_port()
+    # The admin port too: by default it is the listen port + 1, which a parallel test may hold.
+    port, echo_port, admin_port = free_port(), free_port(), free_port()
     out_path = tmp_path / "quickstart.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
@@ -361,6 +362,8 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
                 f"127.0.0.1:{port}",
                 "--echo-port",
                 str(echo_port),
+                "--admin-port",
+                str(admin_port),
             ],
             cwd=ROOT,
             stdout=out,
@@ -377,6 +380,8 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
         output = out_path.read_text()
         assert f"http://localhost:{port}/" in output
         assert "Next:" in output
+        assert f"Console   http://localhost:{admin_port}/" in output
+        wait_for_port(admin_port, proc=proc, timeout=60)  # the console listens where it says
         assert f"gateway serve --config {data_dir.resolve() / 'gateway.yaml'}" in output
         # The first admin is bootstrapped with a one-time password shown on this terminal only.
         password = re.search(r"one-time password (\S+)", output)
