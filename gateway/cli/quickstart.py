@@ -139,7 +139,6 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0, admin_por
 
     echo_port = echo_port or _free_port()
     print(f"[1/3] preparing {data_dir} (keys, config) …", flush=True)
-    admin_port = admin_port or parse_listen(listen)[1] + 1
     config = write_quickstart_config(data_dir, listen, echo_port, admin_port)
     settings = load_settings(config)
     admin_note = run(bootstrap_admin(settings))
@@ -164,13 +163,14 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0, admin_por
             print("error: the echo app did not start; see the messages above", file=sys.stderr)
             return EXIT_FAILURE
         base = settings.public_url.rstrip("/")
+        console_port = parse_listen(settings.admin.listen or "")[1]  # the config always sets it
         print(
             f"[3/3] starting the gateway on http://{listen}\n\n"
             f"  Open      {base}/            (the echo app shows what the gateway passed on)\n"
             f"  Sign in   {admin_note}\n"
             f"  Account   {base}/.gateway/account   (second factors, recovery codes, sessions)\n"
             f"  Health    {base}/.gateway/health\n"
-            f"  Console   {base.rsplit(':', 1)[0]}:{admin_port}/   (admin console and API: sign in here first, with a second factor)\n"
+            f"  Console   {base.rsplit(':', 1)[0]}:{console_port}/   (admin console and API: sign in here first, with a second factor)\n"
             f"  Config    {config}\n\n"
             "  Next: edit the config (add your own routes), then run\n"
             f"        gateway serve --config {config}\n"

@@ -60,22 +60,6 @@ async def opened(tmp_path: Path) -> AsyncIterator[Callable[..., LocalFastState]]
         await state.close()
 
 
-async def answering(state: LocalFastState) -> LocalFastState:
-    """``state`` once it answers a ping.
-
-    The first call opens (and may create) the file in the state's thread; on a loaded CI machine that
-    alone took longer than a short ``op_timeout``. Tests of short timeouts warm up with this first.
-    """
-    deadline = time.monotonic() + BOUND
-    while True:
-        try:
-            await state.ping()
-            return state
-        except StateUnavailable:
-            if time.monotonic() > deadline:
-                raise
-
-
 async def eventually(call: Callable[[], Awaitable[_T]]) -> _T:
     """The result of ``call`` once it stops failing closed (within ``BOUND``)."""
     deadline = time.monotonic() + BOUND
@@ -85,6 +69,16 @@ async def eventually(call: Callable[[], Awaitable[_T]]) -> _T:
         except StateUnavailable:
             if time.monotonic() > deadline:
                 raise
+
+
+async def answering(state: LocalFastState) -> LocalFastState:
+    """``state`` once it answers a ping.
+
+    The first call opens (and may create) the file in the state's thread; on a loaded CI machine that
+    alone took longer than a short ``op_timeout``. Tests of short timeouts warm up with this first.
+    """
+    await eventually(state.ping)
+    return state
 
 
 async def _python(script: str, *args: str) -> str:
