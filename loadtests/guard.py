@@ -88,8 +88,41 @@ def _wait_ready(loader: m.Child, out: Path) -> None:
         time.sleep(0.01)
 
 
+#: The sign-in phase's arms, rotated per round: browsing alone, beside sign-ins through the gateway, and
+#: beside the same rate of password hashes made outside any gateway (the floor: what the hashing CPU
+#: alone costs the machine's other processes).
+SIGNIN_ARMS = ("without", "with_signins", "with_hashes")
+
+
+def _signin_loader(arm: str, port: int, signin_rate: float, duration: float, tmp: Path) -> m.Child | None:
+    """Start the load that runs beside browsing in this arm (None: browsing alone)."""
+    if arm == "without":
+        return None
+    if arm == "with_signins":
+        argv = [sys.executable, "-m", "loadtests.signins", f"http://127.0.0.1:{port}"]
+        argv += ["--user", m.SIGNIN_USER, "--password-env", "GW_BENCH_PASSWORD"]
+    else:
+        argv = [sys.executable, "-m", "loadtests.hashload"]
+    argv += ["--rate", str(signin_rate), "--duration", str(duration)]
+    loader = m.Children.spawn(
+        _CHILDREN, arm, argv, tmp / f"{arm}.out", env={"GW_BENCH_PASSWORD": m.BENCH_PASSWORD}
+    )
+    _wait_ready(loader, tmp / f"{arm}.out")
+    return loader
+
+
+def _loader_result(loader: m.Child, arm: str, timeout: float, tmp: Path) -> dict[str, Any]:
+    loader.proc.wait(timeout)
+    _CHILDREN.items.remove(loader)
+    out = (tmp / f"{arm}.out").read_text().strip().splitlines()
+    result: dict[str, Any] = json.loads(out[-1]) if out else {}
+    if loader.proc.returncode != 0 or not result or result.get("failed"):
+        raise m.MeasureError(f"{arm} load failed: {out[-3:] if out else 'no output'}")
+    return result
+
+
 def _signin_phase(args: argparse.Namespace, budget: dict[str, Any]) -> m.AfterRounds:
-    """Browsing p99 at the fixed rate on the gateway, with and without sign-ins running, alternating."""
+    """Browsing p99 at the fixed rate on the gateway: alone, beside sign-ins, beside their hashes alone."""
 
     def phase(running: dict[str, m.Started], client: m.Client, tmp: Path) -> dict[str, Any]:
         gw = running.get("gateway")
@@ -99,49 +132,32 @@ def _signin_phase(args: argparse.Namespace, budget: dict[str, Any]) -> m.AfterRo
         pairs: list[dict[str, Any]] = []
         for rnd in range(args.signin_rounds):
             pair: dict[str, Any] = {"round": rnd + 1}
-            for with_signins in (False, True) if rnd % 2 == 0 else (True, False):
-                loader = None
-                if with_signins:
-                    argv = [sys.executable, "-m", "loadtests.signins", f"http://127.0.0.1:{gw.port}"]
-                    argv += ["--user", m.SIGNIN_USER, "--password-env", "GW_BENCH_PASSWORD"]
-                    argv += ["--rate", str(signin_rate), "--duration", str(args.rate_duration + 1)]
-                    loader = m.Children.spawn(
-                        _CHILDREN,
-                        "signins",
-                        argv,
-                        tmp / "signins.out",
-                        env={"GW_BENCH_PASSWORD": m.BENCH_PASSWORD},
-                    )
-                    _wait_ready(loader, tmp / "signins.out")
+            shift = rnd % len(SIGNIN_ARMS)
+            for arm in SIGNIN_ARMS[shift:] + SIGNIN_ARMS[:shift]:
+                loader = _signin_loader(arm, gw.port, signin_rate, args.rate_duration + 1, tmp)
                 browse = client.paced(_CHILDREN, tmp, gw.port, args.rate_duration, rate)
-                key = "with_signins" if with_signins else "without"
-                pair[key] = browse
+                pair[arm] = browse
+                side = "" if loader is None else f"  ({arm[5:]}: "
                 if loader is not None:
-                    loader.proc.wait(args.rate_duration + 60)
-                    _CHILDREN.items.remove(loader)
-                    out = (tmp / "signins.out").read_text().strip().splitlines()
-                    pair["signins"] = result = json.loads(out[-1]) if out else {}
-                    if loader.proc.returncode != 0 or not result or result.get("failed"):
-                        raise m.MeasureError(f"sign-in load failed: {out[-3:] if out else 'no output'}")
-                for res in (browse,):
-                    if res["non_2xx"] or res["errors"]:
-                        raise m.MeasureError(
-                            f"browsing ({key}): {res['non_2xx']} non-2xx {res.get('statuses', {})}, {res['errors']} errors"
-                        )
+                    key = "signins" if arm == "with_signins" else "hashes"
+                    pair[key] = result = _loader_result(loader, arm, args.rate_duration + 60, tmp)
+                    side += f"{result['rate']:.1f}/s, p99 {result['p99_ms']:.0f} ms)"
+                if browse["non_2xx"] or browse["errors"]:
+                    raise m.MeasureError(
+                        f"browsing ({arm}): {browse['non_2xx']} non-2xx {browse.get('statuses', {})}, "
+                        f"{browse['errors']} errors"
+                    )
                 print(
-                    f"sign-in round {rnd + 1}/{args.signin_rounds} gateway @ {rate:g}/s {key:<13} "
-                    f"p50 {browse['p50_ms']:.2f} ms  p99 {browse['p99_ms']:.2f} ms"
-                    + (
-                        f"  ({pair['signins']['rate']:.1f} sign-ins/s, p99 {pair['signins']['p99_ms']:.0f} ms)"
-                        if with_signins
-                        else ""
-                    ),
+                    f"sign-in round {rnd + 1}/{args.signin_rounds} gateway @ {rate:g}/s {arm:<13} "
+                    f"p50 {browse['p50_ms']:.2f} ms  p99 {browse['p99_ms']:.2f} ms{side}",
                     file=sys.stderr,
                 )
             pairs.append(pair)
-        ratios = [
-            p["with_signins"]["p99_ms"] / p["without"]["p99_ms"] for p in pairs if p["without"]["p99_ms"]
-        ]
+
+        def ratio(top: str, bottom: str) -> float | None:
+            values = [p[top]["p99_ms"] / p[bottom]["p99_ms"] for p in pairs if p[bottom]["p99_ms"]]
+            return statistics.median(values) if values else None
+
         return {
             "signins": {
                 "rate": rate,
@@ -149,7 +165,10 @@ def _signin_phase(args: argparse.Namespace, budget: dict[str, Any]) -> m.AfterRo
                 "rounds": pairs,
                 "p99_without_ms": statistics.median(p["without"]["p99_ms"] for p in pairs),
                 "p99_with_ms": statistics.median(p["with_signins"]["p99_ms"] for p in pairs),
-                "p99_ratio": statistics.median(ratios) if ratios else None,
+                "p99_hashes_ms": statistics.median(p["with_hashes"]["p99_ms"] for p in pairs),
+                "p99_ratio": ratio("with_signins", "without"),
+                "p99_hashes_ratio": ratio("with_hashes", "without"),
+                "p99_vs_hashes": ratio("with_signins", "with_hashes"),
                 "signin_p50_ms": statistics.median(p["signins"]["p50_ms"] for p in pairs),
                 "signin_p99_ms": statistics.median(p["signins"]["p99_ms"] for p in pairs),
             }
@@ -171,6 +190,7 @@ def values_of(report: dict[str, Any]) -> dict[str, float | None]:
         "gateway_vs_bare_http1": cmp.get("gateway/bare-http1"),
         "gateway_vs_nginx": cmp.get("gateway/nginx"),
         "signin_p99_ratio": signins.get("p99_ratio"),
+        "signin_p99_vs_hashes": signins.get("p99_vs_hashes"),
         "access_log_ratio": cmp.get("gateway/gateway-nolog"),
         "shared_state_ratio": cmp.get("gateway/gateway-memstate"),
         "cpu_vs_bare_http1": cmp.get("cpu bare-http1/gateway"),
@@ -187,7 +207,8 @@ def render(
         lines.append(
             f"browsing @ {signins['rate']:g}/s p99: {signins['p99_without_ms']:.2f} ms without, "
             f"{signins['p99_with_ms']:.2f} ms with {signins['signin_rate']:g} sign-ins/s "
-            f"(sign-in p50 {signins['signin_p50_ms']:.0f} ms, p99 {signins['signin_p99_ms']:.0f} ms)"
+            f"(sign-in p50 {signins['signin_p50_ms']:.0f} ms, p99 {signins['signin_p99_ms']:.0f} ms), "
+            f"{signins['p99_hashes_ms']:.2f} ms with their password hashes alone outside the gateway"
         )
     loose = f" (smoke: goals loosened {factor:g}x)" if factor != 1 else ""
     lines += ["", f"{'budget ' + str(report['budget_file']) + loose:<60}{'value':>10}   goal"]

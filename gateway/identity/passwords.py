@@ -6,9 +6,10 @@ runs on the event loop: each hash runs in a worker thread, and at most
 the semaphore instead of starving the proxied traffic of CPU (docs/architecture.md, invariant 5). The hashing
 threads also run at a lower scheduling priority (nice +10, Linux schedules threads on their own): when
 the CPU is contended, the event loop that proxies requests goes first and the hash waits a little.
-(On the 2-core benchmark machine the cores are rarely both busy at 300 req/s, so the guard's "browsing
-p99 with sign-ins" did not change measurably: see the README's performance section for what does
-cost there.)
+That ordering holds inside the gateway's own scheduling group only: with autogroups (or one cgroup per
+service), a hash delays the wake-ups of *other* groups' processes on its core (the upstream, a local
+load client) by up to a scheduler tick whatever its priority, which is why the benchmark measures the
+sign-ins against the same hashes made outside the gateway (``loadtests/README.md``, the sign-in phase).
 
 Unknown users cost the same as wrong passwords: :meth:`PasswordHasher.verify` with no stored hash
 checks the password against a dummy hash made with the same parameters, so response time does not
