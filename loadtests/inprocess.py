@@ -53,9 +53,12 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CREDENTIALS",
     "SLOWABLE",
     "Collector",
     "Upstream",
+    "api_token",
+    "credential_header",
     "drive",
     "instructions_per_request",
     "lifespan",
@@ -124,10 +127,11 @@ def worker_config(
     policy_text: str = "p, authenticated, *, /*, *, allow\n",
     state: dict[str, Any] | None = None,
     access_log: bool = True,
+    route_auth: Sequence[str] = ("session",),
 ) -> Path:
     """The benchmark worker's configuration file in ``tmp``: one route to the upstream on
     ``upstream_port``, the policy ``policy_text``, in-process fast state unless ``state`` says otherwise,
-    the access log to a file unless ``access_log`` is False."""
+    the access log to a file unless ``access_log`` is False, the route taking ``route_auth``."""
     policy = tmp / "policy.csv"
     policy.write_text(policy_text)
     config: dict[str, Any] = {
@@ -151,6 +155,7 @@ def worker_config(
                 "path": "/",
                 "upstreams": [f"http://127.0.0.1:{upstream_port}"],
                 "mfa": "none",
+                "auth": list(route_auth),
             }
         ],
     }
@@ -180,7 +185,7 @@ async def lifespan(plane: Any, kind: str) -> None:
         task.cancel()
 
 
-async def sign_in(services: Any) -> str:
+async def sign_in(services: Any, *, optout: Sequence[str] = ()) -> str:
     from gateway.identity.levels import AuthLevel, Factor, FactorUse
 
     session_id, _ = await services.identity.sessions.create(
@@ -192,15 +197,21 @@ async def sign_in(services: Any) -> str:
         ip="127.0.0.1",
         user_agent="inprocess",
         host="127.0.0.1",
+        optout=optout,
     )
     return str(session_id)
 
 
 async def drive(
-    plane: Any, cookie: bytes | Sequence[bytes], count: int, tally: Counter[int] | None = None
+    plane: Any,
+    cookie: bytes | Sequence[bytes],
+    count: int,
+    tally: Counter[int] | None = None,
+    *,
+    header: bytes = b"cookie",
 ) -> int:
-    """Send ``count`` requests (with ``cookie``, or with each of several cookies in turn); return how
-    many were not answered 200. ``tally`` counts the answers by status."""
+    """Send ``count`` requests (with ``cookie``, or with each of several cookies in turn, in ``header``);
+    return how many were not answered 200. ``tally`` counts the answers by status."""
     cookies = [cookie] if isinstance(cookie, bytes) else list(cookie)
     statuses: list[int] = []
 
@@ -227,7 +238,7 @@ async def drive(
                 (b"host", b"127.0.0.1:8080"),
                 (b"user-agent", b"wrk"),
                 (b"accept", b"application/json"),
-                (b"cookie", cookies[i % len(cookies)]),
+                (header, cookies[i % len(cookies)]),
             ],
             "client": ("127.0.0.1", 50_000),
             "server": ("127.0.0.1", 8080),
@@ -282,16 +293,38 @@ def _dormant_timers() -> None:
     asyncio.sleep = dormant
 
 
+#: The credential each benchmark request carries (``signed_in_plane``'s ``credential``): a session cookie,
+#: a session cookie of a person who opted out of policy analytics (consent), or a service account's token.
+CREDENTIALS = ("session", "session-optout", "bearer")
+_BENCH_CLIENT = "bench-ci"
+
+
+def credential_header(credential: str) -> bytes:
+    """The request header that carries ``credential``'s value."""
+    return b"authorization" if credential == "bearer" else b"cookie"
+
+
 @asynccontextmanager
-async def signed_in_plane(tracing: float | None = None, **options: Any) -> AsyncIterator[tuple[Any, bytes]]:
+async def signed_in_plane(
+    tracing: float | None = None, *, credential: str = "session", **options: Any
+) -> AsyncIterator[tuple[Any, bytes]]:
     """The benchmark's worker (:func:`worker_config` in a temporary directory, ``options`` passed on),
-    started, with its upstream in this event loop and a signed-in session's cookie; shut down and
-    removed when the block ends.
+    started, with its upstream in this event loop and the value of a credential (:data:`CREDENTIALS`,
+    sent in :func:`credential_header`); shut down and removed when the block ends.
 
     ``tracing`` turns tracing on with that sample ratio, exporting to a :class:`Collector` in this loop.
+    A ``bearer`` credential is an API token of a service account the policy allows on the route, which
+    then takes tokens as well as sessions.
     """
     from gateway.root.apps import worker_app
 
+    if credential not in CREDENTIALS:
+        raise ValueError(f"credential must be one of {', '.join(CREDENTIALS)}")
+    if credential == "bearer":
+        options.setdefault("route_auth", ("session", "bearer"))
+        options.setdefault(
+            "policy_text", f"p, authenticated, *, /*, *, allow\np, client:{_BENCH_CLIENT}, *, /*, *, allow\n"
+        )
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inprocess-")))
@@ -306,7 +339,26 @@ async def signed_in_plane(tracing: float | None = None, **options: Any) -> Async
         plane = worker_app(worker_config(tmp, server.sockets[0].getsockname()[1], traces, **options))
         await lifespan(plane, "startup")
         stack.push_async_callback(lifespan, plane, "shutdown")
-        yield plane, f"{_COOKIE}={await sign_in(plane.running.services)}".encode()
+        services = plane.running.services
+        if credential == "bearer":
+            yield plane, f"Bearer {await api_token(services)}".encode()
+        else:
+            optout = ("policy_analytics",) if credential == "session-optout" else ()
+            yield plane, f"{_COOKIE}={await sign_in(services, optout=optout)}".encode()
+
+
+async def api_token(services: Any) -> str:
+    """A new service account's API token for the benchmark route."""
+    from gateway.machine.accounts import ServiceAccounts
+
+    accounts = ServiceAccounts(
+        services.db, services.identity.audit, services.fast, services.identity.clock, max_lifetime=86400.0
+    )
+    await accounts.create_account(_BENCH_CLIENT, actor="bench")
+    _, token = await accounts.create_token(
+        _BENCH_CLIENT, routes=["echo"], lifetime=3600.0, known_routes=["echo"], actor="bench"
+    )
+    return token
 
 
 async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:

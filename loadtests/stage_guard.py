@@ -74,7 +74,7 @@ def feature_verdict(
     shared = sum(on.values()) - sum(off.values()) - added
     ok = added <= float(budget["max"])
     line = (
-        f"feature {name}: +{added:,.0f} bytecodes per request in the request's stages ({added / base:+.1%}), "
+        f"feature {name}: {added:+,.0f} bytecodes per request in the request's stages ({added / base:+.1%}), "
         f"budget {budget['max']:,}; shared work {shared:+,.0f} (reported)"
     )
     return ok, line if ok else f"{line}  <-- over budget"

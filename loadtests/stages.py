@@ -127,23 +127,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tracing-1pct": {"tracing": 0.01},
     "tracing-all": {"tracing": 1.0},
     "embedded-file-state": {"state": {"embedded": "file"}},
+    # A route that takes API tokens as well as sessions, browsed with a session cookie: the price of
+    # looking for a token on every request of such a route.
+    "bearer-route": {"route_auth": ("session", "bearer")},
+    # The same route browsed with a service account's API token instead of a cookie.
+    "bearer-request": {"credential": "bearer"},
+    # A session of a person who opted out of policy analytics (consent): no decision sample.
+    "consent-optout": {"credential": "session-optout"},
 }
 
 
 async def _run(
     requests: int, warmup: int, variant: str = "baseline", slow_stage: str | None = None
 ) -> dict[str, Any]:
-    from loadtests.inprocess import drive, signed_in_plane, slow_down
+    from loadtests.inprocess import credential_header, drive, signed_in_plane, slow_down
 
     if slow_stage is not None:
         slow_down(slow_stage)
     options = dict(VARIANTS[variant])
     tally = _Tally(_stage_codes())
+    header = credential_header(options.get("credential", "session"))
     async with signed_in_plane(options.pop("tracing", None), **options) as (plane, cookie):
-        failed = await drive(plane, cookie, warmup)
+        failed = await drive(plane, cookie, warmup, header=header)
         sys.settrace(tally)
         try:
-            failed += await drive(plane, cookie, requests)
+            failed += await drive(plane, cookie, requests, header=header)
         finally:
             sys.settrace(None)
     if failed:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from loadtests.inprocess import SLOWABLE
+from loadtests.stages import count_stages
 
 # --slow-stage names the function; the guard's lines name the stage.
 STAGE_LINE = {
@@ -51,9 +52,30 @@ def cpu_hogs() -> Iterator[None]:
 def test_the_guard_passes_with_every_feature_beside_cpu_hogs(cpu_hogs: None) -> None:
     proc = _guard()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "stage guard: 13 within budget, 0 over" in proc.stdout, proc.stdout
-    for feature in ("access_log", "tracing_1pct", "embedded_file_state"):
-        assert f"feature {feature}: +" in proc.stdout
+    assert "stage guard: 16 within budget, 0 over" in proc.stdout, proc.stdout
+    for feature in (
+        "access_log",
+        "tracing_1pct",
+        "embedded_file_state",
+        "bearer_route",
+        "bearer_request",
+        "consent_optout",
+    ):
+        assert f"feature {feature}: " in proc.stdout
+
+
+def test_the_credential_variants_take_the_paths_they_are_named_for() -> None:
+    """The feature lines measure what they say: a token request skips the session stages, a route that
+    takes tokens still identifies a cookie, an opted-out session is authorized with less work."""
+    baseline = count_stages(100, variant="baseline")["stages"]
+    token = count_stages(100, variant="bearer-request")["stages"]
+    for skipped in ("identify", "mfa", "authorize"):
+        assert skipped not in token, token
+    route = count_stages(100, variant="bearer-route")["stages"]
+    assert route["identify"] == pytest.approx(baseline["identify"], abs=6)
+    assert route["pipeline (the stage sequence)"] > baseline["pipeline (the stage sequence)"]
+    optout = count_stages(100, variant="consent-optout")["stages"]
+    assert optout["authorize"] < baseline["authorize"]
 
 
 @pytest.mark.parametrize("slow", SLOWABLE)
