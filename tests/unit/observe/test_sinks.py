@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from gateway.audit.trail import SecurityEvent
 from gateway.observe.access import AccessEntry, SecurityEntry, _timestamp, access_observer, audit_listener
 from gateway.observe.record import RequestRecord
-from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, SyslogSink
+from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, StdoutSink, SyslogSink
+from gateway.observe.sinks import stream
 
 AT = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
 RFC5424 = re.compile(rb"<(\d+)>1 (\S+) (\S+) (\S+) (\d+) (\S+) - (.*)", re.S)
@@ -238,6 +241,91 @@ async def test_file_sink_writes_lines_and_rotates(tmp_path: Path) -> None:
            for x in (tmp_path / name).read_text().splitlines()]  # fmt: skip
     assert ids == ["r2", "r3", "r4", "r5", "r6"]  # r0 and r1 rotated out with the oldest file
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+class ThreadCalls:
+    """``asyncio.to_thread`` as the stream sinks see it, counting the calls (and still making them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = asyncio.to_thread
+
+        async def counted(func: Any, /, *args: Any) -> Any:
+            self.calls += 1
+            return await real(func, *args)
+
+        monkeypatch.setattr(stream.asyncio, "to_thread", counted)
+
+
+async def test_file_sink_writes_on_the_loop_until_a_write_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    threads = ThreadCalls(monkeypatch)
+    path = tmp_path / "access.log"
+    sink = FileSink("file", Delivery(), path=str(path), max_bytes=10**6, backups=1)
+    await sink.send([AccessEntry(record(request_id="r0"))])
+    assert threads.calls == 0  # a regular file: written on the event loop
+    assert b'"r0"' in path.read_bytes()
+    # A slow write (a disk under pressure): the next writes go to a thread, and the log says so once.
+    real_write = sink._write
+
+    def slow_write(data: bytes) -> None:
+        time.sleep(stream.SLOW_WRITE * 2)
+        real_write(data)
+
+    monkeypatch.setattr(sink, "_write", slow_write)
+    await sink.send([AccessEntry(record(request_id="r1"))])
+    assert threads.calls == 0
+    assert "writing from a thread" in caplog.text
+    monkeypatch.setattr(sink, "_write", real_write)
+    await sink.send([AccessEntry(record(request_id="r2"))])
+    await sink.send([AccessEntry(record(request_id="r3"))])
+    assert threads.calls == 2
+    ids = [json.loads(line)["trace"]["id"] for line in path.read_text().splitlines()]
+    assert ids == ["r0", "r1", "r2", "r3"]
+    # Once the time is up, the loop again.
+    monkeypatch.setattr(stream.time, "monotonic", lambda: time.perf_counter() + stream.OFF_LOOP_FOR * 2)
+    await sink.send([AccessEntry(record(request_id="r4"))])
+    assert threads.calls == 2
+    await sink.aclose()
+
+
+async def test_a_fifo_in_the_file_sinks_place_is_opened_and_written_from_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = ThreadCalls(monkeypatch)
+    path = tmp_path / "access.fifo"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO to write waits for a reader
+    try:
+        sink = FileSink("file", Delivery(), path=str(path), max_bytes=10**6, backups=0)
+        await sink.send([AccessEntry(record(request_id="fifo"))])
+        assert threads.calls == 1
+        assert b'"fifo"' in os.read(reader, 1 << 16)
+        await sink.aclose()
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.parametrize("target", ["pipe", "file"])
+async def test_stdout_is_written_on_the_loop_only_when_it_is_a_regular_file(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = ThreadCalls(monkeypatch)
+    if target == "pipe":
+        read_fd, write_fd = os.pipe()
+    else:
+        write_fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+        read_fd = os.open(tmp_path / "out", os.O_RDONLY)
+    out = os.fdopen(write_fd, "w")
+    monkeypatch.setattr(stream.sys, "stdout", out)
+    try:
+        await StdoutSink("stdout", Delivery()).send([AccessEntry(record(request_id="out"))])
+        assert threads.calls == (1 if target == "pipe" else 0)
+        assert b'"out"' in os.read(read_fd, 1 << 16)
+    finally:
+        out.close()
+        os.close(read_fd)
 
 
 @dataclass
