@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from typing import Any
 
 from gateway.identity.passwords import PasswordHasher
 from gateway.settings.schema import PasswordSettings
-from loadtests.pyclient import percentile
-from loadtests.signins import READY
+from loadtests.signins import READY, open_loop
 
 __all__ = ["main", "run"]
 
@@ -43,36 +41,11 @@ async def run(rate: float, duration: float, *, announce: bool = False) -> dict[s
     stored = await hasher.hash(_PASSWORD)
     if announce:
         print(READY, flush=True)
-    latencies: list[int] = []
-    failed = 0
 
-    async def one(scheduled: int) -> None:
-        nonlocal failed
-        if await hasher.verify(stored, _PASSWORD):
-            latencies.append(time.perf_counter_ns() - scheduled)
-        else:
-            failed += 1
+    async def attempt() -> bool:
+        return await hasher.verify(stored, _PASSWORD)
 
-    start = time.perf_counter_ns()
-    interval = int(1e9 / rate)
-    tasks = []
-    for i in range(max(1, int(rate * duration))):
-        scheduled = start + i * interval
-        delay = (scheduled - time.perf_counter_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
-    await asyncio.gather(*tasks)
-    elapsed = (time.perf_counter_ns() - start) / 1e9
-    lat = sorted(latencies)
-    return {
-        "attempted": len(tasks),
-        "ok": len(lat),
-        "failed": failed,
-        "rate": len(lat) / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": percentile(lat, 0.5),
-        "p99_ms": percentile(lat, 0.99),
-    }
+    return await open_loop(rate, duration, attempt)
 
 
 def main(argv: list[str] | None = None) -> int:

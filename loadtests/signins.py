@@ -19,13 +19,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
 from loadtests.pyclient import percentile
 
-__all__ = ["READY", "main", "run"]
+__all__ = ["READY", "main", "open_loop", "run"]
 
 CSRF_COOKIE = "gateway_csrf"
 SESSION_COOKIE = "gateway_session"
@@ -48,37 +49,31 @@ async def _sign_in(session: aiohttp.ClientSession, base: str, user: str, passwor
         return resp.status in (302, 303) and SESSION_COOKIE in resp.cookies
 
 
-async def run(base: str, user: str, password: str, rate: float, duration: float) -> dict[str, Any]:
-    """Schedule ``rate`` sign-ins per second for ``duration`` seconds; return the summary."""
+async def open_loop(rate: float, duration: float, attempt: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
+    """Start ``attempt`` ``rate`` times per second for ``duration`` seconds, whatever the answers' pace
+    (open loop); return attempted, ok, failed, the achieved rate and the successes' latency p50/p99 (ms,
+    from each one's scheduled start)."""
     latencies: list[int] = []
     failed = 0
-    connector = aiohttp.TCPConnector(limit=64, force_close=True)
-    async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
 
-        async def one(scheduled: int) -> None:
-            nonlocal failed
-            try:
-                ok = await _sign_in(session, base, user, password)
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter_ns() - scheduled)
-            else:
-                failed += 1
+    async def one(scheduled: int) -> None:
+        nonlocal failed
+        if await attempt():
+            latencies.append(time.perf_counter_ns() - scheduled)
+        else:
+            failed += 1
 
-        start = time.perf_counter_ns()
-        interval = int(1e9 / rate)
-        tasks = []
-        for i in range(max(1, int(rate * duration))):
-            scheduled = start + i * interval
-            delay = (scheduled - time.perf_counter_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = (time.perf_counter_ns() - start) / 1e9
+    start = time.perf_counter_ns()
+    interval = int(1e9 / rate)
+    tasks = []
+    for i in range(max(1, int(rate * duration))):
+        scheduled = start + i * interval
+        delay = (scheduled - time.perf_counter_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = (time.perf_counter_ns() - start) / 1e9
     lat = sorted(latencies)
     return {
         "attempted": len(tasks),
@@ -88,6 +83,22 @@ async def run(base: str, user: str, password: str, rate: float, duration: float)
         "p50_ms": percentile(lat, 0.5),
         "p99_ms": percentile(lat, 0.99),
     }
+
+
+async def run(base: str, user: str, password: str, rate: float, duration: float) -> dict[str, Any]:
+    """Schedule ``rate`` sign-ins per second for ``duration`` seconds; return the summary."""
+    connector = aiohttp.TCPConnector(limit=64, force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def attempt() -> bool:
+            try:
+                return await _sign_in(session, base, user, password)
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        return await open_loop(rate, duration, attempt)
 
 
 def main(argv: list[str] | None = None) -> int:
