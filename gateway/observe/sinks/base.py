@@ -1,7 +1,8 @@
 """What every sink shares: a bounded queue, one delivery task, batching, retries, counters, flush.
 
 The request path only calls :meth:`Sink.offer` (an append to a bounded deque): a full queue drops
-the event and counts it, so a sink that is down or slow costs requests nothing. The delivery task takes batches off
+the event and counts it, so a sink that is down or slow costs requests nothing (a local file's write
+runs on the loop while it is quick, see :mod:`gateway.observe.sinks.stream`). The delivery task takes batches off
 the queue and hands them to :meth:`Sink.send`; a failed batch is retried with exponential back-off
 (0.2 s doubling up to 30 s) and dropped, counted, after ``retries`` attempts, so one bad collector
 never wedges a sink for good.
