@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from gateway.audit.trail import SecurityEvent
 from gateway.observe.access import AccessEntry, SecurityEntry, _timestamp, access_observer, audit_listener
 from gateway.observe.record import RequestRecord
-from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, StdoutSink, SyslogSink
-from gateway.observe.sinks import stream
+from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, StdoutSink, SyslogSink, stream
 
 AT = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
 RFC5424 = re.compile(rb"<(\d+)>1 (\S+) (\S+) (\S+) (\d+) (\S+) - (.*)", re.S)
