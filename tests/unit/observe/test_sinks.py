@@ -7,11 +7,13 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -253,7 +255,7 @@ class ThreadCalls:
             self.calls += 1
             return await real(func, *args)
 
-        monkeypatch.setattr(stream.asyncio, "to_thread", counted)
+        monkeypatch.setattr(asyncio, "to_thread", counted)
 
 
 async def test_file_sink_writes_on_the_loop_until_a_write_is_slow(
@@ -283,7 +285,8 @@ async def test_file_sink_writes_on_the_loop_until_a_write_is_slow(
     ids = [json.loads(line)["trace"]["id"] for line in path.read_text().splitlines()]
     assert ids == ["r0", "r1", "r2", "r3"]
     # Once the time is up, the loop again.
-    monkeypatch.setattr(stream.time, "monotonic", lambda: time.perf_counter() + stream.OFF_LOOP_FOR * 2)
+    later = SimpleNamespace(monotonic=lambda: time.monotonic() + stream.OFF_LOOP_FOR * 2)
+    monkeypatch.setattr("gateway.observe.sinks.stream.time", later)  # the sink's clock only
     await sink.send([AccessEntry(record(request_id="r4"))])
     assert threads.calls == 2
     await sink.aclose()
@@ -317,7 +320,7 @@ async def test_stdout_is_written_on_the_loop_only_when_it_is_a_regular_file(
         write_fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
         read_fd = os.open(tmp_path / "out", os.O_RDONLY)
     out = os.fdopen(write_fd, "w")
-    monkeypatch.setattr(stream.sys, "stdout", out)
+    monkeypatch.setattr(sys, "stdout", out)
     try:
         await StdoutSink("stdout", Delivery()).send([AccessEntry(record(request_id="out"))])
         assert threads.calls == (1 if target == "pipe" else 0)
