@@ -7,10 +7,11 @@ headers rather than ``http.cookies.SimpleCookie`` (slow, and lenient in ways tha
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from gateway.settings.schema import SessionSettings
 
-__all__ = ["clear_cookie_header", "read_cookie", "session_cookie_name", "set_cookie_header"]
+__all__ = ["clear_cookie_header", "cookie_in", "read_cookie", "session_cookie_name", "set_cookie_header"]
 
 # RFC 6265 §4.1.1: a cookie name is an RFC 7230 token, a value is cookie-octets. Anything else in a
 # Set-Cookie we emit would be header injection or a cookie the browser silently mangles.
@@ -96,11 +97,15 @@ def read_cookie(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
         headers: ASGI request headers (names lower-case).
         name: The cookie name (case-sensitive, as browsers treat it).
     """
+    return cookie_in([raw for key, raw in headers if key == b"cookie" or key.lower() == b"cookie"], name)
+
+
+def cookie_in(values: Iterable[bytes], name: str) -> str | None:
+    """:func:`read_cookie` over the values of a request's ``Cookie`` headers, already picked out
+    (the data plane's receive stage does that while it reads the headers)."""
     found: str | None = None
     seen = False
-    for key, raw in headers:
-        if key != b"cookie" and key.lower() != b"cookie":
-            continue
+    for raw in values:
         # latin-1 never fails; non-ASCII in our cookie's value is then rejected by the regex below.
         for pair in raw.decode("latin-1").split(";"):
             pair_name, eq, value = pair.partition("=")

@@ -178,7 +178,6 @@ class DataPlane:
             else:
                 # identify, mfa, authorize
                 session = await identify(
-                    headers=scope["headers"],
                     cookie_name=snap.cookie_name,
                     sessions=self._sessions,
                     public_url=snap.public_url,

@@ -28,6 +28,7 @@ class RequestContext:
             forward-auth, and ``GET`` for a WebSocket handshake (RFC 6455 §4.1).
         proto: ``http`` or ``https``, as the client reached the gateway (for the return URL).
         host_raw: The ``Host`` the request is for, as sent (the original one for forward-auth).
+        cookies: The values of the request's ``Cookie`` headers (set by receive).
         query: The raw query string of the request the stages decide.
         path_and_query: The canonical path and the query: what the upstream is sent (set by route).
         rt: The matched route (set by route).
@@ -38,6 +39,7 @@ class RequestContext:
 
     __slots__ = (
         "accept",
+        "cookies",
         "framing",
         "fwd",
         "host_raw",
@@ -58,6 +60,7 @@ class RequestContext:
         self.proto = "http"
         self.user_agent = b""
         self.accept = b""
+        self.cookies: tuple[bytes, ...] = ()
         self.host_raw = b""
         self.query = b""
         self.framing = NO_BODY

@@ -230,6 +230,10 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     norm = lname.replace(b"_", b"-")
     if lname == b"host":
         return _HOST, lname
+    # The proxy writes the body's framing from what the client really sent (receive's check), never
+    # from this list, where a `Connection: Content-Length` could have removed it.
+    if lname == b"content-length":
+        return _DROP, lname
     if lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING or norm in strip:
         return _DROP, lname
     if lname == b"cookie":

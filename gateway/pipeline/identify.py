@@ -13,7 +13,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from gateway.errors import AuthenticationRequired, ErrorReason, Forbidden
-from gateway.identity.cookies import read_cookie
+from gateway.identity.cookies import cookie_in
 from gateway.identity.sessions import Session, SessionStore
 from gateway.observe.tracing import Stage
 from gateway.pipeline.context import RequestContext
@@ -23,7 +23,6 @@ __all__ = ["identify"]
 
 async def identify(
     *,
-    headers: list[tuple[bytes, bytes]],
     cookie_name: str,
     sessions: SessionStore,
     public_url: str,
@@ -31,6 +30,7 @@ async def identify(
 ) -> Session:
     """Return the request's session, or raise what the client should be told.
 
+    The cookie is read from ``request.cookies`` (the receive stage's pick of the headers);
     ``request.original_url()`` is where sign-in sends the browser back to; only refusals build it.
 
     Raises:
@@ -41,7 +41,7 @@ async def identify(
     """
     if request.trace is not None:
         request.trace.enter(Stage.IDENTIFY)
-    session_id = read_cookie(headers, cookie_name)
+    session_id = cookie_in(request.cookies, cookie_name)
     session = await sessions.get(session_id) if session_id else None
     if session is None or session_id is None:
         raise AuthenticationRequired(

@@ -110,8 +110,9 @@ async def forward_http(
 ) -> None:
     """Send the request to a target of the route's pool and stream the answer back.
 
-    ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`), ``host`` first; it is
-    replaced per target unless the route preserves the client's.
+    ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`), ``host`` first, without
+    ``Content-Length`` (added here from ``body_framing``); the list is the caller's to give away: the
+    ``host`` is replaced per target unless the route preserves the client's.
 
     Raises:
         BodyTooLarge, UpstreamError, UpstreamTimeout, ServiceUnavailable: before the response started.
@@ -121,9 +122,9 @@ async def forward_http(
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
     body = _RequestBody(receive, rt.max_body_size) if body_framing.has_body else None
-    # Framing comes from what the client really sent, never from the cleaned header list (where a
-    # `Connection: Content-Length` could have removed it); chunked bodies go out chunked.
-    sent_headers = [item for item in headers if item[0] != b"content-length"]
+    # Framing comes from what the client really sent (upstream_request_headers leaves Content-Length
+    # out); chunked bodies go out chunked.
+    sent_headers = headers
     if length is not None:
         sent_headers.append((b"content-length", b"%d" % length))
     resp, target = await _exchange(

@@ -8,6 +8,9 @@ Returns the raw request target's path for the canonical stage.
 
 from __future__ import annotations
 
+from itertools import chain
+from operator import itemgetter
+
 from gateway.errors import BadHeaders, ErrorReason, HeadersTooLarge
 from gateway.pipeline.asgi import Scope
 from gateway.pipeline.context import RequestContext
@@ -17,6 +20,8 @@ from gateway.pipeline.snapshot import Snapshot
 from gateway.threat.blocks import IpBlocked, IpBlocks
 
 __all__ = ["BadFraming", "BrokenBody", "body_framing", "receive_request"]
+
+_NAME = itemgetter(0)
 
 
 class BadFraming(BadHeaders):
@@ -67,23 +72,21 @@ def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: I
         BadFraming: the body framing is ambiguous (400, connection closed).
     """
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    size = 0
-    hosts = 0
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-        if name == b"host":
-            ctx.host_raw = value
-            hosts += 1
-        elif name == b"accept":
-            ctx.accept = value
-        elif name == b"user-agent":
-            ctx.user_agent = value
-        elif name == b"content-length":
-            lengths.append(value)
-        elif name == b"transfer-encoding":
-            codings.append(value)
+    # Every look at the header list is made in C (a dict, counts, sums): the Python loop it replaces
+    # was ~230 of the request's ~3,800 bytecodes. The dict keeps the last value of a repeated name.
+    # ASGI servers give header names in lower case.
+    by_name = dict(headers)
+    if len(by_name) == len(headers):  # no name twice: the usual request
+        hosts = 1 if b"host" in by_name else 0
+        cookie = by_name.get(b"cookie")
+        ctx.cookies = () if cookie is None else (cookie,)
+    else:
+        names = list(map(_NAME, headers))
+        hosts = names.count(b"host")
+        ctx.cookies = tuple([value for name, value in headers if name == b"cookie"])
+    ctx.host_raw = by_name.get(b"host", b"")
+    ctx.accept = by_name.get(b"accept", b"")
+    ctx.user_agent = by_name.get(b"user-agent", b"")
     client = scope.get("client")
     fwd = ctx.fwd = forwarding_for(
         peer_ip=client[0] if client else "",
@@ -96,12 +99,16 @@ def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: I
     # One in-process look-up (empty set: one check); the threat detector keeps it current.
     if fwd.client_ip in blocks:
         raise IpBlocked("Access from your address is blocked.")
-    if size > snap.settings.limits.max_header_bytes:
-        raise HeadersTooLarge(f"Request headers exceed {snap.settings.limits.max_header_bytes} bytes.")
+    limit = snap.settings.limits.max_header_bytes
+    # Each header counts as "name: value\r\n" on the wire.
+    if sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) > limit:
+        raise HeadersTooLarge(f"Request headers exceed {limit} bytes.")
     if hosts != 1:
         # Zero or several Host headers: components could disagree about the target (smuggling).
         raise BadHeaders("The request must carry exactly one Host header.")
-    if lengths or codings:
+    if b"content-length" in by_name or b"transfer-encoding" in by_name:
+        lengths = [value for name, value in headers if name == b"content-length"]
+        codings = [value for name, value in headers if name == b"transfer-encoding"]
         ctx.framing = body_framing(lengths, codings)
     ctx.query = scope.get("query_string", b"")
     raw: bytes = scope.get("raw_path") or scope["path"].encode()

@@ -488,9 +488,14 @@ class Http1Client:
             idle.clear()
 
 
+_HEADER_JOIN: Final = b": ".join
+
+
 def _request_head(method: str, path: str, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:
     lines = [f"{method} {path} HTTP/1.1".encode("latin-1")]
-    lines.extend(name + b": " + value for name, value in headers)
+    # map() with a bound join walks the headers in C: a generator here was ~150 of the request's
+    # ~3,800 Python bytecodes (loadtests.stages).
+    lines += map(_HEADER_JOIN, headers)
     if chunked:
         lines.append(b"transfer-encoding: chunked")
     head = b"\r\n".join(lines) + b"\r\n\r\n"

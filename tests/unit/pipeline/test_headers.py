@@ -128,6 +128,13 @@ def test_connection_nominated_headers_are_removed_but_never_the_gateways_own() -
         assert own in out, own
 
 
+def test_the_clients_content_length_is_left_to_the_proxy() -> None:
+    # The proxy stage writes the framing from what receive checked (a Content-Length or chunked),
+    # so the client's header never travels as is: one value upstream, whatever the client sent.
+    out = _out([(b"host", b"app"), (b"content-length", b"5"), (b"Content-Length", b"5")])
+    assert b"content-length" not in out
+
+
 def test_forwarded_header_brackets_ipv6() -> None:
     out = _out([(b"host", b"app")], peer="2001:db8::1")
     assert out[b"forwarded"] == [b'for="[2001:db8::1]";host="app.example.com";proto=https']

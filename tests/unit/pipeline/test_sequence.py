@@ -343,3 +343,47 @@ async def test_forward_auth_from_an_untrusted_peer_is_refused_before_the_stages(
     answer = await _call(world, "http", b"/.gateway/auth", headers)
     assert (answer.status, answer.headers[b"x-gateway-reason"]) == (403, b"untrusted-proxy")
     assert (answer.record.decision, answer.record.route, answer.record.user) == (AccessDecision.DENY, "", "")
+
+
+def _repeated(world: World, case: str) -> list[tuple[bytes, bytes]]:
+    """Header lists where a name repeats (the receive stage's slower way) or the block is too large."""
+    session = world.cookies["alice"]
+    name = session.partition(b"=")[0]
+    base = [(b"host", b"app.test"), (b"accept", b"application/json")]
+    return {
+        # HTTP/2 splits cookies into several headers: ours may be in any of them.
+        "split cookies": [*base, (b"cookie", session), (b"cookie", b"theme=dark")],
+        # Two cookies of our name (cookie tossing from a sibling sub-domain): neither is believed.
+        "tossed cookie": [*base, (b"cookie", session), (b"cookie", name + b"=" + b"A" * 43)],
+        "two hosts": [*base, (b"host", b"app.test"), (b"cookie", session)],
+        "no host": [(b"accept", b"application/json"), (b"cookie", session)],
+        "repeated accept": [*base, (b"accept", b"text/plain"), (b"cookie", session)],
+        "oversized": [*base, (b"cookie", session), (b"x-pad", b"a" * (32 * 1024))],
+        "oversized, repeated": [
+            *base,
+            (b"cookie", session),
+            (b"x-pad", b"a" * 16_380),
+            (b"x-pad", b"b" * 16_380),
+        ],
+    }[case]
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "user"),
+    [
+        ("split cookies", 200, "alice"),
+        ("tossed cookie", 401, ""),
+        ("two hosts", 400, ""),
+        ("no host", 400, ""),
+        ("repeated accept", 200, "alice"),
+        ("oversized", 431, ""),
+        ("oversized, repeated", 431, ""),
+    ],
+)
+async def test_repeated_header_names_are_read_as_a_list(
+    world: World, case: str, status: int, user: str
+) -> None:
+    # The receive stage reads the headers through a dict when no name repeats; these take the other way.
+    answer = await _call(world, "http", b"/hello", _repeated(world, case))
+    assert (case, answer.status, answer.record.user) == (case, status, user)
+    assert len(world.upstream.seen) == (1 if status == 200 else 0)
