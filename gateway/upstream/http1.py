@@ -498,13 +498,14 @@ def _request_head(method: str, path: str, headers: list[tuple[bytes, bytes]], ch
     lines += map(_HEADER_JOIN, headers)
     if chunked:
         lines.append(b"transfer-encoding: chunked")
-    head = b"\r\n".join(lines) + b"\r\n\r\n"
-    # One scan instead of one per header: a CR or LF inside a name or value would start a header or
-    # a request of its own upstream (response splitting). The ASGI server refuses them from clients;
-    # this keeps anything the gateway itself adds honest too.
-    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
+    # A CR or LF inside a name or value would start a header or a request of its own upstream
+    # (response splitting). The ASGI server refuses them from clients; this keeps anything the
+    # gateway itself adds honest too. The lines joined without separators are searched with memchr:
+    # counting the line breaks of the head instead was ~7,700 instructions per request (callgrind).
+    flat = b"".join(lines)
+    if b"\n" in flat or b"\r" in flat:
         raise UpstreamProtocolError("refusing to send a header with a line break in it")
-    return head
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:

@@ -317,15 +317,27 @@ async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(client
     assert upstream.connections == 1
 
 
-async def test_a_header_with_a_line_break_is_never_sent(clients: Clients) -> None:
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/", (b"x-evil", b"1\r\nx-admin: yes")),
+        ("/", (b"x-evil", b"1\nx-admin: yes")),
+        ("/", (b"x-evil", b"1\rx-admin: yes")),
+        ("/", (b"x-evil\r\nx-admin", b"yes")),
+        ("/a HTTP/1.1\r\nx-admin: yes\r\nx:", (b"x-ok", b"1")),
+    ],
+)
+async def test_a_header_with_a_line_break_is_never_sent(
+    clients: Clients, path: str, header: tuple[bytes, bytes]
+) -> None:
     upstream = scripted(OK)
     async with upstream as target:
         with pytest.raises(UpstreamProtocolError, match="line break"):
             await clients(4).request(
                 target,
                 "GET",
-                "/",
-                [(b"host", b"a"), (b"x-evil", b"1\r\nx-admin: yes")],
+                path,
+                [(b"host", b"a"), header],
                 None,
                 chunked=False,
                 connect_timeout=5,
