@@ -22,7 +22,6 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from operator import itemgetter
 from typing import NamedTuple
 
 from gateway.settings.trusted import TrustedProxies
@@ -244,44 +243,6 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     return _KEEP, lname
 
 
-class _Plan(NamedTuple):
-    """What the header pass does with one sequence of request header names (see :func:`_plan`)."""
-
-    host: int  # index of the Host header (the last one), or -1
-    keep: tuple[int, ...]  # indexes of the headers passed on as they came, in order (cookies too)
-    cookies: tuple[int, ...]  # positions in the output (Host is position 0) of the Cookie headers
-
-
-# A client sends the same header names in the same order on every request, so the pass over them is
-# planned once and then done by index in C. Bounded in number and in size: a client choosing ever
-# new or long names costs a plan per request, not memory.
-_MAX_PLANS = 512
-_MAX_PLANNED_NAME_BYTES = 2048
-_NAME = itemgetter(0)
-
-
-@lru_cache(maxsize=_MAX_PLANS)
-def _plan(names: tuple[bytes, ...], strip: frozenset[bytes], websocket: bool) -> _Plan | None:
-    """The pass over these names, or None when it needs the general one (see the callers)."""
-    host = -1
-    keep: list[int] = []
-    cookies: list[int] = []
-    for index, name in enumerate(names):
-        kind, lname = _classify(name, strip)
-        if lname != name or lname == b"connection":
-            # A name not in lower case is sent lower-cased, and a Connection header nominates
-            # further names to drop: both are the general pass's work.
-            return None
-        if kind == _HOST:
-            host = index
-        elif kind == _COOKIE:
-            cookies.append(len(keep) + 1)
-            keep.append(index)
-        elif kind == _KEEP or (kind == _WEBSOCKET and not websocket):
-            keep.append(index)
-    return _Plan(host, tuple(keep), tuple(cookies))
-
-
 def upstream_request_headers(
     headers: Headers,
     *,
@@ -300,36 +261,6 @@ def upstream_request_headers(
     when a bearer token authenticated the request (the snapshot's ``strip_bearer``). A header the
     route sets (``extra``) is never dropped by it.
     """
-    names = tuple(map(_NAME, headers))
-    plan = _plan(names, strip, websocket) if sum(map(len, names)) <= _MAX_PLANNED_NAME_BYTES else None
-    if plan is None:
-        out = _client_headers(headers, websocket=websocket, own_cookies=own_cookies, strip=strip)
-    else:
-        out = [(b"host", headers[plan.host][1] if plan.host >= 0 else b"")]
-        out += map(headers.__getitem__, plan.keep)
-        for position in reversed(plan.cookies):
-            # The gateway's session and CSRF cookies are for the gateway only: an app that logs or
-            # leaks its Cookie header must not hand out a session that works on every other app.
-            value = _without_cookies(out[position][1], own_cookies) if own_cookies else out[position][1]
-            if value:
-                out[position] = (b"cookie", value)
-            else:
-                del out[position]
-    if extra:
-        # Headers the route sets replace the client's of the same name.
-        nominated = {name for name, _ in extra}
-        out = [out[0], *(item for item in out[1:] if item[0] not in nominated)]
-    out.extend(_forwarding_headers(fwd.chain, fwd.proto, fwd.host))
-    out.append((b"x-request-id", fwd.request_id.encode()))
-    out.extend(extra)
-    out.extend(identity)
-    return out
-
-
-def _client_headers(
-    headers: Headers, *, websocket: bool, own_cookies: frozenset[bytes], strip: frozenset[bytes]
-) -> Headers:
-    """The general pass over the client's headers: any spelling, and ``Connection`` nominations."""
     out: Headers = [(b"host", b"")]
     connection = False
     for name, value in headers:
@@ -339,6 +270,8 @@ def _client_headers(
         elif kind == _HOST:
             out[0] = (b"host", value)
         elif kind == _COOKIE:
+            # The gateway's session and CSRF cookies are for the gateway only: an app that logs or
+            # leaks its Cookie header must not hand out a session that works on every other app.
             if own_cookies:
                 value = _without_cookies(value, own_cookies)
             if value:
@@ -349,10 +282,16 @@ def _client_headers(
         elif lname == b"connection":
             connection = True
     # `Connection` may not nominate message framing (that would desynchronise the body) nor anything
-    # the route sets.
-    if connection:
-        nominated = _connection_tokens(headers) - _FRAMING
+    # the route sets; headers the route sets replace the client's of the same name.
+    nominated = _connection_tokens(headers) - _FRAMING if connection else set()
+    if extra:
+        nominated |= {name for name, _ in extra}
+    if nominated:
         out = [out[0], *(item for item in out[1:] if item[0] not in nominated)]
+    out.extend(_forwarding_headers(fwd.chain, fwd.proto, fwd.host))
+    out.append((b"x-request-id", fwd.request_id.encode()))
+    out.extend(extra)
+    out.extend(identity)
     return out
 
 
