@@ -167,24 +167,27 @@ def forwarding_for(
     (anything to its left was written by the client and proves nothing).
     """
     peer_trusted = bool(trusted) and trusted.is_trusted(peer_ip)
+    if not peer_trusted:
+        # The peer is the client and no header is believed: the common case without a load
+        # balancer, answered without the header walk (1.54 -> 1.26 us, timeit).
+        return Forwarding(peer_ip, False, scheme, host, (peer_ip,), new_request_id())
     xff: list[bytes] = []
     proto = scheme
     fwd_host = host
     request_id = ""
-    if peer_trusted:
-        for name, value in headers:
-            lname = normalize_name(name)
-            if lname == b"x-forwarded-for":
-                xff.append(value)
-            elif lname == b"x-forwarded-proto":
-                candidate = value.strip().lower()
-                if candidate in (b"http", b"https"):
-                    proto = candidate.decode()
-            elif lname == b"x-forwarded-host" and _FWD_HOST_RE.match(value.strip()):
-                fwd_host = value.strip().decode("latin-1")
-            elif lname == b"x-request-id" and _REQUEST_ID_RE.match(value):
-                request_id = value.decode()
-    chain = _parse_xff(xff) if peer_trusted else []
+    for name, value in headers:
+        lname = normalize_name(name)
+        if lname == b"x-forwarded-for":
+            xff.append(value)
+        elif lname == b"x-forwarded-proto":
+            candidate = value.strip().lower()
+            if candidate in (b"http", b"https"):
+                proto = candidate.decode()
+        elif lname == b"x-forwarded-host" and _FWD_HOST_RE.match(value.strip()):
+            fwd_host = value.strip().decode("latin-1")
+        elif lname == b"x-request-id" and _REQUEST_ID_RE.match(value):
+            request_id = value.decode()
+    chain = _parse_xff(xff)
     chain.append(peer_ip)
     client_ip = peer_ip
     for hop in reversed(chain):
@@ -193,7 +196,7 @@ def forwarding_for(
             break
     return Forwarding(
         client_ip=client_ip,
-        peer_trusted=peer_trusted,
+        peer_trusted=True,
         proto=proto,
         host=fwd_host,
         chain=tuple(chain),
