@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Final
 
@@ -47,6 +46,7 @@ from gateway.backup.manifest import (
 from gateway.backup.snapshot import snapshot_sqlite
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.version import package_version
 
 __all__ = [
     "CHECKPOINTS_PART",
@@ -118,13 +118,6 @@ def part_path(root: Path, name: str) -> Path:
     ):
         raise BackupError(f"{MANIFEST_NAME}: part name {name[:80]!r} is not one a backup holds", part=name)
     return root.joinpath(INCIDENTS_DIR, *components)
-
-
-def _gateway_version() -> str:
-    try:
-        return version("gateway")
-    except PackageNotFoundError:  # pragma: no cover - a source tree run without installing
-        return "unknown"
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -210,7 +203,7 @@ def create_backup(
         manifest = Manifest(
             backup_id=backup_id,
             created_at=created.isoformat(),
-            gateway_version=_gateway_version(),
+            gateway_version=package_version(),
             schema_revision=revision,
             audit_head_seq=head_seq,
             audit_head_hash=head_hash,

@@ -8,25 +8,15 @@ one thing its answers depend on besides the stores, whose probes the overview sh
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from gateway.authz.live import LivePolicy
 from gateway.observe.replicas import Heartbeat, ReplicaReport
 from gateway.pipeline.snapshot import LiveState
 from gateway.services import ReadinessReport
 
-__all__ = ["admin_report", "package_version", "worker_report"]
+__all__ = ["admin_report", "worker_report"]
 
 # Seconds between two heartbeats; ReplicaRegistry shows a row as gone after 30 s without one.
 HEARTBEAT_INTERVAL = 10.0
-
-
-def package_version() -> str:
-    """The installed gateway's version, or ``dev`` when running from a source tree that is not installed."""
-    try:
-        return metadata.version("gateway")
-    except metadata.PackageNotFoundError:
-        return "dev"
 
 
 def worker_report(readiness: ReadinessReport, policy: LivePolicy, live: LiveState) -> ReplicaReport:

@@ -53,7 +53,7 @@ from gateway.privacy.purposes import GEOLOCATION
 from gateway.privacy.retention import Retention
 from gateway.privacy.service import Privacy
 from gateway.response.cases import Cases
-from gateway.root.presence import HEARTBEAT_INTERVAL, admin_report, package_version, worker_report
+from gateway.root.presence import HEARTBEAT_INTERVAL, admin_report, worker_report
 from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
 from gateway.services import IdentityServices, Services, WorkerServices
@@ -65,6 +65,7 @@ from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown, LockdownStore
 from gateway.upstream.http1 import Http1Client
+from gateway.version import package_version
 
 __all__ = ["Role", "Running", "start"]
 
