@@ -163,7 +163,7 @@ async def _exchange(
         outcome.attempts += 1
         outcome.target = target.url
         if not rt.route.preserve_host:
-            sent_headers[0] = (b"host", host_header(target).encode("latin-1"))
+            sent_headers[0] = (b"host", target.authority)
         try:
             sent_at = time.perf_counter()
             resp = await client.request(
@@ -212,9 +212,7 @@ async def _exchange(
 
 def host_header(target: Target) -> str:
     """The Host an upstream expects: its own name, with the port unless it is the scheme's default."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    default = 443 if target.scheme == "https" else 80
-    return host if target.port == default else f"{host}:{target.port}"
+    return target.authority.decode("latin-1")
 
 
 async def _relay(

@@ -7,7 +7,7 @@ on one event loop (one pool per worker), so no locking is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.upstream.tls import TlsClient
@@ -43,6 +43,8 @@ class Target:
         probation: Back from an ejection and no response head seen since: the pool gives it at
             most one request at a time.
         tls: The route's ``upstream_tls`` (https targets only), or ``None`` for the client's defaults.
+        authority: The ``Host`` the target expects (its name, with the port unless it is the
+            scheme's default), as bytes: sent on every request, so computed once.
     """
 
     url: str
@@ -57,6 +59,12 @@ class Target:
     consecutive_failures: int = 0
     probation: bool = False
     tls: TlsClient | None = None
+    authority: bytes = field(init=False, repr=False, default=b"")
+
+    def __post_init__(self) -> None:
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        self.authority = (name if self.port == default else f"{name}:{self.port}").encode("latin-1")
 
     @classmethod
     def from_url(cls, raw: str) -> Target:

@@ -53,6 +53,22 @@ def fail(pool: UpstreamPool, target: Target, times: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "authority"),
+    [
+        ("http://app", b"app"),
+        ("http://app:80", b"app"),
+        ("http://app:443", b"app:443"),
+        ("https://app:443/x", b"app"),
+        ("https://app:8443", b"app:8443"),
+        ("http://[::1]:8080", b"[::1]:8080"),
+        ("http://[::1]", b"[::1]"),
+    ],
+)
+def test_the_host_an_upstream_is_sent_is_its_own_authority(raw: str, authority: bytes) -> None:
+    assert Target.from_url(raw).authority == authority
+
+
+@pytest.mark.parametrize(
     ("raw", "url", "host", "port", "base_path"),
     [
         ("http://10.0.0.5:8080", "http://10.0.0.5:8080", "10.0.0.5", 8080, ""),
