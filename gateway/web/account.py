@@ -7,7 +7,6 @@ password sign-in instead. Otherwise the browser is sent to the MFA page and come
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
@@ -27,6 +26,7 @@ from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import Step, admits
 from gateway.web.pages import Form, page
+from gateway.web.rights import step_up_location, when
 
 __all__ = ["HANDLERS"]
 
@@ -35,12 +35,13 @@ def _when(value: datetime | float | None) -> str:
     if value is None:
         return ""
     if isinstance(value, float | int):
-        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+        return when(value)
+    # A stored datetime may be naive (UTC by convention): formatted as is, never converted.
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _step_up(back: str) -> Redirect:
-    return Redirect(f"/.gateway/mfa?need=any&rd={quote(back, safe='')}")
+    return Redirect(step_up_location(back))
 
 
 @get("/.gateway/account", cache=False)
