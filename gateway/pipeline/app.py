@@ -137,7 +137,6 @@ class DataPlane:
             lock = self._lockdown.state
             if lock.on and lock.covers(rt.route.name):
                 await enforce_lockdown(
-                    headers=scope["headers"],
                     cookie_name=snap.cookie_name,
                     sessions=self._sessions,
                     policy=self._policy,

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from gateway.authz.live import LivePolicy
 from gateway.errors import ErrorReason, ServiceUnavailable
-from gateway.identity.cookies import read_cookie
+from gateway.identity.cookies import cookie_in
 from gateway.identity.sessions import SessionStore
 from gateway.observe.tracing import Stage
 from gateway.pipeline.authorize import principals_of
@@ -52,7 +52,6 @@ class LockedDown(ServiceUnavailable):
 
 async def enforce_lockdown(
     *,
-    headers: list[tuple[bytes, bytes]],
     cookie_name: str,
     sessions: SessionStore,
     policy: LivePolicy,
@@ -70,7 +69,7 @@ async def enforce_lockdown(
     """
     if request.trace is not None:
         request.trace.enter(Stage.LOCKDOWN)
-    session_id = read_cookie(headers, cookie_name)
+    session_id = cookie_in(request.cookies, cookie_name)
     session = await sessions.get(session_id) if session_id else None
     if session is not None and is_break_glass(
         session,
