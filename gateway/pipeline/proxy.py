@@ -26,7 +26,7 @@ from gateway.upstream.http1 import (
     UpstreamTlsError,
 )
 
-__all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http", "host_header"]
+__all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http"]
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -208,11 +208,6 @@ async def _exchange(
             # (a target on probation would otherwise stay out of rotation for good).
             pool.release(target, ok=True)
             raise
-
-
-def host_header(target: Target) -> str:
-    """The Host an upstream expects: its own name, with the port unless it is the scheme's default."""
-    return target.authority.decode("latin-1")
 
 
 async def _relay(

@@ -15,7 +15,6 @@ from yarl import URL
 
 from gateway.errors import UpstreamError
 from gateway.pipeline.asgi import Receive, Scope, Send
-from gateway.pipeline.proxy import host_header
 from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["forward_websocket"]
@@ -41,7 +40,7 @@ async def forward_websocket(
     base = target.url.replace("http", "ws", 1) + target.base_path
     str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
     if not rt.route.preserve_host:
-        host = host_header(target)
+        host = target.authority.decode("latin-1")
         str_headers = [(k, host if k == "host" else v) for k, v in str_headers]
     # The route's upstream_tls as the HTTP client uses it (pin included: checked in the handshake).
     tls = target.tls

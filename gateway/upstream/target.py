@@ -62,9 +62,10 @@ class Target:
     authority: bytes = field(init=False, repr=False, default=b"")
 
     def __post_init__(self) -> None:
-        name = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        self.authority = (name if self.port == default else f"{name}:{self.port}").encode("latin-1")
+        name = _bracketed(self.host)
+        if self.port != _DEFAULT_PORTS.get(self.scheme):
+            name = f"{name}:{self.port}"
+        self.authority = name.encode("latin-1")
 
     @classmethod
     def from_url(cls, raw: str) -> Target:
@@ -103,9 +104,8 @@ class Target:
         elif port == 0:
             raise ValueError(f"invalid upstream URL {raw!r}: port 0")
         base_path = parts.path.rstrip("/")
-        netloc_host = f"[{host}]" if ":" in host else host
         return cls(
-            url=f"{scheme}://{netloc_host}:{port}",
+            url=f"{scheme}://{_bracketed(host)}:{port}",
             scheme=scheme,
             host=host,
             port=port,
@@ -126,3 +126,8 @@ class Target:
     def ejected(self, now: float) -> bool:
         """Whether a passive ejection is in force at monotonic time ``now``."""
         return now < self.ejected_until
+
+
+def _bracketed(host: str) -> str:
+    """The host as a URL or ``Host`` header writes it: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]" if ":" in host else host
