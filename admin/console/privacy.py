@@ -56,7 +56,7 @@ from gateway.identity.accounts import InvalidAccount
 from gateway.identity.models import User
 from gateway.identity.names import canonical_email, canonical_username
 from gateway.privacy.holds import DATA_CLASSES, HoldView
-from gateway.privacy.register import OPEN, Channel, RequestView, Status, is_ref
+from gateway.privacy.register import OPEN, Channel, RequestNotPending, RequestView, Status, is_ref
 from gateway.privacy.retention import VERBS, ClassPlan, Retention
 from gateway.services import Services
 from gateway.settings.schema import PrivacySettings
@@ -102,14 +102,6 @@ class UnknownLaw(BadRequest):
 
     reason = "unknown-law"
     title = "Unknown law"
-
-
-class RequestNotPending(GatewayError):
-    """The request is past the step asked for (verified already, or closed): 409, nothing changed."""
-
-    status = 409
-    reason = "privacy-request-not-pending"
-    title = "The request is past that step"
 
 
 class OwnAccount(GatewayError):

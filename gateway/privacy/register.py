@@ -15,7 +15,7 @@ import base64
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -29,7 +29,16 @@ from gateway.privacy.models import PrivacyRequest
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 
-__all__ = ["Channel", "Kind", "Register", "RequestView", "Status", "UnknownRequest", "is_ref"]
+__all__ = [
+    "Channel",
+    "Kind",
+    "Register",
+    "RequestNotPending",
+    "RequestView",
+    "Status",
+    "UnknownRequest",
+    "is_ref",
+]
 
 
 class Kind(StrEnum):
@@ -78,6 +87,14 @@ class UnknownRequest(GatewayError):
     status = 404
     reason = "unknown-privacy-request"
     title = "No such privacy request"
+
+
+class RequestNotPending(GatewayError):
+    """The request is past the step asked for (verified already, or closed): 409, nothing changed."""
+
+    status = 409
+    reason = "privacy-request-not-pending"
+    title = "The request is past that step"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,13 +269,20 @@ class Register:
 
         Raises:
             UnknownRequest: No such reference.
+            RequestNotPending: The request is no longer ``received`` (verified or closed meanwhile).
         """
-        return await self._set(ref, status=Status.VERIFIED, verified_at=self._clock.now(), verified_by=by)
+        return await self._set(
+            ref, {Status.RECEIVED}, status=Status.VERIFIED, verified_at=self._clock.now(), verified_by=by
+        )
 
     async def complete(
         self, ref: str, *, outcome: str, details: Mapping[str, object] | None = None
     ) -> RequestView:
-        """Close a request as done, saying what was done."""
+        """Close a request as done, saying what was done.
+
+        From any status: the work is done by the time this is called (an erasure cannot be undone),
+        so the register says so even if an admin rejected the request while it ran.
+        """
         values: dict[str, object] = {
             "status": Status.COMPLETED,
             "completed_at": self._clock.now(),
@@ -266,15 +290,26 @@ class Register:
         }
         if details is not None:
             values["details"] = json.dumps(dict(details), sort_keys=True, default=str)
-        return await self._set(ref, **values)
+        return await self._set(ref, None, **values)
 
     async def reject(self, ref: str, *, outcome: str) -> RequestView:
-        """Close a request as refused, saying why (the person is told)."""
-        return await self._set(ref, status=Status.REJECTED, completed_at=self._clock.now(), outcome=outcome)
+        """Close an open request as refused, saying why (the person is told).
+
+        Raises:
+            UnknownRequest: No such reference.
+            RequestNotPending: The request is closed already (completed or rejected meanwhile).
+        """
+        return await self._set(
+            ref, OPEN, status=Status.REJECTED, completed_at=self._clock.now(), outcome=outcome
+        )
 
     async def hold(self, ref: str, *, hold_ref: str, outcome: str) -> RequestView:
-        """Keep a request open because a legal hold suspends what it asks (erasure)."""
-        return await self._set(ref, status=Status.ON_HOLD, hold_ref=hold_ref, outcome=outcome)
+        """Keep an open request open because a legal hold suspends what it asks (erasure).
+
+        Raises:
+            RequestNotPending: The request was closed meanwhile.
+        """
+        return await self._set(ref, OPEN, status=Status.ON_HOLD, hold_ref=hold_ref, outcome=outcome)
 
     async def overdue(self) -> list[RequestView]:
         """Open requests past their due date that were not reported yet, and mark them reported."""
@@ -319,13 +354,24 @@ class Register:
                 await session.commit()
         return len(changed)
 
-    async def _set(self, ref: str, **values: object) -> RequestView:
+    async def _set(self, ref: str, allowed: Collection[str] | None, **values: object) -> RequestView:
+        """Change a request in one conditional UPDATE: only while its status is one of ``allowed``
+        (None: any). The check and the change are one statement, so of two admins acting at once
+        (one verifies, one rejects) exactly one changes the row; a check read first and written
+        after would let the second undo the first."""
+        changes = {
+            name: str(value) if isinstance(value, StrEnum) else value for name, value in values.items()
+        }
+        change = update(PrivacyRequest).where(PrivacyRequest.ref == ref)
+        if allowed is not None:
+            change = change.where(PrivacyRequest.status.in_([str(s) for s in allowed]))
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the privacy register"):
-                row = (await session.scalars(select(PrivacyRequest).where(PrivacyRequest.ref == ref))).first()
-                if row is None:
-                    raise UnknownRequest(f"No privacy request has reference {ref[:40]!r}.")
-                for name, value in values.items():
-                    setattr(row, name, str(value) if isinstance(value, StrEnum) else value)
+                changed = (await session.scalars(change.values(**changes).returning(PrivacyRequest.id))).all()
                 await session.commit()
+                row = (await session.scalars(select(PrivacyRequest).where(PrivacyRequest.ref == ref))).first()
+        if row is None:
+            raise UnknownRequest(f"No privacy request has reference {ref[:40]!r}.")
+        if not changed:
+            raise RequestNotPending(f"{row.ref} is {row.status.replace('_', ' ')} now; nothing was changed.")
         return RequestView.of(row)

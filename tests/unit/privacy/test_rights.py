@@ -8,6 +8,7 @@ person's name is searched in every column of every audit row, a held erasure is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
-from gateway.privacy.register import Channel, Kind, Status
+from gateway.privacy.register import Channel, Kind, RequestNotPending, Status, UnknownRequest
 from gateway.privacy.service import Privacy, ProviderOwned
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
@@ -314,3 +315,62 @@ async def test_ccpa_requests_are_due_in_45_days(world: World) -> None:
     verified = await world.privacy.register.verify(request.ref, by="admin:bob (ID checked by phone)")
     assert verified.status == Status.VERIFIED
     assert verified.verified_at is not None
+
+
+async def test_a_stale_check_cannot_undo_another_admins_step(world: World) -> None:
+    """The console and the CLI read a request, check its status, then act: the register's change is
+    conditional, so an admin acting on a stale read (another admin rejected it meanwhile) changes
+    nothing instead of reopening a closed request."""
+    user = await world.alice()
+    request = await world.privacy.register.open(
+        Kind.ERASURE, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.ADMIN
+    )
+    rejected = await world.privacy.register.reject(request.ref, outcome="not the account holder")
+    with pytest.raises(RequestNotPending, match="rejected now"):
+        await world.privacy.register.verify(request.ref, by="admin:bob")
+    with pytest.raises(RequestNotPending):
+        await world.privacy.register.reject(request.ref, outcome="again")
+    with pytest.raises(RequestNotPending):
+        await world.privacy.register.hold(request.ref, hold_ref="hold-1", outcome="held")
+    row = await world.request(request.ref)
+    assert (row.status, row.verified_at, row.outcome, row.hold_ref) == (
+        Status.REJECTED,
+        None,
+        "not the account holder",
+        rejected.hold_ref,
+    )
+    # Verifying twice: the second finds it verified.
+    other = await world.privacy.register.open(
+        Kind.ACCESS, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.CLI
+    )
+    await world.privacy.register.verify(other.ref, by="admin:bob (phone)")
+    with pytest.raises(RequestNotPending, match="verified now"):
+        await world.privacy.register.verify(other.ref, by="admin:eve")
+    assert (await world.request(other.ref)).verified_by == "admin:bob (phone)"
+    with pytest.raises(UnknownRequest):
+        await world.privacy.register.verify("PR-NOPE", by="admin:bob")
+
+
+async def test_two_admins_at_once_one_verifies_or_rejects_never_both(world: World) -> None:
+    """Verify and reject of one request at the same moment (two connections on PostgreSQL): exactly
+    one changes it, and the row is what that one wrote."""
+    user = await world.alice()
+    for _ in range(5):
+        request = await world.privacy.register.open(
+            Kind.ERASURE, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.ADMIN
+        )
+        verified, rejected = await asyncio.gather(
+            world.privacy.register.verify(request.ref, by="admin:bob"),
+            world.privacy.register.reject(request.ref, outcome="duplicate"),
+            return_exceptions=True,
+        )
+        row = await world.request(request.ref)
+        if isinstance(verified, RequestNotPending):
+            assert not isinstance(rejected, BaseException)
+            assert (row.status, row.verified_at) == (Status.REJECTED, None)
+        else:
+            # verify went first: reject of a verified (still open) request is allowed after it.
+            assert not isinstance(verified, BaseException), verified
+            assert not isinstance(rejected, BaseException), rejected
+            assert row.status == Status.REJECTED
+            assert row.verified_at is not None
