@@ -91,9 +91,7 @@ class RotateResult(msgspec.Struct, kw_only=True):
 def _signing(services: Services) -> SigningKeys:
     settings = services.live.current.settings
     identity = services.identity
-    return SigningKeys(
-        services.db, identity.keyring, identity.clock, settings.assertion, keyring_path=keyring_path(settings)
-    )
+    return SigningKeys(services.db, identity.keyring, identity.clock, settings.assertion)
 
 
 def _when(text: str | None) -> datetime | None:

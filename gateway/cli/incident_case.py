@@ -225,9 +225,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         if args.keyring
         else RotationTarget.ALL
     )
-    signing = SigningKeys(
-        ctx.svc.db, keyring, ctx.cases.clock, ctx.svc.settings.assertion, keyring_path=keyring_file
-    )
+    signing = SigningKeys(ctx.svc.db, keyring, ctx.cases.clock, ctx.svc.settings.assertion)
     rotation = await rotate_keys(target, signing=signing, keyring=keyring, keyring_file=keyring_file)
     details = rotation.details()
     await ctx.svc.audit.record("keys.rotated", actor=operator(), subject="keys", details=details)

@@ -105,7 +105,8 @@ def _rotate(args: argparse.Namespace) -> int:
             if rotation.keyring_key is not None:
                 print(
                     f"keyring {path}: new active key {rotation.keyring_key}; older keys stay for decryption. "
-                    "Restart the gateways (or roll them) so they encrypt with the new key."
+                    "Gateways reading this file pick the new key up the first time they meet it; "
+                    "replicas with their own copy need the new file and a rolling restart."
                 )
             # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
             audit = AuditLog(store.db, keyring=keyring)

@@ -35,11 +35,13 @@ import binascii
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
@@ -56,6 +58,7 @@ __all__ = [
     "ALGORITHM",
     "KEY_BYTES",
     "NONCE_BYTES",
+    "REREAD_EVERY",
     "TOKEN_VERSION",
     "Keyring",
     "KeyringError",
@@ -73,6 +76,10 @@ _KID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TAG_BYTES: Final = 16
 _INIT_HINT: Final = "run `gateway keys init --config FILE` and share the file with every replica"
 _STRICT_MODE: Final = 0o600
+#: Seconds between two reads of the keyring file for key ids it does not know (see Keyring._knows).
+REREAD_EVERY: Final = 1.0
+
+logger = logging.getLogger("gateway.keyring")
 
 
 class KeyringError(GatewayError):
@@ -92,7 +99,7 @@ class Keyring:
     and tools that already hold key material.
     """
 
-    __slots__ = ("_active", "_aead", "_keys")
+    __slots__ = ("_active", "_aead", "_keys", "_path", "_read_again_at")
 
     def __init__(self, keys: Mapping[str, bytes], active: str) -> None:
         """Wrap key material.
@@ -116,6 +123,10 @@ class Keyring:
         self._keys: dict[str, bytes] = dict(keys)
         self._active = active
         self._aead: dict[str, AESGCM] = {kid: AESGCM(key) for kid, key in self._keys.items()}
+        # The file it was read from (None: built from key material), read again for a key id it
+        # does not know, at most once per REREAD_EVERY (see _knows).
+        self._path: Path | None = None
+        self._read_again_at = 0.0
 
     def __repr__(self) -> str:
         # Never the key bytes: reprs end up in logs and tracebacks.
@@ -155,7 +166,9 @@ class Keyring:
                     f"read it; run `chmod 600 {path}`"
                 )
             raw = fh.read()
-        return cls._parse(raw, path)
+        keyring = cls._parse(raw, path)
+        keyring._path = path
+        return keyring
 
     @classmethod
     def create(cls, path: StrPath) -> Keyring:
@@ -185,6 +198,7 @@ class Keyring:
             raise KeyringError(f"a keyring already exists at {path}; not overwriting it") from exc
         except OSError as exc:
             raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
+        keyring._path = path
         return keyring
 
     @classmethod
@@ -303,7 +317,9 @@ class Keyring:
         _version, kid, body = parts
         aead = self._aead.get(kid)
         if aead is None:
-            raise KeyringError(f"ciphertext under unknown key id {kid[:64]!r}")
+            if not self._knows(kid):
+                raise KeyringError(f"ciphertext under unknown key id {kid[:64]!r}")
+            aead = self._aead[kid]
         try:
             blob = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -333,12 +349,56 @@ class Keyring:
         Raises:
             KeyringError: ``kid`` is not in the keyring.
         """
-        if kid is not None and kid not in self._keys:
+        if kid is not None and kid not in self._keys and not self._knows(kid):
             raise KeyringError(f"unknown key id {kid[:64]!r}")
         hkdf = HKDF(
             algorithm=hashes.SHA256(), length=length, salt=None, info=b"gateway keyring derive\0" + info
         )
         return hkdf.derive(self._keys[kid if kid is not None else self._active])
+
+    # -- keys added by another process ---------------------------------------------------------------
+
+    def _knows(self, kid: str) -> bool:
+        """Whether ``kid`` is known after reading the file again (for a key id not in memory).
+
+        `gateway keys rotate` adds a key to the file while gateways run, and a process started after
+        it (a restarted worker, a replica rolled first, the CLI itself) encrypts, keys audit records
+        and issues CSRF tokens under the new key. A process that loaded the file before must still read
+        those: it reads the file again when it meets a key id it does not know, merges the keys (a
+        known id must name the same bytes, as ``rotate`` guarantees) and takes the file's active key,
+        so every process encrypts under the new key once one has used it. At most once per
+        :data:`REREAD_EVERY` seconds: a flood of unknown ids costs one small file read per second,
+        not one per request. A file that cannot be read, or that changed a known key, is not merged
+        (logged): the unknown id stays unknown and the caller gets its KeyringError.
+        """
+        if self._path is None or not _KID_RE.fullmatch(kid):
+            return False
+        now = time.monotonic()
+        if now < self._read_again_at:
+            return False
+        self._read_again_at = now + REREAD_EVERY
+        try:
+            on_disk = type(self).load(self._path)
+        except KeyringError as exc:
+            logger.warning("keyring: cannot read %s again for key %s: %s", self._path, kid, exc)
+            return False
+        if kid not in on_disk._keys:
+            return False
+        merged = dict(self._keys)
+        for other_kid, key in on_disk._keys.items():
+            if merged.setdefault(other_kid, key) != key:
+                logger.error(
+                    "keyring: %s holds a different key under id %s; not merged", self._path, other_kid
+                )
+                return False
+        aead = dict(self._aead)
+        aead.update({k: AESGCM(key) for k, key in merged.items() if k not in aead})
+        # Whole dicts replaced, each in one assignment: a thread reading the keyring meanwhile sees the
+        # old set or the new one, and the active id is set last, once its key is there.
+        self._keys, self._aead = merged, aead
+        self._active = on_disk._active
+        logger.info("keyring: read %s again; key %s added, active key %s", self._path, kid, self._active)
+        return True
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -159,8 +158,6 @@ class SigningKeys:
         keyring: Keyring,
         clock: Clock,
         settings: AssertionSettings,
-        *,
-        keyring_path: Path | None = None,
     ) -> None:
         """Create the manager; nothing is read until :meth:`ensure`, :meth:`load` or :meth:`refresh`.
 
@@ -169,13 +166,9 @@ class SigningKeys:
             keyring: Decrypts (and, for new keys, encrypts) the private halves.
             clock: Time for key times and for "which key signs now".
             settings: ``grace`` and ``publish_ahead``.
-            keyring_path: The keyring file. When a private key is encrypted under a keyring key this
-                process does not know yet (the keyring was rotated after it started), the file is
-                re-read once instead of failing.
         """
         self._db = db
         self._keyring = keyring
-        self._keyring_path = keyring_path
         self._clock = clock
         self._grace = float(settings.grace)
         self._publish_ahead = float(settings.publish_ahead)
@@ -412,15 +405,9 @@ class SigningKeys:
 
     async def _decrypt(self, row: SigningKey) -> ec.EllipticCurvePrivateKey:
         aad = private_key_aad(row.kid)
-        try:
-            der = self._keyring.decrypt(row.private_enc, aad=aad)
-        except KeyringError:
-            token_kid = _keyring_kid(row.private_enc)
-            if self._keyring_path is None or token_kid in self._keyring.key_ids:
-                raise
-            # Encrypted under a keyring key added after this process loaded the keyring.
-            self._keyring = await asyncio.to_thread(Keyring.load, self._keyring_path)
-            der = self._keyring.decrypt(row.private_enc, aad=aad)
+        # A key encrypted under a keyring key added after this process started: the keyring reads
+        # its file again for an id it does not know (Keyring._knows).
+        der = self._keyring.decrypt(row.private_enc, aad=aad)
         private = serialization.load_der_private_key(der, password=None)
         if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != "secp256r1":
             raise KeyringError(f"signing key {row.kid} is not a P-256 key")

@@ -31,7 +31,6 @@ from gateway.authz.sample import DecisionSample
 from gateway.authz.store import PolicyStore
 from gateway.backup.jobs import job_for
 from gateway.backup.schedule import BackupSchedule, run_backups
-from gateway.crypto.keyring import keyring_path
 from gateway.crypto.signing import SigningKeys
 from gateway.identity.assertion import AssertionSigner
 from gateway.machine.gateway_tokens import GatewayTokens
@@ -193,9 +192,7 @@ async def _open_worker(
     upstream = Http1Client(max_connections=settings.limits.max_upstream_connections)
     stack.push_async_callback(upstream.close)
     db, fast, identity = await _open_stores(stack, settings, live)
-    signing = SigningKeys(
-        db, identity.keyring, identity.clock, settings.assertion, keyring_path=keyring_path(settings)
-    )
+    signing = SigningKeys(db, identity.keyring, identity.clock, settings.assertion)
     await signing.ensure()
     _background(stack, signing.run_refresh(30.0))
     assertions = AssertionSigner(

@@ -150,3 +150,35 @@ def test_a_forged_tail_is_never_signed_and_verify_names_it(tmp_path: Path) -> No
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"audit trail FAILED verification: {where}: it is an unkeyed (version 1) record" in bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+def test_a_keyring_rotated_by_the_cli_reaches_the_running_gateway(tmp_path: Path) -> None:
+    """`gateway keys rotate --keyring` while the gateway runs: the CLI keys its own audit records under
+    the new key, and so does every CLI call after it. The running gateway, which loaded the keyring
+    before, reads the file again for the key id it does not know: its checkpoints go on covering
+    the trail (before, it could not check the new records and alerted ``audit.chain_broken``)."""
+    port = free_port()
+    sink = tmp_path / "events.log"
+    with run_echo() as echo:
+        config = gateway_config(
+            tmp_path,
+            port,
+            [echo_route(echo)],
+            audit={"checkpoint_interval": "1s"},
+            logging={"sinks": [{"type": "file", "path": str(sink)}]},
+        )
+        with run_gateway(tmp_path, config) as gw:
+            wait_until(lambda: checkpoints_in(sink), timeout=30, what="a first checkpoint")
+            rotated = run_cli("keys", "rotate", "--keyring", "--config", str(gw.config_path))
+            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+            add_user(gw.config_path, "carol", PASSWORD)
+            with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:
+                (head_seq,) = conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()
+                keys = {k for (k,) in conn.execute("SELECT DISTINCT key_id FROM audit_events")}
+            assert len(keys) == 2  # records under the first key and under the rotated one
+            wait_until(
+                lambda: any(cp["head_seq"] >= head_seq for cp in checkpoints_in(sink)),
+                timeout=30,
+                what="a checkpoint covering the records keyed under the new key",
+            )
+    assert alerts_in(sink) == []

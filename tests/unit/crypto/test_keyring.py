@@ -315,3 +315,107 @@ def test_derive_gives_independent_stable_subkeys(keyring: Keyring, path: Path) -
     assert csrf != keyring.derive(b"another purpose")
     keyring.rotate(path)
     assert keyring.derive(b"gateway csrf v1") != csrf
+
+
+# -- keys added by another process -------------------------------------------------------------------
+
+
+def test_a_process_started_before_a_rotation_reads_what_later_processes_write(
+    path: Path, keyring: Keyring
+) -> None:
+    """`gateway keys rotate` while gateways run: a worker started after it (or the CLI itself)
+    encrypts, keys audit records and makes CSRF tokens under the new key; the running one reads them
+    and from then on encrypts under the new key too."""
+    running = Keyring.load(path)
+    old_kid = running.active_id
+    new_kid = Keyring.load(path).rotate(path)
+    restarted = Keyring.load(path)
+    token = restarted.encrypt(b"seed enrolled on the restarted worker", aad=AAD)
+    assert running.decrypt(token, aad=AAD) == b"seed enrolled on the restarted worker"
+    assert running.active_id == new_kid
+    assert running.key_ids == {old_kid, new_kid}
+    assert running.encrypt(b"x", aad=AAD).split(".")[1] == new_kid
+    assert running.derive(b"gateway csrf v1", kid=new_kid) == restarted.derive(b"gateway csrf v1")
+
+
+def test_a_key_added_after_the_last_read_is_found_by_derive_too(path: Path, keyring: Keyring) -> None:
+    running = Keyring.load(path)
+    new_kid = Keyring.load(path).rotate(path)
+    assert running.derive(b"audit chain", kid=new_kid) == Keyring.load(path).derive(
+        b"audit chain", kid=new_kid
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_unknown_key_ids_read_the_file_at_most_once_a_second(
+    path: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.crypto.keyring as module
+
+    clock = _Clock()
+    monkeypatch.setattr(module, "time", clock)
+    reads: list[Path] = []
+    load = Keyring.load.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Keyring], file: Path) -> Keyring:
+        reads.append(file)
+        return load(cls, file)  # type: ignore[no-any-return]
+
+    running = Keyring.load(path)
+    monkeypatch.setattr(Keyring, "load", classmethod(counting))
+    forged = "v1.knowhere1." + "A" * 40
+    for _ in range(100):
+        with pytest.raises(KeyringError, match="unknown key id"):
+            running.decrypt(forged, aad=AAD)
+    assert len(reads) == 1
+    # A rotation within that second is found after it, not before.
+    Keyring.load(path).rotate(path)
+    token = Keyring.load(path).encrypt(b"new", aad=AAD)
+    reads.clear()
+    with pytest.raises(KeyringError):
+        running.decrypt(token, aad=AAD)
+    assert reads == []
+    clock.now += 1.01
+    assert running.decrypt(token, aad=AAD) == b"new"
+    assert len(reads) == 1
+    # Ids that cannot be key ids (path tricks, dots, overlong) never read the file.
+    clock.now += 5
+    reads.clear()
+    for kid in ("../../etc/passwd", "a" * 65, ""):
+        with pytest.raises(KeyringError):
+            running.derive(b"x", kid=kid)
+    assert reads == []
+
+
+def test_a_file_that_changed_a_known_key_is_not_merged(path: Path, keyring: Keyring) -> None:
+    running = Keyring.load(path)
+    old_kid = running.active_id
+    old_token = running.encrypt(b"old", aad=AAD)
+    other = Keyring.load(path)
+    new_kid = other.rotate(path)
+    token = other.encrypt(b"new", aad=AAD)
+    doc = json.loads(path.read_text())
+    doc["keys"][old_kid] = base64.b64encode(os.urandom(KEY_BYTES)).decode()  # someone replaced a key
+    _write(path, doc)
+    with pytest.raises(KeyringError, match="unknown key id"):
+        running.decrypt(token, aad=AAD)
+    assert running.active_id == old_kid
+    assert running.key_ids == {old_kid}
+    assert running.decrypt(old_token, aad=AAD) == b"old"
+    assert new_kid not in running.key_ids
+
+
+def test_a_keyring_built_from_key_material_reads_no_file(path: Path, keyring: Keyring) -> None:
+    doc = json.loads(path.read_text())
+    in_memory = Keyring({kid: base64.b64decode(key) for kid, key in doc["keys"].items()}, doc["active"])
+    Keyring.load(path).rotate(path)
+    token = Keyring.load(path).encrypt(b"new", aad=AAD)
+    with pytest.raises(KeyringError, match="unknown key id"):
+        in_memory.decrypt(token, aad=AAD)

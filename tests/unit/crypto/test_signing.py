@@ -361,7 +361,7 @@ async def test_keys_encrypted_under_a_newer_keyring_key_reload_the_keyring_file(
     database: Database, replicas: Callable[[], Database], keyring_file: Path, clock: FakeClock
 ) -> None:
     started = Keyring.load(keyring_file)  # what a running gateway loaded at start
-    worker = SigningKeys(database, started, clock, SETTINGS, keyring_path=keyring_file)
+    worker = SigningKeys(database, started, clock, SETTINGS)
     await worker.ensure()
     # An operator rotates the keyring, then the signing key with the new keyring.
     operator_keyring = Keyring.load(keyring_file)
@@ -375,10 +375,16 @@ async def test_keys_encrypted_under_a_newer_keyring_key_reload_the_keyring_file(
     assert signing.private_key is not None
 
 
+def _in_memory(keyring_file: Path) -> Keyring:
+    """The file's keys as a keyring built from key material: it has no file to read again."""
+    doc = json.loads(keyring_file.read_text())
+    return Keyring({kid: base64.b64decode(key) for kid, key in doc["keys"].items()}, doc["active"])
+
+
 async def test_without_the_keyring_file_a_future_key_is_published_but_cannot_sign(
     database: Database, replicas: Callable[[], Database], keyring_file: Path, clock: FakeClock
 ) -> None:
-    worker = SigningKeys(database, Keyring.load(keyring_file), clock, SETTINGS)
+    worker = SigningKeys(database, _in_memory(keyring_file), clock, SETTINGS)
     await worker.ensure()
     operator_keyring = Keyring.load(keyring_file)
     operator_keyring.rotate(keyring_file)
