@@ -183,8 +183,8 @@ async def rotate(
     """Rotate the signing key, the keyring or both (signing first), as ``gateway keys rotate`` does.
 
     A new signing key is published at once and signs after ``assertion.publish_ahead``; the key it
-    replaces stays published for ``assertion.grace``. A new keyring key is active for new secrets once
-    the gateways restart; older keys stay for decryption. Needs a second factor used within
+    replaces stays published for ``assertion.grace``. A new keyring key is active for new secrets in
+    the file; gateways reading it take it up the first time they meet it; older keys stay for decryption. Needs a second factor used within
     ``admin.destructive_reauth_max_age`` (403 ``step-up-required``). Recorded as ``admin.keys.rotate``.
     """
     admin = admin_of(request)

@@ -1,8 +1,9 @@
 """``gateway keys …``: the keyring for secrets at rest and the keys that sign identity assertions.
 
     gateway keys init   --config FILE                              create the keyring file
-    gateway keys rotate --config FILE [--all | --signing | --keyring]
-    gateway keys list   --config FILE [--json]
+    gateway keys rotate   --config FILE [--all | --signing | --keyring [--stage]]
+    gateway keys activate --config FILE KID
+    gateway keys list     --config FILE [--json]
 
 ``rotate`` (default ``--all``) does both rotations:
 
@@ -11,7 +12,9 @@
   replaces signs until then and stays published for ``assertion.grace`` after that. Running gateways
   pick the new key up within 30 s, without a restart.
 * **keyring**: a new AES-256-GCM key becomes active for new secrets; older keys stay for decryption.
-  Gateways encrypt with it after a restart.
+  Gateways reading the same file take it up the first time they meet it. Replicas that each hold
+  their own copy (a Kubernetes Secret) rotate in two steps: ``rotate --keyring --stage`` adds the key
+  without making it active; once every replica has the new file, ``activate KID`` makes it active.
 
 With ``--all`` the signing key is rotated first, so its private half is encrypted under the keyring
 key every running gateway already holds.
@@ -88,6 +91,8 @@ def _rotate(args: argparse.Namespace) -> int:
     from gateway.crypto.keyring import keyring_path
     from gateway.crypto.lifecycle import RotationTarget, rotate_keys
 
+    if args.stage and args.what != "keyring":
+        raise UserError("--stage stages a keyring key: give it with --keyring")
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
@@ -99,10 +104,16 @@ def _rotate(args: argparse.Namespace) -> int:
                 signing=_signing_keys(settings, keyring, store.db),
                 keyring=keyring,
                 keyring_file=path,
+                stage=args.stage,
             )
             if rotation.signing is not None:
                 _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)
-            if rotation.keyring_key is not None:
+            if rotation.staged:
+                print(
+                    f"keyring {path}: staged key {rotation.keyring_key} (decrypts, encrypts nothing yet); "
+                    f"give every replica this file, then run `gateway keys activate {rotation.keyring_key}`."
+                )
+            elif rotation.keyring_key is not None:
                 print(
                     f"keyring {path}: new active key {rotation.keyring_key}; older keys stay for decryption. "
                     "Gateways reading this file pick the new key up the first time they meet it; "
@@ -139,6 +150,35 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
         print(f"signing key: deleted expired key(s) {', '.join(sorted(pruned))}")
 
 
+def _activate(args: argparse.Namespace) -> int:
+    from gateway.audit.trail import AuditLog
+    from gateway.crypto.keyring import keyring_path
+
+    settings = load_config(args)
+    path = keyring_path(settings)
+    keyring = load_keyring(settings)
+    if args.kid not in keyring.key_ids:
+        raise UserError(f"no key {args.kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+    if keyring.active_id == args.kid:
+        print(f"keyring {path}: key {args.kid} is the active key already")
+        return EXIT_OK
+    keyring.activate(path, args.kid)
+
+    async def record() -> None:
+        async with open_store(settings) as store:
+            audit = AuditLog(store.db, keyring=keyring)
+            await audit.record(
+                "keys.activated", actor=operator(), subject="keys", details={"keyring_key": args.kid}
+            )
+
+    run(record())
+    print(
+        f"keyring {path}: key {args.kid} is active for new secrets. Gateways reading this file take it up "
+        "the first time they meet it; replicas with their own copy need this file (a rolling restart)."
+    )
+    return EXIT_OK
+
+
 def _list(args: argparse.Namespace) -> int:
     from gateway.clock import SYSTEM_CLOCK
     from gateway.crypto.keyring import Keyring, keyring_path
@@ -162,7 +202,7 @@ def _list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=2))
         return EXIT_OK
-    print(f"keyring {path}: active key {keyring.active_id} ({len(keyring.key_ids)} key(s) in all)")
+    print(f"keyring {path}: active key {keyring.active_id}; keys {', '.join(sorted(keyring.key_ids))}")
     if not rows:
         print("no signing keys yet: a gateway creates the first one when it starts")
         return EXIT_OK
@@ -229,7 +269,23 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     which.add_argument(
         "--keyring", dest="what", action="store_const", const="keyring", help="only the keyring"
     )
+    p.add_argument(
+        "--stage",
+        action="store_true",
+        help="with --keyring: add the new key without making it active (activate it with `gateway keys "
+        "activate KID` once every replica has the file)",
+    )
     p.set_defaults(func=_rotate, what="all")
+
+    p = actions.add_parser(
+        "activate",
+        help="make a staged keyring key the active one",
+        description="Make a keyring key already in the file (one added by `rotate --keyring --stage`) the key "
+        "new secrets are encrypted under. Run it once every replica has the file with that key.",
+    )
+    config_arg(p)
+    p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
+    p.set_defaults(func=_activate)
 
     p = actions.add_parser(
         "list",

@@ -42,7 +42,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -230,43 +230,74 @@ class Keyring:
                 return cls.load(path)
             raise
 
-    def rotate(self, path: StrPath) -> str:
-        """Add a fresh key, make it active, and rewrite the keyring file atomically.
+    def rotate(self, path: StrPath, *, activate: bool = True) -> str:
+        """Add a fresh key, make it active (unless ``activate`` is False), and rewrite the file atomically.
 
         Old keys stay for decryption. The file is re-read under an exclusive lock first and its keys
         merged in, so two rotations at once (or a rotation by another process) cannot drop a key that
         something was already encrypted with.
 
+        A *staged* key (``activate=False``) decrypts but encrypts nothing until :meth:`activate`: the
+        two steps of a rotation across replicas that each hold their own copy of the file (a
+        Kubernetes Secret): stage, give every replica the file, then activate. No replica ever meets
+        a ciphertext under a key it does not have.
+
         Args:
             path: The keyring file to rewrite (stays mode 0600).
+            activate: Make the new key the active one (False: stage it).
 
         Returns:
-            The new active key id.
+            The new key id.
 
         Raises:
             KeyringError: The file cannot be read or written, or holds a different key under one of
                 this keyring's ids.
         """
-        path = Path(path)
+
+        added: list[str] = []
+
+        def add(keys: dict[str, bytes], active: str) -> str:
+            kid = _new_kid()
+            while kid in keys:  # pragma: no cover - 32-bit ids; a clash is astronomically unlikely
+                kid = _new_kid()
+            keys[kid] = secrets.token_bytes(KEY_BYTES)
+            added.append(kid)
+            return kid if activate else active
+
+        self._rewrite(Path(path), add)
+        return added[0]
+
+    def activate(self, path: StrPath, kid: str) -> None:
+        """Make a key already in the file (a staged one) the active key, and rewrite the file atomically.
+
+        Raises:
+            KeyringError: ``kid`` is not in the file, or as :meth:`rotate`.
+        """
+
+        def choose(keys: dict[str, bytes], active: str) -> str:
+            if kid not in keys:
+                raise KeyringError(f"no key {kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+            return kid
+
+        self._rewrite(Path(path), choose)
+
+    def _rewrite(self, path: Path, change: Callable[[dict[str, bytes], str], str]) -> None:
+        """Under the file's lock: read it, merge this keyring's keys in, let ``change`` add keys and pick
+        the active id, write the result, and become it."""
         with _exclusive_lock(path):
             on_disk = type(self).load(path)
             merged = dict(on_disk._keys)
             for kid, key in self._keys.items():
                 if merged.setdefault(kid, key) != key:
-                    raise KeyringError(f"key {kid!r} in {path} differs from the loaded one; not rotating")
-            kid = _new_kid()
-            while kid in merged:  # pragma: no cover - 32-bit ids; a clash is astronomically unlikely
-                kid = _new_kid()
-            merged[kid] = secrets.token_bytes(KEY_BYTES)
-            rotated = type(self)(merged, kid)
+                    raise KeyringError(f"key {kid!r} in {path} differs from the loaded one; not changing it")
+            rewritten = type(self)(merged, change(merged, on_disk._active))
             try:
-                with _temp_file(path, rotated._document()) as temp:
+                with _temp_file(path, rewritten._document()) as temp:
                     os.replace(temp, path)
                 _fsync_dir(path.parent)
             except OSError as exc:
                 raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
-        self._keys, self._aead, self._active = rotated._keys, rotated._aead, rotated._active
-        return kid
+        self._keys, self._aead, self._active = rewritten._keys, rewritten._aead, rewritten._active
 
     # -- use -----------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Two kinds of key, two rotations (see :mod:`gateway.crypto.keyring` and :mod:`gat
 * **signing**: a new ES256 key, published at once, signing after ``assertion.publish_ahead``; running
   gateways pick it up within 30 s.
 * **keyring**: a new AES-256-GCM key in the keyring file, active for new secrets; older keys stay for
-  decryption. Processes encrypt with it once they reload the file (a restart).
+  decryption. Processes that read the same file take it up the first time they meet it (the keyring
+  reads its file again for a key id it does not know). Replicas with their own copy of the file
+  stage the key first (``stage``: in the file, not active), get the file, then activate it.
 
 Rotating both rotates the signing key first, so its private half is encrypted under the keyring key
 every running gateway already holds. Neither list nor rotation ever exposes private key material: a
@@ -71,6 +73,8 @@ class Rotation:
 
     signing: SigningRotation | None = None
     keyring_key: str | None = None
+    # The new keyring key was added without becoming active (activate it once every replica has it).
+    staged: bool = False
 
     def details(self) -> dict[str, object]:
         """The new key ids, for the audit record (``keys.rotated``)."""
@@ -79,11 +83,18 @@ class Rotation:
             found["signing_key"] = self.signing.kid
         if self.keyring_key is not None:
             found["keyring_key"] = self.keyring_key
+            if self.staged:
+                found["staged"] = True
         return found
 
 
 async def rotate_keys(
-    target: RotationTarget, *, signing: SigningKeys, keyring: Keyring, keyring_file: Path
+    target: RotationTarget,
+    *,
+    signing: SigningKeys,
+    keyring: Keyring,
+    keyring_file: Path,
+    stage: bool = False,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -95,6 +106,7 @@ async def rotate_keys(
             A long-running process that must go on encrypting under the key every other process
             holds passes a copy freshly loaded from the file instead of its own.
         keyring_file: The keyring file.
+        stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
@@ -111,6 +123,6 @@ async def rotate_keys(
         rotation = Rotation(signing=SigningRotation(kid, before, after))
     if target in (RotationTarget.ALL, RotationTarget.KEYRING):
         # File I/O under an exclusive lock (and an fsync): off the event loop.
-        new_id = await asyncio.to_thread(keyring.rotate, keyring_file)
-        rotation = replace(rotation, keyring_key=new_id)
+        new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)
+        rotation = replace(rotation, keyring_key=new_id, staged=stage)
     return rotation

@@ -419,3 +419,24 @@ def test_a_keyring_built_from_key_material_reads_no_file(path: Path, keyring: Ke
     token = Keyring.load(path).encrypt(b"new", aad=AAD)
     with pytest.raises(KeyringError, match="unknown key id"):
         in_memory.decrypt(token, aad=AAD)
+
+
+def test_a_staged_key_decrypts_everywhere_before_anyone_encrypts_under_it(
+    path: Path, keyring: Keyring
+) -> None:
+    """The two-step rotation for replicas with their own copy of the file: stage, distribute, activate."""
+    old_kid = keyring.active_id
+    operator = Keyring.load(path)
+    staged = operator.rotate(path, activate=False)
+    assert operator.active_id == old_kid
+    assert operator.key_ids == {old_kid, staged}
+    assert operator.encrypt(b"x", aad=AAD).split(".")[1] == old_kid  # staged: encrypts nothing yet
+    replica_copy = Keyring.load(path)  # what each replica holds after the new file reached it
+    assert replica_copy.active_id == old_kid
+    operator.activate(path, staged)
+    token = Keyring.load(path).encrypt(b"under the activated key", aad=AAD)
+    assert token.split(".")[1] == staged
+    assert replica_copy.decrypt(token, aad=AAD) == b"under the activated key"
+    with pytest.raises(KeyringError, match="no key 'kunknown'"):
+        operator.activate(path, "kunknown")
+    assert Keyring.load(path).active_id == staged  # a refused activation changes nothing

@@ -1,0 +1,86 @@
+"""``gateway keys rotate --keyring --stage`` and ``gateway keys activate``: the two-step keyring rotation
+for replicas that each hold their own copy of the file, as an operator runs it (real subprocesses).
+
+Checked: a staged key is in the file but encrypts nothing; activating it makes it the key new
+secrets use, audited as ``keys.activated``; wrong input (an unknown id, ``--stage`` without
+``--keyring``) is exit 2 and changes nothing; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.crypto.keyring import Keyring
+from tests.integration.harness import run_cli
+
+
+def gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = run_cli(*args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {tmp_path / 'data'}\n")
+    assert gateway("migrate", "--config", str(path)).returncode == 0
+    assert gateway("keys", "init", "--config", str(path)).returncode == 0
+    return path
+
+
+def _keyring(config: Path) -> dict[str, object]:
+    proc = gateway("keys", "list", "--config", str(config), "--json")
+    assert proc.returncode == 0, proc.stderr
+    found: dict[str, object] = json.loads(proc.stdout)["keyring"]
+    return found
+
+
+def test_stage_then_activate(config: Path) -> None:
+    c = ("--config", str(config))
+    first = str(_keyring(config)["active"])
+    staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
+    assert staged.returncode == 0, staged.stderr
+    kid = staged.stdout.split("staged key ")[1].split()[0]
+    assert f"gateway keys activate {kid}" in staged.stdout
+    keyring = _keyring(config)
+    assert keyring["active"] == first
+    assert keyring["keys"] == sorted([first, kid])
+    file = config.parent / "data" / "keys" / "keyring.json"
+    assert Keyring.load(file).encrypt(b"x", aad=b"t").split(".")[1] == first
+
+    listed = gateway("keys", "list", *c)
+    assert f"active key {first}; keys {', '.join(sorted([first, kid]))}" in listed.stdout
+
+    done = gateway("keys", "activate", kid, *c)
+    assert done.returncode == 0, done.stderr
+    assert f"key {kid} is active for new secrets" in done.stdout
+    assert _keyring(config)["active"] == kid
+    assert Keyring.load(file).encrypt(b"x", aad=b"t").split(".")[1] == kid
+    again = gateway("keys", "activate", kid, *c)
+    assert again.returncode == 0
+    assert "is the active key already" in again.stdout
+
+    audited = gateway("audit", "list", *c, "--kind", "keys.activated", "--json")
+    (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert json.loads(record["details"]) == {"keyring_key": kid}
+    assert gateway("audit", "verify", *c).returncode == 0
+
+
+def test_wrong_input_is_exit_2_and_changes_nothing(config: Path) -> None:
+    c = ("--config", str(config))
+    before = (config.parent / "data" / "keys" / "keyring.json").read_bytes()
+    unknown = gateway("keys", "activate", "knotakey", *c)
+    assert unknown.returncode == 2
+    assert "no key 'knotakey'" in unknown.stderr
+    assert "gateway keys list" in unknown.stderr
+    for what in ("--signing", "--all"):
+        refused = gateway("keys", "rotate", what, "--stage", *c)
+        assert refused.returncode == 2
+        assert "--stage stages a keyring key: give it with --keyring" in refused.stderr
+    assert (config.parent / "data" / "keys" / "keyring.json").read_bytes() == before
+    assert gateway("keys", "activate", "--help").returncode == 0
