@@ -57,6 +57,7 @@ from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, ThreatDetector
 from gateway.threat.lockdown import Lockdown
+from gateway.threat.responder import Webhook
 from gateway.upstream.http1 import Http1Client
 
 __all__ = ["IdentityServices", "ReadinessReport", "Services", "WorkerServices"]
@@ -177,6 +178,9 @@ class Services:
     replicas: ReplicaRegistry
     # The data-subject rights, the request register and legal holds (gateway.privacy).
     privacy: Privacy
+    # The queue to ``threat.webhook_url`` that incident-record changes made here go out from (a
+    # background task POSTs them); None without a webhook URL.
+    case_events: Webhook | None
 
 
 @dataclass(frozen=True, slots=True)

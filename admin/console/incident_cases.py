@@ -326,6 +326,7 @@ async def _workflow(services: Services, config: CurrentConfig) -> Workflow:
         cases=_cases(services), settings=config.settings, db=services.db,
         fast=services.fast, audit=identity.audit, accounts=identity.accounts, sessions=identity.sessions,
         policy=services.policy.store, keyring=await _keyring(config, identity.keyring),
+        events=services.case_events,
     )  # fmt: skip
 
 

@@ -3,8 +3,12 @@
 The same receiver already gets each detection (a rule with the ``webhook`` response); it gets the
 record's life after that: opened by hand, each phase, actions, sealed evidence, notifications. The
 document names the incident, its phase and severity, the actor and what happened, never a secret.
-A receiver that is down costs at most ``threat.webhook_timeout`` per change and is logged; the
-change itself stands (the audit trail has it either way).
+In a serving process (the admin console) each change is handed to a bounded queue that a background
+task POSTs from (:func:`queued_webhook`, the same queue class as the detections'): an admin working an
+incident while the ticketing tool is down (which an incident may well be about) never waits for it. The
+CLI POSTs before it exits (:func:`case_webhook`): a receiver that is down costs it at most
+``threat.webhook_timeout`` per change and is logged. Either way the change itself stands (the audit
+trail has it).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["CaseEvent", "case_webhook"]
+from gateway.threat.responder import Webhook
+
+__all__ = ["CaseEvent", "case_webhook", "queued_webhook"]
 
 logger = logging.getLogger("gateway.response")
 
@@ -39,3 +45,13 @@ def case_webhook(url: str, *, timeout: float) -> CaseEvent:
             )
 
     return post
+
+
+def queued_webhook(events: Webhook) -> CaseEvent:
+    """A listener that puts each event on ``events``' queue (its own task POSTs them; a full queue drops
+    the newest and counts it): the change's caller never waits for the receiver."""
+
+    async def enqueue(event: Mapping[str, Any]) -> None:
+        events.enqueue(event)
+
+    return enqueue

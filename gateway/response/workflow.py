@@ -30,13 +30,13 @@ from gateway.response.notification import DEFAULT_WHAT_TO_DO, Notified, notify_a
 from gateway.response.phases import Phase, check_move, parse_phase
 from gateway.response.recovery import RecoveryCheck, readiness_check, recovery_checks
 from gateway.response.report import audit_timeline, report_json
-from gateway.response.webhook import case_webhook
+from gateway.response.webhook import case_webhook, queued_webhook
 from gateway.settings.schema import Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import LockdownStore
-from gateway.threat.responder import Responder
+from gateway.threat.responder import Responder, Webhook
 
 __all__ = ["MailNotConfigured", "Moved", "RecoveryChecksFailed", "SessionsOutOfReach", "Workflow"]
 
@@ -95,10 +95,16 @@ class Workflow:
     policy: PolicyStore
     # The keyring the chain is verified and the evidence exported with.
     keyring: Keyring
+    # The serving process's queue to threat.webhook_url (None in the CLI: it POSTs before it exits).
+    events: Webhook | None = None
 
     def __post_init__(self) -> None:
         threat = self.settings.threat
-        if threat.webhook_url is not None:
+        if threat.webhook_url is None:
+            return
+        if self.events is not None and self.events.url == threat.webhook_url:
+            self.cases.listeners.append(queued_webhook(self.events))
+        else:  # the CLI, or a reload moved the URL away from the queue's
             self.cases.listeners.append(
                 case_webhook(threat.webhook_url, timeout=float(threat.webhook_timeout))
             )

@@ -180,6 +180,7 @@ class _Shared:
     metrics: Metrics
     replicas: ReplicaRegistry
     privacy: Privacy
+    case_events: Webhook | None
 
 
 async def _open_worker(
@@ -265,6 +266,7 @@ async def _open_worker(
         readiness=shared.readiness.report,
         replicas=shared.replicas,
         privacy=shared.privacy,
+        case_events=shared.case_events,
         sample=sample,
         bearer=bearer,
         tracer=_open_tracing(stack, settings),
@@ -314,6 +316,7 @@ async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Se
         sinks=shared.sinks,
         replicas=shared.replicas,
         privacy=shared.privacy,
+        case_events=shared.case_events,
     )
     return Running(services, live, shared.reloader, stack)
 
@@ -379,7 +382,23 @@ async def _open_shared(
     await replicas.announce(report)
     _background(stack, replicas.run(report, HEARTBEAT_INTERVAL, beat_first=False))
     privacy = identity.privacy(db)
-    return _Shared(live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas, privacy)
+    return _Shared(
+        live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas, privacy,
+        _open_case_events(stack, settings),
+    )  # fmt: skip
+
+
+def _open_case_events(stack: contextlib.AsyncExitStack, settings: Settings) -> Webhook | None:
+    """The queue incident-record changes go to ``threat.webhook_url`` from (gateway.response.webhook)."""
+    threat = settings.threat
+    if threat.webhook_url is None:
+        return None
+    events = Webhook(
+        threat.webhook_url, queue_size=threat.webhook_queue, timeout=float(threat.webhook_timeout)
+    )
+    events.start()
+    stack.push_async_callback(events.close)
+    return events
 
 
 async def _open_sinks(stack: contextlib.AsyncExitStack, settings: Settings, role: Role) -> SinkHub | None:

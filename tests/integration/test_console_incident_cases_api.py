@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,48 @@ ATTACKER = "198.51.100.77"
 BASE = "/api/incident-cases"
 
 
+class HeldHook:
+    """A ticketing tool's webhook endpoint that the test can hold (it then answers nothing until
+    released, as a receiver that is down but still accepts connections): keeps what it got."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.open = threading.Event()
+        self.open.set()
+        events, gate = self.events, self.open
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                gate.wait(120)
+                events.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.open.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
 def _config(
-    tmp: Path, port: int, admin_port: int, echo_url: str, policy: Path, smtp_port: int, **admin: Any
+    tmp: Path,
+    port: int,
+    admin_port: int,
+    echo_url: str,
+    policy: Path,
+    smtp_port: int,
+    hook_url: str | None = None,
+    **admin: Any,
 ) -> dict[str, Any]:
     routes: list[dict[str, Any]] = [
         {"name": "app", "host": "127.0.0.1", "upstreams": [echo_url], "mfa": "none"}
@@ -64,7 +106,11 @@ def _config(
         trusted_proxies=["127.0.0.1/32"],
         policy={"file": str(policy)},
         admin={"listen": f"127.0.0.1:{admin_port}", **admin},
-        threat={"brute_force": {"count": 3, "window": "10m", "responses": ["alert", "lock_account"]}},
+        threat={
+            "brute_force": {"count": 3, "window": "10m", "responses": ["alert", "lock_account"]},
+            # Far longer than any console call may take: a console that waited for the receiver shows.
+            **({"webhook_url": hook_url, "webhook_timeout": "90s"} if hook_url else {}),
+        },
         notify={
             "organisation": "Example Ltd",
             "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "sender": "sec@example.com"},
@@ -80,14 +126,23 @@ def mail() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer) -> Iterator[Site]:
+def hook() -> Iterator[HeldHook]:
+    receiver = HeldHook()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer, hook: HeldHook) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("console-incident-cases")
     policy_path = tmp / "policy.csv"
     policy_path.write_text(POLICY)
     port, admin_port = free_port(), free_port()
     with (
         run_echo() as echo,
-        run_gateway(tmp, _config(tmp, port, admin_port, echo.url, policy_path, mail.port)) as gw,
+        run_gateway(tmp, _config(tmp, port, admin_port, echo.url, policy_path, mail.port, hook.url)) as gw,
     ):
         wait_admin_healthy(admin_port, gw.proc)
         for user, extra in (
@@ -533,3 +588,35 @@ def _stale(site: Site, client: httpx.Client, mail: SmtpServer) -> None:
         )
     )
     assert acted["done"] == {"bob": "sessions revoked"}
+
+
+@pytest.mark.peer
+def test_a_ticketing_tool_that_does_not_answer_never_holds_up_the_console(
+    site: Site, boss: httpx.Client, hook: HeldHook
+) -> None:
+    """During an incident the ticketing tool may be down too: each change goes out from a queue, so
+    the admin's calls answer at once while the receiver hangs (threat.webhook_timeout is 90 s here;
+    a console that POSTed in the call would not answer within the client's 30 s), and the events
+    arrive, in order, once it answers again."""
+    hook.open.clear()
+    try:
+        opened = ok(
+            api(site, boss, "POST", BASE, json={"title": "ticketing is down", "severity": "low"}), 201
+        )
+        case_id = opened["id"]
+        for phase in ("containment", "eradication"):
+            ok(api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": phase, "note": phase}))
+        assert not [e for e in hook.events if e["incident"]["id"] == case_id]
+    finally:
+        hook.open.set()
+
+    def mine() -> list[dict[str, Any]]:
+        return [e for e in hook.events if e["incident"]["id"] == case_id]
+
+    wait_until(lambda: len(mine()) == 4, timeout=30, what="the four events at the receiver")
+    assert [(e["event"], e["incident"]["phase"]) for e in mine()] == [
+        ("opened", "detection"),
+        ("phase", "containment"),
+        ("evidence", "containment"),  # containment seals the evidence
+        ("phase", "eradication"),
+    ]
