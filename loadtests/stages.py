@@ -2,7 +2,7 @@
 
 ::
 
-    python -m loadtests.stages [--requests 300] [--json PATH]
+    python -m loadtests.stages [--requests 300] [--json PATH] [--pass-through]
 
 Drives the data plane in-process exactly as :mod:`loadtests.inprocess` does (one worker's services,
 ``GET /__echo/bytes/256`` with a session cookie, an upstream in the same event loop) and counts every
@@ -55,6 +55,7 @@ _OUTSIDE_UPSTREAM = "proxy: upstream connection callbacks"
 _OUTSIDE_LOOP = "event loop (asyncio)"
 _OUTSIDE_GATEWAY = "gateway background tasks"
 _DRIVER = "benchmark driver and its upstream (not the gateway)"
+_PASS_THROUGH = "pass-through (loadtests/bare_proxy.py)"
 _OUTSIDE = "other"
 
 
@@ -74,6 +75,8 @@ def _outside(filename: str) -> str:
     """Where an instruction outside every stage belongs, by the file of the code running it."""
     if "/gateway/upstream/" in filename:
         return _OUTSIDE_UPSTREAM
+    if filename.endswith("/loadtests/bare_proxy.py"):
+        return _PASS_THROUGH
     if "/loadtests/" in filename:
         return _DRIVER
     if "/gateway/" in filename:
@@ -164,6 +167,43 @@ async def _run(
     }
 
 
+async def _run_pass_through(requests: int, warmup: int) -> dict[str, Any]:
+    """The same request through the pass-through on the gateway's client (``loadtests.bare_proxy``,
+    ``BARE_PROXY_CLIENT=http1``), the same in-loop upstream and driver: what ``gateway_vs_bare_http1``
+    compares the gateway with, in bytecodes."""
+    import importlib
+    import os
+
+    from loadtests.inprocess import Upstream, drive
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, "127.0.0.1", 0)
+    # The module reads its upstream and client when imported.
+    os.environ["BARE_PROXY_UPSTREAM"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    os.environ["BARE_PROXY_CLIENT"] = "http1"
+    bare = importlib.import_module("loadtests.bare_proxy")
+    tally = _Tally({})
+    try:
+        failed = await drive(bare.app, b"gateway_session=unused", warmup)
+        sys.settrace(tally)
+        try:
+            failed += await drive(bare.app, b"gateway_session=unused", requests)
+        finally:
+            sys.settrace(None)
+    finally:
+        if bare._http1 is not None:
+            await bare._http1.close()
+        server.close()
+    if failed:
+        raise RuntimeError(f"{failed} requests were not answered 200")
+    return {
+        "stages": {name: n / requests for name, n in tally.counts.items()},
+        "functions": {
+            f"{stage} | {function}": n / requests for (stage, function), n in tally.functions.items()
+        },
+    }
+
+
 def count_stages(
     requests: int = 300, warmup: int = 200, *, variant: str = "baseline", slow_stage: str | None = None
 ) -> dict[str, dict[str, float]]:
@@ -179,6 +219,7 @@ def _table(per_stage: dict[str, float]) -> str:
     total = sum(per_stage.values())
     order = [
         *STAGE_NAMES,
+        _PASS_THROUGH,
         _OUTSIDE_UPSTREAM,
         _OUTSIDE_GATEWAY,
         _OUTSIDE_LOOP,
@@ -204,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", choices=tuple(VARIANTS), default="baseline", help="a feature switched (default baseline)"
     )
     parser.add_argument("--slow-stage", choices=SLOWABLE, help="run this stage twice per request")
+    parser.add_argument(
+        "--pass-through",
+        action="store_true",
+        help="count the pass-through on the gateway's client (loadtests/bare_proxy.py) instead of the gateway",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -211,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     try:
-        per_stage = count_stages(args.requests, variant=args.variant, slow_stage=args.slow_stage)
+        if args.pass_through:
+            per_stage = asyncio.run(_run_pass_through(args.requests, 200))
+        else:
+            per_stage = count_stages(args.requests, variant=args.variant, slow_stage=args.slow_stage)
     except RuntimeError as exc:
         print(f"stages: {exc}", file=sys.stderr)
         return 1

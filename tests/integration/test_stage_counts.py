@@ -46,3 +46,14 @@ def test_the_report_lists_the_stages_and_the_costliest_functions(tmp_path: Path)
     report = _stages(tmp_path, "detail", "--requests", "50", "--detail", "5")
     assert set(STAGE_NAMES) <= report["stages"].keys()
     assert any(key.startswith("proxy | ") for key in report["functions"])
+
+
+def test_the_pass_through_is_counted_with_the_same_driver(tmp_path: Path) -> None:
+    """``--pass-through``: the request through loadtests/bare_proxy.py on the gateway's client, what
+    ``gateway_vs_bare_http1`` compares with; none of the gateway's stages runs there."""
+    bare = _stages(tmp_path, "bare", "--pass-through", "--requests", "60")["stages"]
+    gateway = _stages(tmp_path, "gateway", "--requests", "60")["stages"]
+    assert bare["pass-through (loadtests/bare_proxy.py)"] > 0
+    assert not set(STAGE_NAMES) & bare.keys()
+    assert bare["proxy: upstream connection callbacks"] > 0  # the same client as the gateway's
+    assert sum(bare.values()) < sum(gateway.values())
