@@ -25,7 +25,7 @@ from gateway.services import Services
 from gateway.settings.units import parse_duration
 from gateway.web.deps import Config
 
-__all__ = ["HANDLERS", "NewAccount", "NewToken", "TokenIssued"]
+__all__ = ["HANDLERS", "NewAccount", "NewToken", "TokenIssued", "accounts_of"]
 
 _NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _ROLE = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -58,7 +58,8 @@ class TokenIssued(msgspec.Struct, kw_only=True):
     details: TokenView
 
 
-def _accounts(services: Services, config: Config) -> ServiceAccounts:
+def accounts_of(services: Services, config: Config) -> ServiceAccounts:
+    """The machine-client operations over this process's stores, with the configured maximum lifetime."""
     return ServiceAccounts(
         services.db,
         services.identity.audit,
@@ -81,7 +82,7 @@ async def _refused(
 @get("/api/service-accounts", cache=False, tags=["machine clients"])
 async def list_service_accounts(services: AdminServices, config: Config) -> list[AccountView]:
     """Every service account with its roles and number of active tokens."""
-    return await _accounts(services, config).list_accounts()
+    return await accounts_of(services, config).list_accounts()
 
 
 @post("/api/service-accounts", status_code=201, tags=["machine clients"])
@@ -91,7 +92,7 @@ async def create_service_account(
     """Create a service account (400 ``machine-invalid`` for a bad name or role, 409 if it exists)."""
     admin = admin_of(request)
     try:
-        return await _accounts(services, config).create_account(
+        return await accounts_of(services, config).create_account(
             data.name, description=data.description, owner=data.owner, roles=data.roles,
             actor=admin.actor, ip=client_ip(request),
         )  # fmt: skip
@@ -108,7 +109,7 @@ async def delete_service_account(
     admin = admin_of(request)
     try:
         confirm_destructive(admin, config, services.identity.clock)
-        revoked = await _accounts(services, config).delete_account(
+        revoked = await accounts_of(services, config).delete_account(
             name, actor=admin.actor, ip=client_ip(request)
         )
     except GatewayError as err:
@@ -124,7 +125,7 @@ async def list_tokens(
     account: Annotated[str | None, QueryParameter(name="account", max_length=64)] = None,
 ) -> list[TokenView]:
     """Every token (or one account's), newest first: ids, routes, state and last use, never a token."""
-    return await _accounts(services, config).list_tokens(account)
+    return await accounts_of(services, config).list_tokens(account)
 
 
 @post("/api/tokens", status_code=201, tags=["machine clients"])
@@ -140,7 +141,7 @@ async def create_token(
             raise InvalidMachineRequest(
                 f"expires {data.expires[:32]!r} is not a duration such as 90d"
             ) from None
-        view, token = await _accounts(services, config).create_token(
+        view, token = await accounts_of(services, config).create_token(
             data.account, routes=data.routes, lifetime=lifetime,
             known_routes=[r.name for r in config.settings.routes], actor=admin.actor, ip=client_ip(request),
         )  # fmt: skip
@@ -158,7 +159,7 @@ async def revoke_token(
     admin = admin_of(request)
     try:
         confirm_destructive(admin, config, services.identity.clock)
-        return await _accounts(services, config).revoke_token(
+        return await accounts_of(services, config).revoke_token(
             token_id, actor=admin.actor, ip=client_ip(request)
         )
     except GatewayError as err:

@@ -7,7 +7,7 @@ script and the console can never diverge, and the admin API's CSRF defence (JSON
 origin) covers the console without a second mechanism. Pages answer a missing sign-in or a stale
 second factor with a redirect to the gateway's page that fixes it.
 
-One module per section (overview, users, policies, audit, incidents, privacy, keys, settings); each exports
+One module per section (overview, users, policies, audit, incidents, privacy, machine clients, keys, settings); each exports
 ``HANDLERS`` (its pages and its API calls), collected here. The Response section has two:
 ``incident_cases`` (the records' pages and ``/api/incident-cases``, the twin of ``gateway incident case``)
 and ``lockdown`` (the page of the switch whose API is ``admin/lockdown.py``).
@@ -20,6 +20,7 @@ from admin.console.incident_cases import HANDLERS as INCIDENT_CASES
 from admin.console.incidents import HANDLERS as INCIDENTS
 from admin.console.keys import HANDLERS as KEYS
 from admin.console.lockdown import HANDLERS as LOCKDOWN
+from admin.console.machine import HANDLERS as MACHINE
 from admin.console.overview import HANDLERS as OVERVIEW
 from admin.console.policies import HANDLERS as POLICIES
 from admin.console.privacy import HANDLERS as PRIVACY
@@ -38,6 +39,7 @@ HANDLERS = (
     *LOCKDOWN,
     *PRIVACY,
     *AUDIT,
+    *MACHINE,
     *KEYS,
     *SETTINGS,
 )

@@ -6,8 +6,9 @@ kid, algorithm, state and times; the keyring is its key ids.
 
 The keyring is read from its file for each answer, so a key added by a rotation elsewhere shows up at
 once. A keyring rotation here rotates a copy read from the file: this process (like every running
-gateway) goes on encrypting under the key all of them hold until it restarts, so nothing it writes in
-between is unreadable to the others.
+gateway) goes on encrypting under the key all of them hold until it meets a ciphertext under the new
+one (then the keyring reads its file again and takes the new key up), so nothing it writes in between
+is unreadable to the others.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class KeyringKeyView(msgspec.Struct, kw_only=True):
     kid: str
     # New secrets are encrypted under the active key (once a process has read it).
     active: bool
-    # The key this admin process encrypts under now; differs from ``active`` until it restarts.
+    # The key this admin process encrypts under now; differs from ``active`` until it meets the new key.
     in_use_here: bool
 
 

@@ -65,6 +65,7 @@ NAV = (
     NavItem("incidents", "Incidents", "/incidents"),
     NavItem("response", "Response", "/incident-cases"),
     NavItem("privacy", "Privacy", "/privacy"),
+    NavItem("machine", "Machine clients", "/machine-clients"),
     NavItem("keys", "Keys", "/keys"),
     NavItem("settings", "Settings", "/settings"),
 )

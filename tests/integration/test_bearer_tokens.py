@@ -28,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from admin.console.render import CONSOLE_CSP
 from tests.integration.harness import (
     Gateway,
     add_user,
@@ -449,6 +450,32 @@ def test_the_admin_api_needs_an_admin(site: Site) -> None:
     with httpx.Client() as anonymous:
         assert admin_api(site, anonymous, "GET", "/api/service-accounts").status_code == 401
     assert call(site, "/api/x", token=site.ci_token).status_code == 200
+
+
+def test_the_machine_clients_page_needs_an_admin_and_never_shows_a_token(
+    site: Site, boss: httpx.Client
+) -> None:
+    """The console's page (``/machine-clients``): a person without the admin role gets 403, no session
+    a sign-in redirect; the admin sees the accounts and token ids under the console's CSP, never a token."""
+    page = f"http://127.0.0.1:{site.admin_port}/machine-clients"
+    html = {"Accept": "text/html"}
+    with httpx.Client() as anonymous:
+        answer = anonymous.get(page, headers=html, follow_redirects=False)
+        assert answer.status_code == 303
+        assert "/.gateway/login" in answer.headers["location"]
+    with browser(site.gw) as alice:
+        alice.cookies.set(SESSION_COOKIE, site.session)
+        assert alice.get(page, headers=html, follow_redirects=False).status_code == 403
+    shown = boss.get(page, headers=html)
+    assert shown.status_code == 200, shown.text
+    assert shown.headers["content-security-policy"] == CONSOLE_CSP.decode()
+    assert '<a href="/machine-clients" aria-current="page">Machine clients</a>' in shown.text
+    assert f"<code>{site.ci_id}</code>" in shown.text
+    assert site.ci_token not in shown.text
+    # Which routes take tokens is said where a token is issued.
+    assert "(takes no tokens yet)" in shown.text
+    assert "<script>" not in shown.text
+    assert " style=" not in shown.text
 
 
 def _b64(part: str) -> bytes:
