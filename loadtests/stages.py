@@ -95,6 +95,15 @@ class _Tally:
         # (stage, function) -> instructions: what --detail lists.
         self.functions: Counter[tuple[str, str]] = Counter()
 
+    def per_request(self, requests: int) -> dict[str, Any]:
+        """The counts divided by ``requests``: by stage (``stages``) and by stage and function."""
+        return {
+            "stages": {name: n / requests for name, n in self.counts.items()},
+            "functions": {
+                f"{stage} | {function}": n / requests for (stage, function), n in self.functions.items()
+            },
+        }
+
     def stage_of(self, frame: FrameType) -> str:
         walk: FrameType | None = frame
         while walk is not None:
@@ -159,12 +168,7 @@ async def _run(
             sys.settrace(None)
     if failed:
         raise RuntimeError(f"{failed} requests were not answered 200")
-    return {
-        "stages": {name: n / requests for name, n in tally.counts.items()},
-        "functions": {
-            f"{stage} | {function}": n / requests for (stage, function), n in tally.functions.items()
-        },
-    }
+    return tally.per_request(requests)
 
 
 async def _run_pass_through(requests: int, warmup: int) -> dict[str, Any]:
@@ -196,12 +200,7 @@ async def _run_pass_through(requests: int, warmup: int) -> dict[str, Any]:
         server.close()
     if failed:
         raise RuntimeError(f"{failed} requests were not answered 200")
-    return {
-        "stages": {name: n / requests for name, n in tally.counts.items()},
-        "functions": {
-            f"{stage} | {function}": n / requests for (stage, function), n in tally.functions.items()
-        },
-    }
+    return tally.per_request(requests)
 
 
 def count_stages(

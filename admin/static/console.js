@@ -22,6 +22,27 @@
     return el;
   }
 
+  // A secret shown once (a one-time password, an invitation link, an API token), with a copy button
+  // (the clipboard API needs a secure context or localhost). Shared by the pages' own renderers.
+  window.consoleSecretRow = (id, value) => {
+    const row = text("p", "", "otp-row");
+    const code = text("code", value, "otp");
+    code.id = id;
+    row.append(code);
+    if (navigator.clipboard) {
+      const copy = text("button", "Copy", "secondary");
+      copy.type = "button";
+      copy.addEventListener("click", () =>
+        navigator.clipboard.writeText(value).then(
+          () => (copy.textContent = "Copied"),
+          () => (copy.textContent = "Copy failed: select it"),
+        ),
+      );
+      row.append(copy);
+    }
+    return row;
+  };
+
   renderers.json = (data, box) => box.append(text("pre", JSON.stringify(data, null, 2), "code"));
   renderers.message = (data, box) =>
     box.append(text("p", (data && data.message) || "Done.", "alert ok"));

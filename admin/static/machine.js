@@ -20,21 +20,7 @@
       el("p", "alert ok", `Token ${details.id} for ${details.account}, valid until ${details.expires_at.slice(0, 16).replace("T", " ")} UTC.`),
       el("p", "alert", "Copy it now: it is not shown again. Store it where the job reads its secrets."),
     );
-    const row = el("p", "otp-row");
-    const code = el("code", "otp", data.token);
-    code.id = "issued-token";
-    row.append(code);
-    if (navigator.clipboard) {
-      const copy = el("button", "secondary", "Copy");
-      copy.type = "button";
-      copy.addEventListener("click", () =>
-        navigator.clipboard.writeText(data.token).then(
-          () => (copy.textContent = "Copied"),
-          () => (copy.textContent = "Copy failed: select it"),
-        ),
-      );
-      row.append(copy);
-    }
+    const row = window.consoleSecretRow("issued-token", data.token);
     const done = el("button", "secondary", "Done: show it in the list");
     done.type = "button";
     done.addEventListener("click", () => window.location.reload());

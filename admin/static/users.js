@@ -15,25 +15,7 @@
     return node;
   }
 
-  // A secret shown once, with a copy button (the clipboard API needs a secure context or localhost).
-  function secretRow(id, value) {
-    const row = el("p", "otp-row");
-    const code = el("code", "otp", value);
-    code.id = id;
-    row.append(code);
-    if (navigator.clipboard) {
-      const copy = el("button", "secondary", "Copy");
-      copy.type = "button";
-      copy.addEventListener("click", () =>
-        navigator.clipboard.writeText(value).then(
-          () => (copy.textContent = "Copied"),
-          () => (copy.textContent = "Copy failed: select it"),
-        ),
-      );
-      row.append(copy);
-    }
-    return row;
-  }
+  const secretRow = (id, value) => window.consoleSecretRow(id, value);
 
   function until(iso) {
     return iso ? iso.replace("T", " ").replace(/:\d\d(\.\d+)?(Z|[+-]00:00)$/, " UTC") : "";

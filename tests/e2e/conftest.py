@@ -122,4 +122,17 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def no_horizontal_scroll(page: Page) -> bool:
+    """Whether the page fits its viewport's width (nothing to scroll sideways to)."""
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
+
+
+def phone_shot(page: Page, name: str) -> None:
+    """A screenshot at a phone's width (390 px), which must not scroll sideways; back to 1280 px after."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, name)
+    assert no_horizontal_scroll(page), f"{name}: the page scrolls sideways at 390 px"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
 os.environ.setdefault("PW_TEST_SCREENSHOTS", str(SHOTS))

@@ -9,20 +9,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import phone_shot, shot
 from tests.e2e.console_site import UPSTREAM_KEY, WEBHOOK_SECRET, Console, ConsoleAdmin, admin_page, console
 from tests.integration.harness import run_cli
 
 __all__ = ["admin_page", "console"]
-
-
-def phone(page: Page, name: str) -> None:
-    page.set_viewport_size({"width": 390, "height": 844})
-    shot(page, name)
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), name
-    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_the_audit_page_filters_verifies_and_exports(
@@ -50,7 +43,7 @@ def test_the_audit_page_filters_verifies_and_exports(
     rows.first.locator("details.record summary").click()
     expect(rows.first.locator("dd.hash").first).to_be_visible()
     shot(page, "console-audit")
-    phone(page, "console-audit-390")
+    phone_shot(page, "console-audit-390")
 
     # Nothing matches: the empty state says what to do.
     page.fill("#f-kind", "no.such.event")
@@ -100,7 +93,7 @@ def test_the_keys_page_rotates_the_signing_key(
     expect(active).to_have_count(1)
     old = active.inner_text()
     shot(page, "console-keys")
-    phone(page, "console-keys-390")
+    phone_shot(page, "console-keys-390")
 
     page.select_option("#rotate-which", "signing")
     page.fill("#rotate-reason", "quarterly rotation")
@@ -135,4 +128,4 @@ def test_the_settings_page_masks_secrets(console: Console, admin_page: Callable[
     assert WEBHOOK_SECRET not in body
     assert UPSTREAM_KEY not in body
     shot(page, "console-settings")
-    phone(page, "console-settings-390")
+    phone_shot(page, "console-settings-390")

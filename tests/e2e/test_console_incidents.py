@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import no_horizontal_scroll, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
 from tests.support.wait import wait_until
 
@@ -16,10 +16,6 @@ __all__ = ["admin_page", "console"]
 BLOCKED = "203.0.113.7"
 # The default spraying rule: failed sign-ins for 10 different accounts from one address within 10 min.
 SPRAYED = [f"nobody{n}" for n in range(10)]
-
-
-def _no_horizontal_scroll(page: Page) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
 
 
 def _spray(browser: Browser, console: Console) -> None:
@@ -82,7 +78,7 @@ def test_block_an_address_see_an_attack_raise_an_incident_lift_it_and_unblock(
     shot(page, "console-incidents")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-incidents-390")
-    _no_horizontal_scroll(page)
+    assert no_horizontal_scroll(page)
     page.set_viewport_size({"width": 1280, "height": 900})
 
     # The detail: the failed sign-ins that raised it, what was done, the lift form.
@@ -98,7 +94,7 @@ def test_block_an_address_see_an_attack_raise_an_incident_lift_it_and_unblock(
     shot(page, "console-incident")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-incident-390")
-    _no_horizontal_scroll(page)
+    assert no_horizontal_scroll(page)
     page.set_viewport_size({"width": 1280, "height": 900})
 
     # Lifting is destructive: confirmed, with a reason; the sprayer's address is admitted again.

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import no_horizontal_scroll, phone_shot, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
-from tests.e2e.test_console_users import no_horizontal_scroll, phone_shot
 
 __all__ = ["admin_page", "console"]
 

@@ -8,19 +8,12 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import phone_shot, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
 
 __all__ = ["admin_page", "console"]
-
-
-def phone(page: Page, name: str) -> None:
-    page.set_viewport_size({"width": 390, "height": 844})
-    shot(page, name)
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), name
-    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def _audited(console: Console, kind: str) -> list[tuple[str, str]]:
@@ -78,7 +71,7 @@ def test_service_accounts_and_tokens_from_the_console(
     assert token not in page.content()
     assert token not in page.evaluate("fetch('/api/tokens').then(r => r.text())")
     shot(page, "console-machine")
-    phone(page, "console-machine-390")
+    phone_shot(page, "console-machine-390")
 
     # Revoke it (destructive: asks first), then delete the account.
     page.once("dialog", lambda dialog: dialog.accept())

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import no_horizontal_scroll, shot
 from tests.e2e.console_site import (
     POLICY,
     Console,
@@ -38,10 +38,6 @@ cases:
     path: /payroll
     expect: deny
 """
-
-
-def _no_horizontal_scroll(page: Page) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
 
 
 def test_a_draft_is_validated_diffed_tested_replayed_saved_and_an_old_version_restored(
@@ -127,7 +123,7 @@ def test_a_draft_is_validated_diffed_tested_replayed_saved_and_an_old_version_re
     shot(page, "console-policies")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-policies-390")
-    _no_horizontal_scroll(page)
+    assert no_horizontal_scroll(page)
     page.set_viewport_size({"width": 1280, "height": 900})
 
     # Back to version 1 from the history.
@@ -147,7 +143,7 @@ def test_a_draft_is_validated_diffed_tested_replayed_saved_and_an_old_version_re
     shot(page, "console-policy-version")
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-policy-version-390")
-    _no_horizontal_scroll(page)
+    assert no_horizontal_scroll(page)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +191,7 @@ def test_a_proposal_goes_live_when_another_admin_approves_it(
         expect(other.locator("section.proposals .empty")).to_be_visible()
         expect(other.locator("table.policy-history tbody tr").first).to_contain_text("user:second")
         other.set_viewport_size({"width": 390, "height": 844})
-        _no_horizontal_scroll(other)
+        assert no_horizontal_scroll(other)
     finally:
         for admin in (boss, second):
             if admin is not None:

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import phone_shot, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
 
 __all__ = ["admin_page", "console"]
-
-
-def no_horizontal_scroll(page: Page) -> bool:
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
-
-
-def phone_shot(page: Page, name: str) -> None:
-    page.set_viewport_size({"width": 390, "height": 844})
-    shot(page, name)
-    assert no_horizontal_scroll(page), f"{name}: the page scrolls sideways at 390 px"
-    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_create_sign_in_revoke_reset_disable(

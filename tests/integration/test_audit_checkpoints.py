@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import ChainRecord
 from tests.integration.harness import (
+    Gateway,
     add_user,
     echo_route,
     free_port,
@@ -40,24 +43,30 @@ def checkpoints_in(log_file: Path) -> list[dict[str, Any]]:
     return found
 
 
-def test_checkpoints_reach_the_sinks_and_prove_truncation(tmp_path: Path) -> None:
-    port = free_port()
+@contextmanager
+def checkpointing(tmp_path: Path) -> Iterator[tuple[Gateway, Path]]:
+    """A gateway signing a checkpoint every second into the file sink it yields beside itself."""
     sink = tmp_path / "events.log"
     with run_echo() as echo:
         config = gateway_config(
             tmp_path,
-            port,
+            free_port(),
             [echo_route(echo)],
             audit={"checkpoint_interval": "1s"},
             logging={"sinks": [{"type": "file", "path": str(sink)}]},
         )
         with run_gateway(tmp_path, config) as gw:
-            add_user(gw.config_path, "carol", PASSWORD)
-            add_user(gw.config_path, "dave", PASSWORD)
-            # policy.changed (bootstrap) and two user.created: a checkpoint covering all three.
-            wait_until(
-                lambda: any(cp["count"] >= 3 for cp in checkpoints_in(sink)), timeout=30, what="a checkpoint"
-            )
+            yield gw, sink
+
+
+def test_checkpoints_reach_the_sinks_and_prove_truncation(tmp_path: Path) -> None:
+    with checkpointing(tmp_path) as (gw, sink):
+        add_user(gw.config_path, "carol", PASSWORD)
+        add_user(gw.config_path, "dave", PASSWORD)
+        # policy.changed (bootstrap) and two user.created: a checkpoint covering all three.
+        wait_until(
+            lambda: any(cp["count"] >= 3 for cp in checkpoints_in(sink)), timeout=30, what="a checkpoint"
+        )
     # The sink's log as it is (access-log lines and all) is what verify reads.
     ok = run_cli("audit", "verify", "--config", str(gw.config_path), "--checkpoint", str(sink))
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -122,27 +131,15 @@ def alerts_in(log_file: Path) -> list[str]:
 
 
 def test_a_forged_tail_is_never_signed_and_verify_names_it(tmp_path: Path) -> None:
-    port = free_port()
-    sink = tmp_path / "events.log"
-    with run_echo() as echo:
-        config = gateway_config(
-            tmp_path,
-            port,
-            [echo_route(echo)],
-            audit={"checkpoint_interval": "1s"},
-            logging={"sinks": [{"type": "file", "path": str(sink)}]},
+    with checkpointing(tmp_path) as (gw, sink):
+        add_user(gw.config_path, "carol", PASSWORD)
+        wait_until(
+            lambda: any(cp["count"] >= 2 for cp in checkpoints_in(sink)), timeout=30, what="a checkpoint"
         )
-        with run_gateway(tmp_path, config) as gw:
-            add_user(gw.config_path, "carol", PASSWORD)
-            wait_until(
-                lambda: any(cp["count"] >= 2 for cp in checkpoints_in(sink)), timeout=30, what="a checkpoint"
-            )
-            forged_id, forged_seq = forge_tail(tmp_path / "data" / "gateway.db")
-            where = f"record id {forged_id} (seq {forged_seq})"
-            # The gateway's own checkpointer finds it and alerts instead of signing.
-            wait_until(
-                lambda: any(where in p for p in alerts_in(sink)), timeout=30, what="a chain_broken alert"
-            )
+        forged_id, forged_seq = forge_tail(tmp_path / "data" / "gateway.db")
+        where = f"record id {forged_id} (seq {forged_seq})"
+        # The gateway's own checkpointer finds it and alerts instead of signing.
+        wait_until(lambda: any(where in p for p in alerts_in(sink)), timeout=30, what="a chain_broken alert")
     assert all(cp["head_seq"] < forged_seq for cp in checkpoints_in(sink))
     local = tmp_path / "data" / "audit-checkpoints" / "checkpoints.jsonl"
     assert all(json.loads(line)["head_seq"] < forged_seq for line in local.read_text().splitlines())
@@ -157,28 +154,18 @@ def test_a_keyring_rotated_by_the_cli_reaches_the_running_gateway(tmp_path: Path
     the new key, and so does every CLI call after it. The running gateway, which loaded the keyring
     before, reads the file again for the key id it does not know: its checkpoints go on covering
     the trail (before, it could not check the new records and alerted ``audit.chain_broken``)."""
-    port = free_port()
-    sink = tmp_path / "events.log"
-    with run_echo() as echo:
-        config = gateway_config(
-            tmp_path,
-            port,
-            [echo_route(echo)],
-            audit={"checkpoint_interval": "1s"},
-            logging={"sinks": [{"type": "file", "path": str(sink)}]},
+    with checkpointing(tmp_path) as (gw, sink):
+        wait_until(lambda: checkpoints_in(sink), timeout=30, what="a first checkpoint")
+        rotated = run_cli("keys", "rotate", "--keyring", "--config", str(gw.config_path))
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        add_user(gw.config_path, "carol", PASSWORD)
+        with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:
+            (head_seq,) = conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()
+            keys = {k for (k,) in conn.execute("SELECT DISTINCT key_id FROM audit_events")}
+        assert len(keys) == 2  # records under the first key and under the rotated one
+        wait_until(
+            lambda: any(cp["head_seq"] >= head_seq for cp in checkpoints_in(sink)),
+            timeout=30,
+            what="a checkpoint covering the records keyed under the new key",
         )
-        with run_gateway(tmp_path, config) as gw:
-            wait_until(lambda: checkpoints_in(sink), timeout=30, what="a first checkpoint")
-            rotated = run_cli("keys", "rotate", "--keyring", "--config", str(gw.config_path))
-            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-            add_user(gw.config_path, "carol", PASSWORD)
-            with sqlite3.connect(tmp_path / "data" / "gateway.db") as conn:
-                (head_seq,) = conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()
-                keys = {k for (k,) in conn.execute("SELECT DISTINCT key_id FROM audit_events")}
-            assert len(keys) == 2  # records under the first key and under the rotated one
-            wait_until(
-                lambda: any(cp["head_seq"] >= head_seq for cp in checkpoints_in(sink)),
-                timeout=30,
-                what="a checkpoint covering the records keyed under the new key",
-            )
     assert alerts_in(sink) == []

@@ -18,11 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,44 +43,12 @@ from tests.integration.test_admin_api import (
 from tests.integration.test_signin_http import enroll_totp
 from tests.support.smtp_server import SmtpServer, smtp_server
 from tests.support.totp import oathtool
+from tests.support.webhook_receiver import WebhookReceiver, webhook_receiver
 
 __all__ = ["boss", "carol"]  # fixtures, used by name
 
 ATTACKER = "198.51.100.77"
 BASE = "/api/incident-cases"
-
-
-class HeldHook:
-    """A ticketing tool's webhook endpoint that the test can hold (it then answers nothing until
-    released, as a receiver that is down but still accepts connections): keeps what it got."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.open = threading.Event()
-        self.open.set()
-        events, gate = self.events, self.open
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                gate.wait(120)
-                events.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.open.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 def _config(
@@ -126,16 +92,13 @@ def mail() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="module")
-def hook() -> Iterator[HeldHook]:
-    receiver = HeldHook()
-    try:
+def hook() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as receiver:
         yield receiver
-    finally:
-        receiver.close()
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer, hook: HeldHook) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, mail: SmtpServer, hook: WebhookReceiver) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("console-incident-cases")
     policy_path = tmp / "policy.csv"
     policy_path.write_text(POLICY)
@@ -592,7 +555,7 @@ def _stale(site: Site, client: httpx.Client, mail: SmtpServer) -> None:
 
 @pytest.mark.peer
 def test_a_ticketing_tool_that_does_not_answer_never_holds_up_the_console(
-    site: Site, boss: httpx.Client, hook: HeldHook
+    site: Site, boss: httpx.Client, hook: WebhookReceiver
 ) -> None:
     """During an incident the ticketing tool may be down too: each change goes out from a queue, so
     the admin's calls answer at once while the receiver hangs (threat.webhook_timeout is 90 s here;

@@ -10,11 +10,9 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,47 +36,18 @@ from tests.integration.http_client import PASSWORD, SESSION_COOKIE, login
 from tests.integration.test_lockdown import sign_in_with_passkey
 from tests.support.pg import fresh_database
 from tests.support.smtp_server import SmtpServer, smtp_server
+from tests.support.webhook_receiver import WebhookReceiver as Hook
+from tests.support.webhook_receiver import webhook_receiver
 
 ATTACKER = "198.51.100.77"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 BREAK_GLASS = "break-glass"
 
 
-class Hook:
-    """A real HTTP receiver for the incident webhook (a ticketing tool's endpoint): keeps what it got."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        events = self.events
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                events.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    receiver = Hook()
-    try:
+    with webhook_receiver() as receiver:
         yield receiver
-    finally:
-        receiver.close()
 
 
 @dataclass
