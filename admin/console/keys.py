@@ -204,6 +204,9 @@ async def rotate(
         raise
     await audit(identity, request, "admin.keys.rotate", actor=admin.actor, subject="keys",
                 details={**details, **rotation.details()})  # fmt: skip
+    # The fact, under the kind the CLI records it with: `keys.rotated` answers "who rotated which key"
+    # whichever channel did it (admin.keys.rotate is the console action, refusals included).
+    await identity.audit.record("keys.rotated", actor=admin.actor, subject="keys", details=rotation.details())
     view = await keys_view(services)
     return RotateResult(
         which=data.which,

@@ -816,7 +816,7 @@ async def verify_request(
             raise RequestNotPending(
                 f"{view.ref} is {view.status.replace('_', ' ')}: there is no identity left to verify."
             )
-        done = await register.verify(view.ref, by=data.by.strip())
+        done = await services.privacy.verify_request(view.ref, by=data.by.strip(), actor=admin.actor)
         return RequestResult(ref=done.ref, status=done.status, message=f"{done.ref}: identity verified.")
 
     details: dict[str, object] = {"request": ref[:40], "by": data.by}
@@ -837,7 +837,7 @@ async def reject_request(
         about.subject = view.subject
         if view.status not in OPEN:
             raise RequestNotPending(f"{view.ref} is {view.status} already; nothing was changed.")
-        done = await register.reject(view.ref, outcome=data.reason.strip())
+        done = await services.privacy.reject_request(view.ref, reason=data.reason.strip(), actor=admin.actor)
         return RequestResult(ref=done.ref, status=done.status, message=f"{done.ref} is rejected.")
 
     details: dict[str, object] = {"request": ref[:40], "reason": data.reason}

@@ -164,10 +164,7 @@ async def _verify(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     current = await ctx.privacy.register.get(args.ref)
     if current.status != Status.RECEIVED:
         raise UserError(f"request {current.ref} is {current.status}: there is no identity left to verify")
-    request = await ctx.privacy.register.verify(current.ref, by=f"{args.by} ({ctx.actor})")
-    await ctx.audit.record(
-        "privacy.request.verified", actor=ctx.actor, subject=request.subject, details={"request": request.ref}
-    )
+    request = await ctx.privacy.verify_request(current.ref, by=f"{args.by} ({ctx.actor})", actor=ctx.actor)
     print(_request_line(request))
     return EXIT_OK
 
@@ -180,13 +177,7 @@ async def _reject(args: argparse.Namespace, ctx: PrivacyContext) -> int:
         raise UserError(
             f"request {current.ref} is {current.status} already; only open requests can be rejected"
         )
-    request = await ctx.privacy.register.reject(current.ref, outcome=args.reason)
-    await ctx.audit.record(
-        "privacy.request.rejected",
-        actor=ctx.actor,
-        subject=request.subject,
-        details={"request": request.ref, "reason": args.reason},
-    )
+    request = await ctx.privacy.reject_request(current.ref, reason=args.reason, actor=ctx.actor)
     print(_request_line(request))
     if current.kind == "erasure" and current.status == "on_hold":
         print("note: the account stays restricted; `gateway privacy restrict --lift` lets it sign in again")

@@ -130,6 +130,36 @@ class Privacy:
         )
         return done
 
+    # -- the register's steps, by any channel ---------------------------------------------------------
+
+    async def verify_request(self, ref: str, *, by: str, actor: str) -> RequestView:
+        """Record how the requester's identity was verified; audited ``privacy.request.verified`` under
+        ``actor``, whichever channel (CLI, console) did it.
+
+        Raises:
+            UnknownRequest, RequestNotPending: as :meth:`Register.verify`; nothing is recorded.
+        """
+        request = await self.register.verify(ref, by=by)
+        await self._audit.record(
+            "privacy.request.verified", actor=actor, subject=request.subject, details={"request": request.ref}
+        )
+        return request
+
+    async def reject_request(self, ref: str, *, reason: str, actor: str) -> RequestView:
+        """Close an open request as refused; audited ``privacy.request.rejected`` under ``actor``.
+
+        Raises:
+            UnknownRequest, RequestNotPending: as :meth:`Register.reject`; nothing is recorded.
+        """
+        request = await self.register.reject(ref, outcome=reason)
+        await self._audit.record(
+            "privacy.request.rejected",
+            actor=actor,
+            subject=request.subject,
+            details={"request": request.ref, "reason": reason},
+        )
+        return request
+
     # -- access and portability ---------------------------------------------------------------------
 
     async def export(

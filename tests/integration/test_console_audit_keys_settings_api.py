@@ -232,6 +232,9 @@ def test_rotating_the_signing_key_publishes_a_new_one_and_is_audited(site: Site,
     row = audited(site, "admin.keys.rotate")[-1]
     assert (row["actor"], row["outcome"], row["subject"]) == ("user:boss", "success", "keys")
     assert json.loads(row["details"]) == {"reason": "quarterly", "which": "signing", "signing_key": new}
+    # The fact, under the kind `gateway keys rotate` records it with.
+    fact = audited(site, "keys.rotated")[-1]
+    assert (fact["actor"], json.loads(fact["details"])) == ("user:boss", {"signing_key": new})
 
     for bad in (
         {"which": "everything", "reason": "r"},

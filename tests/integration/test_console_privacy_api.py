@@ -675,6 +675,16 @@ def test_the_register_lists_overdue_requests_first_and_they_are_verified_or_reje
     assert any(
         e["details"].get("request") == fresh and e["subject"] == "olga" for e in audited(site, boss, "reject")
     )
+    # The facts under the kinds the CLI records them with: one query answers "who verified or rejected
+    # what" whichever channel did it.
+    [fact] = [
+        e for e in events(site, boss, kind="privacy.request.verified") if e["details"]["request"] == late
+    ]
+    assert (fact["actor"], fact["subject"]) == ("user:boss", "olga")
+    [fact] = [
+        e for e in events(site, boss, kind="privacy.request.rejected") if e["details"]["request"] == fresh
+    ]
+    assert (fact["actor"], fact["details"]["reason"]) == ("user:boss", "not the account holder")
 
 
 @pytest.mark.peer
