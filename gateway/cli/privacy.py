@@ -333,24 +333,12 @@ async def _hold_place(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     hold = await ctx.privacy.holds.place(
         args.reference, reason=args.reason, by=ctx.actor, username=username, data_class=args.data_class
     )
-    await ctx.audit.record(
-        "privacy.hold.placed",
-        actor=ctx.actor,
-        subject=hold.subject,
-        details={"reference": hold.reference, "data_class": hold.data_class, "reason": hold.reason},
-    )
     print(f"placed {_hold_line(hold)}")
     return EXIT_OK
 
 
 async def _hold_release(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     hold = await ctx.privacy.holds.release(args.reference, by=ctx.actor)
-    await ctx.audit.record(
-        "privacy.hold.released",
-        actor=ctx.actor,
-        subject=hold.subject,
-        details={"reference": hold.reference, "data_class": hold.data_class},
-    )
     print(f"released {_hold_line(hold)}; what it kept past its time goes with the next retention run")
     # The erasures it held back are carried out now, as the console does; the retention run would too.
     for request in await ctx.privacy.resume_held_erasures(settings=ctx.settings.privacy, actor=ctx.actor):

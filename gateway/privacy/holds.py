@@ -14,6 +14,7 @@ from typing import Final
 
 from sqlalchemy import ColumnElement, and_, or_, select
 
+from gateway.audit.trail import AuditLog
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
@@ -96,14 +97,19 @@ class HoldView:
 class Holds:
     """Places, releases and finds legal holds."""
 
-    def __init__(self, db: Database, keyring: Keyring, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, db: Database, keyring: Keyring, audit: AuditLog, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         """Args:
         db: The database holding ``legal_holds``.
         keyring: Makes the subject keys.
+        audit: Where placing and releasing are recorded (``privacy.hold.placed|released``), whichever
+            channel (CLI, console) did it.
         clock: Time source.
         """
         self._db = db
         self._keyring = keyring
+        self._audit = audit
         self._clock = clock
 
     async def place(
@@ -152,6 +158,12 @@ class Holds:
             session.add(row)
             with store_errors("cannot place the legal hold"):
                 await session.commit()
+        await self._audit.record(
+            "privacy.hold.placed",
+            actor=by,
+            subject=row.subject,
+            details={"reference": row.reference, "data_class": row.data_class, "reason": row.reason},
+        )
         return HoldView.of(row)
 
     async def release(self, reference: str, *, by: str) -> HoldView:
@@ -174,6 +186,12 @@ class Holds:
                 row.released_at = self._clock.now()
                 row.released_by = by
                 await session.commit()
+        await self._audit.record(
+            "privacy.hold.released",
+            actor=by,
+            subject=row.subject,
+            details={"reference": row.reference, "data_class": row.data_class},
+        )
         return HoldView.of(row)
 
     async def find(self, *, active_only: bool = False) -> list[HoldView]:

@@ -76,7 +76,7 @@ class Privacy:
         self._clock = clock
         self.incident_records = incident_records
         self.register = Register(db, clock=clock)
-        self.holds = Holds(db, keyring, clock=clock)
+        self.holds = Holds(db, keyring, audit, clock=clock)
         self.eraser = Eraser(
             db,
             keyring=keyring,

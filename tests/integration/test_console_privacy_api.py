@@ -716,6 +716,17 @@ def test_retention_rules_and_class_holds(site: Site, boss: httpx.Client) -> None
     assert [r["held_by"] for r in view["rules"]] == [[], [], [], [], []]
     placed = [e for e in audited(site, boss, "hold.place") if e["details"].get("reference") == ref]
     assert [(e["subject"], e["details"]["data_class"]) for e in placed] == [(ref, "audit_events")]
+    # The facts, under the kinds `gateway privacy hold` records them with.
+    facts = [
+        (e["kind"], e["actor"], e["details"]["data_class"])
+        for kind in ("privacy.hold.placed", "privacy.hold.released")
+        for e in events(site, boss, kind=kind)
+        if e["details"].get("reference") == ref
+    ]
+    assert facts == [
+        ("privacy.hold.placed", "user:boss", "audit_events"),
+        ("privacy.hold.released", "user:boss", "audit_events"),
+    ]
 
 
 @pytest.mark.peer
