@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.trail import AuditLog
 from gateway.backup.jobs import Job, Made
@@ -39,6 +38,7 @@ from gateway.backup.manifest import BackupError
 from gateway.backup.models import BackupRun
 from gateway.clock import Clock
 from gateway.settings.schema import BackupSettings
+from gateway.store.claims import insert_once
 from gateway.store.db import Database, store_errors
 from gateway.store.instance import born
 
@@ -274,17 +274,8 @@ class BackupSchedule:
             period=period, kind=kind, status="running", started_at=now, finished_at=None,
             runner=self._runner, backup_id=None, detail="",
         )  # fmt: skip
-        async with self._db.session(write=True) as session:
-            with store_errors("cannot claim the backup run"):
-                # Looked up first: a unique violation is the race's answer, not every worker's.
-                taken = await session.scalar(select(BackupRun.id).where(BackupRun.period == period))
-                if taken is not None:
-                    return None
-                session.add(row)
-                try:
-                    await session.commit()
-                except IntegrityError:
-                    return None
+        if not await insert_once(self._db, row, BackupRun.period, what="the backup run"):
+            return None
         return period
 
     async def _finish(self, period: str, status: str, backup_id: str | None, detail: str) -> None:

@@ -30,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.chain_key import ChainKeys
 from gateway.audit.trail import AuditLog
@@ -53,6 +52,7 @@ from gateway.privacy.retention_rules import (
 )
 from gateway.privacy.service import Privacy
 from gateway.settings.schema import PrivacySettings
+from gateway.store.claims import insert_once
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import IncidentStore
 
@@ -325,17 +325,8 @@ class Retention:
     async def _claim(self, period: str, now: datetime, runner: str) -> tuple[int, str] | None:
         """Insert the run row for ``period``; ``None`` if another process has it."""
         row = RetentionRun(period=period, started_at=now, finished_at=None, runner=runner, summary="{}")
-        async with self._db.session(write=True) as session:
-            with store_errors("cannot claim the retention run"):
-                # Looked up first: a unique violation is the race's answer, not every worker's.
-                taken = await session.scalars(select(RetentionRun.id).where(RetentionRun.period == period))
-                if taken.first() is not None:
-                    return None
-                session.add(row)
-                try:
-                    await session.commit()
-                except IntegrityError:
-                    return None
+        if not await insert_once(self._db, row, RetentionRun.period, what="the retention run"):
+            return None
         return row.id, period
 
     async def _claim_manual(self, period: str, now: datetime, runner: str) -> tuple[int, str] | None:
