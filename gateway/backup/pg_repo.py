@@ -52,6 +52,7 @@ __all__ = [
     "missing_wal",
     "needed_segments",
     "replicate_repository",
+    "verified_details",
     "verify_repository",
 ]
 
@@ -136,6 +137,25 @@ def _segments_in(listing: Mapping[str, Any]) -> set[str]:
         if entry.get("type") == "file" and len(name) > 25 and name[24] == "-":
             names.add(name[:24])
     return names
+
+
+def verified_details(
+    stanza: str,
+    command: str,
+    target: str | None,
+    checked: RepoChecked | None = None,
+    failure: BackupError | None = None,
+) -> dict[str, object]:
+    """The details of a ``backup.pg.verified`` audit record, one shape whichever command verified
+    (``gateway backup verify`` or ``gateway pgbackrest verify``): a SIEM rule reads the same keys."""
+    details: dict[str, object] = {"stanza": stanza, "command": command}
+    if target is not None:
+        details["target"] = target
+    if checked is not None:
+        details.update(backups=list(checked.backups), wal_segments=checked.wal_segments)
+    if failure is not None:
+        details.update(part=failure.part, problem=failure.detail)
+    return details
 
 
 def verify_repository(

@@ -225,42 +225,30 @@ def _list_pg(pg: PgBackRestSettings) -> int:
 
 def _verify_pg(args: argparse.Namespace, settings: Settings, pg: PgBackRestSettings) -> int:
     from gateway.backup.manifest import BackupError
-    from gateway.backup.pg_repo import verify_repository
+    from gateway.backup.pg_repo import verified_details, verify_repository
 
     if args.backup is not None:
         raise UserError(
             "pgBackRest verifies the whole repository (every backup and the WAL they need): leave out the "
             "backup id; --target TARGET checks a copy"
         )
-    details: dict[str, object] = {"stanza": pg.stanza}
-    if args.target is not None:
-        if args.target not in settings.backup.targets:
-            shown = ", ".join(settings.backup.targets) or "none configured"
-            raise UserError(f"--target {args.target!r} is not one of backup.targets ({shown})")
-        details["target"] = args.target
+    if args.target is not None and args.target not in settings.backup.targets:
+        shown = ", ".join(settings.backup.targets) or "none configured"
+        raise UserError(f"--target {args.target!r} is not one of backup.targets ({shown})")
     where = f"the copy at {args.target}" if args.target is not None else f"repository {pg.repo_path}"
     try:
         checked = verify_repository(pg, target=args.target, on_line=_progress)
     except BackupError as exc:
         print(f"{where} FAILED verification: {exc.detail}")
         print(f"  failing part: {exc.part}")
-        record_event(
-            settings,
-            "backup.pg.verified",
-            outcome="failure",
-            subject=pg.stanza,
-            details={**details, "part": exc.part, "problem": exc.detail},
-        )
+        details = verified_details(pg.stanza, "backup verify", args.target, failure=exc)
+        record_event(settings, "backup.pg.verified", outcome="failure", subject=pg.stanza, details=details)
         return EXIT_FAILURE
     print(f"{where} OK: pgbackrest verify passed (every file of every backup and of the WAL archive)")
     print(f"  backups: {', '.join(checked.backups) or 'none'}")
     print(f"  WAL they need: {checked.wal_segments} segment(s), each in the archive")
-    record_event(
-        settings,
-        "backup.pg.verified",
-        subject=pg.stanza,
-        details={**details, "backups": list(checked.backups), "wal_segments": checked.wal_segments},
-    )
+    details = verified_details(pg.stanza, "backup verify", args.target, checked)
+    record_event(settings, "backup.pg.verified", subject=pg.stanza, details=details)
     return EXIT_OK
 
 

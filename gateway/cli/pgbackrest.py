@@ -174,29 +174,19 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.backup.manifest import BackupError
-    from gateway.backup.pg_repo import verify_repository
+    from gateway.backup.pg_repo import verified_details, verify_repository
 
     settings, pg = _settings(args)
-    details: dict[str, object] = {"stanza": pg.stanza, "command": "verify"}
     if args.target is not None:
-        details["target"] = args.target
         _known_target(settings, args.target)
     try:
         checked = verify_repository(pg, target=args.target, on_line=_show)
     except BackupError as exc:
-        _record(
-            settings,
-            "backup.pg.verified",
-            outcome="failure",
-            details={**details, "part": exc.part, "error": exc.detail},
-        )
+        details = verified_details(pg.stanza, "pgbackrest verify", args.target, failure=exc)
+        _record(settings, "backup.pg.verified", outcome="failure", details=details)
         raise Failed(f"error: {exc.detail}") from None
-    _record(
-        settings,
-        "backup.pg.verified",
-        outcome="success",
-        details={**details, "backups": list(checked.backups)},
-    )
+    details = verified_details(pg.stanza, "pgbackrest verify", args.target, checked)
+    _record(settings, "backup.pg.verified", outcome="success", details=details)
     where = f" (the copy at {args.target})" if args.target is not None else ""
     print(
         f"pgbackrest verify: OK (stanza {pg.stanza}){where}: {len(checked.backups)} backup(s), "

@@ -488,6 +488,15 @@ def test_a_backup_restores_to_the_identical_state_and_damage_is_named(node: Node
         ("failure", label),
         ("success", None),
     ]
+    # One shape whichever command verified: a SIEM rule reads the same keys.
+    assert {v["command"] for v in verified} == {"backup verify", "pgbackrest verify"}
+    for v in verified:
+        wanted = {
+            "stanza",
+            "command",
+            *(("backups", "wal_segments") if v["outcome"] == "success" else ("part", "problem")),
+        }
+        assert wanted <= v.keys(), v
     (created,) = _pg_audit(port, "backup.pg.created")
     assert created["backup_id"] == label
 
