@@ -159,25 +159,24 @@ async def _show(args: argparse.Namespace, ctx: PrivacyContext) -> int:
 
 
 async def _verify(args: argparse.Namespace, ctx: PrivacyContext) -> int:
-    from gateway.privacy.register import Status
+    from gateway.privacy.register import RequestNotPending
 
-    current = await ctx.privacy.register.get(args.ref)
-    if current.status != Status.RECEIVED:
-        raise UserError(f"request {current.ref} is {current.status}: there is no identity left to verify")
-    request = await ctx.privacy.verify_request(current.ref, by=f"{args.by} ({ctx.actor})", actor=ctx.actor)
+    try:
+        request = await ctx.privacy.verify_request(args.ref, by=f"{args.by} ({ctx.actor})", actor=ctx.actor)
+    except RequestNotPending as exc:
+        raise UserError(f"request {exc.detail}") from None
     print(_request_line(request))
     return EXIT_OK
 
 
 async def _reject(args: argparse.Namespace, ctx: PrivacyContext) -> int:
-    from gateway.privacy.register import OPEN
+    from gateway.privacy.register import RequestNotPending
 
     current = await ctx.privacy.register.get(args.ref)
-    if current.status not in OPEN:
-        raise UserError(
-            f"request {current.ref} is {current.status} already; only open requests can be rejected"
-        )
-    request = await ctx.privacy.reject_request(current.ref, reason=args.reason, actor=ctx.actor)
+    try:
+        request = await ctx.privacy.reject_request(current.ref, reason=args.reason, actor=ctx.actor)
+    except RequestNotPending as exc:
+        raise UserError(f"request {exc.detail}") from None
     print(_request_line(request))
     if current.kind == "erasure" and current.status == "on_hold":
         print("note: the account stays restricted; `gateway privacy restrict --lift` lets it sign in again")

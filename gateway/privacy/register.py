@@ -15,7 +15,7 @@ import base64
 import json
 import re
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -77,6 +77,19 @@ class Channel(StrEnum):
 
 
 OPEN: Final = (Status.RECEIVED, Status.VERIFIED, Status.ON_HOLD)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A step of a request: the statuses it may be taken from, and what a refusal says."""
+
+    allowed: tuple[Status, ...]
+    refusal: str
+
+
+_VERIFY: Final = _Step((Status.RECEIVED,), "there is no identity left to verify")
+_REJECT: Final = _Step(OPEN, "only an open request can be rejected")
+_HOLD: Final = _Step(OPEN, "only an open request can be held")
 # What new_ref makes: "PR-" and 10 characters of the base32 alphabet.
 _REF: Final = re.compile(r"PR-[A-Z2-7]{10}")
 
@@ -272,7 +285,7 @@ class Register:
             RequestNotPending: The request is no longer ``received`` (verified or closed meanwhile).
         """
         return await self._set(
-            ref, {Status.RECEIVED}, status=Status.VERIFIED, verified_at=self._clock.now(), verified_by=by
+            ref, _VERIFY, status=Status.VERIFIED, verified_at=self._clock.now(), verified_by=by
         )
 
     async def complete(
@@ -300,7 +313,7 @@ class Register:
             RequestNotPending: The request is closed already (completed or rejected meanwhile).
         """
         return await self._set(
-            ref, OPEN, status=Status.REJECTED, completed_at=self._clock.now(), outcome=outcome
+            ref, _REJECT, status=Status.REJECTED, completed_at=self._clock.now(), outcome=outcome
         )
 
     async def hold(self, ref: str, *, hold_ref: str, outcome: str) -> RequestView:
@@ -309,7 +322,7 @@ class Register:
         Raises:
             RequestNotPending: The request was closed meanwhile.
         """
-        return await self._set(ref, OPEN, status=Status.ON_HOLD, hold_ref=hold_ref, outcome=outcome)
+        return await self._set(ref, _HOLD, status=Status.ON_HOLD, hold_ref=hold_ref, outcome=outcome)
 
     async def overdue(self) -> list[RequestView]:
         """Open requests past their due date that were not reported yet, and mark them reported."""
@@ -354,17 +367,17 @@ class Register:
                 await session.commit()
         return len(changed)
 
-    async def _set(self, ref: str, allowed: Collection[str] | None, **values: object) -> RequestView:
-        """Change a request in one conditional UPDATE: only while its status is one of ``allowed``
-        (None: any). The check and the change are one statement, so of two admins acting at once
-        (one verifies, one rejects) exactly one changes the row; a check read first and written
-        after would let the second undo the first."""
+    async def _set(self, ref: str, step: _Step | None, **values: object) -> RequestView:
+        """Change a request in one conditional UPDATE: only while its status is one ``step`` allows
+        (None: any). The check and the change are one statement, so a step taken on a stale read (an
+        admin verifying what another admin rejected meanwhile) changes nothing; a check read first
+        and written after would let the second undo the first. The callers check nothing themselves."""
         changes = {
             name: str(value) if isinstance(value, StrEnum) else value for name, value in values.items()
         }
         change = update(PrivacyRequest).where(PrivacyRequest.ref == ref)
-        if allowed is not None:
-            change = change.where(PrivacyRequest.status.in_([str(s) for s in allowed]))
+        if step is not None:
+            change = change.where(PrivacyRequest.status.in_([str(s) for s in step.allowed]))
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the privacy register"):
                 changed = (await session.scalars(change.values(**changes).returning(PrivacyRequest.id))).all()
@@ -373,5 +386,7 @@ class Register:
         if row is None:
             raise UnknownRequest(f"No privacy request has reference {ref[:40]!r}.")
         if not changed:
-            raise RequestNotPending(f"{row.ref} is {row.status.replace('_', ' ')} now; nothing was changed.")
+            assert step is not None  # an unconditional change always changes the row it found
+            status = row.status.replace("_", " ")
+            raise RequestNotPending(f"{row.ref} is {status}: {step.refusal}; nothing was changed.")
         return RequestView.of(row)

@@ -326,9 +326,11 @@ async def test_a_stale_check_cannot_undo_another_admins_step(world: World) -> No
         Kind.ERASURE, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.ADMIN
     )
     rejected = await world.privacy.register.reject(request.ref, outcome="not the account holder")
-    with pytest.raises(RequestNotPending, match="rejected now"):
+    with pytest.raises(
+        RequestNotPending, match="is rejected: there is no identity left to verify; nothing was changed"
+    ):
         await world.privacy.register.verify(request.ref, by="admin:bob")
-    with pytest.raises(RequestNotPending):
+    with pytest.raises(RequestNotPending, match="only an open request can be rejected"):
         await world.privacy.register.reject(request.ref, outcome="again")
     with pytest.raises(RequestNotPending):
         await world.privacy.register.hold(request.ref, hold_ref="hold-1", outcome="held")
@@ -344,24 +346,25 @@ async def test_a_stale_check_cannot_undo_another_admins_step(world: World) -> No
         Kind.ACCESS, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.CLI
     )
     await world.privacy.register.verify(other.ref, by="admin:bob (phone)")
-    with pytest.raises(RequestNotPending, match="verified now"):
+    with pytest.raises(RequestNotPending, match="is verified: there is no identity left to verify"):
         await world.privacy.register.verify(other.ref, by="admin:eve")
     assert (await world.request(other.ref)).verified_by == "admin:bob (phone)"
     with pytest.raises(UnknownRequest):
         await world.privacy.register.verify("PR-NOPE", by="admin:bob")
 
 
-async def test_two_admins_at_once_one_verifies_or_rejects_never_both(world: World) -> None:
-    """Verify and reject of one request at the same moment (two connections on PostgreSQL): exactly
-    one changes it, and the row is what that one wrote."""
+async def test_a_verify_at_the_same_moment_never_reopens_a_rejected_request(world: World) -> None:
+    """Reject and verify of one request at the same moment (two connections on PostgreSQL): whichever
+    runs first, the request ends rejected; a verify that comes second changes nothing (a verify that
+    came first is kept, and the reject of a verified request is allowed after it)."""
     user = await world.alice()
     for _ in range(5):
         request = await world.privacy.register.open(
             Kind.ERASURE, settings=SETTINGS, user_id=user.id, subject="alice", channel=Channel.ADMIN
         )
-        verified, rejected = await asyncio.gather(
-            world.privacy.register.verify(request.ref, by="admin:bob"),
+        rejected, verified = await asyncio.gather(
             world.privacy.register.reject(request.ref, outcome="duplicate"),
+            world.privacy.register.verify(request.ref, by="admin:bob"),
             return_exceptions=True,
         )
         row = await world.request(request.ref)
