@@ -185,8 +185,10 @@ async def rotate(
 
     A new signing key is published at once and signs after ``assertion.publish_ahead``; the key it
     replaces stays published for ``assertion.grace``. A new keyring key is active for new secrets in
-    the file; gateways reading it take it up the first time they meet it; older keys stay for decryption. Needs a second factor used within
-    ``admin.destructive_reauth_max_age`` (403 ``step-up-required``). Recorded as ``admin.keys.rotate``.
+    the file; gateways reading it take it up the first time they meet it; older keys stay for
+    decryption. Needs a second factor used within ``admin.destructive_reauth_max_age`` (403
+    ``step-up-required``). Recorded as ``admin.keys.rotate`` (refusals too) and, done, as ``keys.rotated``
+    (by :func:`rotate_keys`, as for every channel).
     """
     admin = admin_of(request)
     details: dict[str, object] = {"reason": data.reason, "which": data.which}
@@ -196,7 +198,7 @@ async def rotate(
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
         rotation = await rotate_keys(
             RotationTarget(data.which), signing=_signing(services), keyring=keyring,
-            keyring_file=keyring_path(config.settings),
+            keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -204,9 +206,6 @@ async def rotate(
         raise
     await audit(identity, request, "admin.keys.rotate", actor=admin.actor, subject="keys",
                 details={**details, **rotation.details()})  # fmt: skip
-    # The fact, under the kind the CLI records it with: `keys.rotated` answers "who rotated which key"
-    # whichever channel did it (admin.keys.rotate is the console action, refusals included).
-    await identity.audit.record("keys.rotated", actor=admin.actor, subject="keys", details=rotation.details())
     view = await keys_view(services)
     return RotateResult(
         which=data.which,

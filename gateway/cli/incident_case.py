@@ -226,9 +226,15 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         else RotationTarget.ALL
     )
     signing = SigningKeys(ctx.svc.db, keyring, ctx.cases.clock, ctx.svc.settings.assertion)
-    rotation = await rotate_keys(target, signing=signing, keyring=keyring, keyring_file=keyring_file)
+    rotation = await rotate_keys(
+        target,
+        signing=signing,
+        keyring=keyring,
+        keyring_file=keyring_file,
+        audit=ctx.svc.audit,
+        actor=operator(),
+    )
     details = rotation.details()
-    await ctx.svc.audit.record("keys.rotated", actor=operator(), subject="keys", details=details)
     await record_action(
         ctx.cases,
         ctx.svc.audit,

@@ -104,6 +104,10 @@ def _rotate(args: argparse.Namespace) -> int:
                 signing=_signing_keys(settings, keyring, store.db),
                 keyring=keyring,
                 keyring_file=path,
+                # Keyed under the active key when it records: the chain key follows rotations, old
+                # records keep theirs.
+                audit=AuditLog(store.db, keyring=keyring),
+                actor=operator(),
                 stage=args.stage,
             )
             if rotation.signing is not None:
@@ -119,9 +123,6 @@ def _rotate(args: argparse.Namespace) -> int:
                     "Gateways reading this file pick the new key up the first time they meet it; "
                     "replicas with their own copy need the new file and a rolling restart."
                 )
-            # Keyed under the new active key: the chain key follows rotations, old records keep theirs.
-            audit = AuditLog(store.db, keyring=keyring)
-            await audit.record("keys.rotated", actor=operator(), subject="keys", details=rotation.details())
 
     run(rotate())
     return EXIT_OK

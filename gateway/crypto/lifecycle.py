@@ -17,16 +17,17 @@ signing key is described by its public facts, the keyring by its key ids.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.crypto.keyring import Keyring
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
 
-__all__ = ["Rotation", "RotationTarget", "SigningRotation", "describe_key", "rotate_keys"]
+__all__ = ["Rotation", "RotationTarget", "SigningRotation", "Trail", "describe_key", "rotate_keys"]
 
 
 class RotationTarget(StrEnum):
@@ -88,12 +89,22 @@ class Rotation:
         return found
 
 
+class Trail(Protocol):
+    """Where a rotation is recorded (:class:`gateway.audit.trail.AuditLog`, a floor above this one)."""
+
+    async def record(
+        self, kind: str, *, actor: str, subject: str = "", details: Mapping[str, object] | None = None
+    ) -> None: ...
+
+
 async def rotate_keys(
     target: RotationTarget,
     *,
     signing: SigningKeys,
     keyring: Keyring,
     keyring_file: Path,
+    audit: Trail,
+    actor: str,
     stage: bool = False,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
@@ -106,6 +117,9 @@ async def rotate_keys(
             A long-running process that must go on encrypting under the key every other process
             holds passes a copy freshly loaded from the file instead of its own.
         keyring_file: The keyring file.
+        audit: Records ``keys.rotated`` with the new key ids, under ``actor``: one kind for the fact
+            whichever channel (CLI, console, incident response) rotated.
+        actor: Who rotated.
         stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
 
     Returns:
@@ -125,4 +139,5 @@ async def rotate_keys(
         # File I/O under an exclusive lock (and an fsync): off the event loop.
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)
         rotation = replace(rotation, keyring_key=new_id, staged=stage)
+    await audit.record("keys.rotated", actor=actor, subject="keys", details=rotation.details())
     return rotation

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
 from gateway.crypto.lifecycle import RotationTarget, describe_key, rotate_keys
@@ -31,9 +33,11 @@ async def test_rotating_everything_rotates_the_signing_key_first_then_the_keyrin
     signing = SigningKeys(database, keyring, clock, SETTINGS)
     first = (await signing.ensure()).keys[0].kid
 
+    audit = AuditLog(database, clock=clock, keyring=keyring)
     rotation = await rotate_keys(
-        RotationTarget.ALL, signing=signing, keyring=keyring, keyring_file=keyring_file
-    )
+        RotationTarget.ALL, signing=signing, keyring=keyring, keyring_file=keyring_file,
+        audit=audit, actor="user:boss",
+    )  # fmt: skip
 
     assert rotation.signing is not None
     assert [k.kid for k in rotation.signing.before.keys] == [first]
@@ -44,6 +48,9 @@ async def test_rotating_everything_rotates_the_signing_key_first_then_the_keyrin
     assert rotation.keyring_key != old_ring
     assert Keyring.load(keyring_file).active_id == rotation.keyring_key
     assert rotation.details() == {"signing_key": rotation.signing.kid, "keyring_key": rotation.keyring_key}
+    # The fact, whichever channel rotated: one kind, the new key ids, the actor.
+    (event,) = await audit.events(kind="keys.rotated")
+    assert (event.actor, json.loads(event.details)) == ("user:boss", rotation.details())
 
     now = clock.time()
     states = {
@@ -63,15 +70,18 @@ async def test_rotating_everything_rotates_the_signing_key_first_then_the_keyrin
 async def test_each_rotation_alone(database: Database, keyring_file: Path, clock: FakeClock) -> None:
     keyring = Keyring.load(keyring_file)
     signing = SigningKeys(database, keyring, clock, SETTINGS)
+    audit = AuditLog(database, clock=clock, keyring=keyring)
     only_signing = await rotate_keys(
-        RotationTarget.SIGNING, signing=signing, keyring=keyring, keyring_file=keyring_file
-    )
+        RotationTarget.SIGNING, signing=signing, keyring=keyring, keyring_file=keyring_file,
+        audit=audit, actor="cli:root",
+    )  # fmt: skip
     assert only_signing.signing is not None
     assert only_signing.keyring_key is None
     assert Keyring.load(keyring_file).active_id == keyring.active_id
     only_ring = await rotate_keys(
-        RotationTarget.KEYRING, signing=signing, keyring=keyring, keyring_file=keyring_file
-    )
+        RotationTarget.KEYRING, signing=signing, keyring=keyring, keyring_file=keyring_file,
+        audit=audit, actor="cli:root",
+    )  # fmt: skip
     assert only_ring.signing is None
     assert only_ring.details() == {"keyring_key": only_ring.keyring_key}
     assert len((await signing.load(with_private=False)).keys) == 1
