@@ -178,8 +178,8 @@ class Services:
     replicas: ReplicaRegistry
     # The data-subject rights, the request register and legal holds (gateway.privacy).
     privacy: Privacy
-    # The queue to ``threat.webhook_url`` that incident-record changes made here go out from (a
-    # background task POSTs them); None without a webhook URL.
+    # The queue to ``threat.webhook_url`` that incident-record changes made in the console go out from
+    # (a background task POSTs them); None without a webhook URL and in a gateway worker.
     case_events: Webhook | None
 
 

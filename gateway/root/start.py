@@ -384,7 +384,8 @@ async def _open_shared(
     privacy = identity.privacy(db)
     return _Shared(
         live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas, privacy,
-        _open_case_events(stack, settings),
+        # Only the admin listener changes incident records (the console); workers hold no queue.
+        _open_case_events(stack, settings) if role is Role.ADMIN else None,
     )  # fmt: skip
 
 
