@@ -171,7 +171,7 @@ class DataPlane:
                     signer=self._signer,
                     rec=rec,
                     sample=self._sample,
-                    names=snap.identity_names,
+                    names=rt.identity_names,
                 )
                 rec.decision = AccessDecision.ALLOW
             else:
@@ -200,7 +200,7 @@ class DataPlane:
                     signer=self._signer,
                     rec=rec,
                     sample=self._sample,
-                    names=snap.identity_names,
+                    names=rt.identity_names,
                 )
                 rec.decision = AccessDecision.ALLOW
             # proxy (or the forward-auth answer); the upstream stage span starts with its traceparent.

@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from gateway.identity.cookies import session_cookie_name
 from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames
 from gateway.pipeline.route import Router
-from gateway.settings.schema import MfaPolicy, Route, Settings
+from gateway.settings.schema import IdentityHeaderNames, MfaPolicy, Route, Settings
 from gateway.settings.trusted import TrustedProxies
 from gateway.upstream import UpstreamPool
 
 __all__ = ["LiveState", "RouteRuntime", "Snapshot", "build_snapshot"]
+
+
+def _names(configured: IdentityHeaderNames) -> IdentityNames:
+    return IdentityNames.of(configured.user, configured.email, configured.roles)
 
 
 def _header_pairs(mapping: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
@@ -46,6 +50,8 @@ class RouteRuntime:
     # The route's auth methods (``auth: [session, bearer]``), as two flags read on every request.
     session_auth: bool = True
     bearer_auth: bool = False
+    # What the identity is sent under on this route (identity_headers, or the route's own names).
+    identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +68,8 @@ class Snapshot:
     cookie_name: str
     public_url: str
     own_cookies: frozenset[bytes]
-    # identity_headers: what the identity is sent as, and the client headers dropped for it.
-    identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
+    # The client headers dropped for the identity: every name any route sends it under, on every
+    # route (a header that is one app's identity is dropped on the way to all of them).
     strip_identity: frozenset[bytes] = frozenset()
     # The same, and the client's Authorization, for a request a bearer token authenticated: the token
     # is for the gateway only (an application that logs or leaks it must not hand it out), while an
@@ -78,8 +84,14 @@ class Snapshot:
 def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snapshot:
     """Compile settings into a snapshot. Raises ValueError on values the loader could not catch."""
     runtimes: dict[str, RouteRuntime] = {}
+    default_names = _names(settings.identity_headers)
+    strip = default_names.to_strip()
     for route in settings.routes:
         t = route.timeouts
+        names = default_names
+        if route.identity_headers is not None:
+            names = _names(route.identity_headers.over(settings.identity_headers))
+            strip |= names.to_strip()
         runtimes[route.name] = RouteRuntime(
             route=route,
             pool=UpstreamPool.from_route(route),
@@ -91,9 +103,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             mfa_policy=route.mfa_policy,
             session_auth="session" in route.auth,
             bearer_auth="bearer" in route.auth,
+            identity_names=names,
         )
-    configured = settings.identity_headers
-    names = IdentityNames.of(configured.user, configured.email, configured.roles)
     return Snapshot(
         settings=settings,
         router=Router(settings.routes),
@@ -108,9 +119,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             n.encode() for n in (session_cookie_name(settings.session), "gateway_csrf", "__Host-gateway_csrf")
         ),
         public_url=settings.public_url.rstrip("/"),
-        identity_names=names,
-        strip_identity=names.to_strip(),
-        strip_bearer=names.to_strip() | {b"authorization"},
+        strip_identity=strip,
+        strip_bearer=strip | {b"authorization"},
     )
 
 

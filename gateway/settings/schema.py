@@ -318,6 +318,24 @@ class IdentityHeaderNames(_Config, frozen=True):
     roles: str = "X-Gateway-Roles"
 
 
+class RouteIdentityHeaders(_Config, frozen=True):
+    # One route's own names for the identity (Grafana reads X-WEBAUTH-USER, an app behind Apache
+    # Remote-User): a name given here replaces the global identity_headers one for this route only;
+    # a name not given is the global one. A client-sent header of any route's names is removed from
+    # every request, whichever route it is for.
+    user: str | None = None
+    email: str | None = None
+    roles: str | None = None
+
+    def over(self, default: IdentityHeaderNames) -> IdentityHeaderNames:
+        """The names this route sends the identity under, the global ``default`` filling the gaps."""
+        return IdentityHeaderNames(
+            user=self.user or default.user,
+            email=self.email or default.email,
+            roles=self.roles or default.roles,
+        )
+
+
 class AdminSettings(_Config, frozen=True):
     # The admin API and console listen here, apart from the data plane. null: not served.
     listen: str | None = "127.0.0.1:9090"
@@ -415,6 +433,8 @@ class Route(_Config, frozen=True):
     # gateway's API tokens, see gateway/machine/), or either. A request with a token on a route that
     # takes both is decided by the token alone.
     auth: tuple[AuthMethod, ...] = ("session",)
+    # The names this route's app receives the identity under, where they differ from identity_headers.
+    identity_headers: RouteIdentityHeaders | None = None
 
     @property
     def mfa_policy(self) -> MfaPolicy:

@@ -1,8 +1,8 @@
 """Conventions through a real gateway: identity under the names an app already reads, and an access log
 whose sizes and URL fields mean what ECS says.
 
-``identity_headers`` renames the identity to ``Remote-User``/``Remote-Email``/``Remote-Groups``. The
-attack: a client sends those names itself (every spelling, on a public path and with a session); the
+``identity_headers`` renames the identity to ``Remote-User``/``Remote-Email``/``Remote-Groups``, and the
+``grafana`` route sends the user as ``X-WEBAUTH-USER`` instead. The attack: a client sends those names itself (every spelling, on a public path and with a session); the
 echo app shows what really arrived. The access log (a file sink) must carry ``url.domain`` without the
 port, ``url.port`` on its own, and ``http.response.body.bytes`` equal to the bytes the client got for
 the gateway's own answers (health, the sign-in page, an error page).
@@ -38,6 +38,8 @@ SPOOFED = [
     ("Remote-Email", "admin@evil.test"),
     ("Remote-Groups", "admin"),
     ("X-Gateway-User", "admin"),
+    ("X-WEBAUTH-USER", "admin"),
+    ("x_webauth_user", "admin"),
 ]
 
 
@@ -60,10 +62,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "public_paths": ["/open/*"],
             "mfa": "none",
         }
+        # An app that reads its own header for the user (Grafana's auth proxy): this route's name.
+        grafana = {
+            "name": "grafana",
+            "host": "127.0.0.1",
+            "path": "/grafana",
+            "upstreams": [echo.url],
+            "mfa": "none",
+            "identity_headers": {"user": "X-WEBAUTH-USER"},
+        }
         config = gateway_config(
             tmp,
             port,
-            [route],
+            [route, grafana],
             session={"insecure_cookies": True},
             identity_headers=NAMES,
             logging={"sinks": [{"type": "file", "path": str(tmp / "access.log")}], "flush_timeout": "2s"},
@@ -85,7 +96,7 @@ def _values(headers: list[tuple[str, str]], name: str) -> list[str]:
 def test_client_sent_identity_names_never_reach_the_app(site: Site) -> None:
     response = httpx.get(f"{site.gw.url}/open/page", headers=httpx.Headers(SPOOFED), timeout=30)
     seen = _received(response)
-    for name in ("remote-user", "remote-email", "remote-groups", "x-gateway-user"):
+    for name in ("remote-user", "remote-email", "remote-groups", "x-gateway-user", "x-webauth-user"):
         assert _values(seen, name) == [], (name, seen)
 
 
@@ -101,6 +112,20 @@ def test_a_session_reaches_the_app_under_the_configured_names_only(site: Site) -
     # Renamed, not duplicated; the signed assertion keeps its name.
     assert _values(seen, "x-gateway-user") == []
     assert len(_values(seen, "x-gateway-assertion")) == 1
+    # Another route's identity name is a client's forgery here too.
+    assert _values(seen, "x-webauth-user") == []
+
+
+def test_a_route_sends_the_user_under_its_own_name(site: Site) -> None:
+    with browser(site.gw) as client:
+        assert login(client, "alice").status_code == 302
+        response = client.get("/grafana/page", headers=httpx.Headers(SPOOFED))
+    seen = _received(response)
+    assert _values(seen, "x-webauth-user") == ["alice"]
+    # The global names fill what the route does not name; the global user name is not sent here.
+    assert _values(seen, "remote-email") == ["alice@example.com"]
+    assert _values(seen, "remote-user") == []
+    assert _values(seen, "x-gateway-user") == []
 
 
 def _access(site: Site) -> list[dict[str, Any]]:

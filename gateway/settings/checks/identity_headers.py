@@ -5,7 +5,8 @@ stripped from every client request in every spelling. So it must be a header nam
 the three must differ, and none may be a header with a meaning of its own: stripping ``Cookie`` or
 ``Authorization`` from every request would break the apps, and a hop-by-hop or forwarding header
 would be dropped or rewritten on the way. ``routes[].request_headers`` may not set a configured name
-either (``checks/routes.py`` refuses ``X-Gateway-*`` the same way).
+either (``checks/routes.py`` refuses ``X-Gateway-*`` the same way). A route's own
+``routes[].identity_headers`` are checked the same way, with the global names filling its gaps.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 from typing import Final
 
 from gateway.settings.checks.values import TOKEN
-from gateway.settings.report import Report, quote
-from gateway.settings.schema import Settings
+from gateway.settings.report import KeyPath, Report, quote
+from gateway.settings.schema import IdentityHeaderNames, Route, Settings
 
 __all__ = ["check_identity_headers", "identity_names"]
 
@@ -40,18 +41,36 @@ def _normal(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def identity_names(settings: Settings) -> frozenset[str]:
-    """The configured identity header names, normalized (for the route header check)."""
-    names = settings.identity_headers
+def _names(names: IdentityHeaderNames) -> frozenset[str]:
     return frozenset(_normal(name) for name in (names.user, names.email, names.roles))
 
 
+def identity_names(settings: Settings, route: Route | None = None) -> frozenset[str]:
+    """The identity header names, normalized: the global ones and, given a route, that route's own
+    (for the route header check)."""
+    names = _names(settings.identity_headers)
+    if route is not None and route.identity_headers is not None:
+        names |= _names(route.identity_headers.over(settings.identity_headers))
+    return names
+
+
 def check_identity_headers(settings: Settings, report: Report) -> None:
-    """Each name a token, not reserved, and the three distinct."""
+    """Each name a token, not reserved, and the three distinct: the global names and every route's."""
+    _check_names(settings.identity_headers, ("identity_headers",), report)
+    for index, route in enumerate(settings.routes):
+        if route.identity_headers is not None:
+            _check_names(
+                route.identity_headers.over(settings.identity_headers),
+                ("routes", index, "identity_headers"),
+                report,
+            )
+
+
+def _check_names(names: IdentityHeaderNames, at: KeyPath, report: Report) -> None:
     seen: dict[str, str] = {}
     for field in ("user", "email", "roles"):
-        path = ("identity_headers", field)
-        name = getattr(settings.identity_headers, field)
+        path = (*at, field)
+        name = getattr(names, field)
         normal = _normal(name)
         if not TOKEN.fullmatch(name):
             report.add(path, f"{quote(name)} is not a valid header name")

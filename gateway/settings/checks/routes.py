@@ -17,8 +17,6 @@ def check_routes(settings: Settings, report: Report) -> None:
     """Every route on its own, plus unique names and targets across routes."""
     names: dict[str, int] = {}
     targets: dict[tuple[str, str], tuple[str, int]] = {}
-    # The names identity_headers gives the identity: no route may set them either.
-    reserved = identity_names(settings)
     for index, route in enumerate(settings.routes):
         at: KeyPath = ("routes", index)
         if not SLUG.fullmatch(route.name):
@@ -30,7 +28,8 @@ def check_routes(settings: Settings, report: Report) -> None:
             )
         else:
             names[route.name] = report.line((*at, "name"))
-        _check_route(route, at, report, reserved)
+        # The names the identity is sent under, globally and on this route: the route may not set them.
+        _check_route(route, at, report, identity_names(settings, route))
         # Same host and path prefix twice: only one could ever match, and which one would be an accident.
         target = (route.host.lower(), route.path.rstrip("/") or "/")
         if target in targets:

@@ -54,7 +54,44 @@ def test_the_snapshot_compiles_the_configured_names() -> None:
         "identity_headers: {user: X-Forwarded-User, email: X-Forwarded-Email, roles: X-Forwarded-Groups}\n"
     )
     snap = build_snapshot(settings, generation=1, source="test")
-    assert snap.identity_names == (b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups")
     assert snap.strip_identity == {b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups"}
     # A bearer request drops the client's Authorization as well (the token is for the gateway only).
     assert snap.strip_bearer == snap.strip_identity | {b"authorization"}
+
+
+ROUTES = (
+    "public_url: https://auth.example.com\n"
+    "identity_headers: {user: Remote-User}\n"
+    "routes:\n"
+    "  - {name: grafana, host: grafana.example.com, upstreams: ['http://10.0.0.5'],"
+    " identity_headers: {user: X-WEBAUTH-USER, roles: X-WEBAUTH-ROLES}}\n"
+    "  - {name: wiki, host: wiki.example.com, upstreams: ['http://10.0.0.6']}\n"
+)
+
+
+def test_a_route_sends_the_identity_under_its_own_names_the_global_ones_filling_the_gaps() -> None:
+    snap = build_snapshot(parse_settings(ROUTES), generation=1, source="test")
+    assert snap.routes["grafana"].identity_names == (
+        b"x-webauth-user",
+        b"x-gateway-email",
+        b"x-webauth-roles",
+    )
+    assert snap.routes["wiki"].identity_names == (b"remote-user", b"x-gateway-email", b"x-gateway-roles")
+
+
+def test_every_routes_names_are_stripped_on_every_route() -> None:
+    """The attack: a client sends X-WEBAUTH-USER to the wiki (whose app may read it too, or forward it
+    to Grafana) and Remote-User to Grafana; neither arrives anywhere."""
+    snap = build_snapshot(parse_settings(ROUTES), generation=1, source="test")
+    assert snap.strip_identity == {b"remote-user", b"x-webauth-user", b"x-webauth-roles"}
+    assert snap.strip_bearer == snap.strip_identity | {b"authorization"}
+    headers = [(b"X_WEBAUTH_USER", b"admin"), (b"remote-user", b"admin"), (b"x-webauth-roles", b"Admin")]
+    fwd = forwarding_for(
+        peer_ip="203.0.113.9",
+        scheme="https",
+        host="wiki.example.com",
+        headers=headers,
+        trusted=TrustedProxies([]),
+    )
+    sent = upstream_request_headers(headers, fwd=fwd, strip=snap.strip_identity)
+    assert [value for _, value in sent if value in (b"admin", b"Admin")] == []

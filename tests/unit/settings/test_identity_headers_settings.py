@@ -55,3 +55,34 @@ def test_a_route_cannot_set_a_configured_identity_name() -> None:
         " request_headers: {remote_user: admin}}\n"
     )
     assert "reserved: identity_headers sends the identity under this name" in errors
+
+
+ROUTE = "routes:\n  - {name: grafana, host: grafana.example.com, upstreams: ['http://10.0.0.5'], %s}\n"
+
+
+def test_a_route_may_name_its_own_identity_headers() -> None:
+    route = parse_settings(BASE + ROUTE % "identity_headers: {user: X-WEBAUTH-USER}").routes[0]
+    assert route.identity_headers is not None
+    assert route.identity_headers.user == "X-WEBAUTH-USER"
+    assert route.identity_headers.email is None  # the global name, filled in by the snapshot
+
+
+@pytest.mark.parametrize(
+    ("names", "says"),
+    [
+        ("{user: Cookie}", "meaning of its own"),
+        ("{user: 'Remote User'}", "not a valid header name"),
+        ("{roles: x-gateway-email}", "already the email header"),
+    ],
+)
+def test_a_routes_bad_names_are_refused_where_they_are_written(names: str, says: str) -> None:
+    errors = _errors(ROUTE % f"identity_headers: {names}")
+    assert "routes[0] (name: grafana).identity_headers" in errors
+    assert says in errors
+
+
+def test_a_route_cannot_set_its_own_identity_name() -> None:
+    errors = _errors(
+        ROUTE % "identity_headers: {user: X-WEBAUTH-USER}, request_headers: {x-webauth-user: admin}"
+    )
+    assert "reserved: identity_headers sends the identity under this name" in errors
