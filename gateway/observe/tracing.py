@@ -43,6 +43,7 @@ from gateway.errors import ErrorReason
 from gateway.observe.record import RequestRecord
 
 __all__ = [
+    "FailedAttempt",
     "Finished",
     "RequestTrace",
     "SpanSink",
@@ -50,6 +51,7 @@ __all__ = [
     "TraceParent",
     "Tracer",
     "format_traceparent",
+    "new_span_id",
     "parse_traceparent",
     "valid_tracestate",
 ]
@@ -148,6 +150,11 @@ def _new_id(bits: int) -> int:
     return _ids.getrandbits(bits) or 1  # an all-zero id is invalid (§3.2.2.3)
 
 
+def new_span_id() -> int:
+    """A span id for a span the exporter adds (a retried upstream attempt)."""
+    return _new_id(64)
+
+
 class RequestTrace:
     """One request's trace while it runs: ids, the sampling decision, and its stages' times.
 
@@ -220,6 +227,16 @@ class RequestTrace:
         return headers
 
 
+class FailedAttempt(NamedTuple):
+    """A connection to a target that failed before the request was sent, and was retried on another."""
+
+    target: str  # the target's URL
+    error: str  # the exception's class name (``error.type``)
+    message: str
+    start: int  # time.perf_counter_ns()
+    end: int
+
+
 class Finished(NamedTuple):
     """What the exporter needs to know about a request that ended, besides its trace."""
 
@@ -229,6 +246,8 @@ class Finished(NamedTuple):
     why: str  # "ratio", "parent" or "error" (kept only because it failed)
     request_id: str
     target: str  # the upstream target's URL, "" if none was tried
+    # The attempts retried on another target, in order (each a span under the upstream stage's).
+    retried: tuple[FailedAttempt, ...] = ()
 
 
 class SpanSink(Protocol):
@@ -286,7 +305,14 @@ class Tracer:
         return _ids.random() < self._ratio
 
     def end(
-        self, trace: RequestTrace, rec: RequestRecord, *, status: int, request_id: str, target: str
+        self,
+        trace: RequestTrace,
+        rec: RequestRecord,
+        *,
+        status: int,
+        request_id: str,
+        target: str,
+        retried: tuple[FailedAttempt, ...] = (),
     ) -> None:
         """Close the request's trace; hand it to the exporter if it was sampled or failed."""
         now = time.perf_counter_ns()
@@ -296,7 +322,7 @@ class Tracer:
         if not (trace.sampled or error):
             return
         why = trace.why if trace.sampled else "error"
-        self._sink.export(trace, rec, Finished(now, status, error, why, request_id, target))
+        self._sink.export(trace, rec, Finished(now, status, error, why, request_id, target, retried))
 
     def close(self) -> None:
         """Send what is queued and stop the exporter (blocking: run it off the event loop)."""

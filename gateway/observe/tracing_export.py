@@ -17,6 +17,7 @@ access log, the query not at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -30,7 +31,7 @@ from opentelemetry.util.types import AttributeValue
 
 from gateway.observe.record import RequestRecord
 from gateway.observe.redact import redact_path
-from gateway.observe.tracing import Finished, RequestTrace, Stage
+from gateway.observe.tracing import FailedAttempt, Finished, RequestTrace, Stage, new_span_id
 from gateway.settings.schema import TracingSettings
 
 __all__ = ["OtlpExport", "build_spans"]
@@ -105,11 +106,10 @@ def build_spans(
     for index, (stage, span_id, started, ended) in enumerate(trace.stages):
         stage_attributes: dict[str, AttributeValue] = {}
         if stage is Stage.UPSTREAM and finished.target:
-            target = urlsplit(finished.target)
-            stage_attributes["server.address"] = target.hostname or ""
-            if target.port:
-                stage_attributes["server.port"] = target.port
-            stage_attributes["url.scheme"] = target.scheme
+            stage_attributes.update(_target_attributes(finished.target))
+            if finished.retried:
+                # OpenTelemetry's HTTP conventions: the attempt that answered is a resend.
+                stage_attributes["http.request.resend_count"] = len(finished.retried)
         # Stages run one after another: the one a failed request ended in is the one that failed.
         stage_failed = finished.error and index == last
         spans.append(
@@ -126,7 +126,51 @@ def build_spans(
                 instrumentation_scope=scope,
             )
         )
+        if stage is Stage.UPSTREAM:
+            spans.extend(
+                _attempt_span(
+                    attempt, ordinal, context(new_span_id()), context(span_id), unix, resource, scope
+                )
+                for ordinal, attempt in enumerate(finished.retried)
+            )
     return spans
+
+
+def _target_attributes(url: str) -> dict[str, AttributeValue]:
+    target = urlsplit(url)
+    out: dict[str, AttributeValue] = {"server.address": target.hostname or "", "url.scheme": target.scheme}
+    if target.port:
+        out["server.port"] = target.port
+    return out
+
+
+def _attempt_span(
+    attempt: FailedAttempt,
+    ordinal: int,
+    span: SpanContext,
+    upstream: SpanContext,
+    unix: Callable[[int], int],
+    resource: Resource,
+    scope: InstrumentationScope,
+) -> ReadableSpan:
+    """A connection attempt that failed and was retried on another target: a client span of its own
+    under the upstream stage's (which is the attempt that answered, or failed last)."""
+    attributes = _target_attributes(attempt.target)
+    attributes["error.type"] = attempt.error
+    if ordinal:
+        attributes["http.request.resend_count"] = ordinal
+    return ReadableSpan(
+        name="upstream attempt",
+        context=span,
+        parent=upstream,
+        resource=resource,
+        attributes=attributes,
+        kind=SpanKind.CLIENT,
+        status=Status(StatusCode.ERROR, attempt.message),
+        start_time=unix(attempt.start),
+        end_time=unix(attempt.end),
+        instrumentation_scope=scope,
+    )
 
 
 class OtlpExport:

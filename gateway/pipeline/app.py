@@ -255,6 +255,7 @@ class DataPlane:
                 status=ctx.outcome.status or ctx.rec.status,
                 request_id=ctx.fwd.request_id if ctx.fwd else "",
                 target=ctx.outcome.target,
+                retried=ctx.outcome.retried,
             )
         except Exception:
             logger.exception("tracing failed")

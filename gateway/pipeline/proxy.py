@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.observe.tracing import FailedAttempt
 from gateway.pipeline.asgi import Receive, Send
 from gateway.pipeline.headers import clean_response_headers
 from gateway.pipeline.snapshot import RouteRuntime
@@ -66,6 +67,8 @@ class ProxyOutcome:
     attempts: int = 0
     # From sending the request to the response headers (the last attempt).
     upstream_seconds: float | None = None
+    # The attempts that failed to connect and were retried on another target (for tracing).
+    retried: tuple[FailedAttempt, ...] = ()
 
 
 class _RequestBody:
@@ -190,10 +193,15 @@ async def _exchange(
             if retried or method not in _IDEMPOTENT or (body is not None and body.started):
                 raise failure from exc
             try:
-                target = pool.pick(exclude=target)
+                next_target = pool.pick(exclude=target)
             except ServiceUnavailable:
                 raise failure from exc
-            retried = True
+            # perf_counter and perf_counter_ns read one clock: the attempt's span starts at sent_at.
+            attempt = FailedAttempt(
+                target.url, type(exc).__name__, str(exc), int(sent_at * 1e9), time.perf_counter_ns()
+            )
+            outcome.retried += (attempt,)
+            target, retried = next_target, True
         except TimeoutError as exc:
             pool.release(target, ok=False)
             raise UpstreamTimeout("The application did not answer in time.") from exc

@@ -238,6 +238,42 @@ def test_a_client_cannot_force_sampling_but_errors_are_always_traced(tmp_path: P
     assert upstream[0].status.code == Status.STATUS_CODE_ERROR
 
 
+def test_a_retried_upstream_attempt_is_a_span_of_its_own(tmp_path: Path) -> None:
+    """Two targets, the first of them down: a GET that tried it first is retried on the other, and
+    the trace shows both tries (the failed one as a span under the upstream span)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    with Collector() as collector, run_echo() as echo:
+        route = echo_route(echo, upstreams=[dead, echo.url])
+        config = _config(tmp_path, collector, [route], sample_ratio=1.0)
+        with run_gateway(tmp_path, config) as gw:
+            # Round robin: of two requests, one starts on the dead target.
+            answers = [httpx.get(f"{gw.url}/try/{n}", timeout=30) for n in range(2)]
+            assert [r.status_code for r in answers] == [200, 200]
+
+            def retried() -> tuple[Span, list[Span]] | None:
+                for server in collector.servers("/try/0") + collector.servers("/try/1"):
+                    ups = [s for s in collector.snapshot() if s.parent_span_id == server.span_id]
+                    tries = [s for u in ups for s in collector.snapshot() if s.parent_span_id == u.span_id]
+                    if ups and tries:
+                        return ups[0], tries
+                return None
+
+            upstream, [attempt] = wait_until(retried, what="a retried request's attempt span")
+
+    dead_port = int(dead.rsplit(":", 1)[1])
+    assert upstream.name == "upstream"
+    assert attrs(upstream)["server.port"] == int(echo.url.rsplit(":", 1)[1])
+    assert attrs(upstream)["http.request.resend_count"] == 1
+    assert upstream.status.code != Status.STATUS_CODE_ERROR  # the try that answered
+    assert attempt.name == "upstream attempt"
+    assert attempt.kind == Span.SPAN_KIND_CLIENT
+    assert attrs(attempt)["server.port"] == dead_port
+    assert attrs(attempt)["error.type"] == "UpstreamConnectError"
+    assert attempt.status.code == Status.STATUS_CODE_ERROR
+    assert upstream.start_time_unix_nano <= attempt.start_time_unix_nano
+    assert attempt.end_time_unix_nano <= upstream.end_time_unix_nano
+
+
 def test_a_trusted_proxy_decides_sampling_when_configured_to(tmp_path: Path) -> None:
     with Collector() as collector, run_echo() as echo:
         config = _config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from gateway.errors import ErrorReason
 from gateway.observe.access import AccessEntry
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
 from gateway.observe.tracing import (
+    FailedAttempt,
     Finished,
     RequestTrace,
     Stage,
@@ -297,6 +299,43 @@ def test_spans_are_built_under_the_server_span() -> None:
     for span in spans:
         assert span.attributes is not None
         assert not {"user.name", "client.address", "session.id"} & set(span.attributes)
+
+
+def test_a_retried_attempt_is_a_client_span_under_the_upstream_span() -> None:
+    tracer, sink = _tracer(1.0)
+    rec = _rec()
+    trace = tracer.begin(_scope(), TrustedProxies([]), rec)
+    trace.upstream_headers([(b"host", b"")])
+    started = time.perf_counter_ns()
+    attempt = FailedAttempt(
+        "http://10.0.0.5:8080", "UpstreamConnectError", "refused", started, started + 1000
+    )
+    tracer.end(trace, rec, status=200, request_id="r", target="http://10.0.0.6:8080", retried=(attempt,))
+    [(kept, kept_rec, finished)] = sink.kept
+    server, upstream, tried = build_spans(
+        kept, kept_rec, finished, Resource.create({"service.name": "gw"}), InstrumentationScope("t")
+    )
+    assert upstream.name == "upstream"
+    assert upstream.attributes is not None
+    assert upstream.attributes["server.address"] == "10.0.0.6"
+    assert upstream.attributes["http.request.resend_count"] == 1
+    assert upstream.status.status_code is StatusCode.UNSET
+    assert tried.name == "upstream attempt"
+    assert tried.kind is SpanKind.CLIENT
+    assert tried.parent == upstream.context
+    assert tried.context is not None
+    assert upstream.context is not None
+    assert tried.context.span_id not in (upstream.context.span_id, kept.span_id)
+    assert tried.attributes is not None
+    assert tried.attributes["server.address"] == "10.0.0.5"
+    assert tried.attributes["server.port"] == 8080
+    assert tried.attributes["error.type"] == "UpstreamConnectError"
+    assert "http.request.resend_count" not in tried.attributes  # the first try is no resend
+    assert tried.status.status_code is StatusCode.ERROR
+    assert tried.end_time is not None
+    assert tried.start_time is not None
+    assert tried.end_time - tried.start_time == 1000
+    assert server.status.status_code is StatusCode.UNSET
 
 
 # -- the access log -----------------------------------------------------------------------------------
