@@ -50,7 +50,7 @@ _REDIS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 @dataclass(frozen=True, slots=True)
 class PgTls:
-    """TLS to PostgreSQL, from ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey``.
+    """TLS to PostgreSQL, from ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey`` and ``sslcrl``.
 
     ``root_cert`` is a file, :data:`SYSTEM_ROOTS`, or None (no CA given: ``require`` then encrypts
     without verifying, as in libpq).
@@ -60,6 +60,8 @@ class PgTls:
     root_cert: str | None = None
     cert: str | None = None
     key: str | None = None
+    # Revocation lists (PEM, one file): a server certificate listed there is refused.
+    crl: str | None = None
 
     @property
     def verifies(self) -> bool:
@@ -123,10 +125,12 @@ def parse_pg_tls(query: Mapping[str, Sequence[str]]) -> PgTls:
             rules), a repeated one, an unknown mode, a relative or empty path, a certificate without
             its key, verification without a CA, or files under a mode that would not use them.
     """
-    unknown = sorted(name for name in query if name.startswith("ssl") and name not in ("sslmode", *_PG_FILES))
+    known = ("sslmode", *_PG_FILES, "sslcrl")
+    unknown = sorted(name for name in query if name.startswith("ssl") and name not in known)
     if unknown:
         raise ValueError(
-            f"unsupported TLS parameter(s) {', '.join(unknown)}; use sslmode, sslrootcert, sslcert and sslkey"
+            f"unsupported TLS parameter(s) {', '.join(unknown)}; use sslmode, sslrootcert, sslcert, sslkey"
+            " and sslcrl"
         )
     mode_text = _one(query, "sslmode")
     if mode_text is None:
@@ -160,7 +164,16 @@ def parse_pg_tls(query: Mapping[str, Sequence[str]]) -> PgTls:
     if root == SYSTEM_ROOTS and mode != "verify-full":
         # As libpq 16: public CAs issue certificates for any name, so only the host check binds them.
         raise ValueError("sslrootcert=system needs sslmode=verify-full")
-    return PgTls(mode, root, cert, key)
+    crl = _one(query, "sslcrl")
+    if crl is not None:
+        crl = _absolute_file("sslcrl", crl)
+        if mode in ("disable", "allow", "prefer") or root is None:
+            # Revocation is part of checking the chain: without the check, a list would promise what
+            # nothing enforces.
+            raise ValueError(
+                "sslcrl needs a verified chain: sslmode=verify-full (or verify-ca) and sslrootcert"
+            )
+    return PgTls(mode, root, cert, key, crl)
 
 
 def parse_redis_tls(query: Mapping[str, Sequence[str]], *, tls: bool) -> RedisTls:

@@ -172,7 +172,7 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
     # libpq's sslmode/sslrootcert/sslcert/sslkey become asyncpg's ssl argument (gateway.store.pg_tls).
     parsed, tls = split_tls(parsed)
     warn_unverified(parsed, tls)
-    return create_async_engine(
+    engine = create_async_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
@@ -184,6 +184,15 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
             "server_settings": {"application_name": "gateway"},
         },
     )
+    if tls.crl is not None:
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _read_the_crl_again(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+            # A revocation list is replaced before it expires: read it for every new connection, as
+            # libpq does, so an updated list applies (and an expired one fails) without a restart.
+            params["ssl"] = ssl_argument(tls)
+
+    return engine
 
 
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:

@@ -1,4 +1,4 @@
-"""TLS to PostgreSQL: libpq's ``sslmode``, ``sslrootcert``, ``sslcert`` and ``sslkey`` in ``storage.url``.
+"""TLS to PostgreSQL: libpq's ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey`` and ``sslcrl`` in ``storage.url``.
 
 Operators paste libpq URLs, so the gateway reads libpq's parameters (parsed and checked by
 :mod:`gateway.settings.store_tls`) and hands asyncpg the ``ssl`` argument they mean; they never reach
@@ -9,7 +9,10 @@ migrations, CLI commands and the backup drill.
 ``verify-full`` checks the chain against ``sslrootcert`` and the URL's host against the certificate;
 ``verify-ca`` the chain only; ``require`` encrypts without checking (with ``sslrootcert``, like libpq,
 it checks the chain); ``prefer`` (the default, as in libpq) and ``allow`` try TLS and fall back to
-plaintext; ``disable`` never uses it. TLS 1.2 is the minimum. The ``PGSSL*`` environment variables and
+plaintext; ``disable`` never uses it. TLS 1.2 is the minimum. ``sslcrl`` (with a verified chain only)
+refuses a server certificate its revocation list names; like libpq, the file is read again for every
+new connection, so a CRL replaced before its ``nextUpdate`` applies without a restart, and one left to
+expire fails connections (OpenSSL: "CRL has expired") instead of being ignored. The ``PGSSL*`` environment variables and
 ``~/.postgresql/`` are not read: what the URL says is what every process does.
 
 To a host off this machine without verification, the gateway logs a warning once per process (it does
@@ -29,7 +32,7 @@ from gateway.settings.store_tls import SYSTEM_ROOTS, PgTls, is_loopback, parse_p
 
 __all__ = ["TLS_PARAMETERS", "split_tls", "ssl_argument", "warn_unverified"]
 
-TLS_PARAMETERS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+TLS_PARAMETERS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 logger = logging.getLogger("gateway.store")
 _warned: set[tuple[str, str]] = set()
@@ -75,6 +78,11 @@ def ssl_argument(tls: PgTls) -> ssl.SSLContext | str | bool:
         else:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if tls.crl is not None:
+            # OpenSSL's PEM lookup loads CRLs like certificates; the flag makes the leaf's issuer's
+            # list required (a missing or expired one fails the handshake: fail closed).
+            context.load_verify_locations(cafile=tls.crl)
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         if tls.cert is not None:
             context.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:

@@ -9,6 +9,9 @@ and is ready; with a CA that did not issue the certificate, or a host the certif
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from sqlalchemy import text
 
+from gateway.store.db import create_engine
+from gateway.store.tls import verification_failure
 from tests.integration.harness import (
     echo_route,
     free_port,
@@ -42,6 +48,8 @@ class TlsCluster:
     port: int
     ca: Path  # issued the server's certificate
     other_ca: Path  # did not
+    issuer: PrivateCa  # the CA of ``ca``, which writes revocation lists
+    server_serial: int
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def _start(node: Node) -> TlsCluster:
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n"
     )
     node.start(data, port := free_port(), node.mkdir("sock"))
-    return TlsCluster(port, ca.certificate, other.certificate)
+    return TlsCluster(port, ca.certificate, other.certificate, ca, server.serial)
 
 
 def _url(
@@ -166,3 +174,51 @@ def test_a_host_the_certificate_does_not_name_refuses_to_start(cluster: TlsClust
     assert "TLS verification of the PostgreSQL server failed" in log, log
     assert "mismatch" in log, log
     assert "Traceback" not in log
+
+
+def _migrate_with_crl(cluster: TlsCluster, tmp: Path, crl: Path) -> subprocess.CompletedProcess[str]:
+    config = gateway_config(tmp, free_port(), [], storage={"url": f"{_url(cluster)}&sslcrl={crl}"})
+    return run_cli("migrate", "--config", str(_write(tmp, config)))
+
+
+def test_a_revoked_server_certificate_is_refused(cluster: TlsCluster, tmp_path: Path) -> None:
+    clean = cluster.issuer.crl(tmp_path / "clean.crl", revoked=[cluster.server_serial + 1])
+    done = _migrate_with_crl(cluster, tmp_path / "clean", clean)
+    assert done.returncode == 0, done.stderr
+    # The attack: the server's key leaked, its certificate was revoked, and someone serves it.
+    revoked = cluster.issuer.crl(tmp_path / "revoked.crl", revoked=[cluster.server_serial])
+    refused = _migrate_with_crl(cluster, tmp_path / "revoked", revoked)
+    assert refused.returncode == 1
+    assert "TLS verification of the PostgreSQL server failed" in refused.stderr, refused.stderr
+    assert "revoked" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    # A list nobody refreshed is not ignored: it fails, as libpq's does.
+    stale = cluster.issuer.crl(tmp_path / "stale.crl", expired=True)
+    expired = _migrate_with_crl(cluster, tmp_path / "stale", stale)
+    assert expired.returncode == 1
+    assert "expired" in expired.stderr.lower(), expired.stderr
+
+
+def test_a_replaced_revocation_list_applies_to_the_next_connection(
+    cluster: TlsCluster, tmp_path: Path
+) -> None:
+    """One process, as a running gateway: its pool's next connection reads the list again."""
+    crl = cluster.issuer.crl(tmp_path / "db.crl")
+    engine = create_engine(f"{_url(cluster)}&sslcrl={crl}", pool_size=1)
+
+    async def query() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+    async def scenario() -> None:
+        try:
+            assert await query() == 1
+            cluster.issuer.crl(crl, revoked=[cluster.server_serial])
+            await engine.dispose()  # the pooled connection goes; the next one is new
+            with pytest.raises(ssl.SSLCertVerificationError, match="revoked") as failed:
+                await query()
+            assert verification_failure(failed.value) is not None, repr(failed.value)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())

@@ -113,3 +113,27 @@ class PrivateCa:
         key_path.chmod(0o600)
         digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
         return Issued(cert_path, key_path, cert.serial_number, digest)
+
+    def crl(self, path: Path, revoked: Sequence[int] = (), *, expired: bool = False) -> Path:
+        """Write this CA's revocation list naming the ``revoked`` serials (PEM) to ``path``.
+
+        ``expired``: its next update is already past, as a list nobody refreshed.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        start = now - datetime.timedelta(days=2 if expired else 0, minutes=5)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._subject)
+            .last_update(start)
+            .next_update(start + datetime.timedelta(days=1))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
+            )
+            .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        )
+        for serial in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(start).build()
+            )
+        path.write_bytes(builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        return path

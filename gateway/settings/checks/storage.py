@@ -93,10 +93,8 @@ def _check_embedded_state(settings: Settings, report: Report) -> None:
 def _pg_files(url: str) -> list[tuple[str, str, bool]]:
     tls = parse_pg_tls(query_of(url))
     roots = [] if tls.root_cert in (None, SYSTEM_ROOTS) else [("sslrootcert", tls.root_cert, True)]
-    return [
-        *roots,
-        *((name, file, False) for name, file in (("sslcert", tls.cert), ("sslkey", tls.key)) if file),
-    ]
+    others = (("sslcert", tls.cert), ("sslkey", tls.key), ("sslcrl", tls.crl))
+    return [*roots, *((name, file, False) for name, file in others if file)]
 
 
 def _redis_files(url: str) -> list[tuple[str, str, bool]]:

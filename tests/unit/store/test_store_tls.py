@@ -66,7 +66,11 @@ def test_require_with_a_root_certificate_verifies_the_chain_as_in_libpq() -> Non
         ("sslmode=strict", "is not one of"),
         ("sslmode=require&sslmode=disable", "given 2 times"),
         ("ssl=false", "unsupported TLS parameter"),  # asyncpg's own spelling would bypass the rules
-        ("sslmode=require&sslcrl=/crl.pem", "unsupported TLS parameter"),
+        ("sslmode=require&sslcrldir=/crls", "unsupported TLS parameter"),
+        # A revocation list only means something when the chain is checked.
+        ("sslmode=require&sslcrl=/crl.pem", "sslcrl needs a verified chain"),
+        ("sslmode=prefer&sslcrl=/crl.pem", "sslcrl needs a verified chain"),
+        ("sslmode=verify-full&sslrootcert=/ca.pem&sslcrl=crl.pem", "not an absolute path"),
     ],
 )
 def test_invalid_pg_options_are_refused(query: str, says: str) -> None:
@@ -117,6 +121,22 @@ def test_a_client_certificate_is_loaded(ca: PrivateCa) -> None:
     # Loaded, not only named: a key that is not the certificate's is refused when the context is built.
     with pytest.raises(ConfigError, match="cannot load the TLS files"):
         ssl_argument(_pg(f"{base}&sslkey={other.key}"))
+
+
+def test_a_revocation_list_is_loaded_and_required_for_the_leaf(ca: PrivateCa, tmp_path: Path) -> None:
+    crl = ca.crl(tmp_path / "db.crl")
+    tls = _pg(f"sslmode=verify-full&sslrootcert={ca.certificate}&sslcrl={crl}")
+    assert tls.crl == str(crl)
+    context = ssl_argument(tls)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    assert context.cert_store_stats()["crl"] == 1
+    # Without sslcrl nothing is required: a CA that publishes no list still works.
+    plain = ssl_argument(_pg(f"sslmode=verify-full&sslrootcert={ca.certificate}"))
+    assert isinstance(plain, ssl.SSLContext)
+    assert not plain.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    with pytest.raises(ConfigError, match="cannot load the TLS files"):
+        ssl_argument(_pg(f"sslmode=verify-full&sslrootcert={ca.certificate}&sslcrl={tmp_path / 'none.crl'}"))
 
 
 def test_an_unloadable_file_is_a_config_error(tmp_path: Path) -> None:
