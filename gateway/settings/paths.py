@@ -98,7 +98,11 @@ def resolve_paths(settings: Settings, base_dir: Path) -> Settings:
 
 def _absolute_upstream_tls(tls: UpstreamTls, maybe: Callable[[str | None], str | None]) -> UpstreamTls:
     return msgspec.structs.replace(
-        tls, certificate=maybe(tls.certificate), key=maybe(tls.key), ca_file=maybe(tls.ca_file)
+        tls,
+        certificate=maybe(tls.certificate),
+        key=maybe(tls.key),
+        ca_file=maybe(tls.ca_file),
+        crl_file=maybe(tls.crl_file),
     )
 
 

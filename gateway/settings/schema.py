@@ -407,6 +407,9 @@ class UpstreamTls(_Config, frozen=True):
     # SNI and the name verified in the certificate, when the upstream URL is an IP or another name.
     server_name: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # Revocation lists (PEM) of the app certificate's CA: a certificate listed there is refused.
+    # Needs the chain checked (not a pin alone); read again when the file changes.
+    crl_file: str | None = None
 
 
 class Route(_Config, frozen=True):

@@ -47,7 +47,7 @@ _PROBE_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 class _PoolCheck:
     """Precomputed per-pool probe data, so a round does no string building or option parsing."""
 
-    __slots__ = ("check", "pool", "server_name", "ssl", "timeout", "urls")
+    __slots__ = ("check", "pool", "server_name", "timeout", "tls", "urls")
 
     def __init__(self, pool: UpstreamPool, check: ActiveHealthCheck) -> None:
         if check.interval <= 0:
@@ -61,9 +61,13 @@ class _PoolCheck:
         self.urls = tuple((target, target.url + path) for target in pool.targets)
         # Probes speak TLS exactly as the proxy does (client certificate, CA, pin, SNI): a check that
         # connected differently could call an upstream healthy that refuses every real request.
-        tls = next((target.tls for target in pool.targets if target.tls is not None), None)
-        self.ssl: ssl.SSLContext | bool = True if tls is None else tls.context
-        self.server_name = None if tls is None else tls.server_name
+        self.tls = next((target.tls for target in pool.targets if target.tls is not None), None)
+        self.server_name = None if self.tls is None else self.tls.server_name
+
+    @property
+    def ssl(self) -> ssl.SSLContext | bool:
+        """The route's context as it is now (a replaced revocation list included)."""
+        return True if self.tls is None else self.tls.context
 
 
 class HealthChecker:

@@ -2,7 +2,9 @@
 
 Built once per snapshot (:meth:`UpstreamPool.from_route`), so the hot path only hands a ready
 :class:`ssl.SSLContext` to the connection; a reload builds a new one from the files as they are then, so
-a renewed certificate is used by every connection opened after the reload.
+a renewed certificate is used by every connection opened after the reload. A revocation list
+(``crl_file``) is the exception: it expires on its own schedule, so :class:`TlsClient` builds the
+context again when that file changes.
 
 The pin is checked inside the TLS handshake, not after it: :class:`_PinnedObject` is the context's
 ``sslobject_class``, which asyncio and uvloop both use for every connection, so a wrong certificate
@@ -15,16 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import ssl
-from dataclasses import dataclass
+import time
 from typing import Final
 
 from gateway.settings.checks.upstream_tls import PIN_SHAPE
 from gateway.settings.schema import UpstreamTls
 
-__all__ = ["TlsClient", "describe_tls_error", "normalise_pin", "tls_client"]
+__all__ = ["CRL_CHECK_INTERVAL", "TlsClient", "describe_tls_error", "normalise_pin", "tls_client"]
 
 _VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# How often, at most, a route's crl_file is looked at for a replacement (seconds).
+CRL_CHECK_INTERVAL: Final = 1.0
+
+logger = logging.getLogger("gateway.upstream")
 
 
 def normalise_pin(pin: str) -> bytes:
@@ -57,20 +65,65 @@ class _PinningContext(ssl.SSLContext):
     pin: bytes | None = None
 
 
-@dataclass(frozen=True, eq=False, slots=True)
 class TlsClient:
     """A route's upstream TLS, ready to connect with.
 
-    ``eq=False``: compared and hashed by identity, so the keep-alive pool keys a connection by the
-    snapshot's TLS settings and a connection made with an old certificate is never reused after a reload.
+    Compared and hashed by identity, so the keep-alive pool keys a connection by the snapshot's TLS
+    settings and a connection made with an old certificate is never reused after a reload.
+
+    With ``crl_file`` the context is built again when that file changes (looked at, at most once a
+    second, when a connection is opened): a revocation list is replaced before its ``nextUpdate``,
+    and a context holding the old one would refuse every new connection once it expired. A new list
+    that cannot be read leaves the last good context in place and is logged.
 
     Attributes:
-        context: The client context (certificate, CA or pin, minimum version).
         server_name: SNI and the name checked against the certificate; ``None`` means the URL's host.
     """
 
-    context: ssl.SSLContext
-    server_name: str | None
+    __slots__ = ("_checked", "_context", "_crl", "_crl_seen", "_settings", "server_name")
+
+    def __init__(
+        self, context: ssl.SSLContext, server_name: str | None, settings: UpstreamTls | None = None
+    ) -> None:
+        self._context = context
+        self.server_name = server_name
+        self._settings = settings
+        # The revocation list to follow, if any: the property's one test on the way to the context.
+        self._crl = None if settings is None else settings.crl_file
+        self._crl_seen = None if self._crl is None else _file_state(self._crl)
+        self._checked = time.monotonic()
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The client context (certificate, CA or pin, revocation list, minimum version)."""
+        if self._crl is not None:
+            self._follow_crl(self._crl)
+        return self._context
+
+    def _follow_crl(self, crl: str) -> None:
+        now = time.monotonic()
+        if now - self._checked < CRL_CHECK_INTERVAL or self._settings is None:
+            return
+        self._checked = now
+        seen = _file_state(crl)
+        if seen == self._crl_seen:
+            return
+        self._crl_seen = seen
+        try:
+            self._context = _context_for(self._settings)
+        except ValueError as exc:
+            logger.warning(
+                "upstream_tls.crl_file %s changed but cannot be used; keeping the last one: %s", crl, exc
+            )
+
+
+def _file_state(path: str) -> tuple[int, int, int] | None:
+    """What tells a replaced file from the one read before (rename, copy or rewrite in place)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def tls_client(settings: UpstreamTls | None) -> TlsClient | None:
@@ -82,6 +135,10 @@ def tls_client(settings: UpstreamTls | None) -> TlsClient | None:
     """
     if settings is None:
         return None
+    return TlsClient(_context_for(settings), settings.server_name, settings)
+
+
+def _context_for(settings: UpstreamTls) -> ssl.SSLContext:
     context = _PinningContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = _VERSIONS[settings.min_version]
     if settings.pin_sha256 is not None:
@@ -97,12 +154,20 @@ def tls_client(settings: UpstreamTls | None) -> TlsClient | None:
             context.load_default_certs()
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"upstream_tls.ca_file: cannot load it ({_reason(exc)})") from exc
+    if settings.crl_file is not None:
+        try:
+            # OpenSSL's PEM lookup loads CRLs like certificates; the flag makes the list of the
+            # leaf's issuer required (missing or expired: the handshake fails, closed).
+            context.load_verify_locations(cafile=settings.crl_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"upstream_tls.crl_file: cannot load it ({_reason(exc)})") from exc
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if settings.certificate is not None and settings.key is not None:
         try:
             context.load_cert_chain(settings.certificate, settings.key, password=_no_password)
         except (OSError, ssl.SSLError, _Encrypted) as exc:
             raise ValueError(f"upstream_tls.certificate/key: cannot load them ({_reason(exc)})") from exc
-    return TlsClient(context=context, server_name=settings.server_name)
+    return context
 
 
 class _Encrypted(Exception):

@@ -158,12 +158,32 @@ def files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 @pytest.fixture(scope="module")
+def crl(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app CA's revocation list the ``revoked`` route names; at first it lists the app's certificate."""
+    return pki.ca.crl(tmp_path_factory.mktemp("crl") / "app.crl", revoked=[pki.server.serial])
+
+
+@pytest.fixture(scope="module")
 def gw(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki, app: App, foreign_app: App, files: tuple[Path, Path]
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: Pki,
+    app: App,
+    foreign_app: App,
+    files: tuple[Path, Path],
+    crl: Path,
 ) -> Iterator[Gateway]:
     cert, key = str(files[0]), str(files[1])
     ca = str(pki.ca.certificate)
     routes = [
+        _route(
+            "revoked",
+            app.url,
+            certificate=cert,
+            key=key,
+            ca_file=ca,
+            server_name="app.internal",
+            crl_file=str(crl),
+        ),
         _route("mtls", app.url, certificate=cert, key=key, ca_file=ca, server_name="app.internal"),
         _route("nocert", app.url, ca_file=ca, server_name="app.internal"),
         _route("pinned", app.url, certificate=cert, key=key, pin_sha256=pki.server.sha256),
@@ -250,6 +270,25 @@ def test_app_certificate_not_from_ca_file_is_502(gw: Gateway) -> None:
         ),
         what="a log line naming route wrongca",
     )
+
+
+def test_a_revoked_app_certificate_is_502_until_the_list_is_replaced(
+    gw: Gateway, pki: Pki, crl: Path
+) -> None:
+    """The attack: the app's key leaked and its certificate was revoked, and whoever holds the key
+    answers for the app. Then the CA's next list (the certificate reissued under the same serial
+    would not happen; here the revocation is lifted, as on hold) reaches the running gateway."""
+    _assert_gateway_502(_get(gw, "revoked.test"))
+    wait_until(lambda: "certificate revoked" in gw.log(), what="the revocation in the gateway's log")
+    fresh = pki.ca.crl(crl.with_name("next.crl"))
+    fresh.replace(crl)  # as a CRL fetcher writes it: a new file renamed over the old one
+
+    def reached() -> httpx.Response | None:
+        resp = _get(gw, "revoked.test")
+        return resp if resp.status_code == 200 else None
+
+    resp = wait_until(reached, what="the app reached once the new list no longer names it (no reload)")
+    assert resp.json()["client_serial"] == pki.client.serial
 
 
 def test_websocket_upgrade_presents_the_client_certificate(gw: Gateway) -> None:

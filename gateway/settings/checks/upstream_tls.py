@@ -51,6 +51,7 @@ def _check(route: Route, tls: UpstreamTls, at: KeyPath, report: Report) -> None:
             ssl.create_default_context(cafile=tls.ca_file)
         except ssl.SSLError as exc:
             report.add((*at, "ca_file"), f"holds no usable PEM certificate ({exc.reason or exc})")
+    _check_crl(tls, at, report)
     if tls.pin_sha256 is not None and not PIN_SHAPE.fullmatch(tls.pin_sha256.strip()):
         report.bad(
             (*at, "pin_sha256"),
@@ -66,6 +67,24 @@ def _check(route: Route, tls: UpstreamTls, at: KeyPath, report: Report) -> None:
                 f"{report.show((*at, 'server_name'), tls.server_name)} {problem or 'must not be a wildcard'}",
                 "expected the name in the app's certificate, such as wiki.internal",
             )
+
+
+def _check_crl(tls: UpstreamTls, at: KeyPath, report: Report) -> None:
+    if tls.crl_file is None:
+        return
+    if tls.pin_sha256 is not None and tls.ca_file is None:
+        # A pin alone checks no chain, so no list would ever be consulted.
+        report.add((*at, "crl_file"), "a revocation list needs the chain checked; give ca_file with the pin")
+        return
+    if _readable(report, (*at, "crl_file"), tls.crl_file):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cafile=tls.crl_file)
+        except ssl.SSLError as exc:
+            report.add((*at, "crl_file"), f"holds no usable PEM revocation list ({exc.reason or exc})")
+            return
+        if not context.cert_store_stats()["crl"]:
+            report.add((*at, "crl_file"), "holds no revocation list (PEM, -----BEGIN X509 CRL-----)")
 
 
 def _readable(report: Report, path: KeyPath, file: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.errors import ConfigError
 from gateway.settings.loader import parse_settings
 from gateway.settings.paths import resolve_paths
+from gateway.upstream import tls as tls_module
 from gateway.upstream.tls import normalise_pin, tls_client
 from tests.support.pki import Issued, PrivateCa
 
@@ -150,3 +152,57 @@ def test_server_name(name: str) -> None:
 
 def test_min_version_is_one_of_two() -> None:
     assert "upstream_tls.min_version" in _errors("https://10.0.0.5", 'min_version: "1.1"\n')
+
+
+def test_a_revocation_list_is_loaded_and_required_for_the_leaf(
+    pki: tuple[PrivateCa, Issued], tmp_path: Path
+) -> None:
+    ca, _client = pki
+    crl = ca.crl(tmp_path / "app.crl")
+    settings = parse_settings(_config("https://10.0.0.5", f"ca_file: {ca.certificate}\ncrl_file: {crl}\n"))
+    tls = settings.routes[0].upstream_tls
+    assert tls is not None
+    built = tls_client(tls)
+    assert built is not None
+    assert built.context.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    assert built.context.cert_store_stats()["crl"] == 1
+
+
+def test_a_replaced_revocation_list_is_read_into_a_new_context(
+    pki: tuple[PrivateCa, Issued], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, client = pki
+    crl = ca.crl(tmp_path / "app.crl")
+    tls = (
+        parse_settings(_config("https://10.0.0.5", f"ca_file: {ca.certificate}\ncrl_file: {crl}\n"))
+        .routes[0]
+        .upstream_tls
+    )
+    built = tls_client(tls)
+    assert built is not None
+    monkeypatch.setattr(tls_module, "CRL_CHECK_INTERVAL", 3600.0)
+    first = built.context
+    assert built.context is first  # unchanged file: the same context
+    ca.crl(tmp_path / "new.crl", revoked=[client.serial]).replace(crl)
+    assert built.context is first  # within the interval since it was built: not looked at yet
+    monkeypatch.setattr(tls_module, "CRL_CHECK_INTERVAL", 0.0)
+    renewed = built.context
+    assert renewed is not first
+    assert renewed.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    assert built.context is renewed  # looked at again: the same file
+    # A broken replacement keeps the last good list (and says so in the log).
+    crl.write_text("not a list\n")
+    assert built.context is renewed
+
+
+def test_a_revocation_list_needs_a_checked_chain(pki: tuple[PrivateCa, Issued], tmp_path: Path) -> None:
+    ca, _client = pki
+    crl = ca.crl(tmp_path / "app.crl")
+    errors = _errors("https://10.0.0.5", f'pin_sha256: "{"ab" * 32}"\ncrl_file: {crl}\n')
+    assert "upstream_tls.crl_file: a revocation list needs the chain checked" in errors
+
+
+def test_a_crl_file_without_a_list_is_refused(pki: tuple[PrivateCa, Issued]) -> None:
+    ca, _client = pki
+    errors = _errors("https://10.0.0.5", f"crl_file: {ca.certificate}\n")
+    assert "upstream_tls.crl_file: holds no revocation list" in errors
