@@ -23,8 +23,9 @@ from gateway.authz.rules import SUBTREE, PolicyRules, Rule, subtree_root
 __all__ = ["Finding", "Severity", "validate"]
 
 AUTHENTICATED = "authenticated"
-# client:<name> is a service account (gateway/machine/): a machine client with an API token.
-_PRINCIPAL_PREFIXES = ("user:", "group:", "client:")
+# client:<name> is a service account (gateway/machine/): a machine client with an API token;
+# client:<provider>:<id> and scope:<provider>:<scope> come from an identity provider's access token.
+_PRINCIPAL_PREFIXES = ("user:", "group:", "client:", "scope:")
 _REGEX_CHARS = ".^$+?{}[]\\|()"
 
 
@@ -324,6 +325,17 @@ def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
         if subject in _PRINCIPAL_PREFIXES:
             out.append(
                 Finding(Severity.ERROR, "empty-name", f"subject {subject!r} names nobody; add the name", rule)
+            )
+        elif subject.startswith("scope:") and ":" not in subject.removeprefix("scope:"):
+            scope = subject.removeprefix("scope:")
+            out.append(
+                Finding(
+                    Severity.WARNING,
+                    "scope-without-provider",
+                    f"{subject!r} matches no token: a scope is named with the provider that granted it,"
+                    f" scope:<provider>:<scope> (e.g. 'scope:corp:{scope}')",
+                    rule,
+                )
             )
         elif not _is_principal(subject) and subject not in held:
             out.append(

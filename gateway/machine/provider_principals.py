@@ -13,9 +13,13 @@ opaque tokens) end here with the token's verified claims:
   no linked account, a disabled one, or ``users: refuse`` → refused. The person's roles and
   ``authenticated`` are *not* added: a token carries what the client was granted, and a rule for every
   signed-in person must not open an application to every token (as for the gateway's own tokens).
-* **Scopes**: one principal ``scope:<name>`` per scope (``scope`` claim, space separated), so
-  ``p, scope:reports.read, api, /reports/*, GET, allow`` lets any accepted token with that scope read
-  the reports, and a token without it gets the policy's 403 ``insufficient_scope``.
+* **Scopes**: one principal ``scope:<provider>:<name>`` per scope (``scope`` claim, space
+  separated), so ``p, scope:corp:reports.read, api, /reports/*, GET, allow`` lets any token of the
+  provider ``corp`` with that scope read the reports, and a token without it gets the policy's 403
+  ``insufficient_scope``. The provider is part of the name because scope names are the provider's to
+  choose: with a second provider (a partner's, a test realm), a bare ``scope:reports.read`` would let
+  whoever administers that one mint tokens for rules written about the first. Provider names hold no
+  ``:``, so ``scope:corp:api:read`` is provider ``corp``'s scope ``api:read``.
 
 Refusal reasons (the audit trail's ``details.reason``) and the short ``error_description`` the client
 reads are in :data:`REFUSALS`; they name the reason class, never the token.
@@ -36,6 +40,7 @@ __all__ = [
     "USER",
     "client_principal",
     "refuse",
+    "scope_principal",
     "scopes_of",
     "verified_token",
 ]
@@ -95,6 +100,11 @@ def scopes_of(claims: Mapping[str, Any]) -> tuple[str, ...]:
     return scopes
 
 
+def scope_principal(provider: str, scope: str) -> str:
+    """``scope:<provider>:<scope>``: a scope as the provider that granted it (never another's)."""
+    return f"{SCOPE}{provider}:{scope}"
+
+
 def client_principal(provider: str, client_id: str) -> str:
     """``client:<provider>:<client_id>``: never the same as a service account's ``client:<name>``."""
     return f"{CLIENT}{provider}:{client_id}"
@@ -123,7 +133,7 @@ def verified_token(
     client_id = _string(claims, "client_id")
     if client_id is None:
         raise refuse("claims")
-    scopes = frozenset(f"{SCOPE}{s}" for s in scopes_of(claims))
+    scopes = frozenset(scope_principal(provider, s) for s in scopes_of(claims))
     if is_client_token(claims):
         name = f"{provider}:{client_id}"
         principals = frozenset((client_principal(provider, client_id), *scopes))

@@ -54,7 +54,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 POLICY = """\
 p, client:corp:reporter, api, /api/*, GET, allow
-p, scope:reports.write, api, /api/reports/*, POST, allow
+p, scope:corp:reports.write, api, /api/reports/*, POST, allow
 """
 
 

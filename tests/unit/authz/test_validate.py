@@ -80,6 +80,17 @@ def test_principal_subjects_need_no_grant() -> None:
     assert _codes("p, user:, w, /a, GET, allow\n") == [("empty-name", Severity.ERROR, 2)]
 
 
+def test_a_scope_names_its_provider() -> None:
+    assert _codes("p, scope:corp:reports.read, api, /r, GET, allow\n") == []
+    assert _codes("p, scope:corp:api:read, api, /r, GET, allow\n") == []
+    findings = _findings("p, scope:reports.read, api, /r, GET, allow\n")
+    assert [(f.code, f.severity, f.line) for f in findings] == [
+        ("scope-without-provider", Severity.WARNING, 2)
+    ]
+    assert "'scope:corp:reports.read'" in findings[0].message
+    assert _codes("p, scope:, api, /r, GET, allow\n") == [("empty-name", Severity.ERROR, 2)]
+
+
 def test_unknown_role_in_g() -> None:
     findings = validate(parse_policy("g, viewer, reader\np, user:a, w, /, GET, allow\n"))
     assert {(f.code, f.line) for f in findings} == {("unknown-role", 1)}

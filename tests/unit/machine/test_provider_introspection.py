@@ -102,7 +102,7 @@ async def site(audit_db: Database, clock: FakeClock) -> AsyncIterator[Site]:
 async def test_an_active_token_is_its_client_with_its_scopes(site: Site) -> None:
     site.active("opaque-1")
     verified = await site.verifier.verify("opaque-1", route="api", ip="192.0.2.1")
-    assert verified.principals == {"client:corp:reporter", "scope:reports.read"}
+    assert verified.principals == {"client:corp:reporter", "scope:corp:reports.read"}
     assert verified.expires_at == site.clock.time() + 600
     # Asked as the configured client, not the sign-in client.
     assert site.client.calls == [("opaque-1", "rs", "rs-secret")]

@@ -117,7 +117,11 @@ async def test_a_client_credentials_token_is_the_client_of_that_provider_with_it
     verified = await site.verifier.verify(site.token(), route="api", ip="192.0.2.1")
     assert verified.subject == "corp:reporter"
     assert not verified.person
-    assert verified.principals == {"client:corp:reporter", "scope:reports.read", "scope:reports.write"}
+    assert verified.principals == {
+        "client:corp:reporter",
+        "scope:corp:reports.read",
+        "scope:corp:reports.write",
+    }
     assert verified.routes is None
     assert verified.roles == ()
     assert verified.expires_at == site.clock.time() + 300
@@ -131,7 +135,11 @@ async def test_a_client_credentials_token_is_the_client_of_that_provider_with_it
 
 async def test_ec_keys_and_a_token_without_sub_work_too(site: Site) -> None:
     verified = await site.verifier.verify(site.token(EC, "ES256", sub=None), route="api", ip="192.0.2.1")
-    assert verified.principals == {"client:corp:reporter", "scope:reports.read", "scope:reports.write"}
+    assert verified.principals == {
+        "client:corp:reporter",
+        "scope:corp:reports.read",
+        "scope:corp:reports.write",
+    }
 
 
 async def test_audience_may_be_one_of_several(site: Site) -> None:
@@ -264,7 +272,7 @@ async def test_a_persons_token_is_the_linked_account_without_its_roles(
     site.idp = provider(users="linked")
     verified = await site.verifier.verify(site.token(sub="sub-alice"), route="api", ip="192.0.2.1")
     assert verified.subject == "alice"
-    assert verified.principals == {"user:alice", "scope:reports.read", "scope:reports.write"}
+    assert verified.principals == {"user:alice", "scope:corp:reports.read", "scope:corp:reports.write"}
     # A person's request, made through the application the token was issued to: the access log and
     # the assertion name alice, and the assertion's client_id the application.
     assert verified.person
