@@ -251,6 +251,13 @@ def run_cli(
     )
 
 
+def run_cli_checked(*args: str) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli`, and whatever it exits with, never a traceback (every failure is a clear message)."""
+    proc = run_cli(*args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
 def http_get_on_fresh_connection(
     port: int, path: str, *, host: str = "127.0.0.1", timeout: float = 30.0
 ) -> tuple[int, dict[str, str], bytes, int]:

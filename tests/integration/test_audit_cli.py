@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.chain import GENESIS, ChainRecord
-from tests.integration.harness import ROOT, run_cli
+from tests.integration.harness import ROOT
+from tests.integration.harness import run_cli_checked as gateway
 
 ACTIONS = ["list", "verify", "checkpoint", "export", "verify-bundle"]
 
@@ -77,12 +78,6 @@ async def main(url, version):
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
-
-
-def gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = run_cli(*args)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 def write_concurrently(url: str, processes: int, each: int, keyring: Path | None) -> None:

@@ -6,12 +6,12 @@ stdout, stderr, and never a traceback.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import ROOT, run_cli
+from tests.integration.harness import run_cli_checked as gateway
 
 ACTIONS = ["validate", "test", "explain", "diff", "import", "export", "history", "restore"]
 
@@ -68,12 +68,6 @@ cases:
     path: /public/%2e%2e%2fadmin
     expect: deny
 """
-
-
-def gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = run_cli(*args)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 @pytest.fixture

@@ -9,19 +9,12 @@ secrets use, audited as ``keys.activated``; wrong input (an unknown id, ``--stag
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway.crypto.keyring import Keyring
-from tests.integration.harness import run_cli
-
-
-def gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = run_cli(*args)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+from tests.integration.harness import run_cli_checked as gateway
 
 
 @pytest.fixture
