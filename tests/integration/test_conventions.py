@@ -100,11 +100,15 @@ def test_client_sent_identity_names_never_reach_the_app(site: Site) -> None:
         assert _values(seen, name) == [], (name, seen)
 
 
-def test_a_session_reaches_the_app_under_the_configured_names_only(site: Site) -> None:
+def _seen_by_alice(site: Site, path: str) -> list[tuple[str, str]]:
+    """What the app behind ``path`` received from alice's session, which also sent every spoof."""
     with browser(site.gw) as client:
         assert login(client, "alice").status_code == 302
-        response = client.get("/app/page", headers=httpx.Headers(SPOOFED))
-    seen = _received(response)
+        return _received(client.get(path, headers=httpx.Headers(SPOOFED)))
+
+
+def test_a_session_reaches_the_app_under_the_configured_names_only(site: Site) -> None:
+    seen = _seen_by_alice(site, "/app/page")
     assert _values(seen, "remote-user") == ["alice"]
     assert _values(seen, "remote-email") == ["alice@example.com"]
     assert len(_values(seen, "remote-groups")) == 1
@@ -117,10 +121,7 @@ def test_a_session_reaches_the_app_under_the_configured_names_only(site: Site) -
 
 
 def test_a_route_sends_the_user_under_its_own_name(site: Site) -> None:
-    with browser(site.gw) as client:
-        assert login(client, "alice").status_code == 302
-        response = client.get("/grafana/page", headers=httpx.Headers(SPOOFED))
-    seen = _received(response)
+    seen = _seen_by_alice(site, "/grafana/page")
     assert _values(seen, "x-webauth-user") == ["alice"]
     # The global names fill what the route does not name; the global user name is not sent here.
     assert _values(seen, "remote-email") == ["alice@example.com"]

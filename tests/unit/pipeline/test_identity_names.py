@@ -6,6 +6,7 @@ import pytest
 
 from gateway.pipeline.headers import (
     DEFAULT_IDENTITY_NAMES,
+    Forwarding,
     IdentityNames,
     TrustedProxies,
     forwarding_for,
@@ -17,16 +18,21 @@ from gateway.settings.loader import parse_settings
 REMOTE = IdentityNames.of("Remote-User", "Remote-Email", "Remote-Groups")
 
 
-def _sent(headers: list[tuple[bytes, bytes]], names: IdentityNames) -> list[tuple[bytes, bytes]]:
-    fwd = forwarding_for(
+def _forwarding(headers: list[tuple[bytes, bytes]]) -> Forwarding:
+    return forwarding_for(
         peer_ip="203.0.113.9",
         scheme="https",
         host="app.example.com",
         headers=headers,
         trusted=TrustedProxies([]),
     )
+
+
+def _sent(headers: list[tuple[bytes, bytes]], names: IdentityNames) -> list[tuple[bytes, bytes]]:
     identity = ((names.user, b"alice"), (names.email, b"alice@example.com"), (names.roles, b"staff"))
-    return upstream_request_headers(headers, fwd=fwd, identity=identity, strip=names.to_strip())
+    return upstream_request_headers(
+        headers, fwd=_forwarding(headers), identity=identity, strip=names.to_strip()
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,12 +92,5 @@ def test_every_routes_names_are_stripped_on_every_route() -> None:
     assert snap.strip_identity == {b"remote-user", b"x-webauth-user", b"x-webauth-roles"}
     assert snap.strip_bearer == snap.strip_identity | {b"authorization"}
     headers = [(b"X_WEBAUTH_USER", b"admin"), (b"remote-user", b"admin"), (b"x-webauth-roles", b"Admin")]
-    fwd = forwarding_for(
-        peer_ip="203.0.113.9",
-        scheme="https",
-        host="wiki.example.com",
-        headers=headers,
-        trusted=TrustedProxies([]),
-    )
-    sent = upstream_request_headers(headers, fwd=fwd, strip=snap.strip_identity)
+    sent = upstream_request_headers(headers, fwd=_forwarding(headers), strip=snap.strip_identity)
     assert [value for _, value in sent if value in (b"admin", b"Admin")] == []
