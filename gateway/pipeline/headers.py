@@ -216,7 +216,7 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
 
 
 # What the request side does with a header, by its name as received (see _classify).
-_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET = range(5)
+_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE = range(6)
 # Requests and responses repeat the same few dozen header names, so what to do with each is remembered;
 # a bounded number, since clients and upstreams choose them.
 _MAX_REMEMBERED_NAMES = 4096
@@ -331,15 +331,26 @@ def clean_response_headers(
     *,
     extra: Sequence[tuple[bytes, bytes]] = (),
     request_id: str,
+    own_cookies: frozenset[bytes] = frozenset(),
 ) -> Headers:
-    """Drop hop-by-hop headers from an upstream response and add the route's and the gateway's own."""
+    """Drop hop-by-hop headers from an upstream response and add the route's and the gateway's own.
+
+    A ``Set-Cookie`` for one of the gateway's own cookies (``own_cookies``, lower-case names) is
+    dropped too: the session cookie is HttpOnly, so an app's script cannot overwrite it, and this is the
+    one other way. Without it an app (compromised, or one less trusted than its neighbours on the host)
+    could plant its own session in the browser, which then signs the person in as someone else on
+    every route of that host (login CSRF), or clear it.
+    """
     items = raw if isinstance(raw, list) else list(raw)
     out: Headers = []
     connection = False
     for name, value in items:
-        drop, lname = _classify_response(name)
-        if not drop:
+        kind, lname = _classify_response(name)
+        if kind == _KEEP:
             out.append((lname, value))
+        elif kind == _SET_COOKIE:
+            if not own_cookies or _cookie_name(value) not in own_cookies:
+                out.append((lname, value))
         elif lname == b"connection":
             connection = True
     nominated = _connection_tokens(items) if connection else set()
@@ -352,9 +363,20 @@ def clean_response_headers(
     return out
 
 
+def _cookie_name(set_cookie: bytes) -> bytes:
+    """The cookie a ``Set-Cookie`` value sets, lower-cased: browsers match the ``__Host-`` and
+    ``__Secure-`` prefixes without regard to case, so an app's ``__host-Gateway_Session`` is not
+    waved through as another cookie."""
+    return set_cookie.partition(b"=")[0].strip().lower()
+
+
 @lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
-def _classify_response(name: bytes) -> tuple[bool, bytes]:
-    """Whether a response header of this name is dropped (hop-by-hop, or the request id the gateway
-    sets itself), and its lower case."""
+def _classify_response(name: bytes) -> tuple[int, bytes]:
+    """What to do with a response header of this name (dropped: hop-by-hop, or the request id the
+    gateway sets itself; a cookie to look at; kept), and its lower case."""
     lname = name.lower()
-    return lname in HOP_BY_HOP or lname == b"x-request-id", lname
+    if lname in HOP_BY_HOP or lname == b"x-request-id":
+        return _DROP, lname
+    if lname == b"set-cookie":
+        return _SET_COOKIE, lname
+    return _KEEP, lname

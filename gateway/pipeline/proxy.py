@@ -228,7 +228,9 @@ async def _relay(
 ) -> None:
     """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
     from then on a failure can only abort the connection, before it the caller renders an error page."""
-    headers = clean_response_headers(resp.headers, extra=rt.response_headers, request_id=request_id)
+    headers = clean_response_headers(
+        resp.headers, extra=rt.response_headers, request_id=request_id, own_cookies=rt.own_set_cookies
+    )
     start = {"type": "http.response.start", "status": resp.status, "headers": headers}
     if method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
         outcome.status = resp.status

@@ -52,6 +52,8 @@ class RouteRuntime:
     bearer_auth: bool = False
     # What the identity is sent under on this route (identity_headers, or the route's own names).
     identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
+    # The gateway's cookie names, lower-case: an app's Set-Cookie for one of them is dropped.
+    own_set_cookies: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,10 @@ class Snapshot:
 def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snapshot:
     """Compile settings into a snapshot. Raises ValueError on values the loader could not catch."""
     runtimes: dict[str, RouteRuntime] = {}
+    # Every spelling the gateway may have set, so none of them reaches an upstream (nor comes back).
+    cookie_name = session_cookie_name(settings.session)
+    own_cookies = frozenset(n.encode() for n in (cookie_name, "gateway_csrf", "__Host-gateway_csrf"))
+    own_set_cookies = frozenset(n.lower() for n in own_cookies)
     default_names = _names(settings.identity_headers)
     strip = default_names.to_strip()
     for route in settings.routes:
@@ -104,6 +110,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             session_auth="session" in route.auth,
             bearer_auth="bearer" in route.auth,
             identity_names=names,
+            own_set_cookies=own_set_cookies,
         )
     return Snapshot(
         settings=settings,
@@ -113,11 +120,8 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         generation=generation,
         loaded_at=time.time(),
         source=source,
-        cookie_name=session_cookie_name(settings.session),
-        # Every spelling the gateway may have set, so none of them reaches an upstream.
-        own_cookies=frozenset(
-            n.encode() for n in (session_cookie_name(settings.session), "gateway_csrf", "__Host-gateway_csrf")
-        ),
+        cookie_name=cookie_name,
+        own_cookies=own_cookies,
         public_url=settings.public_url.rstrip("/"),
         strip_identity=strip,
         strip_bearer=strip | {b"authorization"},

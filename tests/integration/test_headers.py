@@ -42,6 +42,12 @@ UPSTREAM_COOKIES = (
     "theme=dark; Expires=Wed, 21 Oct 2099 07:28:00 GMT",  # a comma inside one cookie
     "lang=en",
 )
+# The app's try at planting its own session and CSRF token under the gateway's cookie names.
+TOSSED_COOKIES = (
+    "__Host-gateway_session=ATTACKERS-SESSION; Path=/; Secure; HttpOnly",
+    "__host-GATEWAY_SESSION=; Path=/; Secure; Max-Age=0",
+    "__Host-gateway_csrf=FIXED; Path=/; Secure",
+)
 
 
 class _ResponseHeadersHandler(BaseHTTPRequestHandler):
@@ -50,7 +56,7 @@ class _ResponseHeadersHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"upstream body"
         self.send_response(200)
-        for cookie in UPSTREAM_COOKIES:
+        for cookie in (*UPSTREAM_COOKIES, *TOSSED_COOKIES):
             self.send_header("Set-Cookie", cookie)
         self.send_header("Connection", "X-Upstream-Secret")
         self.send_header("X-Upstream-Secret", "internal-token")
@@ -423,7 +429,8 @@ def test_connection_cannot_remove_the_host_header(gw: Gateway) -> None:
 
 def test_hop_by_hop_response_headers_are_removed_and_cookies_survive(gw: Gateway) -> None:
     """Upstream hop-by-hop headers (and those it names in Connection) stop at the gateway, while every
-    Set-Cookie line is passed on separately (folding them would corrupt cookies with commas)."""
+    Set-Cookie line is passed on separately (folding them would corrupt cookies with commas); the
+    app's Set-Cookie lines for the gateway's own cookies (``TOSSED_COOKIES``) stop too."""
     resp = _get(gw, "/", headers={"Host": "response-headers.test"})
     assert resp.status_code == 200
     assert resp.text == "upstream body"

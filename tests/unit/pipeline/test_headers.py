@@ -161,6 +161,23 @@ def test_response_headers_hop_by_hop_and_overrides() -> None:
     ]
 
 
+def test_an_app_cannot_set_the_gateways_cookies() -> None:
+    """Cookie tossing: the app answers with its own session (or a blank one) under the gateway's name."""
+    own = frozenset({b"__host-gateway_session", b"gateway_csrf", b"__host-gateway_csrf"})
+    raw = [
+        (b"Set-Cookie", b"__Host-gateway_session=ATTACKER; Path=/; Secure; HttpOnly"),
+        (b"set-cookie", b" __HOST-Gateway_Session=x; Path=/; Secure"),  # prefixes match in any case
+        (b"SET-COOKIE", b"gateway_csrf=fixed"),
+        (b"Set-Cookie", b"app_session=fine; Path=/"),
+        (b"Set-Cookie", b"gateway_session_hint=also-fine"),  # another name that only starts alike
+    ]
+    out = clean_response_headers(raw, request_id="rid", own_cookies=own)
+    assert [value for name, value in out if name == b"set-cookie"] == [
+        b"app_session=fine; Path=/",
+        b"gateway_session_hint=also-fine",
+    ]
+
+
 def test_gateway_cookies_never_reach_the_upstream() -> None:
     headers = [
         (b"host", b"app"),
