@@ -336,10 +336,9 @@ def clean_response_headers(
     """Drop hop-by-hop headers from an upstream response and add the route's and the gateway's own.
 
     A ``Set-Cookie`` for one of the gateway's own cookies (``own_cookies``, lower-case names) is
-    dropped too: the session cookie is HttpOnly, so an app's script cannot overwrite it, and this is the
-    one other way. Without it an app (compromised, or one less trusted than its neighbours on the host)
-    could plant its own session in the browser, which then signs the person in as someone else on
-    every route of that host (login CSRF), or clear it.
+    dropped too: the session cookie is HttpOnly, so no script can overwrite it, and a response header is
+    how an app with a cookie-injection bug would plant another session in the browser (signing the
+    person in as someone else on every route of that host) or clear it.
     """
     items = raw if isinstance(raw, list) else list(raw)
     out: Headers = []
