@@ -30,6 +30,7 @@ from gateway.pipeline.identify import identify
 from gateway.pipeline.lockdown import enforce_lockdown
 from gateway.pipeline.mfa import require_mfa
 from gateway.pipeline.page_hosts import check_page_host
+from gateway.pipeline.preflight import let_preflight_through
 from gateway.pipeline.proxy import ClientDisconnected
 from gateway.pipeline.receive import BrokenBody, receive_request
 from gateway.pipeline.refusal import note_refusal
@@ -146,7 +147,8 @@ class DataPlane:
                     request=ctx,
                 )
             identity = _NO_IDENTITY
-            if public:
+            # A public path, or a browser's CORS preflight on a route that lets them through.
+            if public or (rt.cors_preflight and let_preflight_through(scope, ctx)):
                 rec.decision = AccessDecision.PUBLIC
             elif rt.bearer_auth and (
                 (token := bearer_token(scope["headers"])) is not None or not rt.session_auth

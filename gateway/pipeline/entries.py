@@ -29,6 +29,7 @@ from gateway.pipeline.context import RequestContext
 from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
+from gateway.pipeline.preflight import PREFLIGHT
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
 from gateway.pipeline.snapshot import RouteRuntime, Snapshot
@@ -64,6 +65,14 @@ def _upstream_headers(
     websocket: bool,
 ) -> Headers:
     """The request's headers for the application (HTTP and WebSocket alike), in one pass."""
+    rec = ctx.rec
+    if rec.auth is AuthKind.SESSION:
+        strip = snap.strip_identity
+    elif rec.auth is AuthKind.BEARER:
+        strip = snap.strip_bearer
+    else:
+        # Nobody identified: a public path (the app's own cookies pass), or a CORS preflight (none).
+        strip = snap.strip_preflight if rec.reason == PREFLIGHT else snap.strip_identity
     headers = upstream_request_headers(
         scope["headers"],
         fwd=fwd,
@@ -71,7 +80,7 @@ def _upstream_headers(
         identity=identity,
         websocket=websocket,
         own_cookies=snap.own_cookies,
-        strip=snap.strip_bearer if ctx.rec.auth is AuthKind.BEARER else snap.strip_identity,
+        strip=strip,
     )
     if ctx.trace is not None:
         # The gateway's upstream span becomes the application's parent (the client's is replaced).

@@ -50,6 +50,8 @@ class RouteRuntime:
     # The route's auth methods (``auth: [session, bearer]``), as two flags read on every request.
     session_auth: bool = True
     bearer_auth: bool = False
+    # routes[].cors_preflight: a browser's CORS preflight goes to the app without sign-in.
+    cors_preflight: bool = False
     # What the identity is sent under on this route (identity_headers, or the route's own names).
     identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
     # The gateway's cookie names, lower-case: an app's Set-Cookie for one of them is dropped.
@@ -77,6 +79,9 @@ class Snapshot:
     # is for the gateway only (an application that logs or leaks it must not hand it out), while an
     # Authorization the route itself sets (request_headers) still reaches the application.
     strip_bearer: frozenset[bytes] = frozenset({b"authorization"})
+    # A CORS preflight let through without sign-in reaches the app as a browser sends it: without
+    # credentials of any kind (gateway/pipeline/preflight.py).
+    strip_preflight: frozenset[bytes] = frozenset({b"authorization", b"cookie"})
 
     @property
     def pools(self) -> list[UpstreamPool]:
@@ -109,6 +114,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             mfa_policy=route.mfa_policy,
             session_auth="session" in route.auth,
             bearer_auth="bearer" in route.auth,
+            cors_preflight=route.cors_preflight,
             identity_names=names,
             own_set_cookies=own_set_cookies,
         )
@@ -125,6 +131,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         public_url=settings.public_url.rstrip("/"),
         strip_identity=strip,
         strip_bearer=strip | {b"authorization"},
+        strip_preflight=strip | {b"authorization", b"cookie"},
     )
 
 

@@ -438,6 +438,10 @@ class Route(_Config, frozen=True):
     auth: tuple[AuthMethod, ...] = ("session",)
     # The names this route's app receives the identity under, where they differ from identity_headers.
     identity_headers: RouteIdentityHeaders | None = None
+    # A browser's CORS preflight (OPTIONS with Origin and Access-Control-Request-Method, no body) goes
+    # to the app without sign-in and without credentials, so a single-page app on another origin can
+    # call this one; the request that follows is decided as any other.
+    cors_preflight: bool = False
 
     @property
     def mfa_policy(self) -> MfaPolicy:
