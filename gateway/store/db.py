@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.settings.database_url import DATABASE_DRIVERS, SUPPORTED_DATABASE_URLS
 from gateway.store.pg_tls import split_tls, ssl_argument, warn_unverified
 from gateway.store.tls import verification_failure
 
@@ -56,18 +57,6 @@ __all__ = [
 
 Backend = Literal["sqlite", "postgresql"]
 
-# Plain scheme -> the async driver we run it with. Operators write ``postgresql://`` out of habit; the
-# driver suffix is an implementation detail of this module, so we accept both spellings.
-_DRIVERS: Final[dict[str, str]] = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "postgresql+asyncpg": "postgresql+asyncpg",
-}
-_SUPPORTED: Final = (
-    "sqlite+aiosqlite:///<path>/gateway.db or postgresql+asyncpg://user[:password]@host[:port]/dbname"
-)
 
 #: Connection execution option naming the SQLite ``BEGIN`` mode (``"DEFERRED"`` or ``"IMMEDIATE"``).
 #: Migrations use ``IMMEDIATE`` so that two workers starting at once serialize on the write lock
@@ -130,14 +119,18 @@ def normalize_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValueError(f"malformed database URL; supported: {_SUPPORTED}") from exc
-    driver = _DRIVERS.get(parsed.drivername)
+        raise ValueError(f"malformed database URL; supported: {SUPPORTED_DATABASE_URLS}") from exc
+    driver = DATABASE_DRIVERS.get(parsed.drivername)
     if driver is None:
-        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; supported: {_SUPPORTED}")
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}; supported: {SUPPORTED_DATABASE_URLS}"
+        )
     parsed = parsed.set(drivername=driver)
     if driver == "sqlite+aiosqlite" and parsed.database in (None, "", ":memory:"):
         # Each worker process would get its own private, empty database and lose it on exit.
-        raise ValueError(f"in-memory SQLite is not supported, give a file path; supported: {_SUPPORTED}")
+        raise ValueError(
+            f"in-memory SQLite is not supported, give a file path; supported: {SUPPORTED_DATABASE_URLS}"
+        )
     return parsed
 
 

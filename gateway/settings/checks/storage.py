@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.settings.checks.values import require_positive
+from gateway.settings.database_url import DATABASE_DRIVERS
 from gateway.settings.report import Report, quote
 from gateway.settings.schema import Settings
 from gateway.settings.store_tls import SYSTEM_ROOTS, parse_pg_tls, parse_redis_tls, query_of
 
 __all__ = ["check_pool", "check_stores"]
 
-_DATABASE_SCHEMES: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
 # Every scheme gateway/store/fast/url.py opens (the TLS forms of Sentinel and Cluster included).
 _REDIS_SCHEMES: Final = (
     "redis",
@@ -38,13 +38,14 @@ def check_stores(settings: Settings, report: Report) -> None:
         report.add(("data_dir",), f"{settings.data_dir} exists and is not a directory")
     # Only the scheme is ever printed: these URLs routinely embed a password.
     url = settings.storage.url
-    if url is not None and url.partition("://")[0] not in _DATABASE_SCHEMES:
+    scheme = "" if url is None else url.partition("://")[0]
+    if url is not None and scheme not in DATABASE_DRIVERS:
         report.bad(
             ("storage", "url"),
-            f"unsupported database URL scheme {quote(url.partition('://')[0])}; use sqlite+aiosqlite:///path"
+            f"unsupported database URL scheme {quote(scheme)}; use sqlite+aiosqlite:///path"
             " or postgresql+asyncpg://user@host/db",
         )
-    elif url is not None and url.startswith("postgresql"):
+    elif url is not None and DATABASE_DRIVERS[scheme].startswith("postgresql"):
         pg_url = url
         _check_tls(report, ("storage", "url"), lambda: _pg_files(pg_url))
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", settings.state.namespace):

@@ -268,6 +268,19 @@ def test_check_config_names_the_option_and_never_the_password(tmp_path: Path) ->
     assert "hunter2" not in errors
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+asyncpg"])
+def test_every_scheme_the_store_opens_loads_and_has_its_tls_checked(scheme: str) -> None:
+    """The check accepts the libpq spellings the store opens, and checks their TLS options too."""
+    url = f"{scheme}://gw:s3cret@db.internal:5432/gateway"
+    assert (
+        parse_settings(f"public_url: https://auth.example.com\nstorage: {{url: '{url}'}}\n").storage.url
+        == url
+    )
+    assert "sslmode=verify-full needs sslrootcert" in _errors(
+        storage=f"storage: {{url: '{url}?sslmode=verify-full'}}\n"
+    )
+
+
 def test_check_config_accepts_readable_files(ca: PrivateCa) -> None:
     settings = parse_settings(
         "public_url: https://auth.example.com\n"
