@@ -129,10 +129,12 @@ def worker_config(
     state: dict[str, Any] | None = None,
     access_log: bool = True,
     route_auth: Sequence[str] = ("session",),
+    route_options: dict[str, Any] | None = None,
 ) -> Path:
     """The benchmark worker's configuration file in ``tmp``: one route to the upstream on
     ``upstream_port``, the policy ``policy_text``, in-process fast state unless ``state`` says otherwise,
-    the access log to a file unless ``access_log`` is False, the route taking ``route_auth``."""
+    the access log to a file unless ``access_log`` is False, the route taking ``route_auth`` and any
+    further ``route_options`` (a route setting whose cost is measured)."""
     policy = tmp / "policy.csv"
     policy.write_text(policy_text)
     config: dict[str, Any] = {
@@ -157,6 +159,7 @@ def worker_config(
                 "upstreams": [f"http://127.0.0.1:{upstream_port}"],
                 "mfa": "none",
                 "auth": list(route_auth),
+                **(route_options or {}),
             }
         ],
     }

@@ -146,6 +146,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bearer-request": {"credential": "bearer"},
     # A session of a person who opted out of policy analytics (consent): no decision sample.
     "consent-optout": {"credential": "session-optout"},
+    # A route that lets CORS preflights through, browsed with a session cookie (GET): the price of
+    # asking whether each request is one.
+    "cors-preflight-route": {"route_options": {"cors_preflight": True}},
 }
 
 
