@@ -46,6 +46,10 @@ _PG_DEFAULT_MODE: Final[PgSslMode] = "prefer"  # libpq's default
 SYSTEM_ROOTS: Final = "system"
 
 _REDIS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# redis-py's option for extra verification flags, and the one value taken: the server's certificate
+# checked against the revocation list the CA bundle holds.
+_REDIS_FLAGS: Final = "ssl_include_verify_flags"
+_REDIS_CRL_FLAG: Final = "VERIFY_CRL_CHECK_LEAF"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +83,13 @@ class PgTls:
 
 @dataclass(frozen=True, slots=True)
 class RedisTls:
-    """Files for ``rediss://``: the CA bundle (None: the system's trusted CAs) and a client certificate."""
+    """Files for ``rediss://``: the CA bundle (None: the system's trusted CAs) and a client certificate;
+    ``crl_check``: the server's certificate is checked against the revocation list in the CA bundle."""
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    crl_check: bool = False
 
 
 def query_of(url: str) -> dict[str, list[str]]:
@@ -188,20 +194,41 @@ def parse_redis_tls(query: Mapping[str, Sequence[str]], *, tls: bool) -> RedisTl
             verification off), a repeated one, a relative or empty path, a certificate without its
             key, or any of them on a plain ``redis://`` URL.
     """
-    unknown = sorted(name for name in query if name.startswith("ssl") and name not in _REDIS_FILES)
+    known = (*_REDIS_FILES, _REDIS_FLAGS)
+    unknown = sorted(name for name in query if name.startswith("ssl") and name not in known)
     if unknown:
         raise ValueError(
             f"unsupported TLS option(s) {', '.join(unknown)}; the server's certificate and host name are"
-            " always verified, and only ssl_ca_certs, ssl_certfile and ssl_keyfile can be given"
+            " always verified, and only ssl_ca_certs, ssl_certfile, ssl_keyfile and"
+            f" {_REDIS_FLAGS}={_REDIS_CRL_FLAG} can be given"
         )
+    crl_check = _redis_crl_check(query)
     files = {name: _one(query, name) for name in _REDIS_FILES}
     given = [name for name, value in files.items() if value is not None]
+    if crl_check:
+        given.append(_REDIS_FLAGS)
     if given and not tls:
         raise ValueError(f"{', '.join(given)} need a rediss:// URL (TLS)")
     ca, cert, key = (None if value is None else _absolute_file(name, value) for name, value in files.items())
     if (cert is None) != (key is None):
         raise ValueError("ssl_certfile and ssl_keyfile go together; give both or neither")
-    return RedisTls(ca, cert, key)
+    if crl_check and ca is None:
+        raise ValueError(
+            f"{_REDIS_FLAGS}={_REDIS_CRL_FLAG} needs ssl_ca_certs: the CA bundle that also holds the CA's"
+            " revocation list (cat ca.pem ca.crl > bundle.pem)"
+        )
+    return RedisTls(ca, cert, key, crl_check)
+
+
+def _redis_crl_check(query: Mapping[str, Sequence[str]]) -> bool:
+    """Whether the URL asks for the revocation check: redis-py's own option, with the one value that
+    only tightens verification (the others would loosen it: a partial chain, proxy certificates)."""
+    value = _one(query, _REDIS_FLAGS)
+    if value is None:
+        return False
+    if value.strip("[] ") != _REDIS_CRL_FLAG:
+        raise ValueError(f"{_REDIS_FLAGS} takes {_REDIS_CRL_FLAG} only; got {value}")
+    return True
 
 
 def is_loopback(host: str | None) -> bool:

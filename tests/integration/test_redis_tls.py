@@ -45,6 +45,8 @@ class TlsRedis:
     ca: Path  # issued the server's certificate
     other_ca: Path  # did not
     client: Issued  # a client certificate from ``ca``
+    issuer: PrivateCa  # the CA of ``ca``, which writes revocation lists
+    server_serial: int
 
 
 def _redis_server(
@@ -87,7 +89,7 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     try:
         for proc, listening in zip(procs, (port, mtls_port), strict=True):
             wait_for_port(listening, proc=proc)
-        yield TlsRedis(port, mtls_port, ca.certificate, other.certificate, client)
+        yield TlsRedis(port, mtls_port, ca.certificate, other.certificate, client, ca, server.serial)
     finally:
         for proc in procs:
             stop(proc)
@@ -153,3 +155,30 @@ def test_a_client_certificate_gets_in_where_the_server_demands_one(redis: TlsRed
             lambda: httpx.get(f"{gw.url}/.gateway/ready", timeout=30).status_code == 503,
             what="not ready without a client certificate",
         )
+
+
+def _bundle(redis: TlsRedis, path: Path, revoked: list[int]) -> Path:
+    """The CA and its revocation list in one file, as ``ssl_ca_certs`` takes them with the CRL check."""
+    crl = redis.issuer.crl(path.with_suffix(".crl"), revoked=revoked)
+    path.write_bytes(redis.ca.read_bytes() + crl.read_bytes())
+    return path
+
+
+def test_a_revoked_server_certificate_refuses_to_start(redis: TlsRedis, tmp_path: Path) -> None:
+    flag = "ssl_include_verify_flags=VERIFY_CRL_CHECK_LEAF"
+    clean = _bundle(redis, tmp_path / "clean.pem", [redis.server_serial + 1])
+    with run_echo() as echo:
+        url = f"rediss://localhost:{redis.port}/0?ssl_ca_certs={clean}&{flag}"
+        with run_gateway(tmp_path / "clean", _config(tmp_path, url, [echo_route(echo)])) as gw:
+            assert httpx.get(f"{gw.url}/.gateway/ready", timeout=30).status_code == 200
+    # The attack: the server's key leaked and its certificate was revoked; someone serves it.
+    revoked = _bundle(redis, tmp_path / "revoked.pem", [redis.server_serial])
+    url = f"rediss://localhost:{redis.port}/0?ssl_ca_certs={revoked}&{flag}"
+    log = refused_start(tmp_path / "revoked", _config(tmp_path, url))
+    assert "TLS verification of the Redis server failed" in log, log
+    assert "revoked" in log, log
+    assert "Traceback" not in log
+    # The flag is what makes the list count: the same bundle without it is not checked (OpenSSL's default).
+    unchecked = f"rediss://localhost:{redis.port}/0?ssl_ca_certs={revoked}"
+    with run_gateway(tmp_path / "unchecked", _config(tmp_path, unchecked)) as gw:
+        assert httpx.get(f"{gw.url}/.gateway/ready", timeout=30).status_code == 200

@@ -6,7 +6,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 from gateway.settings.checks.values import require_positive
 from gateway.settings.database_url import DATABASE_DRIVERS
@@ -91,22 +91,35 @@ def _check_embedded_state(settings: Settings, report: Report) -> None:
         )
 
 
-def _pg_files(url: str) -> list[tuple[str, str, bool]]:
+# What a TLS file named in a store URL must hold: a CA bundle, a revocation list, a CA bundle with its
+# CA's revocation list (Redis with the CRL check), or anything readable (a certificate or key).
+_FileKind = Literal["ca", "crl", "ca+crl", "file"]
+
+
+def _pg_files(url: str) -> list[tuple[str, str, _FileKind]]:
     tls = parse_pg_tls(query_of(url))
-    roots = [] if tls.root_cert in (None, SYSTEM_ROOTS) else [("sslrootcert", tls.root_cert, True)]
-    others = (("sslcert", tls.cert), ("sslkey", tls.key), ("sslcrl", tls.crl))
-    return [*roots, *((name, file, False) for name, file in others if file)]
+    files: list[tuple[str, str | None, _FileKind]] = [
+        ("sslrootcert", None if tls.root_cert == SYSTEM_ROOTS else tls.root_cert, "ca"),
+        ("sslcert", tls.cert, "file"),
+        ("sslkey", tls.key, "file"),
+        ("sslcrl", tls.crl, "crl"),
+    ]
+    return [(name, file, kind) for name, file, kind in files if file]
 
 
-def _redis_files(url: str) -> list[tuple[str, str, bool]]:
+def _redis_files(url: str) -> list[tuple[str, str, _FileKind]]:
     scheme = url.partition("://")[0].lower()
     tls = parse_redis_tls(query_of(url), tls=scheme.startswith("rediss"))
-    files = (("ssl_ca_certs", tls.ca_file, True), ("ssl_certfile", tls.cert_file, False))
-    return [(name, file, ca) for name, file, ca in (*files, ("ssl_keyfile", tls.key_file, False)) if file]
+    files: list[tuple[str, str | None, _FileKind]] = [
+        ("ssl_ca_certs", tls.ca_file, "ca+crl" if tls.crl_check else "ca"),
+        ("ssl_certfile", tls.cert_file, "file"),
+        ("ssl_keyfile", tls.key_file, "file"),
+    ]
+    return [(name, file, kind) for name, file, kind in files if file]
 
 
 def _check_tls(
-    report: Report, path: tuple[str, str], files: Callable[[], list[tuple[str, str, bool]]]
+    report: Report, path: tuple[str, str], files: Callable[[], list[tuple[str, str, _FileKind]]]
 ) -> None:
     """The URL's TLS options (``settings/store_tls.py``) and that their files load.
 
@@ -117,16 +130,24 @@ def _check_tls(
     except ValueError as exc:
         report.add(path, str(exc))
         return
-    for name, file, is_ca in named:
+    for name, file, kind in named:
         try:
-            if is_ca:
-                ssl.create_default_context(cafile=file)
-            else:
+            if kind == "file":
                 with open(file, "rb"):
                     pass
+            elif kind == "ca":
+                ssl.create_default_context(cafile=file)
+            else:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.load_verify_locations(cafile=file)
+                if not context.cert_store_stats()["crl"]:
+                    report.add(
+                        path, f"{name}: {file} holds no revocation list (PEM, -----BEGIN X509 CRL-----)"
+                    )
         except FileNotFoundError:
             report.add(path, f"{name}: file not found: {file}")
         except PermissionError:
             report.add(path, f"{name}: {file} is not readable by this user")
         except (OSError, ssl.SSLError) as exc:
-            report.add(path, f"{name}: {file} holds no usable PEM certificate ({type(exc).__name__})")
+            what = "certificate" if kind in ("ca", "file") else "certificate or revocation list"
+            report.add(path, f"{name}: {file} holds no usable PEM {what} ({type(exc).__name__})")

@@ -234,7 +234,7 @@ def _parse_multi(url: str, rest: str, tls: bool, mode: RedisMode) -> RedisTarget
 def _tls_options(target: RedisTarget) -> dict[str, Any]:
     # Spelled out rather than left to redis-py's defaults, which did not check host names before 6.0.
     files = target.tls_files
-    return {
+    options: dict[str, Any] = {
         "ssl_cert_reqs": "required",
         "ssl_check_hostname": True,
         "ssl_min_version": ssl.TLSVersion.TLSv1_2,
@@ -242,6 +242,11 @@ def _tls_options(target: RedisTarget) -> dict[str, Any]:
         "ssl_certfile": files.cert_file,
         "ssl_keyfile": files.key_file,
     }
+    if files.crl_check:
+        # redis-py builds a context per connection from the bundle, so a new connection reads the
+        # list again: one replaced before it expires applies without a restart.
+        options["ssl_include_verify_flags"] = [ssl.VERIFY_CRL_CHECK_LEAF]
+    return options
 
 
 def _warn_plaintext(target: RedisTarget) -> None:

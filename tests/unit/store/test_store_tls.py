@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.settings.loader import parse_settings
 from gateway.settings.store_tls import PgTls, is_loopback, parse_pg_tls, parse_redis_tls, query_of
 from gateway.store.db import create_engine
+from gateway.store.fast import url as url_module
 from gateway.store.fast.url import build_client, parse_redis_url
 from gateway.store.pg_tls import split_tls, ssl_argument, warn_unverified
 from gateway.store.tls import verification_failure
@@ -176,6 +177,29 @@ def test_loopback(host: str | None, loopback: bool) -> None:
 # -- Redis ---------------------------------------------------------------------------------------------
 
 
+def test_the_redis_revocation_check_is_passed_to_redis_py() -> None:
+    for url in (
+        "rediss://h/0?ssl_ca_certs=/ca.pem&ssl_include_verify_flags=VERIFY_CRL_CHECK_LEAF",
+        "rediss+cluster://n1:7000?ssl_ca_certs=/ca.pem&ssl_include_verify_flags=[VERIFY_CRL_CHECK_LEAF]",
+    ):
+        target = parse_redis_url(url)
+        assert target.tls_files.crl_check, url
+        assert url_module._tls_options(target)["ssl_include_verify_flags"] == [ssl.VERIFY_CRL_CHECK_LEAF]
+    assert "ssl_include_verify_flags" not in url_module._tls_options(parse_redis_url("rediss://h/0"))
+
+
+def test_check_config_wants_the_list_in_the_bundle(ca: PrivateCa, tmp_path: Path) -> None:
+    flag = "ssl_include_verify_flags=VERIFY_CRL_CHECK_LEAF"
+    errors = _errors(state=f"state: {{redis_url: 'rediss://r:6380?ssl_ca_certs={ca.certificate}&{flag}'}}\n")
+    assert f"ssl_ca_certs: {ca.certificate} holds no revocation list" in errors
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.certificate.read_bytes() + ca.crl(tmp_path / "db.crl").read_bytes())
+    settings = parse_settings(
+        f"public_url: https://auth.example.com\nstate: {{redis_url: 'rediss://r:6380?ssl_ca_certs={bundle}&{flag}'}}\n"
+    )
+    assert settings.state.redis_url is not None
+
+
 def test_redis_tls_files_on_every_form() -> None:
     for url in (
         "rediss://:pw@redis.internal:6380/0?ssl_ca_certs=/ca.pem",
@@ -195,6 +219,14 @@ def test_redis_tls_files_on_every_form() -> None:
         ("rediss://h?ssl_ca_certs=ca.pem", "not an absolute path"),
         ("rediss://h?ssl_certfile=/c.pem", "go together"),
         ("rediss://:hunter2@h?ssl_cert_reqs=none", "unsupported"),
+        # Only the flag that tightens verification; the ones that loosen it are refused.
+        (
+            "rediss://h?ssl_ca_certs=/ca.pem&ssl_include_verify_flags=VERIFY_X509_PARTIAL_CHAIN",
+            "takes VERIFY_CRL",
+        ),
+        ("rediss://h?ssl_ca_certs=/ca.pem&ssl_exclude_verify_flags=VERIFY_X509_STRICT", "unsupported"),
+        ("rediss://h?ssl_include_verify_flags=VERIFY_CRL_CHECK_LEAF", "needs ssl_ca_certs"),
+        ("redis://h?ssl_include_verify_flags=VERIFY_CRL_CHECK_LEAF", "need a rediss:// URL"),
     ],
 )
 def test_invalid_redis_tls_options_are_refused(url: str, says: str) -> None:
