@@ -243,8 +243,8 @@ def _tls_options(target: RedisTarget) -> dict[str, Any]:
         "ssl_keyfile": files.key_file,
     }
     if files.crl_check:
-        # redis-py builds a context per connection from the bundle, so a new connection reads the
-        # list again: one replaced before it expires applies without a restart.
+        # The CA's revocation list is in the ssl_ca_certs bundle (redis-py takes no separate CRL file);
+        # redis-py reads it once per pooled connection (README: roll the gateways after replacing it).
         options["ssl_include_verify_flags"] = [ssl.VERIFY_CRL_CHECK_LEAF]
     return options
 
