@@ -4,12 +4,7 @@
 (function () {
   const renderers = (window.consoleRender = window.consoleRender || {});
 
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const el = window.consoleEl; // (tag, text, cls): console.js
 
   function fact(list, term, value, cls) {
     list.append(el("dt", term), el("dd", value, cls));

@@ -15,12 +15,15 @@
 (function () {
   const renderers = (window.consoleRender = window.consoleRender || {});
 
+  // One element with its class and text (set as text, never parsed as markup): every page's script
+  // builds its results with this one, as window.consoleEl.
   function text(tag, value, cls) {
-    const el = document.createElement(tag);
-    if (cls) el.className = cls;
-    el.textContent = value;
-    return el;
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (value !== undefined && value !== null) node.textContent = String(value);
+    return node;
   }
+  window.consoleEl = text;
 
   // A secret shown once (a one-time password, an invitation link, an API token), with a copy button
   // (the clipboard API needs a secure context or localhost). Shared by the pages' own renderers.

@@ -6,12 +6,7 @@
   const renderers = (window.consoleRender = window.consoleRender || {});
   const BADGES = { active: "badge ok", next: "badge warn", retiring: "badge", expired: "badge bad" };
 
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const el = window.consoleEl; // (tag, text, cls): console.js
 
   function when(iso) {
     return iso ? iso.replace("T", " ").replace(/(\.\d+)?(Z|[+-]00:00)$/, "") : "—";

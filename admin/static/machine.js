@@ -7,21 +7,16 @@
 (function () {
   const renderers = (window.consoleRender = window.consoleRender || {});
 
-  function el(tag, cls, value) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (value !== undefined) node.textContent = value;
-    return node;
-  }
+  const el = window.consoleEl; // (tag, text, cls): console.js
 
   renderers.tokenIssued = (data, box) => {
     const details = data.details;
     box.append(
-      el("p", "alert ok", `Token ${details.id} for ${details.account}, valid until ${details.expires_at.slice(0, 16).replace("T", " ")} UTC.`),
-      el("p", "alert", "Copy it now: it is not shown again. Store it where the job reads its secrets."),
+      el("p", `Token ${details.id} for ${details.account}, valid until ${details.expires_at.slice(0, 16).replace("T", " ")} UTC.`, "alert ok"),
+      el("p", "Copy it now: it is not shown again. Store it where the job reads its secrets.", "alert"),
     );
     const row = window.consoleSecretRow("issued-token", data.token);
-    const done = el("button", "secondary", "Done: show it in the list");
+    const done = el("button", "Done: show it in the list", "secondary");
     done.type = "button";
     done.addEventListener("click", () => window.location.reload());
     box.append(row, done);

@@ -9,12 +9,7 @@
 (function () {
   const renderers = (window.consoleRender = window.consoleRender || {});
 
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
+  const el = window.consoleEl; // (tag, text, cls): console.js
 
   function plural(n, word) {
     return `${n} ${word}${n === 1 ? "" : "s"}`;

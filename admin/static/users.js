@@ -8,12 +8,7 @@
 (function () {
   const renderers = (window.consoleRender = window.consoleRender || {});
 
-  function el(tag, cls, value) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (value !== undefined) node.textContent = value;
-    return node;
-  }
+  const el = window.consoleEl; // (tag, text, cls): console.js
 
   const secretRow = (id, value) => window.consoleSecretRow(id, value);
 
@@ -22,17 +17,17 @@
   }
 
   function accountLink(username) {
-    const link = el("a", "", "Open the account");
+    const link = el("a", "Open the account");
     link.href = "/users/" + encodeURIComponent(username);
     return link;
   }
 
   renderers.created = (data, box, form) => {
-    const card = el("div", "alert ok created");
+    const card = el("div", undefined, "alert ok created");
     if (data.invitation_url) {
-      card.append(el("p", "", `Created ${data.username}. Send them this invitation link; it is shown only now.`));
+      card.append(el("p", `Created ${data.username}. Send them this invitation link; it is shown only now.`));
       card.append(secretRow("invitation-link", data.invitation_url));
-      const next = el("p", "muted");
+      const next = el("p", undefined, "muted");
       next.append(
         `It works once, until ${until(data.invitation_expires_at)}: they choose their password there, ` +
           "sign in, then add a second factor. ",
@@ -40,9 +35,9 @@
       next.append(accountLink(data.username));
       card.append(next);
     } else {
-      card.append(el("p", "", `Created ${data.username}. Give them this one-time password; it is shown only now.`));
+      card.append(el("p", `Created ${data.username}. Give them this one-time password; it is shown only now.`));
       card.append(secretRow("one-time-password", data.one_time_password));
-      const next = el("p", "muted");
+      const next = el("p", undefined, "muted");
       next.append(`They sign in at ${data.sign_in_url}, choose a new password, then add a second factor. `);
       next.append(accountLink(data.username));
       card.append(next);
@@ -52,10 +47,10 @@
   };
 
   renderers.invited = (data, box, form) => {
-    const card = el("div", "alert ok created");
-    card.append(el("p", "", data.message));
+    const card = el("div", undefined, "alert ok created");
+    card.append(el("p", data.message));
     card.append(secretRow("invitation-link", data.invitation_url));
-    card.append(el("p", "muted", "Send it to them; it is shown only now. Reload the page to see the account's history."));
+    card.append(el("p", "Send it to them; it is shown only now. Reload the page to see the account's history.", "muted"));
     box.append(card);
     if (form) form.reset();
   };
