@@ -330,9 +330,9 @@ class RouteIdentityHeaders(_Config, frozen=True):
     def over(self, default: IdentityHeaderNames) -> IdentityHeaderNames:
         """The names this route sends the identity under, the global ``default`` filling the gaps."""
         return IdentityHeaderNames(
-            user=self.user or default.user,
-            email=self.email or default.email,
-            roles=self.roles or default.roles,
+            user=default.user if self.user is None else self.user,
+            email=default.email if self.email is None else self.email,
+            roles=default.roles if self.roles is None else self.roles,
         )
 
 

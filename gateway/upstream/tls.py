@@ -80,29 +80,30 @@ class TlsClient:
         server_name: SNI and the name checked against the certificate; ``None`` means the URL's host.
     """
 
-    __slots__ = ("_checked", "_context", "_crl", "_crl_seen", "_settings", "server_name")
+    __slots__ = ("_checked", "_context", "_crl_seen", "_follow", "server_name")
 
     def __init__(
         self, context: ssl.SSLContext, server_name: str | None, settings: UpstreamTls | None = None
     ) -> None:
         self._context = context
         self.server_name = server_name
-        self._settings = settings
-        # The revocation list to follow, if any: the property's one test on the way to the context.
-        self._crl = None if settings is None else settings.crl_file
-        self._crl_seen = None if self._crl is None else _file_state(self._crl)
+        # The settings to build from again and the revocation list to watch; None without a list
+        # (then the property's one test is all a connection pays).
+        crl = None if settings is None else settings.crl_file
+        self._follow = None if settings is None or crl is None else (settings, crl)
+        self._crl_seen = None if crl is None else _file_state(crl)
         self._checked = time.monotonic()
 
     @property
     def context(self) -> ssl.SSLContext:
         """The client context (certificate, CA or pin, revocation list, minimum version)."""
-        if self._crl is not None:
-            self._follow_crl(self._crl)
+        if self._follow is not None:
+            self._follow_crl(*self._follow)
         return self._context
 
-    def _follow_crl(self, crl: str) -> None:
+    def _follow_crl(self, settings: UpstreamTls, crl: str) -> None:
         now = time.monotonic()
-        if now - self._checked < CRL_CHECK_INTERVAL or self._settings is None:
+        if now - self._checked < CRL_CHECK_INTERVAL:
             return
         self._checked = now
         seen = _file_state(crl)
@@ -110,7 +111,7 @@ class TlsClient:
             return
         self._crl_seen = seen
         try:
-            self._context = _context_for(self._settings)
+            self._context = _context_for(settings)
         except ValueError as exc:
             logger.warning(
                 "upstream_tls.crl_file %s changed but cannot be used; keeping the last one: %s", crl, exc

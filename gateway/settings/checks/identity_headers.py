@@ -59,13 +59,6 @@ def check_identity_headers(settings: Settings, report: Report) -> None:
     _check_names(settings.identity_headers, ("identity_headers",), report)
     for index, route in enumerate(settings.routes):
         if route.identity_headers is not None:
-            for field in ("user", "email", "roles"):
-                if getattr(route.identity_headers, field) == "":
-                    # Not "the global name": an empty name is a slip, said as one.
-                    report.add(
-                        ("routes", index, "identity_headers", field),
-                        "is empty; give a header name or leave it out",
-                    )
             _check_names(
                 route.identity_headers.over(settings.identity_headers),
                 ("routes", index, "identity_headers"),

@@ -73,7 +73,7 @@ def test_a_route_may_name_its_own_identity_headers() -> None:
         ("{user: Cookie}", "meaning of its own"),
         ("{user: 'Remote User'}", "not a valid header name"),
         ("{roles: x-gateway-email}", "already the email header"),
-        ("{user: ''}", "is empty"),
+        ("{user: ''}", "not a valid header name"),  # an empty name, not "the global one"
     ],
 )
 def test_a_routes_bad_names_are_refused_where_they_are_written(names: str, says: str) -> None:
