@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from gateway.settings.trusted import TrustedProxies
 
@@ -216,7 +216,7 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
 
 
 # What the request side does with a header, by its name as received (see _classify).
-_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE = range(6)
+_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE, _CLEAR_SITE_DATA = range(7)
 # Requests and responses repeat the same few dozen header names, so what to do with each is remembered;
 # a bounded number, since clients and upstreams choose them.
 _MAX_REMEMBERED_NAMES = 4096
@@ -338,7 +338,10 @@ def clean_response_headers(
     A ``Set-Cookie`` for one of the gateway's own cookies (``own_cookies``, lower-case names) is
     dropped too: the session cookie is HttpOnly, so no script can overwrite it, and a response header is
     how an app with a cookie-injection bug would plant another session in the browser (signing the
-    person in as someone else on every route of that host) or clear it.
+    person in as someone else on every route of that host) or clear it. For the same reason an app's
+    ``Clear-Site-Data`` loses its ``"cookies"`` (and ``"*"``) directive: browsers clear the cookies of
+    the whole registrable domain, so one app could sign the person out of the gateway on every host
+    (:func:`_without_cookie_clearing`).
     """
     items = raw if isinstance(raw, list) else list(raw)
     out: Headers = []
@@ -349,6 +352,10 @@ def clean_response_headers(
             out.append((lname, value))
         elif kind == _SET_COOKIE:
             if not own_cookies or _cookie_name(value) not in own_cookies:
+                out.append((lname, value))
+        elif kind == _CLEAR_SITE_DATA:
+            value = _without_cookie_clearing(value) if own_cookies else value
+            if value:
                 out.append((lname, value))
         elif lname == b"connection":
             connection = True
@@ -369,13 +376,45 @@ def _cookie_name(set_cookie: bytes) -> bytes:
     return set_cookie.partition(b"=")[0].strip().lower()
 
 
+# Clear-Site-Data types (W3C Clear Site Data §3.1 and what Chromium adds) other than "cookies": what an
+# app's "*" still clears. Directives are quoted strings; a browser ignores one it does not know.
+_CLEARABLE_WITHOUT_COOKIES: Final = (
+    b'"cache"',
+    b'"storage"',
+    b'"executionContexts"',
+    b'"clientHints"',
+    b'"prefetchCache"',
+    b'"prerenderCache"',
+)
+
+
+def _without_cookie_clearing(value: bytes) -> bytes:
+    """A ``Clear-Site-Data`` value without the directives that clear cookies (empty: drop the header).
+
+    ``"cookies"`` clears every cookie of the registrable domain, the gateway's session on the sign-in
+    host and on every other app's host included; ``"*"`` is every type, so it becomes the others. The
+    app's own cookies it can still expire with ``Set-Cookie``. A directive is compared without quotes
+    or case, so a spelling some browser might accept is never let through.
+    """
+    kept: list[bytes] = []
+    for part in value.split(b","):
+        directive = part.strip().strip(b'"').strip().lower()
+        if directive == b"*":
+            kept.extend(_CLEARABLE_WITHOUT_COOKIES)
+        elif directive and directive != b"cookies":
+            kept.append(part.strip())
+    return b", ".join(dict.fromkeys(kept))
+
+
 @lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
 def _classify_response(name: bytes) -> tuple[int, bytes]:
     """What to do with a response header of this name (dropped: hop-by-hop, or the request id the
-    gateway sets itself; a cookie to look at; kept), and its lower case."""
+    gateway sets itself; a cookie or a site-data clearing to look at; kept), and its lower case."""
     lname = name.lower()
     if lname in HOP_BY_HOP or lname == b"x-request-id":
         return _DROP, lname
     if lname == b"set-cookie":
         return _SET_COOKIE, lname
+    if lname == b"clear-site-data":
+        return _CLEAR_SITE_DATA, lname
     return _KEEP, lname

@@ -65,6 +65,9 @@ class _ResponseHeadersHandler(BaseHTTPRequestHandler):
         self.send_header("Trailer", "X-Checksum")
         self.send_header("Upgrade", "h2c")
         self.send_header("X-Request-Id", "chosen-by-upstream")
+        # Clearing the cookies would sign the person out of the gateway on every host of the site.
+        self.send_header("Clear-Site-Data", '"cache", "cookies"')
+        self.send_header("Clear-Site-Data", '"*"')
         self.send_header("X-App", "kept")
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -430,7 +433,8 @@ def test_connection_cannot_remove_the_host_header(gw: Gateway) -> None:
 def test_hop_by_hop_response_headers_are_removed_and_cookies_survive(gw: Gateway) -> None:
     """Upstream hop-by-hop headers (and those it names in Connection) stop at the gateway, while every
     Set-Cookie line is passed on separately (folding them would corrupt cookies with commas); the
-    app's Set-Cookie lines for the gateway's own cookies (``TOSSED_COOKIES``) stop too."""
+    app's Set-Cookie lines for the gateway's own cookies (``TOSSED_COOKIES``) stop too, and so does
+    its ``Clear-Site-Data`` of cookies (the rest of its clearing is kept)."""
     resp = _get(gw, "/", headers={"Host": "response-headers.test"})
     assert resp.status_code == 200
     assert resp.text == "upstream body"
@@ -440,6 +444,10 @@ def test_hop_by_hop_response_headers_are_removed_and_cookies_survive(gw: Gateway
         assert name not in resp.headers, name
     assert "X-Upstream-Secret" not in resp.headers.get("connection", "")
     assert resp.headers["x-app"] == "kept"
+    cleared = resp.headers.get_list("clear-site-data")
+    assert cleared[0] == '"cache"'
+    assert '"storage"' in cleared[1]
+    assert not [value for value in cleared if "cookies" in value or "*" in value]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -178,6 +178,34 @@ def test_an_app_cannot_set_the_gateways_cookies() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("sent", "passed"),
+    [
+        (b'"cookies"', None),
+        (b'"Cookies"', None),  # any case, quoted or not: no browser's reading is let through
+        (b"cookies", None),
+        (b'"cache", "cookies"', b'"cache"'),
+        (b' "cookies" ,"storage" ', b'"storage"'),
+        (b'"cache", "storage"', b'"cache", "storage"'),  # nothing to take out: passed as it came
+        (
+            b'"*"',
+            b'"cache", "storage", "executionContexts", "clientHints", "prefetchCache", "prerenderCache"',
+        ),
+        (
+            b'"cache", "*"',
+            b'"cache", "storage", "executionContexts", "clientHints", "prefetchCache", "prerenderCache"',
+        ),
+    ],
+)
+def test_an_app_cannot_clear_the_gateways_cookies(sent: bytes, passed: bytes | None) -> None:
+    """``Clear-Site-Data: "cookies"`` clears every cookie of the registrable domain, the gateway's
+    session on every host included: the directive is taken out, the app's other clearing kept."""
+    own = frozenset({b"__host-gateway_session"})
+    out = clean_response_headers([(b"Clear-Site-Data", sent)], request_id="rid", own_cookies=own)
+    cleared = [value for name, value in out if name == b"clear-site-data"]
+    assert cleared == ([] if passed is None else [passed])
+
+
 def test_gateway_cookies_never_reach_the_upstream() -> None:
     headers = [
         (b"host", b"app"),
