@@ -22,6 +22,7 @@ policy (422).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
@@ -78,6 +79,7 @@ from gateway.response.workflow import RecoveryChecksFailed
 from gateway.services import IdentityServices, Services
 from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.settings.trusted import may_see_internals
+from gateway.store.fast import FastState
 from gateway.store.ids import parse_id
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
@@ -87,6 +89,8 @@ __all__ = ["create_admin_app", "dependencies"]
 logger = logging.getLogger("gateway.admin")
 
 _PUBLIC = "public"  # handler opt: no session needed (health)
+#: Seconds between two ``admin.refused`` records of one account.
+REFUSAL_RECORD_EVERY: Final = 60.0
 _REQUEST_ID = "request_id"
 # casbin's field names, as PolicyError messages use them, and what this API calls them.
 _FIELD_NAMES = "sub=subject, dom=route, obj=path, act=methods, eft=effect"
@@ -297,12 +301,15 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 class AdminGuard:
     """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
 
-    __slots__ = ("_identity", "_live", "_origins", "_policy")
+    __slots__ = ("_fast", "_identity", "_live", "_origins", "_policy")
 
-    def __init__(self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig) -> None:
+    def __init__(
+        self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig, fast: FastState
+    ) -> None:
         self._identity = identity
         self._policy = policy
         self._live = live
+        self._fast = fast
         config = live.current
         if config.settings.admin.listen is None:
             raise GatewayError("admin.listen is null: the admin API is disabled in this configuration")
@@ -334,13 +341,24 @@ class AdminGuard:
                 now=self._identity.clock.time(),
             )
         except AdminRoleRequired as err:
-            # A signed-in non-admin probing the admin API is worth a line in the trail.
-            await _audit(
-                self._identity, connection, "admin.refused", actor=f"user:{err.username}", outcome="failure",
-                details={"error": err.reason, "path": connection.url.path},
-            )  # fmt: skip
+            # A signed-in non-admin probing the admin API is worth a line in the trail, but one a
+            # minute per account: else anyone signed in could fill the trail and bury real events.
+            if await self._first_refusal(err.username):
+                await _audit(
+                    self._identity, connection, "admin.refused", actor=f"user:{err.username}",
+                    outcome="failure", details={"error": err.reason, "path": connection.url.path},
+                )  # fmt: skip
             raise
         connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
+
+    async def _first_refusal(self, username: str) -> bool:
+        """Whether this is the account's first refusal in :data:`REFUSAL_RECORD_EVERY` (shared by every
+        process and replica); when the fast state cannot say, the refusal is recorded."""
+        key = f"admin:refused:{hashlib.sha256(username.encode()).hexdigest()[:32]}"
+        try:
+            return await self._fast.set(key, b"1", ttl=REFUSAL_RECORD_EVERY, only_if_absent=True)
+        except GatewayError:
+            return True
 
 
 async def _change(
@@ -352,13 +370,13 @@ async def _change(
     make: Callable[[str], Awaitable[int]],
     *,
     config: CurrentConfig,
-    destructive: bool = False,
 ) -> ChangeResult:
     """Run one policy change as this admin, audit it (also when refused), make it live here.
 
     With ``admin.approvals: 2`` no change is made directly: it is proposed and another admin approves
-    it (``/api/policy/proposals``). A destructive change (replace, restore) also needs a second factor
-    used within ``admin.destructive_reauth_max_age``.
+    it (``/api/policy/proposals``). Every change needs a second factor used within
+    ``admin.destructive_reauth_max_age``: adding or removing rules and role links reaches any policy a
+    replace does (allow everything, make someone an admin, remove every rule).
     """
     admin = _admin_of(request)
     store = policy.store
@@ -370,8 +388,7 @@ async def _change(
                 "This gateway needs two admins for a policy change (admin.approvals: 2): propose it with "
                 "POST /api/policy/proposals (the console's Policies page), and another admin approves it."
             )
-        if destructive:
-            confirm_destructive(admin, config, identity.clock)
+        confirm_destructive(admin, config, identity.clock)
         version = await make(admin.actor)
     except GatewayError as err:
         await _audit(
@@ -522,7 +539,6 @@ async def replace_policy(
             rules, actor=actor, reason=data.reason, expected_version=data.expected_version
         ),
         config=config,
-        destructive=True,
     )
 
 
@@ -549,7 +565,6 @@ async def restore(
         details,
         lambda actor: policy.store.restore(number, actor=actor, reason=data.reason),
         config=config,
-        destructive=True,
     )
 
 
@@ -755,7 +770,7 @@ def create_admin_app(services: Services) -> Litestar:
     Raises:
         GatewayError: ``admin.listen`` is null (the configuration serves no admin API).
     """
-    guard = AdminGuard(services.identity, services.policy, services.live)
+    guard = AdminGuard(services.identity, services.policy, services.live, services.fast)
     return Litestar(
         route_handlers=[*HANDLERS, *LOCKDOWN, *MACHINE, *console.HANDLERS, console.static_router()],
         template_config=console.template_config(),

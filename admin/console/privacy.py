@@ -14,11 +14,13 @@ An objection or a consent withdrawal that reaches the organisation by email, pho
 recorded here for the person (``object``, ``withdraw_consent``) through the service method their own
 portal calls, so the effect is theirs: the purpose stops for their sessions at once (an objection to
 ``policy_analytics`` keeps their requests out of the decision sample). The register row's
-``verified_by`` is what the admin wrote followed by the admin. Like a restriction, neither asks for a
-recent second factor: both only stop processing, and the person can undo them from their portal.
+``verified_by`` is what the admin wrote followed by the admin. Neither asks for a recent second
+factor: both only stop processing, and the person can undo them from their portal.
 
 Erasing someone and releasing a legal hold are destructive: they need a reason and a second factor used
-within ``admin.destructive_reauth_max_age``. Releasing a hold carries out at once the erasures it held
+within ``admin.destructive_reauth_max_age``. Restricting (or lifting a restriction) and closing an
+account need that second factor too: they decide who may sign in and end sessions, as disabling and
+enabling an account do, so they must not be a way around those. Releasing a hold carries out at once the erasures it held
 back (what the people asked for; only the hold stood in the way). An admin cannot restrict, close or
 erase their own account here (their session would end with it): the account portal does that.
 
@@ -931,11 +933,14 @@ async def restrict_user(
     data: JSONBody[Restrict],
 ) -> RightResult:  # fmt: skip
     """Restrict processing (``restricted: true``: no sign-in, every session ends, the data is kept
-    unchanged, no optional processing) or lift the restriction (``false``)."""
+    unchanged, no optional processing) or lift the restriction (``false``). Either needs a recent
+    second factor, as disabling and enabling do."""
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
         chosen = _law(settings, data.law)
+        # Either way it decides who may sign in, as disabling and enabling do.
+        confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         if data.restricted:
             _not_own(user, admin, "restrict")
@@ -959,11 +964,12 @@ async def close_user(
 ) -> RightResult:  # fmt: skip
     """Close the account (the registration is cancelled): no sign-in from now, every session ends, and
     the data is erased ``privacy.retention.registration`` later. 409 ``account-closed-already`` for a
-    closed one (closing again would restart that period)."""
+    closed one (closing again would restart that period). Needs a recent second factor."""
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
         chosen = _law(settings, data.law)
+        confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         _not_own(user, admin, "close")
         if user.closed_at is not None:

@@ -8,8 +8,17 @@ the domain's event (``user.disabled``, ``user.mfa_reset``, …, actor ``user:<ad
 ``admin.user.<action>`` event with the admin's reason and outcome, also when the action is refused.
 
 Destructive actions (disable, which ends every session; reset second factors; end all sessions) need a
-reason and a second factor used within ``admin.destructive_reauth_max_age``; the others take an
+reason and a second factor used within ``admin.destructive_reauth_max_age``. So, without a required
+reason, do the other ways to the same ends or to more power: enabling an account (it lifts a lock a
+threat response may have set), setting local roles and creating an account with roles (a local role
+can be the admin role), and a forced password change that also ends the sessions. The others take an
 optional reason.
+
+With ``admin.approvals: 2`` one admin must not be able to act as two: making an account an admin
+(through its local roles, or a new account whose name the policy already makes an admin) and resetting
+an admin's credentials (their second factors, or their password for an invitation link) are refused
+(403 ``second-admin-required``): the first is proposed as a policy change another admin approves, the
+second is done on the host with ``gateway user reset-mfa`` / ``set-password``.
 
 A new account gets a one-time password, shown once in the answer and never stored or logged in the
 clear; the user must choose a new one at the first sign-in (the gateway's password page holds the
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -34,11 +43,12 @@ from litestar import Request, delete, get, post, put
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
+from admin.access import holds_role
 from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.identity.accounts import AccountFactors, FactorInfo, UnknownAccount, UserSummary
 from gateway.identity.invitations import INVITE_PATH, Invitation, Invitations, IssuedInvitation
 from gateway.identity.models import User
@@ -63,6 +73,13 @@ class InvitationRefused(GatewayError):
     status = 409
     reason = "invitation-refused"
     title = "No invitation for this account"
+
+
+class SecondAdminRequired(Forbidden):
+    """``admin.approvals: 2``: this would let one admin act as two (see the module docstring)."""
+
+    reason = "second-admin-required"
+    title = "Another admin must take part"
 
 
 class UnknownSession(GatewayError):
@@ -420,10 +437,8 @@ async def _roles(user: User, sessions: list[Session], policy: Policy, admin_role
         for r in stored.rules.links
         if r.member == member
     ]
-    groups = sorted({g for s in sessions for g in s.groups})
-    # As a session of this account would speak (gateway.pipeline.authorize.principals_of), with the
-    # groups its live sessions were given by an identity provider.
-    principals = [member, *direct, *(f"group:{g}" for g in groups), AUTHENTICATED]
+    groups = _groups(sessions)
+    principals = _principals(user.username, direct, groups)
     index = policy.authorizer.index
     effective: dict[str, str] = {role: "local role" for role in direct}
     for principal in principals:
@@ -437,6 +452,54 @@ async def _roles(user: User, sessions: list[Session], policy: Policy, admin_role
         admin_role=admin_role,
         is_admin=admin_role in effective or admin_role == member,
     )
+
+
+def _groups(sessions: list[Session]) -> list[str]:
+    return sorted({g for s in sessions for g in s.groups})
+
+
+def _principals(username: str, roles: Iterable[str], groups: Iterable[str]) -> list[str]:
+    # As a session of this account would speak (gateway.pipeline.authorize.principals_of), with the
+    # groups its live sessions were given by an identity provider.
+    return [f"user:{username}", *roles, *(f"group:{g}" for g in groups), AUTHENTICATED]
+
+
+def _would_be_admin(
+    policy: Policy, config: Config, username: str, roles: Iterable[str], groups: Iterable[str]
+) -> bool:
+    principals = _principals(username, roles, groups)
+    return holds_role(principals, config.settings.admin.role, policy.authorizer.index)
+
+
+async def _is_admin(services: Services, policy: Policy, config: Config, user: User) -> bool:
+    groups = _groups(await services.identity.sessions.list_user(user.id))
+    return _would_be_admin(policy, config, user.username, user.roles.split(), groups)
+
+
+def _second_admin_required(config: Config) -> bool:
+    return config.settings.admin.approvals > 1
+
+
+def _refuse_new_admin(config: Config, username: str) -> None:
+    """Making an admin is a policy change, which ``admin.approvals: 2`` gives two admins."""
+    role = config.settings.admin.role
+    raise SecondAdminRequired(
+        f"This would make {username} an admin, and this gateway needs two admins for that "
+        f"(admin.approvals: 2): propose 'g, user:{username}, {role}' on the Policies page (POST "
+        "/api/policy/proposals), and another admin approves it."
+    )
+
+
+async def _refuse_admin_takeover(
+    services: Services, policy: Policy, config: Config, user: User, what: str
+) -> None:
+    """One admin resetting another admin's credentials could then sign in as them, and approve alone."""
+    if _second_admin_required(config) and await _is_admin(services, policy, config, user):
+        raise SecondAdminRequired(
+            f"{user.username} is an admin, and this gateway needs two admins for a policy change "
+            f"(admin.approvals: 2): one admin may not {what} of another, which would let them act as "
+            f"both. Do it on the gateway's host: gateway user reset-mfa / set-password {user.username}."
+        )
 
 
 async def _account(services: Services, username: str) -> User:
@@ -559,18 +622,30 @@ async def get_user(services: AdminServices, policy: Policy, config: Config, user
 
 @post("/api/users", status_code=201, tags=["users"])
 async def create_user(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[CreateUser]
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    policy: Policy,
+    config: Config,
+    data: JSONBody[CreateUser],
 ) -> Created:
     """Create an account. ``mode: "password"``: with a one-time password, shown once here; the user must
     change it at the first sign-in. ``mode: "invitation"``: with no password and an invitation link,
     shown once here, where the user chooses one (valid once, for ``admin.invitation_ttl``). 409 if the
-    username or email is taken, 400 for a name or role the gateway refuses."""
+    username or email is taken, 400 for a name or role the gateway refuses. With ``roles``, a recent
+    second factor is needed (a local role can be the admin role); with ``admin.approvals: 2`` an
+    account that would be an admin is refused (403 ``second-admin-required``: propose it instead)."""
     admin = admin_of(request)
     invited = data.mode == "invitation"
     password = None if invited else one_time_password()
     details: dict[str, object] = {"reason": data.reason, "mode": data.mode, "roles": " ".join(data.roles)}
     issued: IssuedInvitation | None = None
     try:
+        # The policy may already name this username as an admin (a g-line left from an earlier account).
+        made_admin = _would_be_admin(policy, config, data.username, data.roles, ())
+        if data.roles or made_admin:
+            confirm_destructive(admin, config, services.identity.clock)
+        if made_admin and _second_admin_required(config):
+            _refuse_new_admin(config, data.username)
         user = await services.identity.accounts.create(
             username=data.username,
             password=password,
@@ -618,6 +693,7 @@ async def create_user(
 async def invite_user(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[InviteChange],
@@ -640,6 +716,7 @@ async def invite_user(
                 )
             if not data.reason.strip():
                 raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
+            await _refuse_admin_takeover(services, policy, config, user, "replace the password")
             ended = await services.identity.accounts.clear_password(user.id, actor=actor)
         issued = await _invite(services, config, user, actor)
         noted["invitation"] = issued.invitation.fingerprint
@@ -702,7 +779,8 @@ async def enable_user(
     username: Username,
     data: JSONBody[Change],
 ) -> ActionResult:
-    """Allow a disabled account to sign in again."""
+    """Allow a disabled account to sign in again. Needs a recent second factor: it lifts a lock (a threat
+    response's ``lock_account`` disables the account) as surely as lifting an incident does."""
 
     async def work(user: User, actor: str) -> ActionResult:
         await services.identity.accounts.enable(user.id, actor=actor)
@@ -710,7 +788,7 @@ async def enable_user(
             username=user.username, action="enable", message=f"{user.username} may sign in again."
         )
 
-    return await _act(request, services, config, username, "enable", data.reason, work)
+    return await _act(request, services, config, username, "enable", data.reason, work, destructive=True)
 
 
 @post("/api/users/{username:str}/password-change", status_code=200, tags=["users"])
@@ -722,7 +800,8 @@ async def require_password_change(
     data: JSONBody[PasswordChange],
 ) -> ActionResult:
     """Make the user choose a new password at the next sign-in (``end_sessions``: sign them out now,
-    so that is at once). 400 for an account without a password."""
+    so that is at once; like ending all sessions, that needs a recent second factor). 400 for an
+    account without a password."""
 
     async def work(user: User, actor: str) -> ActionResult:
         identity = services.identity
@@ -735,21 +814,33 @@ async def require_password_change(
             message=f"{user.username} must choose a new password at the next sign-in.{_ended(ended)}",
         )
 
-    return await _act(request, services, config, username, "password_change", data.reason, work)
+    return await _act(
+        request,
+        services,
+        config,
+        username,
+        "password_change",
+        data.reason,
+        work,
+        destructive=data.end_sessions,
+    )
 
 
 @post("/api/users/{username:str}/reset-factors", status_code=200, tags=["users"])
 async def reset_factors(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[DestructiveChange],
 ) -> ActionResult:
     """Remove every authenticator app, passkey, security key and recovery code, and end the sessions; the
-    user enrols again at the next sign-in. Destructive: needs a reason and a recent second factor."""
+    user enrols again at the next sign-in. Destructive: needs a reason and a recent second factor. With
+    ``admin.approvals: 2``, refused for an admin's account (403 ``second-admin-required``)."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        await _refuse_admin_takeover(services, policy, config, user, "reset the second factors")
         removed = await services.identity.accounts.reset_mfa(user.id, actor=actor)
         ended = removed.get("sessions")
         return ActionResult(
@@ -771,15 +862,23 @@ async def reset_factors(
 async def set_roles(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[RolesChange],
 ) -> ActionResult:
     """Replace the account's local roles. Removing one ends the user's sessions (they carry the roles they
     signed in with); added roles apply from the next sign-in. Roles from the policy's g-lines are changed
-    with ``/api/policy/roles``."""
+    with ``/api/policy/roles``. Needs a recent second factor (a local role can be the admin role); with
+    ``admin.approvals: 2``, roles that would make a non-admin an admin are refused (403
+    ``second-admin-required``: propose it instead)."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        if _second_admin_required(config):
+            groups = _groups(await services.identity.sessions.list_user(user.id))
+            before = _would_be_admin(policy, config, user.username, user.roles.split(), groups)
+            if not before and _would_be_admin(policy, config, user.username, data.roles, groups):
+                _refuse_new_admin(config, user.username)
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
         ended = changed.sessions_ended if changed.removed else None
         roles = ", ".join(changed.roles) or "none"
@@ -790,7 +889,7 @@ async def set_roles(
             message=f"Local roles of {user.username}: {roles}.{_ended(ended)}",
         )
 
-    return await _act(request, services, config, username, "roles", data.reason, work)
+    return await _act(request, services, config, username, "roles", data.reason, work, destructive=True)
 
 
 @delete("/api/users/{username:str}/sessions/{session:str}", status_code=200, tags=["users"])

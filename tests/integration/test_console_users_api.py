@@ -385,8 +385,10 @@ def test_a_destructive_action_with_an_older_factor_must_step_up(strict: Site) ->
         assert body["location"].endswith("/.gateway/mfa?need=any")
     assert not needs_sign_in(kim)  # nothing changed
     assert detail(strict, admin, "kim")["status"] == "active"
+    # Enabling lifts a lock as surely as lifting an incident does: it needs the recent factor too.
+    assert_error(api(strict, admin, "POST", "/api/users/kim/enable", json={}), 403, "step-up-required")
     # Ordinary changes still pass with the factor fresh enough for admin work.
-    assert api(strict, admin, "POST", "/api/users/kim/enable", json={}).status_code == 200
+    assert api(strict, admin, "POST", "/api/users/kim/password-change", json={}).status_code == 200
     refused = [r for r in strict.audit("admin.user.disable") if r["outcome"] == "failure"]
     assert json.loads(refused[-1]["details"]) == {"reason": "r", "error": "step-up-required"}
     assert cookie(admin)

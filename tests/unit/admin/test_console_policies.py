@@ -1,36 +1,11 @@
-"""The console's Policies API in process: the draft checks, saving against a version, two-person approval.
-
-The admin role's real services (SQLite file, in-process fast state) behind Litestar's client, with
-admin sessions created directly in the session store, so the age of their second factor is chosen
-(a destructive action needs one within ``admin.destructive_reauth_max_age``).
-"""
+"""The console's Policies API in process (:mod:`tests.unit.admin.console_app`): the draft checks,
+saving against a version, two-person approval."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
-
-import httpx
-import pytest
-import yaml
-from litestar.testing import AsyncTestClient
-
-from admin.app import create_admin_app
 from gateway.authz.sample import DecisionSample
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.root.start import Role, start
-from gateway.services import Services
-from gateway.settings.loader import load_settings
+from tests.unit.admin.console_app import POLICY, Start
 
-ADMIN_PORT = 9443
-ORIGIN = f"http://gw.test:{ADMIN_PORT}"
-POLICY = """\
-p, authenticated, app, /docs/*, GET, allow
-p, admin, *, /*, *, allow
-g, user:boss, admin
-g, user:second, admin
-"""
 CASES = """\
 - name: docs for everyone signed in
   principals: [user:zoe, authenticated]
@@ -45,72 +20,6 @@ CASES = """\
   path: /private
   expect: deny
 """
-
-
-class Console:
-    def __init__(self, client: AsyncTestClient[Any], services: Services) -> None:
-        self.client = client
-        self.services = services
-
-    async def session(self, username: str, *, factor_age: float = 0.0) -> str:
-        now = self.services.identity.clock.time()
-        session_id, _ = await self.services.identity.sessions.create(
-            user_id=1 if username == "boss" else 2,
-            username=username,
-            level=AuthLevel.TWO_FACTOR,
-            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now - factor_age)),
-            roles=(),
-            ip="127.0.0.1",
-            user_agent="test",
-            host="http://gw.test:8080",
-        )
-        return session_id
-
-    async def call(self, session_id: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Origin": ORIGIN, "Cookie": f"gateway_session={session_id}", **kwargs.pop("headers", {})}
-        response: httpx.Response = await self.client.request(method, path, headers=headers, **kwargs)
-        return response
-
-    async def audit_kinds(self) -> list[tuple[str, str, str]]:
-        events = await self.services.identity.audit.events(limit=500)
-        return [(e.kind, e.actor, e.outcome) for e in events]
-
-
-Start = Callable[..., Awaitable[Console]]
-
-
-@pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[Start]:
-    closing: list[Any] = []
-
-    async def open_console(approvals: int = 1) -> Console:
-        (tmp_path / "policy.csv").write_text(POLICY)
-        config = {
-            "listen": "127.0.0.1:8080",
-            "public_url": "http://gw.test:8080",
-            "data_dir": str(tmp_path / "data"),
-            "session": {"insecure_cookies": True},
-            "policy": {"file": str(tmp_path / "policy.csv")},
-            "admin": {"listen": f"127.0.0.1:{ADMIN_PORT}", "approvals": approvals},
-            "routes": [
-                {"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}
-            ],
-        }
-        path = tmp_path / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config))
-        running = await start(path, load_settings(path), role=Role.ADMIN)
-        closing.append(running)
-        client = AsyncTestClient(create_admin_app(running.services), base_url=ORIGIN)
-        await client.__aenter__()
-        closing.append(client)
-        return Console(client, running.services)
-
-    yield open_console
-    for item in reversed(closing):
-        if isinstance(item, AsyncTestClient):
-            await item.__aexit__(None, None, None)
-        else:
-            await item.close()
 
 
 async def test_validate_lists_findings_with_their_lines_and_a_malformed_line_is_one(console: Start) -> None:

@@ -1,0 +1,195 @@
+"""The admin API's limits, attacked through the other endpoints that reach the same end.
+
+Two limits an outside review got around (:mod:`tests.unit.admin.console_app` runs the admin app in
+process): ``admin.approvals: 2`` (one admin minting a second admin through local roles, or taking over
+another admin's account, then approving their own proposal as that admin), and the destructive
+actions' fresh second factor (adding an allow-all rule instead of replacing the policy, restricting
+instead of disabling, enabling instead of lifting). Each test tries the way around, then the control.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.unit.admin.console_app import POLICY, Console, Start
+
+# An admin whose second factor is ten minutes old: fresh enough for the API (15 minutes), not for a
+# destructive action (5 minutes).
+TIRED = 600.0
+OPS_ADMIN = POLICY + "g, ops, admin\ng, user:ghost, admin\n"
+
+
+async def _account(site: Console, username: str, *, roles: tuple[str, ...] = ()) -> None:
+    await site.services.identity.accounts.create(
+        username=username, password="correct horse battery staple", roles=roles, actor="test"
+    )
+
+
+def _refused(response: httpx.Response, reason: str) -> None:
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == reason, response.text
+
+
+async def test_one_admin_cannot_mint_a_second_admin_to_approve_their_own_proposal(console: Start) -> None:
+    site = await console(approvals=2, policy=OPS_ADMIN)
+    await _account(site, "boss", roles=("admin",))
+    await _account(site, "victim")
+    boss = await site.session("boss")
+    allow_all = OPS_ADMIN + "p, authenticated, *, /*, *, allow\n"
+    proposed = await site.call(
+        boss, "POST", "/api/policy/proposals", json={"policy": allow_all, "reason": "x"}
+    )
+    assert proposed.status_code == 201, proposed.text
+
+    # The admin role as a local role, a local role the policy makes an admin, a name the policy names.
+    for body in (
+        {"username": "puppet", "roles": ["admin"], "mode": "password"},
+        {"username": "puppet", "roles": ["ops"], "mode": "password"},
+        {"username": "ghost", "mode": "invitation"},
+    ):
+        made = await site.call(boss, "POST", "/api/users", json=body)
+        _refused(made, "second-admin-required")
+        assert "/api/policy/proposals" in made.json()["message"]
+    for name in ("puppet", "ghost"):
+        assert await site.services.identity.accounts.find(name) is None
+    for roles in (["admin"], ["viewer", "ops"]):
+        regranted = await site.call(boss, "PUT", "/api/users/victim/roles", json={"roles": roles})
+        _refused(regranted, "second-admin-required")
+    victim = await site.services.identity.accounts.find("victim")
+    assert victim is not None
+    assert victim.roles == ""
+
+    # Controls: roles that make nobody an admin, and an admin's roles changed while they stay one.
+    viewer = await site.call(
+        boss, "POST", "/api/users", json={"username": "viewer1", "roles": ["viewer"], "mode": "password"}
+    )
+    assert viewer.status_code == 201, viewer.text
+    kept = await site.call(boss, "PUT", "/api/users/boss/roles", json={"roles": ["admin", "viewer"]})
+    assert kept.status_code == 200, kept.text
+    assert (await site.services.policy.store.version()) == 1
+    kinds = await site.audit_kinds()
+    assert ("admin.user.create", "user:boss", "failure") in kinds
+    assert ("admin.user.roles", "user:boss", "failure") in kinds
+
+
+async def test_one_admin_cannot_take_over_another_admins_account(console: Start) -> None:
+    """Resetting a second admin's factors and their password for an invitation link would let one
+    admin sign in as the other; a non-admin's account is reset as before."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    reset = await site.call(boss, "POST", "/api/users/second/reset-factors", json={"reason": "lost phone"})
+    _refused(reset, "second-admin-required")
+    assert "gateway user reset-mfa" in reset.json()["message"]
+    invite = await site.call(
+        boss, "POST", "/api/users/second/invite", json={"reason": "lost password", "clear_password": True}
+    )
+    _refused(invite, "second-admin-required")
+    second = await site.services.identity.accounts.find("second")
+    assert second is not None
+    assert second.password_hash is not None
+
+    for path, body in (
+        ("/api/users/carol/reset-factors", {"reason": "lost phone"}),
+        ("/api/users/carol/invite", {"reason": "lost password", "clear_password": True}),
+    ):
+        done = await site.call(boss, "POST", path, json=body)
+        assert done.status_code == 200, (path, done.text)
+
+
+async def test_with_one_approval_an_admin_may_still_make_an_admin(console: Start) -> None:
+    """The two-person refusals hold only where two admins are asked for."""
+    site = await console(approvals=1)
+    await _account(site, "boss", roles=("admin",))
+    boss = await site.session("boss")
+    made = await site.call(
+        boss, "POST", "/api/users", json={"username": "deputy", "roles": ["admin"], "mode": "password"}
+    )
+    assert made.status_code == 201, made.text
+
+
+async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Start) -> None:
+    site = await console()
+    await _account(site, "boss", roles=("admin",))
+    await _account(site, "victim")
+    await _account(site, "locked")
+    locked = await site.services.identity.accounts.find("locked")
+    victim = await site.services.identity.accounts.find("victim")
+    assert locked is not None
+    assert victim is not None
+    await site.services.identity.accounts.disable(locked.id, actor="system")
+    victims_session = await site.session("victim")
+    tired = await site.session("boss", factor_age=TIRED)
+    allow_all = [
+        {
+            "ptype": "p",
+            "subject": "authenticated",
+            "route": "*",
+            "path": "/*",
+            "methods": "*",
+            "effect": "allow",
+        }
+    ]
+    grant = {"member": "user:victim", "role": "admin", "reason": "x"}
+    side_doors = [
+        ("POST", "/api/policy/rules", {"rules": allow_all, "reason": "x"}),
+        ("POST", "/api/policy/roles", grant),
+        (
+            "DELETE",
+            "/api/policy/rules",
+            {"rules": [{"ptype": "g", "member": "user:boss", "role": "admin"}], "reason": "x"},
+        ),
+        ("DELETE", "/api/policy/roles", {"member": "user:second", "role": "admin", "reason": "x"}),
+        ("PUT", "/api/users/victim/roles", {"roles": ["admin"]}),
+        ("POST", "/api/users", {"username": "puppet", "roles": ["admin"], "mode": "password"}),
+        ("POST", "/api/users/victim/password-change", {"end_sessions": True}),
+        ("POST", "/api/users/locked/enable", {}),
+        (
+            "POST",
+            f"/api/privacy/users/{victim.id}/restrict",
+            {"restricted": True, "verified_by": "x", "reason": "x"},
+        ),
+        ("POST", f"/api/privacy/users/{victim.id}/close", {"verified_by": "x", "reason": "x"}),
+    ]
+    for method, path, body in side_doors:
+        refused = await site.call(tired, method, path, json=body)
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert refused.json()["error"] == "step-up-required", (method, path, refused.text)
+    # Nothing changed: the policy, the victim's roles and session, the lock, no new account.
+    assert (await site.services.policy.store.version()) == 1
+    after = await site.services.identity.accounts.find("victim")
+    assert after is not None
+    assert (after.roles, after.restricted, after.closed_at) == ("", False, None)
+    assert await site.services.identity.sessions.get(victims_session) is not None
+    still = await site.services.identity.accounts.find("locked")
+    assert still is not None
+    assert still.disabled
+    assert await site.services.identity.accounts.find("puppet") is None
+
+    # Controls: what stays an ordinary change, and the same side doors with a fresh factor.
+    ordinary = [
+        ("POST", "/api/users/victim/password-change", {}),
+        ("POST", "/api/users", {"username": "plain", "mode": "password"}),
+    ]
+    for method, path, body in ordinary:
+        done = await site.call(tired, method, path, json=body)
+        assert done.status_code in (200, 201), (method, path, done.text)
+    fresh = await site.session("boss")
+    for method, path, body in side_doors[:2] + side_doors[4:8]:
+        done = await site.call(fresh, method, path, json=body)
+        assert done.status_code in (200, 201), (method, path, done.text)
+
+
+async def test_a_non_admin_probing_the_api_is_recorded_once_a_minute(console: Start) -> None:
+    """Each refusal is answered, but the audit trail gets one ``admin.refused`` per account and minute,
+    so a signed-in user cannot fill it and bury real events."""
+    site = await console()
+    mallory, trudy = await site.session("mallory"), await site.session("trudy")
+    for _ in range(20):
+        refused = await site.call(mallory, "GET", "/api/policy")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "admin-role-required"
+    assert (await site.call(trudy, "GET", "/api/users")).status_code == 403
+    refusals = [actor for kind, actor, _ in await site.audit_kinds() if kind == "admin.refused"]
+    assert sorted(refusals) == ["user:mallory", "user:trudy"]
