@@ -489,13 +489,15 @@ class AccountService:
         key = (
             user.username if user is not None else (candidates[0] if candidates else _unmatchable_key(login))
         )
-        await self._regulator.check(key)
-        stored = user.password_hash if user is not None else None
-        # Always hash, also with no account or no password (None = dummy hash of equal cost): the
-        # answer time must not tell an unknown user from a wrong password.
-        correct = await self._hasher.verify(stored, password)
-        if user is None or stored is None or not correct or not user.can_sign_in:
-            await self._regulator.record_failure(key, ip=ip, factor=_PASSWORD_FACTOR)
+        async with self._regulator.attempt(key) as attempt:
+            stored = user.password_hash if user is not None else None
+            # Always hash, also with no account or no password (None = dummy hash of equal cost): the
+            # answer time must not tell an unknown user from a wrong password.
+            correct = await self._hasher.verify(stored, password)
+            failed = user is None or stored is None or not correct or not user.can_sign_in
+            if failed:
+                await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
+        if failed or user is None or stored is None:  # (the last two for the type checker: failed says so)
             await self._audit.record(
                 "signin.password",
                 actor=f"user:{user.username}" if user is not None else "anonymous",
@@ -588,9 +590,11 @@ class AccountService:
             raise WeakPassword(problem)
         if current_password is not None:
             # A stolen session must not become a way to guess the password without limit.
-            await self._regulator.check(user.username)
-            if not await self._hasher.verify(user.password_hash, current_password):
-                await self._regulator.record_failure(user.username, ip=ip, factor=_PASSWORD_FACTOR)
+            async with self._regulator.attempt(user.username) as attempt:
+                correct = await self._hasher.verify(user.password_hash, current_password)
+                if not correct:
+                    await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
+            if not correct:
                 await self._audit.record(
                     "user.password_changed",
                     actor=actor,

@@ -17,6 +17,15 @@ Rules (``RegulationSettings``)::
 A lock ends on its own after ``lock_time``, and the count starts afresh. Locks are temporary on
 purpose: a permanent lock would let anyone lock anyone out.
 
+**Attempts are counted before their secret is checked.** :meth:`Regulator.attempt` reserves the
+attempt as *pending* (or refuses it) before the password is hashed or the code compared, and the
+rules above apply to the failures *and* the pending attempts together: a pending attempt counts as a
+failure until it turns out right. Without this, every request of a parallel burst passed the check
+before the first failure was counted (an outside test got ~170 TOTP guesses past a limit of 10 in one
+burst). Now a burst gets the free attempts and the first back-off step in flight at once, and the rest
+wait, as sequential guesses do. A right answer withdraws its reservation and moves no timer; a wrong
+one becomes a failure. A reservation whose process died is forgotten after :data:`PENDING_LEASE`.
+
 All the state of one account is a single record, changed with compare-and-set, so concurrent failures
 on several replicas are all counted and exactly one of them performs the transition into "locked" (and
 writes the one audit event). Times in the record come from the injected clock, not from key expiry,
@@ -37,8 +46,9 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Final, Self
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
@@ -46,7 +56,7 @@ from gateway.errors import GatewayError
 from gateway.settings.schema import RegulationSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 
-__all__ = ["KEY_PREFIX", "AccountLocked", "Regulator"]
+__all__ = ["KEY_PREFIX", "PENDING_LEASE", "AccountLocked", "Attempt", "Regulator"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +66,11 @@ KEY_PREFIX: Final = "reg:"
 _CAS_ROUNDS: Final = 32
 # Exponent cap so a huge failure count cannot overflow the float; lock_time caps the delay anyway.
 _MAX_EXPONENT: Final = 60
+#: Seconds after which pending attempts no one settled (their process died) stop counting. A password
+#: hash waits for a free hashing slot, so this is well above the slowest sign-in step.
+PENDING_LEASE: Final = 30.0
+#: What an attempt refused because the attempts already in flight could reach the lock is told to wait.
+_BUSY_RETRY: Final = 1.0
 
 
 class AccountLocked(GatewayError):
@@ -80,11 +95,15 @@ class _Record:
     failures: int = 0
     last_failure: float = 0.0
     locked_until: float = 0.0
+    # Attempts reserved and not yet settled, and when the latest was reserved.
+    pending: int = 0
+    last_reserved: float = 0.0
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"f": self.failures, "t": self.last_failure, "u": self.locked_until}, separators=(",", ":")
-        ).encode()
+        doc = {"f": self.failures, "t": self.last_failure, "u": self.locked_until}
+        if self.pending:
+            doc |= {"p": self.pending, "r": self.last_reserved}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None, account: str) -> _Record:
@@ -92,7 +111,9 @@ class _Record:
             return cls()
         try:
             doc = json.loads(raw)
-            return cls(int(doc["f"]), float(doc["t"]), float(doc["u"]))
+            return cls(
+                int(doc["f"]), float(doc["t"]), float(doc["u"]), int(doc.get("p", 0)), float(doc.get("r", 0))
+            )
         except (ValueError, TypeError, KeyError):
             # Only something with write access to the fast state can write this, and it could as well
             # delete the key: starting afresh grants nothing it did not already have.
@@ -117,46 +138,66 @@ class Regulator:
         self._audit = audit
         self._clock = clock
 
-    async def check(self, account: str) -> None:
-        """Refuse an attempt for ``account`` while it is locked or backing off.
+    def attempt(self, account: str) -> Attempt:
+        """One attempt at a secret of ``account``, as ``async with regulator.attempt(account) as a:``.
 
-        Call before checking the password or code, so a locked account costs no hashing.
+        Entering reserves the attempt (pending) or refuses it, before the password is hashed or the
+        code compared, so a locked account costs no hashing and a parallel burst cannot all pass before
+        the first failure is counted. Inside, :meth:`Attempt.fail` counts it as a failure; leaving
+        without that (a right answer, or an error that is not a wrong answer) withdraws it.
 
-        Args:
-            account: The canonical account name.
+        Raises (on entering):
+            AccountLocked: Locked, backing off, or as many attempts in flight as would reach the lock.
+            StateUnavailable: The fast state cannot answer.
+        """
+        return Attempt(self, account)
+
+    async def retry_after(self, account: str) -> float:
+        """Seconds until an attempt for ``account`` would be let in (0: now). Reads; reserves nothing.
 
         Raises:
-            AccountLocked: Locked, or the back-off delay since the last failure has not passed.
             StateUnavailable: The fast state cannot answer.
         """
         now = self._clock.time()
-        record = self._current(_Record.decode(await self._state.get(_key(account)), account), now)
+        return self._refusal(
+            self._current(_Record.decode(await self._state.get(_key(account)), account), now), now
+        )
+
+    async def _reserve(self, account: str) -> None:
+        def reserve(record: _Record, now: float) -> _Record:
+            wait = self._refusal(record, now)
+            if wait > 0:
+                raise AccountLocked(wait)
+            return replace(record, pending=record.pending + 1, last_reserved=now)
+
+        await self._update(account, reserve)
+
+    def _refusal(self, record: _Record, now: float) -> float:
+        """How long a new attempt must wait (0: it may go ahead)."""
         wait = self._wait(record, now)
-        if wait > 0:
-            raise AccountLocked(wait)
+        if wait <= 0 and record.failures + record.pending >= self._settings.max_failures:
+            # The attempts in flight would reach the lock if they all failed: this one waits for them.
+            return _BUSY_RETRY
+        return max(wait, 0.0)
 
-    async def record_failure(self, account: str, *, ip: str, factor: str) -> None:
-        """Count a failed attempt; lock the account when it reaches ``max_failures``.
+    async def _withdraw(self, account: str) -> None:
+        def withdraw(record: _Record, now: float) -> _Record:
+            return replace(record, pending=max(0, record.pending - 1))
 
-        Args:
-            account: The canonical account name.
-            ip: Client address, for the audit event of a lock.
-            factor: Which step failed ("password", "totp", ...), for the log.
+        await self._update(account, withdraw)
 
-        Raises:
-            StateUnavailable: The fast state cannot answer.
-        """
-
+    async def _fail(self, account: str, *, ip: str, factor: str) -> None:
         def fail(record: _Record, now: float) -> _Record:
+            pending = max(0, record.pending - 1)
             if record.locked_until > now:
-                # An attempt that passed check() just before another replica locked the account: the
-                # lock already stands, and extending it would let attackers prolong it at will.
-                return record
+                # An attempt reserved just before another one locked the account: the lock already
+                # stands, and extending it would let attackers prolong it at will.
+                return replace(record, pending=pending)
             failures = record.failures + 1
             locked_until = (
                 now + float(self._settings.lock_time) if failures >= self._settings.max_failures else 0.0
             )
-            return _Record(failures=failures, last_failure=now, locked_until=locked_until)
+            return _Record(failures, now, locked_until, pending, record.last_reserved)
 
         before, after = await self._update(account, fail)
         logger.info("failed %s attempt for %r from %s (%d in a row)", factor, account, ip, after.failures)
@@ -172,7 +213,10 @@ class Regulator:
             )
 
     async def record_success(self, account: str) -> None:
-        """Reset the counter after a completed sign-in (never after a first factor alone).
+        """Forget the failures after a completed sign-in (never after a first factor alone).
+
+        A lock stands: an attempt reserved before it may complete after it, and must not lift it for
+        the guesses still coming. Attempts still pending keep counting.
 
         Args:
             account: The canonical account name.
@@ -180,7 +224,15 @@ class Regulator:
         Raises:
             StateUnavailable: The fast state cannot answer.
         """
-        await self._state.delete(_key(account))
+
+        def forgive(record: _Record, now: float) -> _Record:
+            if record.locked_until > now:
+                return record
+            return _Record(pending=record.pending, last_reserved=record.last_reserved)
+
+        _, after = await self._update(account, forgive)
+        if after == _Record():
+            await self._state.delete(_key(account))
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (before the lock applies)."""
@@ -190,17 +242,25 @@ class Regulator:
         return min(float(2 ** min(extra, _MAX_EXPONENT)), float(self._settings.lock_time))
 
     def _current(self, record: _Record, now: float) -> _Record:
-        # A lock that has ended, or failures older than lock_time, no longer count: fresh start.
-        if record.locked_until:
-            return record if record.locked_until > now else _Record()
-        if record.failures and now - record.last_failure >= float(self._settings.lock_time):
-            return _Record()
+        if record.pending and now - record.last_reserved >= PENDING_LEASE:
+            record = replace(record, pending=0, last_reserved=0.0)  # reserved by a process that died
+        ended = record.locked_until and record.locked_until <= now
+        quiet = not record.locked_until and now - record.last_failure >= float(self._settings.lock_time)
+        if ended or (record.failures and quiet):
+            # A lock that has ended, or failures older than lock_time, no longer count: a fresh start
+            # (the attempts in flight still do).
+            return _Record(pending=record.pending, last_reserved=record.last_reserved)
         return record
 
     def _wait(self, record: _Record, now: float) -> float:
         if record.locked_until > now:
             return record.locked_until - now
-        return record.last_failure + self.delay(record.failures) - now if record.failures else 0.0
+        # Back-off from the last failure for the failures; and, while attempts are in flight, from the
+        # latest reservation as though they had all failed.
+        wait = record.last_failure + self.delay(record.failures) - now if record.failures else 0.0
+        if record.pending:
+            wait = max(wait, record.last_reserved + self.delay(record.failures + record.pending) - now)
+        return wait
 
     async def _update(
         self, account: str, change: Callable[[_Record, float], _Record]
@@ -215,10 +275,44 @@ class Regulator:
                 return before, after
             # The key outlives everything it records by lock_time at most; the TTL only cleans up (the
             # rules above are checked against the stored times).
-            ttl = max(after.locked_until, after.last_failure) - now + float(self._settings.lock_time)
+            latest = max(after.locked_until, after.last_failure, after.last_reserved)
+            ttl = latest - now + float(self._settings.lock_time)
             if await self._state.compare_and_set(key, raw, after.encode(), ttl=max(ttl, 1.0)):
                 return before, after
         raise StateUnavailable(f"regulation counter for {account!r} kept changing; giving up")
+
+
+class Attempt:
+    """One reserved attempt (see :meth:`Regulator.attempt`): entering reserves it, :meth:`fail` counts it
+    as a failure, leaving without a failure withdraws it."""
+
+    __slots__ = ("_account", "_regulator", "_settled")
+
+    def __init__(self, regulator: Regulator, account: str) -> None:
+        self._regulator = regulator
+        self._account = account
+        self._settled = False
+
+    async def __aenter__(self) -> Self:
+        await self._regulator._reserve(self._account)
+        return self
+
+    async def fail(self, *, ip: str, factor: str) -> None:
+        """Count this attempt as a failed one; lock the account when that makes ``max_failures``.
+
+        Args:
+            ip: Client address, for the audit event of a lock.
+            factor: Which step failed ("password", "totp", ...), for the log.
+        """
+        self._settled = True
+        await self._regulator._fail(self._account, ip=ip, factor=factor)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._regulator._withdraw(self._account)
 
 
 def _key(account: str) -> str:

@@ -187,12 +187,14 @@ async def mfa_verify(
 ) -> Response[Any]:
     """Verify the assertion; the session becomes two-factor (new id)."""
     session_id, s = await _require(request, config, identity)
-    await identity.regulator.check(s.username)
-    try:
-        await identity.webauthn.authenticate(credential_json=json.dumps(data.credential), user_id=s.user_id)
-    except Exception:
-        await identity.regulator.record_failure(s.username, ip=flows.client_ip(request), factor="webauthn")
-        raise
+    async with identity.regulator.attempt(s.username) as attempt:
+        try:
+            await identity.webauthn.authenticate(
+                credential_json=json.dumps(data.credential), user_id=s.user_id
+            )
+        except Exception:
+            await attempt.fail(ip=flows.client_ip(request), factor="webauthn")
+            raise
     await identity.regulator.record_success(s.username)
     new_id, new_session = await identity.sessions.elevate(
         session_id,

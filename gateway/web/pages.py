@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
+from gateway.identity.regulation import AccountLocked
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.web import flows
@@ -194,19 +195,19 @@ async def _second_factor(
     session = signed.session
     code = data.get("code", "")
     regulator = identity.regulator
+    ip = flows.client_ip(request)
     try:
-        await regulator.check(session.username)
-    except GatewayError as err:
-        if err.status >= 500:
-            raise  # an outage: the error handler logs the detail and shows a plain page
+        async with regulator.attempt(session.username) as attempt:
+            if factor is Factor.TOTP:
+                ok = await identity.totp.verify(session.user_id, code)
+            else:
+                ok = await identity.recovery.use(session.user_id, code)
+            if not ok:
+                await attempt.fail(ip=ip, factor=factor.value)
+    except AccountLocked as err:
         return await _mfa_error(
             request, identity, session.user_id, session.username, rd, err.public_detail, err.status
         )
-    if factor is Factor.TOTP:
-        ok = await identity.totp.verify(session.user_id, code)
-    else:
-        ok = await identity.recovery.use(session.user_id, code)
-    ip = flows.client_ip(request)
     await identity.audit.record(
         f"mfa.{factor.value}",
         actor=f"user:{session.username}",
@@ -215,7 +216,6 @@ async def _second_factor(
         outcome="success" if ok else "failure",
     )
     if not ok:
-        await regulator.record_failure(session.username, ip=ip, factor=factor.value)
         return await _mfa_error(request, identity, session.user_id, session.username, rd, _MFA_FAILED, 401)
     await regulator.record_success(session.username)
     new_id, new_session = await identity.sessions.elevate(

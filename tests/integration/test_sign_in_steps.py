@@ -24,6 +24,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ from tests.integration.harness import (
     run_gateway,
     wait_until,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, csrf, login, post_form
+from tests.integration.http_client import (
+    CSRF_COOKIE,
+    PASSWORD,
+    SESSION_COOKIE,
+    browser,
+    cookie,
+    csrf,
+    login,
+    post_form,
+)
 from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, wrong_code
 from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.totp import oathtool
@@ -246,6 +256,43 @@ def test_cycling_sign_ins_locks_at_the_limit(site: Site) -> None:
         resp = post_form(attacker, "/.gateway/mfa/totp", {"code": next_code(secret), "rd": ""})
         assert resp.status_code == 429, resp.text
     assert held_for_second_factor(get(site.a, waiting, "/probe", html=False))
+    locks = site.audit("account.locked", user)
+    assert len(locks) == 1
+    assert json.loads(locks[0]["details"])["failures"] == MAX_FAILURES
+
+
+@pytest.mark.peer
+def test_a_parallel_burst_of_codes_gets_no_more_guesses_than_the_limit(site: Site) -> None:
+    """The outside review's attack: with the password, 200 wrong TOTP codes at once on one waiting
+    session got ~170 checked against a limit of 10, because each passed the lock check before any
+    failure was counted. Now attempts are reserved before their code is compared: 60 at once, over
+    every replica, get at most the limit checked (401) and the rest refused (429)."""
+    user, secret, _ = enrolled(site, "burst")
+    bad = wrong_code(secret)
+    with on(site.a) as attacker:
+        assert login(attacker, user).status_code == 302
+        waiting, token = cookie(attacker), csrf(attacker)
+    assert waiting is not None
+
+    def guess(n: int) -> int:
+        gw = site.replica(n)
+        cookies = {SESSION_COOKIE: waiting, CSRF_COOKIE: token}
+        with httpx.Client(base_url=gw.url, cookies=cookies, follow_redirects=False, timeout=60.0) as client:
+            form = {"code": bad, "rd": "", "_csrf_token": token}
+            return client.post("/.gateway/mfa/totp", data=form).status_code
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        answers = list(pool.map(guess, range(60)))
+    assert set(answers) <= {401, 429}, answers
+    assert 1 <= answers.count(401) <= MAX_FAILURES, answers
+    # However the burst fell, the account is locked now or one more guess locks it; never more.
+    checked = answers.count(401)
+    for _ in range(MAX_FAILURES - checked):
+        with on(site.a) as attacker:
+            assert login(attacker, user).status_code == 302
+            assert post_form(attacker, "/.gateway/mfa/totp", {"code": bad, "rd": ""}).status_code == 401
+    with on(site.replica(1)) as owner:
+        assert login(owner, user).status_code == 429
     locks = site.audit("account.locked", user)
     assert len(locks) == 1
     assert json.loads(locks[0]["details"])["failures"] == MAX_FAILURES

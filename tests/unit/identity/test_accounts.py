@@ -327,7 +327,9 @@ async def test_a_correct_password_alone_does_not_reset_the_counter(world: World)
         world.clock.advance(REGULATION.lock_time / 100)
     world.clock.advance(REGULATION.lock_time / 10)
     await world.accounts.authenticate("alice", PASSWORD, ip=IP)
-    await world.regulator.record_failure("alice", ip=IP, factor="totp")
+    world.clock.advance(await world.regulator.retry_after("alice"))
+    async with world.regulator.attempt("alice") as attempt:  # a wrong code at the second step
+        await attempt.fail(ip=IP, factor="totp")
     with pytest.raises(AccountLocked):
         await world.accounts.authenticate("alice", PASSWORD, ip=IP)
 
