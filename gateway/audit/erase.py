@@ -69,7 +69,9 @@ logger = logging.getLogger("gateway.audit")
 
 _AS_SUBJECT: Final = ("subject", "details")
 _AS_ACTOR: Final = ("actor", "ip", "details")
-# The actor spellings that name a user (the web and CLI write "user:NAME", the admin API "admin:NAME").
+# The actor spellings that name a user (the web and CLI write "user:NAME", the admin API "admin:NAME";
+# the CLI once wrote the bare name). The bare words the gateway writes as actors of its own ("system",
+# "anonymous") can be nobody's username (gateway.identity.names.RESERVED_USERNAMES).
 _ACTOR_PREFIXES: Final = ("user:", "admin:", "")
 #: The pseudonym of fields erased for their age (:func:`erase_expired`): ``[erased:0]``. Fixed, so a
 #: reader tells a retention erasure from a person's (whose pseudonym is 12 random hex digits), and
@@ -161,6 +163,7 @@ async def erase_person(
     pseudonym: str,
     actor: str,
     request_ref: str,
+    since: datetime | None = None,
 ) -> ErasureResult:
     """Erase ``username``'s personal fields from every version 3 record naming them, on the chain.
 
@@ -174,6 +177,8 @@ async def erase_person(
             one person's erased records can still be told apart from another's.
         actor: Who erases (the erasure record's actor, e.g. ``admin:bob``).
         request_ref: The erasure request's reference (a ticket), recorded in the erasure record.
+        since: Only records from this time on (the account's creation): earlier ones under the name
+            are someone else's (a deleted account whose name was given again, a mistyped login).
 
     Returns:
         What was erased and what was kept; the erasure record is written even when nothing was found,
@@ -195,6 +200,8 @@ async def erase_person(
         .where(or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actors))))
         .order_by(AuditEvent.seq)
     )
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
     with store_errors("audit trail"):
         async with chain_lock(db) as conn:
             rows = [_record(row) for row in (await conn.execute(query)).all()]

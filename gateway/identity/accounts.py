@@ -48,7 +48,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
-from gateway.identity.names import canonical_email, canonical_username
+from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.store.db import Database, store_errors
@@ -357,6 +357,10 @@ class AccountService:
             address = canonical_email(email) if email is not None and email.strip() else None
         except ValueError as exc:
             raise _invalid(exc) from exc
+        if name in RESERVED_USERNAMES:
+            raise InvalidAccount(
+                f"{name!r} is what the audit trail calls the gateway itself; choose another username."
+            )
         shown_name = _check_display_name(display_name)
         role_list = _check_roles(roles)
         password_hash: str | None = None

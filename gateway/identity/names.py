@@ -24,6 +24,7 @@ __all__ = [
     "MAX_EMAIL_LENGTH",
     "MAX_MARKS_PER_LETTER",
     "MAX_USERNAME_LENGTH",
+    "RESERVED_USERNAMES",
     "canonical_email",
     "canonical_username",
 ]
@@ -33,6 +34,13 @@ MAX_USERNAME_LENGTH: Final = 64
 MAX_MARKS_PER_LETTER: Final = 3
 #: RFC 5321 limits a forward path to 256 octets including the angle brackets.
 MAX_EMAIL_LENGTH: Final = 254
+#: The bare words the gateway writes as an audit record's actor or subject for itself (``system`` locks
+#: an account, ``anonymous`` fails a sign-in for an unknown login, ``policy``, ``keys`` and ``lockdown``
+#: are the subjects of their changes). A person's records are found by their name (export, erasure),
+#: so no account may be given one of these: its owner would download other people's records and erase
+#: them. Other actors carry a ``kind:`` prefix, which a username cannot contain.
+#: ``tests/unit/identity/test_names.py`` checks the list against the literals in the code.
+RESERVED_USERNAMES: Final = frozenset({"system", "anonymous", "policy", "keys", "lockdown"})
 
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")
 _LETTER_CATEGORIES: Final = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})

@@ -161,6 +161,7 @@ class Eraser:
             pseudonym=pseudonym,
             actor=actor,
             request_ref=ref,
+            since=user.created_at,
         )
         await self._register.pseudonymise(user_id, tombstone)
         await self._holds.pseudonymise(user.username, tombstone)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from gateway.audit.erase import actor_spellings
 from gateway.audit.models import AuditEvent
@@ -43,9 +43,11 @@ def _iso(at: datetime | float | None) -> str | None:
     return at.isoformat()
 
 
-def audit_filter(username: str) -> Any:
-    """The audit events about or by ``username`` (as subject, or as the acting user or admin)."""
-    return or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actor_spellings(username))))
+def audit_filter(username: str, since: datetime) -> Any:
+    """The audit events about or by ``username`` (as subject, or as the acting user or admin) since
+    ``since`` (the account's creation: records under the name before it are someone else's)."""
+    by_name = or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actor_spellings(username))))
+    return and_(by_name, AuditEvent.at >= since)
 
 
 def _account(user: User) -> dict[str, Any]:
@@ -115,14 +117,15 @@ def _session(s: Session) -> dict[str, Any]:
     }
 
 
-def _event(e: AuditEvent) -> dict[str, Any]:
+def _event(e: AuditEvent, actors: frozenset[str]) -> dict[str, Any]:
     return {
         "seq": e.seq,
         "at": _iso(e.at),
         "kind": e.kind,
         "actor": e.actor,
         "subject": e.subject,
-        "ip": e.ip,
+        # The address is the actor's: the person's own, or (an admin acting on the account) not theirs.
+        "ip": e.ip if e.actor in actors else "",
         "outcome": e.outcome,
         "details": json.loads(e.details) if e.details.startswith("{") else e.details,
     }
@@ -160,7 +163,9 @@ async def export_person(
             ).all()
             events = (
                 await s.scalars(
-                    select(AuditEvent).where(audit_filter(user.username)).order_by(AuditEvent.seq)
+                    select(AuditEvent)
+                    .where(audit_filter(user.username, user.created_at))
+                    .order_by(AuditEvent.seq)
                 )
             ).all()
             principal = f" user:{user.username} "
@@ -171,6 +176,7 @@ async def export_person(
                     .order_by(DecisionSampleRow.bucket)
                 )
             ).all()
+    actors = actor_spellings(user.username)
     live: list[dict[str, Any]] = []
     unavailable = False
     if sessions is not None:
@@ -209,7 +215,7 @@ async def export_person(
             {"hour": _iso(r.bucket), "route": r.route, "method": r.method, "path": r.path, "count": r.count}
             for r in samples
         ],
-        "audit_events": [_event(e) for e in events],
+        "audit_events": [_event(e, actors) for e in events],
     }
 
 

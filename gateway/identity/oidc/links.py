@@ -37,7 +37,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.identity.models import User
-from gateway.identity.names import canonical_email, canonical_username
+from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.oidc.models import IdentityLink
 from gateway.settings.schema import IdentityProvider
 from gateway.store.db import Database, store_errors
@@ -127,6 +127,8 @@ def _username_candidates(
             name = canonical_username(raw)
         except ValueError:
             continue
+        if name in RESERVED_USERNAMES:
+            continue  # the gateway's own name in the audit trail: never a person's (names.py)
         if name not in proposed:
             proposed.append(name)
     # Always available: the provider's name and a digest of the subject (never the raw sub, which may

@@ -588,3 +588,11 @@ async def test_unknown_ids(world: World) -> None:
         with pytest.raises(UnknownAccount) as info:
             await call()
         assert (info.value.status, info.value.reason) == (404, "unknown-account")
+
+
+@pytest.mark.parametrize("name", ["system", "Anonymous", " policy "])
+async def test_no_account_may_take_a_name_the_gateway_writes_for_itself(world: World, name: str) -> None:
+    """An account called ``system`` would own the records the gateway writes as ``system`` (every
+    account lock, with the attacker's address) in its export, and blank them by erasing itself."""
+    with pytest.raises(InvalidAccount, match="audit trail"):
+        await world.accounts.create(username=name, password=None, actor="admin:root")

@@ -6,12 +6,16 @@ that the characters look alike).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from gateway.identity.names import (
     MAX_EMAIL_LENGTH,
     MAX_MARKS_PER_LETTER,
     MAX_USERNAME_LENGTH,
+    RESERVED_USERNAMES,
     canonical_email,
     canonical_username,
 )
@@ -160,3 +164,20 @@ def test_email_folds(typed: str, stored: str, why: str) -> None:
 def test_email_refused(typed: str, message: str, why: str) -> None:
     with pytest.raises(ValueError, match=message):
         canonical_email(typed)
+
+
+def test_every_bare_word_the_gateway_writes_in_the_audit_trail_is_a_reserved_username() -> None:
+    """A person's records are found by their name; an account named like an actor or subject the
+    gateway writes for itself would own those records. Every such literal in the code is reserved."""
+    root = Path(__file__).resolve().parents[3] / "gateway"
+    literal = re.compile(r'\b(?:actor|subject)="([^"]+)"')
+    written = {
+        word
+        for path in root.rglob("*.py")
+        for word in literal.findall(path.read_text(encoding="utf-8"))
+        if ":" not in word and " " not in word and "$" not in word
+    }
+    assert {"system", "anonymous", "policy"} <= written  # the scan finds what it looks for
+    unreserved = {w for w in written if canonical_username(w) not in RESERVED_USERNAMES}
+    # Test fixtures in the code base's docstrings name alice; real literals must all be reserved.
+    assert unreserved <= {"alice"}, unreserved

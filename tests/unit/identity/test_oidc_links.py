@@ -195,6 +195,16 @@ async def test_usernames_fall_back_when_taken_or_invalid(world: World) -> None:
     assert weird.user.display_name == "Evil"
 
 
+@pytest.mark.parametrize("name", ["system", "Anonymous", "POLICY"])
+async def test_a_provider_cannot_name_a_person_after_the_gateway_itself(world: World, name: str) -> None:
+    """``preferred_username: system`` would make the person the owner of the gateway's own records in
+    their export and erasure: the next candidate name is taken instead."""
+    mapped = await world.mapper.map(
+        JIT, subject=f"s-{name}", claims=claims(email=None, preferred_username=name)
+    )
+    assert mapped.user.username.startswith("corp-")
+
+
 async def test_two_replicas_creating_the_same_person_end_with_one_account(
     world: World, database: Database
 ) -> None:

@@ -149,6 +149,43 @@ async def test_export_matches_its_schema_and_holds_no_secret(world: World) -> No
     assert json.loads(event.details)["request"] == request.ref
 
 
+async def test_a_person_gets_and_erases_only_their_own_records(world: World) -> None:
+    """The outside review's attack: records were matched by bare name, so a reused username got the
+    earlier account's records (and a failed sign-in typed under the name before it existed), and an
+    admin's address came with the records of what the admin did to the account. Erasing then blanked
+    those records too. Now a person's records start with their account, and carry only their own
+    address."""
+    old = await world.accounts.create(
+        username="bob", password=PASSWORD, email="bob@old.example", actor="admin:root"
+    )
+    await world.accounts.authenticate("bob", PASSWORD, ip="198.51.100.23")
+    await world.accounts.delete(old.id, actor="admin:root")
+    world.clock.advance(60)
+    with pytest.raises(SignInFailed):
+        await world.accounts.authenticate("bob", "a wrong guess from somewhere", ip="192.0.2.99")
+    world.clock.advance(60)
+    bob = await world.accounts.create(username="bob", password=PASSWORD, actor="admin:root")
+    world.clock.advance(1)
+    await world.audit.record("admin.user.password_change", actor="admin:carol", subject="bob", ip="10.9.8.7")
+    await world.accounts.authenticate("bob", PASSWORD, ip=IP)
+
+    _, doc = await world.privacy.export(bob, **_as_portal(bob))  # type: ignore[arg-type]
+    blob = json.dumps(doc["audit_events"])
+    for earlier in ("198.51.100.23", "192.0.2.99", "bob@old.example"):
+        assert earlier not in blob
+    assert IP in blob
+    by_admin = [e for e in doc["audit_events"] if e["actor"] == "admin:carol"]
+    assert by_admin
+    assert [e["ip"] for e in by_admin] == [""] * len(by_admin)
+    assert "10.9.8.7" not in blob
+
+    await world.privacy.erase(bob, **_as_portal(bob))  # type: ignore[arg-type]
+    trail = await _audit_text(world.db)
+    for earlier in ("198.51.100.23", "192.0.2.99"):
+        assert earlier in trail  # the other people's records are still whole
+    assert IP not in trail
+
+
 async def test_a_field_the_schema_does_not_know_fails_validation() -> None:
     # The schema is strict (additionalProperties: false): a field added to the export without the
     # schema (and so without documentation) is caught by the test above.
