@@ -25,9 +25,10 @@ from sqlalchemy import select
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, GatewayError
 from gateway.identity.accounts import AccountService, UnknownAccount
 from gateway.identity.models import User
+from gateway.identity.names import canonical_email
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.consent import Consents, purpose_named
@@ -39,7 +40,7 @@ from gateway.privacy.register import Channel, Kind, Register, RequestView
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 
-__all__ = ["Privacy", "ProviderOwned"]
+__all__ = ["EmailNeedsAdmin", "Privacy", "ProviderOwned"]
 
 
 class ProviderOwned(GatewayError):
@@ -48,6 +49,13 @@ class ProviderOwned(GatewayError):
     status = 409
     reason = "field-owned-by-identity-provider"
     title = "Correct this at your identity provider"
+
+
+class EmailNeedsAdmin(Forbidden):
+    """A person may remove their email address themselves, not set a new one (403)."""
+
+    reason = "email-change-needs-admin"
+    title = "An administrator sets a new email address"
 
 
 class Privacy:
@@ -210,6 +218,14 @@ class Privacy:
         owned = await self.provider_owned(user)
         if owned is not None:
             raise owned
+        if channel is Channel.PORTAL and email is not None and email.strip() and _changes_email(user, email):
+            # An address the person typed is unverified: an identity provider would link dave's sign-in
+            # to the account that claimed dave@ (preprovisioned or link_by_email), and apps that know
+            # people by X-Gateway-Email would take its owner for dave. Removing one is always theirs.
+            raise EmailNeedsAdmin(
+                "A new email address is set by an administrator, who checks that it is yours (apps and "
+                "identity providers know you by it); here you can remove yours. Nothing was changed."
+            )
         fields = [
             name for name, value in (("email", email), ("display_name", display_name)) if value is not None
         ]
@@ -524,3 +540,10 @@ class Privacy:
                 },
             )
         return len(overdue)
+
+
+def _changes_email(user: User, typed: str) -> bool:
+    try:
+        return canonical_email(typed) != user.email
+    except ValueError:
+        return True  # refused as new; the account service would refuse it as malformed anyway

@@ -271,14 +271,14 @@ async def export_download(
 async def rectify(
     request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy, data: Form
 ) -> Template | Redirect:
-    """Correct the email and/or display name; only what differs from the account is sent."""
+    """Correct the display name, or remove the email address (a new one is set by an administrator,
+    see :class:`gateway.privacy.service.EmailNeedsAdmin`); only what differs is sent."""
     who = await _verified(request, config, identity)
     if isinstance(who, Redirect):
         return who
     user = who.user
-    email = data.get("email", "").strip()
     name = data.get("display_name", "").strip()
-    new_email = email if email != (user.email or "") else None
+    new_email = "" if data.get("remove_email") and user.email else None
     new_name = name if name != user.display_name else None
     if new_email is None and new_name is None:
         return _back("Nothing to correct: your details were already so.")
@@ -304,9 +304,9 @@ async def rectify(
             user,
             error=err.public_detail,
             status=err.status,
-            form={"email": email, "display_name": name},
+            form={"email": user.email or "", "display_name": name},
         )
-    return _back("Your details were corrected; the applications you use see the new email at once.")
+    return _back("Your details were corrected; the applications you use see them at once.")
 
 
 def _confirmed(data: dict[str, str]) -> bool:

@@ -118,10 +118,12 @@ _EXPORT_DOC: Final = (
     "recorded as an access request." + _FRESH
 )
 _RECTIFY_DOC: Final = (
-    "Correct your email and/or display name; a field left out stays as it is. Answers the completed "
-    "request; 400 invalid-account for a value that is not acceptable (nothing changes), 409 account-exists "
-    "for an email another account uses, 409 field-owned-by-identity-provider for an account that signs in "
-    "through an identity provider (correct it there)." + _FRESH
+    'Correct your display name, or remove your email address (email: ""); a field left out stays as '
+    "it is. Answers the completed request; 403 email-change-needs-admin for a new email address (an "
+    "administrator sets it, after checking it is yours: identity providers and apps know you by it), "
+    "400 invalid-account for a value that is not acceptable (nothing changes), 409 "
+    "field-owned-by-identity-provider for an account that signs in through an identity provider (correct "
+    "it there)." + _FRESH
 )
 _RESTRICT_DOC: Final = (
     "Restrict processing: your data is kept unchanged and used for nothing optional; every session ends, "

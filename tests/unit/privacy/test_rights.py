@@ -34,7 +34,7 @@ from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
 from gateway.privacy.register import Channel, Kind, RequestNotPending, Status, UnknownRequest
-from gateway.privacy.service import Privacy, ProviderOwned
+from gateway.privacy.service import EmailNeedsAdmin, Privacy, ProviderOwned
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
     Duration,
@@ -119,6 +119,15 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
     await fast.close()
 
 
+def _as_admin() -> dict[str, object]:
+    return {
+        "settings": SETTINGS,
+        "channel": Channel.ADMIN,
+        "actor": "admin:root",
+        "verified_by": "called back on the number on file",
+    }
+
+
 def _as_portal(user: User) -> dict[str, object]:
     return {
         "settings": SETTINGS,
@@ -200,7 +209,7 @@ async def test_rectification_changes_email_and_name_and_is_audited(world: World)
         user,
         email="Alice.New@Example.com",
         display_name="Alice Liddell",
-        **_as_portal(user),  # type: ignore[arg-type]
+        **_as_admin(),  # type: ignore[arg-type]
     )
     fresh = await world.accounts.get(user.id)
     assert fresh is not None
@@ -220,7 +229,7 @@ async def test_rectification_reaches_live_sessions(world: World) -> None:
     user = await world.alice()
     (before,) = await world.sessions.list_user(user.id)
     assert before.email == "alice@example.com"
-    await world.privacy.rectify(user, email="alice.fixed@example.com", **_as_portal(user))  # type: ignore[arg-type]
+    await world.privacy.rectify(user, email="alice.fixed@example.com", **_as_admin())  # type: ignore[arg-type]
     (live,) = await world.sessions.list_user(user.id)
     assert live.email == "alice.fixed@example.com"
 
@@ -231,12 +240,27 @@ async def test_rectification_to_a_taken_email_changes_nothing_and_is_rejected(wo
         username="bob", password=PASSWORD, email="bob@example.com", actor="admin:root"
     )
     with pytest.raises(AccountExists, match="already used"):
-        await world.privacy.rectify(user, email="bob@example.com", **_as_portal(user))  # type: ignore[arg-type]
+        await world.privacy.rectify(user, email="bob@example.com", **_as_admin())  # type: ignore[arg-type]
     fresh = await world.accounts.get(user.id)
     assert fresh is not None
     assert fresh.email == "alice@example.com"
     (request,) = await world.privacy.register.find(user_id=user.id)
     assert request.status == Status.REJECTED
+
+
+async def test_a_person_cannot_claim_another_email_address_only_remove_theirs(world: World) -> None:
+    user = await world.alice()
+    for email in ("dave@corp.example", "not an address"):
+        with pytest.raises(EmailNeedsAdmin):
+            await world.privacy.rectify(user, email=email, **_as_portal(user))  # type: ignore[arg-type]
+    assert await world.privacy.register.find(user_id=user.id) == []
+    fresh = await world.accounts.get(user.id)
+    assert fresh is not None
+    assert fresh.email == "alice@example.com"
+    await world.privacy.rectify(user, email="", **_as_portal(user))  # type: ignore[arg-type]
+    removed = await world.accounts.get(user.id)
+    assert removed is not None
+    assert removed.email is None
 
 
 async def test_fields_owned_by_an_identity_provider_say_where_to_correct_them(world: World) -> None:
