@@ -11,7 +11,15 @@ from collections.abc import Iterable
 
 from gateway.settings.schema import SessionSettings
 
-__all__ = ["clear_cookie_header", "cookie_in", "read_cookie", "session_cookie_name", "set_cookie_header"]
+__all__ = [
+    "HANDOFF_COOKIE_NAMES",
+    "clear_cookie_header",
+    "cookie_in",
+    "handoff_cookie_name",
+    "read_cookie",
+    "session_cookie_name",
+    "set_cookie_header",
+]
 
 # RFC 6265 §4.1.1: a cookie name is an RFC 7230 token, a value is cookie-octets. Anything else in a
 # Set-Cookie we emit would be header injection or a cookie the browser silently mangles.
@@ -34,6 +42,16 @@ def session_cookie_name(settings: SessionSettings) -> str:
             if lowered.startswith(prefix):
                 return name[len(prefix) :]
     return name
+
+
+#: The hand-off nonce cookie in both spellings (:func:`handoff_cookie_name`), for the proxy's filters.
+HANDOFF_COOKIE_NAMES = ("__Host-gateway_handoff", "gateway_handoff")
+
+
+def handoff_cookie_name(settings: SessionSettings) -> str:
+    """The cookie that ties a hand-off to the browser on the app host (:mod:`gateway.identity.handoff`):
+    ``__Host-`` (so no sibling host can set it), but for plain-HTTP development."""
+    return HANDOFF_COOKIE_NAMES[1] if settings.insecure_cookies else HANDOFF_COOKIE_NAMES[0]
 
 
 def _check(name: str, value: str) -> None:

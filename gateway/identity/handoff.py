@@ -8,7 +8,15 @@ same sign-in family on that host. A code:
 * works once (``FastState.take``: of concurrent redemptions exactly one wins);
 * lives at most 60 seconds;
 * is bound to the host it was issued for: a code leaked through a ``Referer`` or log on one host
-  cannot be spent on another. A code presented at the wrong host is burnt, not kept for a retry.
+  cannot be spent on another. A code presented at the wrong host is burnt, not kept for a retry;
+* is bound to the browser: it becomes a session only in the browser whose auth-host session issued it.
+  Otherwise anyone could sign in, take the hand-off link instead of following it, and have a victim's
+  browser open it (login CSRF: the victim is signed out of the app and into the attacker's account,
+  and what they type goes there). So the first code is not redeemed: the app host sets a random nonce
+  cookie in the browser and sends it, with a new code :meth:`HandoffCodes.bind` to the nonce's hash, to
+  the auth host; there :meth:`HandoffCodes.confirm` checks that the browser's auth-host session is of
+  the same sign-in family and sends it back with a third code, which the app host redeems only with
+  the nonce cookie. Each code works once, and all three together within the first one's minute.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import msgspec
 
@@ -24,7 +32,7 @@ from gateway.clock import Clock
 from gateway.identity.sessions import Session
 from gateway.store.fast.base import FastState
 
-__all__ = ["MAX_HANDOFF_TTL", "HandoffCodes", "HandoffGrant", "normalise_host"]
+__all__ = ["MAX_HANDOFF_TTL", "HandoffCodes", "HandoffGrant", "nonce_hash", "normalise_host"]
 
 MAX_HANDOFF_TTL = 60.0
 _CODE = re.compile(r"[A-Za-z0-9_-]{20,128}")
@@ -32,7 +40,11 @@ _CODE = re.compile(r"[A-Za-z0-9_-]{20,128}")
 
 @dataclass(frozen=True, slots=True)
 class HandoffGrant:
-    """A redeemed code: which sign-in it continues, on which host, and a snapshot of the session."""
+    """A redeemed code: which sign-in it continues, on which host, and a snapshot of the session.
+
+    ``origin`` is the app's ``scheme://host[:port]``; ``binding`` the hash of the app host's nonce
+    (empty on the first code), ``confirmed`` whether the auth host has seen the same browser.
+    """
 
     family: str
     user_id: int
@@ -40,6 +52,9 @@ class HandoffGrant:
     session: Session
     issued_at: float
     expires_at: float
+    origin: str = ""
+    binding: str = ""
+    confirmed: bool = False
 
 
 class _Record(msgspec.Struct, frozen=True):
@@ -49,6 +64,9 @@ class _Record(msgspec.Struct, frozen=True):
     session: Session
     issued_at: float
     expires_at: float
+    origin: str = ""
+    binding: str = ""
+    confirmed: bool = False
 
 
 _encode = msgspec.json.Encoder().encode
@@ -66,6 +84,12 @@ def normalise_host(host: str) -> str:
 
 def _key(code: str) -> str:
     return "handoff:" + hashlib.sha256(code.encode("ascii")).hexdigest()
+
+
+def nonce_hash(nonce: str) -> str:
+    """What a code is bound to: the SHA-256 of the app host's nonce cookie (the nonce itself stays in
+    the browser)."""
+    return hashlib.sha256(nonce.encode()).hexdigest()
 
 
 class HandoffCodes:
@@ -88,6 +112,7 @@ class HandoffCodes:
         user_id: int,
         target_host: str,
         session: Session,
+        origin: str = "",
         ttl: float = MAX_HANDOFF_TTL,
     ) -> str:
         """Issue a code for ``target_host`` continuing ``session``'s sign-in.
@@ -97,6 +122,7 @@ class HandoffCodes:
             user_id: The user (must be ``session.user_id``).
             target_host: The host the code may be redeemed on.
             session: The auth-host session; its level, factors and roles carry over.
+            origin: The app's ``scheme://host[:port]``, where the auth host sends the browser back.
             ttl: Seconds the code is valid, at most 60.
 
         Returns:
@@ -114,7 +140,6 @@ class HandoffCodes:
         if not host:
             raise ValueError("target_host is empty")
         now = self._clock.time()
-        code = secrets.token_urlsafe(32)
         record = _Record(
             family=family,
             user_id=user_id,
@@ -122,20 +147,40 @@ class HandoffCodes:
             session=session,
             issued_at=now,
             expires_at=now + ttl,
+            origin=origin,
         )
+        return await self._store(record)
+
+    async def bind(self, grant: HandoffGrant, *, binding: str) -> str:
+        """A new code for the same hand-off, bound to the app host's nonce (``binding``, its hash)."""
+        return await self._store(_record_of(grant, binding=binding, confirmed=False))
+
+    async def confirm(self, code: str, *, family: str) -> HandoffGrant | None:
+        """Spend a bound code on the auth host for the browser whose session is of ``family``.
+
+        Returns:
+            The grant, confirmed (:meth:`reissue` gives it the code that goes back to the app host),
+            or None: the code is unknown, used, expired, not bound, already confirmed, or was issued
+            by another sign-in (another browser: the login CSRF this refuses).
+        """
+        record = await self._take(code)
+        if record is None or not record.binding or record.confirmed or record.family != family:
+            return None
+        return replace(_grant(record), confirmed=True)
+
+    async def reissue(self, grant: HandoffGrant) -> str:
+        """Store ``grant`` under a new code (the confirmed one goes back to the app host)."""
+        return await self._store(_record_of(grant, binding=grant.binding, confirmed=grant.confirmed))
+
+    async def _store(self, record: _Record) -> str:
+        ttl = record.expires_at - self._clock.time()
+        if ttl <= 0:
+            raise ValueError("the hand-off has expired")
+        code = secrets.token_urlsafe(32)
         await self._state.set(_key(code), _encode(record), ttl=ttl, only_if_absent=True)
         return code
 
-    async def redeem(self, code: str, *, host: str) -> HandoffGrant | None:
-        """Spend ``code`` on ``host``.
-
-        Returns:
-            The grant, or None if the code is unknown, used, expired, malformed, or was issued for
-            another host.
-
-        Raises:
-            StateUnavailable: the store cannot answer.
-        """
+    async def _take(self, code: str) -> _Record | None:
         if not _CODE.fullmatch(code):
             return None
         raw = await self._state.take(_key(code))
@@ -147,14 +192,31 @@ class HandoffCodes:
             return None
         if self._clock.time() >= record.expires_at:
             return None
+        return record
+
+    async def redeem(self, code: str, *, host: str) -> HandoffGrant | None:
+        """Spend ``code`` on ``host``.
+
+        Returns:
+            The grant, or None if the code is unknown, used, expired, malformed, or was issued for
+            another host.
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        record = await self._take(code)
+        if record is None:
+            return None
         here = normalise_host(host)
         if not here or here != record.target_host:
             return None
-        return HandoffGrant(
-            family=record.family,
-            user_id=record.user_id,
-            target_host=record.target_host,
-            session=record.session,
-            issued_at=record.issued_at,
-            expires_at=record.expires_at,
-        )
+        return _grant(record)
+
+
+def _grant(record: _Record) -> HandoffGrant:
+    return HandoffGrant(**msgspec.structs.asdict(record))
+
+
+def _record_of(grant: HandoffGrant, *, binding: str, confirmed: bool) -> _Record:
+    values = {f.name: getattr(grant, f.name) for f in fields(grant)}
+    return _Record(**{**values, "binding": binding, "confirmed": confirmed})

@@ -173,7 +173,11 @@ async def next_location(
     if not there or there == here:
         return target
     code = await identity.handoff.issue(
-        family=session.family, user_id=session.user_id, target_host=there, session=session
+        family=session.family,
+        user_id=session.user_id,
+        target_host=there,
+        session=session,
+        origin=f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
     )
     path = parts.path or "/"
     if parts.query:

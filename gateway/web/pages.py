@@ -7,8 +7,10 @@ the detail is in the audit trail only.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Annotated, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
@@ -16,7 +18,8 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
-from gateway.identity.handoff import normalise_host
+from gateway.identity.cookies import handoff_cookie_name
+from gateway.identity.handoff import MAX_HANDOFF_TTL, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.identity.regulation import AccountLocked
@@ -262,15 +265,32 @@ async def handoff(
     # A session that still owes a password change is never copied to another host (defence in
     # depth: next_location does not issue such codes).
     if grant is None or grant.session.password_change:
-        return page(
-            request,
-            "message.html",
-            status=400,
-            title="This sign-in link has expired",
-            message="Sign-in links work once and only for a minute. Open the application again to continue.",
-            link=target,
-            link_text="Try again",
+        return _handoff_expired(request, target)
+    nonce_cookie = handoff_cookie_name(config.settings.session)
+    nonce = request.cookies.get(nonce_cookie, "")
+    if not grant.binding:
+        # The first code: tie the hand-off to this browser before it becomes a session (see
+        # gateway.identity.handoff: login CSRF), through the auth host and back.
+        nonce = secrets.token_urlsafe(32)
+        try:
+            bound = await identity.handoff.bind(grant, binding=nonce_hash(nonce))
+        except ValueError:  # its minute ran out just now
+            return _handoff_expired(request, target)
+        confirm = Redirect(
+            f"{config.public_url}/.gateway/handoff/confirm?code={quote(bound)}&rd={quote(target, safe='')}"
         )
+        confirm.set_cookie(
+            key=nonce_cookie,
+            value=nonce,
+            path="/",
+            httponly=True,
+            secure=flows.secure_cookies(config),
+            samesite="lax",
+            max_age=int(MAX_HANDOFF_TTL),
+        )
+        return confirm
+    if not grant.confirmed or not nonce or not hmac.compare_digest(nonce_hash(nonce), grant.binding):
+        return _handoff_elsewhere(request, target)
     signed = await flows.current(request, config, identity)
     if signed.session_id:
         await identity.sessions.revoke(signed.session_id)
@@ -292,7 +312,61 @@ async def handoff(
     )
     response = Redirect(target)
     flows.set_session_cookie(response, config, session_id)
+    response.delete_cookie(nonce_cookie, path="/")
     return response
+
+
+@get("/.gateway/handoff/confirm", cache=False, opt=PUBLIC)
+async def handoff_confirm(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    code: FromQuery[str] = "",
+    rd: FromQuery[str] = "/",
+) -> Redirect | Template:
+    """The auth host's half of a hand-off: the browser bringing the bound code must be the one whose
+    session issued it (same sign-in family); then back to the app host with the code it redeems."""
+    target = flows.safe_local_rd(rd)
+    here = normalise_host(request.headers.get("host") or "")
+    signed = await flows.current(request, config, identity)
+    grant = None
+    if here == normalise_host(urlsplit(config.public_url).netloc) and signed.session is not None:
+        grant = await identity.handoff.confirm(code, family=signed.session.family)
+    if grant is None or not grant.origin:
+        return _handoff_elsewhere(request, target)
+    try:
+        back = await identity.handoff.reissue(grant)
+    except ValueError:  # its minute ran out just now
+        return _handoff_expired(request, target)
+    return Redirect(f"{grant.origin}/.gateway/handoff?code={quote(back)}&rd={quote(target, safe='')}")
+
+
+def _handoff_expired(request: AnyRequest, target: str) -> Template:
+    return page(
+        request,
+        "message.html",
+        status=400,
+        title="This sign-in link has expired",
+        message="Sign-in links work once and only for a minute. Open the application again to continue.",
+        link=target,
+        link_text="Try again",
+    )
+
+
+def _handoff_elsewhere(request: AnyRequest, target: str) -> Template:
+    # Also the answer to a link someone else made: it never signs this browser in as them.
+    return page(
+        request,
+        "message.html",
+        status=400,
+        title="This sign-in link is not for this browser",
+        message=(
+            "Sign-in links work only in the browser that signed in, once and for a minute. Open the "
+            "application again to continue."
+        ),
+        link=target,
+        link_text="Try again",
+    )
 
 
 @get("/.gateway/logout", cache=False, opt=PUBLIC)
@@ -352,6 +426,7 @@ HANDLERS: Final = (
     mfa_totp,
     mfa_recovery,
     handoff,
+    handoff_confirm,
     logout_page,
     logout,
 )

@@ -346,29 +346,30 @@ def test_signed_in_return_never_leaves_the_site(site: Site, page: Page) -> None:
     assert site.escapes == []
     # Not vacuous: the safe rows were followed, to paths and through hand-offs to the other hosts.
     assert site.url("auth.localhost", "/x?y=1&z=2") in followed
-    assert site.url("team1.apps.localhost", "/") in followed
-    assert any("/.gateway/handoff?code=" in url for url in followed)
+    assert any(
+        url.startswith(site.url("team1.apps.localhost", "/.gateway/handoff?code=")) for url in followed
+    )
+    # (A fetch carries no cross-site cookie, so the hand-off's nonce does not come back with it and
+    # the last hop is refused; the real navigation below lands.)
+    assert any("/.gateway/handoff/confirm?code=" in url for url in followed)
     # And as a real navigation: the browser lands on the route host with its own session.
     page.goto(with_rd(login, site.url("team1.apps.localhost", "/a")))
     assert page.url == site.url("team1.apps.localhost", "/a")
 
 
 def test_handoff_with_a_valid_code_never_leaves_its_origin(site: Site, page: Page) -> None:
-    """A real code (an attacker's own, sent to a victim) with each rd: the browser stays on the host."""
+    """A real code of this browser's sign-in with each rd, opened as a navigation: through the auth
+    host's confirmation (the hand-off is tied to the browser) and back, it lands on the app host."""
     session_id = sign_in(page, site)
-    page.goto(site.url("app.localhost", "/.gateway/health"))
     rds = corpus(site)
     base = site.url("app.localhost", "/.gateway/handoff")
+    failures: dict[str, str] = {}
     with httpx.Client(timeout=30) as client:
-        urls = [with_rd(f"{base}?code={handoff_code(client, site, session_id)}", rd) for rd in rds]
+        for rd in rds:
+            page.goto(with_rd(f"{base}?code={handoff_code(client, site, session_id)}", rd))
+            if leaves(page.url, site, ("app.localhost", site.port)):
+                failures[rd] = page.url
         control = f"{base}?code={handoff_code(client, site, session_id)}&rd=%2Fz%3Fq%3D1"
-    # Same origin, so fetch reads where each one ended.
-    answers = page.evaluate(READ_PAGES, urls)
-    failures = {
-        rd: final
-        for rd, (_, final, _, _, _) in zip(rds, answers, strict=True)
-        if leaves(final, site, ("app.localhost", site.port))
-    }
     assert failures == {}
     assert site.escapes == []
     # Control: a plain path is followed.

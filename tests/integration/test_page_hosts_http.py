@@ -30,7 +30,14 @@ from tests.integration.harness import (
     run_echo,
     run_gateway,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login
+from tests.integration.http_client import (
+    HANDOFF_COOKIE,
+    PASSWORD,
+    SESSION_COOKIE,
+    browser,
+    follow_handoff,
+    login,
+)
 
 EVIL = "evil.test"
 LINK_RE = re.compile(r'<a class="button" href="([^"]*)">Try again</a>')
@@ -199,12 +206,58 @@ def test_handoff_with_a_valid_code_redirects_only_to_its_own_host(site: Site) ->
             target = urlsplit(resp.headers["location"])
             assert (target.netloc, target.path) == (f"app.test:{site.gw.port}", "/.gateway/handoff")
             code = parse_qs(target.query)["code"][0]
-            redeemed = site.send("GET", f"/.gateway/handoff?code={code}&rd={rd}", "app.test")
+            hostile = f"http://app.test:{site.gw.port}/.gateway/handoff?code={code}&rd={rd}"
+            redeemed = follow_handoff(client, hostile, connect=site.gw.url)
             assert redeemed.status_code == 302, (rd, redeemed.text)
             assert redeemed.headers["location"] == "/", rd
             assert SESSION_COOKIE in redeemed.headers.get("set-cookie", "")
         # Control: a plain path on the host is followed as given.
         resp = client.get("/.gateway/login", params={"rd": f"http://app.test:{site.gw.port}/x?y=1"})
-        handoff = urlsplit(resp.headers["location"])
-        redeemed = site.send("GET", f"{handoff.path}?{handoff.query}", "app.test")
+        redeemed = follow_handoff(client, resp.headers["location"], connect=site.gw.url)
         assert redeemed.headers["location"] == "/x?y=1"
+
+
+def test_a_handoff_link_signs_in_only_the_browser_that_signed_in(site: Site) -> None:
+    """Login CSRF, as an outside review ran it: carol signs in, keeps her hand-off link instead of
+    following it and has the victim's browser open it; the victim was signed out of the app and into
+    carol's account. Now the link (at any of its three steps) makes no session in another browser."""
+    add_user(site.gw.config_path, "carol-csrf", PASSWORD)
+    add_user(site.gw.config_path, "victim-csrf", PASSWORD)
+    app = f"http://app.test:{site.gw.port}/inbox"
+    with browser(site.gw) as carol, browser(site.gw) as victim:
+        assert login(carol, "carol-csrf").status_code == 302
+        assert login(victim, "victim-csrf").status_code == 302
+        victims_app = follow_handoff(
+            victim, victim.get("/.gateway/login", params={"rd": app}).headers["location"], connect=site.gw.url
+        )
+        victims_session = victims_app.cookies.get(SESSION_COOKIE)
+        assert victims_session
+
+        # Step one, the link as carol got it, opened by the victim's browser (its own auth session).
+        link = carol.get("/.gateway/login", params={"rd": app}).headers["location"]
+        opened = follow_handoff(victim, link, connect=site.gw.url)
+        assert opened.status_code == 400, opened.text
+        assert "not for this browser" in opened.text
+        assert SESSION_COOKIE not in opened.headers.get("set-cookie", "")
+
+        # Step three: carol follows the link herself up to the last hop, then hands that out.
+        link = carol.get("/.gateway/login", params={"rd": app}).headers["location"]
+        first = site.send("GET", link.split(f":{site.gw.port}", 1)[1], "app.test")
+        back = carol.get(first.headers["location"])
+        assert back.status_code == 302
+        last = back.headers["location"].split(f":{site.gw.port}", 1)[1]
+        for cookies in ({}, {HANDOFF_COOKIE: "guessed"}):
+            header = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+            stolen = site.send("GET", last, "app.test", headers=header)
+            assert stolen.status_code == 400, stolen.text
+            assert SESSION_COOKIE not in stolen.headers.get("set-cookie", "")
+
+        # The victim is still signed in to the app as themselves.
+        probe = site.send(
+            "GET",
+            "/probe",
+            "app.test",
+            headers={"Cookie": f"{SESSION_COOKIE}={victims_session}", "Accept": "application/json"},
+        )
+        assert probe.status_code == 200, probe.text
+        assert dict(probe.json()["headers"]).get("x-gateway-user") == "victim-csrf"

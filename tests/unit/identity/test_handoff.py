@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.identity.handoff import HandoffCodes, HandoffGrant, normalise_host
+from gateway.identity.handoff import HandoffCodes, HandoffGrant, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session, SessionStore
 from gateway.settings.schema import SessionSettings
@@ -174,3 +174,39 @@ async def test_hand_off_joins_the_family_and_sign_out_ends_both(
 )
 def test_normalise_host(raw: str, expected: str) -> None:
     assert normalise_host(raw) == expected
+
+
+async def test_a_code_becomes_bound_then_confirmed_only_by_its_own_sign_in(
+    codes: HandoffCodes, source: Session, clock: FakeClock
+) -> None:
+    """The three steps of a hand-off (the module docstring): each code works once, the auth host
+    confirms only for the sign-in family that issued it, and the whole within the first minute."""
+    first = await codes.issue(
+        family=source.family, user_id=7, target_host="wiki.example.com", session=source,
+        origin="https://wiki.example.com:8443",
+    )  # fmt: skip
+    grant = await codes.redeem(first, host="wiki.example.com")
+    assert grant is not None
+    assert (grant.origin, grant.binding, grant.confirmed) == ("https://wiki.example.com:8443", "", False)
+    binding = nonce_hash("browser-nonce")
+    bound = await codes.bind(grant, binding=binding)
+    # Another sign-in (another browser) cannot confirm it, and the attempt burns it.
+    assert await codes.confirm(bound, family="someone-else") is None
+    assert await codes.confirm(bound, family=source.family) is None
+    bound = await codes.bind(grant, binding=binding)
+    confirmed = await codes.confirm(bound, family=source.family)
+    assert confirmed is not None
+    assert (confirmed.binding, confirmed.confirmed) == (binding, True)
+    assert await codes.confirm(bound, family=source.family) is None  # once
+    back = await codes.reissue(confirmed)
+    # A confirmed code cannot be confirmed again (only redeemed where it was issued for).
+    assert await codes.confirm(back, family=source.family) is None
+    back = await codes.reissue(confirmed)
+    final = await codes.redeem(back, host="wiki.example.com")
+    assert final is not None
+    assert (final.binding, final.confirmed, final.expires_at) == (binding, True, grant.expires_at)
+    # An unbound code is never confirmed; the steps share the first code's minute.
+    assert await codes.confirm(await codes.reissue(grant), family=source.family) is None
+    clock.advance(61)
+    with pytest.raises(ValueError, match="expired"):
+        await codes.bind(grant, binding=binding)
