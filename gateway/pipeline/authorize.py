@@ -188,7 +188,10 @@ def authorize_client(
             RFC 6750 ``insufficient_scope`` challenge).
     """
     principals = client.principals
-    decision = _decide(principals, route, method, path, policy, rec, sample)
+    # A person's own token (an identity provider's access token for a linked account) carries no
+    # session, so not their choices about "policy_analytics": it is never sampled, which honours an
+    # objection or a withdrawal without reading them on every request. Machine clients are sampled.
+    decision = _decide(principals, route, method, path, policy, rec, None if client.person else sample)
     if not decision.allowed:
         raise InsufficientScope(_message(decision), reason=decision.reason)
     roles = policy.roles_for(principals)

@@ -1,5 +1,6 @@
 """The authorize stage honours the "policy_analytics" purpose: a session that opted out is decided as
-any other but never counted in the decision sample; everyone else's requests still are."""
+any other but never counted in the decision sample; everyone else's requests still are. A person's own
+access token carries no session (and no choices): it is never counted; a machine client's is."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from gateway.clock import FakeClock
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.levels import AuthLevel
 from gateway.identity.sessions import Session
+from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestKind, RequestRecord
-from gateway.pipeline.authorize import AccessDenied, authorize
+from gateway.pipeline.authorize import AccessDenied, InsufficientScope, authorize, authorize_client
 from gateway.privacy.purposes import GEOLOCATION, POLICY_ANALYTICS
 from gateway.store.db import Database
 
@@ -83,3 +85,34 @@ async def test_an_opted_out_session_is_decided_but_not_sampled(database: Databas
     await sample.flush()
     paths = sorted(s.path for s in await sample.recent(1))
     assert paths == ["/bob", "/carol"]
+
+
+async def test_a_persons_own_token_is_decided_but_never_sampled(database: Database, clock: FakeClock) -> None:
+    sample = DecisionSample(database, clock=clock)
+    policy = Policy(DenyAll())
+    for name, person in (("dana", True), ("ci-bot", False)):
+        token = VerifiedToken(
+            subject=name,
+            principals=frozenset({f"user:{name}" if person else f"client:{name}"}),
+            roles=(),
+            routes=None,
+            expires_at=clock.time() + 60,
+            token_id="t",
+            issuer="corp",
+            person=person,
+        )
+        rec = RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+        with pytest.raises(InsufficientScope):
+            authorize_client(
+                client=token,
+                route="app",
+                method="GET",
+                path=f"/{name}",
+                policy=cast(LivePolicy, policy),
+                signer=cast(AssertionSigner, None),
+                rec=rec,
+                sample=sample,
+            )
+        assert rec.reason == Reason.NO_MATCHING_RULE
+    await sample.flush()
+    assert [s.path for s in await sample.recent(1)] == ["/ci-bot"]
