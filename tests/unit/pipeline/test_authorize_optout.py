@@ -18,7 +18,8 @@ from gateway.identity.levels import AuthLevel
 from gateway.identity.sessions import Session
 from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestKind, RequestRecord
-from gateway.pipeline.authorize import AccessDenied, InsufficientScope, authorize, authorize_client
+from gateway.pipeline.authorize import AccessDenied, authorize, authorize_client
+from gateway.pipeline.bearer import InsufficientScope
 from gateway.privacy.purposes import GEOLOCATION, POLICY_ANALYTICS
 from gateway.store.db import Database
 
