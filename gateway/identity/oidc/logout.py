@@ -96,15 +96,29 @@ class OidcSignInIndex:
         """Families to end for a logout naming ``sid`` and/or ``sub``; their index entries are removed.
 
         With both, only families of that provider session *and* that subject qualify (a token whose
-        sid and sub disagree ends nothing more than either names).
+        sid and sub disagree ends nothing more than either names), and so do the subject's sign-ins
+        whose ID token carried no ``sid`` (the provider named no session then; ending them is the
+        safe side). Entries of families not chosen stay in the index.
         """
-        by_sid = await self._take_list(_sid_key(provider, sid)) if sid else None
+        sid_key = _sid_key(provider, sid) if sid else None
+        by_sid = self._parse_list(await self._state.get(sid_key)) if sid_key else ()
         if sub is None:
-            return by_sid or ()
-        if by_sid is None:
-            return await self._take_list(_sub_key(provider, sub))
-        of_subject = set(self._parse_list(await self._state.get(_sub_key(provider, sub))))
-        return tuple(f for f in by_sid if f in of_subject)
+            chosen = list(by_sid)
+        else:
+            of_subject = self._parse_list(await self._state.get(_sub_key(provider, sub)))
+            if sid_key is None:
+                chosen = list(of_subject)
+            else:
+                chosen = [f for f in by_sid if f in of_subject]
+                for family in of_subject:
+                    record = await self.get(family)
+                    if family not in chosen and record is not None and not record.sid:
+                        chosen.append(family)
+            if chosen:
+                await self._remove(_sub_key(provider, sub), chosen)
+        if sid_key is not None and chosen:
+            await self._remove(sid_key, chosen)
+        return tuple(chosen)
 
     async def claim_token_id(self, *, provider: str, jti: str, ttl: float) -> bool:
         """Mark a logout token's ``jti`` used; False if it was already (a replay)."""
@@ -131,8 +145,9 @@ class OidcSignInIndex:
         except msgspec.MsgspecError:
             return ()
 
-    async def _take_list(self, key: str) -> tuple[str, ...]:
-        return self._parse_list(await self._state.take(key))
+    async def _remove(self, key: str, families: list[str]) -> None:
+        gone = set(families)
+        await self._update(key, lambda cur: [f for f in cur if f not in gone])
 
     async def _add(self, key: str, family: str) -> None:
         await self._update(key, lambda cur: [*cur, family][-_MAX_FAMILIES:])

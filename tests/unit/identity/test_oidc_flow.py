@@ -165,6 +165,25 @@ async def test_logout_index_finds_families_by_sid_or_sub(
     assert await index.get(b) is None
 
 
+async def test_a_logout_with_sid_also_ends_the_subjects_sign_ins_that_had_none(
+    fast_state: FastState, sessions: SessionStore, clock: FakeClock
+) -> None:
+    """A provider that put no sid in the ID token but names one in the logout token: the sign-in is
+    known by subject only, and is ended (before, nothing was, with a 200). Another sid's sign-in of
+    the same subject is another provider session, and stays; so does its index entry."""
+    index = OidcSignInIndex(fast_state, ttl=3600)
+    plain, other = await _family(sessions, clock, 1), await _family(sessions, clock, 1)
+    await index.remember(
+        family=plain, sign_in=OidcSignIn(provider="corp", sub="alice", sid=None, id_token="t")
+    )
+    await index.remember(
+        family=other, sign_in=OidcSignIn(provider="corp", sub="alice", sid="sid-9", id_token="u")
+    )
+    assert await index.families(provider="corp", sub="alice", sid="sid-1") == (plain,)
+    assert await index.families(provider="corp", sub="alice", sid="sid-1") == ()  # its entry is gone
+    assert await index.families(provider="corp", sub=None, sid="sid-9") == (other,)
+
+
 async def test_a_logout_token_id_is_accepted_once(fast_state: FastState, fast_state_peer: FastState) -> None:
     assert await OidcSignInIndex(fast_state, ttl=60).claim_token_id(provider="corp", jti="j1", ttl=60)
     assert not await OidcSignInIndex(fast_state_peer, ttl=60).claim_token_id(
