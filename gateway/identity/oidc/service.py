@@ -78,8 +78,14 @@ def unmet_claims(idp: IdentityProvider, claims: Mapping[str, Any]) -> list[str]:
 
 
 def mfa_proven(idp: IdentityProvider, token: IdToken) -> bool:
-    """Whether the provider's claims prove MFA that this provider's operator chose to trust."""
-    if not idp.trust_mfa:
+    """Whether the provider's claims prove MFA that this provider's operator chose to trust.
+
+    Only with ``auth_time``: the MFA counts at that time (a route's ``max_age`` and the reauthentication
+    limits measure from it), and without it the provider's MFA cannot be timed. Counting it as done
+    now would make every silent provider sign-in a fresh second factor for removing factors, new
+    recovery codes and the privacy rights; instead the gateway asks for its own factor.
+    """
+    if not idp.trust_mfa or token.auth_time is None:
         return False
     return bool(set(token.amr) & set(idp.mfa_amr)) or (token.acr is not None and token.acr in idp.mfa_acr)
 
@@ -222,8 +228,8 @@ class OidcService:
         level = AuthLevel.ONE_FACTOR
         trusted = mfa_proven(idp, token)
         if trusted:
-            at = min(token.auth_time, now) if token.auth_time is not None else now
-            factors.append(FactorUse(Factor.IDP_MFA, at))
+            assert token.auth_time is not None  # mfa_proven says so
+            factors.append(FactorUse(Factor.IDP_MFA, min(token.auth_time, now)))
             level = AuthLevel.TWO_FACTOR
         await self._audit.record(
             "signin.oidc",

@@ -28,8 +28,8 @@ def idp(**options: Any) -> IdentityProvider:
     return IdentityProvider(**base)
 
 
-def token(amr: tuple[str, ...] = (), acr: str | None = None) -> IdToken:
-    return IdToken(claims={}, subject="s", issued_at=0.0, auth_time=None, amr=amr, acr=acr, sid=None)
+def token(amr: tuple[str, ...] = (), acr: str | None = None, auth_time: float | None = 100.0) -> IdToken:
+    return IdToken(claims={}, subject="s", issued_at=0.0, auth_time=auth_time, amr=amr, acr=acr, sid=None)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,9 @@ def test_provider_mfa_counts_only_when_trusted_and_proven(
 ) -> None:
     provider = idp(trust_mfa=trust, mfa_acr=("urn:loa:2",))
     assert mfa_proven(provider, token(amr, acr)) is proven
+    # A token without auth_time: the provider's MFA cannot be timed, so it is never counted (it would
+    # be a fresh second factor on every silent provider sign-in).
+    assert mfa_proven(provider, token(amr, acr, auth_time=None)) is False
 
 
 def test_login_hints_route_by_email_domain() -> None:
