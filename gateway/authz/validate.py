@@ -70,6 +70,7 @@ def validate(rules: PolicyRules) -> list[Finding]:
         *_area_findings(rules),
         *_subtree_findings(rules),
         *_subject_findings(rules, held),
+        *_link_findings(rules),
         *_unknown_roles(rules, held),
         *_hierarchy_findings(rules, graph, reach),
     ]
@@ -318,6 +319,26 @@ def _held_roles(reach: dict[str, dict[str, int]]) -> set[str]:
     }
 
 
+def _group_without_provider(name: str) -> bool:
+    return name.startswith("group:") and ":" not in name.removeprefix("group:") and name != "group:"
+
+
+def _group_finding(name: str, rule: Rule) -> Finding:
+    group = name.removeprefix("group:")
+    return Finding(
+        Severity.WARNING,
+        "group-without-provider",
+        f"{name!r} matches no session: a group is named with the identity provider that asserted it,"
+        f" group:<provider>:<group> (e.g. 'group:corp:{group}')",
+        rule,
+    )
+
+
+def _link_findings(rules: PolicyRules) -> list[Finding]:
+    """``g`` lines whose member is a group named without its provider."""
+    return [_group_finding(rule.member, rule) for rule in rules.links if _group_without_provider(rule.member)]
+
+
 def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
     out: list[Finding] = []
     for rule in rules.policies:
@@ -326,6 +347,8 @@ def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
             out.append(
                 Finding(Severity.ERROR, "empty-name", f"subject {subject!r} names nobody; add the name", rule)
             )
+        elif _group_without_provider(subject):
+            out.append(_group_finding(subject, rule))
         elif subject.startswith("scope:") and ":" not in subject.removeprefix("scope:"):
             scope = subject.removeprefix("scope:")
             out.append(

@@ -366,7 +366,8 @@ class SessionStore:
             user_agent: Client User-Agent (shown in "my sessions").
             host: The host this session's cookie is for.
             email: The account's email, if it has one (for identity headers).
-            groups: Groups an identity provider asserted (principals ``group:<name>``).
+            groups: Groups an identity provider asserted, as ``<provider>:<group>`` (principals
+                ``group:<provider>:<group>``).
             password_change: The account must choose a new password before anything else.
             optout: The optional purposes not to process for this person (see ``Session.optout``).
             family: Join this existing sign-in (cross-host hand-off): the session inherits the

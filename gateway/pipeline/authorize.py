@@ -1,7 +1,8 @@
 """The authorize stage: may these principals do this method on this path of this route?
 
 A session's principals are ``user:<name>``, ``authenticated`` (every signed-in session), its locally
-granted roles by their bare names, and ``group:<name>`` for each group an identity provider asserted.
+granted roles by their bare names, and ``group:<provider>:<name>`` for each group an identity provider
+asserted (the session keeps them with their provider).
 The decision comes from the worker's :class:`~gateway.authz.cache.Authorizer` (decision cache in
 front of the compiled policy index), keyed by the policy version, so a policy change applies to the
 very next request. Anything but an explicit allow is a 403 carrying the decision's reason id — never

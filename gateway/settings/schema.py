@@ -223,7 +223,8 @@ class IdentityProvider(_Config, frozen=True):
     # Shown on the sign-in button; the name when empty.
     display_name: str = ""
     scopes: tuple[str, ...] = ("openid", "email", "profile")
-    # Claim (ID token, or userinfo) listing the person's groups; they become principals group:<name>.
+    # Claim (ID token, or userinfo) listing the person's groups; they become principals
+    # group:<provider>:<name>.
     groups_claim: str = "groups"
     # Group → role(s) granted in sessions signed in through this provider (on top of local roles).
     role_map: dict[str, str | tuple[str, ...]] = msgspec.field(default_factory=dict)

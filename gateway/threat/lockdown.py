@@ -12,8 +12,8 @@ off). Failing closed on every hiccup would turn a Redis blip into a full outage;
 state is down no session can be read either, so no signed-in request gets through anyway.
 
 Who passes a lockdown (:func:`is_break_glass`): a session that speaks for the ``lockdown.break_glass_group``
-(an identity provider's group of that name, or the role of that name as the policy sees it: a local
-role of the account, or reached through the policy's ``g`` lines) *and* used a WebAuthn factor
+(an identity provider's group, written ``<provider>:<group>`` as sessions keep it, or the role of that
+name as the policy sees it: a local role of the account, or reached through the policy's ``g`` lines) *and* used a WebAuthn factor
 (passkey or security key) in this session within ``lockdown.max_factor_age``. A TOTP code or a recovery
 code is not enough: those can be phished or read off a stolen phone, a WebAuthn assertion cannot.
 

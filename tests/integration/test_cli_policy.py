@@ -21,7 +21,7 @@ p, admin, *, /*, *, allow
 p, authenticated, app, /public/*, GET|HEAD, allow
 p, staff, app, /wiki/*, GET, allow
 p, user:mallory, app, /*, *, deny
-g, group:ops, admin
+g, group:corp:ops, admin
 g, user:bob, staff
 """
 CHANGED = """\
@@ -29,7 +29,7 @@ p, admin, *, /*, *, allow
 p, authenticated, app, /public/*, GET|HEAD, allow
 p, staff, app, /wiki/*, GET|POST, allow
 p, user:mallory, app, /*, *, deny
-g, group:ops, admin
+g, group:corp:ops, admin
 g, user:bob, staff
 g, user:carol, staff
 """
@@ -45,7 +45,7 @@ p, user:root, *, /files*, GET, allow
 CASES = """\
 cases:
   - name: ops are admins
-    principals: [user:olga, group:ops, authenticated]
+    principals: [user:olga, group:corp:ops, authenticated]
     route: app
     method: DELETE
     path: /anything
@@ -56,7 +56,7 @@ cases:
     path: /wiki/../wiki/Home
     expect: allow
     reason: policy-allow
-  - principals: user:mallory, group:ops
+  - principals: user:mallory, group:corp:ops
     route: app
     method: GET
     path: /public/x

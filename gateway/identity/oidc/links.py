@@ -19,7 +19,8 @@ The rules, in the order they are applied:
    racing to create the same person end with one account (the unique link decides; the loser reads
    the winner's).
 5. Groups come from ``groups_claim`` (a list of strings, or one string); roles are the account's
-   local roles plus ``role_map`` of those groups.
+   local roles plus ``role_map`` of those groups. The session keeps them as ``<provider>:<group>``
+   (principal ``group:<provider>:<group>``).
 """
 
 from __future__ import annotations
@@ -188,6 +189,10 @@ class IdentityMapper:
             )
             raise AccountRefused("This account is disabled. Contact your administrator.", why="disabled")
         roles = tuple(dict.fromkeys((*user.roles.split(), *idp.roles_for(groups))))
+        # The session's groups carry their provider (principal group:<provider>:<group>), as scopes
+        # and clients do: a group name is only as trustworthy as the provider that asserts it, so a
+        # second provider's "eng" must not grant what rules written about the first one's give.
+        groups = tuple(f"{idp.name}:{group}" for group in groups)
         return MappedIdentity(
             user=user,
             created=created,

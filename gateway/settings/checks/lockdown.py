@@ -11,9 +11,9 @@ from gateway.settings.schema import Settings
 
 __all__ = ["check_lockdown"]
 
-# A group or role name as the policy and identity providers spell it: no spaces, no principal prefix
-# (``group:ops`` would never match: the check compares bare names, see gateway/threat/lockdown.py).
-_GROUP: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/-]{0,127}")
+# A role name, or an identity provider's group as sessions keep it (``<provider>:<group>``): no spaces,
+# no principal prefix (``group:ops`` would never match: see gateway/threat/lockdown.py).
+_GROUP: Final = re.compile(r"(?:([a-z0-9][a-z0-9_-]*):)?[A-Za-z0-9][A-Za-z0-9_.@/-]{0,127}")
 # Retry-After beyond a day tells every client and crawler to give up; an emergency is shorter.
 _MAX_RETRY_AFTER: Final = 86400.0
 _MAX_TEXT: Final = 1000
@@ -33,12 +33,21 @@ def check_lockdown(settings: Settings, report: Report) -> None:
     if lockdown.retry_after > _MAX_RETRY_AFTER:
         report.add(("lockdown", "retry_after"), "must be at most 1d (clients would stop retrying)")
     group = lockdown.break_glass_group
-    if group is not None and not _GROUP.fullmatch(group):
+    matched = _GROUP.fullmatch(group) if group is not None else None
+    if group is not None and matched is None:
         report.add(
             ("lockdown", "break_glass_group"),
-            "must be a bare group or role name (letters, digits, _ . @ / -; no spaces and no "
-            "'group:' prefix), e.g. break-glass",
+            "must be a role name or <provider>:<group> (letters, digits, _ . @ / -; no spaces and no "
+            "'group:' prefix), e.g. break-glass or corp:sre-oncall",
         )
+    elif matched is not None and matched.group(1) is not None:
+        providers = {idp.name for idp in settings.identity_providers}
+        if matched.group(1) not in providers:
+            report.add(
+                ("lockdown", "break_glass_group"),
+                f"names the group of provider {matched.group(1)!r}, which identity_providers does not "
+                "configure: nobody would pass",
+            )
     for key, text in (("title", lockdown.title), ("message", lockdown.message)):
         if not text.strip():
             report.add(("lockdown", key), "must not be empty: it is what everyone sees during a lockdown")

@@ -16,15 +16,15 @@ RULES = parse_policy(POLICY_FILE.read_text(encoding="utf-8"), source="policies/p
 INDEX = PolicyIndex.build(RULES, 1)
 
 SIGNED_IN = "authenticated"
-ALICE = {"user:alice", SIGNED_IN, "group:staff"}  # sre
-BOB = {"user:bob", SIGNED_IN, "group:staff"}  # finance-admin
-CAROL = {"user:carol", SIGNED_IN, "group:staff"}  # wiki-admin
-DANA = {"user:dana", SIGNED_IN, "group:staff"}  # hr-staff
+ALICE = {"user:alice", SIGNED_IN, "group:corp:staff"}  # sre
+BOB = {"user:bob", SIGNED_IN, "group:corp:staff"}  # finance-admin
+CAROL = {"user:carol", SIGNED_IN, "group:corp:staff"}  # wiki-admin
+DANA = {"user:dana", SIGNED_IN, "group:corp:staff"}  # hr-staff
 ROOT = {"user:root", SIGNED_IN}  # admin
-ENG = {"user:erin", SIGNED_IN, "group:staff", "group:eng"}
-FIN = {"user:fred", SIGNED_IN, "group:staff", "group:finance"}
-CONTRACTOR = {"user:cody", SIGNED_IN, "group:contractors"}
-STAFF = {"user:sam", SIGNED_IN, "group:staff"}
+ENG = {"user:erin", SIGNED_IN, "group:corp:staff", "group:corp:eng"}
+FIN = {"user:fred", SIGNED_IN, "group:corp:staff", "group:corp:finance"}
+CONTRACTOR = {"user:cody", SIGNED_IN, "group:corp:contractors"}
+STAFF = {"user:sam", SIGNED_IN, "group:corp:staff"}
 GUEST = {"user:guest", SIGNED_IN}
 LOCAL_ADMIN = {"user:ops", SIGNED_IN, "admin"}  # a local account carrying the admin role itself
 
@@ -49,7 +49,7 @@ CASES = [
     (CAROL, "wiki", "DELETE", "/api/pages/home", True),
     (CAROL, "wiki", "GET", "/admin/users", True),
     (CAROL, "wiki", "GET", "/admin", True),
-    (CAROL | {"group:contractors"}, "wiki", "GET", "/admin", False),  # the contractor deny wins
+    (CAROL | {"group:corp:contractors"}, "wiki", "GET", "/admin", False),  # the contractor deny wins
     (STAFF, "wiki", "GET", "/admin/users", False),
     (ENG, "wiki", "POST", "/pages/engineering/runbooks", True),
     (STAFF, "wiki", "POST", "/pages/engineering/runbooks", False),
@@ -76,7 +76,7 @@ CASES = [
     (BOB, "finance", "POST", "/api/invoices", True),
     (BOB, "finance", "GET", "/admin/settings", True),  # an employee, yet not locked out: see policy.csv
     (ALICE, "finance", "GET", "/reports/2024/q1", False),
-    (CONTRACTOR | {"group:finance"}, "finance", "GET", "/reports/x", True),
+    (CONTRACTOR | {"group:corp:finance"}, "finance", "GET", "/reports/x", True),
     (CONTRACTOR | {"finance-admin"}, "finance", "GET", "/admin/settings", False),  # deny wins
     # hr
     (STAFF, "hr", "GET", "/me", True),

@@ -73,9 +73,7 @@ def test_rule_for_a_role_nobody_holds() -> None:
 
 
 def test_principal_subjects_need_no_grant() -> None:
-    text = (
-        "p, user:bob, w, /a, GET, allow\np, group:x, w, /a, GET, allow\np, authenticated, w, /a, GET, allow\n"
-    )
+    text = "p, user:bob, w, /a, GET, allow\np, group:corp:x, w, /a, GET, allow\np, authenticated, w, /a, GET, allow\n"
     assert _codes(text) == []
     assert _codes("p, user:, w, /a, GET, allow\n") == [("empty-name", Severity.ERROR, 2)]
 
@@ -91,6 +89,20 @@ def test_a_scope_names_its_provider() -> None:
     assert _codes("p, scope:, api, /r, GET, allow\n") == [("empty-name", Severity.ERROR, 2)]
 
 
+def test_a_group_without_its_provider_matches_no_session() -> None:
+    """Sessions carry group:<provider>:<group>; group:eng (any provider's eng, before) matches none."""
+    assert _codes("g, group:corp:eng, eng\np, eng, w, /, GET, allow\n") == []
+    findings = _findings(
+        "g, group:eng, engineer\np, group:ops, w, /, GET, allow\np, engineer, w, /, GET, allow\n"
+    )
+    # (Line numbers count from 2: _findings puts a line of its own first.)
+    assert sorted((f.code, f.line) for f in findings if f.code == "group-without-provider") == [
+        ("group-without-provider", 2),
+        ("group-without-provider", 3),
+    ]
+    assert any("'group:corp:eng'" in f.message for f in findings)
+
+
 def test_unknown_role_in_g() -> None:
     findings = validate(parse_policy("g, viewer, reader\np, user:a, w, /, GET, allow\n"))
     assert {(f.code, f.line) for f in findings} == {("unknown-role", 1)}
@@ -98,7 +110,7 @@ def test_unknown_role_in_g() -> None:
 
 
 def test_roles_held_through_groups_and_hierarchy() -> None:
-    text = "g, group:eng, engineer\ng, engineer, employee\np, employee, w, /, GET, allow\n"
+    text = "g, group:corp:eng, engineer\ng, engineer, employee\np, employee, w, /, GET, allow\n"
     assert validate(parse_policy(text)) == []
 
 

@@ -95,7 +95,7 @@ async def test_jit_creates_an_account_without_password_and_finds_it_by_the_link(
         "Ada Lovelace",
         None,
     )
-    assert first.groups == ("eng", "admins")
+    assert first.groups == ("corp:eng", "corp:admins")  # kept with their provider
     assert first.roles == ("dev", "reader", "admin")
     # Later: found by (provider, sub) even when the email and username claims changed.
     again = await world.mapper.map(
@@ -218,6 +218,35 @@ async def test_two_replicas_creating_the_same_person_end_with_one_account(
     assert len(users) == 1, results
     assert await world.count(User) == 1
     assert await world.count(IdentityLink) == 1
+
+
+async def test_a_second_provider_cannot_assert_the_first_ones_groups(world: World) -> None:
+    """Whoever runs a second provider (a partner's) could put "admins" in its tokens: the group is
+    kept with the provider that asserted it, so rules about corp's admins never match it."""
+    partner = IdentityProvider(
+        name="partner",
+        issuer="https://partner.example.com",
+        client_id="gw",
+        client_secret="s",
+        provisioning="jit",
+    )
+    theirs = await world.mapper.map(
+        partner,
+        subject="p-1",
+        claims=claims(
+            sub="p-1", email="x@partner.example.com", preferred_username="px", groups=["admins", "eng"]
+        ),
+    )
+    ours = await world.mapper.map(
+        JIT,
+        subject="c-1",
+        claims=claims(sub="c-1", email="y@example.com", preferred_username="cy", groups=["admins"]),
+    )
+    assert theirs.groups == ("partner:admins", "partner:eng")
+    assert ours.groups == ("corp:admins",)
+    # role_map is the provider's own, and reads the group as that provider named it.
+    assert "admin" in ours.roles
+    assert "admin" not in theirs.roles
 
 
 def test_groups_are_bounded_strings() -> None:

@@ -34,6 +34,8 @@ def test_values_and_a_threat_rule_that_locks_down() -> None:
     ("block", "message"),
     [
         ("lockdown: {break_glass_group: 'group:ops'}", "lockdown.break_glass_group"),
+        # A provider's group names a configured provider (here none is): else nobody would pass.
+        ("lockdown: {break_glass_group: 'corp:ops'}", "identity_providers does not configure"),
         ("lockdown: {break_glass_group: 'two words'}", "lockdown.break_glass_group"),
         ("lockdown: {retry_after: 0}", "lockdown.retry_after"),
         ("lockdown: {retry_after: 2d}", "lockdown.retry_after"),
@@ -46,3 +48,12 @@ def test_errors_name_the_key(block: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(BASE + block + "\n")
     assert message in str(info.value)
+
+
+def test_a_providers_group_passes_when_the_provider_is_configured() -> None:
+    text = BASE + (
+        "identity_providers: [{name: corp, issuer: 'https://idp.example.com', client_id: gw,"
+        " client_secret: s}]\n"
+        "lockdown: {break_glass_group: 'corp:sre-oncall'}\n"
+    )
+    assert parse_settings(text).lockdown.break_glass_group == "corp:sre-oncall"
