@@ -139,7 +139,7 @@ class ProviderIntrospection:
         self._audit = audit
         self._clock = clock
         self._cache: IntrospectionCache | None = None
-        self._cache_for: AccessTokens | None = None
+        self._cache_for: tuple[str, str, AccessTokens] | None = None
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
         self.calls = 0
 
@@ -153,10 +153,13 @@ class ProviderIntrospection:
     def recognises(self, token: str) -> bool:
         return self._introspecting() is not None and not is_gateway_token(token) and not looks_like_jwt(token)
 
-    def cache(self, tokens: AccessTokens) -> IntrospectionCache:
-        """The cache for these settings (a reload with other settings starts an empty one)."""
-        if self._cache is None or self._cache_for != tokens:
-            self._cache, self._cache_for = IntrospectionCache(tokens.cache_size), tokens
+    def cache(self, idp: IdentityProvider, tokens: AccessTokens) -> IntrospectionCache:
+        """The cache for this provider and these settings: a reload that changes either (another
+        provider introspects now, with an identical block) starts an empty one, so no answer of one
+        provider is read under another's name."""
+        owner = (idp.name, idp.issuer, tokens)
+        if self._cache is None or self._cache_for != owner:
+            self._cache, self._cache_for = IntrospectionCache(tokens.cache_size), owner
         return self._cache
 
     async def verify(self, token: str, *, route: str, ip: str) -> VerifiedToken:
@@ -183,7 +186,7 @@ class ProviderIntrospection:
         self, token: str, idp: IdentityProvider, tokens: AccessTokens, introspection: TokenIntrospection
     ) -> VerifiedToken:
         key = hash_token(token)
-        cache = self.cache(tokens)
+        cache = self.cache(idp, tokens)
         answer = cache.get(key, self._clock.time())
         if answer is None:
             answer = await self._ask(token, key, idp, tokens, introspection, cache)

@@ -49,13 +49,13 @@ class StubClient:
         return self.answers.get(token, {"active": False})
 
 
-def provider(**tokens: Any) -> IdentityProvider:
+def provider(name: str = "corp", **tokens: Any) -> IdentityProvider:
     settings: dict[str, Any] = {
         "introspection": TokenIntrospection(client_id="rs", client_secret="rs-secret")
     }
     settings.update(tokens)
     return IdentityProvider(
-        name="corp", issuer=ISSUER, client_id="gateway", client_secret="gateway-secret",
+        name=name, issuer=ISSUER, client_id="gateway", client_secret="gateway-secret",
         access_tokens=AccessTokens(audience=AUDIENCE, **settings),
     )  # fmt: skip
 
@@ -201,7 +201,7 @@ async def test_the_cache_is_bounded_in_entries_and_keyed_by_hash(site: Site) -> 
         site.active(name)
         await site.verify(name)
     assert site.idp.access_tokens is not None
-    cache = site.verifier.cache(site.idp.access_tokens)
+    cache = site.verifier.cache(site.idp, site.idp.access_tokens)
     assert len(cache) == 2
     keys = list(cache._entries)
     assert all(len(k) == 64 and "t-" not in k for k in keys)
@@ -252,4 +252,14 @@ async def test_a_reload_with_other_settings_starts_an_empty_cache(site: Site) ->
     await site.verify("opaque-1")
     site.idp = provider(cache_ttl=120.0)
     await site.verify("opaque-1")
+    assert len(site.client.calls) == 2
+
+
+async def test_another_provider_introspecting_after_a_reload_starts_an_empty_cache(site: Site) -> None:
+    """The same access_tokens block moved to another provider: corp's cached answer is not read as
+    partner's (it would name the client partner:… without partner ever having said so)."""
+    site.active("opaque-1")
+    assert await site.verify("opaque-1") == "corp:reporter"
+    site.idp = provider("partner")
+    assert await site.verify("opaque-1") == "partner:reporter"
     assert len(site.client.calls) == 2
