@@ -428,9 +428,11 @@ class WebAuthnService:
         if user_id is not None and stored.user_id != user_id:
             raise _failed("credential of another user", user_id=user_id, owner=stored.user_id)
         handle = credential.response.user_handle
-        if user_id is None and handle is not None and handle != user_handle(stored.user_id):
-            # WebAuthn §7.2 step 6: the authenticator's account must be the credential's owner.
-            raise _failed("user handle does not match the credential", owner=stored.user_id)
+        if user_id is None and handle != user_handle(stored.user_id):
+            # WebAuthn §7.2 step 6: with no user named beforehand (a passkey sign-in), the response
+            # must carry the user handle, and it must be the credential's owner's (a discoverable
+            # credential always has one: its absence means the response was not made for this).
+            raise _failed("user handle missing or not the credential's owner", owner=stored.user_id)
         try:
             verified = verify_authentication_response(
                 credential=credential,

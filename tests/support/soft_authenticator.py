@@ -219,6 +219,7 @@ class SoftAuthenticator:
         sign_count: int | None = None,
         credential_id: bytes | None = None,
         user_handle: bytes | None = None,
+        omit_user_handle: bool = False,
     ) -> str:
         """Answer request options with a signed authentication response JSON.
 
@@ -230,6 +231,7 @@ class SoftAuthenticator:
             sign_count: Report (and keep) this counter value instead of advancing it (a clone).
             credential_id: Answer with this held credential even if the options do not allow it.
             user_handle: Report this user handle instead of the credential's.
+            omit_user_handle: Report none, even for a discoverable credential (a forged response).
 
         Returns:
             The ``AuthenticationResponseJSON`` a browser would send.
@@ -263,7 +265,11 @@ class SoftAuthenticator:
                 "authenticatorData": b64url(auth_data),
                 "signature": b64url(signature),
                 # Authenticators return the handle for discoverable credentials (they store it).
-                "userHandle": b64url(handle) if credential.discoverable or user_handle is not None else None,
+                "userHandle": (
+                    b64url(handle)
+                    if (credential.discoverable or user_handle is not None) and not omit_user_handle
+                    else None
+                ),
             },
         }
         self.last_response = json.dumps(response)

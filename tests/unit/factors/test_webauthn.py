@@ -636,6 +636,11 @@ async def test_passwordless_user_handle_must_match(
     options = await service.authentication_options(user_id=None)
     response = key.get(options, user_handle=user_handle(world.bob))
     await _refused(service.authenticate(credential_json=response, user_id=None))
+    # §7.2: with nobody named beforehand, the handle must be there (a discoverable credential has one).
+    options = await service.authentication_options(user_id=None)
+    await _refused(
+        service.authenticate(credential_json=key.get(options, omit_user_handle=True), user_id=None)
+    )
 
 
 async def test_passwordless_challenge_cannot_finish_a_second_factor(
