@@ -342,30 +342,28 @@ async def handoff_confirm(
 
 
 def _handoff_expired(request: AnyRequest, target: str) -> Template:
-    return page(
+    return _handoff_refused(
         request,
-        "message.html",
-        status=400,
-        title="This sign-in link has expired",
-        message="Sign-in links work once and only for a minute. Open the application again to continue.",
-        link=target,
-        link_text="Try again",
+        target,
+        "This sign-in link has expired",
+        "Sign-in links work once and only for a minute. Open the application again to continue.",
     )
 
 
 def _handoff_elsewhere(request: AnyRequest, target: str) -> Template:
     # Also the answer to a link someone else made: it never signs this browser in as them.
-    return page(
+    return _handoff_refused(
         request,
-        "message.html",
-        status=400,
-        title="This sign-in link is not for this browser",
-        message=(
-            "Sign-in links work only in the browser that signed in, once and for a minute. Open the "
-            "application again to continue."
-        ),
-        link=target,
-        link_text="Try again",
+        target,
+        "This sign-in link is not for this browser",
+        "Sign-in links work only in the browser that signed in, once and for a minute. Open the "
+        "application again to continue.",
+    )
+
+
+def _handoff_refused(request: AnyRequest, target: str, title: str, message: str) -> Template:
+    return page(
+        request, "message.html", status=400, title=title, message=message, link=target, link_text="Try again"
     )
 
 

@@ -8,23 +8,15 @@ directly in the services' session store.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from litestar.testing import AsyncTestClient
 
-from admin.app import create_admin_app
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.root.start import Role, start
 from gateway.services import Services
-from gateway.settings.loader import load_settings
+from tests.unit.admin.console_app import ORIGIN, Start
 
-ADMIN_PORT = 9443
-ORIGIN = f"http://gw.test:{ADMIN_PORT}"
 POLICY = """\
 p, authenticated, app, /docs/*, GET, allow
 p, admin, *, /*, *, allow
@@ -45,37 +37,10 @@ class Admin:
 
 
 @pytest.fixture
-async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    (tmp_path / "policy.csv").write_text(POLICY)
-    config = {
-        "listen": "127.0.0.1:8080",
-        "public_url": "http://gw.test:8080",
-        "data_dir": str(tmp_path / "data"),
-        "session": {"insecure_cookies": True},
-        "policy": {"file": str(tmp_path / "policy.csv")},
-        "admin": {"listen": f"127.0.0.1:{ADMIN_PORT}"},
-        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
-    }
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
-    path = tmp_path / "gateway.yaml"
-    running = await start(path, load_settings(path), role=Role.ADMIN)
-    try:
-        services = running.services
-        async with AsyncTestClient(create_admin_app(services), base_url=ORIGIN) as client:
-            now = services.identity.clock.time()
-            session_id, _ = await services.identity.sessions.create(
-                user_id=1,
-                username="boss",
-                level=AuthLevel.TWO_FACTOR,
-                factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
-                roles=(),
-                ip="127.0.0.1",
-                user_agent="test",
-                host="http://gw.test:8080",
-            )
-            yield Admin(client, services, session_id)
-    finally:
-        await running.close()
+async def admin(console: Start) -> Admin:
+    """The console (conftest.py) on this file's policy, and boss's fresh two-factor session."""
+    site = await console(policy=POLICY)
+    return Admin(site.client, site.services, await site.session("boss"))
 
 
 async def test_health_and_schema(admin: Admin) -> None:

@@ -40,6 +40,10 @@ class Policy:
     authorizer: DenyAll
 
 
+def _record(clock: FakeClock) -> RequestRecord:
+    return RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+
+
 def session(name: str, optout: tuple[str, ...]) -> Session:
     return Session(
         id_hash="0" * 64,
@@ -68,7 +72,7 @@ async def test_an_opted_out_session_is_decided_but_not_sampled(database: Databas
         "carol": (GEOLOCATION,),
     }
     for name, optout in people.items():
-        rec = RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+        rec = _record(clock)
         with pytest.raises(AccessDenied):
             authorize(
                 session=session(name, optout),
@@ -102,7 +106,7 @@ async def test_a_persons_own_token_is_decided_but_never_sampled(database: Databa
             issuer="corp",
             person=person,
         )
-        rec = RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+        rec = _record(clock)
         with pytest.raises(InsufficientScope):
             authorize_client(
                 client=token,
