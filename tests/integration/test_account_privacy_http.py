@@ -212,6 +212,17 @@ def me(gw: Gateway, session_id: str) -> int:
     return httpx.get(f"{gw.url}/.gateway/api/me", headers=headers, timeout=30).status_code
 
 
+def ended_everywhere(site: Site, sessions: list[str]) -> None:
+    """Every session refused on every replica and worker. The worker that ended them refuses at once;
+    the others within the session cache's second (a broadcast), so this waits a little beyond it: a
+    run beside a full test suite once saw the other worker still answer 200 right after."""
+
+    def ended() -> bool:
+        return all(me(gw, sid) == 401 for gw in site.gateways for sid in sessions)
+
+    wait_until(ended, timeout=3, interval=0.1, what="every session refused on every replica and worker")
+
+
 def sign_in_answer(
     gw: Gateway, token: str, user: str, password: str, host: str
 ) -> tuple[int, str, bool, int]:
@@ -382,7 +393,7 @@ def test_restriction_signs_out_everywhere_and_sign_in_is_refused_like_a_wrong_pa
         assert request["ref"] in text
         assert (request["kind"], request["status"]) == ("restriction", "completed")
         # Every session ended, on every replica.
-        assert [me(gw, sid) for gw in site.gateways for sid in sessions] == [401] * 2 * len(site.gateways)
+        ended_everywhere(site, sessions)
     account = site.account(user)
     assert account is not None
     assert account["restricted"] in (True, 1)
@@ -401,7 +412,7 @@ def test_closure_ends_the_sessions_and_refuses_sign_in(site: Site) -> None:
         assert (answer.json()["kind"], answer.json()["status"]) == ("closure", "completed")
         assert "180 days" in answer.json()["outcome"]
         assert 'gateway_session=""' in answer.headers["set-cookie"]
-        assert [me(gw, sid) for gw in site.gateways] == [401] * len(site.gateways)
+        ended_everywhere(site, [sid])
     account = site.account(user)
     assert account is not None
     assert account["closed_at"] is not None
@@ -446,7 +457,7 @@ def test_erasure_leaves_no_name_or_address_and_the_trail_verifies(site: Site) ->
         assert "Your account was erased" in text
         assert "kept for 180 days" in text
         ref = answer.headers["location"].rsplit("=", 1)[1]
-        assert [me(gw, sid) for gw in site.gateways] == [401] * len(site.gateways)
+        ended_everywhere(site, [sid])
     assert site.account(user) is None
     # The register keeps the request under the person's pseudonym only.
     [request] = site.rows("SELECT * FROM privacy_requests WHERE ref = ?", ref)
@@ -497,7 +508,7 @@ def test_a_legal_hold_puts_the_erasure_on_hold_and_restricts_the_account(site: S
         text = done_page(client, f"{PAGE}/done?ref={body['ref']}")
         assert "Your erasure is on hold" in text
         assert "A legal hold suspends the erasure" in text
-        assert [me(gw, sid) for gw in site.gateways] == [401] * len(site.gateways)
+        ended_everywhere(site, [sid])
     account = site.account(user)
     assert account is not None  # kept, as the hold demands
     assert account["restricted"] in (True, 1)
