@@ -498,21 +498,19 @@ class AccountService:
             # Always hash, also with no account or no password (None = dummy hash of equal cost): the
             # answer time must not tell an unknown user from a wrong password.
             correct = await self._hasher.verify(stored, password)
-            failed = user is None or stored is None or not correct or not user.can_sign_in
-            if failed:
+            if user is None or stored is None or not correct or not user.can_sign_in:
                 await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
-        if failed or user is None or stored is None:  # (the last two for the type checker: failed says so)
-            await self._audit.record(
-                "signin.password",
-                actor=f"user:{user.username}" if user is not None else "anonymous",
-                # A login that cannot be a name is left out: it is often a password typed into the
-                # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
-                subject=key if not key.startswith("~") else "",
-                ip=ip,
-                outcome="failure",
-                details={"reason": _failure_reason(user, correct=correct)},
-            )
-            raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
+                await self._audit.record(
+                    "signin.password",
+                    actor=f"user:{user.username}" if user is not None else "anonymous",
+                    # A login that cannot be a name is left out: it is often a password typed into the
+                    # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
+                    subject=key if not key.startswith("~") else "",
+                    ip=ip,
+                    outcome="failure",
+                    details={"reason": _failure_reason(user, correct=correct)},
+                )
+                raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
         # No reset of the failure counter here: a correct password is only half of a sign-in for a
         # user with a second factor, and resetting on it let an attacker who knows the password guess
         # codes without end (sign in again, guess again). The caller resets it once the whole sign-in
@@ -595,19 +593,17 @@ class AccountService:
         if current_password is not None:
             # A stolen session must not become a way to guess the password without limit.
             async with self._regulator.attempt(user.username) as attempt:
-                correct = await self._hasher.verify(user.password_hash, current_password)
-                if not correct:
+                if not await self._hasher.verify(user.password_hash, current_password):
                     await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
-            if not correct:
-                await self._audit.record(
-                    "user.password_changed",
-                    actor=actor,
-                    subject=user.username,
-                    ip=ip,
-                    outcome="failure",
-                    details={"reason": "bad-current-password"},
-                )
-                raise WrongPassword(WrongPassword.title)
+                    await self._audit.record(
+                        "user.password_changed",
+                        actor=actor,
+                        subject=user.username,
+                        ip=ip,
+                        outcome="failure",
+                        details={"reason": "bad-current-password"},
+                    )
+                    raise WrongPassword(WrongPassword.title)
             # A correct current password resets nothing: like at sign-in, it is one factor, and a
             # forced change happens before the second factor (the counter must keep its codes).
         new_hash = await self._hasher.hash(new_password)

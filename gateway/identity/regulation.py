@@ -230,9 +230,9 @@ class Regulator:
                 return record
             return _Record(pending=record.pending, last_reserved=record.last_reserved)
 
-        _, after = await self._update(account, forgive)
-        if after == _Record():
-            await self._state.delete(_key(account))
+        # Written, not deleted: a delete after the compare-and-set would drop a reservation another
+        # replica made in between. An empty record expires with its key within a second.
+        await self._update(account, forgive)
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (before the lock applies)."""

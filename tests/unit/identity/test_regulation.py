@@ -235,11 +235,22 @@ async def test_bursts_never_exceed_the_lock_budget_and_the_lock_is_audited_once(
     assert await world.wait() > 0
 
 
-async def test_counters_live_under_reg_keys(world: World) -> None:
+async def test_counters_live_under_reg_keys_and_a_success_leaves_an_empty_record(world: World) -> None:
     await world.fail()
-    assert await world.state.get("reg:alice") is not None
+    assert json.loads(await world.state.get("reg:alice") or b"{}")["f"] == 1
+    # Written empty rather than deleted (a delete could drop another replica's reservation made in
+    # between); the empty record goes with its key's one-second TTL.
     await world.regulator.record_success("alice")
-    assert await world.state.get("reg:alice") is None
+    assert json.loads(await world.state.get("reg:alice") or b"{}") == {"f": 0, "t": 0.0, "u": 0.0}
+
+
+async def test_a_success_keeps_the_reservations_of_attempts_in_flight(world: World) -> None:
+    guess = world.regulator.attempt("alice")
+    await guess.__aenter__()  # another replica's guess, still being checked
+    await world.regulator.record_success("alice")
+    assert json.loads(await world.state.get("reg:alice") or b"{}")["p"] == 1
+    await guess.fail(ip=IP, factor="totp")
+    assert json.loads(await world.state.get("reg:alice") or b"{}")["f"] == 1
 
 
 async def test_an_unreadable_record_starts_afresh(world: World) -> None:
