@@ -1,4 +1,4 @@
-"""The session cookie: its name, its ``Set-Cookie`` header, and reading it from a request.
+"""The gateway's cookies: their names, the session cookie's ``Set-Cookie`` header, reading it back.
 
 ``read_cookie`` runs on every proxied request, so it is a small hand-written parser over the raw ASGI
 headers rather than ``http.cookies.SimpleCookie`` (slow, and lenient in ways that help attackers).
@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final, NamedTuple
 
 from gateway.settings.schema import SessionSettings
 
 __all__ = [
-    "HANDOFF_COOKIE_NAMES",
+    "CSRF_COOKIE",
+    "HANDOFF_COOKIE",
+    "OIDC_BINDING_COOKIE",
+    "GatewayCookie",
     "clear_cookie_header",
     "cookie_in",
-    "handoff_cookie_name",
+    "own_cookie_names",
     "read_cookie",
     "session_cookie_name",
     "set_cookie_header",
@@ -44,14 +48,29 @@ def session_cookie_name(settings: SessionSettings) -> str:
     return name
 
 
-#: The hand-off nonce cookie in both spellings (:func:`handoff_cookie_name`), for the proxy's filters.
-HANDOFF_COOKIE_NAMES = ("__Host-gateway_handoff", "gateway_handoff")
+class GatewayCookie(NamedTuple):
+    """One of the gateway's fixed-name cookies: ``__Host-`` over HTTPS (pinned to the host, so no
+    sibling host can set it), the bare name for plain-HTTP development (browsers refuse the prefix
+    without ``Secure``)."""
+
+    secure: str
+    plain: str
+
+    def name(self, *, insecure: bool) -> str:
+        return self.plain if insecure else self.secure
 
 
-def handoff_cookie_name(settings: SessionSettings) -> str:
-    """The cookie that ties a hand-off to the browser on the app host (:mod:`gateway.identity.handoff`):
-    ``__Host-`` (so no sibling host can set it), but for plain-HTTP development."""
-    return HANDOFF_COOKIE_NAMES[1] if settings.insecure_cookies else HANDOFF_COOKIE_NAMES[0]
+#: The double-submit CSRF token of the gateway's forms.
+CSRF_COOKIE: Final = GatewayCookie("__Host-gateway_csrf", "gateway_csrf")
+#: Ties an OIDC sign-in in flight to the browser that started it (auth host).
+OIDC_BINDING_COOKIE: Final = GatewayCookie("__Host-gateway_oidc", "gateway_oidc")
+#: Ties a hand-off to the browser that signed in (app host, :mod:`gateway.identity.handoff`).
+HANDOFF_COOKIE: Final = GatewayCookie("__Host-gateway_handoff", "gateway_handoff")
+
+
+def own_cookie_names(settings: SessionSettings) -> frozenset[str]:
+    """Every name a cookie of the gateway's may have: none reaches an app, and no app may set one."""
+    return frozenset({session_cookie_name(settings), *CSRF_COOKIE, *OIDC_BINDING_COOKIE, *HANDOFF_COOKIE})
 
 
 def _check(name: str, value: str) -> None:

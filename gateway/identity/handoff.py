@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import msgspec
 
@@ -155,27 +155,25 @@ class HandoffCodes:
         """A new code for the same hand-off, bound to the app host's nonce (``binding``, its hash)."""
         return await self._store(_record_of(grant, binding=binding, confirmed=False))
 
-    async def confirm(self, code: str, *, family: str) -> HandoffGrant | None:
+    async def confirm(self, code: str, *, family: str) -> tuple[str, str] | None:
         """Spend a bound code on the auth host for the browser whose session is of ``family``.
 
         Returns:
-            The grant, confirmed (:meth:`reissue` gives it the code that goes back to the app host),
-            or None: the code is unknown, used, expired, not bound, already confirmed, or was issued
-            by another sign-in (another browser: the login CSRF this refuses).
+            The confirmed code and the app's origin to send it back to; or None: the code is unknown,
+            used, expired, not bound, already confirmed, without an origin, or was issued by another
+            sign-in (another browser: the login CSRF this refuses).
         """
         record = await self._take(code)
         if record is None or not record.binding or record.confirmed or record.family != family:
             return None
-        return replace(_grant(record), confirmed=True)
-
-    async def reissue(self, grant: HandoffGrant) -> str:
-        """Store ``grant`` under a new code (the confirmed one goes back to the app host)."""
-        return await self._store(_record_of(grant, binding=grant.binding, confirmed=grant.confirmed))
+        if not record.origin:
+            return None  # nowhere to send it back to (a code issued without one)
+        return await self._store(msgspec.structs.replace(record, confirmed=True)), record.origin
 
     async def _store(self, record: _Record) -> str:
-        ttl = record.expires_at - self._clock.time()
-        if ttl <= 0:
-            raise ValueError("the hand-off has expired")
+        # Whether the code is still good is decided by expires_at when it is taken; the store's TTL
+        # only cleans up (at least a second, for a code stored in the last moment of its minute).
+        ttl = max(record.expires_at - self._clock.time(), 1.0)
         code = secrets.token_urlsafe(32)
         await self._state.set(_key(code), _encode(record), ttl=ttl, only_if_absent=True)
         return code

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.identity.cookies import HANDOFF_COOKIE_NAMES, session_cookie_name
+from gateway.identity.cookies import own_cookie_names, session_cookie_name
 from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames
 from gateway.pipeline.route import Router
 from gateway.settings.schema import IdentityHeaderNames, MfaPolicy, Route, Settings
@@ -93,9 +93,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
     runtimes: dict[str, RouteRuntime] = {}
     # Every spelling the gateway may have set, so none of them reaches an upstream (nor comes back).
     cookie_name = session_cookie_name(settings.session)
-    own_cookies = frozenset(
-        n.encode() for n in (cookie_name, "gateway_csrf", "__Host-gateway_csrf", *HANDOFF_COOKIE_NAMES)
-    )
+    own_cookies = frozenset(n.encode() for n in own_cookie_names(settings.session))
     own_set_cookies = frozenset(n.lower() for n in own_cookies)
     default_names = _names(settings.identity_headers)
     strip = default_names.to_strip()

@@ -28,6 +28,7 @@ from litestar.template.config import TemplateConfig
 
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
+from gateway.identity.cookies import CSRF_COOKIE
 from gateway.identity.invitations import Invitations
 from gateway.observe.redact import redact_path
 from gateway.services import WorkerServices
@@ -50,7 +51,7 @@ from gateway.web.error_pages import error_response, wants_html
 from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
 
-__all__ = ["create_control_app", "csrf_cookie_name", "dependencies"]
+__all__ = ["create_control_app", "dependencies"]
 
 # (The module docstring is the API's OpenAPI description.) Handlers are module-level functions that
 # declare what they use as typed parameters (web/deps.py: ``config``, ``identity``, ``signing``,
@@ -59,11 +60,6 @@ __all__ = ["create_control_app", "csrf_cookie_name", "dependencies"]
 
 _HERE = Path(__file__).parent
 logger = logging.getLogger("gateway.web")
-
-
-def csrf_cookie_name(insecure: bool) -> str:
-    # __Host- pins the cookie to this exact host over HTTPS; plain-HTTP development cannot use it.
-    return "gateway_csrf" if insecure else "__Host-gateway_csrf"
 
 
 @get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
@@ -188,7 +184,7 @@ def create_control_app(services: WorkerServices) -> Litestar:
         template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(
             secret=_csrf_secret(services.identity.keyring),
-            cookie_name=csrf_cookie_name(insecure),
+            cookie_name=CSRF_COOKIE.name(insecure=insecure),
             cookie_secure=not insecure,
             cookie_samesite="lax",
             header_name="x-csrftoken",

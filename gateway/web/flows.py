@@ -150,6 +150,13 @@ def safe_local_rd(rd: str | None, fallback: str = "/") -> str:
     return safe_local_redirect(rd, fallback=fallback)
 
 
+def on_auth_host(request: AnyRequest, config: CurrentConfig) -> bool:
+    """Whether the request came to the host of ``public_url`` (compared as the hand-off compares
+    hosts: no port, no trailing dot)."""
+    here = normalise_host(request.headers.get("host") or "")
+    return here == normalise_host(urlsplit(config.public_url).netloc)
+
+
 def login_redirect(rd: str | None) -> Redirect:
     return Redirect(f"/.gateway/login?rd={quote(rd or '', safe='')}" if rd else "/.gateway/login")
 

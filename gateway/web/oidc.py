@@ -13,15 +13,14 @@ until a new one replaces it.
 from __future__ import annotations
 
 from typing import Annotated, Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from litestar import MediaType, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Response, Template
 
-from gateway.identity.cookies import read_cookie
-from gateway.identity.handoff import normalise_host
+from gateway.identity.cookies import OIDC_BINDING_COOKIE, read_cookie
 from gateway.identity.levels import AuthLevel
 from gateway.identity.oidc.flow import FLOW_TTL, FlowInvalid, is_binding, new_binding
 from gateway.identity.oidc.links import AccountRefused
@@ -36,7 +35,7 @@ from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import PUBLIC
 
-__all__ = ["HANDLERS", "binding_cookie_name", "callback_url"]
+__all__ = ["HANDLERS", "callback_url"]
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
@@ -50,11 +49,6 @@ _PROVIDER_ERRORS: Final = {
     "temporarily_unavailable": "The identity provider is temporarily unavailable.",
     "server_error": "The identity provider had an internal error.",
 }
-
-
-def binding_cookie_name(insecure: bool) -> str:
-    """The browser-binding cookie of sign-ins in flight (``__Host-`` over HTTPS)."""
-    return "gateway_oidc" if insecure else "__Host-gateway_oidc"
 
 
 def callback_url(public_url: str, idp: str) -> str:
@@ -113,12 +107,11 @@ async def start(
     # Checked on entry, so the sign-in in flight never stores a return URL it could not follow.
     rd = flows.carried_rd(rd, config)
     public_url = config.public_url
-    auth_host = normalise_host(urlsplit(public_url).netloc)
-    if normalise_host(request.headers.get("host") or "") != auth_host:
+    if not flows.on_auth_host(request, config):
         # The binding cookie must be set on the host the provider returns to (cookies ignore ports).
         # The link is rebuilt from the checked values, never from the raw query.
         return Redirect(public_url + start_link(settings.name, rd, login_hint))
-    cookie_name = binding_cookie_name(_insecure(config))
+    cookie_name = OIDC_BINDING_COOKIE.name(insecure=_insecure(config))
     binding = read_cookie(list(request.scope["headers"]), cookie_name)
     if binding is None or not is_binding(binding):
         binding = new_binding()
@@ -176,7 +169,9 @@ async def callback(
     settings = _provider(config, idp)
     if settings is None:
         return unknown_provider(request)
-    binding = read_cookie(list(request.scope["headers"]), binding_cookie_name(_insecure(config)))
+    binding = read_cookie(
+        list(request.scope["headers"]), OIDC_BINDING_COOKIE.name(insecure=_insecure(config))
+    )
     ip = flows.client_ip(request)
     if iss and iss != settings.issuer:
         # RFC 9207: the answer names another issuer than the one this callback belongs to (mix-up).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Annotated, Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
@@ -18,7 +18,7 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
-from gateway.identity.cookies import handoff_cookie_name
+from gateway.identity.cookies import HANDOFF_COOKIE
 from gateway.identity.handoff import MAX_HANDOFF_TTL, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
@@ -265,17 +265,13 @@ async def handoff(
     # A session that still owes a password change is never copied to another host (defence in
     # depth: next_location does not issue such codes).
     if grant is None or grant.session.password_change:
-        return _handoff_expired(request, target)
-    nonce_cookie = handoff_cookie_name(config.settings.session)
-    nonce = request.cookies.get(nonce_cookie, "")
+        return _handoff_refused(request, target, *_EXPIRED)
+    nonce_cookie = HANDOFF_COOKIE.name(insecure=not flows.secure_cookies(config))
     if not grant.binding:
         # The first code: tie the hand-off to this browser before it becomes a session (see
         # gateway.identity.handoff: login CSRF), through the auth host and back.
         nonce = secrets.token_urlsafe(32)
-        try:
-            bound = await identity.handoff.bind(grant, binding=nonce_hash(nonce))
-        except ValueError:  # its minute ran out just now
-            return _handoff_expired(request, target)
+        bound = await identity.handoff.bind(grant, binding=nonce_hash(nonce))
         confirm = Redirect(
             f"{config.public_url}/.gateway/handoff/confirm?code={quote(bound)}&rd={quote(target, safe='')}"
         )
@@ -289,8 +285,9 @@ async def handoff(
             max_age=int(MAX_HANDOFF_TTL),
         )
         return confirm
+    nonce = request.cookies.get(nonce_cookie, "")
     if not grant.confirmed or not nonce or not hmac.compare_digest(nonce_hash(nonce), grant.binding):
-        return _handoff_elsewhere(request, target)
+        return _handoff_refused(request, target, *_ELSEWHERE)
     signed = await flows.current(request, config, identity)
     if signed.session_id:
         await identity.sessions.revoke(signed.session_id)
@@ -327,38 +324,26 @@ async def handoff_confirm(
     """The auth host's half of a hand-off: the browser bringing the bound code must be the one whose
     session issued it (same sign-in family); then back to the app host with the code it redeems."""
     target = flows.safe_local_rd(rd)
-    here = normalise_host(request.headers.get("host") or "")
     signed = await flows.current(request, config, identity)
-    grant = None
-    if here == normalise_host(urlsplit(config.public_url).netloc) and signed.session is not None:
-        grant = await identity.handoff.confirm(code, family=signed.session.family)
-    if grant is None or not grant.origin:
-        return _handoff_elsewhere(request, target)
-    try:
-        back = await identity.handoff.reissue(grant)
-    except ValueError:  # its minute ran out just now
-        return _handoff_expired(request, target)
-    return Redirect(f"{grant.origin}/.gateway/handoff?code={quote(back)}&rd={quote(target, safe='')}")
+    confirmed = None
+    if flows.on_auth_host(request, config) and signed.session is not None:
+        confirmed = await identity.handoff.confirm(code, family=signed.session.family)
+    if confirmed is None:
+        return _handoff_refused(request, target, *_ELSEWHERE)
+    back, origin = confirmed
+    return Redirect(f"{origin}/.gateway/handoff?code={quote(back)}&rd={quote(target, safe='')}")
 
 
-def _handoff_expired(request: AnyRequest, target: str) -> Template:
-    return _handoff_refused(
-        request,
-        target,
-        "This sign-in link has expired",
-        "Sign-in links work once and only for a minute. Open the application again to continue.",
-    )
-
-
-def _handoff_elsewhere(request: AnyRequest, target: str) -> Template:
-    # Also the answer to a link someone else made: it never signs this browser in as them.
-    return _handoff_refused(
-        request,
-        target,
-        "This sign-in link is not for this browser",
-        "Sign-in links work only in the browser that signed in, once and for a minute. Open the "
-        "application again to continue.",
-    )
+_EXPIRED: Final = (
+    "This sign-in link has expired",
+    "Sign-in links work once and only for a minute. Open the application again to continue.",
+)
+# Also the answer to a link someone else made: it never signs this browser in as them.
+_ELSEWHERE: Final = (
+    "This sign-in link is not for this browser",
+    "Sign-in links work only in the browser that signed in, once and for a minute. Open the application "
+    "again to continue.",
+)
 
 
 def _handoff_refused(request: AnyRequest, target: str, title: str, message: str) -> Template:

@@ -111,8 +111,7 @@ class OidcSignInIndex:
             else:
                 chosen = [f for f in by_sid if f in of_subject]
                 for family in of_subject:
-                    record = await self.get(family)
-                    if family not in chosen and record is not None and not record.sid:
+                    if family not in chosen and await self._without_sid(family):
                         chosen.append(family)
             if chosen:
                 await self._remove(_sub_key(provider, sub), chosen)
@@ -144,6 +143,10 @@ class OidcSignInIndex:
             return _decode_list(raw)
         except msgspec.MsgspecError:
             return ()
+
+    async def _without_sid(self, family: str) -> bool:
+        record = await self.get(family)
+        return record is not None and not record.sid
 
     async def _remove(self, key: str, families: list[str]) -> None:
         gone = set(families)

@@ -11,9 +11,10 @@ from gateway.settings.schema import Settings
 
 __all__ = ["check_lockdown"]
 
-# A role name, or an identity provider's group as sessions keep it (``<provider>:<group>``): no spaces,
-# no principal prefix (``group:ops`` would never match: see gateway/threat/lockdown.py).
-_GROUP: Final = re.compile(r"(?:([a-z0-9][a-z0-9_-]*):)?[A-Za-z0-9][A-Za-z0-9_.@/-]{0,127}")
+# A role name, or an identity provider's group as sessions keep it (``<provider>:<group>``, the
+# provider checked against identity_providers): no spaces, no principal prefix (``group:ops`` would
+# never match: see gateway/threat/lockdown.py).
+_GROUP: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/-]{0,127}")
 # Retry-After beyond a day tells every client and crawler to give up; an emergency is shorter.
 _MAX_RETRY_AFTER: Final = 86400.0
 _MAX_TEXT: Final = 1000
@@ -33,20 +34,19 @@ def check_lockdown(settings: Settings, report: Report) -> None:
     if lockdown.retry_after > _MAX_RETRY_AFTER:
         report.add(("lockdown", "retry_after"), "must be at most 1d (clients would stop retrying)")
     group = lockdown.break_glass_group
-    matched = _GROUP.fullmatch(group) if group is not None else None
-    if group is not None and matched is None:
-        report.add(
-            ("lockdown", "break_glass_group"),
-            "must be a role name or <provider>:<group> (letters, digits, _ . @ / -; no spaces and no "
-            "'group:' prefix), e.g. break-glass or corp:sre-oncall",
-        )
-    elif matched is not None and matched.group(1) is not None:
-        providers = {idp.name for idp in settings.identity_providers}
-        if matched.group(1) not in providers:
+    if group is not None:
+        provider, _, name = group.rpartition(":")
+        if not _GROUP.fullmatch(name):
             report.add(
                 ("lockdown", "break_glass_group"),
-                f"names the group of provider {matched.group(1)!r}, which identity_providers does not "
-                "configure: nobody would pass",
+                "must be a role name or <provider>:<group> (letters, digits, _ . @ / -; no spaces and no "
+                "'group:' prefix), e.g. break-glass or corp:sre-oncall",
+            )
+        elif provider and provider not in {idp.name for idp in settings.identity_providers}:
+            report.add(
+                ("lockdown", "break_glass_group"),
+                f"names the group of provider {provider!r}, which identity_providers does not configure: "
+                "nobody would pass",
             )
     for key, text in (("title", lockdown.title), ("message", lockdown.message)):
         if not text.strip():

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.identity.cookies import clear_cookie_header, read_cookie, session_cookie_name, set_cookie_header
+from gateway.identity.cookies import (
+    CSRF_COOKIE,
+    HANDOFF_COOKIE,
+    OIDC_BINDING_COOKIE,
+    clear_cookie_header,
+    own_cookie_names,
+    read_cookie,
+    session_cookie_name,
+    set_cookie_header,
+)
 from gateway.settings.schema import SessionSettings
 
 NAME = "__Host-gateway_session"
@@ -117,3 +126,18 @@ def test_read_cookie(headers: list[tuple[bytes, bytes]], expected: str | None) -
 
 def test_read_cookie_host_prefixed_name() -> None:
     assert read_cookie(_h(f"{NAME}={TOKEN}; __host-gateway_session=x".encode()), NAME) == TOKEN
+
+
+def test_the_gateways_own_cookies_are_every_one_it_sets_in_both_spellings() -> None:
+    """What the proxy keeps from apps (and apps may not set): the session cookie as configured, and the
+    CSRF, OIDC-binding and hand-off cookies, with and without __Host- (a reload may switch it)."""
+    own = own_cookie_names(SessionSettings(cookie_name="__Host-sid", insecure_cookies=False))
+    assert own == {
+        "__Host-sid",
+        "__Host-gateway_csrf", "gateway_csrf",
+        "__Host-gateway_oidc", "gateway_oidc",
+        "__Host-gateway_handoff", "gateway_handoff",
+    }  # fmt: skip
+    for cookie in (CSRF_COOKIE, OIDC_BINDING_COOKIE, HANDOFF_COOKIE):
+        assert cookie.name(insecure=False).startswith("__Host-")
+        assert cookie.name(insecure=True) == cookie.name(insecure=False).removeprefix("__Host-")
