@@ -195,6 +195,7 @@ def values_of(report: dict[str, Any]) -> dict[str, float | None]:
         "shared_state_ratio": cmp.get("gateway/gateway-memstate"),
         "cpu_vs_bare_http1": cmp.get("cpu bare-http1/gateway"),
         "cpu_access_log_ratio": cmp.get("cpu gateway-nolog/gateway"),
+        "cpu_shared_state_ratio": cmp.get("cpu gateway-memstate/gateway"),
     }
 
 

@@ -12,6 +12,7 @@ conftest): a test asks for ``clock``, ``fast_state`` or ``database`` by name and
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -24,11 +25,19 @@ pytest_plugins = [
 _skipped_peers: list[str] = []
 
 
+# The measurement files run one after another in one worker (one xdist scope, below): two of them start
+# CPU hogs on purpose, and a measurement taken beside another's hogs measures them. A CI run whose
+# latency guard started beside the instruction guard's hogs saw load average 5 and one starved round.
+_MEASUREMENTS = (
+    "tests/integration/test_instruction_guard.py",
+    "tests/integration/test_measure_smoke.py",
+    "tests/integration/test_stage_guard.py",
+)
+
 # The longest files start first: with one file per process (pytest-xdist --dist loadfile), a long file
 # scheduled last would run alone at the end of the suite.
 _FIRST = (
-    "tests/integration/test_instruction_guard.py",
-    "tests/integration/test_measure_smoke.py",
+    *_MEASUREMENTS,
     "tests/integration/test_incident_cases.py",
     "tests/integration/test_pgbackrest.py",
     "tests/e2e/",
@@ -41,6 +50,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return next((i for i, first in enumerate(_FIRST) if path.startswith(first)), len(_FIRST))
 
     items.sort(key=rank)  # stable: the order within each file and among the rest is kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, except that the measurement files are one unit of work (see _MEASUREMENTS)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class MeasurementsTogether(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope: str = super()._split_scope(nodeid)
+            return "measurements" if scope in _MEASUREMENTS else scope
+
+    return MeasurementsTogether(config, log)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
