@@ -36,11 +36,14 @@ MAX_MARKS_PER_LETTER: Final = 3
 MAX_EMAIL_LENGTH: Final = 254
 #: The bare words the gateway writes as an audit record's actor or subject for itself (``system`` locks
 #: an account, ``anonymous`` fails a sign-in for an unknown login, ``policy``, ``keys`` and ``lockdown``
-#: are the subjects of their changes). A person's records are found by their name (export, erasure),
+#: are the subjects of their changes, ``audit`` and ``incident`` of the console's audit exports and
+#: incident cases). A person's records are found by their name (export, erasure),
 #: so no account may be given one of these: its owner would download other people's records and erase
 #: them. Other actors carry a ``kind:`` prefix, which a username cannot contain.
 #: ``tests/unit/identity/test_names.py`` checks the list against the literals in the code.
-RESERVED_USERNAMES: Final = frozenset({"system", "anonymous", "policy", "keys", "lockdown"})
+RESERVED_USERNAMES: Final = frozenset(
+    {"system", "anonymous", "policy", "keys", "lockdown", "audit", "incident"}
+)
 
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")
 _LETTER_CATEGORIES: Final = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})
