@@ -197,7 +197,10 @@ async def remove_factor(
             )
     elif kind == "webauthn":
         removed = await identity.webauthn.remove(s.user_id, credential_id)
-    note = "Factor removed." if removed else "Nothing was removed."
+    if not removed:
+        return Redirect("/.gateway/account?notice=Nothing+was+removed.", status_code=303)
+    ended = await _end_others_after(request, identity, s, "factor.removed")
+    note = f"Factor removed. {ended} other session(s) signed out."
     return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
 
 
@@ -242,7 +245,9 @@ async def new_recovery(
         subject=s.username,
         ip=flows.client_ip(request),
     )
-    return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
+    ended = await _end_others_after(request, identity, s, "recovery_codes.generated")
+    notice = f"Your old codes no longer work. {ended} other session(s) signed out."
+    return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
 
 
 @post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
@@ -406,6 +411,27 @@ async def _end_other_browsers(identity: IdentityServices, session: Session) -> i
     for other in await identity.sessions.list_user(session.user_id):
         if other.family != session.family and await identity.sessions.revoke_hash(other.id_hash):
             count += 1
+    return count
+
+
+async def _end_others_after(
+    request: AnyRequest, identity: IdentityServices, session: Session, change: str
+) -> int:
+    """End the user's other browsers after a change of their second factors, as after a password change.
+
+    A factor is removed, or the recovery codes replaced, because it may be in someone else's hands: a
+    session that factor vouched for must not outlive it (an admin's reset of the factors ends every
+    session for the same reason). The sessions do not record which credential they used, so every other
+    browser ends; this one has just passed a recent second factor.
+    """
+    count = await _end_other_browsers(identity, session)
+    await identity.audit.record(
+        "session.revoked",
+        actor=f"user:{session.username}",
+        subject=session.username,
+        ip=flows.client_ip(request),
+        details={"others": count, "after": change},
+    )
     return count
 
 

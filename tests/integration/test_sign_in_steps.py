@@ -115,7 +115,9 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             "threat": {"enabled": False},
         }
         if request.param == "replicas":
-            common["state"] = {"redis_url": REDIS_URL}
+            # A namespace of this run's own: session indexes are keyed by user id, which a fresh
+            # database hands out again, so an earlier run's sessions would count as this user's.
+            common["state"] = {"redis_url": REDIS_URL, "namespace": f"steps{secrets.token_hex(4)}:"}
         with run_gateway(tmp / "r0", gateway_config(tmp / "r0", ports[0], routes, **common)) as first:
             if len(ports) == 1:
                 yield Site([first], data_dir / "gateway.db")
@@ -526,3 +528,70 @@ def test_a_wrong_code_during_enrollment_keeps_the_scanned_secret(site: Site) -> 
         )
         assert done.status_code == 200
         assert len(codes_in(done.text)) == 1
+
+
+# -- 10. a changed second factor ends the sessions it vouched for ----------------------------------------
+
+
+def two_factor_session(gw: Gateway, user: str, path: str, form: dict[str, str]) -> str:
+    """Sign in with the password and a second factor on ``gw``; returns the session id."""
+    with on(gw) as client:
+        assert login(client, user).status_code == 302
+        done = post_form(client, path, {**form, "rd": ""})
+        assert done.status_code in (302, 303), done.text
+        session = cookie(client)
+    assert session is not None
+    assert reaches_app(gw, session, user, host="127.0.0.1")
+    return session
+
+
+def signed_out_everywhere(site: Site, session: str, user: str) -> None:
+    # Within the broadcast's bound the embedded node's other worker drops its cached copy too.
+    wait_until(
+        lambda: not any(reaches_app(gw, session, user, host="127.0.0.1") for gw in site.replicas),
+        timeout=3,
+        what="the other session to end on every replica",
+    )
+    for gw in site.replicas:
+        assert get(gw, session, "/probe", html=False).status_code == 401
+
+
+@pytest.mark.peer
+def test_removing_a_lost_authenticator_signs_out_the_sessions_it_opened(site: Site) -> None:
+    """A phone with the authenticator app is stolen, and the thief knows the password: their session must
+    not outlive the factor the owner removes (an admin's reset of the factors already ended sessions)."""
+    user, secret, codes = enrolled(site, "lost")
+    thief = two_factor_session(site.replica(1), user, "/.gateway/mfa/totp", {"code": next_code(secret)})
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        assert post_form(owner, "/.gateway/mfa/recovery", {"code": codes[0]}).status_code in (302, 303)
+        portal = owner.get("/.gateway/account")
+        assert "Removing a factor signs out your other sessions." in portal.text
+        factor = re.search(r"/\.gateway/account/factors/totp/(\d+)/remove", portal.text)
+        assert factor, portal.text
+        done = post_form(owner, f"/.gateway/account/factors/totp/{factor.group(1)}/remove")
+        assert done.status_code == 303
+        assert "1%20other%20session%28s%29%20signed%20out" in done.headers["location"]
+        mine = cookie(owner)
+    assert mine is not None
+    signed_out_everywhere(site, thief, user)
+    assert reaches_app(site.replica(1), mine, user, host="127.0.0.1")  # the owner's own stays
+    (ended,) = [e for e in site.audit("session.revoked", user) if "factor.removed" in e["details"]]
+    assert json.loads(ended["details"]) == {"others": 1, "after": "factor.removed"}
+
+
+@pytest.mark.peer
+def test_new_recovery_codes_sign_out_the_sessions_the_old_ones_opened(site: Site) -> None:
+    user, secret, codes = enrolled(site, "leaked")
+    thief = two_factor_session(site.replica(1), user, "/.gateway/mfa/recovery", {"code": codes[0]})
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        assert post_form(owner, "/.gateway/mfa/totp", {"code": next_code(secret)}).status_code in (302, 303)
+        fresh = post_form(owner, "/.gateway/account/recovery")
+        assert fresh.status_code == 200
+        assert len(codes_in(fresh.text)) == 1
+        assert "1 other session(s) signed out." in fresh.text
+        mine = cookie(owner)
+    assert mine is not None
+    signed_out_everywhere(site, thief, user)
+    assert reaches_app(site.a, mine, user, host="127.0.0.1")
