@@ -5,7 +5,7 @@
     gateway user list [--json] [--limit N] [--offset N]
     gateway user show USERNAME [--json]
     gateway user disable|enable USERNAME
-    gateway user set-password USERNAME [--password-stdin] [--must-change-password]
+    gateway user set-password USERNAME [--password-stdin] [--must-change-password] [--end-sessions]
     gateway user reset-mfa USERNAME
     gateway user delete USERNAME [--yes]
 
@@ -373,11 +373,14 @@ async def _set_password(args: argparse.Namespace, ctx: _Context) -> int:
         user.id, password, actor=ctx.actor, must_change_password=args.must_change_password
     )
     suffix = " (to be changed at the next sign-in)" if args.must_change_password else ""
-    print(f"password set for {user.username}{suffix}")
-    print(
-        "note: sessions already signed in stay signed in; `gateway user disable` ends them.",
-        file=sys.stderr,
-    )
+    if not args.end_sessions:
+        print(f"password set for {user.username}{suffix}")
+        print("note: sessions already signed in stay signed in; --end-sessions ends them.", file=sys.stderr)
+        return EXIT_OK
+    ended = await ctx.accounts.end_sessions(user.id, actor=ctx.actor)
+    print(f"password set for {user.username}{suffix}{_sessions_ended(ended)}")
+    if ended is None:
+        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
     return EXIT_OK
 
 
@@ -537,6 +540,11 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     _username_arg(p)
     _password_source(p, allow_none=False)
+    p.add_argument(
+        "--end-sessions",
+        action="store_true",
+        help="also end every session of the account, on every worker and replica (a compromised account)",
+    )
 
     p = _action(
         actions,

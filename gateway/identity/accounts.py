@@ -789,6 +789,26 @@ class AccountService:
         )
         return revoked
 
+    async def end_sessions(self, user_id: int, *, actor: str) -> int | None:
+        """End every session of an account, on every worker and replica (a new password for a
+        compromised account does not end the sessions the old one opened by itself).
+
+        Returns:
+            How many sessions were ended, or ``None`` without a session store.
+
+        Raises:
+            UnknownAccount: No such user.
+        """
+        user = await self._require(user_id)
+        revoked = await self._revoke(user_id)
+        await self._audit.record(
+            "session.revoked",
+            actor=actor,
+            subject=user.username,
+            details={"all": revoked if revoked is not None else "unknown"},
+        )
+        return revoked
+
     async def _revoke(self, user_id: int) -> int | None:
         if self._sessions is None:
             return None

@@ -237,13 +237,18 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    cwd: Path | None = None,
+    stdin: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m gateway ARGS`` to completion and capture its output as text."""
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         cwd=cwd or ROOT,
         env={**os.environ, **(env or {})},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -90,6 +90,10 @@ def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: C
     # command must say so rather than report "0 session(s) ended" as if it had looked.
     cli.config.write_text(cli.config.read_text() + "state: {embedded: memory}\nadmin: {listen: null}\n")
     cli.ok("add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    proc = cli.run("set-password", "alice", "--end-sessions", "--password-stdin", stdin=NEW_PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "password set for alice"
+    assert "state.embedded is memory" in proc.stderr
     for action in (["disable"], ["reset-mfa"], ["delete", "--yes"]):
         proc = cli.run(*action, "alice")
         assert proc.returncode == 0, proc.stderr

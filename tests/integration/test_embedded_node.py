@@ -6,7 +6,7 @@ opens the same ``<data_dir>/state.db``; these tests show what that has to give:
 
 * the admin API answers a signed-in admin with a fresh second factor (the admin listener is its own
   process, so it must see the session the data plane made);
-* ``gateway user disable|delete|reset-mfa`` ends the user's session on every worker within a second;
+* ``gateway user disable|delete|reset-mfa`` and ``set-password --end-sessions`` end the user's session on every worker within a second;
 * a block made by threat detection (counted over both workers) is listed and lifted from the CLI;
 * a session made on one worker is valid on the other; a policy change reaches both within a second.
 
@@ -70,8 +70,8 @@ class Node:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def cli(self, *args: str) -> str:
-        result = run_cli(*args, "--config", str(self.gw.config_path))
+    def cli(self, *args: str, stdin: str = "") -> str:
+        result = run_cli(*args, "--config", str(self.gw.config_path), stdin=stdin)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
         return result.stdout
@@ -263,8 +263,14 @@ def test_a_session_made_on_one_worker_is_valid_on_the_other(node: Node) -> None:
 
 @pytest.mark.parametrize(
     ("command", "user"),
-    [(("disable",), "dina"), (("delete", "--yes"), "dora"), (("reset-mfa",), "dana")],
-    ids=["disable", "delete", "reset-mfa"],
+    [
+        (("disable",), "dina"),
+        (("delete", "--yes"), "dora"),
+        (("reset-mfa",), "dana"),
+        # A new password for a compromised account, and its sessions ended with it.
+        (("set-password", "--end-sessions", "--password-stdin"), "dena"),
+    ],
+    ids=["disable", "delete", "reset-mfa", "set-password"],
 )
 def test_the_user_command_ends_the_session_on_every_worker_within_a_second(
     node: Node, command: tuple[str, ...], user: str
@@ -274,7 +280,7 @@ def test_the_user_command_ends_the_session_on_every_worker_within_a_second(
     # Both workers have served (and cached) the session before it is ended.
     answers_from_every_worker(node, lambda: get(node, "/probe", session=session), 200)
 
-    out = node.cli("user", command[0], user, *command[1:])
+    out = node.cli("user", command[0], user, *command[1:], stdin="a new one for " + PASSWORD + "\n")
     done = time.monotonic()
     assert "1 session(s) ended" in out
 
