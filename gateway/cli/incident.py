@@ -157,7 +157,8 @@ async def _lift(args: argparse.Namespace, responder: Responder) -> int:
     await _incident(responder, args.id)
     lifted = await responder.lift(args.id, actor=operator())
     assert lifted is not None
-    undone = [f"{a.kind} {a.target}" for a in lifted.actions if a.lifted]
+    # A note says what stayed in force (another incident's block, an account disabled by someone else).
+    undone = [f"{a.kind} {a.target}" + (f" ({a.note})" if a.note else "") for a in lifted.actions if a.lifted]
     print(f"{lifted.id} lifted" + (f": {', '.join(undone)}" if undone else " (nothing to undo)"))
     return EXIT_OK
 

@@ -266,6 +266,34 @@ class BlockStore:
         await self._update(change)
         return removed
 
+    async def release(
+        self, cidr: str, *, incident: str, successor: BlockEntry | None = None
+    ) -> BlockEntry | None:
+        """Lift the block of exactly ``cidr`` only if ``incident`` holds it, putting ``successor`` (another
+        incident's claim on the same network) in its place in the same update; returns the block in force
+        for ``cidr`` afterwards (None: not blocked). A block another incident holds (it blocked longer, or
+        later) stays: lifting one incident must not undo another's containment.
+
+        Raises:
+            ValueError: ``cidr`` is not an address or network.
+            StateUnavailable: the fast state cannot answer.
+        """
+        text = str(normalize_network(cidr))
+        after: BlockEntry | None = None
+
+        def change(current: list[BlockEntry]) -> list[BlockEntry]:
+            nonlocal after
+            held = next((e for e in current if e.cidr == text), None)
+            if held is None or held.incident != incident:
+                after = held
+                return current
+            after = successor
+            kept = [e for e in current if e.cidr != text]
+            return kept if successor is None else [*kept, successor]
+
+        await self._update(change)
+        return after
+
     async def _update(self, change: Callable[[list[BlockEntry]], list[BlockEntry]]) -> None:
         for _ in range(_CAS_ROUNDS):
             raw = await self._state.get(BLOCKS_KEY)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 import aiohttp
 import msgspec
@@ -32,7 +33,7 @@ from gateway.identity.sessions import (
 )
 from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
-from gateway.threat.blocks import BlockStore
+from gateway.threat.blocks import BlockEntry, BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
 from gateway.threat.lockdown import LockdownStore
 from gateway.threat.manual import manual_network, parse_network
@@ -333,18 +334,17 @@ class Responder:
             if not action.liftable:
                 actions.append(action)
                 continue
+            note = action.note
             if action.kind == "block_ip":
-                await self.blocks.remove(action.target)
+                note = await self._release_block(incident.id, action.target) or note
             elif action.kind == "lock_account":
-                user_id = await self._user(action.target)
-                if user_id is not None and self._accounts is not None:
-                    await self._accounts.enable(user_id, actor=actor)
+                note = await self._release_lock(incident.id, action.target, actor) or note
             elif action.kind == "lockdown":
                 # Only the lockdown this incident switched on: a newer one (a person's) stays.
                 current = await self.lockdown.read()
                 if current.on and current.incident == incident.id:
                     await self.lockdown.switch_off(actor=actor, reason=f"incident {incident.id} lifted")
-            actions.append(msgspec.structs.replace(action, lifted=True))
+            actions.append(msgspec.structs.replace(action, lifted=True, note=note))
         lifted = msgspec.structs.replace(
             incident,
             actions=tuple(actions),
@@ -365,6 +365,59 @@ class Responder:
             },
         )
         return lifted
+
+    async def _release_block(self, incident_id: str, cidr: str) -> str:
+        """Lift the block ``incident_id`` holds on ``cidr``; another open incident's claim on it stays in
+        force (the longest one). Returns a note when the address stays blocked."""
+        now = self._clock.time()
+        claims = [
+            (action.until, other)
+            for other in await self.incidents.latest(_CLAIMS_SCANNED)
+            if other.id != incident_id and other.status == "open"
+            for action in other.actions
+            if action.kind == "block_ip" and action.target == cidr and action.liftable
+            and action.until is not None and action.until > now
+        ]  # fmt: skip
+        successor = None
+        if claims:
+            until, other = max(claims, key=lambda claim: claim[0])
+            reason = "threat" if other.rule != "manual" else other.summary or "manual"
+            successor = BlockEntry(cidr, until, other.id, reason, other.actor or "system:threat")
+        held = await self.blocks.release(cidr, incident=incident_id, successor=successor)
+        return f"block kept: {held.incident or held.actor or 'another block'} holds it" if held else ""
+
+    async def _release_lock(self, incident_id: str, username: str, actor: str) -> str:
+        """Enable the account again only if this incident's lock is what keeps it disabled: not when
+        someone (an admin, another incident) disabled it after, nor when it was already disabled before
+        (the incident's lock then changed nothing). Returns a note when the account stays disabled."""
+        if self._accounts is None:
+            return ""
+        user = await self._accounts.find(username)
+        if user is None:
+            return ""
+        history = sorted(
+            [
+                *await self._audit.events(subject=user.username, kind="user.disabled", limit=20),
+                *await self._audit.events(subject=user.username, kind="user.enabled", limit=20),
+            ],
+            key=lambda event: event.id,
+            reverse=True,
+        )
+        ours = f"system:threat:{incident_id}"
+        latest = next((e for e in history if e.kind == "user.disabled"), None)
+        if latest is None:  # the record is gone (erased): nothing shows the lock is this incident's
+            return "account kept disabled: the audit trail does not show this lock; enable it by hand"
+        if latest.actor != ours:
+            return f"account kept disabled: disabled since by {latest.actor}"
+        before = next((e for e in history if e.id < latest.id), None)
+        if before is not None and before.kind == "user.disabled":
+            return f"account kept disabled: already disabled by {before.actor}"
+        await self._accounts.enable(user.id, actor=actor)
+        return ""
+
+
+#: How many of the newest incidents are searched for other claims on an address being unblocked.
+_CLAIMS_SCANNED: Final = 200
 
 
 def incident_document(incident: Incident) -> dict[str, object]:

@@ -206,6 +206,96 @@ async def test_lift_unblocks_and_reenables(world: World) -> None:
     assert event.actor == "cli:root"
 
 
+LOCK_AND_BLOCK = ThreatRule(count=1, window=Duration(60), responses=("alert", "block_ip", "lock_account"))
+
+
+async def _disabled(world: World, name: str) -> bool:
+    found = await world.accounts.find(name)
+    assert found is not None
+    return found.disabled
+
+
+async def test_lifting_one_incident_leaves_another_incidents_longer_block(world: World) -> None:
+    """The outside review: a 1 h block, then a 30-day block of the same address; lifting the first
+    removed the 30-day one, while its incident still said it was in force."""
+    first = await world.responder.block_ip(OTHER_IP, seconds=3600, actor="cli:root", reason="first look")
+    second = await world.responder.block_ip(OTHER_IP, seconds=30 * 86400, actor="cli:root", reason="hold")
+    lifted = await world.responder.lift(first.id, actor="cli:root")
+    assert lifted is not None
+    assert lifted.actions[0].note == f"block kept: {second.id} holds it"
+    await world.responder.blocks.refresh(world.blocks)
+    assert OTHER_IP in world.blocks
+    [entry] = await world.responder.blocks.entries()
+    assert (entry.incident, entry.until) == (second.id, world.clock.time() + 30 * 86400)
+    # Lifting the holder ends the block.
+    await world.responder.lift(second.id, actor="cli:root")
+    assert await world.responder.blocks.entries() == []
+
+
+async def test_lifting_the_holder_of_a_block_leaves_a_shorter_claim_of_another_open_incident(
+    world: World,
+) -> None:
+    long = await world.responder.block_ip(OTHER_IP, seconds=30 * 86400, actor="cli:root", reason="hold")
+    short = await world.responder.block_ip(OTHER_IP, seconds=3600, actor="user:ann", reason="again")
+    [entry] = await world.responder.blocks.entries()
+    assert entry.incident == long.id  # the longer block stayed in force
+    await world.responder.lift(long.id, actor="cli:root")
+    [entry] = await world.responder.blocks.entries()
+    assert (entry.incident, entry.until, entry.actor) == (short.id, world.clock.time() + 3600, "user:ann")
+    await world.responder.blocks.refresh(world.blocks)
+    assert OTHER_IP in world.blocks
+
+
+async def test_lifting_an_incident_leaves_an_account_someone_disabled_since(world: World) -> None:
+    """The outside review: a rule locked alice, an admin then disabled her (compromised); lifting the
+    rule's incident as a false positive enabled her again."""
+    await world.user("alice")
+    incident = await world.responder.respond(
+        "brute_force", LOCK_AND_BLOCK, subject="alice", ip=OTHER_IP, summary="test", evidence={}
+    )
+    alice = await world.accounts.find("alice")
+    assert alice is not None
+    await world.accounts.enable(alice.id, actor="admin:ann")  # a false positive after all...
+    await world.accounts.disable(alice.id, actor="admin:ann")  # ...then compromised for real
+    lifted = await world.responder.lift(incident.id, actor="cli:root")
+    assert lifted is not None
+    assert await _disabled(world, "alice")
+    lock = next(a for a in lifted.actions if a.kind == "lock_account")
+    assert lock.note == "account kept disabled: disabled since by admin:ann"
+
+
+async def test_lifting_an_incident_leaves_an_account_that_was_disabled_before_its_lock(world: World) -> None:
+    await world.user("alice")
+    alice = await world.accounts.find("alice")
+    assert alice is not None
+    await world.accounts.disable(alice.id, actor="admin:ann")
+    # Guessing goes on against the disabled account; a rule locks it again.
+    incident = await world.responder.respond(
+        "brute_force", LOCK_AND_BLOCK, subject="alice", ip=OTHER_IP, summary="test", evidence={}
+    )
+    lifted = await world.responder.lift(incident.id, actor="cli:root")
+    assert lifted is not None
+    assert await _disabled(world, "alice")
+    lock = next(a for a in lifted.actions if a.kind == "lock_account")
+    assert lock.note == "account kept disabled: already disabled by admin:ann"
+
+
+async def test_lifting_the_older_of_two_locking_incidents_keeps_the_account_disabled(world: World) -> None:
+    await world.user("alice")
+    older = await world.responder.respond(
+        "brute_force", LOCK_AND_BLOCK, subject="alice", ip=OTHER_IP, summary="test", evidence={}
+    )
+    newer = await world.responder.respond(
+        "mfa_failures", LOCK_AND_BLOCK, subject="alice", ip=IP, summary="test", evidence={}
+    )
+    await world.responder.lift(older.id, actor="cli:root")
+    assert await _disabled(world, "alice")
+    await world.responder.lift(newer.id, actor="cli:root")
+    # The newer lock found the account disabled already (by the older incident): it stays disabled
+    # until a person enables it.
+    assert await _disabled(world, "alice")
+
+
 async def test_blocks_end_on_their_own(world: World) -> None:
     incident = await world.responder.block_ip("192.0.2.0/24", seconds=60, actor="cli:root")
     await world.responder.blocks.refresh(world.blocks)
