@@ -16,7 +16,7 @@ from litestar.connection import ASGIConnection
 
 from admin.access import Admin, require_recent_factor
 from gateway.clock import Clock
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, GatewayError
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 
@@ -36,6 +36,14 @@ def admin_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Admin:
     if not isinstance(admin, Admin):  # pragma: no cover - the guard runs before every /api handler
         raise GatewayError("the admin guard did not run")
     return admin
+
+
+class SecondAdminRequired(Forbidden):
+    """``admin.approvals: 2``: this would let one admin act as two (a new admin, a machine client holding
+    the admin role, another admin's credentials reset)."""
+
+    reason = "second-admin-required"
+    title = "Another admin must take part"
 
 
 def confirm_destructive(admin: Admin, config: CurrentConfig, clock: Clock) -> None:

@@ -11,14 +11,16 @@ its tokens) are destructive: they cut a running job off, so they need a second f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from admin.actions import admin_of, audit, client_ip, confirm_destructive
-from admin.deps import AdminServices
+from admin.access import holds_role
+from admin.actions import SecondAdminRequired, admin_of, audit, client_ip, confirm_destructive
+from admin.deps import AdminServices, Policy
 from gateway.errors import GatewayError
 from gateway.machine.accounts import AccountView, InvalidMachineRequest, ServiceAccounts, TokenView
 from gateway.services import Services
@@ -85,13 +87,37 @@ async def list_service_accounts(services: AdminServices, config: Config) -> list
     return await accounts_of(services, config).list_accounts()
 
 
+def _refuse_admin_client(policy: Policy, config: Config, name: str, roles: Iterable[str]) -> None:
+    """Under ``admin.approvals: 2`` an admin is made by a policy change two admins approve: a service
+    account whose roles reach the admin role would be one admin's way around that (its tokens open every
+    application the admin role opens)."""
+    role = config.settings.admin.role
+    principals = [f"client:{name}", *roles]
+    if config.settings.admin.approvals > 1 and holds_role(principals, role, policy.authorizer.index):
+        raise SecondAdminRequired(
+            f"client:{name} would hold the role {role}, and this gateway needs two admins for that "
+            f"(admin.approvals: 2): create the account without it and propose 'g, client:{name}, {role}' "
+            "on the Policies page (POST /api/policy/proposals), or create it on the gateway's host "
+            "(gateway service-account create)."
+        )
+
+
 @post("/api/service-accounts", status_code=201, tags=["machine clients"])
 async def create_service_account(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[NewAccount]
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    policy: Policy,
+    config: Config,
+    data: JSONBody[NewAccount],
 ) -> AccountView:
-    """Create a service account (400 ``machine-invalid`` for a bad name or role, 409 if it exists)."""
+    """Create a service account (400 ``machine-invalid`` for a bad name or role, 409 if it exists). With
+    roles, destructive: a recent second factor; under ``admin.approvals: 2``, 403
+    ``second-admin-required`` for roles that reach the admin role."""
     admin = admin_of(request)
     try:
+        if data.roles:  # a grant, as setting a person's roles is
+            confirm_destructive(admin, config, services.identity.clock)
+            _refuse_admin_client(policy, config, data.name, data.roles)
         return await accounts_of(services, config).create_account(
             data.name, description=data.description, owner=data.owner, roles=data.roles,
             actor=admin.actor, ip=client_ip(request),
@@ -132,9 +158,11 @@ async def list_tokens(
 async def create_token(
     request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[NewToken]
 ) -> TokenIssued:
-    """Issue a token; the answer holds it once. 400 for an unknown route or a lifetime above the maximum."""
+    """Issue a token; the answer holds it once. 400 for an unknown route or a lifetime above the maximum.
+    Destructive: a recent second factor (a credential that outlives the session that made it)."""
     admin = admin_of(request)
     try:
+        confirm_destructive(admin, config, services.identity.clock)
         try:
             lifetime = float(parse_duration(data.expires))
         except (TypeError, ValueError):

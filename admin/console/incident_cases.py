@@ -40,7 +40,8 @@ from litestar.response import Response, Template
 from admin.access import Admin
 from admin.actions import audited, confirm_destructive
 from admin.console.render import PAGE_OPT, page
-from admin.deps import AdminServices
+from admin.console.users import refuse_admin_takeover
+from admin.deps import AdminServices, Policy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.errors import GatewayError
@@ -518,6 +519,7 @@ async def seal(
 async def account_action(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    policy: Policy,
     config: Config,
     case_id: CaseId,
     data: JSONBody[ActionRequest],
@@ -525,11 +527,17 @@ async def account_action(
     """Apply an action to every affected account: ``revoke-sessions``, ``force-password-change``,
     ``reset-mfa`` or ``disable`` (destructive: a reason and a recent second factor). 400 for another
     action or an incident that names nobody; 409 ``own-account`` to disable an incident that names the
-    admin."""
+    admin; under ``admin.approvals: 2``, 403 ``second-admin-required`` to reset the second factors of
+    an incident that names an admin, as on the user page."""
 
     async def work(admin: Admin) -> ActionResult:
         confirm_destructive(admin, config, services.identity.clock)
         flow = await _workflow(services, config)
+        if data.action == AccountAction.RESET_MFA:
+            for username in (await flow.cases.get(case_id)).affected_users:
+                user = await services.identity.accounts.find(username)
+                if user is not None:
+                    await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
         if data.action == AccountAction.DISABLE:
             case = await flow.cases.get(case_id)
             if admin.session.username in case.affected_users:

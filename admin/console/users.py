@@ -44,11 +44,11 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
 from admin.access import holds_role
-from admin.actions import admin_of, audit, confirm_destructive
+from admin.actions import SecondAdminRequired, admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
-from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import AccountFactors, FactorInfo, UnknownAccount, UserSummary
 from gateway.identity.invitations import INVITE_PATH, Invitation, Invitations, IssuedInvitation
 from gateway.identity.models import User
@@ -73,13 +73,6 @@ class InvitationRefused(GatewayError):
     status = 409
     reason = "invitation-refused"
     title = "No invitation for this account"
-
-
-class SecondAdminRequired(Forbidden):
-    """``admin.approvals: 2``: this would let one admin act as two (see the module docstring)."""
-
-    reason = "second-admin-required"
-    title = "Another admin must take part"
 
 
 class UnknownSession(GatewayError):
@@ -490,7 +483,7 @@ def _refuse_new_admin(config: Config, username: str) -> None:
     )
 
 
-async def _refuse_admin_takeover(
+async def refuse_admin_takeover(
     services: Services, policy: Policy, config: Config, user: User, what: str
 ) -> None:
     """One admin resetting another admin's credentials could then sign in as them, and approve alone."""
@@ -716,7 +709,7 @@ async def invite_user(
                 )
             if not data.reason.strip():
                 raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
-            await _refuse_admin_takeover(services, policy, config, user, "replace the password")
+            await refuse_admin_takeover(services, policy, config, user, "replace the password")
             ended = await services.identity.accounts.clear_password(user.id, actor=actor)
         issued = await _invite(services, config, user, actor)
         noted["invitation"] = issued.invitation.fingerprint
@@ -840,7 +833,7 @@ async def reset_factors(
     ``admin.approvals: 2``, refused for an admin's account (403 ``second-admin-required``)."""
 
     async def work(user: User, actor: str) -> ActionResult:
-        await _refuse_admin_takeover(services, policy, config, user, "reset the second factors")
+        await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
         removed = await services.identity.accounts.reset_mfa(user.id, actor=actor)
         ended = removed.get("sessions")
         return ActionResult(

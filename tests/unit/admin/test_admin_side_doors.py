@@ -59,7 +59,18 @@ async def test_one_admin_cannot_mint_a_second_admin_to_approve_their_own_proposa
     assert victim is not None
     assert victim.roles == ""
 
+    # A machine client holding the admin role, directly or through a role the policy makes an admin:
+    # its tokens would open every application the admin role opens.
+    for name, roles in (("shadow", ["admin"]), ("shadow2", ["viewer", "ops"])):
+        made = await site.call(boss, "POST", "/api/service-accounts", json={"name": name, "roles": roles})
+        _refused(made, "second-admin-required")
+        assert f"g, client:{name}, admin" in made.json()["message"]
+    listed = await site.call(boss, "GET", "/api/service-accounts")
+    assert listed.json() == []
+
     # Controls: roles that make nobody an admin, and an admin's roles changed while they stay one.
+    bot = await site.call(boss, "POST", "/api/service-accounts", json={"name": "bot", "roles": ["viewer"]})
+    assert bot.status_code == 201, bot.text
     viewer = await site.call(
         boss, "POST", "/api/users", json={"username": "viewer1", "roles": ["viewer"], "mode": "password"}
     )
@@ -90,12 +101,37 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     assert second is not None
     assert second.password_hash is not None
 
+    # The same reset through an incident case that names the other admin.
+    case = await site.call(
+        boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": ["second"]}
+    )
+    assert case.status_code == 201, case.text
+    acted = await site.call(
+        boss,
+        "POST",
+        f"/api/incident-cases/{case.json()['id']}/actions",
+        json={"action": "reset-mfa", "reason": "x"},
+    )
+    _refused(acted, "second-admin-required")
+    assert not [kind for kind, _, _ in await site.audit_kinds() if kind == "user.mfa_reset"]
+
+    # Controls: a non-admin's account is reset as before, on the user page and through a case.
     for path, body in (
         ("/api/users/carol/reset-factors", {"reason": "lost phone"}),
         ("/api/users/carol/invite", {"reason": "lost password", "clear_password": True}),
     ):
         done = await site.call(boss, "POST", path, json=body)
         assert done.status_code == 200, (path, done.text)
+    case = await site.call(
+        boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": ["carol"]}
+    )
+    acted = await site.call(
+        boss,
+        "POST",
+        f"/api/incident-cases/{case.json()['id']}/actions",
+        json={"action": "reset-mfa", "reason": "x"},
+    )
+    assert acted.status_code == 200, acted.text
 
 
 async def test_with_one_approval_an_admin_may_still_make_an_admin(console: Start) -> None:
@@ -152,6 +188,13 @@ async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Sta
         ),
         ("POST", f"/api/privacy/users/{victim.id}/close", {"verified_by": "x", "reason": "x"}),
     ]
+    # A service account with roles, and a token: a grant, and a credential that outlives the session.
+    plain_bot = await site.call(tired, "POST", "/api/service-accounts", json={"name": "bot"})
+    assert plain_bot.status_code == 201, plain_bot.text
+    side_doors += [
+        ("POST", "/api/service-accounts", {"name": "bot2", "roles": ["viewer"]}),
+        ("POST", "/api/tokens", {"account": "bot", "routes": ["app"], "expires": "30d"}),
+    ]
     for method, path, body in side_doors:
         refused = await site.call(tired, method, path, json=body)
         assert refused.status_code == 403, (method, path, refused.text)
@@ -176,7 +219,8 @@ async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Sta
         done = await site.call(tired, method, path, json=body)
         assert done.status_code in (200, 201), (method, path, done.text)
     fresh = await site.session("boss")
-    for method, path, body in side_doors[:2] + side_doors[4:8]:
+    assert (await site.call(tired, "GET", "/api/tokens")).json() == []
+    for method, path, body in side_doors[:2] + side_doors[4:8] + side_doors[-2:]:
         done = await site.call(fresh, method, path, json=body)
         assert done.status_code in (200, 201), (method, path, done.text)
 
