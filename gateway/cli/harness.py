@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway.cli.announce import Unannounced
 from gateway.errors import ConfigError, GatewayError
+from gateway.store.private import private_dir
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
@@ -279,7 +280,7 @@ async def open_store(
     if embedded or fast:
         # The SQLite files (the database, the node's shared state) live in data_dir, which may not
         # exist yet on a fresh install.
-        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, Path(settings.data_dir))
     # Same policy as `serve`: SQLite upgrades itself, PostgreSQL only through `gateway migrate`.
     await ensure_schema(url, auto=embedded)
     # The audit chain is keyed: like `serve`, only the embedded default may create the keyring.

@@ -25,6 +25,7 @@ from gateway.cli.harness import (
     run,
     storage_url,
 )
+from gateway.store.private import private_dir
 
 __all__ = ["register"]
 
@@ -48,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_config(args)
     # Check the schema once, before any worker starts, so an outdated database is one clear message
     # (run `gateway migrate`) instead of every worker failing its start-up.
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir))
     url = storage_url(settings)
     run(ensure_schema(url, auto=url.startswith("sqlite")))
     # A rediss:// server whose certificate is refused: one clear message, not a 503 on every request.
@@ -75,7 +76,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
     settings = load_config(args)
     url = storage_url(settings)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir))
     print(f"migrating {_redact_url(url)} …", flush=True)
     revision = run(upgrade(url, quiet=True))
     print(f"schema is at revision {revision}")

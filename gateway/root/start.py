@@ -60,6 +60,7 @@ from gateway.settings.schema import IdentityProvider, Settings
 from gateway.store.db import Database, configured_url
 from gateway.store.fast import FastState, StateUnavailable, open_configured_state
 from gateway.store.migrate import ensure_schema
+from gateway.store.private import private_dir
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown, LockdownStore
@@ -187,7 +188,7 @@ async def _open_worker(
     stack: contextlib.AsyncExitStack, path: Path, settings: Settings
 ) -> Running[WorkerServices]:
     live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
-    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, Path(settings.data_dir))
     websockets = _websocket_session(settings)
     stack.push_async_callback(websockets.close)
     upstream = Http1Client(max_connections=settings.limits.max_upstream_connections)
@@ -303,7 +304,7 @@ def _provider_verifiers(
 
 async def _open_admin(stack: contextlib.AsyncExitStack, path: Path, settings: Settings) -> Running[Services]:
     live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
-    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, Path(settings.data_dir))
     db, fast, identity = await _open_stores(stack, settings, live)
     shared = await _open_shared(stack, path, settings, live, db, fast, identity, None, Role.ADMIN)
     services = Services(

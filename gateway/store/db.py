@@ -36,6 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.settings.database_url import DATABASE_DRIVERS, SUPPORTED_DATABASE_URLS
 from gateway.store.pg_tls import split_tls, ssl_argument, warn_unverified
+from gateway.store.private import create_private
 from gateway.store.tls import verification_failure
 
 if TYPE_CHECKING:
@@ -189,6 +190,17 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
 
 
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    database = engine.url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database)
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _private_file(*_args: Any) -> None:
+            # Before SQLite opens (and may create) the file: 0600, never the umask's 0644 that lets every
+            # local user read the password hashes and the audit trail (gateway.store.private).
+            if path.parent.is_dir():
+                create_private(path)
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the sqlite3 module: its legacy mode never BEGINs before

@@ -11,6 +11,7 @@ import json
 import os
 import select
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -99,6 +100,39 @@ def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: C
         assert proc.returncode == 0, proc.stderr
         assert "session(s) ended" not in proc.stdout
         assert "state.embedded is memory" in proc.stderr
+
+
+def test_the_data_directory_and_database_it_creates_are_private(cli: Cli) -> None:
+    """With the usual umask, the first command made data/ 0755 and gateway.db 0644: every local user
+    could read the password hashes (outside review)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--config",
+            str(cli.config),
+        ],
+        cwd=ROOT,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        umask=0o022,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = cli.db_path.parent
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode) for p in (data, *data.iterdir()) if p.is_file() or p == data
+    }
+    assert modes.pop("data") == 0o700
+    assert modes, "no file was written"
+    assert all(mode == 0o600 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
 
 
 def _give_factors(db_path: Path, user_id: int) -> None:

@@ -41,7 +41,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +51,7 @@ from typing import Final, Self, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.store.fast.base import StateUnavailable, validate_ttl
+from gateway.store.private import create_private
 
 __all__ = ["STATE_FILE", "LocalFastState", "LocalSubscription"]
 
@@ -660,23 +660,8 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _create_private(path: Path) -> None:
-    """Create ``path`` with mode 0600 if it is missing, and tighten a looser existing one.
-
-    Created by hand before SQLite opens it, so there is no moment when another local user could read
-    it (SQLite would create it with the process umask), and SQLite copies the mode to the WAL files.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:
-            os.fchmod(fd, mode & 0o700)
-    finally:
-        os.close(fd)
-
-
 def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    _create_private(path)
+    create_private(path)  # SQLite would create it with the umask
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
