@@ -16,6 +16,7 @@ and checks what it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -198,9 +199,17 @@ async def restore_backup(path: Path, keyring: Keyring, data_dir: Path, *, force:
     """
     refuse_live_target(data_dir, force=force)
     staged = staging_dir(data_dir)
+    trial = staging_dir(data_dir)
     try:
         manifest = read_backup(path, keyring, staged)
-        install_parts(staged, data_dir)
+        # The checks of the restored database (integrity, schema revision, audit chain, evidence) run on
+        # a copy laid out as a node: a backup that fails one leaves data_dir as it was. Checked after
+        # installing, a rejected backup had already replaced the database it was to restore over.
+        shutil.copytree(staged, trial / "parts")
+        install_parts(trial / "parts", trial / "node")
+        verified = await check_restored(manifest, trial / "node", keyring)
+        database = install_parts(staged, data_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return await check_restored(manifest, data_dir, keyring)
+        shutil.rmtree(trial, ignore_errors=True)
+    return dataclasses.replace(verified, database=database)

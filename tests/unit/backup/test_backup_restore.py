@@ -170,3 +170,29 @@ async def test_a_failed_restore_leaves_the_target_as_it_was(tmp_path: Path, cloc
         await restore_backup(path, node.keyring, node.data_dir, force=True)
     assert rows(node.database) == before
     assert sorted(p.name for p in node.data_dir.iterdir() if p.name.startswith(".")) == []
+
+
+async def test_a_backup_that_fails_the_restored_checks_leaves_the_target_as_it_was(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Outside review: a validly signed backup of a database whose audit chain had been altered was
+    installed over the target before the chain check refused it, deleting the target's database."""
+    source = await make_node(tmp_path / "source", clock, records=2)
+    try:
+        with closing(sqlite3.connect(source.database)) as conn:
+            conn.execute("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 1")
+            conn.commit()
+        _manifest, path = create_backup(
+            source.database, source.data_dir, tmp_path / "backups", source.keyring, clock
+        )
+    finally:
+        await source.db.close()
+    target = await make_node(tmp_path / "target", clock, records=3)
+    await target.db.close()
+    before = rows(target.database)
+    (target.data_dir / "state.db").write_bytes(b"live sessions")
+    with pytest.raises(BackupError, match="audit chain broken"):
+        await restore_backup(path, source.keyring, target.data_dir, force=True)
+    assert rows(target.database) == before
+    assert (target.data_dir / "state.db").read_bytes() == b"live sessions"
+    assert sorted(p.name for p in target.data_dir.iterdir() if p.name.startswith(".")) == []
