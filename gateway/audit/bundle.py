@@ -45,6 +45,7 @@ from gateway.audit.checkpoint import check_signature
 from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, store_errors
+from gateway.store.private import private_dir, write_new_private
 
 __all__ = [
     "Bundle",
@@ -326,17 +327,21 @@ def _zip(files: Mapping[str, bytes]) -> bytes:
 
 
 def _write(out: Path, files: Mapping[str, bytes]) -> None:
-    if out.suffix.lower() == ".zip":
-        if out.exists():
-            raise BundleError(f"{out} already exists; choose a new name")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(_zip(files))
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(f"{out} exists and is not an empty directory; choose a new one")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
+    # The bundle holds every record's actor, subject, address and details: readable by its maker only,
+    # as sealed incident bundles and privacy exports are (new files 0600, a new directory 0700, nothing
+    # existing replaced and no link followed).
+    try:
+        if out.suffix.lower() == ".zip":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_new_private(out, _zip(files))
+            return
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BundleError(f"{out} exists and is not an empty directory; choose a new one")
+        private_dir(out)
+        for name, data in files.items():
+            write_new_private(out / name, data)
+    except FileExistsError:
+        raise BundleError(f"{out} already exists; choose a new name") from None
 
 
 def _read(path: Path) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -187,14 +188,22 @@ async def _reject(args: argparse.Namespace, ctx: PrivacyContext) -> int:
 
 
 def _open_new(path: Path, *, force: bool) -> int:
-    """A file descriptor for the export: a new file (or, with ``force``, a replaced one), mode 0600."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    """A file descriptor for the export: a new file (or, with ``force``, a replaced one), mode 0600.
+
+    A link is never followed (it could point the export at any file the operator can write), and a
+    replaced file is made 0600 too: ``O_CREAT``'s mode applies only to a file it creates.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_TRUNC if force else os.O_EXCL)
     try:
-        return os.open(path, flags, 0o600)
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise UserError(f"{path} exists; pass --force to replace it") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; give the file itself") from None
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 async def _export(args: argparse.Namespace, ctx: PrivacyContext) -> int:

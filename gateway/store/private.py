@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["create_private", "private_dir"]
+__all__ = ["create_private", "private_dir", "write_new_private"]
 
 #: The files SQLite keeps beside a database.
 _SIBLINGS = ("-wal", "-shm", "-journal")
@@ -23,6 +23,17 @@ def private_dir(path: Path) -> None:
     An existing directory keeps its mode: it may be a mounted volume others are meant to list.
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_new_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path``, mode 0600 (exports of personal data and audit evidence).
+
+    Raises:
+        FileExistsError: ``path`` exists, or is a link (never followed, never replaced).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def create_private(path: Path) -> None:

@@ -203,8 +203,19 @@ def test_export_is_a_new_private_file_and_erasure_asks_or_says_which_hold(cli: C
     assert proc.returncode == 2
     assert "--force" in proc.stderr
     assert out.read_text() == "keep me"
+    out.chmod(0o644)  # replaced with --force, it is made private too
     cli.ok("privacy", "export", "carol", "--verified-by", "video call", "--out", str(out), "--force")
     assert json.loads(out.read_text())["account"]["email"] == "carol@example.com"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # A link is never followed, even with --force: it could aim the export at any writable file.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's file")
+    (tmp_path / "link.json").symlink_to(victim)
+    args = ("privacy", "export", "carol", "--verified-by", "video call", "--out", str(tmp_path / "link.json"))
+    proc = cli.run(*args, "--force")
+    assert proc.returncode == 2
+    assert "symbolic link" in proc.stderr
+    assert victim.read_text() == "someone's file"
     # To standard output: the document only; what was done goes to stderr.
     assert json.loads(cli.ok("privacy", "export", "carol", "--verified-by", "video call", "--law", "ccpa"))
     # Only two of the three exports were recorded: the refused path recorded nothing.

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import stat
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,6 +192,19 @@ async def test_checkpoint_interval_must_be_positive(database: Database, tmp_path
 # --- bundles ------------------------------------------------------------------------------------------
 
 
+async def test_a_bundle_is_never_written_through_a_link(database: Database, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.zip"
+    victim.write_bytes(b"kept")
+    (tmp_path / "link.zip").symlink_to(victim)
+    start = datetime.fromtimestamp(T0, UTC)
+    with pytest.raises(BundleError, match="already exists"):
+        await export_bundle(
+            database, since=start, until=start + timedelta(minutes=6), checkpoints=[],
+            out=tmp_path / "link.zip", now=FakeClock(T0).now(),
+        )  # fmt: skip
+    assert victim.read_bytes() == b"kept"
+
+
 @pytest.mark.parametrize("kind", ["zip", "dir"])
 async def test_bundle_round_trip(database: Database, tmp_path: Path, kind: str) -> None:
     keyring, _ = _keyring(tmp_path)
@@ -212,6 +226,10 @@ async def test_bundle_round_trip(database: Database, tmp_path: Path, kind: str) 
         keyring=keyring,
     )
     assert summary.problem is None
+    # Every record's actor, subject and address: readable by its maker only, whatever the umask.
+    written = [out] if kind == "zip" else [out, *out.iterdir()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == ({0o600} if kind == "zip" else {0o700, 0o600})
+    assert stat.S_IMODE(out.stat().st_mode) == (0o600 if kind == "zip" else 0o700)
     assert (summary.records, summary.first and summary.first.seq, summary.last and summary.last.seq) == (
         4,
         3,
