@@ -146,8 +146,11 @@ class IpBlocks:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return 0.0
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            elif addr.scope_id is not None:  # fe80::1%eth0: the zone names the link, not another host
+                addr = ipaddress.IPv6Address(int(addr))
         exact = self._exact.get(str(addr))
         if exact is not None:
             return exact

@@ -37,6 +37,8 @@ def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
         (("2001:db8::1",), "2001:DB8:0:0::1", True),  # another spelling of the same address
         (("192.0.2.1",), "::ffff:192.0.2.1", True),  # IPv4-mapped
         (("::ffff:192.0.2.0/120",), "192.0.2.9", True),
+        (("fe80::1",), "fe80::1%eth0", True),  # a zone names the link, not another host
+        (("fe80::/64",), "fe80::2%3", True),
         (("0.0.0.0/0",), "203.0.113.1", True),
         (("192.0.2.0/24",), "not-an-ip", False),
         (("192.0.2.0/24",), "", False),
