@@ -35,8 +35,8 @@ class Cli:
     db_path: Path
     secrets: list[str]
 
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``gateway user ARGS --config FILE``; passwords go to stdin only."""
+    def run(self, *args: str, stdin: str | None = None, umask: int = -1) -> subprocess.CompletedProcess[str]:
+        """Run ``gateway user ARGS --config FILE``; passwords go to stdin only (``umask``: -1 keeps ours)."""
         proc = subprocess.run(
             [sys.executable, "-m", "gateway", "user", *args, "--config", str(self.config)],
             cwd=ROOT,
@@ -45,6 +45,7 @@ class Cli:
             text=True,
             timeout=120,
             check=False,
+            umask=umask,
         )
         for secret in self.secrets:
             assert secret not in proc.args
@@ -105,26 +106,7 @@ def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: C
 def test_the_data_directory_and_database_it_creates_are_private(cli: Cli) -> None:
     """With the usual umask, the first command made data/ 0755 and gateway.db 0644: every local user
     could read the password hashes (outside review)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--config",
-            str(cli.config),
-        ],
-        cwd=ROOT,
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        umask=0o022,
-    )
+    proc = cli.run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n", umask=0o022)
     assert proc.returncode == 0, proc.stderr
     data = cli.db_path.parent
     modes = {

@@ -209,6 +209,13 @@ async def test_lift_unblocks_and_reenables(world: World) -> None:
 LOCK_AND_BLOCK = ThreatRule(count=1, window=Duration(60), responses=("alert", "block_ip", "lock_account"))
 
 
+async def _lift_lock(world: World, incident_id: str) -> str:
+    """Lift the incident; the note on its account lock (what stayed in force, and why)."""
+    lifted = await world.responder.lift(incident_id, actor="cli:root")
+    assert lifted is not None
+    return next(a.note for a in lifted.actions if a.kind == "lock_account")
+
+
 async def _disabled(world: World, name: str) -> bool:
     found = await world.accounts.find(name)
     assert found is not None
@@ -257,11 +264,8 @@ async def test_lifting_an_incident_leaves_an_account_someone_disabled_since(worl
     assert alice is not None
     await world.accounts.enable(alice.id, actor="admin:ann")  # a false positive after all...
     await world.accounts.disable(alice.id, actor="admin:ann")  # ...then compromised for real
-    lifted = await world.responder.lift(incident.id, actor="cli:root")
-    assert lifted is not None
+    assert await _lift_lock(world, incident.id) == "account kept disabled: disabled since by admin:ann"
     assert await _disabled(world, "alice")
-    lock = next(a for a in lifted.actions if a.kind == "lock_account")
-    assert lock.note == "account kept disabled: disabled since by admin:ann"
 
 
 async def test_lifting_an_incident_leaves_an_account_that_was_disabled_before_its_lock(world: World) -> None:
@@ -273,11 +277,8 @@ async def test_lifting_an_incident_leaves_an_account_that_was_disabled_before_it
     incident = await world.responder.respond(
         "brute_force", LOCK_AND_BLOCK, subject="alice", ip=OTHER_IP, summary="test", evidence={}
     )
-    lifted = await world.responder.lift(incident.id, actor="cli:root")
-    assert lifted is not None
+    assert await _lift_lock(world, incident.id) == "account kept disabled: already disabled by admin:ann"
     assert await _disabled(world, "alice")
-    lock = next(a for a in lifted.actions if a.kind == "lock_account")
-    assert lock.note == "account kept disabled: already disabled by admin:ann"
 
 
 async def test_lifting_the_older_of_two_locking_incidents_keeps_the_account_disabled(world: World) -> None:
