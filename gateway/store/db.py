@@ -194,10 +194,10 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     if database and database != ":memory:" and not database.startswith("file:"):
         path = Path(database)
 
-        @event.listens_for(engine.sync_engine, "do_connect")
+        @event.listens_for(engine.sync_engine, "do_connect", once=True)
         def _private_file(*_args: Any) -> None:
-            # Before SQLite opens (and may create) the file: 0600, never the umask's 0644 that lets every
-            # local user read the password hashes and the audit trail (gateway.store.private).
+            # Before SQLite first opens (and may create) the file: 0600, never the umask's 0644 that lets
+            # every local user read the password hashes and the audit trail (gateway.store.private).
             if path.parent.is_dir():
                 create_private(path)
 

@@ -7,6 +7,7 @@ SQLite opens it, and SQLite gives its WAL and shared-memory files the same mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -37,26 +38,26 @@ def write_new_private(path: Path, data: bytes) -> None:
 
 
 def create_private(path: Path) -> None:
-    """Create ``path`` with mode 0600 if it is missing, and tighten a looser existing one (and the
-    SQLite files beside it). Symbolic links are not followed."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    """Create ``path`` with mode 0600 if it is missing, and tighten a looser existing one (and the SQLite
+    files beside it). A link is left alone: neither followed nor changed.
+
+    An existing file is never opened: closing any descriptor of a database file drops every POSIX lock
+    this process holds on it, SQLite's included, and a connection that has lost its locks can delete the
+    WAL other processes still use (the database then reads as malformed). So a new file is made with
+    ``O_EXCL``, which opens nothing that exists, and an existing one is changed by its path.
+    """
+    # An existing file (or a link) makes this fail without opening it: its mode is checked below, by path.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in _SIBLINGS)):
+        _tighten(candidate)
+
+
+def _tighten(path: Path) -> None:
     try:
-        _tighten(fd)
-    finally:
-        os.close(fd)
-    for suffix in _SIBLINGS:
-        sibling = path.with_name(path.name + suffix)
-        try:
-            fd = os.open(sibling, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue  # absent (the usual case), or a link: left alone
-        try:
-            _tighten(fd)
-        finally:
-            os.close(fd)
-
-
-def _tighten(fd: int) -> None:
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
-        os.fchmod(fd, stat.S_IMODE(mode) & 0o700)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISREG(info.st_mode) and mode & 0o077:
+        os.chmod(path, mode & 0o700)

@@ -18,6 +18,7 @@ workers share the listening socket and a connection stays with the worker that a
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -353,3 +354,24 @@ def test_the_shared_state_is_one_private_file_in_the_data_dir(node: Node) -> Non
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         mode = (node.state_file.parent / name).stat().st_mode & 0o777
         assert mode == 0o600, f"{name}: {mode:o}"
+
+
+# -- the database shared with commands -----------------------------------------------------------------
+
+
+def test_commands_beside_the_running_gateway_leave_its_database_whole(node: Node) -> None:
+    """Outside review: a check of the database file's mode that opened and closed the file before every
+    new connection dropped the process's POSIX locks, SQLite's own included; a `gateway user add` beside
+    the running gateway then deleted the WAL the workers were using, and they answered 503 "database
+    disk image is malformed" (once the database would not open at all)."""
+    data = node.state_file.parent
+    for n in range(3):
+        sign_in(node, "carol")  # the workers read and write the database
+        assert (data / "gateway.db-wal").exists()
+        add_user(node.gw.config_path, f"zed{n}", PASSWORD)
+        assert (data / "gateway.db-wal").exists(), "a command deleted the WAL the workers use"
+    for n in range(3):
+        sign_in(node, f"zed{n}")
+    with sqlite3.connect(data / "gateway.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert "malformed" not in node.gw.log()

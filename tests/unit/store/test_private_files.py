@@ -8,12 +8,13 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from gateway.store.db import Database, default_sqlite_url
-from gateway.store.private import private_dir
+from gateway.store.private import create_private, private_dir
 
 
 @pytest.fixture(autouse=True)
@@ -55,20 +56,36 @@ async def test_a_database_an_older_version_left_readable_is_tightened(tmp_path: 
     await _write(tmp_path)
 
 
-async def test_a_link_in_place_of_the_database_is_not_followed(tmp_path: Path) -> None:
+async def test_a_link_in_place_of_the_database_is_left_alone(tmp_path: Path) -> None:
+    """A deployment that links its database elsewhere chose where it lives: the link is neither followed
+    to change the target's mode nor replaced."""
     elsewhere = tmp_path / "elsewhere.db"
     elsewhere.write_bytes(b"")
-    elsewhere.chmod(0o644)
+    elsewhere.chmod(0o640)
     (tmp_path / "gateway.db").symlink_to(elsewhere)
-    db = Database.open(default_sqlite_url(tmp_path))
-    try:
-        with pytest.raises(OSError, match="symbolic links"):
-            async with db.session() as session:
-                await session.execute(sa.text("SELECT 1"))
-    finally:
-        await db.close()
-    assert _mode(elsewhere) == 0o644
-    assert elsewhere.read_bytes() == b""
+    create_private(tmp_path / "gateway.db")
+    assert (tmp_path / "gateway.db").is_symlink()
+    assert _mode(elsewhere) == 0o640
+
+
+def test_an_existing_database_is_never_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing a descriptor of a database file drops this process's POSIX locks on it, SQLite's too (a
+    command beside a running gateway then deleted the WAL its workers used): only a new file is opened."""
+    database = tmp_path / "gateway.db"
+    database.write_bytes(b"")
+    database.chmod(0o644)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: Any, flags: int, *args: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", spy)
+    create_private(database)
+    # The one attempt is the O_EXCL create, which fails on an existing file without opening it.
+    assert opened == [str(database)]
+    assert _mode(database) == 0o600
 
 
 def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
