@@ -24,7 +24,7 @@ from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthn
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import Session, SessionStore, browser_label
 from gateway.privacy.models import ConsentRecord, PrivacyRequest
-from gateway.privacy.register import RequestView
+from gateway.privacy.register import RequestView, mine
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
 
@@ -158,7 +158,9 @@ async def export_person(
             ).all()
             requests = (
                 await s.scalars(
-                    select(PrivacyRequest).where(PrivacyRequest.user_id == uid).order_by(PrivacyRequest.id)
+                    select(PrivacyRequest)
+                    .where(mine(PrivacyRequest.user_id, PrivacyRequest.received_at, user))
+                    .order_by(PrivacyRequest.id)
                 )
             ).all()
             events = (

@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
+from gateway.identity.models import User
 from gateway.privacy.models import PrivacyRequest
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
@@ -192,6 +193,13 @@ def is_ref(text: str) -> bool:
     return _REF.fullmatch(text) is not None
 
 
+def mine(user_id: Any, received_at: Any, user: User) -> Any:
+    """The register rows of ``user``'s own account: its id, from its creation on. The register outlives
+    accounts, and SQLite gives a deleted account's id to the next new one: a later account must not see
+    (or export) an earlier one's requests."""
+    return and_(user_id == user.id, received_at >= user.created_at)
+
+
 class Register:
     """Reads and writes the request register. One per process; stateless apart from the database."""
 
@@ -262,12 +270,20 @@ class Register:
         return RequestView.of(row)
 
     async def find(
-        self, *, user_id: int | None = None, status: str | None = None, limit: int = 200
+        self,
+        *,
+        user_id: int | None = None,
+        status: str | None = None,
+        limit: int = 200,
+        owner: User | None = None,
     ) -> list[RequestView]:
-        """Requests, newest first; ``status`` "open" means received, verified or on hold."""
+        """Requests, newest first; ``status`` "open" means received, verified or on hold; ``owner``: only
+        that account's own (see :func:`mine`)."""
         query = select(PrivacyRequest).order_by(PrivacyRequest.id.desc()).limit(limit)
         if user_id is not None:
             query = query.where(PrivacyRequest.user_id == user_id)
+        if owner is not None:
+            query = query.where(mine(PrivacyRequest.user_id, PrivacyRequest.received_at, owner))
         if status == "open":
             query = query.where(PrivacyRequest.status.in_([str(s) for s in OPEN]))
         elif status is not None:

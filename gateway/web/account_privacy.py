@@ -179,7 +179,7 @@ async def _page(
     settings = config.settings.privacy
     owned = await privacy.provider_owned(user)
     now = identity.clock.now()
-    requests = await privacy.register.find(user_id=user.id, limit=50)
+    requests = await privacy.register.find(owner=user, limit=50)
     fresh = flows.is_fresh(session, config, identity.clock)
     return page(
         request,

@@ -67,6 +67,10 @@ async def _open(identity: IdentityServices, invitation: Invitation | None) -> Us
     # Gone, disabled, or given a password some other way since: the link has nothing left to do.
     if user is None or not user.can_sign_in or user.password_hash is not None:
         return None
+    # The account the link was made for: the same name, created before the link. SQLite gives a deleted
+    # account's id to the next new one, so a link that outlived its account would open someone else's.
+    if user.username != invitation.username or user.created_at.timestamp() > invitation.issued_at:
+        return None
     return user
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.integration.harness import add_user
+from tests.integration.harness import add_user, run_cli
 from tests.integration.http_client import PASSWORD, browser, login, post_form
 from tests.integration.test_admin_api import Site, api, assert_error, boss, carol, site
 from tests.integration.test_console_users_api import (
@@ -219,6 +219,26 @@ def test_a_disabled_account_gets_no_invitation_and_its_link_dies(site: Site, bos
         assert_invalid(opens(yuri, invite_path(url)))
         assert_invalid(accept(yuri, invite_path(url), GOOD))
     assert detail(site, boss, "yuri")["password"] == "none"
+
+
+def test_a_link_for_a_deleted_account_does_not_open_the_next_account_given_its_id(
+    site: Site, boss: httpx.Client
+) -> None:
+    """Outside review: SQLite gives a deleted account's id (the highest) to the next new account, and
+    the link named only the id, so zack's unused link set a password on dan, an account made later
+    for someone who signs in through an identity provider."""
+    url = create(site, boss, "zack", mode="invitation")["invitation_url"]
+    zack_id = detail(site, boss, "zack")["id"]
+    config = str(site.gw.config_path)
+    deleted = run_cli("user", "delete", "zack", "--yes", "--config", config)
+    assert deleted.returncode == 0, deleted.stderr
+    made = run_cli("user", "add", "dan", "--no-password", "--config", config)
+    assert made.returncode == 0, made.stderr
+    assert detail(site, boss, "dan")["id"] == zack_id  # the id really was given again
+    with browser(site.gw) as stranger:
+        assert_invalid(opens(stranger, invite_path(url)))
+        assert_invalid(accept(stranger, invite_path(url), GOOD))
+    assert detail(site, boss, "dan")["password"] == "none"
 
 
 # -- who may use it ---------------------------------------------------------------------------------

@@ -195,6 +195,23 @@ async def test_a_person_gets_and_erases_only_their_own_records(world: World) -> 
     assert IP not in trail
 
 
+async def test_a_later_account_given_the_same_id_does_not_see_the_earlier_ones_requests(world: World) -> None:
+    """SQLite gives a deleted account's id to the next new account, and the register outlives accounts:
+    dan must not see, nor export, the requests zack made."""
+    zack = await world.accounts.create(username="zack", password=PASSWORD, actor="admin:root")
+    earlier, _ = await world.privacy.export(zack, **_as_portal(zack))  # type: ignore[arg-type]
+    await world.accounts.delete(zack.id, actor="admin:root")
+    world.clock.advance(60)
+    dan = await world.accounts.create(username="dan", password=PASSWORD, actor="admin:root")
+    if world.db.backend == "sqlite":
+        assert dan.id == zack.id  # the case this guards against
+    assert await world.privacy.register.find(owner=dan) == []
+    own, doc = await world.privacy.export(dan, **_as_portal(dan))  # type: ignore[arg-type]
+    assert [r["ref"] for r in doc["privacy_requests"]] == [own.ref]  # this export's own request only
+    assert [r.ref for r in await world.privacy.register.find(owner=dan)] == [own.ref]
+    assert earlier.ref not in json.dumps(doc)
+
+
 async def test_a_field_the_schema_does_not_know_fails_validation() -> None:
     # The schema is strict (additionalProperties: false): a field added to the export without the
     # schema (and so without documentation) is caught by the test above.
