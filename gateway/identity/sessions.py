@@ -447,6 +447,16 @@ class SessionStore:
         """
         return await self._rotate(session_id, lambda old: replace(old, password_change=False))
 
+    async def rotate(self, session_id: str) -> tuple[str, Session]:
+        """The same session under a new id (after a change of the account's credentials: a copy of the
+        old cookie must not outlive it); the old id ends everywhere.
+
+        Raises:
+            SessionEnded: the session no longer exists.
+            StateUnavailable: the store cannot answer.
+        """
+        return await self._rotate(session_id, lambda old: old)
+
     async def _rotate(self, session_id: str, change: Callable[[Session], Session]) -> tuple[str, Session]:
         """Replace a session by a changed copy under a new id; the old id ends everywhere."""
         old_hash = hash_session_id(session_id)

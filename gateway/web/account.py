@@ -178,7 +178,7 @@ async def remove_factor(
     factor_id: FromPath[str],
 ) -> Redirect:
     signed = await flows.current(request, config, identity)
-    if signed.session is None:
+    if signed.session is None or signed.session_id is None:
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
@@ -199,9 +199,11 @@ async def remove_factor(
         removed = await identity.webauthn.remove(s.user_id, credential_id)
     if not removed:
         return Redirect("/.gateway/account?notice=Nothing+was+removed.", status_code=303)
-    ended = await _end_others_after(request, identity, s, "factor.removed")
+    ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "factor.removed")
     note = f"Factor removed. {ended} other session(s) signed out."
-    return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+    response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+    flows.set_session_cookie(response, config, new_id)
+    return response
 
 
 @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
@@ -233,7 +235,7 @@ async def new_recovery(
     request: Request[Any, Any, Any], config: Config, identity: Identity
 ) -> Template | Redirect:
     signed = await flows.current(request, config, identity)
-    if signed.session is None:
+    if signed.session is None or signed.session_id is None:
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     if not flows.is_fresh(s, config, identity.clock):
@@ -245,9 +247,13 @@ async def new_recovery(
         subject=s.username,
         ip=flows.client_ip(request),
     )
-    ended = await _end_others_after(request, identity, s, "recovery_codes.generated")
+    ended, new_id = await _end_others_after(
+        request, identity, s, signed.session_id, "recovery_codes.generated"
+    )
     notice = f"Your old codes no longer work. {ended} other session(s) signed out."
-    return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
+    shown = page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
+    flows.set_session_cookie(shown, config, new_id)
+    return shown
 
 
 @post("/.gateway/account/sessions/{session_hash:str}/revoke", status_code=303)
@@ -377,16 +383,20 @@ async def password_submit(
             error=error,
             min_length=config.settings.passwords.min_length,
         )
-    # Other browsers may have signed in with the old password: their sessions end.
-    await _end_other_browsers(identity, s)
     if forced or s.password_change:
-        # The hold on this session is lifted with a new id; the sign-in goes on to the second
-        # factor (or its enrollment).
+        # Other browsers may have signed in with the old password: their sessions end. The hold on
+        # this session is lifted with a new id; the sign-in goes on to the second factor (or its
+        # enrollment).
+        await _end_other_browsers(identity, s)
         new_id, _ = await identity.sessions.password_changed(signed.session_id)
         response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}", status_code=303)
         flows.set_session_cookie(response, config, new_id)
         return response
-    return Redirect("/.gateway/account?notice=Password+changed.", status_code=303)
+    ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "user.password_changed")
+    note = f"Password changed. {ended} other session(s) signed out."
+    response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
+    flows.set_session_cookie(response, config, new_id)
+    return response
 
 
 #: The portal's handlers, registered on the control app (``web/app.py``).
@@ -415,16 +425,24 @@ async def _end_other_browsers(identity: IdentityServices, session: Session) -> i
 
 
 async def _end_others_after(
-    request: AnyRequest, identity: IdentityServices, session: Session, change: str
-) -> int:
-    """End the user's other browsers after a change of their second factors, as after a password change.
+    request: AnyRequest, identity: IdentityServices, session: Session, session_id: str, change: str
+) -> tuple[int, str]:
+    """After a change of the account's credentials (a new password, a removed factor, new recovery codes):
+    end every session but this one, and give this one a new id. Returns how many other browsers were
+    signed out, and this session's new id (the caller sets the cookie).
 
-    A factor is removed, or the recovery codes replaced, because it may be in someone else's hands: a
-    session that factor vouched for must not outlive it (an admin's reset of the factors ends every
-    session for the same reason). The sessions do not record which credential they used, so every other
-    browser ends; this one has just passed a recent second factor.
+    A password is changed, a factor removed or the codes replaced because it may be in someone else's
+    hands: a session it vouched for must not outlive it (an admin's reset of the factors ends every
+    session for the same reason). Sessions do not record which credential they used, so every other
+    browser ends. This browser's sessions on the other hosts end too, and this one's id changes: a copy of
+    any of its cookies must not outlive the change either; the browser gets new ones through the
+    hand-off at its next visit. This session has just passed a recent second factor.
     """
     count = await _end_other_browsers(identity, session)
+    for other in await identity.sessions.list_user(session.user_id):
+        if other.family == session.family and other.id_hash != session.id_hash:
+            await identity.sessions.revoke_hash(other.id_hash)
+    new_id, _ = await identity.sessions.rotate(session_id)
     await identity.audit.record(
         "session.revoked",
         actor=f"user:{session.username}",
@@ -432,7 +450,7 @@ async def _end_others_after(
         ip=flows.client_ip(request),
         details={"others": count, "after": change},
     )
-    return count
+    return count, new_id
 
 
 async def _after_enrollment(

@@ -48,6 +48,7 @@ from tests.integration.http_client import (
     browser,
     cookie,
     csrf,
+    follow_handoff,
     login,
     post_form,
 )
@@ -595,3 +596,36 @@ def test_new_recovery_codes_sign_out_the_sessions_the_old_ones_opened(site: Site
     assert mine is not None
     signed_out_everywhere(site, thief, user)
     assert reaches_app(site.a, mine, user, host="127.0.0.1")
+
+
+@pytest.mark.peer
+def test_a_new_password_leaves_no_copy_of_an_old_cookie_working(site: Site) -> None:
+    """Outside review: a password changed because of a suspected compromise left the same browser's
+    session on an application's host alive, and the current session kept its id, so a copied cookie
+    of either kept working. Now every session but the changing one ends, and that one gets a new id."""
+    user, secret, codes = enrolled(site, "moved")
+    thief = two_factor_session(site.replica(1), user, "/.gateway/mfa/recovery", {"code": codes[0]})
+    with on(site.a) as owner:
+        assert login(owner, user).status_code == 302
+        assert post_form(owner, "/.gateway/mfa/totp", {"code": next_code(secret)}).status_code in (302, 303)
+        copied = cookie(owner)
+        app = f"http://{site.wiki_host}:{site.a.port}/probe"
+        handed = follow_handoff(owner, owner.get("/.gateway/login", params={"rd": app}).headers["location"],
+                                connect=site.a.url)  # fmt: skip
+        app_copy = handed.cookies.get(SESSION_COOKIE)
+        assert copied is not None
+        assert app_copy is not None
+        assert reaches_app(site.a, app_copy, user, host=site.wiki_host)
+        assert owner.get("/.gateway/account/password").status_code == 200
+        form = {"current": PASSWORD, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""}
+        done = post_form(owner, "/.gateway/account/password", form)
+        assert done.status_code == 303, done.text
+        assert "1%20other%20session%28s%29%20signed%20out" in done.headers["location"]
+        mine = cookie(owner)
+    assert mine not in (None, copied)
+    assert mine is not None
+    signed_out_everywhere(site, thief, user)
+    signed_out_everywhere(site, copied, user)
+    for gw in site.replicas:
+        assert get(gw, app_copy, "/probe", host=site.wiki_host, html=False).status_code == 401
+    assert reaches_app(site.replica(1), mine, user, host="127.0.0.1")
