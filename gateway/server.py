@@ -17,11 +17,14 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.settings.compose import read_document
 from gateway.settings.listen import parse_listen
+from gateway.settings.loader import ACCEPTED_ENV, pin_accepted
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
 
@@ -74,6 +77,7 @@ def serve(config_path: Path, settings: Settings) -> None:
 
     host, port = parse_listen(settings.listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
+    accepted = _pin_first_config(config_path, settings)
     # Before any worker or the admin child exists: they all inherit it and count into one directory
     # the admin listener sums (see gateway.observe.metrics). A new gateway starts its counters at 0.
     prepare_multiprocess(settings, wipe=True)
@@ -125,3 +129,15 @@ def serve(config_path: Path, settings: Settings) -> None:
     finally:
         if admin is not None and os.getpid() == master_pid:
             admin.stop()
+        if os.getpid() == master_pid:
+            accepted.unlink(missing_ok=True)
+
+
+def _pin_first_config(config_path: Path, settings: Settings) -> Path:
+    """The private file every process of this gateway starts from (gateway.settings.loader.ACCEPTED_ENV),
+    holding the config's text as the gateway starts; each accepted reload replaces it."""
+    fd, name = tempfile.mkstemp(dir=settings.data_dir, prefix=".accepted-config-", suffix=".yaml")
+    os.close(fd)
+    os.environ[ACCEPTED_ENV] = name
+    pin_accepted(read_document(config_path))
+    return Path(name)

@@ -22,7 +22,7 @@ from gateway.pipeline.app import DataPlane
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.root.start import Role, Running, S, start
 from gateway.services import Services, WorkerServices
-from gateway.settings.loader import load_settings
+from gateway.settings.loader import load_accepted
 from gateway.settings.schema import Settings
 from gateway.web.app import create_control_app
 
@@ -101,7 +101,7 @@ def worker_app(
 ) -> ProcessApp[WorkerServices]:
     """A gateway worker: the data plane and its control app. Raises ConfigError for a bad config."""
     path = Path(config_path)
-    settings = load_settings(path)
+    settings = load_accepted(path)
 
     async def open_services(early: threading.Event | None) -> Running[WorkerServices]:
         return await start(path, settings, role=Role.WORKER, early_reload=early)
@@ -115,7 +115,7 @@ def admin_app(
     """The admin listener's app. Raises ConfigError for a bad config, GatewayError if ``admin.listen``
     is null (the configuration serves no admin API)."""
     path = Path(config_path)
-    settings = load_settings(path)
+    settings = load_accepted(path)
     _require_admin_listener(settings)
 
     async def open_services(early: threading.Event | None) -> Running[Services]:

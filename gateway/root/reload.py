@@ -19,7 +19,7 @@ import aiohttp
 from gateway.audit.trail import AuditLog, record_quietly
 from gateway.errors import ConfigError
 from gateway.pipeline.snapshot import LiveState, Snapshot, build_snapshot
-from gateway.settings.loader import load_settings
+from gateway.settings.loader import pin_accepted, read_settings
 from gateway.settings.schema import Settings
 from gateway.upstream import HealthChecker
 
@@ -110,7 +110,7 @@ class Reloader:
         async with self._lock:
             current = self.live.current
             try:
-                settings = await asyncio.to_thread(load_settings, self.config_path)
+                text, settings = await asyncio.to_thread(read_settings, self.config_path)
                 new = build_snapshot(
                     settings, generation=current.generation + 1, source=str(self.config_path)
                 )
@@ -127,6 +127,8 @@ class Reloader:
                 return False
             old_checker = await self._health.follow(new) if self._health is not None else None
             self.live.swap(new)
+            # A worker started again after a crash starts with this text, not with the file on disk.
+            await asyncio.to_thread(pin_accepted, text)
             if old_checker is not None:
                 await old_checker.stop()
             self.last_error = None

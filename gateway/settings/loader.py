@@ -24,8 +24,10 @@ Every problem becomes one line of the :class:`~gateway.errors.ConfigError` repor
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from gateway.settings.checks import run_checks
 from gateway.settings.compose import compose, read_document
@@ -34,7 +36,58 @@ from gateway.settings.report import Report
 from gateway.settings.schema import Settings
 from gateway.settings.walker import build_settings, walk
 
-__all__ = ["load_settings", "parse_settings"]
+__all__ = [
+    "ACCEPTED_ENV",
+    "load_accepted",
+    "load_settings",
+    "parse_settings",
+    "pin_accepted",
+    "read_settings",
+]
+
+
+#: Set by ``gateway serve`` for its processes: a private file holding the text of the config the
+#: running gateway last accepted. A worker granian starts again after a crash reads that text, not the
+#: file on disk, which may hold a change every worker refused (it would serve it: a route made public
+#: by a refused reload was public on the replacement) or an edit in progress (the replacement would fail
+#: to start, again and again, until granian gave up and the whole gateway stopped).
+ACCEPTED_ENV: Final = "GATEWAY_ACCEPTED_CONFIG"
+
+
+def read_settings(path: str | Path) -> tuple[str, Settings]:
+    """:func:`load_settings`, also returning the text it read (to :func:`pin_accepted` once applied)."""
+    text = read_document(path)
+    return text, parse_settings(text, source=str(path), base_dir=Path(path).absolute().parent)
+
+
+def load_accepted(path: str | Path) -> Settings:
+    """The settings a process of a running gateway starts with: the text the gateway last accepted for
+    ``path`` (see :data:`ACCEPTED_ENV`), or the file itself outside ``gateway serve``."""
+    pinned = os.environ.get(ACCEPTED_ENV)
+    if not pinned:
+        return load_settings(path)
+    try:
+        text = Path(pinned).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return load_settings(path)
+    return parse_settings(text, source=str(path), base_dir=Path(path).absolute().parent)
+
+
+def pin_accepted(text: str) -> None:
+    """Record ``text`` as the config the running gateway accepted (no-op outside ``gateway serve``).
+    Written beside the old copy and renamed over it, mode 0600 (it may hold secrets inline)."""
+    pinned = os.environ.get(ACCEPTED_ENV)
+    if not pinned:
+        return
+    target = Path(pinned)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:

@@ -8,6 +8,7 @@ for from a number of requests.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -182,6 +183,46 @@ def test_restart_only_change_is_refused_with_a_message(gw: Gateway, echo: Echo) 
     # Nothing of the refused file applies, not even the parts that could have been reloaded.
     _all_fresh_requests(gw, "/", _version_is("listen-before"))
     _apply(gw, _config(tmp, gw.port, echo, "listen-restored"), "listen-restored")
+
+
+def _replace_a_worker(gw: Gateway) -> None:
+    """Kill one worker as a crash would; wait until granian has started its replacement and it serves."""
+    before = set(gw.worker_pids())
+    os.kill(min(before), signal.SIGKILL)
+
+    def replacement_answers() -> bool:
+        new = set(gw.worker_pids()) - before
+        return bool(new) and http_get_on_fresh_connection(gw.port, "/.gateway/health")[3] in new
+
+    wait_until(
+        replacement_answers, timeout=RELOAD_TIMEOUT, interval=0.05, what="a replacement worker answering"
+    )
+
+
+def test_a_worker_started_again_serves_the_accepted_config_not_a_refused_file(
+    gw: Gateway, echo: Echo
+) -> None:
+    """Outside review: after a refused reload, a worker granian started again after a crash read the file
+    on disk and served the refused config (a route made public answered without sign-in on that worker);
+    with a half-edited file the replacement failed again and again and the whole gateway stopped."""
+    tmp = gw.config_path.parent
+    _apply(gw, _config(tmp, gw.port, echo, "accepted"), "accepted")
+    refused = _config(tmp, free_port(), echo, "refused")  # 'listen' changed: refused by every worker
+    refused["public_url"] = f"http://127.0.0.1:{gw.port}"
+    gw.rewrite_config(refused)
+    gw.sighup()
+    _until_every_worker(gw, "/.gateway/ready", _reload_error(lambda e: "'listen'" in e))
+    _replace_a_worker(gw)
+    _all_fresh_requests(gw, "/", _version_is("accepted"), count=40)
+
+    gw.config_path.write_text("listen: [\n")  # an edit in progress
+    _replace_a_worker(gw)
+    _all_fresh_requests(gw, "/", _version_is("accepted"), count=40)
+    assert gw.proc.poll() is None
+    _apply(gw, _config(tmp, gw.port, echo, "after-crashes"), "after-crashes")
+    # An accepted reload is what the next replacement starts with.
+    _replace_a_worker(gw)
+    _all_fresh_requests(gw, "/", _version_is("after-crashes"), count=40)
 
 
 def test_request_in_flight_during_reload_completes(gw: Gateway, echo: Echo) -> None:
