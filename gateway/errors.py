@@ -70,6 +70,7 @@ class ErrorReason(StrEnum):
     BAD_BODY = "bad-body"
     HEADERS_TOO_LARGE = "headers-too-large"
     BODY_TOO_LARGE = "body-too-large"
+    BODY_TIMEOUT = "body-timeout"
     NO_ROUTE = "no-route"
     AUTHENTICATION_REQUIRED = "authentication-required"
     FORBIDDEN = "forbidden"
@@ -149,6 +150,16 @@ class BodyTooLarge(GatewayError):
     status = 413
     reason: str = ErrorReason.BODY_TOO_LARGE
     title = "Request body too large"
+
+
+class BodyTimeout(GatewayError):
+    """The client stopped sending its request body for longer than ``limits.body_timeout`` (408). The
+    connection closes, as after any incomplete body: the rest may still come and must not be read as a
+    request of its own."""
+
+    status = 408
+    reason: str = ErrorReason.BODY_TIMEOUT
+    title = "Request body too slow"
 
 
 class NoRoute(GatewayError):

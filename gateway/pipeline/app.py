@@ -248,7 +248,9 @@ class DataPlane:
             raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
         ctx.rec.kind, ctx.rec.decision = RequestKind.CONTROL, AccessDecision.PUBLIC
         check_page_host(snap, ctx.host_raw.decode("latin-1"), path)
-        await hand_to_control(self._control_app, scope, receive, send, path, ctx)
+        await hand_to_control(
+            self._control_app, scope, receive, send, path, ctx, float(snap.settings.limits.body_timeout)
+        )
 
     def _end_trace(self, ctx: RequestContext, trace: RequestTrace) -> None:
         """Close the request's trace; the exporter only enqueues, and its failure never reaches the client."""

@@ -7,9 +7,11 @@ auth host and the routes' hosts (:mod:`gateway.pipeline.page_hosts`, checked bef
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+from gateway.errors import BodyTimeout, GatewayError
 from gateway.observe.record import AccessDecision
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
@@ -27,25 +29,40 @@ class _ControlBody:
     answers it.
     """
 
-    __slots__ = ("_receive", "broken", "complete")
+    __slots__ = ("_receive", "broken", "complete", "timeout")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, timeout: float) -> None:
         self._receive = receive
-        self.broken = False
+        self.timeout = timeout
+        # The refusal of an incomplete body (malformed, or stopped coming), once there is one.
+        self.broken: GatewayError | None = None
         self.complete = False
 
     async def receive(self) -> MutableMapping[str, Any]:
-        message = await self._receive()
+        if self.complete:  # afterwards receive() waits for the client to leave: no time limit
+            return await self._receive()
+        try:
+            async with asyncio.timeout(self.timeout):
+                message = await self._receive()
+        except TimeoutError:
+            self.broken = BodyTimeout(f"No part of the request body came for {self.timeout:g} s.")
+            raise self.broken from None
         if message["type"] == "http.request":
             self.complete = not message.get("more_body", False)
         elif message["type"] == "http.disconnect" and not self.complete:
-            self.broken = True
-            raise BrokenBody("The request body is malformed or ended early.")
+            self.broken = BrokenBody("The request body is malformed or ended early.")
+            raise self.broken
         return message
 
 
 async def hand_to_control(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, path: str, ctx: RequestContext
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    path: str,
+    ctx: RequestContext,
+    body_timeout: float,
 ) -> None:
     """Run the control app on this request, noting its status (and a broken body) in the record, and
     its body's size in the outcome (``http.response.body.bytes``)."""
@@ -62,14 +79,14 @@ async def hand_to_control(
         inner["client"] = (ctx.fwd.client_ip, 0)
     inner.setdefault("state", {})
     rec = ctx.rec
-    body = _ControlBody(receive)
+    body = _ControlBody(receive, body_timeout)
 
     async def send_and_note(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             rec.status = int(message["status"])
             if body.broken:  # see answer_error: nothing after a broken body may count as a request
                 message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
-                rec.decision, rec.reason = AccessDecision.INVALID, BrokenBody.reason
+                rec.decision, rec.reason = AccessDecision.INVALID, body.broken.reason
         elif message["type"] == "http.response.body":
             ctx.outcome.bytes_out += len(message.get("body", b""))
         await send(message)

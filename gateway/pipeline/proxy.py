@@ -8,12 +8,13 @@ chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures be
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.errors import BodyTimeout, BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.observe.tracing import FailedAttempt
 from gateway.pipeline.asgi import Receive, Send
 from gateway.pipeline.headers import clean_response_headers
@@ -74,18 +75,23 @@ class ProxyOutcome:
 class _RequestBody:
     """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
-    __slots__ = ("limit", "read", "receive", "started")
+    __slots__ = ("limit", "read", "receive", "started", "timeout")
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, timeout: float) -> None:
         self.receive = receive
         self.limit = limit
+        self.timeout = timeout
         self.read = 0
         self.started = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         while True:
-            message = await self.receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await self.receive()
+            except TimeoutError:
+                raise BodyTimeout(f"No part of the request body came for {self.timeout:g} s.") from None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             chunk: bytes = message.get("body", b"")
@@ -124,7 +130,7 @@ async def forward_http(
     length = body_framing.content_length
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
-    body = _RequestBody(receive, rt.max_body_size) if body_framing.has_body else None
+    body = _RequestBody(receive, rt.max_body_size, rt.body_timeout) if body_framing.has_body else None
     # Framing comes from what the client really sent (upstream_request_headers leaves Content-Length
     # out); chunked bodies go out chunked.
     sent_headers = headers

@@ -8,7 +8,7 @@ gets the error page or JSON (:mod:`gateway.web.error_pages`).
 
 from __future__ import annotations
 
-from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
+from gateway.errors import AuthenticationRequired, BodyTimeout, Forbidden, GatewayError
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.pipeline.asgi import Send
 from gateway.pipeline.bearer import BearerChallenge
@@ -72,7 +72,7 @@ async def answer_error(send: Send, err: GatewayError, ctx: RequestContext) -> No
     if isinstance(err, BearerChallenge):
         # RFC 6750 §3: how to authenticate (and what was wrong with the token).
         headers.append((b"www-authenticate", err.challenge))
-    if isinstance(err, BadFraming):
+    if isinstance(err, BadFraming | BodyTimeout):
         # The server and a proxy in front may disagree on where this body ends: no byte after
         # it on this connection may be read as another request (smuggling).
         headers.append((b"connection", b"close"))

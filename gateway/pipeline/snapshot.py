@@ -42,6 +42,8 @@ class RouteRuntime:
     request_headers: tuple[tuple[bytes, bytes], ...]
     response_headers: tuple[tuple[bytes, bytes], ...]
     max_body_size: int
+    # limits.body_timeout: the longest wait for the next piece of the request body.
+    body_timeout: float
     # nginx's proxy_connect_timeout and proxy_read_timeout: the response one runs from the end of the
     # request body to the response head, and again for every wait between body reads.
     connect_timeout: float
@@ -109,6 +111,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             request_headers=_header_pairs(route.request_headers),
             response_headers=_header_pairs(route.response_headers),
             max_body_size=int(route.max_body_size or settings.limits.max_body_size),
+            body_timeout=float(settings.limits.body_timeout),
             connect_timeout=t.connect,
             read_timeout=t.response,
             mfa_policy=route.mfa_policy,

@@ -452,6 +452,10 @@ class Route(_Config, frozen=True):
 class Limits(_Config, frozen=True):
     max_header_bytes: ByteSize = ByteSize(32 * 1024)
     max_body_size: ByteSize = ByteSize(1024**3)
+    # The longest wait for the next piece of a request body (nginx's client_body_timeout): a client
+    # that stops sending mid-body is answered 408 and its connection closed, instead of holding a
+    # request slot for as long as it likes (a few hundred stalled uploads locked everyone out).
+    body_timeout: Duration = Duration(30)
     # Upstream connections kept per worker (keep-alive pool).
     max_upstream_connections: int = 512
 
