@@ -68,6 +68,7 @@ CHECKS: tuple[Check, ...] = (
     passwords.check_strength,
     regulation.check_allowance,
     sessions.check_cookie,
+    sessions.check_insecure_cookies,
     # Authorization and the admin plane.
     assertion.check_key_rotation,
     policy.check_file,

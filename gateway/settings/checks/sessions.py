@@ -6,7 +6,7 @@ from gateway.settings.checks.values import TOKEN, require_positive
 from gateway.settings.report import Report, quote
 from gateway.settings.schema import Settings
 
-__all__ = ["check_cookie", "check_durations", "check_idle_within_lifetime"]
+__all__ = ["check_cookie", "check_durations", "check_idle_within_lifetime", "check_insecure_cookies"]
 
 
 def check_durations(settings: Settings, report: Report) -> None:
@@ -35,3 +35,16 @@ def check_cookie(settings: Settings, report: Report) -> None:
     cookie = settings.session.cookie_name
     if not TOKEN.fullmatch(cookie):
         report.add(("session", "cookie_name"), f"{quote(cookie)} is not a valid cookie name")
+
+
+def check_insecure_cookies(settings: Settings, report: Report) -> None:
+    """``insecure_cookies`` is for plain-HTTP trials on one machine: with TLS or an https public URL it
+    would send the session cookie without ``Secure`` and without the ``__Host-`` prefix for nothing."""
+    if settings.session.insecure_cookies and (
+        settings.tls is not None or settings.public_url.startswith("https:")
+    ):
+        report.add(
+            ("session", "insecure_cookies"),
+            "is true while the gateway is served over HTTPS (tls or an https public_url): the session "
+            "cookie would lose Secure and its __Host- prefix; remove it (it is for plain-HTTP trials only)",
+        )

@@ -1545,3 +1545,21 @@ def test_console_settings_default_to_one_approval_and_fresh_destructive_factors(
 def test_console_settings_are_validated(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings("public_url: https://auth.example.com\n" + text)
+
+
+@pytest.mark.parametrize(
+    "served",
+    [
+        "public_url: https://auth.example.com",
+        "public_url: https://auth.example.com\ntls: {certificate: c.pem, key: k.pem}",
+    ],
+)
+def test_insecure_cookies_are_refused_when_the_gateway_is_served_over_https(served: str) -> None:
+    """Outside review: accepted anywhere without a word, so a trial setting carried to production sent
+    the session cookie without Secure and without its __Host- prefix."""
+    routes = ROUTE.split("\n", 1)[1]
+    report = errors_of(served + "\n" + routes + "session: {insecure_cookies: true}\n")
+    assert "session.insecure_cookies: is true while the gateway is served over HTTPS" in report
+    # Plain HTTP (the quick start on one machine) keeps it.
+    plain = "public_url: http://127.0.0.1:8080\n" + routes + "session: {insecure_cookies: true}\n"
+    assert parse_settings(plain).session.insecure_cookies
