@@ -449,7 +449,7 @@ def _range(lo: int, hi: int) -> str:
 
 
 def _append_line(path: Path, line: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # O_APPEND: lines from several workers land whole and never overwrite each other.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, open_store, run
 from gateway.settings.listen import parse_listen
+from gateway.store.private import private_dir
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -99,7 +100,8 @@ def write_quickstart_config(data_dir: Path, listen: str, echo_port: int, admin_p
     ``admin_port`` 0 means the ``listen`` port + 1.
     """
     data_dir = data_dir.resolve()
-    (data_dir / "keys").mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)  # the quick start's own directory: its config and data are nobody else's
+    private_dir(data_dir / "keys")
     os.chmod(data_dir / "keys", 0o700)
     _write_keyring(data_dir / "keys" / "keyring.json")
     policy = data_dir / "policy.csv"

@@ -142,7 +142,7 @@ def prepare_multiprocess(settings: Settings, *, wipe: bool) -> Path:
     files of a running gateway.
     """
     path = multiprocess_dir(settings).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if wipe:
         for stale in path.glob("*.db"):
             stale.unlink(missing_ok=True)

@@ -451,7 +451,13 @@ def test_quickstart_keeps_existing_keyring(tmp_path: Path) -> None:
     from gateway.cli.quickstart import write_quickstart_config
 
     data_dir = tmp_path / "qs"
-    config = write_quickstart_config(data_dir, "127.0.0.1:8080", 9000)
+    old_umask = os.umask(0o022)
+    try:
+        config = write_quickstart_config(data_dir, "127.0.0.1:8080", 9000)
+    finally:
+        os.umask(old_umask)
+    # Its config and data are the user's alone (outside review: the directory was 0755).
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     keyring = data_dir / "keys" / "keyring.json"
     first = keyring.read_bytes()
     write_quickstart_config(data_dir, "127.0.0.1:8080", 9000)
