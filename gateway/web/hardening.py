@@ -103,21 +103,27 @@ def control_csp(config: CurrentConfig) -> bytes:
     ).encode()
 
 
+#: Strict-Transport-Security on the gateway's own answers when it is served over HTTPS.
+HSTS: Final = b"max-age=31536000"
+
+
 class SecurityHeaders:
     """The control app's ``before_send`` hook: the hardening headers on every response it sends."""
 
-    __slots__ = ("_csp", "_for", "_live")
+    __slots__ = ("_csp", "_for", "_hsts", "_live")
 
     def __init__(self, live: LiveConfig) -> None:
         self._live = live
         self._for: CurrentConfig | None = None
         self._csp = b""
+        self._hsts = False
 
     def _policy(self) -> bytes:
         # Built once per configuration (a reload swaps it, and with it routes and providers).
         config = self._live.current
         if config is not self._for:
             self._csp, self._for = control_csp(config), config
+            self._hsts = config.settings.tls is not None or config.public_url.startswith("https:")
         return self._csp
 
     async def __call__(self, message: Message, scope: Scope) -> None:
@@ -135,4 +141,8 @@ class SecurityHeaders:
         added = hardening_headers(self._policy(), cache_control=cache)
         if path in _OWN_CACHE and any(name.lower() == b"cache-control" for name, _ in kept):
             added = [(n, v) for n, v in added if n != b"cache-control"]
+        if self._hsts:
+            # Served over HTTPS: browsers keep to it for a year, so no sign-in page is ever fetched over
+            # plain HTTP where a network attacker could rewrite it (RFC 6797).
+            added.append((b"strict-transport-security", HSTS))
         message["headers"] = [*kept, *added]

@@ -77,17 +77,19 @@ def test_a_host_that_is_not_a_plain_name_never_reaches_the_policy(host: str) -> 
 class _Live:
     """What the hook reads: the live configuration."""
 
-    def __init__(self) -> None:
+    def __init__(self, public_url: str = "https://auth.example.com") -> None:
         settings = parse_settings(
-            "public_url: https://auth.example.com\n"
+            f"public_url: {public_url}\n"
             "routes:\n  - {name: wiki, host: wiki.example.com, upstreams: ['http://127.0.0.1:9']}\n",
             source="test.yaml",
         )
         self.current = build_snapshot(settings, generation=1, source="test.yaml")
 
 
-def _send(path: str, headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
-    hook = SecurityHeaders(_Live())
+def _send(
+    path: str, headers: list[tuple[bytes, bytes]], *, public_url: str = "https://auth.example.com"
+) -> dict[bytes, list[bytes]]:
+    hook = SecurityHeaders(_Live(public_url))
     message: dict[str, Any] = {"type": "http.response.start", "status": 200, "headers": headers}
     asyncio.run(hook(cast("Any", message), cast("Any", {"type": "http", "path": path})))
     out: dict[bytes, list[bytes]] = {}
@@ -131,3 +133,13 @@ def test_other_messages_pass_unchanged() -> None:
     body: dict[str, Any] = {"type": "http.response.body", "body": b"x"}
     asyncio.run(hook(cast("Any", body), cast("Any", {"type": "http", "path": "/.gateway/login"})))
     assert body == {"type": "http.response.body", "body": b"x"}
+
+
+def test_https_answers_tell_browsers_to_keep_to_https() -> None:
+    """Outside review: no Strict-Transport-Security even with TLS, so a first visit over plain HTTP
+    (a typed name, an old link) could be rewritten on the way before the redirect to HTTPS."""
+    assert _send("/.gateway/login", [])[b"strict-transport-security"] == [b"max-age=31536000"]
+    # Plain-HTTP development: a browser would refuse the site after switching back.
+    assert b"strict-transport-security" not in _send(
+        "/.gateway/login", [], public_url="http://127.0.0.1:8080"
+    )
