@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway.authz.cache import Authorizer
 from gateway.authz.index import PolicyIndex
-from gateway.authz.rules import PolicyRules
+from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
 from gateway.authz.store import PolicyStore
 from gateway.settings.schema import PolicySettings
 
@@ -61,8 +62,32 @@ class LivePolicy:
             if version is not None:
                 logger.info("policy: imported %s as version %d", self.settings.file, version)
         await self.load()
+        note = await self.file_differs()
+        if note is not None:
+            logger.warning("policy: %s", note)
         self._watcher = asyncio.ensure_future(
             self.store.watch(self._on_version, poll_interval=self.settings.poll_interval, since=self.version)
+        )
+
+    async def file_differs(self) -> str | None:
+        """What an operator must know when ``policy.file`` no longer says what the stored policy says
+        (None when it does, or there is no file): the file is read only into an empty store, so an edit
+        of it, even followed by a reload, changes nothing until it is imported."""
+        path = self.settings.file
+        if path is None:
+            return None
+        try:
+            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+            rules = parse_policy(text, source=str(path))
+        except (OSError, UnicodeDecodeError, PolicyError) as exc:
+            return f"policy.file {path} cannot be read as a policy ({exc}); the stored policy decides"
+        stored = await self.store.current()
+        if _lines(rules) == _lines(stored.rules):
+            return None
+        return (
+            f"policy.file {path} differs from the stored policy (version {stored.version}), which is the "
+            f"one deciding: the file is read only into an empty store. Run `gateway policy import {path}` "
+            "to make it live (or edit the policy in the console)."
         )
 
     async def load(self) -> None:
@@ -120,3 +145,8 @@ class LivePolicy:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
+
+
+def _lines(rules: PolicyRules) -> list[str]:
+    """The rules as their CSV lines, in order (line numbers and spacing aside)."""
+    return [rule.to_csv() for rule in (*rules.policies, *rules.links)]

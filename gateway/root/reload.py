@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -69,7 +70,13 @@ class Reloader:
     """Re-reads the config file on request (SIGHUP) and swaps the snapshot in if it is valid."""
 
     def __init__(
-        self, config_path: Path, live: LiveState, *, audit: AuditLog, health: HealthChecks | None
+        self,
+        config_path: Path,
+        live: LiveState,
+        *,
+        audit: AuditLog,
+        health: HealthChecks | None,
+        policy_note: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         """Wire the reloader.
 
@@ -79,11 +86,14 @@ class Reloader:
             audit: Where ``config.reloaded`` is recorded (success and refusal).
             health: The upstream health checks to move to the new pools; None where no upstream is
                 checked (the admin listener).
+            policy_note: Says when ``policy.file`` differs from the stored policy: a reload does not
+                import it, and an operator who edited it and reloaded must hear that nothing changed.
         """
         self.config_path = config_path
         self.live = live
         self._audit = audit
         self._health = health
+        self._policy_note = policy_note
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
         # The first line goes to the readiness report until a reload succeeds.
@@ -133,6 +143,9 @@ class Reloader:
                 await old_checker.stop()
             self.last_error = None
             logger.info("config reloaded (generation %d, %d routes)", new.generation, len(new.routes))
+            note = await self._policy_note() if self._policy_note is not None else None
+            if note is not None:
+                logger.warning("policy: %s", note)
             await self._record("success", f"generation {new.generation}")
             return True
 

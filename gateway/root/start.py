@@ -355,7 +355,7 @@ async def _open_shared(
     policy = LivePolicy(PolicyStore(db, fast, identity.audit, identity.clock), settings.policy)
     await policy.start()
     stack.push_async_callback(policy.close)
-    reloader = Reloader(path, live, audit=identity.audit, health=health)
+    reloader = Reloader(path, live, audit=identity.audit, health=health, policy_note=policy.file_differs)
     # Probes the database and the fast state for /.gateway/ready and the component gauges.
     monitor = ReadinessMonitor({Component.STORAGE: db.ping, Component.STATE: fast.ping})
     await monitor.start()

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,20 @@ async def test_an_empty_store_denies_everything() -> None:
         assert decision.reason == "no-policy"
     finally:
         await policy.close()
+
+
+async def test_a_policy_file_edited_after_the_import_is_reported_not_silently_ignored(tmp_path: Path) -> None:
+    """Outside review: removing a rule from policy.file and reloading logged "config reloaded" and
+    changed nothing, since the file is imported only into an empty store. Now the difference is said."""
+    file = tmp_path / "policy.csv"
+    file.write_text("p, authenticated, app, /docs/*, GET, allow\n\ng, user:alice,  editor\n")
+    policy = live(FakeStore(Stored(1, V1)), file=str(file))
+    assert await policy.file_differs() is None  # the same rules, spacing and blank lines aside
+    file.write_text("p, authenticated, app, /docs/*, GET, allow\n")
+    note = await policy.file_differs()
+    assert note is not None
+    assert "differs from the stored policy (version 1)" in note
+    assert f"gateway policy import {file}" in note
+    file.unlink()
+    assert "cannot be read" in (await policy.file_differs() or "")
+    assert await live(FakeStore(Stored(1, V1))).file_differs() is None  # no file configured
