@@ -250,10 +250,10 @@ class _Builder:
             return value
         if kind == "file":
             return self._read_secret_file(arg, path)
+        # Not quoted: what follows "${" may be the rest of a literal secret (a password with "${" in it).
         self.report.add(
             path,
-            f"unknown reference ${{{body}}}; use ${{env:NAME}} or ${{file:PATH}}"
-            " (write $${ for a literal ${)",
+            "holds an unknown reference ${…}; use ${env:NAME} or ${file:PATH} (write $${ for a literal ${)",
         )
         return None
 

@@ -850,9 +850,9 @@ SECRET_ERROR_CASES = [
     pytest.param("${file:binary}", "secret file {base}/binary is not UTF-8 text", id="file-not-utf8"),
     pytest.param("${file:}", "${file:} needs a path", id="file-empty"),
     pytest.param(
-        "${vault:corp}", "unknown reference ${vault:corp}; use ${env:NAME} or ${file:PATH}", id="unknown"
+        "${vault:corp}", "holds an unknown reference ${…}; use ${env:NAME} or ${file:PATH}", id="unknown"
     ),
-    pytest.param("${ENV:X}", "unknown reference ${ENV:X}", id="wrong-case"),
+    pytest.param("${ENV:X}", "holds an unknown reference ${…}", id="wrong-case"),
     pytest.param('"${env:X"', "unterminated ${ in a string; write $${ for a literal ${", id="unterminated"),
 ]
 
@@ -870,6 +870,14 @@ def test_secret_errors_name_line_and_key_path(tmp_path: Path, value: str, fragme
         fragment.replace("{base}", str(tmp_path)),
     )
     assert SECRET not in report
+
+
+def test_an_unknown_reference_is_not_quoted_it_may_be_the_rest_of_a_secret() -> None:
+    """Outside review: a literal password with "${" in it had its tail printed in the error."""
+    report = errors_of(IDP.format(value='"Tr0ub4dor${S3cr3tTail}"'))
+    assert "unknown reference" in report
+    assert "S3cr3tTail" not in report
+    assert "Tr0ub4dor" not in report
 
 
 def test_all_failed_references_are_reported() -> None:
