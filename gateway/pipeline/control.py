@@ -7,13 +7,12 @@ auth host and the routes' hosts (:mod:`gateway.pipeline.page_hosts`, checked bef
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
 from gateway.errors import BodyTimeout, GatewayError
 from gateway.observe.record import AccessDecision
-from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
+from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send, receive_body_within
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import normalize_name
 from gateway.pipeline.receive import BrokenBody
@@ -42,11 +41,10 @@ class _ControlBody:
         if self.complete:  # afterwards receive() waits for the client to leave: no time limit
             return await self._receive()
         try:
-            async with asyncio.timeout(self.timeout):
-                message = await self._receive()
-        except TimeoutError:
-            self.broken = BodyTimeout(f"No part of the request body came for {self.timeout:g} s.")
-            raise self.broken from None
+            message = await receive_body_within(self._receive, self.timeout)
+        except BodyTimeout as timeout:
+            self.broken = timeout
+            raise
         if message["type"] == "http.request":
             self.complete = not message.get("more_body", False)
         elif message["type"] == "http.disconnect" and not self.complete:

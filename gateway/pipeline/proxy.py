@@ -8,15 +8,14 @@ chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures be
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from gateway.errors import BodyTimeout, BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.observe.tracing import FailedAttempt
-from gateway.pipeline.asgi import Receive, Send
+from gateway.pipeline.asgi import Receive, Send, receive_body_within
 from gateway.pipeline.headers import clean_response_headers
 from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
@@ -87,11 +86,7 @@ class _RequestBody:
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         while True:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    message = await self.receive()
-            except TimeoutError:
-                raise BodyTimeout(f"No part of the request body came for {self.timeout:g} s.") from None
+            message = await receive_body_within(self.receive, self.timeout)
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             chunk: bytes = message.get("body", b"")

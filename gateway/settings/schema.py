@@ -882,3 +882,8 @@ class Settings(_Config, frozen=True):
     backup: BackupSettings = BackupSettings()
     notify: NotifySettings = NotifySettings()
     routes: tuple[Route, ...] = ()
+
+    @property
+    def served_over_https(self) -> bool:
+        """The gateway terminates TLS itself, or is published under an https URL (behind a proxy)."""
+        return self.tls is not None or self.public_url.startswith("https:")

@@ -428,8 +428,8 @@ async def _end_others_after(
     request: AnyRequest, identity: IdentityServices, session: Session, session_id: str, change: str
 ) -> tuple[int, str]:
     """After a change of the account's credentials (a new password, a removed factor, new recovery codes):
-    end every session but this one, and give this one a new id. Returns how many other browsers were
-    signed out, and this session's new id (the caller sets the cookie).
+    end every session but this one, and give this one a new id. Returns how many other sessions were
+    ended, and this session's new id (the caller sets the cookie).
 
     A password is changed, a factor removed or the codes replaced because it may be in someone else's
     hands: a session it vouched for must not outlive it (an admin's reset of the factors ends every
@@ -438,10 +438,7 @@ async def _end_others_after(
     any of its cookies must not outlive the change either; the browser gets new ones through the
     hand-off at its next visit. This session has just passed a recent second factor.
     """
-    count = await _end_other_browsers(identity, session)
-    for other in await identity.sessions.list_user(session.user_id):
-        if other.family == session.family and other.id_hash != session.id_hash:
-            await identity.sessions.revoke_hash(other.id_hash)
+    count = await identity.sessions.revoke_others(session_id, session.user_id)
     new_id, _ = await identity.sessions.rotate(session_id)
     await identity.audit.record(
         "session.revoked",

@@ -123,7 +123,7 @@ class SecurityHeaders:
         config = self._live.current
         if config is not self._for:
             self._csp, self._for = control_csp(config), config
-            self._hsts = config.settings.tls is not None or config.public_url.startswith("https:")
+            self._hsts = config.settings.served_over_https
         return self._csp
 
     async def __call__(self, message: Message, scope: Scope) -> None:

@@ -40,9 +40,7 @@ def check_cookie(settings: Settings, report: Report) -> None:
 def check_insecure_cookies(settings: Settings, report: Report) -> None:
     """``insecure_cookies`` is for plain-HTTP trials on one machine: with TLS or an https public URL it
     would send the session cookie without ``Secure`` and without the ``__Host-`` prefix for nothing."""
-    if settings.session.insecure_cookies and (
-        settings.tls is not None or settings.public_url.startswith("https:")
-    ):
+    if settings.session.insecure_cookies and settings.served_over_https:
         report.add(
             ("session", "insecure_cookies"),
             "is true while the gateway is served over HTTPS (tls or an https public_url): the session "
