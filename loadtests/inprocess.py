@@ -20,10 +20,10 @@ Two ways to read it::
 twice as many, and divides the difference in instructions by the difference in requests: start-up cost
 cancels, and the count does not depend on what else the machine is doing (CPU time on the shared
 2-core machine varied from 97 to 163 µs per request between identical runs). ``PYTHONHASHSEED`` is
-fixed, periodic work is kept dormant, the gateway's clock moves per reading rather than with the wall
-(:func:`_counted_time`) and the access log writes on the loop (:func:`_writes_on_loop`), so how long
-the run took (callgrind stretches it 50 times, other load more) changes little of what it does: about
-2% beside two CPU hogs. What remains is the file sink's 50 ms batching and the event loop's wake-ups.
+fixed, periodic work is kept dormant, the gateway's clock and the access log's batching wait move per
+reading rather than with the wall (:class:`CountedTime`) and the access log writes on the loop
+(:func:`_writes_on_loop`), so how long the run took (callgrind stretches it 50 times, other load more)
+does not change what it does.
 
 ``--tracing RATIO`` turns tracing on with that sample ratio; the spans go to a collector stub in the
 same event loop, so encoding and sending the sampled ones (on the exporter's thread) is counted too.
@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import itertools
+import math
 import os
 import re
 import subprocess
@@ -57,6 +60,7 @@ __all__ = [
     "CREDENTIALS",
     "SLOWABLE",
     "Collector",
+    "CountedTime",
     "Upstream",
     "api_token",
     "credential_header",
@@ -280,54 +284,96 @@ def slow_down(stage: str) -> None:
         setattr(app, stage, twice)
 
 
-def _dormant_timers() -> None:
-    """Stretch every ``asyncio.sleep`` of half a second or more 1000-fold: periodic work stays out.
-
-    Metrics sampling, readiness probes, key and policy refreshes run per second of wall time, not
-    per request; under callgrind (50x slower) on a machine busy with other work they were up to a
-    fifth of the count, and the count moved with the load (503 k on a moderately loaded machine,
-    595 k with two CPU hogs). Requests never sleep. The file sink's batching wait (50 ms) stays
-    real, so writing every line is counted; only the number of batches still depends on wall time.
-    """
-    real_sleep = asyncio.sleep
-
-    async def dormant(delay: float, result: Any = None) -> Any:
-        return await real_sleep(delay * 1000 if delay >= 0.5 else delay, result)
-
-    asyncio.sleep = dormant
-
-
-#: How far the gateway's clock moves at each reading under :func:`_counted_time`.
+#: How far the gateway's clock moves at each reading under :class:`CountedTime`.
 CLOCK_STEP = 0.0002
 
 
-def _counted_time() -> None:
-    """Make the gateway's Unix time move by :data:`CLOCK_STEP` per reading, not with the wall clock.
+class CountedTime:
+    """The gateway's clock, and the short waits of the run, moved by readings instead of the wall.
 
-    What the request does with time (the session cache's one-second memory, the assertion's re-signing
-    when a fifth of its lifetime is left, the once-a-minute session touch) then depends on the code
-    alone: about a millisecond per request, as a busy worker sees. With the real clock a run that
-    callgrind and other load made slower crossed more of those boundaries: two CPU hogs beside the
-    count added 10% (437.1 k -> 482.1 k per request, 2026-12-04), most of it decrypting sessions again
-    and signing assertions again. Every reader of :class:`gateway.clock.SystemClock` sees it, on its
-    monotonic clock too (the bearer tokens' one-second cache: a full test suite beside the count once
-    made the token variant +90 bytecodes a request, verifying tokens again); asyncio's stays real.
+    Installed for the measured requests (:meth:`install`), taken back before shut-down
+    (:meth:`release`). Three things that ran per second of wall time become per request:
+
+    * The gateway's Unix and monotonic time (every reader of :class:`gateway.clock.SystemClock`)
+      move by :data:`CLOCK_STEP` per reading: about a millisecond per request, as a busy worker sees.
+      What the request does with time (the session cache's one-second memory, the assertion's
+      re-signing when a fifth of its lifetime is left, the bearer tokens' one-second cache) then
+      depends on the code alone. With the real clock two CPU hogs beside the count added 10% (437.1 k
+      -> 482.1 k per request, 2026-12-04), most of it decrypting sessions and signing assertions again.
+    * A wait shorter than half a second (the file sink's 50 ms batching) ends after as many readings
+      as its length in :data:`CLOCK_STEP` s. With a real wait, a run that callgrind and other load
+      stretched wrote more, smaller batches per request: 0.17 more sink wake-ups per request at 5 ms a
+      request, and +2.8% (439.9 k -> 452.3 k) beside three CPU hogs and a disk writer, all of it the
+      interpreter running the sink's and the loop's code more often (2026-12-05). A CI run beside the
+      test suite read a doubled identify stage 2.4% low; a local one read the unchanged path 5% high.
+    * A wait of half a second or more (metrics sampling, readiness probes, key and policy refreshes)
+      is stretched a thousandfold: periodic work stays out of the count (it was up to a fifth of it).
+
+    asyncio's own clock stays real: a request never waits on it (the upstream answers at once).
     """
-    from itertools import count
 
-    from gateway.clock import SystemClock
+    def __init__(self) -> None:
+        self.active = False
+        self._ticks = 0  # readings of either clock: what a short wait counts
+        self._waits: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
 
-    readings, mono_readings = count(), count()
-    start, mono_start = time.time(), time.monotonic()
+    def install(self) -> None:
+        """Count from now: after start-up, whose keys and session were made at real times (a clock
+        behind them would find no signing key valid yet)."""
+        from gateway.clock import SystemClock
 
-    def counted() -> float:
-        return start + next(readings) * CLOCK_STEP
+        readings, mono_readings = itertools.count(), itertools.count()
+        start, mono_start = time.time(), time.monotonic()
 
-    def counted_monotonic() -> float:
-        return mono_start + next(mono_readings) * CLOCK_STEP
+        def counted() -> float:
+            self._tick()
+            return start + next(readings) * CLOCK_STEP
 
-    SystemClock.time = staticmethod(counted)
-    SystemClock.monotonic = staticmethod(counted_monotonic)
+        def counted_monotonic() -> float:
+            self._tick()
+            return mono_start + next(mono_readings) * CLOCK_STEP
+
+        SystemClock.time = staticmethod(counted)
+        SystemClock.monotonic = staticmethod(counted_monotonic)
+        self.active = True
+
+    def release(self) -> None:
+        """End every short wait now and let later ones take real time: shut-down flushes the sink."""
+        self.active = False
+        for _, _, future in self._waits:
+            if not future.done():
+                future.set_result(None)
+        self._waits.clear()
+
+    def wait(self, delay: float) -> asyncio.Future[None]:
+        """A future done after ``delay`` seconds of counted time."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        due = self._ticks + math.ceil(delay / CLOCK_STEP)
+        heapq.heappush(self._waits, (due, next(self._order), future))
+        return future
+
+    def patch_sleep(self) -> None:
+        """Route ``asyncio.sleep`` through the counted time (short waits) or stretch it (long ones)."""
+        real_sleep = asyncio.sleep
+
+        async def counted_sleep(delay: float, result: Any = None) -> Any:
+            if delay >= 0.5:
+                return await real_sleep(delay * 1000, result)
+            if delay > 0 and self.active:
+                await self.wait(delay)
+                return result
+            return await real_sleep(delay, result)
+
+        asyncio.sleep = counted_sleep
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        waits = self._waits
+        while waits and waits[0][0] <= self._ticks:
+            future = heapq.heappop(waits)[2]
+            if not future.done():  # a cancelled waiter (its task ended) is dropped
+                future.set_result(None)
 
 
 def _writes_on_loop() -> None:
@@ -413,17 +459,17 @@ async def api_token(services: Any) -> str:
 async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:
     if slow_stage is not None:
         slow_down(slow_stage)
-    _dormant_timers()
+    counted = CountedTime()
+    counted.patch_sleep()
     _writes_on_loop()
 
     async with signed_in_plane(tracing) as (plane, cookie):
-        # From here, not before start-up: keys and the session were made at real times, and a clock
-        # behind them would find no signing key valid yet.
-        _counted_time()
+        counted.install()
         failed = await drive(plane, cookie, warmup)
         started = time.process_time()
         failed += await drive(plane, cookie, requests)
         spent = time.process_time() - started
+        counted.release()
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1

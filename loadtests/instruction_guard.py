@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     instructions = yaml.safe_load(args.budget.read_text())["instructions"]
-    requests = int(instructions.get("requests", 300))
+    requests = int(instructions.get("requests", 1500))
     try:
         measured = instructions_per_request(requests, slow_stage=args.slow_stage) / 1000
     except (OSError, RuntimeError) as exc:
