@@ -465,11 +465,13 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
 
     async with signed_in_plane(tracing) as (plane, cookie):
         counted.install()
-        failed = await drive(plane, cookie, warmup)
-        started = time.process_time()
-        failed += await drive(plane, cookie, requests)
-        spent = time.process_time() - started
-        counted.release()
+        try:
+            failed = await drive(plane, cookie, warmup)
+            started = time.process_time()
+            failed += await drive(plane, cookie, requests)
+            spent = time.process_time() - started
+        finally:
+            counted.release()  # before shut-down, which waits for the access log's last batch
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1

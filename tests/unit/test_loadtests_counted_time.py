@@ -1,0 +1,77 @@
+"""The instruction count's clock (``loadtests.inprocess.CountedTime``): short waits end after clock
+readings, not after wall time, so a run that other load stretches does the same work per request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.clock import SystemClock
+from loadtests.inprocess import CLOCK_STEP, CountedTime
+
+
+@pytest.fixture
+def counted() -> Iterator[CountedTime]:
+    saved = (asyncio.sleep, SystemClock.__dict__["time"], SystemClock.__dict__["monotonic"])
+    clock = CountedTime()
+    clock.patch_sleep()
+    try:
+        yield clock
+    finally:
+        asyncio.sleep, SystemClock.time, SystemClock.monotonic = saved
+
+
+async def test_a_short_wait_ends_after_its_length_in_readings_not_in_wall_time(counted: CountedTime) -> None:
+    counted.install()
+    sleeper = asyncio.create_task(asyncio.sleep(0.05, "woke"))
+    await asyncio.sleep(0)  # let the sleeper start its wait
+    steps = round(0.05 / CLOCK_STEP)
+    for _ in range(steps - 1):
+        SystemClock.time()
+    done, _ = await asyncio.wait({sleeper}, timeout=0.1)  # twice the wait's length in wall time
+    assert not done  # one reading short, however much wall time has passed
+    SystemClock.monotonic()  # readings of either clock count
+    assert await asyncio.wait_for(sleeper, 1) == "woke"
+
+
+async def test_the_clock_moves_by_one_step_per_reading(counted: CountedTime) -> None:
+    counted.install()
+    first, second = SystemClock.time(), SystemClock.time()
+    assert second - first == pytest.approx(CLOCK_STEP, abs=1e-6)
+    first, second = SystemClock.monotonic(), SystemClock.monotonic()
+    assert second - first == pytest.approx(CLOCK_STEP, abs=1e-6)
+
+
+async def test_release_ends_the_pending_waits_and_later_ones_take_real_time(counted: CountedTime) -> None:
+    counted.install()
+    sleeper = asyncio.create_task(asyncio.sleep(0.2))
+    await asyncio.sleep(0)
+    counted.release()
+    await asyncio.wait_for(sleeper, 1)  # no reading was taken: release ended it
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.sleep(0.02)
+    assert loop.time() - started >= 0.02
+
+
+async def test_a_cancelled_wait_is_dropped(counted: CountedTime) -> None:
+    counted.install()
+    sleeper = asyncio.create_task(asyncio.sleep(0.001))
+    await asyncio.sleep(0)
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    for _ in range(10):
+        SystemClock.time()  # waking a cancelled waiter must not raise InvalidStateError
+
+
+async def test_long_sleeps_are_stretched_out_of_the_run(counted: CountedTime) -> None:
+    counted.install()
+    sleeper = asyncio.create_task(asyncio.sleep(0.5))
+    for _ in range(round(1 / CLOCK_STEP)):
+        SystemClock.time()
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    sleeper.cancel()
