@@ -78,6 +78,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
         AdminListenBusy: the port is taken.
     """
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     listen = settings.admin.listen
@@ -101,6 +102,8 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
         loop=Loops.uvloop,
         http=HTTPModes.auto if tls else HTTPModes.http1,
         websockets=False,
+        # The gateway's wait for a request head, and for an idle keep-alive connection's next request.
+        http1_settings=HTTP1Settings(header_read_timeout=settings.server.header_timeout_ms),
         log_access=False,
         # The session cookie is Secure whenever the gateway uses TLS: the admin port must too.
         ssl_cert=Path(tls.certificate) if tls else None,

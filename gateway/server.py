@@ -93,10 +93,12 @@ def serve(config_path: Path, settings: Settings) -> None:
         http=HTTPModes.auto if tls else HTTPModes.http1,
         websockets=True,
         http1_settings=HTTP1Settings(
-            header_read_timeout=10_000,
+            header_read_timeout=settings.server.header_timeout_ms,
             keep_alive=True,
             max_buffer_size=max(int(settings.limits.max_header_bytes) + 8192, 65536),
         ),
+        backlog=settings.server.backlog,
+        backpressure=settings.server.max_connections,
         log_access=False,
         ssl_cert=Path(tls.certificate) if tls else None,
         ssl_key=Path(tls.key) if tls else None,

@@ -534,6 +534,20 @@ class ServerSettings(_Config, frozen=True):
     workers: int = 1
     # Seconds in-flight requests get to finish on shutdown before workers are stopped.
     graceful_timeout: Duration = Duration(30)
+    # Connections one worker holds open at once (granian's backpressure). Every open connection holds
+    # one, an idle keep-alive one included, until header_timeout closes it; beyond it new connections
+    # wait in the listen backlog. A per-client limit belongs to the proxy or load balancer in front.
+    max_connections: int = 1024
+    # How long a connection may take to send a request's head, and how long an idle keep-alive
+    # connection is kept waiting for the next one (both the gateway's and the admin listener's).
+    header_timeout: Duration = Duration(10)
+    # Connections the kernel queues for the gateway's port before it accepts them (listen(2)).
+    backlog: int = 1024
+
+    @property
+    def header_timeout_ms(self) -> int:
+        """``header_timeout`` in the whole milliseconds granian takes."""
+        return max(1, round(self.header_timeout * 1000))
 
 
 class LogSink(_Config, frozen=True):

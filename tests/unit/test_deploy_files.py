@@ -270,6 +270,19 @@ def test_compose_nginx_forwards_to_the_gateways_listen_and_admin_ports(tmp_path:
     assert conf.count("proxy_set_header X-Forwarded-For $remote_addr;") == 2
 
 
+def test_compose_nginx_limits_each_client_and_waits_no_longer_than_the_gateways(tmp_path: Path) -> None:
+    """Connection floods: one address's stalled requests cannot take every gateway connection slot."""
+    settings = _compose_settings(tmp_path)
+    conf = (COMPOSE_DIR / "nginx.conf").read_text()
+    assert "limit_conn_zone $binary_remote_addr zone=per_client:" in conf
+    [per_client] = re.findall(r"limit_conn per_client (\d+);", conf)
+    assert 0 < int(per_client) < settings.server.max_connections * 2  # the two replicas' slots
+    [header] = re.findall(r"client_header_timeout (\d+)s;", conf)
+    [body] = re.findall(r"client_body_timeout (\d+)s;", conf)
+    assert int(header) <= settings.server.header_timeout
+    assert int(body) <= settings.limits.body_timeout
+
+
 @pytest.mark.peer  # a skip for a missing tool fails CI (scripts/ensure-test-deps installs it)
 @pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx not installed")
 def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:

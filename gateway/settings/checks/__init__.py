@@ -55,6 +55,7 @@ CHECKS: tuple[Check, ...] = (
     sessions.check_durations,
     storage.check_pool,
     server.check_capacity,
+    server.check_connections,
     passwords.check_costs,
     regulation.check_counts,
     mfa.check_mfa,

@@ -9,7 +9,19 @@ from gateway.settings.checks.values import listen_problem, require_positive, url
 from gateway.settings.report import Report, quote
 from gateway.settings.schema import Settings
 
-__all__ = ["check_addresses", "check_capacity", "check_shutdown"]
+__all__ = [
+    "MIN_BACKLOG",
+    "MIN_HEADER_TIMEOUT",
+    "check_addresses",
+    "check_capacity",
+    "check_connections",
+    "check_shutdown",
+]
+
+#: granian refuses a smaller listen backlog.
+MIN_BACKLOG = 128
+#: Shorter than this, a client on a slow link could not send a request head at all.
+MIN_HEADER_TIMEOUT = 0.1
 
 
 def check_addresses(settings: Settings, report: Report) -> None:
@@ -38,12 +50,27 @@ def check_capacity(settings: Settings, report: Report) -> None:
     require_positive(
         [
             (("server", "workers"), settings.server.workers),
+            (("server", "max_connections"), settings.server.max_connections),
             (("limits", "max_header_bytes"), settings.limits.max_header_bytes),
             (("limits", "max_body_size"), settings.limits.max_body_size),
             (("limits", "max_upstream_connections"), settings.limits.max_upstream_connections),
         ],
         report,
     )
+
+
+def check_connections(settings: Settings, report: Report) -> None:
+    """The listen backlog is one granian takes (at least 128); the header wait is at least 100 ms."""
+    if settings.server.backlog < MIN_BACKLOG:
+        report.add(
+            ("server", "backlog"),
+            f"must be at least {MIN_BACKLOG} (the server's minimum); got {settings.server.backlog}",
+        )
+    if settings.server.header_timeout < MIN_HEADER_TIMEOUT:
+        report.add(
+            ("server", "header_timeout"),
+            f"must be at least {MIN_HEADER_TIMEOUT:g}s; got {settings.server.header_timeout:g}s",
+        )
 
 
 def check_shutdown(settings: Settings, report: Report) -> None:

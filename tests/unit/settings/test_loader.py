@@ -1042,6 +1042,18 @@ SEMANTIC_CASES = [
     pytest.param(
         TOP + "server:\n  graceful_timeout: -1\n", 3, "server.graceful_timeout", "must not be negative"
     ),
+    pytest.param(
+        TOP + "server:\n  max_connections: 0\n", 3, "server.max_connections", "must be greater than 0; got 0"
+    ),
+    pytest.param(
+        TOP + "server:\n  backlog: 100\n", 3, "server.backlog", "must be at least 128 (the server's minimum)"
+    ),
+    pytest.param(
+        TOP + "server:\n  header_timeout: 50ms\n",
+        3,
+        "server.header_timeout",
+        "must be at least 0.1s; got 0.05s",
+    ),
     pytest.param(TOP + "limits:\n  max_body_size: 0\n", 3, "limits.max_body_size", "must be greater than 0"),
     # identity providers
     pytest.param(
