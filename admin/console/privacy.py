@@ -47,7 +47,7 @@ from litestar import MediaType, Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
-from admin.access import Admin, CrossOriginRefused, admin_origin
+from admin.access import Admin
 from admin.actions import admin_of, audit, client_ip, confirm_destructive
 from admin.console.masking import mask_person
 from admin.console.render import PAGE_OPT, page
@@ -187,6 +187,11 @@ class RejectRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             description="Why it is refused: the request's outcome, which the person is told.",
         ),
     ]
+
+
+class ExportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    verified_by: VerifiedBy
+    law: Law = None
 
 
 class Rectify(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -746,19 +751,6 @@ def _not_own(user: User, admin: Admin, what: str) -> None:
         )
 
 
-def _same_origin(request: Request[Any, Any, Any], config: Config) -> None:
-    """Refuse a GET with an effect (an export is a register row) that another site's page started.
-
-    The admin API's CSRF check covers changing methods only; a cross-site page cannot read the export
-    (no CORS here), but could still make the register record an access request nobody made."""
-    origin = request.headers.get("origin")
-    allowed = admin_origin(config.public_url, config.settings.admin.listen or "")
-    if origin is not None and origin.strip().lower().rstrip("/") != allowed:
-        raise CrossOriginRefused(f"Requests from {origin.strip()[:100]!r} may not export personal data.")
-    if request.headers.get("sec-fetch-site", "same-origin").strip().lower() not in ("same-origin", "none"):
-        raise CrossOriginRefused("Only a page of the admin console (or a script) may export personal data.")
-
-
 def _right(view: RequestView, message: str) -> RightResult:
     return RightResult(
         ref=view.ref, kind=view.kind, status=view.status, message=message, hold=view.hold_ref or None
@@ -844,41 +836,27 @@ async def reject_request(
 # -- the JSON API: rights exercised for a person ----------------------------------------------------
 
 
-@get("/api/privacy/users/{user_id:str}/export", cache=False, tags=["privacy"], media_type=MediaType.JSON)
+@post("/api/privacy/users/{user_id:str}/export", status_code=200, tags=["privacy"], media_type=MediaType.JSON)
 async def export_user(
     request: Request[Any, Any, Any],
     services: AdminServices,
     config: Config,
     user_id: UserId,
-    verified_by: Annotated[
-        str,
-        QueryParameter(
-            min_length=1,
-            max_length=500,
-            description="How you verified that the person asking is the account holder. Kept in the register.",
-        ),
-    ],
-    law: Annotated[
-        str | None,
-        QueryParameter(max_length=20, description="A key of privacy.due; default privacy.default_law."),
-    ] = None,
+    data: JSONBody[ExportRequest],
 ) -> Response[dict[str, Any]]:
     """Everything held about the person (``gateway/privacy/export.schema.json``), as a download
     (``personal-data-<ref>.json``), registered as a completed access request (channel ``admin``;
-    ``X-Privacy-Request`` names it). Refused from any page but the console's own (403)."""
+    ``X-Privacy-Request`` names it). A POST with a JSON body, because it records a request: the admin
+    API's CSRF defence then covers it like every other change (a GET relied on fetch metadata, which
+    older browsers do not send)."""
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> Response[dict[str, Any]]:
-        _same_origin(request, config)
-        if not verified_by.strip():
-            raise BadRequest(
-                "Say how you verified the person's identity (verified_by); nothing was exported."
-            )
-        chosen = _law(settings, law or None)
+        chosen = _law(settings, data.law)
         user = await _person(services, user_id, about)
         view, document = await services.privacy.export(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
-            verified_by=verified_by.strip(), law=chosen,
+            verified_by=data.verified_by.strip(), law=chosen,
         )  # fmt: skip
         details["request"] = view.ref
         headers = {
@@ -887,7 +865,7 @@ async def export_user(
         }
         return Response(document, media_type=MediaType.JSON, headers=headers)
 
-    details: dict[str, object] = {"verified_by": verified_by[:500], "law": (law or "")[:20]}
+    details: dict[str, object] = {"verified_by": data.verified_by, "law": data.law or ""}
     return await _act(request, services, "export", subject=_user_ref(user_id), details=details, work=work)
 
 
