@@ -33,6 +33,7 @@ import pytest
 from sqlalchemy import text
 
 from gateway.clock import FakeClock
+from gateway.identity.models import User
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.register import Channel, Kind, Register
 from gateway.settings.schema import PrivacySettings
@@ -225,6 +226,19 @@ def portal_request(site: Site, uid: int, username: str, *, days_ago: float, kind
 
     ref: str = _run_db(site.db_url, open_one)
     return ref
+
+
+def backdate(site: Site, uid: int, *, days: float) -> None:
+    """Move the account's creation ``days`` into the past (its requests may then be older than now)."""
+
+    async def move(db: Database) -> None:
+        async with db.session() as s:
+            user = await s.get(User, uid)
+            assert user is not None
+            user.created_at -= timedelta(days=days)
+            await s.commit()
+
+    _run_db(site.db_url, move)
 
 
 def can_sign_in(site: Site, username: str) -> bool:
@@ -595,11 +609,15 @@ def test_the_register_lists_overdue_requests_first_and_they_are_verified_or_reje
 ) -> None:
     site.add_user("olga")
     uid = user_id(site, boss, "olga")
+    backdate(site, uid, days=400)  # an account a year old, with requests from its past
     late = portal_request(site, uid, "olga", days_ago=40)  # GDPR: due in 30 days, so 10 days late
     fresh = portal_request(site, uid, "olga", days_ago=1, kind=Kind.RECTIFICATION)
+    # A request of an earlier, deleted account that had the same id (SQLite gives ids again).
+    ghost = portal_request(site, uid, "zack", days_ago=500)
     listing = ok(api(site, boss, "GET", "/api/privacy/requests"))
-    assert listing["requests"][0]["ref"] == late
-    first = listing["requests"][0]
+    # The most overdue first: the earlier account's (470 days late), then olga's (10 days).
+    assert [r["ref"] for r in listing["requests"][:2]] == [ghost, late]
+    first = listing["requests"][1]
     assert (first["overdue"], first["days_overdue"], first["status"], first["verified"]) == (
         True,
         10,
@@ -615,7 +633,7 @@ def test_the_register_lists_overdue_requests_first_and_they_are_verified_or_reje
     assert late in [r["ref"] for r in overdue["requests"]]
     assert fresh not in [r["ref"] for r in overdue["requests"]]
     mine = ok(api(site, boss, "GET", "/api/privacy/requests", params={"user_id": uid}))
-    assert sorted(r["ref"] for r in mine["requests"]) == sorted([late, fresh])
+    assert sorted(r["ref"] for r in mine["requests"]) == sorted([late, fresh])  # olga's are hers only
 
     detail = ok(api(site, boss, "GET", f"/api/privacy/requests/{late}"))
     assert (detail["subject"], detail["channel"], detail["days_overdue"]) == ("olga", "portal", 10)
