@@ -100,7 +100,7 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=1,
         loop=Loops.uvloop,
-        http=HTTPModes.auto if tls else HTTPModes.http1,
+        http=HTTPModes.auto if tls and tls.http2 else HTTPModes.http1,
         websockets=False,
         # The gateway's wait for a request head, and for an idle keep-alive connection's next request.
         http1_settings=HTTP1Settings(header_read_timeout=settings.server.header_timeout_ms),

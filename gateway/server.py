@@ -90,7 +90,7 @@ def serve(config_path: Path, settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=settings.server.workers,
         loop=Loops.uvloop,
-        http=HTTPModes.auto if tls else HTTPModes.http1,
+        http=HTTPModes.auto if tls and tls.http2 else HTTPModes.http1,
         websockets=True,
         http1_settings=HTTP1Settings(
             header_read_timeout=settings.server.header_timeout_ms,

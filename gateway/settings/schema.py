@@ -87,6 +87,11 @@ class TlsSettings(_Config, frozen=True):
     certificate: str
     key: str
     min_version: Literal["1.2", "1.3"] = "1.3"
+    # HTTP/2 beside HTTP/1.1 (chosen by ALPN). With it, a connection that completed the TLS handshake
+    # and sent nothing is never closed (the server waits without a timeout to see which protocol
+    # comes) and holds one of server.max_connections until the client leaves; false: HTTP/1.1 only,
+    # and server.header_timeout closes idle connections too.
+    http2: bool = True
 
 
 class StorageSettings(_Config, frozen=True):
