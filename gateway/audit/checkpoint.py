@@ -59,6 +59,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring, KeyringError
 from gateway.errors import GatewayError
 from gateway.store.db import Database
+from gateway.store.private import private_dir
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -449,7 +450,7 @@ def _range(lo: int, hi: int) -> str:
 
 
 def _append_line(path: Path, line: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     # O_APPEND: lines from several workers land whole and never overwrite each other.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:

@@ -91,6 +91,7 @@ from prometheus_client.registry import Collector
 from gateway.audit.trail import SecurityEvent
 from gateway.observe.record import RequestRecord
 from gateway.settings.schema import Settings
+from gateway.store.private import private_dir
 
 __all__ = [
     "AUTHZ_BUCKETS",
@@ -142,7 +143,7 @@ def prepare_multiprocess(settings: Settings, *, wipe: bool) -> Path:
     files of a running gateway.
     """
     path = multiprocess_dir(settings).resolve()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path)
     if wipe:
         for stale in path.glob("*.db"):
             stale.unlink(missing_ok=True)

@@ -157,11 +157,7 @@ async def export_person(
                 )
             ).all()
             requests = (
-                await s.scalars(
-                    select(PrivacyRequest)
-                    .where(mine(PrivacyRequest.user_id, PrivacyRequest.received_at, user))
-                    .order_by(PrivacyRequest.id)
-                )
+                await s.scalars(select(PrivacyRequest).where(mine(user)).order_by(PrivacyRequest.id))
             ).all()
             events = (
                 await s.scalars(

@@ -193,11 +193,11 @@ def is_ref(text: str) -> bool:
     return _REF.fullmatch(text) is not None
 
 
-def mine(user_id: Any, received_at: Any, user: User) -> Any:
-    """The register rows of ``user``'s own account: its id, from its creation on. The register outlives
-    accounts, and SQLite gives a deleted account's id to the next new one: a later account must not see
-    (or export) an earlier one's requests."""
-    return and_(user_id == user.id, received_at >= user.created_at)
+def mine(user: User) -> Any:
+    """The condition on register rows for ``user``'s own account: its id, from its creation on. The
+    register outlives accounts, and SQLite gives a deleted account's id to the next new one: a later
+    account must not see (or export) an earlier one's requests."""
+    return and_(PrivacyRequest.user_id == user.id, PrivacyRequest.received_at >= user.created_at)
 
 
 class Register:
@@ -283,7 +283,7 @@ class Register:
         if user_id is not None:
             query = query.where(PrivacyRequest.user_id == user_id)
         if owner is not None:
-            query = query.where(mine(PrivacyRequest.user_id, PrivacyRequest.received_at, owner))
+            query = query.where(mine(owner))
         if status == "open":
             query = query.where(PrivacyRequest.status.in_([str(s) for s in OPEN]))
         elif status is not None:

@@ -19,7 +19,8 @@ _SIBLINGS = ("-wal", "-shm", "-journal")
 
 
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) if needed; a directory it creates is mode 0700.
+    """Create ``path`` (and missing parents) if needed; ``path`` itself, when created, is mode 0700
+    (parents get the default mode: what is inside ``path`` is what must stay private).
 
     An existing directory keeps its mode: it may be a mounted volume others are meant to list.
     """
