@@ -11,10 +11,14 @@ conftest): a test asks for ``clock``, ``fast_state`` or ``database`` by name and
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from gateway.clock import SystemClock
 
 pytest_plugins = [
     "tests.support.fixtures",
@@ -42,6 +46,33 @@ _FIRST = (
     "tests/integration/test_pgbackrest.py",
     "tests/e2e/",
 )
+
+
+# What the load harness's counted clock (loadtests.inprocess.CountedTime) replaces, as they were at start.
+_REAL_CLOCK = (SystemClock.__dict__["time"], SystemClock.__dict__["monotonic"], asyncio.sleep)
+
+
+@pytest.fixture(autouse=True)
+def _the_real_clock_after_every_test() -> Iterator[None]:
+    """Fail the test that leaves the process's clock or ``asyncio.sleep`` replaced, and put them back.
+
+    A leaked counted clock does not fail the test that leaked it but later ones in the same worker,
+    far from the cause: a signing key made at the real time is "not active yet" by the counted one.
+    """
+    yield
+    clock_time, clock_monotonic, sleep = _REAL_CLOCK
+    leaked = [
+        name
+        for name, now, real in (
+            ("SystemClock.time", SystemClock.__dict__["time"], clock_time),
+            ("SystemClock.monotonic", SystemClock.__dict__["monotonic"], clock_monotonic),
+            ("asyncio.sleep", asyncio.sleep, sleep),
+        )
+        if now is not real
+    ]
+    if leaked:
+        SystemClock.time, SystemClock.monotonic, asyncio.sleep = clock_time, clock_monotonic, sleep
+        pytest.fail(f"the test left {', '.join(leaked)} replaced (restored now)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
