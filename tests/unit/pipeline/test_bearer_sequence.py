@@ -16,7 +16,16 @@ import yaml
 from gateway.machine.accounts import ServiceAccounts
 from gateway.observe.record import AuthKind, RequestRecord
 from gateway.root.apps import worker_app
-from tests.unit.pipeline.test_sequence import Answer, Upstream, World, _call, _lifespan, _sign_in, upstream
+from tests.unit.pipeline.test_sequence import (
+    Answer,
+    Upstream,
+    World,
+    _call,
+    _lifespan,
+    _sign_in,
+    _signs_now,
+    upstream,
+)
 
 __all__ = ["upstream"]  # the fixture, shared with test_sequence
 
@@ -70,6 +79,7 @@ async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[tuple[World
     try:
         await _lifespan(plane, "startup")
         started = True
+        _signs_now(plane)
         services = plane.running.services
         records: list[RequestRecord] = []
         services.observers.append(records.append)

@@ -111,6 +111,17 @@ async def _lifespan(plane: ProcessApp[WorkerServices], kind: str) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+def _signs_now(plane: ProcessApp[WorkerServices]) -> None:
+    """A key signs assertions now, else say which times disagree (a clock behind the keys' ``active_from``
+    answers every request 500 ``signing-unavailable``)."""
+    services = plane.running.services
+    keys, now = services.signing.current(), services.identity.clock.time()
+    assert keys.signing_key(now) is not None, (
+        f"no signing key active at {now!r} (time.time() {time.time()!r}, clock {services.identity.clock!r}): "
+        + ", ".join(f"{k.kid} from {k.active_from!r} to {k.retired_at!r}" for k in keys.keys)
+    )
+
+
 async def _sign_in(
     plane: ProcessApp[WorkerServices], user_id: int, username: str, *, password_change: bool = False
 ) -> bytes:
@@ -158,6 +169,7 @@ async def world(tmp_path: Path, upstream: Upstream) -> AsyncIterator[World]:
     try:
         await _lifespan(plane, "startup")
         started = True
+        _signs_now(plane)
         records: list[RequestRecord] = []
         plane.running.services.observers.append(records.append)
         cookies = {
