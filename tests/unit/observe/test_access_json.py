@@ -159,3 +159,34 @@ def test_a_hostile_user_agent_cannot_break_out_of_its_string() -> None:
     assert "user" not in doc
     assert doc["user_agent"]["original"] == rec.user_agent
     assert b"\n" not in AccessEntry(rec).json()  # one event per line, always
+
+
+def test_what_the_writer_remembers_is_bounded_by_distinct_clients() -> None:
+    """A client sending ever new hosts, user agents, addresses and paths clears the remembered parts
+    instead of growing them."""
+    from gateway.observe import access
+
+    base = RequestRecord(
+        at=1.0, kind=RequestKind.HTTP, host="h", path="/", route="app", user="u", session="s"
+    )
+    for i in range(access._MEMO_LIMIT * 2 + 10):
+        rec = msgspec.structs.replace(
+            base,
+            host=f"h{i}.test",
+            user_agent=f"agent {i}",
+            client_ip=f"10.0.{i // 256}.{i % 256}",
+            path=f"/{i}",
+        )
+        assert json.loads(AccessEntry(rec).json())["user_agent"]["original"] == f"agent {i}"
+    for memo in (access._clients, access._senders, access._paths, access._verdicts):
+        assert 0 < len(memo) <= access._MEMO_LIMIT
+
+
+def test_one_sessions_remembered_identity_never_appears_in_anothers_event() -> None:
+    alice = RequestRecord(
+        at=1.0, kind=RequestKind.HTTP, host="h", path="/", client_ip="192.0.2.1", user="alice", session="aa"
+    )
+    bob = msgspec.structs.replace(alice, user="bob", session="bb")
+    anonymous = msgspec.structs.replace(alice, user="", session="")
+    for rec in (alice, bob, anonymous, alice, bob, anonymous):
+        assert AccessEntry(rec).document() == expected(rec)

@@ -22,7 +22,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.audit.trail import SecurityEvent
-from gateway.observe.access import AccessEntry, SecurityEntry, _timestamp, access_observer, audit_listener
+from gateway.observe.access import (
+    AccessEntry,
+    SecurityEntry,
+    _timestamp,
+    _timestamp_bytes,
+    access_observer,
+    audit_listener,
+)
 from gateway.observe.record import RequestRecord
 from gateway.observe.sinks import Delivery, FileSink, HttpSink, Sink, SinkHub, StdoutSink, SyslogSink, stream
 
@@ -130,6 +137,36 @@ def test_an_anonymous_request_without_client_address_has_no_source_or_user() -> 
 def test_timestamps_are_what_isoformat_writes(at: float) -> None:
     expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert _timestamp(at) == expected
+
+
+def _isoformat(at: float) -> bytes:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+
+
+# Times close together and at the edges of a millisecond, in any order: the access log remembers
+# which times write its last timestamp, and a time just outside that millisecond must not get it.
+_MILLISECOND = st.builds(
+    lambda second, ms, offset: second + ms / 1000 + offset,
+    st.sampled_from([0, 1_796_445_002, 4_102_444_799]),
+    st.integers(min_value=0, max_value=1000),
+    st.sampled_from([-2e-6, -1e-6, -5e-7, -4e-7, -1e-7, 0.0, 1e-7, 4e-7, 5e-7, 1e-6, 2e-6, 5e-4, 9.98e-4]),
+)
+
+
+@given(st.lists(st.one_of(_MILLISECOND, st.floats(min_value=0, max_value=4_102_444_800)), max_size=30))
+def test_the_access_logs_timestamps_are_what_isoformat_writes_whatever_came_before(
+    times: list[float],
+) -> None:
+    for at in times:
+        assert _timestamp_bytes(at) == _isoformat(at), at
+
+
+def test_a_time_a_microsecond_after_the_remembered_millisecond_gets_its_own() -> None:
+    first = 1_796_445_002.123_4
+    assert _timestamp_bytes(first).endswith(b".123Z")
+    assert _timestamp_bytes(1_796_445_002.123_999_6) == _isoformat(1_796_445_002.123_999_6)  # rounds up
+    assert _timestamp_bytes(1_796_445_002.123_999_6).endswith(b".124Z")
+    assert _timestamp_bytes(1_796_445_002.122_999).endswith(b".122Z")
 
 
 def test_denied_request_is_a_failure_without_user_or_upstream() -> None:
