@@ -49,12 +49,13 @@ def _milliseconds(at: float) -> int:
 
 def _iso_milliseconds(milliseconds: int) -> str:
     seconds, millis = divmod(milliseconds, 1000)
-    global _last_second, _last_prefix
-    if seconds != _last_second:
+    global _last_second
+    last, prefix = _last_second
+    if seconds != last:
         # Formatting a datetime is ~2 µs; requests in the same second share the prefix.
-        _last_prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _last_second = seconds
-    return f"{_last_prefix}.{millis:03d}Z"
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (seconds, prefix)  # one assignment: a reader in a thread sees both or neither
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _timestamp(at: float) -> str:
@@ -62,29 +63,28 @@ def _timestamp(at: float) -> str:
     return _iso_milliseconds(_milliseconds(at))
 
 
-_last_second = -1
-_last_prefix = ""
+_last_second: tuple[int, str] = (-1, "")
 
 # The access log's last timestamp and the times that certainly write the same: those 2 µs or more
 # inside its millisecond. A busy gateway logs several requests per millisecond: two comparisons
 # instead of rounding and formatting (measured 2026-12-05: 190 ns against 1,240 at ten requests per
 # millisecond, 1,000 against 1,240 at one). Below 2**32 s (the year 2106) a double is exact to a
 # microsecond, so the window's ends are off by less than their margin.
-_window_from = 0.0
-_window_to = 0.0
-_window_text = b""
+# One tuple, replaced in one assignment: a sink that builds events in a thread sees a whole window.
+_window: tuple[float, float, bytes] = (0.0, 0.0, b"")
 
 
 def _timestamp_bytes(at: float) -> bytes:
     """:func:`_timestamp` as ASCII bytes, for the access log's JSON."""
-    global _window_from, _window_to, _window_text
-    if _window_from <= at < _window_to:
-        return _window_text
+    global _window
+    start, end, text = _window
+    if start <= at < end:
+        return text
     milliseconds = _milliseconds(at)
     text = _iso_milliseconds(milliseconds).encode("ascii")
     if at < 2**32:
-        start = milliseconds / 1000
-        _window_from, _window_to, _window_text = start + 0.000_002, start + 0.000_998, text
+        first = milliseconds / 1000
+        _window = (first + 0.000_002, first + 0.000_998, text)
     return text
 
 
