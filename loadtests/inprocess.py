@@ -313,10 +313,14 @@ class CountedTime:
     """
 
     def __init__(self) -> None:
+        from gateway.clock import SystemClock
+
         self.active = False
         self._ticks = 0  # readings of either clock: what a short wait counts
         self._waits: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        # What install() and patch_sleep() replace, for restore().
+        self._real = (SystemClock.__dict__["time"], SystemClock.__dict__["monotonic"], asyncio.sleep)
 
     def install(self) -> None:
         """Count from now: after start-up, whose keys and session were made at real times (a clock
@@ -345,6 +349,15 @@ class CountedTime:
             if not future.done():
                 future.set_result(None)
         self._waits.clear()
+
+    def restore(self) -> None:
+        """Put the real clock and ``asyncio.sleep`` back (after shut-down). A caller in the test suite's
+        process that left them replaced made every later gateway in that process find no signing key
+        active yet: its keys were made at the real time, ahead of the counted one."""
+        from gateway.clock import SystemClock
+
+        self.release()
+        SystemClock.time, SystemClock.monotonic, asyncio.sleep = self._real
 
     def wait(self, delay: float) -> asyncio.Future[None]:
         """A future done after ``delay`` seconds of counted time."""
@@ -462,16 +475,18 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
     counted = CountedTime()
     counted.patch_sleep()
     _writes_on_loop()
-
-    async with signed_in_plane(tracing) as (plane, cookie):
-        counted.install()
-        try:
-            failed = await drive(plane, cookie, warmup)
-            started = time.process_time()
-            failed += await drive(plane, cookie, requests)
-            spent = time.process_time() - started
-        finally:
-            counted.release()  # before shut-down, which waits for the access log's last batch
+    try:
+        async with signed_in_plane(tracing) as (plane, cookie):
+            counted.install()
+            try:
+                failed = await drive(plane, cookie, warmup)
+                started = time.process_time()
+                failed += await drive(plane, cookie, requests)
+                spent = time.process_time() - started
+            finally:
+                counted.release()  # before shut-down, which waits for the access log's last batch
+    finally:
+        counted.restore()
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1

@@ -172,17 +172,20 @@ async def _run(
     # at -46 bytecodes against -136 quiet, and a CORS route at +15 against +5).
     counted = CountedTime()
     counted.patch_sleep()
-    async with signed_in_plane(options.pop("tracing", None), **options) as (plane, cookie):
-        counted.install()
-        try:
-            failed = await drive(plane, cookie, warmup, header=header)
-            sys.settrace(tally)
+    try:
+        async with signed_in_plane(options.pop("tracing", None), **options) as (plane, cookie):
+            counted.install()
             try:
-                failed += await drive(plane, cookie, requests, header=header)
+                failed = await drive(plane, cookie, warmup, header=header)
+                sys.settrace(tally)
+                try:
+                    failed += await drive(plane, cookie, requests, header=header)
+                finally:
+                    sys.settrace(None)
             finally:
-                sys.settrace(None)
-        finally:
-            counted.release()
+                counted.release()
+    finally:
+        counted.restore()  # count_stages runs in the test suite's own process too
     if failed:
         raise RuntimeError(f"{failed} requests were not answered 200")
     return tally.per_request(requests)
