@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Hashable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
@@ -219,12 +220,22 @@ def _access_json(rec: RequestRecord) -> bytes:
 # version: a handful of combinations) and who sent it (address, user, session: the same for every
 # request of a session). Measured on the benchmark's record 2026-12-05, with the timestamp's window
 # above: 3.5 -> 2.2 µs per event, 39.2 k -> 25.9 k instructions (callgrind) at ten per millisecond.
+_K = TypeVar("_K", bound=Hashable)
 _MEMO_LIMIT: Final = 4096
 _MEMO_LONGEST: Final = 256
 _paths: dict[str, bytes] = {}
 _clients: dict[tuple[str, str], bytes] = {}
 _verdicts: dict[tuple[str, str, str, str, int, str], bytes] = {}
 _senders: dict[tuple[str, str, str], bytes] = {}
+
+
+def _remember(memo: dict[_K, bytes], key: _K, part: bytes, size: int) -> bytes:
+    """Keep ``part`` under ``key`` if its values (``size`` characters) are short; a full memo is cleared."""
+    if size <= _MEMO_LONGEST:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = part
+    return part
 
 
 def _gateway_part(rec: RequestRecord) -> bytes:
@@ -241,10 +252,7 @@ def _gateway_part(rec: RequestRecord) -> bytes:
             rec.policy_version,
             encode(rec.auth),
         )
-        if len(rec.route) + len(rec.reason) <= _MEMO_LONGEST:
-            if len(_verdicts) >= _MEMO_LIMIT:
-                _verdicts.clear()
-            _verdicts[key] = known
+        known = _remember(_verdicts, key, known, len(rec.route) + len(rec.reason))
     return known
 
 
@@ -261,21 +269,14 @@ def _identity_part(rec: RequestRecord) -> bytes:
                 b',"session":{"id":%s}' % encode(rec.session) if rec.session else b"",
             )
         )
-        if len(rec.client_ip) + len(rec.user) + len(rec.session) <= _MEMO_LONGEST:
-            if len(_senders) >= _MEMO_LIMIT:
-                _senders.clear()
-            _senders[key] = known
+        known = _remember(_senders, key, known, len(rec.client_ip) + len(rec.user) + len(rec.session))
     return known
 
 
 def _redacted_path(path: str) -> bytes:
     known = _paths.get(path)
     if known is None:
-        known = _ENCODER.encode(redact_path(path))
-        if len(path) <= _MEMO_LONGEST:
-            if len(_paths) >= _MEMO_LIMIT:
-                _paths.clear()
-            _paths[path] = known
+        known = _remember(_paths, path, _ENCODER.encode(redact_path(path)), len(path))
     return known
 
 
@@ -291,10 +292,7 @@ def _client_part(host: str, user_agent: str) -> bytes:
             b"" if port is None else b',"port":%d' % port,
             _ENCODER.encode(user_agent[:_MAX_USER_AGENT]),
         )
-        if len(host) + len(user_agent) <= _MEMO_LONGEST:
-            if len(_clients) >= _MEMO_LIMIT:
-                _clients.clear()
-            _clients[key] = known
+        known = _remember(_clients, key, known, len(host) + len(user_agent))
     return known
 
 
