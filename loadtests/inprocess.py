@@ -350,6 +350,14 @@ class CountedTime:
                 future.set_result(None)
         self._waits.clear()
 
+    def __enter__(self) -> CountedTime:
+        """Route ``asyncio.sleep`` through the counted time for the block (:meth:`patch_sleep`)."""
+        self.patch_sleep()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
     def restore(self) -> None:
         """Put the real clock and ``asyncio.sleep`` back (after shut-down). A caller in the test suite's
         process that left them replaced made every later gateway in that process find no signing key
@@ -472,10 +480,8 @@ async def api_token(services: Any) -> str:
 async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: str | None = None) -> int:
     if slow_stage is not None:
         slow_down(slow_stage)
-    counted = CountedTime()
-    counted.patch_sleep()
     _writes_on_loop()
-    try:
+    with CountedTime() as counted:
         async with signed_in_plane(tracing) as (plane, cookie):
             counted.install()
             try:
@@ -485,8 +491,6 @@ async def _run(requests: int, warmup: int, tracing: float | None, slow_stage: st
                 spent = time.process_time() - started
             finally:
                 counted.release()  # before shut-down, which waits for the access log's last batch
-    finally:
-        counted.restore()
     if failed:
         print(f"{failed} requests were not answered 200", file=sys.stderr)
         return 1

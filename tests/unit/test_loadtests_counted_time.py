@@ -15,23 +15,18 @@ from loadtests.inprocess import CLOCK_STEP, CountedTime
 
 @pytest.fixture
 def counted() -> Iterator[CountedTime]:
-    clock = CountedTime()
-    clock.patch_sleep()
-    try:
+    with CountedTime() as clock:
         yield clock
-    finally:
-        clock.restore()
 
 
 async def test_restore_puts_the_real_clock_and_sleep_back() -> None:
     """``loadtests.stages.count_stages`` runs in the test suite's process: a counted clock left behind
     made later gateways there answer 500 (no signing key active yet by the counted time)."""
     real = (SystemClock.__dict__["time"], SystemClock.__dict__["monotonic"], asyncio.sleep)
-    clock = CountedTime()
-    clock.patch_sleep()
-    clock.install()
-    assert SystemClock.time is not time.time
-    clock.restore()
+    with CountedTime() as clock:
+        clock.install()
+        assert SystemClock.time is not time.time
+        assert asyncio.sleep is not real[2]
     assert (SystemClock.__dict__["time"], SystemClock.__dict__["monotonic"], asyncio.sleep) == real
     assert SystemClock.time is time.time
 
