@@ -9,6 +9,9 @@ The rules, in the order they are applied:
 
    * ``provisioning: preprovisioned``: the account an administrator created with that verified
      email is linked; without one the sign-in is refused.
+   * Only an account's *email* is matched, never its username: usernames of accounts created just
+     in time come from a claim the person may edit at the provider. An account whose username is
+     the verified email but whose email is not refuses the sign-in (an administrator decides).
    * ``provisioning: jit``: an account is created (no password: it signs in through the provider).
      If the verified email already belongs to an account, that account is linked only with
      ``link_by_email: true``; otherwise the sign-in is refused (an administrator decides).
@@ -121,21 +124,33 @@ def _username_candidates(
 ) -> list[str]:
     proposed: list[str] = []
     wanted = claims.get(idp.username_claim)
+    own_address = _folded(email) if email is not None else None
     for raw in (wanted if isinstance(wanted, str) else None, email):
         if raw is None:
             continue
-        try:
-            name = canonical_username(raw)
-        except ValueError:
+        name = _folded(raw)
+        if name is None:
             continue
         if name in RESERVED_USERNAMES:
             continue  # the gateway's own name in the audit trail: never a person's (names.py)
+        if "@" in name and name != own_address:
+            # Most providers let people edit the username claim: an address-shaped name that is not
+            # their own verified email would be someone else's address (as a login, in the apps'
+            # X-Gateway-User, and as the username an email look-up finds).
+            continue
         if name not in proposed:
             proposed.append(name)
     # Always available: the provider's name and a digest of the subject (never the raw sub, which may
     # be long or contain characters a username may not).
     proposed.append(f"{idp.name}-{hashlib.sha256(subject.encode()).hexdigest()[:16]}")
     return proposed
+
+
+def _folded(raw: str) -> str | None:
+    try:
+        return canonical_username(raw)
+    except ValueError:
+        return None
 
 
 class IdentityMapper:
@@ -229,12 +244,23 @@ class IdentityMapper:
                     if user is not None:
                         return user, False, False
                 owner = None
+                holders: list[User] = []
                 if email is not None:
-                    owner = (
+                    holders = list(
                         await session.scalars(
                             select(User).where(or_(User.email == email, User.username == email))
                         )
-                    ).first()
+                    )
+                    owner = next((user for user in holders if user.email == email), None)
+        if owner is None and holders:
+            # Usernames and emails are one namespace (either is a login), so the address cannot go
+            # to a new account either; and linking by a username would hand this person to whoever
+            # chose that name (a just-in-time account named after someone else's address).
+            await self._refuse(idp, subject, ip, "email-is-a-username")
+            raise AccountRefused(
+                "An account named after your email address already exists here. Contact your administrator.",
+                why="email-is-a-username",
+            )
         if owner is not None:
             if idp.provisioning == "jit" and not idp.link_by_email:
                 await self._refuse(idp, subject, ip, "email-taken")

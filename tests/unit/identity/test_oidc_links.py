@@ -255,3 +255,52 @@ def test_groups_are_bounded_strings() -> None:
     assert groups_of({"roles": ["x"]}, "groups") == ()
     assert len(groups_of({"groups": [f"g{i}" for i in range(1000)]}, "groups")) == 256
     assert groups_of({"groups": ["x" * 257]}, "groups") == ()
+
+
+async def test_an_address_shaped_username_claim_must_be_the_persons_own_verified_email(world: World) -> None:
+    """Most providers let people edit ``preferred_username``: an address there that is not their own
+    verified email would be someone else's (a login, and what the apps get as X-Gateway-User)."""
+    squatter = await world.mapper.map(
+        JIT,
+        subject="mal",
+        claims=claims(sub="mal", email="mal@example.com", preferred_username="carol@example.com"),
+    )
+    assert squatter.user.username == "mal@example.com"
+    unverified = await world.mapper.map(
+        JIT,
+        subject="eve",
+        claims=claims(
+            sub="eve", email="carol@example.com", email_verified=False, preferred_username="Carol@Example.com"
+        ),
+    )
+    assert unverified.user.username.startswith("corp-")
+    own = await world.mapper.map(
+        JIT,
+        subject="bob",
+        claims=claims(sub="bob", email="bob@example.com", preferred_username="BOB@example.com"),
+    )
+    assert own.user.username == "bob@example.com"
+
+
+@pytest.mark.parametrize("provider", ["preprovisioned", "jit-link-by-email", "jit"])
+async def test_an_account_is_never_found_by_a_username_that_equals_the_verified_email(
+    world: World, provider: str
+) -> None:
+    """An account named ``carol@example.com`` whose email is someone else's (a just-in-time account
+    made before names were checked, or an administrator's) is not Carol's: her sign-in is refused,
+    never linked to it, and no second account gets her address."""
+    squat = await world.add_local("carol@example.com", "mal@example.com")
+    idp = {
+        "preprovisioned": PRE,
+        "jit-link-by-email": IdentityProvider(**{**_fields(JIT), "link_by_email": True}),
+        "jit": JIT,
+    }[provider]
+    with pytest.raises(AccountRefused) as refused:
+        await world.mapper.map(idp, subject="carol", claims=claims(sub="carol", email="carol@example.com"))
+    assert refused.value.why == "email-is-a-username"
+    assert await world.count(IdentityLink) == 0
+    assert await world.count(User) == 1
+    async with world.db.session() as session:
+        assert (await session.get(User, squat.id)) is not None
+    failure = (await world.audit.events(kind="signin.oidc"))[0]
+    assert json.loads(failure.details)["reason"] == "email-is-a-username"
