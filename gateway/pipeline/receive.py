@@ -11,7 +11,7 @@ from __future__ import annotations
 from itertools import chain
 from operator import itemgetter
 
-from gateway.errors import BadHeaders, ErrorReason, HeadersTooLarge
+from gateway.errors import BadHeaders, BadRequest, ErrorReason, HeadersTooLarge
 from gateway.pipeline.asgi import Scope
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import forwarding_for
@@ -19,7 +19,7 @@ from gateway.pipeline.proxy import BodyFraming
 from gateway.pipeline.snapshot import Snapshot
 from gateway.threat.blocks import IpBlocked, IpBlocks
 
-__all__ = ["BadFraming", "BrokenBody", "body_framing", "receive_request"]
+__all__ = ["BadFraming", "BadMethod", "BrokenBody", "body_framing", "receive_request"]
 
 _NAME = itemgetter(0)
 
@@ -29,6 +29,13 @@ class BadFraming(BadHeaders):
 
     reason: str = ErrorReason.BAD_FRAMING
     title = "Ambiguous request framing"
+
+
+class BadMethod(BadRequest):
+    """The method has a lower-case letter (``delete``, ``Get``): see ``receive_request``."""
+
+    reason: str = "bad-method"
+    title = "Request method not in upper case"
 
 
 class BrokenBody(BadFraming):
@@ -106,6 +113,14 @@ def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: I
     if hosts != 1:
         # Zero or several Host headers: components could disagree about the target (smuggling).
         raise BadHeaders("The request must carry exactly one Host header.")
+    if not ctx.method.isupper():
+        # Methods are case-sensitive (RFC 9110 §9.1), so a rule about DELETE says nothing of "delete";
+        # but Flask, Django and Rails upper-case the method they are given, and would run the DELETE
+        # the rule refused. Refused, as nginx does, rather than upper-cased: no registered method has
+        # a lower-case letter, so only a client probing for that gap sends one.
+        raise BadMethod(
+            f"The method {ctx.method[:20]!r} is not upper case; send it as {ctx.method[:20].upper()!r}."
+        )
     if b"content-length" in by_name or b"transfer-encoding" in by_name:
         lengths = [value for name, value in headers if name == b"content-length"]
         codings = [value for name, value in headers if name == b"transfer-encoding"]

@@ -45,6 +45,7 @@ g, user:alice, editor
 p, authenticated, trip, /open/*, GET, allow
 p, authenticated, guard, /*, *, allow
 p, dev, guard, /admin/*, *, deny
+p, dev, guard, /reports/*, DELETE, deny
 g, user:dave, dev
 """
 
@@ -296,6 +297,19 @@ def test_a_denied_area_includes_its_own_path(site: Site, method: str, path: str)
     if method != "HEAD":
         assert b'"policy-deny"' in body
     assert site.guard_wire.connections() == 0, f"{method} {path} reached the upstream"
+
+
+@pytest.mark.parametrize("method", ["delete", "Delete", "DeLeTe", "dELETE"])
+def test_a_method_in_any_other_case_never_passes_a_rule_about_the_method(site: Site, method: str) -> None:
+    """A deny of DELETE does not match "delete" (methods are case-sensitive), but Flask, Django and
+    Rails upper-case the method and would run the delete: such a request is refused before the policy."""
+    site.guard_wire.connections()
+    status, body = raw_call(site, "dave", method, "/reports/q3")
+    assert status == 400, body
+    assert b'"bad-method"' in body
+    assert site.guard_wire.connections() == 0, f"{method} reached the upstream"
+    status, body = raw_call(site, "dave", "DELETE", "/reports/q3")
+    assert (status, b'"policy-deny"' in body) == (403, True)
 
 
 @pytest.mark.parametrize(("user", "path"), [("dave", "/administrator"), ("dave", "/adm"), ("bob", "/admin")])
