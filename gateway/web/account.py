@@ -16,7 +16,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.levels import AuthLevel, Factor
 from gateway.identity.sessions import Session, browser_label
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
@@ -460,10 +460,9 @@ async def _after_enrollment(
     first: bool,
     factor: Factor,
 ) -> Template | Redirect:
-    """Enrollment proves possession: the session becomes two-factor (new id); first time, show codes."""
-    new_id, new_session = await identity.sessions.elevate(
-        session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
-    )
+    """A new id (the first factor makes the session two-factor, see flows.after_enrolling); first
+    time, show the recovery codes."""
+    new_id, new_session = await flows.after_enrolling(identity, session_id, first=first, factor=factor)
     if first:
         codes = await identity.recovery.generate(session.user_id)
         next_url = flows.safe_rd(rd, config) if rd else "/.gateway/account"

@@ -149,7 +149,8 @@ async def register_options(
 async def register_verify(
     request: Request[Any, Any, Any], config: Config, identity: Identity, data: JSONBody[CeremonyResult]
 ) -> Response[Any]:
-    """Store the new passkey; the session becomes two-factor (new id)."""
+    """Store the new passkey; a new session id (two-factor if it is the first factor, see
+    flows.after_enrolling)."""
     session_id, s = await _require(request, config, identity)
     if not await flows.may_change_factors(s, config, identity):
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
@@ -157,10 +158,8 @@ async def register_verify(
     await identity.webauthn.register(
         user_id=s.user_id, name=data.name[:60] or "Passkey", credential_json=json.dumps(data.credential)
     )
-    new_id, new_session = await identity.sessions.elevate(
-        session_id,
-        level=AuthLevel.TWO_FACTOR,
-        factor=FactorUse(Factor.WEBAUTHN, identity.clock.time()),
+    new_id, new_session = await flows.after_enrolling(
+        identity, session_id, first=first, factor=Factor.WEBAUTHN
     )
     if first:
         # The first factor: recovery codes are shown next. The page generates them only with

@@ -19,7 +19,7 @@ from litestar.response import Redirect, Response
 from gateway.clock import Clock
 from gateway.identity.cookies import read_cookie
 from gateway.identity.handoff import normalise_host
-from gateway.identity.levels import Factor
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
@@ -118,6 +118,25 @@ async def may_change_factors(session: Session, config: CurrentConfig, identity: 
     now = identity.clock.time()
     first = (Factor.PASSWORD, Factor.OIDC)
     return any(use.factor in first and now - use.at <= window for use in session.factors)
+
+
+async def after_enrolling(
+    identity: IdentityServices, session_id: str, *, first: bool, factor: Factor
+) -> tuple[str, Session]:
+    """The session after a new authenticator app or passkey was stored: always a new id; a use of
+    the new factor only when it is the person's first.
+
+    A registration proves possession of an authenticator the person registering chose, so for
+    someone who already has a second factor it proves nothing the fresh factor that allowed it had
+    not: counted as a use, a passkey registered with a (phished) password and code would pass a
+    route that asks for a passkey, and any new factor would renew a route's ``max_age``. The first
+    factor completes the sign-in of a person who had none, and has nothing stronger to stand in for.
+    """
+    if first:
+        return await identity.sessions.elevate(
+            session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
+        )
+    return await identity.sessions.rotate(session_id)
 
 
 def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:

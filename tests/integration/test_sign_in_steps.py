@@ -98,6 +98,13 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     ports = [free_port(), free_port()] if request.param == "replicas" else [free_port()]
     with run_echo() as echo:
         routes: list[dict[str, Any]] = [
+            {
+                "name": "vault",
+                "host": "127.0.0.1",
+                "path": "/vault",
+                "upstreams": [echo.url],
+                "mfa": "webauthn",
+            },
             {"name": "app", "host": "127.0.0.1", "path": "/", "upstreams": [echo.url], "mfa": "required"},
             {"name": "wiki", "host": "localhost", "path": "/", "upstreams": [echo.url], "mfa": "none"},
         ]
@@ -372,6 +379,46 @@ def test_the_codes_page_after_a_first_passkey_shows_codes_once(site: Site) -> No
         second = get(again, cookie(owner), "/.gateway/account/first-codes")
         assert second.status_code in (302, 303)
         assert codes_in(second.text) == []
+
+
+@pytest.mark.peer
+def test_registering_a_passkey_is_not_using_one(site: Site) -> None:
+    """The attack: a phished password and authenticator-app code register the attacker's own passkey,
+    which used to count as a passkey use and opened a route that asks for a passkey. Only using a
+    registered passkey does."""
+    user, secret, _ = enrolled(site, "downgrade")
+    with on(site.a) as attacker:
+        assert login(attacker, user).status_code == 302
+        assert post_form(
+            attacker, "/.gateway/mfa/totp", {"code": next_code(secret), "rd": ""}
+        ).status_code in (
+            302,
+            303,
+        )
+        assert reaches_app(site.a, cookie(attacker), user, host="127.0.0.1")
+        vault = get(site.a, cookie(attacker), "/vault/secret", html=False)
+        assert vault.status_code == 403, vault.text
+        key = SoftAuthenticator(origin=site.a.url)
+        options = api_post(attacker, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+        assert options.status_code == 200, options.text
+        done = api_post(
+            attacker,
+            "/.gateway/api/webauthn/register/verify",
+            {"credential": json.loads(key.create(options.text)), "name": "Mine"},
+        )
+        assert done.status_code == 200, done.text
+        for n in range(len(site.replicas)):
+            vault = get(site.replica(n), cookie(attacker), "/vault/secret", html=False)
+            assert vault.status_code == 403, vault.text
+            assert vault.json()["error"] == "mfa-required"
+        # The control: using the passkey (here the attacker's own) is what a passkey route asks for.
+        options = api_post(attacker, "/.gateway/api/mfa/webauthn/options", {})
+        assert options.status_code == 200, options.text
+        used = api_post(
+            attacker, "/.gateway/api/mfa/webauthn/verify", {"credential": json.loads(key.get(options.text))}
+        )
+        assert used.status_code == 200, used.text
+        assert get(site.a, cookie(attacker), "/vault/secret", html=False).status_code == 200
 
 
 # -- 4. what a one-factor session may do -------------------------------------------------------------
