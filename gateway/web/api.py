@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, delete, get, post
@@ -241,6 +242,9 @@ async def passkey_verify(
         ip=flows.client_ip(request),
         user_agent=flows.user_agent(request),
         host=config.public_url,
+        # As after a password: the administrator's one-time password is replaced first (left valid,
+        # whoever else read it could set the password later and sign the owner out).
+        password_change=user.must_change_password,
         optout=await identity.consents.optout_of(user),
     )
     await identity.audit.record(
@@ -249,6 +253,10 @@ async def passkey_verify(
         subject=user.username,
         ip=flows.client_ip(request),
     )
+    if session.password_change:
+        response = _json({"redirect": f"/.gateway/account/password?rd={quote(data.rd or '', safe='')}"})
+        flows.set_session_cookie(response, config, session_id)
+        return response
     return await _redirect_json(request, config, identity, session_id, session, data.rd)
 
 

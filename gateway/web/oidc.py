@@ -248,9 +248,16 @@ async def callback(
         ip=ip,
         user_agent=flows.user_agent(request),
         host=config.public_url,
+        # The one-time password an administrator gave is replaced before anything else, whichever
+        # way the person signed in: left valid, whoever else read it could set the password later.
+        password_change=who.user.must_change_password,
         optout=await identity.consents.optout_of(who.user),
     )
     await identity.oidc.remember(completed, family=session.family)
+    if session.password_change:
+        response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
+        flows.set_session_cookie(response, config, session_id)
+        return response
     if completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id):
         response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
         flows.set_session_cookie(response, config, session_id)

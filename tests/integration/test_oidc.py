@@ -876,6 +876,33 @@ def test_pre_provisioned_accounts_are_linked_by_verified_email_and_others_refuse
     assert site.rows("SELECT * FROM users WHERE username = ?", stranger.username) == []
 
 
+def test_a_forced_password_change_holds_after_a_provider_sign_in(site: Site) -> None:
+    """An administrator's one-time password is replaced first, whichever way the person signs in:
+    left valid, whoever else read it could set the password later."""
+    local = f"otp{secrets.token_hex(3)}"
+    add_user(
+        site.a.config_path,
+        local,
+        "correct horse battery staple",
+        "--email",
+        f"{local}@corp.test",
+        "--must-change-password",
+    )
+    person_at_idp = site.account("idp", email=f"{local}@corp.test")
+    with browser(site.a) as client:
+        resp = sign_in(site, client, person_at_idp, idp="pre")
+        assert resp.status_code == 302
+        assert resp.headers["location"].startswith("/.gateway/account/password")
+        sid = cookie(client)
+    assert sid is not None
+    held = httpx.get(
+        f"{site.a.url}/probe",
+        headers={"Host": "localhost", "Accept": "application/json", "Cookie": f"{SESSION_COOKIE}={sid}"},
+        timeout=30,
+    )
+    assert (held.status_code, held.json()["error"]) == (403, "password-change-required")
+
+
 def test_a_login_hint_in_a_providers_domain_goes_straight_to_it(site: Site) -> None:
     with browser(site.a) as client:
         resp = client.get("/.gateway/login", params={"login_hint": "zoe@corp.test", "rd": "/z"})

@@ -37,6 +37,7 @@ from tests.integration.harness import (
     add_user,
     free_port,
     gateway_config,
+    run_cli,
     run_echo,
     run_gateway,
     wait_until,
@@ -544,6 +545,57 @@ def test_a_forced_password_change_cannot_be_skipped_on_any_host(site: Site) -> N
         assert free != held  # a new id once the hold is lifted; the old one is dead
     assert get(site.a, held, "/probe", host=site.wiki_host, html=False).status_code == 401
     assert reaches_app(site.replica(1), free, user, host=site.wiki_host)
+
+
+@pytest.mark.peer
+def test_a_forced_password_change_holds_after_a_passwordless_passkey_sign_in(site: Site) -> None:
+    """The attack: an administrator's one-time password is read by someone else. The owner signs in
+    with a passkey alone, which used to skip the change; the one-time password stayed valid for the
+    reader to replace the owner's password later."""
+    user = site.add_user("passless")
+    key = SoftAuthenticator(origin=site.a.url)
+    with on(site.a) as client:
+        assert login(client, user).status_code == 302
+        options = api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+        done = api_post(
+            client,
+            "/.gateway/api/webauthn/register/verify",
+            {"credential": json.loads(key.create(options.text)), "name": "Key"},
+        )
+        assert done.status_code == 200, done.text
+    one_time = "violet harbour cobalt " + secrets.token_hex(3)
+    result = run_cli(
+        "user",
+        "set-password",
+        user,
+        "--must-change-password",
+        "--password-stdin",
+        "--config",
+        str(site.a.config_path),
+        stdin=one_time + "\n",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with on(site.replica(1)) as owner:
+        options = api_post(owner, "/.gateway/api/login/passkey/options", {})
+        assert options.status_code == 200, options.text
+        signed = api_post(
+            owner, "/.gateway/api/login/passkey/verify", {"credential": json.loads(key.get(options.text))}
+        )
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["redirect"].startswith("/.gateway/account/password")
+        held = cookie(owner)
+        assert held is not None
+        for gw in site.replicas:
+            for host in ("127.0.0.1", site.wiki_host):
+                resp = get(gw, held, "/probe", host=host, html=False)
+                assert (resp.status_code, resp.json().get("error")) == (403, "password-change-required")
+        done = post_form(
+            owner,
+            "/.gateway/account/password",
+            {"current": one_time, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""},
+        )
+        assert done.status_code in (302, 303), done.text
+        assert reaches_app(site.a, cookie(owner), user, host="127.0.0.1")
 
 
 # -- 9. enrollment keeps the scanned secret -------------------------------------------------------------
