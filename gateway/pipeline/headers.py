@@ -70,6 +70,23 @@ _FORWARDING = frozenset(
         b"x-real-ip",
         b"x-client-ip",
         b"x-original-forwarded-for",
+        # The client's address under the names CDNs and other proxies use: Rails reads Client-IP, PHP
+        # code HTTP_CLIENT_IP, and apps behind Cloudflare, Akamai or Fastly their vendor's name. The
+        # gateway sets X-Forwarded-For and Forwarded from what it verified; none of these is believed.
+        b"client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-envoy-external-address",
+        # The path under other proxies' names, and the mount point WSGI middleware reads into
+        # SCRIPT_NAME: each would route the app somewhere other than the path the policy decided.
+        b"x-forwarded-path",
+        b"x-envoy-original-path",
+        b"x-script-name",
         b"x-request-id",
         # Path and method overrides: frameworks that honour them (Symfony and Zend read X-Original-URL
         # and X-Rewrite-URL; Express, Rails and Spring apps read the method overrides) would serve a
@@ -310,7 +327,9 @@ def _forwarding_headers(chain: tuple[str, ...], proto: str, host: str) -> tuple[
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
-    kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] not in names]
+    # The name is read exactly as identity.cookies.cookie_in reads it (blanks around it dropped): a
+    # spelling that signs the request in must never reach the app (`gateway_session =...` did).
+    kept = [part for part in value.split(b";") if part.partition(b"=")[0].strip(b" \t") not in names]
     return b";".join(kept).strip()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.identity.cookies import cookie_in
 from gateway.pipeline.headers import (
     Forwarding,
     TrustedProxies,
@@ -222,6 +223,26 @@ def test_gateway_cookies_never_reach_the_upstream() -> None:
         only_ours, fwd=_fwd(only_ours), own_cookies=frozenset({b"gateway_session"})
     )
     assert not [v for n, v in out if n == b"cookie"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"gateway_session =SECRET",
+        b"gateway_session\t=SECRET",
+        b" gateway_session = SECRET ",
+        b"app=1;gateway_session= SECRET",
+        b"app=1; \tgateway_session\t=\tSECRET;other=2",
+        b'gateway_session="SECRET"',
+    ],
+)
+def test_every_spelling_that_signs_in_is_kept_from_the_upstream(value: bytes) -> None:
+    """The stripper reads a cookie's name as the session reader does: whatever signs the request in
+    never reaches the app."""
+    assert cookie_in([value], "gateway_session") == "SECRET"
+    headers = [(b"host", b"app"), (b"cookie", value)]
+    out = upstream_request_headers(headers, fwd=_fwd(headers), own_cookies=frozenset({b"gateway_session"}))
+    assert all(b"SECRET" not in v for n, v in out if n == b"cookie"), out
 
 
 def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> None:
