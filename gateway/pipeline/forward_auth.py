@@ -26,7 +26,7 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.headers import normalize_name
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, normalize_name
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
@@ -139,15 +139,24 @@ def retarget(scope: Scope, ctx: RequestContext) -> bytes:
     return original.raw_path
 
 
+# The names outside ``identity_headers`` an allowed answer may carry (identity_headers fixes the other three).
+_ALWAYS_NAMED: Final = (b"x-gateway-assertion", b"x-gateway-auth")
 # The proxy must not cache an answer about one request for another; there is never a body.
 _NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
 
 
 async def answer_allowed(send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...]) -> None:
-    """200, with the identity headers for the proxy to copy onto the request it forwards."""
+    """200, with the identity headers for the proxy to copy onto the request it forwards: every name
+    the gateway may send, empty where this request has none (a public path, a person's session has
+    no ``X-Gateway-Auth``, a machine client no email). A proxy copies a fixed list: nginx then drops
+    each empty one, the client's copy included, and Caddy sets it empty; a name missing from the
+    answer would leave the client's own value (or Caddy's unresolved placeholder) for the app."""
     request_id = ctx.fwd.request_id if ctx.fwd else ""
     ctx.rec.status = 200
-    await _answer(send, 200, [*_NO_STORE, *identity, (b"x-request-id", request_id.encode())])
+    names = ctx.rt.identity_names if ctx.rt is not None else DEFAULT_IDENTITY_NAMES
+    present = {name for name, _ in identity}
+    empty = [(name, b"") for name in (*names, *_ALWAYS_NAMED) if name not in present]
+    await _answer(send, 200, [*_NO_STORE, *identity, *empty, (b"x-request-id", request_id.encode())])
 
 
 async def answer_refused(send: Send, scope: Scope, ctx: RequestContext, err: GatewayError) -> None:

@@ -9,8 +9,10 @@ production when the gateway and the apps share a parent domain.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import httpx
 import pytest
 
 from tests.integration.harness import (
+    ROOT,
     Gateway,
     add_user,
     free_port,
@@ -51,12 +54,24 @@ class Site:
     sessions: dict[str, str]
 
 
-def nginx_conf(tmp: Path, port: int, gw_port: int, echo_port: int) -> str:
-    identity = "\n".join(
-        f"            auth_request_set $gw_{h} $upstream_http_x_gateway_{h};\n"
-        f"            proxy_set_header X-Gateway-{h.title()} $gw_{h};"
-        for h in ("user", "email", "roles", "assertion")
+def readme_example(language: str) -> str:
+    """The README's forward-auth example in ``language``: what users copy is what this module runs."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Forward-auth") :]
+    section = section[: section.index("\n### ", 1)]
+    found = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert found, f"no {language} example under Forward-auth in README.md"
+    return found.group(1)
+
+
+def _ours(example: str, gw_port: int, echo_port: int) -> str:
+    return example.replace("gateway:8080", f"127.0.0.1:{gw_port}").replace(
+        "app:8000", f"127.0.0.1:{echo_port}"
     )
+
+
+def nginx_conf(tmp: Path, port: int, gw_port: int, echo_port: int) -> str:
+    locations = textwrap.indent(_ours(readme_example("nginx"), gw_port, echo_port), " " * 8)
     return f"""\
 worker_processes 1;
 daemon off;
@@ -72,46 +87,20 @@ http {{
     scgi_temp_path {tmp}/nginx-tmp/scgi;
     server {{
         listen 127.0.0.1:{port};
-        location = /_gateway_auth {{
-            internal;
-            proxy_pass http://127.0.0.1:{gw_port}/.gateway/auth;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Forwarded-Method $request_method;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Forwarded-Uri $request_uri;
-        }}
-        location @login {{
-            return 302 $gw_location;
-        }}
-        location / {{
-            auth_request /_gateway_auth;
-            auth_request_set $gw_location $upstream_http_location;
-            error_page 401 = @login;
-{identity}
-            proxy_pass http://127.0.0.1:{echo_port};
-            proxy_set_header Host $http_host;
-        }}
+{locations}
     }}
 }}
 """
 
 
 def caddyfile(port: int, gw_port: int, echo_port: int) -> str:
+    site = _ours(readme_example("caddy"), gw_port, echo_port).replace("app.example.com", f"http://:{port}", 1)
     return f"""\
 {{
     admin off
     auto_https off
 }}
-http://:{port} {{
-    forward_auth 127.0.0.1:{gw_port} {{
-        uri /.gateway/auth?redirect=1
-        copy_headers X-Gateway-User X-Gateway-Email X-Gateway-Roles X-Gateway-Assertion
-    }}
-    reverse_proxy 127.0.0.1:{echo_port}
-}}
-"""
+{site}"""
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +236,47 @@ def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
     assert seen["x-gateway-user"] == "alice"
 
 
+SPOOFED = [
+    ("X-Gateway-Roles", "admin"),
+    ("x-gateway-email", "ceo@example.com"),
+    ("X-Gateway-Auth", "bearer"),
+    ("X-GATEWAY-ASSERTION", "forged"),
+    ("X_Gateway_User", "root"),
+    ("x_gateway_roles", "admin"),
+]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_the_readme_examples_keep_every_identity_header_the_client_sends_from_the_app(
+    site: Site, proxy: str
+) -> None:
+    """The README's nginx example used to set only the user and the assertion: a client's own
+    X-Gateway-Roles, -Email and -Auth reached the app beside the gateway's user, and Caddy passed on
+    X-Gateway-Auth and the underscore spellings. Every name the gateway may answer with is now set or
+    removed by the proxy."""
+    resp = httpx.get(
+        f"http://127.0.0.1:{port_of(site, proxy)}/docs/x",
+        headers=httpx.Headers(
+            [
+                ("Host", f"{APP_HOST}:{port_of(site, proxy)}"),
+                ("Accept", "application/json"),
+                ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}"),
+                *SPOOFED,
+            ]
+        ),
+        timeout=30.0,
+    )
+    seen = echoed(resp)
+    assert seen["x-gateway-user"] == "alice"
+    assert seen["x-gateway-email"] == "alice@example.com"
+    assert seen.get("x-gateway-roles", "") == ""
+    assert seen.get("x-gateway-auth", "") == ""  # Caddy sets a name the answer lacks to ""
+    assert seen["x-gateway-assertion"].count(".") == 2
+    sent_by_client = {value for _, value in SPOOFED}
+    assert not [(k, v) for k, v in seen.items() if v in sent_by_client], seen
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_a_browser_without_a_session_is_sent_to_sign_in(site: Site, proxy: str) -> None:
@@ -306,6 +336,8 @@ def test_direct_forward_auth_answers_and_headers(site: Site) -> None:
     ok = auth(site, {**alice, "X-Forwarded-Uri": "/docs/x?y=1"})
     assert ok.status_code == 200
     assert ok.headers["x-gateway-user"] == "alice"
+    # Every name a proxy may copy is in the answer, empty where this request has none.
+    assert (ok.headers["x-gateway-auth"], ok.headers["x-gateway-roles"]) == ("", "")
     denied = auth(site, {**alice, "X-Forwarded-Uri": "/admin/x"})
     assert denied.status_code == 403
     assert "x-gateway-user" not in denied.headers
