@@ -134,7 +134,7 @@ class IdentityServices:
             regulator=regulator,
             sessions=sessions,
             handoff=HandoffCodes(fast, clock),
-            accounts=AccountService(db, hasher, regulator, audit, clock, sessions=sessions),
+            accounts=AccountService(db, hasher, regulator, audit, clock, sessions=sessions, keyring=keyring),
             totp=TotpService(db, keyring, settings.mfa, clock),
             webauthn=WebAuthnService(
                 db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock
@@ -155,6 +155,7 @@ class IdentityServices:
                 sessions=sessions,
                 clock=clock,
                 session_lifetime=float(settings.session.lifetime),
+                keyring=keyring,
             ),
         )
 

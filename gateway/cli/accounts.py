@@ -53,5 +53,7 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
         sessions = (
             SessionStore(store.fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
         )
-        accounts = AccountService(store.db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions)
+        accounts = AccountService(
+            store.db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions, keyring=store.keyring
+        )
         yield AccountServices(settings, store.db, store.fast, audit, hasher, accounts, sessions)

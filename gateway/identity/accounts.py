@@ -46,11 +46,13 @@ from sqlalchemy.exc import IntegrityError
 from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
+from gateway.identity.retired import retire
 from gateway.store.db import Database, store_errors
 
 __all__ = [
@@ -306,6 +308,7 @@ class AccountService:
         clock: Clock,
         *,
         sessions: SessionRevoker | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._db = db
         self._hasher = hasher
@@ -313,6 +316,8 @@ class AccountService:
         self._audit = audit
         self._clock = clock
         self._sessions = sessions
+        # Retires a deleted account's name (identity.retired); every gateway and CLI writer passes it.
+        self._keyring = keyring
 
     @property
     def revokes_sessions(self) -> bool:
@@ -778,6 +783,10 @@ class AccountService:
                 # The factor rows go with the user through ON DELETE CASCADE (SQLite has foreign
                 # keys turned on per connection by the store).
                 await session.delete(user)
+                if self._keyring is not None:
+                    # The name keeps its meaning elsewhere (policy lines, the apps' data): no
+                    # provider sign-in may hand it to someone else (identity.retired).
+                    await retire(session, self._keyring, username, at=self._clock.now())
                 await session.commit()
         # Deleted first (see disable): no sign-in can create a session after the sweep.
         revoked = await self._revoke(user_id)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.store.models import Base
 
-__all__ = ["RecoveryCode", "TotpCredential", "User", "WebAuthnCredential"]
+__all__ = ["RecoveryCode", "RetiredUsername", "TotpCredential", "User", "WebAuthnCredential"]
 
 
 class User(Base):
@@ -113,3 +113,13 @@ class RecoveryCode(Base):
     code_hash: Mapped[str]
     created_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class RetiredUsername(Base):
+    """The keyed digest of a deleted account's username (``gateway.identity.retired``)."""
+
+    __tablename__ = "retired_usernames"
+
+    # "<kid>:<hex HMAC-SHA256>" under a key derived from that keyring key: names nobody without it.
+    name_key: Mapped[str] = mapped_column(primary_key=True)
+    retired_at: Mapped[datetime]

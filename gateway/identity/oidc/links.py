@@ -39,10 +39,12 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.models import User
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.oidc.models import IdentityLink
+from gateway.identity.retired import retired_among
 from gateway.settings.schema import IdentityProvider
 from gateway.store.db import Database, store_errors
 
@@ -156,17 +158,22 @@ def _folded(raw: str) -> str | None:
 class IdentityMapper:
     """Find, link or create the account of a verified provider identity."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, audit: AuditLog, clock: Clock, *, keyring: Keyring | None = None
+    ) -> None:
         """Create the mapper.
 
         Args:
             db: The relational store.
             audit: Account creation and linking are recorded here.
             clock: Timestamps.
+            keyring: Reads which names belonged to deleted accounts (identity.retired); every
+                gateway passes it.
         """
         self._db = db
         self._audit = audit
         self._clock = clock
+        self._keyring = keyring
 
     async def map(
         self, idp: IdentityProvider, *, subject: str, claims: Mapping[str, Any], ip: str = ""
@@ -337,6 +344,10 @@ class IdentityMapper:
                 ).all()
                 # Usernames and emails are one namespace (either may be typed as a login).
                 taken = {value for row in rows for value in row if value is not None}
+                if self._keyring is not None:
+                    # A deleted account's name is never handed to someone else; the last candidate
+                    # is made from this very subject, so only its own person can have had it.
+                    taken |= await retired_among(session, self._keyring, candidates[:-1])
                 username = next((name for name in candidates if name not in taken), None)
                 if username is None:
                     raise AccountRefused(

@@ -26,6 +26,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.flow import FlowInvalid, FlowRecord, FlowStore
 from gateway.identity.oidc.links import AccountRefused, IdentityMapper, MappedIdentity
@@ -102,6 +103,7 @@ class OidcService:
         sessions: SessionStore,
         clock: Clock,
         session_lifetime: float,
+        keyring: Keyring | None = None,
     ) -> None:
         """Wire the service.
 
@@ -112,12 +114,13 @@ class OidcService:
             sessions: The session store (back-channel logout ends sessions through it).
             clock: Unix time.
             session_lifetime: How long logout index entries must live.
+            keyring: For the names of deleted accounts, never given to a new person.
         """
         self._audit = audit
         self._sessions = sessions
         self._clock = clock
         self.flows = FlowStore(fast, clock)
-        self.mapper = IdentityMapper(db, audit, clock)
+        self.mapper = IdentityMapper(db, audit, clock, keyring=keyring)
         self.index = OidcSignInIndex(fast, ttl=session_lifetime)
         self._clients: dict[str, ProviderClient] = {}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +17,16 @@ from sqlalchemy import func, select
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
-from gateway.identity.models import User
+from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import AccountService
+from gateway.identity.models import RetiredUsername, User
 from gateway.identity.oidc.links import AccountRefused, IdentityMapper, groups_of, verified_email
 from gateway.identity.oidc.models import IdentityLink
-from gateway.settings.schema import IdentityProvider
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.settings.schema import IdentityProvider, PasswordSettings, RegulationSettings
 from gateway.store.db import Database
+from gateway.store.fast import MemoryFastState
 
 JIT = IdentityProvider(
     name="corp",
@@ -304,3 +310,43 @@ async def test_an_account_is_never_found_by_a_username_that_equals_the_verified_
         assert (await session.get(User, squat.id)) is not None
     failure = (await world.audit.events(kind="signin.oidc"))[0]
     assert json.loads(failure.details)["reason"] == "email-is-a-username"
+
+
+async def test_a_deleted_accounts_name_is_never_handed_to_a_new_person(
+    database: Database, tmp_path: Path
+) -> None:
+    """Policy lines about ``user:fern`` and the apps' data keyed by the name outlive the account: a
+    stranger whose provider proposes "fern" after it was deleted gets another name. An administrator
+    may still create it on purpose; a keyring rotation does not forget the name."""
+    clock = FakeClock()
+    keyring = Keyring.create(tmp_path / "keyring.json")
+    audit = AuditLog(database, clock=clock, keyring=keyring)
+    settings = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+    regulator = Regulator(MemoryFastState(clock=clock), RegulationSettings(), audit, clock)
+    accounts = AccountService(database, PasswordHasher(settings), regulator, audit, clock, keyring=keyring)
+    mapper = IdentityMapper(database, audit, clock, keyring=keyring)
+    fern = await accounts.create(username="fern", password=None, email="fern@example.com", actor="admin:boss")
+    await accounts.delete(fern.id, actor="admin:boss")
+    keyring.rotate(tmp_path / "keyring.json")
+    stranger = await mapper.map(
+        JIT, subject="x", claims=claims(sub="x", email=None, preferred_username="Fern")
+    )
+    assert stranger.user.username.startswith("corp-")
+    # The same for a name that came from the verified email of a deleted account's owner.
+    mail = await accounts.create(username="mail@example.com", password=None, actor="admin:boss")
+    await accounts.delete(mail.id, actor="admin:boss")
+    other = await mapper.map(
+        JIT, subject="y", claims=claims(sub="y", email="mail@example.com", preferred_username=None)
+    )
+    assert other.user.username.startswith("corp-")
+    assert other.user.email == "mail@example.com"
+    # The person whose subject the last candidate is made from gets it again after a deletion.
+    await accounts.delete(stranger.user.id, actor="admin:boss")
+    again = await mapper.map(JIT, subject="x", claims=claims(sub="x", email=None, preferred_username="fern"))
+    assert again.user.username == stranger.user.username
+    # An administrator decides for themselves.
+    assert (await accounts.create(username="fern", password=None, actor="admin:boss")).username == "fern"
+    async with database.session() as session:
+        keys = list(await session.scalars(select(RetiredUsername.name_key)))
+    assert len(keys) == 3
+    assert all("fern" not in key and "mail" not in key for key in keys)  # keyed digests, never the name
