@@ -20,7 +20,17 @@ from gateway.errors import Forbidden, GatewayError
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 
-__all__ = ["ADMIN_KEY", "CLIENT_IP_KEY", "admin_of", "audit", "audited", "client_ip", "confirm_destructive"]
+__all__ = [
+    "ADMIN_KEY",
+    "CLIENT_IP_KEY",
+    "OwnAccountRefused",
+    "SecondAdminRequired",
+    "admin_of",
+    "audit",
+    "audited",
+    "client_ip",
+    "confirm_destructive",
+]
 
 logger = logging.getLogger("gateway.admin")
 _T = TypeVar("_T")
@@ -44,6 +54,15 @@ class SecondAdminRequired(Forbidden):
 
     reason = "second-admin-required"
     title = "Another admin must take part"
+
+
+class OwnAccountRefused(GatewayError):
+    """An action that would shut the admin out of the console (disabling their own account): 409,
+    nothing done. Another admin, or the command line on the gateway's host, can."""
+
+    status = 409
+    reason = "own-account"
+    title = "Not your own account"
 
 
 def confirm_destructive(admin: Admin, config: CurrentConfig, clock: Clock) -> None:

@@ -22,7 +22,14 @@ from admin.access import holds_role
 from admin.actions import SecondAdminRequired, admin_of, audit, client_ip, confirm_destructive
 from admin.deps import AdminServices, Policy
 from gateway.errors import GatewayError
-from gateway.machine.accounts import AccountView, InvalidMachineRequest, ServiceAccounts, TokenView
+from gateway.machine.accounts import (
+    AccountView,
+    InvalidMachineRequest,
+    ServiceAccounts,
+    TokenView,
+    check_name,
+    check_roles,
+)
 from gateway.services import Services
 from gateway.settings.units import parse_duration
 from gateway.web.deps import Config
@@ -92,7 +99,9 @@ def _refuse_admin_client(policy: Policy, config: Config, name: str, roles: Itera
     account whose roles reach the admin role would be one admin's way around that (its tokens open every
     application the admin role opens)."""
     role = config.settings.admin.role
-    principals = [f"client:{name}", *roles]
+    # Read as stored ("Ops" is ops, " admin" is admin): the g-lines name the stored spelling.
+    name = check_name(name)
+    principals = [f"client:{name}", *check_roles(list(roles))]
     if config.settings.admin.approvals > 1 and holds_role(principals, role, policy.authorizer.index):
         raise SecondAdminRequired(
             f"client:{name} would hold the role {role}, and this gateway needs two admins for that "
@@ -117,7 +126,8 @@ async def create_service_account(
     try:
         if data.roles:  # a grant, as setting a person's roles is
             confirm_destructive(admin, config, services.identity.clock)
-            _refuse_admin_client(policy, config, data.name, data.roles)
+        # Also without roles: the policy may already name the account (a g-line left from an earlier one).
+        _refuse_admin_client(policy, config, data.name, data.roles)
         return await accounts_of(services, config).create_account(
             data.name, description=data.description, owner=data.owner, roles=data.roles,
             actor=admin.actor, ip=client_ip(request),

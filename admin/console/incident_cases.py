@@ -38,13 +38,12 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
 from admin.access import Admin
-from admin.actions import audited, confirm_destructive
+from admin.actions import OwnAccountRefused, audited, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.console.users import refuse_admin_takeover
 from admin.deps import AdminServices, Policy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
-from gateway.errors import GatewayError
 from gateway.response.cases import Cases, CaseView, EntryView
 from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
@@ -61,14 +60,6 @@ __all__ = ["HANDLERS", "CaseDetail", "CaseList", "CaseRecord", "case_detail", "c
 logger = logging.getLogger("gateway.admin")
 _T = TypeVar("_T")
 _TAGS: Final = ["incident cases"]
-
-
-class OwnAccountRefused(GatewayError):
-    """The admin is among the people an account action would disable: 409, nothing done."""
-
-    status = 409
-    reason = "own-account"
-    title = "Not your own account"
 
 
 CaseId = Annotated[
@@ -533,19 +524,22 @@ async def account_action(
     async def work(admin: Admin) -> ActionResult:
         confirm_destructive(admin, config, services.identity.clock)
         flow = await _workflow(services, config)
-        if data.action == AccountAction.RESET_MFA:
-            for username in (await flow.cases.get(case_id)).affected_users:
-                user = await services.identity.accounts.find(username)
-                if user is not None:
-                    await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
-        if data.action == AccountAction.DISABLE:
-            case = await flow.cases.get(case_id)
-            if admin.session.username in case.affected_users:
+        # One reading of the incident, checked and then acted on: re-read, a change made in between
+        # (another admin's update naming an admin) would be acted on unchecked. Names are compared
+        # as accounts, never as spellings ("ADM4" names adm4).
+        case = await flow.cases.get(case_id)
+        for username in case.affected_users:
+            user = await services.identity.accounts.find(username)
+            if user is None:
+                continue
+            if data.action == AccountAction.RESET_MFA:
+                await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
+            if data.action == AccountAction.DISABLE and user.id == admin.session.user_id:
                 raise OwnAccountRefused(
                     f"{case.id} names you ({admin.session.username}): disabling would shut you out of "
                     "this console. Another admin, or `gateway incident case act` on the server, can."
                 )
-        result = await flow.act(case_id, data.action, actor=admin.actor)
+        result = await flow.act(case_id, data.action, actor=admin.actor, checked=case)
         details["accounts"] = len(result.done)
         message = f"{result.action}: {len(result.done)} account(s)" + (
             f"; not found: {', '.join(result.missing)}" if result.missing else ""

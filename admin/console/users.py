@@ -44,12 +44,19 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
 from admin.access import holds_role
-from admin.actions import SecondAdminRequired, admin_of, audit, confirm_destructive
+from admin.actions import OwnAccountRefused, SecondAdminRequired, admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
 from gateway.errors import BadRequest, GatewayError
-from gateway.identity.accounts import AccountFactors, FactorInfo, UnknownAccount, UserSummary
+from gateway.identity.accounts import (
+    AccountFactors,
+    FactorInfo,
+    UnknownAccount,
+    UserSummary,
+    account_name,
+    account_roles,
+)
 from gateway.identity.invitations import INVITE_PATH, Invitation, Invitations, IssuedInvitation
 from gateway.identity.models import User
 from gateway.identity.passwords import one_time_password
@@ -634,7 +641,10 @@ async def create_user(
     issued: IssuedInvitation | None = None
     try:
         # The policy may already name this username as an admin (a g-line left from an earlier account).
-        made_admin = _would_be_admin(policy, config, data.username, data.roles, ())
+        # Checked as stored: "GHOST" is ghost, " admin" is admin.
+        made_admin = _would_be_admin(
+            policy, config, account_name(data.username), account_roles(data.roles), ()
+        )
         if data.roles or made_admin:
             confirm_destructive(admin, config, services.identity.clock)
         if made_admin and _second_admin_required(config):
@@ -701,6 +711,10 @@ async def invite_user(
         if user.disabled:
             raise InvitationRefused(f"{user.username} is disabled: enable the account first.")
         ended: int | None = None
+        # Whoever holds the link sets the password: for an admin's account, one admin would hold a
+        # second admin's sign-in (an account without a password signs in through a provider or a
+        # passkey, or has an invitation pending).
+        await refuse_admin_takeover(services, policy, config, user, "send an invitation for the account")
         if user.password_hash is not None:
             if not data.clear_password:
                 raise InvitationRefused(
@@ -709,7 +723,6 @@ async def invite_user(
                 )
             if not data.reason.strip():
                 raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
-            await refuse_admin_takeover(services, policy, config, user, "replace the password")
             ended = await services.identity.accounts.clear_password(user.id, actor=actor)
         issued = await _invite(services, config, user, actor)
         noted["invitation"] = issued.invitation.fingerprint
@@ -753,6 +766,11 @@ async def disable_user(
     Destructive: needs a reason and a recent second factor (403 step-up otherwise)."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        if user.id == admin_of(request).session.user_id:
+            raise OwnAccountRefused(
+                f"That is your own account ({user.username}): disabling it would shut you out of this "
+                "console. Another admin, or `gateway user disable` on the gateway's host, can."
+            )
         ended = await services.identity.accounts.disable(user.id, actor=actor)
         return ActionResult(
             username=user.username,
@@ -870,7 +888,8 @@ async def set_roles(
         if _second_admin_required(config):
             groups = _groups(await services.identity.sessions.list_user(user.id))
             before = _would_be_admin(policy, config, user.username, user.roles.split(), groups)
-            if not before and _would_be_admin(policy, config, user.username, data.roles, groups):
+            after = account_roles(data.roles)  # as stored: "admin " is admin
+            if not before and _would_be_admin(policy, config, user.username, after, groups):
                 _refuse_new_admin(config, user.username)
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
         ended = changed.sessions_ended if changed.removed else None

@@ -70,6 +70,8 @@ __all__ = [
     "UserSummary",
     "WeakPassword",
     "WrongPassword",
+    "account_name",
+    "account_roles",
 ]
 
 #: What every failed password sign-in says, whatever the cause.
@@ -223,6 +225,24 @@ def _check_display_name(raw: str) -> str:
         if unicodedata.category(char) == "Cc" or "\u202a" <= char <= "\u202e" or "\u2066" <= char <= "\u2069":
             raise InvalidAccount("The display name contains a control character.")
     return name
+
+
+def account_name(raw: str) -> str:
+    """The username an account created as ``raw`` is stored under (400 ``InvalidAccount`` if none).
+
+    A check made before creating the account (is it an admin already by the policy's g-lines?) must
+    read the name as it will be stored: ``GHOST`` is ``ghost``.
+    """
+    try:
+        return canonical_username(raw)
+    except ValueError as exc:
+        raise _invalid(exc) from exc
+
+
+def account_roles(roles: Sequence[str]) -> list[str]:
+    """The local roles as they will be stored (``" admin"`` is ``admin``), or 400 ``InvalidAccount``:
+    what a check of the roles before a change must read."""
+    return _check_roles(roles).split()
 
 
 def _check_roles(roles: Sequence[str]) -> str:

@@ -157,15 +157,21 @@ class Workflow:
         sealed = await self.seal(moved, actor=actor)
         return Moved(await self.cases.get(case.id), sealed=sealed)
 
-    async def act(self, case_id: str, action: str, *, actor: str) -> ActionResult:
+    async def act(
+        self, case_id: str, action: str, *, actor: str, checked: CaseView | None = None
+    ) -> ActionResult:
         """Apply the account action named ``action`` to every affected person.
+
+        Args:
+            checked: The incident as the caller read and checked it (whom it names): acted on as it
+                is, so an update in between cannot add someone the checks never saw.
 
         Raises:
             BadRequest: no such action, or the incident names nobody.
             SessionsOutOfReach: this process cannot end the sessions.
         """
         chosen = parse_account_action(action)
-        case = await self.cases.get(case_id)
+        case = checked if checked is not None and checked.id == case_id else await self.cases.get(case_id)
         if self.sessions is None:
             raise SessionsOutOfReach(
                 "state.embedded is memory: sessions live inside the gateway's process, out of reach"

@@ -10,7 +10,9 @@ instead of disabling, enabling instead of lifting). Each test tries the way arou
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from gateway.response.cases import Cases, CaseView
 from tests.unit.admin.console_app import POLICY, Console, Start
 
 # An admin whose second factor is ten minutes old: fresh enough for the API (15 minutes), not for a
@@ -237,3 +239,129 @@ async def test_a_non_admin_probing_the_api_is_recorded_once_a_minute(console: St
     assert (await site.call(trudy, "GET", "/api/users")).status_code == 403
     refusals = [actor for kind, actor, _ in await site.audit_kinds() if kind == "admin.refused"]
     assert sorted(refusals) == ["user:mallory", "user:trudy"]
+
+
+async def test_a_spelling_stored_as_an_admin_is_refused_like_the_admin_itself(console: Start) -> None:
+    """The checks read what was sent, the stores keep it folded: " admin" is stored as admin, "GHOST"
+    as ghost (a name a g-line makes an admin), "Legacy" as legacy (a client a g-line makes one). Each
+    minted a second admin under ``admin.approvals: 2`` (an outside attack run)."""
+    site = await console(approvals=2, policy=OPS_ADMIN + "g, client:legacy, admin\n")
+    await _account(site, "boss", roles=("admin",))
+    await _account(site, "victim")
+    boss = await site.session("boss")
+    for body in (
+        {"username": "puppet", "roles": [" admin"], "mode": "password"},
+        {"username": "puppet", "roles": ["admin\t"], "mode": "password"},
+        {"username": "puppet", "roles": ["viewer", " ops"], "mode": "password"},
+        {"username": "GHOST", "mode": "invitation"},
+        {"username": " Ghost ", "mode": "invitation"},
+        {"username": "\uff47\uff48\uff4f\uff53\uff54", "mode": "invitation"},  # full-width "ghost"
+    ):
+        made = await site.call(boss, "POST", "/api/users", json=body)
+        _refused(made, "second-admin-required")
+    for name in ("puppet", "ghost"):
+        assert await site.services.identity.accounts.find(name) is None
+    for roles in ([" admin"], ["admin "], ["viewer", "ops "]):
+        regranted = await site.call(boss, "PUT", "/api/users/victim/roles", json={"roles": roles})
+        _refused(regranted, "second-admin-required")
+    victim = await site.services.identity.accounts.find("victim")
+    assert victim is not None
+    assert victim.roles == ""
+    for body in (
+        {"name": "shadow", "roles": [" admin"]},
+        {"name": "Legacy"},
+        {"name": "legacy ", "roles": ["viewer"]},
+    ):
+        made = await site.call(boss, "POST", "/api/service-accounts", json=body)
+        _refused(made, "second-admin-required")
+    assert (await site.call(boss, "GET", "/api/service-accounts")).json() == []
+
+
+async def test_no_invitation_link_for_an_admins_account_without_a_password(console: Start) -> None:
+    """An admin who signs in through a provider or a passkey has no password: a link for their
+    account would let the admin who asked for it set one and sign in as them."""
+    site = await console(approvals=2, policy=POLICY + "g, user:remote, admin\n")
+    await _account(site, "boss")
+    await site.services.identity.accounts.create(username="remote", password=None, actor="test")
+    await site.services.identity.accounts.create(username="newbie", password=None, actor="test")
+    boss = await site.session("boss")
+    invite = await site.call(boss, "POST", "/api/users/remote/invite", json={"reason": "resend"})
+    _refused(invite, "second-admin-required")
+    remote = await site.services.identity.accounts.find("remote")
+    assert remote is not None
+    assert remote.password_hash is None
+    # The control: a person who is no admin gets their link.
+    sent = await site.call(boss, "POST", "/api/users/newbie/invite", json={"reason": "resend"})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["invitation_url"]
+
+
+async def test_an_admin_cannot_disable_their_own_account_in_any_spelling(console: Start) -> None:
+    """Disabling oneself shuts the console's admin out; one admin disabling every other admin and
+    then themselves left a deployment without an admin."""
+    site = await console()
+    await _account(site, "boss")
+    await _account(site, "carol")
+    boss = await site.session("boss")
+    own = await site.call(boss, "POST", "/api/users/BOSS/disable", json={"reason": "x"})
+    assert own.status_code == 409, own.text
+    assert own.json()["error"] == "own-account"
+    case = await site.call(
+        boss,
+        "POST",
+        "/api/incident-cases",
+        json={"title": "t", "severity": "low", "users": ["BOSS", "carol"]},
+    )
+    assert case.status_code == 201, case.text
+    acted = await site.call(
+        boss,
+        "POST",
+        f"/api/incident-cases/{case.json()['id']}/actions",
+        json={"action": "disable", "reason": "x"},
+    )
+    assert acted.status_code == 409, acted.text
+    assert acted.json()["error"] == "own-account"
+    for name in ("boss", "carol"):
+        user = await site.services.identity.accounts.find(name)
+        assert user is not None
+        assert not user.disabled
+    # The control: another account.
+    done = await site.call(boss, "POST", "/api/users/carol/disable", json={"reason": "x"})
+    assert done.status_code == 200, done.text
+
+
+async def test_an_incident_changed_while_an_action_runs_is_acted_on_as_checked(
+    console: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race an outside attack run won 5 times in 15: the reset was checked against the incident
+    as read, then applied to it read again, after another request had added an admin to it. Here the
+    other request lands deterministically right after the check's reading."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "dave"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    case = await site.call(
+        boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": ["dave"]}
+    )
+    case_id = case.json()["id"]
+    real_get = Cases.get
+    reads = 0
+
+    async def get_then_race(self: Cases, wanted: str) -> CaseView:
+        nonlocal reads
+        view = await real_get(self, wanted)
+        reads += 1
+        if reads == 1:
+            await self.update(wanted, actor="user:boss", users=["second"])
+        return view
+
+    monkeypatch.setattr(Cases, "get", get_then_race)
+    acted = await site.call(
+        boss, "POST", f"/api/incident-cases/{case_id}/actions", json={"action": "reset-mfa", "reason": "x"}
+    )
+    monkeypatch.undo()
+    assert acted.status_code == 200, acted.text
+    assert list(acted.json()["done"]) == ["dave"]
+    assert "second" in (await site.call(boss, "GET", f"/api/incident-cases/{case_id}")).text
+    reset = [event.subject for event in await site.services.identity.audit.events(kind="user.mfa_reset")]
+    assert reset == ["dave"]
