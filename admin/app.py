@@ -81,6 +81,7 @@ from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.settings.trusted import may_see_internals
 from gateway.store.fast import FastState
 from gateway.store.ids import parse_id
+from gateway.threat.blocks import BlockStore, IpBlocked, IpBlocks
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
 
@@ -301,7 +302,7 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 class AdminGuard:
     """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
 
-    __slots__ = ("_fast", "_identity", "_live", "_origins", "_policy")
+    __slots__ = ("_blocks", "_fast", "_identity", "_live", "_origins", "_policy")
 
     def __init__(
         self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig, fast: FastState
@@ -310,6 +311,7 @@ class AdminGuard:
         self._policy = policy
         self._live = live
         self._fast = fast
+        self._blocks = BlockStore(fast, identity.clock)
         config = live.current
         if config.settings.admin.listen is None:
             raise GatewayError("admin.listen is null: the admin API is disabled in this configuration")
@@ -320,6 +322,7 @@ class AdminGuard:
     ) -> None:
         if handler.opt.get(_PUBLIC):
             return
+        await self._refuse_blocked(connection.scope.get("state", {}).get(CLIENT_IP_KEY, ""))
         headers = connection.headers
         check_csrf(
             method=str(connection.scope.get("method", "GET")),
@@ -350,6 +353,19 @@ class AdminGuard:
                 )  # fmt: skip
             raise
         connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
+
+    async def _refuse_blocked(self, ip: str) -> None:
+        """403 ``ip-blocked`` for an address the shared block list holds, as on the data plane: else an
+        admin whose address detection or another admin blocked could lift the block from the
+        console. Read per request (admin requests are few); the host's ``gateway incident`` commands
+        still reach the list."""
+        entries = await self._blocks.entries()
+        if not entries or not ip:
+            return
+        blocks = IpBlocks(self._identity.clock)
+        blocks.set_dynamic(entries)
+        if ip in blocks:
+            raise IpBlocked("Access from your address is blocked.")
 
     async def _first_refusal(self, username: str) -> bool:
         """Whether this is the account's first refusal in :data:`REFUSAL_RECORD_EVERY` (shared by every
@@ -739,6 +755,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 _HTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
 
 
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # The JSON decoder recurses once per level: a body of 100,000 brackets is a malformed request
+    # (400, nothing changed), not a server failure.
+    logger.warning("recursion limit in %s %s: %s", request.method, request.url.path, exc)
+    return _gateway_error(request, BadRequest("The request body is nested too deeply; nothing was changed."))
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
     logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
@@ -781,6 +804,7 @@ def create_admin_app(services: Services) -> Litestar:
             GatewayError: _gateway_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            RecursionError: _too_deep,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(

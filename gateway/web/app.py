@@ -27,7 +27,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from gateway.crypto.keyring import Keyring
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.identity.cookies import CSRF_COOKIE
 from gateway.identity.invitations import Invitations
 from gateway.observe.redact import redact_path
@@ -138,6 +138,13 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
     return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # The JSON decoder recurses once per level: a body of 100,000 brackets is a malformed request
+    # (400, nothing changed), not a server failure.
+    logger.warning("recursion limit in %s %s: %s", request.method, redact_path(request.url.path), exc)
+    return _gateway_error(request, BadRequest("The request body is nested too deeply; nothing was changed."))
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # Fail closed with a clear 500 and the request id; the traceback goes to the log only.
     # The path may hold a credential (an invitation token): redacted as in the access log.
@@ -194,6 +201,7 @@ def create_control_app(services: WorkerServices) -> Litestar:
         exception_handlers={
             HTTPException: _http_error,
             GatewayError: _gateway_error,
+            RecursionError: _too_deep,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(

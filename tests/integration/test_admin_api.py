@@ -42,7 +42,7 @@ from tests.integration.harness import (
     wait_for_port,
     wait_until,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, login
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, csrf, login
 from tests.integration.test_signin_http import enroll_totp
 
 # A Redis database of this module's own (see test_signin_http for why).
@@ -431,6 +431,29 @@ def test_a_policy_that_fails_validation_is_422_with_the_findings_and_nothing_cha
     assert data_plane(site, carol, "/files") == 403
     refused = [r for r in site.audit("admin.policy.add") if "policy-rejected" in r["details"]]
     assert [r["outcome"] for r in refused] == ["failure"]
+
+
+@pytest.mark.peer
+def test_a_body_nested_too_deeply_is_400_and_the_gateway_answers_on(site: Site, boss: httpx.Client) -> None:
+    """100,000 nested brackets made the JSON decoder's recursion fail inside the framework: a 500."""
+    before = current(site, boss)
+    deep = '{"csv": ' + "[" * 100_000 + "]" * 100_000 + ', "reason": "r"}'
+    for path in ("/api/policy/draft/validate", "/api/users"):
+        resp = api(site, boss, "POST", path, content=deep, headers={"Content-Type": "application/json"})
+        assert "nested too deeply" in assert_error(resp, 400, "bad-request")["message"]
+    assert current(site, boss) == before
+    # The portal's API decodes with the same framework.
+    with browser(site.gw) as client:
+        portal = client.post(
+            "/.gateway/api/login/passkey/verify",
+            content=deep,
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "x-csrftoken": csrf(client),
+            },
+        )
+    assert portal.status_code == 400, portal.text
 
 
 @pytest.mark.peer

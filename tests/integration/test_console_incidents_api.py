@@ -185,6 +185,22 @@ def test_a_block_made_here_is_enforced_by_the_gateway_and_an_unblock_lifts_it(
     assert any(e["actor"] == "user:boss" for e in audits(site, "incident.block_ip"))
     assert time.time() - before < 30
 
+    # The attack: an admin session used from the blocked address (a stolen one, say) lifting its own
+    # block from the console. The admin listener refuses the address as the data plane does.
+    from_blocked = {"X-Forwarded-For": BLOCKED}
+    assert_error(api(site, boss, "GET", "/api/blocks", headers=from_blocked), 403, "ip-blocked")
+    lift = api(
+        site,
+        boss,
+        "POST",
+        "/api/blocks/unblock",
+        json={"address": BLOCKED, "reason": "mine"},
+        headers=from_blocked,
+    )
+    assert_error(lift, 403, "ip-blocked")
+    assert [e["address"] for e in blocks(site, boss)] == [f"{BLOCKED}/32"]
+    assert api(site, boss, "GET", "/api/blocks", headers={"X-Forwarded-For": NEIGHBOUR}).status_code == 200
+
     resp = api(site, boss, "POST", "/api/blocks/unblock", json={"address": BLOCKED, "reason": "scan over"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["address"] == f"{BLOCKED}/32"
