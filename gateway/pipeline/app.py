@@ -131,7 +131,9 @@ class DataPlane:
             public = route_request(ctx, snap, canon, no_route=entry.no_route)
             rt = ctx.rt
             assert rt is not None
-            rec.method, rec.path, rec.route = ctx.method, canon.path, rt.route.name
+            # The route stage's path: the canonical one, or its lower case on a case-insensitive route.
+            path = ctx.path
+            rec.method, rec.path, rec.route = ctx.method, path, rt.route.name
             if entry.needs_websockets and not rt.route.websockets:
                 raise NoRoute("WebSockets are disabled on this route.")
             # lockdown: one attribute read while none is on; public paths of a locked route too.
@@ -171,7 +173,7 @@ class DataPlane:
                     client=client,
                     route=rt.route.name,
                     method=ctx.method,
-                    path=canon.path,
+                    path=path,
                     policy=self._policy,
                     signer=self._signer,
                     rec=rec,
@@ -200,7 +202,7 @@ class DataPlane:
                     session=session,
                     route=rt.route.name,
                     method=ctx.method,
-                    path=canon.path,
+                    path=path,
                     policy=self._policy,
                     signer=self._signer,
                     rec=rec,

@@ -26,7 +26,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.errors import BadPath
 
-__all__ = ["CanonicalPath", "canonicalize"]
+__all__ = ["CanonicalPath", "canonicalize", "fold_case"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,3 +207,23 @@ def _remove_dot_segments(path: str) -> CanonicalPath:
     # Computed on what remains, so a parameter inside a removed segment does not count and the result is
     # the same when the canonical path is fed back in.
     return CanonicalPath(canonical, ";" in canonical)
+
+
+# A segment ending in a dot or a space: IIS and Windows drop them (/admin. and /admin%20 are /admin).
+_WINDOWS_TRAILER = re.compile(r"(?:\.|%20)(?:/|$)")
+
+
+def fold_case(canon: CanonicalPath) -> CanonicalPath:
+    """The canonical path of a route whose app reads paths without regard to case
+    (``routes[].case_insensitive_paths``): lower-cased, so router, policy and app agree that
+    ``/ADMIN`` is ``/admin`` (percent-escapes keep their meaning: hex digits are case-insensitive).
+
+    Raises:
+        BadPath: a segment ends in a dot or a space, which such servers ignore.
+    """
+    path = canon.path.lower()
+    if _WINDOWS_TRAILER.search(path) is not None:
+        raise BadPath(
+            "A path segment ends in a dot or a space, which this application ignores; send the path without it."
+        )
+    return CanonicalPath(path, canon.has_path_params)

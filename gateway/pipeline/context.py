@@ -45,6 +45,7 @@ class RequestContext:
         "host_raw",
         "method",
         "outcome",
+        "path",
         "path_and_query",
         "proto",
         "query",
@@ -65,6 +66,7 @@ class RequestContext:
         self.query = b""
         self.framing = NO_BODY
         self.fwd: Forwarding | None = None
+        self.path = ""
         self.path_and_query = ""
         self.rt: RouteRuntime | None = None
         self.outcome = ProxyOutcome()

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from gateway.errors import BadHeaders, BadPath, GatewayError
+from gateway.pipeline.canonical import fold_case
 from gateway.settings.schema import Route
 
 if TYPE_CHECKING:  # the snapshot holds a Router: imported for types only
@@ -154,9 +155,20 @@ def route_request(
     if match is None:
         raise no_route("No application is configured for this address.")
     route = match.route
+    rt = snap.routes[route.name]
+    if rt.fold_case:
+        # The app reads /Admin as /admin: the host's routes are chosen again, the policy decides and
+        # the app gets the path in lower case (every route of a host folds, or none does).
+        canon = fold_case(canon)
+        match = snap.router.match(host, canon.path)
+        if match is None:
+            raise no_route("No application is configured for this address.")
+        route = match.route
+        rt = snap.routes[route.name]
     if canon.has_path_params and not route.allow_path_params:
         raise BadPath("Path parameters (';') are not allowed on this route.")
+    path = ctx.path = canon.path
     query = ctx.query
-    ctx.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
-    ctx.rt = snap.routes[route.name]
+    ctx.path_and_query = path + ("?" + query.decode("latin-1") if query else "")
+    ctx.rt = rt
     return match.is_public

@@ -58,6 +58,8 @@ class RouteRuntime:
     identity_names: IdentityNames = DEFAULT_IDENTITY_NAMES
     # The gateway's cookie names, lower-case: an app's Set-Cookie for one of them is dropped.
     own_set_cookies: frozenset[bytes] = frozenset()
+    # routes[].case_insensitive_paths: the path is routed, decided and forwarded in lower case.
+    fold_case: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             cors_preflight=route.cors_preflight,
             identity_names=names,
             own_set_cookies=own_set_cookies,
+            fold_case=route.case_insensitive_paths,
         )
     return Snapshot(
         settings=settings,

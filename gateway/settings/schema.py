@@ -431,6 +431,10 @@ class Route(_Config, frozen=True):
     # "none" | "required" | "webauthn", or {require: …, max_age: 15m}; normalised by Route.mfa_policy.
     mfa: Literal["none", "required", "webauthn"] | MfaPolicy = "required"
     allow_path_params: bool = False
+    # The app reads /Admin as /admin (IIS and ASP.NET, Express's and Spring's defaults, Windows file
+    # serving): the gateway then routes, decides and forwards the path in lower case, and refuses a
+    # segment ending in a dot or a space (IIS drops them: /admin. is /admin). All routes of a host agree.
+    case_insensitive_paths: bool = False
     request_headers: dict[str, str] = msgspec.field(default_factory=dict)
     response_headers: dict[str, str] = msgspec.field(default_factory=dict)
     health_check: ActiveHealthCheck | None = None

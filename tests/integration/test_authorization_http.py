@@ -46,6 +46,9 @@ p, authenticated, trip, /open/*, GET, allow
 p, authenticated, guard, /*, *, allow
 p, dev, guard, /admin/*, *, deny
 p, dev, guard, /reports/*, DELETE, deny
+p, authenticated, winapp, /*, *, allow
+p, dev, winapp, /admin/*, *, deny
+p, authenticated, winvault, /*, *, allow
 g, user:dave, dev
 """
 
@@ -89,6 +92,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "mfa": "none",
                 "timeouts": {"response": "1s"},
                 "passive_health_check": {"consecutive_failures": 1000},
+            },
+            # An app that reads /Admin as /admin (IIS, Express): routed, decided and sent in lower case.
+            {
+                "name": "winvault",
+                "host": "iis.localhost",
+                "path": "/vault",
+                "upstreams": [echo.url],
+                "mfa": "webauthn",
+                "case_insensitive_paths": True,
+            },
+            {
+                "name": "winapp",
+                "host": "iis.localhost",
+                "upstreams": [echo.url],
+                "mfa": "none",
+                "case_insensitive_paths": True,
             },
         ]
         common: dict[str, Any] = {
@@ -280,8 +299,13 @@ ADMIN_AREA = [
 
 def raw_call(site: Site, user: str, method: str, target: str) -> tuple[int, bytes]:
     """Send the request line exactly as written (httpx would resolve "." and ".." itself)."""
+    return raw_call_on(site, user, method, target, host="guard.localhost")
+
+
+def raw_call_on(site: Site, user: str, method: str, target: str, *, host: str) -> tuple[int, bytes]:
+    """:func:`raw_call` to another host."""
     request = (
-        f"{method} {target} HTTP/1.1\r\nHost: guard.localhost\r\nAccept: application/json\r\n"
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
         f"Cookie: {SESSION_COOKIE}={site.sessions[user]}\r\nConnection: close\r\n\r\n"
     )
     answer = raw_request(site.a.port, request.encode())
@@ -310,6 +334,33 @@ def test_a_method_in_any_other_case_never_passes_a_rule_about_the_method(site: S
     assert site.guard_wire.connections() == 0, f"{method} reached the upstream"
     status, body = raw_call(site, "dave", "DELETE", "/reports/q3")
     assert (status, b'"policy-deny"' in body) == (403, True)
+
+
+@pytest.mark.parametrize(
+    "path", ["/ADMIN/users", "/Admin", "/aDmIn/x/../users", "/%41dmin/users", "/VAULT/secret", "/Vault"]
+)
+def test_on_a_case_insensitive_route_no_spelling_of_a_denied_area_passes(site: Site, path: str) -> None:
+    """An attack run found /ADMIN/users and /VAULT/secret forwarded to an app that reads them as
+    /admin/users and /vault/secret (IIS, Express): past a deny, or through the weaker route."""
+    resp = call(site.a, site.sessions["dave"], path, host="iis.localhost")
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"] in ("policy-deny", "mfa-required")
+
+
+@pytest.mark.parametrize("path", ["/admin./users", "/admin%20/users", "/admin%2e/users", "/ok/x.", "/x%20"])
+def test_on_a_case_insensitive_route_a_segment_ending_in_a_dot_or_space_is_400(site: Site, path: str) -> None:
+    """IIS drops a segment's trailing dots and spaces (/admin. is /admin): ambiguous, so refused."""
+    status, body = raw_call_on(site, "alice", "GET", path, host="iis.localhost")
+    assert status == 400, body
+    assert b'"bad-path"' in body
+
+
+def test_on_a_case_insensitive_route_the_app_gets_the_lower_case_path(site: Site) -> None:
+    resp = call(site.a, site.sessions["alice"], "/Docs/ReadMe?Q=Keep", host="iis.localhost")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["target"] == "/docs/readme?Q=Keep"  # the query is the app's business
+    # The control: another host keeps the path as sent.
+    assert call(site.a, site.sessions["alice"], "/docs/ReadMe").json()["target"] == "/docs/ReadMe"
 
 
 @pytest.mark.parametrize(("user", "path"), [("dave", "/administrator"), ("dave", "/adm"), ("bob", "/admin")])

@@ -17,6 +17,7 @@ def check_routes(settings: Settings, report: Report) -> None:
     """Every route on its own, plus unique names and targets across routes."""
     names: dict[str, int] = {}
     targets: dict[tuple[str, str], tuple[str, int]] = {}
+    folding: dict[str, tuple[bool, str]] = {}
     for index, route in enumerate(settings.routes):
         at: KeyPath = ("routes", index)
         if not SLUG.fullmatch(route.name):
@@ -41,6 +42,15 @@ def check_routes(settings: Settings, report: Report) -> None:
             )
         else:
             targets[target] = (route.name, report.line(at))
+        # Routing decides between a host's routes on the path: folded for one, it is folded for all.
+        host = route.host.lower()
+        first_fold = folding.setdefault(host, (route.case_insensitive_paths, route.name))
+        if first_fold[0] != route.case_insensitive_paths:
+            report.add(
+                (*at, "case_insensitive_paths"),
+                f"route {quote(first_fold[1])} on the same host says {str(first_fold[0]).lower()};"
+                " every route of one host must agree (the routes are chosen by the path)",
+            )
 
 
 def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[str]) -> None:
@@ -54,6 +64,8 @@ def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[
     problem = _path_problem(route.path)
     if problem:
         report.bad((*at, "path"), f"{quote(route.path)} {problem}", "expected a path prefix such as /admin")
+    if route.case_insensitive_paths:
+        _check_folded_paths(route, at, report)
     if not route.upstreams:
         report.add((*at, "upstreams"), "list at least one upstream URL, e.g. [http://10.0.0.5:8080]")
     for index, upstream in enumerate(route.upstreams):
@@ -89,6 +101,17 @@ def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[
         ],
         report,
     )
+
+
+def _check_folded_paths(route: Route, at: KeyPath, report: Report) -> None:
+    # The path is compared in lower case: an upper-case prefix would never match.
+    if route.path != route.path.lower():
+        report.add((*at, "path"), f"write {quote(route.path)} in lower case (case_insensitive_paths)")
+    for index, public in enumerate(route.public_paths):
+        if public != public.lower():
+            report.add(
+                (*at, "public_paths", index), f"write {quote(public)} in lower case (case_insensitive_paths)"
+            )
 
 
 def _check_auth(route: Route, at: KeyPath, report: Report) -> None:

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadPath
-from gateway.pipeline.canonical import CanonicalPath, canonicalize
+from gateway.pipeline.canonical import CanonicalPath, canonicalize, fold_case
 
 REJECT = BadPath
 
@@ -317,3 +317,17 @@ def test_clean_paths_are_returned_unchanged(segments: list[str]) -> None:
     if any(s in (".", "..") for s in segments):
         return
     assert canonicalize(path.encode("ascii")) == CanonicalPath(path, False)
+
+
+@pytest.mark.parametrize(
+    ("path", "folded"),
+    [("/ADMIN/Users", "/admin/users"), ("/caf%C3%A9/X", "/caf%c3%a9/x"), ("/v1.0/a", "/v1.0/a"), ("/", "/")],
+)
+def test_a_case_insensitive_routes_path_is_its_lower_case(path: str, folded: str) -> None:
+    assert fold_case(CanonicalPath(path, False)).path == folded
+
+
+@pytest.mark.parametrize("path", ["/admin./x", "/admin%20/x", "/x.", "/a/b%20", "/a/.../b"])
+def test_a_case_insensitive_route_refuses_segments_ending_in_a_dot_or_a_space(path: str) -> None:
+    with pytest.raises(BadPath):
+        fold_case(CanonicalPath(path, False))

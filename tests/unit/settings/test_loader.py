@@ -1254,6 +1254,25 @@ SEMANTIC_CASES = [
         'already served by route "wiki"',
         id="duplicate-host-path-trailing-slash",
     ),
+    pytest.param(
+        ROUTE
+        + "    case_insensitive_paths: true\n"
+        + "  - name: vault\n    host: wiki.example.com\n    path: /vault\n    upstreams: [http://b]\n",
+        7,
+        "routes[1] (name: vault).case_insensitive_paths",
+        'route "wiki" on the same host says true; every route of one host must agree',
+        id="case-insensitive-mixed-on-one-host",
+    ),
+    pytest.param(
+        ROUTE.replace(
+            "    upstreams",
+            "    path: /Vault\n    case_insensitive_paths: true\n    public_paths: [/Static/*]\n    upstreams",
+        ),
+        5,
+        "routes[0] (name: wiki).path",
+        'write "/Vault" in lower case (case_insensitive_paths)',
+        id="case-insensitive-upper-case-prefix",
+    ),
     # routes: public paths, headers
     pytest.param(
         ROUTE + "    public_paths: [/ok, static/*]\n",
