@@ -207,11 +207,14 @@ def api_post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Res
     return client.post(path, json=body, headers={"x-csrftoken": csrf(client), "Accept": "application/json"})
 
 
-def register_passkey(client: httpx.Client, origin: str) -> httpx.Response:
-    """Register a passkey through the JSON API as webauthn.js does; returns the verify answer."""
+def register_passkey(
+    client: httpx.Client, origin: str, key: SoftAuthenticator | None = None
+) -> httpx.Response:
+    """Register a passkey (``key``, or a new one) through the JSON API as webauthn.js does; returns
+    the verify answer."""
     options = api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
     assert options.status_code == 200, options.text
-    key = SoftAuthenticator(origin=origin)
+    key = key or SoftAuthenticator(origin=origin)
     credential = json.loads(key.create(options.text))
     return api_post(
         client, "/.gateway/api/webauthn/register/verify", {"credential": credential, "name": "Key"}
@@ -400,13 +403,7 @@ def test_registering_a_passkey_is_not_using_one(site: Site) -> None:
         vault = get(site.a, cookie(attacker), "/vault/secret", html=False)
         assert vault.status_code == 403, vault.text
         key = SoftAuthenticator(origin=site.a.url)
-        options = api_post(attacker, "/.gateway/api/webauthn/register/options", {"discoverable": True})
-        assert options.status_code == 200, options.text
-        done = api_post(
-            attacker,
-            "/.gateway/api/webauthn/register/verify",
-            {"credential": json.loads(key.create(options.text)), "name": "Mine"},
-        )
+        done = register_passkey(attacker, site.a.url, key)
         assert done.status_code == 200, done.text
         for n in range(len(site.replicas)):
             vault = get(site.replica(n), cookie(attacker), "/vault/secret", html=False)
@@ -556,12 +553,7 @@ def test_a_forced_password_change_holds_after_a_passwordless_passkey_sign_in(sit
     key = SoftAuthenticator(origin=site.a.url)
     with on(site.a) as client:
         assert login(client, user).status_code == 302
-        options = api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
-        done = api_post(
-            client,
-            "/.gateway/api/webauthn/register/verify",
-            {"credential": json.loads(key.create(options.text)), "name": "Key"},
-        )
+        done = register_passkey(client, site.a.url, key)
         assert done.status_code == 200, done.text
     one_time = "violet harbour cobalt " + secrets.token_hex(3)
     result = run_cli(

@@ -32,6 +32,20 @@ def _refused(response: httpx.Response, reason: str) -> None:
     assert response.json()["error"] == reason, response.text
 
 
+async def _act_on_case(site: Console, admin: str, users: list[str], action: str) -> httpx.Response:
+    """Open an incident naming ``users`` and apply ``action`` to its accounts, as ``admin``."""
+    case = await site.call(
+        admin, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": users}
+    )
+    assert case.status_code == 201, case.text
+    return await site.call(
+        admin,
+        "POST",
+        f"/api/incident-cases/{case.json()['id']}/actions",
+        json={"action": action, "reason": "x"},
+    )
+
+
 async def test_one_admin_cannot_mint_a_second_admin_to_approve_their_own_proposal(console: Start) -> None:
     site = await console(approvals=2, policy=OPS_ADMIN)
     await _account(site, "boss", roles=("admin",))
@@ -104,16 +118,7 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     assert second.password_hash is not None
 
     # The same reset through an incident case that names the other admin.
-    case = await site.call(
-        boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": ["second"]}
-    )
-    assert case.status_code == 201, case.text
-    acted = await site.call(
-        boss,
-        "POST",
-        f"/api/incident-cases/{case.json()['id']}/actions",
-        json={"action": "reset-mfa", "reason": "x"},
-    )
+    acted = await _act_on_case(site, boss, ["second"], "reset-mfa")
     _refused(acted, "second-admin-required")
     assert not [kind for kind, _, _ in await site.audit_kinds() if kind == "user.mfa_reset"]
 
@@ -124,15 +129,7 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     ):
         done = await site.call(boss, "POST", path, json=body)
         assert done.status_code == 200, (path, done.text)
-    case = await site.call(
-        boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low", "users": ["carol"]}
-    )
-    acted = await site.call(
-        boss,
-        "POST",
-        f"/api/incident-cases/{case.json()['id']}/actions",
-        json={"action": "reset-mfa", "reason": "x"},
-    )
+    acted = await _act_on_case(site, boss, ["carol"], "reset-mfa")
     assert acted.status_code == 200, acted.text
 
 
@@ -306,19 +303,7 @@ async def test_an_admin_cannot_disable_their_own_account_in_any_spelling(console
     own = await site.call(boss, "POST", "/api/users/BOSS/disable", json={"reason": "x"})
     assert own.status_code == 409, own.text
     assert own.json()["error"] == "own-account"
-    case = await site.call(
-        boss,
-        "POST",
-        "/api/incident-cases",
-        json={"title": "t", "severity": "low", "users": ["BOSS", "carol"]},
-    )
-    assert case.status_code == 201, case.text
-    acted = await site.call(
-        boss,
-        "POST",
-        f"/api/incident-cases/{case.json()['id']}/actions",
-        json={"action": "disable", "reason": "x"},
-    )
+    acted = await _act_on_case(site, boss, ["BOSS", "carol"], "disable")
     assert acted.status_code == 409, acted.text
     assert acted.json()["error"] == "own-account"
     for name in ("boss", "carol"):
