@@ -663,7 +663,7 @@ async def explain(
     else:
         principals = frozenset(data.principals or ())
     await policy.load()
-    decision = policy.authorizer.index.decide(principals, route.name, data.method, canon.path)
+    decision = policy.authorizer.index.decide_request(principals, route.name, data.method, canon.path)
     rule = rule_json(decision.rule) if decision.rule is not None else None
     return ExplainResult(
         allowed=decision.allowed,

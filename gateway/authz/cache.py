@@ -87,7 +87,7 @@ class Authorizer:
         key: CacheKey = (index.version, principals, route, method, path)
         decision = self.cache.get(key)
         if decision is None:
-            decision = index.decide(principals, route, method, path)
+            decision = index.decide_request(principals, route, method, path)
             self.cache.put(key, decision)
         return decision
 

@@ -234,7 +234,7 @@ def decide(
         canonical = canonicalize(raw)
     except BadPath as exc:
         return Outcome(False, BAD_PATH, f"the gateway refuses this path with 400: {exc.detail}", path)
-    decision = index.decide(principals, route, method, canonical)
+    decision = index.decide_request(principals, route, method, canonical)
     explanation = decision.explain()
     if index.version == _UNSTORED_VERSION:
         # A file or a draft has no version; "policy version 0" would read as "nothing stored".

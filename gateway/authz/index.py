@@ -248,8 +248,24 @@ class PolicyIndex:
             frontier = nearer
         return frozenset(seen)
 
+    def decide_request(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+        """Decide a request as the gateway does: :meth:`decide`, except that a HEAD also needs what a
+        GET of the same path needs (the GET's refusal when it has one).
+
+        Servers answer HEAD by running their GET handler (RFC 9110 §9.3.2: HEAD is GET without the
+        body), so a deny of GET that let HEAD through would run the denied handler and hand out its
+        headers. This only ever turns an allow into a deny.
+        """
+        decision = self.decide(principals, route, method, path)
+        if method == "HEAD" and decision.allowed:
+            as_get = self.decide(principals, route, "GET", path)
+            if not as_get.allowed:
+                return as_get
+        return decision
+
     def decide(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
-        """Decide one request.
+        """Decide one request exactly as casbin would (HEAD is a method like any other here; the
+        gateway decides through :meth:`decide_request`).
 
         Args:
             principals: everything the session speaks for (``user:alice``, ``authenticated``, …).

@@ -97,8 +97,8 @@ def what_if(
         shapes += 1
         counts = per_route.setdefault(shape.route, [0, 0, 0])
         counts[0] += shape.count
-        before = live.decide(shape.principals, shape.route, shape.method, shape.path)
-        after = draft.decide(shape.principals, shape.route, shape.method, shape.path)
+        before = live.decide_request(shape.principals, shape.route, shape.method, shape.path)
+        after = draft.decide_request(shape.principals, shape.route, shape.method, shape.path)
         if before.allowed == after.allowed:
             continue
         flip = Flip(

@@ -46,6 +46,7 @@ p, authenticated, trip, /open/*, GET, allow
 p, authenticated, guard, /*, *, allow
 p, dev, guard, /admin/*, *, deny
 p, dev, guard, /reports/*, DELETE, deny
+p, dev, guard, /export/*, GET, deny
 p, authenticated, winapp, /*, *, allow
 p, dev, winapp, /admin/*, *, deny
 p, authenticated, winvault, /*, *, allow
@@ -334,6 +335,22 @@ def test_a_method_in_any_other_case_never_passes_a_rule_about_the_method(site: S
     assert site.guard_wire.connections() == 0, f"{method} reached the upstream"
     status, body = raw_call(site, "dave", "DELETE", "/reports/q3")
     assert (status, b'"policy-deny"' in body) == (403, True)
+
+
+def test_a_head_request_is_refused_where_a_get_is(site: Site) -> None:
+    """Servers answer HEAD with their GET handler: a deny of GET let HEAD run it (an attack run)."""
+    site.guard_wire.connections()
+    status, body = raw_call(site, "dave", "HEAD", "/export/payroll")
+    assert status == 403, body
+    assert site.guard_wire.connections() == 0
+    # The control: someone GET is not denied to reaches the app (the tripwire never answers: 504).
+    assert (
+        call(
+            site.a, site.sessions["bob"], "/export/payroll", method="HEAD", host="guard.localhost"
+        ).status_code
+        == 504
+    )
+    assert site.guard_wire.connections() == 1
 
 
 @pytest.mark.parametrize(

@@ -205,3 +205,37 @@ def test_explain() -> None:
     assert nothing.explain() == "denied [no-matching-rule]: no rule matches (default deny); policy version 4"
     empty = PolicyIndex.build(PolicyRules(), 0).decide(frozenset({"a"}), "w", "GET", "/")
     assert "no permission rules" in empty.explain()
+
+
+HEAD_POLICY = parse_policy(
+    "p, authenticated, app, /*, *, allow\n"
+    "p, dev, app, /export/*, GET, deny\n"
+    "p, authenticated, app, /docs/*, GET|HEAD, allow\n"
+    "p, authenticated, app, /probe, HEAD, allow\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("principals", "path", "allowed"),
+    [
+        ({"dev"}, "/export/payroll", False),  # GET is denied: HEAD runs the same handler
+        ({"ops"}, "/export/payroll", True),
+        ({"dev"}, "/docs/x", True),
+        ({"dev"}, "/other", True),
+    ],
+)
+def test_a_head_request_needs_what_a_get_of_the_path_needs(
+    principals: set[str], path: str, allowed: bool
+) -> None:
+    """Servers run their GET handler for a HEAD: a deny of GET let HEAD through to it (an attack run)."""
+    index = PolicyIndex.build(HEAD_POLICY, 1)
+    who = frozenset({"authenticated", *principals})
+    decision = index.decide_request(who, "app", "HEAD", path)
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.reason is Reason.POLICY_DENY
+        assert decision.rule is not None
+        assert decision.rule.fields[-1] == "deny"
+    # decide() stays casbin's answer for the method as given; other methods are decided as before.
+    assert index.decide(who, "app", "HEAD", path).allowed
+    assert index.decide_request(who, "app", "POST", path) == index.decide(who, "app", "POST", path)
