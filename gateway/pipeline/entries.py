@@ -26,7 +26,12 @@ from gateway.errors import GatewayError, NoRoute, UpstreamError
 from gateway.observe.record import AuthKind, RequestKind
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.forward_auth import UnknownTarget, answer_allowed, answer_refused
+from gateway.pipeline.forward_auth import (
+    UnknownTarget,
+    answer_allowed,
+    answer_refused,
+    refuse_client_identity,
+)
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
 from gateway.pipeline.preflight import PREFLIGHT
@@ -179,6 +184,11 @@ class _ForwardAuth(Entry):
         identity: Identity,
         clients: Clients,
     ) -> Awaitable[None]:
+        rt = ctx.rt
+        assert rt is not None  # set by the route stage
+        # The proxy forwards the client's request itself: identity headers the client put in it are
+        # refused here, where stripping them is not the gateway's to do.
+        refuse_client_identity(scope["headers"], rt.identity_names)
         return answer_allowed(send, ctx, identity)
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:

@@ -26,18 +26,20 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, normalize_name
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames, normalize_name
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
 __all__ = [
     "FORWARD_AUTH_PATH",
+    "ClientIdentityHeaders",
     "ForwardedRequest",
     "UnknownTarget",
     "UntrustedProxy",
     "answer_allowed",
     "answer_refused",
     "forwarded_request",
+    "refuse_client_identity",
     "retarget",
 ]
 
@@ -58,6 +60,18 @@ class UntrustedProxy(Forbidden):
 
     reason: str = ErrorReason.UNTRUSTED_PROXY
     title = "Not a trusted proxy"
+
+
+class ClientIdentityHeaders(Forbidden):
+    """The request a proxy asks about carries identity headers from the client (403).
+
+    On a proxied request the gateway strips them; here it cannot, since the proxy forwards the
+    original itself, and a proxy that does not set or remove every name (a route's own
+    ``identity_headers`` names, an example that lists only some) would hand them to the app.
+    """
+
+    reason: str = "client-identity-headers"
+    title = "Identity headers from the client"
 
 
 class UnknownTarget(Forbidden):
@@ -145,6 +159,19 @@ _ALWAYS_NAMED: Final = (b"x-gateway-assertion", b"x-gateway-auth")
 _NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
 
 
+def refuse_client_identity(headers: list[tuple[bytes, bytes]], names: IdentityNames) -> None:
+    """Raise :class:`ClientIdentityHeaders` if the client sent a header the gateway speaks identity
+    in: ``X-Gateway-*`` or this route's names, in any spelling (case, ``_`` for ``-``)."""
+    own = names.to_strip()
+    for name, _ in headers:
+        norm = normalize_name(name)
+        if norm.startswith(b"x-gateway-") or norm in own:
+            raise ClientIdentityHeaders(
+                f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "
+                "sets: the proxy in front must remove it from what clients send (README, Forward-auth)."
+            )
+
+
 async def answer_allowed(send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...]) -> None:
     """200, with the identity headers for the proxy to copy onto the request it forwards: every name
     the gateway may send, empty where this request has none (a public path, a person's session has
@@ -155,7 +182,8 @@ async def answer_allowed(send: Send, ctx: RequestContext, identity: tuple[tuple[
     ctx.rec.status = 200
     names = ctx.rt.identity_names if ctx.rt is not None else DEFAULT_IDENTITY_NAMES
     present = {name for name, _ in identity}
-    empty = [(name, b"") for name in (*names, *_ALWAYS_NAMED) if name not in present]
+    every = dict.fromkeys((*names, *DEFAULT_IDENTITY_NAMES, *_ALWAYS_NAMED))
+    empty = [(name, b"") for name in every if name not in present]
     await _answer(send, 200, [*_NO_STORE, *identity, *empty, (b"x-request-id", request_id.encode())])
 
 

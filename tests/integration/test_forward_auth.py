@@ -38,11 +38,13 @@ from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, coo
 NGINX = "/usr/sbin/nginx"
 CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 APP_HOST = "app.localhost"
+CUSTOM_HOST = "custom.localhost"
 
 POLICY = """\
 p, authenticated, app, /docs/*, GET|HEAD, allow
 p, admin, app, /admin/*, *, allow
 p, user:mallory, app, /*, *, deny
+p, authenticated, custom, /*, *, allow
 """
 
 
@@ -112,6 +114,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         routes: list[dict[str, Any]] = [
             {"name": "app", "host": APP_HOST, "upstreams": [echo.url], "mfa": "none"},
             {"name": "home", "host": "127.0.0.1", "upstreams": [echo.url], "mfa": "none"},
+            # An app that reads the identity under its own names, with a public path.
+            {
+                "name": "custom",
+                "host": CUSTOM_HOST,
+                "upstreams": [echo.url],
+                "mfa": "none",
+                "public_paths": ["/open/*"],
+                "identity_headers": {
+                    "user": "Remote-User",
+                    "email": "Remote-Email",
+                    "roles": "Remote-Groups",
+                },
+            },
         ]
         config = gateway_config(
             tmp / "gw",
@@ -230,10 +245,13 @@ def test_a_denied_request_is_403_and_never_reaches_the_app(site: Site, proxy: st
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
-    seen = echoed(
-        via(port_of(site, proxy), "/docs/x", site.sessions["alice"], headers={"X-Gateway-User": "root"})
-    )
-    assert seen["x-gateway-user"] == "alice"
+    """Caddy's example deletes them before it asks; nginx passes them in the question, and the
+    gateway refuses a request that carries them."""
+    resp = via(port_of(site, proxy), "/docs/x", site.sessions["alice"], headers={"X-Gateway-User": "root"})
+    if proxy == "nginx":
+        assert resp.status_code == 403, resp.text
+    else:
+        assert echoed(resp)["x-gateway-user"] == "alice"
 
 
 SPOOFED = [
@@ -246,6 +264,14 @@ SPOOFED = [
 ]
 
 
+def spoofing(
+    site: Site, proxy: str, path: str, headers: list[tuple[str, str]], *, host: str = APP_HOST
+) -> httpx.Response:
+    port = port_of(site, proxy)
+    sent = [("Host", f"{host}:{port}"), ("Accept", "application/json"), *headers]
+    return httpx.get(f"http://127.0.0.1:{port}{path}", headers=httpx.Headers(sent), timeout=30.0)
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_the_readme_examples_keep_every_identity_header_the_client_sends_from_the_app(
@@ -253,28 +279,49 @@ def test_the_readme_examples_keep_every_identity_header_the_client_sends_from_th
 ) -> None:
     """The README's nginx example used to set only the user and the assertion: a client's own
     X-Gateway-Roles, -Email and -Auth reached the app beside the gateway's user, and Caddy passed on
-    X-Gateway-Auth and the underscore spellings. Every name the gateway may answer with is now set or
-    removed by the proxy."""
-    resp = httpx.get(
-        f"http://127.0.0.1:{port_of(site, proxy)}/docs/x",
-        headers=httpx.Headers(
-            [
-                ("Host", f"{APP_HOST}:{port_of(site, proxy)}"),
-                ("Accept", "application/json"),
-                ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}"),
-                *SPOOFED,
-            ]
-        ),
-        timeout=30.0,
-    )
+    X-Gateway-Auth and the underscore spellings. Now nginx's question carries them and the gateway
+    refuses it; Caddy's example deletes them first, and sets every name from the answer."""
+    alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
+    resp = spoofing(site, proxy, "/docs/x", [alice, *SPOOFED])
+    sent_by_client = {value for _, value in SPOOFED}
+    if proxy == "nginx":
+        assert resp.status_code == 403, resp.text
+        return
     seen = echoed(resp)
     assert seen["x-gateway-user"] == "alice"
     assert seen["x-gateway-email"] == "alice@example.com"
     assert seen.get("x-gateway-roles", "") == ""
-    assert seen.get("x-gateway-auth", "") == ""  # Caddy sets a name the answer lacks to ""
+    assert seen.get("x-gateway-auth", "") == ""  # every name is in the answer: Caddy copies it empty
     assert seen["x-gateway-assertion"].count(".") == 2
-    sent_by_client = {value for _, value in SPOOFED}
     assert not [(k, v) for k, v in seen.items() if v in sent_by_client], seen
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize("path", ["/docs/x", "/open/x"])
+def test_a_routes_own_identity_names_from_the_client_are_refused(site: Site, proxy: str, path: str) -> None:
+    """An attack run on the examples: a route with its own names (Remote-User) got the client's
+    Remote-User and Remote-Groups through both, signed in or on a public path, since the examples
+    clear only X-Gateway-*. The gateway sees them in the question and refuses it."""
+    spoofed = [("Remote-User", "bob"), ("remote_groups", "admin")]
+    signed_in = spoofing(
+        site,
+        proxy,
+        path,
+        [("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}"), *spoofed],
+        host=CUSTOM_HOST,
+    )
+    assert signed_in.status_code == 403, signed_in.text
+    anonymous = spoofing(site, proxy, path, spoofed, host=CUSTOM_HOST)
+    # A public path is answered for anyone: refused. Elsewhere the sign-in comes first.
+    assert anonymous.status_code in ((403,) if path.startswith("/open/") else (302, 401)), anonymous.text
+    # The control: without them, the request goes through, and no placeholder reaches the app.
+    seen = echoed(
+        spoofing(
+            site, proxy, path, [("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")], host=CUSTOM_HOST
+        )
+    )
+    assert not [v for v in seen.values() if "{http." in v], seen
 
 
 @pytest.mark.peer
