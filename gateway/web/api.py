@@ -247,6 +247,8 @@ async def passkey_verify(
         password_change=user.must_change_password,
         optout=await identity.consents.optout_of(user),
     )
+    if not await flows.still_allowed(identity, session_id, user.id):
+        raise NotAuthorizedException("That passkey cannot sign in.")
     await identity.audit.record(
         "signin.passkey",
         actor=f"user:{user.username}",

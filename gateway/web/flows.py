@@ -120,6 +120,22 @@ async def may_change_factors(session: Session, config: CurrentConfig, identity: 
     return any(use.factor in first and now - use.at <= window for use in session.factors)
 
 
+async def still_allowed(identity: IdentityServices, session_id: str, user_id: int) -> bool:
+    """Re-read the account once its new session exists; end the session if it may no longer sign in.
+
+    A sign-in checks the account first, then spends its time hashing the password (or verifying a
+    passkey, or at the provider). Disabling, restricting or closing an account sets the flag, then
+    ends the account's sessions: one that did not exist yet survived it (an attack run restricted an
+    account 10 ms into a sign-in, and the sign-in finished with a live session). Read after the
+    session is stored, the flag is either seen here or set before a sweep that finds the session.
+    """
+    user = await identity.accounts.get(user_id)
+    if user is not None and user.can_sign_in:
+        return True
+    await identity.sessions.revoke(session_id)
+    return False
+
+
 async def after_enrolling(
     identity: IdentityServices, session_id: str, *, first: bool, factor: Factor
 ) -> tuple[str, Session]:

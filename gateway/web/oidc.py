@@ -253,6 +253,15 @@ async def callback(
         password_change=who.user.must_change_password,
         optout=await identity.consents.optout_of(who.user),
     )
+    if not await flows.still_allowed(identity, session_id, who.user.id):
+        return _page(
+            request,
+            403,
+            title="You cannot sign in here with this account",
+            message="This account is disabled. Contact your administrator.",
+            link="/.gateway/login",
+            link_text="Back to sign-in",
+        )
     await identity.oidc.remember(completed, family=session.family)
     if session.password_change:
         response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")

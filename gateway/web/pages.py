@@ -84,6 +84,21 @@ async def login_page(
     )
 
 
+def _login_refused(
+    request: Request[Any, Any, Any], config: CurrentConfig, rd: str, username: str, status: int, message: str
+) -> Template:
+    return page(
+        request,
+        "login.html",
+        status=status,
+        rd=rd,
+        username=username,
+        error=message,
+        passwordless=config.settings.mfa.webauthn.passwordless,
+        providers=_providers(config),
+    )
+
+
 @post("/.gateway/login", status_code=200, opt=PUBLIC)
 async def login_submit(
     request: Request[Any, Any, Any], config: Config, identity: Identity, data: Form
@@ -102,16 +117,7 @@ async def login_submit(
         if err.status >= 500:
             raise  # an outage: the error handler logs the detail and shows a plain page
         message = _SAME_ANSWER if err.status == 401 else err.public_detail
-        return page(
-            request,
-            "login.html",
-            status=err.status,
-            rd=rd,
-            username=username,
-            error=message,
-            passwordless=config.settings.mfa.webauthn.passwordless,
-            providers=_providers(config),
-        )
+        return _login_refused(request, config, rd, username, err.status, message)
     signed = await flows.current(request, config, identity)
     if signed.session_id:
         # Session fixation: whatever session this browser had is ended, a new id is issued.
@@ -130,6 +136,10 @@ async def login_submit(
         password_change=result.must_change_password,
         optout=await identity.consents.optout_of(user),
     )
+    if not await flows.still_allowed(identity, session_id, user.id):
+        # Disabled, restricted or closed while the password was being checked: the same answer as
+        # for a disabled account.
+        return _login_refused(request, config, rd, username, 401, _SAME_ANSWER)
     if result.must_change_password:
         response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
     elif await flows.has_second_factor(identity, user.id):
@@ -307,6 +317,8 @@ async def handoff(
         # The sign-in's choices travel with it (kept current in place by Consents.apply_optout).
         optout=source.optout,
     )
+    if not await flows.still_allowed(identity, session_id, source.user_id):
+        return _handoff_refused(request, target, *_EXPIRED)
     response = Redirect(target)
     flows.set_session_cookie(response, config, session_id)
     response.delete_cookie(nonce_cookie, path="/")

@@ -1,0 +1,94 @@
+"""A sign-in racing an account's restriction, in process (a worker's real services behind the control app).
+
+An attack run restricted an account 10 ms into a password sign-in: the sign-in had read the account
+before hashing the password (~300 ms), the restriction ended the account's sessions before the new
+one existed, and the sign-in finished with a live session that then passed the second factor and
+reached the apps. Here the restriction lands deterministically while the password is being checked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from litestar.testing import AsyncTestClient
+
+from gateway.identity.passwords import PasswordHasher
+from gateway.root.start import Role, start
+from gateway.services import WorkerServices
+from gateway.settings.loader import load_settings
+from gateway.web.app import create_control_app
+
+BASE_URL = "http://gw.test:8080"
+PASSWORD = "violet harbour cobalt lantern"
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[tuple[WorkerServices, AsyncTestClient[Any]]]:
+    config: dict[str, Any] = {
+        "listen": "127.0.0.1:8080",
+        "public_url": BASE_URL,
+        "data_dir": str(tmp_path / "data"),
+        "session": {"insecure_cookies": True},
+        "admin": {"listen": None},
+        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
+        "threat": {"enabled": False},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    running = await start(path, load_settings(path), role=Role.WORKER)
+    try:
+        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
+            yield running.services, client
+    finally:
+        await running.close()
+
+
+async def _sign_in(client: AsyncTestClient[Any], username: str) -> int:
+    page = await client.get("/.gateway/login", headers={"Accept": "text/html"})
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    answer = await client.post(
+        "/.gateway/login",
+        data={"username": username, "password": PASSWORD, "rd": "", "_csrf_token": token.group(1)},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    return answer.status_code
+
+
+@pytest.mark.parametrize("change", ["restrict", "disable", "close"])
+async def test_an_account_shut_while_its_password_is_checked_gets_no_session(
+    worker: tuple[WorkerServices, AsyncTestClient[Any]], monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    services, client = worker
+    accounts = services.identity.accounts
+    bob = await accounts.create(username="bob", password=PASSWORD, actor="cli:test")
+    real_verify = PasswordHasher.verify
+
+    async def verify_while_shut(self: PasswordHasher, stored: str | None, password: str) -> bool:
+        correct = await real_verify(self, stored, password)
+        if change == "restrict":
+            await accounts.set_restricted(bob.id, True, actor="admin:boss")
+        elif change == "disable":
+            await accounts.disable(bob.id, actor="admin:boss")
+        else:
+            await accounts.close(bob.id, actor="admin:boss")
+        return correct
+
+    monkeypatch.setattr(PasswordHasher, "verify", verify_while_shut)
+    status = await _sign_in(client, "bob")
+    monkeypatch.undo()
+    assert status == 401
+    assert await services.identity.sessions.list_user(bob.id) == []
+
+
+async def test_the_control_signs_in(worker: tuple[WorkerServices, AsyncTestClient[Any]]) -> None:
+    services, client = worker
+    carol = await services.identity.accounts.create(username="carol", password=PASSWORD, actor="cli:test")
+    assert await _sign_in(client, "carol") == 302
+    assert len(await services.identity.sessions.list_user(carol.id)) == 1
