@@ -405,9 +405,20 @@ class Privacy:
         for request in await self.register.find(status="on_hold"):
             if request.kind != Kind.ERASURE or request.user_id is None:
                 continue
+            if not await self._still_the_requesters(request):
+                continue
             if await self.holds.covering(username=request.subject, data_class="registration") is None:
                 found.append(request)
         return found
+
+    async def _still_the_requesters(self, request: RequestView) -> bool:
+        """Whether the account with the request's id is still the person who asked: SQLite gives a
+        deleted account's id to the next new one, and a held erasure resumed by id alone erased that
+        stranger (an attack run: `gateway user delete` of the held person, a new account, release)."""
+        user = await self._accounts.get(request.user_id) if request.user_id is not None else None
+        return (
+            user is not None and user.username == request.subject and user.created_at <= request.received_at
+        )
 
     async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
         """Carry out held erasures whose holds were released (the retention run calls this)."""

@@ -276,7 +276,8 @@ async def my_requests(
     if found is None:
         raise NotAuthorizedException("Sign in first.")
     now = identity.clock.now()
-    return [_out(view, now) for view in await privacy.register.find(user_id=found[1].id, limit=200)]
+    # Their own rows only (register.mine): not an earlier account's that had the same id.
+    return [_out(view, now) for view in await privacy.register.find(owner=found[1], limit=200)]
 
 
 #: The privacy API's handlers, registered on the control app (``web/app.py``).

@@ -369,6 +369,23 @@ async def test_a_legal_hold_suspends_erasure_until_released(world: World) -> Non
     assert (await verify_database(world.db, keyring=world.keyring)).ok
 
 
+async def test_a_released_hold_never_erases_whoever_has_the_id_now(world: World) -> None:
+    """An attack run: the held person's account was deleted (``gateway user delete`` ignores holds),
+    SQLite gave its id to the next new account, and releasing the hold erased that stranger."""
+    user = await world.alice()
+    await world.privacy.holds.place("COURT-2026-18", reason="subpoena", by="admin:counsel", username="alice")
+    request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert request.status == Status.ON_HOLD
+    await world.accounts.delete(user.id, actor="cli:root")
+    world.clock.advance(60)
+    stranger = await world.accounts.create(username="zoe", password=PASSWORD, actor="admin:root")
+    reused = stranger.id == user.id  # SQLite reuses the highest id; PostgreSQL never does
+    await world.privacy.holds.release("COURT-2026-18", by="admin:counsel")
+    assert await world.privacy.resumable_erasures() == []
+    assert await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention") == []
+    assert await world.accounts.get(stranger.id) is not None, f"the stranger was erased (id reused: {reused})"
+
+
 async def test_overdue_requests_are_reported_once(world: World) -> None:
     user = await world.alice()
     open_request = await world.privacy.register.open(

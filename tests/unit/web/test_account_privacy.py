@@ -25,7 +25,7 @@ from litestar.testing import AsyncTestClient
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
-from gateway.privacy.register import Channel
+from gateway.privacy.register import Channel, Kind
 from gateway.root.start import Role, start
 from gateway.services import WorkerServices
 from gateway.settings.loader import load_settings
@@ -256,3 +256,19 @@ async def test_the_done_page_speaks_only_of_requests_that_ended_a_session(gw: Co
     assert "Your erasure is on hold" in texts["erasure"]
     assert "Your account is closed" in texts["closure"]
     assert "deleted 90 days from now" in texts["closure"]
+
+
+async def test_the_requests_api_lists_no_earlier_accounts_requests(gw: Control) -> None:
+    """SQLite gives a deleted account's id to the next new one: the JSON list of one's requests
+    showed the earlier owner's (with what an admin wrote about them), where the page did not."""
+    identity, privacy = gw.services.identity, gw.services.privacy
+    earlier = await identity.accounts.create(username="earlier", password=None, actor="cli:test")
+    await privacy.register.open(
+        Kind.ACCESS, settings=gw.services.live.current.settings.privacy, user_id=earlier.id,
+        subject="earlier", channel=Channel.ADMIN,
+    )  # fmt: skip
+    await identity.accounts.delete(earlier.id, actor="cli:test")
+    later = await gw.sign_in("later")
+    listed = await gw.client.get("/.gateway/api/account/requests", headers=JSON)
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == [], (later.id == earlier.id, listed.json())
