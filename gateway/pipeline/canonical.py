@@ -21,6 +21,7 @@ The canonical form is RFC 3986 syntax-based normalisation (section 6.2.2) made s
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -209,8 +210,11 @@ def _remove_dot_segments(path: str) -> CanonicalPath:
     return CanonicalPath(canonical, ";" in canonical)
 
 
-# A segment ending in a dot or a space: IIS and Windows drop them (/admin. and /admin%20 are /admin).
-_WINDOWS_TRAILER = re.compile(r"(?:\.|%20)(?:/|$)")
+# Windows' other spellings of one file: a segment ending in a dot or a space (IIS drops them: /admin.
+# and /admin%20 are /admin), an NTFS stream (/secret.txt::$DATA, /admin:$i30:$INDEX_ALLOCATION) and an
+# 8.3 short name (/ADMINI~1).
+_WINDOWS_SPELLING = re.compile(r"(?:\.|%20)(?:/|$)|:(?::|\$)|~[0-9]")
+_ESCAPED_RUN = re.compile(r"(?:%[0-9a-f]{2})+")
 
 
 def fold_case(canon: CanonicalPath) -> CanonicalPath:
@@ -222,8 +226,28 @@ def fold_case(canon: CanonicalPath) -> CanonicalPath:
         BadPath: a segment ends in a dot or a space, which such servers ignore.
     """
     path = canon.path.lower()
-    if _WINDOWS_TRAILER.search(path) is not None:
+    if _WINDOWS_SPELLING.search(path) is not None:
         raise BadPath(
-            "A path segment ends in a dot or a space, which this application ignores; send the path without it."
+            "The path has a spelling this application reads as another path (a segment ending in a dot or "
+            "a space, an NTFS stream name, a short 8.3 name); send the plain path."
         )
+    if "%" in path:
+        for run in _ESCAPED_RUN.findall(path):
+            if _folds_to_ascii(unquote_to_bytes(run).decode("utf-8", "replace")):
+                raise BadPath(
+                    "The path has a letter this application may read as a plain ASCII one (the Kelvin "
+                    "sign as k, a dotted or dotless i as i, a full-width letter); send the plain path."
+                )
     return CanonicalPath(path, canon.has_path_params)
+
+
+def _folds_to_ascii(text: str) -> bool:
+    """Whether a non-ASCII character in ``text`` becomes ASCII under a case mapping or compatibility
+    normalisation, as Java's equalsIgnoreCase, .NET's invariant culture and IIS may apply them."""
+    for char in text:
+        if char.isascii():
+            continue
+        for mapped in (char.lower(), char.upper(), char.casefold(), unicodedata.normalize("NFKC", char)):
+            if any(c.isascii() for c in mapped):
+                return True
+    return False

@@ -321,13 +321,38 @@ def test_clean_paths_are_returned_unchanged(segments: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("path", "folded"),
-    [("/ADMIN/Users", "/admin/users"), ("/caf%C3%A9/X", "/caf%c3%a9/x"), ("/v1.0/a", "/v1.0/a"), ("/", "/")],
+    [
+        ("/ADMIN/Users", "/admin/users"),
+        ("/caf%C3%A9/X", "/caf%c3%a9/x"),  # é has no ASCII reading
+        ("/%E6%97%A5%E6%9C%AC/x", "/%e6%97%a5%e6%9c%ac/x"),
+        ("/v1.0/a", "/v1.0/a"),
+        ("/a~b/c:d", "/a~b/c:d"),
+        ("/", "/"),
+    ],
 )
 def test_a_case_insensitive_routes_path_is_its_lower_case(path: str, folded: str) -> None:
     assert fold_case(CanonicalPath(path, False)).path == folded
 
 
-@pytest.mark.parametrize("path", ["/admin./x", "/admin%20/x", "/x.", "/a/b%20", "/a/.../b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin./x",
+        "/admin%20/x",
+        "/x.",
+        "/a/b%20",
+        "/a/.../b",
+        # Found by an attack run on the first version (ASCII only): Java's equalsIgnoreCase reads
+        # these as admin and keys; IIS reads streams and short names as the file itself.
+        "/adm%C4%B0n/x",
+        "/adm%C4%B1n/x",
+        "/%E2%84%AAeys/x",
+        "/%EF%BD%81dmin",
+        "/secret.txt::$DATA",
+        "/admin:$i30:$INDEX_ALLOCATION/x",
+        "/ADMINI~1/x",
+    ],
+)
 def test_a_case_insensitive_route_refuses_segments_ending_in_a_dot_or_a_space(path: str) -> None:
     with pytest.raises(BadPath):
         fold_case(CanonicalPath(path, False))
