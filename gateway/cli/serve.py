@@ -116,7 +116,10 @@ def _redact_url(url: str) -> str:
     # Database URLs may carry a password; it must never reach a terminal or log.
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ValueError, TypeError):  # the config check refuses such URLs; never echo one here
+        return url.partition("://")[0] + "://***"
 
 
 def register(sub: SubParsers[argparse.ArgumentParser]) -> None:

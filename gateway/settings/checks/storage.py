@@ -28,6 +28,21 @@ _REDIS_SCHEMES: Final = (
 )
 
 
+def _readable_url(url: str) -> bool:
+    """Whether SQLAlchemy reads ``url`` as written: a password with a bare ``@`` or ``:`` either fails
+    to parse (and the driver's error quotes it, in a traceback) or moves into the host name."""
+    from sqlalchemy.engine import make_url
+
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.count("@") > 1:
+        return False
+    try:
+        make_url(url)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def check_stores(settings: Settings, report: Report) -> None:
     """The data directory, the database and Redis URLs, and the embedded state's mode."""
     if not settings.data_dir.strip():
@@ -44,6 +59,13 @@ def check_stores(settings: Settings, report: Report) -> None:
             ("storage", "url"),
             f"unsupported database URL scheme {quote(scheme)}; use sqlite+aiosqlite:///path"
             " or postgresql+asyncpg://user@host/db",
+        )
+    elif url is not None and not _readable_url(url):
+        # Never the value: it is where the password is.
+        report.add(
+            ("storage", "url"),
+            "cannot be read as a URL (not shown: it may hold a password); percent-encode @, :, / and ? in"
+            " the user name and password (%40, %3A, %2F, %3F), also in a ${file:...} or ${env:...} value",
         )
     elif url is not None and DATABASE_DRIVERS[scheme].startswith("postgresql"):
         pg_url = url

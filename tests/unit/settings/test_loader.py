@@ -1602,3 +1602,23 @@ def test_insecure_cookies_are_refused_when_the_gateway_is_served_over_https(serv
     # Plain HTTP (the quick start on one machine) keeps it.
     plain = "public_url: http://127.0.0.1:8080\n" + routes + "session: {insecure_cookies: true}\n"
     assert parse_settings(plain).session.insecure_cookies
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://postgres:Xy@z:TOPSECRET-K9fq2Lm@127.0.0.1:5432/gateway",
+        "postgresql+asyncpg://postgres:TOPSECRET@K9@db.example.com/gateway",
+    ],
+)
+def test_a_database_url_with_an_unencoded_password_is_refused_without_showing_it(url: str) -> None:
+    """An attack run: check-config passed such a URL, then migrate and serve crashed with the
+    password in a traceback (the host part of one parsed into the host name)."""
+    report = errors_of(ROUTE + f"storage:\n  url: '{url}'\n")
+    assert_error(report, 7, "storage.url", "percent-encode @")
+    assert "TOPSECRET" not in report
+    assert "K9" not in report
+    # The control: the same password percent-encoded is read as written.
+    parse_settings(
+        ROUTE + "storage:\n  url: postgresql+asyncpg://postgres:Xy%40z%3ATOPSECRET@127.0.0.1/gateway\n"
+    )
