@@ -80,8 +80,7 @@ def _init(args: argparse.Namespace) -> int:
     path = keyring_path(load_config(args))
     if path.exists():
         raise UserError(f"{path} already exists; use `gateway keys rotate` to add a new key")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keyring = Keyring.create(path)
+    keyring = Keyring.create(path)  # its directory and the data directory above it: 0700 when created
     print(f"created {path} (mode 0600, active key {keyring.active_id}); give every replica this same file")
     return EXIT_OK
 

@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import GatewayError
 from gateway.settings.schema import Settings
+from gateway.store.private import private_dirs
 
 __all__ = [
     "ALGORITHM",
@@ -178,7 +179,7 @@ class Keyring:
         temporary file and hard-linked into place), so a concurrent reader never sees half of it.
 
         Args:
-            path: Where to write; its parent directory is created (0700) if missing.
+            path: Where to write; its parent directory, and any missing above it, is created (0700).
 
         Returns:
             The new keyring.
@@ -189,7 +190,7 @@ class Keyring:
         path = Path(path)
         keyring = cls({(kid := _new_kid()): secrets.token_bytes(KEY_BYTES)}, kid)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dirs(path.parent)
             with _temp_file(path, keyring._document()) as temp:
                 # link() fails if the name exists (unlike rename), which makes this create-if-absent.
                 os.link(temp, path)

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["create_private", "private_dir", "write_new_private"]
+__all__ = ["create_private", "private_dir", "private_dirs", "write_new_private"]
 
 #: The files SQLite keeps beside a database.
 _SIBLINGS = ("-wal", "-shm", "-journal")
@@ -25,6 +25,20 @@ def private_dir(path: Path) -> None:
     An existing directory keeps its mode: it may be a mounted volume others are meant to list.
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing parent, each created one mode 0700 (an existing one keeps its
+    mode). For a file deep inside the data directory (``keys/keyring.json``): created as a mere
+    parent with ``mkdir(parents=True)``, the data directory took the umask's mode, 0777 under umask
+    000, and another local user could replace the database in it (an attack run)."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
 
 
 def write_new_private(path: Path, data: bytes) -> None:

@@ -9,6 +9,8 @@ secrets use, audited as ``keys.activated``; wrong input (an unknown id, ``--stag
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,19 @@ def test_wrong_input_is_exit_2_and_changes_nothing(config: Path) -> None:
         assert "--stage stages a keyring key: give it with --keyring" in refused.stderr
     assert (config.parent / "data" / "keys" / "keyring.json").read_bytes() == before
     assert gateway("keys", "activate", "--help").returncode == 0
+
+
+def test_keys_init_on_a_new_node_makes_the_data_directory_private_whatever_the_umask(tmp_path: Path) -> None:
+    """An attack run: under umask 000, `keys init` created the data directory as a mere parent of
+    keys/ with mode 0777, and another local user replaced gateway.db in it."""
+    data = tmp_path / "node" / "data"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {data}\n")
+    old = os.umask(0)
+    try:
+        assert gateway("keys", "init", "--config", str(path)).returncode == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "keys" / "keyring.json").stat().st_mode) == 0o600
