@@ -169,12 +169,14 @@ def write_config(pg: PgBackRestSettings, path: Path | None = None) -> Path:
     target = path or Path(pg.config_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Created 0600 before the secret is written into it: never readable by others, not even briefly.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Never through a symbolic link (ELOOP): the mode and owner are set on what was opened, so a link
+    # planted at the path cannot make root give another file to os_user.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        if (ids := owner_ids(pg.os_user)) is not None:
+            os.fchown(out.fileno(), *ids)
         out.write(config_text(pg))
-    os.chmod(target, 0o600)
-    if (ids := owner_ids(pg.os_user)) is not None:
-        os.chown(target, *ids)
     return target
 
 

@@ -123,7 +123,13 @@ def _config(args: argparse.Namespace) -> int:
 
     _, pg = _settings(args)
     if args.write:
-        path = write_config(pg, args.output)
+        try:
+            path = write_config(pg, args.output)
+        except OSError as exc:
+            where = args.output or pg.config_path
+            raise UserError(
+                f"cannot write {where}: {exc.strerror} (a symbolic link is never followed)"
+            ) from exc
         print(f"wrote {path} (mode 0600)")
     else:
         print(f"# {args.output or pg.config_path}")
@@ -261,15 +267,29 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _prepare(target: Path, os_user: str | None) -> None:
-    """Create the new data directory (mode 0700, as PostgreSQL requires), owned by ``os_user``."""
+    """Create the new data directory (mode 0700, as PostgreSQL requires), owned by ``os_user``.
+
+    Opened without following a symbolic link, then changed through that descriptor: ``os_user`` may
+    own the directory above, and a link planted at the path made root hand the link's target (a
+    root-owned directory on the PATH, say) to ``os_user`` (an attack run).
+    """
     import os
 
     from gateway.backup.pgbackrest import owner_ids
 
     target.mkdir(parents=True, exist_ok=True)
-    target.chmod(0o700)
-    if (ids := owner_ids(os_user)) is not None:
-        os.chown(target, *ids)
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UserError(
+            f"--pg-path {target} is a symbolic link or not a directory; give the real path of the new data directory"
+        ) from exc
+    try:
+        os.fchmod(fd, 0o700)
+        if (ids := owner_ids(os_user)) is not None:
+            os.fchown(fd, *ids)
+    finally:
+        os.close(fd)
 
 
 def register(sub: SubParsers[argparse.ArgumentParser]) -> None:

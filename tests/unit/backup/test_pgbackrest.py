@@ -103,6 +103,31 @@ def test_write_config_is_private(tmp_path: Path) -> None:
     assert path.read_text() == config_text(pg)
 
 
+def test_neither_the_config_nor_a_restore_target_is_written_through_a_symbolic_link(tmp_path: Path) -> None:
+    """An attack run: a link the cluster's owner planted at --pg-path made root give the link's
+    target (a root-owned directory) to that owner; write_config followed links the same way."""
+    from gateway.cli.harness import UserError
+    from gateway.cli.pgbackrest import _prepare
+
+    victim = tmp_path / "root-owned"
+    victim.mkdir(mode=0o755)
+    (tmp_path / "etc").mkdir()
+    planted = tmp_path / "etc" / "pgbackrest.conf"
+    planted.symlink_to(victim / "file")
+    pg = _settings(f"    cipher_pass: '{PASS}'\n    config_path: {planted}\n")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        write_config(pg)
+    assert not (victim / "file").exists()
+    restored = tmp_path / "restored"
+    restored.symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        _prepare(restored, None)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    # The control: a real new directory is made 0700.
+    _prepare(tmp_path / "new", None)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+
+
 def test_argv_runs_as_the_clusters_owner() -> None:
     pg = _settings(f"    cipher_pass: '{PASS}'\n    os_user: nobody-else\n")
     assert argv(pg, "backup", "--type=full") == [
