@@ -85,6 +85,7 @@ def install_parts(staged: Path, data_dir: Path) -> Path:
         The restored database file.
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _refuse_links(staged, data_dir)
     for stale in _STALE:
         (data_dir / stale).unlink(missing_ok=True)
     db = data_dir / DATABASE_PART
@@ -102,6 +103,27 @@ def install_parts(staged: Path, data_dir: Path) -> Path:
             fsync_dir(dest.parent)
     fsync_dir(data_dir)
     return db
+
+
+def _refuse_links(staged: Path, data_dir: Path) -> None:
+    """Raise BackupError, before anything moves, if a directory the parts go into is a symbolic link
+    below ``data_dir``: the restore would write there (an attack run planted ``incidents -> /elsewhere``
+    and the evidence landed in /elsewhere), where making a backup refuses to follow the same link."""
+    targets = [local_checkpoint_file(data_dir).parent]
+    evidence = staged / INCIDENTS_DIR
+    if evidence.is_dir():
+        targets += [
+            data_dir / INCIDENTS_DIR / p.relative_to(evidence) for p in evidence.rglob("*") if p.is_dir()
+        ]
+        targets.append(data_dir / INCIDENTS_DIR)
+    for target in targets:
+        for directory in (target, *target.parents):
+            if directory == data_dir or data_dir not in directory.parents:
+                break
+            if directory.is_symlink():
+                raise BackupError(
+                    f"{directory} is a symbolic link: a restore never writes through one; remove it and restore again"
+                )
 
 
 def staging_dir(data_dir: Path) -> Path:

@@ -196,3 +196,29 @@ async def test_a_backup_that_fails_the_restored_checks_leaves_the_target_as_it_w
     assert rows(target.database) == before
     assert (target.data_dir / "state.db").read_bytes() == b"live sessions"
     assert sorted(p.name for p in target.data_dir.iterdir() if p.name.startswith(".")) == []
+
+
+async def test_a_restore_never_writes_through_a_symbolic_link_in_the_target(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """An attack run planted ``incidents -> /elsewhere`` in the target data directory and the
+    restore wrote the evidence there; the same holds for the audit checkpoints' directory."""
+    node = await make_node(tmp_path / "live", clock, records=2)
+    checkpoints = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
+    checkpoints.parent.mkdir()
+    checkpoints.write_text('{"head_seq": 2}\n')
+    try:
+        _manifest, path = create_backup(
+            node.database, node.data_dir, tmp_path / "backups", node.keyring, clock
+        )
+    finally:
+        await node.db.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "restored"
+    target.mkdir()
+    (target / "audit-checkpoints").symlink_to(elsewhere)
+    with pytest.raises(BackupError, match="symbolic link"):
+        await restore_backup(path, node.keyring, target)
+    assert list(elsewhere.iterdir()) == []
+    assert not (target / DATABASE_PART).exists()
