@@ -97,7 +97,7 @@ async def sqlite_backup(
     if prune_old and to is None:
         b = settings.backup
         _kept, dropped = await asyncio.to_thread(
-            prune, directory, keep_daily=b.keep_daily, keep_weekly=b.keep_weekly
+            prune, directory, keyring, keep_daily=b.keep_daily, keep_weekly=b.keep_weekly
         )
         details["pruned"] = [s.backup_id for s in dropped]
     return Made(manifest.backup_id, details, problem)

@@ -3,7 +3,8 @@
 Pruning keeps the newest backup of each of the ``keep_daily`` most recent days that have one and of
 each of the ``keep_weekly`` most recent ISO weeks that have one (UTC), and always the newest backup.
 Days and weeks without a backup do not count, so a pause in backups never prunes the last good ones
-away. Partial directories (being written) and unreadable ones are never touched.
+away. Partial directories (being written), unreadable ones and those the deployment's keyring did not
+sign are never touched.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest
+from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest, signature_problem
+from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import Settings
 
 __all__ = ["BackupSet", "backup_directory", "find_backup", "list_backups", "prune", "prune_plan"]
@@ -30,8 +32,10 @@ class BackupSet:
     size: int
 
 
-def list_backups(directory: Path) -> list[BackupSet]:
-    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped."""
+def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list[BackupSet]:
+    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped,
+    and with ``signed_with`` those whose manifest that keyring did not sign (another deployment's,
+    or one anybody who may write the directory wrote)."""
     found: list[BackupSet] = []
     if not directory.is_dir():
         return found
@@ -39,9 +43,11 @@ def list_backups(directory: Path) -> list[BackupSet]:
         if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
             continue
         try:
-            manifest, _doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
+            manifest, doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
             created = datetime.fromisoformat(manifest.created_at).astimezone(UTC)
         except (BackupError, ValueError, OSError):
+            continue
+        if signed_with is not None and signature_problem(manifest, doc, signed_with) is not None:
             continue
         size = sum(p.size for p in manifest.parts)
         found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
@@ -87,14 +93,18 @@ def prune_plan(
 
 
 def prune(
-    directory: Path, *, keep_daily: int, keep_weekly: int, dry_run: bool = False
+    directory: Path, keyring: Keyring, *, keep_daily: int, keep_weekly: int, dry_run: bool = False
 ) -> tuple[list[BackupSet], list[BackupSet]]:
-    """Delete the backups :func:`prune_plan` does not keep (none with ``dry_run``).
+    """Delete the backups :func:`prune_plan` does not keep (none with ``dry_run``), among those this
+    deployment's ``keyring`` signed: others are neither counted nor deleted. Counted by their unsigned
+    dates, another deployment's backups in a shared directory, or manifests dated in the future that
+    anybody able to write the directory could add, pushed every real backup out (an attack run).
 
     Returns:
         The kept and the deleted (or, with ``dry_run``, to be deleted) backups.
     """
-    keep, drop = prune_plan(list_backups(directory), keep_daily=keep_daily, keep_weekly=keep_weekly)
+    ours = list_backups(directory, signed_with=keyring)
+    keep, drop = prune_plan(ours, keep_daily=keep_daily, keep_weekly=keep_weekly)
     if not dry_run:
         for s in drop:
             shutil.rmtree(s.path)

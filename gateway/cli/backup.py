@@ -369,8 +369,13 @@ def _prune(args: argparse.Namespace) -> int:
             "(backup.pgbackrest.retention_full, retention_diff); the copies at backup.targets follow"
         )
     b = settings.backup
+    keyring = load_keyring(settings, may_create=False)
     keep, drop = prune(
-        _directory(settings), keep_daily=b.keep_daily, keep_weekly=b.keep_weekly, dry_run=args.dry_run
+        _directory(settings),
+        keyring,
+        keep_daily=b.keep_daily,
+        keep_weekly=b.keep_weekly,
+        dry_run=args.dry_run,
     )
     for s in keep:
         print(f"keep    {s.backup_id}")

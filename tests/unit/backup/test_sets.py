@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import pytest
 from gateway.backup.archive import create_backup
 from gateway.backup.sets import find_backup, list_backups, prune
 from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
 from tests.unit.backup.helpers import make_node
 
 HOUR = 3600.0
 DAY = 86400.0
 
 
-async def _backups_at(tmp_path: Path, times: list[datetime]) -> Path:
+async def _backups_at(
+    tmp_path: Path, times: list[datetime], *, node_dir: str = "live"
+) -> tuple[Path, Keyring]:
     clock = FakeClock(times[0].timestamp())
-    node = await make_node(tmp_path / "live", clock, records=1)
+    node = await make_node(tmp_path / node_dir, clock, records=1)
     directory = tmp_path / "backups"
     try:
         for at in times:
@@ -26,7 +30,7 @@ async def _backups_at(tmp_path: Path, times: list[datetime]) -> Path:
             create_backup(node.database, node.data_dir, directory, node.keyring, clock)
     finally:
         await node.db.close()
-    return directory
+    return directory, node.keyring
 
 
 def _stamp(s: datetime) -> str:
@@ -41,10 +45,10 @@ async def test_prune_keeps_the_newest_of_each_recent_day_and_week(tmp_path: Path
         for d in range(21)
         for h in (3, 15)
     ]
-    directory = await _backups_at(tmp_path, times)
+    directory, keyring = await _backups_at(tmp_path, times)
     assert len(list_backups(directory)) == 42
 
-    keep, drop = prune(directory, keep_daily=3, keep_weekly=2, dry_run=True)
+    keep, drop = prune(directory, keyring, keep_daily=3, keep_weekly=2, dry_run=True)
     assert len(list_backups(directory)) == 42  # a dry run deletes nothing
     expected = {
         # The newest of the three most recent days (19, 20, 21 March) ...
@@ -57,7 +61,7 @@ async def test_prune_keeps_the_newest_of_each_recent_day_and_week(tmp_path: Path
     assert {_stamp(s.created_at) for s in keep} == expected
     assert len(drop) == 42 - 4
 
-    keep2, drop2 = prune(directory, keep_daily=3, keep_weekly=2)
+    keep2, drop2 = prune(directory, keyring, keep_daily=3, keep_weekly=2)
     assert [s.backup_id for s in keep2] == [s.backup_id for s in keep]
     assert [s.backup_id for s in drop2] == [s.backup_id for s in drop]
     assert {_stamp(s.created_at) for s in list_backups(directory)} == expected
@@ -66,19 +70,19 @@ async def test_prune_keeps_the_newest_of_each_recent_day_and_week(tmp_path: Path
 async def test_a_pause_in_backups_never_prunes_the_last_ones(tmp_path: Path) -> None:
     # Three backups, then nothing for months: days without a backup do not count.
     times = [datetime(2027, 1, d, 12, tzinfo=UTC) for d in (4, 5, 6)]
-    directory = await _backups_at(tmp_path, times)
-    keep, drop = prune(directory, keep_daily=2, keep_weekly=0)
+    directory, keyring = await _backups_at(tmp_path, times)
+    keep, drop = prune(directory, keyring, keep_daily=2, keep_weekly=0)
     assert [_stamp(s.created_at) for s in keep] == ["2027-01-05 12", "2027-01-06 12"]
     assert [_stamp(s.created_at) for s in drop] == ["2027-01-04 12"]
 
 
 async def test_partial_and_foreign_directories_are_left_alone(tmp_path: Path) -> None:
-    directory = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    directory, keyring = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
     (directory / ".20270103T000000Z-aaaaaa.partial").mkdir()
     (directory / "notes").mkdir()
     (directory / "broken").mkdir()
     (directory / "broken" / "manifest.json").write_text("{")
-    _keep, drop = prune(directory, keep_daily=1, keep_weekly=0)
+    _keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
     assert len(drop) == 1
     assert sorted(p.name for p in directory.iterdir() if not p.name.startswith("2027")) == [
         ".20270103T000000Z-aaaaaa.partial",
@@ -91,10 +95,30 @@ async def test_a_backup_is_found_by_id_or_path_and_the_newest_without(tmp_path: 
     empty = tmp_path / "empty"
     with pytest.raises(LookupError, match="no backups in"):
         find_backup(empty, None)
-    directory = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    directory, _keyring = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
     first, newest = list_backups(directory)
     assert find_backup(directory, None) == newest.path
     assert find_backup(directory, first.backup_id) == first.path
     assert find_backup(empty, str(first.path)) == first.path
     with pytest.raises(LookupError, match="neither a directory nor a backup id"):
         find_backup(directory, "20270101T000000Z-000000")
+
+
+async def test_prune_counts_and_deletes_only_what_this_deployments_keyring_signed(tmp_path: Path) -> None:
+    """An attack run: another deployment sharing backup.directory, or anybody able to write it with
+    unsigned manifests dated in the future, made prune delete this deployment's every backup."""
+    directory, keyring = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    ours = {s.backup_id for s in list_backups(directory)}
+    # Another deployment's, later: signed with its own keyring.
+    await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (5, 6)], node_dir="other")
+    # A forgery: one of ours copied, its date moved a year on (the signature no longer holds).
+    newest = max(list_backups(directory, signed_with=keyring), key=lambda s: s.created_at)
+    forged = directory / "20280101T000000Z-forged"
+    shutil.copytree(newest.path, forged)
+    manifest = forged / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(newest.created_at.strftime("%Y-"), "2028-", 1))
+    assert len(list_backups(directory)) == 5
+    keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
+    assert {s.backup_id for s in keep} | {s.backup_id for s in drop} == ours
+    assert [_stamp(s.created_at) for s in keep] == ["2027-01-02 00"]
+    assert len(list_backups(directory)) == 4  # only our older one went; the others are left alone
