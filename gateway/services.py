@@ -56,6 +56,7 @@ from gateway.settings.schema import Purpose, Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, ThreatDetector
+from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown
 from gateway.threat.responder import Webhook
 from gateway.upstream.http1 import Http1Client
@@ -91,8 +92,9 @@ class IdentityServices:
     # Consents and objections: what a new session's opt-out is, and what the sign-in asks.
     consents: Consents
 
-    def privacy(self, db: Database) -> Privacy:
-        """The privacy service over these sign-in services."""
+    def privacy(self, db: Database, fast: FastState | None = None) -> Privacy:
+        """The privacy service over these sign-in services (with ``fast``, an erasure also reaches the
+        threat detector's incidents there)."""
         return Privacy(
             db,
             keyring=self.keyring,
@@ -100,7 +102,9 @@ class IdentityServices:
             sessions=self.sessions,
             audit=self.audit,
             consents=self.consents,
-            incident_records=CasePersonalData(db),
+            incident_records=CasePersonalData(
+                db, detections=IncidentStore(fast) if fast is not None else None
+            ),
             clock=self.clock,
         )
 

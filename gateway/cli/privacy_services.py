@@ -73,7 +73,7 @@ async def privacy_services(settings: Settings) -> AsyncIterator[PrivacyContext]:
             sessions=svc.sessions,
             audit=svc.audit,
             consents=consents,
-            incident_records=CasePersonalData(svc.db),
+            incident_records=CasePersonalData(svc.db, detections=IncidentStore(svc.fast)),
             clock=SYSTEM_CLOCK,
         )
         retention = Retention(

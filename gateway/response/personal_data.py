@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
+import msgspec
 from sqlalchemy import delete, select
 
 from gateway.privacy.incident_records import CasesDeleted, ClosedCase
@@ -33,6 +34,7 @@ from gateway.privacy.mentions import Mentions
 from gateway.response.models import IncidentCase, IncidentEntry
 from gateway.response.phases import Phase
 from gateway.store.db import Database, store_errors
+from gateway.threat.incidents import MAX_INCIDENTS, IncidentStore
 
 __all__ = ["CasePersonalData"]
 
@@ -66,11 +68,14 @@ def _affected(stored: str, mentions: Mentions) -> str:
 class CasePersonalData:
     """Closed incident records for the retention rule, and a person's mentions for the eraser."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, detections: IncidentStore | None = None) -> None:
         """Args:
         db: The database holding ``incident_cases`` and ``incident_entries``.
+        detections: The threat detector's incidents in the fast state (kept 30 days): an erasure
+            pseudonymises them too, or the console's Incidents list kept naming the person.
         """
         self._db = db
+        self._detections = detections
 
     async def closed_cases(self) -> list[ClosedCase]:
         query = (
@@ -149,4 +154,29 @@ class CasePersonalData:
                     entry.details = _details(entry.details, mentions)
                     changed += int([entry.actor, entry.text, entry.details] != before)
                 await session.commit()
+        if self._detections is not None:
+            changed += await _pseudonymise_detections(self._detections, mentions)
         return changed
+
+
+async def _pseudonymise_detections(detections: IncidentStore, mentions: Mentions) -> int:
+    """Replace the person's mentions in the stored detections (subject, summary, evidence, actions);
+    addresses stay, as in the incident records (see docs/privacy.md)."""
+    changed = 0
+    for incident in await detections.latest(MAX_INCIDENTS):
+        after = msgspec.structs.replace(
+            incident,
+            subject=mentions.text(incident.subject),
+            summary=mentions.text(incident.summary),
+            actor=mentions.text(incident.actor),
+            lifted_by=mentions.text(incident.lifted_by),
+            evidence={k: mentions.text(v) if isinstance(v, str) else v for k, v in incident.evidence.items()},
+            actions=tuple(
+                msgspec.structs.replace(a, target=mentions.text(a.target), note=mentions.text(a.note))
+                for a in incident.actions
+            ),
+        )
+        if after != incident:
+            await detections.save(after)
+            changed += 1
+    return changed

@@ -382,7 +382,7 @@ async def _open_shared(
     # Listed before the process serves; the background beats follow an interval apart.
     await replicas.announce(report)
     _background(stack, replicas.run(report, HEARTBEAT_INTERVAL, beat_first=False))
-    privacy = identity.privacy(db)
+    privacy = identity.privacy(db, fast)
     return _Shared(
         live, db, fast, identity, policy, reloader, readiness, sinks, metrics, replicas, privacy,
         # Only the admin listener changes incident records (the console); workers hold no queue.

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import text
 
@@ -46,7 +47,7 @@ from gateway.settings.schema import (
 )
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
-from gateway.threat.incidents import IncidentStore
+from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
 PASSWORD = "correct horse battery staple"
@@ -138,7 +139,7 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
         sessions=sessions,
         audit=audit,
         consents=Consents(database, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
-        incident_records=CasePersonalData(database),
+        incident_records=CasePersonalData(database, detections=IncidentStore(fast)),
         clock=clock,
     )
     cases = Cases(database, audit, clock)
@@ -306,3 +307,38 @@ async def test_a_non_ascii_name_is_found_also_where_json_escapes_it(world: World
     )
     values = await _columns(world)
     assert not [v for v in values if "józef" in v or "j\\u00f3zef" in v]
+
+
+async def test_an_erasure_reaches_the_threat_detectors_incidents_too(world: World) -> None:
+    """An attack run: after an erasure, the console's Incidents list (the detector's incidents, kept
+    30 days in the fast state) still named the person with the address and browser of a hijack."""
+    alice = await world.person("alice", "alice@example.com")
+    hijack = Incident(
+        id=new_incident_id(),
+        rule="session_hijack",
+        at=world.clock.time(),
+        subject="alice",
+        ip="203.0.113.9",
+        summary="session of alice used from a new address and browser",
+        evidence={"user": "alice", "email": "alice@example.com", "user_agent": "Firefox", "count": 2},
+        actions=(Action(kind="revoke_session", target="alice", note="ended the session of alice"),),
+    )
+    other = Incident(
+        id=new_incident_id(), rule="spraying", at=world.clock.time(), subject="", ip="198.51.100.4"
+    )
+    await world.incidents.save(hijack, new=True)
+    await world.incidents.save(other, new=True)
+    request = await world.privacy.erase(
+        alice, settings=SETTINGS, channel=Channel.ADMIN, actor="admin:root", verified_by="ID checked"
+    )
+    tombstone = request.subject
+    after = await world.incidents.get(hijack.id)
+    assert after is not None
+    assert "alice" not in msgspec.json.encode(after).decode().lower()
+    assert (after.subject, after.evidence["user"], after.actions[0].target) == (
+        tombstone,
+        tombstone,
+        tombstone,
+    )
+    assert after.ip == "203.0.113.9"  # addresses stay, as in the incident records (docs/privacy.md)
+    assert await world.incidents.get(other.id) == other
