@@ -18,6 +18,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity.models import User
 from gateway.privacy.models import LegalHold
 from gateway.privacy.subjects import subject_key, subject_keys
 from gateway.store.db import Database, store_errors
@@ -223,6 +224,21 @@ class Holds:
             with store_errors("cannot read legal holds"):
                 row = (await session.scalars(query)).first()
         return HoldView.of(row) if row is not None else None
+
+    async def emails_of(self, usernames: list[str]) -> dict[str, str]:
+        """The email address of each of these accounts that has one (username -> email)."""
+        if not usernames:
+            return {}
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                rows = (
+                    await session.execute(
+                        select(User.username, User.email).where(
+                            User.username.in_(usernames), User.email.is_not(None)
+                        )
+                    )
+                ).all()
+        return {username: email for username, email in rows if email}
 
     async def pseudonymise(self, username: str, pseudonym: str) -> None:
         """Replace the erased person's name in the holds' ``subject`` (their subject key stays)."""

@@ -43,6 +43,7 @@ from gateway.audit.erase import erase_expired, expiring
 from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
 from gateway.identity.models import User
+from gateway.identity.names import canonical_username
 from gateway.privacy.erasure import Eraser, Held
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
@@ -143,11 +144,24 @@ class ActiveHolds:
                 classes.setdefault(hold.data_class, hold.reference)
             elif hold.subject:
                 people.setdefault(hold.subject, hold.reference)
+        # An incident record names people as an admin typed them: "BOB", or bob's email address.
+        for username, email in (await holds.emails_of(list(people))).items():
+            people.setdefault(email, people[username])
         return cls(classes, people)
 
     def person(self, subject: str) -> str | None:
-        """The hold on the person named ``subject`` (username or erasure tombstone), if any."""
-        return self.people.get(subject) if subject else None
+        """The hold on the person named ``subject`` (username, email or erasure tombstone, in any
+        spelling that folds to one: a retention run deleted a held person's incident records listed
+        under "BOB" or "bob@example.com", an attack run found)."""
+        if not subject:
+            return None
+        found = self.people.get(subject)
+        if found is None:
+            try:
+                found = self.people.get(canonical_username(subject))
+            except ValueError:
+                return None
+        return found
 
 
 class Rule(Protocol):

@@ -342,3 +342,20 @@ async def test_an_erasure_reaches_the_threat_detectors_incidents_too(world: Worl
     )
     assert after.ip == "203.0.113.9"  # addresses stay, as in the incident records (docs/privacy.md)
     assert await world.incidents.get(other.id) == other
+
+
+async def test_a_persons_hold_keeps_records_naming_them_in_any_spelling(world: World) -> None:
+    """An attack run: a hold on bob kept the closed record listed under "bob", but the retention run
+    deleted the ones an admin had listed under "BOB" and "bob@example.com"."""
+    await world.person("bob", "bob@example.com")
+    await world.privacy.holds.place("LIT-7", reason="litigation", by="admin:counsel", username="bob")
+    spelled = [
+        await world.incident(f"case of {name}", name, closed=True)
+        for name in ("bob", "BOB", "bob@example.com")
+    ]
+    other = await world.incident("case of carol", "carol", closed=True)
+    world.clock.advance(401 * DAY)
+    report = await world.run()
+    assert report.ok
+    assert await world.case_ids() == {case.id for case in spelled}
+    assert other.id not in await world.case_ids()
