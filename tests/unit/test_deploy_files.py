@@ -146,6 +146,18 @@ def test_docker_compose_validation_catches_a_broken_file(tmp_path: Path) -> None
     assert result.returncode != 0
 
 
+def test_every_long_running_compose_service_has_memory_and_process_limits() -> None:
+    """An attack run on the deployment files: no service had a memory or process limit, so a runaway
+    or a fork storm in one container was limited only by the host."""
+    services = _compose()["services"]
+    running = {name: svc for name, svc in services.items() if svc.get("restart") == "unless-stopped"}
+    assert {"gateway-1", "gateway-2", "postgres", "redis-primary", "nginx", "echo"} <= set(running)
+    for name, svc in running.items():
+        assert svc.get("mem_limit"), name
+        assert svc.get("pids_limit"), name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+
+
 def test_compose_gateway_config_is_valid_for_the_gateway(tmp_path: Path) -> None:
     settings = _compose_settings(tmp_path)
     assert settings.storage.url is not None
@@ -496,6 +508,8 @@ def test_systemd_unit_hardening_and_lifecycle() -> None:
             key, _, value = line.partition("=")
             directives.setdefault(key, []).append(value)
     one = {key: values[-1] for key, values in directives.items()}
+    assert one["MemoryMax"]
+    assert one["TasksMax"]
     assert one["ExecStart"] == "/opt/gateway/bin/gateway serve"
     assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
     # SIGTERM to the master alone (it stops its workers), SIGKILL to whatever is left at the timeout.
