@@ -40,7 +40,15 @@ from gateway.web.deps import Config, Identity, Privacy
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import PUBLIC
 from gateway.web.pages import Form, page
-from gateway.web.rights import PAGE, RecentFactorRequired, Requester, requester, signed_in, step_up_location
+from gateway.web.rights import (
+    PAGE,
+    RecentFactorRequired,
+    Requester,
+    refuse_cross_site,
+    requester,
+    signed_in,
+    step_up_location,
+)
 
 __all__ = ["HANDLERS", "export_filename"]
 
@@ -248,6 +256,7 @@ async def export_download(
     request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy
 ) -> Response[bytes] | Redirect:
     """Everything the gateway holds about the person, as a JSON attachment (an access request)."""
+    refuse_cross_site(request)
     who = await _verified(request, config, identity)
     if isinstance(who, Redirect):
         return who

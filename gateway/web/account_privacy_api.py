@@ -26,7 +26,7 @@ from gateway.settings.current import CurrentConfig
 from gateway.web import flows
 from gateway.web.deps import Config, Identity, Privacy
 from gateway.web.flows import AnyRequest
-from gateway.web.rights import Requester, requester, signed_in
+from gateway.web.rights import Requester, refuse_cross_site, requester, signed_in
 
 __all__ = ["HANDLERS", "ConfirmationMismatch"]
 
@@ -152,6 +152,7 @@ async def export(
     request: Request[Any, Any, Any], config: Config, identity: Identity, privacy: Privacy
 ) -> dict[str, Any]:
     """The export (see ``_EXPORT_DOC``)."""
+    refuse_cross_site(request)
     who = await _verified(request, config, identity)
     _, document = await privacy.export(
         who.user,

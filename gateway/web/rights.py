@@ -24,8 +24,10 @@ from gateway.web.flows import AnyRequest
 
 __all__ = [
     "PAGE",
+    "CrossSiteRequest",
     "RecentFactorRequired",
     "Requester",
+    "refuse_cross_site",
     "requester",
     "signed_in",
     "step_up_location",
@@ -107,3 +109,24 @@ def requester(session: Session, user: User, config: CurrentConfig, identity: Ide
     if at is None or not flows.is_fresh(session, config, identity.clock):
         raise RecentFactorRequired(float(config.settings.mfa.reauth_max_age))
     return Requester(session, user, f"signed-in session with a second factor at {when(at)}")
+
+
+class CrossSiteRequest(Forbidden):
+    """A right exercised from another site's page (403): see :func:`refuse_cross_site`."""
+
+    reason: str = "cross-site-request"
+    title = "Not from another site"
+
+
+def refuse_cross_site(request: AnyRequest) -> None:
+    """403 for a request a browser says came from another site (``Sec-Fetch-Site: cross-site``).
+
+    The export is a GET (a download link that works without script) and records an access request,
+    kept three years: a link on another site, followed by a browser that sends the session cookie on a
+    top-level navigation (``SameSite=Lax``), recorded one the person never asked for (an attack run).
+    Every current browser sends the header; scripts and older browsers do not, and are answered as before.
+    """
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise CrossSiteRequest(
+            "This download was asked for from another site's page; use the button on your privacy page."
+        )

@@ -272,3 +272,21 @@ async def test_the_requests_api_lists_no_earlier_accounts_requests(gw: Control) 
     listed = await gw.client.get("/.gateway/api/account/requests", headers=JSON)
     assert listed.status_code == 200, listed.text
     assert listed.json() == [], (later.id == earlier.id, listed.json())
+
+
+@pytest.mark.parametrize("path", ["/.gateway/account/privacy/export", "/.gateway/api/account/export"])
+async def test_an_export_asked_for_from_another_site_is_refused_and_records_nothing(
+    gw: Control, path: str
+) -> None:
+    """An attack run: a link on another site made a signed-in browser export (a GET with the cookie),
+    each one an access request kept three years, none of them the person's."""
+    user = await gw.sign_in("dora")
+    privacy = gw.services.privacy
+    refused = await gw.client.get(path, headers={**JSON, "Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403, refused.text
+    assert await privacy.register.find(owner=user) == []
+    # The control: from the page itself (same-origin), or a script that sends no such header.
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {}):
+        done = await gw.client.get(path, headers={**JSON, **headers})
+        assert done.status_code == 200, done.text
+    assert len(await privacy.register.find(owner=user)) == 2
