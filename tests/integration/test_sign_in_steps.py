@@ -399,8 +399,10 @@ def test_registering_a_passkey_is_not_using_one(site: Site) -> None:
             302,
             303,
         )
-        assert reaches_app(site.a, cookie(attacker), user, host="127.0.0.1")
-        vault = get(site.a, cookie(attacker), "/vault/secret", html=False)
+        session = cookie(attacker)
+        assert session is not None
+        assert reaches_app(site.a, session, user, host="127.0.0.1")
+        vault = get(site.a, session, "/vault/secret", html=False)
         assert vault.status_code == 403, vault.text
         key = SoftAuthenticator(origin=site.a.url)
         done = register_passkey(attacker, site.a.url, key)
@@ -587,7 +589,9 @@ def test_a_forced_password_change_holds_after_a_passwordless_passkey_sign_in(sit
             {"current": one_time, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""},
         )
         assert done.status_code in (302, 303), done.text
-        assert reaches_app(site.a, cookie(owner), user, host="127.0.0.1")
+        renewed = cookie(owner)
+        assert renewed is not None
+        assert reaches_app(site.a, renewed, user, host="127.0.0.1")
 
 
 # -- 9. enrollment keeps the scanned secret -------------------------------------------------------------
