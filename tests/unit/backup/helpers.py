@@ -13,7 +13,7 @@ from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, default_sqlite_url
 from gateway.store.migrate import upgrade
 
-__all__ = ["Node", "make_node", "rows"]
+__all__ = ["Node", "backup_with_checkpoints", "make_node", "rows"]
 
 
 @dataclass
@@ -54,3 +54,22 @@ def rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
             )
         ]
         return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr) for n in names}
+
+
+async def backup_with_checkpoints(
+    tmp_path: Path, clock: FakeClock, *, records: int = 4
+) -> tuple[Path, Keyring]:
+    """A backup with two parts (the database and the audit checkpoints), and the keyring it is under."""
+    from gateway.backup.archive import create_backup
+
+    node = await make_node(tmp_path / "live", clock, records=records)
+    checkpoints = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
+    checkpoints.parent.mkdir()
+    checkpoints.write_text('{"head_seq": 2}\n')
+    try:
+        _manifest, path = create_backup(
+            node.database, node.data_dir, tmp_path / "backups", node.keyring, clock
+        )
+    finally:
+        await node.db.close()
+    return path, node.keyring

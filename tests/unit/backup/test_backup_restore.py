@@ -18,7 +18,7 @@ from gateway.backup.verify import restore_backup, verify_backup
 from gateway.clock import FakeClock
 from gateway.store.db import Database, default_sqlite_url
 from gateway.store.migrate import head_revision
-from tests.unit.backup.helpers import make_node, rows
+from tests.unit.backup.helpers import backup_with_checkpoints, make_node, rows
 
 
 async def test_backup_restores_to_identical_state(tmp_path: Path, clock: FakeClock) -> None:
@@ -203,22 +203,13 @@ async def test_a_restore_never_writes_through_a_symbolic_link_in_the_target(
 ) -> None:
     """An attack run planted ``incidents -> /elsewhere`` in the target data directory and the
     restore wrote the evidence there; the same holds for the audit checkpoints' directory."""
-    node = await make_node(tmp_path / "live", clock, records=2)
-    checkpoints = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
-    checkpoints.parent.mkdir()
-    checkpoints.write_text('{"head_seq": 2}\n')
-    try:
-        _manifest, path = create_backup(
-            node.database, node.data_dir, tmp_path / "backups", node.keyring, clock
-        )
-    finally:
-        await node.db.close()
+    path, keyring = await backup_with_checkpoints(tmp_path, clock, records=2)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     target = tmp_path / "restored"
     target.mkdir()
     (target / "audit-checkpoints").symlink_to(elsewhere)
     with pytest.raises(BackupError, match="symbolic link"):
-        await restore_backup(path, node.keyring, target)
+        await restore_backup(path, keyring, target)
     assert list(elsewhere.iterdir()) == []
     assert not (target / DATABASE_PART).exists()

@@ -18,23 +18,13 @@ from gateway.backup.manifest import MANIFEST_NAME, BackupError
 from gateway.backup.verify import verify_backup
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from tests.unit.backup.helpers import make_node
+from tests.unit.backup.helpers import backup_with_checkpoints, make_node
 
 
 @pytest.fixture
 async def backup(tmp_path: Path, clock: FakeClock) -> tuple[Path, Keyring]:
     """A backup with two parts (the database and the audit checkpoints)."""
-    node = await make_node(tmp_path / "live", clock, records=4)
-    checkpoints = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
-    checkpoints.parent.mkdir()
-    checkpoints.write_text('{"head_seq": 2}\n')
-    try:
-        _manifest, path = create_backup(
-            node.database, node.data_dir, tmp_path / "backups", node.keyring, clock
-        )
-    finally:
-        await node.db.close()
-    return path, node.keyring
+    return await backup_with_checkpoints(tmp_path, clock)
 
 
 def _flip(path: Path, at: int) -> None:

@@ -19,19 +19,15 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import yaml
 from litestar.testing import AsyncTestClient
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
 from gateway.privacy.register import Channel, Kind
-from gateway.root.start import Role, start
 from gateway.services import WorkerServices
-from gateway.settings.loader import load_settings
-from gateway.web.app import create_control_app
+from tests.unit.web.worker import BASE_URL, control_app
 
-BASE_URL = "http://gw.test:8080"
 HTML = {"Accept": "text/html"}
 JSON = {"Accept": "application/json"}
 PAGE = "/.gateway/account/privacy"
@@ -97,23 +93,9 @@ class Control:
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Control]:
-    config: dict[str, Any] = {
-        "listen": "127.0.0.1:8080",
-        "public_url": BASE_URL,
-        "data_dir": str(tmp_path / "data"),
-        "session": {"insecure_cookies": True},
-        "admin": {"listen": None},
-        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
-        "privacy": {"purposes": PURPOSES, "retention": {"registration": "90d", "removed_content": "120d"}},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    running = await start(path, load_settings(path), role=Role.WORKER)
-    try:
-        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
-            yield Control(client, running.services)
-    finally:
-        await running.close()
+    privacy = {"purposes": PURPOSES, "retention": {"registration": "90d", "removed_content": "120d"}}
+    async with control_app(tmp_path, privacy=privacy) as (services, client):
+        yield Control(client, services)
 
 
 def _rows(page: httpx.Response) -> dict[str, str]:

@@ -14,38 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from litestar.testing import AsyncTestClient
 
 from gateway.identity.passwords import PasswordHasher
-from gateway.root.start import Role, start
 from gateway.services import WorkerServices
-from gateway.settings.loader import load_settings
-from gateway.web.app import create_control_app
+from tests.unit.web.worker import control_app
 
-BASE_URL = "http://gw.test:8080"
 PASSWORD = "violet harbour cobalt lantern"
 
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[WorkerServices, AsyncTestClient[Any]]]:
-    config: dict[str, Any] = {
-        "listen": "127.0.0.1:8080",
-        "public_url": BASE_URL,
-        "data_dir": str(tmp_path / "data"),
-        "session": {"insecure_cookies": True},
-        "admin": {"listen": None},
-        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
-        "threat": {"enabled": False},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    running = await start(path, load_settings(path), role=Role.WORKER)
-    try:
-        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
-            yield running.services, client
-    finally:
-        await running.close()
+    async with control_app(tmp_path, threat={"enabled": False}) as started:
+        yield started
 
 
 async def _sign_in(client: AsyncTestClient[Any], username: str) -> int:

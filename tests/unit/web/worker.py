@@ -1,0 +1,45 @@
+"""One started worker's control app in process, behind Litestar's client, for the portal tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from litestar.testing import AsyncTestClient
+
+from gateway.root.start import Role, start
+from gateway.services import WorkerServices
+from gateway.settings.loader import load_settings
+from gateway.web.app import create_control_app
+
+__all__ = ["BASE_URL", "control_app"]
+
+BASE_URL = "http://gw.test:8080"
+
+
+@asynccontextmanager
+async def control_app(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[WorkerServices, AsyncTestClient[Any]]]:
+    """A worker on the embedded default in ``tmp_path`` (one route, no admin listener), its settings
+    changed by ``overrides``; stopped at the end of the block."""
+    config: dict[str, Any] = {
+        "listen": "127.0.0.1:8080",
+        "public_url": BASE_URL,
+        "data_dir": str(tmp_path / "data"),
+        "session": {"insecure_cookies": True},
+        "admin": {"listen": None},
+        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
+        **overrides,
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    running = await start(path, load_settings(path), role=Role.WORKER)
+    try:
+        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
+            yield running.services, client
+    finally:
+        await running.close()
