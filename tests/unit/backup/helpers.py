@@ -57,15 +57,17 @@ def rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 async def backup_with_checkpoints(
-    tmp_path: Path, clock: FakeClock, *, records: int = 4
+    tmp_path: Path, clock: FakeClock, *, records: int = 4, checkpoints: bool = True
 ) -> tuple[Path, Keyring]:
-    """A backup with two parts (the database and the audit checkpoints), and the keyring it is under."""
+    """A finished backup (the database, and the audit checkpoints unless ``checkpoints`` is false),
+    and the keyring it is under."""
     from gateway.backup.archive import create_backup
 
     node = await make_node(tmp_path / "live", clock, records=records)
-    checkpoints = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
-    checkpoints.parent.mkdir()
-    checkpoints.write_text('{"head_seq": 2}\n')
+    if checkpoints:
+        written = node.data_dir / "audit-checkpoints" / "checkpoints.jsonl"
+        written.parent.mkdir()
+        written.write_text('{"head_seq": 2}\n')
     try:
         _manifest, path = create_backup(
             node.database, node.data_dir, tmp_path / "backups", node.keyring, clock

@@ -6,26 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.backup.archive import create_backup
 from gateway.backup.manifest import BackupError
 from gateway.backup.targets import replicate, replicate_all
 from gateway.backup.verify import verify_backup
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from tests.unit.backup.helpers import make_node
+from tests.unit.backup.helpers import backup_with_checkpoints
 
 
 @pytest.fixture
 async def backup(tmp_path: Path, clock: FakeClock) -> tuple[Path, Keyring]:
     """One finished backup."""
-    node = await make_node(tmp_path / "live", clock, records=3)
-    try:
-        _manifest, path = create_backup(
-            node.database, node.data_dir, tmp_path / "backups", node.keyring, clock
-        )
-    finally:
-        await node.db.close()
-    return path, node.keyring
+    return await backup_with_checkpoints(tmp_path, clock, records=3, checkpoints=False)
 
 
 async def test_directory_target_gets_a_checked_copy_that_verifies(

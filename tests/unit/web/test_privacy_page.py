@@ -18,17 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from litestar.testing import AsyncTestClient
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.root.start import Role, start
 from gateway.services import WorkerServices
-from gateway.settings.loader import load_settings
-from gateway.web.app import create_control_app
 from gateway.web.privacy_page import ACCOUNT_PRIVACY, NO_CONTACT, PRIVACY_PATH
+from tests.unit.web.worker import BASE_URL, control_app
 
-BASE_URL = "http://gw.test:8080"
 HTML = {"Accept": "text/html"}
 
 CONTACT = {
@@ -96,27 +92,10 @@ def control(tmp_path: Path) -> StartControl:
 
     @asynccontextmanager
     async def started(privacy: dict[str, Any] | None = None, **overrides: Any) -> AsyncIterator[Control]:
-        config: dict[str, Any] = {
-            "listen": "127.0.0.1:8080",
-            "public_url": BASE_URL,
-            "data_dir": str(tmp_path / "data"),
-            "session": {"insecure_cookies": True},
-            "admin": {"listen": None},
-            "routes": [
-                {"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}
-            ],
-            **overrides,
-        }
         if privacy is not None:
-            config["privacy"] = privacy
-        path = tmp_path / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config))
-        running = await start(path, load_settings(path), role=Role.WORKER)
-        try:
-            async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
-                yield Control(client, running.services)
-        finally:
-            await running.close()
+            overrides["privacy"] = privacy
+        async with control_app(tmp_path, **overrides) as (services, client):
+            yield Control(client, services)
 
     return started
 
