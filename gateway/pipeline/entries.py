@@ -184,11 +184,9 @@ class _ForwardAuth(Entry):
         identity: Identity,
         clients: Clients,
     ) -> Awaitable[None]:
-        rt = ctx.rt
-        assert rt is not None  # set by the route stage
         # The proxy forwards the client's request itself: identity headers the client put in it are
         # refused here, where stripping them is not the gateway's to do.
-        refuse_client_identity(scope["headers"], rt.identity_names)
+        refuse_client_identity(scope["headers"], snap.strip_identity)
         return answer_allowed(send, ctx, identity)
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:

@@ -26,7 +26,7 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames, normalize_name
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, normalize_name, speaks_identity
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
@@ -159,13 +159,12 @@ _ALWAYS_NAMED: Final = (b"x-gateway-assertion", b"x-gateway-auth")
 _NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
 
 
-def refuse_client_identity(headers: list[tuple[bytes, bytes]], names: IdentityNames) -> None:
+def refuse_client_identity(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
     """Raise :class:`ClientIdentityHeaders` if the client sent a header the gateway speaks identity
-    in: ``X-Gateway-*`` or this route's names, in any spelling (case, ``_`` for ``-``)."""
-    own = names.to_strip()
+    in, in any spelling (case, ``_`` for ``-``): exactly those a proxied request loses
+    (``names``: the snapshot's ``strip_identity``, every route's configured names)."""
     for name, _ in headers:
-        norm = normalize_name(name)
-        if norm.startswith(b"x-gateway-") or norm in own:
+        if speaks_identity(normalize_name(name), names):
             raise ClientIdentityHeaders(
                 f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "
                 "sets: the proxy in front must remove it from what clients send (README, Forward-auth)."

@@ -34,6 +34,7 @@ __all__ = [
     "clean_response_headers",
     "forwarding_for",
     "normalize_name",
+    "speaks_identity",
     "upstream_request_headers",
 ]
 
@@ -239,6 +240,12 @@ _KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE, _CLEAR_SITE_DATA = range(
 _MAX_REMEMBERED_NAMES = 4096
 
 
+def speaks_identity(norm: bytes, names: frozenset[bytes]) -> bool:
+    """Whether a header name (normalized, :func:`normalize_name`) is one the gateway speaks identity
+    in: ``X-Gateway-*``, or one of ``names`` (the configured names outside it, ``strip_identity``)."""
+    return norm.startswith(_IDENTITY_PREFIX) or norm in names
+
+
 @lru_cache(maxsize=_MAX_REMEMBERED_NAMES)
 def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     """What to do with a request header of this name (the module docstring's rules), and its lower case.
@@ -254,7 +261,7 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     # from this list, where a `Connection: Content-Length` could have removed it.
     if lname == b"content-length":
         return _DROP, lname
-    if lname in HOP_BY_HOP or norm.startswith(_IDENTITY_PREFIX) or norm in _FORWARDING or norm in strip:
+    if lname in HOP_BY_HOP or norm in _FORWARDING or speaks_identity(norm, strip):
         return _DROP, lname
     if lname == b"cookie":
         return _COOKIE, lname

@@ -315,6 +315,9 @@ def test_a_routes_own_identity_names_from_the_client_are_refused(site: Site, pro
     anonymous = spoofing(site, proxy, path, spoofed, host=CUSTOM_HOST)
     # A public path is answered for anyone: refused. Elsewhere the sign-in comes first.
     assert anonymous.status_code in ((403,) if path.startswith("/open/") else (302, 401)), anonymous.text
+    # Another route's request carrying them too, as a proxied request loses every route's names.
+    alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
+    assert spoofing(site, proxy, "/docs/x", [alice, ("Remote-User", "bob")]).status_code == 403
     # The control: without them, the request goes through, and no placeholder reaches the app.
     seen = echoed(
         spoofing(
