@@ -359,12 +359,9 @@ class AdminGuard:
         admin whose address detection or another admin blocked could lift the block from the
         console. Read per request (admin requests are few); the host's ``gateway incident`` commands
         still reach the list."""
-        entries = await self._blocks.entries()
-        if not entries or not ip:
-            return
         blocks = IpBlocks(self._identity.clock)
-        blocks.set_dynamic(entries)
-        if ip in blocks:
+        await self._blocks.refresh(blocks)
+        if ip and ip in blocks:
             raise IpBlocked("Access from your address is blocked.")
 
     async def _first_refusal(self, username: str) -> bool:
