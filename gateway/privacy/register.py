@@ -38,6 +38,7 @@ __all__ = [
     "RequestView",
     "Status",
     "UnknownRequest",
+    "belongs_to",
     "is_ref",
 ]
 
@@ -198,6 +199,11 @@ def mine(user: User) -> Any:
     register outlives accounts, and SQLite gives a deleted account's id to the next new one: a later
     account must not see (or export) an earlier one's requests."""
     return and_(PrivacyRequest.user_id == user.id, PrivacyRequest.received_at >= user.created_at)
+
+
+def belongs_to(request: RequestView, user: User) -> bool:
+    """:func:`mine` for one request already read: ``user``'s own account, from its creation on."""
+    return request.user_id == user.id and request.received_at >= user.created_at
 
 
 class Register:

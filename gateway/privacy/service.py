@@ -36,7 +36,7 @@ from gateway.privacy.erasure import Erased, Eraser, Held
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
-from gateway.privacy.register import Channel, Kind, Register, RequestView
+from gateway.privacy.register import Channel, Kind, Register, RequestView, belongs_to
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 
@@ -416,9 +416,7 @@ class Privacy:
         deleted account's id to the next new one, and a held erasure resumed by id alone erased that
         stranger (an attack run: `gateway user delete` of the held person, a new account, release)."""
         user = await self._accounts.get(request.user_id) if request.user_id is not None else None
-        return (
-            user is not None and user.username == request.subject and user.created_at <= request.received_at
-        )
+        return user is not None and user.username == request.subject and belongs_to(request, user)
 
     async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
         """Carry out held erasures whose holds were released (the retention run calls this)."""
