@@ -38,6 +38,7 @@ from gateway.factors.webauthn import WebAuthnService
 from gateway.identity.accounts import AccountService
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.handoff import HandoffCodes
+from gateway.identity.ledger import AccountLedger, ledger_path
 from gateway.identity.oidc.service import OidcService
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
@@ -138,7 +139,16 @@ class IdentityServices:
             regulator=regulator,
             sessions=sessions,
             handoff=HandoffCodes(fast, clock),
-            accounts=AccountService(db, hasher, regulator, audit, clock, sessions=sessions, keyring=keyring),
+            accounts=AccountService(
+                db,
+                hasher,
+                regulator,
+                audit,
+                clock,
+                sessions=sessions,
+                keyring=keyring,
+                ledger=AccountLedger(db, keyring, ledger_path(settings), clock),
+            ),
             totp=TotpService(db, keyring, settings.mfa, clock),
             webauthn=WebAuthnService(
                 db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock

@@ -41,6 +41,7 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     """Open the store (database, fast state, keyring) and build the account services on it."""
     from gateway.clock import SYSTEM_CLOCK
     from gateway.identity.accounts import AccountService
+    from gateway.identity.ledger import AccountLedger, ledger_path
     from gateway.identity.passwords import PasswordHasher
     from gateway.identity.regulation import Regulator
     from gateway.identity.sessions import SessionStore
@@ -54,6 +55,17 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
             SessionStore(store.fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
         )
         accounts = AccountService(
-            store.db, hasher, regulator, audit, SYSTEM_CLOCK, sessions=sessions, keyring=store.keyring
+            store.db,
+            hasher,
+            regulator,
+            audit,
+            SYSTEM_CLOCK,
+            sessions=sessions,
+            keyring=store.keyring,
+            ledger=(
+                AccountLedger(store.db, store.keyring, ledger_path(settings), SYSTEM_CLOCK)
+                if store.keyring is not None
+                else None
+            ),
         )
         yield AccountServices(settings, store.db, store.fast, audit, hasher, accounts, sessions)

@@ -57,7 +57,9 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.backup.verify import Verified
+    from gateway.crypto.keyring import Keyring
     from gateway.settings.schema import PgBackRestSettings, Settings
+    from gateway.store.db import Database
 
 __all__ = ["register"]
 
@@ -346,6 +348,7 @@ def _restore(args: argparse.Namespace) -> int:
                 actor=operator(),
                 details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
+            lacking = await _carry_ledger(settings, data_dir, db, keyring)
         finally:
             await db.close()
         m = verified.manifest
@@ -353,10 +356,34 @@ def _restore(args: argparse.Namespace) -> int:
             f"backup {m.backup_id} restored into {data_dir} (audit chain verified, {verified.audit_records} records)"
         )
         _print_evidence(verified)
+        print(
+            f"  account ledger: {lacking} deletion(s), erasure(s) or disable(s) made after this backup; "
+            "a gateway started on it makes them again before it serves"
+        )
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")
         return EXIT_OK
 
     return run(work())
+
+
+async def _carry_ledger(settings: Settings, data_dir: Path, db: Database, keyring: Keyring) -> int:
+    """Take the node's account ledger along into a new data directory (the configured ``backup.ledger``
+    stays where it is); return how many of its entries the restored database lacks."""
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.identity.ledger import AccountLedger, carry, ledger_path, merge, newer, read_file
+
+    target = ledger_path(settings) if settings.backup.ledger else data_dir / "account-ledger.jsonl"
+    try:
+        if not settings.backup.ledger:
+            carry(ledger_path(settings), target)
+        file = merge(read_file(target))
+    except OSError as exc:
+        raise Failed(
+            f"restored, but cannot take the account ledger along into {target} ({exc.strerror or exc}): copy "
+            f"{ledger_path(settings)} there before starting a gateway on it, or erased people come back"
+        ) from None
+    table = await AccountLedger(db, keyring, target, SYSTEM_CLOCK).table()
+    return len([entry for entry in newer(file, table) if entry.state != "enabled"])
 
 
 def _prune(args: argparse.Namespace) -> int:

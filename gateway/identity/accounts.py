@@ -48,6 +48,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.passwords import PasswordHasher
@@ -329,6 +330,7 @@ class AccountService:
         *,
         sessions: SessionRevoker | None = None,
         keyring: Keyring | None = None,
+        ledger: AccountLedger | None = None,
     ) -> None:
         self._db = db
         self._hasher = hasher
@@ -338,6 +340,14 @@ class AccountService:
         self._sessions = sessions
         # Retires a deleted account's name (identity.retired); every gateway and CLI writer passes it.
         self._keyring = keyring
+        # Deletions and disables a restore must not undo (identity.ledger); every gateway and CLI
+        # writer passes it.
+        self._ledger = ledger
+
+    @property
+    def ledger(self) -> AccountLedger | None:
+        """The account ledger deletions and disables are noted in (``None`` in tests that need none)."""
+        return self._ledger
 
     @property
     def revokes_sessions(self) -> bool:
@@ -649,6 +659,13 @@ class AccountService:
         )
 
     async def _update(self, user_id: int, **values: object) -> None:
+        await self._update_noted(user_id, None, values)
+
+    async def _update_noted(
+        self, user_id: int, ledger: tuple[User, State] | None, values: dict[str, object]
+    ) -> None:
+        """Set ``values``; with ``ledger``, note that state in the account ledger in the same transaction."""
+        noted: list[Entry] = []
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
                 changed = (
@@ -656,9 +673,13 @@ class AccountService:
                         update(User).where(User.id == user_id).values(**values).returning(User.id)
                     )
                 ).all()
+                if changed and ledger is not None and self._ledger is not None:
+                    noted.append(await self._ledger.note(session, *ledger))
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")
+        if self._ledger is not None:
+            await self._ledger.append(noted)
 
     async def disable(self, user_id: int, *, actor: str) -> int | None:
         """Disable an account and end all its sessions.
@@ -677,7 +698,9 @@ class AccountService:
         user = await self._require(user_id)
         # Disabled first, sessions second: once the flag is committed no new sign-in can succeed, so
         # no session can be created after the revocation sweep has passed.
-        await self._update(user_id, disabled=True, updated_at=self._clock.now())
+        await self._update_noted(
+            user_id, (user, "disabled"), {"disabled": True, "updated_at": self._clock.now()}
+        )
         revoked = await self._revoke(user_id)
         await self._audit.record(
             "user.disabled",
@@ -694,7 +717,9 @@ class AccountService:
             UnknownAccount: No such user.
         """
         user = await self._require(user_id)
-        await self._update(user_id, disabled=False, updated_at=self._clock.now())
+        await self._update_noted(
+            user_id, (user, "enabled"), {"disabled": False, "updated_at": self._clock.now()}
+        )
         await self._audit.record("user.enabled", actor=actor, subject=user.username)
 
     async def require_password_change(self, user_id: int, *, actor: str) -> None:
@@ -800,6 +825,10 @@ class AccountService:
                 if user is None:
                     raise UnknownAccount(f"No account has id {user_id}.")
                 username = user.username
+                # Noted before the row goes (its key needs the row): a restore deletes it again.
+                noted = (
+                    [await self._ledger.note(session, user, "deleted")] if self._ledger is not None else []
+                )
                 # The factor rows go with the user through ON DELETE CASCADE (SQLite has foreign
                 # keys turned on per connection by the store).
                 await session.delete(user)
@@ -808,6 +837,8 @@ class AccountService:
                     # provider sign-in may hand it to someone else (identity.retired).
                     await retire(session, self._keyring, username, at=self._clock.now())
                 await session.commit()
+        if self._ledger is not None:
+            await self._ledger.append(noted)
         # Deleted first (see disable): no sign-in can create a session after the sweep.
         revoked = await self._revoke(user_id)
         await self._audit.record(

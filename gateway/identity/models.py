@@ -14,7 +14,14 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.store.models import Base
 
-__all__ = ["RecoveryCode", "RetiredUsername", "TotpCredential", "User", "WebAuthnCredential"]
+__all__ = [
+    "AccountLedgerRow",
+    "RecoveryCode",
+    "RetiredUsername",
+    "TotpCredential",
+    "User",
+    "WebAuthnCredential",
+]
 
 
 class User(Base):
@@ -123,3 +130,19 @@ class RetiredUsername(Base):
     # "<kid>:<hex HMAC-SHA256>" under a key derived from that keyring key: names nobody without it.
     name_key: Mapped[str] = mapped_column(primary_key=True)
     retired_at: Mapped[datetime]
+
+
+class AccountLedgerRow(Base):
+    """One account's latest deletion, erasure, disable or enable (``gateway.identity.ledger``)."""
+
+    __tablename__ = "account_ledger"
+
+    # "<kid>:<hex HMAC-SHA256>" of the username and creation time: names nobody without the keyring.
+    account_key: Mapped[str] = mapped_column(primary_key=True)
+    # The account's id, to find it again (the key says whether the row of that id is still it).
+    user_id: Mapped[int]
+    # deleted, erased, disabled or enabled.
+    state: Mapped[str]
+    at: Mapped[datetime]
+    # The privacy request an erasure answered, else "".
+    ref: Mapped[str] = mapped_column(default="")

@@ -169,6 +169,9 @@ class Eraser:
         incident_rows = await self._incident_records.pseudonymise(
             [user.username, *([user.email] if user.email else [])], tombstone
         )
+        if self._accounts.ledger is not None:
+            # Outside the database too: a gateway started on a restored one erases the person again.
+            await self._accounts.ledger.record(user, "erased", ref=ref)
         erased = Erased(
             pseudonym=pseudonym,
             audit_records=len(result.erased),

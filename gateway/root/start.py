@@ -32,6 +32,7 @@ from gateway.authz.store import PolicyStore
 from gateway.backup.jobs import job_for
 from gateway.backup.schedule import BackupSchedule, run_backups
 from gateway.crypto.signing import SigningKeys
+from gateway.errors import GatewayError
 from gateway.identity.assertion import AssertionSigner
 from gateway.machine.gateway_tokens import GatewayTokens
 from gateway.machine.provider_accounts import LinkedAccounts
@@ -48,6 +49,7 @@ from gateway.observe.sinks import SinkHub
 from gateway.observe.tracing import Tracer
 from gateway.pipeline.snapshot import LiveState, build_snapshot
 from gateway.privacy.chores import run_chores
+from gateway.privacy.ledger_replay import replay, run_ledger
 from gateway.privacy.purposes import GEOLOCATION
 from gateway.privacy.retention import Retention
 from gateway.privacy.service import Privacy
@@ -235,6 +237,7 @@ async def _open_worker(
         clock=identity.clock,
     )
     _background(stack, run_chores(shared.privacy, lambda: live.current.settings.privacy, retention))
+    await _replay_ledger(stack, identity, shared.privacy)
     # The same for backups: every worker tries each period's, the run's row makes it one; each shows
     # the last state it read in its readiness details.
     backups = BackupSchedule(
@@ -273,6 +276,26 @@ async def _open_worker(
         tracer=_open_tracing(stack, settings),
     )
     return Running(services, live, shared.reloader, stack)
+
+
+async def _replay_ledger(
+    stack: contextlib.AsyncExitStack, identity: IdentityServices, privacy: Privacy
+) -> None:
+    """Make again, before serving, the deletions, erasures and disables a restored database lacks; then
+    keep this node's ledger file in step with the table (``gateway.privacy.ledger_replay``)."""
+    ledger = identity.accounts.ledger
+    if ledger is None:
+        return
+    try:
+        await replay(ledger, identity.accounts, privacy.eraser, identity.audit)
+    except OSError as exc:
+        # Fail closed: serving a restored database without its ledger could bring erased people back.
+        raise GatewayError(
+            f"cannot read the account ledger {ledger.path} ({exc.strerror or exc}): give the gateway's user "
+            "read and write access to it (backup.ledger), or move a damaged file aside after checking that "
+            "the database was not restored from a backup"
+        ) from exc
+    _background(stack, run_ledger(ledger, identity.accounts, privacy.eraser, identity.audit))
 
 
 def _provider_verifiers(

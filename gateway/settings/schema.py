@@ -772,6 +772,9 @@ class BackupSettings(_Config, frozen=True):
 
     directory: str | None = None
     targets: tuple[str, ...] = ()
+    # The account ledger (gateway.identity.ledger): deletions, erasures and disables kept outside the
+    # database, so a gateway started on a restored one makes them again. None: <data_dir>/account-ledger.jsonl.
+    ledger: str | None = None
     keep_daily: int = 7
     keep_weekly: int = 4
     # How often a running deployment makes one (once per period across all replicas); off: only

@@ -1,0 +1,298 @@
+"""The account ledger: deletions, erasures and disables that a restore must not undo.
+
+A backup holds the database as it was. Restoring one brings back every account deleted or erased
+since, with its password hash and factors, and enables every account disabled since: an offboarded
+employee, or a person who exercised their right to erasure, is back. The ledger remembers those
+changes *outside* the database, so that a gateway started on a restored database makes them again
+before it serves (:mod:`gateway.privacy.ledger_replay`).
+
+It is kept twice:
+
+- a table (``account_ledger``, one row per account: its latest state), written in the transaction
+  that makes the change, so every replica sees it;
+- a file per node (``backup.ledger``, default ``<data_dir>/account-ledger.jsonl``, mode 0600, one
+  JSON line per change, appended and synced), outside the database, so a restore leaves it alone. Each
+  gateway copies the table's rows it lacks into its own file every ``SYNC_INTERVAL``, so a change made
+  on another replica or by the CLI on another host reaches every node's file.
+
+An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of the username and the
+account's creation time under a key derived from the keyring. The creation time makes it this account
+row and no other: an administrator who creates an account of the same name later is not touched. The
+file names nobody to someone without the keyring (usernames are guessable, so a plain digest would
+confirm a guess), and one who can write to it cannot name an account to delete without the keyring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
+from gateway.identity.models import AccountLedgerRow, User
+from gateway.settings.schema import Settings
+from gateway.store.db import Database, store_errors
+from gateway.store.private import private_dirs
+
+__all__ = [
+    "SYNC_INTERVAL",
+    "AccountLedger",
+    "Entry",
+    "State",
+    "carry",
+    "ledger_path",
+    "merge",
+    "newer",
+    "read_file",
+]
+
+logger = logging.getLogger("gateway.identity.ledger")
+
+State = Literal["deleted", "erased", "disabled", "enabled"]
+
+_INFO: Final = b"gateway account ledger v1"
+# Terminal states outrank any later disable or enable; an erasure outranks a plain deletion.
+_RANK: Final[Mapping[str, int]] = {"enabled": 0, "disabled": 1, "deleted": 2, "erased": 3}
+# How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
+SYNC_INTERVAL: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One account's latest state in the ledger."""
+
+    account: str
+    # The account's id then: where to look for it (the key tells whether the row of that id is it).
+    user_id: int
+    state: State
+    at: datetime
+    # The privacy request an erasure answered (re-used when it is made again), else "".
+    ref: str = ""
+
+    def line(self) -> bytes:
+        """The entry as one line of the file."""
+        record = {
+            "account": self.account,
+            "user_id": self.user_id,
+            "state": self.state,
+            "at": self.at.isoformat(),
+            "ref": self.ref,
+        }
+        return json.dumps(record, sort_keys=True).encode("utf-8") + b"\n"
+
+    def outranks(self, other: Entry) -> bool:
+        """Whether this entry is the account's state rather than ``other`` (see :func:`merge`)."""
+        if _RANK[self.state] >= 2 or _RANK[other.state] >= 2:
+            return _RANK[self.state] > _RANK[other.state]
+        # A disable and an enable: the later one; at the same instant, the disable (fail closed).
+        return (self.at, _RANK[self.state]) > (other.at, _RANK[other.state])
+
+
+def merge(*sources: Iterable[Entry]) -> dict[str, Entry]:
+    """Each account's state over every source: erased over deleted over the later of disabled/enabled."""
+    merged: dict[str, Entry] = {}
+    for source in sources:
+        for entry in source:
+            known = merged.get(entry.account)
+            if known is None or entry.outranks(known):
+                merged[entry.account] = entry
+    return merged
+
+
+def newer(entries: Mapping[str, Entry], than: Mapping[str, Entry]) -> list[Entry]:
+    """The entries of ``entries`` that ``than`` lacks or that outrank its own."""
+    return [entry for key, entry in entries.items() if key not in than or entry.outranks(than[key])]
+
+
+def carry(source: Path, target: Path) -> int:
+    """Append to the ledger file ``target`` what the one at ``source`` knows and it does not (a restore
+    into a new data directory takes the node's ledger along); return how many entries were added.
+
+    Raises:
+        OSError: A file cannot be read or written.
+    """
+    if source.resolve() == target.resolve():
+        return 0
+    added = newer(merge(read_file(source)), merge(read_file(target)))
+    if added:
+        _append(target, b"".join(entry.line() for entry in added))
+    return len(added)
+
+
+def ledger_path(settings: Settings) -> Path:
+    """This node's ledger file: ``backup.ledger``, or the one in the data directory."""
+    return Path(settings.backup.ledger or Path(settings.data_dir) / "account-ledger.jsonl")
+
+
+def _created(user: User) -> str:
+    created = user.created_at
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    return created.isoformat(timespec="microseconds")
+
+
+class AccountLedger:
+    """The ledger's table and this node's file (see the module docstring)."""
+
+    def __init__(self, db: Database, keyring: Keyring, path: Path, clock: Clock) -> None:
+        """``path`` is this node's file (``backup.ledger``)."""
+        self._db = db
+        self._keyring = keyring
+        self.path = path
+        self._clock = clock
+        # Serialises this process's appends: two lines must never interleave.
+        self._lock = asyncio.Lock()
+
+    # -- naming accounts --------------------------------------------------------------------------------
+
+    def key(self, user: User, *, kid: str | None = None) -> str:
+        """The account's name in the ledger under key ``kid`` (the active one by default)."""
+        kid = kid if kid is not None else self._keyring.active_id
+        message = f"{user.username}\0{_created(user)}".encode()
+        mac = hmac.new(self._keyring.derive(_INFO, kid=kid), message, hashlib.sha256)
+        return f"{kid}:{mac.hexdigest()}"
+
+    def keys(self, user: User) -> list[str]:
+        """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""
+        return [self.key(user, kid=kid) for kid in self._keyring.key_ids]
+
+    # -- recording --------------------------------------------------------------------------------------
+
+    async def note(self, session: AsyncSession, user: User, state: State, *, ref: str = "") -> Entry:
+        """Record ``state`` for ``user`` in the caller's transaction; :meth:`append` it after the commit."""
+        entry = Entry(self.key(user), user.id, state, self._clock.now(), ref)
+        await _put(session, entry)
+        return entry
+
+    async def record(self, user: User, state: State, *, ref: str = "") -> Entry:
+        """Record ``state`` for ``user`` in a transaction of its own, then in the file."""
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot write the account ledger"):
+                entry = await self.note(session, user, state, ref=ref)
+                await session.commit()
+        await self.append([entry])
+        return entry
+
+    async def append(self, entries: Iterable[Entry]) -> None:
+        """Append ``entries`` to this node's file and sync it. A failure is logged, not raised: the table
+        holds the change, and the next :meth:`sync` writes it here again."""
+        data = b"".join(entry.line() for entry in entries)
+        if not data:
+            return
+        async with self._lock:
+            try:
+                await asyncio.to_thread(_append, self.path, data)
+            except OSError as exc:
+                logger.error(
+                    "account ledger: cannot write %s (%s); the next sync tries again", self.path, exc
+                )
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    async def table(self) -> dict[str, Entry]:
+        """The table's entries."""
+        async with self._db.session() as session:
+            with store_errors("cannot read the account ledger"):
+                rows = (await session.scalars(select(AccountLedgerRow))).all()
+        return {row.account_key: _entry(row) for row in rows}
+
+    async def file(self) -> dict[str, Entry]:
+        """This node's file's entries, merged (an empty ledger when there is no file yet)."""
+        return merge(await asyncio.to_thread(read_file, self.path))
+
+    async def sync(self) -> list[Entry]:
+        """Bring the table and this node's file to the same states, and return the entries the table
+        lacked: after a restore, the changes made since the backup, which :mod:`gateway.privacy.
+        ledger_replay` makes again."""
+        table, file = await self.table(), await self.file()
+        await self.append(
+            entry for key, entry in table.items() if key not in file or entry.outranks(file[key])
+        )
+        lacking = [entry for key, entry in file.items() if key not in table or entry.outranks(table[key])]
+        if lacking:
+            async with self._db.session(write=True) as session:
+                with store_errors("cannot write the account ledger"):
+                    for entry in lacking:
+                        await _put(session, entry)
+                    await session.commit()
+        return lacking
+
+    def names(self, user: User, entry: Entry) -> bool:
+        """Whether ``entry`` is about ``user`` (under any key the keyring holds)."""
+        return any(hmac.compare_digest(entry.account, key) for key in self.keys(user))
+
+
+async def _put(session: AsyncSession, entry: Entry) -> None:
+    row = await session.get(AccountLedgerRow, entry.account)
+    if row is None:
+        session.add(
+            AccountLedgerRow(
+                account_key=entry.account,
+                user_id=entry.user_id,
+                state=entry.state,
+                at=entry.at,
+                ref=entry.ref,
+            )
+        )
+    elif entry.outranks(_entry(row)):
+        row.state, row.at, row.ref = entry.state, entry.at, entry.ref
+
+
+def _entry(row: AccountLedgerRow) -> Entry:
+    state: State = row.state  # type: ignore[assignment]
+    return Entry(row.account_key, row.user_id, state, row.at, row.ref)
+
+
+def _append(path: Path, data: bytes) -> None:
+    private_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> list[Entry]:
+    """The entries of a ledger file, in order; a line that does not parse (a torn last write) is skipped
+    and logged. No file: none.
+
+    Raises:
+        OSError: The file exists but cannot be read (a link is not followed).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, "rb") as src:
+        lines = src.read().splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            entry = Entry(
+                str(record["account"]),
+                int(record["user_id"]),
+                record["state"],
+                datetime.fromisoformat(record["at"]),
+                str(record["ref"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            logger.warning("account ledger: %s line %d does not parse; skipped", path, number)
+            continue
+        if entry.state not in _RANK or entry.at.tzinfo is None:
+            logger.warning("account ledger: %s line %d is not an entry; skipped", path, number)
+            continue
+        entries.append(entry)
+    return entries

@@ -1,0 +1,300 @@
+"""The account ledger over the real stores (SQLite and PostgreSQL): a database restored from a backup
+gets the erasures, deletions and disables made since the backup again, before anyone can sign in.
+
+A restore is simulated the way it looks to the database: the account row is back as it was (same id,
+name, creation time, password hash), and the ledger table's row, the retired name and everything else
+written after the backup are gone. The attack each test makes is the one a restore makes possible: the
+erased, deleted or disabled person signs in with their old password.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, insert, select
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
+from gateway.errors import GatewayError
+from gateway.identity.accounts import AccountService, SignInFailed
+from gateway.identity.ledger import AccountLedger, Entry, merge, read_file
+from gateway.identity.models import AccountLedgerRow, RetiredUsername, User
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.identity.sessions import SessionStore
+from gateway.privacy.consent import Consents
+from gateway.privacy.ledger_replay import ACTOR, replay
+from gateway.privacy.register import Channel
+from gateway.privacy.service import Privacy
+from gateway.response.personal_data import CasePersonalData
+from gateway.settings.schema import (
+    Duration,
+    PasswordSettings,
+    PrivacySettings,
+    RegulationSettings,
+    SessionSettings,
+)
+from gateway.store.db import Database
+from gateway.store.fast import MemoryFastState
+
+FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+PASSWORD = "correct horse battery staple"
+IP = "203.0.113.77"
+SETTINGS = PrivacySettings()
+
+
+@dataclass
+class Node:
+    """One gateway node's view: the shared database, its own ledger file."""
+
+    db: Database
+    clock: FakeClock
+    keyring: Keyring
+    audit: AuditLog
+    ledger: AccountLedger
+    accounts: AccountService
+    privacy: Privacy
+
+    async def add(self, name: str) -> User:
+        return await self.accounts.create(
+            username=name, password=PASSWORD, email=f"{name}@example.com", actor="admin:root"
+        )
+
+    async def replay(self) -> Any:
+        return await replay(self.ledger, self.accounts, self.privacy.eraser, self.audit)
+
+    async def signs_in(self, name: str) -> bool:
+        try:
+            await self.accounts.authenticate(name, PASSWORD, ip=IP)
+        except SignInFailed:
+            return False
+        return True
+
+
+def _node(db: Database, clock: FakeClock, keyring: Keyring, fast: MemoryFastState, path: Path) -> Node:
+    audit = AuditLog(db, clock=clock, keyring=keyring)
+    regulator = Regulator(
+        fast, RegulationSettings(free_attempts=50, max_failures=100, lock_time=Duration(1)), audit, clock
+    )
+    sessions = SessionStore(fast, SessionSettings(), clock)
+    ledger = AccountLedger(db, keyring, path, clock)
+    accounts = AccountService(
+        db,
+        PasswordHasher(FAST_ARGON),
+        regulator,
+        audit,
+        clock,
+        sessions=sessions,
+        keyring=keyring,
+        ledger=ledger,
+    )
+    privacy = Privacy(
+        db,
+        keyring=keyring,
+        accounts=accounts,
+        sessions=sessions,
+        audit=audit,
+        consents=Consents(db, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
+        incident_records=CasePersonalData(db),
+        clock=clock,
+    )
+    return Node(db, clock, keyring, audit, ledger, accounts, privacy)
+
+
+@pytest.fixture
+async def nodes(database: Database, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC).timestamp())
+    fast = MemoryFastState(clock=clock)
+    keyring = Keyring.create(tmp_path / "keyring.json")
+    yield (
+        _node(database, clock, keyring, fast, tmp_path / "a" / "account-ledger.jsonl"),
+        _node(database, clock, keyring, fast, tmp_path / "b" / "account-ledger.jsonl"),
+    )
+    await fast.close()
+
+
+async def _row(db: Database, user_id: int) -> dict[str, Any]:
+    async with db.session() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        return {column.key: getattr(user, column.key) for column in User.__table__.columns}
+
+
+async def _restore(db: Database, *rows: dict[str, Any]) -> None:
+    """What a restore from a backup made before the changes does to these accounts and the ledger."""
+    async with db.session(write=True) as session:
+        for row in rows:
+            await session.execute(delete(User).where(User.id == row["id"]))
+            await session.execute(insert(User).values(**row))
+        await session.execute(delete(AccountLedgerRow))
+        await session.execute(delete(RetiredUsername))
+        await session.commit()
+
+
+async def _events(db: Database, action: str) -> list[Any]:
+    from gateway.audit.models import AuditEvent
+
+    async with db.session() as session:
+        return list((await session.scalars(select(AuditEvent).where(AuditEvent.kind == action))).all())
+
+
+async def test_an_erasure_is_made_again_on_a_restored_database(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    alice = await a.add("alice")
+    backup = await _row(a.db, alice.id)
+    request = await a.privacy.erase(
+        alice, settings=SETTINGS, channel=Channel.PORTAL, actor="user:alice", verified_by="signed-in session"
+    )
+    assert not await a.signs_in("alice")
+
+    await _restore(a.db, backup)
+    assert await a.signs_in("alice")  # what a restore alone does: the erased person is back
+
+    done = await a.replay()
+    assert (done.erased, done.deleted, done.disabled) == (1, 0, 0)
+    assert done.refs == [request.ref]
+    assert await a.accounts.find("alice") is None
+    assert not await a.signs_in("alice")
+    (replayed,) = await _events(a.db, "account.ledger_replayed")
+    assert replayed.actor == ACTOR
+    assert "alice" not in str(replayed.details)
+    # The name is retired again: no provider sign-in may hand it to someone else.
+    async with a.db.session() as session:
+        assert (await session.scalars(select(RetiredUsername))).all()
+    # Made once: the next round finds nothing to do.
+    again = await a.replay()
+    assert again.changed == 0
+
+
+async def test_deletions_and_disables_are_made_again_and_an_enable_is_not(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    bob, carol, dave = await a.add("bob"), await a.add("carol"), await a.add("dave")
+    await a.accounts.disable(dave.id, actor="admin:root")
+    backup = [await _row(a.db, user.id) for user in (bob, carol, dave)]
+    a.clock.advance(60)
+    await a.accounts.delete(bob.id, actor="admin:root")
+    await a.accounts.disable(carol.id, actor="admin:root")
+    await a.accounts.enable(dave.id, actor="admin:root")
+
+    await _restore(a.db, *backup)
+    assert await a.signs_in("bob")
+    assert await a.signs_in("carol")
+
+    done = await a.replay()
+    assert (done.erased, done.deleted, done.disabled) == (0, 1, 1)
+    assert not await a.signs_in("bob")
+    assert not await a.signs_in("carol")
+    # Dave was enabled after the backup: a restore never opens an account the backup has closed.
+    restored_dave = await a.accounts.get(dave.id)
+    assert restored_dave is not None
+    assert restored_dave.disabled
+
+
+async def test_a_new_account_of_an_erased_name_is_not_touched(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    first = await a.add("erin")
+    await a.privacy.erase(
+        first, settings=SETTINGS, channel=Channel.PORTAL, actor="user:erin", verified_by="signed-in session"
+    )
+    a.clock.advance(5)
+    second = await a.add("erin")  # an administrator gives the name again, on purpose
+    async with a.db.session(write=True) as session:
+        await session.execute(delete(AccountLedgerRow))  # the table lost the row: the file has it
+        await session.commit()
+    # The new account may even have the old one's id (SQLite reuses the highest): the key tells them apart.
+    done = await a.replay()
+    assert done.changed == 0
+    assert done.absent == 1
+    assert await a.accounts.get(second.id) is not None
+    assert await a.signs_in("erin")
+
+
+async def test_a_change_made_on_one_node_reaches_the_other_nodes_file(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    frank = await a.add("frank")
+    backup = await _row(a.db, frank.id)
+    await a.accounts.delete(frank.id, actor="admin:root")
+    assert not b.ledger.path.exists()
+
+    assert (await b.replay()).changed == 0  # nothing to make again: the database has it
+    assert [entry.state for entry in read_file(b.ledger.path)] == ["deleted"]
+
+    # Node A's disk is lost with the database; node B's file still makes the change again.
+    a.ledger.path.unlink()
+    await _restore(a.db, backup)
+    assert (await b.replay()).deleted == 1
+    assert await b.accounts.get(frank.id) is None
+
+
+async def test_the_file_names_nobody_and_only_its_owner_reads_it(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    grace = await a.add("grace")
+    await a.accounts.disable(grace.id, actor="admin:root")
+    text = a.ledger.path.read_text()
+    assert "grace" not in text
+    assert "example.com" not in text
+    assert stat.S_IMODE(os.stat(a.ledger.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(a.ledger.path.parent).st_mode) == 0o700
+    # Without the keyring, a name cannot be turned into its key: a guess confirms nothing.
+    other = Keyring.create(a.ledger.path.parent / "other-keyring.json")
+    key = AccountLedger(a.db, other, a.ledger.path, a.clock).key(grace)
+    assert key.split(":")[1] not in text
+
+
+async def test_a_torn_line_is_skipped_and_a_link_is_refused(nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    henry = await a.add("henry")
+    await a.accounts.disable(henry.id, actor="admin:root")
+    with a.ledger.path.open("ab") as out:
+        out.write(b'{"account": "k1:00", "user_id": 1, "sta')  # a crash in the middle of a write
+    assert [entry.state for entry in read_file(a.ledger.path)] == ["disabled"]
+
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(a.ledger.path)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        read_file(link)
+
+
+async def test_a_gateway_does_not_start_on_a_ledger_it_cannot_read(
+    nodes: tuple[Node, Node], tmp_path: Path
+) -> None:
+    from gateway.root.start import _replay_ledger
+
+    a, _ = nodes
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    a.ledger.path.parent.mkdir(parents=True, exist_ok=True)
+    a.ledger.path.symlink_to(target)  # another local user's file in its place
+
+    class Identity:
+        accounts = a.accounts
+        audit = a.audit
+
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        with pytest.raises(GatewayError, match="cannot read the account ledger"):
+            await _replay_ledger(stack, Identity(), a.privacy)  # type: ignore[arg-type]
+
+
+def test_the_states_rank_erased_over_deleted_over_the_later_of_disable_and_enable() -> None:
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    t1 = datetime(2026, 12, 2, tzinfo=UTC)
+
+    def state(*entries: Entry) -> str:
+        return merge(entries)["k"].state
+
+    assert state(Entry("k", 1, "disabled", t0), Entry("k", 1, "enabled", t1)) == "enabled"
+    assert state(Entry("k", 1, "enabled", t1), Entry("k", 1, "disabled", t0)) == "enabled"
+    assert state(Entry("k", 1, "enabled", t0), Entry("k", 1, "disabled", t0)) == "disabled"
+    assert state(Entry("k", 1, "deleted", t0), Entry("k", 1, "enabled", t1)) == "deleted"
+    assert state(Entry("k", 1, "erased", t0), Entry("k", 1, "deleted", t1)) == "erased"
+    assert state(Entry("k", 1, "deleted", t1), Entry("k", 1, "erased", t0)) == "erased"
