@@ -44,7 +44,9 @@ def _replayed(database: Path) -> list[dict[str, object]]:
     with closing(sqlite3.connect(database)) as conn:
         return [
             json.loads(details)
-            for (details,) in conn.execute("SELECT details FROM audit_events WHERE kind = 'account.ledger_replayed'")
+            for (details,) in conn.execute(
+                "SELECT details FROM audit_events WHERE kind = 'account.ledger_replayed'"
+            )
         ]
 
 
