@@ -157,17 +157,38 @@ def new_request_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
-def _parse_xff(values: Sequence[bytes]) -> list[str]:
+def _xff_entry(item: str) -> str | None:
+    """One ``X-Forwarded-For`` entry as an address, or ``None`` when it is not one (``unknown``, ``unix:``,
+    an obfuscated name). ``203.0.113.5:41234`` and ``[2001:db8::1]:443`` are read without their port, as
+    some load balancers write them (Azure Application Gateway)."""
+    try:
+        return str(ipaddress.ip_address(item))
+    except ValueError:
+        pass
+    if item.startswith("["):
+        address, closed, port = item[1:].partition("]")
+        if not closed or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+    else:
+        address, colon, port = item.partition(":")
+        if not colon or not port.isdigit():
+            return None
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def _parse_xff(values: Sequence[bytes]) -> list[str | None]:
     # Only well-formed addresses survive: a value like 'unknown' or '1.2.3.4;proto=http' must not be
-    # echoed into the upstream's Forwarded header or the access log.
-    out: list[str] = []
+    # echoed into the upstream's Forwarded header or the access log. It stays in the list as None, so the
+    # walk stops there: skipping it would make the client's own entry to its left the client address.
+    out: list[str | None] = []
     for value in values:
         for part in value.split(b","):
             item = part.strip().decode("latin-1")
-            try:
-                out.append(str(ipaddress.ip_address(item)))
-            except ValueError:
-                continue
+            if item:
+                out.append(_xff_entry(item))
     return out
 
 
@@ -205,10 +226,14 @@ def forwarding_for(
             fwd_host = value.strip().decode("latin-1")
         elif lname == b"x-request-id" and _REQUEST_ID_RE.match(value):
             request_id = value.decode()
-    chain = _parse_xff(xff)
-    chain.append(peer_ip)
+    entries = _parse_xff(xff)
+    entries.append(peer_ip)
     client_ip = peer_ip
-    for hop in reversed(chain):
+    for hop in reversed(entries):
+        if hop is None:
+            # A trusted proxy wrote something that is not an address: nothing to its left is believed,
+            # and that proxy is the client as far as the gateway can tell.
+            break
         client_ip = hop
         if not trusted.is_trusted(hop):
             break
@@ -217,7 +242,7 @@ def forwarding_for(
         peer_trusted=True,
         proto=proto,
         host=fwd_host,
-        chain=tuple(chain),
+        chain=tuple(hop for hop in entries if hop is not None),
         request_id=request_id or new_request_id(),
     )
 

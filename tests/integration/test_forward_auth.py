@@ -8,11 +8,13 @@ production when the gateway and the apps share a parent domain.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +254,25 @@ def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
         assert resp.status_code == 403, resp.text
     else:
         assert echoed(resp)["x-gateway-user"] == "alice"
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_a_client_cannot_choose_the_address_the_gateway_counts(site: Site, proxy: str) -> None:
+    """An attack run: the README's nginx example passed the client's own X-Forwarded-For in the
+    question, and nginx is a trusted proxy, so the client chose the address IP blocks, rate limits
+    and the threat rules count (a blocked attacker got through; a bystander got blocked)."""
+    path = f"/docs/xff-{proxy}"
+    via(port_of(site, proxy), path, site.sessions["alice"], headers={"X-Forwarded-For": "192.0.2.200"})
+    deadline = time.monotonic() + 10
+    while True:  # the access log is written by the sink's task, after the answer
+        lines = [line for line in site.gw.log().splitlines() if f'"path":"{path}"' in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines, site.gw.log()[-2000:]
+    for line in lines:
+        assert json.loads(line)["source"]["ip"] == "127.0.0.1", line
 
 
 SPOOFED = [

@@ -76,6 +76,27 @@ def test_garbage_in_trusted_xff_is_dropped() -> None:
     assert fwd.chain == ("198.51.100.7", "10.0.0.2")
 
 
+@pytest.mark.parametrize(
+    "chain",
+    [b"192.0.2.99, unknown", b"192.0.2.99, unix:", b"192.0.2.99, _hidden", b"192.0.2.99, 203.0.113.5:x"],
+)
+def test_an_unreadable_entry_ends_the_walk_the_client_cannot_choose_its_address(chain: bytes) -> None:
+    # An attack run: a trusted proxy that writes 'unknown' (or a port) after the client's own entry made
+    # the client's choice, 192.0.2.99, the address blocks and rate limits counted.
+    fwd = _fwd([(b"x-forwarded-for", chain)], peer="127.0.0.1", trusted=LB)
+    assert fwd.client_ip == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "address"),
+    [(b"203.0.113.5:41234", "203.0.113.5"), (b"[2001:db8::1]:443", "2001:db8::1"), (b"[2001:db8::1]", "2001:db8::1")],
+)
+def test_an_entry_with_a_port_is_read_without_it(entry: bytes, address: str) -> None:
+    fwd = _fwd([(b"x-forwarded-for", b"192.0.2.99, " + entry)], peer="127.0.0.1", trusted=LB)
+    assert fwd.client_ip == address
+    assert fwd.chain == ("192.0.2.99", address, "127.0.0.1")
+
+
 def test_trusted_proto_and_request_id_are_honoured() -> None:
     headers = [
         (b"x-forwarded-proto", b"http"),
