@@ -249,7 +249,7 @@ class DataPlane:
         if entry is not HTTP:
             raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
         ctx.rec.kind, ctx.rec.decision = RequestKind.CONTROL, AccessDecision.PUBLIC
-        check_page_host(snap, ctx.host_raw.decode("latin-1"), path)
+        check_page_host(snap, ctx.host_raw.decode("latin-1"), path, scope["query_string"])
         await hand_to_control(
             self._control_app, scope, receive, send, path, ctx, float(snap.settings.limits.body_timeout)
         )

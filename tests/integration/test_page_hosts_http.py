@@ -125,10 +125,19 @@ def test_sign_in_page_on_the_auth_host(site: Site) -> None:
 
 
 @pytest.mark.parametrize("host", ["app.test", "team1.apps.test", "APP.test.", "app.test:8443"])
-def test_sign_in_page_on_route_hosts(site: Site, host: str) -> None:
-    resp = site.send("GET", "/.gateway/login", host)
-    assert resp.status_code == 200
-    assert 'action="/.gateway/login"' in resp.text
+def test_sign_in_and_portal_on_route_hosts_are_the_auth_hosts(site: Site, host: str) -> None:
+    """An attack run: an app's own script (same origin as the pages on its host) registered its own
+    passkey through the portal's API there. The pages are the auth host's: a browser is sent there,
+    a script gets a 404 and nothing is set up."""
+    for path in ("/.gateway/login", "/.gateway/account", "/.gateway/api/webauthn/register/options"):
+        page = site.send("GET", path + "?rd=%2Fx", host, headers={"Accept": "text/html"})
+        assert page.status_code == 302, path
+        assert page.headers["location"] == f"http://{site.auth}{path}?rd=%2Fx"
+        for method in ("GET", "POST"):
+            script = site.send(method, path, host, headers={"Accept": "application/json"})
+            assert script.status_code == 404, (method, path)
+            assert "set-cookie" not in script.headers
+    assert site.send("GET", "/.gateway/static/error.css", host).status_code == 200
 
 
 def test_route_host_still_sends_to_sign_in(site: Site) -> None:
@@ -139,7 +148,9 @@ def test_route_host_still_sends_to_sign_in(site: Site) -> None:
 
 
 def test_oidc_start_on_a_route_host_goes_to_the_auth_host(site: Site) -> None:
-    resp = site.send("GET", "/.gateway/oidc/corp/start?rd=%2Fx&login_hint=a%40b.test", "app.test")
+    resp = site.send(
+        "GET", "/.gateway/oidc/corp/start?rd=%2Fx&login_hint=a%40b.test", "app.test", headers={"Accept": "text/html"}
+    )
     assert resp.status_code in (302, 307)
     target = urlsplit(resp.headers["location"])
     assert (target.netloc, target.path) == (site.auth, "/.gateway/oidc/corp/start")

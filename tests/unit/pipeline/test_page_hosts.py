@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadHeaders, NoRoute
-from gateway.pipeline.page_hosts import HOST_INDEPENDENT, check_page_host, page_hosts
+from gateway.pipeline.page_hosts import APP_HOST_PAGES, HOST_INDEPENDENT, check_page_host, page_hosts
 from gateway.pipeline.snapshot import Snapshot, build_snapshot
 from gateway.settings import parse_settings
 
@@ -50,12 +50,49 @@ def snapshot() -> Snapshot:
     ],
 )
 def test_pages_answer_only_on_configured_hosts(snapshot: Snapshot, host: str, served: bool) -> None:
-    for path in ("/.gateway/login", "/.gateway/mfa", "/.gateway/account/enroll", "/.gateway/oidc/x/start"):
+    for path in ("/.gateway/handoff", "/.gateway/logout", "/.gateway/static/error.css"):
         if served:
             check_page_host(snapshot, host, path)
         else:
             with pytest.raises(NoRoute):
                 check_page_host(snapshot, host, path)
+
+
+AUTH_HOST_PAGES = [
+    "/.gateway/login",
+    "/.gateway/mfa",
+    "/.gateway/mfa/totp",
+    "/.gateway/account",
+    "/.gateway/account/enroll",
+    "/.gateway/account/recovery",
+    "/.gateway/account/password",
+    "/.gateway/account/factors/webauthn/1/remove",
+    "/.gateway/api/webauthn/register/options",
+    "/.gateway/api/webauthn/register/verify",
+    "/.gateway/api/sessions",
+    "/.gateway/api/me",
+    "/.gateway/api/privacy",
+    "/.gateway/consent",
+    "/.gateway/handoff/confirm",
+    "/.gateway/oidc/x/start",
+    "/.gateway/invite/abc",
+]
+
+
+@pytest.mark.parametrize("path", AUTH_HOST_PAGES)
+def test_the_portal_and_sign_in_answer_only_on_the_auth_host(snapshot: Snapshot, path: str) -> None:
+    """An attack run: on an app's host, the app's own script (same origin) read the CSRF cookie,
+    registered its own passkey through the portal's API and took new recovery codes."""
+    for host in ("auth.example.com", "AUTH.example.com.:8443"):
+        check_page_host(snapshot, host, path)
+    for host in ("wiki.example.com", "team1.apps.example.com"):
+        with pytest.raises(NoRoute) as refused:
+            check_page_host(snapshot, host, path)
+        assert refused.value.location == f"https://auth.example.com:8443{path}"  # a browser is sent there
+
+
+def test_an_app_host_serves_only_the_hand_off_sign_out_and_style() -> None:
+    assert frozenset({"/.gateway/handoff", "/.gateway/logout"}) == APP_HOST_PAGES
 
 
 @pytest.mark.parametrize("path", sorted(HOST_INDEPENDENT))
