@@ -279,6 +279,18 @@ class SessionStore:
         self._remember(session, now)
         return session
 
+    async def alive_hash(self, id_hash: str) -> bool:
+        """Whether the session with this id hash is still live (read from the store, never the cache:
+        a hand-off asks this about the session that issued its code, which may have ended on another
+        worker a moment ago).
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        raw = await self._state.get(_session_key(id_hash))
+        session = decode_session(raw) if raw is not None else None
+        return session is not None and session.id_hash == id_hash and self._alive(session, self._clock.time())
+
     async def touch(self, session_id: str, session: Session) -> None:
         """Record activity: refresh ``last_seen`` and the store TTL, at most once per minute.
 

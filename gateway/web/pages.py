@@ -276,6 +276,12 @@ async def handoff(
     # depth: next_location does not issue such codes).
     if grant is None or grant.session.password_change:
         return _handoff_refused(request, target, *_EXPIRED)
+    # The session that issued the code must still be signed in: a new password, a removed factor or
+    # new recovery codes end every other session and renew the one that made the change, and a code a
+    # thief took with a copied cookie before that must die with it (an attack run redeemed one after
+    # the owner's password change and got a new session on every host).
+    if not await identity.sessions.alive_hash(grant.session.id_hash):
+        return _handoff_refused(request, target, *_EXPIRED)
     nonce_cookie = HANDOFF_COOKIE.name(insecure=not flows.secure_cookies(config))
     if not grant.binding:
         # The first code: tie the hand-off to this browser before it becomes a session (see

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import pytest
@@ -35,9 +35,12 @@ from tests.integration.http_client import (
     PASSWORD,
     SESSION_COOKIE,
     browser,
+    cookie,
     follow_handoff,
     login,
+    post_form,
 )
+from tests.integration.test_sign_in_steps import enroll_totp
 
 EVIL = "evil.test"
 LINK_RE = re.compile(r'<a class="button" href="([^"]*)">Try again</a>')
@@ -149,7 +152,10 @@ def test_route_host_still_sends_to_sign_in(site: Site) -> None:
 
 def test_oidc_start_on_a_route_host_goes_to_the_auth_host(site: Site) -> None:
     resp = site.send(
-        "GET", "/.gateway/oidc/corp/start?rd=%2Fx&login_hint=a%40b.test", "app.test", headers={"Accept": "text/html"}
+        "GET",
+        "/.gateway/oidc/corp/start?rd=%2Fx&login_hint=a%40b.test",
+        "app.test",
+        headers={"Accept": "text/html"},
     )
     assert resp.status_code in (302, 307)
     target = urlsplit(resp.headers["location"])
@@ -272,3 +278,35 @@ def test_a_handoff_link_signs_in_only_the_browser_that_signed_in(site: Site) -> 
         )
         assert probe.status_code == 200, probe.text
         assert dict(probe.json()["headers"]).get("x-gateway-user") == "victim-csrf"
+
+
+def test_a_handoff_code_dies_with_the_session_a_password_change_renews(site: Site) -> None:
+    """An attack run: a thief with a copy of the auth-host cookie took a hand-off code to its last
+    step, the owner changed her password (ending every other session and renewing hers), and the
+    thief's code still became a new session on every host. The code now dies with its session."""
+    add_user(site.gw.config_path, "dana-handoff", PASSWORD)
+    app = f"http://app.test:{site.gw.port}/inbox"
+    with browser(site.gw) as dana:
+        assert login(dana, "dana-handoff").status_code == 302
+        enroll_totp(dana)  # a password change needs a second factor
+        stolen = cookie(dana, SESSION_COOKIE)
+        # The thief's requests carry the copied cookie: the same session as dana's browser.
+        link = dana.get("/.gateway/login", params={"rd": app}).headers["location"]
+        first = site.send("GET", link.split(f":{site.gw.port}", 1)[1], "app.test")
+        nonce = first.cookies.get(HANDOFF_COOKIE) or ""
+        back = dana.get(first.headers["location"])
+        assert back.status_code == 302
+        last = back.headers["location"].split(f":{site.gw.port}", 1)[1]
+
+        changed = post_form(
+            dana,
+            "/.gateway/account/password",
+            {"current": PASSWORD, "new": "a brand new passphrase 9", "confirm": "a brand new passphrase 9"},
+        )
+        assert changed.status_code == 303, changed.text
+        assert "signed out" in unquote(changed.headers["location"])
+        assert cookie(dana, SESSION_COOKIE) != stolen  # dana's session was renewed; the copy is dead
+
+        redeemed = site.send("GET", last, "app.test", headers={"Cookie": f"{HANDOFF_COOKIE}={nonce}"})
+        assert redeemed.status_code == 400, redeemed.text
+        assert SESSION_COOKIE not in redeemed.headers.get("set-cookie", "")

@@ -89,7 +89,11 @@ def test_an_unreadable_entry_ends_the_walk_the_client_cannot_choose_its_address(
 
 @pytest.mark.parametrize(
     ("entry", "address"),
-    [(b"203.0.113.5:41234", "203.0.113.5"), (b"[2001:db8::1]:443", "2001:db8::1"), (b"[2001:db8::1]", "2001:db8::1")],
+    [
+        (b"203.0.113.5:41234", "203.0.113.5"),
+        (b"[2001:db8::1]:443", "2001:db8::1"),
+        (b"[2001:db8::1]", "2001:db8::1"),
+    ],
 )
 def test_an_entry_with_a_port_is_read_without_it(entry: bytes, address: str) -> None:
     fwd = _fwd([(b"x-forwarded-for", b"192.0.2.99, " + entry)], peer="127.0.0.1", trusted=LB)
