@@ -133,7 +133,7 @@ async def totp_confirm(
     s = signed.session
     if not await flows.may_change_factors(s, config, identity):
         return _step_up("/.gateway/account/enroll")
-    first = not await flows.has_second_factor(identity, s.user_id)
+    first = await flows.enrolls_first(identity, s)
     credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
     if not await identity.totp.confirm(s.user_id, credential_id, data.get("code", "")):
         # Keep the seed the user has just scanned while the enrollment lasts; only an expired

@@ -155,7 +155,7 @@ async def register_verify(
     session_id, s = await _require(request, config, identity)
     if not await flows.may_change_factors(s, config, identity):
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
-    first = not await flows.has_second_factor(identity, s.user_id)
+    first = await flows.enrolls_first(identity, s)
     await identity.webauthn.register(
         user_id=s.user_id, name=data.name[:60] or "Passkey", credential_json=json.dumps(data.credential)
     )

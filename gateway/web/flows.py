@@ -33,6 +33,7 @@ __all__ = [
     "client_ip",
     "consent_pending",
     "current",
+    "enrolls_first",
     "has_second_factor",
     "is_fresh",
     "login_redirect",
@@ -105,6 +106,15 @@ def is_fresh(session: Session, config: CurrentConfig, clock: Clock) -> bool:
 async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:
     """Whether the user has a confirmed authenticator app or a WebAuthn credential."""
     return await identity.totp.has_confirmed(user_id) or bool(await identity.webauthn.list(user_id))
+
+
+async def enrolls_first(identity: IdentityServices, session: Session) -> bool:
+    """Whether a factor this session enrolls now is the person's first (:func:`after_enrolling`): the
+    account has none, and this session never passed one. A session that did (it signed in with a factor
+    since removed) gets no use of the new one: an attack run removed the owner's factors with a phished
+    password and code, then enrolled its own passkey "first" and passed a passkey route, and renewed a
+    route's max_age that way as often as it liked."""
+    return session.level < AuthLevel.TWO_FACTOR and not await has_second_factor(identity, session.user_id)
 
 
 async def may_change_factors(session: Session, config: CurrentConfig, identity: IdentityServices) -> bool:

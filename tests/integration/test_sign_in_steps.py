@@ -421,6 +421,35 @@ def test_registering_a_passkey_is_not_using_one(site: Site) -> None:
         assert get(site.a, cookie(attacker), "/vault/secret", html=False).status_code == 200
 
 
+@pytest.mark.peer
+def test_removing_the_factors_first_does_not_make_a_passkey_the_first(site: Site) -> None:
+    """The attack on the fix above: a phished password and code remove the owner's factors (the
+    session is fresh), so the attacker's passkey counted as the person's "first" factor and passed
+    a passkey route (and renewed any max_age, as often as the attacker liked)."""
+    user, secret, _ = enrolled(site, "first-again")
+    with on(site.a) as attacker:
+        assert login(attacker, user).status_code == 302
+        signed = post_form(attacker, "/.gateway/mfa/totp", {"code": next_code(secret), "rd": ""})
+        assert signed.status_code in (302, 303)
+        portal = attacker.get("/.gateway/account")
+        removals = re.findall(r'action="(/\.gateway/account/factors/totp/\d+/remove)"', portal.text)
+        assert removals, portal.text
+        for action in removals:
+            assert post_form(attacker, action).status_code == 303
+        key = SoftAuthenticator(origin=site.a.url)
+        options = api_post(attacker, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+        assert options.status_code == 200, options.text
+        done = api_post(
+            attacker,
+            "/.gateway/api/webauthn/register/verify",
+            {"credential": json.loads(key.create(options.text)), "name": "Mine"},
+        )
+        assert done.status_code == 200, done.text
+        vault = get(site.a, cookie(attacker), "/vault/secret", html=False)
+        assert vault.status_code == 403, vault.text
+        assert vault.json()["error"] == "mfa-required"
+
+
 # -- 4. what a one-factor session may do -------------------------------------------------------------
 
 
