@@ -305,12 +305,12 @@ async def password_page(
     user = await identity.accounts.get(signed.session.user_id)
     forced = bool(user and user.must_change_password)
     if signed.session.password_change and not forced and signed.session_id:
-        # The one-time password was replaced elsewhere (another browser, an admin): this
-        # session's hold is stale. Lift it (new id) and go on with the sign-in.
-        new_id, _ = await identity.sessions.password_changed(signed.session_id)
-        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
-        flows.set_session_cookie(response, config, new_id)
-        return response
+        # The one-time password was replaced elsewhere (another browser, an admin): this session was
+        # opened with a password that no longer works, by its owner or by whoever else read it. It
+        # ends; its owner signs in with the new password. (Lifting the hold, as this did, gave someone
+        # who had read the one-time password a full session; an attack run enrolled its own factor.)
+        await identity.sessions.revoke(signed.session_id)
+        return flows.login_redirect(rd or None)
     if not forced and not await flows.may_change_factors(signed.session, config, identity):
         return _step_up("/.gateway/account/password")
     return page(

@@ -471,7 +471,8 @@ def test_a_password_only_session_reaches_only_the_second_factor_and_sign_out(sit
         assert login(attacker, user).status_code == 302
         half = cookie(attacker)
         assert half is not None
-        for host in ("127.0.0.1", site.wiki_host):  # the auth host and a route's host
+        # The auth host (on a route's host these pages are the auth host's: test_page_hosts_http.py).
+        for host in ("127.0.0.1",):
             for path in (
                 "/.gateway/account",
                 "/.gateway/account/password",
@@ -551,6 +552,8 @@ def test_a_forced_password_change_cannot_be_skipped_on_any_host(site: Site) -> N
                 # The applications, also the one that asks for no second factor...
                 assert password_page(get(gw, held, "/probe", host=host)), (gw.port, host)
                 assert password_page(get(gw, held, "/probe", host=host, html=False)), (gw.port, host)
+                if host != "127.0.0.1":
+                    continue  # a route's host has no such pages: they are the auth host's
                 # ...and every gateway page but the password change and sign-out.
                 for path in ("/.gateway/account", "/.gateway/mfa", "/.gateway/account/enroll"):
                     assert password_page(get(gw, held, path, host=host)), (gw.port, host, path)
@@ -573,6 +576,35 @@ def test_a_forced_password_change_cannot_be_skipped_on_any_host(site: Site) -> N
         assert free != held  # a new id once the hold is lifted; the old one is dead
     assert get(site.a, held, "/probe", host=site.wiki_host, html=False).status_code == 401
     assert reaches_app(site.replica(1), free, user, host=site.wiki_host)
+
+
+@pytest.mark.peer
+def test_a_session_opened_with_a_replaced_one_time_password_ends(site: Site) -> None:
+    """An attack run: someone who read the administrator's one-time password signs in with it (held
+    for the change), the administrator then sets another password, and the held session's stale hold
+    was lifted: a full sign-in without the new password, in which the reader enrolled their own factor."""
+    user = site.add_user("stale-hold", "--must-change-password")
+    with on(site.a) as reader:
+        resp = login(reader, user)
+        assert resp.headers["location"].startswith("/.gateway/account/password")
+        held = cookie(reader)
+        assert held is not None
+        result = run_cli(
+            "user",
+            "set-password",
+            user,
+            "--password-stdin",
+            "--config",
+            str(site.a.config_path),
+            stdin="a replacement passphrase 77\n",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        page = reader.get("/.gateway/account/password")
+        assert page.status_code in (302, 303)
+        assert page.headers["location"].startswith("/.gateway/login")
+        for gw in site.replicas:
+            assert get(gw, held, "/probe", host="127.0.0.1", html=False).status_code == 401
+        assert reader.get("/.gateway/account/enroll").status_code in (302, 303, 401)
 
 
 @pytest.mark.peer
