@@ -87,6 +87,8 @@ class ErrorReason(StrEnum):
     # expired or revoked token (401), or one not valid for the route (403).
     INVALID_TOKEN = "invalid-token"  # noqa: S105 - a reason id, not a token
     INSUFFICIENT_SCOPE = "insufficient-scope"
+    # A streamed answer or a WebSocket cut off once access ended (gateway/pipeline/watch.py).
+    ACCESS_ENDED = "access-ended"
 
 
 class GatewayError(Exception):

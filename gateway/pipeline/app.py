@@ -37,6 +37,7 @@ from gateway.pipeline.refusal import note_refusal
 from gateway.pipeline.route import is_control, route_request
 from gateway.pipeline.sizes import counting
 from gateway.pipeline.snapshot import LiveState, Snapshot
+from gateway.pipeline.watch import Rechecks
 from gateway.services import WorkerServices
 
 __all__ = ["DataPlane"]
@@ -55,6 +56,7 @@ class DataPlane:
 
     __slots__ = (
         "_bearer",
+        "_checks",
         "_clock",
         "_control_app",
         "_ip_blocks",
@@ -94,6 +96,16 @@ class DataPlane:
         self._observers = services.observers
         # None while tracing is off: then no request does any tracing work beyond `is not None`.
         self._tracer = services.tracer
+        # What a WebSocket or a streamed answer is checked with again while it lasts (pipeline.watch).
+        self._checks = Rechecks(
+            live=live,
+            blocks=services.ip_blocks,
+            lockdown=services.lockdown,
+            sessions=services.identity.sessions,
+            policy=services.policy,
+            bearer=services.bearer,
+            clock=services.identity.clock,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -163,6 +175,7 @@ class DataPlane:
                 assert fwd is not None  # set by receive
                 if token is not None:
                     rec.auth = AuthKind.BEARER
+                    ctx.token = token
                 if trace is not None:
                     trace.enter(Stage.BEARER)
                 client = await authenticate_bearer(
@@ -213,6 +226,7 @@ class DataPlane:
             # proxy (or the forward-auth answer); the upstream stage span starts with its traceparent.
             if trace is not None:
                 trace.leave()
+            ctx.checks = self._checks
             await entry.finish(ctx, scope, receive, send, snap, identity, self._services)
         except GatewayError as err:
             note_refusal(rec, err)

@@ -9,12 +9,16 @@ for every request, so it is a class with ``__slots__`` and plain assignments, no
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from gateway.observe.record import RequestKind, RequestRecord
+from gateway.observe.record import AuthKind, RequestKind, RequestRecord
 from gateway.observe.tracing import RequestTrace
 from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
 from gateway.pipeline.snapshot import RouteRuntime
+
+if TYPE_CHECKING:
+    from gateway.pipeline.watch import Rechecks
 
 __all__ = ["RequestContext"]
 
@@ -35,10 +39,13 @@ class RequestContext:
         fwd: Who the client is, after deciding which forwarding headers to trust (set by receive).
         outcome: What the proxy stage did, for the access log.
         trace: The request's trace when tracing is on (set first), else None.
+        checks: The data plane's checks a long exchange is watched with (set before the proxy stage).
+        token: The bearer token the request was let through with (set by the bearer stage).
     """
 
     __slots__ = (
         "accept",
+        "checks",
         "cookies",
         "framing",
         "fwd",
@@ -51,6 +58,7 @@ class RequestContext:
         "query",
         "rec",
         "rt",
+        "token",
         "trace",
         "user_agent",
     )
@@ -71,6 +79,28 @@ class RequestContext:
         self.rt: RouteRuntime | None = None
         self.outcome = ProxyOutcome()
         self.trace: RequestTrace | None = None
+        self.checks: Rechecks | None = None
+        self.token: str | None = None
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address (as receive decided it)."""
+        return self.fwd.client_ip if self.fwd is not None else ""
+
+    @property
+    def route_name(self) -> str:
+        """The matched route's name."""
+        return self.rt.route.name if self.rt is not None else ""
+
+    @property
+    def auth(self) -> AuthKind:
+        """How the request was let through (session, bearer, none)."""
+        return self.rec.auth
+
+    async def still_allowed(self) -> bool:
+        """Whether a long exchange of this request may go on (:mod:`gateway.pipeline.watch`)."""
+        checks = self.checks
+        return checks is None or await checks.allowed(self)
 
     def original_url(self) -> str:
         """The URL the client asked for: where sign-in and MFA pages send the browser back to.

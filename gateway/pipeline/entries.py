@@ -153,6 +153,7 @@ class _Http(Entry):
             request_id=fwd.request_id,
             outcome=ctx.outcome,
             body_framing=ctx.framing,
+            watch=ctx,
         )
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
@@ -222,6 +223,7 @@ class _WebSocket(Entry):
             send=send,
             rt=rt,
             session=session,
+            watch=ctx,
         )
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:

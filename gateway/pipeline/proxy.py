@@ -12,8 +12,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final, Protocol
 
-from gateway.errors import BodyTooLarge, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    BodyTooLarge,
+    ErrorReason,
+    Forbidden,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.observe.tracing import FailedAttempt
 from gateway.pipeline.asgi import Receive, Send, receive_body_within
 from gateway.pipeline.headers import clean_response_headers
@@ -54,6 +62,19 @@ class BodyFraming:
 
 
 NO_BODY = BodyFraming()
+
+
+# How often a long exchange (a streamed answer, a WebSocket) is checked again (gateway.pipeline.watch):
+# the bound the README promises for a revocation.
+WATCH_INTERVAL: Final = 1.0
+
+
+class Watched(Protocol):
+    """A request whose exchange may outlive its head (the request context)."""
+
+    async def still_allowed(self) -> bool:
+        """Whether the checks a new request would face still let it through."""
+        ...
 
 
 @dataclass(slots=True)
@@ -111,8 +132,10 @@ async def forward_http(
     request_id: str,
     outcome: ProxyOutcome,
     body_framing: BodyFraming,
+    watch: Watched | None = None,
 ) -> None:
-    """Send the request to a target of the route's pool and stream the answer back.
+    """Send the request to a target of the route's pool and stream the answer back; a streamed answer
+    is cut off once ``watch`` no longer lets the request through (checked every ``WATCH_INTERVAL``).
 
     ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`), ``host`` first, without
     ``Content-Length`` (added here from ``body_framing``); the list is the caller's to give away: the
@@ -137,7 +160,7 @@ async def forward_http(
     pool = rt.pool
     outcome.bytes_in = body.read if body else 0
     try:
-        await _relay(resp, method, send, rt, request_id, outcome)
+        await _relay(resp, method, send, rt, request_id, outcome, watch)
         pool.release(target, ok=True)
     except BaseException:
         pool.release(target, ok=False)
@@ -226,6 +249,7 @@ async def _relay(
     rt: RouteRuntime,
     request_id: str,
     outcome: ProxyOutcome,
+    watch: Watched | None = None,
 ) -> None:
     """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
     from then on a failure can only abort the connection, before it the caller renders an error page."""
@@ -256,7 +280,16 @@ async def _relay(
     outcome.status = resp.status
     await send(start)
     sent = 0
+    check_at = time.monotonic() + WATCH_INTERVAL
     async for chunk in resp.chunks():
+        if watch is not None and time.monotonic() >= check_at:
+            # Checked before the chunk goes out: once access has ended, no byte more does.
+            if not await watch.still_allowed():
+                outcome.bytes_out = sent
+                raise Forbidden(
+                    "Access ended while the answer was being sent.", reason=ErrorReason.ACCESS_ENDED
+                )
+            check_at = time.monotonic() + WATCH_INTERVAL
         sent += len(chunk)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -15,6 +15,7 @@ from yarl import URL
 
 from gateway.errors import UpstreamError
 from gateway.pipeline.asgi import Receive, Scope, Send
+from gateway.pipeline.proxy import WATCH_INTERVAL, Watched
 from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["forward_websocket"]
@@ -31,8 +32,10 @@ async def forward_websocket(
     send: Send,
     rt: RouteRuntime,
     session: aiohttp.ClientSession,
+    watch: Watched | None = None,
 ) -> str:
-    """Proxy a WebSocket. Returns the target URL used. Raises UpstreamError if the handshake fails."""
+    """Proxy a WebSocket, closed (1008) once ``watch`` no longer lets the request through (checked every
+    ``WATCH_INTERVAL``). Returns the target URL used. Raises UpstreamError if the handshake fails."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return ""
@@ -66,25 +69,16 @@ async def forward_websocket(
     rt.pool.responded(target)  # the handshake was answered: a probation ends now, not at close
     try:
         await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-        await _pump(upstream, receive, send)
+        await _pump(upstream, receive, send, watch)
     finally:
         rt.pool.release(target, ok=True)
         await upstream.close()
     return target.url
 
 
-async def _pump(upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send) -> None:
-    async def client_to_upstream() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                await upstream.close(code=message.get("code", 1000))
-                return
-            if message.get("text") is not None:
-                await upstream.send_str(message["text"])
-            elif message.get("bytes") is not None:
-                await upstream.send_bytes(message["bytes"])
-
+async def _pump(
+    upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send, watch: Watched | None = None
+) -> None:
     async def upstream_to_client() -> None:
         async for msg in upstream:
             if msg.type == aiohttp.WSMsgType.TEXT:
@@ -97,7 +91,12 @@ async def _pump(upstream: aiohttp.ClientWebSocketResponse, receive: Receive, sen
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
 
-    tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
+    tasks = [
+        asyncio.ensure_future(_client_to_upstream(receive, upstream)),
+        asyncio.ensure_future(upstream_to_client()),
+    ]
+    if watch is not None:
+        tasks.append(asyncio.ensure_future(_watchdog(watch, upstream, send)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -106,3 +105,28 @@ async def _pump(upstream: aiohttp.ClientWebSocketResponse, receive: Receive, sen
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            await upstream.close(code=message.get("code", 1000))
+            return
+        if message.get("text") is not None:
+            await upstream.send_str(message["text"])
+        elif message.get("bytes") is not None:
+            await upstream.send_bytes(message["bytes"])
+
+
+async def _watchdog(watched: Watched, upstream: aiohttp.ClientWebSocketResponse, send: Send) -> None:
+    """Close both sides (1008 to the client) once access has ended: the stages decided at the
+    handshake, and an account, a session, a token or an address can be shut out while the socket
+    lasts (:mod:`gateway.pipeline.watch`)."""
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        if not await watched.still_allowed():
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1008, "reason": "access ended"})
+            await upstream.close(code=1000)
+            return

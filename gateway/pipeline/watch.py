@@ -1,0 +1,105 @@
+"""Long exchanges checked again while they last: a WebSocket, a streamed answer.
+
+The stages decide once, at the request's head. A WebSocket or a download can go on for hours after
+that, so without a second look a disabled account, a revoked session or token, a blocked address or a
+lockdown would leave an open one flowing (an attack run kept a WebSocket echoing and a 2 GB download
+running after each of them). Every :data:`gateway.pipeline.proxy.WATCH_INTERVAL` while one lasts, the checks a new request
+would face that can change under it are made again: the client's address against the blocks, the
+lockdown (a break-glass session only), and the session or the bearer token still valid. When one
+fails, the WebSocket is closed (1008, policy violation) and a streamed answer is cut off; a store that
+cannot answer ends it too (fail closed). The policy itself is not decided again: a policy change applies
+to the next request.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.authz.live import LivePolicy
+from gateway.clock import Clock
+from gateway.errors import GatewayError
+from gateway.identity.cookies import cookie_in
+from gateway.identity.sessions import SessionStore
+from gateway.machine.verifier import Verifiers
+from gateway.observe.record import AuthKind
+from gateway.pipeline.authorize import principals_of
+from gateway.pipeline.bearer import authenticate_bearer
+from gateway.pipeline.snapshot import LiveState
+from gateway.threat.blocks import IpBlocks
+from gateway.threat.lockdown import Lockdown, is_break_glass
+
+__all__ = ["Rechecks"]
+
+
+class _Request(Protocol):
+    """What :meth:`Rechecks.allowed` reads of the request context (it is set by the stages)."""
+
+    @property
+    def cookies(self) -> tuple[bytes, ...]: ...
+
+    @property
+    def token(self) -> str | None: ...
+
+    @property
+    def client_ip(self) -> str: ...
+
+    @property
+    def route_name(self) -> str: ...
+
+    @property
+    def auth(self) -> AuthKind: ...
+
+
+class Rechecks:
+    """The checks, over one worker's services (one object per data plane, no per-request state)."""
+
+    __slots__ = ("_bearer", "_blocks", "_clock", "_live", "_lockdown", "_policy", "_sessions")
+
+    def __init__(
+        self,
+        *,
+        live: LiveState,
+        blocks: IpBlocks,
+        lockdown: Lockdown,
+        sessions: SessionStore,
+        policy: LivePolicy,
+        bearer: Verifiers,
+        clock: Clock,
+    ) -> None:
+        self._live = live
+        self._blocks = blocks
+        self._lockdown = lockdown
+        self._sessions = sessions
+        self._policy = policy
+        self._bearer = bearer
+        self._clock = clock
+
+    async def allowed(self, request: _Request) -> bool:
+        """Whether ``request`` would still get through; ``False`` also when a store cannot tell."""
+        if request.client_ip in self._blocks:
+            return False
+        snap = self._live.current
+        try:
+            session = None
+            if request.auth is AuthKind.SESSION:
+                session_id = cookie_in(request.cookies, snap.cookie_name)
+                session = await self._sessions.get(session_id) if session_id else None
+                if session is None:
+                    return False
+            elif request.auth is AuthKind.BEARER:
+                await authenticate_bearer(
+                    request.token, verifiers=self._bearer, route=request.route_name, ip=request.client_ip
+                )
+            lock = self._lockdown.state
+            if lock.on and lock.covers(request.route_name):
+                settings = snap.settings.lockdown
+                return session is not None and is_break_glass(
+                    session,
+                    group=settings.break_glass_group,
+                    roles=self._policy.roles_for(principals_of(session)),
+                    max_factor_age=float(settings.max_factor_age),
+                    now=self._clock.time(),
+                )
+        except GatewayError:
+            return False
+        return True

@@ -1,0 +1,134 @@
+"""An open WebSocket or a streamed download ends when access ends: a real ``gateway serve`` and the CLI.
+
+An attack run kept a WebSocket echoing and a 2 GB download flowing after ``gateway user disable``,
+``gateway incident block-ip`` and ``gateway lockdown on``: the stages decided once, at the head. Now
+each long exchange is checked again every second (``gateway/pipeline/watch.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.integration.harness import (
+    Gateway,
+    add_user,
+    echo_route,
+    free_port,
+    gateway_config,
+    run_cli,
+    run_echo,
+    run_gateway,
+)
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, login
+
+# The watch runs every second; a revocation reaches the worker within about a second more.
+ENDS_WITHIN = 5.0
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("long-exchanges")
+    with run_echo() as echo:
+        route = echo_route(echo, public_paths=[], websockets=True)
+        config = gateway_config(tmp, free_port(), [route], session={"insecure_cookies": True})
+        with run_gateway(tmp, config) as gateway:
+            yield gateway
+
+
+def _signed_in(gw: Gateway, user: str) -> str:
+    add_user(gw.config_path, user, PASSWORD)
+    with browser(gw) as client:
+        assert login(client, user).status_code == 302
+        session = cookie(client, SESSION_COOKIE)
+    assert session
+    return session
+
+
+def _websocket(gw: Gateway, session: str) -> ClientConnection:
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    headers: Any = {"Cookie": f"{SESSION_COOKIE}={session}"}
+    return connect(
+        f"ws://127.0.0.1:{gw.port}/ws", sock=sock, open_timeout=10, close_timeout=5, additional_headers=headers
+    )
+
+
+def _cli(gw: Gateway, *args: str) -> None:
+    result = run_cli(*args, "--config", str(gw.config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _closed_for_policy(ws: ClientConnection) -> int:
+    """Keep talking until the gateway closes the socket; the close code."""
+    deadline = time.monotonic() + ENDS_WITHIN
+    try:
+        while time.monotonic() < deadline:
+            ws.send("still here?")
+            ws.recv(timeout=1)
+            time.sleep(0.2)
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        return closed.rcvd.code
+    except TimeoutError:
+        pass
+    raise AssertionError(f"the WebSocket was still open {ENDS_WITHIN}s after access ended")
+
+
+def test_a_websocket_of_a_disabled_account_is_closed(gw: Gateway) -> None:
+    session = _signed_in(gw, "ws-disabled")
+    with _websocket(gw, session) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        _cli(gw, "user", "disable", "ws-disabled")
+        assert _closed_for_policy(ws) == 1008
+
+
+def test_a_websocket_is_closed_by_a_lockdown(gw: Gateway) -> None:
+    session = _signed_in(gw, "ws-lockdown")
+    try:
+        with _websocket(gw, session) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+            _cli(gw, "lockdown", "on", "--reason", "test of open sockets")
+            assert _closed_for_policy(ws) == 1008
+    finally:
+        _cli(gw, "lockdown", "off", "--reason", "test done")
+
+
+def test_a_streamed_download_of_a_disabled_account_is_cut_off(gw: Gateway) -> None:
+    session = _signed_in(gw, "dl-disabled")
+    received = 0
+    with httpx.stream(
+        "GET",
+        f"{gw.url}/__echo/bytes/20000000000",
+        headers={"Cookie": f"{SESSION_COOKIE}={session}"},
+        timeout=30,
+    ) as resp:
+        assert resp.status_code == 200
+        chunks = resp.iter_raw()
+        while received < 8_000_000:
+            received += len(next(chunks))
+        _cli(gw, "user", "disable", "dl-disabled")
+        disabled_at = time.monotonic()
+        with pytest.raises(httpx.HTTPError):
+            for chunk in chunks:
+                received += len(chunk)
+                assert time.monotonic() - disabled_at < ENDS_WITHIN, f"{received} bytes and still flowing"
+    assert received < 20_000_000_000
+
+
+def test_a_websocket_from_an_address_blocked_later_is_closed(gw: Gateway) -> None:
+    """Last in this module: it blocks the address every test here connects from."""
+    session = _signed_in(gw, "ws-blocked")
+    with _websocket(gw, session) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        _cli(gw, "incident", "block-ip", "127.0.0.1", "--for", "10m")
+        assert _closed_for_policy(ws) == 1008
