@@ -56,7 +56,11 @@ def _websocket(gw: Gateway, session: str) -> ClientConnection:
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     headers: Any = {"Cookie": f"{SESSION_COOKIE}={session}"}
     return connect(
-        f"ws://127.0.0.1:{gw.port}/ws", sock=sock, open_timeout=10, close_timeout=5, additional_headers=headers
+        f"ws://127.0.0.1:{gw.port}/ws",
+        sock=sock,
+        open_timeout=10,
+        close_timeout=5,
+        additional_headers=headers,
     )
 
 
@@ -74,8 +78,7 @@ def _closed_for_policy(ws: ClientConnection) -> int:
             ws.recv(timeout=1)
             time.sleep(0.2)
     except ConnectionClosed as closed:
-        assert closed.rcvd is not None
-        return closed.rcvd.code
+        return closed.rcvd.code if closed.rcvd is not None else 0
     except TimeoutError:
         pass
     raise AssertionError(f"the WebSocket was still open {ENDS_WITHIN}s after access ended")
@@ -117,10 +120,14 @@ def test_a_streamed_download_of_a_disabled_account_is_cut_off(gw: Gateway) -> No
             received += len(next(chunks))
         _cli(gw, "user", "disable", "dl-disabled")
         disabled_at = time.monotonic()
-        with pytest.raises(httpx.HTTPError):
+        cut_off = False
+        try:
             for chunk in chunks:
                 received += len(chunk)
                 assert time.monotonic() - disabled_at < ENDS_WITHIN, f"{received} bytes and still flowing"
+        except httpx.HTTPError:
+            cut_off = True
+    assert cut_off  # the connection was aborted, not ended as if the body were complete
     assert received < 20_000_000_000
 
 
