@@ -79,8 +79,10 @@ class RequestContext:
         self.rt: RouteRuntime | None = None
         self.outcome = ProxyOutcome()
         self.trace: RequestTrace | None = None
-        self.checks: Rechecks | None = None
-        self.token: str | None = None
+        # ``checks`` and ``token`` are set only where they are read (before the proxy stage; by the
+        # bearer stage): every request pays for the constructor, few need them.
+        self.checks: Rechecks
+        self.token: str
 
     @property
     def client_ip(self) -> str:
@@ -99,8 +101,7 @@ class RequestContext:
 
     async def still_allowed(self) -> bool:
         """Whether a long exchange of this request may go on (:mod:`gateway.pipeline.watch`)."""
-        checks = self.checks
-        return checks is None or await checks.allowed(self)
+        return await self.checks.allowed(self)
 
     def original_url(self) -> str:
         """The URL the client asked for: where sign-in and MFA pages send the browser back to.
