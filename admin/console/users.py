@@ -595,7 +595,9 @@ async def _act(
 
 def _ended(count: int | None) -> str:
     if count is None:
-        return ""
+        # The admin listener always has the session store: None means it did not answer, and the
+        # sessions are owed an end (gateway.identity.owed).
+        return " The session store did not answer: the sessions end within a second of it answering again."
     return f" {count} session{'' if count == 1 else 's'} ended."
 
 

@@ -73,6 +73,11 @@ _NO_LIVE_SESSIONS_NOTE: Final = (
     "note: state.embedded is memory: the running gateway keeps its sessions inside its own process, "
     "out of reach of this command; they end at their idle timeout or when the gateway restarts."
 )
+_OWED_NOTE: Final = (
+    "warning: the session store did not answer, so the account's sessions are not ended yet. The change "
+    "is made; every gateway ends those sessions within a second of the store answering again (no need to "
+    "run this again). Until then no session is served."
+)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -345,6 +350,11 @@ async def _show(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
+def _sessions_note(ctx: _Context) -> str:
+    """Why no count of ended sessions was given: memory state out of reach, or a store that did not answer."""
+    return _OWED_NOTE if ctx.accounts.revokes_sessions else _NO_LIVE_SESSIONS_NOTE
+
+
 def _sessions_ended(ended: int | None) -> str:
     return f"; {ended} session(s) ended" if ended is not None else ""
 
@@ -354,7 +364,7 @@ async def _disable(args: argparse.Namespace, ctx: _Context) -> int:
     ended = await ctx.accounts.disable(user.id, actor=ctx.actor)
     print(f"disabled user {user.username}{_sessions_ended(ended)}")
     if ended is None:
-        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+        print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
 
 
@@ -380,7 +390,7 @@ async def _set_password(args: argparse.Namespace, ctx: _Context) -> int:
     ended = await ctx.accounts.end_sessions(user.id, actor=ctx.actor)
     print(f"password set for {user.username}{suffix}{_sessions_ended(ended)}")
     if ended is None:
-        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+        print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
 
 
@@ -393,7 +403,7 @@ async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
         + _sessions_ended(removed.get("sessions"))
     )
     if "sessions" not in removed:
-        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+        print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
 
 
@@ -413,7 +423,7 @@ async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
     await DecisionSample(ctx.db).forget([f"user:{user.username}"])
     print(f"deleted user {user.username}{_sessions_ended(ended)}")
     if ended is None:
-        print(_NO_LIVE_SESSIONS_NOTE, file=sys.stderr)
+        print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
 
 

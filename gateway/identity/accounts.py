@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,10 +52,14 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
+from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.retired import retire
 from gateway.store.db import Database, store_errors
+from gateway.store.fast import StateUnavailable
+
+logger = logging.getLogger("gateway.identity")
 
 __all__ = [
     "AccountExists",
@@ -870,9 +875,20 @@ class AccountService:
         return revoked
 
     async def _revoke(self, user_id: int) -> int | None:
+        """End every session of the account: how many, or ``None`` when that is not known now (no
+        session store; or it did not answer, and the sessions are owed an end: identity.owed)."""
         if self._sessions is None:
             return None
-        return await self._sessions.revoke_user(user_id)
+        try:
+            return await self._sessions.revoke_user(user_id)
+        except StateUnavailable:
+            # The account change is committed already: every gateway ends the sessions once the
+            # store answers again, and a retry of the command is not needed (a delete's would fail).
+            await owe(self._db, user_id, self._clock)
+            logger.warning(
+                "account %d: the session store did not answer; its sessions are owed an end", user_id
+            )
+            return None
 
     # -- privacy: rectification, restriction, closure ----------------------------------------------------
 

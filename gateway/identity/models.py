@@ -146,3 +146,13 @@ class AccountLedgerRow(Base):
     at: Mapped[datetime]
     # The privacy request an erasure answered, else "".
     ref: Mapped[str] = mapped_column(default="")
+
+
+class OwedRevocation(Base):
+    """An account whose sessions must still be ended: the state store did not answer when its change
+    (disable, delete, role removal, restriction) was made (``gateway.identity.owed``)."""
+
+    __tablename__ = "owed_revocations"
+
+    user_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    since: Mapped[datetime]

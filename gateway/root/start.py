@@ -34,6 +34,7 @@ from gateway.backup.schedule import BackupSchedule, run_backups
 from gateway.crypto.signing import SigningKeys
 from gateway.errors import GatewayError
 from gateway.identity.assertion import AssertionSigner
+from gateway.identity.owed import run_owed
 from gateway.machine.gateway_tokens import GatewayTokens
 from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
@@ -238,6 +239,8 @@ async def _open_worker(
     )
     _background(stack, run_chores(shared.privacy, lambda: live.current.settings.privacy, retention))
     await _replay_ledger(stack, identity, shared.privacy)
+    # Sessions owed an end (the store did not answer when their account changed): ended once it does.
+    _background(stack, run_owed(db, identity.sessions))
     # The same for backups: every worker tries each period's, the run's row makes it one; each shows
     # the last state it read in its readiness details.
     backups = BackupSchedule(

@@ -16,6 +16,7 @@ from tests.integration.harness import (
     echo_route,
     free_port,
     gateway_config,
+    run_cli,
     run_echo,
     run_gateway,
     wait_until,
@@ -112,3 +113,52 @@ def test_a_session_store_outage_takes_the_replica_out_fail_closed_and_it_comes_b
             # Still signed in: the outage ended nobody's session.
             assert cookie(alice, SESSION_COOKIE) == session
             assert alice.get("/private").status_code == 200
+
+
+def test_an_account_disabled_or_deleted_while_the_store_is_down_loses_its_sessions_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """An attack run: `gateway user disable` and `user delete` during a Redis outage committed the change,
+    failed to end the sessions, and nothing remembered it: once Redis was back both sessions worked on
+    every replica (the deleted one until its lifetime ran out, since a retry found no account)."""
+    with run_echo() as echo, TcpProxy(("127.0.0.1", 6379)) as redis:
+        route = echo_route(echo, public_paths=[], mfa="none")
+        config = gateway_config(
+            tmp_path,
+            free_port(),
+            [route],
+            state={
+                "redis_url": f"redis://127.0.0.1:{redis.port}/0",
+                "namespace": f"t:owed:{secrets.token_hex(6)}:",
+            },
+            session={"insecure_cookies": True},
+        )
+        with run_gateway(tmp_path, config) as gw:
+            sessions = {}
+            for user in ("mallory", "carol", "dave"):
+                add_user(gw.config_path, user, PASSWORD)
+                with browser(gw) as client:
+                    assert login(client, user).status_code == 302
+                    sessions[user] = cookie(client, SESSION_COOKIE) or ""
+
+            def status(user: str) -> int:
+                return httpx.get(
+                    f"{gw.url}/private", cookies={SESSION_COOKIE: sessions[user]}, timeout=30
+                ).status_code
+
+            assert {user: status(user) for user in sessions} == {"mallory": 200, "carol": 200, "dave": 200}
+            redis.stop()
+            c = ("--config", str(gw.config_path))
+            disabled = run_cli("user", "disable", "mallory", *c)
+            assert disabled.returncode == 0, disabled.stdout + disabled.stderr
+            assert "not ended yet" in disabled.stderr
+            deleted = run_cli("user", "delete", "carol", "--yes", *c)
+            assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+            redis.start()
+
+            wait_until(
+                lambda: status("mallory") == 401 and status("carol") == 401,
+                timeout=30,
+                what="the owed sessions ended once the store is back",
+            )
+            assert status("dave") == 200  # the control: nobody else was signed out
