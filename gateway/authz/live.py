@@ -8,7 +8,11 @@ in with one assignment, so requests in flight finish on the index they started w
 
 When neither the broadcast nor the database can be reached, the last good index keeps deciding (a
 store outage must not open anything, nor close everything), and the worker reports not-ready once
-the policy could not be confirmed current for longer than ``policy.max_staleness``.
+the policy could not be confirmed current for longer than ``policy.max_staleness``. But once a newer
+version is *known* (announced, or seen by the poll) and cannot be loaded, the index in hand may allow
+what the new policy denies: the worker is :attr:`LivePolicy.behind`, and the authorize stage answers
+503 until the load succeeds (an attack run saw a replica cut off from PostgreSQL allow for half a
+minute what the other replica already denied).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ __all__ = ["LivePolicy"]
 logger = logging.getLogger("gateway.policy")
 
 _ROLES_MEMO = 10_000
+# How long an announced version may take to load before the worker counts as behind (a load takes
+# tens of milliseconds; README: 56 ms median, 106 ms max across two replicas).
+_LOAD_GRACE = 2.0
 
 
 def _is_principal_form(name: str) -> bool:
@@ -50,6 +57,9 @@ class LivePolicy:
         self._swap_lock = asyncio.Lock()
         self._roles: dict[tuple[int, frozenset[str]], tuple[str, ...]] = {}
         self.loaded_at = time.monotonic()
+        # A newer version than the one deciding is known and could not be loaded (see the docstring).
+        self.behind = False
+        self._announced = 0
 
     @property
     def version(self) -> int:
@@ -66,7 +76,12 @@ class LivePolicy:
         if note is not None:
             logger.warning("policy: %s", note)
         self._watcher = asyncio.ensure_future(
-            self.store.watch(self._on_version, poll_interval=self.settings.poll_interval, since=self.version)
+            self.store.watch(
+                self._on_version,
+                poll_interval=self.settings.poll_interval,
+                since=self.version,
+                on_announced=self._announce,
+            )
         )
 
     async def file_differs(self) -> str | None:
@@ -96,6 +111,7 @@ class LivePolicy:
             stored = await self.store.current()
             if stored.version <= self.version:
                 self.loaded_at = time.monotonic()
+                self.behind = self.behind and self.version < self._announced
                 return
             index = await asyncio.to_thread(PolicyIndex.build, stored.rules, version=stored.version)
             self.authorizer.swap(index)
@@ -122,9 +138,41 @@ class LivePolicy:
             self._roles[key] = found
         return found
 
+    def _announce(self, version: int) -> None:
+        """A broadcast named ``version``: unless it is live within ``_LOAD_GRACE``, the worker is behind
+        (the database may be out of reach, so the poll that would load it fails before it can tell)."""
+        if version > self.version and version > self._announced:
+            self._announced = version
+            asyncio.get_running_loop().call_later(_LOAD_GRACE, self._check_behind)
+
+    def _check_behind(self) -> None:
+        if self._announced > self.version and not self.behind:
+            logger.error(
+                "policy: version %d was announced and is not loaded (is the database reachable?); "
+                "requests get 503 until it is",
+                self._announced,
+            )
+            self.behind = True
+
     async def _on_version(self, version: int) -> None:
         if version > self.version:
-            await self.load()
+            self._announced = max(self._announced, version)
+            try:
+                await self.load()
+            except Exception:
+                if not self.behind:
+                    logger.error(
+                        "policy: version %d exists and cannot be loaded; requests get 503 until it is",
+                        self._announced,
+                    )
+                self.behind = True
+                raise
+            # Loaded: the store's newest is what decides now (a restored database may even hold a
+            # lower version than the one announced).
+            if self.behind:
+                logger.warning("policy: version %d loaded; deciding again", self.version)
+            self.behind = False
+            self._announced = self.version
 
     def staleness(self) -> float:
         """Seconds since the policy was last confirmed current (by a load or a version check)."""

@@ -545,8 +545,10 @@ class PolicyStore:
         *,
         poll_interval: float,
         since: int = 0,
+        on_announced: Callable[[int], None] | None = None,
     ) -> None:
-        """Call ``on_version(v)`` whenever a version higher than the last one seen is stored.
+        """Call ``on_version(v)`` whenever a version higher than the last one seen is stored (and
+        ``on_announced(v)`` as soon as a broadcast names one, before it is read from the database).
 
         Runs until cancelled. A broadcast on ``policy-changed`` triggers a version check at once; the
         version is also checked every ``poll_interval`` seconds, the backstop for lost broadcasts and
@@ -560,7 +562,7 @@ class PolicyStore:
         """
         seen = _Seen(since)
         wake = asyncio.Event()
-        listener = asyncio.ensure_future(self._listen(wake, seen))
+        listener = asyncio.ensure_future(self._listen(wake, seen, on_announced))
         try:
             await self._poll(on_version, wake, seen, poll_interval)
         finally:
@@ -597,7 +599,9 @@ class PolicyStore:
                 async with asyncio.timeout(poll_interval):
                     await wake.wait()
 
-    async def _listen(self, wake: asyncio.Event, seen: _Seen) -> None:
+    async def _listen(
+        self, wake: asyncio.Event, seen: _Seen, on_announced: Callable[[int], None] | None = None
+    ) -> None:
         delay = _RESUBSCRIBE_BACKOFF[0]
         while True:
             try:
@@ -610,6 +614,8 @@ class PolicyStore:
                         if subscription.interruptions != interruptions or _newer(message, seen.version):
                             interruptions = subscription.interruptions
                             wake.set()
+                            if on_announced is not None and message.isdigit():
+                                on_announced(int(message))
             except Exception as exc:  # noqa: BLE001 - polling covers the outage; keep resubscribing
                 logger.warning("policy: change broadcast unavailable (polling meanwhile): %s", exc)
             await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter only

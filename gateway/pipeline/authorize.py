@@ -24,7 +24,7 @@ from typing import Final
 from gateway.authz.decision import Decision, Reason
 from gateway.authz.live import LivePolicy
 from gateway.authz.sample import DecisionSample
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, ServiceUnavailable
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.sessions import Session
 from gateway.machine.verifier import VerifiedToken
@@ -81,6 +81,12 @@ def denial(decision: Decision) -> AccessDenied:
     return AccessDenied(_message(decision), reason=decision.reason)
 
 
+class PolicyBehind(ServiceUnavailable):
+    """503: a newer policy version was announced and this worker cannot load it."""
+
+    reason = "policy-behind"
+
+
 def _decide(
     principals: frozenset[str],
     route: str,
@@ -92,6 +98,10 @@ def _decide(
 ) -> Decision:
     """The policy's decision, its time, version and reason noted in ``rec``; the request's shape in
     ``sample`` unless it is None (the person opted out of policy analytics)."""
+    if policy.behind:
+        # A newer policy is known to exist and cannot be loaded (the database is out of reach): the one
+        # in hand may allow what the new one denies, so nothing is decided on it (fail closed).
+        raise PolicyBehind("The access policy could not be brought up to date.")
     started = time.perf_counter()
     decision = policy.authorizer.decide(principals, route, method, path)
     rec.authz_seconds = time.perf_counter() - started

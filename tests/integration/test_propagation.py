@@ -185,3 +185,57 @@ def test_a_change_whose_announcement_fails_is_exit_3_and_still_arrives(pair: Pai
     assert took < BACKSTOP, took
     # A command that announced nothing wrong still exits 0 on the same deployment.
     _import(pair, POLICY_ALLOWING)()
+
+
+@pytest.mark.peer
+def test_a_replica_that_cannot_load_an_announced_policy_refuses_instead_of_allowing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An attack run: replica B, cut off from PostgreSQL, heard the new version announced, could not
+    load it, and kept allowing for half a minute what replica A already denied. Now B answers 503 until
+    it has the new policy, then the new answer. (The probe is a session, kept in Redis, so nothing but
+    the policy needs the database.)"""
+    from tests.integration.harness import add_user
+    from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, login
+    from tests.support.tcp_proxy import TcpProxy
+
+    tmp = tmp_path_factory.mktemp("behind")
+    port_a, port_b = free_port(), free_port()
+    with fresh_database("gw_behind") as name, run_echo() as echo, TcpProxy(("127.0.0.1", 5432)) as pg:
+        common: dict[str, Any] = {
+            "state": {"redis_url": "redis://127.0.0.1:6379/0", "namespace": f"behind{port_a}:"},
+            "keyring": str(tmp / "keyring.json"),
+        }
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{{}}/{name}"
+        config_a = config(tmp / "a", port_a, echo.url, storage={"url": url.format(5432)}, **common)
+        config_b = config(tmp / "b", port_b, echo.url, storage={"url": url.format(pg.port)}, **common)
+        (tmp / "a" / "gateway.yaml").write_text(yaml.safe_dump(config_a, sort_keys=False))
+        for step in (("migrate",), ("keys", "init")):
+            done = run_cli(*step, "--config", str(tmp / "a" / "gateway.yaml"))
+            assert done.returncode == 0, done.stdout + done.stderr
+        with run_gateway(tmp / "a", config_a) as gw_a, run_gateway(tmp / "b", config_b) as gw_b:
+            pair = Pair(gw_a, gw_b, tmp, common)
+            add_user(gw_a.config_path, "bea", PASSWORD)
+            with browser(gw_b) as client:
+                assert login(client, "bea").status_code == 302
+                session = cookie(client, SESSION_COOKIE)
+
+            def on_b() -> int:
+                headers = {"Host": "127.0.0.1", "Accept": "application/json"}
+                cookies = {SESSION_COOKIE: session or ""}
+                return httpx.get(f"{gw_b.url}/page", headers=headers, cookies=cookies, timeout=10).status_code
+
+            assert on_b() == 200
+            pg.stop()
+            _import(pair, POLICY_DENYING)()  # no line for signed-in people any more
+            refused = wait_until(
+                lambda: (status := on_b()) != 200 and status,
+                timeout=30,
+                what="B refusing under a policy it knows is out of date",
+            )
+            assert refused == 503
+            time.sleep(1.0)
+            assert on_b() == 503
+
+            pg.start()
+            wait_until(lambda: on_b() == 403, timeout=30, what="B deciding on the new policy")

@@ -42,7 +42,12 @@ class FakeStore:
         return None
 
     async def watch(
-        self, on_version: Callable[[int], Awaitable[None]], *, poll_interval: float, since: int
+        self,
+        on_version: Callable[[int], Awaitable[None]],
+        *,
+        poll_interval: float,
+        since: int,
+        on_announced: Callable[[int], None] | None = None,
     ) -> None:
         await asyncio.Event().wait()
 
@@ -86,6 +91,37 @@ async def test_an_unreachable_store_keeps_the_last_good_policy() -> None:
             await policy.load()
         assert policy.version == 1
         assert policy.authorizer.decide(ALICE, "app", "GET", "/docs/a").allowed
+    finally:
+        await policy.close()
+
+
+async def test_an_announced_version_that_cannot_be_loaded_puts_the_worker_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last good policy keeps deciding through an outage, but not once a newer one is known to
+    exist: it may allow what the new one denies (an attack run on a replica cut off from PostgreSQL)."""
+    monkeypatch.setattr("gateway.authz.live._LOAD_GRACE", 0.05)
+    store = FakeStore(Stored(1, V1))
+    policy = live(store)
+    await policy.start()
+    try:
+        store.down = True
+        policy._announce(2)  # the broadcast names version 2; the database cannot be read
+        assert not policy.behind  # a load takes a moment: not yet
+        await asyncio.sleep(0.1)
+        assert policy.behind
+        with pytest.raises(ConnectionError):
+            await policy._on_version(2)
+        assert policy.behind
+        store.down = False
+        store.stored = Stored(2, V2)
+        await policy._on_version(2)
+        assert not policy.behind
+        assert policy.version == 2
+        # An announcement of what is already live changes nothing.
+        policy._announce(2)
+        await asyncio.sleep(0.1)
+        assert not policy.behind
     finally:
         await policy.close()
 

@@ -38,6 +38,7 @@ class DenyAll:
 @dataclass
 class Policy:
     authorizer: DenyAll
+    behind: bool = False
 
 
 def _record(clock: FakeClock) -> RequestRecord:
