@@ -81,7 +81,7 @@ from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.settings.trusted import may_see_internals
 from gateway.store.fast import FastState
 from gateway.store.ids import parse_id
-from gateway.threat.blocks import BlockStore, IpBlocked, IpBlocks
+from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocked, IpBlocks
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
 
@@ -302,7 +302,7 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 class AdminGuard:
     """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
 
-    __slots__ = ("_blocks", "_fast", "_identity", "_live", "_origins", "_policy")
+    __slots__ = ("_blocks", "_fast", "_file_blocks", "_files", "_identity", "_live", "_origins", "_policy")
 
     def __init__(
         self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig, fast: FastState
@@ -312,6 +312,12 @@ class AdminGuard:
         self._live = live
         self._fast = fast
         self._blocks = BlockStore(fast, identity.clock)
+        # The block-list files (threat.block_lists) too: an attack run reached the console from an
+        # address a feed listed, which the data plane refused.
+        self._file_blocks = IpBlocks(identity.clock)
+        self._files = BlockListFiles(
+            self._file_blocks, lambda: self._live.current.settings.threat.block_lists
+        )
         config = live.current
         if config.settings.admin.listen is None:
             raise GatewayError("admin.listen is null: the admin API is disabled in this configuration")
@@ -361,7 +367,9 @@ class AdminGuard:
         still reach the list."""
         blocks = IpBlocks(self._identity.clock)
         await self._blocks.refresh(blocks)
-        if ip and ip in blocks:
+        # A stat of each file per request, a re-read only when one changed (admin requests are few).
+        self._files.poll()
+        if ip and (ip in blocks or ip in self._file_blocks):
             raise IpBlocked("Access from your address is blocked.")
 
     async def _first_refusal(self, username: str) -> bool:

@@ -65,6 +65,7 @@ from gateway.store.fast import FastState, StateUnavailable, open_configured_stat
 from gateway.store.migrate import ensure_schema
 from gateway.store.private import private_dir
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
+from gateway.threat.blocks import BlockFeed, BlockStore
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown, LockdownStore
 from gateway.upstream.http1 import Http1Client
@@ -211,6 +212,15 @@ async def _open_worker(
     if shared.sinks is not None and config.access_log:
         observers.append(access_observer(shared.sinks))
     ip_blocks = IpBlocks(identity.clock)
+    # The blocks are followed whether detection is on or not: the CLI's and the console's apply too.
+    feed = BlockFeed(
+        ip_blocks,
+        BlockStore(fast, identity.clock),
+        lambda: live.current.settings.threat.block_lists,
+        lambda: float(live.current.settings.threat.block_list_poll),
+    )
+    await feed.start()
+    stack.push_async_callback(feed.close)
     lockdown = await _open_lockdown(stack, live, fast, identity)
     threats = await _open_threats(stack, live, settings, fast, identity, ip_blocks, db)
     if threats is not None:

@@ -17,6 +17,7 @@ Never a network call on the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -35,6 +36,7 @@ __all__ = [
     "BLOCKS_CHANNEL",
     "BLOCKS_KEY",
     "BlockEntry",
+    "BlockFeed",
     "BlockListFiles",
     "BlockStore",
     "IpBlocked",
@@ -408,3 +410,43 @@ class BlockListFiles:
             if await asyncio.to_thread(self.scan):
                 self.apply()
             await asyncio.sleep(interval())
+
+
+class BlockFeed:
+    """Keeps one worker's :class:`IpBlocks` current: the block-list files and the shared blocks (the
+    CLI's, the console's and detection's), whether threat detection is on or not. An attack run with
+    ``threat.enabled: false`` had ``gateway incident block-ip`` report a block that the data plane never
+    applied."""
+
+    def __init__(
+        self,
+        blocks: IpBlocks,
+        store: BlockStore,
+        paths: Callable[[], Sequence[str]],
+        poll: Callable[[], float],
+    ) -> None:
+        self._blocks = blocks
+        self._store = store
+        self._files = BlockListFiles(blocks, paths)
+        self._poll = poll
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Load both once, then follow them (the shared blocks by broadcast, the files by polling)."""
+        await asyncio.to_thread(self._files.scan)
+        self._files.apply()
+        with contextlib.suppress(StateUnavailable):
+            await self._store.refresh(self._blocks)
+        self._tasks = [
+            asyncio.ensure_future(self._store.run_listener(self._blocks)),
+            asyncio.ensure_future(self._files.run(self._poll)),
+        ]
+
+    async def close(self) -> None:
+        """Stop following."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []

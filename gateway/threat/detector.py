@@ -34,7 +34,7 @@ from gateway.clock import Clock
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
-from gateway.threat.blocks import BlockListFiles, IpBlocks
+from gateway.threat.blocks import IpBlocks
 from gateway.threat.geo import GeoLocator, distance_km
 from gateway.threat.responder import Responder
 
@@ -88,7 +88,6 @@ class ThreatDetector:
         self.dropped = 0
         # session hash prefix -> (sign-in address, sign-in User-Agent); None: being looked up / unknown.
         self._baselines: dict[str, tuple[str, str] | None] = {}
-        self._files = BlockListFiles(blocks, lambda: self._settings().block_lists)
         self._geo: GeoLocator | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -141,17 +140,11 @@ class ThreatDetector:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the block lists and the shared blocks, then start the background tasks."""
-        self._files.poll()
-        with contextlib.suppress(StateUnavailable):
-            await self.responder.blocks.refresh(self.blocks)
+        """Start the background work. ``blocks`` is kept current by the worker's block feed
+        (:class:`gateway.threat.blocks.BlockFeed`), which runs whether detection is on or not."""
         if self.responder.webhook is not None:
             self.responder.webhook.start()
-        self._tasks = [
-            asyncio.ensure_future(self._work()),
-            asyncio.ensure_future(self.responder.blocks.run_listener(self.blocks)),
-            asyncio.ensure_future(self._files.run(lambda: float(self._settings().block_list_poll))),
-        ]
+        self._tasks = [asyncio.ensure_future(self._work())]
 
     async def close(self) -> None:
         """Stop the background tasks (signals still queued are dropped)."""
