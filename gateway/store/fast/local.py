@@ -242,6 +242,10 @@ class LocalFastState:
         # One thread owns the connection: SQLite calls block, the event loop must not.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast-state")
         self._conn: sqlite3.Connection | None = None
+        # The inode of the file the connection has open, and whether the poller found that the path
+        # names another file now (deleted, or replaced): then the next call opens the path afresh.
+        self._opened_ino: int | None = None
+        self._replaced = False
         self._subscriptions: set[LocalSubscription] = set()
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
@@ -259,10 +263,39 @@ class LocalFastState:
     # -- the thread ------------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """The thread's connection, opened (and the file and schema created) on first use."""
+        """The thread's connection, opened (and the file and schema created) on first use, and again
+        once the path names another file than the one open (see :meth:`_check_file`)."""
+        if self._replaced and self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        self._replaced = False
         if self._conn is None:
             self._conn = _open(self._path, self._busy_timeout)
+            with contextlib.suppress(OSError):
+                self._opened_ino = os.stat(self._path).st_ino
         return self._conn
+
+    def _check_file(self) -> None:
+        """Whether the path still names the file this process has open. A state file deleted or
+        replaced under a running gateway (a clean-up, a restore) left the workers on the old file and
+        every CLI command on a new one: a `gateway user disable` reported sessions ended that the
+        workers kept serving (an attack run). Now the workers follow the path: they drop what they
+        cached (everyone signs in again: fail closed) and reopen it."""
+        if self._opened_ino is None:
+            return
+        try:
+            ino: int | None = os.stat(self._path).st_ino
+        except OSError:
+            ino = None
+        if ino == self._opened_ino:
+            return
+        _log.warning("fast state: %s was deleted or replaced; opening it afresh", self._path)
+        self._opened_ino = None
+        self._replaced = True
+        for subscription in list(self._subscriptions):
+            if subscription.live:
+                subscription._interrupted()
 
     def _call(self, operation: str, fn: Callable[[sqlite3.Connection, float], _T], deadline: float) -> _T:
         """Run ``fn(connection, now)`` on the thread, converting failures to ``StateUnavailable``.
@@ -537,6 +570,7 @@ class LocalFastState:
                 # thread (idle CPU 8 -> 3 ms/s, measured). A full read every _FULL_POLL seconds
                 # covers a change the file times could miss (a coarse clock tick).
                 seen, now = _file_mark(self._path), time.monotonic()
+                self._check_file()
                 if failing or seen is None or seen != mark or now >= next_full:
                     await self.poll()
                     mark, next_full = seen, now + _FULL_POLL

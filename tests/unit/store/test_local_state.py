@@ -162,6 +162,39 @@ async def test_a_message_published_by_another_process_is_received(
     assert received == [b"hash0", b"hash1", b"hash2"]
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_state_file_deleted_or_replaced_under_a_running_gateway_is_followed(
+    tmp_path: Path, opened: Callable[..., LocalFastState], how: str
+) -> None:
+    """An attack run deleted state.db under a running node: its workers kept the old file open while
+    every CLI command wrote a new one, so `gateway user disable` reported sessions ended that the
+    workers kept serving. The worker now follows the path: what it held is gone (everyone signs in
+    again), and what the CLI writes to the new file reaches it."""
+    path = tmp_path / "state.db"
+    worker = opened(path, poll_interval=0.05)
+    async with worker.subscribe("session-revoked") as subscription:
+        await worker.set("session:alice", b"live")
+        assert await worker.get("session:alice") == b"live"
+        interruptions = subscription.interruptions
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        if how == "replaced":
+            other = opened(tmp_path / "other.db")
+            await other.set("unrelated", b"x")
+            await other.close()
+            (tmp_path / "other.db").rename(path)
+        # What a CLI command writes now goes to the file at the path.
+        cli = opened(path)
+        await cli.set("session:alice-revoked", b"yes")
+        await cli.publish("session-revoked", b"alice")
+        deadline = time.monotonic() + BOUND
+        while await worker.get("session:alice-revoked") != b"yes":
+            assert time.monotonic() < deadline, "the worker still reads the old file"
+            await asyncio.sleep(0.05)
+        assert await worker.get("session:alice") is None  # the old file's sessions are gone
+        assert subscription.interruptions > interruptions  # its consumers dropped what they cached
+
+
 async def test_the_file_and_its_wal_files_are_private(
     tmp_path: Path, opened: Callable[..., LocalFastState]
 ) -> None:
