@@ -50,6 +50,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.ledger import AccountLedger, Entry, State
+from gateway.identity.machine_names import service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.owed import owe
@@ -420,6 +421,11 @@ class AccountService:
                 ).first()
             if taken is not None:
                 raise self._exists(taken, name, address)
+            if await service_account_names(session, [name]):
+                raise AccountExists(
+                    f"A service account is named {name!r}: the applications would not tell the two apart "
+                    "(X-Gateway-User, the assertion's sub). Choose another username."
+                )
         if password is not None:
             # Hashed outside the transaction: it takes tens of milliseconds and holds no lock meanwhile.
             password_hash = await self._hasher.hash(password)

@@ -19,12 +19,13 @@ from datetime import datetime, timedelta
 from typing import Final
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity.models import User
 from gateway.machine.models import ApiToken, ServiceAccount
 from gateway.machine.tokens import REVOCATION_CHANNEL, is_token_id, new_token
 from gateway.store.db import Database, store_errors
@@ -183,6 +184,19 @@ class ServiceAccounts:
     ) -> AccountView:
         """Create a service account (409 if the name is taken, 400 for a bad name or role)."""
         name = check_name(name)
+        async with self._db.session() as session:
+            with store_errors("cannot read accounts"):
+                person = (
+                    await session.scalars(
+                        select(User.id).where(or_(User.username == name, User.email == name)).limit(1)
+                    )
+                ).first()
+        if person is not None:
+            # One namespace with people: the apps are told the name (X-Gateway-User, sub) either way.
+            raise ServiceAccountExists(
+                f"A person's account is named {name!r}: the applications would not tell the two apart. "
+                "Choose another name."
+            )
         row = ServiceAccount(
             name=name, description=_text(description, "The description"), owner=_text(owner, "The owner"),
             roles=" ".join(check_roles(roles)), created_at=self._clock.now(), created_by=actor,

@@ -41,6 +41,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
+from gateway.identity.machine_names import service_account_names
 from gateway.identity.models import User
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.oidc.models import IdentityLink
@@ -344,6 +345,8 @@ class IdentityMapper:
                 ).all()
                 # Usernames and emails are one namespace (either may be typed as a login).
                 taken = {value for row in rows for value in row if value is not None}
+                # A service account's name too: the apps would take the person for the machine.
+                taken |= await service_account_names(session, candidates)
                 if self._keyring is not None:
                     # A deleted account's name is never handed to someone else; the last candidate
                     # is made from this very subject, so only its own person can have had it.

@@ -1,0 +1,85 @@
+"""People and service accounts share one namespace (SQLite and PostgreSQL): the applications are told
+the name either way (``X-Gateway-User``, the assertion's ``sub``). An attack run made a service account
+``alice`` with role ``boss``, and the app could not tell its token from the person alice."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.identity.accounts import AccountExists, AccountService
+from gateway.identity.oidc.links import IdentityMapper
+from gateway.identity.passwords import PasswordHasher
+from gateway.identity.regulation import Regulator
+from gateway.machine.accounts import ServiceAccountExists, ServiceAccounts
+from gateway.settings.schema import IdentityProvider, PasswordSettings, RegulationSettings
+from gateway.store.db import Database
+from gateway.store.fast import MemoryFastState
+
+FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
+JIT = IdentityProvider(
+    name="corp",
+    issuer="https://idp.example.com",
+    client_id="gw",
+    client_secret="s",
+    provisioning="jit",
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def machines(database: Database, clock: FakeClock) -> ServiceAccounts:
+    return ServiceAccounts(
+        database, AuditLog(database, clock=clock), MemoryFastState(clock=clock), clock, max_lifetime=86400
+    )
+
+
+@pytest.fixture
+def people(database: Database, clock: FakeClock) -> AccountService:
+    audit = AuditLog(database, clock=clock)
+    regulator = Regulator(MemoryFastState(clock=clock), RegulationSettings(), audit, clock)
+    return AccountService(database, PasswordHasher(FAST_ARGON), regulator, audit, clock)
+
+
+async def test_a_service_account_may_not_take_a_persons_name(
+    people: AccountService, machines: ServiceAccounts
+) -> None:
+    await people.create(username="alice", password=None, email="alice@example.com", actor="admin:root")
+    for name in ("alice", "ALICE "):
+        with pytest.raises(ServiceAccountExists, match="person"):
+            await machines.create_account(name, roles=["boss"], actor="admin:root")
+    assert [a.name for a in await machines.list_accounts()] == []
+
+
+async def test_a_person_may_not_take_a_service_accounts_name(
+    people: AccountService, machines: ServiceAccounts
+) -> None:
+    await machines.create_account("deploybot", actor="admin:root")
+    with pytest.raises(AccountExists, match="service account"):
+        await people.create(username="DeployBot", password=None, actor="admin:root")
+    assert await people.find("deploybot") is None
+
+
+async def test_a_provider_sign_in_is_never_given_a_service_accounts_name(
+    database: Database, machines: ServiceAccounts, clock: FakeClock
+) -> None:
+    await machines.create_account("deploybot", actor="admin:root")
+    mapper = IdentityMapper(database, AuditLog(database, clock=clock), clock)
+    mapped = await mapper.map(
+        JIT,
+        subject="s-9",
+        claims={
+            "sub": "s-9",
+            "preferred_username": "deploybot",
+            "email": "d@example.com",
+            "email_verified": True,
+        },
+        ip="198.51.100.1",
+    )
+    assert mapped.created
+    assert mapped.user.username != "deploybot"
