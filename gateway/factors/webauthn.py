@@ -282,13 +282,16 @@ class WebAuthnService:
         await self._state.set(_reg_key(user_id, options.challenge), pending, ttl=CHALLENGE_TTL_S)
         return json.dumps(document)
 
-    async def register(self, *, user_id: int, name: str, credential_json: str) -> WebAuthnCredential:
+    async def register(
+        self, *, user_id: int, name: str, credential_json: str, ip: str = ""
+    ) -> WebAuthnCredential:
         """Finish a registration: verify the authenticator's answer and store the credential.
 
         Args:
             user_id: The account enrolling; must be the one the options were made for.
             name: A label chosen by the user ("YubiKey 5", "Phone"); cleaned and bounded.
             credential_json: ``PublicKeyCredential.toJSON()`` of the created credential.
+            ip: The client's address, for the audit record.
 
         Returns:
             The stored credential.
@@ -352,6 +355,7 @@ class WebAuthnService:
             "factor.enrolled",
             actor=f"user:{username}",
             subject=username,
+            ip=ip,
             details={"kind": _KIND, "name": row.name, "discoverable": row.discoverable},
         )
         return row
@@ -525,12 +529,13 @@ class WebAuthnService:
                 await session.commit()
         return True
 
-    async def remove(self, user_id: int, credential_db_id: int) -> bool:
+    async def remove(self, user_id: int, credential_db_id: int, *, ip: str = "") -> bool:
         """Delete one of the user's credentials (the caller checks a recent second factor first).
 
         Args:
             user_id: The owner; a credential of anyone else is left alone.
             credential_db_id: The credential's row id.
+            ip: The client's address, for the audit record.
 
         Returns:
             False if the user has no such credential.
@@ -555,6 +560,7 @@ class WebAuthnService:
             "factor.removed",
             actor=f"user:{username}",
             subject=username,
+            ip=ip,
             details={"kind": _KIND, "name": removed},
         )
         return True

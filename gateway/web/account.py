@@ -196,7 +196,7 @@ async def remove_factor(
                 details={"kind": "totp"},
             )
     elif kind == "webauthn":
-        removed = await identity.webauthn.remove(s.user_id, credential_id)
+        removed = await identity.webauthn.remove(s.user_id, credential_id, ip=flows.client_ip(request))
     if not removed:
         return Redirect("/.gateway/account?notice=Nothing+was+removed.", status_code=303)
     ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "factor.removed")

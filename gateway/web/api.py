@@ -157,7 +157,10 @@ async def register_verify(
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
     first = await flows.enrolls_first(identity, s)
     await identity.webauthn.register(
-        user_id=s.user_id, name=data.name[:60] or "Passkey", credential_json=json.dumps(data.credential)
+        user_id=s.user_id,
+        name=data.name[:60] or "Passkey",
+        credential_json=json.dumps(data.credential),
+        ip=flows.client_ip(request),
     )
     new_id, new_session = await flows.after_enrolling(
         identity, session_id, first=first, factor=Factor.WEBAUTHN
@@ -193,7 +196,12 @@ async def mfa_verify(
                 credential_json=json.dumps(data.credential), user_id=s.user_id
             )
         except Exception:
-            await attempt.fail(ip=flows.client_ip(request), factor="webauthn")
+            ip = flows.client_ip(request)
+            await attempt.fail(ip=ip, factor="webauthn")
+            # In the trail as a failed code is: detection (MFA failures, brute force) reads it there.
+            await identity.audit.record(
+                "mfa.webauthn", actor=f"user:{s.username}", subject=s.username, ip=ip, outcome="failure"
+            )
             raise
     await identity.regulator.record_success(s.username)
     new_id, new_session = await identity.sessions.elevate(

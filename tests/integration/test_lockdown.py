@@ -460,3 +460,38 @@ def test_switched_on_one_replica_it_is_enforced_on_the_other(tmp_path: Path) -> 
                 timeout=30,
                 what="replica a open",
             )
+
+
+@pytest.mark.peer
+def test_a_failed_passkey_second_factor_is_in_the_trail_for_detection(site: Site) -> None:
+    """An attack run: a failed WebAuthn second factor wrote no audit record, so the MFA-failure and
+    brute-force rules (which read the trail) never saw it; passkey enrolments named no address."""
+    add_user(site.gw.config_path, "kim", "correct horse battery staple")
+    owner = SoftAuthenticator(origin=site.gw.url)
+    with browser(site.gw) as client:
+        assert login(client, "kim", "correct horse battery staple").status_code in (302, 303)
+        options = _api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
+        done = _api_post(
+            client,
+            "/.gateway/api/webauthn/register/verify",
+            {"credential": json.loads(owner.create(options.text)), "name": "Key"},
+        )
+        assert done.status_code == 200, done.text
+        assert post_form(client, "/.gateway/logout").status_code == 303
+    with browser(site.gw) as client:
+        assert login(client, "kim", "correct horse battery staple").status_code in (302, 303)
+        options = _api_post(client, "/.gateway/api/mfa/webauthn/options", {})
+        assert options.status_code == 200, options.text
+        # The answer of a phishing page's ceremony: signed for another origin.
+        refused = _api_post(
+            client,
+            "/.gateway/api/mfa/webauthn/verify",
+            {"credential": json.loads(owner.get(options.text, origin="https://evil.test"))},
+        )
+        assert refused.status_code >= 400, refused.text
+    failures = [e for e in site.audit("mfa.webauthn") if e["subject"] == "kim" and e["outcome"] == "failure"]
+    assert len(failures) == 1, failures
+    assert failures[0]["ip"] == "127.0.0.1"
+    enrolled = [e for e in site.audit("factor.enrolled") if e["subject"] == "kim"]
+    assert enrolled
+    assert enrolled[0]["ip"] == "127.0.0.1"
