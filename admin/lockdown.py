@@ -64,7 +64,7 @@ class LockdownView(msgspec.Struct, kw_only=True):
 
 
 def _store(services: Services) -> LockdownStore:
-    return LockdownStore(services.fast, services.identity.clock, services.identity.audit)
+    return LockdownStore(services.fast, services.identity.clock, services.identity.audit, db=services.db)
 
 
 def _view(state: LockdownState, message: str = "") -> LockdownView:

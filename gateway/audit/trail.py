@@ -64,6 +64,11 @@ class AuditLog:
         self._keys = chain_keys(keyring)
         self.listeners: list[AuditListener] = []
 
+    @property
+    def db(self) -> Database:
+        """The database the trail is written to (other small facts kept beside it use it too)."""
+        return self._db
+
     async def record(
         self,
         kind: str,

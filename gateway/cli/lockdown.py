@@ -58,7 +58,7 @@ async def _with_store(
     from gateway.threat.lockdown import LockdownStore
 
     async with open_store(settings, fast=True, keyring=True) as store:
-        return await action(args, LockdownStore(store.fast, SYSTEM_CLOCK, store.audit()))
+        return await action(args, LockdownStore(store.fast, SYSTEM_CLOCK, store.audit(), db=store.db))
 
 
 def _runner(action: Callable[[argparse.Namespace, LockdownStore], Awaitable[int]]) -> Action:

@@ -111,7 +111,7 @@ class Workflow:
 
     async def checks(self, case: CaseView) -> list[RecoveryCheck]:
         """The recovery checklist, every check run."""
-        lockdowns = LockdownStore(self.fast, self.cases.clock)
+        lockdowns = LockdownStore(self.fast, self.cases.clock, db=self.db)
 
         async def locked() -> bool:
             return (await lockdowns.read()).on

@@ -459,7 +459,7 @@ async def _open_lockdown(
 ) -> Lockdown:
     """The worker's lockdown switch: read before the first request, then kept current in the background."""
     lockdown = Lockdown()
-    store = LockdownStore(fast, identity.clock)
+    store = LockdownStore(fast, identity.clock, db=identity.audit.db)
     try:
         # A worker starting during a lockdown must not serve its first requests as if there were none.
         await store.refresh(lockdown)

@@ -7,9 +7,14 @@ re-reads the key when it hears the broadcast, and every ``refresh_every`` second
 broadcast or a dropped subscription is bounded by that interval. The data plane asks only the
 in-memory copy: no fast-state read per request (invariant 5).
 
-When the fast state cannot be read, a worker keeps the last state it knew (on stays on, off stays
-off). Failing closed on every hiccup would turn a Redis blip into a full outage; and while the fast
-state is down no session can be read either, so no signed-in request gets through anyway.
+The switch is also kept in the database (``kv_settings``, key ``lockdown``), written with every change:
+a fast state that lost it (Redis restarted without persistence, a failover that dropped the write)
+gets it back from there at the next read, and a worker that cannot read the fast state reads the
+database instead, so a replica cut off from Redis still closes its public paths (both were attack-run
+findings: the lockdown silently off after a Redis restart, and public routes served on a cut-off
+replica). Only when neither can be read does a worker keep the last state it knew (on stays on, off
+stays off): failing closed on every hiccup would turn a blip into a full outage, and while the fast
+state is down no session can be read either.
 
 Who passes a lockdown (:func:`is_break_glass`): a session that speaks for the ``lockdown.break_glass_group``
 (an identity provider's group, written ``<provider>:<group>`` as sessions keep it, or the role of that
@@ -23,6 +28,7 @@ audit listener also sends to the security-event sinks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Collection, Iterable
 from typing import Final
@@ -34,8 +40,10 @@ from gateway.clock import Clock
 from gateway.errors import BadRequest
 from gateway.identity.levels import Factor
 from gateway.identity.sessions import Session
+from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
+from gateway.store.models import KvSetting
 
 __all__ = [
     "LOCKDOWN_CHANNEL",
@@ -52,6 +60,8 @@ __all__ = [
 logger = logging.getLogger("gateway.lockdown")
 
 LOCKDOWN_KEY: Final = "lockdown:state"
+# The database's copy (kv_settings).
+_DB_KEY: Final = "lockdown"
 LOCKDOWN_CHANNEL: Final = "lockdown"
 #: The longest reason kept with a switch (it goes into the audit trail and every status answer).
 MAX_REASON: Final = 2000
@@ -164,20 +174,37 @@ class Lockdown:
 class LockdownStore:
     """The switch in the fast state: read it, flip it (audited), and mirror it into a worker."""
 
-    def __init__(self, state: FastState, clock: Clock, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, state: FastState, clock: Clock, audit: AuditLog | None = None, *, db: Database | None = None
+    ) -> None:
         self._state = state
         self._clock = clock
         self._audit = audit
+        self._db = db
 
     async def read(self) -> LockdownState:
-        """The switch as stored (off when never switched).
+        """The switch as stored (off when never switched): the fast state's, else the database's.
 
         Raises:
-            StateUnavailable: the fast state cannot answer.
+            StateUnavailable: neither the fast state nor the database can answer.
         """
-        raw = await self._state.get(LOCKDOWN_KEY)
+        try:
+            raw = await self._state.get(LOCKDOWN_KEY)
+        except StateUnavailable:
+            stored = await self._from_db()
+            if stored is None:
+                raise
+            return stored
         if raw is None:
-            return OFF
+            stored = await self._from_db()
+            if stored is None:
+                return OFF
+            # The fast state lost the switch: put the database's back (unless one was written meanwhile).
+            with contextlib.suppress(StateUnavailable):
+                await self._state.compare_and_set(LOCKDOWN_KEY, None, _encode(stored))
+            if stored.on:
+                logger.warning("lockdown: the fast state had lost the switch; restored it from the database")
+            return stored
         try:
             return _decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -209,8 +236,50 @@ class LockdownStore:
         await self._write(new, "lockdown.off", ip=ip)
         return new
 
+    async def _from_db(self) -> LockdownState | None:
+        """The database's copy; None when there is none or it cannot be read."""
+        if self._db is None:
+            return None
+        try:
+            async with self._db.session() as session:
+                with store_errors("cannot read the lockdown switch"):
+                    row = await session.get(KvSetting, _DB_KEY)
+        except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
+            return None
+        if row is None:
+            return None
+        try:
+            return _decode(row.value.encode("utf-8"))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return LockdownState(on=True, reason="unreadable lockdown state")
+
+    async def _to_db(self, new: LockdownState) -> bool:
+        if self._db is None:
+            return False
+        try:
+            async with self._db.session(write=True) as session:
+                with store_errors("cannot store the lockdown switch"):
+                    row = await session.get(KvSetting, _DB_KEY)
+                    value = _encode(new).decode("utf-8")
+                    if row is None:
+                        session.add(KvSetting(key=_DB_KEY, value=value, updated_at=self._clock.now()))
+                    else:
+                        row.value, row.updated_at = value, self._clock.now()
+                    await session.commit()
+        except Exception:  # reported; the fast state's copy is the one read first
+            logger.exception("lockdown: could not keep the switch in the database")
+            return False
+        return True
+
     async def _write(self, new: LockdownState, kind: str, *, ip: str) -> None:
-        await self._state.set(LOCKDOWN_KEY, _encode(new))
+        in_db = await self._to_db(new)
+        try:
+            await self._state.set(LOCKDOWN_KEY, _encode(new))
+        except StateUnavailable:
+            if not in_db:
+                raise
+            # In the database: every worker that cannot read the fast state reads it there.
+            logger.warning("lockdown: the fast state did not answer; the switch is in the database")
         if self._audit is not None:
             details: dict[str, object] = {
                 "routes": "all" if new.routes is None else list(new.routes),

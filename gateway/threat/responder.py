@@ -112,7 +112,7 @@ class Responder:
         self.webhook = webhook
         self.blocks = BlockStore(state, clock)
         self.incidents = IncidentStore(state)
-        self.lockdown = LockdownStore(state, clock, audit)
+        self.lockdown = LockdownStore(state, clock, audit, db=audit.db)
         # Told of every incident a rule raises (the durable incident records of gateway.response,
         # which this floor cannot import); a listener that fails is logged, never the detection's end.
         self.listeners: list[Callable[[Incident], Awaitable[object]]] = []

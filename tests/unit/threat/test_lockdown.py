@@ -206,3 +206,35 @@ async def test_lifting_an_old_incident_leaves_a_newer_lockdown_on(world: World) 
     await world.responder.lockdown.switch_on(("app",), actor="cli:root", reason="narrowed")
     await world.responder.lift(incident.id, actor="user:erin")
     assert (await world.responder.lockdown.read()).routes == ("app",)
+
+
+async def test_a_fast_state_that_lost_the_switch_gets_it_back_from_the_database(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """An attack run: Redis restarted without persistence, and the lockdown was silently off."""
+    store = LockdownStore(fast_state, clock, AuditLog(audit_db, clock=clock), db=audit_db)
+    on = await store.switch_on(None, actor="cli:root", reason="breach")
+    await fast_state.delete(LOCKDOWN_KEY)  # what a Redis restart without persistence does
+    assert await LockdownStore(fast_state, clock, db=audit_db).read() == on
+    assert await fast_state.get(LOCKDOWN_KEY) is not None  # put back for every other reader
+    await store.switch_off(actor="cli:root", reason="over")
+    await fast_state.delete(LOCKDOWN_KEY)
+    assert (await LockdownStore(fast_state, clock, db=audit_db).read()).on is False
+
+
+class _Down:
+    """A fast state that does not answer (a replica cut off from Redis)."""
+
+    async def get(self, key: str) -> bytes | None:
+        raise StateUnavailable("cut off")
+
+
+async def test_a_worker_cut_off_from_the_fast_state_reads_the_switch_from_the_database(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """An attack run: a replica cut off from Redis kept serving public paths through a lockdown."""
+    await LockdownStore(fast_state, clock, db=audit_db).switch_on(("app",), actor="cli:root", reason="breach")
+    cut_off = LockdownStore(_Down(), clock, db=audit_db)  # type: ignore[arg-type]
+    assert (await cut_off.read()).covers("app")
+    with pytest.raises(StateUnavailable):  # neither answers: the caller keeps what it knew
+        await LockdownStore(_Down(), clock).read()  # type: ignore[arg-type]
