@@ -34,6 +34,7 @@ from gateway.clock import Clock
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.threat.addresses import counted_as
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.geo import GeoLocator, distance_km
 from gateway.threat.responder import Responder
@@ -221,18 +222,20 @@ class ThreatDetector:
                 )
         rule = settings.spraying
         if rule.enabled and ip:
-            # Distinct accounts per address: each (address, account) pair counts once per window.
+            # Distinct accounts per address (an IPv6 one by its /64: threat.addresses); each (address,
+            # account) pair counts once per window.
+            source = counted_as(ip)
             fresh = await self._state.set(
-                f"threat:s:sp:{ip}:{subject or '~'}", b"1", ttl=float(rule.window), only_if_absent=True
+                f"threat:s:sp:{source}:{subject or '~'}", b"1", ttl=float(rule.window), only_if_absent=True
             )
             if fresh:
-                fire, n = await self._count(rule, f"sp:{ip}")
+                fire, n = await self._count(rule, f"sp:{source}")
                 if fire:
                     await self.responder.respond(
                         "spraying",
                         rule,
                         ip=ip,
-                        summary=f"failed sign-ins for {n} accounts from {ip} within {rule.window:g}s",
+                        summary=f"failed sign-ins for {n} accounts from {source} within {rule.window:g}s",
                         evidence={"accounts": n, "window": float(rule.window)},
                     )
         rule = settings.mfa_failures
@@ -250,7 +253,7 @@ class ThreatDetector:
 
     async def _deny(self, settings: ThreatSettings, user: str, ip: str, session: str) -> None:
         rule = settings.reconnaissance
-        principal = f"user:{user}" if user else f"ip:{ip}"
+        principal = f"user:{user}" if user else f"ip:{counted_as(ip)}"
         fire, n = await self._count(rule, f"rc:{principal}")
         if fire:
             await self.responder.respond(

@@ -33,6 +33,7 @@ from gateway.identity.sessions import (
 )
 from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.threat.addresses import counted_as
 from gateway.threat.blocks import BlockEntry, BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
 from gateway.threat.lockdown import LockdownStore
@@ -214,8 +215,10 @@ class Responder:
         if not ip:
             return None
         until = self._clock.time() + float(rule.block_for)
+        # What the rule counted (an IPv6 address's /64): a block of the one address would be left by
+        # the next address of the same subscriber.
         entry = await self.blocks.add(
-            ip, until=until, incident=incident_id, reason="threat", actor="system:threat"
+            counted_as(ip), until=until, incident=incident_id, reason="threat", actor="system:threat"
         )
         return Action("block_ip", entry.cidr, until=until)
 

@@ -55,6 +55,19 @@ async def test_spraying_from_one_ip_blocks_it(world: World) -> None:
     assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", f"{OTHER_IP}/32")]
 
 
+async def test_spraying_from_rotating_ipv6_addresses_of_one_subscriber_blocks_their_64(world: World) -> None:
+    """An attack run: forty accounts from eight addresses of one /64 raised nothing, where one address
+    was blocked after eight. A /64 is one subscriber's: the rule counts and blocks it whole."""
+    for n, name in enumerate(("alice", "bob", "carol", "dave")):
+        await world.fail("signin.password", name, ip=f"2001:db8:7:9::{n + 1:x}")
+    assert len(await incidents(world, "spraying")) == 1
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2001:db8:7:9::ffff" in world.blocks  # the next address of the same subscriber
+    assert "2001:db8:7:a::1" not in world.blocks  # the neighbouring /64 is someone else
+    [incident] = await world.responder.incidents.latest()
+    assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", "2001:db8:7:9::/64")]
+
+
 async def test_spraying_counts_distinct_accounts_only(world: World) -> None:
     # One user mistyping many times from the office address is brute force at most, not spraying.
     await world.fail("signin.password", "alice", ip=OTHER_IP, times=4)
