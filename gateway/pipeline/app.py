@@ -29,6 +29,7 @@ from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, retarget
 from gateway.pipeline.identify import identify
 from gateway.pipeline.lockdown import enforce_lockdown
 from gateway.pipeline.mfa import require_mfa
+from gateway.pipeline.origins import check_websocket_handshake
 from gateway.pipeline.page_hosts import check_page_host
 from gateway.pipeline.preflight import let_preflight_through
 from gateway.pipeline.proxy import ClientDisconnected
@@ -146,8 +147,14 @@ class DataPlane:
             # The route stage's path: the canonical one, or its lower case on a case-insensitive route.
             path = ctx.path
             rec.method, rec.path, rec.route = ctx.method, path, rt.route.name
-            if entry.needs_websockets and not rt.route.websockets:
-                raise NoRoute("WebSockets are disabled on this route.")
+            if entry.needs_websockets:
+                check_websocket_handshake(
+                    scope["headers"],
+                    enabled=rt.route.websockets,
+                    host=ctx.host_raw,
+                    proto=ctx.proto,
+                    allowed=rt.websocket_origins,
+                )
             # lockdown: one attribute read while none is on; public paths of a locked route too.
             lock = self._lockdown.state
             if lock.on and lock.covers(rt.route.name):

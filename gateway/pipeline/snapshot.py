@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.identity.cookies import own_cookie_names, session_cookie_name
 from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames
+from gateway.pipeline.origins import normal_origin
 from gateway.pipeline.route import Router
 from gateway.settings.schema import IdentityHeaderNames, MfaPolicy, Route, Settings
 from gateway.settings.trusted import TrustedProxies
@@ -60,6 +61,8 @@ class RouteRuntime:
     own_set_cookies: frozenset[bytes] = frozenset()
     # routes[].case_insensitive_paths: the path is routed, decided and forwarded in lower case.
     fold_case: bool = False
+    # routes[].websocket_origins, normalised (scheme://host:port); None: any origin ("*").
+    websocket_origins: frozenset[str] | None = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,11 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
             identity_names=names,
             own_set_cookies=own_set_cookies,
             fold_case=route.case_insensitive_paths,
+            websocket_origins=(
+                None
+                if "*" in route.websocket_origins
+                else frozenset(filter(None, map(normal_origin, route.websocket_origins)))
+            ),
         )
     return Snapshot(
         settings=settings,

@@ -426,6 +426,11 @@ class Route(_Config, frozen=True):
     balance: Literal["round_robin", "least_outstanding"] = "round_robin"
     timeouts: Timeouts = Timeouts()
     websockets: bool = True
+    # Origins (scheme://host[:port]) whose pages may open this route's WebSockets, beside the route's own
+    # host; ["*"]: any. A handshake is sent with the visitor's cookie by any page of the same site (a
+    # sibling app on *.example.com), so without this another app's script could drive this one's socket
+    # as the visitor (cross-site WebSocket hijacking). A handshake without Origin (not a browser) passes.
+    websocket_origins: tuple[str, ...] = ()
     preserve_host: bool = False
     public_paths: tuple[str, ...] = ()
     # "none" | "required" | "webauthn", or {require: …, max_age: 15m}; normalised by Route.mfa_policy.

@@ -52,9 +52,9 @@ def _signed_in(gw: Gateway, user: str) -> str:
     return session
 
 
-def _websocket(gw: Gateway, session: str) -> ClientConnection:
+def _websocket(gw: Gateway, session: str, origin: str | None = None) -> ClientConnection:
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    headers: Any = {"Cookie": f"{SESSION_COOKIE}={session}"}
+    headers: Any = {"Cookie": f"{SESSION_COOKIE}={session}", **({"Origin": origin} if origin else {})}
     return connect(
         f"ws://127.0.0.1:{gw.port}/ws",
         sock=sock,
@@ -129,6 +129,20 @@ def test_a_streamed_download_of_a_disabled_account_is_cut_off(gw: Gateway) -> No
             cut_off = True
     assert cut_off  # the connection was aborted, not ended as if the body were complete
     assert received < 20_000_000_000
+
+
+def test_a_page_of_another_origin_cannot_open_the_websocket_as_the_visitor(gw: Gateway) -> None:
+    """An attack run: a handshake with the visitor's cookie and `Origin: http://evil.test` reached the
+    app with the full identity (a sibling host's script would send the cookie along)."""
+    from websockets.exceptions import InvalidStatus
+
+    session = _signed_in(gw, "ws-origin")
+    with pytest.raises(InvalidStatus) as refused:
+        _websocket(gw, session, origin="http://evil.test").close()
+    assert refused.value.response.status_code == 403
+    with _websocket(gw, session, origin=f"http://127.0.0.1:{gw.port}") as ws:  # the route's own page
+        ws.send("mine")
+        assert ws.recv(timeout=10) == "mine"
 
 
 def test_a_websocket_from_an_address_blocked_later_is_closed(gw: Gateway) -> None:

@@ -5,12 +5,28 @@ Route names are unique, and no two routes claim the same host and path prefix.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from gateway.settings.checks.identity_headers import identity_names
 from gateway.settings.checks.values import NAME_RULE, TOKEN, host_problem, require_positive, url_problem
 from gateway.settings.report import SLUG, KeyPath, Report, quote
 from gateway.settings.schema import ActiveHealthCheck, Route, Settings
 
-__all__ = ["check_routes"]
+__all__ = ["check_routes", "origin_problem"]
+
+
+def origin_problem(origin: str) -> str | None:
+    """What is wrong with a WebSocket origin entry, or None."""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an origin: it needs http:// or https:// and a host"
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        return "is not an origin: only scheme, host and port (no path, query or user)"
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return "has a port that is not a number"
+    return None
 
 
 def check_routes(settings: Settings, report: Report) -> None:
@@ -53,6 +69,17 @@ def check_routes(settings: Settings, report: Report) -> None:
             )
 
 
+def _check_websocket_origins(route: Route, at: KeyPath, report: Report) -> None:
+    for n, origin in enumerate(route.websocket_origins):
+        problem = None if origin == "*" else origin_problem(origin)
+        if problem:
+            report.bad(
+                (*at, "websocket_origins", n),
+                f"{quote(origin)} {problem}",
+                'expected an origin such as https://app.example.com (scheme, host, optional port), or "*"',
+            )
+
+
 def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[str]) -> None:
     problem = host_problem(route.host)
     if problem:
@@ -66,6 +93,7 @@ def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[
         report.bad((*at, "path"), f"{quote(route.path)} {problem}", "expected a path prefix such as /admin")
     if route.case_insensitive_paths:
         _check_folded_paths(route, at, report)
+    _check_websocket_origins(route, at, report)
     if not route.upstreams:
         report.add((*at, "upstreams"), "list at least one upstream URL, e.g. [http://10.0.0.5:8080]")
     for index, upstream in enumerate(route.upstreams):

@@ -1,0 +1,83 @@
+"""Which pages may open a route's WebSockets (``routes[].websocket_origins``).
+
+A browser sends the visitor's cookies with a WebSocket handshake from any page of the same site, and
+the handshake is not subject to CORS: a script on a sibling application's host (``*.example.com``) could
+open this application's socket as the visitor and read what it answers (cross-site WebSocket
+hijacking; an attack run drove one with ``Origin: http://evil.test``). So a handshake that names an
+``Origin`` is let through only from the route's own host or an origin the route lists; one without
+``Origin`` (not a browser: no visitor's cookie is at stake) passes, as in Django Channels' and Spring's
+checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from gateway.errors import Forbidden, NoRoute
+
+__all__ = ["WebSocketOriginRefused", "check_websocket_handshake", "check_websocket_origin", "normal_origin"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class WebSocketOriginRefused(Forbidden):
+    """403: a page of another origin opened the WebSocket."""
+
+    reason = "websocket-origin"
+
+
+def normal_origin(origin: str) -> str | None:
+    """``scheme://host:port`` in lower case with the port made explicit, or None for a value that is
+    not an origin (``null``, a path, no host)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        return None
+    host = parts.hostname.rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+def check_websocket_handshake(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    enabled: bool,
+    host: bytes,
+    proto: str,
+    allowed: frozenset[str] | None,
+) -> None:
+    """Refuse a WebSocket handshake on a route without WebSockets (404) or from another origin (403)."""
+    if not enabled:
+        raise NoRoute("WebSockets are disabled on this route.")
+    check_websocket_origin(headers, host=host, proto=proto, allowed=allowed)
+
+
+def check_websocket_origin(
+    headers: Iterable[tuple[bytes, bytes]], *, host: bytes, proto: str, allowed: frozenset[str] | None
+) -> None:
+    """Refuse a handshake whose ``Origin`` is neither the route's host nor one it allows.
+
+    Args:
+        headers: The handshake's headers.
+        host: Its ``Host`` (the route's host as the browser named it).
+        proto: ``http`` or ``https``, as the client reached the gateway.
+        allowed: The route's other origins (normalised); None allows any.
+
+    Raises:
+        WebSocketOriginRefused: (403) another origin, an unreadable one, or more than one.
+    """
+    origins = [value for name, value in headers if name.lower() == b"origin"]
+    if not origins or allowed is None:
+        return
+    if len(origins) > 1:
+        raise WebSocketOriginRefused("A WebSocket handshake names one origin.")
+    origin = normal_origin(origins[0].decode("latin-1"))
+    own = normal_origin(f"{proto}://{host.decode('latin-1')}")
+    if origin is None or (origin != own and origin not in allowed):
+        raise WebSocketOriginRefused("This application's WebSockets do not accept pages of another origin.")

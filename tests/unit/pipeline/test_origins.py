@@ -1,0 +1,73 @@
+"""Which pages may open a route's WebSockets: the route's own host, the origins it lists, or any ("*")."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.pipeline.origins import WebSocketOriginRefused, check_websocket_origin, normal_origin
+from gateway.settings.checks.routes import origin_problem
+
+HOST = b"chat.example.com"
+
+
+def check(origin: bytes | None, allowed: frozenset[str] | None = frozenset(), proto: str = "https") -> None:
+    headers = [(b"host", HOST)] + ([(b"origin", origin)] if origin is not None else [])
+    check_websocket_origin(headers, host=HOST, proto=proto, allowed=allowed)
+
+
+@pytest.mark.parametrize(
+    "origin", [b"https://chat.example.com", b"https://CHAT.example.com:443", b"https://chat.example.com."]
+)
+def test_the_routes_own_host_may(origin: bytes) -> None:
+    check(origin)
+
+
+def test_a_client_that_sends_no_origin_is_not_a_browser_and_passes() -> None:
+    check(None)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"https://wiki.example.com",  # a sibling app of the same site: the attack
+        b"http://chat.example.com",  # another scheme is another origin
+        b"https://chat.example.com:8443",
+        b"https://chat.example.com.evil.test",
+        b"null",  # a sandboxed frame, a file
+        b"https://chat.example.com/path",
+        b"",
+    ],
+)
+def test_another_origin_is_refused(origin: bytes) -> None:
+    with pytest.raises(WebSocketOriginRefused):
+        check(origin)
+
+
+def test_listed_origins_and_any() -> None:
+    listed = frozenset({normal_origin("https://portal.example.com")} - {None})  # type: ignore[arg-type]
+    check(b"https://portal.example.com", listed)
+    with pytest.raises(WebSocketOriginRefused):
+        check(b"https://wiki.example.com", listed)
+    check(b"https://wiki.example.com", None)
+
+
+def test_two_origins_are_refused() -> None:
+    headers = [(b"origin", b"https://chat.example.com"), (b"Origin", b"https://evil.test")]
+    with pytest.raises(WebSocketOriginRefused):
+        check_websocket_origin(headers, host=HOST, proto="https", allowed=frozenset())
+
+
+@pytest.mark.parametrize(
+    ("entry", "ok"),
+    [
+        ("https://app.example.com", True),
+        ("http://10.0.0.5:8080", True),
+        ("app.example.com", False),
+        ("https://app.example.com/chat", False),
+        ("ftp://app.example.com", False),
+        ("https://user@app.example.com", False),
+        ("https://app.example.com:x", False),
+    ],
+)
+def test_the_config_takes_origins_only(entry: str, ok: bool) -> None:
+    assert (origin_problem(entry) is None) is ok
