@@ -233,6 +233,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         keyring_file=keyring_file,
         audit=ctx.svc.audit,
         actor=operator(),
+        compromised=args.compromised,
     )
     details = rotation.details()
     await record_action(
@@ -363,6 +364,11 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--signing", action="store_true", help="only the signing key")
     which.add_argument("--keyring", action="store_true", help="only the keyring")
+    p.add_argument(
+        "--compromised",
+        action="store_true",
+        help="the signing keys leaked: the new key signs at once, every old one is deleted from the JWKS",
+    )
     p = action("lift", _lift, "lift every block and account lock its detections placed")
     p.add_argument("id", metavar="ID")
     p = action("check", _check, "run the recovery checklist (exit 1 when a check fails)")

@@ -92,6 +92,8 @@ def _rotate(args: argparse.Namespace) -> int:
 
     if args.stage and args.what != "keyring":
         raise UserError("--stage stages a keyring key: give it with --keyring")
+    if args.compromised and args.what == "keyring":
+        raise UserError("--compromised replaces the signing keys: give it with --signing (or --all)")
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
@@ -108,6 +110,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 audit=AuditLog(store.db, keyring=keyring),
                 actor=operator(),
                 stage=args.stage,
+                compromised=args.compromised,
             )
             if rotation.signing is not None:
                 _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)
@@ -274,6 +277,12 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="with --keyring: add the new key without making it active (activate it with `gateway keys "
         "activate KID` once every replica has the file)",
+    )
+    p.add_argument(
+        "--compromised",
+        action="store_true",
+        help="the signing keys leaked: the new key signs at once and every old one is deleted (gone from "
+        "the JWKS within 30 s, never signing again) instead of handed over; apps must fetch the JWKS anew",
     )
     p.set_defaults(func=_rotate, what="all")
 

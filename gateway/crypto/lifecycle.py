@@ -76,12 +76,18 @@ class Rotation:
     keyring_key: str | None = None
     # The new keyring key was added without becoming active (activate it once every replica has it).
     staged: bool = False
+    # The old signing keys were deleted at once (a leak), not handed over.
+    compromised: bool = False
 
     def details(self) -> dict[str, object]:
         """The new key ids, for the audit record (``keys.rotated``)."""
         found: dict[str, object] = {}
         if self.signing is not None:
             found["signing_key"] = self.signing.kid
+            if self.compromised:
+                found["old_keys_deleted"] = sorted(
+                    k.kid for k in self.signing.before.keys if k.kid != self.signing.kid
+                )
         if self.keyring_key is not None:
             found["keyring_key"] = self.keyring_key
             if self.staged:
@@ -106,6 +112,7 @@ async def rotate_keys(
     audit: Trail,
     actor: str,
     stage: bool = False,
+    compromised: bool = False,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -121,6 +128,8 @@ async def rotate_keys(
             whichever channel (CLI, console, incident response) rotated.
         actor: Who rotated.
         stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
+        compromised: The old signing keys may be in someone else's hands: the new one signs at once
+            and the old ones are deleted (:meth:`SigningKeys.rotate`).
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
@@ -132,9 +141,9 @@ async def rotate_keys(
     rotation = Rotation()
     if target in (RotationTarget.ALL, RotationTarget.SIGNING):
         before = await signing.load(with_private=False)
-        kid = await signing.rotate()
+        kid = await signing.rotate(compromised=compromised)
         after = await signing.load(with_private=False)
-        rotation = Rotation(signing=SigningRotation(kid, before, after))
+        rotation = Rotation(signing=SigningRotation(kid, before, after), compromised=compromised)
     if target in (RotationTarget.ALL, RotationTarget.KEYRING):
         # File I/O under an exclusive lock (and an fsync): off the event loop.
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)

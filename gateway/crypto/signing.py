@@ -229,12 +229,16 @@ class SigningKeys:
                 logger.info("created the first assertion-signing key %s", kid)
         return await self.load()
 
-    async def rotate(self) -> str:
+    async def rotate(self, *, compromised: bool = False) -> str:
         """Add a new key: published now, signing from ``now + publish_ahead``.
 
         Every key not yet retired gets ``retired_at`` = the new key's ``active_from``, so exactly one
         key signs at any moment. With no key left to sign, the new one signs at once (there is
         nothing to hand over from). Expired keys are pruned in the same transaction.
+
+        ``compromised``: the old keys may be in someone else's hands, so the new key signs at once and
+        every other key is deleted (gone from the JWKS, never signing again) instead of handed over:
+        tokens the old keys signed stop verifying at every application that fetches the JWKS anew.
 
         Returns:
             The new key's kid.
@@ -245,11 +249,14 @@ class SigningKeys:
         async with self._exclusive() as conn:
             now = self._clock.now()
             live = await conn.scalar(select(SigningKey.kid).where(SigningKey.retired_at.is_(None)).limit(1))
-            active_from = now if live is None else now + timedelta(seconds=self._publish_ahead)
+            at_once = live is None or compromised
+            active_from = now if at_once else now + timedelta(seconds=self._publish_ahead)
             await conn.execute(
                 update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=active_from)
             )
             kid = await self._insert(conn, created_at=now, active_from=active_from)
+            if compromised:
+                await conn.execute(delete(SigningKey).where(SigningKey.kid != kid))
             await self._delete_expired(conn, now)
         logger.info("rotated the assertion-signing key: %s signs from %s", kid, active_from.isoformat())
         return kid

@@ -85,3 +85,27 @@ async def test_each_rotation_alone(database: Database, keyring_file: Path, clock
     assert only_ring.signing is None
     assert only_ring.details() == {"keyring_key": only_ring.keyring_key}
     assert len((await signing.load(with_private=False)).keys) == 1
+
+
+async def test_a_compromised_rotation_signs_with_the_new_key_at_once_and_deletes_the_old_ones(
+    database: Database, keyring_file: Path, clock: FakeClock
+) -> None:
+    """A leaked key: a normal rotation leaves it signing for publish_ahead and published for grace (an
+    attack run's note: no way to pull it now). With compromised, it is gone at once."""
+    keyring = Keyring.load(keyring_file)
+    signing = SigningKeys(database, keyring, clock, SETTINGS)
+    leaked = (await signing.ensure()).keys[0].kid
+    await signing.rotate()  # a normal rotation before the leak was found: two old keys now
+    audit = AuditLog(database, clock=clock, keyring=keyring)
+    rotation = await rotate_keys(
+        RotationTarget.SIGNING, signing=signing, keyring=keyring, keyring_file=keyring_file,
+        audit=audit, actor="cli:root", compromised=True,
+    )  # fmt: skip
+    assert rotation.signing is not None
+    keyset = await signing.load()
+    now = clock.time()
+    assert [k["kid"] for k in keyset.jwks(now)["keys"]] == [rotation.signing.kid]
+    signer = keyset.signing_key(now)
+    assert signer is not None
+    assert signer.kid == rotation.signing.kid
+    assert leaked in rotation.details()["old_keys_deleted"]  # type: ignore[operator]

@@ -44,7 +44,9 @@ def test_another_origin_is_refused(origin: bytes) -> None:
 
 
 def test_listed_origins_and_any() -> None:
-    listed = frozenset({normal_origin("https://portal.example.com")} - {None})  # type: ignore[arg-type]
+    portal = normal_origin("https://portal.example.com")
+    assert portal == "https://portal.example.com:443"
+    listed = frozenset({portal})
     check(b"https://portal.example.com", listed)
     with pytest.raises(WebSocketOriginRefused):
         check(b"https://wiki.example.com", listed)
