@@ -132,7 +132,12 @@ def test_sign_in_and_portal_on_route_hosts_are_the_auth_hosts(site: Site, host: 
     """An attack run: an app's own script (same origin as the pages on its host) registered its own
     passkey through the portal's API there. The pages are the auth host's: a browser is sent there,
     a script gets a 404 and nothing is set up."""
-    for path in ("/.gateway/login", "/.gateway/account", "/.gateway/api/webauthn/register/options"):
+    for path in (
+        "/.gateway/login",
+        "/.gateway/account",
+        "/.gateway/privacy",
+        "/.gateway/api/webauthn/register/options",
+    ):
         page = site.send("GET", path + "?rd=%2Fx", host, headers={"Accept": "text/html"})
         assert page.status_code == 302, path
         assert page.headers["location"] == f"http://{site.auth}{path}?rd=%2Fx"
