@@ -153,6 +153,9 @@ class AccountLedger:
         self._clock = clock
         # Serialises this process's appends: two lines must never interleave.
         self._lock = asyncio.Lock()
+        # The file as last parsed, by its identity, size and time: the sync reads it every minute, and
+        # it changes only when an account does.
+        self._parsed: tuple[tuple[int, int, int], dict[str, Entry]] | None = None
 
     # -- naming accounts --------------------------------------------------------------------------------
 
@@ -208,8 +211,18 @@ class AccountLedger:
         return {row.account_key: _entry(row) for row in rows}
 
     async def file(self) -> dict[str, Entry]:
-        """This node's file's entries, merged (an empty ledger when there is no file yet)."""
-        return merge(await asyncio.to_thread(read_file, self.path))
+        """This node's file's entries, merged (an empty ledger when there is no file yet); parsed again
+        only when the file changed."""
+        try:
+            info = await asyncio.to_thread(os.lstat, self.path)
+        except FileNotFoundError:
+            return {}
+        mark = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._parsed is not None and self._parsed[0] == mark:
+            return dict(self._parsed[1])
+        entries = merge(await asyncio.to_thread(read_file, self.path))
+        self._parsed = (mark, entries)
+        return dict(entries)
 
     async def sync(self) -> list[Entry]:
         """Bring the table and this node's file to the same states, and return the entries the table
