@@ -215,7 +215,10 @@ def forwarding_for(
     fwd_host = host
     request_id = ""
     for name, value in headers:
-        lname = normalize_name(name)
+        # The exact names only: a proxy in front writes these, and passes a client's `X_Forwarded_For`
+        # on as it came (Caddy does; Go sorts it after the proxy's own), which `normalize_name` would
+        # read as the right-most entry (an attack run chose its address, host and scheme that way).
+        lname = name.lower()
         if lname == b"x-forwarded-for":
             xff.append(value)
         elif lname == b"x-forwarded-proto":

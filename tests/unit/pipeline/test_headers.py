@@ -101,6 +101,20 @@ def test_an_entry_with_a_port_is_read_without_it(entry: bytes, address: str) -> 
     assert fwd.chain == ("192.0.2.99", address, "127.0.0.1")
 
 
+@pytest.mark.parametrize("spelling", [b"X_Forwarded_For", b"x_forwarded-for", b"X-Forwarded_For"])
+def test_an_underscore_spelling_from_behind_a_trusted_proxy_is_not_believed(spelling: bytes) -> None:
+    """An attack run behind Caddy: the client's `X_Forwarded_For: 6.6.6.6` was passed on after the
+    proxy's own header and read as the right-most entry; a blocked client got through as 6.6.6.6."""
+    headers = [
+        (b"x-forwarded-for", b"127.0.0.2"),
+        (spelling, b"6.6.6.6"),
+        (b"x_forwarded_host", b"evil.example"),
+    ]
+    fwd = _fwd(headers, peer="127.0.0.1", trusted=LB)
+    assert fwd.client_ip == "127.0.0.2"
+    assert fwd.host == "app.example.com"
+
+
 def test_trusted_proto_and_request_id_are_honoured() -> None:
     headers = [
         (b"x-forwarded-proto", b"http"),
