@@ -60,6 +60,8 @@ class LivePolicy:
         # A newer version than the one deciding is known and could not be loaded (see the docstring).
         self.behind = False
         self._announced = 0
+        self._announced_at = 0.0
+        self._load_failed = False
 
     @property
     def version(self) -> int:
@@ -109,7 +111,10 @@ class LivePolicy:
         """Load the stored policy and swap it in if it is newer than the one deciding now."""
         async with self._swap_lock:
             stored = await self.store.current()
-            if stored.version <= self.version:
+            # Equal, not lower: a database restored to an earlier version numbers new versions below
+            # the one deciding here (an attack run: the workers ignored every change until the number
+            # passed the old one).
+            if stored.version == self.version:
                 self.loaded_at = time.monotonic()
                 self.behind = self.behind and self.version < self._announced
                 return
@@ -139,27 +144,39 @@ class LivePolicy:
         return found
 
     def _announce(self, version: int) -> None:
-        """A broadcast named ``version``: unless it is live within ``_LOAD_GRACE``, the worker is behind
-        (the database may be out of reach, so the poll that would load it fails before it can tell)."""
+        """A broadcast named ``version``: unless it is live within ``_LOAD_GRACE``, or the database has
+        answered since and knows no such version (an announcement is a hint: anyone who can publish on
+        the fast state could name any number), the worker is behind."""
         if version > self.version and version > self._announced:
-            self._announced = version
+            self._announced, self._announced_at = version, time.monotonic()
             asyncio.get_running_loop().call_later(_LOAD_GRACE, self._check_behind)
 
     def _check_behind(self) -> None:
-        if self._announced > self.version and not self.behind:
+        if self._announced <= self.version:
+            self.behind = False
+            return
+        if self.store.last_confirmed > self._announced_at and not self._load_failed:
+            # The database answered since the announcement and had nothing newer to load: a stale or
+            # forged announcement (an attack run's one PUBLISH put every worker at 503).
+            self._announced = self.version
+            self.behind = False
+            return
+        if not self.behind:
             logger.error(
                 "policy: version %d was announced and is not loaded (is the database reachable?); "
                 "requests get 503 until it is",
                 self._announced,
             )
             self.behind = True
+        asyncio.get_running_loop().call_later(_LOAD_GRACE, self._check_behind)
 
     async def _on_version(self, version: int) -> None:
-        if version > self.version:
+        if version != self.version:
             self._announced = max(self._announced, version)
             try:
                 await self.load()
             except Exception:
+                self._load_failed = True
                 if not self.behind:
                     logger.error(
                         "policy: version %d exists and cannot be loaded; requests get 503 until it is",
@@ -171,7 +188,7 @@ class LivePolicy:
             # lower version than the one announced).
             if self.behind:
                 logger.warning("policy: version %d loaded; deciding again", self.version)
-            self.behind = False
+            self.behind = self._load_failed = False
             self._announced = self.version
 
     def staleness(self) -> float:

@@ -586,7 +586,9 @@ class PolicyStore:
                 if failing:
                     logger.info("policy: version checks work again")
                     failing = False
-                if latest > seen.version:
+                # Any other number, not only a higher one: a restored database numbers on from an
+                # earlier version.
+                if latest != seen.version:
                     await on_version(latest)
                     seen.version = latest
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any outage
@@ -633,7 +635,7 @@ class _Seen:
 
 def _newer(message: bytes, seen: int) -> bool:
     try:
-        return int(message) > seen
+        return int(message) != seen
     except ValueError:
         return True  # not ours to judge: let the database say
 

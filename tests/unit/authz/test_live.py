@@ -169,3 +169,37 @@ async def test_a_policy_file_edited_after_the_import_is_reported_not_silently_ig
     file.unlink()
     assert "cannot be read" in (await policy.file_differs() or "")
     assert await live(FakeStore(Stored(1, V1))).file_differs() is None  # no file configured
+
+
+async def test_a_forged_announcement_is_dropped_once_the_database_has_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-attack run: one PUBLISH of version 999999 put every worker at 503 while the database
+    was reachable. The database answering since the announcement, with nothing newer, drops it."""
+    monkeypatch.setattr("gateway.authz.live._LOAD_GRACE", 0.05)
+    store = FakeStore(Stored(1, V1))
+    policy = live(store)
+    await policy.start()
+    try:
+        policy._announce(999999)
+        await store.current()  # the poll the broadcast woke: the database answers, at version 1
+        await asyncio.sleep(0.1)
+        assert policy.behind is False
+        assert policy.version == 1
+    finally:
+        await policy.close()
+
+
+async def test_a_database_restored_to_an_earlier_version_is_followed() -> None:
+    """The re-attack run: after a restore to v1 under running workers deciding on v4, the new v2 was
+    ignored until a number above 4 existed. Any other number is loaded."""
+    store = FakeStore(Stored(4, V2))
+    policy = live(store)
+    await policy.start()
+    try:
+        store.stored = Stored(2, V1)
+        await policy._on_version(2)
+        assert policy.version == 2
+        assert not policy.authorizer.decide(ALICE, "app", "GET", "/admin/x").allowed
+    finally:
+        await policy.close()
