@@ -183,28 +183,36 @@ class LockdownStore:
         self._db = db
 
     async def read(self) -> LockdownState:
-        """The switch as stored (off when never switched): the fast state's, else the database's.
+        """The switch as stored (off when never switched): the newer of the fast state's and the
+        database's, and the database's when the fast state cannot answer.
+
+        The newer by ``since``: a switch made while the fast state did not answer is only in the
+        database, and an older value still in the fast state must not hide it (the re-attack run: a
+        lockdown reported on while every worker stayed open).
 
         Raises:
             StateUnavailable: neither the fast state nor the database can answer.
         """
+        stored = await self._from_db()
         try:
             raw = await self._state.get(LOCKDOWN_KEY)
         except StateUnavailable:
-            stored = await self._from_db()
             if stored is None:
                 raise
             return stored
-        if raw is None:
-            stored = await self._from_db()
-            if stored is None:
-                return OFF
-            # The fast state lost the switch: put the database's back (unless one was written meanwhile).
-            with contextlib.suppress(StateUnavailable):
-                await self._state.compare_and_set(LOCKDOWN_KEY, None, _encode(stored))
-            if stored.on:
-                logger.warning("lockdown: the fast state had lost the switch; restored it from the database")
-            return stored
+        fast = self._decoded(raw) if raw is not None else None
+        if stored is None or (fast is not None and fast.since >= stored.since):
+            return fast if fast is not None else OFF
+        # The database's is newer (or the fast state lost the switch): put it back for every reader,
+        # unless the fast state changed meanwhile.
+        with contextlib.suppress(StateUnavailable):
+            await self._state.compare_and_set(LOCKDOWN_KEY, raw, _encode(stored))
+        if stored.on and (fast is None or not fast.on):
+            logger.warning("lockdown: the fast state did not hold the current switch; took the database's")
+        return stored
+
+    @staticmethod
+    def _decoded(raw: bytes) -> LockdownState:
         try:
             return _decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):

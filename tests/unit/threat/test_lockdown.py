@@ -228,6 +228,12 @@ class _Down:
     async def get(self, key: str) -> bytes | None:
         raise StateUnavailable("cut off")
 
+    async def set(self, key: str, value: bytes) -> bool:
+        raise StateUnavailable("cut off")
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        raise StateUnavailable("cut off")
+
 
 async def test_a_worker_cut_off_from_the_fast_state_reads_the_switch_from_the_database(
     fast_state: FastState, clock: FakeClock, audit_db: Database
@@ -238,3 +244,20 @@ async def test_a_worker_cut_off_from_the_fast_state_reads_the_switch_from_the_da
     assert (await cut_off.read()).covers("app")
     with pytest.raises(StateUnavailable):  # neither answers: the caller keeps what it knew
         await LockdownStore(_Down(), clock).read()  # type: ignore[arg-type]
+
+
+async def test_a_switch_made_while_the_fast_state_was_down_wins_over_the_older_value_there(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """The re-attack run: `lockdown on` while Redis did not answer was stored in the database alone,
+    and the older `off` still in Redis kept every worker open."""
+    store = LockdownStore(fast_state, clock, db=audit_db)
+    await store.switch_on(None, actor="cli:root", reason="drill")
+    clock.advance(10)
+    await store.switch_off(actor="cli:root", reason="drill over")
+    clock.advance(10)
+    cut_off = LockdownStore(_Down(), clock, db=audit_db)  # type: ignore[arg-type]
+    on = await cut_off.switch_on(None, actor="cli:root", reason="real incident")
+    seen = await LockdownStore(fast_state, clock, db=audit_db).read()
+    assert seen == on
+    assert seen.on
