@@ -370,19 +370,20 @@ async def _carry_ledger(settings: Settings, data_dir: Path, db: Database, keyrin
     """Take the node's account ledger along into a new data directory (the configured ``backup.ledger``
     stays where it is); return how many of its entries the restored database lacks."""
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.identity.ledger import AccountLedger, carry, ledger_path, merge, newer, read_file
+    from gateway.identity.ledger import AccountLedger, ledger_path, merge, newer, read_lines
 
     target = ledger_path(settings) if settings.backup.ledger else data_dir / "account-ledger.jsonl"
+    ledger = AccountLedger(db, keyring, target, SYSTEM_CLOCK)
     try:
         if not settings.backup.ledger:
-            carry(ledger_path(settings), target)
-        file = merge(read_file(target))
+            ledger.carry_from(ledger_path(settings))
+        file = merge(ledger.verified(read_lines(target)))
     except OSError as exc:
         raise Failed(
             f"restored, but cannot take the account ledger along into {target} ({exc.strerror or exc}): copy "
             f"{ledger_path(settings)} there before starting a gateway on it, or erased people come back"
         ) from None
-    table = await AccountLedger(db, keyring, target, SYSTEM_CLOCK).table()
+    table = await ledger.table()
     return len([entry for entry in newer(file, table) if entry.state != "enabled"])
 
 

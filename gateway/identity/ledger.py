@@ -19,7 +19,11 @@ An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of 
 account's creation time under a key derived from the keyring. The creation time makes it this account
 row and no other: an administrator who creates an account of the same name later is not touched. The
 file names nobody to someone without the keyring (usernames are guessable, so a plain digest would
-confirm a guess), and one who can write to it cannot name an account to delete without the keyring.
+confirm a guess). Every line of the file carries an HMAC over all its fields under another key derived
+from the keyring, and a line whose MAC does not check is ignored and logged: one who can write the file
+but has no keyring can neither name an account nor turn an ``enabled`` into an ``erased`` (the re-attack
+run erased an account that way before). A later change of an account always outranks its earlier one,
+also when the host that wrote the earlier one had its clock ahead.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
@@ -51,11 +55,11 @@ __all__ = [
     "AccountLedger",
     "Entry",
     "State",
-    "carry",
     "ledger_path",
     "merge",
     "newer",
     "read_file",
+    "read_lines",
 ]
 
 logger = logging.getLogger("gateway.identity.ledger")
@@ -63,6 +67,11 @@ logger = logging.getLogger("gateway.identity.ledger")
 State = Literal["deleted", "erased", "disabled", "enabled"]
 
 _INFO: Final = b"gateway account ledger v1"
+# The key each line of the file is MACed under (a line is read only with a MAC that checks: someone who
+# can write the file but has no keyring cannot name an account's state, nor change a line's).
+_LINE_INFO: Final = b"gateway account ledger lines v1"
+# A line's user id is a row id of ``users``.
+_MAX_ID: Final = 2**63 - 1
 # Terminal states outrank any later disable or enable; an erasure outranks a plain deletion.
 _RANK: Final[Mapping[str, int]] = {"enabled": 0, "disabled": 1, "deleted": 2, "erased": 3}
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
@@ -81,16 +90,19 @@ class Entry:
     # The privacy request an erasure answered (re-used when it is made again), else "".
     ref: str = ""
 
-    def line(self) -> bytes:
-        """The entry as one line of the file."""
-        record = {
+    def record(self) -> dict[str, object]:
+        """The entry's fields as the file keeps them (without the line's MAC)."""
+        return {
             "account": self.account,
             "user_id": self.user_id,
             "state": self.state,
             "at": self.at.isoformat(),
             "ref": self.ref,
         }
-        return json.dumps(record, sort_keys=True).encode("utf-8") + b"\n"
+
+    def signed_part(self) -> bytes:
+        """What a line's MAC is computed over: every field, canonical JSON."""
+        return json.dumps(self.record(), sort_keys=True).encode("utf-8")
 
     def outranks(self, other: Entry) -> bool:
         """Whether this entry is the account's state rather than ``other`` (see :func:`merge`)."""
@@ -114,21 +126,6 @@ def merge(*sources: Iterable[Entry]) -> dict[str, Entry]:
 def newer(entries: Mapping[str, Entry], than: Mapping[str, Entry]) -> list[Entry]:
     """The entries of ``entries`` that ``than`` lacks or that outrank its own."""
     return [entry for key, entry in entries.items() if key not in than or entry.outranks(than[key])]
-
-
-def carry(source: Path, target: Path) -> int:
-    """Append to the ledger file ``target`` what the one at ``source`` knows and it does not (a restore
-    into a new data directory takes the node's ledger along); return how many entries were added.
-
-    Raises:
-        OSError: A file cannot be read or written.
-    """
-    if source.resolve() == target.resolve():
-        return 0
-    added = newer(merge(read_file(source)), merge(read_file(target)))
-    if added:
-        _append(target, b"".join(entry.line() for entry in added))
-    return len(added)
 
 
 def ledger_path(settings: Settings) -> Path:
@@ -166,6 +163,48 @@ class AccountLedger:
         mac = hmac.new(self._keyring.derive(_INFO, kid=kid), message, hashlib.sha256)
         return f"{kid}:{mac.hexdigest()}"
 
+    def line(self, entry: Entry) -> bytes:
+        """The entry as one line of the file, with its MAC under the active keyring key."""
+        kid = self._keyring.active_id
+        record = {**entry.record(), "mac_kid": kid, "mac": self._mac(entry, kid)}
+        return json.dumps(record, sort_keys=True).encode("utf-8") + b"\n"
+
+    def _mac(self, entry: Entry, kid: str) -> str:
+        return hmac.new(
+            self._keyring.derive(_LINE_INFO, kid=kid), entry.signed_part(), hashlib.sha256
+        ).hexdigest()
+
+    def verified(self, lines: Iterable[Line]) -> list[Entry]:
+        """The entries whose MAC checks under a key the keyring holds; the others are logged and dropped."""
+        kept = []
+        kids = set(self._keyring.key_ids)
+        for entry, kid, mac in lines:
+            if kid in kids and hmac.compare_digest(mac, self._mac(entry, kid)):
+                kept.append(entry)
+            else:
+                logger.error(
+                    "account ledger: %s has a line whose MAC does not check (key %r); ignored. A line the "
+                    "gateway did not write, or one made under a keyring key this keyring lacks.",
+                    self.path,
+                    kid,
+                )
+        return kept
+
+    def carry_from(self, source: Path) -> int:
+        """Append to this node's file what the ledger file at ``source`` knows and it does not (a restore
+        into a new data directory takes the node's ledger along); return how many entries were added.
+
+        Raises:
+            OSError: A file cannot be read or written.
+        """
+        if source.resolve() == self.path.resolve():
+            return 0
+        have = merge(self.verified(read_lines(self.path)))
+        added = newer(merge(self.verified(read_lines(source))), have)
+        if added:
+            _append(self.path, b"".join(self.line(entry) for entry in added))
+        return len(added)
+
     def keys(self, user: User) -> list[str]:
         """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""
         return [self.key(user, kid=kid) for kid in self._keyring.key_ids]
@@ -174,7 +213,15 @@ class AccountLedger:
 
     async def note(self, session: AsyncSession, user: User, state: State, *, ref: str = "") -> Entry:
         """Record ``state`` for ``user`` in the caller's transaction; :meth:`append` it after the commit."""
-        entry = Entry(self.key(user), user.id, state, self._clock.now(), ref)
+        key = self.key(user)
+        at = self._clock.now()
+        row = await session.get(AccountLedgerRow, key)
+        if row is not None and row.at >= at:
+            # This change comes after the row's, whatever the clocks say (a host whose clock runs
+            # ahead wrote it): it must outrank it (the re-attack run: an enable on a fast host
+            # outranked a later disable, and a restore enabled the offboarded person again).
+            at = row.at + timedelta(microseconds=1)
+        entry = Entry(key, user.id, state, at, ref)
         await _put(session, entry)
         return entry
 
@@ -190,7 +237,7 @@ class AccountLedger:
     async def append(self, entries: Iterable[Entry]) -> None:
         """Append ``entries`` to this node's file and sync it. A failure is logged, not raised: the table
         holds the change, and the next :meth:`sync` writes it here again."""
-        data = b"".join(entry.line() for entry in entries)
+        data = b"".join(self.line(entry) for entry in entries)
         if not data:
             return
         async with self._lock:
@@ -220,7 +267,7 @@ class AccountLedger:
         mark = (info.st_ino, info.st_size, info.st_mtime_ns)
         if self._parsed is not None and self._parsed[0] == mark:
             return dict(self._parsed[1])
-        entries = merge(await asyncio.to_thread(read_file, self.path))
+        entries = merge(self.verified(await asyncio.to_thread(read_lines, self.path)))
         self._parsed = (mark, entries)
         return dict(entries)
 
@@ -277,9 +324,13 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def read_file(path: Path) -> list[Entry]:
-    """The entries of a ledger file, in order; a line that does not parse (a torn last write) is skipped
-    and logged. No file: none.
+Line = tuple[Entry, str, str]
+
+
+def read_lines(path: Path) -> list[Line]:
+    """The lines of a ledger file, in order, as (entry, MAC key id, MAC), not yet checked
+    (:meth:`AccountLedger.verified`); a line that is not a well-formed entry (a torn last write, a
+    value of the wrong type or range) is skipped and logged. No file: none.
 
     Raises:
         OSError: The file exists but cannot be read (a link is not followed).
@@ -290,22 +341,36 @@ def read_file(path: Path) -> list[Entry]:
         return []
     with os.fdopen(fd, "rb") as src:
         lines = src.read().splitlines()
-    entries = []
+    found: list[Line] = []
     for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            entry = Entry(
-                str(record["account"]),
-                int(record["user_id"]),
-                record["state"],
-                datetime.fromisoformat(record["at"]),
-                str(record["ref"]),
-            )
-        except (ValueError, KeyError, TypeError):
-            logger.warning("account ledger: %s line %d does not parse; skipped", path, number)
-            continue
-        if entry.state not in _RANK or entry.at.tzinfo is None:
+        parsed = _parse(line)
+        if parsed is None:
             logger.warning("account ledger: %s line %d is not an entry; skipped", path, number)
             continue
-        entries.append(entry)
-    return entries
+        found.append(parsed)
+    return found
+
+
+def _parse(line: bytes) -> Line | None:
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            return None
+        account, user_id, state = record["account"], record["user_id"], record["state"]
+        at, ref, kid, mac = record["at"], record["ref"], record["mac_kid"], record["mac"]
+        if not all(isinstance(v, str) for v in (account, state, at, ref, kid, mac)):
+            return None
+        if type(user_id) is not int or not 0 < user_id <= _MAX_ID or state not in _RANK:
+            return None
+        moment = datetime.fromisoformat(at)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return Entry(account, user_id, state, moment, ref), kid, mac
+
+
+def read_file(path: Path) -> list[Entry]:
+    """The well-formed entries of a ledger file, their MACs unchecked (tests and diagnostics; the
+    gateway reads through :meth:`AccountLedger.verified`)."""
+    return [entry for entry, _, _ in read_lines(path)]

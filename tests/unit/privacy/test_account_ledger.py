@@ -9,6 +9,7 @@ erased, deleted or disabled person signs in with their old password.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -298,3 +299,46 @@ def test_the_states_rank_erased_over_deleted_over_the_later_of_disable_and_enabl
     assert state(Entry("k", 1, "deleted", t0), Entry("k", 1, "enabled", t1)) == "deleted"
     assert state(Entry("k", 1, "erased", t0), Entry("k", 1, "deleted", t1)) == "erased"
     assert state(Entry("k", 1, "deleted", t1), Entry("k", 1, "erased", t0)) == "erased"
+
+
+async def test_a_line_written_without_the_keyring_changes_nothing(
+    nodes: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The re-attack run: copying an account's `enabled` line with `"state": "erased"` and a later time
+    erased the account at the next start. Every line now carries a MAC over all its fields."""
+    a, _ = nodes
+    ivy = await a.add("ivy")
+    await a.accounts.disable(ivy.id, actor="admin:root")
+    await a.accounts.enable(ivy.id, actor="admin:root")
+    lines = a.ledger.path.read_bytes().splitlines()
+    forged = json.loads(lines[-1])
+    forged.update(state="erased", at="2099-01-01T00:00:00+00:00", ref="FORGED-REF")
+    with a.ledger.path.open("ab") as out:
+        out.write(json.dumps(forged).encode() + b"\n")
+        # Lines of the wrong types or ranges: skipped, never a crash at start.
+        for junk in ({**forged, "state": []}, {**forged, "user_id": 10**30}, {**forged, "user_id": "1"}, [1]):
+            out.write(json.dumps(junk).encode() + b"\n")
+    async with a.db.session(write=True) as session:
+        await session.execute(delete(AccountLedgerRow))  # so the file is what the sync goes by
+        await session.commit()
+    done = await a.replay()
+    assert done.changed == 0
+    assert await a.signs_in("ivy")
+    assert "MAC does not check" in caplog.text
+
+
+async def test_a_later_change_outranks_an_earlier_one_whatever_the_clocks(nodes: tuple[Node, Node]) -> None:
+    """The re-attack run: an enable written on a host whose clock ran 90 s ahead outranked the disable
+    made a few seconds later on another host; a restore then enabled the offboarded person again."""
+    a, _ = nodes
+    jo = await a.add("jo")
+    backup = await _row(a.db, jo.id)
+    a.clock.advance(90)  # the host with the fast clock
+    await a.accounts.disable(jo.id, actor="admin:root")
+    await a.accounts.enable(jo.id, actor="admin:root")
+    a.clock.advance(-85)  # the host with the right clock, a few seconds later
+    await a.accounts.disable(jo.id, actor="admin:root")
+    assert [e.state for e in (await a.ledger.table()).values()] == ["disabled"]
+    await _restore(a.db, backup)
+    assert (await a.replay()).disabled == 1
+    assert not await a.signs_in("jo")
