@@ -469,6 +469,46 @@ class SessionStore:
         """
         return await self._rotate(session_id, lambda old: old)
 
+    async def renew(self, session_id: str) -> tuple[str, Session]:
+        """The same session under a new id in a sign-in of its own (a new family, with the old one's
+        sign-in time, so its absolute lifetime does not grow); the old id ends everywhere. The caller
+        then ends the old family with :meth:`revoke_family`: a hand-off still in flight from it cannot
+        join it any more (the re-attack run redeemed hand-offs while a password change was ending the
+        other sessions, and kept them).
+
+        Raises:
+            SessionEnded: the session no longer exists.
+            StateUnavailable: the store cannot answer.
+        """
+        old_hash = hash_session_id(session_id)
+        now = self._clock.time()
+        raw = await self._state.take(_session_key(old_hash))
+        old = None if raw is None else decode_session(raw)
+        self._forget((old_hash,))
+        if old is None or old.id_hash != old_hash or not self._alive(old, now):
+            await self._broadcast([old_hash])
+            raise SessionEnded("This session has ended.")
+        new_id = secrets.token_urlsafe(32)
+        new_hash = hash_session_id(new_id)
+        family = secrets.token_urlsafe(16)
+        session = replace(old, id_hash=new_hash, family=family, last_seen=now)
+        ttl = self._ttl(session, now)
+        remaining = old.created_at + self._lifetime - now
+        if ttl is None or remaining <= 0:
+            await self._broadcast([old_hash])
+            raise SessionEnded("This sign-in has expired.")
+        await self._state.set(
+            _family_key(family),
+            _encode(_Family(u=old.user_id, c=old.created_at, ids=(new_hash,))),
+            ttl=remaining,
+        )
+        await self._update_user(old.user_id, lambda cur: [*(h for h in cur if h != old_hash), new_hash])
+        await self._state.set(_session_key(new_hash), encode_session(session), ttl=ttl)
+        await self._update_family(old.family, lambda ids: [h for h in ids if h != old_hash])
+        await self._broadcast([old_hash])
+        self._remember(session, now)
+        return new_id, session
+
     async def _rotate(self, session_id: str, change: Callable[[Session], Session]) -> tuple[str, Session]:
         """Replace a session by a changed copy under a new id; the old id ends everywhere."""
         old_hash = hash_session_id(session_id)

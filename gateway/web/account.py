@@ -438,8 +438,11 @@ async def _end_others_after(
     any of its cookies must not outlive the change either; the browser gets new ones through the
     hand-off at its next visit. This session has just passed a recent second factor.
     """
-    count = await identity.sessions.revoke_others(session_id, session.user_id)
-    new_id, _ = await identity.sessions.rotate(session_id)
+    # This session moves to a sign-in of its own first, then the old sign-in ends whole (its family
+    # record taken: a hand-off in flight from it cannot join it any more), then every other browser's.
+    new_id, _ = await identity.sessions.renew(session_id)
+    count = await identity.sessions.revoke_family(session.family)
+    count += await identity.sessions.revoke_others(new_id, session.user_id)
     await identity.audit.record(
         "session.revoked",
         actor=f"user:{session.username}",

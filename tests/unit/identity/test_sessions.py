@@ -156,6 +156,28 @@ async def test_elevate_rotates_id(store: SessionStore, replica: SessionStore, cl
     assert [s.id_hash for s in await store.list_user(7)] == [new.id_hash]
 
 
+async def test_a_renewed_session_leaves_its_old_sign_in_to_end_whole(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """The re-attack run: hand-offs redeemed from a copied cookie while a password change was ending
+    the other sessions kept theirs. The changing session moves to a sign-in of its own, then the old one
+    ends whole: a session that joined it before is ended, a hand-off joining after fails."""
+    old_id, old = await sign_in(store)
+    joined_id, _ = await sign_in(store, family=old.family, host="app.example.com")  # a hand-off, before
+    clock.advance(5)
+    new_id, renewed = await store.renew(old_id)
+    assert renewed.family != old.family
+    assert (renewed.created_at, renewed.user_id, renewed.level) == (old.created_at, old.user_id, old.level)
+    assert await store.get(old_id) is None
+    assert await store.revoke_family(old.family) == 1
+    assert await store.get(joined_id) is None
+    with pytest.raises(SessionEnded):
+        await sign_in(store, family=old.family, host="app.example.com")  # a hand-off, after
+    assert await store.get(new_id) == renewed
+    # The new sign-in ends whole too (sign-out on every host), and keeps the old one's lifetime.
+    assert await store.revoke_family(renewed.family) == 1
+
+
 async def test_elevate_never_lowers_the_level(store: SessionStore, clock: FakeClock) -> None:
     session_id, _ = await sign_in(store)
     session_id, _ = await store.elevate(
