@@ -147,9 +147,10 @@ class DataPlane:
             # The route stage's path: the canonical one, or its lower case on a case-insensitive route.
             path = ctx.path
             rec.method, rec.path, rec.route = ctx.method, path, rt.route.name
-            if entry.needs_websockets:
+            if entry.checks_handshakes:
                 check_websocket_handshake(
                     scope["headers"],
+                    asked=not entry.needs_websockets,
                     enabled=rt.route.websockets,
                     host=ctx.host_raw,
                     proto=ctx.proto,

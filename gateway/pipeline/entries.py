@@ -103,6 +103,9 @@ class Entry:
     no_route: ClassVar[type[GatewayError]] = NoRoute
     # Only routes with `websockets: true` accept this entry.
     needs_websockets: ClassVar[bool] = False
+    # A WebSocket handshake is checked (websockets on the route, the page's origin) on this entry: always
+    # for a handshake, and for a proxy's question that is about one (forward-auth).
+    checks_handshakes: ClassVar[bool] = False
 
     def finish(
         self,
@@ -172,6 +175,7 @@ class _Http(Entry):
 class _ForwardAuth(Entry):
     __slots__ = ()
     kind = RequestKind.FORWARD_AUTH
+    checks_handshakes = True
     # A proxy turns anything but 2xx, 401 and 403 into a 500: an unknown target is a 403.
     no_route = UnknownTarget
 
@@ -198,6 +202,7 @@ class _WebSocket(Entry):
     __slots__ = ()
     kind = RequestKind.WEBSOCKET
     needs_websockets = True
+    checks_handshakes = True
 
     def finish(
         self,

@@ -47,13 +47,24 @@ def normal_origin(origin: str) -> str | None:
 def check_websocket_handshake(
     headers: Iterable[tuple[bytes, bytes]],
     *,
+    asked: bool = False,
     enabled: bool,
     host: bytes,
     proto: str,
     allowed: frozenset[str] | None,
 ) -> None:
-    """Refuse a WebSocket handshake on a route without WebSockets (404) or from another origin (403)."""
+    """Refuse a WebSocket handshake on a route without WebSockets (404) or from another origin (403).
+
+    ``asked``: a proxy's question (forward-auth) about a request that may be a handshake; checked only
+    when it is one (it carries ``Sec-WebSocket-Key``: nginx drops ``Upgrade`` from the question but
+    passes that on). Without it, a proxy in front let any origin's handshake through (re-attack run).
+    """
+    headers = list(headers)
+    if asked and not any(name.lower() == b"sec-websocket-key" for name, _ in headers):
+        return
     if not enabled:
+        if asked:  # a proxy turns a 404 into a 500: its question gets a refusal
+            raise WebSocketOriginRefused("WebSockets are disabled on this route.")
         raise NoRoute("WebSockets are disabled on this route.")
     check_websocket_origin(headers, host=host, proto=proto, allowed=allowed)
 

@@ -417,3 +417,26 @@ def test_direct_forward_auth_answers_and_headers(site: Site) -> None:
     anonymous = auth(site, {**GOOD, "X-Forwarded-Uri": "/docs/x"})
     assert anonymous.status_code == 401
     assert "/.gateway/login" in anonymous.headers["location"]
+
+
+@pytest.mark.peer
+def test_a_question_about_another_origins_websocket_handshake_is_refused(site: Site) -> None:
+    """The re-attack run: behind nginx, a handshake from `Origin: http://evil.test` with the visitor's
+    cookie got 101; the question nginx asks carries the handshake's Sec-WebSocket-Key and Origin."""
+    asked = {
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Proto": "http",
+        "X-Forwarded-Host": APP_HOST,
+        "X-Forwarded-Uri": "/docs/socket",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        "Cookie": f"{SESSION_COOKIE}={site.sessions['alice']}",
+    }
+    refused = httpx.get(
+        f"{site.gw.url}/.gateway/auth", headers={**asked, "Origin": "http://evil.test"}, timeout=10
+    )
+    assert refused.status_code == 403, refused.text
+    own = httpx.get(
+        f"{site.gw.url}/.gateway/auth", headers={**asked, "Origin": f"http://{APP_HOST}"}, timeout=10
+    )
+    assert own.status_code == 200, own.text

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline.origins import WebSocketOriginRefused, check_websocket_origin, normal_origin
+from gateway.pipeline.origins import (
+    WebSocketOriginRefused,
+    check_websocket_handshake,
+    check_websocket_origin,
+    normal_origin,
+)
 from gateway.settings.checks.routes import origin_problem
 
 HOST = b"chat.example.com"
@@ -73,3 +78,26 @@ def test_two_origins_are_refused() -> None:
 )
 def test_the_config_takes_origins_only(entry: str, ok: bool) -> None:
     assert (origin_problem(entry) is None) is ok
+
+
+def test_a_proxys_question_about_a_handshake_is_checked_too() -> None:
+    """The re-attack run: through nginx's forward-auth, another origin's handshake (and one to a route
+    without WebSockets) got 101; the question carries Sec-WebSocket-Key, not Upgrade."""
+    question = [(b"origin", b"http://evil.test"), (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
+    with pytest.raises(WebSocketOriginRefused):
+        check_websocket_handshake(
+            question, asked=True, enabled=True, host=HOST, proto="https", allowed=frozenset()
+        )
+    with pytest.raises(WebSocketOriginRefused):
+        check_websocket_handshake(
+            [question[1]], asked=True, enabled=False, host=HOST, proto="https", allowed=frozenset()
+        )
+    # An ordinary request asked about: not a handshake, nothing to check here.
+    check_websocket_handshake(
+        [(b"origin", b"http://evil.test")],
+        asked=True,
+        enabled=False,
+        host=HOST,
+        proto="https",
+        allowed=frozenset(),
+    )
