@@ -99,6 +99,11 @@ class RequestContext:
         """How the request was let through (session, bearer, none)."""
         return self.rec.auth
 
+    @property
+    def started_at(self) -> float:
+        """When the request arrived (Unix time)."""
+        return self.rec.at
+
     async def still_allowed(self) -> bool:
         """Whether a long exchange of this request may go on (:mod:`gateway.pipeline.watch`)."""
         return await self.checks.allowed(self)

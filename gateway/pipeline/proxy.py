@@ -72,9 +72,18 @@ WATCH_INTERVAL: Final = 1.0
 class Watched(Protocol):
     """A request whose exchange may outlive its head (the request context)."""
 
+    @property
+    def started_at(self) -> float:
+        """When the request arrived (Unix time)."""
+        ...
+
     async def still_allowed(self) -> bool:
         """Whether the checks a new request would face still let it through."""
         ...
+
+
+def _access_ended() -> Forbidden:
+    return Forbidden("Access ended while the request was under way.", reason=ErrorReason.ACCESS_ENDED)
 
 
 @dataclass(slots=True)
@@ -95,14 +104,18 @@ class ProxyOutcome:
 class _RequestBody:
     """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
-    __slots__ = ("limit", "read", "receive", "started", "timeout")
+    __slots__ = ("check_at", "limit", "read", "receive", "started", "timeout", "watch")
 
-    def __init__(self, receive: Receive, limit: int, timeout: float) -> None:
+    def __init__(self, receive: Receive, limit: int, timeout: float, watch: Watched | None = None) -> None:
         self.receive = receive
         self.limit = limit
         self.timeout = timeout
         self.read = 0
         self.started = False
+        # A long upload is checked again every WATCH_INTERVAL, as a long answer is (the re-attack run
+        # trickled one into the app for as long as it liked after the account was disabled).
+        self.watch = watch
+        self.check_at = time.monotonic() + WATCH_INTERVAL
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
@@ -114,6 +127,10 @@ class _RequestBody:
             self.read += len(chunk)
             if self.read > self.limit:
                 raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
+            if self.watch is not None and time.monotonic() >= self.check_at:
+                if not await self.watch.still_allowed():
+                    raise _access_ended()
+                self.check_at = time.monotonic() + WATCH_INTERVAL
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
@@ -148,7 +165,7 @@ async def forward_http(
     length = body_framing.content_length
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
-    body = _RequestBody(receive, rt.max_body_size, rt.body_timeout) if body_framing.has_body else None
+    body = _RequestBody(receive, rt.max_body_size, rt.body_timeout, watch) if body_framing.has_body else None
     # Framing comes from what the client really sent (upstream_request_headers leaves Content-Length
     # out); chunked bodies go out chunked.
     sent_headers = headers
@@ -272,6 +289,14 @@ async def _relay(
             raise UpstreamError("The application's answer was cut short.") from exc
         except TimeoutError as exc:  # the rest of the body stopped coming
             raise UpstreamTimeout("The application did not answer in time.") from exc
+        # An answer that took long to come (a long poll, a slow app) is checked again before it goes
+        # out: access may have ended meanwhile (the re-attack run got one a sign-out later).
+        if (
+            watch is not None
+            and time.time() - watch.started_at >= WATCH_INTERVAL
+            and not await watch.still_allowed()
+        ):
+            raise _access_ended()
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -131,6 +131,37 @@ def test_a_streamed_download_of_a_disabled_account_is_cut_off(gw: Gateway) -> No
     assert received < 20_000_000_000
 
 
+def test_an_upload_of_a_disabled_account_is_cut_off(gw: Gateway) -> None:
+    """The re-attack run trickled an upload into the app for as long as it liked after the account was
+    disabled: a long upload is checked again every second too."""
+    session = _signed_in(gw, "up-disabled")
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        for n in range(40):
+            if n == 3:
+                _cli(gw, "user", "disable", "up-disabled")
+            sent += 1000
+            yield b"u" * 1000
+            time.sleep(0.25)
+
+    started = time.monotonic()
+    try:
+        answer = httpx.post(
+            f"{gw.url}/__echo/upload",
+            content=body(),
+            headers={"Cookie": f"{SESSION_COOKIE}={session}", "Content-Length": "40000"},
+            timeout=30,
+        )
+        status = answer.status_code
+    except httpx.HTTPError:
+        status = 0  # the connection was closed on the upload
+    assert status in (0, 403), status
+    assert sent < 40_000, "the whole upload went through"
+    assert time.monotonic() - started < 3 + ENDS_WITHIN + 3
+
+
 def test_a_page_of_another_origin_cannot_open_the_websocket_as_the_visitor(gw: Gateway) -> None:
     """An attack run: a handshake with the visitor's cookie and `Origin: http://evil.test` reached the
     app with the full identity (a sibling host's script would send the cookie along)."""
