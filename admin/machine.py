@@ -75,6 +75,7 @@ def accounts_of(services: Services, config: Config) -> ServiceAccounts:
         services.fast,
         services.identity.clock,
         max_lifetime=float(config.settings.tokens.max_lifetime),
+        keyring=services.identity.keyring,
     )
 
 

@@ -69,6 +69,7 @@ async def _with_accounts(settings: Settings, args: argparse.Namespace, work: Wor
             store.fast,
             SYSTEM_CLOCK,
             max_lifetime=float(settings.tokens.max_lifetime),
+            keyring=store.keyring,
         )
         try:
             return await work(args, accounts)

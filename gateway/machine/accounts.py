@@ -24,8 +24,10 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
+from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.models import User
+from gateway.identity.retired import retire
 from gateway.machine.models import ApiToken, ServiceAccount
 from gateway.machine.tokens import REVOCATION_CHANNEL, is_token_id, new_token
 from gateway.store.db import Database, store_errors
@@ -162,9 +164,19 @@ class ServiceAccounts:
     """The management of service accounts and tokens (one instance per command or admin process)."""
 
     def __init__(
-        self, db: Database, audit: AuditLog, fast: FastState, clock: Clock, *, max_lifetime: float
+        self,
+        db: Database,
+        audit: AuditLog,
+        fast: FastState,
+        clock: Clock,
+        *,
+        max_lifetime: float,
+        keyring: Keyring | None = None,
     ) -> None:
         self._db = db
+        # Retires a deleted account's name, as a person's is (identity.retired): the CLI and the console
+        # pass it.
+        self._keyring = keyring
         self._audit = audit
         self._fast = fast
         self._clock = clock
@@ -265,6 +277,10 @@ class ServiceAccounts:
                 account = await session.get(ServiceAccount, row.id)
                 if account is not None:
                     await session.delete(account)
+                    if self._keyring is not None:
+                        # The apps knew the name (X-Gateway-User, sub): no provider sign-in may hand it to
+                        # a stranger afterwards (the re-attack run got a person named like a deleted one).
+                        await retire(session, self._keyring, row.name, at=now)
                 await session.commit()
         await self._announce(hashes)
         await self._audit.record(

@@ -4,10 +4,13 @@ the name either way (``X-Gateway-User``, the assertion's ``sub``). An attack run
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
 from gateway.identity.accounts import AccountExists, AccountService
 from gateway.identity.oidc.links import IdentityMapper
 from gateway.identity.passwords import PasswordHasher
@@ -33,9 +36,19 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def machines(database: Database, clock: FakeClock) -> ServiceAccounts:
+def keyring(tmp_path: Path) -> Keyring:
+    return Keyring.create(tmp_path / "keyring.json")
+
+
+@pytest.fixture
+def machines(database: Database, clock: FakeClock, keyring: Keyring) -> ServiceAccounts:
     return ServiceAccounts(
-        database, AuditLog(database, clock=clock), MemoryFastState(clock=clock), clock, max_lifetime=86400
+        database,
+        AuditLog(database, clock=clock),
+        MemoryFastState(clock=clock),
+        clock,
+        max_lifetime=86400,
+        keyring=keyring,
     )
 
 
@@ -83,3 +96,25 @@ async def test_a_provider_sign_in_is_never_given_a_service_accounts_name(
     )
     assert mapped.created
     assert mapped.user.username != "deploybot"
+
+
+async def test_a_deleted_service_accounts_name_is_never_given_at_a_provider_sign_in(
+    database: Database, machines: ServiceAccounts, clock: FakeClock, keyring: Keyring
+) -> None:
+    """The re-attack run: after `service-account delete ci-bot`, a provider user whose
+    preferred_username was ci-bot became the person ci-bot, and inherited what the apps keyed on it."""
+    await machines.create_account("ci-bot", actor="admin:root")
+    await machines.delete_account("ci-bot", actor="admin:root")
+    mapper = IdentityMapper(database, AuditLog(database, clock=clock), clock, keyring=keyring)
+    mapped = await mapper.map(
+        JIT,
+        subject="s-10",
+        claims={
+            "sub": "s-10",
+            "preferred_username": "ci-bot",
+            "email": "m@example.com",
+            "email_verified": True,
+        },
+        ip="198.51.100.1",
+    )
+    assert mapped.user.username != "ci-bot"
