@@ -22,6 +22,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -188,9 +189,27 @@ class _Shared:
     case_events: Webhook | None
 
 
+def _warn_shared_origin(settings: Settings) -> None:
+    """Say so when a route serves an app on the auth host itself: the app's own script then shares the
+    portal's origin (its CSRF cookie, the factor API), which a route on a host of its own does not."""
+    auth = (urlsplit(settings.public_url).hostname or "").lower().rstrip(".")
+    for route in settings.routes:
+        host = route.host.lower().rstrip(".")
+        label, _, parent = auth.partition(".")
+        if host == auth or (host.startswith("*.") and host[2:] == parent and label):
+            logger.warning(
+                "route %s serves its app on the auth host %s: its pages share the origin of the account "
+                "portal and its API, so a script of that app could act for the visitor there. Give an app "
+                "you do not trust as much as the gateway a host of its own.",
+                route.name,
+                auth,
+            )
+
+
 async def _open_worker(
     stack: contextlib.AsyncExitStack, path: Path, settings: Settings
 ) -> Running[WorkerServices]:
+    _warn_shared_origin(settings)
     live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
     await asyncio.to_thread(private_dir, Path(settings.data_dir))
     websockets = _websocket_session(settings)
