@@ -10,13 +10,18 @@ without lumping unrelated people together.
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 __all__ = ["counted_as"]
 
+# RFC 6052's well-known NAT64 prefix: an IPv4 client seen through a translator is its IPv4 address, not
+# a /64 it shares with every other client of that translator (the re-attack run blocked bystanders).
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+
 
 def counted_as(ip: str) -> str:
-    """The address or network the rules count ``ip`` under: IPv4 as it is (an IPv4-mapped IPv6 address
-    as its IPv4), IPv6 as its /64 in CIDR form; anything unreadable as given."""
+    """The address or network the rules count ``ip`` under: IPv4 as it is (an IPv4-mapped or NAT64
+    IPv6 address as its IPv4), IPv6 as its /64 in CIDR form; anything unreadable as given."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -24,5 +29,7 @@ def counted_as(ip: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
+        if address in _NAT64:
+            return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
