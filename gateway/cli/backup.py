@@ -360,6 +360,14 @@ def _restore(args: argparse.Namespace) -> int:
             f"  account ledger: {lacking} deletion(s), erasure(s) or disable(s) made after this backup; "
             "a gateway started on it makes them again before it serves"
         )
+        print(
+            "  NOT made again (the restored database predates them): API tokens revoked, roles removed, "
+            "passwords and factors reset, signing keys rotated after this backup. Before the gateway serves, "
+            "find them in the old trail or the sinks (token.revoked, user.roles_changed, "
+            "user.password_changed, user.mfa_reset, factor.removed, keys.rotated) and make them again "
+            "(for a key: `gateway keys rotate --signing --compromised`).",
+            file=sys.stderr,
+        )
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")
         return EXIT_OK
 
