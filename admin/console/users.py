@@ -819,7 +819,7 @@ async def require_password_change(
     async def work(user: User, actor: str) -> ActionResult:
         identity = services.identity
         await identity.accounts.require_password_change(user.id, actor=actor)
-        ended = await identity.sessions.revoke_user(user.id) if data.end_sessions else None
+        ended = await identity.accounts.end_sessions(user.id, actor=actor) if data.end_sessions else None
         return ActionResult(
             username=user.username,
             action="password-change",
@@ -950,10 +950,8 @@ async def revoke_sessions(
     second factor."""
 
     async def work(user: User, actor: str) -> ActionResult:
-        ended = await services.identity.sessions.revoke_user(user.id)
-        await services.identity.audit.record(
-            "session.revoked", actor=actor, subject=user.username, details={"all": ended}
-        )
+        # Audited by the account service; a store that does not answer leaves them owed an end.
+        ended = await services.identity.accounts.end_sessions(user.id, actor=actor)
         return ActionResult(
             username=user.username,
             action="revoke-sessions",

@@ -93,7 +93,9 @@ async def _apply(
     action: AccountAction, user_id: int, *, accounts: AccountService, sessions: SessionStore, actor: str
 ) -> None:
     steps: dict[AccountAction, Callable[[], Awaitable[object]]] = {
-        AccountAction.REVOKE_SESSIONS: lambda: sessions.revoke_user(user_id),
+        # Through the account service: a store that does not answer leaves the sessions owed an end
+        # (identity.owed), never a half-done action (the re-attack run).
+        AccountAction.REVOKE_SESSIONS: lambda: accounts.end_sessions(user_id, actor=actor),
         AccountAction.FORCE_PASSWORD_CHANGE: lambda: accounts.require_password_change(user_id, actor=actor),
         AccountAction.RESET_MFA: lambda: accounts.reset_mfa(user_id, actor=actor),
         AccountAction.DISABLE: lambda: accounts.disable(user_id, actor=actor),
@@ -101,7 +103,7 @@ async def _apply(
     await steps[action]()
     if action is AccountAction.FORCE_PASSWORD_CHANGE:
         # The hold is placed at the next sign-in: end the sessions so there is one.
-        await sessions.revoke_user(user_id)
+        await accounts.end_sessions(user_id, actor=actor)
 
 
 async def record_action(

@@ -245,8 +245,12 @@ class Responder:
         user_id = await self._user(subject)
         if user_id is None or self._sessions is None:
             return None
-        count = await self._sessions.revoke_user(user_id)
-        return Action("revoke_sessions", subject, note=f"{count} revoked")
+        if self._accounts is None:
+            count: int | None = await self._sessions.revoke_user(user_id)
+        else:
+            # Through the account service: a store that does not answer leaves them owed an end.
+            count = await self._accounts.end_sessions(user_id, actor="system:threat")
+        return Action("revoke_sessions", subject, note=f"{count if count is not None else 'owed'} revoked")
 
     async def _step_up(self, subject: str, session: str) -> Action | None:
         if not subject or self._sessions is None:
