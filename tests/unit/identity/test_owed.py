@@ -15,7 +15,8 @@ from gateway.identity.owed import end_owed
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
-from gateway.response.actions import AccountAction, _apply
+from gateway.response.actions import _apply
+from gateway.response.vocabulary import AccountAction
 from gateway.settings.schema import PasswordSettings, RegulationSettings, SessionSettings
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState, StateUnavailable
