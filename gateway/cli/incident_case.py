@@ -213,7 +213,7 @@ async def _restore_policy(args: argparse.Namespace, ctx: _Ctx) -> int:
 async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
     from gateway.crypto.keyring import keyring_path
     from gateway.crypto.lifecycle import RotationTarget, rotate_keys
-    from gateway.crypto.signing import SigningKeys
+    from gateway.crypto.signing import SigningKeys, announce_compromise
     from gateway.response.actions import record_action
 
     case = await ctx.cases.get(args.id)
@@ -234,6 +234,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         audit=ctx.svc.audit,
         actor=operator(),
         compromised=args.compromised,
+        announce=lambda at: announce_compromise(ctx.svc.fast, at),
     )
     details = rotation.details()
     await record_action(

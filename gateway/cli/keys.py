@@ -99,7 +99,9 @@ def _rotate(args: argparse.Namespace) -> int:
     keyring = load_keyring(settings)
 
     async def rotate() -> None:
-        async with open_store(settings) as store:
+        from gateway.crypto.signing import announce_compromise
+
+        async with open_store(settings, fast=True) as store:
             rotation = await rotate_keys(
                 RotationTarget(args.what),
                 signing=_signing_keys(settings, keyring, store.db),
@@ -111,6 +113,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 actor=operator(),
                 stage=args.stage,
                 compromised=args.compromised,
+                announce=lambda at: announce_compromise(store.fast, at),
             )
             if rotation.signing is not None:
                 _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)

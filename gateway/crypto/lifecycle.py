@@ -17,7 +17,8 @@ signing key is described by its public facts, the keyring by its key ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -113,6 +114,7 @@ async def rotate_keys(
     actor: str,
     stage: bool = False,
     compromised: bool = False,
+    announce: Callable[[float], Awaitable[None]] | None = None,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -130,6 +132,8 @@ async def rotate_keys(
         stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
         compromised: The old signing keys may be in someone else's hands: the new one signs at once
             and the old ones are deleted (:meth:`SigningKeys.rotate`).
+        announce: With ``compromised``, tells the running workers (:func:`announce_compromise` over
+            the caller's fast state), so one that cannot reload stops signing with the old key.
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
@@ -142,6 +146,8 @@ async def rotate_keys(
     if target in (RotationTarget.ALL, RotationTarget.SIGNING):
         before = await signing.load(with_private=False)
         kid = await signing.rotate(compromised=compromised)
+        if compromised and announce is not None:
+            await announce(time.time())
         after = await signing.load(with_private=False)
         rotation = Rotation(signing=SigningRotation(kid, before, after), compromised=compromised)
     if target in (RotationTarget.ALL, RotationTarget.KEYRING):

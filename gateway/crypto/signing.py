@@ -56,20 +56,32 @@ from gateway.crypto.models import SigningKey
 from gateway.errors import GatewayError
 from gateway.settings.schema import AssertionSettings
 from gateway.store.db import SQLITE_BEGIN_OPTION, Database, store_errors
+from gateway.store.fast.base import FastState, StateUnavailable
+from gateway.store.fast.follow import follow_channel
 
 __all__ = [
     "ALGORITHM",
+    "COMPROMISE_CHANNEL",
+    "COMPROMISE_KEY",
     "KeySet",
     "KeyState",
     "PublishedKey",
     "SigningKeys",
     "SigningUnavailable",
+    "announce_compromise",
+    "follow_compromise",
     "private_key_aad",
 ]
 
 logger = logging.getLogger("gateway.signing")
 
 ALGORITHM: Final = "ES256"
+# A rotation with ``compromised`` also tells every worker through the fast state (the time it was made,
+# and a broadcast): one that cannot reload the keys then (its database out of reach) stops signing
+# instead of going on with the leaked key (the re-attack run: a cut-off replica signed with it for
+# minutes). The fast state is above this floor: the caller writes it (gateway.crypto.lifecycle).
+COMPROMISE_KEY: Final = "signing:compromised"
+COMPROMISE_CHANNEL: Final = "signing-compromised"
 # Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the migration lock.
 _PG_SIGNING_LOCK: Final = 0x67777369676E6B79  # b"gwsignky"
 # 16 base64url characters of the RFC 7638 thumbprint: 96 bits, unique in practice, short in headers.
@@ -322,6 +334,20 @@ class SigningKeys:
             self._keyset, self._fingerprint = keyset, _fingerprint(keyset)
             return True
 
+    async def after_compromise(self) -> None:
+        """The keys were rotated as compromised: reload them now, or stop signing until that works
+        (an empty key set: every assertion is refused, the JWKS lists no key; the periodic refresh
+        loads the new set once the database answers)."""
+        try:
+            await self.refresh()
+        except Exception:
+            logger.error(
+                "the signing keys were rotated as compromised and cannot be reloaded now: no assertion "
+                "is signed until they can",
+                exc_info=True,
+            )
+            self._keyset, self._fingerprint = KeySet((), self._grace), None
+
     async def run_refresh(self, interval: float = 30.0) -> None:
         """Refresh every ``interval`` seconds until cancelled; errors are logged, the last set kept."""
         while True:
@@ -464,3 +490,32 @@ def _fingerprint(keyset: KeySet) -> tuple[tuple[Any, ...], ...]:
 def _complete(keyset: KeySet, now: float) -> bool:
     """Whether every key that signs now or later has its private half (a failed decrypt is retried)."""
     return all(k.private_key is not None for k in keyset.keys if k.retired_at is None or k.retired_at > now)
+
+
+async def announce_compromise(fast: FastState, at: float) -> None:
+    """Tell every worker that the keys were rotated as compromised (see :data:`COMPROMISE_KEY`); a
+    failure is logged: the workers' periodic reload still finds the new key."""
+    try:
+        await fast.set(COMPROMISE_KEY, repr(at).encode())
+        await fast.publish(COMPROMISE_CHANNEL, b"rotated")
+    except StateUnavailable:
+        logger.warning("could not tell the gateways of the compromised rotation; they reload within 30 s")
+
+
+async def follow_compromise(fast: FastState, signing: SigningKeys, *, every: float = 5.0) -> None:
+    """Until cancelled: on a compromised rotation made after this worker started, reload the keys now or
+    stop signing (:meth:`SigningKeys.after_compromise`)."""
+    seen: bytes | None = None
+    first = True
+
+    async def check() -> None:
+        nonlocal seen, first
+        marker = await fast.get(COMPROMISE_KEY)
+        if first:
+            seen, first = marker, False
+            return
+        if marker != seen:
+            seen = marker
+            await signing.after_compromise()
+
+    await follow_channel(fast, COMPROMISE_CHANNEL, check, refresh_every=every, what="signing-key compromise")

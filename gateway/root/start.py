@@ -32,7 +32,7 @@ from gateway.authz.sample import DecisionSample
 from gateway.authz.store import PolicyStore
 from gateway.backup.jobs import job_for
 from gateway.backup.schedule import BackupSchedule, run_backups
-from gateway.crypto.signing import SigningKeys
+from gateway.crypto.signing import SigningKeys, follow_compromise
 from gateway.errors import GatewayError
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.owed import run_owed
@@ -220,6 +220,8 @@ async def _open_worker(
     signing = SigningKeys(db, identity.keyring, identity.clock, settings.assertion)
     await signing.ensure()
     _background(stack, signing.run_refresh(30.0))
+    # A rotation of leaked keys reaches this worker at once; if it cannot reload, it stops signing.
+    _background(stack, follow_compromise(fast, signing))
     assertions = AssertionSigner(
         signing.current, issuer=live.current.public_url, ttl=settings.assertion.ttl, clock=identity.clock
     )

@@ -103,7 +103,7 @@ async def jwks(signing: Signing) -> Response[bytes]:
     return Response(
         json.dumps(signing.jwks(), separators=(",", ":")).encode(),
         media_type=MediaType.JSON,
-        headers={"Cache-Control": "public, max-age=300"},
+        headers={"Cache-Control": "public, max-age=60"},
     )
 
 

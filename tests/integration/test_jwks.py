@@ -134,7 +134,7 @@ def test_jwks_is_served_with_a_cacheable_public_key(gateway: Gateway) -> None:
     resp = _jwks(gateway)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("application/json")
-    assert resp.headers["cache-control"] == "public, max-age=300"
+    assert resp.headers["cache-control"] == "public, max-age=60"
     keys = resp.json()["keys"]
     assert len(keys) >= 1
     for key in keys:

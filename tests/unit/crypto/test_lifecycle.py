@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -109,3 +110,37 @@ async def test_a_compromised_rotation_signs_with_the_new_key_at_once_and_deletes
     assert signer is not None
     assert signer.kid == rotation.signing.kid
     assert leaked in rotation.details()["old_keys_deleted"]  # type: ignore[operator]
+
+
+async def test_a_worker_that_cannot_reload_after_a_compromised_rotation_stops_signing(
+    database: Database, keyring_file: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-attack run: a replica cut off from the database went on signing with the leaked key for
+    minutes after `keys rotate --compromised`. Told of it through the fast state, it stops signing."""
+    from gateway.crypto.signing import COMPROMISE_KEY, announce_compromise, follow_compromise
+    from gateway.store.fast import MemoryFastState, StateUnavailable
+
+    keyring = Keyring.load(keyring_file)
+    worker = SigningKeys(database, keyring, clock, SETTINGS)
+    leaked = (await worker.ensure()).keys[0].kid
+    fast = MemoryFastState(clock=clock)
+    follower = asyncio.ensure_future(follow_compromise(fast, worker, every=0.05))
+    try:
+        await asyncio.sleep(0.1)  # subscribed, the current marker seen
+
+        async def cut_off(**_: object) -> bool:
+            raise StateUnavailable("the database is out of reach")
+
+        monkeypatch.setattr(worker, "refresh", cut_off)
+        await announce_compromise(fast, clock.time())
+        assert await fast.get(COMPROMISE_KEY) is not None
+        for _ in range(100):
+            if worker.current().signing_key(clock.time()) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.current().signing_key(clock.time()) is None  # no assertion with the leaked key
+        assert leaked not in [k["kid"] for k in worker.jwks()["keys"]]
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await fast.close()
