@@ -160,7 +160,8 @@ def route_request(
         # The app reads /Admin as /admin: the host's routes are chosen again, the policy decides and
         # the app gets the path in lower case (every route of a host folds, or none does).
         canon = fold_case(canon)
-        match = snap.router.match(host, canon.path)
+        # `/.GATEWAY/x` folds into the reserved prefix: never an app's path (a re-attack run's note).
+        match = None if is_control(canon.path) else snap.router.match(host, canon.path)
         if match is None:
             raise no_route("No application is configured for this address.")
         route = match.route

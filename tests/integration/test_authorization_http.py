@@ -391,6 +391,9 @@ def test_on_a_case_insensitive_route_the_app_gets_the_lower_case_path(site: Site
     assert resp.json()["target"] == "/docs/readme?Q=Keep"  # the query is the app's business
     # The control: another host keeps the path as sent.
     assert call(site.a, site.sessions["alice"], "/docs/ReadMe").json()["target"] == "/docs/ReadMe"
+    # What folds into the gateway's reserved prefix is never an app's path (a re-attack run's note).
+    reserved = call(site.a, site.sessions["alice"], "/.GATEWAY/x", host="iis.localhost")
+    assert reserved.status_code == 404, reserved.text
 
 
 @pytest.mark.parametrize(("user", "path"), [("dave", "/administrator"), ("dave", "/adm"), ("bob", "/admin")])
