@@ -480,14 +480,7 @@ class SessionStore:
             SessionEnded: the session no longer exists.
             StateUnavailable: the store cannot answer.
         """
-        old_hash = hash_session_id(session_id)
-        now = self._clock.time()
-        raw = await self._state.take(_session_key(old_hash))
-        old = None if raw is None else decode_session(raw)
-        self._forget((old_hash,))
-        if old is None or old.id_hash != old_hash or not self._alive(old, now):
-            await self._broadcast([old_hash])
-            raise SessionEnded("This session has ended.")
+        old_hash, old, now = await self._take_live(session_id)
         new_id = secrets.token_urlsafe(32)
         new_hash = hash_session_id(new_id)
         family = secrets.token_urlsafe(16)
@@ -509,17 +502,27 @@ class SessionStore:
         self._remember(session, now)
         return new_id, session
 
-    async def _rotate(self, session_id: str, change: Callable[[Session], Session]) -> tuple[str, Session]:
-        """Replace a session by a changed copy under a new id; the old id ends everywhere."""
+    async def _take_live(self, session_id: str) -> tuple[str, Session, float]:
+        """Take a live session out of the store (its id hash, the session, now); its id ends here.
+
+        ``take``: of two concurrent rotations of one id, exactly one gets to rotate it.
+
+        Raises:
+            SessionEnded: it does not exist or has ended.
+        """
         old_hash = hash_session_id(session_id)
         now = self._clock.time()
-        # take: of two concurrent rotations of one id, exactly one gets to rotate it.
         raw = await self._state.take(_session_key(old_hash))
         old = None if raw is None else decode_session(raw)
         self._forget((old_hash,))
         if old is None or old.id_hash != old_hash or not self._alive(old, now):
             await self._broadcast([old_hash])
             raise SessionEnded("This session has ended.")
+        return old_hash, old, now
+
+    async def _rotate(self, session_id: str, change: Callable[[Session], Session]) -> tuple[str, Session]:
+        """Replace a session by a changed copy under a new id; the old id ends everywhere."""
+        old_hash, old, now = await self._take_live(session_id)
         new_id = secrets.token_urlsafe(32)
         new_hash = hash_session_id(new_id)
         session = replace(change(old), id_hash=new_hash, last_seen=now)
