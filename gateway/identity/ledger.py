@@ -272,21 +272,20 @@ class AccountLedger:
         return dict(entries)
 
     async def sync(self) -> list[Entry]:
-        """Bring the table and this node's file to the same states, and return the entries the table
-        lacked: after a restore, the changes made since the backup, which :mod:`gateway.privacy.
-        ledger_replay` makes again."""
+        """Copy the table's entries this node's file lacks into it, and return the file's entries the
+        table lacks: after a restore, the changes made since the backup, which :mod:`gateway.privacy.
+        ledger_replay` makes again and then :meth:`settles <settle>` (not before: a change whose
+        making-again failed is found again by the next sync)."""
         table, file = await self.table(), await self.file()
-        await self.append(
-            entry for key, entry in table.items() if key not in file or entry.outranks(file[key])
-        )
-        lacking = [entry for key, entry in file.items() if key not in table or entry.outranks(table[key])]
-        if lacking:
-            async with self._db.session(write=True) as session:
-                with store_errors("cannot write the account ledger"):
-                    for entry in lacking:
-                        await _put(session, entry)
-                    await session.commit()
-        return lacking
+        await self.append(newer(table, file))
+        return newer(file, table)
+
+    async def settle(self, entry: Entry) -> None:
+        """Put ``entry`` into the table (its change is made, or has nothing left to make)."""
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot write the account ledger"):
+                await _put(session, entry)
+                await session.commit()
 
     def names(self, user: User, entry: Entry) -> bool:
         """Whether ``entry`` is about ``user`` (under any key the keyring holds)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.audit.trail import AuditLog
@@ -63,6 +62,7 @@ async def replay(
     done = Replayed()
     for entry in await ledger.sync():
         await _make_again(entry, ledger, accounts, eraser, done)
+        await ledger.settle(entry)
     if done.changed:
         logger.warning(
             "account ledger: made %d change(s) again that the database lacked (restored from a backup?): "
@@ -128,11 +128,11 @@ async def run_ledger(
     eraser: Eraser,
     audit: AuditLog,
     *,
-    every: Callable[[], float] = lambda: SYNC_INTERVAL,
+    every: float = SYNC_INTERVAL,
 ) -> None:
-    """:func:`replay` every ``every()`` seconds until cancelled (the start-up run is the caller's)."""
+    """:func:`replay` every ``every`` seconds until cancelled (the start-up run is the caller's)."""
     while True:
-        await asyncio.sleep(every())
+        await asyncio.sleep(every)
         try:
             await replay(ledger, accounts, eraser, audit)
         except Exception:

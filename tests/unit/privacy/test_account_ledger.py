@@ -342,3 +342,29 @@ async def test_a_later_change_outranks_an_earlier_one_whatever_the_clocks(nodes:
     await _restore(a.db, backup)
     assert (await a.replay()).disabled == 1
     assert not await a.signs_in("jo")
+
+
+async def test_a_change_whose_making_again_failed_is_made_at_the_next_sync(
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry goes into the table only once its change is made: a store failure half-way must not
+    leave the restored account as it was for good."""
+    from gateway.store.db import StoreUnavailable
+
+    a, _ = nodes
+    kim = await a.add("kim")
+    backup = await _row(a.db, kim.id)
+    await a.accounts.delete(kim.id, actor="admin:root")
+    await _restore(a.db, backup)
+    real = a.accounts.delete
+
+    async def failing(user_id: int, *, actor: str) -> int | None:
+        raise StoreUnavailable("the database went away")
+
+    monkeypatch.setattr(a.accounts, "delete", failing)
+    with pytest.raises(StoreUnavailable):
+        await a.replay()
+    assert await a.signs_in("kim")
+    monkeypatch.setattr(a.accounts, "delete", real)
+    assert (await a.replay()).deleted == 1
+    assert not await a.signs_in("kim")
