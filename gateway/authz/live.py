@@ -116,7 +116,6 @@ class LivePolicy:
             # passed the old one).
             if stored.version == self.version:
                 self.loaded_at = time.monotonic()
-                self.behind = self.behind and self.version < self._announced
                 return
             index = await asyncio.to_thread(PolicyIndex.build, stored.rules, version=stored.version)
             self.authorizer.swap(index)

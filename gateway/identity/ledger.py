@@ -58,7 +58,6 @@ __all__ = [
     "ledger_path",
     "merge",
     "newer",
-    "read_file",
     "read_lines",
 ]
 
@@ -367,9 +366,3 @@ def _parse(line: bytes) -> Line | None:
     if moment.tzinfo is None:
         return None
     return Entry(account, user_id, state, moment, ref), kid, mac
-
-
-def read_file(path: Path) -> list[Entry]:
-    """The well-formed entries of a ledger file, their MACs unchecked (tests and diagnostics; the
-    gateway reads through :meth:`AccountLedger.verified`)."""
-    return [entry for entry, _, _ in read_lines(path)]

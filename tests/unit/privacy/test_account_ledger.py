@@ -26,7 +26,7 @@ from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService, SignInFailed
-from gateway.identity.ledger import AccountLedger, Entry, merge, read_file
+from gateway.identity.ledger import AccountLedger, Entry, merge, read_lines
 from gateway.identity.models import AccountLedgerRow, RetiredUsername, User
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
@@ -226,7 +226,7 @@ async def test_a_change_made_on_one_node_reaches_the_other_nodes_file(nodes: tup
     assert not b.ledger.path.exists()
 
     assert (await b.replay()).changed == 0  # nothing to make again: the database has it
-    assert [entry.state for entry in read_file(b.ledger.path)] == ["deleted"]
+    assert [entry.state for entry in b.ledger.verified(read_lines(b.ledger.path))] == ["deleted"]
 
     # Node A's disk is lost with the database; node B's file still makes the change again.
     a.ledger.path.unlink()
@@ -256,12 +256,12 @@ async def test_a_torn_line_is_skipped_and_a_link_is_refused(nodes: tuple[Node, N
     await a.accounts.disable(henry.id, actor="admin:root")
     with a.ledger.path.open("ab") as out:
         out.write(b'{"account": "k1:00", "user_id": 1, "sta')  # a crash in the middle of a write
-    assert [entry.state for entry in read_file(a.ledger.path)] == ["disabled"]
+    assert [entry.state for entry in a.ledger.verified(read_lines(a.ledger.path))] == ["disabled"]
 
     link = tmp_path / "link.jsonl"
     link.symlink_to(a.ledger.path)
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
-        read_file(link)
+        read_lines(link)
 
 
 async def test_a_gateway_does_not_start_on_a_ledger_it_cannot_read(
