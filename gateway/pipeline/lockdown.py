@@ -18,14 +18,14 @@ from urllib.parse import quote
 from gateway.authz.live import LivePolicy
 from gateway.errors import ErrorReason, ServiceUnavailable
 from gateway.identity.cookies import cookie_in
-from gateway.identity.sessions import SessionStore
+from gateway.identity.sessions import Session, SessionStore
 from gateway.observe.tracing import Stage
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.context import RequestContext
 from gateway.settings.schema import LockdownSettings
 from gateway.threat.lockdown import is_break_glass
 
-__all__ = ["LockedDown", "enforce_lockdown"]
+__all__ = ["LockedDown", "breaks_glass", "enforce_lockdown"]
 
 
 class LockedDown(ServiceUnavailable):
@@ -50,6 +50,17 @@ class LockedDown(ServiceUnavailable):
         return self.detail
 
 
+def breaks_glass(session: Session, *, policy: LivePolicy, settings: LockdownSettings, now: float) -> bool:
+    """Whether ``session`` may pass a lockdown (the group or its role, and a recent WebAuthn factor)."""
+    return is_break_glass(
+        session,
+        group=settings.break_glass_group,
+        roles=policy.roles_for(principals_of(session)),
+        max_factor_age=float(settings.max_factor_age),
+        now=now,
+    )
+
+
 async def enforce_lockdown(
     *,
     cookie_name: str,
@@ -71,13 +82,7 @@ async def enforce_lockdown(
         request.trace.enter(Stage.LOCKDOWN)
     session_id = cookie_in(request.cookies, cookie_name)
     session = await sessions.get(session_id) if session_id else None
-    if session is not None and is_break_glass(
-        session,
-        group=settings.break_glass_group,
-        roles=policy.roles_for(principals_of(session)),
-        max_factor_age=float(settings.max_factor_age),
-        now=now,
-    ):
+    if session is not None and breaks_glass(session, policy=policy, settings=settings, now=now):
         return
     # Where an administrator goes next: sign in (no session), or prove a passkey (signed in).
     step = "login?" if session is None else "mfa?need=webauthn&"

@@ -82,8 +82,16 @@ class Watched(Protocol):
         ...
 
 
-def _access_ended() -> Forbidden:
-    return Forbidden("Access ended while the request was under way.", reason=ErrorReason.ACCESS_ENDED)
+async def _recheck(watch: Watched) -> float:
+    """Ask the checks again; when the next check is due (Unix time) if they still let the request
+    through.
+
+    Raises:
+        Forbidden: (403 ``access-ended``) access has ended since the request's head was decided.
+    """
+    if not await watch.still_allowed():
+        raise Forbidden("Access ended while the request was under way.", reason=ErrorReason.ACCESS_ENDED)
+    return time.time() + WATCH_INTERVAL
 
 
 @dataclass(slots=True)
@@ -104,7 +112,7 @@ class ProxyOutcome:
 class _RequestBody:
     """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
-    __slots__ = ("check_at", "limit", "read", "receive", "started", "timeout", "watch")
+    __slots__ = ("due", "limit", "read", "receive", "started", "timeout", "watch")
 
     def __init__(self, receive: Receive, limit: int, timeout: float, watch: Watched | None = None) -> None:
         self.receive = receive
@@ -115,7 +123,7 @@ class _RequestBody:
         # A long upload is checked again every WATCH_INTERVAL, as a long answer is (the re-attack run
         # trickled one into the app for as long as it liked after the account was disabled).
         self.watch = watch
-        self.check_at = time.monotonic() + WATCH_INTERVAL
+        self.due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
@@ -127,10 +135,8 @@ class _RequestBody:
             self.read += len(chunk)
             if self.read > self.limit:
                 raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
-            if self.watch is not None and time.monotonic() >= self.check_at:
-                if not await self.watch.still_allowed():
-                    raise _access_ended()
-                self.check_at = time.monotonic() + WATCH_INTERVAL
+            if self.watch is not None and time.time() >= self.due:
+                self.due = await _recheck(self.watch)
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
@@ -291,12 +297,8 @@ async def _relay(
             raise UpstreamTimeout("The application did not answer in time.") from exc
         # An answer that took long to come (a long poll, a slow app) is checked again before it goes
         # out: access may have ended meanwhile (the re-attack run got one a sign-out later).
-        if (
-            watch is not None
-            and time.time() - watch.started_at >= WATCH_INTERVAL
-            and not await watch.still_allowed()
-        ):
-            raise _access_ended()
+        if watch is not None and time.time() >= watch.started_at + WATCH_INTERVAL:
+            await _recheck(watch)
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -305,16 +307,12 @@ async def _relay(
     outcome.status = resp.status
     await send(start)
     sent = 0
-    check_at = time.monotonic() + WATCH_INTERVAL
+    due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
     async for chunk in resp.chunks():
-        if watch is not None and time.monotonic() >= check_at:
+        if watch is not None and time.time() >= due:
             # Checked before the chunk goes out: once access has ended, no byte more does.
-            if not await watch.still_allowed():
-                outcome.bytes_out = sent
-                raise Forbidden(
-                    "Access ended while the answer was being sent.", reason=ErrorReason.ACCESS_ENDED
-                )
-            check_at = time.monotonic() + WATCH_INTERVAL
+            outcome.bytes_out = sent
+            due = await _recheck(watch)
         sent += len(chunk)
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -22,11 +22,11 @@ from gateway.identity.cookies import cookie_in
 from gateway.identity.sessions import SessionStore
 from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
-from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
+from gateway.pipeline.lockdown import breaks_glass
 from gateway.pipeline.snapshot import LiveState
 from gateway.threat.blocks import IpBlocks
-from gateway.threat.lockdown import Lockdown, is_break_glass
+from gateway.threat.lockdown import Lockdown
 
 __all__ = ["Rechecks"]
 
@@ -92,13 +92,8 @@ class Rechecks:
                 )
             lock = self._lockdown.state
             if lock.on and lock.covers(request.route_name):
-                settings = snap.settings.lockdown
-                return session is not None and is_break_glass(
-                    session,
-                    group=settings.break_glass_group,
-                    roles=self._policy.roles_for(principals_of(session)),
-                    max_factor_age=float(settings.max_factor_age),
-                    now=self._clock.time(),
+                return session is not None and breaks_glass(
+                    session, policy=self._policy, settings=snap.settings.lockdown, now=self._clock.time()
                 )
         except GatewayError:
             return False
