@@ -193,10 +193,10 @@ def _warn_shared_origin(settings: Settings) -> None:
     """Say so when a route serves an app on the auth host itself: the app's own script then shares the
     portal's origin (its CSRF cookie, the factor API), which a route on a host of its own does not."""
     auth = (urlsplit(settings.public_url).hostname or "").lower().rstrip(".")
+    # A wildcard route covers one label: *.example.com covers auth.example.com.
+    covering = {auth, f"*.{auth.partition('.')[2]}"}
     for route in settings.routes:
-        host = route.host.lower().rstrip(".")
-        label, _, parent = auth.partition(".")
-        if host == auth or (host.startswith("*.") and host[2:] == parent and label):
+        if route.host.lower().rstrip(".") in covering:
             logger.warning(
                 "route %s serves its app on the auth host %s: its pages share the origin of the account "
                 "portal and its API, so a script of that app could act for the visitor there. Give an app "
