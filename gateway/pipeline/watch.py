@@ -5,10 +5,12 @@ that, so without a second look a disabled account, a revoked session or token, a
 lockdown would leave an open one flowing (an attack run kept a WebSocket echoing and a 2 GB download
 running after each of them). Every :data:`gateway.pipeline.proxy.WATCH_INTERVAL` while one lasts, the checks a new request
 would face that can change under it are made again: the client's address against the blocks, the
-lockdown (a break-glass session only), and the session or the bearer token still valid. When one
-fails, the WebSocket is closed (1008, policy violation) and a streamed answer is cut off; a store that
-cannot answer ends it too (fail closed). The policy itself is not decided again: a policy change applies
-to the next request.
+lockdown (a break-glass session only), the session or the bearer token still valid, and the policy
+still allowing the request's principals this method on this path (a role removed, a deny rule added).
+When one fails, the WebSocket is closed (1008, policy violation) and a streamed answer is cut off; a
+store that cannot answer, or a policy this worker knows to be out of date (``behind``), ends it too
+(fail closed). The decision comes from the worker's decision cache, so a check costs a dict lookup
+while the policy does not change.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gateway.identity.cookies import cookie_in
 from gateway.identity.sessions import SessionStore
 from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
+from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
 from gateway.pipeline.lockdown import breaks_glass
 from gateway.pipeline.snapshot import LiveState
@@ -45,6 +48,12 @@ class _Request(Protocol):
 
     @property
     def route_name(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
 
     @property
     def auth(self) -> AuthKind: ...
@@ -81,15 +90,20 @@ class Rechecks:
         snap = self._live.current
         try:
             session = None
+            principals: frozenset[str] | None = None
             if request.auth is AuthKind.SESSION:
                 session_id = cookie_in(request.cookies, snap.cookie_name)
                 session = await self._sessions.get(session_id) if session_id else None
                 if session is None:
                     return False
+                principals = principals_of(session)
             elif request.auth is AuthKind.BEARER:
-                await authenticate_bearer(
+                client = await authenticate_bearer(
                     request.token, verifiers=self._bearer, route=request.route_name, ip=request.client_ip
                 )
+                principals = client.principals
+            if principals is not None and not self._still_decided(principals, request):
+                return False
             lock = self._lockdown.state
             if lock.on and lock.covers(request.route_name):
                 return session is not None and breaks_glass(
@@ -98,3 +112,13 @@ class Rechecks:
         except GatewayError:
             return False
         return True
+
+    def _still_decided(self, principals: frozenset[str], request: _Request) -> bool:
+        """Whether the policy deciding now still allows what the request's head was allowed: the same
+        decision the authorize stage asks for (a public path never gets here: it has no principals)."""
+        if self._policy.behind:
+            return False
+        decision = self._policy.authorizer.decide(
+            principals, request.route_name, request.method, request.path
+        )
+        return decision.allowed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.integration.harness import (
+    ALLOW_SIGNED_IN,
     Gateway,
     add_user,
     echo_route,
@@ -174,6 +176,24 @@ def test_a_page_of_another_origin_cannot_open_the_websocket_as_the_visitor(gw: G
     with _websocket(gw, session, origin=f"http://127.0.0.1:{gw.port}") as ws:  # the route's own page
         ws.send("mine")
         assert ws.recv(timeout=10) == "mine"
+
+
+def test_a_websocket_the_new_policy_denies_is_closed_and_no_other(gw: Gateway, tmp_path: Path) -> None:
+    """A role removed or a deny rule added while a WebSocket is open: the open one ends as the next
+    request would be refused, and another person's, still allowed, stays open."""
+    denied, kept = _signed_in(gw, "ws-policy"), _signed_in(gw, "ws-policy-kept")
+    policy = tmp_path / "deny-ws.csv"
+    policy.write_text(ALLOW_SIGNED_IN.read_text() + "p, user:ws-policy, *, /ws, *, deny\n")
+    try:
+        with _websocket(gw, denied) as ws, _websocket(gw, kept) as other:
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+            _cli(gw, "policy", "import", str(policy), "--reason", "test of open sockets")
+            assert _closed_for_policy(ws) == 1008
+            other.send("after")
+            assert other.recv(timeout=10) == "after"
+    finally:
+        _cli(gw, "policy", "import", str(ALLOW_SIGNED_IN), "--reason", "test done")
 
 
 def test_a_websocket_from_an_address_blocked_later_is_closed(gw: Gateway) -> None:

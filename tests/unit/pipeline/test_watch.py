@@ -1,0 +1,116 @@
+"""The checks a long exchange is watched with decide the policy again: with the session's principals as
+they are now, fail closed on a policy the worker knows to be out of date, and never for a public path
+(no policy decides those)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from gateway.authz.decision import Decision, Reason
+from gateway.clock import FakeClock
+from gateway.identity.levels import AuthLevel
+from gateway.identity.sessions import Session
+from gateway.observe.record import AuthKind
+from gateway.pipeline.watch import Rechecks
+
+COOKIE = "gateway_session"
+
+
+def _session(roles: tuple[str, ...]) -> Session:
+    return Session(
+        id_hash="0" * 64,
+        family="f",
+        user_id=1,
+        username="alice",
+        level=AuthLevel.TWO_FACTOR,
+        factors=(),
+        roles=roles,
+        created_at=0.0,
+        last_seen=0.0,
+        ip="192.0.2.1",
+        user_agent="pytest",
+        host="app.example.com",
+    )
+
+
+@dataclass
+class OpsOnly:
+    """Allows the ``ops`` role on ``/deploy`` and nothing else; remembers what it was asked."""
+
+    asked: list[tuple[frozenset[str], str, str, str]] = field(default_factory=list)
+
+    def decide(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+        self.asked.append((principals, route, method, path))
+        allowed = "ops" in principals and path == "/deploy"
+        reason = Reason.POLICY_ALLOW if allowed else Reason.NO_MATCHING_RULE
+        return Decision(allowed=allowed, reason=reason, rule=None, principal=None, version=2)
+
+
+@dataclass
+class Policy:
+    authorizer: OpsOnly = field(default_factory=OpsOnly)
+    behind: bool = False
+
+
+@dataclass
+class Sessions:
+    session: Session | None
+
+    async def get(self, session_id: str) -> Session | None:
+        return self.session
+
+
+@dataclass
+class Request:
+    auth: AuthKind = AuthKind.SESSION
+    cookies: tuple[bytes, ...] = (f"{COOKIE}=abc".encode(),)
+    token: str = ""
+    client_ip: str = "192.0.2.1"
+    route_name: str = "app"
+    method: str = "GET"
+    path: str = "/deploy"
+
+
+def _checks(policy: Policy, session: Session | None) -> Rechecks:
+    live = SimpleNamespace(
+        current=SimpleNamespace(cookie_name=COOKIE, settings=SimpleNamespace(lockdown=None))
+    )
+    lockdown = SimpleNamespace(state=SimpleNamespace(on=False))
+    parts: dict[str, Any] = {
+        "live": live,
+        "blocks": frozenset(),
+        "lockdown": lockdown,
+        "sessions": Sessions(session),
+        "policy": policy,
+        "bearer": None,
+    }
+    return Rechecks(**{name: cast(Any, part) for name, part in parts.items()}, clock=FakeClock())
+
+
+async def test_the_request_is_decided_again_with_the_session_as_it_is_now() -> None:
+    policy = Policy()
+    assert await _checks(policy, _session(("ops",))).allowed(Request())
+    principals, route, method, path = policy.authorizer.asked[-1]
+    assert {"ops", "user:alice"} <= principals
+    assert (route, method, path) == ("app", "GET", "/deploy")
+    # The role was taken away while the exchange went on.
+    assert not await _checks(policy, _session(())).allowed(Request())
+
+
+async def test_a_path_the_policy_no_longer_allows_ends_the_exchange() -> None:
+    assert not await _checks(Policy(), _session(("ops",))).allowed(Request(path="/other"))
+
+
+async def test_a_policy_known_to_be_out_of_date_ends_it_fail_closed() -> None:
+    assert not await _checks(Policy(behind=True), _session(("ops",))).allowed(Request())
+
+
+@pytest.mark.parametrize("behind", [False, True])
+async def test_a_public_exchange_is_not_decided(behind: bool) -> None:
+    policy = Policy(behind=behind)
+    assert await _checks(policy, None).allowed(Request(auth=AuthKind.NONE, cookies=()))
+    assert policy.authorizer.asked == []
