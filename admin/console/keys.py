@@ -27,8 +27,8 @@ from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rotate_keys
-from gateway.crypto.signing import ALGORITHM, SigningKeys
-from gateway.errors import GatewayError
+from gateway.crypto.signing import ALGORITHM, SigningKeys, announce_compromise
+from gateway.errors import BadRequest, GatewayError
 from gateway.services import Services
 from gateway.web.deps import Config, Identity
 
@@ -79,6 +79,13 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[
         str, msgspec.Meta(min_length=1, max_length=2000, description="Kept in the audit trail.")
     ]
+    compromised: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The signing keys leaked: the new key signs at once and every old one is deleted "
+            "(as `gateway keys rotate --compromised`). Needs ``signing`` or ``all``."
+        ),
+    ] = False
 
 
 class RotateResult(msgspec.Struct, kw_only=True):
@@ -153,7 +160,13 @@ async def keys_page(request: Request[Any, Any, Any], services: AdminServices) ->
 
 def _message(rotation: Rotation, view: KeysView) -> str:
     parts = []
-    if rotation.signing is not None:
+    if rotation.signing is not None and rotation.compromised:
+        parts.append(
+            f"New signing key {rotation.signing.kid} signs now and every earlier key is deleted: running "
+            "gateways were told to reload at once (within 30 s at the latest), and a worker that cannot "
+            "reload stops signing. Apps must fetch the JWKS anew."
+        )
+    elif rotation.signing is not None:
         new = next((k for k in view.signing_keys if k.kid == rotation.signing.kid), None)
         if new is not None and new.state == "active":
             parts.append(f"New signing key {rotation.signing.kid} signs now.")
@@ -184,7 +197,9 @@ async def rotate(
     """Rotate the signing key, the keyring or both (signing first), as ``gateway keys rotate`` does.
 
     A new signing key is published at once and signs after ``assertion.publish_ahead``; the key it
-    replaces stays published for ``assertion.grace``. A new keyring key is active for new secrets in
+    replaces stays published for ``assertion.grace``. With ``compromised`` (the keys leaked), the new
+    key signs at once, every old one is deleted and the running workers are told to reload now (400
+    ``bad-request`` with ``keyring`` alone: a keyring key is not a signing key). A new keyring key is active for new secrets in
     the file; gateways reading it take it up the first time they meet it; older keys stay for
     decryption. Needs a second factor used within ``admin.destructive_reauth_max_age`` (403
     ``step-up-required``). Recorded as ``admin.keys.rotate`` (refusals too) and, done, as ``keys.rotated``
@@ -192,13 +207,18 @@ async def rotate(
     """
     admin = admin_of(request)
     details: dict[str, object] = {"reason": data.reason, "which": data.which}
+    if data.compromised:
+        details["compromised"] = True
     try:
+        if data.compromised and data.which == "keyring":
+            raise BadRequest("compromised replaces the signing keys: rotate 'signing' or 'all' with it.")
         confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
         rotation = await rotate_keys(
             RotationTarget(data.which), signing=_signing(services), keyring=keyring,
             keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
+            compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",

@@ -109,6 +109,17 @@ def test_the_keys_page_rotates_the_signing_key(
     page.reload()
     expect(page.locator("table.keys-list tr.key-active code.kid")).to_have_text(new)
 
+    # The keys leaked: the new key signs at once and every earlier one is gone from the table.
+    page.select_option("#rotate-which", "signing")
+    page.fill("#rotate-reason", "private key found in a public repository")
+    page.check("#rotate-compromised")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#rotate-form button")
+    expect(page.locator("#rotate-result")).to_contain_text("every earlier key is deleted")
+    expect(page.locator("table.keys-list tbody tr")).to_have_count(1)
+    expect(page.locator("table.keys-list tr.key-active code.kid")).not_to_have_text(new)
+    shot(page, "console-keys-compromised")
+
 
 def test_the_settings_page_masks_secrets(console: Console, admin_page: Callable[[str], ConsoleAdmin]) -> None:
     console.add_user("keeper", "--role", "admin")

@@ -37,6 +37,7 @@ from tests.integration.test_admin_api import (
     wait_admin_healthy,
 )
 from tests.integration.test_signin_http import enroll_totp
+from tests.support.wait import wait_until
 
 __all__ = ["boss", "carol", "site"]
 
@@ -243,6 +244,42 @@ def test_rotating_the_signing_key_publishes_a_new_one_and_is_audited(site: Site,
     ):
         assert_error(api(site, boss, "POST", "/api/keys/rotate", json=bad), 400, "bad-request")
     assert {k["kid"] for k in keys(site, boss)["signing_keys"]} == set(listed)
+
+
+def test_a_leaked_signing_key_is_pulled_from_the_console_at_once(site: Site, boss: httpx.Client) -> None:
+    """As `gateway keys rotate --compromised`: the new key signs now, every old one is deleted, and the
+    running gateway stops publishing the old ones without waiting for its 30 s reload."""
+    before = {k["kid"] for k in keys(site, boss)["signing_keys"]}
+    jwks = f"{site.gw.url}/.gateway/jwks.json"
+    assert before & {k["kid"] for k in httpx.get(jwks, timeout=30).json()["keys"]}
+    # A keyring key is not a signing key: refused, nothing rotated.
+    refused = api(
+        site, boss, "POST", "/api/keys/rotate", json={"which": "keyring", "reason": "r", "compromised": True}
+    )
+    assert_error(refused, 400, "bad-request")
+    assert {k["kid"] for k in keys(site, boss)["signing_keys"]} == before
+
+    resp = api(
+        site,
+        boss,
+        "POST",
+        "/api/keys/rotate",
+        json={"which": "signing", "reason": "leak", "compromised": True},
+    )
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    new = result["signing_key"]
+    assert [(k["kid"], k["state"]) for k in result["keys"]["signing_keys"]] == [(new, "active")]
+    assert "every earlier key is deleted" in result["message"]
+    wait_until(
+        lambda: {k["kid"] for k in httpx.get(jwks, timeout=30).json()["keys"]} == {new},
+        timeout=15,
+        what="the JWKS holding the new key alone",
+    )
+    row = audited(site, "admin.keys.rotate")[-1]
+    details = json.loads(row["details"])
+    assert (details["compromised"], details["signing_key"]) == (True, new)
+    assert set(details["old_keys_deleted"]) == before
 
 
 def test_settings_are_answered_as_loaded(site: Site, boss: httpx.Client) -> None:
