@@ -95,7 +95,7 @@ class IdentityServices:
 
     def privacy(self, db: Database, fast: FastState | None = None) -> Privacy:
         """The privacy service over these sign-in services (with ``fast``, an erasure also reaches the
-        threat detector's incidents there)."""
+        threat detector's incidents there, and a person's own exports are counted)."""
         return Privacy(
             db,
             keyring=self.keyring,
@@ -107,6 +107,7 @@ class IdentityServices:
                 db, detections=IncidentStore(fast) if fast is not None else None
             ),
             clock=self.clock,
+            fast=fast,
         )
 
     @classmethod

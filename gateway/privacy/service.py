@@ -39,8 +39,12 @@ from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.register import Channel, Kind, Register, RequestView, belongs_to
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
+from gateway.store.fast import FastState
 
-__all__ = ["EmailNeedsAdmin", "Privacy", "ProviderOwned"]
+__all__ = ["EmailNeedsAdmin", "Privacy", "ProviderOwned", "TooManyExports"]
+
+# The fast-state counter of one person's own exports (``privacy.export_limit``).
+_EXPORTS_KEY = "privacy:exports:{}"
 
 
 class ProviderOwned(GatewayError):
@@ -49,6 +53,14 @@ class ProviderOwned(GatewayError):
     status = 409
     reason = "field-owned-by-identity-provider"
     title = "Correct this at your identity provider"
+
+
+class TooManyExports(GatewayError):
+    """The person took ``privacy.export_limit`` exports within ``privacy.export_window`` (429)."""
+
+    status = 429
+    reason = "too-many-exports"
+    title = "Too many exports"
 
 
 class EmailNeedsAdmin(Forbidden):
@@ -72,11 +84,13 @@ class Privacy:
         consents: Consents,
         incident_records: IncidentRecords,
         clock: Clock,
+        fast: FastState | None = None,
     ) -> None:
         """Args are the stores and services the rights touch; ``incident_records`` are incident
         response's (``gateway.response.personal_data.CasePersonalData``), which an erasure pseudonymises
-        and the retention run prunes."""
+        and the retention run prunes; ``fast`` counts a person's own exports (none: not counted)."""
         self._db = db
+        self._fast = fast
         self._accounts = accounts
         self._sessions = sessions
         self._audit = audit
@@ -181,7 +195,15 @@ class Privacy:
         law: str | None = None,
         portable: bool = False,
     ) -> tuple[RequestView, dict[str, Any]]:
-        """Everything held about the person (``export.schema.json``), recorded as an access request."""
+        """Everything held about the person (``export.schema.json``), recorded as an access request.
+
+        Raises:
+            TooManyExports: A person's own export (``channel`` portal) past ``settings.export_limit``
+                within ``settings.export_window``: nothing is read or recorded.
+            StateUnavailable: The count cannot be kept now (503).
+        """
+        if channel is Channel.PORTAL:
+            await self._count_export(user, settings)
         kind = Kind.PORTABILITY if portable else Kind.ACCESS
         request = await self._open(
             kind, user, settings=settings, channel=channel, verified_by=verified_by, law=law
@@ -194,6 +216,17 @@ class Privacy:
             events=len(document["audit_events"]),
         )
         return done, document
+
+    async def _count_export(self, user: User, settings: PrivacySettings) -> None:
+        if self._fast is None or settings.export_limit <= 0:
+            return
+        window = float(settings.export_window)
+        taken = await self._fast.incr_window(_EXPORTS_KEY.format(user.id), window=window)
+        if taken > settings.export_limit:
+            raise TooManyExports(
+                f"You have taken {settings.export_limit} exports of your data within {_span(window)}; "
+                "the newest one holds everything. Try again later, or ask the privacy contact."
+            )
 
     # -- rectification ----------------------------------------------------------------------------------
 
@@ -556,3 +589,12 @@ def _changes_email(user: User, typed: str) -> bool:
         return canonical_email(typed) != user.email
     except ValueError:
         return True  # refused as new; the account service would refuse it as malformed anyway
+
+
+def _span(seconds: float) -> str:
+    """``3600`` as "an hour", ``7200`` as "2 hours", ``600`` as "10 minutes"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return "an hour" if hours == 1 else f"{hours} hours"
+    minutes = max(1, round(seconds / 60))
+    return "a minute" if minutes == 1 else f"{minutes} minutes"

@@ -737,6 +737,12 @@ class PrivacySettings(_Config, frozen=True):
     retention: RetentionSettings = RetentionSettings()
     # How often overdue requests are looked for and reported to the sinks.
     overdue_check: Duration = Duration(3600)
+    # Exports a person may take themselves (portal page and API) per `export_window`; more are a 429
+    # until the window ends (GDPR Art. 12(5): requests excessive by their repetitive character). Each
+    # export reads everything held about the person and is kept in the register for years. 0: no limit.
+    # Administrators' exports for a person are not counted.
+    export_limit: int = 5
+    export_window: Duration = Duration(3600)
 
 
 class PgBackRestSettings(_Config, frozen=True):

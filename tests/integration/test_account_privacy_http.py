@@ -327,6 +327,26 @@ def test_access_the_export_follows_its_schema(site: Site) -> None:
     assert [e["actor"] for e in events] == [f"user:{user}", f"user:{user}"]
 
 
+def test_own_exports_are_limited_across_workers_and_replicas(site: Site) -> None:
+    """``privacy.export_limit`` (5 per hour by default) counts in the shared state: taking them on
+    another replica or worker does not get past it, and a refused export records nothing."""
+    user = site.user("exp")
+    with signed_in(site.a, user) as client:
+        for _ in range(5):
+            assert api(client, "/.gateway/api/account/export").status_code == 200
+        refused = api(client, "/.gateway/api/account/export")
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"] == "too-many-exports"
+        assert client.get(f"{PAGE}/export").status_code == 429
+        session = session_of(client)
+    for gw in site.gateways:  # the other replica; fresh connections, so any of the workers
+        for _ in range(3):
+            headers = {**JSON, "Cookie": f"{SESSION_COOKIE}={session}"}
+            answer = httpx.get(f"{gw.url}/.gateway/api/account/export", headers=headers, timeout=30)
+            assert answer.status_code == 429, answer.text
+    assert [r["status"] for r in site.requests_of(user)] == ["completed"] * 5
+
+
 # -- rectification -------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,10 @@ def check_privacy(settings: Settings, report: Report) -> None:
     if contact.email and not _EMAIL.fullmatch(contact.email):
         report.bad(("privacy", "contact", "email"), "is not an email address", "e.g. privacy@example.com")
     _check_purposes(settings, report)
+    if privacy.export_limit < 0:
+        report.bad(
+            ("privacy", "export_limit"), "is negative", "0 for no limit, else exports per export_window"
+        )
     for law in privacy.due:
         if law not in LAWS:
             report.add(("privacy", "due", law), f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
@@ -40,6 +44,7 @@ def check_privacy(settings: Settings, report: Report) -> None:
         + [
             (("privacy", "contact", "response_time"), contact.response_time),
             (("privacy", "overdue_check"), privacy.overdue_check),
+            (("privacy", "export_window"), privacy.export_window),
         ]
         + [
             (("privacy", "retention", field), getattr(privacy.retention, field))

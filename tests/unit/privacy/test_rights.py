@@ -34,7 +34,7 @@ from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
 from gateway.privacy.register import Channel, Kind, RequestNotPending, Status, UnknownRequest
-from gateway.privacy.service import EmailNeedsAdmin, Privacy, ProviderOwned
+from gateway.privacy.service import EmailNeedsAdmin, Privacy, ProviderOwned, TooManyExports
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
     Duration,
@@ -114,6 +114,7 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
         consents=Consents(database, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
         incident_records=CasePersonalData(database),
         clock=clock,
+        fast=fast,
     )
     yield World(database, clock, keyring, audit, sessions, accounts, privacy)
     await fast.close()
@@ -135,6 +136,37 @@ def _as_portal(user: User) -> dict[str, object]:
         "actor": f"user:{user.username}",
         "verified_by": "signed-in session",
     }
+
+
+async def _requests(world: World) -> int:
+    async with world.db.session() as s:
+        return len((await s.scalars(select(PrivacyRequest))).all())
+
+
+async def test_a_persons_own_exports_are_limited_per_window_and_a_refused_one_changes_nothing(
+    world: World,
+) -> None:
+    """An export reads everything held about the person and is kept in the register for years: a
+    script with a session (or a stolen one) must not take thousands (GDPR Art. 12(5))."""
+    user = await world.alice()
+    for _ in range(SETTINGS.export_limit):
+        await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    recorded = await _requests(world)
+    with pytest.raises(TooManyExports) as refused:
+        await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert refused.value.status == 429
+    assert "within an hour" in str(refused.value)
+    assert await _requests(world) == recorded
+    # An administrator acting for the person is not counted, and another person has their own count.
+    await world.privacy.export(user, **_as_admin())  # type: ignore[arg-type]
+    bob = await world.accounts.create(username="bob", password=PASSWORD, actor="admin:root")
+    await world.privacy.export(bob, **_as_portal(bob))  # type: ignore[arg-type]
+    # Signing in again does not reset it; the window's end does.
+    world.clock.advance(float(SETTINGS.export_window) - 1)
+    with pytest.raises(TooManyExports):
+        await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    world.clock.advance(2)
+    await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
 
 
 async def test_export_matches_its_schema_and_holds_no_secret(world: World) -> None:
