@@ -76,6 +76,7 @@ def accounts_of(services: Services, config: Config) -> ServiceAccounts:
         services.identity.clock,
         max_lifetime=float(config.settings.tokens.max_lifetime),
         keyring=services.identity.keyring,
+        ledger=services.identity.accounts.ledger,
     )
 
 

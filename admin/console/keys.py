@@ -219,6 +219,7 @@ async def rotate(
             RotationTarget(data.which), signing=_signing(services), keyring=keyring,
             keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
+            ledger=services.identity.accounts.ledger,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",

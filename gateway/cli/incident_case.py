@@ -235,6 +235,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         actor=operator(),
         compromised=args.compromised,
         announce=lambda at: announce_compromise(ctx.svc.fast, at),
+        ledger=ctx.svc.accounts.ledger,
     )
     details = rotation.details()
     await record_action(

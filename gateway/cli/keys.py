@@ -99,7 +99,9 @@ def _rotate(args: argparse.Namespace) -> int:
     keyring = load_keyring(settings)
 
     async def rotate() -> None:
+        from gateway.clock import SYSTEM_CLOCK
         from gateway.crypto.signing import announce_compromise
+        from gateway.identity.ledger import AccountLedger, ledger_path
 
         async with open_store(settings, fast=True) as store:
             rotation = await rotate_keys(
@@ -114,6 +116,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 stage=args.stage,
                 compromised=args.compromised,
                 announce=lambda at: announce_compromise(store.fast, at),
+                ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
             )
             if rotation.signing is not None:
                 _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)

@@ -60,6 +60,7 @@ def _runner(work: Work) -> Action:
 
 async def _with_accounts(settings: Settings, args: argparse.Namespace, work: Work) -> int:
     from gateway.clock import SYSTEM_CLOCK
+    from gateway.identity.ledger import AccountLedger, ledger_path
     from gateway.machine.accounts import ServiceAccounts
 
     async with open_store(settings, fast=True, keyring=True) as store:
@@ -70,6 +71,11 @@ async def _with_accounts(settings: Settings, args: argparse.Namespace, work: Wor
             SYSTEM_CLOCK,
             max_lifetime=float(settings.tokens.max_lifetime),
             keyring=store.keyring,
+            ledger=(
+                AccountLedger(store.db, store.keyring, ledger_path(settings), SYSTEM_CLOCK)
+                if store.keyring is not None
+                else None
+            ),
         )
         try:
             return await work(args, accounts)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -104,6 +104,13 @@ class Trail(Protocol):
     ) -> None: ...
 
 
+class Ledger(Protocol):
+    """Where a rotation of leaked keys is remembered outside the database
+    (:class:`gateway.identity.ledger.AccountLedger`, a floor above this one)."""
+
+    async def keys_deleted(self, new_kid: str, deleted: Sequence[str]) -> object: ...
+
+
 async def rotate_keys(
     target: RotationTarget,
     *,
@@ -115,6 +122,7 @@ async def rotate_keys(
     stage: bool = False,
     compromised: bool = False,
     announce: Callable[[float], Awaitable[None]] | None = None,
+    ledger: Ledger | None = None,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -134,6 +142,8 @@ async def rotate_keys(
             and the old ones are deleted (:meth:`SigningKeys.rotate`).
         announce: With ``compromised``, tells the running workers (:func:`announce_compromise` over
             the caller's fast state), so one that cannot reload stops signing with the old key.
+        ledger: With ``compromised``, remembers the deleted kids outside the database, so a gateway
+            started on a database restored from an earlier backup deletes them again before it serves.
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
@@ -150,6 +160,8 @@ async def rotate_keys(
             await announce(time.time())
         after = await signing.load(with_private=False)
         rotation = Rotation(signing=SigningRotation(kid, before, after), compromised=compromised)
+        if compromised and ledger is not None:
+            await ledger.keys_deleted(kid, [k.kid for k in before.keys if k.kid != kid])
     if target in (RotationTarget.ALL, RotationTarget.KEYRING):
         # File I/O under an exclusive lock (and an fsync): off the event loop.
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)

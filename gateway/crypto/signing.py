@@ -38,7 +38,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -272,6 +272,33 @@ class SigningKeys:
             await self._delete_expired(conn, now)
         logger.info("rotated the assertion-signing key: %s signs from %s", kid, active_from.isoformat())
         return kid
+
+    async def delete_kids(self, kids: Sequence[str]) -> list[str]:
+        """Delete the keys ``kids`` (a rotation of leaked keys made again on a database restored from
+        an earlier backup); a key that signs now is replaced by a new one signing at once.
+
+        Returns:
+            The kids that were there and are deleted.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached.
+        """
+        if not kids:
+            return []
+        async with self._exclusive() as conn:
+            deleted = list(
+                (
+                    await conn.scalars(
+                        delete(SigningKey).where(SigningKey.kid.in_(kids)).returning(SigningKey.kid)
+                    )
+                ).all()
+            )
+            live = await conn.scalar(select(SigningKey.kid).where(SigningKey.retired_at.is_(None)).limit(1))
+            if deleted and live is None:
+                now = self._clock.now()
+                kid = await self._insert(conn, created_at=now, active_from=now)
+                logger.warning("the leaked signing keys were back (a restored database): %s signs now", kid)
+        return deleted
 
     async def prune(self) -> int:
         """Delete keys whose grace period is over (``retired_at + grace`` has passed).

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.audit.models import AuditEvent
@@ -654,12 +654,16 @@ class AccountService:
             # forced change happens before the second factor (the counter must keep its codes).
         new_hash = await self._hasher.hash(new_password)
         now = self._clock.now()
-        await self._update(
+        # Noted in the ledger: a restore from an earlier backup must not bring the old password back.
+        await self._update_noted(
             user_id,
-            password_hash=new_hash,
-            password_changed_at=now,
-            must_change_password=must_change_password,
-            updated_at=now,
+            (user, "password-set"),
+            {
+                "password_hash": new_hash,
+                "password_changed_at": now,
+                "must_change_password": must_change_password,
+                "updated_at": now,
+            },
         )
         await self._audit.record(
             "user.password_changed",
@@ -673,9 +677,10 @@ class AccountService:
         await self._update_noted(user_id, None, values)
 
     async def _update_noted(
-        self, user_id: int, ledger: tuple[User, State] | None, values: dict[str, object]
+        self, user_id: int, ledger: tuple[User, State] | None, values: dict[str, object], *, ref: str = ""
     ) -> None:
-        """Set ``values``; with ``ledger``, note that state in the account ledger in the same transaction."""
+        """Set ``values``; with ``ledger``, note that state (and ``ref``) in the account ledger in the same
+        transaction."""
         noted: list[Entry] = []
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
@@ -685,7 +690,7 @@ class AccountService:
                     )
                 ).all()
                 if changed and ledger is not None and self._ledger is not None:
-                    noted.append(await self._ledger.note(session, *ledger))
+                    noted.append(await self._ledger.note(session, *ledger, ref=ref))
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")
@@ -765,12 +770,15 @@ class AccountService:
         """
         user = await self._require(user_id)
         # Cleared first, sessions second (as in disable): a sign-in racing this finds no password.
-        await self._update(
+        await self._update_noted(
             user_id,
-            password_hash=None,
-            must_change_password=False,
-            password_changed_at=None,
-            updated_at=self._clock.now(),
+            (user, "password-set"),
+            {
+                "password_hash": None,
+                "must_change_password": False,
+                "password_changed_at": None,
+                "updated_at": self._clock.now(),
+            },
         )
         revoked = await self._revoke(user_id)
         await self._audit.record(
@@ -798,7 +806,10 @@ class AccountService:
         added = tuple(r for r in after if r not in before)
         removed = tuple(r for r in before if r not in after)
         if added or removed or cleaned != user.roles:
-            await self._update(user_id, roles=cleaned, updated_at=self._clock.now())
+            # Noted in the ledger: a restore from an earlier backup must not give a removed role back.
+            await self._update_noted(
+                user_id, (user, "roles-set"), {"roles": cleaned, "updated_at": self._clock.now()}, ref=cleaned
+            )
         # Roles first, sessions second (as in disable): a sign-in racing the change gets the new roles.
         ended = await self._revoke(user_id) if removed else 0
         if added or removed:
@@ -1003,7 +1014,7 @@ class AccountService:
         await self._update(user_id, closed_at=None, updated_at=self._clock.now())
         await self._audit.record("user.reopened", actor=actor, subject=user.username)
 
-    async def reset_mfa(self, user_id: int, *, actor: str) -> dict[str, int]:
+    async def reset_mfa(self, user_id: int, *, actor: str, before: datetime | None = None) -> dict[str, int]:
         """Remove every second factor of an account: TOTP, WebAuthn credentials and recovery codes.
 
         For a user who lost their devices. The user's sessions end too: each one holds the
@@ -1013,6 +1024,9 @@ class AccountService:
         Args:
             user_id: The account.
             actor: Who is doing this, for the audit trail.
+            before: Only the factors enrolled before this time (the account ledger making a reset
+                again on a restored database leaves a factor enrolled since alone); ``None``: every one.
+                Only a reset of every factor is noted in the ledger.
 
         Returns:
             How many of each were removed: ``{"totp": n, "webauthn": n, "recovery_codes": n}``, plus
@@ -1030,7 +1044,9 @@ class AccountService:
                     (
                         await session.scalars(
                             delete(TotpCredential)
-                            .where(TotpCredential.user_id == user_id)
+                            .where(
+                                TotpCredential.user_id == user_id, *_enrolled_before(TotpCredential, before)
+                            )
                             .returning(TotpCredential.id)
                         )
                     ).all()
@@ -1039,7 +1055,10 @@ class AccountService:
                     (
                         await session.scalars(
                             delete(WebAuthnCredential)
-                            .where(WebAuthnCredential.user_id == user_id)
+                            .where(
+                                WebAuthnCredential.user_id == user_id,
+                                *_enrolled_before(WebAuthnCredential, before),
+                            )
                             .returning(WebAuthnCredential.id)
                         )
                     ).all()
@@ -1048,7 +1067,7 @@ class AccountService:
                     (
                         await session.scalars(
                             delete(RecoveryCode)
-                            .where(RecoveryCode.user_id == user_id)
+                            .where(RecoveryCode.user_id == user_id, *_enrolled_before(RecoveryCode, before))
                             .returning(RecoveryCode.id)
                         )
                     ).all()
@@ -1056,7 +1075,18 @@ class AccountService:
                 await session.execute(
                     update(User).where(User.id == user_id).values(updated_at=self._clock.now())
                 )
+                # Noted in the ledger: a restore from an earlier backup must not bring a lost device's
+                # factor back.
+                noted = (
+                    [await self._ledger.note(session, user, "factors-reset")]
+                    if self._ledger is not None and before is None
+                    else []
+                )
                 await session.commit()
+        if self._ledger is not None:
+            await self._ledger.append(noted)
+        if before is not None and not any(removed.values()):
+            return removed  # nothing enrolled before it: nothing to reset
         # Factors first, sessions second (as in disable): a sign-in racing the reset cannot reach the
         # second-factor level with a removed factor once the sweep has passed.
         revoked = await self._revoke(user_id)
@@ -1211,3 +1241,10 @@ class AccountService:
             recovery_codes_left=total - used,
             recovery_codes_total=total,
         )
+
+
+def _enrolled_before(
+    model: type[TotpCredential] | type[WebAuthnCredential] | type[RecoveryCode], before: datetime | None
+) -> tuple[ColumnElement[bool], ...]:
+    """The condition "enrolled before ``before``" on a factor table (none: every row)."""
+    return () if before is None else (model.created_at < before,)

@@ -1,10 +1,25 @@
-"""The account ledger: deletions, erasures and disables that a restore must not undo.
+"""The account ledger: the changes a restore must not undo.
 
 A backup holds the database as it was. Restoring one brings back every account deleted or erased
 since, with its password hash and factors, and enables every account disabled since: an offboarded
-employee, or a person who exercised their right to erasure, is back. The ledger remembers those
-changes *outside* the database, so that a gateway started on a restored database makes them again
-before it serves (:mod:`gateway.privacy.ledger_replay`).
+employee, or a person who exercised their right to erasure, is back. So are a password changed
+because it leaked, factors reset because a device was lost, roles taken away, API tokens revoked and
+signing keys pulled because they leaked. The ledger remembers those changes *outside* the database,
+so that a gateway started on a restored database makes them again before it serves
+(:mod:`gateway.privacy.ledger_replay`).
+
+What it records, by state (an entry's *kind* follows from its state):
+
+- an account's ``deleted``, ``erased``, ``disabled`` and ``enabled`` (kind ``account``);
+- ``password-set`` (kind ``password``): the account's password was set or cleared. The new hash is not
+  in the ledger (no secret leaves the database), so it is made again by clearing the password: the
+  person gets a new one through an invitation or an administrator;
+- ``factors-reset`` (kind ``factors``): every second factor enrolled before it was removed;
+- ``roles-set`` (kind ``roles``): the account's local roles became ``ref`` (role names, never a
+  person's);
+- ``token-revoked`` (kind ``token``): the API token whose public id is ``ref`` was revoked;
+- ``keys-deleted`` (kind ``keys``): a rotation of leaked signing keys deleted the kids listed in
+  ``ref`` (comma-separated, public ids).
 
 It is kept twice:
 
@@ -16,7 +31,8 @@ It is kept twice:
   on another replica or by the CLI on another host reaches every node's file.
 
 An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of the username and the
-account's creation time under a key derived from the keyring. The creation time makes it this account
+account's creation time (and the kind, but for ``account``) under a key derived from the keyring; a
+token by its public id, a key rotation by the new key's kid, under the same key. The creation time makes it this account
 row and no other: an administrator who creates an account of the same name later is not touched. The
 file names nobody to someone without the keyring (usernames are guessable, so a plain digest would
 confirm a guess). Every line of the file carries an HMAC over all its fields under another key derived
@@ -34,7 +50,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,9 +67,11 @@ from gateway.store.db import Database, store_errors
 from gateway.store.private import private_dirs
 
 __all__ = [
+    "KIND",
     "SYNC_INTERVAL",
     "AccountLedger",
     "Entry",
+    "Kind",
     "State",
     "ledger_path",
     "merge",
@@ -63,7 +81,18 @@ __all__ = [
 
 logger = logging.getLogger("gateway.identity.ledger")
 
-State = Literal["deleted", "erased", "disabled", "enabled"]
+State = Literal[
+    "deleted",
+    "erased",
+    "disabled",
+    "enabled",
+    "password-set",
+    "factors-reset",
+    "roles-set",
+    "token-revoked",
+    "keys-deleted",
+]
+Kind = Literal["account", "password", "factors", "roles", "token", "keys"]
 
 _INFO: Final = b"gateway account ledger v1"
 # The key each line of the file is MACed under (a line is read only with a MAC that checks: someone who
@@ -71,8 +100,30 @@ _INFO: Final = b"gateway account ledger v1"
 _LINE_INFO: Final = b"gateway account ledger lines v1"
 # A line's user id is a row id of ``users``.
 _MAX_ID: Final = 2**63 - 1
-# Terminal states outrank any later disable or enable; an erasure outranks a plain deletion.
-_RANK: Final[Mapping[str, int]] = {"enabled": 0, "disabled": 1, "deleted": 2, "erased": 3}
+# Terminal states outrank any later disable or enable; an erasure outranks a plain deletion. The other
+# kinds have one state each: of two entries, the later one.
+_RANK: Final[Mapping[str, int]] = {
+    "enabled": 0,
+    "disabled": 1,
+    "deleted": 2,
+    "erased": 3,
+    "password-set": 0,
+    "factors-reset": 0,
+    "roles-set": 0,
+    "token-revoked": 0,
+    "keys-deleted": 0,
+}
+KIND: Final[Mapping[str, Kind]] = {
+    "enabled": "account",
+    "disabled": "account",
+    "deleted": "account",
+    "erased": "account",
+    "password-set": "password",
+    "factors-reset": "factors",
+    "roles-set": "roles",
+    "token-revoked": "token",
+    "keys-deleted": "keys",
+}
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0
 
@@ -82,11 +133,13 @@ class Entry:
     """One account's latest state in the ledger."""
 
     account: str
-    # The account's id then: where to look for it (the key tells whether the row of that id is it).
+    # The account's id then: where to look for it (the key tells whether the row of that id is it);
+    # 0 for a token or a key rotation.
     user_id: int
     state: State
     at: datetime
-    # The privacy request an erasure answered (re-used when it is made again), else "".
+    # The privacy request an erasure answered (re-used when it is made again); the roles of roles-set;
+    # the token's public id; the deleted kids; else "".
     ref: str = ""
 
     def record(self) -> dict[str, object]:
@@ -155,11 +208,19 @@ class AccountLedger:
 
     # -- naming accounts --------------------------------------------------------------------------------
 
-    def key(self, user: User, *, kid: str | None = None) -> str:
-        """The account's name in the ledger under key ``kid`` (the active one by default)."""
+    def key(self, user: User, *, kid: str | None = None, kind: Kind = "account") -> str:
+        """The account's name in the ledger for entries of ``kind``, under key ``kid`` (the active one by
+        default)."""
+        name = f"{user.username}\0{_created(user)}"
+        return self._name(name if kind == "account" else f"{kind}\0{name}", kid)
+
+    def thing_key(self, kind: Kind, public_id: str, *, kid: str | None = None) -> str:
+        """The ledger's name of a token (``kind`` token) or a key rotation (``keys``) by its public id."""
+        return self._name(f"{kind}\0{public_id}", kid)
+
+    def _name(self, message: str, kid: str | None) -> str:
         kid = kid if kid is not None else self._keyring.active_id
-        message = f"{user.username}\0{_created(user)}".encode()
-        mac = hmac.new(self._keyring.derive(_INFO, kid=kid), message, hashlib.sha256)
+        mac = hmac.new(self._keyring.derive(_INFO, kid=kid), message.encode(), hashlib.sha256)
         return f"{kid}:{mac.hexdigest()}"
 
     def line(self, entry: Entry) -> bytes:
@@ -204,15 +265,35 @@ class AccountLedger:
             _append(self.path, b"".join(self.line(entry) for entry in added))
         return len(added)
 
-    def keys(self, user: User) -> list[str]:
+    def keys(self, user: User, kind: Kind = "account") -> list[str]:
         """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""
-        return [self.key(user, kid=kid) for kid in self._keyring.key_ids]
+        return [self.key(user, kid=kid, kind=kind) for kid in self._keyring.key_ids]
 
     # -- recording --------------------------------------------------------------------------------------
 
     async def note(self, session: AsyncSession, user: User, state: State, *, ref: str = "") -> Entry:
         """Record ``state`` for ``user`` in the caller's transaction; :meth:`append` it after the commit."""
-        key = self.key(user)
+        return await self._note(session, self.key(user, kind=KIND[state]), user.id, state, ref)
+
+    async def note_thing(self, session: AsyncSession, state: State, public_id: str, *, ref: str) -> Entry:
+        """Record ``state`` of a token or a key rotation (named by ``public_id``) in the caller's
+        transaction; :meth:`append` it after the commit."""
+        return await self._note(session, self.thing_key(KIND[state], public_id), 0, state, ref)
+
+    async def record_thing(self, state: State, public_id: str, *, ref: str) -> Entry:
+        """:meth:`note_thing` in a transaction of its own, then in the file."""
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot write the account ledger"):
+                entry = await self.note_thing(session, state, public_id, ref=ref)
+                await session.commit()
+        await self.append([entry])
+        return entry
+
+    async def keys_deleted(self, new_kid: str, deleted: Sequence[str]) -> Entry:
+        """Remember a rotation of leaked signing keys: ``deleted`` (public kids) must stay deleted."""
+        return await self.record_thing("keys-deleted", new_kid, ref=",".join(deleted))
+
+    async def _note(self, session: AsyncSession, key: str, user_id: int, state: State, ref: str) -> Entry:
         at = self._clock.now()
         row = await session.get(AccountLedgerRow, key)
         if row is not None and row.at >= at:
@@ -220,7 +301,7 @@ class AccountLedger:
             # ahead wrote it): it must outrank it (the re-attack run: an enable on a fast host
             # outranked a later disable, and a restore enabled the offboarded person again).
             at = row.at + timedelta(microseconds=1)
-        entry = Entry(key, user.id, state, at, ref)
+        entry = Entry(key, user_id, state, at, ref)
         await _put(session, entry)
         return entry
 
@@ -288,7 +369,14 @@ class AccountLedger:
 
     def names(self, user: User, entry: Entry) -> bool:
         """Whether ``entry`` is about ``user`` (under any key the keyring holds)."""
-        return any(hmac.compare_digest(entry.account, key) for key in self.keys(user))
+        return any(hmac.compare_digest(entry.account, key) for key in self.keys(user, KIND[entry.state]))
+
+    def names_thing(self, public_id: str, entry: Entry) -> bool:
+        """Whether ``entry`` is about the token or key rotation ``public_id``."""
+        return any(
+            hmac.compare_digest(entry.account, self.thing_key(KIND[entry.state], public_id, kid=kid))
+            for kid in self._keyring.key_ids
+        )
 
 
 async def _put(session: AsyncSession, entry: Entry) -> None:
@@ -358,7 +446,7 @@ def _parse(line: bytes) -> Line | None:
         at, ref, kid, mac = record["at"], record["ref"], record["mac_kid"], record["mac"]
         if not all(isinstance(v, str) for v in (account, state, at, ref, kid, mac)):
             return None
-        if type(user_id) is not int or not 0 < user_id <= _MAX_ID or state not in _RANK:
+        if type(user_id) is not int or not 0 <= user_id <= _MAX_ID or state not in _RANK:
             return None
         moment = datetime.fromisoformat(at)
     except (ValueError, KeyError, TypeError):

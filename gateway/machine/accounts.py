@@ -21,11 +21,13 @@ from typing import Final
 import msgspec
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity.ledger import AccountLedger, Entry
 from gateway.identity.models import User
 from gateway.identity.retired import retire
 from gateway.machine.models import ApiToken, ServiceAccount
@@ -172,11 +174,15 @@ class ServiceAccounts:
         *,
         max_lifetime: float,
         keyring: Keyring | None = None,
+        ledger: AccountLedger | None = None,
     ) -> None:
         self._db = db
         # Retires a deleted account's name, as a person's is (identity.retired): the CLI and the console
         # pass it.
         self._keyring = keyring
+        # Notes every revoked token, so a restore from an earlier backup does not bring it back
+        # (identity.ledger): the CLI and the console pass it.
+        self._ledger = ledger
         self._audit = audit
         self._fast = fast
         self._clock = clock
@@ -274,6 +280,7 @@ class ServiceAccounts:
                 tokens = (await session.scalars(select(ApiToken).where(ApiToken.account_id == row.id))).all()
                 hashes = [t.token_hash for t in tokens]
                 live = sum(1 for t in tokens if _state(t, now) == "active")
+                noted = [await self._note_revoked(session, t) for t in tokens if t.revoked_at is None]
                 account = await session.get(ServiceAccount, row.id)
                 if account is not None:
                     await session.delete(account)
@@ -282,6 +289,7 @@ class ServiceAccounts:
                         # a stranger afterwards (the re-attack run got a person named like a deleted one).
                         await retire(session, self._keyring, row.name, at=now)
                 await session.commit()
+        await self._append(noted)
         await self._announce(hashes)
         await self._audit.record(
             "service_account.deleted", actor=actor, subject=f"client:{row.name}", ip=ip,
@@ -378,14 +386,26 @@ class ServiceAccounts:
                 changed = row.revoked_at is None
                 if changed:
                     row.revoked_at, row.revoked_by = now, actor
+                    noted = [await self._note_revoked(session, row)]
                     await session.commit()
         view = token_view(row, name, now)
         if changed:
+            await self._append(noted)
             await self._announce([row.token_hash])
             await self._audit.record(
                 "token.revoked", actor=actor, subject=f"client:{name}", ip=ip, details={"token": view.id}
             )
         return view
+
+    async def _note_revoked(self, session: AsyncSession, token: ApiToken) -> Entry | None:
+        """Note the revocation in the account ledger, in the caller's transaction."""
+        if self._ledger is None:
+            return None
+        return await self._ledger.note_thing(session, "token-revoked", token.prefix, ref=token.prefix)
+
+    async def _append(self, noted: Sequence[Entry | None]) -> None:
+        if self._ledger is not None:
+            await self._ledger.append(entry for entry in noted if entry is not None)
 
     async def _announce(self, hashes: Sequence[str]) -> None:
         if not hashes:

@@ -1,35 +1,64 @@
 """Making the account ledger's changes again on a restored database, before the gateway serves.
 
 A gateway started on a database restored from a backup finds, in its node's ledger file
-(:mod:`gateway.identity.ledger`), the deletions, erasures and disables made since that backup, which
-the restored table lacks. Each is made again the way it was made the first time: an erasure through
-the :class:`~gateway.privacy.erasure.Eraser` (the account, its factors and sessions, the audit trail's
-fields, the register and incident records; an active legal hold restricts the account instead), a
-deletion through the account service, a disable likewise. An enable is never made again: a restore
-must not open an account the backup has closed.
+(:mod:`gateway.identity.ledger`), the changes made since that backup, which the restored table lacks.
+Each is made again the way it was made the first time:
+
+- an erasure through the :class:`~gateway.privacy.erasure.Eraser` (the account, its factors and
+  sessions, the audit trail's fields, the register and incident records; an active legal hold
+  restricts the account instead), a deletion and a disable through the account service;
+- a password set or cleared since: the password the backup holds is cleared (the new one is in no
+  ledger: the person gets one through an invitation or an administrator), and the sessions end;
+- a reset of second factors: every factor enrolled before it is removed again;
+- roles set: the account's local roles become the ledger's (a removed role stays removed);
+- an API token revoked: revoked again;
+- a rotation of leaked signing keys: the leaked keys are deleted again (a new key signs at once when
+  none is left), and every worker is told to reload its keys.
+
+An enable is never made again: a restore must not open an account the backup has closed.
 
 Every worker runs it at start, before it serves, and again every ``SYNC_INTERVAL`` (a restore of the
-PostgreSQL database under running gateways): the first to find an account makes the change; the
-others find it done.
+PostgreSQL database under running gateways): the first to find a change makes it; the others find it
+done. An entry is settled in the table only once its change is made (or there is nothing to make).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from gateway.audit.trail import AuditLog
+from gateway.crypto.signing import SigningKeys, announce_compromise
 from gateway.identity.accounts import AccountService, UnknownAccount
-from gateway.identity.ledger import SYNC_INTERVAL, AccountLedger, Entry
+from gateway.identity.ledger import KIND, SYNC_INTERVAL, AccountLedger, Entry
+from gateway.identity.models import User
+from gateway.machine.accounts import ServiceAccounts, UnknownToken
 from gateway.privacy.erasure import Eraser, Held
+from gateway.store.fast import FastState
 
-__all__ = ["ACTOR", "Replayed", "replay", "run_ledger"]
+__all__ = ["ACTOR", "Replayed", "Replayers", "replay", "run_ledger"]
 
 logger = logging.getLogger("gateway.privacy")
 
 # Who the audit trail names for a change made again.
 ACTOR = "system:account-ledger"
+
+
+@dataclass(frozen=True, slots=True)
+class Replayers:
+    """What makes each kind of change again (the keys' and tokens' are a gateway worker's; without
+    them, their entries wait in the file for a worker that has them)."""
+
+    ledger: AccountLedger
+    accounts: AccountService
+    eraser: Eraser
+    audit: AuditLog
+    tokens: ServiceAccounts | None = None
+    signing: SigningKeys | None = None
+    fast: FastState | None = None
 
 
 @dataclass(slots=True)
@@ -41,100 +70,151 @@ class Replayed:
     disabled: int = 0
     # Erasures a legal hold suspends again (the account is restricted).
     held: int = 0
+    passwords: int = 0
+    factors: int = 0
+    roles: int = 0
+    tokens: int = 0
+    keys: int = 0
     # Entries whose account the database does not have (made after the backup, or gone already).
     absent: int = 0
     refs: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> int:
-        """How many accounts were changed."""
-        return self.erased + self.deleted + self.disabled + self.held
+        """How many changes were made again."""
+        return (
+            self.erased + self.deleted + self.disabled + self.held
+            + self.passwords + self.factors + self.roles + self.tokens + self.keys
+        )  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        """The counts by kind of change, for the audit record and the log."""
+        return {
+            "erased": self.erased, "deleted": self.deleted, "disabled": self.disabled, "held": self.held,
+            "passwords_cleared": self.passwords, "factors_reset": self.factors, "roles_set": self.roles,
+            "tokens_revoked": self.tokens, "keys_deleted": self.keys,
+        }  # fmt: skip
 
 
-async def replay(
-    ledger: AccountLedger, accounts: AccountService, eraser: Eraser, audit: AuditLog
-) -> Replayed:
+async def replay(by: Replayers) -> Replayed:
     """Sync the ledger and make again each change the database lacks; audit and log what was made.
 
     Raises:
         StoreUnavailable: The database failed; the next run finds the same entries.
     """
     done = Replayed()
-    for entry in await ledger.sync():
-        await _make_again(entry, ledger, accounts, eraser, done)
-        await ledger.settle(entry)
+    for entry in await by.ledger.sync():
+        if await _make_again(entry, by, done):
+            await by.ledger.settle(entry)
     if done.changed:
+        counts = done.counts()
         logger.warning(
-            "account ledger: made %d change(s) again that the database lacked (restored from a backup?): "
-            "%d erased, %d deleted, %d disabled, %d restricted under a legal hold",
+            "account ledger: made %d change(s) again that the database lacked (restored from a backup?): %s",
             done.changed,
-            done.erased,
-            done.deleted,
-            done.disabled,
-            done.held,
+            ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items() if n),
         )
-        await audit.record(
-            "account.ledger_replayed",
-            actor=ACTOR,
-            details={
-                "erased": done.erased,
-                "deleted": done.deleted,
-                "disabled": done.disabled,
-                "held": done.held,
-                "requests": done.refs,
-            },
+        await by.audit.record(
+            "account.ledger_replayed", actor=ACTOR, details={**counts, "requests": done.refs}
         )
     return done
 
 
-async def _make_again(
-    entry: Entry, ledger: AccountLedger, accounts: AccountService, eraser: Eraser, done: Replayed
-) -> None:
+async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
+    """Make ``entry``'s change again; whether it is made (or there is nothing to make)."""
+    kind = KIND[entry.state]
+    if kind == "token":
+        return await _revoke_token(entry, by, done)
+    if kind == "keys":
+        return await _delete_keys(entry, by, done)
     if entry.state == "enabled":
-        return
-    user = await accounts.get(entry.user_id)
-    if user is None or not ledger.names(user, entry):
+        return True
+    user = await by.accounts.get(entry.user_id)
+    if user is None or not by.ledger.names(user, entry):
         done.absent += 1
-        return
+        return True
     try:
-        if entry.state == "erased":
-            outcome = await eraser.erase(
-                user.id,
-                actor=ACTOR,
-                ref=entry.ref or "account-ledger",
-                keep_for=None,
-                reason=f"erased on {entry.at.date().isoformat()}; made again on a database restored from a backup",
-            )
-            if isinstance(outcome, Held):
-                done.held += 1
-            else:
-                done.erased += 1
-                if entry.ref:
-                    done.refs.append(entry.ref)
-        elif entry.state == "deleted":
-            await accounts.delete(user.id, actor=ACTOR)
-            done.deleted += 1
-        elif not user.disabled:
-            await accounts.disable(user.id, actor=ACTOR)
-            done.disabled += 1
+        await _make_again_for(user, entry, by, done)
     except UnknownAccount:
         # Another worker made it first.
         done.absent += 1
+    return True
 
 
-async def run_ledger(
-    ledger: AccountLedger,
-    accounts: AccountService,
-    eraser: Eraser,
-    audit: AuditLog,
-    *,
-    every: float = SYNC_INTERVAL,
-) -> None:
+async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replayed) -> None:
+    if entry.state == "erased":
+        outcome = await by.eraser.erase(
+            user.id,
+            actor=ACTOR,
+            ref=entry.ref or "account-ledger",
+            keep_for=None,
+            reason=f"erased on {entry.at.date().isoformat()}; made again on a database restored from a backup",
+        )
+        if isinstance(outcome, Held):
+            done.held += 1
+        else:
+            done.erased += 1
+            if entry.ref:
+                done.refs.append(entry.ref)
+    elif entry.state == "deleted":
+        await by.accounts.delete(user.id, actor=ACTOR)
+        done.deleted += 1
+    elif entry.state == "disabled" and not user.disabled:
+        await by.accounts.disable(user.id, actor=ACTOR)
+        done.disabled += 1
+    elif entry.state == "password-set":
+        changed = user.password_changed_at
+        if user.password_hash is not None and (changed is None or _aware(changed) < entry.at):
+            await by.accounts.clear_password(user.id, actor=ACTOR)
+            done.passwords += 1
+    elif entry.state == "factors-reset":
+        removed = await by.accounts.reset_mfa(user.id, actor=ACTOR, before=entry.at)
+        if any(removed.get(kind) for kind in ("totp", "webauthn", "recovery_codes")):
+            done.factors += 1
+    elif entry.state == "roles-set" and user.roles != entry.ref:
+        await by.accounts.set_roles(user.id, entry.ref.split(), actor=ACTOR)
+        done.roles += 1
+
+
+async def _revoke_token(entry: Entry, by: Replayers, done: Replayed) -> bool:
+    if by.tokens is None:
+        return False
+    if not by.ledger.names_thing(entry.ref, entry):
+        done.absent += 1
+        return True
+    try:
+        view = await by.tokens.revoke_token(entry.ref, actor=ACTOR)
+    except UnknownToken:
+        done.absent += 1
+        return True
+    if view.revoked_by == ACTOR:
+        done.tokens += 1
+    return True
+
+
+async def _delete_keys(entry: Entry, by: Replayers, done: Replayed) -> bool:
+    if by.signing is None:
+        return False
+    kids = [kid for kid in entry.ref.split(",") if kid]
+    if await by.signing.delete_kids(kids):
+        done.keys += 1
+        if by.fast is not None:
+            # The other workers loaded the leaked keys at their start: they reload theirs at once.
+            await announce_compromise(by.fast, time.time())
+    # This worker too (also when another deleted them first: it may have loaded them before).
+    await by.signing.after_compromise()
+    return True
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+async def run_ledger(by: Replayers, *, every: float = SYNC_INTERVAL) -> None:
     """:func:`replay` every ``every`` seconds until cancelled (the start-up run is the caller's)."""
     while True:
         await asyncio.sleep(every)
         try:
-            await replay(ledger, accounts, eraser, audit)
+            await replay(by)
         except Exception:
             # A store outage must not end the loop: the next round finds the same entries.
             logger.exception("account ledger: the sync failed; it runs again in one interval")

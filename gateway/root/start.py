@@ -36,6 +36,7 @@ from gateway.crypto.signing import SigningKeys, follow_compromise
 from gateway.errors import GatewayError
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.owed import run_owed
+from gateway.machine.accounts import ServiceAccounts
 from gateway.machine.gateway_tokens import GatewayTokens
 from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
@@ -51,7 +52,7 @@ from gateway.observe.sinks import SinkHub
 from gateway.observe.tracing import Tracer
 from gateway.pipeline.snapshot import LiveState, build_snapshot
 from gateway.privacy.chores import run_chores
-from gateway.privacy.ledger_replay import replay, run_ledger
+from gateway.privacy.ledger_replay import Replayers, replay, run_ledger
 from gateway.privacy.purposes import GEOLOCATION
 from gateway.privacy.retention import Retention
 from gateway.privacy.service import Privacy
@@ -269,7 +270,7 @@ async def _open_worker(
         clock=identity.clock,
     )
     _background(stack, run_chores(shared.privacy, lambda: live.current.settings.privacy, retention))
-    await _replay_ledger(stack, identity, shared.privacy)
+    await _replay_ledger(stack, settings, db, identity, shared.privacy, signing, fast)
     # Sessions owed an end (the store did not answer when their account changed): ended once it does.
     _background(stack, run_owed(db, identity.sessions))
     # The same for backups: every worker tries each period's, the run's row makes it one; each shows
@@ -313,15 +314,27 @@ async def _open_worker(
 
 
 async def _replay_ledger(
-    stack: contextlib.AsyncExitStack, identity: IdentityServices, privacy: Privacy
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    db: Database,
+    identity: IdentityServices,
+    privacy: Privacy,
+    signing: SigningKeys,
+    fast: FastState,
 ) -> None:
-    """Make again, before serving, the deletions, erasures and disables a restored database lacks; then
-    keep this node's ledger file in step with the table (``gateway.privacy.ledger_replay``)."""
+    """Make again, before serving, the changes a restored database lacks (deletions, erasures, disables,
+    passwords, factors, roles, revoked tokens, leaked keys); then keep this node's ledger file in step
+    with the table (``gateway.privacy.ledger_replay``)."""
     ledger = identity.accounts.ledger
     if ledger is None:
         return
+    tokens = ServiceAccounts(
+        db, identity.audit, fast, identity.clock,
+        max_lifetime=float(settings.tokens.max_lifetime), keyring=identity.keyring, ledger=ledger,
+    )  # fmt: skip
+    by = Replayers(ledger, identity.accounts, privacy.eraser, identity.audit, tokens, signing, fast)
     try:
-        await replay(ledger, identity.accounts, privacy.eraser, identity.audit)
+        await replay(by)
     except OSError as exc:
         # Fail closed: serving a restored database without its ledger could bring erased people back.
         raise GatewayError(
@@ -329,7 +342,7 @@ async def _replay_ledger(
             "read and write access to it (backup.ledger), or move a damaged file aside after checking that "
             "the database was not restored from a backup"
         ) from exc
-    _background(stack, run_ledger(ledger, identity.accounts, privacy.eraser, identity.audit))
+    _background(stack, run_ledger(by))
 
 
 def _provider_verifiers(

@@ -70,7 +70,7 @@ def test_a_restored_database_does_not_bring_back_erased_deleted_or_disabled_peop
         # In place (the gateway stopped): the old database is replaced, the node's ledger stays.
         data = Path(config["data_dir"])
         restored = _cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
-        assert "account ledger: 3 deletion(s), erasure(s) or disable(s) made after this backup" in restored
+        assert "account ledger: 3 change(s) made after this backup" in restored
         with run_gateway(tmp_path / "in-place", config) as gw, browser(gw) as client:
             for gone in ("alice", "bob", "carol"):
                 assert not _signs_in(client, gone), gone
@@ -84,9 +84,58 @@ def test_a_restored_database_does_not_bring_back_erased_deleted_or_disabled_peop
         # Into a new data directory: the restore takes the node's ledger along.
         elsewhere = tmp_path / "restored"
         restored = _cli("backup", "restore", backup_id, "--data-dir", str(elsewhere), *c)
-        assert "account ledger: 3 deletion(s)" in restored
+        assert "account ledger: 3 change(s)" in restored
         moved = {**config, "data_dir": str(elsewhere), "keyring": str(data / "keys" / "keyring.json")}
         with run_gateway(tmp_path / "moved", moved) as gw, browser(gw) as client:
             for gone in ("alice", "bob", "carol"):
                 assert not _signs_in(client, gone), gone
             assert _signs_in(client, "dave")
+
+
+def test_a_restore_does_not_bring_back_a_leaked_password_token_or_signing_key(tmp_path: Path) -> None:
+    """What a security team does after a leak, undone by a restore from a backup made before it: a
+    password changed, an API token revoked, the signing keys rotated as compromised. A gateway started
+    on the restored database makes each again before it serves."""
+    with run_echo() as echo:
+        port = free_port()
+        routes = [
+            {**echo_route(echo, public_paths=[]), "path": "/"},
+            {"name": "api", "host": "127.0.0.1", "path": "/api", "upstreams": [echo.url], "auth": ["bearer"]},
+        ]
+        config = gateway_config(tmp_path, port, routes, session={"insecure_cookies": True})
+        config_path = tmp_path / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        c = ("--config", str(config_path))
+        add_user(config_path, "eve", PASSWORD)
+        add_user(config_path, "dave", PASSWORD)
+        _cli("service-account", "create", "ci", *c)
+        token = _cli("token", "create", "ci", "--route", "api", "--expires", "30d", *c).strip()
+        with run_gateway(tmp_path / "first", config) as gw:  # creates the first signing key
+            leaked = {k["kid"] for k in httpx.get(f"{gw.url}/.gateway/jwks.json", timeout=30).json()["keys"]}
+            assert leaked
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+
+        proc = run_cli(
+            "user", "set-password", "eve", "--password-stdin", *c, stdin="a brand new passphrase 2026\n"
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _cli("token", "revoke", token[:12], *c)
+        _cli("keys", "rotate", "--signing", "--compromised", *c)
+
+        data = Path(config["data_dir"])
+        restored = _cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+        assert "account ledger: 3 change(s) made after this backup" in restored
+        with run_gateway(tmp_path / "restored", config) as gw, browser(gw) as client:
+            assert not _signs_in(client, "eve")  # the leaked password
+            assert _signs_in(client, "dave")  # the control: the restore itself worked
+            bearer = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            assert httpx.get(f"{gw.url}/api/x", headers=bearer, timeout=30).status_code == 401
+            served = {k["kid"] for k in httpx.get(f"{gw.url}/.gateway/jwks.json", timeout=30).json()["keys"]}
+            assert served
+            assert not served & leaked
+        (replayed,) = _replayed(data / "gateway.db")
+        assert (replayed["passwords_cleared"], replayed["tokens_revoked"], replayed["keys_deleted"]) == (
+            1,
+            1,
+            1,
+        )

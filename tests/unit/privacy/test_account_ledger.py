@@ -1,5 +1,6 @@
 """The account ledger over the real stores (SQLite and PostgreSQL): a database restored from a backup
-gets the erasures, deletions and disables made since the backup again, before anyone can sign in.
+gets the changes made since the backup again, before anyone can sign in: erasures, deletions and
+disables, passwords set, factors reset, roles set, API tokens revoked and leaked signing keys deleted.
 
 A restore is simulated the way it looks to the database: the account row is back as it was (same id,
 name, creation time, password hash), and the ledger table's row, the retired name and everything else
@@ -24,19 +25,24 @@ from sqlalchemy import delete, insert, select
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
+from gateway.crypto.signing import SigningKeys
 from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService, SignInFailed
 from gateway.identity.ledger import AccountLedger, Entry, merge, read_lines
-from gateway.identity.models import AccountLedgerRow, RetiredUsername, User
+from gateway.identity.models import AccountLedgerRow, RetiredUsername, TotpCredential, User
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
+from gateway.machine.accounts import ServiceAccounts
+from gateway.machine.models import ApiToken, ServiceAccount
 from gateway.privacy.consent import Consents
-from gateway.privacy.ledger_replay import ACTOR, replay
+from gateway.privacy.ledger_replay import ACTOR, Replayers, replay
 from gateway.privacy.register import Channel
 from gateway.privacy.service import Privacy
 from gateway.response.personal_data import CasePersonalData
+from gateway.settings.loader import parse_settings
 from gateway.settings.schema import (
+    AssertionSettings,
     Duration,
     PasswordSettings,
     PrivacySettings,
@@ -63,6 +69,9 @@ class Node:
     ledger: AccountLedger
     accounts: AccountService
     privacy: Privacy
+    tokens: ServiceAccounts
+    signing: SigningKeys
+    fast: MemoryFastState
 
     async def add(self, name: str) -> User:
         return await self.accounts.create(
@@ -70,11 +79,16 @@ class Node:
         )
 
     async def replay(self) -> Any:
-        return await replay(self.ledger, self.accounts, self.privacy.eraser, self.audit)
+        return await replay(self.replayers())
 
-    async def signs_in(self, name: str) -> bool:
+    def replayers(self) -> Replayers:
+        return Replayers(
+            self.ledger, self.accounts, self.privacy.eraser, self.audit, self.tokens, self.signing, self.fast
+        )
+
+    async def signs_in(self, name: str, password: str = PASSWORD) -> bool:
         try:
-            await self.accounts.authenticate(name, PASSWORD, ip=IP)
+            await self.accounts.authenticate(name, password, ip=IP)
         except SignInFailed:
             return False
         return True
@@ -107,7 +121,9 @@ def _node(db: Database, clock: FakeClock, keyring: Keyring, fast: MemoryFastStat
         incident_records=CasePersonalData(db),
         clock=clock,
     )
-    return Node(db, clock, keyring, audit, ledger, accounts, privacy)
+    tokens = ServiceAccounts(db, audit, fast, clock, max_lifetime=86400.0, keyring=keyring, ledger=ledger)
+    signing = SigningKeys(db, keyring, clock, AssertionSettings())
+    return Node(db, clock, keyring, audit, ledger, accounts, privacy, tokens, signing, fast)
 
 
 @pytest.fixture
@@ -278,12 +294,23 @@ async def test_a_gateway_does_not_start_on_a_ledger_it_cannot_read(
     class Identity:
         accounts = a.accounts
         audit = a.audit
+        clock = a.clock
+        keyring = a.keyring
 
     import contextlib
 
+    settings = parse_settings("public_url: https://auth.example.com\n")
     async with contextlib.AsyncExitStack() as stack:
         with pytest.raises(GatewayError, match="cannot read the account ledger"):
-            await _replay_ledger(stack, Identity(), a.privacy)  # type: ignore[arg-type]
+            await _replay_ledger(
+                stack,
+                settings,
+                a.db,
+                Identity(),  # type: ignore[arg-type]
+                a.privacy,
+                a.signing,
+                a.fast,
+            )
 
 
 def test_the_states_rank_erased_over_deleted_over_the_later_of_disable_and_enable() -> None:
@@ -368,3 +395,161 @@ async def test_a_change_whose_making_again_failed_is_made_at_the_next_sync(
     monkeypatch.setattr(a.accounts, "delete", real)
     assert (await a.replay()).deleted == 1
     assert not await a.signs_in("kim")
+
+
+# -- passwords, factors, roles, tokens and keys ------------------------------------------------------
+
+
+async def _rows(db: Database, model: Any, **where: object) -> list[dict[str, Any]]:
+    async with db.session() as session:
+        query = select(model).filter_by(**where)
+        return [
+            {column.key: getattr(row, column.key) for column in model.__table__.columns}
+            for row in (await session.scalars(query)).all()
+        ]
+
+
+async def _put_back(db: Database, model: Any, rows: list[dict[str, Any]], **where: object) -> None:
+    """What a restore does to these rows: the table's rows (matching ``where``) as the backup had them."""
+    async with db.session(write=True) as session:
+        await session.execute(delete(model).filter_by(**where))
+        for row in rows:
+            await session.execute(insert(model).values(**row))
+        await session.execute(delete(AccountLedgerRow))
+        await session.commit()
+
+
+async def test_a_password_changed_since_the_backup_does_not_come_back(nodes: tuple[Node, Node]) -> None:
+    """The person changed a leaked password; a restore brought the leaked one back."""
+    a, _ = nodes
+    lena = await a.add("lena")
+    backup = await _row(a.db, lena.id)
+    a.clock.advance(60)
+    await a.accounts.set_password(lena.id, "a brand new passphrase 2026", actor="user:lena")
+    await _restore(a.db, backup)
+    assert await a.signs_in("lena")  # the leaked password works again: what a restore alone does
+
+    assert (await a.replay()).passwords == 1
+    assert not await a.signs_in("lena")
+    # The new password is in no ledger: the person gets one through an invitation.
+    assert not await a.signs_in("lena", "a brand new passphrase 2026")
+    restored = await a.accounts.get(lena.id)
+    assert restored is not None
+    assert restored.password_hash is None
+    assert (await a.replay()).changed == 0
+    text = a.ledger.path.read_text()
+    assert "lena" not in text
+    assert "$argon2" not in text  # no hash leaves the database
+
+
+async def test_factors_reset_since_the_backup_are_removed_again_and_a_new_one_stays(
+    nodes: tuple[Node, Node],
+) -> None:
+    """A lost phone's authenticator app was reset; a restore brought it back."""
+    a, _ = nodes
+    mia = await a.add("mia")
+    lost = TotpCredential(
+        user_id=mia.id, name="lost phone", secret_enc="x", confirmed=True, created_at=a.clock.now()
+    )
+    async with a.db.session(write=True) as session:
+        session.add(lost)
+        await session.commit()
+    backup = await _rows(a.db, TotpCredential, user_id=mia.id)
+    a.clock.advance(60)
+    await a.accounts.reset_mfa(mia.id, actor="admin:root")
+    await _put_back(a.db, TotpCredential, backup, user_id=mia.id)
+    a.clock.advance(60)
+    async with a.db.session(write=True) as session:  # enrolled after the restore, before the replay
+        session.add(
+            TotpCredential(
+                user_id=mia.id, name="new phone", secret_enc="y", confirmed=True, created_at=a.clock.now()
+            )
+        )
+        await session.commit()
+
+    assert (await a.replay()).factors == 1
+    assert [row["name"] for row in await _rows(a.db, TotpCredential, user_id=mia.id)] == ["new phone"]
+    assert (await a.replay()).changed == 0
+
+
+async def test_a_role_removed_since_the_backup_stays_removed(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    ned = await a.add("ned")
+    await a.accounts.set_roles(ned.id, ["admin", "ops"], actor="admin:root")
+    backup = await _row(a.db, ned.id)
+    a.clock.advance(60)
+    await a.accounts.set_roles(ned.id, ["ops"], actor="admin:root")
+    await _restore(a.db, backup)
+    assert (await a.accounts.get(ned.id)).roles == "admin ops"  # type: ignore[union-attr]
+
+    assert (await a.replay()).roles == 1
+    assert (await a.accounts.get(ned.id)).roles == "ops"  # type: ignore[union-attr]
+    assert (await a.replay()).changed == 0
+
+
+async def test_a_revoked_token_stays_revoked(nodes: tuple[Node, Node]) -> None:
+    """A leaked API token was revoked; a restore brought it back to life."""
+    a, b = nodes
+    await a.tokens.create_account("ci", actor="admin:root")
+    view, _ = await a.tokens.create_token(
+        "ci", routes=["app"], lifetime=3600, known_routes=["app"], actor="admin:root"
+    )
+    backup = await _rows(a.db, ApiToken, prefix=view.id)
+    await a.tokens.revoke_token(view.id, actor="admin:root")
+    await _put_back(a.db, ApiToken, backup, prefix=view.id)
+    (restored,) = await _rows(a.db, ApiToken, prefix=view.id)
+    assert restored["revoked_at"] is None
+
+    assert (await b.replay()).changed == 0  # node B's file had not seen it: nothing to make again
+    done = await a.replay()
+    assert done.tokens == 1
+    (row,) = await _rows(a.db, ApiToken, prefix=view.id)
+    assert (row["revoked_at"] is not None, row["revoked_by"]) == (True, ACTOR)
+    assert (await a.replay()).changed == 0
+
+
+async def test_the_tokens_of_a_deleted_service_account_stay_revoked(nodes: tuple[Node, Node]) -> None:
+    a, _ = nodes
+    await a.tokens.create_account("deployer", actor="admin:root")
+    view, _ = await a.tokens.create_token(
+        "deployer", routes=["app"], lifetime=3600, known_routes=["app"], actor="admin:root"
+    )
+    accounts = await _rows(a.db, ServiceAccount, name="deployer")
+    tokens = await _rows(a.db, ApiToken, prefix=view.id)
+    await a.tokens.delete_account("deployer", actor="admin:root")
+    await _put_back(a.db, ServiceAccount, accounts, name="deployer")
+    await _put_back(a.db, ApiToken, tokens, prefix=view.id)
+
+    assert (await a.replay()).tokens == 1
+    (row,) = await _rows(a.db, ApiToken, prefix=view.id)
+    assert row["revoked_at"] is not None
+
+
+async def test_leaked_signing_keys_are_deleted_again_and_a_new_one_signs(nodes: tuple[Node, Node]) -> None:
+    """`keys rotate --compromised` deleted the leaked keys; a restore brought them back."""
+    from gateway.crypto.keyring import keyring_path
+    from gateway.crypto.lifecycle import RotationTarget, rotate_keys
+    from gateway.crypto.models import SigningKey
+
+    a, _ = nodes
+    await a.signing.ensure()
+    backup = await _rows(a.db, SigningKey)
+    leaked = {row["kid"] for row in backup}
+    a.clock.advance(60)
+    rotation = await rotate_keys(
+        RotationTarget.SIGNING, signing=a.signing, keyring=a.keyring,
+        keyring_file=keyring_path(parse_settings(f"public_url: https://a.example\ndata_dir: {a.ledger.path.parent}\n")),
+        audit=a.audit, actor="admin:root", compromised=True, ledger=a.ledger,
+    )  # fmt: skip
+    assert rotation.signing is not None
+    await _put_back(a.db, SigningKey, backup)
+    await a.signing.load()
+    assert leaked <= {key.kid for key in a.signing.current().keys}  # the leaked key signs again
+
+    assert (await a.replay()).keys == 1
+    kids = {row["kid"] for row in await _rows(a.db, SigningKey)}
+    assert kids
+    assert not kids & leaked
+    # This worker signs with the new key at once (the others are told through the fast state).
+    assert not {key.kid for key in a.signing.current().keys} & leaked
+    assert (await a.replay()).changed == 0
