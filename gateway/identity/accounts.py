@@ -259,9 +259,22 @@ def _check_roles(roles: Sequence[str]) -> str:
         # Stored space-separated: a role with a space or comma would silently become two roles.
         if not name or any(c.isspace() or c == "," or unicodedata.category(c) == "Cc" for c in name):
             raise InvalidAccount(f"Invalid role name {role!r}: no spaces, commas or control characters.")
+        if _speaks_for_another(name):
+            # A role is added to the person's principals as it is: "client:deployer" or "user:boss" would
+            # give them a machine client's or another person's grants (an attack run did both).
+            raise InvalidAccount(
+                f"Invalid role name {role!r}: a role is a bare name, not 'authenticated' and without a "
+                "'user:', 'group:', 'client:' or 'scope:' prefix (those name principals, not roles)."
+            )
         if name not in cleaned:
             cleaned.append(name)
     return " ".join(cleaned)
+
+
+def _speaks_for_another(role: str) -> bool:
+    """Whether a role name is spelled as a principal of its own (any case: no reason to allow them)."""
+    folded = role.casefold()
+    return folded == "authenticated" or folded.startswith(("user:", "group:", "client:", "scope:"))
 
 
 def _same_password(new: str, current: str | None) -> bool:

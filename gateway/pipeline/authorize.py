@@ -68,8 +68,10 @@ def principals_of(session: Session) -> frozenset[str]:
 @lru_cache(maxsize=10_000)
 def _principals(username: str, roles: tuple[str, ...], groups: tuple[str, ...]) -> frozenset[str]:
     # One shared set per identity: the decision and role caches hash it on every request, and a
-    # frozenset computes its hash once per object.
-    return frozenset((f"user:{username}", AUTHENTICATED, *roles, *(f"group:{g}" for g in groups)))
+    # frozenset computes its hash once per object. A role spelled as a principal ("client:deployer",
+    # "user:boss": stored before accounts refused them) is not a principal of this session.
+    own = (r for r in roles if not r.startswith(("user:", "group:", "client:", "scope:")))
+    return frozenset((f"user:{username}", AUTHENTICATED, *own, *(f"group:{g}" for g in groups)))
 
 
 def _message(decision: Decision) -> str:

@@ -100,6 +100,28 @@ async def test_set_roles_refuses_bad_names_and_changes_nothing(world: World) -> 
         await world.accounts.set_roles(4242, [], actor="user:boss")
 
 
+@pytest.mark.parametrize(
+    "role",
+    ["client:deployer", "user:boss", "group:oidc:admins", "scope:write", "authenticated", "Client:deployer"],
+)
+async def test_a_role_spelled_as_a_principal_is_refused(world: World, role: str) -> None:
+    """An attack run: a person given the role "client:deployer" held the machine client's grants, and
+    "user:boss" another person's. Service-account roles refused those already."""
+    user = await _alice(world)
+    with pytest.raises(InvalidAccount, match="bare name"):
+        await world.accounts.set_roles(user.id, ["ok", role], actor="user:boss")
+    stored = await world.accounts.get(user.id)
+    assert stored is not None
+    assert stored.roles == "dev ops"
+
+
+def test_a_stored_role_spelled_as_a_principal_is_no_principal_of_the_session() -> None:
+    from gateway.pipeline.authorize import _principals
+
+    principals = _principals("eve", ("client:deployer", "user:boss", "ops"), ("oidc:staff",))
+    assert principals == {"user:eve", "authenticated", "ops", "group:oidc:staff"}
+
+
 async def test_history_is_about_or_by_the_account(world: World) -> None:
     user = await _alice(world)
     await world.accounts.create(username="bob", password=None, actor="user:alice")
