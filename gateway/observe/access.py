@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 
 from gateway.observe.record import AccessDecision
-from gateway.observe.redact import REDACTED, redact_details, redact_path, redact_query
+from gateway.observe.redact import REDACTED, redact_details, redact_path, redact_query, redact_words
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditListener, SecurityEvent
@@ -290,7 +290,8 @@ def _client_part(host: str, user_agent: str) -> bytes:
         known = b'%s%s},"user_agent":{"original":%s},' % (
             b"" if name is None else b',"domain":' + _ENCODER.encode(name),
             b"" if port is None else b',"port":%d' % port,
-            _ENCODER.encode(user_agent[:_MAX_USER_AGENT]),
+            # Redacted once per distinct User-Agent (memoised here): a script may put a token in it.
+            _ENCODER.encode(redact_words(user_agent[:_MAX_USER_AGENT])),
         )
         known = _remember(_clients, key, known, len(host) + len(user_agent))
     return known

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from typing import Final
 from urllib.parse import unquote_plus
 
-__all__ = ["REDACTED", "is_secret_name", "looks_secret", "redact_details", "redact_path", "redact_query"]
+__all__ = [
+    "REDACTED",
+    "is_secret_name",
+    "looks_secret",
+    "redact_details",
+    "redact_path",
+    "redact_query",
+    "redact_words",
+]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -49,8 +57,11 @@ _SEPARATORS: Final = re.compile(r"[^A-Za-z0-9]+")
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*")
 _KNOWN_PREFIX: Final = re.compile(
     r"(?:gh[pousr]_|github_pat_|glpat-|sk_live_|sk_test_|rk_live_|pk_live_|xox[abposr]-|AKIA|ASIA|AIza"
-    r"|ya29\.|hf_)[A-Za-z0-9_\-.]{10,}"
+    r"|ya29\.|hf_|gwt_)[A-Za-z0-9_\-.]{10,}"
 )
+# The public id of one of the gateway's own API tokens (``gwt_`` and 8 characters, see
+# gateway.machine.tokens): it names the token in lists and the audit trail, and is no credential.
+_TOKEN_ID: Final = re.compile(r"gwt_[A-Za-z0-9_-]{8}")
 # Paths of the gateway's own pages whose rest is a credential (gateway/identity/invitations.py).
 _CREDENTIAL_PATHS: Final = ("/.gateway/invite/",)
 _TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
@@ -187,7 +198,9 @@ def redact_details(value: object) -> object:
     """
     if isinstance(value, Mapping):
         return {
-            str(key): REDACTED if is_secret_name(str(key)) else redact_details(item)
+            str(key): REDACTED
+            if is_secret_name(str(key)) and not _is_token_id(item)
+            else redact_details(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
@@ -197,3 +210,17 @@ def redact_details(value: object) -> object:
             return REDACTED
         return redact_query(value) if "=" in value and "&" in value else value
     return value
+
+
+def redact_words(text: str) -> str:
+    """Return ``text`` (a User-Agent, free text) with each blank-separated word that looks secret
+    replaced: an attack run put an API token in its User-Agent and found it in the access log."""
+    if not looks_secret(text):
+        return text
+    return " ".join(REDACTED if looks_secret(word) else word for word in text.split(" "))
+
+
+def _is_token_id(value: object) -> bool:
+    """Whether ``value`` is a token's public id: under a secret-looking name (``"token"``) it stays
+    readable, so a SIEM can tell which token was used or refused."""
+    return isinstance(value, str) and _TOKEN_ID.fullmatch(value) is not None

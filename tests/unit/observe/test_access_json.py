@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.observe.access import ECS_VERSION, AccessEntry
 from gateway.observe.record import AccessDecision, AuthKind, RequestKind, RequestRecord
-from gateway.observe.redact import redact_path, redact_query
+from gateway.observe.redact import redact_path, redact_query, redact_words
 
 _FAILED = {AccessDecision.DENY, AccessDecision.UNAUTHENTICATED, AccessDecision.INVALID, AccessDecision.ERROR}
 
@@ -64,7 +64,7 @@ def expected(rec: RequestRecord) -> dict[str, Any]:
             "response": {"status_code": rec.status, "body": {"bytes": rec.bytes_out}},
         },
         "url": url,
-        "user_agent": {"original": rec.user_agent[:512]},
+        "user_agent": {"original": redact_words(rec.user_agent[:512])},
         "gateway": gateway,
     }
     if rec.client_ip:
@@ -115,7 +115,9 @@ records = st.builds(
     kind=st.sampled_from(list(RequestKind)),
     request_id=st.one_of(st.just(""), _TEXT),
     client_ip=st.one_of(st.just(""), st.just("192.0.2.7"), _TEXT),
-    user_agent=st.one_of(_TEXT, st.just("x" * 600)),
+    user_agent=st.one_of(
+        _TEXT, st.just("x" * 600), st.just("curl gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA")
+    ),
     host=_HOSTS,
     method=st.one_of(st.sampled_from(["GET", "POST"]), _TEXT),
     path=_PATHS,
@@ -159,6 +161,20 @@ def test_a_hostile_user_agent_cannot_break_out_of_its_string() -> None:
     assert "user" not in doc
     assert doc["user_agent"]["original"] == rec.user_agent
     assert b"\n" not in AccessEntry(rec).json()  # one event per line, always
+
+
+def test_a_token_in_the_user_agent_is_not_written() -> None:
+    """An attack run sent its API token in the User-Agent and found it in the access log."""
+    token = "gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA"
+    rec = RequestRecord(
+        at=1.0, kind=RequestKind.HTTP, user_agent=f"deploy-bot/1.2 {token}", host="h", path="/"
+    )
+    written = AccessEntry(rec).json()
+    assert token.encode() not in written
+    assert json.loads(written)["user_agent"]["original"] == "deploy-bot/1.2 [REDACTED]"
+    browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+    rec = RequestRecord(at=1.0, kind=RequestKind.HTTP, user_agent=browser, host="h", path="/")
+    assert json.loads(AccessEntry(rec).json())["user_agent"]["original"] == browser
 
 
 def test_what_the_writer_remembers_is_bounded_by_distinct_clients() -> None:

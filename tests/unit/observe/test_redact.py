@@ -11,6 +11,7 @@ from gateway.observe.redact import (
     redact_details,
     redact_path,
     redact_query,
+    redact_words,
 )
 
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLWJ5dGVz"
@@ -118,3 +119,18 @@ def test_details_redact_secret_keys_and_values_recursively() -> None:
         "redirect": f"/cb?state={REDACTED}&x=1",
         "count": 3,
     }
+
+
+def test_the_gateways_own_tokens_are_redacted_and_their_public_ids_stay_readable() -> None:
+    """An attack run: the full `gwt_` token was caught only by the entropy test, and the public id a
+    SIEM needs to tell which token was refused was redacted under the detail name "token"."""
+    token = "gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA"
+    assert looks_secret(token)
+    assert looks_secret("gwt_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")  # low entropy, still a token
+    assert redact_details({"token": "gwt_Ab3dE9xQ", "route": "api"}) == {
+        "token": "gwt_Ab3dE9xQ",
+        "route": "api",
+    }
+    assert redact_details({"token": token}) == {"token": REDACTED}
+    assert redact_details({"token": "gwt_Ab3dE9xQ-and-more"}) == {"token": REDACTED}
+    assert redact_words(f"bot/1.0 {token} (ci)") == f"bot/1.0 {REDACTED} (ci)"
