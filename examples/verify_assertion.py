@@ -16,10 +16,13 @@ What it checks, and why each check matters:
 * ``exp`` (and ``iat``) with a small leeway for clock skew: a captured token dies within minutes;
 * ``sub`` is present and not empty.
 
-The JWKS is cached for ``jwks_max_age`` seconds; a token whose ``kid`` is unknown makes it refetch
-(at most every ``refetch_interval`` seconds, so junk tokens cannot make you hammer the gateway). The
-gateway publishes a new key ``publish_ahead`` (default 10 min) before it signs with it, so with the
-default 5-minute cache a rotation never causes a failure.
+The JWKS is cached for the ``max-age`` the gateway answers it with (60 s), at most ``jwks_max_age``
+seconds; a token whose ``kid`` is unknown makes it refetch (at most every ``refetch_interval`` seconds,
+so junk tokens cannot make you hammer the gateway). The gateway publishes a new key ``publish_ahead``
+(default 10 min) before it signs with it, so a rotation never causes a failure. When a signing key
+leaks, ``gateway keys rotate --compromised`` deletes it from the JWKS at once: a token forged with it is
+accepted here only until the cache is fetched again, so keep the cache short (an attack run forged
+tokens for 5 minutes against an earlier version of this file, which cached for 300 s).
 
 Run it from the command line to check a token by hand::
 
@@ -55,7 +58,7 @@ class AssertionVerifier:
         gateway_url: str,
         *,
         audience: str,
-        jwks_max_age: float = 300.0,
+        jwks_max_age: float = 60.0,
         refetch_interval: float = 30.0,
         leeway: int = 30,
         timeout: float = 5.0,
@@ -77,6 +80,8 @@ class AssertionVerifier:
         self._lock = threading.Lock()
         self._keys: dict[str, ECKey] = {}
         self._fetched_at = float("-inf")
+        # The gateway's own Cache-Control max-age when shorter than jwks_max_age.
+        self._max_age = jwks_max_age
 
     def verify(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``.
@@ -107,7 +112,7 @@ class AssertionVerifier:
             raise InvalidAssertion("the token names no key")
         with self._lock:
             now = time.monotonic()
-            stale = now - self._fetched_at > self.jwks_max_age
+            stale = now - self._fetched_at > self._max_age
             unknown = kid not in self._keys and now - self._fetched_at > self.refetch_interval
             if stale or unknown:
                 self._keys = self._fetch()
@@ -120,12 +125,22 @@ class AssertionVerifier:
     def _fetch(self) -> dict[str, ECKey]:
         with urllib.request.urlopen(self.jwks_url, timeout=self.timeout) as resp:  # noqa: S310
             document = json.load(resp)
+            self._max_age = min(self.jwks_max_age, _max_age(resp.headers.get("Cache-Control", "")))
         keys: dict[str, ECKey] = {}
         for key in KeySet.import_key_set(document).keys:
             # Only P-256 signing keys for ES256; anything else in the set is ignored.
             if isinstance(key, ECKey) and key.get("crv") == "P-256" and key.kid:
                 keys[key.kid] = key
         return keys
+
+
+def _max_age(cache_control: str) -> float:
+    """The ``max-age`` of a Cache-Control header in seconds (infinity when it has none)."""
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.lower() == "max-age" and value.strip().isdigit():
+            return float(value.strip())
+    return float("inf")
 
 
 def main(argv: list[str]) -> int:

@@ -119,7 +119,12 @@ def _rotate(args: argparse.Namespace) -> int:
                 ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
             )
             if rotation.signing is not None:
-                _print_rotation(rotation.signing.before, rotation.signing.after, rotation.signing.kid)
+                _print_rotation(
+                    rotation.signing.before,
+                    rotation.signing.after,
+                    rotation.signing.kid,
+                    rotation.compromised,
+                )
             if rotation.staged:
                 print(
                     f"keyring {path}: staged key {rotation.keyring_key} (decrypts, encrypts nothing yet); "
@@ -136,11 +141,19 @@ def _rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_rotation(before: KeySet, after: KeySet, kid: str) -> None:
+def _print_rotation(before: KeySet, after: KeySet, kid: str, compromised: bool = False) -> None:
     from gateway.clock import SYSTEM_CLOCK
 
     now = SYSTEM_CLOCK.time()
     new = next(k for k in after.keys if k.kid == kid)
+    if compromised:
+        deleted = sorted(k.kid for k in before.keys if k.kid != kid)
+        print(
+            f"signing key: new key {kid} signs now; deleted as compromised: {', '.join(deleted) or 'none'} "
+            "(gone from the JWKS, never signing again; apps that cached the JWKS trust them until they "
+            "fetch it anew, at most its max-age of 60 s)"
+        )
+        return
     if new.active_from <= now:
         print(f"signing key: new key {kid} signs now (there was no key to hand over from)")
         return

@@ -284,3 +284,26 @@ def test_keys_rotate_only_the_signing_key(gateway: Gateway) -> None:
     assert "keyring" not in result.stdout
     assert "signing key: new key" in result.stdout
     wait_until(lambda: len(_kids(gateway)) == 3, timeout=30, what="the third key in jwks.json")
+
+
+def test_a_verifier_copied_from_the_example_stops_trusting_a_leaked_key_after_the_jwks_max_age(
+    gateway: Gateway,
+) -> None:
+    """Last in the module (it deletes the keys). An attack run forged tokens with a leaked key for five
+    minutes after `keys rotate --compromised`: the example cached the JWKS for 300 s whatever the
+    gateway's `max-age=60` said. It now takes the shorter of the two."""
+    forged = _sign_with_the_gateways_keys(gateway)  # stands in for a token made with the leaked key
+    verifier = example.AssertionVerifier(gateway.config["public_url"], audience=ROUTE, jwks_max_age=300)
+    assert verifier.verify(forged)["sub"] == "alice"
+    assert verifier._max_age == 60  # the gateway's Cache-Control, not the 300 asked for
+
+    leaked = _header(forged)["kid"]
+    done = run_cli("keys", "rotate", "--signing", "--compromised", "--config", str(gateway.config_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deleted as compromised: " in done.stdout
+    assert leaked in done.stdout.split("deleted as compromised: ")[1]
+    wait_until(lambda: leaked not in _kids(gateway), timeout=20, what="the leaked key gone from the JWKS")
+    assert verifier.verify(forged)["sub"] == "alice"  # still cached: the exposure the docs name
+    verifier._fetched_at -= 61  # a minute later
+    with pytest.raises(example.InvalidAssertion, match="unknown key id"):
+        verifier.verify(forged)
