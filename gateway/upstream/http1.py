@@ -22,7 +22,16 @@ What it guarantees, the same as the aiohttp path did:
   reused connection that the upstream had closed meanwhile is retried once on a new connection for
   idempotent requests without a body;
 - 1xx interim responses are skipped; responses to HEAD and 204/304 have no body; a response without
-  length or chunking ends when the upstream closes.
+  length or chunking ends when the upstream closes;
+- one exchange is one response: a byte after a complete response (the start of a second one in the
+  same write, or a body longer than its ``Content-Length``) is never parsed into this exchange, its
+  head or its body: the connection is closed and never reused, and the client gets exactly the
+  response as framed (nginx does the same: it keeps the declared length and drops the connection).
+  llhttp skips bare CR/LF between messages (nothing is parsed from them);
+- the response head (interim responses included) is at most ``_MAX_HEAD`` bytes with at most
+  ``_MAX_HEADERS`` fields, or the exchange fails (a 502) and the connection is closed; a chunked
+  answer's trailers are dropped (never merged into the head) and may take at most
+  ``_MAX_STALL`` bytes.
 """
 
 from __future__ import annotations
@@ -54,6 +63,16 @@ _HIGH_WATER: Final = 256 * 1024
 _IDLE_SECONDS: Final = 50.0  # below the common 60 s keep-alive timeout of upstream servers
 _MAX_IDLE_PER_TARGET: Final = 256
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# The response head's limits. An upstream's head otherwise grows a worker without bound (an endless
+# list of headers took GBs in seconds, one endless value blocked the loop: httptools joins a value's
+# pieces per read). 64 KiB is more than nginx (proxy_buffer_size, one page: 4 or 8 KiB; a bigger head
+# is its "upstream sent too big header", a 502) and Node.js (16 KiB) accept, so an app that works
+# behind them works here; 100 fields is Apache httpd's LimitRequestFields.
+_MAX_HEAD: Final = 64 * 1024
+_MAX_HEADERS: Final = 100
+# A chunked answer's bytes in a row that carry no body (its trailers, or chunk framing alone): a
+# trailer section is dropped, and this bounds what it may cost (the same as a head).
+_MAX_STALL: Final = 64 * 1024
 
 
 class UpstreamConnectError(Exception):
@@ -82,6 +101,22 @@ class UpstreamProtocolError(Exception):
     """The upstream broke the exchange: malformed response, or closed before it was complete."""
 
 
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing there (feed_data then raises HttpParserError)."""
+
+
+class _Dropped(list[tuple[bytes, bytes]]):
+    """Where header fields go once the head is done (a trailer section): nowhere."""
+
+    __slots__ = ()
+
+    def append(self, item: tuple[bytes, bytes], /) -> None:
+        pass
+
+
+_TRAILERS: Final = _Dropped()
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to a target, carrying one exchange at a time."""
 
@@ -94,11 +129,15 @@ class _Connection(asyncio.Protocol):
         self.counted_out = False  # its pool slot was freed (see Http1Client._forget)
         self.idle_since = 0.0
         self.reused = False
+        # The head of the response under way, once it is complete (``headers`` then takes trailers).
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.stalled = 0  # a chunked answer's bytes in a row without body (see _feed_chunked)
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_room = _MAX_HEAD  # bytes the head may still take
         self.content_length: int | None = None
         self.chunked = False
         self.head_done = False
@@ -123,10 +162,56 @@ class _Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
             return
         self.received_any = True
+        if not self.head_done:
+            self.head_room -= len(data)
+            if self.head_room < 0:
+                self._feed_past_head_room(data)
+                return
+        elif self.chunked:
+            self._feed_chunked(data)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"malformed response from the application ({exc})"))
+            self._broken(exc)
+
+    def _broken(self, exc: httptools.HttpParserError) -> None:
+        # After a complete response (on_message_begin) the exchange stands as it was; the error only
+        # matters to one that is not complete.
+        self._fail(UpstreamProtocolError(f"malformed response from the application ({exc})"))
+        self.close()
+
+    def _feed_past_head_room(self, data: bytes) -> None:
+        """A read that takes the bytes before the head's end past ``_MAX_HEAD``: only the room left
+        may still be head; the rest is parsed only if the head ended within it."""
+        room = self.head_room + len(data)
+        try:
+            self.parser.feed_data(data[:room])
+            if self.head_done:
+                self.parser.feed_data(data[room:])
+        except httptools.HttpParserError as exc:
+            self._broken(exc)
+            return
+        if not self.head_done:
+            self._fail(UpstreamProtocolError(f"the application's response head exceeds {_MAX_HEAD} bytes"))
+            self.close()
+
+    def _feed_chunked(self, data: bytes) -> None:
+        """A read of a chunked body: bytes that carry none (a trailer section) are bounded."""
+        before = self.buffered
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(exc)
+            return
+        if self.buffered != before or self.complete:
+            self.stalled = 0
+            return
+        self.stalled += len(data)
+        if self.stalled > _MAX_STALL:
+            self._fail(
+                UpstreamProtocolError(f"the application sent {_MAX_STALL} bytes of trailers or chunk framing")
+            )
             self.close()
 
     def eof_received(self) -> bool:
@@ -152,21 +237,40 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A byte after the complete response (the start of another, or a body longer than its
+            # Content-Length): nothing of it is parsed, and the connection is not reused (the caller
+            # of feed_data closes it). Only the message's start is looked at, not every header.
+            self.keep_alive = False
+            raise _Stop
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        headers = self.headers
         if status < 200:
             self.headers = []  # an interim response (100 Continue, 103 Early Hints): wait for the real one
             return
+        if len(headers) > _MAX_HEADERS:
+            self._fail(
+                UpstreamProtocolError(f"the application's response has more than {_MAX_HEADERS} headers")
+            )
+            raise _Stop  # stops the parser; data_received closes the connection
         self.status = status
-        for name, value in self.headers:
+        # A chunked answer's trailer section arrives as header fields too: it is dropped, so it can
+        # never become part of the head (RFC 9110 §6.5.1: a trailer is not to be merged blindly).
+        self.response_headers = headers
+        self.headers = _TRAILERS
+        for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
                 self.content_length = int(value) if value.strip().isdigit() else None
             elif lname == b"transfer-encoding":
                 self.chunked = True
+                self.stalled = 0
         self.head_done = True
         self._wake()
 
@@ -265,7 +369,7 @@ class UpstreamResponse:
         self._conn = conn
         self._read_timeout = read_timeout
         self.status = conn.status
-        self.headers = conn.headers
+        self.headers = conn.response_headers
         self._reusable = not head_only
         if head_only:
             # HEAD answers carry a Content-Length but no body, and llhttp cannot know the request was
@@ -294,6 +398,10 @@ class UpstreamResponse:
             if conn.error is not None:
                 raise conn.error
             await conn.wait(self._read_timeout)
+
+    def abandon(self) -> None:
+        """Never reuse the connection (the exchange went wrong in a way only the caller saw)."""
+        self._reusable = False
 
     def release(self) -> None:
         """Hand the connection back (clean, complete, keep-alive) or close it."""

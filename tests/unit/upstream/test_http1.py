@@ -483,3 +483,179 @@ async def test_a_connect_timeout_is_a_connect_error(clients: Clients) -> None:
             for filler in fillers:
                 filler.close()
     assert isinstance(info.value, UpstreamConnectError)
+
+
+# -- an upstream that breaks the framing: one exchange is one response ---------------------------------
+
+PLANTED = b"HTTP/1.1 200 OK\r\nSet-Cookie: gateway_session=ATTACKER\r\nContent-Length: 7\r\n\r\nplanted"
+
+
+async def test_a_second_response_in_the_same_write_is_never_parsed_into_the_first(clients: Clients) -> None:
+    """An attack run: `Content-Length: 2`, `ok`, then a whole response in the same write. Its head
+    was merged into the first's and its body relayed after `ok` (a client read it as the next answer)."""
+    upstream = scripted(OK + PLANTED, OK)
+    async with upstream as target:
+        client = clients(4)
+        assert await get(client, target) == (200, [(b"Content-Length", b"2")], b"ok")
+        await wait_until_async(lambda: not usable_idle(client), what="the connection retired")
+        assert await get(client, target) == (200, [(b"Content-Length", b"2")], b"ok")
+    assert upstream.connections == 2  # the one that sent too much was never reused
+
+
+async def test_a_partial_next_head_never_reaches_the_next_exchange(clients: Clients) -> None:
+    """An attack run: a body longer than its Content-Length ends in the start of a head; the pooled
+    connection went back with it half parsed, and the next user's answer became a 302 to evil.example."""
+    trap = OK + b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/phish?rest="
+    victim = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nalice"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        first = True
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(trap if n == 1 and first else victim)
+            first = False
+            await writer.drain()
+
+    async with Upstream(handler) as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"ok"
+        assert await get(client, target) == (200, [(b"Content-Length", b"5")], b"alice")
+
+
+async def test_bytes_after_the_response_in_a_later_read_retire_the_connection(clients: Clients) -> None:
+    box: list[Upstream] = []
+
+    async def late_extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await box[0].read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            if n == 1:
+                await asyncio.sleep(0.02)
+                writer.write(b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\n")
+                await writer.drain()
+
+    upstream = Upstream(late_extra)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(4)
+        resp = await client.request(
+            target, "GET", "/", [(b"host", b"a")], None, chunked=False, connect_timeout=5, read_timeout=5
+        )
+        assert await resp.read() == b"ok"
+        conn = resp._conn
+        await wait_until_async(lambda: conn.closed, what="the extra bytes seen")  # before release
+        resp.release()
+        assert usable_idle(client) == 0
+        assert await get(client, target) == (200, [(b"Content-Length", b"2")], b"ok")
+    assert upstream.connections == 2
+
+
+def _head_then_hang(head: bytes) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        await reader.read()  # never ends the head: only the limit can
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # Many long headers (the attack run's worker grew by GBs in seconds) ...
+        b"HTTP/1.1 200 OK\r\n" + (b"X-Filler: " + b"a" * 8000 + b"\r\n") * 128,
+        # ... one endless value (httptools joins its pieces per read: the event loop stalled) ...
+        b"HTTP/1.1 200 OK\r\nX-One: " + b"a" * (1 << 20),
+        # ... or interim responses without end.
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 4000,
+    ],
+    ids=["many-headers", "one-endless-value", "endless-interim"],
+)
+async def test_a_head_larger_than_the_limit_fails_at_once(clients: Clients, head: bytes) -> None:
+    async with Upstream(_head_then_hang(head)) as target:
+        client = clients(4)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamProtocolError, match="head exceeds 65536 bytes"):
+            await get(client, target, read_timeout=5)
+        assert asyncio.get_running_loop().time() - started < 4  # not the read timeout
+        assert client._open == 0  # closed, its slot free
+
+
+async def test_a_head_with_too_many_fields_fails(clients: Clients) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+        + b"Content-Length: 2\r\n\r\nok"
+    )
+    async with scripted(head) as target:
+        client = clients(4)
+        with pytest.raises(UpstreamProtocolError, match="more than 100 headers"):
+            await get(client, target)
+        assert client._open == 0
+
+
+async def test_heads_and_first_reads_within_the_limits_pass(clients: Clients) -> None:
+    near = b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * 60_000 + b"\r\n" + b"Content-Length: 2\r\n\r\nok"
+    hundred = (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(99))
+        + b"Content-Length: 2\r\n\r\nok"
+    )
+    # A small head and a large body in one write: the first read is far past the head's limit.
+    big_body = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"z" * 300_000
+    upstream = scripted(near, hundred, big_body, OK)
+    async with upstream as target:
+        client = clients(4)
+        assert (await get(client, target))[2] == b"ok"
+        assert len((await get(client, target))[1]) == 100
+        assert (await get(client, target))[2] == b"z" * 300_000
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 1
+
+
+async def test_trailers_never_become_headers(clients: Clients) -> None:
+    """An attack run: a chunked answer whose trailers arrived in the same read as the head had them
+    merged into the response headers."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n"
+        b"Set-Cookie: gateway_session=ATTACKER\r\nX-Trailer: t\r\n\r\n"
+    )
+    upstream = scripted(chunked, OK)
+    async with upstream as target:
+        client = clients(4)
+        assert await get(client, target) == (200, [(b"Transfer-Encoding", b"chunked")], b"hello")
+        assert (await get(client, target))[2] == b"ok"  # a trailer section is fine framing: reused
+    assert upstream.connections == 1
+
+
+async def test_endless_trailers_fail_the_exchange(clients: Clients) -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the body's read first, then the trailers in reads of their own
+        for _ in range(64):
+            writer.write(b"X-Trailer: " + b"t" * 16_000 + b"\r\n")
+            await writer.drain()
+        await reader.read()
+
+    async with Upstream(endless) as target:
+        client = clients(4)
+        resp = await client.request(
+            target, "GET", "/", [(b"host", b"a")], None, chunked=False, connect_timeout=5, read_timeout=5
+        )
+        received: list[bytes] = []
+
+        async def read_all() -> None:
+            async for chunk in resp.chunks():
+                received.append(chunk)
+
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamProtocolError, match="trailers"):
+            await read_all()
+        assert asyncio.get_running_loop().time() - started < 4  # not the read timeout
+        resp.release()
+        assert b"".join(received) == b"hello"
+        assert client._open == 0
