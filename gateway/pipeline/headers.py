@@ -98,6 +98,19 @@ _FORWARDING = frozenset(
         b"x-http-method-override",
         b"x-http-method",
         b"x-method-override",
+        # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps
+        # written for them trust these. The gateway speaks identity under its own names (a route that
+        # configures one of these as its identity_headers sets it after this drop).
+        b"remote-user",
+        b"remote-email",
+        b"remote-groups",
+        b"remote-name",
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
+        b"x-auth-request-user",
+        b"x-auth-request-email",
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"
@@ -405,7 +418,7 @@ def clean_response_headers(
         if kind == _KEEP:
             out.append((lname, value))
         elif kind == _SET_COOKIE:
-            if not own_cookies or _cookie_name(value) not in own_cookies:
+            if not own_cookies or not _sets_own_cookie(value, own_cookies):
                 out.append((lname, value))
         elif kind == _CLEAR_SITE_DATA:
             value = _without_cookie_clearing(value) if own_cookies else value
@@ -428,6 +441,27 @@ def _cookie_name(set_cookie: bytes) -> bytes:
     ``__Secure-`` prefixes without regard to case, so an app's ``__host-Gateway_Session`` is not
     waved through as another cookie."""
     return set_cookie.partition(b"=")[0].strip().lower()
+
+
+def _sets_own_cookie(set_cookie: bytes, own: frozenset[bytes]) -> bool:
+    """Whether a ``Set-Cookie`` value could plant one of the gateway's cookies (``own``, lower-case).
+
+    Its name is one of them (:func:`_cookie_name`), or it has no name or a quoted one: a browser
+    keeps ``=gateway_session=x`` (and ``gateway_session`` without ``=``) as a nameless cookie and
+    sends it back as its bare value, ``gateway_session=x``; a quoted name is no cookie name at all
+    (RFC 6265's token) and no app needs one. A value that begins with one of the names and ``=`` is
+    dropped under any name, as the gateway's cookie reader would see that pair once the name is gone.
+    """
+    if _cookie_name(set_cookie) in own:
+        return True
+    # RFC 6265bis §5.7 (how a browser reads it): the pair ends at the first ";"; without "=" it is
+    # all value and no name.
+    name, eq, value = set_cookie.partition(b";")[0].partition(b"=")
+    name = name.strip()
+    if not eq or not name or b'"' in name:
+        return True
+    inner, eq, _ = value.partition(b"=")
+    return bool(eq) and inner.strip().lower() in own
 
 
 # Clear-Site-Data types (W3C Clear Site Data §3.1 and what Chromium adds) other than "cookies": what an

@@ -219,6 +219,26 @@ def test_an_app_cannot_set_the_gateways_cookies() -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        b"=gateway_session=ATTACKER; Path=/",  # nameless: a browser sends it back as gateway_session=...
+        b" = gateway_session=ATTACKER",
+        b"=__Host-gateway_session=ATTACKER; Path=/; Secure",
+        b'"gateway_session"=ATTACKER',  # a quoted name is no cookie name
+        b'"__Host-gateway_session"=ATTACKER; Path=/; Secure',
+        b"gateway_session",  # no "=": nameless too, its value the gateway's name
+        b"gateway_session; Path=/",
+        b"app=gateway_session=ATTACKER",  # a value that reads as the gateway's pair
+    ],
+)
+def test_an_app_cannot_set_the_gateways_cookies_under_no_name_or_a_quoted_one(value: bytes) -> None:
+    own = frozenset({b"gateway_session", b"__host-gateway_session", b"gateway_csrf"})
+    raw = [(b"Set-Cookie", value), (b"Set-Cookie", b"app=fine=yes; Path=/")]
+    out = clean_response_headers(raw, request_id="rid", own_cookies=own)
+    assert [v for name, v in out if name == b"set-cookie"] == [b"app=fine=yes; Path=/"]
+
+
+@pytest.mark.parametrize(
     ("sent", "passed"),
     [
         (b'"cookies"', None),

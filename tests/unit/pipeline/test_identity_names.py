@@ -48,10 +48,33 @@ def test_a_client_sent_configured_name_is_dropped_in_every_spelling(spoof: bytes
 
 def test_default_names_strip_nothing_extra() -> None:
     assert DEFAULT_IDENTITY_NAMES.to_strip() == frozenset()
-    # X-Gateway-* is dropped anyway; a Remote-User is an ordinary header when not configured.
-    sent = _sent([(b"remote-user", b"someone"), (b"x-gateway-user", b"admin")], DEFAULT_IDENTITY_NAMES)
-    assert (b"remote-user", b"someone") in sent
+    # X-Gateway-* is dropped anyway; other names stay ordinary headers when not configured.
+    sent = _sent([(b"x-app-user", b"someone"), (b"x-gateway-user", b"admin")], DEFAULT_IDENTITY_NAMES)
+    assert (b"x-app-user", b"someone") in sent
     assert [v for n, v in sent if n == b"x-gateway-user"] == [b"alice"]
+
+
+@pytest.mark.parametrize(
+    "spoof",
+    [
+        b"Remote-User",
+        b"REMOTE_EMAIL",
+        b"remote-groups",
+        b"Remote-Name",
+        b"X-Forwarded-User",
+        b"x_forwarded_email",
+        b"X-Forwarded-Groups",
+        b"X-Forwarded-Preferred-Username",
+        b"X-Auth-Request-User",
+        b"x-auth-request-email",
+    ],
+)
+def test_the_identity_names_other_proxies_use_are_dropped_even_when_not_configured(spoof: bytes) -> None:
+    """Apps written for oauth2-proxy or Authelia trust these names: a client's copy never reaches one,
+    whatever ``identity_headers`` says."""
+    sent = _sent([(spoof, b"admin"), (b"accept", b"*/*")], DEFAULT_IDENTITY_NAMES)
+    assert b"admin" not in [value for _, value in sent]
+    assert (b"accept", b"*/*") in sent
 
 
 def test_the_snapshot_compiles_the_configured_names() -> None:
