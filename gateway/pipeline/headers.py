@@ -11,6 +11,11 @@ Request side, in this order:
 
 Only after that does the gateway add its own headers, so ``Connection: X-Forwarded-For`` (or any other
 name) can never remove something the gateway sets.
+
+The gateway's own credentials never reach an app, as its cookies do not: an ``Authorization: Bearer
+gwt_…`` (one of its API tokens) is dropped from every request it did not authenticate, so a client that
+sends its token with every request to a host (a public path, a route browsed with a session) does not
+hand it to an app that could use it on the route it was made for (an attack run did).
 """
 
 from __future__ import annotations
@@ -275,7 +280,7 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
 
 
 # What the request side does with a header, by its name as received (see _classify).
-_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE, _CLEAR_SITE_DATA = range(7)
+_KEEP, _DROP, _HOST, _COOKIE, _WEBSOCKET, _SET_COOKIE, _CLEAR_SITE_DATA, _AUTHORIZATION = range(8)
 # Requests and responses repeat the same few dozen header names, so what to do with each is remembered;
 # a bounded number, since clients and upstreams choose them.
 _MAX_REMEMBERED_NAMES = 4096
@@ -308,6 +313,8 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
         return _COOKIE, lname
     if lname.startswith(b"sec-websocket-"):
         return _WEBSOCKET, lname
+    if lname == b"authorization":
+        return _AUTHORIZATION, lname
     return _KEEP, lname
 
 
@@ -347,6 +354,9 @@ def upstream_request_headers(
         elif kind == _WEBSOCKET:
             if not websocket:  # the client library negotiates its own handshake with the upstream
                 out.append((lname, value))
+        elif kind == _AUTHORIZATION:
+            if not _gateway_token(value):  # the app's own scheme (Basic, its own tokens) goes through
+                out.append((lname, value))
         elif lname == b"connection":
             connection = True
     # `Connection` may not nominate message framing (that would desynchronise the body) nor anything
@@ -372,6 +382,13 @@ def _forwarding_headers(chain: tuple[str, ...], proto: str, host: str) -> tuple[
         (b"x-forwarded-host", host.encode("latin-1")),
         (b"forwarded", _forwarded(chain, proto, host).encode("latin-1")),
     )
+
+
+def _gateway_token(value: bytes) -> bool:
+    """Whether an ``Authorization`` value is one of the gateway's API tokens (``Bearer gwt_…``, the
+    scheme in any case, RFC 9110 §11.1)."""
+    scheme, _, credential = value.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and credential.strip().startswith(b"gwt_")
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:

@@ -269,6 +269,14 @@ def test_with_a_cookie_and_a_token_the_token_alone_decides(site: Site) -> None:
     assert "x-gateway-auth" not in people
 
 
+def test_a_token_sent_along_with_a_session_never_reaches_the_app(site: Site) -> None:
+    """An attack run: a client that sends its token with every request to the host handed it to the
+    app of the route it browsed with a session; that app replayed it on the token's route."""
+    headers = seen(call(site, "/web/page", token=site.ci_token, session=site.session))
+    assert headers["x-gateway-user"] == "alice"  # the session decided
+    assert "authorization" not in headers
+
+
 def test_an_expired_token_is_401(site: Site) -> None:
     token, _ = site.token("ci", "api", expires="2s")
     wait_until(lambda: call(site, "/api/x", token=token).status_code == 401, timeout=15, what="expiry")

@@ -316,3 +316,27 @@ def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> Non
         clean_response_headers([(b"X-Resp-%d" % i, b"v")], request_id="r")
     assert module._classify.cache_info().currsize <= module._MAX_REMEMBERED_NAMES
     assert module._classify_response.cache_info().currsize <= module._MAX_REMEMBERED_NAMES
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Bearer gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
+        b"bearer gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
+        b"BEARER   gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
+        b"  Bearer gwt_x",
+    ],
+)
+def test_the_gateways_own_token_never_reaches_an_app_that_did_not_need_it(value: bytes) -> None:
+    """An attack run: a client sending its token with every request to a host handed it to the app of
+    a public path and of a route browsed with a session, which replayed it on the token's route."""
+    out = _out([(b"host", b"app"), (b"Authorization", value)])
+    assert b"authorization" not in out
+
+
+@pytest.mark.parametrize(
+    "value", [b"Basic YWxpY2U6c2VjcmV0", b"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", b"Token abc", b"gwt_only"]
+)
+def test_the_apps_own_authorization_goes_through(value: bytes) -> None:
+    out = _out([(b"host", b"app"), (b"Authorization", value)])
+    assert out[b"authorization"] == [value]
