@@ -351,12 +351,10 @@ def upstream_request_headers(
                 value = _without_cookies(value, own_cookies)
             if value:
                 out.append((lname, value))
-        elif kind == _WEBSOCKET:
-            if not websocket:  # the client library negotiates its own handshake with the upstream
-                out.append((lname, value))
-        elif kind == _AUTHORIZATION:
-            if not _gateway_token(value):  # the app's own scheme (Basic, its own tokens) goes through
-                out.append((lname, value))
+        elif (kind == _WEBSOCKET and not websocket) or (kind == _AUTHORIZATION and not _gateway_token(value)):
+            # A WebSocket's handshake headers unless the client library negotiates its own with the
+            # upstream; an Authorization of the app's own scheme (Basic, its own tokens).
+            out.append((lname, value))
         elif lname == b"connection":
             connection = True
     # `Connection` may not nominate message framing (that would desynchronise the body) nor anything

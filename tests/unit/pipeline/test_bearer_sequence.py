@@ -146,8 +146,9 @@ async def test_a_session_route_ignores_tokens_as_it_always_did(world: tuple[Worl
     assert (refused.status, refused.record.reason) == (401, "authentication-required")
     allowed = await _request(w, "app.test", cookie=w.cookies["alice"], token=token)
     assert (allowed.status, allowed.record.auth) == (200, AuthKind.SESSION)
-    # Not a bearer route: the Authorization header is the application's, passed on as before.
-    assert w.upstream.seen[-1]["authorization"] == f"Bearer {token}"
+    # Not a bearer route, yet the gateway's own token is not the application's to see (an attack run:
+    # an app replayed it on the token's route); an Authorization of another scheme is passed on.
+    assert "authorization" not in w.upstream.seen[-1]
 
 
 async def test_the_routes_own_authorization_reaches_the_application_on_a_token_request(
