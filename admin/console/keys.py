@@ -86,6 +86,31 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "(as `gateway keys rotate --compromised`). Needs ``signing`` or ``all``."
         ),
     ] = False
+    stage: Annotated[
+        bool,
+        msgspec.Meta(
+            description="With ``keyring``: add the new key without making it active (as `gateway keys "
+            "rotate --keyring --stage`); activate it with ``POST /api/keys/activate`` once every replica "
+            "has the file."
+        ),
+    ] = False
+
+
+class ActivateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Make a keyring key already in the file (a staged one) the active one."""
+
+    kid: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=2000, description="Kept in the audit trail.")
+    ]
+
+
+class UnknownKey(GatewayError):
+    """No key of that id in the keyring file (404)."""
+
+    status = 404
+    reason = "unknown-key"
+    title = "No such key"
 
 
 class RotateResult(msgspec.Struct, kw_only=True):
@@ -178,7 +203,13 @@ def _message(rotation: Rotation, view: KeysView) -> str:
                 f"New signing key {rotation.signing.kid} is published now and signs from {signs_from} "
                 "(assertion.publish_ahead); running gateways load it within 30 s."
             )
-    if rotation.keyring_key is not None:
+    if rotation.keyring_key is not None and rotation.staged:
+        parts.append(
+            f"New keyring key {rotation.keyring_key} is staged in the keyring file: it decrypts but encrypts "
+            "nothing yet. Give every replica this file, then activate it here (or `gateway keys activate "
+            f"{rotation.keyring_key}`)."
+        )
+    elif rotation.keyring_key is not None:
         parts.append(
             f"New keyring key {rotation.keyring_key} is active in the keyring file; older keys stay for "
             "decryption. Restart the gateways (or roll them) so they encrypt with it."
@@ -209,9 +240,13 @@ async def rotate(
     details: dict[str, object] = {"reason": data.reason, "which": data.which}
     if data.compromised:
         details["compromised"] = True
+    if data.stage:
+        details["stage"] = True
     try:
         if data.compromised and data.which == "keyring":
             raise BadRequest("compromised replaces the signing keys: rotate 'signing' or 'all' with it.")
+        if data.stage and data.which != "keyring":
+            raise BadRequest("stage stages a keyring key: rotate 'keyring' with it.")
         confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
@@ -219,7 +254,7 @@ async def rotate(
             RotationTarget(data.which), signing=_signing(services), keyring=keyring,
             keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
-            ledger=services.identity.accounts.ledger,
+            ledger=services.identity.accounts.ledger, stage=data.stage,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -237,4 +272,55 @@ async def rotate(
     )
 
 
-HANDLERS = (keys_json, keys_page, rotate)
+@post("/api/keys/activate", status_code=200, tags=["keys"])
+async def activate(
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    identity: Identity,
+    config: Config,
+    data: JSONBody[ActivateRequest],
+) -> RotateResult:
+    """Make a keyring key already in the file (one staged by a rotation with ``stage``) the key new
+    secrets are encrypted under, as ``gateway keys activate`` does. Run it once every replica has the
+    file with that key. 404 ``unknown-key`` for a key id the file lacks. Destructive: needs a second
+    factor used within ``admin.destructive_reauth_max_age``. Recorded as ``admin.keys.activate`` (refusals
+    too) and, done, as ``keys.activated``."""
+    admin = admin_of(request)
+    details: dict[str, object] = {"reason": data.reason, "keyring_key": data.kid}
+    path = keyring_path(config.settings)
+    try:
+        confirm_destructive(admin, config, identity.clock)
+        # A copy from the file: this process keeps encrypting under the key every gateway holds.
+        keyring = await asyncio.to_thread(Keyring.load, path)
+        if data.kid not in keyring.key_ids:
+            raise UnknownKey(
+                f"The keyring file {path} has no key {data.kid!r}; the Keys page lists its keys."
+            )
+        already = keyring.active_id == data.kid
+        if not already:
+            await asyncio.to_thread(keyring.activate, path, data.kid)
+    except GatewayError as err:
+        await audit(identity, request, "admin.keys.activate", actor=admin.actor, outcome="failure", subject="keys",
+                    details={**details, "error": err.reason})  # fmt: skip
+        raise
+    await audit(identity, request, "admin.keys.activate", actor=admin.actor, subject="keys", details=details)
+    if not already:
+        await identity.audit.record(
+            "keys.activated", actor=admin.actor, subject="keys", details={"keyring_key": data.kid}
+        )
+    message = (
+        f"Keyring key {data.kid} is the active key already."
+        if already
+        else f"Keyring key {data.kid} is active for new secrets. Gateways reading this file take it up the "
+        "first time they meet it; replicas with their own copy need this file (a rolling restart)."
+    )
+    return RotateResult(
+        which="activate",
+        signing_key=None,
+        keyring_key=data.kid,
+        message=message,
+        keys=await keys_view(services),
+    )
+
+
+HANDLERS = (keys_json, keys_page, rotate, activate)

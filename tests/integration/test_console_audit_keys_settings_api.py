@@ -65,6 +65,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/api/audit/export", {"since": "2020-01-01", "until": "2030-01-01", "reason": "x"}),
     ("GET", "/api/keys", None),
     ("POST", "/api/keys/rotate", {"which": "signing", "reason": "x"}),
+    ("POST", "/api/keys/activate", {"kid": "k00000000", "reason": "x"}),
     ("GET", "/api/settings", None),
 ]
 
@@ -308,6 +309,45 @@ def test_rotating_the_keyring_adds_an_active_key_for_the_next_start(site: Site, 
     assert api(site, boss, "POST", "/api/audit/verify", json={}).json()["ok"] is True
 
 
+def test_a_keyring_key_is_staged_then_activated_as_the_two_step_rotation_across_replicas(
+    site: Site, boss: httpx.Client
+) -> None:
+    """As `gateway keys rotate --keyring --stage` and `gateway keys activate`: replicas that each hold
+    their own copy of the file get the staged key before anything is encrypted under it."""
+    before = keys(site, boss)["keyring"]
+    bad = api(site, boss, "POST", "/api/keys/rotate", json={"which": "signing", "reason": "r", "stage": True})
+    assert_error(bad, 400, "bad-request")
+    resp = api(
+        site, boss, "POST", "/api/keys/rotate", json={"which": "keyring", "reason": "stage", "stage": True}
+    )
+    assert resp.status_code == 200, resp.text
+    staged = resp.json()["keyring_key"]
+    assert "staged" in resp.json()["message"]
+    after = keys(site, boss)["keyring"]
+    assert after["active"] == before["active"]  # nothing is encrypted under it yet
+    assert staged in [k["kid"] for k in after["keys"]]
+
+    unknown = api(site, boss, "POST", "/api/keys/activate", json={"kid": "k00000000", "reason": "r"})
+    assert_error(unknown, 404, "unknown-key")
+    resp = api(
+        site, boss, "POST", "/api/keys/activate", json={"kid": staged, "reason": "every replica has it"}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["keys"]["keyring"]["active"] == staged
+    assert keys(site, boss)["keyring"]["active"] == staged
+    again = api(site, boss, "POST", "/api/keys/activate", json={"kid": staged, "reason": "twice"})
+    assert "active key already" in again.json()["message"]
+    rows = audited(site, "admin.keys.activate")
+    assert [(r["outcome"], json.loads(r["details"])["keyring_key"]) for r in rows] == [
+        ("failure", "k00000000"),
+        ("success", staged),
+        ("success", staged),
+    ]
+    (fact,) = audited(site, "keys.activated")
+    assert json.loads(fact["details"]) == {"keyring_key": staged}
+    assert api(site, boss, "POST", "/api/audit/verify", json={}).json()["ok"] is True
+
+
 # -- a second factor too old, secrets in the config, a tampered trail ---------------------------------
 
 
@@ -354,6 +394,11 @@ def test_a_rotation_with_an_older_factor_must_step_up(strict: Site, strict_boss:
         resp = api(strict, admin, "POST", "/api/keys/rotate", json={"which": which, "reason": "r"})
         body = assert_error(resp, 403, "step-up-required")
         assert body["location"].endswith("/.gateway/mfa?need=any")
+    inactive = [k["kid"] for k in before["keyring"]["keys"] if not k["active"]] or [
+        before["keyring"]["active"]
+    ]
+    resp = api(strict, admin, "POST", "/api/keys/activate", json={"kid": inactive[0], "reason": "r"})
+    assert_error(resp, 403, "step-up-required")
     assert keys(strict, admin) == before  # nothing changed
     refused = [r for r in audited(strict, "admin.keys.rotate") if r["outcome"] == "failure"]
     assert json.loads(refused[-1]["details"]) == {"reason": "r", "which": "all", "error": "step-up-required"}
