@@ -142,8 +142,8 @@ def node_config(live_config: Path, data_dir: Path, port: int, keyring_file: Path
 
     The live file is read as YAML (not re-serialised from the settings, which would lose ``${env:…}``
     references' meaning and units). What could reach live state is replaced: the data directory, the
-    listener, the database and fast-state URLs, the admin listener, the sinks (a drill is no alert)
-    and the backup targets.
+    listener, the database and fast-state URLs, the admin listener, the sinks (a drill is no alert),
+    the backup targets and the account ledger.
     """
     raw = yaml.safe_load(live_config.read_text()) or {}
     if not isinstance(raw, dict):
@@ -160,7 +160,14 @@ def node_config(live_config: Path, data_dir: Path, port: int, keyring_file: Path
     raw["session"] = {**(raw.get("session") or {}), "insecure_cookies": True}
     raw["logging"] = {**(raw.get("logging") or {}), "sinks": [{"type": "stdout"}]}
     backup = {k: v for k, v in (raw.get("backup") or {}).items() if k != "pgbackrest"}
-    raw["backup"] = {**backup, "directory": str(data_dir / "backups"), "targets": []}
+    # Its own account ledger: a configured backup.ledger is the live one, and what the copy changes must
+    # never be made again on the live deployment (a re-attack run had a drill's role grant replayed there).
+    raw["backup"] = {
+        **backup,
+        "directory": str(data_dir / "backups"),
+        "targets": [],
+        "ledger": str(data_dir / "account-ledger.jsonl"),
+    }
     return raw
 
 

@@ -329,6 +329,7 @@ def _restore(args: argparse.Namespace) -> int:
         )
     path = _resolve(settings, args.backup)
     data_dir: Path = args.data_dir
+    elsewhere = data_dir.resolve() != Path(settings.data_dir).resolve()
     try:
         refuse_live_target(data_dir, force=args.force)
     except BackupError as exc:
@@ -348,7 +349,7 @@ def _restore(args: argparse.Namespace) -> int:
                 actor=operator(),
                 details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
-            lacking = await _carry_ledger(settings, data_dir, db, keyring)
+            lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere)
         finally:
             await db.close()
         m = verified.manifest
@@ -374,23 +375,39 @@ def _restore(args: argparse.Namespace) -> int:
     return run(work())
 
 
-async def _carry_ledger(settings: Settings, data_dir: Path, db: Database, keyring: Keyring) -> int:
+async def _carry_ledger(
+    settings: Settings, data_dir: Path, db: Database, keyring: Keyring, *, elsewhere: bool
+) -> int:
     """Take the node's account ledger along into a new data directory (the configured ``backup.ledger``
-    stays where it is); return how many of its entries the restored database lacks."""
+    stays where it is) and, ``elsewhere`` (not the configured data directory), give the copy a lineage
+    of its own; return how many of the ledger's entries the restored database lacks."""
     from gateway.clock import SYSTEM_CLOCK
     from gateway.identity.ledger import AccountLedger, ledger_path, merge, newer, read_lines
 
     target = ledger_path(settings) if settings.backup.ledger else data_dir / "account-ledger.jsonl"
     ledger = AccountLedger(db, keyring, target, SYSTEM_CLOCK)
+    lineage = await ledger.lineage()
     try:
         if not settings.backup.ledger:
-            ledger.carry_from(ledger_path(settings))
-        file = merge(ledger.verified(read_lines(target)))
+            ledger.carry_from(ledger_path(settings), lineage)
+        file = merge(ledger.verified(read_lines(target), lineage))
     except OSError as exc:
         raise Failed(
             f"restored, but cannot take the account ledger along into {target} ({exc.strerror or exc}): copy "
             f"{ledger_path(settings)} there before starting a gateway on it, or erased people come back"
         ) from None
+    if elsewhere:
+        # A copy beside the deployment (a disaster-recovery copy, a drill): it reads the deployment's
+        # history, and what it writes is never read as the deployment's (a re-attack run had a role
+        # granted on a drill replayed onto production through a shared backup.ledger).
+        await ledger.branch()
+        if settings.backup.ledger:
+            print(
+                f"  backup.ledger is {target}, the live deployment's ledger: give a gateway on {data_dir} its "
+                f"own (backup.ledger: {data_dir / 'account-ledger.jsonl'}, after copying {target} there); "
+                "each copy reads only its own lines and its origin's",
+                file=sys.stderr,
+            )
     table = await ledger.table()
     return len([entry for entry in newer(file, table) if entry.state != "enabled"])
 

@@ -40,6 +40,17 @@ from the keyring, and a line whose MAC does not check is ignored and logged: one
 but has no keyring can neither name an account nor turn an ``enabled`` into an ``erased`` (the re-attack
 run erased an account that way before). A later change of an account always outranks its earlier one,
 also when the host that wrote the earlier one had its clock ahead.
+
+Every line also names its **lineage**, inside the MAC: the database it was written for. A copy of the
+deployment restored into another data directory (a disaster-recovery copy, a drill) holds the same
+keyring, accounts and creation times, so without it every line the copy wrote would be valid in
+production too: a re-attack run had a role granted on a drill copy replayed onto production through a
+shared ``backup.ledger``. A deployment's lineage is ``root`` (the same in every backup of it; another
+deployment's lines do not verify under this keyring anyway); ``gateway backup restore`` into a new data
+directory gives the copy a lineage of its own that remembers the one it came from (kept in
+``kv_settings``). A node reads the
+lines of its own lineage and of the ones it descends from, never a copy's; lines written before
+lineages existed carry none and are read by every node, as before.
 """
 
 from __future__ import annotations
@@ -50,8 +61,9 @@ import hmac
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
@@ -64,6 +76,7 @@ from gateway.crypto.keyring import Keyring
 from gateway.identity.models import AccountLedgerRow, User
 from gateway.settings.schema import Settings
 from gateway.store.db import Database, store_errors
+from gateway.store.models import KvSetting
 from gateway.store.private import private_dirs
 
 __all__ = [
@@ -72,6 +85,7 @@ __all__ = [
     "AccountLedger",
     "Entry",
     "Kind",
+    "Lineage",
     "State",
     "ledger_path",
     "merge",
@@ -126,6 +140,12 @@ KIND: Final[Mapping[str, Kind]] = {
 }
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0
+# A copy's own lineage, once ``gateway backup restore`` made one (see the module docstring).
+_LINEAGE_KEY: Final = "account_ledger.lineage"
+# The lineage of a database no restore has branched: the deployment itself.
+ROOT_LINEAGE: Final = "root"
+# Ancestors kept: restores of restores of ... (a bound, not a need).
+_MAX_ANCESTORS: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +161,22 @@ class Entry:
     # The privacy request an erasure answered (re-used when it is made again); the roles of roles-set;
     # the token's public id; the deleted kids; else "".
     ref: str = ""
+    # The lineage of the database it was written for (a file's line; "" in the table, and in lines
+    # written before lineages existed).
+    lineage: str = ""
 
     def record(self) -> dict[str, object]:
         """The entry's fields as the file keeps them (without the line's MAC)."""
-        return {
+        record: dict[str, object] = {
             "account": self.account,
             "user_id": self.user_id,
             "state": self.state,
             "at": self.at.isoformat(),
             "ref": self.ref,
         }
+        if self.lineage:  # absent from lines written before lineages, whose MACs do not cover one
+            record["lineage"] = self.lineage
+        return record
 
     def signed_part(self) -> bytes:
         """What a line's MAC is computed over: every field, canonical JSON."""
@@ -162,6 +188,18 @@ class Entry:
             return _RANK[self.state] > _RANK[other.state]
         # A disable and an enable: the later one; at the same instant, the disable (fail closed).
         return (self.at, _RANK[self.state]) > (other.at, _RANK[other.state])
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Which database this node's ledger is for, and the ones it was restored from."""
+
+    id: str
+    ancestors: tuple[str, ...] = ()
+
+    def reads(self, lineage: str) -> bool:
+        """Whether a line of ``lineage`` is this database's history ("" : a line from before lineages)."""
+        return not lineage or lineage == self.id or lineage in self.ancestors
 
 
 def merge(*sources: Iterable[Entry]) -> dict[str, Entry]:
@@ -202,9 +240,12 @@ class AccountLedger:
         self._clock = clock
         # Serialises this process's appends: two lines must never interleave.
         self._lock = asyncio.Lock()
-        # The file as last parsed, by its identity, size and time: the sync reads it every minute, and
-        # it changes only when an account does.
-        self._parsed: tuple[tuple[int, int, int], dict[str, Entry]] | None = None
+        # The file as last parsed, by its identity, size, time and the lineage it was read for: the
+        # sync reads it every minute, and it changes only when an account does.
+        self._parsed: tuple[tuple[int, int, int, str], dict[str, Entry]] | None = None
+        self._lineage: Lineage | None = None
+        # Derived keys by keyring key id (a file of many lines costs one derivation per key, not per line).
+        self._derived: dict[tuple[bytes, str], bytes] = {}
 
     # -- naming accounts --------------------------------------------------------------------------------
 
@@ -220,8 +261,14 @@ class AccountLedger:
 
     def _name(self, message: str, kid: str | None) -> str:
         kid = kid if kid is not None else self._keyring.active_id
-        mac = hmac.new(self._keyring.derive(_INFO, kid=kid), message.encode(), hashlib.sha256)
+        mac = hmac.new(self._derive(_INFO, kid), message.encode(), hashlib.sha256)
         return f"{kid}:{mac.hexdigest()}"
+
+    def _derive(self, info: bytes, kid: str) -> bytes:
+        key = self._derived.get((info, kid))
+        if key is None:
+            key = self._derived[(info, kid)] = self._keyring.derive(info, kid=kid)
+        return key
 
     def line(self, entry: Entry) -> bytes:
         """The entry as one line of the file, with its MAC under the active keyring key."""
@@ -230,40 +277,95 @@ class AccountLedger:
         return json.dumps(record, sort_keys=True).encode("utf-8") + b"\n"
 
     def _mac(self, entry: Entry, kid: str) -> str:
-        return hmac.new(
-            self._keyring.derive(_LINE_INFO, kid=kid), entry.signed_part(), hashlib.sha256
-        ).hexdigest()
+        return hmac.new(self._derive(_LINE_INFO, kid), entry.signed_part(), hashlib.sha256).hexdigest()
 
-    def verified(self, lines: Iterable[Line]) -> list[Entry]:
-        """The entries whose MAC checks under a key the keyring holds; the others are logged and dropped."""
+    def verified(self, lines: Iterable[Line], lineage: Lineage) -> list[Entry]:
+        """The entries of ``lineage``'s history whose MAC checks under a key the keyring holds; the
+        others are dropped, and counted in one log line each (a file of junk must not flood the log)."""
         kept = []
         kids = set(self._keyring.key_ids)
+        forged = foreign = 0
         for entry, kid, mac in lines:
-            if kid in kids and hmac.compare_digest(mac, self._mac(entry, kid)):
-                kept.append(entry)
+            if not (kid in kids and hmac.compare_digest(mac, self._mac(entry, kid))):
+                forged += 1
+            elif not lineage.reads(entry.lineage):
+                foreign += 1
             else:
-                logger.error(
-                    "account ledger: %s has a line whose MAC does not check (key %r); ignored. A line the "
-                    "gateway did not write, or one made under a keyring key this keyring lacks.",
-                    self.path,
-                    kid,
-                )
+                kept.append(entry)
+        if forged:
+            logger.error(
+                "account ledger: %s has %d line(s) whose MAC does not check; ignored. Lines the gateway "
+                "did not write, or made under a keyring key this keyring lacks.",
+                self.path,
+                forged,
+            )
+        if foreign:
+            logger.warning(
+                "account ledger: %s has %d line(s) written for another copy of this deployment (a "
+                "restore into another data directory, a drill); ignored. Give each copy its own "
+                "backup.ledger.",
+                self.path,
+                foreign,
+            )
         return kept
 
-    def carry_from(self, source: Path) -> int:
-        """Append to this node's file what the ledger file at ``source`` knows and it does not (a restore
-        into a new data directory takes the node's ledger along); return how many entries were added.
+    def carry_from(self, source: Path, lineage: Lineage) -> int:
+        """Append to this node's file what the ledger file at ``source`` knows of ``lineage``'s history
+        and it does not (a restore into a new data directory takes the node's ledger along); return how
+        many entries were added.
 
         Raises:
             OSError: A file cannot be read or written.
         """
         if source.resolve() == self.path.resolve():
             return 0
-        have = merge(self.verified(read_lines(self.path)))
-        added = newer(merge(self.verified(read_lines(source))), have)
+        have = merge(self.verified(read_lines(self.path), lineage))
+        added = newer(merge(self.verified(read_lines(source), lineage)), have)
         if added:
             _append(self.path, b"".join(self.line(entry) for entry in added))
         return len(added)
+
+    # -- lineage ----------------------------------------------------------------------------------------
+
+    async def lineage(self) -> Lineage:
+        """This database's lineage (see the module docstring); read once per process.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached.
+        """
+        if self._lineage is None:
+            async with self._db.session() as session:
+                with store_errors("cannot read the account ledger's lineage"):
+                    row = await session.get(KvSetting, _LINEAGE_KEY)
+            if row is not None:
+                doc = json.loads(row.value)
+                self._lineage = Lineage(str(doc["id"]), tuple(str(a) for a in doc.get("ancestors", ())))
+            else:
+                # A deployment and every backup of it (another deployment's lines do not verify under
+                # this keyring; a copy of this one is told apart by the lineage a restore gives it).
+                self._lineage = Lineage(ROOT_LINEAGE)
+        return self._lineage
+
+    async def branch(self) -> Lineage:
+        """Give this database (a restored copy in a new data directory) a lineage of its own that reads
+        the history of the one it was restored from; lines it writes are then never read by that one.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached.
+        """
+        parent = await self.lineage()
+        child = Lineage("c-" + secrets.token_hex(12), (*parent.ancestors, parent.id)[-_MAX_ANCESTORS:])
+        value = json.dumps({"id": child.id, "ancestors": list(child.ancestors)})
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot write the account ledger's lineage"):
+                row = await session.get(KvSetting, _LINEAGE_KEY)
+                if row is None:
+                    session.add(KvSetting(key=_LINEAGE_KEY, value=value, updated_at=self._clock.now()))
+                else:
+                    row.value, row.updated_at = value, self._clock.now()
+                await session.commit()
+        self._lineage = child
+        return child
 
     def keys(self, user: User, kind: Kind = "account") -> list[str]:
         """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""
@@ -317,9 +419,14 @@ class AccountLedger:
     async def append(self, entries: Iterable[Entry]) -> None:
         """Append ``entries`` to this node's file and sync it. A failure is logged, not raised: the table
         holds the change, and the next :meth:`sync` writes it here again."""
-        data = b"".join(self.line(entry) for entry in entries)
-        if not data:
+        entries = list(entries)
+        if not entries:
             return
+        # Stamped with this database's lineage (a line carried from the file keeps its own).
+        own = (await self.lineage()).id
+        data = b"".join(
+            self.line(entry if entry.lineage else replace(entry, lineage=own)) for entry in entries
+        )
         async with self._lock:
             try:
                 await asyncio.to_thread(_append, self.path, data)
@@ -344,10 +451,12 @@ class AccountLedger:
             info = await asyncio.to_thread(os.lstat, self.path)
         except FileNotFoundError:
             return {}
-        mark = (info.st_ino, info.st_size, info.st_mtime_ns)
+        lineage = await self.lineage()
+        mark = (info.st_ino, info.st_size, info.st_mtime_ns, lineage.id)
         if self._parsed is not None and self._parsed[0] == mark:
             return dict(self._parsed[1])
-        entries = merge(self.verified(await asyncio.to_thread(read_lines, self.path)))
+        # Off the event loop: a long file costs a MAC per line.
+        entries = await asyncio.to_thread(lambda: merge(self.verified(read_lines(self.path), lineage)))
         self._parsed = (mark, entries)
         return dict(entries)
 
@@ -444,7 +553,8 @@ def _parse(line: bytes) -> Line | None:
             return None
         account, user_id, state = record["account"], record["user_id"], record["state"]
         at, ref, kid, mac = record["at"], record["ref"], record["mac_kid"], record["mac"]
-        if not all(isinstance(v, str) for v in (account, state, at, ref, kid, mac)):
+        lineage = record.get("lineage", "")
+        if not all(isinstance(v, str) for v in (account, state, at, ref, kid, mac, lineage)):
             return None
         if type(user_id) is not int or not 0 <= user_id <= _MAX_ID or state not in _RANK:
             return None
@@ -453,4 +563,4 @@ def _parse(line: bytes) -> Line | None:
         return None
     if moment.tzinfo is None:
         return None
-    return Entry(account, user_id, state, moment, ref), kid, mac
+    return Entry(account, user_id, state, moment, ref, lineage), kid, mac

@@ -10,7 +10,7 @@ Each is made again the way it was made the first time:
 - a password set or cleared since: the password the backup holds is cleared (the new one is in no
   ledger: the person gets one through an invitation or an administrator), and the sessions end;
 - a reset of second factors: every factor enrolled before it is removed again;
-- roles set: the account's local roles become the ledger's (a removed role stays removed);
+- roles set: every role the change took away is taken away again (a replay never grants a role);
 - an API token revoked: revoked again;
 - a rotation of leaked signing keys: the leaked keys are deleted again (a new key signs at once when
   none is left), and every worker is told to reload its keys.
@@ -170,9 +170,14 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
         removed = await by.accounts.reset_mfa(user.id, actor=ACTOR, before=entry.at)
         if any(removed.get(kind) for kind in ("totp", "webauthn", "recovery_codes")):
             done.factors += 1
-    elif entry.state == "roles-set" and user.roles != entry.ref:
-        await by.accounts.set_roles(user.id, entry.ref.split(), actor=ACTOR)
-        done.roles += 1
+    elif entry.state == "roles-set":
+        # Only ever takes roles away (those the change removed): a replay must never grant one (the
+        # re-attack run had a grant made on a copy replayed onto production). A role added since the
+        # backup is lost with it, and given again by an administrator.
+        kept = [role for role in user.roles.split() if role in entry.ref.split()]
+        if kept != user.roles.split():
+            await by.accounts.set_roles(user.id, kept, actor=ACTOR)
+            done.roles += 1
 
 
 async def _revoke_token(entry: Entry, by: Replayers, done: Replayed) -> bool:

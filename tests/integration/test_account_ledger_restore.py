@@ -139,3 +139,47 @@ def test_a_restore_does_not_bring_back_a_leaked_password_token_or_signing_key(tm
             1,
             1,
         )
+
+
+def test_what_a_copy_restored_elsewhere_does_never_reaches_the_deployment(tmp_path: Path) -> None:
+    """The re-attack run: with `backup.ledger` at a shared path, a copy restored into another data
+    directory (a drill) wrote its changes into the deployment's ledger, and the deployment made them at
+    its next sync. The copy now has a lineage of its own."""
+    with run_echo() as echo:
+        port = free_port()
+        shared = tmp_path / "shared" / "account-ledger.jsonl"
+        config = gateway_config(
+            tmp_path, port, [echo_route(echo, public_paths=[])],
+            session={"insecure_cookies": True}, backup={"ledger": str(shared)},
+        )  # fmt: skip
+        config_path = tmp_path / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        c = ("--config", str(config_path))
+        for name in ("alice", "bob"):
+            add_user(config_path, name, PASSWORD)
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+
+        elsewhere = tmp_path / "drill"
+        proc = run_cli("backup", "restore", backup_id, "--data-dir", str(elsewhere), *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "the live deployment's ledger" in proc.stderr
+        copy = {
+            **config,
+            "data_dir": str(elsewhere),
+            "keyring": str(Path(config["data_dir"]) / "keys" / "keyring.json"),
+        }
+        copy_path = tmp_path / "copy.yaml"
+        copy_path.write_text(yaml.safe_dump(copy, sort_keys=False))
+        # On the copy: alice disabled, bob's password changed (both noted in the shared ledger file).
+        _cli("user", "disable", "alice", "--config", str(copy_path))
+        proc = run_cli(
+            "user", "set-password", "bob", "--password-stdin", "--config", str(copy_path),
+            stdin="a copy-only passphrase 2026\n",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert shared.read_text().count("\n") >= 2
+
+        with run_gateway(tmp_path / "live", config) as gw, browser(gw) as client:
+            assert _signs_in(client, "alice")
+            assert _signs_in(client, "bob")
+        assert _replayed(Path(config["data_dir"]) / "gateway.db") == []

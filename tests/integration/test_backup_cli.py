@@ -155,6 +155,12 @@ def test_backup_cli_end_to_end(tmp_path: Path) -> None:
     (run,) = live.pop("backup_runs")
     assert run[1:4] == (f"manual:{backup_id}", "manual", "ok")
     assert got.pop("backup_runs") == []
+    # A copy restored into another data directory is given a lineage of its own (its account-ledger
+    # lines are never read as the live deployment's), descending from the live one's.
+    ((key, value, _),) = got.pop("kv_settings")
+    assert key == "account_ledger.lineage"
+    assert json.loads(value)["ancestors"] == ["root"]
+    assert live.pop("kv_settings") == []
     assert {k: v for k, v in got.items() if k != "audit_events"} == {
         k: v for k, v in live.items() if k != "audit_events"
     }

@@ -23,7 +23,7 @@ admin: {listen: "127.0.0.1:9443"}
 session: {idle_timeout: 2h}
 logging:
   sinks: [{type: webhook, url: "https://siem.example.test/hook"}]
-backup: {targets: [/mnt/nas/gw], keep_daily: 3}
+backup: {targets: [/mnt/nas/gw], keep_daily: 3, ledger: /var/lib/gateway/account-ledger.jsonl}
 routes:
   - {name: app, host: app.example.test, upstreams: ["http://10.0.0.9:8000"]}
 """
@@ -47,7 +47,13 @@ def test_the_copy_replaces_everything_that_reaches_live_state(tmp_path: Path) ->
     assert doc["admin"]["listen"] is None
     assert doc["session"] == {"idle_timeout": "2h", "insecure_cookies": True}
     assert doc["logging"]["sinks"] == [{"type": "stdout"}]
-    assert doc["backup"] == {"targets": [], "keep_daily": 3, "directory": str(data / "backups")}
+    # Its own account ledger: what the drill changes is never made again on the live deployment.
+    assert doc["backup"] == {
+        "targets": [],
+        "keep_daily": 3,
+        "directory": str(data / "backups"),
+        "ledger": str(data / "account-ledger.jsonl"),
+    }
     # Everything else is the live file's, and the copy is a valid configuration.
     assert doc["routes"] == yaml.safe_load(LIVE)["routes"]
     copy = tmp_path / "drill.yaml"

@@ -14,7 +14,7 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from gateway.crypto.keyring import Keyring
 from gateway.crypto.signing import SigningKeys
 from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService, SignInFailed
-from gateway.identity.ledger import AccountLedger, Entry, merge, read_lines
+from gateway.identity.ledger import AccountLedger, Entry, Lineage, merge, read_lines
 from gateway.identity.models import AccountLedgerRow, RetiredUsername, TotpCredential, User
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
@@ -242,7 +242,9 @@ async def test_a_change_made_on_one_node_reaches_the_other_nodes_file(nodes: tup
     assert not b.ledger.path.exists()
 
     assert (await b.replay()).changed == 0  # nothing to make again: the database has it
-    assert [entry.state for entry in b.ledger.verified(read_lines(b.ledger.path))] == ["deleted"]
+    assert [
+        entry.state for entry in b.ledger.verified(read_lines(b.ledger.path), await b.ledger.lineage())
+    ] == ["deleted"]
 
     # Node A's disk is lost with the database; node B's file still makes the change again.
     a.ledger.path.unlink()
@@ -272,7 +274,9 @@ async def test_a_torn_line_is_skipped_and_a_link_is_refused(nodes: tuple[Node, N
     await a.accounts.disable(henry.id, actor="admin:root")
     with a.ledger.path.open("ab") as out:
         out.write(b'{"account": "k1:00", "user_id": 1, "sta')  # a crash in the middle of a write
-    assert [entry.state for entry in a.ledger.verified(read_lines(a.ledger.path))] == ["disabled"]
+    assert [
+        entry.state for entry in a.ledger.verified(read_lines(a.ledger.path), await a.ledger.lineage())
+    ] == ["disabled"]
 
     link = tmp_path / "link.jsonl"
     link.symlink_to(a.ledger.path)
@@ -553,3 +557,41 @@ async def test_leaked_signing_keys_are_deleted_again_and_a_new_one_signs(nodes: 
     # This worker signs with the new key at once (the others are told through the fast state).
     assert not {key.kid for key in a.signing.current().keys} & leaked
     assert (await a.replay()).changed == 0
+
+
+async def test_a_replay_takes_roles_away_and_never_grants_one(nodes: tuple[Node, Node]) -> None:
+    """The re-attack run: a role granted on a copy of the deployment was replayed onto production."""
+    a, _ = nodes
+    olga = await a.add("olga")
+    backup = await _row(a.db, olga.id)
+    a.clock.advance(60)
+    await a.accounts.set_roles(olga.id, ["admin"], actor="admin:root")
+    await _restore(a.db, backup)
+    assert (await a.replay()).roles == 0
+    assert (await a.accounts.get(olga.id)).roles == ""  # type: ignore[union-attr]
+
+
+async def test_lines_written_for_another_copy_of_the_deployment_are_not_read(
+    nodes: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy restored into another data directory (a drill, a disaster-recovery copy) has a lineage of
+    its own: its lines, valid under the same keyring, are never read by the deployment it came from;
+    the copy reads the deployment's."""
+    a, _ = nodes
+    pia = await a.add("pia")
+    backup = await _row(a.db, pia.id)
+    origin = await a.ledger.lineage()
+    copy = AccountLedger(a.db, a.keyring, a.ledger.path.parent / "copy.jsonl", a.clock)
+    copy._lineage = Lineage("c-copy", (origin.id,))  # what `gateway backup restore` elsewhere made it
+    # A line the copy wrote (a disable of pia) lands in the deployment's file (a shared backup.ledger).
+    await a.accounts.disable(pia.id, actor="admin:root")
+    (written,) = [e for e in a.ledger.verified(read_lines(a.ledger.path), origin) if e.state == "disabled"]
+    a.ledger.path.write_bytes(copy.line(replace(written, lineage="c-copy")))
+    await _restore(a.db, backup)
+    a.ledger._parsed = None
+    done = await a.replay()
+    assert done.disabled == 0
+    assert await a.signs_in("pia")
+    assert "written for another copy of this deployment" in caplog.text
+    # The copy reads the deployment's history, and its own.
+    assert [e.state for e in copy.verified(read_lines(a.ledger.path), copy._lineage)] == ["disabled"]
