@@ -159,7 +159,7 @@ def test_backup_cli_end_to_end(tmp_path: Path) -> None:
     # lines are never read as the live deployment's), descending from the live one's.
     ((key, value, _),) = got.pop("kv_settings")
     assert key == "account_ledger.lineage"
-    assert json.loads(value)["ancestors"] == ["root"]
+    assert json.loads(str(value))["ancestors"] == ["root"]
     assert live.pop("kv_settings") == []
     assert {k: v for k, v in got.items() if k != "audit_events"} == {
         k: v for k, v in live.items() if k != "audit_events"
