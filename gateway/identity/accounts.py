@@ -57,6 +57,7 @@ from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.retired import retire
+from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
 
@@ -318,6 +319,15 @@ def _failure_reason(user: User | None, *, correct: bool) -> str:
     return "disabled"
 
 
+def _unknown_login_key(login: str, candidates: tuple[str, ...]) -> str:
+    """What an unknown login is counted (and audited) under: its canonical spelling, or a hash of it
+    when it cannot be a name or looks like a secret (a token or password typed into the username box
+    must not reach the audit trail, the sinks or the log: an attack run found one in all three)."""
+    if candidates and not looks_secret(candidates[0]):
+        return candidates[0]
+    return _unmatchable_key(login)
+
+
 def _unmatchable_key(login: str) -> str:
     # A login that is not a valid username or email is still counted, so refusing junk takes the same
     # path as refusing a real name. Hashed: arbitrary input never becomes a key verbatim, and "~" plus
@@ -549,9 +559,7 @@ class AccountService:
         # The counter is per person: whichever alias was typed, a known account counts under its
         # username. An unknown login counts under its own canonical spelling, so locks behave the
         # same whether or not the account exists.
-        key = (
-            user.username if user is not None else (candidates[0] if candidates else _unmatchable_key(login))
-        )
+        key = user.username if user is not None else _unknown_login_key(login, candidates)
         async with self._regulator.attempt(key) as attempt:
             stored = user.password_hash if user is not None else None
             # Always hash, also with no account or no password (None = dummy hash of equal cost): the

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 
 from gateway.observe.record import AccessDecision
-from gateway.observe.redact import REDACTED, redact_details, redact_path, redact_query, redact_words
+from gateway.observe.redact import (
+    REDACTED,
+    looks_secret,
+    redact_details,
+    redact_path,
+    redact_query,
+    redact_words,
+)
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditListener, SecurityEvent
@@ -287,6 +294,8 @@ def _client_part(host: str, user_agent: str) -> bytes:
     known = _clients.get(key)
     if known is None:
         name, port = _split_host(host)
+        if name is not None and looks_secret(name):
+            name = REDACTED  # a token sent as the Host (an attack run found it in the log)
         known = b'%s%s},"user_agent":{"original":%s},' % (
             b"" if name is None else b',"domain":' + _ENCODER.encode(name),
             b"" if port is None else b',"port":%d' % port,

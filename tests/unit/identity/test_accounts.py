@@ -283,6 +283,22 @@ async def test_every_failure_is_the_same_answer(world: World) -> None:
     }
 
 
+async def test_a_token_typed_as_the_login_is_never_recorded(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attack run: an API token typed into the username box (a valid username spelling) reached the
+    audit trail, the security-event sinks and the process log as it was typed."""
+    token = "gwt_Q7xkP2mZ9vLq4RtY8wNb3JcH6dF1sKe5GaX0uTo2iPl"
+    caplog.set_level("INFO")
+    await _failure(world, token, PASSWORD)
+    (failure,) = [e for e in await world.events("signin.password") if e.outcome == "failure"]
+    assert failure.subject == ""
+    assert token.casefold() not in caplog.text.casefold()
+    # Still counted, as every login is (under a hash of it).
+    await _failure(world, token, PASSWORD)
+    assert len([e for e in await world.events("signin.password") if e.outcome == "failure"]) == 2
+
+
 async def test_the_password_is_always_hashed(world: World) -> None:
     user = await _alice(world)
     await world.accounts.create(username="nopass", password=None, actor="admin:root")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.observe.access import ECS_VERSION, AccessEntry
 from gateway.observe.record import AccessDecision, AuthKind, RequestKind, RequestRecord
-from gateway.observe.redact import redact_path, redact_query, redact_words
+from gateway.observe.redact import looks_secret, redact_path, redact_query, redact_words
 
 _FAILED = {AccessDecision.DENY, AccessDecision.UNAUTHENTICATED, AccessDecision.INVALID, AccessDecision.ERROR}
 
@@ -31,7 +31,7 @@ def expected(rec: RequestRecord) -> dict[str, Any]:
     if rec.query:
         url["query"] = redact_query(rec.query)
     if name:
-        url["domain"] = name
+        url["domain"] = "[REDACTED]" if looks_secret(name) else name
     if port is not None:
         url["port"] = port
     request: dict[str, Any] = {"method": rec.method, "body": {"bytes": rec.bytes_in}}
@@ -101,7 +101,15 @@ _SECONDS = st.floats(min_value=0, max_value=100, allow_nan=False)
 _HOSTS = st.one_of(
     _TEXT,
     st.sampled_from(
-        ["app.example.com", "app.example.com:8443", "[2001:db8::1]:443", "[::1]", "h:0", "h:99999"]
+        [
+            "app.example.com",
+            "app.example.com:8443",
+            "[2001:db8::1]:443",
+            "[::1]",
+            "h:0",
+            "h:99999",
+            "gwt_Q7xkP2mZ9vLq4RtY8wNb3JcH6dF1sKe5GaX0uTo2iPl:443",
+        ]
     ),
 )
 _PATHS = st.one_of(
