@@ -16,6 +16,7 @@ from gateway.observe.tracing import RequestTrace
 from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
 from gateway.pipeline.snapshot import RouteRuntime
+from gateway.settings.schema import MfaPolicy
 
 if TYPE_CHECKING:
     from gateway.pipeline.watch import Rechecks
@@ -93,6 +94,11 @@ class RequestContext:
     def route_name(self) -> str:
         """The matched route's name."""
         return self.rt.route.name if self.rt is not None else ""
+
+    @property
+    def mfa_policy(self) -> MfaPolicy | None:
+        """The matched route's second-factor policy (None before route)."""
+        return self.rt.mfa_policy if self.rt is not None else None
 
     @property
     def auth(self) -> AuthKind:

@@ -5,8 +5,10 @@ that, so without a second look a disabled account, a revoked session or token, a
 lockdown would leave an open one flowing (an attack run kept a WebSocket echoing and a 2 GB download
 running after each of them). Every :data:`gateway.pipeline.proxy.WATCH_INTERVAL` while one lasts, the checks a new request
 would face that can change under it are made again: the client's address against the blocks, the
-lockdown (a break-glass session only), the session or the bearer token still valid, and the policy
-still allowing the request's principals this method on this path (a role removed, a deny rule added).
+lockdown (a break-glass session only), the session or the bearer token still valid, the session's
+second factor still as fresh as the route asks (``mfa.max_age``: a step-up is not good for as long as
+a connection lasts), and the policy still allowing the request's principals this method on this path
+(a role removed, a deny rule added).
 When one fails, the WebSocket is closed (1008, policy violation) and a streamed answer is cut off; a
 store that cannot answer, or a policy this worker knows to be out of date (``behind``), ends it too
 (fail closed). The decision comes from the worker's decision cache, so a check costs a dict lookup
@@ -21,13 +23,15 @@ from gateway.authz.live import LivePolicy
 from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.identity.cookies import cookie_in
-from gateway.identity.sessions import SessionStore
+from gateway.identity.levels import check_requirement
+from gateway.identity.sessions import Session, SessionStore
 from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
 from gateway.pipeline.lockdown import breaks_glass
 from gateway.pipeline.snapshot import LiveState
+from gateway.settings.schema import MfaPolicy
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.lockdown import Lockdown
 
@@ -51,6 +55,9 @@ class _Request(Protocol):
 
     @property
     def method(self) -> str: ...
+
+    @property
+    def mfa_policy(self) -> MfaPolicy | None: ...
 
     @property
     def path(self) -> str: ...
@@ -94,7 +101,7 @@ class Rechecks:
             if request.auth is AuthKind.SESSION:
                 session_id = cookie_in(request.cookies, snap.cookie_name)
                 session = await self._sessions.get(session_id) if session_id else None
-                if session is None:
+                if session is None or not self._fresh_enough(session, request.mfa_policy):
                     return False
                 principals = principals_of(session)
             elif request.auth is AuthKind.BEARER:
@@ -112,6 +119,16 @@ class Rechecks:
         except GatewayError:
             return False
         return True
+
+    def _fresh_enough(self, session: Session, policy: MfaPolicy | None) -> bool:
+        """Whether the session still meets the route's second-factor policy (the MFA stage's test)."""
+        if policy is None:
+            return False
+        verdict = check_requirement(
+            level=session.level, factors=session.factors, policy=policy, has_second_factor=True,
+            now=self._clock.time(),
+        )  # fmt: skip
+        return verdict.ok
 
     def _still_decided(self, principals: frozenset[str], request: _Request) -> bool:
         """Whether the policy deciding now still allows what the request's head was allowed: the same

@@ -12,22 +12,25 @@ import pytest
 
 from gateway.authz.decision import Decision, Reason
 from gateway.clock import FakeClock
-from gateway.identity.levels import AuthLevel
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
 from gateway.observe.record import AuthKind
 from gateway.pipeline.watch import Rechecks
+from gateway.settings.schema import Duration, MfaPolicy
 
 COOKIE = "gateway_session"
+NOW = 1_800_000_000.0
+NO_MFA = MfaPolicy()
 
 
-def _session(roles: tuple[str, ...]) -> Session:
+def _session(roles: tuple[str, ...], factors: tuple[FactorUse, ...] = ()) -> Session:
     return Session(
         id_hash="0" * 64,
         family="f",
         user_id=1,
         username="alice",
         level=AuthLevel.TWO_FACTOR,
-        factors=(),
+        factors=factors,
         roles=roles,
         created_at=0.0,
         last_seen=0.0,
@@ -73,6 +76,7 @@ class Request:
     route_name: str = "app"
     method: str = "GET"
     path: str = "/deploy"
+    mfa_policy: MfaPolicy | None = NO_MFA
 
 
 def _checks(policy: Policy, session: Session | None) -> Rechecks:
@@ -88,7 +92,7 @@ def _checks(policy: Policy, session: Session | None) -> Rechecks:
         "policy": policy,
         "bearer": None,
     }
-    return Rechecks(**{name: cast(Any, part) for name, part in parts.items()}, clock=FakeClock())
+    return Rechecks(**{name: cast(Any, part) for name, part in parts.items()}, clock=FakeClock(NOW))
 
 
 async def test_the_request_is_decided_again_with_the_session_as_it_is_now() -> None:
@@ -114,3 +118,15 @@ async def test_a_public_exchange_is_not_decided(behind: bool) -> None:
     policy = Policy(behind=behind)
     assert await _checks(policy, None).allowed(Request(auth=AuthKind.NONE, cookies=()))
     assert policy.authorizer.asked == []
+
+
+async def test_a_step_up_is_not_good_for_as_long_as_the_connection_lasts() -> None:
+    """The re-attack run: a route asking for a second factor used within 3 s kept a WebSocket and a
+    download going long after a new request was refused; the watch now asks what the MFA stage asks."""
+    step_up = MfaPolicy(require="required", max_age=Duration(300))
+    fresh = _session(("ops",), (FactorUse(Factor.PASSWORD, NOW - 60), FactorUse(Factor.TOTP, NOW - 60)))
+    stale = _session(("ops",), (FactorUse(Factor.PASSWORD, NOW - 900), FactorUse(Factor.TOTP, NOW - 900)))
+    assert await _checks(Policy(), fresh).allowed(Request(mfa_policy=step_up))
+    assert not await _checks(Policy(), stale).allowed(Request(mfa_policy=step_up))
+    # A route without max_age keeps it as long as the session lives.
+    assert await _checks(Policy(), stale).allowed(Request(mfa_policy=MfaPolicy(require="required")))
