@@ -22,6 +22,7 @@ from gateway.errors import ConfigError
 from gateway.pipeline.snapshot import LiveState, Snapshot, build_snapshot
 from gateway.settings.loader import pin_accepted, read_settings
 from gateway.settings.schema import Settings
+from gateway.threat.addresses import use_nat64_prefixes
 from gateway.upstream import HealthChecker
 
 __all__ = ["HealthChecks", "Reloader"]
@@ -137,6 +138,7 @@ class Reloader:
                 return False
             old_checker = await self._health.follow(new) if self._health is not None else None
             self.live.swap(new)
+            use_nat64_prefixes(settings.threat.nat64_prefixes)
             # A worker started again after a crash starts with this text, not with the file on disk.
             await asyncio.to_thread(pin_accepted, text)
             if old_checker is not None:

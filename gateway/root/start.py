@@ -67,6 +67,7 @@ from gateway.store.fast import FastState, StateUnavailable, open_configured_stat
 from gateway.store.migrate import ensure_schema
 from gateway.store.private import private_dir
 from gateway.threat import IpBlocks, Responder, ThreatDetector, Webhook
+from gateway.threat.addresses import use_nat64_prefixes
 from gateway.threat.blocks import BlockFeed, BlockStore
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown, LockdownStore
@@ -153,6 +154,8 @@ async def start(
     """
     path = Path(config_path)
     stack = contextlib.AsyncExitStack()
+    # How the threat rules and the blocks read client addresses behind a NAT64 translator (process-wide).
+    use_nat64_prefixes(settings.threat.nat64_prefixes)
     try:
         running: Running[WorkerServices] | Running[Services]
         if role is Role.WORKER:

@@ -516,6 +516,10 @@ class ThreatSettings(_Config, frozen=True):
     # A session used from a new address AND a new User-Agent at once (count/window unused).
     session_hijack: ThreatRule = ThreatRule(count=1, responses=("alert", "revoke_session"))
     impossible_travel: TravelRule = TravelRule(count=1, window=Duration(86400))
+    # Network-specific NAT64/SIIT prefixes (/96 each) clients may come through, besides the well-known
+    # 64:ff9b::/96 and the local-use 64:ff9b:1::/48: their clients are counted and blocked by their IPv4
+    # address, not by the /64 every client of the translator shares.
+    nat64_prefixes: tuple[str, ...] = ()
     # Files of CIDRs (one per line, '#' comments), re-read when they change (threat-intel feeds).
     block_lists: tuple[str, ...] = ()
     block_list_poll: Duration = Duration(5)

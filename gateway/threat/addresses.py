@@ -12,11 +12,32 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["counted_as"]
+__all__ = ["counted_as", "ipv4_behind", "use_nat64_prefixes"]
 
-# RFC 6052's well-known NAT64 prefix: an IPv4 client seen through a translator is its IPv4 address, not
-# a /64 it shares with every other client of that translator (the re-attack run blocked bystanders).
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+# RFC 6052's well-known NAT64 prefix and RFC 8215's local-use range (read with the /96 embedding, the
+# one translators use there): an IPv4 client seen through a translator is its IPv4 address, not a /64
+# it shares with every other client of that translator (the re-attack run blocked bystanders).
+_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# A deployment's own translator prefixes (threat.nat64_prefixes, /96 each), set by the composition
+# root at start and on every reload: one process-wide fact, like the address family of the host.
+_configured: tuple[ipaddress.IPv6Network, ...] = ()
+
+
+def use_nat64_prefixes(prefixes: tuple[str, ...]) -> None:
+    """The network-specific NAT64/SIIT prefixes (``threat.nat64_prefixes``, each a /96) this
+    deployment's clients may come through."""
+    global _configured
+    _configured = tuple(ipaddress.IPv6Network(p) for p in prefixes)
+
+
+def ipv4_behind(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 client an IPv6 address stands for: IPv4-mapped, or behind a NAT64 translator (RFC 6052,
+    the /96 embedding); None for a native IPv6 address."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if any(address in net for net in _NAT64) or any(address in net for net in _configured):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def counted_as(ip: str) -> str:
@@ -27,9 +48,8 @@ def counted_as(ip: str) -> str:
     except ValueError:
         return ip
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        if address in _NAT64:
-            return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        inner = ipv4_behind(address)
+        if inner is not None:
+            return str(inner)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)

@@ -31,6 +31,7 @@ from gateway.clock import Clock
 from gateway.errors import ErrorReason, Forbidden
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
+from gateway.threat.addresses import ipv4_behind
 
 __all__ = [
     "BLOCKS_CHANNEL",
@@ -149,8 +150,12 @@ class IpBlocks:
         except ValueError:
             return 0.0
         if isinstance(addr, ipaddress.IPv6Address):
-            if addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
+            # The IPv4 client behind an IPv4-mapped or NAT64 address: the one the rules counted and
+            # blocked (threat.addresses), and a feed's IPv4 entries name (the re-attack run's NAT64
+            # sprayer was blocked by its IPv4 and let through by its IPv6 form).
+            inner = ipv4_behind(addr)
+            if inner is not None:
+                addr = inner
             elif addr.scope_id is not None:  # fe80::1%eth0: the zone names the link, not another host
                 addr = ipaddress.IPv6Address(int(addr))
         exact = self._exact.get(str(addr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from gateway.settings.checks.values import require_positive, url_problem
@@ -47,6 +48,17 @@ def check_threat(settings: Settings, report: Report) -> None:
         problem = url_problem(threat.webhook_url, allow_path=True)
         if problem:
             report.bad(("threat", "webhook_url"), problem, "expected an absolute http(s) URL")
+    for index, prefix in enumerate(threat.nat64_prefixes):
+        try:
+            network = ipaddress.IPv6Network(prefix)
+        except ValueError:
+            network = None
+        if network is None or network.prefixlen != 96:
+            report.bad(
+                ("threat", "nat64_prefixes", index),
+                "is not an IPv6 /96 network",
+                "e.g. 2001:db8:46::/96 (the translator's prefix; the IPv4 address is its last 32 bits)",
+            )
     for index, file in enumerate(threat.block_lists):
         if not os.path.isfile(file):
             report.add(

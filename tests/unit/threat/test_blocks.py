@@ -37,6 +37,11 @@ def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
         (("2001:db8::1",), "2001:DB8:0:0::1", True),  # another spelling of the same address
         (("192.0.2.1",), "::ffff:192.0.2.1", True),  # IPv4-mapped
         (("::ffff:192.0.2.0/120",), "192.0.2.9", True),
+        # NAT64 (the re-attack run: the sprayer was blocked by its IPv4 address and let through by its
+        # IPv6 form), well-known and local-use prefixes, and a feed's IPv4 entry.
+        (("198.51.100.66",), "64:ff9b::c633:6442", True),
+        (("198.51.100.0/24",), "64:ff9b:1::c633:6442", True),
+        (("198.51.100.66",), "64:ff9b::c633:6443", False),
         (("fe80::1",), "fe80::1%eth0", True),  # a zone names the link, not another host
         (("fe80::/64",), "fe80::2%3", True),
         (("0.0.0.0/0",), "203.0.113.1", True),
@@ -130,3 +135,15 @@ async def test_a_block_is_extended_never_shortened(fast_state: FastState, clock:
     [entry] = await store.entries()
     assert entry.until == clock.time() + 600
     assert entry.until < INF
+
+
+def test_a_configured_translator_prefix_is_read_as_its_ipv4_clients() -> None:
+    from gateway.threat.addresses import use_nat64_prefixes
+
+    use_nat64_prefixes(("2001:db8:46::/96",))
+    try:
+        blocks = matcher("203.0.113.10")
+        assert "2001:db8:46::cb00:710a" in blocks
+        assert "2001:db8:46::cb00:710b" not in blocks  # another IPv4 client of the same translator
+    finally:
+        use_nat64_prefixes(())

@@ -44,6 +44,8 @@ def test_rules_paths_and_durations(tmp_path: Path) -> None:
         ("threat: {geoip_database: missing.mmdb}", "threat.geoip_database"),
         ("threat: {webhook_url: 'ftp://x'}", "threat.webhook_url"),
         ("threat: {brute_forse: {}}", "brute_forse"),
+        ("threat: {nat64_prefixes: ['2001:db8:46::/64']}", "threat.nat64_prefixes[0]: is not an IPv6 /96"),
+        ("threat: {nat64_prefixes: ['192.0.2.0/24']}", "threat.nat64_prefixes[0]"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, block: str, message: str) -> None:
