@@ -53,10 +53,11 @@ from gateway.privacy.consent import Consents
 from gateway.privacy.service import Privacy
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.current import LiveConfig
-from gateway.settings.schema import Purpose, Settings
+from gateway.settings.schema import Purpose, RegulationSettings, Settings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, ThreatDetector
+from gateway.threat.attempts import AddressAttempts
 from gateway.threat.incidents import IncidentStore
 from gateway.threat.lockdown import Lockdown
 from gateway.threat.responder import Webhook
@@ -92,6 +93,8 @@ class IdentityServices:
     first_codes: FirstCodesGrants
     # Consents and objections: what a new session's opt-out is, and what the sign-in asks.
     consents: Consents
+    # The sign-in work one client address may ask for (failed passwords, passkey challenges).
+    attempts: AddressAttempts
 
     def privacy(self, db: Database, fast: FastState | None = None) -> Privacy:
         """The privacy service over these sign-in services (with ``fast``, an erasure also reaches the
@@ -119,11 +122,13 @@ class IdentityServices:
         *,
         clock: Clock = SYSTEM_CLOCK,
         purposes: Callable[[], Sequence[Purpose]] | None = None,
+        regulation: Callable[[], RegulationSettings] | None = None,
     ) -> IdentityServices:
         """Wire the services. The keyring is created only for the embedded (SQLite) default.
 
-        ``purposes`` gives the privacy purposes in force (a serving process passes the live
-        configuration's, so a reload applies); by default those of ``settings``.
+        ``purposes`` and ``regulation`` give the privacy purposes and the regulation settings in force
+        (a serving process passes the live configuration's, so a reload applies); by default those of
+        ``settings``.
         """
         embedded = settings.storage.url is None or settings.storage.url.startswith("sqlite")
         keyring = Keyring.load_or_create(keyring_path(settings), allow_create=embedded)
@@ -156,6 +161,7 @@ class IdentityServices:
             ),
             recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
             first_codes=FirstCodesGrants(fast),
+            attempts=AddressAttempts(fast, regulation or (lambda: settings.regulation)),
             consents=Consents(
                 db,
                 audit,

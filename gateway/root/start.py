@@ -408,7 +408,11 @@ async def _open_stores(
     stack.push_async_callback(fast.close)
     # The privacy purposes of the configuration in force: a reload that changes a notice applies.
     identity = IdentityServices.build(
-        settings, db, fast, purposes=lambda: live.current.settings.privacy.purposes
+        settings,
+        db,
+        fast,
+        purposes=lambda: live.current.settings.privacy.purposes,
+        regulation=lambda: live.current.settings.regulation,
     )
     _background(stack, identity.sessions.run_invalidation_listener())
     return db, fast, identity

@@ -148,6 +148,12 @@ class RegulationSettings(_Config, frozen=True):
     free_attempts: int = 3
     max_failures: int = 10
     lock_time: Duration = Duration(15 * 60)
+    # Per client address (an IPv6 one by its /64): failed password sign-ins, and passkey challenges
+    # made, per `address_window`; past either, that work is refused (429) until the window ends, before
+    # any password is hashed (gateway/threat/attempts.py). 0 turns a limit off.
+    address_failures: int = 30
+    address_challenges: int = 120
+    address_window: Duration = Duration(60)
 
 
 class TotpSettings(_Config, frozen=True):

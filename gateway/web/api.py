@@ -216,10 +216,14 @@ async def mfa_verify(
 
 
 @post("/.gateway/api/login/passkey/options", status_code=200, opt=PUBLIC)
-async def passkey_options(config: Config, identity: Identity) -> Response[Any]:
+async def passkey_options(
+    request: Request[Any, Any, Any], config: Config, identity: Identity
+) -> Response[Any]:
     """Options for a passwordless sign-in with a discoverable credential (passkey)."""
     if not config.settings.mfa.webauthn.passwordless:
         raise PermissionDeniedException("Passwordless sign-in is disabled.")
+    # Each challenge is a row in the fast state for five minutes: an attack run made 533 a second.
+    await identity.attempts.spend("challenge", flows.client_ip(request))
     return _json(json.loads(await identity.webauthn.authentication_options(user_id=None)))
 
 

@@ -18,6 +18,7 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
+from gateway.identity.accounts import SignInFailed
 from gateway.identity.cookies import HANDOFF_COOKIE
 from gateway.identity.handoff import MAX_HANDOFF_TTL, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
@@ -109,10 +110,15 @@ async def login_submit(
     if routed is not None:
         # This domain signs in at its identity provider; the password typed here is not looked at.
         return _to_provider(routed.name, rd, username)
+    ip = flows.client_ip(request)
     try:
-        result = await identity.accounts.authenticate(
-            username, data.get("password", ""), ip=flows.client_ip(request)
-        )
+        # Before any hashing: an address past its failures in this window costs nothing more.
+        await identity.attempts.admit("password", ip)
+        try:
+            result = await identity.accounts.authenticate(username, data.get("password", ""), ip=ip)
+        except SignInFailed:
+            await identity.attempts.count("password", ip)
+            raise
     except GatewayError as err:
         if err.status >= 500:
             raise  # an outage: the error handler logs the detail and shows a plain page

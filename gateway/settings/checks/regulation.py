@@ -15,9 +15,13 @@ def check_counts(settings: Settings, report: Report) -> None:
         [
             (("regulation", "max_failures"), settings.regulation.max_failures),
             (("regulation", "lock_time"), settings.regulation.lock_time),
+            (("regulation", "address_window"), settings.regulation.address_window),
         ],
         report,
     )
+    for name in ("address_failures", "address_challenges"):
+        if getattr(settings.regulation, name) < 0:
+            report.add(("regulation", name), "must be 0 (no limit) or more")
 
 
 def check_allowance(settings: Settings, report: Report) -> None:

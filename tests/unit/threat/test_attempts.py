@@ -1,0 +1,64 @@
+"""The sign-in work one address may ask for: failed passwords and passkey challenges per window."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.settings.schema import Duration, RegulationSettings
+from gateway.store.fast import MemoryFastState
+from gateway.threat.attempts import AddressAttempts, TooManyAttempts
+
+SETTINGS = RegulationSettings(address_failures=3, address_challenges=5, address_window=Duration(60))
+
+
+@pytest.fixture
+async def attempts(clock: FakeClock) -> AddressAttempts:
+    return AddressAttempts(MemoryFastState(clock=clock), lambda: SETTINGS)
+
+
+async def test_an_address_past_its_failures_is_refused_until_the_window_ends(
+    attempts: AddressAttempts, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        await attempts.admit("password", "198.51.100.7")
+        await attempts.count("password", "198.51.100.7")
+    with pytest.raises(TooManyAttempts) as refused:
+        await attempts.admit("password", "198.51.100.7")
+    assert refused.value.status == 429
+    await attempts.admit("password", "198.51.100.8")  # another address counts alone
+    await attempts.admit("challenge", "198.51.100.7")  # and another kind of work
+    clock.advance(61)
+    await attempts.admit("password", "198.51.100.7")
+
+
+async def test_an_ipv6_subscriber_counts_by_its_64_and_a_nat64_client_by_its_ipv4(
+    attempts: AddressAttempts,
+) -> None:
+    for n in range(3):
+        await attempts.count("password", f"2001:db8:7:9::{n + 1}")
+    with pytest.raises(TooManyAttempts):
+        await attempts.admit("password", "2001:db8:7:9::abcd")
+    await attempts.admit("password", "2001:db8:7:a::1")
+    for _ in range(3):
+        await attempts.count("password", "64:ff9b::c633:6442")
+    with pytest.raises(TooManyAttempts):
+        await attempts.admit("password", "198.51.100.66")
+    await attempts.admit("password", "64:ff9b::c633:6443")
+
+
+async def test_challenges_are_spent_whatever_comes_of_them(attempts: AddressAttempts) -> None:
+    for _ in range(5):
+        await attempts.spend("challenge", "203.0.113.9")
+    with pytest.raises(TooManyAttempts):
+        await attempts.spend("challenge", "203.0.113.9")
+
+
+async def test_zero_turns_a_limit_off(clock: FakeClock) -> None:
+    off = AddressAttempts(
+        MemoryFastState(clock=clock), lambda: RegulationSettings(address_failures=0, address_challenges=0)
+    )
+    for _ in range(50):
+        await off.count("password", "203.0.113.9")
+        await off.spend("challenge", "203.0.113.9")
+    await off.admit("password", "203.0.113.9")
