@@ -49,6 +49,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity.devices import KnownDevices
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
@@ -162,6 +163,9 @@ class SignInResult:
 
     user: User
     must_change_password: bool
+    # What the attempt was regulated under (the account, or the account and a known device): the
+    # second factor's attempts and the completed sign-in's reset use the same.
+    regulation_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +373,8 @@ class AccountService:
         self._sessions = sessions
         # Retires a deleted account's name (identity.retired); every gateway and CLI writer passes it.
         self._keyring = keyring
+        # A browser that signed in before has failed attempts of its own (identity.devices).
+        self.devices = KnownDevices(keyring) if keyring is not None else None
         # Deletions and disables a restore must not undo (identity.ledger); every gateway and CLI
         # writer passes it.
         self._ledger = ledger
@@ -537,13 +543,17 @@ class AccountService:
 
     # -- signing in -----------------------------------------------------------------------------------
 
-    async def authenticate(self, login: str, password: str, *, ip: str) -> SignInResult:
+    async def authenticate(
+        self, login: str, password: str, *, ip: str, device: str | None = None
+    ) -> SignInResult:
         """Check a login and password: the first factor of a sign-in.
 
         Args:
             login: Username or email alias, as typed.
             password: The password, as typed.
             ip: The client address, for regulation and the audit trail.
+            device: The browser's known-device cookie, if it sent one: a valid one for the account
+                counts the attempt apart from everyone else's (:mod:`gateway.identity.devices`).
 
         Returns:
             The user, and whether they must change their password before going on.
@@ -560,7 +570,8 @@ class AccountService:
         # username. An unknown login counts under its own canonical spelling, so locks behave the
         # same whether or not the account exists.
         key = user.username if user is not None else _unknown_login_key(login, candidates)
-        async with self._regulator.attempt(key) as attempt:
+        regulated = self.regulation_key(key, device) if user is not None else key
+        async with self._regulator.attempt(regulated) as attempt:
             stored = user.password_hash if user is not None else None
             # Always hash, also with no account or no password (None = dummy hash of equal cost): the
             # answer time must not tell an unknown user from a wrong password.
@@ -592,7 +603,14 @@ class AccountService:
             ip=ip,
             details={"rehashed": rehashed} if rehashed else None,
         )
-        return SignInResult(user=user, must_change_password=user.must_change_password)
+        return SignInResult(
+            user=user, must_change_password=user.must_change_password, regulation_key=regulated
+        )
+
+    def regulation_key(self, username: str, device: str | None) -> str:
+        """What a sign-in step of ``username`` from a browser with this known-device cookie is counted
+        under (:mod:`gateway.identity.devices`)."""
+        return self.devices.regulation_key(username, device) if self.devices is not None else username
 
     async def _rehash(self, user: User, stored: str, password: str) -> bool:
         # The password is only known in the clear at sign-in: the one moment to move an old hash to

@@ -14,6 +14,7 @@ from gateway.settings.schema import SessionSettings
 
 __all__ = [
     "CSRF_COOKIE",
+    "DEVICE_COOKIE",
     "HANDOFF_COOKIE",
     "OIDC_BINDING_COOKIE",
     "GatewayCookie",
@@ -66,11 +67,16 @@ CSRF_COOKIE: Final = GatewayCookie("__Host-gateway_csrf", "gateway_csrf")
 OIDC_BINDING_COOKIE: Final = GatewayCookie("__Host-gateway_oidc", "gateway_oidc")
 #: Ties a hand-off to the browser that signed in (app host, :mod:`gateway.identity.handoff`).
 HANDOFF_COOKIE: Final = GatewayCookie("__Host-gateway_handoff", "gateway_handoff")
+#: Names a browser that completed a sign-in as a known device of the account (auth host,
+#: :mod:`gateway.identity.devices`).
+DEVICE_COOKIE: Final = GatewayCookie("__Host-gateway_device", "gateway_device")
 
 
 def own_cookie_names(settings: SessionSettings) -> frozenset[str]:
     """Every name a cookie of the gateway's may have: none reaches an app, and no app may set one."""
-    return frozenset({session_cookie_name(settings), *CSRF_COOKIE, *OIDC_BINDING_COOKIE, *HANDOFF_COOKIE})
+    return frozenset(
+        {session_cookie_name(settings), *CSRF_COOKIE, *OIDC_BINDING_COOKIE, *HANDOFF_COOKIE, *DEVICE_COOKIE}
+    )
 
 
 def _check(name: str, value: str) -> None:

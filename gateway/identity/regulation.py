@@ -53,6 +53,7 @@ from typing import Final, Self
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
+from gateway.identity.devices import DEVICE_SEPARATOR
 from gateway.settings.schema import RegulationSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 
@@ -203,13 +204,15 @@ class Regulator:
         logger.info("failed %s attempt for %r from %s (%d in a row)", factor, account, ip, after.failures)
         if after.locked_until and not before.locked_until:
             # Only the caller whose compare-and-set made the transition gets here: one audit per lock.
+            name, _, device = account.partition(DEVICE_SEPARATOR)
+            details: dict[str, object] = {
+                "failures": after.failures,
+                "lock_time": float(self._settings.lock_time),
+            }
+            if device:
+                details["known_device"] = True  # the lock holds for that browser alone
             await self._audit.record(
-                "account.locked",
-                actor="system",
-                subject=account,
-                ip=ip,
-                outcome="locked",
-                details={"failures": after.failures, "lock_time": float(self._settings.lock_time)},
+                "account.locked", actor="system", subject=name, ip=ip, outcome="locked", details=details
             )
 
     async def record_success(self, account: str) -> None:

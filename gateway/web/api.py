@@ -190,7 +190,8 @@ async def mfa_verify(
 ) -> Response[Any]:
     """Verify the assertion; the session becomes two-factor (new id)."""
     session_id, s = await _require(request, config, identity)
-    async with identity.regulator.attempt(s.username) as attempt:
+    key = flows.regulation_key(request, config, identity, s.username)
+    async with identity.regulator.attempt(key) as attempt:
         try:
             await identity.webauthn.authenticate(
                 credential_json=json.dumps(data.credential), user_id=s.user_id
@@ -203,7 +204,7 @@ async def mfa_verify(
                 "mfa.webauthn", actor=f"user:{s.username}", subject=s.username, ip=ip, outcome="failure"
             )
             raise
-    await identity.regulator.record_success(s.username)
+    await identity.regulator.record_success(key)
     new_id, new_session = await identity.sessions.elevate(
         session_id,
         level=AuthLevel.TWO_FACTOR,

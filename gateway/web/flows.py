@@ -10,14 +10,14 @@ then goes on the same way.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 from litestar import Request
 from litestar.response import Redirect, Response
 
 from gateway.clock import Clock
-from gateway.identity.cookies import read_cookie
+from gateway.identity.cookies import DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
@@ -258,7 +258,48 @@ async def after_sign_in(
     session: Session,
     rd: str | None,
 ) -> Redirect:
-    """Redirect to :func:`next_location`, carrying this session's cookie on the auth host."""
+    """Redirect to :func:`next_location`, carrying this session's cookie on the auth host, and name the
+    browser a known device of the account (:mod:`gateway.identity.devices`)."""
     response = Redirect(await next_location(request, config, identity, session, rd))
     set_session_cookie(response, config, session_id)
+    remember_device(request, response, config, identity, session.username)
     return response
+
+
+# A known device stays known for a year of no sign-in (each completed sign-in keeps its cookie).
+_DEVICE_MAX_AGE: Final = 365 * 86400
+
+
+def device_cookie(request: AnyRequest, config: CurrentConfig) -> str | None:
+    """The browser's known-device cookie, if it sent one."""
+    return request.cookies.get(DEVICE_COOKIE.name(insecure=not secure_cookies(config)))
+
+
+def regulation_key(
+    request: AnyRequest, config: CurrentConfig, identity: IdentityServices, username: str
+) -> str:
+    """What a sign-in step of ``username`` from this browser is counted under (the account, or the
+    account and this known device)."""
+    return identity.accounts.regulation_key(username, device_cookie(request, config))
+
+
+def remember_device(
+    request: AnyRequest,
+    response: Response[Any],
+    config: CurrentConfig,
+    identity: IdentityServices,
+    username: str,
+) -> None:
+    """Give the browser a known-device cookie for ``username`` unless it has a valid one already."""
+    devices = identity.accounts.devices
+    if devices is None or regulation_key(request, config, identity, username) != username:
+        return
+    response.set_cookie(
+        key=DEVICE_COOKIE.name(insecure=not secure_cookies(config)),
+        value=devices.token(username),
+        path="/",
+        httponly=True,
+        secure=secure_cookies(config),
+        samesite="lax",
+        max_age=_DEVICE_MAX_AGE,
+    )

@@ -115,7 +115,9 @@ async def login_submit(
         # Before any hashing: an address past its failures in this window costs nothing more.
         await identity.attempts.admit("password", ip)
         try:
-            result = await identity.accounts.authenticate(username, data.get("password", ""), ip=ip)
+            result = await identity.accounts.authenticate(
+                username, data.get("password", ""), ip=ip, device=flows.device_cookie(request, config)
+            )
         except SignInFailed:
             await identity.attempts.count("password", ip)
             raise
@@ -152,7 +154,7 @@ async def login_submit(
         response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
     else:
         # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
-        await identity.regulator.record_success(user.username)
+        await identity.regulator.record_success(result.regulation_key)
         return await flows.after_sign_in(request, config, identity, session_id, session, rd)
     flows.set_session_cookie(response, config, session_id)
     return response
@@ -215,8 +217,10 @@ async def _second_factor(
     code = data.get("code", "")
     regulator = identity.regulator
     ip = flows.client_ip(request)
+    # Counted with the password under the same key: the account, or the account and this known device.
+    key = flows.regulation_key(request, config, identity, session.username)
     try:
-        async with regulator.attempt(session.username) as attempt:
+        async with regulator.attempt(key) as attempt:
             if factor is Factor.TOTP:
                 ok = await identity.totp.verify(session.user_id, code)
             else:
@@ -236,7 +240,7 @@ async def _second_factor(
     )
     if not ok:
         return await _mfa_error(request, identity, session.user_id, session.username, rd, _MFA_FAILED, 401)
-    await regulator.record_success(session.username)
+    await regulator.record_success(key)
     new_id, new_session = await identity.sessions.elevate(
         signed.session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
     )

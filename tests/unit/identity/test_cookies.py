@@ -6,6 +6,7 @@ import pytest
 
 from gateway.identity.cookies import (
     CSRF_COOKIE,
+    DEVICE_COOKIE,
     HANDOFF_COOKIE,
     OIDC_BINDING_COOKIE,
     clear_cookie_header,
@@ -130,14 +131,16 @@ def test_read_cookie_host_prefixed_name() -> None:
 
 def test_the_gateways_own_cookies_are_every_one_it_sets_in_both_spellings() -> None:
     """What the proxy keeps from apps (and apps may not set): the session cookie as configured, and the
-    CSRF, OIDC-binding and hand-off cookies, with and without __Host- (a reload may switch it)."""
+    CSRF, OIDC-binding, hand-off and known-device cookies, with and without __Host- (a reload may
+    switch it)."""
     own = own_cookie_names(SessionSettings(cookie_name="__Host-sid", insecure_cookies=False))
     assert own == {
         "__Host-sid",
         "__Host-gateway_csrf", "gateway_csrf",
         "__Host-gateway_oidc", "gateway_oidc",
         "__Host-gateway_handoff", "gateway_handoff",
+        "__Host-gateway_device", "gateway_device",
     }  # fmt: skip
-    for cookie in (CSRF_COOKIE, OIDC_BINDING_COOKIE, HANDOFF_COOKIE):
+    for cookie in (CSRF_COOKIE, OIDC_BINDING_COOKIE, HANDOFF_COOKIE, DEVICE_COOKIE):
         assert cookie.name(insecure=False).startswith("__Host-")
         assert cookie.name(insecure=True) == cookie.name(insecure=False).removeprefix("__Host-")

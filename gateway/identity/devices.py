@@ -1,0 +1,64 @@
+"""Known devices: a browser that completed a sign-in for an account has failed attempts of its own.
+
+The regulator (:mod:`gateway.identity.regulation`) locks an account after ``regulation.max_failures``
+failures, from wherever they come. An attack run kept three people's password sign-in locked for as
+long as it liked from one address: a few wrong passwords every back-off, never enough to be blocked.
+Microsoft's smart lockout and Okta's unknown-device lockout answer this the same way: a browser that
+has signed in to the account before is counted apart from everyone else.
+
+So a completed sign-in leaves a cookie (``__Host-gateway_device``, a year, HttpOnly) naming a random
+device id and an HMAC of the account's username and that id under a key derived from the keyring. A
+password or second-factor attempt that carries a valid one for the account is regulated under the
+account *and* that device (``alice|device:<id>``); every other attempt under the account alone. The
+attacker without the cookie locks the account's shared bucket, and the person's own browser still
+signs in. The cookie proves nothing about who is at the keyboard: it only chooses the counter, and a
+stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. It is the gateway's own:
+no app receives it, and no app may set it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Final
+
+from gateway.crypto.keyring import Keyring
+
+__all__ = ["DEVICE_SEPARATOR", "KnownDevices", "account_of"]
+
+_INFO: Final = b"gateway known devices v1"
+# Not a username character (identity.names): a regulation key with it is an account and a device.
+DEVICE_SEPARATOR: Final = "|device:"
+_ID_BYTES: Final = 12
+
+
+class KnownDevices:
+    """Issues and reads the known-device cookie's value for one keyring."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+
+    def token(self, username: str) -> str:
+        """A new cookie value naming this browser as a known device of ``username``."""
+        device = secrets.token_urlsafe(_ID_BYTES)
+        return f"{device}.{self._mac(username, device, self._keyring.active_id)}"
+
+    def regulation_key(self, username: str, token: str | None) -> str:
+        """What an attempt on ``username`` is counted under: with a valid ``token`` for it, the account
+        and the device; otherwise the account alone."""
+        if token:
+            device, _, mac = token.partition(".")
+            for kid in self._keyring.key_ids:
+                if device and hmac.compare_digest(mac, self._mac(username, device, kid)):
+                    return f"{username}{DEVICE_SEPARATOR}{device}"
+        return username
+
+    def _mac(self, username: str, device: str, kid: str) -> str:
+        key = self._keyring.derive(_INFO, kid=kid)
+        return hmac.new(key, f"{username}\0{device}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def account_of(regulation_key: str) -> str:
+    """The account a regulation key counts for (the key without its device)."""
+    return regulation_key.partition(DEVICE_SEPARATOR)[0]

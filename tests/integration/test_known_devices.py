@@ -1,0 +1,90 @@
+"""Lock-out abuse, against a real ``gateway serve``: an attacker who knows a person's username keeps
+failing their password to keep the account locked. An attack run held three people out for as long as
+it liked from one address, a few wrong passwords every back-off.
+
+A browser that completed a sign-in for the account carries a known-device cookie and is counted apart
+(``gateway/identity/devices.py``): the attacker locks the account's shared counter, and the person's own
+browser still signs in. A browser the account has never signed in from is locked with the attacker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.harness import (
+    Gateway,
+    add_user,
+    echo_route,
+    free_port,
+    gateway_config,
+    run_echo,
+    run_gateway,
+)
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login
+
+pytestmark = pytest.mark.peer
+
+DEVICE_COOKIE = "gateway_device"  # the plain-HTTP name (insecure_cookies)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("devices")
+    with run_echo() as echo:
+        config = gateway_config(
+            tmp, free_port(), [echo_route(echo, public_paths=[])],
+            session={"insecure_cookies": True},
+            trusted_proxies=["127.0.0.1/32"],
+            # No back-off waits before the lock (the test's time), locked at the tenth failure.
+            regulation={"free_attempts": 9, "max_failures": 10, "lock_time": "15m"},
+            threat={"enabled": False},  # the detector's responses are not what is tested here
+        )  # fmt: skip
+        with run_gateway(tmp, config) as gateway:
+            add_user(gateway.config_path, "wendy", PASSWORD)
+            yield gateway
+
+
+def test_an_attacker_locks_the_account_but_not_the_persons_own_browser(gw: Gateway) -> None:
+    with browser(gw) as own:
+        own.headers["X-Forwarded-For"] = "203.0.113.20"
+        assert login(own, "wendy").status_code == 302
+        device = own.cookies.get(DEVICE_COOKIE)
+        assert device  # a completed sign-in named this browser a known device of the account
+        own.cookies.delete(SESSION_COOKIE)
+
+        for _ in range(12):
+            with browser(gw) as attacker:
+                attacker.headers["X-Forwarded-For"] = "198.51.100.66"
+                assert login(attacker, "wendy", "not her password").status_code in (401, 429)
+        with browser(gw) as stranger:  # a browser the account never signed in from
+            stranger.headers["X-Forwarded-For"] = "203.0.113.21"
+            assert login(stranger, "wendy").status_code == 429
+
+        assert login(own, "wendy").status_code == 302  # her own browser signs in
+        assert own.cookies.get(SESSION_COOKIE)
+
+
+def test_a_forged_or_foreign_device_cookie_counts_with_everyone(gw: Gateway) -> None:
+    add_user(gw.config_path, "xena", PASSWORD)
+    add_user(gw.config_path, "yara", PASSWORD)
+    with browser(gw) as other:  # yara's device cookie is no device of xena's
+        other.headers["X-Forwarded-For"] = "203.0.113.30"
+        assert login(other, "yara").status_code == 302
+        yaras = other.cookies.get(DEVICE_COOKIE)
+        # The device cookie is the gateway's: it never reaches the app.
+        seen = other.get("/anything", headers={"Accept": "application/json"})
+        assert seen.status_code == 200, seen.text
+        sent = {k.lower(): v for k, v in seen.json()["headers"]}
+        assert DEVICE_COOKIE not in sent.get("cookie", "")
+    assert yaras
+    for cookie in (yaras, "forged.0123456789abcdef0123456789abcdef"):
+        for _ in range(10):
+            with browser(gw) as attacker:
+                attacker.cookies.set(DEVICE_COOKIE, cookie)
+                attacker.headers["X-Forwarded-For"] = "198.51.100.77"
+                login(attacker, "xena", "not her password")
+        with browser(gw) as fresh:
+            fresh.headers["X-Forwarded-For"] = "203.0.113.31"
+            assert login(fresh, "xena").status_code == 429
