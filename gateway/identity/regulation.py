@@ -15,7 +15,10 @@ Rules (``RegulationSettings``)::
     lock_time without a failure        counter forgotten (an old typo does not count towards today's lock)
 
 A lock ends on its own after ``lock_time``, and the count starts afresh. Locks are temporary on
-purpose: a permanent lock would let anyone lock anyone out.
+purpose: a permanent lock would let anyone lock anyone out. A temporary one is re-armed cheaply, so a
+browser that completed a sign-in for the account counts under a key of its own
+(``<account>|device:<id>``, :mod:`gateway.identity.devices`): whoever keeps failing the password
+elsewhere locks the account's shared counter, not the person's own browser.
 
 **Attempts are counted before their secret is checked.** :meth:`Regulator.attempt` reserves the
 attempt as *pending* (or refuses it) before the password is hashed or the code compared, and the
