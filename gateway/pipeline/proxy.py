@@ -295,11 +295,6 @@ async def _relay(
             raise UpstreamError("The application's answer was cut short.") from exc
         except TimeoutError as exc:  # the rest of the body stopped coming
             raise UpstreamTimeout("The application did not answer in time.") from exc
-        if len(data) != length:
-            # Never sent on: bytes past the declared length would reach the client as the start of
-            # another response (the upstream client stops at the length; this keeps it so).
-            resp.abandon()
-            raise UpstreamError("The application's answer did not match its Content-Length.")
         # An answer that took long to come (a long poll, a slow app) is checked again before it goes
         # out: access may have ended meanwhile (the re-attack run got one a sign-out later).
         if watch is not None and time.time() >= watch.started_at + WATCH_INTERVAL:
@@ -319,10 +314,6 @@ async def _relay(
             outcome.bytes_out = sent
             due = await _recheck(watch)
         sent += len(chunk)
-        if length is not None and sent > length:
-            # Never past the declared length (see above): the client's connection is aborted instead.
-            resp.abandon()
-            raise UpstreamProtocolError("the application's answer exceeded its Content-Length")
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent

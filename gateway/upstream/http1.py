@@ -399,10 +399,6 @@ class UpstreamResponse:
                 raise conn.error
             await conn.wait(self._read_timeout)
 
-    def abandon(self) -> None:
-        """Never reuse the connection (the exchange went wrong in a way only the caller saw)."""
-        self._reusable = False
-
     def release(self) -> None:
         """Hand the connection back (clean, complete, keep-alive) or close it."""
         conn = self._conn
