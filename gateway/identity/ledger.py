@@ -32,8 +32,9 @@ It is kept twice:
 
 An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of the username and the
 account's creation time (and the kind, but for ``account``) under a key derived from the keyring; a
-token by its public id, a key rotation by the new key's kid, under the same key. The creation time makes it this account
-row and no other: an administrator who creates an account of the same name later is not touched. The
+token by its public id, a key rotation by the new key's kid, under the same key. The creation time
+makes it this account row and no other: an administrator who creates an account of the same name
+later is not touched. The
 file names nobody to someone without the keyring (usernames are guessable, so a plain digest would
 confirm a guess). Every line of the file carries an HMAC over all its fields under another key derived
 from the keyring, and a line whose MAC does not check is ignored and logged: one who can write the file
@@ -48,9 +49,8 @@ production too: a re-attack run had a role granted on a drill copy replayed onto
 shared ``backup.ledger``. A deployment's lineage is ``root`` (the same in every backup of it; another
 deployment's lines do not verify under this keyring anyway); ``gateway backup restore`` into a new data
 directory gives the copy a lineage of its own that remembers the one it came from (kept in
-``kv_settings``). A node reads the
-lines of its own lineage and of the ones it descends from, never a copy's; lines written before
-lineages existed carry none and are read by every node, as before.
+``kv_settings``). A node reads the lines of its own lineage and of the ones it descends from, never a
+copy's; lines written before lineages existed carry none and are read by every node, as before.
 """
 
 from __future__ import annotations
@@ -537,12 +537,22 @@ def read_lines(path: Path) -> list[Line]:
     with os.fdopen(fd, "rb") as src:
         lines = src.read().splitlines()
     found: list[Line] = []
+    skipped: list[int] = []
     for number, line in enumerate(lines, 1):
         parsed = _parse(line)
         if parsed is None:
-            logger.warning("account ledger: %s line %d is not an entry; skipped", path, number)
-            continue
-        found.append(parsed)
+            skipped.append(number)
+        else:
+            found.append(parsed)
+    if skipped:
+        # One line for all of them: a file of junk must not multiply into the log (a re-attack run
+        # turned 1 MB of junk into 50 MB of log lines).
+        logger.warning(
+            "account ledger: %s has %d line(s) that are no entry (first: line %d); skipped",
+            path,
+            len(skipped),
+            skipped[0],
+        )
     return found
 
 

@@ -28,7 +28,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from gateway.audit.trail import AuditLog
 from gateway.crypto.signing import SigningKeys, announce_compromise
@@ -162,8 +161,8 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
         await by.accounts.disable(user.id, actor=ACTOR)
         done.disabled += 1
     elif entry.state == "password-set":
-        changed = user.password_changed_at
-        if user.password_hash is not None and (changed is None or _aware(changed) < entry.at):
+        changed = user.password_changed_at  # aware UTC, as every time the database hands back
+        if user.password_hash is not None and (changed is None or changed < entry.at):
             await by.accounts.clear_password(user.id, actor=ACTOR)
             done.passwords += 1
     elif entry.state == "factors-reset":
@@ -208,10 +207,6 @@ async def _delete_keys(entry: Entry, by: Replayers, done: Replayed) -> bool:
     # This worker too (also when another deleted them first: it may have loaded them before).
     await by.signing.after_compromise()
     return True
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 async def run_ledger(by: Replayers, *, every: float = SYNC_INTERVAL) -> None:

@@ -356,6 +356,8 @@ async def test_a_line_written_without_the_keyring_changes_nothing(
     assert done.changed == 0
     assert await a.signs_in("ivy")
     assert "MAC does not check" in caplog.text
+    # The junk lines are counted in one log line, not logged one by one.
+    assert "4 line(s) that are no entry" in caplog.text
 
 
 async def test_a_later_change_outranks_an_earlier_one_whatever_the_clocks(nodes: tuple[Node, Node]) -> None:
