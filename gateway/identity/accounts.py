@@ -165,7 +165,7 @@ class SignInResult:
     must_change_password: bool
     # What the attempt was regulated under (the account, or the account and a known device): the
     # second factor's attempts and the completed sign-in's reset use the same.
-    regulation_key: str = ""
+    regulation_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,6 +643,7 @@ class AccountService:
         current_password: str | None = None,
         must_change_password: bool = False,
         ip: str = "",
+        regulate_as: str | None = None,
     ) -> None:
         """Set a new password.
 
@@ -658,6 +659,8 @@ class AccountService:
             must_change_password: Make the user choose another password at the next sign-in (an admin
                 handing out a temporary password).
             ip: The client address, for regulation and the audit trail.
+            regulate_as: What a wrong ``current_password`` is counted under (:meth:`regulation_key`:
+                the account and the person's known device); the account by default.
 
         Raises:
             UnknownAccount: No such user.
@@ -677,7 +680,7 @@ class AccountService:
             raise WeakPassword(problem)
         if current_password is not None:
             # A stolen session must not become a way to guess the password without limit.
-            async with self._regulator.attempt(user.username) as attempt:
+            async with self._regulator.attempt(regulate_as or user.username) as attempt:
                 if not await self._hasher.verify(user.password_hash, current_password):
                     await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
                     await self._audit.record(

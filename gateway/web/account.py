@@ -367,6 +367,9 @@ async def password_submit(
                 data.get("new", ""),
                 actor=f"user:{s.username}",
                 current_password=data.get("current", ""),
+                # This browser's own counter: someone failing the password elsewhere does not stop a
+                # signed-in person from changing it.
+                regulate_as=flows.regulation_key(request, config, identity, s.username),
             )
         except GatewayError as err:
             if err.status >= 500:

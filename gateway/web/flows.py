@@ -266,7 +266,7 @@ async def after_sign_in(
     return response
 
 
-# A known device stays known for a year of no sign-in (each completed sign-in keeps its cookie).
+# A known device stays known for a year without a sign-in (each completed sign-in sets it again).
 _DEVICE_MAX_AGE: Final = 365 * 86400
 
 
@@ -290,13 +290,17 @@ def remember_device(
     identity: IdentityServices,
     username: str,
 ) -> None:
-    """Give the browser a known-device cookie for ``username`` unless it has a valid one already."""
+    """Give the browser a known-device cookie for ``username``: the one it has if that is valid (its
+    year starts again), else a new one."""
     devices = identity.accounts.devices
-    if devices is None or regulation_key(request, config, identity, username) != username:
+    if devices is None:
         return
+    held = device_cookie(request, config)
+    if held is None or devices.regulation_key(username, held) == username:
+        held = devices.token(username)
     response.set_cookie(
         key=DEVICE_COOKIE.name(insecure=not secure_cookies(config)),
-        value=devices.token(username),
+        value=held,
         path="/",
         httponly=True,
         secure=secure_cookies(config),

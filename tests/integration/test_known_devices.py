@@ -22,7 +22,8 @@ from tests.integration.harness import (
     run_echo,
     run_gateway,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login, post_form
+from tests.integration.test_signin_http import enroll_totp
 
 pytestmark = pytest.mark.peer
 
@@ -64,6 +65,24 @@ def test_an_attacker_locks_the_account_but_not_the_persons_own_browser(gw: Gatew
 
         assert login(own, "wendy").status_code == 302  # her own browser signs in
         assert own.cookies.get(SESSION_COOKIE)
+
+
+def test_the_person_may_change_their_password_while_the_account_is_held_locked(gw: Gateway) -> None:
+    """The current-password check of a password change counts on the browser's own counter too."""
+    add_user(gw.config_path, "zoe", PASSWORD)
+    with browser(gw) as own:
+        own.headers["X-Forwarded-For"] = "203.0.113.40"
+        assert login(own, "zoe").status_code == 302
+        enroll_totp(own)  # a password change needs a recent second factor
+        for _ in range(12):
+            with browser(gw) as attacker:
+                attacker.headers["X-Forwarded-For"] = "198.51.100.88"
+                login(attacker, "zoe", "not her password")
+        new = "a fresh passphrase for zoe 2026"
+        changed = post_form(
+            own, "/.gateway/account/password", {"current": PASSWORD, "new": new, "confirm": new}
+        )
+        assert changed.status_code == 303, changed.text
 
 
 def test_a_forged_or_foreign_device_cookie_counts_with_everyone(gw: Gateway) -> None:
