@@ -137,6 +137,8 @@ class IdentityServices:
         hasher = PasswordHasher(settings.passwords)
         regulator = Regulator(fast, settings.regulation, audit, clock)
         sessions = SessionStore(fast, settings.session, clock)
+        # One ledger for every service that records a change a restore must not undo.
+        ledger = AccountLedger(db, keyring, ledger_path(settings), clock)
         return cls(
             clock=clock,
             audit=audit,
@@ -153,13 +155,19 @@ class IdentityServices:
                 clock,
                 sessions=sessions,
                 keyring=keyring,
-                ledger=AccountLedger(db, keyring, ledger_path(settings), clock),
+                ledger=ledger,
             ),
-            totp=TotpService(db, keyring, settings.mfa, clock),
+            totp=TotpService(db, keyring, settings.mfa, clock, ledger=ledger),
             webauthn=WebAuthnService(
-                db, fast, settings.mfa.webauthn, public_url=settings.public_url, audit=audit, clock=clock
+                db,
+                fast,
+                settings.mfa.webauthn,
+                public_url=settings.public_url,
+                audit=audit,
+                clock=clock,
+                ledger=ledger,
             ),
-            recovery=RecoveryCodes(db, hasher, settings.mfa, clock),
+            recovery=RecoveryCodes(db, hasher, settings.mfa, clock, ledger=ledger),
             first_codes=FirstCodesGrants(fast),
             attempts=AddressAttempts(fast, regulation or (lambda: settings.regulation)),
             consents=Consents(

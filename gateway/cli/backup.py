@@ -359,14 +359,15 @@ def _restore(args: argparse.Namespace) -> int:
         _print_evidence(verified)
         print(
             f"  account ledger: {lacking} change(s) made after this backup (deletions, erasures, disables, "
-            "passwords set, factors reset, roles set, API tokens revoked, leaked signing keys deleted); a "
+            "passwords set, factors reset or removed, recovery codes spent or replaced, roles set, API "
+            "tokens revoked, leaked signing keys deleted); a "
             "gateway started on it makes them again before it serves (a password set since is cleared: "
             "send those people an invitation)"
         )
         print(
-            "  NOT made again (the restored database predates them): a single factor removed "
-            "(factor.removed), service accounts deleted (their tokens stay revoked), policy versions "
-            "imported after this backup. Find them in the old trail or the sinks and make them again.",
+            "  NOT made again (the restored database predates them): service accounts deleted (their "
+            "tokens stay revoked), policy versions imported after this backup. Find them in the old trail "
+            "or the sinks and make them again.",
             file=sys.stderr,
         )
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")

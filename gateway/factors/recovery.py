@@ -31,7 +31,10 @@ from typing import Final
 from sqlalchemy import delete, select, update
 
 from gateway.clock import Clock
-from gateway.identity.models import RecoveryCode
+from gateway.factors.ledgered import code_id
+from gateway.factors.ledgered import ref as ledger_ref
+from gateway.identity.ledger import AccountLedger
+from gateway.identity.models import RecoveryCode, User
 from gateway.identity.passwords import PasswordHasher
 from gateway.settings.schema import MfaSettings
 from gateway.store.db import Database, store_errors
@@ -66,7 +69,15 @@ def normalise_code(typed: str) -> str | None:
 class RecoveryCodes:
     """Generates, checks and counts a user's recovery codes."""
 
-    def __init__(self, db: Database, hasher: PasswordHasher, settings: MfaSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        settings: MfaSettings,
+        clock: Clock,
+        *,
+        ledger: AccountLedger | None = None,
+    ) -> None:
         """Wire the service.
 
         Args:
@@ -74,11 +85,14 @@ class RecoveryCodes:
             hasher: argon2id hashing, off the event loop and bounded in concurrency.
             settings: ``settings.recovery_codes`` is the batch size.
             clock: Time source for ``created_at`` and ``used_at``.
+            ledger: Where a new batch and a spent code are noted, so that a restore brings back neither
+                the old sheet nor a spent code.
         """
         self._db = db
         self._hasher = hasher
         self._settings = settings
         self._clock = clock
+        self._ledger = ledger
 
     async def generate(self, user_id: int) -> list[str]:
         """Replace the user's codes with a fresh batch.
@@ -104,7 +118,15 @@ class RecoveryCodes:
                     )
                     for i, h in enumerate(hashes)
                 )
+                user = await session.get(User, user_id) if self._ledger is not None else None
+                noted = (
+                    [await self._ledger.note(session, user, "codes-replaced")]
+                    if self._ledger is not None and user is not None
+                    else []
+                )
                 await session.commit()
+        if self._ledger is not None:
+            await self._ledger.append(noted)
         return [format_code(code) for code in raw]
 
     async def use(self, user_id: int, code: str) -> bool:
@@ -157,15 +179,32 @@ class RecoveryCodes:
         async with self._db.session() as session:
             with store_errors("cannot update recovery codes"):
                 # The condition makes spending atomic: a concurrent use of the same code finds used_at set.
-                spent = await session.scalars(
-                    update(RecoveryCode)
-                    .where(RecoveryCode.id == row_id, RecoveryCode.used_at.is_(None))
-                    .values(used_at=now)
-                    .returning(RecoveryCode.id)
+                spent = (
+                    await session.execute(
+                        update(RecoveryCode)
+                        .where(RecoveryCode.id == row_id, RecoveryCode.used_at.is_(None))
+                        .values(used_at=now)
+                        .returning(RecoveryCode.user_id, RecoveryCode.batch, RecoveryCode.position)
+                    )
+                ).first()
+                # Noted in the ledger: a restore must not make a spent code (seen over a shoulder,
+                # photographed on the sheet) good again.
+                noted = (
+                    [
+                        await self._ledger.note_factor(
+                            session,
+                            spent.user_id,
+                            code_id(spent.user_id, row_id, spent.batch, spent.position),
+                            ref=ledger_ref("code", row_id),
+                        )
+                    ]
+                    if spent is not None and self._ledger is not None
+                    else []
                 )
-                ok = spent.first() is not None
                 await session.commit()
-        return ok
+        if self._ledger is not None:
+            await self._ledger.append(noted)
+        return spent is not None
 
 
 def _distinct_codes(count: int) -> list[str]:

@@ -41,6 +41,9 @@ from sqlalchemy import delete, exists, select, update
 
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.factors.ledgered import factor_id
+from gateway.factors.ledgered import ref as ledger_ref
+from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import TotpCredential
 from gateway.settings.schema import MfaSettings
 from gateway.store.db import Database, store_errors
@@ -173,7 +176,15 @@ def match_step(secret: str, code: str, *, now: float, last_step: int, window: in
 class TotpService:
     """Authenticator-app credentials of local accounts: enroll, confirm, verify, manage."""
 
-    def __init__(self, db: Database, keyring: Keyring, settings: MfaSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        settings: MfaSettings,
+        clock: Clock,
+        *,
+        ledger: AccountLedger | None = None,
+    ) -> None:
         """Wire the service.
 
         Args:
@@ -181,11 +192,13 @@ class TotpService:
             keyring: Encrypts the seeds at rest.
             settings: ``settings.totp.issuer`` is shown in the app.
             clock: Time source for codes and timestamps.
+            ledger: Where a removal is noted, so that a restore does not bring the app back.
         """
         self._db = db
         self._keyring = keyring
         self._settings = settings
         self._clock = clock
+        self._ledger = ledger
 
     async def begin_enrollment(self, user_id: int, *, account: str, name: str) -> TotpEnrollment:
         """Start adding an authenticator app: a new seed, stored encrypted and unconfirmed.
@@ -340,14 +353,27 @@ class TotpService:
         """
         async with self._db.session() as session:
             with store_errors("cannot remove the TOTP credential"):
-                removed = await session.scalars(
+                created = await session.scalar(
                     delete(TotpCredential)
                     .where(TotpCredential.id == credential_id, TotpCredential.user_id == user_id)
-                    .returning(TotpCredential.id)
+                    .returning(TotpCredential.created_at)
                 )
-                ok = removed.first() is not None
+                noted = (
+                    [
+                        await self._ledger.note_factor(
+                            session,
+                            user_id,
+                            factor_id("totp", user_id, credential_id, created),
+                            ref=ledger_ref("totp", credential_id),
+                        )
+                    ]
+                    if created is not None and self._ledger is not None
+                    else []
+                )
                 await session.commit()
-        return ok
+        if self._ledger is not None:
+            await self._ledger.append(noted)
+        return created is not None
 
     async def has_confirmed(self, user_id: int) -> bool:
         """Whether the user has at least one confirmed authenticator app."""

@@ -76,6 +76,9 @@ from webauthn.helpers.structs import (
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
+from gateway.factors.ledgered import factor_id
+from gateway.factors.ledgered import ref as ledger_ref
+from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import User, WebAuthnCredential
 from gateway.settings.schema import WebAuthnSettings
 from gateway.store.db import Database, store_errors
@@ -199,6 +202,7 @@ class WebAuthnService:
         public_url: The auth host (``Settings.public_url``); its origin is the only accepted origin.
         audit: The audit trail.
         clock: Time source for ``created_at`` / ``last_used_at``.
+        ledger: Where a removal is noted, so that a restore does not bring the credential back.
 
     Raises:
         ValueError: ``public_url`` is not an http(s) URL, or ``settings.rp_id`` is neither its host nor
@@ -214,8 +218,10 @@ class WebAuthnService:
         public_url: str,
         audit: AuditLog,
         clock: Clock,
+        ledger: AccountLedger | None = None,
     ) -> None:
         self._db = db
+        self._ledger = ledger
         self._state = state
         self._settings = settings
         self._audit = audit
@@ -542,26 +548,41 @@ class WebAuthnService:
         """
         async with self._db.session() as session:
             with store_errors("cannot remove the WebAuthn credential"):
-                removed = (
+                gone = (
                     await session.execute(
                         delete(WebAuthnCredential)
                         .where(
                             WebAuthnCredential.id == credential_db_id,
                             WebAuthnCredential.user_id == user_id,
                         )
-                        .returning(WebAuthnCredential.name)
+                        .returning(WebAuthnCredential.name, WebAuthnCredential.created_at)
                     )
-                ).scalar_one_or_none()
+                ).first()
                 username = await session.scalar(select(User.username).where(User.id == user_id)) or ""
+                # Noted in the ledger: a restore must not bring a stolen key's credential back.
+                noted = (
+                    [
+                        await self._ledger.note_factor(
+                            session,
+                            user_id,
+                            factor_id("webauthn", user_id, credential_db_id, gone.created_at),
+                            ref=ledger_ref("webauthn", credential_db_id),
+                        )
+                    ]
+                    if gone is not None and self._ledger is not None
+                    else []
+                )
                 await session.commit()
-        if removed is None:
+        if self._ledger is not None:
+            await self._ledger.append(noted)
+        if gone is None:
             return False
         await self._audit.record(
             "factor.removed",
             actor=f"user:{username}",
             subject=username,
             ip=ip,
-            details={"kind": _KIND, "name": removed},
+            details={"kind": _KIND, "name": gone.name},
         )
         return True
 

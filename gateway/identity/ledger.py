@@ -3,8 +3,8 @@
 A backup holds the database as it was. Restoring one brings back every account deleted or erased
 since, with its password hash and factors, and enables every account disabled since: an offboarded
 employee, or a person who exercised their right to erasure, is back. So are a password changed
-because it leaked, factors reset because a device was lost, roles taken away, API tokens revoked and
-signing keys pulled because they leaked. The ledger remembers those changes *outside* the database,
+because it leaked, factors reset or removed because a device was lost, recovery codes spent or
+replaced, roles taken away, API tokens revoked and signing keys pulled because they leaked. The ledger remembers those changes *outside* the database,
 so that a gateway started on a restored database makes them again before it serves
 (:mod:`gateway.privacy.ledger_replay`).
 
@@ -15,6 +15,12 @@ What it records, by state (an entry's *kind* follows from its state):
   in the ledger (no secret leaves the database), so it is made again by clearing the password: the
   person gets a new one through an invitation or an administrator;
 - ``factors-reset`` (kind ``factors``): every second factor enrolled before it was removed;
+- ``factor-removed`` (kind ``factor``): one second factor was removed (an authenticator app or a passkey
+  the person took off their account, say because the device was lost), or one recovery code was spent.
+  Named by the factor's owner, row id and creation time (a code: its batch and position), so that a
+  factor enrolled later under a reused row id is not touched; ``ref`` is ``<totp|webauthn|code>:<row id>``;
+- ``codes-replaced`` (kind ``codes``): the account's recovery codes were replaced by a new batch (every
+  code created before it is void: the old sheet may be in someone else's hands);
 - ``roles-set`` (kind ``roles``): the account's local roles became ``ref`` (role names, never a
   person's);
 - ``token-revoked`` (kind ``token``): the API token whose public id is ``ref`` was revoked;
@@ -102,11 +108,13 @@ State = Literal[
     "enabled",
     "password-set",
     "factors-reset",
+    "factor-removed",
+    "codes-replaced",
     "roles-set",
     "token-revoked",
     "keys-deleted",
 ]
-Kind = Literal["account", "password", "factors", "roles", "token", "keys"]
+Kind = Literal["account", "password", "factors", "factor", "codes", "roles", "token", "keys"]
 
 _INFO: Final = b"gateway account ledger v1"
 # The key each line of the file is MACed under (a line is read only with a MAC that checks: someone who
@@ -123,6 +131,8 @@ _RANK: Final[Mapping[str, int]] = {
     "erased": 3,
     "password-set": 0,
     "factors-reset": 0,
+    "factor-removed": 0,
+    "codes-replaced": 0,
     "roles-set": 0,
     "token-revoked": 0,
     "keys-deleted": 0,
@@ -134,6 +144,8 @@ KIND: Final[Mapping[str, Kind]] = {
     "erased": "account",
     "password-set": "password",
     "factors-reset": "factors",
+    "factor-removed": "factor",
+    "codes-replaced": "codes",
     "roles-set": "roles",
     "token-revoked": "token",
     "keys-deleted": "keys",
@@ -154,12 +166,12 @@ class Entry:
 
     account: str
     # The account's id then: where to look for it (the key tells whether the row of that id is it);
-    # 0 for a token or a key rotation.
+    # 0 for a token or a key rotation (a factor's: its owner's).
     user_id: int
     state: State
     at: datetime
     # The privacy request an erasure answered (re-used when it is made again); the roles of roles-set;
-    # the token's public id; the deleted kids; else "".
+    # the token's public id; the deleted kids; the removed factor's kind and row id; else "".
     ref: str = ""
     # The lineage of the database it was written for (a file's line; "" in the table, and in lines
     # written before lineages existed).
@@ -256,7 +268,8 @@ class AccountLedger:
         return self._name(name if kind == "account" else f"{kind}\0{name}", kid)
 
     def thing_key(self, kind: Kind, public_id: str, *, kid: str | None = None) -> str:
-        """The ledger's name of a token (``kind`` token) or a key rotation (``keys``) by its public id."""
+        """The ledger's name of a token (``kind`` token), a key rotation (``keys``) or a factor
+        (``factor``) by its public id."""
         return self._name(f"{kind}\0{public_id}", kid)
 
     def _name(self, message: str, kid: str | None) -> str:
@@ -382,6 +395,11 @@ class AccountLedger:
         transaction; :meth:`append` it after the commit."""
         return await self._note(session, self.thing_key(KIND[state], public_id), 0, state, ref)
 
+    async def note_factor(self, session: AsyncSession, user_id: int, public_id: str, *, ref: str) -> Entry:
+        """Record in the caller's transaction that the factor ``public_id`` (``gateway.factors.ledgered``)
+        of account ``user_id`` was removed or spent; :meth:`append` it after the commit."""
+        return await self._note(session, self.thing_key("factor", public_id), user_id, "factor-removed", ref)
+
     async def record_thing(self, state: State, public_id: str, *, ref: str) -> Entry:
         """:meth:`note_thing` in a transaction of its own, then in the file."""
         async with self._db.session(write=True) as session:
@@ -481,7 +499,7 @@ class AccountLedger:
         return any(hmac.compare_digest(entry.account, key) for key in self.keys(user, KIND[entry.state]))
 
     def names_thing(self, public_id: str, entry: Entry) -> bool:
-        """Whether ``entry`` is about the token or key rotation ``public_id``."""
+        """Whether ``entry`` is about the token, key rotation or factor ``public_id``."""
         return any(
             hmac.compare_digest(entry.account, self.thing_key(KIND[entry.state], public_id, kid=kid))
             for kid in self._keyring.key_ids

@@ -10,6 +10,8 @@ Each is made again the way it was made the first time:
 - a password set or cleared since: the password the backup holds is cleared (the new one is in no
   ledger: the person gets one through an invitation or an administrator), and the sessions end;
 - a reset of second factors: every factor enrolled before it is removed again;
+- one factor removed or one recovery code spent: that factor is removed, that code spent, again
+  (:mod:`gateway.factors.ledgered`); recovery codes replaced: every code of the older batches is void;
 - roles set: every role the change took away is taken away again (a replay never grants a role);
 - an API token revoked: revoked again;
 - a rotation of leaked signing keys: the leaked keys are deleted again (a new key signs at once when
@@ -31,11 +33,13 @@ from dataclasses import dataclass, field
 
 from gateway.audit.trail import AuditLog
 from gateway.crypto.signing import SigningKeys, announce_compromise
+from gateway.factors import ledgered
 from gateway.identity.accounts import AccountService, UnknownAccount
 from gateway.identity.ledger import KIND, SYNC_INTERVAL, AccountLedger, Entry
 from gateway.identity.models import User
 from gateway.machine.accounts import ServiceAccounts, UnknownToken
 from gateway.privacy.erasure import Eraser, Held
+from gateway.store.db import Database
 from gateway.store.fast import FastState
 
 __all__ = ["ACTOR", "Replayed", "Replayers", "replay", "run_ledger"]
@@ -55,6 +59,8 @@ class Replayers:
     accounts: AccountService
     eraser: Eraser
     audit: AuditLog
+    # Where the factors are (a removal or a spent code is made again on the rows themselves).
+    db: Database
     tokens: ServiceAccounts | None = None
     signing: SigningKeys | None = None
     fast: FastState | None = None
@@ -71,6 +77,9 @@ class Replayed:
     held: int = 0
     passwords: int = 0
     factors: int = 0
+    # Single factors removed and recovery codes spent again; accounts whose older codes were voided.
+    removed: int = 0
+    codes: int = 0
     roles: int = 0
     tokens: int = 0
     keys: int = 0
@@ -83,14 +92,16 @@ class Replayed:
         """How many changes were made again."""
         return (
             self.erased + self.deleted + self.disabled + self.held
-            + self.passwords + self.factors + self.roles + self.tokens + self.keys
+            + self.passwords + self.factors + self.removed + self.codes + self.roles + self.tokens
+            + self.keys
         )  # fmt: skip
 
     def counts(self) -> dict[str, int]:
         """The counts by kind of change, for the audit record and the log."""
         return {
             "erased": self.erased, "deleted": self.deleted, "disabled": self.disabled, "held": self.held,
-            "passwords_cleared": self.passwords, "factors_reset": self.factors, "roles_set": self.roles,
+            "passwords_cleared": self.passwords, "factors_reset": self.factors,
+            "factors_removed": self.removed, "codes_replaced": self.codes, "roles_set": self.roles,
             "tokens_revoked": self.tokens, "keys_deleted": self.keys,
         }  # fmt: skip
 
@@ -125,6 +136,11 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         return await _revoke_token(entry, by, done)
     if kind == "keys":
         return await _delete_keys(entry, by, done)
+    if kind == "factor":
+        # Named by the factor's owner, row id and creation time: no account look-up needed.
+        if await ledgered.make_again(by.db, by.ledger, entry):
+            done.removed += 1
+        return True
     if entry.state == "enabled":
         return True
     user = await by.accounts.get(entry.user_id)
@@ -160,7 +176,13 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
     elif entry.state == "disabled" and not user.disabled:
         await by.accounts.disable(user.id, actor=ACTOR)
         done.disabled += 1
-    elif entry.state == "password-set":
+    else:
+        await _credentials_again(user, entry, by, done)
+
+
+async def _credentials_again(user: User, entry: Entry, by: Replayers, done: Replayed) -> None:
+    """A password, second factors, recovery codes or roles changed since the backup."""
+    if entry.state == "password-set":
         changed = user.password_changed_at  # aware UTC, as every time the database hands back
         if user.password_hash is not None and (changed is None or changed < entry.at):
             await by.accounts.clear_password(user.id, actor=ACTOR)
@@ -169,6 +191,9 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
         removed = await by.accounts.reset_mfa(user.id, actor=ACTOR, before=entry.at)
         if any(removed.get(kind) for kind in ("totp", "webauthn", "recovery_codes")):
             done.factors += 1
+    elif entry.state == "codes-replaced":
+        if await ledgered.drop_codes_before(by.db, user.id, entry.at):
+            done.codes += 1
     elif entry.state == "roles-set":
         # Only ever takes roles away (those the change removed): a replay must never grant one (the
         # re-attack run had a grant made on a copy replayed onto production). A role added since the

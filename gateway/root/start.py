@@ -335,7 +335,7 @@ async def _replay_ledger(
         db, identity.audit, fast, identity.clock,
         max_lifetime=float(settings.tokens.max_lifetime), keyring=identity.keyring, ledger=ledger,
     )  # fmt: skip
-    by = Replayers(ledger, identity.accounts, privacy.eraser, identity.audit, tokens, signing, fast)
+    by = Replayers(ledger, identity.accounts, privacy.eraser, identity.audit, db, tokens, signing, fast)
     try:
         await replay(by)
     except OSError as exc:

@@ -8,6 +8,7 @@ database, restored in place and into a new data directory.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -24,7 +25,8 @@ from tests.integration.harness import (
     run_echo,
     run_gateway,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login, post_form
+from tests.integration.test_sign_in_steps import enroll_totp, next_code
 
 
 def _signs_in(client: httpx.Client, user: str) -> bool:
@@ -183,3 +185,53 @@ def test_what_a_copy_restored_elsewhere_does_never_reaches_the_deployment(tmp_pa
             assert _signs_in(client, "alice")
             assert _signs_in(client, "bob")
         assert _replayed(Path(config["data_dir"]) / "gateway.db") == []
+
+
+def _second_factor(client: httpx.Client, user: str, path: str, code: str) -> bool:
+    """Password, then ``code`` at the second-factor ``path``: whether that completes the sign-in."""
+    assert login(client, user).status_code == 302
+    done = post_form(client, path, {"code": code, "rd": "/"}).status_code == 302
+    client.cookies.clear()
+    return done
+
+
+def test_a_restore_does_not_bring_back_a_removed_factor_or_a_spent_code(tmp_path: Path) -> None:
+    """A phone with the authenticator app was lost: the person signed in with a recovery code and took
+    the app off the account. A restore from a backup made before brought both back: the thief's phone
+    and the code someone may have seen worked again."""
+    with run_echo() as echo:
+        port = free_port()
+        config = gateway_config(
+            tmp_path, port, [echo_route(echo, public_paths=[])], session={"insecure_cookies": True}
+        )
+        config_path = tmp_path / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        c = ("--config", str(config_path))
+        add_user(config_path, "fay", PASSWORD)
+        with run_gateway(tmp_path / "first", config) as gw, browser(gw) as client:
+            assert login(client, "fay").status_code == 302
+            secret, codes = enroll_totp(client)
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+
+        with run_gateway(tmp_path / "lost", config) as gw, browser(gw) as client:
+            assert login(client, "fay").status_code == 302
+            assert post_form(client, "/.gateway/mfa/recovery", {"code": codes[0]}).status_code in (302, 303)
+            portal = client.get("/.gateway/account")
+            factor = re.search(r"/\.gateway/account/factors/totp/(\d+)/remove", portal.text)
+            assert factor, portal.text
+            assert (
+                post_form(client, f"/.gateway/account/factors/totp/{factor.group(1)}/remove").status_code
+                == 303
+            )
+
+        data = Path(config["data_dir"])
+        restored = _cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+        assert "account ledger: 2 change(s) made after this backup" in restored
+        with run_gateway(tmp_path / "restored", config) as gw, browser(gw) as client:
+            assert not _second_factor(
+                client, "fay", "/.gateway/mfa/totp", next_code(secret)
+            )  # the lost phone
+            assert not _second_factor(client, "fay", "/.gateway/mfa/recovery", codes[0])  # the spent code
+            assert _second_factor(client, "fay", "/.gateway/mfa/recovery", codes[1])  # the control
+        (replayed,) = _replayed(data / "gateway.db")
+        assert replayed["factors_removed"] == 2

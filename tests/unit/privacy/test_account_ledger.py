@@ -27,9 +27,19 @@ from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
 from gateway.crypto.signing import SigningKeys
 from gateway.errors import GatewayError
+from gateway.factors.recovery import RecoveryCodes
+from gateway.factors.totp import TotpService
+from gateway.factors.webauthn import WebAuthnService
 from gateway.identity.accounts import AccountService, SignInFailed
 from gateway.identity.ledger import AccountLedger, Entry, Lineage, merge, read_lines
-from gateway.identity.models import AccountLedgerRow, RetiredUsername, TotpCredential, User
+from gateway.identity.models import (
+    AccountLedgerRow,
+    RecoveryCode,
+    RetiredUsername,
+    TotpCredential,
+    User,
+    WebAuthnCredential,
+)
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import SessionStore
@@ -44,10 +54,12 @@ from gateway.settings.loader import parse_settings
 from gateway.settings.schema import (
     AssertionSettings,
     Duration,
+    MfaSettings,
     PasswordSettings,
     PrivacySettings,
     RegulationSettings,
     SessionSettings,
+    WebAuthnSettings,
 )
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
@@ -83,7 +95,14 @@ class Node:
 
     def replayers(self) -> Replayers:
         return Replayers(
-            self.ledger, self.accounts, self.privacy.eraser, self.audit, self.tokens, self.signing, self.fast
+            self.ledger,
+            self.accounts,
+            self.privacy.eraser,
+            self.audit,
+            self.db,
+            self.tokens,
+            self.signing,
+            self.fast,
         )
 
     async def signs_in(self, name: str, password: str = PASSWORD) -> bool:
@@ -475,6 +494,102 @@ async def test_factors_reset_since_the_backup_are_removed_again_and_a_new_one_st
 
     assert (await a.replay()).factors == 1
     assert [row["name"] for row in await _rows(a.db, TotpCredential, user_id=mia.id)] == ["new phone"]
+    assert (await a.replay()).changed == 0
+
+
+def _factors(node: Node) -> tuple[TotpService, WebAuthnService, RecoveryCodes]:
+    """The node's factor services, noting in its ledger as a gateway's do."""
+    return (
+        TotpService(node.db, node.keyring, MfaSettings(), node.clock, ledger=node.ledger),
+        WebAuthnService(
+            node.db,
+            node.fast,
+            WebAuthnSettings(),
+            public_url="https://auth.example.com",
+            audit=node.audit,
+            clock=node.clock,
+            ledger=node.ledger,
+        ),
+        RecoveryCodes(
+            node.db, PasswordHasher(FAST_ARGON), MfaSettings(recovery_codes=3), node.clock, ledger=node.ledger
+        ),
+    )
+
+
+async def _enrol(node: Node, model: Any, **values: object) -> int:
+    async with node.db.session(write=True) as session:
+        row = model(created_at=node.clock.now(), **values)
+        session.add(row)
+        await session.commit()
+        return int(row.id)
+
+
+async def test_a_factor_removed_since_the_backup_stays_removed(nodes: tuple[Node, Node]) -> None:
+    """A lost phone's app and a stolen key's passkey were taken off the account; a restore brought
+    both back. A factor enrolled after the restore under a reused row id is not touched."""
+    a, b = nodes
+    totp, webauthn, _ = _factors(a)
+    uma = await a.add("uma")
+    phone = await _enrol(a, TotpCredential, user_id=uma.id, name="lost phone", secret_enc="x", confirmed=True)
+    key = await _enrol(
+        a, WebAuthnCredential, user_id=uma.id, name="stolen key", credential_id=b"k1", public_key=b"p"
+    )
+    kept = await _enrol(
+        a, WebAuthnCredential, user_id=uma.id, name="desk key", credential_id=b"k2", public_key=b"p"
+    )
+    backup = {
+        TotpCredential: await _rows(a.db, TotpCredential, user_id=uma.id),
+        WebAuthnCredential: await _rows(a.db, WebAuthnCredential, user_id=uma.id),
+    }
+    a.clock.advance(60)
+    assert await totp.remove(uma.id, phone)
+    assert await webauthn.remove(uma.id, key, ip=IP)
+    for model, rows in backup.items():
+        await _put_back(a.db, model, rows, user_id=uma.id)
+    assert {row["id"] for row in await _rows(a.db, WebAuthnCredential, user_id=uma.id)} == {key, kept}
+
+    assert (await b.replay()).changed == 0  # B's file had not seen them yet: the table had them
+    done = await a.replay()
+    assert done.removed == 2
+    assert await _rows(a.db, TotpCredential, user_id=uma.id) == []
+    assert [row["id"] for row in await _rows(a.db, WebAuthnCredential, user_id=uma.id)] == [kept]
+    assert (await a.replay()).changed == 0
+    assert "uma" not in a.ledger.path.read_text()
+
+    # Restored again, and the phone's row id handed to an app enrolled later: that one stays.
+    await _put_back(a.db, WebAuthnCredential, [], user_id=uma.id)
+    a.clock.advance(60)
+    again = await _enrol(
+        a, TotpCredential, id=phone, user_id=uma.id, name="new phone", secret_enc="y", confirmed=True
+    )
+    assert again == phone
+    assert (await a.replay()).removed == 0
+    assert [row["name"] for row in await _rows(a.db, TotpCredential, user_id=uma.id)] == ["new phone"]
+
+
+async def test_spent_and_replaced_recovery_codes_stay_void(nodes: tuple[Node, Node]) -> None:
+    """A code was spent (someone saw it), then the whole sheet replaced (it was photographed); a restore
+    from before either made the old codes good again."""
+    a, _ = nodes
+    _, _, codes = _factors(a)
+    vic = await a.add("vic")
+    sheet = await codes.generate(vic.id)
+    backup = await _rows(a.db, RecoveryCode, user_id=vic.id)
+    a.clock.advance(60)
+    assert await codes.use(vic.id, sheet[0])
+    await _put_back(a.db, RecoveryCode, backup, user_id=vic.id)
+    assert await codes.remaining(vic.id) == 3  # the spent code is good again: what a restore alone does
+
+    assert (await a.replay()).removed == 1
+    assert not await codes.use(vic.id, sheet[0])
+    assert await codes.remaining(vic.id) == 2
+
+    a.clock.advance(60)
+    await codes.generate(vic.id)
+    await _put_back(a.db, RecoveryCode, backup, user_id=vic.id)
+    assert (await a.replay()).codes == 1
+    assert not await codes.use(vic.id, sheet[1])
+    assert await codes.remaining(vic.id) == 0
     assert (await a.replay()).changed == 0
 
 
