@@ -142,6 +142,10 @@ class Regulator:
         self._audit = audit
         self._clock = clock
 
+    def use(self, settings: RegulationSettings) -> None:
+        """Apply a reloaded ``regulation`` block (from the next attempt on)."""
+        self._settings = settings
+
     def attempt(self, account: str) -> Attempt:
         """One attempt at a secret of ``account``, as ``async with regulator.attempt(account) as a:``.
 

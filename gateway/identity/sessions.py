@@ -214,6 +214,12 @@ class SessionStore:
         self._cache: dict[str, tuple[Session, float]] = {}
         self._listening = asyncio.Event()
 
+    def use(self, settings: SessionSettings) -> None:
+        """Apply a reloaded ``session`` block: its idle timeout and lifetime hold for every session from
+        the next look-up on (a shortened lifetime ends the sessions older than it)."""
+        self._idle = float(settings.idle_timeout)
+        self._lifetime = float(settings.lifetime)
+
     # -- cache -----------------------------------------------------------------------------------
 
     def _remember(self, session: Session, now: float) -> None:

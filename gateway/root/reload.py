@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +43,20 @@ _RESTART_ONLY = (
     "admin",
     "logging",
     "tracing",
+    # Read once by the services built at start (the hasher, the factor services, the token service, the
+    # checkpointer, the threat responder's webhook, the lockdown listener): a reload accepted with a
+    # change here had said "success" and changed nothing (an attack run tightened them mid-incident).
+    "passwords",
+    "mfa.totp",
+    "mfa.webauthn",
+    "mfa.recovery_codes",
+    "tokens",
+    "audit",
+    "threat.enabled",
+    "threat.webhook_url",
+    "threat.webhook_queue",
+    "threat.webhook_timeout",
+    "lockdown.refresh_interval",
 )
 
 
@@ -78,6 +92,7 @@ class Reloader:
         audit: AuditLog,
         health: HealthChecks | None,
         policy_note: Callable[[], Awaitable[str | None]] | None = None,
+        appliers: Sequence[Callable[[Settings], None]] = (),
     ) -> None:
         """Wire the reloader.
 
@@ -89,12 +104,15 @@ class Reloader:
                 checked (the admin listener).
             policy_note: Says when ``policy.file`` differs from the stored policy: a reload does not
                 import it, and an operator who edited it and reloaded must hear that nothing changed.
+            appliers: Hand an accepted config to the services that keep a block of it (the sessions'
+                lifetimes, the regulation's limits), after the swap.
         """
         self.config_path = config_path
         self.live = live
         self._audit = audit
         self._health = health
         self._policy_note = policy_note
+        self._appliers = tuple(appliers)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
         # The first line goes to the readiness report until a reload succeeds.
@@ -139,6 +157,8 @@ class Reloader:
             old_checker = await self._health.follow(new) if self._health is not None else None
             self.live.swap(new)
             use_nat64_prefixes(settings.threat.nat64_prefixes)
+            for apply in self._appliers:
+                apply(settings)
             # A worker started again after a crash starts with this text, not with the file on disk.
             await asyncio.to_thread(pin_accepted, text)
             if old_checker is not None:
@@ -162,6 +182,13 @@ class Reloader:
 
 def _restart_only_change(old: Settings, new: Settings) -> str | None:
     for key in _RESTART_ONLY:
-        if getattr(old, key) != getattr(new, key):
+        if _at(old, key) != _at(new, key):
             return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
     return None
+
+
+def _at(settings: Settings, dotted: str) -> object:
+    value: object = settings
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value

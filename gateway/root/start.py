@@ -432,7 +432,17 @@ async def _open_shared(
     policy = LivePolicy(PolicyStore(db, fast, identity.audit, identity.clock), settings.policy)
     await policy.start()
     stack.push_async_callback(policy.close)
-    reloader = Reloader(path, live, audit=identity.audit, health=health, policy_note=policy.file_differs)
+    reloader = Reloader(
+        path,
+        live,
+        audit=identity.audit,
+        health=health,
+        policy_note=policy.file_differs,
+        appliers=(
+            lambda new: identity.sessions.use(new.session),
+            lambda new: identity.regulator.use(new.regulation),
+        ),
+    )
     # Probes the database and the fast state for /.gateway/ready and the component gauges.
     monitor = ReadinessMonitor({Component.STORAGE: db.ping, Component.STATE: fast.ping})
     await monitor.start()
