@@ -165,6 +165,10 @@ def decode_session(raw: bytes) -> Session | None:
         return None
 
 
+def _without(gone: frozenset[str]) -> Callable[[tuple[str, ...]], list[str]]:
+    return lambda cur: [h for h in cur if h not in gone]
+
+
 def _session_key(id_hash: str) -> str:
     return f"sess:{id_hash}"
 
@@ -428,6 +432,12 @@ class SessionStore:
         # later), never a live session that revoke_user cannot find.
         ids = await self._update_user(user_id, lambda cur: [*cur, id_hash])
         await self._state.set(_session_key(id_hash), encode_session(session), ttl=ttl)
+        if not await self._indexed(user_id, id_hash):
+            # A sweep of the user's sessions (disable, password change, sign-out everywhere) read the
+            # index after this id was added and ended it before its record was written: it must not
+            # live on outside the index, where no later sweep could find it.
+            await self._state.delete(_session_key(id_hash))
+            raise SessionEnded("This account's sessions were just ended.")
         if len(ids) > _MAX_USER_SESSIONS:
             await self._trim_user(user_id)
         if joining and not await self._family_has(family_id, id_hash):
@@ -501,8 +511,11 @@ class SessionStore:
             _encode(_Family(u=old.user_id, c=old.created_at, ids=(new_hash,))),
             ttl=remaining,
         )
-        await self._update_user(old.user_id, lambda cur: [*(h for h in cur if h != old_hash), new_hash])
         await self._state.set(_session_key(new_hash), encode_session(session), ttl=ttl)
+        if not await self._swap_in_index(old.user_id, old_hash, new_hash):
+            await self._state.delete(_session_key(new_hash), _family_key(family))
+            await self._broadcast([old_hash])
+            raise SessionEnded("This account's sessions were just ended.")
         await self._update_family(old.family, lambda ids: [h for h in ids if h != old_hash])
         await self._broadcast([old_hash])
         self._remember(session, now)
@@ -536,7 +549,10 @@ class SessionStore:
         if ttl is None:
             raise SessionEnded("This session has ended.")
         await self._state.set(_session_key(new_hash), encode_session(session), ttl=ttl)
-        await self._update_user(old.user_id, lambda cur: [*(h for h in cur if h != old_hash), new_hash])
+        if not await self._swap_in_index(old.user_id, old_hash, new_hash):
+            await self._state.delete(_session_key(new_hash))
+            await self._broadcast([old_hash])
+            raise SessionEnded("This account's sessions were just ended.")
         family_alive = await self._update_family(
             old.family, lambda ids: [*(h for h in ids if h != old_hash), new_hash]
         )
@@ -712,15 +728,44 @@ class SessionStore:
             How many sessions were ended.
 
         Raises:
-            StateUnavailable: the store cannot answer.
+            StateUnavailable: the store cannot answer, or the user's sessions kept changing.
         """
-        keep = hash_session_id(session_id)
-        ids = self._parse_ids(await self._state.get(_user_key(user_id)))
+        return await self.end_others(user_id, keep=hash_session_id(session_id))
+
+    async def end_others(self, user_id: int, *, keep: str, keep_family: str | None = None) -> int:
+        """End every session of ``user_id`` but the one whose id hash is ``keep`` (and, with
+        ``keep_family``, that sign-in's sessions on the other hosts).
+
+        The index is read again after each pass until it names nothing else, and every id a pass
+        tried to end leaves the index with it: a session that changed its id meanwhile (a second
+        factor, an enrolment) is either found under its new id by the next pass or, finding its old id
+        gone from the index, ends itself (the attack run kept 2 of 8 such sessions through a password
+        change).
+
+        Returns:
+            How many sessions were ended.
+
+        Raises:
+            StateUnavailable: the store cannot answer, or the user's sessions kept changing.
+        """
+        kept = {keep}
         count = 0
-        for id_hash in ids:
-            if id_hash != keep and await self.revoke_hash(id_hash):
-                count += 1
-        return count
+        for _ in range(_CAS_ATTEMPTS):
+            ids = [h for h in self._parse_ids(await self._state.get(_user_key(user_id))) if h not in kept]
+            if ids and keep_family is not None:
+                records = await asyncio.gather(*(self._state.get(_session_key(h)) for h in ids))
+                for id_hash, raw in zip(ids, records, strict=True):
+                    session = None if raw is None else decode_session(raw)
+                    if session is not None and session.id_hash == id_hash and session.family == keep_family:
+                        kept.add(id_hash)
+                ids = [h for h in ids if h not in kept]
+            if not ids:
+                return count
+            for id_hash in ids:
+                if await self.revoke_hash(id_hash):
+                    count += 1
+            await self._update_user(user_id, _without(frozenset(ids)))
+        raise StateUnavailable(f"the sessions of user {user_id} kept changing; not every one was ended")
 
     async def _end(self, ids: Sequence[str]) -> int:
         results = await asyncio.gather(*(self._state.take(_session_key(h)) for h in ids))
@@ -796,6 +841,23 @@ class SessionStore:
             if await self._state.compare_and_set(key, raw, payload, ttl=self._lifetime if payload else None):
                 return new
         raise StateUnavailable(f"session index of user {user_id} is too contended")
+
+    async def _swap_in_index(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        """Put ``new_hash`` in the user's index in place of ``old_hash``, only while ``old_hash`` is still
+        there; False when a sweep (or a listing that found the old record gone) removed it: the caller
+        must then end the new session (see :meth:`end_others`)."""
+        swept = False
+
+        def swap(cur: tuple[str, ...]) -> list[str]:
+            nonlocal swept
+            swept = old_hash not in cur
+            return list(cur) if swept else [*(h for h in cur if h != old_hash), new_hash]
+
+        await self._update_user(user_id, swap)
+        return not swept
+
+    async def _indexed(self, user_id: int, id_hash: str) -> bool:
+        return id_hash in self._parse_ids(await self._state.get(_user_key(user_id)))
 
     async def _trim_user(self, user_id: int) -> None:
         # Over the cap: list_user first prunes sessions that ended on their own, then the least

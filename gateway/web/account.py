@@ -420,11 +420,9 @@ HANDLERS: Final = (
 
 async def _end_other_browsers(identity: IdentityServices, session: Session) -> int:
     """End the user's sessions outside this sign-in's family (this browser's other hosts stay)."""
-    count = 0
-    for other in await identity.sessions.list_user(session.user_id):
-        if other.family != session.family and await identity.sessions.revoke_hash(other.id_hash):
-            count += 1
-    return count
+    return await identity.sessions.end_others(
+        session.user_id, keep=session.id_hash, keep_family=session.family
+    )
 
 
 async def _end_others_after(
