@@ -38,6 +38,7 @@ from gateway.factors.webauthn import WebAuthnService
 from gateway.identity.accounts import AccountService
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.handoff import HandoffCodes
+from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, ledger_path
 from gateway.identity.oidc.service import OidcService
 from gateway.identity.passwords import PasswordHasher
@@ -156,6 +157,7 @@ class IdentityServices:
                 sessions=sessions,
                 keyring=keyring,
                 ledger=ledger,
+                invitations=Invitations(fast, clock),
             ),
             totp=TotpService(db, keyring, settings.mfa, clock, ledger=ledger),
             webauthn=WebAuthnService(

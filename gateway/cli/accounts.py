@@ -41,6 +41,7 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     """Open the store (database, fast state, keyring) and build the account services on it."""
     from gateway.clock import SYSTEM_CLOCK
     from gateway.identity.accounts import AccountService
+    from gateway.identity.invitations import Invitations
     from gateway.identity.ledger import AccountLedger, ledger_path
     from gateway.identity.passwords import PasswordHasher
     from gateway.identity.regulation import Regulator
@@ -67,5 +68,8 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
                 if store.keyring is not None
                 else None
             ),
+            # In-process state (state.embedded: memory) holds the gateway's invitations in its own
+            # process: this command's would be another, empty store.
+            invitations=Invitations(store.fast, SYSTEM_CLOCK) if shares_state(settings) else None,
         )
         yield AccountServices(settings, store.db, store.fast, audit, hasher, accounts, sessions)

@@ -50,6 +50,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.devices import KnownDevices
+from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
@@ -364,6 +365,7 @@ class AccountService:
         sessions: SessionRevoker | None = None,
         keyring: Keyring | None = None,
         ledger: AccountLedger | None = None,
+        invitations: Invitations | None = None,
     ) -> None:
         self._db = db
         self._hasher = hasher
@@ -378,6 +380,10 @@ class AccountService:
         # Deletions and disables a restore must not undo (identity.ledger); every gateway and CLI
         # writer passes it.
         self._ledger = ledger
+        # An account shut out (disabled, restricted, closed) loses its pending invitation: the link
+        # must not work again once the account is opened again (an attack run set the password of a
+        # re-enabled account through the link it had been disabled for).
+        self._invitations = invitations
 
     @property
     def ledger(self) -> AccountLedger | None:
@@ -759,7 +765,7 @@ class AccountService:
         await self._update_noted(
             user_id, (user, "disabled"), {"disabled": True, "updated_at": self._clock.now()}
         )
-        revoked = await self._revoke(user_id)
+        revoked = await self._shut_out(user_id)
         await self._audit.record(
             "user.disabled",
             actor=actor,
@@ -933,6 +939,20 @@ class AccountService:
         )
         return revoked
 
+    async def _shut_out(self, user_id: int) -> int | None:
+        """End the account's sessions and withdraw its pending invitation (see ``_revoke``)."""
+        revoked = await self._revoke(user_id)
+        if self._invitations is not None:
+            try:
+                await self._invitations.withdraw(user_id)
+            except StateUnavailable:
+                # The link answers 410 while the account is shut out; an administrator who opens it
+                # again before the store answers must issue a new invitation to end the old link.
+                logger.warning(
+                    "account %d: the invitation store did not answer; its link was not withdrawn", user_id
+                )
+        return revoked
+
     async def _revoke(self, user_id: int) -> int | None:
         """End every session of the account: how many, or ``None`` when that is not known now (no
         session store; or it did not answer, and the sessions are owed an end: identity.owed)."""
@@ -1016,7 +1036,7 @@ class AccountService:
         """
         user = await self._require(user_id)
         await self._update(user_id, restricted=restricted, updated_at=self._clock.now())
-        revoked = await self._revoke(user_id) if restricted else 0
+        revoked = await self._shut_out(user_id) if restricted else 0
         await self._audit.record(
             "user.restricted" if restricted else "user.unrestricted",
             actor=actor,
@@ -1037,7 +1057,7 @@ class AccountService:
         user = await self._require(user_id)
         now = self._clock.now()
         await self._update(user_id, closed_at=now, updated_at=now)
-        revoked = await self._revoke(user_id)
+        revoked = await self._shut_out(user_id)
         await self._audit.record(
             "user.closed",
             actor=actor,

@@ -219,6 +219,35 @@ def test_a_disabled_account_gets_no_invitation_and_its_link_dies(site: Site, bos
         assert_invalid(opens(yuri, invite_path(url)))
         assert_invalid(accept(yuri, invite_path(url), GOOD))
     assert detail(site, boss, "yuri")["password"] == "none"
+    # The attack run: the account was disabled because the link leaked, then enabled again; the old
+    # link set its password and enrolled its first factor.
+    assert api(site, boss, "POST", "/api/users/yuri/enable", json={"reason": "r"}).status_code == 200
+    with browser(site.gw) as thief:
+        assert_invalid(opens(thief, invite_path(url)))
+        assert_invalid(accept(thief, invite_path(url), GOOD))
+    assert detail(site, boss, "yuri")["password"] == "none"
+
+
+@pytest.mark.parametrize("shut", [("disable",), ("privacy", "restrict")])
+def test_a_link_does_not_work_again_after_the_cli_shut_the_account_and_opened_it(
+    site: Site, boss: httpx.Client, shut: tuple[str, ...]
+) -> None:
+    name = f"ulla{len(shut)}"
+    url = create(site, boss, name, mode="invitation")["invitation_url"]
+    config = ("--config", str(site.gw.config_path))
+    if shut == ("disable",):
+        steps = [("user", "disable", name), ("user", "enable", name)]
+    else:
+        steps = [
+            ("privacy", "restrict", name, "--verified-by", "signed letter"),
+            ("privacy", "restrict", name, "--verified-by", "signed letter", "--lift"),
+        ]
+    for step in steps:
+        done = run_cli(*step, *config)
+        assert done.returncode == 0, done.stdout + done.stderr
+    with browser(site.gw) as thief:
+        assert_invalid(opens(thief, invite_path(url)))
+    assert detail(site, boss, name)["password"] == "none"
 
 
 def test_a_link_for_a_deleted_account_does_not_open_the_next_account_given_its_id(

@@ -62,7 +62,7 @@ def hooked(fast_state: FastState) -> Hooked:
 
 @pytest.fixture
 def store(hooked: Hooked, session_settings: SessionSettings, clock: FakeClock) -> SessionStore:
-    return SessionStore(hooked, session_settings, clock)  # type: ignore[arg-type]
+    return SessionStore(hooked, session_settings, clock)
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ async def test_a_session_that_changed_its_id_after_the_sweep_read_the_index_is_f
 
     watched = Hooked(fast_state)
     watched.after("get", f"usess:{USER}", rotate)
-    sweeping = SessionStore(watched, SessionSettings(), store._clock)  # type: ignore[arg-type]
+    sweeping = SessionStore(watched, SessionSettings(), store._clock)
     ended = await sweeping.revoke_others(owner, USER)
 
     assert rotated, "the hook did not run"
