@@ -224,7 +224,7 @@ async def passkey_options(
     if not config.settings.mfa.webauthn.passwordless:
         raise PermissionDeniedException("Passwordless sign-in is disabled.")
     # Each challenge is a row in the fast state for five minutes: an attack run made 533 a second.
-    await identity.attempts.spend("challenge", flows.client_ip(request))
+    await identity.attempts.reserve("challenge", flows.client_ip(request))
     return _json(json.loads(await identity.webauthn.authentication_options(user_id=None)))
 
 

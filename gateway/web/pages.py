@@ -112,15 +112,19 @@ async def login_submit(
         return _to_provider(routed.name, rd, username)
     ip = flows.client_ip(request)
     try:
-        # Before any hashing: an address past its failures in this window costs nothing more.
-        await identity.attempts.admit("password", ip)
+        # Before any hashing: an address past its failures in this window costs nothing more. Counted
+        # now, taken back unless the password fails.
+        await identity.attempts.reserve("password", ip)
         try:
             result = await identity.accounts.authenticate(
                 username, data.get("password", ""), ip=ip, device=flows.device_cookie(request, config)
             )
         except SignInFailed:
-            await identity.attempts.count("password", ip)
             raise
+        except BaseException:
+            await identity.attempts.release("password", ip)
+            raise
+        await identity.attempts.release("password", ip)
     except GatewayError as err:
         if err.status >= 500:
             raise  # an outage: the error handler logs the detail and shows a plain page

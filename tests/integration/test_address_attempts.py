@@ -10,6 +10,7 @@ address's correct passwords before it reached the limit, are not touched.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -84,3 +85,14 @@ def test_passkey_challenges_are_limited_per_address(gw: Gateway) -> None:
         ]
     assert statuses[:LIMIT] == [200] * LIMIT
     assert statuses[LIMIT:] == [429, 429]
+
+
+def test_a_burst_sent_at_once_gets_no_more_hashes_than_the_limit(gw: Gateway) -> None:
+    """The attack run: 120 sign-ins sent at once all passed a check that only read the counter, and
+    every one cost an argon2id hash."""
+    burst = "198.51.100.77"
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda n: _sign_in(gw, burst, f"!!burst{n}!!", "x").status_code, range(40)))
+    assert answers.count(401) <= LIMIT
+    assert answers.count(429) >= 40 - LIMIT
+    assert set(answers) <= {401, 429}

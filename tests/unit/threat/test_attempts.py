@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.clock import FakeClock
@@ -21,37 +23,52 @@ async def test_an_address_past_its_failures_is_refused_until_the_window_ends(
     attempts: AddressAttempts, clock: FakeClock
 ) -> None:
     for _ in range(3):
-        await attempts.admit("password", "198.51.100.7")
-        await attempts.count("password", "198.51.100.7")
+        await attempts.reserve("password", "198.51.100.7")  # three that failed: never released
     with pytest.raises(TooManyAttempts) as refused:
-        await attempts.admit("password", "198.51.100.7")
+        await attempts.reserve("password", "198.51.100.7")
     assert refused.value.status == 429
-    await attempts.admit("password", "198.51.100.8")  # another address counts alone
-    await attempts.admit("challenge", "198.51.100.7")  # and another kind of work
+    await attempts.reserve("password", "198.51.100.8")  # another address counts alone
+    await attempts.reserve("challenge", "198.51.100.7")  # and another kind of work
     clock.advance(61)
-    await attempts.admit("password", "198.51.100.7")
+    await attempts.reserve("password", "198.51.100.7")
+
+
+async def test_a_burst_sent_at_once_is_counted_before_any_work(attempts: AddressAttempts) -> None:
+    """The attack run: 120 sign-ins at once all passed a check that only read the counter."""
+    results = await asyncio.gather(
+        *(attempts.reserve("password", "198.51.100.9") for _ in range(20)), return_exceptions=True
+    )
+    assert sum(1 for r in results if r is None) == 3
+    assert all(isinstance(r, TooManyAttempts) for r in results if r is not None)
+
+
+async def test_successes_are_taken_back(attempts: AddressAttempts) -> None:
+    for _ in range(10):  # a busy office behind one address
+        await attempts.reserve("password", "198.51.100.10")
+        await attempts.release("password", "198.51.100.10")
+    await attempts.reserve("password", "198.51.100.10")
 
 
 async def test_an_ipv6_subscriber_counts_by_its_64_and_a_nat64_client_by_its_ipv4(
     attempts: AddressAttempts,
 ) -> None:
     for n in range(3):
-        await attempts.count("password", f"2001:db8:7:9::{n + 1}")
+        await attempts.reserve("password", f"2001:db8:7:9::{n + 1}")
     with pytest.raises(TooManyAttempts):
-        await attempts.admit("password", "2001:db8:7:9::abcd")
-    await attempts.admit("password", "2001:db8:7:a::1")
+        await attempts.reserve("password", "2001:db8:7:9::abcd")
+    await attempts.reserve("password", "2001:db8:7:a::1")
     for _ in range(3):
-        await attempts.count("password", "64:ff9b::c633:6442")
+        await attempts.reserve("password", "64:ff9b::c633:6442")
     with pytest.raises(TooManyAttempts):
-        await attempts.admit("password", "198.51.100.66")
-    await attempts.admit("password", "64:ff9b::c633:6443")
+        await attempts.reserve("password", "198.51.100.66")
+    await attempts.reserve("password", "64:ff9b::c633:6443")
 
 
 async def test_challenges_are_spent_whatever_comes_of_them(attempts: AddressAttempts) -> None:
     for _ in range(5):
-        await attempts.spend("challenge", "203.0.113.9")
+        await attempts.reserve("challenge", "203.0.113.9")
     with pytest.raises(TooManyAttempts):
-        await attempts.spend("challenge", "203.0.113.9")
+        await attempts.reserve("challenge", "203.0.113.9")
 
 
 async def test_zero_turns_a_limit_off(clock: FakeClock) -> None:
@@ -59,6 +76,5 @@ async def test_zero_turns_a_limit_off(clock: FakeClock) -> None:
         MemoryFastState(clock=clock), lambda: RegulationSettings(address_failures=0, address_challenges=0)
     )
     for _ in range(50):
-        await off.count("password", "203.0.113.9")
-        await off.spend("challenge", "203.0.113.9")
-    await off.admit("password", "203.0.113.9")
+        await off.reserve("password", "203.0.113.9")
+        await off.reserve("challenge", "203.0.113.9")
