@@ -16,8 +16,10 @@ go to syslog or an HTTP collector instead (README, logging).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -41,9 +43,24 @@ SLOW_WRITE: Final = 0.005
 OFF_LOOP_FOR: Final = 60.0
 
 
+# C1 controls (U+0080-U+009F) and the Unicode line and paragraph separators, UTF-8 encoded. JSON lets them
+# through raw, but a terminal reads U+009B as an escape sequence's start (an attack run cleared an
+# operator's screen through the User-Agent), and Python's str.splitlines() breaks a line at U+0085 and
+# U+2028 (a checked log then failed `gateway audit verify --checkpoint`).
+_UNSAFE = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode("utf-8"))
+
+
 def _lines(batch: list[Entry]) -> bytes:
     # One join with the separator: no copy of each event to append its newline.
-    return b"\n".join([entry.json() for entry in batch]) + b"\n" if batch else b""
+    data = b"\n".join([entry.json() for entry in batch]) + b"\n" if batch else b""
+    # The search is memchr-fast; the substitution runs only for a batch that holds such a character.
+    if b"\xc2" in data or b"\xe2\x80" in data:
+        data = _UNSAFE.sub(_escaped, data)
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -57,6 +74,33 @@ def _is_regular(fd: int) -> bool:
         return stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
         return False
+
+
+def _open_log(path: str) -> int:
+    """Open the file sink's path for appending; a link only to a FIFO or a device (``/dev/stdout``).
+
+    A link to a regular file is refused: someone who can write the log's directory could otherwise
+    point it at any file the gateway may write (its keyring, its database) and have log lines with a
+    path and User-Agent of their choosing appended there, or the file emptied at rotation (an attack
+    run did both).
+
+    Raises:
+        OSError: The path cannot be opened, or is a link to a regular file.
+    """
+    try:
+        # 0o640: the access log names users and addresses; it is not for every local account.
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(
+            errno.ELOOP,
+            f"{path} is a symbolic link to a regular file; log to the file itself (or use type: stdout)",
+        )
+    return fd
 
 
 def _regular_or_absent(path: str) -> bool:
@@ -153,17 +197,16 @@ class FileSink(Sink):
                     file.seek(0, os.SEEK_END)
                 return file
             file.close()
-        # 0o640: the access log names users and addresses; it is not for every local account.
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._file = file = os.fdopen(fd, "ab")
+        self._file = file = os.fdopen(_open_log(self._path), "ab")
         return file
 
     def _rotate(self, file: BufferedWriter) -> None:
+        if self._backups == 0:
+            # Through the descriptor: the path may have been replaced by a link since it was opened.
+            os.ftruncate(file.fileno(), 0)
+            return
         file.close()
         self._file = None
-        if self._backups == 0:
-            os.truncate(self._path, 0)
-            return
         for index in range(self._backups - 1, 0, -1):
             older = f"{self._path}.{index}"
             if os.path.exists(older):

@@ -281,6 +281,74 @@ async def test_file_sink_writes_lines_and_rotates(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o640
 
 
+async def test_file_sink_never_writes_through_a_link_to_a_regular_file(tmp_path: Path) -> None:
+    """The attack run: someone who can write the log directory links the log's path to a file the
+    gateway may write; log lines (path and User-Agent of their choosing) were appended to it, and a
+    rotation with no backups emptied it."""
+    victim = tmp_path / "keyring.json"
+    victim.write_text("PRECIOUS\n")
+    path = tmp_path / "access.log"
+    path.symlink_to(victim)
+    sink = FileSink("file", Delivery(), path=str(path), max_bytes=10, backups=0)
+    with pytest.raises(OSError, match="symbolic link to a regular file"):
+        await sink.send([AccessEntry(record(request_id="planted"))])
+    assert victim.read_text() == "PRECIOUS\n"
+
+    # Linked while the sink runs (it reopens a path whose file changed), and rotated with no backups.
+    path.unlink()
+    await sink.send([AccessEntry(record(request_id="r0"))])
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        await sink.send([AccessEntry(record(request_id="r1"))])
+    assert victim.read_text() == "PRECIOUS\n"
+    await sink.aclose()
+
+
+async def test_control_characters_a_client_sent_are_escaped_in_the_lines(tmp_path: Path) -> None:
+    """A User-Agent with an 8-bit CSI (U+009B), a NEL and a line separator: raw in the JSON text they
+    drove the operator's terminal and broke line-based readers of the log."""
+    path = tmp_path / "access.log"
+    sink = FileSink("file", Delivery(), path=str(path), max_bytes=10**6, backups=0)
+    agent = "Mozilla \x9b2J\x9b31mHIJACK \x85 \u2028 caf\u00e9 \u00a9"
+    await sink.send([AccessEntry(record(user_agent=agent)), AccessEntry(record())])
+    await sink.aclose()
+    data = path.read_bytes()
+    for raw in (b"\xc2\x9b", b"\xc2\x85", b"\xe2\x80\xa8"):
+        assert raw not in data
+    assert b"\\u009b2J" in data
+    lines = data.decode("utf-8").splitlines()  # what a line-based reader does
+    assert len(lines) == 2
+    assert json.loads(lines[0])["user_agent"]["original"] == agent  # the value itself is kept
+    assert "caf\u00e9 \u00a9" in data.decode("utf-8")  # ordinary text stays as it is
+
+
+async def test_file_sink_with_no_backups_truncates_what_it_opened(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    line = len(AccessEntry(record()).json()) + 1
+    sink = FileSink("file", Delivery(), path=str(path), max_bytes=line + 1, backups=0)
+    for index in range(3):
+        await sink.send([AccessEntry(record(request_id=f"r{index}"))])
+    assert [json.loads(x)["trace"]["id"] for x in path.read_text().splitlines()] == ["r2"]
+    await sink.aclose()
+
+
+async def test_a_link_to_a_fifo_as_the_file_sinks_path_is_followed(tmp_path: Path) -> None:
+    """``/dev/stdout`` is such a link: the README's FIFO-or-/dev/stdout path keeps working."""
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "stdout"
+    path.symlink_to(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        sink = FileSink("file", Delivery(), path=str(path), max_bytes=10**6, backups=0)
+        await sink.send([AccessEntry(record(request_id="fifo"))])
+        assert b'"fifo"' in os.read(reader, 1 << 16)
+        await sink.aclose()
+    finally:
+        os.close(reader)
+
+
 class ThreadCalls:
     """``asyncio.to_thread`` as the stream sinks see it, counting the calls (and still making them)."""
 
