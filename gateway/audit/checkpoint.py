@@ -187,7 +187,9 @@ def load_checkpoints(path: Path) -> list[dict[str, Any]]:
         found = _collect((f"{path} item {i}", doc) for i, doc in enumerate(items, start=1))
     if found is None:
         lines = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Only "\n" ends a JSON line: splitlines() also breaks at U+0085 and U+2028, which JSON text may
+        # hold raw (a client's User-Agent in a sink's log made the whole file unreadable here).
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -130,6 +130,11 @@ def test_load_checkpoints_reads_a_file_sinks_log(tmp_path: Path) -> None:
         "\n".join(json.dumps(d) for d in [access, entry(docs[0]), entry(broken), access, entry(docs[1])])
     )
     assert load_checkpoints(sink) == docs
+    # A client's User-Agent with a NEL or a line separator, raw in the JSON text (as msgspec writes it):
+    # one anonymous request had made the whole log unreadable here.
+    odd = {**access, "user_agent": {"original": "Mozilla/5.0 \u0085 nel \u2028 ls"}}
+    sink.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in [odd, entry(docs[0]), odd]))
+    assert load_checkpoints(sink) == docs[:1]
     sink.write_text(json.dumps(access) + "\n")
     with pytest.raises(ValueError, match="holds no checkpoint"):
         load_checkpoints(sink)
