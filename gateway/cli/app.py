@@ -29,6 +29,7 @@ from gateway.cli import (
     user,
 )
 from gateway.cli.harness import EXIT_USAGE, Action, execute
+from gateway.cli.terminal import EscapingStream
 
 __all__ = ["build_parser", "main"]
 
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
+    # Before anything prints: text a client chose (evidence, audit details) must not drive the terminal.
+    if not isinstance(sys.stdout, EscapingStream):
+        sys.stdout = EscapingStream(sys.stdout)
+    if not isinstance(sys.stderr, EscapingStream):
+        sys.stderr = EscapingStream(sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
