@@ -36,6 +36,7 @@ from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
     SubParsers,
+    UserError,
     config_arg,
     load_config,
     load_keyring,
@@ -271,13 +272,21 @@ async def _check(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 async def _report(args: argparse.Namespace, ctx: _Ctx) -> int:
     from gateway.response.report import dumps, report_markdown
+    from gateway.store.private import write_new_private
 
     doc = await ctx.flow.report(args.id)
     text = dumps(doc) if args.format == "json" else report_markdown(doc)
     if args.output is None:
         print(text)
     else:
-        args.output.write_text(text + "\n")
+        # It names the affected people, their addresses and audit records: 0600, a new file, never
+        # through a link (it was written with the umask's 0644 and followed links).
+        try:
+            write_new_private(args.output, (text + "\n").encode("utf-8"))
+        except FileExistsError:
+            raise UserError(f"{args.output} exists or is a link; give a new file's path") from None
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc.strerror}") from None
         print(f"wrote {args.output}")
     return EXIT_OK
 

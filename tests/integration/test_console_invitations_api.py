@@ -235,6 +235,7 @@ def test_a_link_does_not_work_again_after_the_cli_shut_the_account_and_opened_it
     name = f"ulla{len(shut)}"
     url = create(site, boss, name, mode="invitation")["invitation_url"]
     config = ("--config", str(site.gw.config_path))
+    steps: list[tuple[str, ...]]
     if shut == ("disable",):
         steps = [("user", "disable", name), ("user", "enable", name)]
     else:

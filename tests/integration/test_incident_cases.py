@@ -302,6 +302,14 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
     assert f"# Post-incident report: brute force: victim ({case_id})" in markdown
     assert "a reused password" in markdown
     assert sealed["sha256"] in markdown
+    # It names people and addresses: only the operator reads it, and it never goes through a link.
+    assert md_path.stat().st_mode & 0o777 == 0o600
+    assert "exists or is a link" in cli(site, "report", case_id, "-o", str(md_path), code=2)
+    victim = site.tmp / "victim.txt"
+    victim.write_text("PRECIOUS\n")
+    (site.tmp / "link.md").symlink_to(victim)
+    assert "exists or is a link" in cli(site, "report", case_id, "-o", str(site.tmp / "link.md"), code=2)
+    assert victim.read_text() == "PRECIOUS\n"
 
     cli(site, "phase", case_id, "closed")
     assert "is closed" in cli(site, "phase", case_id, "containment", code=2)
