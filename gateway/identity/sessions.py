@@ -736,11 +736,12 @@ class SessionStore:
         """End every session of ``user_id`` but the one whose id hash is ``keep`` (and, with
         ``keep_family``, that sign-in's sessions on the other hosts).
 
-        The index is read again after each pass until it names nothing else, and every id a pass
-        tried to end leaves the index with it: a session that changed its id meanwhile (a second
-        factor, an enrolment) is either found under its new id by the next pass or, finding its old id
-        gone from the index, ends itself (the attack run kept 2 of 8 such sessions through a password
-        change).
+        Every other sign-in ends whole (:meth:`revoke_family`): a hand-off in flight from it cannot
+        start a session afterwards. The index is read again after each pass until it names nothing
+        else, and every id a pass tried to end leaves the index with it: a session that changed its id
+        meanwhile (a second factor, an enrolment) is either found under its new id by the next pass
+        or, finding its old id gone from the index, ends itself (an attack run kept 2 of 8 such
+        sessions through a password change).
 
         Returns:
             How many sessions were ended.
@@ -748,20 +749,34 @@ class SessionStore:
         Raises:
             StateUnavailable: the store cannot answer, or the user's sessions kept changing.
         """
+        mine = await self._state.get(_session_key(keep))
+        session = None if mine is None else decode_session(mine)
+        # Sign-ins left standing: this browser's (``keep_family``), and the one ``keep`` belongs to; every
+        # other sign-in ends whole, its family record taken, so no hand-off can join it again (an
+        # attack run kept a copied cookie minting sessions on another host through the sweep).
+        spared = {family for family in (keep_family, session.family if session else None) if family}
         kept = {keep}
         count = 0
         for _ in range(_CAS_ATTEMPTS):
             ids = [h for h in self._parse_ids(await self._state.get(_user_key(user_id))) if h not in kept]
-            if ids and keep_family is not None:
-                records = await asyncio.gather(*(self._state.get(_session_key(h)) for h in ids))
-                for id_hash, raw in zip(ids, records, strict=True):
-                    session = None if raw is None else decode_session(raw)
-                    if session is not None and session.id_hash == id_hash and session.family == keep_family:
-                        kept.add(id_hash)
-                ids = [h for h in ids if h not in kept]
             if not ids:
                 return count
-            for id_hash in ids:
+            records = await asyncio.gather(*(self._state.get(_session_key(h)) for h in ids))
+            families: set[str] = set()
+            for id_hash, raw in zip(ids, records, strict=True):
+                other = None if raw is None else decode_session(raw)
+                if other is None or other.id_hash != id_hash:
+                    continue
+                if keep_family is not None and other.family == keep_family:
+                    kept.add(id_hash)
+                elif other.family not in spared:
+                    families.add(other.family)
+            ids = [h for h in ids if h not in kept]
+            if not ids:
+                return count
+            for family in families:
+                count += await self.revoke_family(family)
+            for id_hash in ids:  # the rest: gone already, or of the sign-in ``keep`` belongs to
                 if await self.revoke_hash(id_hash):
                     count += 1
             await self._update_user(user_id, _without(frozenset(ids)))

@@ -36,9 +36,10 @@ class Hooked:
     def __init__(self, inner: FastState) -> None:
         self._inner = inner
         self._hooks: list[tuple[str, str, Hook]] = []
+        self._every: list[tuple[str, str, Hook]] = []
 
-    def after(self, method: str, prefix: str, hook: Hook) -> None:
-        self._hooks.append((method, prefix, hook))
+    def after(self, method: str, prefix: str, hook: Hook, *, every_time: bool = False) -> None:
+        (self._every if every_time else self._hooks).append((method, prefix, hook))
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._inner, name)
@@ -49,6 +50,8 @@ class Hooked:
             result = await real(*args, **kwargs)
             for hook in [h for h in self._hooks if h[0] == name and args and str(args[0]).startswith(h[1])]:
                 self._hooks.remove(hook)
+                await hook[2]()
+            for hook in [h for h in self._every if h[0] == name and args and str(args[0]).startswith(h[1])]:
                 await hook[2]()
             return result
 
@@ -154,3 +157,34 @@ async def test_signing_out_other_browsers_keeps_this_sign_in_on_every_host(
     assert ended == 1
     assert await _live(store, sweeper) == {hash_session_id(here), hash_session_id(there)}
     assert await sweeper.get(other) is None
+
+
+async def test_a_sign_in_swept_whole_cannot_be_joined_again(
+    store: SessionStore, sweeper: SessionStore, fast_state: FastState
+) -> None:
+    """A copied cookie's sign-in keeps minting sessions on another host through the hand-off while the
+    owner signs out everywhere else (an attack run kept 9 to 54 of them): the sweep ends that sign-in
+    whole, so a session that joined it meanwhile ends with it and no later hand-off can join it."""
+    owner, _ = await sign_in(store)
+    thief, stolen = await sign_in(store)
+    joined: list[str] = []
+    refused: list[str] = []
+
+    async def join() -> None:  # the thief's loop: a new session on another host whenever it can
+        try:
+            joined.append((await sign_in(store, family=stolen.family, host="app.example.com"))[0])
+        except SessionEnded:
+            refused.append("joined an ended sign-in")
+
+    watched = Hooked(fast_state)
+    watched.after("get", f"usess:{USER}", join, every_time=True)
+    sweeping = SessionStore(watched, SessionSettings(), store._clock)
+    await sweeping.revoke_others(owner, USER)  # finishes: the thief cannot keep it going
+
+    assert joined, "the hook did not run"
+    assert refused, "the thief was never refused"
+    for minted in (thief, *joined):
+        assert await sweeper.get(minted) is None
+    with pytest.raises(SessionEnded):
+        await sign_in(store, family=stolen.family, host="app.example.com")
+    assert await _live(store, sweeper) == {hash_session_id(owner)}
