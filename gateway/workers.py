@@ -35,7 +35,7 @@ import time
 from types import FrameType
 from typing import Any, Final
 
-__all__ = ["GRACE_ENV", "MASTER_ENV", "become_worker", "guard_workers"]
+__all__ = ["GRACE_ENV", "MASTER_ENV", "become_worker", "die_with", "guard_workers"]
 
 logger = logging.getLogger("gateway")
 
@@ -57,7 +57,7 @@ def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
     os._exit(0)
 
 
-def _die_with(master: int) -> None:
+def die_with(master: int) -> None:
     """Ask Linux for SIGTERM when ``master`` exits; exit now if it already has."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -82,7 +82,7 @@ def guard_workers(grace: float) -> None:
         # request can reach the master's inherited handlers.
         for signum in _STOP_SIGNALS:
             signal.signal(signum, _stop_while_starting)
-        _die_with(master)
+        die_with(master)
 
     os.register_at_fork(after_in_child=in_child)
 
@@ -98,7 +98,7 @@ def become_worker() -> None:
     master = int(master_text)
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _stop_while_starting)
-    _die_with(master)
+    die_with(master)
     _install_signal_once()
     grace = float(os.environ.get(GRACE_ENV, "30"))
     threading.Thread(target=_watch_master, args=(master, grace), name="master-watch", daemon=True).start()

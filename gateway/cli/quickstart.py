@@ -159,6 +159,8 @@ def run_quickstart(*, data_dir: Path, listen: str, echo_port: int = 0, admin_por
         # Its own process group, stopped as a whole by _stop_group (a terminal's Ctrl-C does not
         # reach it directly, so it is never signalled twice while stopping).
         start_new_session=True,
+        # ... and it stops when this process dies without stopping it (SIGKILL left it listening).
+        env={**os.environ, _PARENT_ENV: str(os.getpid())},
     )
     try:
         if not _wait_for_port(echo_port):
@@ -222,12 +224,21 @@ async def bootstrap_admin(settings: Settings) -> str:
         return f"user admin, one-time password {password}  (you choose a new one, then add a second factor)"
 
 
+# The quick start's pid, handed to the echo app it starts.
+_PARENT_ENV = "GATEWAY_QUICKSTART_PARENT"
+
+
 def run_echo(listen: str) -> None:
     """Serve only the echo app (granian, one worker)."""
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
+    from gateway.workers import die_with
+
     host, port = parse_listen(listen)
+    parent = os.environ.pop(_PARENT_ENV, None)
+    if parent is not None and parent.isdigit():
+        die_with(int(parent))  # started by the quick start: never outlive it
     Server("gateway.echo:app", address=host, port=port, interface=Interfaces.ASGI, loop=Loops.uvloop).serve()
 
 

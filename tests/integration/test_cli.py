@@ -8,6 +8,7 @@ and key path, never a traceback, and never the value of a secret.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -430,6 +431,42 @@ def test_quickstart_serves_echo_and_stops_cleanly(tmp_path: Path, signum: int, t
         if process_group_members(pgid):
             os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_a_killed_quickstart_leaves_no_echo_app_listening(tmp_path: Path) -> None:
+    """SIGKILL gives the quick start no chance to stop its children: the gateway and the console die
+    with it (they ask Linux for that), and so must the echo app (an attack run found it listening,
+    reparented to init)."""
+    port, echo_port, admin_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "gateway", "quickstart", "--data-dir", str(tmp_path / "qs"),
+            "--listen", f"127.0.0.1:{port}", "--echo-port", str(echo_port), "--admin-port", str(admin_port),
+        ],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(echo_port, proc=proc, timeout=60)
+        wait_for_port(port, proc=proc, timeout=60)
+        proc.kill()
+        proc.wait(timeout=30)
+        wait_until(
+            lambda: not port_is_open(echo_port), timeout=30, what="the echo app to stop with quickstart"
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _pids_with(f"127.0.0.1:{echo_port}"):  # whatever outlived it (its own session)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with(text: str) -> list[int]:
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and text in _cmdline(int(entry.name))
+    ]
 
 
 def _cmdline(pid: int) -> str:
