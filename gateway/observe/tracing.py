@@ -72,7 +72,9 @@ _TRACESTATE_MEMBER: Final = re.compile(
 _MAX_TRACESTATE: Final = 512
 _MAX_MEMBERS: Final = 32
 _SAMPLED: Final = 0x01
-_CONTEXT_HEADERS: Final = (b"traceparent", b"tracestate")
+# W3C Baggage rides with the trace context: an app's OpenTelemetry propagator adopts its entries and
+# passes them on to every service it calls (an attack run sent "userId=admin,role=root" to the apps).
+_CONTEXT_HEADERS: Final = (b"traceparent", b"tracestate", b"baggage")
 
 
 class TraceParent(NamedTuple):
@@ -164,6 +166,7 @@ class RequestTrace:
 
     __slots__ = (
         "_open",
+        "baggage",
         "client_context",
         "parent_id",
         "sampled",
@@ -193,8 +196,10 @@ class RequestTrace:
         # Finished stages: (stage, span id, start, end).
         self.stages: list[tuple[Stage, int, int, int]] = []
         self._open: tuple[Stage, int, int] | None = None
-        # Whether the client sent traceparent or tracestate (to be replaced on the way upstream).
+        # Whether the client sent traceparent, tracestate or baggage (replaced or dropped upstream).
         self.client_context = False
+        # A trusted caller's baggage, passed on when its trace context was honoured.
+        self.baggage: bytes | None = None
 
     def enter(self, stage: Stage) -> int:
         """End the running stage (if any) and start ``stage``; returns its span id."""
@@ -224,6 +229,8 @@ class RequestTrace:
         headers.append((b"traceparent", format_traceparent(self.trace_id, span_id, self.sampled)))
         if self.tracestate:
             headers.append((b"tracestate", self.tracestate))
+        if self.baggage:
+            headers.append((b"baggage", self.baggage))
         return headers
 
 
@@ -278,17 +285,22 @@ class Tracer:
         """Start the trace of an ASGI request from its headers (the module docstring's trust rule)."""
         parents: list[bytes] = []
         states: list[bytes] = []
+        bags: list[bytes] = []
         for name, value in scope["headers"]:
             if name == b"traceparent":
                 parents.append(value)
             elif name == b"tracestate":
                 states.append(value)
+            elif name == b"baggage":
+                bags.append(value)
         # Several traceparent fields cannot be told apart: none of them is believed (§3.2).
         parent = parse_traceparent(parents[0]) if len(parents) == 1 else None
         peer = scope.get("client")
         honour = self._honour_parent and bool(trusted) and peer is not None and trusted.is_trusted(peer[0])
         trace = self._start(parent, states, honour)
-        trace.client_context = bool(parents or states)
+        trace.client_context = bool(parents or states or bags)
+        if bags and trace.why == "parent":
+            trace.baggage = b",".join(bags)
         rec.trace_id, rec.span_id = f"{trace.trace_id:032x}", f"{trace.span_id:016x}"
         return trace
 

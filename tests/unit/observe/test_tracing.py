@@ -150,6 +150,25 @@ def test_a_trusted_proxy_decides_only_when_parent_sampling_says_so() -> None:
     assert not always.begin(_scope(unsampled, peer="10.1.2.3"), trusted, _rec()).sampled
 
 
+def test_a_clients_baggage_never_reaches_the_app_a_trusted_proxys_does() -> None:
+    """The attack run: ``baggage: userId=admin,role=root`` went to the apps, whose OpenTelemetry
+    propagators adopt its entries and pass them on to every service they call."""
+    tracer, _ = _tracer(1.0, parent_sampling="trusted_proxies")
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    parent = (b"traceparent", f"00-{TRACE}-{SPAN}-01".encode())
+    client = tracer.begin(_scope(parent, (b"baggage", b"userId=admin,role=root")), trusted, _rec())
+    sent = client.upstream_headers([(b"host", b"app"), (b"baggage", b"userId=admin,role=root")])
+    assert [name for name, _ in sent] == [b"host", b"traceparent"]
+    alone = tracer.begin(_scope((b"baggage", b"role=root")), trusted, _rec())  # no traceparent at all
+    assert b"baggage" not in dict(alone.upstream_headers([(b"baggage", b"role=root")]))
+    proxy = tracer.begin(
+        _scope(parent, (b"baggage", b"a=1"), (b"baggage", b"b=2"), peer="10.1.2.3"), trusted, _rec()
+    )
+    assert (
+        dict(proxy.upstream_headers([(b"baggage", b"a=1"), (b"baggage", b"b=2")]))[b"baggage"] == b"a=1,b=2"
+    )
+
+
 def test_two_traceparents_are_neither_believed() -> None:
     tracer, _ = _tracer(1.0)
     scope = _scope(
