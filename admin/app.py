@@ -326,9 +326,11 @@ class AdminGuard:
     async def __call__(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
+        # Blocks first, also for the public paths (/metrics, the console's page and assets): the README
+        # says a block holds on the admin listener, and an attack run still scraped /metrics blocked.
+        await self._refuse_blocked(connection.scope.get("state", {}).get(CLIENT_IP_KEY, ""))
         if handler.opt.get(_PUBLIC):
             return
-        await self._refuse_blocked(connection.scope.get("state", {}).get(CLIENT_IP_KEY, ""))
         headers = connection.headers
         check_csrf(
             method=str(connection.scope.get("method", "GET")),

@@ -199,6 +199,9 @@ def test_a_block_made_here_is_enforced_by_the_gateway_and_an_unblock_lifts_it(
     )
     assert_error(lift, 403, "ip-blocked")
     assert [e["address"] for e in blocks(site, boss)] == [f"{BLOCKED}/32"]
+    # Its public paths too: the metrics (who is signed in, what is denied) and the console's page.
+    for path in ("/metrics", "/"):
+        assert api(site, boss, "GET", path, headers=from_blocked).status_code == 403, path
     assert api(site, boss, "GET", "/api/blocks", headers={"X-Forwarded-For": NEIGHBOUR}).status_code == 200
 
     resp = api(site, boss, "POST", "/api/blocks/unblock", json={"address": BLOCKED, "reason": "scan over"})
