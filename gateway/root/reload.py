@@ -9,6 +9,7 @@ follow the snapshot: the new pools are checked before the swap, the old checks s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -168,14 +169,22 @@ class Reloader:
             note = await self._policy_note() if self._policy_note is not None else None
             if note is not None:
                 logger.warning("policy: %s", note)
-            await self._record("success", f"generation {new.generation}")
+            await self._record(
+                "success",
+                f"generation {new.generation}",
+                # What changed, for the SIEM: a reload that loosened a route or trusted_proxies had left
+                # only "generation N" (an attack run), and the file's digest ties it to a review.
+                changed=_changed(current.settings, settings),
+                sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            )
             return True
 
-    async def _record(self, outcome: str, detail: str) -> None:
+    async def _record(self, outcome: str, detail: str, **more: object) -> None:
         details = {
             "config": str(self.config_path),
             "detail": detail.splitlines()[0] if detail else "",
             "pid": os.getpid(),
+            **more,
         }
         await record_quietly(self._audit, "config.reloaded", actor="system", outcome=outcome, details=details)
 
@@ -185,6 +194,23 @@ def _restart_only_change(old: Settings, new: Settings) -> str | None:
         if _at(old, key) != _at(new, key):
             return f"'{key}' changed; it only takes effect on restart. Restart the gateway to apply it."
     return None
+
+
+def _changed(old: Settings, new: Settings) -> list[str]:
+    """The top-level settings that differ, and for routes the names of those added, removed or changed."""
+    changed = [
+        name
+        for name in type(new).__struct_fields__
+        if name != "routes" and getattr(old, name) != getattr(new, name)
+    ]
+    before = {route.name: route for route in old.routes}
+    after = {route.name: route for route in new.routes}
+    changed += [
+        f"routes.{name}"
+        for name in sorted(before.keys() | after.keys())
+        if before.get(name) != after.get(name)
+    ]
+    return changed
 
 
 def _at(settings: Settings, dotted: str) -> object:

@@ -8,8 +8,11 @@ account never locked.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,14 @@ def _reload_error(body: bytes) -> str:
     return str(json.loads(body)["checks"]["config"].get("last_reload_error") or "")
 
 
+def _audit(gw: Gateway, kind: str) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(Path(gw.config["data_dir"]) / "gateway.db")) as conn:
+        rows = conn.execute(
+            "SELECT details FROM audit_events WHERE kind = ? AND outcome = 'success'", (kind,)
+        )
+        return [json.loads(details) for (details,) in rows]
+
+
 def _accepted(gw: Gateway) -> None:
     """Wait until every worker took the reload (readiness shows no refusal and the new generation)."""
     _every_worker(
@@ -119,6 +130,12 @@ def test_a_shortened_session_lifetime_ends_older_sessions_on_every_worker(gw: Ga
 
     _reload(gw, session={"lifetime": "2s", "idle_timeout": "2s"})
     _accepted(gw)
+    # The trail says what the reload changed, and which file it was.
+    reloads = _audit(gw, "config.reloaded")
+    assert reloads
+    assert all(r["changed"] == ["session"] for r in reloads), reloads
+    text = gw.config_path.read_bytes()
+    assert {r["sha256"] for r in reloads} == {hashlib.sha256(text).hexdigest()}
     _every_worker(
         gw, _probe(gw, session), _status(401), "the session to end on every worker after the reload"
     )
