@@ -25,7 +25,8 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError, GatewayError
@@ -151,14 +152,49 @@ class AdminChild:
 
     proc: subprocess.Popen[bytes]
     listen: str
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def reload(self) -> None:
         """Forward a SIGHUP (the gateway's reload) to the admin listener."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)
 
+    def watch(self) -> None:
+        """Start it again whenever it exits while the gateway runs (a thread of the gateway's master).
+
+        An admin listener killed or crashed had stayed a zombie, unnoticed: the console, the admin API,
+        /metrics and the incident-record webhook were gone while the gateway looked healthy (an attack
+        run). Now its exit is logged as an error and it is started again, after 1 s, doubling to 30 s
+        while it keeps failing.
+        """
+        threading.Thread(target=self._keep_running, name="admin-listener-watch", daemon=True).start()
+
+    def _keep_running(self) -> None:
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            code = self.proc.wait()
+            if self.stopping.is_set():
+                return
+            logger.error(
+                "the admin listener on %s exited with %d; starting it again in %.0f s",
+                self.listen,
+                code,
+                delay,
+            )
+            if self.stopping.wait(delay):
+                return
+            # The environment as it is now (the accepted config's pin included), and the parent's pid.
+            self.proc = subprocess.Popen(self.command, env={**os.environ, **self.env})  # noqa: S603 - as at first
+            logger.info("admin listener starting again on %s (pid %d)", self.listen, self.proc.pid)
+            # A listener that ran a while had not failed at start: the next failure waits 1 s again.
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the admin listener (SIGTERM, then SIGKILL after ``timeout``)."""
+        self.stopping.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -185,8 +221,7 @@ def start_admin_child(config_path: Path, settings: Settings) -> AdminChild | Non
     if level not in ("debug", "info", "warning", "error"):
         level = "info"
     command = [sys.executable, "-m", "gateway", "--log-level", level]
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-        [*command, "admin", "serve", "--config", str(config_path.resolve())], env=env
-    )
+    command = [*command, "admin", "serve", "--config", str(config_path.resolve())]
+    proc = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module, fixed arguments
     logger.info("admin listener starting on %s (pid %d)", listen, proc.pid)
-    return AdminChild(proc, listen)
+    return AdminChild(proc, listen, command, {PARENT_ENV: env[PARENT_ENV]})

@@ -109,6 +109,8 @@ def serve(config_path: Path, settings: Settings) -> None:
     master_pid = os.getpid()
     # Started first: a busy admin port is a clear error before the gateway takes its own port.
     admin = start_admin_child(config_path, settings)
+    if admin is not None:
+        admin.watch()
 
     def forward_sighup(signum: int, _frame: object) -> None:
         if os.getpid() != master_pid:
