@@ -24,15 +24,17 @@ logins are counted and locked exactly like real ones (under their canonical spel
 says only "someone failed here often", true for any name. Checking the lock first (rather than after
 verifying the password) means a locked account costs no argon2 work, so an attacker cannot use a
 locked account to burn CPU, and learns nothing new about the password while it is locked.
-One thing the shared counter does tell: failures under an email alias lock its username too, so
-someone who already suspects that ``alice@example.com`` is ``alice`` could confirm it with ten wrong
-passwords. That is the price of one counter per person, which matters more: otherwise each spelling
-would be its own budget of guesses.
+The counter is per person (whichever spelling was typed, the account's), so each spelling is not a
+budget of guesses of its own. An alias typed (the email) is also counted under its own spelling, and
+only that counter answers 429: the account's lock is enforced silently for it (a wrong-password answer
+after a dummy hash of the same cost). Otherwise failing ``alice`` and then trying ``alice@example.com``
+told whether the two are one account (429) or not (401), as an attack run did to map emails to names.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import logging
 import unicodedata
@@ -57,7 +59,7 @@ from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthn
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
-from gateway.identity.regulation import Regulator
+from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.identity.retired import retire
 from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
@@ -572,28 +574,40 @@ class AccountService:
         """
         candidates = _login_candidates(login)
         user = await self._find(candidates)
+        typed = _unknown_login_key(login, candidates)
         # The counter is per person: whichever alias was typed, a known account counts under its
         # username. An unknown login counts under its own canonical spelling, so locks behave the
         # same whether or not the account exists.
-        key = user.username if user is not None else _unknown_login_key(login, candidates)
+        key = user.username if user is not None else typed
         regulated = self.regulation_key(key, device) if user is not None else key
-        async with self._regulator.attempt(regulated) as attempt:
+        async with contextlib.AsyncExitStack() as stack:
+            # An alias (the email) also counts under its own spelling, and only that spelling's counter
+            # answers "too many attempts"; the account's is enforced silently. Otherwise failing one
+            # spelling and trying the other told whether the two are one account (429) or not (401):
+            # an attack run mapped email addresses to usernames that way.
+            spelled = (
+                await stack.enter_async_context(self._regulator.attempt(typed))
+                if user is not None and typed != user.username
+                else None
+            )
+            try:
+                attempt = await stack.enter_async_context(self._regulator.attempt(regulated))
+            except AccountLocked:
+                if spelled is None:
+                    raise
+                await self._hasher.verify(None, password)  # the time a wrong password takes
+                await spelled.fail(ip=ip, factor=_PASSWORD_FACTOR)
+                await self._failed(user, key, ip, reason="locked")
+                raise SignInFailed(SIGN_IN_FAILED_MESSAGE) from None
             stored = user.password_hash if user is not None else None
             # Always hash, also with no account or no password (None = dummy hash of equal cost): the
             # answer time must not tell an unknown user from a wrong password.
             correct = await self._hasher.verify(stored, password)
             if user is None or stored is None or not correct or not user.can_sign_in:
                 await attempt.fail(ip=ip, factor=_PASSWORD_FACTOR)
-                await self._audit.record(
-                    "signin.password",
-                    actor=f"user:{user.username}" if user is not None else "anonymous",
-                    # A login that cannot be a name is left out: it is often a password typed into the
-                    # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
-                    subject=key if not key.startswith("~") else "",
-                    ip=ip,
-                    outcome="failure",
-                    details={"reason": _failure_reason(user, correct=correct)},
-                )
+                if spelled is not None:
+                    await spelled.fail(ip=ip, factor=_PASSWORD_FACTOR)
+                await self._failed(user, key, ip, reason=_failure_reason(user, correct=correct))
                 raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
         # No reset of the failure counter here: a correct password is only half of a sign-in for a
         # user with a second factor, and resetting on it let an attacker who knows the password guess
@@ -611,6 +625,18 @@ class AccountService:
         )
         return SignInResult(
             user=user, must_change_password=user.must_change_password, regulation_key=regulated
+        )
+
+    async def _failed(self, user: User | None, key: str, ip: str, *, reason: str) -> None:
+        await self._audit.record(
+            "signin.password",
+            actor=f"user:{user.username}" if user is not None else "anonymous",
+            # A login that cannot be a name is left out: it is often a password typed into the wrong
+            # box. (One that could be a name is kept: credential stuffing shows up by it.)
+            subject=key if not key.startswith("~") else "",
+            ip=ip,
+            outcome="failure",
+            details={"reason": reason},
         )
 
     def regulation_key(self, username: str, device: str | None) -> str:

@@ -8,6 +8,7 @@ only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -323,6 +324,34 @@ async def test_email_alias_shares_the_failure_counter(world: World) -> None:
     assert world.hasher.verified == []
     world.clock.advance(REGULATION.lock_time + 1)
     assert (await world.accounts.authenticate("alice", PASSWORD, ip=IP)).user.username == "alice"
+
+
+async def test_a_lock_does_not_tell_which_email_is_which_username(world: World) -> None:
+    """The attack run: fail ``alice`` until she backs off, then try ``alice@example.com``: a 429 said
+    the two were one account, where an unknown pair (``mallory`` / ``mallory@example.com``) got 401."""
+    await _alice(world)
+    for name in ("alice", "mallory"):
+        for _ in range(REGULATION.max_failures):
+            await _failure(world, name, "wrong password here")
+            world.clock.advance(REGULATION.lock_time / 100)
+        with pytest.raises(AccountLocked):
+            await world.accounts.authenticate(name, "wrong password here", ip=IP)
+    world.hasher.verified.clear()
+    # The alias answers as the unknown email does: a wrong password, after a hash of the same cost.
+    for email in ("alice@example.com", "mallory@example.com"):
+        with pytest.raises(SignInFailed):
+            await world.accounts.authenticate(email, "wrong password here", ip=IP)
+    assert world.hasher.verified == [None, None]
+    # The account's lock still holds for it, silently: the right password through the alias fails too.
+    with pytest.raises(SignInFailed):
+        await world.accounts.authenticate("alice@example.com", PASSWORD, ip=IP)
+    # And the alias is regulated under its own spelling, as an unknown email is.
+    for _ in range(REGULATION.max_failures):
+        with contextlib.suppress(SignInFailed, AccountLocked):
+            await world.accounts.authenticate("alice@example.com", "wrong password here", ip=IP)
+        world.clock.advance(REGULATION.lock_time / 100)
+    with pytest.raises(AccountLocked):
+        await world.accounts.authenticate("alice@example.com", "wrong password here", ip=IP)
 
 
 async def test_unknown_logins_lock_like_real_ones(world: World) -> None:
