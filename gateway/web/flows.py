@@ -130,7 +130,9 @@ async def may_change_factors(session: Session, config: CurrentConfig, identity: 
     return any(use.factor in first and now - use.at <= window for use in session.factors)
 
 
-async def still_allowed(identity: IdentityServices, session_id: str, user_id: int) -> bool:
+async def still_allowed(
+    identity: IdentityServices, session_id: str, user_id: int, *, password_hash: str | None = None
+) -> bool:
     """Re-read the account once its new session exists; end the session if it may no longer sign in.
 
     A sign-in checks the account first, then spends its time hashing the password (or verifying a
@@ -138,9 +140,15 @@ async def still_allowed(identity: IdentityServices, session_id: str, user_id: in
     ends the account's sessions: one that did not exist yet survived it (an attack run restricted an
     account 10 ms into a sign-in, and the sign-in finished with a live session). Read after the
     session is stored, the flag is either seen here or set before a sweep that finds the session.
+    With ``password_hash`` (the hash the password was verified against), a password changed meanwhile
+    ends it too: a sign-in with the old password must not outlive the change that ended the others.
     """
     user = await identity.accounts.get(user_id)
-    if user is not None and user.can_sign_in:
+    if (
+        user is not None
+        and user.can_sign_in
+        and (password_hash is None or user.password_hash == password_hash)
+    ):
         return True
     await identity.sessions.revoke(session_id)
     return False

@@ -42,7 +42,7 @@ async def _sign_in(client: AsyncTestClient[Any], username: str) -> int:
     return answer.status_code
 
 
-@pytest.mark.parametrize("change", ["restrict", "disable", "close"])
+@pytest.mark.parametrize("change", ["restrict", "disable", "close", "password"])
 async def test_an_account_shut_while_its_password_is_checked_gets_no_session(
     worker: tuple[WorkerServices, AsyncTestClient[Any]], monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
@@ -57,8 +57,11 @@ async def test_an_account_shut_while_its_password_is_checked_gets_no_session(
             await accounts.set_restricted(bob.id, True, actor="admin:boss")
         elif change == "disable":
             await accounts.disable(bob.id, actor="admin:boss")
-        else:
+        elif change == "close":
             await accounts.close(bob.id, actor="admin:boss")
+        else:
+            # The owner changed a leaked password while the thief's sign-in with it was being checked.
+            await accounts.set_password(bob.id, "a brand new passphrase 2026", actor="user:bob")
         return correct
 
     monkeypatch.setattr(PasswordHasher, "verify", verify_while_shut)
