@@ -884,7 +884,9 @@ class AccountService:
             await self._update_noted(
                 user_id, (user, "roles-set"), {"roles": cleaned, "updated_at": self._clock.now()}, ref=cleaned
             )
-        # Roles first, sessions second (as in disable): a sign-in racing the change gets the new roles.
+        # Roles first, sessions second (as in disable): a sign-in racing the change either reads the new
+        # roles or, having read the old ones, sees the change once its session exists and ends it
+        # (web.flows.still_allowed).
         ended = await self._revoke(user_id) if removed else 0
         if added or removed:
             await self._audit.record(

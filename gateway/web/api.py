@@ -260,7 +260,7 @@ async def passkey_verify(
         password_change=user.must_change_password,
         optout=await identity.consents.optout_of(user),
     )
-    if not await flows.still_allowed(identity, session_id, user.id):
+    if not await flows.still_allowed(identity, session_id, user.id, roles=user.roles):
         raise NotAuthorizedException("That passkey cannot sign in.")
     await identity.audit.record(
         "signin.passkey",

@@ -131,7 +131,12 @@ async def may_change_factors(session: Session, config: CurrentConfig, identity: 
 
 
 async def still_allowed(
-    identity: IdentityServices, session_id: str, user_id: int, *, password_hash: str | None = None
+    identity: IdentityServices,
+    session_id: str,
+    user_id: int,
+    *,
+    password_hash: str | None = None,
+    roles: str | None = None,
 ) -> bool:
     """Re-read the account once its new session exists; end the session if it may no longer sign in.
 
@@ -142,12 +147,16 @@ async def still_allowed(
     session is stored, the flag is either seen here or set before a sweep that finds the session.
     With ``password_hash`` (the hash the password was verified against), a password changed meanwhile
     ends it too: a sign-in with the old password must not outlive the change that ended the others.
+    With ``roles`` (the account's local roles the session was given), a role change meanwhile ends it:
+    its sweep ran before the session existed, and the session carried the old roles (a re-attack run
+    kept an admin role removed during its sign-ins, 8 times of 8).
     """
     user = await identity.accounts.get(user_id)
     if (
         user is not None
         and user.can_sign_in
         and (password_hash is None or user.password_hash == password_hash)
+        and (roles is None or user.roles == roles)
     ):
         return True
     await identity.sessions.revoke(session_id)

@@ -253,7 +253,7 @@ async def callback(
         password_change=who.user.must_change_password,
         optout=await identity.consents.optout_of(who.user),
     )
-    if not await flows.still_allowed(identity, session_id, who.user.id):
+    if not await flows.still_allowed(identity, session_id, who.user.id, roles=who.user.roles):
         return _page(
             request,
             403,

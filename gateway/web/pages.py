@@ -148,7 +148,9 @@ async def login_submit(
         password_change=result.must_change_password,
         optout=await identity.consents.optout_of(user),
     )
-    if not await flows.still_allowed(identity, session_id, user.id, password_hash=user.password_hash):
+    if not await flows.still_allowed(
+        identity, session_id, user.id, password_hash=user.password_hash, roles=user.roles
+    ):
         # Disabled, restricted or closed while the password was being checked: the same answer as
         # for a disabled account.
         return _login_refused(request, config, rd, username, 401, _SAME_ANSWER)

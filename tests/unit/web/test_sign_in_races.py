@@ -42,13 +42,14 @@ async def _sign_in(client: AsyncTestClient[Any], username: str) -> int:
     return answer.status_code
 
 
-@pytest.mark.parametrize("change", ["restrict", "disable", "close", "password"])
+@pytest.mark.parametrize("change", ["restrict", "disable", "close", "password", "roles"])
 async def test_an_account_shut_while_its_password_is_checked_gets_no_session(
     worker: tuple[WorkerServices, AsyncTestClient[Any]], monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     services, client = worker
     accounts = services.identity.accounts
     bob = await accounts.create(username="bob", password=PASSWORD, actor="cli:test")
+    await accounts.set_roles(bob.id, ["admin"], actor="cli:test")
     real_verify = PasswordHasher.verify
 
     async def verify_while_shut(self: PasswordHasher, stored: str | None, password: str) -> bool:
@@ -59,6 +60,9 @@ async def test_an_account_shut_while_its_password_is_checked_gets_no_session(
             await accounts.disable(bob.id, actor="admin:boss")
         elif change == "close":
             await accounts.close(bob.id, actor="admin:boss")
+        elif change == "roles":
+            # The re-attack run: an admin demoted while signing in kept the role in the new session.
+            await accounts.set_roles(bob.id, [], actor="admin:boss")
         else:
             # The owner changed a leaked password while the thief's sign-in with it was being checked.
             await accounts.set_password(bob.id, "a brand new passphrase 2026", actor="user:bob")
