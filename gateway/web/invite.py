@@ -74,6 +74,11 @@ async def _open(identity: IdentityServices, invitation: Invitation | None) -> Us
     return user
 
 
+async def _still_open(identity: IdentityServices, user_id: int) -> bool:
+    user = await identity.accounts.get(user_id)
+    return user is not None and user.can_sign_in
+
+
 def _form(
     request: Request[Any, Any, Any], config: Config, user: User, token: str, *, error: str | None = None
 ) -> Template:
@@ -128,6 +133,12 @@ async def invite_submit(
     if invitation is None or invitation.user_id != user.id:
         return await _refused(request, identity, token, ip)  # lost a race with another use
     await identity.accounts.set_password(user.id, new, actor=f"user:{user.username}", ip=ip)
+    if not await _still_open(identity, user.id):
+        # Disabled, restricted or closed while the link was being used (its withdrawal came after the
+        # token was taken): the password it set goes again (a re-attack run set one on a disabled
+        # account this way 3 times of 6).
+        await identity.accounts.clear_password(user.id, actor="system:invitation")
+        return await _refused(request, identity, token, ip)
     await identity.audit.record(
         "user.invitation.accepted",
         actor=f"user:{user.username}",

@@ -8,6 +8,7 @@ reached the apps. Here the restriction lands deterministically while the passwor
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from gateway.identity.invitations import Invitations
 from gateway.identity.passwords import PasswordHasher
 from gateway.services import WorkerServices
 from tests.unit.web.worker import control_app
@@ -27,6 +29,14 @@ PASSWORD = "violet harbour cobalt lantern"
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[WorkerServices, AsyncTestClient[Any]]]:
     async with control_app(tmp_path, threat={"enabled": False}) as started:
         yield started
+
+
+async def _settled(services: WorkerServices) -> None:
+    """Let the worker's start-up writes finish. The test client runs the app on a loop of its own and
+    blocks this one meanwhile: a background write left half-way here would hold the SQLite write lock
+    through the whole request."""
+    for _ in range(50):
+        await asyncio.sleep(0.02)
 
 
 async def _sign_in(client: AsyncTestClient[Any], username: str) -> int:
@@ -80,3 +90,38 @@ async def test_the_control_signs_in(worker: tuple[WorkerServices, AsyncTestClien
     carol = await services.identity.accounts.create(username="carol", password=PASSWORD, actor="cli:test")
     assert await _sign_in(client, "carol") == 302
     assert len(await services.identity.sessions.list_user(carol.id)) == 1
+
+
+async def test_an_invitation_used_while_its_account_is_disabled_sets_no_password(
+    worker: tuple[WorkerServices, AsyncTestClient[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-attack run: the link's token was taken just before the disable withdrew it, and the
+    password it chose was stored on the disabled account (3 times of 6); enabled again, it signed in."""
+    services, client = worker
+    accounts = services.identity.accounts
+    dora = await accounts.create(username="dora", password=None, actor="cli:test")
+    invitations = Invitations(services.fast, services.identity.clock)
+    issued = await invitations.issue(user_id=dora.id, username="dora", ttl=3600)
+    real_take = Invitations.take
+
+    async def take_then_disabled(self: Invitations, token: str) -> Any:
+        taken = await real_take(self, token)
+        await accounts.disable(dora.id, actor="admin:boss")
+        return taken
+
+    monkeypatch.setattr(Invitations, "take", take_then_disabled)
+    path = f"/.gateway/invite/{issued.token}"
+    await _settled(services)
+    page = await client.get(path, headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    chosen = "a thief's passphrase 2026"
+    answer = await client.post(
+        path, data={"new": chosen, "confirm": chosen, "_csrf_token": token.group(1)}, follow_redirects=False
+    )
+    monkeypatch.undo()
+    assert answer.status_code == 410
+    stored = await accounts.get(dora.id)
+    assert stored is not None
+    assert stored.password_hash is None
