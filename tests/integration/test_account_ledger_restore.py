@@ -12,11 +12,13 @@ import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 
 from tests.integration.harness import (
+    Echo,
     add_user,
     echo_route,
     free_port,
@@ -34,6 +36,16 @@ def _signs_in(client: httpx.Client, user: str) -> bool:
     signed_in = any(c.name == SESSION_COOKIE for c in client.cookies.jar)
     client.cookies.clear()
     return signed_in
+
+
+def _signed_in_site(tmp_path: Path, echo: Echo) -> tuple[dict[str, Any], Path, tuple[str, str]]:
+    """A config whose route needs a sign-in, written where the CLI finds it; its ``--config`` option."""
+    config = gateway_config(
+        tmp_path, free_port(), [echo_route(echo, public_paths=[])], session={"insecure_cookies": True}
+    )
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config, config_path, ("--config", str(config_path))
 
 
 def _cli(*args: str) -> str:
@@ -54,13 +66,7 @@ def _replayed(database: Path) -> list[dict[str, object]]:
 
 def test_a_restored_database_does_not_bring_back_erased_deleted_or_disabled_people(tmp_path: Path) -> None:
     with run_echo() as echo:
-        port = free_port()
-        config = gateway_config(
-            tmp_path, port, [echo_route(echo, public_paths=[])], session={"insecure_cookies": True}
-        )
-        config_path = tmp_path / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        c = ("--config", str(config_path))
+        config, config_path, c = _signed_in_site(tmp_path, echo)
         for name in ("alice", "bob", "carol", "dave"):
             add_user(config_path, name, PASSWORD)
         backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
@@ -200,13 +206,7 @@ def test_a_restore_does_not_bring_back_a_removed_factor_or_a_spent_code(tmp_path
     the app off the account. A restore from a backup made before brought both back: the thief's phone
     and the code someone may have seen worked again."""
     with run_echo() as echo:
-        port = free_port()
-        config = gateway_config(
-            tmp_path, port, [echo_route(echo, public_paths=[])], session={"insecure_cookies": True}
-        )
-        config_path = tmp_path / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        c = ("--config", str(config_path))
+        config, config_path, c = _signed_in_site(tmp_path, echo)
         add_user(config_path, "fay", PASSWORD)
         with run_gateway(tmp_path / "first", config) as gw, browser(gw) as client:
             assert login(client, "fay").status_code == 302

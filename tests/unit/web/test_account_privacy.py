@@ -20,7 +20,6 @@ import httpx
 import msgspec
 import pytest
 from litestar import Request
-from litestar.testing import AsyncTestClient
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
@@ -57,7 +56,7 @@ PURPOSES: list[dict[str, Any]] = [
 class Control:
     """One started worker's control app, and a signed-in browser on it."""
 
-    def __init__(self, client: AsyncTestClient[Any], services: WorkerServices) -> None:
+    def __init__(self, client: httpx.AsyncClient, services: WorkerServices) -> None:
         self.client = client
         self.services = services
 

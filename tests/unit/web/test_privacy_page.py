@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.services import WorkerServices
@@ -51,7 +50,7 @@ ACCOUNT = {
 class Control:
     """The control app of one started worker, and its services."""
 
-    def __init__(self, client: AsyncTestClient[Any], services: WorkerServices) -> None:
+    def __init__(self, client: httpx.AsyncClient, services: WorkerServices) -> None:
         self.client = client
         self.services = services
 

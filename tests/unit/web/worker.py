@@ -1,4 +1,10 @@
-"""One started worker's control app in process, behind Litestar's client, for the portal tests."""
+"""One started worker's control app in process, behind an httpx client, for the portal tests.
+
+The client runs the app on the test's own event loop (httpx's ASGI transport), as a real worker does.
+Litestar's test client runs it on a loop in another thread and blocks the test's loop meanwhile: a
+background write of the worker (a replica heartbeat, say) caught half-way then held SQLite's write
+lock through the whole request, and the request's own write failed as "database is locked" 5 s later.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
-from litestar.testing import AsyncTestClient
 
 from gateway.root.start import Role, start
 from gateway.services import WorkerServices
@@ -23,7 +29,7 @@ BASE_URL = "http://gw.test:8080"
 @asynccontextmanager
 async def control_app(
     tmp_path: Path, **overrides: Any
-) -> AsyncIterator[tuple[WorkerServices, AsyncTestClient[Any]]]:
+) -> AsyncIterator[tuple[WorkerServices, httpx.AsyncClient]]:
     """A worker on the embedded default in ``tmp_path`` (one route, no admin listener), its settings
     changed by ``overrides``; stopped at the end of the block."""
     config: dict[str, Any] = {
@@ -39,7 +45,9 @@ async def control_app(
     path.write_text(yaml.safe_dump(config))
     running = await start(path, load_settings(path), role=Role.WORKER)
     try:
-        async with AsyncTestClient(create_control_app(running.services), base_url=BASE_URL) as client:
+        app: Any = create_control_app(running.services)  # an ASGI app; httpx types it more narrowly
+        transport = httpx.ASGITransport(app=app, client=("testclient", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, follow_redirects=True) as client:
             yield running.services, client
     finally:
         await running.close()
