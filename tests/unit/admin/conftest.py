@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
-from litestar.testing import AsyncTestClient
 
 from admin.app import create_admin_app
 from gateway.root.start import Role, start
 from gateway.settings.loader import load_settings
+from tests.support.asgi_client import asgi_client
 from tests.unit.admin.console_app import ADMIN_PORT, ORIGIN, POLICY, Console, Start
 
 
@@ -37,14 +38,14 @@ async def console(tmp_path: Path) -> AsyncIterator[Start]:
         path.write_text(yaml.safe_dump(config))
         running = await start(path, load_settings(path), role=Role.ADMIN)
         closing.append(running)
-        client = AsyncTestClient(create_admin_app(running.services), base_url=ORIGIN)
+        client = asgi_client(create_admin_app(running.services), ORIGIN)
         await client.__aenter__()
         closing.append(client)
         return Console(client, running.services)
 
     yield open_console
     for item in reversed(closing):
-        if isinstance(item, AsyncTestClient):
+        if isinstance(item, httpx.AsyncClient):
             await item.__aexit__(None, None, None)
         else:
             await item.close()

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-from litestar.testing import AsyncTestClient
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.services import Services
@@ -27,7 +26,7 @@ g, user:second, admin
 
 
 class Console:
-    def __init__(self, client: AsyncTestClient[Any], services: Services) -> None:
+    def __init__(self, client: httpx.AsyncClient, services: Services) -> None:
         self.client = client
         self.services = services
 

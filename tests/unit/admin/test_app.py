@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.services import Services
 from tests.unit.admin.console_app import ORIGIN, Start
@@ -25,7 +24,7 @@ g, user:boss, admin
 
 
 class Admin:
-    def __init__(self, client: AsyncTestClient[Any], services: Services, session_id: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, services: Services, session_id: str) -> None:
         self.client = client
         self.services = services
         self.cookie = f"gateway_session={session_id}"

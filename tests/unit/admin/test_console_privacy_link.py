@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from litestar.testing import AsyncTestClient
 
 from admin.app import create_admin_app
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.root.start import Role, start
 from gateway.settings.loader import load_settings
+from tests.support.asgi_client import asgi_client
 
 ADMIN_PORT = 9443
 ORIGIN = f"http://gw.test:{ADMIN_PORT}"
@@ -28,7 +27,7 @@ LINK = f'<a href="{PUBLIC_URL}/.gateway/privacy">Privacy notice</a>'
 
 
 @pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient[Any], str]]:
+async def console(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The admin app of a started admin process, and the session cookie of a signed-in admin."""
     (tmp_path / "policy.csv").write_text("p, admin, *, /*, *, allow\ng, user:boss, admin\n")
     config = {
@@ -46,7 +45,7 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient[Any], s
     running = await start(path, load_settings(path), role=Role.ADMIN)
     try:
         services = running.services
-        async with AsyncTestClient(create_admin_app(services), base_url=ORIGIN) as client:
+        async with asgi_client(create_admin_app(services), ORIGIN) as client:
             now = services.identity.clock.time()
             session_id, _ = await services.identity.sessions.create(
                 user_id=1,
@@ -65,7 +64,7 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient[Any], s
 
 @pytest.mark.parametrize(("path", "status"), [("/", 200), ("/users", 200), ("/users/nobody-here", 404)])
 async def test_every_console_page_links_the_gateways_privacy_notice(
-    console: tuple[AsyncTestClient[Any], str], path: str, status: int
+    console: tuple[httpx.AsyncClient, str], path: str, status: int
 ) -> None:
     client, cookie = console
     page: httpx.Response = await client.get(path, headers={"Cookie": cookie, "Accept": "text/html"})

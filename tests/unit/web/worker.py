@@ -1,10 +1,5 @@
-"""One started worker's control app in process, behind an httpx client, for the portal tests.
-
-The client runs the app on the test's own event loop (httpx's ASGI transport), as a real worker does.
-Litestar's test client runs it on a loop in another thread and blocks the test's loop meanwhile: a
-background write of the worker (a replica heartbeat, say) caught half-way then held SQLite's write
-lock through the whole request, and the request's own write failed as "database is locked" 5 s later.
-"""
+"""One started worker's control app in process, behind an httpx client on the test's own loop
+(``tests.support.asgi_client``), for the portal tests."""
 
 from __future__ import annotations
 
@@ -20,6 +15,7 @@ from gateway.root.start import Role, start
 from gateway.services import WorkerServices
 from gateway.settings.loader import load_settings
 from gateway.web.app import create_control_app
+from tests.support.asgi_client import asgi_client
 
 __all__ = ["BASE_URL", "control_app"]
 
@@ -45,9 +41,7 @@ async def control_app(
     path.write_text(yaml.safe_dump(config))
     running = await start(path, load_settings(path), role=Role.WORKER)
     try:
-        app: Any = create_control_app(running.services)  # an ASGI app; httpx types it more narrowly
-        transport = httpx.ASGITransport(app=app, client=("testclient", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, follow_redirects=True) as client:
+        async with asgi_client(create_control_app(running.services), BASE_URL) as client:
             yield running.services, client
     finally:
         await running.close()
