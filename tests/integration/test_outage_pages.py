@@ -191,8 +191,15 @@ def test_a_refusing_upstream_gets_a_plain_502(tmp_path: Path) -> None:
                 assert_plain(resp, 502, backend_port=port)
                 assert "did not answer properly" in resp.text
             assert api.json()["error"] == "upstream-error"
-            # The detail is in the log line that carries the page's request id.
+            # The detail is in the process log's line that carries the page's request id (the access
+            # log's line carries it too, and the two streams may reach the file in either order).
             request_id = page.headers["x-request-id"]
-            log = wait_until(lambda: (text := gw.log()) and request_id in text and text)
-            line = next(line for line in log.splitlines() if request_id in line)
+
+            def detail() -> str | None:
+                found = [
+                    line for line in gw.log().splitlines() if request_id in line and "(request id" in line
+                ]
+                return found[0] if found else None
+
+            line = wait_until(detail, what="the process log's line with the request id")
             assert "ConnectionRefusedError" in line, line
