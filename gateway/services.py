@@ -136,7 +136,8 @@ class IdentityServices:
         # Keyed: every record carries an HMAC under a key the database does not hold.
         audit = AuditLog(db, clock=clock, keyring=keyring)
         hasher = PasswordHasher(settings.passwords)
-        regulator = Regulator(fast, settings.regulation, audit, clock)
+        live_regulation = regulation or (lambda: settings.regulation)
+        regulator = Regulator(fast, live_regulation, audit, clock)
         sessions = SessionStore(fast, settings.session, clock)
         # One ledger for every service that records a change a restore must not undo.
         ledger = AccountLedger(db, keyring, ledger_path(settings), clock)
@@ -171,7 +172,7 @@ class IdentityServices:
             ),
             recovery=RecoveryCodes(db, hasher, settings.mfa, clock, ledger=ledger),
             first_codes=FirstCodesGrants(fast),
-            attempts=AddressAttempts(fast, regulation or (lambda: settings.regulation)),
+            attempts=AddressAttempts(fast, live_regulation),
             consents=Consents(
                 db,
                 audit,

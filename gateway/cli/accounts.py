@@ -51,7 +51,7 @@ async def account_services(settings: Settings) -> AsyncIterator[AccountServices]
     async with open_store(settings, fast=True, keyring=True) as store:
         audit = store.audit()
         hasher = PasswordHasher(settings.passwords)
-        regulator = Regulator(store.fast, settings.regulation, audit, SYSTEM_CLOCK)
+        regulator = Regulator(store.fast, lambda: settings.regulation, audit, SYSTEM_CLOCK)
         sessions = (
             SessionStore(store.fast, settings.session, SYSTEM_CLOCK) if shares_state(settings) else None
         )

@@ -128,12 +128,15 @@ class _Record:
 class Regulator:
     """Counts failed sign-in steps per account and refuses attempts while backing off or locked."""
 
-    def __init__(self, state: FastState, settings: RegulationSettings, audit: AuditLog, clock: Clock) -> None:
+    def __init__(
+        self, state: FastState, settings: Callable[[], RegulationSettings], audit: AuditLog, clock: Clock
+    ) -> None:
         """Wire the regulator.
 
         Args:
             state: Shared fast state (keys ``reg:<account>``).
-            settings: Free attempts, failures before the lock, lock time.
+            settings: The regulation settings in force (free attempts, failures before the lock, lock
+                time); a serving process gives the live configuration's, so a reload applies.
             audit: Where locks are recorded.
             clock: Unix time; tests move a fake one.
         """
@@ -141,10 +144,6 @@ class Regulator:
         self._settings = settings
         self._audit = audit
         self._clock = clock
-
-    def use(self, settings: RegulationSettings) -> None:
-        """Apply a reloaded ``regulation`` block (from the next attempt on)."""
-        self._settings = settings
 
     def attempt(self, account: str) -> Attempt:
         """One attempt at a secret of ``account``, as ``async with regulator.attempt(account) as a:``.
@@ -183,7 +182,7 @@ class Regulator:
     def _refusal(self, record: _Record, now: float) -> float:
         """How long a new attempt must wait (0: it may go ahead)."""
         wait = self._wait(record, now)
-        if wait <= 0 and record.failures + record.pending >= self._settings.max_failures:
+        if wait <= 0 and record.failures + record.pending >= self._settings().max_failures:
             # The attempts in flight would reach the lock if they all failed: this one waits for them.
             return _BUSY_RETRY
         return max(wait, 0.0)
@@ -203,7 +202,7 @@ class Regulator:
                 return replace(record, pending=pending)
             failures = record.failures + 1
             locked_until = (
-                now + float(self._settings.lock_time) if failures >= self._settings.max_failures else 0.0
+                now + float(self._settings().lock_time) if failures >= self._settings().max_failures else 0.0
             )
             return _Record(failures, now, locked_until, pending, record.last_reserved)
 
@@ -214,7 +213,7 @@ class Regulator:
             name, _, device = account.partition(DEVICE_SEPARATOR)
             details: dict[str, object] = {
                 "failures": after.failures,
-                "lock_time": float(self._settings.lock_time),
+                "lock_time": float(self._settings().lock_time),
             }
             if device:
                 details["known_device"] = True  # the lock holds for that browser alone
@@ -246,16 +245,16 @@ class Regulator:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (before the lock applies)."""
-        extra = failures - self._settings.free_attempts
+        extra = failures - self._settings().free_attempts
         if extra <= 0:
             return 0.0
-        return min(float(2 ** min(extra, _MAX_EXPONENT)), float(self._settings.lock_time))
+        return min(float(2 ** min(extra, _MAX_EXPONENT)), float(self._settings().lock_time))
 
     def _current(self, record: _Record, now: float) -> _Record:
         if record.pending and now - record.last_reserved >= PENDING_LEASE:
             record = replace(record, pending=0, last_reserved=0.0)  # reserved by a process that died
         ended = record.locked_until and record.locked_until <= now
-        quiet = not record.locked_until and now - record.last_failure >= float(self._settings.lock_time)
+        quiet = not record.locked_until and now - record.last_failure >= float(self._settings().lock_time)
         if ended or (record.failures and quiet):
             # A lock that has ended, or failures older than lock_time, no longer count: a fresh start
             # (the attempts in flight still do).
@@ -286,7 +285,7 @@ class Regulator:
             # The key outlives everything it records by lock_time at most; the TTL only cleans up (the
             # rules above are checked against the stored times).
             latest = max(after.locked_until, after.last_failure, after.last_reserved)
-            ttl = latest - now + float(self._settings.lock_time)
+            ttl = latest - now + float(self._settings().lock_time)
             if await self._state.compare_and_set(key, raw, after.encode(), ttl=max(ttl, 1.0)):
                 return before, after
         raise StateUnavailable(f"regulation counter for {account!r} kept changing; giving up")

@@ -105,8 +105,8 @@ class Reloader:
                 checked (the admin listener).
             policy_note: Says when ``policy.file`` differs from the stored policy: a reload does not
                 import it, and an operator who edited it and reloaded must hear that nothing changed.
-            appliers: Hand an accepted config to the services that keep a block of it (the sessions'
-                lifetimes, the regulation's limits), after the swap.
+            appliers: Hand an accepted config to the services that keep a block of it in attributes
+                rather than read the live one (the session store's lifetimes), after the swap.
         """
         self.config_path = config_path
         self.live = live

@@ -406,7 +406,7 @@ async def _open_stores(
     # the same sessions, counters, blocks and broadcasts.
     fast = open_configured_state(settings)
     stack.push_async_callback(fast.close)
-    # The privacy purposes of the configuration in force: a reload that changes a notice applies.
+    # The privacy purposes and regulation limits of the configuration in force: a reload applies.
     identity = IdentityServices.build(
         settings,
         db,
@@ -438,10 +438,9 @@ async def _open_shared(
         audit=identity.audit,
         health=health,
         policy_note=policy.file_differs,
-        appliers=(
-            lambda new: identity.sessions.use(new.session),
-            lambda new: identity.regulator.use(new.regulation),
-        ),
+        # The session store keeps its lifetimes in attributes (read on every request's look-up); the other
+        # services read the live configuration through a callable.
+        appliers=(lambda new: identity.sessions.use(new.session),),
     )
     # Probes the database and the fast state for /.gateway/ready and the component gauges.
     monitor = ReadinessMonitor({Component.STORAGE: db.ping, Component.STATE: fast.ping})

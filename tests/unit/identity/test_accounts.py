@@ -99,7 +99,7 @@ async def world(database: Database) -> AsyncIterator[World]:
     fast = MemoryFastState(clock=clock)
     audit = AuditLog(database, clock=clock)
     hasher = CountingHasher(FAST_ARGON)
-    regulator = Regulator(fast, REGULATION, audit, clock)
+    regulator = Regulator(fast, lambda: REGULATION, audit, clock)
     sessions = SessionStore(fast, SessionSettings(), clock)
     accounts = AccountService(database, hasher, regulator, audit, clock, sessions=sessions)
     yield World(database, clock, audit, hasher, regulator, sessions, accounts)

@@ -55,7 +55,7 @@ def machines(database: Database, clock: FakeClock, keyring: Keyring) -> ServiceA
 @pytest.fixture
 def people(database: Database, clock: FakeClock) -> AccountService:
     audit = AuditLog(database, clock=clock)
-    regulator = Regulator(MemoryFastState(clock=clock), RegulationSettings(), audit, clock)
+    regulator = Regulator(MemoryFastState(clock=clock), lambda: RegulationSettings(), audit, clock)
     return AccountService(database, PasswordHasher(FAST_ARGON), regulator, audit, clock)
 
 

@@ -322,7 +322,7 @@ async def test_a_deleted_accounts_name_is_never_handed_to_a_new_person(
     keyring = Keyring.create(tmp_path / "keyring.json")
     audit = AuditLog(database, clock=clock, keyring=keyring)
     settings = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-    regulator = Regulator(MemoryFastState(clock=clock), RegulationSettings(), audit, clock)
+    regulator = Regulator(MemoryFastState(clock=clock), lambda: RegulationSettings(), audit, clock)
     accounts = AccountService(database, PasswordHasher(settings), regulator, audit, clock, keyring=keyring)
     mapper = IdentityMapper(database, audit, clock, keyring=keyring)
     fern = await accounts.create(username="fern", password=None, email="fern@example.com", actor="admin:boss")

@@ -37,7 +37,7 @@ async def test_an_outage_leaves_the_sessions_owed_and_they_end_when_it_is_over(
     fast = MemoryFastState(clock=clock)
     audit = AuditLog(database, clock=clock)
     sessions = SessionStore(fast, SessionSettings(), clock)
-    regulator = Regulator(fast, RegulationSettings(), audit, clock)
+    regulator = Regulator(fast, lambda: RegulationSettings(), audit, clock)
     accounts = AccountService(
         database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
     )

@@ -69,7 +69,7 @@ class World:
 @pytest.fixture
 def world(fast_state: FastState, clock: FakeClock, audit_db: Database) -> World:
     audit = AuditLog(audit_db, clock=clock)
-    return World(clock, fast_state, audit, Regulator(fast_state, SETTINGS, audit, clock))
+    return World(clock, fast_state, audit, Regulator(fast_state, lambda: SETTINGS, audit, clock))
 
 
 async def test_free_attempts_have_no_delay(world: World) -> None:
@@ -97,7 +97,7 @@ async def test_back_off_doubles_after_the_free_attempts(world: World) -> None:
 async def test_back_off_is_capped_at_lock_time(fast_state: FastState, audit_db: Database) -> None:
     settings = RegulationSettings(free_attempts=1, max_failures=100, lock_time=Duration(60))
     clock = FakeClock()
-    regulator = Regulator(fast_state, settings, AuditLog(audit_db, clock=clock), clock)
+    regulator = Regulator(fast_state, lambda: settings, AuditLog(audit_db, clock=clock), clock)
     assert [regulator.delay(n) for n in (0, 1, 2, 3, 6, 7, 8, 99, 10**6)] == [0, 0, 2, 4, 32, 60, 60, 60, 60]
     # Seven failures, each after its back-off (2, 4, … 32 s: less than the 60 s of quiet that would
     # forget them); the seventh's back-off is the first one capped.
@@ -217,7 +217,7 @@ async def test_a_parallel_burst_on_two_replicas_gets_no_more_guesses_than_one_at
 ) -> None:
     """The attack an outside test ran: ~170 of 200 parallel TOTP guesses checked against a limit of
     10. Now a burst gets the free attempts and the first back-off step; then it must wait."""
-    peer = Regulator(fast_state_peer, SETTINGS, world.audit, world.clock)
+    peer = Regulator(fast_state_peer, lambda: SETTINGS, world.audit, world.clock)
     assert await _burst(world, peer, 60) == SETTINGS.free_attempts + 1
     assert await world.wait() == 2
 
@@ -225,7 +225,7 @@ async def test_a_parallel_burst_on_two_replicas_gets_no_more_guesses_than_one_at
 async def test_bursts_never_exceed_the_lock_budget_and_the_lock_is_audited_once(
     world: World, fast_state_peer: FastState
 ) -> None:
-    peer = Regulator(fast_state_peer, SETTINGS, world.audit, world.clock)
+    peer = Regulator(fast_state_peer, lambda: SETTINGS, world.audit, world.clock)
     checked = 0
     while not await world.locks():
         world.advance(await world.wait())

@@ -116,7 +116,10 @@ class Node:
 def _node(db: Database, clock: FakeClock, keyring: Keyring, fast: MemoryFastState, path: Path) -> Node:
     audit = AuditLog(db, clock=clock, keyring=keyring)
     regulator = Regulator(
-        fast, RegulationSettings(free_attempts=50, max_failures=100, lock_time=Duration(1)), audit, clock
+        fast,
+        lambda: RegulationSettings(free_attempts=50, max_failures=100, lock_time=Duration(1)),
+        audit,
+        clock,
     )
     sessions = SessionStore(fast, SessionSettings(), clock)
     ledger = AccountLedger(db, keyring, path, clock)

@@ -100,7 +100,7 @@ def world(database: Database, clock: FakeClock) -> World:
     sessions = SessionStore(
         fast, SessionSettings(idle_timeout=Duration(1800), lifetime=Duration(3600)), clock
     )
-    regulator = Regulator(fast, RegulationSettings(), audit, clock)
+    regulator = Regulator(fast, lambda: RegulationSettings(), audit, clock)
     accounts = AccountService(
         database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
     )

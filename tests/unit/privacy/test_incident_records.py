@@ -127,7 +127,10 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
     audit = AuditLog(database, clock=clock, keyring=keyring)
     sessions = SessionStore(fast, SessionSettings(), clock)
     regulator = Regulator(
-        fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
+        fast,
+        lambda: RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)),
+        audit,
+        clock,
     )
     accounts = AccountService(
         database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions

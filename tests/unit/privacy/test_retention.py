@@ -148,7 +148,10 @@ def _privacy(
 
 def _regulator(fast: MemoryFastState, audit: AuditLog, clock: FakeClock) -> Regulator:
     return Regulator(
-        fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
+        fast,
+        lambda: RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)),
+        audit,
+        clock,
     )
 
 

@@ -99,7 +99,10 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
     keyring = Keyring.create(tmp_path / "keyring.json")
     audit = AuditLog(database, clock=clock, keyring=keyring)
     regulator = Regulator(
-        fast, RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)), audit, clock
+        fast,
+        lambda: RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900)),
+        audit,
+        clock,
     )
     sessions = SessionStore(fast, SessionSettings(), clock)
     accounts = AccountService(

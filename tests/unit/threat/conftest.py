@@ -107,7 +107,7 @@ class World:
 @pytest.fixture
 def world(fast_state: FastState, clock: FakeClock, audit_db: Database) -> World:
     audit = AuditLog(audit_db, clock=clock)
-    regulator = Regulator(fast_state, RegulationSettings(), audit, clock)
+    regulator = Regulator(fast_state, lambda: RegulationSettings(), audit, clock)
     sessions = SessionStore(fast_state, SESSION_SETTINGS, clock, cache_ttl=0)
     accounts = AccountService(
         audit_db, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
