@@ -22,24 +22,40 @@ from gateway.identity.ledger import AccountLedger, Entry
 from gateway.identity.models import RecoveryCode, TotpCredential, WebAuthnCredential
 from gateway.store.db import Database, store_errors
 
-__all__ = ["FactorKind", "code_id", "drop_codes_before", "factor_id", "make_again", "ref"]
+__all__ = ["FactorKind", "drop_codes_before", "make_again", "note_removed"]
 
 FactorKind = Literal["totp", "webauthn", "code"]
 
 
-def factor_id(kind: FactorKind, user_id: int, row_id: int, created_at: datetime) -> str:
-    """The ledger's public id of an authenticator app or a WebAuthn credential."""
-    return f"{kind}:{user_id}:{row_id}:{created_at.isoformat()}"
+def _public_id(kind: FactorKind, user_id: int, row_id: int, mark: str) -> str:
+    # ``mark`` tells this row from a later one given the same id: an app's or a credential's creation
+    # time, a code's batch and position.
+    return f"{kind}:{user_id}:{row_id}:{mark}"
 
 
-def code_id(user_id: int, row_id: int, batch: str, position: int) -> str:
-    """The ledger's public id of one recovery code."""
-    return f"code:{user_id}:{row_id}:{batch}:{position}"
+def _code_mark(batch: str, position: int) -> str:
+    return f"{batch}:{position}"
 
 
-def ref(kind: FactorKind, row_id: int) -> str:
-    """Where a replay looks for the factor: its kind and row id."""
-    return f"{kind}:{row_id}"
+async def note_removed(
+    ledger: AccountLedger | None,
+    session: AsyncSession,
+    kind: FactorKind,
+    *,
+    user_id: int,
+    row_id: int,
+    created_at: datetime | None = None,
+    batch: str = "",
+    position: int = 0,
+) -> list[Entry]:
+    """Note in the caller's transaction that a factor was removed (``created_at``: an app's or a
+    credential's) or a code spent (``batch`` and ``position``); the entries to :meth:`AccountLedger.append`
+    after the commit (none without a ledger)."""
+    if ledger is None:
+        return []
+    mark = created_at.isoformat() if created_at is not None else _code_mark(batch, position)
+    public_id = _public_id(kind, user_id, row_id, mark)
+    return [await ledger.note_factor(session, user_id, public_id, ref=f"{kind}:{row_id}")]
 
 
 async def make_again(db: Database, ledger: AccountLedger, entry: Entry) -> bool:
@@ -77,7 +93,9 @@ async def _remove(
     created = await session.scalar(
         select(model.created_at).where(model.id == row_id, model.user_id == entry.user_id)
     )
-    if created is None or not ledger.names_thing(factor_id(kind, entry.user_id, row_id, created), entry):
+    if created is None or not ledger.names_thing(
+        _public_id(kind, entry.user_id, row_id, created.isoformat()), entry
+    ):
         return False
     await session.execute(delete(model).where(model.id == row_id))
     return True
@@ -93,7 +111,9 @@ async def _spend_code(session: AsyncSession, ledger: AccountLedger, entry: Entry
             )
         )
     ).first()
-    if found is None or not ledger.names_thing(code_id(entry.user_id, row_id, *found), entry):
+    if found is None or not ledger.names_thing(
+        _public_id("code", entry.user_id, row_id, _code_mark(*found)), entry
+    ):
         return False
     await session.execute(update(RecoveryCode).where(RecoveryCode.id == row_id).values(used_at=entry.at))
     return True

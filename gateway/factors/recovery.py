@@ -31,8 +31,7 @@ from typing import Final
 from sqlalchemy import delete, select, update
 
 from gateway.clock import Clock
-from gateway.factors.ledgered import code_id
-from gateway.factors.ledgered import ref as ledger_ref
+from gateway.factors.ledgered import note_removed
 from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import RecoveryCode, User
 from gateway.identity.passwords import PasswordHasher
@@ -190,15 +189,16 @@ class RecoveryCodes:
                 # Noted in the ledger: a restore must not make a spent code (seen over a shoulder,
                 # photographed on the sheet) good again.
                 noted = (
-                    [
-                        await self._ledger.note_factor(
-                            session,
-                            spent.user_id,
-                            code_id(spent.user_id, row_id, spent.batch, spent.position),
-                            ref=ledger_ref("code", row_id),
-                        )
-                    ]
-                    if spent is not None and self._ledger is not None
+                    await note_removed(
+                        self._ledger,
+                        session,
+                        "code",
+                        user_id=spent.user_id,
+                        row_id=row_id,
+                        batch=spent.batch,
+                        position=spent.position,
+                    )
+                    if spent is not None
                     else []
                 )
                 await session.commit()

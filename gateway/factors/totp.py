@@ -41,8 +41,7 @@ from sqlalchemy import delete, exists, select, update
 
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring, KeyringError
-from gateway.factors.ledgered import factor_id
-from gateway.factors.ledgered import ref as ledger_ref
+from gateway.factors.ledgered import note_removed
 from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import TotpCredential
 from gateway.settings.schema import MfaSettings
@@ -359,15 +358,15 @@ class TotpService:
                     .returning(TotpCredential.created_at)
                 )
                 noted = (
-                    [
-                        await self._ledger.note_factor(
-                            session,
-                            user_id,
-                            factor_id("totp", user_id, credential_id, created),
-                            ref=ledger_ref("totp", credential_id),
-                        )
-                    ]
-                    if created is not None and self._ledger is not None
+                    await note_removed(
+                        self._ledger,
+                        session,
+                        "totp",
+                        user_id=user_id,
+                        row_id=credential_id,
+                        created_at=created,
+                    )
+                    if created is not None
                     else []
                 )
                 await session.commit()

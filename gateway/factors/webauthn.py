@@ -76,8 +76,7 @@ from webauthn.helpers.structs import (
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
-from gateway.factors.ledgered import factor_id
-from gateway.factors.ledgered import ref as ledger_ref
+from gateway.factors.ledgered import note_removed
 from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import User, WebAuthnCredential
 from gateway.settings.schema import WebAuthnSettings
@@ -561,15 +560,15 @@ class WebAuthnService:
                 username = await session.scalar(select(User.username).where(User.id == user_id)) or ""
                 # Noted in the ledger: a restore must not bring a stolen key's credential back.
                 noted = (
-                    [
-                        await self._ledger.note_factor(
-                            session,
-                            user_id,
-                            factor_id("webauthn", user_id, credential_db_id, gone.created_at),
-                            ref=ledger_ref("webauthn", credential_db_id),
-                        )
-                    ]
-                    if gone is not None and self._ledger is not None
+                    await note_removed(
+                        self._ledger,
+                        session,
+                        "webauthn",
+                        user_id=user_id,
+                        row_id=credential_db_id,
+                        created_at=gone.created_at,
+                    )
+                    if gone is not None
                     else []
                 )
                 await session.commit()
