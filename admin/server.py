@@ -148,13 +148,24 @@ def _die_with_parent() -> None:
 
 @dataclass
 class AdminChild:
-    """The admin listener started by ``gateway serve``."""
+    """The admin listener started by ``gateway serve`` (started on construction)."""
 
-    proc: subprocess.Popen[bytes]
     listen: str
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    stopping: threading.Event = field(default_factory=threading.Event)
+    command: list[str]
+    proc: subprocess.Popen[bytes] = field(init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    # Held while it is started or stopped: a stop never misses a listener the watch starts meanwhile.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self._spawn("starting")
+
+    def _spawn(self, what: str) -> None:
+        # The environment as it is now (the accepted config's pin included), and this process as the
+        # parent it dies with.
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        self.proc = subprocess.Popen(self.command, env=env)  # noqa: S603 - our own interpreter and module
+        logger.info("admin listener %s on %s (pid %d)", what, self.listen, self.proc.pid)
 
     def reload(self) -> None:
         """Forward a SIGHUP (the gateway's reload) to the admin listener."""
@@ -176,7 +187,7 @@ class AdminChild:
         while True:
             started = time.monotonic()
             code = self.proc.wait()
-            if self.stopping.is_set():
+            if self._stopping.is_set():
                 return
             logger.error(
                 "the admin listener on %s exited with %d; starting it again in %.0f s",
@@ -184,17 +195,19 @@ class AdminChild:
                 code,
                 delay,
             )
-            if self.stopping.wait(delay):
+            if self._stopping.wait(delay):
                 return
-            # The environment as it is now (the accepted config's pin included), and the parent's pid.
-            self.proc = subprocess.Popen(self.command, env={**os.environ, **self.env})  # noqa: S603 - as at first
-            logger.info("admin listener starting again on %s (pid %d)", self.listen, self.proc.pid)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._spawn("starting again")
             # A listener that ran a while had not failed at start: the next failure waits 1 s again.
             delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the admin listener (SIGTERM, then SIGKILL after ``timeout``)."""
-        self.stopping.set()
+        with self._lock:
+            self._stopping.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -216,12 +229,8 @@ def start_admin_child(config_path: Path, settings: Settings) -> AdminChild | Non
     if listen is None:
         return None
     check_port_free(listen)
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     if level not in ("debug", "info", "warning", "error"):
         level = "info"
     command = [sys.executable, "-m", "gateway", "--log-level", level]
-    command = [*command, "admin", "serve", "--config", str(config_path.resolve())]
-    proc = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module, fixed arguments
-    logger.info("admin listener starting on %s (pid %d)", listen, proc.pid)
-    return AdminChild(proc, listen, command, {PARENT_ENV: env[PARENT_ENV]})
+    return AdminChild(listen, [*command, "admin", "serve", "--config", str(config_path.resolve())])
