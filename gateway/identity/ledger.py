@@ -4,9 +4,9 @@ A backup holds the database as it was. Restoring one brings back every account d
 since, with its password hash and factors, and enables every account disabled since: an offboarded
 employee, or a person who exercised their right to erasure, is back. So are a password changed
 because it leaked, factors reset or removed because a device was lost, recovery codes spent or
-replaced, roles taken away, API tokens revoked and signing keys pulled because they leaked. The ledger remembers those changes *outside* the database,
-so that a gateway started on a restored database makes them again before it serves
-(:mod:`gateway.privacy.ledger_replay`).
+replaced, roles taken away, API tokens revoked and signing keys pulled because they leaked. The ledger
+remembers those changes *outside* the database, so that a gateway started on a restored database makes
+them again before it serves (:mod:`gateway.privacy.ledger_replay`).
 
 What it records, by state (an entry's *kind* follows from its state):
 
@@ -38,11 +38,10 @@ It is kept twice:
 
 An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of the username and the
 account's creation time (and the kind, but for ``account``) under a key derived from the keyring; a
-token by its public id, a key rotation by the new key's kid, under the same key. The creation time
-makes it this account row and no other: an administrator who creates an account of the same name
-later is not touched. The
-file names nobody to someone without the keyring (usernames are guessable, so a plain digest would
-confirm a guess). Every line of the file carries an HMAC over all its fields under another key derived
+token by its public id, a key rotation by the new key's kid, a factor as ``gateway.factors.ledgered``
+says, under the same key. The creation time makes it this account row and no other: an administrator
+who creates an account of the same name later is not touched. The file names nobody to someone without
+the keyring (usernames are guessable, so a plain digest would confirm a guess). Every line of the file carries an HMAC over all its fields under another key derived
 from the keyring, and a line whose MAC does not check is ignored and logged: one who can write the file
 but has no keyring can neither name an account nor turn an ``enabled`` into an ``erased`` (the re-attack
 run erased an account that way before). A later change of an account always outranks its earlier one,

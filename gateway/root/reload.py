@@ -23,7 +23,6 @@ from gateway.errors import ConfigError
 from gateway.pipeline.snapshot import LiveState, Snapshot, build_snapshot
 from gateway.settings.loader import pin_accepted, read_settings
 from gateway.settings.schema import Settings
-from gateway.threat.addresses import use_nat64_prefixes
 from gateway.upstream import HealthChecker
 
 __all__ = ["HealthChecks", "Reloader"]
@@ -105,8 +104,8 @@ class Reloader:
                 checked (the admin listener).
             policy_note: Says when ``policy.file`` differs from the stored policy: a reload does not
                 import it, and an operator who edited it and reloaded must hear that nothing changed.
-            appliers: Hand an accepted config to the services that keep a block of it in attributes
-                rather than read the live one (the session store's lifetimes), after the swap.
+            appliers: Hand an accepted config, after the swap, to what keeps part of it outside the
+                live snapshot (the session store's lifetimes, the process-wide NAT64 prefixes).
         """
         self.config_path = config_path
         self.live = live
@@ -157,7 +156,6 @@ class Reloader:
                 return False
             old_checker = await self._health.follow(new) if self._health is not None else None
             self.live.swap(new)
-            use_nat64_prefixes(settings.threat.nat64_prefixes)
             for apply in self._appliers:
                 apply(settings)
             # A worker started again after a crash starts with this text, not with the file on disk.

@@ -438,9 +438,13 @@ async def _open_shared(
         audit=identity.audit,
         health=health,
         policy_note=policy.file_differs,
-        # The session store keeps its lifetimes in attributes (read on every request's look-up); the other
+        # What keeps part of the configuration outside the live snapshot: the session store's lifetimes
+        # (read on every request's look-up), the NAT64 prefixes (process-wide, as at start). The other
         # services read the live configuration through a callable.
-        appliers=(lambda new: identity.sessions.use(new.session),),
+        appliers=(
+            lambda new: identity.sessions.use(new.session),
+            lambda new: use_nat64_prefixes(new.threat.nat64_prefixes),
+        ),
     )
     # Probes the database and the fast state for /.gateway/ready and the component gauges.
     monitor = ReadinessMonitor({Component.STORAGE: db.ping, Component.STATE: fast.ping})
