@@ -25,11 +25,11 @@ from typing import Final
 
 from gateway.crypto.keyring import Keyring
 
-__all__ = ["DEVICE_SEPARATOR", "KnownDevices", "account_of"]
+__all__ = ["KnownDevices", "account_of"]
 
 _INFO: Final = b"gateway known devices v1"
 # Not a username character (identity.names): a regulation key with it is an account and a device.
-DEVICE_SEPARATOR: Final = "|device:"
+_DEVICE_SEPARATOR: Final = "|device:"
 _ID_BYTES: Final = 12
 
 
@@ -51,7 +51,7 @@ class KnownDevices:
             device, _, mac = token.partition(".")
             for kid in self._keyring.key_ids:
                 if device and hmac.compare_digest(mac, self._mac(username, device, kid)):
-                    return f"{username}{DEVICE_SEPARATOR}{device}"
+                    return f"{username}{_DEVICE_SEPARATOR}{device}"
         return username
 
     def _mac(self, username: str, device: str, kid: str) -> str:
@@ -61,4 +61,4 @@ class KnownDevices:
 
 def account_of(regulation_key: str) -> str:
     """The account a regulation key counts for (the key without its device)."""
-    return regulation_key.partition(DEVICE_SEPARATOR)[0]
+    return regulation_key.partition(_DEVICE_SEPARATOR)[0]

@@ -56,7 +56,7 @@ from typing import Final, Self
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
-from gateway.identity.devices import DEVICE_SEPARATOR
+from gateway.identity.devices import account_of
 from gateway.settings.schema import RegulationSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 
@@ -210,12 +210,12 @@ class Regulator:
         logger.info("failed %s attempt for %r from %s (%d in a row)", factor, account, ip, after.failures)
         if after.locked_until and not before.locked_until:
             # Only the caller whose compare-and-set made the transition gets here: one audit per lock.
-            name, _, device = account.partition(DEVICE_SEPARATOR)
+            name = account_of(account)
             details: dict[str, object] = {
                 "failures": after.failures,
                 "lock_time": float(self._settings().lock_time),
             }
-            if device:
+            if name != account:
                 details["known_device"] = True  # the lock holds for that browser alone
             await self._audit.record(
                 "account.locked", actor="system", subject=name, ip=ip, outcome="locked", details=details

@@ -145,6 +145,17 @@ async def test_lock_after_max_failures_is_audited_once(world: World) -> None:
     assert await world.wait("bob") == 0
 
 
+async def test_a_known_device_lock_names_the_account_and_holds_for_that_device(world: World) -> None:
+    """A lock under a known device's key is audited under the account's name (the SIEM looks for
+    people, not keys), says it is that browser's, and leaves the account's shared counter alone."""
+    device_key = "alice|device:Zm9vYmFyYmF6cXV4"
+    await world.fail_patiently(SETTINGS.max_failures, account=device_key)
+    (locked,) = await world.locks("alice")
+    assert (locked["subject"], locked["known_device"]) == ("alice", True)
+    assert await world.wait(device_key) > 0
+    assert await world.wait("alice") == 0
+
+
 async def test_lock_expires_after_lock_time_and_counting_starts_afresh(world: World) -> None:
     await world.fail_patiently(SETTINGS.max_failures)
     world.advance(SETTINGS.lock_time - 1)
