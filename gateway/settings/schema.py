@@ -37,6 +37,7 @@ __all__ = [
     "MailTemplate",
     "MfaPolicy",
     "MfaSettings",
+    "NetworkRule",
     "NotifySettings",
     "PassiveHealthCheck",
     "PasswordSettings",
@@ -505,6 +506,14 @@ class TravelRule(ThreatRule, frozen=True):
     min_distance_km: float = 500.0
 
 
+class NetworkRule(ThreatRule, frozen=True):
+    """A rule that counts native IPv6 clients by a network wider than one subscriber's /64."""
+
+    # The network's prefix length (32-63): a site or a home line holds a /48 or /56 (RFC 6177), so a
+    # sprayer with one rotates through 256 or 65,536 /64s, each below the per-address rule.
+    prefix: int = 48
+
+
 class ThreatSettings(_Config, frozen=True):
     """Real-time threat detection; counters live in the fast state, so replicas count together."""
 
@@ -513,6 +522,11 @@ class ThreatSettings(_Config, frozen=True):
     brute_force: ThreatRule = ThreatRule(count=10, window=Duration(300))
     # Failed sign-ins from one address over this many *different* accounts (spraying, stuffing).
     spraying: ThreatRule = ThreatRule(count=10, window=Duration(600), responses=("alert", "block_ip"))
+    # The same over every /64 of one IPv6 network (spraying_network.prefix, a /48 by default): a sprayer
+    # rotating through the /64s of its /56 or /48. An alert by default, with a count four times the
+    # address rule's: one site's network holds many honest people, so blocking it is a choice
+    # (responses: [alert, block_ip]).
+    spraying_network: NetworkRule = NetworkRule(count=40, window=Duration(600), responses=("alert",))
     # Failed second-factor attempts on one account (MFA fatigue / a stolen password being pushed).
     mfa_failures: ThreatRule = ThreatRule(
         count=5, window=Duration(600), responses=("alert", "revoke_sessions")

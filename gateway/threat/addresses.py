@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["counted_as", "ipv4_behind", "use_nat64_prefixes"]
+__all__ = ["counted_as", "ipv4_behind", "network_of", "use_nat64_prefixes"]
 
 # RFC 6052's well-known NAT64 prefix and RFC 8215's local-use range (read with the /96 embedding, the
 # one translators use there): an IPv4 client seen through a translator is its IPv4 address, not a /64
@@ -53,3 +53,15 @@ def counted_as(ip: str) -> str:
             return str(inner)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def network_of(ip: str, prefix: int) -> str | None:
+    """The IPv6 network of length ``prefix`` a native IPv6 address is in, in CIDR form; None for IPv4,
+    an IPv6 address that stands for an IPv4 client, or anything unreadable (no network to widen to)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if not isinstance(address, ipaddress.IPv6Address) or ipv4_behind(address) is not None:
+        return None
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))

@@ -34,7 +34,7 @@ from gateway.clock import Clock
 from gateway.observe.record import AccessDecision, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
-from gateway.threat.addresses import counted_as
+from gateway.threat.addresses import counted_as, network_of
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.geo import GeoLocator, distance_km
 from gateway.threat.responder import Responder
@@ -220,24 +220,13 @@ class ThreatDetector:
                     summary=f"{n} failed sign-in steps for {subject!r} within {rule.window:g}s",
                     evidence={"failures": n, "window": float(rule.window), "last_kind": kind},
                 )
-        rule = settings.spraying
-        if rule.enabled and ip:
-            # Distinct accounts per address (an IPv6 one by its /64: threat.addresses); each (address,
-            # account) pair counts once per window.
-            source = counted_as(ip)
-            fresh = await self._state.set(
-                f"threat:s:sp:{source}:{subject or '~'}", b"1", ttl=float(rule.window), only_if_absent=True
-            )
-            if fresh:
-                fire, n = await self._count(rule, f"sp:{source}")
-                if fire:
-                    await self.responder.respond(
-                        "spraying",
-                        rule,
-                        ip=ip,
-                        summary=f"failed sign-ins for {n} accounts from {source} within {rule.window:g}s",
-                        evidence={"accounts": n, "window": float(rule.window)},
-                    )
+        if settings.spraying.enabled and ip:
+            # Distinct accounts per address (an IPv6 one by its /64: threat.addresses).
+            await self._spraying("spraying", settings.spraying, "sp", counted_as(ip), subject, ip)
+        wide = settings.spraying_network
+        network = network_of(ip, wide.prefix) if wide.enabled and ip else None
+        if network is not None:
+            await self._spraying("spraying_network", wide, "spn", network, subject, ip)
         rule = settings.mfa_failures
         if rule.enabled and subject and kind.startswith("mfa."):
             fire, n = await self._count(rule, f"mfa:{subject}")
@@ -250,6 +239,27 @@ class ThreatDetector:
                     summary=f"{n} failed second-factor attempts for {subject!r} within {rule.window:g}s",
                     evidence={"failures": n, "window": float(rule.window)},
                 )
+
+    async def _spraying(
+        self, name: str, rule: ThreatRule, tag: str, source: str, subject: str, ip: str
+    ) -> None:
+        """Count ``subject`` once per window among the accounts failing from ``source`` (an address or
+        a network), and fire ``rule`` when that makes ``rule.count`` distinct accounts."""
+        fresh = await self._state.set(
+            f"threat:s:{tag}:{source}:{subject or '~'}", b"1", ttl=float(rule.window), only_if_absent=True
+        )
+        if not fresh:
+            return
+        fire, n = await self._count(rule, f"{tag}:{source}")
+        if fire:
+            await self.responder.respond(
+                name,
+                rule,
+                ip=ip,
+                network=source,
+                summary=f"failed sign-ins for {n} accounts from {source} within {rule.window:g}s",
+                evidence={"accounts": n, "window": float(rule.window), "network": source},
+            )
 
     async def _deny(self, settings: ThreatSettings, user: str, ip: str, session: str) -> None:
         rule = settings.reconnaissance

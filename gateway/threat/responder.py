@@ -128,17 +128,28 @@ class Responder:
         subject: str = "",
         ip: str = "",
         session: str = "",
+        network: str = "",
         summary: str,
         evidence: Mapping[str, str | int | float],
     ) -> Incident:
-        """Record an incident for ``rule`` and carry out its responses (each one audited)."""
+        """Record an incident for ``rule`` and carry out its responses (each one audited).
+
+        ``network``: what the rule counted ``ip`` under (its /64, or a wider IPv6 network), which a
+        ``block_ip`` response blocks; by default the address as the rules count it."""
         incident_id = new_incident_id()
         actions: list[Action] = []
         for response in rule.responses:
             if response in ("alert", "webhook"):
                 continue
             action = await self._act(
-                response, rule, incident_id, subject=subject, ip=ip, session=session, rule_name=rule_name
+                response,
+                rule,
+                incident_id,
+                subject=subject,
+                ip=ip,
+                session=session,
+                rule_name=rule_name,
+                network=network,
             )
             if action is not None:
                 actions.append(action)
@@ -191,12 +202,13 @@ class Responder:
         ip: str,
         session: str,
         rule_name: str,
+        network: str = "",
     ) -> Action | None:
         try:
             if response == "lockdown":
                 return await self._lockdown(incident_id, rule_name)
             if response == "block_ip":
-                return await self._block(ip, rule, incident_id)
+                return await self._block(ip, rule, incident_id, network)
             if response == "lock_account":
                 return await self._lock(subject, incident_id)
             if response == "revoke_session":
@@ -211,14 +223,18 @@ class Responder:
             return Action(response, subject or ip, ok=False, note=str(exc) or type(exc).__name__)
         return None
 
-    async def _block(self, ip: str, rule: ThreatRule, incident_id: str) -> Action | None:
+    async def _block(self, ip: str, rule: ThreatRule, incident_id: str, network: str = "") -> Action | None:
         if not ip:
             return None
         until = self._clock.time() + float(rule.block_for)
-        # What the rule counted (an IPv6 address's /64): a block of the one address would be left by
-        # the next address of the same subscriber.
+        # What the rule counted (an IPv6 address's /64, or the network a wider rule counts): a block of
+        # the one address would be left by the next address of the same subscriber.
         entry = await self.blocks.add(
-            counted_as(ip), until=until, incident=incident_id, reason="threat", actor="system:threat"
+            network or counted_as(ip),
+            until=until,
+            incident=incident_id,
+            reason="threat",
+            actor="system:threat",
         )
         return Action("block_ip", entry.cidr, until=until)
 

@@ -60,6 +60,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "trusted_proxies": ["127.0.0.1/32"],
             "threat": {
                 "spraying": {"count": 4, "window": "10m", "responses": ["alert", "block_ip"]},
+                "spraying_network": {
+                    "count": 4,
+                    "window": "10m",
+                    "prefix": 48,
+                    "responses": ["alert", "block_ip"],
+                },
                 "session_hijack": {"responses": ["alert", "revoke_session"]},
                 "block_lists": [str(feed)],
                 "block_list_poll": "200ms",
@@ -128,6 +134,27 @@ def test_a_password_spray_on_one_replica_blocks_the_ip_on_the_other(site: Site) 
     assert "lifted" in incident_cli(site, "lift", incident["id"])
     wait_until(lambda: not blocked(site.b, SPRAYER), what="sprayer unblocked on replica B")
     assert not blocked(site.a, SPRAYER)
+
+
+def test_a_spray_from_the_64s_of_one_ipv6_network_blocks_the_network_on_the_other_replica(site: Site) -> None:
+    """The attack the /64 rule leaves: one account per /64 of a /56, over both replicas, so that no
+    /64 and no replica ever sees a second account."""
+    fresh = "2001:db8:5a:ff01::9"  # a /64 of the same /48 the sprayer never used
+    assert not blocked(site.b, fresh)
+    for n, name in enumerate(("net1", "net2", "net3", "net4")):
+        gw = (site.a, site.b)[n % 2]
+        with client(gw, f"2001:db8:5a:{n + 1:x}00::1") as attacker:
+            assert login(attacker, name, "Winter2026!").status_code in (200, 401)
+    wait_until(lambda: blocked(site.b, fresh), what="the sprayer's /48 blocked on replica B")
+    assert blocked(site.a, fresh)
+    assert not blocked(site.a, "2001:db8:5b::1")  # the next /48
+
+    listing = json.loads(incident_cli(site, "list", "--json"))
+    assert not [i for i in listing["incidents"] if i["rule"] == "spraying" and ":" in i["ip"]], listing
+    [incident] = [i for i in listing["incidents"] if i["rule"] == "spraying_network"]
+    assert "2001:db8:5a::/48" in [b["cidr"] for b in listing["blocks"]]
+    assert "lifted" in incident_cli(site, "lift", incident["id"])
+    wait_until(lambda: not blocked(site.b, fresh), what="the /48 unblocked on replica B")
 
 
 def test_a_block_list_file_is_reloaded_when_it_changes(site: Site) -> None:

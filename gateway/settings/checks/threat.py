@@ -18,6 +18,7 @@ def check_threat(settings: Settings, report: Report) -> None:
     rules: tuple[tuple[str, ThreatRule], ...] = (
         ("brute_force", threat.brute_force),
         ("spraying", threat.spraying),
+        ("spraying_network", threat.spraying_network),
         ("mfa_failures", threat.mfa_failures),
         ("reconnaissance", threat.reconnaissance),
         ("session_hijack", threat.session_hijack),
@@ -48,6 +49,12 @@ def check_threat(settings: Settings, report: Report) -> None:
         problem = url_problem(threat.webhook_url, allow_path=True)
         if problem:
             report.bad(("threat", "webhook_url"), problem, "expected an absolute http(s) URL")
+    if not 32 <= threat.spraying_network.prefix <= 63:
+        report.bad(
+            ("threat", "spraying_network", "prefix"),
+            f"is {threat.spraying_network.prefix}, not an IPv6 prefix length from 32 to 63",
+            "48 (a site) or 56 (a home line); a /64 is the spraying rule's own",
+        )
     for index, prefix in enumerate(threat.nat64_prefixes):
         try:
             network = ipaddress.IPv6Network(prefix)

@@ -19,6 +19,7 @@ from gateway.identity.sessions import Session, SessionStore
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
 from gateway.settings.schema import (
     Duration,
+    NetworkRule,
     PasswordSettings,
     RegulationSettings,
     SessionSettings,
@@ -39,6 +40,7 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
 SETTINGS = ThreatSettings(
     brute_force=ThreatRule(count=5, window=Duration(300)),
     spraying=ThreatRule(count=4, window=Duration(600), responses=("alert", "block_ip")),
+    spraying_network=NetworkRule(count=6, window=Duration(600), responses=("alert", "block_ip"), prefix=48),
     mfa_failures=ThreatRule(count=3, window=Duration(600), responses=("alert", "revoke_sessions")),
     reconnaissance=ThreatRule(count=5, window=Duration(300), responses=("alert", "step_up")),
     session_hijack=ThreatRule(responses=("alert", "revoke_session")),

@@ -68,6 +68,42 @@ async def test_spraying_from_rotating_ipv6_addresses_of_one_subscriber_blocks_th
     assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", "2001:db8:7:9::/64")]
 
 
+async def test_spraying_from_the_64s_of_one_network_blocks_the_network(world: World) -> None:
+    """The attack the /64 rule leaves: a home line's /56 or a site's /48 holds 256 or 65,536 /64s, so a
+    sprayer giving each /64 fewer accounts than the address rule counts is never blocked by it. The
+    network rule counts the accounts over every /64 of the /48."""
+    names = ("alice", "bob", "carol", "dave", "erin", "frank")
+    for n, name in enumerate(names[:-1]):
+        await world.fail("signin.password", name, ip=f"2001:db8:7:{n + 1:x}00::1")
+    assert await incidents(world, "spraying_network") == []
+    await world.fail("signin.password", names[-1], ip="2001:db8:7:ff00::1")
+    assert await incidents(world, "spraying") == []  # one account per /64: the address rule saw nothing
+    assert await incidents(world, "spraying_network") == ["2001:db8:7:ff00::1"]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2001:db8:7:1234::9" in world.blocks  # a /64 of the same network it had not used yet
+    assert "2001:db8:8::1" not in world.blocks  # the next /48 is someone else
+    [incident] = await world.responder.incidents.latest()
+    assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", "2001:db8:7::/48")]
+    assert incident.evidence["network"] == "2001:db8:7::/48"
+
+
+async def test_spraying_network_counts_native_ipv6_only(world: World) -> None:
+    # IPv4 clients, and IPv6 addresses standing for IPv4 ones (mapped, NAT64), have no wider network
+    # than the one address the spraying rule already counts: six of them are six sources, not one.
+    for n, name in enumerate(("alice", "bob", "carol", "dave", "erin", "frank")):
+        await world.fail("signin.password", name, ip=f"198.51.100.{n + 1}")
+        await world.fail("signin.password", name, ip=f"::ffff:192.0.2.{n + 1}")
+        await world.fail("signin.password", name, ip=f"64:ff9b::c000:2{n + 1:02x}")
+    assert await incidents(world, "spraying_network") == []
+
+
+async def test_spraying_network_counts_each_account_once(world: World) -> None:
+    # One person failing from many of the site's /64s (a laptop moving between floors) is one account.
+    for n in range(10):
+        await world.fail("signin.password", "alice", ip=f"2001:db8:7:{n + 1:x}::1")
+    assert await incidents(world, "spraying_network") == []
+
+
 async def test_spraying_counts_distinct_accounts_only(world: World) -> None:
     # One user mistyping many times from the office address is brute force at most, not spraying.
     await world.fail("signin.password", "alice", ip=OTHER_IP, times=4)

@@ -17,6 +17,9 @@ def test_defaults() -> None:
     assert threat.enabled
     assert (threat.brute_force.count, float(threat.brute_force.window)) == (10, 300.0)
     assert threat.spraying.responses == ("alert", "block_ip")
+    # The network-wide rule alerts and never blocks unless asked: a site's /48 holds many people.
+    wide = threat.spraying_network
+    assert (wide.count, wide.prefix, wide.responses) == (40, 48, ("alert",))
     assert threat.geoip_database is None
 
 
@@ -46,6 +49,9 @@ def test_rules_paths_and_durations(tmp_path: Path) -> None:
         ("threat: {brute_forse: {}}", "brute_forse"),
         ("threat: {nat64_prefixes: ['2001:db8:46::/64']}", "threat.nat64_prefixes[0]: is not an IPv6 /96"),
         ("threat: {nat64_prefixes: ['192.0.2.0/24']}", "threat.nat64_prefixes[0]"),
+        ("threat: {spraying_network: {prefix: 64}}", "threat.spraying_network.prefix: is 64"),
+        ("threat: {spraying_network: {prefix: 16}}", "threat.spraying_network.prefix: is 16"),
+        ("threat: {spraying_network: {count: 0}}", "threat.spraying_network.count"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, block: str, message: str) -> None:
