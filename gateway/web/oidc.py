@@ -21,7 +21,6 @@ from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Response, Template
 
 from gateway.identity.cookies import OIDC_BINDING_COOKIE, read_cookie
-from gateway.identity.levels import AuthLevel
 from gateway.identity.oidc.flow import FLOW_TTL, FlowInvalid, is_binding, new_binding
 from gateway.identity.oidc.links import AccountRefused
 from gateway.identity.oidc.provider import ProviderRefused, ProviderUnavailable
@@ -263,12 +262,9 @@ async def callback(
             link_text="Back to sign-in",
         )
     await identity.oidc.remember(completed, family=session.family)
-    if session.password_change:
-        response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
-        flows.set_session_cookie(response, config, session_id)
-        return response
-    if completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id):
-        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
+    pending = await flows.pending_step(identity, session, rd)
+    if pending is not None:
+        response = Redirect(pending)
         flows.set_session_cookie(response, config, session_id)
         return response
     return await flows.after_sign_in(request, config, identity, session_id, session, rd)

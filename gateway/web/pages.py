@@ -68,6 +68,11 @@ async def login_page(
     rd = flows.carried_rd(rd, config)
     signed = await flows.current(request, config, identity)
     if signed.session is not None and signed.session_id:
+        # A sign-in still owing a step goes on with it, not to the application and its known-device
+        # cookie (flows.after_sign_in).
+        pending = await flows.pending_step(identity, signed.session, rd)
+        if pending is not None:
+            return Redirect(pending)
         return await flows.after_sign_in(request, config, identity, signed.session_id, signed.session, rd)
     configured = config.settings.identity_providers
     # A login hint in a provider's email domain, or a provider named outright, skips this page.
@@ -154,14 +159,12 @@ async def login_submit(
         # Disabled, restricted or closed while the password was being checked: the same answer as
         # for a disabled account.
         return _login_refused(request, config, rd, username, 401, _SAME_ANSWER)
-    if result.must_change_password:
-        response = Redirect(f"/.gateway/account/password?rd={quote(rd, safe='')}")
-    elif await flows.has_second_factor(identity, user.id):
-        response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}")
-    else:
+    pending = await flows.pending_step(identity, session, rd)
+    if pending is None:
         # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
         await identity.regulator.record_success(result.regulation_key)
         return await flows.after_sign_in(request, config, identity, session_id, session, rd)
+    response = Redirect(pending)
     flows.set_session_cookie(response, config, session_id)
     return response
 
@@ -174,6 +177,8 @@ async def mfa_page(
     rd: FromQuery[str] = "",
     need: FromQuery[str] = "any",
 ) -> Template | Redirect:
+    # Checked on entry like the sign-in page's: the form and its script carry it on.
+    rd = flows.carried_rd(rd, config)
     signed = await flows.current(request, config, identity)
     if signed.session is None:
         return flows.login_redirect(rd)
@@ -215,7 +220,7 @@ async def _second_factor(
     config: CurrentConfig,
     identity: IdentityServices,
 ) -> Template | Redirect:
-    rd = data.get("rd", "")
+    rd = flows.carried_rd(data.get("rd", ""), config)
     signed = await flows.current(request, config, identity)
     if signed.session is None or signed.session_id is None:
         return flows.login_redirect(rd)

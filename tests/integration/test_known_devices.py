@@ -23,7 +23,7 @@ from tests.integration.harness import (
     run_gateway,
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login, post_form
-from tests.integration.test_signin_http import enroll_totp
+from tests.integration.test_signin_http import enroll_totp, wrong_code
 
 pytestmark = pytest.mark.peer
 
@@ -107,3 +107,36 @@ def test_a_forged_or_foreign_device_cookie_counts_with_everyone(gw: Gateway) -> 
         with browser(gw) as fresh:
             fresh.headers["X-Forwarded-For"] = "203.0.113.31"
             assert login(fresh, "xena").status_code == 429
+
+
+def test_a_password_alone_never_earns_a_known_device(gw: Gateway) -> None:
+    """An attack run with only the password: after each password step it asked the sign-in page
+    again, which took the half-signed-in session for a finished one and gave the browser a device
+    cookie; a known device's failures are counted apart, so every cookie bought a fresh allowance of
+    authenticator-app guesses (1,026 wrong codes checked in 30 s, the account never locked). Now only
+    a completed sign-in names a device, and the guesses all count on the account."""
+    add_user(gw.config_path, "una", PASSWORD)
+    with browser(gw) as own:
+        own.headers["X-Forwarded-For"] = "203.0.113.50"
+        assert login(own, "una").status_code == 302
+        secret = enroll_totp(own)
+    answers: list[int] = []
+    for _ in range(14):
+        with browser(gw) as attacker:
+            attacker.headers["X-Forwarded-For"] = "198.51.100.99"
+            signed = login(attacker, "una")
+            if signed.status_code != 302:
+                answers.append(signed.status_code)
+                continue
+            assert signed.headers["location"].startswith("/.gateway/mfa"), signed.headers
+            # The sign-in page asked again goes on with the second factor, and names no device.
+            again = attacker.get("/.gateway/login")
+            assert again.status_code == 302, again.text
+            assert again.headers["location"].startswith("/.gateway/mfa"), again.headers
+            assert not attacker.cookies.get(DEVICE_COOKIE)
+            guess = post_form(attacker, "/.gateway/mfa/totp", {"code": wrong_code(secret)})
+            assert not attacker.cookies.get(DEVICE_COOKIE)
+            answers.append(guess.status_code)
+    # Every guess counted on the account: checked until its tenth failure, then locked.
+    assert answers.count(401) <= 10, answers
+    assert answers[-1] == 429, answers
