@@ -91,6 +91,11 @@ def unknown_provider(request: AnyRequest) -> Template:
     )
 
 
+# Fetch metadata of a navigation the person made here: from this origin (the sign-in page's button,
+# the retry link) or by hand (typed, a bookmark). A client that sends none is taken as the latter.
+_OWN_NAVIGATION: Final = frozenset({"same-origin", "none"})
+
+
 @get("/.gateway/oidc/{idp:str}/start", cache=False, opt=PUBLIC)
 async def start(
     request: Request[Any, Any, Any],
@@ -110,6 +115,14 @@ async def start(
         # The binding cookie must be set on the host the provider returns to (cookies ignore ports).
         # The link is rebuilt from the checked values, never from the raw query.
         return Redirect(public_url + start_link(settings.name, rd, login_hint))
+    if request.headers.get("sec-fetch-site", "none") not in _OWN_NAVIGATION:
+        # Sent here by another site (a link, a script's navigation) while signed in: the sign-in it
+        # starts would end this browser's session and sign it in as whoever is signed in at the
+        # provider, without the person asking (login CSRF: an attack run swapped a two-factor session
+        # for the provider's one-factor one that way). Such a browser goes on with its own session.
+        signed = await flows.current(request, config, identity)
+        if signed.session is not None:
+            return flows.login_redirect(rd)
     cookie_name = OIDC_BINDING_COOKIE.name(insecure=_insecure(config))
     binding = read_cookie(list(request.scope["headers"]), cookie_name)
     if binding is None or not is_binding(binding):

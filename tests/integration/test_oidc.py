@@ -638,6 +638,32 @@ def test_provider_down_at_sign_in_shows_a_retry_page_and_existing_sessions_keep_
     assert echo_headers(site.a, existing, host="localhost") is not None
 
 
+def test_another_site_cannot_start_a_provider_sign_in_over_a_signed_in_browser(site: Site) -> None:
+    """Login CSRF, from an attack run: a link on another site to the start page signed the browser's
+    own session out and signed it in as whoever was signed in at the provider (no token, no click).
+    A signed-in browser sent here by another site goes on with its own session; the sign-in page's
+    own button (same-origin) and a typed address still start one."""
+    account = site.account("gus")
+    with browser(site.a) as client:
+        assert sign_in(site, client, account).status_code == 302
+        existing = cookie(client)
+        assert existing is not None
+        for fetch_site in ("cross-site", "same-site"):
+            resp = client.get("/.gateway/oidc/corp/start", headers={"Sec-Fetch-Site": fetch_site})
+            assert resp.status_code == 302, resp.text
+            assert resp.headers["location"].startswith("/.gateway/login"), resp.headers
+            assert cookie(client) == existing
+        assert echo_headers(site.a, existing, host="localhost") is not None
+        for fetch_site in ("same-origin", "none"):
+            resp = client.get("/.gateway/oidc/corp/start", headers={"Sec-Fetch-Site": fetch_site})
+            assert resp.status_code == 302, resp.text
+            assert resp.headers["location"].startswith(site.op.issuer), resp.headers
+    with browser(site.a) as fresh:  # signed out: another site's link starts a sign-in as before
+        resp = fresh.get("/.gateway/oidc/corp/start", headers={"Sec-Fetch-Site": "cross-site"})
+        assert resp.status_code == 302, resp.text
+        assert resp.headers["location"].startswith(site.op.issuer), resp.headers
+
+
 def test_provider_failing_between_start_and_callback_creates_nothing(site: Site) -> None:
     account = person(f"fay{secrets.token_hex(3)}")
     clients = [provider_client([f"{site.a.url}/.gateway/oidc/flaky/callback"], [], None)]
