@@ -22,6 +22,7 @@ from litestar.params import JSONBody
 from admin.access import Admin
 from admin.actions import audited, client_ip, confirm_destructive
 from admin.deps import AdminServices
+from gateway.reasons import REASON_PATTERN
 from gateway.services import Services
 from gateway.threat.lockdown import MAX_REASON, LockdownState, LockdownStore, check_request
 from gateway.web.deps import Config
@@ -42,7 +43,10 @@ class LockdownRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[
         str,
         msgspec.Meta(
-            min_length=1, max_length=MAX_REASON, description="Why: kept in the audit trail and the status."
+            min_length=1,
+            pattern=REASON_PATTERN,
+            max_length=MAX_REASON,
+            description="Why: kept in the audit trail and the status.",
         ),
     ]
 

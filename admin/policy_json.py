@@ -16,6 +16,7 @@ from litestar.params import PathParameter
 from gateway.authz.rules import Rule
 from gateway.authz.store import PolicyVersionInfo
 from gateway.authz.validate import Finding
+from gateway.reasons import REASON_PATTERN
 
 __all__ = [
     "ChangeResult",
@@ -43,7 +44,10 @@ VersionId = Annotated[
 Reason = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=2000, description="Why: kept in the policy history and the audit trail."
+        min_length=1,
+        pattern=REASON_PATTERN,
+        max_length=2000,
+        description="Why: kept in the policy history and the audit trail.",
     ),
 ]
 

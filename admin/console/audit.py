@@ -35,6 +35,7 @@ from gateway.audit.checkpoint import latest_checkpoint, load_checkpoints, local_
 from gateway.audit.query import AuditFilter, find_records, parse_time
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.errors import BadRequest, GatewayError
+from gateway.reasons import REASON_PATTERN
 from gateway.settings.schema import Settings
 from gateway.web.deps import Identity
 
@@ -54,7 +55,10 @@ Time = Annotated[
     ),
 ]
 Reason = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=2000, description="Why: kept in the audit trail.")
+    str,
+    msgspec.Meta(
+        min_length=1, pattern=REASON_PATTERN, max_length=2000, description="Why: kept in the audit trail."
+    ),
 ]
 TimeField = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, description="ISO 8601; UTC when no offset is given.")

@@ -44,6 +44,7 @@ from admin.console.users import refuse_admin_takeover
 from admin.deps import AdminServices, Policy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
+from gateway.reasons import REASON_PATTERN
 from gateway.response.cases import Cases, CaseView, EntryView
 from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
@@ -73,7 +74,10 @@ _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\
 _Names = Annotated[list[_Name], msgspec.Meta(max_length=1000)]
 _Text = Annotated[str, msgspec.Meta(max_length=4000)]
 Reason = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=2000, description="Why: kept in the audit trail.")
+    str,
+    msgspec.Meta(
+        min_length=1, pattern=REASON_PATTERN, max_length=2000, description="Why: kept in the audit trail."
+    ),
 ]
 Severity = Annotated[
     str, msgspec.Meta(min_length=1, max_length=20, description=f"One of {', '.join(SEVERITIES)}.")
@@ -128,7 +132,7 @@ class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class RestorePolicyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: Annotated[int, msgspec.Meta(ge=1, le=2147483647)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, pattern=REASON_PATTERN, max_length=2000)]
 
 
 class LiftRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -43,6 +43,7 @@ from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
 from gateway.audit.models import AuditEvent
 from gateway.errors import GatewayError
+from gateway.reasons import REASON_PATTERN
 from gateway.services import Services
 from gateway.threat.blocks import BlockEntry
 from gateway.threat.evidence import incident_events
@@ -88,7 +89,10 @@ IncidentId = Annotated[
 Reason = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=2000, description="Why: kept with the block and in the audit trail."
+        min_length=1,
+        pattern=REASON_PATTERN,
+        max_length=2000,
+        description="Why: kept with the block and in the audit trail.",
     ),
 ]
 Address = Annotated[

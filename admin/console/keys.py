@@ -29,6 +29,7 @@ from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rotate_keys
 from gateway.crypto.signing import ALGORITHM, SigningKeys, announce_compromise
 from gateway.errors import BadRequest, GatewayError
+from gateway.reasons import REASON_PATTERN
 from gateway.services import Services
 from gateway.web.deps import Config, Identity
 
@@ -77,7 +78,10 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     which: Literal["signing", "keyring", "all"]
     reason: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=2000, description="Kept in the audit trail.")
+        str,
+        msgspec.Meta(
+            min_length=1, pattern=REASON_PATTERN, max_length=2000, description="Kept in the audit trail."
+        ),
     ]
     compromised: Annotated[
         bool,
@@ -101,7 +105,10 @@ class ActivateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     kid: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     reason: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=2000, description="Kept in the audit trail.")
+        str,
+        msgspec.Meta(
+            min_length=1, pattern=REASON_PATTERN, max_length=2000, description="Kept in the audit trail."
+        ),
     ]
 
 

@@ -57,6 +57,7 @@ from gateway.authz.validate import Finding, validate
 from gateway.authz.whatif import Flip, what_if
 from gateway.errors import BadRequest, GatewayError
 from gateway.pipeline.canonical import canonicalize
+from gateway.reasons import OPTIONAL_REASON_PATTERN
 from gateway.services import Services
 from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
@@ -75,7 +76,7 @@ CasesText = Annotated[
     ),
 ]
 ProposalId = Annotated[str, PathParameter(description="A proposal id: a whole number from 1 to 2147483647.")]
-OptionalReason = Annotated[str, msgspec.Meta(max_length=2000)]
+OptionalReason = Annotated[str, msgspec.Meta(max_length=2000, pattern=OPTIONAL_REASON_PATTERN)]
 # The decision sample is kept per hour; a week is the longest replay (admin.sample_retention bounds it).
 MAX_HOURS = 168
 

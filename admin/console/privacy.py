@@ -61,6 +61,7 @@ from gateway.identity.names import canonical_email, canonical_username
 from gateway.privacy.holds import DATA_CLASSES, HoldView
 from gateway.privacy.register import OPEN, Channel, RequestView, Status, is_ref
 from gateway.privacy.retention import VERBS, ClassPlan, Retention
+from gateway.reasons import REASON_PATTERN
 from gateway.services import Services
 from gateway.settings.schema import PrivacySettings
 from gateway.store.ids import parse_id
@@ -145,8 +146,8 @@ Reason = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
+        pattern=REASON_PATTERN,
         max_length=2000,
-        pattern=r"\S",
         description="Why: kept in the audit trail (also after an erasure: say why, not who).",
     ),
 ]
@@ -183,8 +184,8 @@ class RejectRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         str,
         msgspec.Meta(
             min_length=1,
+            pattern=REASON_PATTERN,
             max_length=2000,
-            pattern=r"\S",
             description="Why it is refused: the request's outcome, which the person is told.",
         ),
     ]

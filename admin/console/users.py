@@ -62,6 +62,7 @@ from gateway.identity.models import User
 from gateway.identity.passwords import one_time_password
 from gateway.identity.sessions import Session, browser_label
 from gateway.pipeline.authorize import AUTHENTICATED
+from gateway.reasons import OPTIONAL_REASON_PATTERN, REASON_PATTERN
 from gateway.services import Services
 from gateway.web.deps import Config
 
@@ -98,9 +99,19 @@ SessionId = Annotated[
 ]
 Reason = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=2000, description="Why: kept in the audit trail. Required."),
+    msgspec.Meta(
+        min_length=1,
+        pattern=REASON_PATTERN,
+        max_length=2000,
+        description="Why: kept in the audit trail. Required.",
+    ),
 ]
-OptionalReason = Annotated[str, msgspec.Meta(max_length=2000, description="Why: kept in the audit trail.")]
+OptionalReason = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=2000, pattern=OPTIONAL_REASON_PATTERN, description="Why: kept in the audit trail."
+    ),
+]
 RoleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Roles = Annotated[list[RoleName], msgspec.Meta(max_length=64, description="Local role names.")]
 

@@ -41,6 +41,7 @@ from gateway.cli.harness import (
     run,
 )
 from gateway.cli.incident_case import register_cases
+from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -117,7 +118,7 @@ async def _list(args: argparse.Namespace, responder: Responder) -> int:
     if blocks:
         print("\nblocked addresses:")
         for b in blocks:
-            print(f"  {b.cidr:<20} until {_when(b.until)}  {b.incident} {b.reason}")
+            print(f"  {b.cidr:<20} until {_when(b.until)}  {b.incident} {one_line(b.reason)}")
     return EXIT_OK
 
 
@@ -147,7 +148,7 @@ async def _show(args: argparse.Namespace, responder: Responder) -> int:
     for a in incident.actions:
         state = "lifted" if a.lifted else ("done" if a.ok else "FAILED")
         until = f" until {_when(a.until)}" if a.until else ""
-        print(f"action    {a.kind} {a.target}{until} [{state}] {a.note}")
+        print(f"action    {a.kind} {a.target}{until} [{state}] {one_line(a.note)}")
     if incident.lifted_by:
         print(f"lifted    by {incident.lifted_by} at {_when(incident.lifted_at)}")
     return EXIT_OK

@@ -43,6 +43,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
+from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
     from gateway.response.cases import Cases, CaseView
@@ -135,7 +136,7 @@ async def _show(args: argparse.Namespace, ctx: _Ctx) -> int:
         print(f"  evidence: sha256 {sealed['sha256']} ({sealed['records']} records) {sealed['file']}")
     print("  timeline:")
     for e in entries:
-        print(f"    {e.at:%Y-%m-%d %H:%M:%S}Z  {e.kind:<12} {e.actor:<24} {e.text}")
+        print(f"    {e.at:%Y-%m-%d %H:%M:%S}Z  {e.kind:<12} {one_line(e.actor):<24} {one_line(e.text)}")
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
+from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
     from gateway.settings.schema import Settings
@@ -80,10 +81,14 @@ def _when(at: float) -> str:
 
 def _describe(state: LockdownState) -> str:
     if not state.on:
-        since = f" since {_when(state.since)} ({state.actor}: {state.reason})" if state.since else ""
+        since = (
+            f" since {_when(state.since)} ({one_line(state.actor)}: {one_line(state.reason)})"
+            if state.since
+            else ""
+        )
         return f"lockdown off{since}"
     scope = "all routes" if state.routes is None else "routes " + ", ".join(state.routes)
-    return f"lockdown ON for {scope} since {_when(state.since)} by {state.actor}: {state.reason}"
+    return f"lockdown ON for {scope} since {_when(state.since)} by {one_line(state.actor)}: {one_line(state.reason)}"
 
 
 def _checked(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Final, TextIO
 
-__all__ = ["EscapingStream", "escape_controls"]
+__all__ = ["EscapingStream", "escape_controls", "one_line"]
 
 _TABLE: Final[dict[int, str]] = {
     **{c: f"\\x{c:02x}" for c in range(0x20) if chr(c) not in "\n\t"},
@@ -27,6 +27,16 @@ _TABLE: Final[dict[int, str]] = {
 def escape_controls(text: str) -> str:
     """``text`` with its control characters (see the module docstring) written as escapes."""
     return text.translate(_TABLE)
+
+
+_LINE_BREAKS: Final[dict[int, str]] = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` for one cell of a line of output: its line breaks and tabs written as escapes, so that
+    a value someone else chose (a reason stored by the admin API, a note) cannot add lines of its own
+    to a table (an attack run printed a fake "incident lifted by" line in `gateway incident list`)."""
+    return text.translate(_LINE_BREAKS)
 
 
 class EscapingStream:

@@ -68,10 +68,15 @@ class IpBlocked(Forbidden):
 def normalize_network(text: str) -> Network:
     """Parse an address or CIDR (host bits allowed) into its network; IPv4-mapped IPv6 becomes IPv4.
 
+    An IPv6 zone id (``fe80::1%eth0``, as ``ss`` prints it) is dropped: it names the interface of the
+    host that saw the address, not the address, and a client's address never carries one here, so a
+    block of ``::1%lo`` was stored, reported as blocked, and matched nothing (an attack run).
+
     Raises:
         ValueError: not an address or network.
     """
-    net = ipaddress.ip_network(text.strip(), strict=False)
+    address, slash, prefix = text.strip().partition("/")
+    net = ipaddress.ip_network(address.partition("%")[0] + slash + prefix, strict=False)
     mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
     if mapped is not None and net.prefixlen >= 96:
         return ipaddress.IPv4Network((mapped, net.prefixlen - 96))

@@ -40,6 +40,7 @@ from gateway.clock import Clock
 from gateway.errors import BadRequest
 from gateway.identity.levels import Factor
 from gateway.identity.sessions import Session
+from gateway.reasons import reason_problem
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
@@ -116,6 +117,9 @@ def check_request(*, routes: Iterable[str], known: Collection[str], reason: str)
     text = reason.strip()
     if not text:
         raise LockdownRefused("Give a reason: it is kept in the audit trail and shown in the status.")
+    problem = reason_problem(text)
+    if problem is not None:
+        raise LockdownRefused(f"The reason is not usable: {problem}.")
     if len(text) > MAX_REASON:
         raise LockdownRefused(f"The reason is longer than {MAX_REASON} characters.")
     chosen = sorted(set(routes))

@@ -31,13 +31,14 @@ from gateway.identity.sessions import (
     Session,
     SessionStore,
 )
+from gateway.reasons import reason_problem
 from gateway.settings.schema import ThreatRule
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.addresses import counted_as
 from gateway.threat.blocks import BlockEntry, BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
 from gateway.threat.lockdown import LockdownStore
-from gateway.threat.manual import manual_network, parse_network
+from gateway.threat.manual import BlockRefused, manual_network, parse_network
 
 __all__ = ["Emitter", "Responder", "Webhook"]
 
@@ -303,10 +304,13 @@ class Responder:
 
         Raises:
             BlockRefused: not an address or network, or too broad to block by hand
-                (:mod:`gateway.threat.manual`).
+                (:mod:`gateway.threat.manual`), or a reason that is not one line of text.
             StateUnavailable: the fast state cannot answer.
         """
         text = str(manual_network(cidr))
+        problem = reason_problem(reason) if reason else None
+        if problem is not None:
+            raise BlockRefused(problem)
         incident_id = new_incident_id()
         until = self._clock.time() + seconds
         await self.blocks.add(text, until=until, incident=incident_id, reason=reason or "manual", actor=actor)

@@ -347,6 +347,35 @@ def test_actions_on_nobody_are_404_and_audited(site: Site, boss: httpx.Client) -
     assert (event["subject"], event["outcome"]) == ("nobody", "failure")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "extra"),
+    [
+        ("POST", "/api/users/carol/disable", {}),
+        ("DELETE", "/api/users/carol/sessions", {}),
+        ("POST", "/api/users/carol/reset-factors", {}),
+        ("PUT", "/api/users/carol/roles", {"roles": ["auditor"]}),
+    ],
+)
+@pytest.mark.parametrize(
+    "reason", ["   ", "\n\t", "routine\n2026-12-05T19:53:00Z  admin.lockdown  user:boss2"]
+)
+def test_a_blank_or_multi_line_reason_is_refused_and_changes_nothing(
+    site: Site,
+    boss: httpx.Client,
+    carol: httpx.Client,
+    method: str,
+    path: str,
+    extra: dict[str, Any],
+    reason: str,
+) -> None:
+    """An attack run had all of these accepted with a reason of spaces, or one whose line break
+    forged a line in the CLI's tables."""
+    before = api(site, boss, "GET", "/api/users/carol").json()
+    resp = api(site, boss, method, path, json={"reason": reason, **extra})
+    assert_error(resp, 400, "bad-request")
+    assert api(site, boss, "GET", "/api/users/carol").json() == before
+
+
 # -- a second factor too old for a destructive action -----------------------------------------------
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gateway.cli.app import main
-from gateway.cli.terminal import EscapingStream, escape_controls
+from gateway.cli.terminal import EscapingStream, escape_controls, one_line
 
 
 def test_control_characters_are_shown_as_escapes_and_text_is_kept() -> None:
@@ -37,3 +37,10 @@ def test_every_command_writes_through_it(capsys: pytest.CaptureFixture[str]) -> 
     assert "evidence: Mozilla \\u009b2J" in out
     assert "\x1b" not in err
     assert "to stderr \\x1b]0;owned\\x07" in err
+
+
+def test_one_line_keeps_a_stored_value_on_its_line() -> None:
+    # A reason stored before reasons were checked (or by hand in the database) cannot add a line.
+    forged = "x\nFAKE LINE: incident lifted by boss2\r\tend"
+    assert one_line(forged) == "x\\nFAKE LINE: incident lifted by boss2\\r\\tend"
+    assert "\n" not in one_line(forged)

@@ -35,6 +35,9 @@ def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
         (("2001:db8::/32",), "2001:db8:ffff::1", True),
         (("2001:db8::/32",), "2001:db9::1", False),
         (("2001:db8::1",), "2001:DB8:0:0::1", True),  # another spelling of the same address
+        # A zone id, pasted from `ss`: stored as "::1%lo/128", it blocked nothing (an attack run).
+        (("::1%lo",), "::1", True),
+        (("fe80::1%eth0/64",), "fe80::abcd", True),
         (("192.0.2.1",), "::ffff:192.0.2.1", True),  # IPv4-mapped
         (("::ffff:192.0.2.0/120",), "192.0.2.9", True),
         # NAT64 (the re-attack run: the sprayer was blocked by its IPv4 address and let through by its

@@ -23,6 +23,7 @@ from gateway.threat.manual import (
     manual_network,
     parse_network,
 )
+from tests.unit.threat.conftest import World
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,8 @@ from gateway.threat.manual import (
         ("10.1.0.0/16", "10.1.0.0/16"),  # the widest IPv4 network a hand may block
         ("2001:db8::/32", "2001:db8::/32"),  # the widest IPv6 one
         ("::ffff:203.0.113.7", "203.0.113.7/32"),  # IPv4-mapped becomes IPv4
+        ("::1%lo", "::1/128"),  # a zone id names the host's interface, not the address
+        ("fe80::1%eth0/64", "fe80::/64"),
     ],
 )
 def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> None:
@@ -141,3 +144,12 @@ async def test_a_block_remembers_who_made_it(fast_state: FastState, clock: FakeC
     ]
     # Entries written before blocks had an actor still read.
     assert BlockEntry.from_json({"cidr": "192.0.2.1/32", "until": 5}).actor == ""
+
+
+@pytest.mark.parametrize("reason", ["   ", "\n\t", "x\nFAKE LINE: incident lifted by boss2", "a\x1b[2Jb"])
+async def test_a_block_reason_is_one_line_of_text(world: World, reason: str) -> None:
+    """A reason of spaces says nothing, and a line break in one printed a forged line in
+    `gateway incident list` (an attack run): refused, and nothing is blocked."""
+    with pytest.raises(BlockRefused, match="reason"):
+        await world.responder.block_ip("203.0.113.7", seconds=60, actor="user:boss", reason=reason)
+    assert await world.responder.blocks.entries() == []

@@ -1,0 +1,32 @@
+"""The reason an administrator or operator gives for an action.
+
+A reason is kept in the audit trail and shown by the console and the CLI's tables, one line each. A
+reason of only spaces says nothing, which defeats asking for one; a line break or a control character
+in it forged whole lines in `gateway lockdown status` and `gateway incident list` (an attack run
+printed a fake "incident lifted by" line that way). So a reason is one line of printable text with
+something in it: no C0 or C1 control character (tab and line breaks included), no Unicode line or
+paragraph separator and no bidirectional override, which could make a line read as another.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = ["OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "reason_problem"]
+
+_CHAR: Final = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+#: One line of printable text with at least one character that is not a space (for msgspec.Meta).
+REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+$"
+#: The same, or nothing at all (where a reason is optional).
+OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?$"
+_REASON: Final = re.compile(REASON_PATTERN)
+
+
+def reason_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a required reason, or None if it will do."""
+    if not text.strip():
+        return "a reason is required: say why, in words"
+    if _REASON.search(text) is None:
+        return "a reason is one line of text: no line breaks, tabs or control characters"
+    return None
