@@ -24,6 +24,7 @@ __all__ = [
     "ADMIN_KEY",
     "CLIENT_IP_KEY",
     "OwnAccountRefused",
+    "OwnAdminRoleRefused",
     "SecondAdminRequired",
     "admin_of",
     "audit",
@@ -63,6 +64,14 @@ class OwnAccountRefused(GatewayError):
     status = 409
     reason = "own-account"
     title = "Not your own account"
+
+
+class OwnAdminRoleRefused(OwnAccountRefused):
+    """A change that would take the acting admin's own admin role, through the policy or their local
+    roles (409, nothing changed): the last admins removing themselves one after the other left a
+    console nobody could use (an attack run)."""
+
+    reason = "own-admin-role"
 
 
 def confirm_destructive(admin: Admin, config: CurrentConfig, clock: Clock) -> None:

@@ -43,8 +43,8 @@ from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
-from admin.access import AdminRoleRequired, admin_origin, authenticate, check_csrf
-from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, confirm_destructive
+from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf, holds_role
+from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, OwnAdminRoleRefused, confirm_destructive
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
 from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY, PUBLIC_URL_KEY
@@ -65,10 +65,11 @@ from admin.policy_json import (
     rule_json,
     version_info,
 )
+from gateway.authz.index import PolicyIndex
 from gateway.authz.live import LivePolicy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
-from gateway.authz.store import PolicyRejected
+from gateway.authz.store import Keep, PolicyRejected
 from gateway.authz.validate import validate
 from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
@@ -390,7 +391,7 @@ async def _change(
     policy: LivePolicy,
     action: str,
     details: Mapping[str, object],
-    make: Callable[[str], Awaitable[int]],
+    make: Callable[[str, Keep], Awaitable[int]],
     *,
     config: CurrentConfig,
 ) -> ChangeResult:
@@ -412,7 +413,7 @@ async def _change(
                 "POST /api/policy/proposals (the console's Policies page), and another admin approves it."
             )
         confirm_destructive(admin, config, identity.clock)
-        version = await make(admin.actor)
+        version = await make(admin.actor, _keeps_admin(admin, settings.role))
     except GatewayError as err:
         await _audit(
             identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
@@ -432,6 +433,24 @@ async def _change(
         changed=version != previous,
         warnings=[finding_json(f) for f in findings if f.severity != "error"],
     )
+
+
+def _keeps_admin(admin: Admin, role: str) -> Keep:
+    """The store's last check of a policy change: the admin making it still holds ``role`` after it.
+
+    Like disabling one's own account: an attack run had the last two admins each remove their own
+    admin line, after which every console call was 403 and only ``gateway policy restore`` on the
+    host brought the console back. Another admin, or the command line, may still take it."""
+
+    async def keep(after: PolicyRules) -> None:
+        if not holds_role(admin.principals, role, PolicyIndex.roles_only(after)):
+            raise OwnAdminRoleRefused(
+                f"This change would take the {role!r} role from you, and with it the console: nothing "
+                "was changed. Another admin can make it, or an operator with `gateway policy` on the "
+                "gateway's host."
+            )
+
+    return keep
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -506,7 +525,7 @@ async def add_rules(
         policy,
         "policy.add",
         details,
-        lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+        lambda actor, keep: policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -528,7 +547,7 @@ async def remove_rules(
         policy,
         "policy.remove",
         details,
-        lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+        lambda actor, keep: policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -558,8 +577,8 @@ async def replace_policy(
         policy,
         "policy.replace",
         details,
-        lambda actor: policy.store.replace(
-            rules, actor=actor, reason=data.reason, expected_version=data.expected_version
+        lambda actor, keep: policy.store.replace(
+            rules, actor=actor, reason=data.reason, expected_version=data.expected_version, keep=keep
         ),
         config=config,
     )
@@ -586,7 +605,7 @@ async def restore(
         policy,
         "policy.restore",
         details,
-        lambda actor: policy.store.restore(number, actor=actor, reason=data.reason),
+        lambda actor, keep: policy.store.restore(number, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -608,7 +627,7 @@ async def add_role(
         policy,
         "role.add",
         details,
-        lambda actor: policy.store.add(rules, actor=actor, reason=data.reason),
+        lambda actor, keep: policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -630,7 +649,7 @@ async def remove_role(
         policy,
         "role.remove",
         details,
-        lambda actor: policy.store.remove(rules, actor=actor, reason=data.reason),
+        lambda actor, keep: policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 

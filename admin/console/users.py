@@ -44,7 +44,14 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
 from admin.access import holds_role
-from admin.actions import OwnAccountRefused, SecondAdminRequired, admin_of, audit, confirm_destructive
+from admin.actions import (
+    OwnAccountRefused,
+    OwnAdminRoleRefused,
+    SecondAdminRequired,
+    admin_of,
+    audit,
+    confirm_destructive,
+)
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
@@ -898,6 +905,14 @@ async def set_roles(
     ``second-admin-required``: propose it instead)."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        if user.id == admin_of(request).session.user_id:
+            groups = _groups(await services.identity.sessions.list_user(user.id))
+            if not _would_be_admin(policy, config, user.username, account_roles(data.roles), groups):
+                raise OwnAdminRoleRefused(
+                    f"That would take the {config.settings.admin.role!r} role from your own account, "
+                    "and with it this console: nothing was changed. Another admin, or `gateway policy` "
+                    "on the gateway's host, can."
+                )
         if _second_admin_required(config):
             groups = _groups(await services.identity.sessions.list_user(user.id))
             before = _would_be_admin(policy, config, user.username, user.roles.split(), groups)

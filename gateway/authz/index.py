@@ -198,8 +198,9 @@ class PolicyIndex:
         self.stats = IndexStats(len(rules.policies), len(rules.links), 0, 0, 0)
 
     @classmethod
-    def build(cls, rules: PolicyRules, version: int) -> PolicyIndex:
-        """Compile ``rules``; ``version`` is carried into every decision (and the cache key)."""
+    def roles_only(cls, rules: PolicyRules, version: int = 0) -> PolicyIndex:
+        """The role hierarchy of ``rules`` alone, for :meth:`roles_of` (it decides nothing): what a
+        change to a large policy does to someone's roles is known without compiling its rules."""
         index = cls(rules, version)
         parents: dict[str, list[str]] = {}
         for link in rules.links:
@@ -207,7 +208,12 @@ class PolicyIndex:
             if link.role not in roles:
                 roles.append(link.role)
         index._parents = {member: tuple(roles) for member, roles in parents.items()}
+        return index
 
+    @classmethod
+    def build(cls, rules: PolicyRules, version: int) -> PolicyIndex:
+        """Compile ``rules``; ``version`` is carried into every decision (and the cache key)."""
+        index = cls.roles_only(rules, version)
         trie = fallback = 0
         for position, rule in enumerate(rules.policies):
             entry = (position, rule)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANNEL",
+    "Keep",
     "PolicyConflict",
     "PolicyRejected",
     "PolicyStore",
@@ -180,6 +181,8 @@ class _Current:
 
 # What a change computes from the current policy: the new rules, or None for "nothing to do".
 _Change = Callable[[PolicyRules], PolicyRules | None]
+#: A last check of the policy about to be stored (after validation); what it raises refuses the change.
+Keep = Callable[[PolicyRules], Awaitable[None]]
 
 
 class PolicyStore:
@@ -303,6 +306,7 @@ class PolicyStore:
         reason: str,
         force: bool = False,
         expected_version: int | None = None,
+        keep: Keep | None = None,
     ) -> int:
         """Make ``rules`` the whole policy.
 
@@ -313,6 +317,9 @@ class PolicyStore:
             force: Store it even when validation reports errors.
             expected_version: Store it only on top of this version (an edit made, reviewed or
                 approved against it must not silently undo a change stored since).
+            keep: Called with the policy about to be stored; what it raises refuses the change
+                (nothing is stored). The admin API refuses a change that takes the acting admin's
+                own admin role.
 
         Returns:
             The new version; the current one when ``rules`` equal the stored policy (nothing stored).
@@ -324,10 +331,17 @@ class PolicyStore:
             StoreUnavailable: the database failed.
         """
         return await self._change(
-            lambda _current: rules, actor=actor, reason=reason, force=force, expected_version=expected_version
+            lambda _current: rules,
+            actor=actor,
+            reason=reason,
+            force=force,
+            expected_version=expected_version,
+            keep=keep,
         )
 
-    async def add(self, rules: Iterable[Rule], *, actor: str, reason: str, force: bool = False) -> int:
+    async def add(
+        self, rules: Iterable[Rule], *, actor: str, reason: str, force: bool = False, keep: Keep | None = None
+    ) -> int:
         """Append ``rules`` to the current policy.
 
         Raises:
@@ -342,9 +356,11 @@ class PolicyStore:
                 raise RuleExists(clash)
             return current.with_rules(*new)
 
-        return await self._change(change, actor=actor, reason=reason, force=force)
+        return await self._change(change, actor=actor, reason=reason, force=force, keep=keep)
 
-    async def remove(self, rules: Iterable[Rule], *, actor: str, reason: str, force: bool = False) -> int:
+    async def remove(
+        self, rules: Iterable[Rule], *, actor: str, reason: str, force: bool = False, keep: Keep | None = None
+    ) -> int:
         """Remove ``rules`` (every line equal to one of them) from the current policy.
 
         Raises:
@@ -360,9 +376,11 @@ class PolicyStore:
             dropped = set(gone)
             return PolicyRules.from_rules(rule for rule in current if rule not in dropped)
 
-        return await self._change(change, actor=actor, reason=reason, force=force)
+        return await self._change(change, actor=actor, reason=reason, force=force, keep=keep)
 
-    async def restore(self, version: int, *, actor: str, reason: str, force: bool = False) -> int:
+    async def restore(
+        self, version: int, *, actor: str, reason: str, force: bool = False, keep: Keep | None = None
+    ) -> int:
         """Store a new version whose policy is that of ``version`` (``restored_from`` records it).
 
         Returns:
@@ -374,7 +392,12 @@ class PolicyStore:
         """
         old = await self.get(version)
         return await self._change(
-            lambda _current: old.rules, actor=actor, reason=reason, force=force, restored_from=version
+            lambda _current: old.rules,
+            actor=actor,
+            reason=reason,
+            force=force,
+            restored_from=version,
+            keep=keep,
         )
 
     async def bootstrap(self, path: str | Path) -> int | None:
@@ -416,6 +439,7 @@ class PolicyStore:
         restored_from: int | None = None,
         only_if_empty: bool = False,
         expected_version: int | None = None,
+        keep: Keep | None = None,
     ) -> int:
         # Optimistic: compute and validate the new policy outside any transaction (validation can
         # take a while on a big policy and must not hold the write lock), then write it only if the
@@ -439,6 +463,8 @@ class PolicyStore:
             if not force and csv not in validated:
                 await self.check(after)
                 validated.add(csv)
+            if keep is not None:
+                await keep(after)
             version = previous.version + 1
             diff = _diff(previous, csv, version)
             try:

@@ -350,3 +350,23 @@ async def test_an_incident_changed_while_an_action_runs_is_acted_on_as_checked(
     assert "second" in (await site.call(boss, "GET", f"/api/incident-cases/{case_id}")).text
     reset = [event.subject for event in await site.services.identity.audit.events(kind="user.mfa_reset")]
     assert reset == ["dave"]
+
+
+async def test_an_admin_by_local_role_cannot_take_it_from_their_own_account(console: Start) -> None:
+    """The local-roles way to the same end as removing one's own policy line: the console lost its
+    admins one by one (an attack run). Refused while the new roles would not make them an admin; the
+    control keeps the role."""
+    site = await console(policy=OPS_ADMIN)
+    await _account(site, "kate", roles=("ops",))
+    kate = await site.session("kate", roles=("ops",))
+    for roles in ([], ["viewer"]):
+        resp = await site.call(kate, "PUT", "/api/users/kate/roles", json={"roles": roles, "reason": "x"})
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["error"] == "own-admin-role"
+    account = await site.services.identity.accounts.find("kate")
+    assert account is not None
+    assert account.roles == "ops"
+    kept = await site.call(
+        kate, "PUT", "/api/users/kate/roles", json={"roles": ["ops", "viewer"], "reason": "x"}
+    )
+    assert kept.status_code == 200, kept.text

@@ -155,3 +155,52 @@ async def test_explain_answers_with_the_deciding_rule(admin: Admin) -> None:
     assert body["path"] == "/a/b/c"
     assert body["principal"] == "admin"
     assert body["rule"]["csv"] == "p, admin, *, /*, *, allow"
+
+
+SECOND_ADMIN = POLICY + "g, user:ann, admin\n"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "action"),
+    [
+        ("DELETE", "/api/policy/roles", {"member": "user:boss", "role": "admin"}, "role.remove"),
+        (
+            "DELETE",
+            "/api/policy/rules",
+            {"rules": [{"ptype": "g", "member": "user:boss", "role": "admin"}]},
+            "policy.remove",
+        ),
+        ("PUT", "/api/policy", {"csv": "p, admin, *, /*, *, allow\ng, user:ann, admin\n"}, "policy.replace"),
+        ("POST", "/api/policy/restore/2", {}, "policy.restore"),  # version 2: ann's removal of boss
+    ],
+)
+async def test_an_admin_cannot_take_their_own_admin_role(
+    console: Start, method: str, path: str, body: dict[str, Any], action: str
+) -> None:
+    """An attack run: the last two admins each removed their own admin line (200, a warning), and
+    every console call was 403 after. Each way of changing the policy refuses it: nothing is stored,
+    and the refusal is audited."""
+    site = await console(policy=SECOND_ADMIN)
+    boss = Admin(site.client, site.services, await site.session("boss"))
+    ann = Admin(site.client, site.services, await site.session("ann"))
+    link = {"member": "user:boss", "role": "admin"}
+    assert (
+        await ann.call("DELETE", "/api/policy/roles", json={**link, "reason": "rotation"})
+    ).status_code == 200
+    assert (await ann.call("POST", "/api/policy/roles", json={**link, "reason": "back"})).status_code == 200
+    before = (await boss.call("GET", "/api/policy")).json()
+    resp = await boss.call(method, path, json={**body, "reason": "leaving the admins"})
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"] == "own-admin-role"
+    assert (await boss.call("GET", "/api/policy")).json() == before
+    refused = await site.services.identity.audit.events(kind=f"admin.{action}")
+    assert (refused[0].actor, refused[0].outcome) == ("user:boss", "failure")
+
+
+async def test_another_admin_may_take_it(console: Start) -> None:
+    site = await console(policy=SECOND_ADMIN)
+    ann = Admin(site.client, site.services, await site.session("ann"))
+    resp = await ann.call(
+        "DELETE", "/api/policy/roles", json={"member": "user:boss", "role": "admin", "reason": "left"}
+    )
+    assert resp.status_code == 200, resp.text
