@@ -83,7 +83,8 @@ _MAX_LOGIN = 320
 
 
 class InvitationRefused(GatewayError):
-    """The account cannot be given an invitation as it is (it has a password, or is disabled)."""
+    """The account cannot be given an invitation as it is (it has a password, or is disabled,
+    restricted or closed)."""
 
     status = 409
     reason = "invitation-refused"
@@ -494,6 +495,15 @@ async def _is_admin(services: Services, policy: Policy, config: Config, user: Us
     return _would_be_admin(policy, config, user.username, user.roles.split(), groups)
 
 
+def _shut_by_privacy(user: User) -> str | None:
+    """Why a person's own privacy request keeps the account from signing in, if one does."""
+    if user.closed_at is not None:
+        return "the account is closed at the person's request (see the Privacy page)"
+    if user.restricted:
+        return "processing is restricted at the person's request (lift it on the Privacy page)"
+    return None
+
+
 def _second_admin_required(config: Config) -> bool:
     return config.settings.admin.approvals > 1
 
@@ -730,7 +740,13 @@ async def invite_user(
     async def work(user: User, actor: str) -> Invited:
         if user.disabled:
             raise InvitationRefused(f"{user.username} is disabled: enable the account first.")
+        shut = _shut_by_privacy(user)
+        if shut is not None:
+            # Before any password is withdrawn: the link would answer 410 anyway (an attack run had
+            # clear_password take a closed account's password for a link that could not be used).
+            raise InvitationRefused(f"{user.username} cannot sign in: {shut}.")
         ended: int | None = None
+        cleared = False
         # Whoever holds the link sets the password: for an admin's account, one admin would hold a
         # second admin's sign-in (an account without a password signs in through a provider or a
         # passkey, or has an invitation pending).
@@ -744,6 +760,7 @@ async def invite_user(
             if not data.reason.strip():
                 raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
             ended = await services.identity.accounts.clear_password(user.id, actor=actor)
+            cleared = True
         issued = await _invite(services, config, user, actor)
         noted["invitation"] = issued.invitation.fingerprint
         expires = _utc(issued.invitation.expires_at)
@@ -753,7 +770,7 @@ async def invite_user(
             sessions_ended=ended,
             message=(
                 f"A new invitation link for {user.username}, valid until "
-                f"{expires.strftime('%Y-%m-%d %H:%M UTC')}; earlier links no longer work.{_ended(ended)}"
+                f"{expires.strftime('%Y-%m-%d %H:%M UTC')}; earlier links no longer work.{_ended(ended) if cleared else ''}"
             ),
             invitation_url=_invitation_url(config, issued.token),
             invitation_expires_at=expires,
@@ -815,9 +832,15 @@ async def enable_user(
 
     async def work(user: User, actor: str) -> ActionResult:
         await services.identity.accounts.enable(user.id, actor=actor)
-        return ActionResult(
-            username=user.username, action="enable", message=f"{user.username} may sign in again."
+        shut = _shut_by_privacy(user)
+        # Enabling lifts the disable alone: a restricted or closed account still cannot sign in, and
+        # the answer must not say it can (an attack run was told "may sign in again" for both).
+        message = (
+            f"{user.username} may sign in again."
+            if shut is None
+            else f"{user.username} is no longer disabled, but still cannot sign in: {shut}."
         )
+        return ActionResult(username=user.username, action="enable", message=message)
 
     return await _act(request, services, config, username, "enable", data.reason, work, destructive=True)
 
@@ -926,7 +949,8 @@ async def set_roles(
             username=user.username,
             action="roles",
             sessions_ended=ended,
-            message=f"Local roles of {user.username}: {roles}.{_ended(ended)}",
+            # Only a removed role ends sessions: with none removed there is nothing to report.
+            message=f"Local roles of {user.username}: {roles}.{_ended(ended) if changed.removed else ''}",
         )
 
     return await _act(request, services, config, username, "roles", data.reason, work, destructive=True)

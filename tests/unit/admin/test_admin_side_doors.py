@@ -370,3 +370,41 @@ async def test_an_admin_by_local_role_cannot_take_it_from_their_own_account(cons
         kate, "PUT", "/api/users/kate/roles", json={"roles": ["ops", "viewer"], "reason": "x"}
     )
     assert kept.status_code == 200, kept.text
+
+
+async def test_answers_say_what_a_privacy_shut_account_can_do(console: Start) -> None:
+    """An attack run was told "may sign in again" for a restricted and for a closed account it had
+    enabled, and clear_password took a closed account's password for a link that answered 410."""
+    site = await console()
+    await _account(site, "boss")
+    boss = await site.session("boss")
+    accounts = site.services.identity.accounts
+    for name in ("rita", "cleo"):
+        await _account(site, name)
+    rita = await accounts.find("rita")
+    cleo = await accounts.find("cleo")
+    assert rita is not None
+    assert cleo is not None
+    await accounts.set_restricted(rita.id, True, actor="test")
+    await accounts.close(cleo.id, actor="test")
+    for name, why in (("rita", "restricted"), ("cleo", "closed")):
+        await accounts.disable((rita if name == "rita" else cleo).id, actor="test")
+        enabled = await site.call(boss, "POST", f"/api/users/{name}/enable", json={"reason": "x"})
+        assert enabled.status_code == 200, enabled.text
+        message = enabled.json()["message"]
+        assert "still cannot sign in" in message
+        assert why in message
+        invited = await site.call(
+            boss, "POST", f"/api/users/{name}/invite", json={"clear_password": True, "reason": "x"}
+        )
+        assert invited.status_code == 409, invited.text
+        assert invited.json()["error"] == "invitation-refused"
+        kept = await accounts.find(name)
+        assert kept is not None
+        assert kept.password_hash is not None  # nothing was withdrawn
+
+    # Roles added, none removed: no session ends, and the answer does not claim an outage.
+    await _account(site, "vera")
+    added = await site.call(boss, "PUT", "/api/users/vera/roles", json={"roles": ["viewer"], "reason": "x"})
+    assert added.status_code == 200, added.text
+    assert "did not answer" not in added.json()["message"]
