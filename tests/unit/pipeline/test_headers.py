@@ -340,3 +340,13 @@ def test_the_gateways_own_token_never_reaches_an_app_that_did_not_need_it(value:
 def test_the_apps_own_authorization_goes_through(value: bytes) -> None:
     out = _out([(b"host", b"app"), (b"Authorization", value)])
     assert out[b"authorization"] == [value]
+
+
+def test_a_trusted_proxys_rfc7239_forwarded_is_not_read() -> None:
+    """The README says so: only X-Forwarded-For names the client. A proxy that sends `Forwarded` alone
+    leaves every client at the proxy's address (an attack run found the README claiming otherwise)."""
+    trusted = TrustedProxies(["127.0.0.1/32"])
+    fwd = _fwd([(b"forwarded", b"for=198.51.100.7;proto=https")], peer="127.0.0.1", trusted=trusted)
+    assert fwd.client_ip == "127.0.0.1"
+    fwd = _fwd([(b"x-forwarded-for", b"198.51.100.7")], peer="127.0.0.1", trusted=trusted)
+    assert fwd.client_ip == "198.51.100.7"
