@@ -30,6 +30,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Litestar, MediaType, Request, delete, get, post, put
+from litestar.background_tasks import BackgroundTask
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.enums import ScopeType
@@ -44,7 +45,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
 from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf, holds_role
-from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, OwnAdminRoleRefused, confirm_destructive
+from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, OwnAdminRoleRefused, client_ip, confirm_destructive
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
 from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY, PUBLIC_URL_KEY
@@ -72,6 +73,7 @@ from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
 from gateway.authz.store import Keep, PolicyRejected
 from gateway.authz.validate import validate
 from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.identity.cookies import read_cookie
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
@@ -333,13 +335,17 @@ class AdminGuard:
         if handler.opt.get(_PUBLIC):
             return
         headers = connection.headers
-        check_csrf(
-            method=str(connection.scope.get("method", "GET")),
-            content_type=headers.get("content-type"),
-            origin=headers.get("origin"),
-            sec_fetch_site=headers.get("sec-fetch-site"),
-            allowed_origins=self._origins,
-        )
+        try:
+            check_csrf(
+                method=str(connection.scope.get("method", "GET")),
+                content_type=headers.get("content-type"),
+                origin=headers.get("origin"),
+                sec_fetch_site=headers.get("sec-fetch-site"),
+                allowed_origins=self._origins,
+            )
+        except GatewayError as err:
+            await self._record_csrf_refusal(connection, err)
+            raise
         config = self._live.current
         try:
             admin = await authenticate(
@@ -362,6 +368,35 @@ class AdminGuard:
                 )  # fmt: skip
             raise
         connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
+
+    async def _record_csrf_refusal(
+        self, connection: ASGIConnection[Any, Any, Any, Any], err: GatewayError
+    ) -> None:
+        """A change sent from another origin, or not as JSON, is what a forged request looks like: it
+        goes in the trail (an attack run found no record of one), naming the admin whose cookie it
+        carried, if any. Once a minute per address, like a non-admin's refusals: a page that fires
+        them in a loop must not bury the trail."""
+        ip = client_ip(connection)
+        if not await self._first_refusal(f"csrf:{ip}"):
+            return
+        actor = "anonymous"
+        session_id = read_cookie(list(connection.scope["headers"]), self._live.current.cookie_name)
+        try:
+            session = await self._identity.sessions.get(session_id) if session_id else None
+        except GatewayError:
+            session = None
+        if session is not None:
+            actor = f"user:{session.username}"
+        origin = connection.headers.get("origin") or ""
+        await _audit(
+            self._identity, connection, "admin.refused", actor=actor, outcome="failure",
+            details={
+                "error": err.reason,
+                "path": connection.url.path,
+                "method": str(connection.scope.get("method", "")),
+                "origin": origin[:200],
+            },
+        )  # fmt: skip
 
     async def _refuse_blocked(self, ip: str) -> None:
         """403 ``ip-blocked`` for an address the shared block list holds, as on the data plane: else an
@@ -760,15 +795,34 @@ def _is_page(request: Request[Any, Any, Any]) -> bool:
     return "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api")
 
 
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    # Litestar lists each problem with where it is (``rules[0].path``): say exactly what to fix.
-    problems = []
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            key = item.get("key")
-            problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
-    message = "The request is not valid; nothing was changed. " + ("; ".join(problems) or str(exc.detail))
-    return _gateway_error(request, BadRequest(message))
+def _validation_error(
+    identity: IdentityServices,
+) -> Callable[[Request[Any, Any, Any], ValidationException], Response[Any]]:
+    """The 400 for a request whose parameters or body did not parse, saying exactly what to fix."""
+
+    def handle(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+        # Litestar lists each problem with where it is (``rules[0].path``).
+        problems = []
+        for item in exc.extra if isinstance(exc.extra, list) else []:
+            if isinstance(item, dict):
+                key = item.get("key")
+                problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+        detail = "; ".join(problems) or str(exc.detail)
+        response = _gateway_error(
+            request, BadRequest("The request is not valid; nothing was changed. " + detail)
+        )
+        admin = request.scope.get("state", {}).get(ADMIN_KEY)
+        if isinstance(admin, Admin) and request.method not in ("GET", "HEAD", "OPTIONS"):
+            # A change refused before its handler ran (a body that did not parse, a reason of
+            # spaces): the handler's own record never happens, so it is made here, after the answer
+            # (an attack run found none for these).
+            response.background = BackgroundTask(
+                _audit, identity, request, "admin.refused", actor=admin.actor, outcome="failure",
+                details={"error": "bad-request", "path": request.url.path, "method": request.method},
+            )  # fmt: skip
+        return response
+
+    return handle
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -828,7 +882,7 @@ def create_admin_app(services: Services) -> Litestar:
         middleware=[RequestContext(services.live)],
         exception_handlers={
             GatewayError: _gateway_error,
-            ValidationException: _validation_error,
+            ValidationException: _validation_error(services.identity),
             HTTPException: _http_error,
             RecursionError: _too_deep,
             Exception: _internal_error,

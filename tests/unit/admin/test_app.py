@@ -8,6 +8,7 @@ directly in the services' session store.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -204,3 +205,21 @@ async def test_another_admin_may_take_it(console: Start) -> None:
         "DELETE", "/api/policy/roles", json={"member": "user:boss", "role": "admin", "reason": "left"}
     )
     assert resp.status_code == 200, resp.text
+
+
+async def test_changes_refused_before_their_handler_are_in_the_trail(admin: Admin) -> None:
+    """An attack run found no record of a forged (cross-origin) change, nor of one whose body was
+    refused (a reason of spaces). Both are recorded as admin.refused, naming the admin whose cookie
+    the request carried."""
+    link = {"member": "user:x", "role": "viewer"}
+    forged = await admin.call(
+        "POST", "/api/policy/roles", json={**link, "reason": "x"}, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status_code == 403
+    blank = await admin.call("POST", "/api/policy/roles", json={**link, "reason": "   "})
+    assert blank.status_code == 400
+    events = await admin.services.identity.audit.events(kind="admin.refused")
+    seen = {(e.actor, e.outcome, json.loads(e.details or "{}").get("error")) for e in events}
+    assert ("user:boss", "failure", "cross-origin-refused") in seen
+    assert ("user:boss", "failure", "bad-request") in seen
+    assert await admin.services.identity.audit.events(kind="admin.role.add") == []
