@@ -4,13 +4,22 @@ Erasing fields of a version 3 record keeps its MAC valid (``gateway.audit.erasab
 alone cannot tell a genuine erasure from someone with database access who tombstones a field and
 moves its commitment into ``erased`` by hand (the salt gives them the commitment) to hide their
 tracks. What they cannot do is append the keyed ``privacy.audit_erased`` record that every genuine
-erasure writes in the same transaction, naming how many records it erased and the SHA-256 of their
-seqs. So, while a walk feeds records in seq order:
+erasure writes in the same transaction, naming how many records it erased, the SHA-256 of their seqs
+and the SHA-256 of which fields of each it erased (``fields_sha256``). So, while a walk feeds records in
+seq order:
 
 * every erased field names its erasure record (``by``), which must come after the record (the erasure
   record is appended after the records it erases are found) and be a version 3 ``privacy.audit_erased``
   record whose pseudonym the field's tombstone carries;
-* when that record is reached, the records naming it must be exactly the ones it counted and hashed.
+* when that record is reached, the records naming it must be exactly the ones it counted and hashed,
+  and the fields each of them marks erased by it exactly the ones it hashed. Without the second half, a
+  further field of a record the erasure covered (the admin who acted on the erased person, the reason
+  they gave) could be tombstoned by hand under the genuine erasure's name: same records, same count,
+  same pseudonym, and the record's MAC still holds.
+
+Erasure records written before ``fields_sha256`` existed keep the older, weaker check (records, count
+and pseudonym only): which fields they erased was never committed to, so it cannot be checked now. A
+new erasure record cannot be passed off as an old one: its details are under its MAC.
 
 A walk over part of the chain (a checkpoint's increment, an evidence bundle's range) checks what lies
 inside it and counts the rest as unchecked: records before the range may name an erasure record in it,
@@ -27,6 +36,7 @@ from gateway.audit.erasable import (
     ERASURE_KIND,
     Erased,
     ErasureFormatError,
+    fields_digest,
     parse_erasure_details,
     pseudonym_of,
     seqs_digest,
@@ -53,11 +63,12 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class _Named:
-    """A record that names an erasure record, with the pseudonyms its tombstones carry for it."""
+    """A record naming an erasure record: the fields it marks erased by it, their tombstones' pseudonyms."""
 
     seq: int
     record_id: int
     pseudonyms: frozenset[str]
+    fields: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -138,7 +149,7 @@ class ErasureLedger:
     def _note(
         self, seq: int, record_id: int, values: Mapping[str, str], erased: Mapping[str, Erased]
     ) -> Finding | None:
-        groups: dict[int, set[str]] = {}
+        groups: dict[int, tuple[set[str], set[str]]] = {}
         for name, entry in erased.items():
             if entry.by <= seq:
                 return Finding(
@@ -147,9 +158,12 @@ class ErasureLedger:
                     f"field {name!r} is marked erased by seq {entry.by}, which is not after it (an "
                     "erasure record follows the records it erases): erased by hand",
                 )
-            groups.setdefault(entry.by, set()).add(pseudonym_of(values[name]) or "")
-        for by, pseudonyms in groups.items():
-            self._pending.setdefault(by, []).append(_Named(seq, record_id, frozenset(pseudonyms)))
+            pseudonyms, fields = groups.setdefault(entry.by, (set(), set()))
+            pseudonyms.add(pseudonym_of(values[name]) or "")
+            fields.add(name)
+        for by, (pseudonyms, fields) in groups.items():
+            named = _Named(seq, record_id, frozenset(pseudonyms), frozenset(fields))
+            self._pending.setdefault(by, []).append(named)
         return None
 
     def _settle(self, seq: int, record_id: int, details: str, named: list[_Named]) -> Finding | None:
@@ -167,7 +181,7 @@ class ErasureLedger:
                 )
         seqs = [record.seq for record in named]
         if len(seqs) == claim.records and seqs_digest(seqs) == claim.seqs_sha256:
-            return None
+            return _check_fields(seq, record_id, claim.fields_sha256, named)
         if len(seqs) < claim.records and not self.from_genesis:
             # Records before the walk's range may name it too.
             self.unchecked += 1
@@ -180,6 +194,28 @@ class ErasureLedger:
             "were erased by hand or an erasure was undone",
             _RACE_HINT,
         )
+
+
+def _check_fields(seq: int, record_id: int, committed: str | None, named: list[_Named]) -> Finding | None:
+    """The fields marked erased by an erasure record (``seq``) against the ones it committed to.
+
+    Called only once every record it hashed was seen (a partial walk that misses some counts the
+    erasure as unchecked instead), so a mismatch is never the edge of a range.
+    """
+    if committed is None:
+        return None  # written before fields_sha256: which fields it erased was never committed to
+    if fields_digest((record.seq, record.fields) for record in named) == committed:
+        return None
+    # No race hint: an erasure writes its record and every field it erases in one transaction and a
+    # row is read whole, so a walk sees all of one erasure's fields on a record or none (which the
+    # seqs' check reports first). A difference here was made by hand.
+    return Finding(
+        record_id,
+        seq,
+        f"the fields marked erased by this erasure record in seqs {_listing([r.seq for r in named])} "
+        "are not the ones it says it erased: a field was erased by hand under its name (to hide who did "
+        "something) or an erasure was partly undone",
+    )
 
 
 def _listing(seqs: list[int]) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "dump_erased",
     "dump_salts",
     "erased_value",
+    "fields_digest",
     "new_salts",
     "parse_erased",
     "parse_erasure_details",
@@ -206,27 +207,43 @@ def commitments(values: Mapping[str, str], salts_text: str, erased_text: str) ->
 
 @dataclass(frozen=True, slots=True)
 class ErasureClaim:
-    """What a ``privacy.audit_erased`` record says it did (its details)."""
+    """What a ``privacy.audit_erased`` record says it did (its details).
+
+    ``fields_sha256`` (:func:`fields_digest`) fixes which fields of which records the erasure erased.
+    Without it, the count and the seqs' hash were all a record committed to, and someone with database
+    access could tombstone a further field of a record the erasure covered (say the actor of an admin
+    action on the erased person, or the admin's reason in its details), move its commitment into
+    ``erased`` naming that erasure and pass verification: the seqs were still the same. Erasure records
+    written before it existed have it ``None`` and keep that weaker check (``gateway.audit.backing``).
+    """
 
     request: str
     pseudonym: str
     records: int
     seqs_sha256: str
+    fields_sha256: str | None = None
 
     def details(self) -> str:
-        """The record's details text."""
-        return _dump(
-            {
-                "request": self.request,
-                "pseudonym": self.pseudonym,
-                "records": self.records,
-                "seqs_sha256": self.seqs_sha256,
-            }
-        )
+        """The record's details text (without ``fields_sha256`` when it is ``None``: the old format)."""
+        doc: dict[str, object] = {
+            "request": self.request,
+            "pseudonym": self.pseudonym,
+            "records": self.records,
+            "seqs_sha256": self.seqs_sha256,
+        }
+        if self.fields_sha256 is not None:
+            doc["fields_sha256"] = self.fields_sha256
+        return _dump(doc)
+
+
+_CLAIM_KEYS: Final = frozenset({"request", "pseudonym", "records", "seqs_sha256"})
 
 
 def parse_erasure_details(text: str) -> ErasureClaim:
-    """The claim in an erasure record's details.
+    """The claim in an erasure record's details, in the current format or the one before ``fields_sha256``.
+
+    Accepting the older format cannot be used to weaken a new record: its details are under its MAC, so
+    dropping ``fields_sha256`` from them breaks the chain at that record.
 
     Raises:
         ErasureFormatError: Not the JSON object :meth:`ErasureClaim.details` writes.
@@ -235,16 +252,32 @@ def parse_erasure_details(text: str) -> ErasureClaim:
         doc = json.loads(text)
     except (json.JSONDecodeError, TypeError):
         raise ErasureFormatError("its details are not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"request", "pseudonym", "records", "seqs_sha256"}:
-        raise ErasureFormatError("its details are not request, pseudonym, records and seqs_sha256")
+    if not isinstance(doc, dict) or set(doc) not in (_CLAIM_KEYS, _CLAIM_KEYS | {"fields_sha256"}):
+        raise ErasureFormatError(
+            "its details are not request, pseudonym, records, seqs_sha256 (and fields_sha256)"
+        )
     request, pseudonym, records, digest = doc["request"], doc["pseudonym"], doc["records"], doc["seqs_sha256"]
+    fields = doc.get("fields_sha256")
     if not isinstance(request, str) or not isinstance(pseudonym, str) or not isinstance(digest, str):
         raise ErasureFormatError("its request, pseudonym and seqs_sha256 must be strings")
+    if "fields_sha256" in doc and not isinstance(fields, str):
+        raise ErasureFormatError("its fields_sha256 must be a string")
     if not isinstance(records, int) or isinstance(records, bool) or records < 0:
         raise ErasureFormatError("its record count is not a non-negative integer")
-    return ErasureClaim(request, pseudonym, records, digest)
+    return ErasureClaim(request, pseudonym, records, digest, fields)
 
 
 def seqs_digest(seqs: Iterable[int]) -> str:
     """SHA-256 (hex) of the seqs in ascending order, joined by ``,`` (no spaces)."""
     return hashlib.sha256(",".join(str(s) for s in sorted(seqs)).encode()).hexdigest()
+
+
+def fields_digest(erased: Iterable[tuple[int, Iterable[str]]]) -> str:
+    """SHA-256 (hex) of which fields of which records one erasure erased.
+
+    One line ``<seq>:<field>,<field>`` per record (its field names sorted), the lines in ascending seq
+    order joined by ``\n`` (no trailing newline; no records hash the empty string). Field names are
+    bare words and seqs integers, so no two different sets spell the same text.
+    """
+    lines = sorted((seq, ",".join(sorted(fields))) for seq, fields in erased)
+    return hashlib.sha256("\n".join(f"{seq}:{names}" for seq, names in lines).encode()).hexdigest()

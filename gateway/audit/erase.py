@@ -3,10 +3,12 @@
 :func:`erase_person` finds the version 3 records that name a user, tombstones their fields, drops
 those fields' salts and keeps the commitments (``gateway.audit.erasable``), so the chain still
 verifies and nobody can confirm what the fields held. In the same transaction, under the chain lock,
-it appends a keyed ``privacy.audit_erased`` record saying how many records it erased and the SHA-256
-of their seqs; every erased field names that record. Someone with database access only cannot append
-such a record, so erasing fields by hand to hide their tracks is found by the verifier
-(``gateway.audit.backing``).
+it appends a keyed ``privacy.audit_erased`` record saying how many records it erased, the SHA-256
+of their seqs and the SHA-256 of which fields of each it erased (``fields_sha256``); every erased field
+names that record. Someone with database access only cannot append such a record, so erasing fields by
+hand to hide their tracks is found by the verifier (``gateway.audit.backing``): in records the erasure
+did not touch, and also a further field of a record it did touch (an admin's name or reason in a record
+about the erased person), which the count and the seqs alone did not show.
 
 Which fields: a record whose ``subject`` is the user loses ``subject`` and ``details``; one whose
 ``actor`` is the user (``user:NAME``, ``admin:NAME`` or ``NAME``) loses ``actor``, ``ip`` and
@@ -46,6 +48,7 @@ from gateway.audit.erasable import (
     dump_erased,
     dump_salts,
     erased_value,
+    fields_digest,
     parse_erased,
     parse_salts,
     seqs_digest,
@@ -350,7 +353,10 @@ async def _erase_locked(
     :func:`~gateway.audit.chain.chain_lock` (one transaction: the record and its erasures go together)."""
     tombstone = erased_value(pseudonym)
     seqs = tuple(plan.row.seq for plan in plans)
-    claim = ErasureClaim(request_ref, pseudonym, len(seqs), seqs_digest(seqs))
+    # Which fields of which records, not only which records: the verifier holds each record's erased
+    # fields against it, so a field tombstoned later by hand under this record's name is found.
+    erased = fields_digest((plan.row.seq, plan.fields) for plan in plans)
+    claim = ErasureClaim(request_ref, pseudonym, len(seqs), seqs_digest(seqs), erased)
     draft = ChainRecord(0, 0, at, ERASURE_KIND, actor, "", "", "success", claim.details(), "", "")
     record = await append_locked(conn, keys, draft)
     for plan in plans:

@@ -3,8 +3,10 @@
 An erasure must leave the chain verifying and the person's username, addresses and details nowhere in
 the table, while other people's fields in the same records stay readable and covered by the MAC. The
 attacks here are what someone holding only the database credentials can do (SQL, the stored salts,
-the public commitment recipe): put values or salts back, erase fields by hand to hide their tracks,
-change the erasure record. Each must be found and named.
+the public commitment recipe): put values or salts back, erase fields by hand to hide their tracks
+(also a further field of a record a genuine erasure covered, under that erasure's name), change the
+erasure record. Each must be found and named. Erasure records written before they committed to their
+fields keep verifying, with the older check.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from gateway.audit import erase as erase_module
 from gateway.audit.bundle import export_bundle, verify_bundle
 from gateway.audit.chain import (
     ERASABLE_VERSION,
@@ -33,7 +36,18 @@ from gateway.audit.chain import (
 )
 from gateway.audit.chain_key import ChainKeys
 from gateway.audit.checkpoint import Checkpointer, verify_trail
-from gateway.audit.erasable import ERASURE_KIND, commit, dump_erased, erased_value, parse_erased, parse_salts
+from gateway.audit.erasable import (
+    ERASURE_KIND,
+    ErasureClaim,
+    ErasureFormatError,
+    commit,
+    dump_erased,
+    erased_value,
+    fields_digest,
+    parse_erased,
+    parse_erasure_details,
+    parse_salts,
+)
 from gateway.audit.erase import ErasureResult, erase_person
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
@@ -157,6 +171,10 @@ async def test_erasing_a_person_keeps_the_chain_verifying_and_leaves_no_trace(da
         "pseudonym": PSEUDONYM,
         "records": 4,
         "seqs_sha256": hashlib.sha256(b"1,2,4,5").hexdigest(),
+        # Which fields of which records: the documented lines, spelled out so the format stays put.
+        "fields_sha256": hashlib.sha256(
+            b"1:actor,details,ip,subject\n2:details,subject\n4:actor,details,ip\n5:actor,details,ip"
+        ).hexdigest(),
     }
     report = await _verified(database)
     assert (report.records, report.erased, report.erasures, report.erasable_from) == (6, 4, 1, 1)
@@ -313,17 +331,24 @@ async def _undo_from_a_backup(db: Database, original: ChainRecord) -> None:
     )
 
 
-async def _hand_erase(db: Database, seq: int, by: int, fields: tuple[str, ...] = ("actor", "ip")) -> None:
-    """Erase fields by hand as an attacker with database access would: the salt gives the commitment."""
+async def _hand_erase(
+    db: Database, seq: int, by: int, fields: tuple[str, ...] = ("actor", "ip"), tombstone: str = TOMBSTONE
+) -> None:
+    """Erase fields by hand as an attacker with database access would: the salt gives the commitment.
+
+    Fields the record already has erased stay as they are, so a record a genuine erasure covered keeps
+    that erasure's entries beside the forged ones.
+    """
     record = await _by_seq(db, seq)
     salts = parse_salts(record.salts)
     values = record.personal()
-    erased = {f: {"c": commit(f, salts.pop(f), values[f]), "by": by} for f in fields}
+    erased = json.loads(record.erased)
+    erased.update({f: {"c": commit(f, salts.pop(f), values[f]), "by": by} for f in fields})
     sets = ", ".join(f"{f} = :tomb" for f in fields)
     await _sql(
         db,
         f"UPDATE audit_events SET {sets}, salts = :s, erased = :e WHERE seq = :seq",
-        tomb=TOMBSTONE,
+        tomb=tombstone,
         s=json.dumps({f: v.hex() for f, v in salts.items()}),
         e=json.dumps(erased),
         seq=seq,
@@ -346,6 +371,13 @@ async def _hand_erase_naming_an_ordinary_record(db: Database) -> None:
     await _hand_erase(db, 3, by=4)
 
 
+async def _erasure_fields_commitment_dropped(db: Database) -> None:
+    # Passing a new erasure record off as one written before it committed to its fields.
+    record = await _by_seq(db, 6)
+    details = {k: v for k, v in json.loads(record.details).items() if k != "fields_sha256"}
+    await _sql(db, "UPDATE audit_events SET details = :d WHERE seq = 6", d=json.dumps(details))
+
+
 async def _erasure_count_changed(db: Database) -> None:
     record = await _by_seq(db, 6)
     details = {**json.loads(record.details), "records": 5}
@@ -366,6 +398,7 @@ async def _pseudonym_changed(db: Database) -> None:
         (_hand_erase_naming_no_record, 3, "erased by seq 99, after the end of the chain"),
         (_hand_erase_naming_itself, 3, "erased by seq 3, which is not after it"),
         (_hand_erase_naming_an_ordinary_record, 3, "which is a 'admin.user.disable' record, not an erasure"),
+        (_erasure_fields_commitment_dropped, 6, "does not match its hash"),
         (_erasure_count_changed, 6, "does not match its hash"),
         (_pseudonym_changed, 2, "do not carry that erasure's pseudonym"),
     ],
@@ -377,6 +410,7 @@ async def _pseudonym_changed(db: Database) -> None:
         "hand-erased-naming-nothing",
         "hand-erased-naming-itself",
         "hand-erased-naming-another-kind",
+        "erasure-fields-commitment-dropped",
         "erasure-count-changed",
         "pseudonym-changed",
     ],
@@ -393,6 +427,135 @@ async def test_tampering_after_an_erasure_is_found(
     assert report.problem.seq == seq, report.problem
     assert complaint in report.problem.what, report.problem
     assert "What to do:" in str(report.problem)
+
+
+# The attack from the audit: seq 2 is admin bob acting on alice; alice's erasure (seq 6) covered it and
+# erased her subject and the details. Bob's name and address were never hers, but tombstoned by hand
+# under seq 6 (its pseudonym, the commitment moved into ``erased``) they hide who acted, with the same
+# records, count and pseudonym and the record's MAC intact. Seq 4 (alice acting on dave) likewise hides
+# whom she acted on.
+@pytest.mark.parametrize(
+    ("seq", "fields"),
+    [(2, ("actor",)), (2, ("ip",)), (2, ("actor", "ip")), (4, ("subject",))],
+    ids=["actor", "ip", "actor-and-ip", "subject"],
+)
+async def test_a_further_field_erased_by_hand_under_a_genuine_erasure_is_found(
+    database: Database, seq: int, fields: tuple[str, ...]
+) -> None:
+    clock = FakeClock(T0)
+    await _scenario(database, clock)
+    await _erase(database, clock)
+    before = await _by_seq(database, seq)
+    await _hand_erase(database, seq, by=6, fields=fields)
+    after = await _by_seq(database, seq)
+    assert after.record_hash == before.record_hash  # a signed checkpoint cannot see it either
+    assert {f: e.by for f, e in parse_erased(after.erased).items()} == {
+        **{f: e.by for f, e in parse_erased(before.erased).items()},
+        **dict.fromkeys(fields, 6),
+    }
+    for keyring in (KEYRING, None):  # the backing is checked with or without the keyring
+        report = await verify_database(database, keyring=keyring)
+        assert report.problem is not None
+        assert (report.problem.seq, report.problem.record_id) == (6, 6), report.problem
+        assert (
+            "the fields marked erased by this erasure record in seqs 1, 2, 4, 5 are not the ones it says "
+            "it erased"
+        ) in report.problem.what
+        assert "treat the trail as tampered" in report.problem.action
+
+
+async def test_a_further_field_erased_by_hand_fails_a_bundle(database: Database, tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    await _scenario(database, clock)
+    await _erase(database, clock)
+    await _hand_erase(database, 2, by=6, fields=("actor",))
+    verdict = verify_bundle(await _bundle(database, tmp_path, "b.zip", 1, 6), keyring=KEYRING)
+    assert verdict.problem is not None
+    assert "are not the ones it says it erased" in verdict.problem
+    # A range that misses a record the erasure covered cannot hold its fields against it: unchecked.
+    verdict = verify_bundle(await _bundle(database, tmp_path, "middle.zip", 2, 6), keyring=KEYRING)
+    assert verdict.ok, verdict.problem
+    assert verdict.erasures_unchecked == 1
+
+
+async def test_an_erasure_partly_undone_from_a_backup_is_found(database: Database) -> None:
+    # Subject and salt of seq 2 restored from a backup, its details left erased: the same records still
+    # name the erasure, only not with the fields it erased.
+    clock = FakeClock(T0)
+    await _scenario(database, clock)
+    backup = await _by_seq(database, 2)
+    await _erase(database, clock)
+    record = await _by_seq(database, 2)
+    salts = {**json.loads(record.salts), "subject": json.loads(backup.salts)["subject"]}
+    erased = {f: e for f, e in parse_erased(record.erased).items() if f != "subject"}
+    await _sql(
+        database,
+        "UPDATE audit_events SET subject = :v, salts = :s, erased = :e WHERE seq = 2",
+        v=backup.subject,
+        s=json.dumps(salts),
+        e=dump_erased(erased),
+    )
+    report = await verify_database(database, keyring=KEYRING)
+    assert report.problem is not None
+    assert report.problem.seq == 6
+    assert "are not the ones it says it erased" in report.problem.what
+
+
+def _as_the_previous_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Erasures write the claim releases before ``fields_sha256`` wrote: count and seqs only."""
+
+    def claim(request: str, pseudonym: str, records: int, seqs_sha256: str, _fields: str) -> ErasureClaim:
+        return ErasureClaim(request, pseudonym, records, seqs_sha256)
+
+    monkeypatch.setattr(erase_module, "ErasureClaim", claim)
+
+
+async def test_an_erasure_record_from_before_the_fields_commitment_still_verifies(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(T0)
+    audit = await _scenario(database, clock)
+    carol = await _by_seq(database, 3)
+    with monkeypatch.context() as patched:
+        _as_the_previous_release(patched)
+        old = await _erase(database, clock)
+    assert set(json.loads(old.record.details)) == {"request", "pseudonym", "records", "seqs_sha256"}
+    assert parse_erasure_details(old.record.details).fields_sha256 is None
+    report = await _verified(database)
+    assert (report.erased, report.erasures) == (4, 1)
+
+    # It keeps the older check: a record it did not erase, naming it, is still found ...
+    await _hand_erase_carol(database)
+    report = await verify_database(database, keyring=KEYRING)
+    assert report.problem is not None
+    assert "says it erased 4 record(s), but the records marked erased by it are 5" in report.problem.what
+    # ... but which fields it erased was never committed to, so a further field of a record it covered
+    # cannot be held against it: the documented limit of erasure records from before the change.
+    await _undo_from_a_backup(database, carol)
+    await _hand_erase(database, 2, by=6, fields=("actor",))
+    await _verified(database)
+
+    # A later erasure on the same chain writes and is held to the new claim.
+    await audit.record("admin.user.roles", actor="admin:erin", subject="carol", ip="203.0.113.10")  # seq 7
+    await _erase(database, clock, username="carol", pseudonym="ca401")  # seq 8: erases seqs 3 and 7
+    await _verified(database)
+    await _hand_erase(database, 7, by=8, fields=("actor",), tombstone="[erased:ca401]")
+    report = await verify_database(database, keyring=KEYRING)
+    assert report.problem is not None
+    assert report.problem.seq == 8
+    assert "in seqs 3, 7 are not the ones it says it erased" in report.problem.what
+
+
+def test_the_fields_commitment_is_read_strictly() -> None:
+    claim = ErasureClaim("R-1", "a1", 1, "0" * 64, fields_digest([(3, ("subject", "details"))]))
+    assert parse_erasure_details(claim.details()) == claim
+    assert fields_digest([(3, ("details", "subject"))]) == claim.fields_sha256  # order does not matter
+    assert fields_digest([]) == hashlib.sha256(b"").hexdigest()
+    bad = {**json.loads(claim.details()), "fields_sha256": 7}
+    with pytest.raises(ErasureFormatError, match="fields_sha256 must be a string"):
+        parse_erasure_details(json.dumps(bad))
+    with pytest.raises(ErasureFormatError, match="are not request, pseudonym"):
+        parse_erasure_details(json.dumps({**bad, "extra": 1}))
 
 
 async def test_an_erasure_undone_from_a_backup_is_found(database: Database) -> None:
