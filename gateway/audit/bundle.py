@@ -103,6 +103,12 @@ Verify it by hand:
 4. checkpoints.jsonl holds checkpoints signed by the gateways (HMAC-SHA256 with a key derived from the
    gateway keyring). A checkpoint whose head_seq falls inside the range must name that record's
    record_hash: it proves the records were in the database, unchanged, when the checkpoint was made.
+5. Every erased field's "by" names a v = 3 privacy.audit_erased record after it, and its tombstone
+   carries that record's pseudonym. When the range holds that record and every record naming it, they
+   are as many as its details' "records", the SHA-256 of their seqs (ascending, joined by ",") is its
+   "seqs_sha256" and, when its details have "fields_sha256" (erasures before it lack it), that is the
+   SHA-256 of one line "<seq>:<field>,<field>" per record (the fields it marks erased by that record,
+   names sorted), lines in ascending seq order joined by a newline.
 """
 
 
