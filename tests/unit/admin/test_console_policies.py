@@ -75,7 +75,9 @@ async def test_diff_and_test_cases_against_the_draft(console: Start) -> None:
 async def test_what_if_replays_the_sample_and_counts_flips_per_route(console: Start) -> None:
     site = await console()
     boss = await site.session("boss")
-    # What the data plane counts as it decides, flushed to the table the what-if reads.
+    # What the data plane counts as it decides, flushed to the table the what-if reads (for an
+    # existing account: a flush drops the counts of one erased meanwhile).
+    await site.services.identity.accounts.create(username="zoe", password=None, actor="test")
     sample = DecisionSample(site.services.db, clock=site.services.identity.clock)
     zoe = frozenset({"user:zoe", "authenticated"})
     for _ in range(7):
