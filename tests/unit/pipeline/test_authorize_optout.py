@@ -14,8 +14,8 @@ from gateway.authz.live import LivePolicy
 from gateway.authz.sample import DecisionSample
 from gateway.clock import FakeClock
 from gateway.identity.assertion import AssertionSigner
-from gateway.identity.models import User
 from gateway.identity.levels import AuthLevel
+from gateway.identity.models import User
 from gateway.identity.sessions import Session
 from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestKind, RequestRecord
