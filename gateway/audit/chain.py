@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -79,6 +79,7 @@ __all__ = [
     "ChainRecord",
     "ChainReport",
     "ChainWalker",
+    "Precondition",
     "append",
     "append_locked",
     "canonical",
@@ -115,6 +116,11 @@ _KEYRING_HINT: Final = (
     "verify with the keyring the gateways use (it holds every key id ever active); if this is that "
     "keyring, the record was forged: " + _RESTORE_HINT
 )
+
+
+#: What must still be true when a record is written (:func:`append`'s ``only_if``), read on the
+#: connection that holds the chain lock.
+Precondition = Callable[[AsyncConnection], Awaitable[bool]]
 
 
 class ChainKeyMissing(GatewayError):
@@ -729,7 +735,8 @@ async def append(
     ip: str,
     outcome: str,
     details: str,
-) -> ChainRecord:
+    only_if: Precondition | None = None,
+) -> ChainRecord | None:
     """Append one record to the chain and commit it.
 
     Args:
@@ -738,6 +745,11 @@ async def append(
             is only allowed while the chain has no keyed record yet (tests and tools that predate
             keying).
         at: The event time; the other arguments are the record's content.
+        only_if: Checked on the locked connection before anything is written; ``False`` writes
+            nothing and returns ``None``. Every erasure of the audit trail runs under the same lock
+            (``gateway.audit.erase``), so a record whose precondition holds here is either committed
+            before such an erasure reads the trail, or sees the state the erasure's caller committed
+            before it (an account already deleted).
 
     Raises:
         ChainKeyMissing: ``keys`` is ``None`` and the chain is already keyed; nothing was written.
@@ -746,6 +758,9 @@ async def append(
     draft = ChainRecord(0, 0, at, kind, actor, subject, ip, outcome, details, "", "")
     with store_errors("audit trail"):
         async with chain_lock(db) as conn:
+            if only_if is not None and not await only_if(conn):
+                # Nothing written; the transaction ends without a change.
+                return None
             return await append_locked(conn, keys, draft)
 
 

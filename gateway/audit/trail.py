@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.audit.chain import append, chain_keys
+from gateway.audit.chain import Precondition, append, chain_keys
 from gateway.audit.models import AuditEvent
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
@@ -80,10 +80,42 @@ class AuditLog:
         details: Mapping[str, object] | None = None,
     ) -> None:
         """Append one event, e.g. ``record("signin.failure", actor="user:alice", subject="alice", ip=ip)``."""
+        await self._write(kind, actor, subject, ip, outcome, details, None)
+
+    async def record_if(
+        self,
+        only_if: Precondition,
+        kind: str,
+        *,
+        actor: str,
+        subject: str = "",
+        ip: str = "",
+        outcome: str = "success",
+        details: Mapping[str, object] | None = None,
+    ) -> bool:
+        """:meth:`record`, only if ``only_if`` is true on the connection holding the chain lock.
+
+        For an event that must not outlive a change made concurrently (e.g.
+        :func:`gateway.identity.accounts.account_exists`: a sign-in finishing after its account was
+        erased must not write a record naming the person the erasure has just tombstoned). Returns
+        whether the event was written; one not written reaches neither the log nor the listeners.
+        """
+        return await self._write(kind, actor, subject, ip, outcome, details, only_if)
+
+    async def _write(
+        self,
+        kind: str,
+        actor: str,
+        subject: str,
+        ip: str,
+        outcome: str,
+        details: Mapping[str, object] | None,
+        only_if: Precondition | None,
+    ) -> bool:
         payload = json.dumps(dict(details or {}), sort_keys=True, default=str)
         at = self._clock.now()
         # Serialized with every other writer (workers, replicas) so the records form one chain.
-        await append(
+        written = await append(
             self._db,
             keys=self._keys,
             at=at,
@@ -93,7 +125,10 @@ class AuditLog:
             ip=ip,
             outcome=outcome,
             details=payload,
+            only_if=only_if,
         )
+        if written is None:
+            return False
         logger.info(
             "%s",
             json.dumps(
@@ -113,6 +148,7 @@ class AuditLog:
                 listener(event)
             except Exception:
                 logger.exception("audit listener %r failed", listener)
+        return True
 
     async def events(
         self, *, subject: str | None = None, kind: str | None = None, limit: int = 100

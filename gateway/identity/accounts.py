@@ -45,7 +45,9 @@ from typing import Final, Protocol
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.chain import Precondition
 from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
@@ -82,6 +84,7 @@ __all__ = [
     "UserSummary",
     "WeakPassword",
     "WrongPassword",
+    "account_exists",
     "account_name",
     "account_roles",
 ]
@@ -224,6 +227,27 @@ class AccountFactors:
     webauthn: tuple[FactorInfo, ...]
     recovery_codes_left: int
     recovery_codes_total: int
+
+
+def account_exists(user_id: int, username: str, *, created_at: datetime | None = None) -> Precondition:
+    """An audit record's ``only_if``: the account ``user_id`` named ``username`` still exists.
+
+    Stops a sign-in that raced an erasure from naming the person after it: the erasure deletes the
+    account, then tombstones the person's audit records under the chain lock, once. A sign-in already
+    past its password check wrote its ``signin.password`` success afterwards, in the clear (an attack
+    run signing in from 8 threads left 4 such records, the last 1.2 s after the account was gone).
+    Checked under the same lock, a record is either in the trail before the erasure reads it (and is
+    tombstoned with the rest) or not written at all. The name (and, given, the creation time) is
+    compared too, so an account made again under a recycled id is not taken for the erased one.
+    """
+    query = select(User.id).where(User.id == user_id, User.username == username)
+    if created_at is not None:
+        query = query.where(User.created_at == created_at)
+
+    async def still_there(conn: AsyncConnection) -> bool:
+        return (await conn.execute(query)).first() is not None
+
+    return still_there
 
 
 def _invalid(exc: ValueError) -> InvalidAccount:
@@ -616,27 +640,52 @@ class AccountService:
         rehashed = False
         if self._hasher.needs_rehash(stored):
             rehashed = await self._rehash(user, stored, password)
-        await self._audit.record(
+        if not await self._audit.record_if(
+            account_exists(user.id, user.username, created_at=user.created_at),
             "signin.password",
             actor=f"user:{user.username}",
             subject=user.username,
             ip=ip,
             details={"rehashed": rehashed} if rehashed else None,
-        )
+        ):
+            # Erased (or deleted) while the password was checked: the answer a deleted account gets,
+            # and no record naming the person the erasure has just tombstoned (see account_exists).
+            await self._failed_unnamed(ip)
+            raise SignInFailed(SIGN_IN_FAILED_MESSAGE)
         return SignInResult(
             user=user, must_change_password=user.must_change_password, regulation_key=regulated
         )
 
     async def _failed(self, user: User | None, key: str, ip: str, *, reason: str) -> None:
-        await self._audit.record(
+        details = {"reason": reason}
+        if user is None:
+            await self._audit.record(
+                "signin.password",
+                actor="anonymous",
+                # A login that cannot be a name is left out: it is often a password typed into the
+                # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
+                subject=key if not key.startswith("~") else "",
+                ip=ip,
+                outcome="failure",
+                details=details,
+            )
+            return
+        if not await self._audit.record_if(
+            account_exists(user.id, user.username, created_at=user.created_at),
             "signin.password",
-            actor=f"user:{user.username}" if user is not None else "anonymous",
-            # A login that cannot be a name is left out: it is often a password typed into the wrong
-            # box. (One that could be a name is kept: credential stuffing shows up by it.)
-            subject=key if not key.startswith("~") else "",
+            actor=f"user:{user.username}",
+            subject=key,
             ip=ip,
             outcome="failure",
-            details={"reason": reason},
+            details=details,
+        ):
+            await self._failed_unnamed(ip)
+
+    async def _failed_unnamed(self, ip: str) -> None:
+        # The account was erased meanwhile (see account_exists): the attempt is still recorded, for
+        # detection, but as a login no account answers to and without the erased name.
+        await self._audit.record(
+            "signin.password", actor="anonymous", ip=ip, outcome="failure", details={"reason": "unknown-user"}
         )
 
     def regulation_key(self, username: str, device: str | None) -> str:

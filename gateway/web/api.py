@@ -17,6 +17,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
+from gateway.identity.accounts import account_exists
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
@@ -200,18 +201,25 @@ async def mfa_verify(
             ip = flows.client_ip(request)
             await attempt.fail(ip=ip, factor="webauthn")
             # In the trail as a failed code is: detection (MFA failures, brute force) reads it there.
-            await identity.audit.record(
-                "mfa.webauthn", actor=f"user:{s.username}", subject=s.username, ip=ip, outcome="failure"
+            # Nothing naming an account erased meanwhile (flows.record_sign_in_step).
+            await identity.audit.record_if(
+                account_exists(s.user_id, s.username),
+                "mfa.webauthn",
+                actor=f"user:{s.username}",
+                subject=s.username,
+                ip=ip,
+                outcome="failure",
             )
             raise
     await identity.regulator.record_success(key)
+    if not await flows.record_sign_in_step(
+        identity, "mfa.webauthn", session_id, s.user_id, s.username, ip=flows.client_ip(request)
+    ):
+        raise NotAuthorizedException("That passkey cannot sign in.")
     new_id, new_session = await identity.sessions.elevate(
         session_id,
         level=AuthLevel.TWO_FACTOR,
         factor=FactorUse(Factor.WEBAUTHN, identity.clock.time()),
-    )
-    await identity.audit.record(
-        "mfa.webauthn", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
     )
     return await _redirect_json(request, config, identity, new_id, new_session, data.rd)
 
@@ -262,12 +270,16 @@ async def passkey_verify(
     )
     if not await flows.still_allowed(identity, session_id, user.id, roles=user.roles):
         raise NotAuthorizedException("That passkey cannot sign in.")
-    await identity.audit.record(
+    if not await flows.record_sign_in_step(
+        identity,
         "signin.passkey",
-        actor=f"user:{user.username}",
-        subject=user.username,
+        session_id,
+        user.id,
+        user.username,
         ip=flows.client_ip(request),
-    )
+        created_at=user.created_at,
+    ):
+        raise NotAuthorizedException("That passkey cannot sign in.")
     if session.password_change:
         response = _json({"redirect": f"/.gateway/account/password?rd={quote(data.rd or '', safe='')}"})
         flows.set_session_cookie(response, config, session_id)

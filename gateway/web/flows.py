@@ -10,6 +10,7 @@ then goes on the same way.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -17,6 +18,7 @@ from litestar import Request
 from litestar.response import Redirect, Response
 
 from gateway.clock import Clock
+from gateway.identity.accounts import account_exists
 from gateway.identity.cookies import DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
@@ -162,6 +164,37 @@ async def still_allowed(
         return True
     await identity.sessions.revoke(session_id)
     return False
+
+
+async def record_sign_in_step(
+    identity: IdentityServices,
+    kind: str,
+    session_id: str,
+    user_id: int,
+    username: str,
+    *,
+    ip: str,
+    created_at: datetime | None = None,
+) -> bool:
+    """Record a successful sign-in step (``signin.passkey``, ``mfa.<factor>``) only if the account
+    still exists when the record is written; otherwise end the session and return ``False``.
+
+    Stops a sign-in racing an erasure from leaving a record naming the person in the clear: the
+    erasure deletes the account, then tombstones the person's audit records once, and a step that
+    passed ``still_allowed`` just before the deletion wrote its success after the tombstoning (see
+    :func:`gateway.identity.accounts.account_exists`, checked under the audit chain's lock). The
+    caller answers as for a disabled account.
+    """
+    written = await identity.audit.record_if(
+        account_exists(user_id, username, created_at=created_at),
+        kind,
+        actor=f"user:{username}",
+        subject=username,
+        ip=ip,
+    )
+    if not written:
+        await identity.sessions.revoke(session_id)
+    return written
 
 
 async def after_enrolling(

@@ -41,6 +41,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
+from gateway.identity.accounts import account_exists
 from gateway.identity.machine_names import service_account_names
 from gateway.identity.models import User
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
@@ -202,7 +203,10 @@ class IdentityMapper:
                 raise AccountRefused("Please try again.", why="contended")
         assert user is not None
         if not user.can_sign_in:
-            await self._audit.record(
+            # Not written once the account is gone: an erasure racing this sign-in has tombstoned
+            # the person's records already (gateway.identity.accounts.account_exists).
+            await self._audit.record_if(
+                account_exists(user.id, user.username, created_at=user.created_at),
                 "signin.oidc",
                 actor=f"oidc:{idp.name}",
                 subject=user.username,

@@ -27,6 +27,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import account_exists
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.flow import FlowInvalid, FlowRecord, FlowStore
 from gateway.identity.oidc.links import AccountRefused, IdentityMapper, MappedIdentity
@@ -234,10 +235,12 @@ class OidcService:
             assert token.auth_time is not None  # mfa_proven says so
             factors.append(FactorUse(Factor.IDP_MFA, min(token.auth_time, now)))
             level = AuthLevel.TWO_FACTOR
-        await self._audit.record(
+        user = identity.user
+        if not await self._audit.record_if(
+            account_exists(user.id, user.username, created_at=user.created_at),
             "signin.oidc",
-            actor=f"user:{identity.user.username}",
-            subject=identity.user.username,
+            actor=f"user:{user.username}",
+            subject=user.username,
             ip=ip,
             details={
                 "provider": idp.name,
@@ -248,7 +251,10 @@ class OidcService:
                 "provider_mfa_trusted": trusted,
                 "groups": list(identity.groups),
             },
-        )
+        ):
+            # Erased while the provider's answer was checked: no record naming the person after the
+            # erasure tombstoned the others (account_exists), and the answer of a disabled account.
+            raise AccountRefused("This account is disabled. Contact your administrator.", why="disabled")
         return CompletedSignIn(
             provider=idp.name,
             identity=identity,

@@ -115,3 +115,56 @@ async def test_an_invitation_used_while_its_account_is_disabled_sets_no_password
     stored = await accounts.get(dora.id)
     assert stored is not None
     assert stored.password_hash is None
+
+
+async def _naming(services: WorkerServices, name: str) -> list[tuple[int, str, str, str]]:
+    """Every audit record that names ``name`` in the clear (actor, subject or details)."""
+    events = await services.identity.audit.events(limit=1000)
+    return [
+        (e.seq, e.kind, e.actor, e.subject)
+        for e in events
+        if name in (e.subject, e.actor.partition(":")[2]) or f'"{name}"' in e.details
+    ]
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "a wrong guess 2026"])
+async def test_a_sign_in_racing_an_erasure_leaves_no_record_naming_the_person(
+    worker: tuple[WorkerServices, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    """Finding 3: sign-ins in flight while ``fay`` was erased wrote ``signin.password`` successes
+    naming her after ``privacy.audit_erased`` (the erasure tombstones the trail once). Here the
+    erasure lands deterministically between the password check and the sign-in's record."""
+    services, client = worker
+    fay = await services.identity.accounts.create(username="fay", password=PASSWORD, actor="cli:test")
+    real_verify = PasswordHasher.verify
+    erased: list[object] = []
+
+    async def verify_then_erased(self: PasswordHasher, stored: str | None, typed: str) -> bool:
+        correct = await real_verify(self, stored, typed)
+        if not erased:
+            erased.append(
+                await services.privacy.eraser.erase(
+                    fay.id, actor="admin:boss", ref="PR-7", keep_for=None, reason="erasure request"
+                )
+            )
+        return correct
+
+    monkeypatch.setattr(PasswordHasher, "verify", verify_then_erased)
+    page = await client.get("/.gateway/login", headers={"Accept": "text/html"})
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    answer = await client.post(
+        "/.gateway/login",
+        data={"username": "fay", "password": password, "rd": "", "_csrf_token": token.group(1)},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    monkeypatch.undo()
+    assert erased, "the erasure did not run inside the sign-in"
+    # The answer a deleted account gets; no session.
+    assert answer.status_code == 401
+    assert await services.identity.sessions.list_user(fay.id) == []
+    assert await _naming(services, "fay") == []
+    # The attempt itself is still in the trail, without the name.
+    last = (await services.identity.audit.events(kind="signin.password", limit=1))[0]
+    assert (last.actor, last.subject, last.outcome) == ("anonymous", "", "failure")
