@@ -94,7 +94,11 @@ class ForwardedRequest:
 def forwarded_request(headers: list[tuple[bytes, bytes]], *, peer_trusted: bool) -> ForwardedRequest:
     """Read the original request from the forward-auth headers.
 
-    ``X-Forwarded-Host`` falls back to ``Host`` (nginx passes the original Host along when told to).
+    ``X-Forwarded-Host`` is required. It fell back to the sub-request's own ``Host`` once, which names
+    the gateway as the proxy reached it, not the application: nginx leaves the header out when the
+    client sent no Host (HTTP/1.0), and an attack run had such a request decided against the route of
+    the ``proxy_pass`` host instead of the application's, which allowed a POST the application's
+    route denies.
 
     Raises:
         UntrustedProxy: the sender is not a trusted proxy.
@@ -103,12 +107,9 @@ def forwarded_request(headers: list[tuple[bytes, bytes]], *, peer_trusted: bool)
     if not peer_trusted:
         raise UntrustedProxy("Forward-auth answers only the proxies listed in trusted_proxies.")
     seen: dict[str, bytes] = {}
-    host_header = b""
     for name, value in headers:
         key = _WANTED.get(normalize_name(name))
         if key is None:
-            if name == b"host":
-                host_header = value
             continue
         if key in seen:
             # Two values: the proxy and something before it disagree about the request. Refuse.
@@ -126,11 +127,14 @@ def forwarded_request(headers: list[tuple[bytes, bytes]], *, peer_trusted: bool)
         raise BadHeaders("Forward-auth needs X-Forwarded-Uri with the original path (starting with '/').")
     if b"#" in uri or any(c < 0x21 or c == 0x7F for c in uri):
         raise BadHeaders("X-Forwarded-Uri contains characters a request target cannot have.")
+    host = seen.get("host", b"")
+    if not host:
+        raise BadHeaders("Forward-auth needs X-Forwarded-Host with the original request's host.")
     raw_path, _, query = uri.partition(b"?")
     return ForwardedRequest(
         method=method.decode(),
         proto=proto.decode(),
-        host=seen.get("host", host_header),
+        host=host,
         raw_path=raw_path,
         query=query,
     )
