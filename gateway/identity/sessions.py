@@ -290,16 +290,26 @@ class SessionStore:
         return session
 
     async def alive_hash(self, id_hash: str) -> bool:
-        """Whether the session with this id hash is still live (read from the store, never the cache:
-        a hand-off asks this about the session that issued its code, which may have ended on another
-        worker a moment ago).
+        """Whether the session with this id hash is still live (see :meth:`current_hash`).
+
+        Raises:
+            StateUnavailable: the store cannot answer.
+        """
+        return await self.current_hash(id_hash) is not None
+
+    async def current_hash(self, id_hash: str) -> Session | None:
+        """The session with this id hash as it is now, if it is live: read from the store, never the
+        cache (a hand-off asks this about the session that issued its code, which may have ended or
+        been stepped down on another worker a moment ago).
 
         Raises:
             StateUnavailable: the store cannot answer.
         """
         raw = await self._state.get(_session_key(id_hash))
         session = decode_session(raw) if raw is not None else None
-        return session is not None and session.id_hash == id_hash and self._alive(session, self._clock.time())
+        if session is None or session.id_hash != id_hash or not self._alive(session, self._clock.time()):
+            return None
+        return session
 
     async def touch(self, session_id: str, session: Session) -> None:
         """Record activity: refresh ``last_seen`` and the store TTL, at most once per minute.

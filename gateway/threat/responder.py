@@ -91,6 +91,10 @@ class Webhook:
                     logger.warning("threat webhook failed: %s", exc or type(exc).__name__)
 
 
+# Passes of a step-up over a sign-in's sessions: one, and again for hand-offs redeemed during it.
+_STEP_UP_PASSES: Final = 3
+
+
 class Responder:
     """Applies responses and lifts them."""
 
@@ -270,11 +274,26 @@ class Responder:
         return Action("revoke_sessions", subject, note=f"{count if count is not None else 'owed'} revoked")
 
     async def _step_up(self, subject: str, session: str) -> Action | None:
+        """Demote the session the rule saw and every session of its sign-in: the auth host's session
+        hands new sessions to every app host, and an attack run stepped up on an app host's session
+        got a two-factor one back from the auth host's at once. Read again after each pass: a hand-off
+        redeemed meanwhile joined the family (it copies its issuer as it is now, see the hand-off)."""
         if not subject or self._sessions is None:
             return None
-        count = 0
-        for s in await self.find_sessions(subject, session):
-            count += await self._sessions.demote(s.id_hash)
+        families = {s.family for s in await self.find_sessions(subject, session)}
+        demoted: set[str] = set()
+        for _ in range(_STEP_UP_PASSES):
+            targets = [
+                s
+                for s in await self.find_sessions(subject)
+                if s.family in families and s.id_hash not in demoted
+            ]
+            if not targets:
+                break
+            for s in targets:
+                if await self._sessions.demote(s.id_hash):
+                    demoted.add(s.id_hash)
+        count = len(demoted)
         return Action("step_up", session or subject, ok=count > 0, note=f"{count} session(s)")
 
     async def _lock(self, subject: str, incident_id: str) -> Action | None:

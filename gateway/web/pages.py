@@ -299,15 +299,19 @@ async def handoff(
     # Only a path on this same host, read as a browser reads it: both the "Try again" link and
     # the Location come from the one validator ("/<TAB>/evil.test" is "//evil.test" to a browser).
     target = flows.safe_local_rd(rd)
-    # A session that still owes a password change is never copied to another host (defence in
-    # depth: next_location does not issue such codes).
-    if grant is None or grant.session.password_change:
+    if grant is None:
         return _handoff_refused(request, target, *_EXPIRED)
     # The session that issued the code must still be signed in: a new password, a removed factor or
     # new recovery codes end every other session and renew the one that made the change, and a code a
     # thief took with a copied cookie before that must die with it (an attack run redeemed one after
-    # the owner's password change and got a new session on every host).
-    if not await identity.sessions.alive_hash(grant.session.id_hash):
+    # the owner's password change and got a new session on every host). And the new session copies
+    # the issuer as it is now, not as it was when the code was made: a step-up forced on it since
+    # (threat.reconnaissance) dropped its second factor, and codes minted before brought a two-factor
+    # session back (an attack run, 5 codes of 5).
+    source = await identity.sessions.current_hash(grant.session.id_hash)
+    # A session that still owes a password change is never copied to another host (defence in
+    # depth: next_location does not issue such codes).
+    if source is None or source.password_change:
         return _handoff_refused(request, target, *_EXPIRED)
     nonce_cookie = HANDOFF_COOKIE.name(insecure=not flows.secure_cookies(config))
     if not grant.binding:
@@ -334,7 +338,10 @@ async def handoff(
     signed = await flows.current(request, config, identity)
     if signed.session_id:
         await identity.sessions.revoke(signed.session_id)
-    source = grant.session
+    # Read again at the last moment: a step-up or a role change between the checks above and here.
+    source = await identity.sessions.current_hash(grant.session.id_hash)
+    if source is None or source.password_change:
+        return _handoff_refused(request, target, *_EXPIRED)
     session_id, _ = await identity.sessions.create(
         user_id=source.user_id,
         username=source.username,

@@ -141,6 +141,35 @@ async def test_mfa_failures_revoke_the_users_sessions(world: World) -> None:
     assert mine.id_hash  # revoked above
 
 
+async def test_a_step_up_covers_every_session_of_the_sign_in(world: World) -> None:
+    """An attack run: the step-up forced on an app host's session was escaped at once through the
+    auth host's session of the same sign-in, which handed a new two-factor session to the app host.
+    The whole sign-in (its family) steps up; another sign-in of the same person does not."""
+    _, auth_host = await world.session("alice")
+    _, app_host = await world.sessions.create(
+        user_id=auth_host.user_id,
+        username="alice",
+        level=AuthLevel.TWO_FACTOR,
+        factors=auth_host.factors,
+        roles=(),
+        ip=IP,
+        user_agent=UA,
+        host="app.example.com",
+        family=auth_host.family,  # a hand-off of the same sign-in
+    )
+    _, laptop = await world.session("alice")  # a sign-in of its own
+    for _ in range(5):
+        world.request(user="alice", session=app_host, decision="deny", reason="policy-deny")
+    await world.pump()
+    assert await incidents(world, "reconnaissance") == ["alice"]
+    levels = {s.id_hash: s.level for s in await world.sessions.list_user(auth_host.user_id)}
+    assert levels[auth_host.id_hash] == AuthLevel.ONE_FACTOR
+    assert levels[app_host.id_hash] == AuthLevel.ONE_FACTOR
+    assert levels[laptop.id_hash] == AuthLevel.TWO_FACTOR
+    [incident] = await world.responder.incidents.latest()
+    assert [(a.kind, a.note) for a in incident.actions] == [("step_up", "2 session(s)")]
+
+
 async def test_password_failures_are_not_mfa_failures(world: World) -> None:
     await world.fail("signin.password", "alice", times=4)
     assert await incidents(world, "mfa_failures") == []
