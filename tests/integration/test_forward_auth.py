@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import textwrap
 import time
@@ -75,7 +76,11 @@ def _ours(example: str, gw_port: int, echo_port: int) -> str:
 
 
 def nginx_conf(tmp: Path, port: int, gw_port: int, echo_port: int) -> str:
-    locations = textwrap.indent(_ours(readme_example("nginx"), gw_port, echo_port), " " * 8)
+    example = _ours(readme_example("nginx"), gw_port, echo_port)
+    # What comes before the first location goes in the http block, as the README says.
+    at = example.index("\nlocation ")
+    http_level = textwrap.indent(example[:at], " " * 4)
+    locations = textwrap.indent(example[at + 1 :], " " * 8)
     return f"""\
 worker_processes 1;
 daemon off;
@@ -84,6 +89,7 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 256; }}
 http {{
     access_log off;
+{http_level}
     client_body_temp_path {tmp}/nginx-tmp/body;
     proxy_temp_path {tmp}/nginx-tmp/proxy;
     fastcgi_temp_path {tmp}/nginx-tmp/fastcgi;
@@ -440,3 +446,24 @@ def test_a_question_about_another_origins_websocket_handshake_is_refused(site: S
         f"{site.gw.url}/.gateway/auth", headers={**asked, "Origin": f"http://{APP_HOST}"}, timeout=10
     )
     assert own.status_code == 200, own.text
+
+
+@pytest.mark.peer
+def test_an_absolute_form_request_is_asked_about_the_host_nginx_serves(site: Site) -> None:
+    """A re-attack run: nginx serves `GET http://app.test/x` with `Host: pub.test` by the request
+    line's host, and the README's example asked the gateway about the Host header's, whose public
+    path let the request through to the app. The example now sends the host nginx chose."""
+    port = site.nginx_port
+    request = (
+        f"GET http://{APP_HOST}:{port}/open/x HTTP/1.1\r\n"
+        f"Host: {CUSTOM_HOST}:{port}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status = answer.split(b" ", 2)[1]
+    assert status == b"302", answer[:500]  # sent to sign in: app's /open/x is not public
+    # The control: the same path on the host whose route makes it public.
+    assert via(port, "/open/x", headers={"Host": f"{CUSTOM_HOST}:{port}"}).status_code == 200
