@@ -14,7 +14,10 @@ from typing import Any, Final, TypeVar
 
 from litestar.connection import ASGIConnection
 
-from admin.access import Admin, require_recent_factor
+from admin.access import Admin, holds_role, require_recent_factor
+from gateway.authz.index import PolicyIndex
+from gateway.authz.rules import PolicyRules
+from gateway.authz.store import Keep
 from gateway.clock import Clock
 from gateway.errors import Forbidden, GatewayError
 from gateway.services import IdentityServices
@@ -31,6 +34,7 @@ __all__ = [
     "audited",
     "client_ip",
     "confirm_destructive",
+    "keeps_admin",
 ]
 
 logger = logging.getLogger("gateway.admin")
@@ -72,6 +76,26 @@ class OwnAdminRoleRefused(OwnAccountRefused):
     console nobody could use (an attack run)."""
 
     reason = "own-admin-role"
+
+
+def keeps_admin(admin: Admin, role: str) -> Keep:
+    """The store's last check of a policy change: the admin making it still holds ``role`` after it.
+
+    Like disabling one's own account: an attack run had the last two admins each remove their own
+    admin line, after which every console call was 403 and only ``gateway policy restore`` on the
+    host brought the console back. Another admin, or the command line, may still take it. Every
+    admin-side way to a new policy passes it: a change, a restore (also an incident's), an approval
+    (the approver is the one acting)."""
+
+    async def keep(after: PolicyRules) -> None:
+        if not holds_role(admin.principals, role, PolicyIndex.roles_only(after)):
+            raise OwnAdminRoleRefused(
+                f"This change would take the {role!r} role from you, and with it the console: nothing "
+                "was changed. Another admin can make it, or an operator with `gateway policy` on the "
+                "gateway's host."
+            )
+
+    return keep
 
 
 def confirm_destructive(admin: Admin, config: CurrentConfig, clock: Clock) -> None:

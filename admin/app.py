@@ -44,8 +44,8 @@ from litestar.response import Response
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
-from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf, holds_role
-from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, OwnAdminRoleRefused, client_ip, confirm_destructive
+from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
+from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, client_ip, confirm_destructive, keeps_admin
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
 from admin.console.render import CONSOLE_CSP, PAGE_OPT_KEY, PUBLIC_URL_KEY
@@ -66,7 +66,6 @@ from admin.policy_json import (
     rule_json,
     version_info,
 )
-from gateway.authz.index import PolicyIndex
 from gateway.authz.live import LivePolicy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
@@ -448,7 +447,7 @@ async def _change(
                 "POST /api/policy/proposals (the console's Policies page), and another admin approves it."
             )
         confirm_destructive(admin, config, identity.clock)
-        version = await make(admin.actor, _keeps_admin(admin, settings.role))
+        version = await make(admin.actor, keeps_admin(admin, settings.role))
     except GatewayError as err:
         await _audit(
             identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
@@ -468,24 +467,6 @@ async def _change(
         changed=version != previous,
         warnings=[finding_json(f) for f in findings if f.severity != "error"],
     )
-
-
-def _keeps_admin(admin: Admin, role: str) -> Keep:
-    """The store's last check of a policy change: the admin making it still holds ``role`` after it.
-
-    Like disabling one's own account: an attack run had the last two admins each remove their own
-    admin line, after which every console call was 403 and only ``gateway policy restore`` on the
-    host brought the console back. Another admin, or the command line, may still take it."""
-
-    async def keep(after: PolicyRules) -> None:
-        if not holds_role(admin.principals, role, PolicyIndex.roles_only(after)):
-            raise OwnAdminRoleRefused(
-                f"This change would take the {role!r} role from you, and with it the console: nothing "
-                "was changed. Another admin can make it, or an operator with `gateway policy` on the "
-                "gateway's host."
-            )
-
-    return keep
 
 
 # -- reading --------------------------------------------------------------------------------------

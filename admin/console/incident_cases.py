@@ -38,7 +38,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
 from admin.access import Admin
-from admin.actions import OwnAccountRefused, audited, confirm_destructive
+from admin.actions import OwnAccountRefused, audited, confirm_destructive, keeps_admin
 from admin.console.render import PAGE_OPT, page
 from admin.console.users import refuse_admin_takeover
 from admin.deps import AdminServices, Policy
@@ -573,7 +573,13 @@ async def restore_policy(
             )
         confirm_destructive(admin, config, services.identity.clock)
         flow = await _workflow(services, config)
-        version = await flow.restore_policy(case_id, data.version, reason=data.reason, actor=admin.actor)
+        version = await flow.restore_policy(
+            case_id,
+            data.version,
+            reason=data.reason,
+            actor=admin.actor,
+            keep=keeps_admin(admin, config.settings.admin.role),
+        )
         # This process decides who is an admin: it must see the restored policy now.
         await services.policy.load()
         details["version"] = version

@@ -32,7 +32,7 @@ from litestar import Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
-from admin.actions import admin_of, audit, confirm_destructive
+from admin.actions import admin_of, audit, confirm_destructive, keeps_admin
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from admin.policy_json import (
@@ -477,7 +477,9 @@ async def approve(
     proposals = _proposals(policy, services, config)
     try:
         confirm_destructive(admin, config, identity.clock)
-        version = await proposals.approve(number, actor=admin.actor, reason=data.reason)
+        version = await proposals.approve(
+            number, actor=admin.actor, reason=data.reason, keep=keeps_admin(admin, config.settings.admin.role)
+        )
     except GatewayError as err:
         await audit(
             identity,

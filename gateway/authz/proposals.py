@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from gateway.audit.trail import AuditLog
 from gateway.authz.models import PolicyProposalRow
 from gateway.authz.rules import PolicyRules, parse_policy
-from gateway.authz.store import PolicyConflict, PolicyStore, policy_diff
+from gateway.authz.store import Keep, PolicyConflict, PolicyStore, policy_diff
 from gateway.clock import Clock
 from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.store.db import Database, store_errors
@@ -156,8 +156,12 @@ class Proposals:
         )
         return self._proposal(row)
 
-    async def approve(self, proposal_id: int, *, actor: str, reason: str = "") -> int:
-        """Apply a pending proposal of another admin; returns the new policy version.
+    async def approve(
+        self, proposal_id: int, *, actor: str, reason: str = "", keep: Keep | None = None
+    ) -> int:
+        """Apply a pending proposal of another admin; returns the new policy version. ``keep`` is the
+        store's last check of the policy about to be stored (:meth:`PolicyStore.replace`); what it
+        raises leaves the proposal open.
 
         Raises:
             ProposalNotFound, ProposalClosed, SelfApproval: as named.
@@ -181,6 +185,7 @@ class Proposals:
                 actor=actor,
                 reason=f"{proposal.reason} (proposed by {proposal.proposer}, proposal {proposal_id})",
                 expected_version=proposal.base_version,
+                keep=keep,
             )
         except PolicyConflict:
             await self._set(proposal_id, status=ProposalStatus.STALE)

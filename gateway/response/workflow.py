@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit.trail import AuditLog
-from gateway.authz.store import PolicyStore
+from gateway.authz.store import Keep, PolicyStore
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService
@@ -181,14 +181,17 @@ class Workflow:
             audit=self.audit, actor=actor,
         )  # fmt: skip
 
-    async def restore_policy(self, case_id: str, version: int, *, reason: str, actor: str) -> int:
-        """Restore policy ``version`` for the incident; the new version's number.
+    async def restore_policy(
+        self, case_id: str, version: int, *, reason: str, actor: str, keep: Keep | None = None
+    ) -> int:
+        """Restore policy ``version`` for the incident; the new version's number. ``keep``: the
+        store's last check of the policy about to be stored (the console's: the admin keeps the role).
 
         Raises:
             UnknownVersion: no such version. PolicyRejected: it no longer validates.
         """
         case = await self.cases.get(case_id)
-        restored = await self.policy.restore(version, actor=actor, reason=f"{case.id}: {reason}")
+        restored = await self.policy.restore(version, actor=actor, reason=f"{case.id}: {reason}", keep=keep)
         await record_action(
             self.cases, self.audit, case.id, actor, "restore-policy",
             f"policy version {version} restored as version {restored}", {"from": version, "version": restored},

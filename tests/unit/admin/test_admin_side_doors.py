@@ -408,3 +408,51 @@ async def test_answers_say_what_a_privacy_shut_account_can_do(console: Start) ->
     added = await site.call(boss, "PUT", "/api/users/vera/roles", json={"roles": ["viewer"], "reason": "x"})
     assert added.status_code == 200, added.text
     assert "did not answer" not in added.json()["message"]
+
+
+async def test_an_approval_cannot_take_the_approvers_own_admin_role(console: Start) -> None:
+    """A re-attack run: under admin.approvals: 2, boss proposed a policy without any admin line and
+    second approved it; neither was an admin after. The approver is the one acting: refused, and the
+    proposal stays open."""
+    site = await console(approvals=2)
+    boss = await site.session("boss")
+    second = await site.session("second")
+    no_admins = "p, admin, app, /*, *, allow\np, authenticated, app, /*, *, allow\n"
+    proposed = await site.call(
+        boss, "POST", "/api/policy/proposals", json={"policy": no_admins, "reason": "x"}
+    )
+    assert proposed.status_code == 201, proposed.text
+    number = proposed.json()["id"]
+    before = await site.services.policy.store.version()
+    approved = await site.call(
+        second, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"}
+    )
+    assert approved.status_code == 409, approved.text
+    assert approved.json()["error"] == "own-admin-role"
+    assert await site.services.policy.store.version() == before
+    listed = await site.call(second, "GET", "/api/policy/proposals", params={"open": "true"})
+    assert [p["id"] for p in listed.json()["proposals"]] == [number]
+
+
+async def test_an_incidents_policy_restore_cannot_take_the_admins_own_role(console: Start) -> None:
+    """A re-attack run: refused through POST /api/policy/restore, the same restore through an
+    incident case's restore-policy action took boss's admin role."""
+    site = await console()
+    store = site.services.policy.store
+    rules = (await store.current()).rules
+    without_boss = [r for r in rules if r.to_csv() != "g, user:boss, admin"]
+    version = await store.replace(type(rules).from_rules(without_boss), actor="cli:test", reason="x")
+    await store.replace(rules, actor="cli:test", reason="back")
+    await site.services.policy.load()
+    boss = await site.session("boss")
+    case = await site.call(boss, "POST", "/api/incident-cases", json={"title": "t", "severity": "low"})
+    assert case.status_code == 201, case.text
+    restored = await site.call(
+        boss,
+        "POST",
+        f"/api/incident-cases/{case.json()['id']}/restore-policy",
+        json={"version": version, "reason": "via incident"},
+    )
+    assert restored.status_code == 409, restored.text
+    assert restored.json()["error"] == "own-admin-role"
+    assert (await store.current()).rules == rules
