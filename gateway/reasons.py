@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "reason_problem"]
+__all__ = ["OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "is_one_line", "reason_problem"]
 
 _CHAR: Final = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 #: One line of printable text with at least one character that is not a space (for msgspec.Meta).
@@ -21,6 +21,13 @@ REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+$"
 #: The same, or nothing at all (where a reason is optional).
 OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?$"
 _REASON: Final = re.compile(REASON_PATTERN)
+_LINE: Final = re.compile(rf"^{_CHAR}*$")
+
+
+def is_one_line(text: str) -> bool:
+    """Whether ``text`` is one line of printable text (empty included): the rule for a reason, and for
+    other short text a table prints on one line (an incident's title)."""
+    return _LINE.search(text) is not None
 
 
 def reason_problem(text: str) -> str | None:

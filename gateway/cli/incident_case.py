@@ -101,8 +101,11 @@ def _command(
 
 
 def _line(case: CaseView) -> str:
-    owner = case.owner or "unassigned"
-    return f"{case.id}  {case.severity:<8} {case.phase.value:<13} {owner:<16} {case.opened_at:%Y-%m-%d %H:%M}Z  {case.title}"
+    owner = one_line(case.owner or "unassigned")
+    opened = f"{case.opened_at:%Y-%m-%d %H:%M}Z"
+    return (
+        f"{case.id}  {case.severity:<8} {case.phase.value:<13} {owner:<16} {opened}  {one_line(case.title)}"
+    )
 
 
 async def _list(args: argparse.Namespace, ctx: _Ctx) -> int:

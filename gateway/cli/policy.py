@@ -50,6 +50,8 @@ from gateway.cli.harness import (
     run,
     user_errors,
 )
+from gateway.cli.terminal import one_line
+from gateway.reasons import reason_problem
 from gateway.store.ids import MAX_ID, BadId, parse_id
 
 if TYPE_CHECKING:
@@ -185,6 +187,8 @@ def _canonical(raw: bytes) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # One line per row whatever a cell holds (a stored reason with a line break forged a row).
+    rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -424,9 +428,20 @@ def _version_number(text: str) -> int:
         ) from None
 
 
+def _reason(text: str) -> str:
+    problem = reason_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip()
+
+
 def _reason_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--reason", required=True, metavar="TEXT", help="why (kept in the history and the audit trail)"
+        "--reason",
+        required=True,
+        type=_reason,
+        metavar="TEXT",
+        help="why, one line (kept in the history and the audit trail)",
     )
 
 

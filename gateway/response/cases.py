@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
+from gateway.reasons import is_one_line
 from gateway.response.models import IncidentCase, IncidentEntry
 from gateway.response.phases import TITLES, Phase, check_move
 from gateway.response.vocabulary import SEVERITIES
@@ -113,12 +114,18 @@ class CaseView:
         }
 
 
-def _clean(text: str, what: str, *, required: bool = False, limit: int = _MAX_TEXT) -> str:
+def _clean(
+    text: str, what: str, *, required: bool = False, limit: int = _MAX_TEXT, one_line: bool = False
+) -> str:
     text = text.strip()
     if required and not text:
         raise BadRequest(f"{what} must not be empty.")
     if len(text) > limit:
         raise BadRequest(f"{what} is longer than {limit} characters.")
+    if one_line and not is_one_line(text):
+        # A title is one row of `gateway incident case list`: a line break in one printed a forged
+        # row (a re-attack run).
+        raise BadRequest(f"{what} must be one line of text, without control characters.")
     if any(ord(c) < 32 and c not in "\n\t" for c in text):
         raise BadRequest(f"{what} contains control characters.")
     return text
@@ -198,7 +205,7 @@ class Cases:
         _check_severity(severity_)
         now = self.clock.now()
         row = IncidentCase(
-            id=incident_id or new_incident_id(), title=_clean(title, "The title", required=True, limit=200),
+            id=incident_id or new_incident_id(), title=_clean(title, "The title", required=True, limit=200, one_line=True),
             severity=severity_, phase=Phase.DETECTION.value, owner="", opened_at=now, opened_by=actor,
             updated_at=now, closed_at=None, rule=rule, affected_users=_merge("[]", users),
             routes=_merge("[]", routes), addresses=_merge("[]", addresses),

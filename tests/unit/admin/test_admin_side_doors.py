@@ -456,3 +456,19 @@ async def test_an_incidents_policy_restore_cannot_take_the_admins_own_role(conso
     assert restored.status_code == 409, restored.text
     assert restored.json()["error"] == "own-admin-role"
     assert (await store.current()).rules == rules
+
+
+async def test_an_incident_title_is_one_line(console: Start) -> None:
+    """A re-attack run put a line break in a title, and `gateway incident case list` printed a forged
+    row ("inc-00000000 closed lifted by root")."""
+    site = await console()
+    boss = await site.session("boss")
+    for title in ("Phishing wave\n2026-12-05 20:40Z  inc-00000000  closed", "tab\there", "esc \x1b[2J"):
+        resp = await site.call(boss, "POST", "/api/incident-cases", json={"title": title, "severity": "low"})
+        assert resp.status_code == 400, resp.text
+    listed = await site.call(boss, "GET", "/api/incident-cases")
+    assert listed.json()["cases"] == []
+    made = await site.call(
+        boss, "POST", "/api/incident-cases", json={"title": "Phishing wave", "severity": "low"}
+    )
+    assert made.status_code == 201, made.text
