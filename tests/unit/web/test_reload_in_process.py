@@ -6,33 +6,20 @@ say "success" and change nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from gateway.root.start import Role, start
 from gateway.settings.loader import load_settings
 from gateway.threat.addresses import counted_as, use_nat64_prefixes
-from tests.unit.web.worker import BASE_URL
+from tests.unit.web.worker import worker_config
 
 TRANSLATED = "2001:db8:64::c000:207"  # 192.0.2.7 behind a translator at 2001:db8:64::/96
 
 
-def _config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    return {
-        "listen": "127.0.0.1:8080",
-        "public_url": BASE_URL,
-        "data_dir": str(tmp_path / "data"),
-        "session": {"insecure_cookies": True},
-        "admin": {"listen": None},
-        "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
-        **overrides,
-    }
-
-
 async def test_a_reload_applies_the_session_lifetimes_and_the_nat64_prefixes(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    path.write_text(yaml.safe_dump(worker_config(tmp_path)))
     running = await start(path, load_settings(path), role=Role.WORKER)
     try:
         sessions = running.services.identity.sessions
@@ -40,7 +27,7 @@ async def test_a_reload_applies_the_session_lifetimes_and_the_nat64_prefixes(tmp
         assert counted_as(TRANSLATED) == "2001:db8:64::/64"
         path.write_text(
             yaml.safe_dump(
-                _config(
+                worker_config(
                     tmp_path,
                     session={"insecure_cookies": True, "idle_timeout": "5m", "lifetime": "1h"},
                     threat={"nat64_prefixes": ["2001:db8:64::/96"]},

@@ -17,18 +17,15 @@ from gateway.settings.loader import load_settings
 from gateway.web.app import create_control_app
 from tests.support.asgi_client import asgi_client
 
-__all__ = ["BASE_URL", "control_app"]
+__all__ = ["BASE_URL", "control_app", "worker_config"]
 
 BASE_URL = "http://gw.test:8080"
 
 
-@asynccontextmanager
-async def control_app(
-    tmp_path: Path, **overrides: Any
-) -> AsyncIterator[tuple[WorkerServices, httpx.AsyncClient]]:
-    """A worker on the embedded default in ``tmp_path`` (one route, no admin listener), its settings
-    changed by ``overrides``; stopped at the end of the block."""
-    config: dict[str, Any] = {
+def worker_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A worker's config on the embedded default in ``tmp_path`` (one route, no admin listener),
+    changed by ``overrides``."""
+    return {
         "listen": "127.0.0.1:8080",
         "public_url": BASE_URL,
         "data_dir": str(tmp_path / "data"),
@@ -37,6 +34,15 @@ async def control_app(
         "routes": [{"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}],
         **overrides,
     }
+
+
+@asynccontextmanager
+async def control_app(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[WorkerServices, httpx.AsyncClient]]:
+    """A worker on the embedded default in ``tmp_path`` (one route, no admin listener), its settings
+    changed by ``overrides``; stopped at the end of the block."""
+    config = worker_config(tmp_path, **overrides)
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     running = await start(path, load_settings(path), role=Role.WORKER)
