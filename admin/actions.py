@@ -87,7 +87,7 @@ def keeps_admin(admin: Admin, role: str) -> Keep:
     admin-side way to a new policy passes it: a change, a restore (also an incident's), an approval
     (the approver is the one acting)."""
 
-    async def keep(after: PolicyRules) -> None:
+    def keep(after: PolicyRules) -> None:
         if not holds_role(admin.principals, role, PolicyIndex.roles_only(after)):
             raise OwnAdminRoleRefused(
                 f"This change would take the {role!r} role from you, and with it the console: nothing "

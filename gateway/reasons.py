@@ -20,7 +20,6 @@ _CHAR: Final = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+$"
 #: The same, or nothing at all (where a reason is optional).
 OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?$"
-_REASON: Final = re.compile(REASON_PATTERN)
 _LINE: Final = re.compile(rf"^{_CHAR}*$")
 
 
@@ -34,6 +33,6 @@ def reason_problem(text: str) -> str | None:
     """What is wrong with ``text`` as a required reason, or None if it will do."""
     if not text.strip():
         return "a reason is required: say why, in words"
-    if _REASON.search(text) is None:
+    if not is_one_line(text):
         return "a reason is one line of text: no line breaks, tabs or control characters"
     return None

@@ -928,19 +928,19 @@ async def set_roles(
     ``second-admin-required``: propose it instead)."""
 
     async def work(user: User, actor: str) -> ActionResult:
-        if user.id == admin_of(request).session.user_id:
+        own = user.id == admin_of(request).session.user_id
+        if own or _second_admin_required(config):
             groups = _groups(await services.identity.sessions.list_user(user.id))
-            if not _would_be_admin(policy, config, user.username, account_roles(data.roles), groups):
+            after = account_roles(data.roles)  # as stored: "admin " is admin
+            admin_after = _would_be_admin(policy, config, user.username, after, groups)
+            if own and not admin_after:
                 raise OwnAdminRoleRefused(
                     f"That would take the {config.settings.admin.role!r} role from your own account, "
                     "and with it this console: nothing was changed. Another admin, or `gateway policy` "
                     "on the gateway's host, can."
                 )
-        if _second_admin_required(config):
-            groups = _groups(await services.identity.sessions.list_user(user.id))
             before = _would_be_admin(policy, config, user.username, user.roles.split(), groups)
-            after = account_roles(data.roles)  # as stored: "admin " is admin
-            if not before and _would_be_admin(policy, config, user.username, after, groups):
+            if _second_admin_required(config) and not before and admin_after:
                 _refuse_new_admin(config, user.username)
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
         ended = changed.sessions_ended if changed.removed else None

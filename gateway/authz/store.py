@@ -182,7 +182,7 @@ class _Current:
 # What a change computes from the current policy: the new rules, or None for "nothing to do".
 _Change = Callable[[PolicyRules], PolicyRules | None]
 #: A last check of the policy about to be stored (after validation); what it raises refuses the change.
-Keep = Callable[[PolicyRules], Awaitable[None]]
+Keep = Callable[[PolicyRules], None]
 
 
 class PolicyStore:
@@ -464,7 +464,7 @@ class PolicyStore:
                 await self.check(after)
                 validated.add(csv)
             if keep is not None:
-                await keep(after)
+                keep(after)
             version = previous.version + 1
             diff = _diff(previous, csv, version)
             try:

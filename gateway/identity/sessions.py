@@ -289,14 +289,6 @@ class SessionStore:
         self._remember(session, now)
         return session
 
-    async def alive_hash(self, id_hash: str) -> bool:
-        """Whether the session with this id hash is still live (see :meth:`current_hash`).
-
-        Raises:
-            StateUnavailable: the store cannot answer.
-        """
-        return await self.current_hash(id_hash) is not None
-
     async def current_hash(self, id_hash: str) -> Session | None:
         """The session with this id hash as it is now, if it is live: read from the store, never the
         cache (a hand-off asks this about the session that issued its code, which may have ended or

@@ -17,7 +17,6 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
-from gateway.identity.accounts import account_exists
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
@@ -201,14 +200,8 @@ async def mfa_verify(
             ip = flows.client_ip(request)
             await attempt.fail(ip=ip, factor="webauthn")
             # In the trail as a failed code is: detection (MFA failures, brute force) reads it there.
-            # Nothing naming an account erased meanwhile (flows.record_sign_in_step).
-            await identity.audit.record_if(
-                account_exists(s.user_id, s.username),
-                "mfa.webauthn",
-                actor=f"user:{s.username}",
-                subject=s.username,
-                ip=ip,
-                outcome="failure",
+            await flows.record_sign_in_step(
+                identity, "mfa.webauthn", session_id, s.user_id, s.username, ip=ip, outcome="failure"
             )
             raise
     await identity.regulator.record_success(key)

@@ -175,8 +175,9 @@ async def record_sign_in_step(
     *,
     ip: str,
     created_at: datetime | None = None,
+    outcome: str = "success",
 ) -> bool:
-    """Record a successful sign-in step (``signin.passkey``, ``mfa.<factor>``) only if the account
+    """Record a sign-in step (``signin.passkey``, ``mfa.<factor>``, its ``outcome``) only if the account
     still exists when the record is written; otherwise end the session and return ``False``.
 
     Stops a sign-in racing an erasure from leaving a record naming the person in the clear: the
@@ -191,6 +192,7 @@ async def record_sign_in_step(
         actor=f"user:{username}",
         subject=username,
         ip=ip,
+        outcome=outcome,
     )
     if not written:
         await identity.sessions.revoke(session_id)

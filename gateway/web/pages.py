@@ -18,7 +18,7 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
-from gateway.identity.accounts import SignInFailed, account_exists
+from gateway.identity.accounts import SignInFailed
 from gateway.identity.cookies import HANDOFF_COOKIE
 from gateway.identity.handoff import MAX_HANDOFF_TTL, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
@@ -242,19 +242,16 @@ async def _second_factor(
         return await _mfa_error(
             request, identity, session.user_id, session.username, rd, err.public_detail, err.status
         )
-    # Only while the account exists (flows.record_sign_in_step): a step racing an erasure must not
-    # leave a record naming the person after the erasure tombstoned the others.
-    written = await identity.audit.record_if(
-        account_exists(session.user_id, session.username),
+    if not await flows.record_sign_in_step(
+        identity,
         f"mfa.{factor.value}",
-        actor=f"user:{session.username}",
-        subject=session.username,
+        signed.session_id,
+        session.user_id,
+        session.username,
         ip=ip,
         outcome="success" if ok else "failure",
-    )
-    if not written:
-        await identity.sessions.revoke(signed.session_id)
-        return flows.login_redirect(rd)
+    ):
+        return flows.login_redirect(rd)  # the account was erased meanwhile
     if not ok:
         return await _mfa_error(request, identity, session.user_id, session.username, rd, _MFA_FAILED, 401)
     await regulator.record_success(key)
