@@ -296,9 +296,11 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 #
 # (The module docstring is the API's OpenAPI description.) Handlers are module-level functions that
 # declare what they use as typed parameters, provided once for the whole app by Litestar's dependency
-# injection (dependencies() below): ``identity``, ``policy``, ``config`` (the configuration in force,
-# read once per request), ``local_metrics`` and ``scraper``. A new call declares the ones it needs, goes into
-# ``HANDLERS``, and records an ``admin.<action>`` event (see _change).
+# injection (dependencies() below): ``identity``, ``live_policy``, ``config`` (the configuration in
+# force, read once per request), ``local_metrics`` and ``scraper``. No request body field may share a
+# dependency's name: Litestar takes a body error at that name for the dependency's and answers 500
+# (a draft's ``policy`` field did; tests/unit/admin/test_dependency_names.py keeps it so). A new call
+# declares the ones it needs, goes into ``HANDLERS``, and records an ``admin.<action>`` event (see _change).
 
 
 class AdminGuard:
@@ -479,9 +481,9 @@ async def health() -> dict[str, str]:
 
 
 @get("/api/policy", cache=False, tags=["policy"])
-async def current_policy(policy: Policy) -> PolicyView:
+async def current_policy(live_policy: Policy) -> PolicyView:
     """The current policy: version, rules (with their CSV lines) and the CSV text."""
-    stored = await policy.store.current()
+    stored = await live_policy.store.current()
     return PolicyView(
         version=stored.version,
         created_at=stored.created_at,
@@ -491,17 +493,17 @@ async def current_policy(policy: Policy) -> PolicyView:
 
 
 @get("/api/policy/history", cache=False, tags=["policy"])
-async def history(policy: Policy, limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
+async def history(live_policy: Policy, limit: Annotated[int, QueryParameter(ge=1, le=500)] = 20) -> History:
     """The latest changes, newest first (``?limit=``, default 20)."""
-    return History(versions=[version_info(info) for info in await policy.store.history(limit)])
+    return History(versions=[version_info(info) for info in await live_policy.store.history(limit)])
 
 
 @get("/api/policy/versions/{version:str}", cache=False, tags=["policy"])
-async def version_view(policy: Policy, version: VersionId) -> VersionView:
+async def version_view(live_policy: Policy, version: VersionId) -> VersionView:
     """One version: who, when, why, its CSV, its rules and the diff against the version before."""
     number = parse_id(version, what="version")
-    info = await policy.store.describe(number)
-    stored = await policy.store.get(number)
+    info = await live_policy.store.describe(number)
+    stored = await live_policy.store.get(number)
     return VersionView(
         **msgspec.structs.asdict(version_info(info)),
         diff=info.diff,
@@ -511,9 +513,9 @@ async def version_view(policy: Policy, version: VersionId) -> VersionView:
 
 
 @get("/api/policy/roles", cache=False, tags=["roles"])
-async def roles(policy: Policy, config: Config) -> RolesView:
+async def roles(live_policy: Policy, config: Config) -> RolesView:
     """Role assignments (the policy's ``g`` lines) and the role that makes an admin."""
-    stored = await policy.store.current()
+    stored = await live_policy.store.current()
     return RolesView(
         version=stored.version,
         admin_role=config.settings.admin.role,
@@ -528,7 +530,7 @@ async def roles(policy: Policy, config: Config) -> RolesView:
 async def add_rules(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[RulesChange],
 ) -> ChangeResult:
@@ -538,10 +540,10 @@ async def add_rules(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "policy.add",
         details,
-        lambda actor, keep: policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
+        lambda actor, keep: live_policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -550,7 +552,7 @@ async def add_rules(
 async def remove_rules(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[RulesChange],
 ) -> ChangeResult:
@@ -560,10 +562,10 @@ async def remove_rules(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "policy.remove",
         details,
-        lambda actor, keep: policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
+        lambda actor, keep: live_policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -572,7 +574,7 @@ async def remove_rules(
 async def replace_policy(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[PolicyReplace],
 ) -> ChangeResult:
@@ -590,10 +592,10 @@ async def replace_policy(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "policy.replace",
         details,
-        lambda actor, keep: policy.store.replace(
+        lambda actor, keep: live_policy.store.replace(
             rules, actor=actor, reason=data.reason, expected_version=data.expected_version, keep=keep
         ),
         config=config,
@@ -604,7 +606,7 @@ async def replace_policy(
 async def restore(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     version: VersionId,
     data: JSONBody[RestoreRequest],
@@ -618,10 +620,10 @@ async def restore(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "policy.restore",
         details,
-        lambda actor, keep: policy.store.restore(number, actor=actor, reason=data.reason, keep=keep),
+        lambda actor, keep: live_policy.store.restore(number, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -630,7 +632,7 @@ async def restore(
 async def add_role(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[RoleChange],
 ) -> ChangeResult:
@@ -640,10 +642,10 @@ async def add_role(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "role.add",
         details,
-        lambda actor, keep: policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
+        lambda actor, keep: live_policy.store.add(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
@@ -652,7 +654,7 @@ async def add_role(
 async def remove_role(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[RoleChange],
 ) -> ChangeResult:
@@ -662,17 +664,17 @@ async def remove_role(
     return await _change(
         request,
         identity,
-        policy,
+        live_policy,
         "role.remove",
         details,
-        lambda actor, keep: policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
+        lambda actor, keep: live_policy.store.remove(rules, actor=actor, reason=data.reason, keep=keep),
         config=config,
     )
 
 
 @post("/api/policy/explain", status_code=200, tags=["policy"])
 async def explain(
-    identity: Identity, policy: Policy, config: Config, data: JSONBody[ExplainRequest]
+    identity: Identity, live_policy: Policy, config: Config, data: JSONBody[ExplainRequest]
 ) -> ExplainResult:
     """Decide a hypothetical request with the current policy, and say which rule decided it.
 
@@ -704,8 +706,8 @@ async def explain(
             note += " The account is disabled: it cannot sign in, whatever the policy says."
     else:
         principals = frozenset(data.principals or ())
-    await policy.load()
-    decision = policy.authorizer.index.decide_request(principals, route.name, data.method, canon.path)
+    await live_policy.load()
+    decision = live_policy.authorizer.index.decide_request(principals, route.name, data.method, canon.path)
     rule = rule_json(decision.rule) if decision.rule is not None else None
     return ExplainResult(
         allowed=decision.allowed,
@@ -840,7 +842,7 @@ def dependencies(services: Services) -> Mapping[str, Provide]:
     return {
         "config": Provide(config, sync_to_thread=False),
         "identity": constant(services.identity),
-        "policy": constant(services.policy),
+        "live_policy": constant(services.policy),
         "services": constant(services),
         "local_metrics": constant(services.metrics),
         # One per app: the session counter (Redis) is created on the first scrape.

@@ -3,7 +3,7 @@
 A handler declares a parameter with one of these types; the parameter's name is the dependency's
 name, provided once for the whole app in :func:`admin.app.dependencies`::
 
-    async def history(policy: Policy, limit: int = 20) -> History: ...
+    async def history(live_policy: Policy, limit: int = 20) -> History: ...
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.services import Services
 
 __all__ = ["AdminServices", "LocalMetrics", "MetricsScraper", "Policy"]
 
-#: ``policy``: the live policy (and its store).
+#: ``live_policy``: the live policy (and its store).
 Policy: TypeAlias = NamedDependency[LivePolicy]
 #: ``services``: everything the admin process started (stores, identity, sinks, ...).
 AdminServices: TypeAlias = NamedDependency[Services]

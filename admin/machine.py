@@ -96,7 +96,7 @@ async def list_service_accounts(services: AdminServices, config: Config) -> list
     return await accounts_of(services, config).list_accounts()
 
 
-def _refuse_admin_client(policy: Policy, config: Config, name: str, roles: Iterable[str]) -> None:
+def _refuse_admin_client(live_policy: Policy, config: Config, name: str, roles: Iterable[str]) -> None:
     """Under ``admin.approvals: 2`` an admin is made by a policy change two admins approve: a service
     account whose roles reach the admin role would be one admin's way around that (its tokens open every
     application the admin role opens)."""
@@ -104,7 +104,7 @@ def _refuse_admin_client(policy: Policy, config: Config, name: str, roles: Itera
     # Read as stored ("Ops" is ops, " admin" is admin): the g-lines name the stored spelling.
     name = check_name(name)
     principals = [f"client:{name}", *check_roles(list(roles))]
-    if config.settings.admin.approvals > 1 and holds_role(principals, role, policy.authorizer.index):
+    if config.settings.admin.approvals > 1 and holds_role(principals, role, live_policy.authorizer.index):
         raise SecondAdminRequired(
             f"client:{name} would hold the role {role}, and this gateway needs two admins for that "
             f"(admin.approvals: 2): create the account without it and propose 'g, client:{name}, {role}' "
@@ -117,7 +117,7 @@ def _refuse_admin_client(policy: Policy, config: Config, name: str, roles: Itera
 async def create_service_account(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[NewAccount],
 ) -> AccountView:
@@ -129,7 +129,7 @@ async def create_service_account(
         if data.roles:  # a grant, as setting a person's roles is
             confirm_destructive(admin, config, services.identity.clock)
         # Also without roles: the policy may already name the account (a g-line left from an earlier one).
-        _refuse_admin_client(policy, config, data.name, data.roles)
+        _refuse_admin_client(live_policy, config, data.name, data.roles)
         return await accounts_of(services, config).create_account(
             data.name, description=data.description, owner=data.owner, roles=data.roles,
             actor=admin.actor, ip=client_ip(request),

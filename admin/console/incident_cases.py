@@ -514,7 +514,7 @@ async def seal(
 async def account_action(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     case_id: CaseId,
     data: JSONBody[ActionRequest],
@@ -537,7 +537,7 @@ async def account_action(
             if user is None:
                 continue
             if data.action == AccountAction.RESET_MFA:
-                await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
+                await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
             if data.action == AccountAction.DISABLE and user.id == admin.session.user_id:
                 raise OwnAccountRefused(
                     f"{case.id} names you ({admin.session.username}): disabling would shut you out of "

@@ -121,16 +121,16 @@ class Overview(msgspec.Struct, kw_only=True):
     audit: AuditChainView
 
 
-async def overview(policy: Policy, services: AdminServices) -> Overview:
+async def overview(live_policy: Policy, services: AdminServices) -> Overview:
     """What the overview shows; the page and ``GET /api/overview`` both answer with it."""
     async with asyncio.TaskGroup() as group:
-        summary = group.create_task(_policy(policy))
+        summary = group.create_task(_policy(live_policy))
         database = group.create_task(_probe("database", services.db.ping))
         fast = group.create_task(_probe("fast state", services.fast.ping))
         replicas = group.create_task(_replicas(services))
         sessions = group.create_task(_sessions(services))
         incidents = group.create_task(_incidents(services))
-        proposals = group.create_task(_proposals(policy, services))
+        proposals = group.create_task(_proposals(live_policy, services))
         audit = group.create_task(_audit(services))
     sinks = [
         SinkView(name=name, sent=s.sent, dropped=s.dropped, failures=s.failures, pending=s.pending)
@@ -148,15 +148,15 @@ async def overview(policy: Policy, services: AdminServices) -> Overview:
     )
 
 
-async def _policy(policy: Policy) -> PolicySummary:
-    version = policy.version
+async def _policy(live_policy: Policy) -> PolicySummary:
+    version = live_policy.version
     summary = PolicySummary(
-        version=version, rules=len(policy.authorizer.index.rules), changed_at=None, changed_by="", reason="",
-        staleness=round(policy.staleness(), 1),
+        version=version, rules=len(live_policy.authorizer.index.rules), changed_at=None, changed_by="", reason="",
+        staleness=round(live_policy.staleness(), 1),
     )  # fmt: skip
     if version:
         try:
-            info = await policy.store.describe(version)
+            info = await live_policy.store.describe(version)
         except GatewayError:
             pass  # the database is away: the components tile says so
         else:
@@ -223,9 +223,9 @@ async def _incidents(services: AdminServices) -> CountView:
     return CountView(count=open_, detail=note, href="/incidents")
 
 
-async def _proposals(policy: Policy, services: AdminServices) -> CountView:
+async def _proposals(live_policy: Policy, services: AdminServices) -> CountView:
     identity = services.identity
-    proposals = Proposals(services.db, policy.store, identity.audit, identity.clock)
+    proposals = Proposals(services.db, live_policy.store, identity.audit, identity.clock)
     pending, detail = await _read(proposals.list(open_only=True, limit=PROPOSALS_COUNTED))
     if pending is None:
         return CountView(count=None, detail=detail, href="/policies")
@@ -270,16 +270,18 @@ def age(moment: datetime | None, now: datetime) -> str:
 
 
 @get("/api/overview", cache=False, tags=["overview"])
-async def overview_json(policy: Policy, services: AdminServices) -> Overview:
+async def overview_json(live_policy: Policy, services: AdminServices) -> Overview:
     """This deployment at a glance: every replica and its readiness, the live policy's version and age,
     the stores, active sessions, open incidents and policy proposals, the audit chain's newest
     checkpoint, the sinks and their drops."""
-    return await overview(policy, services)
+    return await overview(live_policy, services)
 
 
 @get("/", cache=False, opt=PAGE_OPT, include_in_schema=False)
-async def overview_page(request: Request[Any, Any, Any], policy: Policy, services: AdminServices) -> Template:
-    view = await overview(policy, services)
+async def overview_page(
+    request: Request[Any, Any, Any], live_policy: Policy, services: AdminServices
+) -> Template:
+    view = await overview(live_policy, services)
     now = services.identity.clock.now()
     return page(request, "overview.html", title="Overview", section="overview", view=view, now=now, age=age)
 

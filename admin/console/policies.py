@@ -377,9 +377,9 @@ async def validate_draft(data: JSONBody[DraftRequest]) -> ValidateResult:
 
 
 @post("/api/policy/draft/diff", status_code=200, tags=["policy draft"])
-async def diff_draft_json(policy: Policy, data: JSONBody[DraftRequest]) -> DiffResult:
+async def diff_draft_json(live_policy: Policy, data: JSONBody[DraftRequest]) -> DiffResult:
     """The draft against the live policy: a unified diff and the lines added and removed."""
-    return await diff_draft(policy, data.policy)
+    return await diff_draft(live_policy, data.policy)
 
 
 @post("/api/policy/draft/test", status_code=200, tags=["policy draft"])
@@ -394,14 +394,14 @@ async def test_draft_json(data: JSONBody[DraftTestRequest]) -> TestResult:
 
 @post("/api/policy/draft/whatif", status_code=200, tags=["policy draft"])
 async def what_if_json(
-    policy: Policy, services: AdminServices, data: JSONBody[WhatIfRequest]
+    live_policy: Policy, services: AdminServices, data: JSONBody[WhatIfRequest]
 ) -> WhatIfResult:
     """Replay the decisions of the last ``hours`` (1 to 168) under the live policy and the draft.
 
     Lists the request shapes whose verdict flips (allow to deny and back, the largest first) and the
     counts per route. The gateway keeps the decision sample for ``admin.sample_retention``.
     """
-    return await what_if_draft(policy, services, data.policy, data.hours)
+    return await what_if_draft(live_policy, services, data.policy, data.hours)
 
 
 # -- API: proposals -------------------------------------------------------------------------------
@@ -409,21 +409,21 @@ async def what_if_json(
 
 @get("/api/policy/proposals", cache=False, tags=["policy proposals"])
 async def list_proposals(
-    policy: Policy,
+    live_policy: Policy,
     services: AdminServices,
     config: Config,
     open_only: Annotated[bool, QueryParameter(name="open", description="Only the pending ones.")] = False,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> ProposalList:
     """Policy change proposals, newest first (``?open=true``: only those still waiting for approval)."""
-    return await proposal_list(policy, services, config, open_only=open_only, limit=limit)
+    return await proposal_list(live_policy, services, config, open_only=open_only, limit=limit)
 
 
 @post("/api/policy/proposals", status_code=201, tags=["policy proposals"])
 async def propose(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     services: AdminServices,
     config: Config,
     data: JSONBody[ProposeRequest],
@@ -433,7 +433,7 @@ async def propose(
     details: dict[str, object] = {"reason": data.reason}
     try:
         rules = _parse_draft(data.policy)
-        proposal = await _proposals(policy, services, config).propose(
+        proposal = await _proposals(live_policy, services, config).propose(
             rules, actor=admin.actor, reason=data.reason
         )
     except GatewayError as err:
@@ -460,7 +460,7 @@ async def propose(
 async def approve(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     services: AdminServices,
     config: Config,
     proposal: ProposalId,
@@ -474,7 +474,7 @@ async def approve(
     admin = admin_of(request)
     number = parse_id(proposal, what="proposal")
     details: dict[str, object] = {"reason": data.reason, "proposal": number}
-    proposals = _proposals(policy, services, config)
+    proposals = _proposals(live_policy, services, config)
     try:
         confirm_destructive(admin, config, identity.clock)
         version = await proposals.approve(
@@ -491,7 +491,7 @@ async def approve(
         )
         raise
     # This process decides who is an admin: it must see the approved change now.
-    await policy.load()
+    await live_policy.load()
     await audit(
         identity, request, "admin.policy.approve", actor=admin.actor, details={**details, "version": version}
     )
@@ -502,7 +502,7 @@ async def approve(
 async def reject(
     request: Request[Any, Any, Any],
     identity: Identity,
-    policy: Policy,
+    live_policy: Policy,
     services: AdminServices,
     config: Config,
     proposal: ProposalId,
@@ -512,7 +512,7 @@ async def reject(
     admin = admin_of(request)
     number = parse_id(proposal, what="proposal")
     details: dict[str, object] = {"reason": data.reason, "proposal": number}
-    proposals = _proposals(policy, services, config)
+    proposals = _proposals(live_policy, services, config)
     try:
         await proposals.reject(number, actor=admin.actor, reason=data.reason)
     except GatewayError as err:
@@ -565,9 +565,9 @@ async def _policy_page(policy: LivePolicy, services: Services, config: CurrentCo
 
 @get("/policies", cache=False, opt=PAGE_OPT, include_in_schema=False)
 async def policies_page(
-    request: Request[Any, Any, Any], policy: Policy, services: AdminServices, config: Config
+    request: Request[Any, Any, Any], live_policy: Policy, services: AdminServices, config: Config
 ) -> Template:
-    view = await _policy_page(policy, services, config)
+    view = await _policy_page(live_policy, services, config)
     return page(request, "policies.html", title="Policies", section="policies", view=view)
 
 
@@ -581,16 +581,16 @@ class VersionPage(msgspec.Struct, kw_only=True):
 
 @get("/policies/versions/{version:str}", cache=False, opt=PAGE_OPT, include_in_schema=False)
 async def version_page(
-    request: Request[Any, Any, Any], policy: Policy, config: Config, version: VersionId
+    request: Request[Any, Any, Any], live_policy: Policy, config: Config, version: VersionId
 ) -> Template:
     number = parse_id(version, what="version")
-    info = await policy.store.describe(number)
-    stored = await policy.store.get(number)
+    info = await live_policy.store.describe(number)
+    stored = await live_policy.store.get(number)
     view = VersionPage(
         info=version_info(info),
         diff=info.diff,
         csv=stored.csv,
-        current=await policy.store.version(),
+        current=await live_policy.store.version(),
         approvals=config.settings.admin.approvals,
     )
     return page(

@@ -447,10 +447,10 @@ def _event(e: AuditEvent) -> EventView:
     )
 
 
-async def _roles(user: User, sessions: list[Session], policy: Policy, admin_role: str) -> RolesView:
+async def _roles(user: User, sessions: list[Session], live_policy: Policy, admin_role: str) -> RolesView:
     direct = user.roles.split()
     member = f"user:{user.username}"
-    stored = await policy.store.current()
+    stored = await live_policy.store.current()
     links = [
         PolicyLinkView(role=r.role, line=r.line, csv=r.to_csv())
         for r in stored.rules.links
@@ -458,7 +458,7 @@ async def _roles(user: User, sessions: list[Session], policy: Policy, admin_role
     ]
     groups = _groups(sessions)
     principals = _principals(user.username, direct, groups)
-    index = policy.authorizer.index
+    index = live_policy.authorizer.index
     effective: dict[str, str] = {role: "local role" for role in direct}
     for principal in principals:
         for role in sorted(index.roles_of(principal) - {principal}):
@@ -484,15 +484,15 @@ def _principals(username: str, roles: Iterable[str], groups: Iterable[str]) -> l
 
 
 def _would_be_admin(
-    policy: Policy, config: Config, username: str, roles: Iterable[str], groups: Iterable[str]
+    live_policy: Policy, config: Config, username: str, roles: Iterable[str], groups: Iterable[str]
 ) -> bool:
     principals = _principals(username, roles, groups)
-    return holds_role(principals, config.settings.admin.role, policy.authorizer.index)
+    return holds_role(principals, config.settings.admin.role, live_policy.authorizer.index)
 
 
-async def _is_admin(services: Services, policy: Policy, config: Config, user: User) -> bool:
+async def _is_admin(services: Services, live_policy: Policy, config: Config, user: User) -> bool:
     groups = _groups(await services.identity.sessions.list_user(user.id))
-    return _would_be_admin(policy, config, user.username, user.roles.split(), groups)
+    return _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
 
 
 def _shut_by_privacy(user: User) -> str | None:
@@ -519,10 +519,10 @@ def _refuse_new_admin(config: Config, username: str) -> None:
 
 
 async def refuse_admin_takeover(
-    services: Services, policy: Policy, config: Config, user: User, what: str
+    services: Services, live_policy: Policy, config: Config, user: User, what: str
 ) -> None:
     """One admin resetting another admin's credentials could then sign in as them, and approve alone."""
-    if _second_admin_required(config) and await _is_admin(services, policy, config, user):
+    if _second_admin_required(config) and await _is_admin(services, live_policy, config, user):
         raise SecondAdminRequired(
             f"{user.username} is an admin, and this gateway needs two admins for a policy change "
             f"(admin.approvals: 2): one admin may not {what} of another, which would let them act as "
@@ -537,7 +537,7 @@ async def _account(services: Services, username: str) -> User:
     return user
 
 
-async def user_detail(services: Services, policy: Policy, config: Config, username: str) -> UserDetail:
+async def user_detail(services: Services, live_policy: Policy, config: Config, username: str) -> UserDetail:
     """What the user page shows; the page and ``GET /api/users/{username}`` both answer with it."""
     identity = services.identity
     user = await _account(services, username)
@@ -563,7 +563,7 @@ async def user_detail(services: Services, policy: Policy, config: Config, userna
         password_changed_at=user.password_changed_at,
         factors=_factors(factors),
         sessions=[_session(s) for s in sessions],
-        roles_view=await _roles(user, sessions, policy, config.settings.admin.role),
+        roles_view=await _roles(user, sessions, live_policy, config.settings.admin.role),
         history=[_event(e) for e in history],
         invitation=_invitation_view(await _invitations(services).pending(user.id)),
     )
@@ -644,17 +644,19 @@ async def list_users(
 
 
 @get("/api/users/{username:str}", cache=False, tags=["users"])
-async def get_user(services: AdminServices, policy: Policy, config: Config, username: Username) -> UserDetail:
+async def get_user(
+    services: AdminServices, live_policy: Policy, config: Config, username: Username
+) -> UserDetail:
     """One account: facts, second factors, live sessions, roles (local, policy, effective), the latest
     audit events about or by it."""
-    return await user_detail(services, policy, config, username)
+    return await user_detail(services, live_policy, config, username)
 
 
 @post("/api/users", status_code=201, tags=["users"])
 async def create_user(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     data: JSONBody[CreateUser],
 ) -> Created:
@@ -673,7 +675,7 @@ async def create_user(
         # The policy may already name this username as an admin (a g-line left from an earlier account).
         # Checked as stored: "GHOST" is ghost, " admin" is admin.
         made_admin = _would_be_admin(
-            policy, config, account_name(data.username), account_roles(data.roles), ()
+            live_policy, config, account_name(data.username), account_roles(data.roles), ()
         )
         if data.roles or made_admin:
             confirm_destructive(admin, config, services.identity.clock)
@@ -726,7 +728,7 @@ async def create_user(
 async def invite_user(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[InviteChange],
@@ -750,7 +752,7 @@ async def invite_user(
         # Whoever holds the link sets the password: for an admin's account, one admin would hold a
         # second admin's sign-in (an account without a password signs in through a provider or a
         # passkey, or has an invitation pending).
-        await refuse_admin_takeover(services, policy, config, user, "send an invitation for the account")
+        await refuse_admin_takeover(services, live_policy, config, user, "send an invitation for the account")
         if user.password_hash is not None:
             if not data.clear_password:
                 raise InvitationRefused(
@@ -884,7 +886,7 @@ async def require_password_change(
 async def reset_factors(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[DestructiveChange],
@@ -894,7 +896,7 @@ async def reset_factors(
     ``admin.approvals: 2``, refused for an admin's account (403 ``second-admin-required``)."""
 
     async def work(user: User, actor: str) -> ActionResult:
-        await refuse_admin_takeover(services, policy, config, user, "reset the second factors")
+        await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
         removed = await services.identity.accounts.reset_mfa(user.id, actor=actor)
         ended = removed.get("sessions")
         return ActionResult(
@@ -916,7 +918,7 @@ async def reset_factors(
 async def set_roles(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[RolesChange],
@@ -932,14 +934,14 @@ async def set_roles(
         if own or _second_admin_required(config):
             groups = _groups(await services.identity.sessions.list_user(user.id))
             after = account_roles(data.roles)  # as stored: "admin " is admin
-            admin_after = _would_be_admin(policy, config, user.username, after, groups)
+            admin_after = _would_be_admin(live_policy, config, user.username, after, groups)
             if own and not admin_after:
                 raise OwnAdminRoleRefused(
                     f"That would take the {config.settings.admin.role!r} role from your own account, "
                     "and with it this console: nothing was changed. Another admin, or `gateway policy` "
                     "on the gateway's host, can."
                 )
-            before = _would_be_admin(policy, config, user.username, user.roles.split(), groups)
+            before = _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
             if _second_admin_required(config) and not before and admin_after:
                 _refuse_new_admin(config, user.username)
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
@@ -1040,11 +1042,11 @@ async def users_page(
 async def user_page(
     request: Request[Any, Any, Any],
     services: AdminServices,
-    policy: Policy,
+    live_policy: Policy,
     config: Config,
     username: Username,
 ) -> Template:
-    view = await user_detail(services, policy, config, username)
+    view = await user_detail(services, live_policy, config, username)
     return page(
         request,
         "user.html",

@@ -3,6 +3,8 @@ saving against a version, two-person approval."""
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.authz.sample import DecisionSample
 from tests.unit.admin.console_app import POLICY, Start
 
@@ -70,6 +72,32 @@ async def test_diff_and_test_cases_against_the_draft(console: Start) -> None:
     malformed = await site.call(boss, "POST", "/api/policy/draft/diff", json={"policy": "p, x\n"})
     assert malformed.status_code == 400
     assert "draft:1" in malformed.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/api/policy/draft/validate", {}),
+        ("/api/policy/draft/diff", {}),
+        ("/api/policy/draft/test", {"cases": "- route: app\n"}),
+        ("/api/policy/draft/whatif", {"hours": 1}),
+        ("/api/policy/proposals", {"reason": "tidy"}),
+    ],
+)
+async def test_a_draft_that_is_not_text_is_a_400_and_changes_nothing(
+    console: Start, path: str, extra: dict[str, object]
+) -> None:
+    # A JSON object, list or number where the CSV goes: a 500 while the admin app's policy
+    # dependency shared the body field's name (Litestar read the error as the dependency's).
+    site = await console(approvals=2)
+    boss = await site.session("boss")
+    before = await site.services.policy.store.current()
+    for wrong in ({"p": "x"}, ["p, x"], 7):
+        answer = await site.call(boss, "POST", path, json={"policy": wrong, **extra})
+        assert answer.status_code == 400, (wrong, answer.text)
+        assert "policy: Expected `str`" in answer.json()["message"]
+    assert (await site.services.policy.store.current()).version == before.version
+    assert (await site.call(boss, "GET", "/api/policy/proposals")).json()["proposals"] == []
 
 
 async def test_what_if_replays_the_sample_and_counts_flips_per_route(console: Start) -> None:
