@@ -14,9 +14,12 @@ The security properties, and where each one is enforced:
 * **Bound to this site.** The origin in the client data must be the ``public_url`` origin (ceremonies run
   on the auth host only) and the authenticator data must carry the hash of the RP ID: a phishing site
   relaying the ceremony gets neither right.
-* **Bound to the user.** A registration challenge is only valid for the user it was issued to; a
-  second-factor assertion must come from a credential of the signed-in user; a passwordless assertion
-  must present the user handle of the credential's owner when it presents one.
+* **Bound to the user and the browser.** A registration challenge is only valid for the user it was
+  issued to; a second-factor assertion must come from a credential of the signed-in user; a
+  passwordless assertion must present the user handle of the credential's owner when it presents one.
+  Every challenge is also bound to the browser that asked for it (``bound_to``: the sign-in's session
+  family, or a passkey sign-in's cookie): an answer relayed into another browser, even one signed in
+  with the same password, finds no challenge and makes nothing.
 * **Passwordless means user verification.** A passkey alone counts as two factors (possession plus the
   PIN or biometric that unlocked it), so without the UV flag it is refused.
 * **Cloned authenticators.** A signature counter that does not advance (while either the stored or the
@@ -39,11 +42,12 @@ accept).
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import logging
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -247,12 +251,13 @@ class WebAuthnService:
     # -- registration ---------------------------------------------------------------------------------
 
     async def registration_options(
-        self, *, user_id: int, username: str, display_name: str, discoverable: bool
+        self, *, user_id: int, username: str, display_name: str, discoverable: bool, bound_to: str
     ) -> str:
         """Start registering a security key or passkey.
 
         Args:
             user_id: The account enrolling (already signed in and recently re-authenticated).
+            bound_to: Who may finish the ceremony (:func:`_key`): the same value must come with the answer.
             username: Shown by the authenticator to tell accounts apart.
             display_name: Friendly name shown by the authenticator; the username when empty.
             discoverable: A passkey (resident key required, usable without typing a username) rather
@@ -284,16 +289,18 @@ class WebAuthnService:
         # ("preferred" and some platforms decide on their own); py_webauthn 3 has no parameter for it.
         document["extensions"] = {"credProps": True}
         pending = json.dumps({"discoverable": discoverable}).encode()
-        await self._state.set(_reg_key(user_id, options.challenge), pending, ttl=CHALLENGE_TTL_S)
+        key = _key("reg", user_id, bound_to, options.challenge)
+        await self._state.set(key, pending, ttl=CHALLENGE_TTL_S)
         return json.dumps(document)
 
     async def register(
-        self, *, user_id: int, name: str, credential_json: str, ip: str = ""
+        self, *, user_id: int, name: str, credential_json: str, bound_to: str, ip: str = ""
     ) -> WebAuthnCredential:
         """Finish a registration: verify the authenticator's answer and store the credential.
 
         Args:
             user_id: The account enrolling; must be the one the options were made for.
+            bound_to: As given to :meth:`registration_options`.
             name: A label chosen by the user ("YubiKey 5", "Phone"); cleaned and bounded.
             credential_json: ``PublicKeyCredential.toJSON()`` of the created credential.
             ip: The client's address, for the audit record.
@@ -307,7 +314,7 @@ class WebAuthnService:
         """
         document, credential = _parse_registration(credential_json)
         challenge = _client_challenge(credential.response.client_data_json)
-        pending = await self._take(_reg_key(user_id, challenge))
+        pending = await self._take(_key("reg", user_id, bound_to, challenge))
         discoverable_requested = bool(json.loads(pending).get("discoverable", False))
         try:
             verified = verify_registration_response(
@@ -367,7 +374,7 @@ class WebAuthnService:
 
     # -- authentication -------------------------------------------------------------------------------
 
-    async def authentication_options(self, *, user_id: int | None) -> str:
+    async def authentication_options(self, *, user_id: int | None, bound_to: str) -> str:
         """Start an authentication ceremony.
 
         Args:
@@ -400,10 +407,12 @@ class WebAuthnService:
             allow_credentials=allow,
             user_verification=uv,
         )
-        await self._state.set(_auth_key(user_id, options.challenge), b"1", ttl=CHALLENGE_TTL_S)
+        await self._state.set(_key("auth", user_id, bound_to, options.challenge), b"1", ttl=CHALLENGE_TTL_S)
         return json.dumps(options_to_json_dict(options))
 
-    async def authenticate(self, *, credential_json: str, user_id: int | None) -> WebAuthnAssertion:
+    async def authenticate(
+        self, *, credential_json: str, user_id: int | None, bound_to: str
+    ) -> WebAuthnAssertion:
         """Finish an authentication ceremony.
 
         Args:
@@ -423,10 +432,10 @@ class WebAuthnService:
         challenge = _client_challenge(credential.response.client_data_json)
         if user_id is None and not self._settings.passwordless:
             # Options issued before a reload that turned passwordless off must not finish after it.
-            await self._state.delete(_auth_key(None, challenge))
+            await self._state.delete(_key("auth", None, bound_to, challenge))
             raise _failed("passwordless sign-in is disabled")
         # Taken first: a failed attempt burns the challenge, so nothing can be retried against it.
-        await self._take(_auth_key(user_id, challenge))
+        await self._take(_key("auth", user_id, bound_to, challenge))
         async with self._db.session() as session:
             with store_errors("cannot read WebAuthn credentials"):
                 stored = await session.scalar(
@@ -604,15 +613,19 @@ class WebAuthnService:
         return pending
 
 
-def _reg_key(user_id: int, challenge: bytes) -> str:
-    # The user id in the key binds the challenge to the account it was issued for.
-    return f"webauthn:reg:{user_id}:{bytes_to_base64url(challenge)}"
+def _key(ceremony: Literal["reg", "auth"], user_id: int | None, bound_to: str, challenge: bytes) -> str:
+    """The fast-state key of one pending challenge.
 
-
-def _auth_key(user_id: int | None, challenge: bytes) -> str:
-    # "-" for passwordless: a challenge issued for one mode cannot finish the other.
+    The user id binds it to the account it was issued for ("-" for passwordless: a challenge issued
+    for one mode cannot finish the other); ``bound_to`` to the browser that asked, hashed so that a
+    session family or cookie value never appears in a key.
+    """
+    if not bound_to:
+        # Fail closed: a caller that lost the binding must not share one empty "browser" with others.
+        raise _failed("challenge not bound to a browser")
     who = "-" if user_id is None else str(user_id)
-    return f"webauthn:auth:{who}:{bytes_to_base64url(challenge)}"
+    holder = hashlib.sha256(bound_to.encode()).hexdigest()[:32]
+    return f"webauthn:{ceremony}:{who}:{holder}:{bytes_to_base64url(challenge)}"
 
 
 def _descriptor(cred: WebAuthnCredential) -> PublicKeyCredentialDescriptor:

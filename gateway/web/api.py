@@ -142,6 +142,7 @@ async def register_options(
         username=s.username,
         display_name=(user.display_name if user else "") or s.username,
         discoverable=data.discoverable,
+        bound_to=flows.ceremony_holder(request, config, s),
     )
     return _json(json.loads(options))
 
@@ -160,6 +161,7 @@ async def register_verify(
         user_id=s.user_id,
         name=data.name[:60] or "Passkey",
         credential_json=json.dumps(data.credential),
+        bound_to=flows.ceremony_holder(request, config, s),
         ip=flows.client_ip(request),
     )
     new_id, new_session = await flows.after_enrolling(
@@ -181,7 +183,10 @@ async def register_verify(
 async def mfa_options(request: Request[Any, Any, Any], config: Config, identity: Identity) -> Response[Any]:
     """Options for navigator.credentials.get, limited to this user's credentials."""
     _, s = await _require(request, config, identity)
-    return _json(json.loads(await identity.webauthn.authentication_options(user_id=s.user_id)))
+    holder = flows.ceremony_holder(request, config, s)
+    return _json(
+        json.loads(await identity.webauthn.authentication_options(user_id=s.user_id, bound_to=holder))
+    )
 
 
 @post("/.gateway/api/mfa/webauthn/verify", status_code=200, opt=admits(Step.SECOND_FACTOR))
@@ -194,7 +199,9 @@ async def mfa_verify(
     async with identity.regulator.attempt(key) as attempt:
         try:
             await identity.webauthn.authenticate(
-                credential_json=json.dumps(data.credential), user_id=s.user_id
+                credential_json=json.dumps(data.credential),
+                user_id=s.user_id,
+                bound_to=flows.ceremony_holder(request, config, s),
             )
         except Exception:
             ip = flows.client_ip(request)
@@ -226,7 +233,8 @@ async def passkey_options(
         raise PermissionDeniedException("Passwordless sign-in is disabled.")
     # Each challenge is a row in the fast state for five minutes: an attack run made 533 a second.
     await identity.attempts.reserve("challenge", flows.client_ip(request))
-    return _json(json.loads(await identity.webauthn.authentication_options(user_id=None)))
+    holder = flows.ceremony_holder(request, config)
+    return _json(json.loads(await identity.webauthn.authentication_options(user_id=None, bound_to=holder)))
 
 
 @post("/.gateway/api/login/passkey/verify", status_code=200, opt=PUBLIC)
@@ -237,7 +245,9 @@ async def passkey_verify(
     if not config.settings.mfa.webauthn.passwordless:
         raise PermissionDeniedException("Passwordless sign-in is disabled.")
     assertion = await identity.webauthn.authenticate(
-        credential_json=json.dumps(data.credential), user_id=None
+        credential_json=json.dumps(data.credential),
+        user_id=None,
+        bound_to=flows.ceremony_holder(request, config),
     )
     user = await identity.accounts.get(assertion.user_id)
     if user is None or not user.can_sign_in:

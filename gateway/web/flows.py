@@ -19,7 +19,7 @@ from litestar.response import Redirect, Response
 
 from gateway.clock import Clock
 from gateway.identity.accounts import account_exists
-from gateway.identity.cookies import DEVICE_COOKIE, read_cookie
+from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
@@ -344,6 +344,17 @@ _DEVICE_MAX_AGE: Final = 365 * 86400
 def device_cookie(request: AnyRequest, config: CurrentConfig) -> str | None:
     """The browser's known-device cookie, if it sent one."""
     return request.cookies.get(DEVICE_COOKIE.name(insecure=not secure_cookies(config)))
+
+
+def ceremony_holder(request: AnyRequest, config: CurrentConfig, session: Session | None = None) -> str:
+    """Whom a WebAuthn challenge is bound to (``bound_to``): this browser, by its CSRF cookie (every
+    POST here carries it, and no other site can read or set it), and, when signed in, this sign-in,
+    by its session family. An assertion relayed into another browser, or into another sign-in with
+    the same password, finds no challenge. Empty without the cookie, which the ceremony refuses."""
+    browser = request.cookies.get(CSRF_COOKIE.name(insecure=not secure_cookies(config)), "")
+    if not browser or session is None:
+        return browser
+    return f"{browser} {session.family}"
 
 
 def regulation_key(

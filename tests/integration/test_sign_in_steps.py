@@ -422,6 +422,41 @@ def test_registering_a_passkey_is_not_using_one(site: Site) -> None:
 
 
 @pytest.mark.peer
+def test_a_passkey_answer_relayed_into_another_browser_signs_nothing_in(site: Site) -> None:
+    """The attack: whoever holds the password signs in too, in their own browser (here on the other
+    replica), and presents the owner's passkey answer (relayed, or read off the owner's machine)
+    before the owner does. Challenges were bound to the user only, so the attacker's session became
+    two-factor. Now a challenge is bound to the browser and the sign-in that asked for it."""
+    user = site.add_user("relay")
+    key = SoftAuthenticator(origin=site.a.url)
+    with on(site.a) as enrolling:
+        assert login(enrolling, user).status_code == 302
+        assert register_passkey(enrolling, site.a.url, key).status_code == 200
+    with on(site.a) as owner, on(site.replica(1)) as attacker:
+        assert login(owner, user).status_code == 302
+        assert login(attacker, user).status_code == 302
+        options = api_post(owner, "/.gateway/api/mfa/webauthn/options", {})
+        assert options.status_code == 200, options.text
+        answer = {"credential": json.loads(key.get(options.text))}
+        relayed = api_post(attacker, "/.gateway/api/mfa/webauthn/verify", answer)
+        assert (relayed.status_code, relayed.json()["error"]) == (400, "webauthn-failed"), relayed.text
+        assert held_for_second_factor(get(site.a, cookie(attacker), "/probe", html=False))
+        assert api_post(owner, "/.gateway/api/mfa/webauthn/verify", answer).status_code == 200
+        assert reaches_app(site.a, cookie(owner) or "", user, host="127.0.0.1")
+        assert held_for_second_factor(get(site.a, cookie(attacker), "/probe", html=False))
+    # A passkey sign-in: nobody is signed in yet; the browser is its CSRF cookie.
+    with on(site.a) as owner, on(site.replica(1)) as attacker:
+        options = api_post(owner, "/.gateway/api/login/passkey/options", {})
+        assert options.status_code == 200, options.text
+        answer = {"credential": json.loads(key.get(options.text))}
+        relayed = api_post(attacker, "/.gateway/api/login/passkey/verify", answer)
+        assert (relayed.status_code, relayed.json()["error"]) == (400, "webauthn-failed"), relayed.text
+        assert cookie(attacker) is None
+        assert api_post(owner, "/.gateway/api/login/passkey/verify", answer).status_code == 200
+        assert reaches_app(site.a, cookie(owner) or "", user, host="127.0.0.1")
+
+
+@pytest.mark.peer
 def test_removing_the_factors_first_does_not_make_a_passkey_the_first(site: Site) -> None:
     """The attack on the fix above: a phished password and code remove the owner's factors (the
     session is fresh), so the attacker's passkey counted as the person's "first" factor and passed

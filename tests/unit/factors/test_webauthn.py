@@ -45,6 +45,7 @@ from tests.support.soft_authenticator import (
 PUBLIC_URL = "https://auth.example.com"
 ORIGIN = "https://auth.example.com"
 RP_ID = "auth.example.com"
+BROWSER = "csrf-cookie-of-one-browser family-1"
 
 
 @dataclass
@@ -122,9 +123,15 @@ async def _enroll(
     discoverable: bool = False,
 ) -> WebAuthnCredential:
     options = await service.registration_options(
-        user_id=user_id, username=f"user{user_id}", display_name="", discoverable=discoverable
+        bound_to=BROWSER,
+        user_id=user_id,
+        username=f"user{user_id}",
+        display_name="",
+        discoverable=discoverable,
     )
-    return await service.register(user_id=user_id, name=name, credential_json=key.create(options))
+    return await service.register(
+        bound_to=BROWSER, user_id=user_id, name=name, credential_json=key.create(options)
+    )
 
 
 async def _refused(coro: Any) -> WebAuthnFailed:
@@ -194,7 +201,11 @@ def test_rp_id_must_be_the_host_or_a_parent(world: World, rp_id: str) -> None:
 async def test_registration_options(world: World, service: WebAuthnService, key: SoftAuthenticator) -> None:
     options = json.loads(
         await service.registration_options(
-            user_id=world.alice, username="alice", display_name="Alice L.", discoverable=False
+            bound_to=BROWSER,
+            user_id=world.alice,
+            username="alice",
+            display_name="Alice L.",
+            discoverable=False,
         )
     )
     assert options["rp"] == {"name": "Gateway", "id": RP_ID}
@@ -213,7 +224,7 @@ async def test_registration_options(world: World, service: WebAuthnService, key:
 
     passkey = json.loads(
         await world.service(user_verification="required").registration_options(
-            user_id=world.alice, username="alice", display_name="", discoverable=True
+            bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=True
         )
     )
     assert passkey["authenticatorSelection"]["residentKey"] == "required"
@@ -250,12 +261,14 @@ async def test_discoverable_follows_cred_props_when_reported(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     response = json.loads(key.create(options))
     # The platform made a resident key although we only discouraged it: credProps says so.
     response["clientExtensionResults"] = {"credProps": {"rk": True}}
-    cred = await service.register(user_id=world.alice, name="", credential_json=json.dumps(response))
+    cred = await service.register(
+        bound_to=BROWSER, user_id=world.alice, name="", credential_json=json.dumps(response)
+    )
     assert cred.discoverable is True
     assert cred.name == "Security key"  # the default for what was asked for
 
@@ -267,7 +280,7 @@ async def test_exclude_credentials_lists_existing_ones(
     second = await _enroll(service, SoftAuthenticator(origin=ORIGIN), world.alice, name="Phone")
     await _enroll(service, SoftAuthenticator(origin=ORIGIN), world.bob)
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     excluded = json.loads(options)["excludeCredentials"]
     assert [b64url_decode(d["id"]) for d in excluded] == [first.credential_id, second.credential_id]
@@ -284,10 +297,12 @@ async def test_duplicate_credential_id_refused(
     # A broken or malicious client ignores excludeCredentials, or claims someone else's credential id.
     for user_id in (world.alice, world.bob):
         options = await service.registration_options(
-            user_id=user_id, username="x", display_name="", discoverable=False
+            bound_to=BROWSER, user_id=user_id, username="x", display_name="", discoverable=False
         )
         response = SoftAuthenticator(origin=ORIGIN).create(options, reuse_credential=cred.credential_id)
-        await _refused(service.register(user_id=user_id, name="again", credential_json=response))
+        await _refused(
+            service.register(bound_to=BROWSER, user_id=user_id, name="again", credential_json=response)
+        )
     assert [c.id for c in await service.list(world.alice)] == [cred.id]
     assert await service.list(world.bob) == []
 
@@ -296,7 +311,9 @@ async def test_replayed_registration_refused(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    await _refused(service.register(user_id=world.alice, name="again", credential_json=key.replay()))
+    await _refused(
+        service.register(bound_to=BROWSER, user_id=world.alice, name="again", credential_json=key.replay())
+    )
     assert len(await service.list(world.alice)) == 1
 
 
@@ -304,10 +321,12 @@ async def test_registration_challenge_is_bound_to_its_user(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     response = key.create(options)
-    await _refused(service.register(user_id=world.bob, name="stolen", credential_json=response))
+    await _refused(
+        service.register(bound_to=BROWSER, user_id=world.bob, name="stolen", credential_json=response)
+    )
     assert await service.list(world.bob) == []
 
 
@@ -315,10 +334,14 @@ async def test_registration_challenge_expires(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     world.clock.advance(CHALLENGE_TTL_S + 1)
-    await _refused(service.register(user_id=world.alice, name="late", credential_json=key.create(options)))
+    await _refused(
+        service.register(
+            bound_to=BROWSER, user_id=world.alice, name="late", credential_json=key.create(options)
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -337,10 +360,12 @@ async def test_registration_refused(
 ) -> None:
     service = world.service(**settings)
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     await _refused(
-        service.register(user_id=world.alice, name="k", credential_json=key.create(options, **knobs))
+        service.register(
+            bound_to=BROWSER, user_id=world.alice, name="k", credential_json=key.create(options, **knobs)
+        )
     )
     assert await service.list(world.alice) == []
     assert await world.events("factor.enrolled") == []
@@ -350,10 +375,13 @@ async def test_registration_without_uv_accepted_when_only_preferred(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     cred = await service.register(
-        user_id=world.alice, name="k", credential_json=key.create(options, user_verified=False)
+        bound_to=BROWSER,
+        user_id=world.alice,
+        name="k",
+        credential_json=key.create(options, user_verified=False),
     )
     assert cred.user_verified is False
 
@@ -367,7 +395,9 @@ async def test_registration_without_uv_accepted_when_only_preferred(
 async def test_malformed_registration_refused(
     world: World, service: WebAuthnService, credential_json: str
 ) -> None:
-    await _refused(service.register(user_id=world.alice, name="k", credential_json=credential_json))
+    await _refused(
+        service.register(bound_to=BROWSER, user_id=world.alice, name="k", credential_json=credential_json)
+    )
 
 
 # --- authentication as a second factor -------------------------------------------------------------
@@ -377,22 +407,24 @@ async def test_register_then_authenticate(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     cred = await _enroll(service, key, world.alice)
-    options = json.loads(await service.authentication_options(user_id=world.alice))
+    options = json.loads(await service.authentication_options(bound_to=BROWSER, user_id=world.alice))
     assert options["rpId"] == RP_ID
     assert options["userVerification"] == "preferred"
     assert options["allowCredentials"] == [
         {"id": b64url(cred.credential_id), "type": "public-key", "transports": ["usb"]}
     ]
     world.clock.advance(60)
-    assertion = await service.authenticate(credential_json=key.get(json.dumps(options)), user_id=world.alice)
+    assertion = await service.authenticate(
+        bound_to=BROWSER, credential_json=key.get(json.dumps(options)), user_id=world.alice
+    )
     assert assertion == WebAuthnAssertion(user_id=world.alice, credential_db_id=cred.id, user_verified=True)
     stored = await world.stored(cred.id)
     assert stored.sign_count == 1
     assert stored.last_used_at == world.clock.now()
 
     # And again: the counter moves on.
-    options_json = await service.authentication_options(user_id=world.alice)
-    await service.authenticate(credential_json=key.get(options_json), user_id=world.alice)
+    options_json = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await service.authenticate(bound_to=BROWSER, credential_json=key.get(options_json), user_id=world.alice)
     assert (await world.stored(cred.id)).sign_count == 2
 
 
@@ -400,9 +432,9 @@ async def test_second_factor_without_uv_reported_not_required(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     assertion = await service.authenticate(
-        credential_json=key.get(options, user_verified=False), user_id=world.alice
+        bound_to=BROWSER, credential_json=key.get(options, user_verified=False), user_id=world.alice
     )
     assert assertion.user_verified is False
 
@@ -410,16 +442,18 @@ async def test_second_factor_without_uv_reported_not_required(
 async def test_second_factor_without_uv_refused_when_required(world: World, key: SoftAuthenticator) -> None:
     service = world.service(user_verification="required")
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     assert json.loads(options)["userVerification"] == "required"
     await _refused(
-        service.authenticate(credential_json=key.get(options, user_verified=False), user_id=world.alice)
+        service.authenticate(
+            bound_to=BROWSER, credential_json=key.get(options, user_verified=False), user_id=world.alice
+        )
     )
 
 
 async def test_authentication_options_need_a_credential(world: World, service: WebAuthnService) -> None:
     # An empty allow list would let any passkey on the device answer.
-    await _refused(service.authentication_options(user_id=world.alice))
+    await _refused(service.authentication_options(bound_to=BROWSER, user_id=world.alice))
 
 
 @pytest.mark.parametrize(
@@ -436,8 +470,10 @@ async def test_authentication_refused_for_another_site(
 ) -> None:
     cred = await _enroll(service, key, world.alice, discoverable=passwordless)
     user_id = None if passwordless else world.alice
-    options = await service.authentication_options(user_id=user_id)
-    await _refused(service.authenticate(credential_json=key.get(options, **knobs), user_id=user_id))
+    options = await service.authentication_options(bound_to=BROWSER, user_id=user_id)
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(options, **knobs), user_id=user_id)
+    )
     stored = await world.stored(cred.id)
     assert (stored.sign_count, stored.last_used_at) == (0, None)
 
@@ -446,32 +482,38 @@ async def test_replayed_authentication_refused(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
-    await service.authenticate(credential_json=key.get(options), user_id=world.alice)
-    await _refused(service.authenticate(credential_json=key.replay(), user_id=world.alice))
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await service.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=world.alice)
+    await _refused(service.authenticate(bound_to=BROWSER, credential_json=key.replay(), user_id=world.alice))
 
 
 async def test_failed_attempt_burns_the_challenge(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     await _refused(
         service.authenticate(
-            credential_json=key.get(options, origin="https://evil.test"), user_id=world.alice
+            bound_to=BROWSER,
+            credential_json=key.get(options, origin="https://evil.test"),
+            user_id=world.alice,
         )
     )
     # A correct answer to the same challenge no longer counts: every attempt needs fresh options.
-    await _refused(service.authenticate(credential_json=key.get(options), user_id=world.alice))
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=world.alice)
+    )
 
 
 async def test_authentication_challenge_expires(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     world.clock.advance(CHALLENGE_TTL_S + 1)
-    await _refused(service.authenticate(credential_json=key.get(options), user_id=world.alice))
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=world.alice)
+    )
 
 
 async def test_credential_of_another_user_refused(
@@ -480,9 +522,9 @@ async def test_credential_of_another_user_refused(
     alices = await _enroll(service, key, world.alice)
     await _enroll(service, key, world.bob)
     # Bob is signed in; the answer comes from Alice's credential (held on the same authenticator).
-    options = await service.authentication_options(user_id=world.bob)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.bob)
     response = key.get(options, credential_id=alices.credential_id)
-    await _refused(service.authenticate(credential_json=response, user_id=world.bob))
+    await _refused(service.authenticate(bound_to=BROWSER, credential_json=response, user_id=world.bob))
     assert (await world.stored(alices.id)).last_used_at is None
 
 
@@ -490,17 +532,57 @@ async def test_challenge_of_one_user_cannot_finish_for_another(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
-    await _refused(service.authenticate(credential_json=key.get(options), user_id=world.bob))
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=world.bob)
+    )
+
+
+@pytest.mark.parametrize("user", ["alice", None])
+async def test_an_assertion_relayed_into_another_browser_finds_no_challenge(
+    world: World, service: WebAuthnService, key: SoftAuthenticator, user: str | None
+) -> None:
+    # The owner's browser asked; an attacker signed in with the same password (another CSRF cookie,
+    # another session family) presents the owner's assertion first. Then the owner still finishes.
+    await _enroll(service, key, world.alice, discoverable=True)
+    user_id = world.alice if user else None
+    options = await service.authentication_options(bound_to=BROWSER, user_id=user_id)
+    response = key.get(options)
+    for elsewhere in ("csrf-cookie-of-another-browser family-1", "csrf-cookie-of-one-browser family-2"):
+        await _refused(service.authenticate(bound_to=elsewhere, credential_json=response, user_id=user_id))
+    await _refused(service.authenticate(bound_to="", credential_json=response, user_id=user_id))
+    assertion = await service.authenticate(bound_to=BROWSER, credential_json=response, user_id=user_id)
+    assert assertion.user_id == world.alice
+
+
+async def test_a_registration_relayed_into_another_browser_stores_nothing(
+    world: World, service: WebAuthnService, key: SoftAuthenticator
+) -> None:
+    options = await service.registration_options(
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
+    )
+    response = key.create(options)
+    await _refused(
+        service.register(bound_to="another browser", user_id=world.alice, name="k", credential_json=response)
+    )
+    assert await service.list(world.alice) == []
+    await service.register(bound_to=BROWSER, user_id=world.alice, name="k", credential_json=response)
+    assert len(await service.list(world.alice)) == 1
+
+
+async def test_a_ceremony_without_a_browser_is_refused(world: World, service: WebAuthnService) -> None:
+    await _refused(service.authentication_options(bound_to="", user_id=None))
 
 
 async def test_unknown_credential_refused(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     cred = await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     assert await service.remove(world.alice, cred.id)
-    await _refused(service.authenticate(credential_json=key.get(options), user_id=world.alice))
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=world.alice)
+    )
 
 
 async def test_signature_by_another_key_refused(
@@ -511,13 +593,15 @@ async def test_signature_by_another_key_refused(
     impostor = SoftAuthenticator(origin=ORIGIN)
     impostor.create(
         await service.registration_options(
-            user_id=world.alice, username="a", display_name="", discoverable=False
+            bound_to=BROWSER, user_id=world.alice, username="a", display_name="", discoverable=False
         ),
         ignore_exclude=True,
         reuse_credential=cred.credential_id,
     )
-    options = await service.authentication_options(user_id=world.alice)
-    await _refused(service.authenticate(credential_json=impostor.get(options), user_id=world.alice))
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=impostor.get(options), user_id=world.alice)
+    )
     # No sign-count alarm: without a valid signature nobody can raise one.
     assert await world.events("webauthn.sign_count_regression") == []
 
@@ -526,12 +610,14 @@ async def test_tampered_authenticator_data_refused(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     response = json.loads(key.get(options, user_verified=False))
     auth_data = bytearray(b64url_decode(response["response"]["authenticatorData"]))
     auth_data[32] |= 0x04  # claim UV after the fact
     response["response"]["authenticatorData"] = b64url(bytes(auth_data))
-    await _refused(service.authenticate(credential_json=json.dumps(response), user_id=world.alice))
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=json.dumps(response), user_id=world.alice)
+    )
 
 
 @pytest.mark.parametrize(
@@ -542,7 +628,9 @@ async def test_tampered_authenticator_data_refused(
 async def test_malformed_authentication_refused(
     world: World, service: WebAuthnService, credential_json: str
 ) -> None:
-    await _refused(service.authenticate(credential_json=credential_json, user_id=world.alice))
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=credential_json, user_id=world.alice)
+    )
 
 
 # --- cloned authenticators: the signature counter ------------------------------------------------
@@ -559,19 +647,21 @@ async def test_sign_count_regression_refused_and_audited(
 ) -> None:
     cred = await _enroll(service, key, world.alice)
     if stored:
-        options = await service.authentication_options(user_id=world.alice)
-        await service.authenticate(credential_json=key.get(options, sign_count=stored), user_id=world.alice)
+        options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+        await service.authenticate(
+            bound_to=BROWSER, credential_json=key.get(options, sign_count=stored), user_id=world.alice
+        )
     last_used = (await world.stored(cred.id)).last_used_at
     world.clock.advance(10)
-    options = await service.authentication_options(user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
     response = key.get(options, sign_count=presented)
     if stored == presented == 0:
         # An authenticator without a counter always says 0: nothing to compare, accepted.
-        await service.authenticate(credential_json=response, user_id=world.alice)
+        await service.authenticate(bound_to=BROWSER, credential_json=response, user_id=world.alice)
         assert await world.events("webauthn.sign_count_regression") == []
         return
     with caplog.at_level(logging.WARNING, logger="gateway.factors.webauthn"):
-        await _refused(service.authenticate(credential_json=response, user_id=world.alice))
+        await _refused(service.authenticate(bound_to=BROWSER, credential_json=response, user_id=world.alice))
     assert "sign count regression" in caplog.text
     after = await world.stored(cred.id)
     assert (after.sign_count, after.last_used_at) == (stored, last_used)
@@ -589,8 +679,10 @@ async def test_counter_from_zero_to_positive_accepted(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     cred = await _enroll(service, key, world.alice)
-    options = await service.authentication_options(user_id=world.alice)
-    await service.authenticate(credential_json=key.get(options, sign_count=7), user_id=world.alice)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await service.authenticate(
+        bound_to=BROWSER, credential_json=key.get(options, sign_count=7), user_id=world.alice
+    )
     assert (await world.stored(cred.id)).sign_count == 7
 
 
@@ -602,13 +694,13 @@ async def test_passkey_passwordless_with_uv(
 ) -> None:
     await _enroll(service, SoftAuthenticator(origin=ORIGIN), world.alice, discoverable=True)
     passkey = await _enroll(service, key, world.bob, name="Laptop", discoverable=True)
-    options = json.loads(await service.authentication_options(user_id=None))
+    options = json.loads(await service.authentication_options(bound_to=BROWSER, user_id=None))
     # Nobody is named: the authenticator offers its discoverable credentials.
     assert options["allowCredentials"] == []
     assert options["userVerification"] == "required"
     response = key.get(json.dumps(options))
     assert json.loads(response)["response"]["userHandle"] == b64url(user_handle(world.bob))
-    assertion = await service.authenticate(credential_json=response, user_id=None)
+    assertion = await service.authenticate(bound_to=BROWSER, credential_json=response, user_id=None)
     assert assertion == WebAuthnAssertion(user_id=world.bob, credential_db_id=passkey.id, user_verified=True)
 
 
@@ -618,28 +710,34 @@ async def test_passwordless_without_uv_refused(
     # Even where the settings would let a second factor skip the PIN: alone, a passkey needs it.
     service = world.service(user_verification="discouraged")
     cred = await _enroll(service, key, world.alice, discoverable=True)
-    options = await service.authentication_options(user_id=None)
-    await _refused(service.authenticate(credential_json=key.get(options, user_verified=False), user_id=None))
+    options = await service.authentication_options(bound_to=BROWSER, user_id=None)
+    await _refused(
+        service.authenticate(
+            bound_to=BROWSER, credential_json=key.get(options, user_verified=False), user_id=None
+        )
+    )
     assert (await world.stored(cred.id)).last_used_at is None
 
 
 async def test_passwordless_disabled(world: World, key: SoftAuthenticator) -> None:
     service = world.service(passwordless=False)
     await _enroll(service, key, world.alice, discoverable=True)
-    await _refused(service.authentication_options(user_id=None))
+    await _refused(service.authentication_options(bound_to=BROWSER, user_id=None))
 
 
 async def test_passwordless_user_handle_must_match(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice, discoverable=True)
-    options = await service.authentication_options(user_id=None)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=None)
     response = key.get(options, user_handle=user_handle(world.bob))
-    await _refused(service.authenticate(credential_json=response, user_id=None))
+    await _refused(service.authenticate(bound_to=BROWSER, credential_json=response, user_id=None))
     # §7.2: with nobody named beforehand, the handle must be there (a discoverable credential has one).
-    options = await service.authentication_options(user_id=None)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=None)
     await _refused(
-        service.authenticate(credential_json=key.get(options, omit_user_handle=True), user_id=None)
+        service.authenticate(
+            bound_to=BROWSER, credential_json=key.get(options, omit_user_handle=True), user_id=None
+        )
     )
 
 
@@ -647,20 +745,24 @@ async def test_passwordless_challenge_cannot_finish_a_second_factor(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice, discoverable=True)
-    passwordless = await service.authentication_options(user_id=None)
-    await _refused(service.authenticate(credential_json=key.get(passwordless), user_id=world.alice))
-    second_factor = await service.authentication_options(user_id=world.alice)
-    await _refused(service.authenticate(credential_json=key.get(second_factor), user_id=None))
+    passwordless = await service.authentication_options(bound_to=BROWSER, user_id=None)
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(passwordless), user_id=world.alice)
+    )
+    second_factor = await service.authentication_options(bound_to=BROWSER, user_id=world.alice)
+    await _refused(
+        service.authenticate(bound_to=BROWSER, credential_json=key.get(second_factor), user_id=None)
+    )
 
 
 async def test_passwordless_turned_off_refuses_pending_ceremonies(
     world: World, service: WebAuthnService, key: SoftAuthenticator
 ) -> None:
     await _enroll(service, key, world.alice, discoverable=True)
-    options = await service.authentication_options(user_id=None)
+    options = await service.authentication_options(bound_to=BROWSER, user_id=None)
     # A config reload turned passwordless off while a sign-in was under way.
     reloaded = world.service(passwordless=False)
-    await _refused(reloaded.authenticate(credential_json=key.get(options), user_id=None))
+    await _refused(reloaded.authenticate(bound_to=BROWSER, credential_json=key.get(options), user_id=None))
 
 
 # --- managing credentials ------------------------------------------------------------------------
@@ -695,6 +797,6 @@ async def test_list_rename_remove(world: World, service: WebAuthnService, key: S
 
     # A removed credential no longer signs in, and is no longer excluded from registration.
     options = await service.registration_options(
-        user_id=world.alice, username="alice", display_name="", discoverable=False
+        bound_to=BROWSER, user_id=world.alice, username="alice", display_name="", discoverable=False
     )
     assert [d["id"] for d in json.loads(options)["excludeCredentials"]] == [b64url(first.credential_id)]
