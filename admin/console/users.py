@@ -67,6 +67,7 @@ from gateway.identity.accounts import (
 from gateway.identity.invitations import INVITE_PATH, Invitation, Invitations, IssuedInvitation
 from gateway.identity.models import User
 from gateway.identity.passwords import one_time_password
+from gateway.identity.reinvite import AccountInvite, invite_account, shut_by_privacy
 from gateway.identity.sessions import Session, browser_label
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.reasons import OPTIONAL_REASON_PATTERN, REASON_PATTERN
@@ -80,15 +81,6 @@ HISTORY_LIMIT: Final = 50
 _SESSION_HASH = re.compile(r"[0-9a-f]{64}")
 # Longer than any username or email alias (64 and 254): anything longer names nobody.
 _MAX_LOGIN = 320
-
-
-class InvitationRefused(GatewayError):
-    """The account cannot be given an invitation as it is (it has a password, or is disabled,
-    restricted or closed)."""
-
-    status = 409
-    reason = "invitation-refused"
-    title = "No invitation for this account"
 
 
 class UnknownSession(GatewayError):
@@ -159,6 +151,19 @@ class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: OptionalReason = ""
     end_sessions: Annotated[
         bool, msgspec.Meta(description="Also end the sessions signed in now (they sign in again).")
+    ] = False
+
+
+class ResetFactorsChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Reason
+    invite: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "Also withdraw the password and answer with a new invitation link, in that order: "
+                "whoever holds a phished password cannot sign in and enrol a factor of their own."
+            )
+        ),
     ] = False
 
 
@@ -392,21 +397,44 @@ def _invitation_view(invitation: Invitation | None) -> InvitationView | None:
     )
 
 
-async def _invite(services: Services, config: Config, user: User, actor: str) -> IssuedInvitation:
+async def _invite(
+    services: Services,
+    config: Config,
+    user: User,
+    actor: str,
+    *,
+    clear_password: bool = False,
+    reset: bool = False,
+) -> AccountInvite:
     """A new invitation link for ``user`` (replacing any earlier one), recorded without its token."""
-    issued = await _invitations(services).issue(
-        user_id=user.id, username=user.username, ttl=float(config.settings.admin.invitation_ttl)
-    )
-    await services.identity.audit.record(
-        "user.invitation.issued",
+    identity = services.identity
+    return await invite_account(
+        identity.accounts,
+        _invitations(services),
+        identity.audit,
+        user,
         actor=actor,
-        subject=user.username,
-        details={
-            "invitation": issued.invitation.fingerprint,
-            "expires_at": _utc(issued.invitation.expires_at).isoformat(),
-        },
+        ttl=float(config.settings.admin.invitation_ttl),
+        clear_password=clear_password,
+        reset_factors=reset,
     )
-    return issued
+
+
+def _invited(config: Config, username: str, action: str, invite: AccountInvite, done: str = "") -> Invited:
+    expires = _utc(invite.issued.invitation.expires_at)
+    ended = invite.sessions_ended
+    return Invited(
+        username=username,
+        action=action,
+        sessions_ended=ended,
+        message=(
+            f"{done}A new invitation link for {username}, valid until "
+            f"{expires.strftime('%Y-%m-%d %H:%M UTC')}; earlier links no longer work."
+            f"{_ended(ended) if invite.password_cleared else ''}"
+        ),
+        invitation_url=_invitation_url(config, invite.issued.token),
+        invitation_expires_at=expires,
+    )
 
 
 def _invitation_url(config: Config, token: str) -> str:
@@ -493,15 +521,6 @@ def _would_be_admin(
 async def _is_admin(services: Services, live_policy: Policy, config: Config, user: User) -> bool:
     groups = _groups(await services.identity.sessions.list_user(user.id))
     return _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
-
-
-def _shut_by_privacy(user: User) -> str | None:
-    """Why a person's own privacy request keeps the account from signing in, if one does."""
-    if user.closed_at is not None:
-        return "the account is closed at the person's request (see the Privacy page)"
-    if user.restricted:
-        return "processing is restricted at the person's request (lift it on the Privacy page)"
-    return None
 
 
 def _second_admin_required(config: Config) -> bool:
@@ -693,7 +712,7 @@ async def create_user(
         if invited:
             # If this fails (the fast state is down) the account stays, without a password: POST
             # .../invite sends it a link once the store answers again.
-            issued = await _invite(services, config, user, admin.actor)
+            issued = (await _invite(services, config, user, admin.actor)).issued
             details["invitation"] = issued.invitation.fingerprint
     except GatewayError as err:
         await audit(
@@ -740,43 +759,15 @@ async def invite_user(
     noted: dict[str, object] = {"clear_password": data.clear_password}
 
     async def work(user: User, actor: str) -> Invited:
-        if user.disabled:
-            raise InvitationRefused(f"{user.username} is disabled: enable the account first.")
-        shut = _shut_by_privacy(user)
-        if shut is not None:
-            # Before any password is withdrawn: the link would answer 410 anyway (an attack run had
-            # clear_password take a closed account's password for a link that could not be used).
-            raise InvitationRefused(f"{user.username} cannot sign in: {shut}.")
-        ended: int | None = None
-        cleared = False
         # Whoever holds the link sets the password: for an admin's account, one admin would hold a
         # second admin's sign-in (an account without a password signs in through a provider or a
         # passkey, or has an invitation pending).
         await refuse_admin_takeover(services, live_policy, config, user, "send an invitation for the account")
-        if user.password_hash is not None:
-            if not data.clear_password:
-                raise InvitationRefused(
-                    f"{user.username} has a password. To replace it with an invitation, send "
-                    "clear_password: true with a reason (it ends their sessions)."
-                )
-            if not data.reason.strip():
-                raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
-            ended = await services.identity.accounts.clear_password(user.id, actor=actor)
-            cleared = True
-        issued = await _invite(services, config, user, actor)
-        noted["invitation"] = issued.invitation.fingerprint
-        expires = _utc(issued.invitation.expires_at)
-        return Invited(
-            username=user.username,
-            action="invite",
-            sessions_ended=ended,
-            message=(
-                f"A new invitation link for {user.username}, valid until "
-                f"{expires.strftime('%Y-%m-%d %H:%M UTC')}; earlier links no longer work.{_ended(ended) if cleared else ''}"
-            ),
-            invitation_url=_invitation_url(config, issued.token),
-            invitation_expires_at=expires,
-        )
+        if user.password_hash is not None and data.clear_password and not data.reason.strip():
+            raise BadRequest("Clearing a password needs a reason: it is kept in the audit trail.")
+        invite = await _invite(services, config, user, actor, clear_password=data.clear_password)
+        noted["invitation"] = invite.issued.invitation.fingerprint
+        return _invited(config, user.username, "invite", invite)
 
     result: Invited = await _act(
         request,
@@ -834,7 +825,7 @@ async def enable_user(
 
     async def work(user: User, actor: str) -> ActionResult:
         await services.identity.accounts.enable(user.id, actor=actor)
-        shut = _shut_by_privacy(user)
+        shut = shut_by_privacy(user)
         # Enabling lifts the disable alone: a restricted or closed account still cannot sign in, and
         # the answer must not say it can (an attack run was told "may sign in again" for both).
         message = (
@@ -889,28 +880,42 @@ async def reset_factors(
     live_policy: Policy,
     config: Config,
     username: Username,
-    data: JSONBody[DestructiveChange],
-) -> ActionResult:
+    data: JSONBody[ResetFactorsChange],
+) -> ActionResult | Invited:
     """Remove every authenticator app, passkey, security key and recovery code, and end the sessions; the
-    user enrols again at the next sign-in. Destructive: needs a reason and a recent second factor. With
-    ``admin.approvals: 2``, refused for an admin's account (403 ``second-admin-required``)."""
+    user enrols again at the next sign-in. With ``invite``, the password is withdrawn first and the answer
+    carries a new invitation link (409 ``invitation-refused`` for a disabled, restricted or closed
+    account, before anything changes): for a lost device when the password may be known to someone
+    else. Destructive: needs a reason and a recent second factor. With ``admin.approvals: 2``, refused
+    for an admin's account (403 ``second-admin-required``)."""
+    noted: dict[str, object] = {"invite": data.invite}
 
-    async def work(user: User, actor: str) -> ActionResult:
+    async def work(user: User, actor: str) -> ActionResult | Invited:
         await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
+        if data.invite:
+            invite = await _invite(services, config, user, actor, reset=True)
+            noted["invitation"] = invite.issued.invitation.fingerprint
+            return _invited(
+                config, user.username, "reset-factors", invite, _removed(invite.factors_removed) + " "
+            )
         removed = await services.identity.accounts.reset_mfa(user.id, actor=actor)
         ended = removed.get("sessions")
         return ActionResult(
             username=user.username,
             action="reset-factors",
             sessions_ended=ended,
-            message=(
-                f"Removed {removed['totp']} authenticator app(s), {removed['webauthn']} passkey(s) or "
-                f"security key(s) and {removed['recovery_codes']} recovery code(s).{_ended(ended)}"
-            ),
+            message=f"{_removed(removed)}{_ended(ended)}",
         )
 
     return await _act(
-        request, services, config, username, "reset_factors", data.reason, work, destructive=True
+        request, services, config, username, "reset_factors", data.reason, work, destructive=True, noted=noted
+    )
+
+
+def _removed(removed: dict[str, int]) -> str:
+    return (
+        f"Removed {removed['totp']} authenticator app(s), {removed['webauthn']} passkey(s) or "
+        f"security key(s) and {removed['recovery_codes']} recovery code(s)."
     )
 
 

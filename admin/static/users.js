@@ -3,6 +3,8 @@
 //   created  the answer to POST /api/users: the one-time password or the invitation link, shown once,
 //            with a copy button and a link to the new account's page.
 //   invited  the answer to POST /api/users/{username}/invite: the new invitation link, shown once.
+//   reset    the answer to POST /api/users/{username}/reset-factors: what was removed, and with
+//            "invite" the new invitation link, shown once.
 "use strict";
 
 (function () {
@@ -42,6 +44,18 @@
       next.append(accountLink(data.username));
       card.append(next);
     }
+    box.append(card);
+    if (form) form.reset();
+  };
+
+  renderers.reset = (data, box, form) => {
+    if (data.invitation_url) {
+      renderers.invited(data, box, form);
+      return;
+    }
+    const card = el("div", undefined, "alert ok");
+    card.append(el("p", data.message));
+    card.append(el("p", "Reload the page to see the account's history.", "muted"));
     box.append(card);
     if (form) form.reset();
   };

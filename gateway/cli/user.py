@@ -6,7 +6,8 @@
     gateway user show USERNAME [--json]
     gateway user disable|enable USERNAME
     gateway user set-password USERNAME [--password-stdin] [--must-change-password] [--end-sessions]
-    gateway user reset-mfa USERNAME
+    gateway user reset-mfa USERNAME [--invite]
+    gateway user invite USERNAME [--clear-password]
     gateway user delete USERNAME [--yes]
 
 Every action takes ``--config FILE``. USERNAME may be any spelling of the username or the email alias.
@@ -20,6 +21,12 @@ running gateways use (Redis, or the node's shared file in ``data_dir``), so ``di
 ``reset-mfa`` end the user's sessions on every worker and replica within a second (revocation
 broadcast). Only a gateway on ``state.embedded: memory`` keeps its sessions out of reach; the command
 then says so.
+
+``invite`` prints a new invitation link (``<public_url>/.gateway/invite/<token>``, shown once; an
+earlier link stops working) where the person chooses their password; an account with a password
+needs ``--clear-password``, which withdraws it and ends its sessions. ``reset-mfa --invite`` is the
+lost-device recovery that a phished password cannot finish: the password is withdrawn first, then the
+factors, then the link is printed (the rules are :mod:`gateway.identity.reinvite`'s, as in the console).
 
 New passwords follow the policy of :mod:`gateway.identity.password_policy` (minimum length, not a
 common or breached password or a trivial variant of one, not built from the username, email or display
@@ -39,7 +46,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from gateway.cli.accounts import account_services
@@ -57,11 +64,13 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
+    from gateway.audit.trail import AuditLog
     from gateway.identity.accounts import AccountFactors, AccountService, FactorInfo, UserSummary
     from gateway.identity.models import User
     from gateway.identity.passwords import PasswordHasher
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
+    from gateway.store.fast import FastState
 
 # Everything heavy (SQLAlchemy, argon2, the settings loader) is imported when an action runs, not
 # when the parser is built: `gateway --help` and the other commands must not pay for it.
@@ -89,14 +98,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
         WeakPassword,
         WrongPassword,
     )
+    from gateway.identity.reinvite import InvitationRefused
 
-    return (AccountExists, InvalidAccount, UnknownAccount, WeakPassword, WrongPassword)
+    return (AccountExists, InvalidAccount, UnknownAccount, WeakPassword, WrongPassword, InvitationRefused)
 
 
 @dataclass(slots=True)
 class _Context:
     accounts: AccountService
     db: Database
+    fast: FastState
+    audit: AuditLog
     hasher: PasswordHasher
     settings: Settings
     actor: str
@@ -108,7 +120,15 @@ class _Context:
 async def _with_context(settings: Settings, action: Callable[[_Context], Awaitable[int]]) -> int:
     async with account_services(settings) as svc:
         return await action(
-            _Context(accounts=svc.accounts, db=svc.db, hasher=svc.hasher, settings=settings, actor=operator())
+            _Context(
+                accounts=svc.accounts,
+                db=svc.db,
+                fast=svc.fast,
+                audit=svc.audit,
+                hasher=svc.hasher,
+                settings=settings,
+                actor=operator(),
+            )
         )
 
 
@@ -396,6 +416,8 @@ async def _set_password(args: argparse.Namespace, ctx: _Context) -> int:
 
 async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
     user = await _user(ctx, args.username)
+    if args.invite:
+        return await _invite_user(ctx, user, clear_password=True, reset_factors=True)
     removed = await ctx.accounts.reset_mfa(user.id, actor=ctx.actor)
     print(
         f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
@@ -403,6 +425,58 @@ async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
         + _sessions_ended(removed.get("sessions"))
     )
     if "sessions" not in removed:
+        print(_sessions_note(ctx), file=sys.stderr)
+    return EXIT_OK
+
+
+async def _invite(args: argparse.Namespace, ctx: _Context) -> int:
+    user = await _user(ctx, args.username)
+    return await _invite_user(ctx, user, clear_password=args.clear_password, reset_factors=False)
+
+
+async def _invite_user(ctx: _Context, user: User, *, clear_password: bool, reset_factors: bool) -> int:
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.identity.invitations import INVITE_PATH, Invitations
+    from gateway.identity.reinvite import invite_account
+    from gateway.store.fast import shares_state
+
+    if not shares_state(ctx.settings):
+        # Checked before anything changes: a link kept in this command's own memory would not open.
+        raise UserError(
+            "state.embedded is memory: the running gateway keeps invitation links inside its own process, "
+            "out of reach of this command. Send the link from the admin console (Users, the account, "
+            "Send a new invitation link)."
+        )
+    invite = await invite_account(
+        ctx.accounts,
+        Invitations(ctx.fast, SYSTEM_CLOCK),
+        ctx.audit,
+        user,
+        actor=ctx.actor,
+        ttl=float(ctx.settings.admin.invitation_ttl),
+        clear_password=clear_password,
+        reset_factors=reset_factors,
+    )
+    removed = invite.factors_removed
+    done: list[str] = []
+    if reset_factors:
+        done.append(
+            f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
+            f"and {removed['recovery_codes']} recovery code(s)"
+        )
+    if invite.password_cleared:
+        done.append("withdrew the password" + _sessions_ended(invite.sessions_ended))
+    expires = datetime.fromtimestamp(invite.issued.invitation.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if done:
+        print(f"{user.username}: " + "; ".join(done), file=sys.stderr)
+    print(
+        f"invitation for {user.username}, valid until {expires} (earlier links no longer work); "
+        "give it to them over a channel you trust, it is shown only now:",
+        file=sys.stderr,
+    )
+    # The link alone on standard output, for a script to take.
+    print(f"{ctx.settings.public_url.rstrip('/')}{INVITE_PATH}{invite.issued.token}")
+    if invite.password_cleared and invite.sessions_ended is None:
         print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
 
@@ -562,9 +636,32 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         _reset_mfa,
         summary="remove all second factors of an account",
         description="Remove every authenticator app, passkey, security key and recovery code of an "
-        "account and end its sessions (the user signs in again and enrols at the next sign-in).",
+        "account and end its sessions (the user signs in again and enrols at the next sign-in). For a lost "
+        "device when the password may be known to someone else, add --invite: whoever holds the password "
+        "could otherwise sign in and enrol a factor of their own first.",
     )
     _username_arg(p)
+    p.add_argument(
+        "--invite",
+        action="store_true",
+        help="also withdraw the password (first) and print a new invitation link where they choose one",
+    )
+
+    p = _action(
+        actions,
+        "invite",
+        _invite,
+        summary="print a new invitation link for an account",
+        description="Print a link (valid for admin.invitation_ttl, shown once; an earlier link stops "
+        "working) where the person chooses their password. Refused for a disabled, restricted or closed "
+        "account, and for one with a password unless --clear-password.",
+    )
+    _username_arg(p)
+    p.add_argument(
+        "--clear-password",
+        action="store_true",
+        help="withdraw the account's password first (ends its sessions)",
+    )
 
     p = _action(
         actions,

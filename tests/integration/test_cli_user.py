@@ -26,7 +26,7 @@ from tests.integration.harness import ROOT
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "an entirely different passphrase"
-ACTIONS = ["add", "list", "show", "disable", "enable", "set-password", "reset-mfa", "delete"]
+ACTIONS = ["add", "list", "show", "disable", "enable", "set-password", "reset-mfa", "invite", "delete"]
 
 
 @dataclass
@@ -96,6 +96,16 @@ def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: C
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "password set for alice"
     assert "state.embedded is memory" in proc.stderr
+    # An invitation link kept in this command's memory would never open: refused before any change.
+    _give_factors(cli.db_path, cli.user_row("alice")["id"])  # type: ignore[index]
+    for action in (["invite", "--clear-password"], ["reset-mfa", "--invite"]):
+        proc = cli.run(*action, "alice")
+        assert proc.returncode == 2, proc.stderr
+        assert "state.embedded is memory" in proc.stderr
+        assert "admin console" in proc.stderr
+        assert proc.stdout == ""
+    assert cli.user_row("alice")["password_hash"] is not None  # type: ignore[index]
+    assert "3 of 3 left" in cli.ok("show", "alice")
     for action in (["disable"], ["reset-mfa"], ["delete", "--yes"]):
         proc = cli.run(*action, "alice")
         assert proc.returncode == 0, proc.stderr

@@ -211,6 +211,78 @@ def test_replacing_a_password_with_an_invitation_is_explicit_and_destructive(
     xena.close()
 
 
+def test_a_reset_with_an_invitation_leaves_a_phished_password_nothing_to_enrol(
+    site: Site, boss: httpx.Client
+) -> None:
+    """The attack: the person lost their phone, and whoever phished their password waits. A reset of
+    the factors alone let the password sign in and enrol the attacker's own authenticator first;
+    with ``invite`` the password goes first, then the factors, and only the link's holder gets in."""
+    add_user(site.gw.config_path, "zed", PASSWORD)
+    zed = signs_in(site, "zed", PASSWORD)
+    enroll_totp(zed)
+    reset = api(
+        site, boss, "POST", "/api/users/zed/reset-factors", json={"reason": "lost phone", "invite": True}
+    )
+    assert reset.status_code == 200, reset.text
+    body = reset.json()
+    assert body["action"] == "reset-factors"
+    assert "Removed 1 authenticator app(s)" in body["message"]
+    assert "A new invitation link for zed" in body["message"]
+    assert body["sessions_ended"] == 1
+    assert needs_sign_in(zed)
+    state = detail(site, boss, "zed")
+    assert (state["password"], state["totp"], state["factors"]) == ("none", 0, [])
+    with browser(site.gw) as attacker:
+        assert login(attacker, "zed", PASSWORD).status_code == 401
+        assert attacker.get("/.gateway/account/enroll").status_code in (302, 303)
+    path = invite_path(body["invitation_url"])
+    assert accept(zed, path, GOOD).status_code == 303
+    assert login(zed, "zed", GOOD).status_code in (302, 303)
+    (issued,) = [r for r in site.audit("user.invitation.issued") if r["subject"] == "zed"]
+    assert json.loads(issued["details"])["factors_reset"] is True
+    (done,) = [r for r in site.audit("admin.user.reset_factors") if r["subject"] == "zed"]
+    noted = json.loads(done["details"])
+    assert (noted["invite"], noted["invitation"]) == (True, json.loads(issued["details"])["invitation"])
+    no_secret_recorded(site, path.rsplit("/", 1)[1])
+    zed.close()
+
+
+def test_a_reset_with_an_invitation_of_a_disabled_account_changes_nothing(
+    site: Site, boss: httpx.Client
+) -> None:
+    add_user(site.gw.config_path, "yves", PASSWORD)
+    yves = signs_in(site, "yves", PASSWORD)
+    enroll_totp(yves)
+    yves.close()
+    assert api(site, boss, "POST", "/api/users/yves/disable", json={"reason": "r"}).status_code == 200
+    refused = api(site, boss, "POST", "/api/users/yves/reset-factors", json={"reason": "r", "invite": True})
+    assert_error(refused, 409, "invitation-refused")
+    state = detail(site, boss, "yves")
+    assert (state["password"], state["totp"]) == ("set", 1)
+
+
+def test_the_cli_resets_with_an_invitation_and_prints_the_link(site: Site, boss: httpx.Client) -> None:
+    add_user(site.gw.config_path, "wyn", PASSWORD)
+    config = str(site.gw.config_path)
+    refused = run_cli("user", "invite", "wyn", "--config", config)
+    assert refused.returncode == 2, refused.stderr
+    assert "has a password" in refused.stderr
+    assert detail(site, boss, "wyn")["password"] == "set"
+    proc = run_cli("user", "reset-mfa", "wyn", "--invite", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    assert "withdrew the password" in proc.stderr
+    path = invite_path(proc.stdout.strip())
+    again = run_cli("user", "invite", "wyn", "--config", config)
+    assert again.returncode == 0, again.stderr
+    with browser(site.gw) as wyn:
+        assert login(wyn, "wyn", PASSWORD).status_code == 401
+        assert_invalid(opens(wyn, path))  # the newer link replaced it
+        newer = invite_path(again.stdout.strip())
+        assert accept(wyn, newer, GOOD).status_code == 303
+        assert login(wyn, "wyn", GOOD).status_code in (302, 303)
+    no_secret_recorded(site, newer.rsplit("/", 1)[1])
+
+
 def test_a_disabled_account_gets_no_invitation_and_its_link_dies(site: Site, boss: httpx.Client) -> None:
     url = create(site, boss, "yuri", mode="invitation")["invitation_url"]
     assert api(site, boss, "POST", "/api/users/yuri/disable", json={"reason": "r"}).status_code == 200
