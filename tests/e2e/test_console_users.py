@@ -80,7 +80,20 @@ def test_create_sign_in_revoke_reset_disable(
     page.fill("#reset-reason", "lost phone")
     page.once("dialog", lambda dialog: dialog.accept())
     reset.locator("button").click()
+    expect(page.locator("#reset-result")).to_contain_text("Removed 0 authenticator app(s)")
+    expect(page.locator("#reset-result #invitation-link")).to_have_count(0)
+    # Again, withdrawing the password: the invitation link is shown once, on the page.
+    page.fill("#reset-reason", "phone stolen, password may be known")
+    reset.locator("input[name=invite]").check()
+    page.once("dialog", lambda dialog: dialog.accept())
+    reset.locator("button").click()
+    link = page.locator("#reset-result #invitation-link")
+    expect(link).to_be_visible()
+    assert "/.gateway/invite/" in link.inner_text()
+    shot(page, "console-user-reset-invite")
+    page.reload()
     expect(page.locator("table.history")).to_contain_text("admin.user.reset_factors")
+    expect(page.locator(".badges")).to_contain_text("invited")
 
     # Disable, then enable.
     page.fill("#disable-reason", "left the team")
