@@ -507,11 +507,15 @@ class TravelRule(ThreatRule, frozen=True):
 
 
 class NetworkRule(ThreatRule, frozen=True):
-    """A rule that counts native IPv6 clients by a network wider than one subscriber's /64."""
+    """A rule that counts clients by a network wider than one subscriber: native IPv6 ones by a network
+    wider than a /64, IPv4 ones by a network wider than one address."""
 
     # The network's prefix length (32-63): a site or a home line holds a /48 or /56 (RFC 6177), so a
     # sprayer with one rotates through 256 or 65,536 /64s, each below the per-address rule.
     prefix: int = 48
+    # The IPv4 network's prefix length (16-31), or null for IPv6 only: a sprayer renting a /24 of a
+    # hosting provider rotates through 256 addresses, each below the per-address rule.
+    prefix_v4: int | None = 24
 
 
 class ThreatSettings(_Config, frozen=True):
@@ -522,8 +526,9 @@ class ThreatSettings(_Config, frozen=True):
     brute_force: ThreatRule = ThreatRule(count=10, window=Duration(300))
     # Failed sign-ins from one address over this many *different* accounts (spraying, stuffing).
     spraying: ThreatRule = ThreatRule(count=10, window=Duration(600), responses=("alert", "block_ip"))
-    # The same over every /64 of one IPv6 network (spraying_network.prefix, a /48 by default): a sprayer
-    # rotating through the /64s of its /56 or /48. An alert by default, with a count four times the
+    # The same over every /64 of one IPv6 network (spraying_network.prefix, a /48 by default), and every
+    # address of one IPv4 network (prefix_v4, a /24): a sprayer rotating through the /64s of its /56 or
+    # /48, or the addresses of its /24. An alert by default, with a count four times the
     # address rule's: one site's network holds many honest people, so blocking it is a choice
     # (responses: [alert, block_ip]).
     spraying_network: NetworkRule = NetworkRule(count=40, window=Duration(600), responses=("alert",))

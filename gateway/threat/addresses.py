@@ -55,13 +55,19 @@ def counted_as(ip: str) -> str:
     return str(address)
 
 
-def network_of(ip: str, prefix: int) -> str | None:
-    """The IPv6 network of length ``prefix`` a native IPv6 address is in, in CIDR form; None for IPv4,
-    an IPv6 address that stands for an IPv4 client, or anything unreadable (no network to widen to)."""
+def network_of(ip: str, prefix: int, prefix_v4: int | None = None) -> str | None:
+    """The network a client is counted in by a wider rule, in CIDR form: a native IPv6 address's of
+    length ``prefix``; an IPv4 client's (also one an IPv6 address stands for: mapped, NAT64) of length
+    ``prefix_v4``. None for an IPv4 client without ``prefix_v4``, or anything unreadable."""
     try:
-        address = ipaddress.ip_address(ip)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip)
     except ValueError:
         return None
-    if not isinstance(address, ipaddress.IPv6Address) or ipv4_behind(address) is not None:
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = ipv4_behind(address)
+        if inner is None:
+            return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+        address = inner
+    if prefix_v4 is None:
         return None
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    return str(ipaddress.ip_network(f"{address}/{prefix_v4}", strict=False))

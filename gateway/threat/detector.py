@@ -224,7 +224,7 @@ class ThreatDetector:
             # Distinct accounts per address (an IPv6 one by its /64: threat.addresses).
             await self._spraying("spraying", settings.spraying, "sp", counted_as(ip), subject, ip)
         wide = settings.spraying_network
-        network = network_of(ip, wide.prefix) if wide.enabled and ip else None
+        network = network_of(ip, wide.prefix, wide.prefix_v4) if wide.enabled and ip else None
         if network is not None:
             await self._spraying("spraying_network", wide, "spn", network, subject, ip)
         rule = settings.mfa_failures

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,24 @@ class Site:
     feed: Path
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("threats")
+THREAT: dict[str, Any] = {
+    "spraying": {"count": 4, "window": "10m", "responses": ["alert", "block_ip"]},
+    # IPv6 networks here; the IPv4 one has its own pair of gateways (test_a_spray_from_the_addresses_...).
+    "spraying_network": {
+        "count": 4,
+        "window": "10m",
+        "prefix": 48,
+        "prefix_v4": None,
+        "responses": ["alert", "block_ip"],
+    },
+    "session_hijack": {"responses": ["alert", "revoke_session"]},
+    "block_list_poll": "200ms",
+}
+
+
+@contextmanager
+def replicas(tmp: Path, threat: dict[str, Any]) -> Iterator[Site]:
+    """Two gateways sharing Redis (a namespace of their own) and the database."""
     data_dir = tmp / "shared-data"
     feed = tmp / "feed.txt"
     feed.write_text("# threat-intel feed, empty at start\n")
@@ -58,18 +74,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "session": {"insecure_cookies": True},
             "state": {"redis_url": REDIS_URL, "namespace": f"threat{port_a}:"},
             "trusted_proxies": ["127.0.0.1/32"],
-            "threat": {
-                "spraying": {"count": 4, "window": "10m", "responses": ["alert", "block_ip"]},
-                "spraying_network": {
-                    "count": 4,
-                    "window": "10m",
-                    "prefix": 48,
-                    "responses": ["alert", "block_ip"],
-                },
-                "session_hijack": {"responses": ["alert", "revoke_session"]},
-                "block_lists": [str(feed)],
-                "block_list_poll": "200ms",
-            },
+            "threat": {**threat, "block_lists": [str(feed)]},
         }
         # Incidents and blocks live in Redis, which outlives test runs: a namespace left by an earlier
         # run on the same port would show its incidents here.
@@ -78,6 +83,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         config_b = gateway_config(tmp / "b", port_b, routes, **common)
         with run_gateway(tmp / "a", config_a) as gw_a, run_gateway(tmp / "b", config_b) as gw_b:
             yield Site(gw_a, gw_b, feed)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with replicas(tmp_path_factory.mktemp("threats"), THREAT) as pair:
+        yield pair
 
 
 def _forget_namespace(namespace: str) -> None:
@@ -155,6 +166,39 @@ def test_a_spray_from_the_64s_of_one_ipv6_network_blocks_the_network_on_the_othe
     assert "2001:db8:5a::/48" in [b["cidr"] for b in listing["blocks"]]
     assert "lifted" in incident_cli(site, "lift", incident["id"])
     wait_until(lambda: not blocked(site.b, fresh), what="the /48 unblocked on replica B")
+
+
+def test_a_spray_from_the_addresses_of_one_ipv4_network_blocks_the_24_on_the_other_replica(
+    tmp_path: Path,
+) -> None:
+    """The IPv4 form: one account per address of a rented /24, over both replicas, so that no address
+    and no replica ever sees a second account."""
+    threat = {
+        **THREAT,
+        "spraying": {"count": 10, "window": "10m", "responses": ["alert", "block_ip"]},
+        "spraying_network": {
+            "count": 4,
+            "window": "10m",
+            "prefix_v4": 24,
+            "responses": ["alert", "block_ip"],
+        },
+    }
+    with replicas(tmp_path, threat) as pair:
+        fresh = "198.18.7.200"  # an address of the same /24 the sprayer never used
+        assert not blocked(pair.b, fresh)
+        for n, name in enumerate(("v4n1", "v4n2", "v4n3", "v4n4")):
+            gw = (pair.a, pair.b)[n % 2]
+            with client(gw, f"198.18.7.{n + 1}") as attacker:
+                assert login(attacker, name, "Winter2026!").status_code in (200, 401)
+        wait_until(lambda: blocked(pair.b, fresh), what="the sprayer's /24 blocked on replica B")
+        assert blocked(pair.a, fresh)
+        assert not blocked(pair.a, "198.18.8.1")  # the next /24
+        listing = json.loads(incident_cli(pair, "list", "--json"))
+        assert not [i for i in listing["incidents"] if i["rule"] == "spraying"], listing
+        [incident] = [i for i in listing["incidents"] if i["rule"] == "spraying_network"]
+        assert [b["cidr"] for b in listing["blocks"]] == ["198.18.7.0/24"]
+        assert "lifted" in incident_cli(pair, "lift", incident["id"])
+        wait_until(lambda: not blocked(pair.b, fresh), what="the /24 unblocked on replica B")
 
 
 def test_a_block_list_file_is_reloaded_when_it_changes(site: Site) -> None:

@@ -55,6 +55,13 @@ def check_threat(settings: Settings, report: Report) -> None:
             f"is {threat.spraying_network.prefix}, not an IPv6 prefix length from 32 to 63",
             "48 (a site) or 56 (a home line); a /64 is the spraying rule's own",
         )
+    prefix_v4 = threat.spraying_network.prefix_v4
+    if prefix_v4 is not None and not 16 <= prefix_v4 <= 31:
+        report.bad(
+            ("threat", "spraying_network", "prefix_v4"),
+            f"is {prefix_v4}, not an IPv4 prefix length from 16 to 31",
+            "24 (a hosting provider's block), or null to count IPv6 networks only",
+        )
     for index, prefix in enumerate(threat.nat64_prefixes):
         try:
             network = ipaddress.IPv6Network(prefix)

@@ -87,9 +87,42 @@ async def test_spraying_from_the_64s_of_one_network_blocks_the_network(world: Wo
     assert incident.evidence["network"] == "2001:db8:7::/48"
 
 
-async def test_spraying_network_counts_native_ipv6_only(world: World) -> None:
-    # IPv4 clients, and IPv6 addresses standing for IPv4 ones (mapped, NAT64), have no wider network
-    # than the one address the spraying rule already counts: six of them are six sources, not one.
+async def test_spraying_from_the_addresses_of_one_ipv4_network_blocks_the_24(world: World) -> None:
+    """The IPv4 form of the same attack: a sprayer renting a /24 gives each of its 256 addresses
+    fewer accounts than the address rule counts. The network rule counts them over the /24."""
+    names = ("alice", "bob", "carol", "dave", "erin", "frank")
+    for n, name in enumerate(names[:-1]):
+        await world.fail("signin.password", name, ip=f"198.51.100.{n + 1}")
+    assert await incidents(world, "spraying_network") == []
+    await world.fail("signin.password", names[-1], ip="198.51.100.200")
+    assert await incidents(world, "spraying") == []  # one account per address: the address rule saw nothing
+    assert await incidents(world, "spraying_network") == ["198.51.100.200"]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "198.51.100.77" in world.blocks  # an address of the same /24 it had not used yet
+    assert "198.51.101.1" not in world.blocks  # the next /24 is someone else
+    [incident] = await world.responder.incidents.latest()
+    assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", "198.51.100.0/24")]
+
+
+async def test_an_ipv4_client_counts_in_its_24_however_it_arrives(world: World) -> None:
+    # Plain, IPv4-mapped and through NAT64: one /24 of IPv4 clients, counted together.
+    for n, name in enumerate(("alice", "bob")):
+        await world.fail("signin.password", name, ip=f"192.0.2.{n + 1}")
+    for n, name in enumerate(("carol", "dave")):
+        await world.fail("signin.password", name, ip=f"::ffff:192.0.2.{n + 11}")
+    for n, name in enumerate(("erin", "frank")):
+        await world.fail("signin.password", name, ip=f"64:ff9b::c000:2{n + 21:02x}")
+    [incident] = [i for i in await world.responder.incidents.latest() if i.rule == "spraying_network"]
+    assert incident.evidence["network"] == "192.0.2.0/24"
+
+
+async def test_without_prefix_v4_the_network_rule_counts_native_ipv6_only(world: World) -> None:
+    # prefix_v4: null: IPv4 clients, and IPv6 addresses standing for IPv4 ones (mapped, NAT64), are
+    # counted by the address rule alone: six of them are six sources, not one.
+    wide = world.settings[0].spraying_network
+    world.settings[0] = msgspec.structs.replace(
+        world.settings[0], spraying_network=msgspec.structs.replace(wide, prefix_v4=None)
+    )
     for n, name in enumerate(("alice", "bob", "carol", "dave", "erin", "frank")):
         await world.fail("signin.password", name, ip=f"198.51.100.{n + 1}")
         await world.fail("signin.password", name, ip=f"::ffff:192.0.2.{n + 1}")

@@ -19,7 +19,7 @@ def test_defaults() -> None:
     assert threat.spraying.responses == ("alert", "block_ip")
     # The network-wide rule alerts and never blocks unless asked: a site's /48 holds many people.
     wide = threat.spraying_network
-    assert (wide.count, wide.prefix, wide.responses) == (40, 48, ("alert",))
+    assert (wide.count, wide.prefix, wide.prefix_v4, wide.responses) == (40, 48, 24, ("alert",))
     assert threat.geoip_database is None
 
 
@@ -51,6 +51,8 @@ def test_rules_paths_and_durations(tmp_path: Path) -> None:
         ("threat: {nat64_prefixes: ['192.0.2.0/24']}", "threat.nat64_prefixes[0]"),
         ("threat: {spraying_network: {prefix: 64}}", "threat.spraying_network.prefix: is 64"),
         ("threat: {spraying_network: {prefix: 16}}", "threat.spraying_network.prefix: is 16"),
+        ("threat: {spraying_network: {prefix_v4: 32}}", "threat.spraying_network.prefix_v4: is 32"),
+        ("threat: {spraying_network: {prefix_v4: 8}}", "threat.spraying_network.prefix_v4: is 8"),
         ("threat: {spraying_network: {count: 0}}", "threat.spraying_network.count"),
     ],
 )
@@ -58,3 +60,8 @@ def test_errors_name_the_key(tmp_path: Path, block: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(BASE + block + "\n", base_dir=tmp_path)
     assert message in str(info.value)
+
+
+def test_the_network_rule_may_count_ipv6_networks_only() -> None:
+    wide = parse_settings(BASE + "threat: {spraying_network: {prefix_v4: null}}\n").threat.spraying_network
+    assert (wide.prefix, wide.prefix_v4) == (48, None)
