@@ -22,9 +22,10 @@ from the text is refused, never "repaired":
    slashes → refused. No userinfo (``good@evil``); the host is the auth host or a route host (exact, or
    one label under a ``*.`` wildcard), on the default port or the auth host's port.
 4. **Decoding.** The path-and-query must stay on its origin however often a target decodes it: every
-   percent-decoding (up to three levels) must also pass the control-character, backslash and ``//``
-   checks (``/%2F%2Fevil.test``, ``/%09/evil.test`` as a link that an application decodes again),
-   and have no ``.``/``..`` segment (the parser removes them: ``/a/..//evil.test``).
+   percent-decoding (three levels; one that still decodes after them is refused) must also pass the
+   control-character, backslash and ``//`` checks (``/%2F%2Fevil.test``, ``/%09/evil.test`` as a link
+   that an application decodes again), and have no ``.``/``..`` segment (the parser removes them:
+   ``/a/..//evil.test``).
 
 The browser tests (``tests/e2e/test_redirect_corpus.py``) render the pages with the whole rd corpus
 in Chromium and read the resolved ``href`` and every redirect's final URL, so this reading is checked
@@ -100,15 +101,22 @@ def _readable(rd: str | None) -> str | None:
 
 
 def _decoded_forms(text: str) -> list[str] | None:
-    """The string and its successive percent-decodings; None if one is not valid UTF-8."""
+    """The string and its successive percent-decodings; None if one is not valid UTF-8, or if it still
+    decodes to something else after ``_DECODE_LEVELS`` (no honest link is encoded four times over, and
+    a target that decodes once more would see a form nobody checked)."""
     forms = [text]
-    for _ in range(_DECODE_LEVELS):
+    for _ in range(_DECODE_LEVELS + 1):
         if "%" not in text:
-            break
+            return forms
         try:
-            text = unquote(text, errors="strict")
+            decoded = unquote(text, errors="strict")
         except UnicodeDecodeError:
             return None
+        if decoded == text:
+            return forms
+        if len(forms) > _DECODE_LEVELS:
+            return None
+        text = decoded
         forms.append(text)
     return forms
 

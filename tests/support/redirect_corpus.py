@@ -75,6 +75,11 @@ CASES: list[tuple[str, str | None, str]] = [
     ("encoded-backslash-later", "/a/%5C/evil.com", NO),
     ("double-encoded-slash", "/%252F%252Fevil.com", NO),
     ("triple-encoded-slash", "/%25252F%25252Fevil.com", NO),
+    # Past the levels checked one by one: refused as a whole (a target could decode it a fourth time).
+    ("quadruple-encoded-slash", "/%2525252F%2525252Fevil.com", NO),
+    ("quadruple-encoded-backslash", "/%2525255Cevil.com", NO),
+    ("encoded-percent-value", "/search?q=100%25", OK),
+    ("double-encoded-percent-value", "/search?q=100%2525", OK),
     ("encoded-crlf-header-injection", "/x%0D%0ASet-Cookie:%20a=b", NO),
     ("encoded-lf", "/x%0aLocation:%20https://evil.com", NO),
     ("encoded-nul", "/x%00", NO),

@@ -7,7 +7,7 @@ import os
 
 from gateway.settings.checks.values import require_positive, url_problem
 from gateway.settings.report import KeyPath, Report
-from gateway.settings.schema import Settings, ThreatRule
+from gateway.settings.schema import NetworkRule, Settings, ThreatRule
 
 __all__ = ["check_threat"]
 
@@ -49,19 +49,7 @@ def check_threat(settings: Settings, report: Report) -> None:
         problem = url_problem(threat.webhook_url, allow_path=True)
         if problem:
             report.bad(("threat", "webhook_url"), problem, "expected an absolute http(s) URL")
-    if not 32 <= threat.spraying_network.prefix <= 63:
-        report.bad(
-            ("threat", "spraying_network", "prefix"),
-            f"is {threat.spraying_network.prefix}, not an IPv6 prefix length from 32 to 63",
-            "48 (a site) or 56 (a home line); a /64 is the spraying rule's own",
-        )
-    prefix_v4 = threat.spraying_network.prefix_v4
-    if prefix_v4 is not None and not 16 <= prefix_v4 <= 31:
-        report.bad(
-            ("threat", "spraying_network", "prefix_v4"),
-            f"is {prefix_v4}, not an IPv4 prefix length from 16 to 31",
-            "24 (a hosting provider's block), or null to count IPv6 networks only",
-        )
+    _check_network_rule(threat.spraying_network, report)
     for index, prefix in enumerate(threat.nat64_prefixes):
         try:
             network = ipaddress.IPv6Network(prefix)
@@ -83,4 +71,20 @@ def check_threat(settings: Settings, report: Report) -> None:
         report.add(
             ("threat", "geoip_database"),
             f"file not found: {threat.geoip_database}; relative paths start at the config's directory",
+        )
+
+
+def _check_network_rule(rule: NetworkRule, report: Report) -> None:
+    """Each prefix is wider than what the per-address rule counts (a /64, one IPv4 address)."""
+    if not 32 <= rule.prefix <= 63:
+        report.bad(
+            ("threat", "spraying_network", "prefix"),
+            f"is {rule.prefix}, not an IPv6 prefix length from 32 to 63",
+            "48 (a site) or 56 (a home line); a /64 is the spraying rule's own",
+        )
+    if rule.prefix_v4 is not None and not 16 <= rule.prefix_v4 <= 31:
+        report.bad(
+            ("threat", "spraying_network", "prefix_v4"),
+            f"is {rule.prefix_v4}, not an IPv4 prefix length from 16 to 31",
+            "24 (a hosting provider's block), or null to count IPv6 networks only",
         )
