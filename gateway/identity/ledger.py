@@ -34,7 +34,11 @@ It is kept twice:
 - a file per node (``backup.ledger``, default ``<data_dir>/account-ledger.jsonl``, mode 0600, one
   JSON line per change, appended and synced), outside the database, so a restore leaves it alone. Each
   gateway copies the table's rows it lacks into its own file every ``SYNC_INTERVAL``, so a change made
-  on another replica or by the CLI on another host reaches every node's file.
+  on another replica or by the CLI on another host reaches every node's file. Readers keep only each
+  account's latest state, so once the file holds ``COMPACT_AT`` lines and at least half of them are
+  superseded (or unreadable), the sync rewrites it with the lines a reader still uses, in their order,
+  under an exclusive lock, and renames it into place (:meth:`AccountLedger.compact`). Appends take the
+  same lock and write to the file the path names then, so no line lands in a file being replaced.
 
 An account is named by a key, never by its name: ``<kid>:<hex HMAC-SHA256>`` of the username and the
 account's creation time (and the kind, but for ``account``) under a key derived from the keyring; a
@@ -61,13 +65,15 @@ copy's; lines written before lineages existed carry none and are read by every n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,6 +91,7 @@ from gateway.store.models import KvSetting
 from gateway.store.private import private_dirs
 
 __all__ = [
+    "COMPACT_AT",
     "KIND",
     "SYNC_INTERVAL",
     "AccountLedger",
@@ -151,6 +158,9 @@ KIND: Final[Mapping[str, Kind]] = {
 }
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0
+# Lines from which a file is worth compacting: about 2.2 MB, read and checked in about 0.12 s (100,000
+# lines: 22 MB, 1.2 s, compacted in 1.1 s to one line per account; measured on the 2-core CI machine).
+COMPACT_AT: Final = 10_000
 # A copy's own lineage, once ``gateway backup restore`` made one (see the module docstring).
 _LINEAGE_KEY: Final = "account_ledger.lineage"
 # The lineage of a database no restore has branched: the deployment itself.
@@ -257,6 +267,10 @@ class AccountLedger:
         self._lineage: Lineage | None = None
         # Derived keys by keyring key id (a file of many lines costs one derivation per key, not per line).
         self._derived: dict[tuple[bytes, str], bytes] = {}
+        # Lines in the file as last parsed, and the count from which compacting is tried again (twice
+        # what the last compaction kept: a file of live lines is not rewritten every minute).
+        self._lines = 0
+        self._compact_above = COMPACT_AT
 
     # -- naming accounts --------------------------------------------------------------------------------
 
@@ -473,8 +487,10 @@ class AccountLedger:
         if self._parsed is not None and self._parsed[0] == mark:
             return dict(self._parsed[1])
         # Off the event loop: a long file costs a MAC per line.
-        entries = await asyncio.to_thread(lambda: merge(self.verified(read_lines(self.path), lineage)))
+        lines = await asyncio.to_thread(read_lines, self.path)
+        entries = await asyncio.to_thread(lambda: merge(self.verified(lines, lineage)))
         self._parsed = (mark, entries)
+        self._lines = len(lines)
         return dict(entries)
 
     async def sync(self) -> list[Entry]:
@@ -484,7 +500,61 @@ class AccountLedger:
         making-again failed is found again by the next sync)."""
         table, file = await self.table(), await self.file()
         await self.append(newer(table, file))
+        if self._lines >= self._compact_above:
+            await self.compact()
         return newer(file, table)
+
+    async def compact(self) -> tuple[int, int] | None:
+        """Rewrite this node's file with only the lines a reader still uses: per lineage and account
+        (or thing), the line :func:`merge` picks, in file order; superseded lines, lines that are no
+        entry and lines whose MAC does not check under this keyring (every reader ignores them) go.
+
+        Returns:
+            (lines before, lines after), or None when there is no file or less than half would go.
+        """
+        async with self._lock:
+            try:
+                done = await asyncio.to_thread(self._compact_file)
+            except OSError as exc:
+                logger.error("account ledger: cannot compact %s (%s); it stays as it is", self.path, exc)
+                return None
+        if done is not None:
+            before, after = done
+            self._compact_above = max(COMPACT_AT, 2 * after)
+            logger.info("account ledger: compacted %s from %d to %d lines", self.path, before, after)
+        return done
+
+    def _compact_file(self) -> tuple[int, int] | None:
+        with _locked(self.path) as fd:
+            if fd is None:
+                return None
+            with os.fdopen(os.dup(fd), "rb") as src:
+                lines = src.read().splitlines()
+            kept = self._still_read(lines)
+            if 2 * len(kept) > len(lines):
+                self._compact_above = max(COMPACT_AT, 2 * len(lines))
+                return None
+            data = b"".join(lines[number] + b"\n" for number in kept)
+            _replace(self.path, data)
+        return len(lines), len(kept)
+
+    def _still_read(self, lines: Sequence[bytes]) -> list[int]:
+        """The numbers of the lines a reader of any lineage still uses (see :meth:`compact`)."""
+        kids = set(self._keyring.key_ids)
+        best: dict[tuple[str, str], tuple[int, Entry]] = {}
+        for number, line in enumerate(lines):
+            parsed = _parse(line)
+            if parsed is None:
+                continue
+            entry, kid, mac = parsed
+            if not (kid in kids and hmac.compare_digest(mac, self._mac(entry, kid))):
+                continue
+            # merge() keeps the first entry no later one outranks: the first of the best, per group.
+            group = (entry.lineage, entry.account)
+            known = best.get(group)
+            if known is None or entry.outranks(known[1]):
+                best[group] = (number, entry)
+        return sorted(number for number, _ in best.values())
 
     async def settle(self, entry: Entry) -> None:
         """Put ``entry`` into the table (its change is made, or has nothing left to make)."""
@@ -528,12 +598,66 @@ def _entry(row: AccountLedgerRow) -> Entry:
 
 def _append(path: Path, data: bytes) -> None:
     private_dirs(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A compaction renamed a new file into place while this waited for the lock: write there.
+            if not _names(path, fd):
+                continue
+            os.write(fd, data)
+            os.fsync(fd)
+            return
+        finally:
+            os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the open file ``fd``."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[int | None]:
+    """The file ``path`` names, open and exclusively locked (appends wait); None if there is none."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(path, fd):
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` in one step: a new private file, synced, renamed over the old one."""
+    fresh = path.with_name(f"{path.name}.compact-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        fresh.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(fresh, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 Line = tuple[Entry, str, str]

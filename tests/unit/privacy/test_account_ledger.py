@@ -14,6 +14,7 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from gateway.errors import GatewayError
 from gateway.factors.recovery import RecoveryCodes
 from gateway.factors.totp import TotpService
 from gateway.factors.webauthn import WebAuthnService
+from gateway.identity import ledger as ledger_module
 from gateway.identity.accounts import AccountService, SignInFailed
 from gateway.identity.ledger import AccountLedger, Entry, Lineage, merge, read_lines
 from gateway.identity.models import (
@@ -715,3 +717,98 @@ async def test_lines_written_for_another_copy_of_the_deployment_are_not_read(
     assert "written for another copy of this deployment" in caplog.text
     # The copy reads the deployment's history, and its own.
     assert [e.state for e in copy.verified(read_lines(a.ledger.path), copy._lineage)] == ["disabled"]
+
+
+# -- compaction --------------------------------------------------------------------------------------
+
+
+def _read(ledger: AccountLedger, lineage: Lineage) -> dict[str, Entry]:
+    return merge(ledger.verified(read_lines(ledger.path), lineage))
+
+
+async def test_a_compacted_file_reads_as_before_for_every_lineage(nodes: tuple[Node, Node]) -> None:
+    """Every account's latest state stays, for this deployment and for a copy restored from it; what
+    no reader uses goes (superseded lines, a torn line, a line whose MAC does not check)."""
+    a, _ = nodes
+    people = [await a.add(f"c{n}") for n in range(4)]
+    for _ in range(30):
+        for person in people:
+            a.clock.advance(1)
+            await a.accounts.disable(person.id, actor="admin:root")
+            a.clock.advance(1)
+            await a.accounts.enable(person.id, actor="admin:root")
+    await a.accounts.disable(people[0].id, actor="admin:root")
+    await a.accounts.delete(people[1].id, actor="admin:root")
+    origin = await a.ledger.lineage()
+    copy = Lineage("c-copy", (origin.id,))
+    (mine,) = [e for e in _read(a.ledger, origin).values() if e.user_id == people[2].id]
+    with a.ledger.path.open("ab") as out:
+        # The copy's own later disable of one of them (valid under the keyring, read by the copy only).
+        out.write(
+            a.ledger.line(replace(mine, state="disabled", at=mine.at.replace(year=2027), lineage="c-copy"))
+        )
+        out.write(b'{"account": "k1:00", "user_id": 1, "sta\n')
+        forged = json.loads(a.ledger.line(mine))
+        out.write(json.dumps({**forged, "state": "erased", "mac": "0" * 64}).encode() + b"\n")
+    before = {lineage: _read(a.ledger, lineage) for lineage in (origin, copy)}
+    lines_before = len(a.ledger.path.read_bytes().splitlines())
+
+    done = await a.ledger.compact()
+
+    assert done is not None
+    assert done[0] == lines_before
+    assert {lineage: _read(a.ledger, lineage) for lineage in (origin, copy)} == before
+    assert len(a.ledger.path.read_bytes().splitlines()) == done[1] < lines_before / 10
+    assert before[copy] != before[origin]  # the copy's line is kept, and still read by the copy only
+    assert stat.S_IMODE(os.stat(a.ledger.path).st_mode) == 0o600
+    assert [p.name for p in a.ledger.path.parent.iterdir() if ".compact-" in p.name] == []
+    # Compacted again: nothing left to drop.
+    assert await a.ledger.compact() is None
+
+
+async def test_the_sync_compacts_a_long_file_and_a_restore_still_gets_its_changes(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, _ = nodes
+    ivan = await a.add("ivan")
+    backup = await _row(a.db, ivan.id)
+    for _ in range(40):
+        a.clock.advance(1)
+        await a.accounts.disable(ivan.id, actor="admin:root")
+        a.clock.advance(1)
+        await a.accounts.enable(ivan.id, actor="admin:root")
+    await a.accounts.disable(ivan.id, actor="admin:root")
+    a.ledger._compact_above = 50  # COMPACT_AT lines, scaled down
+    await a.ledger.sync()
+    assert len(a.ledger.path.read_bytes().splitlines()) == 1
+    await _restore(a.db, backup)
+    assert (await a.replay()).disabled == 1
+    assert not await a.signs_in("ivan")
+
+
+def test_appends_racing_a_compaction_are_all_kept(nodes: tuple[Node, Node]) -> None:
+    """A process appending while another compacts: the appender waits for the lock, then writes to
+    the file the path names (the new one), never to the one renamed away."""
+    a, _ = nodes
+    lineage = Lineage("root")
+    a.ledger._lineage = lineage
+    base = datetime(2026, 12, 1, tzinfo=UTC)
+    old = [
+        Entry(f"k:{n % 5}", 0, "token-revoked", base.replace(second=n % 60), ref=str(n)) for n in range(300)
+    ]
+    ledger_module._append(a.ledger.path, b"".join(a.ledger.line(replace(e, lineage="root")) for e in old))
+    fresh = [Entry(f"k:new{n}", 0, "token-revoked", base, ref="x", lineage="root") for n in range(200)]
+
+    def appender() -> None:
+        for entry in fresh:
+            ledger_module._append(a.ledger.path, a.ledger.line(entry))
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        writing = pool.submit(appender)
+        compactions = [pool.submit(a.ledger._compact_file) for _ in range(20)]
+        writing.result()
+        for done in compactions:
+            done.result()
+    read = _read(a.ledger, lineage)
+    assert {e.account for e in fresh} <= set(read)
+    assert len([k for k in read if not k.startswith("k:new")]) == 5
