@@ -86,6 +86,7 @@ from gateway.store.ids import parse_id
 from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocked, IpBlocks
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
+from gateway.web.requests import GatewayRequest
 
 __all__ = ["create_admin_app", "dependencies"]
 
@@ -858,6 +859,7 @@ def create_admin_app(services: Services) -> Litestar:
     """
     guard = AdminGuard(services.identity, services.policy, services.live, services.fast)
     return Litestar(
+        request_class=GatewayRequest,
         route_handlers=[*HANDLERS, *LOCKDOWN, *MACHINE, *console.HANDLERS, console.static_router()],
         template_config=console.template_config(),
         dependencies=dict(dependencies(services)),

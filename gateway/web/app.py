@@ -50,6 +50,7 @@ from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import error_response, wants_html
 from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
+from gateway.web.requests import GatewayRequest
 
 __all__ = ["create_control_app", "dependencies"]
 
@@ -174,6 +175,7 @@ def create_control_app(services: WorkerServices) -> Litestar:
     """Build the Litestar app for ``/.gateway/`` on one worker's started services."""
     insecure = services.live.current.settings.session.insecure_cookies
     return Litestar(
+        request_class=GatewayRequest,
         route_handlers=[
             *_OWN,
             *pages.HANDLERS,

@@ -457,6 +457,36 @@ def test_a_body_nested_too_deeply_is_400_and_the_gateway_answers_on(site: Site, 
 
 
 @pytest.mark.peer
+def test_invalid_utf8_inside_a_json_string_is_400_recorded_and_changes_nothing(
+    site: Site, boss: httpx.Client
+) -> None:
+    """msgspec's UnicodeDecodeError for a bad byte inside a string fell through to a 500 with a
+    traceback, on every JSON endpoint, the passkey sign-in (no session needed) included."""
+    before = current(site, boss)
+    refused_before = len(site.audit("admin.refused"))
+    for path, body in (
+        ("/api/policy/draft/validate", b'{"policy": "\xff"}'),
+        ("/api/users", b'{"username": "\xc3\x28", "reason": "r"}'),
+    ):
+        resp = api(site, boss, "POST", path, content=body, headers={"Content-Type": "application/json"})
+        assert "not valid UTF-8" in assert_error(resp, 400, "bad-request")["message"]
+    assert current(site, boss) == before
+    wait_until(lambda: len(site.audit("admin.refused")) >= refused_before + 2, what="admin.refused records")
+    with browser(site.gw) as client:
+        portal = client.post(
+            "/.gateway/api/login/passkey/verify",
+            content=b'{"credential": {"id": "\xff"}}',
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "x-csrftoken": csrf(client),
+            },
+        )
+    assert portal.status_code == 400, portal.text
+    assert "Traceback" not in site.gw.log()
+
+
+@pytest.mark.peer
 def test_a_body_that_is_not_json_is_refused(site: Site, boss: httpx.Client) -> None:
     before = current(site, boss)
     resp = api(
