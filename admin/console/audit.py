@@ -396,11 +396,15 @@ async def export(
     (note it where you hand the bundle over). Recorded as ``admin.audit.export``.
     """
     admin = admin_of(request)
-    since, until = _time(data.since, "since"), _time(data.until, "until")
     base = {"reason": data.reason, "since": data.since, "until": data.until}
-    if since is None or until is None or since >= until:
+    try:
+        since, until = _time(data.since, "since"), _time(data.until, "until")
+        if since is None or until is None or since >= until:
+            raise BadRequest("'since' must be before 'until'; nothing was exported.")
+    except BadRequest:
+        # Recorded as every refused export is (a time that did not parse left no record).
         await _record(identity, request, "export", admin.actor, "failure", {**base, "error": "bad-request"})
-        raise BadRequest("'since' must be before 'until'; nothing was exported.")
+        raise
     settings = services.live.current.settings
     try:
         checkpoints = await asyncio.to_thread(_local_checkpoints, settings)

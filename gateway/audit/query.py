@@ -32,11 +32,13 @@ def parse_time(text: str) -> datetime:
     """
     try:
         parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
+        # In UTC now: the store compares UTC times, and an offset can carry a time at either end of
+        # the calendar out of it (0001-01-01T00:00+23:59 made the query fail with a 500).
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError(
             f"{text!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T08:00:00Z)"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,15 +36,23 @@ def parse_at(text: str) -> datetime:
     """``--at``: an ISO 8601 date or date and time; without a zone it is UTC.
 
     Raises:
-        UserError: Not an ISO 8601 date.
+        UserError: Not an ISO 8601 date, or outside the years a plan looks at (1970 to 8999).
     """
     try:
-        at = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
+        at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise UserError(
             f"--at {text[:40]!r} is not an ISO 8601 date (like 2027-06-01 or 2027-06-01T12:00)"
         ) from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:
+        raise UserError(f"--at {text[:40]!r} is outside the calendar once in UTC") from None
+    from gateway.privacy.retention import plan_moment_problem
+
+    problem = plan_moment_problem(at)
+    if problem is not None:
+        raise UserError(f"--at {text[:40]!r}: {problem}")
+    return at
 
 
 def _held(held: dict[str, int]) -> str:

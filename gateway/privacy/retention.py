@@ -35,7 +35,7 @@ from gateway.audit.chain_key import ChainKeys
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.privacy.models import RetentionRun
 from gateway.privacy.retention_rules import (
     ACTOR,
@@ -56,7 +56,30 @@ from gateway.store.claims import insert_once
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import IncidentStore
 
-__all__ = ["ACTOR", "VERBS", "ClassPlan", "ClassRun", "Plan", "Retention", "RunReport", "period_of"]
+__all__ = [
+    "ACTOR",
+    "VERBS",
+    "ClassPlan",
+    "ClassRun",
+    "Plan",
+    "Retention",
+    "RunReport",
+    "period_of",
+    "plan_moment_problem",
+]
+
+# The years a plan may look at: a moment whose retention periods reach out of the calendar (year 1
+# minus ten years) made the plan fail with a 500; no data is older than 1970 or kept past 9000.
+_PLAN_YEARS: Final = (1970, 9000)
+
+
+def plan_moment_problem(at: datetime) -> str | None:
+    """Why ``at`` cannot be a plan's moment, or None."""
+    low, high = _PLAN_YEARS
+    if low <= at.year < high:
+        return None
+    return f"a plan looks at a moment from {low} to {high - 1}, not {at.year}"
+
 
 logger = logging.getLogger("gateway.privacy")
 
@@ -248,7 +271,13 @@ class Retention:
         """What a run at ``now`` would remove per class, what holds keep, and what falls due next.
 
         A class whose store cannot answer is listed with its error instead of failing the plan.
+
+        Raises:
+            BadRequest: ``now`` is outside the years a plan looks at (:func:`plan_moment_problem`).
         """
+        problem = plan_moment_problem(now)
+        if problem is not None:
+            raise BadRequest(f"Cannot plan: {problem}.")
         holds = await ActiveHolds.load(self._privacy.holds)
         classes = []
         for rule in self._rules:

@@ -146,7 +146,16 @@ def test_the_trail_is_filtered_and_paged_by_chain_position(site: Site, boss: htt
 
 @pytest.mark.parametrize(
     "params",
-    [{"since": "yesterday"}, {"until": "2026-13-45"}, {"limit": 0}, {"limit": 1000}, {"before": "x"}],
+    [
+        {"since": "yesterday"},
+        {"until": "2026-13-45"},
+        {"limit": 0},
+        {"limit": 1000},
+        {"before": "x"},
+        # Offsets that carry the time out of the calendar once in UTC (a 500 before: a fuzzing run).
+        {"since": "0001-01-01T00:00:00+23:59"},
+        {"until": "9999-12-31T23:59:59-23:59"},
+    ],
 )
 def test_bad_filters_are_400(site: Site, boss: httpx.Client, params: dict[str, Any]) -> None:
     assert_error(api(site, boss, "GET", "/api/audit/events", params=params), 400, "bad-request")
@@ -196,8 +205,12 @@ def test_an_exported_bundle_verifies_offline(site: Site, boss: httpx.Client, tmp
     assert audited(site, "admin.audit.export")[-1]["outcome"] == "failure"
     no_reason = {"since": since, "until": until}
     assert_error(api(site, boss, "POST", "/api/audit/export", json=no_reason), 400, "bad-request")
-    bad_time = {"since": "soon", "until": until, "reason": "r"}
-    assert_error(api(site, boss, "POST", "/api/audit/export", json=bad_time), 400, "bad-request")
+    for bad in ("soon", "0001-01-01T00:00:00+01:00"):
+        refused = len([r for r in audited(site, "admin.audit.export") if r["outcome"] == "failure"])
+        bad_time = {"since": bad, "until": until, "reason": "r"}
+        assert_error(api(site, boss, "POST", "/api/audit/export", json=bad_time), 400, "bad-request")
+        failures = [r for r in audited(site, "admin.audit.export") if r["outcome"] == "failure"]
+        assert len(failures) == refused + 1  # recorded, as every refused export
 
 
 # -- keys -------------------------------------------------------------------------------------------

@@ -774,6 +774,10 @@ def test_the_retention_plan_says_when_a_closed_account_goes(site: Site, boss: ht
     assert_error(
         api(site, boss, "GET", "/api/privacy/retention/plan", params={"at": "next week"}), 400, "bad-request"
     )
+    # A moment whose retention periods reach out of the calendar was a 500 (a fuzzing run).
+    for edge in ("0001-01-01", "0001-01-01T00:00:00+23:59", "9999-12-31"):
+        refused = api(site, boss, "GET", "/api/privacy/retention/plan", params={"at": edge})
+        assert_error(refused, 400, "bad-request")
 
 
 def test_the_api_is_documented(site: Site, boss: httpx.Client) -> None:

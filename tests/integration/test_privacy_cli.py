@@ -282,6 +282,11 @@ def test_verify_reject_and_what_is_refused(cli: Cli) -> None:
     cli.ok("privacy", "hold", "place", "H", "--reason", "r", "--class", "incidents")
     assert cli.run("privacy", "hold", "place", "H", "--reason", "r", "--class", "incidents").returncode == 2
     assert cli.run("retention", "plan", "--at", "next tuesday").returncode == 2
+    # Moments whose retention periods reach out of the calendar (a traceback before): exit 2, one line.
+    for edge in ("0001-01-01", "0001-01-01T00:00:00+23:59", "9999-12-31"):
+        refused = cli.run("retention", "plan", "--at", edge)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr
     plan = json.loads(cli.ok("retention", "plan", "--json"))
     assert [c["data_class"] for c in plan["classes"]] == [
         "registration",

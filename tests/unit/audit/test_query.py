@@ -70,6 +70,9 @@ async def test_a_prefix_is_literal(trail: Database) -> None:
 def test_times_are_utc_unless_they_say_otherwise() -> None:
     assert parse_time("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
     assert parse_time("2026-03-01T08:30") == datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
-    assert parse_time("2026-03-01T08:30:00+02:00").utcoffset() == timedelta(hours=2)
+    assert parse_time("2026-03-01T08:30:00+02:00") == datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
+    for edge in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"):
+        with pytest.raises(ValueError, match="is not an ISO 8601 time"):
+            parse_time(edge)
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_time("yesterday")
