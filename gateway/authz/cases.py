@@ -201,6 +201,15 @@ def _yaml_cases(text: str, source: str) -> list[Case]:
 
 def _csv_cases(text: str, source: str) -> list[Case]:
     reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+    try:
+        return _read_csv_cases(reader, source)
+    except csv.Error as exc:
+        # A field over the csv module's limit (131,072 characters), a NUL, a quote left open: the text
+        # is not CSV we can read (a 500 before: a fuzzing run).
+        raise CasesInvalid(f"{source}:{reader.line_num + 1}: not readable as CSV ({exc})") from None
+
+
+def _read_csv_cases(reader: csv.DictReader[str], source: str) -> list[Case]:
     header = [name.strip() for name in reader.fieldnames or []]
     if missing := [key for key in _REQUIRED_KEYS if key not in header]:
         raise CasesInvalid(f"{source}:1: the header row lacks column(s) {', '.join(missing)}")

@@ -94,6 +94,13 @@ def test_csv_cases_and_a_refused_path() -> None:
         ),
         ("principals,route\n", "csv", "cases:1: the header row lacks column(s) method, path, expect"),
         ("[]", "yaml", "cases: no test cases"),
+        # Past the csv module's field limit, in a row or in the header (a 500 before: a fuzzing run).
+        (
+            "principals,route,method,path,expect\n" + "x" * 131_073 + ",app,GET,/,allow\n",
+            "csv",
+            "cases:2: not readable as CSV (field larger than field limit",
+        ),
+        ("x" * 131_073 + ",route\n", "csv", "cases:1: not readable as CSV"),
     ],
 )
 def test_invalid_cases_name_what_to_fix(text: str, fmt: str, message: str) -> None:
