@@ -289,8 +289,12 @@ def _check_roles(roles: Sequence[str]) -> str:
     for role in roles:
         name = role.strip()
         # Stored space-separated: a role with a space or comma would silently become two roles.
-        if not name or any(c.isspace() or c == "," or unicodedata.category(c) == "Cc" for c in name):
-            raise InvalidAccount(f"Invalid role name {role!r}: no spaces, commas or control characters.")
+        # Format characters too (a zero-width space, a right-to-left override): "admin\u200b" reads as
+        # "admin" wherever it is shown, and is another role (a fuzzing run stored it).
+        if not name or any(c.isspace() or c == "," or unicodedata.category(c) in ("Cc", "Cf") for c in name):
+            raise InvalidAccount(
+                f"Invalid role name {role!r}: no spaces, commas, control or invisible characters."
+            )
         if _speaks_for_another(name):
             # A role is added to the person's principals as it is: "client:deployer" or "user:boss" would
             # give them a machine client's or another person's grants (an attack run did both).

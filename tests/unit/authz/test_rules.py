@@ -78,6 +78,11 @@ def test_empty_text_is_an_empty_policy() -> None:
         ("g, a, ", "field 'role' is empty"),
         ("p, a, b, /c), GET, allow", "unbalanced ')'"),
         ("p, a, b, /c(, GET, allow", "unclosed"),
+        # Look-alikes: each reads as the plain name wherever it is shown (a fuzzing run stored them).
+        ("g, user:eve, admin\u200b", "field 'role' holds an invisible or control character (U+200B)"),
+        ("g, user:eve\u202e, admin", "field 'member' holds an invisible or control character (U+202E)"),
+        ("p, a\x00, b, /c, GET, allow", "(U+0000)"),
+        ("p, a, b, /c\u2060, GET, allow", "(U+2060)"),
     ],
 )
 def test_errors_name_the_line(line: str, message: str) -> None:
