@@ -35,7 +35,7 @@ from gateway.audit.checkpoint import latest_checkpoint, load_checkpoints, local_
 from gateway.audit.query import AuditFilter, find_records, parse_time
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.errors import BadRequest, GatewayError
-from gateway.reasons import REASON_PATTERN
+from gateway.reasons import OPTIONAL_REASON_PATTERN, REASON_PATTERN
 from gateway.settings.schema import Settings
 from gateway.web.deps import Identity
 
@@ -108,7 +108,7 @@ class AuditEvents(msgspec.Struct, kw_only=True):
 
 
 class VerifyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=2000, pattern=OPTIONAL_REASON_PATTERN)] = ""
 
 
 class CheckpointView(msgspec.Struct, kw_only=True):

@@ -15,7 +15,8 @@ sending the notification, a reason (kept in the ``admin.incident_case.*`` record
 every affected person, restoring a policy version (refused like ``/api/policy/restore`` when
 ``admin.approvals`` is 2), lifting the blocks and locks of the incident's detections (as
 ``/api/incidents/{id}/lift``), and sending the notification (a preview needs none). An admin cannot
-disable their own account here (the console would shut them out): another admin or the CLI can.
+disable their own account or reset their own second factors here (the console would shut them out):
+another admin or the CLI can.
 
 The pages render :func:`case_list` and :func:`case_detail`, the functions ``GET /api/incident-cases``
 and ``GET /api/incident-cases/{id}`` answer with; their forms are sent by ``console.js`` to the calls
@@ -61,6 +62,12 @@ __all__ = ["HANDLERS", "CaseDetail", "CaseList", "CaseRecord", "case_detail", "c
 logger = logging.getLogger("gateway.admin")
 _T = TypeVar("_T")
 _TAGS: Final = ["incident cases"]
+# The account actions an admin may not apply to their own account from the console, and what each does
+# to them: another admin, or the CLI on the server, can.
+_SHUTS_YOU_OUT: Final[dict[str, str]] = {
+    AccountAction.DISABLE: "disabling your account",
+    AccountAction.RESET_MFA: "removing your second factors",
+}
 
 
 CaseId = Annotated[
@@ -538,10 +545,11 @@ async def account_action(
                 continue
             if data.action == AccountAction.RESET_MFA:
                 await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
-            if data.action == AccountAction.DISABLE and user.id == admin.session.user_id:
+            if data.action in _SHUTS_YOU_OUT and user.id == admin.session.user_id:
                 raise OwnAccountRefused(
-                    f"{case.id} names you ({admin.session.username}): disabling would shut you out of "
-                    "this console. Another admin, or `gateway incident case act` on the server, can."
+                    f"{case.id} names you ({admin.session.username}): {_SHUTS_YOU_OUT[data.action]} would "
+                    "shut you out of this console. Another admin, or `gateway incident case act` on the "
+                    "server, can."
                 )
         result = await flow.act(case_id, data.action, actor=admin.actor, checked=case)
         details["accounts"] = len(result.done)

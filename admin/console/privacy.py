@@ -61,7 +61,7 @@ from gateway.identity.names import canonical_email, canonical_username
 from gateway.privacy.holds import DATA_CLASSES, HoldView
 from gateway.privacy.register import OPEN, Channel, RequestView, Status, is_ref
 from gateway.privacy.retention import VERBS, ClassPlan, Retention
-from gateway.reasons import REASON_PATTERN
+from gateway.reasons import OPTIONAL_REASON_PATTERN, REASON_PATTERN
 from gateway.services import Services
 from gateway.settings.schema import PrivacySettings
 from gateway.store.ids import parse_id
@@ -202,7 +202,7 @@ class Rectify(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
     display_name: DisplayName | None = None
     verified_by: VerifiedBy
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=2000, pattern=OPTIONAL_REASON_PATTERN)] = ""
     law: Law = None
 
 

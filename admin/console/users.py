@@ -527,6 +527,16 @@ def _second_admin_required(config: Config) -> bool:
     return config.settings.admin.approvals > 1
 
 
+def _refuse_own(request: Request[Any, Any, Any], user: User, why: str) -> None:
+    """Your own credentials are changed on your account page, where the session changes with them."""
+    if user.id == admin_of(request).session.user_id:
+        raise OwnAccountRefused(
+            f"That is your own account ({user.username}): {why}. Change your own factors and password "
+            "on your account page (/.gateway/account); another admin, or `gateway user` on the gateway's "
+            "host, can do it for you."
+        )
+
+
 def _refuse_new_admin(config: Config, username: str) -> None:
     """Making an admin is a policy change, which ``admin.approvals: 2`` gives two admins."""
     role = config.settings.admin.role
@@ -759,6 +769,7 @@ async def invite_user(
     noted: dict[str, object] = {"clear_password": data.clear_password}
 
     async def work(user: User, actor: str) -> Invited:
+        _refuse_own(request, user, "replacing your password with a link here would end this session")
         # Whoever holds the link sets the password: for an admin's account, one admin would hold a
         # second admin's sign-in (an account without a password signs in through a provider or a
         # passkey, or has an invitation pending).
@@ -891,6 +902,7 @@ async def reset_factors(
     noted: dict[str, object] = {"invite": data.invite}
 
     async def work(user: User, actor: str) -> ActionResult | Invited:
+        _refuse_own(request, user, "resetting your second factors here would end this session")
         await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
         if data.invite:
             invite = await _invite(services, config, user, actor, reset=True)

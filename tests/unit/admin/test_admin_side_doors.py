@@ -315,6 +315,35 @@ async def test_an_admin_cannot_disable_their_own_account_in_any_spelling(console
     assert done.status_code == 200, done.text
 
 
+async def test_an_admin_cannot_reset_their_own_factors_or_password_from_the_console(console: Start) -> None:
+    """A fuzzing run reset its own factors (and its session ended); the account page is where one's
+    own credentials change, with the session."""
+    site = await console()
+    await _account(site, "boss")
+    await _account(site, "carol")
+    boss = await site.session("boss")
+    for path, body in (
+        ("/api/users/Boss/reset-factors", {"reason": "x"}),
+        ("/api/users/boss/reset-factors", {"reason": "x", "invite": True}),
+        ("/api/users/BOSS/invite", {"reason": "x", "clear_password": True}),
+    ):
+        own = await site.call(boss, "POST", path, json=body)
+        assert own.status_code == 409, own.text
+        assert own.json()["error"] == "own-account"
+        assert "/.gateway/account" in own.json()["message"]
+    acted = await _act_on_case(site, boss, ["BOSS", "carol"], "reset-mfa")
+    assert acted.status_code == 409, acted.text
+    assert acted.json()["error"] == "own-account"
+    user = await site.services.identity.accounts.find("boss")
+    assert user is not None
+    assert user.password_hash is not None
+    # Still signed in: nothing ended the session.
+    assert (await site.call(boss, "GET", "/api/users/boss")).status_code == 200
+    # The control: another account.
+    done = await site.call(boss, "POST", "/api/users/carol/reset-factors", json={"reason": "x"})
+    assert done.status_code == 200, done.text
+
+
 async def test_an_incident_changed_while_an_action_runs_is_acted_on_as_checked(
     console: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
