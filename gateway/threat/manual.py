@@ -25,6 +25,7 @@ from gateway.threat.blocks import Network, normalize_network
 
 __all__ = [
     "MAX_BLOCK",
+    "MIN_BLOCK",
     "MIN_PREFIX",
     "BlockRefused",
     "block_seconds",
@@ -37,6 +38,8 @@ __all__ = [
 MIN_PREFIX: Final = {4: 16, 6: 32}
 #: The longest a manual block may last, in seconds.
 MAX_BLOCK: Final = 90 * 86400.0
+#: The shortest, in seconds: workers apply a block within a second, and one ending before that is none.
+MIN_BLOCK: Final = 60.0
 
 
 class BlockRefused(BadRequest):
@@ -78,14 +81,15 @@ def block_seconds(value: str) -> float:
     """How long a manual block lasts: a duration such as ``30m``, ``1h`` or ``7d``, up to 90 days.
 
     Raises:
-        BlockRefused: not a duration, not positive, or longer than :data:`MAX_BLOCK`.
+        BlockRefused: not a duration, shorter than :data:`MIN_BLOCK` or longer than :data:`MAX_BLOCK`.
     """
     try:
         seconds = float(parse_duration(value))
     except (ValueError, TypeError) as exc:
         raise BlockRefused("expected a duration such as 30m, 1h or 7d") from exc
-    if seconds <= 0:
-        raise BlockRefused("must be longer than 0")
+    if seconds < MIN_BLOCK:
+        # A block that has ended before any worker applied it is no block, only an incident saying so.
+        raise BlockRefused("must be at least 1m")
     if seconds > MAX_BLOCK:
         raise BlockRefused("must be at most 90d; a longer block belongs in a block-list file")
     return seconds

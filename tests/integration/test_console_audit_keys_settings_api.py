@@ -178,7 +178,9 @@ def test_verification_walks_the_chain_and_is_audited(site: Site, boss: httpx.Cli
     assert_error(api(site, boss, "POST", "/api/audit/verify", json={"extra": 1}), 400, "bad-request")
     # A reason is one line of text, as everywhere else (one with a line break or a NUL was stored).
     for forged in ("weekly\nadmin.policy.changed ok", "check\x00", "\u202echeck"):
-        assert_error(api(site, boss, "POST", "/api/audit/verify", json={"reason": forged}), 400, "bad-request")
+        assert_error(
+            api(site, boss, "POST", "/api/audit/verify", json={"reason": forged}), 400, "bad-request"
+        )
 
 
 def test_an_exported_bundle_verifies_offline(site: Site, boss: httpx.Client, tmp_path: Path) -> None:

@@ -244,7 +244,15 @@ BAD_BLOCKS: list[tuple[str, dict[str, Any], int, str, str]] = [
         {"address": BLOCKED, "expires_in": "0s", "reason": "r"},
         400,
         "block-refused",
-        "longer than 0",
+        "at least 1m",
+    ),
+    # Ended before any worker applied it: an incident saying so, and no block (a fuzzing run).
+    (
+        "a moment",
+        {"address": BLOCKED, "expires_in": "1ms", "reason": "r"},
+        400,
+        "block-refused",
+        "at least 1m",
     ),
     (
         "not a duration",

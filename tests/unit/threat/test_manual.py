@@ -70,7 +70,7 @@ def test_an_unblock_takes_any_network_so_old_broad_blocks_stay_liftable() -> Non
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30m", 1800.0), ("1h", 3600.0), ("7d", 604800.0), ("90d", MAX_BLOCK)]
+    ("text", "seconds"), [("1m", 60.0), ("30m", 1800.0), ("1h", 3600.0), ("7d", 604800.0), ("90d", MAX_BLOCK)]
 )
 def test_durations(text: str, seconds: float) -> None:
     assert block_seconds(text) == seconds
@@ -78,7 +78,14 @@ def test_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "phrase"),
-    [("soon", "expected a duration"), ("0s", "longer than 0"), ("91d", "at most 90d"), ("1h 30", "expected")],
+    [
+        ("soon", "expected a duration"),
+        ("0s", "at least 1m"),
+        ("0.000001s", "at least 1m"),
+        ("59s", "at least 1m"),
+        ("91d", "at most 90d"),
+        ("1h 30", "expected"),
+    ],
 )
 def test_bad_durations_are_refused(text: str, phrase: str) -> None:
     with pytest.raises(BlockRefused, match=phrase):
