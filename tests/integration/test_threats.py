@@ -147,32 +147,43 @@ def test_a_password_spray_on_one_replica_blocks_the_ip_on_the_other(site: Site) 
     assert not blocked(site.a, SPRAYER)
 
 
-def test_a_spray_from_the_64s_of_one_ipv6_network_blocks_the_network_on_the_other_replica(site: Site) -> None:
-    """The attack the /64 rule leaves: one account per /64 of a /56, over both replicas, so that no
-    /64 and no replica ever sees a second account."""
-    fresh = "2001:db8:5a:ff01::9"  # a /64 of the same /48 the sprayer never used
-    assert not blocked(site.b, fresh)
-    for n, name in enumerate(("net1", "net2", "net3", "net4")):
-        gw = (site.a, site.b)[n % 2]
-        with client(gw, f"2001:db8:5a:{n + 1:x}00::1") as attacker:
-            assert login(attacker, name, "Winter2026!").status_code in (200, 401)
-    wait_until(lambda: blocked(site.b, fresh), what="the sprayer's /48 blocked on replica B")
-    assert blocked(site.a, fresh)
-    assert not blocked(site.a, "2001:db8:5b::1")  # the next /48
-
-    listing = json.loads(incident_cli(site, "list", "--json"))
-    assert not [i for i in listing["incidents"] if i["rule"] == "spraying" and ":" in i["ip"]], listing
+def spray_one_account_each(
+    pair: Site, addresses: list[str], *, fresh: str, outside: str, network: str, names: str
+) -> None:
+    """One failing account from each address, alternating replicas, so that no address and no replica
+    sees a second account; then the network is blocked on both (``fresh``, an address of it the
+    sprayer never used, too), ``outside`` is not, and lifting the incident lifts the block."""
+    assert not blocked(pair.b, fresh)
+    for n, address in enumerate(addresses):
+        with client((pair.a, pair.b)[n % 2], address) as attacker:
+            assert login(attacker, f"{names}{n}", "Winter2026!").status_code in (200, 401)
+    wait_until(lambda: blocked(pair.b, fresh), what=f"the sprayer's {network} blocked on replica B")
+    assert blocked(pair.a, fresh)
+    assert not blocked(pair.a, outside)
+    listing = json.loads(incident_cli(pair, "list", "--json"))
+    assert not [i for i in listing["incidents"] if i["rule"] == "spraying" and i["ip"] in addresses], listing
     [incident] = [i for i in listing["incidents"] if i["rule"] == "spraying_network"]
-    assert "2001:db8:5a::/48" in [b["cidr"] for b in listing["blocks"]]
-    assert "lifted" in incident_cli(site, "lift", incident["id"])
-    wait_until(lambda: not blocked(site.b, fresh), what="the /48 unblocked on replica B")
+    assert network in [b["cidr"] for b in listing["blocks"]]
+    assert "lifted" in incident_cli(pair, "lift", incident["id"])
+    wait_until(lambda: not blocked(pair.b, fresh), what=f"the {network} unblocked on replica B")
+
+
+def test_a_spray_from_the_64s_of_one_ipv6_network_blocks_the_network_on_the_other_replica(site: Site) -> None:
+    """The attack the /64 rule leaves: one account per /64 of a /56, over both replicas."""
+    spray_one_account_each(
+        site,
+        [f"2001:db8:5a:{n + 1:x}00::1" for n in range(4)],
+        fresh="2001:db8:5a:ff01::9",  # a /64 of the same /48
+        outside="2001:db8:5b::1",  # the next /48
+        network="2001:db8:5a::/48",
+        names="net",
+    )
 
 
 def test_a_spray_from_the_addresses_of_one_ipv4_network_blocks_the_24_on_the_other_replica(
     tmp_path: Path,
 ) -> None:
-    """The IPv4 form: one account per address of a rented /24, over both replicas, so that no address
-    and no replica ever sees a second account."""
+    """The IPv4 form: one account per address of a rented /24, over both replicas."""
     threat = {
         **THREAT,
         "spraying": {"count": 10, "window": "10m", "responses": ["alert", "block_ip"]},
@@ -184,21 +195,14 @@ def test_a_spray_from_the_addresses_of_one_ipv4_network_blocks_the_24_on_the_oth
         },
     }
     with replicas(tmp_path, threat) as pair:
-        fresh = "198.18.7.200"  # an address of the same /24 the sprayer never used
-        assert not blocked(pair.b, fresh)
-        for n, name in enumerate(("v4n1", "v4n2", "v4n3", "v4n4")):
-            gw = (pair.a, pair.b)[n % 2]
-            with client(gw, f"198.18.7.{n + 1}") as attacker:
-                assert login(attacker, name, "Winter2026!").status_code in (200, 401)
-        wait_until(lambda: blocked(pair.b, fresh), what="the sprayer's /24 blocked on replica B")
-        assert blocked(pair.a, fresh)
-        assert not blocked(pair.a, "198.18.8.1")  # the next /24
-        listing = json.loads(incident_cli(pair, "list", "--json"))
-        assert not [i for i in listing["incidents"] if i["rule"] == "spraying"], listing
-        [incident] = [i for i in listing["incidents"] if i["rule"] == "spraying_network"]
-        assert [b["cidr"] for b in listing["blocks"]] == ["198.18.7.0/24"]
-        assert "lifted" in incident_cli(pair, "lift", incident["id"])
-        wait_until(lambda: not blocked(pair.b, fresh), what="the /24 unblocked on replica B")
+        spray_one_account_each(
+            pair,
+            [f"198.18.7.{n + 1}" for n in range(4)],
+            fresh="198.18.7.200",  # an address of the same /24
+            outside="198.18.8.1",  # the next /24
+            network="198.18.7.0/24",
+            names="v4net",
+        )
 
 
 def test_a_block_list_file_is_reloaded_when_it_changes(site: Site) -> None:
