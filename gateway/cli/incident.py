@@ -225,7 +225,11 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p = action("block-ip", _block, "refuse an address or network on every replica for a while")
     p.add_argument("cidr", metavar="CIDR")
     p.add_argument(
-        "--for", dest="duration", default="1h", metavar="DURATION", help="how long (default 1h, from 1m to 90d)"
+        "--for",
+        dest="duration",
+        default="1h",
+        metavar="DURATION",
+        help="how long (default 1h, from 1m to 90d)",
     )
     p.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit trail")
     p = action("unblock-ip", _unblock, "lift the block of exactly this address or network")

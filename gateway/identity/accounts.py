@@ -1179,6 +1179,31 @@ class AccountService:
             UnknownAccount: No such user.
         """
         user = await self._require(user_id)
+        removed = await self._remove_factors(user, before, note=before is None)
+        if before is not None and not any(removed.values()):
+            return removed  # nothing enrolled before it: nothing to reset
+        # Factors first, sessions second (as in disable): a sign-in racing the reset cannot reach the
+        # second-factor level with a removed factor once the sweep has passed.
+        revoked = await self._revoke(user_id)
+        # And the factors once more: one a session stored while the first removal ran (a passkey
+        # registered by a phished session, say) is gone now, and its session ended with the sweep, so
+        # none is stored from now on (a re-attack run kept two passkeys past a reset that way).
+        again = await self._remove_factors(user, before, note=False)
+        removed = {kind: count + again[kind] for kind, count in removed.items()}
+        if revoked is not None:
+            removed["sessions"] = revoked
+        await self._audit.record(
+            "user.mfa_reset",
+            actor=actor,
+            subject=user.username,
+            details={**removed, "sessions_revoked": revoked if revoked is not None else "unknown"},
+        )
+        return removed
+
+    async def _remove_factors(self, user: User, before: datetime | None, *, note: bool) -> dict[str, int]:
+        """Delete the account's factors (enrolled before ``before``, if given) in one transaction, noted
+        in the ledger if ``note``; how many of each."""
+        user_id = user.id
         removed: dict[str, int] = {}
         async with self._db.session(write=True) as session:
             with store_errors("cannot reset the second factors"):
@@ -1222,25 +1247,12 @@ class AccountService:
                 # factor back.
                 noted = (
                     [await self._ledger.note(session, user, "factors-reset")]
-                    if self._ledger is not None and before is None
+                    if self._ledger is not None and note
                     else []
                 )
                 await session.commit()
         if self._ledger is not None:
             await self._ledger.append(noted)
-        if before is not None and not any(removed.values()):
-            return removed  # nothing enrolled before it: nothing to reset
-        # Factors first, sessions second (as in disable): a sign-in racing the reset cannot reach the
-        # second-factor level with a removed factor once the sweep has passed.
-        revoked = await self._revoke(user_id)
-        if revoked is not None:
-            removed["sessions"] = revoked
-        await self._audit.record(
-            "user.mfa_reset",
-            actor=actor,
-            subject=user.username,
-            details={**removed, "sessions_revoked": revoked if revoked is not None else "unknown"},
-        )
         return removed
 
     # -- reading --------------------------------------------------------------------------------------

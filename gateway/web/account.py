@@ -7,7 +7,9 @@ password sign-in instead. Otherwise the browser is sent to the MFA page and come
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -17,7 +19,7 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor
-from gateway.identity.sessions import Session, browser_label
+from gateway.identity.sessions import Session, SessionEnded, browser_label
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
@@ -166,7 +168,10 @@ async def totp_confirm(
         ip=flows.client_ip(request),
         details={"kind": "totp"},
     )
-    return await _after_enrollment(request, config, identity, signed.session_id, s, rd, first, Factor.TOTP)
+    undo = partial(identity.totp.remove, s.user_id, credential_id)
+    return await _after_enrollment(
+        request, config, identity, signed.session_id, s, rd, first, Factor.TOTP, undo=undo
+    )
 
 
 @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", status_code=303)
@@ -247,9 +252,14 @@ async def new_recovery(
         subject=s.username,
         ip=flows.client_ip(request),
     )
-    ended, new_id = await _end_others_after(
-        request, identity, s, signed.session_id, "recovery_codes.generated"
-    )
+    try:
+        ended, new_id = await _end_others_after(
+            request, identity, s, signed.session_id, "recovery_codes.generated"
+        )
+    except SessionEnded:
+        # Ended while the codes were stored (an admin's reset, a disable): they go with it.
+        await identity.recovery.discard(s.user_id)
+        raise
     notice = f"Your old codes no longer work. {ended} other session(s) signed out."
     shown = page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
     flows.set_session_cookie(shown, config, new_id)
@@ -340,7 +350,7 @@ async def first_codes(
     s = signed.session
     if s.level < AuthLevel.TWO_FACTOR or not await identity.first_codes.redeem(s.id_hash):
         return Redirect("/.gateway/account")
-    codes = await identity.recovery.generate(s.user_id)
+    codes = await flows.codes_for_live_session(identity, s)
     return page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account")
 
 
@@ -463,12 +473,16 @@ async def _after_enrollment(
     rd: str,
     first: bool,
     factor: Factor,
+    *,
+    undo: Callable[[], Awaitable[object]],
 ) -> Template | Redirect:
     """A new id (the first factor makes the session two-factor, see flows.after_enrolling); first
-    time, show the recovery codes."""
-    new_id, new_session = await flows.after_enrolling(identity, session_id, first=first, factor=factor)
+    time, show the recovery codes. ``undo`` removes the new factor if the session ended meanwhile."""
+    new_id, new_session = await flows.after_enrolling(
+        identity, session_id, first=first, factor=factor, undo=undo
+    )
     if first:
-        codes = await identity.recovery.generate(session.user_id)
+        codes = await flows.codes_for_live_session(identity, new_session)
         next_url = flows.safe_rd(rd, config) if rd else "/.gateway/account"
         if next_url != "/.gateway/account" and not next_url.startswith("/"):
             # Cross-host return: go through login, which hands the session over.

@@ -8,6 +8,7 @@ failure, re-authentication for sensitive changes.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -157,7 +158,7 @@ async def register_verify(
     if not await flows.may_change_factors(s, config, identity):
         raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
     first = await flows.enrolls_first(identity, s)
-    await identity.webauthn.register(
+    stored = await identity.webauthn.register(
         user_id=s.user_id,
         name=data.name[:60] or "Passkey",
         credential_json=json.dumps(data.credential),
@@ -165,7 +166,11 @@ async def register_verify(
         ip=flows.client_ip(request),
     )
     new_id, new_session = await flows.after_enrolling(
-        identity, session_id, first=first, factor=Factor.WEBAUTHN
+        identity,
+        session_id,
+        first=first,
+        factor=Factor.WEBAUTHN,
+        undo=partial(identity.webauthn.remove, s.user_id, stored.id),
     )
     if first:
         # The first factor: recovery codes are shown next. The page generates them only with

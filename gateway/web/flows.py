@@ -10,6 +10,7 @@ then goes on the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
@@ -23,7 +24,7 @@ from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.redirects import safe_local_redirect, safe_redirect
-from gateway.identity.sessions import Session
+from gateway.identity.sessions import Session, SessionEnded
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.db import StoreUnavailable
@@ -200,7 +201,12 @@ async def record_sign_in_step(
 
 
 async def after_enrolling(
-    identity: IdentityServices, session_id: str, *, first: bool, factor: Factor
+    identity: IdentityServices,
+    session_id: str,
+    *,
+    first: bool,
+    factor: Factor,
+    undo: Callable[[], Awaitable[object]],
 ) -> tuple[str, Session]:
     """The session after a new authenticator app or passkey was stored: always a new id; a use of
     the new factor only when it is the person's first.
@@ -210,12 +216,35 @@ async def after_enrolling(
     not: counted as a use, a passkey registered with a (phished) password and code would pass a
     route that asks for a passkey, and any new factor would renew a route's ``max_age``. The first
     factor completes the sign-in of a person who had none, and has nothing stronger to stand in for.
+
+    If the session ended while the factor was stored (an admin's reset of the factors, a disable, a
+    password withdrawn), ``undo`` removes the factor and SessionEnded is raised: a factor must not
+    outlive the session that made it. With the reset's order (factors, sessions, factors again) no
+    factor a phished session registers survives a reset (a re-attack run kept two passkeys).
     """
-    if first:
-        return await identity.sessions.elevate(
-            session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
-        )
-    return await identity.sessions.rotate(session_id)
+    try:
+        if first:
+            return await identity.sessions.elevate(
+                session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
+            )
+        return await identity.sessions.rotate(session_id)
+    except SessionEnded:
+        await undo()
+        raise
+
+
+async def codes_for_live_session(identity: IdentityServices, session: Session) -> list[str]:
+    """New recovery codes for the session's account, kept only if the session is still there once they
+    are stored (see :func:`after_enrolling`: a reset of the factors ends the session, and its codes go).
+
+    Raises:
+        SessionEnded: the session ended meanwhile; the codes were discarded.
+    """
+    codes = await identity.recovery.generate(session.user_id)
+    if await identity.sessions.current_hash(session.id_hash) is None:
+        await identity.recovery.discard(session.user_id)
+        raise SessionEnded("This session has ended.")
+    return codes
 
 
 def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:
