@@ -17,12 +17,13 @@ problem raises :class:`PolicyError` naming the line.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from casbin.util import key_match2
+
+from gateway.names import hidden_character
 
 __all__ = [
     "METHOD_SPEC",
@@ -238,11 +239,6 @@ def parse_policy(text: str, *, source: str = "<policy>") -> PolicyRules:
     return PolicyRules(tuple(policies), tuple(links))
 
 
-def _hidden_character(text: str) -> str | None:
-    """The first control or format character (Unicode Cc, Cf) of ``text``, if it has one."""
-    return next((c for c in text if unicodedata.category(c) in ("Cc", "Cf")), None)
-
-
 def _split(line: str, *, line_no: int, source: str) -> list[str]:
     """Split on commas outside brackets and parentheses, as casbin's ``load_policy_line`` does."""
     depth = 0
@@ -278,13 +274,13 @@ def _check(ptype: str, fields: tuple[str, ...], *, line: int | None, source: str
             raise PolicyError(
                 f"field {name!r} is empty, padded with spaces or spans lines", line=line, source=source
             )
-        hidden = _hidden_character(value)
+        hidden = hidden_character(value)
         if hidden is not None:
             # A zero-width space or a right-to-left override makes "admin\u200b" read as "admin" in
             # every table that shows it, and a NUL ends it early in some: a look-alike the policy would
             # hold apart from the real one (a fuzzing run stored both).
             raise PolicyError(
-                f"field {name!r} holds an invisible or control character (U+{ord(hidden):04X})",
+                f"field {name!r} holds a character a reader cannot see (U+{ord(hidden):04X})",
                 line=line,
                 source=source,
             )

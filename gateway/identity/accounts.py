@@ -63,6 +63,7 @@ from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.identity.retired import retire
+from gateway.names import hidden_character
 from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
@@ -289,9 +290,9 @@ def _check_roles(roles: Sequence[str]) -> str:
     for role in roles:
         name = role.strip()
         # Stored space-separated: a role with a space or comma would silently become two roles.
-        # Format characters too (a zero-width space, a right-to-left override): "admin\u200b" reads as
-        # "admin" wherever it is shown, and is another role (a fuzzing run stored it).
-        if not name or any(c.isspace() or c == "," or unicodedata.category(c) in ("Cc", "Cf") for c in name):
+        # Nor a character a reader cannot see (gateway.names): "admin\u200b" reads as "admin" wherever
+        # it is shown, and is another role (a fuzzing run stored it).
+        if not name or hidden_character(name) is not None or any(c.isspace() or c == "," for c in name):
             raise InvalidAccount(
                 f"Invalid role name {role!r}: no spaces, commas, control or invisible characters."
             )

@@ -79,8 +79,10 @@ def test_empty_text_is_an_empty_policy() -> None:
         ("p, a, b, /c), GET, allow", "unbalanced ')'"),
         ("p, a, b, /c(, GET, allow", "unclosed"),
         # Look-alikes: each reads as the plain name wherever it is shown (a fuzzing run stored them).
-        ("g, user:eve, admin\u200b", "field 'role' holds an invisible or control character (U+200B)"),
-        ("g, user:eve\u202e, admin", "field 'member' holds an invisible or control character (U+202E)"),
+        ("g, user:eve, admin\u200b", "field 'role' holds a character a reader cannot see (U+200B)"),
+        ("g, user:eve\u202e, admin", "field 'member' holds a character a reader cannot see (U+202E)"),
+        ("g, user:eve, admin\u034f", "(U+034F)"),
+        ("g, user:eve, admin\u3164", "(U+3164)"),
         ("p, a\x00, b, /c, GET, allow", "(U+0000)"),
         ("p, a, b, /c\u2060, GET, allow", "(U+2060)"),
     ],

@@ -94,7 +94,7 @@ async def test_set_roles_refuses_bad_names_and_changes_nothing(world: World) -> 
     with pytest.raises(InvalidAccount):
         await world.accounts.set_roles(user.id, ["ok", "two words"], actor="user:boss")
     # Look-alikes of "admin" that every table shows as "admin" (a fuzzing run stored them).
-    for hidden in ("admin\u200b", "ad\u202emin", "admin\x00", "\ufeffadmin"):
+    for hidden in ("admin\u200b", "ad\u202emin", "admin\x00", "\ufeffadmin", "admin\u034f", "admin\ufe0f"):
         with pytest.raises(InvalidAccount, match="invisible"):
             await world.accounts.set_roles(user.id, [hidden], actor="user:boss")
     stored = await world.accounts.get(user.id)

@@ -1,0 +1,65 @@
+"""Names that must read as what they are: role names, and every field of a policy line.
+
+A role is compared as text and shown as text, so a character a reader cannot see makes a look-alike:
+``admin`` followed by a zero-width space, a combining grapheme joiner or a Hangul filler reads as
+``admin`` in every table, and is another role (a fuzzing run, then a re-attack run, stored such names
+through the policy and the local-roles APIs and the CLI). An allow-list of ASCII would refuse honest
+names in other scripts (an identity provider's group ``Développeurs``), so the check refuses what
+cannot be seen instead:
+
+* control, format, private-use, surrogate and unassigned code points (Unicode Cc, Cf, Co, Cs, Cn);
+* every Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties: the variation selectors, the
+  Hangul fillers, U+034F, the tag characters, ...), which renderers are told to draw as nothing;
+* the blanks that are letters or symbols, not spaces (U+2800 BRAILLE PATTERN BLANK).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Final
+
+__all__ = ["hidden_character"]
+
+# Default_Ignorable_Code_Point, Unicode 15.1 (DerivedCoreProperties.txt), as inclusive ranges; the
+# ones that are Cf or Cn are also caught by their category.
+_IGNORABLE: Final = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_BLANK_SYMBOLS: Final = frozenset({0x2800})
+_UNSEEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
+_ASCII_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def hidden_character(text: str) -> str | None:
+    """The first character of ``text`` a reader would not see (see the module docstring), if any."""
+    if text.isascii():
+        # The usual case, and a policy of 100,000 lines is checked field by field: only C0 and DEL,
+        # found by one regular expression rather than a Python loop over the characters.
+        found = _ASCII_CONTROL.search(text)
+        return found.group() if found else None
+    for char in text:
+        point = ord(char)
+        if (
+            unicodedata.category(char) in _UNSEEN_CATEGORIES
+            or point in _BLANK_SYMBOLS
+            or any(low <= point <= high for low, high in _IGNORABLE)
+        ):
+            return char
+    return None

@@ -1,0 +1,48 @@
+"""gateway.names: what a reader cannot see in a role name or a policy field."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.names import hidden_character
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "admin\u200b",  # zero-width space (Cf)
+        "admin\u034f",  # combining grapheme joiner (Mn, default ignorable)
+        "admin\ufe0f",  # variation selector (Mn, default ignorable)
+        "admin\U000e0100",  # variation selector supplement
+        "admin\u3164",  # Hangul filler (Lo, default ignorable)
+        "admin\u115f",  # Hangul choseong filler
+        "admin\uffa0",  # halfwidth Hangul filler
+        "admin\u2800",  # braille pattern blank (So)
+        "admin\ue000",  # private use (Co)
+        "admin\U000e0041",  # tag letter (Cf)
+        "admin\u00ad",  # soft hyphen
+        "admin\u0378",  # unassigned (Cn)
+        "admin\x00",
+        "admin\x7f",
+        "admin\x1b[31m",
+    ],
+)
+def test_what_a_reader_cannot_see_is_found(text: str) -> None:
+    assert hidden_character(text) == text[5]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "admin",
+        "group:oidc:Développeurs",  # composed
+        "group:oidc:De\u0301veloppeurs",  # decomposed: a combining accent is seen
+        "role:運用",
+        "user:zoë@example.com",
+        "group:oidc:Ingeniería y Datos",
+        "देवनागरी",  # spacing and non-spacing vowel signs
+        "",
+    ],
+)
+def test_honest_names_in_any_script_pass(text: str) -> None:
+    assert hidden_character(text) is None
