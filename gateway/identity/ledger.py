@@ -507,7 +507,8 @@ class AccountLedger:
     async def compact(self) -> tuple[int, int] | None:
         """Rewrite this node's file with only the lines a reader still uses: per lineage and account
         (or thing), the line :func:`merge` picks, in file order; superseded lines, lines that are no
-        entry and lines whose MAC does not check under this keyring (every reader ignores them) go.
+        entry and lines whose MAC does not check (every reader ignores them) go. A line under a keyring
+        key this process does not hold stays: it may be one added since the process started.
 
         Returns:
             (lines before, lines after), or None when there is no file or less than half would go.
@@ -541,20 +542,26 @@ class AccountLedger:
     def _still_read(self, lines: Sequence[bytes]) -> list[int]:
         """The numbers of the lines a reader of any lineage still uses (see :meth:`compact`)."""
         kids = set(self._keyring.key_ids)
+        keep: list[int] = []
         best: dict[tuple[str, str], tuple[int, Entry]] = {}
         for number, line in enumerate(lines):
             parsed = _parse(line)
             if parsed is None:
                 continue
             entry, kid, mac = parsed
-            if not (kid in kids and hmac.compare_digest(mac, self._mac(entry, kid))):
+            if kid not in kids:
+                # Under a keyring key this process does not hold (yet: one added since it started, by
+                # a rotation on another node or the CLI): not ours to judge, kept as it is.
+                keep.append(number)
+                continue
+            if not hmac.compare_digest(mac, self._mac(entry, kid)):
                 continue
             # merge() keeps the first entry no later one outranks: the first of the best, per group.
             group = (entry.lineage, entry.account)
             known = best.get(group)
             if known is None or entry.outranks(known[1]):
                 best[group] = (number, entry)
-        return sorted(number for number, _ in best.values())
+        return sorted([*keep, *(number for number, _ in best.values())])
 
     async def settle(self, entry: Entry) -> None:
         """Put ``entry`` into the table (its change is made, or has nothing left to make)."""
