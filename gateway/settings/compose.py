@@ -9,8 +9,10 @@ are marked as secrets, so no later message prints them.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -35,15 +37,50 @@ _REFERENCE: Final = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# What the loader reads at most: a config file (hand-written, includes nothing) and one ${file:} secret.
+_MAX_DOCUMENT: Final = 16 * 2**20
+_MAX_SECRET: Final = 2**20
+
+
+class NotARegularFile(OSError):
+    """A path that names a pipe, a device or a socket, or a file past the loader's size limit: read, it
+    would block for ever (a FIFO with no writer) or without end (``/dev/zero``: 5.5 GB in 10 s in a
+    fuzzing run)."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (a link to one is followed), at most ``limit`` of them.
+
+    Raises:
+        NotARegularFile: Not a regular file, or larger than ``limit`` bytes.
+        OSError: It cannot be opened or read.
+    """
+    # O_NONBLOCK: opening a FIFO for reading with no writer would otherwise wait for one.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile("not a regular file (a pipe, device or socket)")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise NotARegularFile(f"larger than {limit // 2**20} MiB")
+    return data
+
+
 def read_document(path: str | Path) -> str:
     """The text of the config file at ``path``.
 
     Raises:
-        ConfigError: The file is missing, unreadable or not UTF-8, said so an operator knows what to fix.
+        ConfigError: The file is missing, unreadable, not a regular file, too large or not UTF-8, said
+            so an operator knows what to fix.
     """
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular_file(Path(path), _MAX_DOCUMENT)
+    except NotARegularFile as exc:
+        raise ConfigError(f"{source}: {exc}; pass the path of the gateway's YAML config") from None
     except FileNotFoundError:
         raise ConfigError(
             f"{source}: no such file; pass the path of the gateway's YAML config ({EXAMPLE})"
@@ -263,7 +300,10 @@ class _Builder:
             return None
         file = Path(os.path.normpath(self.base_dir / name))
         try:
-            content = file.read_text(encoding="utf-8")
+            content = read_regular_file(file, _MAX_SECRET).decode("utf-8")
+        except NotARegularFile as exc:
+            self.report.add(path, f"secret file {file} is {exc}")
+            return None
         except UnicodeDecodeError:
             self.report.add(path, f"secret file {file} is not UTF-8 text")
             return None

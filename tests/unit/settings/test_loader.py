@@ -712,6 +712,18 @@ def test_missing_file() -> None:
         load_settings("/nonexistent/gateway.yaml")
 
 
+def test_a_config_that_is_a_pipe_a_device_or_too_large_is_refused_at_once(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.yaml")  # no writer: reading it would wait for ever
+    (tmp_path / "huge.yaml").write_bytes(b"#" * (16 * 2**20 + 1))
+    for path, message in (
+        (tmp_path / "fifo.yaml", "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),
+        (tmp_path / "huge.yaml", "larger than 16 MiB"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(path)
+
+
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory, not a config file"):
         load_settings(tmp_path)
@@ -848,6 +860,10 @@ SECRET_ERROR_CASES = [
     ),
     pytest.param("${file:.}", "cannot read secret file {base} (Is a directory)", id="file-is-directory"),
     pytest.param("${file:binary}", "secret file {base}/binary is not UTF-8 text", id="file-not-utf8"),
+    # Read, these would block for ever (a FIFO with no writer) or without end (a fuzzing run: 5.5 GB).
+    pytest.param("${file:fifo}", "secret file {base}/fifo is not a regular file", id="file-fifo"),
+    pytest.param("${file:/dev/zero}", "secret file /dev/zero is not a regular file", id="file-device"),
+    pytest.param("${file:huge}", "secret file {base}/huge is larger than 1 MiB", id="file-too-large"),
     pytest.param("${file:}", "${file:} needs a path", id="file-empty"),
     pytest.param(
         "${vault:corp}", "holds an unknown reference ${…}; use ${env:NAME} or ${file:PATH}", id="unknown"
@@ -860,6 +876,8 @@ SECRET_ERROR_CASES = [
 @pytest.mark.parametrize(("value", "fragment"), SECRET_ERROR_CASES)
 def test_secret_errors_name_line_and_key_path(tmp_path: Path, value: str, fragment: str) -> None:
     (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge").write_bytes(b"x" * (2**20 + 1))
 
     report = errors_of(IDP.format(value=value), base_dir=tmp_path, environ={"X": SECRET})
 
