@@ -315,7 +315,9 @@ def _split_host(host: str) -> tuple[str | None, int | None]:
         name, colon, port_text = host.rpartition(":")
         if not colon:
             name, port_text = host, ""
-    port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else None
+    # ASCII digits only: "²".isdigit() is true and int("²") fails (a Host of "a:²" broke the log line).
+    digits = port_text.isascii() and port_text.isdigit()
+    port = int(port_text) if digits and 0 < int(port_text) < 65536 else None
     return (name or None), port
 
 

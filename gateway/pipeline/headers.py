@@ -175,6 +175,11 @@ def new_request_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def _is_port(text: str) -> bool:
+    # ASCII digits only: str.isdigit() is also true for "²" and other scripts' digits.
+    return text.isascii() and text.isdigit()
+
+
 def _xff_entry(item: str) -> str | None:
     """One ``X-Forwarded-For`` entry as an address, or ``None`` when it is not one (``unknown``, ``unix:``,
     an obfuscated name). ``203.0.113.5:41234`` and ``[2001:db8::1]:443`` are read without their port, as
@@ -185,11 +190,11 @@ def _xff_entry(item: str) -> str | None:
         pass
     if item.startswith("["):
         address, closed, port = item[1:].partition("]")
-        if not closed or (port and not (port[0] == ":" and port[1:].isdigit())):
+        if not closed or (port and not (port[0] == ":" and _is_port(port[1:]))):
             return None
     else:
         address, colon, port = item.partition(":")
-        if not colon or not port.isdigit():
+        if not colon or not _is_port(port):
             return None
     try:
         return str(ipaddress.ip_address(address))

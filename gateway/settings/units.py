@@ -8,14 +8,22 @@ from typing import Final
 
 from gateway.settings.schema import ByteSize, Duration
 
-__all__ = ["DURATION_HELP", "SIZE_HELP", "parse_byte_size", "parse_duration"]
+__all__ = ["DURATION_HELP", "MAX_DURATION", "MAX_SIZE", "SIZE_HELP", "parse_byte_size", "parse_duration"]
 
 DURATION_HELP: Final = "a duration such as 500ms, 30s, 15m, 12h, 7d, 1h30m or a number of seconds"
 SIZE_HELP: Final = "a size such as 64KiB, 10MiB, 1GiB, 10kB, 5MB or a number of bytes"
 
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+#: The longest duration anything takes: 100 years. Longer ones only overflowed timestamps and timers
+#: (a fuzzing run: a retention of 10**30 seconds crashed the plan, a header timeout the server).
+MAX_DURATION: Final = 100 * 365 * 86400.0
+#: The largest size anything takes: 1 PiB.
+MAX_SIZE: Final = 2**50
+
+# ASCII digits only: \d takes every script's (1 and an Arabic-Indic 1 before "h" read as 11 hours: a
+# fuzzing run).
+_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|d|h|m|s)")
 _DURATION_UNITS: Final = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-_SIZE: Final = re.compile(r"(\d+)\s*([A-Za-z]+)")
+_SIZE: Final = re.compile(r"([0-9]+)\s*([A-Za-z]+)")
 _SIZE_UNITS: Final = {
     "B": 1,
     "kB": 10**3,
@@ -44,7 +52,7 @@ def parse_duration(value: object) -> Duration:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError(f"expected {DURATION_HELP}")
-        return Duration(value)
+        return _bounded(Duration(value))
     if not isinstance(value, str):
         raise ValueError(f"expected {DURATION_HELP}")
     text = value.strip()
@@ -59,7 +67,13 @@ def parse_duration(value: object) -> Duration:
         last_rank, pos = ranks[match[2]], match.end()
     if not text:
         raise ValueError(f"expected {DURATION_HELP}")
-    return Duration(total)
+    return _bounded(Duration(total))
+
+
+def _bounded(duration: Duration) -> Duration:
+    if duration > MAX_DURATION:
+        raise ValueError("expected a duration of at most 100 years (36500d)")
+    return duration
 
 
 def parse_byte_size(value: object) -> ByteSize:
@@ -77,10 +91,15 @@ def parse_byte_size(value: object) -> ByteSize:
     """
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return ByteSize(value)
-    if isinstance(value, str):
+        size = value
+    elif isinstance(value, str):
         match = _SIZE.fullmatch(value.strip())
         if match is not None and match[2] in _SIZE_UNITS:
-            return ByteSize(int(match[1]) * _SIZE_UNITS[match[2]])
-    raise ValueError(f"expected {SIZE_HELP}")
+            size = int(match[1]) * _SIZE_UNITS[match[2]]
+    if size is None:
+        raise ValueError(f"expected {SIZE_HELP}")
+    if size > MAX_SIZE:
+        raise ValueError("expected a size of at most 1 PiB")
+    return ByteSize(size)

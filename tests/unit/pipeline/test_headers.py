@@ -78,7 +78,15 @@ def test_garbage_in_trusted_xff_is_dropped() -> None:
 
 @pytest.mark.parametrize(
     "chain",
-    [b"192.0.2.99, unknown", b"192.0.2.99, unix:", b"192.0.2.99, _hidden", b"192.0.2.99, 203.0.113.5:x"],
+    [
+        b"192.0.2.99, unknown",
+        b"192.0.2.99, unix:",
+        b"192.0.2.99, _hidden",
+        b"192.0.2.99, 203.0.113.5:x",
+        # A port of digits that are not ASCII ones (latin-1's superscript two) is no port either.
+        b"192.0.2.99, 203.0.113.5:\xb2",
+        b"192.0.2.99, [2001:db8::1]:\xb3",
+    ],
 )
 def test_an_unreadable_entry_ends_the_walk_the_client_cannot_choose_its_address(chain: bytes) -> None:
     # An attack run: a trusted proxy that writes 'unknown' (or a port) after the client's own entry made

@@ -335,6 +335,11 @@ def test_parse_duration(value: object, seconds: float) -> None:
         [1],
         float("inf"),
         float("nan"),
+        "1\u0661h",  # an Arabic-Indic digit: read as 11 hours before (a fuzzing run)
+        "\u0661d",
+        "36501d",  # past 100 years
+        10**30,
+        "99999999999999999999d",
     ],
 )
 def test_parse_duration_refuses(value: object) -> None:
@@ -367,7 +372,23 @@ def test_parse_byte_size(value: object, size: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "1024", "1.5GiB", "10mb", "10KB", "10Kib", "-1KiB", "GiB", 1.5, False, None]
+    "value",
+    [
+        "",
+        "1024",
+        "1.5GiB",
+        "10mb",
+        "10KB",
+        "10Kib",
+        "-1KiB",
+        "GiB",
+        1.5,
+        False,
+        None,
+        "\u0661MiB",
+        10**30,
+        "2000TiB",
+    ],
 )
 def test_parse_byte_size_refuses(value: object) -> None:
     with pytest.raises(ValueError, match="expected a size"):
@@ -465,6 +486,27 @@ STRUCTURE_CASES = [
         "storage.echo",
         'expected true or false; got "maybe"',
         id="bool-got-string",
+    ),
+    pytest.param(
+        "public_url: https://a.example.com\nserver:\n  workers: 1000000000000000000000000000000\n",
+        3,
+        "server.workers",
+        "expected a whole number up to 2147483647; got 1000000000000000000000000000000",
+        id="int-past-32-bits",
+    ),
+    pytest.param(
+        "public_url: https://a.example.com\nprivacy:\n  retention: {registration: 99999999999999999999d}\n",
+        3,
+        "privacy.retention.registration",
+        'expected a duration of at most 100 years (36500d); got "99999999999999999999d"',
+        id="duration-past-100-years",
+    ),
+    pytest.param(
+        "public_url: https://a.example.com\nthreat:\n  impossible_travel: {max_speed_kmh: .nan}\n",
+        3,
+        "threat.impossible_travel.max_speed_kmh",
+        "expected a finite number; got",
+        id="float-not-finite",
     ),
     pytest.param(
         "public_url: https://a.example.com\nsession:\n  idle_timeout: 30 minutes\n",
