@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.settings.checks.values import require_positive
+from gateway.settings.checks.values import require_at_most, require_positive
 from gateway.settings.report import Report
 from gateway.settings.schema import Settings
 
@@ -10,12 +10,24 @@ __all__ = ["check_costs", "check_strength"]
 
 
 def check_costs(settings: Settings, report: Report) -> None:
-    """Hashing cost and concurrency are positive."""
+    """Hashing cost and concurrency are positive, and not past what a sign-in can pay: argon2 refused
+    10**30 with a traceback at every sign-in, and 4 TiB of memory as an allocation failure (a fuzzing
+    run; check-config had said OK)."""
+    passwords = settings.passwords
     require_positive(
         [
-            (("passwords", "time_cost"), settings.passwords.time_cost),
-            (("passwords", "parallelism"), settings.passwords.parallelism),
-            (("passwords", "max_concurrent_hashes"), settings.passwords.max_concurrent_hashes),
+            (("passwords", "time_cost"), passwords.time_cost),
+            (("passwords", "parallelism"), passwords.parallelism),
+            (("passwords", "max_concurrent_hashes"), passwords.max_concurrent_hashes),
+        ],
+        report,
+    )
+    require_at_most(
+        [
+            (("passwords", "memory_kib"), passwords.memory_kib, 4 * 2**20, "4 GiB per hash"),
+            (("passwords", "time_cost"), passwords.time_cost, 100, "passes over that memory"),
+            (("passwords", "parallelism"), passwords.parallelism, 64, "threads per hash"),
+            (("passwords", "max_concurrent_hashes"), passwords.max_concurrent_hashes, 1024, "per worker"),
         ],
         report,
     )

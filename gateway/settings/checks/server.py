@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway.settings.checks.values import listen_problem, require_positive, url_problem
+from gateway.settings.checks.values import listen_problem, require_at_most, require_positive, url_problem
 from gateway.settings.report import Report, quote
 from gateway.settings.schema import Settings
 
@@ -22,6 +22,8 @@ __all__ = [
 MIN_BACKLOG = 128
 #: Shorter than this, a client on a slow link could not send a request head at all.
 MIN_HEADER_TIMEOUT = 0.1
+#: More worker processes than any host this runs on has cores for.
+MAX_WORKERS = 256
 
 
 def check_addresses(settings: Settings, report: Report) -> None:
@@ -46,14 +48,31 @@ def check_addresses(settings: Settings, report: Report) -> None:
 
 
 def check_capacity(settings: Settings, report: Report) -> None:
-    """Workers and request limits are positive."""
+    """Workers and request limits are positive, and within what the server and the host can take (a
+    fuzzing run made the server fail at start with each of them past it)."""
+    server, limits = settings.server, settings.limits
     require_positive(
         [
-            (("server", "workers"), settings.server.workers),
-            (("server", "max_connections"), settings.server.max_connections),
-            (("limits", "max_header_bytes"), settings.limits.max_header_bytes),
-            (("limits", "max_body_size"), settings.limits.max_body_size),
-            (("limits", "max_upstream_connections"), settings.limits.max_upstream_connections),
+            (("server", "workers"), server.workers),
+            (("server", "max_connections"), server.max_connections),
+            (("limits", "max_header_bytes"), limits.max_header_bytes),
+            (("limits", "max_body_size"), limits.max_body_size),
+            (("limits", "max_upstream_connections"), limits.max_upstream_connections),
+            (("limits", "body_timeout"), limits.body_timeout),
+        ],
+        report,
+    )
+    require_at_most(
+        [
+            (("server", "workers"), server.workers, MAX_WORKERS, "a process per core is plenty"),
+            (("server", "max_connections"), server.max_connections, 1_000_000, "per worker"),
+            (("limits", "max_header_bytes"), limits.max_header_bytes, 1 << 20, "1 MiB of request head"),
+            (
+                ("limits", "max_upstream_connections"),
+                limits.max_upstream_connections,
+                1_000_000,
+                "per worker",
+            ),
         ],
         report,
     )
@@ -71,6 +90,13 @@ def check_connections(settings: Settings, report: Report) -> None:
             ("server", "header_timeout"),
             f"must be at least {MIN_HEADER_TIMEOUT:g}s; got {settings.server.header_timeout:g}s",
         )
+    require_at_most(
+        [
+            (("server", "backlog"), settings.server.backlog, 65535, "the kernel's largest"),
+            (("server", "header_timeout"), settings.server.header_timeout, 3600, "an hour to send a head"),
+        ],
+        report,
+    )
 
 
 def check_shutdown(settings: Settings, report: Report) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "TOKEN",
     "host_problem",
     "listen_problem",
+    "require_at_most",
     "require_positive",
     "url_problem",
 ]
@@ -38,6 +39,18 @@ def require_positive(values: list[tuple[KeyPath, float]], report: Report) -> Non
     for path, value in values:
         if value <= 0:
             report.add(path, f"must be greater than 0; got {value:g}")
+
+
+def require_at_most(values: list[tuple[KeyPath, float, float, str]], report: Report) -> None:
+    """Record a problem for every value past its bound: (path, value, bound, why the bound)."""
+    for path, value, bound, why in values:
+        if value > bound:
+            report.add(path, f"must be at most {_number(bound)} ({why}); got {_number(value)}")
+
+
+def _number(value: float) -> str:
+    # Whole numbers as written (4194304, not 4.1943e+06); durations and the like as %g.
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def url_problem(url: str, *, allow_path: bool) -> str | None:

@@ -1115,6 +1115,20 @@ SEMANTIC_CASES = [
         "must be at least 0.1s; got 0.05s",
     ),
     pytest.param(TOP + "limits:\n  max_body_size: 0\n", 3, "limits.max_body_size", "must be greater than 0"),
+    # Past what the server or the host can take: each failed at start, or at every request, with a
+    # traceback check-config had not foreseen (a fuzzing run).
+    pytest.param(
+        TOP + "server:\n  workers: 100000\n", 3, "server.workers", "must be at most 256", id="workers-max"
+    ),
+    pytest.param(TOP + "server:\n  backlog: 1000000\n", 3, "server.backlog", "must be at most 65535"),
+    pytest.param(
+        TOP + "server:\n  header_timeout: 30d\n", 3, "server.header_timeout", "must be at most 3600"
+    ),
+    pytest.param(
+        TOP + "limits:\n  max_header_bytes: 1GiB\n", 3, "limits.max_header_bytes", "must be at most"
+    ),
+    pytest.param(TOP + "limits:\n  body_timeout: 0\n", 3, "limits.body_timeout", "must be greater than 0"),
+    pytest.param(TOP + "limits:\n  body_timeout: -1\n", 3, "limits.body_timeout", "must be greater than 0"),
     # identity providers
     pytest.param(
         TOP + "identity_providers:\n  - {name: corp, issuer: 'http://idp.example.com', client_id: g}\n",
@@ -1608,11 +1622,25 @@ def test_memory_state_for_one_process_without_an_admin_listener() -> None:
         ("regulation: {max_failures: 150}\n", "must not exceed 100"),
         ("regulation: {free_attempts: 10, max_failures: 10}\n", "below regulation.max_failures"),
         ("mfa: {webauthn: {user_verification: sometimes}}\n", "mfa.webauthn.user_verification"),
+        ("passwords: {memory_kib: 8388608}\n", "passwords.memory_kib: must be at most 4194304 .4 GiB"),
+        ("passwords: {time_cost: 1000}\n", "passwords.time_cost: must be at most 100"),
+        ("passwords: {parallelism: 1000}\n", "passwords.parallelism: must be at most 64"),
+        ("mfa: {recovery_codes: 1000000}\n", "mfa.recovery_codes: must be at most 100"),
+        ("mfa: {webauthn: {rp_id: x}}\n", 'mfa.webauthn.rp_id: "x" is neither the public_url host'),
+        ("mfa: {webauthn: {rp_id: evil.com}}\n", "nor a parent domain of it"),
     ],
 )
 def test_sign_in_settings_are_validated(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings("public_url: https://auth.example.com\n" + text)
+
+
+@pytest.mark.parametrize("rp_id", ["auth.example.com", "example.com", "EXAMPLE.com"])
+def test_a_passkey_rp_id_of_the_host_or_a_parent_is_taken(rp_id: str) -> None:
+    settings = parse_settings(
+        f"public_url: https://auth.example.com\nmfa: {{webauthn: {{rp_id: {rp_id}}}}}\n"
+    )
+    assert settings.mfa.webauthn.rp_id == rp_id
 
 
 def test_console_settings_default_to_one_approval_and_fresh_destructive_factors() -> None:
