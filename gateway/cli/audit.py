@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -113,8 +114,6 @@ def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
 def _list(args: argparse.Namespace) -> int:
     from gateway.audit.query import AuditFilter, find_records
 
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise UserError("--since must be before --until")
     settings = load_config(args)
@@ -350,7 +349,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--until", type=_time, metavar="ISO", help="only records before this time (UTC if no offset)"
     )
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N records (default 50)")
+    p.add_argument(
+        "--limit",
+        type=whole_number(1, 10_000),
+        default=50,
+        metavar="N",
+        help="at most N records (default 50)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_list)
 

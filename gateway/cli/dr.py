@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -142,7 +143,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     config_arg(p)
     p.add_argument("--backup", metavar="ID|PATH", help="the backup (default: the newest; SQLite only)")
-    p.add_argument("--port", type=int, metavar="N", help="the fresh node's port (default: a free one)")
+    p.add_argument(
+        "--port", type=whole_number(1, 65535), metavar="N", help="the fresh node's port (default: a free one)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the fresh node's directory for inspection")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_drill)

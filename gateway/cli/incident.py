@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from gateway.cli.accounts import account_services
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_OK,
     Action,
@@ -216,7 +217,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
 
     p = action("list", _list, "list the newest incidents and the addresses blocked now")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N incidents (default 50)")
+    p.add_argument(
+        "--limit",
+        type=whole_number(1, 10_000),
+        default=50,
+        metavar="N",
+        help="at most N incidents (default 50)",
+    )
     p = action("show", _show, "show one incident: evidence and actions")
     p.add_argument("id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print JSON")

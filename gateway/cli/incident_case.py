@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.accounts import AccountServices, account_services
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -341,7 +342,9 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
 
     p = action("list", _list, "list incidents, newest first")
     p.add_argument("--open", action="store_true", help="only those not closed")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    p.add_argument(
+        "--limit", type=whole_number(1, 10_000), default=50, metavar="N", help="at most N (default 50)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p = action("show", _show, "show an incident and its timeline")
     p.add_argument("id", metavar="ID")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -564,7 +565,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "List the latest versions of the policy: when, by whom, why, and how many rules changed.",
     )
     config_arg(p)
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N versions (default 20)")
+    p.add_argument(
+        "--limit",
+        type=whole_number(1, 10_000),
+        default=20,
+        metavar="N",
+        help="at most N versions (default 20)",
+    )
     p.set_defaults(func=_online(_history))
 
     p = action(

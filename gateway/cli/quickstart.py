@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli.arguments import listen_address
 from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, open_store, run
 from gateway.settings.listen import parse_listen
 from gateway.store.private import private_dir
@@ -266,7 +267,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "install), and print what to do next.",
     )
     p.add_argument("--data-dir", type=Path, default=Path("gateway-data"), metavar="DIR")
-    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    p.add_argument("--listen", type=listen_address, default="127.0.0.1:8080", metavar="HOST:PORT")
     p.add_argument(
         "--echo-port", type=int, default=0, metavar="PORT", help="echo app port (default: a free one)"
     )
@@ -287,5 +288,5 @@ def register_echo(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="run only the bundled echo app",
         description="Serve the echo app, which shows the request line and headers it receives.",
     )
-    p.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT")
+    p.add_argument("--listen", type=listen_address, default="127.0.0.1:9000", metavar="HOST:PORT")
     p.set_defaults(func=_echo)

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gateway.cli.arguments import seconds
 from gateway.cli.harness import (
     CONFIG_ENV,
     EXIT_FAILURE,
@@ -168,5 +169,5 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         description="Exit 0 if the gateway configured in FILE answers /.gateway/health on its listen address.",
     )
     config_arg(p)
-    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=seconds(600), default=3.0, metavar="SECONDS")
     p.set_defaults(func=_healthcheck)

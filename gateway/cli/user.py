@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from gateway.cli.accounts import account_services
+from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_OK,
     Action,
@@ -163,6 +164,11 @@ def _read_stdin_password(stream: TextIO) -> str:
         raise UserError("no password on standard input")
     if "\n" in data or "\r" in data:
         raise UserError("the password on standard input must be a single line")
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 arrive as surrogates: hashing them failed with a traceback.
+        raise UserError("the password on standard input is not UTF-8 text") from None
     return data
 
 
@@ -582,8 +588,16 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         description="List accounts with their status and number of second factors.",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N accounts (default 1000)")
-    p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N accounts")
+    p.add_argument(
+        "--limit",
+        type=whole_number(1, 100_000),
+        default=1000,
+        metavar="N",
+        help="at most N accounts (default 1000)",
+    )
+    p.add_argument(
+        "--offset", type=whole_number(0, 2**31 - 1), default=0, metavar="N", help="skip the first N accounts"
+    )
 
     p = _action(
         actions,

@@ -361,8 +361,14 @@ class Responder:
         """
         text = str(parse_network(cidr))
         removed = await self.blocks.remove(text)
+        # A request to lift what was not blocked changed nothing: recorded as refused, not as done.
         await self._audit.record(
-            "incident.unblock_ip", actor=actor, subject=text, ip=text, details={"removed": removed}
+            "incident.unblock_ip",
+            actor=actor,
+            subject=text,
+            ip=text,
+            outcome="success" if removed else "failure",
+            details={"removed": removed} if removed else {"removed": 0, "error": "not-blocked"},
         )
         return removed
 
