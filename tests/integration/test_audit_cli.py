@@ -242,7 +242,10 @@ def test_user_errors(config: Path, tmp_path: Path) -> None:
     c = ("--config", str(config))
     cases = [
         (("audit", "list", *c, "--since", "last tuesday"), "not an ISO 8601 time"),
-        (("audit", "list", *c, "--limit", "0"), "argument --limit: expected a whole number from 1 to 10000, got 0"),
+        (
+            ("audit", "list", *c, "--limit", "0"),
+            "argument --limit: expected a whole number from 1 to 10000, got 0",
+        ),
         (
             ("audit", "list", *c, "--since", "2026-02-01", "--until", "2026-01-01"),
             "--since must be before --until",
