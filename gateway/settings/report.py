@@ -143,7 +143,7 @@ def describe(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return quote(value if len(value) <= 200 else value[:197] + "...")
+        return quote(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -152,5 +152,6 @@ def describe(value: object) -> str:
 
 
 def quote(text: str) -> str:
-    """``text`` in double quotes, escaped as JSON, so blanks and control characters are visible."""
-    return json.dumps(text, ensure_ascii=False)
+    """``text`` in double quotes, escaped as JSON, so blanks and control characters are visible; past
+    200 characters shortened (a 50 MB value made a 50 MB error line: a fuzzing run)."""
+    return json.dumps(text if len(text) <= 200 else text[:197] + "...", ensure_ascii=False)

@@ -766,6 +766,14 @@ def test_a_config_that_is_a_pipe_a_device_or_too_large_is_refused_at_once(tmp_pa
             load_settings(path)
 
 
+def test_a_long_bad_value_is_shortened_in_every_message() -> None:
+    # A 100 KB value made a 100 KB error line, and 50 MB one 50 MB (a fuzzing run).
+    for text in ("listen: " + "x" * 100_000 + "\n", "public_url: " + "h" * 100_000 + "\n"):
+        with pytest.raises(ConfigError) as caught:
+            parse_settings("public_url: https://auth.example.com\n" + text)
+        assert max(len(line) for line in str(caught.value).splitlines()) < 600
+
+
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory, not a config file"):
         load_settings(tmp_path)
