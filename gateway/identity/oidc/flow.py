@@ -128,7 +128,10 @@ class FlowStore:
     async def finish(self, *, state: str, binding: str | None, provider: str) -> FlowRecord:
         """Spend ``state``: return its record if it belongs to this browser and provider.
 
-        The record is deleted whatever the outcome, so every state works at most once.
+        Presented by the browser that started it, the record is deleted whatever the outcome, so every
+        state works at most once. Presented by another browser it is left alone: a callback URL sent
+        from elsewhere (its state read off a screen, a log, a referrer) used it up, and the person's
+        own sign-in then failed (a fuzzing run).
 
         Raises:
             FlowInvalid: no such sign-in (missing, used, expired), another browser's, or another provider's.
@@ -138,7 +141,18 @@ class FlowStore:
             raise FlowInvalid(
                 "The answer from the identity provider has no valid state.", reason="oidc-state-missing"
             )
-        raw = await self._state.take(_key(state))
+        # Looked at first, spent only by its own browser; the take is what makes it single-use.
+        self._own(await self._state.get(_key(state)), binding)
+        record = self._own(await self._state.take(_key(state)), binding)
+        if record.provider != provider:
+            raise FlowInvalid("This sign-in was started with another provider.", reason="oidc-state-mismatch")
+        if self._clock.time() - record.created_at > FLOW_TTL:
+            raise FlowInvalid("This sign-in has expired.", reason="oidc-state-unknown")
+        return record
+
+    @staticmethod
+    def _own(raw: bytes | None, binding: str | None) -> FlowRecord:
+        """The record in ``raw`` if it is there and this browser's (FlowInvalid otherwise)."""
         if raw is None:
             raise FlowInvalid("This sign-in was already used or has expired.", reason="oidc-state-unknown")
         try:
@@ -147,8 +161,4 @@ class FlowStore:
             raise FlowInvalid("This sign-in could not be read.", reason="oidc-state-unknown") from exc
         if binding is None or not hmac.compare_digest(_hash(binding), record.binding):
             raise FlowInvalid("This sign-in was started in another browser.", reason="oidc-state-mismatch")
-        if record.provider != provider:
-            raise FlowInvalid("This sign-in was started with another provider.", reason="oidc-state-mismatch")
-        if self._clock.time() - record.created_at > FLOW_TTL:
-            raise FlowInvalid("This sign-in has expired.", reason="oidc-state-unknown")
         return record

@@ -83,10 +83,15 @@ async def test_callbacks_that_are_not_this_browsers_sign_in_are_refused(
         await flows.finish(state=flow.state if state is None else state, binding=presented, provider=provider)
     assert info.value.reason == reason
     assert info.value.status == 400
-    if state is None:
-        # A mismatch burns the state: the rightful browser cannot use it afterwards either.
+    if state is None and binding == "same":
+        # Presented by its own browser, the state is spent whatever the outcome.
         with pytest.raises(FlowInvalid):
             await flows.finish(state=flow.state, binding=mine, provider="corp")
+    elif state is None:
+        # Another browser (or none) does not spend it: a callback URL sent from elsewhere used to,
+        # and the person's own sign-in then failed (a fuzzing run). Their browser still finishes.
+        record = await flows.finish(state=flow.state, binding=mine, provider="corp")
+        assert record.provider == "corp"
 
 
 async def test_a_flow_expires_after_ten_minutes(flows: FlowStore, clock: FakeClock) -> None:
