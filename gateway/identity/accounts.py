@@ -285,6 +285,10 @@ def account_roles(roles: Sequence[str]) -> list[str]:
     return _check_roles(roles).split()
 
 
+# As the console's RoleName: a role is a name, not a paragraph (the CLI took 100,000 characters).
+_MAX_ROLE_LENGTH: Final = 128
+
+
 def _check_roles(roles: Sequence[str]) -> str:
     cleaned: list[str] = []
     for role in roles:
@@ -292,9 +296,15 @@ def _check_roles(roles: Sequence[str]) -> str:
         # Stored space-separated: a role with a space or comma would silently become two roles.
         # Nor a character a reader cannot see (gateway.names): "admin\u200b" reads as "admin" wherever
         # it is shown, and is another role (a fuzzing run stored it).
-        if not name or hidden_character(name) is not None or any(c.isspace() or c == "," for c in name):
+        if (
+            not name
+            or len(name) > _MAX_ROLE_LENGTH
+            or hidden_character(name) is not None
+            or any(c.isspace() or c == "," for c in name)
+        ):
             raise InvalidAccount(
-                f"Invalid role name {role!r}: no spaces, commas, control or invisible characters."
+                f"Invalid role name {role[:40]!r}: at most {_MAX_ROLE_LENGTH} characters, and no spaces, "
+                "commas, control or invisible characters."
             )
         if _speaks_for_another(name):
             # A role is added to the person's principals as it is: "client:deployer" or "user:boss" would

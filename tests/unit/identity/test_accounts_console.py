@@ -97,6 +97,8 @@ async def test_set_roles_refuses_bad_names_and_changes_nothing(world: World) -> 
     for hidden in ("admin\u200b", "ad\u202emin", "admin\x00", "\ufeffadmin", "admin\u034f", "admin\ufe0f"):
         with pytest.raises(InvalidAccount, match="invisible"):
             await world.accounts.set_roles(user.id, [hidden], actor="user:boss")
+    with pytest.raises(InvalidAccount, match="at most 128 characters"):
+        await world.accounts.set_roles(user.id, ["r" * 129], actor="user:boss")
     stored = await world.accounts.get(user.id)
     assert stored is not None
     assert stored.roles == "dev ops"
