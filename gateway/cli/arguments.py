@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["listen_address", "seconds", "whole_number"]
+__all__ = ["ip_address", "listen_address", "one_line", "seconds", "whole_number"]
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -53,3 +53,24 @@ def listen_address(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"expected host:port such as 127.0.0.1:8080 ({problem[:200]})")
     return text
+
+
+def one_line(text: str) -> str:
+    """A type for a required line of text (a reason, how an identity was verified): not blank, one line
+    of printable characters, at most 2,000 of them, as the console's."""
+    from gateway.reasons import reason_problem
+
+    problem = reason_problem(text) or ("at most 2000 characters" if len(text) > 2000 else None)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def ip_address(text: str) -> str:
+    """A type for one IP address (IPv4 or IPv6), written back in its usual form."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text[:40]!r}") from None

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.cli.arguments import one_line
 from gateway.cli.harness import (
     EXIT_OK,
     Failed,
@@ -398,6 +399,7 @@ def _right(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verified-by",
         required=True,
+        type=one_line,
         metavar="TEXT",
         help="how you verified the person's identity (recorded with the request)",
     )

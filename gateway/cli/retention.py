@@ -96,7 +96,7 @@ def _class_plan_lines(c: ClassPlan) -> list[str]:
 
 
 async def _plan(args: argparse.Namespace, ctx: PrivacyContext) -> int:
-    at = parse_at(args.at) if args.at else ctx.retention.clock.now()
+    at = parse_at(args.at) if args.at is not None else ctx.retention.clock.now()
     plan = await ctx.retention.plan(at)
     print(json.dumps(plan.to_json(), indent=2) if args.json else _plan_text(plan))
     return EXIT_OK

@@ -73,6 +73,23 @@ def test_bad_numbers_are_usage_errors_before_anything_runs(config: Path, args: l
     assert not (config.parent / "data").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["privacy", "rectify", "alice", "--name", "A", "--verified-by", " "], "a reason is required"),
+        (["privacy", "export", "alice", "--verified-by", "id card\x1b[2J"], "one line of text"),
+        (["privacy", "close", "alice", "--verified-by", "x" * 2001], "at most 2000 characters"),
+        (["incident", "case", "open", "--title", "t", "--ip", ""], "expected an IP address"),
+        (["incident", "case", "open", "--title", "t", "--ip", "10.0.0.300"], "expected an IP address"),
+        (["retention", "plan", "--at", ""], "not an ISO 8601 date"),
+    ],
+)
+def test_blank_or_malformed_text_options_are_usage_errors(
+    config: Path, args: list[str], message: str
+) -> None:
+    assert message in _usage_error(*args, "--config", str(config))
+
+
 def test_a_password_on_stdin_that_is_not_utf8_is_refused(config: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "user", "add", "newu", "--password-stdin", "--config", str(config)],
