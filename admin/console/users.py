@@ -527,14 +527,20 @@ def _second_admin_required(config: Config) -> bool:
     return config.settings.admin.approvals > 1
 
 
-def _refuse_own(request: Request[Any, Any, Any], user: User, why: str) -> None:
-    """Your own credentials are changed on your account page, where the session changes with them."""
+# What an admin does instead of changing their own credentials from the console.
+_ON_YOUR_ACCOUNT_PAGE: Final = (
+    "Change your own factors and password on your account page (/.gateway/account); another admin, or "
+    "`gateway user` on the gateway's host, can do it for you."
+)
+
+
+def _refuse_own(
+    request: Request[Any, Any, Any], user: User, why: str, instead: str = _ON_YOUR_ACCOUNT_PAGE
+) -> None:
+    """409 ``own-account`` for an action on the acting admin's own account: it would end this session or
+    shut them out of this console."""
     if user.id == admin_of(request).session.user_id:
-        raise OwnAccountRefused(
-            f"That is your own account ({user.username}): {why}. Change your own factors and password "
-            "on your account page (/.gateway/account); another admin, or `gateway user` on the gateway's "
-            "host, can do it for you."
-        )
+        raise OwnAccountRefused(f"That is your own account ({user.username}): {why}. {instead}")
 
 
 def _refuse_new_admin(config: Config, username: str) -> None:
@@ -807,11 +813,12 @@ async def disable_user(
     Destructive: needs a reason and a recent second factor (403 step-up otherwise)."""
 
     async def work(user: User, actor: str) -> ActionResult:
-        if user.id == admin_of(request).session.user_id:
-            raise OwnAccountRefused(
-                f"That is your own account ({user.username}): disabling it would shut you out of this "
-                "console. Another admin, or `gateway user disable` on the gateway's host, can."
-            )
+        _refuse_own(
+            request,
+            user,
+            "disabling it would shut you out of this console",
+            "Another admin, or `gateway user disable` on the gateway's host, can.",
+        )
         ended = await services.identity.accounts.disable(user.id, actor=actor)
         return ActionResult(
             username=user.username,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, UserError, command_group, config_arg
@@ -38,15 +38,12 @@ def parse_at(text: str) -> datetime:
     Raises:
         UserError: Not an ISO 8601 date, or outside the years a plan looks at (1970 to 8999).
     """
+    from gateway.audit.query import parse_time
+
     try:
-        parsed = datetime.fromisoformat(text)
-        at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except ValueError:
-        raise UserError(
-            f"--at {text[:40]!r} is not an ISO 8601 date (like 2027-06-01 or 2027-06-01T12:00)"
-        ) from None
-    except OverflowError:
-        raise UserError(f"--at {text[:40]!r} is outside the calendar once in UTC") from None
+        at = parse_time(text)  # the audit filter's reading: UTC unless it says, the calendar's edges refused
+    except ValueError as exc:
+        raise UserError(f"--at: {exc}") from None
     from gateway.privacy.retention import plan_moment_problem
 
     problem = plan_moment_problem(at)

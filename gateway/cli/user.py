@@ -425,14 +425,17 @@ async def _reset_mfa(args: argparse.Namespace, ctx: _Context) -> int:
     if args.invite:
         return await _invite_user(ctx, user, clear_password=True, reset_factors=True)
     removed = await ctx.accounts.reset_mfa(user.id, actor=ctx.actor)
-    print(
-        f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
-        f"and {removed['recovery_codes']} recovery code(s) from {user.username}"
-        + _sessions_ended(removed.get("sessions"))
-    )
+    print(f"{_removed(removed)} from {user.username}{_sessions_ended(removed.get('sessions'))}")
     if "sessions" not in removed:
         print(_sessions_note(ctx), file=sys.stderr)
     return EXIT_OK
+
+
+def _removed(removed: dict[str, int]) -> str:
+    return (
+        f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
+        f"and {removed['recovery_codes']} recovery code(s)"
+    )
 
 
 async def _invite(args: argparse.Namespace, ctx: _Context) -> int:
@@ -463,13 +466,7 @@ async def _invite_user(ctx: _Context, user: User, *, clear_password: bool, reset
         clear_password=clear_password,
         reset_factors=reset_factors,
     )
-    removed = invite.factors_removed
-    done: list[str] = []
-    if reset_factors:
-        done.append(
-            f"removed {removed['totp']} authenticator app(s), {removed['webauthn']} WebAuthn credential(s) "
-            f"and {removed['recovery_codes']} recovery code(s)"
-        )
+    done = [_removed(invite.factors_removed)] if reset_factors else []
     if invite.password_cleared:
         done.append("withdrew the password" + _sessions_ended(invite.sessions_ended))
     expires = datetime.fromtimestamp(invite.issued.invitation.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")

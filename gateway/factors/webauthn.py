@@ -17,9 +17,10 @@ The security properties, and where each one is enforced:
 * **Bound to the user and the browser.** A registration challenge is only valid for the user it was
   issued to; a second-factor assertion must come from a credential of the signed-in user; a
   passwordless assertion must present the user handle of the credential's owner when it presents one.
-  Every challenge is also bound to the browser that asked for it (``bound_to``: the sign-in's session
-  family, or a passkey sign-in's cookie): an answer relayed into another browser, even one signed in
-  with the same password, finds no challenge and makes nothing.
+  Every challenge is also bound to the browser that asked for it (``bound_to``: its CSRF cookie, and
+  the sign-in's session family when signed in; ``gateway.web.flows.ceremony_holder``): an answer
+  relayed into another browser, even one signed in with the same password, finds no challenge and
+  makes nothing.
 * **Passwordless means user verification.** A passkey alone counts as two factors (possession plus the
   PIN or biometric that unlocked it), so without the UV flag it is refused.
 * **Cloned authenticators.** A signature counter that does not advance (while either the stored or the

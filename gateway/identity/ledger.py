@@ -267,8 +267,7 @@ class AccountLedger:
         self._lineage: Lineage | None = None
         # Derived keys by keyring key id (a file of many lines costs one derivation per key, not per line).
         self._derived: dict[tuple[bytes, str], bytes] = {}
-        # Lines in the file as last parsed, and the count from which compacting is tried again (twice
-        # what the last compaction kept: a file of live lines is not rewritten every minute).
+        # Lines in the file as last parsed, and the count from which compacting is tried (again).
         self._lines = 0
         self._compact_above = COMPACT_AT
 
@@ -515,17 +514,23 @@ class AccountLedger:
         """
         async with self._lock:
             try:
-                done = await asyncio.to_thread(self._compact_file)
+                counted = await asyncio.to_thread(self._compact_file)
             except OSError as exc:
                 logger.error("account ledger: cannot compact %s (%s); it stays as it is", self.path, exc)
                 return None
-        if done is not None:
-            before, after = done
-            self._compact_above = max(COMPACT_AT, 2 * after)
-            logger.info("account ledger: compacted %s from %d to %d lines", self.path, before, after)
-        return done
+        if counted is None:
+            return None
+        before, after = counted
+        # Tried again at twice what the file holds now: a file of live lines is not read every minute.
+        self._compact_above = max(COMPACT_AT, 2 * after)
+        if after == before:
+            return None
+        logger.info("account ledger: compacted %s from %d to %d lines", self.path, before, after)
+        return counted
 
     def _compact_file(self) -> tuple[int, int] | None:
+        """(lines before, lines after): the same count when too few would go to rewrite it; None
+        without a file."""
         with _locked(self.path) as fd:
             if fd is None:
                 return None
@@ -533,10 +538,8 @@ class AccountLedger:
                 lines = src.read().splitlines()
             kept = self._still_read(lines)
             if 2 * len(kept) > len(lines):
-                self._compact_above = max(COMPACT_AT, 2 * len(lines))
-                return None
-            data = b"".join(lines[number] + b"\n" for number in kept)
-            _replace(self.path, data)
+                return len(lines), len(lines)
+            _replace(self.path, b"".join(lines[number] + b"\n" for number in kept))
         return len(lines), len(kept)
 
     def _still_read(self, lines: Sequence[bytes]) -> list[int]:
@@ -652,13 +655,13 @@ def _replace(path: Path, data: bytes) -> None:
     fresh = path.with_name(f"{path.name}.compact-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        with os.fdopen(fd, "wb") as out:  # a file object writes it all (os.write may stop short)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
     except BaseException:
-        os.close(fd)
         fresh.unlink(missing_ok=True)
         raise
-    os.close(fd)
     os.replace(fresh, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -19,7 +19,7 @@ from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
 from gateway.identity.levels import AuthLevel, Factor
-from gateway.identity.sessions import Session, SessionEnded, browser_label
+from gateway.identity.sessions import Session, browser_label
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.ids import parse_id
@@ -245,21 +245,16 @@ async def new_recovery(
     s = signed.session
     if not flows.is_fresh(s, config, identity.clock):
         return _step_up("/.gateway/account")
-    codes = await identity.recovery.generate(s.user_id)
+    codes = await flows.codes_for_live_session(identity, s)
     await identity.audit.record(
         "recovery_codes.generated",
         actor=f"user:{s.username}",
         subject=s.username,
         ip=flows.client_ip(request),
     )
-    try:
-        ended, new_id = await _end_others_after(
-            request, identity, s, signed.session_id, "recovery_codes.generated"
-        )
-    except SessionEnded:
-        # Ended while the codes were stored (an admin's reset, a disable): they go with it.
-        await identity.recovery.discard(s.user_id)
-        raise
+    ended, new_id = await _end_others_after(
+        request, identity, s, signed.session_id, "recovery_codes.generated"
+    )
     notice = f"Your old codes no longer work. {ended} other session(s) signed out."
     shown = page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
     flows.set_session_cookie(shown, config, new_id)

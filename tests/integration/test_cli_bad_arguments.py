@@ -81,7 +81,7 @@ def test_bad_numbers_are_usage_errors_before_anything_runs(config: Path, args: l
         (["privacy", "close", "alice", "--verified-by", "x" * 2001], "at most 2000 characters"),
         (["incident", "case", "open", "--title", "t", "--ip", ""], "expected an IP address"),
         (["incident", "case", "open", "--title", "t", "--ip", "10.0.0.300"], "expected an IP address"),
-        (["retention", "plan", "--at", ""], "not an ISO 8601 date"),
+        (["retention", "plan", "--at", ""], "not an ISO 8601 time"),
     ],
 )
 def test_blank_or_malformed_text_options_are_usage_errors(

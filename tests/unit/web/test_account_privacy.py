@@ -21,13 +21,12 @@ import msgspec
 import pytest
 from litestar import Request
 
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
 from gateway.privacy.register import Channel, Kind
 from gateway.services import WorkerServices
 from gateway.web.rights import CrossSiteRequest, refuse_cross_site
-from tests.unit.web.worker import BASE_URL, control_app
+from tests.unit.web.worker import control_app, signed_in
 
 HTML = {"Accept": "text/html"}
 JSON = {"Accept": "application/json"}
@@ -64,18 +63,7 @@ class Control:
         """A new account and a two-factor session for it, with the CSRF cookie a page gives."""
         identity = self.services.identity
         user = await identity.accounts.create(username=username, password=None, actor="cli:test")
-        now = identity.clock.time()
-        session_id, _ = await identity.sessions.create(
-            user_id=user.id,
-            username=user.username,
-            level=AuthLevel.TWO_FACTOR,
-            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
-            roles=(),
-            ip="127.0.0.1",
-            user_agent="test",
-            host=BASE_URL,
-        )
-        self.client.cookies.set("gateway_session", session_id, domain="gw.test")
+        await signed_in(self.services, self.client, user)
         await self.page()  # and the CSRF cookie, as a browser has it from the page
         return user
 

@@ -26,11 +26,10 @@ from gateway.factors.recovery import RecoveryCodes
 from gateway.factors.totp import TotpService
 from gateway.factors.webauthn import WebAuthnService
 from gateway.identity.accounts import AccountService
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.services import WorkerServices
 from tests.support.soft_authenticator import SoftAuthenticator
-from tests.unit.web.worker import BASE_URL, control_app
+from tests.unit.web.worker import BASE_URL, control_app, signed_in
 
 PASSWORD = "violet harbour cobalt lantern"
 COOKIE = "gateway_session"
@@ -50,18 +49,7 @@ async def _phished(services: WorkerServices, client: httpx.AsyncClient) -> tuple
     user = await identity.accounts.create(username="vic", password=PASSWORD, actor="cli:test")
     enrollment = await identity.totp.begin_enrollment(user.id, account="vic", name="Phone")
     assert await identity.totp.confirm(user.id, enrollment.credential_id, pyotp.TOTP(enrollment.secret).now())
-    now = identity.clock.time()
-    session_id, _ = await identity.sessions.create(
-        user_id=user.id,
-        username="vic",
-        level=AuthLevel.TWO_FACTOR,
-        factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
-        roles=(),
-        ip="127.0.0.1",
-        user_agent="test",
-        host=BASE_URL,
-    )
-    client.cookies.set(COOKIE, session_id, domain="gw.test")
+    await signed_in(services, client, user)
     await client.get("/.gateway/login", headers={"Accept": "text/html"})
     token = client.cookies.get("gateway_csrf")
     assert token

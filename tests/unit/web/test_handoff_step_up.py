@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.levels import AuthLevel
 from gateway.services import WorkerServices
-from tests.unit.web.worker import control_app
+from tests.unit.web.worker import control_app, signed_in
 
 APP = "http://app.test:8080"
 ROUTES = [
@@ -39,19 +39,7 @@ async def _signed_in(services: WorkerServices, client: httpx.AsyncClient) -> str
     user = await services.identity.accounts.create(
         username="ana", password="violet harbour cobalt lantern", actor="cli:test"
     )
-    now = services.identity.clock.time()
-    session_id, _ = await services.identity.sessions.create(
-        user_id=user.id,
-        username="ana",
-        level=AuthLevel.TWO_FACTOR,
-        factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
-        roles=(),
-        ip="127.0.0.1",
-        user_agent="test",
-        host="http://gw.test:8080",
-    )
-    client.cookies.set("gateway_session", session_id, domain="gw.test")
-    return session_id
+    return await signed_in(services, client, user)
 
 
 async def _redeem(client: httpx.AsyncClient, link: str) -> httpx.Response:

@@ -11,13 +11,15 @@ from typing import Any
 import httpx
 import yaml
 
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.models import User
 from gateway.root.start import Role, start
 from gateway.services import WorkerServices
 from gateway.settings.loader import load_settings
 from gateway.web.app import create_control_app
 from tests.support.asgi_client import asgi_client
 
-__all__ = ["BASE_URL", "control_app", "worker_config"]
+__all__ = ["BASE_URL", "control_app", "signed_in", "worker_config"]
 
 BASE_URL = "http://gw.test:8080"
 
@@ -51,3 +53,22 @@ async def control_app(
             yield running.services, client
     finally:
         await running.close()
+
+
+async def signed_in(services: WorkerServices, client: httpx.AsyncClient, user: User) -> str:
+    """A two-factor session of ``user`` (password and authenticator app just used) as ``client``'s
+    session cookie on the auth host; returns its id."""
+    identity = services.identity
+    now = identity.clock.time()
+    session_id, _ = await identity.sessions.create(
+        user_id=user.id,
+        username=user.username,
+        level=AuthLevel.TWO_FACTOR,
+        factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+        roles=(),
+        ip="127.0.0.1",
+        user_agent="test",
+        host=BASE_URL,
+    )
+    client.cookies.set("gateway_session", session_id, domain="gw.test")
+    return session_id
