@@ -73,8 +73,25 @@ def validate(rules: PolicyRules) -> list[Finding]:
         *_link_findings(rules),
         *_unknown_roles(rules, held),
         *_hierarchy_findings(rules, graph, reach),
+        *_allows_nothing(rules),
     ]
     return sorted(findings, key=lambda f: (f.line is None, f.line or 0))
+
+
+def _allows_nothing(rules: PolicyRules) -> list[Finding]:
+    # A policy without one allow denies every request: it fails closed, but storing it by mistake (an
+    # empty file, a truncated export) is an outage of every app behind the gateway. Lockdown is the
+    # tool for denying everything on purpose; --force still stores such a policy.
+    if any(not rule.is_deny for rule in rules.policies):
+        return []
+    return [
+        Finding(
+            Severity.ERROR,
+            "allows-nothing",
+            "the policy has no allow rule, so every request would be denied; add a 'p, ..., allow' "
+            "line (to deny everything on purpose, use lockdown or store it with force)",
+        )
+    ]
 
 
 def _is_principal(name: str) -> bool:

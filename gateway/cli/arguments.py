@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["ip_address", "listen_address", "one_line", "seconds", "whole_number"]
+__all__ = ["ip_address", "listen_address", "one_line", "seconds", "short_name", "whole_number"]
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -63,6 +63,16 @@ def one_line(text: str) -> str:
     problem = reason_problem(text) or ("at most 2000 characters" if len(text) > 2000 else None)
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def short_name(text: str) -> str:
+    """A type for a name (a person, a route, an owner): 1 to 256 characters on one line, no control
+    characters, as the console's incident fields take."""
+    if not 1 <= len(text) <= 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise argparse.ArgumentTypeError(
+            f"expected a name of 1 to 256 characters without control characters, got {text[:40]!r}"
+        )
     return text
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.accounts import AccountServices, account_services
-from gateway.cli.arguments import ip_address, whole_number
+from gateway.cli.arguments import ip_address, short_name, whole_number
 from gateway.cli.harness import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -336,8 +336,12 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
         return parser
 
     def people(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--user", action="append", metavar="USERNAME", help="an affected person (repeat)")
-        parser.add_argument("--route", action="append", metavar="NAME", help="an affected route (repeat)")
+        parser.add_argument(
+            "--user", action="append", type=short_name, metavar="USERNAME", help="an affected person (repeat)"
+        )
+        parser.add_argument(
+            "--route", action="append", type=short_name, metavar="NAME", help="an affected route (repeat)"
+        )
         parser.add_argument(
             "--ip", action="append", type=ip_address, metavar="ADDRESS", help="an address involved (repeat)"
         )

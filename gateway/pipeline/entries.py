@@ -30,7 +30,7 @@ from gateway.pipeline.forward_auth import (
     UnknownTarget,
     answer_allowed,
     answer_refused,
-    refuse_client_identity,
+    refuse_client_headers,
 )
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
@@ -189,9 +189,9 @@ class _ForwardAuth(Entry):
         identity: Identity,
         clients: Clients,
     ) -> Awaitable[None]:
-        # The proxy forwards the client's request itself: identity headers the client put in it are
-        # refused here, where stripping them is not the gateway's to do.
-        refuse_client_identity(scope["headers"], snap.strip_identity)
+        # The proxy forwards the client's request itself: identity headers and path or method
+        # overrides the client put in it are refused here, where stripping them is not the gateway's.
+        refuse_client_headers(scope["headers"], snap.strip_identity)
         return answer_allowed(send, ctx, identity)
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:

@@ -26,20 +26,21 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, normalize_name, speaks_identity
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, REROUTING, normalize_name, speaks_identity
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
 __all__ = [
     "FORWARD_AUTH_PATH",
     "ClientIdentityHeaders",
+    "ClientReroutingHeaders",
     "ForwardedRequest",
     "UnknownTarget",
     "UntrustedProxy",
     "answer_allowed",
     "answer_refused",
     "forwarded_request",
-    "refuse_client_identity",
+    "refuse_client_headers",
     "retarget",
 ]
 
@@ -72,6 +73,20 @@ class ClientIdentityHeaders(Forbidden):
 
     reason: str = "client-identity-headers"
     title = "Identity headers from the client"
+
+
+class ClientReroutingHeaders(Forbidden):
+    """The request a proxy asks about carries a header that makes apps serve another path or method
+    (``X-Original-URL``, ``X-HTTP-Method-Override``, ``X-Script-Name`` …, 403).
+
+    The decision is for the method and path in ``X-Forwarded-Method`` and ``-Uri``; an app that honours
+    one of these would serve something else with it (an attack run: a GET allowed on ``/x`` reached the
+    app with ``X-HTTP-Method-Override: DELETE`` and ``X-Original-URL: /admin/users/1``). A proxied
+    request loses them; here the proxy forwards the original itself.
+    """
+
+    reason: str = "client-rerouting-headers"
+    title = "Path or method override headers from the client"
 
 
 class UnknownTarget(Forbidden):
@@ -163,15 +178,23 @@ _ALWAYS_NAMED: Final = (b"x-gateway-assertion", b"x-gateway-auth")
 _NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
 
 
-def refuse_client_identity(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
+def refuse_client_headers(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
     """Raise :class:`ClientIdentityHeaders` if the client sent a header the gateway speaks identity
     in, in any spelling (case, ``_`` for ``-``): exactly those a proxied request loses
-    (``names``: the snapshot's ``strip_identity``, every route's configured names)."""
+    (``names``: the snapshot's ``strip_identity``, every route's configured names); and
+    :class:`ClientReroutingHeaders` for a path or method override (``REROUTING``), also lost there."""
     for name, _ in headers:
-        if speaks_identity(normalize_name(name), names):
+        normal = normalize_name(name)
+        if speaks_identity(normal, names):
             raise ClientIdentityHeaders(
                 f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "
                 "sets: the proxy in front must remove it from what clients send (README, Forward-auth)."
+            )
+        if normal in REROUTING:
+            raise ClientReroutingHeaders(
+                f"The request carries {name.decode('latin-1')[:60]!r}, which makes apps serve another path "
+                "or method than the one decided: the proxy in front must remove it from what clients "
+                "send (README, Forward-auth)."
             )
 
 

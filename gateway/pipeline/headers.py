@@ -33,6 +33,7 @@ from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",
+    "REROUTING",
     "Forwarding",
     "IdentityNames",
     "TrustedProxies",
@@ -57,6 +58,23 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
         b"proxy-authenticate",
         b"http2-settings",
+    }
+)
+# Headers that make an app serve another path or method than the request's: the path under other
+# proxies' names, the mount point WSGI middleware reads into SCRIPT_NAME, and the overrides frameworks
+# honour (Symfony and Zend read X-Original-URL and X-Rewrite-URL; Express, Rails and Spring apps the
+# method overrides). A proxied request loses them; forward-auth refuses a question that carries them.
+REROUTING: Final = frozenset(
+    {
+        b"x-forwarded-path",
+        b"x-envoy-original-path",
+        b"x-script-name",
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
 # Headers whose meaning depends on who set them. Compared after normalize_name().
@@ -88,21 +106,8 @@ _FORWARDING = frozenset(
         b"x-remote-ip",
         b"x-remote-addr",
         b"x-envoy-external-address",
-        # The path under other proxies' names, and the mount point WSGI middleware reads into
-        # SCRIPT_NAME: each would route the app somewhere other than the path the policy decided.
-        b"x-forwarded-path",
-        b"x-envoy-original-path",
-        b"x-script-name",
+        *REROUTING,
         b"x-request-id",
-        # Path and method overrides: frameworks that honour them (Symfony and Zend read X-Original-URL
-        # and X-Rewrite-URL; Express, Rails and Spring apps read the method overrides) would serve a
-        # path or method other than the one the policy allowed.
-        b"x-original-url",
-        b"x-original-uri",
-        b"x-rewrite-url",
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
         # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps
         # written for them trust these. The gateway speaks identity under its own names (a route that
         # configures one of these as its identity_headers sets it after this drop).

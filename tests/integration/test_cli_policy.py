@@ -366,6 +366,14 @@ def test_stored_policy_user_errors(config: Path, files: dict[str, Path]) -> None
     proc = gateway("policy", "import", str(files["invalid"]), *c, "--reason", "x", "--force")
     assert proc.returncode == 0, proc.stderr
 
+    # An empty file (a truncated export, a wrong path's template) would deny every request.
+    empty = files["policy"].with_name("empty.csv")
+    empty.write_text("# the header of an export, and nothing else\n")
+    proc = gateway("policy", "import", str(empty), *c, "--reason", "x")
+    assert proc.returncode == 1
+    assert "[allows-nothing] the policy has no allow rule" in proc.stderr
+    assert len(gateway("policy", "history", *c).stdout.strip().splitlines()) == 2  # header + version 1
+
     proc = gateway("policy", "restore", "7", *c, "--reason", "x")
     assert (proc.returncode, proc.stderr.strip()) == (2, "error: there is no policy version 7")
     proc = gateway("policy", "export", *c, "--version", "7")

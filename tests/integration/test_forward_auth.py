@@ -356,6 +356,25 @@ def test_a_routes_own_identity_names_from_the_client_are_refused(site: Site, pro
 
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize(
+    "header",
+    [("X-HTTP-Method-Override", "DELETE"), ("X-Original-URL", "/admin/users/1"), ("X-Script-Name", "/docs")],
+)
+def test_a_path_or_method_override_never_reaches_the_app(
+    site: Site, proxy: str, header: tuple[str, str]
+) -> None:
+    """An attack run: a GET the policy allowed reached the app through both examples with
+    X-HTTP-Method-Override: DELETE and X-Original-URL: /admin/users/1 (a proxied request loses them).
+    Both proxies put the client's headers in the question, so the gateway refuses it."""
+    alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
+    refused = spoofing(site, proxy, "/docs/x", [alice, header])
+    assert refused.status_code == 403, refused.text
+    assert "x-gateway-user" not in refused.text.lower()  # the app's echo never answered
+    assert spoofing(site, proxy, "/docs/x", [alice]).status_code == 200
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
 def test_a_browser_without_a_session_is_sent_to_sign_in(site: Site, proxy: str) -> None:
     port = port_of(site, proxy)
     resp = via(port, "/docs/intro?x=1", html=True)

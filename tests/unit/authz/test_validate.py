@@ -182,11 +182,13 @@ def test_a_subtree_that_now_reaches_its_root_with_more_methods() -> None:
 
 def test_an_exact_rule_that_its_subtree_already_covers() -> None:
     findings = _findings("p, editor, hr, /me, GET|HEAD, deny\np, editor, hr, /me/*, HEAD|GET, deny\n")
-    assert [(f.code, f.line) for f in findings] == [("covered-by-subtree", 2)]
+    assert [(f.code, f.line) for f in findings] == [("covered-by-subtree", 2), ("allows-nothing", None)]
     assert "'/me' is already covered by '/me/*' (line 3;" in findings[0].message
     assert "delete this line" in findings[0].message
     # With more methods below, the subtree widens the root, and the exact line is redundant as well.
-    wider = _findings("p, editor, hr, /me, GET, deny\np, editor, hr, /me/*, *, deny\n")
+    wider = _findings(
+        "p, editor, hr, /me, GET, deny\np, editor, hr, /me/*, *, deny\np, editor, hr, /, GET, allow\n"
+    )
     assert [(f.code, f.line) for f in wider] == [("subtree-covers-root", 3)]
     assert "denies * on '/me' too" in wider[0].message
     assert "line 2 adds nothing and can go" in wider[0].message
@@ -204,3 +206,15 @@ def test_an_exact_rule_that_its_subtree_already_covers() -> None:
 )
 def test_unrelated_exact_and_subtree_rules(text: str) -> None:
     assert not {"subtree-covers-root", "covered-by-subtree"} & {f.code for f in _findings(text)}
+
+
+@pytest.mark.parametrize(
+    "text", ["", "# nothing yet\n", "p, editor, hr, /*, *, deny\n", "g, user:bob, editor\n"]
+)
+def test_a_policy_that_allows_nothing_is_an_error(text: str) -> None:
+    """`gateway policy import` of an empty file (or a truncated export) stored a policy denying every
+    request without --force: it fails closed, but it is an outage of every app behind the gateway."""
+    findings = _findings(text)
+    assert ("allows-nothing", Severity.ERROR) in [(f.code, f.severity) for f in findings]
+    assert "lockdown" in next(f.message for f in findings if f.code == "allows-nothing")
+    assert "allows-nothing" not in [f.code for f in _findings(text + "p, editor, hr, /x, GET, allow\n")]

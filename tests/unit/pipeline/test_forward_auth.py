@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadHeaders
-from gateway.pipeline.forward_auth import UntrustedProxy, forwarded_request
+from gateway.pipeline.forward_auth import (
+    ClientIdentityHeaders,
+    ClientReroutingHeaders,
+    UntrustedProxy,
+    forwarded_request,
+    refuse_client_headers,
+)
+from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES
 
 GOOD = [
     (b"x-forwarded-method", b"POST"),
@@ -73,3 +80,33 @@ def test_malformed_values_are_bad_requests(name: bytes, value: bytes) -> None:
     with pytest.raises(BadHeaders) as caught:
         forwarded_request(headers, peer_trusted=True)
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"X-Original-URL",
+        b"x-original-uri",
+        b"X-Rewrite-URL",
+        b"X-HTTP-Method-Override",
+        b"x_http_method",
+        b"X-Method-Override",
+        b"X-Script-Name",
+        b"X-Forwarded-Path",
+        b"X-Envoy-Original-Path",
+    ],
+)
+def test_a_path_or_method_override_from_the_client_is_refused(name: bytes) -> None:
+    """An attack run: a GET allowed on /x reached the app through nginx and Caddy with
+    X-HTTP-Method-Override: DELETE and X-Original-URL: /admin/users/1, which a proxied request loses."""
+    with pytest.raises(ClientReroutingHeaders) as caught:
+        refuse_client_headers([*GOOD, (name, b"/admin")], frozenset(DEFAULT_IDENTITY_NAMES))
+    assert caught.value.status == 403
+    assert caught.value.reason == "client-rerouting-headers"
+
+
+def test_the_proxys_own_forwarded_headers_and_a_clients_ordinary_ones_pass() -> None:
+    ordinary = [(b"cookie", b"s=1"), (b"x-forwarded-for", b"192.0.2.1"), (b"x-forwarded-prefix", b"/p")]
+    refuse_client_headers([*GOOD, *ordinary], frozenset(DEFAULT_IDENTITY_NAMES))
+    with pytest.raises(ClientIdentityHeaders):
+        refuse_client_headers([*GOOD, (b"X_Gateway_User", b"bob")], frozenset(DEFAULT_IDENTITY_NAMES))
