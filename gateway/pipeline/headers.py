@@ -3,9 +3,9 @@
 Request side, in this order:
 1. drop hop-by-hop headers (RFC 9110 §7.6.1) and every header the client names in ``Connection``;
 2. drop every incoming identity header (``X-Gateway-*``, and the names ``identity_headers`` gives
-   them, such as ``Remote-User``) in every spelling: the name is compared lower-cased with ``_`` read
-   as ``-``, because many frameworks (CGI/WSGI ``HTTP_X_GATEWAY_USER``, Django, Rails) fold both
-   spellings into the same variable;
+   them, such as ``Remote-User``) in every spelling: the name is compared lower-cased with every
+   character but letters and digits read as ``-``, because many frameworks (CGI/WSGI
+   ``HTTP_X_GATEWAY_USER``, Django, Rails, PHP, which also folds ``.``) fold them into one variable;
 3. drop the forwarding family (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, ``X-Request-Id``) in
    every spelling, then re-create it: trusted values are extended, untrusted ones replaced.
 
@@ -129,9 +129,18 @@ _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 
 
+# Lower case, and every byte that is not a letter or digit read as "-": servers and frameworks turn
+# "-", "_", "." (PHP's $_SERVER: X.Gateway.User arrives as HTTP_X_GATEWAY_USER, the last copy
+# winning) and other punctuation into the same variable name, so each spelling must count as one.
+_NORMAL: Final = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 45 for c in range(256)
+)
+
+
 def normalize_name(name: bytes) -> bytes:
-    """Lower-case and read ``_`` as ``-``: the spelling-insensitive form used for security checks."""
-    return name.lower().replace(b"_", b"-")
+    """Lower-case, every character but letters and digits read as ``-``: the spelling-insensitive
+    form used for security checks (``X_Gateway.User`` is ``x-gateway-user``)."""
+    return name.translate(_NORMAL)
 
 
 class IdentityNames(NamedTuple):
@@ -310,7 +319,7 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     it costs the cache key little).
     """
     lname = name.lower()
-    norm = lname.replace(b"_", b"-")
+    norm = normalize_name(name)
     if lname == b"host":
         return _HOST, lname
     # The proxy writes the body's framing from what the client really sent (receive's check), never

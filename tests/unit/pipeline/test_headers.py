@@ -10,6 +10,7 @@ from gateway.pipeline.headers import (
     TrustedProxies,
     clean_response_headers,
     forwarding_for,
+    normalize_name,
     upstream_request_headers,
 )
 
@@ -44,11 +45,32 @@ def _out(headers: list[tuple[bytes, bytes]], **kw: object) -> dict[bytes, list[b
         b"x-gateway_email",
         b"X-Gateway-Assertion",
         b"x-gateway-anything-new",
+        # PHP reads "." as "_" too (an attack run: X.Gateway.User: bob reached a PHP app as
+        # HTTP_X_GATEWAY_USER on a public path), and other punctuation may be folded elsewhere.
+        b"X.Gateway.User",
+        b"x.gateway_roles",
+        b"X~Gateway|Auth",
     ],
 )
 def test_identity_headers_are_removed_in_every_spelling(name: bytes) -> None:
     out = _out([(b"host", b"app"), (name, b"admin")])
-    assert not any(n.replace(b"_", b"-").lower().startswith(b"x-gateway-") for n in out)
+    assert not any(normalize_name(n).startswith(b"x-gateway-") for n in out)
+    assert b"admin" not in b"".join(v for vs in out.values() for v in vs)
+
+
+@pytest.mark.parametrize(
+    "name", [b"X.HTTP.Method.Override", b"X.Original.URL", b"X.Real.IP", b"Remote.User", b"X.Forwarded.For"]
+)
+def test_overrides_and_forwarding_headers_are_removed_in_dotted_spellings(name: bytes) -> None:
+    out = _out([(b"host", b"app"), (name, b"6.6.6.6")])
+    assert name.lower() not in out
+    assert b"6.6.6.6" not in b"".join(v for vs in out.values() for v in vs)
+
+
+def test_ordinary_names_keep_their_spelling() -> None:
+    out = _out([(b"host", b"app"), (b"X.Custom_Thing", b"1"), (b"Accept", b"*/*")])
+    assert out[b"x.custom_thing"] == [b"1"]
+    assert normalize_name(b"X-Gateway-User") == normalize_name(b"x.gateway_user") == b"x-gateway-user"
 
 
 @pytest.mark.parametrize(
