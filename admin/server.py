@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +29,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
-from gateway.settings.listen import parse_listen
+from gateway.settings.listen import IN_USE, bind_problem, parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import guard_workers
 
@@ -56,19 +54,14 @@ class AdminListenBusy(GatewayError):
 
 def check_port_free(listen: str) -> None:
     """Raise :class:`AdminListenBusy` if ``listen`` cannot be bound (checked before anything starts)."""
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AdminListenBusy(
-                    f"admin.listen {listen}: the address is already in use. Stop the other process, "
-                    "choose another port, or set 'admin: {listen: null}' to serve no admin API."
-                ) from exc
-            raise AdminListenBusy(f"admin.listen {listen}: cannot listen there ({exc.strerror}).") from exc
+    problem = bind_problem(listen)
+    if problem == IN_USE:
+        raise AdminListenBusy(
+            f"admin.listen {listen}: the address is already in use. Stop the other process, "
+            "choose another port, or set 'admin: {listen: null}' to serve no admin API."
+        )
+    if problem is not None:
+        raise AdminListenBusy(f"admin.listen {listen}: {problem}.")
 
 
 def serve_admin(config_path: Path, settings: Settings) -> None:

@@ -22,8 +22,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.errors import GatewayError
 from gateway.settings.compose import read_document
-from gateway.settings.listen import parse_listen
+from gateway.settings.listen import IN_USE, bind_problem, parse_listen
 from gateway.settings.loader import ACCEPTED_ENV, pin_accepted
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
@@ -32,12 +33,19 @@ if TYPE_CHECKING:
     from gateway.root.apps import ProcessApp
     from gateway.services import Services, WorkerServices
 
-__all__ = ["admin_app_factory", "app_factory", "serve"]
+__all__ = ["ListenBusy", "admin_app_factory", "app_factory", "serve"]
 
 logger = logging.getLogger("gateway")
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 EARLY_SIGHUP = threading.Event()
+
+
+class ListenBusy(GatewayError):
+    """``listen`` cannot be bound: another process holds it (checked before anything starts)."""
+
+    reason = "listen-busy"
+    title = "Port in use"
 
 
 def app_factory() -> ProcessApp[WorkerServices]:
@@ -67,7 +75,11 @@ def admin_app_factory() -> ProcessApp[Services]:
 
 
 def serve(config_path: Path, settings: Settings) -> None:
-    """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before workers stop."""
+    """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before workers stop.
+
+    Raises:
+        ListenBusy: ``listen`` is taken, also by a server that shares ports (nothing was started).
+    """
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.server import Server
@@ -76,6 +88,10 @@ def serve(config_path: Path, settings: Settings) -> None:
     from gateway.observe.metrics import prepare_multiprocess
 
     host, port = parse_listen(settings.listen)
+    problem = bind_problem(settings.listen)
+    if problem is not None:
+        hint = ". Stop the other process or choose another port" if problem == IN_USE else ""
+        raise ListenBusy(f"listen {settings.listen}: {problem}{hint}.")
     os.environ[CONFIG_ENV] = str(config_path.resolve())
     accepted = _pin_first_config(config_path, settings)
     # Before any worker or the admin child exists: they all inherit it and count into one directory

@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_listen"]
+import errno
+import socket
+
+__all__ = ["IN_USE", "bind_problem", "parse_listen"]
+
+IN_USE = "the address is already in use"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split ``host:port`` (IPv6 in brackets) into its parts."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def bind_problem(listen: str) -> str | None:
+    """Why a server could not listen on ``listen`` now, or None when it can (checked by binding and
+    closing a socket before anything starts).
+
+    granian binds with ``SO_REUSEPORT``, which lets a second server share a port another one with the
+    same option holds: two gateways would then split the port's connections between them, each with its
+    own users and policy (a first-day run found it). This probe does not set it, so it fails there.
+    """
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return IN_USE
+            return f"cannot listen there ({exc.strerror})"
+    return None

@@ -687,6 +687,27 @@ def test_a_busy_admin_port_is_a_clear_error_before_the_gateway_starts(tmp_path: 
     assert f"admin.listen 127.0.0.1:{port}: the address is already in use" in result.stderr
 
 
+def test_a_port_another_server_shares_is_a_clear_error_before_the_gateway_starts(tmp_path: Path) -> None:
+    """A first-day run: a second gateway on a running one's port started without a word, since
+    granian binds with SO_REUSEPORT, and the kernel then split the port's connections between two
+    gateways with their own users and policies. The socket here holds the port as granian does."""
+    admin_port = free_port()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = yaml.safe_load(_config(tmp_path, admin_port).read_text())
+        config["listen"] = f"127.0.0.1:{port}"
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = run_cli("serve", "--config", str(tmp_path / "gateway.yaml"), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"listen 127.0.0.1:{port}: the address is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    with socket.socket() as probe:  # nothing was started: the admin port was never taken either
+        probe.bind(("127.0.0.1", admin_port))
+
+
 def test_the_admin_listener_stops_with_the_gateway(tmp_path: Path) -> None:
     admin_port = free_port()
     config_path = _config(tmp_path, admin_port)
