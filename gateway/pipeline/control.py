@@ -89,4 +89,5 @@ async def hand_to_control(
             ctx.outcome.bytes_out += len(message.get("body", b""))
         await send(message)
 
-    await app(inner, body.receive if ctx.framing.has_body else receive, send_and_note)
+    framing = ctx.framing
+    await app(inner, body.receive if framing.has_body or framing.unsized else receive, send_and_note)

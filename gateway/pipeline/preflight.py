@@ -20,6 +20,7 @@ from typing import Final
 
 from gateway.pipeline.asgi import Scope
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.proxy import NO_BODY
 
 __all__ = ["PREFLIGHT", "is_preflight", "let_preflight_through"]
 
@@ -49,4 +50,7 @@ def let_preflight_through(scope: Scope, ctx: RequestContext) -> bool:
     if not is_preflight(scope, ctx):
         return False
     ctx.rec.reason = PREFLIGHT
+    # Without credentials, and without a body: an HTTP/2 preflight could carry one its headers do not
+    # announce, which an app would otherwise receive from anyone.
+    ctx.framing = NO_BODY
     return True

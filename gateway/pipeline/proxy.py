@@ -23,7 +23,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.observe.tracing import FailedAttempt
-from gateway.pipeline.asgi import Receive, Send, receive_body_within
+from gateway.pipeline.asgi import Message, Receive, Send, receive_body_within
 from gateway.pipeline.headers import clean_response_headers
 from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
@@ -51,10 +51,16 @@ class ClientDisconnected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BodyFraming:
-    """How the client framed its request body (RFC 9112 §6), read from the original headers."""
+    """How the client framed its request body (RFC 9112 §6), read from the original headers.
+
+    ``unsized``: an HTTP/2 request without ``Content-Length``, whose body (if any) ends with its
+    stream; whether there is one is known from the first read (:func:`_sized`). ``has_body`` is false
+    for it, so that a browser's preflight over HTTP/2 is still one.
+    """
 
     content_length: int | None = None
     chunked: bool = False
+    unsized: bool = False
 
     @property
     def has_body(self) -> bool:
@@ -62,6 +68,30 @@ class BodyFraming:
 
 
 NO_BODY = BodyFraming()
+CHUNKED = BodyFraming(chunked=True)
+UNSIZED = BodyFraming(unsized=True)
+
+
+async def _sized(receive: Receive, seconds: float) -> tuple[Receive, BodyFraming]:
+    """For an ``unsized`` request: its first read decides between no body and a chunked one (an attack
+    run: an HTTP/2 upload without ``Content-Length`` was answered 200 and reached the app empty).
+
+    Returns:
+        A receive that gives that first message again, and the framing to send upstream.
+    """
+    first = await receive_body_within(receive, seconds)
+    if first["type"] == "http.request" and not first.get("body") and not first.get("more_body", False):
+        return receive, NO_BODY
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return first
+
+    return again, CHUNKED
 
 
 # How often a long exchange (a streamed answer, a WebSocket) is checked again (gateway.pipeline.watch):
@@ -168,6 +198,8 @@ async def forward_http(
         BodyTooLarge, UpstreamError, UpstreamTimeout, ServiceUnavailable: before the response started.
         ClientDisconnected: the client left while sending its body.
     """
+    if body_framing.unsized:
+        receive, body_framing = await _sized(receive, rt.body_timeout)
     length = body_framing.content_length
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")

@@ -15,7 +15,7 @@ from gateway.errors import BadHeaders, BadRequest, ErrorReason, HeadersTooLarge
 from gateway.pipeline.asgi import Scope
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import forwarding_for
-from gateway.pipeline.proxy import BodyFraming
+from gateway.pipeline.proxy import UNSIZED, BodyFraming
 from gateway.pipeline.snapshot import Snapshot
 from gateway.threat.blocks import IpBlocked, IpBlocks
 
@@ -125,6 +125,8 @@ def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: I
         lengths = [value for name, value in headers if name == b"content-length"]
         codings = [value for name, value in headers if name == b"transfer-encoding"]
         ctx.framing = body_framing(lengths, codings)
+    elif scope.get("http_version") == "2":
+        ctx.framing = UNSIZED  # a body may end with the stream instead (RFC 9113 §8.1.1)
     ctx.query = scope.get("query_string", b"")
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
     return raw
