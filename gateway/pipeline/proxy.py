@@ -340,12 +340,22 @@ async def _relay(
     await send(start)
     sent = 0
     due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
-    async for chunk in resp.chunks():
-        if watch is not None and time.time() >= due:
-            # Checked before the chunk goes out: once access has ended, no byte more does.
-            outcome.bytes_out = sent
-            due = await _recheck(watch)
-        sent += len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    try:
+        async for chunk in resp.chunks():
+            if watch is not None and time.time() >= due:
+                # Checked before the chunk goes out: once access has ended, no byte more does.
+                outcome.bytes_out = sent
+                due = await _recheck(watch)
+            sent += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    # The answer started: only aborting the connection is left, which raising does. As a GatewayError
+    # it is also the access log's (an attack run: a broken chunk size after the head was logged 200
+    # and success).
+    except UpstreamProtocolError as exc:
+        outcome.bytes_out = sent
+        raise UpstreamError(f"The application's answer broke off: {exc}.") from exc
+    except TimeoutError as exc:
+        outcome.bytes_out = sent
+        raise UpstreamTimeout("The application stopped answering midway.") from exc
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent

@@ -101,6 +101,11 @@ class UpstreamProtocolError(Exception):
     """The upstream broke the exchange: malformed response, or closed before it was complete."""
 
 
+# What feed_data raises on a response it will not parse on: HttpParserUpgrade is no HttpParserError (an
+# attack run's 101 from the app escaped into the event loop's "Fatal error on transport").
+_PARSE_ERRORS: Final = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
 class _Stop(Exception):
     """Raised from a parser callback to stop parsing there (feed_data then raises HttpParserError)."""
 
@@ -172,10 +177,10 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except _PARSE_ERRORS as exc:
             self._broken(exc)
 
-    def _broken(self, exc: httptools.HttpParserError) -> None:
+    def _broken(self, exc: Exception) -> None:
         # After a complete response (on_message_begin) the exchange stands as it was; the error only
         # matters to one that is not complete.
         self._fail(UpstreamProtocolError(f"malformed response from the application ({exc})"))
@@ -189,7 +194,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data[:room])
             if self.head_done:
                 self.parser.feed_data(data[room:])
-        except httptools.HttpParserError as exc:
+        except _PARSE_ERRORS as exc:
             self._broken(exc)
             return
         if not self.head_done:
@@ -201,7 +206,7 @@ class _Connection(asyncio.Protocol):
         before = self.buffered
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except _PARSE_ERRORS as exc:
             self._broken(exc)
             return
         if self.buffered != before or self.complete:
@@ -259,18 +264,35 @@ class _Connection(asyncio.Protocol):
                 UpstreamProtocolError(f"the application's response has more than {_MAX_HEADERS} headers")
             )
             raise _Stop  # stops the parser; data_received closes the connection
+        if status > 599:
+            # RFC 9110 §15: three digits from 100 to 599; a client has no meaning for 600 or 999.
+            self._fail(UpstreamProtocolError(f"the application answered with status {status}"))
+            raise _Stop
         self.status = status
         # A chunked answer's trailer section arrives as header fields too: it is dropped, so it can
         # never become part of the head (RFC 9110 §6.5.1: a trailer is not to be merged blindly).
         self.response_headers = headers
         self.headers = _TRAILERS
+        codings: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
                 self.content_length = int(value) if value.strip().isdigit() else None
             elif lname == b"transfer-encoding":
-                self.chunked = True
-                self.stalled = 0
+                codings.extend(c.strip().lower() for c in value.split(b","))
+        if codings:
+            if codings != [b"chunked"]:
+                # Transfer-Encoding is hop-by-hop, so a gzip (or gzip, chunked) body would reach the
+                # client unlabelled, and one ended by closing looked like a broken chunked one: 502, as
+                # nginx answers an unknown coding.
+                self._fail(
+                    UpstreamProtocolError(
+                        f"the application's Transfer-Encoding is {b', '.join(codings)[:60]!r}, not chunked"
+                    )
+                )
+                raise _Stop
+            self.chunked = True
+            self.stalled = 0
         self.head_done = True
         self._wake()
 

@@ -659,3 +659,34 @@ async def test_endless_trailers_fail_the_exchange(clients: Clients) -> None:
         resp.release()
         assert b"".join(received) == b"hello"
         assert client._open == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        # A 101 nobody asked for: httptools raises HttpParserUpgrade, which is no HttpParserError, and
+        # it escaped into the event loop ("Fatal error on transport") in an attack run.
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nRAW", "malformed"),
+        (b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", "status 600"),
+        (b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok", "status 999"),
+        # Transfer-Encoding is hop-by-hop: a gzip body would reach the client unlabelled.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b...", "not chunked"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "not chunked"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "not",
+        ),
+    ],
+)
+async def test_answers_the_client_could_not_read_as_sent_are_protocol_errors(
+    clients: Clients, answer: bytes, message: str
+) -> None:
+    async with scripted(answer, keep_open=False) as target:
+        with pytest.raises(UpstreamProtocolError, match=message):
+            await get(clients(4), target)
+
+
+async def test_a_chunked_answer_in_any_case_is_still_chunked(clients: Clients) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    async with scripted(answer) as target:
+        assert (await get(clients(4), target))[:1] == (200,)

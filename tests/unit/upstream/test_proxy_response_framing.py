@@ -200,3 +200,43 @@ async def test_a_head_over_the_limits_is_a_502(client: Http1Client, head: bytes)
         with pytest.raises(UpstreamError, match="broke the exchange") as info:
             await proxied(client, _route(url))
     assert isinstance(info.value.__cause__, UpstreamProtocolError)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",  # then the app closes
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000,  # streamed, then closed
+    ],
+)
+async def test_an_answer_that_breaks_after_it_started_is_a_gateway_error(
+    client: Http1Client, answer: bytes
+) -> None:
+    """An attack run: the app's broken chunk size (or a close midway) after the head escaped as an
+    UpstreamProtocolError, and the access log said 200 and success. It is an UpstreamError now: the
+    pipeline notes its reason and re-raises it, which aborts the client's connection."""
+
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_and_close, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        outcome = ProxyOutcome()
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        with pytest.raises(UpstreamError, match="broke off"):
+            await forward_http(
+                method="GET", path_and_query="/page", headers=[(b"host", b"app")], receive=_nothing,
+                send=send, rt=_route(url), client=client, request_id="rid", outcome=outcome,
+                body_framing=NO_BODY,
+            )  # fmt: skip
+    assert outcome.status == 200  # the answer had started: only aborting was left
+    assert not any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent)
