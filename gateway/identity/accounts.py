@@ -45,7 +45,7 @@ from typing import Final, Protocol
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gateway.audit.chain import Precondition
 from gateway.audit.models import AuditEvent
@@ -56,7 +56,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.identity.devices import KnownDevices
 from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
-from gateway.identity.machine_names import service_account_names
+from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.owed import owe
@@ -486,22 +486,10 @@ class AccountService:
             problem = await self._hasher.check_new(password, personal=(name, address or "", shown_name))
             if problem is not None:
                 raise WeakPassword(problem)
-        identifiers = {name} if address is None else {name, address}
-        # Read only (the insert below is its own unit, guarded by the unique constraint): no write lock.
+        # Read first, so a taken name fails before the password is hashed; checked again below.
         async with self._db.session() as session:
             with store_errors("cannot read accounts"):
-                taken = (
-                    await session.scalars(
-                        select(User).where(or_(User.username.in_(identifiers), User.email.in_(identifiers)))
-                    )
-                ).first()
-            if taken is not None:
-                raise self._exists(taken, name, address)
-            if await service_account_names(session, [name]):
-                raise AccountExists(
-                    f"A service account is named {name!r}: the applications would not tell the two apart "
-                    "(X-Gateway-User, the assertion's sub). Choose another username."
-                )
+                await self._refuse_taken(session, name, address)
         if password is not None:
             # Hashed outside the transaction: it takes tens of milliseconds and holds no lock meanwhile.
             password_hash = await self._hasher.hash(password)
@@ -519,13 +507,15 @@ class AccountService:
             password_changed_at=now if password_hash is not None else None,
         )
         async with self._db.session(write=True) as session:
-            session.add(user)
             with store_errors("cannot create the account"):
+                # Under the names' lock: a service account, or a username equal to this email, made
+                # since the read above is seen here (no constraint spans the two tables or columns).
+                await hold_names(session)
+                await self._refuse_taken(session, name, address)
+                session.add(user)
                 try:
                     await session.commit()
                 except IntegrityError as exc:
-                    # Lost a race with another create of the same name: the unique constraint decides.
-                    # (A username racing an equal email is not caught here: no constraint spans both.)
                     raise AccountExists(
                         f"An account named {name!r} or with that email already exists."
                     ) from exc
@@ -541,6 +531,23 @@ class AccountService:
             },
         )
         return user
+
+    async def _refuse_taken(self, session: AsyncSession, name: str, address: str | None) -> None:
+        """Raise AccountExists if a person holds the name or the email (as either), or a service
+        account the name."""
+        identifiers = {name} if address is None else {name, address}
+        taken = (
+            await session.scalars(
+                select(User).where(or_(User.username.in_(identifiers), User.email.in_(identifiers)))
+            )
+        ).first()
+        if taken is not None:
+            raise self._exists(taken, name, address)
+        if await service_account_names(session, [name]):
+            raise AccountExists(
+                f"A service account is named {name!r}: the applications would not tell the two apart "
+                "(X-Gateway-User, the assertion's sub). Choose another username."
+            )
 
     @staticmethod
     def _exists(taken: User, name: str, address: str | None) -> AccountExists:

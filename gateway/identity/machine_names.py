@@ -8,6 +8,11 @@ the person alice's identity at the app). Neither may take a name the other holds
 asks here; the machine side (``gateway.machine.accounts``) asks the users table itself.
 
 The table is named here, not imported: service accounts are a layer above identity.
+
+Checking the other table and inserting into one's own must happen under one lock, or a person and a
+service account created at the same moment both find the name free (an attack run got ``race3`` as
+both, one try in six): every creation takes :func:`hold_names` in its writing transaction, then checks
+both tables, then inserts.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from collections.abc import Iterable
 from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["service_account_names"]
+__all__ = ["hold_names", "service_account_names"]
+
+# Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the chain, signing and migration locks.
+_PG_NAMES_LOCK = 7_204_118_993_051
 
 _SERVICE_ACCOUNTS = table("service_accounts", column("name"))
 
@@ -31,3 +39,13 @@ async def service_account_names(session: AsyncSession, names: Iterable[str]) -> 
         select(_SERVICE_ACCOUNTS.c.name).where(_SERVICE_ACCOUNTS.c.name.in_(wanted))
     )
     return set(found)
+
+
+async def hold_names(session: AsyncSession) -> None:
+    """Take the lock under which names are checked in both tables and taken, until this transaction
+    ends: PostgreSQL's transaction-scoped advisory lock; on SQLite the session must be a writing one
+    (``BEGIN IMMEDIATE`` already holds the database's write lock). Creations are rare: one lock for all
+    names costs nothing that matters, where one per name would miss an OIDC sign-in's candidates."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_NAMES_LOCK})")

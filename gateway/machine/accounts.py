@@ -28,6 +28,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.ledger import AccountLedger, Entry
+from gateway.identity.machine_names import hold_names
 from gateway.identity.models import User
 from gateway.identity.retired import retire
 from gateway.machine.models import ApiToken, ServiceAccount
@@ -202,26 +203,26 @@ class ServiceAccounts:
     ) -> AccountView:
         """Create a service account (409 if the name is taken, 400 for a bad name or role)."""
         name = check_name(name)
-        async with self._db.session() as session:
-            with store_errors("cannot read accounts"):
+        row = ServiceAccount(
+            name=name, description=_text(description, "The description"), owner=_text(owner, "The owner"),
+            roles=" ".join(check_roles(roles)), created_at=self._clock.now(), created_by=actor,
+        )  # fmt: skip
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot create the service account"):
+                # Under the names' lock, so a person created at the same moment is seen (hold_names).
+                await hold_names(session)
                 person = (
                     await session.scalars(
                         select(User.id).where(or_(User.username == name, User.email == name)).limit(1)
                     )
                 ).first()
-        if person is not None:
-            # One namespace with people: the apps are told the name (X-Gateway-User, sub) either way.
-            raise ServiceAccountExists(
-                f"A person's account is named {name!r}: the applications would not tell the two apart. "
-                "Choose another name."
-            )
-        row = ServiceAccount(
-            name=name, description=_text(description, "The description"), owner=_text(owner, "The owner"),
-            roles=" ".join(check_roles(roles)), created_at=self._clock.now(), created_by=actor,
-        )  # fmt: skip
-        async with self._db.session() as session:
-            session.add(row)
-            with store_errors("cannot create the service account"):
+                if person is not None:
+                    # One namespace with people: the apps are told the name (X-Gateway-User, sub).
+                    raise ServiceAccountExists(
+                        f"A person's account is named {name!r}: the applications would not tell the two "
+                        "apart. Choose another name."
+                    )
+                session.add(row)
                 try:
                     await session.commit()
                 except IntegrityError:

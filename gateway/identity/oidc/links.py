@@ -42,7 +42,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.accounts import account_exists
-from gateway.identity.machine_names import service_account_names
+from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import User
 from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
 from gateway.identity.oidc.models import IdentityLink
@@ -340,6 +340,7 @@ class IdentityMapper:
         candidates = _username_candidates(idp, subject, claims, email)
         async with self._db.session(write=True) as session:
             with store_errors("cannot create the account"):
+                await hold_names(session)  # against a service account taking a candidate meanwhile
                 rows = (
                     await session.execute(
                         select(User.username, User.email).where(

@@ -4,6 +4,7 @@ the name either way (``X-Gateway-User``, the assertion's ``sub``). An attack run
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,25 @@ async def test_a_deleted_service_accounts_name_is_never_given_at_a_provider_sign
         ip="198.51.100.1",
     )
     assert mapped.user.username != "ci-bot"
+
+
+async def test_a_person_and_a_service_account_made_at_once_never_share_a_name(
+    people: AccountService, machines: ServiceAccounts
+) -> None:
+    """An attack run: `gateway user add race3 --password-stdin` and `gateway service-account create
+    race3` at the same moment made both (one try in six): each side read the other's table, then
+    inserted into its own, and the person's password hash in between widened the window."""
+    for n in range(6):
+        name = f"race{n}"
+        results = await asyncio.gather(
+            people.create(username=name, password="a long passphrase nobody guesses", actor="admin:root"),
+            machines.create_account(name, actor="admin:root"),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1, results
+        assert isinstance(refused[0], (AccountExists, ServiceAccountExists)), refused
+    people_named = {n for n in (f"race{i}" for i in range(6)) if await people.find(n) is not None}
+    machines_named = {a.name for a in await machines.list_accounts()}
+    assert not people_named & machines_named
+    assert len(people_named | machines_named) == 6
