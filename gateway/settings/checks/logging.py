@@ -83,6 +83,15 @@ def _check_sink(sink: LogSink, at: KeyPath, report: Report) -> None:
     require_positive(positive, report)
     if sink.backups < 0:
         report.add((*at, "backups"), "must not be negative; use 0 to truncate instead of keeping old files")
+    _check_destination(sink, at, report)
+
+
+def _check_destination(sink: LogSink, at: KeyPath, report: Report) -> None:
+    """Where the sink writes: a file's directory, a syslog address, an HTTP endpoint and headers."""
+    if sink.type == "file" and sink.path:
+        problem = _log_file_problem(sink.path)
+        if problem:
+            report.add((*at, "path"), problem)
     if sink.type == "syslog" and sink.address:
         problem = _syslog_address_problem(sink.address)
         if problem:
@@ -98,6 +107,17 @@ def _check_sink(sink: LogSink, at: KeyPath, report: Report) -> None:
     for header, value in sink.headers.items():
         if not TOKEN.fullmatch(header) or any(c in value for c in "\r\n\0"):
             report.add((*at, "headers", header), "is not a valid HTTP header name and value")
+
+
+def _log_file_problem(path: str) -> str | None:
+    """Why a file sink could never write ``path``: every event would be dropped while the gateway
+    reports itself ready (a first-day run: a directory that did not exist)."""
+    if os.path.isdir(path):
+        return f"{quote(path)} is a directory; name a file in it"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"its directory {quote(directory)} does not exist; create it (the gateway does not)"
+    return None
 
 
 def _syslog_address_problem(address: str) -> str | None:

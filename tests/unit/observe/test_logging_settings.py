@@ -27,6 +27,7 @@ def test_defaults_log_every_request_to_stdout(tmp_path: Path) -> None:
 
 
 def test_every_sink_type_with_relative_paths_and_secret_token(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
     logging = parse(
         """\
         logging:
@@ -95,6 +96,17 @@ def test_invalid_logging_is_reported_with_key_and_line(tmp_path: Path, body: str
     with pytest.raises(ConfigError) as err:
         parse(body, tmp_path)
     assert message in str(err.value)
+
+
+def test_a_file_sink_that_could_never_write_is_refused(tmp_path: Path) -> None:
+    """A first-day run: a file sink in a directory that did not exist passed check-config, and the
+    gateway reported itself ready while dropping every event."""
+    with pytest.raises(ConfigError) as err:
+        parse("logging: {sinks: [{type: file, path: nowhere/access.log}]}", tmp_path)
+    assert f'logging.sinks[0].path: its directory "{tmp_path / "nowhere"}" does not exist' in str(err.value)
+    with pytest.raises(ConfigError, match="is a directory; name a file in it"):
+        parse(f"logging: {{sinks: [{{type: file, path: '{tmp_path}'}}]}}", tmp_path)
+    parse("logging: {sinks: [{type: file, path: access.log}]}", tmp_path)  # the file itself may be absent
 
 
 def test_a_token_from_the_environment_is_never_echoed(tmp_path: Path) -> None:
