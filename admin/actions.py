@@ -120,11 +120,12 @@ async def audit(
     kind: str,
     *,
     actor: str,
+    subject: str,
     outcome: str = "success",
-    subject: str = "policy",
     details: Mapping[str, object] | None = None,
 ) -> None:
-    """Record ``kind`` (``admin.<action>``) for this request; a failing record is logged, never raised."""
+    """Record ``kind`` (``admin.<action>``) about ``subject`` (``policy``, a user, the request's path for
+    a refusal) for this request; a failing record is logged, never raised."""
     try:
         await identity.audit.record(
             kind, actor=actor, subject=subject, ip=client_ip(connection), outcome=outcome, details=details

@@ -366,7 +366,8 @@ class AdminGuard:
             if await self._first_refusal(err.username):
                 await _audit(
                     self._identity, connection, "admin.refused", actor=f"user:{err.username}",
-                    outcome="failure", details={"error": err.reason, "path": connection.url.path},
+                    subject=connection.url.path[:200], outcome="failure",
+                    details={"error": err.reason, "path": connection.url.path},
                 )  # fmt: skip
             raise
         connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
@@ -391,7 +392,8 @@ class AdminGuard:
             actor = f"user:{session.username}"
         origin = connection.headers.get("origin") or ""
         await _audit(
-            self._identity, connection, "admin.refused", actor=actor, outcome="failure",
+            self._identity, connection, "admin.refused", actor=actor, subject=connection.url.path[:200],
+            outcome="failure",
             details={
                 "error": err.reason,
                 "path": connection.url.path,
@@ -453,15 +455,16 @@ async def _change(
         version = await make(admin.actor, keeps_admin(admin, settings.role))
     except GatewayError as err:
         await _audit(
-            identity, request, f"admin.{action}", actor=admin.actor, outcome="failure",
+            identity, request, f"admin.{action}", actor=admin.actor, subject="policy", outcome="failure",
             details={**details, "error": err.reason},
         )  # fmt: skip
         raise
     # This process decides who is an admin and answers explain: it must see its own change now.
     await policy.load()
     await _audit(
-        identity, request, f"admin.{action}", actor=admin.actor, details={**details, "version": version}
-    )
+        identity, request, f"admin.{action}", actor=admin.actor, subject="policy",
+        details={**details, "version": version},
+    )  # fmt: skip
     stored = await store.get(version) if version else None
     findings = validate(stored.rules) if stored is not None else []
     return ChangeResult(
@@ -801,7 +804,8 @@ def _validation_error(
             # spaces): the handler's own record never happens, so it is made here, after the answer
             # (an attack run found none for these).
             response.background = BackgroundTask(
-                _audit, identity, request, "admin.refused", actor=admin.actor, outcome="failure",
+                _audit, identity, request, "admin.refused", actor=admin.actor,
+                subject=request.url.path[:200], outcome="failure",
                 details={"error": "bad-request", "path": request.url.path, "method": request.method},
             )  # fmt: skip
         return response

@@ -442,6 +442,7 @@ async def propose(
             request,
             "admin.policy.propose",
             actor=admin.actor,
+            subject="policy",
             outcome="failure",
             details={**details, "error": err.reason},
         )
@@ -451,6 +452,7 @@ async def propose(
         request,
         "admin.policy.propose",
         actor=admin.actor,
+        subject="policy",
         details={**details, "proposal": proposal.id},
     )
     return _proposal_json(proposal)
@@ -486,6 +488,7 @@ async def approve(
             request,
             "admin.policy.approve",
             actor=admin.actor,
+            subject="policy",
             outcome="failure",
             details={**details, "error": err.reason},
         )
@@ -493,7 +496,12 @@ async def approve(
     # This process decides who is an admin: it must see the approved change now.
     await live_policy.load()
     await audit(
-        identity, request, "admin.policy.approve", actor=admin.actor, details={**details, "version": version}
+        identity,
+        request,
+        "admin.policy.approve",
+        actor=admin.actor,
+        subject="policy",
+        details={**details, "version": version},
     )
     return ProposalDecision(proposal=_proposal_json(await proposals.get(number)), version=version)
 
@@ -521,11 +529,14 @@ async def reject(
             request,
             "admin.policy.reject",
             actor=admin.actor,
+            subject="policy",
             outcome="failure",
             details={**details, "error": err.reason},
         )
         raise
-    await audit(identity, request, "admin.policy.reject", actor=admin.actor, details=details)
+    await audit(
+        identity, request, "admin.policy.reject", actor=admin.actor, subject="policy", details=details
+    )
     return ProposalDecision(proposal=_proposal_json(await proposals.get(number)))
 
 

@@ -192,7 +192,7 @@ def test_a_signed_in_non_admin_is_403_and_the_attempt_is_audited(site: Site, car
     assert_error(api(site, carol, "GET", "/api/policy"), 403, "admin-role-required")
     rows = [r for r in site.audit("admin.refused") if r["actor"] == "user:carol"]
     assert rows
-    assert rows[-1]["outcome"] == "failure"
+    assert (rows[-1]["outcome"], rows[-1]["subject"]) == ("failure", "/api/policy")
 
 
 def test_an_admin_without_a_fresh_second_factor_must_step_up(site: Site) -> None:
