@@ -63,7 +63,7 @@ from gateway.privacy.register import OPEN, Channel, RequestView, Status, is_ref
 from gateway.privacy.retention import VERBS, ClassPlan, Retention
 from gateway.reasons import OPTIONAL_REASON_PATTERN, REASON_PATTERN
 from gateway.services import Services
-from gateway.settings.schema import PrivacySettings
+from gateway.settings.schema import PRIVACY_LAWS, PrivacySettings
 from gateway.store.ids import parse_id
 from gateway.threat.incidents import IncidentStore
 from gateway.web.deps import Config
@@ -166,7 +166,7 @@ VerifiedBy = Annotated[
 Law = Annotated[
     str | None,
     msgspec.Meta(
-        description="The law the request falls under (a key of privacy.due); default privacy.default_law."
+        description="The law the request falls under (gdpr, ccpa or dpdp); default privacy.default_law."
     ),
 ]
 # As the accounts service checks a display name: no control characters, no bidi overrides.
@@ -465,9 +465,9 @@ def _check_ref(ref: str) -> str:
     return ref
 
 
-def _law(settings: PrivacySettings, law: str | None) -> str | None:
-    if law is not None and law not in settings.due:
-        raise UnknownLaw(f"Unknown law {law[:20]!r}; expected one of {', '.join(sorted(settings.due))}.")
+def _law(law: str | None) -> str | None:
+    if law is not None and law not in PRIVACY_LAWS:
+        raise UnknownLaw(f"Unknown law {law[:20]!r}; expected one of {', '.join(sorted(PRIVACY_LAWS))}.")
     return law
 
 
@@ -861,7 +861,7 @@ async def export_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> Response[dict[str, Any]]:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         user = await _person(services, user_id, about)
         view, document = await services.privacy.export(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
@@ -897,7 +897,7 @@ async def rectify_user(
                 canonical_email(data.email)
             except ValueError as exc:
                 raise InvalidAccount(str(exc)) from exc
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         user = await _person(services, user_id, about)
         view = await services.privacy.rectify(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
@@ -925,7 +925,7 @@ async def restrict_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         # Either way it decides who may sign in, as disabling and enabling do.
         confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
@@ -955,7 +955,7 @@ async def close_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         _not_own(user, admin, "close")
@@ -989,7 +989,7 @@ async def erase_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         _not_own(user, admin, "erase")
@@ -1041,7 +1041,7 @@ async def object_for_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         user = await _person(services, user_id, about)
         view = await services.privacy.object(
             user, data.purpose, settings=settings, law=chosen, **_for_person(admin, request, data)
@@ -1069,7 +1069,7 @@ async def withdraw_consent_for_user(
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
-        chosen = _law(settings, data.law)
+        chosen = _law(data.law)
         user = await _person(services, user_id, about)
         view = await services.privacy.withdraw_consent(
             user, data.purpose, settings=settings, law=chosen, **_for_person(admin, request, data)

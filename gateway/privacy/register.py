@@ -27,7 +27,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.identity.models import User
 from gateway.privacy.models import PrivacyRequest
-from gateway.settings.schema import PrivacySettings
+from gateway.settings.schema import PRIVACY_LAWS, PrivacySettings
 from gateway.store.db import Database, store_errors
 
 __all__ = [
@@ -235,7 +235,7 @@ class Register:
             ValueError: ``law`` has no due time in ``settings`` (the caller checked it at the edge).
         """
         chosen = law or settings.default_law
-        if chosen not in settings.due:
+        if chosen not in PRIVACY_LAWS:
             raise ValueError(f"unknown law {chosen!r}")
         now = self._clock.now()
         row = PrivacyRequest(
@@ -249,7 +249,7 @@ class Register:
             received_at=now,
             verified_at=now if verified_by else None,
             verified_by=verified_by,
-            due_at=now + timedelta(seconds=float(settings.due[chosen])),
+            due_at=now + timedelta(seconds=float(settings.due.of(chosen))),
             completed_at=None,
             details=json.dumps(dict(details or {}), sort_keys=True, default=str),
             outcome="",

@@ -750,18 +750,30 @@ class RetentionSettings(_Config, frozen=True):
     interval: Duration = Duration(86400)
 
 
+#: The laws a rights request can fall under; ``privacy.due`` has a due time for each.
+PRIVACY_LAWS: Final = ("gdpr", "ccpa", "dpdp")
+
+
+class DueTimes(_Config, frozen=True):
+    """Time allowed to complete a rights request, per law (GDPR Art. 12(3): one month; CCPA: 45 days).
+    A struct, not a map: setting one law keeps the others' defaults (a first-day run's
+    ``due: {gdpr: 20d}`` was refused for lacking the other two)."""
+
+    gdpr: Duration = Duration(30 * 86400)
+    ccpa: Duration = Duration(45 * 86400)
+    dpdp: Duration = Duration(30 * 86400)
+
+    def of(self, law: str) -> Duration:
+        """The due time of ``law`` (one of ``gdpr``, ``ccpa``, ``dpdp``)."""
+        due: Duration = getattr(self, law)
+        return due
+
+
 class PrivacySettings(_Config, frozen=True):
     contact: PrivacyContact = PrivacyContact()
     # The law a rights request falls under unless the request says otherwise.
     default_law: Literal["gdpr", "ccpa", "dpdp"] = "gdpr"
-    # Time allowed to complete a request, per law (GDPR Art. 12(3): one month; CCPA: 45 days).
-    due: dict[str, Duration] = msgspec.field(
-        default_factory=lambda: {
-            "gdpr": Duration(30 * 86400),
-            "ccpa": Duration(45 * 86400),
-            "dpdp": Duration(30 * 86400),
-        }
-    )
+    due: DueTimes = DueTimes()
     purposes: tuple[Purpose, ...] = DEFAULT_PURPOSES
     retention: RetentionSettings = RetentionSettings()
     # How often overdue requests are looked for and reported to the sinks.

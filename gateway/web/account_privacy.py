@@ -207,7 +207,7 @@ async def _page(
         requests=[_request_row(view, now) for view in requests],
         registration_days=_days(float(settings.retention.registration)),
         removed_days=_days(float(settings.retention.removed_content)),
-        due_days=_days(float(settings.due[settings.default_law])),
+        due_days=_days(float(settings.due.of(settings.default_law))),
     )
 
 

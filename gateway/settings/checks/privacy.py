@@ -8,12 +8,11 @@ from typing import Final
 
 from gateway.settings.checks.values import NAME_RULE, require_positive
 from gateway.settings.report import Report
-from gateway.settings.schema import Settings
+from gateway.settings.schema import PRIVACY_LAWS, Settings
 
 __all__ = ["LAWS", "check_privacy"]
 
-#: The laws a rights request can fall under; ``privacy.due`` has an entry for each.
-LAWS: Final = ("gdpr", "ccpa", "dpdp")
+LAWS: Final = PRIVACY_LAWS
 
 _NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Deliberately loose: one @, no spaces; the address is shown, never sent to.
@@ -33,14 +32,8 @@ def check_privacy(settings: Settings, report: Report) -> None:
         report.bad(
             ("privacy", "export_limit"), "is negative", "0 for no limit, else exports per export_window"
         )
-    for law in privacy.due:
-        if law not in LAWS:
-            report.add(("privacy", "due", law), f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
-    for law in LAWS:
-        if law not in privacy.due:
-            report.add(("privacy", "due"), f"needs a due time for {law}")
     require_positive(
-        [(("privacy", "due", law), due) for law, due in privacy.due.items()]
+        [(("privacy", "due", law), privacy.due.of(law)) for law in LAWS]
         + [
             (("privacy", "contact", "response_time"), contact.response_time),
             (("privacy", "overdue_check"), privacy.overdue_check),

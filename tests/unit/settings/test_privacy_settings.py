@@ -30,3 +30,22 @@ def test_a_negative_limit_and_an_empty_window_are_refused() -> None:
     message = str(info.value)
     assert "privacy.export_limit: is negative" in message
     assert "privacy.export_window" in message
+
+
+def test_one_laws_due_time_keeps_the_others_defaults() -> None:
+    """A first-day run: `privacy: {due: {gdpr: 20d}}` was refused for lacking ccpa and dpdp, where
+    privacy.retention merges a partial override with its defaults."""
+    due = parse_settings("public_url: https://auth.example.com\nprivacy: {due: {gdpr: 20d}}\n").privacy.due
+    assert [float(due.of(law)) / 86400 for law in ("gdpr", "ccpa", "dpdp")] == [20, 45, 30]
+
+
+@pytest.mark.parametrize(
+    ("due", "message"),
+    [
+        ("{hipaa: 30d}", 'privacy.due: unknown key "hipaa"'),
+        ("{ccpa: 0s}", "privacy.due.ccpa: must be greater than 0"),
+    ],
+)
+def test_an_unknown_law_or_an_empty_due_time_is_refused(due: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(f"public_url: https://auth.example.com\nprivacy: {{due: {due}}}\n")
