@@ -30,6 +30,7 @@ from gateway.cli import (
 )
 from gateway.cli.harness import EXIT_USAGE, Action, execute
 from gateway.cli.terminal import EscapingStream
+from gateway.version import package_version
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Identity-aware access gateway: a reverse proxy that signs people in and decides "
         "every request by policy.",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="what the command logs (before the command: gateway --log-level warning user list)",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # The order of the listing in `gateway --help`.
     serve.register(sub)

@@ -88,7 +88,7 @@ def _postgres(settings: Settings) -> PgBackRestSettings | None:
     if pg is None:
         raise UserError(
             "storage.url is PostgreSQL: its backups are made by pgBackRest, and backup.pgbackrest is not "
-            "configured (see docs/backup-postgresql.md)"
+            "configured (the README: Backups of the PostgreSQL database)"
         )
     return pg
 

@@ -89,7 +89,7 @@ def _drill(args: argparse.Namespace) -> int:
     elif pg is None:
         raise UserError(
             "storage.url is PostgreSQL and backup.pgbackrest is not configured: there is no backup to "
-            "drill (docs/backup-postgresql.md)"
+            "drill (the README: Backups of the PostgreSQL database)"
         )
     elif args.backup is not None:
         raise UserError(

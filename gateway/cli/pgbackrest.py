@@ -75,7 +75,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, PgBackRestSettings]:
     pg = settings.backup.pgbackrest
     if pg is None:
         raise UserError(
-            "backup.pgbackrest is not configured; add it to the configuration (see docs/backup-postgresql.md)"
+            "backup.pgbackrest is not configured; add it to the configuration (the README: Backups of the PostgreSQL database)"
         )
     return settings, pg
 

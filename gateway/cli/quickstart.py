@@ -37,7 +37,7 @@ __all__ = ["register", "register_echo", "run_echo", "run_quickstart", "write_qui
 _CONFIG = """\
 # Quick-start configuration written by `gateway quickstart`. Edit it and run
 #   gateway serve --config {config}
-# Reference: README.md, section Configuration.
+# Reference: the README, section Configuration reference.
 listen: {listen}
 # localhost, not 127.0.0.1: passkeys (WebAuthn) need a host name, not an IP address.
 public_url: http://{public_host}:{port}

@@ -2,7 +2,7 @@
 
 gateway serve --config FILE
 gateway admin serve --config FILE
-gateway check-config [FILE]   (FILE: $GATEWAY_CONFIG when omitted)
+gateway check-config [FILE | --config FILE]   ($GATEWAY_CONFIG, else ./gateway.yaml, when omitted)
 gateway migrate --config FILE
 gateway healthcheck --config FILE [--timeout SECONDS]
 """
@@ -15,12 +15,10 @@ from pathlib import Path
 
 from gateway.cli.arguments import seconds
 from gateway.cli.harness import (
-    CONFIG_ENV,
     EXIT_FAILURE,
     EXIT_OK,
     SubParsers,
     config_arg,
-    config_from_environment,
     load_config,
     load_keyring,
     run,
@@ -34,9 +32,10 @@ __all__ = ["register"]
 def _check_config(args: argparse.Namespace) -> int:
     from gateway.settings.loader import load_settings
 
-    settings = load_settings(args.file)
+    path: Path = args.file if args.file is not None else args.config
+    settings = load_settings(path)
     print(
-        f"{args.file}: OK ({len(settings.routes)} route(s), "
+        f"{path}: OK ({len(settings.routes)} route(s), "
         f"{len(settings.identity_providers)} identity provider(s), listen {settings.listen})"
     )
     return EXIT_OK
@@ -144,15 +143,15 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="validate a config file without starting",
         description="Validate a configuration file and report every problem with its line.",
     )
-    from_env = config_from_environment()
     p.add_argument(
         "file",
         type=Path,
         metavar="FILE",
-        nargs="?" if from_env else None,
-        default=from_env,
-        help=f"the YAML configuration file (default: ${CONFIG_ENV} when set)",
+        nargs="?",
+        default=None,
+        help="the YAML configuration file (or --config, as every other command takes it)",
     )
+    config_arg(p)
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser(

@@ -25,7 +25,8 @@ from gateway.settings.report import INVALID, Invalid, KeyPath, Meta, Report, des
 
 __all__ = ["EXAMPLE", "compose", "read_document"]
 
-EXAMPLE: Final = "see examples/gateway.example.yaml"
+# Words a user of the installed package can act on: the examples/ directory is not in the wheel.
+EXAMPLE: Final = "`gateway quickstart --data-dir DIR` writes a working one; every key is in the README's Configuration reference"
 
 _TAG: Final = "tag:yaml.org,2002:"
 # Implicit timestamps are read as text: nothing in the config is a date, and "2024-01-01" in a string

@@ -115,10 +115,26 @@ def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_check_config_takes_the_config_as_every_command_does(tmp_path: Path) -> None:
+    """A first-day run: `check-config --config FILE` was an unrecognised argument with the top-level
+    usage, and a plain `check-config` did not fall back to ./gateway.yaml as the README says."""
+    path = _write(tmp_path, VALID)
+    flagged = run_cli("check-config", "--config", str(path))
+    assert flagged.returncode == 0, flagged.stderr
+    assert f"{path}: OK" in flagged.stdout
+    (tmp_path / "gateway.yaml").write_text(path.read_text())
+    plain = run_cli("check-config", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "gateway.yaml: OK" in plain.stdout
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("gateway ")
+
+
 def test_check_config_accepts_the_shipped_example() -> None:
     example = ROOT / "examples" / "gateway.example.yaml"
     if not example.exists():
-        pytest.fail(f"{example} is missing: the config errors point users at it")
+        pytest.fail(f"{example} is missing: the README points users at it")
     result = run_cli("check-config", str(example), env={"CORP_SECRET": "x"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
