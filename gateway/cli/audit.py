@@ -93,6 +93,32 @@ def _on_db(settings: Settings, action: Callable[[Database], Awaitable[int]]) -> 
     return run(work())
 
 
+def _gather_checkpoints(
+    settings: Settings, given: list[Path] | None
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The local checkpoint file (if any) and every given one, each file once (by where it really is),
+    and their checkpoints, each once: a checkpoint anywhere that the chain no longer reaches is evidence,
+    and an attacker who can edit one copy rarely controls the SIEM's. (A first-day run's
+    ``--checkpoint`` naming the local file counted its two checkpoints as four.)"""
+    default = _checkpoint_file(settings)
+    sources: list[Path] = []
+    seen: set[Path] = set()
+    for path in ([default] if default.exists() else []) + list(given or []):
+        where = path.resolve()
+        if where not in seen:
+            seen.add(where)
+            sources.append(path)
+    checkpoints: list[dict[str, Any]] = []
+    known: set[str] = set()
+    for path in sources:
+        for doc in _read_checkpoints(path):
+            key = json.dumps(doc, sort_keys=True)
+            if key not in known:
+                known.add(key)
+                checkpoints.append(doc)
+    return sources, checkpoints
+
+
 def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
     from gateway.audit.checkpoint import load_checkpoints
 
@@ -155,12 +181,7 @@ def _verify(args: argparse.Namespace) -> int:
     from gateway.audit.checkpoint import verify_trail
 
     settings = load_config(args)
-    default = _checkpoint_file(settings)
-    # The local file and every given one: a checkpoint anywhere that the chain no longer reaches is
-    # evidence, and an attacker who can edit one copy rarely controls the SIEM's.
-    sources: list[Path] = [default] if default.exists() else []
-    sources += [p for p in args.checkpoint or [] if p not in sources]
-    checkpoints = [doc for path in sources for doc in _read_checkpoints(path)]
+    sources, checkpoints = _gather_checkpoints(settings, args.checkpoint)
     keyring = _keyring_if_present(settings)
 
     async def check(db: Database) -> int:
@@ -243,10 +264,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.since >= args.until:
         raise UserError("--since must be before --until")
     settings = load_config(args)
-    local = _checkpoint_file(settings)
-    checkpoints = _read_checkpoints(local) if local.exists() else []
-    for path in args.checkpoint or []:
-        checkpoints += _read_checkpoints(path)
+    _sources, checkpoints = _gather_checkpoints(settings, args.checkpoint)
     keyring = _keyring_if_present(settings)
 
     async def export(db: Database) -> int:

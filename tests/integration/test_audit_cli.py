@@ -224,6 +224,14 @@ def test_tampering_is_named_with_the_first_bad_record(config: Path, tmp_path: Pa
     with _db(config) as conn:
         conn.execute("UPDATE audit_events SET outcome = 'success' WHERE seq = 7")
     assert gateway("audit", "verify", *c).returncode == 0
+    # The same checkpoints given again (the local file by another name, a copy from the sinks) count
+    # once each: a first-day run read "4 reached" for a file of two.
+    local = config.parent / "data" / "audit-checkpoints" / "checkpoints.jsonl"
+    lines = len(local.read_text().splitlines())
+    again = gateway("audit", "verify", *c, "--checkpoint", str(local), "--checkpoint", str(saved))
+    assert again.returncode == 0, again.stdout
+    assert f"checkpoints: {lines} reached" in again.stdout
+    assert again.stdout.count("checkpoints.jsonl") == 1  # the local file is named once
 
     # Truncation: the stored chain is valid, only the checkpoint shows what is gone.
     with _db(config) as conn:
