@@ -216,7 +216,7 @@ async def ensure_schema(db_url: str, *, auto: bool) -> str:
         )
     if auto and backend_of(db_url) == "sqlite":
         return await upgrade(db_url)
-    found = f"revision {current}" if current is not None else "an empty database (no schema)"
+    found = f"its schema is at revision {current}" if current is not None else "it has no schema yet"
     raise SchemaOutdated(
-        f"database schema is at {found}, this gateway needs revision {head}: {_MIGRATE_HINT}"
+        f"the database is not ready: {found}, this gateway needs revision {head}: {_MIGRATE_HINT}"
     )

@@ -118,6 +118,7 @@ def test_serve_refuses_an_unmigrated_postgres_database(unmigrated_start: tuple[i
     code, log = unmigrated_start
     assert code != 0, log
     assert "gateway migrate" in log, log
+    assert "the database is not ready: it has no schema yet" in log, log
 
 
 def test_unmigrated_refusal_is_one_message_without_traceback(unmigrated_start: tuple[int, str]) -> None:
