@@ -864,6 +864,9 @@ def create_admin_app(services: Services) -> Litestar:
     guard = AdminGuard(services.identity, services.policy, services.live, services.fast)
     return Litestar(
         request_class=GatewayRequest,
+        # The process's logging is the CLI's (one format for the master, workers and admin child);
+        # Litestar's default would reconfigure the root logger in every worker with its own format.
+        logging_config=None,
         route_handlers=[*HANDLERS, *LOCKDOWN, *MACHINE, *console.HANDLERS, console.static_router()],
         template_config=console.template_config(),
         dependencies=dict(dependencies(services)),

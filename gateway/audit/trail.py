@@ -129,7 +129,11 @@ class AuditLog:
         )
         if written is None:
             return False
-        logger.info(
+        # Where listeners send it to the log sinks (the ECS event), this line would repeat it in the same
+        # output: a first-day run saw every audit event twice. Without them (a CLI command) it is the
+        # only trace on the terminal.
+        logger.log(
+            logging.DEBUG if self.listeners else logging.INFO,
             "%s",
             json.dumps(
                 {

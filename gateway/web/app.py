@@ -176,6 +176,9 @@ def create_control_app(services: WorkerServices) -> Litestar:
     insecure = services.live.current.settings.session.insecure_cookies
     return Litestar(
         request_class=GatewayRequest,
+        # The process's logging is the CLI's (one format for the master, workers and admin child);
+        # Litestar's default would reconfigure the root logger in every worker with its own format.
+        logging_config=None,
         route_handlers=[
             *_OWN,
             *pages.HANDLERS,

@@ -10,6 +10,7 @@ file, embedded fast state, no listener) and closed.
 
 from __future__ import annotations
 
+import logging
 import typing
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -123,3 +124,15 @@ class Outer(msgspec.Struct):
 
 def test_the_body_field_check_sees_a_nested_field() -> None:
     assert body_fields(Outer) == {"items", "policy", "reason"}
+
+
+async def test_neither_app_touches_the_processes_logging(services: WorkerServices) -> None:
+    """Litestar's default logging config put its own handler and format on the root logger of every
+    worker and the admin child (`ERROR - 2026-... - gateway - reload - ...`), beside the CLI's format in
+    the master (a first-day run). The process's logging stays as the CLI set it up."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    for app in (create_control_app(services), create_admin_app(services)):
+        assert app.logging_config is None
+        async with app.lifespan():
+            assert (list(root.handlers), root.level) == before

@@ -5,7 +5,9 @@ PostgreSQL: the guard sign-ins use so that one racing an erasure cannot name the
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.chain import verify_database
@@ -74,3 +76,17 @@ async def test_an_erasure_started_while_the_precondition_is_checked_erases_the_r
         ("signin.password", "[erased:abc123]", "[erased:abc123]"),
     ]
     assert (await verify_database(database, keyring=KEYRING)).ok
+
+
+async def test_the_log_line_steps_aside_where_the_sinks_carry_the_event(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first-day run saw every audit event twice on a gateway's output: the ECS event from the
+    sinks and this logger's line. With listeners the line is DEBUG; a CLI command has none and keeps it."""
+    audit = AuditLog(database, clock=FakeClock(1_800_000_000.0), keyring=KEYRING)
+    with caplog.at_level(logging.DEBUG, logger="gateway.audit"):
+        await audit.record("user.created", actor="cli:root", subject="ann")
+        audit.listeners.append(lambda _event: None)
+        await audit.record("user.created", actor="cli:root", subject="bea")
+    levels = {r.getMessage().split('"subject": "')[1][:3]: r.levelno for r in caplog.records}
+    assert levels == {"ann": logging.INFO, "bea": logging.DEBUG}
