@@ -63,6 +63,8 @@ _REQUEST_RULES: Final = {
     "not the audit trail; the evidence below counts them.",
     "session_hijack": "The request that raised it is in the access log (the session from a new address "
     "and browser); the evidence below names both.",
+    "token_guessing": "The refused requests that raised it are in the access log (auth bearer, reason "
+    "invalid-token); the evidence below counts them.",
 }
 
 

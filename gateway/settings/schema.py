@@ -538,6 +538,10 @@ class ThreatSettings(_Config, frozen=True):
     )
     # Policy denials collected by one principal (user, or address without a session).
     reconnaissance: ThreatRule = ThreatRule(count=30, window=Duration(300), responses=("alert", "step_up"))
+    # API tokens that are no token of this gateway's (unknown, expired, revoked, malformed) presented
+    # from one address: guessing costs a database look-up per distinct guess. An alert by default: a
+    # client whose token expired keeps sending it until someone renews it.
+    token_guessing: ThreatRule = ThreatRule(count=30, window=Duration(300), responses=("alert",))
     # A session used from a new address AND a new User-Agent at once (count/window unused).
     session_hijack: ThreatRule = ThreatRule(count=1, responses=("alert", "revoke_session"))
     impossible_travel: TravelRule = TravelRule(count=1, window=Duration(86400))

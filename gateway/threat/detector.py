@@ -31,7 +31,7 @@ from typing import Final
 from gateway.audit.trail import SecurityEvent
 from gateway.authz.decision import Reason
 from gateway.clock import Clock
-from gateway.observe.record import AccessDecision, RequestRecord
+from gateway.observe.record import AccessDecision, AuthKind, RequestRecord
 from gateway.settings.schema import ThreatRule, ThreatSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.addresses import counted_as, network_of
@@ -102,6 +102,12 @@ class ThreatDetector:
         probing = rec.decision is AccessDecision.DENY and rec.reason in _PROBE_REASONS
         if probing and settings.reconnaissance.enabled:
             self._put(("deny", rec.user, rec.client_ip, rec.session))
+        elif (
+            rec.auth is AuthKind.BEARER
+            and rec.decision is AccessDecision.UNAUTHENTICATED
+            and settings.token_guessing.enabled
+        ):
+            self._put(("token", rec.client_ip))  # a token was sent and is none (an attack run's 3,000)
         if rec.session and settings.session_hijack.enabled:
             baselines = self._baselines
             if rec.session not in baselines:
@@ -198,6 +204,8 @@ class ThreatDetector:
             await self._failure(settings, *signal[1:])
         elif kind == "deny":
             await self._deny(settings, *signal[1:])
+        elif kind == "token":
+            await self._token(settings, signal[1])
         elif kind in ("session", "hijack"):
             await self._session(settings, kind, *signal[1:])
         elif kind == "signin":
@@ -274,6 +282,21 @@ class ThreatDetector:
                 session=session,
                 summary=f"{n} denied requests by {principal} within {rule.window:g}s",
                 evidence={"denials": n, "window": float(rule.window), "principal": principal},
+            )
+
+    async def _token(self, settings: ThreatSettings, ip: str) -> None:
+        rule = settings.token_guessing
+        source = counted_as(ip)
+        fire, n = await self._count(rule, f"tk:{source}")
+        if fire:
+            await self.responder.respond(
+                "token_guessing",
+                rule,
+                subject="",
+                ip=ip,
+                session="",
+                summary=f"{n} unusable API tokens from {source} within {rule.window:g}s",
+                evidence={"tokens": n, "window": float(rule.window), "address": source},
             )
 
     async def _session(

@@ -53,6 +53,7 @@ THREAT: dict[str, Any] = {
         "responses": ["alert", "block_ip"],
     },
     "session_hijack": {"responses": ["alert", "revoke_session"]},
+    "token_guessing": {"count": 6, "window": "10m", "responses": ["alert", "block_ip"]},
     "block_list_poll": "200ms",
 }
 
@@ -66,6 +67,7 @@ def replicas(tmp: Path, threat: dict[str, Any]) -> Iterator[Site]:
     port_a, port_b = free_port(), free_port()
     with run_echo() as echo:
         routes: list[dict[str, Any]] = [
+            {"name": "api", "host": "127.0.0.1", "path": "/api", "upstreams": [echo.url], "auth": ["bearer"]},
             {"name": "app", "host": "127.0.0.1", "path": "/", "upstreams": [echo.url], "mfa": "none"},
         ]
         common: dict[str, Any] = {
@@ -203,6 +205,30 @@ def test_a_spray_from_the_addresses_of_one_ipv4_network_blocks_the_24_on_the_oth
             network="198.18.7.0/24",
             names="v4net",
         )
+
+
+def test_made_up_tokens_sent_to_both_replicas_block_the_address_on_both(site: Site) -> None:
+    """An attack run sent 3,000 made-up API tokens across two replicas: 3,000 401s, thousands of
+    database look-ups, and no alert. They count per address over the replicas (token_guessing)."""
+    ip, bystander = "198.51.100.77", "198.51.100.78"
+    for n in range(6):
+        gw = site.a if n % 2 else site.b
+        headers = {"X-Forwarded-For": ip, "Authorization": "Bearer gwt_" + f"{n:02d}".ljust(43, "Q")}
+        assert httpx.get(f"{gw.url}/api/x", headers=headers, timeout=30.0).status_code == 401
+    wait_until(lambda: blocked(site.a, ip) and blocked(site.b, ip), timeout=10, what="the address blocked")
+    assert not blocked(site.a, bystander)
+    # A request without a token (a bare challenge) is no guess. B's detector works through its signals
+    # in order: once a later guesser is blocked, the bystander's requests have been counted (or not).
+    for _ in range(8):
+        plain = httpx.get(f"{site.b.url}/api/x", headers={"X-Forwarded-For": bystander}, timeout=30.0)
+        assert plain.status_code == 401
+    later = "198.51.100.79"
+    for n in range(6):
+        headers = {"X-Forwarded-For": later, "Authorization": "Bearer gwt_" + f"{n:02d}".ljust(43, "R")}
+        assert httpx.get(f"{site.b.url}/api/x", headers=headers, timeout=30.0).status_code == 401
+    wait_until(lambda: blocked(site.b, later), timeout=10, what="the later guesser blocked")
+    assert not blocked(site.b, bystander)
+    assert ip in incident_cli(site, "list")
 
 
 def test_a_block_list_file_is_reloaded_when_it_changes(site: Site) -> None:

@@ -29,6 +29,7 @@ PLAYBOOKS = (
     "spraying.md",
     "mfa-failures.md",
     "reconnaissance.md",
+    "token-guessing.md",
     "session-hijack.md",
     "impossible-travel.md",
     "leaked-signing-key.md",

@@ -21,6 +21,7 @@ def check_threat(settings: Settings, report: Report) -> None:
         ("spraying_network", threat.spraying_network),
         ("mfa_failures", threat.mfa_failures),
         ("reconnaissance", threat.reconnaissance),
+        ("token_guessing", threat.token_guessing),
         ("session_hijack", threat.session_hijack),
         ("impossible_travel", threat.impossible_travel),
     )

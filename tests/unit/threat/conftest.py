@@ -16,7 +16,7 @@ from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import Regulator
 from gateway.identity.sessions import Session, SessionStore
-from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
+from gateway.observe.record import AccessDecision, AuthKind, RequestKind, RequestRecord
 from gateway.settings.schema import (
     Duration,
     NetworkRule,
@@ -43,6 +43,7 @@ SETTINGS = ThreatSettings(
     spraying_network=NetworkRule(count=6, window=Duration(600), responses=("alert", "block_ip"), prefix=48),
     mfa_failures=ThreatRule(count=3, window=Duration(600), responses=("alert", "revoke_sessions")),
     reconnaissance=ThreatRule(count=5, window=Duration(300), responses=("alert", "step_up")),
+    token_guessing=ThreatRule(count=4, window=Duration(300), responses=("alert", "block_ip")),
     session_hijack=ThreatRule(responses=("alert", "revoke_session")),
 )
 
@@ -100,6 +101,7 @@ class World:
         rec.session = session.id_hash[:16] if session is not None else ""
         rec.decision = AccessDecision(kw.get("decision", "allow"))
         rec.reason = kw.get("reason", "policy-allow")
+        rec.auth = AuthKind(kw.get("auth", "session" if session is not None else "none"))
         self.detector.observe(rec)
 
     async def events(self, kind: str) -> list[str]:

@@ -208,6 +208,28 @@ async def test_password_failures_are_not_mfa_failures(world: World) -> None:
     assert await incidents(world, "mfa_failures") == []
 
 
+# -- token guessing -------------------------------------------------------------------------------------
+
+
+async def test_unusable_api_tokens_from_one_address_are_token_guessing(world: World) -> None:
+    """An attack run sent 3,000 made-up tokens across two replicas: 3,000 401s, some 7,200 database
+    transactions, and no alert (one token.refused record a minute per process)."""
+    for _ in range(3):
+        world.request(ip=OTHER_IP, decision="unauthenticated", reason="invalid-token", auth="bearer")
+    # Not counted: a request that sent no token at all (a bare challenge), one from elsewhere, and a
+    # token that worked but was denied by the policy.
+    world.request(ip=OTHER_IP, decision="unauthenticated", reason="invalid-token", auth="none")
+    world.request(ip=IP, decision="unauthenticated", reason="invalid-token", auth="bearer")
+    world.request(ip=OTHER_IP, decision="deny", reason="insufficient-scope", auth="bearer")
+    await world.pump()
+    assert await incidents(world, "token_guessing") == []
+    world.request(ip=OTHER_IP, decision="unauthenticated", reason="invalid-token", auth="bearer")
+    await world.pump()
+    assert await incidents(world, "token_guessing") == [OTHER_IP]
+    await world.responder.blocks.refresh(world.blocks)
+    assert OTHER_IP in world.blocks  # this test's rule adds block_ip; the default only alerts
+
+
 # -- reconnaissance -------------------------------------------------------------------------------------
 
 
