@@ -61,7 +61,7 @@ from gateway.root.presence import HEARTBEAT_INTERVAL, admin_report, worker_repor
 from gateway.root.readiness import ProcessReadiness
 from gateway.root.reload import HealthChecks, Reloader
 from gateway.services import IdentityServices, Services, WorkerServices
-from gateway.settings.schema import IdentityProvider, Settings
+from gateway.settings.schema import IdentityProvider, MfaPolicy, Settings
 from gateway.store.db import Database, configured_url
 from gateway.store.fast import FastState, StateUnavailable, open_configured_state
 from gateway.store.migrate import ensure_schema
@@ -210,10 +210,27 @@ def _warn_shared_origin(settings: Settings) -> None:
             )
 
 
+def _warn_tokens_skip_mfa(settings: Settings) -> None:
+    """Say so when a route that requires a second factor also takes API tokens: a token is not a
+    person's session, so its holder reaches the route with the token alone (an attack run found no
+    word of it where an operator would look)."""
+    for route in settings.routes:
+        required = route.mfa.require if isinstance(route.mfa, MfaPolicy) else route.mfa
+        if "bearer" in route.auth and required != "none":
+            logger.warning(
+                "route %s requires a second factor (mfa: %s) and takes API tokens (auth: bearer): a request "
+                "with a token skips the second factor. Give machine clients a route of their own if the "
+                "second factor must hold for everything on this one.",
+                route.name,
+                required,
+            )
+
+
 async def _open_worker(
     stack: contextlib.AsyncExitStack, path: Path, settings: Settings
 ) -> Running[WorkerServices]:
     _warn_shared_origin(settings)
+    _warn_tokens_skip_mfa(settings)
     live = LiveState(build_snapshot(settings, generation=1, source=str(path)))
     await asyncio.to_thread(private_dir, Path(settings.data_dir))
     websockets = _websocket_session(settings)
