@@ -33,6 +33,7 @@ from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
 from gateway.identity.sessions import Session, SessionStore
 from gateway.pipeline.authorize import principals_of
+from gateway.pipeline.origins import CrossOriginRefused
 
 __all__ = [
     "MUTATING_METHODS",
@@ -50,11 +51,6 @@ __all__ = [
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class CrossOriginRefused(Forbidden):
-    reason = "cross-origin-refused"
-    title = "Cross-origin request refused"
 
 
 class AdminRoleRequired(Forbidden):

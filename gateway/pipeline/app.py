@@ -29,7 +29,7 @@ from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, retarget
 from gateway.pipeline.identify import identify
 from gateway.pipeline.lockdown import enforce_lockdown
 from gateway.pipeline.mfa import require_mfa
-from gateway.pipeline.origins import check_websocket_handshake
+from gateway.pipeline.origins import check_own_origin, check_websocket_handshake
 from gateway.pipeline.page_hosts import check_page_host
 from gateway.pipeline.preflight import let_preflight_through
 from gateway.pipeline.proxy import ClientDisconnected
@@ -272,6 +272,7 @@ class DataPlane:
             raise NoRoute("The gateway's own endpoints do not speak WebSocket.")
         ctx.rec.kind, ctx.rec.decision = RequestKind.CONTROL, AccessDecision.PUBLIC
         check_page_host(snap, ctx.host_raw.decode("latin-1"), path, scope["query_string"])
+        check_own_origin(scope["headers"], method=ctx.method, host=ctx.host_raw)
         await hand_to_control(
             self._control_app, scope, receive, send, path, ctx, float(snap.settings.limits.body_timeout)
         )

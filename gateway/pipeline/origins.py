@@ -16,7 +16,14 @@ from urllib.parse import urlsplit
 
 from gateway.errors import Forbidden, NoRoute
 
-__all__ = ["WebSocketOriginRefused", "check_websocket_handshake", "check_websocket_origin", "normal_origin"]
+__all__ = [
+    "CrossOriginRefused",
+    "WebSocketOriginRefused",
+    "check_own_origin",
+    "check_websocket_handshake",
+    "check_websocket_origin",
+    "normal_origin",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -25,6 +32,17 @@ class WebSocketOriginRefused(Forbidden):
     """403: a page of another origin opened the WebSocket."""
 
     reason = "websocket-origin"
+
+
+class CrossOriginRefused(Forbidden):
+    """403: a page of another origin sent a change to the gateway's own pages."""
+
+    reason = "cross-origin-refused"
+    title = "Cross-origin request refused"
+
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_OTHER_SITES = frozenset({b"cross-site", b"same-site"})
 
 
 def normal_origin(origin: str) -> str | None:
@@ -92,3 +110,37 @@ def check_websocket_origin(
     own = normal_origin(f"{proto}://{host.decode('latin-1')}")
     if origin is None or (origin != own and origin not in allowed):
         raise WebSocketOriginRefused("This application's WebSockets do not accept pages of another origin.")
+
+
+def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, host: bytes) -> None:
+    """Refuse a change to the gateway's own pages (``/.gateway/``) that a page of another origin sent.
+
+    Every form and script of these pages posts to its own origin. The CSRF token is a double-submit
+    cookie, which a page of the same *site* can plant (another port of the host, an app served on the
+    auth host): an attack run set ``gateway_csrf`` from ``http://localhost:18710`` and closed a
+    person's account, changed their name and took new recovery codes through forms posted to
+    ``localhost:18701``. So a browser's ``Sec-Fetch-Site`` must not say another site or another origin
+    of the site, and an ``Origin`` must be this request's host (its port read with the origin's own
+    scheme, so a TLS proxy in front does not matter). Requests without either (scripts, the identity
+    provider's back-channel logout) are no browser's and pass to the CSRF check as before.
+
+    Raises:
+        CrossOriginRefused: (403) another origin, an unreadable one, or more than one.
+    """
+    if method not in _UNSAFE:
+        return
+    origins: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"sec-fetch-site" and value.strip().lower() in _OTHER_SITES:
+            raise CrossOriginRefused("Changes here come only from the gateway's own pages.")
+        if lname == b"origin":
+            origins.append(value)
+    if not origins:
+        return
+    if len(origins) > 1:
+        raise CrossOriginRefused("A request names one origin.")
+    origin = normal_origin(origins[0].decode("latin-1"))
+    scheme = origin.partition(":")[0] if origin is not None else "https"
+    if origin is None or origin != normal_origin(f"{scheme}://{host.decode('latin-1')}"):
+        raise CrossOriginRefused("Changes here come only from the gateway's own pages.")

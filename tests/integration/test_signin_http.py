@@ -47,6 +47,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.http_client import (
+    CSRF_COOKIE,
     PASSWORD,
     SESSION_COOKIE,
     browser,
@@ -259,6 +260,38 @@ def test_sign_out_without_csrf_token_is_refused(site: Site) -> None:
         assert client.post("/.gateway/logout", data={}).status_code == 403
         assert client.post("/.gateway/logout", data={"_csrf_token": "forged"}).status_code == 403
         assert reaches_app(site.a, sid, user, host="localhost")
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [{"Origin": "http://127.0.0.1:1"}, {"Origin": "null"}, {"Sec-Fetch-Site": "same-site"}],
+    ids=["another-port", "opaque", "same-site"],
+)
+def test_a_planted_csrf_cookie_does_not_let_another_origin_post(site: Site, foreign: dict[str, str]) -> None:
+    """An attack run: a page on another port of the host (the same site) set the CSRF cookie to a token
+    it had fetched itself and posted forms with it: a person's account closed, their name changed, new
+    recovery codes taken, and the victim's browser signed in as the attacker. The token alone is a
+    double-submit cookie; the page's origin now decides as well."""
+    user = site.add_user("toss")
+    with browser(site.a) as attacker:
+        token = csrf(attacker)  # a valid pair, as the attacker's page would plant it
+    with browser(site.a) as victim:
+        assert login(victim, user).status_code == 302
+        sid = cookie(victim)
+        assert sid is not None
+        victim.cookies.set(CSRF_COOKIE, token)
+        fields = {"_csrf_token": token}
+        assert victim.post("/.gateway/logout", data=fields, headers=foreign).status_code == 403
+        assert reaches_app(site.a, sid, user, host="localhost")
+        # Login CSRF: the victim's browser signed in as the attacker.
+        signin = {"username": user, "password": PASSWORD, "rd": "", **fields}
+        refused = victim.post("/.gateway/login", data=signin, headers=foreign)
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "cross-origin-refused"
+        # The page's own origin (and a script with no Origin at all) still may.
+        own = {"Origin": site.a.url, "Sec-Fetch-Site": "same-origin"}
+        assert victim.post("/.gateway/logout", data=fields, headers=own).status_code == 303
+    assert is_signed_out(site.a, sid, "localhost")
 
 
 def test_cookie_is_dead_after_the_account_is_disabled_by_the_cli(site: Site) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.pipeline.origins import (
+    CrossOriginRefused,
     WebSocketOriginRefused,
+    check_own_origin,
     check_websocket_handshake,
     check_websocket_origin,
     normal_origin,
@@ -101,3 +103,46 @@ def test_a_proxys_question_about_a_handshake_is_checked_too() -> None:
         proto="https",
         allowed=frozenset(),
     )
+
+
+# -- the gateway's own pages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # An attack run: a page on another port of the same host planted the CSRF cookie and posted.
+        [(b"origin", b"http://localhost:18710")],
+        [(b"origin", b"https://localhost")],  # the host's other port, read with the origin's scheme
+        [(b"origin", b"http://evil.test:18701")],
+        [(b"origin", b"null")],
+        [(b"origin", b"http://localhost:18701"), (b"origin", b"http://localhost:18701")],
+        [(b"sec-fetch-site", b"same-site")],
+        [(b"Sec-Fetch-Site", b"cross-site"), (b"origin", b"http://localhost:18701")],
+    ],
+)
+def test_a_change_from_another_origin_is_refused(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(CrossOriginRefused) as caught:
+        check_own_origin(headers, method="POST", host=b"localhost:18701")
+    assert caught.value.status == 403
+
+
+@pytest.mark.parametrize(
+    ("headers", "method", "host"),
+    [
+        (
+            [(b"origin", b"http://localhost:18701"), (b"sec-fetch-site", b"same-origin")],
+            "POST",
+            b"localhost:18701",
+        ),
+        ([(b"origin", b"https://auth.example.com")], "POST", b"auth.example.com"),  # TLS ended in front
+        ([(b"origin", b"https://auth.example.com")], "POST", b"auth.example.com:443"),
+        ([], "POST", b"auth.example.com"),  # a script or the identity provider's back-channel logout
+        ([(b"sec-fetch-site", b"none")], "POST", b"auth.example.com"),
+        ([(b"origin", b"http://evil.test"), (b"sec-fetch-site", b"cross-site")], "GET", b"auth.example.com"),
+    ],
+)
+def test_own_origin_scripts_and_reads_pass(
+    headers: list[tuple[bytes, bytes]], method: str, host: bytes
+) -> None:
+    check_own_origin(headers, method=method, host=host)
