@@ -26,7 +26,13 @@ from gateway.errors import BadHeaders, ErrorReason, Forbidden, GatewayError
 from gateway.pipeline.asgi import Scope, Send
 from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, REROUTING, normalize_name, speaks_identity
+from gateway.pipeline.headers import (
+    DEFAULT_IDENTITY_NAMES,
+    FOREIGN_IDENTITY,
+    REROUTING,
+    normalize_name,
+    speaks_identity,
+)
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
 
@@ -181,11 +187,12 @@ _NO_STORE: Final = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
 def refuse_client_headers(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
     """Raise :class:`ClientIdentityHeaders` if the client sent a header the gateway speaks identity
     in, in any spelling (case, ``_`` for ``-``): exactly those a proxied request loses
-    (``names``: the snapshot's ``strip_identity``, every route's configured names); and
+    (``names``: the snapshot's ``strip_identity``, every route's configured names), or one other
+    gateways speak it in (``Remote-User``, ``X-Forwarded-User``: apps written for them trust these); and
     :class:`ClientReroutingHeaders` for a path or method override (``REROUTING``), also lost there."""
     for name, _ in headers:
         normal = normalize_name(name)
-        if speaks_identity(normal, names):
+        if speaks_identity(normal, names) or normal in FOREIGN_IDENTITY:
             raise ClientIdentityHeaders(
                 f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "
                 "sets: the proxy in front must remove it from what clients send (README, Forward-auth)."

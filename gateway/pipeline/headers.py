@@ -33,6 +33,7 @@ from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",
+    "FOREIGN_IDENTITY",
     "REROUTING",
     "Forwarding",
     "IdentityNames",
@@ -77,6 +78,23 @@ REROUTING: Final = frozenset(
         b"x-method-override",
     }
 )
+# Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps written for
+# them trust these. The gateway speaks identity under its own names (a route that configures one of
+# these as its identity_headers sets it after the drop); forward-auth refuses a question carrying one.
+FOREIGN_IDENTITY: Final = frozenset(
+    {
+        b"remote-user",
+        b"remote-email",
+        b"remote-groups",
+        b"remote-name",
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
+        b"x-auth-request-user",
+        b"x-auth-request-email",
+    }
+)
 # Headers whose meaning depends on who set them. Compared after normalize_name().
 _FORWARDING = frozenset(
     {
@@ -108,19 +126,7 @@ _FORWARDING = frozenset(
         b"x-envoy-external-address",
         *REROUTING,
         b"x-request-id",
-        # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps
-        # written for them trust these. The gateway speaks identity under its own names (a route that
-        # configures one of these as its identity_headers sets it after this drop).
-        b"remote-user",
-        b"remote-email",
-        b"remote-groups",
-        b"remote-name",
-        b"x-forwarded-user",
-        b"x-forwarded-email",
-        b"x-forwarded-groups",
-        b"x-forwarded-preferred-username",
-        b"x-auth-request-user",
-        b"x-auth-request-email",
+        *FOREIGN_IDENTITY,
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"

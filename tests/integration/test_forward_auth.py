@@ -375,6 +375,37 @@ def test_a_path_or_method_override_never_reaches_the_app(
 
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
+def test_the_clients_forwarding_headers_never_reach_the_app(site: Site, proxy: str) -> None:
+    """A re-attack run: Forwarded, X-Forwarded-Prefix, -Host, -For and X-Real-IP from the client reached
+    the app through both examples (Spring, Werkzeug's ProxyFix and Symfony read them), where a proxied
+    request loses them. The examples now set or clear each one toward the app."""
+    alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
+    forged = [
+        ("Forwarded", "for=6.6.6.6;host=admin.evil;proto=https"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+    ]
+    seen = echoed(spoofing(site, proxy, "/docs/x", [alice, *forged]))
+    assert seen["x-gateway-user"] == "alice"
+    leaked = [(k, v) for k, v in seen.items() if "6.6.6.6" in v or "evil" in v or v == "/admin"]
+    assert not leaked, leaked
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize(
+    "header", [("Remote-User", "root"), ("X-Forwarded-User", "root"), ("X-Auth-Request-User", "root")]
+)
+def test_other_gateways_identity_names_are_refused(site: Site, proxy: str, header: tuple[str, str]) -> None:
+    """Apps written for Authelia or oauth2-proxy trust these; a proxied request loses them."""
+    alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
+    assert spoofing(site, proxy, "/docs/x", [alice, header]).status_code == 403
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
 def test_a_browser_without_a_session_is_sent_to_sign_in(site: Site, proxy: str) -> None:
     port = port_of(site, proxy)
     resp = via(port, "/docs/intro?x=1", html=True)
