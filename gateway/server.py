@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
 from gateway.settings.compose import read_document
-from gateway.settings.listen import IN_USE, bind_problem, parse_listen
+from gateway.settings.listen import IN_USE, bind_problem, claim_port, parse_listen
 from gateway.settings.loader import ACCEPTED_ENV, pin_accepted
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
@@ -88,6 +89,7 @@ def serve(config_path: Path, settings: Settings) -> None:
     from gateway.observe.metrics import prepare_multiprocess
 
     host, port = parse_listen(settings.listen)
+    claims = _claim_ports(settings)
     problem = bind_problem(settings.listen)
     if problem is not None:
         hint = ". Stop the other process or choose another port" if problem == IN_USE else ""
@@ -151,6 +153,30 @@ def serve(config_path: Path, settings: Settings) -> None:
             admin.stop()
         if os.getpid() == master_pid:
             accepted.unlink(missing_ok=True)
+            for claim in claims:
+                claim.close()
+
+
+def _claim_ports(settings: Settings) -> list[socket.socket]:
+    """This node's claims on the data plane's and the admin listener's ports, held while serving.
+
+    Raises:
+        ListenBusy: another gateway on this machine is starting or serving on one of them.
+    """
+    claims: list[socket.socket] = []
+    for setting, listen in (("listen", settings.listen), ("admin.listen", settings.admin.listen)):
+        if listen is None:
+            continue
+        claim = claim_port(parse_listen(listen)[1])
+        if claim is None:
+            for held in claims:
+                held.close()
+            raise ListenBusy(
+                f"{setting} {listen}: another gateway on this machine is starting or serving on port "
+                f"{parse_listen(listen)[1]}. Stop it or choose another port."
+            )
+        claims.append(claim)
+    return claims
 
 
 def _pin_first_config(config_path: Path, settings: Settings) -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 
-__all__ = ["IN_USE", "bind_problem", "parse_listen"]
+__all__ = ["IN_USE", "bind_problem", "claim_port", "parse_listen"]
 
 IN_USE = "the address is already in use"
 
@@ -35,3 +36,23 @@ def bind_problem(listen: str) -> str | None:
                 return IN_USE
             return f"cannot listen there ({exc.strerror})"
     return None
+
+
+def claim_port(port: int) -> socket.socket | None:
+    """Claim ``port`` for this process's life, or return None when another gateway on this machine holds
+    the claim (Linux; elsewhere every claim succeeds and :func:`bind_problem` alone decides).
+
+    :func:`bind_problem` probes, then granian binds: two gateways started within a second or two both
+    passed the probe and shared the port (a re-attack run). The claim is an abstract Unix socket named
+    after the port, which the kernel lets one process bind and releases when the holder exits (no file
+    to clean up; one per network namespace, as ports are). Keep the returned socket open while serving.
+    """
+    if not sys.platform.startswith("linux"):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # nothing to claim with: always granted
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(f"\0access-gateway-port-{port}")
+    except OSError:
+        sock.close()
+        return None
+    return sock

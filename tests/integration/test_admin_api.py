@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from gateway.settings.listen import claim_port
 from tests.integration.harness import (
     ROOT,
     Gateway,
@@ -39,6 +40,7 @@ from tests.integration.harness import (
     run_cli,
     run_echo,
     run_gateway,
+    stop,
     wait_for_port,
     wait_until,
 )
@@ -706,6 +708,71 @@ def test_a_port_another_server_shares_is_a_clear_error_before_the_gateway_starts
     assert "Traceback" not in result.stderr
     with socket.socket() as probe:  # nothing was started: the admin port was never taken either
         probe.bind(("127.0.0.1", admin_port))
+
+
+@pytest.mark.parametrize("which", ["listen", "admin"])
+def test_a_gateway_starting_at_the_same_moment_is_refused(tmp_path: Path, which: str) -> None:
+    """A re-attack run: two gateways started within a second or two of each other both passed the
+    bind probe and shared the port. The first holds a claim on each of its ports from before the
+    probe; the claim is held here as a starting gateway holds it."""
+    admin_port = free_port()
+    path = _config(tmp_path, admin_port)
+    port = (
+        admin_port if which == "admin" else int(yaml.safe_load(path.read_text())["listen"].rsplit(":", 1)[1])
+    )
+    claim = claim_port(port)
+    assert claim is not None
+    with claim:
+        result = run_cli("serve", "--config", str(path), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"another gateway on this machine is starting or serving on port {port}" in result.stderr
+
+
+def test_two_gateways_started_together_on_one_port_leave_one_serving(tmp_path: Path) -> None:
+    """The race itself: both started at once, one serves and the other says why it stopped."""
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("one", "two"):
+            config = gateway_config(
+                tmp_path / name,
+                port,
+                [
+                    {
+                        "name": "app",
+                        "host": "127.0.0.1",
+                        "upstreams": ["http://127.0.0.1:9"],
+                        "public_paths": ["/*"],
+                    }
+                ],
+            )
+            (tmp_path / name).mkdir(parents=True)
+            (tmp_path / name / "gateway.yaml").write_text(yaml.safe_dump(config))
+        logs = {}
+        for name in ("one", "two"):
+            cmd = [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(tmp_path / name / "gateway.yaml"),
+            ]
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(proc)
+            logs[proc.pid] = tmp_path / f"{name}.log"
+        wait_until(lambda: any(p.poll() is not None for p in procs), timeout=60, what="one gateway refused")
+        refused = next(p for p in procs if p.poll() is not None)
+        assert refused.returncode == 1
+        said = logs[refused.pid].read_text()
+        assert f"port {port}" in said or f"127.0.0.1:{port}: the address is already in use" in said, said
+        serving = next(p for p in procs if p is not refused)
+        wait_for_port(port, proc=serving)
+        assert serving.poll() is None
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 def test_the_admin_listener_stops_with_the_gateway(tmp_path: Path) -> None:

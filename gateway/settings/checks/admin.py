@@ -4,6 +4,7 @@ console's proposal, sample and invitation lifetimes."""
 from __future__ import annotations
 
 from gateway.settings.checks.values import listen_problem, require_positive
+from gateway.settings.listen import parse_listen
 from gateway.settings.report import Report
 from gateway.settings.schema import Settings
 
@@ -37,5 +38,21 @@ def check_listen(settings: Settings, report: Report) -> None:
         problem = listen_problem(settings.admin.listen)
         if problem:
             report.bad(("admin", "listen"), problem, "expected host:port such as 127.0.0.1:9090, or null")
-        elif settings.admin.listen == settings.listen:
-            report.add(("admin", "listen"), "must differ from listen: the admin plane has its own listener")
+        elif _overlap(settings.admin.listen, settings.listen):
+            report.add(
+                ("admin", "listen"),
+                f"must not overlap listen ({settings.listen}): the admin plane has its own listener, and a "
+                "wildcard address (0.0.0.0, [::]) on the same port takes every address's connections",
+            )
+
+
+def _overlap(first: str, second: str) -> bool:
+    """Whether two listen addresses would take one port's connections: the same port, and the same
+    address or a wildcard on either side (a re-attack run: ``0.0.0.0:P`` beside ``127.0.0.1:P``
+    started, and every connection to 127.0.0.1 reached the admin console)."""
+    host_a, port_a = parse_listen(first)
+    host_b, port_b = parse_listen(second)
+    if port_a != port_b:
+        return False
+    wildcards = {"0.0.0.0", "::", ""}  # noqa: S104 - comparing, not binding
+    return host_a.lower() == host_b.lower() or host_a in wildcards or host_b in wildcards

@@ -1718,3 +1718,24 @@ def test_a_database_url_with_an_unencoded_password_is_refused_without_showing_it
     parse_settings(
         ROUTE + "storage:\n  url: postgresql+asyncpg://postgres:Xy%40z%3ATOPSECRET@127.0.0.1/gateway\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),  # a re-attack run: 127.0.0.1 then reached the admin console
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+    ],
+)
+def test_the_admin_listener_may_not_overlap_the_data_plane(listen: str, admin: str) -> None:
+    text = f"public_url: https://auth.example.com\nlisten: '{listen}'\nadmin: {{listen: '{admin}'}}\n"
+    with pytest.raises(ConfigError, match=r"admin\.listen: must not overlap listen"):
+        parse_settings(text)
+
+
+def test_the_admin_listener_on_another_port_or_address_is_fine() -> None:
+    for listen, admin in (("0.0.0.0:8080", "127.0.0.1:9090"), ("127.0.0.1:8080", "127.0.0.2:8080")):
+        text = f"public_url: https://auth.example.com\nlisten: '{listen}'\nadmin: {{listen: '{admin}'}}\n"
+        assert parse_settings(text).admin.listen == admin
