@@ -171,6 +171,11 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
         echo=echo,
         pool_size=pool_size,
         pool_pre_ping=True,
+        # Every check-then-write under an advisory lock (the audit chain, signing keys, names) reads
+        # after taking the lock, which sees others' commits only at READ COMMITTED. A database whose
+        # default is REPEATABLE READ took the snapshot at the lock statement itself: a re-attack run got
+        # 23 of 25 names held by a person and a service account at once. So it is set, not inherited.
+        isolation_level="READ COMMITTED",
         connect_args={
             "timeout": POSTGRES_CONNECT_TIMEOUT_S,
             "ssl": ssl_argument(tls),

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
@@ -20,6 +21,9 @@ from gateway.machine.accounts import ServiceAccountExists, ServiceAccounts
 from gateway.settings.schema import IdentityProvider, PasswordSettings, RegulationSettings
 from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
+from gateway.store.migrate import upgrade
+from tests.support.database import PG_HOST, PG_PORT
+from tests.support.pg import _admin, fresh_database
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
 JIT = IdentityProvider(
@@ -141,3 +145,46 @@ async def test_a_person_and_a_service_account_made_at_once_never_share_a_name(
     machines_named = {a.name for a in await machines.list_accounts()}
     assert not people_named & machines_named
     assert len(people_named | machines_named) == 6
+
+
+async def test_an_email_change_and_a_username_equal_to_it_never_both_land(people: AccountService) -> None:
+    """A re-attack run: changing a person's email while another person was created with that very
+    address as username left both (15 of 20): one sign-in name, two accounts."""
+    for n in range(6):
+        address = f"race{n}@corp.example"
+        first = await people.create(username=f"owner{n}", password=None, actor="admin:root")
+        results = await asyncio.gather(
+            people.set_profile(first.id, email=address, actor="admin:root"),
+            people.create(username=address, password="a long passphrase nobody guesses", actor="admin:root"),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1, results
+        assert isinstance(refused[0], AccountExists), refused
+
+
+async def test_a_repeatable_read_default_does_not_reopen_the_race(tmp_path: Path, keyring: Keyring) -> None:
+    """The names' lock is taken, then both tables are read: at REPEATABLE READ the snapshot was taken by
+    the lock statement itself, and a re-attack run (two processes) got 23 of 25 names as both. The
+    gateway's engine sets READ COMMITTED whatever the database's default is."""
+    with fresh_database("gw_rr") as name:
+        _admin(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'")
+        url = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        await upgrade(url)
+        db = Database.open(url, pool_size=2)
+        try:
+            async with db.session(write=True) as session:
+                level = (await session.execute(text("SHOW transaction_isolation"))).scalar_one()
+            assert level == "read committed"
+            clock = FakeClock()
+            audit = AuditLog(db, clock=clock)
+            regulator = Regulator(MemoryFastState(clock=clock), lambda: RegulationSettings(), audit, clock)
+            people = AccountService(db, PasswordHasher(FAST_ARGON), regulator, audit, clock)
+            machines = ServiceAccounts(
+                db, audit, MemoryFastState(clock=clock), clock, max_lifetime=86400, keyring=keyring
+            )
+            await machines.create_account("rr0", actor="t")
+            with pytest.raises(AccountExists):
+                await people.create(username="rr0", password=None, actor="t")
+        finally:
+            await db.close()

@@ -172,7 +172,7 @@ async def test_ensure_schema_auto(database_url: str) -> None:
     with pytest.raises(SchemaOutdated) as info:
         await ensure_schema(database_url, auto=True)
     assert "run `gateway migrate --config FILE`" in str(info.value)
-    assert "empty database" in str(info.value)
+    assert "it has no schema yet" in str(info.value)
     assert isinstance(info.value, GatewayError)
     assert await current_revision(database_url) is None
 
