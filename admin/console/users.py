@@ -876,7 +876,10 @@ async def require_password_change(
             username=user.username,
             action="password-change",
             sessions_ended=ended,
-            message=f"{user.username} must choose a new password at the next sign-in.{_ended(ended)}",
+            # Only a request to end the sessions has an outcome to report (a first-day run read "the
+            # session store did not answer" after a plain password change).
+            message=f"{user.username} must choose a new password at the next sign-in."
+            + (_ended(ended) if data.end_sessions else ""),
         )
 
     return await _act(
