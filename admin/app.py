@@ -813,8 +813,20 @@ def _validation_error(
     return handle
 
 
+class _Refused(GatewayError):
+    """What Litestar itself refused (no such page, a method a page does not take), for a console page."""
+
+    def __init__(self, status: int, detail: str, reason: str) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = status
+        self.title = "Page not found" if status == 404 else "Request refused"
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     reason = _HTTP_REASONS.get(exc.status_code, "error")
+    if exc.status_code < 500 and _is_page(request):
+        # A browser gets the console's error page with a way back, not raw JSON (a first-day run).
+        return _gateway_error(request, _Refused(exc.status_code, exc.detail, reason))
     request_id, headers = _request_id(request)
     body = {"error": reason, "message": exc.detail, "status": exc.status_code, "request_id": request_id}
     return Response(body, status_code=exc.status_code, headers={**(exc.headers or {}), **headers})

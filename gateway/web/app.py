@@ -111,9 +111,31 @@ async def jwks(signing: Signing) -> Response[bytes]:
 _OWN: Final = (health, ready, jwks)
 
 
+class _FrameworkError(GatewayError):
+    """What Litestar itself refused (no such page, a method a page does not take, a failed CSRF check),
+    as the gateway's error page for a browser: it got raw JSON with no next step (a first-day run)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail, reason=_FRAMEWORK_REASONS.get(status, "error"))
+        self.status = status
+        self.title = _FRAMEWORK_TITLES.get(status, "Request refused")
+
+
+_FRAMEWORK_REASONS: Final = {404: "not-found", 405: "method-not-allowed"}
+_FRAMEWORK_TITLES: Final = {404: "Page not found", 405: "Not available this way", 403: "Request refused"}
+_CSRF_FAILED: Final = (
+    "The form has expired or did not come from this page. Go back, reload the page and try again."
+)
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     # A framework 5xx may carry an exception's text too: the log has it, the client a plain line.
     message = exc.detail if exc.status_code < 500 else GatewayError.public_message
+    accept = request.headers.get("accept", "").encode("latin-1")
+    if wants_html(accept) and exc.status_code < 500:
+        if exc.status_code == 403 and "csrf" in message.lower():
+            message = _CSRF_FAILED
+        return _gateway_error(request, _FrameworkError(exc.status_code, message))
     body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
     return Response(body, status_code=exc.status_code)
 

@@ -224,3 +224,13 @@ async def test_changes_refused_before_their_handler_are_in_the_trail(admin: Admi
     assert ("user:boss", "/api/policy/roles", "failure", "cross-origin-refused") in seen
     assert ("user:boss", "/api/policy/roles", "failure", "bad-request") in seen
     assert await admin.services.identity.audit.events(kind="admin.role.add") == []
+
+
+async def test_a_browser_asking_for_no_such_console_page_gets_a_page(admin: Admin) -> None:
+    """A first-day run found raw JSON in the browser for a mistyped console address."""
+    page = await admin.call("GET", "/nope", headers={"Accept": "text/html"})
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text
+    api = await admin.call("GET", "/api/nope", headers={"Accept": "text/html"})
+    assert (api.status_code, api.json()["error"]) == (404, "not-found")
