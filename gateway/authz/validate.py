@@ -82,7 +82,11 @@ def _allows_nothing(rules: PolicyRules) -> list[Finding]:
     # A policy without one allow denies every request: it fails closed, but storing it by mistake (an
     # empty file, a truncated export) is an outage of every app behind the gateway. Lockdown is the
     # tool for denying everything on purpose; --force still stores such a policy.
-    if any(not rule.is_deny for rule in rules.policies):
+    # An allow repeated as a deny (same subject, route, path and methods) allows nothing either (a
+    # re-attack run stored one). A role held only locally (gateway user add --role) has no g line, so
+    # an allow for a role nobody seems to hold is not counted out: that would refuse good policies.
+    denied = {rule.fields[:4] for rule in rules.policies if rule.is_deny}
+    if any(not rule.is_deny and rule.fields[:4] not in denied for rule in rules.policies):
         return []
     return [
         Finding(

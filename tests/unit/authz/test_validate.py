@@ -209,7 +209,14 @@ def test_unrelated_exact_and_subtree_rules(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "# nothing yet\n", "p, editor, hr, /*, *, deny\n", "g, user:bob, editor\n"]
+    "text",
+    [
+        "",
+        "# nothing yet\n",
+        "p, editor, hr, /*, *, deny\n",
+        "g, user:bob, editor\n",
+        "p, authenticated, *, /*, *, allow\np, authenticated, *, /*, *, deny\n",  # a re-attack run's
+    ],
 )
 def test_a_policy_that_allows_nothing_is_an_error(text: str) -> None:
     """`gateway policy import` of an empty file (or a truncated export) stored a policy denying every
