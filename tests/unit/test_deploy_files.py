@@ -576,13 +576,13 @@ def test_an_explicit_config_wins_over_gateway_config(tmp_path: Path) -> None:
 
 
 def test_without_gateway_config_nothing_changes(tmp_path: Path) -> None:
-    # --config still defaults to ./gateway.yaml; check-config still needs its FILE.
+    # --config still defaults to ./gateway.yaml, and so does check-config's FILE (as every command's).
     result = _gateway(["keys", "init"], tmp_path, None)
     assert result.returncode == 2
     assert "gateway.yaml: no such file" in result.stderr
     result = _gateway(["check-config"], tmp_path, None)
     assert result.returncode == 2
-    assert "FILE" in result.stderr
+    assert "gateway.yaml: no such file" in result.stderr
 
 
 def test_help_names_gateway_config(
@@ -609,7 +609,7 @@ def test_gateway_config_is_read_when_the_parser_is_built(
     assert parser.parse_args(["migrate"]).config == tmp_path / "gw.yaml"
     # Optional for verify-bundle (an auditor's offline check): set only by the variable.
     assert parser.parse_args(["audit", "verify-bundle", "b.zip"]).config == tmp_path / "gw.yaml"
-    assert parser.parse_args(["check-config"]).file == tmp_path / "gw.yaml"
+    assert parser.parse_args(["check-config"]).config == tmp_path / "gw.yaml"
     assert parser.parse_args(["migrate", "-c", "other.yaml"]).config == Path("other.yaml")
     # An empty variable is no variable.
     monkeypatch.setenv("GATEWAY_CONFIG", "")
