@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
 from gateway.authz.index import PolicyIndex
 from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
+from gateway.identity.redirects import admin_origin
 from gateway.identity.sessions import Session, SessionStore
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.origins import CrossOriginRefused
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class AdminRoleRequired(Forbidden):
@@ -86,27 +86,6 @@ class Admin:
     def actor(self) -> str:
         """How the audit trail and the policy history name this admin."""
         return f"user:{self.session.username}"
-
-
-def admin_origin(public_url: str, admin_listen: str) -> str:
-    """The origin browsers send for pages of the admin listener.
-
-    The admin app is served on the public host name (so the session cookie reaches it) on the admin
-    port, with the public URL's scheme. Default ports are omitted, as browsers omit them in ``Origin``.
-
-    Args:
-        public_url: ``settings.public_url`` (``https://gw.example.com``).
-        admin_listen: ``settings.admin.listen`` (``0.0.0.0:9090``); only the port is used.
-    """
-    parts = urlsplit(public_url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    port = int(admin_listen.rpartition(":")[2])
-    if _DEFAULT_PORTS.get(scheme) == port:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
 
 
 def check_csrf(
@@ -150,6 +129,7 @@ async def authenticate(
     reauth_max_age: float,
     public_url: str,
     now: float,
+    back: str = "",
 ) -> Admin:
     """The admin behind this request, or the error that says what is missing.
 
@@ -162,6 +142,7 @@ async def authenticate(
         reauth_max_age: Seconds a second factor stays fresh enough for admin work.
         public_url: Where the sign-in and MFA pages are.
         now: Unix time.
+        back: The console address to come back to after the sign-in or step-up (``rd``).
 
     Raises:
         AuthenticationRequired: no live session.
@@ -173,7 +154,8 @@ async def authenticate(
     session = await sessions.get(session_id) if session_id else None
     if session is None or session_id is None:
         raise AuthenticationRequired(
-            "Sign in to the gateway first, then come back.", location=f"{public_url}/.gateway/login"
+            "Sign in to the gateway first, then come back.",
+            location=_with_rd(f"{public_url}/.gateway/login", back),
         )
     principals = principals_of(session)
     # The role is checked before freshness: a non-admin is told so, not sent through a step-up that
@@ -188,13 +170,22 @@ async def authenticate(
         raise StepUpRequired(
             "Admin actions need a second factor used within the last "
             f"{_minutes(reauth_max_age)}: confirm it's you, then retry.",
-            location=f"{public_url}/.gateway/mfa?need=any",
+            location=_with_rd(f"{public_url}/.gateway/mfa?need=any", back),
         )
     await sessions.touch(session_id, session)
     return Admin(session=session, principals=principals)
 
 
-def require_recent_factor(admin: Admin, *, now: float, max_age: float, public_url: str) -> None:
+def _with_rd(page: str, back: str) -> str:
+    """``page`` with ``rd=back`` (the gateway's pages check it: only its hosts and the console's origin)."""
+    if not back:
+        return page
+    return f"{page}{'&' if '?' in page else '?'}rd={quote(back, safe='')}"
+
+
+def require_recent_factor(
+    admin: Admin, *, now: float, max_age: float, public_url: str, back: str = ""
+) -> None:
     """Ask for the second factor again before a destructive action (``admin.destructive_reauth_max_age``).
 
     An admin session is fresh enough for reading and ordinary changes for ``admin.reauth_max_age``;
@@ -209,7 +200,7 @@ def require_recent_factor(admin: Admin, *, now: float, max_age: float, public_ur
         raise StepUpRequired(
             "This action needs a second factor used within the last "
             f"{_minutes(max_age)}: confirm it's you, then retry.",
-            location=f"{public_url}/.gateway/mfa?need=any",
+            location=_with_rd(f"{public_url}/.gateway/mfa?need=any", back),
         )
 
 

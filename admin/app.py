@@ -359,6 +359,8 @@ class AdminGuard:
                 reauth_max_age=float(config.settings.admin.reauth_max_age),
                 public_url=config.public_url,
                 now=self._identity.clock.time(),
+                # A page comes back to itself after the sign-in or step-up; an API call to the console.
+                back=next(iter(self._origins)) + _page_path(connection),
             )
         except AdminRoleRequired as err:
             # A signed-in non-admin probing the admin API is worth a line in the trail, but one a
@@ -820,6 +822,14 @@ class _Refused(GatewayError):
         super().__init__(detail, reason=reason)
         self.status = status
         self.title = "Page not found" if status == 404 else "Request refused"
+
+
+def _page_path(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The console page a browser asked for (to come back to), or ``/`` for the API and changes."""
+    path = connection.url.path
+    if connection.scope.get("method") != "GET" or path.startswith("/api"):
+        return "/"
+    return path
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

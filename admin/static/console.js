@@ -90,7 +90,10 @@
     if (data && data.location) {
       p.append(" ");
       const a = text("a", data.error === "step-up-required" ? "Confirm it's you" : "Sign in");
-      a.href = data.location;
+      // Back to this very page afterwards (the gateway accepts the console's origin as a return URL).
+      const next = new URL(data.location, location.href);
+      next.searchParams.set("rd", location.href);
+      a.href = next.href;
       p.append(a);
     }
     box.append(p);

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from enum import Enum
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MAX_REDIRECT_LENGTH", "safe_local_redirect", "safe_redirect"]
+__all__ = ["MAX_REDIRECT_LENGTH", "admin_origin", "safe_local_redirect", "safe_redirect"]
 
 MAX_REDIRECT_LENGTH = 4096
 _DECODE_LEVELS = 3
@@ -176,8 +176,37 @@ def _public_origin(public_url: str) -> tuple[str, int]:
     return host, port
 
 
-def _safe_absolute(rd: str, *, public_url: str, route_hosts: Iterable[str], allow_http: bool) -> bool:
-    """An absolute URL on the auth host or a route host, with nothing a browser reads differently."""
+def admin_origin(public_url: str, admin_listen: str) -> str:
+    """The origin browsers send for pages of the admin listener.
+
+    The admin app is served on the public host name (so the session cookie reaches it) on the admin
+    port, with the public URL's scheme. Default ports are omitted, as browsers omit them in ``Origin``.
+
+    Args:
+        public_url: ``settings.public_url`` (``https://gw.example.com``).
+        admin_listen: ``settings.admin.listen`` (``0.0.0.0:9090``); only the port is used.
+    """
+    parts = urlsplit(public_url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = int(admin_listen.rpartition(":")[2])
+    if _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _safe_absolute(
+    rd: str,
+    *,
+    public_url: str,
+    route_hosts: Iterable[str],
+    allow_http: bool,
+    extra_origins: Iterable[str] = (),
+) -> bool:
+    """An absolute URL on the auth host or a route host (or exactly one of ``extra_origins``), with
+    nothing a browser reads differently."""
     match = _ABSOLUTE.fullmatch(rd)
     if match is None:
         # "https:evil", "https:/evil", "https:///evil", userinfo ("good@evil"), empty port, ...
@@ -188,6 +217,11 @@ def _safe_absolute(rd: str, *, public_url: str, route_hosts: Iterable[str], allo
     public_host, public_port = _public_origin(public_url)
     host = _normalise_host(match["host"])
     port = int(match["port"]) if match["port"] else _DEFAULT_PORTS[scheme]
+    rest = match["rest"] or ""
+    origin = f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
+    if host and origin in set(extra_origins):
+        # The admin console's own origin (its port is no route's): back there after a step-up.
+        return not rest or _safe_path(rest if rest.startswith("/") else "/" + rest)
     # The auth host's own port is allowed for route hosts too: in development, every host is served
     # by the one listener. Other ports on a trusted name are not trusted (another service).
     if port not in (_DEFAULT_PORTS[scheme], public_port):
@@ -198,7 +232,6 @@ def _safe_absolute(rd: str, *, public_url: str, route_hosts: Iterable[str], allo
     ]
     if not host or not _host_allowed(host, allowed):
         return False
-    rest = match["rest"] or ""
     return not rest or _safe_path(rest if rest.startswith("/") else "/" + rest)
 
 
@@ -209,6 +242,7 @@ def safe_redirect(
     route_hosts: Iterable[str],
     allow_http: bool,
     fallback: str,
+    extra_origins: Iterable[str] = (),
 ) -> str:
     """``rd`` if it is a safe place to send the browser after sign-in/out, else ``fallback``.
 
@@ -218,6 +252,8 @@ def safe_redirect(
         route_hosts: Hosts of the configured routes; ``*.example.com`` matches one label.
         allow_http: Also accept ``http`` URLs (plain-HTTP development only).
         fallback: Where to go instead (a fixed, trusted path).
+        extra_origins: Origins also allowed, exactly (``scheme://host[:port]``, default port left
+            out): the admin console's (:func:`admin_origin`).
 
     Returns:
         ``rd`` unchanged, or ``fallback``.
@@ -229,7 +265,11 @@ def safe_redirect(
     if kind is _Kind.PATH:
         return readable if _safe_path(readable) else fallback
     if kind is _Kind.ABSOLUTE and _safe_absolute(
-        readable, public_url=public_url, route_hosts=route_hosts, allow_http=allow_http
+        readable,
+        public_url=public_url,
+        route_hosts=route_hosts,
+        allow_http=allow_http,
+        extra_origins=extra_origins,
     ):
         return readable
     return fallback

@@ -23,7 +23,7 @@ from gateway.identity.accounts import account_exists
 from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
-from gateway.identity.redirects import safe_local_redirect, safe_redirect
+from gateway.identity.redirects import admin_origin, safe_local_redirect, safe_redirect
 from gateway.identity.sessions import Session, SessionEnded
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
@@ -254,12 +254,16 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
     link built from a user's ``rd``: it reads the URL as a browser would, so ``/<TAB>/evil.test``
     (which a browser reads as ``//evil.test``) never leaves the gateway's hosts.
     """
+    admin_listen = config.settings.admin.listen
     return safe_redirect(
         rd,
         public_url=config.public_url,
         route_hosts=[route.host for route in config.settings.routes],
         allow_http=config.settings.session.insecure_cookies or config.public_url.startswith("http://"),
         fallback=fallback,
+        # Back to the admin console after a sign-in or step-up it asked for (a first-day run landed on
+        # the portal instead).
+        extra_origins=[admin_origin(config.public_url, admin_listen)] if admin_listen else (),
     )
 
 

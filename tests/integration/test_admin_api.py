@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -203,6 +204,12 @@ def test_an_admin_without_a_fresh_second_factor_must_step_up(site: Site) -> None
     try:
         body = assert_error(api(site, root, "GET", "/api/policy"), 403, "step-up-required")
         assert body["location"].startswith(f"{site.gw.url}/.gateway/mfa?")
+        # The step-up comes back to the console (a first-day run landed on the portal): the MFA page
+        # carries the console's origin on as its return address.
+        step_up = root.get(body["location"], headers={"Accept": "text/html"})
+        # root has no second factor yet: the MFA page sends it to enrol, with the return address.
+        assert step_up.status_code == 302, step_up.text
+        assert quote(f"{site.admin_origin}/", safe="") in step_up.headers["location"]
         # Nor may it change anything.
         resp = api(
             site, root, "POST", "/api/policy/roles", json={"member": "user:root", "role": "x", "reason": "r"}

@@ -65,7 +65,10 @@ async def test_errors_have_the_gateway_shape(admin: Admin) -> None:
     assert resp.json()["request_id"] == resp.headers["x-request-id"]
     resp = await admin.client.get("/api/policy")  # no cookie
     assert resp.status_code == 401
-    assert resp.json()["location"] == "http://gw.test:8080/.gateway/login"
+    # Back to the console after signing in (a first-day run landed on the portal).
+    location = resp.json()["location"]
+    assert location.startswith("http://gw.test:8080/.gateway/login?rd=http%3A%2F%2Fgw.test%3A")
+    assert location.endswith("%2F")
 
 
 async def test_a_rule_is_added_and_audited(admin: Admin) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.identity.redirects import MAX_REDIRECT_LENGTH, safe_local_redirect, safe_redirect
+from gateway.identity.redirects import MAX_REDIRECT_LENGTH, admin_origin, safe_local_redirect, safe_redirect
 from tests.support.redirect_corpus import CASES, FALLBACK, NO, OK, PUBLIC, ROUTES, TOO_LONG
 
 
@@ -86,3 +86,24 @@ def test_ipv6_public_url() -> None:
 
     assert check("https://[2001:db8::1]/x") == "https://[2001:db8::1]/x"
     assert check("https://[2001:db8::2]/x") == "/"
+
+
+@pytest.mark.parametrize(
+    ("rd", "followed"),
+    [
+        ("https://auth.example.com:9443/users/bob", True),  # back to the console page after a step-up
+        ("https://auth.example.com:9443/", True),
+        ("https://auth.example.com:9444/", False),  # another port of the same name: another service
+        ("http://auth.example.com:9443/", False),  # not the console's scheme
+        ("https://auth.example.com:9443//evil.test", False),
+        ("https://auth.example.com:9443/%2F%2Fevil.test", False),
+    ],
+)
+def test_the_admin_consoles_own_origin_is_a_place_to_come_back_to(rd: str, followed: bool) -> None:
+    origin = admin_origin("https://auth.example.com", "0.0.0.0:9443")
+    assert origin == "https://auth.example.com:9443"
+    kept = safe_redirect(
+        rd, public_url="https://auth.example.com", route_hosts=[], allow_http=False, fallback="/x",
+        extra_origins=[origin],
+    )  # fmt: skip
+    assert (kept == rd) is followed
