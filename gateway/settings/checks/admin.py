@@ -38,7 +38,7 @@ def check_listen(settings: Settings, report: Report) -> None:
         problem = listen_problem(settings.admin.listen)
         if problem:
             report.bad(("admin", "listen"), problem, "expected host:port such as 127.0.0.1:9090, or null")
-        elif _overlap(settings.admin.listen, settings.listen):
+        elif listen_problem(settings.listen) is None and _overlap(settings.admin.listen, settings.listen):
             report.add(
                 ("admin", "listen"),
                 f"must not overlap listen ({settings.listen}): the admin plane has its own listener, and a "

@@ -119,16 +119,24 @@ def _check_route(route: Route, at: KeyPath, report: Report, reserved: frozenset[
         report.add((*at, "mfa", "max_age"), f"must be greater than 0; got {policy.max_age:g}")
     if route.max_body_size is not None and route.max_body_size <= 0:
         report.add((*at, "max_body_size"), f"must be greater than 0; got {route.max_body_size}")
+    _check_health_checks(route, at, report)
+
+
+def _check_health_checks(route: Route, at: KeyPath, report: Report) -> None:
     if route.health_check is not None:
         _check_health(route.health_check, (*at, "health_check"), report)
+    # 0 turns passive ejection off, as the README and the pool have it (a single target, say); the
+    # check refused it (a first-day run).
     passive = route.passive_health_check
-    require_positive(
-        [
-            ((*at, "passive_health_check", "consecutive_failures"), passive.consecutive_failures),
-            ((*at, "passive_health_check", "ejection_time"), passive.ejection_time),
-        ],
-        report,
-    )
+    for name, value in (
+        ("consecutive_failures", float(passive.consecutive_failures)),
+        ("ejection_time", float(passive.ejection_time)),
+    ):
+        if value < 0:
+            report.add(
+                (*at, "passive_health_check", name),
+                f"must not be negative (0 turns ejection off); got {value:g}",
+            )
 
 
 def _check_folded_paths(route: Route, at: KeyPath, report: Report) -> None:

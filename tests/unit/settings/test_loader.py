@@ -1474,10 +1474,10 @@ SEMANTIC_CASES = [
         id="health-status",
     ),
     pytest.param(
-        ROUTE + "    passive_health_check: {consecutive_failures: 0}\n",
+        ROUTE + "    passive_health_check: {consecutive_failures: -1}\n",
         6,
         "routes[0] (name: wiki).passive_health_check.consecutive_failures",
-        "must be greater than 0",
+        "must not be negative (0 turns ejection off)",
         id="passive-failures",
     ),
 ]
@@ -1739,3 +1739,10 @@ def test_the_admin_listener_on_another_port_or_address_is_fine() -> None:
     for listen, admin in (("0.0.0.0:8080", "127.0.0.1:9090"), ("127.0.0.1:8080", "127.0.0.2:8080")):
         text = f"public_url: https://auth.example.com\nlisten: '{listen}'\nadmin: {{listen: '{admin}'}}\n"
         assert parse_settings(text).admin.listen == admin
+
+
+def test_zero_turns_passive_ejection_off_as_the_readme_says() -> None:
+    """A first-day run: the README's `consecutive_failures: 0` (ejection off) was refused."""
+    text = ROUTE + "    passive_health_check: {consecutive_failures: 0, ejection_time: 0s}\n"
+    passive = parse_settings(text).routes[0].passive_health_check
+    assert (passive.consecutive_failures, float(passive.ejection_time)) == (0, 0.0)
