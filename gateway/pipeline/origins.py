@@ -121,8 +121,10 @@ def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, hos
     person's account, changed their name and took new recovery codes through forms posted to
     ``localhost:18701``. So a browser's ``Sec-Fetch-Site`` must not say another site or another origin
     of the site, and an ``Origin`` must be this request's host (its port read with the origin's own
-    scheme, so a TLS proxy in front does not matter). Requests without either (scripts, the identity
-    provider's back-channel logout) are no browser's and pass to the CSRF check as before.
+    scheme, so a TLS proxy in front does not matter). ``Origin: null`` (what browsers send for form
+    posts from these pages, which have ``Referrer-Policy: no-referrer``) is left to ``Sec-Fetch-Site``.
+    Requests without either (scripts, the identity provider's back-channel logout) are no browser's
+    and pass to the CSRF check as before.
 
     Raises:
         CrossOriginRefused: (403) another origin, an unreadable one, or more than one.
@@ -136,10 +138,13 @@ def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, hos
             raise CrossOriginRefused("Changes here come only from the gateway's own pages.")
         if lname == b"origin":
             origins.append(value)
-    if not origins:
-        return
     if len(origins) > 1:
         raise CrossOriginRefused("A request names one origin.")
+    # A browser sends "null" for a form post from a page with Referrer-Policy: no-referrer, which every
+    # page here has (so a check of Origin alone refused every form in a real browser: a re-attack run).
+    # Sec-Fetch-Site (above) speaks for those.
+    if not origins or origins[0].strip().lower() == b"null":
+        return
     origin = normal_origin(origins[0].decode("latin-1"))
     scheme = origin.partition(":")[0] if origin is not None else "https"
     if origin is None or origin != normal_origin(f"{scheme}://{host.decode('latin-1')}"):

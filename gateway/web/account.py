@@ -205,7 +205,7 @@ async def remove_factor(
     if not removed:
         return Redirect("/.gateway/account?notice=Nothing+was+removed.", status_code=303)
     ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "factor.removed")
-    note = f"Factor removed. {ended} other session(s) signed out."
+    note = f"Factor removed. {_signed_out(ended)}"
     response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
     flows.set_session_cookie(response, config, new_id)
     return response
@@ -255,7 +255,7 @@ async def new_recovery(
     ended, new_id = await _end_others_after(
         request, identity, s, signed.session_id, "recovery_codes.generated"
     )
-    notice = f"Your old codes no longer work. {ended} other session(s) signed out."
+    notice = f"Your old codes no longer work. {_signed_out(ended)}"
     shown = page(request, "codes.html", user=s.username, codes=codes, next="/.gateway/account", notice=notice)
     flows.set_session_cookie(shown, config, new_id)
     return shown
@@ -295,9 +295,7 @@ async def revoke_others(request: Request[Any, Any, Any], config: Config, identit
         ip=flows.client_ip(request),
         details={"others": count},
     )
-    return Redirect(
-        f"/.gateway/account?notice={quote(f'{count} other session(s) signed out.')}", status_code=303
-    )
+    return Redirect(f"/.gateway/account?notice={quote(_signed_out(count))}", status_code=303)
 
 
 @get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))
@@ -401,7 +399,7 @@ async def password_submit(
         flows.set_session_cookie(response, config, new_id)
         return response
     ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "user.password_changed")
-    note = f"Password changed. {ended} other session(s) signed out."
+    note = f"Password changed. {_signed_out(ended)}"
     response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
     flows.set_session_cookie(response, config, new_id)
     return response
@@ -489,3 +487,10 @@ async def _after_enrollment(
         request, config, identity, new_id, new_session, rd or "/.gateway/account"
     )
     return redirect
+
+
+def _signed_out(count: int) -> str:
+    """What ending the other sessions did, in words (not "0 other session(s) signed out")."""
+    if count == 0:
+        return "No other session was signed in."
+    return f"{count} other session{'' if count == 1 else 's'} signed out."

@@ -406,14 +406,24 @@ async def logout_page(
     request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template:
     signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        # Nothing to confirm (a first-day run was asked "Sign out?" while signed out).
+        return page(
+            request,
+            "message.html",
+            title="You are signed out",
+            message="No one is signed in to the gateway in this browser.",
+            link="/.gateway/login",
+            link_text="Sign in",
+        )
     return page(
         request,
         "message.html",
         title="Sign out?",
         message="You will be signed out of every application behind this gateway in this browser.",
         confirm_logout=True,
-        rd=rd,
-        user=signed.session.username if signed.session else None,
+        rd=flows.carried_rd(rd, config),
+        user=signed.session.username,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.e2e.conftest import PASSWORD, Site, add_virtual_authenticator, oathtool, shot
+from tests.e2e.conftest import PASSWORD, Site, add_virtual_authenticator, oathtool, phone_shot, shot
 
 pytestmark = pytest.mark.peer
 
@@ -93,6 +93,8 @@ def test_passkey_enrollment_then_passwordless_sign_in(
     page.fill("input[name=name]", "Work laptop")
     page.click("details.rename button")
     expect(page.locator("table[aria-label='Second factors']")).to_contain_text("Work laptop")
+    # The portal fits a phone: factors and sessions stack (a UI run found it 610 px wide at 390).
+    phone_shot(page, "05-portal-390")
 
     # Sign out, then sign in with the passkey alone (user-verifying: counts as two factors).
     page.click("header button:has-text('Sign out')")

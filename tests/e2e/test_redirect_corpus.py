@@ -307,7 +307,7 @@ def test_handoff_error_page_links_never_leave_its_origin(site: Site, page: Page)
     [
         ("auth.localhost", "/.gateway/login", "Sign in"),
         ("auth.localhost", "/.gateway/oidc/corp/start", "corp is not answering"),
-        ("app.localhost", "/.gateway/logout", "Sign out?"),
+        ("app.localhost", "/.gateway/logout", "You are signed out"),
     ],
     ids=["login", "oidc-start-provider-down", "logout"],
 )

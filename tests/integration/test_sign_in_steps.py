@@ -782,7 +782,7 @@ def test_new_recovery_codes_sign_out_the_sessions_the_old_ones_opened(site: Site
         fresh = post_form(owner, "/.gateway/account/recovery")
         assert fresh.status_code == 200
         assert len(codes_in(fresh.text)) == 1
-        assert "1 other session(s) signed out." in fresh.text
+        assert "1 other session signed out." in fresh.text
         mine = cookie(owner)
     assert mine is not None
     signed_out_everywhere(site, thief, user)
