@@ -93,6 +93,13 @@ FOREIGN_IDENTITY: Final = frozenset(
         b"x-forwarded-preferred-username",
         b"x-auth-request-user",
         b"x-auth-request-email",
+        b"x-auth-request-groups",
+        b"x-auth-request-preferred-username",
+        b"x-auth-request-access-token",
+        b"x-forwarded-access-token",
+        # Grafana's and Apache's auth-proxy defaults (a re-attack run found them passed on).
+        b"x-webauth-user",
+        b"x-remote-user",
     }
 )
 # Headers whose meaning depends on who set them. Compared after normalize_name().

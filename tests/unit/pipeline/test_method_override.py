@@ -30,6 +30,11 @@ from gateway.pipeline.authorize import AccessDenied, authorize, method_overrides
         (b"_method=POST", set()),
         (b"_method=DELETE&_method=PUT", {"DELETE", "PUT"}),  # whichever the app reads, both are decided
         (b"x_method=DELETE&method=PUT&_methods=GET", set()),
+        # PHP reads ".", " " and an unclosed "[" in a key as "_" (a re-attack run, through Laravel).
+        (b".method=DELETE", {"DELETE"}),
+        (b"%2Emethod=PUT", {"PUT"}),
+        (b"[method=PATCH", {"PATCH"}),
+        (b"+method=DELETE", {"DELETE"}),
     ],
 )
 def test_the_methods_a_query_asks_for(query: bytes, methods: set[str]) -> None:
