@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
-from gateway.settings.listen import IN_USE, bind_problem, parse_listen
+from gateway.settings.listen import IN_USE, bind_problem, claim_port, parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import guard_workers
 
@@ -78,9 +78,17 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
     listen = settings.admin.listen
     if listen is None:
         raise ConfigError("admin.listen is null: this configuration serves no admin API")
+    host, port = parse_listen(listen)
+    # `gateway serve` holds its admin port's claim for the child it starts; standalone, take it here
+    # (a re-attack run had a standalone admin listener and a gateway started at once share a port).
+    claim = None if PARENT_ENV in os.environ else claim_port(port)
+    if claim is None and PARENT_ENV not in os.environ:
+        raise AdminListenBusy(
+            f"admin.listen {listen}: another gateway on this machine is starting or serving on port {port}. "
+            "Stop it or choose another port."
+        )
     _die_with_parent()
     check_port_free(listen)
-    host, port = parse_listen(listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())
     # The same directory as the gateway's workers on this host (set already under `gateway serve`);
     # never wiped here: a standalone admin listener must not zero a running gateway's counters.
@@ -121,7 +129,11 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
     server.on_startup(lambda: signal.signal(signal.SIGHUP, forward_sighup))
     guard_workers(float(settings.server.graceful_timeout))
     logger.info("admin API on %s", listen)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if claim is not None and os.getpid() == master_pid:
+            claim.close()
 
 
 def _die_with_parent() -> None:

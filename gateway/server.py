@@ -164,9 +164,12 @@ def _claim_ports(settings: Settings) -> list[socket.socket]:
         ListenBusy: another gateway on this machine is starting or serving on one of them.
     """
     claims: list[socket.socket] = []
+    claimed: set[int] = set()
     for setting, listen in (("listen", settings.listen), ("admin.listen", settings.admin.listen)):
-        if listen is None:
+        # Once per port: the admin listener may share the data plane's port on another address.
+        if listen is None or parse_listen(listen)[1] in claimed:
             continue
+        claimed.add(parse_listen(listen)[1])
         claim = claim_port(parse_listen(listen)[1])
         if claim is None:
             for held in claims:

@@ -735,6 +735,19 @@ def test_a_gateway_starting_at_the_same_moment_is_refused(tmp_path: Path, which:
     assert f"another gateway on this machine is starting or serving on port {port}" in result.stderr
 
 
+def test_a_standalone_admin_listener_claims_its_port_too(tmp_path: Path) -> None:
+    """A re-attack run: `gateway admin serve` beside a gateway started at the same moment on its port
+    shared it. Standalone, it claims the port as `gateway serve` does."""
+    admin_port = free_port()
+    path = _config(tmp_path, admin_port)
+    claim = claim_port(admin_port)
+    assert claim is not None
+    with claim:
+        result = run_cli("admin", "serve", "--config", str(path), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"another gateway on this machine is starting or serving on port {admin_port}" in result.stderr
+
+
 def test_two_gateways_started_together_on_one_port_leave_one_serving(tmp_path: Path) -> None:
     """The race itself: both started at once, one serves and the other says why it stopped."""
     port = free_port()

@@ -3,6 +3,9 @@ console's proposal, sample and invitation lifetimes."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from gateway.settings.checks.values import listen_problem, require_positive
 from gateway.settings.listen import parse_listen
 from gateway.settings.report import Report
@@ -54,5 +57,25 @@ def _overlap(first: str, second: str) -> bool:
     host_b, port_b = parse_listen(second)
     if port_a != port_b:
         return False
+    a, b = _address(host_a), _address(host_b)
     wildcards = {"0.0.0.0", "::", ""}  # noqa: S104 - comparing, not binding
-    return host_a.lower() == host_b.lower() or host_a in wildcards or host_b in wildcards
+    return a == b or a in wildcards or b in wildcards
+
+
+def _address(host: str) -> str:
+    """The address a listen host binds, in one spelling: IPv4 shorthand (``127.1``, ``0``) and IPv6
+    forms (``::0``, ``::ffff:127.0.0.1``) as the kernel reads them, ``localhost`` as 127.0.0.1 (a
+    re-attack run got each past a comparison of the text)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            return name
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

@@ -1727,6 +1727,12 @@ def test_a_database_url_with_an_unencoded_password_is_refused_without_showing_it
         ("127.0.0.1:8080", "0.0.0.0:8080"),
         ("[::]:8080", "127.0.0.1:8080"),
         ("127.0.0.1:8080", "127.0.0.1:8080"),
+        # Other spellings of the same addresses (a re-attack run got each past check-config).
+        ("127.0.0.1:8080", "[::0]:8080"),
+        ("127.0.0.1:8080", "0:8080"),
+        ("127.0.0.1:8080", "localhost:8080"),
+        ("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080"),
+        ("127.0.0.1:8080", "127.1:8080"),
     ],
 )
 def test_the_admin_listener_may_not_overlap_the_data_plane(listen: str, admin: str) -> None:
