@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from gateway.identity.redirects import admin_origin
 from gateway.settings.current import CurrentConfig, LiveConfig
 from gateway.web.error_pages import HARDENING_HEADER_NAMES, hardening_headers
 
@@ -55,7 +56,12 @@ def _origin(url: str) -> str | None:
 
 
 def form_action_sources(
-    *, public_url: str, route_hosts: Iterable[str], allow_http: bool, issuers: Iterable[str]
+    *,
+    public_url: str,
+    route_hosts: Iterable[str],
+    allow_http: bool,
+    issuers: Iterable[str],
+    origins: Iterable[str] = (),
 ) -> tuple[str, ...]:
     """Where a form on a gateway page may submit to, redirects included.
 
@@ -64,6 +70,7 @@ def form_action_sources(
         route_hosts: The routes' hosts (``*.example.com`` allowed): hand-off targets.
         allow_http: Plain-HTTP development (the redirect validator accepts ``http`` then too).
         issuers: The identity providers' issuer URLs.
+        origins: Further origins, as they are (the admin console's).
 
     Returns:
         ``'self'`` and the origins, each once, in a stable order.
@@ -85,6 +92,8 @@ def form_action_sources(
         origin = _origin(issuer)
         if origin is not None:
             sources[origin] = None
+    for origin in origins:
+        sources[origin] = None
     return tuple(sources)
 
 
@@ -96,6 +105,9 @@ def control_csp(config: CurrentConfig) -> bytes:
         route_hosts=[route.host for route in settings.routes],
         allow_http=settings.session.insecure_cookies or config.public_url.startswith("http://"),
         issuers=[idp.issuer for idp in settings.identity_providers],
+        # The admin console's: a sign-in or step-up it asked for redirects back there, and form-action
+        # covers a form's redirects too (the redirect validator accepts exactly this origin).
+        origins=[admin_origin(config.public_url, settings.admin.listen)] if settings.admin.listen else (),
     )
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "

@@ -186,7 +186,8 @@ def test_health_needs_no_session(site: Site) -> None:
 @pytest.mark.parametrize("path", ["/api/policy", "/api/policy/history", "/api/schema/openapi.json"])
 def test_without_a_session_every_api_route_is_401(site: Site, path: str) -> None:
     body = assert_error(api(site, None, "GET", path), 401, "authentication-required")
-    assert body["location"] == f"{site.gw.url}/.gateway/login"
+    # The sign-in page, and back to the console afterwards.
+    assert body["location"] == f"{site.gw.url}/.gateway/login?rd={quote(site.admin_origin + '/', safe='')}"
     forged = api(site, None, "GET", path, headers={"Cookie": f"{SESSION_COOKIE}=forged-session-id"})
     assert_error(forged, 401, "authentication-required")
 

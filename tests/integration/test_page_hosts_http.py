@@ -309,7 +309,7 @@ def test_a_handoff_code_dies_with_the_session_a_password_change_renews(site: Sit
             {"current": PASSWORD, "new": "a brand new passphrase 9", "confirm": "a brand new passphrase 9"},
         )
         assert changed.status_code == 303, changed.text
-        assert "signed out" in unquote(changed.headers["location"])
+        assert "Password changed." in unquote(changed.headers["location"])
         assert cookie(dana, SESSION_COOKIE) != stolen  # dana's session was renewed; the copy is dead
 
         redeemed = site.send("GET", last, "app.test", headers={"Cookie": f"{HANDOFF_COOKIE}={nonce}"})

@@ -763,7 +763,7 @@ def test_removing_a_lost_authenticator_signs_out_the_sessions_it_opened(site: Si
         assert factor, portal.text
         done = post_form(owner, f"/.gateway/account/factors/totp/{factor.group(1)}/remove")
         assert done.status_code == 303
-        assert "1%20other%20session%28s%29%20signed%20out" in done.headers["location"]
+        assert "1%20other%20session%20signed%20out" in done.headers["location"]
         mine = cookie(owner)
     assert mine is not None
     signed_out_everywhere(site, thief, user)
@@ -812,7 +812,7 @@ def test_a_new_password_leaves_no_copy_of_an_old_cookie_working(site: Site) -> N
         done = post_form(owner, "/.gateway/account/password", form)
         assert done.status_code == 303, done.text
         # The thief's session and this browser's own on the application's host.
-        assert "2%20other%20session%28s%29%20signed%20out" in done.headers["location"]
+        assert "2%20other%20sessions%20signed%20out" in done.headers["location"]
         mine = cookie(owner)
     assert mine not in (None, copied)
     assert mine is not None
