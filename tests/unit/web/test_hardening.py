@@ -115,7 +115,12 @@ def test_a_handler_cannot_weaken_or_double_the_headers() -> None:
     assert got[b"x-content-type-options"] == [b"nosniff"]
     [csp] = got[b"content-security-policy"]
     assert csp.startswith(b"default-src 'none'; script-src 'self'; style-src 'self';")
-    assert b"form-action 'self' https://auth.example.com https://wiki.example.com;" in csp
+    # The auth host, the routes' hosts, and the admin console's origin (a sign-in it asked for
+    # redirects back there, and form-action covers a form's redirects).
+    assert (
+        b"form-action 'self' https://auth.example.com https://wiki.example.com https://auth.example.com:9090;"
+        in csp
+    )
     assert b"frame-ancestors 'none'" in csp
 
 
