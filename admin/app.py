@@ -86,6 +86,7 @@ from gateway.store.ids import parse_id
 from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocked, IpBlocks
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
+from gateway.web.error_pages import FrameworkRefusal
 from gateway.web.requests import GatewayRequest
 
 __all__ = ["create_admin_app", "dependencies"]
@@ -815,15 +816,6 @@ def _validation_error(
     return handle
 
 
-class _Refused(GatewayError):
-    """What Litestar itself refused (no such page, a method a page does not take), for a console page."""
-
-    def __init__(self, status: int, detail: str, reason: str) -> None:
-        super().__init__(detail, reason=reason)
-        self.status = status
-        self.title = "Page not found" if status == 404 else "Request refused"
-
-
 def _page_path(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """The console page a browser asked for (to come back to), or ``/`` for the API and changes."""
     path = connection.url.path
@@ -833,16 +825,13 @@ def _page_path(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    reason = _HTTP_REASONS.get(exc.status_code, "error")
+    reason = FrameworkRefusal.REASONS.get(exc.status_code, "error")
     if exc.status_code < 500 and _is_page(request):
         # A browser gets the console's error page with a way back, not raw JSON (a first-day run).
-        return _gateway_error(request, _Refused(exc.status_code, exc.detail, reason))
+        return _gateway_error(request, FrameworkRefusal(exc.status_code, exc.detail))
     request_id, headers = _request_id(request)
     body = {"error": reason, "message": exc.detail, "status": exc.status_code, "request_id": request_id}
     return Response(body, status_code=exc.status_code, headers={**(exc.headers or {}), **headers})
-
-
-_HTTP_REASONS = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
 
 
 def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.observe.metrics import prepare_multiprocess
-from gateway.settings.listen import IN_USE, bind_problem, claim_port, parse_listen
+from gateway.settings.listen import CLAIMED, IN_USE, bind_problem, claim_port, parse_listen
 from gateway.settings.schema import Settings
 from gateway.workers import guard_workers
 
@@ -81,12 +81,11 @@ def serve_admin(config_path: Path, settings: Settings) -> None:
     host, port = parse_listen(listen)
     # `gateway serve` holds its admin port's claim for the child it starts; standalone, take it here
     # (a re-attack run had a standalone admin listener and a gateway started at once share a port).
-    claim = None if PARENT_ENV in os.environ else claim_port(port)
-    if claim is None and PARENT_ENV not in os.environ:
-        raise AdminListenBusy(
-            f"admin.listen {listen}: another gateway on this machine is starting or serving on port {port}. "
-            "Stop it or choose another port."
-        )
+    claim = None
+    if PARENT_ENV not in os.environ:
+        claim = claim_port(port)
+        if claim is None:
+            raise AdminListenBusy(f"admin.listen {listen}: {CLAIMED % port}")
     _die_with_parent()
     check_port_free(listen)
     os.environ[CONFIG_ENV] = str(config_path.resolve())

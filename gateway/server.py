@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
 from gateway.settings.compose import read_document
-from gateway.settings.listen import IN_USE, bind_problem, claim_port, parse_listen
+from gateway.settings.listen import CLAIMED, IN_USE, bind_problem, claim_port, parse_listen
 from gateway.settings.loader import ACCEPTED_ENV, pin_accepted
 from gateway.settings.schema import Settings
 from gateway.workers import become_worker, guard_workers
@@ -92,6 +92,8 @@ def serve(config_path: Path, settings: Settings) -> None:
     claims = _claim_ports(settings)
     problem = bind_problem(settings.listen)
     if problem is not None:
+        for claim in claims:
+            claim.close()
         hint = ". Stop the other process or choose another port" if problem == IN_USE else ""
         raise ListenBusy(f"listen {settings.listen}: {problem}{hint}.")
     os.environ[CONFIG_ENV] = str(config_path.resolve())
@@ -158,26 +160,21 @@ def serve(config_path: Path, settings: Settings) -> None:
 
 
 def _claim_ports(settings: Settings) -> list[socket.socket]:
-    """This node's claims on the data plane's and the admin listener's ports, held while serving.
+    """This node's claims on the data plane's and the admin listener's ports (once each: the admin
+    listener may share the port on another address), held while serving.
 
     Raises:
         ListenBusy: another gateway on this machine is starting or serving on one of them.
     """
+    listens = {parse_listen(listen)[1]: (setting, listen) for setting, listen in (
+        ("admin.listen", settings.admin.listen), ("listen", settings.listen)) if listen is not None}  # fmt: skip
     claims: list[socket.socket] = []
-    claimed: set[int] = set()
-    for setting, listen in (("listen", settings.listen), ("admin.listen", settings.admin.listen)):
-        # Once per port: the admin listener may share the data plane's port on another address.
-        if listen is None or parse_listen(listen)[1] in claimed:
-            continue
-        claimed.add(parse_listen(listen)[1])
-        claim = claim_port(parse_listen(listen)[1])
+    for port, (setting, listen) in listens.items():
+        claim = claim_port(port)
         if claim is None:
             for held in claims:
                 held.close()
-            raise ListenBusy(
-                f"{setting} {listen}: another gateway on this machine is starting or serving on port "
-                f"{parse_listen(listen)[1]}. Stop it or choose another port."
-            )
+            raise ListenBusy(f"{setting} {listen}: {CLAIMED % port}")
         claims.append(claim)
     return claims
 

@@ -1093,9 +1093,7 @@ class AccountService:
             except ValueError as exc:
                 raise _invalid(exc) from exc
             if address != user.email:
-                if address is not None and await self._taken(address, user_id):
-                    raise AccountExists(f"The email address {address!r} is already used by another account.")
-                values["email"] = address
+                values["email"] = address  # checked where it is written (_update_email)
         if display_name is not None:
             shown = _check_display_name(display_name)
             if shown != user.display_name:
@@ -1141,14 +1139,6 @@ class AccountService:
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")
-
-    async def _taken(self, identifier: str, user_id: int) -> bool:
-        query = select(User.id).where(
-            or_(User.username == identifier, User.email == identifier), User.id != user_id
-        )
-        async with self._db.session() as session:
-            with store_errors("cannot read accounts"):
-                return (await session.scalars(query)).first() is not None
 
     async def set_restricted(self, user_id: int, restricted: bool, *, actor: str) -> int | None:
         """Restrict processing (no sign-in, data kept, no optional processing), or lift it.

@@ -146,6 +146,8 @@ def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, hos
     if not origins or origins[0].strip().lower() == b"null":
         return
     origin = normal_origin(origins[0].decode("latin-1"))
-    scheme = origin.partition(":")[0] if origin is not None else "https"
-    if origin is None or origin != normal_origin(f"{scheme}://{host.decode('latin-1')}"):
+    if origin is None:
+        raise CrossOriginRefused("A request names its origin as a scheme, a host and a port.")
+    scheme = origin.partition(":")[0]
+    if origin != normal_origin(f"{scheme}://{host.decode('latin-1')}"):
         raise CrossOriginRefused("Changes here come only from the gateway's own pages.")

@@ -6,9 +6,11 @@ import errno
 import socket
 import sys
 
-__all__ = ["IN_USE", "bind_problem", "claim_port", "parse_listen"]
+__all__ = ["CLAIMED", "IN_USE", "bind_problem", "claim_port", "parse_listen"]
 
 IN_USE = "the address is already in use"
+#: What a refused :func:`claim_port` means, with the port to fill in.
+CLAIMED = "another gateway on this machine is starting or serving on port %d. Stop it or choose another port."
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

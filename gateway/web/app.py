@@ -47,7 +47,7 @@ from gateway.web import (
 )
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Readiness, Signing, constant
-from gateway.web.error_pages import error_response, wants_html
+from gateway.web.error_pages import FrameworkRefusal, error_response, wants_html
 from gateway.web.gate import PUBLIC, step_guard
 from gateway.web.hardening import SecurityHeaders
 from gateway.web.requests import GatewayRequest
@@ -111,18 +111,6 @@ async def jwks(signing: Signing) -> Response[bytes]:
 _OWN: Final = (health, ready, jwks)
 
 
-class _FrameworkError(GatewayError):
-    """What Litestar itself refused (no such page, a method a page does not take, a failed CSRF check),
-    as the gateway's error page for a browser: it got raw JSON with no next step (a first-day run)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail, reason=_FRAMEWORK_REASONS.get(status, "error"))
-        self.status = status
-        self.title = _FRAMEWORK_TITLES.get(status, "Request refused")
-
-
-_FRAMEWORK_REASONS: Final = {404: "not-found", 405: "method-not-allowed"}
-_FRAMEWORK_TITLES: Final = {404: "Page not found", 405: "Not available this way", 403: "Request refused"}
 _CSRF_FAILED: Final = (
     "The form has expired or did not come from this page. Go back, reload the page and try again."
 )
@@ -135,7 +123,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if wants_html(accept) and exc.status_code < 500:
         if exc.status_code == 403 and "csrf" in message.lower():
             message = _CSRF_FAILED
-        return _gateway_error(request, _FrameworkError(exc.status_code, message))
+        return _gateway_error(request, FrameworkRefusal(exc.status_code, message))
     body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
     return Response(body, status_code=exc.status_code)
 

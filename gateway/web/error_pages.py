@@ -18,7 +18,14 @@ from typing import Final
 from gateway.authz.decision import Reason
 from gateway.errors import ErrorReason, GatewayError
 
-__all__ = ["ERROR_PAGE_CSP", "HARDENING_HEADER_NAMES", "error_response", "hardening_headers", "wants_html"]
+__all__ = [
+    "ERROR_PAGE_CSP",
+    "HARDENING_HEADER_NAMES",
+    "FrameworkRefusal",
+    "error_response",
+    "hardening_headers",
+    "wants_html",
+]
 
 # The error page has no script, no form and one stylesheet from its own origin (served by the control
 # app on every host). frame-ancestors: no other site may frame it (clickjacking); base-uri: injected
@@ -110,6 +117,19 @@ def _hint(err: GatewayError) -> str:
     if err.reason in _REASON_HINTS:
         return _REASON_HINTS[err.reason]
     return _SERVER_HINT if err.status >= 500 else _HINTS.get(err.status, "")
+
+
+class FrameworkRefusal(GatewayError):
+    """What Litestar itself refused (no such page, a method a page does not take, a failed CSRF check),
+    as an error page for a browser: both apps gave it raw JSON with no next step (a first-day run)."""
+
+    REASONS: Final = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+    _TITLES: Final = {404: "Page not found", 405: "Not available this way"}
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail, reason=self.REASONS.get(status, "error"))
+        self.status = status
+        self.title = self._TITLES.get(status, "Request refused")
 
 
 def error_response(
