@@ -195,10 +195,9 @@ class DataPlane:
                     route=rt.route.name,
                     method=ctx.method,
                     path=path,
-                    query=ctx.query,
                     policy=self._policy,
                     signer=self._signer,
-                    rec=rec,
+                    request=ctx,
                     sample=self._sample,
                     names=rt.identity_names,
                 )
@@ -225,10 +224,9 @@ class DataPlane:
                     route=rt.route.name,
                     method=ctx.method,
                     path=path,
-                    query=ctx.query,
                     policy=self._policy,
                     signer=self._signer,
-                    rec=rec,
+                    request=ctx,
                     sample=self._sample,
                     names=rt.identity_names,
                 )

@@ -18,9 +18,10 @@ Public paths never reach this stage: no policy decides them, so a draft cannot c
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
-from urllib.parse import unquote_to_bytes
+from typing import TYPE_CHECKING, Final
 
 from gateway.authz.decision import Decision, Reason
 from gateway.authz.live import LivePolicy
@@ -32,11 +33,16 @@ from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestRecord
 from gateway.pipeline.bearer import InsufficientScope
 from gateway.pipeline.headers import DEFAULT_IDENTITY_NAMES, IdentityNames
+from gateway.pipeline.overrides import UNREADABLE, method_overrides
 from gateway.privacy.purposes import POLICY_ANALYTICS
+
+if TYPE_CHECKING:
+    from gateway.pipeline.context import RequestContext
 
 __all__ = [
     "AUTHENTICATED",
     "AccessDenied",
+    "BodyOverrides",
     "authorize",
     "authorize_client",
     "client_identity_headers",
@@ -139,17 +145,15 @@ def authorize(
     path: str,
     policy: LivePolicy,
     signer: AssertionSigner,
-    rec: RequestRecord,
+    request: RequestContext,
     sample: DecisionSample,
     names: IdentityNames = DEFAULT_IDENTITY_NAMES,
-    query: bytes = b"",
 ) -> tuple[tuple[bytes, bytes], ...]:
     """Raise unless the policy explicitly allows this request (invariant 2: deny by default).
 
-    Notes the decision's time, policy version and reason in ``rec``, and the request's shape in
-    ``sample``.
-
-    ``query``: the request's query string, for a POST's ``_method`` (:func:`authorize_overrides`).
+    Notes the decision's time, policy version and reason in the request's record, and the request's
+    shape in ``sample``. A POST's ``_method`` query parameters are decided here; what its body names,
+    by the proxy stage as it reads it (``request.overrides``; :func:`authorize_overrides`).
 
     Returns:
         The identity headers for the upstream (or for the proxy, on forward-auth).
@@ -158,67 +162,83 @@ def authorize(
         AccessDenied: a deny rule matched, no rule allows it, or no policy is loaded (403).
     """
     principals = principals_of(session)
+    rec = request.rec
     decision = _decide(
         principals, route, method, path, policy, rec, None if POLICY_ANALYTICS in session.optout else sample
     )
     if not decision.allowed:
         raise denial(decision)
-    if method == "POST" and query:
-        authorize_overrides(
-            principals=principals, route=route, query=query, path=path, policy=policy, rec=rec
-        )
+    if method == "POST":
+        _post(request, BodyOverrides(principals, route, path, policy, rec))
     roles = policy.roles_for(principals)
     assertion = signer.assertion_for(session, route, session.email, roles)
     return identity_headers(session, roles, assertion, names)
 
 
-_PHP_KEY: Final = bytes.maketrans(b". [", b"___")
-
-
-def method_overrides(query: bytes) -> frozenset[str]:
-    """The methods a POST's ``_method`` query parameters ask the app to run it as (upper case; the
-    key compared percent-decoded and in any case), POST itself left out."""
-    asked: set[str] = set()
-    for pair in query.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if b"%" in key or b"+" in key:
-            key = unquote_to_bytes(key.replace(b"+", b" "))
-        # PHP turns ".", " " and an unclosed "[" in a key into "_" ($_GET["_method"] from ".method"):
-        # a re-attack run got DELETE through Laravel's reading that way.
-        if key.lower().translate(_PHP_KEY) == b"_method":
-            asked.add(unquote_to_bytes(value.replace(b"+", b" ")).decode("latin-1").strip().upper())
-    asked.discard("POST")
-    return frozenset(asked)
-
-
 def authorize_overrides(
+    methods: Iterable[str],
     *,
     principals: frozenset[str],
     route: str,
-    query: bytes,
     path: str,
     policy: LivePolicy,
     rec: RequestRecord,
     bearer: bool = False,
 ) -> None:
-    """For a POST: the policy must also allow each method its ``_method`` query parameter names.
+    """For a POST: the policy must also allow each method its ``_method`` parameters name
+    (:mod:`gateway.pipeline.overrides`).
 
     Laravel, Symfony (with ``http_method_override``) and Rails' Rack::MethodOverride run a POST as the
     method ``_method`` names: a re-attack run had ``POST /x/1?_method=DELETE`` delete where the
-    policy allowed POST and refused DELETE. A form field ``_method`` in the body is not read here
-    (the body is streamed to the app); the README says what that means for a policy.
+    policy allowed POST and refused DELETE.
 
     Raises:
         AccessDenied: the policy does not allow one of the methods (403; InsufficientScope for a
             ``bearer`` request).
     """
-    for method in sorted(method_overrides(query)):
+    for method in sorted(methods):
         decision = _decide(principals, route, method, path, policy, rec, None)
         if not decision.allowed:
-            message = f"{_message(decision)} (the request asks the app to run it as {method[:20]})"
+            if method == UNREADABLE:
+                asked = "another method, in a body too large or malformed to read which"
+            else:
+                asked = method[:20]
+            message = f"{_message(decision)} (the request asks the app to run it as {asked})"
             if bearer:
                 raise InsufficientScope(message, reason=decision.reason)
             raise AccessDenied(message, reason=decision.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyOverrides:
+    """A POST's body may name methods too: what the proxy stage holds them to, once it has read it."""
+
+    principals: frozenset[str]
+    route: str
+    path: str
+    policy: LivePolicy
+    rec: RequestRecord
+    bearer: bool = False
+
+    def check(self, methods: Iterable[str]) -> None:
+        """Raise (403) unless the policy allows every one of ``methods`` as well."""
+        if methods:
+            authorize_overrides(
+                methods,
+                principals=self.principals,
+                route=self.route,
+                path=self.path,
+                policy=self.policy,
+                rec=self.rec,
+                bearer=self.bearer,
+            )
+
+
+def _post(request: RequestContext, overrides: BodyOverrides) -> None:
+    """An allowed POST: the methods its query names are decided now, its body's as it is read."""
+    if request.query:
+        overrides.check(method_overrides(request.query))
+    request.overrides = overrides
 
 
 def client_identity_headers(
@@ -244,10 +264,9 @@ def authorize_client(
     path: str,
     policy: LivePolicy,
     signer: AssertionSigner,
-    rec: RequestRecord,
+    request: RequestContext,
     sample: DecisionSample,
     names: IdentityNames = DEFAULT_IDENTITY_NAMES,
-    query: bytes = b"",
 ) -> tuple[tuple[bytes, bytes], ...]:
     """:func:`authorize` for a request authenticated by a bearer token.
 
@@ -259,16 +278,15 @@ def authorize_client(
             RFC 6750 ``insufficient_scope`` challenge).
     """
     principals = client.principals
+    rec = request.rec
     # A person's own token (an identity provider's access token for a linked account) carries no
     # session, so not their choices about "policy_analytics": it is never sampled, which honours an
     # objection or a withdrawal without reading them on every request. Machine clients are sampled.
     decision = _decide(principals, route, method, path, policy, rec, None if client.person else sample)
     if not decision.allowed:
         raise InsufficientScope(_message(decision), reason=decision.reason)
-    if method == "POST" and query:
-        authorize_overrides(
-            principals=principals, route=route, query=query, path=path, policy=policy, rec=rec, bearer=True
-        )
+    if method == "POST":
+        _post(request, BodyOverrides(principals, route, path, policy, rec, bearer=True))
     roles = policy.roles_for(principals)
     assertion = signer.assertion_for_client(
         client.subject, client.token_id, route, roles, client.expires_at, client_id=client.client_id

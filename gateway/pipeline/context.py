@@ -19,6 +19,7 @@ from gateway.pipeline.snapshot import RouteRuntime
 from gateway.settings.schema import MfaPolicy
 
 if TYPE_CHECKING:
+    from gateway.pipeline.authorize import BodyOverrides
     from gateway.pipeline.watch import Rechecks
 
 __all__ = ["RequestContext"]
@@ -42,6 +43,7 @@ class RequestContext:
         trace: The request's trace when tracing is on (set first), else None.
         checks: The data plane's checks a long exchange is watched with (set before the proxy stage).
         token: The bearer token the request was let through with (set by the bearer stage).
+        overrides: For an allowed POST: the methods its body names are held to the policy too.
     """
 
     __slots__ = (
@@ -53,6 +55,7 @@ class RequestContext:
         "host_raw",
         "method",
         "outcome",
+        "overrides",
         "path",
         "path_and_query",
         "proto",
@@ -80,6 +83,7 @@ class RequestContext:
         self.rt: RouteRuntime | None = None
         self.outcome = ProxyOutcome()
         self.trace: RequestTrace | None = None
+        self.overrides: BodyOverrides | None = None
         # ``checks`` and ``token`` are set only where they are read (before the proxy stage; by the
         # bearer stage): every request pays for the constructor, few need them.
         self.checks: Rechecks

@@ -157,6 +157,7 @@ class _Http(Entry):
             outcome=ctx.outcome,
             body_framing=ctx.framing,
             watch=ctx,
+            overrides=ctx.overrides,
         )
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:

@@ -25,6 +25,7 @@ from gateway.errors import (
 from gateway.observe.tracing import FailedAttempt
 from gateway.pipeline.asgi import Message, Receive, Send, receive_body_within
 from gateway.pipeline.headers import clean_response_headers
+from gateway.pipeline.overrides import BodyScan, body_scan
 from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
 from gateway.upstream.http1 import (
@@ -35,7 +36,7 @@ from gateway.upstream.http1 import (
     UpstreamTlsError,
 )
 
-__all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "ProxyOutcome", "forward_http"]
+__all__ = ["NO_BODY", "BodyFraming", "ClientDisconnected", "Overrides", "ProxyOutcome", "forward_http"]
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -139,12 +140,27 @@ class ProxyOutcome:
     retried: tuple[FailedAttempt, ...] = ()
 
 
+class Overrides(Protocol):
+    """What the methods a POST's body names are held to (the authorize stage's check)."""
+
+    def check(self, methods: frozenset[str]) -> None:
+        """Raise (403) unless the policy allows each of ``methods``."""
+        ...
+
+
 class _RequestBody:
     """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
-    __slots__ = ("due", "limit", "read", "receive", "started", "timeout", "watch")
+    __slots__ = ("due", "limit", "read", "receive", "scan", "started", "timeout", "watch")
 
-    def __init__(self, receive: Receive, limit: int, timeout: float, watch: Watched | None = None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        limit: int,
+        timeout: float,
+        watch: Watched | None = None,
+        scan: tuple[BodyScan, Overrides] | None = None,
+    ) -> None:
         self.receive = receive
         self.limit = limit
         self.timeout = timeout
@@ -154,22 +170,51 @@ class _RequestBody:
         # trickled one into the app for as long as it liked after the account was disabled).
         self.watch = watch
         self.due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
+        self.scan = scan
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.started = True
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._plain() if self.scan is None else self._scanned(*self.scan)
+
+    async def _plain(self) -> AsyncIterator[bytes]:
+        self.started = True  # on the first read: a connection that failed before it may be retried
         while True:
-            message = await receive_body_within(self.receive, self.timeout)
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
+            message = await self._next()
             chunk: bytes = message.get("body", b"")
-            self.read += len(chunk)
-            if self.read > self.limit:
-                raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
-            if self.watch is not None and time.time() >= self.due:
-                self.due = await _recheck(self.watch)
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
+                return
+
+    async def _next(self) -> Message:
+        message = await receive_body_within(self.receive, self.timeout)
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        self.read += len(message.get("body", b""))
+        if self.read > self.limit:
+            raise BodyTooLarge(f"The request body is larger than {self.limit} bytes.")
+        if self.watch is not None and time.time() >= self.due:
+            self.due = await _recheck(self.watch)
+        return message
+
+    async def _scanned(self, scan: BodyScan, overrides: Overrides) -> AsyncIterator[bytes]:
+        """The body of a POST whose type a framework reads parameters from: each chunk is read for
+        ``_method`` before it goes on, and the last one is held back until the whole body is read and
+        its methods allowed, so the application never has a complete body the policy refused (the
+        connection is closed instead, and the client answered 403)."""
+        self.started = True
+        held = b""
+        while True:
+            message = await self._next()
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                scan.feed(chunk)
+                if held:
+                    yield held
+                held = chunk
+            if not message.get("more_body", False):
+                overrides.check(scan.finish())
+                if held:
+                    yield held
                 return
 
 
@@ -186,9 +231,11 @@ async def forward_http(
     outcome: ProxyOutcome,
     body_framing: BodyFraming,
     watch: Watched | None = None,
+    overrides: Overrides | None = None,
 ) -> None:
     """Send the request to a target of the route's pool and stream the answer back; a streamed answer
     is cut off once ``watch`` no longer lets the request through (checked every ``WATCH_INTERVAL``).
+    ``overrides``: for a POST, what the methods its body names (``_method``) are held to.
 
     ``headers`` are already cleaned (see :mod:`gateway.pipeline.headers`), ``host`` first, without
     ``Content-Length`` (added here from ``body_framing``); the list is the caller's to give away: the
@@ -203,7 +250,11 @@ async def forward_http(
     length = body_framing.content_length
     if length is not None and length > rt.max_body_size:
         raise BodyTooLarge(f"The request body is larger than {rt.max_body_size} bytes.")
-    body = _RequestBody(receive, rt.max_body_size, rt.body_timeout, watch) if body_framing.has_body else None
+    body = None
+    if body_framing.has_body:
+        # The headers as the application gets them: their Content-Type is the one it parses by.
+        scan = None if overrides is None else _scan_for(headers, overrides)
+        body = _RequestBody(receive, rt.max_body_size, rt.body_timeout, watch, scan)
     # Framing comes from what the client really sent (upstream_request_headers leaves Content-Length
     # out); chunked bodies go out chunked.
     sent_headers = headers
@@ -222,6 +273,11 @@ async def forward_http(
         raise
     finally:
         resp.release()
+
+
+def _scan_for(headers: list[tuple[bytes, bytes]], overrides: Overrides) -> tuple[BodyScan, Overrides] | None:
+    scan = body_scan(headers)
+    return None if scan is None else (scan, overrides)
 
 
 async def _exchange(

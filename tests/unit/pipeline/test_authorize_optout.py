@@ -21,6 +21,7 @@ from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestKind, RequestRecord
 from gateway.pipeline.authorize import AccessDenied, authorize, authorize_client
 from gateway.pipeline.bearer import InsufficientScope
+from gateway.pipeline.context import RequestContext
 from gateway.privacy.purposes import GEOLOCATION, POLICY_ANALYTICS
 from gateway.store.db import Database
 
@@ -42,8 +43,10 @@ class Policy:
     behind: bool = False
 
 
-def _record(clock: FakeClock) -> RequestRecord:
-    return RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+def _request(clock: FakeClock) -> RequestContext:
+    ctx = RequestContext(RequestKind.HTTP, "GET")
+    ctx.rec = RequestRecord(at=clock.time(), kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t")
+    return ctx
 
 
 def session(name: str, optout: tuple[str, ...]) -> Session:
@@ -79,7 +82,8 @@ async def test_an_opted_out_session_is_decided_but_not_sampled(database: Databas
         "carol": (GEOLOCATION,),
     }
     for name, optout in people.items():
-        rec = _record(clock)
+        ctx = _request(clock)
+        rec = ctx.rec
         with pytest.raises(AccessDenied):
             authorize(
                 session=session(name, optout),
@@ -88,7 +92,7 @@ async def test_an_opted_out_session_is_decided_but_not_sampled(database: Databas
                 path=f"/{name}",
                 policy=cast(LivePolicy, policy),
                 signer=cast(AssertionSigner, None),
-                rec=rec,
+                request=ctx,
                 sample=sample,
             )
         # Decided (and recorded) the same way whatever the person chose.
@@ -113,7 +117,8 @@ async def test_a_persons_own_token_is_decided_but_never_sampled(database: Databa
             issuer="corp",
             person=person,
         )
-        rec = _record(clock)
+        ctx = _request(clock)
+        rec = ctx.rec
         with pytest.raises(InsufficientScope):
             authorize_client(
                 client=token,
@@ -122,7 +127,7 @@ async def test_a_persons_own_token_is_decided_but_never_sampled(database: Databa
                 path=f"/{name}",
                 policy=cast(LivePolicy, policy),
                 signer=cast(AssertionSigner, None),
-                rec=rec,
+                request=ctx,
                 sample=sample,
             )
         assert rec.reason == Reason.NO_MATCHING_RULE

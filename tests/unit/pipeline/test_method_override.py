@@ -15,8 +15,10 @@ from gateway.authz.sample import DecisionSample
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.levels import AuthLevel
 from gateway.identity.sessions import Session
-from gateway.observe.record import RequestKind, RequestRecord
-from gateway.pipeline.authorize import AccessDenied, authorize, method_overrides
+from gateway.observe.record import RequestKind
+from gateway.pipeline.authorize import AccessDenied, authorize
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.overrides import method_overrides
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,10 @@ from gateway.pipeline.authorize import AccessDenied, authorize, method_overrides
         (b"%2Emethod=PUT", {"PUT"}),
         (b"[method=PATCH", {"PATCH"}),
         (b"+method=DELETE", {"DELETE"}),
+        # PHP drops a name's leading spaces and reads it as a C string (cut at its first NUL).
+        (b"%20_method=DELETE", {"DELETE"}),
+        (b"++%20_method=PUT", {"PUT"}),
+        (b"_method%00x=PATCH", {"PATCH"}),
     ],
 )
 def test_the_methods_a_query_asks_for(query: bytes, methods: set[str]) -> None:
@@ -76,13 +82,14 @@ def _session() -> Session:
     )  # fmt: skip
 
 
-def _authorize(policy: Policy, method: str, query: bytes) -> None:
+def _authorize(policy: Policy, method: str, query: bytes) -> RequestContext:
+    ctx = RequestContext(RequestKind.HTTP, method)
+    ctx.query = query
     authorize(
         session=_session(), route="app", method=method, path="/x/1", policy=cast(LivePolicy, policy),
-        signer=cast(AssertionSigner, Signer()),
-        rec=RequestRecord(at=0.0, kind=RequestKind.HTTP, client_ip="192.0.2.1", user_agent="t"),
-        sample=cast(DecisionSample, None), query=query,
+        signer=cast(AssertionSigner, Signer()), request=ctx, sample=cast(DecisionSample, None),
     )  # fmt: skip
+    return ctx
 
 
 def test_a_post_is_decided_as_the_method_it_names_too() -> None:
@@ -96,3 +103,14 @@ def test_a_post_is_decided_as_the_method_it_names_too() -> None:
     looked = Policy(ByMethod(frozenset({"GET"})))
     _authorize(looked, "GET", b"_method=DELETE")
     assert looked.authorizer.asked == ["GET"]
+
+
+def test_an_allowed_post_leaves_its_body_to_the_proxy_stage() -> None:
+    """What the body names is decided as the proxy reads it: the stage hands over the check."""
+    policy = Policy(ByMethod(frozenset({"GET", "POST"})))
+    ctx = _authorize(policy, "POST", b"")
+    assert ctx.overrides is not None
+    ctx.overrides.check(frozenset({"GET"}))
+    with pytest.raises(AccessDenied, match="run it as DELETE"):
+        ctx.overrides.check(frozenset({"DELETE"}))
+    assert _authorize(policy, "GET", b"").overrides is None

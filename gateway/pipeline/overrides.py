@@ -1,0 +1,295 @@
+"""What a POST asks the application to run it as: the ``_method`` parameter of method overriding.
+
+Laravel, Symfony (``http_method_override``) and Rails (Rack::MethodOverride) run a POST as the method
+its ``_method`` parameter names, read from the query string (Laravel, Symfony), from a form body,
+url-encoded or multipart (all three), and from a JSON body (Laravel, whose request reads JSON input as
+its form parameters). The authorize stage holds each such method to the policy as well as POST; this
+module finds them. The query string is read before the request goes on; a body is read as it streams
+to the application (:class:`BodyScan`), and the proxy holds its last chunk back until the scan is
+decided, so an application never has a whole body the policy has not seen.
+
+Keys are compared the way the most lenient of those readers compares them, and wider: percent-decoded,
+in any case, cut at a NUL byte and with leading spaces dropped, and with ``.``, `` `` and ``[`` read as
+``_`` (PHP names variables so: ``.method`` and `` _method`` are ``$_POST["_method"]``). A body this
+module cannot read (a malformed multipart body, a JSON body over :data:`JSON_LIMIT` that may name the
+key) asks for :data:`UNREADABLE`, which only a policy that allows every method lets through.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Protocol
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+
+__all__ = ["JSON_LIMIT", "UNREADABLE", "BodyScan", "body_scan", "method_overrides"]
+
+# Not a method any policy names: a rule for every method (``*``) allows it, a list of methods does not.
+UNREADABLE: Final = "(UNREADABLE)"
+# A JSON body up to this size is decoded whole at its end (msgspec, in C); a longer one is only searched
+# for the key's spellings (a regular expression, in C) and asks for UNREADABLE where one appears.
+JSON_LIMIT: Final = 1024 * 1024
+# A method name is short: a longer value is kept cut (no policy names it) rather than read on.
+_VALUE_LIMIT: Final = 256
+# A form field's name longer than this is nobody's: the pair is decided from what arrived.
+_PAIR_LIMIT: Final = 64 * 1024
+_HEADERS_LIMIT: Final = 16 * 1024
+_PHP_KEY: Final = bytes.maketrans(b". [", b"___")
+_FORM_SEPARATOR: Final = re.compile(rb"[&;]")
+# "_method" with any letter written as a JSON \u escape.
+_JSON_KEY: Final = re.compile(
+    rb"(?:_|\\u005[fF])(?:m|\\u006[dD])(?:e|\\u0065)(?:t|\\u0074)(?:h|\\u0068)(?:o|\\u006[fF])(?:d|\\u0064)"
+)
+_JSON_KEY_LONGEST: Final = 7 * 6
+_BOUNDARY: Final = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"]*)"|([^;,\s]*))')
+# A part's field names: every name= and name*= parameter, quoted or not, on any of its header lines.
+_PART_NAME: Final = re.compile(rb'(?i)(?:^|[;\s])name\*?\s*=\s*(?:"((?:[^"\\\r\n]|\\.)*)"|([^;\s]*))')
+_HEADERS_END: Final = re.compile(rb"\n\r?\n")
+
+
+def is_override_key(key: bytes) -> bool:
+    """Whether a parameter's name (as sent, percent-encoded or not) is ``_method`` to some reader."""
+    if b"%" in key or b"+" in key:
+        key = unquote_to_bytes(key.replace(b"+", b" "))
+    # PHP: the name is a C string (cut at NUL), leading spaces are dropped, and ".", " " and an
+    # unclosed "[" become "_" (a re-attack run got DELETE through Laravel's reading of ".method").
+    # A leading space read as "_" too: wider than PHP, never narrower.
+    key = key.partition(b"\0")[0].lower()
+    return key.translate(_PHP_KEY) == b"_method" or key.lstrip(b" ").translate(_PHP_KEY) == b"_method"
+
+
+def override_value(value: bytes) -> str:
+    """The method a percent-encoded ``_method`` value names, as the frameworks read it (upper case)."""
+    text = unquote_to_bytes(value[: _VALUE_LIMIT * 3].replace(b"+", b" ")).decode("latin-1")
+    return text[:_VALUE_LIMIT].strip().upper()
+
+
+def method_overrides(query: bytes) -> frozenset[str]:
+    """The methods a POST's ``_method`` query parameters ask the app to run it as, POST itself left out."""
+    asked = {override_value(value) for key, _, value in _pairs(query.split(b"&")) if is_override_key(key)}
+    asked.discard("POST")
+    return frozenset(asked)
+
+
+def _pairs(parts: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    return [part.partition(b"=") for part in parts]
+
+
+class BodyScan(Protocol):
+    """Reads a request body as it streams past, for the methods it asks the application to run it as."""
+
+    def feed(self, data: bytes) -> None:
+        """The next piece of the body."""
+        ...
+
+    def finish(self) -> frozenset[str]:
+        """The body has ended: the methods it named (POST left out)."""
+        ...
+
+
+def body_scan(headers: list[tuple[bytes, bytes]]) -> BodyScan | None:
+    """A scan for a POST body with these (lower-case) headers, or None if no reader takes its type as
+    parameters (Rack reads a POST without a ``Content-Type`` as a form)."""
+    types = [value for name, value in headers if name == b"content-type"]
+    scans = [scan for scan in map(_scan_for, types or [b""]) if scan is not None]
+    if len(scans) > 1:
+        return _Both(scans)
+    return scans[0] if scans else None
+
+
+def _scan_for(content_type: bytes) -> BodyScan | None:
+    media = re.split(rb"[;,]", content_type, maxsplit=1)[0].strip().lower()
+    if media in (b"", b"application/x-www-form-urlencoded"):
+        return _FormScan()
+    if media.startswith(b"multipart/"):
+        return _MultipartScan(content_type)
+    if b"json" in media:  # Laravel: a type containing "/json" or "+json"
+        return _JsonScan()
+    return None
+
+
+class _Both:
+    """Several ``Content-Type`` headers: each reader may believe another one."""
+
+    def __init__(self, scans: list[BodyScan]) -> None:
+        self._scans = scans
+
+    def feed(self, data: bytes) -> None:
+        for scan in self._scans:
+            scan.feed(data)
+
+    def finish(self) -> frozenset[str]:
+        return frozenset().union(*(scan.finish() for scan in self._scans))
+
+
+class _FormScan:
+    """``application/x-www-form-urlencoded``: ``&``- (and, for old Rack, ``;``-) separated pairs."""
+
+    def __init__(self) -> None:
+        self._carry = b""  # the pair the last piece ended inside
+        self._skipping = False  # inside a long pair already decided
+        self._asked: set[str] = set()
+
+    def feed(self, data: bytes) -> None:
+        if self._skipping:
+            cut = _FORM_SEPARATOR.search(data)
+            if cut is None:
+                return
+            data, self._skipping = data[cut.end() :], False
+        parts = _FORM_SEPARATOR.split(self._carry + data)
+        self._carry = parts.pop()
+        self._note(parts)
+        if len(self._carry) > _PAIR_LIMIT:
+            # A long value (its key decides now) or a name that long, which no form has: refused
+            # unless the policy allows every method.
+            key, equals, value = self._carry.partition(b"=")
+            if not equals:
+                self._asked.add(UNREADABLE)
+            elif is_override_key(key):
+                self._asked.add(override_value(value))
+            self._carry, self._skipping = b"", True
+
+    def _note(self, parts: list[bytes]) -> None:
+        for key, _, value in _pairs(parts):
+            if is_override_key(key):
+                self._asked.add(override_value(value))
+
+    def finish(self) -> frozenset[str]:
+        if self._carry:
+            self._note([self._carry])
+        self._asked.discard("POST")
+        return frozenset(self._asked)
+
+
+class _JsonScan:
+    """A JSON body: its top-level ``_method`` member when it is a string (Laravel's reading)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._named = False  # over JSON_LIMIT: whether the key's spelling appeared
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size <= JSON_LIMIT:
+            self._parts.append(data)
+            return
+        if self._parts:
+            data, self._parts = b"".join(self._parts) + data, []
+        if not self._named:
+            window = self._tail + data
+            self._named = _JSON_KEY.search(window) is not None
+            self._tail = window[-_JSON_KEY_LONGEST:]
+
+    def finish(self) -> frozenset[str]:
+        if self._size > JSON_LIMIT:
+            return frozenset({UNREADABLE}) if self._named else frozenset()
+        body = b"".join(self._parts)
+        try:
+            document = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            # Not JSON to msgspec; PHP's reader might differ on the edge, so only a body that cannot
+            # name the key passes.
+            return frozenset({UNREADABLE}) if _JSON_KEY.search(body) else frozenset()
+        value = document.get("_method") if isinstance(document, dict) else None
+        if not isinstance(value, str):
+            return frozenset()  # Symfony ignores a value that is not a string
+        method = value[:_VALUE_LIMIT].strip().upper()
+        return frozenset() if method == "POST" else frozenset({method})
+
+
+class _MultipartScan:
+    """``multipart/form-data``: the value of every part whose name is ``_method``; a part's content is
+    skipped with ``bytes.find`` (C), so a large upload costs little.
+
+    The delimiter is looked for after ``\\n`` rather than ``\\r\\n``: PHP's parser also takes lines
+    that end in a bare LF.
+    """
+
+    def __init__(self, content_type: bytes) -> None:
+        self._asked: set[str] = set()
+        self._buffer = b"\n"  # the first delimiter may open the body
+        self._state = "seek"  # seek a delimiter | after: the rest of its line | headers | value
+        self._value = b""
+        found = _BOUNDARY.search(content_type)
+        boundary = (found.group(1) or found.group(2) or b"") if found is not None else b""
+        if not boundary or len(boundary) > 200:
+            self._asked.add(UNREADABLE)
+            self._state = "done"
+        self._delimiter = b"\n--" + boundary
+
+    def feed(self, data: bytes) -> None:
+        if self._state == "done":
+            return
+        self._buffer += data
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One move of the parser; False when it needs more of the body."""
+        buffer, state = self._buffer, self._state
+        if state in ("seek", "value"):
+            at = buffer.find(self._delimiter)
+            keep = len(self._delimiter) - 1
+            if at < 0:
+                if state == "value":
+                    self._value = (self._value + buffer[: max(0, len(buffer) - keep)])[: _VALUE_LIMIT * 4]
+                self._buffer = buffer[-keep:]
+                return False
+            if state == "value":
+                self._note_value(self._value + buffer[:at])
+            self._buffer, self._state = buffer[at + len(self._delimiter) :], "after"
+            return True
+        if state == "after":
+            if len(buffer) < 2:
+                return False
+            if buffer.startswith(b"--"):
+                self._state = "done"  # the closing delimiter: what follows is the epilogue
+                return False
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > _HEADERS_LIMIT:
+                    self._asked.add(UNREADABLE)
+                    self._state = "done"
+                return False
+            self._buffer, self._state = buffer[end + 1 :], "headers"
+            return True
+        # headers: up to the blank line (the first line may be that blank line)
+        found = _HEADERS_END.search(b"\n" + buffer)
+        if found is None:
+            if len(buffer) > _HEADERS_LIMIT:
+                self._asked.add(UNREADABLE)
+                self._state = "done"
+            return False
+        head, self._buffer = buffer[: max(0, found.start() - 1)], buffer[found.end() - 1 :]
+        self._value = b""
+        self._state = "value" if any(map(is_override_key, _names(head))) else "seek"
+        return True
+
+    def _note_value(self, value: bytes) -> None:
+        # The content ends before the delimiter's line break: "\r\n" or a bare "\n".
+        method = value.removesuffix(b"\r")[:_VALUE_LIMIT].decode("latin-1").strip().upper()
+        self._asked.add(method)
+
+    def finish(self) -> frozenset[str]:
+        if self._state == "value":
+            self._note_value(self._value + self._buffer)  # no closing delimiter: read what came
+        elif self._state in ("after", "headers") and self._buffer.strip():
+            self._asked.add(UNREADABLE)  # a part's head that never ended
+        self._asked.discard("POST")
+        return frozenset(self._asked)
+
+
+def _names(head: bytes) -> list[bytes]:
+    """Every name a part's headers may give it: quoted (with and without its backslash escapes) or
+    bare, and an RFC 2231 ``name*=charset''value`` with its charset dropped."""
+    names: list[bytes] = []
+    for quoted, bare in _PART_NAME.findall(head):
+        name = quoted or bare
+        names.append(name)
+        names.append(re.sub(rb"\\(.)", rb"\1", name))
+        if b"''" in name:
+            names.append(name.partition(b"''")[2])
+    return names

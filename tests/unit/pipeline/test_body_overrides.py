@@ -1,0 +1,166 @@
+"""The ``_method`` a POST body names, as Laravel, Symfony and Rails read it: url-encoded forms, multipart
+forms and (Laravel) JSON. An attack run: a policy that allowed POST and refused DELETE let a form field
+``_method=DELETE`` through, because only the query string was read. Every body is also fed in every
+split into two pieces, and byte by byte: where a piece ends must not change what is found."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.pipeline.overrides import JSON_LIMIT, UNREADABLE, body_scan
+
+FORM = [(b"content-type", b"application/x-www-form-urlencoded")]
+JSON = [(b"content-type", b"application/json")]
+
+
+def multipart(boundary: bytes = b"XyZ") -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"multipart/form-data; boundary=" + boundary)]
+
+
+def part(name: bytes, value: bytes, boundary: bytes = b"XyZ", extra: bytes = b"") -> bytes:
+    return b"--%s\r\nContent-Disposition: form-data; name=%s%s\r\n\r\n%s\r\n" % (boundary, name, extra, value)
+
+
+def found(headers: list[tuple[bytes, bytes]], body: bytes) -> frozenset[str]:
+    """What the scan finds in ``body`` fed whole, in every two pieces and byte by byte (all equal)."""
+    results = set()
+    splits = [[body], [body[i : i + 1] for i in range(len(body))]]
+    splits += [[body[:i], body[i:]] for i in range(1, len(body))]
+    for pieces in splits:
+        scan = body_scan(headers)
+        assert scan is not None
+        for piece in pieces:
+            scan.feed(piece)
+        results.add(scan.finish())
+    assert len(results) == 1, results
+    return results.pop()
+
+
+@pytest.mark.parametrize(
+    ("body", "methods"),
+    [
+        (b"a=1&b=2", set()),
+        (b"_method=DELETE", {"DELETE"}),
+        (b"title=x&_method=put", {"PUT"}),
+        (b"_method=POST", set()),
+        (b"%5Fmethod=patch&x=1", {"PATCH"}),
+        (b".method=DELETE", {"DELETE"}),
+        (b"%20_method=DELETE", {"DELETE"}),
+        (b"_method%00junk=DELETE", {"DELETE"}),
+        (b"a=1;_method=DELETE", {"DELETE"}),  # old Rack splits on ";" too
+        (b"_method=DELETE&_method=PUT", {"DELETE", "PUT"}),
+        (b"x_method=DELETE&comment=_method%3DDELETE", set()),  # a value that says it is not a field
+    ],
+)
+def test_a_url_encoded_form(body: bytes, methods: set[str]) -> None:
+    assert found(FORM, body) == methods
+
+
+def test_a_post_without_a_content_type_is_read_as_a_form_as_rack_does() -> None:
+    assert found([], b"_method=DELETE") == {"DELETE"}
+    assert found([(b"content-type", b"")], b"_method=DELETE") == {"DELETE"}
+
+
+def test_types_no_framework_reads_parameters_from_are_not_read() -> None:
+    for media in (b"text/plain", b"application/octet-stream", b"image/png"):
+        assert body_scan([(b"content-type", media)]) is None
+
+
+def test_a_long_form_value_and_a_name_no_form_has() -> None:
+    long_value = b"text=" + b"a" * 200_000 + b"&_method=DELETE"
+    assert found_whole(FORM, long_value) == {"DELETE"}
+    assert found_whole(FORM, b"x" * 100_000 + b"=1") == {UNREADABLE}
+    # A _method value that long is no method: kept cut, which no policy's method list names.
+    (method,) = found_whole(FORM, b"_method=" + b"D" * 100_000)
+    assert len(method) <= 256
+
+
+def found_whole(headers: list[tuple[bytes, bytes]], body: bytes, piece: int = 8192) -> frozenset[str]:
+    scan = body_scan(headers)
+    assert scan is not None
+    for at in range(0, len(body), piece):
+        scan.feed(body[at : at + piece])
+    return scan.finish()
+
+
+@pytest.mark.parametrize(
+    ("body", "methods"),
+    [
+        (part(b'"title"', b"hello") + b"--XyZ--\r\n", set()),
+        (part(b'"_method"', b"DELETE") + b"--XyZ--\r\n", {"DELETE"}),
+        (part(b"_method", b"put") + b"--XyZ--\r\n", {"PUT"}),  # a bare name
+        (part(b'"title"', b"x") + part(b'".method"', b"PATCH") + b"--XyZ--\r\n", {"PATCH"}),
+        (part(b'"_method"', b"POST") + b"--XyZ--\r\n", set()),
+        # A file whose content says _method is content, not a field.
+        (
+            part(b'"file"', b'--Xy\r\n_method=DELETE\r\nname="_method"', extra=b'; filename="m.txt"')
+            + b"--XyZ--\r\n",
+            set(),
+        ),
+        # RFC 2231's name*=, and a part with no closing delimiter.
+        (part(b"x; name*=utf-8''_method", b"DELETE") + b"--XyZ--\r\n", {"DELETE"}),
+        (b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE', {"DELETE"}),
+        # PHP also reads lines that end in a bare LF.
+        (b'--XyZ\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--XyZ--\n', {"DELETE"}),
+        # A preamble before the first delimiter, and an epilogue after the last.
+        (b"ignored\r\n" + part(b'"_method"', b"DELETE") + b'--XyZ--\r\nepilogue name="_method"', {"DELETE"}),
+    ],
+)
+def test_a_multipart_form(body: bytes, methods: set[str]) -> None:
+    assert found(multipart(), body) == methods
+
+
+def test_a_multipart_body_it_cannot_read() -> None:
+    assert found([(b"content-type", b"multipart/form-data")], b"x") == {UNREADABLE}  # no boundary
+    endless = b'--XyZ\r\nContent-Disposition: form-data; name="a"' + b"x" * 20_000
+    assert found_whole(multipart(), endless) == {UNREADABLE}
+
+
+def test_a_large_multipart_upload_is_skipped_in_c() -> None:
+    upload = part(b'"file"', b"\0\xff" * 2_000_000, extra=b'; filename="a.bin"')
+    body = upload + part(b'"_method"', b"DELETE") + b"--XyZ--\r\n"
+    assert found_whole(multipart(), body, piece=65536) == {"DELETE"}
+
+
+@pytest.mark.parametrize(
+    ("body", "methods"),
+    [
+        ({"name": "x"}, set()),
+        ({"_method": "DELETE"}, {"DELETE"}),
+        ({"_method": "put"}, {"PUT"}),
+        ({"_method": ["DELETE"]}, set()),  # Symfony ignores a value that is not a string
+        ({"a": {"_method": "DELETE"}}, set()),  # only the top level is the request's parameters
+        (["_method", "DELETE"], set()),
+        ({"note": "_method"}, set()),
+    ],
+)
+def test_a_json_body(body: object, methods: set[str]) -> None:
+    assert found(JSON, json.dumps(body).encode()) == methods
+
+
+def test_json_escapes_and_types_laravel_reads_as_json() -> None:
+    assert found(JSON, b'{"\\u005fmethod": "DELETE"}') == {"DELETE"}
+    assert found([(b"content-type", b"application/vnd.api+json")], b'{"_method":"PATCH"}') == {"PATCH"}
+    # Not JSON to the gateway: passes only if it cannot name the key.
+    assert found(JSON, b'{"a": 1,}') == set()
+    assert found(JSON, b'{"_method": "DELETE",}') == {UNREADABLE}
+
+
+def test_a_json_body_over_the_limit_is_searched_for_the_key() -> None:
+    big = {"data": "x" * JSON_LIMIT}
+    assert found_whole(JSON, json.dumps(big).encode()) == set()
+    assert found_whole(JSON, json.dumps({**big, "_method": "DELETE"}).encode()) == {UNREADABLE}
+    assert found_whole(JSON, json.dumps({**big, "_m\u0065thod": "DELETE"}, ensure_ascii=True).encode()) == {
+        UNREADABLE
+    }
+    escaped = b'{"data": "' + b"x" * JSON_LIMIT + b'", "_\\u006dethod": "DELETE"}'
+    assert found_whole(JSON, escaped, piece=7) == {UNREADABLE}
+
+
+def test_several_content_types_are_each_read() -> None:
+    headers = [*FORM, *JSON]
+    # Not JSON, yet naming the key: unreadable to the JSON reader.
+    assert found(headers, b"_method=DELETE") == {"DELETE", UNREADABLE}
+    assert found(headers, b'{"_method":"PUT"}') == {"PUT"}
