@@ -52,7 +52,8 @@ from admin.access import Admin
 from admin.actions import admin_of, audit, client_ip, confirm_destructive
 from admin.console.masking import mask_person
 from admin.console.render import PAGE_OPT, page
-from admin.deps import AdminServices
+from admin.console.users import refuse_admin_takeover
+from admin.deps import AdminServices, Policy
 from gateway.audit.query import parse_time
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import InvalidAccount, UnknownAccount
@@ -880,13 +881,14 @@ async def export_user(
 
 @post("/api/privacy/users/{user_id:str}/rectify", status_code=200, tags=["privacy"])
 async def rectify_user(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
-    data: JSONBody[Rectify],
+    request: Request[Any, Any, Any], services: AdminServices, live_policy: Policy, config: Config,
+    user_id: UserId, data: JSONBody[Rectify],
 ) -> RightResult:  # fmt: skip
     """Correct the email and/or display name (``""`` removes the email). 409
     ``field-owned-by-identity-provider`` for an account that signs in through an identity provider
     (correct it there), 409 ``account-exists`` for an email another account has, 400 for a malformed
-    one (nothing recorded)."""
+    one (nothing recorded). A new email needs a recent second factor and, under ``admin.approvals: 2``,
+    is refused for another admin's account (403 ``second-admin-required``)."""
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
@@ -899,6 +901,19 @@ async def rectify_user(
                 raise InvalidAccount(str(exc)) from exc
         chosen = _law(data.law)
         user = await _person(services, user_id, about)
+        if data.email is not None and data.email != user.email:
+            # The address is how an identity provider's sign-in finds an account that has no link yet
+            # (identity/oidc/links.py): whoever owns the new one could sign in as this person. An
+            # attack run took a second admin's account that way and approved alone.
+            confirm_destructive(admin, config, services.identity.clock)
+            await refuse_admin_takeover(
+                services,
+                live_policy,
+                config,
+                user,
+                "change the email address",
+                on_host="gateway privacy rectify",
+            )
         view = await services.privacy.rectify(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
             verified_by=data.verified_by.strip(), email=data.email, display_name=data.display_name, law=chosen,

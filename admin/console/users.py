@@ -554,14 +554,19 @@ def _refuse_new_admin(config: Config, username: str) -> None:
 
 
 async def refuse_admin_takeover(
-    services: Services, live_policy: Policy, config: Config, user: User, what: str
+    services: Services,
+    live_policy: Policy,
+    config: Config,
+    user: User,
+    what: str,
+    on_host: str = "gateway user reset-mfa / set-password",
 ) -> None:
     """One admin resetting another admin's credentials could then sign in as them, and approve alone."""
     if _second_admin_required(config) and await _is_admin(services, live_policy, config, user):
         raise SecondAdminRequired(
             f"{user.username} is an admin, and this gateway needs two admins for a policy change "
             f"(admin.approvals: 2): one admin may not {what} of another, which would let them act as "
-            f"both. Do it on the gateway's host: gateway user reset-mfa / set-password {user.username}."
+            f"both. Do it on the gateway's host: {on_host} {user.username}."
         )
 
 

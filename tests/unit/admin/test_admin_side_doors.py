@@ -122,10 +122,28 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     _refused(acted, "second-admin-required")
     assert not [kind for kind, _, _ in await site.audit_kinds() if kind == "user.mfa_reset"]
 
+    # A new email for the other admin: an identity provider's sign-in with that address would find
+    # their account (an attack run). Their name may still be corrected.
+    second_id = second.id
+    moved = await site.call(
+        boss,
+        "POST",
+        f"/api/privacy/users/{second_id}/rectify",
+        json={"email": "me@evil.example", "verified_by": "x"},
+    )
+    _refused(moved, "second-admin-required")
+    assert "gateway privacy rectify" in moved.json()["message"]
+    after = await site.services.identity.accounts.find("second")
+    assert after is not None
+    assert after.email == second.email
+    carol = await site.services.identity.accounts.find("carol")
+    assert carol is not None
     # Controls: a non-admin's account is reset as before, on the user page and through a case.
     for path, body in (
         ("/api/users/carol/reset-factors", {"reason": "lost phone"}),
         ("/api/users/carol/invite", {"reason": "lost password", "clear_password": True}),
+        (f"/api/privacy/users/{second_id}/rectify", {"display_name": "Second", "verified_by": "x"}),
+        (f"/api/privacy/users/{carol.id}/rectify", {"email": "carol@new.example", "verified_by": "x"}),
     ):
         done = await site.call(boss, "POST", path, json=body)
         assert done.status_code == 200, (path, done.text)
@@ -186,6 +204,8 @@ async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Sta
             {"restricted": True, "verified_by": "x", "reason": "x"},
         ),
         ("POST", f"/api/privacy/users/{victim.id}/close", {"verified_by": "x", "reason": "x"}),
+        # A new email: an identity provider's sign-in finds an unlinked account by it.
+        ("POST", f"/api/privacy/users/{victim.id}/rectify", {"email": "new@example.com", "verified_by": "x"}),
     ]
     # A service account with roles, and a token: a grant, and a credential that outlives the session.
     plain_bot = await site.call(tired, "POST", "/api/service-accounts", json={"name": "bot"})
@@ -202,7 +222,7 @@ async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Sta
     assert (await site.services.policy.store.version()) == 1
     after = await site.services.identity.accounts.find("victim")
     assert after is not None
-    assert (after.roles, after.restricted, after.closed_at) == ("", False, None)
+    assert (after.roles, after.restricted, after.closed_at, after.email) == ("", False, None, victim.email)
     assert await site.services.identity.sessions.get(victims_session) is not None
     still = await site.services.identity.accounts.find("locked")
     assert still is not None
@@ -213,13 +233,14 @@ async def test_every_way_to_a_destructive_end_needs_a_recent_factor(console: Sta
     ordinary = [
         ("POST", "/api/users/victim/password-change", {}),
         ("POST", "/api/users", {"username": "plain", "mode": "password"}),
+        ("POST", f"/api/privacy/users/{victim.id}/rectify", {"display_name": "Vic", "verified_by": "x"}),
     ]
     for method, path, body in ordinary:
         done = await site.call(tired, method, path, json=body)
         assert done.status_code in (200, 201), (method, path, done.text)
     fresh = await site.session("boss")
     assert (await site.call(tired, "GET", "/api/tokens")).json() == []
-    for method, path, body in side_doors[:2] + side_doors[4:8] + side_doors[-2:]:
+    for method, path, body in side_doors[:2] + side_doors[4:8] + side_doors[-3:]:
         done = await site.call(fresh, method, path, json=body)
         assert done.status_code in (200, 201), (method, path, done.text)
 
