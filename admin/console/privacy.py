@@ -995,7 +995,8 @@ async def erase_user(
     data: JSONBody[RightChange],
 ) -> RightResult:  # fmt: skip
     """Erase the person now: the account, its factors and sessions go, their audit fields are
-    tombstoned (the chain still verifies) and the register, holds and policy history keep a pseudonym;
+    tombstoned (the chain still verifies; what they did as an admin to others keeps their name) and the
+    register and holds keep a pseudonym;
     what was removed is kept encrypted for ``privacy.retention.removed_content``.
 
     ``status`` is ``completed``, or ``on_hold`` when a legal hold covers the person or registration

@@ -12,7 +12,8 @@ about the erased person), which the count and the seqs alone did not show.
 
 Which fields: a record whose ``subject`` is the user loses ``subject`` and ``details``; one whose
 ``actor`` is the user (``user:NAME``, ``admin:NAME`` or ``NAME``) loses ``actor``, ``ip`` and
-``details``. An erasure record never loses its details: they are what backs an erasure (they hold a
+``details``, except what they did as an admin to someone else (``admin.*``), which loses only ``ip``:
+who made a change and why is the record of the change. An erasure record never loses its details: they are what backs an erasure (they hold a
 request reference, a pseudonym, a count and a hash, nothing about the person erased).
 
 :func:`erase_expired` does the same for age instead of a person (the retention engine,
@@ -72,6 +73,14 @@ logger = logging.getLogger("gateway.audit")
 
 _AS_SUBJECT: Final = ("subject", "details")
 _AS_ACTOR: Final = ("actor", "ip", "details")
+# What the person did as an admin to others (the admin API's ``admin.*`` records) keeps who did it and
+# why, only their address goes: "every change is an audited act: who, what, why" (SOC 2's change
+# records; GDPR Art. 17(3)(b) and (e) let an erasure keep them). An attack run: an admin erased their
+# own account in the portal right after acting, and the trail could no longer say who had acted. The
+# records still go with the audit trail's retention (``audit_events``), as every record does.
+_AS_ADMIN: Final = ("ip",)
+_ADMIN_ACTS: Final = "admin."
+_NOT_AN_ACT: Final = "admin.refused"  # a refused request to the admin API, by anyone signed in
 # The actor spellings that name a user (the web and CLI write "user:NAME", the admin API "admin:NAME";
 # the CLI once wrote the bare name). The bare words the gateway writes as actors of its own ("system",
 # "anonymous") can be nobody's username (gateway.identity.names.RESERVED_USERNAMES).
@@ -147,7 +156,8 @@ def _fields_to_erase(row: ChainRecord, username: str, actors: frozenset[str]) ->
     if row.subject == username:
         wanted.update(_AS_SUBJECT)
     if row.actor in actors:
-        wanted.update(_AS_ACTOR)
+        acted_as_admin = row.kind.startswith(_ADMIN_ACTS) and row.kind != _NOT_AN_ACT
+        wanted.update(_AS_ADMIN if acted_as_admin and row.subject != username else _AS_ACTOR)
     if row.kind == ERASURE_KIND:
         wanted.discard("details")  # the claim that backs an earlier erasure must stay readable
     try:

@@ -15,8 +15,10 @@ In this order, so a failure part-way leaves the person *more* protected, never e
 4. **The audit trail**: the person's fields in chain-version-3 records become tombstones
    (``gateway.audit.erase``), backed by a keyed erasure record, so ``gateway audit verify`` still
    passes and nothing readable is left; older records (version 1/2) cannot be changed without
-   breaking the chain and are reported as kept.
-5. **Pseudonymised**: the register, the holds and the policy history keep the person's pseudonym, and
+   breaking the chain and are reported as kept. What the person did as an admin to others keeps their
+   name (``admin.*`` records, and the policy history: who changed the policy, proposed and decided a
+   change), as the record of who made a change; it goes with the trail's retention.
+5. **Pseudonymised**: the register and the holds keep the person's pseudonym, and
    so do the incident records (``gateway.privacy.incident_records``): every mention of the username or
    email in a case or its timeline (affected users, titles, notes, actors, entry details) becomes the
    same ``[erased:<pseudonym>]`` tombstone the audit erasure writes. Sealed evidence bundles are not
@@ -29,12 +31,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from gateway.audit.chain_key import ChainKeys
 from gateway.audit.erase import actor_spellings, erase_person
 from gateway.audit.trail import AuditLog
-from gateway.authz.models import PolicyProposalRow, PolicyVersion
 from gateway.authz.sample import DecisionSample
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
@@ -165,7 +166,6 @@ class Eraser:
         )
         await self._register.pseudonymise(user_id, tombstone)
         await self._holds.pseudonymise(user.username, tombstone)
-        await self._pseudonymise_policy_history(user.username, tombstone)
         incident_rows = await self._incident_records.pseudonymise(
             [user.username, *([user.email] if user.email else [])], tombstone
         )
@@ -206,25 +206,6 @@ class Eraser:
         async with self._db.session() as session:
             session.add(row)
             with store_errors("cannot keep the removed content"):
-                await session.commit()
-
-    async def _pseudonymise_policy_history(self, username: str, tombstone: str) -> None:
-        names = sorted(actor_spellings(username))
-        async with self._db.session() as session:
-            with store_errors("cannot pseudonymise the policy history"):
-                await session.execute(
-                    update(PolicyVersion).where(PolicyVersion.actor.in_(names)).values(actor=tombstone)
-                )
-                await session.execute(
-                    update(PolicyProposalRow)
-                    .where(PolicyProposalRow.proposer.in_(names))
-                    .values(proposer=tombstone)
-                )
-                await session.execute(
-                    update(PolicyProposalRow)
-                    .where(PolicyProposalRow.decided_by.in_(names))
-                    .values(decided_by=tombstone)
-                )
                 await session.commit()
 
     async def read_removed(self, ref: str) -> dict[str, object] | None:

@@ -425,7 +425,7 @@ def _done_text(view: RequestView, config: CurrentConfig) -> tuple[str, str] | No
         return (
             "Your account was erased",
             "Your account, its second factors and sessions are deleted, and the audit trail no longer "
-            "names you. For a legal reason a sealed (encrypted) copy of what was removed is kept for "
+            "names you (except as who made a change you made as an administrator). For a legal reason a sealed (encrypted) copy of what was removed is kept for "
             f"{_days(float(retention.removed_content))} days for investigation, then deleted. {ref}",
         )
     if view.kind == Kind.RESTRICTION and view.status == Status.COMPLETED:

@@ -85,7 +85,8 @@ async def _scenario(db: Database, clock: FakeClock) -> AuditLog:
         ),
         # 3: carol, nothing to do with alice.
         ("signin.password", {"actor": "user:carol", "subject": "carol", "ip": "192.0.2.44"}),
-        # 4: alice as an admin acting on dave: her actor, ip and the details go; dave stays.
+        # 4: alice as an admin acting on dave: only her address goes; who acted and why stay (the
+        # record of a change), and so does dave.
         (
             "admin.user.disable",
             {
@@ -157,7 +158,7 @@ async def test_erasing_a_person_keeps_the_chain_verifying_and_leaves_no_trace(da
     result = await _erase(database, clock)
 
     assert result.erased == (1, 2, 4, 5)
-    assert result.fields == 4 + 2 + 3 + 3
+    assert result.fields == 4 + 2 + 1 + 3
     assert result.kept_legacy == 0
     erasure = result.record
     assert (erasure.seq, erasure.kind, erasure.actor, erasure.version) == (
@@ -173,7 +174,7 @@ async def test_erasing_a_person_keeps_the_chain_verifying_and_leaves_no_trace(da
         "seqs_sha256": hashlib.sha256(b"1,2,4,5").hexdigest(),
         # Which fields of which records: the documented lines, spelled out so the format stays put.
         "fields_sha256": hashlib.sha256(
-            b"1:actor,details,ip,subject\n2:details,subject\n4:actor,details,ip\n5:actor,details,ip"
+            b"1:actor,details,ip,subject\n2:details,subject\n4:ip\n5:actor,details,ip"
         ).hexdigest(),
     }
     report = await _verified(database)
@@ -186,6 +187,8 @@ async def test_erasing_a_person_keeps_the_chain_verifying_and_leaves_no_trace(da
     rows = await _raw_rows(database)
     for row in rows:
         for column, value in row.items():
+            if row["seq"] == "4" and column in ("actor", "details"):
+                continue  # her act as an admin (below)
             for trace in ALICE_TRACES:
                 assert trace not in value, (row["seq"], column, trace)
 
@@ -194,12 +197,36 @@ async def test_erasing_a_person_keeps_the_chain_verifying_and_leaves_no_trace(da
     # Other people's fields in the same records stay readable ...
     assert (by_seq[2].actor, by_seq[2].subject, by_seq[2].ip) == ("admin:bob", TOMBSTONE, "203.0.113.9")
     assert by_seq[2].details == TOMBSTONE
-    assert (by_seq[4].actor, by_seq[4].subject, by_seq[4].ip) == (TOMBSTONE, "dave", TOMBSTONE)
+    assert (by_seq[4].actor, by_seq[4].subject, by_seq[4].ip) == ("admin:alice", "dave", TOMBSTONE)
+    assert json.loads(by_seq[4].details) == {"why": "left-the-company"}
     assert by_seq[3] == before[2]  # carol's record untouched
     # ... and their salts are kept, the erased fields' salts are gone.
     assert set(parse_salts(by_seq[2].salts)) == {"actor", "ip"}
-    assert set(parse_salts(by_seq[4].salts)) == {"subject"}
+    assert set(parse_salts(by_seq[4].salts)) == {"actor", "subject", "details"}
     assert {f: e.by for f, e in parse_erased(by_seq[2].erased).items()} == {"subject": 6, "details": 6}
+
+
+async def test_what_a_person_did_as_an_admin_keeps_who_did_it(database: Database) -> None:
+    """An attack run: an admin erased their own account right after acting, and the trail could no
+    longer say who had acted. Their acts on others keep the actor and the reason; their acts on
+    themselves, a refused request to the admin API and everything else of theirs do not."""
+    clock = FakeClock(T0)
+    audit = AuditLog(database, clock=clock, keyring=KEYRING)
+    await audit.record(
+        "admin.user.create", actor="user:mel", subject="puppet", ip=ALICE_IP, details={"reason": "r1"}
+    )
+    await audit.record(
+        "admin.user.roles", actor="user:mel", subject="mel", ip=ALICE_IP, details={"reason": "r2"}
+    )
+    await audit.record("admin.refused", actor="user:mel", subject="/api/users", ip=ALICE_IP)
+    await audit.record("policy.approved", actor="user:mel", subject="user:boss", ip=ALICE_IP)
+    await _erase(database, clock, username="mel")
+    kept, own, refused, domain = (await _records(database))[:4]
+    assert (kept.actor, kept.subject, kept.ip) == ("user:mel", "puppet", TOMBSTONE)
+    assert json.loads(kept.details) == {"reason": "r1"}
+    for gone in (own, refused, domain):
+        assert (gone.actor, gone.ip, gone.details) == (TOMBSTONE,) * 3, gone.kind
+    await _verified(database)
 
 
 async def test_other_peoples_readable_fields_stay_covered_by_the_mac(database: Database) -> None:
@@ -230,20 +257,19 @@ async def test_a_record_naming_two_people_is_erased_by_two_erasures(database: Da
     await _scenario(database, clock)
     await _erase(database, clock)  # seq 6, by admin:bob
     second = await _erase(database, clock, username="bob", pseudonym="b0b")
-    # Record 2 (bob acting on alice) loses bob's actor and ip now; record 6 (bob's erasure of alice)
-    # loses its actor and ip but keeps the details that back the first erasure.
+    # Record 2 (bob as an admin acting on alice) loses bob's ip now and keeps who acted; record 6
+    # (bob's erasure of alice) loses its actor and ip but keeps the details that back the first erasure.
     assert second.erased == (2, 6)
-    assert second.fields == 2 + 2
+    assert second.fields == 1 + 2
     report = await _verified(database)
     assert (report.erased, report.erasures) == (5, 2)
     record2 = await _by_seq(database, 2)
     assert {f: e.by for f, e in parse_erased(record2.erased).items()} == {
         "subject": 6,
         "details": 6,
-        "actor": 7,
         "ip": 7,
     }
-    assert (record2.actor, record2.subject) == ("[erased:b0b]", TOMBSTONE)
+    assert (record2.actor, record2.subject) == ("admin:bob", TOMBSTONE)
     record6 = await _by_seq(database, 6)
     assert (record6.actor, json.loads(record6.details)["records"]) == ("[erased:b0b]", 4)
     # Erasing alice again finds nothing left to erase, and says so on the chain.
@@ -714,7 +740,8 @@ async def test_a_bundle_with_erased_records_verifies_offline(database: Database,
         assert (verdict.records, verdict.erased, verdict.erasures_unchecked) == (6, 4, 0)
     with zipfile.ZipFile(whole) as archive:
         events = archive.read("events.jsonl").decode()
-    assert all(trace not in events for trace in ALICE_TRACES)
+    others = [line for line in events.splitlines() if json.loads(line)["seq"] != 4]  # 4: her admin act
+    assert all(trace not in line for trace in ALICE_TRACES for line in others)
     assert all({"salts", "erased"} <= set(json.loads(line)) for line in events.splitlines())
 
     # A range without the erasure record: its erased records are in, their backing is not.
