@@ -440,8 +440,11 @@ class SessionStore:
             # live on outside the index, where no later sweep could find it.
             await self._state.delete(_session_key(id_hash))
             raise SessionEnded("This account's sessions were just ended.")
-        if len(ids) > _MAX_USER_SESSIONS:
-            await self._trim_user(user_id)
+        if len(ids) > _MAX_USER_SESSIONS and not await self._trim_user(user_id, session):
+            raise SessionEnded(
+                f"This account has {_MAX_USER_SESSIONS} sessions that signed in more strongly than this "
+                "one: sign out of some on your account page (Sessions) first."
+            )
         if joining and not await self._family_has(family_id, id_hash):
             # revoke_family ran between joining and storing: it could not delete what was not yet
             # written, so undo it here rather than leave a session outside its ended family.
@@ -876,12 +879,25 @@ class SessionStore:
     async def _indexed(self, user_id: int, id_hash: str) -> bool:
         return id_hash in self._parse_ids(await self._state.get(_user_key(user_id)))
 
-    async def _trim_user(self, user_id: int) -> None:
-        # Over the cap: list_user first prunes sessions that ended on their own, then the least
-        # recently active are ended (never just dropped from the index, or revoke_user would miss them).
+    async def _trim_user(self, user_id: int, newcomer: Session) -> bool:
+        """Over the cap: end sessions (never just drop them from the index, or revoke_user would miss
+        them) until it holds, after list_user has pruned those that ended on their own. False if that
+        ended ``newcomer``.
+
+        The lowest level goes first (a password still owing its second factor), least recently active
+        first among equals, and a sign-in never ends a session of a higher level than its own: it ends
+        itself instead. An attack run signed in 200 times with a stolen password alone, never passing
+        the second factor, and so ended the owner's fully signed-in session.
+        """
         sessions = await self.list_user(user_id)
-        for extra in sessions[_MAX_USER_SESSIONS:]:
+        excess = len(sessions) - _MAX_USER_SESSIONS
+        ranked = sorted(sessions, key=lambda s: (s.level, s.last_seen))
+        for extra in ranked[: max(0, excess)]:
+            if extra.level > newcomer.level or extra.id_hash == newcomer.id_hash:
+                await self.revoke_hash(newcomer.id_hash)
+                return False
             await self.revoke_hash(extra.id_hash)
+        return True
 
     async def _join_family(
         self, family: str, id_hash: str, user_id: int, now: float, *, joining: bool

@@ -58,12 +58,17 @@ async def listening(*stores: SessionStore) -> AsyncIterator[None]:
 
 
 async def sign_in(
-    store: SessionStore, *, user_id: int = 7, family: str | None = None, host: str = "auth.example.com"
+    store: SessionStore,
+    *,
+    user_id: int = 7,
+    family: str | None = None,
+    host: str = "auth.example.com",
+    level: AuthLevel = AuthLevel.ONE_FACTOR,
 ) -> tuple[str, Session]:
     return await store.create(
         user_id=user_id,
         username=f"user{user_id}",
-        level=AuthLevel.ONE_FACTOR,
+        level=level,
         factors=(FactorUse(Factor.PASSWORD, 1.0),),
         roles=("staff",),
         ip="192.0.2.1",
@@ -584,3 +589,28 @@ async def test_too_many_sessions_end_the_least_recent(
         clock.advance(1)
     assert len(await store.list_user(7)) == 3
     assert [await store.get(i) is not None for i in ids] == [False, False, True, True, True]
+
+
+async def test_a_password_alone_never_ends_a_fully_signed_in_session(
+    store: SessionStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack run: 200 sign-ins with a stolen password, never passing the second factor, ended the
+    owner's session through the per-account cap. Sessions owing a step go first; a sign-in never ends
+    one that signed in more strongly: it ends itself."""
+    monkeypatch.setattr("gateway.identity.sessions._MAX_USER_SESSIONS", 3)
+    owner, _ = await sign_in(store, level=AuthLevel.TWO_FACTOR)
+    clock.advance(1)
+    partial = []
+    for _ in range(5):
+        partial.append((await sign_in(store, level=AuthLevel.ONE_FACTOR))[0])
+        clock.advance(1)
+    assert await store.get(owner) is not None
+    assert [await store.get(i) is not None for i in partial] == [False, False, False, True, True]
+    # With the cap full of stronger sessions, a password-only sign-in ends itself.
+    for _ in range(2):
+        await sign_in(store, level=AuthLevel.TWO_FACTOR)
+        clock.advance(1)
+    with pytest.raises(SessionEnded, match="sign out of some"):
+        await sign_in(store, level=AuthLevel.ONE_FACTOR)
+    assert await store.get(owner) is not None
+    assert len(await store.list_user(7)) == 3
