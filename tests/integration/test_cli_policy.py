@@ -391,6 +391,26 @@ def test_stored_policy_user_errors(config: Path, files: dict[str, Path]) -> None
     assert proc.stderr.startswith("error:")
 
 
+def test_a_service_account_role_no_rule_names_is_noted(config: Path, files: dict[str, Path]) -> None:
+    """``service-account create --role`` stores the roles as given, and notes on stderr (exit 0) each one
+    that no rule names, directly or through a ``g`` line: a typo grants nothing, silently otherwise."""
+    c = ("--config", str(config))
+    assert gateway("policy", "import", str(files["policy"]), *c, "--reason", "first").returncode == 0
+    proc = gateway("service-account", "create", "ci", "--role", "staff", "--role", "staf", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert "roles: staff, staf" in proc.stdout
+    assert "no policy rule names the role 'staf'" in proc.stderr
+    assert "'staff'" not in proc.stderr
+    assert proc.stderr.count("note:") == 1
+    # A role that reaches a rule through the policy's role links is named too: no note.
+    linked = files["policy"].with_name("linked.csv")
+    linked.write_text(POLICY + "g, deployers, staff\n")
+    assert gateway("policy", "import", str(linked), *c, "--reason", "deployers").returncode == 0
+    proc = gateway("service-account", "create", "deploy", "--role", "deployers", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert "note:" not in proc.stderr
+
+
 def test_running_from_another_directory(files: dict[str, Path], tmp_path: Path) -> None:
     # Paths are the operator's, relative to where the command runs.
     proc = run_cli("policy", "validate", files["policy"].name, cwd=tmp_path)
