@@ -170,12 +170,19 @@ def test_a_proposal_goes_live_when_another_admin_approves_it(
         expect(proposal).to_have_count(1)
         expect(proposal).to_contain_text("user:boss")
         expect(proposal.locator("pre.diff .add")).to_contain_text(NEWS.strip())
-        # Nobody approves their own change: the page says so, and nothing changes.
-        proposal.locator(".approve-form input[name=reason]").fill("looks right to me")
-        proposal.locator(".approve-form button").click()
-        expect(proposal.locator(".approve-form + .result .alert")).to_contain_text(
-            "another admin must approve"
+        # Nobody approves their own change: no Approve button for its author, the page says why (and
+        # the API refuses it anyway), and nothing changes.
+        expect(proposal.locator(".approve-form")).to_have_count(0)
+        expect(proposal.locator(".own-proposal")).to_contain_text("another admin must approve")
+        expect(proposal.locator(".reject-form button")).to_have_text("Withdraw")
+        refused = page.evaluate(
+            """id => fetch(`/api/policy/proposals/${id}/approve`, {method: 'POST',
+                 headers: {'Content-Type': 'application/json', Accept: 'application/json'},
+                 body: JSON.stringify({reason: 'looks right to me'})}).then(async r => [r.status, await r.json()])""",
+            (proposal.get_attribute("id") or "").removeprefix("proposal-"),
         )
+        assert (refused[0], refused[1]["error"]) == (403, "proposal-self-approval"), refused
+        page.reload()
         expect(page.locator(".policy-summary .big")).to_have_text("v1")
         shot(page, "console-policies-proposal")
 
