@@ -155,6 +155,17 @@ class ExportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 # -- reading --------------------------------------------------------------------------------------
 
 
+def _field_time(text: str | None) -> str:
+    """A time as the page's datetime-local fields show it (UTC, to the second); what does not parse
+    stays as given (the page says what is wrong with it)."""
+    if text is None or not text.strip():
+        return ""
+    try:
+        return parse_time(text).strftime("%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return text
+
+
 def _time(text: str | None, name: str) -> datetime | None:
     if text is None or not text.strip():
         return None
@@ -260,7 +271,7 @@ async def audit_page(
 ) -> Template:
     form = {
         "actor": actor or "", "subject": subject or "", "kind": kind or "", "outcome": outcome or "",
-        "since": since or "", "until": until or "",
+        "since": _field_time(since), "until": _field_time(until),
     }  # fmt: skip
     problem = ""
     view: AuditEvents | None = None
