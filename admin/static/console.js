@@ -85,15 +85,68 @@
     return box;
   }
 
-  function showError(box, status, data) {
+  // What the admin typed into a form the API refused for a stale second factor (a reason, a policy
+  // draft) survives the trip to the step-up page and back: kept in this tab's sessionStorage (this
+  // origin only, gone with the tab) when they follow the link, put back into the same form once when
+  // the page loads again, never sent by itself. Passwords and files are never kept.
+  const KEPT = "console.kept";
+  const formKey = (form) => location.pathname + " " + (form.id || form.dataset.api);
+
+  function keep(form) {
+    const values = {};
+    for (const el of form.elements) {
+      if (!el.name || ["password", "file", "submit", "button"].includes(el.type)) continue;
+      if (el.type === "radio") {
+        if (el.checked) values[el.name] = el.value;
+      } else if (el.type === "checkbox") values[el.name] = el.checked;
+      else if (el.multiple) values[el.name] = Array.from(el.selectedOptions, (o) => o.value);
+      else values[el.name] = el.value;
+    }
+    try {
+      sessionStorage.setItem(KEPT, JSON.stringify({ form: formKey(form), values }));
+    } catch (err) {
+      // Storage refused (full, disabled): the form comes back empty, as it did before.
+    }
+  }
+
+  function putBack() {
+    let kept = null;
+    try {
+      kept = JSON.parse(sessionStorage.getItem(KEPT) || "null");
+      sessionStorage.removeItem(KEPT);
+    } catch (err) {
+      return;
+    }
+    if (!kept || !kept.values) return;
+    const form = Array.from(document.querySelectorAll("form[data-api]")).find((f) => formKey(f) === kept.form);
+    if (!form) return;
+    for (const el of form.elements) {
+      if (!el.name || !Object.hasOwn(kept.values, el.name)) continue;
+      const value = kept.values[el.name];
+      if (el.type === "radio") el.checked = el.value === value;
+      else if (el.type === "checkbox") el.checked = Boolean(value);
+      else if (el.multiple) for (const o of el.options) o.selected = value.includes(o.value);
+      else if (!["password", "file", "submit", "button"].includes(el.type)) el.value = value;
+    }
+    // A page's own script may carry more than the form (the policy editor's draft).
+    form.dispatchEvent(new CustomEvent("console:restored", { bubbles: true }));
+    resultBox(form).replaceChildren(
+      text("p", "You confirmed it's you. What you typed is back: send it again.", "alert ok"),
+    );
+    form.scrollIntoView({ block: "center" });
+  }
+
+  function showError(box, status, data, form) {
     const p = text("p", (data && data.message) || `The request failed (HTTP ${status}).`, "alert");
     if (data && data.location) {
       p.append(" ");
       const a = text("a", data.error === "step-up-required" ? "Confirm it's you" : "Sign in");
-      // Back to this very page afterwards (the gateway accepts the console's origin as a return URL).
+      // Back to this very page afterwards (the gateway accepts the console's origin as a return URL),
+      // where the form is filled in again.
       const next = new URL(data.location, location.href);
       next.searchParams.set("rd", location.href);
       a.href = next.href;
+      if (form) a.addEventListener("click", () => keep(form));
       p.append(a);
     }
     box.append(p);
@@ -142,7 +195,7 @@
       const type = response.headers.get("content-type") || "";
       const data = type.includes("json") ? await response.json() : null;
       if (!response.ok) {
-        showError(box, response.status, data);
+        showError(box, response.status, data, form);
         return;
       }
       if (then === "reload") window.location.reload();
@@ -155,6 +208,10 @@
       form.removeAttribute("aria-busy");
     }
   }
+
+  // After the page's own scripts (deferred, like this one) have added their listeners.
+  if (document.readyState === "complete") putBack();
+  else document.addEventListener("DOMContentLoaded", putBack);
 
   document.addEventListener("submit", (event) => {
     const form = event.target;

@@ -63,6 +63,14 @@
     true
   );
 
+  // Back from the step-up page with a form console.js filled in again: its draft goes back into the
+  // editor (the editor is not part of the form).
+  document.addEventListener("console:restored", (event) => {
+    const kept = event.target.querySelector("[data-draft]");
+    const editor = draft();
+    if (kept && editor && kept.value) editor.value = kept.value;
+  });
+
   function goToLine(line) {
     const editor = draft();
     if (!editor || !line) return;

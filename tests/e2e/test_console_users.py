@@ -6,12 +6,22 @@ sign-in), resets their second factors (a reason is asked), disables and enables 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
+import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import phone_shot, shot
-from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
+from tests.e2e.conftest import oathtool, phone_shot, shot
+from tests.e2e.console_site import (
+    POLICY,
+    Console,
+    ConsoleAdmin,
+    admin_page,
+    console,
+    run_console,
+    sign_in_admin,
+)
 
 __all__ = ["admin_page", "console"]
 
@@ -130,3 +140,78 @@ def test_a_refused_action_says_why_on_the_page(
     )
     assert answer[0] == 404
     assert "search the list of users" in answer[1]
+
+
+@pytest.fixture(scope="module")
+def strict_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A console whose destructive actions need a second factor used within the last 5 seconds."""
+    with run_console(tmp_path_factory.mktemp("console-strict"), destructive_reauth_max_age="5s") as site:
+        yield site
+
+
+def step_up(admin: ConsoleAdmin) -> None:
+    """Follow the refused form's "Confirm it's you" link, pass the second factor, come back."""
+    page = admin.page
+    back = page.url
+    page.locator(".result .alert a", has_text="Confirm it's you").click()
+    expect(page.locator("h1")).to_have_text("Confirm it's you")
+    # The next time step's code: the one the enrollment used is never accepted again.
+    page.fill("#code", oathtool(admin.totp_secret, time.time() + 30))
+    page.click("form[action='/.gateway/mfa/totp'] button")
+    page.wait_for_url(back)
+
+
+def test_what_the_admin_typed_survives_the_step_up(browser: Browser, strict_console: Console) -> None:
+    site = strict_console
+    site.add_user("pia")
+    admin = sign_in_admin(browser, site, "boss")
+    try:
+        page = admin.page
+        page.goto(site.url("/users/pia"))
+        time.sleep(5.5)  # the scenario is the factor's age: past admin.destructive_reauth_max_age
+        page.fill("#disable-reason", "contract ended on Friday")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#disable-form button").click()
+        expect(page.locator("#disable-form + .result .alert")).to_contain_text("Confirm it's you")
+        step_up(admin)
+        # Back on the user's page: the reason is in the form again, and the page says so.
+        expect(page.locator("#disable-reason")).to_have_value("contract ended on Friday")
+        expect(page.locator("#disable-form + .result .alert.ok")).to_contain_text("What you typed is back")
+        shot(page, "console-user-after-step-up")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#disable-form button").click()
+        expect(page.locator(".badges .badge.bad")).to_have_text("disabled")
+        # Once: a reload shows the form empty again.
+        page.reload()
+        expect(page.locator("#enable-form")).to_be_visible()
+        events = page.evaluate("fetch('/api/audit/events?kind=admin.user.disable').then(r => r.json())")
+        done = [e["details"] for e in events["records"] if e["outcome"] == "success"]
+        assert len(done) == 1, events
+        assert "contract ended on Friday" in done[0]
+    finally:
+        admin.context.close()
+    admin.assert_clean()
+
+
+def test_a_policy_draft_and_its_reason_survive_the_step_up(browser: Browser, strict_console: Console) -> None:
+    site = strict_console
+    admin = sign_in_admin(browser, site, "second")
+    try:
+        page = admin.page
+        page.goto(site.url("/policies"))
+        draft = POLICY + "p, authenticated, app, /news/*, GET, allow\n"
+        time.sleep(5.5)  # past admin.destructive_reauth_max_age
+        page.fill("#draft", draft)
+        page.fill("#save-reason", "news for everyone signed in")
+        page.click("#save-form button")
+        expect(page.locator("#save-form + .result .alert")).to_contain_text("Confirm it's you")
+        step_up(admin)
+        expect(page.locator("#draft")).to_have_value(draft)
+        expect(page.locator("#save-reason")).to_have_value("news for everyone signed in")
+        shot(page, "console-policies-after-step-up")
+        page.click("#save-form button")
+        expect(page.locator(".policy-summary .big")).to_have_text("v2")
+        expect(page.locator("table.policy-rules")).to_contain_text("/news/*")
+    finally:
+        admin.context.close()
+    admin.assert_clean()
