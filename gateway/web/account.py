@@ -46,6 +46,43 @@ def _step_up(back: str) -> Redirect:
     return Redirect(step_up_location(back))
 
 
+def _factor_name(name: str, kind_label: str, created: datetime | None) -> str:
+    """The name to show: the user's own, else (a factor still named after its type, as every
+    authenticator app is when added) its type and the day it was added, which tells two apart."""
+    if name != kind_label or created is None:
+        return name
+    return f"{kind_label} added {created.strftime('%Y-%m-%d')}"
+
+
+async def _factors(identity: IdentityServices, user_id: int) -> list[dict[str, Any]]:
+    """The user's second factors as the portal lists them."""
+    listed = [
+        ("totp", c.id, c.name, "Authenticator app", c.created_at, c.last_used_at)
+        for c in await identity.totp.list(user_id)
+    ] + [
+        (
+            "webauthn",
+            c.id,
+            c.name,
+            "Passkey" if c.discoverable else "Security key",
+            c.created_at,
+            c.last_used_at,
+        )
+        for c in await identity.webauthn.list(user_id)
+    ]
+    return [
+        {
+            "kind": kind,
+            "id": factor_id,
+            "name": _factor_name(name, label, created),
+            "kind_label": label,
+            "created": _when(created),
+            "last_used": _when(last_used),
+        }
+        for kind, factor_id, name, label, created, last_used in listed
+    ]
+
+
 @get("/.gateway/account", cache=False)
 async def portal(
     request: Request[Any, Any, Any], config: Config, identity: Identity, notice: FromQuery[str] = ""
@@ -55,27 +92,7 @@ async def portal(
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     user = await identity.accounts.get(s.user_id)
-    factors = [
-        {
-            "kind": "totp",
-            "id": c.id,
-            "name": c.name,
-            "kind_label": "Authenticator app",
-            "created": _when(c.created_at),
-            "last_used": _when(c.last_used_at),
-        }
-        for c in await identity.totp.list(s.user_id)
-    ] + [
-        {
-            "kind": "webauthn",
-            "id": c.id,
-            "name": c.name,
-            "kind_label": "Passkey" if c.discoverable else "Security key",
-            "created": _when(c.created_at),
-            "last_used": _when(c.last_used_at),
-        }
-        for c in await identity.webauthn.list(s.user_id)
-    ]
+    factors = await _factors(identity, s.user_id)
     own = s.id_hash
     sessions = [
         {
@@ -174,6 +191,34 @@ async def totp_confirm(
     )
 
 
+@get("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", cache=False)
+async def confirm_remove(
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    kind: FromPath[str],
+    factor_id: FromPath[str],
+) -> Template | Redirect:
+    """Which factor a removal would take, and a form (CSRF-protected) to remove it: where the step-up
+    that a removal needs comes back to, so the person confirms the same factor instead of starting over.
+    A GET only shows: nothing is removed without the form's POST."""
+    here = f"/.gateway/account/factors/{quote(kind, safe='')}/{quote(factor_id, safe='')}/remove"
+    signed = await flows.current(request, config, identity)
+    if signed.session is None:
+        return flows.login_redirect(here)
+    s = signed.session
+    credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
+    factor = next(
+        (f for f in await _factors(identity, s.user_id) if (f["kind"], f["id"]) == (kind, credential_id)),
+        None,
+    )
+    if factor is None:
+        return Redirect("/.gateway/account?notice=Nothing+was+removed.")
+    if not flows.is_fresh(s, config, identity.clock):
+        return _step_up(here)
+    return page(request, "remove_factor.html", user=s.username, factor=factor)
+
+
 @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/remove", status_code=303)
 async def remove_factor(
     request: Request[Any, Any, Any],
@@ -188,7 +233,8 @@ async def remove_factor(
     s = signed.session
     credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
     if not flows.is_fresh(s, config, identity.clock):
-        return _step_up("/.gateway/account")
+        # Back to this factor's confirmation after the second factor, not to the list.
+        return _step_up(f"/.gateway/account/factors/{quote(kind, safe='')}/{credential_id}/remove")
     removed = False
     if kind == "totp":
         removed = await identity.totp.remove(s.user_id, credential_id)
@@ -410,6 +456,7 @@ HANDLERS: Final = (
     portal,
     enroll,
     totp_confirm,
+    confirm_remove,
     remove_factor,
     rename_factor,
     new_recovery,
