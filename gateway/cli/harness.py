@@ -18,7 +18,7 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ __all__ = [
     "execute",
     "load_config",
     "load_keyring",
+    "note_roles_without_rules",
     "open_store",
     "operator",
     "record_event",
@@ -299,6 +300,30 @@ async def open_store(
             raise unannounced
     finally:
         await db.close()
+
+
+async def note_roles_without_rules(
+    db: Database, fast: FastState, audit: AuditLog, roles: Sequence[str]
+) -> None:
+    """A note on stderr for each of ``roles`` that reaches no ``p`` rule's subject, directly or through
+    the policy's ``g`` lines: a note, not an error (the rule may be added next; a typo is the other
+    reason), after the account that holds them was stored."""
+    if not roles:
+        return
+    from gateway.authz.index import PolicyIndex
+    from gateway.authz.store import PolicyStore
+    from gateway.clock import SYSTEM_CLOCK
+
+    rules = (await PolicyStore(db, fast, audit, SYSTEM_CLOCK).current()).rules
+    index = PolicyIndex.roles_only(rules)
+    subjects = {rule.sub for rule in rules.policies}
+    for role in roles:
+        if not index.roles_of(role) & subjects:
+            print(
+                f"note: no policy rule names the role {role!r} (nor a role it reaches): the account gets "
+                "nothing from it until one does; check the spelling, or add a rule (gateway policy import)",
+                file=sys.stderr,
+            )
 
 
 def record_event(

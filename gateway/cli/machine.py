@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,6 +34,7 @@ from gateway.cli.harness import (
     command_group,
     config_arg,
     load_config,
+    note_roles_without_rules,
     open_store,
     operator,
     run,
@@ -41,8 +42,6 @@ from gateway.cli.harness import (
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.authz.rules import PolicyRules
-    from gateway.authz.store import PolicyStore
     from gateway.machine.accounts import ServiceAccounts
     from gateway.settings.schema import Settings
 
@@ -61,14 +60,12 @@ def _runner(work: Work) -> Action:
 
 
 async def _with_accounts(settings: Settings, args: argparse.Namespace, work: Work) -> int:
-    from gateway.authz.store import PolicyStore
     from gateway.clock import SYSTEM_CLOCK
     from gateway.identity.ledger import AccountLedger, ledger_path
     from gateway.machine.accounts import ServiceAccounts
 
     async with open_store(settings, fast=True, keyring=True) as store:
-        # Read only by `create`, to note roles no rule names.
-        args.policies = PolicyStore(store.db, store.fast, store.audit(), SYSTEM_CLOCK)
+        args.store = store  # `create` reads the policy, to note roles no rule names
         accounts = ServiceAccounts(
             store.db,
             store.audit(),
@@ -104,24 +101,8 @@ async def _create_account(args: argparse.Namespace, accounts: ServiceAccounts) -
     )
     print(f"service account {view.name} created (policy principal client:{view.name}; roles: "
           f"{', '.join(view.roles) or '-'})")  # fmt: skip
-    policies: PolicyStore = args.policies
-    for role in _roles_without_rules((await policies.current()).rules, view.roles):
-        # A note, not an error: the rule may be added next (a typo is the other reason).
-        print(
-            f"note: no policy rule names the role {role!r} (nor a role it reaches): the account gets "
-            "nothing from it until one does; check the spelling, or add a rule (gateway policy import)",
-            file=sys.stderr,
-        )
+    await note_roles_without_rules(args.store.db, args.store.fast, args.store.audit(), view.roles)
     return EXIT_OK
-
-
-def _roles_without_rules(rules: PolicyRules, roles: Sequence[str]) -> list[str]:
-    """The roles that reach no ``p`` rule's subject, directly or through the policy's ``g`` lines."""
-    from gateway.authz.index import PolicyIndex
-
-    index = PolicyIndex.roles_only(rules)
-    subjects = {rule.sub for rule in rules.policies}
-    return [role for role in roles if not index.roles_of(role) & subjects]
 
 
 async def _list_accounts(args: argparse.Namespace, accounts: ServiceAccounts) -> int:

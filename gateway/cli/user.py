@@ -60,6 +60,7 @@ from gateway.cli.harness import (
     command_group,
     config_arg,
     load_config,
+    note_roles_without_rules,
     operator,
     run,
 )
@@ -324,6 +325,7 @@ async def _add(args: argparse.Namespace, ctx: _Context) -> int:
     print(f"created user {user.username} (id {user.id})")
     if password is None:
         print("note: no password set; the user signs in through an identity provider or a passkey.")
+    await note_roles_without_rules(ctx.db, ctx.fast, ctx.audit, args.role)
     return EXIT_OK
 
 

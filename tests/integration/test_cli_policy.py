@@ -391,7 +391,7 @@ def test_stored_policy_user_errors(config: Path, files: dict[str, Path]) -> None
     assert proc.stderr.startswith("error:")
 
 
-def test_a_service_account_role_no_rule_names_is_noted(config: Path, files: dict[str, Path]) -> None:
+def test_a_role_no_rule_names_is_noted(config: Path, files: dict[str, Path]) -> None:
     """``service-account create --role`` stores the roles as given, and notes on stderr (exit 0) each one
     that no rule names, directly or through a ``g`` line: a typo grants nothing, silently otherwise."""
     c = ("--config", str(config))
@@ -409,6 +409,11 @@ def test_a_service_account_role_no_rule_names_is_noted(config: Path, files: dict
     proc = gateway("service-account", "create", "deploy", "--role", "deployers", *c)
     assert proc.returncode == 0, proc.stderr
     assert "note:" not in proc.stderr
+    # A person's roles the same way.
+    proc = gateway("user", "add", "pat", "--no-password", "--role", "deployers", "--role", "admn", *c)
+    assert proc.returncode == 0, proc.stderr
+    assert "no policy rule names the role 'admn'" in proc.stderr
+    assert "'deployers'" not in proc.stderr
 
 
 def test_running_from_another_directory(files: dict[str, Path], tmp_path: Path) -> None:
