@@ -97,9 +97,24 @@ def body_scan(headers: list[tuple[bytes, bytes]]) -> BodyScan | None:
     parameters (Rack reads a POST without a ``Content-Type`` as a form)."""
     types = [value for name, value in headers if name == b"content-type"]
     scans = [scan for scan in map(_scan_for, types or [b""]) if scan is not None]
-    if len(scans) > 1:
-        return _Both(scans)
-    return scans[0] if scans else None
+    if not scans:
+        return None
+    codings = [value for name, value in headers if name == b"content-encoding"]
+    if any(value.strip().lower() not in (b"", b"identity") for value in codings):
+        # A compressed form is no form to PHP or Rack, but a server in front of the app may inflate
+        # it (Apache's DEFLATE input filter): what it holds cannot be read here.
+        return _Unreadable()
+    return _Both(scans) if len(scans) > 1 else scans[0]
+
+
+class _Unreadable:
+    """A body whose parameters cannot be read here: it names an unknown method."""
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> frozenset[str]:
+        return frozenset({UNREADABLE})
 
 
 def _scan_for(content_type: bytes) -> BodyScan | None:

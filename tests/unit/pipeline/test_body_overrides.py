@@ -179,3 +179,11 @@ def test_what_a_body_costs_is_bounded_by_its_fields() -> None:
     parts = b"".join(part(b'"a"', b"x") for _ in range(FIELD_LIMIT + 1)) + b"--XyZ--\r\n"
     assert found_whole(multipart(), parts) == {UNREADABLE}
     assert found_whole(multipart(), parts[:5000].rpartition(b"--XyZ")[0] + b"--XyZ--\r\n") == set()
+
+
+def test_a_compressed_body_cannot_be_read() -> None:
+    """A server in front of the app may inflate it (Apache's DEFLATE input filter)."""
+    gzip = [*FORM, (b"content-encoding", b"gzip")]
+    assert found(gzip, b"\x1f\x8b...") == {UNREADABLE}
+    assert found([*FORM, (b"content-encoding", b"identity")], b"a=1") == set()
+    assert body_scan([(b"content-type", b"image/png"), (b"content-encoding", b"gzip")]) is None
