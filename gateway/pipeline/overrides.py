@@ -46,9 +46,16 @@ _JSON_KEY: Final = re.compile(
     rb"(?:_|\\u005[fF])(?:m|\\u006[dD])(?:e|\\u0065)(?:t|\\u0074)(?:h|\\u0068)(?:o|\\u006[fF])(?:d|\\u0064)"
 )
 _JSON_KEY_LONGEST: Final = 7 * 6
-_BOUNDARY: Final = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"]*)"|([^;,\s]*))')
-# A part's field names: every name= and name*= parameter, quoted or not, on any of its header lines.
-_PART_NAME: Final = re.compile(rb'(?i)(?:^|[;\s])name\*?\s*=\s*(?:"((?:[^"\\\r\n]|\\.)*)"|([^;\s]*))')
+_BOUNDARY: Final = re.compile(rb'boundary=(?:"([^"]*)"(?=$|[;,])|([^;,"]*))')
+_BOUNDARY_ANY_CASE: Final = re.compile(rb"(?i)boundary\s*=")
+# RFC 2046's boundary characters, without the space it allows (PHP and Rack read spaces differently).
+_TOKEN: Final = re.compile(rb"[0-9A-Za-z'()+_,\-./:=?]+")
+# A part's names: every name= and name*= parameter, in double or single quotes or bare, wherever a
+# header line has one (PHP takes "Content-Disposition:name=x"), and Rack's Content-ID.
+_PART_NAME: Final = re.compile(
+    rb"""(?im)(?:^|[;\s:])name\*?\s*=\s*(?:"((?:[^"\\\r\n]|\\.)*)"|'([^'\r\n]*)'|([^;\s]*))"""
+)
+_CONTENT_ID: Final = re.compile(rb"(?im)^content-id:[ \t]*([^\r\n]*)")
 _HEADERS_END: Final = re.compile(rb"\n\r?\n")
 
 
@@ -58,9 +65,14 @@ def is_override_key(key: bytes) -> bool:
         key = unquote_to_bytes(key.replace(b"+", b" "))
     # PHP: the name is a C string (cut at NUL), leading spaces are dropped, and ".", " " and an
     # unclosed "[" become "_" (a re-attack run got DELETE through Laravel's reading of ".method").
-    # A leading space read as "_" too: wider than PHP, never narrower.
+    # A leading space read as "_" too: wider than PHP, never narrower. Rack drops leading "[" and
+    # "]" and trailing "]" ("[_method]", a re-attack run with Rack::MethodOverride).
     key = key.partition(b"\0")[0].lower()
-    return key.translate(_PHP_KEY) == b"_method" or key.lstrip(b" ").translate(_PHP_KEY) == b"_method"
+    return b"_method" in (
+        key.translate(_PHP_KEY),
+        key.lstrip(b" ").translate(_PHP_KEY),
+        key.lstrip(b"[]").rstrip(b"]"),
+    )
 
 
 def override_value(value: bytes) -> str:
@@ -94,17 +106,39 @@ class BodyScan(Protocol):
 
 def body_scan(headers: list[tuple[bytes, bytes]]) -> BodyScan | None:
     """A scan for a POST body with these (lower-case) headers, or None if no reader takes its type as
-    parameters (Rack reads a POST without a ``Content-Type`` as a form)."""
-    types = [value for name, value in headers if name == b"content-type"]
-    scans = [scan for scan in map(_scan_for, types or [b""]) if scan is not None]
+    parameters.
+
+    Which readers: wider than any framework's test, since each reads the header its own way (a
+    re-attack run with real PHP and Rack): a form wherever ``x-www-form-urlencoded`` appears or there
+    is no type (Rack reads a POST without one as a form), multipart wherever ``multipart/`` appears,
+    JSON wherever ``json`` does (Laravel looks for ``/json`` anywhere in the header), in every
+    ``Content-Type`` header, also one spelled ``Content_Type`` (PHP's built-in server reads it as the
+    type).
+    """
+    types = [value for name, value in headers if _folded(name) == b"content-type"]
+    scans: list[BodyScan] = []
+    if not any(value.strip() for value in types):
+        scans.append(_FormScan())
+    for value in types:
+        lowered = value.lower()
+        if b"x-www-form-urlencoded" in lowered:
+            scans.append(_FormScan())
+        if b"multipart/" in lowered:
+            scans.append(_MultipartScan(value))  # the boundary as sent: it is case-sensitive
+        if b"json" in lowered:
+            scans.append(_JsonScan())
     if not scans:
         return None
-    codings = [value for name, value in headers if name == b"content-encoding"]
+    codings = [value for name, value in headers if _folded(name) == b"content-encoding"]
     if any(value.strip().lower() not in (b"", b"identity") for value in codings):
         # A compressed form is no form to PHP or Rack, but a server in front of the app may inflate
         # it (Apache's DEFLATE input filter): what it holds cannot be read here.
         return _Unreadable()
     return _Both(scans) if len(scans) > 1 else scans[0]
+
+
+def _folded(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-")
 
 
 class _Unreadable:
@@ -115,17 +149,6 @@ class _Unreadable:
 
     def finish(self) -> frozenset[str]:
         return frozenset({UNREADABLE})
-
-
-def _scan_for(content_type: bytes) -> BodyScan | None:
-    media = re.split(rb"[;,]", content_type, maxsplit=1)[0].strip().lower()
-    if media in (b"", b"application/x-www-form-urlencoded"):
-        return _FormScan()
-    if media.startswith(b"multipart/"):
-        return _MultipartScan(content_type)
-    if b"json" in media:  # Laravel: a type containing "/json" or "+json"
-        return _JsonScan()
-    return None
 
 
 class _Both:
@@ -253,25 +276,29 @@ def _may_name_key(data: bytes) -> bool:
 
 
 class _MultipartScan:
-    """``multipart/form-data``: the value of every part whose name is ``_method``; a part's content is
-    skipped with ``bytes.find`` (C), so a large upload costs little.
+    """``multipart/form-data``: the value of every part whose name is ``_method`` to some reader.
 
-    The delimiter is looked for after ``\\n`` rather than ``\\r\\n``: PHP's parser also takes lines
-    that end in a bare LF.
+    PHP and Rack find parts differently (a re-attack run with both: PHP skips a line that is not
+    exactly a delimiter, so a closing delimiter early in the body ends nothing; Rack strips a line's
+    spaces, and ends a part at a delimiter in the middle of a line). So every occurrence of
+    ``--<boundary>``, anywhere, starts a part here, and the scan reads to the body's end: what follows
+    each occurrence's line, up to a blank line, is a part's head, and a head that names the part
+    ``_method`` gives its content up to the next occurrence as the value. A part's content is skipped
+    with ``bytes.find`` (C), so a large upload costs little. A boundary that PHP and Rack could read
+    differently (given twice, with spaces, quoted oddly) makes the body unreadable.
     """
 
     def __init__(self, content_type: bytes) -> None:
         self._asked: set[str] = set()
-        self._buffer = b"\n"  # the first delimiter may open the body
+        self._buffer = b""
         self._pos = 0  # where the parser is in the buffer (moved, not sliced: one copy per piece)
-        self._state = "seek"  # seek a delimiter | after: the rest of its line | headers | value
+        self._state = "seek"  # seek an occurrence | line: the rest of its line | headers | value
         self._value = b""
         self._parts = 0
-        found = _BOUNDARY.search(content_type)
-        boundary = (found.group(1) or found.group(2) or b"") if found is not None else b""
-        if not boundary or len(boundary) > 200:
+        boundary = _boundary(content_type)
+        if boundary is None:
             self._unreadable()
-        self._delimiter = b"\n--" + boundary
+        self._delimiter = b"--" + (boundary or b"")
 
     def _unreadable(self) -> bool:
         self._asked.add(UNREADABLE)
@@ -299,14 +326,9 @@ class _MultipartScan:
                 return False
             if state == "value":
                 self._note_value(self._value + buffer[pos:at])
-            self._pos, self._state = at + len(self._delimiter), "after"
+            self._pos, self._state = at + len(self._delimiter), "line"
             return True
-        if state == "after":
-            if len(buffer) - pos < 2:
-                return False
-            if buffer.startswith(b"--", pos):
-                self._state = "done"  # the closing delimiter: what follows is the epilogue
-                return False
+        if state == "line":
             end = buffer.find(b"\n", pos)
             if end < 0:
                 return len(buffer) - pos > _HEADERS_LIMIT and self._unreadable()
@@ -323,23 +345,43 @@ class _MultipartScan:
             if found is None:
                 return len(buffer) - pos > _HEADERS_LIMIT and self._unreadable()
             head, start = buffer[pos : found.start()], found.end()
-        self._pos, self._value = start, b""
-        self._state = "value" if _names_override(head) else "seek"
+        if _names_override(head):
+            self._pos, self._value, self._state = start, b"", "value"
+        else:
+            # Not a part to read: the next occurrence may even be inside this head.
+            self._pos, self._state = pos, "seek"
         return True
 
     def _note_value(self, value: bytes) -> None:
         # The content ends before the delimiter's line break: "\r\n" or a bare "\n".
-        method = value.removesuffix(b"\r")[:_VALUE_LIMIT].decode("latin-1").strip().upper()
-        self._asked.add(method)
+        method = value.removesuffix(b"\n").removesuffix(b"\r")[:_VALUE_LIMIT].decode("latin-1")
+        self._asked.add(method.strip().upper())
 
     def finish(self) -> frozenset[str]:
         rest = self._buffer[self._pos :]
         if self._state == "value":
             self._note_value(self._value + rest)  # no closing delimiter: read what came
-        elif self._state in ("after", "headers") and rest.strip():
+        elif self._state in ("line", "headers") and _names_override(rest):
             self._asked.add(UNREADABLE)  # a part's head that never ended
         self._asked.discard("POST")
         return frozenset(self._asked)
+
+
+def _boundary(content_type: bytes) -> bytes | None:
+    """The boundary, if PHP and Rack can only read the same one: PHP takes the first case-sensitive
+    ``boundary`` in the header, Rack the last ``boundary=`` in any case, so there must be one
+    ``boundary=`` in any case, where the first ``boundary`` is; and a plain token, quoted or not (PHP
+    and Rack both read spaces into it)."""
+    given = [found.start() for found in _BOUNDARY_ANY_CASE.finditer(content_type)]
+    if len(given) != 1 or given[0] != content_type.find(b"boundary"):
+        return None
+    found = _BOUNDARY.match(content_type, given[0])
+    if found is None:
+        return None
+    boundary = found.group(1) if found.group(1) is not None else found.group(2)
+    if not boundary or len(boundary) > 200 or not _TOKEN.fullmatch(boundary):
+        return None
+    return boundary
 
 
 def _names_override(head: bytes) -> bool:
@@ -353,9 +395,9 @@ def _names_override(head: bytes) -> bool:
 def _names(head: bytes) -> list[bytes]:
     """Every name a part's headers may give it: quoted (with and without its backslash escapes) or
     bare, and an RFC 2231 ``name*=charset''value`` with its charset dropped."""
-    names: list[bytes] = []
-    for quoted, bare in _PART_NAME.findall(head):
-        name = quoted or bare
+    names: list[bytes] = [value.strip().strip(b"<>") for value in _CONTENT_ID.findall(head)]
+    for quoted, single, bare in _PART_NAME.findall(head):
+        name = quoted or single or bare
         names.append(name)
         names.append(re.sub(rb"\\(.)", rb"\1", name))
         if b"''" in name:

@@ -104,8 +104,10 @@ def found_whole(headers: list[tuple[bytes, bytes]], body: bytes, piece: int = 81
         (b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE', {"DELETE"}),
         # PHP also reads lines that end in a bare LF.
         (b'--XyZ\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--XyZ--\n', {"DELETE"}),
-        # A preamble before the first delimiter, and an epilogue after the last.
-        (b"ignored\r\n" + part(b'"_method"', b"DELETE") + b'--XyZ--\r\nepilogue name="_method"', {"DELETE"}),
+        # A preamble before the first delimiter, and an epilogue after the last (read too: for PHP a
+        # closing delimiter early in the body ends nothing); a head that never ends is unreadable.
+        (b"ignored\r\n" + part(b'"_method"', b"DELETE") + b"--XyZ--\r\nepilogue", {"DELETE"}),
+        (part(b'"a"', b"x") + b'--XyZ--\r\nname="_method"', {UNREADABLE}),
     ],
 )
 def test_a_multipart_form(body: bytes, methods: set[str]) -> None:
@@ -187,3 +189,76 @@ def test_a_compressed_body_cannot_be_read() -> None:
     assert found(gzip, b"\x1f\x8b...") == {UNREADABLE}
     assert found([*FORM, (b"content-encoding", b"identity")], b"a=1") == set()
     assert body_scan([(b"content-type", b"image/png"), (b"content-encoding", b"gzip")]) is None
+
+
+# A re-attack run with real parsers (PHP 8.2 with Symfony's HttpFoundation and Laravel's JSON reading,
+# Rack 2.2's MethodOverride): each of these was read as DELETE by one of them and let through.
+BOUNDARY_CASES = [
+    # PHP skips a line that is not exactly a delimiter, so an early closing one ends nothing (Rack too).
+    b'--aaa--\r\n--aaa\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+    # PHP reads single quotes, and a name right after the colon.
+    b"--aaa\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--aaa--\r\n",
+    b"--aaa\r\nContent-Disposition:name=_method\r\n\r\nDELETE\r\n--aaa--\r\n",
+    # Rack: a bracketed name, a Content-ID for a name, an indented first delimiter, a delimiter in
+    # the middle of a line.
+    b'--aaa\r\nContent-Disposition: form-data; name="[_method]"\r\n\r\nDELETE\r\n--aaa--\r\n',
+    b"--aaa\r\nContent-ID: _method\r\n\r\nDELETE\r\n--aaa--\r\n",
+    b'  --aaa\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+    b'--aaa\r\nContent-Disposition: form-data; name="x"\r\n\r\nv--aaa\r\n\t--aaa\r\n'
+    b'Content-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+]
+
+
+@pytest.mark.parametrize("body", BOUNDARY_CASES)
+def test_multipart_as_php_and_rack_read_it(body: bytes) -> None:
+    assert "DELETE" in found(multipart(b"aaa"), body)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        b"multipart/form-data; BOUNDARY=zzz; boundary=aaa",  # PHP: the first case-sensitive one
+        b"multipart/form-data; xboundary=zzz; boundary=aaa",  # PHP: "boundary" anywhere
+        b"multipart/form-data; boundary= aaa",  # spaces: PHP and Rack keep them
+        b"multipart/form-data; boundary=aaa bbb",
+        b'multipart/form-data; boundary="aaa bbb"',
+        b"multipart/form-data; boundary=",
+    ],
+)
+def test_a_boundary_php_and_rack_could_read_differently_is_unreadable(content_type: bytes) -> None:
+    body = b'--aaa\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n--aaa--\r\n'
+    assert found([(b"content-type", content_type)], body) == {UNREADABLE}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        # PHP cuts the media type at a space too.
+        ([(b"content-type", b"application/x-www-form-urlencoded x")], b"_method=DELETE"),
+        # Laravel looks for "/json" anywhere in the header, a list included.
+        ([(b"content-type", b"text/plain; a=/json")], b'{"_method":"DELETE"}'),
+        ([(b"content-type", b"application/x-www-form-urlencoded; x=/json")], b'{"_method":"DELETE"}'),
+        ([(b"content-type", b"text/plain, application/json")], b'{"_method":"DELETE"}'),
+        # PHP's built-in server reads a Content_Type header as the type.
+        ([(b"content_type", b"application/json")], b'{"_method":"DELETE"}'),
+        # Rack's bracketed key in a form.
+        (FORM, b"[_method]=DELETE"),
+        (FORM, b"_method]=DELETE"),
+    ],
+)
+def test_content_types_and_keys_as_php_laravel_and_rack_read_them(
+    headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    assert "DELETE" in found(headers, body)
+
+
+def test_ordinary_bodies_still_name_no_method() -> None:
+    """The wider readings find nothing in a browser's form and file upload."""
+    browser = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    upload = (
+        b"--" + browser + b'\r\nContent-Disposition: form-data; name="payment_method"\r\n\r\ncard\r\n'
+        b"--" + browser + b'\r\nContent-Disposition: form-data; name="file"; filename="method.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\n_method=DELETE\r\n--" + browser + b"--\r\n"
+    )
+    assert found(multipart(browser), upload) == set()
+    assert found(FORM, b"payment_method=card&method=x") == set()
