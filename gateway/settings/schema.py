@@ -264,6 +264,9 @@ class IdentityProvider(_Config, frozen=True):
     timeout: Duration = Duration(10)
     # An unknown key id re-fetches the provider's keys at most this often.
     jwks_cooldown: Duration = Duration(30)
+    # Keys older than this are fetched again before the next token is checked: a key the provider
+    # removed (leaked, rotated out) stops verifying within this time.
+    jwks_max_age: Duration = Duration(300)
     # Also read claims from the userinfo endpoint (for providers that keep groups out of the ID token).
     userinfo: bool = False
     # None: client_secret_basic with a secret, none (public client) without.

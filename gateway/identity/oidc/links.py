@@ -82,16 +82,24 @@ class MappedIdentity:
 
 
 def verified_email(claims: Mapping[str, Any]) -> str | None:
-    """The canonical email if the provider verified it, else None."""
+    """The canonical email if the provider verified it, else None.
+
+    Only an address the canonical form leaves as the provider verified it, but for case: NFKC folds
+    compatibility characters into other letters, so the provider's ``boss@corp.test`` written in
+    full-width letters (U+FF42...), or with a long s (U+017F), would become ``boss@corp.test``, an
+    address it never verified (an attack run linked a local admin's account that way).
+    """
     email = claims.get("email")
     flag = claims.get("email_verified")
     # Some providers (Cognito, older Okta) send the flag as the string "true".
     if not isinstance(email, str) or not (flag is True or flag == "true"):
         return None
     try:
-        return canonical_email(email)
+        canonical = canonical_email(email)
     except ValueError:
         return None
+    # NFC is the same text written another way (a precomposed é); only compatibility folding changes it.
+    return canonical if canonical == unicodedata.normalize("NFC", email).strip().lower() else None
 
 
 def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:

@@ -12,9 +12,12 @@ document's ``issuer`` must equal the configured one exactly (OIDC Discovery §4.
 provider could speak for another), and its endpoints must be https (http only on loopback, as the
 config allows for the issuer).
 
-Keys (JWKS) are cached without expiry and re-fetched when a token names a key id the cache does not
-know, at most once per ``jwks_cooldown``: a provider rotating its keys is followed at once, and a
-stream of tokens with made-up key ids cannot turn the gateway into a request amplifier.
+Keys (JWKS) are cached for ``jwks_max_age`` and re-fetched sooner when a token names a key id the
+cache does not know, at most once per ``jwks_cooldown``: a provider rotating its keys is followed at
+once, a stream of tokens with made-up key ids cannot turn the gateway into a request amplifier, and a
+key the provider removed stops verifying within ``jwks_max_age`` (an attack run kept using a removed
+key's id, which never asked for a fetch, until the gateway restarted). When the fetch of stale keys
+fails, the cached ones serve for up to a day after the last fetch that worked, as discovery does.
 
 Every request has the provider's ``timeout`` and reads at most 1 MiB. The token request's form and
 client authentication are authlib's (``prepare_token_request``, ``ClientAuth``); the HTTP stays here.
@@ -165,7 +168,8 @@ class ProviderClient:
         self._metadata: ProviderMetadata | None = None
         self._metadata_lock = asyncio.Lock()
         self._keys: list[Key] = []
-        self._keys_fetched_at: float | None = None
+        self._keys_fetched_at: float | None = None  # the last attempt (the cooldown counts from it)
+        self._keys_loaded_at: float | None = None  # the last fetch that worked
         self._keys_lock = asyncio.Lock()
         self.jwks_fetches = 0
 
@@ -290,18 +294,31 @@ class ProviderClient:
             ProviderUnavailable: the keys cannot be fetched and none are cached.
         """
         found = self._select(kid)
-        if found:
+        if found and self._fresh():
             return found
         async with self._keys_lock:
             found = self._select(kid)
-            if found:
+            if found and self._fresh():
                 return found
             last = self._keys_fetched_at
             now = self._clock.time()
             if last is not None and 0 <= now - last < self.idp.jwks_cooldown:
-                return []
-            await self._fetch_keys()
+                return found
+            try:
+                await self._fetch_keys()
+            except ProviderUnavailable as exc:
+                loaded = self._keys_loaded_at
+                if not found or loaded is None or not 0 <= now - loaded < METADATA_STALE_LIMIT:
+                    raise
+                _log.warning(
+                    "%s: could not refresh the signing keys, using the cached ones: %s", self.idp.name, exc
+                )
+                return found
             return self._select(kid)
+
+    def _fresh(self) -> bool:
+        loaded = self._keys_loaded_at
+        return loaded is not None and 0 <= self._clock.time() - loaded < self.idp.jwks_max_age
 
     def _select(self, kid: str | None) -> list[Key]:
         if kid is None:
@@ -320,6 +337,7 @@ class ProviderClient:
             key for entry in entries if isinstance(entry, dict) and (key := _import_key(entry)) is not None
         ]
         self._keys = keys
+        self._keys_loaded_at = self._clock.time()
 
     # -- token endpoint and userinfo -----------------------------------------------------------------
 

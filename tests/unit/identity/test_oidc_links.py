@@ -137,6 +137,25 @@ async def test_an_unverified_email_is_neither_matched_nor_stored(world: World) -
     assert mapped.user.username != "ada"
 
 
+async def test_a_look_alike_email_never_reaches_the_account_it_looks_like(world: World) -> None:
+    """An attack run: the provider verified a full-width or long-s spelling of a local admin's address,
+    which the canonical form folded into that very address, and the pre-provisioned sign-in linked the
+    admin's account. Only an address the fold leaves as verified (but for case) is used."""
+    boss = await world.add_local("boss", "boss@corp.test")
+    for look_alike in ("\uff42\uff4f\uff53\uff53@corp.test", "bo\u017fs@corp.test"):
+        assert verified_email(claims(email=look_alike)) is None
+        with pytest.raises(AccountRefused):
+            await world.mapper.map(PRE, subject=f"s-{look_alike}", claims=claims(email=look_alike))
+        jit = await world.mapper.map(
+            JIT, subject=f"j-{look_alike}", claims=claims(email=look_alike, preferred_username="mallory")
+        )
+        assert jit.user.id != boss.id
+        assert jit.user.email is None
+    # The same address in capitals, or with an accent written as two code points, is the same text.
+    assert verified_email(claims(email="BOSS@corp.test")) == "boss@corp.test"
+    assert verified_email(claims(email="jose\u0301@corp.test")) == "jos\u00e9@corp.test"
+
+
 async def test_jit_refuses_a_verified_email_of_an_existing_account_unless_linking_is_allowed(
     world: World,
 ) -> None:

@@ -31,6 +31,7 @@ class FakeProvider:
     url: str = ""
     discovery_overrides: dict[str, Any] = field(default_factory=dict)
     token_status: int = 200
+    jwks_status: int = 200
     token_body: dict[str, Any] = field(default_factory=lambda: {"id_token": "a.b.c", "access_token": "at"})
     delay: float = 0.0
     hits: dict[str, int] = field(default_factory=dict)
@@ -64,7 +65,7 @@ class FakeProvider:
 
     async def jwks(self, request: web.Request) -> web.Response:
         self._hit("jwks")
-        return web.json_response({"keys": self.keys})
+        return web.json_response({"keys": self.keys}, status=self.jwks_status)
 
     async def token(self, request: web.Request) -> web.Response:
         self._hit("token")
@@ -173,6 +174,33 @@ async def test_unknown_kid_refetches_the_keys_at_most_once_per_cooldown(provider
     assert provider.hits["jwks"] == 2
     assert await client.keys("made-up", "RS256") == []
     assert provider.hits["jwks"] == 2
+
+
+async def test_a_key_the_provider_removed_stops_verifying(provider: FakeProvider) -> None:
+    """An attack run: a leaked key the provider dropped from its JWKS kept verifying tokens that named
+    it (a known kid never asked for a fetch) until the gateway restarted. Keys are fetched again once
+    older than jwks_max_age; while the provider cannot answer, the cached ones serve for a day."""
+    clock = FakeClock()
+    kept, leaked = rsa("kept"), rsa("leaked")
+    provider.keys = [kept.as_dict(private=False), leaked.as_dict(private=False)]
+    client = ProviderClient(settings(provider, jwks_max_age=Duration(300)), clock)
+    assert [k.kid for k in await client.keys("leaked", "RS256")] == ["leaked"]
+    provider.keys = [kept.as_dict(private=False)]
+    clock.advance(299)
+    assert [k.kid for k in await client.keys("leaked", "RS256")] == ["leaked"]  # still fresh
+    assert provider.hits["jwks"] == 1
+    clock.advance(2)
+    assert await client.keys("leaked", "RS256") == []
+    assert [k.kid for k in await client.keys("kept", "RS256")] == ["kept"]
+    assert provider.hits["jwks"] == 2
+    # The provider down: stale keys keep serving (once per cooldown it is asked again), for a day.
+    provider.keys = [kept.as_dict(private=False)]
+    clock.advance(301)
+    provider.jwks_status = 503
+    assert [k.kid for k in await client.keys("kept", "RS256")] == ["kept"]
+    clock.advance(86_400)
+    with pytest.raises(ProviderUnavailable):
+        await client.keys("kept", "RS256")
 
 
 async def test_unusable_keys_in_the_jwks_are_skipped(provider: FakeProvider) -> None:
