@@ -9,7 +9,8 @@ Screenshots of every page land in ``tests/e2e/screenshots/`` for people to look 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,33 +38,42 @@ class Site:
         add_user(self.gw.config_path, username, password, *extra)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@contextmanager
+def running_site(tmp: Path, routes: Callable[[str], list[dict[str, Any]]], **settings: Any) -> Iterator[Site]:
+    """A gateway on ``auth.localhost`` in front of one echo app (``routes`` is given its URL)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
-    tmp = tmp_path_factory.mktemp("e2e")
     with run_echo() as echo:
         port = free_port()
-        routes: list[dict[str, Any]] = [
-            {"name": "app", "host": "app.localhost", "upstreams": [echo.url], "mfa": "required"},
-            {
-                "name": "admin",
-                "host": "admin.localhost",
-                "upstreams": [echo.url],
-                "mfa": {"require": "webauthn", "max_age": "15m"},
-            },
-            {"name": "wiki", "host": "wiki.localhost", "upstreams": [echo.url], "mfa": "none"},
-        ]
         config = gateway_config(
             tmp,
             port,
-            routes,
+            routes(echo.url),
             public_url=f"http://auth.localhost:{port}",
             session={"insecure_cookies": True},
             listen=f"127.0.0.1:{port}",
+            **settings,
         )
         with run_gateway(tmp, config) as gw:
             yield Site(gw, port)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    def routes(echo: str) -> list[dict[str, Any]]:
+        return [
+            {"name": "app", "host": "app.localhost", "upstreams": [echo], "mfa": "required"},
+            {
+                "name": "admin",
+                "host": "admin.localhost",
+                "upstreams": [echo],
+                "mfa": {"require": "webauthn", "max_age": "15m"},
+            },
+            {"name": "wiki", "host": "wiki.localhost", "upstreams": [echo], "mfa": "none"},
+        ]
+
+    with running_site(tmp_path_factory.mktemp("e2e"), routes) as site:
+        yield site
 
 
 @pytest.fixture(scope="module")

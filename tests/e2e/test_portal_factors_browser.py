@@ -8,14 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import CHROMIUM, PASSWORD, Site, oathtool, shot
-from tests.integration.harness import free_port, gateway_config, run_echo, run_gateway
+from tests.e2e.conftest import PASSWORD, Site, oathtool, running_site, shot
 
 pytestmark = pytest.mark.peer
 
@@ -24,25 +22,12 @@ REAUTH = 5  # mfa.reauth_max_age in seconds
 
 @pytest.fixture(scope="module")
 def strict_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: run `apt-get install chromium` (scripts/ensure-test-deps does it)")
+    def routes(echo: str) -> list[dict[str, Any]]:
+        return [{"name": "app", "host": "app.localhost", "upstreams": [echo], "mfa": "required"}]
+
     tmp = tmp_path_factory.mktemp("portal-factors")
-    with run_echo() as echo:
-        port = free_port()
-        routes: list[dict[str, Any]] = [
-            {"name": "app", "host": "app.localhost", "upstreams": [echo.url], "mfa": "required"}
-        ]
-        config = gateway_config(
-            tmp,
-            port,
-            routes,
-            public_url=f"http://auth.localhost:{port}",
-            session={"insecure_cookies": True},
-            listen=f"127.0.0.1:{port}",
-            mfa={"reauth_max_age": f"{REAUTH}s"},
-        )
-        with run_gateway(tmp, config) as gw:
-            yield Site(gw, port)
+    with running_site(tmp, routes, mfa={"reauth_max_age": f"{REAUTH}s"}) as site:
+        yield site
 
 
 def enrol_app(page: Page, site: Site) -> str:
