@@ -3,8 +3,8 @@
 #
 # Debian's Rack 2.2 (ruby-rack) on WEBrick (ruby-webrick): `ruby rack_app.rb PORT`. Answers every
 # request with JSON: rack is REQUEST_METHOD after Rack::MethodOverride (the _method of a form body,
-# url-encoded or multipart, or a POST without a Content-Type); the rest is what Rack read, to explain a
-# failure.
+# url-encoded or multipart, or a POST without a Content-Type), or "EXC:<class>" where Rack raised and
+# runs nothing; the rest is what Rack read, to explain a failure.
 
 require 'json'
 require 'rack'
@@ -34,8 +34,17 @@ inner = lambda do |env|
   [200, { 'Content-Type' => 'application/json' }, [text]]
 end
 
+# A body Rack refuses to read (too many parts, say) raises out of Rack::MethodOverride: the request
+# fails and runs nothing, answered here as rack "EXC:<class>" rather than WEBrick's 500 page.
+override = Rack::MethodOverride.new(inner)
+app = lambda do |env|
+  override.call(env)
+rescue StandardError => e
+  [200, { 'Content-Type' => 'application/json' }, [JSON.generate(rack: "EXC:#{e.class}", content_type: env['CONTENT_TYPE'])]]
+end
+
 Rack::Handler::WEBrick.run(
-  Rack::MethodOverride.new(inner),
+  app,
   Host: '127.0.0.1',
   Port: port,
   AccessLog: [],
