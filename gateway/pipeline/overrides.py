@@ -293,8 +293,10 @@ class _MultipartScan:
         self._buffer = b""
         self._pos = 0  # where the parser is in the buffer (moved, not sliced: one copy per piece)
         self._state = "seek"  # seek an occurrence | line: the rest of its line | headers | value
-        self._value = b""
+        self._value = b""  # a part being read, from the start of its heads
+        self._starts: list[int] = []  # where in it each value that names a method starts
         self._parts = 0
+        self._ended = False  # the body has ended: a head still open is as long as it will get
         boundary = _boundary(content_type)
         if boundary is None:
             self._unreadable()
@@ -315,42 +317,78 @@ class _MultipartScan:
 
     def _step(self) -> bool:
         """One move of the parser; False when it needs more of the body."""
-        buffer, pos, state = self._buffer, self._pos, self._state
-        if state in ("seek", "value"):
-            at = buffer.find(self._delimiter, pos)
-            if at < 0:
-                rest = max(pos, len(buffer) - len(self._delimiter) + 1)
-                if state == "value":
-                    self._value = (self._value + buffer[pos:rest])[: _VALUE_LIMIT * 4]
-                self._pos = rest
-                return False
-            if state == "value":
-                self._note_value(self._value + buffer[pos:at])
-            self._pos, self._state = at + len(self._delimiter), "line"
-            return True
-        if state == "line":
-            end = buffer.find(b"\n", pos)
-            if end < 0:
-                return len(buffer) - pos > _HEADERS_LIMIT and self._unreadable()
-            self._parts += 1
-            if self._parts > FIELD_LIMIT:
-                return self._unreadable()
-            self._pos, self._state = end + 1, "headers"
-            return True
-        # headers: up to the blank line, which may be the first line
-        if buffer.startswith(b"\n", pos) or buffer.startswith(b"\r\n", pos):
-            head, start = b"", buffer.index(b"\n", pos) + 1
-        else:
-            found = _HEADERS_END.search(buffer, pos)
-            if found is None:
-                return len(buffer) - pos > _HEADERS_LIMIT and self._unreadable()
-            head, start = buffer[pos : found.start()], found.end()
-        if _names_override(head):
-            self._pos, self._value, self._state = start, b"", "value"
-        else:
-            # Not a part to read: the next occurrence may even be inside this head.
-            self._pos, self._state = pos, "seek"
+        if self._state in ("seek", "value"):
+            return self._to_occurrence()
+        if self._state == "line":
+            return self._to_line_end()
+        return self._read_heads()
+
+    def _to_occurrence(self) -> bool:
+        """To the next ``--<boundary>``, reading the value on the way in state "value"."""
+        buffer, pos, reading = self._buffer, self._pos, self._state == "value"
+        at = buffer.find(self._delimiter, pos)
+        if at < 0:
+            rest = max(pos, len(buffer) - len(self._delimiter) + 1)
+            if reading:
+                # Each value is read to _VALUE_LIMIT: longer is no method, and is kept cut.
+                kept = max(self._starts) + _VALUE_LIMIT * 4
+                self._value = (self._value + buffer[pos:rest])[:kept]
+            self._pos = rest
+            return False
+        if reading:
+            value = self._value + buffer[pos:at]
+            for start in self._starts:
+                self._note_value(value[start:])
+        self._pos, self._state = at + len(self._delimiter), "line"
         return True
+
+    def _to_line_end(self) -> bool:
+        """Past the rest of an occurrence's line: a part's heads start after it."""
+        buffer, pos = self._buffer, self._pos
+        end = buffer.find(b"\n", pos)
+        if end < 0:
+            return len(buffer) - pos > _HEADERS_LIMIT and self._unreadable()
+        self._parts += 1
+        if self._parts > FIELD_LIMIT:
+            return self._unreadable()
+        self._pos, self._state = end + 1, "headers"
+        return True
+
+    def _read_heads(self) -> bool:
+        """PHP ends a part's headers at the first blank line (CRLF or a bare LF), Rack only at CRLF
+        CRLF: a part may have two heads, and each that names it _method gives a value from its end."""
+        buffer, pos = self._buffer, self._pos
+        ends = self._head_ends(buffer, pos)
+        if ends is None:
+            return False
+        if not ends:
+            # No head ends within _HEADERS_LIMIT, or the body ended inside one (the closing
+            # delimiter's line, an epilogue): unreadable if it may name the part _method.
+            if not self._ended or _names_override(buffer[pos:]):
+                return self._unreadable()
+            self._state = "done"
+            return False
+        starts = [end - pos for head, end in ends if _names_override(buffer[pos:head])]
+        if starts:
+            self._value, self._starts, self._state = b"", starts, "value"
+        else:
+            self._state = "seek"  # not a part to read: the next occurrence may even be in this head
+        return True
+
+    def _head_ends(self, buffer: bytes, pos: int) -> list[tuple[int, int]] | None:
+        """Where the heads that start at ``pos`` end, as (end of the head, start of the content), PHP's
+        and Rack's; None while the body has not said yet (a head is at most _HEADERS_LIMIT long)."""
+        if buffer.startswith(b"\n", pos) or buffer.startswith(b"\r\n", pos):
+            php: tuple[int, int] | None = (pos, buffer.index(b"\n", pos) + 1)
+        else:
+            found = _HEADERS_END.search(buffer, pos, pos + _HEADERS_LIMIT)
+            php = None if found is None else (found.start(), found.end())
+        at = buffer.find(b"\r\n\r\n", pos, pos + _HEADERS_LIMIT)
+        rack = None if at < 0 else (at, at + 4)
+        complete = self._ended or len(buffer) - pos > _HEADERS_LIMIT
+        if (php is None or rack is None) and not complete:
+            return None
+        return [end for end in (php, rack) if end is not None]
 
     def _note_value(self, value: bytes) -> None:
         # The content ends before the delimiter's line break: "\r\n" or a bare "\n".
@@ -358,11 +396,16 @@ class _MultipartScan:
         self._asked.add(method.strip().upper())
 
     def finish(self) -> frozenset[str]:
+        self._ended = True
+        if self._state != "done":
+            while self._step():
+                pass
         rest = self._buffer[self._pos :]
         if self._state == "value":
-            self._note_value(self._value + rest)  # no closing delimiter: read what came
-        elif self._state in ("line", "headers") and _names_override(rest):
-            self._asked.add(UNREADABLE)  # a part's head that never ended
+            for start in self._starts:
+                self._note_value((self._value + rest)[start:])  # no closing delimiter: what came
+        elif self._state == "line" and _names_override(rest):
+            self._asked.add(UNREADABLE)  # a delimiter's line that never ended
         self._asked.discard("POST")
         return frozenset(self._asked)
 
@@ -385,11 +428,14 @@ def _boundary(content_type: bytes) -> bytes | None:
 
 
 def _names_override(head: bytes) -> bool:
-    """Whether a part's headers name it ``_method`` (PHP's folding makes no letters: without the
-    letters of "method" or a ``%``, they cannot)."""
-    if b"%" not in head and b"method" not in head.lower():
+    """Whether a part's headers name it ``_method``, as written or with its lines joined: PHP joins a
+    line without a colon (or starting with white space) to the one before it with nothing between,
+    so ``name="_met`` and ``hod"`` on two lines are ``_method`` (a test against real PHP found it).
+    PHP's folding makes no letters: without the letters of "method" or a ``%``, nothing can."""
+    joined = head.replace(b"\r", b"").replace(b"\n", b"")
+    if b"%" not in joined and b"method" not in joined.lower():
         return False
-    return any(map(is_override_key, _names(head)))
+    return any(map(is_override_key, _names(head))) or any(map(is_override_key, _names(joined)))
 
 
 def _names(head: bytes) -> list[bytes]:

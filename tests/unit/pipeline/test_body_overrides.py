@@ -262,3 +262,19 @@ def test_ordinary_bodies_still_name_no_method() -> None:
     )
     assert found(multipart(browser), upload) == set()
     assert found(FORM, b"payment_method=card&method=x") == set()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # PHP joins a head line without a colon to the one before, with nothing between.
+        b'--aaa\r\nContent-Disposition: form-data; name="_met\r\nhod"\r\n\r\nDELETE\r\n--aaa--\r\n',
+        b'--aaa\r\nContent-Disposition: form-data; na\nme="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+        # Rack ends a part's head only at CRLF CRLF: past a bare blank line, and past LF CRLF.
+        b'--aaa\r\nContent-Type: text/plain\n\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+        b'--aaa\r\nX-Note: a\n\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--aaa--\r\n',
+    ],
+)
+def test_heads_as_php_joins_them_and_as_rack_ends_them(body: bytes) -> None:
+    """Found by tests/integration/test_method_override_peers.py against real PHP and Rack."""
+    assert "DELETE" in found(multipart(b"aaa"), body)
