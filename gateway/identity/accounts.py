@@ -1152,7 +1152,10 @@ class AccountService:
             UnknownAccount: No such user.
         """
         user = await self._require(user_id)
-        await self._update(user_id, restricted=restricted, updated_at=self._clock.now())
+        state: State = "restricted" if restricted else "unrestricted"
+        await self._update_noted(
+            user_id, (user, state), {"restricted": restricted, "updated_at": self._clock.now()}
+        )
         revoked = await self._shut_out(user_id) if restricted else 0
         await self._audit.record(
             "user.restricted" if restricted else "user.unrestricted",
@@ -1173,7 +1176,7 @@ class AccountService:
         """
         user = await self._require(user_id)
         now = self._clock.now()
-        await self._update(user_id, closed_at=now, updated_at=now)
+        await self._update_noted(user_id, (user, "closed"), {"closed_at": now, "updated_at": now})
         revoked = await self._shut_out(user_id)
         await self._audit.record(
             "user.closed",
@@ -1190,7 +1193,9 @@ class AccountService:
             UnknownAccount: No such user.
         """
         user = await self._require(user_id)
-        await self._update(user_id, closed_at=None, updated_at=self._clock.now())
+        await self._update_noted(
+            user_id, (user, "reopened"), {"closed_at": None, "updated_at": self._clock.now()}
+        )
         await self._audit.record("user.reopened", actor=actor, subject=user.username)
 
     async def reset_mfa(self, user_id: int, *, actor: str, before: datetime | None = None) -> dict[str, int]:

@@ -25,7 +25,11 @@ What it records, by state (an entry's *kind* follows from its state):
   person's);
 - ``token-revoked`` (kind ``token``): the API token whose public id is ``ref`` was revoked;
 - ``keys-deleted`` (kind ``keys``): a rotation of leaked signing keys deleted the kids listed in
-  ``ref`` (comma-separated, public ids).
+  ``ref`` (comma-separated, public ids);
+- ``restricted`` and ``unrestricted`` (kind ``restriction``): processing was restricted (no sign-in)
+  or the restriction lifted; ``closed`` and ``reopened`` (kind ``closure``): the registration was
+  cancelled or the cancellation undone. A replay makes a restriction and a closure again, never a
+  lifting or a reopening (an attack run signed in restricted and closed people on a restored database).
 
 It is kept twice:
 
@@ -119,8 +123,14 @@ State = Literal[
     "roles-set",
     "token-revoked",
     "keys-deleted",
+    "restricted",
+    "unrestricted",
+    "closed",
+    "reopened",
 ]
-Kind = Literal["account", "password", "factors", "factor", "codes", "roles", "token", "keys"]
+Kind = Literal[
+    "account", "password", "factors", "factor", "codes", "roles", "token", "keys", "restriction", "closure"
+]
 
 _INFO: Final = b"gateway account ledger v1"
 # The key each line of the file is MACed under (a line is read only with a MAC that checks: someone who
@@ -142,6 +152,10 @@ _RANK: Final[Mapping[str, int]] = {
     "roles-set": 0,
     "token-revoked": 0,
     "keys-deleted": 0,
+    "restricted": 0,
+    "unrestricted": 0,
+    "closed": 0,
+    "reopened": 0,
 }
 KIND: Final[Mapping[str, Kind]] = {
     "enabled": "account",
@@ -155,6 +169,10 @@ KIND: Final[Mapping[str, Kind]] = {
     "roles-set": "roles",
     "token-revoked": "token",
     "keys-deleted": "keys",
+    "restricted": "restriction",
+    "unrestricted": "restriction",
+    "closed": "closure",
+    "reopened": "closure",
 }
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 from gateway.audit.trail import AuditLog
 from gateway.crypto.signing import SigningKeys, announce_compromise
@@ -73,6 +74,8 @@ class Replayed:
     erased: int = 0
     deleted: int = 0
     disabled: int = 0
+    restricted: int = 0
+    closed: int = 0
     # Erasures a legal hold suspends again (the account is restricted).
     held: int = 0
     passwords: int = 0
@@ -91,7 +94,7 @@ class Replayed:
     def changed(self) -> int:
         """How many changes were made again."""
         return (
-            self.erased + self.deleted + self.disabled + self.held
+            self.erased + self.deleted + self.disabled + self.restricted + self.closed + self.held
             + self.passwords + self.factors + self.removed + self.codes + self.roles + self.tokens
             + self.keys
         )  # fmt: skip
@@ -99,11 +102,18 @@ class Replayed:
     def counts(self) -> dict[str, int]:
         """The counts by kind of change, for the audit record and the log."""
         return {
-            "erased": self.erased, "deleted": self.deleted, "disabled": self.disabled, "held": self.held,
+            "erased": self.erased, "deleted": self.deleted, "disabled": self.disabled,
+            "restricted": self.restricted, "closed": self.closed, "held": self.held,
             "passwords_cleared": self.passwords, "factors_reset": self.factors,
             "factors_removed": self.removed, "codes_replaced": self.codes, "roles_set": self.roles,
             "tokens_revoked": self.tokens, "keys_deleted": self.keys,
         }  # fmt: skip
+
+
+# What opens an account again is never made again: a restore must not let in someone the database it
+# replaced shut out, so an enable, a lifted restriction or a reopened registration since the backup is
+# done again by an administrator.
+_NEVER_MADE_AGAIN: Final = frozenset({"enabled", "unrestricted", "reopened"})
 
 
 async def replay(by: Replayers) -> Replayed:
@@ -141,7 +151,7 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         if await ledgered.make_again(by.db, by.ledger, entry):
             done.removed += 1
         return True
-    if entry.state == "enabled":
+    if entry.state in _NEVER_MADE_AGAIN:
         return True
     user = await by.accounts.get(entry.user_id)
     if user is None or not by.ledger.names(user, entry):
@@ -176,6 +186,12 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
     elif entry.state == "disabled" and not user.disabled:
         await by.accounts.disable(user.id, actor=ACTOR)
         done.disabled += 1
+    elif entry.state == "restricted" and not user.restricted:
+        await by.accounts.set_restricted(user.id, True, actor=ACTOR)
+        done.restricted += 1
+    elif entry.state == "closed" and user.closed_at is None:
+        await by.accounts.close(user.id, actor=ACTOR)
+        done.closed += 1
     else:
         await _credentials_again(user, entry, by, done)
 

@@ -239,6 +239,36 @@ async def test_deletions_and_disables_are_made_again_and_an_enable_is_not(nodes:
     assert restored_dave.disabled
 
 
+async def test_restrictions_and_closures_are_made_again_and_their_undoing_is_not(
+    nodes: tuple[Node, Node],
+) -> None:
+    """An attack run: a restricted and a closed person signed in again on a restored database, where a
+    disabled one did not. A lifted restriction or a reopened registration is not made again."""
+    a, _ = nodes
+    erin, fay, gil, hal = await a.add("erin"), await a.add("fay"), await a.add("gil"), await a.add("hal")
+    await a.accounts.set_restricted(gil.id, True, actor="admin:root")
+    await a.accounts.close(hal.id, actor="admin:root")
+    backup = [await _row(a.db, user.id) for user in (erin, fay, gil, hal)]
+    a.clock.advance(60)
+    await a.accounts.set_restricted(erin.id, True, actor="admin:root")
+    await a.accounts.close(fay.id, actor="admin:root")
+    await a.accounts.set_restricted(gil.id, False, actor="admin:root")
+    await a.accounts.reopen(hal.id, actor="admin:root")
+
+    await _restore(a.db, *backup)
+    assert await a.signs_in("erin")
+    assert await a.signs_in("fay")
+
+    done = await a.replay()
+    assert (done.restricted, done.closed) == (1, 1)
+    assert not await a.signs_in("erin")
+    assert not await a.signs_in("fay")
+    # Lifted and reopened after the backup: a restore never opens what the backup has shut.
+    for name in ("gil", "hal"):
+        assert not await a.signs_in(name)
+    assert (await a.replay()).changed == 0
+
+
 async def test_a_new_account_of_an_erased_name_is_not_touched(nodes: tuple[Node, Node]) -> None:
     a, _ = nodes
     first = await a.add("erin")
