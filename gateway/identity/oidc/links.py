@@ -29,6 +29,7 @@ The rules, in the order they are applied:
 from __future__ import annotations
 
 import hashlib
+import string
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,10 +82,13 @@ class MappedIdentity:
     roles: tuple[str, ...]
 
 
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def verified_email(claims: Mapping[str, Any]) -> str | None:
     """The canonical email if the provider verified it, else None.
 
-    Only an address the canonical form leaves as the provider verified it, but for case: NFKC folds
+    Only an address the canonical form leaves as the provider verified it, but for ASCII case: NFKC folds
     compatibility characters into other letters, so the provider's ``boss@corp.test`` written in
     full-width letters (U+FF42...), or with a long s (U+017F), would become ``boss@corp.test``, an
     address it never verified (an attack run linked a local admin's account that way).
@@ -98,8 +102,13 @@ def verified_email(claims: Mapping[str, Any]) -> str | None:
         canonical = canonical_email(email)
     except ValueError:
         return None
-    # NFC is the same text written another way (a precomposed é); only compatibility folding changes it.
-    return canonical if canonical == unicodedata.normalize("NFC", email).strip().lower() else None
+    # As sent, but for ASCII case. Not even NFC: it maps the Kelvin sign (U+212A) to K, which a
+    # re-attack run used to link a Kelvin-sign spelling of kate@ to kate's account.
+    return canonical if canonical == _ascii_lower(email.strip()) else None
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
 
 
 def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:
