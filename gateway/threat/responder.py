@@ -27,6 +27,7 @@ import msgspec
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.identity.accounts import AccountService
+from gateway.identity.levels import AuthLevel
 from gateway.identity.sessions import (
     Session,
     SessionStore,
@@ -219,6 +220,8 @@ class Responder:
             if response == "revoke_session":
                 return await self._revoke_session(subject, session)
             if response == "revoke_sessions":
+                if rule_name == "mfa_failures":
+                    return await self._revoke_unfinished(subject)
                 return await self._revoke_sessions(subject)
             if response == "step_up":
                 return await self._step_up(subject, session)
@@ -272,6 +275,23 @@ class Responder:
             # Through the account service: a store that does not answer leaves them owed an end.
             count = await self._accounts.end_sessions(user_id, actor="system:threat")
         return Action("revoke_sessions", subject, note=f"{count if count is not None else 'owed'} revoked")
+
+    async def _revoke_unfinished(self, subject: str) -> Action | None:
+        """The account's sessions still owing their second factor, not the owner's finished ones.
+
+        Failed second factors come from a sign-in that has the password and not the factor: ending
+        the owner's two-factor sessions as well let a stolen password alone sign the owner out every
+        window (a re-attack run), where the one who holds those sessions passed the factor.
+        """
+        unfinished = [s for s in await self.find_sessions(subject) if s.level < AuthLevel.TWO_FACTOR]
+        if self._sessions is None or not unfinished:
+            return None
+        count = 0
+        for s in unfinished:
+            count += await self._sessions.revoke_hash(s.id_hash)
+        return Action(
+            "revoke_sessions", subject, note=f"{count} revoked (the sessions owing a second factor)"
+        )
 
     async def _step_up(self, subject: str, session: str) -> Action | None:
         """Demote the session the rule saw and every session of its sign-in: the auth host's session

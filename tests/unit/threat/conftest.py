@@ -78,15 +78,18 @@ class World:
         user = await self.accounts.create(username=name, password=PASSWORD, actor="test")
         return user.id
 
-    async def session(self, name: str = "alice", *, ip: str = IP, ua: str = UA) -> tuple[str, Session]:
+    async def session(
+        self, name: str = "alice", *, ip: str = IP, ua: str = UA, level: AuthLevel = AuthLevel.TWO_FACTOR
+    ) -> tuple[str, Session]:
         found = await self.accounts.find(name)
         user_id = found.id if found is not None else await self.user(name)
         now = self.clock.time()
+        factors = (FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now))
         return await self.sessions.create(
             user_id=user_id,
             username=name,
-            level=AuthLevel.TWO_FACTOR,
-            factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now)),
+            level=level,
+            factors=factors[: 2 if level == AuthLevel.TWO_FACTOR else 1],
             roles=(),
             ip=ip,
             user_agent=ua,
