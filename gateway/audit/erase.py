@@ -34,8 +34,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import quote, unquote
 
-from sqlalchemy import Row, Select, Update, or_, select, update
+from sqlalchemy import Row, Select, Update, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.chain import ERASABLE_VERSION, ChainRecord, append_locked, chain_lock
@@ -150,14 +151,28 @@ def _record(row: Row[Any]) -> ChainRecord:
     )
 
 
-def _fields_to_erase(row: ChainRecord, username: str, actors: frozenset[str]) -> tuple[str, ...]:
+def names_person(subject: str, names: frozenset[str]) -> bool:
+    """Whether a record's ``subject`` names the person: their username or email as the subject, or as
+    a segment of a path (an admin request refused before its account was found records what was typed,
+    and a refused admin API request records its path: a re-attack run found both left after erasure).
+    ``names`` are lower case."""
+    if subject.lower() in names:
+        return True
+    if "/" not in subject:
+        return False
+    path = subject.partition("?")[0]
+    return any(unquote(segment).lower() in names for segment in path.split("/"))
+
+
+def _fields_to_erase(row: ChainRecord, names: frozenset[str], actors: frozenset[str]) -> tuple[str, ...]:
     """The fields of ``row`` that name the user and are not erased yet, in ``PERSONAL_FIELDS`` order."""
     wanted: set[str] = set()
-    if row.subject == username:
+    about_them = names_person(row.subject, names)
+    if about_them:
         wanted.update(_AS_SUBJECT)
     if row.actor in actors:
         acted_as_admin = row.kind.startswith(_ADMIN_ACTS) and row.kind != _NOT_AN_ACT
-        wanted.update(_AS_ADMIN if acted_as_admin and row.subject != username else _AS_ACTOR)
+        wanted.update(_AS_ADMIN if acted_as_admin and not about_them else _AS_ACTOR)
     if row.kind == ERASURE_KIND:
         wanted.discard("details")  # the claim that backs an earlier erasure must stay readable
     try:
@@ -173,6 +188,7 @@ async def erase_person(
     *,
     at: datetime,
     username: str,
+    email: str | None = None,
     pseudonym: str,
     actor: str,
     request_ref: str,
@@ -186,6 +202,7 @@ async def erase_person(
         at: The erasure record's time.
         username: Whose fields: records with this subject, or with ``user:``/``admin:`` + it (or it
             alone) as actor.
+        email: Their email address: records with it as the subject (or in a path there) too.
         pseudonym: What the tombstones say (``[erased:<pseudonym>]``): 1-32 lowercase hex digits, so
             one person's erased records can still be told apart from another's.
         actor: Who erases (the erasure record's actor, e.g. ``admin:bob``).
@@ -208,9 +225,17 @@ async def erase_person(
         raise ValueError("erasure needs a username")
     erased_value(pseudonym)  # a malformed pseudonym is refused before anything is read
     actors = actor_spellings(username)
+    names = frozenset(name.lower() for name in (username, email) if name)
+    subject = func.lower(AuditEvent.subject)
+    # Candidates by SQL (a name as the subject, or after a "/" in it), decided by names_person.
+    mentions = [
+        subject.contains("/" + spelling, autoescape=True)
+        for name in names
+        for spelling in {name, quote(name, safe="").lower()}
+    ]
     query = (
         select(AuditEvent)
-        .where(or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actors))))
+        .where(or_(subject.in_(sorted(names)), AuditEvent.actor.in_(sorted(actors)), *mentions))
         .order_by(AuditEvent.seq)
     )
     if since is not None:
@@ -223,7 +248,7 @@ async def erase_person(
                 if row.version != ERASABLE_VERSION:
                     kept_legacy += 1
                     continue
-                fields = _fields_to_erase(row, username, actors)
+                fields = _fields_to_erase(row, names, actors)
                 if fields:
                     plans.append(_Plan(row, fields))
             record = await _erase_locked(

@@ -159,6 +159,7 @@ class Eraser:
             ChainKeys(self._keyring),
             at=self._clock.now(),
             username=user.username,
+            email=user.email,
             pseudonym=pseudonym,
             actor=actor,
             request_ref=ref,

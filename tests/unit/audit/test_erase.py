@@ -229,6 +229,36 @@ async def test_what_a_person_did_as_an_admin_keeps_who_did_it(database: Database
     await _verified(database)
 
 
+async def test_the_persons_email_and_paths_naming_them_are_erased_too(database: Database) -> None:
+    """A re-attack run: an admin request refused before its account was found records the email typed
+    in its path as the subject, and a refused admin API request records its path; both outlived the
+    person's erasure. An admin's act on their own account, addressed by email, is theirs too."""
+    clock = FakeClock(T0)
+    audit = AuditLog(database, clock=clock, keyring=KEYRING)
+    await audit.record(
+        "admin.user.enable", actor="user:boss", subject="Erin@Corp.test", details={"reason": "r1"}
+    )
+    await audit.record("admin.refused", actor="user:boss", subject="/api/users/erin%40corp.test/disable")
+    await audit.record("admin.refused", actor="user:boss", subject="/api/users/erin/disable?x=1")
+    await audit.record(
+        "admin.user.roles", actor="user:erin", subject="erin@corp.test", details={"reason": "mine"}
+    )
+    # Not hers: a name that only starts like hers, and another person's path.
+    await audit.record("admin.refused", actor="user:boss", subject="/api/users/erina/disable")
+    await audit.record("admin.user.enable", actor="user:boss", subject="erinb@corp.test")
+    result = await erase_person(
+        database, KEYS, at=clock.now(), username="erin", email="erin@corp.test", pseudonym=PSEUDONYM,
+        actor="admin:bob", request_ref="GDPR-1",
+    )  # fmt: skip
+    assert result.erased == (1, 2, 3, 4)
+    by_seq = {r.seq: r for r in await _records(database)}
+    for seq in (1, 2, 3):
+        assert (by_seq[seq].actor, by_seq[seq].subject) == ("user:boss", TOMBSTONE)
+    assert (by_seq[4].actor, by_seq[4].subject, by_seq[4].details) == (TOMBSTONE,) * 3
+    assert (by_seq[5].subject, by_seq[6].subject) == ("/api/users/erina/disable", "erinb@corp.test")
+    await _verified(database)
+
+
 async def test_other_peoples_readable_fields_stay_covered_by_the_mac(database: Database) -> None:
     clock = FakeClock(T0)
     await _scenario(database, clock)
