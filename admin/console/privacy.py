@@ -991,8 +991,8 @@ async def close_user(
 
 @post("/api/privacy/users/{user_id:str}/erase", status_code=200, tags=["privacy"])
 async def erase_user(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
-    data: JSONBody[RightChange],
+    request: Request[Any, Any, Any], services: AdminServices, live_policy: Policy, config: Config,
+    user_id: UserId, data: JSONBody[RightChange],
 ) -> RightResult:  # fmt: skip
     """Erase the person now: the account, its factors and sessions go, their audit fields are
     tombstoned (the chain still verifies; what they did as an admin to others keeps their name) and the
@@ -1001,7 +1001,8 @@ async def erase_user(
 
     ``status`` is ``completed``, or ``on_hold`` when a legal hold covers the person or registration
     data: ``hold`` names it, the account is restricted meanwhile, and the erasure is carried out when
-    the hold is released. Destructive: needs a reason and a recent second factor."""
+    the hold is released. Destructive: needs a reason and a recent second factor; under
+    ``admin.approvals: 2`` another admin's account is erased on the host (403 ``second-admin-required``)."""
     settings = config.settings.privacy
 
     async def work(admin: Admin, about: _About) -> RightResult:
@@ -1009,6 +1010,10 @@ async def erase_user(
         confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         _not_own(user, admin, "erase")
+        # The other approver gone, and their trail as a person with them: on the host, not by one admin.
+        await refuse_admin_takeover(
+            services, live_policy, config, user, "erase the account", on_host="gateway privacy erase"
+        )
         view = await services.privacy.erase(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
             verified_by=data.verified_by.strip(), law=chosen,

@@ -133,6 +133,13 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     )
     _refused(moved, "second-admin-required")
     assert "gateway privacy rectify" in moved.json()["message"]
+    # Erasing the other approver (a re-attack run), also refused: on the host.
+    erased = await site.call(
+        boss, "POST", f"/api/privacy/users/{second_id}/erase", json={"verified_by": "x", "reason": "x"}
+    )
+    _refused(erased, "second-admin-required")
+    assert "gateway privacy erase" in erased.json()["message"]
+    assert await site.services.identity.accounts.find("second") is not None
     after = await site.services.identity.accounts.find("second")
     assert after is not None
     assert after.email == second.email
