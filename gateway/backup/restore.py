@@ -36,8 +36,17 @@ _STALE = (
 
 
 def database_in_use(path: Path) -> list[int]:
-    """The ids of processes that hold ``path`` open (Linux ``/proc``; empty where it cannot tell)."""
-    target = path.resolve()
+    """The ids of processes that hold ``path`` open (Linux ``/proc``; empty where it cannot tell).
+
+    Compared by device and inode, not by the name the link shows: a gateway in a container or another
+    mount namespace opens the same file under another path (an attack run restored under a live
+    gateway that way, which went on serving the replaced file).
+    """
+    try:
+        wanted = path.stat()
+    except OSError:
+        return []
+    target = (wanted.st_dev, wanted.st_ino)
     holders = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -46,11 +55,12 @@ def database_in_use(path: Path) -> list[int]:
             continue  # gone, or another user's process we may not look into
         for fd in fds:
             try:
-                if Path(os.readlink(fd)) == target:
-                    holders.append(int(proc.name))
-                    break
+                held = fd.stat()  # follows the link to the open file itself
             except OSError:
                 continue
+            if (held.st_dev, held.st_ino) == target:
+                holders.append(int(proc.name))
+                break
     return holders
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 from contextlib import closing
@@ -152,6 +153,20 @@ async def test_restore_refuses_a_database_a_process_holds_open(tmp_path: Path, c
         assert holder.stdin is not None
         holder.stdin.close()
         await holder.wait()
+
+
+def test_a_holder_is_found_under_another_name_of_the_same_file(tmp_path: Path) -> None:
+    """An attack run: a gateway in another mount namespace opens the database under another path, and
+    a restore replaced it under that live gateway. Holders are found by device and inode; here the
+    other name is a hard link (a bind mount needs root)."""
+    database = tmp_path / "gateway.db"
+    database.write_bytes(b"x")
+    other = tmp_path / "elsewhere.db"
+    os.link(database, other)
+    with other.open("rb"):
+        assert os.getpid() in database_in_use(database)
+    assert os.getpid() not in database_in_use(database)
+    assert database_in_use(tmp_path / "missing.db") == []
 
 
 async def test_a_failed_restore_leaves_the_target_as_it_was(tmp_path: Path, clock: FakeClock) -> None:
