@@ -54,14 +54,16 @@ def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
 
 
-def find_backup(directory: Path, ref: str | None) -> Path:
-    """A backup given by path or by id (in ``directory``); the newest in ``directory`` without ``ref``.
+def find_backup(directory: Path, ref: str | None, *, signed_with: Keyring | None = None) -> Path:
+    """A backup given by path or by id (in ``directory``); the newest in ``directory`` without ``ref``,
+    of those ``signed_with`` signed when given (an attack run planted an unsigned manifest dated 2099,
+    which verify and drills then picked and failed on).
 
     Raises:
         LookupError: No such backup, or none at all (the message says which, for the operator).
     """
     if ref is None:
-        backups = list_backups(directory)
+        backups = list_backups(directory, signed_with=signed_with)
         if not backups:
             raise LookupError(f"no backups in {directory}; make one with `gateway backup create`")
         return backups[-1].path

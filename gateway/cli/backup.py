@@ -104,12 +104,12 @@ def _directory(settings: Settings) -> Path:
     return backup_directory(settings)
 
 
-def _resolve(settings: Settings, ref: str | None) -> Path:
-    """A backup given by id (in ``backup.directory``) or path; the newest one without."""
+def _resolve(settings: Settings, ref: str | None, keyring: Keyring) -> Path:
+    """A backup given by id (in ``backup.directory``) or path; the newest this keyring signed without."""
     from gateway.backup.sets import find_backup
 
     try:
-        return find_backup(_directory(settings), ref)
+        return find_backup(_directory(settings), ref, signed_with=keyring)
     except LookupError as exc:
         raise UserError(str(exc)) from None
 
@@ -267,8 +267,8 @@ def _verify(args: argparse.Namespace) -> int:
             "--target is for PostgreSQL's repository copies; an embedded backup's copy is verified by its "
             "path: gateway backup verify PATH"
         )
-    path = _resolve(settings, args.backup)
     keyring = load_keyring(settings, may_create=False)
+    path = _resolve(settings, args.backup, keyring)
 
     async def work() -> int:
         try:
@@ -327,14 +327,14 @@ def _restore(args: argparse.Namespace) -> int:
             "on PostgreSQL, restore with `gateway pgbackrest restore --pg-path DIR [--backup LABEL] "
             "[--target-time ISO]` (pgBackRest, into a new data directory)"
         )
-    path = _resolve(settings, args.backup)
+    keyring = load_keyring(settings, may_create=False)
+    path = _resolve(settings, args.backup, keyring)
     data_dir: Path = args.data_dir
     elsewhere = data_dir.resolve() != Path(settings.data_dir).resolve()
     try:
         refuse_live_target(data_dir, force=args.force)
     except BackupError as exc:
         raise UserError(exc.detail) from None
-    keyring = load_keyring(settings, may_create=False)
 
     async def work() -> int:
         try:

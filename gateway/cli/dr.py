@@ -36,16 +36,17 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.backup.drill import DrillReport
+    from gateway.crypto.keyring import Keyring
 
 __all__ = ["register"]
 
 
-def _backup(directory: Path, ref: str | None) -> Path:
-    """A backup given by id (in ``directory``) or path; the newest one without."""
+def _backup(directory: Path, ref: str | None, keyring: Keyring) -> Path:
+    """A backup given by id (in ``directory``) or path; the newest this keyring signed without."""
     from gateway.backup.sets import find_backup
 
     try:
-        return find_backup(directory, ref)
+        return find_backup(directory, ref, signed_with=keyring)
     except LookupError as exc:
         raise UserError(str(exc)) from None
 
@@ -80,8 +81,8 @@ def _drill(args: argparse.Namespace) -> int:
     pg = settings.backup.pgbackrest
     progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
     if url.startswith("sqlite"):
-        path = _backup(backup_directory(settings), args.backup)
         keyring = load_keyring(settings, may_create=False)
+        path = _backup(backup_directory(settings), args.backup, keyring)
         report = run_drill(
             path, Path(args.config), keyring_path(settings).resolve(), keyring,
             port=args.port, keep=args.keep, progress=progress,

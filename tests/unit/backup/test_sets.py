@@ -122,3 +122,16 @@ async def test_prune_counts_and_deletes_only_what_this_deployments_keyring_signe
     assert {s.backup_id for s in keep} | {s.backup_id for s in drop} == ours
     assert [_stamp(s.created_at) for s in keep] == ["2027-01-02 00"]
     assert len(list_backups(directory)) == 4  # only our older one went; the others are left alone
+
+
+async def test_the_newest_backup_is_one_this_deployment_signed(tmp_path: Path) -> None:
+    """An attack run: an unsigned manifest dated 2099 in the backups directory was picked by
+    `gateway backup verify` and drills as the newest, which then failed on it."""
+    directory, keyring = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    ours = list_backups(directory, signed_with=keyring)[-1]
+    planted = directory / "20990101T000000Z-planted"
+    shutil.copytree(ours.path, planted)
+    manifest = planted / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(ours.created_at.strftime("%Y-"), "2099-", 1))
+    assert find_backup(directory, None) == planted  # without a keyring: the newest by its date
+    assert find_backup(directory, None, signed_with=keyring) == ours.path
