@@ -25,6 +25,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable
 from contextlib import closing
@@ -164,6 +165,25 @@ def _settle_own_run(snap: Path, backup_id: str) -> None:
             conn.commit()
 
 
+def _refuse_shared(directory: Path) -> None:
+    """Refuse a backups directory other users may write (through a link too: its target counts): they
+    could hide a backup, or plant one that verify and drills pick (an attack run, with a link to a
+    0777 directory). A directory of another user is refused too (root's is fine), and one its group may
+    write unless that is a group of this process (Kubernetes' fsGroup volumes are group-writable).
+
+    Raises:
+        BackupError: The directory is another user's, or writable by everyone or by another group.
+    """
+    info = directory.stat()
+    foreign_group = info.st_mode & 0o020 and info.st_gid not in {os.getegid(), *os.getgroups()}
+    if info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o002 or foreign_group:
+        raise BackupError(
+            f"backup.directory {directory} is writable by other users or not this user's "
+            f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}): they could hide or plant "
+            "backups. Make it this user's own, mode 0700: chown and chmod 700"
+        )
+
+
 def create_backup(
     database: Path,
     data_dir: Path,
@@ -192,6 +212,7 @@ def create_backup(
     backup_id = f"{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _refuse_shared(directory)
         final = directory / backup_id
         work = Path(tempfile.mkdtemp(dir=directory, prefix=f".{backup_id}.", suffix=".partial"))
     except OSError as exc:

@@ -155,6 +155,27 @@ async def test_restore_refuses_a_database_a_process_holds_open(tmp_path: Path, c
         await holder.wait()
 
 
+async def test_a_backups_directory_others_may_write_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    """An attack run: backup.directory a link to a 0777 directory, where another user hid a backup and
+    planted one. Refused with what to do; the link itself is fine when its target is private."""
+    node = await make_node(tmp_path / "live", clock, records=1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    link = tmp_path / "backups-link"
+    link.symlink_to(shared)
+    try:
+        for directory in (shared, link):
+            with pytest.raises(BackupError, match="writable by other users.*chmod 700"):
+                create_backup(node.database, node.data_dir, directory, node.keyring, clock)
+        assert list(shared.iterdir()) == []
+        shared.chmod(0o700)
+        _manifest, path = create_backup(node.database, node.data_dir, link, node.keyring, clock)
+        assert path.parent == link
+    finally:
+        await node.db.close()
+
+
 def test_a_holder_is_found_under_another_name_of_the_same_file(tmp_path: Path) -> None:
     """An attack run: a gateway in another mount namespace opens the database under another path, and
     a restore replaced it under that live gateway. Holders are found by device and inode; here the
