@@ -25,15 +25,15 @@ first thing in its app factory.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from types import FrameType
 from typing import Any, Final
+
+from gateway.lifetime import die_with
 
 __all__ = ["GRACE_ENV", "MASTER_ENV", "become_worker", "die_with", "guard_workers"]
 
@@ -43,7 +43,6 @@ logger = logging.getLogger("gateway")
 # stop may take (server.graceful_timeout) before it ends itself when no master is left to do it.
 MASTER_ENV: Final = "GATEWAY_WORKER_MASTER"
 GRACE_ENV: Final = "GATEWAY_WORKER_GRACE"
-_PR_SET_PDEATHSIG: Final = 1
 # How often a worker checks that its master is still there (the backstop behind PR_SET_PDEATHSIG).
 _MASTER_CHECK: Final = 1.0
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -55,16 +54,6 @@ def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
     # in a signal handler that interrupts a finalizer or weakref callback is printed and ignored, and
     # the worker would start anyway.
     os._exit(0)
-
-
-def die_with(master: int) -> None:
-    """Ask Linux for SIGTERM when ``master`` exits; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != master:
-        # The master died before the request above took effect: nobody would ever stop us.
-        os._exit(0)
 
 
 def guard_workers(grace: float) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ import yaml
 from gateway.audit.chain import verify_database
 from gateway.backup.manifest import BackupError
 from gateway.backup.verify import restore_backup, verify_backup
+from gateway.clock import SYSTEM_CLOCK
 from gateway.crypto.keyring import Keyring
+from gateway.identity.ledger import AccountLedger
+from gateway.lifetime import die_with
 from gateway.store.db import Database, default_sqlite_url
 
 __all__ = [
@@ -182,7 +186,9 @@ def _newest_record_at(db_file: Path) -> datetime | None:
 
 @contextmanager
 def _serving(config: Path, log: Path, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``gateway serve`` in a process group of its own, stopped with its workers however we leave."""
+    """``gateway serve`` in a process group of its own, stopped with its workers however we leave; and
+    told to stop when the drill dies, also by SIGKILL (an attack run killed a drill and its node went
+    on serving restored accounts)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
             [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
@@ -190,6 +196,7 @@ def _serving(config: Path, log: Path, cwd: Path) -> Iterator[subprocess.Popen[by
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=partial(die_with, os.getpid()),
         )
     try:
         yield proc
@@ -340,8 +347,11 @@ def run_drill(
     port: int | None = None,
     keep: bool = False,
     progress: Progress = lambda _line: None,
+    live_ledger: Path | None = None,
 ) -> DrillReport:
     """Run every step of the drill on ``backup``; the report names each check (first failure ends it).
+
+    ``live_ledger``: the deployment's account ledger file, carried into the copy (:func:`carry_ledger`).
 
     The temporary node directory is removed afterwards unless ``keep`` (then ``node_dir`` names it).
     Synchronous on purpose: Ctrl-C (and SIGTERM, turned into the same while the drill runs) arrives
@@ -352,7 +362,10 @@ def run_drill(
     report = DrillReport(backup_id=backup.name, backup_path=str(backup))
 
     def steps(node_dir: Path) -> None:
-        _steps(report, backup, live_config, keyring_file, keyring, node_dir, port, checker(report, progress))
+        _steps(
+            report, backup, live_config, keyring_file, keyring, node_dir, port, checker(report, progress),
+            live_ledger,
+        )  # fmt: skip
 
     return in_node(report, steps, keep=keep)
 
@@ -396,6 +409,24 @@ def checker(report: DrillReport, progress: Progress) -> CheckFn:
     return check
 
 
+async def carry_ledger(data_dir: Path, keyring: Keyring, live_ledger: Path) -> None:
+    """Give the restored copy in ``data_dir`` the deployment's account ledger, under a lineage of its
+    own: its node then makes again, before it serves, every erasure, disable and revocation made since
+    the backup (an attack run signed a person disabled since then in on a drill's node, which proxied
+    to the live apps), and what the copy writes is never read by the deployment.
+
+    Raises:
+        OSError: A ledger file cannot be read or written.
+    """
+    db = Database.open(default_sqlite_url(data_dir), pool_size=1)
+    try:
+        ledger = AccountLedger(db, keyring, data_dir / "account-ledger.jsonl", SYSTEM_CLOCK)
+        ledger.carry_from(live_ledger, await ledger.lineage())
+        await ledger.branch()
+    finally:
+        await db.close()
+
+
 def _steps(
     report: DrillReport,
     backup: Path,
@@ -405,6 +436,7 @@ def _steps(
     node_dir: Path,
     port: int | None,
     check: CheckFn,
+    live_ledger: Path | None,
 ) -> None:
     try:
         verified = asyncio.run(verify_backup(backup, keyring))
@@ -429,6 +461,12 @@ def _steps(
     newest = _newest_record_at(restored.database)
     if newest is not None:
         report.newest_record_age_seconds = (now - newest).total_seconds()
+    if live_ledger is not None:
+        try:
+            asyncio.run(carry_ledger(data_dir, keyring, live_ledger))
+        except OSError as exc:
+            check("restore", f"cannot take the account ledger {live_ledger} along: {exc.strerror or exc}", "")
+            return
     check("restore", None, f"into {data_dir}")
 
     report.port = port or free_port()

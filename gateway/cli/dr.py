@@ -75,6 +75,7 @@ def _drill(args: argparse.Namespace) -> int:
     from gateway.backup.drill_pg import run_pg_drill
     from gateway.backup.sets import backup_directory
     from gateway.crypto.keyring import keyring_path
+    from gateway.identity.ledger import ledger_path
 
     settings = load_config(args)
     url = storage_url(settings)
@@ -85,7 +86,7 @@ def _drill(args: argparse.Namespace) -> int:
         path = _backup(backup_directory(settings), args.backup, keyring)
         report = run_drill(
             path, Path(args.config), keyring_path(settings).resolve(), keyring,
-            port=args.port, keep=args.keep, progress=progress,
+            port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
         )  # fmt: skip
     elif pg is None:
         raise UserError(

@@ -234,7 +234,7 @@ def run_echo(listen: str) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    from gateway.workers import die_with
+    from gateway.lifetime import die_with
 
     host, port = parse_listen(listen)
     parent = os.environ.pop(_PARENT_ENV, None)

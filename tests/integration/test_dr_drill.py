@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -21,6 +22,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.harness import ROOT, free_port, run_cli
 
@@ -252,3 +254,58 @@ def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     [(outcome, details)] = _drills(database)
     assert outcome == "failure"
     assert details["checks_failed"] == ["interrupted"]
+
+
+def test_a_killed_drill_takes_its_node_along(site: tuple[Path, Path]) -> None:
+    """An attack run: `kill -9` of a drill left its node serving the restored accounts. The node is
+    told to stop when the drill dies (PR_SET_PDEATHSIG), which no `finally` can do for SIGKILL."""
+    config, _database = site
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dr", "drill", "--json", "-c", str(config), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[Process] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while _port_free(port):
+            assert proc.poll() is None, "the drill ended before its node listened"
+            assert time.monotonic() < deadline, "the drill's node never listened"
+            seen |= _descendants(proc.pid)
+            time.sleep(0.05)
+        seen |= _descendants(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while {process for process in seen if _still_running(process)} and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for process in seen:
+            if _still_running(process):
+                os.kill(process[0], signal.SIGKILL)
+        # What only the killed drill would have removed: its node's directory, named in the node's
+        # configuration beside the live one.
+        for node_config in config.parent.glob(".gateway-drill-*.yaml"):
+            data_dir = yaml.safe_load(node_config.read_text())["data_dir"]
+            shutil.rmtree(Path(data_dir).parent, ignore_errors=True)
+    assert {process for process in seen if _still_running(process)} == set()
+    assert _port_free(port)
+
+
+def test_the_drills_node_makes_again_what_was_done_since_the_backup(site: tuple[Path, Path]) -> None:
+    """An attack run: a person disabled after the backup signed in on the drill's node, which proxied to
+    the live apps. The drill takes the deployment's account ledger along, as a restore does."""
+    config, _database = site
+    assert run_cli("user", "disable", "alice", "-c", str(config)).returncode == 0
+    proc, left = _drill(config, "--keep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    node_dir = Path(json.loads(proc.stdout)["node_dir"])
+    try:
+        with closing(sqlite3.connect(node_dir / "data" / "gateway.db")) as conn:
+            (disabled,) = conn.execute("SELECT disabled FROM users WHERE username = 'alice'").fetchone()
+        assert disabled
+    finally:
+        shutil.rmtree(node_dir, ignore_errors=True)
+    assert left == set()
