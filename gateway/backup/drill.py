@@ -50,12 +50,14 @@ from gateway.crypto.keyring import Keyring
 from gateway.identity.ledger import AccountLedger
 from gateway.lifetime import die_with
 from gateway.store.db import Database, default_sqlite_url
+from gateway.store.private import private_dir
 
 __all__ = [
     "Check",
     "CheckFn",
     "DrillReport",
     "audit_chain",
+    "carry_ledger",
     "checker",
     "in_node",
     "node_config",
@@ -409,16 +411,18 @@ def checker(report: DrillReport, progress: Progress) -> CheckFn:
     return check
 
 
-async def carry_ledger(data_dir: Path, keyring: Keyring, live_ledger: Path) -> None:
-    """Give the restored copy in ``data_dir`` the deployment's account ledger, under a lineage of its
-    own: its node then makes again, before it serves, every erasure, disable and revocation made since
-    the backup (an attack run signed a person disabled since then in on a drill's node, which proxied
-    to the live apps), and what the copy writes is never read by the deployment.
+async def carry_ledger(url: str, data_dir: Path, keyring: Keyring, live_ledger: Path) -> None:
+    """Give the restored copy (its database at ``url``, its node's files in ``data_dir``) the
+    deployment's account ledger, under a lineage of its own: its node then makes again, before it
+    serves, every erasure, disable and revocation made since the backup (an attack run signed a person
+    disabled since then in on a drill's node, which proxied to the live apps), and what the copy writes
+    is never read by the deployment.
 
     Raises:
         OSError: A ledger file cannot be read or written.
     """
-    db = Database.open(default_sqlite_url(data_dir), pool_size=1)
+    private_dir(data_dir)
+    db = Database.open(url, pool_size=1)
     try:
         ledger = AccountLedger(db, keyring, data_dir / "account-ledger.jsonl", SYSTEM_CLOCK)
         ledger.carry_from(live_ledger, await ledger.lineage())
@@ -463,7 +467,7 @@ def _steps(
         report.newest_record_age_seconds = (now - newest).total_seconds()
     if live_ledger is not None:
         try:
-            asyncio.run(carry_ledger(data_dir, keyring, live_ledger))
+            asyncio.run(carry_ledger(default_sqlite_url(data_dir), data_dir, keyring, live_ledger))
         except OSError as exc:
             check("restore", f"cannot take the account ledger {live_ledger} along: {exc.strerror or exc}", "")
             return

@@ -40,6 +40,7 @@ from gateway.backup.drill import (
     DrillReport,
     Progress,
     audit_chain,
+    carry_ledger,
     checker,
     free_port,
     in_node,
@@ -165,13 +166,15 @@ def run_pg_drill(
     port: int | None = None,
     keep: bool = False,
     progress: Progress = lambda _line: None,
+    live_ledger: Path | None = None,
 ) -> DrillReport:
-    """Every step of the PostgreSQL drill (see the module docstring); synchronous, as ``run_drill``."""
+    """Every step of the PostgreSQL drill (see the module docstring); synchronous, as ``run_drill``;
+    ``live_ledger`` is carried into the copy (:func:`gateway.backup.drill.carry_ledger`)."""
     report = DrillReport(backup_id="", backup_path=f"pgbackrest stanza {pg.stanza}", steps=PG_STEPS)
     check = checker(report, progress)
 
     def steps(node_dir: Path) -> None:
-        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, check)
+        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, check, live_ledger)
 
     # The cluster's owner must reach its directories inside; nobody may list this one.
     return in_node(report, steps, keep=keep, mode=0o711 if pg.os_user else 0o700)
@@ -187,6 +190,7 @@ def _steps(
     node_dir: Path,
     port: int | None,
     check: CheckFn,
+    live_ledger: Path | None,
 ) -> None:
     pg_ctl = find_pg_ctl()
     try:
@@ -237,6 +241,12 @@ def _steps(
         newest = asyncio.run(_newest_record_at(node_url))
         if newest is not None:
             report.newest_record_age_seconds = (datetime.now(UTC) - newest).total_seconds()
+        if live_ledger is not None:
+            try:
+                asyncio.run(carry_ledger(node_url, node_dir / "data", keyring, live_ledger))
+            except OSError as exc:
+                check("start_database", f"cannot take the account ledger {live_ledger} along: {exc}", "")
+                return
         _gateway_steps(report, node_url, live_config, keyring_file, keyring, node_dir, port, started, check)
 
 

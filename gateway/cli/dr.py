@@ -101,7 +101,7 @@ def _drill(args: argparse.Namespace) -> int:
         keyring = load_keyring(settings, may_create=False)
         report = run_pg_drill(
             pg, url, Path(args.config), keyring_path(settings).resolve(), keyring,
-            port=args.port, keep=args.keep, progress=progress,
+            port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
         )  # fmt: skip
     doc = report.as_dict()
 
