@@ -58,6 +58,7 @@ from gateway.cli.harness import (
 if TYPE_CHECKING:
     from gateway.backup.verify import Verified
     from gateway.crypto.keyring import Keyring
+    from gateway.identity.ledger import Lineage
     from gateway.settings.schema import PgBackRestSettings, Settings
     from gateway.store.db import Database
 
@@ -337,6 +338,8 @@ def _restore(args: argparse.Namespace) -> int:
         raise UserError(exc.detail) from None
 
     async def work() -> int:
+        # The node's lineage, read before its database is replaced (or from the one left in place).
+        lineage = await _node_lineage(settings, keyring)
         try:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
@@ -349,7 +352,7 @@ def _restore(args: argparse.Namespace) -> int:
                 actor=operator(),
                 details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
-            lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere)
+            lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage)
         finally:
             await db.close()
         m = verified.manifest
@@ -378,17 +381,48 @@ def _restore(args: argparse.Namespace) -> int:
     return run(work())
 
 
+async def _node_lineage(settings: Settings, keyring: Keyring) -> Lineage | None:
+    """The lineage of the node's own database (None when there is none: a lost disk)."""
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.identity.ledger import AccountLedger, ledger_path
+    from gateway.store.db import Database
+
+    if not _database(settings).is_file():
+        return None
+    db = Database.open(storage_url(settings), pool_size=1)
+    try:
+        return await AccountLedger(db, keyring, ledger_path(settings), SYSTEM_CLOCK).lineage()
+    except Exception as exc:  # noqa: BLE001 - a damaged database is what a restore is for
+        print(
+            f"  cannot read the node's lineage from its database ({exc}): the restored one keeps the "
+            "backup's, and ledger lines a copy adopted since wrote under its own are not read",
+            file=sys.stderr,
+        )
+        return None
+    finally:
+        await db.close()
+
+
 async def _carry_ledger(
-    settings: Settings, data_dir: Path, db: Database, keyring: Keyring, *, elsewhere: bool
+    settings: Settings,
+    data_dir: Path,
+    db: Database,
+    keyring: Keyring,
+    *,
+    elsewhere: bool,
+    node: Lineage | None,
 ) -> int:
     """Take the node's account ledger along into a new data directory (the configured ``backup.ledger``
-    stays where it is) and, ``elsewhere`` (not the configured data directory), give the copy a lineage
-    of its own; return how many of the ledger's entries the restored database lacks."""
+    stays where it is); give the restored database the ``node``'s lineage, whose lines the node's
+    ledger holds (the backup's may be older), and, ``elsewhere`` (not the configured data directory),
+    a lineage of its own below it; return how many of the ledger's entries the restored database lacks."""
     from gateway.clock import SYSTEM_CLOCK
     from gateway.identity.ledger import AccountLedger, ledger_path, merge, newer, read_lines
 
     target = ledger_path(settings) if settings.backup.ledger else data_dir / "account-ledger.jsonl"
     ledger = AccountLedger(db, keyring, target, SYSTEM_CLOCK)
+    if node is not None:
+        await ledger.adopt(node)
     lineage = await ledger.lineage()
     try:
         if not settings.backup.ledger:

@@ -398,7 +398,19 @@ class AccountLedger:
         """
         parent = await self.lineage()
         child = Lineage("c-" + secrets.token_hex(12), (*parent.ancestors, parent.id)[-_MAX_ANCESTORS:])
-        value = json.dumps({"id": child.id, "ancestors": list(child.ancestors)})
+        await self.adopt(child)
+        return child
+
+    async def adopt(self, lineage: Lineage) -> None:
+        """Give this database (restored in place of the node's) the lineage the node had: a backup's
+        database carries the lineage it had when it was made, and a copy adopted as the deployment
+        since wrote its ledger lines under its own (an attack run restored an older backup there, and
+        the disable made since was no longer read).
+
+        Raises:
+            StoreUnavailable: The database cannot be reached.
+        """
+        value = json.dumps({"id": lineage.id, "ancestors": list(lineage.ancestors)})
         async with self._db.session(write=True) as session:
             with store_errors("cannot write the account ledger's lineage"):
                 row = await session.get(KvSetting, _LINEAGE_KEY)
@@ -407,8 +419,7 @@ class AccountLedger:
                 else:
                     row.value, row.updated_at = value, self._clock.now()
                 await session.commit()
-        self._lineage = child
-        return child
+        self._lineage = lineage
 
     def keys(self, user: User, kind: Kind = "account") -> list[str]:
         """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""

@@ -193,6 +193,36 @@ def test_what_a_copy_restored_elsewhere_does_never_reaches_the_deployment(tmp_pa
         assert _replayed(Path(config["data_dir"]) / "gateway.db") == []
 
 
+def test_a_copy_adopted_as_the_deployment_keeps_its_history_through_an_older_restore(tmp_path: Path) -> None:
+    """An attack run, the README's own disaster-recovery flow: a backup restored into a new directory
+    (a lineage of its own) became the deployment; someone was disabled there; then a backup from before
+    the copy was restored in place. The restored database carried the old lineage, which does not read
+    the copy's lines, and the disabled person signed in."""
+    with run_echo() as echo:
+        config, config_path, c = _signed_in_site(tmp_path, echo)
+        add_user(config_path, "dave", PASSWORD)
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+        adopted_dir = tmp_path / "adopted"
+        proc = run_cli("backup", "restore", backup_id, "--data-dir", str(adopted_dir), *c)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        adopted = {
+            **config,
+            "data_dir": str(adopted_dir),
+            "keyring": str(Path(config["data_dir"]) / "keys" / "keyring.json"),
+        }
+        adopted_path = tmp_path / "adopted.yaml"
+        adopted_path.write_text(yaml.safe_dump(adopted, sort_keys=False))
+        a = ("--config", str(adopted_path))
+        _cli("user", "disable", "dave", *a)
+        # The older backup, found by its path: the adopted copy's backups directory has none.
+        older = Path(config["data_dir"]) / "backups" / backup_id
+        proc = run_cli("backup", "restore", str(older), "--data-dir", str(adopted_dir), "--force", *a)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 change(s) made after this backup" in proc.stdout
+        with run_gateway(tmp_path / "adopted-run", adopted) as gw, browser(gw) as client:
+            assert not _signs_in(client, "dave")
+
+
 def _second_factor(client: httpx.Client, user: str, path: str, code: str) -> bool:
     """Password, then ``code`` at the second-factor ``path``: whether that completes the sign-in."""
     assert login(client, user).status_code == 302
