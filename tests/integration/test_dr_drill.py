@@ -213,6 +213,18 @@ def test_a_corrupted_backup_fails_the_verify_step_and_records_a_failure(site: tu
     assert "gateway.db" in str(details["problem"])
 
 
+def _until_the_node_listens(proc: subprocess.Popen[str] | subprocess.Popen[bytes], port: int) -> set[Process]:
+    """Wait until the drill's node listens on ``port``; the processes the drill started meanwhile."""
+    seen: set[Process] = set()
+    deadline = time.monotonic() + 90
+    while _port_free(port):
+        assert proc.poll() is None, "the drill ended before its node listened"
+        assert time.monotonic() < deadline, "the drill's node never listened"
+        seen |= _descendants(proc.pid)
+        time.sleep(0.05)
+    return seen | _descendants(proc.pid)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     site: tuple[Path, Path], signum: signal.Signals
@@ -229,13 +241,7 @@ def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     seen: set[Process] = set()
     try:
         # Interrupt once the node listens: the drill is then at its start or sign-in step.
-        deadline = time.monotonic() + 90
-        while _port_free(port):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the drill's node never listened"
-            seen |= _descendants(proc.pid)
-            time.sleep(0.05)
-        seen |= _descendants(proc.pid)
+        seen = _until_the_node_listens(proc, port)
         assert seen, "the node runs as a child of the drill"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
@@ -269,13 +275,7 @@ def test_a_killed_drill_takes_its_node_along(site: tuple[Path, Path]) -> None:
     )
     seen: set[Process] = set()
     try:
-        deadline = time.monotonic() + 90
-        while _port_free(port):
-            assert proc.poll() is None, "the drill ended before its node listened"
-            assert time.monotonic() < deadline, "the drill's node never listened"
-            seen |= _descendants(proc.pid)
-            time.sleep(0.05)
-        seen |= _descendants(proc.pid)
+        seen = _until_the_node_listens(proc, port)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 30
