@@ -104,7 +104,9 @@ def verified_email(claims: Mapping[str, Any]) -> str | None:
         return None
     # As sent, but for ASCII case. Not even NFC: it maps the Kelvin sign (U+212A) to K, which a
     # re-attack run used to link a Kelvin-sign spelling of kate@ to kate's account.
-    return canonical if canonical == _ascii_lower(email.strip()) else None
+    # ASCII white space only: str.strip also drops NBSP, U+3000 and control characters (a re-attack
+    # run linked "kate@corp.test" padded with them).
+    return canonical if canonical == _ascii_lower(email.strip(" \t\r\n")) else None
 
 
 def _ascii_lower(text: str) -> str:

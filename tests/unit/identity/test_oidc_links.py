@@ -144,6 +144,14 @@ async def test_a_look_alike_email_never_reaches_the_account_it_looks_like(world:
     boss = await world.add_local("boss", "boss@corp.test")
     await world.add_local("kate", "kate@korp.test")
     assert verified_email(claims(email="\u212aate@korp.test")) is None
+    for padded in (
+        "\xa0kate@korp.test",
+        "kate@korp.test\u2003",
+        "kate@korp.test\x1c",
+        "\u3000kate@korp.test",
+    ):
+        assert verified_email(claims(email=padded)) is None, repr(padded)
+    assert verified_email(claims(email=" kate@korp.test\n")) == "kate@korp.test"
     # Full-width letters, a long s, the Kelvin sign (which even NFC turns into K: a re-attack run).
     for look_alike in ("\uff42\uff4f\uff53\uff53@corp.test", "bo\u017fs@corp.test", "boss@\u212aorp.test"):
         assert verified_email(claims(email=look_alike)) is None
