@@ -33,8 +33,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, Final
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from sqlalchemy import Row, Select, Update, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -153,15 +154,26 @@ def _record(row: Row[Any]) -> ChainRecord:
 
 def names_person(subject: str, names: frozenset[str]) -> bool:
     """Whether a record's ``subject`` names the person: their username or email as the subject, or as
-    a segment of a path (an admin request refused before its account was found records what was typed,
-    and a refused admin API request records its path: a re-attack run found both left after erasure).
+    the account segment of a path, the one after ``users`` (``/api/users/NAME/…``, the console's
+    ``/users/NAME``): an admin request refused before its account was found records what was typed,
+    and a refused admin API request its path (a re-attack run found both left after erasure). Only
+    that segment: a person named ``users`` or ``api`` must not take other people's records along.
     ``names`` are lower case."""
     if subject.lower() in names:
         return True
-    if "/" not in subject:
-        return False
-    path = subject.partition("?")[0]
-    return any(unquote(segment).lower() in names for segment in path.split("/"))
+    segments = subject.partition("?")[0].split("/")
+    return any(before == "users" and _decoded(segment) in names for before, segment in pairwise(segments))
+
+
+def _decoded(segment: str) -> str:
+    """A path segment as a name: percent-decoded until it no longer changes (a double encoding is
+    stored decoded once), in lower case."""
+    for _ in range(3):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment.lower()
 
 
 def _fields_to_erase(row: ChainRecord, names: frozenset[str], actors: frozenset[str]) -> tuple[str, ...]:
@@ -227,15 +239,17 @@ async def erase_person(
     actors = actor_spellings(username)
     names = frozenset(name.lower() for name in (username, email) if name)
     subject = func.lower(AuditEvent.subject)
-    # Candidates by SQL (a name as the subject, or after a "/" in it), decided by names_person.
-    mentions = [
-        subject.contains("/" + spelling, autoescape=True)
-        for name in names
-        for spelling in {name, quote(name, safe="").lower()}
-    ]
+    # Candidates by SQL (a name as the subject, or any path naming an account, in any encoding),
+    # decided by names_person.
     query = (
         select(AuditEvent)
-        .where(or_(subject.in_(sorted(names)), AuditEvent.actor.in_(sorted(actors)), *mentions))
+        .where(
+            or_(
+                subject.in_(sorted(names)),
+                AuditEvent.actor.in_(sorted(actors)),
+                subject.contains("/users/", autoescape=True),
+            )
+        )
         .order_by(AuditEvent.seq)
     )
     if since is not None:

@@ -246,16 +246,36 @@ async def test_the_persons_email_and_paths_naming_them_are_erased_too(database: 
     # Not hers: a name that only starts like hers, and another person's path.
     await audit.record("admin.refused", actor="user:boss", subject="/api/users/erina/disable")
     await audit.record("admin.user.enable", actor="user:boss", subject="erinb@corp.test")
+    # Hers, encoded twice (stored decoded once).
+    await audit.record("admin.refused", actor="user:boss", subject="/api/users/e%72in/sessions")
     result = await erase_person(
         database, KEYS, at=clock.now(), username="erin", email="erin@corp.test", pseudonym=PSEUDONYM,
         actor="admin:bob", request_ref="GDPR-1",
     )  # fmt: skip
-    assert result.erased == (1, 2, 3, 4)
+    assert result.erased == (1, 2, 3, 4, 7)
     by_seq = {r.seq: r for r in await _records(database)}
-    for seq in (1, 2, 3):
+    for seq in (1, 2, 3, 7):
         assert (by_seq[seq].actor, by_seq[seq].subject) == ("user:boss", TOMBSTONE)
     assert (by_seq[4].actor, by_seq[4].subject, by_seq[4].details) == (TOMBSTONE,) * 3
     assert (by_seq[5].subject, by_seq[6].subject) == ("/api/users/erina/disable", "erinb@corp.test")
+    await _verified(database)
+
+
+async def test_a_person_named_like_a_path_word_takes_nobody_elses_records(database: Database) -> None:
+    """A re-attack run: erasing the username "users" (or "api") wiped the subject of every refused admin
+    API request. Only the account segment of a path names a person."""
+    clock = FakeClock(T0)
+    audit = AuditLog(database, clock=clock, keyring=KEYRING)
+    await audit.record("admin.refused", actor="user:mallory", subject="/api/users/bob/sessions")
+    await audit.record("admin.refused", actor="user:mallory", subject="/api/users")
+    await audit.record("admin.refused", actor="user:mallory", subject="/api/users/users/disable")
+    for name in ("users", "api"):
+        await erase_person(
+            database, KEYS, at=clock.now(), username=name, pseudonym=PSEUDONYM, actor="admin:bob",
+            request_ref=f"GDPR-{name}",
+        )  # fmt: skip
+    subjects = [r.subject for r in (await _records(database))[:3]]
+    assert subjects == ["/api/users/bob/sessions", "/api/users", TOMBSTONE]
     await _verified(database)
 
 
