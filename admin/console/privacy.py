@@ -931,7 +931,7 @@ async def rectify_user(
 
 @post("/api/privacy/users/{user_id:str}/restrict", status_code=200, tags=["privacy"])
 async def restrict_user(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
+    request: Request[Any, Any, Any], services: AdminServices, live_policy: Policy, config: Config, user_id: UserId,
     data: JSONBody[Restrict],
 ) -> RightResult:  # fmt: skip
     """Restrict processing (``restricted: true``: no sign-in, every session ends, the data is kept
@@ -946,6 +946,14 @@ async def restrict_user(
         user = await _person(services, user_id, about)
         if data.restricted:
             _not_own(user, admin, "restrict")
+            await refuse_admin_takeover(
+                services,
+                live_policy,
+                config,
+                user,
+                "restrict the account",
+                on_host="gateway privacy restrict",
+            )
         view = await services.privacy.restrict(
             user, data.restricted, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
             verified_by=data.verified_by.strip(), law=chosen,
@@ -961,7 +969,7 @@ async def restrict_user(
 
 @post("/api/privacy/users/{user_id:str}/close", status_code=200, tags=["privacy"])
 async def close_user(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, user_id: UserId,
+    request: Request[Any, Any, Any], services: AdminServices, live_policy: Policy, config: Config, user_id: UserId,
     data: JSONBody[RightChange],
 ) -> RightResult:  # fmt: skip
     """Close the account (the registration is cancelled): no sign-in from now, every session ends, and
@@ -974,6 +982,10 @@ async def close_user(
         confirm_destructive(admin, config, services.identity.clock)
         user = await _person(services, user_id, about)
         _not_own(user, admin, "close")
+        # Closed, the account is erased after privacy.retention.registration: the other approver gone.
+        await refuse_admin_takeover(
+            services, live_policy, config, user, "close the account", on_host="gateway privacy close"
+        )
         if user.closed_at is not None:
             raise AlreadyClosed(
                 f"{user.username} was closed on {user.closed_at:%Y-%m-%d}; nothing was changed."

@@ -139,7 +139,19 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     )
     _refused(erased, "second-admin-required")
     assert "gateway privacy erase" in erased.json()["message"]
-    assert await site.services.identity.accounts.find("second") is not None
+    # Closing (erased after the retention period) and restricting them: the same (a re-attack run).
+    for right, body in (("close", {}), ("restrict", {"restricted": True})):
+        shut = await site.call(
+            boss,
+            "POST",
+            f"/api/privacy/users/{second_id}/{right}",
+            json={**body, "verified_by": "x", "reason": "x"},
+        )
+        _refused(shut, "second-admin-required")
+        assert f"gateway privacy {right}" in shut.json()["message"]
+    kept = await site.services.identity.accounts.find("second")
+    assert kept is not None
+    assert (kept.closed_at, kept.restricted) == (None, False)
     after = await site.services.identity.accounts.find("second")
     assert after is not None
     assert after.email == second.email
