@@ -47,7 +47,7 @@ from gateway.backup.manifest import BackupError
 from gateway.backup.verify import restore_backup, verify_backup
 from gateway.clock import SYSTEM_CLOCK
 from gateway.crypto.keyring import Keyring
-from gateway.identity.ledger import AccountLedger
+from gateway.identity.ledger import AccountLedger, Lineage
 from gateway.lifetime import die_with
 from gateway.store.db import Database, default_sqlite_url
 from gateway.store.private import private_dir
@@ -350,10 +350,12 @@ def run_drill(
     keep: bool = False,
     progress: Progress = lambda _line: None,
     live_ledger: Path | None = None,
+    node: Lineage | None = None,
 ) -> DrillReport:
     """Run every step of the drill on ``backup``; the report names each check (first failure ends it).
 
-    ``live_ledger``: the deployment's account ledger file, carried into the copy (:func:`carry_ledger`).
+    ``live_ledger``: the deployment's account ledger file, carried into the copy below the deployment's
+    lineage ``node`` (:func:`carry_ledger`).
 
     The temporary node directory is removed afterwards unless ``keep`` (then ``node_dir`` names it).
     Synchronous on purpose: Ctrl-C (and SIGTERM, turned into the same while the drill runs) arrives
@@ -366,7 +368,7 @@ def run_drill(
     def steps(node_dir: Path) -> None:
         _steps(
             report, backup, live_config, keyring_file, keyring, node_dir, port, checker(report, progress),
-            live_ledger,
+            (live_ledger, node),
         )  # fmt: skip
 
     return in_node(report, steps, keep=keep)
@@ -411,12 +413,15 @@ def checker(report: DrillReport, progress: Progress) -> CheckFn:
     return check
 
 
-async def carry_ledger(url: str, data_dir: Path, keyring: Keyring, live_ledger: Path) -> None:
+async def carry_ledger(
+    url: str, data_dir: Path, keyring: Keyring, live_ledger: Path, node: Lineage | None = None
+) -> None:
     """Give the restored copy (its database at ``url``, its node's files in ``data_dir``) the
-    deployment's account ledger, under a lineage of its own: its node then makes again, before it
-    serves, every erasure, disable and revocation made since the backup (an attack run signed a person
-    disabled since then in on a drill's node, which proxied to the live apps), and what the copy writes
-    is never read by the deployment.
+    deployment's account ledger, under a lineage of its own below the deployment's (``node``, when
+    known: the backup may carry an older one): its node then makes again, before it serves, every
+    erasure, disable and revocation made since the backup (an attack run signed a person disabled
+    since then in on a drill's node, which proxied to the live apps), and what the copy writes is never
+    read by the deployment.
 
     Raises:
         OSError: A ledger file cannot be read or written.
@@ -425,6 +430,8 @@ async def carry_ledger(url: str, data_dir: Path, keyring: Keyring, live_ledger: 
     db = Database.open(url, pool_size=1)
     try:
         ledger = AccountLedger(db, keyring, data_dir / "account-ledger.jsonl", SYSTEM_CLOCK)
+        if node is not None:
+            await ledger.adopt(node)
         ledger.carry_from(live_ledger, await ledger.lineage())
         await ledger.branch()
     finally:
@@ -440,7 +447,7 @@ def _steps(
     node_dir: Path,
     port: int | None,
     check: CheckFn,
-    live_ledger: Path | None,
+    carried: tuple[Path | None, Lineage | None],
 ) -> None:
     try:
         verified = asyncio.run(verify_backup(backup, keyring))
@@ -465,9 +472,10 @@ def _steps(
     newest = _newest_record_at(restored.database)
     if newest is not None:
         report.newest_record_age_seconds = (now - newest).total_seconds()
+    live_ledger, node = carried
     if live_ledger is not None:
         try:
-            asyncio.run(carry_ledger(default_sqlite_url(data_dir), data_dir, keyring, live_ledger))
+            asyncio.run(carry_ledger(default_sqlite_url(data_dir), data_dir, keyring, live_ledger, node))
         except OSError as exc:
             check("restore", f"cannot take the account ledger {live_ledger} along: {exc.strerror or exc}", "")
             return

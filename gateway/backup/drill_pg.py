@@ -52,6 +52,7 @@ from gateway.backup.pg_repo import verify_repository
 from gateway.backup.pgbackrest import PgBackRestError, as_owner, owner_ids, restore_args
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.crypto.keyring import Keyring
+from gateway.identity.ledger import Lineage
 from gateway.settings.schema import PgBackRestSettings
 from gateway.store.db import Database
 from gateway.store.pg_tls import TLS_PARAMETERS
@@ -167,6 +168,7 @@ def run_pg_drill(
     keep: bool = False,
     progress: Progress = lambda _line: None,
     live_ledger: Path | None = None,
+    node: Lineage | None = None,
 ) -> DrillReport:
     """Every step of the PostgreSQL drill (see the module docstring); synchronous, as ``run_drill``;
     ``live_ledger`` is carried into the copy (:func:`gateway.backup.drill.carry_ledger`)."""
@@ -174,7 +176,9 @@ def run_pg_drill(
     check = checker(report, progress)
 
     def steps(node_dir: Path) -> None:
-        _steps(report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, check, live_ledger)
+        _steps(
+            report, pg, live_url, live_config, keyring_file, keyring, node_dir, port, check, (live_ledger, node)
+        )  # fmt: skip
 
     # The cluster's owner must reach its directories inside; nobody may list this one.
     return in_node(report, steps, keep=keep, mode=0o711 if pg.os_user else 0o700)
@@ -190,7 +194,7 @@ def _steps(
     node_dir: Path,
     port: int | None,
     check: CheckFn,
-    live_ledger: Path | None,
+    carried: tuple[Path | None, Lineage | None],
 ) -> None:
     pg_ctl = find_pg_ctl()
     try:
@@ -241,9 +245,10 @@ def _steps(
         newest = asyncio.run(_newest_record_at(node_url))
         if newest is not None:
             report.newest_record_age_seconds = (datetime.now(UTC) - newest).total_seconds()
+        live_ledger, lineage = carried
         if live_ledger is not None:
             try:
-                asyncio.run(carry_ledger(node_url, node_dir / "data", keyring, live_ledger))
+                asyncio.run(carry_ledger(node_url, node_dir / "data", keyring, live_ledger, lineage))
             except OSError as exc:
                 check("start_database", f"cannot take the account ledger {live_ledger} along: {exc}", "")
                 return

@@ -47,6 +47,7 @@ from gateway.cli.harness import (
     config_arg,
     load_config,
     load_keyring,
+    node_lineage,
     open_store,
     operator,
     record_backup_run,
@@ -339,7 +340,7 @@ def _restore(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         # The node's lineage, read before its database is replaced (or from the one left in place).
-        lineage = await _node_lineage(settings, keyring)
+        lineage = await node_lineage(settings)
         try:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
@@ -379,28 +380,6 @@ def _restore(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run(work())
-
-
-async def _node_lineage(settings: Settings, keyring: Keyring) -> Lineage | None:
-    """The lineage of the node's own database (None when there is none: a lost disk)."""
-    from gateway.clock import SYSTEM_CLOCK
-    from gateway.identity.ledger import AccountLedger, ledger_path
-    from gateway.store.db import Database
-
-    if not _database(settings).is_file():
-        return None
-    db = Database.open(storage_url(settings), pool_size=1)
-    try:
-        return await AccountLedger(db, keyring, ledger_path(settings), SYSTEM_CLOCK).lineage()
-    except Exception as exc:  # noqa: BLE001 - a damaged database is what a restore is for
-        print(
-            f"  cannot read the node's lineage from its database ({exc}): the restored one keeps the "
-            "backup's, and ledger lines a copy adopted since wrote under its own are not read",
-            file=sys.stderr,
-        )
-        return None
-    finally:
-        await db.close()
 
 
 async def _carry_ledger(

@@ -28,6 +28,7 @@ from gateway.cli.harness import (
     config_arg,
     load_config,
     load_keyring,
+    node_lineage,
     open_store,
     operator,
     run,
@@ -81,12 +82,15 @@ def _drill(args: argparse.Namespace) -> int:
     url = storage_url(settings)
     pg = settings.backup.pgbackrest
     progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
+    # The deployment's lineage: the drill's copy reads its history (the backup may carry an older one).
+    lineage = run(node_lineage(settings)) if pg is not None or url.startswith("sqlite") else None
     if url.startswith("sqlite"):
         keyring = load_keyring(settings, may_create=False)
         path = _backup(backup_directory(settings), args.backup, keyring)
         report = run_drill(
             path, Path(args.config), keyring_path(settings).resolve(), keyring,
             port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
+            node=lineage,
         )  # fmt: skip
     elif pg is None:
         raise UserError(
@@ -102,6 +106,7 @@ def _drill(args: argparse.Namespace) -> int:
         report = run_pg_drill(
             pg, url, Path(args.config), keyring_path(settings).resolve(), keyring,
             port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
+            node=lineage,
         )  # fmt: skip
     doc = report.as_dict()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import sys
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
     from gateway.backup.jobs import Made
     from gateway.crypto.keyring import Keyring
+    from gateway.identity.ledger import Lineage
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
     from gateway.store.fast import FastState
@@ -53,6 +55,7 @@ __all__ = [
     "execute",
     "load_config",
     "load_keyring",
+    "node_lineage",
     "note_roles_without_rules",
     "open_store",
     "operator",
@@ -298,6 +301,38 @@ async def open_store(
         unannounced = watch.verdict(settings) if watch is not None else None
         if unannounced is not None:
             raise unannounced
+    finally:
+        await db.close()
+
+
+async def node_lineage(settings: Settings) -> Lineage | None:
+    """The account-ledger lineage of this node's database, None when it has none (an embedded database
+    whose file is gone: a lost disk) or cannot be read (damaged: what a restore is for), said on
+    stderr: a restored database then keeps the lineage its backup carries."""
+    from gateway.backup.snapshot import sqlite_path
+    from gateway.identity.ledger import stored_lineage
+    from gateway.store.db import Database
+
+    url = storage_url(settings)
+    with contextlib.suppress(ValueError):  # PostgreSQL: no file to look for
+        if not sqlite_path(url).is_file():
+            print(
+                "  the node's database is missing: the restored one keeps the lineage its backup carries, "
+                "so if this node was a copy adopted as the deployment, what was done on it since is not "
+                "made again; do it again by hand (the old trail or the sinks say what)",
+                file=sys.stderr,
+            )
+            return None
+    db = Database.open(url, pool_size=1)
+    try:
+        return await stored_lineage(db)
+    except Exception as exc:  # noqa: BLE001 - a damaged database is what a restore is for
+        print(
+            f"  cannot read the node's lineage from its database ({exc}): the restored one keeps the "
+            "backup's, and ledger lines a copy adopted since wrote under its own are not read",
+            file=sys.stderr,
+        )
+        return None
     finally:
         await db.close()
 

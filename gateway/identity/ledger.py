@@ -107,6 +107,7 @@ __all__ = [
     "merge",
     "newer",
     "read_lines",
+    "stored_lineage",
 ]
 
 logger = logging.getLogger("gateway.identity.ledger")
@@ -257,6 +258,23 @@ def newer(entries: Mapping[str, Entry], than: Mapping[str, Entry]) -> list[Entry
     return [entry for key, entry in entries.items() if key not in than or entry.outranks(than[key])]
 
 
+async def stored_lineage(db: Database) -> Lineage:
+    """The lineage ``db`` carries (see the module docstring).
+
+    Raises:
+        StoreUnavailable: The database cannot be reached.
+    """
+    async with db.session() as session:
+        with store_errors("cannot read the account ledger's lineage"):
+            row = await session.get(KvSetting, _LINEAGE_KEY)
+    if row is None:
+        # A deployment and every backup of it (another deployment's lines do not verify under this
+        # keyring; a copy of this one is told apart by the lineage a restore gives it).
+        return Lineage(ROOT_LINEAGE)
+    doc = json.loads(row.value)
+    return Lineage(str(doc["id"]), tuple(str(a) for a in doc.get("ancestors", ())))
+
+
 def ledger_path(settings: Settings) -> Path:
     """This node's ledger file: ``backup.ledger``, or the one in the data directory."""
     return Path(settings.backup.ledger or Path(settings.data_dir) / "account-ledger.jsonl")
@@ -377,16 +395,7 @@ class AccountLedger:
             StoreUnavailable: The database cannot be reached.
         """
         if self._lineage is None:
-            async with self._db.session() as session:
-                with store_errors("cannot read the account ledger's lineage"):
-                    row = await session.get(KvSetting, _LINEAGE_KEY)
-            if row is not None:
-                doc = json.loads(row.value)
-                self._lineage = Lineage(str(doc["id"]), tuple(str(a) for a in doc.get("ancestors", ())))
-            else:
-                # A deployment and every backup of it (another deployment's lines do not verify under
-                # this keyring; a copy of this one is told apart by the lineage a restore gives it).
-                self._lineage = Lineage(ROOT_LINEAGE)
+            self._lineage = await stored_lineage(self._db)
         return self._lineage
 
     async def branch(self) -> Lineage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -216,11 +217,26 @@ def test_a_copy_adopted_as_the_deployment_keeps_its_history_through_an_older_res
         _cli("user", "disable", "dave", *a)
         # The older backup, found by its path: the adopted copy's backups directory has none.
         older = Path(config["data_dir"]) / "backups" / backup_id
+        # A drill of it from the adopted deployment: its node reads the deployment's history too.
+        drill = json.loads(_cli("dr", "drill", "--backup", str(older), "--keep", "--json", *a))
+        assert drill["outcome"] == "success", drill
+        try:
+            with closing(sqlite3.connect(Path(drill["node_dir"]) / "data" / "gateway.db")) as conn:
+                (disabled,) = conn.execute("SELECT disabled FROM users WHERE username = 'dave'").fetchone()
+            assert disabled
+        finally:
+            shutil.rmtree(drill["node_dir"], ignore_errors=True)
         proc = run_cli("backup", "restore", str(older), "--data-dir", str(adopted_dir), "--force", *a)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "1 change(s) made after this backup" in proc.stdout
         with run_gateway(tmp_path / "adopted-run", adopted) as gw, browser(gw) as client:
             assert not _signs_in(client, "dave")
+        # The node's disk lost with its database: the lineage cannot be known, and the restore says so.
+        for lost in adopted_dir.glob("gateway.db*"):
+            lost.unlink()
+        proc = run_cli("backup", "restore", str(older), "--data-dir", str(adopted_dir), *a)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "the node's database is missing" in proc.stderr
 
 
 def _second_factor(client: httpx.Client, user: str, path: str, code: str) -> bool:
