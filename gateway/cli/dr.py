@@ -47,7 +47,8 @@ def _backup(directory: Path, ref: str | None, keyring: Keyring) -> Path:
     from gateway.backup.sets import find_backup
 
     try:
-        return find_backup(directory, ref, signed_with=keyring)
+        path = find_backup(directory, ref)  # a missing backup first, as `backup verify` says it
+        return path if ref is not None else find_backup(directory, None, signed_with=keyring)
     except LookupError as exc:
         raise UserError(str(exc)) from None
 
