@@ -140,12 +140,13 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     _refused(erased, "second-admin-required")
     assert "gateway privacy erase" in erased.json()["message"]
     # Closing (erased after the retention period) and restricting them: the same (a re-attack run).
-    for right, body in (("close", {}), ("restrict", {"restricted": True})):
+    shut_out: list[tuple[str, dict[str, object]]] = [("close", {}), ("restrict", {"restricted": True})]
+    for right, extra in shut_out:
         shut = await site.call(
             boss,
             "POST",
             f"/api/privacy/users/{second_id}/{right}",
-            json={**body, "verified_by": "x", "reason": "x"},
+            json={**extra, "verified_by": "x", "reason": "x"},
         )
         _refused(shut, "second-admin-required")
         assert f"gateway privacy {right}" in shut.json()["message"]
@@ -158,12 +159,13 @@ async def test_one_admin_cannot_take_over_another_admins_account(console: Start)
     carol = await site.services.identity.accounts.find("carol")
     assert carol is not None
     # Controls: a non-admin's account is reset as before, on the user page and through a case.
-    for path, body in (
+    controls: list[tuple[str, dict[str, object]]] = [
         ("/api/users/carol/reset-factors", {"reason": "lost phone"}),
         ("/api/users/carol/invite", {"reason": "lost password", "clear_password": True}),
         (f"/api/privacy/users/{second_id}/rectify", {"display_name": "Second", "verified_by": "x"}),
         (f"/api/privacy/users/{carol.id}/rectify", {"email": "carol@new.example", "verified_by": "x"}),
-    ):
+    ]
+    for path, body in controls:
         done = await site.call(boss, "POST", path, json=body)
         assert done.status_code == 200, (path, done.text)
     acted = await _act_on_case(site, boss, ["carol"], "reset-mfa")

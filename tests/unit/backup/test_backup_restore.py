@@ -166,7 +166,7 @@ async def test_a_backups_directory_others_may_write_is_refused(tmp_path: Path, c
     link.symlink_to(shared)
     try:
         for directory in (shared, link):
-            with pytest.raises(BackupError, match="writable by other users.*chmod 700"):
+            with pytest.raises(BackupError, match=r"writable by other users.*chmod 700"):
                 create_backup(node.database, node.data_dir, directory, node.keyring, clock)
         assert list(shared.iterdir()) == []
         shared.chmod(0o700)
