@@ -13,8 +13,9 @@ about the erased person), which the count and the seqs alone did not show.
 Which fields: a record whose ``subject`` is the user loses ``subject`` and ``details``; one whose
 ``actor`` is the user (``user:NAME``, ``admin:NAME`` or ``NAME``) loses ``actor``, ``ip`` and
 ``details``, except what they did as an admin to someone else (``admin.*``), which loses only ``ip``:
-who made a change and why is the record of the change. An erasure record never loses its details: they are what backs an erasure (they hold a
-request reference, a pseudonym, a count and a hash, nothing about the person erased).
+who made a change and why is the record of the change. An erasure record never loses its details:
+they are what backs an erasure (they hold a request reference, a pseudonym, a count and a hash,
+nothing about the person erased).
 
 :func:`erase_expired` does the same for age instead of a person (the retention engine,
 ``gateway.privacy.retention``): every personal field of every version 3 record older than a cutoff,

@@ -220,7 +220,7 @@ class BodyOverrides:
     rec: RequestRecord
     bearer: bool = False
 
-    def check(self, methods: Iterable[str]) -> None:
+    def check(self, methods: frozenset[str]) -> None:
         """Raise (403) unless the policy allows every one of ``methods`` as well."""
         if methods:
             authorize_overrides(

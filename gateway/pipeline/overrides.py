@@ -11,8 +11,9 @@ decided, so an application never has a whole body the policy has not seen.
 Keys are compared the way the most lenient of those readers compares them, and wider: percent-decoded,
 in any case, cut at a NUL byte and with leading spaces dropped, and with ``.``, `` `` and ``[`` read as
 ``_`` (PHP names variables so: ``.method`` and `` _method`` are ``$_POST["_method"]``). A body this
-module cannot read (a malformed multipart body, a JSON body over :data:`JSON_LIMIT` that may name the
-key) asks for :data:`UNREADABLE`, which only a policy that allows every method lets through.
+module cannot read (a malformed multipart body, more than :data:`FIELD_LIMIT` fields, a JSON body over
+:data:`JSON_LIMIT` that may name the key, a compressed body) asks for :data:`UNREADABLE`, which only a
+policy that allows every method lets through.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import msgspec
+
+from gateway.pipeline.headers import normalize_name
 
 __all__ = ["FIELD_LIMIT", "JSON_LIMIT", "UNREADABLE", "BodyScan", "body_scan", "method_overrides"]
 
@@ -115,7 +118,7 @@ def body_scan(headers: list[tuple[bytes, bytes]]) -> BodyScan | None:
     ``Content-Type`` header, also one spelled ``Content_Type`` (PHP's built-in server reads it as the
     type).
     """
-    types = [value for name, value in headers if _folded(name) == b"content-type"]
+    types = [value for name, value in headers if normalize_name(name) == b"content-type"]
     scans: list[BodyScan] = []
     if not any(value.strip() for value in types):
         scans.append(_FormScan())
@@ -129,16 +132,12 @@ def body_scan(headers: list[tuple[bytes, bytes]]) -> BodyScan | None:
             scans.append(_JsonScan())
     if not scans:
         return None
-    codings = [value for name, value in headers if _folded(name) == b"content-encoding"]
+    codings = [value for name, value in headers if normalize_name(name) == b"content-encoding"]
     if any(value.strip().lower() not in (b"", b"identity") for value in codings):
         # A compressed form is no form to PHP or Rack, but a server in front of the app may inflate
         # it (Apache's DEFLATE input filter): what it holds cannot be read here.
         return _Unreadable()
     return _Both(scans) if len(scans) > 1 else scans[0]
-
-
-def _folded(name: bytes) -> bytes:
-    return name.lower().replace(b"_", b"-")
 
 
 class _Unreadable:

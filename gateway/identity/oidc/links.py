@@ -106,11 +106,7 @@ def verified_email(claims: Mapping[str, Any]) -> str | None:
     # re-attack run used to link a Kelvin-sign spelling of kate@ to kate's account.
     # ASCII white space only: str.strip also drops NBSP, U+3000 and control characters (a re-attack
     # run linked "kate@corp.test" padded with them).
-    return canonical if canonical == _ascii_lower(email.strip(" \t\r\n")) else None
-
-
-def _ascii_lower(text: str) -> str:
-    return text.translate(_ASCII_LOWER)
+    return canonical if canonical == email.strip(" \t\r\n").translate(_ASCII_LOWER) else None
 
 
 def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:
