@@ -485,8 +485,18 @@ class Limits(_Config, frozen=True):
 
 
 # Automatic answers a threat rule may give (see gateway/threat): an alert is always recorded.
+# revoke_unfinished: the account's sessions still owing a second factor (a stolen password's), never
+# the owner's finished ones.
 ThreatResponse = Literal[
-    "alert", "webhook", "block_ip", "lock_account", "revoke_session", "revoke_sessions", "step_up", "lockdown"
+    "alert",
+    "webhook",
+    "block_ip",
+    "lock_account",
+    "revoke_session",
+    "revoke_sessions",
+    "revoke_unfinished",
+    "step_up",
+    "lockdown",
 ]
 
 
@@ -535,9 +545,11 @@ class ThreatSettings(_Config, frozen=True):
     # address rule's: one site's network holds many honest people, so blocking it is a choice
     # (responses: [alert, block_ip]).
     spraying_network: NetworkRule = NetworkRule(count=40, window=Duration(600), responses=("alert",))
-    # Failed second-factor attempts on one account (MFA fatigue / a stolen password being pushed).
+    # Failed second-factor attempts on one account (MFA fatigue / a stolen password being pushed): the
+    # sessions that failed are a password's; ending the owner's finished ones too let a stolen password
+    # alone sign the owner out every window (a re-attack run).
     mfa_failures: ThreatRule = ThreatRule(
-        count=5, window=Duration(600), responses=("alert", "revoke_sessions")
+        count=5, window=Duration(600), responses=("alert", "revoke_unfinished")
     )
     # Policy denials collected by one principal (user, or address without a session).
     reconnaissance: ThreatRule = ThreatRule(count=30, window=Duration(300), responses=("alert", "step_up"))

@@ -220,9 +220,9 @@ class Responder:
             if response == "revoke_session":
                 return await self._revoke_session(subject, session)
             if response == "revoke_sessions":
-                if rule_name == "mfa_failures":
-                    return await self._revoke_unfinished(subject)
                 return await self._revoke_sessions(subject)
+            if response == "revoke_unfinished":
+                return await self._revoke_unfinished(subject)
             if response == "step_up":
                 return await self._step_up(subject, session)
         except Exception as exc:
@@ -260,10 +260,12 @@ class Responder:
     async def _revoke_session(self, subject: str, session: str) -> Action | None:
         if not session or self._sessions is None:
             return None
-        count = 0
-        for s in await self.find_sessions(subject, session):
-            count += await self._sessions.revoke_hash(s.id_hash)
+        count = await self._revoke_each(await self.find_sessions(subject, session))
         return Action("revoke_session", session, ok=count > 0, note=f"{count} revoked")
+
+    async def _revoke_each(self, sessions: list[Session]) -> int:
+        assert self._sessions is not None
+        return sum([await self._sessions.revoke_hash(s.id_hash) for s in sessions])
 
     async def _revoke_sessions(self, subject: str) -> Action | None:
         user_id = await self._user(subject)
@@ -283,15 +285,11 @@ class Responder:
         the owner's two-factor sessions as well let a stolen password alone sign the owner out every
         window (a re-attack run), where the one who holds those sessions passed the factor.
         """
-        unfinished = [s for s in await self.find_sessions(subject) if s.level < AuthLevel.TWO_FACTOR]
-        if self._sessions is None or not unfinished:
+        if self._sessions is None:
             return None
-        count = 0
-        for s in unfinished:
-            count += await self._sessions.revoke_hash(s.id_hash)
-        return Action(
-            "revoke_sessions", subject, note=f"{count} revoked (the sessions owing a second factor)"
-        )
+        unfinished = [s for s in await self.find_sessions(subject) if s.level < AuthLevel.TWO_FACTOR]
+        count = await self._revoke_each(unfinished)
+        return Action("revoke_unfinished", subject, note=f"{count} revoked")
 
     async def _step_up(self, subject: str, session: str) -> Action | None:
         """Demote the session the rule saw and every session of its sign-in: the auth host's session

@@ -41,7 +41,7 @@ SETTINGS = ThreatSettings(
     brute_force=ThreatRule(count=5, window=Duration(300)),
     spraying=ThreatRule(count=4, window=Duration(600), responses=("alert", "block_ip")),
     spraying_network=NetworkRule(count=6, window=Duration(600), responses=("alert", "block_ip"), prefix=48),
-    mfa_failures=ThreatRule(count=3, window=Duration(600), responses=("alert", "revoke_sessions")),
+    mfa_failures=ThreatRule(count=3, window=Duration(600), responses=("alert", "revoke_unfinished")),
     reconnaissance=ThreatRule(count=5, window=Duration(300), responses=("alert", "step_up")),
     token_guessing=ThreatRule(count=4, window=Duration(300), responses=("alert", "block_ip")),
     session_hijack=ThreatRule(responses=("alert", "revoke_session")),
