@@ -430,10 +430,7 @@ async def carry_ledger(
     db = Database.open(url, pool_size=1)
     try:
         ledger = AccountLedger(db, keyring, data_dir / "account-ledger.jsonl", SYSTEM_CLOCK)
-        if node is not None:
-            await ledger.adopt(node)
-        ledger.carry_from(live_ledger, await ledger.lineage())
-        await ledger.branch()
+        await ledger.restored(node, live_ledger, copy=True)
     finally:
         await db.close()
 

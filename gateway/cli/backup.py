@@ -395,41 +395,33 @@ async def _carry_ledger(
     elsewhere: bool,
     node: Lineage | None,
 ) -> int:
-    """Take the node's account ledger along into a new data directory (the configured ``backup.ledger``
-    stays where it is); give the restored database the ``node``'s lineage, whose lines the node's
-    ledger holds (the backup's may be older), and, ``elsewhere`` (not the configured data directory),
-    a lineage of its own below it; return how many of the ledger's entries the restored database lacks."""
+    """Set up the restored database's account ledger (:meth:`AccountLedger.restored`): the node's
+    ledger file taken along into a new data directory (a configured ``backup.ledger`` stays where it
+    is), ``elsewhere`` (not the configured data directory) a copy; return how many of the ledger's
+    entries the restored database lacks."""
     from gateway.clock import SYSTEM_CLOCK
-    from gateway.identity.ledger import AccountLedger, ledger_path, merge, newer, read_lines
+    from gateway.identity.ledger import OPENING, AccountLedger, ledger_path, merge, newer, read_lines
 
     target = ledger_path(settings) if settings.backup.ledger else data_dir / "account-ledger.jsonl"
     ledger = AccountLedger(db, keyring, target, SYSTEM_CLOCK)
-    if node is not None:
-        await ledger.adopt(node)
-    lineage = await ledger.lineage()
     try:
-        if not settings.backup.ledger:
-            ledger.carry_from(ledger_path(settings), lineage)
+        source = None if settings.backup.ledger else ledger_path(settings)
+        lineage = await ledger.restored(node, source, copy=elsewhere)
         file = merge(ledger.verified(read_lines(target), lineage))
     except OSError as exc:
         raise Failed(
             f"restored, but cannot take the account ledger along into {target} ({exc.strerror or exc}): copy "
             f"{ledger_path(settings)} there before starting a gateway on it, or erased people come back"
         ) from None
-    if elsewhere:
-        # A copy beside the deployment (a disaster-recovery copy, a drill): it reads the deployment's
-        # history, and what it writes is never read as the deployment's (a re-attack run had a role
-        # granted on a drill replayed onto production through a shared backup.ledger).
-        await ledger.branch()
-        if settings.backup.ledger:
-            print(
-                f"  backup.ledger is {target}, the live deployment's ledger: give a gateway on {data_dir} its "
-                f"own (backup.ledger: {data_dir / 'account-ledger.jsonl'}, after copying {target} there); "
-                "each copy reads only its own lines and its origin's",
-                file=sys.stderr,
-            )
+    if elsewhere and settings.backup.ledger:
+        print(
+            f"  backup.ledger is {target}, the live deployment's ledger: give a gateway on {data_dir} its "
+            f"own (backup.ledger: {data_dir / 'account-ledger.jsonl'}, after copying {target} there); "
+            "each copy reads only its own lines and its origin's",
+            file=sys.stderr,
+        )
     table = await ledger.table()
-    return len([entry for entry in newer(file, table) if entry.state != "enabled"])
+    return len([entry for entry in newer(file, table) if entry.state not in OPENING])
 
 
 def _prune(args: argparse.Namespace) -> int:

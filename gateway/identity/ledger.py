@@ -97,6 +97,7 @@ from gateway.store.private import private_dirs
 __all__ = [
     "COMPACT_AT",
     "KIND",
+    "OPENING",
     "SYNC_INTERVAL",
     "AccountLedger",
     "Entry",
@@ -175,6 +176,9 @@ KIND: Final[Mapping[str, Kind]] = {
     "closed": "closure",
     "reopened": "closure",
 }
+# The states that open an account again: never made again by a replay (a restore must not let in
+# someone the database it replaced shut out), so an administrator does them again.
+OPENING: Final = frozenset({"enabled", "unrestricted", "reopened"})
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0
 # Lines from which a file is worth compacting: about 2.2 MB, read and checked in about 0.12 s (100,000
@@ -409,6 +413,24 @@ class AccountLedger:
         child = Lineage("c-" + secrets.token_hex(12), (*parent.ancestors, parent.id)[-_MAX_ANCESTORS:])
         await self.adopt(child)
         return child
+
+    async def restored(self, node: Lineage | None, source: Path | None, *, copy: bool) -> Lineage:
+        """Set up the ledger of a database just restored; return its lineage. It continues ``node``'s
+        (the node it replaces, or the deployment a copy is made of: the backup may carry an older
+        one), takes the lines of ``source`` (the node's ledger file) it lacks, and as a ``copy``
+        beside the deployment (a disaster-recovery copy, a drill) gets a lineage of its own below it,
+        whose lines the deployment never reads (a re-attack run had a role granted on a drill replayed
+        onto production).
+
+        Raises:
+            OSError: A ledger file cannot be read or written.
+            StoreUnavailable: The database cannot be reached.
+        """
+        if node is not None:
+            await self.adopt(node)
+        if source is not None:
+            self.carry_from(source, await self.lineage())
+        return await self.branch() if copy else await self.lineage()
 
     async def adopt(self, lineage: Lineage) -> None:
         """Give this database (restored in place of the node's) the lineage the node had: a backup's

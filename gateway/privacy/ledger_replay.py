@@ -30,13 +30,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Final
 
 from gateway.audit.trail import AuditLog
 from gateway.crypto.signing import SigningKeys, announce_compromise
 from gateway.factors import ledgered
 from gateway.identity.accounts import AccountService, UnknownAccount
-from gateway.identity.ledger import KIND, SYNC_INTERVAL, AccountLedger, Entry
+from gateway.identity.ledger import KIND, OPENING, SYNC_INTERVAL, AccountLedger, Entry
 from gateway.identity.models import User
 from gateway.machine.accounts import ServiceAccounts, UnknownToken
 from gateway.privacy.erasure import Eraser, Held
@@ -110,12 +109,6 @@ class Replayed:
         }  # fmt: skip
 
 
-# What opens an account again is never made again: a restore must not let in someone the database it
-# replaced shut out, so an enable, a lifted restriction or a reopened registration since the backup is
-# done again by an administrator.
-_NEVER_MADE_AGAIN: Final = frozenset({"enabled", "unrestricted", "reopened"})
-
-
 async def replay(by: Replayers) -> Replayed:
     """Sync the ledger and make again each change the database lacks; audit and log what was made.
 
@@ -151,7 +144,7 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         if await ledgered.make_again(by.db, by.ledger, entry):
             done.removed += 1
         return True
-    if entry.state in _NEVER_MADE_AGAIN:
+    if entry.state in OPENING:
         return True
     user = await by.accounts.get(entry.user_id)
     if user is None or not by.ledger.names(user, entry):

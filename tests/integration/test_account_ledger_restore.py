@@ -202,6 +202,8 @@ def test_a_copy_adopted_as_the_deployment_keeps_its_history_through_an_older_res
     with run_echo() as echo:
         config, config_path, c = _signed_in_site(tmp_path, echo)
         add_user(config_path, "dave", PASSWORD)
+        add_user(config_path, "erin", PASSWORD)
+        _cli("privacy", "restrict", "erin", "--verified-by", "letter", *c)
         backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
         adopted_dir = tmp_path / "adopted"
         proc = run_cli("backup", "restore", backup_id, "--data-dir", str(adopted_dir), *c)
@@ -215,6 +217,8 @@ def test_a_copy_adopted_as_the_deployment_keeps_its_history_through_an_older_res
         adopted_path.write_text(yaml.safe_dump(adopted, sort_keys=False))
         a = ("--config", str(adopted_path))
         _cli("user", "disable", "dave", *a)
+        # A lifting is never made again, so it is no change the restore owes (the count says 1).
+        _cli("privacy", "restrict", "erin", "--lift", "--verified-by", "letter", *a)
         # The older backup, found by its path: the adopted copy's backups directory has none.
         older = Path(config["data_dir"]) / "backups" / backup_id
         # A drill of it from the adopted deployment: its node reads the deployment's history too.
