@@ -43,6 +43,7 @@ from gateway.cli.harness import (
     Failed,
     SubParsers,
     UserError,
+    backup_and_keyring,
     command_group,
     config_arg,
     load_config,
@@ -104,22 +105,6 @@ def _directory(settings: Settings) -> Path:
     from gateway.backup.sets import backup_directory
 
     return backup_directory(settings)
-
-
-def _resolve(settings: Settings, ref: str | None) -> tuple[Path, Keyring]:
-    """A backup given by id (in ``backup.directory``) or path, the newest this deployment's keyring
-    signed without one; and that keyring. A missing backup is said before a missing keyring: on a
-    node with neither, the backup is what to make first."""
-    from gateway.backup.sets import find_backup
-
-    try:
-        path = find_backup(_directory(settings), ref)
-        keyring = load_keyring(settings, may_create=False)
-        if ref is None:
-            path = find_backup(_directory(settings), None, signed_with=keyring)
-    except LookupError as exc:
-        raise UserError(str(exc)) from None
-    return path, keyring
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -275,7 +260,7 @@ def _verify(args: argparse.Namespace) -> int:
             "--target is for PostgreSQL's repository copies; an embedded backup's copy is verified by its "
             "path: gateway backup verify PATH"
         )
-    path, keyring = _resolve(settings, args.backup)
+    path, keyring = backup_and_keyring(settings, _directory(settings), args.backup)
 
     async def work() -> int:
         try:
@@ -334,7 +319,7 @@ def _restore(args: argparse.Namespace) -> int:
             "on PostgreSQL, restore with `gateway pgbackrest restore --pg-path DIR [--backup LABEL] "
             "[--target-time ISO]` (pgBackRest, into a new data directory)"
         )
-    path, keyring = _resolve(settings, args.backup)
+    path, keyring = backup_and_keyring(settings, _directory(settings), args.backup)
     data_dir: Path = args.data_dir
     elsewhere = data_dir.resolve() != Path(settings.data_dir).resolve()
     try:

@@ -24,6 +24,7 @@ from gateway.cli.harness import (
     EXIT_OK,
     SubParsers,
     UserError,
+    backup_and_keyring,
     command_group,
     config_arg,
     load_config,
@@ -37,20 +38,8 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from gateway.backup.drill import DrillReport
-    from gateway.crypto.keyring import Keyring
 
 __all__ = ["register"]
-
-
-def _backup(directory: Path, ref: str | None, keyring: Keyring) -> Path:
-    """A backup given by id (in ``directory``) or path; the newest this keyring signed without."""
-    from gateway.backup.sets import find_backup
-
-    try:
-        path = find_backup(directory, ref)  # a missing backup first, as `backup verify` says it
-        return path if ref is not None else find_backup(directory, None, signed_with=keyring)
-    except LookupError as exc:
-        raise UserError(str(exc)) from None
 
 
 def _print(report: DrillReport) -> None:
@@ -82,33 +71,35 @@ def _drill(args: argparse.Namespace) -> int:
     settings = load_config(args)
     url = storage_url(settings)
     pg = settings.backup.pgbackrest
-    progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
-    # The deployment's lineage: the drill's copy reads its history (the backup may carry an older one).
-    lineage = run(node_lineage(settings)) if pg is not None or url.startswith("sqlite") else None
-    if url.startswith("sqlite"):
-        keyring = load_keyring(settings, may_create=False)
-        path = _backup(backup_directory(settings), args.backup, keyring)
-        report = run_drill(
-            path, Path(args.config), keyring_path(settings).resolve(), keyring,
-            port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
-            node=lineage,
-        )  # fmt: skip
-    elif pg is None:
+    embedded = url.startswith("sqlite")
+    if not embedded and pg is None:
         raise UserError(
             "storage.url is PostgreSQL and backup.pgbackrest is not configured: there is no backup to "
             "drill (the README: Backups of the PostgreSQL database)"
         )
-    elif args.backup is not None:
+    if not embedded and args.backup is not None:
         raise UserError(
             "--backup is for the embedded database; a PostgreSQL drill restores pgBackRest's newest"
         )
+    path: Path | None = None
+    if embedded:
+        path, keyring = backup_and_keyring(settings, backup_directory(settings), args.backup)
     else:
         keyring = load_keyring(settings, may_create=False)
+    progress = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
+    # The deployment's lineage: the copy reads its history (the backup may carry an older one).
+    node = run(node_lineage(settings))
+    live = (Path(args.config), keyring_path(settings).resolve(), keyring)
+    ledger = ledger_path(settings)
+    if path is not None:
+        report = run_drill(
+            path, *live, port=args.port, keep=args.keep, progress=progress, live_ledger=ledger, node=node
+        )
+    else:
+        assert pg is not None
         report = run_pg_drill(
-            pg, url, Path(args.config), keyring_path(settings).resolve(), keyring,
-            port=args.port, keep=args.keep, progress=progress, live_ledger=ledger_path(settings),
-            node=lineage,
-        )  # fmt: skip
+            pg, url, *live, port=args.port, keep=args.keep, progress=progress, live_ledger=ledger, node=node
+        )
     doc = report.as_dict()
 
     async def record() -> None:

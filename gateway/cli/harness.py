@@ -49,6 +49,7 @@ __all__ = [
     "Store",
     "SubParsers",
     "UserError",
+    "backup_and_keyring",
     "command_group",
     "config_arg",
     "config_from_environment",
@@ -303,6 +304,26 @@ async def open_store(
             raise unannounced
     finally:
         await db.close()
+
+
+def backup_and_keyring(settings: Settings, directory: Path, ref: str | None) -> tuple[Path, Keyring]:
+    """A backup given by id (in ``directory``) or path, the newest this deployment's keyring signed
+    without one (an attack run planted an unsigned manifest dated 2099); and that keyring. A missing
+    backup is said before a missing keyring: on a node with neither, the backup is what to make first.
+
+    Raises:
+        UserError: No such backup, or none at all.
+    """
+    from gateway.backup.sets import find_backup
+
+    try:
+        path = find_backup(directory, ref)
+        keyring = load_keyring(settings, may_create=False)
+        if ref is None:
+            path = find_backup(directory, None, signed_with=keyring)
+    except LookupError as exc:
+        raise UserError(str(exc)) from None
+    return path, keyring
 
 
 async def node_lineage(settings: Settings) -> Lineage | None:

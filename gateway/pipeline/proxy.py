@@ -253,8 +253,9 @@ async def forward_http(
     body = None
     if body_framing.has_body:
         # The headers as the application gets them: their Content-Type is the one it parses by.
-        scan = None if overrides is None else _scan_for(headers, overrides)
-        body = _RequestBody(receive, rt.max_body_size, rt.body_timeout, watch, scan)
+        scan = None if overrides is None else body_scan(headers)
+        read = None if scan is None or overrides is None else (scan, overrides)
+        body = _RequestBody(receive, rt.max_body_size, rt.body_timeout, watch, read)
     # Framing comes from what the client really sent (upstream_request_headers leaves Content-Length
     # out); chunked bodies go out chunked.
     sent_headers = headers
@@ -273,11 +274,6 @@ async def forward_http(
         raise
     finally:
         resp.release()
-
-
-def _scan_for(headers: list[tuple[bytes, bytes]], overrides: Overrides) -> tuple[BodyScan, Overrides] | None:
-    scan = body_scan(headers)
-    return None if scan is None else (scan, overrides)
 
 
 async def _exchange(
