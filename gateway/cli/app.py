@@ -34,6 +34,9 @@ from gateway.version import package_version
 
 __all__ = ["build_parser", "main"]
 
+# The commands that run a server (quickstart runs the gateway in its own process with serve).
+_SERVING = frozenset({"serve", "admin", "quickstart"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gateway`` parser: every command group registers its own sub-commands."""
@@ -87,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Third-party chatter (migration plugins, connection pools) is noise at info level.
     for noisy in ("alembic", "sqlalchemy", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command not in _SERVING and args.log_level != "debug":
+        # A command says what it did in a sentence; the audit record it stored (`gateway audit`
+        # shows it) repeated on stderr as an INFO line with its JSON was noise. `serve` keeps it:
+        # a server's log is where an operator follows what happens.
+        logging.getLogger("gateway.audit").setLevel(logging.WARNING)
     func: Action | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
