@@ -21,6 +21,7 @@ import unicodedata
 from typing import Final
 
 __all__ = [
+    "AUTHORITY_USERNAMES",
     "MAX_EMAIL_LENGTH",
     "MAX_MARKS_PER_LETTER",
     "MAX_USERNAME_LENGTH",
@@ -43,6 +44,27 @@ MAX_EMAIL_LENGTH: Final = 254
 #: ``tests/unit/identity/test_names.py`` checks the list against the literals in the code.
 RESERVED_USERNAMES: Final = frozenset(
     {"system", "anonymous", "policy", "keys", "lockdown", "audit", "incident"}
+)
+
+#: Names that claim an authority, to a person reading a list or to an app reading ``X-Gateway-User``
+#: (RFC 2142's role mailboxes, the usual administrator names, the gateway's own). An operator may give
+#: a local account one; an account an identity provider's sign-in creates never gets one, because
+#: most providers let people choose their own username claim (an attack run signed in as ``admin``).
+AUTHORITY_USERNAMES: Final = frozenset(
+    {
+        "admin",
+        "administrator",
+        "root",
+        "superuser",
+        "sysadmin",
+        "operator",
+        "gateway",
+        "security",
+        "abuse",
+        "postmaster",
+        "hostmaster",
+        "webmaster",
+    }
 )
 
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")

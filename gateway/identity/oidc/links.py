@@ -45,7 +45,12 @@ from gateway.errors import GatewayError
 from gateway.identity.accounts import account_exists
 from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import User
-from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
+from gateway.identity.names import (
+    AUTHORITY_USERNAMES,
+    RESERVED_USERNAMES,
+    canonical_email,
+    canonical_username,
+)
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.retired import retired_among
 from gateway.settings.schema import IdentityProvider
@@ -152,6 +157,8 @@ def _username_candidates(
             continue
         if name in RESERVED_USERNAMES:
             continue  # the gateway's own name in the audit trail: never a person's (names.py)
+        if name in AUTHORITY_USERNAMES:
+            continue  # "admin", "root", "gateway": chosen by the person at most providers (names.py)
         if "@" in name and name != own_address:
             # Most providers let people edit the username claim: an address-shaped name that is not
             # their own verified email would be someone else's address (as a login, in the apps'

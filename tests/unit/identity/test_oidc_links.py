@@ -241,6 +241,19 @@ async def test_a_provider_cannot_name_a_person_after_the_gateway_itself(world: W
     assert mapped.user.username.startswith("corp-")
 
 
+@pytest.mark.parametrize("name", ["admin", "Administrator", "ROOT", "gateway", "postmaster"])
+async def test_a_provider_cannot_give_a_person_a_name_of_authority(world: World, name: str) -> None:
+    """Most providers let people choose their username claim: a JIT account named ``admin`` would
+    reach every app as ``X-Gateway-User: admin``. Its next candidate (here the verified email) is
+    taken instead; a local account may still have such a name (the operator chose it)."""
+    mapped = await world.mapper.map(
+        JIT,
+        subject=f"s-{name}",
+        claims=claims(email=f"{name.lower()}-person@corp.test", preferred_username=name),
+    )
+    assert mapped.user.username == f"{name.lower()}-person@corp.test"
+
+
 async def test_two_replicas_creating_the_same_person_end_with_one_account(
     world: World, database: Database
 ) -> None:
