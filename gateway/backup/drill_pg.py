@@ -7,8 +7,9 @@ The steps (each a named check; the first failure ends the drill):
   :func:`gateway.backup.pg_repo.verify_repository`) and ``pgbackrest info`` names the newest backup;
 * ``restore``: ``pgbackrest restore`` into a new temporary data directory (all archived WAL replayed,
   archiving off in the copy, so it never pushes WAL into the live stanza);
-* ``start_database``: PostgreSQL on that directory (``pg_ctl``, as ``backup.pgbackrest.os_user``, a free
-  loopback port and a socket in the node's directory) has finished recovery and accepts connections;
+* ``start_database``: PostgreSQL on that directory (``postgres``, a child of the drill's, as
+  ``backup.pgbackrest.os_user``, a free loopback port and a socket in the node's directory) has
+  finished recovery and accepts connections;
 * ``start``, ``sign_in``: as on SQLite (:mod:`gateway.backup.drill`), with ``storage.url`` pointing at
   the restored cluster (same user, password and database as the live URL, another host and port);
 * ``audit_chain``: the restored trail verifies with the keyring.
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import text
@@ -53,6 +55,7 @@ from gateway.backup.pgbackrest import PgBackRestError, as_owner, owner_ids, rest
 from gateway.backup.pgbackrest import run as run_pgbackrest
 from gateway.crypto.keyring import Keyring
 from gateway.identity.ledger import Lineage
+from gateway.lifetime import die_with
 from gateway.settings.schema import PgBackRestSettings
 from gateway.store.db import Database
 from gateway.store.pg_tls import TLS_PARAMETERS
@@ -106,30 +109,58 @@ def _prepare_config(data: Path, os_user: str | None) -> None:
 @contextmanager
 def _cluster(
     pg: PgBackRestSettings, pg_ctl: Path, data: Path, port: int, sockets: Path
-) -> Iterator[str | None]:
-    """Start PostgreSQL on ``data``; yields None when it runs, else why not. Always stopped after."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """PostgreSQL on ``data``, a child of the drill's; always stopped after (``-m immediate``).
+
+    ``postgres`` itself rather than ``pg_ctl start``, which detaches the server: a drill killed with
+    SIGKILL left its restored cluster running (a finally cannot run then). As a child it is told to
+    stop when the drill dies (PR_SET_PDEATHSIG, :mod:`gateway.lifetime`); under ``runuser`` that
+    process is told, and it ends the server it runs.
+    """
     log = sockets.parent / "pglog" / "postgresql.log"
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c archive_mode=off"
-    start = as_owner(
-        pg, str(pg_ctl), "-D", str(data), "-l", str(log), "-w", "-t", "120", "-o", options, "start"
+    line = as_owner(
+        pg,
+        str(pg_ctl.with_name("postgres")),
+        *("-D", str(data), "-p", str(port), "-k", str(sockets)),
+        *("-c", "listen_addresses=127.0.0.1", "-c", "archive_mode=off"),
     )
+    with log.open("ab") as out:
+        server = subprocess.Popen(  # noqa: S603 - PostgreSQL's own binary, fixed arguments
+            line,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=partial(die_with, os.getpid()),
+        )
     try:
-        proc = subprocess.run(start, capture_output=True, text=True, timeout=180, check=False)  # noqa: S603
-        if proc.returncode != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            yield f"pg_ctl start failed ({proc.returncode}): {proc.stderr.strip()[-200:]} {' | '.join(tail)}"
-        else:
-            yield None
+        yield server
     finally:
-        if (data / "postmaster.pid").exists():
+        if server.poll() is None:
             stop = as_owner(pg, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop")
             subprocess.run(stop, capture_output=True, timeout=60, check=False)  # noqa: S603
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
-async def _promoted(url: str, deadline: float) -> str | None:
+def _exited(server: subprocess.Popen[bytes], log: Path) -> str | None:
+    """Why the drill's PostgreSQL is not running (its exit code and the last lines it logged), or None."""
+    code = server.poll()
+    if code is None:
+        return None
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+    return f"PostgreSQL exited ({code}): {' | '.join(tail)}"
+
+
+async def _promoted(url: str, deadline: float, server: subprocess.Popen[bytes], log: Path) -> str | None:
     db = Database.open(url, pool_size=1)
     try:
         while True:
+            if (gone := _exited(server, log)) is not None:
+                return gone
             try:
                 async with db.engine.connect() as conn:
                     if not (await conn.execute(text("SELECT pg_is_in_recovery()"))).scalar_one():
@@ -236,8 +267,9 @@ def _steps(
         make_url(live_url).difference_update_query(TLS_PARAMETERS).update_query_dict({"sslmode": "disable"})
     )
     node_url = node.set(host="127.0.0.1", port=db_port).render_as_string(hide_password=False)
-    with _cluster(pg, pg_ctl, data, db_port, sockets) as problem:
-        problem = problem or asyncio.run(_promoted(node_url, time.monotonic() + RECOVERY_TIMEOUT))
+    with _cluster(pg, pg_ctl, data, db_port, sockets) as server:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        problem = asyncio.run(_promoted(node_url, deadline, server, node_dir / "pglog" / "postgresql.log"))
         if not check("start_database", problem, f"PostgreSQL on 127.0.0.1:{db_port}, recovery done"):
             return
         # Before the drill's gateway runs: its own records (the drill account, the sign-in) are not

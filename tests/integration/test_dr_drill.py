@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from tests.integration.harness import ROOT, free_port, run_cli
+from tests.support.processes import Process, descendants, port_free, still_running, until_listening
 
 PASSWORD = "correct horse battery staple 42"
 POLICY = "p, authenticated, app, /*, GET, allow\ng, user:alice, admin\n"
@@ -53,46 +53,6 @@ def _drills(database: Path) -> list[tuple[str, dict[str, object]]]:
 
 # A process is its pid and its start time (/proc/<pid>/stat field 22): pids wrap at 32768 here, and
 # a parallel test suite starts enough processes to reuse a pid the drill's node had minutes before.
-Process = tuple[int, int]
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state first), or None once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _descendants(pid: int) -> set[Process]:
-    """Every living process whose ancestry reaches ``pid`` (read from /proc)."""
-    parents: dict[int, tuple[int, int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = _stat(int(stat.parent.name))
-        if fields is not None:
-            parents[int(stat.parent.name)] = (int(fields[1]), int(fields[19]))
-    found: set[Process] = set()
-    for child, (_, started) in parents.items():
-        p = child
-        while p > 1 and p in parents:
-            p = parents[p][0]
-            if p == pid:
-                found.add((child, started))
-                break
-    return found
-
-
-def _still_running(process: Process) -> bool:
-    """The same process (same start time) is alive and not a zombie."""
-    fields = _stat(process[0])
-    return fields is not None and fields[0] != "Z" and int(fields[19]) == process[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[Path, Path]:
     """A live node's config and database: two users, a policy file, audit records, one backup."""
@@ -136,7 +96,7 @@ def _drill(config: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     seen: set[Process] = set()
     try:
         while proc.poll() is None:
-            seen |= _descendants(proc.pid)
+            seen |= descendants(proc.pid)
             try:
                 proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
@@ -146,7 +106,7 @@ def _drill(config: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode is not None
-    alive = {process for process in seen if _still_running(process)}
+    alive = {process for process in seen if still_running(process)}
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), alive
 
 
@@ -168,7 +128,7 @@ def test_drill_restores_starts_signs_in_and_records_success(site: tuple[Path, Pa
     assert report["newest_record_age_seconds"] >= report["rpo_seconds"] - 1
     assert f"127.0.0.1:{port}" in report["checks"][2]["detail"]
     # The node is gone: its port is free and no process the drill started remains.
-    assert _port_free(port)
+    assert port_free(port)
     assert left == set()
     # The live database gained the drill's record and nothing else: no drill account, no sessions.
     after = _rows(database)
@@ -213,18 +173,6 @@ def test_a_corrupted_backup_fails_the_verify_step_and_records_a_failure(site: tu
     assert "gateway.db" in str(details["problem"])
 
 
-def _until_the_node_listens(proc: subprocess.Popen[str] | subprocess.Popen[bytes], port: int) -> set[Process]:
-    """Wait until the drill's node listens on ``port``; the processes the drill started meanwhile."""
-    seen: set[Process] = set()
-    deadline = time.monotonic() + 90
-    while _port_free(port):
-        assert proc.poll() is None, "the drill ended before its node listened"
-        assert time.monotonic() < deadline, "the drill's node never listened"
-        seen |= _descendants(proc.pid)
-        time.sleep(0.05)
-    return seen | _descendants(proc.pid)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     site: tuple[Path, Path], signum: signal.Signals
@@ -241,7 +189,7 @@ def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     seen: set[Process] = set()
     try:
         # Interrupt once the node listens: the drill is then at its start or sign-in step.
-        seen = _until_the_node_listens(proc, port)
+        seen = until_listening(proc, port)
         assert seen, "the node runs as a child of the drill"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
@@ -255,8 +203,8 @@ def test_an_interrupted_drill_stops_its_node_and_records_a_failure(
     report = json.loads(out)
     assert report["outcome"] == "failure"
     assert report["checks_failed"] == ["interrupted"]
-    assert _port_free(port)
-    assert {process for process in seen if _still_running(process)} == set()
+    assert port_free(port)
+    assert {process for process in seen if still_running(process)} == set()
     [(outcome, details)] = _drills(database)
     assert outcome == "failure"
     assert details["checks_failed"] == ["interrupted"]
@@ -275,23 +223,23 @@ def test_a_killed_drill_takes_its_node_along(site: tuple[Path, Path]) -> None:
     )
     seen: set[Process] = set()
     try:
-        seen = _until_the_node_listens(proc, port)
+        seen = until_listening(proc, port)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 30
-        while {process for process in seen if _still_running(process)} and time.monotonic() < deadline:
+        while {process for process in seen if still_running(process)} and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         for process in seen:
-            if _still_running(process):
+            if still_running(process):
                 os.kill(process[0], signal.SIGKILL)
         # What only the killed drill would have removed: its node's directory, named in the node's
         # configuration beside the live one.
         for node_config in config.parent.glob(".gateway-drill-*.yaml"):
             data_dir = yaml.safe_load(node_config.read_text())["data_dir"]
             shutil.rmtree(Path(data_dir).parent, ignore_errors=True)
-    assert {process for process in seen if _still_running(process)} == set()
-    assert _port_free(port)
+    assert {process for process in seen if still_running(process)} == set()
+    assert port_free(port)
 
 
 def test_the_drills_node_makes_again_what_was_done_since_the_backup(site: tuple[Path, Path]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -27,6 +29,7 @@ from sqlalchemy import select
 
 from tests.integration.harness import ROOT, run_cli
 from tests.support.pg_cluster import Node, pg_node
+from tests.support.processes import Process, port_free, still_running, until_listening
 
 # Real pgBackRest and a PostgreSQL 15 cluster of the test's own (scripts/ensure-test-deps installs
 # both): a peer test, so a missing tool fails CI instead of skipping quietly.
@@ -163,6 +166,48 @@ def _wait_promoted(port: int) -> None:
         time.sleep(0.2)
 
 
+def _postmaster_under(process: Process, directory: Path) -> bool:
+    try:
+        line = Path(f"/proc/{process[0]}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return Path(line[0].decode()).name == "postgres" and any(str(directory).encode() in arg for arg in line)
+
+
+def _a_killed_drill_takes_its_cluster_along(c: tuple[str, str], drill_tmp: Path) -> None:
+    """An attack run: `kill -9` of a PostgreSQL drill left its restored cluster running (pg_ctl had
+    detached it, and no `finally` runs on SIGKILL). The cluster is the drill's child now, told to
+    stop when the drill dies, as its gateway node is."""
+    node_port = _free_port()
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dr", "drill", "--json", *c, "--port", str(node_port)],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(drill_tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[Process] = set()
+    try:
+        seen = until_listening(drill, node_port, timeout=240)
+        assert any(_postmaster_under(process, drill_tmp) for process in seen), "no drill cluster ran"
+        drill.kill()
+        drill.wait()
+        deadline = time.monotonic() + 30
+        while any(still_running(process) for process in seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [process for process in seen if still_running(process)]
+    finally:
+        drill.kill()
+        drill.wait()
+        for process in seen:
+            if still_running(process):
+                os.kill(process[0], signal.SIGKILL)
+        for path in drill_tmp.iterdir():  # what only the killed drill would have removed
+            shutil.rmtree(path, ignore_errors=True)
+    assert left == []
+    assert port_free(node_port)
+
+
 def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Path) -> None:
     port, restored_port = _free_port(), _free_port()
     config = _config(node, tmp_path, port, name="gateway", cipher_pass=CIPHER_PASS)
@@ -259,6 +304,7 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     assert asyncio.run(_sql(port, "select count(*) from audit_events where kind = 'dr.drill'")) == 1
     # Nothing of the drill is left: no directory (its cluster was stopped before it was removed).
     assert list(drill_tmp.iterdir()) == []
+    _a_killed_drill_takes_its_cluster_along(c, drill_tmp)
 
     # The live directory is refused without --force, and nothing is touched.
     proc = _gateway("pgbackrest", "restore", "--pg-path", str(node.home / "data"), *c)
