@@ -179,6 +179,7 @@ class IdentityServices:
                 sessions,
                 purposes=purposes or (lambda: settings.privacy.purposes),
                 clock=clock,
+                ledger=ledger,
             ),
             oidc=OidcService(
                 db=db,

@@ -353,14 +353,15 @@ def _restore(args: argparse.Namespace) -> int:
         print(
             f"  account ledger: {lacking} change(s) made after this backup (deletions, erasures, disables, "
             "restrictions, closures, passwords set, factors reset or removed, recovery codes spent or "
-            "replaced, roles set, API tokens revoked, leaked signing keys deleted); a "
+            "replaced, roles set, API tokens revoked, leaked signing keys deleted, consents withdrawn, "
+            "objections made); a "
             "gateway started on it makes them again before it serves (a password set since is cleared: "
             "send those people an invitation)"
         )
         print(
             "  NOT made again (the restored database predates them): service accounts deleted (their "
-            "tokens stay revoked), policy versions imported after this backup, objections and consent "
-            "withdrawals recorded since; and the node's shared state starts empty: an emergency lockdown "
+            "tokens stay revoked), policy versions imported after this backup; and the node's shared "
+            "state starts empty: an emergency lockdown "
             "and address blocks in force are gone (turn lockdown on and block addresses again). Find the "
             "rest in the old trail or the sinks and make it again.",
             file=sys.stderr,

@@ -64,7 +64,12 @@ async def privacy_services(settings: Settings) -> AsyncIterator[PrivacyContext]:
         # Loaded (never created) a second time: the account services keep theirs to the audit trail.
         keyring = load_keyring(settings, may_create=False)
         consents = Consents(
-            svc.db, svc.audit, svc.sessions, purposes=lambda: settings.privacy.purposes, clock=SYSTEM_CLOCK
+            svc.db,
+            svc.audit,
+            svc.sessions,
+            purposes=lambda: settings.privacy.purposes,
+            clock=SYSTEM_CLOCK,
+            ledger=svc.accounts.ledger,
         )
         privacy = Privacy(
             svc.db,

@@ -29,7 +29,12 @@ What it records, by state (an entry's *kind* follows from its state):
 - ``restricted`` and ``unrestricted`` (kind ``restriction``): processing was restricted (no sign-in)
   or the restriction lifted; ``closed`` and ``reopened`` (kind ``closure``): the registration was
   cancelled or the cancellation undone. A replay makes a restriction and a closure again, never a
-  lifting or a reopening (an attack run signed in restricted and closed people on a restored database).
+  lifting or a reopening (an attack run signed in restricted and closed people on a restored database);
+- ``consent-withdrawn`` and ``consent-given`` (kind ``consent``), ``objected`` and
+  ``objection-withdrawn`` (kind ``objection``): one entry per account and purpose, ``ref`` the
+  purpose's configured name. A consent withdrawn or refused, or an objection made, since a backup
+  would otherwise be undone by restoring it (GDPR Art. 7(3), 21(3)): a replay makes the withdrawal
+  and the objection again, never a consent or the lifting of an objection.
 
 It is kept twice:
 
@@ -98,6 +103,7 @@ __all__ = [
     "COMPACT_AT",
     "KIND",
     "OPENING",
+    "PER_PURPOSE",
     "SYNC_INTERVAL",
     "AccountLedger",
     "Entry",
@@ -129,9 +135,24 @@ State = Literal[
     "unrestricted",
     "closed",
     "reopened",
+    "consent-withdrawn",
+    "consent-given",
+    "objected",
+    "objection-withdrawn",
 ]
 Kind = Literal[
-    "account", "password", "factors", "factor", "codes", "roles", "token", "keys", "restriction", "closure"
+    "account",
+    "password",
+    "factors",
+    "factor",
+    "codes",
+    "roles",
+    "token",
+    "keys",
+    "restriction",
+    "closure",
+    "consent",
+    "objection",
 ]
 
 _INFO: Final = b"gateway account ledger v1"
@@ -158,6 +179,10 @@ _RANK: Final[Mapping[str, int]] = {
     "unrestricted": 0,
     "closed": 0,
     "reopened": 0,
+    "consent-withdrawn": 0,
+    "consent-given": 0,
+    "objected": 0,
+    "objection-withdrawn": 0,
 }
 KIND: Final[Mapping[str, Kind]] = {
     "enabled": "account",
@@ -175,10 +200,17 @@ KIND: Final[Mapping[str, Kind]] = {
     "unrestricted": "restriction",
     "closed": "closure",
     "reopened": "closure",
+    "consent-withdrawn": "consent",
+    "consent-given": "consent",
+    "objected": "objection",
+    "objection-withdrawn": "objection",
 }
-# The states that open an account again: never made again by a replay (a restore must not let in
-# someone the database it replaced shut out), so an administrator does them again.
-OPENING: Final = frozenset({"enabled", "unrestricted", "reopened"})
+# The kinds with one entry per account and purpose (``ref`` names the purpose, a configured name).
+PER_PURPOSE: Final[frozenset[Kind]] = frozenset({"consent", "objection"})
+# The states that open an account, or a purpose's processing, again: never made again by a replay (a
+# restore must not let in someone the database it replaced shut out, nor process what a person had
+# stopped), so an administrator or the person does them again.
+OPENING: Final = frozenset({"enabled", "unrestricted", "reopened", "consent-given", "objection-withdrawn"})
 # How often each gateway copies the table's rows into its node's file and looks for accounts to fix.
 SYNC_INTERVAL: Final = 60.0
 # Lines from which a file is worth compacting: about 2.2 MB, read and checked in about 0.12 s (100,000
@@ -313,10 +345,12 @@ class AccountLedger:
 
     # -- naming accounts --------------------------------------------------------------------------------
 
-    def key(self, user: User, *, kid: str | None = None, kind: Kind = "account") -> str:
-        """The account's name in the ledger for entries of ``kind``, under key ``kid`` (the active one by
-        default)."""
+    def key(self, user: User, *, kid: str | None = None, kind: Kind = "account", purpose: str = "") -> str:
+        """The account's name in the ledger for entries of ``kind`` (and ``purpose``, for a kind of
+        :data:`PER_PURPOSE`), under key ``kid`` (the active one by default)."""
         name = f"{user.username}\0{_created(user)}"
+        if kind in PER_PURPOSE:
+            return self._name(f"{kind}\0{purpose}\0{name}", kid)
         return self._name(name if kind == "account" else f"{kind}\0{name}", kid)
 
     def thing_key(self, kind: Kind, public_id: str, *, kid: str | None = None) -> str:
@@ -452,15 +486,21 @@ class AccountLedger:
                 await session.commit()
         self._lineage = lineage
 
-    def keys(self, user: User, kind: Kind = "account") -> list[str]:
+    def keys(self, user: User, kind: Kind = "account", purpose: str = "") -> list[str]:
         """The account's names under every key the keyring holds (a rotated keyring keeps old ones)."""
-        return [self.key(user, kid=kid, kind=kind) for kid in self._keyring.key_ids]
+        return [self.key(user, kid=kid, kind=kind, purpose=purpose) for kid in self._keyring.key_ids]
 
     # -- recording --------------------------------------------------------------------------------------
 
     async def note(self, session: AsyncSession, user: User, state: State, *, ref: str = "") -> Entry:
         """Record ``state`` for ``user`` in the caller's transaction; :meth:`append` it after the commit."""
         return await self._note(session, self.key(user, kind=KIND[state]), user.id, state, ref)
+
+    async def note_purpose(self, session: AsyncSession, user: User, state: State, purpose: str) -> Entry:
+        """Record a consent's or an objection's ``state`` for ``user`` and ``purpose`` in the caller's
+        transaction; :meth:`append` it after the commit."""
+        key = self.key(user, kind=KIND[state], purpose=purpose)
+        return await self._note(session, key, user.id, state, purpose)
 
     async def note_thing(self, session: AsyncSession, state: State, public_id: str, *, ref: str) -> Entry:
         """Record ``state`` of a token or a key rotation (named by ``public_id``) in the caller's
@@ -635,7 +675,9 @@ class AccountLedger:
 
     def names(self, user: User, entry: Entry) -> bool:
         """Whether ``entry`` is about ``user`` (under any key the keyring holds)."""
-        return any(hmac.compare_digest(entry.account, key) for key in self.keys(user, KIND[entry.state]))
+        kind = KIND[entry.state]
+        purpose = entry.ref if kind in PER_PURPOSE else ""
+        return any(hmac.compare_digest(entry.account, key) for key in self.keys(user, kind, purpose))
 
     def names_thing(self, public_id: str, entry: Entry) -> bool:
         """Whether ``entry`` is about the token, key rotation or factor ``public_id``."""

@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import BadRequest
 from gateway.identity.accounts import UnknownAccount
+from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.models import User
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.models import ConsentRecord
@@ -128,12 +130,15 @@ class Consents:
         *,
         purposes: Callable[[], Sequence[Purpose]],
         clock: Clock = SYSTEM_CLOCK,
+        ledger: AccountLedger | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
         self._sessions = sessions
         self._purposes = purposes
         self._clock = clock
+        # Withdrawals and objections a restore from an earlier backup must not undo (identity.ledger).
+        self._ledger = ledger
 
     # -- the configured purposes ------------------------------------------------------------------
 
@@ -242,8 +247,12 @@ class Consents:
                     method=method,
                 )
                 session.add(row)
+                # A refusal stops processing as a withdrawal does: both are made again after a restore.
+                state: State = "consent-given" if decision == "granted" else "consent-withdrawn"
+                noted = await self._note(session, user, state, purpose.name)
                 await session.commit()
                 username = user.username
+        await self._appended(noted)
         await self._audit.record(
             f"privacy.consent.{decision}",
             actor=actor,
@@ -295,6 +304,41 @@ class Consents:
         username = await self._set_objection(user_id, purpose.name, add)
         if username is None:
             return False
+        await self._objection_changed(user_id, username, purpose, add, method=method, actor=actor, ip=ip)
+        return True
+
+    async def object_again(self, user_id: int, name: str, *, actor: str) -> bool:
+        """Object again to the purpose ``name`` (configured or not any more: the person objected), as
+        the account ledger's replay does on a database restored from a backup that predates it.
+
+        Returns:
+            False if the objection is there (nothing recorded).
+
+        Raises:
+            UnknownAccount: no such user.
+            StoreUnavailable: the database cannot answer.
+            StateUnavailable: the sessions could not be updated (the objection is stored).
+        """
+        username = await self._set_objection(user_id, name, True)
+        if username is None:
+            return False
+        configured = {purpose.name: purpose for purpose in self._purposes()}.get(name)
+        await self._audit.record(
+            "privacy.objection.added",
+            actor=actor,
+            subject=username,
+            details={
+                "purpose": name,
+                "version": configured.version if configured else "",
+                "method": "account ledger",
+            },
+        )
+        await self.apply_optout(user_id)
+        return True
+
+    async def _objection_changed(
+        self, user_id: int, username: str, purpose: Purpose, add: bool, *, method: str, actor: str, ip: str
+    ) -> None:
         await self._audit.record(
             "privacy.objection.added" if add else "privacy.objection.withdrawn",
             actor=actor,
@@ -303,7 +347,6 @@ class Consents:
             details={"purpose": purpose.name, "version": purpose.version, "method": method},
         )
         await self.apply_optout(user_id)
-        return True
 
     async def _set_objection(self, user_id: int, name: str, add: bool) -> str | None:
         """Add or remove ``name`` in ``users.objections`` by compare-and-set; the username if it changed.
@@ -334,10 +377,22 @@ class Consents:
                             .returning(User.id)
                         )
                     ).first()
+                    state: State = "objected" if add else "objection-withdrawn"
+                    noted = await self._note(session, user, state, name) if won is not None else None
                     await session.commit()
             if won is not None:
+                await self._appended(noted)
                 return user.username
         raise StoreUnavailable(f"the objections of user {user_id} kept changing; nothing was changed")
+
+    async def _note(self, session: AsyncSession, user: User, state: State, purpose: str) -> Entry | None:
+        if self._ledger is None:
+            return None
+        return await self._ledger.note_purpose(session, user, state, purpose)
+
+    async def _appended(self, noted: Entry | None) -> None:
+        if self._ledger is not None and noted is not None:
+            await self._ledger.append([noted])
 
     # -- applying ---------------------------------------------------------------------------------
 

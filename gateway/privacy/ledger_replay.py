@@ -15,9 +15,12 @@ Each is made again the way it was made the first time:
 - roles set: every role the change took away is taken away again (a replay never grants a role);
 - an API token revoked: revoked again;
 - a rotation of leaked signing keys: the leaked keys are deleted again (a new key signs at once when
-  none is left), and every worker is told to reload its keys.
+  none is left), and every worker is told to reload its keys;
+- a consent withdrawn or refused: withdrawn again where the restored answer is a consent; an objection
+  made: made again (GDPR Art. 7(3) and 21(3): what the person stopped stays stopped).
 
-An enable is never made again: a restore must not open an account the backup has closed.
+An enable is never made again: a restore must not open an account the backup has closed. Nor is a
+consent given or an objection lifted: a restore must not process what the person had stopped.
 
 Every worker runs it at start, before it serves, and again every ``SYNC_INTERVAL`` (a restore of the
 PostgreSQL database under running gateways): the first to find a change makes it; the others find it
@@ -35,9 +38,10 @@ from gateway.audit.trail import AuditLog
 from gateway.crypto.signing import SigningKeys, announce_compromise
 from gateway.factors import ledgered
 from gateway.identity.accounts import AccountService, UnknownAccount
-from gateway.identity.ledger import KIND, OPENING, SYNC_INTERVAL, AccountLedger, Entry
+from gateway.identity.ledger import KIND, OPENING, PER_PURPOSE, SYNC_INTERVAL, AccountLedger, Entry
 from gateway.identity.models import User
 from gateway.machine.accounts import ServiceAccounts, UnknownToken
+from gateway.privacy.consent import ConsentRefused, Consents
 from gateway.privacy.erasure import Eraser, Held
 from gateway.store.db import Database
 from gateway.store.fast import FastState
@@ -64,6 +68,7 @@ class Replayers:
     tokens: ServiceAccounts | None = None
     signing: SigningKeys | None = None
     fast: FastState | None = None
+    consents: Consents | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +90,9 @@ class Replayed:
     roles: int = 0
     tokens: int = 0
     keys: int = 0
+    # Consents withdrawn and objections made again.
+    withdrawals: int = 0
+    objections: int = 0
     # Entries whose account the database does not have (made after the backup, or gone already).
     absent: int = 0
     refs: list[str] = field(default_factory=list)
@@ -95,7 +103,7 @@ class Replayed:
         return (
             self.erased + self.deleted + self.disabled + self.restricted + self.closed + self.held
             + self.passwords + self.factors + self.removed + self.codes + self.roles + self.tokens
-            + self.keys
+            + self.keys + self.withdrawals + self.objections
         )  # fmt: skip
 
     def counts(self) -> dict[str, int]:
@@ -106,6 +114,7 @@ class Replayed:
             "passwords_cleared": self.passwords, "factors_reset": self.factors,
             "factors_removed": self.removed, "codes_replaced": self.codes, "roles_set": self.roles,
             "tokens_revoked": self.tokens, "keys_deleted": self.keys,
+            "consents_withdrawn": self.withdrawals, "objections_made": self.objections,
         }  # fmt: skip
 
 
@@ -146,6 +155,8 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         return True
     if entry.state in OPENING:
         return True
+    if kind in PER_PURPOSE and by.consents is None:
+        return False  # waits in the file for a process that has the consents
     user = await by.accounts.get(entry.user_id)
     if user is None or not by.ledger.names(user, entry):
         done.absent += 1
@@ -185,6 +196,9 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
     elif entry.state == "closed" and user.closed_at is None:
         await by.accounts.close(user.id, actor=ACTOR)
         done.closed += 1
+    elif KIND[entry.state] in PER_PURPOSE:
+        assert by.consents is not None  # checked before the account was looked up
+        await _purpose_again(user, entry, by.consents, done)
     else:
         await _credentials_again(user, entry, by, done)
 
@@ -211,6 +225,24 @@ async def _credentials_again(user: User, entry: Entry, by: Replayers, done: Repl
         if kept != user.roles.split():
             await by.accounts.set_roles(user.id, kept, actor=ACTOR)
             done.roles += 1
+
+
+async def _purpose_again(user: User, entry: Entry, consents: Consents, done: Replayed) -> None:
+    """A consent withdrawn (or refused), or an objection made, since the backup."""
+    if entry.state == "objected":
+        if await consents.object_again(user.id, entry.ref, actor=ACTOR):
+            done.objections += 1
+        return
+    answer = (await consents.current(user.id)).get(entry.ref)
+    if answer is None or answer.decision != "granted":
+        return  # nothing restored to withdraw: the purpose is not processed without a consent
+    try:
+        await consents.record(
+            user.id, consents.purpose(entry.ref), "withdrawn", "account ledger", actor=ACTOR
+        )
+    except ConsentRefused:
+        return  # not configured any more, or not on consent: nothing processes it on a consent
+    done.withdrawals += 1
 
 
 async def _revoke_token(entry: Entry, by: Replayers, done: Replayed) -> bool:

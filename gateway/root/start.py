@@ -343,7 +343,7 @@ async def _replay_ledger(
     fast: FastState,
 ) -> None:
     """Make again, before serving, the changes a restored database lacks (deletions, erasures, disables,
-    passwords, factors, roles, revoked tokens, leaked keys); then keep this node's ledger file in step
+    passwords, factors, roles, revoked tokens, leaked keys, withdrawn consents, objections); then keep this node's ledger file in step
     with the table (``gateway.privacy.ledger_replay``)."""
     ledger = identity.accounts.ledger
     if ledger is None:
@@ -352,7 +352,17 @@ async def _replay_ledger(
         db, identity.audit, fast, identity.clock,
         max_lifetime=float(settings.tokens.max_lifetime), keyring=identity.keyring, ledger=ledger,
     )  # fmt: skip
-    by = Replayers(ledger, identity.accounts, privacy.eraser, identity.audit, db, tokens, signing, fast)
+    by = Replayers(
+        ledger,
+        identity.accounts,
+        privacy.eraser,
+        identity.audit,
+        db,
+        tokens,
+        signing,
+        fast,
+        identity.consents,
+    )
     try:
         await replay(by)
     except OSError as exc:

@@ -101,6 +101,53 @@ def test_a_restored_database_does_not_bring_back_erased_deleted_or_disabled_peop
             assert _signs_in(client, "dave")
 
 
+def test_a_restore_does_not_undo_a_withdrawn_consent_or_an_objection(tmp_path: Path) -> None:
+    """What a person stopped since the backup stays stopped on the restored database (GDPR Art. 7(3),
+    21(3)): their consent withdrawn and their objection, both through the CLI's rights commands."""
+    newsletter = {"name": "newsletter", "title": "Newsletter", "notice": "News by email.", "basis": "consent"}
+    geolocation = {
+        "name": "geolocation",
+        "title": "Sign-in location checks",
+        "notice": "Where you sign in from.",
+        "basis": "legitimate_interest",
+        "objectable": True,
+    }
+    with run_echo() as echo:
+        config, config_path, c = _signed_in_site(tmp_path, echo)
+        config["privacy"] = {"purposes": [newsletter, geolocation]}
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        add_user(config_path, "erin", PASSWORD)
+        database = Path(config["data_dir"]) / "gateway.db"
+        with closing(sqlite3.connect(database)) as conn, conn:
+            # Her consent, as the sign-in prompt records it (no command grants one for a person).
+            conn.execute(
+                "INSERT INTO consent_records (user_id, purpose, version, decision, at, method) "
+                "SELECT id, 'newsletter', 1, 'granted', '2026-12-01 10:00:00.000000', 'sign-in prompt' "
+                "FROM users WHERE username = 'erin'"
+            )
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+
+        _cli("privacy", "withdraw", "erin", "newsletter", "--verified-by", "letter", "--reason", "by post", *c)
+        _cli("privacy", "object", "erin", "geolocation", "--verified-by", "letter", "--reason", "by post", *c)
+
+        restored = _cli("backup", "restore", backup_id, "--data-dir", str(database.parent), "--force", *c)
+        assert "account ledger: 2 change(s) made after this backup" in restored
+        with closing(sqlite3.connect(database)) as conn:  # what the restore alone brings back
+            assert conn.execute("SELECT objections FROM users WHERE username = 'erin'").fetchone() == ("",)
+        with run_gateway(tmp_path / "in-place", config):
+            pass
+        with closing(sqlite3.connect(database)) as conn:
+            assert conn.execute("SELECT objections FROM users WHERE username = 'erin'").fetchone() == (
+                "geolocation",
+            )
+            newest = conn.execute(
+                "SELECT decision, method FROM consent_records WHERE purpose = 'newsletter' ORDER BY id DESC"
+            ).fetchone()
+        assert newest == ("withdrawn", "account ledger")
+        (replayed,) = _replayed(database)
+        assert (replayed["consents_withdrawn"], replayed["objections_made"]) == (1, 1)
+
+
 def test_a_restore_does_not_bring_back_a_leaked_password_token_or_signing_key(tmp_path: Path) -> None:
     """What a security team does after a leak, undone by a restore from a backup made before it: a
     password changed, an API token revoked, the signing keys rotated as compromised. A gateway started

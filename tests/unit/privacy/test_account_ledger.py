@@ -49,6 +49,7 @@ from gateway.machine.accounts import ServiceAccounts
 from gateway.machine.models import ApiToken, ServiceAccount
 from gateway.privacy.consent import Consents
 from gateway.privacy.ledger_replay import ACTOR, Replayers, replay
+from gateway.privacy.models import ConsentRecord
 from gateway.privacy.register import Channel
 from gateway.privacy.service import Privacy
 from gateway.response.personal_data import CasePersonalData
@@ -59,6 +60,7 @@ from gateway.settings.schema import (
     MfaSettings,
     PasswordSettings,
     PrivacySettings,
+    Purpose,
     RegulationSettings,
     SessionSettings,
     WebAuthnSettings,
@@ -70,6 +72,8 @@ FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_l
 PASSWORD = "correct horse battery staple"
 IP = "203.0.113.77"
 SETTINGS = PrivacySettings()
+NEWSLETTER = Purpose(name="newsletter", title="Newsletter", notice="News by email.", basis="consent")
+PURPOSES = (*SETTINGS.purposes, NEWSLETTER)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Node:
     tokens: ServiceAccounts
     signing: SigningKeys
     fast: MemoryFastState
+    consents: Consents
 
     async def add(self, name: str) -> User:
         return await self.accounts.create(
@@ -105,6 +110,7 @@ class Node:
             self.tokens,
             self.signing,
             self.fast,
+            self.consents,
         )
 
     async def signs_in(self, name: str, password: str = PASSWORD) -> bool:
@@ -135,19 +141,20 @@ def _node(db: Database, clock: FakeClock, keyring: Keyring, fast: MemoryFastStat
         keyring=keyring,
         ledger=ledger,
     )
+    consents = Consents(db, audit, sessions, purposes=lambda: PURPOSES, clock=clock, ledger=ledger)
     privacy = Privacy(
         db,
         keyring=keyring,
         accounts=accounts,
         sessions=sessions,
         audit=audit,
-        consents=Consents(db, audit, sessions, purposes=lambda: SETTINGS.purposes, clock=clock),
+        consents=consents,
         incident_records=CasePersonalData(db),
         clock=clock,
     )
     tokens = ServiceAccounts(db, audit, fast, clock, max_lifetime=86400.0, keyring=keyring, ledger=ledger)
     signing = SigningKeys(db, keyring, clock, AssertionSettings())
-    return Node(db, clock, keyring, audit, ledger, accounts, privacy, tokens, signing, fast)
+    return Node(db, clock, keyring, audit, ledger, accounts, privacy, tokens, signing, fast, consents)
 
 
 @pytest.fixture
@@ -269,6 +276,57 @@ async def test_restrictions_and_closures_are_made_again_and_their_undoing_is_not
     assert (await a.replay()).changed == 0
 
 
+async def _consents(db: Database, user_id: int) -> list[dict[str, Any]]:
+    return await _rows(db, ConsentRecord, user_id=user_id)
+
+
+async def test_withdrawals_and_objections_are_made_again_and_their_undoing_is_not(
+    nodes: tuple[Node, Node],
+) -> None:
+    """A consent withdrawn, a consent refused and an objection made since the backup came back with
+    it (GDPR Art. 7(3), 21(3)): the restored answer processed what the person had stopped. A consent
+    given and an objection lifted since are not made again."""
+    a, _ = nodes
+    consents = a.consents
+
+    async def optout(person: User) -> set[str]:
+        now = await a.accounts.get(person.id)
+        assert now is not None
+        return set(await consents.optout_of(now))
+
+    ida, joe, kim = await a.add("ida"), await a.add("joe"), await a.add("kim")
+    for person in (ida, joe, kim):
+        await consents.record(person.id, NEWSLETTER, "granted", "sign-in prompt", actor="user:x")
+    await consents.object(kim.id, PURPOSES[0], method="account page", actor="user:kim")
+    backup = [(await _row(a.db, p.id), await _consents(a.db, p.id)) for p in (ida, joe, kim)]
+    a.clock.advance(60)
+    await consents.record(ida.id, NEWSLETTER, "withdrawn", "account page", actor="user:ida")
+    await consents.record(joe.id, NEWSLETTER, "refused", "sign-in prompt", actor="user:joe")
+    await consents.object(ida.id, PURPOSES[1], method="api", actor="user:ida")
+    await consents.withdraw_objection(kim.id, PURPOSES[0], method="account page", actor="user:kim")
+    await consents.record(kim.id, NEWSLETTER, "withdrawn", "account page", actor="user:kim")
+    await consents.record(kim.id, NEWSLETTER, "granted", "account page", actor="user:kim")
+
+    await _restore(a.db, *(row for row, _ in backup))
+    for row, answers in backup:
+        await _put_back(a.db, ConsentRecord, answers, user_id=row["id"])
+    for person in (ida, joe):
+        assert NEWSLETTER.name not in await optout(person)  # the restore alone
+    assert PURPOSES[1].name not in await optout(ida)
+
+    done = await a.replay()
+    assert (done.withdrawals, done.objections) == (2, 1)
+    assert {NEWSLETTER.name, PURPOSES[1].name} <= await optout(ida)
+    assert NEWSLETTER.name in await optout(joe)
+    # Kim granted again after withdrawing, and lifted her objection: neither is undone, nor redone.
+    assert NEWSLETTER.name not in await optout(kim)
+    assert PURPOSES[0].name in await optout(kim)  # the backup's objection stays
+    (replayed,) = await _events(a.db, "account.ledger_replayed")
+    assert (replayed_counts := json.loads(replayed.details))["consents_withdrawn"] == 2
+    assert replayed_counts["objections_made"] == 1
+    assert (await a.replay()).changed == 0
+
+
 async def test_a_new_account_of_an_erased_name_is_not_touched(nodes: tuple[Node, Node]) -> None:
     a, _ = nodes
     first = await a.add("erin")
@@ -354,6 +412,7 @@ async def test_a_gateway_does_not_start_on_a_ledger_it_cannot_read(
         audit = a.audit
         clock = a.clock
         keyring = a.keyring
+        consents = a.consents
 
     import contextlib
 
