@@ -91,12 +91,11 @@ async def _pump(
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
 
-    tasks = [
-        asyncio.ensure_future(_client_to_upstream(receive, upstream)),
-        asyncio.ensure_future(upstream_to_client()),
-    ]
-    if watch is not None:
-        tasks.append(asyncio.ensure_future(_watchdog(watch, upstream, send)))
+    client = asyncio.ensure_future(_client_to_upstream(receive, upstream))
+    tasks = [client, asyncio.ensure_future(upstream_to_client())]
+    watchdog = asyncio.ensure_future(_access_ends(watch)) if watch is not None else None
+    if watchdog is not None:
+        tasks.append(watchdog)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -105,6 +104,14 @@ async def _pump(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+    if watchdog is not None and not watchdog.cancelled() and watchdog.exception() is None:
+        # Access ended. The client's pump is stopped and the app's socket closed first: the server
+        # sends a close only once the receive pending in it has returned, which is when the client
+        # sends again (an attack run: a silent client kept its socket, and its next message, seconds
+        # later, still reached the app).
+        await upstream.close(code=1000)
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": 1008, "reason": "access ended"})
 
 
 async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -119,14 +126,10 @@ async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocke
             await upstream.send_bytes(message["bytes"])
 
 
-async def _watchdog(watched: Watched, upstream: aiohttp.ClientWebSocketResponse, send: Send) -> None:
-    """Close both sides (1008 to the client) once access has ended: the stages decided at the
-    handshake, and an account, a session, a token or an address can be shut out while the socket
-    lasts (:mod:`gateway.pipeline.watch`)."""
+async def _access_ends(watched: Watched) -> None:
+    """Return once access has ended: the stages decided at the handshake, and an account, a session,
+    a token or an address can be shut out while the socket lasts (:mod:`gateway.pipeline.watch`)."""
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
         if not await watched.still_allowed():
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": 1008, "reason": "access ended"})
-            await upstream.close(code=1000)
             return

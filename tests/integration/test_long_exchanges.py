@@ -95,6 +95,21 @@ def test_a_websocket_of_a_disabled_account_is_closed(gw: Gateway) -> None:
         assert _closed_for_policy(ws) == 1008
 
 
+def test_a_silent_websocket_is_closed_when_access_ends(gw: Gateway) -> None:
+    """An attack run: a client that sent nothing after access ended kept its socket open (the close
+    waited in the server behind the pending receive), and its next message, seconds later, reached the
+    app before the close. The client must get the close without sending anything."""
+    session = _signed_in(gw, "ws-silent")
+    with _websocket(gw, session) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        _cli(gw, "user", "disable", "ws-silent")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=ENDS_WITHIN)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+
+
 def test_a_websocket_is_closed_by_a_lockdown(gw: Gateway) -> None:
     session = _signed_in(gw, "ws-lockdown")
     try:
