@@ -210,6 +210,16 @@ def _remove_dot_segments(path: str) -> CanonicalPath:
     return CanonicalPath(canonical, ";" in canonical)
 
 
+def without_path_params(path: str) -> str:
+    """``path`` as Tomcat, Jetty and Spring read it: each segment's ``;`` parameters cut off, and the
+    empty segments that leaves merged (``/admin;x/secret`` and ``/admin/;x/secret`` are
+    ``/admin/secret``, ``/a/b;.css`` is ``/a/b``, ``/a/;x`` is ``/a/``)."""
+    segments = [segment.partition(";")[0] for segment in path.split("/")[1:]]
+    names = [segment for segment in segments if segment]
+    bare = "/" + "/".join(names)
+    return bare + "/" if names and not segments[-1] else bare
+
+
 # Windows' other spellings of one file: a segment ending in a dot or a space (IIS drops them: /admin.
 # and /admin%20 are /admin), an NTFS stream (/secret.txt::$DATA, /admin:$i30:$INDEX_ALLOCATION) and an
 # 8.3 short name (/ADMINI~1).

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from gateway.errors import BadHeaders, BadPath, GatewayError
-from gateway.pipeline.canonical import fold_case
+from gateway.pipeline.canonical import fold_case, without_path_params
 from gateway.settings.schema import Route
 
 if TYPE_CHECKING:  # the snapshot holds a Router: imported for types only
@@ -134,7 +134,9 @@ def route_request(
     """The route stage: find the route for the request's host and canonical path.
 
     Sets ``ctx.rt`` and ``ctx.path_and_query`` (what the upstream is sent: the canonical path, so
-    the policy and the application see the same path).
+    the policy and the application see the same path). A path with ``;`` parameters, where the route
+    allows them, is routed and decided without them, as the servlet containers that use them read it
+    (:func:`_route_with_params`).
 
     Args:
         ctx: The request; ``host_raw`` and ``query`` are read.
@@ -151,6 +153,8 @@ def route_request(
         BadPath: the path has ``;`` parameters and the route does not allow them.
     """
     host = normalize_host(ctx.host_raw.decode("latin-1"))
+    if canon.has_path_params:
+        return _route_with_params(ctx, snap, host, canon, no_route)
     match = None if is_control(canon.path) else snap.router.match(host, canon.path)
     if match is None:
         raise no_route("No application is configured for this address.")
@@ -166,10 +170,42 @@ def route_request(
             raise no_route("No application is configured for this address.")
         route = match.route
         rt = snap.routes[route.name]
-    if canon.has_path_params and not route.allow_path_params:
-        raise BadPath("Path parameters (';') are not allowed on this route.")
     path = ctx.path = canon.path
     query = ctx.query
     ctx.path_and_query = path + ("?" + query.decode("latin-1") if query else "")
+    ctx.rt = rt
+    return match.is_public
+
+
+def _route_with_params(
+    ctx: RequestContext, snap: Snapshot, host: str, canon: CanonicalPath, no_route: type[GatewayError]
+) -> bool:
+    """:func:`route_request` for a path with ``;`` parameters: routed, made public or not and decided
+    by the policy on the path without them (``ctx.path``), sent to the app with them.
+
+    Tomcat, Jetty and Spring cut the parameters off before they map a path: an attack run had
+    ``/admin;x/secret`` served as ``/admin/secret`` by Jetty while a deny rule on ``/admin/*`` did not
+    match it, and a public pattern like ``/*.css`` would have matched ``/admin/secret;.css``.
+
+    Raises:
+        BadPath: the route the path maps to does not allow parameters.
+    """
+    bare = without_path_params(canon.path)
+    match = None if is_control(bare) else snap.router.match(host, bare)
+    if match is None:
+        raise no_route("No application is configured for this address.")
+    rt = snap.routes[match.route.name]
+    if rt.fold_case:
+        canon = fold_case(canon)
+        bare = without_path_params(canon.path)
+        match = None if is_control(bare) else snap.router.match(host, bare)
+        if match is None:
+            raise no_route("No application is configured for this address.")
+        rt = snap.routes[match.route.name]
+    if not match.route.allow_path_params:
+        raise BadPath("Path parameters (';') are not allowed on this route.")
+    ctx.path = bare
+    query = ctx.query
+    ctx.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
     ctx.rt = rt
     return match.is_public

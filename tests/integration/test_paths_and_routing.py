@@ -58,6 +58,17 @@ def gw(
         echo_route(echo_a, name="echo-exact-a", host="echo.example.test"),
         echo_route(echo_b, name="wildcard-b", host="*.example.test"),
         echo_route(echo_a, name="params-a", host="params.test", allow_path_params=True),
+        echo_route(
+            tripwire.url,
+            name="params-private",
+            host="params-private.test",
+            allow_path_params=True,
+            public_paths=["/*.css"],
+            timeouts={"response": "2s"},
+        ),
+        echo_route(
+            echo_a, name="params-css", host="params-css.test", allow_path_params=True, public_paths=["/*.css"]
+        ),
         echo_route(tripwire.url, name="tripwire", host="tripwire.test", timeouts={"response": "2s"}),
         echo_route(
             tripwire.url,
@@ -270,6 +281,20 @@ def test_path_params_are_allowed_where_the_route_allows_them(gw: Gateway) -> Non
     """allow_path_params: true forwards ';' parameters as they are (for apps that use them)."""
     resp = send(gw, b"/cart;jsessionid=abc/items", host="params.test")
     assert upstream_view(resp)["target"] == "/cart;jsessionid=abc/items"
+
+
+def test_path_params_cannot_make_a_private_path_public(gw: Gateway, tripwire: Tripwire) -> None:
+    """Tomcat, Jetty and Spring serve /admin/secret;.css as /admin/secret: a public pattern /*.css
+    must not match it, and no rule may see another path than the app serves (an attack run had
+    /admin;x/secret served by Jetty past a deny rule on /admin/*)."""
+    tripwire.connections()
+    for raw in (b"/admin/secret;.css", b"/admin;x/secret.css/x", b"/admin/;.css"):
+        resp = send(gw, raw, host="params-private.test")
+        assert resp.status_code in (302, 401), (raw, resp.status_code)
+    assert tripwire.connections() == 0
+    # Public as the app reads it; the app still gets its parameters.
+    resp = send(gw, b"/style.css;v=2", host="params-css.test")
+    assert upstream_view(resp)["target"] == "/style.css;v=2"
 
 
 def test_dot_segment_with_params_is_refused_even_where_params_are_allowed(gw: Gateway) -> None:

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadPath
-from gateway.pipeline.canonical import CanonicalPath, canonicalize, fold_case
+from gateway.pipeline.canonical import CanonicalPath, canonicalize, fold_case, without_path_params
 
 REJECT = BadPath
 
@@ -219,6 +219,23 @@ def test_bypass_matrix(raw_path: bytes, expected: str | type[BadPath]) -> None:
 )
 def test_has_path_params(raw_path: bytes, has_params: bool) -> None:
     assert canonicalize(raw_path).has_path_params is has_params
+
+
+@pytest.mark.parametrize(
+    ("path", "bare"),
+    [
+        ("/admin;x/secret", "/admin/secret"),
+        ("/admin;jsessionid=1/secret", "/admin/secret"),
+        ("/admin/;x/secret", "/admin/secret"),
+        ("/admin/secret;.css", "/admin/secret"),
+        ("/a;b;c/d;e/", "/a/d/"),
+        ("/a/;x", "/a/"),
+        ("/;x", "/"),
+        ("/cart;jsessionid=abc/items", "/cart/items"),
+    ],
+)
+def test_a_path_without_its_params_is_what_a_servlet_container_maps(path: str, bare: str) -> None:
+    assert without_path_params(canonicalize(path.encode()).path) == bare
 
 
 def test_result_is_a_frozen_value() -> None:
