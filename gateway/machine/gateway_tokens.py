@@ -84,6 +84,9 @@ class GatewayTokens:
         self._use_interval = use_interval
         self._cache: dict[str, tuple[_Entry, float]] = {}
         self._used: dict[int, float] = {}
+        # A refused use of a known token, by (token, reason, route): when it was last recorded, and how
+        # many were refused since.
+        self._refusals: dict[tuple[int, str, str], tuple[float, int]] = {}
         self._unknown_at: float | None = None
         self._unknown_count = 0
         self._writes = BackgroundWrites("token audit record")
@@ -111,13 +114,13 @@ class GatewayTokens:
             self._refused_unknown(route, ip, mono)
             raise TokenRefused("unknown", _INVALID)
         if entry.revoked:
-            self._refused(verified, "revoked", route, ip)
+            self._refused(entry.row_id, verified, "revoked", route, ip, mono)
             raise TokenRefused("revoked", _INVALID)
         if verified.expires_at <= self._clock.time():
-            self._refused(verified, "expired", route, ip)
+            self._refused(entry.row_id, verified, "expired", route, ip, mono)
             raise TokenRefused("expired", _EXPIRED)
         if not verified.allows_route(route):
-            self._refused(verified, "route-out-of-scope", route, ip)
+            self._refused(entry.row_id, verified, "route-out-of-scope", route, ip, mono)
             raise TokenOutOfScope("route-out-of-scope", _OUT_OF_SCOPE)
         last = self._used.get(entry.row_id)
         if last is None or not 0 <= mono - last < self._use_interval:
@@ -184,7 +187,25 @@ class GatewayTokens:
             details={"token": verified.token_id, "route": route},
         )  # fmt: skip
 
-    def _refused(self, verified: VerifiedToken, reason: str, route: str, ip: str) -> None:
+    def _refused(
+        self, row_id: int, verified: VerifiedToken, reason: str, route: str, ip: str, mono: float
+    ) -> None:
+        """Record a refused use of a known token: the first of each token, reason and route, then at
+        most once per interval with the count since. Anyone holding a token (an expired or revoked one
+        too) could otherwise make every request a hash-chained audit write: an attack run slowed other
+        clients' requests from ~10 ms to seconds and filled the writes' queue, which ``token.used``
+        shares."""
+        key = (row_id, reason, route)
+        last = self._refusals.get(key)
+        if last is not None and 0 <= mono - last[0] < self._use_interval:
+            self._refusals[key] = (last[0], last[1] + 1)
+            return
+        if len(self._refusals) >= _MAX_NOTED:
+            self._refusals.clear()
+        self._refusals[key] = (mono, 0)
+        details: dict[str, object] = {"token": verified.token_id, "reason": reason, "route": route}
+        if last is not None:
+            details["refused_since_last_record"] = last[1] + 1
         self._writes.spawn(
             self._audit.record(
                 "token.refused",
@@ -192,7 +213,7 @@ class GatewayTokens:
                 subject=verified.actor,
                 ip=ip,
                 outcome="failure",
-                details={"token": verified.token_id, "reason": reason, "route": route},
+                details=details,
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -73,6 +74,31 @@ async def test_a_token_speaks_for_its_client_on_its_routes_only(
         "service_account.created", "token.created", "token.refused", "token.refused", "token.used",
     ]  # fmt: skip
     assert all(token not in details for _, details in kinds)
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+async def test_a_flood_of_refused_uses_of_one_token_is_one_record_a_minute(
+    accounts: ServiceAccounts, tokens: GatewayTokens, audit_db: Database, clock: FakeClock
+) -> None:
+    """An attack run: every request with a known token outside its routes (or expired, or revoked)
+    was a hash-chained audit write; a flood slowed other clients' requests to seconds and filled the
+    queue that token.used shares. Every refusal is still refused, and counted in the next record."""
+    await accounts.create_account("ci", actor="cli:test")
+    token, token_id = await _issue(accounts, "api")
+    for _ in range(200):
+        with pytest.raises(TokenOutOfScope):
+            await tokens.verify(token, route="other", ip="192.0.2.1")
+    await asyncio.gather(*tokens._writes.pending)
+    refused = [details for kind, details in await _kinds(audit_db) if kind == "token.refused"]
+    assert len(refused) == 1
+    assert json.loads(refused[0])["token"] == token_id
+    clock.advance(61)
+    with pytest.raises(TokenOutOfScope):
+        await tokens.verify(token, route="other", ip="192.0.2.1")
+    await asyncio.gather(*tokens._writes.pending)
+    refused = [details for kind, details in await _kinds(audit_db) if kind == "token.refused"]
+    assert len(refused) == 2
+    assert json.loads(refused[1])["refused_since_last_record"] == 200
 
 
 @pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
