@@ -13,8 +13,17 @@ audit erasure makes the whole actor field one). A sentence's full stop after a n
 An email address is looked for before the username, so ``alice@example.com`` is one mention, not a
 username with a domain left behind.
 
+A username can be a common word (``detection``, ``phishing``): as a token in someone else's record it
+may be that word, not the person. So a record that is not about the person (the caller decides:
+:meth:`Mentions.about`) has only the person's email address replaced in its free text, and a field
+that holds a name alone (an actor, an owner) replaced only when it is wholly the person's
+(:meth:`Mentions.whole`); and a JSON document's keys and structural members are never rewritten (an
+attack run erased an account named ``detection`` and every incident's ``{"detection": id}`` lost its
+key, which broke lifting the incident's blocks).
+
 What it cannot find: a name spelled otherwise (a nickname, a display name, a typo), which erasure
-cannot know about (``docs/privacy.md``, "Known gaps").
+cannot know about, nor a bare username in a record that is not about the person (``docs/privacy.md``,
+"Known gaps").
 """
 
 from __future__ import annotations
@@ -42,15 +51,28 @@ class Mentions:
         """
         # Longest first: an email address before the username it may start with.
         wanted = sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
+        self._names = tuple(wanted)
         self._tombstone = tombstone
-        self._pattern = (
-            re.compile(
-                _BEFORE + r"(?:(?:user|admin):)?(?:" + "|".join(re.escape(n) for n in wanted) + ")" + _AFTER,
-                re.IGNORECASE,
-            )
-            if wanted
-            else None
-        )
+        alternatives = r"(?:(?:user|admin):)?(?:" + "|".join(re.escape(n) for n in wanted) + ")"
+        self._pattern = re.compile(_BEFORE + alternatives + _AFTER, re.IGNORECASE) if wanted else None
+        self._whole = re.compile(alternatives, re.IGNORECASE) if wanted else None
+
+    def addresses(self) -> Mentions:
+        """The same person's mentions by email address only: what is unambiguous in any record."""
+        return Mentions([n for n in self._names if "@" in n], self._tombstone)
+
+    def is_person(self, value: str) -> bool:
+        """Whether ``value`` is, as a whole, the person (``alice``, ``user:alice``, their address)."""
+        return self._whole is not None and self._whole.fullmatch(value.strip()) is not None
+
+    def about(self, values: Iterable[str]) -> bool:
+        """Whether any of ``values`` is wholly the person, or mentions their email address."""
+        addresses = self.addresses()
+        return any(self.is_person(v) or addresses.text(v) != v for v in values)
+
+    def whole(self, value: str) -> str:
+        """``value`` replaced if it is, as a whole, the person; else unchanged."""
+        return self._tombstone if self.is_person(value) else value
 
     def text(self, value: str) -> str:
         """``value`` with every mention replaced."""
@@ -58,14 +80,21 @@ class Mentions:
             return value
         return self._pattern.sub(lambda _match: self._tombstone, value)
 
-    def document(self, value: Any) -> Any:
-        """A parsed JSON value with every mention replaced in its strings, object keys included."""
+    def document(self, value: Any, *, structural: frozenset[str] = frozenset()) -> Any:
+        """A parsed JSON value with every mention replaced in its strings. An object's key is replaced
+        only when it is wholly the person (``{"failed": {"alice": ...}}``), never within; the members
+        of the top object named in ``structural`` (ids, phases, rule names) are left as they are."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, list):
             return [self.document(item) for item in value]
         if isinstance(value, dict):
-            return {self.text(str(key)): self.document(item) for key, item in value.items()}
+            return {
+                key if key in structural else self.whole(str(key)): (
+                    item if key in structural else self.document(item)
+                )
+                for key, item in value.items()
+            }
         return value
 
     def names(self, values: Iterable[str]) -> list[str]:

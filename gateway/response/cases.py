@@ -133,7 +133,10 @@ def _clean(
 
 def detection_ids(entries: Iterable[EntryView]) -> list[str]:
     """The detections that raised or joined the incident (its ``detection`` entries), sorted."""
-    return sorted({str(e.details["detection"]) for e in entries if e.kind == "detection"})
+    # An entry without the id (one rewritten by an erasure before it kept ids) raised a 500 in lift.
+    return sorted(
+        {str(e.details["detection"]) for e in entries if e.kind == "detection" and "detection" in e.details}
+    )
 
 
 def _check_severity(severity_: str) -> None:

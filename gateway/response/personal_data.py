@@ -13,8 +13,13 @@ trail's own record of it (whose personal fields the ``audit_events`` rule handle
 files in ``<data_dir>/incidents/<id>/`` are not touched (``docs/privacy.md``, "Known gaps").
 
 **Erasure rewrites mentions.** The person's username and email become their erasure tombstone in every
-text a case or entry holds (title, owner, who opened it, affected users, summary, root cause, lessons;
-an entry's actor, text and JSON details), whatever the case's phase. The ``evidence`` column (bundle
+text of a case about them (they are affected, own or opened it, or their address is in it) and its
+entries (title, owner, who opened it, affected users, summary, root cause, lessons; an entry's actor,
+text and JSON details), whatever the case's phase. In any other case only their email address in its
+text, and a field that is wholly their name (an entry's actor, the owner), are: a username can be a
+common word (an attack run erased accounts named ``detection`` and ``phishing``, and other people's
+case titles and every entry's ``{"detection": id}`` were rewritten, which broke lifting a case's
+blocks). A JSON detail's structural members (phase, rule, detection id, ...) are never rewritten. The ``evidence`` column (bundle
 file, hash, window, counts) holds no name and is left as sealed; so are the bundles themselves, whose
 hashes the chain holds. Routes, addresses, rules and ids are not names and stay.
 """
@@ -38,8 +43,17 @@ from gateway.threat.incidents import MAX_INCIDENTS, IncidentStore
 
 __all__ = ["CasePersonalData"]
 
-# The free-text columns of a case that may name a person (affected_users is a JSON list, apart).
-_CASE_TEXT: Final = ("title", "owner", "opened_by", "summary", "root_cause", "lessons")
+# The columns of a case that may name a person: free text, and those that hold one name (affected_users
+# is a JSON list, apart).
+_CASE_FREE_TEXT: Final = ("title", "summary", "root_cause", "lessons")
+_CASE_NAMES: Final = ("owner", "opened_by")
+_CASE_TEXT: Final = _CASE_FREE_TEXT + _CASE_NAMES
+# The members of an entry's JSON details that are ids, phases, rule and action names or counts, never a
+# person's name, whatever word a username happens to be.
+_STRUCTURAL: Final = frozenset(
+    {"phase", "from", "to", "detection", "detections", "rule", "action", "template", "severity", "target",
+     "version", "accounts", "missing", "routes", "addresses", "root_cause", "lessons"}
+)  # fmt: skip
 
 
 def _details(stored: str, mentions: Mentions) -> str:
@@ -48,9 +62,18 @@ def _details(stored: str, mentions: Mentions) -> str:
         parsed: Any = json.loads(stored)
     except ValueError:
         return mentions.text(stored)
-    replaced = mentions.document(parsed)
+    replaced = mentions.document(parsed, structural=_STRUCTURAL)
     # Written as Cases._entry writes it.
     return stored if replaced == parsed else json.dumps(replaced, sort_keys=True, default=str)
+
+
+def _users(stored: str) -> list[str]:
+    """``affected_users`` as a list of names (none when it is not one)."""
+    try:
+        users: Any = json.loads(stored)
+    except ValueError:
+        return []
+    return [str(u) for u in users] if isinstance(users, list) else []
 
 
 def _affected(stored: str, mentions: Mentions) -> str:
@@ -135,23 +158,33 @@ class CasePersonalData:
 
     async def pseudonymise(self, names: Sequence[str], tombstone: str) -> int:
         mentions = Mentions(names, tombstone)
+        addresses = mentions.addresses()
         changed = 0
         async with self._db.session(write=True) as session:
             with store_errors("cannot pseudonymise incident records"):
                 # Every row is read: JSON escapes non-ASCII names ("\u00e9"), and SQLite's lower()
                 # folds ASCII only, so a LIKE filter in SQL would miss some mentions.
+                about: set[str] = set()
                 for case in (await session.scalars(select(IncidentCase).with_for_update())).all():
+                    if mentions.about(
+                        [*_users(case.affected_users), *(getattr(case, c) for c in _CASE_TEXT)]
+                    ):
+                        about.add(case.id)
+                    found = mentions if case.id in about else addresses
                     before = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
-                    for column in _CASE_TEXT:
-                        setattr(case, column, mentions.text(getattr(case, column)))
+                    for column in _CASE_FREE_TEXT:
+                        setattr(case, column, found.text(getattr(case, column)))
+                    for column in _CASE_NAMES:
+                        setattr(case, column, mentions.whole(found.text(getattr(case, column))))
                     case.affected_users = _affected(case.affected_users, mentions)
                     after = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
                     changed += int(after != before)
                 for entry in (await session.scalars(select(IncidentEntry).with_for_update())).all():
+                    found = mentions if entry.case_id in about else addresses
                     before = [entry.actor, entry.text, entry.details]
-                    entry.actor = mentions.text(entry.actor)
-                    entry.text = mentions.text(entry.text)
-                    entry.details = _details(entry.details, mentions)
+                    entry.actor = mentions.whole(found.text(entry.actor))
+                    entry.text = found.text(entry.text)
+                    entry.details = _details(entry.details, found)
                     changed += int([entry.actor, entry.text, entry.details] != before)
                 await session.commit()
         if self._detections is not None:
@@ -161,18 +194,26 @@ class CasePersonalData:
 
 async def _pseudonymise_detections(detections: IncidentStore, mentions: Mentions) -> int:
     """Replace the person's mentions in the stored detections (subject, summary, evidence, actions);
-    addresses stay, as in the incident records (see docs/privacy.md)."""
+    addresses stay, as in the incident records (see docs/privacy.md). Free text only of a detection
+    about the person (its subject or an action's target), as for the cases."""
     changed = 0
+    addresses = mentions.addresses()
     for incident in await detections.latest(MAX_INCIDENTS):
+        about = mentions.about([incident.subject, incident.summary, *(a.target for a in incident.actions)])
+        found = mentions if about else addresses
+
+        def name(value: str, found: Mentions = found) -> str:
+            return mentions.whole(found.text(value))
+
         after = msgspec.structs.replace(
             incident,
-            subject=mentions.text(incident.subject),
-            summary=mentions.text(incident.summary),
-            actor=mentions.text(incident.actor),
-            lifted_by=mentions.text(incident.lifted_by),
-            evidence={k: mentions.text(v) if isinstance(v, str) else v for k, v in incident.evidence.items()},
+            subject=name(incident.subject),
+            summary=found.text(incident.summary),
+            actor=name(incident.actor),
+            lifted_by=name(incident.lifted_by),
+            evidence={k: found.text(v) if isinstance(v, str) else v for k, v in incident.evidence.items()},
             actions=tuple(
-                msgspec.structs.replace(a, target=mentions.text(a.target), note=mentions.text(a.note))
+                msgspec.structs.replace(a, target=name(a.target), note=found.text(a.note))
                 for a in incident.actions
             ),
         )

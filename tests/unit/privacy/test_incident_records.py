@@ -347,6 +347,43 @@ async def test_an_erasure_reaches_the_threat_detectors_incidents_too(world: Worl
     assert await world.incidents.get(other.id) == other
 
 
+async def test_erasing_a_common_word_keeps_other_peoples_records_and_their_structure(world: World) -> None:
+    """An attack run erased accounts named ``detection`` and ``phishing``: every timeline entry's
+    ``{"detection": id}`` lost its key and its ``{"phase": "detection"}`` its value (lifting the case's
+    blocks then failed with a 500), and another person's case title lost its first word."""
+    detection = await world.person("detection")
+    phishing = await world.person("phishing", "ph@example.com")
+    spotted = Incident(
+        id=new_incident_id(), rule="brute_force", at=world.clock.time(), subject="mallory", ip="198.51.100.7",
+        summary="5 failed sign-in steps for 'mallory'",
+    )  # fmt: skip
+    case, _ = await world.cases.from_detection(spotted)
+    other = await world.incident("Phishing of finance team, victim Mallory Smith", "mallory", closed=False)
+    own = await world.incident("phishing reported", "phishing", closed=False)
+    await world.cases.note(other.id, "ph@example.com forwarded the mail.", actor="user:phishing")
+    before = await world.rows("incident_entries")
+
+    for person in (detection, phishing):
+        await world.privacy.erase(
+            person, settings=SETTINGS, channel=Channel.PORTAL, actor="user:x", verified_by="signed-in session"
+        )
+
+    after = {row["id"]: row for row in await world.rows("incident_entries")}
+    for row in before:
+        if row["case_id"] == case.id:  # nothing of this case is about either person
+            assert after[row["id"]] == row
+    details = [json.loads(str(r["details"])) for r in after.values() if r["kind"] == "detection"]
+    assert details[0]["detection"] == spotted.id
+    cases = {row["id"]: row for row in await world.rows("incident_cases")}
+    assert cases[other.id]["title"] == "Phishing of finance team, victim Mallory Smith"
+    assert cases[own.id]["title"].endswith("reported")
+    assert "phishing" not in cases[own.id]["title"]
+    # In a case not about her, what names her unambiguously still goes: her address, and her as actor.
+    (note,) = [r for r in after.values() if r["case_id"] == other.id and "forwarded" in str(r["text"])]
+    assert "ph@example.com" not in str(note["text"])
+    assert note["actor"] != "user:phishing"
+
+
 async def test_a_persons_hold_keeps_records_naming_them_in_any_spelling(world: World) -> None:
     """An attack run: a hold on bob kept the closed record listed under "bob", but the retention run
     deleted the ones an admin had listed under "BOB" and "bob@example.com"."""

@@ -41,6 +41,25 @@ def test_json_documents_are_replaced_in_keys_and_values() -> None:
     assert ALICE.document(doc) == {"sent": [T, "bob"], "failed": {T: f"mailbox of {T} full"}, "n": 2}
 
 
+def test_keys_are_replaced_only_whole_and_structural_members_never() -> None:
+    detection = Mentions(["detection"], T)
+    doc = {"detection": "inc-1", "phase": "detection", "note": "detection ran", "failed": {"detection": "x"}}
+    assert detection.document(doc, structural=frozenset({"detection", "phase"})) == {
+        "detection": "inc-1",
+        "phase": "detection",
+        "note": f"{T} ran",
+        "failed": {T: "x"},
+    }
+    assert ALICE.document({"alice-x": 1, "about alice": 2}) == {"alice-x": 1, "about alice": 2}
+
+
+def test_whole_values_and_addresses() -> None:
+    assert (ALICE.whole("user:alice"), ALICE.whole("alice and bob")) == (T, "alice and bob")
+    assert ALICE.about(["bob", "mailed alice@example.com"])
+    assert not ALICE.about(["bob", "alice went home"])
+    assert ALICE.addresses().text("alice wrote from alice@example.com") == f"alice wrote from {T}"
+
+
 def test_a_list_of_names_keeps_its_order_without_repeats() -> None:
     assert ALICE.names(["bob", "alice", "ALICE", "carol"]) == ["bob", T, "carol"]
 
