@@ -63,6 +63,7 @@ from gateway.store.db import Database, store_errors
 
 __all__ = [
     "EXPIRED_PSEUDONYM",
+    "NOT_ABOUT_PEOPLE",
     "ErasureRefused",
     "ErasureResult",
     "Expiring",
@@ -153,6 +154,11 @@ def _record(row: Row[Any]) -> ChainRecord:
     )
 
 
+# The kinds of record whose subject is never a person: a backup's stanza or label, a drill's backup.
+# A person named like one (a stanza called "main", a label is a valid username) must not take them.
+NOT_ABOUT_PEOPLE: Final = ("backup.", "dr.")
+
+
 def names_person(subject: str, names: frozenset[str]) -> bool:
     """Whether a record's ``subject`` names the person: their username or email as the subject, or as
     the account segment of a path, the one after ``users`` (``/api/users/NAME/…``, the console's
@@ -180,7 +186,7 @@ def _decoded(segment: str) -> str:
 def _fields_to_erase(row: ChainRecord, names: frozenset[str], actors: frozenset[str]) -> tuple[str, ...]:
     """The fields of ``row`` that name the user and are not erased yet, in ``PERSONAL_FIELDS`` order."""
     wanted: set[str] = set()
-    about_them = names_person(row.subject, names)
+    about_them = not row.kind.startswith(NOT_ABOUT_PEOPLE) and names_person(row.subject, names)
     if about_them:
         wanted.update(_AS_SUBJECT)
     if row.actor in actors:

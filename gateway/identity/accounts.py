@@ -58,7 +58,7 @@ from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
-from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username
+from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username, system_shaped
 from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
@@ -477,6 +477,10 @@ class AccountService:
         if name in RESERVED_USERNAMES:
             raise InvalidAccount(
                 f"{name!r} is what the audit trail calls the gateway itself; choose another username."
+            )
+        if (looks_like := system_shaped(name)) is not None:
+            raise InvalidAccount(
+                f"{name!r} reads as {looks_like} in the audit trail; choose another username."
             )
         shown_name = _check_display_name(display_name)
         role_list = _check_roles(roles)

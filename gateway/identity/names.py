@@ -17,6 +17,9 @@ UTS #39 skeletons would be needed to treat them as one).
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 import unicodedata
 from typing import Final
 
@@ -28,6 +31,7 @@ __all__ = [
     "RESERVED_USERNAMES",
     "canonical_email",
     "canonical_username",
+    "system_shaped",
 ]
 
 MAX_USERNAME_LENGTH: Final = 64
@@ -66,6 +70,27 @@ AUTHORITY_USERNAMES: Final = frozenset(
         "webmaster",
     }
 )
+
+# The ids the gateway makes and writes as an audit record's subject: an incident case (``inc-3f9a1c2b``)
+# and a privacy request (``PR-`` and ten base32 characters, folded as a username folds it).
+_SYSTEM_IDS: Final = re.compile(r"inc-[0-9a-f]{8}|pr-[a-z2-7]{10}")
+
+
+def system_shaped(name: str) -> str | None:
+    """What a canonical username would be mistaken for in the audit trail, or None.
+
+    A person's records are found by their name as a record's subject (export, erasure); an address
+    (a block's subject), an incident case id or a privacy request's reference there is not theirs: an
+    attack run created an account named ``203.0.113.7``, whose export held an admin's block of that
+    address with its reason, and whose erasure tombstoned it.
+    """
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(name)
+        return "an IP address"
+    if _SYSTEM_IDS.fullmatch(name):
+        return "an id the gateway gives incidents and privacy requests"
+    return None
+
 
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")
 _LETTER_CATEGORIES: Final = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, not_, or_, select
 
-from gateway.audit.erase import actor_spellings
+from gateway.audit.erase import NOT_ABOUT_PEOPLE, actor_spellings
 from gateway.audit.models import AuditEvent
 from gateway.authz.models import DecisionSampleRow
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
@@ -46,7 +46,11 @@ def _iso(at: datetime | float | None) -> str | None:
 def audit_filter(username: str, since: datetime) -> Any:
     """The audit events about or by ``username`` (as subject, or as the acting user or admin) since
     ``since`` (the account's creation: records under the name before it are someone else's)."""
-    by_name = or_(AuditEvent.subject == username, AuditEvent.actor.in_(sorted(actor_spellings(username))))
+    about = and_(
+        AuditEvent.subject == username,
+        *(not_(AuditEvent.kind.startswith(kind, autoescape=True)) for kind in NOT_ABOUT_PEOPLE),
+    )
+    by_name = or_(about, AuditEvent.actor.in_(sorted(actor_spellings(username))))
     return and_(by_name, AuditEvent.at >= since)
 
 

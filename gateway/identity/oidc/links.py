@@ -50,6 +50,7 @@ from gateway.identity.names import (
     RESERVED_USERNAMES,
     canonical_email,
     canonical_username,
+    system_shaped,
 )
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.retired import retired_among
@@ -157,8 +158,8 @@ def _username_candidates(
             continue
         if name in RESERVED_USERNAMES:
             continue  # the gateway's own name in the audit trail: never a person's (names.py)
-        if name in AUTHORITY_USERNAMES:
-            continue  # "admin", "root", "gateway": chosen by the person at most providers (names.py)
+        if name in AUTHORITY_USERNAMES or system_shaped(name) is not None:
+            continue  # "admin", "root", "gateway", "203.0.113.7": chosen by the person at most providers
         if "@" in name and name != own_address:
             # Most providers let people edit the username claim: an address-shaped name that is not
             # their own verified email would be someone else's address (as a login, in the apps'

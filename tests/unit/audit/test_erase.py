@@ -279,6 +279,35 @@ async def test_a_person_named_like_a_path_word_takes_nobody_elses_records(databa
     await _verified(database)
 
 
+async def test_a_person_named_like_a_backup_stanza_takes_no_backup_records(database: Database) -> None:
+    """An attack run's class: records whose subject is never a person (a backup's stanza or label)
+    went with the erasure of a person named like it, as the block of an address went with one named
+    like the address (those names are refused now: gateway.identity.names.system_shaped)."""
+    from sqlalchemy import select
+
+    from gateway.audit.models import AuditEvent
+    from gateway.privacy.export import audit_filter
+
+    clock = FakeClock(T0)
+    audit = AuditLog(database, clock=clock, keyring=KEYRING)
+    await audit.record("backup.pg.created", actor="cli:root", subject="main", details={"stanza": "main"})
+    await audit.record("dr.drill", actor="cli:root", subject="main")
+    await audit.record("user.created", actor="cli:root", subject="main")
+    async with database.session() as session:
+        exported = (
+            await session.scalars(
+                select(AuditEvent.kind).where(audit_filter("main", clock.now() - timedelta(1)))
+            )
+        ).all()
+    assert exported == ["user.created"]
+    await erase_person(
+        database, KEYS, at=clock.now(), username="main", pseudonym=PSEUDONYM, actor="admin:bob", request_ref="GDPR-9"
+    )  # fmt: skip
+    subjects = [r.subject for r in (await _records(database))[:3]]
+    assert subjects == ["main", "main", TOMBSTONE]
+    await _verified(database)
+
+
 async def test_other_peoples_readable_fields_stay_covered_by_the_mac(database: Database) -> None:
     clock = FakeClock(T0)
     await _scenario(database, clock)

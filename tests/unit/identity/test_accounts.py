@@ -635,9 +635,13 @@ async def test_unknown_ids(world: World) -> None:
         assert (info.value.status, info.value.reason) == (404, "unknown-account")
 
 
-@pytest.mark.parametrize("name", ["system", "Anonymous", " policy "])
+@pytest.mark.parametrize(
+    "name", ["system", "Anonymous", " policy ", "203.0.113.7", "inc-3f9a1c2b", "PR-ABCDEFGH23"]
+)
 async def test_no_account_may_take_a_name_the_gateway_writes_for_itself(world: World, name: str) -> None:
     """An account called ``system`` would own the records the gateway writes as ``system`` (every
-    account lock, with the attacker's address) in its export, and blank them by erasing itself."""
+    account lock, with the attacker's address) in its export, and blank them by erasing itself; one
+    named like an address, an incident or a privacy request, the records about that (an attack run's
+    account ``203.0.113.7`` exported an admin's block of the address and erased it)."""
     with pytest.raises(InvalidAccount, match="audit trail"):
         await world.accounts.create(username=name, password=None, actor="admin:root")

@@ -241,7 +241,9 @@ async def test_a_provider_cannot_name_a_person_after_the_gateway_itself(world: W
     assert mapped.user.username.startswith("corp-")
 
 
-@pytest.mark.parametrize("name", ["admin", "Administrator", "ROOT", "gateway", "postmaster"])
+@pytest.mark.parametrize(
+    "name", ["admin", "Administrator", "ROOT", "gateway", "postmaster", "203.0.113.7", "inc-0a1b2c3d"]
+)
 async def test_a_provider_cannot_give_a_person_a_name_of_authority(world: World, name: str) -> None:
     """Most providers let people choose their username claim: a JIT account named ``admin`` would
     reach every app as ``X-Gateway-User: admin``. Its next candidate (here the verified email) is
