@@ -200,6 +200,22 @@ def config_arg(parser: argparse.ArgumentParser, *, required: bool = True, help_s
 # -- what commands load ------------------------------------------------------------------------------------
 
 
+async def confirm(prompt: str, expected: str) -> None:
+    """Ask at the terminal to type ``expected`` (``prompt`` says what); anything else changes nothing.
+
+    Raises:
+        UserError: No terminal to ask at (pass ``--yes``).
+        Failed: Something else was typed.
+    """
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for confirmation: pass --yes to confirm")
+    # The prompt goes to stderr, like getpass's: stdout stays clean for whatever a script reads.
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if answer.strip() != expected:
+        raise Failed("not confirmed; nothing was changed")
+
+
 def operator() -> str:
     """Who runs the command, for the audit trail: ``cli:<OS user>``, or ``cli`` when the OS cannot tell."""
     try:

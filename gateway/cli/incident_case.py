@@ -8,7 +8,7 @@
     gateway incident case note ID TEXT
     gateway incident case phase ID PHASE [--note T]        containment seals the evidence; closing runs the checks
     gateway incident case seal ID                          seal the evidence again (a later window)
-    gateway incident case act ID ACTION                    revoke-sessions | force-password-change | reset-mfa | disable
+    gateway incident case act ID ACTION [--yes]            revoke-sessions | force-password-change | reset-mfa | disable
     gateway incident case restore-policy ID VERSION --reason T
     gateway incident case rotate-keys ID [--signing | --keyring]
     gateway incident case lift ID                          lift every block and lock of its detections
@@ -39,6 +39,7 @@ from gateway.cli.harness import (
     SubParsers,
     UserError,
     config_arg,
+    confirm,
     load_config,
     load_keyring,
     operator,
@@ -199,8 +200,18 @@ async def _seal_again(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 async def _act(args: argparse.Namespace, ctx: _Ctx) -> int:
+    case = await ctx.cases.get(args.id)
+    if args.action != "revoke-sessions" and not args.yes and case.affected_users:
+        # Detections from one address join one incident, so whoever makes failed sign-ins from it
+        # can add an account to the list (an attack run added others): the responder sees the list.
+        names = ", ".join(case.affected_users)
+        await confirm(
+            f"{args.action} on {len(case.affected_users)} account(s): {names}\ntype {case.id} to confirm: ",
+            case.id,
+        )
     # With state.embedded: memory the workflow refuses (SessionsOutOfReach: exit 1, its message).
-    result = await ctx.flow.act(args.id, args.action, actor=operator())
+    # The incident as confirmed: an account added since is not acted on unseen.
+    result = await ctx.flow.act(case.id, args.action, actor=operator(), checked=case)
     for username, done in result.done.items():
         print(f"{username}: {done}")
     for username in result.missing:
@@ -376,9 +387,14 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--note", default="", metavar="TEXT", help="why, in the timeline")
     p = action("seal", _seal_again, "seal the evidence (again, for the window up to now)")
     p.add_argument("id", metavar="ID")
-    p = action("act", _act, "apply an action to every affected account")
+    p = action(
+        "act",
+        _act,
+        "apply an action to every affected account (all but revoke-sessions list them and ask, unless --yes)",
+    )
     p.add_argument("id", metavar="ID")
     p.add_argument("action", choices=[a.value for a in AccountAction])
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p = action("restore-policy", _restore_policy, "restore an earlier policy version")
     p.add_argument("id", metavar="ID")
     p.add_argument("version", type=int, metavar="VERSION")

@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.cli.arguments import one_line
 from gateway.cli.harness import (
     EXIT_OK,
-    Failed,
     SubParsers,
     UserError,
     command_group,
     config_arg,
+    confirm,
 )
 from gateway.cli.privacy_services import PrivacyContext, privacy_runner, when
 from gateway.settings.checks.privacy import LAWS
@@ -255,20 +255,10 @@ async def _close(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     return EXIT_OK
 
 
-async def _confirm(prompt: str, expected: str) -> None:
-    if not sys.stdin.isatty():
-        raise UserError("no terminal to ask for confirmation: pass --yes to confirm")
-    # The prompt goes to stderr: stdout stays clean for whatever a script reads.
-    print(prompt, end="", file=sys.stderr, flush=True)
-    answer = await asyncio.to_thread(sys.stdin.readline)
-    if answer.strip() != expected:
-        raise Failed("not confirmed; nothing was changed")
-
-
 async def _erase(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     user = await ctx.user(args.user)
     if not args.yes:
-        await _confirm(
+        await confirm(
             f"Erase {user.username}: the account, its factors and sessions are deleted and its audit records "
             "no longer name the person. This cannot be undone.\nType the username to confirm: ",
             user.username,

@@ -54,11 +54,11 @@ from gateway.cli.arguments import whole_number
 from gateway.cli.harness import (
     EXIT_OK,
     Action,
-    Failed,
     SubParsers,
     UserError,
     command_group,
     config_arg,
+    confirm,
     load_config,
     note_roles_without_rules,
     operator,
@@ -205,15 +205,6 @@ async def _new_password(args: argparse.Namespace, ctx: _Context, personal: Seque
     if args.password_stdin:
         return _read_stdin_password(sys.stdin)
     return await _ask_password(ctx, personal)
-
-
-async def _confirm(prompt: str, expected: str) -> None:
-    _require_terminal("ask for confirmation", "pass --yes to confirm")
-    # The prompt goes to stderr, like getpass's: stdout stays clean for whatever a script reads.
-    print(prompt, end="", file=sys.stderr, flush=True)
-    answer = await asyncio.to_thread(sys.stdin.readline)
-    if answer.strip() != expected:
-        raise Failed("not confirmed; nothing was changed")
 
 
 # -- formatting ------------------------------------------------------------------------------------------
@@ -489,7 +480,7 @@ async def _invite_user(ctx: _Context, user: User, *, clear_password: bool, reset
 async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
     user = await _user(ctx, args.username)
     if not args.yes:
-        await _confirm(
+        await confirm(
             f"Delete user {user.username} with all their second factors? This cannot be undone.\n"
             f"Type the username to confirm: ",
             user.username,

@@ -3,6 +3,11 @@ first, each message audited (``notify.sent`` / ``notify.failed``) and listed in 
 
 Affected people without an email address on their account cannot be told this way: they are named
 in the result (and the timeline), so the team reaches them otherwise.
+
+Each message names its recipient alone: the incident's title and summary name who it was first
+detected for ("brute force: dave"), and an incident can affect several people (detections from one
+address join one case), so everyone else affected reads as "another account" in it. An attack run
+had erin's notice say "brute force: dave" and describe dave's failed sign-ins.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from gateway.identity.accounts import AccountService
 from gateway.notify.audit import recorder
 from gateway.notify.message import Incident, Preview, Recipient, compose, preview
 from gateway.notify.smtp import Delivery, send_all
+from gateway.privacy.mentions import Mentions
 from gateway.response.cases import Cases, CaseView
 from gateway.settings.schema import Settings
 
 __all__ = ["DEFAULT_WHAT_TO_DO", "Notified", "notify_affected"]
 
+# What another affected person's name reads as in a recipient's message.
+_SOMEONE_ELSE: Final = "another account"
 DEFAULT_WHAT_TO_DO: Final = (
     "Sign in again and choose a new password if you are asked to. If you did not expect this message's "
     "activity on your account, tell the security contact below."
@@ -71,13 +79,23 @@ async def notify_affected(
     if not case.affected_users:
         raise BadRequest(f"Incident {case.id} names no affected user; add them first.")
     result = Notified()
-    about = Incident(id=case.id, title=case.title, summary=case.summary or case.title, what_to_do=what_to_do)
     now = cases.clock.now()
     people = await _recipients(case, accounts, result)
+
+    def about(recipient: Recipient) -> Incident:
+        others = Mentions(
+            [*(u for u in case.affected_users if u != recipient.username),
+             *(p.address for p in people if p is not recipient)],
+            _SOMEONE_ELSE,
+        )  # fmt: skip
+        title = others.text(case.title)
+        summary = others.text(case.summary or case.title)
+        return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)
+
     if not send:
-        result.previews = [preview(settings, r, about, now=now, template=template) for r in people]
+        result.previews = [preview(settings, r, about(r), now=now, template=template) for r in people]
         return result
-    messages = [compose(settings, r, about, now=now, template=template) for r in people]
+    messages = [compose(settings, r, about(r), now=now, template=template) for r in people]
     result.deliveries = await send_all(settings, messages, on_result=recorder(audit, actor=actor))
     sent = [d.message.username for d in result.deliveries if d.ok]
     failed = {d.message.username: d.detail for d in result.deliveries if not d.ok}

@@ -240,7 +240,9 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
     cli(site, "phase", case_id, "eradication")
     out = cli(site, "act", case_id, "revoke-sessions")
     assert "bob: sessions revoked" in out
-    assert "password change required" in cli(site, "act", case_id, "force-password-change")
+    # A destructive action lists the accounts and asks first: no terminal here, so it is refused.
+    assert "pass --yes to confirm" in cli(site, "act", case_id, "force-password-change", code=2)
+    assert "password change required" in cli(site, "act", case_id, "force-password-change", "--yes")
 
     # Recovery: the checks refuse while the lock of the detection stands...
     cli(site, "phase", case_id, "recovery")
@@ -279,6 +281,11 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
         body = received.message.get_content()
         assert todo in body
         assert f"Please quote the reference {case_id}." in body
+    # Each message names its recipient alone (an attack run: everyone affected got the notice of the
+    # person the incident was first detected for, by name).
+    (to_bob,) = [r.message for r in site.smtp.received if r.rcpt_tos == ("bob@example.org",)]
+    assert to_bob["Subject"] == "Security notice from Example Ltd: brute force: another account"
+    assert "victim" not in to_bob.get_content()
     sent = [
         json.loads(d) for k, d in audit_kinds(site, "victim") + audit_kinds(site, "bob") if k == "notify.sent"
     ]
