@@ -56,6 +56,9 @@ _NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # A role as the policy spells it: no spaces, no principal prefix (':' is not allowed).
 _ROLE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/-]{0,127}")
 _RESERVED_ROLES: Final = frozenset({"authenticated"})
+# The actor the audit trail writes for a refused unknown token (client:unknown): no account's (an attack
+# run made one, and its records mixed with the guesses).
+_RESERVED_NAMES: Final = frozenset({"unknown"})
 _MAX_TEXT: Final = 500
 _MAX_ROLES: Final = 64
 _MAX_ROUTES: Final = 256
@@ -203,6 +206,11 @@ class ServiceAccounts:
     ) -> AccountView:
         """Create a service account (409 if the name is taken, 400 for a bad name or role)."""
         name = check_name(name)
+        if name in _RESERVED_NAMES:
+            raise InvalidMachineRequest(
+                f"{name!r} is what the audit trail calls a token nobody issued (client:{name}); choose "
+                "another name"
+            )
         row = ServiceAccount(
             name=name, description=_text(description, "The description"), owner=_text(owner, "The owner"),
             roles=" ".join(check_roles(roles)), created_at=self._clock.now(), created_by=actor,

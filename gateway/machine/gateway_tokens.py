@@ -32,7 +32,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.machine.background import BackgroundWrites
 from gateway.machine.models import ApiToken, ServiceAccount
-from gateway.machine.tokens import REVOCATION_CHANNEL, hash_token, is_gateway_token
+from gateway.machine.tokens import REVOCATION_CHANNEL, hash_token, is_gateway_token, meant_as_gateway_token
 from gateway.machine.verifier import TokenOutOfScope, TokenRefused, VerifiedToken
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState
@@ -95,7 +95,8 @@ class GatewayTokens:
     # -- the verifier ----------------------------------------------------------------------------
 
     def recognises(self, token: str) -> bool:
-        return is_gateway_token(token)
+        # Every value with the prefix, a malformed one too: refused here, never passed on.
+        return meant_as_gateway_token(token)
 
     async def verify(self, token: str, *, route: str, ip: str) -> VerifiedToken:
         """Who the token speaks for (see :class:`~gateway.machine.verifier.TokenVerifier`)."""

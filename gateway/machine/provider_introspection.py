@@ -37,7 +37,7 @@ from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
 from gateway.machine.provider_jwt import looks_like_jwt
 from gateway.machine.provider_principals import refuse, scopes_of, verified_token
-from gateway.machine.tokens import hash_token, is_gateway_token
+from gateway.machine.tokens import hash_token, meant_as_gateway_token
 from gateway.machine.verifier import TokenRefused, VerifiedToken
 from gateway.settings.schema import AccessTokens, IdentityProvider, TokenIntrospection
 
@@ -151,7 +151,11 @@ class ProviderIntrospection:
         return None
 
     def recognises(self, token: str) -> bool:
-        return self._introspecting() is not None and not is_gateway_token(token) and not looks_like_jwt(token)
+        return (
+            self._introspecting() is not None
+            and not meant_as_gateway_token(token)
+            and not looks_like_jwt(token)
+        )
 
     def cache(self, idp: IdentityProvider, tokens: AccessTokens) -> IntrospectionCache:
         """The cache for this provider and these settings: a reload that changes either (another

@@ -31,6 +31,7 @@ __all__ = [
     "hash_token",
     "is_gateway_token",
     "is_token_id",
+    "meant_as_gateway_token",
     "new_token",
     "prefix_of",
 ]
@@ -61,6 +62,13 @@ def new_token() -> NewToken:
     secret = base64.urlsafe_b64encode(secrets.token_bytes(_SECRET_BYTES)).rstrip(b"=").decode("ascii")
     token = TOKEN_PREFIX + secret
     return NewToken(token=token, prefix=prefix_of(token), token_hash=hash_token(token))
+
+
+def meant_as_gateway_token(value: str) -> bool:
+    """Whether ``value`` carries the gateway token's prefix, in any case: decided by the gateway
+    alone, a malformed one refused, never sent to an identity provider (an attack run had a token
+    with a character added, or its prefix upper-cased, introspected: the whole secret in the request)."""
+    return value[:4].lower() == TOKEN_PREFIX
 
 
 def is_gateway_token(value: str) -> bool:

@@ -135,8 +135,8 @@ def _mixed_case_random(text: str, entropy: float) -> bool:
 def redact_query(query: str, *, limit: int = 4096) -> str:
     """Return the raw query string with secret-looking parameters replaced by ``[REDACTED]``.
 
-    Names stay as written, so an analyst still sees *that* a token was sent. A bare parameter without
-    ``=`` is judged by its value. The result is cut at ``limit`` characters.
+    Names stay as written, so an analyst still sees *that* a token was sent, unless a name looks like
+    a token itself. A bare parameter without ``=`` is judged by its value. The result is cut at ``limit`` characters.
 
     Args:
         query: The query string without the ``?``, as received (percent-encoded).
@@ -152,6 +152,9 @@ def redact_query(query: str, *, limit: int = 4096) -> str:
         name, sep, value = pair.partition("=")
         if not sep:
             out.append(REDACTED if _value_is_secret(unquote_plus(name)) else pair)
+        elif looks_secret(unquote_plus(name)):
+            # A token sent as the name (``?<token>=1``: an attack run found it in the log).
+            out.append(f"{REDACTED}={REDACTED}")
         elif is_secret_name(unquote_plus(name)) or _value_is_secret(unquote_plus(value)):
             out.append(f"{name}={REDACTED}")
         else:

@@ -276,7 +276,12 @@ class Privacy:
                 user.id, email=email, display_name=display_name, actor=actor
             )
         except GatewayError as exc:
-            await self.register.reject(request.ref, outcome=exc.public_detail)
+            # The title, not the detail: a detail may name the value refused ("the address
+            # carol@example.com is used by another account"), which is another person's, kept here
+            # for years and shown to this one (an attack run found it in the register and exports).
+            await self.register.reject(
+                request.ref, outcome=f"{exc.title} ({exc.reason}); nothing was changed."
+            )
             raise
         outcome = (
             f"Corrected: {', '.join(changed)}."

@@ -64,6 +64,9 @@ async def test_a_token_speaks_for_its_client_on_its_routes_only(
     with pytest.raises(TokenRefused) as unknown:
         await chain.verify("gwt_" + "A" * 43, route="api", ip="192.0.2.1")
     assert unknown.value.reason == "unknown"
+    with pytest.raises(TokenRefused) as spoiled:
+        await chain.verify("GWT_" + token[4:], route="api", ip="192.0.2.1")
+    assert spoiled.value.reason == "malformed"  # decided here, whatever else the chain holds
     with pytest.raises(TokenRefused) as junk:
         await chain.verify("eyJhbGciOi.x.y", route="api", ip="192.0.2.1")
     assert junk.value.reason == "unrecognised"
@@ -144,6 +147,9 @@ async def test_a_revocation_empties_every_listening_cache_at_once(
 @pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
 async def test_bad_management_input_changes_nothing(accounts: ServiceAccounts) -> None:
     await accounts.create_account("ci", actor="cli:test")
+    # client:unknown is what the trail calls a token nobody issued (an attack run made such an account).
+    with pytest.raises(InvalidMachineRequest, match="token nobody issued"):
+        await accounts.create_account("Unknown", actor="cli:test")
     for routes, lifetime in (((), 60.0), (("nope",), 60.0), (("api",), 0.0), (("api",), 86400 * 31)):
         with pytest.raises(InvalidMachineRequest):
             await accounts.create_token(

@@ -119,6 +119,10 @@ def test_what_it_recognises(site: Site) -> None:
     assert site.verifier.recognises("Ax4GLDNoN9zbLl8s4kEbPHNMDHV3IAmWIgMDTTBF0qT")
     # The gateway's own tokens and JWTs never go to the provider's introspection endpoint.
     assert not site.verifier.recognises("gwt_" + "A" * 43)
+    # A gateway token spoiled (a character added, padding, the prefix upper-cased, cut short) still
+    # holds its secret: an attack run saw these introspected.
+    for spoiled in ("gwt_" + "A" * 43 + "=", "GWT_" + "A" * 43, "gwt_" + "A" * 45, "Gwt_" + "A" * 40):
+        assert not site.verifier.recognises(spoiled), spoiled
     assert not site.verifier.recognises("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln")
     site.idp = provider(introspection=None)
     assert not site.verifier.recognises("Ax4GLDNoN9zbLl8s4kEbPHNMDHV3IAmWIgMDTTBF0qT")

@@ -81,6 +81,16 @@ def test_bare_parameters_and_empty_queries() -> None:
     assert redact_query("token=") == f"token={REDACTED}"
 
 
+def test_a_token_sent_as_a_parameter_name_is_redacted() -> None:
+    """An attack run: ``?<token>=1`` wrote the token to the access log in clear, encoded or not."""
+    token = "gwt_VbFjL7ZJ8rfmYDQ9hwx9VXCT0uViDRHeDqi-msmDH38"
+    encoded = "".join(f"%{b:02X}" for b in token.encode())
+    for query in (f"{token}=1", f"{encoded}=1", f"page=2&{token}=x"):
+        assert "VbFjL7ZJ8rfmYDQ9hwx9" not in redact_query(query)
+        assert encoded not in redact_query(query)
+    assert redact_query("page=2&sort=name") == "page=2&sort=name"
+
+
 def test_long_queries_are_cut() -> None:
     assert len(redact_query("a=" + "x" * 10_000, limit=100)) == 101
 

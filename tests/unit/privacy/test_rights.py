@@ -298,6 +298,10 @@ async def test_rectification_to_a_taken_email_changes_nothing_and_is_rejected(wo
     assert fresh.email == "alice@example.com"
     (request,) = await world.privacy.register.find(user_id=user.id)
     assert request.status == Status.REJECTED
+    # The register keeps why, not bob's address: alice would read it in her requests and export.
+    assert request.outcome is not None
+    assert "account-exists" in request.outcome
+    assert "bob" not in request.outcome
 
 
 async def test_a_person_cannot_claim_another_email_address_only_remove_theirs(world: World) -> None:
