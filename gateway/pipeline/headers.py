@@ -32,6 +32,7 @@ from typing import Final, NamedTuple
 from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
+    "CLIENT_CERTIFICATE",
     "DEFAULT_IDENTITY_NAMES",
     "FOREIGN_IDENTITY",
     "REROUTING",
@@ -100,6 +101,43 @@ FOREIGN_IDENTITY: Final = frozenset(
         # Grafana's and Apache's auth-proxy defaults (a re-attack run found them passed on).
         b"x-webauth-user",
         b"x-remote-user",
+        # What apps written for the clouds' identity-aware proxies (Google IAP, Azure App Service,
+        # AWS ALB, Cloudflare Access) and API gateways (Kong) trust (an attack run found them passed on).
+        b"x-goog-authenticated-user-email",
+        b"x-goog-authenticated-user-id",
+        b"x-goog-iap-jwt-assertion",
+        b"x-ms-client-principal",
+        b"x-ms-client-principal-name",
+        b"x-ms-client-principal-id",
+        b"x-ms-client-principal-idp",
+        b"x-amzn-oidc-identity",
+        b"x-amzn-oidc-data",
+        b"x-amzn-oidc-accesstoken",
+        b"cf-access-authenticated-user-email",
+        b"cf-access-jwt-assertion",
+        b"x-authenticated-user",
+        b"x-authenticated-userid",
+        b"x-consumer-username",
+        b"x-consumer-id",
+    }
+)
+# A client certificate's identity, as TLS terminators pass it on (Envoy's XFCC, nginx's and HAProxy's
+# conventions). The gateway passes none: a proxied request from a client loses them. Not refused in a
+# forward-auth question, where the proxy asking may have set them itself.
+CLIENT_CERTIFICATE: Final = frozenset(
+    {
+        b"x-forwarded-client-cert",
+        b"x-client-cert",
+        b"x-client-verify",
+        b"x-client-dn",
+        b"x-ssl-client-cert",
+        b"x-ssl-client-verify",
+        b"x-ssl-client-s-dn",
+        b"x-ssl-client-i-dn",
+        b"x-ssl-client-dn",
+        b"x-ssl-cert",
+        b"ssl-client-cert",
+        b"ssl-client-verify",
     }
 )
 # Headers whose meaning depends on who set them. Compared after normalize_name().
@@ -134,6 +172,7 @@ _FORWARDING = frozenset(
         *REROUTING,
         b"x-request-id",
         *FOREIGN_IDENTITY,
+        *CLIENT_CERTIFICATE,
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"
@@ -336,10 +375,12 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     if lname == b"host":
         return _HOST, lname
     # The proxy writes the body's framing from what the client really sent (receive's check), never
-    # from this list, where a `Connection: Content-Length` could have removed it.
-    if lname == b"content-length":
+    # from this list, where a `Connection: Content-Length` could have removed it. In every spelling:
+    # a server that folds `_` into `-` (CGI's HTTP_CONTENT_LENGTH) would read `Content_Length` or
+    # `Transfer_Encoding` as framing (an attack run saw both reach the app).
+    if norm == b"content-length":
         return _DROP, lname
-    if lname in HOP_BY_HOP or norm in _FORWARDING or speaks_identity(norm, strip):
+    if norm in HOP_BY_HOP or norm in _FORWARDING or speaks_identity(norm, strip):
         return _DROP, lname
     if lname == b"cookie":
         return _COOKIE, lname

@@ -105,6 +105,15 @@ def test_a_path_or_method_override_from_the_client_is_refused(name: bytes) -> No
     assert caught.value.reason == "client-rerouting-headers"
 
 
+def test_another_proxys_identity_is_refused_and_a_client_certificate_is_not() -> None:
+    """A cloud proxy's identity header in the question is the client's (refused, as X-WEBAUTH-USER
+    is); a client certificate's may be the asking proxy's own (Envoy's XFCC), so it passes."""
+    names = frozenset(DEFAULT_IDENTITY_NAMES)
+    with pytest.raises(ClientIdentityHeaders):
+        refuse_client_headers([*GOOD, (b"X-Goog-Authenticated-User-Email", b"a@b")], names)
+    refuse_client_headers([*GOOD, (b"X-Forwarded-Client-Cert", b"Hash=ab;Subject=CN=x")], names)
+
+
 def test_the_proxys_own_forwarded_headers_and_a_clients_ordinary_ones_pass() -> None:
     ordinary = [(b"cookie", b"s=1"), (b"x-forwarded-for", b"192.0.2.1"), (b"x-forwarded-prefix", b"/p")]
     refuse_client_headers([*GOOD, *ordinary], frozenset(DEFAULT_IDENTITY_NAMES))

@@ -198,6 +198,35 @@ def test_connection_nominated_headers_are_removed_but_never_the_gateways_own() -
         assert own in out, own
 
 
+@pytest.mark.parametrize(
+    "name", [b"Transfer_Encoding", b"Content_Length", b"Keep.Alive", b"Proxy_Authorization"]
+)
+def test_framing_and_hop_by_hop_names_are_removed_in_every_spelling(name: bytes) -> None:
+    """An attack run: Transfer_Encoding and Content_Length reached the app, which a server that folds
+    `_` into `-` (CGI's HTTP_TRANSFER_ENCODING) would read as the body's framing."""
+    out = _out([(b"host", b"app"), (name, b"chunked")])
+    assert name.lower() not in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"X-Goog-Authenticated-User-Email",
+        b"X-MS-CLIENT-PRINCIPAL-NAME",
+        b"X-Amzn-Oidc-Identity",
+        b"Cf-Access-Authenticated-User-Email",
+        b"X-Authenticated-User",
+        b"X-Forwarded-Client-Cert",
+        b"X-SSL-Client-S-DN",
+    ],
+)
+def test_other_proxies_identity_and_client_certificates_never_reach_the_app(name: bytes) -> None:
+    """An attack run: apps written for Google IAP, Azure, AWS ALB, Cloudflare Access, Kong or an mTLS
+    terminator received these as the client sent them."""
+    out = _out([(b"host", b"app"), (name, b"admin@example.com")])
+    assert name.lower() not in out
+
+
 def test_the_clients_content_length_is_left_to_the_proxy() -> None:
     # The proxy stage writes the framing from what receive checked (a Content-Length or chunked),
     # so the client's header never travels as is: one value upstream, whatever the client sent.
