@@ -121,7 +121,23 @@ def _session(s: Session) -> dict[str, Any]:
     }
 
 
-def _event(e: AuditEvent, actors: frozenset[str]) -> dict[str, Any]:
+# What a text in the details of a record about someone else reads as in the person's export.
+LEFT_OUT: Final = "[left out: about someone else]"
+
+
+def _event(e: AuditEvent, actors: frozenset[str], username: str) -> dict[str, Any]:
+    details: Any = json.loads(e.details) if e.details.startswith("{") else e.details
+    if e.subject.lower() != username.lower():
+        # What the person did to someone else (an admin creating an account): the act is theirs, the
+        # texts in it (the other person's email, a reason naming them) are not (GDPR Art. 15(4); an
+        # attack run found another person's address in an admin's export). Flags and counts stay.
+        details = (
+            {k: v if v is None or isinstance(v, bool | int | float) else LEFT_OUT for k, v in details.items()}
+            if isinstance(details, dict)
+            else LEFT_OUT
+            if details
+            else details
+        )
     return {
         "seq": e.seq,
         "at": _iso(e.at),
@@ -131,7 +147,7 @@ def _event(e: AuditEvent, actors: frozenset[str]) -> dict[str, Any]:
         # The address is the actor's: the person's own, or (an admin acting on the account) not theirs.
         "ip": e.ip if e.actor in actors else "",
         "outcome": e.outcome,
-        "details": json.loads(e.details) if e.details.startswith("{") else e.details,
+        "details": details,
     }
 
 
@@ -217,7 +233,7 @@ async def export_person(
             {"hour": _iso(r.bucket), "route": r.route, "method": r.method, "path": r.path, "count": r.count}
             for r in samples
         ],
-        "audit_events": [_event(e, actors) for e in events],
+        "audit_events": [_event(e, actors, user.username) for e in events],
     }
 
 

@@ -230,6 +230,22 @@ async def test_a_person_gets_and_erases_only_their_own_records(world: World) -> 
     assert IP not in trail
 
 
+async def test_an_admins_export_holds_their_acts_not_the_other_peoples_data(world: World) -> None:
+    """An attack run: an admin's own export held dave's email address from the record of the admin
+    creating dave's account. The act is the admin's; the texts in it about dave are not."""
+    admin = await world.accounts.create(username="root", password=PASSWORD, actor="admin:root")
+    await world.accounts.create(
+        username="dave", password=PASSWORD, email="dave@example.com", actor="user:root"
+    )
+    _, doc = await world.privacy.export(admin, **_as_portal(admin))  # type: ignore[arg-type]
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    (created,) = [e for e in doc["audit_events"] if e["kind"] == "user.created" and e["subject"] == "dave"]
+    assert "dave@example.com" not in json.dumps(doc)
+    assert created["details"]["has_password"] is True  # flags stay: what the act was
+    (own,) = [e for e in doc["audit_events"] if e["kind"] == "user.created" and e["subject"] == "root"]
+    assert own["details"]["has_password"] is True
+
+
 async def test_a_later_account_given_the_same_id_does_not_see_the_earlier_ones_requests(world: World) -> None:
     """SQLite gives a deleted account's id to the next new account, and the register outlives accounts:
     dan must not see, nor export, the requests zack made."""
