@@ -281,6 +281,27 @@ def test_a_client_cannot_choose_the_address_the_gateway_counts(site: Site, proxy
         assert json.loads(line)["source"]["ip"] == "127.0.0.1", line
 
 
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_a_client_cannot_choose_the_request_id_the_gateway_logs(site: Site, proxy: str) -> None:
+    """An attack run: behind the README's examples, the client's X-Request-Id was the access log's
+    request and trace id (the gateway believes a trusted proxy's); a client could reuse another
+    request's id and muddle the correlation of logs."""
+    path = f"/docs/rid-{proxy}"
+    chosen = "spoofed-id-1234"
+    resp = via(port_of(site, proxy), path, site.sessions["alice"], headers={"X-Request-Id": chosen})
+    assert echoed(resp).get("x-request-id") != chosen
+    deadline = time.monotonic() + 10
+    while True:  # the access log is written by the sink's task, after the answer
+        lines = [line for line in site.gw.log().splitlines() if f'"path":"{path}"' in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines, site.gw.log()[-2000:]
+    for line in lines:
+        assert chosen not in line
+
+
 SPOOFED = [
     ("X-Gateway-Roles", "admin"),
     ("x-gateway-email", "ceo@example.com"),
