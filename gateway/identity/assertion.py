@@ -6,12 +6,17 @@ Header ``{"alg": "ES256", "typ": "JWT", "kid": ...}``; claims::
     aud        the route name                    email      the user's email (omitted if none)
     roles      the user's roles (list)           amr        RFC 8176 methods of this session
     auth_time  session start (Unix s)            iat, exp   exp = iat + ttl (ttl <= 300 s)
-    jti        random, unique per token
+    jti        random, unique per token          optout     the purposes (``privacy.purposes``) not to
+                                                            process for this person (omitted if none)
 
 Upstreams verify it against ``/.gateway/jwks.json`` (see docs/assertion.md). Signing costs ~23 µs
 (cryptography's ECDSA P-256; authlib.jose and joserfc took ~37 µs for the same token), so each
 token is reused for its session, route and signing key until less than a fifth of its lifetime is
-left: the hot path is one dict lookup. A change of roles, email or factors re-signs at once.
+left: the hot path is one dict lookup. A change of roles, email, factors or opt-outs re-signs at once.
+
+``optout`` is how an app learns a person's choices about the purposes it processes for: a consent
+withdrawn or never given, an objection, a restriction. An attack run withdrew a consent to an app's
+purpose and saw nothing change in what the app received.
 
 ``amr`` (RFC 8176) from the session's factor uses: password → ``pwd``, TOTP and recovery codes →
 ``otp``, WebAuthn → ``hwk``, an upstream OpenID provider → ``fed``; a two-factor session adds
@@ -91,6 +96,7 @@ class _Cached(msgspec.Struct, frozen=True, gc=False):
     email: str | None
     roles: tuple[str, ...]
     factors: tuple[FactorUse, ...]
+    optout: tuple[str, ...]
 
 
 class AssertionSigner:
@@ -186,12 +192,13 @@ class AssertionSigner:
             and hit.roles == roles
             and hit.email == email
             and hit.factors == session.factors
+            and hit.optout == session.optout
         ):
             return hit.token
         iat = int(now)
         exp = iat + self._ttl
         token = self._sign(_private_half(key), key.kid, session, route_name, email, roles, iat, exp)
-        self._keep(cache_key, _Cached(token, iat, exp, email, roles, session.factors))
+        self._keep(cache_key, _Cached(token, iat, exp, email, roles, session.factors, session.optout))
         return token
 
     def assertion_for_client(
@@ -234,7 +241,7 @@ class AssertionSigner:
             "jti": secrets.token_urlsafe(16),
         }  # fmt: skip
         token = self._encode_signed(_private_half(key), key.kid, claims)
-        self._keep(cache_key, _Cached(token, iat, exp, None, roles, ()))
+        self._keep(cache_key, _Cached(token, iat, exp, None, roles, (), ()))
         return token
 
     def _keep(self, cache_key: tuple[str, str, str], cached: _Cached) -> None:
@@ -267,6 +274,8 @@ class AssertionSigner:
         claims["iat"] = iat
         claims["exp"] = exp
         claims["jti"] = secrets.token_urlsafe(16)
+        if session.optout:
+            claims["optout"] = list(session.optout)
         return self._encode_signed(private, kid, claims)
 
     @staticmethod

@@ -10,6 +10,8 @@ user's requests land there.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import secrets
 import sqlite3
@@ -169,6 +171,12 @@ def test_asked_at_sign_in_refusing_still_reaches_the_app(site: Site) -> None:
         assert resp.headers["location"] == app
 
 
+def _assertion_claims(echoed: dict[str, Any]) -> dict[str, Any]:
+    headers = {k.lower(): v for k, v in echoed["headers"]}
+    payload = headers["x-gateway-assertion"].split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
 def test_the_api_grants_withdraws_and_refuses_bad_input(site: Site) -> None:
     user = site.user("ben")
     with browser(site.gw) as client:
@@ -209,8 +217,13 @@ def test_the_api_grants_withdraws_and_refuses_bad_input(site: Site) -> None:
         assert api(client, "/.gateway/api/consents").json() == state
         # Refused bad input registered nothing; the withdrawal is a right exercised: in the register.
         assert site.rows("SELECT * FROM privacy_requests WHERE subject = ?", user) == []
+        granted_view = client.get("/", headers=JSON).json()
         withdrawn = api(client, "/.gateway/api/consents", {"purpose": "newsletter", "decision": "withdrawn"})
         assert withdrawn.json()["optout"] == ["newsletter"]
+        # The app learns it with the next request, in the assertion it verifies (an attack run saw
+        # nothing change in what the app received).
+        assert "optout" not in _assertion_claims(granted_view)
+        assert _assertion_claims(client.get("/", headers=JSON).json())["optout"] == ["newsletter"]
         [request] = site.rows("SELECT * FROM privacy_requests WHERE subject = ?", user)
         assert (request["kind"], request["status"], request["channel"]) == (
             "consent_withdrawal",

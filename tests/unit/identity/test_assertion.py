@@ -401,6 +401,18 @@ def test_changed_identity_is_signed_again_at_once(
     assert (claims_of(changed).get("email"), claims_of(changed)["roles"]) == (email, roles)
 
 
+def test_the_persons_opt_outs_reach_the_app_at_once(signer: AssertionSigner, clock: FakeClock) -> None:
+    """An attack run withdrew a consent to an app's purpose and nothing the app received changed: the
+    assertion carries the purposes not to process, signed again when they change."""
+    session = make_session(clock)
+    before = signer.assertion_for(session, "wiki", "alice@example.com", ["staff"])
+    assert "optout" not in claims_of(before)
+    withdrawn = replace(session, optout=("newsletter",))
+    after = signer.assertion_for(withdrawn, "wiki", "alice@example.com", ["staff"])
+    assert claims_of(after)["optout"] == ["newsletter"]
+    assert signer.assertion_for(withdrawn, "wiki", "alice@example.com", ["staff"]) == after  # reused
+
+
 def test_a_clock_that_went_back_does_not_reuse_a_token_from_the_future(
     signer: AssertionSigner, clock: FakeClock
 ) -> None:
