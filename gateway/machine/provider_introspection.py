@@ -29,7 +29,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, Protocol
 
 from gateway.clock import Clock
 from gateway.identity.oidc.provider import ProviderClient
@@ -41,7 +41,18 @@ from gateway.machine.tokens import hash_token, meant_as_gateway_token
 from gateway.machine.verifier import TokenRefused, VerifiedToken
 from gateway.settings.schema import AccessTokens, IdentityProvider, TokenIntrospection
 
-__all__ = ["Answer", "IntrospectionCache", "ProviderIntrospection", "check_answer"]
+__all__ = ["AddressLimit", "Answer", "IntrospectionCache", "ProviderIntrospection", "check_answer"]
+
+
+class AddressLimit(Protocol):
+    """What a client address may cause (``gateway.threat.attempts.AddressAttempts``, a floor above)."""
+
+    async def reserve(self, kind: Literal["introspection"], ip: str) -> None:
+        """Count one; raise (429) past the address's limit."""
+
+    async def release(self, kind: Literal["introspection"], ip: str) -> None:
+        """Take one back."""
+
 
 # The claims kept from an accepted answer: what the principals and the expiry are made of.
 _KEPT: Final = ("client_id", "sub", "scope", "exp")
@@ -131,8 +142,11 @@ class ProviderIntrospection:
         accounts: LinkedAccounts,
         audit: ProviderAudit,
         clock: Clock,
+        asking: AddressLimit | None = None,
     ) -> None:
-        """Wire the verifier (arguments as for :class:`~gateway.machine.provider_jwt.ProviderJwtTokens`)."""
+        """Wire the verifier (arguments as for :class:`~gateway.machine.provider_jwt.ProviderJwtTokens`);
+        ``asking`` counts the provider calls a client address causes (the threat floor's limit)."""
+        self._asking = asking
         self._providers = providers
         self._clients = clients
         self._accounts = accounts
@@ -179,7 +193,7 @@ class ProviderIntrospection:
             raise refuse("no-introspection")
         idp, tokens, introspection = found
         try:
-            verified = await self._verify(token, idp, tokens, introspection)
+            verified = await self._verify(token, idp, tokens, introspection, ip)
         except TokenRefused as refused:
             self._audit.refused(idp.name, refused.reason, route, ip)
             raise
@@ -187,13 +201,24 @@ class ProviderIntrospection:
         return verified
 
     async def _verify(
-        self, token: str, idp: IdentityProvider, tokens: AccessTokens, introspection: TokenIntrospection
+        self,
+        token: str,
+        idp: IdentityProvider,
+        tokens: AccessTokens,
+        introspection: TokenIntrospection,
+        ip: str,
     ) -> VerifiedToken:
         key = hash_token(token)
         cache = self.cache(idp, tokens)
         answer = cache.get(key, self._clock.time())
         if answer is None:
+            asking = self._asking
+            if asking is not None:
+                # Counted before the call (a burst cannot all pass), taken back for an active token.
+                await asking.reserve("introspection", ip)
             answer = await self._ask(token, key, idp, tokens, introspection, cache)
+            if asking is not None and answer.claims is not None:
+                await asking.release("introspection", ip)
         if answer.claims is None:
             raise refuse(answer.reason)
         claims = answer.claims

@@ -397,7 +397,9 @@ def _provider_verifiers(
     chain: list[TokenVerifier] = [
         tokens,
         ProviderJwtTokens(providers, identity.oidc.client, accounts, audit, identity.clock),
-        ProviderIntrospection(providers, identity.oidc.client, accounts, audit, identity.clock),
+        ProviderIntrospection(
+            providers, identity.oidc.client, accounts, audit, identity.clock, asking=identity.attempts
+        ),
     ]
     return Verifiers(chain)
 

@@ -154,6 +154,11 @@ class RegulationSettings(_Config, frozen=True):
     # any password is hashed (gateway/threat/attempts.py). 0 turns a limit off.
     address_failures: int = 30
     address_challenges: int = 120
+    # Opaque access tokens an identity provider's introspection called inactive (or could not read),
+    # per address and window: each unknown token is a call to the provider (an attack run made one per
+    # request with random tokens, which a provider that rate-limits the gateway would answer by
+    # refusing everyone's tokens).
+    address_introspections: int = 60
     address_window: Duration = Duration(60)
 
 

@@ -12,8 +12,10 @@ So each address (an IPv6 one by its /64, a NAT64 client by its IPv4: ``threat.ad
 sign-ins are refused (429) before any hashing until the window ends. Each sign-in is counted before its
 hash and taken back when it succeeds, so only failures (and sign-ins still in flight) count: a busy
 office behind one address signs in as often as it likes. Passkey challenges count whether used or not
-(``regulation.address_challenges``). The counters live in the fast state, so every worker and replica
-counts together. ``0`` turns a limit off.
+(``regulation.address_challenges``). Opaque access tokens an identity provider must be asked about
+count like passwords, taken back when the provider says active (``regulation.address_introspections``).
+The counters live in the fast state, so every worker and replica counts together. ``0`` turns a limit
+off.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gateway.threat.addresses import counted_as
 
 __all__ = ["AddressAttempts", "TooManyAttempts"]
 
-Kind = Literal["password", "challenge"]
+Kind = Literal["password", "challenge", "introspection"]
 
 _KEY: Final = "attempts:{}:{}"
 
@@ -71,7 +73,13 @@ class AddressAttempts:
 
     def _limit(self, kind: Kind) -> tuple[int, float]:
         settings = self._settings()
-        limit = settings.address_failures if kind == "password" else settings.address_challenges
+        limit = (
+            settings.address_failures
+            if kind == "password"
+            else settings.address_challenges
+            if kind == "challenge"
+            else settings.address_introspections
+        )
         return limit, float(settings.address_window)
 
     def _refusal(self) -> TooManyAttempts:

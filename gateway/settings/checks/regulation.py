@@ -19,7 +19,7 @@ def check_counts(settings: Settings, report: Report) -> None:
         ],
         report,
     )
-    for name in ("address_failures", "address_challenges"):
+    for name in ("address_failures", "address_challenges", "address_introspections"):
         if getattr(settings.regulation, name) < 0:
             report.add(("regulation", name), "must be 0 (no limit) or more")
 

@@ -267,3 +267,44 @@ async def test_another_provider_introspecting_after_a_reload_starts_an_empty_cac
     site.idp = provider("partner")
     assert await site.verify("opaque-1") == "partner:reporter"
     assert len(site.client.calls) == 2
+
+
+async def test_one_address_may_make_the_provider_answer_only_so_many_unknown_tokens(
+    audit_db: Database, clock: FakeClock
+) -> None:
+    """An attack run sent random bearer values: each one a call to the provider, which a provider that
+    rate-limits the gateway would answer by refusing everyone's tokens. Past
+    regulation.address_introspections unknown tokens an address gets a 429 before any call; an active
+    token is taken back, a repeated one is answered from the cache, and another address is counted
+    apart."""
+    from gateway.settings.schema import RegulationSettings
+    from gateway.store.fast import MemoryFastState
+    from gateway.threat.attempts import AddressAttempts, TooManyAttempts
+
+    fast = MemoryFastState(clock=clock)
+    made = Site(audit_db, clock)
+    made.verifier = ProviderIntrospection(
+        lambda: (made.idp,),
+        lambda _idp: cast(ProviderClient, made.client),
+        LinkedAccounts(audit_db, clock),
+        made.audit,
+        clock,
+        asking=AddressAttempts(fast, lambda: RegulationSettings(address_introspections=3)),
+    )
+    try:
+        for good in range(5):  # active tokens never count
+            made.active(f"good-{good}")
+            await made.verify(f"good-{good}")
+        for junk in range(3):
+            assert await made.refusal(f"junk-{junk}") == "inactive"
+        calls = len(made.client.calls)
+        with pytest.raises(TooManyAttempts):
+            await made.verifier.verify("junk-3", route="api", ip="192.0.2.1")
+        assert len(made.client.calls) == calls  # refused before asking
+        assert await made.refusal("junk-0") == "inactive"  # the cache answers, no call, no count
+        with pytest.raises(TokenRefused) as elsewhere:  # another address is counted apart
+            await made.verifier.verify("junk-4", route="api", ip="198.51.100.9")
+        assert elsewhere.value.reason == "inactive"
+    finally:
+        await made.audit.close()
+        await fast.close()
