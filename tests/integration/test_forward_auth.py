@@ -262,6 +262,18 @@ def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
         assert echoed(resp)["x-gateway-user"] == "alice"
 
 
+def _logged(site: Site, path: str) -> list[str]:
+    """The gateway's access-log lines of ``path`` (written by the sink's task, after the answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in site.gw.log().splitlines() if f'"path":"{path}"' in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines, site.gw.log()[-2000:]
+    return lines
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_a_client_cannot_choose_the_address_the_gateway_counts(site: Site, proxy: str) -> None:
@@ -270,13 +282,7 @@ def test_a_client_cannot_choose_the_address_the_gateway_counts(site: Site, proxy
     and the threat rules count (a blocked attacker got through; a bystander got blocked)."""
     path = f"/docs/xff-{proxy}"
     via(port_of(site, proxy), path, site.sessions["alice"], headers={"X-Forwarded-For": "192.0.2.200"})
-    deadline = time.monotonic() + 10
-    while True:  # the access log is written by the sink's task, after the answer
-        lines = [line for line in site.gw.log().splitlines() if f'"path":"{path}"' in line]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert lines, site.gw.log()[-2000:]
+    lines = _logged(site, path)
     for line in lines:
         assert json.loads(line)["source"]["ip"] == "127.0.0.1", line
 
@@ -291,13 +297,7 @@ def test_a_client_cannot_choose_the_request_id_the_gateway_logs(site: Site, prox
     chosen = "spoofed-id-1234"
     resp = via(port_of(site, proxy), path, site.sessions["alice"], headers={"X-Request-Id": chosen})
     assert echoed(resp).get("x-request-id") != chosen
-    deadline = time.monotonic() + 10
-    while True:  # the access log is written by the sink's task, after the answer
-        lines = [line for line in site.gw.log().splitlines() if f'"path":"{path}"' in line]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert lines, site.gw.log()[-2000:]
+    lines = _logged(site, path)
     for line in lines:
         assert chosen not in line
 

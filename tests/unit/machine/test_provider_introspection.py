@@ -18,6 +18,7 @@ from gateway.identity.oidc.provider import ProviderClient, ProviderUnavailable
 from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
 from gateway.machine.provider_introspection import (
+    AddressLimit,
     Answer,
     IntrospectionCache,
     ProviderIntrospection,
@@ -61,7 +62,7 @@ def provider(name: str = "corp", **tokens: Any) -> IdentityProvider:
 
 
 class Site:
-    def __init__(self, db: Database, clock: FakeClock) -> None:
+    def __init__(self, db: Database, clock: FakeClock, asking: AddressLimit | None = None) -> None:
         self.clock = clock
         self.idp = provider()
         self.client = StubClient()
@@ -72,6 +73,7 @@ class Site:
             LinkedAccounts(db, clock),
             self.audit,
             clock,
+            asking=asking,
         )
 
     def active(self, token: str, **claims: Any) -> None:
@@ -282,15 +284,7 @@ async def test_one_address_may_make_the_provider_answer_only_so_many_unknown_tok
     from gateway.threat.attempts import AddressAttempts, TooManyAttempts
 
     fast = MemoryFastState(clock=clock)
-    made = Site(audit_db, clock)
-    made.verifier = ProviderIntrospection(
-        lambda: (made.idp,),
-        lambda _idp: cast(ProviderClient, made.client),
-        LinkedAccounts(audit_db, clock),
-        made.audit,
-        clock,
-        asking=AddressAttempts(fast, lambda: RegulationSettings(address_introspections=3)),
-    )
+    made = Site(audit_db, clock, AddressAttempts(fast, lambda: RegulationSettings(address_introspections=3)))
     try:
         for good in range(5):  # active tokens never count
             made.active(f"good-{good}")
