@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select, update
 
@@ -32,6 +32,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.machine.background import BackgroundWrites
 from gateway.machine.models import ApiToken, ServiceAccount
+from gateway.machine.tally import RefusalTally
 from gateway.machine.tokens import REVOCATION_CHANNEL, hash_token, is_gateway_token, meant_as_gateway_token
 from gateway.machine.verifier import TokenOutOfScope, TokenRefused, VerifiedToken
 from gateway.store.db import Database, store_errors
@@ -45,6 +46,9 @@ _INVALID: Final = "The access token is not valid."
 _EXPIRED: Final = "The access token has expired."
 _OUT_OF_SCOPE: Final = "The access token is not valid for this application."
 _MAX_NOTED: Final = 10_000
+# Who the audit trail names for a token nobody issued (no service account may be called "unknown").
+_NOBODY: Final = "client:unknown"
+_UNKNOWN_KEY: Final = ("unknown",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +88,9 @@ class GatewayTokens:
         self._use_interval = use_interval
         self._cache: dict[str, tuple[_Entry, float]] = {}
         self._used: dict[int, float] = {}
-        # A refused use of a known token, by (token, reason, route): when it was last recorded, and how
-        # many were refused since.
-        self._refusals: dict[tuple[int, str, str], tuple[float, int]] = {}
-        self._unknown_at: float | None = None
-        self._unknown_count = 0
         self._writes = BackgroundWrites("token audit record")
+        # Refusals by (token, reason, route), and of unknown tokens: recorded once per interval each.
+        self._refusals = RefusalTally(use_interval, self._write_refusal)
         self._listening = asyncio.Event()
 
     # -- the verifier ----------------------------------------------------------------------------
@@ -112,7 +113,8 @@ class GatewayTokens:
             self._remember(token_hash, entry, mono)
         verified = entry.verified
         if verified is None:
-            self._refused_unknown(route, ip, mono)
+            details = {"reason": "unknown", "route": route}
+            self._refusals.refused(_UNKNOWN_KEY, actor=_NOBODY, ip=ip, details=details, mono=mono)
             raise TokenRefused("unknown", _INVALID)
         if entry.revoked:
             self._refused(entry.row_id, verified, "revoked", route, ip, mono)
@@ -191,51 +193,23 @@ class GatewayTokens:
     def _refused(
         self, row_id: int, verified: VerifiedToken, reason: str, route: str, ip: str, mono: float
     ) -> None:
-        """Record a refused use of a known token: the first of each token, reason and route, then at
-        most once per interval with the count since. Anyone holding a token (an expired or revoked one
-        too) could otherwise make every request a hash-chained audit write: an attack run slowed other
-        clients' requests from ~10 ms to seconds and filled the writes' queue, which ``token.used``
-        shares."""
-        key = (row_id, reason, route)
-        last = self._refusals.get(key)
-        if last is not None and 0 <= mono - last[0] < self._use_interval:
-            self._refusals[key] = (last[0], last[1] + 1)
-            return
-        if len(self._refusals) >= _MAX_NOTED:
-            self._refusals.clear()
-        self._refusals[key] = (mono, 0)
-        details: dict[str, object] = {"token": verified.token_id, "reason": reason, "route": route}
-        if last is not None:
-            details["refused_since_last_record"] = last[1] + 1
-        self._writes.spawn(
-            self._audit.record(
-                "token.refused",
-                actor=verified.actor,
-                subject=verified.actor,
-                ip=ip,
-                outcome="failure",
-                details=details,
-            )
+        """A refused use of a known token, recorded once per token, reason and route per interval
+        (:mod:`gateway.machine.tally`)."""
+        details = {"token": verified.token_id, "reason": reason, "route": route}
+        self._refusals.refused(
+            (row_id, reason, route), actor=verified.actor, ip=ip, details=details, mono=mono
         )
 
-    def _refused_unknown(self, route: str, ip: str, mono: float) -> None:
-        self._unknown_count += 1
-        if self._unknown_at is not None and 0 <= mono - self._unknown_at < self._use_interval:
-            return
-        self._unknown_at, count, self._unknown_count = mono, self._unknown_count, 0
+    def _write_refusal(self, actor: str, ip: str, details: dict[str, Any]) -> None:
         self._writes.spawn(
             self._audit.record(
-                "token.refused",
-                actor="client:unknown",
-                subject="client:unknown",
-                ip=ip,
-                outcome="failure",
-                details={"reason": "unknown", "route": route, "refused_since_last_record": count},
+                "token.refused", actor=actor, subject=actor, ip=ip, outcome="failure", details=details
             )
         )
 
     async def close(self) -> None:
-        """Let the audit writes in flight finish (bounded), then stop."""
+        """Record the refusals not recorded yet, let the audit writes in flight finish (bounded), then stop."""
+        self._refusals.flush()
         await self._writes.close()
 
     # -- invalidation listener -------------------------------------------------------------------

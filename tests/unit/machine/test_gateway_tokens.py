@@ -85,23 +85,33 @@ async def test_a_flood_of_refused_uses_of_one_token_is_one_record_a_minute(
 ) -> None:
     """An attack run: every request with a known token outside its routes (or expired, or revoked)
     was a hash-chained audit write; a flood slowed other clients' requests to seconds and filled the
-    queue that token.used shares. Every refusal is still refused, and counted in the next record."""
+    queue token.used shares. The first refusal is recorded at once; the rest of the minute's are
+    summed with the addresses they came from (a re-attack run: a revoked token used from a new
+    address within the minute left no trace, and the count was lost at a restart)."""
     await accounts.create_account("ci", actor="cli:test")
     token, token_id = await _issue(accounts, "api")
-    for _ in range(200):
+
+    async def refusals() -> list[dict[str, object]]:
+        await asyncio.gather(*tokens._writes.pending)
+        return [json.loads(d) for kind, d in await _kinds(audit_db) if kind == "token.refused"]
+
+    for n in range(200):
         with pytest.raises(TokenOutOfScope):
-            await tokens.verify(token, route="other", ip="192.0.2.1")
-    await asyncio.gather(*tokens._writes.pending)
-    refused = [details for kind, details in await _kinds(audit_db) if kind == "token.refused"]
-    assert len(refused) == 1
-    assert json.loads(refused[0])["token"] == token_id
+            await tokens.verify(token, route="other", ip=f"192.0.2.{n % 3 + 1}")
+    (first,) = await refusals()
+    assert first["token"] == token_id
     clock.advance(61)
     with pytest.raises(TokenOutOfScope):
-        await tokens.verify(token, route="other", ip="192.0.2.1")
-    await asyncio.gather(*tokens._writes.pending)
-    refused = [details for kind, details in await _kinds(audit_db) if kind == "token.refused"]
-    assert len(refused) == 2
-    assert json.loads(refused[1])["refused_since_last_record"] == 200
+        await tokens.verify(token, route="other", ip="198.51.100.7")
+    _, summary, again = await refusals()
+    assert summary["refused_since_last_record"] == 199
+    assert sorted(summary["addresses"]) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]  # type: ignore[arg-type]
+    assert "refused_since_last_record" not in again
+    # What is still summing when the process stops is recorded then.
+    with pytest.raises(TokenOutOfScope):
+        await tokens.verify(token, route="other", ip="203.0.113.5")
+    await tokens.close()
+    assert (await refusals())[-1]["addresses"] == ["203.0.113.5"]
 
 
 @pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
