@@ -123,7 +123,20 @@ def test_what_it_recognises(site: Site) -> None:
     assert not site.verifier.recognises("gwt_" + "A" * 43)
     # A gateway token spoiled (a character added, padding, the prefix upper-cased, cut short) still
     # holds its secret: an attack run saw these introspected.
-    for spoiled in ("gwt_" + "A" * 43 + "=", "GWT_" + "A" * 43, "gwt_" + "A" * 45, "Gwt_" + "A" * 40):
+    spoilt = [
+        *(c + "gwt_" + "A" * 43 for c in ".-~+/x"),
+        "gwt-" + "A" * 43,
+        "gwt." + "A" * 43,
+        "gwt" + "A" * 43,
+    ]
+    spoilt += ["eyJgwt_" + "A" * 43]
+    for spoiled in (
+        "gwt_" + "A" * 43 + "=",
+        "GWT_" + "A" * 43,
+        "gwt_" + "A" * 45,
+        "Gwt_" + "A" * 40,
+        *spoilt,
+    ):
         assert not site.verifier.recognises(spoiled), spoiled
     assert not site.verifier.recognises("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln")
     site.idp = provider(introspection=None)
