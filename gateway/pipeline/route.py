@@ -18,11 +18,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from gateway.errors import BadHeaders, BadPath, GatewayError
-from gateway.pipeline.canonical import fold_case, without_path_params
+from gateway.pipeline.canonical import CanonicalPath, fold_case, without_path_params
 from gateway.settings.schema import Route
 
 if TYPE_CHECKING:  # the snapshot holds a Router: imported for types only
-    from gateway.pipeline.canonical import CanonicalPath
     from gateway.pipeline.context import RequestContext
     from gateway.pipeline.snapshot import Snapshot
 
@@ -197,7 +196,9 @@ def _route_with_params(
     rt = snap.routes[match.route.name]
     if rt.fold_case:
         canon = fold_case(canon)
-        bare = without_path_params(canon.path)
+        # Checked again without the parameters: `/admin.;x` is `/admin.` to the app (a re-attack run
+        # passed a trailing dot and space that way), which such a route refuses as `/admin`'s spelling.
+        bare = fold_case(CanonicalPath(without_path_params(canon.path), False)).path
         match = None if is_control(bare) else snap.router.match(host, bare)
         if match is None:
             raise no_route("No application is configured for this address.")

@@ -124,3 +124,58 @@ def test_remembered_hosts_stay_bounded_and_malformed_ones_are_refused_every_time
     for _ in range(2):  # a refusal is never remembered as an answer
         with pytest.raises(BadHeaders):
             normalize_host("bad host")
+
+
+# -- path parameters, where a route allows them ----------------------------------------------------
+
+PARAMS = (
+    "public_url: https://auth.example.com\n"
+    "routes:\n"
+    "  - {name: java, host: java.example.com, upstreams: ['http://10.0.0.5'], allow_path_params: true,"
+    " public_paths: ['/*.css', '/static/*']}\n"
+    "  - {name: iis, host: iis.example.com, upstreams: ['http://10.0.0.6'], allow_path_params: true,"
+    " case_insensitive_paths: true, public_paths: ['/static/*']}\n"
+)
+
+
+def _routed(host: str, raw: bytes) -> tuple[bool, str, str]:
+    """Whether public, the path decided on, and the path sent to the app."""
+    from gateway.errors import NoRoute
+    from gateway.pipeline.canonical import canonicalize
+    from gateway.pipeline.context import RequestContext, RequestKind
+    from gateway.pipeline.route import route_request
+    from gateway.pipeline.snapshot import build_snapshot
+    from gateway.settings.loader import parse_settings
+
+    snap = build_snapshot(parse_settings(PARAMS), generation=1, source="test")
+    ctx = RequestContext(RequestKind.HTTP, "GET")
+    ctx.host_raw = host.encode()
+    public = route_request(ctx, snap, canonicalize(raw), no_route=NoRoute)
+    return public, ctx.path, ctx.path_and_query
+
+
+@pytest.mark.parametrize(
+    ("raw", "public", "decided", "sent"),
+    [
+        (b"/admin;x/secret", False, "/admin/secret", "/admin;x/secret"),
+        (b"/admin/secret;.css", False, "/admin/secret", "/admin/secret;.css"),
+        (b"/style.css;v=2", True, "/style.css", "/style.css;v=2"),
+        (b"/;x/static/app.js", True, "/static/app.js", "/;x/static/app.js"),
+    ],
+)
+def test_a_path_with_parameters_is_decided_as_a_servlet_container_maps_it(
+    raw: bytes, public: bool, decided: str, sent: str
+) -> None:
+    """A re-attack run: Jetty served /admin;x/secret past a deny rule on /admin/*, and a public /*.css
+    would have matched /admin/secret;.css."""
+    assert _routed("java.example.com", raw) == (public, decided, sent)
+
+
+@pytest.mark.parametrize("raw", [b"/admin.;x/secret", b"/admin%20;x/secret", b"/static/..%20;x/admin"])
+def test_parameters_do_not_hide_a_windows_spelling_on_a_case_insensitive_route(raw: bytes) -> None:
+    """A re-attack run: `/admin.;x` is `/admin.` once its parameter is cut, which such a route refuses as
+    another spelling of `/admin`; checked before the cut only, it was decided as `/admin./secret`."""
+    from gateway.errors import BadPath
+
+    with pytest.raises(BadPath):
+        _routed("iis.example.com", raw)
