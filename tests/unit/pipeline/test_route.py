@@ -141,8 +141,9 @@ PARAMS = (
 def _routed(host: str, raw: bytes) -> tuple[bool, str, str]:
     """Whether public, the path decided on, and the path sent to the app."""
     from gateway.errors import NoRoute
+    from gateway.observe.record import RequestKind
     from gateway.pipeline.canonical import canonicalize
-    from gateway.pipeline.context import RequestContext, RequestKind
+    from gateway.pipeline.context import RequestContext
     from gateway.pipeline.route import route_request
     from gateway.pipeline.snapshot import build_snapshot
     from gateway.settings.loader import parse_settings
