@@ -19,9 +19,12 @@ import asyncio
 import html
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["app"]
+__all__ = ["CLOSE_MESSAGE", "app"]
+
+#: A WebSocket text message the echo app answers by closing the socket itself (code 4000).
+CLOSE_MESSAGE: Final = "__echo/close"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -143,6 +146,10 @@ async def _websocket(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") == CLOSE_MESSAGE:
+            # The app closing first (what a test of a proxy's close handling needs).
+            await send({"type": "websocket.close", "code": 4000, "reason": "echo closed"})
             return
         if message.get("text") is not None:
             await send({"type": "websocket.send", "text": message["text"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Final
 
 import aiohttp
 from yarl import URL
@@ -19,6 +20,10 @@ from gateway.pipeline.proxy import WATCH_INTERVAL, Watched
 from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["forward_websocket"]
+
+# Close codes a peer may not send (RFC 6455 §7.4.1): what the client is told instead when the app's
+# connection ended that way.
+_CLOSE_CODES: Final = {1005: 1000, 1006: 1011, 1015: 1011}
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -87,15 +92,11 @@ async def _pump(
                 await send({"type": "websocket.send", "bytes": msg.data})
             else:
                 break
-        code = upstream.close_code or 1000
-        with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code})
 
     client = asyncio.ensure_future(_client_to_upstream(receive, upstream))
-    tasks = [client, asyncio.ensure_future(upstream_to_client())]
+    app = asyncio.ensure_future(upstream_to_client())
     watchdog = asyncio.ensure_future(_access_ends(watch)) if watch is not None else None
-    if watchdog is not None:
-        tasks.append(watchdog)
+    tasks = [client, app] if watchdog is None else [client, app, watchdog]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -104,14 +105,24 @@ async def _pump(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    if watchdog is not None and not watchdog.cancelled() and watchdog.exception() is None:
-        # Access ended. The client's pump is stopped and the app's socket closed first: the server
-        # sends a close only once the receive pending in it has returned, which is when the client
-        # sends again (an attack run: a silent client kept its socket, and its next message, seconds
-        # later, still reached the app).
+    # The client's pump is stopped before a close goes out to the client: the server sends a close
+    # only once the receive pending in it has returned, which is when the client sends again (attack
+    # runs: a silent client kept its socket, and its next message, seconds later, still reached the
+    # app, after access had ended or after the app had closed).
+    if _ended(watchdog):
         await upstream.close(code=1000)
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": 1008, "reason": "access ended"})
+    elif _ended(app):
+        code = _CLOSE_CODES.get(upstream.close_code or 1000, upstream.close_code or 1000)
+        await upstream.close()  # the app's close answered (autoclose is off)
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code})
+
+
+def _ended(task: asyncio.Future[None] | None) -> bool:
+    """Whether ``task`` ran to its end (not cancelled, no exception)."""
+    return task is not None and task.done() and not task.cancelled() and task.exception() is None
 
 
 async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:

@@ -18,6 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from gateway.echo import CLOSE_MESSAGE
 from tests.integration.harness import (
     ALLOW_SIGNED_IN,
     Gateway,
@@ -108,6 +109,18 @@ def test_a_silent_websocket_is_closed_when_access_ends(gw: Gateway) -> None:
             ws.recv(timeout=ENDS_WITHIN)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1008
+
+
+def test_the_apps_close_reaches_a_silent_client_at_once(gw: Gateway) -> None:
+    """A re-attack run: when the app closed first, the close waited in the server behind the pending
+    receive until the client sent again, and that message still reached the app."""
+    session = _signed_in(gw, "ws-app-closes")
+    with _websocket(gw, session) as ws:
+        ws.send(CLOSE_MESSAGE)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=ENDS_WITHIN)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4000
 
 
 def test_a_websocket_is_closed_by_a_lockdown(gw: Gateway) -> None:
