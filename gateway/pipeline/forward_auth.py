@@ -28,8 +28,8 @@ from gateway.pipeline.bearer import BearerChallenge
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.headers import (
     DEFAULT_IDENTITY_NAMES,
-    FOREIGN_IDENTITY,
     REROUTING,
+    foreign_identity,
     normalize_name,
     speaks_identity,
 )
@@ -192,7 +192,7 @@ def refuse_client_headers(headers: list[tuple[bytes, bytes]], names: frozenset[b
     :class:`ClientReroutingHeaders` for a path or method override (``REROUTING``), also lost there."""
     for name, _ in headers:
         normal = normalize_name(name)
-        if speaks_identity(normal, names) or normal in FOREIGN_IDENTITY:
+        if speaks_identity(normal, names) or foreign_identity(normal):
             raise ClientIdentityHeaders(
                 f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "
                 "sets: the proxy in front must remove it from what clients send (README, Forward-auth)."

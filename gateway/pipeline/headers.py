@@ -35,11 +35,13 @@ __all__ = [
     "CLIENT_CERTIFICATE",
     "DEFAULT_IDENTITY_NAMES",
     "FOREIGN_IDENTITY",
+    "FOREIGN_IDENTITY_PREFIXES",
     "REROUTING",
     "Forwarding",
     "IdentityNames",
     "TrustedProxies",
     "clean_response_headers",
+    "foreign_identity",
     "forwarding_for",
     "normalize_name",
     "speaks_identity",
@@ -121,6 +123,29 @@ FOREIGN_IDENTITY: Final = frozenset(
         b"x-consumer-id",
     }
 )
+# Whole families of them, by prefix (a re-attack run found Kong's X-Consumer-Groups, Azure's
+# X-MS-TOKEN-AAD-ID-TOKEN and Google API Gateway's X-Apigateway-Api-Userinfo passed on).
+FOREIGN_IDENTITY_PREFIXES: Final = (
+    b"x-goog-authenticated-",
+    b"x-goog-iap-",
+    b"x-ms-client-principal",
+    b"x-ms-token-",
+    b"x-amzn-oidc-",
+    b"cf-access-",
+    b"x-authenticated-",
+    b"x-consumer-",
+    b"x-credential-",
+    b"x-anonymous-consumer",
+    b"x-apigateway-api-userinfo",
+    b"x-endpoint-api-userinfo",
+)
+
+
+def foreign_identity(norm: bytes) -> bool:
+    """Whether a header name (normalized) is one other gateways and clouds speak identity in."""
+    return norm in FOREIGN_IDENTITY or norm.startswith(FOREIGN_IDENTITY_PREFIXES)
+
+
 # A client certificate's identity, as TLS terminators pass it on (Envoy's XFCC, nginx's and HAProxy's
 # conventions). The gateway passes none: a proxied request from a client loses them. Not refused in a
 # forward-auth question, where the proxy asking may have set them itself.
@@ -140,6 +165,20 @@ CLIENT_CERTIFICATE: Final = frozenset(
         b"ssl-client-verify",
     }
 )
+# Their families (nginx's and HAProxy's X-SSL-Client-*, Traefik's X-Forwarded-Tls-Client-Cert*, AWS
+# ALB's X-Amzn-Mtls-*, Azure's X-ARR-ClientCert, Google's X-Client-Cert-*, RFC 9440's Client-Cert*).
+CLIENT_CERTIFICATE_PREFIXES: Final = (
+    b"x-ssl-",
+    b"ssl-client-",
+    b"x-client-cert",
+    b"x-client-verify",
+    b"x-client-dn",
+    b"x-forwarded-tls-client-",
+    b"x-amzn-mtls-",
+    b"x-arr-clientcert",
+    b"client-cert",
+)
+_DROPPED_PREFIXES: Final = FOREIGN_IDENTITY_PREFIXES + CLIENT_CERTIFICATE_PREFIXES
 # Headers whose meaning depends on who set them. Compared after normalize_name().
 _FORWARDING = frozenset(
     {
@@ -380,7 +419,9 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     # `Transfer_Encoding` as framing (an attack run saw both reach the app).
     if norm == b"content-length":
         return _DROP, lname
-    if norm in HOP_BY_HOP or norm in _FORWARDING or speaks_identity(norm, strip):
+    if norm in HOP_BY_HOP or norm in _FORWARDING or norm.startswith(_DROPPED_PREFIXES):
+        return _DROP, lname
+    if speaks_identity(norm, strip):
         return _DROP, lname
     if lname == b"cookie":
         return _COOKIE, lname
