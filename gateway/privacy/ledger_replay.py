@@ -162,6 +162,9 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         done.absent += 1
         return True
     try:
+        if KIND[entry.state] in PER_PURPOSE:
+            assert by.consents is not None  # checked above
+            return await _purpose_again(user, entry, by.consents, done)
         await _make_again_for(user, entry, by, done)
     except UnknownAccount:
         # Another worker made it first.
@@ -196,9 +199,6 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
     elif entry.state == "closed" and user.closed_at is None:
         await by.accounts.close(user.id, actor=ACTOR)
         done.closed += 1
-    elif KIND[entry.state] in PER_PURPOSE:
-        assert by.consents is not None  # checked before the account was looked up
-        await _purpose_again(user, entry, by.consents, done)
     else:
         await _credentials_again(user, entry, by, done)
 
@@ -227,22 +227,26 @@ async def _credentials_again(user: User, entry: Entry, by: Replayers, done: Repl
             done.roles += 1
 
 
-async def _purpose_again(user: User, entry: Entry, consents: Consents, done: Replayed) -> None:
-    """A consent withdrawn (or refused), or an objection made, since the backup."""
+async def _purpose_again(user: User, entry: Entry, consents: Consents, done: Replayed) -> bool:
+    """A consent withdrawn (or refused), or an objection made, since the backup; whether it is made
+    (or there is nothing to make). A withdrawal from a purpose not configured now, or not on consent
+    now, waits for the configuration that has it: a re-attack run removed the purpose for the first
+    start after the restore, put it back, and the restored consent was in force again for good."""
     if entry.state == "objected":
         if await consents.object_again(user.id, entry.ref, actor=ACTOR):
             done.objections += 1
-        return
+        return True
     answer = (await consents.current(user.id)).get(entry.ref)
     if answer is None or answer.decision != "granted":
-        return  # nothing restored to withdraw: the purpose is not processed without a consent
+        return True  # nothing restored to withdraw: the purpose is not processed without a consent
     try:
         await consents.record(
             user.id, consents.purpose(entry.ref), "withdrawn", "account ledger", actor=ACTOR
         )
     except ConsentRefused:
-        return  # not configured any more, or not on consent: nothing processes it on a consent
+        return False  # not configured now, or not on consent: made when it is
     done.withdrawals += 1
+    return True
 
 
 async def _revoke_token(entry: Entry, by: Replayers, done: Replayed) -> bool:

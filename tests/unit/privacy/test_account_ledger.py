@@ -905,3 +905,30 @@ def test_appends_racing_a_compaction_are_all_kept(nodes: tuple[Node, Node]) -> N
     read = _read(a.ledger, lineage)
     assert {e.account for e in fresh} <= set(read)
     assert len([k for k in read if not k.startswith("k:new")]) == 5
+
+
+async def test_a_withdrawal_waits_for_its_purpose_to_be_configured_again(nodes: tuple[Node, Node]) -> None:
+    """A re-attack run: the purpose was left out of the configuration at the first start after the
+    restore; the withdrawal was settled unmade, and once the purpose was back the restored consent was
+    in force for good. It waits for the configuration that has the purpose."""
+    a, _ = nodes
+    consents = a.consents
+    liz = await a.add("liz")
+    await consents.record(liz.id, NEWSLETTER, "granted", "sign-in prompt", actor="user:liz")
+    backup = (await _row(a.db, liz.id), await _consents(a.db, liz.id))
+    a.clock.advance(60)
+    await consents.record(liz.id, NEWSLETTER, "withdrawn", "account page", actor="user:liz")
+    await _restore(a.db, backup[0])
+    await _put_back(a.db, ConsentRecord, backup[1], user_id=liz.id)
+
+    global PURPOSES
+    configured = PURPOSES
+    PURPOSES = SETTINGS.purposes  # the newsletter left out of the configuration
+    try:
+        assert (await a.replay()).withdrawals == 0
+    finally:
+        PURPOSES = configured
+    assert (await a.replay()).withdrawals == 1
+    now = await a.accounts.get(liz.id)
+    assert now is not None
+    assert NEWSLETTER.name in await consents.optout_of(now)
