@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -45,7 +45,9 @@ from admin.console.users import refuse_admin_takeover
 from admin.deps import AdminServices, Policy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
+from gateway.errors import BadRequest, GatewayError
 from gateway.reasons import REASON_PATTERN
+from gateway.response.actions import parse_account_action
 from gateway.response.cases import Cases, CaseView, EntryView
 from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
@@ -131,10 +133,22 @@ class PhaseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Apply ``action`` to every affected account: revoke-sessions, force-password-change, reset-mfa,
-    disable."""
+    disable. ``accounts``: the affected accounts the admin saw and confirmed (required for all but
+    revoke-sessions); when the incident names others by now, nothing is done (409)."""
 
     action: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
     reason: Reason
+    accounts: (
+        Annotated[list[Annotated[str, msgspec.Meta(max_length=320)]], msgspec.Meta(max_length=1000)] | None
+    ) = None
+
+
+class AffectedChanged(GatewayError):
+    """The incident names other accounts than the ones the admin confirmed (409; nothing done)."""
+
+    status = 409
+    reason = "affected-changed"
+    title = "The affected accounts changed"
 
 
 class RestorePolicyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -517,6 +531,25 @@ async def seal(
     return await _act(request, services, "seal", subject=case_id, details=details, work=work)
 
 
+def _confirmed(data: ActionRequest, affected: Sequence[str]) -> None:
+    """Refuse unless the admin confirmed the accounts the incident names now. Detections from one
+    address join one incident, so failed sign-ins from it can add someone (a re-attack run had a
+    disable reach an account added after the admin read the incident)."""
+    action = parse_account_action(data.action)  # an unknown action is named as such first
+    if data.accounts is None:
+        if action == AccountAction.REVOKE_SESSIONS:
+            return
+        raise BadRequest(
+            f"{data.action[:40]} needs the affected accounts you confirmed (accounts: [...]): read the "
+            "incident and send the list it names."
+        )
+    if sorted(set(data.accounts)) != sorted(set(affected)):
+        raise AffectedChanged(
+            f"The incident names {', '.join(affected) or 'nobody'} now, not the accounts you confirmed: "
+            "read it again and confirm. Nothing was done."
+        )
+
+
 @post("/api/incident-cases/{case_id:str}/actions", status_code=200, tags=_TAGS)
 async def account_action(
     request: Request[Any, Any, Any],
@@ -539,6 +572,7 @@ async def account_action(
         # (another admin's update naming an admin) would be acted on unchecked. Names are compared
         # as accounts, never as spellings ("ADM4" names adm4).
         case = await flow.cases.get(case_id)
+        _confirmed(data, case.affected_users)
         for username in case.affected_users:
             user = await services.identity.accounts.find(username)
             if user is None:

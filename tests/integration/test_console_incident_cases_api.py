@@ -400,7 +400,15 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
     empty = api(site, boss, "POST", f"{BASE}/{case_id}/notes", json={"text": "   "})
     assert "must not be empty" in assert_error(empty, 400, "bad-request")["message"]
     # Disabling the admin's own account would shut them out of the console: refused, nothing done.
-    own = api(site, boss, "POST", f"{BASE}/{case_id}/actions", json={"action": "disable", "reason": "r"})
+    # A destructive action names the accounts the admin confirmed: without them, or with a list the
+    # incident no longer names (a re-attack run: an account added after the admin read the incident
+    # was disabled with the rest), nothing is done.
+    act = f"{BASE}/{case_id}/actions"
+    unnamed = api(site, boss, "POST", act, json={"action": "disable", "reason": "r"})
+    assert "accounts" in assert_error(unnamed, 400, "bad-request")["message"]
+    stale = api(site, boss, "POST", act, json={"action": "disable", "reason": "r", "accounts": ["bob"]})
+    assert "names boss now" in assert_error(stale, 409, "affected-changed")["message"]
+    own = api(site, boss, "POST", act, json={"action": "disable", "reason": "r", "accounts": ["boss"]})
     assert_error(own, 409, "own-account")
     assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
 

@@ -42,7 +42,7 @@ async def _act_on_case(site: Console, admin: str, users: list[str], action: str)
         admin,
         "POST",
         f"/api/incident-cases/{case.json()['id']}/actions",
-        json={"action": action, "reason": "x"},
+        json={"action": action, "reason": "x", "accounts": users},
     )
 
 
@@ -413,7 +413,10 @@ async def test_an_incident_changed_while_an_action_runs_is_acted_on_as_checked(
 
     monkeypatch.setattr(Cases, "get", get_then_race)
     acted = await site.call(
-        boss, "POST", f"/api/incident-cases/{case_id}/actions", json={"action": "reset-mfa", "reason": "x"}
+        boss,
+        "POST",
+        f"/api/incident-cases/{case_id}/actions",
+        json={"action": "reset-mfa", "reason": "x", "accounts": ["dave"]},
     )
     monkeypatch.undo()
     assert acted.status_code == 200, acted.text
