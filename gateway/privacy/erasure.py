@@ -2,7 +2,8 @@
 
 In this order, so a failure part-way leaves the person *more* protected, never exposed:
 
-1. **Held?** An active legal hold on the person (or on registration data) suspends the erasure: the
+1. **Held?** An active legal hold on the person, or on a class of data the erasure changes
+   (registration, audit events, incident records, privacy requests), suspends the erasure: the
    account is restricted instead (no sign-in, no optional processing) and the caller keeps the
    request ``on_hold`` naming the hold.
 2. **Removed content** (product policy, and e.g. India's IT Rules 3(1)(g)): the person's export is
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 from sqlalchemy import select
 
@@ -43,14 +45,14 @@ from gateway.identity.accounts import AccountService, UnknownAccount
 from gateway.identity.models import User
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.export import export_person
-from gateway.privacy.holds import Holds
+from gateway.privacy.holds import Holds, HoldView
 from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.models import RemovedContent
 from gateway.privacy.register import Register
 from gateway.privacy.subjects import new_pseudonym, subject_key
 from gateway.store.db import Database, store_errors
 
-__all__ = ["Erased", "Eraser", "Held", "removed_content_aad"]
+__all__ = ["Erased", "Eraser", "Held", "holding_erasure", "removed_content_aad"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,7 @@ class Eraser:
         user = await self._accounts.get(user_id)
         if user is None:
             raise UnknownAccount(f"No account has id {user_id}.")
-        hold = await self._holds.covering(username=user.username, data_class="registration")
+        hold = await holding_erasure(self._holds, user.username)
         if hold is not None:
             if not user.restricted:
                 await self._accounts.set_restricted(user_id, True, actor=actor)
@@ -219,3 +221,19 @@ class Eraser:
         plain = self._keyring.decrypt(row.payload.decode("ascii"), aad=removed_content_aad(ref))
         doc: dict[str, object] = json.loads(plain)
         return doc
+
+
+# The classes an erasure deletes or rewrites: the account, the audit trail's fields, the incident
+# records' mentions, the register's rows of the person's requests.
+_ERASED_CLASSES: Final = ("registration", "audit_events", "incidents", "privacy_requests")
+
+
+async def holding_erasure(holds: Holds, username: str) -> HoldView | None:
+    """The active hold an erasure of ``username`` must wait for: one on the person, or on a class of
+    data the erasure changes (a re-attack run: under a class hold on ``audit_events`` an erasure
+    tombstoned the person's audit records for good, which the hold was placed to keep)."""
+    for data_class in _ERASED_CLASSES:
+        hold = await holds.covering(username=username, data_class=data_class)
+        if hold is not None:
+            return hold
+    return None

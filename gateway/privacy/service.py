@@ -32,7 +32,7 @@ from gateway.identity.names import canonical_email
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.consent import Consents, purpose_named
-from gateway.privacy.erasure import Erased, Eraser, Held
+from gateway.privacy.erasure import Erased, Eraser, Held, holding_erasure
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
@@ -445,7 +445,7 @@ class Privacy:
                 continue
             if not await self._still_the_requesters(request):
                 continue
-            if await self.holds.covering(username=request.subject, data_class="registration") is None:
+            if await holding_erasure(self.holds, request.subject) is None:
                 found.append(request)
         return found
 

@@ -424,6 +424,23 @@ async def test_a_legal_hold_suspends_erasure_until_released(world: World) -> Non
     assert (await verify_database(world.db, keyring=world.keyring)).ok
 
 
+@pytest.mark.parametrize("data_class", ["audit_events", "incidents", "privacy_requests"])
+async def test_a_class_hold_on_what_an_erasure_changes_suspends_it(world: World, data_class: str) -> None:
+    """A re-attack run: under a class hold on audit_events an erasure tombstoned the person's audit
+    records for good, which the hold had been placed to keep."""
+    user = await world.alice()
+    trail_before = await _audit_text(world.db)
+    await world.privacy.holds.place("CASE-13", reason="litigation", by="admin:counsel", data_class=data_class)
+    request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert (request.status, request.hold_ref) == (Status.ON_HOLD, "CASE-13")
+    assert "alice" in await _audit_text(world.db)
+    assert "alice" in trail_before
+    await world.privacy.holds.release("CASE-13", by="admin:counsel")
+    (done,) = await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention")
+    assert done.status == Status.COMPLETED
+    assert await world.accounts.get(user.id) is None
+
+
 async def test_a_released_hold_never_erases_whoever_has_the_id_now(world: World) -> None:
     """An attack run: the held person's account was deleted (``gateway user delete`` ignores holds),
     SQLite gave its id to the next new account, and releasing the hold erased that stranger."""
