@@ -1165,8 +1165,15 @@ async def place_hold(
     details: dict[str, object] = {
         "reference": data.reference, "reason": data.reason, "data_class": data.data_class or "",
     }  # fmt: skip
-    subject = data.username[:80] if data.username is not None else data.reference
+    subject = data.username[:80] if data.username is not None else _hold_subject(data.reference)
     return await _act(request, services, "hold.place", subject=subject, details=details, work=work)
+
+
+def _hold_subject(reference: str) -> str:
+    """A hold as an audit record's subject: ``hold:`` and its reference, which no username can be (a
+    re-attack run named an account after a hold's reference, exported the admin's reason for it and
+    erased the record of it)."""
+    return f"hold:{reference[:200]}"
 
 
 @post("/api/privacy/holds/{reference:str}/release", status_code=200, tags=["privacy"])
@@ -1198,7 +1205,7 @@ async def release_hold(
             later = " The erasures it held back could not be carried out now: the next retention run does it."
         # Whom it held, as the holds name them now: the pseudonym if the person was just erased.
         now_named = {h.reference: h for h in await privacy.holds.find()}.get(released.reference, released)
-        about.subject = now_named.subject or released.reference
+        about.subject = now_named.subject or _hold_subject(released.reference)
         details["resumed"] = " ".join(resumed)
         done = f" Erasures carried out now: {', '.join(resumed)}." if resumed else ""
         return HoldReleased(
@@ -1208,7 +1215,9 @@ async def release_hold(
         )
 
     details: dict[str, object] = {"reference": reference[:200], "reason": data.reason}
-    return await _act(request, services, "hold.release", subject=reference[:200], details=details, work=work)
+    return await _act(
+        request, services, "hold.release", subject=_hold_subject(reference), details=details, work=work
+    )
 
 
 # -- the JSON API: retention ------------------------------------------------------------------------
