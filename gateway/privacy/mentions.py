@@ -80,22 +80,43 @@ class Mentions:
             return value
         return self._pattern.sub(lambda _match: self._tombstone, value)
 
-    def document(self, value: Any, *, structural: frozenset[str] = frozenset()) -> Any:
-        """A parsed JSON value with every mention replaced in its strings. An object's key is replaced
-        only when it is wholly the person (``{"failed": {"alice": ...}}``), never within; the members
-        of the top object named in ``structural`` (ids, phases, rule names) are left as they are."""
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, list):
-            return [self.document(item) for item in value]
-        if isinstance(value, dict):
-            return {
-                key if key in structural else self.whole(str(key)): (
-                    item if key in structural else self.document(item)
-                )
-                for key, item in value.items()
-            }
-        return value
+    def document(
+        self,
+        value: Any,
+        *,
+        structural: frozenset[str] = frozenset(),
+        people_keyed: frozenset[str] = frozenset(),
+        names: Mentions | None = None,
+    ) -> Any:
+        """A parsed JSON value with every mention replaced in its strings, and with ``names`` also
+        every string that is wholly the person under its names. Object keys are structure, never
+        rewritten, but for those of the top object's members named in ``people_keyed`` (``{"failed":
+        {"alice": ...}}``), replaced when wholly the person; the top object's members named in
+        ``structural`` (ids, phases, rule names) are left as they are (a re-attack run erased an
+        account named ``owner``, and the key of "owner" in other people's records went)."""
+        whole = names if names is not None else self
+
+        def walk(item: Any) -> Any:
+            if isinstance(item, str):
+                replaced = self.text(item)
+                return names.whole(replaced) if names is not None else replaced
+            if isinstance(item, list):
+                return [walk(i) for i in item]
+            if isinstance(item, dict):
+                return {key: walk(i) for key, i in item.items()}
+            return item
+
+        if not isinstance(value, dict):
+            return walk(value)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in structural:
+                out[key] = item
+            elif key in people_keyed and isinstance(item, dict):
+                out[key] = {whole.whole(str(k)): walk(i) for k, i in item.items()}
+            else:
+                out[key] = walk(item)
+        return out
 
     def names(self, values: Iterable[str]) -> list[str]:
         """A list of names (``affected_users``) with the person's replaced, in order, without repeats."""

@@ -48,6 +48,8 @@ __all__ = ["CasePersonalData"]
 _CASE_FREE_TEXT: Final = ("title", "summary", "root_cause", "lessons")
 _CASE_NAMES: Final = ("owner", "opened_by")
 _CASE_TEXT: Final = _CASE_FREE_TEXT + _CASE_NAMES
+# The members of an entry's JSON details keyed by person (a notification's failures by username).
+_PEOPLE_KEYED: Final = frozenset({"failed"})
 # The members of an entry's JSON details that are ids, phases, rule and action names or counts, never a
 # person's name, whatever word a username happens to be.
 _STRUCTURAL: Final = frozenset(
@@ -56,13 +58,14 @@ _STRUCTURAL: Final = frozenset(
 )  # fmt: skip
 
 
-def _details(stored: str, mentions: Mentions) -> str:
-    """An entry's JSON details with the mentions replaced (as written: unchanged when none is found)."""
+def _details(stored: str, found: Mentions, mentions: Mentions) -> str:
+    """An entry's JSON details with the mentions ``found`` replaced, and any string wholly the person
+    (``mentions``: an owner's name, a name in a list), as written: unchanged when none is found."""
     try:
         parsed: Any = json.loads(stored)
     except ValueError:
-        return mentions.text(stored)
-    replaced = mentions.document(parsed, structural=_STRUCTURAL)
+        return mentions.whole(found.text(stored))
+    replaced = found.document(parsed, structural=_STRUCTURAL, people_keyed=_PEOPLE_KEYED, names=mentions)
     # Written as Cases._entry writes it.
     return stored if replaced == parsed else json.dumps(replaced, sort_keys=True, default=str)
 
@@ -184,7 +187,7 @@ class CasePersonalData:
                     before = [entry.actor, entry.text, entry.details]
                     entry.actor = mentions.whole(found.text(entry.actor))
                     entry.text = found.text(entry.text)
-                    entry.details = _details(entry.details, found)
+                    entry.details = _details(entry.details, found, mentions)
                     changed += int([entry.actor, entry.text, entry.details] != before)
                 await session.commit()
         if self._detections is not None:

@@ -378,6 +378,20 @@ async def test_erasing_a_common_word_keeps_other_peoples_records_and_their_struc
     assert cases[other.id]["title"] == "Phishing of finance team, victim Mallory Smith"
     assert cases[own.id]["title"].endswith("reported")
     assert "phishing" not in cases[own.id]["title"]
+    # A former owner, the case no longer about them: the record of it loses the name, not its key.
+    dan, owner = await world.person("dan"), await world.person("owner")
+    handed = await world.incident("Handover", "mallory", closed=False)
+    await world.cases.update(handed.id, actor="user:boss", owner="dan")
+    await world.cases.update(handed.id, actor="user:boss", owner="carol")
+    for person in (dan, owner):
+        await world.privacy.erase(
+            person, settings=SETTINGS, channel=Channel.PORTAL, actor="user:x", verified_by="signed-in session"
+        )
+    rows = [r for r in await world.rows("incident_entries") if r["case_id"] == handed.id]
+    updates = [json.loads(str(r["details"])) for r in rows]
+    assert {"owner": "carol"} in updates  # "owner" the key, not the person erased
+    assert {"owner": "dan"} not in updates  # the former owner: a value wholly theirs
+    assert any(str(u.get("owner", "")).startswith("[erased:") for u in updates)
     # In a case not about her, what names her unambiguously still goes: her address, and her as actor.
     (note,) = [r for r in after.values() if r["case_id"] == other.id and "forwarded" in str(r["text"])]
     assert "ph@example.com" not in str(note["text"])

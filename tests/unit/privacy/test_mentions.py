@@ -36,21 +36,30 @@ def test_a_mention_is_the_whole_name(text: str, expected: str) -> None:
     assert ALICE.text(text) == expected
 
 
-def test_json_documents_are_replaced_in_keys_and_values() -> None:
+def test_json_documents_are_replaced_in_values_and_in_keys_by_person() -> None:
     doc = {"sent": ["alice", "bob"], "failed": {"alice": "mailbox of alice@example.com full"}, "n": 2}
-    assert ALICE.document(doc) == {"sent": [T, "bob"], "failed": {T: f"mailbox of {T} full"}, "n": 2}
+    replaced = ALICE.document(doc, people_keyed=frozenset({"failed"}))
+    assert replaced == {"sent": [T, "bob"], "failed": {T: f"mailbox of {T} full"}, "n": 2}
 
 
 def test_keys_are_replaced_only_whole_and_structural_members_never() -> None:
     detection = Mentions(["detection"], T)
     doc = {"detection": "inc-1", "phase": "detection", "note": "detection ran", "failed": {"detection": "x"}}
-    assert detection.document(doc, structural=frozenset({"detection", "phase"})) == {
+    people = frozenset({"failed"})
+    assert detection.document(doc, structural=frozenset({"detection", "phase"}), people_keyed=people) == {
         "detection": "inc-1",
         "phase": "detection",
         "note": f"{T} ran",
         "failed": {T: "x"},
     }
     assert ALICE.document({"alice-x": 1, "about alice": 2}) == {"alice-x": 1, "about alice": 2}
+    # A key is structure: a person named "owner" does not take the key of someone else's owner.
+    assert Mentions(["owner"], T).document({"owner": "erin"}) == {"owner": "erin"}
+    # With names, a value wholly the person goes though only addresses are looked for in text.
+    assert ALICE.addresses().document({"owner": "alice", "note": "alice went"}, names=ALICE) == {
+        "owner": T,
+        "note": "alice went",
+    }
 
 
 def test_whole_values_and_addresses() -> None:
