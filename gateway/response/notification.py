@@ -29,6 +29,8 @@ __all__ = ["DEFAULT_WHAT_TO_DO", "Notified", "notify_affected"]
 
 # What another affected person's name reads as in a recipient's message.
 _SOMEONE_ELSE: Final = "another account"
+# A display name shorter than this is not looked for in a message's text (it would match words).
+_SHORTEST_NAME: Final = 3
 DEFAULT_WHAT_TO_DO: Final = (
     "Sign in again and choose a new password if you are asked to. If you did not expect this message's "
     "activity on your account, tell the security contact below."
@@ -45,17 +47,28 @@ class Notified:
     missing: list[str] = field(default_factory=list)
 
 
-async def _recipients(case: CaseView, accounts: AccountService, result: Notified) -> list[Recipient]:
+async def _recipients(
+    case: CaseView, accounts: AccountService, result: Notified
+) -> tuple[list[Recipient], dict[str, set[str]]]:
+    """Who gets a message, and every name each affected account goes by (as the incident lists it,
+    its username, email and display name), by username."""
     found = []
-    for username in case.affected_users:
-        user = await accounts.find(username)
+    names: dict[str, set[str]] = {}
+    for listed in case.affected_users:
+        user = await accounts.find(listed)
         if user is None:
-            result.missing.append(username)
-        elif not user.email:
-            result.without_address.append(username)
+            result.missing.append(listed)
+            names[listed] = {listed}
+            continue
+        display = user.display_name if len(user.display_name) >= _SHORTEST_NAME else ""
+        names.setdefault(user.username, set()).update(
+            n for n in (listed, user.username, user.email, display) if n
+        )
+        if not user.email:
+            result.without_address.append(listed)
         else:
             found.append(Recipient(username=user.username, address=user.email, name=user.display_name))
-    return found
+    return found, names
 
 
 async def notify_affected(
@@ -80,14 +93,16 @@ async def notify_affected(
         raise BadRequest(f"Incident {case.id} names no affected user; add them first.")
     result = Notified()
     now = cases.clock.now()
-    people = await _recipients(case, accounts, result)
+    people, names = await _recipients(case, accounts, result)
 
     def about(recipient: Recipient) -> Incident:
+        # Every name of everyone else affected: as listed, username, email and display name (a
+        # re-attack run found one listed by email, and one by the display name in the title).
+        mine = names.get(recipient.username, set())
         others = Mentions(
-            [*(u for u in case.affected_users if u != recipient.username),
-             *(p.address for p in people if p is not recipient)],
+            [n for who, known in names.items() if who != recipient.username for n in known if n not in mine],
             _SOMEONE_ELSE,
-        )  # fmt: skip
+        )
         title = others.text(case.title)
         summary = others.text(case.summary or case.title)
         return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)

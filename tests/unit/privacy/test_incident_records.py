@@ -413,3 +413,32 @@ async def test_a_persons_hold_keeps_records_naming_them_in_any_spelling(world: W
     assert report.ok
     assert await world.case_ids() == {case.id for case in spelled}
     assert other.id not in await world.case_ids()
+
+
+async def test_a_notice_names_its_recipient_alone(world: World) -> None:
+    """A re-attack run: everyone affected got a notice naming the others, by their email address as
+    the incident listed them, or by display name in the title."""
+    from gateway.response.notification import notify_affected
+    from gateway.settings.loader import parse_settings
+
+    await world.person("bob", "bob@example.com")
+    await world.person("carol", "carol@example.com")
+    case = await world.incident(
+        "Carol and bob reused a leaked password", "bob", "CAROL@example.com", closed=False
+    )
+    await world.cases.update(case.id, actor="user:boss", root_cause="x")
+    notified = await notify_affected(
+        await world.cases.get(case.id),
+        settings=parse_settings("public_url: https://auth.example.com\n"),
+        accounts=world.accounts,
+        cases=world.cases,
+        audit=world.audit,
+        actor="user:boss",
+        send=False,
+    )
+    by_recipient = {p.to: p for p in notified.previews}
+    to_bob = next(p for to, p in by_recipient.items() if "bob@example.com" in to)
+    to_carol = next(p for to, p in by_recipient.items() if "carol@example.com" in to)
+    assert "carol" not in (to_bob.subject + to_bob.body).lower()
+    assert "another account and bob" in to_bob.subject.lower()
+    assert "bob" not in to_carol.subject.lower()
