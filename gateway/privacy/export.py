@@ -10,6 +10,7 @@ from the stores directly, so it is also what an erasure archives before it delet
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.audit.erase import NOT_ABOUT_PEOPLE, actor_spellings
 from gateway.audit.models import AuditEvent
 from gateway.authz.models import DecisionSampleRow
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
+from gateway.identity.names import RESERVED_USERNAMES
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import Session, SessionStore, browser_label
 from gateway.privacy.models import ConsentRecord, PrivacyRequest
@@ -125,9 +127,24 @@ def _session(s: Session) -> dict[str, Any]:
 LEFT_OUT: Final = "[left out: about someone else]"
 
 
+# Subjects that name no person: the gateway's own words, its ids (an incident, a privacy request), and
+# prefixed names (a legal hold, a service account).
+_NOT_A_PERSON: Final = re.compile(r"(?i:inc-[0-9a-f]{8}|pr-[a-z2-7]{10}|(?:hold|client|route|key):.*)")
+
+
+def _shown_subject(subject: str) -> str:
+    """A record's subject in someone else's export: left out when it may be a person (a re-attack run
+    read in an admin's export who had withdrawn a consent and who had objected)."""
+    if not subject or subject in RESERVED_USERNAMES or _NOT_A_PERSON.fullmatch(subject):
+        return subject
+    return LEFT_OUT
+
+
 def _event(e: AuditEvent, actors: frozenset[str], username: str) -> dict[str, Any]:
     details: Any = json.loads(e.details) if e.details.startswith("{") else e.details
+    subject = e.subject
     if e.subject.lower() != username.lower():
+        subject = _shown_subject(e.subject)
         # What the person did to someone else (an admin creating an account): the act is theirs, the
         # texts in it (the other person's email, a reason naming them) are not (GDPR Art. 15(4); an
         # attack run found another person's address in an admin's export). Flags and counts stay.
@@ -143,7 +160,7 @@ def _event(e: AuditEvent, actors: frozenset[str], username: str) -> dict[str, An
         "at": _iso(e.at),
         "kind": e.kind,
         "actor": e.actor,
-        "subject": e.subject,
+        "subject": subject,
         # The address is the actor's: the person's own, or (an admin acting on the account) not theirs.
         "ip": e.ip if e.actor in actors else "",
         "outcome": e.outcome,
