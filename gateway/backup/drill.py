@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,7 +187,7 @@ def _newest_record_at(db_file: Path) -> datetime | None:
 
 
 @contextmanager
-def _serving(config: Path, log: Path, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _serving(config: Path, log: Path, cwd: Path, env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """``gateway serve`` in a process group of its own, stopped with its workers however we leave; and
     told to stop when the drill dies, also by SIGKILL (an attack run killed a drill and its node went
     on serving restored accounts)."""
@@ -195,6 +195,7 @@ def _serving(config: Path, log: Path, cwd: Path) -> Iterator[subprocess.Popen[by
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
             [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
             cwd=cwd,
+            env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -315,7 +316,7 @@ async def audit_chain(url: str, keyring: Keyring) -> str | None:
     return None
 
 
-def _add_drill_user(config: Path, cwd: Path, password: str) -> str | None:
+def _add_drill_user(config: Path, cwd: Path, password: str, env: Mapping[str, str]) -> str | None:
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
         [
             sys.executable,
@@ -329,6 +330,7 @@ def _add_drill_user(config: Path, cwd: Path, password: str) -> str | None:
             str(config),
         ],
         cwd=cwd,
+        env={**os.environ, **env},
         input=password + "\n",
         capture_output=True,
         text=True,
@@ -488,20 +490,29 @@ def _steps(
 
 
 def serve_and_use(
-    report: DrillReport, raw: dict[str, Any], node_dir: Path, cwd: Path, started: float, check: CheckFn
+    report: DrillReport,
+    raw: dict[str, Any],
+    node_dir: Path,
+    cwd: Path,
+    started: float,
+    check: CheckFn,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Start the node on the configuration ``raw``, wait until it is ready (RTO), then sign the drill
     account in; always stop it.
 
     The configuration is written beside the live one (``cwd``: relative paths mean the same there) and
     removed after; a copy stays with the node for ``--keep``. Both are 0600 from the start: the copy
-    may hold the live database URL's password.
+    may hold the live database URL's password. A secret the configuration names by ``${env:NAME}``
+    comes in ``env`` (the node's environment), so no file holds it: a drill killed with SIGKILL
+    cannot remove its files (a re-attack run found the restored cluster's URL, password included,
+    beside the live configuration).
     """
     assert report.port is not None
     doc = yaml.safe_dump(raw)
     _write_private(node_dir / "gateway.yaml", doc)
     with _node_config_file(cwd, node_dir, doc) as config:
-        _serve_and_use(report, config, node_dir, cwd, started, check)
+        _serve_and_use(report, config, node_dir, cwd, started, check, env or {})
 
 
 def _write_private(path: Path, doc: str) -> None:
@@ -511,10 +522,16 @@ def _write_private(path: Path, doc: str) -> None:
 
 
 def _serve_and_use(
-    report: DrillReport, config: Path, node_dir: Path, cwd: Path, started: float, check: CheckFn
+    report: DrillReport,
+    config: Path,
+    node_dir: Path,
+    cwd: Path,
+    started: float,
+    check: CheckFn,
+    env: Mapping[str, str],
 ) -> None:
     assert report.port is not None
-    with _serving(config, node_dir / "gateway.log", cwd) as proc:
+    with _serving(config, node_dir / "gateway.log", cwd, env) as proc:
         problem = _wait_ready(report.port, proc, READY_TIMEOUT)
         if problem is not None:
             tail = (node_dir / "gateway.log").read_text(errors="replace").strip().splitlines()[-3:]
@@ -525,6 +542,6 @@ def _serve_and_use(
 
         # A one-off password, never printed or recorded; the account lives only in the drill node.
         password = os.urandom(24).hex()
-        problem = _add_drill_user(config, cwd, password) or sign_in(report.port, DRILL_USER, password)
+        problem = _add_drill_user(config, cwd, password, env) or sign_in(report.port, DRILL_USER, password)
         if not check("sign_in", problem, f"{DRILL_USER} signed in with a password over HTTP"):
             return

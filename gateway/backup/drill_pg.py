@@ -63,6 +63,8 @@ from gateway.store.pg_tls import TLS_PARAMETERS
 __all__ = ["PG_STEPS", "find_pg_ctl", "run_pg_drill"]
 
 PG_STEPS = ("verify", "restore", "start_database", "start", "sign_in", "audit_chain")
+# The environment variable the drill's node reads the restored cluster's URL from.
+_NODE_URL_ENV = "GATEWAY_DRILL_STORAGE_URL"
 # Recovery of a day's WAL on a small database takes seconds; a large one is what this bound reports.
 RECOVERY_TIMEOUT = 600.0
 
@@ -300,10 +302,11 @@ def _gateway_steps(
 ) -> None:
     report.port = port or free_port()
     raw = node_config(live_config, node_dir / "data", report.port, keyring_file)
-    # The one place the restored cluster is named (serve_and_use writes the file 0600: the password
-    # of the live URL may be in it).
-    raw["storage"] = {**raw["storage"], "url": node_url}
-    serve_and_use(report, raw, node_dir, live_config.resolve().parent, started, check)
+    # The restored cluster's URL holds the live URL's password: the node reads it from its
+    # environment, never from a file a killed drill would leave behind.
+    raw["storage"] = {**raw["storage"], "url": "${env:" + _NODE_URL_ENV + "}"}
+    env = {_NODE_URL_ENV: node_url}
+    serve_and_use(report, raw, node_dir, live_config.resolve().parent, started, check, env)
     if report.failed:
         return
     problem = asyncio.run(audit_chain(node_url, keyring))

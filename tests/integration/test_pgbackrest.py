@@ -25,6 +25,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 from sqlalchemy import select
 
 from tests.integration.harness import ROOT, run_cli
@@ -196,6 +197,12 @@ def _a_killed_drill_takes_its_cluster_along(c: tuple[str, str], drill_tmp: Path)
         while any(still_running(process) for process in seen) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = [process for process in seen if still_running(process)]
+        # What the killed drill could not remove names the restored cluster by reference only: its
+        # URL holds the live URL's password (a re-attack run found it in a file beside the live
+        # configuration).
+        beside = Path(c[1]).parent
+        kept = [*beside.glob(".gateway-drill-*.yaml"), *drill_tmp.rglob("gateway.yaml")]
+        urls = [str(yaml.safe_load(path.read_text())["storage"]["url"]) for path in kept]
     finally:
         drill.kill()
         drill.wait()
@@ -204,8 +211,12 @@ def _a_killed_drill_takes_its_cluster_along(c: tuple[str, str], drill_tmp: Path)
                 os.kill(process[0], signal.SIGKILL)
         for path in drill_tmp.iterdir():  # what only the killed drill would have removed
             shutil.rmtree(path, ignore_errors=True)
+        for path in Path(c[1]).parent.glob(".gateway-drill-*.yaml"):
+            path.unlink()
     assert left == []
     assert port_free(node_port)
+    assert urls
+    assert all(url == "${env:GATEWAY_DRILL_STORAGE_URL}" for url in urls), urls
 
 
 def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Path) -> None:
