@@ -218,4 +218,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("account", nargs="?", default=None, metavar="ACCOUNT", help="only this account's")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = action(tokens, "revoke", _revoke_token, "revoke a token everywhere within a second")
-    p.add_argument("id", metavar="ID", help="the token's id, e.g. gwt_Ab3dE9xQ")
+    p.add_argument(
+        "id",
+        metavar="ID",
+        help="the token's id, e.g. gwt_Ab3dE9xQ, or the whole token (a leaked one: never echoed)",
+    )

@@ -32,7 +32,14 @@ from gateway.identity.machine_names import hold_names
 from gateway.identity.models import User
 from gateway.identity.retired import retire
 from gateway.machine.models import ApiToken, ServiceAccount
-from gateway.machine.tokens import REVOCATION_CHANNEL, is_token_id, new_token
+from gateway.machine.tokens import (
+    REVOCATION_CHANNEL,
+    hash_token,
+    is_gateway_token,
+    is_token_id,
+    new_token,
+    prefix_of,
+)
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 
@@ -373,12 +380,25 @@ class ServiceAccounts:
         return [token_view(row, name, now) for row, name in rows]
 
     async def revoke_token(self, token_id: str, *, actor: str, ip: str = "") -> TokenView:
-        """Revoke a token by its public id (``gwt_Ab3dE9xQ``); it is refused everywhere within a second.
+        """Revoke a token by its public id (``gwt_Ab3dE9xQ``), or by the whole token (what someone holding
+        a leaked one has: a re-attack run's revoke by it was refused, with the secret echoed); it is
+        refused everywhere within a second.
 
         Revoking a revoked token changes nothing and answers its view again.
         """
-        if not is_token_id(token_id.strip()):
-            raise InvalidMachineRequest(f"{token_id[:70]!r} is not a token id (gwt_ and 8 characters)")
+        value = token_id.strip()
+        if is_gateway_token(value):
+            which = ApiToken.token_hash == hash_token(value)
+            token_id = prefix_of(value)
+        elif is_token_id(value):
+            which = ApiToken.prefix == value
+            token_id = value
+        else:
+            # Never the value itself: it may be a token, spoiled.
+            shown = value[:12] + ("…" if len(value) > 12 else "")
+            raise InvalidMachineRequest(
+                f"{shown!r} is neither a token id (gwt_ and 8 characters) nor a whole token"
+            )
         now = self._clock.now()
         async with self._db.session(write=True) as session:
             with store_errors("cannot revoke the token"):
@@ -386,11 +406,11 @@ class ServiceAccounts:
                     await session.execute(
                         select(ApiToken, ServiceAccount.name)
                         .join(ServiceAccount, ApiToken.account_id == ServiceAccount.id)
-                        .where(ApiToken.prefix == token_id.strip())
+                        .where(which)
                     )
                 ).first()
                 if found is None:
-                    raise UnknownToken(f"No token has the id {token_id.strip()!r}.")
+                    raise UnknownToken(f"No token has the id {token_id!r}.")
                 row, name = found
                 changed = row.revoked_at is None
                 if changed:

@@ -128,6 +128,29 @@ async def test_expiry_is_checked_on_every_use_also_from_the_cache(
     assert "expired" in expired.value.description
 
 
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+async def test_a_leaked_token_is_revoked_by_itself_and_never_echoed(
+    accounts: ServiceAccounts, tokens: GatewayTokens
+) -> None:
+    """A re-attack run: `gateway token revoke <the whole token>` was refused as "not a token id" and
+    printed the secret; someone holding a leaked token has the token, not its id."""
+    await accounts.create_account("ci", actor="cli:test")
+    token, token_id = await _issue(accounts, "api")
+    other, _ = await _issue(accounts, "api")
+    view = await accounts.revoke_token(token, actor="cli:test")
+    assert (view.id, view.state) == (token_id, "revoked")
+    with pytest.raises(TokenRefused):
+        await tokens.verify(token, route="api", ip="")
+    assert (await tokens.verify(other, route="api", ip="")).subject == "ci"  # only that one
+    # A spoiled one (a character added): refused without the secret in the message.
+    with pytest.raises(InvalidMachineRequest) as refused:
+        await accounts.revoke_token(other + "x", actor="cli:test")
+    assert other[12:] not in str(refused.value)
+    # Its id and a token of the same id but another secret are two things.
+    with pytest.raises(UnknownToken):
+        await accounts.revoke_token(token_id + "A" * 35, actor="cli:test")
+
+
 @pytest.mark.parametrize("fast_state_backend", ["local", "redis"], indirect=True)
 async def test_a_revocation_empties_every_listening_cache_at_once(
     accounts: ServiceAccounts, tokens: GatewayTokens
