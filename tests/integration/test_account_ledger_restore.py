@@ -127,7 +127,9 @@ def test_a_restore_does_not_undo_a_withdrawn_consent_or_an_objection(tmp_path: P
             )
         backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
 
-        _cli("privacy", "withdraw", "erin", "newsletter", "--verified-by", "letter", "--reason", "by post", *c)
+        _cli(
+            "privacy", "withdraw", "erin", "newsletter", "--verified-by", "letter", "--reason", "by post", *c
+        )
         _cli("privacy", "object", "erin", "geolocation", "--verified-by", "letter", "--reason", "by post", *c)
 
         restored = _cli("backup", "restore", backup_id, "--data-dir", str(database.parent), "--force", *c)

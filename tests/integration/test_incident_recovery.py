@@ -208,7 +208,9 @@ def test_eradication_actions_and_the_checks_that_gate_closing(deployment: Deploy
 
     # -- eradication through the incident's commands ------------------------------------------------
     case_cli(dep, "phase", case_id, "eradication")
-    assert "victim: second factors reset (sessions ended)" in case_cli(dep, "act", case_id, "reset-mfa", "--yes")
+    assert "victim: second factors reset (sessions ended)" in case_cli(
+        dep, "act", case_id, "reset-mfa", "--yes"
+    )
     assert json.loads(cli(dep, "user", "show", "victim", "--json"))["factors"] == []
     wait_until(lambda: probe(dep, session) == 401, timeout=15, what="the victim's session ended")
     assert "victim: account disabled (sessions ended)" in case_cli(dep, "act", case_id, "disable", "--yes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from sqlalchemy import select
@@ -105,7 +106,7 @@ async def test_a_flood_of_refused_uses_of_one_token_is_one_record_a_minute(
         await tokens.verify(token, route="other", ip="198.51.100.7")
     _, summary, again = await refusals()
     assert summary["refused_since_last_record"] == 199
-    assert sorted(summary["addresses"]) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]  # type: ignore[arg-type]
+    assert sorted(cast(list[str], summary["addresses"])) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     assert "refused_since_last_record" not in again
     # What is still summing when the process stops is recorded then.
     with pytest.raises(TokenOutOfScope):
