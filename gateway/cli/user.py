@@ -60,6 +60,7 @@ from gateway.cli.harness import (
     config_arg,
     confirm,
     load_config,
+    load_keyring,
     note_roles_without_rules,
     operator,
     run,
@@ -478,7 +479,19 @@ async def _invite_user(ctx: _Context, user: User, *, clear_password: bool, reset
 
 
 async def _delete(args: argparse.Namespace, ctx: _Context) -> int:
+    from gateway.privacy.erasure import holding_erasure
+    from gateway.privacy.holds import Holds
+
     user = await _user(ctx, args.username)
+    # A legal hold keeps the account as it keeps it from an erasure (a re-attack run deleted a held
+    # person's account and factors for good this way).
+    holds = Holds(ctx.db, load_keyring(ctx.settings, may_create=False), ctx.audit)
+    hold = await holding_erasure(holds, user.username)
+    if hold is not None:
+        raise UserError(
+            f"{user.username} is kept by legal hold {hold.reference}: nothing was deleted. Restrict the "
+            "account instead (gateway privacy restrict), or release the hold first."
+        )
     if not args.yes:
         await confirm(
             f"Delete user {user.username} with all their second factors? This cannot be undone.\n"

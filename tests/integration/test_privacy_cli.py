@@ -238,6 +238,11 @@ def test_export_is_a_new_private_file_and_erasure_asks_or_says_which_hold(cli: C
     (held,) = json.loads(cli.ok("privacy", "requests", "--open", "--json"))
     assert held["hold_ref"] == "LIT-3"
     assert cli.run("user", "show", "carol").returncode == 0
+    # Nor does deleting the account get past the hold (a re-attack run deleted a held account so).
+    refused = cli.run("user", "delete", "carol", "--yes")
+    assert refused.returncode == 2
+    assert "legal hold LIT-3" in refused.stderr
+    assert cli.run("user", "show", "carol").returncode == 0
     released = cli.ok("privacy", "hold", "release", "LIT-3")
     assert f"carried out the held erasure request {held['ref']}: completed" in released
     assert cli.run("user", "show", "carol").returncode == 2
