@@ -69,6 +69,9 @@ _TAGS: Final = ["incident cases"]
 _SHUTS_YOU_OUT: Final[dict[str, str]] = {
     AccountAction.DISABLE: "disabling your account",
     AccountAction.RESET_MFA: "removing your second factors",
+    # Failed sign-ins from the incident's address can add the admin to it (a re-attack run's
+    # revoke-sessions then signed the acting admin out).
+    AccountAction.REVOKE_SESSIONS: "ending your sessions",
 }
 
 
@@ -138,9 +141,9 @@ class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     action: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
     reason: Reason
-    accounts: (
-        Annotated[list[Annotated[str, msgspec.Meta(max_length=320)]], msgspec.Meta(max_length=1000)] | None
-    ) = None
+    # No bound below what an incident may name: detections add names without one, and a bound here
+    # let a flood of names from one address block every confirmed action (a re-attack run).
+    accounts: list[Annotated[str, msgspec.Meta(max_length=320)]] | None = None
 
 
 class AffectedChanged(GatewayError):

@@ -140,8 +140,25 @@ def _shown_subject(subject: str) -> str:
     return LEFT_OUT
 
 
-def _event(e: AuditEvent, actors: frozenset[str], username: str) -> dict[str, Any]:
+_EMAIL: Final = re.compile(r"[^\s@<>\"'(),;]+@[^\s@<>\"'(),;]+\.[A-Za-z]{2,}")
+
+
+def _others_addresses_left_out(value: Any, own: str) -> Any:
+    """``value`` (parsed details) with every email address but ``own`` left out: a reason an admin
+    typed about the person may name someone else (a re-attack run found "fraud report by carol@…" in
+    alice's export)."""
+    if isinstance(value, str):
+        return _EMAIL.sub(lambda m: m.group() if m.group().lower() == own else LEFT_OUT, value)
+    if isinstance(value, list):
+        return [_others_addresses_left_out(v, own) for v in value]
+    if isinstance(value, dict):
+        return {k: _others_addresses_left_out(v, own) for k, v in value.items()}
+    return value
+
+
+def _event(e: AuditEvent, actors: frozenset[str], username: str, email: str) -> dict[str, Any]:
     details: Any = json.loads(e.details) if e.details.startswith("{") else e.details
+    details = _others_addresses_left_out(details, email.lower())
     subject = e.subject
     if e.subject.lower() != username.lower():
         subject = _shown_subject(e.subject)
@@ -250,7 +267,7 @@ async def export_person(
             {"hour": _iso(r.bucket), "route": r.route, "method": r.method, "path": r.path, "count": r.count}
             for r in samples
         ],
-        "audit_events": [_event(e, actors, user.username) for e in events],
+        "audit_events": [_event(e, actors, user.username, user.email or "") for e in events],
     }
 
 

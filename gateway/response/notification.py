@@ -98,7 +98,9 @@ async def notify_affected(
     def about(recipient: Recipient) -> Incident:
         # Every name of everyone else affected: as listed, username, email and display name (a
         # re-attack run found one listed by email, and one by the display name in the title).
-        mine = names.get(recipient.username, set())
+        # Only what the recipient is known by for sure: a display name is chosen by its owner, and
+        # one set to another affected person's username kept that name in the notice (a re-attack run).
+        mine = {recipient.username, recipient.address}
         others = Mentions(
             [n for who, known in names.items() if who != recipient.username for n in known if n not in mine],
             _SOMEONE_ELSE,

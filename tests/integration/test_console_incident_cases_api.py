@@ -410,6 +410,10 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
     assert "names boss now" in assert_error(stale, 409, "affected-changed")["message"]
     own = api(site, boss, "POST", act, json={"action": "disable", "reason": "r", "accounts": ["boss"]})
     assert_error(own, 409, "own-account")
+    # Ending the admin's own sessions too (a re-attack run: failed sign-ins from the incident's address
+    # added the admin, and revoke-sessions signed them out).
+    ended = api(site, boss, "POST", act, json={"action": "revoke-sessions", "reason": "r"})
+    assert_error(ended, 409, "own-account")
     assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
 
     # A policy restore for the incident: an unknown version is 404; the first version is restored.

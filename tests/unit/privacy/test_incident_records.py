@@ -442,3 +442,20 @@ async def test_a_notice_names_its_recipient_alone(world: World) -> None:
     assert "carol" not in (to_bob.subject + to_bob.body).lower()
     assert "another account and bob" in to_bob.subject.lower()
     assert "bob" not in to_carol.subject.lower()
+    # A display name is its owner's choice: one set to another affected person's name does not keep
+    # that person in the notice (a re-attack run).
+    await world.accounts.create(
+        username="mallory", password=PASSWORD, email="m@example.com", display_name="bob", actor="admin:root"
+    )
+    await world.cases.update(case.id, actor="user:boss", users=["mallory"])
+    again = await notify_affected(
+        await world.cases.get(case.id),
+        settings=parse_settings("public_url: https://auth.example.com\n"),
+        accounts=world.accounts,
+        cases=world.cases,
+        audit=world.audit,
+        actor="user:boss",
+        send=False,
+    )
+    to_mallory = next(p for p in again.previews if "m@example.com" in p.to)
+    assert "bob" not in to_mallory.subject.lower()

@@ -246,6 +246,23 @@ async def test_an_admins_export_holds_their_acts_not_the_other_peoples_data(worl
     assert own["details"]["has_password"] is True
 
 
+async def test_a_reason_about_the_person_names_nobody_else_in_their_export(world: World) -> None:
+    """A re-attack run: an admin's reason for disabling alice named the person who reported her, by
+    email address, in alice's own export."""
+    user = await world.alice()
+    await world.audit.record(
+        "admin.user.disable",
+        actor="admin:boss",
+        subject="alice",
+        details={"reason": "fraud report by carol@example.com (ticket 42)", "sessions": 1},
+    )
+    _, doc = await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    (disabled,) = [e for e in doc["audit_events"] if e["kind"] == "admin.user.disable"]
+    assert "carol@example.com" not in json.dumps(doc)
+    assert disabled["details"]["reason"].startswith("fraud report by [left out")
+    assert doc["account"]["email"] == "alice@example.com"  # her own stays
+
+
 async def test_a_later_account_given_the_same_id_does_not_see_the_earlier_ones_requests(world: World) -> None:
     """SQLite gives a deleted account's id to the next new account, and the register outlives accounts:
     dan must not see, nor export, the requests zack made."""
