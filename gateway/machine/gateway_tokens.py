@@ -48,7 +48,6 @@ _OUT_OF_SCOPE: Final = "The access token is not valid for this application."
 _MAX_NOTED: Final = 10_000
 # Who the audit trail names for a token nobody issued (no service account may be called "unknown").
 _NOBODY: Final = "client:unknown"
-_UNKNOWN_KEY: Final = ("unknown",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +100,13 @@ class GatewayTokens:
 
     async def verify(self, token: str, *, route: str, ip: str) -> VerifiedToken:
         """Who the token speaks for (see :class:`~gateway.machine.verifier.TokenVerifier`)."""
+        mono = self._clock.monotonic()
         if not is_gateway_token(token):
+            # Audited too (a spoiled token is kept from the provider, so here is its only record).
+            details = {"reason": "malformed", "route": route}
+            self._refusals.refused(("malformed", route), actor=_NOBODY, ip=ip, details=details, mono=mono)
             raise TokenRefused("malformed", _INVALID)
         token_hash = hash_token(token)
-        mono = self._clock.monotonic()
         hit = self._cache.get(token_hash)
         if hit is not None and 0 <= mono - hit[1] <= self._cache_ttl:
             entry = hit[0]
@@ -114,7 +116,7 @@ class GatewayTokens:
         verified = entry.verified
         if verified is None:
             details = {"reason": "unknown", "route": route}
-            self._refusals.refused(_UNKNOWN_KEY, actor=_NOBODY, ip=ip, details=details, mono=mono)
+            self._refusals.refused(("unknown", route), actor=_NOBODY, ip=ip, details=details, mono=mono)
             raise TokenRefused("unknown", _INVALID)
         if entry.revoked:
             self._refused(entry.row_id, verified, "revoked", route, ip, mono)

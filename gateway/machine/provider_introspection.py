@@ -214,9 +214,16 @@ class ProviderIntrospection:
         if answer is None:
             asking = self._asking
             if asking is not None:
-                # Counted before the call (a burst cannot all pass), taken back for an active token.
+                # Counted before the call (a burst cannot all pass), taken back for an active token
+                # and for a provider that did not answer (a re-attack run: an outage and a client's
+                # retries locked its address out after the provider was back).
                 await asking.reserve("introspection", ip)
-            answer = await self._ask(token, key, idp, tokens, introspection, cache)
+            try:
+                answer = await self._ask(token, key, idp, tokens, introspection, cache)
+            except Exception:
+                if asking is not None:
+                    await asking.release("introspection", ip)
+                raise
             if asking is not None and answer.claims is not None:
                 await asking.release("introspection", ip)
         if answer.claims is None:

@@ -48,7 +48,9 @@ class RefusalTally:
     def refused(self, key: Hashable, *, actor: str, ip: str, details: dict[str, Any], mono: float) -> None:
         """Note one refusal at ``mono`` (monotonic seconds) from ``ip``."""
         window = self._windows.get(key)
-        if window is not None and 0 <= mono - window.since < self._interval:
+        # A refusal whose clock was read before the window's first (it awaited the database longer)
+        # belongs to the window too.
+        if window is not None and mono - window.since < self._interval:
             window.count += 1
             if ip and ip not in window.addresses:
                 if len(window.addresses) < MAX_ADDRESSES:

@@ -69,13 +69,14 @@ def meant_as_gateway_token(value: str) -> bool:
     malformed one refused, never sent to an identity provider. An attack run had a token with a
     character added, its prefix upper-cased, a character put before it or its underscore changed
     introspected, the whole secret in the request. So: a value that starts with ``gwt`` in any case,
-    or holds ``gwt_`` anywhere, but for a JWT (three dot-separated parts: a provider's, whose base64
+    or holds ``gwt_`` anywhere in any case, but for a JWT (three dot-separated parts: a provider's, whose base64
     would hold ``gwt_`` about once in 15,000 tokens). A random 100-character opaque provider token
     matches by chance about once in 20,000 (and is then refused here, every time); the bare secret
     without its prefix cannot be told apart."""
     if value[:3].lower() == TOKEN_PREFIX[:3]:
         return True
-    return TOKEN_PREFIX in value and value.count(".") != 2
+    # A JWT's header is a JSON object: base64 of '{"' is "eyJ".
+    return TOKEN_PREFIX in value.lower() and not (value.startswith("eyJ") and value.count(".") == 2)
 
 
 def is_gateway_token(value: str) -> bool:

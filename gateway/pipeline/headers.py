@@ -138,6 +138,32 @@ FOREIGN_IDENTITY_PREFIXES: Final = (
     b"x-anonymous-consumer",
     b"x-apigateway-api-userinfo",
     b"x-endpoint-api-userinfo",
+    # The identity-aware proxies security teams compare this one with, and others' conventions (a
+    # second re-attack run found these passed on): Pomerium, authentik, Vouch, Tailscale, Teleport,
+    # AWS Verified Access, Keycloak gatekeeper, Kong OIDC and APISIX, Istio's JWT filter,
+    # mod_auth_openidc, Sandstorm, Shibboleth, and more auth-proxy spellings.
+    b"x-pomerium-",
+    b"x-authentik-",
+    b"x-vouch-",
+    b"tailscale-user-",
+    b"teleport-jwt-assertion",
+    b"x-amzn-ava-",
+    b"x-auth-username",
+    b"x-auth-email",
+    b"x-auth-userid",
+    b"x-auth-roles",
+    b"x-auth-groups",
+    b"x-auth-subject",
+    b"x-userinfo",
+    b"x-id-token",
+    b"x-jwt-payload",
+    b"oidc-claim-",
+    b"oidc-access-token",
+    b"x-sandstorm-",
+    b"shib-",
+    b"x-webauth-",
+    b"x-remote-",
+    b"x-forwarded-id-token",
 )
 
 
@@ -176,7 +202,12 @@ CLIENT_CERTIFICATE_PREFIXES: Final = (
     b"x-forwarded-tls-client-",
     b"x-amzn-mtls-",
     b"x-arr-clientcert",
+    b"x-arr-ssl",
     b"client-cert",
+    b"cf-cert-",
+    b"x-forwarded-ssl-client-",
+    b"x-tls-client-",
+    b"x-client-subject",
 )
 _DROPPED_PREFIXES: Final = FOREIGN_IDENTITY_PREFIXES + CLIENT_CERTIFICATE_PREFIXES
 # Headers whose meaning depends on who set them. Compared after normalize_name().

@@ -21,9 +21,19 @@ from gateway.pipeline.snapshot import RouteRuntime
 
 __all__ = ["forward_websocket"]
 
-# Close codes a peer may not send (RFC 6455 §7.4.1): what the client is told instead when the app's
-# connection ended that way.
-_CLOSE_CODES: Final = {1005: 1000, 1006: 1011, 1015: 1011}
+# "No status" passed on as a normal close; any other code a peer may not send (RFC 6455 §7.4: 1004,
+# 1006, 1015, 1016-2999, 5000 and up) as an internal error.
+_NO_STATUS: Final = 1005
+
+
+def _sendable(code: int | None) -> int:
+    """``code`` as a close frame may carry it (a re-attack run saw 1005 sent to the app, and an app's
+    5000 reach the client as a dropped connection)."""
+    if code is None or code == _NO_STATUS:
+        return 1000
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1011
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -114,7 +124,7 @@ async def _pump(
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": 1008, "reason": "access ended"})
     elif _ended(app):
-        code = _CLOSE_CODES.get(upstream.close_code or 1000, upstream.close_code or 1000)
+        code = _sendable(upstream.close_code)
         await upstream.close()  # the app's close answered (autoclose is off)
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
@@ -129,7 +139,7 @@ async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocke
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
-            await upstream.close(code=message.get("code", 1000))
+            await upstream.close(code=_sendable(message.get("code")))
             return
         if message.get("text") is not None:
             await upstream.send_str(message["text"])

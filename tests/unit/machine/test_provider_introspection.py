@@ -129,7 +129,7 @@ def test_what_it_recognises(site: Site) -> None:
         "gwt." + "A" * 43,
         "gwt" + "A" * 43,
     ]
-    spoilt += ["eyJgwt_" + "A" * 43]
+    spoilt += ["eyJgwt_" + "A" * 43, "xGWT_" + "A" * 43, "x.GWT_" + "A" * 43, "a.gwt_" + "A" * 43 + ".b"]
     for spoiled in (
         "gwt_" + "A" * 43 + "=",
         "GWT_" + "A" * 43,
@@ -312,6 +312,15 @@ async def test_one_address_may_make_the_provider_answer_only_so_many_unknown_tok
         with pytest.raises(TokenRefused) as elsewhere:  # another address is counted apart
             await made.verifier.verify("junk-4", route="api", ip="198.51.100.9")
         assert elsewhere.value.reason == "inactive"
+        # A provider that does not answer counts nothing (a re-attack run: an outage and a client's
+        # retries locked its address out after the provider was back).
+        made.client.down = True
+        for attempt in range(5):
+            with pytest.raises(ProviderUnavailable):
+                await made.verifier.verify(f"retry-{attempt}", route="api", ip="203.0.113.50")
+        made.client.down = False
+        made.active("back")
+        assert (await made.verifier.verify("back", route="api", ip="203.0.113.50")).subject
     finally:
         await made.audit.close()
         await fast.close()

@@ -109,7 +109,8 @@ def test_another_proxys_identity_is_refused_and_a_client_certificate_is_not() ->
     """A cloud proxy's identity header in the question is the client's (refused, as X-WEBAUTH-USER
     is); a client certificate's may be the asking proxy's own (Envoy's XFCC), so it passes."""
     names = frozenset(DEFAULT_IDENTITY_NAMES)
-    for name in (b"X-Goog-Authenticated-User-Email", b"X-Consumer-Groups", b"X-MS-TOKEN-AAD-ID-TOKEN"):
+    refused = (b"X-Goog-Authenticated-User-Email", b"X-Consumer-Groups", b"X-MS-TOKEN-AAD-ID-TOKEN")
+    for name in (*refused, b"X-Pomerium-Claim-Email", b"X-Authentik-Username", b"Tailscale-User-Login"):
         with pytest.raises(ClientIdentityHeaders):
             refuse_client_headers([*GOOD, (name, b"a@b")], names)
     refuse_client_headers([*GOOD, (b"X-Forwarded-Client-Cert", b"Hash=ab;Subject=CN=x")], names)
