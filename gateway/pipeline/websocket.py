@@ -35,6 +35,7 @@ def _sendable(code: int | None) -> int:
         return code
     return 1011
 
+
 logger = logging.getLogger("gateway.proxy")
 
 
