@@ -114,12 +114,13 @@ def test_overdue_request_hold_placed_and_released_and_erasure_from_the_user_page
     hold.locator("button", has_text="Release").click()
     expect(hold.locator(".badge")).to_have_text("released")
     expect(page.get_by_test_id("hold-count")).to_have_text("0")
-    # A class hold that stays: the retention table says which rule it suspends.
+    # A class hold that stays: the retention table says which rule it suspends. (On removed content:
+    # one on a class an erasure changes, audit_events say, would hold the erasure below.)
     page.fill("#hold-reference", "REG-INQUIRY-7")
-    page.select_option("#hold-class", "audit_events")
-    page.fill("#hold-reason", "regulator inquiry into sign-in records")
+    page.select_option("#hold-class", "removed_content")
+    page.fill("#hold-reason", "regulator inquiry into removed content")
     page.locator("#hold-form button").click()
-    expect(page.locator("table.retention tr[data-class='audit_events']")).to_contain_text(
+    expect(page.locator("table.retention tr[data-class='removed_content']")).to_contain_text(
         "held by REG-INQUIRY-7"
     )
 
