@@ -32,7 +32,6 @@ from typing import Final, NamedTuple
 from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
-    "CLIENT_CERTIFICATE",
     "DEFAULT_IDENTITY_NAMES",
     "FOREIGN_IDENTITY",
     "FOREIGN_IDENTITY_PREFIXES",
@@ -100,31 +99,11 @@ FOREIGN_IDENTITY: Final = frozenset(
         b"x-auth-request-preferred-username",
         b"x-auth-request-access-token",
         b"x-forwarded-access-token",
-        # Grafana's and Apache's auth-proxy defaults (a re-attack run found them passed on).
-        b"x-webauth-user",
-        b"x-remote-user",
-        # What apps written for the clouds' identity-aware proxies (Google IAP, Azure App Service,
-        # AWS ALB, Cloudflare Access) and API gateways (Kong) trust (an attack run found them passed on).
-        b"x-goog-authenticated-user-email",
-        b"x-goog-authenticated-user-id",
-        b"x-goog-iap-jwt-assertion",
-        b"x-ms-client-principal",
-        b"x-ms-client-principal-name",
-        b"x-ms-client-principal-id",
-        b"x-ms-client-principal-idp",
-        b"x-amzn-oidc-identity",
-        b"x-amzn-oidc-data",
-        b"x-amzn-oidc-accesstoken",
-        b"cf-access-authenticated-user-email",
-        b"cf-access-jwt-assertion",
-        b"x-authenticated-user",
-        b"x-authenticated-userid",
-        b"x-consumer-username",
-        b"x-consumer-id",
     }
 )
-# Whole families of them, by prefix (a re-attack run found Kong's X-Consumer-Groups, Azure's
-# X-MS-TOKEN-AAD-ID-TOKEN and Google API Gateway's X-Apigateway-Api-Userinfo passed on).
+# And whole families of them, by prefix: the clouds' identity-aware proxies (Google IAP, Azure App
+# Service, AWS ALB, Cloudflare Access), API gateways (Kong) and auth-proxy modules (Grafana's and
+# Apache's X-WEBAUTH-USER and X-Remote-User); attack runs found members of each passed on.
 FOREIGN_IDENTITY_PREFIXES: Final = (
     b"x-goog-authenticated-",
     b"x-goog-iap-",
@@ -172,28 +151,13 @@ def foreign_identity(norm: bytes) -> bool:
     return norm in FOREIGN_IDENTITY or norm.startswith(FOREIGN_IDENTITY_PREFIXES)
 
 
-# A client certificate's identity, as TLS terminators pass it on (Envoy's XFCC, nginx's and HAProxy's
-# conventions). The gateway passes none: a proxied request from a client loses them. Not refused in a
-# forward-auth question, where the proxy asking may have set them itself.
-CLIENT_CERTIFICATE: Final = frozenset(
-    {
-        b"x-forwarded-client-cert",
-        b"x-client-cert",
-        b"x-client-verify",
-        b"x-client-dn",
-        b"x-ssl-client-cert",
-        b"x-ssl-client-verify",
-        b"x-ssl-client-s-dn",
-        b"x-ssl-client-i-dn",
-        b"x-ssl-client-dn",
-        b"x-ssl-cert",
-        b"ssl-client-cert",
-        b"ssl-client-verify",
-    }
-)
-# Their families (nginx's and HAProxy's X-SSL-Client-*, Traefik's X-Forwarded-Tls-Client-Cert*, AWS
-# ALB's X-Amzn-Mtls-*, Azure's X-ARR-ClientCert, Google's X-Client-Cert-*, RFC 9440's Client-Cert*).
+# A client certificate's identity, as TLS terminators pass it on, by family (Envoy's XFCC, nginx's and
+# HAProxy's X-SSL-Client-*, Traefik's X-Forwarded-Tls-Client-Cert*, AWS ALB's X-Amzn-Mtls-*, Azure's
+# X-ARR-ClientCert, Google's X-Client-Cert-*, RFC 9440's Client-Cert*). The gateway passes none: a
+# proxied request from a client loses them. Not refused in a forward-auth question, where the proxy
+# asking may have set them itself.
 CLIENT_CERTIFICATE_PREFIXES: Final = (
+    b"x-forwarded-client-cert",
     b"x-ssl-",
     b"ssl-client-",
     b"x-client-cert",
@@ -242,7 +206,6 @@ _FORWARDING = frozenset(
         *REROUTING,
         b"x-request-id",
         *FOREIGN_IDENTITY,
-        *CLIENT_CERTIFICATE,
     }
 )
 _IDENTITY_PREFIX = b"x-gateway-"
