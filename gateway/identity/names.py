@@ -31,6 +31,7 @@ __all__ = [
     "RESERVED_USERNAMES",
     "canonical_email",
     "canonical_username",
+    "is_gateway_id",
     "system_shaped",
 ]
 
@@ -87,9 +88,14 @@ def system_shaped(name: str) -> str | None:
     with contextlib.suppress(ValueError):
         ipaddress.ip_address(name)
         return "an IP address"
-    if _SYSTEM_IDS.fullmatch(name):
+    if is_gateway_id(name):
         return "an id the gateway gives incidents and privacy requests"
     return None
+
+
+def is_gateway_id(value: str) -> bool:
+    """Whether ``value`` is, in any case, an id the gateway makes: an incident's or a privacy request's."""
+    return _SYSTEM_IDS.fullmatch(value.lower()) is not None
 
 
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")

@@ -22,7 +22,7 @@ from gateway.audit.erase import NOT_ABOUT_PEOPLE, actor_spellings
 from gateway.audit.models import AuditEvent
 from gateway.authz.models import DecisionSampleRow
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
-from gateway.identity.names import RESERVED_USERNAMES
+from gateway.identity.names import RESERVED_USERNAMES, is_gateway_id
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import Session, SessionStore, browser_label
 from gateway.privacy.models import ConsentRecord, PrivacyRequest
@@ -127,17 +127,26 @@ def _session(s: Session) -> dict[str, Any]:
 LEFT_OUT: Final = "[left out: about someone else]"
 
 
-# Subjects that name no person: the gateway's own words, its ids (an incident, a privacy request), and
-# prefixed names (a legal hold, a service account).
-_NOT_A_PERSON: Final = re.compile(r"(?i:inc-[0-9a-f]{8}|pr-[a-z2-7]{10}|(?:hold|client|route|key):.*)")
+# The prefixes of subjects that name a thing, never a person: a username cannot hold ':'.
+_THING_PREFIXES: Final = ("hold:", "client:", "route:", "key:")
 
 
 def _shown_subject(subject: str) -> str:
     """A record's subject in someone else's export: left out when it may be a person (a re-attack run
-    read in an admin's export who had withdrawn a consent and who had objected)."""
-    if not subject or subject in RESERVED_USERNAMES or _NOT_A_PERSON.fullmatch(subject):
+    read in an admin's export who had withdrawn a consent and who had objected). The gateway's own
+    words and ids (an incident, a privacy request) and prefixed things (a hold, a service account) stay."""
+    if not subject or subject in RESERVED_USERNAMES or is_gateway_id(subject):
         return subject
-    return LEFT_OUT
+    return subject if subject.startswith(_THING_PREFIXES) else LEFT_OUT
+
+
+def _left_out(details: Any) -> Any:
+    """The details of what the person did to someone else: flags and counts stay, texts are not theirs."""
+    if isinstance(details, dict):
+        return {
+            k: v if v is None or isinstance(v, bool | int | float) else LEFT_OUT for k, v in details.items()
+        }
+    return LEFT_OUT if details else details
 
 
 _EMAIL: Final = re.compile(r"[^\s@<>\"'(),;]+@[^\s@<>\"'(),;]+\.[A-Za-z]{2,}")
@@ -164,14 +173,8 @@ def _event(e: AuditEvent, actors: frozenset[str], username: str, email: str) -> 
         subject = _shown_subject(e.subject)
         # What the person did to someone else (an admin creating an account): the act is theirs, the
         # texts in it (the other person's email, a reason naming them) are not (GDPR Art. 15(4); an
-        # attack run found another person's address in an admin's export). Flags and counts stay.
-        details = (
-            {k: v if v is None or isinstance(v, bool | int | float) else LEFT_OUT for k, v in details.items()}
-            if isinstance(details, dict)
-            else LEFT_OUT
-            if details
-            else details
-        )
+        # attack run found another person's address in an admin's export).
+        details = _left_out(details)
     return {
         "seq": e.seq,
         "at": _iso(e.at),
