@@ -220,12 +220,9 @@ class ProviderIntrospection:
                 await asking.reserve("introspection", ip)
             try:
                 answer = await self._ask(token, key, idp, tokens, introspection, cache)
-            except Exception:
-                if asking is not None:
+            finally:
+                if asking is not None and (answer is None or answer.claims is not None):
                     await asking.release("introspection", ip)
-                raise
-            if asking is not None and answer.claims is not None:
-                await asking.release("introspection", ip)
         if answer.claims is None:
             raise refuse(answer.reason)
         claims = answer.claims

@@ -304,7 +304,9 @@ class Consents:
         username = await self._set_objection(user_id, purpose.name, add)
         if username is None:
             return False
-        await self._objection_changed(user_id, username, purpose, add, method=method, actor=actor, ip=ip)
+        await self._objection_changed(
+            user_id, username, purpose.name, purpose.version, add, method=method, actor=actor, ip=ip
+        )
         return True
 
     async def object_again(self, user_id: int, name: str, *, actor: str) -> bool:
@@ -323,28 +325,30 @@ class Consents:
         if username is None:
             return False
         configured = {purpose.name: purpose for purpose in self._purposes()}.get(name)
-        await self._audit.record(
-            "privacy.objection.added",
-            actor=actor,
-            subject=username,
-            details={
-                "purpose": name,
-                "version": configured.version if configured else "",
-                "method": "account ledger",
-            },
+        version = configured.version if configured is not None else ""
+        await self._objection_changed(
+            user_id, username, name, version, True, method="account ledger", actor=actor
         )
-        await self.apply_optout(user_id)
         return True
 
     async def _objection_changed(
-        self, user_id: int, username: str, purpose: Purpose, add: bool, *, method: str, actor: str, ip: str
+        self,
+        user_id: int,
+        username: str,
+        purpose: str,
+        version: int | str,
+        add: bool,
+        *,
+        method: str,
+        actor: str,
+        ip: str = "",
     ) -> None:
         await self._audit.record(
             "privacy.objection.added" if add else "privacy.objection.withdrawn",
             actor=actor,
             subject=username,
             ip=ip,
-            details={"purpose": purpose.name, "version": purpose.version, "method": method},
+            details={"purpose": purpose, "version": version, "method": method},
         )
         await self.apply_optout(user_id)
 

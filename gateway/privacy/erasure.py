@@ -232,8 +232,4 @@ async def holding_erasure(holds: Holds, username: str) -> HoldView | None:
     """The active hold an erasure of ``username`` must wait for: one on the person, or on a class of
     data the erasure changes (a re-attack run: under a class hold on ``audit_events`` an erasure
     tombstoned the person's audit records for good, which the hold was placed to keep)."""
-    for data_class in _ERASED_CLASSES:
-        hold = await holds.covering(username=username, data_class=data_class)
-        if hold is not None:
-            return hold
-    return None
+    return await holds.covering(username=username, data_class=_ERASED_CLASSES)

@@ -8,6 +8,7 @@ request stays ``on_hold`` and names the hold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -206,9 +207,14 @@ class Holds:
         return [HoldView.of(r) for r in rows]
 
     async def covering(
-        self, *, username: str | None = None, keys: list[str] | None = None, data_class: str | None = None
+        self,
+        *,
+        username: str | None = None,
+        keys: list[str] | None = None,
+        data_class: str | Sequence[str] | None = None,
     ) -> HoldView | None:
-        """The first active hold on this person (by name or subject keys) or on ``data_class``."""
+        """The first active hold on this person (by name or subject keys) or on ``data_class`` (one
+        class, or any of several)."""
         wanted = list(keys or [])
         if username is not None:
             wanted += subject_keys(self._keyring, username)
@@ -216,7 +222,8 @@ class Holds:
         if wanted:
             clauses.append(LegalHold.subject_key.in_(wanted))
         if data_class is not None:
-            clauses.append(and_(LegalHold.scope == "class", LegalHold.data_class == data_class))
+            classes = [data_class] if isinstance(data_class, str) else list(data_class)
+            clauses.append(and_(LegalHold.scope == "class", LegalHold.data_class.in_(classes)))
         if not clauses:
             return None
         query = select(LegalHold).where(LegalHold.released_at.is_(None), or_(*clauses)).order_by(LegalHold.id)

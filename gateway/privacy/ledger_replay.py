@@ -155,16 +155,16 @@ async def _make_again(entry: Entry, by: Replayers, done: Replayed) -> bool:
         return True
     if entry.state in OPENING:
         return True
-    if kind in PER_PURPOSE and by.consents is None:
+    consents = by.consents if kind in PER_PURPOSE else None
+    if kind in PER_PURPOSE and consents is None:
         return False  # waits in the file for a process that has the consents
     user = await by.accounts.get(entry.user_id)
     if user is None or not by.ledger.names(user, entry):
         done.absent += 1
         return True
     try:
-        if KIND[entry.state] in PER_PURPOSE:
-            assert by.consents is not None  # checked above
-            return await _purpose_again(user, entry, by.consents, done)
+        if consents is not None:
+            return await _purpose_again(user, entry, consents, done)
         await _make_again_for(user, entry, by, done)
     except UnknownAccount:
         # Another worker made it first.

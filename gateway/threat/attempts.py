@@ -33,6 +33,12 @@ __all__ = ["AddressAttempts", "TooManyAttempts"]
 Kind = Literal["password", "challenge", "introspection"]
 
 _KEY: Final = "attempts:{}:{}"
+# The regulation setting that limits each kind.
+_LIMIT: Final[dict[Kind, str]] = {
+    "password": "address_failures",
+    "challenge": "address_challenges",
+    "introspection": "address_introspections",
+}
 
 
 class TooManyAttempts(GatewayError):
@@ -73,13 +79,7 @@ class AddressAttempts:
 
     def _limit(self, kind: Kind) -> tuple[int, float]:
         settings = self._settings()
-        limit = (
-            settings.address_failures
-            if kind == "password"
-            else settings.address_challenges
-            if kind == "challenge"
-            else settings.address_introspections
-        )
+        limit: int = getattr(settings, _LIMIT[kind])
         return limit, float(settings.address_window)
 
     def _refusal(self) -> TooManyAttempts:
