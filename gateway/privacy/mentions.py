@@ -41,44 +41,56 @@ _BEFORE = r"(?<![\w.@+\-])"
 _AFTER = r"(?![\w@+\-]|\.\w)"
 
 
+def _longest_first(names: Iterable[str]) -> list[str]:
+    return sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
+
+
+def _alternatives(names: list[str]) -> str:
+    return r"(?:(?:user|admin):)?(?:" + "|".join(re.escape(n) for n in names) + ")"
+
+
 class Mentions:
     """Finds the mentions of one person (their username and email) and replaces them by ``tombstone``."""
 
-    def __init__(self, names: Iterable[str], tombstone: str) -> None:
+    def __init__(self, names: Iterable[str], tombstone: str, *, whole: Iterable[str] = ()) -> None:
         """Args:
         names: The person's username and email address (empty ones are ignored).
         tombstone: What replaces each mention (``[erased:<pseudonym>]``).
+        whole: Names a value is replaced for only when it is wholly one of them (see
+            :meth:`unambiguous`); ``names`` count so too.
         """
         # Longest first: an email address before the username it may start with.
-        wanted = sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
-        self._names = tuple(wanted)
+        wanted = _longest_first(names)
+        whole_names = _longest_first([*wanted, *whole])
+        self._names = tuple(whole_names)
         self._tombstone = tombstone
-        alternatives = r"(?:(?:user|admin):)?(?:" + "|".join(re.escape(n) for n in wanted) + ")"
-        self._pattern = re.compile(_BEFORE + alternatives + _AFTER, re.IGNORECASE) if wanted else None
-        self._whole = re.compile(alternatives, re.IGNORECASE) if wanted else None
+        self._pattern = (
+            re.compile(_BEFORE + _alternatives(wanted) + _AFTER, re.IGNORECASE) if wanted else None
+        )
+        self._whole = re.compile(_alternatives(whole_names), re.IGNORECASE) if whole_names else None
 
-    def addresses(self) -> Mentions:
-        """The same person's mentions by email address only: what is unambiguous in any record."""
-        return Mentions([n for n in self._names if "@" in n], self._tombstone)
-
-    def is_person(self, value: str) -> bool:
-        """Whether ``value`` is, as a whole, the person (``alice``, ``user:alice``, their address)."""
-        return self._whole is not None and self._whole.fullmatch(value.strip()) is not None
+    def unambiguous(self) -> Mentions:
+        """The person's mentions as any record may hold them: their email address anywhere, and a
+        value that is wholly one of their names (an actor, an owner). A username alone in text can be
+        a common word (``detection``, ``phishing``) in a record that is not about them."""
+        return Mentions([n for n in self._names if "@" in n], self._tombstone, whole=self._names)
 
     def about(self, values: Iterable[str]) -> bool:
         """Whether any of ``values`` is wholly the person, or mentions their email address."""
-        addresses = self.addresses()
-        return any(self.is_person(v) or addresses.text(v) != v for v in values)
+        unambiguous = self.unambiguous()
+        return any(unambiguous.text(v) != v for v in values)
 
     def whole(self, value: str) -> str:
         """``value`` replaced if it is, as a whole, the person; else unchanged."""
-        return self._tombstone if self.is_person(value) else value
+        if self._whole is not None and self._whole.fullmatch(value.strip()) is not None:
+            return self._tombstone
+        return value
 
     def text(self, value: str) -> str:
-        """``value`` with every mention replaced."""
-        if self._pattern is None or not value:
-            return value
-        return self._pattern.sub(lambda _match: self._tombstone, value)
+        """``value`` with every mention replaced (and replaced whole if it is wholly the person)."""
+        if self._pattern is not None and value:
+            value = self._pattern.sub(lambda _match: self._tombstone, value)
+        return self.whole(value)
 
     def document(
         self,
@@ -86,20 +98,16 @@ class Mentions:
         *,
         structural: frozenset[str] = frozenset(),
         people_keyed: frozenset[str] = frozenset(),
-        names: Mentions | None = None,
     ) -> Any:
-        """A parsed JSON value with every mention replaced in its strings, and with ``names`` also
-        every string that is wholly the person under its names. Object keys are structure, never
-        rewritten, but for those of the top object's members named in ``people_keyed`` (``{"failed":
-        {"alice": ...}}``), replaced when wholly the person; the top object's members named in
-        ``structural`` (ids, phases, rule names) are left as they are (a re-attack run erased an
-        account named ``owner``, and the key of "owner" in other people's records went)."""
-        whole = names if names is not None else self
+        """A parsed JSON value with every mention replaced in its strings. Object keys are structure,
+        never rewritten, but for those of the top object's members named in ``people_keyed``
+        (``{"failed": {"alice": ...}}``), replaced when wholly the person; the top object's members
+        named in ``structural`` (ids, phases, rule names) are left as they are (a re-attack run erased
+        an account named ``owner``, and the key of "owner" in other people's records went)."""
 
         def walk(item: Any) -> Any:
             if isinstance(item, str):
-                replaced = self.text(item)
-                return names.whole(replaced) if names is not None else replaced
+                return self.text(item)
             if isinstance(item, list):
                 return [walk(i) for i in item]
             if isinstance(item, dict):
@@ -113,7 +121,7 @@ class Mentions:
             if key in structural:
                 out[key] = item
             elif key in people_keyed and isinstance(item, dict):
-                out[key] = {whole.whole(str(k)): walk(i) for k, i in item.items()}
+                out[key] = {self.whole(str(k)): walk(i) for k, i in item.items()}
             else:
                 out[key] = walk(item)
         return out

@@ -43,11 +43,8 @@ from gateway.threat.incidents import MAX_INCIDENTS, IncidentStore
 
 __all__ = ["CasePersonalData"]
 
-# The columns of a case that may name a person: free text, and those that hold one name (affected_users
-# is a JSON list, apart).
-_CASE_FREE_TEXT: Final = ("title", "summary", "root_cause", "lessons")
-_CASE_NAMES: Final = ("owner", "opened_by")
-_CASE_TEXT: Final = _CASE_FREE_TEXT + _CASE_NAMES
+# The columns of a case that may name a person (affected_users is a JSON list, apart).
+_CASE_TEXT: Final = ("title", "summary", "root_cause", "lessons", "owner", "opened_by")
 # The members of an entry's JSON details keyed by person (a notification's failures by username).
 _PEOPLE_KEYED: Final = frozenset({"failed"})
 # The members of an entry's JSON details that are ids, phases, rule and action names or counts, never a
@@ -58,14 +55,14 @@ _STRUCTURAL: Final = frozenset(
 )  # fmt: skip
 
 
-def _details(stored: str, found: Mentions, mentions: Mentions) -> str:
-    """An entry's JSON details with the mentions ``found`` replaced, and any string wholly the person
-    (``mentions``: an owner's name, a name in a list), as written: unchanged when none is found."""
+def _details(stored: str, found: Mentions) -> str:
+    """An entry's JSON details with the mentions ``found`` replaced, as written: unchanged when none
+    is found."""
     try:
         parsed: Any = json.loads(stored)
     except ValueError:
-        return mentions.whole(found.text(stored))
-    replaced = found.document(parsed, structural=_STRUCTURAL, people_keyed=_PEOPLE_KEYED, names=mentions)
+        return found.text(stored)
+    replaced = found.document(parsed, structural=_STRUCTURAL, people_keyed=_PEOPLE_KEYED)
     # Written as Cases._entry writes it.
     return stored if replaced == parsed else json.dumps(replaced, sort_keys=True, default=str)
 
@@ -161,7 +158,7 @@ class CasePersonalData:
 
     async def pseudonymise(self, names: Sequence[str], tombstone: str) -> int:
         mentions = Mentions(names, tombstone)
-        addresses = mentions.addresses()
+        unambiguous = mentions.unambiguous()
         changed = 0
         async with self._db.session(write=True) as session:
             with store_errors("cannot pseudonymise incident records"):
@@ -173,21 +170,19 @@ class CasePersonalData:
                         [*_users(case.affected_users), *(getattr(case, c) for c in _CASE_TEXT)]
                     ):
                         about.add(case.id)
-                    found = mentions if case.id in about else addresses
+                    found = mentions if case.id in about else unambiguous
                     before = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
-                    for column in _CASE_FREE_TEXT:
+                    for column in _CASE_TEXT:
                         setattr(case, column, found.text(getattr(case, column)))
-                    for column in _CASE_NAMES:
-                        setattr(case, column, mentions.whole(found.text(getattr(case, column))))
                     case.affected_users = _affected(case.affected_users, mentions)
                     after = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
                     changed += int(after != before)
                 for entry in (await session.scalars(select(IncidentEntry).with_for_update())).all():
-                    found = mentions if entry.case_id in about else addresses
+                    found = mentions if entry.case_id in about else unambiguous
                     before = [entry.actor, entry.text, entry.details]
-                    entry.actor = mentions.whole(found.text(entry.actor))
+                    entry.actor = found.text(entry.actor)
                     entry.text = found.text(entry.text)
-                    entry.details = _details(entry.details, found, mentions)
+                    entry.details = _details(entry.details, found)
                     changed += int([entry.actor, entry.text, entry.details] != before)
                 await session.commit()
         if self._detections is not None:
@@ -200,23 +195,19 @@ async def _pseudonymise_detections(detections: IncidentStore, mentions: Mentions
     addresses stay, as in the incident records (see docs/privacy.md). Free text only of a detection
     about the person (its subject or an action's target), as for the cases."""
     changed = 0
-    addresses = mentions.addresses()
+    unambiguous = mentions.unambiguous()
     for incident in await detections.latest(MAX_INCIDENTS):
         about = mentions.about([incident.subject, incident.summary, *(a.target for a in incident.actions)])
-        found = mentions if about else addresses
-
-        def name(value: str, found: Mentions = found) -> str:
-            return mentions.whole(found.text(value))
-
+        found = mentions if about else unambiguous
         after = msgspec.structs.replace(
             incident,
-            subject=name(incident.subject),
+            subject=found.text(incident.subject),
             summary=found.text(incident.summary),
-            actor=name(incident.actor),
-            lifted_by=name(incident.lifted_by),
+            actor=found.text(incident.actor),
+            lifted_by=found.text(incident.lifted_by),
             evidence={k: found.text(v) if isinstance(v, str) else v for k, v in incident.evidence.items()},
             actions=tuple(
-                msgspec.structs.replace(a, target=name(a.target), note=found.text(a.note))
+                msgspec.structs.replace(a, target=found.text(a.target), note=found.text(a.note))
                 for a in incident.actions
             ),
         )

@@ -55,18 +55,19 @@ def test_keys_are_replaced_only_whole_and_structural_members_never() -> None:
     assert ALICE.document({"alice-x": 1, "about alice": 2}) == {"alice-x": 1, "about alice": 2}
     # A key is structure: a person named "owner" does not take the key of someone else's owner.
     assert Mentions(["owner"], T).document({"owner": "erin"}) == {"owner": "erin"}
-    # With names, a value wholly the person goes though only addresses are looked for in text.
-    assert ALICE.addresses().document({"owner": "alice", "note": "alice went"}, names=ALICE) == {
+    # Unambiguously: a value wholly the person goes, though only addresses are looked for in text.
+    assert ALICE.unambiguous().document({"owner": "alice", "note": "alice went"}) == {
         "owner": T,
         "note": "alice went",
     }
 
 
-def test_whole_values_and_addresses() -> None:
+def test_whole_values_and_unambiguous_mentions() -> None:
     assert (ALICE.whole("user:alice"), ALICE.whole("alice and bob")) == (T, "alice and bob")
     assert ALICE.about(["bob", "mailed alice@example.com"])
     assert not ALICE.about(["bob", "alice went home"])
-    assert ALICE.addresses().text("alice wrote from alice@example.com") == f"alice wrote from {T}"
+    assert ALICE.unambiguous().text("alice wrote from alice@example.com") == f"alice wrote from {T}"
+    assert ALICE.unambiguous().text("user:alice") == T
 
 
 def test_a_list_of_names_keeps_its_order_without_repeats() -> None:
