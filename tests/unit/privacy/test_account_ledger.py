@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -907,7 +908,9 @@ def test_appends_racing_a_compaction_are_all_kept(nodes: tuple[Node, Node]) -> N
     assert len([k for k in read if not k.startswith("k:new")]) == 5
 
 
-async def test_a_withdrawal_waits_for_its_purpose_to_be_configured_again(nodes: tuple[Node, Node]) -> None:
+async def test_a_withdrawal_waits_for_its_purpose_to_be_configured_again(
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A re-attack run: the purpose was left out of the configuration at the first start after the
     restore; the withdrawal was settled unmade, and once the purpose was back the restored consent was
     in force for good. It waits for the configuration that has the purpose."""
@@ -921,13 +924,10 @@ async def test_a_withdrawal_waits_for_its_purpose_to_be_configured_again(nodes: 
     await _restore(a.db, backup[0])
     await _put_back(a.db, ConsentRecord, backup[1], user_id=liz.id)
 
-    global PURPOSES
-    configured = PURPOSES
-    PURPOSES = SETTINGS.purposes  # the newsletter left out of the configuration
-    try:
+    with monkeypatch.context() as configured:
+        # The newsletter left out of the configuration (the nodes' Consents read PURPOSES each call).
+        configured.setattr(sys.modules[__name__], "PURPOSES", SETTINGS.purposes)
         assert (await a.replay()).withdrawals == 0
-    finally:
-        PURPOSES = configured
     assert (await a.replay()).withdrawals == 1
     now = await a.accounts.get(liz.id)
     assert now is not None
