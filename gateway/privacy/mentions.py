@@ -21,6 +21,10 @@ that holds a name alone (an actor, an owner) replaced only when it is wholly the
 attack run erased an account named ``detection`` and every incident's ``{"detection": id}`` lost its
 key, which broke lifting the incident's blocks).
 
+Text is compared as usernames are (``gateway.identity.names``: NFKC, then case folding), so a note that
+writes ``Straße`` finds the account ``strasse``, and ``alice`` written in full-width letters is found (an attack
+run's finding: both survived an erasure); what is replaced is the span of the text as written.
+
 What it cannot find: a name spelled otherwise (a nickname, a display name, a typo), which erasure
 cannot know about, nor a bare username in a record that is not about the person (``docs/privacy.md``,
 "Known gaps").
@@ -29,6 +33,7 @@ cannot know about, nor a bare username in a record that is not about the person 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,8 +46,31 @@ _BEFORE = r"(?<![\w.@+\-])"
 _AFTER = r"(?![\w@+\-]|\.\w)"
 
 
+def _fold(text: str) -> str:
+    # As gateway.identity.names folds a username: NFKC before case folding and again after it.
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _folded(text: str) -> tuple[str, list[int]]:
+    """``text`` folded, and for each folded character the index in ``text`` it came from (one more
+    entry, ``len(text)``, for a match that ends the text). A base character is folded with the
+    combining marks after it, so ``e`` + U+0301 folds to the ``é`` a canonical username holds."""
+    parts: list[str] = []
+    origin: list[int] = []
+    start = 0
+    for end in range(1, len(text) + 1):
+        if end < len(text) and unicodedata.combining(text[end]):
+            continue
+        piece = _fold(text[start:end])
+        parts.append(piece)
+        origin.extend([start] * len(piece))
+        start = end
+    origin.append(len(text))
+    return "".join(parts), origin
+
+
 def _longest_first(names: Iterable[str]) -> list[str]:
-    return sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
+    return sorted({_fold(n.strip()) for n in names if n.strip()}, key=len, reverse=True)
 
 
 def _alternatives(names: list[str]) -> str:
@@ -82,14 +110,24 @@ class Mentions:
 
     def whole(self, value: str) -> str:
         """``value`` replaced if it is, as a whole, the person; else unchanged."""
-        if self._whole is not None and self._whole.fullmatch(value.strip()) is not None:
+        if self._whole is not None and self._whole.fullmatch(_fold(value.strip())) is not None:
             return self._tombstone
         return value
 
     def text(self, value: str) -> str:
         """``value`` with every mention replaced (and replaced whole if it is wholly the person)."""
         if self._pattern is not None and value:
-            value = self._pattern.sub(lambda _match: self._tombstone, value)
+            folded, origin = _folded(value)
+            # The spans found in the folded text, replaced in the text as written (from the end, so
+            # the earlier spans' indexes still hold).
+            for match in reversed(list(self._pattern.finditer(folded))):
+                first, last = match.start(), match.end()
+                start, end = origin[first], origin[last]
+                if (first and origin[first - 1] == start) or origin[last - 1] == end:
+                    # The match starts or ends inside one written character's folding (``ß`` is
+                    # ``ss``): no whole name starts or ends there.
+                    continue
+                value = value[:start] + self._tombstone + value[end:]
         return self.whole(value)
 
     def document(

@@ -80,3 +80,32 @@ def test_no_names_changes_nothing() -> None:
 
 def test_a_non_ascii_name() -> None:
     assert Mentions(["józef"], T).text("Józef and józefa") == f"{T} and józefa"
+
+
+def _wide(text: str) -> str:
+    """``text`` in full-width letters (U+FF01..U+FF5E are ASCII 0x21..0x7E moved by 0xFEE0)."""
+    return "".join(chr(ord(c) + 0xFEE0) for c in text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # An attack run's finding: the account is "strasse" (usernames are NFKC case-folded), the
+        # note wrote it as the person does; full-width letters fold to the plain ones.
+        ("called Straße today", f"called {T} today"),
+        ("STRASSE", T),
+        (f"user:{_wide('STRASSE')}.", f"{T}."),
+        (f"{_wide('alice@example.com')} wrote", f"{T} wrote"),
+        ("Straßen is a longer word", "Straßen is a longer word"),
+        ("strasse\u0301 carries a mark", "strasse\u0301 carries a mark"),
+    ],
+)
+def test_a_name_written_in_another_unicode_spelling(text: str, expected: str) -> None:
+    mentions = Mentions(["strasse", "alice@example.com"], T)
+    assert mentions.text(text) == expected
+
+
+def test_a_combining_mark_is_folded_with_its_letter() -> None:
+    # "józef" as the account holds it (composed), written with a combining acute in the note.
+    assert Mentions(["józef"], T).text("Jo\u0301zef called") == f"{T} called"
+    assert Mentions(["józef"], T).whole(" JÓZEF ") == T
