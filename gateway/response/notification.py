@@ -12,6 +12,7 @@ had erin's notice say "brute force: dave" and describe dave's failed sign-ins.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,7 +30,8 @@ __all__ = ["DEFAULT_WHAT_TO_DO", "Notified", "notify_affected"]
 
 # What another affected person's name reads as in a recipient's message.
 _SOMEONE_ELSE: Final = "another account"
-# A display name shorter than this is not looked for in a message's text (it would match words).
+# A display name shorter than this is looked for only as written, case and all: "Li" or "Wu" is a
+# whole name, and "an" or "of" in any case would be words. One letter is not looked for.
 _SHORTEST_NAME: Final = 3
 DEFAULT_WHAT_TO_DO: Final = (
     "Sign in again and choose a new password if you are asked to. If you did not expect this message's "
@@ -47,20 +49,37 @@ class Notified:
     missing: list[str] = field(default_factory=list)
 
 
+class _AsWritten:
+    """Short display names (``Li``, ``Wu``) found as whole words written exactly so, replaced by
+    :data:`_SOMEONE_ELSE`: a re-attack run's notice kept another affected person's two-letter name."""
+
+    def __init__(self, names: list[str]) -> None:
+        alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)") if names else None
+
+    def text(self, value: str) -> str:
+        return value if self._pattern is None else self._pattern.sub(_SOMEONE_ELSE, value)
+
+
 async def _recipients(
     case: CaseView, accounts: AccountService, result: Notified
-) -> tuple[list[Recipient], dict[str, set[str]]]:
-    """Who gets a message, and every name each affected account goes by (as the incident lists it,
-    its username, email and display name), by username."""
+) -> tuple[list[Recipient], dict[str, set[str]], dict[str, set[str]]]:
+    """Who gets a message; every name each affected account goes by (as the incident lists it, its
+    username, email and display name), by username; and the display names too short to look for in
+    any case (:data:`_SHORTEST_NAME`), by username."""
     found = []
     names: dict[str, set[str]] = {}
+    short: dict[str, set[str]] = {}
     for listed in case.affected_users:
         user = await accounts.find(listed)
         if user is None:
             result.missing.append(listed)
             names[listed] = {listed}
             continue
-        display = user.display_name if len(user.display_name) >= _SHORTEST_NAME else ""
+        display = user.display_name.strip()
+        if 1 < len(display) < _SHORTEST_NAME:
+            short.setdefault(user.username, set()).add(display)
+            display = ""
         names.setdefault(user.username, set()).update(
             n for n in (listed, user.username, user.email, display) if n
         )
@@ -68,7 +87,7 @@ async def _recipients(
             result.without_address.append(listed)
         else:
             found.append(Recipient(username=user.username, address=user.email, name=user.display_name))
-    return found, names
+    return found, names, short
 
 
 async def notify_affected(
@@ -93,7 +112,7 @@ async def notify_affected(
         raise BadRequest(f"Incident {case.id} names no affected user; add them first.")
     result = Notified()
     now = cases.clock.now()
-    people, names = await _recipients(case, accounts, result)
+    people, names, short = await _recipients(case, accounts, result)
 
     def about(recipient: Recipient) -> Incident:
         # Every name of everyone else affected: as listed, username, email and display name (a
@@ -105,8 +124,11 @@ async def notify_affected(
             [n for who, known in names.items() if who != recipient.username for n in known if n not in mine],
             _SOMEONE_ELSE,
         )
-        title = others.text(case.title)
-        summary = others.text(case.summary or case.title)
+        as_written = _AsWritten(
+            [n for who, known in short.items() if who != recipient.username for n in known if n not in mine]
+        )
+        title = as_written.text(others.text(case.title))
+        summary = as_written.text(others.text(case.summary or case.title))
         return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)
 
     if not send:

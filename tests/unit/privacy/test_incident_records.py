@@ -454,3 +454,21 @@ async def test_a_notice_names_its_recipient_alone(world: World) -> None:
     await world.cases.update(case.id, actor="user:boss", users=["mallory"])
     to_mallory = (await _previews(world, case.id))["m@example.com"]
     assert "bob" not in to_mallory.subject.lower()
+
+
+async def test_a_short_display_name_is_left_out_as_written(world: World) -> None:
+    """A re-attack run: a two-letter display name ("Li") stayed in another affected person's notice.
+    It is found as written (the word "li" in another case is not the person, nor are "An" and "an")."""
+    await world.person("bob", "bob@example.com")
+    await world.accounts.create(
+        username="liwei", password=PASSWORD, email="li@example.com", display_name="Li", actor="admin:root"
+    )
+    case = await world.incident(
+        "Li and bob reused a leaked password; see the li list", "bob", "liwei", closed=False
+    )
+    to_bob = (await _previews(world, case.id))["bob@example.com"]
+    assert "Li " not in to_bob.subject + to_bob.body
+    assert "another account and bob" in to_bob.subject.lower()
+    assert "the li list" in to_bob.subject
+    to_li = (await _previews(world, case.id))["li@example.com"]
+    assert "Li and another account" in to_li.subject, to_li.subject
