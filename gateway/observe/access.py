@@ -195,7 +195,9 @@ def _access_json(rec: RequestRecord) -> bytes:
         b',"id":' + request_id if request_id else b"",
         rec.status,
         rec.bytes_out,
-        _redacted_path(rec.path),
+        _redacted_path(rec.path)
+        if not rec.original_path
+        else _redacted_path(rec.path) + b',"original":' + encode(redact_path(rec.original_path)),
         b',"query":' + encode(redact_query(query)) if query else b"",
         _client_part(rec.host, rec.user_agent),
     )

@@ -88,6 +88,9 @@ class RequestRecord(msgspec.Struct, gc=False):
     host: str = ""
     method: str = ""
     path: str = ""
+    # The path the app was sent where the policy decided another: with its ";" parameters, which
+    # the decision leaves out (gateway.pipeline.route); else "".
+    original_path: str = ""
     query: str = ""
     route: str = ""
     user: str = ""

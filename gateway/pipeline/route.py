@@ -206,6 +206,7 @@ def _route_with_params(
     if not match.route.allow_path_params:
         raise BadPath("Path parameters (';') are not allowed on this route.")
     ctx.path = bare
+    ctx.rec.original_path = canon.path
     query = ctx.query
     ctx.path_and_query = canon.path + ("?" + query.decode("latin-1") if query else "")
     ctx.rt = rt

@@ -27,6 +27,7 @@ from tests.integration.harness import (
     run_echo,
     run_gateway,
 )
+from tests.support.wait import wait_until
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures: two echo apps, a tripwire and one gateway for the whole module
@@ -281,6 +282,19 @@ def test_path_params_are_allowed_where_the_route_allows_them(gw: Gateway) -> Non
     """allow_path_params: true forwards ';' parameters as they are (for apps that use them)."""
     resp = send(gw, b"/cart;jsessionid=abc/items", host="params.test")
     assert upstream_view(resp)["target"] == "/cart;jsessionid=abc/items"
+    # The access log keeps the path the policy decided, and the one the app got beside it (a
+    # re-attack run: only /cart/items was logged for what the app read with its parameter).
+    logged = wait_until(
+        lambda: [
+            e["url"]
+            for line in gw.log().splitlines()
+            if line.startswith("{") and '"gateway.access"' in line
+            for e in [json.loads(line)]
+            if e["http"]["request"].get("id") == resp.headers["x-request-id"]
+        ],
+        what="the request's access event",
+    )
+    assert (logged[0]["path"], logged[0]["original"]) == ("/cart/items", "/cart;jsessionid=abc/items")
 
 
 def test_path_params_cannot_make_a_private_path_public(gw: Gateway, tripwire: Tripwire) -> None:

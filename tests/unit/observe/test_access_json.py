@@ -29,6 +29,8 @@ def expected(rec: RequestRecord) -> dict[str, Any]:
     refused = rec.decision in _FAILED
     name, port = _split(rec.host)
     url: dict[str, Any] = {"path": redact_path(rec.path)}
+    if rec.original_path:
+        url["original"] = redact_path(rec.original_path)
     if rec.query:
         url["query"] = redact_query(rec.query)
     if name:
@@ -130,6 +132,7 @@ records = st.builds(
     host=_HOSTS,
     method=st.one_of(st.sampled_from(["GET", "POST"]), _TEXT),
     path=_PATHS,
+    original_path=st.one_of(st.just(""), _PATHS),
     query=st.one_of(st.just(""), _TEXT, st.just("page=2&access_token=s3cr3t")),
     route=_TEXT,
     user=st.one_of(st.just(""), _TEXT),
