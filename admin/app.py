@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final
@@ -41,6 +42,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import YamlRenderPlugin
 from litestar.params import JSONBody, QueryParameter
 from litestar.response import Response
+from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
@@ -71,7 +73,7 @@ from gateway.authz.proposals import ApprovalRequired
 from gateway.authz.rules import PolicyError, PolicyRules, Rule, parse_policy
 from gateway.authz.store import Keep, PolicyRejected
 from gateway.authz.validate import validate
-from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.errors import BadPath, BadRequest, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
@@ -234,17 +236,33 @@ class RequestContext(ASGIMiddleware):
         state[CLIENT_IP_KEY] = fwd.client_ip
         state[PUBLIC_URL_KEY] = self.live.current.public_url
 
-        csp = _csp_for(scope.get("path", ""))
+        path = scope.get("path", "")
+        csp = _csp_for(path)
 
         async def send_hardened(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *_response_headers(fwd.request_id, csp)]
             await send(message)
 
+        if _CONTROL_CHARACTER.search(path):
+            # A file name with NUL made the static files router fail with a traceback (an attack run);
+            # no path of this listener holds a control character.
+            await _refuse_path(scope, receive, send_hardened)
+            return
         await next_app(scope, receive, send_hardened)
 
 
 _API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
+_CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+async def _refuse_path(scope: Scope, receive: Receive, send: Send) -> None:
+    """A 400 for a path no handler may see, in the API's error shape."""
+    err = BadPath("The path holds a control character; nothing was changed.")
+    state = scope.get("state", {})
+    body = msgspec.json.encode(_error_body(err, str(state.get(_REQUEST_ID, ""))))
+    response = ASGIResponse(body=body, status_code=err.status, media_type="application/json")
+    await response(scope, receive, send)
 
 
 def _csp_for(path: str) -> bytes:

@@ -49,7 +49,7 @@ from admin.policy_json import (
 from gateway.authz.cases import Canonicalize, CasesInvalid, failures, parse_cases, run_cases
 from gateway.authz.index import PolicyIndex
 from gateway.authz.live import LivePolicy
-from gateway.authz.proposals import Proposal, Proposals
+from gateway.authz.proposals import Proposal, Proposals, SelfApproval
 from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
 from gateway.authz.sample import DecisionSample
 from gateway.authz.store import StoredPolicy, policy_diff
@@ -458,6 +458,21 @@ async def propose(
     return _proposal_json(proposal)
 
 
+async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Proposal) -> None:
+    """An account whose credentials the proposer issued (or that issued the proposer's) is the
+    proposer's to use: an attack run had an admin make an account with a one-time password, have a
+    second admin make it an admin, and approve his own proposals with it."""
+    mine, theirs = (
+        await identity.accounts.lineage(approver),
+        await identity.accounts.lineage(proposal.proposer),
+    )
+    if mine & theirs:
+        raise SelfApproval(
+            f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "
+            "password or an invitation link one of you issued): another admin must approve it."
+        )
+
+
 @post("/api/policy/proposals/{proposal:str}/approve", status_code=200, tags=["policy proposals"])
 async def approve(
     request: Request[Any, Any, Any],
@@ -479,6 +494,7 @@ async def approve(
     proposals = _proposals(live_policy, services, config)
     try:
         confirm_destructive(admin, config, identity.clock)
+        await _refuse_one_lineage(identity, admin.actor, await proposals.get(number))
         version = await proposals.approve(
             number, actor=admin.actor, reason=data.reason, keep=keeps_admin(admin, config.settings.admin.role)
         )

@@ -287,6 +287,8 @@ def account_roles(roles: Sequence[str]) -> list[str]:
 
 # As the console's RoleName: a role is a name, not a paragraph (the CLI took 100,000 characters).
 _MAX_ROLE_LENGTH: Final = 128
+# How many issuers :meth:`AccountService.lineage` follows back (a bound, should the chain ever loop).
+_LONGEST_LINEAGE: Final = 64
 
 
 def _check_roles(roles: Sequence[str]) -> str:
@@ -803,6 +805,11 @@ class AccountService:
             # forced change happens before the second factor (the counter must keep its codes).
         new_hash = await self._hasher.hash(new_password)
         now = self._clock.now()
+        issued: dict[str, object] = {}
+        if current_password is None and actor != f"user:{user.username}":
+            # Set for the person by someone else, who knows it (the person redeeming an invitation
+            # sets their own: who issued the link stays the issuer).
+            issued["credentials_issued_by"] = await self._issuer(actor, user_id)
         # Noted in the ledger: a restore from an earlier backup must not bring the old password back.
         await self._update_noted(
             user_id,
@@ -812,6 +819,7 @@ class AccountService:
                 "password_changed_at": now,
                 "must_change_password": must_change_password,
                 "updated_at": now,
+                **issued,
             },
         )
         await self._audit.record(
@@ -824,6 +832,30 @@ class AccountService:
 
     async def _update(self, user_id: int, **values: object) -> None:
         await self._update_noted(user_id, None, values)
+
+    async def note_issued(self, user_id: int, *, actor: str) -> None:
+        """Record who issued the account's current credentials (a one-time password, an invitation
+        link): the admin's account ``actor`` names (``user:<name>``), or nobody for the host's operator
+        (``cli:``) and the gateway itself. Read by :meth:`lineage`."""
+        await self._update(user_id, credentials_issued_by=await self._issuer(actor, user_id))
+
+    async def _issuer(self, actor: str, user_id: int) -> int | None:
+        """The id of the admin's account ``actor`` names, if it is not ``user_id``'s own."""
+        issuer = await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
+        return None if issuer is None or issuer.id == user_id else issuer.id
+
+    async def lineage(self, actor: str) -> frozenset[int]:
+        """The account ``actor`` names (``user:<name>``), the admin's account that issued its current
+        credentials, the one that issued theirs, and so on: whoever holds one of them may hold the
+        others (an attack run had an admin make an account, set its password and, once a second admin
+        made it an admin, approve his own proposals with it). Empty for other actors."""
+        user = await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
+        seen: set[int] = set()
+        while user is not None and user.id not in seen and len(seen) < _LONGEST_LINEAGE:
+            seen.add(user.id)
+            issuer = user.credentials_issued_by
+            user = None if issuer is None else await self.get(issuer)
+        return frozenset(seen)
 
     async def _update_noted(
         self, user_id: int, ledger: tuple[User, State] | None, values: dict[str, object], *, ref: str = ""

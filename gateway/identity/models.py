@@ -51,6 +51,13 @@ class User(Base):
     # Server defaults as in migration 0009, which added them to existing rows.
     restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     objections: Mapped[str] = mapped_column(default="", server_default=text("''"))
+    # The account of the admin who issued this account's current credentials (set its password, sent
+    # its invitation link); None when the person chose their own. Under ``admin.approvals: 2`` that
+    # admin and this account are one approver (gateway.authz.lineage). An id, not a name: the admin's
+    # erasure leaves no name here, and their account's deletion empties it.
+    credentials_issued_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
 
     @property
     def can_sign_in(self) -> bool:

@@ -108,6 +108,8 @@ async def invite_account(
         if more is not None:
             ended = (ended or 0) + more
     issued = await invitations.issue(user_id=user.id, username=user.username, ttl=ttl)
+    # Whoever holds the link can set the password: its issuer is the credentials' issuer.
+    await accounts.note_issued(user.id, actor=actor)
     await audit.record(
         "user.invitation.issued",
         actor=actor,

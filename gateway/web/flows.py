@@ -337,13 +337,14 @@ async def consent_pending(identity: IdentityServices, session: Session) -> bool:
 
 
 async def pending_step(identity: IdentityServices, session: Session, rd: str | None) -> str | None:
-    """Where a sign-in that has not yet proved all it must goes next: the password page while a
-    one-time password is unchanged, the second-factor page while the account has a factor this session
-    has not passed; None once the sign-in is complete."""
-    if session.password_change:
-        return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
+    """Where a sign-in that has not yet proved all it must goes next: the second-factor page while the
+    account has a factor this session has not passed, then the password page while a one-time
+    password is unchanged (a one-time password alone replaced the owner's password and signed them
+    out everywhere: an attack run); None once the sign-in is complete."""
     if session.level < AuthLevel.TWO_FACTOR and await has_second_factor(identity, session.user_id):
         return f"/.gateway/mfa?rd={quote(rd or '', safe='')}"
+    if session.password_change:
+        return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
     return None
 
 

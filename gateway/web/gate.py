@@ -94,6 +94,10 @@ def step_location(step: Step, back: str) -> str:
 async def pending_step(session: Session, identity: IdentityServices) -> Step | None:
     """The step this session must finish before anything else, or None when it is complete."""
     if session.password_change:
+        # An account with a second factor proves it first: a one-time password alone replaced the
+        # owner's password and signed them out everywhere (an attack run).
+        if session.level < AuthLevel.TWO_FACTOR and await has_second_factor(identity, session.user_id):
+            return Step.SECOND_FACTOR
         return Step.PASSWORD_CHANGE
     if session.level >= AuthLevel.TWO_FACTOR:
         return None

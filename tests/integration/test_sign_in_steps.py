@@ -614,6 +614,50 @@ def test_a_forced_password_change_cannot_be_skipped_on_any_host(site: Site) -> N
 
 
 @pytest.mark.peer
+def test_a_one_time_password_alone_cannot_replace_a_password_guarded_by_a_second_factor(site: Site) -> None:
+    """An attack run: an administrator gave an account that has an authenticator app a one-time
+    password; whoever read it signed in, chose the new password at once and so signed the owner out
+    everywhere, without a code. The account's second factor now comes first, on every replica."""
+    user, secret, _ = enrolled(site, "guarded")
+    owner = two_factor_session(site.a, user, "/.gateway/mfa/totp", {"code": next_code(secret)})
+    one_time = "amber falcon meadow " + secrets.token_hex(3)
+    result = run_cli(
+        "user",
+        "set-password",
+        user,
+        "--must-change-password",
+        "--password-stdin",
+        "--config",
+        str(site.a.config_path),
+        stdin=one_time + "\n",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    taken = "stolen passphrase " + secrets.token_hex(3)
+    for n in range(len(site.replicas)):
+        with on(site.replica(n)) as reader:
+            resp = login(reader, user, one_time)
+            assert held_for_second_factor(resp), resp.headers.get("location")
+            assert held_for_second_factor(reader.get("/.gateway/account/password"))
+            form = {"current": one_time, "new": taken, "confirm": taken, "rd": ""}
+            assert held_for_second_factor(post_form(reader, "/.gateway/account/password", form))
+    assert reaches_app(site.replica(1), owner, user, host="127.0.0.1")
+    with on(site.a) as client:
+        assert login(client, user, taken).status_code == 401
+    # With the code, the change goes on as before.
+    with on(site.replica(1)) as client:
+        assert held_for_second_factor(login(client, user, one_time))
+        done = post_form(client, "/.gateway/mfa/totp", {"code": next_code(secret), "rd": ""})
+        assert done.status_code in (302, 303), done.text
+        assert done.headers["location"].startswith("/.gateway/account/password")
+        form = {"current": one_time, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""}
+        changed = post_form(client, "/.gateway/account/password", form)
+        assert changed.status_code in (302, 303), changed.text
+        renewed = cookie(client)
+    assert renewed is not None
+    assert reaches_app(site.a, renewed, user, host="127.0.0.1")
+
+
+@pytest.mark.peer
 def test_a_session_opened_with_a_replaced_one_time_password_ends(site: Site) -> None:
     """An attack run: someone who read the administrator's one-time password signs in with it (held
     for the change), the administrator then sets another password, and the held session's stale hold

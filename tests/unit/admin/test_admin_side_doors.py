@@ -546,3 +546,68 @@ async def test_an_incident_title_is_one_line(console: Start) -> None:
         boss, "POST", "/api/incident-cases", json={"title": "Phishing wave", "severity": "low"}
     )
     assert made.status_code == 201, made.text
+
+
+async def test_an_account_whose_credentials_an_admin_issued_cannot_approve_for_them(console: Start) -> None:
+    """An attack run: under admin.approvals: 2 boss made mallory with a one-time password (shown to
+    him), signed in as mallory, had second approve "g, user:mallory, admin", and approved his own
+    allow-everything proposal as mallory. One step further, mallory's invitation for mallory2 gave
+    boss a third account. Each is refused; second's approval still counts."""
+    site = await console(approvals=2)
+    await _account(site, "boss")
+    await _account(site, "second")
+    boss, second = await site.session("boss"), await site.session("second")
+
+    async def propose(who: str, policy: str) -> int:
+        made = await site.call(who, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
+        assert made.status_code == 201, made.text
+        return int(made.json()["id"])
+
+    async def approve(who: str, number: int) -> httpx.Response:
+        return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+
+    made = await site.call(boss, "POST", "/api/users", json={"username": "mallory", "mode": "password"})
+    assert made.status_code == 201, made.text
+    policy = POLICY + "g, user:mallory, admin\n"
+    assert (await approve(second, await propose(boss, policy))).status_code == 200
+    mallory = await site.session("mallory")
+    allow_all = policy + "p, authenticated, app, /*, *, allow\n"
+    proposal = await propose(boss, allow_all)
+    _refused(await approve(mallory, proposal), "proposal-self-approval")
+    assert "another admin must approve" in (await approve(mallory, proposal)).json()["message"]
+
+    # The other way round, and one link further: mallory invites mallory2, whom second makes an admin.
+    invited = await site.call(
+        mallory, "POST", "/api/users", json={"username": "mallory2", "mode": "invitation"}
+    )
+    assert invited.status_code == 201, invited.text
+    policy += "g, user:mallory2, admin\n"
+    mallory_proposal = await propose(mallory, policy)
+    _refused(await approve(boss, mallory_proposal), "proposal-self-approval")
+    assert (await approve(second, mallory_proposal)).status_code == 200
+    mallory2 = await site.session("mallory2")
+    proposal = await propose(boss, policy + "p, authenticated, app, /*, *, allow\n")
+    _refused(await approve(mallory2, proposal), "proposal-self-approval")
+    assert await site.services.policy.store.version() == 3
+
+    # Credentials issued again by second: the account is no longer boss's to use.
+    mallory_account = await site.services.identity.accounts.find("mallory")
+    assert mallory_account is not None
+    await site.services.identity.accounts.set_password(
+        mallory_account.id, "a new one second handed over", actor="user:second"
+    )
+    assert (await approve(mallory, proposal)).status_code == 200
+    kinds = await site.audit_kinds()
+    assert ("admin.policy.approve", "user:mallory", "failure") in kinds
+
+
+@pytest.mark.parametrize("path", ["/static/console.js%00.css", "/static/x%00", "/api/users/a%0ab", "/api/users/a%7fb"])
+async def test_a_control_character_in_the_path_is_a_400_before_any_handler(console: Start, path: str) -> None:
+    """An attack run: NUL in a static file's name made the static files router raise, a 500 with a
+    traceback in the log for anyone who reaches the admin port, signed in or not."""
+    site = await console()
+    answer = await site.client.get(path)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "bad-path"
+    assert answer.headers["content-security-policy"]
+    assert answer.json()["request_id"] == answer.headers["x-request-id"]
