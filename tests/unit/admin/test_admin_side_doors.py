@@ -601,7 +601,9 @@ async def test_an_account_whose_credentials_an_admin_issued_cannot_approve_for_t
     assert ("admin.policy.approve", "user:mallory", "failure") in kinds
 
 
-@pytest.mark.parametrize("path", ["/static/console.js%00.css", "/static/x%00", "/api/users/a%0ab", "/api/users/a%7fb"])
+@pytest.mark.parametrize(
+    "path", ["/static/console.js%00.css", "/static/x%00", "/api/users/a%0ab", "/api/users/a%7fb"]
+)
 async def test_a_control_character_in_the_path_is_a_400_before_any_handler(console: Start, path: str) -> None:
     """An attack run: NUL in a static file's name made the static files router raise, a 500 with a
     traceback in the log for anyone who reaches the admin port, signed in or not."""
