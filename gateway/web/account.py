@@ -332,16 +332,15 @@ async def revoke_others(request: Request[Any, Any, Any], config: Config, identit
     signed = await flows.current(request, config, identity)
     if signed.session is None or signed.session_id is None:
         return flows.login_redirect("/.gateway/account")
-    count = await _end_other_browsers(identity, signed.session)
-    s = signed.session
-    await identity.audit.record(
-        "session.revoked",
-        actor=f"user:{s.username}",
-        subject=s.username,
-        ip=flows.client_ip(request),
-        details={"others": count},
+    # Every session the list shows as another one ends, this browser's on the applications' hosts
+    # too (they come back through the hand-off at the next visit): an attack run had a copied
+    # app-host cookie outlive "Sign out all other sessions", which kept this sign-in's family.
+    count, new_id = await _end_others_after(
+        request, identity, signed.session, signed.session_id, "sign-out-others"
     )
-    return Redirect(f"/.gateway/account?notice={quote(_signed_out(count))}", status_code=303)
+    response = Redirect(f"/.gateway/account?notice={quote(_signed_out(count))}", status_code=303)
+    flows.set_session_cookie(response, config, new_id)
+    return response
 
 
 @get("/.gateway/account/password", cache=False, opt=admits(Step.PASSWORD_CHANGE))

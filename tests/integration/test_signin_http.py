@@ -53,6 +53,7 @@ from tests.integration.http_client import (
     browser,
     cookie,
     csrf,
+    follow_handoff,
     login,
     post_form,
 )
@@ -317,7 +318,9 @@ def test_cookie_is_dead_after_the_account_is_disabled_by_the_cli(site: Site) -> 
 
 
 @pytest.mark.peer
-def test_sign_out_other_sessions_ends_the_other_browser_only(site: Site) -> None:
+def test_sign_out_other_sessions_ends_every_other_session_but_this_one(site: Site) -> None:
+    """The other browser's session ends, and so does this browser's on an application's host, which
+    the portal lists as another session: an attack run's copy of that cookie outlived the button."""
     user = site.add_user("rev")
     with browser(site.a) as mine, browser(site.a) as theirs:
         assert login(mine, user).status_code == 302
@@ -329,6 +332,12 @@ def test_sign_out_other_sessions_ends_the_other_browser_only(site: Site) -> None
         assert their_sid
         assert my_sid != their_sid
         assert reaches_app(site.a, their_sid, user, host="localhost")
+        app = f"http://localhost:{site.a.port}/probe"
+        handed = follow_handoff(mine, mine.get("/.gateway/login", params={"rd": app}).headers["location"],
+                                connect=site.a.url)  # fmt: skip
+        my_app_copy = handed.cookies.get(SESSION_COOKIE)
+        assert my_app_copy is not None
+        assert reaches_app(site.a, my_app_copy, user, host="localhost")
 
         resp = post_form(mine, "/.gateway/account/sessions/revoke-others")
         assert resp.status_code == 303
@@ -336,7 +345,13 @@ def test_sign_out_other_sessions_ends_the_other_browser_only(site: Site) -> None
         # runs under the same numeric user id: each run's SQLite database numbers users from 1).
         assert re.search(r"notice=[1-9][0-9]*%20other%20session", resp.headers["location"])
         assert is_signed_out(site.a, their_sid, "localhost")
-        assert reaches_app(site.a, my_sid, user, host="localhost")
+        assert is_signed_out(site.a, my_app_copy, "localhost")
+        # This session goes on under a new id (a copy of the old cookie is dead too).
+        renewed = cookie(mine)
+        assert renewed not in (None, my_sid)
+        assert renewed is not None
+        assert reaches_app(site.a, renewed, user, host="localhost")
+        assert is_signed_out(site.a, my_sid, "localhost")
         # The revoked browser is back at the sign-in page, not at the portal.
         portal = theirs.get("/.gateway/account")
         assert portal.status_code == 302
