@@ -730,9 +730,6 @@ async def create_user(
             must_change_password=not invited,
             actor=admin.actor,
         )
-        if password is not None:
-            # The admin is shown the one-time password: they issued the account's credentials.
-            await services.identity.accounts.note_issued(user.id, actor=admin.actor)
         if invited:
             # If this fails (the fast state is down) the account stays, without a password: POST
             # .../invite sends it a link once the store answers again.

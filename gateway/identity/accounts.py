@@ -511,6 +511,9 @@ class AccountService:
             created_at=now,
             updated_at=now,
             password_changed_at=now if password_hash is not None else None,
+            # An admin who sets the first password knows it (see :meth:`lineage`); written
+            # with the account, so no failure in between leaves it unrecorded.
+            credentials_issued_by=await self._issuer(actor, 0) if password_hash is not None else None,
         )
         async with self._db.session(write=True) as session:
             with store_errors("cannot create the account"):

@@ -53,7 +53,7 @@ class User(Base):
     objections: Mapped[str] = mapped_column(default="", server_default=text("''"))
     # The account of the admin who issued this account's current credentials (set its password, sent
     # its invitation link); None when the person chose their own. Under ``admin.approvals: 2`` that
-    # admin and this account are one approver (gateway.authz.lineage). An id, not a name: the admin's
+    # admin and this account are one approver (AccountService.lineage). An id, not a name: the admin's
     # erasure leaves no name here, and their account's deletion empties it.
     credentials_issued_by: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None

@@ -1,6 +1,6 @@
-"""Who issued an account's current credentials: the admin who set its password, sent its invitation
-link or gave it a new email address (``gateway.authz.lineage``: such an admin and that account count
-as one approver under ``admin.approvals: 2``).
+"""Who issued an account's current credentials: the admin who set its password or sent its invitation
+link (``AccountService.lineage``: such an admin and that account count as one approver under
+``admin.approvals: 2``).
 
 Revision ID: 0016
 Revises: 0015
