@@ -809,10 +809,11 @@ class AccountService:
         new_hash = await self._hasher.hash(new_password)
         now = self._clock.now()
         issued: dict[str, object] = {}
-        if current_password is None and actor != f"user:{user.username}":
-            # Set for the person by someone else, who knows it (the person redeeming an invitation
-            # sets their own: who issued the link stays the issuer).
-            issued["credentials_issued_by"] = await self._issuer(actor, user_id)
+        issuer = await self._issuer(actor, user_id) if current_password is None else None
+        if issuer is not None:
+            # An admin set it, and knows it (the person redeeming an invitation sets their own: who
+            # issued the link stays the issuer; see note_issued for the host's operator).
+            issued["credentials_issued_by"] = issuer
         # Noted in the ledger: a restore from an earlier backup must not bring the old password back.
         await self._update_noted(
             user_id,
@@ -838,9 +839,12 @@ class AccountService:
 
     async def note_issued(self, user_id: int, *, actor: str) -> None:
         """Record who issued the account's current credentials (a one-time password, an invitation
-        link): the admin's account ``actor`` names (``user:<name>``), or nobody for the host's operator
-        (``cli:``) and the gateway itself. Read by :meth:`lineage`."""
-        await self._update(user_id, credentials_issued_by=await self._issuer(actor, user_id))
+        link, a new email address): the admin's account ``actor`` names (``user:<name>``). The host's
+        operator (``cli:``) and the gateway itself leave the record as it is: what an admin issued
+        before may still work (a password, an address at an identity provider). Read by :meth:`lineage`."""
+        issuer = await self._issuer(actor, user_id)
+        if issuer is not None:
+            await self._update(user_id, credentials_issued_by=issuer)
 
     async def _issuer(self, actor: str, user_id: int) -> int | None:
         """The id of the admin's account ``actor`` names, if it is not ``user_id``'s own."""
@@ -1126,6 +1130,7 @@ class AccountService:
         """
         user = await self._require(user_id)
         values: dict[str, object] = {}
+        issued: dict[str, object] = {}
         if email is not None:
             try:
                 address = canonical_email(email) if email.strip() else None
@@ -1133,6 +1138,12 @@ class AccountService:
                 raise _invalid(exc) from exc
             if address != user.email:
                 values["email"] = address  # checked where it is written (_update_email)
+                issuer = await self._issuer(actor, user_id) if address is not None else None
+                if issuer is not None:
+                    # An identity provider's sign-in with that address finds this account (link by
+                    # email, preprovisioned accounts): an admin who chose it may hold it (a re-attack
+                    # run made a second approver so).
+                    issued["credentials_issued_by"] = issuer
         if display_name is not None:
             shown = _check_display_name(display_name)
             if shown != user.display_name:
@@ -1141,7 +1152,7 @@ class AccountService:
             return ()
         if values.get("email") is not None:
             await self._update_email(
-                user_id, str(values["email"]), {**values, "updated_at": self._clock.now()}
+                user_id, str(values["email"]), {**values, **issued, "updated_at": self._clock.now()}
             )
         else:
             await self._update(user_id, **values, updated_at=self._clock.now())

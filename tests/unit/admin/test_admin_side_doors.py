@@ -613,3 +613,42 @@ async def test_a_control_character_in_the_path_is_a_400_before_any_handler(conso
     assert answer.json()["error"] == "bad-path"
     assert answer.headers["content-security-policy"]
     assert answer.json()["request_id"] == answer.headers["x-request-id"]
+
+
+async def test_an_address_an_admin_chose_makes_the_account_theirs_when_approving(console: Start) -> None:
+    """A re-attack run: boss gave carol's account his own address at the identity provider (a
+    rectification), signed in there as carol (linked by email), had second make carol an admin and
+    approved his own proposal as carol. The address is a credential an admin issued; the host's
+    operator setting a password afterwards leaves that so."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    carol = await site.services.identity.accounts.find("carol")
+    assert carol is not None
+    moved = await site.call(
+        boss,
+        "POST",
+        f"/api/privacy/users/{carol.id}/rectify",
+        json={"email": "boss.idp@corp.test", "verified_by": "ticket 1"},
+    )
+    assert moved.status_code == 200, moved.text
+    assert "credentials_issued_by" not in moved.text
+    await site.services.identity.accounts.set_password(
+        carol.id, "the host operator's choice", actor="cli:root"
+    )
+    policy = POLICY + "g, user:carol, admin\n"
+    made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
+    approved = await site.call(
+        second, "POST", f"/api/policy/proposals/{made.json()['id']}/approve", json={"reason": "ok"}
+    )
+    assert approved.status_code == 200, approved.text
+    allow_all = policy + "p, authenticated, app, /*, *, allow\n"
+    made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": allow_all, "reason": "x"})
+    as_carol = await site.call(
+        await site.session("carol"),
+        "POST",
+        f"/api/policy/proposals/{made.json()['id']}/approve",
+        json={"reason": "ok"},
+    )
+    _refused(as_carol, "proposal-self-approval")

@@ -1,5 +1,5 @@
-"""Who issued an account's current credentials: the admin who set its password or sent its invitation
-link (``AccountService.lineage``: such an admin and that account count as one approver under
+"""Who issued an account's current credentials: the admin who set its password or email address or sent
+its invitation link (``AccountService.lineage``: such an admin and that account count as one approver under
 ``admin.approvals: 2``).
 
 Revision ID: 0016
