@@ -439,7 +439,11 @@ async def password_submit(
         # this session is lifted with a new id; the sign-in goes on to the second factor (or its
         # enrollment).
         await _end_other_browsers(identity, s)
-        new_id, _ = await identity.sessions.password_changed(signed.session_id)
+        new_id, renewed = await identity.sessions.password_changed(signed.session_id)
+        if renewed.level >= AuthLevel.TWO_FACTOR:
+            # The second factor came first (an account that has one): the sign-in is complete. The
+            # second-factor page would ask for the code just used (a re-attack run).
+            return await flows.after_sign_in(request, config, identity, new_id, renewed, rd)
         response = Redirect(f"/.gateway/mfa?rd={quote(rd, safe='')}", status_code=303)
         flows.set_session_cookie(response, config, new_id)
         return response

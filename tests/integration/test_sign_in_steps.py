@@ -652,6 +652,12 @@ def test_a_one_time_password_alone_cannot_replace_a_password_guarded_by_a_second
         form = {"current": one_time, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""}
         changed = post_form(client, "/.gateway/account/password", form)
         assert changed.status_code in (302, 303), changed.text
+        # The code was given before the change: on to the application, not asked again (a re-attack
+        # run had the second-factor page ask for the code just used, a failure if typed again).
+        assert not changed.headers["location"].startswith("/.gateway/mfa")
+        onward = client.get(changed.headers["location"])
+        assert onward.status_code == 200
+        assert "<title>Your account" in onward.text  # no rd: the portal
         renewed = cookie(client)
     assert renewed is not None
     assert reaches_app(site.a, renewed, user, host="127.0.0.1")
