@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from gateway.observe.record import AuthKind, RequestKind, RequestRecord
+from gateway.errors import ErrorReason
+from gateway.observe.record import AccessDecision, AuthKind, RequestKind, RequestRecord
 from gateway.observe.tracing import RequestTrace
 from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.proxy import NO_BODY, ProxyOutcome
@@ -116,7 +117,12 @@ class RequestContext:
 
     async def still_allowed(self) -> bool:
         """Whether a long exchange of this request may go on (:mod:`gateway.pipeline.watch`)."""
-        return await self.checks.allowed(self)
+        if await self.checks.allowed(self):
+            return True
+        # Logged as refused, as a cut streamed answer is (its 403 is raised through the proxy): a
+        # WebSocket closed for it read as allowed, status 101, in the access log.
+        self.rec.reason, self.rec.decision = ErrorReason.ACCESS_ENDED, AccessDecision.DENY
+        return False
 
     def original_url(self) -> str:
         """The URL the client asked for: where sign-in and MFA pages send the browser back to.

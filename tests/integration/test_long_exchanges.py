@@ -7,6 +7,7 @@ each long exchange is checked again every second (``gateway/pipeline/watch.py``)
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.integration.harness import (
     run_cli,
     run_echo,
     run_gateway,
+    wait_until,
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, login
 
@@ -94,6 +96,20 @@ def test_a_websocket_of_a_disabled_account_is_closed(gw: Gateway) -> None:
         assert ws.recv(timeout=10) == "before"
         _cli(gw, "user", "disable", "ws-disabled")
         assert _closed_for_policy(ws) == 1008
+    # The access log says the socket was refused when access ended, not that it was allowed.
+    events = wait_until(
+        lambda: [
+            e
+            for line in gw.log().splitlines()
+            if line.startswith("{") and '"gateway.access"' in line and '"ws-disabled"' in line
+            for e in [json.loads(line)]
+            if e["gateway"]["kind"] == "websocket"
+        ],
+        what="the WebSocket's access event",
+    )
+    assert [(e["gateway"]["decision"], e["gateway"]["reason"], e["event"]["type"]) for e in events] == [
+        ("deny", "access-ended", ["access", "denied"])
+    ]
 
 
 def test_a_silent_websocket_is_closed_when_access_ends(gw: Gateway) -> None:
