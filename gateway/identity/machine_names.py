@@ -22,12 +22,14 @@ from collections.abc import Iterable
 from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["hold_names", "service_account_names"]
+__all__ = ["hold_names", "policy_names", "service_account_names"]
 
 # Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the chain, signing and migration locks.
 _PG_NAMES_LOCK = 7_204_118_993_051
 
 _SERVICE_ACCOUNTS = table("service_accounts", column("name"))
+# The live policy's lines (gateway.authz, a layer above): who a line names is v0 (p and g lines).
+_POLICY_RULES = table("policy_rules", column("v0"))
 
 
 async def service_account_names(session: AsyncSession, names: Iterable[str]) -> set[str]:
@@ -39,6 +41,20 @@ async def service_account_names(session: AsyncSession, names: Iterable[str]) -> 
         select(_SERVICE_ACCOUNTS.c.name).where(_SERVICE_ACCOUNTS.c.name.in_(wanted))
     )
     return set(found)
+
+
+async def policy_names(session: AsyncSession, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` (canonical usernames) the live policy names as ``user:<name>``: the rules
+    written for a person who has no account yet. A name a new person chose (an identity provider's
+    ``preferred_username``) would inherit them (an attack run got ``g, user:bob, finance-admin``
+    by signing in as "Bob")."""
+    wanted = {f"user:{name}": name for name in names}
+    if not wanted:
+        return set()
+    found = await session.scalars(
+        select(_POLICY_RULES.c.v0).where(_POLICY_RULES.c.v0.in_(sorted(wanted))).distinct()
+    )
+    return {wanted[principal] for principal in found}
 
 
 async def hold_names(session: AsyncSession) -> None:

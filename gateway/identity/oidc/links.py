@@ -43,7 +43,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
 from gateway.identity.accounts import account_exists
-from gateway.identity.machine_names import hold_names, service_account_names
+from gateway.identity.machine_names import hold_names, policy_names, service_account_names
 from gateway.identity.models import User
 from gateway.identity.names import (
     AUTHORITY_USERNAMES,
@@ -375,6 +375,9 @@ class IdentityMapper:
                 taken = {value for row in rows for value in row if value is not None}
                 # A service account's name too: the apps would take the person for the machine.
                 taken |= await service_account_names(session, candidates)
+                # A name the policy already grants to a person, chosen here by whoever signs in; the
+                # last candidate is this very subject's own.
+                taken |= await policy_names(session, candidates[:-1])
                 if self._keyring is not None:
                     # A deleted account's name is never handed to someone else; the last candidate
                     # is made from this very subject, so only its own person can have had it.

@@ -395,3 +395,25 @@ async def test_a_deleted_accounts_name_is_never_handed_to_a_new_person(
         keys = list(await session.scalars(select(RetiredUsername.name_key)))
     assert len(keys) == 3
     assert all("fern" not in key and "mail" not in key for key in keys)  # keyed digests, never the name
+
+
+async def test_a_name_the_policy_grants_roles_to_is_not_taken_by_a_new_person(world: World) -> None:
+    """An attack run: the policy had ``g, user:bob, finance-admin`` for a colleague not yet signed in;
+    someone signing in through a JIT provider as "Bob" became bob and got finance-admin. Such a name
+    is taken like a deleted account's: the next candidate is used."""
+    from gateway.authz.models import PolicyRuleRow
+
+    async with world.db.session() as session:
+        session.add(PolicyRuleRow(ptype="g", v0="user:bob", v1="finance-admin"))
+        session.add(PolicyRuleRow(ptype="p", v0="user:carol", v1="wiki", v2="/*", v3="*", v4="allow"))
+        await session.commit()
+    for name in ("Bob", "carol"):
+        mapped = await world.mapper.map(
+            JIT,
+            subject=f"s-{name}",
+            claims=claims(email=f"{name.lower()}.x@corp.test", preferred_username=name),
+        )
+        assert mapped.user.username == f"{name.lower()}.x@corp.test"
+    # A name no line names is given as before.
+    free = await world.mapper.map(JIT, subject="s-dave", claims=claims(email=None, preferred_username="dave"))
+    assert free.user.username == "dave"
