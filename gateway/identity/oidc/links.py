@@ -375,9 +375,10 @@ class IdentityMapper:
                 taken = {value for row in rows for value in row if value is not None}
                 # A service account's name too: the apps would take the person for the machine.
                 taken |= await service_account_names(session, candidates)
-                # A name the policy already grants to a person, chosen here by whoever signs in; the
-                # last candidate is this very subject's own.
-                taken |= await policy_names(session, candidates[:-1])
+                # A name the policy already grants to a person, chosen here by whoever signs in. Not
+                # the person's own verified email (the only address a candidate can be), nor the last
+                # candidate, made from this very subject.
+                taken |= await policy_names(session, [n for n in candidates[:-1] if "@" not in n])
                 if self._keyring is not None:
                     # A deleted account's name is never handed to someone else; the last candidate
                     # is made from this very subject, so only its own person can have had it.

@@ -414,6 +414,14 @@ async def test_a_name_the_policy_grants_roles_to_is_not_taken_by_a_new_person(wo
             claims=claims(email=f"{name.lower()}.x@corp.test", preferred_username=name),
         )
         assert mapped.user.username == f"{name.lower()}.x@corp.test"
+    # The person's own verified address is theirs, named or not.
+    async with world.db.session() as session:
+        session.add(PolicyRuleRow(ptype="g", v0="user:erin@corp.test", v1="finance-admin"))
+        await session.commit()
+    own = await world.mapper.map(
+        JIT, subject="s-erin", claims=claims(email="erin@corp.test", preferred_username="erin@corp.test")
+    )
+    assert own.user.username == "erin@corp.test"
     # A name no line names is given as before.
     free = await world.mapper.map(JIT, subject="s-dave", claims=claims(email=None, preferred_username="dave"))
     assert free.user.username == "dave"
