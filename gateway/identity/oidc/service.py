@@ -272,6 +272,10 @@ class OidcService:
             raise TokenRejected(Check.SUBJECT, "userinfo is about another subject")
         merged = dict(info)
         merged.update(claims)  # what the signed ID token says wins
+        if "email" in claims and "email_verified" not in claims and info.get("email") != claims["email"]:
+            # An address and its verified flag come from one answer: the token's address with
+            # userinfo's flag for another address was taken as verified (an attack run).
+            merged.pop("email_verified", None)
         return merged
 
     async def _failed(self, idp: IdentityProvider, ip: str, details: Mapping[str, object]) -> None:

@@ -92,6 +92,24 @@ def test_userinfo_of_another_subject_is_refused_and_the_id_token_wins() -> None:
     assert info.value.check is Check.SUBJECT
 
 
+@pytest.mark.parametrize(
+    ("id_token", "userinfo", "verified"),
+    [
+        # An attack run: the token's address, userinfo's flag for another address.
+        ({"email": "kate2@corp.test"}, {"email": "other@corp.test", "email_verified": True}, None),
+        # The flag about the same address, or from the same answer as the address.
+        ({"email": "kate@corp.test"}, {"email": "kate@corp.test", "email_verified": True}, True),
+        ({}, {"email": "kate@corp.test", "email_verified": True}, True),
+        ({"email": "kate@corp.test", "email_verified": False}, {"email_verified": True}, False),
+    ],
+)
+def test_an_address_and_its_verified_flag_come_from_one_answer(
+    id_token: dict[str, object], userinfo: dict[str, object], verified: bool | None
+) -> None:
+    merged = OidcService._merge_userinfo(token(), {"sub": "s", **id_token}, {"sub": "s", **userinfo})
+    assert merged.get("email_verified") == verified
+
+
 def test_trusted_provider_mfa_meets_required_but_not_webauthn_and_ages_from_auth_time() -> None:
     from gateway.identity.levels import AuthLevel, Factor, FactorUse, check_requirement
     from gateway.settings.schema import Duration, MfaPolicy
