@@ -49,6 +49,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.reasons import REASON_PATTERN
 from gateway.response.actions import parse_account_action
 from gateway.response.cases import Cases, CaseView, EntryView
+from gateway.response.notification import NoticeChanged
 from gateway.response.phases import TITLES, Phase
 from gateway.response.recovery import RecoveryCheck
 from gateway.response.report import dumps, report_markdown
@@ -169,6 +170,9 @@ class NotifyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     template: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "incident"
     what_to_do: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     preview: bool = True
+    # A send: the digest of the preview that was read; the messages go only if they still say that
+    # (409 notice-changed). The console always sends it ("" before any preview: refused).
+    previewed: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] | None = None
 
 
 # -- answers ----------------------------------------------------------------------------------------
@@ -285,6 +289,7 @@ class DeliveryView(msgspec.Struct, kw_only=True):
 
 class NotifyResult(msgspec.Struct, kw_only=True):
     previewed: bool
+    digest: str
     previews: list[MessagePreview]
     deliveries: list[DeliveryView]
     without_address: list[str]
@@ -679,10 +684,12 @@ async def notify(
     async def work(admin: Admin) -> NotifyResult:
         if not data.preview:
             confirm_destructive(admin, config, services.identity.clock)
+            if data.previewed == "":
+                raise NoticeChanged("Preview the messages first: what is sent is what the preview shows.")
         flow = await _workflow(services, config)
         result = await flow.notify(
             case_id, actor=admin.actor, template=data.template, what_to_do=data.what_to_do,
-            preview=data.preview,
+            preview=data.preview, previewed=data.previewed,
         )  # fmt: skip
         deliveries = [
             DeliveryView(username=d.message.username, address=d.message.address, sent=d.ok, detail=d.detail)
@@ -697,6 +704,7 @@ async def notify(
         )
         return NotifyResult(
             previewed=data.preview,
+            digest=result.digest,
             previews=[
                 MessagePreview(sender=p.sender, to=p.to, subject=p.subject, body=p.body)
                 for p in result.previews

@@ -37,6 +37,9 @@
   };
 
   renderers.notify = (data, box) => {
+    // A send is bound to the preview just read: the server refuses it if the messages changed since.
+    const bound = document.getElementById("notify-previewed");
+    if (bound && data.previewed) bound.value = data.digest;
     box.append(el("p", data.message, "alert ok"));
     for (const shown of data.previews || []) {
       const article = el("article", undefined, "mail-preview");

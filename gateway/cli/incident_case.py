@@ -309,10 +309,17 @@ async def _report(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 async def _notify(args: argparse.Namespace, ctx: _Ctx) -> int:
     result = await ctx.flow.notify(
-        args.id, actor=operator(), template=args.template, what_to_do=args.what_to_do, preview=args.preview
+        args.id,
+        actor=operator(),
+        template=args.template,
+        what_to_do=args.what_to_do,
+        preview=args.preview,
+        previewed=args.previewed,
     )
     for shown in result.previews:
         print(f"--- to {shown.to}\nFrom: {shown.sender}\nSubject: {shown.subject}\n\n{shown.body}")
+    if args.preview:
+        print(f"--- digest {result.digest}: send exactly these with --previewed {result.digest}")
     for delivery in result.deliveries:
         state = "sent" if delivery.ok else "NOT SENT"
         print(f"{delivery.message.username} <{delivery.message.address}>: {state} {delivery.detail}".rstrip())
@@ -421,6 +428,11 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
         "--template", default="incident", metavar="NAME", help="notify.templates entry (default incident)"
     )
     p.add_argument("--what-to-do", metavar="TEXT", help="what the people should do ($what_to_do)")
+    p.add_argument(
+        "--previewed",
+        metavar="DIGEST",
+        help="send only if the messages still say what the preview with this digest said (--preview prints it)",
+    )
     p = action("report", _report, "the post-incident report")
     p.add_argument("id", metavar="ID")
     p.add_argument("--format", choices=["md", "json"], default="md")

@@ -12,12 +12,15 @@ had erin's notice say "brute force: dave" and describe dave's failed sign-ins.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.audit.trail import AuditLog
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import AccountService
 from gateway.notify.audit import recorder
 from gateway.notify.message import Incident, Preview, Recipient, compose, preview
@@ -26,7 +29,7 @@ from gateway.privacy.mentions import Mentions
 from gateway.response.cases import Cases, CaseView
 from gateway.settings.schema import Settings
 
-__all__ = ["DEFAULT_WHAT_TO_DO", "Notified", "notify_affected"]
+__all__ = ["DEFAULT_WHAT_TO_DO", "NoticeChanged", "Notified", "notify_affected"]
 
 # What another affected person's name reads as in a recipient's message.
 _SOMEONE_ELSE: Final = "another account"
@@ -39,14 +42,33 @@ DEFAULT_WHAT_TO_DO: Final = (
 )
 
 
+class NoticeChanged(GatewayError):
+    """The messages to send are not the ones previewed (409; nothing was sent)."""
+
+    status = 409
+    reason = "notice-changed"
+    title = "The notices changed since the preview"
+
+
 @dataclass(slots=True)
 class Notified:
-    """What a notification round did (or, previewed, would do)."""
+    """What a notification round did (or, previewed, would do). ``digest`` names what each message
+    says to whom (not its date): a send can be bound to the preview the team read."""
 
+    digest: str = ""
     previews: list[Preview] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     without_address: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+
+
+def _digest(template: str, written: list[tuple[Recipient, Incident]]) -> str:
+    """SHA-256 of what each recipient is told (template, address, title, summary, what to do)."""
+    parts = [
+        [template, r.username, r.address, said.id, said.title, said.summary, said.what_to_do]
+        for r, said in written
+    ]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
 class _AsWritten:
@@ -101,10 +123,18 @@ async def notify_affected(
     template: str = "incident",
     what_to_do: str = DEFAULT_WHAT_TO_DO,
     send: bool,
+    previewed: str | None = None,
 ) -> Notified:
     """Preview (``send`` false) or send the incident's notification to every affected person.
 
+    Args:
+        previewed: The :attr:`Notified.digest` of the preview the sender read: the messages are sent
+            only if they still say that. Another affected person's display name is left out of each
+            message, and its owner can change it between the preview and the send (an attack run
+            set one to a phrase of the record's text, which then went missing from everyone's notice).
+
     Raises:
+        NoticeChanged: ``previewed`` is not what the messages say now; nothing was sent.
         BadRequest: no affected people; a template or value the notifier refuses.
         MailUnavailable: the SMTP server cannot be reached or refused the login (nothing was sent).
     """
@@ -131,10 +161,17 @@ async def notify_affected(
         summary = as_written.text(others.text(case.summary or case.title))
         return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)
 
+    written = [(r, about(r)) for r in people]
+    result.digest = _digest(template, written)
     if not send:
-        result.previews = [preview(settings, r, about(r), now=now, template=template) for r in people]
+        result.previews = [preview(settings, r, said, now=now, template=template) for r, said in written]
         return result
-    messages = [compose(settings, r, about(r), now=now, template=template) for r in people]
+    if previewed is not None and not hmac.compare_digest(previewed, result.digest):
+        raise NoticeChanged(
+            "The messages would not say what the preview said (the record, the people it names or a "
+            "name changed since): preview them again. Nothing was sent."
+        )
+    messages = [compose(settings, r, said, now=now, template=template) for r, said in written]
     result.deliveries = await send_all(settings, messages, on_result=recorder(audit, actor=actor))
     sent = [d.message.username for d in result.deliveries if d.ok]
     failed = {d.message.username: d.detail for d in result.deliveries if not d.ok}

@@ -224,7 +224,14 @@ class Workflow:
         )  # fmt: skip
 
     async def notify(
-        self, case_id: str, *, actor: str, template: str, what_to_do: str | None, preview: bool
+        self,
+        case_id: str,
+        *,
+        actor: str,
+        template: str,
+        what_to_do: str | None,
+        preview: bool,
+        previewed: str | None = None,
     ) -> Notified:
         """Preview, or send, the incident's notification to every affected person.
 
@@ -241,4 +248,5 @@ class Workflow:
         return await notify_affected(
             case, settings=self.settings, accounts=self.accounts, cases=self.cases, audit=self.audit,
             actor=actor, template=template, what_to_do=what_to_do or DEFAULT_WHAT_TO_DO, send=not preview,
+            previewed=previewed,
         )  # fmt: skip

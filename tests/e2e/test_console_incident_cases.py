@@ -187,6 +187,16 @@ def test_a_record_through_the_phases_and_the_lockdown_switched_from_the_console(
     expect(preview).to_contain_text("To: victim <victim@example.org>")
     expect(preview).to_contain_text("Enrol a new passkey when you next sign in.")
     assert mail.received == []
+    # What is sent is what the preview showed: a text changed after it is refused until previewed again.
+    page.fill("#notify-todo", "Something the preview did not show.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#notify-send-form button[type=submit]")
+    expect(page.locator("#notify-result")).to_contain_text("preview them again")
+    assert mail.received == []
+    page.fill("#notify-todo", "Enrol a new passkey when you next sign in.")
+    page.click("#notify-preview-form button[type=submit]")
+    expect(page.locator("#notify-result")).not_to_contain_text("preview them again")  # the new preview
+    expect(preview).to_have_count(1)
     # Sending is destructive (confirmed, a recent factor): the message previewed reaches the server.
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#notify-send-form button[type=submit]")

@@ -259,8 +259,28 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
     assert preview["deliveries"] == []
     assert mail.received == []
     todo = "Choose a new password when you next sign in."
+    # A send is bound to the preview read: these messages (another text) are not what it showed, and
+    # a console send before any preview is refused; nothing goes out.
+    for previewed in (preview["digest"], ""):
+        stale = api(
+            site,
+            boss,
+            "POST",
+            f"{BASE}/{case_id}/notify",
+            json={"preview": False, "what_to_do": todo, "previewed": previewed},
+        )
+        assert_error(stale, 409, "notice-changed")
+    assert mail.received == []
+    read = ok(api(site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": True, "what_to_do": todo}))
+    assert read["digest"] != preview["digest"]
     sent = ok(
-        api(site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": False, "what_to_do": todo})
+        api(
+            site,
+            boss,
+            "POST",
+            f"{BASE}/{case_id}/notify",
+            json={"preview": False, "what_to_do": todo, "previewed": read["digest"]},
+        )
     )
     assert sorted((d["username"], d["sent"]) for d in sent["deliveries"]) == [("bob", True), ("victim", True)]
     assert sorted(r.rcpt_tos for r in mail.received) == [("bob@example.org",), ("victim@example.org",)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -274,7 +275,16 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
     assert "Subject: Security notice from Example Ltd: brute force: victim" in preview
     assert site.smtp.received == []
     todo = "Choose a new password when you next sign in."
-    out = cli(site, "notify", case_id, "--what-to-do", todo)
+    # Bound to the preview read: that one had no such text, so nothing goes; the one with it does.
+    digest = re.search(r"--previewed ([0-9a-f]{64})", preview)
+    assert digest is not None
+    stale = cli(site, "notify", case_id, "--what-to-do", todo, "--previewed", digest.group(1), code=1)
+    assert "preview them again" in stale
+    assert site.smtp.received == []
+    read = cli(site, "notify", case_id, "--preview", "--what-to-do", todo)
+    digest = re.search(r"--previewed ([0-9a-f]{64})", read)
+    assert digest is not None
+    out = cli(site, "notify", case_id, "--what-to-do", todo, "--previewed", digest.group(1))
     assert "bob <bob@example.org>: sent" in out
     assert sorted(r.rcpt_tos for r in site.smtp.received) == [("bob@example.org",), ("victim@example.org",)]
     for received in site.smtp.received:
