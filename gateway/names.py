@@ -10,7 +10,10 @@ cannot be seen instead:
 * control, format, private-use, surrogate and unassigned code points (Unicode Cc, Cf, Co, Cs, Cn);
 * every Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties: the variation selectors, the
   Hangul fillers, U+034F, the tag characters, ...), which renderers are told to draw as nothing;
-* the blanks that are letters or symbols, not spaces (U+2800 BRAILLE PATTERN BLANK).
+* the blanks that are letters or symbols, not spaces (U+2800 BRAILLE PATTERN BLANK);
+* the line and paragraph separators (Zl, Zp: U+2028, U+2029), which break a field into two lines of a
+  table or a diff (an attack run's ``p, user:low\u2028priv, ..., deny`` read as two lines, and as a
+  deny for ``lowpriv`` that matches nobody).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _IGNORABLE: Final = (
     (0xE0000, 0xE0FFF),
 )
 _BLANK_SYMBOLS: Final = frozenset({0x2800})
-_UNSEEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
+_UNSEEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
 _ASCII_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 

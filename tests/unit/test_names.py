@@ -25,6 +25,8 @@ from gateway.names import hidden_character
         "admin\x00",
         "admin\x7f",
         "admin\x1b[31m",
+        "admin\u2028priv",  # line separator (Zl): a field shown as two lines (an attack run)
+        "admin\u2029",  # paragraph separator (Zp)
     ],
 )
 def test_what_a_reader_cannot_see_is_found(text: str) -> None:
