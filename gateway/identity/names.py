@@ -136,8 +136,9 @@ def canonical_username(raw: str) -> str:
         The canonical username.
 
     Raises:
-        ValueError: The name is empty, longer than :data:`MAX_USERNAME_LENGTH` characters, or contains
-            an invisible, space or disallowed character; the message says which, for a human.
+        ValueError: The name is empty, longer than :data:`MAX_USERNAME_LENGTH` characters, contains
+            an invisible, space or disallowed character, or has no letter or digit; the message says
+            which, for a human.
     """
     name = _fold(raw)
     if not name:
@@ -164,6 +165,12 @@ def canonical_username(raw: str) -> str:
                 "use letters, digits and . _ - @ +"
             )
         marks = 0 if category in _LETTER_CATEGORIES else -1
+    if not any(
+        unicodedata.category(c) in _LETTER_CATEGORIES or unicodedata.category(c) == "Nd" for c in name
+    ):
+        # "." and ".." are path segments to every browser and proxy: the console's /users/.. is its
+        # overview page, so such an account could not be opened, disabled or reset there (an attack run).
+        raise ValueError("The username needs a letter or a digit.")
     return name
 
 

@@ -40,7 +40,7 @@ USERNAMES_FOLDED = [
     ("\u2460", "1", "circled digit one (compatibility form)"),
     ("alice@example.com", "alice@example.com", "@ is allowed in a username"),
     ("a.b_c-d+e", "a.b_c-d+e", "the allowed punctuation"),
-    ("\uff20\uff0e", "@.", "full-width @ and full stop"),
+    ("a\uff20b\uff0ec", "a@b.c", "full-width @ and full stop"),
     ("\u0939\u093f\u0928\u094d\u0926\u0940", "\u0939\u093f\u0928\u094d\u0926\u0940", "Devanagari with marks"),
     ("\u0437\u043e\u044f", "\u0437\u043e\u044f", "Cyrillic letters"),
     ("\u7530\u4e2d", "\u7530\u4e2d", "CJK ideographs"),
@@ -76,6 +76,9 @@ USERNAMES_REFUSED = [
     ("a-\u0301", "combining mark", "combining mark on punctuation"),
     ("x" + "\u0300" * (MAX_MARKS_PER_LETTER + 1), "combining mark", "stacked marks"),
     ("\ue000", "invisible", "private use"),
+    ("..", "letter or a digit", "a path segment: the console's /users/.. is its overview (an attack run)"),
+    (".", "letter or a digit", "the current path segment"),
+    ("-_@+.", "letter or a digit", "punctuation alone"),
 ]
 
 
