@@ -53,13 +53,18 @@ def _fold(text: str) -> str:
 
 def _folded(text: str) -> tuple[str, list[int]]:
     """``text`` folded, and for each folded character the index in ``text`` it came from (one more
-    entry, ``len(text)``, for a match that ends the text). A base character is folded with the
-    combining marks after it, so ``e`` + U+0301 folds to the ``é`` a canonical username holds."""
+    entry, ``len(text)``, for a match that ends the text).
+
+    Characters are folded in groups that folding cannot join across: a mark stays with the letter
+    before it (``e`` + U+0301 is the ``é`` a canonical username holds; a Devanagari vowel sign is part
+    of its syllable), and so does any character that composes with the group (conjoining Hangul jamo
+    make one syllable). A re-attack run found both: ``राम`` replaced inside ``रामी``, and ``한수``
+    written in jamo missed."""
     parts: list[str] = []
     origin: list[int] = []
     start = 0
     for end in range(1, len(text) + 1):
-        if end < len(text) and unicodedata.combining(text[end]):
+        if end < len(text) and _joins(text[start:end], text[end]):
             continue
         piece = _fold(text[start:end])
         parts.append(piece)
@@ -67,6 +72,15 @@ def _folded(text: str) -> tuple[str, list[int]]:
         start = end
     origin.append(len(text))
     return "".join(parts), origin
+
+
+def _joins(group: str, char: str) -> bool:
+    """Whether ``char`` belongs to the group before it: a mark, or it folds differently together."""
+    return _is_mark(char) or _fold(group + char) != _fold(group) + _fold(char)
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char).startswith("M")
 
 
 def _longest_first(names: Iterable[str]) -> list[str]:
@@ -93,9 +107,11 @@ class Mentions:
         self._names = tuple(whole_names)
         self._tombstone = tombstone
         self._pattern = (
-            re.compile(_BEFORE + _alternatives(wanted) + _AFTER, re.IGNORECASE) if wanted else None
+            # Case-sensitive: text and names are both folded already, and IGNORECASE would take the
+            # dotless i (U+0131) for i: "al\u0131" is another account than "ali" (a re-attack run).
+            re.compile(_BEFORE + _alternatives(wanted) + _AFTER) if wanted else None
         )
-        self._whole = re.compile(_alternatives(whole_names), re.IGNORECASE) if whole_names else None
+        self._whole = re.compile(_alternatives(whole_names)) if whole_names else None
 
     def unambiguous(self) -> Mentions:
         """The person's mentions as any record may hold them: their email address anywhere, and a
@@ -126,6 +142,9 @@ class Mentions:
                 if (first and origin[first - 1] == start) or origin[last - 1] == end:
                     # The match starts or ends inside one written character's folding (``ß`` is
                     # ``ss``): no whole name starts or ends there.
+                    continue
+                if (first and _is_mark(folded[first - 1])) or (last < len(folded) and _is_mark(folded[last])):
+                    # A mark continues a name as a letter does (``\w`` does not cover them all).
                     continue
                 value = value[:start] + self._tombstone + value[end:]
         return self.whole(value)

@@ -109,3 +109,25 @@ def test_a_combining_mark_is_folded_with_its_letter() -> None:
     # "józef" as the account holds it (composed), written with a combining acute in the note.
     assert Mentions(["józef"], T).text("Jo\u0301zef called") == f"{T} called"
     assert Mentions(["józef"], T).whole(" JÓZEF ") == T
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        # A re-attack run's finds. The dotless i is another letter: "al\u0131" is not "ali".
+        ("ali", "al\u0131 wrote", "al\u0131 wrote"),
+        ("al\u0131", "ali wrote", "ali wrote"),
+        # A vowel sign (a mark of combining class 0) continues a Devanagari name, before or after.
+        ("\u0930\u093e\u092e", "\u0930\u093e\u092e\u0940 called", "\u0930\u093e\u092e\u0940 called"),
+        ("\u0930\u093e", "\u0915\u093f\u0930\u093e called", "\u0915\u093f\u0930\u093e called"),
+        ("\u0930\u093e\u092e", "\u0930\u093e\u092e called", f"{T} called"),
+        # Conjoining jamo compose into the syllables the account holds.
+        ("\ud55c\uc218", "called \u1112\u1161\u11ab\u1109\u116e today", f"called {T} today"),
+        # A Bengali vowel written in two parts composes into the one the account holds.
+        ("\u0995\u09cb", "x \u0995\u09c7\u09be y", f"x {T} y"),
+    ],
+)
+def test_scripts_whose_letters_join_or_compose(name: str, text: str, expected: str) -> None:
+    mentions = Mentions([name], T)
+    assert mentions.text(text) == expected
+    assert mentions.whole(text) == (T if expected == T else text)
