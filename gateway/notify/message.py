@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -35,6 +35,7 @@ __all__ = [
     "Message",
     "Preview",
     "Recipient",
+    "as_previewed",
     "compose",
     "preview",
     "render",
@@ -44,6 +45,8 @@ __all__ = [
 
 # Control characters a body may not carry: all C0 but tab and line feed, and DEL.
 _BODY_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# RFC 5322 specials but the full stop (initials: "J. Smith" is quoted and kept whole when folded).
+_ADDRESS_SPECIALS: Final = frozenset('()<>[]:;@\\,"')
 # A preview without notify.smtp has no sender: a reserved name (RFC 2606 .invalid) fills the From
 # header it is rendered with, and the preview says so instead of showing it.
 _NO_SENDER: Final = Address(username="sender", domain="notify-smtp-not-configured.invalid")
@@ -196,9 +199,15 @@ def preview(
     team reviews the wording before a mail server is set up); ``sender`` then says there is none."""
     smtp = settings.notify.smtp
     sender = _NO_SENDER if smtp is None else _address(smtp.sender_name, smtp.sender, "sender")
-    email = _message(settings, recipient, incident, now=now, template=template, sender=sender).email
+    shown = as_previewed(_message(settings, recipient, incident, now=now, template=template, sender=sender))
+    return shown if smtp is not None else replace(shown, sender=_NO_SENDER_TEXT)
+
+
+def as_previewed(message: Message) -> Preview:
+    """What a preview shows of ``message``: sender, recipient, subject and body."""
+    email = message.email
     return Preview(
-        sender=_NO_SENDER_TEXT if smtp is None else str(email["From"]),
+        sender=str(email["From"]),
         to=str(email["To"]),
         subject=str(email["Subject"]),
         body=email.get_content(),
@@ -219,7 +228,7 @@ def _message(
         template_named(settings, template),
         values,
         sender=sender,
-        to=_address(values["name"], recipient.address, "recipient"),
+        to=_address(_header_name(values["name"], recipient.username), recipient.address, "recipient"),
         now=now,
     )
     return Message(
@@ -229,6 +238,14 @@ def _message(
         template=template,
         incident=incident.id,
     )
+
+
+def _header_name(name: str, username: str) -> str:
+    """The recipient's name as the To header shows it: the username when the display name holds a
+    character with a meaning in an address list. Python folded a long To header without the quotes
+    around such a name, and ``x, attacker@evil.example`` read as more recipients (a re-attack run's
+    Reply-All); ``$name`` in the body stays as the person wrote it."""
+    return username if any(char in _ADDRESS_SPECIALS for char in name) else name
 
 
 def _address(name: str, address: str, role: str) -> Address:

@@ -23,7 +23,7 @@ from gateway.audit.trail import AuditLog
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import AccountService
 from gateway.notify.audit import recorder
-from gateway.notify.message import Incident, Preview, Recipient, compose, preview
+from gateway.notify.message import Incident, Preview, Recipient, as_previewed, compose, preview
 from gateway.notify.smtp import Delivery, send_all
 from gateway.privacy.mentions import Mentions
 from gateway.response.cases import Cases, CaseView
@@ -62,12 +62,11 @@ class Notified:
     missing: list[str] = field(default_factory=list)
 
 
-def _digest(template: str, written: list[tuple[Recipient, Incident]]) -> str:
-    """SHA-256 of what each recipient is told (template, address, title, summary, what to do)."""
-    parts = [
-        [template, r.username, r.address, said.id, said.title, said.summary, said.what_to_do]
-        for r, said in written
-    ]
+def _digest(messages: list[Preview]) -> str:
+    """SHA-256 of the messages as rendered: sender, recipient, subject and body (not the date or the
+    Message-ID). The rendered text, not what went into it: a re-attack run changed the recipient's own
+    display name ($name) and the template behind the same name between the preview and the send."""
+    parts = [[m.sender, m.to, m.subject, m.body] for m in messages]
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -162,16 +161,17 @@ async def notify_affected(
         return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)
 
     written = [(r, about(r)) for r in people]
-    result.digest = _digest(template, written)
     if not send:
         result.previews = [preview(settings, r, said, now=now, template=template) for r, said in written]
+        result.digest = _digest(result.previews)
         return result
+    messages = [compose(settings, r, said, now=now, template=template) for r, said in written]
+    result.digest = _digest([as_previewed(m) for m in messages])
     if previewed is not None and not hmac.compare_digest(previewed, result.digest):
         raise NoticeChanged(
-            "The messages would not say what the preview said (the record, the people it names or a "
-            "name changed since): preview them again. Nothing was sent."
+            "The messages would not say what the preview said (the record, the people it names, a "
+            "name or the template changed since): preview them again. Nothing was sent."
         )
-    messages = [compose(settings, r, said, now=now, template=template) for r, said in written]
     result.deliveries = await send_all(settings, messages, on_result=recorder(audit, actor=actor))
     sent = [d.message.username for d in result.deliveries if d.ok]
     failed = {d.message.username: d.detail for d in result.deliveries if not d.ok}

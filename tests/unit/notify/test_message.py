@@ -93,6 +93,23 @@ def test_display_name_with_a_line_break_is_replaced_by_the_username() -> None:
     assert email.get_content().startswith("Hello mallory,\n")
 
 
+def test_a_display_name_that_reads_as_an_address_list_is_not_put_in_the_to_header() -> None:
+    """A re-attack run: Python folded this long To header without the quotes around the name, and a
+    mail client read three recipients (Reply-All reached the attacker). The body keeps the name."""
+    from email import policy
+    from email.parser import BytesParser
+
+    name = "Bob. Note: reply, attacker@evil.example, thanks a lot for reading this long name"
+    email = compose(_settings(), Recipient("bob", "bob@example.org", name), INCIDENT, now=NOW).email
+    parsed = BytesParser(policy=policy.default).parsebytes(email.as_bytes())
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["bob@example.org"]
+    assert parsed["To"] == "bob <bob@example.org>"
+    assert email.get_content().startswith(f"Hello {name},\n")
+    # Initials keep the name: a full stop is quoted and kept whole.
+    kept = compose(_settings(), Recipient("js", "js@example.org", "J. Smith"), INCIDENT, now=NOW).email
+    assert kept["To"] == '"J. Smith" <js@example.org>'
+
+
 def test_render_itself_refuses_a_header_value_with_a_control_character() -> None:
     # email.headerregistry.Address refuses CR and LF itself; render refuses the other controls too.
     template = MailTemplate(subject="Hi $name", body="x")

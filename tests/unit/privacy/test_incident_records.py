@@ -472,3 +472,46 @@ async def test_a_short_display_name_is_left_out_as_written(world: World) -> None
     assert "the li list" in to_bob.subject
     to_li = (await _previews(world, case.id))["li@example.com"]
     assert "Li and another account" in to_li.subject, to_li.subject
+
+
+async def test_a_send_bound_to_a_preview_goes_only_as_previewed(world: World) -> None:
+    """A re-attack run: the digest covered the record's text but not the message as rendered; the
+    recipient's own display name ($name) and the template behind the same name were changed between
+    the preview and the send, and the changed mail went out under the old digest."""
+    from gateway.response.notification import NoticeChanged, notify_affected
+    from gateway.settings.loader import parse_settings
+
+    await world.person("bob", "bob@example.com")
+    case = await world.incident("brute force: bob", "bob", closed=False)
+    base = (
+        "public_url: https://auth.example.com\n"
+        "notify:\n  smtp: {host: 127.0.0.1, port: 9, sender: sec@example.com}\n"
+        "  templates:\n    incident: {subject: 'Notice: $title', body: '%s'}\n"
+    )
+    settings = parse_settings(base % "Hello $name. $summary.")
+
+    async def notify(send: bool, previewed: str | None = None, **changes: Any) -> Any:
+        return await notify_affected(
+            await world.cases.get(case.id),
+            settings=changes.get("settings", settings),
+            accounts=world.accounts,
+            cases=world.cases,
+            audit=world.audit,
+            actor="user:boss",
+            send=send,
+            previewed=previewed,
+        )
+
+    digest = (await notify(False)).digest
+    bob = await world.accounts.find("bob")
+    assert bob is not None
+    await world.accounts.set_profile(
+        bob.id, display_name="Bob. URGENT: verify at evil.example", actor="user:bob"
+    )
+    with pytest.raises(NoticeChanged):
+        await notify(True, digest)
+    digest = (await notify(False)).digest  # previewed again, as it now reads
+    other = parse_settings(base % "Hello $name. Please reply with your password.")
+    with pytest.raises(NoticeChanged):
+        await notify(True, digest, settings=other)
+    assert [e for e in await world.audit.events() if e.kind == "notify.sent"] == []
