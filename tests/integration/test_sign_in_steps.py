@@ -221,6 +221,24 @@ def register_passkey(
     )
 
 
+def one_time_password(site: Site, user: str, words: str) -> str:
+    """An administrator's one-time password for ``user`` (``gateway user set-password
+    --must-change-password``), returned."""
+    one_time = f"{words} {secrets.token_hex(3)}"
+    result = run_cli(
+        "user",
+        "set-password",
+        user,
+        "--must-change-password",
+        "--password-stdin",
+        "--config",
+        str(site.a.config_path),
+        stdin=one_time + "\n",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return one_time
+
+
 def held_for_second_factor(resp: httpx.Response) -> bool:
     """The answer a half-signed-in session gets: the MFA page for browsers, 403 for scripts."""
     if resp.status_code in (302, 303):
@@ -620,18 +638,7 @@ def test_a_one_time_password_alone_cannot_replace_a_password_guarded_by_a_second
     everywhere, without a code. The account's second factor now comes first, on every replica."""
     user, secret, _ = enrolled(site, "guarded")
     owner = two_factor_session(site.a, user, "/.gateway/mfa/totp", {"code": next_code(secret)})
-    one_time = "amber falcon meadow " + secrets.token_hex(3)
-    result = run_cli(
-        "user",
-        "set-password",
-        user,
-        "--must-change-password",
-        "--password-stdin",
-        "--config",
-        str(site.a.config_path),
-        stdin=one_time + "\n",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    one_time = one_time_password(site, user, "amber falcon meadow")
     taken = "stolen passphrase " + secrets.token_hex(3)
     for n in range(len(site.replicas)):
         with on(site.replica(n)) as reader:
@@ -703,18 +710,7 @@ def test_a_forced_password_change_holds_after_a_passwordless_passkey_sign_in(sit
         assert login(client, user).status_code == 302
         done = register_passkey(client, site.a.url, key)
         assert done.status_code == 200, done.text
-    one_time = "violet harbour cobalt " + secrets.token_hex(3)
-    result = run_cli(
-        "user",
-        "set-password",
-        user,
-        "--must-change-password",
-        "--password-stdin",
-        "--config",
-        str(site.a.config_path),
-        stdin=one_time + "\n",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    one_time = one_time_password(site, user, "violet harbour cobalt")
     with on(site.replica(1)) as owner:
         options = api_post(owner, "/.gateway/api/login/passkey/options", {})
         assert options.status_code == 200, options.text
