@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 from litestar import Request
@@ -30,6 +30,7 @@ from gateway.settings.current import CurrentConfig
 from gateway.store.db import StoreUnavailable
 
 __all__ = [
+    "OwedStep",
     "SignedIn",
     "after_sign_in",
     "carried_rd",
@@ -41,6 +42,7 @@ __all__ = [
     "is_fresh",
     "login_redirect",
     "may_change_factors",
+    "owed_step",
     "pending_step",
     "safe_local_rd",
     "safe_rd",
@@ -296,10 +298,10 @@ async def next_location(
     request: AnyRequest, config: CurrentConfig, identity: IdentityServices, session: Session, rd: str | None
 ) -> str:
     """Where to go after a sign-in step: ``rd`` if safe, through a hand-off code on another host."""
-    if session.password_change:
-        # A one-time password must be replaced before this sign-in goes anywhere, and no other host
-        # is handed a session that has not done so.
-        return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
+    if (pending := await pending_step(identity, session, rd)) is not None:
+        # A step still owed (a second factor, a one-time password to replace) comes before this
+        # sign-in goes anywhere, and no other host is handed a session that owes one.
+        return pending
     if await consent_pending(identity, session):
         return f"/.gateway/consent?rd={quote(rd, safe='')}" if rd else "/.gateway/consent"
     target = safe_rd(rd, config)
@@ -336,16 +338,38 @@ async def consent_pending(identity: IdentityServices, session: Session) -> bool:
         return False
 
 
+OwedStep = Literal["second-factor", "password-change", "enroll"]
+
+
+async def owed_step(identity: IdentityServices, session: Session) -> OwedStep | None:
+    """The first step this sign-in still owes, or None when it is complete; the one rule for the
+    pages' guard (``gate.pending_step``) and the sign-in's next page (:func:`pending_step`).
+
+    The account's second factor comes first, before a forced password change (a one-time password
+    alone replaced the owner's password and signed them out everywhere: an attack run); enrolling a
+    first factor comes after the change.
+    """
+    if session.level < AuthLevel.TWO_FACTOR:
+        if await has_second_factor(identity, session.user_id):
+            return "second-factor"
+        if not session.password_change:
+            return "enroll"
+    return "password-change" if session.password_change else None
+
+
+_STEP_PAGES: Final[dict[OwedStep, str]] = {
+    "second-factor": "/.gateway/mfa",
+    "password-change": "/.gateway/account/password",
+}
+
+
 async def pending_step(identity: IdentityServices, session: Session, rd: str | None) -> str | None:
-    """Where a sign-in that has not yet proved all it must goes next: the second-factor page while the
-    account has a factor this session has not passed, then the password page while a one-time
-    password is unchanged (a one-time password alone replaced the owner's password and signed them
-    out everywhere: an attack run); None once the sign-in is complete."""
-    if session.level < AuthLevel.TWO_FACTOR and await has_second_factor(identity, session.user_id):
-        return f"/.gateway/mfa?rd={quote(rd or '', safe='')}"
-    if session.password_change:
-        return f"/.gateway/account/password?rd={quote(rd or '', safe='')}"
-    return None
+    """Where a sign-in that has not yet proved all it must goes next (:func:`owed_step`): the
+    second-factor page or the password page; None once it is complete or has only a first factor to
+    enroll (the pages' guard sends it there)."""
+    owed = await owed_step(identity, session)
+    page = None if owed is None else _STEP_PAGES.get(owed)
+    return None if page is None else f"{page}?rd={quote(rd or '', safe='')}"
 
 
 async def after_sign_in(

@@ -30,11 +30,10 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.errors import Forbidden
 from gateway.identity.cookies import read_cookie
-from gateway.identity.levels import AuthLevel
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
 from gateway.settings.current import LiveConfig
-from gateway.web.flows import has_second_factor
+from gateway.web.flows import owed_step
 
 __all__ = ["PUBLIC", "Step", "StepRequired", "admits", "pending_step", "step_guard", "step_location"]
 
@@ -92,16 +91,10 @@ def step_location(step: Step, back: str) -> str:
 
 
 async def pending_step(session: Session, identity: IdentityServices) -> Step | None:
-    """The step this session must finish before anything else, or None when it is complete."""
-    if session.password_change:
-        # An account with a second factor proves it first: a one-time password alone replaced the
-        # owner's password and signed them out everywhere (an attack run).
-        if session.level < AuthLevel.TWO_FACTOR and await has_second_factor(identity, session.user_id):
-            return Step.SECOND_FACTOR
-        return Step.PASSWORD_CHANGE
-    if session.level >= AuthLevel.TWO_FACTOR:
-        return None
-    return Step.SECOND_FACTOR if await has_second_factor(identity, session.user_id) else Step.ENROLL
+    """The step this session must finish before anything else (:func:`gateway.web.flows.owed_step`),
+    or None when it is complete."""
+    owed = await owed_step(identity, session)
+    return None if owed is None else Step(owed)
 
 
 def step_guard(identity: IdentityServices, live: LiveConfig) -> Any:
