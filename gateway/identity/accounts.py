@@ -500,6 +500,9 @@ class AccountService:
             # Hashed outside the transaction: it takes tens of milliseconds and holds no lock meanwhile.
             password_hash = await self._hasher.hash(password)
         now = self._clock.now()
+        # An admin who sets the first password knows it (see :meth:`lineage`); written with the
+        # account, so no failure in between leaves it unrecorded.
+        issued = await self._issued(actor, 0) if password_hash is not None else {}
         user = User(
             username=name,
             email=address,
@@ -511,9 +514,7 @@ class AccountService:
             created_at=now,
             updated_at=now,
             password_changed_at=now if password_hash is not None else None,
-            # An admin who sets the first password knows it (see :meth:`lineage`); written
-            # with the account, so no failure in between leaves it unrecorded.
-            credentials_issued_by=await self._issuer(actor, 0) if password_hash is not None else None,
+            **issued,
         )
         async with self._db.session(write=True) as session:
             with store_errors("cannot create the account"):
@@ -808,12 +809,9 @@ class AccountService:
             # forced change happens before the second factor (the counter must keep its codes).
         new_hash = await self._hasher.hash(new_password)
         now = self._clock.now()
-        issued: dict[str, object] = {}
-        issuer = await self._issuer(actor, user_id) if current_password is None else None
-        if issuer is not None:
-            # An admin set it, and knows it (the person redeeming an invitation sets their own: who
-            # issued the link stays the issuer; see note_issued for the host's operator).
-            issued["credentials_issued_by"] = issuer
+        # An admin who sets it knows it (the person redeeming an invitation sets their own: who
+        # issued the link stays the issuer).
+        issued = await self._issued(actor, user_id) if current_password is None else {}
         # Noted in the ledger: a restore from an earlier backup must not bring the old password back.
         await self._update_noted(
             user_id,
@@ -842,21 +840,25 @@ class AccountService:
         link, a new email address): the admin's account ``actor`` names (``user:<name>``). The host's
         operator (``cli:``) and the gateway itself leave the record as it is: what an admin issued
         before may still work (a password, an address at an identity provider). Read by :meth:`lineage`."""
-        issuer = await self._issuer(actor, user_id)
-        if issuer is not None:
-            await self._update(user_id, credentials_issued_by=issuer)
+        if issued := await self._issued(actor, user_id):
+            await self._update(user_id, **issued)
 
-    async def _issuer(self, actor: str, user_id: int) -> int | None:
-        """The id of the admin's account ``actor`` names, if it is not ``user_id``'s own."""
-        issuer = await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
-        return None if issuer is None or issuer.id == user_id else issuer.id
+    async def _issued(self, actor: str, user_id: int) -> dict[str, object]:
+        """``credentials_issued_by`` as the values to write, when ``actor`` is an admin's account other
+        than ``user_id``'s own; else nothing (:meth:`note_issued`)."""
+        issuer = await self._actor_account(actor)
+        return {} if issuer is None or issuer.id == user_id else {"credentials_issued_by": issuer.id}
+
+    async def _actor_account(self, actor: str) -> User | None:
+        """The account an actor ``user:<name>`` names; None for other actors."""
+        return await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
 
     async def lineage(self, actor: str) -> frozenset[int]:
         """The account ``actor`` names (``user:<name>``), the admin's account that issued its current
         credentials, the one that issued theirs, and so on: whoever holds one of them may hold the
         others (an attack run had an admin make an account, set its password and, once a second admin
         made it an admin, approve his own proposals with it). Empty for other actors."""
-        user = await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
+        user = await self._actor_account(actor)
         seen: set[int] = set()
         while user is not None and user.id not in seen and len(seen) < _LONGEST_LINEAGE:
             seen.add(user.id)
@@ -1138,12 +1140,11 @@ class AccountService:
                 raise _invalid(exc) from exc
             if address != user.email:
                 values["email"] = address  # checked where it is written (_update_email)
-                issuer = await self._issuer(actor, user_id) if address is not None else None
-                if issuer is not None:
+                if address is not None:
                     # An identity provider's sign-in with that address finds this account (link by
                     # email, preprovisioned accounts): an admin who chose it may hold it (a re-attack
                     # run made a second approver so).
-                    issued["credentials_issued_by"] = issuer
+                    issued = await self._issued(actor, user_id)
         if display_name is not None:
             shown = _check_display_name(display_name)
             if shown != user.display_name:

@@ -165,9 +165,7 @@ def canonical_username(raw: str) -> str:
                 "use letters, digits and . _ - @ +"
             )
         marks = 0 if category in _LETTER_CATEGORIES else -1
-    if not any(
-        unicodedata.category(c) in _LETTER_CATEGORIES or unicodedata.category(c) == "Nd" for c in name
-    ):
+    if not any(unicodedata.category(char)[0] in "LN" for char in name):  # the loop let only L* and Nd in
         # "." and ".." are path segments to every browser and proxy: the console's /users/.. is its
         # overview page, so such an account could not be opened, disabled or reset there (an attack run).
         raise ValueError("The username needs a letter or a digit.")
