@@ -31,6 +31,7 @@ __all__ = [
     "RESERVED_USERNAMES",
     "canonical_email",
     "canonical_username",
+    "fold",
     "is_gateway_id",
     "system_shaped",
 ]
@@ -112,10 +113,12 @@ def _describe(char: str) -> str:
     return f"{code} {name}" if name else code
 
 
-def _fold(raw: str) -> str:
-    # NFKC before case folding (full-width and compatibility letters fold like their plain forms) and
-    # again after it, because folding can produce sequences that are no longer normalized.
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold()).strip()
+def fold(text: str) -> str:
+    """``text`` as usernames are compared: NFKC before case folding (full-width and compatibility
+    letters fold like their plain forms) and again after it, because folding can produce sequences
+    that are no longer normalized. Erasure finds names in free text folded so
+    (``gateway.privacy.mentions``)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _invisible(char: str) -> bool:
@@ -140,7 +143,7 @@ def canonical_username(raw: str) -> str:
             an invisible, space or disallowed character, or has no letter or digit; the message says
             which, for a human.
     """
-    name = _fold(raw)
+    name = fold(raw).strip()
     if not name:
         raise ValueError("The username is empty.")
     if len(name) > MAX_USERNAME_LENGTH:

@@ -37,6 +37,8 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.identity.names import fold
+
 __all__ = ["Mentions"]
 
 # Characters that continue a username (gateway.identity.names: letters, digits, marks, and . _ - @ +):
@@ -44,11 +46,6 @@ __all__ = ["Mentions"]
 # the name; one followed by a space or the end is the end of a sentence).
 _BEFORE = r"(?<![\w.@+\-])"
 _AFTER = r"(?![\w@+\-]|\.\w)"
-
-
-def _fold(text: str) -> str:
-    # As gateway.identity.names folds a username: NFKC before case folding and again after it.
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _folded(text: str) -> tuple[str, list[int]]:
@@ -60,13 +57,16 @@ def _folded(text: str) -> tuple[str, list[int]]:
     of its syllable), and so does any character that composes with the group (conjoining Hangul jamo
     make one syllable). A re-attack run found both: ``राम`` replaced inside ``रामी``, and ``한수``
     written in jamo missed."""
+    if text.isascii():
+        # Most text: NFKC leaves ASCII as it is and folding is lower case, one character for one.
+        return text.lower(), list(range(len(text) + 1))
     parts: list[str] = []
     origin: list[int] = []
     start = 0
     for end in range(1, len(text) + 1):
         if end < len(text) and _joins(text[start:end], text[end]):
             continue
-        piece = _fold(text[start:end])
+        piece = fold(text[start:end])
         parts.append(piece)
         origin.extend([start] * len(piece))
         start = end
@@ -76,7 +76,7 @@ def _folded(text: str) -> tuple[str, list[int]]:
 
 def _joins(group: str, char: str) -> bool:
     """Whether ``char`` belongs to the group before it: a mark, or it folds differently together."""
-    return _is_mark(char) or _fold(group + char) != _fold(group) + _fold(char)
+    return _is_mark(char) or fold(group + char) != fold(group) + fold(char)
 
 
 def _is_mark(char: str) -> bool:
@@ -84,7 +84,7 @@ def _is_mark(char: str) -> bool:
 
 
 def _longest_first(names: Iterable[str]) -> list[str]:
-    return sorted({_fold(n.strip()) for n in names if n.strip()}, key=len, reverse=True)
+    return sorted({fold(n.strip()) for n in names if n.strip()}, key=len, reverse=True)
 
 
 def _alternatives(names: list[str]) -> str:
@@ -126,7 +126,7 @@ class Mentions:
 
     def whole(self, value: str) -> str:
         """``value`` replaced if it is, as a whole, the person; else unchanged."""
-        if self._whole is not None and self._whole.fullmatch(_fold(value.strip())) is not None:
+        if self._whole is not None and self._whole.fullmatch(fold(value.strip())) is not None:
             return self._tombstone
         return value
 
