@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final
@@ -75,6 +74,7 @@ from gateway.authz.store import Keep, PolicyRejected
 from gateway.authz.validate import validate
 from gateway.errors import BadPath, BadRequest, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
+from gateway.names import hidden_character
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
@@ -244,21 +244,22 @@ class RequestContext(ASGIMiddleware):
                 message["headers"] = [*message.get("headers", ()), *_response_headers(fwd.request_id, csp)]
             await send(message)
 
-        if _CONTROL_CHARACTER.search(path):
+        if hidden_character(path) is not None:
             # A file name with NUL made the static files router fail with a traceback (an attack run);
-            # no path of this listener holds a control character.
+            # no path of this listener holds a control character, or another one a reader cannot see.
             await _refuse_path(scope, receive, send_hardened)
             return
         await next_app(scope, receive, send_hardened)
 
 
 _API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
-_CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 async def _refuse_path(scope: Scope, receive: Receive, send: Send) -> None:
     """A 400 for a path no handler may see, in the API's error shape."""
-    err = BadPath("The path holds a control character; nothing was changed.")
+    err = BadPath(
+        "The path holds a control character or another one a reader cannot see; nothing was changed."
+    )
     state = scope.get("state", {})
     body = msgspec.json.encode(_error_body(err, str(state.get(_REQUEST_ID, ""))))
     response = ASGIResponse(body=body, status_code=err.status, media_type="application/json")
