@@ -674,6 +674,15 @@ def test_provider_failing_between_start_and_callback_creates_nothing(site: Site)
         with run_provider(
             site.tmp / "flaky", clients=clients, accounts=[account], port=site.flaky_port
         ) as flaky:
+            # Just started, its first answers can take longer than its 1 s timeout on a loaded machine
+            # (CI ran this beside the guard tests' CPU hogs, and the start was a 503): the gateway
+            # reaches it before the test begins.
+            wait_until(
+                lambda: client.get("/.gateway/oidc/flaky/start").status_code == 302,
+                timeout=60,
+                interval=0.5,
+                what="the flaky provider answering the gateway's discovery",
+            )
             callback = provider_answer(site, client, account, idp="flaky", rd="/y")
             # Slower than the provider's 1 s timeout at the token endpoint: 503, nothing written.
             flaky.delay(3000)
