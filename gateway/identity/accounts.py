@@ -53,6 +53,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
+from gateway.identity import issuers
 from gateway.identity.devices import KnownDevices
 from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
@@ -287,8 +288,6 @@ def account_roles(roles: Sequence[str]) -> list[str]:
 
 # As the console's RoleName: a role is a name, not a paragraph (the CLI took 100,000 characters).
 _MAX_ROLE_LENGTH: Final = 128
-# How many issuers :meth:`AccountService.lineage` follows back (a bound, should the chain ever loop).
-_LONGEST_LINEAGE: Final = 64
 
 
 def _check_roles(roles: Sequence[str]) -> str:
@@ -502,7 +501,7 @@ class AccountService:
         now = self._clock.now()
         # An admin who sets the first password knows it (see :meth:`lineage`); written with the
         # account, so no failure in between leaves it unrecorded.
-        issued = await self._issued(actor, 0) if password_hash is not None else {}
+        issuer = await self._issuer(actor, 0) if password_hash is not None else None
         user = User(
             username=name,
             email=address,
@@ -514,7 +513,6 @@ class AccountService:
             created_at=now,
             updated_at=now,
             password_changed_at=now if password_hash is not None else None,
-            **issued,
         )
         async with self._db.session(write=True) as session:
             with store_errors("cannot create the account"):
@@ -524,6 +522,9 @@ class AccountService:
                 await self._refuse_taken(session, name, address)
                 session.add(user)
                 try:
+                    if issuer is not None:
+                        await session.flush()  # the new account's id
+                        await issuers.note_issuer(session, user.id, issuer)
                     await session.commit()
                 except IntegrityError as exc:
                     raise AccountExists(
@@ -811,7 +812,7 @@ class AccountService:
         now = self._clock.now()
         # An admin who sets it knows it (the person redeeming an invitation sets their own: who
         # issued the link stays the issuer).
-        issued = await self._issued(actor, user_id) if current_password is None else {}
+        issuer = await self._issuer(actor, user_id) if current_password is None else None
         # Noted in the ledger: a restore from an earlier backup must not bring the old password back.
         await self._update_noted(
             user_id,
@@ -821,8 +822,8 @@ class AccountService:
                 "password_changed_at": now,
                 "must_change_password": must_change_password,
                 "updated_at": now,
-                **issued,
             },
+            issuer=issuer,
         )
         await self._audit.record(
             "user.password_changed",
@@ -836,41 +837,44 @@ class AccountService:
         await self._update_noted(user_id, None, values)
 
     async def note_issued(self, user_id: int, *, actor: str) -> None:
-        """Record who issued the account's current credentials (a one-time password, an invitation
-        link, a new email address): the admin's account ``actor`` names (``user:<name>``). The host's
-        operator (``cli:``) and the gateway itself leave the record as it is: what an admin issued
-        before may still work (a password, an address at an identity provider). Read by :meth:`lineage`."""
-        if issued := await self._issued(actor, user_id):
-            await self._update(user_id, **issued)
+        """Record that the admin's account ``actor`` names (``user:<name>``) issued credentials of
+        ``user_id`` (a one-time password, an invitation link, a new email address). The host's operator
+        (``cli:``) and the gateway itself record nothing. Read by :meth:`lineage`."""
+        if (issuer := await self._issuer(actor, user_id)) is not None:
+            async with self._db.session(write=True) as session:
+                with store_errors("cannot record who issued the account's credentials"):
+                    await issuers.note_issuer(session, user_id, issuer)
+                    await session.commit()
 
-    async def _issued(self, actor: str, user_id: int) -> dict[str, object]:
-        """``credentials_issued_by`` as the values to write, when ``actor`` is an admin's account other
-        than ``user_id``'s own; else nothing (:meth:`note_issued`)."""
+    async def _issuer(self, actor: str, user_id: int) -> int | None:
+        """The account of the admin ``actor`` names when it is not ``user_id`` itself; else None
+        (:meth:`note_issued`)."""
         issuer = await self._actor_account(actor)
-        return {} if issuer is None or issuer.id == user_id else {"credentials_issued_by": issuer.id}
+        return None if issuer is None or issuer.id == user_id else issuer.id
 
     async def _actor_account(self, actor: str) -> User | None:
         """The account an actor ``user:<name>`` names; None for other actors."""
         return await self.find(actor.removeprefix("user:")) if actor.startswith("user:") else None
 
     async def lineage(self, actor: str) -> frozenset[int]:
-        """The account ``actor`` names (``user:<name>``), the admin's account that issued its current
-        credentials, the one that issued theirs, and so on: whoever holds one of them may hold the
+        """The account ``actor`` names (``user:<name>``), every admin's account that issued its
+        credentials, every one that issued theirs, and so on: whoever holds one of them may hold the
         others (an attack run had an admin make an account, set its password and, once a second admin
         made it an admin, approve his own proposals with it). Empty for other actors."""
         user = await self._actor_account(actor)
-        seen: set[int] = set()
-        while user is not None and user.id not in seen and len(seen) < _LONGEST_LINEAGE:
-            seen.add(user.id)
-            issuer = user.credentials_issued_by
-            user = None if issuer is None else await self.get(issuer)
-        return frozenset(seen)
+        return frozenset() if user is None else await issuers.lineage(self._db, user.id)
 
     async def _update_noted(
-        self, user_id: int, ledger: tuple[User, State] | None, values: dict[str, object], *, ref: str = ""
+        self,
+        user_id: int,
+        ledger: tuple[User, State] | None,
+        values: dict[str, object],
+        *,
+        ref: str = "",
+        issuer: int | None = None,
     ) -> None:
-        """Set ``values``; with ``ledger``, note that state (and ``ref``) in the account ledger in the same
-        transaction."""
+        """Set ``values``; with ``ledger``, note that state (and ``ref``) in the account ledger, and with
+        ``issuer``, who issued the credentials set, in the same transaction."""
         noted: list[Entry] = []
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
@@ -881,6 +885,8 @@ class AccountService:
                 ).all()
                 if changed and ledger is not None and self._ledger is not None:
                     noted.append(await self._ledger.note(session, *ledger, ref=ref))
+                if changed and issuer is not None:
+                    await issuers.note_issuer(session, user_id, issuer)
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")
@@ -1132,7 +1138,7 @@ class AccountService:
         """
         user = await self._require(user_id)
         values: dict[str, object] = {}
-        issued: dict[str, object] = {}
+        issuer: int | None = None
         if email is not None:
             try:
                 address = canonical_email(email) if email.strip() else None
@@ -1144,7 +1150,7 @@ class AccountService:
                     # An identity provider's sign-in with that address finds this account (link by
                     # email, preprovisioned accounts): an admin who chose it may hold it (a re-attack
                     # run made a second approver so).
-                    issued = await self._issued(actor, user_id)
+                    issuer = await self._issuer(actor, user_id)
         if display_name is not None:
             shown = _check_display_name(display_name)
             if shown != user.display_name:
@@ -1153,7 +1159,7 @@ class AccountService:
             return ()
         if values.get("email") is not None:
             await self._update_email(
-                user_id, str(values["email"]), {**values, **issued, "updated_at": self._clock.now()}
+                user_id, str(values["email"]), {**values, "updated_at": self._clock.now()}, issuer=issuer
             )
         else:
             await self._update(user_id, **values, updated_at=self._clock.now())
@@ -1166,10 +1172,13 @@ class AccountService:
         )
         return changed
 
-    async def _update_email(self, user_id: int, address: str, values: dict[str, object]) -> None:
+    async def _update_email(
+        self, user_id: int, address: str, values: dict[str, object], *, issuer: int | None
+    ) -> None:
         """Set ``values`` with a new email, checked again under the names' lock: a username equal to the
         address created meanwhile is seen (no constraint spans the two columns; a re-attack run got
-        15 of 20 such pairs through before)."""
+        15 of 20 such pairs through before). ``issuer``: the admin who chose the address, recorded in the
+        same transaction."""
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
                 await hold_names(session)
@@ -1187,6 +1196,8 @@ class AccountService:
                         update(User).where(User.id == user_id).values(**values).returning(User.id)
                     )
                 ).all()
+                if changed and issuer is not None:
+                    await issuers.note_issuer(session, user_id, issuer)
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")

@@ -16,6 +16,7 @@ from gateway.store.models import Base
 
 __all__ = [
     "AccountLedgerRow",
+    "CredentialIssuer",
     "RecoveryCode",
     "RetiredUsername",
     "TotpCredential",
@@ -51,13 +52,6 @@ class User(Base):
     # Server defaults as in migration 0009, which added them to existing rows.
     restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     objections: Mapped[str] = mapped_column(default="", server_default=text("''"))
-    # The account of the admin who issued this account's current credentials (set its password, sent
-    # its invitation link); None when the person chose their own. Under ``admin.approvals: 2`` that
-    # admin and this account are one approver (AccountService.lineage). An id, not a name: the admin's
-    # erasure leaves no name here, and their account's deletion empties it.
-    credentials_issued_by: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), default=None
-    )
 
     @property
     def can_sign_in(self) -> bool:
@@ -163,3 +157,19 @@ class OwedRevocation(Base):
 
     user_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     since: Mapped[datetime]
+
+
+class CredentialIssuer(Base):
+    """An admin who issued credentials of an account: set its password (a one-time password, a reset),
+    sent its invitation link, or set the email address an identity provider's sign-in finds it by.
+    Under ``admin.approvals: 2`` that admin and the account are one approver
+    (``AccountService.lineage``). Every issuer is kept, never only the last: what one admin issued may
+    still work after another issued something else (an address at the identity provider, a passkey
+    enrolled with the first password), and nobody can tell the person's own later change from the
+    issuer's. Ids, not names: an admin's erasure leaves no name here, and an account's deletion takes
+    its rows (either side) with it."""
+
+    __tablename__ = "credential_issuers"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)

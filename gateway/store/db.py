@@ -140,7 +140,9 @@ def backend_of(url: str | URL) -> Backend:
     return "sqlite" if normalize_url(url).drivername.startswith("sqlite") else "postgresql"
 
 
-def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str | URL, *, pool_size: int = 10, echo: bool = False, foreign_keys: bool = True
+) -> AsyncEngine:
     """Create an async engine with this gateway's per-backend connection settings.
 
     Used by :meth:`Database.open` and by the migration runner, so both see identical connections
@@ -150,6 +152,8 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
         url: Database URL (see :func:`normalize_url`).
         pool_size: Connections kept open per process.
         echo: Log every SQL statement (debugging only: statements may carry personal data).
+        foreign_keys: On SQLite, enforce foreign keys (always on PostgreSQL). Only the migration runner
+            turns them off (``gateway.store.migrate``), and checks them before it commits.
 
     Returns:
         A new engine; the caller disposes it.
@@ -161,7 +165,7 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
     parsed = normalize_url(url)
     if parsed.drivername == "sqlite+aiosqlite":
         engine = create_async_engine(parsed, echo=echo, pool_size=pool_size)
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, foreign_keys=foreign_keys)
         return engine
     # libpq's sslmode/sslrootcert/sslcert/sslkey become asyncpg's ssl argument (gateway.store.pg_tls).
     parsed, tls = split_tls(parsed)
@@ -194,7 +198,7 @@ def create_engine(url: str | URL, *, pool_size: int = 10, echo: bool = False) ->
     return engine
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
     database = engine.url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         path = Path(database)
@@ -221,7 +225,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
                 # NORMAL is durable across application crashes in WAL mode; only an OS crash or
                 # power loss can drop the last commits: the usual trade for not fsyncing every write.
                 cursor.execute("PRAGMA synchronous = NORMAL")
-                cursor.execute("PRAGMA foreign_keys = ON")
+                cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
             finally:
                 cursor.close()
         except BaseException:

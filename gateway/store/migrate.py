@@ -119,7 +119,11 @@ def _known_revisions() -> frozenset[str]:
 @asynccontextmanager
 async def _engine_for(url: str) -> AsyncIterator[AsyncEngine]:
     # One connection is all a migration needs; dispose at once so no pool outlives the call.
-    engine = create_engine(url, pool_size=1)
+    # Foreign keys off on SQLite, as its own ALTER procedure prescribes (sqlite.org/lang_altertable):
+    # a batch migration rebuilds a table (copy, DROP, rename), and with them on the DROP deletes every
+    # row pointing at the table through ON DELETE CASCADE. Migration 0016 rebuilt ``users`` so and
+    # emptied every account's TOTP, passkeys and recovery codes. _check_foreign_keys runs before commit.
+    engine = create_engine(url, pool_size=1, foreign_keys=False)
     try:
         yield engine
     finally:
@@ -151,8 +155,24 @@ def _revision_of(connection: Connection) -> str | None:
 
 def _upgrade_on(connection: Connection, cfg: Config) -> str | None:
     cfg.attributes["connection"] = connection
+    before = _dangling(connection)
     command.upgrade(cfg, "head")
+    if broken := _dangling(connection) - before:
+        tables = ", ".join(sorted({table for table, _ in broken}))
+        raise RuntimeError(
+            f"the migration left {len(broken)} rows pointing at nothing (in {tables}); nothing was "
+            "changed: report this with the gateway's version"
+        )
     return _revision_of(connection)
+
+
+def _dangling(connection: Connection) -> frozenset[tuple[str, object]]:
+    """On SQLite, where migrations run with foreign keys off (:func:`_engine_for`), the rows (table,
+    rowid) whose references point at nothing: a migration must add none (any it finds are left as they
+    were). Empty on PostgreSQL, which keeps them on and checks each statement."""
+    if connection.dialect.name != "sqlite":
+        return frozenset()
+    return frozenset((str(row[0]), row[1]) for row in connection.exec_driver_sql("PRAGMA foreign_key_check"))
 
 
 async def upgrade(url: str, *, quiet: bool = True) -> str:

@@ -50,7 +50,7 @@ def _run_on(connection: Connection) -> None:
 
 
 async def _run_with_own_engine(url: str) -> None:
-    engine = create_engine(url, pool_size=1)
+    engine = create_engine(url, pool_size=1, foreign_keys=False)  # see gateway.store.migrate._engine_for
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_run_on)

@@ -590,13 +590,17 @@ async def test_an_account_whose_credentials_an_admin_issued_cannot_approve_for_t
     _refused(await approve(mallory2, proposal), "proposal-self-approval")
     assert await site.services.policy.store.version() == 3
 
-    # Credentials issued again by second: the account is no longer boss's to use.
+    # Credentials issued again by second: boss may still hold the account (a passkey he enrolled with
+    # the first password), so mallory counts as either admin now.
     mallory_account = await site.services.identity.accounts.find("mallory")
     assert mallory_account is not None
     await site.services.identity.accounts.set_password(
         mallory_account.id, "a new one second handed over", actor="user:second"
     )
-    assert (await approve(mallory, proposal)).status_code == 200
+    _refused(await approve(mallory, proposal), "proposal-self-approval")
+    second_proposal = await propose(second, policy + "p, authenticated, app, /*, GET, allow\n")
+    _refused(await approve(mallory, second_proposal), "proposal-self-approval")
+    assert await site.services.policy.store.version() == 3
     kinds = await site.audit_kinds()
     assert ("admin.policy.approve", "user:mallory", "failure") in kinds
 
@@ -652,3 +656,43 @@ async def test_an_address_an_admin_chose_makes_the_account_theirs_when_approving
         json={"reason": "ok"},
     )
     _refused(as_carol, "proposal-self-approval")
+
+
+async def test_a_password_another_admin_sets_leaves_the_address_an_admin_chose_counting(
+    console: Start,
+) -> None:
+    """A re-attack run: boss set carol's email address to his own at the identity provider, then second
+    set carol's password. Only the last issuer was kept, so carol, whom boss still signs in as through
+    the identity provider, approved boss's proposal. Every issuer counts."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    carol = await site.services.identity.accounts.find("carol")
+    assert carol is not None
+    moved = await site.call(
+        boss,
+        "POST",
+        f"/api/privacy/users/{carol.id}/rectify",
+        json={"email": "boss.idp@corp.test", "verified_by": "ticket 1"},
+    )
+    assert moved.status_code == 200, moved.text
+    await site.services.identity.accounts.set_password(
+        carol.id, "second hands this over", actor="user:second"
+    )
+    policy = POLICY + "g, user:carol, admin\n"
+    made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
+    approved = await site.call(
+        second, "POST", f"/api/policy/proposals/{made.json()['id']}/approve", json={"reason": "ok"}
+    )
+    assert approved.status_code == 200, approved.text
+    allow_all = policy + "p, authenticated, app, /*, *, allow\n"
+    made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": allow_all, "reason": "x"})
+    as_carol = await site.call(
+        await site.session("carol"),
+        "POST",
+        f"/api/policy/proposals/{made.json()['id']}/approve",
+        json={"reason": "ok"},
+    )
+    _refused(as_carol, "proposal-self-approval")
+    assert await site.services.policy.store.version() == 2

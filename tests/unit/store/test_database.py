@@ -43,8 +43,8 @@ UNREACHABLE_PG = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
 T0 = datetime(2025, 3, 30, 0, 59, 59, 123456, tzinfo=UTC)
 
 
-async def _on_connection(url: str, fn: Any) -> Any:
-    engine = create_engine(url, pool_size=1)
+async def _on_connection(url: str, fn: Any, *, foreign_keys: bool = True) -> Any:
+    engine = create_engine(url, pool_size=1, foreign_keys=foreign_keys)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(fn)
@@ -137,6 +137,120 @@ async def test_downgrade_to_base_removes_everything(migrated_url: str) -> None:
     await _on_connection(migrated_url, downgrade)
     assert await current_revision(migrated_url) is None
     assert await _on_connection(migrated_url, _table_names) == {"alembic_version"}
+
+
+def _to_revision(conn: Connection, revision: str) -> None:
+    cfg = alembic_config(quiet=True)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+    conn.commit()
+
+
+def _a_row_in_each_table_pointing_at_users(conn: Connection) -> list[str]:
+    """One account, and one row in every table whose foreign key points at it (every NOT NULL column
+    filled by its type: 1 for integers, so every reference names the account)."""
+    fill = {int: 1, str: "x", bytes: b"x", bool: False, datetime: T0}
+    meta = sa.MetaData()
+    meta.reflect(conn)
+    children = [
+        t for t in meta.sorted_tables if any(fk.column.table.name == "users" for fk in t.foreign_keys)
+    ]
+    for table in [meta.tables["users"], *children]:
+        values = {
+            c.name: fill[c.type.python_type]
+            for c in table.columns
+            if not c.nullable and c.server_default is None
+        }
+        conn.execute(table.insert().values(**values))
+    conn.commit()
+    return [t.name for t in children]
+
+
+async def test_an_upgrade_keeps_every_row_pointing_at_a_table_it_rebuilds(database_url: str) -> None:
+    """Migration 0016 rebuilt users on SQLite (copy, DROP, rename) with foreign keys on: the DROP's
+    implicit delete cascaded and emptied every account's TOTP, passkeys, recovery codes, consent
+    records and identity links. 0017 rebuilds it again."""
+
+    def at_0015(conn: Connection) -> list[str]:
+        _to_revision(conn, "0015")
+        return _a_row_in_each_table_pointing_at_users(conn)
+
+    children = await _on_connection(database_url, at_0015)
+    assert {"totp_credentials", "webauthn_credentials", "recovery_codes", "identity_links"} <= set(children)
+    await upgrade(database_url)
+
+    def counts(conn: Connection) -> dict[str, int]:
+        return {
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ["users", *children]
+        }
+
+    assert await _on_connection(database_url, counts) == dict.fromkeys(["users", *children], 1)
+
+
+async def test_a_migration_that_leaves_rows_pointing_at_nothing_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Foreign keys are off while SQLite migrates (so a rebuilt table takes no rows with it); a
+    migration that orphans rows is refused before it commits, and the database stays as it was."""
+    url = default_sqlite_url(tmp_path)
+
+    def at_0015(conn: Connection) -> None:
+        _to_revision(conn, "0015")
+        _a_row_in_each_table_pointing_at_users(conn)
+
+    await _on_connection(url, at_0015)
+    real = command.upgrade
+
+    def upgrade_and_orphan(cfg: Any, revision: str) -> None:
+        real(cfg, revision)
+        cfg.attributes["connection"].exec_driver_sql("DELETE FROM users")
+
+    monkeypatch.setattr("gateway.store.migrate.command.upgrade", upgrade_and_orphan)
+    with pytest.raises(RuntimeError, match=r"rows pointing at nothing .*totp_credentials"):
+        await upgrade(url)
+    assert await current_revision(url) == "0015"
+
+    def users(conn: Connection) -> int:
+        return int(conn.execute(sa.text("SELECT count(*) FROM users")).scalar_one())
+
+    assert await _on_connection(url, users) == 1
+
+
+async def test_the_single_credentials_issuer_becomes_a_row_and_back(database_url: str) -> None:
+    """0017 moves users.credentials_issued_by into credential_issuers (which keeps every issuer), and
+    its downgrade puts one back."""
+    users = (
+        "INSERT INTO users (id, username, display_name, disabled, must_change_password, roles, "
+        "created_at, updated_at{}) VALUES ({}, '{}', '', false, false, '', '2026-12-06', '2026-12-06'{})"
+    )
+
+    def at_0016(conn: Connection) -> None:
+        _to_revision(conn, "0016")
+        conn.execute(sa.text(users.format("", 1, "boss", "")))
+        conn.execute(sa.text(users.format(", credentials_issued_by", 2, "carol", ", 1")))
+        conn.commit()
+
+    def issuers(conn: Connection) -> list[tuple[int, int]]:
+        rows = conn.execute(sa.text("SELECT user_id, issuer_id FROM credential_issuers"))
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    await _on_connection(database_url, at_0016)
+    await upgrade(database_url)
+    assert await _on_connection(database_url, issuers) == [(2, 1)]
+
+    def back(conn: Connection) -> list[tuple[int, int | None]]:
+        conn.execute(sa.text(users.format("", 3, "second", "")))
+        conn.execute(sa.text("INSERT INTO credential_issuers (user_id, issuer_id) VALUES (2, 3)"))
+        conn.commit()
+        cfg = alembic_config(quiet=True)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0016")
+        conn.commit()
+        rows = conn.execute(sa.text("SELECT id, credentials_issued_by FROM users ORDER BY id"))
+        return [(int(r[0]), r[1]) for r in rows]
+
+    # As the migration runner does (gateway.store.migrate._engine_for): foreign keys off on SQLite.
+    assert await _on_connection(database_url, back, foreign_keys=False) == [(1, None), (2, 1), (3, None)]
 
 
 async def test_models_match_migrated_schema(migrated_url: str) -> None:
