@@ -28,6 +28,7 @@ from gateway.authz.cache import Authorizer
 from gateway.authz.index import PolicyIndex
 from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
 from gateway.authz.store import PolicyStore
+from gateway.authz.validate import is_principal
 from gateway.settings.schema import PolicySettings
 
 __all__ = ["LivePolicy"]
@@ -38,10 +39,6 @@ _ROLES_MEMO = 10_000
 # How long an announced version may take to load before the worker counts as behind (a load takes
 # tens of milliseconds; README: 56 ms median, 106 ms max across two replicas).
 _LOAD_GRACE = 2.0
-
-
-def _is_principal_form(name: str) -> bool:
-    return name == "authenticated" or name.startswith(("user:", "group:", "client:"))
 
 
 class LivePolicy:
@@ -126,8 +123,9 @@ class LivePolicy:
         """The roles these principals hold, directly or through the policy's ``g`` hierarchy.
 
         What upstreams see in ``X-Gateway-Roles`` and the assertion's ``roles``: role names only, not
-        the principals themselves (``user:…``, ``group:…``, ``client:…``, ``authenticated``). Memoised per policy
-        version, so the hot path pays for it once per principal set.
+        the principals themselves (``user:…``, ``group:…``, ``client:…``, ``scope:…``, ``authenticated``:
+        an attack run saw a provider's scopes sent as roles). Memoised per policy version, so the hot
+        path pays for it once per principal set.
         """
         index = self.authorizer.index
         key = (index.version, principals)
@@ -136,7 +134,7 @@ class LivePolicy:
             reached: set[str] = set()
             for principal in principals:
                 reached |= index.roles_of(principal)
-            found = tuple(sorted(r for r in reached if not _is_principal_form(r)))
+            found = tuple(sorted(r for r in reached if not is_principal(r)))
             if len(self._roles) >= _ROLES_MEMO:
                 self._roles.clear()
             self._roles[key] = found

@@ -20,7 +20,7 @@ from enum import StrEnum
 from gateway.authz.index import MAX_HIERARCHY_LEVEL
 from gateway.authz.rules import SUBTREE, PolicyRules, Rule, subtree_root
 
-__all__ = ["Finding", "Severity", "validate"]
+__all__ = ["Finding", "Severity", "is_principal", "validate"]
 
 AUTHENTICATED = "authenticated"
 # client:<name> is a service account (gateway/machine/): a machine client with an API token;
@@ -98,7 +98,8 @@ def _allows_nothing(rules: PolicyRules) -> list[Finding]:
     ]
 
 
-def _is_principal(name: str) -> bool:
+def is_principal(name: str) -> bool:
+    """Whether a policy subject is a principal (who asks), not a role (what they are granted)."""
     return name == AUTHENTICATED or name.startswith(_PRINCIPAL_PREFIXES)
 
 
@@ -334,7 +335,7 @@ def _held_roles(reach: dict[str, dict[str, int]]) -> set[str]:
     return {
         role
         for member, distance in reach.items()
-        if _is_principal(member)
+        if is_principal(member)
         for role, steps in distance.items()
         if steps < MAX_HIERARCHY_LEVEL
     }
@@ -381,7 +382,7 @@ def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
                     rule,
                 )
             )
-        elif not _is_principal(subject) and subject not in held:
+        elif not is_principal(subject) and subject not in held:
             out.append(
                 Finding(
                     Severity.WARNING,
@@ -401,7 +402,7 @@ def _unknown_roles(rules: PolicyRules, held: set[str]) -> list[Finding]:
     reported: set[str] = set()
     for link in rules.links:
         for name in (link.member, link.role):
-            if _is_principal(name) or name in subjects or name in held or name in reported:
+            if is_principal(name) or name in subjects or name in held or name in reported:
                 continue
             reported.add(name)
             out.append(

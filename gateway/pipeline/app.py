@@ -20,7 +20,7 @@ from gateway.observe.record import AccessDecision, AuthKind, RequestKind, notify
 from gateway.observe.tracing import RequestTrace, Stage
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.authorize import authorize, authorize_client
-from gateway.pipeline.bearer import authenticate_bearer, bearer_token
+from gateway.pipeline.bearer import authenticate_bearer, bearer_token, brings_token
 from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.control import hand_to_control
@@ -167,6 +167,7 @@ class DataPlane:
                     now=self._clock.time(),
                     public_url=snap.public_url,
                     request=ctx,
+                    by_token=rt.bearer_auth and (not rt.session_auth or brings_token(scope["headers"])),
                 )
             identity = _NO_IDENTITY
             # A public path, or a browser's CORS preflight on a route that lets them through (the

@@ -21,6 +21,7 @@ from typing import Final
 
 from gateway.errors import AuthenticationRequired, BadRequest, ErrorReason, Forbidden
 from gateway.machine.verifier import TokenOutOfScope, TokenRefused, VerifiedToken, Verifiers
+from gateway.pipeline.headers import authorization_parts
 
 __all__ = [
     "BearerChallenge",
@@ -29,6 +30,7 @@ __all__ = [
     "MalformedAuthorization",
     "authenticate_bearer",
     "bearer_token",
+    "brings_token",
     "challenge",
 ]
 
@@ -104,13 +106,21 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
             found = value
     if found is None:
         return None
-    scheme, _, credentials = found.strip().partition(b" ")
-    if scheme.lower() != b"bearer":
+    scheme, credentials = authorization_parts(found)
+    if scheme != b"bearer":
         return None
-    credentials = credentials.strip(b" ")
     if not credentials or len(credentials) > _MAX_TOKEN or not _TOKEN68.fullmatch(credentials):
         raise InvalidToken("The Authorization header does not carry a well-formed bearer token.")
     return credentials.decode("ascii")
+
+
+def brings_token(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request comes with a bearer token, well-formed or not (on a route that takes both,
+    the token decides it, not the session: :func:`bearer_token`)."""
+    try:
+        return bearer_token(headers) is not None
+    except (InvalidToken, MalformedAuthorization):
+        return True
 
 
 async def authenticate_bearer(

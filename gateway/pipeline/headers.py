@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final, NamedTuple
 
+from gateway.machine.tokens import meant_as_gateway_token
 from gateway.settings.trusted import TrustedProxies
 
 __all__ = [
@@ -173,7 +174,10 @@ CLIENT_CERTIFICATE_PREFIXES: Final = (
     b"x-tls-client-",
     b"x-client-subject",
 )
-_DROPPED_PREFIXES: Final = FOREIGN_IDENTITY_PREFIXES + CLIENT_CERTIFICATE_PREFIXES
+# Every X-Forwarded-* the client sends, not only the names listed below: the family has more members
+# than any list (an attack run passed X-Forwarded-Protocol, which gunicorn reads as the scheme,
+# -Https, -Client-Ip, -Url and ten more); the gateway sets its own after the drop.
+_DROPPED_PREFIXES: Final = (b"x-forwarded-", *FOREIGN_IDENTITY_PREFIXES, *CLIENT_CERTIFICATE_PREFIXES)
 # Headers whose meaning depends on who set them. Compared after normalize_name().
 _FORWARDING = frozenset(
     {
@@ -203,6 +207,14 @@ _FORWARDING = frozenset(
         b"x-remote-ip",
         b"x-remote-addr",
         b"x-envoy-external-address",
+        # The host, scheme and method under other names frameworks and load balancers use (Symfony,
+        # Microsoft's Front-End-Https, WSGI's X-Url-Scheme, nginx auth_request's X-Original-Method).
+        b"x-original-host",
+        b"x-host",
+        b"x-http-host-override",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-original-method",
         *REROUTING,
         b"x-request-id",
         *FOREIGN_IDENTITY,
@@ -212,6 +224,7 @@ _IDENTITY_PREFIX = b"x-gateway-"
 _FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
+_BLANKS: Final = re.compile(rb"[ \t]+")
 
 
 # Lower case, and every byte that is not a letter or digit read as "-": servers and frameworks turn
@@ -490,11 +503,20 @@ def _forwarding_headers(chain: tuple[str, ...], proto: str, host: str) -> tuple[
     )
 
 
+def authorization_parts(value: bytes) -> tuple[bytes, bytes]:
+    """An ``Authorization`` value's scheme (lower case, RFC 9110 §11.1) and its credentials, split at
+    the first run of blanks. RFC 9110 separates them by spaces; a tab separates them too, as the
+    frameworks behind the gateway read it (an attack run's ``Bearer<TAB>gwt_…`` was decided by the
+    session, as "another scheme", and reached the app)."""
+    parts = _BLANKS.split(value.strip(b" \t"), maxsplit=1)
+    return parts[0].lower(), parts[1] if len(parts) == 2 else b""
+
+
 def _gateway_token(value: bytes) -> bool:
-    """Whether an ``Authorization`` value is one of the gateway's API tokens (``Bearer gwt_…``, the
-    scheme in any case, RFC 9110 §11.1)."""
-    scheme, _, credential = value.strip().partition(b" ")
-    return scheme.lower() == b"bearer" and credential.strip().startswith(b"gwt_")
+    """Whether an ``Authorization`` value carries one of the gateway's API tokens, spoiled or not,
+    under any scheme or none: the gateway's own credential, never the app's."""
+    scheme, credentials = authorization_parts(value)
+    return meant_as_gateway_token((credentials or scheme).decode("latin-1"))
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:

@@ -70,8 +70,13 @@ async def enforce_lockdown(
     now: float,
     public_url: str,
     request: RequestContext,
+    by_token: bool,
 ) -> None:
     """Return if this request's session is a break-glass session; raise :class:`LockedDown` otherwise.
+
+    ``by_token``: the route decides this request by a bearer token, not by the session (a machine
+    client's, or a break-glass person's cookie sent along with one, as an attack run read it): refused,
+    as the long-exchange check refuses a token's connection under a lockdown.
 
     Raises:
         LockedDown: no session, or one that is not in the break-glass group or used no recent
@@ -80,7 +85,7 @@ async def enforce_lockdown(
     """
     if request.trace is not None:
         request.trace.enter(Stage.LOCKDOWN)
-    session_id = cookie_in(request.cookies, cookie_name)
+    session_id = None if by_token else cookie_in(request.cookies, cookie_name)
     session = await sessions.get(session_id) if session_id else None
     if session is not None and breaks_glass(session, policy=policy, settings=settings, now=now):
         return

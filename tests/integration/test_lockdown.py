@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.integration.harness import (
+    ALLOW_SIGNED_IN,
     Gateway,
     add_user,
     free_port,
@@ -117,11 +118,22 @@ def config(tmp: Path, port: int, admin_port: int, echo_url: str, **extra: Any) -
     routes: list[dict[str, Any]] = [
         {"name": "app", "host": "127.0.0.1", "upstreams": [echo_url], "mfa": "none", "websockets": True},
         {"name": "wiki", "host": "localhost", "upstreams": [echo_url], "mfa": "none"},
+        # People and the service account ci (its token decides when it brings one).
+        {
+            "name": "api",
+            "host": "api.test",
+            "upstreams": [echo_url],
+            "mfa": "none",
+            "auth": ["session", "bearer"],
+        },
     ]
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "policy.csv").write_text(ALLOW_SIGNED_IN.read_text() + "p, client:ci, api, /*, GET, allow\n")
     return gateway_config(
         tmp,
         port,
         routes,
+        policy={"file": str(tmp / "policy.csv")},
         session={"insecure_cookies": True},
         trusted_proxies=["127.0.0.1/32"],
         admin={"listen": f"127.0.0.1:{admin_port}"},
@@ -353,6 +365,32 @@ def test_the_lockdown_cannot_be_bypassed(site: Site, lockdown_off: None) -> None
     assert fa_erin.status_code == 200
 
 
+def test_a_token_sent_with_a_break_glass_cookie_is_locked_out_like_any_token(
+    site: Site, lockdown_off: None
+) -> None:
+    """An attack run (read in the code): under a lockdown the check read the request's cookie, a
+    break-glass passkey session's, and then the route decided the request by the service account's
+    token sent with it. The token is what the request is decided as: locked out, as its long
+    exchanges are."""
+    assert run_cli("service-account", "create", "ci", "--config", str(site.gw.config_path)).returncode == 0
+    made = run_cli(
+        "token", "create", "ci", "--route", "api", "--expires", "1d", "--config", str(site.gw.config_path)
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    token = made.stdout.strip()
+    assert get(site, None, host="api.test", Authorization=f"Bearer {token}").status_code == 200
+    code, out = site.cli("on", "--reason", "token drill")
+    assert code == 0, out
+    every_worker_answers(site, "pat", 503)
+    for separator in (" ", "\t"):
+        assert locked(get(site, "erin", host="api.test", Authorization=f"Bearer{separator}{token}"))
+    assert locked(get(site, None, host="api.test", Authorization=f"Bearer {token}"))
+    assert locked(get(site, "erin", host="api.test", Authorization="Bearer not*a*token"))
+    # The break-glass session alone still passes on that route, and an app's own scheme with it.
+    assert get(site, "erin", host="api.test").status_code == 200
+    assert get(site, "erin", host="api.test", Authorization="Basic YWxpY2U6cHc=").status_code == 200
+
+
 # -- the admin API ---------------------------------------------------------------------------------
 
 
@@ -430,7 +468,6 @@ def test_switched_on_one_replica_it_is_enforced_on_the_other(tmp_path: Path) -> 
             **common,
             "admin": {"listen": None},
         }
-        (tmp_path / "a").mkdir()
         (tmp_path / "a" / "gateway.yaml").write_text(yaml.safe_dump(config_a, sort_keys=False))
         for step in (("migrate",), ("keys", "init")):
             done = run_cli(*step, "--config", str(tmp_path / "a" / "gateway.yaml"))

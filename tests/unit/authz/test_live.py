@@ -203,3 +203,21 @@ async def test_a_database_restored_to_an_earlier_version_is_followed() -> None:
         assert not policy.authorizer.decide(ALICE, "app", "GET", "/admin/x").allowed
     finally:
         await policy.close()
+
+
+async def test_the_roles_apps_see_hold_no_principal_of_any_kind() -> None:
+    """An attack run: a provider's client-credentials token sent its scopes to the apps as roles
+    (``scope:corp:admin`` in X-Gateway-Roles and the assertion's roles)."""
+    rules = parse_policy(
+        "p, authenticated, app, /docs/*, GET, allow\n"
+        "g, scope:corp:reports.read, reader\n"
+        "g, client:corp:reporter, group:finance\n"
+        "g, group:finance, user:boss\n"
+    )
+    policy = live(FakeStore(Stored(1, rules)))
+    await policy.start()
+    try:
+        asking = frozenset({"client:corp:reporter", "scope:corp:reports.read", "scope:corp:admin"})
+        assert policy.roles_for(asking) == ("reader",)
+    finally:
+        await policy.close()

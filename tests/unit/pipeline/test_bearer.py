@@ -33,6 +33,10 @@ def _headers(*values: bytes, cookie: bytes | None = None) -> list[tuple[bytes, b
         (b"bearer " + TOKEN.encode(), TOKEN),
         (b"BEARER   " + TOKEN.encode() + b"  ", TOKEN),
         (b"Bearer abc.def-ghi_jkl~mno+pqr/st==", "abc.def-ghi_jkl~mno+pqr/st=="),
+        # A tab separates too, as the apps read it (a re-attack run: the session decided, and the app
+        # got the token).
+        (b"Bearer\t" + TOKEN.encode(), TOKEN),
+        (b"bearer \t " + TOKEN.encode() + b"\t", TOKEN),
         # Another scheme is not a bearer token: the session (if the route takes it) decides.
         (b"Basic YWxpY2U6cHc=", None),
         (b"Digest username=x", None),

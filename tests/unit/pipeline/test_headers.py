@@ -84,6 +84,29 @@ def test_untrusted_forwarding_headers_are_replaced(name: bytes) -> None:
     assert out[b"x-forwarded-host"] == [b"app.example.com"]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"X-Forwarded-Protocol",
+        b"X-Forwarded-Https",
+        b"X-Forwarded-Client-Ip",
+        b"X-Forwarded-Url",
+        b"X_Forwarded_Anything",
+        b"X-Original-Host",
+        b"X-Host",
+        b"X-HTTP-Host-Override",
+        b"Front-End-Https",
+        b"X-Url-Scheme",
+        b"X-Original-Method",
+    ],
+)
+def test_every_forwarding_header_of_the_client_is_dropped_not_only_the_known_names(name: bytes) -> None:
+    """An attack run passed X-Forwarded-Protocol (gunicorn's scheme), -Https, -Client-Ip and ten more
+    X-Forwarded-* names, and the host and scheme under other frameworks' names."""
+    out = _out([(b"host", b"app"), (name, b"evil")])
+    assert b"evil" not in b"".join(v for vs in out.values() for v in vs), out
+
+
 def test_trusted_proxy_chain_is_extended_and_client_is_rightmost_untrusted() -> None:
     headers = [(b"host", b"app"), (b"x-forwarded-for", b"6.6.6.6, 198.51.100.7, 10.1.2.3")]
     fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
@@ -415,6 +438,12 @@ def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> Non
         b"bearer gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
         b"BEARER   gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
         b"  Bearer gwt_x",
+        # A re-attack run: a tab after the scheme (which apps split on as on a space), another scheme,
+        # no scheme at all.
+        b"Bearer\tgwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA",
+        b"Bearer \t gwt_x",
+        b"Token gwt_x",
+        b"gwt_only",
     ],
 )
 def test_the_gateways_own_token_never_reaches_an_app_that_did_not_need_it(value: bytes) -> None:
@@ -425,7 +454,7 @@ def test_the_gateways_own_token_never_reaches_an_app_that_did_not_need_it(value:
 
 
 @pytest.mark.parametrize(
-    "value", [b"Basic YWxpY2U6c2VjcmV0", b"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", b"Token abc", b"gwt_only"]
+    "value", [b"Basic YWxpY2U6c2VjcmV0", b"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln", b"Token abc", b"opaque"]
 )
 def test_the_apps_own_authorization_goes_through(value: bytes) -> None:
     out = _out([(b"host", b"app"), (b"Authorization", value)])
