@@ -117,14 +117,6 @@ class OwnAccount(GatewayError):
     title = "Not on your own account"
 
 
-class AlreadyClosed(GatewayError):
-    """Closing a closed account again would restart its retention period: 409, nothing changed."""
-
-    status = 409
-    reason = "account-closed-already"
-    title = "The account is closed already"
-
-
 # -- parameters and bodies --------------------------------------------------------------------------
 
 RequestRef = Annotated[
@@ -986,10 +978,6 @@ async def close_user(
         await refuse_admin_takeover(
             services, live_policy, config, user, "close the account", on_host="gateway privacy close"
         )
-        if user.closed_at is not None:
-            raise AlreadyClosed(
-                f"{user.username} was closed on {user.closed_at:%Y-%m-%d}; nothing was changed."
-            )
         view = await services.privacy.close(
             user, settings=settings, channel=Channel.ADMIN, actor=admin.actor,
             verified_by=data.verified_by.strip(), law=chosen,

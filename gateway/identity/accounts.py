@@ -38,7 +38,7 @@ import contextlib
 import hashlib
 import logging
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
@@ -1024,7 +1024,9 @@ class AccountService:
             )
         return RolesChanged(roles=tuple(after), added=added, removed=removed, sessions_ended=ended)
 
-    async def delete(self, user_id: int, *, actor: str) -> int | None:
+    async def delete(
+        self, user_id: int, *, actor: str, expect: Callable[[User], bool] | None = None
+    ) -> int | None:
         """Delete an account with all its factors (TOTP, WebAuthn, recovery codes) and sessions.
 
         Audit events about the user stay: the trail is append-only and outlives the account.
@@ -1032,17 +1034,19 @@ class AccountService:
         Args:
             user_id: The account.
             actor: Who is doing this, for the audit trail.
+            expect: What the account must still be, checked in the deleting transaction (a retention
+                run chose it minutes earlier: since reopened, or deleted and its id given to a new one).
 
         Returns:
             How many sessions were ended, or ``None`` without a session store.
 
         Raises:
-            UnknownAccount: No such user.
+            UnknownAccount: No such user, or not as ``expect`` wants it.
         """
         async with self._db.session(write=True) as session:
             with store_errors("cannot delete the account"):
                 user = await session.get(User, user_id)
-                if user is None:
+                if user is None or (expect is not None and not expect(user)):
                     raise UnknownAccount(f"No account has id {user_id}.")
                 username = user.username
                 # Noted before the row goes (its key needs the row): a restore deletes it again.

@@ -29,6 +29,7 @@ In this order, so a failure part-way leaves the person *more* protected, never e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -121,7 +122,14 @@ class Eraser:
         self._clock = clock
 
     async def erase(
-        self, user_id: int, *, actor: str, ref: str, keep_for: timedelta | None, reason: str
+        self,
+        user_id: int,
+        *,
+        actor: str,
+        ref: str,
+        keep_for: timedelta | None,
+        reason: str,
+        expect: Callable[[User], bool] | None = None,
     ) -> Erased | Held:
         """Erase the person with account ``user_id`` (see the module docstring).
 
@@ -131,13 +139,15 @@ class Eraser:
             ref: The privacy request (or retention run) reference, quoted in every record.
             keep_for: How long the sealed removed content is kept; ``None`` keeps none.
             reason: Why, in words ("erasure request", "registration closed 180 days ago").
+            expect: What the account must still be, checked first and again in the deleting
+                transaction (:meth:`AccountService.delete`).
 
         Raises:
-            UnknownAccount: No such account.
+            UnknownAccount: No such account, or not as ``expect`` wants it.
             StoreUnavailable: A store failed; what was done so far stays done (see the order).
         """
         user = await self._accounts.get(user_id)
-        if user is None:
+        if user is None or (expect is not None and not expect(user)):
             raise UnknownAccount(f"No account has id {user_id}.")
         hold = await holding_erasure(self._holds, user.username)
         if hold is not None:
@@ -154,7 +164,7 @@ class Eraser:
         if keep_for is not None:
             until = now + keep_for
             await self._seal(user, ref=ref, pseudonym=pseudonym, reason=reason, until=until)
-        ended = await self._accounts.delete(user_id, actor=actor)
+        ended = await self._accounts.delete(user_id, actor=actor, expect=expect)
         samples = await DecisionSample(self._db, clock=self._clock).forget([f"user:{user.username}"])
         result = await erase_person(
             self._db,

@@ -42,6 +42,7 @@ from gateway.audit.erasable import dump_salts
 from gateway.audit.erase import erase_expired, expiring
 from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
+from gateway.identity.accounts import UnknownAccount
 from gateway.identity.models import User
 from gateway.identity.names import canonical_username
 from gateway.privacy.erasure import Eraser, Held
@@ -187,6 +188,15 @@ def _days(keep: timedelta) -> str:
 # -- registration ------------------------------------------------------------------------------------------
 
 
+def _still_due(username: str, closed_by: datetime) -> Callable[[User], bool]:
+    """The check that an account is still the closed registration a run listed (see ``purge``)."""
+
+    def still(user: User) -> bool:
+        return user.username == username and user.closed_at is not None and user.closed_at <= closed_by
+
+    return still
+
+
 class RegistrationRule:
     """Closed accounts, erased (without a removed-content archive) once closed longer than the rule."""
 
@@ -248,14 +258,25 @@ class RegistrationRule:
                 verified_by=f"retention rule: registration closed {closed:%Y-%m-%d}, kept {_days(keep)} days",
                 details={"retention_run": ref},
             )
-            # No archive: the data was kept its time already. The eraser checks the holds again.
-            result = await self._eraser.erase(
-                user_id,
-                actor=ACTOR,
-                ref=request.ref,
-                keep_for=None,
-                reason=f"registration closed {days} days ago",
-            )
+            # No archive: the data was kept its time already. The eraser checks the holds again, and
+            # that the account is still the one listed, closed long enough (an attack run deleted it
+            # mid-run and made a new account, which SQLite gave its id: the run erased the newcomer).
+            try:
+                result = await self._eraser.erase(
+                    user_id,
+                    actor=ACTOR,
+                    ref=request.ref,
+                    keep_for=None,
+                    reason=f"registration closed {days} days ago",
+                    expect=_still_due(item.label, now - keep),
+                )
+            except UnknownAccount:
+                await self._register.reject(
+                    request.ref,
+                    outcome="Not erased: since the run listed it, the account was reopened, deleted or "
+                    "replaced by another.",
+                )
+                continue
             if isinstance(result, Held):
                 # A hold placed since the survey: resumed by a later run once it is released.
                 held[result.hold_ref] = held.get(result.hold_ref, 0) + 1

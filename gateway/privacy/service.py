@@ -41,7 +41,7 @@ from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import FastState
 
-__all__ = ["EmailNeedsAdmin", "Privacy", "ProviderOwned", "TooManyExports"]
+__all__ = ["AlreadyClosed", "EmailNeedsAdmin", "Privacy", "ProviderOwned", "TooManyExports"]
 
 # The fast-state counter of one person's own exports (``privacy.export_limit``).
 _EXPORTS_KEY = "privacy:exports:{}"
@@ -68,6 +68,15 @@ class EmailNeedsAdmin(Forbidden):
 
     reason = "email-change-needs-admin"
     title = "An administrator sets a new email address"
+
+
+class AlreadyClosed(GatewayError):
+    """Closing a closed account again would restart its retention period: 409, nothing changed (an
+    attack run closed one twice from the CLI and moved its deletion half a year away)."""
+
+    status = 409
+    reason = "account-closed-already"
+    title = "The account is closed already"
 
 
 class Privacy:
@@ -363,7 +372,16 @@ class Privacy:
         verified_by: str,
         law: str | None = None,
     ) -> RequestView:
-        """Cancel the registration: no sign-in from now; the data goes after ``retention.registration``."""
+        """Cancel the registration: no sign-in from now; the data goes after ``retention.registration``.
+
+        Raises:
+            AlreadyClosed: it is closed already.
+        """
+        current = await self.user(user.id)
+        if current.closed_at is not None:
+            raise AlreadyClosed(
+                f"{current.username} was closed on {current.closed_at:%Y-%m-%d}; nothing was changed."
+            )
         request = await self._open(
             Kind.CLOSURE, user, settings=settings, channel=channel, verified_by=verified_by, law=law
         )

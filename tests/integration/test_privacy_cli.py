@@ -137,6 +137,11 @@ def test_a_closed_registration_goes_when_due_and_not_under_a_hold(cli: Cli) -> N
     out = cli.ok("privacy", "close", "alice", "--verified-by", "front desk, passport seen")
     assert "closure request PR-" in out
     assert "180 days" in out
+    # An attack run: closing again restarted the 180 days. Refused, nothing changed.
+    again = cli.run("privacy", "close", "alice", "--verified-by", "front desk")
+    assert again.returncode != 0
+    assert "was closed on" in again.stderr
+    assert "nothing was changed" in again.stderr
 
     plan = json.loads(cli.ok("retention", "plan", "--json"))
     registration = _class(plan, "registration")

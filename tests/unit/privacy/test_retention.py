@@ -35,6 +35,7 @@ from gateway.privacy.holds import DATA_CLASSES
 from gateway.privacy.models import PrivacyRequest, RemovedContent, RetentionRun
 from gateway.privacy.register import Channel, Kind, Status
 from gateway.privacy.retention import VERBS, Plan, Retention, RunReport, period_of
+from gateway.privacy.retention_rules import RegistrationRule
 from gateway.privacy.service import Privacy
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
@@ -224,6 +225,42 @@ async def test_a_closed_registration_stays_179_days_and_is_erased_at_181(world: 
     events = await world.audit.events(kind="privacy.retention_run")
     done = sorted(json.loads(e.details)["classes"]["registration"]["done"] for e in events)
     assert done == [0, 1]
+
+
+async def test_a_registration_reopened_or_replaced_after_the_run_listed_it_is_not_erased(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack run: the person listed last was deleted mid-run and a new account made, which SQLite
+    gave the deleted id; the run erased the newcomer by that id. One reopened meanwhile is kept too,
+    and the run goes on with the others."""
+    first = await world.person("first")
+    reopened = await world.person("reopened")
+    victim = await world.person("victim")
+    for user in (first, reopened, victim):
+        await world.close(user)
+    world.clock.advance(181 * DAY)
+    listed = RegistrationRule.survey
+    newcomers: list[User] = []
+
+    async def listed_then_changed(rule: RegistrationRule, *args: object) -> object:
+        survey = await listed(rule, *args)  # type: ignore[arg-type]
+        await world.accounts.reopen(reopened.id, actor="admin:root")
+        await world.accounts.delete(victim.id, actor="admin:root")
+        newcomers.append(await world.person("bystander"))
+        return survey
+
+    monkeypatch.setattr(RegistrationRule, "survey", listed_then_changed)
+    report = await world.run()
+    assert _class(report, "registration")["done"] == 1
+    assert await world.accounts.get(first.id) is None
+    assert await world.accounts.get(reopened.id) is not None
+    (bystander,) = newcomers
+    kept = await world.accounts.get(bystander.id)
+    assert kept is not None
+    assert kept.username == "bystander"
+    async with world.db.session() as s:
+        rows = (await s.scalars(select(PrivacyRequest).where(PrivacyRequest.kind == "erasure"))).all()
+    assert sorted(r.status for r in rows) == sorted([Status.COMPLETED, Status.REJECTED, Status.REJECTED])
 
 
 @pytest.mark.parametrize("scope", ["person", "class"])
