@@ -85,6 +85,9 @@ class LockdownState(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str = ""
     # The incident whose threat rule switched it on ("" when a person did).
     incident: str = ""
+    # The lockdown a threat rule widened to every route (a person's, on some routes): put back when
+    # the incident is lifted, never dropped with it (an attack run's lift opened every route).
+    previous: LockdownState | None = None
 
     def covers(self, route: str) -> bool:
         """Whether a request to ``route`` is locked now."""
@@ -225,18 +228,45 @@ class LockdownStore:
             return LockdownState(on=True, reason="unreadable lockdown state")
 
     async def switch_on(
-        self, routes: tuple[str, ...] | None, *, actor: str, reason: str, incident: str = "", ip: str = ""
+        self,
+        routes: tuple[str, ...] | None,
+        *,
+        actor: str,
+        reason: str,
+        incident: str = "",
+        ip: str = "",
+        previous: LockdownState | None = None,
     ) -> LockdownState:
         """Lock ``routes`` (None: every route), replacing any earlier selection; audited ``lockdown.on``.
+        ``previous``: the lockdown this one widens, put back by :meth:`restore`.
 
         Raises:
             StateUnavailable: the fast state cannot answer (nothing was switched).
         """
+        if previous is not None:
+            previous = msgspec.structs.replace(previous, previous=None)  # one level is enough
         new = LockdownState(
-            on=True, routes=routes, since=self._clock.time(), actor=actor, reason=reason, incident=incident
+            on=True,
+            routes=routes,
+            since=self._clock.time(),
+            actor=actor,
+            reason=reason,
+            incident=incident,
+            previous=previous,
         )
         await self._write(new, "lockdown.on", ip=ip)
         return new
+
+    async def restore(self, previous: LockdownState, *, actor: str, reason: str) -> LockdownState:
+        """Put back the lockdown a threat rule widened (``LockdownState.previous``): its routes, actor
+        and reason as they were; audited ``lockdown.on`` by ``actor``, who put it back, with ``reason``.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer (nothing was switched).
+        """
+        kept = msgspec.structs.replace(previous, incident="", previous=None)
+        await self._write(kept, "lockdown.on", ip="", by=(actor, reason))
+        return kept
 
     async def switch_off(self, *, actor: str, reason: str, ip: str = "") -> LockdownState:
         """Open every route again; audited ``lockdown.off`` (also when it was off already).
@@ -283,7 +313,10 @@ class LockdownStore:
             return False
         return True
 
-    async def _write(self, new: LockdownState, kind: str, *, ip: str) -> None:
+    async def _write(
+        self, new: LockdownState, kind: str, *, ip: str, by: tuple[str, str] | None = None
+    ) -> None:
+        """Store ``new`` and audit it, as done by its actor for its reason, or by ``by`` (actor, reason)."""
         in_db = await self._to_db(new)
         try:
             await self._state.set(LOCKDOWN_KEY, _encode(new))
@@ -301,7 +334,11 @@ class LockdownStore:
                 details["routes"] = []
             if new.incident:
                 details["incident"] = new.incident
-            await self._audit.record(kind, actor=new.actor, subject="lockdown", ip=ip, details=details)
+            actor = new.actor
+            if by is not None:
+                actor, details["reason"] = by
+                details["restored"] = f"{new.actor}: {new.reason}"
+            await self._audit.record(kind, actor=actor, subject="lockdown", ip=ip, details=details)
         try:
             await self._state.publish(LOCKDOWN_CHANNEL, b"changed")
         except StateUnavailable:

@@ -249,11 +249,18 @@ class Responder:
     async def _lockdown(self, incident_id: str, rule_name: str) -> Action:
         # Every route: a rule knows what it saw, not which application the attacker is after. A person
         # narrows it (`gateway lockdown on --route`) or lifts it once the incident is understood.
+        # A lockdown already on is kept: left as it is when it covers every route (so lifting this
+        # incident leaves it on), else widened and put back when this incident is lifted (an attack
+        # run's rule replaced an operator's lockdown, and lifting the incident opened every route).
+        current = await self.lockdown.read()
+        if current.on and current.routes is None:
+            return Action("lockdown", "all routes", note=f"on already ({current.actor})")
         await self.lockdown.switch_on(
             None,
             actor="system:threat",
             reason=f"threat rule {rule_name} ({incident_id})",
             incident=incident_id,
+            previous=current if current.on else None,
         )
         return Action("lockdown", "all routes")
 
@@ -410,10 +417,15 @@ class Responder:
             elif action.kind == "lock_account":
                 note = await self._release_lock(incident.id, action.target, actor) or note
             elif action.kind == "lockdown":
-                # Only the lockdown this incident switched on: a newer one (a person's) stays.
+                # Only the lockdown this incident switched on: a newer one (a person's) stays, and the
+                # one it widened comes back.
                 current = await self.lockdown.read()
                 if current.on and current.incident == incident.id:
-                    await self.lockdown.switch_off(actor=actor, reason=f"incident {incident.id} lifted")
+                    reason = f"incident {incident.id} lifted"
+                    if current.previous is not None:
+                        await self.lockdown.restore(current.previous, actor=actor, reason=reason)
+                    else:
+                        await self.lockdown.switch_off(actor=actor, reason=reason)
             actions.append(msgspec.structs.replace(action, lifted=True, note=note))
         lifted = msgspec.structs.replace(
             incident,

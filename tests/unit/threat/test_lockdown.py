@@ -208,6 +208,41 @@ async def test_lifting_an_old_incident_leaves_a_newer_lockdown_on(world: World) 
     assert (await world.responder.lockdown.read()).routes == ("app",)
 
 
+async def test_a_threat_rule_keeps_a_persons_lockdown_and_lifting_its_incident_puts_it_back(
+    world: World,
+) -> None:
+    """An attack run: five wrong passwords set off a lockdown rule, which replaced the operator's
+    lockdown; lifting the incident (a false positive) then opened every route. Now a lockdown of every
+    route is left as it is, and one of some routes is widened and put back at the lift."""
+    rule = ThreatRule(count=1, responses=("lockdown",))
+    lockdown = world.responder.lockdown
+    await lockdown.switch_on(None, actor="cli:root", reason="INC-42 credential leak")
+    incident = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    await world.responder.lift(incident.id, actor="user:erin")
+    state = await lockdown.read()
+    assert (state.on, state.routes, state.actor, state.reason) == (
+        True,
+        None,
+        "cli:root",
+        "INC-42 credential leak",
+    )
+
+    await lockdown.switch_on(("billing",), actor="cli:root", reason="billing only")
+    incident = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    widened = await lockdown.read()
+    assert (widened.routes, widened.incident) == (None, incident.id)
+    assert widened.covers("wiki")
+    await world.responder.lift(incident.id, actor="user:erin")
+    back = await lockdown.read()
+    assert (back.on, back.routes, back.actor, back.reason, back.incident) == (
+        True, ("billing",), "cli:root", "billing only", ""
+    )  # fmt: skip
+    assert not back.covers("wiki")
+    (restored,) = [e for e in await world.audit.events(kind="lockdown.on") if e.actor == "user:erin"]
+    assert json.loads(restored.details)["restored"] == "cli:root: billing only"
+    assert not (await world.audit.events(kind="lockdown.off"))
+
+
 async def test_a_fast_state_that_lost_the_switch_gets_it_back_from_the_database(
     fast_state: FastState, clock: FakeClock, audit_db: Database
 ) -> None:
