@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gateway.backup.jobs import Made
     from gateway.crypto.keyring import Keyring
     from gateway.identity.ledger import Lineage
+    from gateway.observe.sinks import SinkHub
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
     from gateway.store.fast import FastState
@@ -259,6 +260,8 @@ class Store:
     # Only what the command asked for: None otherwise.
     keyring: Keyring | None
     state: FastState | None
+    # The security-event sinks a command's audit records go to, as the running gateways' do.
+    sinks: SinkHub | None = None
 
     @property
     def fast(self) -> FastState:
@@ -267,12 +270,18 @@ class Store:
             raise RuntimeError("the store was opened without the fast state (open_store(fast=True))")
         return self.state
 
-    def audit(self) -> AuditLog:
-        """The audit trail, keyed with the keyring when it was loaded (``keyring=True``)."""
+    def audit(self, keyring: Keyring | None = None) -> AuditLog:
+        """The audit trail, keyed with ``keyring`` or the one loaded (``keyring=True``); what it records
+        goes to the security-event sinks too (an attack run's lockdown lift, unblock and re-enable from
+        the CLI never reached the SOC's feed)."""
         from gateway.audit.trail import AuditLog
         from gateway.clock import SYSTEM_CLOCK
+        from gateway.observe.access import audit_listener
 
-        return AuditLog(self.db, clock=SYSTEM_CLOCK, keyring=self.keyring)
+        log = AuditLog(self.db, clock=SYSTEM_CLOCK, keyring=keyring or self.keyring)
+        if self.sinks is not None:
+            log.listeners.append(audit_listener(self.sinks))
+        return log
 
 
 @asynccontextmanager
@@ -309,9 +318,12 @@ async def open_store(
     db = Database.open(url, pool_size=2)
     try:
         watch = AnnouncementWatch(open_configured_state(settings)) if fast else None
+        sinks = await _security_sinks(settings)
         try:
-            yield Store(settings, db, keys, cast("FastState | None", watch))
+            yield Store(settings, db, keys, cast("FastState | None", watch), sinks)
         finally:
+            if sinks is not None:
+                await sinks.close()  # delivers what the command recorded (at most flush_timeout)
             if watch is not None:
                 await watch.close()
         # Only a command that ran to its end: its change is stored, and the running gateways should know.
@@ -320,6 +332,21 @@ async def open_store(
             raise unannounced
     finally:
         await db.close()
+
+
+async def _security_sinks(settings: Settings) -> SinkHub | None:
+    """The sinks of ``logging.sinks`` a command's security events go to, started; None when there are
+    none. Not ``stdout`` ones: that is the serving processes' stream, and a command's output is its
+    own (``--json`` must stay one document)."""
+    from gateway.observe.sinks import SinkHub
+
+    if not settings.logging.security_events:
+        return None
+    hub = SinkHub.from_settings(settings.logging, command=True)
+    if not hub.sinks:
+        return None
+    await hub.start()
+    return hub
 
 
 def backup_and_keyring(settings: Settings, directory: Path, ref: str | None) -> tuple[Path, Keyring]:

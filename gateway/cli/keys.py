@@ -86,7 +86,6 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from gateway.audit.trail import AuditLog
     from gateway.crypto.keyring import keyring_path
     from gateway.crypto.lifecycle import RotationTarget, rotate_keys
 
@@ -111,7 +110,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 keyring_file=path,
                 # Keyed under the active key when it records: the chain key follows rotations, old
                 # records keep theirs.
-                audit=AuditLog(store.db, keyring=keyring),
+                audit=store.audit(keyring),
                 actor=operator(),
                 stage=args.stage,
                 compromised=args.compromised,
@@ -173,7 +172,6 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str, compromised: bool =
 
 
 def _activate(args: argparse.Namespace) -> int:
-    from gateway.audit.trail import AuditLog
     from gateway.crypto.keyring import keyring_path
 
     settings = load_config(args)
@@ -188,7 +186,7 @@ def _activate(args: argparse.Namespace) -> int:
 
     async def record() -> None:
         async with open_store(settings) as store:
-            audit = AuditLog(store.db, keyring=keyring)
+            audit = store.audit(keyring)
             await audit.record(
                 "keys.activated", actor=operator(), subject="keys", details={"keyring_key": args.kid}
             )

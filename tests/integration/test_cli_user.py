@@ -113,6 +113,26 @@ def test_with_memory_state_the_command_says_the_sessions_are_out_of_reach(cli: C
         assert "state.embedded is memory" in proc.stderr
 
 
+def test_what_a_command_records_reaches_the_security_event_sinks(cli: Cli, tmp_path: Path) -> None:
+    """An attack run: lockdown lifts, unblocks and re-enabled accounts made from the CLI were in the
+    audit trail but never in the SOC's feed, which only the serving processes wrote. A command's
+    events go to the file, syslog and HTTP sinks; never to stdout, which is the command's output."""
+    sink = tmp_path / "security.jsonl"
+    cli.config.write_text(
+        cli.config.read_text()
+        + f"logging:\n  sinks:\n    - {{type: file, path: {sink}}}\n    - {{type: stdout}}\n"
+    )
+    cli.ok("add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    proc = cli.run("disable", "alice")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "disabled user alice; 0 session(s) ended"
+    assert "sink" not in proc.stderr
+    actions = [json.loads(line)["event"]["action"] for line in sink.read_text().splitlines()]
+    assert actions == ["user.created", "user.disabled"]
+    listed = cli.ok("list", "--json")
+    assert json.loads(listed)  # one document: no event line in it
+
+
 def test_the_data_directory_and_database_it_creates_are_private(cli: Cli) -> None:
     """With the usual umask, the first command made data/ 0755 and gateway.db 0644: every local user
     could read the password hashes (outside review)."""

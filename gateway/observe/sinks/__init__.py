@@ -86,19 +86,24 @@ def build_sink(config: LogSink, *, name: str, queue_size: int) -> Sink:
 class SinkHub:
     """All sinks of a worker: start, publish (hot path), stats, bounded flush on close."""
 
-    def __init__(self, sinks: Sequence[Sink], *, flush_timeout: float = 5.0) -> None:
+    def __init__(self, sinks: Sequence[Sink], *, flush_timeout: float = 5.0, quiet: bool = False) -> None:
         self.sinks = tuple(sinks)
         self._flush_timeout = flush_timeout
+        # A CLI command's hub: a sink that lost nothing closes without a line on the command's stderr.
+        self._quiet = quiet
 
     @classmethod
-    def from_settings(cls, settings: LoggingSettings) -> SinkHub:
-        """One sink per ``logging.sinks`` entry, named ``name`` or ``<type>-<position>``."""
+    def from_settings(cls, settings: LoggingSettings, *, command: bool = False) -> SinkHub:
+        """One sink per ``logging.sinks`` entry, named ``name`` or ``<type>-<position>``. For a CLI
+        ``command``: without the ``stdout`` ones (its output is its own) and quiet when nothing is lost."""
         return cls(
             [
                 build_sink(sink, name=sink.name or f"{sink.type}-{index}", queue_size=settings.queue_size)
                 for index, sink in enumerate(settings.sinks)
+                if not (command and sink.type == "stdout")
             ],
             flush_timeout=settings.flush_timeout,
+            quiet=command,
         )
 
     async def start(self) -> None:
@@ -120,8 +125,9 @@ class SinkHub:
         await asyncio.gather(*(sink.close(self._flush_timeout) for sink in self.sinks))
         for name, stats in self.stats().items():
             # A last word per sink, so losses are visible even where nobody scraped the metrics.
+            lost = stats.dropped or stats.failures
             logger.log(
-                logging.WARNING if stats.dropped or stats.failures else logging.INFO,
+                logging.WARNING if lost else logging.DEBUG if self._quiet else logging.INFO,
                 "log sink %s closed: queued=%d sent=%d dropped=%d failures=%d",
                 name,
                 stats.queued,
