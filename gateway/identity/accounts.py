@@ -1171,8 +1171,8 @@ class AccountService:
             # Live sessions carry the email to the apps (identity headers, assertion): correct them too.
             await self._sessions.set_email(user_id, str(values["email"] or ""))
         changed = tuple(sorted(values))
-        await self._audit.record(
-            "user.profile_changed", actor=actor, subject=user.username, details={"fields": " ".join(changed)}
+        await self._record_about(
+            user, "user.profile_changed", actor=actor, details={"fields": " ".join(changed)}
         )
         return changed
 
@@ -1223,10 +1223,10 @@ class AccountService:
             user_id, (user, state), {"restricted": restricted, "updated_at": self._clock.now()}
         )
         revoked = await self._shut_out(user_id) if restricted else 0
-        await self._audit.record(
+        await self._record_about(
+            user,
             "user.restricted" if restricted else "user.unrestricted",
             actor=actor,
-            subject=user.username,
             details={"sessions_revoked": revoked if revoked is not None else "unknown"},
         )
         return revoked
@@ -1244,13 +1244,27 @@ class AccountService:
         now = self._clock.now()
         await self._update_noted(user_id, (user, "closed"), {"closed_at": now, "updated_at": now})
         revoked = await self._shut_out(user_id)
-        await self._audit.record(
+        await self._record_about(
+            user,
             "user.closed",
             actor=actor,
-            subject=user.username,
             details={"sessions_revoked": revoked if revoked is not None else "unknown"},
         )
         return revoked
+
+    async def _record_about(
+        self, user: User, kind: str, *, actor: str, details: dict[str, object] | None = None
+    ) -> None:
+        """Audit a change to ``user``'s account, naming them, unless the account was erased meanwhile
+        (see :func:`account_exists`): a re-attack run's rectifications racing the person's own
+        erasure left records naming them after it had tombstoned the trail."""
+        await self._audit.record_if(
+            account_exists(user.id, user.username, created_at=user.created_at),
+            kind,
+            actor=actor,
+            subject=user.username,
+            details=details,
+        )
 
     async def reopen(self, user_id: int, *, actor: str) -> None:
         """Undo a closure before its retention period ends (the person changed their mind).

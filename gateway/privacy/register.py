@@ -22,9 +22,11 @@ from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
+from gateway.identity.accounts import UnknownAccount
 from gateway.identity.models import User
 from gateway.privacy.models import PrivacyRequest
 from gateway.settings.schema import PRIVACY_LAWS, PrivacySettings
@@ -184,6 +186,20 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
+async def _hold_account(session: AsyncSession, user_id: int, username: str) -> None:
+    """Refuse a request for an account erased (or replaced) meanwhile, and hold the account's row until
+    the request is stored, so an erasure pseudonymises it with the rest: PostgreSQL's ``FOR SHARE``,
+    which the erasure's ``DELETE`` waits for; on SQLite the write transaction (a re-attack run's
+    rectification racing the person's own erasure left a row naming them for three years).
+
+    Raises:
+        UnknownAccount: No account ``user_id`` named ``username``.
+    """
+    query = select(User.id).where(User.id == user_id, User.username == username).with_for_update(read=True)
+    if (await session.execute(query)).first() is None:
+        raise UnknownAccount(f"No account has id {user_id}.")
+
+
 def new_ref() -> str:
     """``PR-`` and 10 random base32 characters: unguessable, easy to read out on the phone."""
     return "PR-" + base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:10]
@@ -233,6 +249,7 @@ class Register:
 
         Raises:
             ValueError: ``law`` has no due time in ``settings`` (the caller checked it at the edge).
+            UnknownAccount: ``user_id`` is given and no account with it is named ``subject``.
         """
         chosen = law or settings.default_law
         if chosen not in PRIVACY_LAWS:
@@ -256,9 +273,11 @@ class Register:
             hold_ref="",
             overdue_alerted_at=None,
         )
-        async with self._db.session() as session:
-            session.add(row)
+        async with self._db.session(write=True) as session:
             with store_errors("cannot record the privacy request"):
+                if user_id is not None:
+                    await _hold_account(session, user_id, subject)
+                session.add(row)
                 await session.commit()
         return RequestView.of(row)
 

@@ -249,18 +249,21 @@ class RegistrationRule:
             user_id = int(item.key)
             closed = item.due_at - keep
             days = (now - closed).days
-            request = await self._register.open(
-                Kind.ERASURE,
-                settings=settings,
-                user_id=user_id,
-                subject=item.label,
-                channel=Channel.SYSTEM,
-                verified_by=f"retention rule: registration closed {closed:%Y-%m-%d}, kept {_days(keep)} days",
-                details={"retention_run": ref},
-            )
             # No archive: the data was kept its time already. The eraser checks the holds again, and
             # that the account is still the one listed, closed long enough (an attack run deleted it
             # mid-run and made a new account, which SQLite gave its id: the run erased the newcomer).
+            try:
+                request = await self._register.open(
+                    Kind.ERASURE,
+                    settings=settings,
+                    user_id=user_id,
+                    subject=item.label,
+                    channel=Channel.SYSTEM,
+                    verified_by=f"retention rule: registration closed {closed:%Y-%m-%d}, kept {_days(keep)} days",
+                    details={"retention_run": ref},
+                )
+            except UnknownAccount:
+                continue  # deleted since it was listed: nothing to erase, nothing to register
             try:
                 result = await self._eraser.erase(
                     user_id,

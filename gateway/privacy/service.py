@@ -26,7 +26,7 @@ from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import Forbidden, GatewayError
-from gateway.identity.accounts import AccountService, UnknownAccount
+from gateway.identity.accounts import AccountService, UnknownAccount, account_exists
 from gateway.identity.models import User
 from gateway.identity.names import canonical_email
 from gateway.identity.oidc.models import IdentityLink
@@ -153,12 +153,16 @@ class Privacy:
         self, request: RequestView, *, actor: str, outcome: str, **details: object
     ) -> RequestView:
         done = await self.register.complete(request.ref, outcome=outcome)
-        await self._audit.record(
+        # Not after the person's erasure, which raced this request (see account_exists).
+        still = account_exists(request.user_id, request.subject) if request.user_id is not None else None
+        kind, audited = (
             f"privacy.{request.kind}",
-            actor=actor,
-            subject=request.subject,
-            details={"request": request.ref, "law": request.law, "channel": request.channel, **details},
+            {"request": request.ref, "law": request.law, "channel": request.channel, **details},
         )
+        if still is None:
+            await self._audit.record(kind, actor=actor, subject=request.subject, details=audited)
+        else:
+            await self._audit.record_if(still, kind, actor=actor, subject=request.subject, details=audited)
         return done
 
     # -- the register's steps, by any channel ---------------------------------------------------------

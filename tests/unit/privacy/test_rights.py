@@ -23,7 +23,7 @@ from gateway.audit.chain import verify_database
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from gateway.identity.accounts import AccountExists, AccountService, SignInFailed
+from gateway.identity.accounts import AccountExists, AccountService, SignInFailed, UnknownAccount
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
@@ -417,6 +417,34 @@ async def test_erasure_leaves_nothing_readable_and_the_chain_verifying(world: Wo
     account = opened["account"]
     assert isinstance(account, dict)
     assert account["username"] == "alice"
+
+
+async def test_a_right_racing_the_persons_own_erasure_leaves_nothing_naming_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-attack run: rectifications from 8 threads racing the person's erasure left records naming
+    them after it (user.profile_changed, privacy.rectification) and register rows in clear for three
+    years. Here the erasure comes between the change and its records, and between two requests."""
+    user = await world.alice()
+    update = AccountService._update
+
+    async def update_then_erased(accounts: AccountService, user_id: int, **values: object) -> None:
+        await update(accounts, user_id, **values)
+        await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AccountService, "_update", update_then_erased)
+    await world.privacy.rectify(user, display_name="X", email=None, **_as_portal(user))  # type: ignore[arg-type]
+    monkeypatch.undo()
+    # A request opened after it: refused, no row (the page answers as for a signed-out person).
+    with pytest.raises(UnknownAccount):
+        await world.privacy.rectify(user, display_name="Y", email=None, **_as_portal(user))  # type: ignore[arg-type]
+    trail = await _audit_text(world.db)
+    assert "alice" not in trail
+    async with world.db.session() as s:
+        subjects = [r.subject for r in (await s.scalars(select(PrivacyRequest))).all()]
+    assert len(subjects) == 2
+    assert all(subject.startswith("[erased:") for subject in subjects), subjects
+    assert (await verify_database(world.db, keyring=world.keyring)).ok
 
 
 async def test_a_legal_hold_suspends_erasure_until_released(world: World) -> None:
