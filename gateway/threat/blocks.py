@@ -227,6 +227,19 @@ def _decode(raw: bytes | None) -> list[BlockEntry]:
         return []
 
 
+def _bounded(entries: list[BlockEntry], added: BlockEntry) -> list[BlockEntry]:
+    """``entries`` cut to :data:`MAX_BLOCKS`: the automatic blocks (a rule's) that end soonest go
+    first, ``added`` last; a person's are never pushed out (an attack run's automatic blocks of one
+    IPv6 /48's many /64s evicted an admin's 30-day block of the attacker's own address, the oldest)."""
+    excess = len(entries) - MAX_BLOCKS
+    if excess <= 0:
+        return entries
+    automatic = [e for e in entries if not e.actor or e.actor.startswith("system:")]
+    automatic.sort(key=lambda e: (e is added, e.until))
+    dropped = {id(e) for e in automatic[:excess]}
+    return [e for e in entries if id(e) not in dropped]
+
+
 class BlockStore:
     """The shared list of temporary blocks in the fast state, and the listener that mirrors it."""
 
@@ -257,7 +270,7 @@ class BlockStore:
             old = [e for e in current if e.cidr == text]
             if old and old[0].until >= until:
                 return current
-            return [*kept, entry][-MAX_BLOCKS:]
+            return _bounded([*kept, entry], entry)
 
         await self._update(change)
         return entry

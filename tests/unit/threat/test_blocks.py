@@ -10,6 +10,7 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.store.fast import FastState
+from gateway.threat import blocks as blocks_module
 from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocks, normalize_network, read_block_list
 
 INF = float("inf")
@@ -138,6 +139,27 @@ async def test_a_block_is_extended_never_shortened(fast_state: FastState, clock:
     [entry] = await store.entries()
     assert entry.until == clock.time() + 600
     assert entry.until < INF
+
+
+async def test_a_full_list_pushes_out_a_rules_soonest_ending_blocks_never_a_persons(
+    fast_state: FastState, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack run: automatic blocks of one IPv6 /48's /64s, one after another, pushed an admin's
+    30-day block of the attacker's own address out of the full list (the oldest went first)."""
+    monkeypatch.setattr(blocks_module, "MAX_BLOCKS", 20)
+    store = BlockStore(fast_state, clock)
+    now = clock.time()
+    await store.add("203.0.113.66", until=now + 30 * 86400, reason="manual", actor="cli:root")
+    for n in range(40):
+        await store.add(
+            f"2001:db8:42:{n:x}::/64", until=now + 600 + n, reason="threat", actor="system:threat"
+        )
+    kept = await store.entries()
+    assert len(kept) == 20
+    assert "203.0.113.66/32" in {e.cidr for e in kept}
+    # The automatic ones that end last stay, the newest among them.
+    assert min(e.until for e in kept if e.actor == "system:threat") == now + 600 + 21
+    assert "2001:db8:42:27::/64" in {e.cidr for e in kept}
 
 
 def test_a_configured_translator_prefix_is_read_as_its_ipv4_clients() -> None:
