@@ -458,6 +458,14 @@ async def propose(
     return _proposal_json(proposal)
 
 
+class ProposerGone(GatewayError):
+    """Approving a proposal whose proposer's account was deleted: 409, nothing changed."""
+
+    status = 409
+    reason = "proposal-proposer-gone"
+    title = "The proposer's account no longer exists"
+
+
 async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Proposal) -> None:
     """An account whose credentials the proposer issued (or that issued the proposer's) is the
     proposer's to use: an attack run had an admin make an account with a one-time password, have a
@@ -466,6 +474,12 @@ async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Propo
         await identity.accounts.lineage(approver),
         await identity.accounts.lineage(proposal.proposer),
     )
+    if proposal.proposer.startswith("user:") and not theirs:
+        # Their account is gone, and with it what tells whose accounts were theirs to use.
+        raise ProposerGone(
+            f"{proposal.proposer}'s account no longer exists: reject this proposal, and propose the change "
+            "again if it is still wanted."
+        )
     if mine & theirs:
         raise SelfApproval(
             f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "

@@ -1054,7 +1054,9 @@ class AccountService:
                     [await self._ledger.note(session, user, "deleted")] if self._ledger is not None else []
                 )
                 # The factor rows go with the user through ON DELETE CASCADE (SQLite has foreign
-                # keys turned on per connection by the store).
+                # keys turned on per connection by the store); so do its credential issuers, whose
+                # lineages are joined around it first.
+                await issuers.bridge(session, user_id)
                 await session.delete(user)
                 if self._keyring is not None:
                     # The name keeps its meaning elsewhere (policy lines, the apps' data): no

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.identity.models import CredentialIssuer
 from gateway.store.db import Database, store_errors
 
-__all__ = ["lineage", "note_issuer"]
+__all__ = ["bridge", "lineage", "note_issuer"]
 
 
 async def note_issuer(session: AsyncSession, user_id: int, issuer_id: int) -> None:
@@ -44,3 +44,19 @@ async def lineage(db: Database, user_id: int) -> frozenset[int]:
                 generation = set(issuers) - seen
                 seen |= generation
     return frozenset(seen)
+
+
+async def bridge(session: AsyncSession, user_id: int) -> None:
+    """Before ``user_id`` is deleted (its rows go with it), in ``session``'s transaction: link every
+    account it issued credentials of to every account that issued its own, so a lineage does not break
+    where it passed through it (a re-attack run: an admin made a helper, the helper made a third
+    account, the helper erased itself, and the third account approved the admin's proposal)."""
+    issued = set(
+        await session.scalars(select(CredentialIssuer.user_id).where(CredentialIssuer.issuer_id == user_id))
+    )
+    issuers = set(
+        await session.scalars(select(CredentialIssuer.issuer_id).where(CredentialIssuer.user_id == user_id))
+    )
+    for account in issued:
+        for issuer in issuers - {account}:
+            await note_issuer(session, account, issuer)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from gateway.privacy.register import Channel
 from gateway.response.cases import Cases, CaseView
+from gateway.settings.schema import PrivacySettings
 from tests.unit.admin.console_app import POLICY, Console, Start
 
 # An admin whose second factor is ten minutes old: fresh enough for the API (15 minutes), not for a
@@ -696,3 +698,57 @@ async def test_a_password_another_admin_sets_leaves_the_address_an_admin_chose_c
     )
     _refused(as_carol, "proposal-self-approval")
     assert await site.services.policy.store.version() == 2
+
+
+async def test_an_account_erased_in_the_middle_of_a_lineage_does_not_break_it(console: Start) -> None:
+    """A re-attack run: boss made helper (a one-time password), helper made xavier, second made both
+    admins; helper erased itself, its issuer rows went with it, and xavier approved boss's proposal.
+    The lineage is joined around a deleted account; a deleted proposer's proposal is approved by
+    nobody."""
+    site = await console(approvals=2)
+    await _account(site, "boss")
+    await _account(site, "second")
+    boss, second = await site.session("boss"), await site.session("second")
+
+    async def propose(who: str, policy: str) -> int:
+        made = await site.call(who, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
+        assert made.status_code == 201, made.text
+        return int(made.json()["id"])
+
+    async def approve(who: str, number: int) -> httpx.Response:
+        return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+
+    made = await site.call(boss, "POST", "/api/users", json={"username": "helper", "mode": "password"})
+    assert made.status_code == 201, made.text
+    policy = POLICY + "g, user:helper, admin\n"
+    assert (await approve(second, await propose(boss, policy))).status_code == 200
+    made = await site.call(
+        await site.session("helper"), "POST", "/api/users", json={"username": "xavier", "mode": "password"}
+    )
+    assert made.status_code == 201, made.text
+    policy += "g, user:xavier, admin\n"
+    assert (await approve(second, await propose(boss, policy))).status_code == 200
+    xavier = await site.session("xavier")
+    allow_all = await propose(boss, policy + "p, authenticated, app, /*, *, allow\n")
+    _refused(await approve(xavier, allow_all), "proposal-self-approval")
+
+    helper = await site.services.identity.accounts.find("helper")
+    assert helper is not None
+    await site.services.privacy.erase(
+        helper,
+        settings=PrivacySettings(),
+        channel=Channel.PORTAL,
+        actor="user:helper",
+        verified_by="signed-in session",
+    )
+    _refused(await approve(xavier, allow_all), "proposal-self-approval")
+
+    # The proposer's own account deleted: nobody can tell whose accounts were theirs; nobody approves.
+    doomed = await propose(boss, policy + "p, authenticated, app, /reports/*, GET, allow\n")
+    gone = await site.services.identity.accounts.find("boss")
+    assert gone is not None
+    await site.services.identity.accounts.delete(gone.id, actor="cli:root")
+    answer = await approve(second, doomed)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "proposal-proposer-gone"
+    assert await site.services.policy.store.version() == 3
