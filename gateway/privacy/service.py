@@ -16,7 +16,7 @@ is the same whoever records it: the person's live sessions stop carrying the pur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -68,6 +68,18 @@ class EmailNeedsAdmin(Forbidden):
 
     reason = "email-change-needs-admin"
     title = "An administrator sets a new email address"
+
+
+def _the_same(user: User) -> Callable[[User], bool]:
+    """The check that an account read again is still ``user`` (same name, made at the same time):
+    SQLite gives a deleted account's id to the next new one."""
+    return lambda again: again.username == user.username and again.created_at == user.created_at
+
+
+def _the_requesters(request: RequestView) -> Callable[[User], bool]:
+    """The check that an account is still the one whose request ``request`` is (see
+    :meth:`Privacy._still_the_requesters`)."""
+    return lambda user: user.username == request.subject and belongs_to(request, user)
 
 
 class AlreadyClosed(GatewayError):
@@ -421,6 +433,7 @@ class Privacy:
             ref=request.ref,
             keep_for=timedelta(seconds=float(settings.retention.removed_content)),
             reason="erasure request",
+            expect=_the_same(user),
         )
         if isinstance(result, Held):
             held = await self.register.hold(
@@ -476,7 +489,7 @@ class Privacy:
         deleted account's id to the next new one, and a held erasure resumed by id alone erased that
         stranger (an attack run: `gateway user delete` of the held person, a new account, release)."""
         user = await self._accounts.get(request.user_id) if request.user_id is not None else None
-        return user is not None and user.username == request.subject and belongs_to(request, user)
+        return user is not None and _the_requesters(request)(user)
 
     async def resume_held_erasures(self, *, settings: PrivacySettings, actor: str) -> list[RequestView]:
         """Carry out held erasures whose holds were released (the retention run calls this)."""
@@ -484,16 +497,18 @@ class Privacy:
         for request in await self.resumable_erasures():
             assert request.user_id is not None  # resumable_erasures skips requests without an account
             try:
-                user = await self.user(request.user_id)
+                # Still the requester's account when it is deleted (listed a moment ago: a re-attack
+                # run deleted it meanwhile and made a new account, which SQLite gave its id).
+                result = await self.eraser.erase(
+                    request.user_id,
+                    actor=actor,
+                    ref=request.ref,
+                    keep_for=timedelta(seconds=float(settings.retention.removed_content)),
+                    reason="erasure request (hold released)",
+                    expect=_the_requesters(request),
+                )
             except UnknownAccount:
                 continue
-            result = await self.eraser.erase(
-                user.id,
-                actor=actor,
-                ref=request.ref,
-                keep_for=timedelta(seconds=float(settings.retention.removed_content)),
-                reason="erasure request (hold released)",
-            )
             if isinstance(result, Erased):
                 done.append(await self._finish_erasure(request, result))
         return done

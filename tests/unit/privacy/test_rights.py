@@ -33,7 +33,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
-from gateway.privacy.register import Channel, Kind, RequestNotPending, Status, UnknownRequest
+from gateway.privacy.register import Channel, Kind, RequestNotPending, RequestView, Status, UnknownRequest
 from gateway.privacy.service import EmailNeedsAdmin, Privacy, ProviderOwned, TooManyExports
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
@@ -501,6 +501,32 @@ async def test_a_released_hold_never_erases_whoever_has_the_id_now(world: World)
     assert await world.privacy.resumable_erasures() == []
     assert await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention") == []
     assert await world.accounts.get(stranger.id) is not None, f"the stranger was erased (id reused: {reused})"
+
+
+async def test_a_held_erasure_listed_then_replaced_never_erases_the_newcomer(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-attack run: the held person's account was deleted after the resumable erasures were listed
+    (and checked), the next new account got its id, and the resumed erasure erased it by that id."""
+    user = await world.alice()
+    await world.privacy.holds.place("COURT-2026-19", reason="subpoena", by="admin:counsel", username="alice")
+    request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    assert request.status == Status.ON_HOLD
+    await world.privacy.holds.release("COURT-2026-19", by="admin:counsel")
+    listed = Privacy.resumable_erasures
+    newcomers: list[User] = []
+
+    async def listed_then_replaced(privacy: Privacy) -> list[RequestView]:
+        found = await listed(privacy)
+        await world.accounts.delete(user.id, actor="cli:root")
+        world.clock.advance(60)
+        newcomers.append(await world.accounts.create(username="zoe", password=PASSWORD, actor="admin:root"))
+        return found
+
+    monkeypatch.setattr(Privacy, "resumable_erasures", listed_then_replaced)
+    assert await world.privacy.resume_held_erasures(settings=SETTINGS, actor="system:retention") == []
+    (zoe,) = newcomers
+    assert await world.accounts.get(zoe.id) is not None
 
 
 async def test_overdue_requests_are_reported_once(world: World) -> None:
