@@ -73,6 +73,8 @@ _SHUTS_YOU_OUT: Final[dict[str, str]] = {
     # Failed sign-ins from the incident's address can add the admin to it (a re-attack run's
     # revoke-sessions then signed the acting admin out).
     AccountAction.REVOKE_SESSIONS: "ending your sessions",
+    # It ends every session too, and holds the next sign-in for a new password.
+    AccountAction.FORCE_PASSWORD_CHANGE: "forcing a password change (it ends your sessions)",
 }
 
 
@@ -170,8 +172,8 @@ class NotifyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     template: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "incident"
     what_to_do: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     preview: bool = True
-    # A send: the digest of the preview that was read; the messages go only if they still say that
-    # (409 notice-changed). The console always sends it ("" before any preview: refused).
+    # A send: the digest of the preview that was read (required); the messages go only if they still
+    # say that (409 notice-changed). The console always sends it ("" before any preview: refused).
     previewed: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")] | None = None
 
 
@@ -684,8 +686,13 @@ async def notify(
     async def work(admin: Admin) -> NotifyResult:
         if not data.preview:
             confirm_destructive(admin, config, services.identity.clock)
-            if data.previewed == "":
-                raise NoticeChanged("Preview the messages first: what is sent is what the preview shows.")
+            if not data.previewed:
+                # Also when left out: a send unbound to what someone read was the API's and CLI's way
+                # round the preview (a re-attack run).
+                raise NoticeChanged(
+                    "Preview the messages first, and send with the preview's digest (previewed): what is "
+                    "sent is what the preview shows."
+                )
         flow = await _workflow(services, config)
         result = await flow.notify(
             case_id, actor=admin.actor, template=data.template, what_to_do=data.what_to_do,

@@ -470,11 +470,13 @@ async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Propo
     """An account whose credentials the proposer issued (or that issued the proposer's) is the
     proposer's to use: an attack run had an admin make an account with a one-time password, have a
     second admin make it an admin, and approve his own proposals with it."""
+    if approver == proposal.proposer:
+        return  # refused as the proposer's own (Proposals.approve)
     mine, theirs = (
         await identity.accounts.lineage(approver),
         await identity.accounts.lineage(proposal.proposer),
     )
-    if proposal.proposer.startswith("user:") and not theirs:
+    if not theirs and await identity.accounts.deleted(proposal.proposer):
         # Their account is gone, and with it what tells whose accounts were theirs to use.
         raise ProposerGone(
             f"{proposal.proposer}'s account no longer exists: reject this proposal, and propose the change "

@@ -308,6 +308,11 @@ async def _report(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 async def _notify(args: argparse.Namespace, ctx: _Ctx) -> int:
+    if not args.preview and not args.previewed:
+        raise UserError(
+            "a send needs --previewed DIGEST: run with --preview first, read the messages, then send "
+            "with the digest it prints (what is sent is what was read)"
+        )
     result = await ctx.flow.notify(
         args.id,
         actor=operator(),
@@ -431,7 +436,8 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--previewed",
         metavar="DIGEST",
-        help="send only if the messages still say what the preview with this digest said (--preview prints it)",
+        help="required to send: send only if the messages still say what the preview with this digest "
+        "said (--preview prints it)",
     )
     p = action("report", _report, "the post-incident report")
     p.add_argument("id", metavar="ID")

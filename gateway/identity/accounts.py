@@ -63,7 +63,7 @@ from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonica
 from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
-from gateway.identity.retired import retire
+from gateway.identity.retired import retire, retired_among
 from gateway.names import hidden_character
 from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
@@ -851,6 +851,18 @@ class AccountService:
         (:meth:`note_issued`)."""
         issuer = await self._actor_account(actor)
         return None if issuer is None or issuer.id == user_id else issuer.id
+
+    async def deleted(self, actor: str) -> bool:
+        """Whether the actor ``user:<name>`` names an account that was deleted (its name is retired,
+        which needs the keyring) and none holds the name now."""
+        if self._keyring is None or not actor.startswith("user:"):
+            return False
+        name = actor.removeprefix("user:")
+        if await self.find(name) is not None:
+            return False
+        async with self._db.session() as session:
+            with store_errors("cannot read retired usernames"):
+                return bool(await retired_among(session, self._keyring, [name]))
 
     async def _actor_account(self, actor: str) -> User | None:
         """The account an actor ``user:<name>`` names; None for other actors."""

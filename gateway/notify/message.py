@@ -166,9 +166,15 @@ def render(
     body_values = {key: _body_text(value) for key, value in values.items()}
     body = _body_text(string.Template(template.body).safe_substitute(body_values))
     email = EmailMessage()
-    email["From"] = sender
-    email["To"] = to
-    email["Subject"] = subject
+    try:
+        email["From"] = sender
+        email["To"] = to
+        email["Subject"] = subject
+    except ValueError as exc:  # the email package's own refusal of a header: one person's, not a 500
+        raise BadMessage(f"a header cannot be written: {exc}") from None
+    # One recipient, the one meant, however the header reads back (what a reply goes to).
+    if [a.addr_spec for a in email["To"].addresses] != [to.addr_spec]:
+        raise BadMessage("the recipient's header reads as another address list; nothing was sent")
     email["Date"] = format_datetime(now)
     email["Message-ID"] = make_msgid(domain=sender.domain)
     # RFC 3834: sent by a program, so out-of-office responders do not answer it.
@@ -242,10 +248,13 @@ def _message(
 
 def _header_name(name: str, username: str) -> str:
     """The recipient's name as the To header shows it: the username when the display name holds a
-    character with a meaning in an address list. Python folded a long To header without the quotes
-    around such a name, and ``x, attacker@evil.example`` read as more recipients (a re-attack run's
-    Reply-All); ``$name`` in the body stays as the person wrote it."""
-    return username if any(char in _ADDRESS_SPECIALS for char in name) else name
+    character with a meaning in an address list, an encoded word (``=?utf-8?b?…?=``, which the email
+    package decodes and writes back unquoted) or a line break. Python folded a long To header without
+    the quotes around such a name, and ``x, attacker@evil.example`` read as more recipients (a
+    re-attack run's Reply-All; another's hid it in base64); ``$name`` in the body stays as the person
+    wrote it."""
+    unsafe = "=?" in name or header_problem(name) or any(char in _ADDRESS_SPECIALS for char in name)
+    return username if unsafe else name
 
 
 def _address(name: str, address: str, role: str) -> Address:

@@ -261,13 +261,14 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
     todo = "Choose a new password when you next sign in."
     # A send is bound to the preview read: these messages (another text) are not what it showed, and
     # a console send before any preview is refused; nothing goes out.
-    for previewed in (preview["digest"], ""):
+    # Left out too: a send unbound to a preview (a re-attack run's API send) is refused.
+    for previewed in ({"previewed": preview["digest"]}, {"previewed": ""}, {}):
         stale = api(
             site,
             boss,
             "POST",
             f"{BASE}/{case_id}/notify",
-            json={"preview": False, "what_to_do": todo, "previewed": previewed},
+            json={"preview": False, "what_to_do": todo, **previewed},
         )
         assert_error(stale, 409, "notice-changed")
     assert mail.received == []
@@ -434,6 +435,11 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
     # added the admin, and revoke-sessions signed them out).
     ended = api(site, boss, "POST", act, json={"action": "revoke-sessions", "reason": "r"})
     assert_error(ended, 409, "own-account")
+    # And a forced password change, which ends them too (a re-attack run signed itself out so).
+    forced = api(
+        site, boss, "POST", act, json={"action": "force-password-change", "reason": "r", "accounts": ["boss"]}
+    )
+    assert_error(forced, 409, "own-account")
     assert [e["kind"] for e in case_of(site, boss, case_id)["timeline"]] == ["phase"]
 
     # A policy restore for the incident: an unknown version is 404; the first version is restored.

@@ -280,6 +280,8 @@ def test_a_brute_force_incident_through_all_five_phases(site: Site, clients: lis
     assert digest is not None
     stale = cli(site, "notify", case_id, "--what-to-do", todo, "--previewed", digest.group(1), code=1)
     assert "preview them again" in stale
+    unbound = cli(site, "notify", case_id, "--what-to-do", todo, code=2)
+    assert "needs --previewed" in unbound
     assert site.smtp.received == []
     read = cli(site, "notify", case_id, "--preview", "--what-to-do", todo)
     digest = re.search(r"--previewed ([0-9a-f]{64})", read)

@@ -10,6 +10,7 @@ from email.headerregistry import Address
 import pytest
 
 from gateway.notify import BadMessage, Incident, Recipient, compose, preview, render
+from gateway.notify.message import values_for
 from gateway.settings.loader import parse_settings
 from gateway.settings.schema import DEFAULT_TEMPLATES, TEMPLATE_PLACEHOLDERS, MailTemplate, Settings
 
@@ -108,6 +109,32 @@ def test_a_display_name_that_reads_as_an_address_list_is_not_put_in_the_to_heade
     # Initials keep the name: a full stop is quoted and kept whole.
     kept = compose(_settings(), Recipient("js", "js@example.org", "J. Smith"), INCIDENT, now=NOW).email
     assert kept["To"] == '"J. Smith" <js@example.org>'
+
+
+def test_a_display_name_hiding_an_address_list_in_an_encoded_word_is_not_put_in_the_to_header() -> None:
+    """A re-attack run: the name "=?utf-8?b?<base64 of 'Bob <attacker@evil.example>, Bob'>?=" showed
+    as one encoded word in the preview, and the wire header read as two addresses."""
+    import base64
+    from email import policy
+    from email.parser import BytesParser
+
+    hidden = base64.b64encode(b"Bob <attacker@evil.example>, Bob").decode()
+    name = f"=?utf-8?b?{hidden}?="
+    email = compose(_settings(), Recipient("bob", "bob@example.org", name), INCIDENT, now=NOW).email
+    parsed = BytesParser(policy=policy.default).parsebytes(email.as_bytes())
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["bob@example.org"]
+    assert b"attacker" not in email.as_bytes().split(b"\n\n", 1)[0]
+
+
+@pytest.mark.parametrize("breaker", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_a_display_name_with_any_line_breaker_still_gets_its_notice(breaker: str) -> None:
+    """A re-attack run: a display name with U+2028, used in the subject ($name), stopped a whole round
+    of notices with a 500 (the email package refused the header). The person is told, by username."""
+    recipient = Recipient("dan", "dan@example.org", f"Dan{breaker}Bcc: x@evil.example")
+    assert values_for(_settings(), recipient, INCIDENT)["name"] == "dan"
+    email = compose(_settings(), recipient, INCIDENT, now=NOW).email
+    assert email["To"] == "dan <dan@example.org>"
+    assert email.get_content().startswith("Hello dan,\n")
 
 
 def test_render_itself_refuses_a_header_value_with_a_control_character() -> None:
