@@ -144,6 +144,10 @@ FOREIGN_IDENTITY_PREFIXES: Final = (
     b"x-webauth-",
     b"x-remote-",
     b"x-forwarded-id-token",
+    # Google App Engine's Users API (the person and an admin flag) and ASP.NET Core behind IIS (the
+    # client certificate and Windows identity): a re-attack run found both passed on.
+    b"x-appengine-",
+    b"ms-aspnetcore-",
 )
 
 
@@ -177,7 +181,12 @@ CLIENT_CERTIFICATE_PREFIXES: Final = (
 # Every X-Forwarded-* the client sends, not only the names listed below: the family has more members
 # than any list (an attack run passed X-Forwarded-Protocol, which gunicorn reads as the scheme,
 # -Https, -Client-Ip, -Url and ten more); the gateway sets its own after the drop.
-_DROPPED_PREFIXES: Final = (b"x-forwarded-", *FOREIGN_IDENTITY_PREFIXES, *CLIENT_CERTIFICATE_PREFIXES)
+_DROPPED_PREFIXES: Final = (
+    b"x-forwarded-",
+    b"cloudfront-viewer-",
+    *FOREIGN_IDENTITY_PREFIXES,
+    *CLIENT_CERTIFICATE_PREFIXES,
+)
 # Headers whose meaning depends on who set them. Compared after normalize_name().
 _FORWARDING = frozenset(
     {
@@ -215,6 +224,28 @@ _FORWARDING = frozenset(
         b"front-end-https",
         b"x-url-scheme",
         b"x-original-method",
+        # More of the same a re-attack run passed: Tornado reads X-Scheme before X-Forwarded-Proto,
+        # Jetty's defaults read X-Proxied-Https and the Proxy-* pair as a secure request, and client-IP
+        # libraries and CDNs these names; Next.js skips its middleware (its auth) on a request with
+        # X-Middleware-Subrequest (CVE-2025-29927).
+        b"x-scheme",
+        b"x-proxied-https",
+        b"proxy-auth-cert",
+        b"proxy-ssl-id",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-original-proto",
+        b"x-original-for",
+        b"x-original-port",
+        b"x-real-port",
+        b"x-client-port",
+        b"cf-visitor",
+        b"cf-pseudo-ipv4",
+        b"cf-connecting-ipv6",
+        b"cloudfront-forwarded-proto",
+        b"x-envoy-internal",
+        b"x-envoy-original-host",
+        b"x-middleware-subrequest",
         *REROUTING,
         b"x-request-id",
         *FOREIGN_IDENTITY,
@@ -516,7 +547,10 @@ def _gateway_token(value: bytes) -> bool:
     """Whether an ``Authorization`` value carries one of the gateway's API tokens, spoiled or not,
     under any scheme or none: the gateway's own credential, never the app's."""
     scheme, credentials = authorization_parts(value)
-    return meant_as_gateway_token((credentials or scheme).decode("latin-1"))
+    # Both parts: a token in the scheme's place (``gwt_… x``, a re-attack run) is one too.
+    return meant_as_gateway_token(scheme.decode("latin-1")) or meant_as_gateway_token(
+        credentials.decode("latin-1")
+    )
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
