@@ -85,9 +85,17 @@ class LockdownState(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str = ""
     # The incident whose threat rule switched it on ("" when a person did).
     incident: str = ""
+    # Other incidents whose rules found it on: it ends only once every one is lifted (a re-attack
+    # run's lift of the first opened every route while the second was still unlifted).
+    also: tuple[str, ...] = ()
     # The lockdown a threat rule widened to every route (a person's, on some routes): put back when
     # the incident is lifted, never dropped with it (an attack run's lift opened every route).
     previous: LockdownState | None = None
+
+    @property
+    def incidents(self) -> tuple[str, ...]:
+        """Every incident holding it (none: a person's)."""
+        return (self.incident, *self.also) if self.incident else self.also
 
     def covers(self, route: str) -> bool:
         """Whether a request to ``route`` is locked now."""
@@ -257,6 +265,19 @@ class LockdownStore:
         await self._write(new, "lockdown.on", ip=ip)
         return new
 
+    async def hold(
+        self, current: LockdownState, incidents: tuple[str, ...], *, actor: str, reason: str
+    ) -> LockdownState:
+        """Keep ``current`` on for ``incidents`` (the first named as the one that switched it on);
+        audited ``lockdown.on`` by ``actor`` with ``reason``.
+
+        Raises:
+            StateUnavailable: the fast state cannot answer (nothing was switched).
+        """
+        kept = msgspec.structs.replace(current, incident=incidents[0], also=incidents[1:])
+        await self._write(kept, "lockdown.on", ip="", by=(actor, reason))
+        return kept
+
     async def restore(self, previous: LockdownState, *, actor: str, reason: str) -> LockdownState:
         """Put back the lockdown a threat rule widened (``LockdownState.previous``): its routes, actor
         and reason as they were; audited ``lockdown.on`` by ``actor``, who put it back, with ``reason``.
@@ -264,7 +285,7 @@ class LockdownStore:
         Raises:
             StateUnavailable: the fast state cannot answer (nothing was switched).
         """
-        kept = msgspec.structs.replace(previous, incident="", previous=None)
+        kept = msgspec.structs.replace(previous, incident="", also=(), previous=None)
         await self._write(kept, "lockdown.on", ip="", by=(actor, reason))
         return kept
 
@@ -334,6 +355,8 @@ class LockdownStore:
                 details["routes"] = []
             if new.incident:
                 details["incident"] = new.incident
+            if new.also:
+                details["also"] = list(new.also)
             actor = new.actor
             if by is not None:
                 actor, details["reason"] = by

@@ -254,6 +254,14 @@ class Responder:
         # run's rule replaced an operator's lockdown, and lifting the incident opened every route).
         current = await self.lockdown.read()
         if current.on and current.routes is None:
+            if current.incident and incident_id not in current.incidents:
+                # Another rule's: this incident holds it too, until it is lifted as well.
+                await self.lockdown.hold(
+                    current,
+                    (*current.incidents, incident_id),
+                    actor="system:threat",
+                    reason=f"threat rule {rule_name} ({incident_id})",
+                )
             return Action("lockdown", "all routes", note=f"on already ({current.actor})")
         await self.lockdown.switch_on(
             None,
@@ -420,9 +428,12 @@ class Responder:
                 # Only the lockdown this incident switched on: a newer one (a person's) stays, and the
                 # one it widened comes back.
                 current = await self.lockdown.read()
-                if current.on and current.incident == incident.id:
+                if current.on and incident.id in current.incidents:
                     reason = f"incident {incident.id} lifted"
-                    if current.previous is not None:
+                    others = tuple(i for i in current.incidents if i != incident.id)
+                    if others:
+                        await self.lockdown.hold(current, others, actor=actor, reason=reason)
+                    elif current.previous is not None:
                         await self.lockdown.restore(current.previous, actor=actor, reason=reason)
                     else:
                         await self.lockdown.switch_off(actor=actor, reason=reason)

@@ -243,6 +243,30 @@ async def test_a_threat_rule_keeps_a_persons_lockdown_and_lifting_its_incident_p
     assert not (await world.audit.events(kind="lockdown.off"))
 
 
+async def test_a_lockdown_two_incidents_hold_ends_when_both_are_lifted(world: World) -> None:
+    """A re-attack run: a second incident found the first one's lockdown on; lifting the first opened
+    every route while the second was unlifted. And with a person's lockdown of one route widened by
+    both, lifting both puts that one back."""
+    rule = ThreatRule(count=1, responses=("lockdown",))
+    lockdown = world.responder.lockdown
+    first = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    second = await world.responder.respond("spraying", rule, subject="bob", summary="y", evidence={})
+    await world.responder.lift(first.id, actor="user:erin")
+    held = await lockdown.read()
+    assert (held.on, held.routes, held.incidents) == (True, None, (second.id,))
+    await world.responder.lift(second.id, actor="user:erin")
+    assert not (await lockdown.read()).on
+
+    await lockdown.switch_on(("billing",), actor="cli:root", reason="billing only")
+    first = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    second = await world.responder.respond("spraying", rule, subject="bob", summary="y", evidence={})
+    await world.responder.lift(second.id, actor="user:erin")
+    assert (await lockdown.read()).routes is None
+    await world.responder.lift(first.id, actor="user:erin")
+    back = await lockdown.read()
+    assert (back.on, back.routes, back.actor, back.incidents) == (True, ("billing",), "cli:root", ())
+
+
 async def test_a_fast_state_that_lost_the_switch_gets_it_back_from_the_database(
     fast_state: FastState, clock: FakeClock, audit_db: Database
 ) -> None:
