@@ -54,6 +54,7 @@ from gateway.cli.harness import (
     record_backup_run,
     record_event,
     run,
+    security_sinks,
     storage_url,
 )
 
@@ -311,7 +312,9 @@ def _restore(args: argparse.Namespace) -> int:
     from gateway.backup.manifest import BackupError
     from gateway.backup.restore import refuse_live_target
     from gateway.backup.verify import restore_backup
+    from gateway.observe.access import audit_listener
     from gateway.store.db import Database, default_sqlite_url
+    from gateway.store.migrate import ensure_schema
 
     settings = load_config(args)
     if _postgres(settings) is not None:
@@ -334,16 +337,28 @@ def _restore(args: argparse.Namespace) -> int:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
             raise Failed(f"restore FAILED: {exc.detail}") from None
-        # The restored trail records its own restore: the first thing the new node's chain says.
-        db = Database.open(default_sqlite_url(data_dir), pool_size=1)
+        # A backup from an older release: brought to this schema first, as a gateway started on it
+        # would (a re-attack run's backup from before the account ledger failed the ledger step
+        # after the database had been replaced).
+        url = default_sqlite_url(data_dir)
+        await ensure_schema(url, auto=True)
+        # The restored trail records its own restore: the first thing the new node's chain says; and
+        # the security-event sinks hear of it (the rewound trail no longer holds what came after).
+        db = Database.open(url, pool_size=1)
+        sinks = await security_sinks(settings)
         try:
-            await AuditLog(db, keyring=keyring).record(
+            audit = AuditLog(db, keyring=keyring)
+            if sinks is not None:
+                audit.listeners.append(audit_listener(sinks))
+            await audit.record(
                 "backup.restored",
                 actor=operator(),
                 details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
             lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage)
         finally:
+            if sinks is not None:
+                await sinks.close()
             await db.close()
         m = verified.manifest
         print(

@@ -63,6 +63,7 @@ __all__ = [
     "operator",
     "record_event",
     "run",
+    "security_sinks",
     "storage_url",
     "user_errors",
 ]
@@ -318,7 +319,7 @@ async def open_store(
     db = Database.open(url, pool_size=2)
     try:
         watch = AnnouncementWatch(open_configured_state(settings)) if fast else None
-        sinks = await _security_sinks(settings)
+        sinks = await security_sinks(settings)
         try:
             yield Store(settings, db, keys, cast("FastState | None", watch), sinks)
         finally:
@@ -334,7 +335,7 @@ async def open_store(
         await db.close()
 
 
-async def _security_sinks(settings: Settings) -> SinkHub | None:
+async def security_sinks(settings: Settings) -> SinkHub | None:
     """The sinks of ``logging.sinks`` a command's security events go to, started; None when there are
     none. Not ``stdout`` ones: that is the serving processes' stream, and a command's output is its
     own (``--json`` must stay one document)."""

@@ -80,6 +80,7 @@ def test_backup_cli_end_to_end(tmp_path: Path) -> None:
         f"  targets: [{tmp_path / 'nas'}, 'rclone:testremote:{remote}/gw']\n"
         "  keep_daily: 1\n"
         "  keep_weekly: 0\n"
+        f"logging: {{sinks: [{{type: file, path: {tmp_path / 'security.jsonl'}}}]}}\n"
     )
     env = {"RCLONE_CONFIG_TESTREMOTE_TYPE": "local", "RCLONE_CONFIG": str(tmp_path / "none.conf")}
     c = ("--config", str(config))
@@ -189,6 +190,10 @@ def test_backup_cli_end_to_end(tmp_path: Path) -> None:
     assert _audit(restored / "gateway.db", "backup.restored")[0]["forced"] is False
     proc = gateway("backup", "restore", backup_id, "--data-dir", str(restored), "--force", *c)
     assert proc.returncode == 0, proc.stderr
+    # The security-event sinks heard of both restores (a re-attack run: only the rewound trail did).
+    sunk = [json.loads(line) for line in (tmp_path / "security.jsonl").read_text().splitlines()]
+    restores = [e for e in sunk if e["event"]["action"] == "backup.restored"]
+    assert [e["gateway"]["details"]["forced"] for e in restores] == [False, True]
 
     # A flipped byte: exit 1 naming the part, recorded as backup.verify_failed.
     damaged = tmp_path / "nas" / backup_id / "gateway.db.enc"
@@ -344,3 +349,47 @@ def test_backup_cli_user_errors(tmp_path: Path) -> None:
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_backup_from_before_the_account_ledger_restores_with_its_factors(tmp_path: Path) -> None:
+    """A re-attack run: a backup made before migration 0014 (the account ledger) failed the restore's
+    ledger step after the database had been replaced ("no such table: account_ledger"). It is brought
+    to this schema first; its factors and provider links survive the rebuilds (foreign keys off)."""
+    from alembic import command
+
+    from gateway.backup.archive import create_backup
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.keyring import Keyring
+    from gateway.store.migrate import alembic_config
+
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {data}\n")
+    made = run_cli("user", "add", "alice", "--no-password", "--config", str(config))
+    assert made.returncode == 0, made.stdout + made.stderr
+    database = data / "gateway.db"
+    with closing(sqlite3.connect(database)) as conn:
+        conn.execute(
+            "INSERT INTO totp_credentials (user_id, name, secret_enc, confirmed, last_step, created_at) "
+            "VALUES (1, 'phone', x'00', 1, 0, '2026-01-01 00:00:00')"
+        )
+        conn.execute(
+            "INSERT INTO identity_links (provider, subject, user_id, created_at) "
+            "VALUES ('corp', 'sub-1', 1, '2026-01-01 00:00:00')"
+        )
+        conn.commit()
+    command.downgrade(alembic_config(f"sqlite+aiosqlite:///{database}", quiet=True), "0013")
+    keyring = Keyring.load(data / "keys" / "keyring.json")
+    _, backup = create_backup(database, data, tmp_path / "old-backups", keyring, SYSTEM_CLOCK)
+
+    restored = tmp_path / "restored"
+    proc = run_cli("backup", "restore", str(backup), "--data-dir", str(restored), "--config", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with closing(sqlite3.connect(restored / "gateway.db")) as conn:
+        counts = [
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("users", "totp_credentials", "identity_links", "account_ledger")
+        ]
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert counts[:3] == [1, 1, 1]
+    assert revision == "0017"
