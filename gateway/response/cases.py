@@ -22,7 +22,7 @@ from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
 from gateway.reasons import is_one_line
 from gateway.response.models import IncidentCase, IncidentEntry
-from gateway.response.phases import TITLES, Phase, check_move
+from gateway.response.phases import TITLES, Phase, check_move, refuse_closed
 from gateway.response.vocabulary import SEVERITIES
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import Incident, new_incident_id, parse_incident_id, severity
@@ -343,7 +343,7 @@ class Cases:
     async def note(self, case_id: str, text: str, *, actor: str) -> None:
         """Add a note to the timeline."""
         text = _clean(text, "The note", required=True)
-        await self._row(parse_incident_id(case_id))
+        refuse_closed(Phase((await self._row(parse_incident_id(case_id))).phase), "a note")
         await self._append(case_id, "note", actor, text, {})
         await self._audit.record("incident.note", actor=actor, subject=case_id, details={"length": len(text)})
 
@@ -367,6 +367,7 @@ class Cases:
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the incident"):
                 row = await _load(session, parse_incident_id(case_id))
+                refuse_closed(Phase(row.phase), "a change")
                 if owner is not None:
                     row.owner = changed["owner"] = _clean(owner, "The owner", limit=200)
                 if severity_ is not None:

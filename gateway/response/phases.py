@@ -17,7 +17,16 @@ from typing import Final
 
 from gateway.errors import BadRequest, GatewayError
 
-__all__ = ["ORDER", "TITLES", "BadPhase", "Phase", "PhaseRefused", "check_move", "parse_phase"]
+__all__ = [
+    "ORDER",
+    "TITLES",
+    "BadPhase",
+    "Phase",
+    "PhaseRefused",
+    "check_move",
+    "parse_phase",
+    "refuse_closed",
+]
 
 
 class Phase(StrEnum):
@@ -68,6 +77,20 @@ def parse_phase(text: str) -> Phase:
     except ValueError:
         names = ", ".join(p.value for p in Phase)
         raise BadPhase(f"{text[:30]!r} is not a phase; use one of {names}.") from None
+
+
+def refuse_closed(phase: Phase, what: str) -> None:
+    """Refuse changing a closed record (``what``: the change, for the message): its report is final,
+    and no action runs in its name (an attack run rewrote a closed record's root cause and ended
+    sessions, sealed evidence and sent notices under it).
+
+    Raises:
+        PhaseRefused: the record is closed.
+    """
+    if phase is Phase.CLOSED:
+        raise PhaseRefused(
+            f"The incident is closed: {what} is refused. Open a new one if the threat is back."
+        )
 
 
 def check_move(current: Phase, target: Phase) -> None:

@@ -27,7 +27,7 @@ from gateway.response.actions import ActionResult, parse_account_action, record_
 from gateway.response.cases import Cases, CaseView, detection_ids
 from gateway.response.evidence import seal_evidence
 from gateway.response.notification import DEFAULT_WHAT_TO_DO, Notified, notify_affected
-from gateway.response.phases import Phase, check_move, parse_phase
+from gateway.response.phases import Phase, check_move, parse_phase, refuse_closed
 from gateway.response.recovery import RecoveryCheck, readiness_check, recovery_checks
 from gateway.response.report import audit_timeline, report_json
 from gateway.response.webhook import case_webhook, queued_webhook
@@ -129,6 +129,7 @@ class Workflow:
     async def seal(self, case: CaseView, *, actor: str) -> dict[str, Any]:
         """Seal the evidence of the incident's window up to now (see :mod:`gateway.response.evidence`),
         with the policy version in force (what the recovery checks expect live at closing)."""
+        refuse_closed(case.phase, "sealing more evidence")
         return await seal_evidence(
             self.db, self.cases, self.audit, case, data_dir=self.settings.data_dir, keyring=self.keyring,
             actor=actor, now=self.cases.clock.now(), policy_version=await self.policy.version(),
@@ -172,6 +173,7 @@ class Workflow:
         """
         chosen = parse_account_action(action)
         case = checked if checked is not None and checked.id == case_id else await self.cases.get(case_id)
+        refuse_closed((await self.cases.get(case.id)).phase, "an action")
         if self.sessions is None:
             raise SessionsOutOfReach(
                 "state.embedded is memory: sessions live inside the gateway's process, out of reach"
@@ -191,6 +193,7 @@ class Workflow:
             UnknownVersion: no such version. PolicyRejected: it no longer validates.
         """
         case = await self.cases.get(case_id)
+        refuse_closed(case.phase, "a policy restore")
         restored = await self.policy.restore(version, actor=actor, reason=f"{case.id}: {reason}", keep=keep)
         await record_action(
             self.cases, self.audit, case.id, actor, "restore-policy",
@@ -201,6 +204,7 @@ class Workflow:
     async def lift(self, case_id: str, *, actor: str) -> list[str]:
         """Lift every block and account lock of the incident's detections; the detections lifted."""
         case = await self.cases.get(case_id)
+        refuse_closed(case.phase, "a lift")
         responder = Responder(
             state=self.fast, audit=self.audit, accounts=self.accounts, sessions=self.sessions,
             clock=self.cases.clock,
@@ -245,6 +249,8 @@ class Workflow:
                 "notify.smtp is not configured: there is no mail server to send through (a preview needs none)"
             )
         case = await self.cases.get(case_id)
+        if not preview:
+            refuse_closed(case.phase, "a notification")
         return await notify_affected(
             case, settings=self.settings, accounts=self.accounts, cases=self.cases, audit=self.audit,
             actor=actor, template=template, what_to_do=what_to_do or DEFAULT_WHAT_TO_DO, send=not preview,

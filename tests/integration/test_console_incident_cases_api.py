@@ -311,6 +311,24 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
     assert all(c["passed"] for c in closed["checks"])
     again = api(site, boss, "POST", f"{BASE}/{case_id}/phase", json={"phase": "containment"})
     assert "is closed" in assert_error(again, 409, "phase-refused")["message"]
+    # A closed record stays closed: an attack run rewrote one's root cause, added a victim, ended
+    # sessions and sent notices under it.
+    entries = len(case_of(site, boss, case_id)["timeline"])
+    for suffix, body in (
+        ("/update", {"root_cause": "someone else", "users": ["carol"]}),
+        ("/notes", {"text": "after the fact"}),
+        ("/seal", {}),
+        ("/actions", {"action": "revoke-sessions", "reason": "r"}),
+        ("/lift", {"reason": "r"}),
+        ("/notify", {"preview": False, "what_to_do": todo, "previewed": read["digest"]}),
+        ("/restore-policy", {"version": 1, "reason": "r"}),
+    ):
+        refused = api(site, boss, "POST", f"{BASE}/{case_id}{suffix}", json=body)
+        assert "is closed" in assert_error(refused, 409, "phase-refused")["message"], suffix
+    after = case_of(site, boss, case_id)
+    assert len(after["timeline"]) == entries
+    assert after["root_cause"] == "a reused password"
+    assert len(mail.received) == 2
     assert [c["id"] for c in ok(api(site, boss, "GET", BASE, params={"open": "true"}))["cases"]].count(
         case_id
     ) == 0
@@ -459,7 +477,8 @@ def test_a_case_opened_by_hand_notes_policy_restore_and_own_account(site: Site, 
     tries = [
         (a["outcome"], a["details"].get("error")) for a in audits(site, "admin.incident_case.restore_policy")
     ]
-    assert tries == [("failure", "policy-version-not-found"), ("success", None)]
+    # (The last two: another test of this site tries one on a closed record.)
+    assert tries[-2:] == [("failure", "policy-version-not-found"), ("success", None)]
 
 
 @pytest.mark.peer
