@@ -73,13 +73,17 @@ async def run_account_action(
     if not case.affected_users:
         raise BadRequest(f"Incident {case.id} names no affected user; add them first.")
     result = ActionResult(action.value)
+    acted: set[int] = set()
     for username in case.affected_users:
         user = await accounts.find(username)
         if user is None:
             result.missing.append(username)
             continue
+        if user.id in acted:
+            continue  # one account under several spellings (VICTIM, victim@…): once
+        acted.add(user.id)
         await _apply(action, user.id, accounts=accounts, sessions=sessions, actor=actor)
-        result.done[username] = _DONE[action]
+        result.done[user.username] = _DONE[action]
     await record_action(
         cases, audit, case.id, actor, action.value,
         f"{action.value}: {len(result.done)} account(s)"

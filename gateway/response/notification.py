@@ -91,6 +91,7 @@ async def _recipients(
     found = []
     names: dict[str, set[str]] = {}
     short: dict[str, set[str]] = {}
+    told: set[str] = set()
     for listed in case.affected_users:
         user = await accounts.find(listed)
         if user is None:
@@ -104,6 +105,9 @@ async def _recipients(
         names.setdefault(user.username, set()).update(
             n for n in (listed, user.username, user.email, display) if n
         )
+        if user.username in told:
+            continue  # one person under several spellings (a re-attack run mailed one 65 times)
+        told.add(user.username)
         if not user.email:
             result.without_address.append(listed)
         else:

@@ -456,6 +456,27 @@ async def test_a_notice_names_its_recipient_alone(world: World) -> None:
     assert "bob" not in to_mallory.subject.lower()
 
 
+async def test_one_person_listed_under_several_spellings_is_told_once(world: World) -> None:
+    """A re-attack run listed one person under 64 spellings (VICTIM, ViCtIm, the address) and mailed
+    them 65 times from one call."""
+    from gateway.response.notification import notify_affected
+    from gateway.settings.loader import parse_settings
+
+    await world.person("victim", "victim@example.com")
+    case = await world.incident("Phished", "victim", closed=False)
+    await world.cases.update(case.id, actor="user:boss", users=["VICTIM", "ViCtIm", "victim@example.com"])
+    notified = await notify_affected(
+        await world.cases.get(case.id),
+        settings=parse_settings("public_url: https://auth.example.com\n"),
+        accounts=world.accounts,
+        cases=world.cases,
+        audit=world.audit,
+        actor="user:boss",
+        send=False,
+    )
+    assert [p.to.rpartition("<")[2] for p in notified.previews] == ["victim@example.com>"]
+
+
 async def test_a_short_display_name_is_left_out_as_written(world: World) -> None:
     """A re-attack run: a two-letter display name ("Li") stayed in another affected person's notice.
     It is found as written (the word "li" in another case is not the person, nor are "An" and "an")."""
