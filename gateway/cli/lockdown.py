@@ -88,7 +88,11 @@ def _describe(state: LockdownState) -> str:
         )
         return f"lockdown off{since}"
     scope = "all routes" if state.routes is None else "routes " + ", ".join(state.routes)
-    return f"lockdown ON for {scope} since {_when(state.since)} by {one_line(state.actor)}: {one_line(state.reason)}"
+    line = f"lockdown ON for {scope} since {_when(state.since)} by {one_line(state.actor)}: {one_line(state.reason)}"
+    if state.previous is not None:
+        # A person's lockdown a threat rule widened: what lifting the incidents leaves on.
+        line += f"\n  lifting {', '.join(state.incidents)} puts back: {_describe(state.previous)}"
+    return line
 
 
 def _checked(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, str]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 import msgspec
@@ -50,6 +50,7 @@ __all__ = [
     "LOCKDOWN_CHANNEL",
     "LOCKDOWN_KEY",
     "MAX_REASON",
+    "Change",
     "Lockdown",
     "LockdownRefused",
     "LockdownState",
@@ -111,6 +112,9 @@ class LockdownState(msgspec.Struct, frozen=True, omit_defaults=True):
             "actor": self.actor,
             "reason": self.reason,
             "incident": self.incident,
+            # Every incident holding it, and what lifting them all puts back (None: it goes off).
+            "incidents": list(self.incidents),
+            "restores": None if self.previous is None else self.previous.to_json(),
         }
 
 
@@ -184,6 +188,15 @@ class Lockdown:
             )
         # One assignment: a request in flight sees the old or the new state, never a mix.
         self.state = state
+
+
+# A change of the switch: the new state, and who made it and why when not its own actor and reason.
+Change = tuple[LockdownState, tuple[str, str] | None]
+_CAS_ROUNDS: Final = 32
+
+
+def _kind(state: LockdownState) -> str:
+    return "lockdown.on" if state.on else "lockdown.off"
 
 
 class LockdownStore:
@@ -265,29 +278,75 @@ class LockdownStore:
         await self._write(new, "lockdown.on", ip=ip)
         return new
 
-    async def hold(
-        self, current: LockdownState, incidents: tuple[str, ...], *, actor: str, reason: str
-    ) -> LockdownState:
-        """Keep ``current`` on for ``incidents`` (the first named as the one that switched it on);
-        audited ``lockdown.on`` by ``actor`` with ``reason``.
+    def held(self, current: LockdownState, incidents: tuple[str, ...]) -> LockdownState:
+        """``current``, kept on for ``incidents`` (the first named as the one that switched it on)."""
+        # A new time: ``read`` keeps the newer of the database's and the fast state's copies by it,
+        # and a change written only to the database (the fast state down) must win when it is back
+        # (a re-attack run's lift during an outage came undone).
+        return msgspec.structs.replace(
+            current,
+            incident=incidents[0],
+            also=incidents[1:],
+            since=self._clock.time(),
+            # What holds it now, not the first rule's words (which may name an incident lifted since).
+            reason=f"threat rules: held until incidents {', '.join(incidents)} are lifted",
+        )
+
+    def restored(self, previous: LockdownState) -> LockdownState:
+        """The lockdown a threat rule widened (``LockdownState.previous``), as it was: its routes,
+        actor and reason (at a new time, as :meth:`held`)."""
+        return msgspec.structs.replace(
+            previous, incident="", also=(), previous=None, since=self._clock.time()
+        )
+
+    def widened(self, current: LockdownState, *, incident: str, reason: str) -> LockdownState:
+        """Every route locked by ``incident``'s rule, keeping ``current`` (when on) to put back."""
+        previous = msgspec.structs.replace(current, previous=None) if current.on else None
+        return LockdownState(
+            on=True,
+            since=self._clock.time(),
+            actor="system:threat",
+            reason=reason,
+            incident=incident,
+            previous=previous,
+        )
+
+    def opened(self, *, actor: str, reason: str) -> LockdownState:
+        """Every route open."""
+        return LockdownState(on=False, since=self._clock.time(), actor=actor, reason=reason)
+
+    async def update(self, change: Callable[[LockdownState], Change | None]) -> LockdownState:
+        """Change the switch from what it is, atomically: ``change`` gets the state now and answers
+        the new one with who made it and why when that is not the new state's own actor and reason
+        (``(state, (actor, reason))``, or ``(state, None)``), or None to leave it. Compared and set on
+        the fast state and tried again when another writer came first (a re-attack run: a rule firing
+        while an incident was lifted lost one of the two changes, leaving every route open or locked for
+        good). While the fast state does not answer, written to the database alone, as every switch.
 
         Raises:
-            StateUnavailable: the fast state cannot answer (nothing was switched).
+            StateUnavailable: neither store can answer, or the switch kept changing.
         """
-        kept = msgspec.structs.replace(current, incident=incidents[0], also=incidents[1:])
-        await self._write(kept, "lockdown.on", ip="", by=(actor, reason))
-        return kept
-
-    async def restore(self, previous: LockdownState, *, actor: str, reason: str) -> LockdownState:
-        """Put back the lockdown a threat rule widened (``LockdownState.previous``): its routes, actor
-        and reason as they were; audited ``lockdown.on`` by ``actor``, who put it back, with ``reason``.
-
-        Raises:
-            StateUnavailable: the fast state cannot answer (nothing was switched).
-        """
-        kept = msgspec.structs.replace(previous, incident="", also=(), previous=None)
-        await self._write(kept, "lockdown.on", ip="", by=(actor, reason))
-        return kept
+        for _ in range(_CAS_ROUNDS):
+            current = await self.read()  # also puts a newer database copy back into the fast state
+            try:
+                raw = await self._state.get(LOCKDOWN_KEY)
+            except StateUnavailable:
+                decided = change(current)
+                if decided is not None:
+                    await self._write(decided[0], _kind(decided[0]), ip="", by=decided[1])
+                    return decided[0]
+                return current
+            if (self._decoded(raw) if raw is not None else OFF) != current:
+                continue  # the database's copy was newer and is being put back: read again
+            decided = change(current)
+            if decided is None:
+                return current
+            new, by = decided
+            if await self._state.compare_and_set(LOCKDOWN_KEY, raw, _encode(new)):
+                await self._to_db(new)
+                await self._announce(new, _kind(new), ip="", by=by)
+                return new
+        raise StateUnavailable("the lockdown switch kept changing; giving up")
 
     async def switch_off(self, *, actor: str, reason: str, ip: str = "") -> LockdownState:
         """Open every route again; audited ``lockdown.off`` (also when it was off already).
@@ -346,6 +405,10 @@ class LockdownStore:
                 raise
             # In the database: every worker that cannot read the fast state reads it there.
             logger.warning("lockdown: the fast state did not answer; the switch is in the database")
+        await self._announce(new, kind, ip=ip, by=by)
+
+    async def _announce(self, new: LockdownState, kind: str, *, ip: str, by: tuple[str, str] | None) -> None:
+        """Audit a stored switch and broadcast it to every worker."""
         if self._audit is not None:
             details: dict[str, object] = {
                 "routes": "all" if new.routes is None else list(new.routes),
@@ -360,7 +423,7 @@ class LockdownStore:
             actor = new.actor
             if by is not None:
                 actor, details["reason"] = by
-                details["restored"] = f"{new.actor}: {new.reason}"
+                details["state"] = f"{new.actor}: {new.reason}"
             await self._audit.record(kind, actor=actor, subject="lockdown", ip=ip, details=details)
         try:
             await self._state.publish(LOCKDOWN_CHANNEL, b"changed")

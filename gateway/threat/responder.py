@@ -38,7 +38,7 @@ from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.threat.addresses import counted_as
 from gateway.threat.blocks import BlockEntry, BlockStore
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
-from gateway.threat.lockdown import LockdownStore
+from gateway.threat.lockdown import Change, LockdownState, LockdownStore
 from gateway.threat.manual import BlockRefused, manual_network, parse_network
 
 __all__ = ["Emitter", "Responder", "Webhook"]
@@ -249,28 +249,23 @@ class Responder:
     async def _lockdown(self, incident_id: str, rule_name: str) -> Action:
         # Every route: a rule knows what it saw, not which application the attacker is after. A person
         # narrows it (`gateway lockdown on --route`) or lifts it once the incident is understood.
-        # A lockdown already on is kept: left as it is when it covers every route (so lifting this
-        # incident leaves it on), else widened and put back when this incident is lifted (an attack
-        # run's rule replaced an operator's lockdown, and lifting the incident opened every route).
-        current = await self.lockdown.read()
-        if current.on and current.routes is None:
+        # A lockdown already on is kept: one of every route is held by this incident too (a person's
+        # is left as it is), one of some routes is widened and put back when the incidents are lifted
+        # (an attack run's rule replaced an operator's lockdown, and lifting the incident opened every
+        # route). One atomic change (LockdownStore.update): a lift racing it loses neither.
+        reason = f"threat rule {rule_name} ({incident_id})"
+        store = self.lockdown
+
+        def lock(current: LockdownState) -> Change | None:
+            if not (current.on and current.routes is None):
+                return store.widened(current, incident=incident_id, reason=reason), None
             if current.incident and incident_id not in current.incidents:
-                # Another rule's: this incident holds it too, until it is lifted as well.
-                await self.lockdown.hold(
-                    current,
-                    (*current.incidents, incident_id),
-                    actor="system:threat",
-                    reason=f"threat rule {rule_name} ({incident_id})",
-                )
-            return Action("lockdown", "all routes", note=f"on already ({current.actor})")
-        await self.lockdown.switch_on(
-            None,
-            actor="system:threat",
-            reason=f"threat rule {rule_name} ({incident_id})",
-            incident=incident_id,
-            previous=current if current.on else None,
-        )
-        return Action("lockdown", "all routes")
+                return store.held(current, (*current.incidents, incident_id)), ("system:threat", reason)
+            return None
+
+        new = await store.update(lock)
+        note = "" if new.incident == incident_id else f"on already ({new.actor})"
+        return Action("lockdown", "all routes", note=note)
 
     async def _revoke_session(self, subject: str, session: str) -> Action | None:
         if not session or self._sessions is None:
@@ -405,6 +400,23 @@ class Responder:
         )
         return removed
 
+    async def _unlock(self, incident_id: str, actor: str) -> None:
+        """Let go of the lockdown for ``incident_id``: only one it holds (a person's stays); it ends,
+        or comes back as the one it widened, once no other incident holds it."""
+        reason = f"incident {incident_id} lifted"
+        store = self.lockdown
+
+        def unlock(current: LockdownState) -> Change | None:
+            if not (current.on and incident_id in current.incidents):
+                return None
+            if others := tuple(i for i in current.incidents if i != incident_id):
+                return store.held(current, others), (actor, reason)
+            if current.previous is not None:
+                return store.restored(current.previous), (actor, reason)
+            return store.opened(actor=actor, reason=reason), None
+
+        await store.update(unlock)
+
     async def lift(self, incident_id: str, *, actor: str) -> Incident | None:
         """Undo what can be undone of an incident (unblock, re-enable); None if unknown.
 
@@ -425,18 +437,7 @@ class Responder:
             elif action.kind == "lock_account":
                 note = await self._release_lock(incident.id, action.target, actor) or note
             elif action.kind == "lockdown":
-                # Only the lockdown this incident switched on: a newer one (a person's) stays, and the
-                # one it widened comes back.
-                current = await self.lockdown.read()
-                if current.on and incident.id in current.incidents:
-                    reason = f"incident {incident.id} lifted"
-                    others = tuple(i for i in current.incidents if i != incident.id)
-                    if others:
-                        await self.lockdown.hold(current, others, actor=actor, reason=reason)
-                    elif current.previous is not None:
-                        await self.lockdown.restore(current.previous, actor=actor, reason=reason)
-                    else:
-                        await self.lockdown.switch_off(actor=actor, reason=reason)
+                await self._unlock(incident.id, actor)
             actions.append(msgspec.structs.replace(action, lifted=True, note=note))
         lifted = msgspec.structs.replace(
             incident,

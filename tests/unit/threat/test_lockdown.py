@@ -232,6 +232,12 @@ async def test_a_threat_rule_keeps_a_persons_lockdown_and_lifting_its_incident_p
     widened = await lockdown.read()
     assert (widened.routes, widened.incident) == (None, incident.id)
     assert widened.covers("wiki")
+    # What operators see says which incidents hold it and what lifting them puts back.
+    shown = widened.to_json()
+    assert (shown["incidents"], shown["restores"]["routes"]) == ([incident.id], ["billing"])  # type: ignore[index]
+    from gateway.cli.lockdown import _describe
+
+    assert f"lifting {incident.id} puts back: lockdown ON for routes billing" in _describe(widened)
     await world.responder.lift(incident.id, actor="user:erin")
     back = await lockdown.read()
     assert (back.on, back.routes, back.actor, back.reason, back.incident) == (
@@ -239,7 +245,7 @@ async def test_a_threat_rule_keeps_a_persons_lockdown_and_lifting_its_incident_p
     )  # fmt: skip
     assert not back.covers("wiki")
     (restored,) = [e for e in await world.audit.events(kind="lockdown.on") if e.actor == "user:erin"]
-    assert json.loads(restored.details)["restored"] == "cli:root: billing only"
+    assert json.loads(restored.details)["state"] == "cli:root: billing only"
     assert not (await world.audit.events(kind="lockdown.off"))
 
 
@@ -265,6 +271,45 @@ async def test_a_lockdown_two_incidents_hold_ends_when_both_are_lifted(world: Wo
     await world.responder.lift(first.id, actor="user:erin")
     back = await lockdown.read()
     assert (back.on, back.routes, back.actor, back.incidents) == (True, ("billing",), "cli:root", ())
+
+
+async def test_a_lift_while_the_fast_state_is_down_stays_lifted_when_it_is_back(world: World) -> None:
+    """A re-attack run: a lift on a replica cut off from Redis was written to the database alone with
+    the old start time, so the older copy in Redis won once it answered again: the lifted incident's
+    lockdown of every route came back (and, held by two, stayed on for good)."""
+    rule = ThreatRule(count=1, responses=("lockdown",))
+    lockdown = world.responder.lockdown
+    await lockdown.switch_on(("billing",), actor="cli:root", reason="billing only")
+    world.advance(60)
+    first = await world.responder.respond("brute_force", rule, subject="alice", summary="x", evidence={})
+    second = await world.responder.respond("spraying", rule, subject="bob", summary="y", evidence={})
+    world.advance(60)
+    world.responder.lockdown = LockdownStore(_Down(), world.clock, world.audit, db=world.audit.db)  # type: ignore[arg-type]
+    await world.responder.lift(first.id, actor="user:erin")
+    world.responder.lockdown = lockdown
+    assert (await lockdown.read()).incidents == (second.id,)
+    world.advance(60)
+    await world.responder.lift(second.id, actor="user:erin")
+    assert (await lockdown.read()).routes == ("billing",)
+
+
+async def test_a_rule_firing_while_an_incident_is_lifted_loses_neither(world: World) -> None:
+    """A re-attack run: lifting one incident while a rule fired for another lost one of the two
+    changes half the time: every route open while the second was unlifted, or locked for good by the
+    lifted first."""
+    rule = ThreatRule(count=1, responses=("lockdown",))
+    lockdown = world.responder.lockdown
+    for trial in range(10):
+        await lockdown.switch_off(actor="cli:root", reason="next trial")
+        first = await world.responder.respond(
+            "brute_force", rule, subject=f"a{trial}", summary="x", evidence={}
+        )
+        _, second = await asyncio.gather(
+            world.responder.lift(first.id, actor="user:erin"),
+            world.responder.respond("spraying", rule, subject=f"b{trial}", summary="y", evidence={}),
+        )
+        state = await lockdown.read()
+        assert (state.on, state.incidents) == (True, (second.id,)), trial
 
 
 async def test_a_fast_state_that_lost_the_switch_gets_it_back_from_the_database(
