@@ -472,16 +472,16 @@ async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Propo
     second admin make it an admin, and approve his own proposals with it."""
     if approver == proposal.proposer:
         return  # refused as the proposer's own (Proposals.approve)
-    mine, theirs = (
-        await identity.accounts.lineage(approver),
-        await identity.accounts.lineage(proposal.proposer),
-    )
-    if not theirs and await identity.accounts.deleted(proposal.proposer):
+    if await identity.accounts.gone_since(proposal.proposer, proposal.created_at):
         # Their account is gone, and with it what tells whose accounts were theirs to use.
         raise ProposerGone(
             f"{proposal.proposer}'s account no longer exists: reject this proposal, and propose the change "
             "again if it is still wanted."
         )
+    mine, theirs = (
+        await identity.accounts.lineage(approver),
+        await identity.accounts.lineage(proposal.proposer),
+    )
     if mine & theirs:
         raise SelfApproval(
             f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "

@@ -852,13 +852,18 @@ class AccountService:
         issuer = await self._actor_account(actor)
         return None if issuer is None or issuer.id == user_id else issuer.id
 
-    async def deleted(self, actor: str) -> bool:
-        """Whether the actor ``user:<name>`` names an account that was deleted (its name is retired,
-        which needs the keyring) and none holds the name now."""
-        if self._keyring is None or not actor.startswith("user:"):
+    async def gone_since(self, actor: str, since: datetime) -> bool:
+        """Whether the account the actor ``user:<name>`` named at ``since`` is gone: the one holding
+        the name now was made after (a re-attack run had a second admin make a new account under a
+        deleted proposer's name, which took the proposer's place), or none does and the name was
+        retired (deleted; that needs the keyring)."""
+        if not actor.startswith("user:"):
             return False
         name = actor.removeprefix("user:")
-        if await self.find(name) is not None:
+        holder = await self.find(name)
+        if holder is not None:
+            return holder.created_at > since
+        if self._keyring is None:
             return False
         async with self._db.session() as session:
             with store_errors("cannot read retired usernames"):

@@ -751,4 +751,9 @@ async def test_an_account_erased_in_the_middle_of_a_lineage_does_not_break_it(co
     answer = await approve(second, doomed)
     assert answer.status_code == 409, answer.text
     assert answer.json()["error"] == "proposal-proposer-gone"
+    # A new account under the name (a re-attack run: a rehire, made by second) is not the proposer.
+    await site.services.identity.accounts.create(username="boss", password=None, actor="cli:root")
+    answer = await approve(xavier, doomed)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "proposal-proposer-gone"
     assert await site.services.policy.store.version() == 3
