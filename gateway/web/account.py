@@ -235,6 +235,8 @@ async def remove_factor(
     if not flows.is_fresh(s, config, identity.clock):
         # Back to this factor's confirmation after the second factor, not to the list.
         return _step_up(f"/.gateway/account/factors/{quote(kind, safe='')}/{credential_id}/remove")
+    if await _only_factor(identity, s.user_id, kind, credential_id):
+        return Redirect(f"/.gateway/account?notice={quote(_ONLY_FACTOR)}", status_code=303)
     removed = False
     if kind == "totp":
         removed = await identity.totp.remove(s.user_id, credential_id)
@@ -255,6 +257,22 @@ async def remove_factor(
     response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
     flows.set_session_cookie(response, config, new_id)
     return response
+
+
+# Removing the last one left the account on trust on first use: whoever held the password next
+# enrolled a factor of their own as the "first" (a re-attack run); the host's operator does that on
+# purpose with `gateway user reset-mfa --invite`, which also takes the password away.
+_ONLY_FACTOR: Final = (
+    "This is your only second factor: add another (an authenticator app or a passkey) first, then "
+    "remove this one. Nothing was removed."
+)
+
+
+async def _only_factor(identity: IdentityServices, user_id: int, kind: str, credential_id: int) -> bool:
+    """Whether ``kind``/``credential_id`` is the account's one second factor."""
+    held = {("totp", app.id) for app in await identity.totp.list(user_id)}
+    held |= {("webauthn", key.id) for key in await identity.webauthn.list(user_id)}
+    return held == {(kind, credential_id)}
 
 
 @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
@@ -332,6 +350,9 @@ async def revoke_others(request: Request[Any, Any, Any], config: Config, identit
     signed = await flows.current(request, config, identity)
     if signed.session is None or signed.session_id is None:
         return flows.login_redirect("/.gateway/account")
+    if not flows.is_fresh(signed.session, config, identity.clock):
+        # A stolen, older cookie must not sign the owner out everywhere (a re-attack run).
+        return _step_up("/.gateway/account")
     # Every session the list shows as another one ends, this browser's on the applications' hosts
     # too (they come back through the hand-off at the next visit): an attack run had a copied
     # app-host cookie outlive "Sign out all other sessions", which kept this sign-in's family.

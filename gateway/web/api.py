@@ -125,6 +125,11 @@ async def end_session(
         )
 
 
+_ADD_PASSKEY_FIRST = (
+    "Confirm it's you first: use your second factor again (one of your passkeys, when you have one)."
+)
+
+
 @post("/.gateway/api/webauthn/register/options", status_code=200, opt=admits(Step.ENROLL))
 async def register_options(
     request: Request[Any, Any, Any],
@@ -135,8 +140,8 @@ async def register_options(
     """Options for navigator.credentials.create (needs a fresh second factor, or a fresh password
     when this is the first factor)."""
     _, s = await _require(request, config, identity)
-    if not await flows.may_change_factors(s, config, identity):
-        raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
+    if not await flows.may_add_passkey(s, config, identity):
+        raise PermissionDeniedException(_ADD_PASSKEY_FIRST)
     user = await identity.accounts.get(s.user_id)
     options = await identity.webauthn.registration_options(
         user_id=s.user_id,
@@ -155,8 +160,8 @@ async def register_verify(
     """Store the new passkey; a new session id (two-factor if it is the first factor, see
     flows.after_enrolling)."""
     session_id, s = await _require(request, config, identity)
-    if not await flows.may_change_factors(s, config, identity):
-        raise PermissionDeniedException("Confirm it's you first: use your second factor again.")
+    if not await flows.may_add_passkey(s, config, identity):
+        raise PermissionDeniedException(_ADD_PASSKEY_FIRST)
     first = await flows.enrolls_first(identity, s)
     stored = await identity.webauthn.register(
         user_id=s.user_id,

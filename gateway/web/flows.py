@@ -22,7 +22,7 @@ from gateway.clock import Clock
 from gateway.identity.accounts import account_exists
 from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.levels import AuthLevel, Factor, FactorUse, newest_second_factor
 from gateway.identity.redirects import admin_origin, safe_local_redirect, safe_redirect
 from gateway.identity.sessions import Session, SessionEnded
 from gateway.services import IdentityServices
@@ -107,6 +107,19 @@ def is_fresh(session: Session, config: CurrentConfig, clock: Clock) -> bool:
     at = session.second_factor_at
     limit = config.settings.mfa.reauth_max_age
     return at is not None and clock.time() - at <= limit
+
+
+async def may_add_passkey(session: Session, config: CurrentConfig, identity: IdentityServices) -> bool:
+    """:func:`may_change_factors`, and for an account that has a passkey, one of its passkeys used
+    within ``mfa.reauth_max_age``: a passkey route is only as strong as what adds a passkey (a
+    re-attack run added one with a phished password and authenticator code, then passed a
+    ``mfa: webauthn`` route with it)."""
+    if not await may_change_factors(session, config, identity):
+        return False
+    if not await identity.webauthn.list(session.user_id):
+        return True
+    at = newest_second_factor(session.factors, only=Factor.WEBAUTHN)
+    return at is not None and identity.clock.time() - at <= config.settings.mfa.reauth_max_age
 
 
 async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:

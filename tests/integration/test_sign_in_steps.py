@@ -175,6 +175,22 @@ def enroll_totp(client: httpx.Client) -> tuple[str, list[str]]:
     return secret_m.group(1), codes_in(done.text)
 
 
+def add_app(client: httpx.Client) -> str:
+    """Add another authenticator app (not the first: no codes are shown); returns its secret."""
+    page = client.get("/.gateway/account/enroll")
+    assert page.status_code == 200, page.text
+    secret_m, credential_m = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
+    assert secret_m, page.text
+    assert credential_m, page.text
+    done = post_form(
+        client,
+        "/.gateway/account/totp/confirm",
+        {"credential_id": credential_m.group(1), "code": next_code(secret_m.group(1))},
+    )
+    assert done.status_code in (200, 302, 303), done.text
+    return secret_m.group(1)
+
+
 def codes_in(html: str) -> list[str]:
     found = CODES_RE.search(html)
     return re.findall(r"<li>([^<]+)</li>", found.group(1)) if found else []
@@ -807,6 +823,11 @@ def test_removing_a_lost_authenticator_signs_out_the_sessions_it_opened(site: Si
         assert "Removing a factor signs out your other sessions." in portal.text
         factor = re.search(r"/\.gateway/account/factors/totp/(\d+)/remove", portal.text)
         assert factor, portal.text
+        # The only factor stays until another is added (a re-attack run: removing the last one left
+        # the account to whoever enrolled next with the password); the new phone first.
+        only = post_form(owner, f"/.gateway/account/factors/totp/{factor.group(1)}/remove")
+        assert "only%20second%20factor" in only.headers["location"]
+        add_app(owner)
         done = post_form(owner, f"/.gateway/account/factors/totp/{factor.group(1)}/remove")
         assert done.status_code == 303
         assert "1%20other%20session%20signed%20out" in done.headers["location"]

@@ -1,0 +1,126 @@
+"""What a session may change of the account's factors and sessions, in process (a worker's real
+services behind the control app). Each case is a re-attack run's: a passkey added with a phished password
+and authenticator code passed a passkey route; an older stolen cookie signed the owner out everywhere;
+removing the only factor left the account to whoever enrolled next with the password."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+
+from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.identity.models import User
+from gateway.services import WorkerServices
+from tests.support.soft_authenticator import SoftAuthenticator
+from tests.unit.web.worker import BASE_URL, control_app, signed_in
+
+PASSWORD = "violet harbour cobalt lantern"
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[tuple[WorkerServices, httpx.AsyncClient]]:
+    async with control_app(tmp_path, threat={"enabled": False}) as started:
+        yield started
+
+
+async def _account(services: WorkerServices) -> User:
+    """An account with an authenticator app."""
+    identity = services.identity
+    user = await identity.accounts.create(username="vic", password=PASSWORD, actor="cli:test")
+    enrollment = await identity.totp.begin_enrollment(user.id, account="vic", name="Phone")
+    assert await identity.totp.confirm(user.id, enrollment.credential_id, pyotp.TOTP(enrollment.secret).now())
+    return user
+
+
+async def _token(client: httpx.AsyncClient) -> str:
+    await client.get("/.gateway/login", headers={"Accept": "text/html"})
+    token = client.cookies.get("gateway_csrf")
+    assert token
+    return token
+
+
+async def _register(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    headers = {"x-csrftoken": token, "Accept": "application/json"}
+    options = await client.post(
+        "/.gateway/api/webauthn/register/options", json={"discoverable": True}, headers=headers
+    )
+    if options.status_code != 200:
+        return options
+    credential = json.loads(SoftAuthenticator(origin=BASE_URL).create(options.text))
+    return await client.post(
+        "/.gateway/api/webauthn/register/verify",
+        json={"credential": credential, "name": "Key"},
+        headers=headers,
+    )
+
+
+async def test_a_second_passkey_needs_one_of_the_passkeys(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    services, client = worker
+    user = await _account(services)
+    await signed_in(services, client, user)  # password and authenticator code, just now
+    token = await _token(client)
+    first = await _register(client, token)
+    assert first.status_code == 200, first.text
+    # Someone with the password and a phished code: no second passkey.
+    await signed_in(services, client, user)
+    refused = await _register(client, await _token(client))
+    assert refused.status_code == 403, refused.text
+    assert "one of your passkeys" in refused.text
+    assert len(await services.identity.webauthn.list(user.id)) == 1
+
+
+async def test_an_older_session_signs_nobody_else_out(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    services, client = worker
+    user = await _account(services)
+    identity = services.identity
+    owners = await signed_in(services, httpx.AsyncClient(), user)
+    long_ago = identity.clock.time() - 86400
+    stale, _ = await identity.sessions.create(
+        user_id=user.id,
+        username=user.username,
+        level=AuthLevel.TWO_FACTOR,
+        factors=(FactorUse(Factor.PASSWORD, long_ago), FactorUse(Factor.TOTP, long_ago)),
+        roles=(),
+        ip="127.0.0.1",
+        user_agent="test",
+        host=BASE_URL,
+    )
+    client.cookies.set("gateway_session", stale, domain="gw.test")
+    token = await _token(client)
+    answer = await client.post(
+        "/.gateway/account/sessions/revoke-others",
+        data={"_csrf_token": token},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert answer.status_code in (302, 303), answer.text
+    assert "/.gateway/mfa" in answer.headers["location"]
+    assert await identity.sessions.get(owners) is not None
+
+
+async def test_the_only_factor_stays_until_another_is_added(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    services, client = worker
+    user = await _account(services)
+    await signed_in(services, client, user)
+    token = await _token(client)
+    (app,) = await services.identity.totp.list(user.id)
+    answer = await client.post(
+        f"/.gateway/account/factors/totp/{app.id}/remove",
+        data={"_csrf_token": token},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert "only%20second%20factor" in answer.headers["location"]
+    assert await services.identity.totp.list(user.id) == [app]
