@@ -26,6 +26,7 @@ valid at a time, unlimited guessing would succeed quickly.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import hmac
 import io
 import logging
@@ -199,13 +200,18 @@ class TotpService:
         self._clock = clock
         self._ledger = ledger
 
-    async def begin_enrollment(self, user_id: int, *, account: str, name: str) -> TotpEnrollment:
+    async def begin_enrollment(
+        self, user_id: int, *, account: str, name: str, bound_to: str = ""
+    ) -> TotpEnrollment:
         """Start adding an authenticator app: a new seed, stored encrypted and unconfirmed.
 
         Args:
             user_id: The account.
             account: The label in the app (the username).
             name: The user's name for this device (cleaned and bounded).
+            bound_to: Who alone may read it again and confirm it (a sign-in's session family),
+                in the seed's encryption: another session of the account finds no enrollment (a
+                re-attack run read the owner's new seed, and confirmed it, from a second session).
 
         Returns:
             What to show: the credential id to confirm later, the seed, its URI and QR code.
@@ -215,7 +221,7 @@ class TotpService:
         row = TotpCredential(
             user_id=user_id,
             name=_clean_name(name),
-            secret_enc=self._keyring.encrypt(secret.encode("ascii"), aad=_aad(user_id)),
+            secret_enc=self._keyring.encrypt(secret.encode("ascii"), aad=_aad(user_id, bound_to)),
             confirmed=False,
             last_step=0,
             created_at=now,
@@ -238,7 +244,7 @@ class TotpService:
         return TotpEnrollment(credential_id=row.id, secret=secret, uri=uri, qr_svg=qr_svg(uri))
 
     async def pending_enrollment(
-        self, user_id: int, credential_id: int, *, account: str
+        self, user_id: int, credential_id: int, *, account: str, bound_to: str = ""
     ) -> TotpEnrollment | None:
         """The user's unconfirmed, unexpired enrollment ``credential_id`` again (after a wrong code).
 
@@ -250,7 +256,7 @@ class TotpService:
             confirmed, expired or does not decrypt.
         """
         row = await self._pending(user_id, credential_id)
-        secret = None if row is None else self._secret(row)
+        secret = None if row is None else self._secret(row, bound_to)
         if secret is None:
             return None
         uri = provisioning_uri(secret, account=account, issuer=self._settings.totp.issuer)
@@ -270,13 +276,14 @@ class TotpService:
                 )
                 return row
 
-    async def confirm(self, user_id: int, credential_id: int, code: str) -> bool:
+    async def confirm(self, user_id: int, credential_id: int, code: str, *, bound_to: str = "") -> bool:
         """Finish an enrollment with the first code from the app.
 
         Args:
             user_id: The account (the credential must be its own).
             credential_id: From :meth:`begin_enrollment`.
             code: The code the app shows (spaces are ignored).
+            bound_to: As given to :meth:`begin_enrollment`.
 
         Returns:
             True if the code matched and the credential is now confirmed; False for a wrong code, an
@@ -285,15 +292,17 @@ class TotpService:
         row = await self._pending(user_id, credential_id)
         if row is None:
             return False
-        secret = self._secret(row)
+        secret = self._secret(row, bound_to)
         if secret is None:
             return False
         step = match_step(secret, _normalise_code(code), now=self._clock.time(), last_step=row.last_step)
         if step is None:
             return False
         # The step is recorded with the confirmation: the code that proved the enrollment cannot be
-        # replayed as a second factor afterwards.
-        return await self._advance(row.id, step, confirming=True)
+        # replayed as a second factor afterwards. Sealed again for the account alone: every sign-in
+        # checks its codes.
+        sealed = self._keyring.encrypt(secret.encode("ascii"), aad=_aad(user_id)) if bound_to else None
+        return await self._advance(row.id, step, confirming=True, sealed=sealed)
 
     async def verify(self, user_id: int, code: str) -> bool:
         """Check a second-factor code against the user's confirmed authenticator apps.
@@ -395,12 +404,16 @@ class TotpService:
                 )
                 return builtins.list(rows.all())
 
-    async def _advance(self, credential_id: int, step: int, *, confirming: bool = False) -> bool:
+    async def _advance(
+        self, credential_id: int, step: int, *, confirming: bool = False, sealed: str | None = None
+    ) -> bool:
         # The replay check lives in the UPDATE's condition, not in Python: two requests carrying the
         # same code may both pass match_step, but only one of them can move last_step past it.
         values: dict[str, object] = {"last_step": step, "last_used_at": self._clock.now()}
         if confirming:
             values["confirmed"] = True
+        if sealed is not None:
+            values["secret_enc"] = sealed
         async with self._db.session() as session:
             with store_errors("cannot update the TOTP credential"):
                 changed = await session.scalars(
@@ -418,10 +431,12 @@ class TotpService:
                 await session.commit()
         return ok
 
-    def _secret(self, row: TotpCredential) -> str | None:
+    def _secret(self, row: TotpCredential, bound_to: str = "") -> str | None:
         try:
-            return self._keyring.decrypt(row.secret_enc, aad=_aad(row.user_id)).decode("ascii")
+            return self._keyring.decrypt(row.secret_enc, aad=_aad(row.user_id, bound_to)).decode("ascii")
         except (KeyringError, UnicodeDecodeError):
+            if not row.confirmed:
+                return None  # an enrollment another sign-in started (bound_to): not this one's to read
             # A seed that does not decrypt (keyring replaced, row tampered with or copied from another
             # user) can never produce a valid code. Refuse it, loudly for the operator, and let the
             # user's other factors still work.
@@ -429,8 +444,10 @@ class TotpService:
             return None
 
 
-def _aad(user_id: int) -> bytes:
-    return f"totp:{user_id}".encode("ascii")
+def _aad(user_id: int, bound_to: str = "") -> bytes:
+    if not bound_to:
+        return f"totp:{user_id}".encode("ascii")
+    return f"totp:{user_id}:{hashlib.sha256(bound_to.encode()).hexdigest()}".encode("ascii")
 
 
 def _normalise_code(code: str) -> str:

@@ -128,7 +128,10 @@ async def enroll(
     s = signed.session
     if not await flows.may_change_factors(s, config, identity):
         return _step_up(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
-    enrollment = await identity.totp.begin_enrollment(s.user_id, account=s.username, name="Authenticator app")
+    # Bound to this sign-in: another session of the account can neither read the seed nor confirm it.
+    enrollment = await identity.totp.begin_enrollment(
+        s.user_id, account=s.username, name="Authenticator app", bound_to=s.family
+    )
     return page(
         request,
         "enroll.html",
@@ -154,14 +157,16 @@ async def totp_confirm(
         return _step_up("/.gateway/account/enroll")
     first = await flows.enrolls_first(identity, s)
     credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
-    if not await identity.totp.confirm(s.user_id, credential_id, data.get("code", "")):
+    if not await identity.totp.confirm(s.user_id, credential_id, data.get("code", ""), bound_to=s.family):
         # Keep the seed the user has just scanned while the enrollment lasts; only an expired
-        # (or foreign) one is replaced by a new seed to scan.
-        enrollment = await identity.totp.pending_enrollment(s.user_id, credential_id, account=s.username)
+        # (or foreign: another sign-in's) one is replaced by a new seed to scan.
+        enrollment = await identity.totp.pending_enrollment(
+            s.user_id, credential_id, account=s.username, bound_to=s.family
+        )
         rescan = enrollment is None
         if enrollment is None:
             enrollment = await identity.totp.begin_enrollment(
-                s.user_id, account=s.username, name="Authenticator app"
+                s.user_id, account=s.username, name="Authenticator app", bound_to=s.family
             )
         return page(
             request,

@@ -6,6 +6,8 @@ removing the only factor left the account to whoever enrolled next with the pass
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -124,3 +126,40 @@ async def test_the_only_factor_stays_until_another_is_added(
     assert answer.status_code == 303, answer.text
     assert "only%20second%20factor" in answer.headers["location"]
     assert await services.identity.totp.list(user.id) == [app]
+
+
+async def test_a_new_seed_is_read_and_confirmed_only_by_the_sign_in_that_asked_for_it(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """A re-attack run: a second session of the account posted the owner's pending enrollment id with
+    a wrong code, got the owner's new seed on the answer page, and confirmed it."""
+    services, client = worker
+    user = await _account(services)
+    owner = await signed_in(services, client, user)
+    page = await client.get("/.gateway/account/enroll", headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text
+    seed_match = re.search(r'data-secret="([A-Z2-7]+)"|<code[^>]*>([A-Z2-7 ]{16,})</code>', page.text)
+    credential = re.search(r'name="credential_id" value="(\d+)"', page.text)
+    assert seed_match
+    assert credential
+    seed = (seed_match.group(1) or seed_match.group(2)).replace(" ", "")
+
+    async def confirm(code: str) -> httpx.Response:
+        return await client.post(
+            "/.gateway/account/totp/confirm",
+            data={"credential_id": credential.group(1), "code": code, "_csrf_token": await _token(client)},
+            headers={"Accept": "text/html"},
+            follow_redirects=False,
+        )
+
+    await signed_in(services, client, user)  # another sign-in of the account, in this browser
+    for code in ("000000", pyotp.TOTP(seed).now()):
+        answer = await confirm(code)
+        assert seed not in answer.text.replace(" ", "")
+    assert len(await services.identity.totp.list(user.id)) == 1  # the phone it had, not the new one
+    # The owner's own confirmation still works, and the app then signs in like any other.
+    client.cookies.set("gateway_session", owner, domain="gw.test")
+    mine = await confirm(pyotp.TOTP(seed).now())
+    assert mine.status_code in (200, 302, 303), mine.text
+    assert len(await services.identity.totp.list(user.id)) == 2
+    assert await services.identity.totp.verify(user.id, pyotp.TOTP(seed).at(time.time() + 30))
