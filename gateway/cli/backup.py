@@ -367,11 +367,11 @@ def _restore(args: argparse.Namespace) -> int:
         _print_evidence(verified)
         print(
             f"  account ledger: {lacking} change(s) made after this backup (deletions, erasures, disables, "
-            "restrictions, closures, passwords set, factors reset or removed, recovery codes spent or "
-            "replaced, roles set, API tokens revoked, leaked signing keys deleted, consents withdrawn, "
-            "objections made); a "
-            "gateway started on it makes them again before it serves (a password set since is cleared: "
-            "send those people an invitation)"
+            "restrictions, closures, passwords set or ordered changed, email addresses changed, factors "
+            "reset or removed, recovery codes spent or replaced, roles set, API tokens revoked, leaked "
+            "signing keys deleted, consents withdrawn, objections made); a gateway started on it makes "
+            "them again before it serves (a password set since is cleared: send those people an "
+            "invitation; an address changed since is removed: set it again)"
         )
         print(
             "  NOT made again (the restored database predates them): service accounts deleted (their "

@@ -967,7 +967,11 @@ class AccountService:
                 f"{user.username} has no password (they sign in through an identity provider or a "
                 "passkey): there is nothing to change."
             )
-        await self._update(user_id, must_change_password=True, updated_at=self._clock.now())
+        # Noted as a password set: a restore from an earlier backup clears the password it ordered
+        # changed (a re-attack run's restore let the suspected-leaked one sign in again).
+        await self._update_noted(
+            user_id, (user, "password-set"), {"must_change_password": True, "updated_at": self._clock.now()}
+        )
         await self._audit.record("user.password_change_required", actor=actor, subject=user.username)
 
     async def clear_password(self, user_id: int, *, actor: str) -> int | None:
@@ -1182,10 +1186,12 @@ class AccountService:
             return ()
         if values.get("email") is not None:
             await self._update_email(
-                user_id, str(values["email"]), {**values, "updated_at": self._clock.now()}, issuer=issuer
+                user, str(values["email"]), {**values, "updated_at": self._clock.now()}, issuer=issuer
             )
         else:
-            await self._update(user_id, **values, updated_at=self._clock.now())
+            # An address removed is noted in the ledger too: a restore must not bring it back.
+            noted: tuple[User, State] | None = (user, "email-set") if "email" in values else None
+            await self._update_noted(user_id, noted, {**values, "updated_at": self._clock.now()})
         if "email" in values and self._sessions is not None:
             # Live sessions carry the email to the apps (identity headers, assertion): correct them too.
             await self._sessions.set_email(user_id, str(values["email"] or ""))
@@ -1196,12 +1202,14 @@ class AccountService:
         return changed
 
     async def _update_email(
-        self, user_id: int, address: str, values: dict[str, object], *, issuer: int | None
+        self, user: User, address: str, values: dict[str, object], *, issuer: int | None
     ) -> None:
         """Set ``values`` with a new email, checked again under the names' lock: a username equal to the
         address created meanwhile is seen (no constraint spans the two columns; a re-attack run got
         15 of 20 such pairs through before). ``issuer``: the admin who chose the address, recorded in the
         same transaction."""
+        user_id = user.id
+        noted: list[Entry] = []
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the account"):
                 await hold_names(session)
@@ -1221,9 +1229,15 @@ class AccountService:
                 ).all()
                 if changed and issuer is not None:
                     await issuers.note_issuer(session, user_id, issuer)
+                if changed and self._ledger is not None:
+                    # A restore from an earlier backup must not bring the old address back (an identity
+                    # provider's sign-in with it would find the account again: a re-attack run).
+                    noted.append(await self._ledger.note(session, user, "email-set"))
                 await session.commit()
         if not changed:
             raise UnknownAccount(f"No account has id {user_id}.")
+        if self._ledger is not None:
+            await self._ledger.append(noted)
 
     async def set_restricted(self, user_id: int, restricted: bool, *, actor: str) -> int | None:
         """Restrict processing (no sign-in, data kept, no optional processing), or lift it.

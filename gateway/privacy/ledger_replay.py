@@ -83,6 +83,8 @@ class Replayed:
     # Erasures a legal hold suspends again (the account is restricted).
     held: int = 0
     passwords: int = 0
+    # Addresses replaced or removed since the backup, removed again.
+    emails: int = 0
     factors: int = 0
     # Single factors removed and recovery codes spent again; accounts whose older codes were voided.
     removed: int = 0
@@ -102,7 +104,7 @@ class Replayed:
         """How many changes were made again."""
         return (
             self.erased + self.deleted + self.disabled + self.restricted + self.closed + self.held
-            + self.passwords + self.factors + self.removed + self.codes + self.roles + self.tokens
+            + self.passwords + self.emails + self.factors + self.removed + self.codes + self.roles + self.tokens
             + self.keys + self.withdrawals + self.objections
         )  # fmt: skip
 
@@ -111,7 +113,7 @@ class Replayed:
         return {
             "erased": self.erased, "deleted": self.deleted, "disabled": self.disabled,
             "restricted": self.restricted, "closed": self.closed, "held": self.held,
-            "passwords_cleared": self.passwords, "factors_reset": self.factors,
+            "passwords_cleared": self.passwords, "emails_removed": self.emails, "factors_reset": self.factors,
             "factors_removed": self.removed, "codes_replaced": self.codes, "roles_set": self.roles,
             "tokens_revoked": self.tokens, "keys_deleted": self.keys,
             "consents_withdrawn": self.withdrawals, "objections_made": self.objections,
@@ -210,6 +212,12 @@ async def _credentials_again(user: User, entry: Entry, by: Replayers, done: Repl
         if user.password_hash is not None and (changed is None or changed < entry.at):
             await by.accounts.clear_password(user.id, actor=ACTOR)
             done.passwords += 1
+    elif entry.state == "email-set":
+        # The address the backup holds was replaced or removed since: removed (never the new one, which
+        # the ledger does not keep); an administrator sets the right one again.
+        if user.email is not None and user.updated_at < entry.at:
+            await by.accounts.set_profile(user.id, email="", actor=ACTOR)
+            done.emails += 1
     elif entry.state == "factors-reset":
         removed = await by.accounts.reset_mfa(user.id, actor=ACTOR, before=entry.at)
         if any(removed.get(kind) for kind in ("totp", "webauthn", "recovery_codes")):

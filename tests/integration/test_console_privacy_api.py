@@ -612,8 +612,18 @@ def test_the_register_lists_overdue_requests_first_and_they_are_verified_or_reje
     backdate(site, uid, days=400)  # an account a year old, with requests from its past
     late = portal_request(site, uid, "olga", days_ago=40)  # GDPR: due in 30 days, so 10 days late
     fresh = portal_request(site, uid, "olga", days_ago=1, kind=Kind.RECTIFICATION)
-    # A request of an earlier, deleted account that had the same id (SQLite gives ids again).
-    ghost = portal_request(site, uid, "zack", days_ago=500)
+    # A request of an earlier, deleted account that had the same id (SQLite gives ids again): made as
+    # olga's, then named as zack's (a request is opened only for an account that exists).
+    ghost = portal_request(site, uid, "olga", days_ago=500)
+
+    async def as_zacks(db: Database) -> None:
+        async with db.session(write=True) as session:
+            await session.execute(
+                text("UPDATE privacy_requests SET subject = 'zack' WHERE ref = :r"), {"r": ghost}
+            )
+            await session.commit()
+
+    _run_db(site.db_url, as_zacks)
     listing = ok(api(site, boss, "GET", "/api/privacy/requests"))
     # The most overdue first: the earlier account's (470 days late), then olga's (10 days).
     assert [r["ref"] for r in listing["requests"][:2]] == [ghost, late]

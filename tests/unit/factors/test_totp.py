@@ -295,10 +295,12 @@ async def test_concurrent_verify_of_one_code_succeeds_once(world: World) -> None
     barrier = asyncio.Barrier(racers)
 
     class Racing(TotpService):
-        async def _advance(self, credential_id: int, step: int, *, confirming: bool = False) -> bool:
+        async def _advance(
+            self, credential_id: int, step: int, *, confirming: bool = False, sealed: str | None = None
+        ) -> bool:
             # Every request has matched the code before any of them records it: the worst case.
             await barrier.wait()
-            return await super()._advance(credential_id, step, confirming=confirming)
+            return await super()._advance(credential_id, step, confirming=confirming, sealed=sealed)
 
     _cid, secret = await world.enrolled(world.alice)
     code = oathtool(secret, world.clock.time())

@@ -562,6 +562,42 @@ async def test_a_password_changed_since_the_backup_does_not_come_back(nodes: tup
     assert "$argon2" not in text  # no hash leaves the database
 
 
+async def test_a_password_change_ordered_since_the_backup_is_not_undone(nodes: tuple[Node, Node]) -> None:
+    """A re-attack run: an admin forced a password change on a suspected leak; a restore from an
+    earlier backup let the leaked password sign in straight away."""
+    a, _ = nodes
+    dan = await a.add("dan")
+    backup = await _row(a.db, dan.id)
+    a.clock.advance(60)
+    await a.accounts.require_password_change(dan.id, actor="admin:root")
+    await _restore(a.db, backup)
+    assert await a.signs_in("dan")
+    assert (await a.replay()).passwords == 1
+    assert not await a.signs_in("dan")
+
+
+async def test_an_email_address_changed_since_the_backup_does_not_come_back(nodes: tuple[Node, Node]) -> None:
+    """A re-attack run: a rectified address came back with a restore, and with it invitation mail and
+    an identity provider's sign-in to whoever holds the old address. It is removed, never replaced by
+    the new one (the ledger keeps no address)."""
+    a, _ = nodes
+    ann = await a.add("ann")
+    await a.accounts.set_profile(ann.id, email="ann@old.example", actor="admin:root")
+    backup = await _row(a.db, ann.id)
+    a.clock.advance(60)
+    await a.accounts.set_profile(ann.id, email="ann@new.example", actor="admin:root")
+    await _restore(a.db, backup)
+    restored = await a.accounts.get(ann.id)
+    assert restored is not None
+    assert restored.email == "ann@old.example"
+    assert (await a.replay()).emails == 1
+    again = await a.accounts.get(ann.id)
+    assert again is not None
+    assert again.email is None
+    assert "example" not in a.ledger.path.read_text()
+    assert (await a.replay()).changed == 0
+
+
 async def test_factors_reset_since_the_backup_are_removed_again_and_a_new_one_stays(
     nodes: tuple[Node, Node],
 ) -> None:

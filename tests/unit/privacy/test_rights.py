@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -426,13 +427,13 @@ async def test_a_right_racing_the_persons_own_erasure_leaves_nothing_naming_them
     them after it (user.profile_changed, privacy.rectification) and register rows in clear for three
     years. Here the erasure comes between the change and its records, and between two requests."""
     user = await world.alice()
-    update = AccountService._update
+    update = AccountService._update_noted
 
-    async def update_then_erased(accounts: AccountService, user_id: int, **values: object) -> None:
-        await update(accounts, user_id, **values)
+    async def update_then_erased(accounts: AccountService, user_id: int, *args: Any, **values: Any) -> None:
+        await update(accounts, user_id, *args, **values)
         await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
 
-    monkeypatch.setattr(AccountService, "_update", update_then_erased)
+    monkeypatch.setattr(AccountService, "_update_noted", update_then_erased)
     await world.privacy.rectify(user, display_name="X", email=None, **_as_portal(user))  # type: ignore[arg-type]
     monkeypatch.undo()
     # A request opened after it: refused, no row (the page answers as for a signed-out person).
