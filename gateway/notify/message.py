@@ -19,8 +19,10 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.utils import format_datetime, make_msgid
 from typing import Final
 from urllib.parse import urlsplit
@@ -230,13 +232,19 @@ def _message(
     sender: Address,
 ) -> Message:
     values = values_for(settings, recipient, incident)
-    email = render(
-        template_named(settings, template),
-        values,
-        sender=sender,
-        to=_address(_header_name(values["name"], recipient.username), recipient.address, "recipient"),
-        now=now,
-    )
+
+    def rendered(name: str) -> EmailMessage:
+        return render(
+            template_named(settings, template),
+            values,
+            sender=sender,
+            to=_address(name, recipient.address, "recipient"),
+            now=now,
+        )
+
+    email = rendered(_header_name(values["name"], recipient.username))
+    if not _one_recipient_on_the_wire(email, recipient.address):
+        email = rendered(recipient.username)
     return Message(
         email=email,
         username=recipient.username,
@@ -244,6 +252,20 @@ def _message(
         template=template,
         incident=incident.id,
     )
+
+
+def _one_recipient_on_the_wire(email: EmailMessage, address: str) -> bool:
+    """Whether the To header, as sent (folded for a plain and for a UTF-8 mail server), reads back as
+    ``address`` alone: a long non-ASCII name with a full stop lost its quotes when folded for a UTF-8
+    server and the header no longer parsed (a re-attack run), where the preview looked fine."""
+    for policy in (email_policy.SMTP, email_policy.SMTPUTF8):
+        try:
+            parsed = BytesParser(policy=email_policy.default).parsebytes(email.as_bytes(policy=policy))
+            if [a.addr_spec for a in parsed["To"].addresses] != [address]:
+                return False
+        except (ValueError, TypeError, AttributeError, IndexError):
+            return False
+    return True
 
 
 def _header_name(name: str, username: str) -> str:

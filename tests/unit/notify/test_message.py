@@ -221,3 +221,18 @@ def test_a_preview_needs_no_mail_server_but_sending_does() -> None:
     assert shown.body.startswith("Hello Bob,\n")
     with pytest.raises(BadMessage, match=r"notify\.smtp is not configured"):
         compose(settings, Recipient("bob", "bob@example.org"), INCIDENT, now=NOW)
+
+
+def test_a_name_that_folds_into_another_header_for_a_utf8_server_is_left_out() -> None:
+    """A re-attack run: a long non-ASCII name starting with a full stop passed, and folded for a mail
+    server that takes UTF-8 headers (aiosmtplib then uses policy.SMTPUTF8) it lost its quotes: the To
+    header no longer parsed, while the preview looked fine."""
+    from email import policy
+    from email.parser import BytesParser
+
+    name = ".!+_'%" + "é" * 80 + " x"
+    email = compose(_settings(), Recipient("bob", "bob@corp.example", name), INCIDENT, now=NOW).email
+    for sent_as in (policy.SMTP, policy.SMTPUTF8):
+        parsed = BytesParser(policy=policy.default).parsebytes(email.as_bytes(policy=sent_as))
+        assert [a.addr_spec for a in parsed["To"].addresses] == ["bob@corp.example"]
+    assert email.get_content().startswith(f"Hello {name},\n")
