@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.integration.harness import Gateway, add_user, free_port, gateway_config, run_echo, run_gateway
 from tests.support.totp import oathtool as oathtool  # the e2e tests import it from here
@@ -133,8 +134,15 @@ def shot(page: Page, name: str) -> None:
 
 
 def no_horizontal_scroll(page: Page) -> bool:
-    """Whether the page fits its viewport's width (nothing to scroll sideways to)."""
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
+    """Whether the page fits its viewport's width (nothing to scroll sideways to) once it has laid
+    itself out at that width: asked again for up to 5 s, as a page still reflowing after a resize on a
+    loaded machine scrolled for a moment (a full run's flake); a page that is too wide stays so."""
+    fits = "document.documentElement.scrollWidth <= window.innerWidth + 1"
+    try:
+        page.wait_for_function(fits, timeout=5000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def phone_shot(page: Page, name: str) -> None:

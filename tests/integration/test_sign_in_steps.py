@@ -161,6 +161,13 @@ def next_code(secret: str) -> str:
 
 def enroll_totp(client: httpx.Client) -> tuple[str, list[str]]:
     """Enroll an authenticator app; returns its secret and the recovery codes shown."""
+    secret, done = _confirm_app(client)
+    assert done.status_code == 200, done.text
+    return secret, codes_in(done.text)
+
+
+def _confirm_app(client: httpx.Client) -> tuple[str, httpx.Response]:
+    """Open the enrollment page and confirm its seed with the current code; the seed and the answer."""
     page = client.get("/.gateway/account/enroll")
     assert page.status_code == 200, page.text
     secret_m, credential_m = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
@@ -171,24 +178,14 @@ def enroll_totp(client: httpx.Client) -> tuple[str, list[str]]:
         "/.gateway/account/totp/confirm",
         {"credential_id": credential_m.group(1), "code": next_code(secret_m.group(1))},
     )
-    assert done.status_code == 200, done.text
-    return secret_m.group(1), codes_in(done.text)
+    return secret_m.group(1), done
 
 
 def add_app(client: httpx.Client) -> str:
     """Add another authenticator app (not the first: no codes are shown); returns its secret."""
-    page = client.get("/.gateway/account/enroll")
-    assert page.status_code == 200, page.text
-    secret_m, credential_m = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
-    assert secret_m, page.text
-    assert credential_m, page.text
-    done = post_form(
-        client,
-        "/.gateway/account/totp/confirm",
-        {"credential_id": credential_m.group(1), "code": next_code(secret_m.group(1))},
-    )
+    secret, done = _confirm_app(client)
     assert done.status_code in (200, 302, 303), done.text
-    return secret_m.group(1)
+    return secret
 
 
 def codes_in(html: str) -> list[str]:

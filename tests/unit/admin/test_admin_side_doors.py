@@ -9,6 +9,8 @@ instead of disabling, enabling instead of lifting). Each test tries the way arou
 
 from __future__ import annotations
 
+from functools import partial
+
 import httpx
 import pytest
 
@@ -27,6 +29,16 @@ async def _account(site: Console, username: str, *, roles: tuple[str, ...] = ())
     await site.services.identity.accounts.create(
         username=username, password="correct horse battery staple", roles=roles, actor="test"
     )
+
+
+async def _propose(site: Console, who: str, policy: str) -> int:
+    made = await site.call(who, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
+    assert made.status_code == 201, made.text
+    return int(made.json()["id"])
+
+
+async def _approve(site: Console, who: str, number: int) -> httpx.Response:
+    return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
 
 
 def _refused(response: httpx.Response, reason: str) -> None:
@@ -560,13 +572,7 @@ async def test_an_account_whose_credentials_an_admin_issued_cannot_approve_for_t
     await _account(site, "second")
     boss, second = await site.session("boss"), await site.session("second")
 
-    async def propose(who: str, policy: str) -> int:
-        made = await site.call(who, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
-        assert made.status_code == 201, made.text
-        return int(made.json()["id"])
-
-    async def approve(who: str, number: int) -> httpx.Response:
-        return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    propose, approve = partial(_propose, site), partial(_approve, site)
 
     made = await site.call(boss, "POST", "/api/users", json={"username": "mallory", "mode": "password"})
     assert made.status_code == 201, made.text
@@ -710,13 +716,7 @@ async def test_an_account_erased_in_the_middle_of_a_lineage_does_not_break_it(co
     await _account(site, "second")
     boss, second = await site.session("boss"), await site.session("second")
 
-    async def propose(who: str, policy: str) -> int:
-        made = await site.call(who, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
-        assert made.status_code == 201, made.text
-        return int(made.json()["id"])
-
-    async def approve(who: str, number: int) -> httpx.Response:
-        return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    propose, approve = partial(_propose, site), partial(_approve, site)
 
     made = await site.call(boss, "POST", "/api/users", json={"username": "helper", "mode": "password"})
     assert made.status_code == 201, made.text
