@@ -174,8 +174,8 @@ def render(
         email["Subject"] = subject
     except ValueError as exc:  # the email package's own refusal of a header: one person's, not a 500
         raise BadMessage(f"a header cannot be written: {exc}") from None
-    # One recipient, the one meant, however the header reads back (what a reply goes to).
-    if [a.addr_spec for a in email["To"].addresses] != [to.addr_spec]:
+    # One recipient, the one meant, however the header reads back on the wire (what a reply goes to).
+    if not _one_recipient_on_the_wire(email, to.addr_spec):
         raise BadMessage("the recipient's header reads as another address list; nothing was sent")
     email["Date"] = format_datetime(now)
     email["Message-ID"] = make_msgid(domain=sender.domain)
@@ -242,9 +242,10 @@ def _message(
             now=now,
         )
 
-    email = rendered(_header_name(values["name"], recipient.username))
-    if not _one_recipient_on_the_wire(email, recipient.address):
-        email = rendered(recipient.username)
+    try:
+        email = rendered(_header_name(values["name"], recipient.username))
+    except BadMessage:
+        email = rendered(recipient.username)  # the name is what would not read back; else this raises too
     return Message(
         email=email,
         username=recipient.username,

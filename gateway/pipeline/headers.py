@@ -190,16 +190,7 @@ _DROPPED_PREFIXES: Final = (
 # Headers whose meaning depends on who set them. Compared after normalize_name().
 _FORWARDING = frozenset(
     {
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-forwarded-prefix",
-        b"x-forwarded-method",
-        b"x-forwarded-uri",
-        b"x-forwarded-server",
-        b"x-forwarded-ssl",
-        b"x-forwarded-scheme",
+        # (Every x-forwarded-* goes by its prefix, _DROPPED_PREFIXES.)
         b"forwarded",
         b"x-real-ip",
         b"x-client-ip",

@@ -100,8 +100,7 @@ def check_move(current: Phase, target: Phase) -> None:
         PhaseRefused: the incident is closed, the move goes back more than one phase, or it closes
             from anywhere but post-incident.
     """
-    if current is Phase.CLOSED:
-        raise PhaseRefused("The incident is closed; open a new one if the threat is back.")
+    refuse_closed(current, "a phase change")
     if target is current:
         raise PhaseRefused(f"The incident is already in {TITLES[current].lower()}.")
     if target is Phase.CLOSED and current is not Phase.POST_INCIDENT:

@@ -172,8 +172,10 @@ class Workflow:
             SessionsOutOfReach: this process cannot end the sessions.
         """
         chosen = parse_account_action(action)
-        case = checked if checked is not None and checked.id == case_id else await self.cases.get(case_id)
-        refuse_closed((await self.cases.get(case.id)).phase, "an action")
+        # The phase as it is now; whom to act on as the caller checked it.
+        current = await self.cases.get(case_id)
+        refuse_closed(current.phase, "an action")
+        case = checked if checked is not None and checked.id == current.id else current
         if self.sessions is None:
             raise SessionsOutOfReach(
                 "state.embedded is memory: sessions live inside the gateway's process, out of reach"

@@ -122,7 +122,7 @@ async def _engine_for(url: str) -> AsyncIterator[AsyncEngine]:
     # Foreign keys off on SQLite, as its own ALTER procedure prescribes (sqlite.org/lang_altertable):
     # a batch migration rebuilds a table (copy, DROP, rename), and with them on the DROP deletes every
     # row pointing at the table through ON DELETE CASCADE. Migration 0016 rebuilt ``users`` so and
-    # emptied every account's TOTP, passkeys and recovery codes. _check_foreign_keys runs before commit.
+    # emptied every account's TOTP, passkeys and recovery codes. _upgrade_on checks them before commit.
     engine = create_engine(url, pool_size=1, foreign_keys=False)
     try:
         yield engine

@@ -249,32 +249,15 @@ class LockdownStore:
             return LockdownState(on=True, reason="unreadable lockdown state")
 
     async def switch_on(
-        self,
-        routes: tuple[str, ...] | None,
-        *,
-        actor: str,
-        reason: str,
-        incident: str = "",
-        ip: str = "",
-        previous: LockdownState | None = None,
+        self, routes: tuple[str, ...] | None, *, actor: str, reason: str, ip: str = ""
     ) -> LockdownState:
-        """Lock ``routes`` (None: every route), replacing any earlier selection; audited ``lockdown.on``.
-        ``previous``: the lockdown this one widens, put back by :meth:`restore`.
+        """A person locks ``routes`` (None: every route), replacing any earlier selection; audited
+        ``lockdown.on``. A threat rule's lockdown goes through :meth:`update` (:meth:`widened`).
 
         Raises:
             StateUnavailable: the fast state cannot answer (nothing was switched).
         """
-        if previous is not None:
-            previous = msgspec.structs.replace(previous, previous=None)  # one level is enough
-        new = LockdownState(
-            on=True,
-            routes=routes,
-            since=self._clock.time(),
-            actor=actor,
-            reason=reason,
-            incident=incident,
-            previous=previous,
-        )
+        new = LockdownState(on=True, routes=routes, since=self._clock.time(), actor=actor, reason=reason)
         await self._write(new, "lockdown.on", ip=ip)
         return new
 

@@ -102,9 +102,10 @@ def set_session_cookie(response: Response[Any], config: CurrentConfig, session_i
     )
 
 
-def is_fresh(session: Session, config: CurrentConfig, clock: Clock) -> bool:
-    """A second factor used within mfa.reauth_max_age (needed for sensitive changes)."""
-    at = session.second_factor_at
+def is_fresh(session: Session, config: CurrentConfig, clock: Clock, *, only: Factor | None = None) -> bool:
+    """A second factor (of kind ``only``, if given) used within mfa.reauth_max_age (needed for
+    sensitive changes)."""
+    at = newest_second_factor(session.factors, only=only)
     limit = config.settings.mfa.reauth_max_age
     return at is not None and clock.time() - at <= limit
 
@@ -118,8 +119,7 @@ async def may_add_passkey(session: Session, config: CurrentConfig, identity: Ide
         return False
     if not await identity.webauthn.list(session.user_id):
         return True
-    at = newest_second_factor(session.factors, only=Factor.WEBAUTHN)
-    return at is not None and identity.clock.time() - at <= config.settings.mfa.reauth_max_age
+    return is_fresh(session, config, identity.clock, only=Factor.WEBAUTHN)
 
 
 async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:

@@ -15,7 +15,6 @@ import httpx
 import pyotp
 import pytest
 
-from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
 from gateway.services import WorkerServices
 from tests.support.soft_authenticator import SoftAuthenticator
@@ -83,20 +82,8 @@ async def test_an_older_session_signs_nobody_else_out(
 ) -> None:
     services, client = worker
     user = await _account(services)
-    identity = services.identity
-    owners = await signed_in(services, httpx.AsyncClient(), user)
-    long_ago = identity.clock.time() - 86400
-    stale, _ = await identity.sessions.create(
-        user_id=user.id,
-        username=user.username,
-        level=AuthLevel.TWO_FACTOR,
-        factors=(FactorUse(Factor.PASSWORD, long_ago), FactorUse(Factor.TOTP, long_ago)),
-        roles=(),
-        ip="127.0.0.1",
-        user_agent="test",
-        host=BASE_URL,
-    )
-    client.cookies.set("gateway_session", stale, domain="gw.test")
+    owners = await signed_in(services, client, user)
+    await signed_in(services, client, user, ago=86400)  # a cookie taken a day ago, in this browser
     token = await _token(client)
     answer = await client.post(
         "/.gateway/account/sessions/revoke-others",
@@ -106,7 +93,7 @@ async def test_an_older_session_signs_nobody_else_out(
     )
     assert answer.status_code in (302, 303), answer.text
     assert "/.gateway/mfa" in answer.headers["location"]
-    assert await identity.sessions.get(owners) is not None
+    assert await services.identity.sessions.get(owners) is not None
 
 
 async def test_the_only_factor_stays_until_another_is_added(

@@ -55,11 +55,13 @@ async def control_app(
         await running.close()
 
 
-async def signed_in(services: WorkerServices, client: httpx.AsyncClient, user: User) -> str:
-    """A two-factor session of ``user`` (password and authenticator app just used) as ``client``'s
-    session cookie on the auth host; returns its id."""
+async def signed_in(
+    services: WorkerServices, client: httpx.AsyncClient, user: User, *, ago: float = 0.0
+) -> str:
+    """A two-factor session of ``user`` (password and authenticator app used ``ago`` seconds ago, just
+    now by default) as ``client``'s session cookie on the auth host; returns its id."""
     identity = services.identity
-    now = identity.clock.time()
+    now = identity.clock.time() - ago
     session_id, _ = await identity.sessions.create(
         user_id=user.id,
         username=user.username,
