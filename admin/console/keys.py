@@ -25,6 +25,7 @@ from litestar.response import Template
 from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
+from gateway.backup.sets import backup_directory, signed_under
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rotate_keys
 from gateway.crypto.signing import ALGORITHM, SigningKeys, announce_compromise
@@ -42,6 +43,8 @@ class KeyringKeyView(msgspec.Struct, kw_only=True):
     active: bool
     # The key this admin process encrypts under now; differs from ``active`` until it meets the new key.
     in_use_here: bool
+    # When the key was marked compromised (decrypts, never active again), else None.
+    compromised_at: str | None = None
 
 
 class KeyringView(msgspec.Struct, kw_only=True):
@@ -86,8 +89,10 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compromised: Annotated[
         bool,
         msgspec.Meta(
-            description="The signing keys leaked: the new key signs at once and every old one is deleted "
-            "(as `gateway keys rotate --compromised`). Needs ``signing`` or ``all``."
+            description="The keys leaked (as `gateway keys rotate --compromised`). Signing: the new key "
+            "signs at once and every old one is deleted. Keyring: the key that was active is marked "
+            "compromised (decrypts, never active again; only the backups it had signed and the audit "
+            "records before now stay trusted under it). Not with ``stage``."
         ),
     ] = False
     stage: Annotated[
@@ -118,6 +123,14 @@ class UnknownKey(GatewayError):
     status = 404
     reason = "unknown-key"
     title = "No such key"
+
+
+class KeyCompromised(GatewayError):
+    """The key is marked compromised and never becomes active again (409)."""
+
+    status = 409
+    reason = "key-compromised"
+    title = "Key marked compromised"
 
 
 class RotateResult(msgspec.Struct, kw_only=True):
@@ -168,7 +181,10 @@ async def keys_view(services: AdminServices) -> KeysView:
         keyring=KeyringView(
             path=str(keyring_path(settings)), algorithm="AES-256-GCM", active=keyring.active_id,
             keys=[
-                KeyringKeyView(kid=kid, active=kid == keyring.active_id, in_use_here=kid == here)
+                KeyringKeyView(
+                    kid=kid, active=kid == keyring.active_id, in_use_here=kid == here,
+                    compromised_at=mark.at if (mark := keyring.compromised.get(kid)) is not None else None,
+                )
                 for kid in sorted(keyring.key_ids, key=lambda k: (k != keyring.active_id, k))
             ],
         ),
@@ -221,6 +237,13 @@ def _message(rotation: Rotation, view: KeysView) -> str:
             f"New keyring key {rotation.keyring_key} is active in the keyring file; older keys stay for "
             "decryption. Restart the gateways (or roll them) so they encrypt with it."
         )
+    if rotation.keyring_compromised is not None and rotation.keyring_mark is not None:
+        parts.append(
+            f"Keyring key {rotation.keyring_compromised} is marked compromised: it still decrypts, never "
+            f"becomes active again, and only the {len(rotation.keyring_mark.backups)} backup(s) it had "
+            f"signed and the audit records up to {rotation.keyring_mark.audit_seq} stay trusted under it. "
+            "Make a new backup now."
+        )
     return " ".join(parts)
 
 
@@ -250,8 +273,10 @@ async def rotate(
     if data.stage:
         details["stage"] = True
     try:
-        if data.compromised and data.which == "keyring":
-            raise BadRequest("compromised replaces the signing keys: rotate 'signing' or 'all' with it.")
+        if data.compromised and data.stage:
+            raise BadRequest(
+                "compromised with stage: a leaked keyring key must stop encrypting now; rotate in one step."
+            )
         if data.stage and data.which != "keyring":
             raise BadRequest("stage stages a keyring key: rotate 'keyring' with it.")
         confirm_destructive(admin, config, identity.clock)
@@ -262,6 +287,7 @@ async def rotate(
             keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
             ledger=services.identity.accounts.ledger, stage=data.stage,
+            backups_signed=lambda kid: signed_under(backup_directory(config.settings), keyring, kid),
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -302,6 +328,10 @@ async def activate(
         if data.kid not in keyring.key_ids:
             raise UnknownKey(
                 f"The keyring file {path} has no key {data.kid!r}; the Keys page lists its keys."
+            )
+        if data.kid in keyring.compromised:
+            raise KeyCompromised(
+                f"Keyring key {data.kid} is marked compromised: it never becomes active again."
             )
         already = keyring.active_id == data.kid
         if not already:

@@ -39,6 +39,7 @@
   function keyringItem(key) {
     const item = el("li");
     item.append(el("code", key.kid), " ", el("span", key.active ? "active" : "decrypt only", key.active ? "badge ok" : "badge"));
+    if (key.compromised_at) item.append(" ", el("span", "compromised", "badge bad"));
     if (key.in_use_here && !key.active) item.append(" ", el("span", "this listener, until it meets the new key", "badge warn"));
     return item;
   }

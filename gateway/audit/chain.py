@@ -590,6 +590,16 @@ class ChainWalker:
                 "its content does not match its hash (the HMAC under the chain key): a field was "
                 "modified, or the row was written without the chain key (forged)",
             )
+        mark = self._keys.compromised(r.key_id)
+        if mark is not None and r.seq > mark.audit_seq:
+            # Whoever holds the leaked key can key any record: after the mark, one under it is not ours.
+            return ChainProblem(
+                r.id,
+                r.seq,
+                f"it is keyed under key {r.key_id!r}, marked compromised at {mark.at} after record "
+                f"{mark.audit_seq}: written with the leaked key (forged), or by a gateway that had not "
+                "yet read the rotation",
+            )
         return None
 
     def report(self) -> ChainReport:
@@ -628,6 +638,7 @@ class _Head:
     seq: int
     record_hash: str
     version: int
+    key_id: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -652,12 +663,18 @@ async def chain_lock(db: Database) -> AsyncIterator[AsyncConnection]:
 
 async def _head(conn: AsyncConnection) -> _Head | None:
     query = (
-        select(AuditEvent.seq, AuditEvent.record_hash, AuditEvent.chain_version)
+        select(AuditEvent.seq, AuditEvent.record_hash, AuditEvent.chain_version, AuditEvent.key_id)
         .order_by(AuditEvent.seq.desc())
         .limit(1)
     )
     row = (await conn.execute(query)).first()
-    return _Head(row[0], row[1], row[2]) if row is not None else None
+    return _Head(row[0], row[1], row[2], row[3] or "") if row is not None else None
+
+
+async def head_seq(conn: AsyncConnection) -> int:
+    """The chain's last record number (0 when it is empty), on a connection holding :func:`chain_lock`."""
+    head = await _head(conn)
+    return head.seq if head is not None else 0
 
 
 async def _insert(
@@ -669,6 +686,10 @@ async def _insert(
             "this writer holds no keyring, so it cannot append to the keyed audit chain; "
             "give it the gateways' keyring"
         )
+    if keys is not None and head is not None and head.key_id and head.key_id != keys.active_id:
+        # The record before was keyed under another key: another process rotated (or marked ours
+        # compromised). Go on under the file's active key, not the one this process loaded.
+        keys.catch_up()
     seq, prev = (head.seq + 1, head.record_hash) if head is not None else (1, GENESIS)
     version, kid = (ERASABLE_VERSION, keys.active_id) if keys is not None else (LEGACY_VERSION, "")
     # Fresh salts per field and record: one HMAC each when hashing, no extra round trip.
@@ -785,7 +806,11 @@ async def seal_legacy(
     with store_errors("audit trail"):
         async with chain_lock(db) as conn:
             head = await _head(conn)
-            if head != _Head(head_seq, head_hash, LEGACY_VERSION):
+            if head is None or (head.seq, head.record_hash, head.version) != (
+                head_seq,
+                head_hash,
+                LEGACY_VERSION,
+            ):
                 return None
             return await _insert(conn, keys, head, draft)
 

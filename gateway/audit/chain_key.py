@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Final
 
-from gateway.crypto.keyring import Keyring
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 
 __all__ = ["CHAIN_KEY_LABEL", "ChainKeys"]
+
+logger = logging.getLogger("gateway.audit")
 
 #: HKDF ``info`` label of the chain key: distinct from every other ``derive`` purpose.
 CHAIN_KEY_LABEL: Final = b"audit-chain v2"
@@ -50,6 +53,19 @@ class ChainKeys:
     def active_id(self) -> str:
         """The key id new records are keyed under (follows the keyring after a rotation)."""
         return self._keyring.active_id
+
+    def compromised(self, kid: str) -> Compromise | None:
+        """The mark of ``kid`` when it is marked compromised (records after its ``audit_seq`` are not
+        trusted), else ``None``."""
+        return self._keyring.compromised.get(kid)
+
+    def catch_up(self) -> None:
+        """Read the keyring file again, to key the next record under its active key (a writer that met
+        a head keyed under another key). A file that cannot be read leaves the keys as they were."""
+        try:
+            self._keyring.reload()
+        except KeyringError as exc:
+            logger.warning("audit chain: cannot read the keyring again: %s", exc.detail)
 
     def mac(self, data: bytes, *, kid: str) -> str:
         """HMAC-SHA256 (hex) of ``data`` under the chain key of keyring key ``kid``.

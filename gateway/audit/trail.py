@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit.chain import Precondition, append, chain_keys
+from gateway.audit.chain import Precondition, append, chain_keys, head_seq
 from gateway.audit.models import AuditEvent
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
@@ -101,6 +102,32 @@ class AuditLog:
         whether the event was written; one not written reaches neither the log nor the listeners.
         """
         return await self._write(kind, actor, subject, ip, outcome, details, only_if)
+
+    async def record_at_head(
+        self,
+        prepare: Callable[[int], Awaitable[None]],
+        kind: str,
+        *,
+        actor: str,
+        subject: str = "",
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """:meth:`record`, with ``prepare(seq)`` run first under the chain lock, ``seq`` the number of
+        the chain's last record; the event is the record right after it.
+
+        For a key marked compromised (:func:`gateway.crypto.lifecycle.mark_compromised`): the mark
+        names the last record that may be keyed under the key, and no writer can append between the
+        mark and this event. The event is keyed under the keyring file's active key as ``prepare``
+        left it, whichever key this process had loaded.
+        """
+
+        async def first(conn: AsyncConnection) -> bool:
+            await prepare(await head_seq(conn))
+            if self._keys is not None:
+                self._keys.catch_up()
+            return True
+
+        await self._write(kind, actor, subject, "", "success", details, first)
 
     async def _write(
         self,

@@ -35,6 +35,7 @@ __all__ = [
     "manifest_bytes",
     "parse_manifest",
     "sha256_hex",
+    "signature_mac",
     "signature_problem",
 ]
 
@@ -212,4 +213,20 @@ def signature_problem(manifest: Manifest, doc: dict[str, Any], keyring: Keyring)
         return f"signed under key {manifest.key_id!r}, which this keyring does not hold: wrong keyring?"
     if not hmac.compare_digest(expected, sig["mac"]):
         return "the signature does not match (the manifest was changed, or this is the wrong keyring)"
+    mark = keyring.compromised.get(manifest.key_id)
+    if mark is not None and not hmac.compare_digest(mark.backups.get(manifest.backup_id, ""), sig["mac"]):
+        # Whoever holds the leaked key can sign anything under it: only what it had signed before it
+        # was marked, as the keyring file recorded then, is still this deployment's.
+        return (
+            f"signed under key {manifest.key_id!r}, marked compromised at {mark.at}, and not one of the "
+            "backups it had signed before (a forgery with the leaked key, or made by a gateway that had "
+            "not yet read the rotation: make a new backup)"
+        )
     return None
+
+
+def signature_mac(doc: dict[str, Any]) -> str:
+    """The MAC a manifest document carries (empty when it has none); see :func:`signature_problem`."""
+    sig = doc.get("signature")
+    mac = sig.get("mac") if isinstance(sig, dict) else None
+    return mac if isinstance(mac, str) else ""

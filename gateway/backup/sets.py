@@ -14,11 +14,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest, signature_problem
+from gateway.backup.manifest import (
+    MANIFEST_NAME,
+    BackupError,
+    parse_manifest,
+    signature_mac,
+    signature_problem,
+)
 from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import Settings
 
-__all__ = ["BackupSet", "backup_directory", "find_backup", "list_backups", "prune", "prune_plan"]
+__all__ = [
+    "BackupSet",
+    "backup_directory",
+    "find_backup",
+    "list_backups",
+    "prune",
+    "prune_plan",
+    "signed_under",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,27 @@ def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list
         size = sum(p.size for p in manifest.parts)
         found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
+
+
+def signed_under(directory: Path, keyring: Keyring, kid: str) -> dict[str, str]:
+    """The backups in ``directory`` whose manifest ``keyring`` signed under key ``kid``: id → MAC.
+
+    What a key marked compromised vouches for from then on (:meth:`Keyring.mark_compromised`): only
+    signatures that hold now, so a manifest planted in the directory is not vouched for.
+    """
+    found: dict[str, str] = {}
+    if not directory.is_dir():
+        return found
+    for path in directory.iterdir():
+        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
+            continue
+        try:
+            manifest, doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
+        except (BackupError, OSError):
+            continue
+        if manifest.key_id == kid and signature_problem(manifest, doc, keyring) is None:
+            found[manifest.backup_id] = signature_mac(doc)
+    return found
 
 
 def find_backup(directory: Path, ref: str | None, *, signed_with: Keyring | None = None) -> Path:

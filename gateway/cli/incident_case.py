@@ -228,6 +228,7 @@ async def _restore_policy(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
+    from gateway.backup.sets import backup_directory, signed_under
     from gateway.crypto.keyring import keyring_path
     from gateway.crypto.lifecycle import RotationTarget, rotate_keys
     from gateway.crypto.signing import SigningKeys, announce_compromise
@@ -253,6 +254,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         compromised=args.compromised,
         announce=lambda at: announce_compromise(ctx.svc.fast, at),
         ledger=ctx.svc.accounts.ledger,
+        backups_signed=lambda kid: signed_under(backup_directory(ctx.svc.settings), keyring, kid),
     )
     details = rotation.details()
     await record_action(
@@ -419,7 +421,8 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--compromised",
         action="store_true",
-        help="the signing keys leaked: the new key signs at once, every old one is deleted from the JWKS",
+        help="the keys leaked: a new signing key signs at once and every old one is deleted from the JWKS; "
+        "the keyring key that was active is marked compromised (`gateway keys mark-compromised --help`)",
     )
     p = action("lift", _lift, "lift every block and account lock its detections placed")
     p.add_argument("id", metavar="ID")

@@ -1,8 +1,9 @@
 """``gateway keys …``: the keyring for secrets at rest and the keys that sign identity assertions.
 
     gateway keys init   --config FILE                              create the keyring file
-    gateway keys rotate   --config FILE [--all | --signing | --keyring [--stage]]
-    gateway keys activate --config FILE KID
+    gateway keys rotate   --config FILE [--all | --signing | --keyring [--stage]] [--compromised]
+    gateway keys activate --config FILE KID [--compromised]
+    gateway keys mark-compromised --config FILE KID
     gateway keys list     --config FILE [--json]
 
 ``rotate`` (default ``--all``) does both rotations:
@@ -18,6 +19,13 @@
 
 With ``--all`` the signing key is rotated first, so its private half is encrypted under the keyring
 key every running gateway already holds.
+
+A keyring key that leaked is *marked compromised* (``rotate --keyring --compromised``, ``activate KID
+--compromised`` for the key that was active, ``mark-compromised KID`` for one rotated out before): it
+still decrypts what it encrypted, never becomes active again, and the keyring file records the backups
+it had signed and the audit chain's head. From then on ``backup verify|restore`` and ``dr drill`` refuse
+every other backup under it and ``audit verify`` names every later record keyed under it: whoever
+holds the leaked key can sign anything with it, but cannot write the keyring file.
 
 ``list`` shows each signing key's state: ``next`` (published, not signing yet), ``active`` (signing),
 ``retiring`` (published so its tokens still verify, no longer signing), ``expired`` (deleted at the
@@ -47,7 +55,9 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
-    from gateway.crypto.keyring import Keyring
+    from collections.abc import Callable
+
+    from gateway.crypto.keyring import Compromise, Keyring
     from gateway.crypto.signing import KeySet, SigningKeys
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
@@ -91,8 +101,11 @@ def _rotate(args: argparse.Namespace) -> int:
 
     if args.stage and args.what != "keyring":
         raise UserError("--stage stages a keyring key: give it with --keyring")
-    if args.compromised and args.what == "keyring":
-        raise UserError("--compromised replaces the signing keys: give it with --signing (or --all)")
+    if args.compromised and args.stage:
+        raise UserError(
+            "--compromised with --stage: a leaked keyring key must stop encrypting now; rotate in one "
+            "step, or stage, give every replica the file, then `gateway keys activate KID --compromised`"
+        )
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
@@ -116,6 +129,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 compromised=args.compromised,
                 announce=lambda at: announce_compromise(store.fast, at),
                 ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
+                backups_signed=_backups_signed(settings, keyring),
             )
             if rotation.signing is not None:
                 _print_rotation(
@@ -135,8 +149,53 @@ def _rotate(args: argparse.Namespace) -> int:
                     "Gateways reading this file pick the new key up the first time they meet it; "
                     "replicas with their own copy need the new file and a rolling restart."
                 )
+            if rotation.keyring_compromised is not None and rotation.keyring_mark is not None:
+                _print_mark(path, rotation.keyring_compromised, rotation.keyring_mark)
 
     run(rotate())
+    return EXIT_OK
+
+
+def _backups_signed(settings: Settings, keyring: Keyring) -> Callable[[str], dict[str, str]]:
+    from gateway.backup.sets import backup_directory, signed_under
+
+    return lambda kid: signed_under(backup_directory(settings), keyring, kid)
+
+
+def _print_mark(path: object, kid: str, mark: Compromise) -> None:
+    kept = ", ".join(sorted(mark.backups)) or "none"
+    print(
+        f"keyring {path}: key {kid} marked compromised at {mark.at}. It still decrypts what it encrypted "
+        f"and never becomes active again. Backups it had signed, still trusted: {kept}; every other "
+        "backup under it is refused by `backup verify`, `backup restore` and `dr drill` (make a new "
+        f"backup now). Audit records keyed under it after record {mark.audit_seq} are named by "
+        "`gateway audit verify`."
+    )
+
+
+def _mark(args: argparse.Namespace) -> int:
+    from gateway.crypto.keyring import keyring_path
+    from gateway.crypto.lifecycle import mark_compromised
+
+    settings = load_config(args)
+    path = keyring_path(settings)
+    keyring = load_keyring(settings)
+    if args.kid not in keyring.key_ids:
+        raise UserError(f"no key {args.kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+    if args.kid == keyring.active_id:
+        raise UserError(
+            f"key {args.kid} is the active key: `gateway keys rotate --keyring --compromised` makes a new "
+            "key active and marks it in one step"
+        )
+
+    async def mark() -> Compromise:
+        async with open_store(settings) as store:
+            return await mark_compromised(
+                keyring, path, args.kid, audit=store.audit(keyring), actor=operator(),
+                backups_signed=_backups_signed(settings, keyring),
+            )  # fmt: skip
+
+    _print_mark(path, args.kid, run(mark()))
     return EXIT_OK
 
 
@@ -182,16 +241,29 @@ def _activate(args: argparse.Namespace) -> int:
     if keyring.active_id == args.kid:
         print(f"keyring {path}: key {args.kid} is the active key already")
         return EXIT_OK
+    if args.kid in keyring.compromised:
+        raise UserError(f"key {args.kid} is marked compromised: it never becomes active again")
+    old = keyring.active_id
     keyring.activate(path, args.kid)
 
-    async def record() -> None:
+    async def record() -> Compromise | None:
+        from gateway.crypto.lifecycle import mark_compromised
+
         async with open_store(settings) as store:
             audit = store.audit(keyring)
-            await audit.record(
-                "keys.activated", actor=operator(), subject="keys", details={"keyring_key": args.kid}
-            )
+            details = {"keyring_key": args.kid}
+            if args.compromised:
+                return await mark_compromised(
+                    keyring, path, old, audit=audit, actor=operator(),
+                    backups_signed=_backups_signed(settings, keyring),
+                    details={**details, "keyring_key_compromised": old}, kind="keys.activated",
+                )  # fmt: skip
+            await audit.record("keys.activated", actor=operator(), subject="keys", details=details)
+            return None
 
-    run(record())
+    mark = run(record())
+    if mark is not None:
+        _print_mark(path, old, mark)
     print(
         f"keyring {path}: key {args.kid} is active for new secrets. Gateways reading this file take it up "
         "the first time they meet it; replicas with their own copy need this file (a rolling restart)."
@@ -217,12 +289,22 @@ def _list(args: argparse.Namespace) -> int:
     rows = [describe_key(keyset, k, now) for k in keyset.keys]
     if args.json:
         doc = {
-            "keyring": {"path": str(path), "active": keyring.active_id, "keys": sorted(keyring.key_ids)},
+            "keyring": {
+                "path": str(path),
+                "active": keyring.active_id,
+                "keys": sorted(keyring.key_ids),
+                "compromised": {kid: mark.document() for kid, mark in sorted(keyring.compromised.items())},
+            },
             "signing_keys": rows,
         }
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"keyring {path}: active key {keyring.active_id}; keys {', '.join(sorted(keyring.key_ids))}")
+    for kid, mark in sorted(keyring.compromised.items()):
+        print(
+            f"keyring key {kid}: compromised since {mark.at} (trusted: {len(mark.backups)} backup(s) it had "
+            f"signed, audit records up to {mark.audit_seq})"
+        )
     if not rows:
         print("no signing keys yet: a gateway creates the first one when it starts")
         return EXIT_OK
@@ -298,8 +380,10 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--compromised",
         action="store_true",
-        help="the signing keys leaked: the new key signs at once and every old one is deleted (gone from "
-        "the JWKS within 30 s, never signing again) instead of handed over; apps must fetch the JWKS anew",
+        help="the keys leaked. Signing: the new key signs at once and every old one is deleted (gone from "
+        "the JWKS within 30 s, never signing again) instead of handed over; apps must fetch the JWKS anew. "
+        "Keyring: the key that was active is marked compromised (decrypts, never active again; only the "
+        "backups it had signed and the audit records before now stay trusted under it)",
     )
     p.set_defaults(func=_rotate, what="all")
 
@@ -311,7 +395,25 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     config_arg(p)
     p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
+    p.add_argument(
+        "--compromised",
+        action="store_true",
+        help="the key that was active leaked: mark it compromised once KID is active (see mark-compromised)",
+    )
     p.set_defaults(func=_activate)
+
+    p = actions.add_parser(
+        "mark-compromised",
+        help="mark a keyring key that is no longer active as leaked",
+        description="Mark a keyring key that is no longer active as compromised: it still decrypts what it "
+        "encrypted but never becomes active again, and the keyring file records the backups it had signed "
+        "and the audit chain's head. From then on backup verify/restore and dr drill refuse every other "
+        "backup under it, and audit verify names every later record keyed under it. A key marked once stays "
+        "marked with what it had signed then.",
+    )
+    config_arg(p)
+    p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
+    p.set_defaults(func=_mark)
 
     p = actions.add_parser(
         "list",

@@ -2,7 +2,17 @@
 
 The keyring file is JSON, mode 0600, shared by every replica::
 
-    {"active": "k1a2b3c4", "keys": {"k1a2b3c4": "<base64 of 32 bytes>"}, "algorithm": "AES-256-GCM"}
+    {"active": "k1a2b3c4", "keys": {"k1a2b3c4": "<base64 of 32 bytes>"}, "algorithm": "AES-256-GCM",
+     "compromised": {"k0d9e8f7": {"at": "2026-12-06T20:00:00+00:00", "audit_seq": 4211,
+                                  "backups": {"20261205T020000Z-1a2b": "<manifest MAC hex>"}}}}
+
+``compromised`` (absent until a key is marked) names the keys that may be in someone else's hands
+(:meth:`Keyring.mark_compromised`). Such a key still decrypts (the secrets stored under it must stay
+readable), but what it signed after it was marked is no longer trusted: a backup under it verifies only
+if it is one the key had signed before (its id and manifest MAC were recorded then), and an audit
+record keyed under it after ``audit_seq`` is named a forgery. Whoever holds a leaked key can compute
+any MAC under it; the record of what it signed before lives in this file, which the leak did not give
+them write access to.
 
 A ciphertext is a self-describing token ``v1.<kid>.<base64url(nonce || ciphertext+tag)>``. The key id
 in the token picks the key, so after :meth:`Keyring.rotate` new secrets use the new key while every
@@ -43,7 +53,9 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -61,6 +73,7 @@ __all__ = [
     "NONCE_BYTES",
     "REREAD_EVERY",
     "TOKEN_VERSION",
+    "Compromise",
     "Keyring",
     "KeyringError",
     "keyring_path",
@@ -93,6 +106,36 @@ class KeyringError(GatewayError):
 StrPath = str | os.PathLike[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Compromise:
+    """What a key marked compromised had signed before it was marked (see the module docstring)."""
+
+    #: When it was marked (ISO 8601, UTC).
+    at: str
+    #: The audit chain's head when it was marked: a record keyed under the key after it is not trusted.
+    audit_seq: int
+    #: Backup id → the manifest's MAC: the backups under the key that are still trusted.
+    backups: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def document(self) -> dict[str, object]:
+        """The JSON form kept in the keyring file."""
+        return {"at": self.at, "audit_seq": self.audit_seq, "backups": dict(sorted(self.backups.items()))}
+
+    @classmethod
+    def parse(cls, doc: object) -> Compromise:
+        """Read the JSON form (ValueError when it is malformed)."""
+        if not isinstance(doc, dict):
+            raise ValueError("must be an object")
+        at, seq, backups = doc.get("at"), doc.get("audit_seq"), doc.get("backups", {})
+        if not isinstance(at, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError('needs "at" (a time) and "audit_seq" (a record number)')
+        if not isinstance(backups, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in backups.items()
+        ):
+            raise ValueError('"backups" must map backup ids to MACs')
+        return cls(at, seq, MappingProxyType(dict(backups)))
+
+
 class Keyring:
     """A set of AES-256 keys by id, one of them active for new encryptions.
 
@@ -100,17 +143,22 @@ class Keyring:
     and tools that already hold key material.
     """
 
-    __slots__ = ("_active", "_aead", "_keys", "_path", "_read_again_at")
+    __slots__ = ("_active", "_aead", "_compromised", "_keys", "_path", "_read_again_at")
 
-    def __init__(self, keys: Mapping[str, bytes], active: str) -> None:
+    def __init__(
+        self, keys: Mapping[str, bytes], active: str, compromised: Mapping[str, Compromise] | None = None
+    ) -> None:
         """Wrap key material.
 
         Args:
             keys: Key id → 32 raw key bytes.
             active: The key id used by :meth:`encrypt`; must be in ``keys``.
+            compromised: Key id → what it had signed when it was marked compromised; every id in
+                ``keys``, never the active one.
 
         Raises:
-            KeyringError: A key id is malformed, a key is not exactly 32 bytes, or ``active`` is unknown.
+            KeyringError: A key id is malformed, a key is not exactly 32 bytes, ``active`` is unknown,
+                or a compromised key is unknown or the active one.
         """
         if not keys:
             raise KeyringError("the keyring holds no keys")
@@ -121,6 +169,14 @@ class Keyring:
                 raise KeyringError(f"key {kid!r} is {len(key)} bytes; AES-256 needs exactly {KEY_BYTES}")
         if active not in keys:
             raise KeyringError(f"the active key {active!r} is not in the keyring")
+        compromised = dict(compromised or {})
+        for kid in compromised:
+            if kid not in keys:
+                raise KeyringError(f"the compromised key {str(kid)[:64]!r} is not in the keyring")
+        if active in compromised:
+            # Encrypting new secrets under a key someone else holds protects nothing.
+            raise KeyringError(f"the active key {active!r} is marked compromised; activate another key")
+        self._compromised: dict[str, Compromise] = compromised
         self._keys: dict[str, bytes] = dict(keys)
         self._active = active
         self._aead: dict[str, AESGCM] = {kid: AESGCM(key) for kid, key in self._keys.items()}
@@ -257,13 +313,14 @@ class Keyring:
 
         added: list[str] = []
 
-        def add(keys: dict[str, bytes], active: str) -> str:
+        def add(draft: _Draft) -> None:
             kid = _new_kid()
-            while kid in keys:  # pragma: no cover - 32-bit ids; a clash is astronomically unlikely
+            while kid in draft.keys:  # pragma: no cover - 32-bit ids; a clash is astronomically unlikely
                 kid = _new_kid()
-            keys[kid] = secrets.token_bytes(KEY_BYTES)
+            draft.keys[kid] = secrets.token_bytes(KEY_BYTES)
             added.append(kid)
-            return kid if activate else active
+            if activate:
+                draft.active = kid
 
         self._rewrite(Path(path), add)
         return added[0]
@@ -272,26 +329,76 @@ class Keyring:
         """Make a key already in the file (a staged one) the active key, and rewrite the file atomically.
 
         Raises:
-            KeyringError: ``kid`` is not in the file, or as :meth:`rotate`.
+            KeyringError: ``kid`` is not in the file or is marked compromised, or as :meth:`rotate`.
         """
 
-        def choose(keys: dict[str, bytes], active: str) -> str:
-            if kid not in keys:
+        def choose(draft: _Draft) -> None:
+            if kid not in draft.keys:
                 raise KeyringError(f"no key {kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
-            return kid
+            if kid in draft.compromised:
+                raise KeyringError(f"key {kid} is marked compromised: it never becomes active again")
+            draft.active = kid
 
         self._rewrite(Path(path), choose)
 
-    def _rewrite(self, path: Path, change: Callable[[dict[str, bytes], str], str]) -> None:
-        """Under the file's lock: read it, merge this keyring's keys in, let ``change`` add keys and pick
-        the active id, write the result, and become it."""
+    def mark_compromised(self, path: StrPath, kid: str, compromise: Compromise) -> Compromise:
+        """Mark a key that is no longer active as compromised, and rewrite the file atomically.
+
+        A key marked once stays marked with what it had signed then: marking it again changes nothing
+        (a later mark would vouch for what the leaked key signed in between).
+
+        Args:
+            path: The keyring file.
+            kid: The key; not the active one (rotate first).
+            compromise: When, the audit chain's head then, and the backups it had signed.
+
+        Returns:
+            The mark in the file (the earlier one when the key was marked already).
+
+        Raises:
+            KeyringError: ``kid`` is not in the file or is the active key, or as :meth:`rotate`.
+        """
+
+        def mark(draft: _Draft) -> None:
+            if kid not in draft.keys:
+                raise KeyringError(f"no key {kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+            if kid == draft.active:
+                raise KeyringError(
+                    f"key {kid} is the active key: make another key active first "
+                    "(`gateway keys rotate --keyring --compromised` does both)"
+                )
+            draft.compromised.setdefault(kid, compromise)
+
+        self._rewrite(Path(path), mark)
+        return self._compromised[kid]
+
+    def reload(self) -> None:
+        """Read the file again now and take up its keys, its active key and its marks.
+
+        For a writer that must not go on under a key another process has replaced (the audit chain
+        meeting a head keyed under another key, a backup about to be signed). Unlike the reading for
+        an unknown key id (:meth:`_knows`) it is not rate-limited: callers call it on a change, not per
+        request.
+
+        Raises:
+            KeyringError: The file cannot be read, or changed a key this keyring holds.
+        """
+        if self._path is not None:
+            self._adopt(type(self).load(self._path))
+
+    def _rewrite(self, path: Path, change: Callable[[_Draft], None]) -> None:
+        """Under the file's lock: read it, merge this keyring's keys and marks in, let ``change`` edit
+        the result, write it, and become it."""
         with _exclusive_lock(path):
             on_disk = type(self).load(path)
-            merged = dict(on_disk._keys)
+            draft = _Draft(dict(on_disk._keys), on_disk._active, dict(on_disk._compromised))
             for kid, key in self._keys.items():
-                if merged.setdefault(kid, key) != key:
+                if draft.keys.setdefault(kid, key) != key:
                     raise KeyringError(f"key {kid!r} in {path} differs from the loaded one; not changing it")
-            rewritten = type(self)(merged, change(merged, on_disk._active))
+            for kid, mark in self._compromised.items():
+                draft.compromised.setdefault(kid, mark)  # a mark is never dropped
+            change(draft)
+            rewritten = type(self)(draft.keys, draft.active, draft.compromised)
             try:
                 with _temp_file(path, rewritten._document()) as temp:
                     os.replace(temp, path)
@@ -299,6 +406,7 @@ class Keyring:
             except OSError as exc:
                 raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
         self._keys, self._aead, self._active = rewritten._keys, rewritten._aead, rewritten._active
+        self._compromised = rewritten._compromised
 
     # -- use -----------------------------------------------------------------------------------------
 
@@ -311,6 +419,11 @@ class Keyring:
     def key_ids(self) -> frozenset[str]:
         """Every key id this keyring can decrypt."""
         return frozenset(self._keys)
+
+    @property
+    def compromised(self) -> Mapping[str, Compromise]:
+        """The keys marked compromised, with what each had signed then."""
+        return MappingProxyType(self._compromised)
 
     def encrypt(self, plaintext: bytes, *, aad: bytes) -> str:
         """Encrypt under the active key.
@@ -416,21 +529,27 @@ class Keyring:
             return False
         if kid not in on_disk._keys:
             return False
+        try:
+            self._adopt(on_disk)
+        except KeyringError as exc:
+            logger.error("keyring: %s", exc.detail)
+            return False
+        logger.info("keyring: read %s again; key %s added, active key %s", self._path, kid, self._active)
+        return True
+
+    def _adopt(self, on_disk: Keyring) -> None:
+        """Merge the keys and marks of the file read again, and take its active key."""
         merged = dict(self._keys)
         for other_kid, key in on_disk._keys.items():
             if merged.setdefault(other_kid, key) != key:
-                logger.error(
-                    "keyring: %s holds a different key under id %s; not merged", self._path, other_kid
-                )
-                return False
+                raise KeyringError(f"{self._path} holds a different key under id {other_kid}; not merged")
         aead = dict(self._aead)
         aead.update({k: AESGCM(key) for k, key in merged.items() if k not in aead})
         # Whole dicts replaced, each in one assignment: a thread reading the keyring meanwhile sees the
         # old set or the new one, and the active id is set last, once its key is there.
         self._keys, self._aead = merged, aead
+        self._compromised = {**self._compromised, **on_disk._compromised}
         self._active = on_disk._active
-        logger.info("keyring: read %s again; key %s added, active key %s", self._path, kid, self._active)
-        return True
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -456,18 +575,38 @@ class Keyring:
                 keys[kid] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise KeyringError(f"key {kid!r} in {path} is not valid base64") from exc
+        marks = doc.get("compromised", {})
+        if not isinstance(marks, dict):
+            raise KeyringError(f'"compromised" in the keyring {path} must be an object')
+        compromised: dict[str, Compromise] = {}
+        for kid, mark in marks.items():
+            try:
+                compromised[kid] = Compromise.parse(mark)
+            except ValueError as exc:
+                raise KeyringError(f'"compromised" entry {str(kid)[:64]!r} in {path}: {exc}') from exc
         try:
-            return cls(keys, active)
+            return cls(keys, active, compromised)
         except KeyringError as exc:
             raise KeyringError(f"the keyring {path}: {exc.detail}") from exc
 
     def _document(self) -> bytes:
-        doc = {
+        doc: dict[str, object] = {
             "active": self._active,
             "keys": {kid: base64.b64encode(key).decode("ascii") for kid, key in self._keys.items()},
             "algorithm": ALGORITHM,
         }
+        if self._compromised:
+            doc["compromised"] = {kid: mark.document() for kid, mark in self._compromised.items()}
         return (json.dumps(doc, indent=2) + "\n").encode("ascii")
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A keyring file's content while :meth:`Keyring._rewrite` changes it."""
+
+    keys: dict[str, bytes]
+    active: str
+    compromised: dict[str, Compromise]
 
 
 def keyring_path(settings: Settings) -> Path:

@@ -9,6 +9,11 @@ Two kinds of key, two rotations (see :mod:`gateway.crypto.keyring` and :mod:`gat
   reads its file again for a key id it does not know). Replicas with their own copy of the file
   stage the key first (``stage``: in the file, not active), get the file, then activate it.
 
+A keyring key that leaked is *marked compromised* (:func:`mark_compromised`, ``gateway keys rotate
+--keyring --compromised``): it is no longer active and never will be again, and the keyring file
+records what it had signed until then (the backups, the audit chain's head), so that whatever the
+leaked key signs later is refused.
+
 Rotating both rotates the signing key first, so its private half is encrypted under the keyring key
 every running gateway already holds. Neither list nor rotation ever exposes private key material: a
 signing key is described by its public facts, the keyring by its key ids.
@@ -23,12 +28,26 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
-from gateway.crypto.keyring import Keyring
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
 
-__all__ = ["Rotation", "RotationTarget", "SigningRotation", "Trail", "describe_key", "rotate_keys"]
+__all__ = [
+    "BackupsSigned",
+    "Rotation",
+    "RotationTarget",
+    "SigningRotation",
+    "Trail",
+    "describe_key",
+    "mark_compromised",
+    "rotate_keys",
+]
+
+#: The backups a keyring key signed, id → manifest MAC (:func:`gateway.backup.sets.signed_under`,
+#: a floor above this one, bound to the deployment's backup directory).
+BackupsSigned = Callable[[str], Mapping[str, str]]
 
 
 class RotationTarget(StrEnum):
@@ -79,6 +98,9 @@ class Rotation:
     staged: bool = False
     # The old signing keys were deleted at once (a leak), not handed over.
     compromised: bool = False
+    # The keyring key that was active before, marked compromised (a leak), with what it had signed.
+    keyring_compromised: str | None = None
+    keyring_mark: Compromise | None = None
 
     def details(self) -> dict[str, object]:
         """The new key ids, for the audit record (``keys.rotated``)."""
@@ -93,6 +115,8 @@ class Rotation:
             found["keyring_key"] = self.keyring_key
             if self.staged:
                 found["staged"] = True
+        if self.keyring_compromised is not None:
+            found["keyring_key_compromised"] = self.keyring_compromised
         return found
 
 
@@ -101,6 +125,16 @@ class Trail(Protocol):
 
     async def record(
         self, kind: str, *, actor: str, subject: str = "", details: Mapping[str, object] | None = None
+    ) -> None: ...
+
+    async def record_at_head(
+        self,
+        prepare: Callable[[int], Awaitable[None]],
+        kind: str,
+        *,
+        actor: str,
+        subject: str = "",
+        details: Mapping[str, object] | None = None,
     ) -> None: ...
 
 
@@ -123,6 +157,7 @@ async def rotate_keys(
     compromised: bool = False,
     announce: Callable[[float], Awaitable[None]] | None = None,
     ledger: Ledger | None = None,
+    backups_signed: BackupsSigned | None = None,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -138,20 +173,30 @@ async def rotate_keys(
             whichever channel (CLI, console, incident response) rotated.
         actor: Who rotated.
         stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
-        compromised: The old signing keys may be in someone else's hands: the new one signs at once
-            and the old ones are deleted (:meth:`SigningKeys.rotate`).
+        compromised: The old keys may be in someone else's hands. Signing: the new one signs at once
+            and the old ones are deleted (:meth:`SigningKeys.rotate`). Keyring: the key that was
+            active is marked compromised (:func:`mark_compromised`); refused with ``stage``.
         announce: With ``compromised``, tells the running workers (:func:`announce_compromise` over
-            the caller's fast state), so one that cannot reload stops signing with the old key.
+            the caller's fast state), so one that cannot reload stops signing with the old key, and
+            every one reads the keyring file again.
         ledger: With ``compromised``, remembers the deleted kids outside the database, so a gateway
             started on a database restored from an earlier backup deletes them again before it serves.
+        backups_signed: With ``compromised``, the backups a keyring key signed (none without it).
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
 
     Raises:
         StoreUnavailable: The database cannot be reached.
-        KeyringError: The keyring file cannot be read or written.
+        KeyringError: The keyring file cannot be read or written, or ``stage`` with ``compromised``
+            for the keyring (a leaked key must stop encrypting now).
     """
+    rotate_keyring = target in (RotationTarget.ALL, RotationTarget.KEYRING)
+    if rotate_keyring and compromised and stage:
+        raise KeyringError(
+            "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
+            "staged key first and then mark the old one (`gateway keys activate KID --compromised`)"
+        )
     rotation = Rotation()
     if target in (RotationTarget.ALL, RotationTarget.SIGNING):
         before = await signing.load(with_private=False)
@@ -162,9 +207,57 @@ async def rotate_keys(
         rotation = Rotation(signing=SigningRotation(kid, before, after), compromised=compromised)
         if compromised and ledger is not None:
             await ledger.keys_deleted(kid, [k.kid for k in before.keys if k.kid != kid])
-    if target in (RotationTarget.ALL, RotationTarget.KEYRING):
+    if rotate_keyring:
+        old = keyring.active_id
         # File I/O under an exclusive lock (and an fsync): off the event loop.
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)
         rotation = replace(rotation, keyring_key=new_id, staged=stage)
+        if compromised:
+            rotation = replace(rotation, keyring_compromised=old)
+            mark = await mark_compromised(
+                keyring, keyring_file, old, audit=audit, actor=actor,
+                backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
+            )  # fmt: skip
+            if announce is not None:
+                # The running workers read the keyring file again now, instead of encrypting under the
+                # leaked key until they meet the new one.
+                await announce(time.time())
+            return replace(rotation, keyring_mark=mark)
     await audit.record("keys.rotated", actor=actor, subject="keys", details=rotation.details())
     return rotation
+
+
+async def mark_compromised(
+    keyring: Keyring,
+    keyring_file: Path,
+    kid: str,
+    *,
+    audit: Trail,
+    actor: str,
+    backups_signed: BackupsSigned | None,
+    details: Mapping[str, object] | None = None,
+    kind: str = "keys.compromised",
+) -> Compromise:
+    """Mark a keyring key that is no longer active as compromised (:meth:`Keyring.mark_compromised`).
+
+    The mark records the backups the key had signed (``backups_signed``; a backup under the key that
+    is not among them is refused from then on) and the audit chain's head: the mark is written under
+    the chain lock and the audit record (``kind``) follows the head directly, keyed under the new
+    active key, so no record under the leaked key can come between them, and any that comes later is
+    named by ``gateway audit verify``.
+
+    Raises:
+        KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written.
+        StoreUnavailable: The database cannot be reached (nothing was marked).
+    """
+    vouched = dict(await asyncio.to_thread(backups_signed, kid)) if backups_signed is not None else {}
+    marked: list[Compromise] = []
+
+    async def prepare(seq: int) -> None:
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        mark = Compromise(at, seq, MappingProxyType(vouched))
+        marked.append(await asyncio.to_thread(keyring.mark_compromised, keyring_file, kid, mark))
+
+    record = {**(details or {"keyring_key_compromised": kid}), "backups_vouched": len(vouched)}
+    await audit.record_at_head(prepare, kind, actor=actor, subject="keys", details=record)
+    return marked[0]

@@ -529,9 +529,12 @@ async def announce_compromise(fast: FastState, at: float) -> None:
         logger.warning("could not tell the gateways of the compromised rotation; they reload within 30 s")
 
 
-async def follow_compromise(fast: FastState, signing: SigningKeys, *, every: float = 5.0) -> None:
+async def follow_compromise(
+    fast: FastState, signing: SigningKeys, *, every: float = 5.0, keyring: Keyring | None = None
+) -> None:
     """Until cancelled: on a compromised rotation made after this worker started, reload the keys now or
-    stop signing (:meth:`SigningKeys.after_compromise`)."""
+    stop signing (:meth:`SigningKeys.after_compromise`), and read ``keyring``'s file again, so that a
+    keyring key marked compromised encrypts nothing more here (:meth:`Keyring.reload`)."""
     seen: bytes | None = None
     first = True
 
@@ -543,6 +546,11 @@ async def follow_compromise(fast: FastState, signing: SigningKeys, *, every: flo
             return
         if marker != seen:
             seen = marker
+            if keyring is not None:
+                try:
+                    await asyncio.to_thread(keyring.reload)
+                except KeyringError as exc:
+                    logger.error("cannot read the keyring again after a compromised rotation: %s", exc.detail)
             await signing.after_compromise()
 
     await follow_channel(fast, COMPROMISE_CHANNEL, check, refresh_every=every, what="signing-key compromise")

@@ -242,7 +242,7 @@ async def _open_worker(
     await signing.ensure()
     _background(stack, signing.run_refresh(30.0))
     # A rotation of leaked keys reaches this worker at once; if it cannot reload, it stops signing.
-    _background(stack, follow_compromise(fast, signing))
+    _background(stack, follow_compromise(fast, signing, keyring=identity.keyring))
     assertions = AssertionSigner(
         signing.current, issuer=live.current.public_url, ttl=settings.assertion.ttl, clock=identity.clock
     )

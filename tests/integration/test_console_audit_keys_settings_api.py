@@ -271,9 +271,13 @@ def test_a_leaked_signing_key_is_pulled_from_the_console_at_once(site: Site, bos
     before = {k["kid"] for k in keys(site, boss)["signing_keys"]}
     jwks = f"{site.gw.url}/.gateway/jwks.json"
     assert before & {k["kid"] for k in httpx.get(jwks, timeout=30).json()["keys"]}
-    # A keyring key is not a signing key: refused, nothing rotated.
+    # A leaked keyring key must stop encrypting now: staging it is refused, nothing rotated.
     refused = api(
-        site, boss, "POST", "/api/keys/rotate", json={"which": "keyring", "reason": "r", "compromised": True}
+        site,
+        boss,
+        "POST",
+        "/api/keys/rotate",
+        json={"which": "keyring", "reason": "r", "compromised": True, "stage": True},
     )
     assert_error(refused, 400, "bad-request")
     assert {k["kid"] for k in keys(site, boss)["signing_keys"]} == before
@@ -363,6 +367,38 @@ def test_a_keyring_key_is_staged_then_activated_as_the_two_step_rotation_across_
     ]
     (fact,) = audited(site, "keys.activated")
     assert json.loads(fact["details"]) == {"keyring_key": staged}
+    assert api(site, boss, "POST", "/api/audit/verify", json={}).json()["ok"] is True
+
+
+def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
+    site: Site, boss: httpx.Client
+) -> None:
+    """As `gateway keys rotate --keyring --compromised`: the key that was active is marked in the file
+    (only what it had signed stays trusted), the admin listener goes on under the new key at once, and
+    the marked key cannot be activated again."""
+    before = keys(site, boss)["keyring"]["active"]
+    resp = api(
+        site,
+        boss,
+        "POST",
+        "/api/keys/rotate",
+        json={"which": "keyring", "reason": "the keyring file leaked", "compromised": True},
+    )
+    assert resp.status_code == 200, resp.text
+    assert f"Keyring key {before} is marked compromised" in resp.json()["message"]
+    ring = keys(site, boss)["keyring"]
+    new = ring["active"]
+    states = {
+        k["kid"]: (k["active"], k["in_use_here"], k["compromised_at"] is not None) for k in ring["keys"]
+    }
+    assert states[before] == (False, False, True)
+    assert states[new] == (True, True, False)
+    refused = api(site, boss, "POST", "/api/keys/activate", json={"kid": before, "reason": "undo"})
+    assert_error(refused, 409, "key-compromised")
+    assert keys(site, boss)["keyring"]["active"] == new
+    (fact,) = [r for r in audited(site, "keys.rotated") if "keyring_key_compromised" in r["details"]]
+    assert json.loads(fact["details"])["keyring_key_compromised"] == before
+    # Every record since is keyed under the new key: the trail verifies with the mark in force.
     assert api(site, boss, "POST", "/api/audit/verify", json={}).json()["ok"] is True
 
 

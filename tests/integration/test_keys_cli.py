@@ -95,3 +95,76 @@ def test_keys_init_on_a_new_node_makes_the_data_directory_private_whatever_the_u
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "keys").stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "keys" / "keyring.json").stat().st_mode) == 0o600
+
+
+def test_a_leaked_keyring_key_is_marked_and_a_backup_forged_with_it_is_refused(config: Path) -> None:
+    """The backups attack run: with a copy of the old keyring file it forged a newer backup, and
+    `backup verify` chose it. Marked compromised, the old key vouches only for what it had signed."""
+    import shutil
+
+    from gateway.backup.archive import create_backup
+    from gateway.clock import SYSTEM_CLOCK
+
+    c = ("--config", str(config))
+    data = config.parent / "data"
+    file = data / "keys" / "keyring.json"
+    made = gateway("backup", "create", *c)
+    assert made.returncode == 0, made.stderr
+    (trusted,) = (p.name for p in (data / "backups").iterdir())
+    stolen = Keyring.load(shutil.copy(file, config.parent / "stolen.json"))
+    old = stolen.active_id
+
+    refused = gateway("keys", "rotate", "--keyring", "--stage", "--compromised", *c)
+    assert refused.returncode == 2
+    assert "must stop encrypting now" in refused.stderr
+    rotated = gateway("keys", "rotate", "--keyring", "--compromised", *c)
+    assert rotated.returncode == 0, rotated.stderr
+    assert f"key {old} marked compromised" in rotated.stdout
+    assert f"still trusted: {trusted}" in rotated.stdout
+    keyring = _keyring(config)
+    new = str(keyring["active"])
+    assert new != old
+    assert list(keyring["compromised"]) == [old]  # type: ignore[call-overload]
+
+    # The forgery: a newer backup of the same database, signed with the copy of the old file.
+    _, forged = create_backup(data / "gateway.db", data, data / "backups", stolen, SYSTEM_CLOCK)
+    chosen = gateway("backup", "verify", *c)
+    assert chosen.returncode == 0, chosen.stderr
+    assert trusted in chosen.stdout
+    assert forged.name not in chosen.stdout
+    named = gateway("backup", "verify", forged.name, *c)
+    assert named.returncode == 1
+    assert "marked compromised" in named.stdout + named.stderr
+    restore = gateway("backup", "restore", forged.name, "--data-dir", str(config.parent / "restored"), *c)
+    assert restore.returncode == 1
+    assert not (config.parent / "restored" / "gateway.db").exists()
+
+    again = gateway("keys", "activate", old, *c)
+    assert again.returncode == 2
+    assert "never becomes active again" in again.stderr
+    active = gateway("keys", "mark-compromised", new, *c)
+    assert active.returncode == 2
+    assert "is the active key" in active.stderr
+    listed = gateway("keys", "list", *c)
+    assert f"keyring key {old}: compromised since" in listed.stdout
+    assert gateway("audit", "verify", *c).returncode == 0
+
+
+def test_a_staged_key_activated_with_compromised_marks_the_one_it_replaces(config: Path) -> None:
+    c = ("--config", str(config))
+    first = str(_keyring(config)["active"])
+    staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
+    kid = staged.stdout.split("staged key ")[1].split()[0]
+    done = gateway("keys", "activate", kid, "--compromised", *c)
+    assert done.returncode == 0, done.stderr
+    assert f"key {first} marked compromised" in done.stdout
+    keyring = _keyring(config)
+    assert (keyring["active"], list(keyring["compromised"])) == (kid, [first])  # type: ignore[call-overload]
+    audited = gateway("audit", "list", *c, "--kind", "keys.activated", "--json")
+    (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert json.loads(record["details"]) == {
+        "keyring_key": kid,
+        "keyring_key_compromised": first,
+        "backups_vouched": 0,
+    }
+    assert gateway("audit", "verify", *c).returncode == 0

@@ -1,0 +1,231 @@
+"""A keyring key that leaked: marked compromised, it still decrypts, but nothing it signs afterwards is
+trusted (the backups attack run forged a newer backup with a copy of the old keyring file, and `backup
+verify` chose it and `restore` brought it in)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.chain import verify_database
+from gateway.audit.trail import AuditLog
+from gateway.backup.archive import create_backup
+from gateway.backup.manifest import BackupError
+from gateway.backup.sets import find_backup, list_backups, signed_under
+from gateway.backup.verify import restore_backup, verify_backup
+from gateway.clock import FakeClock
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError
+from gateway.crypto.lifecycle import RotationTarget, mark_compromised, rotate_keys
+from gateway.crypto.signing import SigningKeys
+from gateway.settings.schema import AssertionSettings, Duration
+from tests.unit.backup.helpers import Node, make_node
+
+SETTINGS = AssertionSettings(ttl=Duration(300), grace=Duration(3600), publish_ahead=Duration(600))
+
+
+def _mark(seq: int = 0, **backups: str) -> Compromise:
+    return Compromise("2026-12-06T20:00:00+00:00", seq, backups)
+
+
+# -- the keyring file ----------------------------------------------------------------------------------
+
+
+def test_a_marked_key_still_decrypts_but_never_becomes_active_again(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    old = keyring.active_id
+    secret = keyring.encrypt(b"seed", aad=b"totp:1")
+    keyring.rotate(path)
+    with pytest.raises(KeyringError, match="active key"):
+        keyring.mark_compromised(path, keyring.active_id, _mark())
+    with pytest.raises(KeyringError, match="no key"):
+        keyring.mark_compromised(path, "knothere", _mark())
+
+    keyring.mark_compromised(path, old, _mark(7, b1="ab"))
+    again = Keyring.load(path)
+    assert again.compromised[old] == _mark(7, b1="ab")
+    assert again.decrypt(secret, aad=b"totp:1") == b"seed"
+    with pytest.raises(KeyringError, match="compromised"):
+        again.activate(path, old)
+    # A mark stays what it was: a second mark would vouch for what the leaked key signed since.
+    again.mark_compromised(path, old, _mark(99, b2="cd"))
+    assert Keyring.load(path).compromised[old] == _mark(7, b1="ab")
+
+
+def test_a_process_that_loaded_the_file_before_the_mark_cannot_drop_it(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    stale = Keyring.create(path)
+    old = stale.active_id
+    marker = Keyring.load(path)
+    marker.rotate(path)
+    marker.mark_compromised(path, old, _mark(3))
+    # The stale copy still has the old key active; its rotation rewrites the file with the mark kept.
+    stale.rotate(path)
+    assert old in Keyring.load(path).compromised
+    assert old in stale.compromised
+
+
+def test_a_file_whose_active_key_is_marked_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    doc = json.loads(path.read_text())
+    doc["compromised"] = {keyring.active_id: _mark().document()}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="marked compromised"):
+        Keyring.load(path)
+    doc["compromised"] = {keyring.active_id: {"at": "x"}}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="audit_seq"):
+        Keyring.load(path)
+
+
+def test_a_running_process_takes_the_mark_up_when_it_reads_the_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    running = Keyring.create(path)
+    old = running.active_id
+    cli = Keyring.load(path)
+    cli.rotate(path)
+    cli.mark_compromised(path, old, _mark())
+    running.reload()
+    assert running.active_id == cli.active_id
+    assert old in running.compromised
+
+
+# -- backups -------------------------------------------------------------------------------------------
+
+
+async def _node(tmp_path: Path, clock: FakeClock) -> tuple[Node, Path]:
+    node = await make_node(tmp_path / "live", clock, records=3)
+    return node, node.data_dir / "keys" / "keyring.json"
+
+
+async def _rotate_compromised(node: Node, keyring_file: Path, backups: Path, clock: FakeClock) -> str:
+    old = node.keyring.active_id
+    rotation = await rotate_keys(
+        RotationTarget.KEYRING, signing=SigningKeys(node.db, node.keyring, clock, SETTINGS),
+        keyring=node.keyring, keyring_file=keyring_file, audit=node.audit, actor="cli:root",
+        compromised=True, backups_signed=lambda kid: signed_under(backups, node.keyring, kid),
+    )  # fmt: skip
+    assert rotation.keyring_compromised == old
+    return old
+
+
+async def test_a_backup_forged_with_the_leaked_key_is_refused_and_never_the_newest(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+        old = await _rotate_compromised(node, keyring_file, backups, clock)
+        assert set(node.keyring.compromised[old].backups) == {trusted.name}
+
+        # What the attack run did: a newer backup, made and signed with the copy of the old file.
+        clock.advance(3600)
+        forged_manifest, forged = create_backup(node.database, node.data_dir, backups, stolen, clock)
+        assert forged_manifest.key_id == old
+    finally:
+        await node.db.close()
+
+    keyring = Keyring.load(keyring_file)
+    with pytest.raises(BackupError, match="marked compromised"):
+        await verify_backup(forged, keyring)
+    with pytest.raises(BackupError, match="marked compromised"):
+        await restore_backup(forged, keyring, tmp_path / "restored")
+    assert not (tmp_path / "restored" / "gateway.db").exists()
+    # verify, restore and drills without an id take the newest trusted backup: not the forgery.
+    assert [s.path for s in list_backups(backups, signed_with=keyring)] == [trusted]
+    assert find_backup(backups, None, signed_with=keyring) == trusted
+    # What the key had signed before it was marked still verifies and restores.
+    assert (await verify_backup(trusted, keyring)).audit_records >= 3
+
+
+async def test_a_trusted_backups_manifest_re_signed_with_the_leaked_key_is_refused(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The same backup id, another manifest (the database part swapped for a forged one, say)."""
+    from gateway.backup.manifest import manifest_bytes, parse_manifest
+
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+        await _rotate_compromised(node, keyring_file, backups, clock)
+    finally:
+        await node.db.close()
+    manifest, _doc = parse_manifest((trusted / "manifest.json").read_bytes())
+    from dataclasses import replace
+
+    (trusted / "manifest.json").write_bytes(manifest_bytes(replace(manifest, audit_head_seq=1), stolen))
+    with pytest.raises(BackupError, match="marked compromised"):
+        await verify_backup(trusted, Keyring.load(keyring_file))
+
+
+# -- the audit chain -----------------------------------------------------------------------------------
+
+
+async def test_a_record_keyed_with_the_leaked_key_after_the_mark_is_named(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    node, keyring_file = await _node(tmp_path, clock)
+    # A second process that loaded the file before the rotation (a worker of the running gateway).
+    worker = AuditLog(node.db, clock=clock, keyring=Keyring.load(keyring_file))
+    stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+    try:
+        old = await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        mark = Keyring.load(keyring_file).compromised[old]
+        (rotated,) = await node.audit.events(kind="keys.rotated")
+        assert rotated.seq == mark.audit_seq + 1
+        assert rotated.key_id == node.keyring.active_id != old
+
+        # The worker meets a head keyed under another key: it goes on under the file's active key,
+        # so a gateway that had not read the rotation yet raises no false alarm.
+        await worker.record("signin.success", actor="user:kim", subject="kim")
+        (signed_in,) = await worker.events(kind="signin.success")
+        assert signed_in.key_id == node.keyring.active_id
+        assert (await verify_database(node.db, keyring=Keyring.load(keyring_file))).problem is None
+
+        # Whoever holds the copy of the old file keys a record under the leaked key.
+        forger = AuditLog(node.db, clock=clock, keyring=_only(stolen))
+        await forger.record("admin.policy.import", actor="user:boss", subject="policy")
+        report = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+    finally:
+        await node.db.close()
+    assert report.problem is not None
+    assert report.problem.seq == signed_in.seq + 1
+    assert "marked compromised" in report.problem.what
+
+
+def _only(keyring: Keyring) -> Keyring:
+    """The stolen keyring as the attacker holds it: key material, no file to read again."""
+    return Keyring({kid: keyring._keys[kid] for kid in keyring.key_ids}, keyring.active_id)
+
+
+async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clock: FakeClock) -> None:
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        old = node.keyring.active_id
+        node.keyring.rotate(keyring_file)
+        with pytest.raises(KeyringError, match="active key"):
+            await mark_compromised(
+                node.keyring, keyring_file, node.keyring.active_id, audit=node.audit, actor="cli:root",
+                backups_signed=None,
+            )  # fmt: skip
+        mark = await mark_compromised(
+            node.keyring, keyring_file, old, audit=node.audit, actor="cli:root",
+            backups_signed=lambda kid: signed_under(backups, node.keyring, kid),
+        )  # fmt: skip
+        (event,) = await node.audit.events(kind="keys.compromised")
+    finally:
+        await node.db.close()
+    signed = json.loads((trusted / "manifest.json").read_text())["signature"]["mac"]
+    assert dict(mark.backups) == {trusted.name: signed}
+    assert json.loads(event.details) == {"keyring_key_compromised": old, "backups_vouched": 1}
+    assert event.seq == mark.audit_seq + 1
