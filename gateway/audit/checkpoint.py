@@ -118,7 +118,17 @@ def check_signature(doc: Mapping[str, Any], keyring: Keyring) -> str | None:
         return f"signed with key {kid[:64]!r}, which this keyring does not hold"
     expected = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()
     # Constant time: the MAC must not leak how much of a forgery was right.
-    return None if hmac.compare_digest(expected, mac) else "the MAC does not verify (forged or altered)"
+    if not hmac.compare_digest(expected, mac):
+        return "the MAC does not verify (forged or altered)"
+    mark = keyring.compromised.get(kid)
+    head = doc.get("head_seq")
+    if mark is not None and (not isinstance(head, int) or head > mark.audit_seq):
+        # Whoever holds the leaked key can sign any checkpoint: only heads it could have seen are its.
+        return (
+            f"signed with key {kid!r}, marked compromised at {mark.at}, for a head after record "
+            f"{mark.audit_seq} (forged with the leaked key?)"
+        )
+    return None
 
 
 def _check_shape(doc: Any, where: str) -> dict[str, Any]:

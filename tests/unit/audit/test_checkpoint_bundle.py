@@ -66,6 +66,31 @@ def test_checkpoint_signature_survives_a_keyring_rotation(tmp_path: Path) -> Non
     assert check_signature(doc, keyring) is None  # signed under the old key, which is kept
 
 
+def test_a_checkpoint_signed_with_a_compromised_key_vouches_only_for_heads_before_the_mark(
+    tmp_path: Path,
+) -> None:
+    from gateway.crypto.keyring import Compromise
+
+    keyring, path = _keyring(tmp_path)
+    old = keyring.active_id
+    body = {
+        "head_id": 3,
+        "head_seq": 3,
+        "head_hash": "ab" * 32,
+        "count": 3,
+        "at": "2027-01-15T08:00:00+00:00",
+    }
+    before = sign_checkpoint(body, keyring)
+    # Whoever holds the leaked key signs a checkpoint of a longer (forged) chain.
+    forged = sign_checkpoint({**body, "head_id": 9, "head_seq": 9, "count": 9}, keyring)
+    keyring.rotate(path)
+    keyring.mark_compromised(path, old, Compromise("2027-01-15T09:00:00+00:00", 5))
+    assert check_signature(before, keyring) is None
+    why = check_signature(forged, keyring)
+    assert why is not None
+    assert "marked compromised" in why
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
