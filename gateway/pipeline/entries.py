@@ -86,6 +86,7 @@ def _upstream_headers(
         websocket=websocket,
         own_cookies=snap.own_cookies,
         strip=strip,
+        token_audiences=snap.token_audiences,
     )
     if ctx.trace is not None:
         # The gateway's upstream span becomes the application's parent (the client's is replaced).

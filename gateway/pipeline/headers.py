@@ -20,7 +20,10 @@ hand it to an app that could use it on the route it was made for (an attack run 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import json
 import os
 import random
 import re
@@ -247,6 +250,8 @@ _FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _BLANKS: Final = re.compile(rb"[ \t]+")
+# The longest provider token the gateway reads (gateway.identity.oidc.tokens): a longer one is not its.
+_MAX_TOKEN: Final = 16 * 1024
 
 
 # Lower case, and every byte that is not a letter or digit read as "-": servers and frameworks turn
@@ -470,6 +475,7 @@ def upstream_request_headers(
     websocket: bool = False,
     own_cookies: frozenset[bytes] = frozenset(),
     strip: frozenset[bytes] = frozenset(),
+    token_audiences: frozenset[tuple[str, str]] = frozenset(),
 ) -> Headers:
     """Build the header list sent upstream. See the module docstring for the order of operations.
 
@@ -477,7 +483,9 @@ def upstream_request_headers(
     preserves the host. ``strip`` holds further client header names (normalized) to drop in every
     spelling: the configured identity names (:meth:`IdentityNames.to_strip`), and ``authorization``
     when a bearer token authenticated the request (the snapshot's ``strip_bearer``). A header the
-    route sets (``extra``) is never dropped by it.
+    route sets (``extra``) is never dropped by it. ``token_audiences`` holds the (issuer, audience)
+    pairs of the providers whose access tokens the gateway accepts: an ``Authorization`` carrying such
+    a token is the gateway's credential and is dropped too (:func:`_provider_token`).
     """
     out: Headers = [(b"host", b"")]
     connection = False
@@ -494,7 +502,11 @@ def upstream_request_headers(
                 value = _without_cookies(value, own_cookies)
             if value:
                 out.append((lname, value))
-        elif (kind == _WEBSOCKET and not websocket) or (kind == _AUTHORIZATION and not _gateway_token(value)):
+        elif (kind == _WEBSOCKET and not websocket) or (
+            kind == _AUTHORIZATION
+            and not _gateway_token(value)
+            and not (token_audiences and _provider_token(value, token_audiences))
+        ):
             # A WebSocket's handshake headers unless the client library negotiates its own with the
             # upstream; an Authorization of the app's own scheme (Basic, its own tokens).
             out.append((lname, value))
@@ -542,6 +554,30 @@ def _gateway_token(value: bytes) -> bool:
     return meant_as_gateway_token(scheme.decode("latin-1")) or meant_as_gateway_token(
         credentials.decode("latin-1")
     )
+
+
+def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool:
+    """Whether an ``Authorization`` value carries a JWT whose (unverified) ``iss`` and one ``aud`` are
+    those of a provider whose access tokens the gateway accepts: a token for the gateway, which an app
+    that received it could replay on the gateway's bearer routes as its holder (the last note's open
+    item). In either place, as :func:`_gateway_token` looks; decoded more leniently than the verifier
+    reads it (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
+    for part in _BLANKS.split(value.strip(b" \t"), maxsplit=1):
+        pieces = part.split(b".")
+        if len(pieces) != 3 or len(part) > _MAX_TOKEN:
+            continue
+        payload = pieces[1] + b"=" * (-len(pieces[1]) % 4)
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(payload))
+        except (ValueError, binascii.Error):
+            continue
+        if not isinstance(claims, dict) or not isinstance(iss := claims.get("iss"), str):
+            continue
+        aud = claims.get("aud")
+        for one in (aud,) if isinstance(aud, str) else aud if isinstance(aud, list) else ():
+            if isinstance(one, str) and (iss, one) in audiences:
+                return True
+    return False
 
 
 def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:

@@ -89,6 +89,9 @@ class Snapshot:
     # A CORS preflight let through without sign-in reaches the app as a browser sends it: without
     # credentials of any kind (gateway/pipeline/preflight.py).
     strip_preflight: frozenset[bytes] = frozenset({b"authorization", b"cookie"})
+    # (issuer, audience) of every provider whose access tokens the gateway accepts: a client's
+    # Authorization carrying such a token is the gateway's credential, dropped on its way to any app.
+    token_audiences: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def pools(self) -> list[UpstreamPool]:
@@ -146,6 +149,11 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         strip_identity=strip,
         strip_bearer=strip | {b"authorization"},
         strip_preflight=strip | {b"authorization", b"cookie"},
+        token_audiences=frozenset(
+            (p.issuer, p.access_tokens.audience)
+            for p in settings.identity_providers
+            if p.access_tokens is not None
+        ),
     )
 
 

@@ -99,10 +99,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "upstreams": [echo.url],
             "auth": ["bearer"],
         }
+        # A route of the same host with a public path: the app behind it must never see the token.
+        public = {
+            "name": "pub", "host": "127.0.0.1", "path": "/pub", "upstreams": [echo.url], "public_paths": ["/*"],
+        }  # fmt: skip
         config = gateway_config(
             tmp,
             port,
-            [route],
+            [route, public],
             policy={"file": str(tmp / "policy.csv")},
             threat={"enabled": False},
             identity_providers=[
@@ -153,6 +157,19 @@ def test_a_client_credentials_token_reaches_the_route(site: Site, resource: str)
     assert headers["x-gateway-auth"] == "bearer"
     assert "authorization" not in headers
     assert token not in resp.text
+
+
+def test_a_token_for_the_gateway_never_reaches_the_app_of_a_public_path(site: Site) -> None:
+    """The last note's open item: a client that sends its provider token with every request to the host
+    handed it to the app of a public path, which could replay it on the bearer route as the client.
+    A token of the same provider for another audience is the app's, and goes through."""
+    for resource, reaches in (("https://gateway.test/jwt", False), ("https://other.test/jwt", True)):
+        token = site.token(resource)
+        resp = call(site, "/pub/page", token)
+        assert resp.status_code == 200, resp.text
+        headers = {k.lower(): v for k, v in resp.json()["headers"]}
+        assert ("authorization" in headers) is reaches, resource
+        assert (token in resp.text) is reaches, resource
 
 
 @pytest.mark.parametrize("resource", ["https://gateway.test/jwt", "https://gateway.test/opaque"])

@@ -474,6 +474,58 @@ def test_the_apps_own_authorization_goes_through(value: bytes) -> None:
     assert out[b"authorization"] == [value]
 
 
+def _jwt(claims: dict[str, object], *, pad: bool = False) -> bytes:
+    import base64
+    import json
+
+    def part(doc: dict[str, object]) -> bytes:
+        raw = base64.urlsafe_b64encode(json.dumps(doc).encode())
+        return raw if pad else raw.rstrip(b"=")
+
+    return part({"alg": "ES256", "typ": "at+jwt"}) + b"." + part(claims) + b".c2ln"
+
+
+ISSUER, AUDIENCE = "https://idp.example.com", "https://gateway.example.com"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Bearer " + _jwt({"iss": ISSUER, "aud": AUDIENCE, "sub": "kim"}),
+        b"bearer\t" + _jwt({"iss": ISSUER, "aud": ["other", AUDIENCE]}),
+        b"DPoP " + _jwt({"iss": ISSUER, "aud": AUDIENCE}, pad=True),
+        _jwt({"iss": ISSUER, "aud": AUDIENCE}) + b" x",
+    ],
+)
+def test_a_provider_token_for_the_gateway_never_reaches_an_app(value: bytes) -> None:
+    """The last note's open item: a provider's access token for the gateway, sent to a route browsed
+    with a session or to a public path, reached the app, which could replay it on the gateway's bearer
+    routes as its holder."""
+    headers = [(b"host", b"app"), (b"Authorization", value)]
+    out = upstream_request_headers(
+        headers, fwd=_fwd(headers), token_audiences=frozenset({(ISSUER, AUDIENCE)})
+    )
+    assert b"authorization" not in dict(out)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": ISSUER, "aud": "https://app.example.com"},  # the app's own audience at the same provider
+        {"iss": "https://other-idp.example.com", "aud": AUDIENCE},
+        {"iss": ISSUER},
+        {"aud": AUDIENCE},
+    ],
+)
+def test_a_provider_token_for_someone_else_goes_through(claims: dict[str, object]) -> None:
+    value = b"Bearer " + _jwt(claims)
+    headers = [(b"host", b"app"), (b"Authorization", value)]
+    out = upstream_request_headers(
+        headers, fwd=_fwd(headers), token_audiences=frozenset({(ISSUER, AUDIENCE)})
+    )
+    assert dict(out)[b"authorization"] == value
+
+
 def test_a_trusted_proxys_rfc7239_forwarded_is_not_read() -> None:
     """The README says so: only X-Forwarded-For names the client. A proxy that sends `Forwarded` alone
     leaves every client at the proxy's address (an attack run found the README claiming otherwise)."""
