@@ -42,6 +42,7 @@ from sqlalchemy import delete, exists, select, update
 
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.factors.last import hold_owner, refuse_none_left
 from gateway.factors.ledgered import note_removed
 from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import TotpCredential
@@ -353,19 +354,31 @@ class TotpService:
                 await session.commit()
         return ok
 
-    async def remove(self, user_id: int, credential_id: int) -> bool:
+    async def remove(self, user_id: int, credential_id: int, *, keep_one: bool = False) -> bool:
         """Delete one of the user's authenticator apps (confirmed or not).
+
+        Args:
+            user_id: The owner; an app of anyone else is left alone.
+            credential_id: The app's row id.
+            keep_one: Refuse to remove the account's only second factor (:mod:`gateway.factors.last`).
 
         Returns:
             True if it existed and belonged to the user.
+
+        Raises:
+            OnlyFactor: With ``keep_one``, nothing else is left; nothing was removed.
         """
         async with self._db.session() as session:
             with store_errors("cannot remove the TOTP credential"):
+                if keep_one:
+                    await hold_owner(session, user_id)
                 created = await session.scalar(
                     delete(TotpCredential)
                     .where(TotpCredential.id == credential_id, TotpCredential.user_id == user_id)
                     .returning(TotpCredential.created_at)
                 )
+                if keep_one and created is not None:
+                    await refuse_none_left(session, user_id)
                 noted = (
                     await note_removed(
                         self._ledger,

@@ -81,6 +81,7 @@ from webauthn.helpers.structs import (
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import GatewayError
+from gateway.factors.last import hold_owner, refuse_none_left
 from gateway.factors.ledgered import note_removed
 from gateway.identity.ledger import AccountLedger
 from gateway.identity.models import User, WebAuthnCredential
@@ -544,19 +545,27 @@ class WebAuthnService:
                 await session.commit()
         return True
 
-    async def remove(self, user_id: int, credential_db_id: int, *, ip: str = "") -> bool:
+    async def remove(
+        self, user_id: int, credential_db_id: int, *, ip: str = "", keep_one: bool = False
+    ) -> bool:
         """Delete one of the user's credentials (the caller checks a recent second factor first).
 
         Args:
             user_id: The owner; a credential of anyone else is left alone.
             credential_db_id: The credential's row id.
             ip: The client's address, for the audit record.
+            keep_one: Refuse to remove the account's only second factor (:mod:`gateway.factors.last`).
 
         Returns:
             False if the user has no such credential.
+
+        Raises:
+            OnlyFactor: With ``keep_one``, nothing else is left; nothing was removed.
         """
         async with self._db.session() as session:
             with store_errors("cannot remove the WebAuthn credential"):
+                if keep_one:
+                    await hold_owner(session, user_id)
                 gone = (
                     await session.execute(
                         delete(WebAuthnCredential)
@@ -567,6 +576,8 @@ class WebAuthnService:
                         .returning(WebAuthnCredential.name, WebAuthnCredential.created_at)
                     )
                 ).first()
+                if keep_one and gone is not None:
+                    await refuse_none_left(session, user_id)
                 username = await session.scalar(select(User.username).where(User.id == user_id)) or ""
                 # Noted in the ledger: a restore must not bring a stolen key's credential back.
                 noted = (

@@ -18,6 +18,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from gateway.errors import GatewayError
+from gateway.factors.last import OnlyFactor
 from gateway.identity.levels import AuthLevel, Factor
 from gateway.identity.sessions import Session, browser_label
 from gateway.services import IdentityServices
@@ -240,21 +241,23 @@ async def remove_factor(
     if not flows.is_fresh(s, config, identity.clock):
         # Back to this factor's confirmation after the second factor, not to the list.
         return _step_up(f"/.gateway/account/factors/{quote(kind, safe='')}/{credential_id}/remove")
-    if await _only_factor(identity, s.user_id, kind, credential_id):
-        return Redirect(f"/.gateway/account?notice={quote(_ONLY_FACTOR)}", status_code=303)
     removed = False
-    if kind == "totp":
-        removed = await identity.totp.remove(s.user_id, credential_id)
-        if removed:
-            await identity.audit.record(
-                "factor.removed",
-                actor=f"user:{s.username}",
-                subject=s.username,
-                ip=flows.client_ip(request),
-                details={"kind": "totp"},
-            )
-    elif kind == "webauthn":
-        removed = await identity.webauthn.remove(s.user_id, credential_id, ip=flows.client_ip(request))
+    try:
+        if kind == "totp":
+            removed = await identity.totp.remove(s.user_id, credential_id, keep_one=True)
+        elif kind == "webauthn":
+            ip = flows.client_ip(request)
+            removed = await identity.webauthn.remove(s.user_id, credential_id, ip=ip, keep_one=True)
+    except OnlyFactor:
+        return Redirect(f"/.gateway/account?notice={quote(_ONLY_FACTOR)}", status_code=303)
+    if removed and kind == "totp":
+        await identity.audit.record(
+            "factor.removed",
+            actor=f"user:{s.username}",
+            subject=s.username,
+            ip=flows.client_ip(request),
+            details={"kind": "totp"},
+        )
     if not removed:
         return Redirect("/.gateway/account?notice=Nothing+was+removed.", status_code=303)
     ended, new_id = await _end_others_after(request, identity, s, signed.session_id, "factor.removed")
@@ -264,20 +267,12 @@ async def remove_factor(
     return response
 
 
-# Removing the last one left the account on trust on first use: whoever held the password next
-# enrolled a factor of their own as the "first" (a re-attack run); the host's operator does that on
-# purpose with `gateway user reset-mfa --invite`, which also takes the password away.
+# Removing the last one left the account on trust on first use (gateway.factors.last); the host's
+# operator does that on purpose with `gateway user reset-mfa --invite`, which also takes the password away.
 _ONLY_FACTOR: Final = (
     "This is your only second factor: add another (an authenticator app or a passkey) first, then "
     "remove this one. Nothing was removed."
 )
-
-
-async def _only_factor(identity: IdentityServices, user_id: int, kind: str, credential_id: int) -> bool:
-    """Whether ``kind``/``credential_id`` is the account's one second factor."""
-    held = {("totp", app.id) for app in await identity.totp.list(user_id)}
-    held |= {("webauthn", key.id) for key in await identity.webauthn.list(user_id)}
-    return held == {(kind, credential_id)}
 
 
 @post("/.gateway/account/factors/{kind:str}/{factor_id:str}/rename", status_code=303)
