@@ -333,6 +333,10 @@ async def revoke_one(
     if signed.session is None:
         return flows.login_redirect("/.gateway/account")
     s = signed.session
+    if not flows.is_fresh(s, config, identity.clock):
+        # As for all of them at once: a stolen, older cookie looped over the list one by one (an
+        # attack run signed the owner out everywhere that way).
+        return _step_up("/.gateway/account")
     mine = {other.id_hash for other in await identity.sessions.list_user(s.user_id)}
     if (
         session_hash in mine

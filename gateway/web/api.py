@@ -111,12 +111,18 @@ async def my_sessions(
     ]
 
 
+_FRESH_FIRST = "Confirm it's you first: use your second factor again, then sign the session out."
+
+
 @delete("/.gateway/api/sessions/{session_hash:str}", status_code=204)
 async def end_session(
     request: Request[Any, Any, Any], config: Config, identity: Identity, session_hash: FromPath[str]
 ) -> None:
-    """Sign out one of this user's other sessions."""
+    """Sign out one of this user's other sessions (needs a fresh second factor, as "sign out all
+    other sessions" does: a stolen, older cookie looped over the list and signed the owner out)."""
     _, s = await _require(request, config, identity)
+    if not flows.is_fresh(s, config, identity.clock):
+        raise PermissionDeniedException(_FRESH_FIRST)
     if session_hash not in {o.id_hash for o in await identity.sessions.list_user(s.user_id)}:
         raise PermissionDeniedException("Not one of your sessions.")
     if await identity.sessions.revoke_hash(session_hash):

@@ -96,6 +96,44 @@ async def test_an_older_session_signs_nobody_else_out(
     assert await services.identity.sessions.get(owners) is not None
 
 
+async def test_an_older_session_signs_nobody_out_one_by_one_either(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """An attack run: refused "sign out all other sessions", the stolen older cookie listed the
+    account's sessions and signed each out alone, on the page and through the API."""
+    services, client = worker
+    user = await _account(services)
+    owners = await signed_in(services, client, user)
+    await signed_in(services, client, user, ago=86400)
+    token = await _token(client)
+    listed = await client.get("/.gateway/api/sessions", headers={"Accept": "application/json"})
+    others = [o["id"] for o in listed.json() if not o["current"]]
+    assert others
+    for other in others:
+        page = await client.post(
+            f"/.gateway/account/sessions/{other}/revoke",
+            data={"_csrf_token": token},
+            headers={"Accept": "text/html"},
+            follow_redirects=False,
+        )
+        assert page.status_code in (302, 303), page.text
+        assert "/.gateway/mfa" in page.headers["location"]
+        api = await client.delete(
+            f"/.gateway/api/sessions/{other}", headers={"x-csrftoken": token, "Accept": "application/json"}
+        )
+        assert api.status_code == 403, api.text
+    assert await services.identity.sessions.get(owners) is not None
+    # With a fresh second factor the owner signs one out.
+    await signed_in(services, client, user)
+    token = await _token(client)
+    listed = await client.get("/.gateway/api/sessions", headers={"Accept": "application/json"})
+    other = next(o["id"] for o in listed.json() if not o["current"])
+    ended = await client.delete(
+        f"/.gateway/api/sessions/{other}", headers={"x-csrftoken": token, "Accept": "application/json"}
+    )
+    assert ended.status_code == 204, ended.text
+
+
 async def test_the_only_factor_stays_until_another_is_added(
     worker: tuple[WorkerServices, httpx.AsyncClient],
 ) -> None:
