@@ -589,6 +589,12 @@ async def account_action(
                 continue
             if data.action == AccountAction.RESET_MFA:
                 await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
+            if data.action == AccountAction.DISABLE and user.id != admin.session.user_id:
+                await refuse_admin_takeover(
+                    services, live_policy, config, user, "disable the account",
+                    on_host="gateway incident case act ID disable, or gateway user disable",
+                    why="which would leave them the only one to approve or reject",
+                )  # fmt: skip
             if data.action in _SHUTS_YOU_OUT and user.id == admin.session.user_id:
                 raise OwnAccountRefused(
                     f"{case.id} names you ({admin.session.username}): {_SHUTS_YOU_OUT[data.action]} would "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -32,6 +33,7 @@ from litestar import Request, get, post
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Template
 
+from admin.access import holds_role
 from admin.actions import admin_of, audit, confirm_destructive, keeps_admin
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
@@ -49,13 +51,14 @@ from admin.policy_json import (
 from gateway.authz.cases import Canonicalize, CasesInvalid, failures, parse_cases, run_cases
 from gateway.authz.index import PolicyIndex
 from gateway.authz.live import LivePolicy
-from gateway.authz.proposals import Proposal, Proposals, SelfApproval
+from gateway.authz.proposals import Proposal, Proposals, ProposalStatus, SelfApproval
 from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
 from gateway.authz.sample import DecisionSample
 from gateway.authz.store import StoredPolicy, policy_diff
-from gateway.authz.validate import Finding, validate
+from gateway.authz.validate import Finding, is_principal, validate
 from gateway.authz.whatif import Flip, what_if
 from gateway.errors import BadRequest, GatewayError
+from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize
 from gateway.reasons import OPTIONAL_REASON_PATTERN
 from gateway.services import Services
@@ -106,6 +109,10 @@ class ProposeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class DecideRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Reason
+    # On approval: exactly whom the change makes an admin, as the proposal lists them (new_admins).
+    new_admins: (
+        Annotated[list[Annotated[str, msgspec.Meta(max_length=300)]], msgspec.Meta(max_length=1000)] | None
+    ) = None
 
 
 class ValidateResult(msgspec.Struct, kw_only=True):
@@ -195,6 +202,9 @@ class ProposalView(msgspec.Struct, kw_only=True):
     decided_at: datetime | None
     decision_reason: str
     applied_version: int | None
+    # Who reaches the admin role with this change and not without it (open proposals): the accounts
+    # (user:<name>) and the principals the policy names (group:<provider>:<group>, authenticated).
+    new_admins: list[str] = msgspec.field(default_factory=list)
 
 
 class ProposalList(msgspec.Struct, kw_only=True):
@@ -238,8 +248,9 @@ def _counts(diff: str) -> tuple[int, int]:
     return added, removed
 
 
-async def check_draft(text: str) -> ValidateResult:
-    """The findings of a draft; a malformed line is an error finding with its line."""
+async def check_draft(text: str, local_roles: frozenset[str] = frozenset()) -> ValidateResult:
+    """The findings of a draft; a malformed line is an error finding with its line. ``local_roles``:
+    the roles accounts hold themselves (not "held by nobody")."""
     try:
         rules = parse_policy(text, source="draft")
     except PolicyError as exc:
@@ -248,7 +259,7 @@ async def check_draft(text: str) -> ValidateResult:
         )
         return ValidateResult(ok=False, errors=1, warnings=0, rules=0, links=0, findings=[finding])
     # In a thread: checking a large policy is CPU work the event loop should not wait on.
-    found: list[Finding] = await asyncio.to_thread(validate, rules)
+    found: list[Finding] = await asyncio.to_thread(partial(validate, rules, local_roles=local_roles))
     errors = sum(1 for f in found if f.severity == "error")
     return ValidateResult(
         ok=errors == 0,
@@ -340,7 +351,43 @@ def _proposals(policy: LivePolicy, services: Services, config: CurrentConfig) ->
     return Proposals(services.db, policy.store, identity.audit, identity.clock, ttl=ttl)
 
 
-def _proposal_json(p: Proposal) -> ProposalView:
+async def _local_roles(services: Services) -> frozenset[str]:
+    return frozenset(r for roles in (await services.identity.accounts.role_holders()).values() for r in roles)
+
+
+async def new_admins(
+    services: Services, config: CurrentConfig, before: PolicyRules, after: PolicyRules
+) -> list[str]:
+    """Who reaches ``admin.role`` under ``after`` and not under ``before``: every account with local
+    roles (as its sessions speak: ``user:<name>``, its roles, ``authenticated``) and every principal
+    the policies name. An attack run had a reviewer approve ``g, <role>, admin`` without seeing that an
+    account of the proposer's held that role."""
+    role = config.settings.admin.role
+    was, will = PolicyIndex.roles_only(before), PolicyIndex.roles_only(after)
+    candidates: dict[str, list[str]] = {
+        f"user:{name}": [f"user:{name}", *roles, AUTHENTICATED]
+        for name, roles in (await services.identity.accounts.role_holders()).items()
+    }
+    named = [*(r.member for r in after.links), *(r.sub for r in after.policies), AUTHENTICATED]
+    for name in named:
+        if is_principal(name) and name not in candidates:
+            candidates[name] = [name, AUTHENTICATED] if name.startswith(("user:", "group:")) else [name]
+    return sorted(
+        _spelled(name)
+        for name, principals in candidates.items()
+        if holds_role(principals, role, will) and not holds_role(principals, role, was)
+    )
+
+
+def _spelled(name: str) -> str:
+    """``name``, and its characters beyond ASCII as escapes: a look-alike (``user:\u0430lice``) must
+    not read as the account it imitates where a reviewer decides."""
+    if name.isascii():
+        return name
+    return f"{name} (spelled {name.encode('ascii', 'backslashreplace').decode('ascii')})"
+
+
+def _proposal_json(p: Proposal, admins: list[str] | None = None) -> ProposalView:
     return ProposalView(
         id=p.id,
         status=str(p.status),
@@ -355,6 +402,7 @@ def _proposal_json(p: Proposal) -> ProposalView:
         decided_at=p.decided_at,
         decision_reason=p.decision_reason,
         applied_version=p.applied_version,
+        new_admins=admins or [],
     )
 
 
@@ -362,18 +410,34 @@ async def proposal_list(
     policy: LivePolicy, services: Services, config: CurrentConfig, *, open_only: bool, limit: int = 50
 ) -> ProposalList:
     found = await _proposals(policy, services, config).list(open_only=open_only, limit=limit)
-    return ProposalList(
-        approvals=config.settings.admin.approvals, proposals=[_proposal_json(p) for p in found]
-    )
+    live = (await policy.store.current()).rules
+    views = [
+        _proposal_json(
+            p,
+            await _proposal_admins(services, config, live, p) if p.status is ProposalStatus.PENDING else None,
+        )
+        for p in found
+    ]
+    return ProposalList(approvals=config.settings.admin.approvals, proposals=views)
+
+
+async def _proposal_admins(
+    services: Services, config: CurrentConfig, live: PolicyRules, p: Proposal
+) -> list[str]:
+    try:
+        proposed = parse_policy(p.policy, source=f"proposal {p.id}")
+    except PolicyError:
+        return []
+    return await new_admins(services, config, live, proposed)
 
 
 # -- API: the draft ------------------------------------------------------------------------------
 
 
 @post("/api/policy/draft/validate", status_code=200, tags=["policy draft"])
-async def validate_draft(data: JSONBody[DraftRequest]) -> ValidateResult:
+async def validate_draft(services: AdminServices, data: JSONBody[DraftRequest]) -> ValidateResult:
     """Validate a draft: every finding with its line (a malformed line is one). Nothing is stored."""
-    return await check_draft(data.policy)
+    return await check_draft(data.policy, await _local_roles(services))
 
 
 @post("/api/policy/draft/diff", status_code=200, tags=["policy draft"])
@@ -466,10 +530,29 @@ class ProposerGone(GatewayError):
     title = "The proposer's account no longer exists"
 
 
-async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Proposal) -> None:
+class ProposerShut(GatewayError):
+    """Approving a proposal whose proposer's account is disabled, restricted or closed: 409."""
+
+    status = 409
+    reason = "proposal-proposer-shut"
+    title = "The proposer's account is shut"
+
+
+class NewAdminsUnconfirmed(GatewayError):
+    """Approving a proposal without naming exactly whom it makes an admin: 409, nothing changed."""
+
+    status = 409
+    reason = "proposal-new-admins"
+    title = "Confirm who becomes an admin"
+
+
+async def _refuse_approval(
+    identity: Identity, approver: str, proposal: Proposal, admins: list[str], acknowledged: list[str] | None
+) -> None:
     """An account whose credentials the proposer issued (or that issued the proposer's) is the
     proposer's to use: an attack run had an admin make an account with a one-time password, have a
-    second admin make it an admin, and approve his own proposals with it."""
+    second admin make it an admin, and approve his own proposals with it. ``admins``: who the
+    proposal makes an admin now, which the approver must have named (``acknowledged``)."""
     if approver == proposal.proposer:
         return  # refused as the proposer's own (Proposals.approve)
     if await identity.accounts.gone_since(proposal.proposer, proposal.created_at):
@@ -478,14 +561,28 @@ async def _refuse_one_lineage(identity: Identity, approver: str, proposal: Propo
             f"{proposal.proposer}'s account no longer exists: reject this proposal, and propose the change "
             "again if it is still wanted."
         )
-    mine, theirs = (
-        await identity.accounts.lineage(approver),
-        await identity.accounts.lineage(proposal.proposer),
-    )
-    if mine & theirs:
+    proposer = await identity.accounts.find(proposal.proposer.removeprefix("user:"))
+    if proposer is not None and (proposer.disabled or proposer.restricted or proposer.closed_at is not None):
+        # An admin shut out for cause (a re-attack run) left a queue any approver could still apply.
+        raise ProposerShut(
+            f"{proposal.proposer}'s account is disabled, restricted or closed: reject this proposal, and "
+            "propose the change again if it is still wanted."
+        )
+    theirs = await identity.accounts.lineage(proposal.proposer)
+    if await identity.accounts.lineage(approver) & theirs:
         raise SelfApproval(
             f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "
             "password or an invitation link one of you issued): another admin must approve it."
+        )
+    if sorted(acknowledged or ()) != admins:
+        # Whoever the change makes an admin is named to the approver, who names them back: a reviewer
+        # approved "g, ops, admin" without seeing that an account of the proposer's held ops (an attack
+        # run), and a role given after the review would otherwise slip in between.
+        raise NewAdminsUnconfirmed(
+            f"This change makes {', '.join(admins)} an admin: approve it again with new_admins set to "
+            "exactly that list (the Policies page shows it)."
+            if admins
+            else "This change makes nobody an admin now: approve it again without new_admins."
         )
 
 
@@ -510,7 +607,10 @@ async def approve(
     proposals = _proposals(live_policy, services, config)
     try:
         confirm_destructive(admin, config, identity.clock)
-        await _refuse_one_lineage(identity, admin.actor, await proposals.get(number))
+        pending = await proposals.get(number)
+        admins = await _proposal_admins(services, config, (await live_policy.store.current()).rules, pending)
+        details["new_admins"] = admins
+        await _refuse_approval(identity, admin.actor, pending, admins, data.new_admins)
         version = await proposals.approve(
             number, actor=admin.actor, reason=data.reason, keep=keeps_admin(admin, config.settings.admin.role)
         )

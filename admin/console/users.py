@@ -560,13 +560,14 @@ async def refuse_admin_takeover(
     user: User,
     what: str,
     on_host: str = "gateway user reset-mfa / set-password",
+    why: str = "which would let them act as both",
 ) -> None:
     """One admin resetting another admin's credentials could then sign in as them, and approve alone."""
     if _second_admin_required(config) and await _is_admin(services, live_policy, config, user):
         raise SecondAdminRequired(
             f"{user.username} is an admin, and this gateway needs two admins for a policy change "
-            f"(admin.approvals: 2): one admin may not {what} of another, which would let them act as "
-            f"both. Do it on the gateway's host: {on_host} {user.username}."
+            f"(admin.approvals: 2): one admin may not {what} of another, {why}. Do it on the gateway's "
+            f"host: {on_host} {user.username}."
         )
 
 
@@ -809,13 +810,15 @@ async def invite_user(
 async def disable_user(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[DestructiveChange],
 ) -> ActionResult:
     """Disable an account: it cannot sign in, and every session ends at once on every replica.
 
-    Destructive: needs a reason and a recent second factor (403 step-up otherwise)."""
+    Destructive: needs a reason and a recent second factor (403 step-up otherwise). Under
+    ``admin.approvals: 2`` another admin's account is disabled on the host (403 ``second-admin-required``)."""
 
     async def work(user: User, actor: str) -> ActionResult:
         _refuse_own(
@@ -824,6 +827,12 @@ async def disable_user(
             "disabling it would shut you out of this console",
             "Another admin, or `gateway user disable` on the gateway's host, can.",
         )
+        # As restricting is refused: the other approver shut out leaves one admin holding every
+        # proposal and every rejection (an attack run).
+        await refuse_admin_takeover(
+            services, live_policy, config, user, "disable the account", on_host="gateway user disable",
+            why="which would leave them the only one to approve or reject",
+        )  # fmt: skip
         ended = await services.identity.accounts.disable(user.id, actor=actor)
         return ActionResult(
             username=user.username,

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from gateway.authz.index import MAX_HIERARCHY_LEVEL
 from gateway.authz.rules import SUBTREE, PolicyRules, Rule, subtree_root
+from gateway.identity.names import canonical_username
 
 __all__ = ["Finding", "Severity", "is_principal", "validate"]
 
@@ -52,18 +53,21 @@ class Finding:
         return f"{where}{self.severity} [{self.code}] {self.message}"
 
 
-def validate(rules: PolicyRules) -> list[Finding]:
+def validate(rules: PolicyRules, *, local_roles: frozenset[str] = frozenset()) -> list[Finding]:
     """All findings for a policy, in the order of the lines they concern (policy-wide ones last).
 
     Args:
         rules: the parsed policy.
+        local_roles: The roles accounts and service accounts hold themselves (no ``g`` line names
+            them), when the caller can read them: a role held so is not "held by nobody" (an attack
+            run's reviewer was told a role an account held was a typo, and approved its escalation).
 
     Returns:
         The findings; empty when the policy looks right.
     """
     graph = _members(rules)
     reach = {member: _distances(graph, member) for member in graph}
-    held = _held_roles(reach)
+    held = _held_roles(reach) | local_roles
     findings = [
         *_duplicates(rules),
         *(finding for rule in rules.policies for finding in _pattern_findings(rule)),
@@ -357,8 +361,31 @@ def _group_finding(name: str, rule: Rule) -> Finding:
 
 
 def _link_findings(rules: PolicyRules) -> list[Finding]:
-    """``g`` lines whose member is a group named without its provider."""
-    return [_group_finding(rule.member, rule) for rule in rules.links if _group_without_provider(rule.member)]
+    """``g`` lines whose member is a group named without its provider, or a user not as stored."""
+    out = [_group_finding(rule.member, rule) for rule in rules.links if _group_without_provider(rule.member)]
+    out.extend(found for rule in rules.links if (found := _user_finding(rule.member, rule)) is not None)
+    return out
+
+
+def _user_finding(name: str, rule: Rule) -> Finding | None:
+    """A ``user:`` name that is not a username as accounts store it (folded: NFKC, lower case) matches
+    no session: a deny written for ``user:Mallory`` or with a full-width m never applied, and
+    nothing said so (an attack run)."""
+    if not name.startswith("user:") or name == "user:":
+        return None
+    written = name.removeprefix("user:")
+    try:
+        stored = canonical_username(written)
+    except ValueError as exc:
+        return Finding(Severity.ERROR, "user-not-a-username", f"{name!r} names no account: {exc}", rule)
+    if stored == written:
+        return None
+    return Finding(
+        Severity.ERROR,
+        "user-not-as-stored",
+        f"{name!r} matches no session: usernames are stored folded (lower case, NFKC); write 'user:{stored}'",
+        rule,
+    )
 
 
 def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
@@ -371,6 +398,8 @@ def _subject_findings(rules: PolicyRules, held: set[str]) -> list[Finding]:
             )
         elif _group_without_provider(subject):
             out.append(_group_finding(subject, rule))
+        elif (found := _user_finding(subject, rule)) is not None:
+            out.append(found)
         elif subject.startswith("scope:") and ":" not in subject.removeprefix("scope:"):
             scope = subject.removeprefix("scope:")
             out.append(
@@ -410,7 +439,8 @@ def _unknown_roles(rules: PolicyRules, held: set[str]) -> list[Finding]:
                     Severity.WARNING,
                     "unknown-role",
                     f"role {name!r} is neither held by any user or group nor named by any permission; "
-                    "a typo? grant it, give it rules, or remove it",
+                    "a typo? grant it, give it rules, or remove it (roles accounts hold themselves are "
+                    "counted only where the accounts can be read, as the console does)",
                     link,
                 )
             )

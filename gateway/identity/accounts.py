@@ -37,6 +37,7 @@ import builtins
 import contextlib
 import hashlib
 import logging
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,7 +65,6 @@ from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.identity.retired import retire, retired_among
-from gateway.names import hidden_character
 from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
@@ -288,6 +288,7 @@ def account_roles(roles: Sequence[str]) -> list[str]:
 
 # As the console's RoleName: a role is a name, not a paragraph (the CLI took 100,000 characters).
 _MAX_ROLE_LENGTH: Final = 128
+_ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@/:-]*")
 
 
 def _check_roles(roles: Sequence[str]) -> str:
@@ -297,15 +298,13 @@ def _check_roles(roles: Sequence[str]) -> str:
         # Stored space-separated: a role with a space or comma would silently become two roles.
         # Nor a character a reader cannot see (gateway.names): "admin\u200b" reads as "admin" wherever
         # it is shown, and is another role (a fuzzing run stored it).
-        if (
-            not name
-            or len(name) > _MAX_ROLE_LENGTH
-            or hidden_character(name) is not None
-            or any(c.isspace() or c == "," for c in name)
-        ):
+        # ASCII only, as service accounts' roles: "\u0430dmin" (a Cyrillic a) read as "admin" in the
+        # proposal that linked it to the admin role, and the approver made its holder an admin (an
+        # attack run).
+        if not name or len(name) > _MAX_ROLE_LENGTH or not _ROLE_NAME.fullmatch(name):
             raise InvalidAccount(
-                f"Invalid role name {role[:40]!r}: at most {_MAX_ROLE_LENGTH} characters, and no spaces, "
-                "commas, control or invisible characters."
+                f"Invalid role name {role[:40]!r}: 1-{_MAX_ROLE_LENGTH} of the ASCII letters, digits and "
+                "_ . @ / : - (no spaces, commas or other scripts), starting with a letter or digit."
             )
         if _speaks_for_another(name):
             # A role is added to the person's principals as it is: "client:deployer" or "user:boss" would
@@ -851,6 +850,16 @@ class AccountService:
         (:meth:`note_issued`)."""
         issuer = await self._actor_account(actor)
         return None if issuer is None or issuer.id == user_id else issuer.id
+
+    async def role_holders(self) -> dict[str, tuple[str, ...]]:
+        """Every account that holds local roles: username → its roles (for what a policy change does
+        to them: who it makes an admin, which roles are held although no ``g`` line names them)."""
+        async with self._db.session() as session:
+            with store_errors("cannot read the accounts' roles"):
+                rows = (
+                    await session.execute(select(User.username, User.roles).where(User.roles != ""))
+                ).all()
+        return {name: tuple(roles.split()) for name, roles in rows if roles.strip()}
 
     async def gone_since(self, actor: str, since: datetime) -> bool:
         """Whether the account the actor ``user:<name>`` named at ``since`` is gone: the one holding

@@ -199,6 +199,20 @@ def test_a_proposal_goes_live_when_another_admin_approves_it(
         expect(other.locator("table.policy-rules")).to_contain_text("/news/*")
         expect(other.locator("section.proposals .empty")).to_be_visible()
         expect(other.locator("table.policy-history tbody tr").first).to_contain_text("user:second")
+
+        # A change that makes someone an admin says whom, and the approval names them back.
+        page.goto(site.url("/policies"))
+        page.fill("#draft", POLICY + NEWS + "g, user:newhire, admin\n")
+        page.fill("#save-reason", "newhire runs the console from Monday")
+        page.click("#save-form button")
+        expect(page.locator("article.proposal .new-admins")).to_have_text("user:newhire")
+        other.goto(site.url("/policies"))
+        hiring = other.locator("article.proposal")
+        expect(hiring.locator(".new-admins .badge")).to_have_text("user:newhire")
+        expect(hiring.locator(".approve-form button")).to_have_text("Approve, make these admins, and make live")
+        hiring.locator(".approve-form input[name=reason]").fill("hired, ticket 7")
+        hiring.locator(".approve-form button").click()
+        expect(other.locator(".policy-summary .big")).to_have_text("v3")
         other.set_viewport_size({"width": 390, "height": 844})
         assert no_horizontal_scroll(other)
     finally:

@@ -38,7 +38,11 @@ async def _propose(site: Console, who: str, policy: str) -> int:
 
 
 async def _approve(site: Console, who: str, number: int) -> httpx.Response:
-    return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    """Approve as the console does: naming whom the proposal makes an admin, as its list shows them."""
+    listed = (await site.call(who, "GET", "/api/policy/proposals")).json()["proposals"]
+    admins = next((p["new_admins"] for p in listed if p["id"] == number), [])
+    body = {"reason": "ok", **({"new_admins": admins} if admins else {})}
+    return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json=body)
 
 
 def _refused(response: httpx.Response, reason: str) -> None:
@@ -651,9 +655,7 @@ async def test_an_address_an_admin_chose_makes_the_account_theirs_when_approving
     )
     policy = POLICY + "g, user:carol, admin\n"
     made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
-    approved = await site.call(
-        second, "POST", f"/api/policy/proposals/{made.json()['id']}/approve", json={"reason": "ok"}
-    )
+    approved = await _approve(site, second, made.json()["id"])
     assert approved.status_code == 200, approved.text
     allow_all = policy + "p, authenticated, app, /*, *, allow\n"
     made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": allow_all, "reason": "x"})
@@ -690,9 +692,7 @@ async def test_a_password_another_admin_sets_leaves_the_address_an_admin_chose_c
     )
     policy = POLICY + "g, user:carol, admin\n"
     made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": policy, "reason": "x"})
-    approved = await site.call(
-        second, "POST", f"/api/policy/proposals/{made.json()['id']}/approve", json={"reason": "ok"}
-    )
+    approved = await _approve(site, second, made.json()["id"])
     assert approved.status_code == 200, approved.text
     allow_all = policy + "p, authenticated, app, /*, *, allow\n"
     made = await site.call(boss, "POST", "/api/policy/proposals", json={"policy": allow_all, "reason": "x"})
@@ -757,3 +757,103 @@ async def test_an_account_erased_in_the_middle_of_a_lineage_does_not_break_it(co
     assert answer.status_code == 409, answer.text
     assert answer.json()["error"] == "proposal-proposer-gone"
     assert await site.services.policy.store.version() == 3
+
+
+async def test_a_role_linked_to_admin_names_the_accounts_it_makes_admins_and_the_approver_names_them_back(
+    console: Start,
+) -> None:
+    """An attack run: boss gave carol the role "ops" (not the admin role: allowed), proposed the policy
+    plus "g, ops, admin", which the validator called a typo (nobody held ops, it said), and second
+    approved it without seeing that it made carol an admin, who then approved boss's proposals."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    checked = await site.call(
+        boss, "POST", "/api/policy/draft/validate", json={"policy": POLICY + "g, ops, admin\n"}
+    )
+    roles = await site.call(boss, "PUT", "/api/users/carol/roles", json={"roles": ["ops"], "reason": "x"})
+    assert roles.status_code == 200, roles.text
+    held = await site.call(
+        boss, "POST", "/api/policy/draft/validate", json={"policy": POLICY + "g, ops, admin\n"}
+    )
+    assert "'ops' is neither held" in checked.text  # nobody held it then
+    assert "'ops' is neither held" not in held.text  # carol holds it now: no "typo?" for the reviewer
+
+    number = await _propose(site, boss, POLICY + "g, ops, admin\n")
+    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
+    assert [p["new_admins"] for p in listed if p["id"] == number] == [["user:carol"]]
+    blind = await site.call(second, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    assert (blind.status_code, blind.json()["error"]) == (409, "proposal-new-admins"), blind.text
+    assert "user:carol" in blind.json()["message"]
+    assert await site.services.policy.store.version() == 1
+    assert (await _approve(site, second, number)).status_code == 200
+
+
+async def test_a_role_given_after_the_review_does_not_slip_into_the_approval(console: Start) -> None:
+    """Second read the proposal when nobody held ops; boss then gave it to carol."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    number = await _propose(site, boss, POLICY + "g, ops, admin\n")
+    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
+    reviewed = next(p["new_admins"] for p in listed if p["id"] == number)
+    assert reviewed == []
+    await site.call(boss, "PUT", "/api/users/carol/roles", json={"roles": ["ops"], "reason": "x"})
+    late = await site.call(
+        second,
+        "POST",
+        f"/api/policy/proposals/{number}/approve",
+        json={"reason": "ok", "new_admins": reviewed},
+    )
+    assert (late.status_code, late.json()["error"]) == (409, "proposal-new-admins"), late.text
+    assert await site.services.policy.store.version() == 1
+
+
+@pytest.mark.parametrize("role", ["\u0430dmin", "\uff41dmin", "ops\u200b"])
+async def test_a_look_alike_role_name_is_refused(console: Start, role: str) -> None:
+    site = await console(approvals=2)
+    for name in ("boss", "carol"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    refused = await site.call(boss, "PUT", "/api/users/carol/roles", json={"roles": [role], "reason": "x"})
+    assert refused.status_code == 400, refused.text
+    carol = await site.services.identity.accounts.find("carol")
+    assert carol is not None
+    assert carol.roles == ""
+
+
+async def test_a_proposal_of_an_admin_shut_out_for_cause_is_not_approvable(console: Start) -> None:
+    """An attack run: boss proposed, was then disabled as compromised, and his queue stayed live."""
+    site = await console(approvals=2)
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    number = await _propose(site, boss, POLICY + "p, authenticated, app, /news/*, GET, allow\n")
+    shut = await site.services.identity.accounts.find("boss")
+    assert shut is not None
+    await site.services.identity.accounts.disable(shut.id, actor="cli:root")
+    approved = await _approve(site, second, number)
+    assert (approved.status_code, approved.json()["error"]) == (409, "proposal-proposer-shut"), approved.text
+    assert await site.services.policy.store.version() == 1
+
+
+async def test_one_admin_cannot_shut_the_other_approver_out(console: Start) -> None:
+    """An attack run: restricting the other admin was refused, disabling them went through (on the
+    users page and through an incident case), leaving one admin holding every decision."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    disabled = await site.call(boss, "POST", "/api/users/second/disable", json={"reason": "x"})
+    _refused(disabled, "second-admin-required")
+    assert "gateway user disable" in disabled.json()["message"]
+    _refused(await _act_on_case(site, boss, ["second"], "disable"), "second-admin-required")
+    second = await site.services.identity.accounts.find("second")
+    assert second is not None
+    assert not second.disabled
+    # A non-admin's account is disabled as before.
+    assert (
+        await site.call(boss, "POST", "/api/users/carol/disable", json={"reason": "x"})
+    ).status_code == 200

@@ -225,3 +225,27 @@ def test_a_policy_that_allows_nothing_is_an_error(text: str) -> None:
     assert ("allows-nothing", Severity.ERROR) in [(f.code, f.severity) for f in findings]
     assert "lockdown" in next(f.message for f in findings if f.code == "allows-nothing")
     assert "allows-nothing" not in [f.code for f in _findings(text + "p, editor, hr, /x, GET, allow\n")]
+
+
+@pytest.mark.parametrize(
+    ("subject", "code"),
+    [
+        ("user:Mallory", "user-not-as-stored"),
+        ("user:\uff4dallory", "user-not-as-stored"),
+        ("user:mal lory", "user-not-a-username"),
+    ],
+)
+def test_a_user_not_spelled_as_stored_is_an_error(subject: str, code: str) -> None:
+    """An attack run: a deny for user:Mallory (or a full-width m) validated clean and never applied,
+    since sign-in folds the name; in a p line or a g line."""
+    for text in (f"p, {subject}, app, /*, *, deny\np, authenticated, app, /*, *, allow\n",
+                 f"g, {subject}, ops\np, ops, app, /*, *, allow\n"):  # fmt: skip
+        found = [(f.code, f.severity) for f in _findings(text)]
+        assert (code, Severity.ERROR) in found, found
+    assert _findings("p, user:mallory, app, /*, *, deny\np, authenticated, app, /*, *, allow\n") == []
+
+
+def test_a_role_accounts_hold_themselves_is_not_called_a_typo() -> None:
+    rules = parse_policy("g, ops, admin\np, admin, app, /*, *, allow\n", source="t")
+    assert "unknown-role" in [f.code for f in validate(rules)]
+    assert "unknown-role" not in [f.code for f in validate(rules, local_roles=frozenset({"ops"}))]
