@@ -47,6 +47,19 @@ def _step_up(back: str) -> Redirect:
     return Redirect(step_up_location(back))
 
 
+async def _confirm_first(identity: IdentityServices, signed: flows.SignedIn, back: str) -> Redirect:
+    """Where a change that needs "confirm it's you" goes when this sign-in is too old for it: the
+    second-factor page, or, for an account that has no second factor to confirm with, a new sign-in
+    (its password is the proof). The second-factor page had nothing to offer such an account and sent
+    it back to enrolment, which sent it to the second-factor page, for ever."""
+    assert signed.session is not None
+    if await flows.has_second_factor(identity, signed.session.user_id):
+        return _step_up(back)
+    if signed.session_id is not None:
+        await identity.sessions.revoke(signed.session_id)
+    return flows.login_redirect(back)
+
+
 def _factor_name(name: str, kind_label: str, created: datetime | None) -> str:
     """The name to show: the user's own, else (a factor still named after its type, as every
     authenticator app is when added) its type and the day it was added, which tells two apart."""
@@ -128,7 +141,7 @@ async def enroll(
         return flows.login_redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
     s = signed.session
     if not await flows.may_change_factors(s, config, identity):
-        return _step_up(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+        return await _confirm_first(identity, signed, f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
     # Bound to this sign-in: another session of the account can neither read the seed nor confirm it.
     enrollment = await identity.totp.begin_enrollment(
         s.user_id, account=s.username, name="Authenticator app", bound_to=s.family
@@ -155,7 +168,7 @@ async def totp_confirm(
         return flows.login_redirect("/.gateway/account/enroll")
     s = signed.session
     if not await flows.may_change_factors(s, config, identity):
-        return _step_up("/.gateway/account/enroll")
+        return await _confirm_first(identity, signed, "/.gateway/account/enroll")
     first = await flows.enrolls_first(identity, s)
     credential_id = parse_id(data.get("credential_id", ""), what="enrollment id")
     if not await identity.totp.confirm(s.user_id, credential_id, data.get("code", ""), bound_to=s.family):
@@ -385,7 +398,7 @@ async def password_page(
         await identity.sessions.revoke(signed.session_id)
         return flows.login_redirect(rd or None)
     if not forced and not await flows.may_change_factors(signed.session, config, identity):
-        return _step_up("/.gateway/account/password")
+        return await _confirm_first(identity, signed, "/.gateway/account/password")
     return page(
         request,
         "password.html",
@@ -429,7 +442,7 @@ async def password_submit(
     user = await identity.accounts.get(s.user_id)
     forced = bool(user and user.must_change_password)
     if not forced and not await flows.may_change_factors(s, config, identity):
-        return _step_up("/.gateway/account/password")
+        return await _confirm_first(identity, signed, "/.gateway/account/password")
     error = None
     if data.get("new", "") != data.get("confirm", ""):
         error = "The two new passwords are not the same."

@@ -188,3 +188,34 @@ async def test_a_new_seed_is_read_and_confirmed_only_by_the_sign_in_that_asked_f
     assert mine.status_code in (200, 302, 303), mine.text
     assert len(await services.identity.totp.list(user.id)) == 2
     assert await services.identity.totp.verify(user.id, pyotp.TOTP(seed).at(time.time() + 30))
+
+
+async def test_a_stale_sign_in_of_an_account_without_factors_is_asked_for_its_password_not_looped(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """The last note's open item: an account without a second factor, signed in with a password
+    entered long ago, went from the enroll page to the second-factor page (to confirm it's you) and
+    back (it had no factor to confirm with), for ever."""
+    from gateway.identity.levels import AuthLevel, Factor, FactorUse
+
+    services, client = worker
+    identity = services.identity
+    user = await identity.accounts.create(username="newbie", password=PASSWORD, actor="cli:test")
+    stale = identity.clock.time() - 86400
+    session_id, _ = await identity.sessions.create(
+        user_id=user.id, username="newbie", level=AuthLevel.ONE_FACTOR, factors=(FactorUse(Factor.PASSWORD, stale),),
+        roles=(), ip="127.0.0.1", user_agent="test", host=BASE_URL,
+    )  # fmt: skip
+    client.cookies.set("gateway_session", session_id, domain="gw.test")
+    seen: list[str] = []
+    location = "/.gateway/account/enroll"
+    for _ in range(6):
+        answer = await client.get(location, headers={"Accept": "text/html"}, follow_redirects=False)
+        if answer.status_code not in (302, 303, 307):
+            break
+        location = answer.headers["location"]
+        seen.append(location.split("?")[0])
+    assert seen and seen[-1] == "/.gateway/login", seen
+    assert len(seen) <= 2, seen
+    # The stale session is over: the password is asked for again at sign-in.
+    assert await identity.sessions.get(session_id) is None
