@@ -10,13 +10,16 @@ sign are never touched.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.backup.manifest import (
     MANIFEST_NAME,
     BackupError,
+    Manifest,
     parse_manifest,
     signature_mac,
     signature_problem,
@@ -46,20 +49,30 @@ class BackupSet:
     size: int
 
 
-def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list[BackupSet]:
-    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped,
-    and with ``signed_with`` those whose manifest that keyring did not sign (another deployment's,
-    or one anybody who may write the directory wrote)."""
-    found: list[BackupSet] = []
+def _manifests(directory: Path) -> Iterator[tuple[Path, Manifest, dict[str, Any]]]:
+    """Every backup directory in ``directory`` with its manifest read (not verified); partial ones
+    (a leading dot: being written) and those without a readable manifest are skipped."""
     if not directory.is_dir():
-        return found
+        return
     for path in directory.iterdir():
         if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
             continue
         try:
             manifest, doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
+        except (BackupError, OSError):
+            continue
+        yield path, manifest, doc
+
+
+def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list[BackupSet]:
+    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped,
+    and with ``signed_with`` those whose manifest that keyring did not sign (another deployment's,
+    or one anybody who may write the directory wrote)."""
+    found: list[BackupSet] = []
+    for path, manifest, doc in _manifests(directory):
+        try:
             created = datetime.fromisoformat(manifest.created_at).astimezone(UTC)
-        except (BackupError, ValueError, OSError):
+        except ValueError:
             continue
         if signed_with is not None and signature_problem(manifest, doc, signed_with) is not None:
             continue
@@ -74,19 +87,11 @@ def signed_under(directory: Path, keyring: Keyring, kid: str) -> dict[str, str]:
     What a key marked compromised vouches for from then on (:meth:`Keyring.mark_compromised`): only
     signatures that hold now, so a manifest planted in the directory is not vouched for.
     """
-    found: dict[str, str] = {}
-    if not directory.is_dir():
-        return found
-    for path in directory.iterdir():
-        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
-            continue
-        try:
-            manifest, doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
-        except (BackupError, OSError):
-            continue
-        if manifest.key_id == kid and signature_problem(manifest, doc, keyring) is None:
-            found[manifest.backup_id] = signature_mac(doc)
-    return found
+    return {
+        manifest.backup_id: signature_mac(doc)
+        for _path, manifest, doc in _manifests(directory)
+        if manifest.key_id == kid and signature_problem(manifest, doc, keyring) is None
+    }
 
 
 def find_backup(directory: Path, ref: str | None, *, signed_with: Keyring | None = None) -> Path:

@@ -56,6 +56,7 @@ from gateway.cli.harness import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from gateway.crypto.keyring import Compromise, Keyring
     from gateway.crypto.signing import KeySet, SigningKeys
@@ -173,15 +174,22 @@ def _print_mark(path: object, kid: str, mark: Compromise) -> None:
     )
 
 
-def _mark(args: argparse.Namespace) -> int:
+def _keyring_holding(args: argparse.Namespace) -> tuple[Settings, Path, Keyring]:
+    """The settings, the keyring file and the keyring, which must hold the key ``args.kid`` (exit 2)."""
     from gateway.crypto.keyring import keyring_path
-    from gateway.crypto.lifecycle import mark_compromised
 
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
     if args.kid not in keyring.key_ids:
         raise UserError(f"no key {args.kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+    return settings, path, keyring
+
+
+def _mark(args: argparse.Namespace) -> int:
+    from gateway.crypto.lifecycle import mark_compromised
+
+    settings, path, keyring = _keyring_holding(args)
     if args.kid == keyring.active_id:
         raise UserError(
             f"key {args.kid} is the active key: `gateway keys rotate --keyring --compromised` makes a new "
@@ -231,13 +239,8 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str, compromised: bool =
 
 
 def _activate(args: argparse.Namespace) -> int:
-    from gateway.crypto.keyring import keyring_path
 
-    settings = load_config(args)
-    path = keyring_path(settings)
-    keyring = load_keyring(settings)
-    if args.kid not in keyring.key_ids:
-        raise UserError(f"no key {args.kid[:64]!r} in {path}; `gateway keys list` shows the key ids")
+    settings, path, keyring = _keyring_holding(args)
     if keyring.active_id == args.kid:
         print(f"keyring {path}: key {args.kid} is the active key already")
         return EXIT_OK

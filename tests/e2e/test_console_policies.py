@@ -209,7 +209,9 @@ def test_a_proposal_goes_live_when_another_admin_approves_it(
         other.goto(site.url("/policies"))
         hiring = other.locator("article.proposal")
         expect(hiring.locator(".new-admins .badge")).to_have_text("user:newhire")
-        expect(hiring.locator(".approve-form button")).to_have_text("Approve, make these admins, and make live")
+        expect(hiring.locator(".approve-form button")).to_have_text(
+            "Approve, make these admins, and make live"
+        )
         hiring.locator(".approve-form input[name=reason]").fill("hired, ticket 7")
         hiring.locator(".approve-form button").click()
         expect(other.locator(".policy-summary .big")).to_have_text("v3")

@@ -215,7 +215,8 @@ async def test_a_stale_sign_in_of_an_account_without_factors_is_asked_for_its_pa
             break
         location = answer.headers["location"]
         seen.append(location.split("?")[0])
-    assert seen and seen[-1] == "/.gateway/login", seen
+    assert seen, seen
+    assert seen[-1] == "/.gateway/login", seen
     assert len(seen) <= 2, seen
     # The stale session is over: the password is asked for again at sign-in.
     assert await identity.sessions.get(session_id) is None
