@@ -37,6 +37,7 @@ from admin.access import holds_role
 from admin.actions import admin_of, audit, confirm_destructive, keeps_admin
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
+from admin.machine import accounts_of
 from admin.policy_json import (
     FindingView,
     Reason,
@@ -351,23 +352,39 @@ def _proposals(policy: LivePolicy, services: Services, config: CurrentConfig) ->
     return Proposals(services.db, policy.store, identity.audit, identity.clock, ttl=ttl)
 
 
-async def _local_roles(services: Services) -> frozenset[str]:
-    return frozenset(r for roles in (await services.identity.accounts.role_holders()).values() for r in roles)
+async def _holders(services: Services, config: CurrentConfig) -> dict[str, list[str]]:
+    """Everyone who holds roles no ``g`` line gives, with the principals they speak as: accounts by
+    their local roles, service accounts by theirs, and each identity provider's groups by the roles
+    its ``role_map`` grants them (a re-attack run's "g, ops, admin" made a provider group's members
+    admins unlisted, and a service account's tokens with it)."""
+    held: dict[str, list[str]] = {
+        f"user:{name}": [f"user:{name}", *roles, AUTHENTICATED]
+        for name, roles in (await services.identity.accounts.role_holders()).items()
+    }
+    for account in await accounts_of(services, config).list_accounts():
+        if account.roles:
+            held[f"client:{account.name}"] = [f"client:{account.name}", *account.roles]
+    for idp in config.settings.identity_providers:
+        for group in idp.role_map:
+            name = f"group:{idp.name}:{group}"
+            held[name] = [name, *idp.roles_for((group,)), AUTHENTICATED]
+    return held
+
+
+async def _local_roles(services: Services, config: CurrentConfig) -> frozenset[str]:
+    return frozenset(r for principals in (await _holders(services, config)).values() for r in principals[1:])
 
 
 async def new_admins(
     services: Services, config: CurrentConfig, before: PolicyRules, after: PolicyRules
 ) -> list[str]:
-    """Who reaches ``admin.role`` under ``after`` and not under ``before``: every account with local
-    roles (as its sessions speak: ``user:<name>``, its roles, ``authenticated``) and every principal
-    the policies name. An attack run had a reviewer approve ``g, <role>, admin`` without seeing that an
-    account of the proposer's held that role."""
+    """Who reaches ``admin.role`` under ``after`` and not under ``before``: everyone holding roles no
+    ``g`` line gives (:func:`_holders`) and every principal the policy names. An attack run had a
+    reviewer approve ``g, <role>, admin`` without seeing that an account of the proposer's held that
+    role."""
     role = config.settings.admin.role
     was, will = PolicyIndex.roles_only(before), PolicyIndex.roles_only(after)
-    candidates: dict[str, list[str]] = {
-        f"user:{name}": [f"user:{name}", *roles, AUTHENTICATED]
-        for name, roles in (await services.identity.accounts.role_holders()).items()
-    }
+    candidates = await _holders(services, config)
     named = [*(r.member for r in after.links), *(r.sub for r in after.policies), AUTHENTICATED]
     for name in named:
         if is_principal(name) and name not in candidates:
@@ -435,9 +452,11 @@ async def _proposal_admins(
 
 
 @post("/api/policy/draft/validate", status_code=200, tags=["policy draft"])
-async def validate_draft(services: AdminServices, data: JSONBody[DraftRequest]) -> ValidateResult:
+async def validate_draft(
+    services: AdminServices, config: Config, data: JSONBody[DraftRequest]
+) -> ValidateResult:
     """Validate a draft: every finding with its line (a malformed line is one). Nothing is stored."""
-    return await check_draft(data.policy, await _local_roles(services))
+    return await check_draft(data.policy, await _local_roles(services, config))
 
 
 @post("/api/policy/draft/diff", status_code=200, tags=["policy draft"])
@@ -574,6 +593,18 @@ async def _refuse_approval(
             f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "
             "password or an invitation link one of you issued): another admin must approve it."
         )
+    for admin in admins:
+        name = admin.split(" (spelled ")[0]
+        account = (
+            await identity.accounts.find(name.removeprefix("user:")) if name.startswith("user:") else None
+        )
+        if account is not None and account.created_at > proposal.created_at:
+            # The name was reviewed; the person behind it was not (a re-attack run erased carol and made
+            # a new carol with a password the proposer knew, between the review and the approval).
+            raise NewAdminsUnconfirmed(
+                f"{name}'s account was made after this proposal: the person behind the name is not the one "
+                "reviewed. Reject it, and propose the change again if it is still wanted."
+            )
     if sorted(acknowledged or ()) != admins:
         # Whoever the change makes an admin is named to the approver, who names them back: a reviewer
         # approved "g, ops, admin" without seeing that an account of the proposer's held ops (an attack

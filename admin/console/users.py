@@ -967,8 +967,8 @@ async def set_roles(
     """Replace the account's local roles. Removing one ends the user's sessions (they carry the roles they
     signed in with); added roles apply from the next sign-in. Roles from the policy's g-lines are changed
     with ``/api/policy/roles``. Needs a recent second factor (a local role can be the admin role); with
-    ``admin.approvals: 2``, roles that would make a non-admin an admin are refused (403
-    ``second-admin-required``: propose it instead)."""
+    ``admin.approvals: 2``, roles that would make a non-admin an admin, or take the admin role from
+    another admin, are refused (403 ``second-admin-required``: propose it instead, or the host)."""
 
     async def work(user: User, actor: str) -> ActionResult:
         own = user.id == admin_of(request).session.user_id
@@ -985,6 +985,13 @@ async def set_roles(
             before = _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
             if _second_admin_required(config) and not before and admin_after:
                 _refuse_new_admin(config, user.username)
+            if _second_admin_required(config) and not own and before and not admin_after:
+                # Taken first, the other approver's account was then no admin's to protect: disabled
+                # next, one admin held every decision (a re-attack run).
+                await refuse_admin_takeover(
+                    services, live_policy, config, user, "take the admin role",
+                    on_host="gateway user disable", why="which would leave them the only one to approve or reject",
+                )  # fmt: skip
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
         ended = changed.sessions_ended if changed.removed else None
         roles = ", ".join(changed.roles) or "none"

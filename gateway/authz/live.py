@@ -28,7 +28,7 @@ from gateway.authz.cache import Authorizer
 from gateway.authz.index import PolicyIndex
 from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
 from gateway.authz.store import PolicyStore
-from gateway.authz.validate import is_principal
+from gateway.authz.validate import is_principal, user_findings
 from gateway.settings.schema import PolicySettings
 
 __all__ = ["LivePolicy"]
@@ -118,6 +118,16 @@ class LivePolicy:
             self.authorizer.swap(index)
             self.loaded_at = time.monotonic()
             logger.info("policy: version %d is live (%d lines)", stored.version, len(stored.rules))
+            await self._report_errors(stored.version, stored.rules)
+
+    @staticmethod
+    async def _report_errors(version: int, rules: PolicyRules) -> None:
+        """Log the ``user:`` spelling errors of a policy stored before they were errors (or with force):
+        it decides as stored, and its operator is told (a re-attack run: a deny written for user:Mallory, stored
+        before the upgrade that calls it an error, never applied and nobody was told)."""
+        for finding in await asyncio.to_thread(user_findings, rules):
+            where = f"line {finding.line}: " if finding.line is not None else ""
+            logger.error("policy: version %d has an error, %s%s", version, where, finding.message)
 
     def roles_for(self, principals: frozenset[str]) -> tuple[str, ...]:
         """The roles these principals hold, directly or through the policy's ``g`` hierarchy.

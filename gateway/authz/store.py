@@ -89,13 +89,11 @@ class PolicyRejected(BadRequest):
     reason = "policy-rejected"
     title = "Policy rejected"
 
-    def __init__(self, findings: Sequence[Finding]) -> None:
+    def __init__(self, findings: Sequence[Finding], *, then: str = "force to store it anyway") -> None:
         self.findings = tuple(findings)
         errors = [f for f in self.findings if f.severity == "error"]
         lines = "\n".join(f"  {f}" for f in errors)
-        super().__init__(
-            f"the policy has {len(errors)} error(s); nothing was changed (force to store it anyway):\n{lines}"
-        )
+        super().__init__(f"the policy has {len(errors)} error(s); nothing was changed ({then}):\n{lines}")
 
 
 class RuleNotFound(BadRequest):
@@ -420,13 +418,17 @@ class PolicyStore:
         source = Path(path)
         text = await asyncio.to_thread(source.read_text, encoding="utf-8")
         rules = parse_policy(text, source=str(source))
-        version = await self._change(
-            lambda _current: rules,
-            actor=_BOOTSTRAP_ACTOR,
-            reason=f"imported {source} into an empty store",
-            force=False,
-            only_if_empty=True,
-        )
+        try:
+            version = await self._change(
+                lambda _current: rules,
+                actor=_BOOTSTRAP_ACTOR,
+                reason=f"imported {source} into an empty store",
+                force=False,
+                only_if_empty=True,
+            )
+        except PolicyRejected as exc:
+            # `serve` has no force: what the operator can do is mend the file.
+            raise PolicyRejected(exc.findings, then=f"correct {source} and start again") from None
         return version or None
 
     async def _change(

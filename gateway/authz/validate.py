@@ -367,6 +367,14 @@ def _link_findings(rules: PolicyRules) -> list[Finding]:
     return out
 
 
+def user_findings(rules: PolicyRules) -> list[Finding]:
+    """Only the ``user:`` names not spelled as stored (one pass, for every worker at every load: a
+    policy stored before they were errors still decides, and its operator must hear of it)."""
+    found = (_user_finding(rule.sub, rule) for rule in rules.policies)
+    linked = (_user_finding(rule.member, rule) for rule in rules.links)
+    return [f for f in (*found, *linked) if f is not None]
+
+
 def _user_finding(name: str, rule: Rule) -> Finding | None:
     """A ``user:`` name that is not a username as accounts store it (folded: NFKC, lower case) matches
     no session: a deny written for ``user:Mallory`` or with a full-width m never applied, and

@@ -302,12 +302,24 @@ async def rename_factor(
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
+    if not flows.is_fresh(s, config, identity.clock):
+        # A stale, stolen cookie renamed the owner's app "LOST phone - remove me" (a re-attack run):
+        # a name tells the owner which factor to remove.
+        return _step_up("/.gateway/account")
     name = " ".join(data.get("name", "").split())[:60]
     renamed = False
     if name and kind == "totp":
         renamed = await identity.totp.rename(s.user_id, credential_id, name)
     elif name and kind == "webauthn":
         renamed = await identity.webauthn.rename(s.user_id, credential_id, name)
+    if renamed:
+        await identity.audit.record(
+            "factor.renamed",
+            actor=f"user:{s.username}",
+            subject=s.username,
+            ip=flows.client_ip(request),
+            details={"kind": kind},
+        )
     note = "Renamed." if renamed else "Nothing was renamed."
     return Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
 

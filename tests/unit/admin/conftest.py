@@ -21,7 +21,7 @@ from tests.unit.admin.console_app import ADMIN_PORT, ORIGIN, POLICY, Console, St
 async def console(tmp_path: Path) -> AsyncIterator[Start]:
     closing: list[Any] = []
 
-    async def open_console(approvals: int = 1, policy: str = POLICY) -> Console:
+    async def open_console(approvals: int = 1, policy: str = POLICY, **more: Any) -> Console:
         (tmp_path / "policy.csv").write_text(policy)
         config = {
             "listen": "127.0.0.1:8080",
@@ -33,6 +33,7 @@ async def console(tmp_path: Path) -> AsyncIterator[Start]:
             "routes": [
                 {"name": "app", "host": "gw.test", "upstreams": ["http://127.0.0.1:9"], "mfa": "none"}
             ],
+            **more,
         }
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(config))

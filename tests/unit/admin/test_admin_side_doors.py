@@ -857,3 +857,72 @@ async def test_one_admin_cannot_shut_the_other_approver_out(console: Start) -> N
     assert (
         await site.call(boss, "POST", "/api/users/carol/disable", json={"reason": "x"})
     ).status_code == 200
+
+
+CORP = {
+    "name": "corp", "issuer": "https://idp.corp.test", "client_id": "gateway", "client_secret": "s" * 32,
+    "role_map": {"eng": "ops"},
+}  # fmt: skip
+
+
+async def test_whoever_a_provider_group_or_a_service_account_makes_an_admin_is_listed(console: Start) -> None:
+    """A re-attack run: "g, ops, admin" listed nobody, while the provider's role_map gave its group eng
+    the role ops (every member an admin, accounts no admin issued) and a service account held ops."""
+    site = await console(approvals=2, identity_providers=[CORP])
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    made = await site.call(boss, "POST", "/api/service-accounts", json={"name": "deployer", "roles": ["ops"]})
+    assert made.status_code == 201, made.text
+    checked = await site.call(
+        boss, "POST", "/api/policy/draft/validate", json={"policy": POLICY + "g, ops, admin\n"}
+    )
+    assert "'ops' is neither held" not in checked.text
+    number = await _propose(site, boss, POLICY + "g, ops, admin\n")
+    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
+    assert [p["new_admins"] for p in listed if p["id"] == number] == [["client:deployer", "group:corp:eng"]]
+    blind = await site.call(second, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    assert (blind.status_code, blind.json()["error"]) == (409, "proposal-new-admins"), blind.text
+
+
+async def test_an_account_made_after_the_proposal_under_a_listed_name_is_not_the_one_reviewed(
+    console: Start,
+) -> None:
+    """A re-attack run: "g, user:ghost, admin" was reviewed; the proposer then made ghost, with a
+    password he knew, and the approval with the reviewed list made his account an admin."""
+    site = await console(approvals=2)
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    number = await _propose(site, boss, POLICY + "g, user:ghost, admin\n")
+    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
+    reviewed = next(p["new_admins"] for p in listed if p["id"] == number)
+    assert reviewed == ["user:ghost"]
+    await _account(site, "ghost")
+    late = await site.call(
+        second,
+        "POST",
+        f"/api/policy/proposals/{number}/approve",
+        json={"reason": "ok", "new_admins": reviewed},
+    )
+    assert (late.status_code, late.json()["error"]) == (409, "proposal-new-admins"), late.text
+    assert "made after this proposal" in late.json()["message"]
+    assert await site.services.policy.store.version() == 1
+
+
+async def test_one_admin_cannot_take_the_other_approvers_local_admin_role(console: Start) -> None:
+    """A re-attack run: the admin role of "second" was a local role; boss took it (his own sessions
+    ended), and then disabled him: the refusal of disabling another admin came too late."""
+    site = await console(approvals=2, policy=POLICY)
+    await _account(site, "boss")
+    await _account(site, "third", roles=("admin",))  # an admin by a local role alone
+    boss = await site.session("boss")
+    taken = await site.call(boss, "PUT", "/api/users/third/roles", json={"roles": [], "reason": "x"})
+    _refused(taken, "second-admin-required")
+    third = await site.services.identity.accounts.find("third")
+    assert third is not None
+    assert third.roles == "admin"
+    _refused(
+        await site.call(boss, "POST", "/api/users/third/disable", json={"reason": "x"}),
+        "second-admin-required",
+    )

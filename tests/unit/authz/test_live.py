@@ -221,3 +221,19 @@ async def test_the_roles_apps_see_hold_no_principal_of_any_kind() -> None:
         assert policy.roles_for(asking) == ("reader",)
     finally:
         await policy.close()
+
+
+async def test_a_stored_policy_with_a_user_not_spelled_as_stored_is_reported_at_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A re-attack run: a policy stored before such a line was an error (or with force) still decides as
+    stored, and nothing told its operator that the deny for user:Mallory never applies."""
+    store = FakeStore(
+        Stored(3, parse_policy("p, user:Mallory, app, /*, *, deny\np, authenticated, app, /*, *, allow\n"))
+    )
+    with caplog.at_level("ERROR", logger="gateway.policy"):
+        await live(store).load()
+    assert any(
+        "version 3 has an error, line 1" in r.getMessage() and "user:mallory" in r.getMessage()
+        for r in caplog.records
+    )

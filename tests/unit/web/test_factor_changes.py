@@ -220,3 +220,29 @@ async def test_a_stale_sign_in_of_an_account_without_factors_is_asked_for_its_pa
     assert len(seen) <= 2, seen
     # The stale session is over: the password is asked for again at sign-in.
     assert await identity.sessions.get(session_id) is None
+
+
+async def test_an_older_session_renames_no_factor(worker: tuple[WorkerServices, httpx.AsyncClient]) -> None:
+    """A re-attack run: a day-old stolen cookie renamed the owner's app "LOST phone - remove me"."""
+    services, client = worker
+    user = await _account(services)
+    await signed_in(services, client, user, ago=86400)
+    (app,) = await services.identity.totp.list(user.id)
+    answer = await client.post(
+        f"/.gateway/account/factors/totp/{app.id}/rename",
+        data={"_csrf_token": await _token(client), "name": "LOST phone - remove me"},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert answer.status_code in (302, 303), answer.text
+    assert "/.gateway/mfa" in answer.headers["location"]
+    assert [a.name for a in await services.identity.totp.list(user.id)] == [app.name]
+    await signed_in(services, client, user)
+    renamed = await client.post(
+        f"/.gateway/account/factors/totp/{app.id}/rename",
+        data={"_csrf_token": await _token(client), "name": "Work phone"},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert "Renamed" in renamed.headers["location"]
+    assert [e.subject for e in await services.identity.audit.events(kind="factor.renamed")] == ["vic"]
