@@ -40,7 +40,7 @@ async def _propose(site: Console, who: str, policy: str) -> int:
 async def _approve(site: Console, who: str, number: int) -> httpx.Response:
     """Approve as the console does: naming whom the proposal makes an admin, as its list shows them."""
     listed = (await site.call(who, "GET", "/api/policy/proposals")).json()["proposals"]
-    admins = next((p["new_admins"] for p in listed if p["id"] == number), [])
+    admins: list[str] = next((p["new_admins"] for p in listed if p["id"] == number), [])
     body = {"reason": "ok", **({"new_admins": admins} if admins else {})}
     return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json=body)
 
