@@ -686,10 +686,11 @@ async def _insert(
             "this writer holds no keyring, so it cannot append to the keyed audit chain; "
             "give it the gateways' keyring"
         )
-    if keys is not None and head is not None and head.key_id and head.key_id != keys.active_id:
-        # The record before was keyed under another key: another process rotated (or marked ours
-        # compromised). Go on under the file's active key, not the one this process loaded.
-        keys.catch_up()
+    if keys is not None:
+        # The record before keyed under another key: another process rotated (or marked ours
+        # compromised). Go on under the file's active key, not the one this process loaded; and
+        # whenever the file changed since it was read.
+        keys.catch_up(changed_only=head is None or not head.key_id or head.key_id == keys.active_id)
     seq, prev = (head.seq + 1, head.record_hash) if head is not None else (1, GENESIS)
     version, kid = (ERASABLE_VERSION, keys.active_id) if keys is not None else (LEGACY_VERSION, "")
     # Fresh salts per field and record: one HMAC each when hashing, no extra round trip.

@@ -59,11 +59,16 @@ class ChainKeys:
         trusted), else ``None``."""
         return self._keyring.compromised.get(kid)
 
-    def catch_up(self) -> None:
-        """Read the keyring file again, to key the next record under its active key (a writer that met
-        a head keyed under another key). A file that cannot be read leaves the keys as they were."""
+    def catch_up(self, *, changed_only: bool = False) -> None:
+        """Read the keyring file again, to key the next record under its active key: always for a
+        writer that met a head keyed under another key, else when the file changed since it was read
+        (``changed_only``, one stat: a rotation that died before its record left workers keying
+        under the key it marked). A file that cannot be read leaves the keys as they were."""
         try:
-            self._keyring.reload()
+            if changed_only:
+                self._keyring.follow_file()
+            else:
+                self._keyring.reload()
         except KeyringError as exc:
             logger.warning("audit chain: cannot read the keyring again: %s", exc.detail)
 

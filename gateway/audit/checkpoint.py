@@ -99,6 +99,9 @@ def _signed_bytes(doc: Mapping[str, Any]) -> bytes:
 
 def sign_checkpoint(body: Mapping[str, Any], keyring: Keyring) -> dict[str, Any]:
     """Return ``body`` with ``type``, ``alg``, ``kid`` and the ``mac`` over all of it."""
+    with contextlib.suppress(KeyringError):
+        # Under the file's active key: never one a rotation has just marked compromised.
+        keyring.follow_file()
     doc = {**body, "type": CHECKPOINT_TYPE, "alg": MAC_ALGORITHM, "kid": keyring.active_id}
     key = keyring.derive(_KEY_LABEL, kid=keyring.active_id)
     doc["mac"] = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()

@@ -143,7 +143,7 @@ class Keyring:
     and tools that already hold key material.
     """
 
-    __slots__ = ("_active", "_aead", "_compromised", "_keys", "_path", "_read_again_at")
+    __slots__ = ("_active", "_aead", "_compromised", "_keys", "_path", "_read_again_at", "_seen")
 
     def __init__(
         self, keys: Mapping[str, bytes], active: str, compromised: Mapping[str, Compromise] | None = None
@@ -184,6 +184,9 @@ class Keyring:
         # does not know, at most once per REREAD_EVERY (see _knows).
         self._path: Path | None = None
         self._read_again_at = 0.0
+        # The file's (inode, size, mtime) when it was last read or written: follow_file() reads it
+        # again when they change.
+        self._seen: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         # Never the key bytes: reprs end up in logs and tracebacks.
@@ -225,6 +228,7 @@ class Keyring:
             raw = fh.read()
         keyring = cls._parse(raw, path)
         keyring._path = path
+        keyring._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
         return keyring
 
     @classmethod
@@ -386,6 +390,26 @@ class Keyring:
         if self._path is not None:
             self._adopt(type(self).load(self._path))
 
+    def follow_file(self) -> None:
+        """:meth:`reload` when the file changed since it was last read or written here (one stat).
+
+        For the writers that must not go on under a key the file no longer has active: the audit chain
+        before each record, checkpoints before each signature. A rotation whose process died after
+        writing the file (before its audit record, before telling the workers) left them keying
+        records under the key it had marked compromised (a re-attack run: a false alarm for ever).
+
+        Raises:
+            KeyringError: The file changed and cannot be read, or changed a key this keyring holds.
+        """
+        if self._path is None:
+            return
+        try:
+            info = os.stat(self._path)
+        except OSError as exc:
+            raise KeyringError(f"cannot read the keyring {self._path}: {exc.strerror}") from exc
+        if (info.st_ino, info.st_size, info.st_mtime_ns) != self._seen:
+            self.reload()
+
     def _rewrite(self, path: Path, change: Callable[[_Draft], None]) -> None:
         """Under the file's lock: read it, merge this keyring's keys and marks in, let ``change`` edit
         the result, write it, and become it."""
@@ -407,6 +431,10 @@ class Keyring:
                 raise KeyringError(f"cannot write the keyring {path}: {exc.strerror}") from exc
         self._keys, self._aead, self._active = rewritten._keys, rewritten._aead, rewritten._active
         self._compromised = rewritten._compromised
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            if self._path == path:
+                self._seen = (info.st_ino, info.st_size, info.st_mtime_ns)
 
     # -- use -----------------------------------------------------------------------------------------
 
@@ -550,6 +578,7 @@ class Keyring:
         self._keys, self._aead = merged, aead
         self._compromised = {**self._compromised, **on_disk._compromised}
         self._active = on_disk._active
+        self._seen = on_disk._seen
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
+from gateway.errors import GatewayError
 
 __all__ = [
     "BackupsSigned",
@@ -214,10 +215,23 @@ async def rotate_keys(
         rotation = replace(rotation, keyring_key=new_id, staged=stage)
         if compromised:
             rotation = replace(rotation, keyring_compromised=old)
-            mark = await mark_compromised(
-                keyring, keyring_file, old, audit=audit, actor=actor,
-                backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
-            )  # fmt: skip
+            try:
+                mark = await mark_compromised(
+                    keyring, keyring_file, old, audit=audit, actor=actor,
+                    backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
+                )  # fmt: skip
+            except GatewayError as exc:
+                # The new key is active now: running the rotation again would mark the new one (a
+                # re-attack run's database, locked by the attacker, failed the mark that way).
+                state = (
+                    "is marked compromised in the keyring file, but the audit trail does not say so"
+                    if old in keyring.compromised
+                    else "is NOT marked compromised"
+                )
+                raise KeyringError(
+                    f"{exc.detail}. The new keyring key {new_id} is active, and the leaked key {old} {state}: "
+                    f"run `gateway keys mark-compromised {old}` once that is mended"
+                ) from exc
             if announce is not None:
                 # The running workers read the keyring file again now, instead of encrypting under the
                 # leaked key until they meet the new one.

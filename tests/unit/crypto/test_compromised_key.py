@@ -229,3 +229,50 @@ async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clo
     assert dict(mark.backups) == {trusted.name: signed}
     assert json.loads(event.details) == {"keyring_key_compromised": old, "backups_vouched": 1}
     assert event.seq == mark.audit_seq + 1
+
+
+async def test_a_rotation_that_died_after_writing_the_file_raises_no_false_alarm(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A re-attack run: the rotating process died after marking the file, before its audit record and
+    before telling the workers, which went on keying records under the marked key (audit verify failed
+    for ever). A worker now reads the file again when it changed."""
+    node, keyring_file = await _node(tmp_path, clock)
+    worker = AuditLog(node.db, clock=clock, keyring=Keyring.load(keyring_file))
+    try:
+        cli = Keyring.load(keyring_file)
+        old = cli.active_id
+        cli.rotate(keyring_file)
+        cli.mark_compromised(keyring_file, old, _mark(3))  # the process dies here
+        await worker.record("signin.failure", actor="user:kim", subject="kim")
+        (failed,) = await worker.events(kind="signin.failure")
+        assert failed.key_id == cli.active_id
+        assert (await verify_database(node.db, keyring=Keyring.load(keyring_file))).problem is None
+    finally:
+        await node.db.close()
+
+
+async def test_a_rotation_whose_mark_fails_says_which_key_to_mark(tmp_path: Path, clock: FakeClock) -> None:
+    """A re-attack run: the attacker held the database's lock; the mark failed after the new key was made
+    active, and running the rotation again marked the new key. The error names the leaked one."""
+    from gateway.store.db import StoreUnavailable
+
+    node, keyring_file = await _node(tmp_path, clock)
+    old = node.keyring.active_id
+
+    class Locked:
+        async def record(self, *_a: object, **_k: object) -> None: ...
+
+        async def record_at_head(self, *_a: object, **_k: object) -> None:
+            raise StoreUnavailable("audit trail: database is locked")
+
+    try:
+        with pytest.raises(KeyringError, match=f"mark-compromised {old}") as failed:
+            await rotate_keys(
+                RotationTarget.KEYRING, signing=SigningKeys(node.db, node.keyring, clock, SETTINGS),
+                keyring=node.keyring, keyring_file=keyring_file, audit=Locked(), actor="cli:root",
+                compromised=True, backups_signed=None,
+            )  # fmt: skip
+        assert "is NOT marked compromised" in str(failed.value.detail)
+    finally:
+        await node.db.close()
