@@ -25,7 +25,7 @@ from litestar.response import Template
 from admin.actions import admin_of, audit, confirm_destructive
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices
-from gateway.backup.sets import backup_directory, signed_under
+from gateway.backup.sets import backup_directory, vouching
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
 from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rotate_keys
 from gateway.crypto.signing import ALGORITHM, SigningKeys, announce_compromise
@@ -287,7 +287,7 @@ async def rotate(
             keyring_file=keyring_path(config.settings), audit=identity.audit, actor=admin.actor,
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
             ledger=services.identity.accounts.ledger, stage=data.stage,
-            backups_signed=lambda kid: signed_under(backup_directory(config.settings), keyring, kid),
+            backups_signed=vouching(backup_directory(config.settings), keyring, identity.audit),
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",

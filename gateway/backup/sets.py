@@ -9,13 +9,16 @@ sign are never touched.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.trail import AuditLog
 from gateway.backup.manifest import (
     MANIFEST_NAME,
     BackupError,
@@ -24,6 +27,7 @@ from gateway.backup.manifest import (
     signature_mac,
     signature_problem,
 )
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import Settings
 
@@ -34,7 +38,9 @@ __all__ = [
     "list_backups",
     "prune",
     "prune_plan",
+    "recorded_backups",
     "signed_under",
+    "vouching",
 ]
 
 
@@ -76,22 +82,77 @@ def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list
             continue
         if signed_with is not None and signature_problem(manifest, doc, signed_with) is not None:
             continue
+        if signed_with is not None and (mark := signed_with.compromised.get(manifest.key_id)) is not None:
+            # Never newer than the mark: whatever it claims, a backup under a leaked key cannot pass a
+            # backup made since, as the newest or when pruning.
+            created = min(created, datetime.fromisoformat(mark.at).astimezone(UTC))
         size = sum(p.size for p in manifest.parts)
         found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
 
 
-def signed_under(directory: Path, keyring: Keyring, kid: str) -> dict[str, str]:
+def signed_under(
+    directory: Path,
+    keyring: Keyring,
+    kid: str,
+    *,
+    recorded: Mapping[str, Mapping[str, str]] | None = None,
+    before: datetime | None = None,
+) -> dict[str, str]:
     """The backups in ``directory`` whose manifest ``keyring`` signed under key ``kid``: id → MAC.
 
     What a key marked compromised vouches for from then on (:meth:`Keyring.mark_compromised`): only
-    signatures that hold now, so a manifest planted in the directory is not vouched for.
+    signatures that hold now, so a manifest planted without the key is not vouched for; with
+    ``before``, none dated later (whoever held the leaked key before the mark planted backups dated
+    2099, which then were the newest, and made pruning delete the real ones: a re-attack run); with
+    ``recorded`` (backup id → its parts' SHA-256, from the audit trail's ``backup.created``), only
+    backups the gateway recorded making, part for part.
     """
-    return {
-        manifest.backup_id: signature_mac(doc)
-        for _path, manifest, doc in _manifests(directory)
-        if manifest.key_id == kid and signature_problem(manifest, doc, keyring) is None
-    }
+    vouched: dict[str, str] = {}
+    for _path, manifest, doc in _manifests(directory):
+        if manifest.key_id != kid or signature_problem(manifest, doc, keyring) is not None:
+            continue
+        if before is not None and _created(manifest, default=before) > before:
+            continue
+        if recorded is not None and recorded.get(manifest.backup_id) != manifest.summary()["parts"]:
+            continue
+        vouched[manifest.backup_id] = signature_mac(doc)
+    return vouched
+
+
+async def recorded_backups(audit: AuditLog) -> dict[str, dict[str, str]]:
+    """Every backup the audit trail says the gateway made: id → its parts' SHA-256 (``backup.created``)."""
+    made: dict[str, dict[str, str]] = {}
+    for event in await audit.events(kind="backup.created", limit=_RECORDED):
+        try:
+            details = json.loads(event.details)
+            parts = details["parts"]
+            if isinstance(parts, dict):
+                made.setdefault(str(details["backup_id"]), {str(k): str(v) for k, v in parts.items()})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return made
+
+
+def vouching(
+    directory: Path, keyring: Keyring, audit: AuditLog, clock: Clock = SYSTEM_CLOCK
+) -> Callable[[str], Awaitable[dict[str, str]]]:
+    """What a key marked compromised vouches for (:func:`signed_under` with the audit trail's record
+    and nothing dated after now), as :func:`gateway.crypto.lifecycle.rotate_keys` asks for it."""
+
+    async def signed(kid: str) -> dict[str, str]:
+        recorded = await recorded_backups(audit)
+        now = clock.now()
+        return await asyncio.to_thread(signed_under, directory, keyring, kid, recorded=recorded, before=now)
+
+    return signed
+
+
+def _created(manifest: Manifest, *, default: datetime) -> datetime:
+    try:
+        return datetime.fromisoformat(manifest.created_at).astimezone(UTC)
+    except ValueError:
+        return default
 
 
 def find_backup(directory: Path, ref: str | None, *, signed_with: Keyring | None = None) -> Path:
@@ -151,6 +212,10 @@ def prune(
         for s in drop:
             shutil.rmtree(s.path)
     return keep, drop
+
+
+# backup.created records read when a key is marked: years of hourly backups.
+_RECORDED = 100_000
 
 
 def backup_directory(settings: Settings) -> Path:

@@ -228,7 +228,7 @@ async def _restore_policy(args: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
-    from gateway.backup.sets import backup_directory, signed_under
+    from gateway.backup.sets import backup_directory, vouching
     from gateway.crypto.keyring import keyring_path
     from gateway.crypto.lifecycle import RotationTarget, rotate_keys
     from gateway.crypto.signing import SigningKeys, announce_compromise
@@ -254,7 +254,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         compromised=args.compromised,
         announce=lambda at: announce_compromise(ctx.svc.fast, at),
         ledger=ctx.svc.accounts.ledger,
-        backups_signed=lambda kid: signed_under(backup_directory(ctx.svc.settings), keyring, kid),
+        backups_signed=vouching(backup_directory(ctx.svc.settings), keyring, ctx.svc.audit),
     )
     details = rotation.details()
     await record_action(

@@ -55,9 +55,10 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from gateway.audit.trail import AuditLog
     from gateway.crypto.keyring import Compromise, Keyring
     from gateway.crypto.signing import KeySet, SigningKeys
     from gateway.settings.schema import Settings
@@ -117,20 +118,21 @@ def _rotate(args: argparse.Namespace) -> int:
         from gateway.identity.ledger import AccountLedger, ledger_path
 
         async with open_store(settings, fast=True) as store:
+            # Keyed under the active key when it records: the chain key follows rotations, old
+            # records keep theirs.
+            audit = store.audit(keyring)
             rotation = await rotate_keys(
                 RotationTarget(args.what),
                 signing=_signing_keys(settings, keyring, store.db),
                 keyring=keyring,
                 keyring_file=path,
-                # Keyed under the active key when it records: the chain key follows rotations, old
-                # records keep theirs.
-                audit=store.audit(keyring),
+                audit=audit,
                 actor=operator(),
                 stage=args.stage,
                 compromised=args.compromised,
                 announce=lambda at: announce_compromise(store.fast, at),
                 ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
-                backups_signed=_backups_signed(settings, keyring),
+                backups_signed=_backups_signed(settings, keyring, audit),
             )
             if rotation.signing is not None:
                 _print_rotation(
@@ -157,10 +159,12 @@ def _rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _backups_signed(settings: Settings, keyring: Keyring) -> Callable[[str], dict[str, str]]:
-    from gateway.backup.sets import backup_directory, signed_under
+def _backups_signed(
+    settings: Settings, keyring: Keyring, audit: AuditLog
+) -> Callable[[str], Awaitable[dict[str, str]]]:
+    from gateway.backup.sets import backup_directory, vouching
 
-    return lambda kid: signed_under(backup_directory(settings), keyring, kid)
+    return vouching(backup_directory(settings), keyring, audit)
 
 
 def _print_mark(path: object, kid: str, mark: Compromise) -> None:
@@ -198,9 +202,10 @@ def _mark(args: argparse.Namespace) -> int:
 
     async def mark() -> Compromise:
         async with open_store(settings) as store:
+            audit = store.audit(keyring)
             return await mark_compromised(
-                keyring, path, args.kid, audit=store.audit(keyring), actor=operator(),
-                backups_signed=_backups_signed(settings, keyring),
+                keyring, path, args.kid, audit=audit, actor=operator(),
+                backups_signed=_backups_signed(settings, keyring, audit),
             )  # fmt: skip
 
     _print_mark(path, args.kid, run(mark()))
@@ -258,7 +263,7 @@ def _activate(args: argparse.Namespace) -> int:
             if args.compromised:
                 return await mark_compromised(
                     keyring, path, old, audit=audit, actor=operator(),
-                    backups_signed=_backups_signed(settings, keyring),
+                    backups_signed=_backups_signed(settings, keyring, audit),
                     details={**details, "keyring_key_compromised": old}, kind="keys.activated",
                 )  # fmt: skip
             await audit.record("keys.activated", actor=operator(), subject="keys", details=details)

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
 from gateway.errors import GatewayError
@@ -46,9 +47,9 @@ __all__ = [
     "rotate_keys",
 ]
 
-#: The backups a keyring key signed, id → manifest MAC (:func:`gateway.backup.sets.signed_under`,
-#: a floor above this one, bound to the deployment's backup directory).
-BackupsSigned = Callable[[str], Mapping[str, str]]
+#: The backups a keyring key signed, id → manifest MAC (:func:`gateway.backup.sets.vouching`, a floor
+#: above this one, bound to the deployment's backup directory and audit trail).
+BackupsSigned = Callable[[str], Awaitable[Mapping[str, str]]]
 
 
 class RotationTarget(StrEnum):
@@ -159,6 +160,7 @@ async def rotate_keys(
     announce: Callable[[float], Awaitable[None]] | None = None,
     ledger: Ledger | None = None,
     backups_signed: BackupsSigned | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -183,6 +185,7 @@ async def rotate_keys(
         ledger: With ``compromised``, remembers the deleted kids outside the database, so a gateway
             started on a database restored from an earlier backup deletes them again before it serves.
         backups_signed: With ``compromised``, the backups a keyring key signed (none without it).
+        clock: When a key is marked.
 
     Returns:
         The new key ids, and the signing key sets around the rotation.
@@ -219,6 +222,7 @@ async def rotate_keys(
                 mark = await mark_compromised(
                     keyring, keyring_file, old, audit=audit, actor=actor,
                     backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
+                    clock=clock,
                 )  # fmt: skip
             except GatewayError as exc:
                 # The new key is active now: running the rotation again would mark the new one (a
@@ -251,6 +255,7 @@ async def mark_compromised(
     backups_signed: BackupsSigned | None,
     details: Mapping[str, object] | None = None,
     kind: str = "keys.compromised",
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Compromise:
     """Mark a keyring key that is no longer active as compromised (:meth:`Keyring.mark_compromised`).
 
@@ -264,11 +269,11 @@ async def mark_compromised(
         KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written.
         StoreUnavailable: The database cannot be reached (nothing was marked).
     """
-    vouched = dict(await asyncio.to_thread(backups_signed, kid)) if backups_signed is not None else {}
+    vouched = dict(await backups_signed(kid)) if backups_signed is not None else {}
     marked: list[Compromise] = []
 
     async def prepare(seq: int) -> None:
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        at = clock.now().astimezone(UTC).isoformat(timespec="seconds")
         mark = Compromise(at, seq, MappingProxyType(vouched))
         marked.append(await asyncio.to_thread(keyring.mark_compromised, keyring_file, kid, mark))
 

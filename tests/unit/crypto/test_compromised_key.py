@@ -14,7 +14,7 @@ from gateway.audit.chain import verify_database
 from gateway.audit.trail import AuditLog
 from gateway.backup.archive import create_backup
 from gateway.backup.manifest import BackupError
-from gateway.backup.sets import find_backup, list_backups, signed_under
+from gateway.backup.sets import find_backup, list_backups, vouching
 from gateway.backup.verify import restore_backup, verify_backup
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
@@ -102,12 +102,19 @@ async def _node(tmp_path: Path, clock: FakeClock) -> tuple[Node, Path]:
     return node, node.data_dir / "keys" / "keyring.json"
 
 
+async def _made(node: Node, backups: Path, keyring: Keyring, clock: FakeClock) -> Path:
+    """A backup, recorded as the gateway records one (``backup.created``)."""
+    manifest, path = create_backup(node.database, node.data_dir, backups, keyring, clock)
+    await node.audit.record("backup.created", actor="cli:test", details=manifest.summary())
+    return path
+
+
 async def _rotate_compromised(node: Node, keyring_file: Path, backups: Path, clock: FakeClock) -> str:
     old = node.keyring.active_id
     rotation = await rotate_keys(
         RotationTarget.KEYRING, signing=SigningKeys(node.db, node.keyring, clock, SETTINGS),
         keyring=node.keyring, keyring_file=keyring_file, audit=node.audit, actor="cli:root",
-        compromised=True, backups_signed=lambda kid: signed_under(backups, node.keyring, kid),
+        compromised=True, backups_signed=vouching(backups, node.keyring, node.audit, clock), clock=clock,
     )  # fmt: skip
     assert rotation.keyring_compromised == old
     return old
@@ -119,7 +126,7 @@ async def test_a_backup_forged_with_the_leaked_key_is_refused_and_never_the_newe
     node, keyring_file = await _node(tmp_path, clock)
     backups = tmp_path / "backups"
     try:
-        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        trusted = await _made(node, backups, node.keyring, clock)
         stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
         old = await _rotate_compromised(node, keyring_file, backups, clock)
         assert set(node.keyring.compromised[old].backups) == {trusted.name}
@@ -153,7 +160,7 @@ async def test_a_trusted_backups_manifest_re_signed_with_the_leaked_key_is_refus
     node, keyring_file = await _node(tmp_path, clock)
     backups = tmp_path / "backups"
     try:
-        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        trusted = await _made(node, backups, node.keyring, clock)
         stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
         await _rotate_compromised(node, keyring_file, backups, clock)
     finally:
@@ -210,7 +217,7 @@ async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clo
     node, keyring_file = await _node(tmp_path, clock)
     backups = tmp_path / "backups"
     try:
-        _, trusted = create_backup(node.database, node.data_dir, backups, node.keyring, clock)
+        trusted = await _made(node, backups, node.keyring, clock)
         old = node.keyring.active_id
         node.keyring.rotate(keyring_file)
         with pytest.raises(KeyringError, match="active key"):
@@ -220,7 +227,7 @@ async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clo
             )  # fmt: skip
         mark = await mark_compromised(
             node.keyring, keyring_file, old, audit=node.audit, actor="cli:root",
-            backups_signed=lambda kid: signed_under(backups, node.keyring, kid),
+            backups_signed=vouching(backups, node.keyring, node.audit, clock), clock=clock,
         )  # fmt: skip
         (event,) = await node.audit.events(kind="keys.compromised")
     finally:
@@ -276,3 +283,29 @@ async def test_a_rotation_whose_mark_fails_says_which_key_to_mark(tmp_path: Path
         assert "is NOT marked compromised" in str(failed.value.detail)
     finally:
         await node.db.close()
+
+
+async def test_backups_planted_with_the_leaked_key_before_the_mark_are_not_vouched_for(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A re-attack run: with the leaked key, before the rotation, backups dated 2099 were planted; the
+    mark vouched for them, verify chose them as the newest, and pruning deleted every real backup. Only
+    backups the audit trail records making, and none dated after the mark, are vouched for."""
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        trusted = await _made(node, backups, node.keyring, clock)
+        stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+        _, unrecorded = create_backup(node.database, node.data_dir, backups, stolen, clock)
+        future = FakeClock(4_070_908_800.0)  # 2099
+        dated = await _made(node, backups, stolen, future)  # even with its record forged too
+        old = await _rotate_compromised(node, keyring_file, backups, clock)
+        clock.advance(60)
+        after = await _made(node, backups, node.keyring, clock)
+    finally:
+        await node.db.close()
+    keyring = Keyring.load(keyring_file)
+    assert set(keyring.compromised[old].backups) == {trusted.name}
+    assert {unrecorded.name, dated.name}.isdisjoint(keyring.compromised[old].backups)
+    assert find_backup(backups, None, signed_with=keyring) == after
+    assert [s.path for s in list_backups(backups, signed_with=keyring)] == [trusted, after]
