@@ -64,7 +64,7 @@ from gateway.audit.erasable import (
     parse_erased,
 )
 from gateway.audit.models import AuditEvent
-from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.errors import GatewayError
 from gateway.store.db import SQLITE_BEGIN_OPTION, Database, store_errors
 
@@ -105,6 +105,8 @@ ERASABLE_VERSION: Final = 3
 _NO_COMMITMENTS: Final = "{}"
 #: The keyed record that closes an all-legacy chain (``seal_legacy``): the changeover point.
 SEAL_KIND: Final = "audit.chain_keyed"
+#: What `gateway backup restore` records first on the restored chain.
+RESTORED_KIND: Final = "backup.restored"
 # Arbitrary, fixed key for pg_advisory_xact_lock; distinct from the migration and signing-key locks.
 _PG_CHAIN_LOCK: Final = 0x6777617564636861  # b"gwaudcha"
 _BATCH: Final = 1000
@@ -402,6 +404,7 @@ class ChainWalker:
         "_expect_seq",
         "_keys",
         "_ledger",
+        "_restored",
         "erasable_from",
         "first",
         "key_ids",
@@ -436,6 +439,9 @@ class ChainWalker:
         self._keys = keys
         self._expect_seq = after_seq + 1
         self._expect_prev = after_hash
+        # When a backup was restored, by a record keyed under a key not marked compromised: the chain
+        # after a restore to before a mark is not the chain the mark saw.
+        self._restored: list[datetime] = []
         self.records = 0
         self.legacy = 0
         self.unchecked = 0
@@ -472,13 +478,15 @@ class ChainWalker:
         self._count(record)
         return True
 
-    def finish(self, *, at_head: bool) -> bool:
+    def finish(self, *, at_head: bool, live: bool = True) -> bool:
         """After the last record: check erased records whose erasure record was not fed.
 
         Args:
             at_head: The walk reached the chain's head, so nothing follows: an erased field naming an
                 erasure record beyond it is unbacked. A walk of a range passes ``False``, and such
                 records are counted as unchecked instead.
+            live: The chain is the deployment's now, not a backup's from before a key was marked
+                compromised: it must reach the record each mark saw as the head.
 
         Returns:
             ``False`` if there is a problem (now or from before).
@@ -488,7 +496,34 @@ class ChainWalker:
         found = self._ledger.finish(at_head=at_head)
         if found is not None:
             self.problem = _problem(found)
+        elif at_head and live:
+            self.problem = self._cut_before_a_mark()
         return self.problem is None
+
+    def _anchors(self) -> list[tuple[str, Compromise]]:
+        """The marks whose head the chain must hold: not one a backup restored since has rewound (the
+        restore's record is keyed under a key that is not compromised, which the leaked key cannot
+        forge)."""
+        if self._keys is None:
+            return []
+        return [
+            (kid, mark)
+            for kid, mark in self._keys.marks().items()
+            if mark.audit_hash and not any(at > _when(mark.at) for at in self._restored)
+        ]
+
+    def _cut_before_a_mark(self) -> ChainProblem | None:
+        """A walk to the head that ends before a mark's ``audit_seq``: records were cut."""
+        last = self.last.seq if self.last is not None else 0
+        for kid, mark in self._anchors():
+            if mark.audit_seq > last:
+                return ChainProblem(
+                    self.last.id if self.last is not None else 0,
+                    last,
+                    f"the chain ends at record {last}, before record {mark.audit_seq}, its head when key "
+                    f"{kid!r} was marked compromised at {mark.at}: records were cut",
+                )
+        return None
 
     def _count(self, record: ChainRecord) -> None:
         self.records += 1
@@ -501,6 +536,13 @@ class ChainWalker:
                 self.unchecked += 1
         if record.version == ERASABLE_VERSION:
             self.erasable_from = self.erasable_from or record.seq
+        if (
+            record.kind == RESTORED_KIND
+            and self._keys is not None
+            and record.version != LEGACY_VERSION
+            and self._keys.compromised(record.key_id) is None
+        ):
+            self._restored.append(record.at)
         self.first = self.first or record
         self.last = record
         self._expect_seq = record.seq + 1
@@ -524,6 +566,20 @@ class ChainWalker:
                 "it does not link to the record before it (a record was inserted, replaced or the "
                 "chain rewritten here)",
             )
+        return self._check_anchor(r)
+
+    def _check_anchor(self, r: ChainRecord) -> ChainProblem | None:
+        """Record ``audit_seq`` of a key marked compromised is the one the mark saw: whoever holds the
+        leaked key can rewrite the chain up to the mark and cut what follows (a re-attack run), which
+        no link shows."""
+        for kid, mark in self._anchors():
+            if r.seq == mark.audit_seq and r.record_hash != mark.audit_hash:
+                return ChainProblem(
+                    r.id,
+                    r.seq,
+                    f"it is not the record {r.seq} that was the chain's head when key {kid!r} was marked "
+                    f"compromised at {mark.at}: the chain was rewritten up to there (with the leaked key?)",
+                )
         return None
 
     def _check_hash(self, r: ChainRecord) -> ChainProblem | None:
@@ -620,6 +676,15 @@ class ChainWalker:
         )
 
 
+def _when(moment: str) -> datetime:
+    """A mark's time (ISO 8601); one that does not read is the latest, so no restore rewinds it."""
+    try:
+        at = datetime.fromisoformat(moment)
+    except ValueError:
+        return datetime.max.replace(tzinfo=UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def _problem(found: Finding) -> ChainProblem:
     if found.action is None:
         return ChainProblem(found.record_id, found.seq, found.what)
@@ -671,10 +736,11 @@ async def _head(conn: AsyncConnection) -> _Head | None:
     return _Head(row[0], row[1], row[2], row[3] or "") if row is not None else None
 
 
-async def head_seq(conn: AsyncConnection) -> int:
-    """The chain's last record number (0 when it is empty), on a connection holding :func:`chain_lock`."""
+async def head_of(conn: AsyncConnection) -> tuple[int, str]:
+    """The chain's last record number and hash (0 and "" when it is empty), on a connection holding
+    :func:`chain_lock`."""
     head = await _head(conn)
-    return head.seq if head is not None else 0
+    return (head.seq, head.record_hash) if head is not None else (0, "")
 
 
 async def _insert(
@@ -850,12 +916,14 @@ async def count_records(db: Database) -> int:
             return int((await session.execute(select(func.count()).select_from(AuditEvent))).scalar_one())
 
 
-async def verify_database(db: Database, *, keyring: Keyring | None = None) -> ChainReport:
+async def verify_database(db: Database, *, keyring: Keyring | None = None, live: bool = True) -> ChainReport:
     """Walk the whole stored chain.
 
     Args:
         db: The database.
         keyring: Checks keyed records' MACs; without it only their links are (``report.unchecked``).
+        live: The deployment's database (it must reach the head each compromised key's mark saw);
+            ``False`` for a backup's, which may be older than a mark.
 
     Returns:
         The report; its ``problem`` names the first broken record. Truncation of the tail is not
@@ -866,5 +934,5 @@ async def verify_database(db: Database, *, keyring: Keyring | None = None) -> Ch
         if not walker.feed(record):
             break
     # iter_records stops only when no record follows: the walk ended at the head.
-    walker.finish(at_head=True)
+    walker.finish(at_head=True, live=live)
     return walker.report()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from typing import Final
 
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
@@ -53,6 +54,10 @@ class ChainKeys:
     def active_id(self) -> str:
         """The key id new records are keyed under (follows the keyring after a rotation)."""
         return self._keyring.active_id
+
+    def marks(self) -> Mapping[str, Compromise]:
+        """Every key marked compromised, with its mark."""
+        return self._keyring.compromised
 
     def compromised(self, kid: str) -> Compromise | None:
         """The mark of ``kid`` when it is marked compromised (records after its ``audit_seq`` are not

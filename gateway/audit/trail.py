@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit.chain import Precondition, append, chain_keys, head_seq
+from gateway.audit.chain import Precondition, append, chain_keys, head_of
 from gateway.audit.models import AuditEvent
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
@@ -105,15 +105,15 @@ class AuditLog:
 
     async def record_at_head(
         self,
-        prepare: Callable[[int], Awaitable[None]],
+        prepare: Callable[[int, str], Awaitable[None]],
         kind: str,
         *,
         actor: str,
         subject: str = "",
         details: Mapping[str, object] | None = None,
     ) -> None:
-        """:meth:`record`, with ``prepare(seq)`` run first under the chain lock, ``seq`` the number of
-        the chain's last record; the event is the record right after it.
+        """:meth:`record`, with ``prepare(seq, hash)`` run first under the chain lock, ``seq`` and ``hash``
+        those of the chain's last record; the event is the record right after it.
 
         For a key marked compromised (:func:`gateway.crypto.lifecycle.mark_compromised`): the mark
         names the last record that may be keyed under the key, and no writer can append between the
@@ -122,7 +122,7 @@ class AuditLog:
         """
 
         async def first(conn: AsyncConnection) -> bool:
-            await prepare(await head_seq(conn))
+            await prepare(*await head_of(conn))
             if self._keys is not None:
                 self._keys.catch_up()
             return True

@@ -110,7 +110,8 @@ async def check_restored(manifest: Manifest, data_dir: Path, keyring: Keyring) -
         )
     db = Database.open(default_sqlite_url(data_dir), pool_size=1)
     try:
-        report = await verify_database(db, keyring=keyring)
+        # A backup may predate a key's mark: its chain ends where it was made (the manifest says where).
+        report = await verify_database(db, keyring=keyring, live=False)
     finally:
         await db.close()
     if report.problem is not None:

@@ -4,13 +4,15 @@ The keyring file is JSON, mode 0600, shared by every replica::
 
     {"active": "k1a2b3c4", "keys": {"k1a2b3c4": "<base64 of 32 bytes>"}, "algorithm": "AES-256-GCM",
      "compromised": {"k0d9e8f7": {"at": "2026-12-06T20:00:00+00:00", "audit_seq": 4211,
+                                  "audit_hash": "<record 4211's hash>",
                                   "backups": {"20261205T020000Z-1a2b": "<manifest MAC hex>"}}}}
 
 ``compromised`` (absent until a key is marked) names the keys that may be in someone else's hands
 (:meth:`Keyring.mark_compromised`). Such a key still decrypts (the secrets stored under it must stay
 readable), but what it signed after it was marked is no longer trusted: a backup under it verifies only
-if it is one the key had signed before (its id and manifest MAC were recorded then), and an audit
-record keyed under it after ``audit_seq`` is named a forgery. Whoever holds a leaked key can compute
+if it is one the key had signed before (its id and manifest MAC were recorded then), an audit record
+keyed under it after ``audit_seq`` is named a forgery, and a chain whose record ``audit_seq`` is not
+``audit_hash`` (rewritten up to the mark with the leaked key, and cut there) is named too. Whoever holds a leaked key can compute
 any MAC under it; the record of what it signed before lives in this file, which the leak did not give
 them write access to.
 
@@ -116,10 +118,16 @@ class Compromise:
     audit_seq: int
     #: Backup id → the manifest's MAC: the backups under the key that are still trusted.
     backups: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The hash of record ``audit_seq``: the chain up to the mark, which the leaked key could rewrite.
+    audit_hash: str = ""
 
     def document(self) -> dict[str, object]:
         """The JSON form kept in the keyring file."""
-        return {"at": self.at, "audit_seq": self.audit_seq, "backups": dict(sorted(self.backups.items()))}
+        doc: dict[str, object] = {"at": self.at, "audit_seq": self.audit_seq}
+        if self.audit_hash:
+            doc["audit_hash"] = self.audit_hash
+        doc["backups"] = dict(sorted(self.backups.items()))
+        return doc
 
     @classmethod
     def parse(cls, doc: object) -> Compromise:
@@ -127,13 +135,16 @@ class Compromise:
         if not isinstance(doc, dict):
             raise ValueError("must be an object")
         at, seq, backups = doc.get("at"), doc.get("audit_seq"), doc.get("backups", {})
+        anchor = doc.get("audit_hash", "")
         if not isinstance(at, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError('needs "at" (a time) and "audit_seq" (a record number)')
+        if not isinstance(anchor, str):
+            raise ValueError('"audit_hash" must be a string')
         if not isinstance(backups, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in backups.items()
         ):
             raise ValueError('"backups" must map backup ids to MACs')
-        return cls(at, seq, MappingProxyType(dict(backups)))
+        return cls(at, seq, MappingProxyType(dict(backups)), anchor)
 
 
 class Keyring:

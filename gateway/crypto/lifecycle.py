@@ -131,7 +131,7 @@ class Trail(Protocol):
 
     async def record_at_head(
         self,
-        prepare: Callable[[int], Awaitable[None]],
+        prepare: Callable[[int, str], Awaitable[None]],
         kind: str,
         *,
         actor: str,
@@ -272,9 +272,9 @@ async def mark_compromised(
     vouched = dict(await backups_signed(kid)) if backups_signed is not None else {}
     marked: list[Compromise] = []
 
-    async def prepare(seq: int) -> None:
+    async def prepare(seq: int, head: str) -> None:
         at = clock.now().astimezone(UTC).isoformat(timespec="seconds")
-        mark = Compromise(at, seq, MappingProxyType(vouched))
+        mark = Compromise(at, seq, MappingProxyType(vouched), head)
         marked.append(await asyncio.to_thread(keyring.mark_compromised, keyring_file, kid, mark))
 
     record = {**(details or {"keyring_key_compromised": kid}), "backups_vouched": len(vouched)}

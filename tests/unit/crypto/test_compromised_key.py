@@ -309,3 +309,84 @@ async def test_backups_planted_with_the_leaked_key_before_the_mark_are_not_vouch
     assert {unrecorded.name, dated.name}.isdisjoint(keyring.compromised[old].backups)
     assert find_backup(backups, None, signed_with=keyring) == after
     assert [s.path for s in list_backups(backups, signed_with=keyring)] == [trusted, after]
+
+
+async def test_the_chain_rewritten_up_to_the_mark_and_cut_there_is_named(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A re-attack run: with the leaked key, record audit_seq was rewritten and every record after it
+    (the rotation's own record included) deleted; audit verify said OK. The mark keeps the head's hash."""
+    from dataclasses import replace
+
+    from sqlalchemy import delete, select, update
+
+    from gateway.audit.chain import ChainRecord, chain_keys
+    from gateway.audit.models import AuditEvent
+
+    node, keyring_file = await _node(tmp_path, clock)
+    stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+    try:
+        old = await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        mark = Keyring.load(keyring_file).compromised[old]
+        assert mark.audit_hash
+        async with node.db.session() as session:
+            row = (await session.scalars(select(AuditEvent).where(AuditEvent.seq == mark.audit_seq))).one()
+            forged = replace(ChainRecord.of(row), details='{"FORGED": true}')
+            keys = chain_keys(_only(stolen))
+            assert keys is not None
+            await session.execute(
+                update(AuditEvent)
+                .where(AuditEvent.id == row.id)
+                .values(details=forged.details, record_hash=forged.digest(keys))
+            )
+            await session.execute(delete(AuditEvent).where(AuditEvent.seq > mark.audit_seq))
+            await session.commit()
+        rewritten = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+        async with node.db.session() as session:
+            await session.execute(delete(AuditEvent).where(AuditEvent.seq >= mark.audit_seq))
+            await session.commit()
+        cut = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+    finally:
+        await node.db.close()
+    assert rewritten.problem is not None
+    assert "rewritten up to there" in rewritten.problem.what
+    assert cut.problem is not None
+    assert "records were cut" in cut.problem.what
+
+
+async def test_a_restore_to_before_the_mark_rewinds_its_anchor_only_when_the_gateway_restored_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A backup from before the mark, restored: the chain goes on from the backup's head and passes
+    record audit_seq with another record; its backup.restored record, keyed under the new key, says
+    so. One keyed with the leaked key does not."""
+    from sqlalchemy import delete
+
+    from gateway.audit.models import AuditEvent
+
+    # The gateway's own restore (the node's keyring, after the rotation): the anchor is rewound.
+    node, keyring_file = await _node(tmp_path / "own", clock)
+    try:
+        old = await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        mark = Keyring.load(keyring_file).compromised[old]
+        stolen = Keyring({old: Keyring.load(keyring_file)._keys[old]}, old)
+        async with node.db.session() as session:
+            await session.execute(delete(AuditEvent).where(AuditEvent.seq > mark.audit_seq - 2))
+            await session.commit()
+        clock.advance(60)
+        forged = AuditLog(node.db, clock=clock, keyring=stolen)
+        await forged.record("backup.restored", actor="cli:root")
+        for _ in range(4):
+            await forged.record("signin.success", actor="user:kim", subject="kim")
+        by_thief = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+        async with node.db.session() as session:
+            await session.execute(delete(AuditEvent).where(AuditEvent.seq > mark.audit_seq - 2))
+            await session.commit()
+        await node.audit.record("backup.restored", actor="cli:root")
+        for _ in range(4):
+            await node.audit.record("signin.success", actor="user:kim", subject="kim")
+        by_gateway = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+    finally:
+        await node.db.close()
+    assert by_thief.problem is not None
+    assert by_gateway.problem is None, by_gateway.problem
