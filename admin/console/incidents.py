@@ -40,7 +40,8 @@ from litestar.response import Template
 from admin.access import Admin
 from admin.actions import audited, client_ip, confirm_destructive
 from admin.console.render import PAGE_OPT, page
-from admin.deps import AdminServices
+from admin.console.users import other_admins_addresses
+from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
 from gateway.errors import GatewayError
 from gateway.reasons import REASON_PATTERN
@@ -364,21 +365,43 @@ def _not_own(network: str, request: Request[Any, Any, Any], admin: Admin) -> Non
             )
 
 
+async def _not_another_admins(
+    network: str, services: Services, live_policy: Policy, config: Config, admin: Admin
+) -> None:
+    net = manual_network(network)
+    others = await other_admins_addresses(services, live_policy, config, except_user=admin.session.user_id)
+    for name, addresses in others.items():
+        for address in sorted(addresses):
+            if covers(net, address):
+                raise BlockRefused(
+                    f"{net} contains the address another admin, {name}, is signed in from ({address}): this "
+                    "gateway needs two admins for a policy change (admin.approvals: 2), and the block would "
+                    "leave you the only one. Block a narrower range, or run `gateway incident block-ip` on "
+                    "the server."
+                )
+
+
 @post("/api/blocks", status_code=200, tags=["incidents"])
 async def block(
-    request: Request[Any, Any, Any], services: AdminServices, data: JSONBody[BlockRequest]
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    live_policy: Policy,
+    config: Config,
+    data: JSONBody[BlockRequest],
 ) -> BlockResult:
     """Block an address or network on every gateway worker and replica until ``expires_in`` has passed.
 
     Recorded as a ``manual`` incident (lifting it unblocks). 400 ``block-refused`` for an unreadable,
-    too broad (wider than IPv4 /16 or IPv6 /32) or too long (over 90 days) block, and for one that
-    contains the admin's own address. An existing block of the same network is extended, never
+    too broad (wider than IPv4 /16 or IPv6 /32) or too long (over 90 days) block, for one that
+    contains the admin's own address, and under ``admin.approvals: 2`` for one that contains the
+    address another admin is signed in from. An existing block of the same network is extended, never
     shortened.
     """
 
     async def work(admin: Admin) -> BlockResult:
         seconds = block_seconds(data.expires_in)
         _not_own(data.address, request, admin)
+        await _not_another_admins(data.address, services, live_policy, config, admin)
         incident = await responder(services).block_ip(
             data.address, seconds=seconds, actor=admin.actor, reason=data.reason
         )

@@ -523,6 +523,26 @@ async def _is_admin(services: Services, live_policy: Policy, config: Config, use
     return _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
 
 
+async def other_admins_addresses(
+    services: Services, live_policy: Policy, config: Config, *, except_user: int
+) -> dict[str, set[str]]:
+    """Under ``admin.approvals: 2``: every other admin's username → the addresses of their live sessions
+    (a block covering them shut the other approver out of the console: a re-attack run). Empty
+    otherwise. Admins are found among the accounts holding local roles and those the policy names."""
+    if not _second_admin_required(config):
+        return {}
+    names = set((await services.identity.accounts.role_holders()).keys())
+    rules = (await live_policy.store.current()).rules
+    names |= {n.removeprefix("user:") for n in (r.member for r in rules.links) if n.startswith("user:")}
+    found: dict[str, set[str]] = {}
+    for name in sorted(names):
+        user = await services.identity.accounts.find(name)
+        if user is None or user.id == except_user or not await _is_admin(services, live_policy, config, user):
+            continue
+        found[name] = {s.ip for s in await services.identity.sessions.list_user(user.id) if s.ip}
+    return found
+
+
 def _second_admin_required(config: Config) -> bool:
     return config.settings.admin.approvals > 1
 

@@ -30,7 +30,9 @@ class Console:
         self.client = client
         self.services = services
 
-    async def session(self, username: str, *, factor_age: float = 0.0, roles: tuple[str, ...] = ()) -> str:
+    async def session(
+        self, username: str, *, factor_age: float = 0.0, roles: tuple[str, ...] = (), ip: str = "127.0.0.1"
+    ) -> str:
         """A two-factor session of ``username`` (its account's id when there is one), whose second
         factor was used ``factor_age`` seconds ago."""
         now = self.services.identity.clock.time()
@@ -41,7 +43,7 @@ class Console:
             level=AuthLevel.TWO_FACTOR,
             factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.TOTP, now - factor_age)),
             roles=roles,
-            ip="127.0.0.1",
+            ip=ip,
             user_agent="test",
             host="http://gw.test:8080",
         )

@@ -926,3 +926,23 @@ async def test_one_admin_cannot_take_the_other_approvers_local_admin_role(consol
         await site.call(boss, "POST", "/api/users/third/disable", json={"reason": "x"}),
         "second-admin-required",
     )
+
+
+async def test_one_admin_cannot_block_the_address_the_other_approver_signs_in_from(console: Start) -> None:
+    """A re-attack run: a 90-day block of 10.0.0.0/16 shut the other admin (signed in from 10.0.1.5) out
+    of the console; only the blocking admin's own addresses were checked."""
+    site = await console(approvals=2)
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    await site.session("second", ip="10.0.1.5")
+    refused = await site.call(
+        boss, "POST", "/api/blocks", json={"address": "10.0.0.0/16", "expires_in": "90d", "reason": "x"}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "block-refused"
+    assert "second" in refused.json()["message"]
+    narrower = await site.call(
+        boss, "POST", "/api/blocks", json={"address": "10.0.2.0/24", "expires_in": "1h", "reason": "x"}
+    )
+    assert narrower.status_code == 200, narrower.text
