@@ -37,12 +37,22 @@ async def _propose(site: Console, who: str, policy: str) -> int:
     return int(made.json()["id"])
 
 
-async def _approve(site: Console, who: str, number: int) -> httpx.Response:
-    """Approve as the console does: naming whom the proposal makes an admin, as its list shows them."""
+async def _listed_admins(site: Console, who: str, number: int) -> list[str]:
+    """Whom proposal ``number`` makes an admin, as the proposals list shows ``who``."""
     listed = (await site.call(who, "GET", "/api/policy/proposals")).json()["proposals"]
     admins: list[str] = next((p["new_admins"] for p in listed if p["id"] == number), [])
-    body = {"reason": "ok", **({"new_admins": admins} if admins else {})}
+    return admins
+
+
+async def _approve_naming(site: Console, who: str, number: int, admins: list[str] | None) -> httpx.Response:
+    body = {"reason": "ok", **({"new_admins": admins} if admins is not None else {})}
     return await site.call(who, "POST", f"/api/policy/proposals/{number}/approve", json=body)
+
+
+async def _approve(site: Console, who: str, number: int) -> httpx.Response:
+    """Approve as the console does: naming whom the proposal makes an admin, as its list shows them."""
+    admins = await _listed_admins(site, who, number)
+    return await _approve_naming(site, who, number, admins or None)
 
 
 def _refused(response: httpx.Response, reason: str) -> None:
@@ -781,9 +791,8 @@ async def test_a_role_linked_to_admin_names_the_accounts_it_makes_admins_and_the
     assert "'ops' is neither held" not in held.text  # carol holds it now: no "typo?" for the reviewer
 
     number = await _propose(site, boss, POLICY + "g, ops, admin\n")
-    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
-    assert [p["new_admins"] for p in listed if p["id"] == number] == [["user:carol"]]
-    blind = await site.call(second, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    assert await _listed_admins(site, second, number) == ["user:carol"]
+    blind = await _approve_naming(site, second, number, None)
     assert (blind.status_code, blind.json()["error"]) == (409, "proposal-new-admins"), blind.text
     assert "user:carol" in blind.json()["message"]
     assert await site.services.policy.store.version() == 1
@@ -797,16 +806,10 @@ async def test_a_role_given_after_the_review_does_not_slip_into_the_approval(con
         await _account(site, name)
     boss, second = await site.session("boss"), await site.session("second")
     number = await _propose(site, boss, POLICY + "g, ops, admin\n")
-    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
-    reviewed = next(p["new_admins"] for p in listed if p["id"] == number)
+    reviewed = await _listed_admins(site, second, number)
     assert reviewed == []
     await site.call(boss, "PUT", "/api/users/carol/roles", json={"roles": ["ops"], "reason": "x"})
-    late = await site.call(
-        second,
-        "POST",
-        f"/api/policy/proposals/{number}/approve",
-        json={"reason": "ok", "new_admins": reviewed},
-    )
+    late = await _approve_naming(site, second, number, reviewed)
     assert (late.status_code, late.json()["error"]) == (409, "proposal-new-admins"), late.text
     assert await site.services.policy.store.version() == 1
 
@@ -879,9 +882,8 @@ async def test_whoever_a_provider_group_or_a_service_account_makes_an_admin_is_l
     )
     assert "'ops' is neither held" not in checked.text
     number = await _propose(site, boss, POLICY + "g, ops, admin\n")
-    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
-    assert [p["new_admins"] for p in listed if p["id"] == number] == [["client:deployer", "group:corp:eng"]]
-    blind = await site.call(second, "POST", f"/api/policy/proposals/{number}/approve", json={"reason": "ok"})
+    assert await _listed_admins(site, second, number) == ["client:deployer", "group:corp:eng"]
+    blind = await _approve_naming(site, second, number, None)
     assert (blind.status_code, blind.json()["error"]) == (409, "proposal-new-admins"), blind.text
 
 
@@ -895,16 +897,10 @@ async def test_an_account_made_after_the_proposal_under_a_listed_name_is_not_the
         await _account(site, name)
     boss, second = await site.session("boss"), await site.session("second")
     number = await _propose(site, boss, POLICY + "g, user:ghost, admin\n")
-    listed = (await site.call(second, "GET", "/api/policy/proposals")).json()["proposals"]
-    reviewed = next(p["new_admins"] for p in listed if p["id"] == number)
+    reviewed = await _listed_admins(site, second, number)
     assert reviewed == ["user:ghost"]
     await _account(site, "ghost")
-    late = await site.call(
-        second,
-        "POST",
-        f"/api/policy/proposals/{number}/approve",
-        json={"reason": "ok", "new_admins": reviewed},
-    )
+    late = await _approve_naming(site, second, number, reviewed)
     assert (late.status_code, late.json()["error"]) == (409, "proposal-new-admins"), late.text
     assert "made after this proposal" in late.json()["message"]
     assert await site.services.policy.store.version() == 1
