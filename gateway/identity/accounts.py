@@ -60,7 +60,13 @@ from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
-from gateway.identity.names import RESERVED_USERNAMES, canonical_email, canonical_username, system_shaped
+from gateway.identity.names import (
+    RESERVED_USERNAMES,
+    canonical_email,
+    canonical_username,
+    mixed_script,
+    system_shaped,
+)
 from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
@@ -474,6 +480,8 @@ class AccountService:
             address = canonical_email(email) if email is not None and email.strip() else None
         except ValueError as exc:
             raise _invalid(exc) from exc
+        if (mixed := mixed_script(name)) is not None:
+            raise InvalidAccount(mixed)
         if name in RESERVED_USERNAMES:
             raise InvalidAccount(
                 f"{name!r} is what the audit trail calls the gateway itself; choose another username."

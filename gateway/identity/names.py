@@ -125,6 +125,30 @@ def _invisible(char: str) -> bool:
     return unicodedata.category(char) in _INVISIBLE_CATEGORIES or char.isspace()
 
 
+# Scripts whose letters imitate each other (U+0430 Cyrillic a, U+03BF Greek o): a name mixing them
+# reads as another name (an attack run made the account "alice" with a Cyrillic a beside "alice", and
+# its admin role read as alice's in a proposal). Mixing other scripts (Han with Kana, say) is how names are written.
+_LOOK_ALIKE_SCRIPTS: Final = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def mixed_script(name: str) -> str | None:
+    """Why ``name`` may not be a new username because it mixes Latin, Cyrillic or Greek letters (the
+    scripts whose letters look alike), or ``None``. Existing accounts keep signing in: only a new
+    account's name is checked."""
+    scripts = {
+        script
+        for char in name
+        if unicodedata.category(char)[0] == "L"
+        and (script := unicodedata.name(char, "").split(" ")[0]) in _LOOK_ALIKE_SCRIPTS
+    }
+    if len(scripts) < 2:
+        return None
+    return (
+        f"The username mixes {' and '.join(sorted(s.title() for s in scripts))} letters, which look alike: "
+        "choose a name in one of them."
+    )
+
+
 def canonical_username(raw: str) -> str:
     """Fold a username to its stored form.
 

@@ -50,6 +50,7 @@ from gateway.identity.names import (
     RESERVED_USERNAMES,
     canonical_email,
     canonical_username,
+    mixed_script,
     system_shaped,
 )
 from gateway.identity.oidc.models import IdentityLink
@@ -154,7 +155,7 @@ def _username_candidates(
         if raw is None:
             continue
         name = _folded(raw)
-        if name is None:
+        if name is None or mixed_script(name) is not None:
             continue
         if name in RESERVED_USERNAMES:
             continue  # the gateway's own name in the audit trail: never a person's (names.py)

@@ -18,6 +18,7 @@ from gateway.identity.names import (
     RESERVED_USERNAMES,
     canonical_email,
     canonical_username,
+    mixed_script,
 )
 
 USERNAMES_FOLDED = [
@@ -186,3 +187,20 @@ def test_every_bare_word_the_gateway_writes_in_the_audit_trail_is_a_reserved_use
     unreserved = {w for w in written if canonical_username(w) not in RESERVED_USERNAMES}
     # Test fixtures in the code base's docstrings name alice; real literals must all be reserved.
     assert unreserved <= {"alice"}, unreserved
+
+
+@pytest.mark.parametrize(
+    ("name", "mixed"),
+    [
+        ("\u0430lice", True),  # Cyrillic a + Latin
+        ("b\u03bfss", True),  # Greek omicron + Latin
+        ("\u0430\u043b\u0438\u0441\u0430", False),  # all Cyrillic
+        ("\u03b1\u03bb\u03af\u03ba\u03b7", False),  # all Greek
+        ("alice.smith@corp", False),
+        ("\u5c71\u7530\u305f\u308d\u3046", False),  # Han and Hiragana: how Japanese names are written
+        ("user42", False),
+    ],
+)
+def test_a_new_username_mixing_look_alike_scripts_is_refused(name: str, mixed: bool) -> None:
+    """An attack run made "alice" with a Cyrillic a beside alice; its admin role read as alice's."""
+    assert (mixed_script(name) is not None) is mixed
