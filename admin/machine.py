@@ -168,13 +168,24 @@ async def list_tokens(
 
 @post("/api/tokens", status_code=201, tags=["machine clients"])
 async def create_token(
-    request: Request[Any, Any, Any], services: AdminServices, config: Config, data: JSONBody[NewToken]
+    request: Request[Any, Any, Any],
+    services: AdminServices,
+    live_policy: Policy,
+    config: Config,
+    data: JSONBody[NewToken],
 ) -> TokenIssued:
     """Issue a token; the answer holds it once. 400 for an unknown route or a lifetime above the maximum.
-    Destructive: a recent second factor (a credential that outlives the session that made it)."""
+    Destructive: a recent second factor (a credential that outlives the session that made it). Under
+    ``admin.approvals: 2``, 403 ``second-admin-required`` for a service account holding the admin role
+    (one admin would hold an admin's credential: the host issues it)."""
     admin = admin_of(request)
     try:
         confirm_destructive(admin, config, services.identity.clock)
+        held = next(
+            (a for a in await accounts_of(services, config).list_accounts() if a.name == data.account), None
+        )
+        if held is not None:
+            _refuse_admin_client(live_policy, config, held.name, held.roles)
         try:
             lifetime = float(parse_duration(data.expires))
         except (TypeError, ValueError):

@@ -67,6 +67,15 @@ _T = TypeVar("_T")
 _TAGS: Final = ["incident cases"]
 # The account actions an admin may not apply to their own account from the console, and what each does
 # to them: another admin, or the CLI on the server, can.
+# What another admin's account is not put through by one admin under admin.approvals: 2: it leaves
+# the acting one alone to approve or reject (a re-attack run signed the other approver out first,
+# after which nothing knew them as an admin).
+_SIGNS_OUT: Final[dict[str, str]] = {
+    AccountAction.DISABLE: "disable the account",
+    AccountAction.REVOKE_SESSIONS: "end the sessions",
+    AccountAction.FORCE_PASSWORD_CHANGE: "force a password change (it ends the sessions)",
+}
+
 _SHUTS_YOU_OUT: Final[dict[str, str]] = {
     AccountAction.DISABLE: "disabling your account",
     AccountAction.RESET_MFA: "removing your second factors",
@@ -589,10 +598,10 @@ async def account_action(
                 continue
             if data.action == AccountAction.RESET_MFA:
                 await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
-            if data.action == AccountAction.DISABLE and user.id != admin.session.user_id:
+            if data.action in _SIGNS_OUT and user.id != admin.session.user_id:
                 await refuse_admin_takeover(
-                    services, live_policy, config, user, "disable the account",
-                    on_host="gateway incident case act ID disable, or gateway user disable",
+                    services, live_policy, config, user, _SIGNS_OUT[data.action],
+                    on_host="gateway incident case act ID ACTION, or gateway user disable",
                     why="which would leave them the only one to approve or reject",
                 )  # fmt: skip
             if data.action in _SHUTS_YOU_OUT and user.id == admin.session.user_id:

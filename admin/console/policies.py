@@ -565,6 +565,30 @@ class NewAdminsUnconfirmed(GatewayError):
     title = "Confirm who becomes an admin"
 
 
+async def _refuse_new_clients(
+    services: Services, config: CurrentConfig, proposal: Proposal, admins: list[str]
+) -> None:
+    """A service account the proposal makes an admin, made or given a token after the proposal: the
+    name was reviewed, not the credential (a re-attack run: boss proposed "g, client:deployer, admin",
+    then made deployer and issued himself a token before the approval)."""
+    names = {a.removeprefix("client:") for a in admins if a.startswith("client:")}
+    if not names:
+        return
+    machine = accounts_of(services, config)
+    for account in await machine.list_accounts():
+        if account.name not in names:
+            continue
+        late = account.created_at > proposal.created_at or any(
+            t.created_at > proposal.created_at and t.state == "active"
+            for t in await machine.list_tokens(account.name)
+        )
+        if late:
+            raise NewAdminsUnconfirmed(
+                f"client:{account.name} was made, or given a token, after this proposal: the credential "
+                "behind the name was not the one reviewed. Reject it, and propose the change again."
+            )
+
+
 async def _refuse_approval(
     identity: Identity, approver: str, proposal: Proposal, admins: list[str], acknowledged: list[str] | None
 ) -> None:
@@ -641,6 +665,7 @@ async def approve(
         pending = await proposals.get(number)
         admins = await _proposal_admins(services, config, (await live_policy.store.current()).rules, pending)
         details["new_admins"] = admins
+        await _refuse_new_clients(services, config, pending, admins)
         await _refuse_approval(identity, admin.actor, pending, admins, data.new_admins)
         version = await proposals.approve(
             number, actor=admin.actor, reason=data.reason, keep=keeps_admin(admin, config.settings.admin.role)

@@ -55,6 +55,7 @@ from admin.actions import (
 from admin.console.render import PAGE_OPT, page
 from admin.deps import AdminServices, Policy
 from gateway.audit.models import AuditEvent
+from gateway.authz.rules import PolicyRules
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.accounts import (
     AccountFactors,
@@ -519,8 +520,25 @@ def _would_be_admin(
 
 
 async def _is_admin(services: Services, live_policy: Policy, config: Config, user: User) -> bool:
-    groups = _groups(await services.identity.sessions.list_user(user.id))
-    return _would_be_admin(live_policy, config, user.username, user.roles.split(), groups)
+    """Whether the account is an admin as its sessions are: by its local roles, its live sessions'
+    groups and the roles those sessions carry, and what the providers' ``role_map`` gives those
+    groups (a re-attack run: an admin by role_map alone was "not an admin" here, and was disabled by
+    the other one)."""
+    sessions = await services.identity.sessions.list_user(user.id)
+    groups = _groups(sessions)
+    roles = [*user.roles.split(), *(r for s in sessions for r in s.roles), *_mapped(config, groups)]
+    return _would_be_admin(live_policy, config, user.username, roles, groups)
+
+
+def _mapped(config: Config, groups: Iterable[str]) -> list[str]:
+    """The roles the providers' ``role_map`` gives these session groups (``<provider>:<group>``)."""
+    providers = {idp.name: idp for idp in config.settings.identity_providers}
+    mapped: list[str] = []
+    for group in groups:
+        provider, _, name = group.partition(":")
+        if (idp := providers.get(provider)) is not None:
+            mapped.extend(idp.roles_for((name,)))
+    return mapped
 
 
 async def other_admins_addresses(
@@ -534,6 +552,10 @@ async def other_admins_addresses(
     names = set((await services.identity.accounts.role_holders()).keys())
     rules = (await live_policy.store.current()).rules
     names |= {n.removeprefix("user:") for n in (r.member for r in rules.links) if n.startswith("user:")}
+    if _admin_by_group(live_policy, config, rules):
+        # An admin by a provider's group is known only by their sessions: every account is asked (a
+        # block is rare, and a re-attack run blocked such an admin's network unasked).
+        names |= {u.username for u in await services.identity.accounts.list(limit=_ALL_ACCOUNTS)}
     found: dict[str, set[str]] = {}
     for name in sorted(names):
         user = await services.identity.accounts.find(name)
@@ -541,6 +563,33 @@ async def other_admins_addresses(
             continue
         found[name] = {s.ip for s in await services.identity.sessions.list_user(user.id) if s.ip}
     return found
+
+
+async def _refuse_signing_out(
+    request: Request[Any, Any, Any], services: Services, live_policy: Policy, config: Config, user: User
+) -> None:
+    """Another admin's sessions end on the host under ``admin.approvals: 2``: an admin by a provider
+    group is known as one only by their live sessions, and their addresses only so too (a re-attack
+    run signed the other approver out first, then disabled and blocked them)."""
+    if user.id != admin_of(request).session.user_id:
+        await refuse_admin_takeover(
+            services, live_policy, config, user, "end the sessions", on_host="gateway user disable",
+            why="which would leave them the only one to approve or reject",
+        )  # fmt: skip
+
+
+_ALL_ACCOUNTS: Final = 1_000_000
+
+
+def _admin_by_group(live_policy: Policy, config: Config, rules: PolicyRules) -> bool:
+    """Whether a provider's group can make someone an admin: a ``group:`` member of the policy, or a
+    role ``role_map`` gives, reaches ``admin.role``."""
+    index, role = live_policy.authorizer.index, config.settings.admin.role
+    groups = [r.member for r in rules.links if r.member.startswith("group:")]
+    mapped = [
+        r for idp in config.settings.identity_providers for g in idp.role_map for r in idp.roles_for((g,))
+    ]
+    return any(holds_role([name], role, index) for name in (*groups, *mapped))
 
 
 def _second_admin_required(config: Config) -> bool:
@@ -894,6 +943,7 @@ async def enable_user(
 async def require_password_change(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[PasswordChange],
@@ -904,6 +954,8 @@ async def require_password_change(
 
     async def work(user: User, actor: str) -> ActionResult:
         identity = services.identity
+        if data.end_sessions:
+            await _refuse_signing_out(request, services, live_policy, config, user)
         await identity.accounts.require_password_change(user.id, actor=actor)
         ended = await identity.accounts.end_sessions(user.id, actor=actor) if data.end_sessions else None
         return ActionResult(
@@ -1030,6 +1082,7 @@ async def set_roles(
 async def revoke_session(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    live_policy: Policy,
     config: Config,
     username: Username,
     session: SessionId,
@@ -1040,6 +1093,7 @@ async def revoke_session(
         raise BadRequest("A session id is 64 hexadecimal digits, as GET /api/users/{username} lists them.")
 
     async def work(user: User, actor: str) -> ActionResult:
+        await _refuse_signing_out(request, services, live_policy, config, user)
         sessions = services.identity.sessions
         # Only this account's: an id hash of someone else's session ends nothing here.
         if session not in {s.id_hash for s in await sessions.list_user(user.id)}:
@@ -1062,6 +1116,7 @@ async def revoke_session(
 async def revoke_sessions(
     request: Request[Any, Any, Any],
     services: AdminServices,
+    live_policy: Policy,
     config: Config,
     username: Username,
     data: JSONBody[DestructiveChange],
@@ -1070,6 +1125,7 @@ async def revoke_sessions(
     second factor."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        await _refuse_signing_out(request, services, live_policy, config, user)
         # Audited by the account service; a store that does not answer leaves them owed an end.
         ended = await services.identity.accounts.end_sessions(user.id, actor=actor)
         return ActionResult(

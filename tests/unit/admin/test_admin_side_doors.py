@@ -942,3 +942,89 @@ async def test_one_admin_cannot_block_the_address_the_other_approver_signs_in_fr
         boss, "POST", "/api/blocks", json={"address": "10.0.2.0/24", "expires_in": "1h", "reason": "x"}
     )
     assert narrower.status_code == 200, narrower.text
+
+
+async def test_an_admin_by_a_providers_role_map_is_protected_as_any_other(console: Start) -> None:
+    """A re-attack run: second was an admin by role_map alone (the role in their session); the other
+    checks read local roles and groups only, and boss disabled them."""
+    provider = {**CORP, "role_map": {"eng": "admin"}}
+    site = await console(
+        approvals=2, policy=POLICY.replace("g, user:second, admin\n", ""), identity_providers=[provider]
+    )
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    await site.session("second", roles=("admin",), ip="10.0.1.5")
+    _refused(
+        await site.call(boss, "POST", "/api/users/second/disable", json={"reason": "x"}),
+        "second-admin-required",
+    )
+    blocked = await site.call(
+        boss, "POST", "/api/blocks", json={"address": "10.0.0.0/16", "expires_in": "90d", "reason": "x"}
+    )
+    assert blocked.status_code == 400, blocked.text
+
+
+async def test_one_admin_cannot_sign_the_other_approver_out(console: Start) -> None:
+    """A re-attack run: boss ended second's sessions first (nothing then knew a group admin as one, nor
+    their address), then disabled and blocked them."""
+    site = await console(approvals=2)
+    for name in ("boss", "second", "carol"):
+        await _account(site, name)
+    boss = await site.session("boss")
+    await site.session("second")
+    _refused(
+        await site.call(boss, "DELETE", "/api/users/second/sessions", json={"reason": "x"}),
+        "second-admin-required",
+    )
+    forced = await site.call(
+        boss, "POST", "/api/users/second/password-change", json={"reason": "x", "end_sessions": True}
+    )
+    _refused(forced, "second-admin-required")
+    _refused(await _act_on_case(site, boss, ["second"], "revoke-sessions"), "second-admin-required")
+    second = await site.services.identity.accounts.find("second")
+    assert second is not None
+    assert await site.services.identity.sessions.list_user(second.id)
+    # A non-admin's sessions end as before.
+    await site.session("carol")
+    assert (
+        await site.call(boss, "DELETE", "/api/users/carol/sessions", json={"reason": "x"})
+    ).status_code == 200
+
+
+async def test_a_service_account_made_or_given_a_token_after_the_proposal_is_not_the_one_reviewed(
+    console: Start,
+) -> None:
+    """A re-attack run: "g, client:deployer, admin" was reviewed while no deployer existed; boss then
+    made it and issued himself a token, and the approval made his token an admin's."""
+    site = await console(approvals=2)
+    for name in ("boss", "second"):
+        await _account(site, name)
+    boss, second = await site.session("boss"), await site.session("second")
+    number = await _propose(site, boss, POLICY + "g, client:deployer, admin\n")
+    reviewed = await _listed_admins(site, second, number)
+    assert reviewed == ["client:deployer"]
+    made = await site.call(boss, "POST", "/api/service-accounts", json={"name": "deployer"})
+    assert made.status_code == 201, made.text
+    late = await _approve_naming(site, second, number, reviewed)
+    assert (late.status_code, late.json()["error"]) == (409, "proposal-new-admins"), late.text
+    assert await site.services.policy.store.version() == 1
+
+
+async def test_one_admin_cannot_issue_a_token_of_a_service_account_holding_the_admin_role(
+    console: Start,
+) -> None:
+    site = await console(approvals=2)
+    await _account(site, "boss")
+    boss = await site.session("boss")
+    from gateway.machine.accounts import ServiceAccounts
+
+    accounts = ServiceAccounts(
+        site.services.db, site.services.identity.audit, site.services.fast, site.services.identity.clock,
+        max_lifetime=86400 * 90, keyring=site.services.identity.keyring,
+    )  # fmt: skip
+    await accounts.create_account("opsbot", roles=["admin"], actor="cli:root")
+    issued = await site.call(
+        boss, "POST", "/api/tokens", json={"account": "opsbot", "routes": ["app"], "expires": "90d"}
+    )
+    _refused(issued, "second-admin-required")
