@@ -239,7 +239,9 @@ def _message(rotation: Rotation, view: KeysView) -> str:
         )
     if rotation.keyring_compromised is not None and rotation.keyring_mark is not None:
         parts.append(
-            f"Keyring key {rotation.keyring_compromised} is marked compromised: it still decrypts, never "
+            f"Keyring key {rotation.keyring_compromised} is marked compromised"
+            + (f", with the older keys {', '.join(rotation.keyring_also)}" if rotation.keyring_also else "")
+            + ": it still decrypts, never "
             f"becomes active again, and only the {len(rotation.keyring_mark.backups)} backup(s) it had "
             f"signed and the audit records up to {rotation.keyring_mark.audit_seq} stay trusted under it. "
             "Make a new backup now."

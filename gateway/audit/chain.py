@@ -500,16 +500,32 @@ class ChainWalker:
             self.problem = self._cut_before_a_mark()
         return self.problem is None
 
-    def _anchors(self) -> list[tuple[str, Compromise]]:
+    def _restores(self, record: ChainRecord) -> bool:
+        """Whether ``record`` is a restore's own record, keyed under a key the leak did not give away:
+        not compromised, or compromised only later (written before its own mark, at or before the
+        head that mark saw: such a record cannot rewind that mark, only earlier ones)."""
+        if record.kind != RESTORED_KIND or self._keys is None or record.version == LEGACY_VERSION:
+            return False
+        mark = self._keys.compromised(record.key_id)
+        return mark is None or (record.seq <= mark.audit_seq and record.at < _when(mark.at))
+
+    def _rewound(self, mark: Compromise) -> bool:
+        """Whether a restore made after ``mark`` was seen: the chain since is not the one it saw."""
+        return any(at > _when(mark.at) for at in self._restored)
+
+    def _anchors(self, now: ChainRecord | None = None) -> list[tuple[str, Compromise]]:
         """The marks whose head the chain must hold: not one a backup restored since has rewound (the
-        restore's record is keyed under a key that is not compromised, which the leaked key cannot
-        forge)."""
+        restore's record is keyed under a key the leak did not give away, which it cannot forge),
+        ``now`` included when it is that record."""
         if self._keys is None:
             return []
+        restoring = now is not None and self._restores(now)
         return [
             (kid, mark)
             for kid, mark in self._keys.marks().items()
-            if mark.audit_hash and not any(at > _when(mark.at) for at in self._restored)
+            if mark.audit_hash
+            and not self._rewound(mark)
+            and not (restoring and now is not None and now.at > _when(mark.at))
         ]
 
     def _cut_before_a_mark(self) -> ChainProblem | None:
@@ -536,12 +552,7 @@ class ChainWalker:
                 self.unchecked += 1
         if record.version == ERASABLE_VERSION:
             self.erasable_from = self.erasable_from or record.seq
-        if (
-            record.kind == RESTORED_KIND
-            and self._keys is not None
-            and record.version != LEGACY_VERSION
-            and self._keys.compromised(record.key_id) is None
-        ):
+        if self._restores(record):
             self._restored.append(record.at)
         self.first = self.first or record
         self.last = record
@@ -572,7 +583,7 @@ class ChainWalker:
         """Record ``audit_seq`` of a key marked compromised is the one the mark saw: whoever holds the
         leaked key can rewrite the chain up to the mark and cut what follows (a re-attack run), which
         no link shows."""
-        for kid, mark in self._anchors():
+        for kid, mark in self._anchors(r):
             if r.seq == mark.audit_seq and r.record_hash != mark.audit_hash:
                 return ChainProblem(
                     r.id,
@@ -647,8 +658,10 @@ class ChainWalker:
                 "modified, or the row was written without the chain key (forged)",
             )
         mark = self._keys.compromised(r.key_id)
-        if mark is not None and r.seq > mark.audit_seq:
-            # Whoever holds the leaked key can key any record: after the mark, one under it is not ours.
+        if mark is not None and (r.seq > mark.audit_seq or self._rewound(mark)):
+            # Whoever holds the leaked key can key any record: after the mark, one under it is not ours;
+            # nor after a restore since, whose rewound numbers the mark's seq no longer guards (a
+            # re-attack run wrote records at seq below it after a restore).
             return ChainProblem(
                 r.id,
                 r.seq,

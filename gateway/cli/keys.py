@@ -153,7 +153,7 @@ def _rotate(args: argparse.Namespace) -> int:
                     "replicas with their own copy need the new file and a rolling restart."
                 )
             if rotation.keyring_compromised is not None and rotation.keyring_mark is not None:
-                _print_mark(path, rotation.keyring_compromised, rotation.keyring_mark)
+                _print_mark(path, rotation.keyring_compromised, rotation.keyring_mark, rotation.keyring_also)
 
     run(rotate())
     return EXIT_OK
@@ -167,7 +167,7 @@ def _backups_signed(
     return vouching(backup_directory(settings), keyring, audit)
 
 
-def _print_mark(path: object, kid: str, mark: Compromise) -> None:
+def _print_mark(path: object, kid: str, mark: Compromise, also: tuple[str, ...] = ()) -> None:
     kept = ", ".join(sorted(mark.backups)) or "none"
     print(
         f"keyring {path}: key {kid} marked compromised at {mark.at}. It still decrypts what it encrypted "
@@ -176,6 +176,11 @@ def _print_mark(path: object, kid: str, mark: Compromise) -> None:
         f"backup now). Audit records keyed under it after record {mark.audit_seq} are named by "
         "`gateway audit verify`."
     )
+    if also:
+        print(
+            f"keyring {path}: the older keys {', '.join(also)} were in the leaked file too: marked compromised "
+            "with it (`gateway keys list` shows what each had signed)."
+        )
 
 
 def _keyring_holding(args: argparse.Namespace) -> tuple[Settings, Path, Keyring]:
@@ -252,6 +257,10 @@ def _activate(args: argparse.Namespace) -> int:
     if args.kid in keyring.compromised:
         raise UserError(f"key {args.kid} is marked compromised: it never becomes active again")
     old = keyring.active_id
+    # Every key of the file but the one made active: a leaked copy held them all.
+    older = tuple(
+        sorted(k for k in keyring.key_ids if k not in (old, args.kid) and k not in keyring.compromised)
+    )
     keyring.activate(path, args.kid)
 
     async def record() -> Compromise | None:
@@ -265,13 +274,14 @@ def _activate(args: argparse.Namespace) -> int:
                     keyring, path, old, audit=audit, actor=operator(),
                     backups_signed=_backups_signed(settings, keyring, audit),
                     details={**details, "keyring_key_compromised": old}, kind="keys.activated",
+                    also=older,
                 )  # fmt: skip
             await audit.record("keys.activated", actor=operator(), subject="keys", details=details)
             return None
 
     mark = run(record())
     if mark is not None:
-        _print_mark(path, old, mark)
+        _print_mark(path, old, mark, older)
     print(
         f"keyring {path}: key {args.kid} is active for new secrets. Gateways reading this file take it up "
         "the first time they meet it; replicas with their own copy need this file (a rolling restart)."

@@ -100,9 +100,11 @@ class Rotation:
     staged: bool = False
     # The old signing keys were deleted at once (a leak), not handed over.
     compromised: bool = False
-    # The keyring key that was active before, marked compromised (a leak), with what it had signed.
+    # The keyring key that was active before, marked compromised (a leak), with what it had signed, and
+    # the older keys of the file marked with it (they were in the leaked file too).
     keyring_compromised: str | None = None
     keyring_mark: Compromise | None = None
+    keyring_also: tuple[str, ...] = ()
 
     def details(self) -> dict[str, object]:
         """The new key ids, for the audit record (``keys.rotated``)."""
@@ -217,12 +219,15 @@ async def rotate_keys(
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)
         rotation = replace(rotation, keyring_key=new_id, staged=stage)
         if compromised:
-            rotation = replace(rotation, keyring_compromised=old)
+            older = tuple(
+                sorted(k for k in keyring.key_ids if k not in (old, new_id) and k not in keyring.compromised)
+            )
+            rotation = replace(rotation, keyring_compromised=old, keyring_also=older)
             try:
                 mark = await mark_compromised(
                     keyring, keyring_file, old, audit=audit, actor=actor,
                     backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
-                    clock=clock,
+                    clock=clock, also=older,
                 )  # fmt: skip
             except GatewayError as exc:
                 # The new key is active now: running the rotation again would mark the new one (a
@@ -256,27 +261,37 @@ async def mark_compromised(
     details: Mapping[str, object] | None = None,
     kind: str = "keys.compromised",
     clock: Clock = SYSTEM_CLOCK,
+    also: Sequence[str] = (),
 ) -> Compromise:
-    """Mark a keyring key that is no longer active as compromised (:meth:`Keyring.mark_compromised`).
+    """Mark a keyring key that is no longer active as compromised (:meth:`Keyring.mark_compromised`),
+    and the keys ``also`` names with it.
 
     The mark records the backups the key had signed (``backups_signed``; a backup under the key that
     is not among them is refused from then on) and the audit chain's head: the mark is written under
     the chain lock and the audit record (``kind``) follows the head directly, keyed under the new
     active key, so no record under the leaked key can come between them, and any that comes later is
-    named by ``gateway audit verify``.
+    named by ``gateway audit verify``. ``also``: the older keys of a leaked file, which were in it too
+    (a re-attack run forged a backup and records under a key rotated out before the leak).
 
     Raises:
         KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written.
         StoreUnavailable: The database cannot be reached (nothing was marked).
     """
-    vouched = dict(await backups_signed(kid)) if backups_signed is not None else {}
-    marked: list[Compromise] = []
+    kids = [kid, *(k for k in also if k != kid)]
+    vouched = {k: dict(await backups_signed(k)) if backups_signed is not None else {} for k in kids}
+    marked: dict[str, Compromise] = {}
 
     async def prepare(seq: int, head: str) -> None:
         at = clock.now().astimezone(UTC).isoformat(timespec="seconds")
-        mark = Compromise(at, seq, MappingProxyType(vouched), head)
-        marked.append(await asyncio.to_thread(keyring.mark_compromised, keyring_file, kid, mark))
+        for k in kids:
+            mark = Compromise(at, seq, MappingProxyType(vouched[k]), head)
+            marked[k] = await asyncio.to_thread(keyring.mark_compromised, keyring_file, k, mark)
 
-    record = {**(details or {"keyring_key_compromised": kid}), "backups_vouched": len(vouched)}
+    record: dict[str, object] = {
+        **(details or {"keyring_key_compromised": kid}),
+        "backups_vouched": sum(len(v) for v in vouched.values()),
+    }
+    if len(kids) > 1:
+        record["keyring_keys_also_compromised"] = kids[1:]
     await audit.record_at_head(prepare, kind, actor=actor, subject="keys", details=record)
-    return marked[0]
+    return marked[kid]

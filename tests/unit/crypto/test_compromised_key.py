@@ -390,3 +390,88 @@ async def test_a_restore_to_before_the_mark_rewinds_its_anchor_only_when_the_gat
         await node.db.close()
     assert by_thief.problem is not None
     assert by_gateway.problem is None, by_gateway.problem
+
+
+async def _rewind_to(node: Node, seq: int) -> None:
+    """The database as a backup whose last record was ``seq`` had it (what a restore brings back)."""
+    from sqlalchemy import delete
+
+    from gateway.audit.models import AuditEvent
+
+    async with node.db.session() as session:
+        await session.execute(delete(AuditEvent).where(AuditEvent.seq > seq))
+        await session.commit()
+
+
+async def test_the_older_keys_of_a_leaked_file_are_marked_with_it(tmp_path: Path, clock: FakeClock) -> None:
+    """A re-attack run: the leaked file held an older key too (rotated out before the leak, never
+    marked), and every forgery worked again through it."""
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        older = node.keyring.active_id
+        node.keyring.rotate(keyring_file)  # an ordinary rotation before the leak
+        stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+        leaked = await _rotate_compromised(node, keyring_file, backups, clock)
+        keyring = Keyring.load(keyring_file)
+        assert set(keyring.compromised) == {older, leaked}
+        by_older = Keyring({older: stolen._keys[older]}, older)
+        clock.advance(60)
+        _, forged = create_backup(node.database, node.data_dir, backups, by_older, clock)
+        await AuditLog(node.db, clock=clock, keyring=by_older).record("user.created", actor="cli:root")
+        report = await verify_database(node.db, keyring=keyring)
+    finally:
+        await node.db.close()
+    with pytest.raises(BackupError, match="marked compromised"):
+        await verify_backup(forged, keyring)
+    assert report.problem is not None
+    assert "marked compromised" in report.problem.what
+
+
+async def test_after_a_restore_the_leaked_key_writes_nothing_below_the_marks_seq_either(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A re-attack run: a restore to before the mark rewound the record numbers, and the leaked key
+    wrote records at numbers below the mark's, which its seq check let through."""
+    node, keyring_file = await _node(tmp_path, clock)
+    stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+    try:
+        old = await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        mark = Keyring.load(keyring_file).compromised[old]
+        await _rewind_to(node, mark.audit_seq - 2)
+        clock.advance(60)
+        await node.audit.record("backup.restored", actor="cli:root")
+        await AuditLog(node.db, clock=clock, keyring=_only(stolen)).record("user.created", actor="cli:root")
+        report = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+    finally:
+        await node.db.close()
+    assert report.problem is not None
+    assert report.problem.seq is not None
+    assert report.problem.seq <= mark.audit_seq
+    assert "marked compromised" in report.problem.what
+
+
+async def test_a_restore_of_the_last_backup_before_the_mark_and_a_second_mark_raise_no_alarm(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A re-attack run: the restore's own record landed at exactly the mark's seq and was taken for a
+    rewrite (audit verify, checkpoints and every backup failed from then on); and marking the next key
+    re-armed the first mark, whose restore record was now under a compromised key."""
+    node, keyring_file = await _node(tmp_path, clock)
+    try:
+        old = await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        mark = Keyring.load(keyring_file).compromised[old]
+        await _rewind_to(node, mark.audit_seq - 1)
+        clock.advance(60)
+        await node.audit.record("backup.restored", actor="cli:root")  # at the mark's seq
+        for _ in range(3):
+            await node.audit.record("signin.success", actor="user:kim", subject="kim")
+        once = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+        clock.advance(60)
+        await _rotate_compromised(node, keyring_file, tmp_path / "backups", clock)
+        await node.audit.record("signin.success", actor="user:kim", subject="kim")
+        twice = await verify_database(node.db, keyring=Keyring.load(keyring_file))
+    finally:
+        await node.db.close()
+    assert once.problem is None, once.problem
+    assert twice.problem is None, twice.problem
