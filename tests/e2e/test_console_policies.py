@@ -212,6 +212,7 @@ def test_a_proposal_goes_live_when_another_admin_approves_it(
         expect(hiring.locator(".approve-form button")).to_have_text(
             "Approve, make these admins, and make live"
         )
+        shot(other, "console-policies-new-admins")
         hiring.locator(".approve-form input[name=reason]").fill("hired, ticket 7")
         hiring.locator(".approve-form button").click()
         expect(other.locator(".policy-summary .big")).to_have_text("v3")
