@@ -41,7 +41,7 @@ from litestar.response import Response, Template
 from admin.access import Admin
 from admin.actions import OwnAccountRefused, audited, confirm_destructive, keeps_admin
 from admin.console.render import PAGE_OPT, page
-from admin.console.users import refuse_admin_takeover
+from admin.console.users import refuse_admin_takeover, refuse_shutting_out
 from admin.deps import AdminServices, Policy
 from gateway.authz.proposals import ApprovalRequired
 from gateway.crypto.keyring import Keyring, KeyringError, keyring_path
@@ -599,10 +599,9 @@ async def account_action(
             if data.action == AccountAction.RESET_MFA:
                 await refuse_admin_takeover(services, live_policy, config, user, "reset the second factors")
             if data.action in _SIGNS_OUT and user.id != admin.session.user_id:
-                await refuse_admin_takeover(
+                await refuse_shutting_out(
                     services, live_policy, config, user, _SIGNS_OUT[data.action],
-                    on_host="gateway incident case act ID ACTION, or gateway user disable",
-                    why="which would leave them the only one to approve or reject",
+                    "gateway incident case act ID ACTION, or gateway user disable",
                 )  # fmt: skip
             if data.action in _SHUTS_YOU_OUT and user.id == admin.session.user_id:
                 raise OwnAccountRefused(

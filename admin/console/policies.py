@@ -390,10 +390,15 @@ async def new_admins(
         if is_principal(name) and name not in candidates:
             candidates[name] = [name, AUTHENTICATED] if name.startswith(("user:", "group:")) else [name]
     return sorted(
-        _spelled(name)
+        name
         for name, principals in candidates.items()
         if holds_role(principals, role, will) and not holds_role(principals, role, was)
     )
+
+
+def _shown(admins: list[str]) -> list[str]:
+    """The new admins as a reviewer reads them, and names them back when approving."""
+    return sorted(_spelled(name) for name in admins)
 
 
 def _spelled(name: str) -> str:
@@ -431,7 +436,9 @@ async def proposal_list(
     views = [
         _proposal_json(
             p,
-            await _proposal_admins(services, config, live, p) if p.status is ProposalStatus.PENDING else None,
+            _shown(await _proposal_admins(services, config, live, p))
+            if p.status is ProposalStatus.PENDING
+            else None,
         )
         for p in found
     ]
@@ -565,37 +572,41 @@ class NewAdminsUnconfirmed(GatewayError):
     title = "Confirm who becomes an admin"
 
 
-async def _refuse_new_clients(
+async def _refuse_made_since(
     services: Services, config: CurrentConfig, proposal: Proposal, admins: list[str]
 ) -> None:
-    """A service account the proposal makes an admin, made or given a token after the proposal: the
-    name was reviewed, not the credential (a re-attack run: boss proposed "g, client:deployer, admin",
-    then made deployer and issued himself a token before the approval)."""
-    names = {a.removeprefix("client:") for a in admins if a.startswith("client:")}
-    if not names:
+    """An account or service account the proposal makes an admin, made (a service account: or given a
+    token) after the proposal: the name was reviewed, not the person or credential behind it (re-attack
+    runs: carol erased and made again with a password the proposer knew; boss proposed "g,
+    client:deployer, admin", then made deployer and issued himself a token)."""
+    since = proposal.created_at
+    for name in (a.removeprefix("user:") for a in admins if a.startswith("user:")):
+        account = await services.identity.accounts.find(name)
+        if account is not None and account.created_at > since:
+            raise NewAdminsUnconfirmed(
+                f"user:{name}'s account was made after this proposal: the person behind the name is not the "
+                "one reviewed. Reject it, and propose the change again if it is still wanted."
+            )
+    clients = {a.removeprefix("client:") for a in admins if a.startswith("client:")}
+    if not clients:
         return
     machine = accounts_of(services, config)
-    for account in await machine.list_accounts():
-        if account.name not in names:
-            continue
-        late = account.created_at > proposal.created_at or any(
-            t.created_at > proposal.created_at and t.state == "active"
-            for t in await machine.list_tokens(account.name)
-        )
-        if late:
+    for client in (a for a in await machine.list_accounts() if a.name in clients):
+        tokens = await machine.list_tokens(client.name)
+        if client.created_at > since or any(t.created_at > since and t.state == "active" for t in tokens):
             raise NewAdminsUnconfirmed(
-                f"client:{account.name} was made, or given a token, after this proposal: the credential "
+                f"client:{client.name} was made, or given a token, after this proposal: the credential "
                 "behind the name was not the one reviewed. Reject it, and propose the change again."
             )
 
 
 async def _refuse_approval(
-    identity: Identity, approver: str, proposal: Proposal, admins: list[str], acknowledged: list[str] | None
+    identity: Identity, approver: str, proposal: Proposal, named: list[str], acknowledged: list[str] | None
 ) -> None:
     """An account whose credentials the proposer issued (or that issued the proposer's) is the
     proposer's to use: an attack run had an admin make an account with a one-time password, have a
-    second admin make it an admin, and approve his own proposals with it. ``admins``: who the
-    proposal makes an admin now, which the approver must have named (``acknowledged``)."""
+    second admin make it an admin, and approve his own proposals with it. ``named``: who the
+    proposal makes an admin now, as shown, which the approver must have named (``acknowledged``)."""
     if approver == proposal.proposer:
         return  # refused as the proposer's own (Proposals.approve)
     if await identity.accounts.gone_since(proposal.proposer, proposal.created_at):
@@ -611,32 +622,19 @@ async def _refuse_approval(
             f"{proposal.proposer}'s account is disabled, restricted or closed: reject this proposal, and "
             "propose the change again if it is still wanted."
         )
-    theirs = await identity.accounts.lineage(proposal.proposer)
-    if await identity.accounts.lineage(approver) & theirs:
+    if await identity.accounts.lineage(approver) & await identity.accounts.lineage(proposal.proposer):
         raise SelfApproval(
             f"The credentials of your account and of {proposal.proposer}'s come from one admin (a one-time "
             "password or an invitation link one of you issued): another admin must approve it."
         )
-    for admin in admins:
-        name = admin.split(" (spelled ")[0]
-        account = (
-            await identity.accounts.find(name.removeprefix("user:")) if name.startswith("user:") else None
-        )
-        if account is not None and account.created_at > proposal.created_at:
-            # The name was reviewed; the person behind it was not (a re-attack run erased carol and made
-            # a new carol with a password the proposer knew, between the review and the approval).
-            raise NewAdminsUnconfirmed(
-                f"{name}'s account was made after this proposal: the person behind the name is not the one "
-                "reviewed. Reject it, and propose the change again if it is still wanted."
-            )
-    if sorted(acknowledged or ()) != admins:
+    if sorted(acknowledged or ()) != named:
         # Whoever the change makes an admin is named to the approver, who names them back: a reviewer
         # approved "g, ops, admin" without seeing that an account of the proposer's held ops (an attack
         # run), and a role given after the review would otherwise slip in between.
         raise NewAdminsUnconfirmed(
-            f"This change makes {', '.join(admins)} an admin: approve it again with new_admins set to "
+            f"This change makes {', '.join(named)} an admin: approve it again with new_admins set to "
             "exactly that list (the Policies page shows it)."
-            if admins
+            if named
             else "This change makes nobody an admin now: approve it again without new_admins."
         )
 
@@ -664,9 +662,9 @@ async def approve(
         confirm_destructive(admin, config, identity.clock)
         pending = await proposals.get(number)
         admins = await _proposal_admins(services, config, (await live_policy.store.current()).rules, pending)
-        details["new_admins"] = admins
-        await _refuse_new_clients(services, config, pending, admins)
-        await _refuse_approval(identity, admin.actor, pending, admins, data.new_admins)
+        details["new_admins"] = named = _shown(admins)
+        await _refuse_approval(identity, admin.actor, pending, named, data.new_admins)
+        await _refuse_made_since(services, config, pending, admins)
         version = await proposals.approve(
             number, actor=admin.actor, reason=data.reason, keep=keeps_admin(admin, config.settings.admin.role)
         )

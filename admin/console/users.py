@@ -521,24 +521,16 @@ def _would_be_admin(
 
 async def _is_admin(services: Services, live_policy: Policy, config: Config, user: User) -> bool:
     """Whether the account is an admin as its sessions are: by its local roles, its live sessions'
-    groups and the roles those sessions carry, and what the providers' ``role_map`` gives those
-    groups (a re-attack run: an admin by role_map alone was "not an admin" here, and was disabled by
-    the other one)."""
-    sessions = await services.identity.sessions.list_user(user.id)
-    groups = _groups(sessions)
-    roles = [*user.roles.split(), *(r for s in sessions for r in s.roles), *_mapped(config, groups)]
-    return _would_be_admin(live_policy, config, user.username, roles, groups)
+    groups and the roles those sessions carry (a re-attack run: an admin by a provider's role_map
+    alone was "not an admin" here, and was disabled by the other one)."""
+    return _admin_in(live_policy, config, user, await services.identity.sessions.list_user(user.id))
 
 
-def _mapped(config: Config, groups: Iterable[str]) -> list[str]:
-    """The roles the providers' ``role_map`` gives these session groups (``<provider>:<group>``)."""
-    providers = {idp.name: idp for idp in config.settings.identity_providers}
-    mapped: list[str] = []
-    for group in groups:
-        provider, _, name = group.partition(":")
-        if (idp := providers.get(provider)) is not None:
-            mapped.extend(idp.roles_for((name,)))
-    return mapped
+def _admin_in(live_policy: Policy, config: Config, user: User, sessions: list[Session]) -> bool:
+    """:func:`_is_admin` with the account's live sessions read (what a provider's ``role_map`` gave a
+    session is among its roles)."""
+    roles = [*user.roles.split(), *(r for s in sessions for r in s.roles)]
+    return _would_be_admin(live_policy, config, user.username, roles, _groups(sessions))
 
 
 async def other_admins_addresses(
@@ -559,10 +551,23 @@ async def other_admins_addresses(
     found: dict[str, set[str]] = {}
     for name in sorted(names):
         user = await services.identity.accounts.find(name)
-        if user is None or user.id == except_user or not await _is_admin(services, live_policy, config, user):
+        if user is None or user.id == except_user:
             continue
-        found[name] = {s.ip for s in await services.identity.sessions.list_user(user.id) if s.ip}
+        sessions = await services.identity.sessions.list_user(user.id)
+        if _admin_in(live_policy, config, user, sessions):
+            found[name] = {s.ip for s in sessions if s.ip}
     return found
+
+
+async def refuse_shutting_out(
+    services: Services, live_policy: Policy, config: Config, user: User, what: str, on_host: str
+) -> None:
+    """Under ``admin.approvals: 2`` one admin does not disable, sign out, strip or block the other:
+    the acting one would be left alone to approve or reject (re-attack runs did each)."""
+    await refuse_admin_takeover(
+        services, live_policy, config, user, what, on_host=on_host,
+        why="which would leave them the only one to approve or reject",
+    )  # fmt: skip
 
 
 async def _refuse_signing_out(
@@ -572,10 +577,9 @@ async def _refuse_signing_out(
     group is known as one only by their live sessions, and their addresses only so too (a re-attack
     run signed the other approver out first, then disabled and blocked them)."""
     if user.id != admin_of(request).session.user_id:
-        await refuse_admin_takeover(
-            services, live_policy, config, user, "end the sessions", on_host="gateway user disable",
-            why="which would leave them the only one to approve or reject",
-        )  # fmt: skip
+        await refuse_shutting_out(
+            services, live_policy, config, user, "end the sessions", "gateway user disable"
+        )
 
 
 _ALL_ACCOUNTS: Final = 1_000_000
@@ -898,10 +902,9 @@ async def disable_user(
         )
         # As restricting is refused: the other approver shut out leaves one admin holding every
         # proposal and every rejection (an attack run).
-        await refuse_admin_takeover(
-            services, live_policy, config, user, "disable the account", on_host="gateway user disable",
-            why="which would leave them the only one to approve or reject",
-        )  # fmt: skip
+        await refuse_shutting_out(
+            services, live_policy, config, user, "disable the account", "gateway user disable"
+        )
         ended = await services.identity.accounts.disable(user.id, actor=actor)
         return ActionResult(
             username=user.username,
@@ -1060,10 +1063,9 @@ async def set_roles(
             if _second_admin_required(config) and not own and before and not admin_after:
                 # Taken first, the other approver's account was then no admin's to protect: disabled
                 # next, one admin held every decision (a re-attack run).
-                await refuse_admin_takeover(
-                    services, live_policy, config, user, "take the admin role",
-                    on_host="gateway user disable", why="which would leave them the only one to approve or reject",
-                )  # fmt: skip
+                await refuse_shutting_out(
+                    services, live_policy, config, user, "take the admin role", "gateway user disable"
+                )
         changed = await services.identity.accounts.set_roles(user.id, data.roles, actor=actor)
         ended = changed.sessions_ended if changed.removed else None
         roles = ", ".join(changed.roles) or "none"

@@ -507,11 +507,11 @@ class ChainWalker:
         if record.kind != RESTORED_KIND or self._keys is None or record.version == LEGACY_VERSION:
             return False
         mark = self._keys.compromised(record.key_id)
-        return mark is None or (record.seq <= mark.audit_seq and record.at < _when(mark.at))
+        return mark is None or (record.seq <= mark.audit_seq and record.at < mark.time)
 
     def _rewound(self, mark: Compromise) -> bool:
         """Whether a restore made after ``mark`` was seen: the chain since is not the one it saw."""
-        return any(at > _when(mark.at) for at in self._restored)
+        return any(at > mark.time for at in self._restored)
 
     def _anchors(self, now: ChainRecord | None = None) -> list[tuple[str, Compromise]]:
         """The marks whose head the chain must hold: not one a backup restored since has rewound (the
@@ -519,13 +519,13 @@ class ChainWalker:
         ``now`` included when it is that record."""
         if self._keys is None:
             return []
-        restoring = now is not None and self._restores(now)
+        restored_at = now.at if now is not None and self._restores(now) else None
         return [
             (kid, mark)
             for kid, mark in self._keys.marks().items()
             if mark.audit_hash
             and not self._rewound(mark)
-            and not (restoring and now is not None and now.at > _when(mark.at))
+            and not (restored_at is not None and restored_at > mark.time)
         ]
 
     def _cut_before_a_mark(self) -> ChainProblem | None:
@@ -687,15 +687,6 @@ class ChainWalker:
             self._ledger.erasures,
             self._ledger.unchecked,
         )
-
-
-def _when(moment: str) -> datetime:
-    """A mark's time (ISO 8601); one that does not read is the latest, so no restore rewinds it."""
-    try:
-        at = datetime.fromisoformat(moment)
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _problem(found: Finding) -> ChainProblem:

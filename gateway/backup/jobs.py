@@ -80,7 +80,7 @@ async def sqlite_backup(
     directory = to or backup_directory(settings)
     # Signed under the file's active key, not the one this process loaded: a key rotated out (and
     # perhaps marked compromised) since would sign a backup verify then refuses.
-    await asyncio.to_thread(keyring.reload)
+    await asyncio.to_thread(keyring.follow_file)
     manifest, path = await asyncio.to_thread(
         create_backup, database, Path(settings.data_dir), directory, keyring, clock, progress
     )

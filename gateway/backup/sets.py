@@ -76,16 +76,15 @@ def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list
     or one anybody who may write the directory wrote)."""
     found: list[BackupSet] = []
     for path, manifest, doc in _manifests(directory):
-        try:
-            created = datetime.fromisoformat(manifest.created_at).astimezone(UTC)
-        except ValueError:
+        created = _created(manifest)
+        if created is None:
             continue
         if signed_with is not None and signature_problem(manifest, doc, signed_with) is not None:
             continue
         if signed_with is not None and (mark := signed_with.compromised.get(manifest.key_id)) is not None:
             # Never newer than the mark: whatever it claims, a backup under a leaked key cannot pass a
             # backup made since, as the newest or when pruning.
-            created = min(created, datetime.fromisoformat(mark.at).astimezone(UTC))
+            created = min(created, mark.time)
         size = sum(p.size for p in manifest.parts)
         found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
@@ -112,7 +111,7 @@ def signed_under(
     for _path, manifest, doc in _manifests(directory):
         if manifest.key_id != kid or signature_problem(manifest, doc, keyring) is not None:
             continue
-        if before is not None and _created(manifest, default=before) > before:
+        if before is not None and ((created := _created(manifest)) is None or created > before):
             continue
         if recorded is not None and recorded.get(manifest.backup_id) != manifest.summary()["parts"]:
             continue
@@ -148,11 +147,12 @@ def vouching(
     return signed
 
 
-def _created(manifest: Manifest, *, default: datetime) -> datetime:
+def _created(manifest: Manifest) -> datetime | None:
+    """When the manifest says the backup was made (UTC), or ``None`` when that does not read."""
     try:
         return datetime.fromisoformat(manifest.created_at).astimezone(UTC)
     except ValueError:
-        return default
+        return None
 
 
 def find_backup(directory: Path, ref: str | None, *, signed_with: Keyring | None = None) -> Path:

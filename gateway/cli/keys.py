@@ -256,11 +256,10 @@ def _activate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.kid in keyring.compromised:
         raise UserError(f"key {args.kid} is marked compromised: it never becomes active again")
+    from gateway.crypto.lifecycle import leaked_with
+
     old = keyring.active_id
-    # Every key of the file but the one made active: a leaked copy held them all.
-    older = tuple(
-        sorted(k for k in keyring.key_ids if k not in (old, args.kid) and k not in keyring.compromised)
-    )
+    older = leaked_with(keyring, old, args.kid)
     keyring.activate(path, args.kid)
 
     async def record() -> Compromise | None:

@@ -11,10 +11,10 @@ The keyring file is JSON, mode 0600, shared by every replica::
 (:meth:`Keyring.mark_compromised`). Such a key still decrypts (the secrets stored under it must stay
 readable), but what it signed after it was marked is no longer trusted: a backup under it verifies only
 if it is one the key had signed before (its id and manifest MAC were recorded then), an audit record
-keyed under it after ``audit_seq`` is named a forgery, and a chain whose record ``audit_seq`` is not
-``audit_hash`` (rewritten up to the mark with the leaked key, and cut there) is named too. Whoever holds a leaked key can compute
-any MAC under it; the record of what it signed before lives in this file, which the leak did not give
-them write access to.
+keyed under it after ``audit_seq`` is named a forgery, and so is a chain whose record ``audit_seq`` is
+not ``audit_hash`` (rewritten up to the mark with the leaked key, and cut there). Whoever holds a
+leaked key can compute any MAC under it; the record of what it signed before lives in this file,
+which the leak did not give them write access to.
 
 A ciphertext is a self-describing token ``v1.<kid>.<base64url(nonce || ciphertext+tag)>``. The key id
 in the token picks the key, so after :meth:`Keyring.rotate` new secrets use the new key while every
@@ -56,6 +56,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -121,6 +122,11 @@ class Compromise:
     #: The hash of record ``audit_seq``: the chain up to the mark, which the leaked key could rewrite.
     audit_hash: str = ""
 
+    @property
+    def time(self) -> datetime:
+        """:attr:`at` as an aware time (checked when the file is read)."""
+        return _aware(datetime.fromisoformat(self.at))
+
     def document(self) -> dict[str, object]:
         """The JSON form kept in the keyring file."""
         doc: dict[str, object] = {"at": self.at, "audit_seq": self.audit_seq}
@@ -138,6 +144,10 @@ class Compromise:
         anchor = doc.get("audit_hash", "")
         if not isinstance(at, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError('needs "at" (a time) and "audit_seq" (a record number)')
+        try:
+            datetime.fromisoformat(at)
+        except ValueError:
+            raise ValueError('"at" must be an ISO 8601 time') from None
         if not isinstance(anchor, str):
             raise ValueError('"audit_hash" must be a string')
         if not isinstance(backups, dict) or not all(
@@ -145,6 +155,10 @@ class Compromise:
         ):
             raise ValueError('"backups" must map backup ids to MACs')
         return cls(at, seq, MappingProxyType(dict(backups)), anchor)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Keyring:

@@ -43,6 +43,7 @@ __all__ = [
     "SigningRotation",
     "Trail",
     "describe_key",
+    "leaked_with",
     "mark_compromised",
     "rotate_keys",
 ]
@@ -180,7 +181,8 @@ async def rotate_keys(
         stage: Add the new keyring key without making it active (:meth:`Keyring.rotate`).
         compromised: The old keys may be in someone else's hands. Signing: the new one signs at once
             and the old ones are deleted (:meth:`SigningKeys.rotate`). Keyring: the key that was
-            active is marked compromised (:func:`mark_compromised`); refused with ``stage``.
+            active is marked compromised with the file's older keys (:func:`mark_compromised`,
+            :func:`leaked_with`); refused with ``stage``.
         announce: With ``compromised``, tells the running workers (:func:`announce_compromise` over
             the caller's fast state), so one that cannot reload stops signing with the old key, and
             every one reads the keyring file again.
@@ -219,9 +221,7 @@ async def rotate_keys(
         new_id = await asyncio.to_thread(keyring.rotate, keyring_file, activate=not stage)
         rotation = replace(rotation, keyring_key=new_id, staged=stage)
         if compromised:
-            older = tuple(
-                sorted(k for k in keyring.key_ids if k not in (old, new_id) and k not in keyring.compromised)
-            )
+            older = leaked_with(keyring, old, new_id)
             rotation = replace(rotation, keyring_compromised=old, keyring_also=older)
             try:
                 mark = await mark_compromised(
@@ -248,6 +248,12 @@ async def rotate_keys(
             return replace(rotation, keyring_mark=mark)
     await audit.record("keys.rotated", actor=actor, subject="keys", details=rotation.details())
     return rotation
+
+
+def leaked_with(keyring: Keyring, *besides: str) -> tuple[str, ...]:
+    """The keys of the file not marked yet, but ``besides``: a leaked copy of the file held them all
+    (a re-attack run forged a backup and records under a key rotated out before the leak)."""
+    return tuple(sorted(k for k in keyring.key_ids if k not in besides and k not in keyring.compromised))
 
 
 async def mark_compromised(

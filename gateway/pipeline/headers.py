@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final, NamedTuple
 
+from gateway.identity.oidc.tokens import MAX_TOKEN_BYTES
 from gateway.machine.tokens import meant_as_gateway_token
 from gateway.settings.trusted import TrustedProxies
 
@@ -250,8 +251,6 @@ _FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _BLANKS: Final = re.compile(rb"[ \t]+")
-# The longest provider token the gateway reads (gateway.identity.oidc.tokens): a longer one is not its.
-_MAX_TOKEN: Final = 16 * 1024
 
 
 # Lower case, and every byte that is not a letter or digit read as "-": servers and frameworks turn
@@ -564,7 +563,8 @@ def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool
     reads it (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
     for part in _BLANKS.split(value.strip(b" \t"), maxsplit=1):
         pieces = part.split(b".")
-        if len(pieces) != 3 or len(part) > _MAX_TOKEN:
+        # A longer token is none the gateway reads (its verifier's limit).
+        if len(pieces) != 3 or len(part) > MAX_TOKEN_BYTES:
             continue
         payload = pieces[1] + b"=" * (-len(pieces[1]) % 4)
         try:

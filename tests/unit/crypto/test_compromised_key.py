@@ -80,6 +80,11 @@ def test_a_file_whose_active_key_is_marked_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(KeyringError, match="audit_seq"):
         Keyring.load(path)
+    # A mark's time is read once, where the file is: every check after it compares times.
+    doc["compromised"] = {keyring.active_id: {"at": "yesterday", "audit_seq": 1}}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="ISO 8601"):
+        Keyring.load(path)
 
 
 def test_a_running_process_takes_the_mark_up_when_it_reads_the_file_again(tmp_path: Path) -> None:
