@@ -95,6 +95,14 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "records before now stay trusted under it). Not with ``stage``."
         ),
     ] = False
+    leaked_since: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="With ``compromised`` and a keyring rotation: the earliest the keys could have leaked "
+            "(UTC when no offset is given), when known; the backups made from then on are not trusted "
+            "either (as `gateway keys rotate --leaked-since`). Not in the future."
+        ),
+    ] = None
     stage: Annotated[
         bool,
         msgspec.Meta(
@@ -274,6 +282,8 @@ async def rotate(
         details["compromised"] = True
     if data.stage:
         details["stage"] = True
+    if data.leaked_since is not None:
+        details["leaked_since"] = data.leaked_since.isoformat()
     try:
         if data.compromised and data.stage:
             raise BadRequest(
@@ -281,6 +291,7 @@ async def rotate(
             )
         if data.stage and data.which != "keyring":
             raise BadRequest("stage stages a keyring key: rotate 'keyring' with it.")
+        leaked_since = _leak_time(data, identity.clock.now())
         confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
@@ -290,6 +301,7 @@ async def rotate(
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
             ledger=services.identity.accounts.ledger, stage=data.stage,
             backups_signed=vouching(backup_directory(config.settings), keyring, identity.audit),
+            leaked_since=leaked_since,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -305,6 +317,21 @@ async def rotate(
         message=_message(rotation, view),
         keys=view,
     )
+
+
+def _leak_time(data: RotateRequest, now: datetime) -> datetime | None:
+    """The leak's time of a rotation, in UTC (400 when it is given without a keyring mark or is later
+    than now: a typo must not narrow nothing or everything)."""
+    if data.leaked_since is None:
+        return None
+    if not data.compromised or data.which == "signing":
+        raise BadRequest(
+            "leaked_since says when a keyring key leaked: give it with compromised, rotating the keyring."
+        )
+    at = data.leaked_since if data.leaked_since.tzinfo is not None else data.leaked_since.replace(tzinfo=UTC)
+    if at > now:
+        raise BadRequest(f"leaked_since {at.isoformat()} is in the future.")
+    return at.astimezone(UTC)
 
 
 @post("/api/keys/activate", status_code=200, tags=["keys"])

@@ -119,10 +119,13 @@ def signed_under(
     return vouched
 
 
-async def recorded_backups(audit: AuditLog) -> dict[str, dict[str, str]]:
-    """Every backup the audit trail says the gateway made: id → its parts' SHA-256 (``backup.created``)."""
+async def recorded_backups(audit: AuditLog, before: datetime | None = None) -> dict[str, dict[str, str]]:
+    """Every backup the audit trail says the gateway made (before ``before``, when given): id → its
+    parts' SHA-256 (``backup.created``)."""
     made: dict[str, dict[str, str]] = {}
     for event in await audit.events(kind="backup.created", limit=_RECORDED):
+        if before is not None and _aware(event.at) >= before:
+            continue
         try:
             details = json.loads(event.details)
             parts = details["parts"]
@@ -135,16 +138,22 @@ async def recorded_backups(audit: AuditLog) -> dict[str, dict[str, str]]:
 
 def vouching(
     directory: Path, keyring: Keyring, audit: AuditLog, clock: Clock = SYSTEM_CLOCK
-) -> Callable[[str], Awaitable[dict[str, str]]]:
+) -> Callable[[str, datetime | None], Awaitable[dict[str, str]]]:
     """What a key marked compromised vouches for (:func:`signed_under` with the audit trail's record
-    and nothing dated after now), as :func:`gateway.crypto.lifecycle.rotate_keys` asks for it."""
+    and nothing dated after now, or after the leak's time when it is known), as
+    :func:`gateway.crypto.lifecycle.rotate_keys` asks for it."""
 
-    async def signed(kid: str) -> dict[str, str]:
-        recorded = await recorded_backups(audit)
-        now = clock.now()
-        return await asyncio.to_thread(signed_under, directory, keyring, kid, recorded=recorded, before=now)
+    async def signed(kid: str, leaked_since: datetime | None) -> dict[str, str]:
+        until = clock.now() if leaked_since is None else min(clock.now(), leaked_since)
+        recorded = await recorded_backups(audit, before=leaked_since)
+        return await asyncio.to_thread(signed_under, directory, keyring, kid, recorded=recorded, before=until)
 
     return signed
+
+
+def _aware(moment: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite gives it back naive)."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _created(manifest: Manifest) -> datetime | None:

@@ -1,9 +1,9 @@
 """``gateway keys …``: the keyring for secrets at rest and the keys that sign identity assertions.
 
     gateway keys init   --config FILE                              create the keyring file
-    gateway keys rotate   --config FILE [--all | --signing | --keyring [--stage]] [--compromised]
-    gateway keys activate --config FILE KID [--compromised]
-    gateway keys mark-compromised --config FILE KID
+    gateway keys rotate   --config FILE [--all | --signing | --keyring [--stage]] [--compromised [--leaked-since ISO]]
+    gateway keys activate --config FILE KID [--compromised [--leaked-since ISO]]
+    gateway keys mark-compromised --config FILE KID [--leaked-since ISO]
     gateway keys list     --config FILE [--json]
 
 ``rotate`` (default ``--all``) does both rotations:
@@ -25,7 +25,9 @@ A keyring key that leaked is *marked compromised* (``rotate --keyring --compromi
 still decrypts what it encrypted, never becomes active again, and the keyring file records the backups
 it had signed and the audit chain's head. From then on ``backup verify|restore`` and ``dr drill`` refuse
 every other backup under it and ``audit verify`` names every later record keyed under it: whoever
-holds the leaked key can sign anything with it, but cannot write the keyring file.
+holds the leaked key can sign anything with it, but cannot write the keyring file. ``--leaked-since``
+gives the earliest the key could have leaked, when it is known: backups made from then on are not
+vouched for either (what the leaked key signed before the mark cannot be told from the gateway's own).
 
 ``list`` shows each signing key's state: ``next`` (published, not signing yet), ``active`` (signing),
 ``retiring`` (published so its tokens still verify, no longer signing), ``expired`` (deleted at the
@@ -108,6 +110,7 @@ def _rotate(args: argparse.Namespace) -> int:
             "--compromised with --stage: a leaked keyring key must stop encrypting now; rotate in one "
             "step, or stage, give every replica the file, then `gateway keys activate KID --compromised`"
         )
+    _check_leak(args)
     settings = load_config(args)
     path = keyring_path(settings)
     keyring = load_keyring(settings)
@@ -133,6 +136,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 announce=lambda at: announce_compromise(store.fast, at),
                 ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
                 backups_signed=_backups_signed(settings, keyring, audit),
+                leaked_since=args.leaked_since,
             )
             if rotation.signing is not None:
                 _print_rotation(
@@ -159,9 +163,33 @@ def _rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_leak(args: argparse.Namespace) -> None:
+    """``--leaked-since``: only with a mark, and not in the future (exit 2 before anything changes)."""
+    if args.leaked_since is None:
+        return
+    if not getattr(args, "compromised", True):
+        raise UserError("--leaked-since says when the keys leaked: give it with --compromised")
+    if getattr(args, "what", "keyring") == "signing":
+        raise UserError(
+            "--leaked-since narrows what a leaked keyring key vouches for: rotate --keyring or --all"
+        )
+    if args.leaked_since > datetime.now(UTC):
+        raise UserError(f"--leaked-since {args.leaked_since.isoformat()} is in the future")
+
+
+def _time(text: str) -> datetime:
+    """argparse type: ISO 8601, UTC when no offset is given (a date alone means its midnight)."""
+    from gateway.audit.query import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _backups_signed(
     settings: Settings, keyring: Keyring, audit: AuditLog
-) -> Callable[[str], Awaitable[dict[str, str]]]:
+) -> Callable[[str, datetime | None], Awaitable[dict[str, str]]]:
     from gateway.backup.sets import backup_directory, vouching
 
     return vouching(backup_directory(settings), keyring, audit)
@@ -169,9 +197,10 @@ def _backups_signed(
 
 def _print_mark(path: object, kid: str, mark: Compromise, also: tuple[str, ...] = ()) -> None:
     kept = ", ".join(sorted(mark.backups)) or "none"
+    made = f" before the leak ({mark.leaked_since})" if mark.leaked_since else ""
     print(
         f"keyring {path}: key {kid} marked compromised at {mark.at}. It still decrypts what it encrypted "
-        f"and never becomes active again. Backups it had signed, still trusted: {kept}; every other "
+        f"and never becomes active again. Backups it had signed{made}, still trusted: {kept}; every other "
         "backup under it is refused by `backup verify`, `backup restore` and `dr drill` (make a new "
         f"backup now). Audit records keyed under it after record {mark.audit_seq} are named by "
         "`gateway audit verify`."
@@ -198,6 +227,7 @@ def _keyring_holding(args: argparse.Namespace) -> tuple[Settings, Path, Keyring]
 def _mark(args: argparse.Namespace) -> int:
     from gateway.crypto.lifecycle import mark_compromised
 
+    _check_leak(args)
     settings, path, keyring = _keyring_holding(args)
     if args.kid == keyring.active_id:
         raise UserError(
@@ -210,7 +240,7 @@ def _mark(args: argparse.Namespace) -> int:
             audit = store.audit(keyring)
             return await mark_compromised(
                 keyring, path, args.kid, audit=audit, actor=operator(),
-                backups_signed=_backups_signed(settings, keyring, audit),
+                backups_signed=_backups_signed(settings, keyring, audit), leaked_since=args.leaked_since,
             )  # fmt: skip
 
     _print_mark(path, args.kid, run(mark()))
@@ -249,7 +279,7 @@ def _print_rotation(before: KeySet, after: KeySet, kid: str, compromised: bool =
 
 
 def _activate(args: argparse.Namespace) -> int:
-
+    _check_leak(args)
     settings, path, keyring = _keyring_holding(args)
     if keyring.active_id == args.kid:
         print(f"keyring {path}: key {args.kid} is the active key already")
@@ -273,7 +303,7 @@ def _activate(args: argparse.Namespace) -> int:
                     keyring, path, old, audit=audit, actor=operator(),
                     backups_signed=_backups_signed(settings, keyring, audit),
                     details={**details, "keyring_key_compromised": old}, kind="keys.activated",
-                    also=older,
+                    also=older, leaked_since=args.leaked_since,
                 )  # fmt: skip
             await audit.record("keys.activated", actor=operator(), subject="keys", details=details)
             return None
@@ -320,7 +350,8 @@ def _list(args: argparse.Namespace) -> int:
     for kid, mark in sorted(keyring.compromised.items()):
         print(
             f"keyring key {kid}: compromised since {mark.at} (trusted: {len(mark.backups)} backup(s) it had "
-            f"signed, audit records up to {mark.audit_seq})"
+            f"signed{f' before the leak at {mark.leaked_since}' if mark.leaked_since else ''}, audit records "
+            f"up to {mark.audit_seq})"
         )
     if not rows:
         print("no signing keys yet: a gateway creates the first one when it starts")
@@ -402,6 +433,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "Keyring: the key that was active is marked compromised (decrypts, never active again; only the "
         "backups it had signed and the audit records before now stay trusted under it)",
     )
+    _leak_arg(p)
     p.set_defaults(func=_rotate, what="all")
 
     p = actions.add_parser(
@@ -417,6 +449,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="the key that was active leaked: mark it compromised once KID is active (see mark-compromised)",
     )
+    _leak_arg(p)
     p.set_defaults(func=_activate)
 
     p = actions.add_parser(
@@ -430,6 +463,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     config_arg(p)
     p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
+    _leak_arg(p)
     p.set_defaults(func=_mark)
 
     p = actions.add_parser(
@@ -441,3 +475,13 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)
+
+
+def _leak_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--leaked-since",
+        type=_time,
+        metavar="ISO",
+        help="the earliest the key could have leaked (UTC if no offset), when known: the backups made since "
+        "are not vouched for either, as what the leaked key signed cannot be told from the gateway's own",
+    )

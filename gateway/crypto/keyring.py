@@ -121,6 +121,9 @@ class Compromise:
     backups: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: The hash of record ``audit_seq``: the chain up to the mark, which the leaked key could rewrite.
     audit_hash: str = ""
+    #: The earliest the key could have leaked (ISO 8601, UTC), when the operator knew it: no backup
+    #: made from then on is vouched for. Empty: the leak's time is not known (vouching runs to the mark).
+    leaked_since: str = ""
 
     @property
     def time(self) -> datetime:
@@ -132,6 +135,8 @@ class Compromise:
         doc: dict[str, object] = {"at": self.at, "audit_seq": self.audit_seq}
         if self.audit_hash:
             doc["audit_hash"] = self.audit_hash
+        if self.leaked_since:
+            doc["leaked_since"] = self.leaked_since
         doc["backups"] = dict(sorted(self.backups.items()))
         return doc
 
@@ -141,20 +146,27 @@ class Compromise:
         if not isinstance(doc, dict):
             raise ValueError("must be an object")
         at, seq, backups = doc.get("at"), doc.get("audit_seq"), doc.get("backups", {})
-        anchor = doc.get("audit_hash", "")
+        anchor, leaked = doc.get("audit_hash", ""), doc.get("leaked_since", "")
         if not isinstance(at, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError('needs "at" (a time) and "audit_seq" (a record number)')
-        try:
-            datetime.fromisoformat(at)
-        except ValueError:
-            raise ValueError('"at" must be an ISO 8601 time') from None
+        _check_time("at", at)
+        if leaked != "":
+            _check_time("leaked_since", leaked)
         if not isinstance(anchor, str):
             raise ValueError('"audit_hash" must be a string')
         if not isinstance(backups, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in backups.items()
         ):
             raise ValueError('"backups" must map backup ids to MACs')
-        return cls(at, seq, MappingProxyType(dict(backups)), anchor)
+        return cls(at, seq, MappingProxyType(dict(backups)), anchor, str(leaked))
+
+
+def _check_time(name: str, value: object) -> None:
+    """ValueError unless ``value`` is an ISO 8601 time (a mark's fields)."""
+    try:
+        datetime.fromisoformat(value)  # type: ignore[arg-type]  # anything else fails as it should
+    except (TypeError, ValueError):
+        raise ValueError(f'"{name}" must be an ISO 8601 time') from None
 
 
 def _aware(moment: datetime) -> datetime:

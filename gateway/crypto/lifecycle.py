@@ -48,9 +48,10 @@ __all__ = [
     "rotate_keys",
 ]
 
-#: The backups a keyring key signed, id → manifest MAC (:func:`gateway.backup.sets.vouching`, a floor
-#: above this one, bound to the deployment's backup directory and audit trail).
-BackupsSigned = Callable[[str], Awaitable[Mapping[str, str]]]
+#: The backups a keyring key signed before a time (the leak's, when known; else the mark's), id →
+#: manifest MAC (:func:`gateway.backup.sets.vouching`, a floor above this one, bound to the
+#: deployment's backup directory and audit trail).
+BackupsSigned = Callable[[str, datetime | None], Awaitable[Mapping[str, str]]]
 
 
 class RotationTarget(StrEnum):
@@ -164,6 +165,7 @@ async def rotate_keys(
     ledger: Ledger | None = None,
     backups_signed: BackupsSigned | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    leaked_since: datetime | None = None,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first).
 
@@ -189,6 +191,8 @@ async def rotate_keys(
         ledger: With ``compromised``, remembers the deleted kids outside the database, so a gateway
             started on a database restored from an earlier backup deletes them again before it serves.
         backups_signed: With ``compromised``, the backups a keyring key signed (none without it).
+        leaked_since: With ``compromised``, the earliest the keys could have leaked, when known: the
+            backups made since are not vouched for (:func:`mark_compromised`).
         clock: When a key is marked.
 
     Returns:
@@ -200,6 +204,7 @@ async def rotate_keys(
             for the keyring (a leaked key must stop encrypting now).
     """
     rotate_keyring = target in (RotationTarget.ALL, RotationTarget.KEYRING)
+    leaked_since = _leak_time(leaked_since, clock)  # before anything is rotated
     if rotate_keyring and compromised and stage:
         raise KeyringError(
             "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
@@ -227,7 +232,7 @@ async def rotate_keys(
                 mark = await mark_compromised(
                     keyring, keyring_file, old, audit=audit, actor=actor,
                     backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
-                    clock=clock, also=older,
+                    clock=clock, also=older, leaked_since=leaked_since,
                 )  # fmt: skip
             except GatewayError as exc:
                 # The new key is active now: running the rotation again would mark the new one (a
@@ -250,6 +255,16 @@ async def rotate_keys(
     return rotation
 
 
+def _leak_time(leaked_since: datetime | None, clock: Clock) -> datetime | None:
+    """The leak's time in UTC; KeyringError when it is later than now (a typo, not a leak)."""
+    if leaked_since is None:
+        return None
+    leaked_since = leaked_since.astimezone(UTC)
+    if leaked_since > clock.now():
+        raise KeyringError(f"the leak's time {leaked_since.isoformat()} is in the future")
+    return leaked_since
+
+
 def leaked_with(keyring: Keyring, *besides: str) -> tuple[str, ...]:
     """The keys of the file not marked yet, but ``besides``: a leaked copy of the file held them all
     (a re-attack run forged a backup and records under a key rotated out before the leak)."""
@@ -268,6 +283,7 @@ async def mark_compromised(
     kind: str = "keys.compromised",
     clock: Clock = SYSTEM_CLOCK,
     also: Sequence[str] = (),
+    leaked_since: datetime | None = None,
 ) -> Compromise:
     """Mark a keyring key that is no longer active as compromised (:meth:`Keyring.mark_compromised`),
     and the keys ``also`` names with it.
@@ -278,19 +294,27 @@ async def mark_compromised(
     active key, so no record under the leaked key can come between them, and any that comes later is
     named by ``gateway audit verify``. ``also``: the older keys of a leaked file, which were in it too
     (a re-attack run forged a backup and records under a key rotated out before the leak).
+    ``leaked_since``: the earliest the key could have leaked, when the operator knows it. Backups made
+    from then on are not vouched for: they cannot be told from what the leaked key signed (with write
+    access to the database too, its holder can record a planted backup as made by the gateway).
 
     Raises:
-        KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written.
+        KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written;
+            ``leaked_since`` is later than now.
         StoreUnavailable: The database cannot be reached (nothing was marked).
     """
+    leaked_since = _leak_time(leaked_since, clock)
     kids = [kid, *(k for k in also if k != kid)]
-    vouched = {k: dict(await backups_signed(k)) if backups_signed is not None else {} for k in kids}
+    vouched = {
+        k: dict(await backups_signed(k, leaked_since)) if backups_signed is not None else {} for k in kids
+    }
+    since = leaked_since.isoformat(timespec="seconds") if leaked_since is not None else ""
     marked: dict[str, Compromise] = {}
 
     async def prepare(seq: int, head: str) -> None:
         at = clock.now().astimezone(UTC).isoformat(timespec="seconds")
         for k in kids:
-            mark = Compromise(at, seq, MappingProxyType(vouched[k]), head)
+            mark = Compromise(at, seq, MappingProxyType(vouched[k]), head, since)
             marked[k] = await asyncio.to_thread(keyring.mark_compromised, keyring_file, k, mark)
 
     record: dict[str, object] = {
@@ -299,5 +323,7 @@ async def mark_compromised(
     }
     if len(kids) > 1:
         record["keyring_keys_also_compromised"] = kids[1:]
+    if since:
+        record["leaked_since"] = since
     await audit.record_at_head(prepare, kind, actor=actor, subject="keys", details=record)
     return marked[kid]

@@ -398,6 +398,14 @@ def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
     refused = api(site, boss, "POST", "/api/keys/activate", json={"kid": before, "reason": "undo"})
     assert_error(refused, 409, "key-compromised")
     assert keys(site, boss)["keyring"]["active"] == new
+    # The leak's time: only with a keyring mark, never in the future; a typo changes nothing.
+    for body in (
+        {"which": "keyring", "compromised": True, "leaked_since": "2999-01-01T00:00:00"},
+        {"which": "keyring", "leaked_since": "2026-01-01T00:00:00"},
+        {"which": "signing", "compromised": True, "leaked_since": "2026-01-01T00:00:00"},
+    ):
+        assert_error(api(site, boss, "POST", "/api/keys/rotate", json={**body, "reason": "typo"}), 400, "bad-request")
+        assert keys(site, boss)["keyring"]["active"] == new
     (fact,) = [r for r in audited(site, "keys.rotated") if "keyring_key_compromised" in r["details"]]
     assert json.loads(fact["details"])["keyring_key_compromised"] == before
     # Every record since is keyed under the new key: the trail verifies with the mark in force.

@@ -150,6 +150,29 @@ def test_a_leaked_keyring_key_is_marked_and_a_backup_forged_with_it_is_refused(c
     assert gateway("audit", "verify", *c).returncode == 0
 
 
+def test_the_leaks_time_is_checked_before_anything_changes_and_kept_with_the_mark(config: Path) -> None:
+    c = ("--config", str(config))
+    first = str(_keyring(config)["active"])
+    for args, said in (
+        (("rotate", "--keyring", "--leaked-since", "2026-01-01"), "give it with --compromised"),
+        (("rotate", "--signing", "--compromised", "--leaked-since", "2026-01-01"), "rotate --keyring"),
+        (("rotate", "--keyring", "--compromised", "--leaked-since", "2999-01-01"), "in the future"),
+        (("rotate", "--keyring", "--compromised", "--leaked-since", "last tuesday"), "ISO 8601"),
+    ):
+        refused = gateway("keys", *args, *c)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert said in refused.stderr
+    assert (_keyring(config)["active"], _keyring(config)["compromised"]) == (first, {})
+
+    done = gateway("keys", "rotate", "--keyring", "--compromised", "--leaked-since", "2026-12-01T08:00", *c)
+    assert done.returncode == 0, done.stderr
+    assert "signed before the leak (2026-12-01T08:00:00+00:00)" in done.stdout
+    mark = _keyring(config)["compromised"][first]  # type: ignore[index]
+    assert mark["leaked_since"] == "2026-12-01T08:00:00+00:00"
+    listed = gateway("keys", "list", *c)
+    assert "before the leak at 2026-12-01T08:00:00+00:00" in listed.stdout
+
+
 def test_a_staged_key_activated_with_compromised_marks_the_one_it_replaces(config: Path) -> None:
     c = ("--config", str(config))
     first = str(_keyring(config)["active"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,54 @@ async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clo
     assert dict(mark.backups) == {trusted.name: signed}
     assert json.loads(event.details) == {"keyring_key_compromised": old, "backups_vouched": 1}
     assert event.seq == mark.audit_seq + 1
+
+
+async def test_backups_made_since_the_leak_are_not_vouched_when_its_time_is_known(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The last note's open item: what the leaked key signed before the mark cannot be told from the
+    gateway's own work (with database access its holder records a planted backup as made by the
+    gateway). The operator who knows when it leaked says so, and nothing made since is vouched for."""
+    node, keyring_file = await _node(tmp_path, clock)
+    backups = tmp_path / "backups"
+    try:
+        before = await _made(node, backups, node.keyring, clock)
+        clock.advance(3600)
+        leaked = clock.now()
+        stolen = Keyring.load(shutil.copy(keyring_file, tmp_path / "stolen.json"))
+        clock.advance(3600)
+        made_since = await _made(node, backups, node.keyring, clock)
+        # The attacker's: dated before the leak by a clock turned back, recorded as the gateway's.
+        clock.t -= 3 * 3600
+        manifest, planted = create_backup(node.database, node.data_dir, backups, stolen, clock)
+        clock.t += 3 * 3600
+        await node.audit.record("backup.created", actor="cli:root", details=manifest.summary())
+        old = node.keyring.active_id
+        node.keyring.rotate(keyring_file)
+        signed = vouching(backups, node.keyring, node.audit, clock)
+        assert set(await signed(old, None)) == {before.name, made_since.name, planted.name}
+        with pytest.raises(KeyringError, match="future"):
+            await mark_compromised(
+                node.keyring, keyring_file, old, audit=node.audit, actor="cli:root", backups_signed=signed,
+                clock=clock, leaked_since=datetime.fromtimestamp(clock.t + 60, UTC),
+            )  # fmt: skip
+        assert old not in Keyring.load(keyring_file).compromised
+        mark = await mark_compromised(
+            node.keyring, keyring_file, old, audit=node.audit, actor="cli:root", backups_signed=signed,
+            clock=clock, leaked_since=leaked,
+        )  # fmt: skip
+        (event,) = await node.audit.events(kind="keys.compromised")
+    finally:
+        await node.db.close()
+    assert set(mark.backups) == {before.name}
+    assert mark.leaked_since == leaked.isoformat(timespec="seconds")
+    keyring = Keyring.load(keyring_file)
+    assert keyring.compromised[old] == mark  # the file keeps the leak's time
+    assert json.loads(event.details)["leaked_since"] == mark.leaked_since
+    for refused in (made_since, planted):
+        with pytest.raises(BackupError, match="marked compromised"):
+            await verify_backup(refused, keyring)
+    assert (await verify_backup(before, keyring)).audit_records >= 3
 
 
 async def test_a_rotation_that_died_after_writing_the_file_raises_no_false_alarm(
