@@ -404,7 +404,9 @@ def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
         {"which": "keyring", "leaked_since": "2026-01-01T00:00:00"},
         {"which": "signing", "compromised": True, "leaked_since": "2026-01-01T00:00:00"},
     ):
-        assert_error(api(site, boss, "POST", "/api/keys/rotate", json={**body, "reason": "typo"}), 400, "bad-request")
+        assert_error(
+            api(site, boss, "POST", "/api/keys/rotate", json={**body, "reason": "typo"}), 400, "bad-request"
+        )
         assert keys(site, boss)["keyring"]["active"] == new
     (fact,) = [r for r in audited(site, "keys.rotated") if "keyring_key_compromised" in r["details"]]
     assert json.loads(fact["details"])["keyring_key_compromised"] == before
