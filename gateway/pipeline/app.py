@@ -25,7 +25,7 @@ from gateway.pipeline.canonical import canonicalize
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.control import hand_to_control
 from gateway.pipeline.entries import FORWARD_AUTH, HTTP, WEBSOCKET, Entry
-from gateway.pipeline.forward_auth import FORWARD_AUTH_PATH, retarget
+from gateway.pipeline.forward_auth import is_forward_auth, retarget
 from gateway.pipeline.identify import identify
 from gateway.pipeline.lockdown import enforce_lockdown
 from gateway.pipeline.mfa import require_mfa
@@ -132,7 +132,7 @@ class DataPlane:
             canon = canonicalize(receive_request(scope, snap, ctx, self._ip_blocks))
             rec.path = canon.path
             if is_control(canon.path):
-                if entry is not HTTP or canon.path != FORWARD_AUTH_PATH:
+                if entry is not HTTP or not is_forward_auth(canon.path):
                     await self._control(entry, scope, receive, send, snap, canon.path, ctx)
                     return
                 # A proxy asks about another request: the stages decide that one, and the answer

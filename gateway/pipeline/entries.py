@@ -30,6 +30,7 @@ from gateway.pipeline.forward_auth import (
     UnknownTarget,
     answer_allowed,
     answer_refused,
+    app_cookies,
     refuse_client_headers,
 )
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
@@ -194,7 +195,7 @@ class _ForwardAuth(Entry):
         # The proxy forwards the client's request itself: identity headers and path or method
         # overrides the client put in it are refused here, where stripping them is not the gateway's.
         refuse_client_headers(scope["headers"], snap.strip_identity)
-        return answer_allowed(send, ctx, identity)
+        return answer_allowed(send, ctx, identity, app_cookies(scope["headers"], snap.own_cookies))
 
     async def refuse(self, ctx: RequestContext, scope: Scope, send: Send, err: GatewayError) -> None:
         await answer_refused(send, scope, ctx, err)

@@ -32,6 +32,7 @@ from gateway.pipeline.headers import (
     foreign_identity,
     normalize_name,
     speaks_identity,
+    without_cookies,
 )
 from gateway.pipeline.lockdown import LockedDown
 from gateway.web.error_pages import wants_html
@@ -45,12 +46,22 @@ __all__ = [
     "UntrustedProxy",
     "answer_allowed",
     "answer_refused",
+    "app_cookies",
     "forwarded_request",
+    "is_forward_auth",
     "refuse_client_headers",
     "retarget",
 ]
 
 FORWARD_AUTH_PATH = "/.gateway/auth"
+
+
+def is_forward_auth(path: str) -> bool:
+    """Whether a control path asks a forward-auth question: the path itself, or one below it (Envoy's
+    ``ext_authz`` appends the request's path to its ``path_prefix``; the question is still the one the
+    ``X-Forwarded-*`` headers describe, never that path)."""
+    return path == FORWARD_AUTH_PATH or path.startswith(FORWARD_AUTH_PATH + "/")
+
 
 _METHOD = re.compile(rb"[A-Z]{1,20}")
 _PROTO = (b"http", b"https")
@@ -199,25 +210,44 @@ def refuse_client_headers(headers: list[tuple[bytes, bytes]], names: frozenset[b
             )
         if normal in REROUTING:
             raise ClientReroutingHeaders(
-                f"The request carries {name.decode('latin-1')[:60]!r}, which makes apps serve another path "
-                "or method than the one decided: the proxy in front must remove it from what clients "
-                "send (README, Forward-auth)."
+                f"The request carries {name.decode('latin-1')[:60]!r}, which makes apps serve another path, "
+                "method or host than the one decided, or skip their own checks: the proxy in front must "
+                "remove it from what clients send (README, Forward-auth)."
             )
 
 
-async def answer_allowed(send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...]) -> None:
+#: The answer's copy of the request's cookies without the gateway's own, for the proxy to send the app.
+APP_COOKIE: Final = b"x-gateway-cookie"
+
+
+def app_cookies(headers: list[tuple[bytes, bytes]], own: frozenset[bytes]) -> bytes:
+    """The request's ``Cookie`` headers as one value, without the gateway's own cookies (``own``).
+
+    A proxied request loses those cookies; in forward-auth the proxy forwards the client's request
+    itself, and an attack run read the session cookie off the app and replayed it on another route.
+    The proxy sets ``Cookie`` to this value (:data:`APP_COOKIE` in the answer; README, Forward-auth).
+    """
+    found = [value for name, value in headers if name == b"cookie"]  # ASGI names are lower-case
+    return without_cookies(b"; ".join(found), own) if found else b""
+
+
+async def answer_allowed(
+    send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...], cookies: bytes = b""
+) -> None:
     """200, with the identity headers for the proxy to copy onto the request it forwards: every name
     the gateway may send, empty where this request has none (a public path, a person's session has
     no ``X-Gateway-Auth``, a machine client no email). A proxy copies a fixed list: nginx then drops
     each empty one, the client's copy included, and Caddy sets it empty; a name missing from the
-    answer would leave the client's own value (or Caddy's unresolved placeholder) for the app."""
+    answer would leave the client's own value (or Caddy's unresolved placeholder) for the app.
+    ``cookies``: the request's cookies but the gateway's own (:func:`app_cookies`), always named."""
     request_id = ctx.fwd.request_id if ctx.fwd else ""
     ctx.rec.status = 200
     names = ctx.rt.identity_names if ctx.rt is not None else DEFAULT_IDENTITY_NAMES
     present = {name for name, _ in identity}
     every = dict.fromkeys((*names, *DEFAULT_IDENTITY_NAMES, *_ALWAYS_NAMED))
     empty = [(name, b"") for name in every if name not in present]
-    await _answer(send, 200, [*_NO_STORE, *identity, *empty, (b"x-request-id", request_id.encode())])
+    request = (b"x-request-id", request_id.encode())
+    await _answer(send, 200, [*_NO_STORE, *identity, *empty, (APP_COOKIE, cookies), request])
 
 
 async def answer_refused(send: Send, scope: Scope, ctx: RequestContext, err: GatewayError) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "normalize_name",
     "speaks_identity",
     "upstream_request_headers",
+    "without_cookies",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -72,8 +73,15 @@ HOP_BY_HOP = frozenset(
 # proxies' names, the mount point WSGI middleware reads into SCRIPT_NAME, and the overrides frameworks
 # honour (Symfony and Zend read X-Original-URL and X-Rewrite-URL; Express, Rails and Spring apps the
 # method overrides). A proxied request loses them; forward-auth refuses a question that carries them.
+# Also the host and method under the names Symfony and nginx configurations read, and Next.js's
+# X-Middleware-Subrequest, which skips the app's own middleware (CVE-2025-29927): an attack run saw
+# forward-auth pass them to the app while a proxied request loses them.
 REROUTING: Final = frozenset(
     {
+        b"x-original-host",
+        b"x-http-host-override",
+        b"x-original-method",
+        b"x-middleware-subrequest",
         b"x-forwarded-path",
         b"x-envoy-original-path",
         b"x-script-name",
@@ -211,18 +219,14 @@ _FORWARDING = frozenset(
         b"x-remote-ip",
         b"x-remote-addr",
         b"x-envoy-external-address",
-        # The host, scheme and method under other names frameworks and load balancers use (Symfony,
-        # Microsoft's Front-End-Https, WSGI's X-Url-Scheme, nginx auth_request's X-Original-Method).
-        b"x-original-host",
+        # The host and scheme under other names frameworks and load balancers use (Microsoft's
+        # Front-End-Https, WSGI's X-Url-Scheme; the Symfony and nginx names are in REROUTING).
         b"x-host",
-        b"x-http-host-override",
         b"front-end-https",
         b"x-url-scheme",
-        b"x-original-method",
         # More of the same a re-attack run passed: Tornado reads X-Scheme before X-Forwarded-Proto,
         # Jetty's defaults read X-Proxied-Https and the Proxy-* pair as a secure request, and client-IP
-        # libraries and CDNs these names; Next.js skips its middleware (its auth) on a request with
-        # X-Middleware-Subrequest (CVE-2025-29927).
+        # libraries and CDNs these names.
         b"x-scheme",
         b"x-proxied-https",
         b"proxy-auth-cert",
@@ -240,7 +244,6 @@ _FORWARDING = frozenset(
         b"cloudfront-forwarded-proto",
         b"x-envoy-internal",
         b"x-envoy-original-host",
-        b"x-middleware-subrequest",
         *REROUTING,
         b"x-request-id",
         *FOREIGN_IDENTITY,
@@ -498,7 +501,7 @@ def upstream_request_headers(
             # The gateway's session and CSRF cookies are for the gateway only: an app that logs or
             # leaks its Cookie header must not hand out a session that works on every other app.
             if own_cookies:
-                value = _without_cookies(value, own_cookies)
+                value = without_cookies(value, own_cookies)
             if value:
                 out.append((lname, value))
         elif (kind == _WEBSOCKET and not websocket) or (
@@ -580,7 +583,8 @@ def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool
     return False
 
 
-def _without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+def without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+    """A ``Cookie`` value without the cookies ``names`` (the gateway's own)."""
     # The name is read exactly as identity.cookies.cookie_in reads it (blanks around it dropped): a
     # spelling that signs the request in must never reach the app (`gateway_session =...` did).
     kept = [part for part in value.split(b";") if part.partition(b"=")[0].strip(b" \t") not in names]

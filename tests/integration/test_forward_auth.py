@@ -262,6 +262,23 @@ def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
         assert echoed(resp)["x-gateway-user"] == "alice"
 
 
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_the_gateways_cookies_never_reach_the_app_and_the_apps_own_do(site: Site, proxy: str) -> None:
+    """An attack run read the session cookie off an app behind nginx and replayed it on another route:
+    the answer carries the request's cookies without the gateway's own, and the proxy sends those."""
+    session = site.sessions["alice"]
+    sent = f"theme=dark; {SESSION_COOKIE}={session}; gateway_csrf=x; gateway_device=d; cart=3"
+    seen = echoed(via(port_of(site, proxy), "/docs/x", headers={"Cookie": sent}))
+    assert seen["x-gateway-user"] == "alice"
+    assert session not in json.dumps(seen)
+    assert [c.strip() for c in seen["cookie"].split(";")] == ["theme=dark", "cart=3"]
+    # Only the gateway's cookies: the app gets none at all.
+    alone = echoed(via(port_of(site, proxy), "/docs/x", session))
+    assert session not in json.dumps(alone)
+    assert alone.get("cookie", "") == ""
+
+
 def _logged(site: Site, path: str) -> list[str]:
     """The gateway's access-log lines of ``path`` (written by the sink's task, after the answer)."""
     deadline = time.monotonic() + 10
@@ -379,7 +396,12 @@ def test_a_routes_own_identity_names_from_the_client_are_refused(site: Site, pro
 @pytest.mark.parametrize("proxy", PROXIES)
 @pytest.mark.parametrize(
     "header",
-    [("X-HTTP-Method-Override", "DELETE"), ("X-Original-URL", "/admin/users/1"), ("X-Script-Name", "/docs")],
+    [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin/users/1"),
+        ("X-Script-Name", "/docs"),
+        ("X-Middleware-Subrequest", "middleware"),
+    ],
 )
 def test_a_path_or_method_override_never_reaches_the_app(
     site: Site, proxy: str, header: tuple[str, str]

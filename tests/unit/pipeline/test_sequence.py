@@ -314,6 +314,24 @@ async def test_only_an_allowed_request_carries_the_identity(world: World, entry:
     assert allowed.record.policy_version > 0
 
 
+async def test_a_question_below_the_forward_auth_path_is_the_headers_question(world: World) -> None:
+    """Envoy's ext_authz appends the request's path to its prefix: the question is still the one the
+    X-Forwarded-* headers describe (an attack run read that the documented Envoy set-up made the check
+    an ordinary request, proxied to the app)."""
+    headers = [
+        *_headers("proxy.internal", world.cookies["alice"] + b"; theme=dark"),
+        (b"x-forwarded-method", b"GET"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"app.test"),
+        (b"x-forwarded-uri", b"/hello"),
+    ]
+    answer = await _call(world, "http", b"/.gateway/auth/public/x", headers)
+    assert (answer.status, answer.headers[b"x-gateway-user"], answer.record.path) == (200, b"alice", "/hello")
+    # The app's cookie for the proxy to send, the gateway's own left out.
+    assert answer.headers[b"x-gateway-cookie"] == b"theme=dark"
+    assert not world.upstream.seen
+
+
 async def test_no_route_is_a_404_but_a_403_for_a_proxy(world: World) -> None:
     http = await _http(world, "nowhere.test", b"/hello", world.cookies["alice"])
     assert (http.status, http.record.decision, http.record.reason) == (
