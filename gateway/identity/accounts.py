@@ -36,6 +36,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import hmac
 import logging
 import re
 import unicodedata
@@ -104,6 +105,8 @@ MAX_DISPLAY_NAME_LENGTH: Final = 128
 SAME_PASSWORD_MESSAGE: Final = "Choose a new password: this is your current one."  # noqa: S105 - a message
 # The factor name passed to the regulator for password steps.
 _PASSWORD_FACTOR: Final = "password"  # noqa: S105 - a factor name, not a password
+# The keyring subkey of the digests unknown logins are counted and audited under.
+_UNKNOWN_LOGIN_INFO: Final = b"gateway unknown login v1"
 
 
 class SignInFailed(GatewayError):
@@ -371,21 +374,21 @@ def _failure_reason(user: User | None, *, correct: bool) -> str:
     return "disabled"
 
 
-def _unknown_login_key(login: str, candidates: tuple[str, ...]) -> str:
-    """What an unknown login is counted (and audited) under: its canonical spelling, or a hash of it
-    when it cannot be a name or looks like a secret (a token or password typed into the username box
-    must not reach the audit trail, the sinks or the log: an attack run found one in all three)."""
+def _spelling_key(login: str, candidates: tuple[str, ...]) -> str:
+    """What a known account's alias (the email typed for the username) is counted under as well: its
+    canonical spelling (a hash of it in the odd case it looks like a secret)."""
     if candidates and not looks_secret(candidates[0]):
         return candidates[0]
     return _unmatchable_key(login)
 
 
-def _unmatchable_key(login: str) -> str:
-    # A login that is not a valid username or email is still counted, so refusing junk takes the same
-    # path as refusing a real name. Hashed: arbitrary input never becomes a key verbatim, and "~" plus
-    # hex is neither a valid username (no "~") nor an email (no "@"), so it cannot collide with one.
-    folded = unicodedata.normalize("NFKC", login).casefold().strip()
-    return "~" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+def _unmatchable_key(login: str, key: bytes = b"") -> str:
+    # "~" plus hex is neither a valid username (no "~") nor an email (no "@"), so it cannot collide
+    # with one; keyed (HMAC) where the keyring is at hand, so the digest of a password typed into the
+    # username box cannot be reversed by trying a dictionary against it.
+    folded = unicodedata.normalize("NFKC", login).casefold().strip().encode("utf-8", "surrogatepass")
+    digest = hmac.new(key, folded, hashlib.sha256) if key else hashlib.sha256(folded)
+    return "~" + digest.hexdigest()[:32]
 
 
 class AccountService:
@@ -638,10 +641,13 @@ class AccountService:
         """
         candidates = _login_candidates(login)
         user = await self._find(candidates)
-        typed = _unknown_login_key(login, candidates)
         # The counter is per person: whichever alias was typed, a known account counts under its
-        # username. An unknown login counts under its own canonical spelling, so locks behave the
-        # same whether or not the account exists.
+        # username. An unknown login counts under a keyed digest of what was typed, so locks behave
+        # the same whether or not the account exists, and what was typed is never kept: a password
+        # typed into the username box is often a valid username (an attack run found passphrases in
+        # the audit trail and the sinks), and a login holding the known-device separator made the
+        # lock's record name a real account that was never locked (another attack run).
+        typed = _spelling_key(login, candidates) if user is not None else self._unknown_key(login)
         key = user.username if user is not None else typed
         regulated = self.regulation_key(key, device) if user is not None else key
         async with contextlib.AsyncExitStack() as stack:
@@ -702,9 +708,9 @@ class AccountService:
             await self._audit.record(
                 "signin.password",
                 actor="anonymous",
-                # A login that cannot be a name is left out: it is often a password typed into the
-                # wrong box. (One that could be a name is kept: credential stuffing shows up by it.)
-                subject=key if not key.startswith("~") else "",
+                # The keyed digest of what was typed: detection still tells the logins of a spraying
+                # run apart, and nothing typed (often a password in the wrong box) is kept.
+                subject=key,
                 ip=ip,
                 outcome="failure",
                 details=details,
@@ -727,6 +733,11 @@ class AccountService:
         await self._audit.record(
             "signin.password", actor="anonymous", ip=ip, outcome="failure", details={"reason": "unknown-user"}
         )
+
+    def _unknown_key(self, login: str) -> str:
+        """What a login no account answers to is counted and audited under (:func:`_unmatchable_key`)."""
+        key = self._keyring.derive(_UNKNOWN_LOGIN_INFO) if self._keyring is not None else b""
+        return _unmatchable_key(login, key)
 
     def regulation_key(self, username: str, device: str | None) -> str:
         """What a sign-in step of ``username`` from a browser with this known-device cookie is counted

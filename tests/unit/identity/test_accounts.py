@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -277,11 +278,12 @@ async def test_every_failure_is_the_same_answer(world: World) -> None:
     assert by_reason["bad-password"].subject == "alice"
     assert by_reason["disabled"].subject == "gone"
     assert all(PASSWORD not in e.details and e.ip == IP for e in failures)
-    # A login that cannot be a name (maybe a password typed into the wrong box) is not recorded.
-    assert {e.subject for e in failures if json.loads(e.details)["reason"] == "unknown-user"} == {
-        "mallory",
-        "",
-    }
+    # What was typed for no account is never recorded (a password typed into the username box is
+    # often a valid username, as a passphrase is): a keyed digest, one per login, for detection.
+    unknown = {e.subject for e in failures if json.loads(e.details)["reason"] == "unknown-user"}
+    assert len(unknown) == 2
+    assert all(re.fullmatch(r"~[0-9a-f]{32}", subject) for subject in unknown)
+    assert "mallory" not in json.dumps([(e.subject, e.details) for e in failures])
 
 
 async def test_a_token_typed_as_the_login_is_never_recorded(
@@ -293,11 +295,41 @@ async def test_a_token_typed_as_the_login_is_never_recorded(
     caplog.set_level("INFO")
     await _failure(world, token, PASSWORD)
     (failure,) = [e for e in await world.events("signin.password") if e.outcome == "failure"]
-    assert failure.subject == ""
+    assert failure.subject.startswith("~")
     assert token.casefold() not in caplog.text.casefold()
     # Still counted, as every login is (under a hash of it).
     await _failure(world, token, PASSWORD)
     assert len([e for e in await world.events("signin.password") if e.outcome == "failure"]) == 2
+
+
+async def test_a_password_typed_as_the_login_is_never_recorded_even_when_it_could_be_a_name(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attack run: a passphrase typed into the username box is a valid username, and was kept in the
+    audit trail (400 days), the sinks and the log. Unknown logins are kept as keyed digests only."""
+    await _alice(world)
+    caplog.set_level("INFO")
+    for typed in ("Copper-Lantern-4471", "copper-lantern-4471", "copper.lantern@example.com"):
+        await _failure(world, typed, "x")
+    failures = [e for e in await world.events("signin.password") if e.outcome == "failure"]
+    subjects = [e.subject for e in failures]
+    assert len(set(subjects)) == 2  # the same login in any case is one, for the counters and detection
+    assert "lantern" not in caplog.text.casefold() + json.dumps([(e.subject, e.details) for e in failures])
+
+
+async def test_an_unknown_login_cannot_write_a_lock_for_a_real_account(world: World) -> None:
+    """Another attack run: an unknown email-shaped login holding the known-device separator
+    (``alice|device:x@corp.com``) was counted under itself, and its lock's audit record named alice,
+    on a known browser, though alice was never locked."""
+    await _alice(world)
+    for _ in range(12):
+        with contextlib.suppress(SignInFailed, AccountLocked):
+            await world.accounts.authenticate("alice|device:x@corp.com", "x", ip=IP)
+        world.clock.advance(120)  # past each back-off: every attempt counts
+    locks = await world.events("account.locked")
+    assert locks, "the unknown login is locked as any other"
+    assert all(e.subject.startswith("~") and "alice" not in e.details for e in locks)
+    assert (await world.accounts.authenticate("alice", PASSWORD, ip=IP)).user.username == "alice"
 
 
 async def test_the_password_is_always_hashed(world: World) -> None:
