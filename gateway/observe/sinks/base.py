@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -20,12 +21,33 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from gateway.observe.access import Entry
 
-__all__ = ["Delivery", "PermanentError", "Sink", "SinkStats"]
+__all__ = ["Delivery", "PermanentError", "Sink", "SinkStats", "terminal_safe"]
 
 logger = logging.getLogger("gateway.observe.sinks")
 
 _FIRST_BACKOFF: Final = 0.2
 _MAX_BACKOFF: Final = 30.0
+
+
+# C1 controls (U+0080-U+009F) and the Unicode line and paragraph separators, UTF-8 encoded. JSON lets them
+# through raw, but a terminal reads U+009B as an escape sequence's start (an attack run cleared an
+# operator's screen through the User-Agent), and Python's str.splitlines() breaks a line at U+0085 and
+# U+2028 (a checked log then failed `gateway audit verify --checkpoint`).
+_UNSAFE: Final = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode("utf-8"))
+
+
+def terminal_safe(data: bytes) -> bytes:
+    """JSON bytes with the C1 controls and the line separators escaped (``\\u009b``), still the same
+    JSON: what every sink writes, as files, syslog and collectors all end up on someone's terminal
+    (another attack run found the syslog and HTTP sinks sending them raw)."""
+    # The search is memchr-fast; the substitution runs only for data that holds such a character.
+    if b"\xc2" in data or b"\xe2\x80" in data:
+        return _UNSAFE.sub(_escaped, data)
+    return data
 
 
 class PermanentError(Exception):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
-from gateway.observe.sinks.base import Delivery, PermanentError, Sink
+from gateway.observe.sinks.base import Delivery, PermanentError, Sink, terminal_safe
 
 if TYPE_CHECKING:
     from gateway.observe.access import Entry
@@ -31,7 +31,7 @@ def encode_batch(
     """The request body and content type for ``batch`` in the collector's ``profile``."""
     if profile == "elasticsearch":
         action = json.dumps({"create": {"_index": index}}).encode()
-        return b"".join(action + b"\n" + entry.json() + b"\n" for entry in batch), _NDJSON
+        return terminal_safe(b"".join(action + b"\n" + entry.json() + b"\n" for entry in batch)), _NDJSON
     if profile == "loki":
         streams: dict[str, list[list[str]]] = {}
         for entry in batch:
@@ -59,7 +59,8 @@ def encode_batch(
             for entry in batch
         )
         return b"\n".join(events), "application/json"
-    return b"".join(entry.json() + b"\n" for entry in batch), _NDJSON
+    # Loki's and Splunk's bodies above are ASCII (json.dumps escapes every non-ASCII character).
+    return terminal_safe(b"".join(entry.json() + b"\n" for entry in batch)), _NDJSON
 
 
 class HttpSink(Sink):

@@ -19,14 +19,13 @@ import asyncio
 import errno
 import logging
 import os
-import re
 import stat
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from gateway.observe.sinks.base import Delivery, Sink
+from gateway.observe.sinks.base import Delivery, Sink, terminal_safe
 
 if TYPE_CHECKING:
     from io import BufferedWriter
@@ -43,24 +42,9 @@ SLOW_WRITE: Final = 0.005
 OFF_LOOP_FOR: Final = 60.0
 
 
-# C1 controls (U+0080-U+009F) and the Unicode line and paragraph separators, UTF-8 encoded. JSON lets them
-# through raw, but a terminal reads U+009B as an escape sequence's start (an attack run cleared an
-# operator's screen through the User-Agent), and Python's str.splitlines() breaks a line at U+0085 and
-# U+2028 (a checked log then failed `gateway audit verify --checkpoint`).
-_UNSAFE = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
-
-
-def _escaped(match: re.Match[bytes]) -> bytes:
-    return b"\\u%04x" % ord(match.group().decode("utf-8"))
-
-
 def _lines(batch: list[Entry]) -> bytes:
     # One join with the separator: no copy of each event to append its newline.
-    data = b"\n".join([entry.json() for entry in batch]) + b"\n" if batch else b""
-    # The search is memchr-fast; the substitution runs only for a batch that holds such a character.
-    if b"\xc2" in data or b"\xe2\x80" in data:
-        data = _UNSAFE.sub(_escaped, data)
-    return data
+    return terminal_safe(b"\n".join([entry.json() for entry in batch]) + b"\n" if batch else b"")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from gateway.observe.sinks.base import Delivery, Sink
+from gateway.observe.sinks.base import Delivery, Sink, terminal_safe
 
 if TYPE_CHECKING:
     from gateway.observe.access import Entry
@@ -44,7 +44,7 @@ def format_message(entry: Entry, *, facility: int, hostname: str, app_name: str,
         f"<{facility * 8 + entry.severity}>1 {stamp} {_field(hostname, 255)} {_field(app_name, 48)}"
         f" {_field(procid, 128)} {_field(entry.stream, 32)} - "
     )
-    return header.encode("ascii") + entry.json()
+    return header.encode("ascii") + terminal_safe(entry.json())
 
 
 class SyslogSink(Sink):

@@ -323,6 +323,24 @@ async def test_control_characters_a_client_sent_are_escaped_in_the_lines(tmp_pat
     assert "caf\u00e9 \u00a9" in data.decode("utf-8")  # ordinary text stays as it is
 
 
+@pytest.mark.parametrize("profile", ["ndjson", "elasticsearch", "loki", "splunk", "syslog"])
+def test_control_characters_are_escaped_for_every_collector(profile: str) -> None:
+    """Another attack run: the syslog and HTTP sinks sent the 8-bit CSI and the line separators raw
+    (a default rsyslog escapes only bytes below 0x20, so they reached files operators tail)."""
+    from gateway.observe.sinks.http import encode_batch
+    from gateway.observe.sinks.syslog import format_message
+
+    agent = "ua\x85nel\x9b2J \u2028 \u2029 caf\u00e9"
+    batch = [AccessEntry(record(user_agent=agent))]
+    if profile == "syslog":
+        data = format_message(batch[0], facility=16, hostname="gw", app_name="gateway", procid="1")
+    else:
+        data, _ = encode_batch(batch, profile=profile, index="logs", labels={}, hostname="gw")
+    for raw in (b"\xc2\x9b", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9"):
+        assert raw not in data, profile
+    assert b"9b2J" in data  # the value itself is kept, escaped
+
+
 async def test_file_sink_with_no_backups_truncates_what_it_opened(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     line = len(AccessEntry(record()).json()) + 1
