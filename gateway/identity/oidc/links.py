@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import string
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,6 +54,7 @@ from gateway.identity.names import (
 )
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.retired import retired_among
+from gateway.names import hidden_character
 from gateway.settings.schema import IdentityProvider
 from gateway.store.db import Database, store_errors
 
@@ -117,7 +117,10 @@ def verified_email(claims: Mapping[str, Any]) -> str | None:
 
 
 def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:
-    """The groups the provider asserted: strings only, no control characters, bounded in number and size."""
+    """The groups the provider asserted: strings only, none with a character a reader cannot see
+    (controls, bidi overrides, line separators: :func:`gateway.names.hidden_character`; an attack run
+    put U+2028 and U+202E into the audit trail and the sinks through a group), bounded in number and
+    size. Such a group is left out, as if not asserted: it could not match a policy line either."""
     value = claims.get(claim)
     items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     groups: list[str] = []
@@ -125,7 +128,7 @@ def groups_of(claims: Mapping[str, Any], claim: str) -> tuple[str, ...]:
         if (
             isinstance(item, str)
             and 0 < len(item) <= MAX_GROUP_LENGTH
-            and not any(unicodedata.category(c) == "Cc" for c in item)
+            and hidden_character(item) is None
             and item not in groups
         ):
             groups.append(item)
@@ -138,10 +141,9 @@ def _display_name(claims: Mapping[str, Any]) -> str:
     name = claims.get("name")
     if not isinstance(name, str):
         return ""
-    # Control characters and bidi overrides would make an admin list read differently than stored.
-    cleaned = "".join(
-        c for c in name if unicodedata.category(c) not in ("Cc", "Cf") and not "\u202a" <= c <= "\u202e"
-    )
+    # Control characters, bidi overrides and line separators would make an admin list read differently
+    # than stored (or break it into lines).
+    cleaned = "".join(c for c in name if hidden_character(c) is None)
     return cleaned.strip()[:_MAX_DISPLAY_NAME]
 
 

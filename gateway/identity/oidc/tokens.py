@@ -38,6 +38,7 @@ from joserfc.errors import ClaimError, JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from gateway.errors import GatewayError
+from gateway.names import hidden_character
 
 __all__ = [
     "BACKCHANNEL_EVENT",
@@ -61,6 +62,9 @@ _NEVER: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 # Explicit types (RFC 8725 §3.11): an ID token may say JWT; a logout token logout+jwt (or JWT, from
 # providers older than the final spec). Anything else (at+jwt, …) is another kind of token.
 _ID_TYPES: Final = frozenset({"jwt"})
+# An ID token's amr values (RFC 8176 names are a few letters) and acr: what is kept of each, and how many.
+_MAX_AUTH_VALUE: Final = 256
+_MAX_AUTH_VALUES: Final = 16
 _LOGOUT_TYPES: Final = frozenset({"jwt", "logout+jwt"})
 # JWS algorithm → (key type, curve or None).
 _KEY_TYPES: Final[Mapping[str, tuple[str, str | None]]] = {
@@ -244,9 +248,15 @@ def _validate(claims: OidcClaims, *, now: float, skew: float) -> None:
         raise TokenRejected(check, f"{err.claim}: {err.description}") from err
 
 
+def _plain(value: object) -> TypeGuard[str]:
+    """A short string a reader sees as it is: ``amr`` and ``acr`` values go into the audit trail and the
+    sinks (an attack run put U+2028 into both through them)."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_AUTH_VALUE and hidden_character(value) is None
+
+
 def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, list):
-        return tuple(v for v in value if isinstance(v, str))
+        return tuple(v for v in value[:_MAX_AUTH_VALUES] if _plain(v))
     return ()
 
 
@@ -309,7 +319,7 @@ async def verify_id_token(
         issued_at=float(claims["iat"]),
         auth_time=float(auth_time) if _is_number(auth_time) else None,
         amr=_strings(claims.get("amr")),
-        acr=acr if isinstance(acr, str) else None,
+        acr=acr if _plain(acr) else None,
         sid=sid if isinstance(sid, str) and sid else None,
     )
 

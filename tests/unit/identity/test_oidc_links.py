@@ -306,6 +306,9 @@ def test_groups_are_bounded_strings() -> None:
     assert groups_of({"roles": ["x"]}, "groups") == ()
     assert len(groups_of({"groups": [f"g{i}" for i in range(1000)]}, "groups")) == 256
     assert groups_of({"groups": ["x" * 257]}, "groups") == ()
+    # An attack run: line separators and a bidi override reached the audit trail and the sinks.
+    hostile = ['eng\u2028{"event":{}}', "ops\u2029", "\u202eevil", "zw\u200bsp", "D\u00e9veloppeurs"]
+    assert groups_of({"groups": hostile}, "groups") == ("D\u00e9veloppeurs",)
 
 
 async def test_an_address_shaped_username_claim_must_be_the_persons_own_verified_email(world: World) -> None:

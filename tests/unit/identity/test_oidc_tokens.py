@@ -120,6 +120,15 @@ async def test_a_good_id_token_is_accepted_with_each_key_type() -> None:
         assert (verified.acr, verified.sid, verified.auth_time) == ("urn:loa:2", "s-1", NOW - 10)
 
 
+async def test_amr_and_acr_keep_only_what_a_reader_sees() -> None:
+    """An attack run put U+2028 into the audit trail and the sinks through amr and acr."""
+    token = sign(claims(amr=["pwd\u2028x", "otp", "\u202ehwk", "mfa", "m" * 300, 7], acr="urn:x\u2028y"))
+    verified = await verify(token)
+    assert (verified.amr, verified.acr) == (("otp", "mfa"), None)
+    many = await verify(sign(claims(amr=[f"a{i}" for i in range(100)])))
+    assert len(many.amr) == 16
+
+
 ID_TOKEN_TABLE: list[tuple[str, Callable[[], str], Check]] = [
     ("wrong issuer", lambda: sign(claims(iss="https://evil.example.com")), Check.ISSUER),
     ("issuer with a trailing slash", lambda: sign(claims(iss=ISSUER + "/")), Check.ISSUER),

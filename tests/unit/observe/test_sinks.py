@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from gateway.audit.trail import SecurityEvent
 from gateway.observe.access import (
     AccessEntry,
+    Entry,
     SecurityEntry,
     _timestamp,
     _timestamp_bytes,
@@ -331,7 +332,7 @@ def test_control_characters_are_escaped_for_every_collector(profile: str) -> Non
     from gateway.observe.sinks.syslog import format_message
 
     agent = "ua\x85nel\x9b2J \u2028 \u2029 caf\u00e9"
-    batch = [AccessEntry(record(user_agent=agent))]
+    batch: list[Entry] = [AccessEntry(record(user_agent=agent))]
     if profile == "syslog":
         data = format_message(batch[0], facility=16, hostname="gw", app_name="gateway", procid="1")
     else:
