@@ -43,12 +43,16 @@ _SECRET_WORDS: Final = frozenset(
         "sid", "otp", "totp", "hotp", "pin", "code", "state", "nonce", "cookie", "credential",
         "credentials", "csrf", "xsrf", "assertion", "ticket", "saml", "samlresponse", "samlrequest",
         "verifier", "hmac", "privatekey", "salt",
+        # An attack run logged these verbatim: short password names, one-time and recovery codes,
+        # refresh tokens by their short name.
+        "pw", "passcode", "mfa", "recovery", "authcode", "refresh", "accesskey",
     }
 )  # fmt: skip
 # Substrings of the name with separators removed: catch run-together spellings (accesstoken, apikey).
 _SECRET_PARTS: Final = (
     "token", "secret", "passw", "passwd", "apikey", "signature", "credential", "sessionid", "authorization",
-    "privatekey", "samlresponse", "samlrequest", "jwt", "cookie", "otpcode",
+    "privatekey", "samlresponse", "samlrequest", "jwt", "cookie", "otpcode", "passcode", "authcode",
+    "accesskey", "recoverycode", "mfacode",
 )  # fmt: skip
 _CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS: Final = re.compile(r"[^A-Za-z0-9]+")
@@ -57,7 +61,7 @@ _SEPARATORS: Final = re.compile(r"[^A-Za-z0-9]+")
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*")
 _KNOWN_PREFIX: Final = re.compile(
     r"(?:gh[pousr]_|github_pat_|glpat-|sk_live_|sk_test_|rk_live_|pk_live_|xox[abposr]-|AKIA|ASIA|AIza"
-    r"|ya29\.|hf_|gwt_)[A-Za-z0-9_\-.]{10,}"
+    r"|ya29\.|1//0|hf_|gwt_)[A-Za-z0-9_\-.]{10,}"
 )
 # The public id of one of the gateway's own API tokens (``gwt_`` and 8 characters, see
 # gateway.machine.tokens): it names the token in lists and the audit trail, and is no credential.
@@ -149,18 +153,30 @@ def redact_query(query: str, *, limit: int = 4096) -> str:
         return ""
     out: list[str] = []
     for pair in query.split("&"):
-        name, sep, value = pair.partition("=")
+        raw_name, sep, value = pair.partition("=")
+        name = _decoded(raw_name)
         if not sep:
-            out.append(REDACTED if _value_is_secret(unquote_plus(name)) else pair)
-        elif looks_secret(unquote_plus(name)):
+            out.append(REDACTED if _value_is_secret(name) else pair)
+        elif looks_secret(name):
             # A token sent as the name (``?<token>=1``: an attack run found it in the log).
             out.append(f"{REDACTED}={REDACTED}")
-        elif is_secret_name(unquote_plus(name)) or _value_is_secret(unquote_plus(value)):
-            out.append(f"{name}={REDACTED}")
+        elif is_secret_name(name) or _value_is_secret(unquote_plus(value)):
+            out.append(f"{raw_name}={REDACTED}")
         else:
             out.append(pair)
     result = "&".join(out)
     return result if len(result) <= limit else result[:limit] + "…"
+
+
+def _decoded(name: str, rounds: int = 3) -> str:
+    """A parameter name percent-decoded until it stops changing (apps that decode twice read
+    ``t%256Fken`` as ``token``: an attack run's spelling kept its value in the log)."""
+    for _ in range(rounds):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name
 
 
 def _value_is_secret(value: str) -> bool:

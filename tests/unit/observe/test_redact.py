@@ -23,6 +23,8 @@ SECRET_NAMES = [
     "signature", "X-Amz-Signature", "sig", "auth", "auth_token", "authToken", "session", "session_id",
     "sessionId", "SESSIONID", "sid", "otp", "otp_code", "totp", "nonce", "SAMLResponse", "RelayState",
     "jwt", "csrf_token", "_csrf_token", "private_key", "code_verifier", "ticket", "pin",
+    # An attack run found these logged verbatim (and a name encoded twice).
+    "pw", "passcode", "mfa", "recovery", "recovery_code", "authcode", "accesskey", "refresh", "mfaCode",
 ]  # fmt: skip
 PLAIN_NAMES = ["q", "page", "sort", "lang", "redirect_uri", "rd", "user", "email", "id", "monkey", "keyword"]
 
@@ -50,6 +52,7 @@ SECRET_VALUES = [
     "dGhpcyBpcyBhIHJhbmRvbSBrZXkgMTIzNDU2Nzg5MA==",  # base64 key material
     "Zm9vYmFyYmF6cXV4UVVVWFhZWnp6",  # random base64 without digits
     "%2Fcallback%3Fcode%3Dabc%26x%3D1",  # a nested query carrying a code
+    "1//0gabcdefghijklmnopq",  # a Google refresh token
 ]
 PLAIN_VALUES = [
     "the-quick-brown-fox-jumps-over-the-lazy-dog",
@@ -72,6 +75,12 @@ def test_secret_looking_values_are_redacted_whatever_the_name(value: str) -> Non
 @pytest.mark.parametrize("value", PLAIN_VALUES)
 def test_plain_values_stay(value: str) -> None:
     assert redact_query(f"v={value}") == f"v={value}"
+
+
+def test_a_name_encoded_twice_is_read_as_an_app_decoding_twice_reads_it() -> None:
+    """An attack run: ``t%256Fken`` (``token`` to an app that decodes twice) kept its value in the log."""
+    for name in ("t%256Fken", "t%25256Fken", "%2561ccess_token"):
+        assert redact_query(f"{name}=s3cr3t&page=1") == f"{name}={REDACTED}&page=1"
 
 
 def test_bare_parameters_and_empty_queries() -> None:
