@@ -28,7 +28,7 @@ class _ControlBody:
     answers it.
     """
 
-    __slots__ = ("_receive", "broken", "complete", "timeout")
+    __slots__ = ("_receive", "broken", "complete", "read", "timeout")
 
     def __init__(self, receive: Receive, timeout: float) -> None:
         self._receive = receive
@@ -36,6 +36,8 @@ class _ControlBody:
         # The refusal of an incomplete body (malformed, or stopped coming), once there is one.
         self.broken: GatewayError | None = None
         self.complete = False
+        # The body's bytes the control app read (``http.request.body.bytes``).
+        self.read = 0
 
     async def receive(self) -> MutableMapping[str, Any]:
         if self.complete:  # afterwards receive() waits for the client to leave: no time limit
@@ -46,6 +48,7 @@ class _ControlBody:
             self.broken = timeout
             raise
         if message["type"] == "http.request":
+            self.read += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)
         elif message["type"] == "http.disconnect" and not self.complete:
             self.broken = BrokenBody("The request body is malformed or ended early.")
@@ -63,7 +66,8 @@ async def hand_to_control(
     body_timeout: float,
 ) -> None:
     """Run the control app on this request, noting its status (and a broken body) in the record, and
-    its body's size in the outcome (``http.response.body.bytes``)."""
+    its body's size and the request body's it read in the outcome (``http.response.body.bytes``,
+    ``http.request.body.bytes``: an attack run found a sign-in form's body logged as 0 bytes)."""
     headers = [
         (n, v)
         for n, v in scope["headers"]
@@ -90,4 +94,7 @@ async def hand_to_control(
         await send(message)
 
     framing = ctx.framing
-    await app(inner, body.receive if framing.has_body or framing.unsized else receive, send_and_note)
+    try:
+        await app(inner, body.receive if framing.has_body or framing.unsized else receive, send_and_note)
+    finally:
+        ctx.outcome.bytes_in = body.read

@@ -219,13 +219,21 @@ async def _websocket(world: World, host: str, raw_path: bytes, cookie: bytes) ->
     return await _call(world, "websocket", raw_path, _headers(host, cookie))
 
 
-async def _call(world: World, kind: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -> Answer:
+async def _call(
+    world: World,
+    kind: str,
+    raw_path: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+) -> Answer:
     inbox: list[MutableMapping[str, Any]] = [{"type": "websocket.connect"}, {"type": "websocket.disconnect"}]
     sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> MutableMapping[str, Any]:
         if kind == "http":
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         return inbox.pop(0) if inbox else {"type": "websocket.disconnect"}
 
     async def send(message: MutableMapping[str, Any]) -> None:
@@ -245,7 +253,7 @@ async def _call(world: World, kind: str, raw_path: bytes, headers: list[tuple[by
         "server": ("127.0.0.1", 8080),
     }
     if kind == "http":
-        scope["method"] = "GET"
+        scope["method"] = method
     before = len(world.records)
     await world.plane(scope, receive, send)
     assert len(world.records) == before + 1, "every request leaves exactly one record"
@@ -330,6 +338,19 @@ async def test_a_question_below_the_forward_auth_path_is_the_headers_question(wo
     # The app's cookie for the proxy to send, the gateway's own left out.
     assert answer.headers[b"x-gateway-cookie"] == b"theme=dark"
     assert not world.upstream.seen
+
+
+async def test_a_form_posted_to_the_gateways_own_page_is_counted_in_the_record(world: World) -> None:
+    """An attack run: a sign-in form's body was logged as 0 bytes (http.request.body.bytes)."""
+    body = b"username=alice&password=wrong&_csrf_token=x"
+    headers = [
+        *_headers("auth.test", b""),
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    answer = await _call(world, "http", b"/.gateway/login", headers, method="POST", body=body)
+    assert answer.record.kind == RequestKind.CONTROL
+    assert answer.record.bytes_in == len(body)
 
 
 async def test_no_route_is_a_404_but_a_403_for_a_proxy(world: World) -> None:
