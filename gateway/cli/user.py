@@ -88,7 +88,7 @@ _NO_LIVE_SESSIONS_NOTE: Final = (
 _OWED_NOTE: Final = (
     "warning: the session store did not answer, so the account's sessions are not ended yet. The change "
     "is made; every gateway ends those sessions within a second of the store answering again (no need to "
-    "run this again). Until then no session is served."
+    "run this again). Until then every gateway refuses them, within a second of this command."
 )
 
 

@@ -163,7 +163,9 @@ class NoPassword(BadRequest):
 
 class SessionRevoker(Protocol):
     """What accounts need from the session store: end every session of a user, correct their email
-    (``SessionStore`` is one)."""
+    (``SessionStore`` is one), and refuse the sessions owed an end (:mod:`gateway.identity.owed`)."""
+
+    owed: frozenset[int]
 
     async def revoke_user(self, user_id: int) -> int:
         """Revoke all sessions of ``user_id`` on every replica; returns how many were ended."""
@@ -1168,7 +1170,7 @@ class AccountService:
         except StateUnavailable:
             # The account change is committed already: every gateway ends the sessions once the
             # store answers again, and a retry of the command is not needed (a delete's would fail).
-            await owe(self._db, user_id, self._clock)
+            await owe(self._db, user_id, self._clock, self._sessions)
             logger.warning(
                 "account %d: the session store did not answer; its sessions are owed an end", user_id
             )

@@ -6,15 +6,18 @@ not answer at that moment (Redis down, paused, cut off), the sessions would outl
 store is back: nothing else remembers they are owed an end, and a retry of a delete finds no account (an
 attack run kept a deleted account's session working on two replicas). So the account's id is written
 to ``owed_revocations`` in the database, and every gateway worker ends the sessions of every id there
-once a second, deleting the row when it has (:func:`run_owed`). While the store does not answer, no
-session is served anyway (503); within a second of its return the owed sessions end.
+once a second, deleting the row when it has (:func:`run_owed`). Until then no session of those
+accounts is served: each worker keeps the ids it read in :attr:`SessionStore.owed`, which the session
+look-up refuses. (A store that does not answer at all serves no session anyway, 503; but an embedded
+state file whose write lock is held still answers reads: an attack run had a disabled account's
+session served for seconds after the CLI said none was.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Final, Protocol
 
 from sqlalchemy import delete, select
 
@@ -24,7 +27,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
 
-__all__ = ["OWED_INTERVAL", "end_owed", "owe", "run_owed"]
+__all__ = ["OWED_INTERVAL", "Refusing", "end_owed", "owe", "run_owed"]
 
 logger = logging.getLogger("gateway.identity")
 
@@ -32,8 +35,17 @@ logger = logging.getLogger("gateway.identity")
 OWED_INTERVAL: Final = 1.0
 
 
-async def owe(db: Database, user_id: int, clock: Clock) -> None:
-    """Record that ``user_id``'s sessions must still be ended."""
+class Refusing(Protocol):
+    """Where a process keeps the accounts whose sessions it refuses (:attr:`SessionStore.owed`)."""
+
+    owed: frozenset[int]
+
+
+async def owe(db: Database, user_id: int, clock: Clock, sessions: Refusing | None = None) -> None:
+    """Record that ``user_id``'s sessions must still be ended (and refuse them at once in this process,
+    through ``sessions``; the other workers do within :data:`OWED_INTERVAL`)."""
+    if sessions is not None:
+        sessions.owed = sessions.owed | {user_id}
     async with db.session(write=True) as session:
         with store_errors("cannot record the sessions still to end"):
             if await session.get(OwedRevocation, user_id) is None:
@@ -51,6 +63,8 @@ async def end_owed(db: Database, sessions: SessionStore) -> int:
     async with db.session() as session:
         with store_errors("cannot read the sessions still to end"):
             owed = list((await session.scalars(select(OwedRevocation.user_id))).all())
+    # Refused from now on, whether or not the store can end them this round.
+    sessions.owed = frozenset(owed)
     done = 0
     for user_id in owed:
         ended = await sessions.revoke_user(user_id)
@@ -58,6 +72,7 @@ async def end_owed(db: Database, sessions: SessionStore) -> int:
             with store_errors("cannot clear an ended revocation"):
                 await session.execute(delete(OwedRevocation).where(OwedRevocation.user_id == user_id))
                 await session.commit()
+        sessions.owed = sessions.owed - {user_id}
         logger.warning(
             "owed revocation: %d session(s) of account %d ended now that the store answers", ended, user_id
         )

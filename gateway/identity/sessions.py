@@ -217,6 +217,10 @@ class SessionStore:
         self._cache_size = cache_size
         self._cache: dict[str, tuple[Session, float]] = {}
         self._listening = asyncio.Event()
+        #: Accounts whose sessions are owed an end (:mod:`gateway.identity.owed`): none is served while
+        #: the store cannot end them. An attack run held the embedded state file's write lock; the
+        #: revocation could not be written, reads went on, and a disabled account's session was served.
+        self.owed: frozenset[int] = frozenset()
 
     def use(self, settings: SessionSettings) -> None:
         """Apply a reloaded ``session`` block: its idle timeout and lifetime hold for every session from
@@ -251,7 +255,11 @@ class SessionStore:
     # -- time ------------------------------------------------------------------------------------
 
     def _alive(self, session: Session, now: float) -> bool:
-        return now - session.last_seen <= self._idle and now - session.created_at <= self._lifetime
+        return (
+            now - session.last_seen <= self._idle
+            and now - session.created_at <= self._lifetime
+            and not (self.owed and session.user_id in self.owed)
+        )
 
     def _ttl(self, session: Session, now: float) -> float | None:
         """Store TTL: until the idle timeout or the lifetime ends, whichever is first (None: over)."""

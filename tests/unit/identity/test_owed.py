@@ -69,10 +69,20 @@ async def test_an_outage_leaves_the_sessions_owed_and_they_end_when_it_is_over(
             AccountAction.FORCE_PASSWORD_CHANGE, user.id, accounts=accounts, sessions=sessions, actor="a"
         )
     assert await _owed(database) == [user.id]
-    assert await sessions.get(live) is not None  # not ended yet: the store did not answer
+    # Not ended in the store yet, but refused: the store answered the read and not the write (an
+    # attack run held the embedded state file's write lock, and the disabled account was served).
+    assert await sessions.get(live) is None
+    # Another worker refuses it from its next round, which still cannot end it.
+    other = SessionStore(fast, SessionSettings(), clock)
+    monkeypatch.setattr(other, "revoke_user", down)
+    assert await other.get(live) is not None
+    with pytest.raises(StateUnavailable):
+        await end_owed(database, other)
+    assert await other.get(live) is None
 
     monkeypatch.setattr(sessions, "revoke_user", real)
     assert await end_owed(database, sessions) == 1
     assert await sessions.get(live) is None
     assert await _owed(database) == []
+    assert sessions.owed == frozenset()  # the account's new sessions are served again
     await fast.close()
