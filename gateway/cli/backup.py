@@ -312,6 +312,7 @@ def _restore(args: argparse.Namespace) -> int:
     from gateway.backup.manifest import BackupError
     from gateway.backup.restore import refuse_live_target
     from gateway.backup.verify import restore_backup
+    from gateway.cli.carried import carry_emergency, node_emergency
     from gateway.observe.access import audit_listener
     from gateway.store.db import Database, default_sqlite_url
     from gateway.store.migrate import ensure_schema
@@ -331,8 +332,10 @@ def _restore(args: argparse.Namespace) -> int:
         raise UserError(exc.detail) from None
 
     async def work() -> int:
-        # The node's lineage, read before its database is replaced (or from the one left in place).
+        # The node's lineage, read before its database is replaced (or from the one left in place), and
+        # its lockdown and address blocks, which the restored node takes over.
         lineage = await node_lineage(settings)
+        emergency = await node_emergency(settings)
         try:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
@@ -355,6 +358,9 @@ def _restore(args: argparse.Namespace) -> int:
                 actor=operator(),
                 details={**verified.manifest.summary(), "forced": bool(args.force)},
             )
+            carried = await carry_emergency(
+                settings, data_dir, db, audit, emergency, verified.manifest.backup_id
+            )
             lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage)
         finally:
             if sinks is not None:
@@ -373,12 +379,12 @@ def _restore(args: argparse.Namespace) -> int:
             "them again before it serves (a password set since is cleared: send those people an "
             "invitation; an address changed since is removed: set it again)"
         )
+        for line in carried:
+            print(f"  {line}")
         print(
             "  NOT made again (the restored database predates them): service accounts deleted (their "
-            "tokens stay revoked), policy versions imported after this backup; and the node's shared "
-            "state starts empty: an emergency lockdown "
-            "and address blocks in force are gone (turn lockdown on and block addresses again). Find the "
-            "rest in the old trail or the sinks and make it again.",
+            "tokens stay revoked), policy versions imported after this backup. Find them in the old "
+            "trail or the sinks and make them again.",
             file=sys.stderr,
         )
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")

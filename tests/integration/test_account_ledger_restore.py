@@ -337,3 +337,54 @@ def test_a_restore_does_not_bring_back_a_removed_factor_or_a_spent_code(tmp_path
             assert _second_factor(client, "fay", "/.gateway/mfa/recovery", codes[1])  # the control
         (replayed,) = _replayed(data / "gateway.db")
         assert replayed["factors_removed"] == 2
+
+
+def _anonymous_status(gw: Any, ip: str = "") -> int:
+    headers = {"Accept": "application/json", **({"X-Forwarded-For": ip} if ip else {})}
+    return httpx.get(f"{gw.url}/x", headers=headers, timeout=10.0).status_code
+
+
+def test_a_restore_takes_the_nodes_lockdown_and_blocks_over_not_the_backups(tmp_path: Path) -> None:
+    """An attack run restored a backup made during a lockdown after it had been lifted: every route
+    was shut again, while the restore said the lockdown was gone. The switch and the address blocks
+    answer what happens now: the node's are carried over, the backup's are not."""
+    with run_echo() as echo:
+        config, _config_path, c = _signed_in_site(tmp_path, echo)
+        config["trusted_proxies"] = ["127.0.0.1/32"]
+        _config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        data = Path(config["data_dir"])
+        _cli("lockdown", "on", "--reason", "during the backup", *c)
+        backup_id = _cli("backup", "create", *c).strip().splitlines()[-1].split()[-1]
+        _cli("lockdown", "off", "--reason", "over", *c)
+
+        restored = _cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+        assert "lockdown: off, as on the node" in restored
+        assert _lockdown_records(data) == [("lockdown.on", "during the backup"), ("lockdown.off", _CARRIED)]
+        with run_gateway(tmp_path / "after-lift", config) as gw:
+            assert _anonymous_status(gw) == 401  # open: the sign-in answers, not the maintenance page
+
+        # A restore in the middle of an incident: the routes stay shut and the address blocked.
+        _cli("lockdown", "on", "--reason", "incident 7", *c)
+        _cli("incident", "block-ip", "198.51.100.0/24", "--for", "1h", "--reason", "incident 7", *c)
+        restored = _cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+        assert "lockdown: ON for every route" in restored
+        assert "address blocks in force carried over: 1" in restored
+        with run_gateway(tmp_path / "during", config) as gw:
+            assert _anonymous_status(gw) == 503
+        assert "198.51.100.0/24" in _cli("incident", "list", *c)
+        # The backup's switch was on too, for another reason: the node's is the one in force.
+        assert _lockdown_records(data)[-1] == ("lockdown.on", _CARRIED)
+        assert "incident 7" in _cli("lockdown", "status", *c)
+
+
+_CARRIED = "carried across the restore"
+
+
+def _lockdown_records(data: Path) -> list[tuple[str, str]]:
+    """The lockdown records of the node's trail: kind and reason (the carried ones' as ``_CARRIED``)."""
+    with closing(sqlite3.connect(data / "gateway.db")) as conn:
+        rows = conn.execute(
+            "SELECT kind, details FROM audit_events WHERE kind LIKE 'lockdown.%' ORDER BY seq"
+        )
+        found = [(kind, str(json.loads(details).get("reason", ""))) for kind, details in rows]
+    return [(kind, _CARRIED if _CARRIED in reason else reason) for kind, reason in found]
