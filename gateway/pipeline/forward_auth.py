@@ -247,7 +247,11 @@ async def answer_allowed(
     every = dict.fromkeys((*names, *DEFAULT_IDENTITY_NAMES, *_ALWAYS_NAMED))
     empty = [(name, b"") for name in every if name not in present]
     request = (b"x-request-id", request_id.encode())
-    await _answer(send, 200, [*_NO_STORE, *identity, *empty, (APP_COOKIE, cookies), request])
+    # Also as ``Cookie``, for proxies that copy an answer's header under its own name only (Traefik's
+    # authResponseHeaders replaces the request's copy of each name it lists).
+    await _answer(
+        send, 200, [*_NO_STORE, *identity, *empty, (APP_COOKIE, cookies), (b"cookie", cookies), request]
+    )
 
 
 async def answer_refused(send: Send, scope: Scope, ctx: RequestContext, err: GatewayError) -> None:
