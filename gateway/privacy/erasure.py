@@ -44,10 +44,11 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.identity.accounts import AccountService, UnknownAccount
 from gateway.identity.models import User
+from gateway.identity.names import fold
 from gateway.identity.sessions import SessionStore
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds, HoldView
-from gateway.privacy.incident_records import IncidentRecords
+from gateway.privacy.incident_records import Erasing, IncidentRecords
 from gateway.privacy.models import RemovedContent
 from gateway.privacy.register import Register
 from gateway.privacy.subjects import new_pseudonym, subject_key
@@ -179,8 +180,11 @@ class Eraser:
         )
         await self._register.pseudonymise(user_id, tombstone)
         await self._holds.pseudonymise(user.username, tombstone)
+        held = frozenset(
+            fold(h.subject) for h in await self._holds.find(active_only=True) if h.scope == "person"
+        )
         incident_rows = await self._incident_records.pseudonymise(
-            [user.username, *([user.email] if user.email else [])], tombstone
+            Erasing(user.username, user.email, since=user.created_at, held=held), tombstone
         )
         if self._accounts.ledger is not None:
             # Outside the database too: a gateway started on a restored one erases the person again.

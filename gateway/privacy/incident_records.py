@@ -7,17 +7,20 @@ and the composition root passes the implementation in
 
 * the **closed** cases, for the ``incidents`` retention rule (an open case is never due);
 * their deletion with their timeline, each case checked again to be closed long enough;
-* a person's username and email replaced by their erasure tombstone everywhere in both tables.
+* a person's username and email replaced by their erasure tombstone in both tables (:class:`Erasing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["CasesDeleted", "ClosedCase", "IncidentRecords"]
+from gateway.identity.names import fold
+from gateway.privacy.mentions import Mentions
+
+__all__ = ["CasesDeleted", "ClosedCase", "Erasing", "IncidentRecords"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,40 @@ class CasesDeleted:
 
     cases: int
     entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Erasing:
+    """Whose mentions an erasure replaces in the incident records, and which records it leaves.
+
+    ``since``: when the account was made. A record written before is not about this account: an attack
+    run erased an account made under another person's former email address, and that person's
+    incident records, written before, were rewritten as the erased one's. ``held``: the usernames under
+    an active legal hold; a record about one of them is kept as it is (the hold wins, GDPR Art.
+    17(3)(e)), whoever else it names.
+    """
+
+    username: str
+    email: str | None
+    since: datetime
+    held: frozenset[str] = frozenset()
+
+    def mentions(self, tombstone: str) -> Mentions:
+        """The person's mentions, their email address told as one."""
+        emails = [self.email] if self.email else []
+        return Mentions([self.username, *emails], tombstone, emails=emails)
+
+    def wrote(self, at: datetime) -> bool:
+        """Whether a record written ``at`` may be about this account (not before it was made)."""
+        return _aware(at) >= _aware(self.since)
+
+    def keeps(self, people: Iterable[str]) -> bool:
+        """Whether a record about ``people`` stays as it is: one of them is under a legal hold."""
+        return any(fold(p) in self.held for p in people if p)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class IncidentRecords(Protocol):
@@ -58,9 +95,10 @@ class IncidentRecords(Protocol):
         """
         ...
 
-    async def pseudonymise(self, names: Sequence[str], tombstone: str) -> int:
-        """Replace every mention of ``names`` (a person's username and email) by ``tombstone`` in every
-        case and entry (:class:`gateway.privacy.mentions.Mentions`); how many rows changed.
+    async def pseudonymise(self, person: Erasing, tombstone: str) -> int:
+        """Replace every mention of ``person`` by ``tombstone`` in the cases and entries written since
+        their account was made, but those about a person under a legal hold
+        (:class:`gateway.privacy.mentions.Mentions`); how many rows changed.
 
         Raises:
             StoreUnavailable: the database cannot answer; nothing was changed.

@@ -94,16 +94,23 @@ def _alternatives(names: list[str]) -> str:
 class Mentions:
     """Finds the mentions of one person (their username and email) and replaces them by ``tombstone``."""
 
-    def __init__(self, names: Iterable[str], tombstone: str, *, whole: Iterable[str] = ()) -> None:
+    def __init__(
+        self, names: Iterable[str], tombstone: str, *, whole: Iterable[str] = (), emails: Iterable[str] = ()
+    ) -> None:
         """Args:
         names: The person's username and email address (empty ones are ignored).
         tombstone: What replaces each mention (``[erased:<pseudonym>]``).
         whole: Names a value is replaced for only when it is wholly one of them (see
             :meth:`unambiguous`); ``names`` count so too.
+        emails: Which of ``names`` are the person's email addresses (found in any record, see
+            :meth:`unambiguous`). Told, never guessed from an ``@``: a username may hold one, and an
+            account named after someone else's former address was erased as that person in every
+            incident record (an attack run).
         """
         # Longest first: an email address before the username it may start with.
         wanted = _longest_first(names)
         whole_names = _longest_first([*wanted, *whole])
+        self._emails = tuple(_longest_first(emails))
         self._names = tuple(whole_names)
         self._tombstone = tombstone
         self._pattern = (
@@ -117,7 +124,7 @@ class Mentions:
         """The person's mentions as any record may hold them: their email address anywhere, and a
         value that is wholly one of their names (an actor, an owner). A username alone in text can be
         a common word (``detection``, ``phishing``) in a record that is not about them."""
-        return Mentions([n for n in self._names if "@" in n], self._tombstone, whole=self._names)
+        return Mentions(self._emails, self._tombstone, whole=self._names, emails=self._emails)
 
     def about(self, values: Iterable[str]) -> bool:
         """Whether any of ``values`` is wholly the person, or mentions their email address."""

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 from sqlalchemy import delete, select
 
-from gateway.privacy.incident_records import CasesDeleted, ClosedCase
+from gateway.privacy.incident_records import CasesDeleted, ClosedCase, Erasing
 from gateway.privacy.mentions import Mentions
 from gateway.response.models import IncidentCase, IncidentEntry
 from gateway.response.phases import Phase
@@ -156,8 +156,8 @@ class CasePersonalData:
                 await session.commit()
         return CasesDeleted(len(cases), len(entries))
 
-    async def pseudonymise(self, names: Sequence[str], tombstone: str) -> int:
-        mentions = Mentions(names, tombstone)
+    async def pseudonymise(self, person: Erasing, tombstone: str) -> int:
+        mentions = person.mentions(tombstone)
         unambiguous = mentions.unambiguous()
         changed = 0
         async with self._db.session(write=True) as session:
@@ -165,11 +165,16 @@ class CasePersonalData:
                 # Every row is read: JSON escapes non-ASCII names ("\u00e9"), and SQLite's lower()
                 # folds ASCII only, so a LIKE filter in SQL would miss some mentions.
                 about: set[str] = set()
+                kept: set[str] = set()
                 for case in (await session.scalars(select(IncidentCase).with_for_update())).all():
-                    if mentions.about(
-                        [*_users(case.affected_users), *(getattr(case, c) for c in _CASE_TEXT)]
-                    ):
+                    affected = _users(case.affected_users)
+                    if person.keeps(affected):
+                        kept.add(case.id)
+                        continue
+                    if mentions.about([*affected, *(getattr(case, c) for c in _CASE_TEXT)]):
                         about.add(case.id)
+                    if not person.wrote(case.opened_at):
+                        continue
                     found = mentions if case.id in about else unambiguous
                     before = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
                     for column in _CASE_TEXT:
@@ -178,6 +183,8 @@ class CasePersonalData:
                     after = [getattr(case, column) for column in _CASE_TEXT] + [case.affected_users]
                     changed += int(after != before)
                 for entry in (await session.scalars(select(IncidentEntry).with_for_update())).all():
+                    if entry.case_id in kept or not person.wrote(entry.at):
+                        continue
                     found = mentions if entry.case_id in about else unambiguous
                     before = [entry.actor, entry.text, entry.details]
                     entry.actor = found.text(entry.actor)
@@ -186,17 +193,20 @@ class CasePersonalData:
                     changed += int([entry.actor, entry.text, entry.details] != before)
                 await session.commit()
         if self._detections is not None:
-            changed += await _pseudonymise_detections(self._detections, mentions)
+            changed += await _pseudonymise_detections(self._detections, person, mentions)
         return changed
 
 
-async def _pseudonymise_detections(detections: IncidentStore, mentions: Mentions) -> int:
+async def _pseudonymise_detections(detections: IncidentStore, person: Erasing, mentions: Mentions) -> int:
     """Replace the person's mentions in the stored detections (subject, summary, evidence, actions);
     addresses stay, as in the incident records (see docs/privacy.md). Free text only of a detection
-    about the person (its subject or an action's target), as for the cases."""
+    about the person (its subject or an action's target), as for the cases; none from before the
+    account was made, nor one about a person under a legal hold."""
     changed = 0
     unambiguous = mentions.unambiguous()
     for incident in await detections.latest(MAX_INCIDENTS):
+        if not person.wrote(datetime.fromtimestamp(incident.at, UTC)) or person.keeps([incident.subject]):
+            continue
         about = mentions.about([incident.subject, incident.summary, *(a.target for a in incident.actions)])
         found = mentions if about else unambiguous
         after = msgspec.structs.replace(

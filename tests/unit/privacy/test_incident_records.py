@@ -398,6 +398,31 @@ async def test_erasing_a_common_word_keeps_other_peoples_records_and_their_struc
     assert note["actor"] != "user:phishing"
 
 
+async def test_erasing_an_account_named_after_anothers_address_leaves_that_persons_records(
+    world: World,
+) -> None:
+    """An attack run: alice, under a legal hold, changed her address; an account was made under her
+    old one (a username may hold an @) and erased, and every incident record naming alice's old
+    address, her held evidence, was rewritten as the erased account's."""
+    alice = await world.person("alice", "alice@example.com")
+    await world.privacy.holds.place("CASE-12", reason="court order", by="admin:counsel", username="alice")
+    held = await world.incident("Phishing of alice", "alice", closed=False)
+    await world.cases.note(held.id, "alice@example.com confirmed she typed her password", actor="user:boss")
+    unheld = await world.incident("Reported by mail", "carol", closed=False)
+    await world.cases.note(unheld.id, "alice@example.com forwarded the mail", actor="user:boss")
+    world.clock.advance(3600)
+    await world.accounts.set_profile(alice.id, email="alice.new@example.com", actor="admin:root")
+    namesake = await world.person("alice@example.com")  # the old address is free now; no address of its own
+    before = await world.rows("incident_entries"), await world.rows("incident_cases")
+
+    await world.privacy.erase(
+        namesake, settings=SETTINGS, channel=Channel.PORTAL, actor="user:x", verified_by="signed-in session"
+    )
+
+    # Written before the account was made, and (the first) about a person under a hold: as they were.
+    assert (await world.rows("incident_entries"), await world.rows("incident_cases")) == before
+
+
 async def test_a_persons_hold_keeps_records_naming_them_in_any_spelling(world: World) -> None:
     """An attack run: a hold on bob kept the closed record listed under "bob", but the retention run
     deleted the ones an admin had listed under "BOB" and "bob@example.com"."""

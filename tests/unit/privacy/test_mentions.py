@@ -8,7 +8,7 @@ import pytest
 from gateway.privacy.mentions import Mentions
 
 T = "[erased:0a1b2c3d4e5f]"
-ALICE = Mentions(["alice", "alice@example.com"], T)
+ALICE = Mentions(["alice", "alice@example.com"], T, emails=["alice@example.com"])
 
 CASES = [
     ("brute force: alice", f"brute force: {T}"),
