@@ -928,6 +928,15 @@ async def enable_user(
     response's ``lock_account`` disables the account) as surely as lifting an incident does."""
 
     async def work(user: User, actor: str) -> ActionResult:
+        # A session of a disabled account is ended, or refused while the end is owed; a session that
+        # still reaches this (a re-attack run's, while the state file's write lock was held) must not
+        # undo the disable that was meant to stop it.
+        _refuse_own(
+            request,
+            user,
+            "an account enables itself only by another admin",
+            "Another admin, or `gateway user enable` on the gateway's host, can.",
+        )
         await services.identity.accounts.enable(user.id, actor=actor)
         shut = shut_by_privacy(user)
         # Enabling lifts the disable alone: a restricted or closed account still cannot sign in, and

@@ -291,8 +291,6 @@ async def _open_worker(
     )
     _background(stack, run_chores(shared.privacy, lambda: live.current.settings.privacy, retention))
     await _replay_ledger(stack, settings, db, identity, shared.privacy, signing, fast)
-    # Sessions owed an end (the store did not answer when their account changed): ended once it does.
-    _background(stack, run_owed(db, identity.sessions))
     # The same for backups: every worker tries each period's, the run's row makes it one; each shows
     # the last state it read in its readiness details.
     backups = BackupSchedule(
@@ -444,6 +442,10 @@ async def _open_stores(
         regulation=lambda: live.current.settings.regulation,
     )
     _background(stack, identity.sessions.run_invalidation_listener())
+    # Sessions owed an end (the store did not answer when their account changed): refused from the
+    # next round and ended once it answers; in the admin listener too (a re-attack run: a disabled
+    # admin's session, refused by the workers, re-enabled the account through the console).
+    _background(stack, run_owed(db, identity.sessions))
     return db, fast, identity
 
 

@@ -248,6 +248,42 @@ def test_the_admin_api_answers_a_signed_in_admin_with_a_fresh_second_factor(node
     assert resp.json()["error"] == "admin-role-required"
 
 
+def test_while_the_state_file_cannot_be_written_a_disabled_accounts_session_is_refused_everywhere(
+    node: Node,
+) -> None:
+    """Attack runs held the state file's write lock (reads go on under WAL): the revocation could not
+    be written, and the disabled account's session was served by the workers for seconds, then by the
+    admin listener for as long as the lock was held (where a disabled admin re-enabled itself)."""
+    add_user(node.gw.config_path, "dolly", PASSWORD)
+    session = sign_in(node, "dolly")
+
+    def admin_listener() -> tuple[int, int]:
+        headers = {"Cookie": f"{SESSION_COOKIE}={session}", "Origin": node.admin_url}
+        return httpx.get(f"{node.admin_url}/api/policy", headers=headers, timeout=30).status_code, 0
+
+    assert admin_listener()[0] == 403  # known there: refused for the role, not the session
+    answers_from_every_worker(node, lambda: get(node, "/probe", session=session), 200)
+    holder = sqlite3.connect(node.state_file, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        out = run_cli("user", "disable", "dolly", "--config", str(node.gw.config_path))
+        done = time.monotonic()
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "refuses them" in out.stderr + out.stdout
+        # Within a second of the command, on every process (the admin listener's own answers are slow
+        # here: what it records waits for the lock; so it is asked once the second is over).
+        late = first_change_after(done, lambda: get(node, "/probe", session=session), 401)
+        assert late <= WITHIN + 1, f"served {late:.2f}s after the command returned"
+        time.sleep(max(0.0, done + WITHIN + 1 - time.monotonic()))
+        assert admin_listener()[0] == 401
+        answers_from_every_worker(node, lambda: get(node, "/probe", session=session), 401)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Once the store answers, the sessions are ended for good.
+    answers_from_every_worker(node, lambda: get(node, "/probe", session=session), 401)
+
+
 # -- one session, both workers -----------------------------------------------------------------------
 
 

@@ -383,6 +383,11 @@ async def test_an_admin_cannot_disable_their_own_account_in_any_spelling(console
     # The control: another account.
     done = await site.call(boss, "POST", "/api/users/carol/disable", json={"reason": "x"})
     assert done.status_code == 200, done.text
+    # Nor enable it: a re-attack run's disabled admin, whose session was still owed its end, enabled
+    # their own account again through the console.
+    own = await site.call(boss, "POST", "/api/users/boss/enable", json={"reason": "x"})
+    assert own.status_code == 409, own.text
+    assert own.json()["error"] == "own-account"
 
 
 async def test_an_admin_cannot_reset_their_own_factors_or_password_from_the_console(console: Start) -> None:
