@@ -189,9 +189,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 running.callback(stop, nginx)
                 for name, binary in CADDIES.items():
                     clog = running.enter_context((tmp / f"{name}.log").open("wb"))
-                    config = str(tmp / f"Caddyfile-{name}")
+                    caddyfile_path = str(tmp / f"Caddyfile-{name}")
                     caddy = subprocess.Popen(
-                        [binary, "run", "--config", config, "--adapter", "caddyfile"],
+                        [binary, "run", "--config", caddyfile_path, "--adapter", "caddyfile"],
                         stdout=clog,
                         stderr=subprocess.STDOUT,
                         env=env,
