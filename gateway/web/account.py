@@ -43,8 +43,9 @@ def _when(value: datetime | float | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _step_up(back: str) -> Redirect:
-    return Redirect(step_up_location(back))
+def _step_up(back: str, kind: str = "") -> Redirect:
+    """The second-factor page, coming back to ``back``; a passkey's removal asks for a passkey."""
+    return Redirect(step_up_location(back, need="webauthn" if kind == "webauthn" else "any"))
 
 
 async def _confirm_first(identity: IdentityServices, signed: flows.SignedIn, back: str) -> Redirect:
@@ -233,8 +234,8 @@ async def confirm_remove(
     )
     if factor is None:
         return Redirect("/.gateway/account?notice=Nothing+was+removed.")
-    if not flows.is_fresh(s, config, identity.clock):
-        return _step_up(here)
+    if not flows.may_remove(s, kind, config, identity.clock):
+        return _step_up(here, kind)
     return page(request, "remove_factor.html", user=s.username, factor=factor)
 
 
@@ -251,9 +252,9 @@ async def remove_factor(
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
-    if not flows.is_fresh(s, config, identity.clock):
+    if not flows.may_remove(s, kind, config, identity.clock):
         # Back to this factor's confirmation after the second factor, not to the list.
-        return _step_up(f"/.gateway/account/factors/{quote(kind, safe='')}/{credential_id}/remove")
+        return _step_up(f"/.gateway/account/factors/{quote(kind, safe='')}/{credential_id}/remove", kind)
     removed = False
     try:
         if kind == "totp":

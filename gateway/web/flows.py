@@ -122,6 +122,15 @@ async def may_add_passkey(session: Session, config: CurrentConfig, identity: Ide
     return is_fresh(session, config, identity.clock, only=Factor.WEBAUTHN)
 
 
+def may_remove(session: Session, kind: str, config: CurrentConfig, clock: Clock) -> bool:
+    """A fresh second factor; for a passkey, one of the account's passkeys used fresh, as adding one
+    needs (:func:`may_add_passkey`): a re-attack run removed the owner's passkey with a phished
+    password and authenticator code, then added its own, as the account had none left, and passed a
+    ``mfa: webauthn`` route. A person who lost their only passkey asks an administrator
+    (``gateway user reset-mfa``)."""
+    return is_fresh(session, config, clock, only=Factor.WEBAUTHN if kind == "webauthn" else None)
+
+
 async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:
     """Whether the user has a confirmed authenticator app or a WebAuthn credential."""
     return await identity.totp.has_confirmed(user_id) or bool(await identity.webauthn.list(user_id))

@@ -43,9 +43,10 @@ def when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
 
 
-def step_up_location(back: str) -> str:
-    """The second-factor page, returning to ``back`` (a path on this host) afterwards."""
-    return f"/.gateway/mfa?need=any&rd={quote(back, safe='')}"
+def step_up_location(back: str, need: str = "any") -> str:
+    """The second-factor page (asking for ``need``: ``any`` factor or a ``webauthn`` one), returning to
+    ``back`` (a path on this host) afterwards."""
+    return f"/.gateway/mfa?need={need}&rd={quote(back, safe='')}"
 
 
 class RecentFactorRequired(Forbidden):

@@ -77,6 +77,42 @@ async def test_a_second_passkey_needs_one_of_the_passkeys(
     assert len(await services.identity.webauthn.list(user.id)) == 1
 
 
+async def test_removing_the_owners_passkey_needs_one_of_the_passkeys(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """A re-attack run: with a phished password and authenticator code, removing the owner's passkey
+    was allowed (the app remained), and then the account had no passkey, so the attacker added its own
+    and passed a ``mfa: webauthn`` route."""
+    services, client = worker
+    user = await _account(services)
+    await signed_in(services, client, user)
+    assert (await _register(client, await _token(client))).status_code == 200
+    (passkey,) = await services.identity.webauthn.list(user.id)
+    # The attacker: password and a fresh authenticator code.
+    await signed_in(services, client, user)
+    token = await _token(client)
+    here = f"/.gateway/account/factors/webauthn/{passkey.id}/remove"
+    for method in ("GET", "POST"):
+        answer = await client.request(
+            method, here, data={"_csrf_token": token} if method == "POST" else None,
+            headers={"Accept": "text/html"}, follow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code in (302, 303), answer.text
+        assert answer.headers["location"].startswith("/.gateway/mfa?need=webauthn")
+    assert len(await services.identity.webauthn.list(user.id)) == 1
+    assert (await _register(client, token)).status_code == 403
+    # The control: the authenticator app is removed with the code (another factor remains).
+    (app,) = await services.identity.totp.list(user.id)
+    removed = await client.post(
+        f"/.gateway/account/factors/totp/{app.id}/remove", data={"_csrf_token": token},
+        headers={"Accept": "text/html"}, follow_redirects=False,
+    )  # fmt: skip
+    assert removed.status_code == 303
+    assert (
+        "Factor+removed" in removed.headers["location"] or "Factor%20removed" in removed.headers["location"]
+    )
+
+
 async def test_an_older_session_signs_nobody_else_out(
     worker: tuple[WorkerServices, httpx.AsyncClient],
 ) -> None:
