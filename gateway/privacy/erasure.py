@@ -52,7 +52,9 @@ from gateway.privacy.incident_records import Erasing, IncidentRecords
 from gateway.privacy.models import RemovedContent
 from gateway.privacy.register import Register
 from gateway.privacy.subjects import new_pseudonym, subject_key
+from gateway.privacy.traces import forget_person
 from gateway.store.db import Database, store_errors
+from gateway.store.fast import FastState
 
 __all__ = ["Erased", "Eraser", "Held", "holding_erasure", "removed_content_aad"]
 
@@ -110,6 +112,7 @@ class Eraser:
         register: Register,
         incident_records: IncidentRecords,
         clock: Clock,
+        fast: FastState | None = None,
     ) -> None:
         """Args are the stores and services an erasure touches."""
         self._db = db
@@ -121,6 +124,8 @@ class Eraser:
         self._holds = holds
         self._register = register
         self._clock = clock
+        # The short-lived keys that name the person (gateway.privacy.traces); none: not reached.
+        self._fast = fast
 
     async def erase(
         self,
@@ -166,6 +171,7 @@ class Eraser:
             until = now + keep_for
             await self._seal(user, ref=ref, pseudonym=pseudonym, reason=reason, until=until)
         ended = await self._accounts.delete(user_id, actor=actor, expect=expect)
+        await forget_person(self._fast, user.username, user.email)
         samples = await DecisionSample(self._db, clock=self._clock).forget([f"user:{user.username}"])
         result = await erase_person(
             self._db,

@@ -36,7 +36,9 @@ from gateway.privacy.erasure import Erased, Eraser, Held, holding_erasure
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
+from gateway.privacy.purposes import GEOLOCATION
 from gateway.privacy.register import Channel, Kind, Register, RequestView, belongs_to
+from gateway.privacy.traces import forget_location
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import FastState
@@ -109,7 +111,8 @@ class Privacy:
     ) -> None:
         """Args are the stores and services the rights touch; ``incident_records`` are incident
         response's (``gateway.response.personal_data.CasePersonalData``), which an erasure pseudonymises
-        and the retention run prunes; ``fast`` counts a person's own exports (none: not counted)."""
+        and the retention run prunes; ``fast`` counts a person's own exports and holds the short-lived
+        keys that name a person (:mod:`gateway.privacy.traces`; none: not counted, not reached)."""
         self._db = db
         self._fast = fast
         self._accounts = accounts
@@ -130,6 +133,7 @@ class Privacy:
             register=self.register,
             incident_records=incident_records,
             clock=clock,
+            fast=fast,
         )
 
     async def user(self, user_id: int) -> User:
@@ -363,6 +367,8 @@ class Privacy:
             details={"restricted": restricted},
         )
         ended = await self._accounts.set_restricted(user.id, restricted, actor=actor)
+        if restricted:
+            await forget_location(self._fast, user.username)
         outcome = (
             "Processing is restricted: the account cannot sign in and its data is kept unchanged."
             if restricted
@@ -402,6 +408,7 @@ class Privacy:
             Kind.CLOSURE, user, settings=settings, channel=channel, verified_by=verified_by, law=law
         )
         await self._accounts.close(user.id, actor=actor)
+        await forget_location(self._fast, user.username)
         days = float(settings.retention.registration) / 86400
         return await self._done(
             request,
@@ -550,6 +557,8 @@ class Privacy:
         """
         chosen = purpose_named(settings.purposes, purpose)
         added = await self._consents.object(user.id, chosen, method=method, actor=actor, ip=ip)
+        if chosen.name == GEOLOCATION:
+            await forget_location(self._fast, user.username)
         request = await self._open(
             Kind.OBJECTION,
             user,
@@ -590,6 +599,8 @@ class Privacy:
         """
         chosen = purpose_named(settings.purposes, purpose)
         await self._consents.record(user.id, chosen, "withdrawn", method, actor=actor, ip=ip)
+        if chosen.name == GEOLOCATION:
+            await forget_location(self._fast, user.username)
         request = await self._open(
             Kind.CONSENT_WITHDRAWAL,
             user,

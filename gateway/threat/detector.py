@@ -39,7 +39,7 @@ from gateway.threat.blocks import IpBlocks
 from gateway.threat.geo import GeoLocator, distance_km
 from gateway.threat.responder import Responder
 
-__all__ = ["ThreatDetector"]
+__all__ = ["ThreatDetector", "location_key", "person_keys"]
 
 logger = logging.getLogger("gateway.threat")
 
@@ -50,6 +50,28 @@ _UA_LIMIT: Final = 256  # sessions keep the first 256 characters of the User-Age
 _HIJACK_MEMORY: Final = 86400.0
 
 _Signal = tuple[str, ...]
+
+
+# The fast-state keys that name a person: their failure counters and their last sign-in's position
+# (:func:`person_keys`, which an erasure, a restriction and an objection delete).
+_COUNTER: Final = "threat:c:"
+_FAILURES: Final = "bf:{}"
+_MFA_FAILURES: Final = "mfa:{}"
+
+
+def location_key(username: str) -> str:
+    """Where the position of ``username``'s last sign-in is kept (impossible travel)."""
+    return f"threat:geo:{username}"
+
+
+def person_keys(username: str) -> tuple[str, ...]:
+    """The detector's keys that name ``username`` (the counters by address and name go with their
+    window: they cannot be found by the name alone)."""
+    return (
+        location_key(username),
+        _COUNTER + _FAILURES.format(username),
+        _COUNTER + _MFA_FAILURES.format(username),
+    )
 
 
 class ThreatDetector:
@@ -212,13 +234,13 @@ class ThreatDetector:
             await self._travel(settings, signal[1], signal[2], float(signal[3]))
 
     async def _count(self, rule: ThreatRule, key: str) -> tuple[bool, int]:
-        n = await self._state.incr_window(f"threat:c:{key}", window=float(rule.window))
+        n = await self._state.incr_window(_COUNTER + key, window=float(rule.window))
         return n == rule.count, n
 
     async def _failure(self, settings: ThreatSettings, kind: str, subject: str, ip: str) -> None:
         rule = settings.brute_force
         if rule.enabled and subject:
-            fire, n = await self._count(rule, f"bf:{subject}")
+            fire, n = await self._count(rule, _FAILURES.format(subject))
             if fire:
                 await self.responder.respond(
                     "brute_force",
@@ -237,7 +259,7 @@ class ThreatDetector:
             await self._spraying("spraying_network", wide, "spn", network, subject, ip)
         rule = settings.mfa_failures
         if rule.enabled and subject and kind.startswith("mfa."):
-            fire, n = await self._count(rule, f"mfa:{subject}")
+            fire, n = await self._count(rule, _MFA_FAILURES.format(subject))
             if fire:
                 await self.responder.respond(
                     "mfa_failures",
@@ -333,7 +355,7 @@ class ThreatDetector:
         path = settings.geoip_database
         if path is None:
             return
-        key = f"threat:geo:{subject}"
+        key = location_key(subject)
         if not await self._locatable(subject):
             # The person opted out: no lookup, and the position kept from an earlier sign-in goes too.
             await self._state.delete(key)
