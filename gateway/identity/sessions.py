@@ -102,6 +102,10 @@ class Session:
     # at sign-in and whenever a consent, objection or restriction changes, so the data plane only
     # tests membership (e.g. "policy_analytics" for the decision sample).
     optout: tuple[str, ...] = ()
+    # A password (or a provider's) sign-in of an account that has a second factor, not proved yet: the
+    # session reaches its pending step and sign-out only, on every host, also an app that asks for no
+    # second factor (an attack run copied such a cookie to an `mfa: none` app's host and got in).
+    owes_second_factor: bool = False
 
     @property
     def second_factor_at(self) -> float | None:
@@ -385,6 +389,7 @@ class SessionStore:
         groups: Sequence[str] = (),
         password_change: bool = False,
         optout: Sequence[str] = (),
+        owes_second_factor: bool = False,
     ) -> tuple[str, Session]:
         """Start a session; return its id (the cookie value) and the session.
 
@@ -434,6 +439,7 @@ class SessionStore:
             groups=tuple(groups),
             password_change=password_change,
             optout=tuple(optout),
+            owes_second_factor=owes_second_factor,
         )
         ttl = self._ttl(session, now)
         if ttl is None:
@@ -475,7 +481,10 @@ class SessionStore:
         return await self._rotate(
             session_id,
             lambda old: replace(
-                old, level=max(old.level, level), factors=(*old.factors, factor)[-_MAX_FACTORS:]
+                old,
+                level=max(old.level, level),
+                factors=(*old.factors, factor)[-_MAX_FACTORS:],
+                owes_second_factor=old.owes_second_factor and max(old.level, level) < AuthLevel.TWO_FACTOR,
             ),
         )
 

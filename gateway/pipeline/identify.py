@@ -56,6 +56,15 @@ async def identify(
             reason=ErrorReason.PASSWORD_CHANGE_REQUIRED,
             location=f"{public_url}/.gateway/account/password?rd={quote(request.original_url(), safe='')}",
         )
+    if session.owes_second_factor:
+        # A password alone of an account with a second factor: the sign-in is not finished, and the
+        # session opens no application until it is (the hand-off carries it nowhere; a copied cookie
+        # reached an app that asks for no second factor).
+        raise Forbidden(
+            "Finish signing in first: confirm it's you with your second factor.",
+            reason=ErrorReason.MFA_REQUIRED,
+            location=f"{public_url}/.gateway/mfa?rd={quote(request.original_url(), safe='')}",
+        )
     # Sliding idle timeout; the store writes at most once a minute per session, not per request.
     await sessions.touch(session_id, session)
     return session

@@ -21,6 +21,7 @@ from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Response, Template
 
 from gateway.identity.cookies import OIDC_BINDING_COOKIE, read_cookie
+from gateway.identity.levels import AuthLevel
 from gateway.identity.oidc.flow import FLOW_TTL, FlowInvalid, is_binding, new_binding
 from gateway.identity.oidc.links import AccountRefused
 from gateway.identity.oidc.provider import ProviderRefused, ProviderUnavailable
@@ -249,6 +250,7 @@ async def callback(
         # Session fixation: whatever session this browser had is ended, a new id is issued.
         await identity.sessions.revoke(signed.session_id)
     who = completed.identity
+    owes = completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id)
     session_id, session = await identity.sessions.create(
         user_id=who.user.id,
         username=who.user.username,
@@ -264,6 +266,7 @@ async def callback(
         # way the person signed in: left valid, whoever else read it could set the password later.
         password_change=who.user.must_change_password,
         optout=await identity.consents.optout_of(who.user),
+        owes_second_factor=owes,
     )
     if not await flows.still_allowed(identity, session_id, who.user.id, roles=who.user.roles):
         return _page(

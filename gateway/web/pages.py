@@ -140,6 +140,7 @@ async def login_submit(
         # Session fixation: whatever session this browser had is ended, a new id is issued.
         await identity.sessions.revoke(signed.session_id)
     user = result.user
+    owes = await flows.has_second_factor(identity, user.id)
     session_id, session = await identity.sessions.create(
         user_id=user.id,
         username=user.username,
@@ -152,6 +153,7 @@ async def login_submit(
         host=config.public_url,
         password_change=result.must_change_password,
         optout=await identity.consents.optout_of(user),
+        owes_second_factor=owes,
     )
     if not await flows.still_allowed(
         identity, session_id, user.id, password_hash=user.password_hash, roles=user.roles
@@ -353,6 +355,7 @@ async def handoff(
         family=source.family,
         # The sign-in's choices travel with it (kept current in place by Consents.apply_optout).
         optout=source.optout,
+        owes_second_factor=source.owes_second_factor,
     )
     if not await flows.still_allowed(identity, session_id, source.user_id):
         return _handoff_refused(request, target, *_EXPIRED)

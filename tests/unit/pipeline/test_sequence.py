@@ -123,7 +123,12 @@ def _signs_now(plane: ProcessApp[WorkerServices]) -> None:
 
 
 async def _sign_in(
-    plane: ProcessApp[WorkerServices], user_id: int, username: str, *, password_change: bool = False
+    plane: ProcessApp[WorkerServices],
+    user_id: int,
+    username: str,
+    *,
+    password_change: bool = False,
+    owes_second_factor: bool = False,
 ) -> bytes:
     identity = plane.running.services.identity
     session_id, _ = await identity.sessions.create(
@@ -136,6 +141,7 @@ async def _sign_in(
         user_agent="test",
         host="app.test",
         password_change=password_change,
+        owes_second_factor=owes_second_factor,
     )
     return f"{plane.running.live.current.cookie_name}={session_id}".encode()
 
@@ -351,6 +357,20 @@ async def test_a_form_posted_to_the_gateways_own_page_is_counted_in_the_record(w
     answer = await _call(world, "http", b"/.gateway/login", headers, method="POST", body=body)
     assert answer.record.kind == RequestKind.CONTROL
     assert answer.record.bytes_in == len(body)
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+async def test_a_sign_in_that_owes_its_second_factor_opens_no_application(world: World, entry: str) -> None:
+    """An attack run copied the cookie of a password-only sign-in (of an account with a second factor)
+    to the host of an app that asks for no second factor, and got in: the hand-off refuses to carry
+    such a session, but a session is not bound to its host."""
+    half = await _sign_in(world.plane, 1, "alice", owes_second_factor=True)
+    answer = await ENTRIES[entry](world, "app.test", b"/hello", half)
+    assert answer.status == {"http": 403, "forward-auth": 401, "websocket": 403}[entry]
+    assert answer.record.reason == "mfa-required"
+    assert not world.upstream.seen
+    # The control: the same account's finished sign-in gets in.
+    assert (await ENTRIES[entry](world, "app.test", b"/hello", world.cookies["alice"])).status != 403
 
 
 async def test_no_route_is_a_404_but_a_403_for_a_proxy(world: World) -> None:

@@ -168,3 +168,40 @@ async def test_a_sign_in_racing_an_erasure_leaves_no_record_naming_the_person(
     # The attempt itself is still in the trail, without the name.
     last = (await services.identity.audit.events(kind="signin.password", limit=1))[0]
     assert (last.actor, last.subject, last.outcome) == ("anonymous", "", "failure")
+
+
+async def test_a_password_sign_in_owes_the_accounts_second_factor_until_it_is_proved(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """An attack run copied such a session's cookie to an `mfa: none` app's host and got in: the
+    session now says it owes the second factor (the data plane refuses it), until the factor is used."""
+    import pyotp
+
+    services, client = worker
+    identity = services.identity
+    owner = await identity.accounts.create(username="olga", password=PASSWORD, actor="cli:test")
+    plain = await identity.accounts.create(username="paul", password=PASSWORD, actor="cli:test")
+    enrollment = await identity.totp.begin_enrollment(owner.id, account="olga", name="Phone")
+    totp = pyotp.TOTP(enrollment.secret)
+    assert await identity.totp.confirm(owner.id, enrollment.credential_id, totp.now())
+    assert await _sign_in(client, "olga") == 302
+    (half,) = await identity.sessions.list_user(owner.id)
+    assert half.owes_second_factor
+    page = await client.get("/.gateway/mfa", headers={"Accept": "text/html"})
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    # The next step's code: the current one was spent confirming the app (one step of drift is taken).
+    done = await client.post(
+        "/.gateway/mfa/totp",
+        data={"code": totp.at(identity.clock.time() + 30), "rd": "", "_csrf_token": token.group(1)},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert done.status_code in (302, 303), done.text
+    (whole,) = await identity.sessions.list_user(owner.id)
+    assert not whole.owes_second_factor
+    # An account without a second factor owes nothing (it may go where a password is enough).
+    client.cookies.clear()
+    assert await _sign_in(client, "paul") == 302
+    (alone,) = await identity.sessions.list_user(plain.id)
+    assert not alone.owes_second_factor
