@@ -30,6 +30,7 @@ from gateway.pipeline.snapshot import RouteRuntime
 from gateway.upstream import Target
 from gateway.upstream.http1 import (
     Http1Client,
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -333,6 +334,10 @@ async def _exchange(
             )
             outcome.retried += (attempt,)
             target, retried = next_target, True
+        except UpstreamBusy as exc:
+            # This worker's connections are all taken (slow uploads, say): the target is not to blame.
+            pool.release(target, ok=True)
+            raise ServiceUnavailable("The gateway is busy; try again in a moment.") from exc
         except TimeoutError as exc:
             pool.release(target, ok=False)
             raise UpstreamTimeout("The application did not answer in time.") from exc

@@ -51,6 +51,7 @@ from gateway.upstream.tls import TlsClient, describe_tls_error
 
 __all__ = [
     "Http1Client",
+    "UpstreamBusy",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
     "UpstreamProtocolError",
@@ -86,6 +87,13 @@ class UpstreamConnectTimeout(UpstreamConnectError):
     may try another target, as for a refused connection (a target whose backlog is full or whose
     host is gone drops the connection attempt silently instead of refusing it).
     """
+
+
+class UpstreamBusy(Exception):
+    """Every connection this worker may hold to the applications is in use, and none came free within
+    the connect timeout; nothing was sent. Not the target's fault: it counts for no ejection (an attack
+    run held every slot with request bodies trickled a byte at a time, and requests to every route
+    waited for ever)."""
 
 
 class UpstreamTlsError(UpstreamConnectError):
@@ -512,11 +520,20 @@ class Http1Client:
                 return conn
             if self._open < self._limit or self._evict_idle():
                 break
-            # At the limit with nothing idle: wait until a connection is handed back or closed.
+            # At the limit with nothing idle: wait until a connection is handed back or closed, for
+            # as long as a connection may take to open.
             waiter = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout(connect_timeout):
+                    await waiter
+            except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken as the time ran out: the wake is the next waiter's
+                raise UpstreamBusy(
+                    f"all {self._limit} connections to the applications are in use "
+                    "(limits.max_upstream_connections)"
+                ) from None
             finally:
                 with contextlib.suppress(ValueError):
                     self._slot_waiters.remove(waiter)

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.upstream.http1 import (
     Http1Client,
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamProtocolError,
@@ -315,6 +316,40 @@ async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(client
         assert (await first)[2] == b"ok"
         assert (await second)[2] == b"ok"
     assert upstream.connections == 1
+
+
+async def test_a_request_waits_for_a_slot_no_longer_than_a_connection_may_take_to_open(
+    clients: Clients,
+) -> None:
+    """An attack run held every slot with bodies trickled a byte at a time: requests to every route
+    waited for ever. The wait ends with the connect timeout, as busy (not the target's failure), and a
+    slot handed back later still serves the next request."""
+    release = asyncio.Event()
+    box: list[Upstream] = []
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await box[0].read_request(reader)
+            if len(box[0].requests) == 1:
+                await release.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    upstream = Upstream(held)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(1)
+        first = asyncio.create_task(get(client, target))
+        await wait_until_async(lambda: len(upstream.requests) == 1, what="the first request upstream")
+        with pytest.raises(UpstreamBusy, match="max_upstream_connections"):
+            await client.request(
+                target, "GET", "/", [(b"host", b"app")], None,
+                chunked=False, connect_timeout=0.2, read_timeout=5.0,
+            )  # fmt: skip
+        assert not client._slot_waiters
+        release.set()
+        assert (await first)[2] == b"ok"
+        assert (await get(client, target))[2] == b"ok"
 
 
 @pytest.mark.parametrize(
