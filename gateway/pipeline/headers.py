@@ -491,6 +491,7 @@ def upstream_request_headers(
     """
     out: Headers = [(b"host", b"")]
     connection = False
+    cookie_at = 0  # where the one Cookie header sent upstream is (0: none yet; out[0] is the host)
     for name, value in headers:
         kind, lname = _classify(name, strip)
         if kind == _KEEP:
@@ -502,7 +503,12 @@ def upstream_request_headers(
             # leaks its Cookie header must not hand out a session that works on every other app.
             if own_cookies:
                 value = without_cookies(value, own_cookies)
-            if value:
+            if value and cookie_at:
+                # HTTP/2 sends cookies as several fields; an HTTP/1.1 app gets them as one header
+                # (RFC 9113 §8.2.3): a server that joins repeated headers with "," loses them.
+                out[cookie_at] = (lname, out[cookie_at][1] + b"; " + value)
+            elif value:
+                cookie_at = len(out)
                 out.append((lname, value))
         elif (kind == _WEBSOCKET and not websocket) or (
             kind == _AUTHORIZATION

@@ -408,6 +408,21 @@ def test_gateway_cookies_never_reach_the_upstream() -> None:
     assert not [v for n, v in out if n == b"cookie"]
 
 
+def test_cookies_sent_as_several_fields_reach_the_app_as_one_header() -> None:
+    """An attack run: HTTP/2 cookie fields reached the HTTP/1.1 app as several Cookie headers (RFC
+    9113 §8.2.3 says join them with "; "), which a server joining repeated headers with "," loses."""
+    headers = [
+        (b"host", b"app"),
+        (b"cookie", b"a=1"),
+        (b"accept", b"*/*"),
+        (b"cookie", b"gateway_session=SECRET"),
+        (b"cookie", b"b=2; c=3"),
+    ]
+    out = upstream_request_headers(headers, fwd=_fwd(headers), own_cookies=frozenset({b"gateway_session"}))
+    assert [v for n, v in out if n == b"cookie"] == [b"a=1; b=2; c=3"]
+    assert out.index((b"cookie", b"a=1; b=2; c=3")) < out.index((b"accept", b"*/*"))
+
+
 @pytest.mark.parametrize(
     "value",
     [
