@@ -95,6 +95,7 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <meta name="robots" content="noindex">
 <title>{status} · {title}</title>
+<link rel="icon" href="/.gateway/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/.gateway/static/error.css">
 </head>
 <body><main role="main">

@@ -36,3 +36,15 @@ async def test_a_browser_gets_a_page_and_a_script_gets_json(
         assert api.status_code == status
         assert api.headers["content-type"].startswith("application/json")
         assert api.json()["error"] in ("not-found", "error")
+
+
+async def test_every_page_names_the_gateways_icon_and_it_is_served(tmp_path: Path) -> None:
+    """An attack run's browser asked every page's host for /favicon.ico: a 404, a console error and a
+    denied line in the access log per page view."""
+    async with control_app(tmp_path) as (_services, client):
+        for path in ("/.gateway/login", "/.gateway/nope"):
+            page = await client.get(path, headers=HTML)
+            assert 'rel="icon" href="/.gateway/static/favicon.svg"' in page.text, path
+        icon = await client.get("/.gateway/static/favicon.svg")
+        assert icon.status_code == 200
+        assert icon.headers["content-type"].startswith("image/svg+xml")
