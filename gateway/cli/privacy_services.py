@@ -80,6 +80,9 @@ async def privacy_services(settings: Settings) -> AsyncIterator[PrivacyContext]:
             consents=consents,
             incident_records=CasePersonalData(svc.db, detections=IncidentStore(svc.fast)),
             clock=SYSTEM_CLOCK,
+            # The short-lived keys naming the person go with them (gateway.privacy.traces): a re-attack
+            # run's CLI erasure left every one.
+            fast=svc.fast,
         )
         retention = Retention(
             svc.db,

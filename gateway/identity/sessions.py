@@ -594,8 +594,9 @@ class SessionStore:
     async def demote(self, id_hash: str) -> bool:
         """Force a step-up: drop the session's second-factor uses, keep its first factor.
 
-        The session stays signed in (kinder to a false alarm than revoking it), but every route that
-        needs a second factor sends it to the MFA page again; passing it rotates the id as usual. Every
+        The session stays signed in (kinder to a false alarm than revoking it), but it opens no
+        application until the second factor is used again (the MFA page); passing it rotates the id as
+        usual. Every
         replica drops its cached copy through the revocation broadcast and re-reads the record.
 
         Returns:
@@ -610,6 +611,9 @@ class SessionStore:
                 current,
                 level=min(current.level, AuthLevel.ONE_FACTOR),
                 factors=tuple(f for f in current.factors if f.factor not in SECOND_FACTORS),
+                # It proved a second factor, which it now owes again: no application opens until it
+                # does, as for a sign-in that has not yet proved it.
+                owes_second_factor=current.owes_second_factor or current.level >= AuthLevel.TWO_FACTOR,
             )
 
         if not await self._change_in_place(id_hash, demoted, failed="the step-up was not applied"):
@@ -639,12 +643,39 @@ class SessionStore:
         does: the identity headers and assertions of the next requests carry it, on every replica."""
         return await self._update_live(user_id, {"email": email})
 
+    async def owe_second_factor(self, user_id: int) -> int:
+        """Mark every live session of the user that has not proved a second factor as owing one, in
+        place (as :meth:`set_optout`): the account has one now. A re-attack run's password-only session,
+        opened before the owner enrolled their first factor, went on opening ``mfa: none`` apps.
+
+        Returns:
+            How many sessions were marked.
+
+        Raises:
+            StateUnavailable: the store cannot answer, or a record kept changing.
+        """
+
+        def owing(current: Session) -> Session | None:
+            if (
+                current.user_id != user_id
+                or current.level >= AuthLevel.TWO_FACTOR
+                or current.owes_second_factor
+            ):
+                return None
+            return replace(current, owes_second_factor=True)
+
+        return await self._change_live(user_id, owing)
+
     async def _update_live(self, user_id: int, fields: dict[str, object]) -> int:
         def with_fields(current: Session) -> Session | None:
             if current.user_id != user_id or all(getattr(current, n) == v for n, v in fields.items()):
                 return None
             return replace(current, **fields)  # type: ignore[arg-type]
 
+        return await self._change_live(user_id, with_fields)
+
+    async def _change_live(self, user_id: int, change: Callable[[Session], Session | None]) -> int:
+        """``change`` every live session of the user in place (None: leave it); how many changed."""
         seen: set[str] = set()
         changed: list[str] = []
         for _ in range(3):
@@ -653,7 +684,7 @@ class SessionStore:
                 break
             seen.update(ids)
             for id_hash in ids:
-                if await self._change_in_place(id_hash, with_fields, failed="it was not updated"):
+                if await self._change_in_place(id_hash, change, failed="it was not updated"):
                     changed.append(id_hash)
         await self._broadcast(changed)
         return len(changed)

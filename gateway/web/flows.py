@@ -248,13 +248,18 @@ async def after_enrolling(
     """
     try:
         if first:
-            return await identity.sessions.elevate(
+            done = await identity.sessions.elevate(
                 session_id, level=AuthLevel.TWO_FACTOR, factor=FactorUse(factor, identity.clock.time())
             )
-        return await identity.sessions.rotate(session_id)
+        else:
+            done = await identity.sessions.rotate(session_id)
     except SessionEnded:
         await undo()
         raise
+    # The account's other sessions that proved no second factor owe one now (a password-only session
+    # opened before the first factor went on opening `mfa: none` apps: a re-attack run).
+    await identity.sessions.owe_second_factor(done[1].user_id)
+    return done
 
 
 async def codes_for_live_session(identity: IdentityServices, session: Session) -> list[str]:

@@ -431,3 +431,35 @@ def test_the_retention_plan_and_run_name_closed_incident_records(cli: Cli) -> No
     summary = json.loads(cli.sql("SELECT summary FROM retention_runs")[0][0])
     assert summary["classes"]["incidents"]["parts"] == {"detections": 0, "records": 1, "record_entries": 2}
     assert cli.run("audit", "verify").returncode == 0
+
+
+def test_an_erasure_from_the_cli_takes_the_short_lived_keys_naming_the_person(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A re-attack run: `gateway privacy erase` left the person's failure counters and sign-in position
+    in the node's fast state (the CLI's privacy service was built without it)."""
+    from gateway.store.fast import open_fast_state, state_file
+    from gateway.threat.detector import person_keys
+
+    cli.add_user("dora")
+    keys = [*person_keys("dora"), "reg:dora", "reg:dora@example.com"]
+
+    async def plant() -> None:
+        fast = open_fast_state(None, local_path=state_file(tmp_path / "data"))
+        try:
+            for key in keys:
+                await fast.set(key, b"1", ttl=600)
+        finally:
+            await fast.close()
+
+    async def left() -> list[str]:
+        fast = open_fast_state(None, local_path=state_file(tmp_path / "data"))
+        try:
+            return [key for key in keys if await fast.get(key) is not None]
+        finally:
+            await fast.close()
+
+    asyncio.run(plant())
+    assert asyncio.run(left()) == keys
+    cli.ok("privacy", "erase", "dora", "--verified-by", "signed letter", "--yes")
+    assert asyncio.run(left()) == []

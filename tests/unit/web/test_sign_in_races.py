@@ -205,3 +205,51 @@ async def test_a_password_sign_in_owes_the_accounts_second_factor_until_it_is_pr
     assert await _sign_in(client, "paul") == 302
     (alone,) = await identity.sessions.list_user(plain.id)
     assert not alone.owes_second_factor
+
+
+async def test_a_first_factor_marks_the_accounts_older_password_sessions_as_owing_it(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """A re-attack run: a session opened with a phished password before the owner enrolled a first
+    factor went on opening `mfa: none` apps after it; a forced step-up (a demotion) did too."""
+    import pyotp
+
+    from gateway.identity.levels import AuthLevel, Factor, FactorUse
+    from gateway.web import flows
+
+    services, client = worker
+    identity = services.identity
+    owner = await identity.accounts.create(username="rita", password=PASSWORD, actor="cli:test")
+    assert await _sign_in(client, "rita") == 302  # the attacker's, before any factor
+    (attacker,) = await identity.sessions.list_user(owner.id)
+    assert not attacker.owes_second_factor
+
+    async def session(level: AuthLevel) -> str:
+        session_id, _ = await identity.sessions.create(
+            user_id=owner.id, username="rita", level=level,
+            factors=(FactorUse(Factor.PASSWORD, identity.clock.time()),), roles=(),
+            ip="192.0.2.1", user_agent="t", host="gw.test",
+        )  # fmt: skip
+        return session_id
+
+    enrolling, strong = await session(AuthLevel.ONE_FACTOR), await session(AuthLevel.TWO_FACTOR)
+    enrollment = await identity.totp.begin_enrollment(owner.id, account="rita", name="Phone")
+    assert await identity.totp.confirm(
+        owner.id, enrollment.credential_id, pyotp.TOTP(enrollment.secret).now()
+    )
+
+    async def undo() -> None:
+        raise AssertionError("the enrolling session is live")
+
+    _, mine = await flows.after_enrolling(identity, enrolling, first=True, factor=Factor.TOTP, undo=undo)
+    assert not mine.owes_second_factor
+    by_hash = {s.id_hash: s for s in await identity.sessions.list_user(owner.id)}
+    assert by_hash[attacker.id_hash].owes_second_factor
+    strong_now = await identity.sessions.get(strong)
+    assert strong_now is not None
+    assert not strong_now.owes_second_factor
+    # A forced step-up: the strong session owes its second factor again, everywhere.
+    assert await identity.sessions.demote(strong_now.id_hash)
+    demoted = await identity.sessions.current_hash(strong_now.id_hash)
+    assert demoted is not None
+    assert demoted.owes_second_factor
