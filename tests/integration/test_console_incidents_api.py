@@ -307,7 +307,11 @@ def test_an_attack_raises_an_incident_whose_detail_shows_the_events_and_lifting_
     assert any(b["address"] == f"{SPRAYER}/32" and b["incident"] == row["id"] for b in listing["blocks"])
 
     detail = api(site, boss, "GET", f"/api/incidents/{row['id']}").json()
-    assert sorted(e["subject"] for e in detail["raised"]) == ["victim1", "victim2", "victim3"]
+    # Three logins no account answers to: kept as three keyed digests, never as typed (a password
+    # typed into the username box is often a valid name).
+    raised = {e["subject"] for e in detail["raised"]}
+    assert len(raised) == 3
+    assert all(subject.startswith("~") for subject in raised)
     assert {(e["ip"], e["outcome"]) for e in detail["raised"]} == {(SPRAYER, "failure")}
     assert [e["kind"] for e in detail["related"]] == ["threat.spraying"]
     assert detail["evidence"]["accounts"] == 3
