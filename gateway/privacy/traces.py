@@ -11,8 +11,8 @@ drew an impossible-travel incident from the erased person's address. So:
 * a restriction, a closure, an objection to ``geolocation`` and a withdrawn consent to it delete the
   position (:func:`forget_location`), which the detector also never writes for such a person.
 
-The counters kept by address and name (spraying) cannot be found by the name alone and go with their
-window (minutes).
+The counters kept by address and name (spraying) and a known browser's own failure counter
+(``reg:<name>|device:<id>``) cannot be found by the name alone and go with their window (minutes).
 """
 
 from __future__ import annotations
