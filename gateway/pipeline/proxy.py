@@ -8,6 +8,7 @@ chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures be
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -48,7 +49,8 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 
 class ClientDisconnected(Exception):
-    """The client went away while its request body was being forwarded."""
+    """The client went away while its request body was being forwarded, or while its answer streamed to
+    it (it left, or read nothing for ``limits.body_timeout``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,7 @@ class Overrides(Protocol):
 class _RequestBody:
     """Pulls the request body from ASGI as the upstream client writes it, enforcing the size limit."""
 
-    __slots__ = ("due", "limit", "read", "receive", "scan", "started", "timeout", "watch")
+    __slots__ = ("complete", "due", "limit", "read", "receive", "scan", "started", "timeout", "watch")
 
     def __init__(
         self,
@@ -167,6 +169,8 @@ class _RequestBody:
         self.timeout = timeout
         self.read = 0
         self.started = False
+        # Every byte of it was read: receive() is free for the disconnect watch (_relay).
+        self.complete = False
         # A long upload is checked again every WATCH_INTERVAL, as a long answer is (the re-attack run
         # trickled one into the app for as long as it liked after the account was disabled).
         self.watch = watch
@@ -184,6 +188,7 @@ class _RequestBody:
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
+                self.complete = True
                 return
 
     async def _next(self) -> Message:
@@ -213,6 +218,7 @@ class _RequestBody:
                     yield held
                 held = chunk
             if not message.get("more_body", False):
+                self.complete = True
                 overrides.check(scan.finish())
                 if held:
                     yield held
@@ -267,9 +273,14 @@ async def forward_http(
     )
     pool = rt.pool
     outcome.bytes_in = body.read if body else 0
+    # Once the request body is all read, receive() says when the client leaves.
+    listen = receive if body is None or body.complete else None
     try:
-        await _relay(resp, method, send, rt, request_id, outcome, watch)
+        await _relay(resp, method, send, rt, request_id, outcome, watch, listen)
         pool.release(target, ok=True)
+    except ClientDisconnected:
+        pool.release(target, ok=True)  # the client's doing, not the target's
+        raise
     except BaseException:
         pool.release(target, ok=False)
         raise
@@ -362,9 +373,15 @@ async def _relay(
     request_id: str,
     outcome: ProxyOutcome,
     watch: Watched | None = None,
+    listen: Receive | None = None,
 ) -> None:
     """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
-    from then on a failure can only abort the connection, before it the caller renders an error page."""
+    from then on a failure can only abort the connection, before it the caller renders an error page.
+
+    A streamed answer holds one of the worker's upstream connections: it ends (ClientDisconnected) when
+    the client reads nothing for ``limits.body_timeout`` or leaves (``listen``: the request's receive,
+    free once its body was read). An attack run held every connection with answers it never read, and
+    abandoned ones kept theirs: granian's send to a closed connection returns without a word."""
     headers = clean_response_headers(
         resp.headers, extra=rt.response_headers, request_id=request_id, own_cookies=rt.own_set_cookies
     )
@@ -395,16 +412,32 @@ async def _relay(
         return
     outcome.status = resp.status
     await send(start)
+    await _stream(resp, send, rt, outcome, watch, listen)
+
+
+async def _stream(
+    resp: UpstreamResponse,
+    send: Send,
+    rt: RouteRuntime,
+    outcome: ProxyOutcome,
+    watch: Watched | None,
+    listen: Receive | None,
+) -> None:
+    """The body of a streamed answer, its head sent (see :func:`_relay`)."""
     sent = 0
     due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
+    left = asyncio.ensure_future(_disconnect(listen)) if listen is not None else None
     try:
         async for chunk in resp.chunks():
             if watch is not None and time.time() >= due:
                 # Checked before the chunk goes out: once access has ended, no byte more does.
                 outcome.bytes_out = sent
                 due = await _recheck(watch)
+            if _gone(left):
+                outcome.bytes_out = sent
+                raise ClientDisconnected
             sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await _send_within(send, chunk, rt.body_timeout, outcome, sent - len(chunk))
     # The answer started: only aborting the connection is left, which raising does. As a GatewayError
     # it is also the access log's (an attack run: a broken chunk size after the head was logged 200
     # and success).
@@ -414,5 +447,42 @@ async def _relay(
     except TimeoutError as exc:
         outcome.bytes_out = sent
         raise UpstreamTimeout("The application stopped answering midway.") from exc
+    finally:
+        if left is not None:
+            left.cancel()
+            if left.done() and not left.cancelled():
+                left.exception()  # retrieved: a receive that failed is no error of the answer's
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent
+
+
+async def _send_within(send: Send, chunk: bytes, within: float, outcome: ProxyOutcome, sent: int) -> None:
+    """One piece of a streamed answer, sent within ``within`` seconds, else ClientDisconnected: a client
+    that reads nothing holds an upstream connection for as long as it likes otherwise."""
+    try:
+        async with asyncio.timeout(within):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        outcome.bytes_out = sent
+        raise ClientDisconnected from None
+
+
+async def _disconnect(receive: Receive) -> bool:
+    """True when the client has left (the request's body is all read: nothing else waits on it). A
+    bodyless request's one ``http.request`` may come first; anything more than that, and this stops
+    watching (False) rather than spin on a receive that never waits."""
+    for _ in range(2):
+        if (await receive())["type"] == "http.disconnect":
+            return True
+    return False
+
+
+def _gone(left: asyncio.Future[bool] | None) -> bool:
+    """Whether the disconnect watch saw the client leave."""
+    return (
+        left is not None
+        and left.done()
+        and not left.cancelled()
+        and left.exception() is None
+        and left.result()
+    )

@@ -319,3 +319,39 @@ def test_websocket_refused_where_http_would_be(gw: Gateway, tripwire: Tripwire, 
         _ws_connect(gw, host, path)
     assert info.value.response.status_code == 403
     assert tripwire.connections() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# An answer nobody reads does not hold the app's connection
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_answer_the_client_never_reads_or_left_gives_its_upstream_connection_back(
+    tmp_path_factory: pytest.TempPathFactory, echo: Echo
+) -> None:
+    """An attack run asked for large answers and read none (or left): each held one of the worker's
+    upstream connections for good, and every route answered 503 (the client's send never ended; an
+    abandoned one returned at once and the gateway read the app's whole body into nowhere). One
+    connection here, and two seconds to read: the next request gets it."""
+    tmp = tmp_path_factory.mktemp("unread")
+    config = gateway_config(
+        tmp,
+        free_port(),
+        [echo_route(echo)],
+        server={"workers": 1},
+        limits={"max_upstream_connections": 1, "body_timeout": "2s"},
+    )
+    request = b"GET /__echo/bytes/%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % GIB
+    with run_gateway(tmp, config) as gateway:
+        for how in ("never reads", "leaves"):
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(request)
+                assert sock.recv(64).startswith(b"HTTP/1.1 200"), how
+                if how == "leaves":
+                    sock.close()
+                resp = httpx.get(f"{gateway.url}/__echo/status/204", timeout=20)
+                assert resp.status_code == 204, (how, resp.status_code, resp.text)
+            finally:
+                sock.close()
