@@ -289,8 +289,8 @@ async def test_only_idempotent_requests_are_sent_again_when_a_reused_connection_
     assert len(sent) == (3 if replayed else 1)
 
 
-async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(clients: Clients) -> None:
-    release = asyncio.Event()
+def held_first(release: asyncio.Event) -> Upstream:
+    """An upstream that answers its first request only once ``release`` is set, the others at once."""
     box: list[Upstream] = []
 
     async def slow_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -301,8 +301,13 @@ async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(client
             writer.write(OK)
             await writer.drain()
 
-    upstream = Upstream(slow_first)
-    box.append(upstream)
+    box.append(Upstream(slow_first))
+    return box[0]
+
+
+async def test_connections_are_bounded_and_a_request_waits_for_a_free_one(clients: Clients) -> None:
+    release = asyncio.Event()
+    upstream = held_first(release)
     async with upstream as target:
         client = clients(1)
         first = asyncio.create_task(get(client, target))
@@ -325,18 +330,7 @@ async def test_a_request_waits_for_a_slot_no_longer_than_a_connection_may_take_t
     waited for ever. The wait ends with the connect timeout, as busy (not the target's failure), and a
     slot handed back later still serves the next request."""
     release = asyncio.Event()
-    box: list[Upstream] = []
-
-    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            await box[0].read_request(reader)
-            if len(box[0].requests) == 1:
-                await release.wait()
-            writer.write(OK)
-            await writer.drain()
-
-    upstream = Upstream(held)
-    box.append(upstream)
+    upstream = held_first(release)
     async with upstream as target:
         client = clients(1)
         first = asyncio.create_task(get(client, target))
