@@ -325,8 +325,14 @@ def test_sign_out_other_sessions_ends_every_other_session_but_this_one(site: Sit
     with browser(site.a) as mine, browser(site.a) as theirs:
         assert login(mine, user).status_code == 302
         # Only a session that has done its second factor manages sessions (test_sign_in_steps.py).
-        enroll_totp(mine)
+        secret = enroll_totp(mine)
         assert login(theirs, user).status_code == 302
+        # A password alone opens no application while the account's second factor is owed.
+        half = cookie(theirs)
+        assert half is not None
+        assert not reaches_app(site.a, half, user, host="localhost")
+        done = post_form(theirs, "/.gateway/mfa/totp", {"code": oathtool(secret, time.time()), "rd": ""})
+        assert done.status_code in (302, 303), done.text
         my_sid, their_sid = cookie(mine), cookie(theirs)
         assert my_sid
         assert their_sid
