@@ -11,7 +11,7 @@ import time as _time
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock", "as_utc"]
 
 
 class Clock(Protocol):
@@ -67,3 +67,9 @@ class FakeClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as aware UTC; a naive one is taken as UTC (what SQLite gives back, and what a time
+    typed without an offset means here)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

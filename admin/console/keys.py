@@ -291,7 +291,7 @@ async def rotate(
             )
         if data.stage and data.which != "keyring":
             raise BadRequest("stage stages a keyring key: rotate 'keyring' with it.")
-        leaked_since = _leak_time(data, identity.clock.now())
+        _refuse_stray_leak_time(data)
         confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
@@ -301,7 +301,7 @@ async def rotate(
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
             ledger=services.identity.accounts.ledger, stage=data.stage,
             backups_signed=vouching(backup_directory(config.settings), keyring, identity.audit),
-            leaked_since=leaked_since,
+            leaked_since=data.leaked_since,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -319,19 +319,13 @@ async def rotate(
     )
 
 
-def _leak_time(data: RotateRequest, now: datetime) -> datetime | None:
-    """The leak's time of a rotation, in UTC (400 when it is given without a keyring mark or is later
-    than now: a typo must not narrow nothing or everything)."""
-    if data.leaked_since is None:
-        return None
-    if not data.compromised or data.which == "signing":
+def _refuse_stray_leak_time(data: RotateRequest) -> None:
+    """400 for a leak's time given without a keyring mark: it would narrow nothing (one in the future
+    is refused by the rotation itself, before anything is rotated)."""
+    if data.leaked_since is not None and (not data.compromised or data.which == "signing"):
         raise BadRequest(
             "leaked_since says when a keyring key leaked: give it with compromised, rotating the keyring."
         )
-    at = data.leaked_since if data.leaked_since.tzinfo is not None else data.leaked_since.replace(tzinfo=UTC)
-    if at > now:
-        raise BadRequest(f"leaked_since {at.isoformat()} is in the future.")
-    return at.astimezone(UTC)
 
 
 @post("/api/keys/activate", status_code=200, tags=["keys"])

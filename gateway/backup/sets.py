@@ -27,7 +27,7 @@ from gateway.backup.manifest import (
     signature_mac,
     signature_problem,
 )
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import SYSTEM_CLOCK, Clock, as_utc
 from gateway.crypto.keyring import Keyring
 from gateway.settings.schema import Settings
 
@@ -124,7 +124,7 @@ async def recorded_backups(audit: AuditLog, before: datetime | None = None) -> d
     parts' SHA-256 (``backup.created``)."""
     made: dict[str, dict[str, str]] = {}
     for event in await audit.events(kind="backup.created", limit=_RECORDED):
-        if before is not None and _aware(event.at) >= before:
+        if before is not None and as_utc(event.at) >= before:
             continue
         try:
             details = json.loads(event.details)
@@ -149,11 +149,6 @@ def vouching(
         return await asyncio.to_thread(signed_under, directory, keyring, kid, recorded=recorded, before=until)
 
     return signed
-
-
-def _aware(moment: datetime) -> datetime:
-    """A stored time as aware UTC (SQLite gives it back naive)."""
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _created(manifest: Manifest) -> datetime | None:

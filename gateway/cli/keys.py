@@ -173,8 +173,14 @@ def _check_leak(args: argparse.Namespace) -> None:
         raise UserError(
             "--leaked-since narrows what a leaked keyring key vouches for: rotate --keyring or --all"
         )
-    if args.leaked_since > datetime.now(UTC):
-        raise UserError(f"--leaked-since {args.leaked_since.isoformat()} is in the future")
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.lifecycle import LeakTimeRefused, leak_time
+
+    try:
+        # Here too, not only where the rotation checks it: `activate` makes the key active first.
+        leak_time(args.leaked_since, SYSTEM_CLOCK)
+    except LeakTimeRefused as exc:
+        raise UserError(f"--leaked-since: {exc.detail}") from None
 
 
 def _time(text: str) -> datetime:

@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.clock import as_utc
 from gateway.errors import GatewayError
 from gateway.settings.schema import Settings
 from gateway.store.private import private_dirs
@@ -128,7 +129,7 @@ class Compromise:
     @property
     def time(self) -> datetime:
         """:attr:`at` as an aware time (checked when the file is read)."""
-        return _aware(datetime.fromisoformat(self.at))
+        return as_utc(datetime.fromisoformat(self.at))
 
     def document(self) -> dict[str, object]:
         """The JSON form kept in the keyring file."""
@@ -167,10 +168,6 @@ def _check_time(name: str, value: object) -> None:
         datetime.fromisoformat(value)  # type: ignore[arg-type]  # anything else fails as it should
     except (TypeError, ValueError):
         raise ValueError(f'"{name}" must be an ISO 8601 time') from None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Keyring:

@@ -31,18 +31,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import SYSTEM_CLOCK, Clock, as_utc
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 
 __all__ = [
     "BackupsSigned",
+    "LeakTimeRefused",
     "Rotation",
     "RotationTarget",
     "SigningRotation",
     "Trail",
     "describe_key",
+    "leak_time",
     "leaked_with",
     "mark_compromised",
     "rotate_keys",
@@ -202,9 +204,10 @@ async def rotate_keys(
         StoreUnavailable: The database cannot be reached.
         KeyringError: The keyring file cannot be read or written, or ``stage`` with ``compromised``
             for the keyring (a leaked key must stop encrypting now).
+        LeakTimeRefused: ``leaked_since`` is later than now (nothing was rotated).
     """
     rotate_keyring = target in (RotationTarget.ALL, RotationTarget.KEYRING)
-    leaked_since = _leak_time(leaked_since, clock)  # before anything is rotated
+    leaked_since = leak_time(leaked_since, clock)  # before anything is rotated
     if rotate_keyring and compromised and stage:
         raise KeyringError(
             "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
@@ -255,13 +258,23 @@ async def rotate_keys(
     return rotation
 
 
-def _leak_time(leaked_since: datetime | None, clock: Clock) -> datetime | None:
-    """The leak's time in UTC; KeyringError when it is later than now (a typo, not a leak)."""
+class LeakTimeRefused(BadRequest):
+    """A leak's time later than now (400): a typo, not a leak; nothing was changed."""
+
+    title = "Leak time refused"
+
+
+def leak_time(leaked_since: datetime | None, clock: Clock) -> datetime | None:
+    """The leak's time in UTC (without an offset: UTC), checked before anything is rotated or marked.
+
+    Raises:
+        LeakTimeRefused: It is later than now.
+    """
     if leaked_since is None:
         return None
-    leaked_since = leaked_since.astimezone(UTC)
+    leaked_since = as_utc(leaked_since)
     if leaked_since > clock.now():
-        raise KeyringError(f"the leak's time {leaked_since.isoformat()} is in the future")
+        raise LeakTimeRefused(f"The leak's time {leaked_since.isoformat()} is in the future.")
     return leaked_since
 
 
@@ -299,11 +312,11 @@ async def mark_compromised(
     access to the database too, its holder can record a planted backup as made by the gateway).
 
     Raises:
-        KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written;
-            ``leaked_since`` is later than now.
+        KeyringError: ``kid`` is not in the file or is the active key; the file cannot be written.
+        LeakTimeRefused: ``leaked_since`` is later than now.
         StoreUnavailable: The database cannot be reached (nothing was marked).
     """
-    leaked_since = _leak_time(leaked_since, clock)
+    leaked_since = leak_time(leaked_since, clock)
     kids = [kid, *(k for k in also if k != kid)]
     vouched = {
         k: dict(await backups_signed(k, leaked_since)) if backups_signed is not None else {} for k in kids

@@ -596,8 +596,8 @@ class SessionStore:
 
         The session stays signed in (kinder to a false alarm than revoking it), but it opens no
         application until the second factor is used again (the MFA page); passing it rotates the id as
-        usual. Every
-        replica drops its cached copy through the revocation broadcast and re-reads the record.
+        usual. Every replica drops its cached copy through the revocation broadcast and re-reads the
+        record.
 
         Returns:
             False if the session no longer exists.

@@ -232,7 +232,7 @@ def app_cookies(headers: list[tuple[bytes, bytes]], own: frozenset[bytes]) -> by
 
 
 async def answer_allowed(
-    send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...], cookies: bytes = b""
+    send: Send, ctx: RequestContext, identity: tuple[tuple[bytes, bytes], ...], cookies: bytes
 ) -> None:
     """200, with the identity headers for the proxy to copy onto the request it forwards: every name
     the gateway may send, empty where this request has none (a public path, a person's session has

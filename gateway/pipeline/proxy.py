@@ -433,11 +433,10 @@ async def _stream(
                 # Checked before the chunk goes out: once access has ended, no byte more does.
                 outcome.bytes_out = sent
                 due = await _recheck(watch)
-            if _gone(left):
-                outcome.bytes_out = sent
+            if left is not None and left.done() and left.result():
                 raise ClientDisconnected
+            await _send_within(send, chunk, rt.body_timeout)
             sent += len(chunk)
-            await _send_within(send, chunk, rt.body_timeout, outcome, sent - len(chunk))
     # The answer started: only aborting the connection is left, which raising does. As a GatewayError
     # it is also the access log's (an attack run: a broken chunk size after the head was logged 200
     # and success).
@@ -447,42 +446,34 @@ async def _stream(
     except TimeoutError as exc:
         outcome.bytes_out = sent
         raise UpstreamTimeout("The application stopped answering midway.") from exc
+    except ClientDisconnected:
+        outcome.bytes_out = sent
+        raise
     finally:
         if left is not None:
             left.cancel()
-            if left.done() and not left.cancelled():
-                left.exception()  # retrieved: a receive that failed is no error of the answer's
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent
 
 
-async def _send_within(send: Send, chunk: bytes, within: float, outcome: ProxyOutcome, sent: int) -> None:
+async def _send_within(send: Send, chunk: bytes, within: float) -> None:
     """One piece of a streamed answer, sent within ``within`` seconds, else ClientDisconnected: a client
     that reads nothing holds an upstream connection for as long as it likes otherwise."""
     try:
         async with asyncio.timeout(within):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except TimeoutError:
-        outcome.bytes_out = sent
         raise ClientDisconnected from None
 
 
 async def _disconnect(receive: Receive) -> bool:
     """True when the client has left (the request's body is all read: nothing else waits on it). A
-    bodyless request's one ``http.request`` may come first; anything more than that, and this stops
-    watching (False) rather than spin on a receive that never waits."""
-    for _ in range(2):
-        if (await receive())["type"] == "http.disconnect":
-            return True
+    bodyless request's one ``http.request`` may come first; anything more than that, or a receive that
+    fails, and this stops watching (False) rather than spin on a receive that never waits."""
+    try:
+        for _ in range(2):
+            if (await receive())["type"] == "http.disconnect":
+                return True
+    except Exception:  # the answer goes on; only the watch ends
+        logger.debug("the disconnect watch stopped", exc_info=True)
     return False
-
-
-def _gone(left: asyncio.Future[bool] | None) -> bool:
-    """Whether the disconnect watch saw the client leave."""
-    return (
-        left is not None
-        and left.done()
-        and not left.cancelled()
-        and left.exception() is None
-        and left.result()
-    )

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
+from gateway.clock import as_utc
 from gateway.identity.names import fold
 from gateway.privacy.mentions import Mentions
 
@@ -63,15 +64,11 @@ class Erasing:
 
     def wrote(self, at: datetime) -> bool:
         """Whether a record written ``at`` may be about this account (not before it was made)."""
-        return _aware(at) >= _aware(self.since)
+        return as_utc(at) >= as_utc(self.since)
 
     def keeps(self, people: Iterable[str]) -> bool:
         """Whether a record about ``people`` stays as it is: one of them is under a legal hold."""
         return any(fold(p) in self.held for p in people if p)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class IncidentRecords(Protocol):

@@ -36,9 +36,8 @@ from gateway.privacy.erasure import Erased, Eraser, Held, holding_erasure
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
-from gateway.privacy.purposes import GEOLOCATION
 from gateway.privacy.register import Channel, Kind, Register, RequestView, belongs_to
-from gateway.privacy.traces import forget_location
+from gateway.privacy.traces import forget_location, forget_purpose
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import FastState
@@ -557,8 +556,7 @@ class Privacy:
         """
         chosen = purpose_named(settings.purposes, purpose)
         added = await self._consents.object(user.id, chosen, method=method, actor=actor, ip=ip)
-        if chosen.name == GEOLOCATION:
-            await forget_location(self._fast, user.username)
+        await forget_purpose(self._fast, user.username, chosen.name)
         request = await self._open(
             Kind.OBJECTION,
             user,
@@ -599,8 +597,7 @@ class Privacy:
         """
         chosen = purpose_named(settings.purposes, purpose)
         await self._consents.record(user.id, chosen, "withdrawn", method, actor=actor, ip=ip)
-        if chosen.name == GEOLOCATION:
-            await forget_location(self._fast, user.username)
+        await forget_purpose(self._fast, user.username, chosen.name)
         request = await self._open(
             Kind.CONSENT_WITHDRAWAL,
             user,

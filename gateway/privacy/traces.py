@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 
 from gateway.identity.regulation import KEY_PREFIX
+from gateway.privacy.purposes import GEOLOCATION
 from gateway.store.fast import FastState, StateUnavailable
 from gateway.threat.detector import location_key, person_keys
 
-__all__ = ["forget_location", "forget_person"]
+__all__ = ["forget_location", "forget_person", "forget_purpose"]
 
 logger = logging.getLogger("gateway.privacy")
 
@@ -37,6 +38,12 @@ async def forget_person(fast: FastState | None, username: str, email: str | None
 async def forget_location(fast: FastState | None, username: str) -> None:
     """Delete the position of the person's last sign-in."""
     await _delete(fast, location_key(username))
+
+
+async def forget_purpose(fast: FastState | None, username: str, purpose: str) -> None:
+    """Delete what was kept for ``purpose`` now that the person objected to it or withdrew consent."""
+    if purpose == GEOLOCATION:
+        await forget_location(fast, username)
 
 
 async def _delete(fast: FastState | None, *keys: str) -> None:

@@ -19,7 +19,7 @@ from gateway.backup.sets import find_backup, list_backups, vouching
 from gateway.backup.verify import restore_backup, verify_backup
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Compromise, Keyring, KeyringError
-from gateway.crypto.lifecycle import RotationTarget, mark_compromised, rotate_keys
+from gateway.crypto.lifecycle import LeakTimeRefused, RotationTarget, mark_compromised, rotate_keys
 from gateway.crypto.signing import SigningKeys
 from gateway.settings.schema import AssertionSettings, Duration
 from tests.unit.backup.helpers import Node, make_node
@@ -268,7 +268,7 @@ async def test_backups_made_since_the_leak_are_not_vouched_when_its_time_is_know
         node.keyring.rotate(keyring_file)
         signed = vouching(backups, node.keyring, node.audit, clock)
         assert set(await signed(old, None)) == {before.name, made_since.name, planted.name}
-        with pytest.raises(KeyringError, match="future"):
+        with pytest.raises(LeakTimeRefused, match="future"):
             await mark_compromised(
                 node.keyring, keyring_file, old, audit=node.audit, actor="cli:root", backups_signed=signed,
                 clock=clock, leaked_since=datetime.fromtimestamp(clock.t + 60, UTC),

@@ -63,6 +63,7 @@ class World:
     sessions: SessionStore
     accounts: AccountService
     privacy: Privacy
+    fast: MemoryFastState
 
     async def alice(self) -> User:
         user = await self.accounts.create(
@@ -120,7 +121,7 @@ async def world(database: Database, tmp_path: Path) -> AsyncIterator[World]:
         clock=clock,
         fast=fast,
     )
-    yield World(database, clock, keyring, audit, sessions, accounts, privacy)
+    yield World(database, clock, keyring, audit, sessions, accounts, privacy, fast)
     await fast.close()
 
 
