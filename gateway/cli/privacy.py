@@ -14,6 +14,8 @@
     gateway privacy hold place REFERENCE --reason TEXT (--user NAME | --class CLASS)
     gateway privacy hold release REFERENCE
     gateway privacy hold list [--all] [--json]
+    gateway privacy removed list [--user NAME] [--json]
+    gateway privacy removed open REF --reason TEXT [--out FILE [--force]]
 
 The rights call the same service the portal and the admin console call (``gateway.privacy.service``),
 so each one is a row in the request register (channel ``cli``) and an audit event, with the operator
@@ -28,6 +30,9 @@ An erasure asks to type the username at a terminal unless ``--yes``; under a leg
 (the account is restricted meanwhile) and says which hold. The export is the person's data: written
 with ``--out`` to a new file readable by its owner only (``--force`` replaces an existing one), or to
 standard output.
+
+``removed`` lists and opens the sealed copies an erasure, or a correction under a legal hold, kept
+(removed content): opening one is audited with its reason before anything is shown.
 
 Exit codes: 0 done (an erasure held by a legal hold included: the request was recorded), 1 runtime
 failure (store unreachable, confirmation declined), 2 invalid input (unknown user, request or hold,
@@ -309,6 +314,16 @@ def _hold_line(hold: HoldView) -> str:
     return f"legal hold {hold.reference} on {what}"
 
 
+def _name_of_the_gone(typed: str) -> str:
+    """The canonical username of a person with no account (erased, or never there), or a UserError."""
+    from gateway.identity.names import canonical_username
+
+    try:
+        return canonical_username(typed)
+    except ValueError as exc:
+        raise UserError(f"--user {typed[:40]!r} is not a username: {exc}") from None
+
+
 async def _hold_place(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     username = None
     if args.user is not None:
@@ -318,12 +333,7 @@ async def _hold_place(args: argparse.Namespace, ctx: PrivacyContext) -> int:
         else:
             # An order may come after the erasure: the hold still finds the removed content by the
             # keyed digest of the name.
-            from gateway.identity.names import canonical_username
-
-            try:
-                username = canonical_username(args.user)
-            except ValueError as exc:
-                raise UserError(f"--user {args.user[:40]!r} is not a username: {exc}") from None
+            username = _name_of_the_gone(args.user)
             print(
                 f"note: no account is named {username!r} (erased, or never existed): the hold covers what "
                 "is kept under that name (removed content, audit records, requests)",
@@ -365,6 +375,89 @@ async def _hold_list(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     ]
     print(_table(["REFERENCE", "COVERS", "PLACED", "STATUS", "REASON"], rows))
     return EXIT_OK
+
+
+# -- removed content ---------------------------------------------------------------------------------
+
+
+async def _removed_list(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    username = None
+    if args.user is not None:
+        user = await ctx.accounts.find(args.user)
+        username = user.username if user is not None else _name_of_the_gone(args.user)
+    kept = await ctx.privacy.removed.find(username)
+    if args.json:
+        print(json.dumps([k.to_json() for k in kept], indent=2))
+        return EXIT_OK
+    if not kept:
+        print("no removed content" + (f" under the name {username!r}" if username else ""))
+        return EXIT_OK
+    rows = [[k.ref, k.who, when(k.removed_at), when(k.expires_at), k.reason] for k in kept]
+    print(_table(["REF", "PERSON", "REMOVED", "KEPT UNTIL", "REASON"], rows))
+    return EXIT_OK
+
+
+async def _removed_open(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    out: Path | None = args.out
+    # The file is opened before the reading is recorded: a refused path records nothing.
+    fd = _open_new(out, force=args.force) if out is not None else None
+    try:
+        view, document = await ctx.privacy.open_removed(args.ref, reason=args.reason, actor=ctx.actor)
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        if fd is None:
+            sys.stdout.write(text)
+        else:
+            await asyncio.to_thread(os.write, fd, text.encode("utf-8"))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    print(
+        f"opened removed content {view.ref} ({view.reason}); the reading is in the audit trail"
+        + (f"; written to {out}" if out is not None else ""),
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _register_removed(actions: SubParsers[argparse.ArgumentParser]) -> None:
+    removed = actions.add_parser(
+        "removed",
+        help="list and open removed content kept for an investigation",
+        description="Removed content: the sealed copy of a person's data an erasure kept, or of the values a "
+        "correction replaced while a legal hold covered the person. Kept for "
+        "privacy.retention.removed_content, longer under a hold; opening one is audited.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        removed.print_help(sys.stderr)
+        return 2
+
+    removed.set_defaults(func=usage)
+    sub = removed.add_subparsers(dest="removed_action", metavar="ACTION")
+    p = _action(
+        sub,
+        "list",
+        _removed_list,
+        summary="list removed content (never its content)",
+        description="List the sealed archives, newest first: reference, whose (an erased person's tombstone), "
+        "when, until when, why. Nothing is decrypted.",
+    )
+    p.add_argument("--user", metavar="NAME", help="only this person's (username; also after erasure)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = _action(
+        sub,
+        "open",
+        _removed_open,
+        summary="decrypt one archive (audited)",
+        description="Decrypt one archive to standard output or --out FILE (a new file readable by you only). "
+        "An audit record with your --reason is written before anything is shown.",
+    )
+    p.add_argument("ref", metavar="REF", help="the archive's reference (from `removed list`)")
+    p.add_argument(
+        "--reason", required=True, type=one_line, metavar="TEXT", help="why (e.g. the case or order; audited)"
+    )
+    p.add_argument("--out", type=Path, metavar="FILE", help="write to this file instead of standard output")
+    p.add_argument("--force", action="store_true", help="replace --out FILE if it exists")
 
 
 # -- the parser ------------------------------------------------------------------------------------------
@@ -587,3 +680,4 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     _choice_args(p, "the consent-based purpose (a name in privacy.purposes)")
 
     _register_hold(actions)
+    _register_removed(actions)

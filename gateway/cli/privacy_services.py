@@ -104,6 +104,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from gateway.identity.accounts import AccountExists, InvalidAccount, UnknownAccount
     from gateway.privacy.holds import HoldExists, UnknownHold
     from gateway.privacy.register import UnknownRequest
+    from gateway.privacy.removed import UnknownRemoved
     from gateway.privacy.service import ProviderOwned
 
     return (
@@ -114,6 +115,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ProviderOwned,
         UnknownAccount,
         UnknownHold,
+        UnknownRemoved,
         UnknownRequest,
     )
 

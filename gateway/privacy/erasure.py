@@ -28,13 +28,10 @@ In this order, so a failure part-way leaves the person *more* protected, never e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
-
-from sqlalchemy import select
 
 from gateway.audit.chain_key import ChainKeys
 from gateway.audit.erase import actor_spellings, erase_person
@@ -49,14 +46,14 @@ from gateway.identity.sessions import SessionStore
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds, HoldView
 from gateway.privacy.incident_records import Erasing, IncidentRecords
-from gateway.privacy.models import RemovedContent
 from gateway.privacy.register import Register
-from gateway.privacy.subjects import new_pseudonym, subject_key
+from gateway.privacy.removed import RemovedArchive
+from gateway.privacy.subjects import new_pseudonym
 from gateway.privacy.traces import forget_person
-from gateway.store.db import Database, store_errors
+from gateway.store.db import Database
 from gateway.store.fast import FastState
 
-__all__ = ["Erased", "Eraser", "Held", "holding_erasure", "removed_content_aad"]
+__all__ = ["Erased", "Eraser", "Held", "holding_erasure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +89,6 @@ class Erased:
         }
 
 
-def removed_content_aad(ref: str) -> bytes:
-    """What a removed-content payload's ciphertext is bound to: a row cannot be swapped for another."""
-    return b"gateway removed-content v1:" + ref.encode("utf-8")
-
-
 class Eraser:
     """Erases people; see the module docstring for the order and what is kept."""
 
@@ -111,11 +103,13 @@ class Eraser:
         holds: Holds,
         register: Register,
         incident_records: IncidentRecords,
+        removed: RemovedArchive,
         clock: Clock,
         fast: FastState | None = None,
     ) -> None:
         """Args are the stores and services an erasure touches."""
         self._db = db
+        self._removed = removed
         self._incident_records = incident_records
         self._keyring = keyring
         self._accounts = accounts
@@ -214,33 +208,9 @@ class Eraser:
 
     async def _seal(self, user: User, *, ref: str, pseudonym: str, reason: str, until: datetime) -> None:
         document = await export_person(self._db, user, sessions=self._sessions, now=self._clock.now())
-        payload = self._keyring.encrypt(
-            json.dumps(document, sort_keys=True).encode("utf-8"), aad=removed_content_aad(ref)
+        await self._removed.keep(
+            document, ref=ref, pseudonym=pseudonym, username=user.username, reason=reason, until=until
         )
-        row = RemovedContent(
-            ref=ref,
-            pseudonym=pseudonym,
-            subject_key=subject_key(self._keyring, user.username),
-            reason=reason,
-            removed_at=self._clock.now(),
-            expires_at=until,
-            payload=payload.encode("ascii"),
-        )
-        async with self._db.session() as session:
-            session.add(row)
-            with store_errors("cannot keep the removed content"):
-                await session.commit()
-
-    async def read_removed(self, ref: str) -> dict[str, object] | None:
-        """Decrypt one removed-content archive (for an investigation under a hold; audited by the caller)."""
-        async with self._db.session() as session:
-            with store_errors("cannot read removed content"):
-                row = (await session.scalars(select(RemovedContent).where(RemovedContent.ref == ref))).first()
-        if row is None:
-            return None
-        plain = self._keyring.decrypt(row.payload.decode("ascii"), aad=removed_content_aad(ref))
-        doc: dict[str, object] = json.loads(plain)
-        return doc
 
 
 # The classes an erasure deletes or rewrites: the account, the audit trail's fields, the incident

@@ -96,8 +96,10 @@ class LegalHold(Base):
 class RemovedContent(Base):
     """What an erasure removed, kept encrypted and restricted for investigation until ``expires_at``.
 
-    ``payload`` is keyring ciphertext (AES-256-GCM) of the person's export taken just before erasure;
-    no view shows it, and the retention run deletes the row when it expires and no hold covers it.
+    ``payload`` is keyring ciphertext (AES-256-GCM) of the person's export taken just before erasure,
+    or of the values a correction replaced while a legal hold covered the person (``pseudonym`` empty);
+    only ``gateway privacy removed open`` shows it (audited), and the retention run deletes the row
+    when it expires and no hold covers it.
     """
 
     __tablename__ = "removed_content"

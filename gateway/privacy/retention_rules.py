@@ -305,7 +305,8 @@ class RegistrationRule:
 
 
 class RemovedContentRule:
-    """Sealed archives of erased people, deleted at ``expires_at`` unless a hold covers them.
+    """Sealed archives of erased people (and of values corrected under a hold), deleted at
+    ``expires_at`` unless a hold covers them.
 
     The archive's own expiry decides (set when the erasure sealed it from ``retention.removed_content``),
     so shortening the rule later does not shorten what was promised to an investigation.
@@ -345,7 +346,8 @@ class RemovedContentRule:
         }
         survey = Survey()
         for row_id, ref, pseudonym, key, expires_at in rows:
-            item = Item(f"{ref} ([erased:{pseudonym}])", expires_at, row_id)
+            # No pseudonym: the values a correction under a hold replaced, of a person still there.
+            item = Item(f"{ref} ([erased:{pseudonym}])" if pseudonym else ref, expires_at, row_id)
             if expires_at > now:
                 survey.note_later(item)
                 continue

@@ -37,6 +37,7 @@ from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds
 from gateway.privacy.incident_records import IncidentRecords
 from gateway.privacy.register import Channel, Kind, Register, RequestView, belongs_to
+from gateway.privacy.removed import RemovedArchive, RemovedView
 from gateway.privacy.traces import forget_location, forget_purpose
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, store_errors
@@ -122,6 +123,7 @@ class Privacy:
         self.incident_records = incident_records
         self.register = Register(db, clock=clock)
         self.holds = Holds(db, keyring, audit, clock=clock)
+        self.removed = RemovedArchive(db, keyring, clock=clock)
         self.eraser = Eraser(
             db,
             keyring=keyring,
@@ -131,6 +133,7 @@ class Privacy:
             holds=self.holds,
             register=self.register,
             incident_records=incident_records,
+            removed=self.removed,
             clock=clock,
             fast=fast,
         )
@@ -299,6 +302,7 @@ class Privacy:
             law=law,
             details={"fields": fields},
         )
+        await self._keep_under_hold(user, request, fields=fields, settings=settings)
         try:
             changed = await self._accounts.set_profile(
                 user.id, email=email, display_name=display_name, actor=actor
@@ -317,6 +321,59 @@ class Privacy:
             else "Nothing to correct: the values were already so."
         )
         return await self._done(request, actor=actor, outcome=outcome, fields=" ".join(changed))
+
+    async def _keep_under_hold(
+        self, user: User, request: RequestView, *, fields: list[str], settings: PrivacySettings
+    ) -> None:
+        """Seal the values a correction replaces when a legal hold covers the person's registration.
+
+        A hold keeps what it covers from deletion, and a correction deletes the old value as surely as
+        an erasure would: an order placed to preserve an address would find only the new one. Sealed
+        first, like an erasure's removed content, so a failure part-way leaves the old value kept.
+        """
+        if not fields:
+            return
+        hold = await self.holds.covering(username=user.username, data_class="registration")
+        if hold is None:
+            return
+        was = {"email": user.email, "display_name": user.display_name}
+        await self.removed.keep(
+            {
+                "format": "gateway.corrected/1",
+                "request": request.ref,
+                "hold": hold.reference,
+                "account": {"id": user.id, "username": user.username, **{f: was[f] for f in fields}},
+            },
+            ref=request.ref,
+            pseudonym="",
+            username=user.username,
+            reason=f"correction under legal hold {hold.reference}",
+            until=self._clock.now() + timedelta(seconds=float(settings.retention.removed_content)),
+        )
+
+    async def open_removed(
+        self, ref: str, *, reason: str, actor: str
+    ) -> tuple[RemovedView, dict[str, object]]:
+        """Decrypt one removed-content archive for an investigation, audited with ``reason`` first.
+
+        The record comes before the plaintext leaves: a reading that left no record would be the one
+        an insider wants. It names the archive's tombstone, or, for a correction's archive of a person
+        still there, the person (whose erasure later tombstones it like every record naming them).
+
+        Raises:
+            UnknownRemoved: No archive has that reference.
+        """
+        view, document = await self.removed.read(ref)
+        account = document.get("account")
+        username = account.get("username") if isinstance(account, dict) else None
+        subject = view.who if view.pseudonym or not isinstance(username, str) else username
+        await self._audit.record(
+            "privacy.removed_content_opened",
+            actor=actor,
+            subject=subject,
+            details={"ref": view.ref, "reason": reason},
+        )
+        return view, document
 
     async def provider_owned(self, user: User) -> ProviderOwned | None:
         """The refusal a rectification of this account gets, or None when the gateway owns its fields.

@@ -128,8 +128,8 @@ _RIGHTS: Final = (
 # What each retention rule of ``privacy.retention`` keeps, in the order the page lists them.
 _RETENTION_TEXT: Final = {
     "registration": "Your account after you close it (then erased)",
-    "removed_content": "What an erasure removed, kept sealed for investigation (then deleted unless a "
-    "legal hold covers it)",
+    "removed_content": "What an erasure removed, or a correction replaced while a legal hold applied, "
+    "kept sealed for investigation (then deleted unless a legal hold covers it)",
     "audit_events": "Names and addresses in security records (then erased; the record of what happened "
     "stays)",
     "incidents": "Security incidents, after each is closed (the security record of each stays)",

@@ -48,6 +48,9 @@ PRIVACY_ACTIONS = [
     ["hold", "place"],
     ["hold", "release"],
     ["hold", "list"],
+    ["removed"],
+    ["removed", "list"],
+    ["removed", "open"],
 ]
 
 
@@ -254,6 +257,60 @@ def test_export_is_a_new_private_file_and_erasure_asks_or_says_which_hold(cli: C
     assert cli.run("audit", "verify").returncode == 0
     assert cli.run("privacy", "erase", "carol", "--verified-by", "x", "--yes").returncode == 2
     assert cli.run("privacy", "hold", "release", "LIT-3").returncode == 2
+
+
+def test_removed_content_is_listed_without_names_and_opened_with_an_audited_reason(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.add_user("erin")
+    cli.add_user("frank")
+    cli.ok("privacy", "hold", "place", "ORDER-8", "--reason", "preservation order", "--user", "erin")
+    corrected = cli.ok(
+        "privacy", "rectify", "erin", "--email", "erin.new@example.com", "--verified-by", "call"
+    )
+    cli.ok("privacy", "erase", "frank", "--verified-by", "signed letter", "--yes")
+    listing = cli.ok("privacy", "removed", "list")
+    assert "(account kept)" in listing
+    assert "[erased:" in listing
+    assert "frank" not in listing
+    assert "erin" not in listing
+    (erins,) = json.loads(cli.ok("privacy", "removed", "list", "--user", "erin", "--json"))
+    assert erins["ref"] in corrected
+    assert "ORDER-8" in erins["reason"]
+    (franks,) = json.loads(cli.ok("privacy", "removed", "list", "--user", "frank", "--json"))
+    assert franks["person"].startswith("[erased:")
+    # No reason, an unknown reference, a refused file: exit 2, nothing opened, nothing recorded.
+    assert cli.run("privacy", "removed", "open", erins["ref"]).returncode == 2
+    refused = cli.run("privacy", "removed", "open", "PR-AAAAAAAAAA", "--reason", "case 3")
+    assert (refused.returncode, "No removed content" in refused.stderr) == (2, True)
+    out = tmp_path / "erin-was.json"
+    out.write_text("keep me")
+    assert (
+        cli.run(
+            "privacy", "removed", "open", erins["ref"], "--reason", "case 3", "--out", str(out)
+        ).returncode
+        == 2
+    )
+    assert cli.sql("SELECT count(*) FROM audit_events WHERE kind = 'privacy.removed_content_opened'") == [
+        (0,)
+    ]
+    proc = cli.run(
+        "privacy", "removed", "open", erins["ref"], "--reason", "case 3", "--out", str(out), "--force"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "audit trail" in proc.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert json.loads(out.read_text())["account"]["email"] == "erin@example.com"
+    opened = json.loads(cli.ok("privacy", "removed", "open", franks["ref"], "--reason", "case 4"))
+    assert opened["account"]["username"] == "frank"
+    rows = cli.sql(
+        "SELECT subject, details FROM audit_events WHERE kind = 'privacy.removed_content_opened' ORDER BY id"
+    )
+    assert [(subject, json.loads(details)["reason"]) for subject, details in rows] == [
+        ("erin", "case 3"),
+        (franks["person"], "case 4"),
+    ]
+    assert cli.run("audit", "verify").returncode == 0
 
 
 def test_verify_reject_and_what_is_refused(cli: Cli) -> None:

@@ -352,13 +352,34 @@ async def test_removed_content_goes_at_its_expiry_and_not_under_a_hold(world: Wo
     }
     async with world.db.session() as s:
         (left,) = (await s.scalars(select(RemovedContent))).all()
-    opened = await world.privacy.eraser.read_removed(left.ref)
+    _, opened = await world.privacy.removed.read(left.ref)
     assert opened is not None
     account = opened["account"]
     assert isinstance(account, dict)
     assert account["username"] == "carol"
 
     await world.privacy.holds.release("SUBPOENA-9", by="cli:counsel")
+    world.clock.advance(DAY)
+    assert _class(await world.run(), "removed_content")["done"] == 1
+    assert await _archives(world) == 0
+
+
+async def test_what_a_correction_under_a_hold_replaced_stays_while_the_hold_does(world: World) -> None:
+    bob = await world.person("bob")
+    await world.privacy.holds.place("ORDER-77", reason="preservation", by="cli:counsel", username="bob")
+    await world.privacy.rectify(
+        bob,
+        email="",
+        settings=world.settings,
+        channel=Channel.PORTAL,
+        actor="user:bob",
+        verified_by="signed-in session",
+    )
+    world.clock.advance(181 * DAY)
+    report = await world.run()
+    assert _class(report, "removed_content")["held"] == {"ORDER-77": 1}
+    assert await _archives(world) == 1
+    await world.privacy.holds.release("ORDER-77", by="cli:counsel")
     world.clock.advance(DAY)
     assert _class(await world.run(), "removed_content")["done"] == 1
     assert await _archives(world) == 0

@@ -35,6 +35,7 @@ from gateway.privacy.consent import Consents
 from gateway.privacy.export import SCHEMA_PATH
 from gateway.privacy.models import PrivacyRequest, RemovedContent
 from gateway.privacy.register import Channel, Kind, RequestNotPending, RequestView, Status, UnknownRequest
+from gateway.privacy.removed import UnknownRemoved
 from gateway.privacy.service import EmailNeedsAdmin, Privacy, ProviderOwned, TooManyExports
 from gateway.response.personal_data import CasePersonalData
 from gateway.settings.schema import (
@@ -414,11 +415,70 @@ async def test_erasure_leaves_nothing_readable_and_the_chain_verifying(world: Wo
         kept = (await s.scalars(select(RemovedContent))).one()
     assert b"alice" not in kept.payload
     assert kept.expires_at == world.clock.now() + timedelta(days=180)
-    opened = await world.privacy.eraser.read_removed(request.ref)
+    _, opened = await world.privacy.removed.read(request.ref)
     assert opened is not None
     account = opened["account"]
     assert isinstance(account, dict)
     assert account["username"] == "alice"
+
+
+@pytest.mark.parametrize("hold", ["person", "registration"])
+async def test_a_correction_under_a_legal_hold_keeps_the_values_it_replaced(world: World, hold: str) -> None:
+    """An open item of the last note: a correction overwrote the address a hold was placed to keep."""
+    user = await world.alice()
+    await world.privacy.holds.place(
+        "ORDER-41",
+        reason="preservation order",
+        by="admin:counsel",
+        username="alice" if hold == "person" else None,
+        data_class="registration" if hold == "registration" else None,
+    )
+    request = await world.privacy.rectify(
+        user,
+        email="alice.new@example.com",
+        display_name="Alice N",
+        **_as_admin(),  # type: ignore[arg-type]
+    )
+    assert request.status == Status.COMPLETED
+    fresh = await world.accounts.get(user.id)
+    assert fresh is not None
+    assert fresh.email == "alice.new@example.com"
+    async with world.db.session() as s:
+        kept = (await s.scalars(select(RemovedContent))).one()
+    assert b"alice@example.com" not in kept.payload  # sealed
+    assert (kept.ref, kept.pseudonym) == (request.ref, "")
+    assert kept.expires_at == world.clock.now() + timedelta(days=180)
+    (listed,) = await world.privacy.removed.find("alice")
+    assert (listed.ref, listed.who) == (request.ref, "(account kept)")
+    assert "ORDER-41" in listed.reason
+    view, opened = await world.privacy.open_removed(request.ref, reason="case 12", actor="cli:counsel")
+    assert view.ref == request.ref
+    assert opened["account"] == {
+        "id": user.id,
+        "username": "alice",
+        "email": "alice@example.com",
+        "display_name": "Alice L",
+    }
+    assert opened["hold"] == "ORDER-41"
+    (event,) = await world.audit.events(kind="privacy.removed_content_opened")
+    assert (event.actor, event.subject) == ("cli:counsel", "alice")
+    assert json.loads(event.details) == {"ref": request.ref, "reason": "case 12"}
+    # The person's erasure, once the hold is gone, takes the opening's record with the rest.
+    await world.privacy.holds.release("ORDER-41", by="admin:counsel")
+    await world.privacy.erase(fresh, **_as_admin())  # type: ignore[arg-type]
+    assert "alice" not in await _audit_text(world.db)
+
+
+async def test_a_correction_outside_a_hold_keeps_nothing(world: World) -> None:
+    user = await world.alice()
+    # A hold on another person, and one on a class a correction does not change.
+    await world.privacy.holds.place("ORDER-1", reason="order", by="admin:counsel", username="bob")
+    await world.privacy.holds.place("ORDER-2", reason="order", by="admin:counsel", data_class="incidents")
+    await world.privacy.rectify(user, email="alice.new@example.com", **_as_admin())  # type: ignore[arg-type]
+    assert await world.privacy.removed.find() == []
+    with pytest.raises(UnknownRemoved):
+        await world.privacy.open_removed("PR-nothing", reason="curious", actor="cli:x")
+    assert await world.audit.events(kind="privacy.removed_content_opened") == []
 
 
 async def test_a_right_racing_the_persons_own_erasure_leaves_nothing_naming_them(
