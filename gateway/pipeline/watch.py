@@ -103,6 +103,11 @@ class Rechecks:
                 session = await self._sessions.get(session_id) if session_id else None
                 if session is None or not self._fresh_enough(session, request.mfa_policy):
                     return False
+                if session.password_change or session.owes_second_factor:
+                    # What identify refuses on a request's head: a factor enrolled or a step-up forced
+                    # since the exchange began (an attack run kept a WebSocket on an `mfa: none` app
+                    # open with the password alone after the owner's first factor).
+                    return False
                 principals = principals_of(session)
             elif request.auth is AuthKind.BEARER:
                 client = await authenticate_bearer(

@@ -4,7 +4,7 @@ they are now, fail closed on a policy the worker knows to be out of date, and ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -130,3 +130,13 @@ async def test_a_step_up_is_not_good_for_as_long_as_the_connection_lasts() -> No
     assert not await _checks(Policy(), stale).allowed(Request(mfa_policy=step_up))
     # A route without max_age keeps it as long as the session lives.
     assert await _checks(Policy(), stale).allowed(Request(mfa_policy=MfaPolicy(require="required")))
+
+
+@pytest.mark.parametrize("flag", ["owes_second_factor", "password_change"])
+async def test_an_unfinished_sign_in_ends_the_exchange_on_a_route_asking_no_factor(flag: str) -> None:
+    """An attack run: a WebSocket opened on an `mfa: none` app with the password alone went on after
+    the owner enrolled their first factor (every one-factor session then owes it), where the next
+    request was refused; the watch now refuses what identify refuses."""
+    owing = replace(_session(("ops",)), **{flag: True})
+    assert await _checks(Policy(), _session(("ops",))).allowed(Request())
+    assert not await _checks(Policy(), owing).allowed(Request())
