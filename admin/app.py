@@ -77,7 +77,7 @@ from gateway.identity.cookies import read_cookie
 from gateway.names import hidden_character
 from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
-from gateway.pipeline.canonical import canonicalize
+from gateway.pipeline.canonical import canonicalize, refuse_unless_canonical
 from gateway.pipeline.headers import forwarding_for, new_request_id
 from gateway.response.workflow import RecoveryChecksFailed
 from gateway.services import IdentityServices, Services
@@ -247,7 +247,13 @@ class RequestContext(ASGIMiddleware):
         if hidden_character(path) is not None:
             # A file name with NUL made the static files router fail with a traceback (an attack run);
             # no path of this listener holds a control character, or another one a reader cannot see.
-            await _refuse_path(scope, receive, send_hardened)
+            await _refuse_path(scope, receive, send_hardened, BadPath(_HIDDEN_IN_PATH))
+            return
+        try:
+            # The router reads the decoded path with '//' merged: 'H1%2F' named the hold 'H1'.
+            refuse_unless_canonical(scope.get("raw_path") or path.encode("utf-8"))
+        except BadPath as exc:
+            await _refuse_path(scope, receive, send_hardened, exc)
             return
         await next_app(scope, receive, send_hardened)
 
@@ -255,11 +261,13 @@ class RequestContext(ASGIMiddleware):
 _API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
 
 
-async def _refuse_path(scope: Scope, receive: Receive, send: Send) -> None:
+_HIDDEN_IN_PATH: Final = (
+    "The path holds a control character or another one a reader cannot see; nothing was changed."
+)
+
+
+async def _refuse_path(scope: Scope, receive: Receive, send: Send, err: BadPath) -> None:
     """A 400 for a path no handler may see, in the API's error shape."""
-    err = BadPath(
-        "The path holds a control character or another one a reader cannot see; nothing was changed."
-    )
     state = scope.get("state", {})
     body = msgspec.json.encode(_error_body(err, str(state.get(_REQUEST_ID, ""))))
     response = ASGIResponse(body=body, status_code=err.status, media_type="application/json")

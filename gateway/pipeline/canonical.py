@@ -27,7 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.errors import BadPath
 
-__all__ = ["CanonicalPath", "canonicalize", "fold_case"]
+__all__ = ["CanonicalPath", "canonicalize", "fold_case", "refuse_unless_canonical"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,27 @@ def canonicalize(raw_path: bytes) -> CanonicalPath:
     if _FAST_PATH.fullmatch(raw_path) is not None:
         return CanonicalPath(raw_path.decode("ascii"), False)
     return _canonicalize_slow(raw_path)
+
+
+def refuse_unless_canonical(raw_path: bytes) -> None:
+    """Refuse a path its router would read as another: for a listener that routes on the path as sent.
+
+    The admin listener's router merges ``//`` and its server decodes ``%2F`` before routing, so
+    ``/api/privacy/holds/H1%2F/release`` released the hold ``H1`` (an attack run): a reference that
+    cannot exist named one that does. There every path must already be canonical, but for the
+    spelling of escapes: what :func:`canonicalize` refuses, and a path it would change by merging
+    slashes or removing ``.``/``..`` segments, raises.
+
+    Raises:
+        BadPath: As :func:`canonicalize`, or the path has an empty, ``.`` or ``..`` segment.
+    """
+    if _FAST_PATH.fullmatch(raw_path) is not None:
+        return
+    canonical = _canonicalize_slow(raw_path).path
+    if _REWRITE.sub(_rewrite_token, raw_path).decode("ascii") != canonical:
+        raise BadPath(
+            "The address has an empty, '.' or '..' segment ('//', '/./', '/../'), which is not allowed."
+        )
 
 
 def _canonicalize_slow(raw_path: bytes) -> CanonicalPath:

@@ -646,6 +646,35 @@ async def test_a_control_character_in_the_path_is_a_400_before_any_handler(conso
     assert answer.json()["request_id"] == answer.headers["x-request-id"]
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    # httpx resolves dot segments (also encoded ones) before it sends: refuse_unless_canonical's own
+    # tests have them.
+    ["H1%2F", "%2FH1", "H1%2F%2F", "H1%2f", "H1%5C", "/H1", "H1%00"],
+)
+async def test_a_path_the_router_would_read_as_another_changes_nothing(console: Start, spelling: str) -> None:
+    """An attack run: the server decodes '%2F' and the router merges '//', so releasing the hold
+    'H1%2F' (a reference that cannot exist) released 'H1', and with it the erasures it held back."""
+    site = await console()
+    boss = await site.session("boss")
+    placed = await site.call(
+        boss,
+        "POST",
+        "/api/privacy/holds",
+        json={"reference": "H1", "reason": "order", "data_class": "incidents"},
+    )
+    assert placed.status_code == 201, placed.text
+    answer = await site.call(boss, "POST", f"/api/privacy/holds/{spelling}/release", json={"reason": "x"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "bad-path"
+    assert [h.active for h in await site.services.privacy.holds.find()] == [True]
+    # The same for a read, and the control: the reference as it is.
+    assert (await site.call(boss, "GET", f"/api/users/{spelling.replace('H1', 'boss')}")).status_code == 400
+    released = await site.call(boss, "POST", "/api/privacy/holds/H1/release", json={"reason": "x"})
+    assert released.status_code == 200, released.text
+    assert [h.active for h in await site.services.privacy.holds.find(active_only=False)] == [False]
+
+
 async def test_an_address_an_admin_chose_makes_the_account_theirs_when_approving(console: Start) -> None:
     """A re-attack run: boss gave carol's account his own address at the identity provider (a
     rectification), signed in there as carol (linked by email), had second make carol an admin and

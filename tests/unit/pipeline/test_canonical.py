@@ -15,7 +15,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadPath
-from gateway.pipeline.canonical import CanonicalPath, canonicalize, fold_case, without_path_params
+from gateway.pipeline.canonical import (
+    CanonicalPath,
+    canonicalize,
+    fold_case,
+    refuse_unless_canonical,
+    without_path_params,
+)
 
 REJECT = BadPath
 
@@ -373,3 +379,42 @@ def test_a_case_insensitive_routes_path_is_its_lower_case(path: str, folded: str
 def test_a_case_insensitive_route_refuses_segments_ending_in_a_dot_or_a_space(path: str) -> None:
     with pytest.raises(BadPath):
         fold_case(CanonicalPath(path, False))
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/api/privacy/holds/H1%2F/release",
+        b"/api/privacy/holds//H1/release",
+        b"/api/privacy/holds/./H1/release",
+        b"/api/privacy/holds/x/../H1/release",
+        b"/api/privacy/holds/%2E/H1/release",
+        b"/api/privacy/holds/x/%2e%2E/H1/release",
+        b"/api/users/carol/.",
+        b"//api/users/carol",
+        b"/api/users/a%00b",
+        b"/api/users/a\\b",
+    ],
+)
+def test_a_listener_routing_on_the_path_as_sent_refuses_what_it_would_read_as_another(
+    raw_path: bytes,
+) -> None:
+    """The admin listener: its router merges '//' and its server decodes '%2F' (an attack run released
+    the hold 'H1' by the name 'H1%2F'); every path it serves must already be canonical."""
+    with pytest.raises(BadPath):
+        refuse_unless_canonical(raw_path)
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/",
+        b"/api/users/carol",
+        b"/api/users/carol@example.com",
+        b"/api/users/j%C3%BCrgen",
+        b"/api/users/%4aoe",
+        b"/x/",
+    ],
+)
+def test_a_canonical_path_passes_whatever_its_escapes_spelling(raw_path: bytes) -> None:
+    refuse_unless_canonical(raw_path)
