@@ -270,7 +270,6 @@ _FORWARDING = frozenset(
 _IDENTITY_PREFIX = b"x-gateway-"
 _FRAMING = frozenset({b"content-length", b"host"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_FWD_HOST_RE = re.compile(rb"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _BLANKS: Final = re.compile(rb"[ \t]+")
 
 
@@ -385,7 +384,11 @@ def forwarding_for(
     """Work out the client address, protocol and request id, trusting headers only from trusted peers.
 
     The client is the right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy
-    (anything to its left was written by the client and proves nothing).
+    (anything to its left was written by the client and proves nothing). The host is always ``host``,
+    the one the gateway routes and decides on, never a trusted peer's ``X-Forwarded-Host``: an app
+    that builds links or picks a tenant by ``X-Forwarded-Host`` (Django's ``USE_X_FORWARDED_HOST``)
+    must see the host that was authorized, and a load balancer that passes a client's own header on
+    (AWS's ALB does) handed the app one the gateway never routed (an attack run).
     """
     peer_trusted = bool(trusted) and trusted.is_trusted(peer_ip)
     if not peer_trusted:
@@ -394,7 +397,6 @@ def forwarding_for(
         return Forwarding(peer_ip, False, scheme, host, (peer_ip,), new_request_id())
     xff: list[bytes] = []
     proto = scheme
-    fwd_host = host
     request_id = ""
     for name, value in headers:
         # The exact names only: a proxy in front writes these, and passes a client's `X_Forwarded_For`
@@ -407,8 +409,6 @@ def forwarding_for(
             candidate = value.strip().lower()
             if candidate in (b"http", b"https"):
                 proto = candidate.decode()
-        elif lname == b"x-forwarded-host" and _FWD_HOST_RE.match(value.strip()):
-            fwd_host = value.strip().decode("latin-1")
         elif lname == b"x-request-id" and _REQUEST_ID_RE.match(value):
             request_id = value.decode()
     entries = _parse_xff(xff)
@@ -426,7 +426,7 @@ def forwarding_for(
         client_ip=client_ip,
         peer_trusted=True,
         proto=proto,
-        host=fwd_host,
+        host=host,
         chain=tuple(hop for hop in entries if hop is not None),
         request_id=request_id or new_request_id(),
     )

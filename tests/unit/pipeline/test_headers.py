@@ -183,14 +183,19 @@ def test_an_underscore_spelling_from_behind_a_trusted_proxy_is_not_believed(spel
     assert fwd.host == "app.example.com"
 
 
-def test_trusted_proto_and_request_id_are_honoured() -> None:
+def test_trusted_proto_and_request_id_are_honoured_and_the_host_is_the_routed_one() -> None:
+    """An attack run: behind a trusted load balancer that passes a client's own X-Forwarded-Host on,
+    the app was told a host the gateway never routed or authorized."""
     headers = [
         (b"x-forwarded-proto", b"http"),
         (b"x-request-id", b"abc-123"),
         (b"x-forwarded-host", b"ext.example"),
     ]
     fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
-    assert (fwd.proto, fwd.request_id, fwd.host) == ("http", "abc-123", "ext.example")
+    assert (fwd.proto, fwd.request_id, fwd.host) == ("http", "abc-123", "app.example.com")
+    sent = dict(upstream_request_headers([(b"host", b"app.example.com"), *headers], fwd=fwd))
+    assert sent[b"x-forwarded-host"] == b"app.example.com"
+    assert b'host="app.example.com"' in sent[b"forwarded"]
 
 
 def test_untrusted_request_id_and_proto_are_ignored() -> None:
