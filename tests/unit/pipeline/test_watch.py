@@ -137,6 +137,11 @@ async def test_an_unfinished_sign_in_ends_the_exchange_on_a_route_asking_no_fact
     """An attack run: a WebSocket opened on an `mfa: none` app with the password alone went on after
     the owner enrolled their first factor (every one-factor session then owes it), where the next
     request was refused; the watch now refuses what identify refuses."""
-    owing = replace(_session(("ops",)), **{flag: True})
+    signed_in = _session(("ops",))
+    owing = (
+        replace(signed_in, owes_second_factor=True)
+        if flag == "owes_second_factor"
+        else replace(signed_in, password_change=True)
+    )
     assert await _checks(Policy(), _session(("ops",))).allowed(Request())
     assert not await _checks(Policy(), owing).allowed(Request())
