@@ -8,6 +8,7 @@ join it (one incident, not one per failed password) instead of opening another.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,26 @@ def _clean(
     return text
 
 
+def _addresses(given: Sequence[str]) -> list[str]:
+    """Each affected address as the access log and audit trail write it, or a 400 naming the one refused.
+
+    The report finds the records about an incident by these (``AuditEvent.ip``): an address in
+    another spelling (``2001:DB8::1``, ``::ffff:192.0.2.7``) or one that is not an address (an attack
+    run recorded ``not-an-ip``) would find nothing and say so in silence.
+    """
+    out: list[str] = []
+    for text in given:
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            raise BadRequest(
+                f"{text[:60]!r} is not an IP address; give each affected address as 192.0.2.7 or 2001:db8::7."
+            ) from None
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        out.append(str(mapped or address))
+    return out
+
+
 def detection_ids(entries: Iterable[EntryView]) -> list[str]:
     """The detections that raised or joined the incident (its ``detection`` entries), sorted."""
     # An entry without the id (one rewritten by an erasure before it kept ids) raised a 500 in lift.
@@ -206,6 +227,7 @@ class Cases:
             BadRequest: an empty title, an unknown severity, text too long.
         """
         _check_severity(severity_)
+        addresses = _addresses(addresses)
         now = self.clock.now()
         row = IncidentCase(
             id=incident_id or new_incident_id(), title=_clean(title, "The title", required=True, limit=200, one_line=True),
@@ -363,6 +385,7 @@ class Cases:
         """Change the owner, severity, root cause or lessons; add affected users, routes, addresses."""
         if severity_ is not None:
             _check_severity(severity_)
+        addresses = _addresses(addresses)
         changed: dict[str, object] = {}
         async with self._db.session(write=True) as session:
             with store_errors("cannot update the incident"):

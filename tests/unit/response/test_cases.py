@@ -1,0 +1,43 @@
+"""The incident record's affected addresses: each one an IP address, kept as the trail writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.trail import AuditLog
+from gateway.clock import FakeClock
+from gateway.crypto.keyring import Keyring
+from gateway.errors import BadRequest
+from gateway.response.cases import Cases
+from gateway.store.db import Database
+
+
+@pytest.fixture
+def cases(database: Database, tmp_path: Path) -> Cases:
+    clock = FakeClock(1_800_000_000.0)
+    keyring = Keyring.create(tmp_path / "keyring.json")
+    return Cases(database, AuditLog(database, clock=clock, keyring=keyring), clock)
+
+
+async def test_addresses_are_kept_in_the_spelling_the_trail_finds_them_by(cases: Cases) -> None:
+    case = await cases.open(
+        title="spray", severity_="high", actor="cli:op", addresses=[" 192.0.2.7", "2001:DB8::0:7"]
+    )
+    assert case.addresses == ("192.0.2.7", "2001:db8::7")
+    updated = await cases.update(case.id, actor="cli:op", addresses=["::ffff:198.51.100.9", "192.0.2.7"])
+    assert updated.addresses == ("192.0.2.7", "2001:db8::7", "198.51.100.9")
+
+
+@pytest.mark.parametrize("bad", ["not-an-ip", "192.0.2.0/24", "192.0.2.256", "", "host.example"])
+async def test_what_is_not_an_address_is_a_400_that_changes_nothing(cases: Cases, bad: str) -> None:
+    """An attack run recorded `not-an-ip` as an affected address with a 200: the report, which finds
+    the incident's records by address, then found nothing and said so in silence."""
+    with pytest.raises(BadRequest, match="not an IP address"):
+        await cases.open(title="spray", severity_="high", actor="cli:op", addresses=["192.0.2.7", bad])
+    case = await cases.open(title="spray", severity_="high", actor="cli:op", addresses=["192.0.2.7"])
+    with pytest.raises(BadRequest, match="not an IP address"):
+        await cases.update(case.id, actor="cli:op", owner="mallory", addresses=[bad])
+    again = await cases.get(case.id)
+    assert (again.owner, again.addresses) == ("", ("192.0.2.7",))
