@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.authz.cache import Authorizer
 from gateway.authz.index import PolicyIndex
 from gateway.authz.rules import PolicyError, PolicyRules, parse_policy
-from gateway.authz.store import PolicyStore
+from gateway.authz.store import PolicyStore, VersionStamp
 from gateway.authz.validate import is_principal, user_findings
 from gateway.settings.schema import PolicySettings
 
@@ -53,6 +54,8 @@ class LivePolicy:
         self._watcher: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
         self._roles: dict[tuple[int, frozenset[str]], tuple[str, ...]] = {}
+        # When the version deciding was stored: with its number, what names it (see PolicyStore.stamp).
+        self._stored_at: datetime | None = None
         self.loaded_at = time.monotonic()
         # A newer version than the one deciding is known and could not be loaded (see the docstring).
         self.behind = False
@@ -78,7 +81,7 @@ class LivePolicy:
             self.store.watch(
                 self._on_version,
                 poll_interval=self.settings.poll_interval,
-                since=self.version,
+                since=VersionStamp(self.version, self._stored_at),
                 on_announced=self._announce,
             )
         )
@@ -110,12 +113,16 @@ class LivePolicy:
             stored = await self.store.current()
             # Equal, not lower: a database restored to an earlier version numbers new versions below
             # the one deciding here (an attack run: the workers ignored every change until the number
-            # passed the old one).
-            if stored.version == self.version:
+            # passed the old one), and numbers them again: the same number stored at another time is
+            # another policy.
+            if stored.version == self.version and stored.created_at == self._stored_at:
                 self.loaded_at = time.monotonic()
                 return
             index = await asyncio.to_thread(PolicyIndex.build, stored.rules, version=stored.version)
             self.authorizer.swap(index)
+            self._stored_at = stored.created_at
+            # Keyed by the number, which a restored database gives again.
+            self._roles.clear()
             self.loaded_at = time.monotonic()
             logger.info("policy: version %d is live (%d lines)", stored.version, len(stored.rules))
             await self._report_errors(stored.version, stored.rules)
@@ -178,25 +185,25 @@ class LivePolicy:
         asyncio.get_running_loop().call_later(_LOAD_GRACE, self._check_behind)
 
     async def _on_version(self, version: int) -> None:
-        if version != self.version:
-            self._announced = max(self._announced, version)
-            try:
-                await self.load()
-            except Exception:
-                self._load_failed = True
-                if not self.behind:
-                    logger.error(
-                        "policy: version %d exists and cannot be loaded; requests get 503 until it is",
-                        self._announced,
-                    )
-                self.behind = True
-                raise
-            # Loaded: the store's newest is what decides now (a restored database may even hold a
-            # lower version than the one announced).
-            if self.behind:
-                logger.warning("policy: version %d loaded; deciding again", self.version)
-            self.behind = self._load_failed = False
-            self._announced = self.version
+        # Also for the number deciding now: the poll calls only when the version's stamp changed.
+        self._announced = max(self._announced, version)
+        try:
+            await self.load()
+        except Exception:
+            self._load_failed = True
+            if not self.behind:
+                logger.error(
+                    "policy: version %d exists and cannot be loaded; requests get 503 until it is",
+                    self._announced,
+                )
+            self.behind = True
+            raise
+        # Loaded: the store's newest is what decides now (a restored database may even hold a
+        # lower version than the one announced).
+        if self.behind:
+            logger.warning("policy: version %d loaded; deciding again", self.version)
+        self.behind = self._load_failed = False
+        self._announced = self.version
 
     def staleness(self) -> float:
         """Seconds since the policy was last confirmed current (by a load or a version check)."""

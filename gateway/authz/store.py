@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANNEL",
+    "NOTHING_STORED",
     "Keep",
     "PolicyConflict",
     "PolicyRejected",
@@ -67,6 +68,7 @@ __all__ = [
     "RuleNotFound",
     "StoredPolicy",
     "UnknownVersion",
+    "VersionStamp",
     "policy_diff",
 ]
 
@@ -134,6 +136,17 @@ class PolicyConflict(GatewayError):
     status = 409
     reason = "policy-conflict"
     title = "Policy changed concurrently"
+
+
+class VersionStamp(NamedTuple):
+    """A stored version as the poll tells versions apart: its number and when it was stored."""
+
+    version: int
+    created_at: datetime | None
+
+
+#: The stamp of an empty store.
+NOTHING_STORED: Final = VersionStamp(0, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +236,23 @@ class PolicyStore:
                 latest = await session.scalar(select(func.max(PolicyVersion.version)))
         self.last_confirmed = self._clock.monotonic()
         return int(latest or 0)
+
+    async def stamp(self) -> VersionStamp:
+        """The current version and when it was stored: one cheap query, what the poll compares.
+
+        The number alone does not name a version: a database restored from a backup numbers new
+        versions on from the backup's, so "version 7" after a restore and two changes is not the
+        "version 7" a worker still decides on.
+
+        Raises:
+            StoreUnavailable: the database failed.
+        """
+        query = select(PolicyVersion.version, PolicyVersion.created_at).order_by(PolicyVersion.version.desc())
+        with store_errors("policy version check failed"):
+            async with self._db.session() as session:
+                row = (await session.execute(query.limit(1))).first()
+        self.last_confirmed = self._clock.monotonic()
+        return NOTHING_STORED if row is None else VersionStamp(int(row.version), row.created_at)
 
     async def current(self) -> StoredPolicy:
         """The current policy (version 0 and no rules when nothing is stored).
@@ -572,7 +602,7 @@ class PolicyStore:
         on_version: Callable[[int], Awaitable[None]],
         *,
         poll_interval: float,
-        since: int = 0,
+        since: VersionStamp = NOTHING_STORED,
         on_announced: Callable[[int], None] | None = None,
     ) -> None:
         """Call ``on_version(v)`` whenever a version higher than the last one seen is stored (and
@@ -586,11 +616,11 @@ class PolicyStore:
         Args:
             on_version: Loads the new policy (typically ``current()`` and an index swap).
             poll_interval: Seconds between version checks.
-            since: The version the caller already has.
+            since: The version the caller already has (its number and when it was stored).
         """
         seen = _Seen(since)
         wake = asyncio.Event()
-        listener = asyncio.ensure_future(self._listen(wake, seen, on_announced))
+        listener = asyncio.ensure_future(self._listen(wake, on_announced))
         try:
             await self._poll(on_version, wake, seen, poll_interval)
         finally:
@@ -610,15 +640,15 @@ class PolicyStore:
             # Cleared before the check: a broadcast arriving during it wakes the next one at once.
             wake.clear()
             try:
-                latest = await self.version()
+                latest = await self.stamp()
                 if failing:
                     logger.info("policy: version checks work again")
                     failing = False
-                # Any other number, not only a higher one: a restored database numbers on from an
-                # earlier version.
-                if latest != seen.version:
-                    await on_version(latest)
-                    seen.version = latest
+                # Any other number, not only a higher one, and the same number stored at another
+                # time: a restored database numbers on from an earlier version.
+                if latest != seen.stamp:
+                    await on_version(latest.version)
+                    seen.stamp = latest
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any outage
                 if not failing:
                     logger.warning(
@@ -629,9 +659,7 @@ class PolicyStore:
                 async with asyncio.timeout(poll_interval):
                     await wake.wait()
 
-    async def _listen(
-        self, wake: asyncio.Event, seen: _Seen, on_announced: Callable[[int], None] | None = None
-    ) -> None:
+    async def _listen(self, wake: asyncio.Event, on_announced: Callable[[int], None] | None = None) -> None:
         delay = _RESUBSCRIBE_BACKOFF[0]
         while True:
             try:
@@ -639,13 +667,12 @@ class PolicyStore:
                     delay = _RESUBSCRIBE_BACKOFF[0]
                     # Anything published before the subscription was live is found by a check now.
                     wake.set()
-                    interruptions = subscription.interruptions
                     async for message in subscription:
-                        if subscription.interruptions != interruptions or _newer(message, seen.version):
-                            interruptions = subscription.interruptions
-                            wake.set()
-                            if on_announced is not None and message.isdigit():
-                                on_announced(int(message))
+                        # Every announcement wakes a check, also one naming the version in hand: after
+                        # a restore the same number may be another policy (only the database can tell).
+                        wake.set()
+                        if on_announced is not None and message.isdigit():
+                            on_announced(int(message))
             except Exception as exc:  # noqa: BLE001 - polling covers the outage; keep resubscribing
                 logger.warning("policy: change broadcast unavailable (polling meanwhile): %s", exc)
             await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter only
@@ -658,14 +685,7 @@ class _VersionClash(Exception):
 
 @dataclass(slots=True)
 class _Seen:
-    version: int
-
-
-def _newer(message: bytes, seen: int) -> bool:
-    try:
-        return int(message) != seen
-    except ValueError:
-        return True  # not ours to judge: let the database say
+    stamp: VersionStamp
 
 
 async def _latest(conn: AsyncConnection) -> _Current:

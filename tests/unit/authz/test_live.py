@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ class Stored:
     version: int
     rules: PolicyRules
     csv: str = ""
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -46,7 +48,7 @@ class FakeStore:
         on_version: Callable[[int], Awaitable[None]],
         *,
         poll_interval: float,
-        since: int,
+        since: object,
         on_announced: Callable[[int], None] | None = None,
     ) -> None:
         await asyncio.Event().wait()
@@ -201,6 +203,24 @@ async def test_a_database_restored_to_an_earlier_version_is_followed() -> None:
         await policy._on_version(2)
         assert policy.version == 2
         assert not policy.authorizer.decide(ALICE, "app", "GET", "/admin/x").allowed
+    finally:
+        await policy.close()
+
+
+async def test_the_same_number_stored_again_is_another_policy() -> None:
+    """A database restored to v1 under a worker deciding on v2 numbers the next change 2 again: the
+    number and the time it was stored name a version, and the roles memo (keyed by number) goes too."""
+    then = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    store = FakeStore(Stored(2, V1, created_at=then))
+    policy = live(store)
+    await policy.start()
+    try:
+        assert policy.roles_for(ALICE) == ("editor",)
+        store.stored = Stored(2, V2, created_at=datetime(2026, 12, 7, 9, 5, tzinfo=UTC))
+        await policy._on_version(2)
+        assert policy.authorizer.decide(ALICE, "app", "GET", "/admin/x").allowed is False
+        assert policy.roles_for(ALICE) == ()
+        assert policy.authorizer.index.rules == V2
     finally:
         await policy.close()
 
