@@ -73,24 +73,37 @@ class OidcSignInIndex:
         self._state = state
         self._ttl = ttl
 
-    async def remember(self, *, family: str, sign_in: OidcSignIn) -> None:
+    async def remember(self, *, family: str, sign_in: OidcSignIn) -> tuple[str, ...]:
         """Record the provider sign-in behind ``family``.
+
+        Returns:
+            The families the indexes no longer hold (the oldest, beyond ``_MAX_FAMILIES`` of one
+            subject or provider session): the caller ends them. A logout finds sign-ins only here, and
+            an attack run kept its first session out of the provider's logout by signing in 200 more
+            times after it.
 
         Raises:
             StateUnavailable: the store cannot answer.
         """
         await self._state.set(_family_key(family), _encode(sign_in), ttl=self._ttl)
-        await self._add(_sub_key(sign_in.provider, sign_in.sub), family)
+        dropped = await self._add(_sub_key(sign_in.provider, sign_in.sub), family)
         if sign_in.sid:
-            await self._add(_sid_key(sign_in.provider, sign_in.sid), family)
+            dropped += await self._add(_sid_key(sign_in.provider, sign_in.sid), family)
+        return tuple(dict.fromkeys(dropped))
 
     async def get(self, family: str) -> OidcSignIn | None:
         """The provider sign-in behind ``family``, if it was one."""
         return self._parse(await self._state.get(_family_key(family)))
 
     async def forget(self, family: str) -> OidcSignIn | None:
-        """Remove and return the record of ``family`` (at sign-out)."""
-        return self._parse(await self._state.take(_family_key(family)))
+        """Remove and return the record of ``family`` (at sign-out), and its index entries: an ended
+        sign-in must not hold one of the places a live one needs."""
+        record = self._parse(await self._state.take(_family_key(family)))
+        if record is not None:
+            await self._remove(_sub_key(record.provider, record.sub), [family])
+            if record.sid:
+                await self._remove(_sid_key(record.provider, record.sid), [family])
+        return record
 
     async def families(self, *, provider: str, sub: str | None, sid: str | None) -> tuple[str, ...]:
         """Families to end for a logout naming ``sid`` and/or ``sub``; their index entries are removed.
@@ -152,8 +165,15 @@ class OidcSignInIndex:
         gone = set(families)
         await self._update(key, lambda cur: [f for f in cur if f not in gone])
 
-    async def _add(self, key: str, family: str) -> None:
-        await self._update(key, lambda cur: [*cur, family][-_MAX_FAMILIES:])
+    async def _add(self, key: str, family: str) -> tuple[str, ...]:
+        """Append ``family``; return the oldest ones that no longer fit."""
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            listed = tuple(dict.fromkeys([*self._parse_list(raw), family]))
+            kept = listed[-_MAX_FAMILIES:]
+            if await self._state.compare_and_set(key, raw, _encode(kept), ttl=self._ttl):
+                return listed[: len(listed) - len(kept)]
+        raise StateUnavailable("OIDC session index is too contended")
 
     async def _update(self, key: str, change: Callable[[tuple[str, ...]], list[str]]) -> None:
         for _ in range(_CAS_ATTEMPTS):

@@ -288,8 +288,10 @@ class OidcService:
         )
 
     async def remember(self, completed: CompletedSignIn, *, family: str) -> None:
-        """Index the new session family for logout (by provider ``sid`` and ``sub``)."""
-        await self.index.remember(
+        """Index the new session family for logout (by provider ``sid`` and ``sub``), and end the
+        oldest sign-ins of that subject or provider session that the index can no longer hold: a
+        sign-in a logout cannot find must not outlive it."""
+        dropped = await self.index.remember(
             family=family,
             sign_in=OidcSignIn(
                 provider=completed.provider,
@@ -298,6 +300,9 @@ class OidcService:
                 id_token=completed.id_token,
             ),
         )
+        for old in dropped:
+            await self._sessions.revoke_family(old)
+            await self.index.forget(old)
 
     # -- logout ------------------------------------------------------------------------------------
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.flow import FLOW_TTL, FlowInvalid, FlowStore, new_binding, s256
 from gateway.identity.oidc.logout import OidcSignIn, OidcSignInIndex
+from gateway.identity.oidc.service import CompletedSignIn, OidcService
 from gateway.identity.sessions import SessionStore
 from gateway.settings.schema import SessionSettings
+from gateway.store.db import Database
 from gateway.store.fast import FastState
 
 
@@ -187,6 +192,42 @@ async def test_a_logout_with_sid_also_ends_the_subjects_sign_ins_that_had_none(
     assert await index.families(provider="corp", sub="alice", sid="sid-1") == (plain,)
     assert await index.families(provider="corp", sub="alice", sid="sid-1") == ()  # its entry is gone
     assert await index.families(provider="corp", sub=None, sid="sid-9") == (other,)
+
+
+async def test_a_sign_in_the_index_can_no_longer_hold_is_ended_and_an_ended_one_holds_no_place(
+    fast_state: FastState, sessions: SessionStore, clock: FakeClock, database: Database
+) -> None:
+    """An attack run: a first session, kept active, then 200 more provider sign-ins of the same subject
+    pushed it out of the index a back-channel logout reads, and the provider's logout ended every
+    session but that one. The one the index drops now ends, as the per-account session cap ends one."""
+    service = OidcService(
+        db=database,
+        fast=fast_state,
+        audit=AuditLog(database, clock=clock),
+        sessions=sessions,
+        clock=clock,
+        session_lifetime=3600,
+    )
+
+    def signed_in(sid: str) -> CompletedSignIn:
+        token = SimpleNamespace(subject="alice", sid=sid)
+        return cast(CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t"))
+
+    first = await _family(sessions, clock, 1)
+    await service.remember(signed_in("sid-1"), family=first)
+    # An ended sign-in gives its place back: a sign-out forgets it in the indexes too.
+    gone = await _family(sessions, clock, 2)
+    await service.remember(signed_in("sid-1"), family=gone)
+    assert await service.index.forget(gone) is not None
+    for n in range(199):
+        await service.remember(signed_in("sid-1"), family=await _family(sessions, clock, 100 + n))
+    assert len(await sessions.list_user(1)) == 1  # 200 live sign-ins: all held
+    await service.remember(signed_in("sid-1"), family=await _family(sessions, clock, 400))
+    assert await sessions.list_user(1) == []
+    assert await service.index.get(first) is None
+    ended = await service.index.families(provider="corp", sub="alice", sid="sid-1")
+    assert len(ended) == 200
+    assert first not in ended
 
 
 async def test_a_logout_token_id_is_accepted_once(fast_state: FastState, fast_state_peer: FastState) -> None:
