@@ -179,6 +179,7 @@ class Eraser:
             since=user.created_at,
         )
         await self._register.pseudonymise(user_id, tombstone)
+        await self._removed.pseudonymise(user.username, pseudonym)
         await self._holds.pseudonymise(user.username, tombstone)
         held = frozenset(
             fold(h.subject) for h in await self._holds.find(active_only=True) if h.scope == "person"

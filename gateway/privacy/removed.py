@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
@@ -106,6 +106,24 @@ class RemovedArchive:
             session.add(row)
             with store_errors("cannot keep the removed content"):
                 await session.commit()
+
+    async def pseudonymise(self, username: str, pseudonym: str) -> int:
+        """Give the person's archives of corrections (made while they were there) their erasure's
+        pseudonym: opening one afterwards records the tombstone, never the name (a re-attack run's
+        reading of one, after the erasure, wrote the name beside the pseudonym into the trail)."""
+        query = (
+            update(RemovedContent)
+            .where(
+                RemovedContent.subject_key.in_(subject_keys(self._keyring, username)),
+                RemovedContent.pseudonym == "",
+            )
+            .values(pseudonym=pseudonym)
+        )
+        async with self._db.session() as session:
+            with store_errors("cannot pseudonymise removed content"):
+                result = await session.execute(query)
+                await session.commit()
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def find(self, username: str | None = None) -> list[RemovedView]:
         """Every archive, newest first, or those of ``username`` (by their subject keys, also erased)."""

@@ -351,7 +351,10 @@ class RemovedContentRule:
             if expires_at > now:
                 survey.note_later(item)
                 continue
-            hold = await self._holds.covering(keys=[key], data_class=self.data_class)
+            # A class hold on registration keeps it too: what an erasure or a correction took from a
+            # registration (a re-attack run: a correction sealed under such a hold went at its expiry
+            # while the hold still stood).
+            hold = await self._holds.covering(keys=[key], data_class=(self.data_class, "registration"))
             survey.note_due(item, hold.reference if hold is not None else by_name.get(key))
         return survey
 

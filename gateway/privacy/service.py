@@ -45,8 +45,10 @@ from gateway.store.fast import FastState
 
 __all__ = ["AlreadyClosed", "EmailNeedsAdmin", "Privacy", "ProviderOwned", "TooManyExports"]
 
-# The fast-state counter of one person's own exports (``privacy.export_limit``).
-_EXPORTS_KEY = "privacy:exports:{}"
+# The fast-state counter of one person's own exports (``privacy.export_limit``): by the account's id
+# and when it was made, since SQLite gives a deleted account's id to the next one (an attack run's new
+# account was refused its first export on the erased one's count).
+_EXPORTS_KEY = "privacy:exports:{}:{}"
 
 
 class ProviderOwned(GatewayError):
@@ -252,7 +254,8 @@ class Privacy:
         if self._fast is None or settings.export_limit <= 0:
             return
         window = float(settings.export_window)
-        taken = await self._fast.incr_window(_EXPORTS_KEY.format(user.id), window=window)
+        key = _EXPORTS_KEY.format(user.id, int(user.created_at.timestamp()))
+        taken = await self._fast.incr_window(key, window=window)
         if taken > settings.export_limit:
             raise TooManyExports(
                 f"You have taken {settings.export_limit} exports of your data within {_span(window)}; "

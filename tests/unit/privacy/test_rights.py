@@ -175,6 +175,20 @@ async def test_a_persons_own_exports_are_limited_per_window_and_a_refused_one_ch
     await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
 
 
+async def test_a_new_account_given_an_erased_ones_id_has_a_count_of_its_own(world: World) -> None:
+    """A re-attack run: SQLite gives a deleted account's id to the next one, and the new person's first
+    export was refused on the erased person's count (telling them a former account existed)."""
+    user = await world.alice()
+    for _ in range(SETTINGS.export_limit):
+        await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    await world.privacy.erase(user, **_as_admin())  # type: ignore[arg-type]
+    world.clock.advance(1)
+    dave = await world.accounts.create(username="dave", password=PASSWORD, actor="admin:root")
+    if world.db.backend == "sqlite":
+        assert dave.id == user.id  # the reuse this is about (PostgreSQL's sequence never reuses)
+    await world.privacy.export(dave, **_as_portal(dave))  # type: ignore[arg-type]
+
+
 async def test_export_matches_its_schema_and_holds_no_secret(world: World) -> None:
     user = await world.alice()
     request, doc = await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
@@ -463,9 +477,18 @@ async def test_a_correction_under_a_legal_hold_keeps_the_values_it_replaced(worl
     (event,) = await world.audit.events(kind="privacy.removed_content_opened")
     assert (event.actor, event.subject) == ("cli:counsel", "alice")
     assert json.loads(event.details) == {"ref": request.ref, "reason": "case 12"}
-    # The person's erasure, once the hold is gone, takes the opening's record with the rest.
+    # The person's erasure, once the hold is gone, takes the opening's record with the rest, and gives
+    # the archive the erasure's pseudonym: opened afterwards, it is recorded under the tombstone (a
+    # re-attack run's reading wrote the name beside the pseudonym into the trail).
     await world.privacy.holds.release("ORDER-41", by="admin:counsel")
     await world.privacy.erase(fresh, **_as_admin())  # type: ignore[arg-type]
+    assert "alice" not in await _audit_text(world.db)
+    archives = await world.privacy.removed.find()
+    assert request.ref in {a.ref for a in archives}
+    assert len(archives) == 2  # the correction's and the erasure's, under one tombstone
+    (tombstone,) = {a.who for a in archives}
+    assert tombstone.startswith("[erased:")
+    await world.privacy.open_removed(request.ref, reason="case 13", actor="cli:counsel")
     assert "alice" not in await _audit_text(world.db)
 
 
