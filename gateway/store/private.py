@@ -19,12 +19,14 @@ _SIBLINGS = ("-wal", "-shm", "-journal")
 
 
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) if needed; ``path`` itself, when created, is mode 0700
-    (parents get the default mode: what is inside ``path`` is what must stay private).
+    """Create ``path`` and its missing parents if needed, each created one mode 0700.
 
-    An existing directory keeps its mode: it may be a mounted volume others are meant to list.
+    Parents the gateway creates are its own too: ``<data_dir>/metrics`` and ``<data_dir>/incidents``,
+    made as mere parents, took the umask's mode (0755; 0777 under umask 000, where another local
+    user could replace what is below them: an attack run). An existing directory keeps its mode: it
+    may be a mounted volume others are meant to list.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dirs(path)
 
 
 def private_dirs(path: Path) -> None:

@@ -94,3 +94,15 @@ def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
     volume.chmod(0o755)
     private_dir(volume)
     assert _mode(volume) == 0o755
+
+
+def test_the_parents_a_private_directory_needs_are_private_too(tmp_path: Path) -> None:
+    """An attack run: <data_dir>/metrics and <data_dir>/incidents, created as mere parents of a
+    private directory, were 0755 (0777 under umask 000)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    private_dir(data_dir / "metrics" / "127.0.0.1_8080")
+    private_dir(data_dir / "incidents" / "inc-0a1b2c3d")
+    for created in ("metrics", "metrics/127.0.0.1_8080", "incidents", "incidents/inc-0a1b2c3d"):
+        assert _mode(data_dir / created) == 0o700, created
+    assert _mode(data_dir) == 0o755  # it was there: kept
