@@ -121,10 +121,13 @@ def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, hos
     person's account, changed their name and took new recovery codes through forms posted to
     ``localhost:18701``. So a browser's ``Sec-Fetch-Site`` must not say another site or another origin
     of the site, and an ``Origin`` must be this request's host (its port read with the origin's own
-    scheme, so a TLS proxy in front does not matter). ``Origin: null`` (what browsers send for form
-    posts from these pages, which have ``Referrer-Policy: no-referrer``) is left to ``Sec-Fetch-Site``.
-    Requests without either (scripts, the identity provider's back-channel logout) are no browser's
-    and pass to the CSRF check as before.
+    scheme, so a TLS proxy in front does not matter). ``Origin: null`` passes only where a
+    ``Sec-Fetch-Site`` of ``same-origin`` speaks for it: browsers send no Fetch Metadata to a plain-HTTP
+    host other than localhost, and a page of another port sending ``null`` (its own ``Referrer-Policy:
+    no-referrer``) took a person's recovery codes and removed a factor there (an attack run). These
+    pages have ``Referrer-Policy: same-origin``, so their own posts carry their real origin. Requests
+    without either header (scripts, the identity provider's back-channel logout) are no browser's and
+    pass to the CSRF check as before.
 
     Raises:
         CrossOriginRefused: (403) another origin, an unreadable one, or more than one.
@@ -132,19 +135,28 @@ def check_own_origin(headers: Iterable[tuple[bytes, bytes]], *, method: str, hos
     if method not in _UNSAFE:
         return
     origins: list[bytes] = []
+    same_origin = False
     for name, value in headers:
         lname = name.lower()
-        if lname == b"sec-fetch-site" and value.strip().lower() in _OTHER_SITES:
-            raise CrossOriginRefused("Changes here come only from the gateway's own pages.")
+        if lname == b"sec-fetch-site":
+            site = value.strip().lower()
+            if site in _OTHER_SITES:
+                raise CrossOriginRefused("Changes here come only from the gateway's own pages.")
+            same_origin = site == b"same-origin"
         if lname == b"origin":
             origins.append(value)
     if len(origins) > 1:
         raise CrossOriginRefused("A request names one origin.")
-    # A browser sends "null" for a form post from a page with Referrer-Policy: no-referrer, which every
-    # page here has (so a check of Origin alone refused every form in a real browser: a re-attack run).
-    # Sec-Fetch-Site (above) speaks for those.
-    if not origins or origins[0].strip().lower() == b"null":
+    if not origins:
         return
+    if origins[0].strip().lower() == b"null":
+        # An older page of ours (no-referrer) in a browser that says where the post came from passes;
+        # without Fetch Metadata "null" is anyone's.
+        if same_origin:
+            return
+        raise CrossOriginRefused(
+            "Changes here come only from the gateway's own pages; reload the page and try again."
+        )
     origin = normal_origin(origins[0].decode("latin-1"))
     if origin is None:
         raise CrossOriginRefused("A request names its origin as a scheme, a host and a port.")

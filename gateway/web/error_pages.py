@@ -60,8 +60,12 @@ def hardening_headers(csp: bytes, *, cache_control: bytes = b"no-store") -> list
         (b"content-security-policy", csp),
         # For browsers that predate CSP's frame-ancestors; both say "never in a frame".
         (b"x-frame-options", b"DENY"),
-        # Gateway URLs carry hand-off codes and return URLs: never send them on to another site.
-        (b"referrer-policy", b"no-referrer"),
+        # Gateway URLs carry hand-off codes and return URLs: never send them on to another origin.
+        # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with the
+        # pages' own form posts, which cannot be told from a forged one where no Sec-Fetch-Site
+        # speaks for it (plain HTTP off localhost: an attack run's page on another port of the host
+        # took a person's recovery codes and removed a factor). See pipeline.origins.check_own_origin.
+        (b"referrer-policy", b"same-origin"),
         (b"x-content-type-options", b"nosniff"),
     ]
 

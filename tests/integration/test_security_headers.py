@@ -9,7 +9,7 @@ answer must carry exactly one of each header:
 * ``Content-Security-Policy``: ``default-src 'none'``, scripts/styles/images/fetch from its own origin at
   most (no ``'unsafe-inline'``, no other origin, no ``data:``), ``frame-ancestors 'none'``,
   ``base-uri 'none'``, and ``form-action`` limited to its own origin and the configured hosts;
-* ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``, ``X-Content-Type-Options: nosniff``;
+* ``X-Frame-Options: DENY``, ``Referrer-Policy: same-origin``, ``X-Content-Type-Options: nosniff``;
 * ``Cache-Control: no-store`` (static assets: a public max-age instead).
 
 TOTP codes come from Debian's ``oathtool`` (marked ``peer``).
@@ -213,7 +213,7 @@ def assert_hardened(resp: httpx.Response, gw: Gateway, *, cache: str = "no-store
         assert len(headers.get_list(name)) == 1, f"{name}: {headers.get_list(name)}"
     assert headers.get_list("cache-control") == [cache]
     assert headers["x-frame-options"] == "DENY"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert headers["x-content-type-options"] == "nosniff"
     csp = csp_directives(headers["content-security-policy"])
     assert csp["default-src"] == ["'none'"]

@@ -269,8 +269,11 @@ def test_sign_out_without_csrf_token_is_refused(site: Site) -> None:
         {"Origin": "http://127.0.0.1:1"},
         {"Origin": "null", "Sec-Fetch-Site": "same-site"},  # a no-referrer page on another port
         {"Sec-Fetch-Site": "same-site"},
+        # The same page where browsers send no Fetch Metadata (plain HTTP off localhost): an attack run
+        # took a person's recovery codes and removed a factor with it.
+        {"Origin": "null"},
     ],
-    ids=["another-port", "opaque", "same-site"],
+    ids=["another-port", "opaque", "same-site", "opaque-without-fetch-metadata"],
 )
 def test_a_planted_csrf_cookie_does_not_let_another_origin_post(site: Site, foreign: dict[str, str]) -> None:
     """An attack run: a page on another port of the host (the same site) set the CSRF cookie to a token
@@ -293,7 +296,8 @@ def test_a_planted_csrf_cookie_does_not_let_another_origin_post(site: Site, fore
         refused = victim.post("/.gateway/login", data=signin, headers=foreign)
         assert refused.status_code == 403
         assert refused.json()["error"] == "cross-origin-refused"
-        # The page's own form still may: a browser sends Origin null from these no-referrer pages.
+        # The page's own form still may: its origin (Referrer-Policy: same-origin), or "null" from a
+        # page loaded before that with a Sec-Fetch-Site that vouches for it.
         own = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
         assert victim.post("/.gateway/logout", data=fields, headers=own).status_code == 303
     assert is_signed_out(site.a, sid, "localhost")

@@ -119,6 +119,9 @@ def test_a_proxys_question_about_a_handshake_is_checked_too() -> None:
         [(b"origin", b"http://localhost:18701"), (b"origin", b"http://localhost:18701")],
         [(b"sec-fetch-site", b"same-site")],
         [(b"Sec-Fetch-Site", b"cross-site"), (b"origin", b"http://localhost:18701")],
+        # Where browsers send no Fetch Metadata (plain HTTP off localhost), "null" is anyone's page.
+        [(b"origin", b"null")],
+        [(b"origin", b"null"), (b"sec-fetch-site", b"none")],
     ],
 )
 def test_a_change_from_another_origin_is_refused(headers: list[tuple[bytes, bytes]]) -> None:
@@ -138,7 +141,7 @@ def test_a_change_from_another_origin_is_refused(headers: list[tuple[bytes, byte
         ([(b"origin", b"https://auth.example.com")], "POST", b"auth.example.com"),  # TLS ended in front
         ([(b"origin", b"https://auth.example.com")], "POST", b"auth.example.com:443"),
         ([], "POST", b"auth.example.com"),  # a script or the identity provider's back-channel logout
-        # Chromium's own form post from a page with Referrer-Policy: no-referrer (every page here).
+        # Chromium's own form post from a page with Referrer-Policy: no-referrer (every page here before).
         ([(b"origin", b"null"), (b"sec-fetch-site", b"same-origin")], "POST", b"auth.example.com"),
         ([(b"sec-fetch-site", b"none")], "POST", b"auth.example.com"),
         ([(b"origin", b"http://evil.test"), (b"sec-fetch-site", b"cross-site")], "GET", b"auth.example.com"),

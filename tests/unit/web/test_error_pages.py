@@ -98,7 +98,7 @@ def test_every_error_answer_is_hardened(err: GatewayError, html: bool) -> None:
     assert headers[b"content-security-policy"] == ERROR_PAGE_CSP
     assert headers[b"x-frame-options"] == b"DENY"
     assert headers[b"cache-control"] == b"no-store"
-    assert headers[b"referrer-policy"] == b"no-referrer"
+    assert headers[b"referrer-policy"] == b"same-origin"
     assert headers[b"x-content-type-options"] == b"nosniff"
     assert headers[b"content-length"] == str(len(body.encode())).encode()
     if html:

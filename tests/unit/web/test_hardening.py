@@ -111,7 +111,7 @@ def test_a_handler_cannot_weaken_or_double_the_headers() -> None:
     assert got[b"content-type"] == [b"text/html"]
     assert got[b"cache-control"] == [b"no-store"]
     assert got[b"x-frame-options"] == [b"DENY"]
-    assert got[b"referrer-policy"] == [b"no-referrer"]
+    assert got[b"referrer-policy"] == [b"same-origin"]
     assert got[b"x-content-type-options"] == [b"nosniff"]
     [csp] = got[b"content-security-policy"]
     assert csp.startswith(b"default-src 'none'; script-src 'self'; style-src 'self';")
