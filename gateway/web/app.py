@@ -60,6 +60,8 @@ __all__ = ["create_control_app", "dependencies"]
 # below). A new page declares the ones it needs and goes into its module's ``HANDLERS``.
 
 _HERE = Path(__file__).parent
+#: The largest request body the gateway's own pages and APIs read (a 413 beyond it).
+MAX_PAGE_BODY: Final = 64 * 1024
 logger = logging.getLogger("gateway.web")
 
 
@@ -213,6 +215,11 @@ def create_control_app(services: WorkerServices) -> Litestar:
         ),
         # One guard for every handler: a session with a sign-in step pending reaches only that step.
         guards=[step_guard(services.identity, services.live)],
+        # Every body these pages take is a form or a WebAuthn ceremony (a few KB; an attestation with
+        # its certificates under 16 KB): Litestar's default 10 MB let an anonymous client post 8 MB of
+        # JSON to the passkey sign-in, decoded and encoded again on the event loop (an attack run:
+        # health checks 3 s late, a worker near 1 GB).
+        request_max_body_size=MAX_PAGE_BODY,
         exception_handlers={
             HTTPException: _http_error,
             GatewayError: _gateway_error,

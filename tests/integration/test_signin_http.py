@@ -574,3 +574,23 @@ def test_unauthenticated_and_one_factor_requests_never_reach_the_upstream(site: 
     # answers, so the gateway gives up after the route's 1 s response timeout).
     assert request_as(site.a, None, host=host, path="/public/x").status_code == 504
     assert site.wire.connections() == 1
+
+
+def test_a_body_no_page_takes_is_a_413_and_a_huge_password_fails_at_once(site: Site) -> None:
+    """An attack run, anonymous: 8 MB of JSON to the passkey sign-in, decoded and encoded again on the
+    event loop, held health checks 3 s and took a worker near 1 GB; a password of a million U+FDFA
+    (18 characters each once normalised) held the loop a second and queued real sign-ins behind it."""
+    user = site.add_user("huge")
+    with browser(site.a) as client:
+        token = csrf(client)
+        big = {"credential": {f"k{i}": [i] for i in range(20_000)}}
+        refused = client.post("/.gateway/api/login/passkey/verify", json=big, headers={"x-csrftoken": token})
+        assert refused.status_code == 413, refused.text
+        form = {"_csrf_token": token, "username": user, "password": "\ufdfa" * 1_000_000}
+        assert client.post("/.gateway/login", data=form).status_code == 413
+        # Under the body limit but longer than any password can be: the usual failure, for any name.
+        for name in (user, "nobody-here"):
+            form = {"_csrf_token": token, "username": name, "password": "\ufdfa" * 5_000}
+            failed = client.post("/.gateway/login", data=form)
+            assert failed.status_code == 401, failed.text
+        assert login(client, user).status_code == 302

@@ -232,3 +232,29 @@ async def test_the_hasher_applies_the_policy_with_its_minimum_off_the_loop() -> 
         await hasher.check_new("alice.smith2024", personal=ALICE)
         == _refused("alice.smith2024", personal=ALICE).message
     )
+
+
+async def test_a_password_longer_than_any_can_be_is_refused_before_it_is_normalised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attack run: NFKC makes U+FDFA 18 characters, and a megabyte of it held the event loop a
+    second at sign-in (verify) before anything looked at its length."""
+    hasher = PasswordHasher(PasswordSettings())
+    stored = await hasher.hash("correct horse battery staple")
+    huge = "\ufdfa" * (4 * MAX_PASSWORD_CHARS + 1)
+
+    def never(form: str, text: str) -> str:
+        raise AssertionError("normalised")
+
+    monkeypatch.setattr("unicodedata.normalize", never)
+    assert await hasher.verify(stored, huge) is False
+    assert await hasher.verify(None, huge) is False
+    refusal = check_password(huge, min_length=MIN)
+    assert refusal is not None
+    assert refusal.rule is Rule.TOO_LONG
+    monkeypatch.undo()
+    # A long typed password that composes to fewer characters is still the one it was.
+    composed = "e\u0301" * 1000  # 2,000 typed, 1,000 once composed
+    kept = check_password(composed, min_length=MIN)
+    assert kept is None or kept.rule is not Rule.TOO_LONG
+    assert await hasher.verify(await hasher.hash(composed), composed) is True
