@@ -142,11 +142,15 @@ def _addresses(given: Sequence[str]) -> list[str]:
     out: list[str] = []
     for text in given:
         try:
-            address = ipaddress.ip_address(text.strip())
+            # A zone ("fe80::1%eth0") is text after the address that str() gives back as it came: an
+            # attack run stored "::1%not-an-ip" so, and the trail never writes one.
+            address = ipaddress.ip_address(text.strip()) if "%" not in text else None
         except ValueError:
+            address = None
+        if address is None:
             raise BadRequest(
                 f"{text[:60]!r} is not an IP address; give each affected address as 192.0.2.7 or 2001:db8::7."
-            ) from None
+            )
         mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
         out.append(str(mapped or address))
     return out

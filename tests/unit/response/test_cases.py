@@ -30,7 +30,9 @@ async def test_addresses_are_kept_in_the_spelling_the_trail_finds_them_by(cases:
     assert updated.addresses == ("192.0.2.7", "2001:db8::7", "198.51.100.9")
 
 
-@pytest.mark.parametrize("bad", ["not-an-ip", "192.0.2.0/24", "192.0.2.256", "", "host.example"])
+@pytest.mark.parametrize(
+    "bad", ["not-an-ip", "192.0.2.0/24", "192.0.2.256", "", "host.example", "::1%not-an-ip", "fe80::1%eth0"]
+)
 async def test_what_is_not_an_address_is_a_400_that_changes_nothing(cases: Cases, bad: str) -> None:
     """An attack run recorded `not-an-ip` as an affected address with a 200: the report, which finds
     the incident's records by address, then found nothing and said so in silence."""
