@@ -545,7 +545,9 @@ async def _end_others_after(
     """
     # This session moves to a sign-in of its own first, then the old sign-in ends whole (its family
     # record taken: a hand-off in flight from it cannot join it any more), then every other browser's.
-    new_id, _ = await identity.sessions.renew(session_id)
+    new_id, renewed = await identity.sessions.renew(session_id)
+    # A provider's logout must still find it (its record moves with it).
+    await identity.oidc.carry(session.family, renewed.family)
     count = await identity.sessions.revoke_family(session.family)
     count += await identity.sessions.revoke_others(new_id, session.user_id)
     await identity.audit.record(

@@ -744,6 +744,28 @@ def test_back_channel_logout_through_one_replica_ends_the_session_on_every_repli
     assert event["details"]["sessions_ended"] == 1
 
 
+def test_a_session_renewed_by_signing_out_everywhere_else_is_still_ended_by_the_provider(site: Site) -> None:
+    """A re-attack run: "sign out everywhere else" (also after a new password, a removed factor, new
+    recovery codes) moves the session to a sign-in of its own, whose provider record stayed behind:
+    the provider's back-channel logout ended nothing and the session went on."""
+    account = site.account("rene")
+    with browser(site.a) as client:
+        assert sign_in(site, client, account).status_code == 302
+        enroll_totp(client)  # a fresh second factor, which the page asks for
+        resp = post_form(client, "/.gateway/account/sessions/revoke-others")
+        assert resp.status_code == 303, resp.text
+        sid = cookie(client)
+        assert sid is not None
+        assert echo_headers(site.a, sid, host="localhost") is not None
+        before = len(site.op.backchannel_deliveries())
+        resp = sign_out_at_provider(site, client)
+        assert resp.status_code in (302, 303), resp.text
+    deliveries = site.op.backchannel_deliveries()[before:]
+    assert [(d["accountId"], d["ok"]) for d in deliveries] == [(account.username, True)], str(deliveries)
+    wait_until(lambda: refused(site.a, sid), timeout=5, interval=0.05, what="the renewed session refused")
+    assert site.audit("signout.backchannel")[-1]["details"]["sessions_ended"] == 1
+
+
 def test_sign_out_also_signs_out_at_the_provider(site: Site) -> None:
     account = site.account("liv")
     with browser(site.a) as client:

@@ -291,16 +291,24 @@ class OidcService:
         """Index the new session family for logout (by provider ``sid`` and ``sub``), and end the
         oldest sign-ins of that subject or provider session that the index can no longer hold: a
         sign-in a logout cannot find must not outlive it."""
-        dropped = await self.index.remember(
-            family=family,
-            sign_in=OidcSignIn(
-                provider=completed.provider,
-                sub=completed.token.subject,
-                sid=completed.token.sid,
-                id_token=completed.id_token,
-            ),
+        sign_in = OidcSignIn(
+            provider=completed.provider,
+            sub=completed.token.subject,
+            sid=completed.token.sid,
+            id_token=completed.id_token,
         )
-        for old in dropped:
+        await self._index(family, sign_in)
+
+    async def carry(self, old_family: str, new_family: str) -> None:
+        """Move a sign-in's provider record to the family its session moved to (``SessionStore.renew``,
+        after a change of credentials): a logout finds sessions only through it, and an attack run's
+        session, renewed by "sign out everywhere else", outlived the provider's back-channel logout."""
+        sign_in = await self.index.forget(old_family)
+        if sign_in is not None:
+            await self._index(new_family, sign_in)
+
+    async def _index(self, family: str, sign_in: OidcSignIn) -> None:
+        for old in await self.index.remember(family=family, sign_in=sign_in):
             await self._sessions.revoke_family(old)
             await self.index.forget(old)
 
