@@ -4,7 +4,8 @@ The stages decide once, at the request's head. A WebSocket or a download can go 
 that, so without a second look a disabled account, a revoked session or token, a blocked address or a
 lockdown would leave an open one flowing (an attack run kept a WebSocket echoing and a 2 GB download
 running after each of them). Every :data:`gateway.pipeline.proxy.WATCH_INTERVAL` while one lasts, the checks a new request
-would face that can change under it are made again: the client's address against the blocks, the
+would face that can change under it are made again: the route as configured (a reload that changes
+it, e.g. a path no longer public, ends the exchange), the client's address against the blocks, the
 lockdown (a break-glass session only), the session or the bearer token still valid, the session's
 second factor still as fresh as the route asks (``mfa.max_age``: a step-up is not good for as long as
 a connection lasts), and the policy still allowing the request's principals this method on this path
@@ -17,6 +18,7 @@ while the policy does not change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.authz.live import LivePolicy
@@ -30,7 +32,7 @@ from gateway.observe.record import AuthKind
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
 from gateway.pipeline.lockdown import breaks_glass
-from gateway.pipeline.snapshot import LiveState
+from gateway.pipeline.snapshot import LiveState, RouteRuntime
 from gateway.settings.schema import MfaPolicy
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.lockdown import Lockdown
@@ -58,6 +60,9 @@ class _Request(Protocol):
 
     @property
     def mfa_policy(self) -> MfaPolicy | None: ...
+
+    @property
+    def rt(self) -> RouteRuntime | None: ...
 
     @property
     def path(self) -> str: ...
@@ -95,6 +100,8 @@ class Rechecks:
         if request.client_ip in self._blocks:
             return False
         snap = self._live.current
+        if not _route_as_decided(snap.routes, request.rt):
+            return False
         try:
             session = None
             principals: frozenset[str] | None = None
@@ -144,3 +151,24 @@ class Rechecks:
             principals, request.route_name, request.method, request.path
         )
         return decision.allowed
+
+
+def _route_as_decided(routes: Mapping[str, RouteRuntime], decided: RouteRuntime | None) -> bool:
+    """Whether the request's route is still configured as when its head was decided.
+
+    A reload that removes the route, makes the path public no longer, asks for a second factor or
+    changes how clients authenticate applies to new requests; an open exchange was decided under the
+    old rules (an attack run kept a WebSocket on a path made private echoing after the reload). Any
+    change to the route ends it: the client's next request is decided under the new ones.
+    """
+    if decided is None:
+        return True
+    current = routes.get(decided.route.name)
+    if current is decided:
+        return True
+    return (
+        current is not None
+        and current.route == decided.route
+        and current.mfa_policy == decided.mfa_policy
+        and (current.session_auth, current.bearer_auth) == (decided.session_auth, decided.bearer_auth)
+    )

@@ -248,3 +248,27 @@ def test_a_websocket_from_an_address_blocked_later_is_closed(gw: Gateway) -> Non
         assert ws.recv(timeout=10) == "before"
         _cli(gw, "incident", "block-ip", "127.0.0.1", "--for", "10m")
         assert _closed_for_policy(ws) == 1008
+
+
+def test_a_websocket_on_a_path_a_reload_makes_private_is_closed(tmp_path: Path) -> None:
+    """A re-attack run: an anonymous WebSocket on a public path kept echoing after a reload made the
+    path private, where a new request got 401. The watch compares the route with the one the
+    exchange was decided under; a change to it ends the exchange."""
+    with run_echo() as echo:
+        config = gateway_config(tmp_path, free_port(), [echo_route(echo, websockets=True)])
+        with run_gateway(tmp_path, config) as gateway:
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+            with connect(f"ws://127.0.0.1:{gateway.port}/ws", sock=sock, open_timeout=10) as ws:
+                ws.send("public")
+                assert ws.recv(timeout=10) == "public"
+                private = gateway_config(
+                    tmp_path, gateway.port, [echo_route(echo, public_paths=[], websockets=True)]
+                )
+                gateway.rewrite_config(private)
+                gateway.sighup()
+                wait_until(
+                    lambda: httpx.get(f"{gateway.url}/x", timeout=5).status_code == 401,
+                    timeout=10,
+                    what="the path private for a new request",
+                )
+                assert _closed_for_policy(ws) == 1008

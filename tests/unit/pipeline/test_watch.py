@@ -77,11 +77,20 @@ class Request:
     method: str = "GET"
     path: str = "/deploy"
     mfa_policy: MfaPolicy | None = NO_MFA
+    rt: Any = None
 
 
-def _checks(policy: Policy, session: Session | None) -> Rechecks:
+def _runtime(**route: object) -> SimpleNamespace:
+    """A route's runtime as the watch compares it (named ``app``)."""
+    config = SimpleNamespace(name="app", public_paths=(), **route)
+    return SimpleNamespace(route=config, mfa_policy=NO_MFA, session_auth=True, bearer_auth=False)
+
+
+def _checks(policy: Policy, session: Session | None, routes: dict[str, Any] | None = None) -> Rechecks:
     live = SimpleNamespace(
-        current=SimpleNamespace(cookie_name=COOKIE, settings=SimpleNamespace(lockdown=None))
+        current=SimpleNamespace(
+            cookie_name=COOKIE, settings=SimpleNamespace(lockdown=None), routes=routes or {}
+        )
     )
     lockdown = SimpleNamespace(state=SimpleNamespace(on=False))
     parts: dict[str, Any] = {
@@ -145,3 +154,21 @@ async def test_an_unfinished_sign_in_ends_the_exchange_on_a_route_asking_no_fact
     )
     assert await _checks(Policy(), _session(("ops",))).allowed(Request())
     assert not await _checks(Policy(), owing).allowed(Request())
+
+
+async def test_a_reload_that_changes_the_route_ends_the_exchange() -> None:
+    """A re-attack run: a WebSocket on a public path went on echoing after a reload made the path
+    private, where a new request got 401; the same for a route that came to ask for a second factor,
+    changed its auth or went away. A reload that leaves the route as it was ends nothing."""
+    decided = _runtime()
+    request = Request(rt=decided)
+    assert await _checks(Policy(), _session(("ops",)), {"app": decided}).allowed(request)
+    assert await _checks(Policy(), _session(("ops",)), {"app": _runtime()}).allowed(request)
+    private = _runtime()
+    private.route.public_paths = ("/nothing/*",)
+    stricter = _runtime()
+    stricter.mfa_policy = MfaPolicy(require="required")
+    tokens = _runtime()
+    tokens.bearer_auth = True
+    for changed in ({"app": private}, {"app": stricter}, {"app": tokens}, {}):
+        assert not await _checks(Policy(), _session(("ops",)), changed).allowed(request)
