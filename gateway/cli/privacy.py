@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -212,21 +213,32 @@ def _open_new(path: Path, *, force: bool) -> int:
     return fd
 
 
+@contextlib.contextmanager
+def _output(out: Path | None, *, force: bool) -> Iterator[int | None]:
+    """The file a document goes to (:func:`_open_new`), or None for standard output; closed after."""
+    fd = _open_new(out, force=force) if out is not None else None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+async def _write(fd: int | None, document: Mapping[str, object]) -> None:
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if fd is None:
+        sys.stdout.write(text)
+    else:
+        await asyncio.to_thread(os.write, fd, text.encode("utf-8"))
+
+
 async def _export(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     user = await ctx.user(args.user)
     out: Path | None = args.out
     # The file is opened before the request is recorded: a refused path records nothing.
-    fd = _open_new(out, force=args.force) if out is not None else None
-    try:
+    with _output(out, force=args.force) as fd:
         request, document = await ctx.privacy.export(user, **_rights(ctx, args))
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        if fd is None:
-            sys.stdout.write(text)
-        else:
-            await asyncio.to_thread(os.write, fd, text.encode("utf-8"))
-    finally:
-        if fd is not None:
-            os.close(fd)
+        await _write(fd, document)
     # Standard output may be the export itself: what was done goes to standard error.
     print(_request_line(request) + (f"; written to {out}" if out is not None else ""), file=sys.stderr)
     return EXIT_OK
@@ -400,17 +412,9 @@ async def _removed_list(args: argparse.Namespace, ctx: PrivacyContext) -> int:
 async def _removed_open(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     out: Path | None = args.out
     # The file is opened before the reading is recorded: a refused path records nothing.
-    fd = _open_new(out, force=args.force) if out is not None else None
-    try:
+    with _output(out, force=args.force) as fd:
         view, document = await ctx.privacy.open_removed(args.ref, reason=args.reason, actor=ctx.actor)
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        if fd is None:
-            sys.stdout.write(text)
-        else:
-            await asyncio.to_thread(os.write, fd, text.encode("utf-8"))
-    finally:
-        if fd is not None:
-            os.close(fd)
+        await _write(fd, document)
     print(
         f"opened removed content {view.ref} ({view.reason}); the reading is in the audit trail"
         + (f"; written to {out}" if out is not None else ""),
@@ -420,20 +424,14 @@ async def _removed_open(args: argparse.Namespace, ctx: PrivacyContext) -> int:
 
 
 def _register_removed(actions: SubParsers[argparse.ArgumentParser]) -> None:
-    removed = actions.add_parser(
+    sub = _group(
+        actions,
         "removed",
-        help="list and open removed content kept for an investigation",
+        summary="list and open removed content kept for an investigation",
         description="Removed content: the sealed copy of a person's data an erasure kept, or of the values a "
         "correction replaced while a legal hold covered the person. Kept for "
         "privacy.retention.removed_content, longer under a hold; opening one is audited.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        removed.print_help(sys.stderr)
-        return 2
-
-    removed.set_defaults(func=usage)
-    sub = removed.add_subparsers(dest="removed_action", metavar="ACTION")
     p = _action(
         sub,
         "list",
@@ -477,6 +475,20 @@ def _action(
     return parser
 
 
+def _group(
+    actions: SubParsers[argparse.ArgumentParser], name: str, *, summary: str, description: str
+) -> SubParsers[argparse.ArgumentParser]:
+    """A group of actions (``hold``, ``removed``); alone, it prints its help and exits 2."""
+    group = actions.add_parser(name, help=summary, description=description)
+
+    def usage(_args: argparse.Namespace) -> int:
+        group.print_help(sys.stderr)
+        return 2
+
+    group.set_defaults(func=usage)
+    return group.add_subparsers(dest=f"{name}_action", metavar="ACTION")
+
+
 def _right(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("user", metavar="USER", help="username or email address of the person")
     parser.add_argument(
@@ -500,19 +512,13 @@ def _choice_args(parser: argparse.ArgumentParser, purpose: str) -> None:
 
 
 def _register_hold(actions: SubParsers[argparse.ArgumentParser]) -> None:
-    holds = actions.add_parser(
+    sub = _group(
+        actions,
         "hold",
-        help="place, release and list legal holds",
+        summary="place, release and list legal holds",
         description="A legal hold (a court or government order, or counsel's instruction) suspends the "
         "deletion of what it covers: one person's data, or a whole data class.",
     )
-
-    def usage(_args: argparse.Namespace) -> int:
-        holds.print_help(sys.stderr)
-        return 2
-
-    holds.set_defaults(func=usage)
-    sub = holds.add_subparsers(dest="hold_action", metavar="ACTION")
 
     p = _action(
         sub,

@@ -721,6 +721,16 @@ def sign_out_at_provider(site: Site, client: httpx.Client) -> httpx.Response:
     return client.post(f"{site.op.issuer}/session/end/confirm", data={"xsrf": xsrf.group(1), "logout": "yes"})
 
 
+def _signed_out_by_the_provider(site: Site, client: httpx.Client, account: Account, sid: str) -> None:
+    """Sign out at the provider; its back-channel logout (one delivery, accepted) ends ``sid`` on A."""
+    before = len(site.op.backchannel_deliveries())
+    resp = sign_out_at_provider(site, client)
+    assert resp.status_code in (302, 303), resp.text
+    deliveries = site.op.backchannel_deliveries()[before:]
+    assert [(d["accountId"], d["ok"]) for d in deliveries] == [(account.username, True)], str(deliveries)
+    wait_until(lambda: refused(site.a, sid), timeout=5, interval=0.05, what="the session refused on A")
+
+
 def test_back_channel_logout_through_one_replica_ends_the_session_on_every_replica(site: Site) -> None:
     account = site.account("bob")
     with browser(site.a) as client:
@@ -730,13 +740,8 @@ def test_back_channel_logout_through_one_replica_ends_the_session_on_every_repli
         # Both replicas accept the session (shared Redis); B now also holds it in its cache.
         assert echo_headers(site.a, sid, host="localhost") is not None
         assert echo_headers(site.b, sid, host="localhost") is not None
-        before = len(site.op.backchannel_deliveries())
-        resp = sign_out_at_provider(site, client)
-        assert resp.status_code in (302, 303), resp.text
-    # The provider called replica B (its back-channel URI) with a signed logout token for this sid.
-    deliveries = site.op.backchannel_deliveries()[before:]
-    assert [(d["accountId"], d["ok"]) for d in deliveries] == [(account.username, True)], str(deliveries)
-    wait_until(lambda: refused(site.a, sid), timeout=5, interval=0.05, what="refusal on A")
+        # The provider calls replica B (its back-channel URI) with a signed logout token for this sid.
+        _signed_out_by_the_provider(site, client, account, sid)
     assert refused(site.b, sid)
     event = site.audit("signout.backchannel")[-1]
     assert event["outcome"] == "success"
@@ -757,12 +762,7 @@ def test_a_session_renewed_by_signing_out_everywhere_else_is_still_ended_by_the_
         sid = cookie(client)
         assert sid is not None
         assert echo_headers(site.a, sid, host="localhost") is not None
-        before = len(site.op.backchannel_deliveries())
-        resp = sign_out_at_provider(site, client)
-        assert resp.status_code in (302, 303), resp.text
-    deliveries = site.op.backchannel_deliveries()[before:]
-    assert [(d["accountId"], d["ok"]) for d in deliveries] == [(account.username, True)], str(deliveries)
-    wait_until(lambda: refused(site.a, sid), timeout=5, interval=0.05, what="the renewed session refused")
+        _signed_out_by_the_provider(site, client, account, sid)
     assert site.audit("signout.backchannel")[-1]["details"]["sessions_ended"] == 1
 
 
