@@ -272,9 +272,15 @@ class OidcService:
             raise TokenRejected(Check.SUBJECT, "userinfo is about another subject")
         merged = dict(info)
         merged.update(claims)  # what the signed ID token says wins
-        if "email" in claims and "email_verified" not in claims and info.get("email") != claims["email"]:
-            # An address and its verified flag come from one answer: the token's address with
-            # userinfo's flag for another address was taken as verified (an attack run).
+        # An address and its verified flag come from one answer: the token's address with userinfo's
+        # flag for another address was taken as verified (an attack run), and so would be userinfo's
+        # address with the token's flag about no address (a later run's reading).
+        if "email" in claims:
+            if "email_verified" not in claims and info.get("email") != claims["email"]:
+                merged.pop("email_verified", None)
+        elif "email_verified" in info:
+            merged["email_verified"] = info["email_verified"]
+        else:
             merged.pop("email_verified", None)
         return merged
 

@@ -101,6 +101,9 @@ def test_userinfo_of_another_subject_is_refused_and_the_id_token_wins() -> None:
         ({"email": "kate@corp.test"}, {"email": "kate@corp.test", "email_verified": True}, True),
         ({}, {"email": "kate@corp.test", "email_verified": True}, True),
         ({"email": "kate@corp.test", "email_verified": False}, {"email_verified": True}, False),
+        # The token's flag about no address, userinfo's address: not verified by anyone.
+        ({"email_verified": True}, {"email": "boss@corp.test"}, None),
+        ({"email_verified": True}, {"email": "boss@corp.test", "email_verified": False}, False),
     ],
 )
 def test_an_address_and_its_verified_flag_come_from_one_answer(
