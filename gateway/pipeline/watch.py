@@ -154,21 +154,35 @@ class Rechecks:
 
 
 def _route_as_decided(routes: Mapping[str, RouteRuntime], decided: RouteRuntime | None) -> bool:
-    """Whether the request's route is still configured as when its head was decided.
+    """Whether the request's route still decides requests as when its head was decided.
 
     A reload that removes the route, makes the path public no longer, asks for a second factor or
     changes how clients authenticate applies to new requests; an open exchange was decided under the
-    old rules (an attack run kept a WebSocket on a path made private echoing after the reload). Any
-    change to the route ends it: the client's next request is decided under the new ones.
+    old rules (an attack run kept a WebSocket on a path made private echoing after the reload). A
+    change to what decides ends the exchange, and the client's next request is decided under the new
+    rules; any other change (headers, upstreams, timeouts) lets in-flight requests finish.
     """
     if decided is None:
         return True
     current = routes.get(decided.route.name)
     if current is decided:
         return True
+    return current is not None and _deciding(current) == _deciding(decided)
+
+
+def _deciding(rt: RouteRuntime) -> tuple[object, ...]:
+    """What of a route decides who may reach what on it."""
+    route = rt.route
     return (
-        current is not None
-        and current.route == decided.route
-        and current.mfa_policy == decided.mfa_policy
-        and (current.session_auth, current.bearer_auth) == (decided.session_auth, decided.bearer_auth)
+        route.host,
+        route.path,
+        route.public_paths,
+        route.allow_path_params,
+        route.case_insensitive_paths,
+        route.websockets,
+        rt.websocket_origins,
+        rt.cors_preflight,
+        rt.mfa_policy,
+        rt.session_auth,
+        rt.bearer_auth,
     )

@@ -121,12 +121,14 @@ _CSRF_FAILED: Final = (
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     # A framework 5xx may carry an exception's text too: the log has it, the client a plain line.
     message = exc.detail if exc.status_code < 500 else GatewayError.public_message
+    if exc.status_code == 413:
+        message = f"The request body is larger than the gateway's pages take ({MAX_PAGE_BODY // 1024} KiB)."
     accept = request.headers.get("accept", "").encode("latin-1")
     if wants_html(accept) and exc.status_code < 500:
         if exc.status_code == 403 and "csrf" in message.lower():
             message = _CSRF_FAILED
         return _gateway_error(request, FrameworkRefusal(exc.status_code, message))
-    body = {"error": "not-found" if exc.status_code == 404 else "error", "message": message}
+    body = {"error": FrameworkRefusal.REASONS.get(exc.status_code, "error"), "message": message}
     return Response(body, status_code=exc.status_code)
 
 

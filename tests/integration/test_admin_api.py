@@ -452,18 +452,19 @@ def test_a_body_nested_too_deeply_is_400_and_the_gateway_answers_on(site: Site, 
         resp = api(site, boss, "POST", path, content=deep, headers={"Content-Type": "application/json"})
         assert "nested too deeply" in assert_error(resp, 400, "bad-request")["message"]
     assert current(site, boss) == before
-    # The portal's API decodes with the same framework.
+    # The portal's API decodes with the same framework, and reads at most 64 KiB: a body nested as
+    # deeply as fits is a 400, the one above a 413 before it is read.
+    fits = '{"credential": ' + "[" * 30_000 + "]" * 30_000 + "}"
     with browser(site.gw) as client:
-        portal = client.post(
-            "/.gateway/api/login/passkey/verify",
-            content=deep,
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "x-csrftoken": csrf(client),
-            },
-        )
-    assert portal.status_code == 400, portal.text
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "x-csrftoken": csrf(client),
+        }
+        portal = client.post("/.gateway/api/login/passkey/verify", content=fits, headers=headers)
+        assert portal.status_code == 400, portal.text
+        portal = client.post("/.gateway/api/login/passkey/verify", content=deep, headers=headers)
+        assert (portal.status_code, portal.json()["error"]) == (413, "body-too-large"), portal.text
 
 
 @pytest.mark.peer

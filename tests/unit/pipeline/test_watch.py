@@ -80,10 +80,26 @@ class Request:
     rt: Any = None
 
 
-def _runtime(**route: object) -> SimpleNamespace:
+def _runtime() -> SimpleNamespace:
     """A route's runtime as the watch compares it (named ``app``)."""
-    config = SimpleNamespace(name="app", public_paths=(), **route)
-    return SimpleNamespace(route=config, mfa_policy=NO_MFA, session_auth=True, bearer_auth=False)
+    config = SimpleNamespace(
+        name="app",
+        host="app.test",
+        path="/",
+        public_paths=(),
+        allow_path_params=False,
+        case_insensitive_paths=False,
+        websockets=True,
+        response_headers={},
+    )
+    return SimpleNamespace(
+        route=config,
+        mfa_policy=NO_MFA,
+        session_auth=True,
+        bearer_auth=False,
+        websocket_origins=frozenset(),
+        cors_preflight=False,
+    )
 
 
 def _checks(policy: Policy, session: Session | None, routes: dict[str, Any] | None = None) -> Rechecks:
@@ -164,6 +180,10 @@ async def test_a_reload_that_changes_the_route_ends_the_exchange() -> None:
     request = Request(rt=decided)
     assert await _checks(Policy(), _session(("ops",)), {"app": decided}).allowed(request)
     assert await _checks(Policy(), _session(("ops",)), {"app": _runtime()}).allowed(request)
+    # What does not decide (headers, upstreams, timeouts) lets a request in flight finish.
+    headers = _runtime()
+    headers.route.response_headers = {"X-Config-Version": "2"}
+    assert await _checks(Policy(), _session(("ops",)), {"app": headers}).allowed(request)
     private = _runtime()
     private.route.public_paths = ("/nothing/*",)
     stricter = _runtime()
