@@ -18,7 +18,6 @@ while the policy does not change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.authz.live import LivePolicy
@@ -31,9 +30,12 @@ from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
+from gateway.pipeline.headers import Forwarding
 from gateway.pipeline.lockdown import breaks_glass
-from gateway.pipeline.snapshot import LiveState, RouteRuntime
+from gateway.pipeline.route import normalize_host
+from gateway.pipeline.snapshot import LiveState, RouteRuntime, Snapshot
 from gateway.settings.schema import MfaPolicy
+from gateway.settings.trusted import TrustedProxies
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.lockdown import Lockdown
 
@@ -63,6 +65,12 @@ class _Request(Protocol):
 
     @property
     def rt(self) -> RouteRuntime | None: ...
+
+    @property
+    def host_raw(self) -> bytes: ...
+
+    @property
+    def fwd(self) -> Forwarding | None: ...
 
     @property
     def path(self) -> str: ...
@@ -97,10 +105,10 @@ class Rechecks:
 
     async def allowed(self, request: _Request) -> bool:
         """Whether ``request`` would still get through; ``False`` also when a store cannot tell."""
-        if request.client_ip in self._blocks:
-            return False
         snap = self._live.current
-        if not _route_as_decided(snap.routes, request.rt):
+        if request.client_ip in self._blocks or _client_now(request.fwd, snap.trusted) in self._blocks:
+            return False
+        if not _route_as_decided(snap, request):
             return False
         try:
             session = None
@@ -153,21 +161,44 @@ class Rechecks:
         return decision.allowed
 
 
-def _route_as_decided(routes: Mapping[str, RouteRuntime], decided: RouteRuntime | None) -> bool:
+def _route_as_decided(snap: Snapshot, request: _Request) -> bool:
     """Whether the request's route still decides requests as when its head was decided.
 
     A reload that removes the route, makes the path public no longer, asks for a second factor or
     changes how clients authenticate applies to new requests; an open exchange was decided under the
-    old rules (an attack run kept a WebSocket on a path made private echoing after the reload). A
-    change to what decides ends the exchange, and the client's next request is decided under the new
-    rules; any other change (headers, upstreams, timeouts) lets in-flight requests finish.
+    old rules (an attack run kept a WebSocket on a path made private echoing after the reload), and so
+    was one whose host and path a route added by the reload now takes (a re-attack run's `/admin`
+    route with `mfa: required` in front of an open socket). A change to what decides ends the
+    exchange, and the client's next request is decided under the new rules; any other change
+    (headers, upstreams, timeouts) lets in-flight requests finish.
     """
+    decided = request.rt
     if decided is None:
         return True
-    current = routes.get(decided.route.name)
+    current = snap.routes.get(decided.route.name)
     if current is decided:
         return True
-    return current is not None and _deciding(current) == _deciding(decided)
+    if current is None or _deciding(current) != _deciding(decided):
+        return False
+    try:
+        match = snap.router.match(normalize_host(request.host_raw.decode("latin-1")), request.path)
+    except GatewayError:
+        return False
+    return match is not None and match.route.name == decided.route.name
+
+
+def _client_now(fwd: Forwarding | None, trusted: TrustedProxies) -> str:
+    """The client's address under the proxies trusted now (a reload may have narrowed them): an
+    exchange that began behind an over-broad ``trusted_proxies`` kept the address a spoofed
+    ``X-Forwarded-For`` gave it, past the fix and a block of its real address (a re-attack run)."""
+    if fwd is None:
+        return ""
+    client = ""
+    for hop in reversed(fwd.chain):
+        client = hop
+        if not trusted.is_trusted(hop):
+            break
+    return client
 
 
 def _deciding(rt: RouteRuntime) -> tuple[object, ...]:

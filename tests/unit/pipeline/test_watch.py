@@ -17,10 +17,12 @@ from gateway.identity.sessions import Session
 from gateway.observe.record import AuthKind
 from gateway.pipeline.watch import Rechecks
 from gateway.settings.schema import Duration, MfaPolicy
+from gateway.settings.trusted import TrustedProxies
 
 COOKIE = "gateway_session"
 NOW = 1_800_000_000.0
 NO_MFA = MfaPolicy()
+NO_PROXIES = TrustedProxies([])
 
 
 def _session(roles: tuple[str, ...], factors: tuple[FactorUse, ...] = ()) -> Session:
@@ -78,6 +80,8 @@ class Request:
     path: str = "/deploy"
     mfa_policy: MfaPolicy | None = NO_MFA
     rt: Any = None
+    host_raw: bytes = b"app.test"
+    fwd: Any = None
 
 
 def _runtime() -> SimpleNamespace:
@@ -102,16 +106,38 @@ def _runtime() -> SimpleNamespace:
     )
 
 
-def _checks(policy: Policy, session: Session | None, routes: dict[str, Any] | None = None) -> Rechecks:
+@dataclass
+class Router:
+    """Matches every path to one route name (what a reload's routes choose for the exchange)."""
+
+    name: str = "app"
+
+    def match(self, host: str, path: str) -> SimpleNamespace:
+        return SimpleNamespace(route=SimpleNamespace(name=self.name), is_public=False)
+
+
+def _checks(
+    policy: Policy,
+    session: Session | None,
+    routes: dict[str, Any] | None = None,
+    *,
+    router: Router | None = None,
+    trusted: TrustedProxies = NO_PROXIES,
+    blocks: frozenset[str] = frozenset(),
+) -> Rechecks:
     live = SimpleNamespace(
         current=SimpleNamespace(
-            cookie_name=COOKIE, settings=SimpleNamespace(lockdown=None), routes=routes or {}
+            cookie_name=COOKIE,
+            settings=SimpleNamespace(lockdown=None),
+            routes=routes or {},
+            router=router or Router(),
+            trusted=trusted,
         )
     )
     lockdown = SimpleNamespace(state=SimpleNamespace(on=False))
     parts: dict[str, Any] = {
         "live": live,
-        "blocks": frozenset(),
+        "blocks": blocks,
         "lockdown": lockdown,
         "sessions": Sessions(session),
         "policy": policy,
@@ -192,3 +218,25 @@ async def test_a_reload_that_changes_the_route_ends_the_exchange() -> None:
     tokens.bearer_auth = True
     for changed in ({"app": private}, {"app": stricter}, {"app": tokens}, {}):
         assert not await _checks(Policy(), _session(("ops",)), changed).allowed(request)
+
+
+async def test_a_route_a_reload_adds_in_front_of_the_exchange_ends_it() -> None:
+    """A re-attack run: a route `/admin` with `mfa: required`, added by a reload in front of an open
+    WebSocket on the public `/` route, left it echoing while a new request got 401."""
+    decided = _runtime()
+    request = Request(rt=decided, path="/deploy")
+    assert await _checks(Policy(), _session(("ops",)), {"app": _runtime()}).allowed(request)
+    taken = {"app": _runtime(), "admin": _runtime()}
+    assert not await _checks(Policy(), _session(("ops",)), taken, router=Router("admin")).allowed(request)
+
+
+async def test_the_client_address_is_read_again_under_the_proxies_trusted_now() -> None:
+    """A re-attack run: behind an over-broad trusted_proxies a WebSocket took the address a spoofed
+    X-Forwarded-For gave it; the reload that narrowed the list and a block of the real address left
+    it open."""
+    spoofed = SimpleNamespace(chain=("198.51.100.9", "127.0.0.1"), client_ip="198.51.100.9")
+    request = Request(client_ip="198.51.100.9", fwd=spoofed)
+    blocked = frozenset({"127.0.0.1"})
+    everyone = TrustedProxies(["0.0.0.0/0"])
+    assert await _checks(Policy(), _session(("ops",)), trusted=everyone, blocks=blocked).allowed(request)
+    assert not await _checks(Policy(), _session(("ops",)), blocks=blocked).allowed(request)
