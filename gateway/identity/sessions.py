@@ -226,6 +226,11 @@ class SessionStore:
         #: revocation could not be written, reads went on, and a disabled account's session was served.
         self.owed: frozenset[int] = frozenset()
 
+    @property
+    def lifetime(self) -> float:
+        """Seconds a session lives at most from its sign-in, as the configuration in force says."""
+        return self._lifetime
+
     def use(self, settings: SessionSettings) -> None:
         """Apply a reloaded ``session`` block: its idle timeout and lifetime hold for every session from
         the next look-up on (a shortened lifetime ends the sessions older than it)."""

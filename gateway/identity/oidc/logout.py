@@ -63,15 +63,21 @@ def _sub_key(provider: str, sub: str) -> str:
 class OidcSignInIndex:
     """Record provider sign-ins by family, and find families by provider ``sid`` or ``sub``."""
 
-    def __init__(self, state: FastState, *, ttl: float) -> None:
+    def __init__(self, state: FastState, *, ttl: float | Callable[[], float]) -> None:
         """Create the index.
 
         Args:
             state: The fast state.
-            ttl: How long entries live (the session lifetime).
+            ttl: How long entries live: the session lifetime, read at each write when a callable (a
+                reload that lengthens it must lengthen what later sign-ins write: entries that expired
+                before their sessions hid them from the provider's logout, a re-attack run).
         """
         self._state = state
-        self._ttl = ttl
+        self._lifetime = ttl if callable(ttl) else (lambda: ttl)
+
+    @property
+    def _ttl(self) -> float:
+        return self._lifetime()
 
     async def remember(self, *, family: str, sign_in: OidcSignIn) -> tuple[str, ...]:
         """Record the provider sign-in behind ``family``.

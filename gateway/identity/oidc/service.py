@@ -122,7 +122,8 @@ class OidcService:
         self._clock = clock
         self.flows = FlowStore(fast, clock)
         self.mapper = IdentityMapper(db, audit, clock, keyring=keyring)
-        self.index = OidcSignInIndex(fast, ttl=session_lifetime)
+        # The session store's lifetime as a reload leaves it, not the one at start.
+        self.index = OidcSignInIndex(fast, ttl=lambda: max(session_lifetime, sessions.lifetime))
         self._clients: dict[str, ProviderClient] = {}
 
     def client(self, idp: IdentityProvider) -> ProviderClient:

@@ -22,7 +22,7 @@ from gateway.identity.oidc.flow import FLOW_TTL, FlowInvalid, FlowStore, new_bin
 from gateway.identity.oidc.logout import OidcSignIn, OidcSignInIndex
 from gateway.identity.oidc.service import CompletedSignIn, OidcService
 from gateway.identity.sessions import SessionStore
-from gateway.settings.schema import SessionSettings
+from gateway.settings.schema import Duration, SessionSettings
 from gateway.store.db import Database
 from gateway.store.fast import FastState
 
@@ -228,6 +228,29 @@ async def test_a_sign_in_the_index_can_no_longer_hold_is_ended_and_an_ended_one_
     ended = await service.index.families(provider="corp", sub="alice", sid="sid-1")
     assert len(ended) == 200
     assert first not in ended
+
+
+async def test_a_lifetime_a_reload_lengthens_is_what_later_sign_ins_are_indexed_for(
+    fast_state: FastState, sessions: SessionStore, clock: FakeClock, database: Database
+) -> None:
+    """A re-attack run: the index's entries lived for the lifetime read at start, and a reload that
+    lengthened session.lifetime let sessions outlive them, so the provider's logout ended nothing."""
+    service = OidcService(
+        db=database,
+        fast=fast_state,
+        audit=AuditLog(database, clock=clock),
+        sessions=sessions,
+        clock=clock,
+        session_lifetime=3600.0,  # the lifetime at start (the fixture's)
+    )
+    sessions.use(SessionSettings(idle_timeout=Duration(3600), lifetime=Duration(8 * 3600)))
+    family = await _family(sessions, clock, 7)
+    token = SimpleNamespace(subject="vic", sid="sid-7")
+    await service.remember(
+        cast(CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t")), family=family
+    )
+    clock.advance(2 * 3600)  # past the lifetime at start (one hour), within the new one
+    assert await service.index.families(provider="corp", sub="vic", sid="sid-7") == (family,)
 
 
 async def test_a_logout_token_id_is_accepted_once(fast_state: FastState, fast_state_peer: FastState) -> None:
