@@ -31,8 +31,9 @@ from urllib.parse import quote
 from gateway.authz.index import PolicyIndex
 from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
+from gateway.identity.handoff import normalise_host
 from gateway.identity.redirects import admin_origin
-from gateway.identity.sessions import Session, SessionStore
+from gateway.identity.sessions import Session, SessionStore, fits_host
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.origins import CrossOriginRefused
 
@@ -152,7 +153,9 @@ async def authenticate(
     """
     session_id = read_cookie(list(headers), cookie_name)
     session = await sessions.get(session_id) if session_id else None
-    if session is None or session_id is None:
+    host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
+    if session is None or session_id is None or not fits_host(session, normalise_host(host)):
+        # An app host's hand-off session never reaches the console (see fits_host).
         raise AuthenticationRequired(
             "Sign in to the gateway first, then come back.",
             location=_with_rd(f"{public_url}/.gateway/login", back),

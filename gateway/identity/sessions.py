@@ -47,6 +47,7 @@ __all__ = [
     "SessionEnded",
     "SessionStore",
     "browser_label",
+    "fits_host",
     "hash_session_id",
 ]
 
@@ -153,6 +154,19 @@ def browser_label(user_agent: str) -> str:
 def hash_session_id(session_id: str) -> str:
     """The storage key of a session id: SHA-256, hex."""
     return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
+
+
+def fits_host(session: Session, host: str) -> bool:
+    """Whether ``session`` may be used on ``host`` (lower case, without port or trailing dot).
+
+    A session an app host got through the hand-off (``host``: that host's name) is that host's
+    alone: a cookie leaked from a less trusted app (its logs, a plain-HTTP listener) opened the
+    person's whole account portal on the auth host, every other app, and hand-offs to all of them (an
+    attack run). A sign-in on the auth host (``host``: the public URL) may go wherever its cookie is
+    sent: forward-auth set-ups share it across the apps' parent domain.
+    """
+    bound = session.host
+    return "://" in bound or bound == host
 
 
 def encode_session(session: Session) -> bytes:

@@ -53,6 +53,7 @@ class RequestContext:
         "cookies",
         "framing",
         "fwd",
+        "host",
         "host_raw",
         "method",
         "outcome",
@@ -89,6 +90,8 @@ class RequestContext:
         # bearer stage): every request pays for the constructor, few need them.
         self.checks: Rechecks
         self.token: str
+        # The normalised host, set by the route stage (which every stage after it follows).
+        self.host: str
 
     @property
     def client_ip(self) -> str:

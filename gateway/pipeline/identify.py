@@ -43,7 +43,8 @@ async def identify(
         request.trace.enter(Stage.IDENTIFY)
     session_id = cookie_in(request.cookies, cookie_name)
     session = await sessions.get(session_id) if session_id else None
-    if session is None or session_id is None:
+    if session is None or session_id is None or (session.host != request.host and "://" not in session.host):
+        # No session, or another app host's hand-off session (gateway.identity.sessions.fits_host).
         raise AuthenticationRequired(
             "Sign-in is required for this page.",
             location=f"{public_url}/.gateway/login?rd={quote(request.original_url(), safe='')}",

@@ -132,7 +132,7 @@ def route_request(
 ) -> bool:
     """The route stage: find the route for the request's host and canonical path.
 
-    Sets ``ctx.rt`` and ``ctx.path_and_query`` (what the upstream is sent: the canonical path, so
+    Sets ``ctx.host`` (the normalised host), ``ctx.rt`` and ``ctx.path_and_query`` (what the upstream is sent: the canonical path, so
     the policy and the application see the same path). A path with ``;`` parameters, where the route
     allows them, is routed and decided without them, as the servlet containers that use them read it
     (:func:`_route_with_params`).
@@ -151,7 +151,7 @@ def route_request(
         BadHeaders: the ``Host`` is malformed.
         BadPath: the path has ``;`` parameters and the route does not allow them.
     """
-    host = normalize_host(ctx.host_raw.decode("latin-1"))
+    host = ctx.host = normalize_host(ctx.host_raw.decode("latin-1"))
     if canon.has_path_params:
         return _route_with_params(ctx, snap, host, canon, no_route)
     match = None if is_control(canon.path) else snap.router.match(host, canon.path)

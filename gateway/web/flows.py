@@ -24,7 +24,7 @@ from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse, newest_second_factor
 from gateway.identity.redirects import admin_origin, safe_local_redirect, safe_redirect
-from gateway.identity.sessions import Session, SessionEnded
+from gateway.identity.sessions import Session, SessionEnded, fits_host
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.db import StoreUnavailable
@@ -70,6 +70,9 @@ async def current(request: AnyRequest, config: CurrentConfig, identity: Identity
     if not session_id:
         return SignedIn(None, None)
     session = await identity.sessions.get(session_id)
+    if session is not None and not fits_host(session, normalise_host(request.headers.get("host") or "")):
+        # Another app host's hand-off session: signed out here (see fits_host).
+        session = None
     return SignedIn(session_id if session else None, session)
 
 

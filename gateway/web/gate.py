@@ -30,7 +30,8 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.errors import Forbidden
 from gateway.identity.cookies import read_cookie
-from gateway.identity.sessions import Session
+from gateway.identity.handoff import normalise_host
+from gateway.identity.sessions import Session, fits_host
 from gateway.services import IdentityServices
 from gateway.settings.current import LiveConfig
 from gateway.web.flows import owed_step
@@ -108,8 +109,9 @@ def step_guard(identity: IdentityServices, live: LiveConfig) -> Any:
         if not session_id:
             return  # no session: every handler sends its own sign-in answer
         session = await identity.sessions.get(session_id)
-        if session is None:
-            return
+        host = connection.headers.get("host") or ""
+        if session is None or not fits_host(session, normalise_host(host)):
+            return  # signed out here: the handler answers as for no session (flows.current agrees)
         step = await pending_step(session, identity)
         if step is None or step in allowed:
             return

@@ -315,3 +315,29 @@ def test_a_handoff_code_dies_with_the_session_a_password_change_renews(site: Sit
         redeemed = site.send("GET", last, "app.test", headers={"Cookie": f"{HANDOFF_COOKIE}={nonce}"})
         assert redeemed.status_code == 400, redeemed.text
         assert SESSION_COOKIE not in redeemed.headers.get("set-cookie", "")
+
+
+def test_an_app_hosts_session_is_that_hosts_alone(site: Site) -> None:
+    """An attack run: the cookie of the session app1 got through the hand-off, copied to the auth host,
+    opened the person's account portal (factors, password, privacy, hand-offs to every host), and on
+    app2 the app. A hand-off session is now its own host's only; the auth host's sign-in still goes
+    wherever its cookie is sent."""
+    add_user(site.gw.config_path, "bound", PASSWORD)
+    with browser(site.gw) as client:
+        assert login(client, "bound").status_code == 302
+        resp = client.get("/.gateway/login", params={"rd": f"http://app.test:{site.gw.port}/x"})
+        redeemed = follow_handoff(client, resp.headers["location"], connect=site.gw.url)
+        app_session = redeemed.cookies.get(SESSION_COOKIE)
+        auth_session = cookie(client)
+    assert app_session
+    assert auth_session
+    on = {"Cookie": f"{SESSION_COOKIE}={app_session}", "Accept": "application/json"}
+    assert site.send("GET", "/x", f"app.test:{site.gw.port}", headers=on).status_code == 200
+    assert site.send("GET", "/x", f"one.apps.test:{site.gw.port}", headers=on).status_code == 401
+    portal = site.send("GET", "/.gateway/api/me", site.auth, headers=on)
+    assert portal.status_code == 401, portal.text
+    # The control: the auth host's own sign-in opens both.
+    theirs = {"Cookie": f"{SESSION_COOKIE}={auth_session}", "Accept": "application/json"}
+    signed_in = site.send("GET", "/.gateway/api/me", site.auth, headers=theirs)
+    assert (signed_in.status_code, signed_in.json()["error"]) == (403, "mfa-required")  # known: enrol first
+    assert site.send("GET", "/x", f"one.apps.test:{site.gw.port}", headers=theirs).status_code == 200

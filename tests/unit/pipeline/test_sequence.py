@@ -129,6 +129,7 @@ async def _sign_in(
     *,
     password_change: bool = False,
     owes_second_factor: bool = False,
+    host: str | None = None,
 ) -> bytes:
     identity = plane.running.services.identity
     session_id, _ = await identity.sessions.create(
@@ -139,7 +140,9 @@ async def _sign_in(
         roles=[],
         ip="127.0.0.1",
         user_agent="test",
-        host="app.test",
+        # A sign-in on the auth host (its public URL): valid on every host its cookie reaches. A
+        # hand-off session (a bare host name) is its own host's alone (fits_host).
+        host=host or plane.running.live.current.public_url,
         password_change=password_change,
         owes_second_factor=owes_second_factor,
     )
@@ -371,6 +374,20 @@ async def test_a_sign_in_that_owes_its_second_factor_opens_no_application(world:
     assert not world.upstream.seen
     # The control: the same account's finished sign-in gets in.
     assert (await ENTRIES[entry](world, "app.test", b"/hello", world.cookies["alice"])).status != 403
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+async def test_an_app_hosts_session_opens_nothing_on_another_host(world: World, entry: str) -> None:
+    """An attack run: the cookie of a session an app host got through the hand-off, copied to another
+    app host and to the auth host, opened the app there and the person's whole account portal."""
+    theirs = await _sign_in(world.plane, 1, "alice", host="closed.test")
+    answer = await ENTRIES[entry](world, "app.test", b"/hello", theirs)
+    assert answer.status == {"http": 401, "forward-auth": 401, "websocket": 403}[entry]
+    assert answer.record.reason == "authentication-required"
+    assert not world.upstream.seen
+    # The control: on its own host it is a signed-in session (no rule allows alice there).
+    home = await ENTRIES[entry](world, "closed.test", b"/hello", theirs)
+    assert home.record.reason == "no-matching-rule"
 
 
 async def test_no_route_is_a_404_but_a_403_for_a_proxy(world: World) -> None:
