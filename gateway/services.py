@@ -187,7 +187,6 @@ class IdentityServices:
                 audit=audit,
                 sessions=sessions,
                 clock=clock,
-                session_lifetime=float(settings.session.lifetime),
                 keyring=keyring,
             ),
         )

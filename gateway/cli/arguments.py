@@ -77,13 +77,10 @@ def short_name(text: str) -> str:
 
 
 def ip_address(text: str) -> str:
-    """A type for one IP address (IPv4 or IPv6), written back in its usual form."""
-    import ipaddress
+    """A type for one IP address (IPv4 or IPv6), written back as the trail writes it (no zone)."""
+    from gateway.response.cases import canonical_address
 
-    try:
-        # No zone ("fe80::1%eth0"): str() gives its text back as typed, and no record holds one.
-        if "%" not in text:
-            return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"expected an IP address, got {text[:40]!r}")
+    address = canonical_address(text)
+    if address is None:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text[:40]!r}")
+    return address

@@ -45,6 +45,7 @@ __all__ = [
     "IdentityNames",
     "TrustedProxies",
     "clean_response_headers",
+    "client_of",
     "foreign_identity",
     "forwarding_for",
     "normalize_name",
@@ -413,23 +414,33 @@ def forwarding_for(
             request_id = value.decode()
     entries = _parse_xff(xff)
     entries.append(peer_ip)
-    client_ip = peer_ip
-    for hop in reversed(entries):
-        if hop is None:
-            # A trusted proxy wrote something that is not an address: nothing to its left is believed,
-            # and that proxy is the client as far as the gateway can tell.
-            break
-        client_ip = hop
-        if not trusted.is_trusted(hop):
-            break
     return Forwarding(
-        client_ip=client_ip,
+        client_ip=client_of(entries, trusted),
         peer_trusted=True,
         proto=proto,
         host=host,
         chain=tuple(hop for hop in entries if hop is not None),
         request_id=request_id or new_request_id(),
     )
+
+
+def client_of(hops: Sequence[str | None], trusted: TrustedProxies) -> str:
+    """The client of a forwarding chain (the peer last): the right-most hop that is not a trusted proxy.
+
+    Also how a long exchange reads its client again under the proxies trusted now (a reload may have
+    narrowed them: an exchange begun behind an over-broad list kept the address a spoofed
+    ``X-Forwarded-For`` gave it, past the fix and a block of its real address, a re-attack run).
+    """
+    client = ""
+    for hop in reversed(hops):
+        if hop is None:
+            # A trusted proxy wrote something that is not an address: nothing to its left is believed,
+            # and that proxy is the client as far as the gateway can tell.
+            break
+        client = hop
+        if not trusted.is_trusted(hop):
+            break
+    return client
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:

@@ -30,12 +30,10 @@ from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
 from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
-from gateway.pipeline.headers import Forwarding
+from gateway.pipeline.headers import Forwarding, client_of
 from gateway.pipeline.lockdown import breaks_glass
-from gateway.pipeline.route import normalize_host
 from gateway.pipeline.snapshot import LiveState, RouteRuntime, Snapshot
 from gateway.settings.schema import MfaPolicy
-from gateway.settings.trusted import TrustedProxies
 from gateway.threat.blocks import IpBlocks
 from gateway.threat.lockdown import Lockdown
 
@@ -67,7 +65,7 @@ class _Request(Protocol):
     def rt(self) -> RouteRuntime | None: ...
 
     @property
-    def host_raw(self) -> bytes: ...
+    def host(self) -> str: ...
 
     @property
     def fwd(self) -> Forwarding | None: ...
@@ -106,7 +104,9 @@ class Rechecks:
     async def allowed(self, request: _Request) -> bool:
         """Whether ``request`` would still get through; ``False`` also when a store cannot tell."""
         snap = self._live.current
-        if request.client_ip in self._blocks or _client_now(request.fwd, snap.trusted) in self._blocks:
+        if request.client_ip in self._blocks or (
+            request.fwd is not None and client_of(request.fwd.chain, snap.trusted) in self._blocks
+        ):
             return False
         if not _route_as_decided(snap, request):
             return False
@@ -180,25 +180,8 @@ def _route_as_decided(snap: Snapshot, request: _Request) -> bool:
         return True
     if current is None or _deciding(current) != _deciding(decided):
         return False
-    try:
-        match = snap.router.match(normalize_host(request.host_raw.decode("latin-1")), request.path)
-    except GatewayError:
-        return False
+    match = snap.router.match(request.host, request.path)
     return match is not None and match.route.name == decided.route.name
-
-
-def _client_now(fwd: Forwarding | None, trusted: TrustedProxies) -> str:
-    """The client's address under the proxies trusted now (a reload may have narrowed them): an
-    exchange that began behind an over-broad ``trusted_proxies`` kept the address a spoofed
-    ``X-Forwarded-For`` gave it, past the fix and a block of its real address (a re-attack run)."""
-    if fwd is None:
-        return ""
-    client = ""
-    for hop in reversed(fwd.chain):
-        client = hop
-        if not trusted.is_trusted(hop):
-            break
-    return client
 
 
 def _deciding(rt: RouteRuntime) -> tuple[object, ...]:

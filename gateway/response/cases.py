@@ -132,8 +132,22 @@ def _clean(
     return text
 
 
+def canonical_address(text: str) -> str | None:
+    """``text`` as the access log and audit trail write an address (lower-case IPv6, IPv4-mapped as
+    IPv4), or None when it is none. A zone ("fe80::1%eth0") is text after the address that str() gives
+    back as typed (an attack run stored "::1%not-an-ip"), and the trail never writes one."""
+    if "%" in text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
 def _addresses(given: Sequence[str]) -> list[str]:
-    """Each affected address as the access log and audit trail write it, or a 400 naming the one refused.
+    """Each affected address as :func:`canonical_address` writes it, or a 400 naming the one refused.
 
     The report finds the records about an incident by these (``AuditEvent.ip``): an address in
     another spelling (``2001:DB8::1``, ``::ffff:192.0.2.7``) or one that is not an address (an attack
@@ -141,18 +155,12 @@ def _addresses(given: Sequence[str]) -> list[str]:
     """
     out: list[str] = []
     for text in given:
-        try:
-            # A zone ("fe80::1%eth0") is text after the address that str() gives back as it came: an
-            # attack run stored "::1%not-an-ip" so, and the trail never writes one.
-            address = ipaddress.ip_address(text.strip()) if "%" not in text else None
-        except ValueError:
-            address = None
+        address = canonical_address(text)
         if address is None:
             raise BadRequest(
                 f"{text[:60]!r} is not an IP address; give each affected address as 192.0.2.7 or 2001:db8::7."
             )
-        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-        out.append(str(mapped or address))
+        out.append(address)
     return out
 
 

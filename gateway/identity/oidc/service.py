@@ -103,7 +103,6 @@ class OidcService:
         audit: AuditLog,
         sessions: SessionStore,
         clock: Clock,
-        session_lifetime: float,
         keyring: Keyring | None = None,
     ) -> None:
         """Wire the service.
@@ -114,7 +113,6 @@ class OidcService:
             audit: The audit trail.
             sessions: The session store (back-channel logout ends sessions through it).
             clock: Unix time.
-            session_lifetime: How long logout index entries must live.
             keyring: For the names of deleted accounts, never given to a new person.
         """
         self._audit = audit
@@ -122,8 +120,8 @@ class OidcService:
         self._clock = clock
         self.flows = FlowStore(fast, clock)
         self.mapper = IdentityMapper(db, audit, clock, keyring=keyring)
-        # The session store's lifetime as a reload leaves it, not the one at start.
-        self.index = OidcSignInIndex(fast, ttl=lambda: max(session_lifetime, sessions.lifetime))
+        # Entries live as long as the sessions they find: the lifetime a reload leaves, read per write.
+        self.index = OidcSignInIndex(fast, ttl=lambda: sessions.lifetime)
         self._clients: dict[str, ProviderClient] = {}
 
     def client(self, idp: IdentityProvider) -> ProviderClient:

@@ -194,20 +194,21 @@ async def test_a_logout_with_sid_also_ends_the_subjects_sign_ins_that_had_none(
     assert await index.families(provider="corp", sub=None, sid="sid-9") == (other,)
 
 
+def _service(
+    fast_state: FastState, sessions: SessionStore, clock: FakeClock, database: Database
+) -> OidcService:
+    return OidcService(
+        db=database, fast=fast_state, audit=AuditLog(database, clock=clock), sessions=sessions, clock=clock
+    )
+
+
 async def test_a_sign_in_the_index_can_no_longer_hold_is_ended_and_an_ended_one_holds_no_place(
     fast_state: FastState, sessions: SessionStore, clock: FakeClock, database: Database
 ) -> None:
     """An attack run: a first session, kept active, then 200 more provider sign-ins of the same subject
     pushed it out of the index a back-channel logout reads, and the provider's logout ended every
     session but that one. The one the index drops now ends, as the per-account session cap ends one."""
-    service = OidcService(
-        db=database,
-        fast=fast_state,
-        audit=AuditLog(database, clock=clock),
-        sessions=sessions,
-        clock=clock,
-        session_lifetime=3600,
-    )
+    service = _service(fast_state, sessions, clock, database)
 
     def signed_in(sid: str) -> CompletedSignIn:
         token = SimpleNamespace(subject="alice", sid=sid)
@@ -235,14 +236,7 @@ async def test_a_lifetime_a_reload_lengthens_is_what_later_sign_ins_are_indexed_
 ) -> None:
     """A re-attack run: the index's entries lived for the lifetime read at start, and a reload that
     lengthened session.lifetime let sessions outlive them, so the provider's logout ended nothing."""
-    service = OidcService(
-        db=database,
-        fast=fast_state,
-        audit=AuditLog(database, clock=clock),
-        sessions=sessions,
-        clock=clock,
-        session_lifetime=3600.0,  # the lifetime at start (the fixture's)
-    )
+    service = _service(fast_state, sessions, clock, database)
     sessions.use(SessionSettings(idle_timeout=Duration(3600), lifetime=Duration(8 * 3600)))
     family = await _family(sessions, clock, 7)
     token = SimpleNamespace(subject="vic", sid="sid-7")

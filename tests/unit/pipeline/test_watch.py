@@ -80,7 +80,7 @@ class Request:
     path: str = "/deploy"
     mfa_policy: MfaPolicy | None = NO_MFA
     rt: Any = None
-    host_raw: bytes = b"app.test"
+    host: str = "app.test"
     fwd: Any = None
 
 
