@@ -21,6 +21,7 @@ same sign-in family on that host. A code:
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 import secrets
@@ -32,7 +33,7 @@ from gateway.clock import Clock
 from gateway.identity.sessions import Session
 from gateway.store.fast.base import FastState
 
-__all__ = ["MAX_HANDOFF_TTL", "HandoffCodes", "HandoffGrant", "nonce_hash", "normalise_host"]
+__all__ = ["MAX_HANDOFF_TTL", "HandoffCodes", "HandoffGrant", "NotConfirmed", "nonce_hash", "normalise_host"]
 
 MAX_HANDOFF_TTL = 60.0
 _CODE = re.compile(r"[A-Za-z0-9_-]{20,128}")
@@ -55,6 +56,13 @@ class HandoffGrant:
     origin: str = ""
     binding: str = ""
     confirmed: bool = False
+
+
+class NotConfirmed(enum.Enum):
+    """Why :meth:`HandoffCodes.confirm` refused a code, for the words the browser is shown."""
+
+    GONE = "gone"  # unknown, used or expired: nothing says whose it was
+    ELSEWHERE = "elsewhere"  # issued by another sign-in (another browser), or not a code to confirm
 
 
 class _Record(msgspec.Struct, frozen=True):
@@ -155,19 +163,23 @@ class HandoffCodes:
         """A new code for the same hand-off, bound to the app host's nonce (``binding``, its hash)."""
         return await self._store(_record_of(grant, binding=binding, confirmed=False))
 
-    async def confirm(self, code: str, *, family: str) -> tuple[str, str] | None:
+    async def confirm(self, code: str, *, family: str) -> tuple[str, str] | NotConfirmed:
         """Spend a bound code on the auth host for the browser whose session is of ``family``.
 
         Returns:
-            The confirmed code and the app's origin to send it back to; or None: the code is unknown,
-            used, expired, not bound, already confirmed, without an origin, or was issued by another
-            sign-in (another browser: the login CSRF this refuses).
+            The confirmed code and the app's origin to send it back to; or why not: GONE when the code
+            is unknown, used or expired (a replayed step is told it was used, not that it belongs to
+            another browser); ELSEWHERE when it is not bound, already confirmed, without an origin, or
+            was issued by another sign-in (another browser: the login CSRF this refuses). Either way
+            the code is spent.
         """
         record = await self._take(code)
-        if record is None or not record.binding or record.confirmed or record.family != family:
-            return None
+        if record is None:
+            return NotConfirmed.GONE
+        if not record.binding or record.confirmed or record.family != family:
+            return NotConfirmed.ELSEWHERE
         if not record.origin:
-            return None  # nowhere to send it back to (a code issued without one)
+            return NotConfirmed.ELSEWHERE  # nowhere to send it back to (a code issued without one)
         return await self._store(msgspec.structs.replace(record, confirmed=True)), record.origin
 
     async def _store(self, record: _Record) -> str:

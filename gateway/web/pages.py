@@ -20,7 +20,7 @@ from litestar.response import Redirect, Template
 from gateway.errors import GatewayError
 from gateway.identity.accounts import SignInFailed
 from gateway.identity.cookies import HANDOFF_COOKIE
-from gateway.identity.handoff import MAX_HANDOFF_TTL, nonce_hash, normalise_host
+from gateway.identity.handoff import MAX_HANDOFF_TTL, NotConfirmed, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.identity.regulation import AccountLocked
@@ -377,17 +377,20 @@ async def handoff_confirm(
     session issued it (same sign-in family); then back to the app host with the code it redeems."""
     target = flows.safe_local_rd(rd)
     signed = await flows.current(request, config, identity)
-    confirmed = None
-    if flows.on_auth_host(request, config) and signed.session is not None:
-        confirmed = await identity.handoff.confirm(code, family=signed.session.family)
-    if confirmed is None:
+    if not flows.on_auth_host(request, config) or signed.session is None:
+        return _handoff_refused(request, target, *_ELSEWHERE)
+    confirmed = await identity.handoff.confirm(code, family=signed.session.family)
+    if confirmed is NotConfirmed.GONE:
+        return _handoff_refused(request, target, *_EXPIRED)
+    if confirmed is NotConfirmed.ELSEWHERE:
         return _handoff_refused(request, target, *_ELSEWHERE)
     back, origin = confirmed
     return Redirect(f"{origin}/.gateway/handoff?code={quote(back)}&rd={quote(target, safe='')}")
 
 
+# Also the answer to a step opened twice (a reload, the back button): used and expired look alike.
 _EXPIRED: Final = (
-    "This sign-in link has expired",
+    "This sign-in link has expired or was already used",
     "Sign-in links work once and only for a minute. Open the application again to continue.",
 )
 # Also the answer to a link someone else made: it never signs this browser in as them.

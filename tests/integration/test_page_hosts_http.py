@@ -285,6 +285,24 @@ def test_a_handoff_link_signs_in_only_the_browser_that_signed_in(site: Site) -> 
         assert dict(probe.json()["headers"]).get("x-gateway-user") == "victim-csrf"
 
 
+def test_a_handoff_step_opened_twice_says_the_link_was_used(site: Site) -> None:
+    """The confirm step reloaded in the browser that signed in (the back button, a double click) is
+    told the link was already used; it used to say the link was not for this browser, which sends a
+    person looking for a browser problem that is not there."""
+    add_user(site.gw.config_path, "erin-reload", PASSWORD)
+    app = f"http://app.test:{site.gw.port}/inbox"
+    with browser(site.gw) as erin:
+        assert login(erin, "erin-reload").status_code == 302
+        link = erin.get("/.gateway/login", params={"rd": app}).headers["location"]
+        first = site.send("GET", link.split(f":{site.gw.port}", 1)[1], "app.test")
+        confirm = first.headers["location"]
+        assert erin.get(confirm).status_code == 302
+        again = erin.get(confirm)
+        assert again.status_code == 400, again.text
+        assert "already used" in again.text
+        assert "not for this browser" not in again.text
+
+
 def test_a_handoff_code_dies_with_the_session_a_password_change_renews(site: Site) -> None:
     """An attack run: a thief with a copy of the auth-host cookie took a hand-off code to its last
     step, the owner changed her password (ending every other session and renewing hers), and the

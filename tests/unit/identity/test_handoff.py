@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.identity.handoff import HandoffCodes, HandoffGrant, nonce_hash, normalise_host
+from gateway.identity.handoff import HandoffCodes, HandoffGrant, NotConfirmed, nonce_hash, normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session, SessionStore
 from gateway.settings.schema import SessionSettings
@@ -191,19 +191,20 @@ async def test_a_code_becomes_bound_then_confirmed_only_by_its_own_sign_in(
     binding = nonce_hash("browser-nonce")
     bound = await codes.bind(grant, binding=binding)
     # Another sign-in (another browser) cannot confirm it, and the attempt burns it.
-    assert await codes.confirm(bound, family="someone-else") is None
-    assert await codes.confirm(bound, family=source.family) is None
+    assert await codes.confirm(bound, family="someone-else") is NotConfirmed.ELSEWHERE
+    assert await codes.confirm(bound, family=source.family) is NotConfirmed.GONE
     bound = await codes.bind(grant, binding=binding)
     confirmed = await codes.confirm(bound, family=source.family)
-    assert confirmed is not None
+    assert isinstance(confirmed, tuple)
     back, origin = confirmed
     assert origin == "https://wiki.example.com:8443"
-    assert await codes.confirm(bound, family=source.family) is None  # once
+    # Once: a replayed step (a reload) is told the code is gone, not that it is another browser's.
+    assert await codes.confirm(bound, family=source.family) is NotConfirmed.GONE
     # A confirmed code cannot be confirmed again: it is only redeemed, where it was issued for.
-    assert await codes.confirm(back, family=source.family) is None
+    assert await codes.confirm(back, family=source.family) is NotConfirmed.ELSEWHERE
     bound = await codes.bind(grant, binding=binding)
     confirmed = await codes.confirm(bound, family=source.family)
-    assert confirmed is not None
+    assert isinstance(confirmed, tuple)
     final = await codes.redeem(confirmed[0], host="wiki.example.com")
     assert final is not None
     assert (final.binding, final.confirmed, final.expires_at) == (binding, True, grant.expires_at)
@@ -211,8 +212,8 @@ async def test_a_code_becomes_bound_then_confirmed_only_by_its_own_sign_in(
     first = await codes.issue(
         family=source.family, user_id=7, target_host="wiki.example.com", session=source, origin="https://w"
     )
-    assert await codes.confirm(first, family=source.family) is None
+    assert await codes.confirm(first, family=source.family) is NotConfirmed.ELSEWHERE
     # The steps share the first code's minute: a code bound after it is refused when spent.
     clock.advance(61)
     late = await codes.bind(grant, binding=binding)
-    assert await codes.confirm(late, family=source.family) is None
+    assert await codes.confirm(late, family=source.family) is NotConfirmed.GONE
