@@ -8,6 +8,7 @@ password sign-in instead. Otherwise the browser is sent to the MFA page and come
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, Final
@@ -109,6 +110,8 @@ async def portal(
     user = await identity.accounts.get(s.user_id)
     factors = await _factors(identity, s.user_id)
     own = s.id_hash
+    # This browser's sessions on the applications' hosts (the same sign-in) are shown as this
+    # browser's, with their host, not as other sessions someone else might hold.
     sessions = [
         {
             "id": other.id_hash,
@@ -116,6 +119,7 @@ async def portal(
             "ip": other.ip,
             "last_seen": _when(other.last_seen),
             "current": other.id_hash == own,
+            "this_browser_on": other.host if other.family == s.family and other.id_hash != own else "",
         }
         for other in await identity.sessions.list_user(s.user_id)
     ]
@@ -531,10 +535,10 @@ async def _end_other_browsers(identity: IdentityServices, session: Session) -> i
 
 async def _end_others_after(
     request: AnyRequest, identity: IdentityServices, session: Session, session_id: str, change: str
-) -> tuple[int, str]:
+) -> tuple[Ended, str]:
     """After a change of the account's credentials (a new password, a removed factor, new recovery codes):
-    end every session but this one, and give this one a new id. Returns how many other sessions were
-    ended, and this session's new id (the caller sets the cookie).
+    end every session but this one, and give this one a new id. Returns what was ended, and this
+    session's new id (the caller sets the cookie).
 
     A password is changed, a factor removed or the codes replaced because it may be in someone else's
     hands: a session it vouched for must not outlive it (an admin's reset of the factors ends every
@@ -548,16 +552,16 @@ async def _end_others_after(
     new_id, renewed = await identity.sessions.renew(session_id)
     # A provider's logout must still find it (its record moves with it).
     await identity.oidc.carry(session.family, renewed.family)
-    count = await identity.sessions.revoke_family(session.family)
-    count += await identity.sessions.revoke_others(new_id, session.user_id)
+    own_hosts = await identity.sessions.revoke_family(session.family)
+    others = await identity.sessions.revoke_others(new_id, session.user_id)
     await identity.audit.record(
         "session.revoked",
         actor=f"user:{session.username}",
         subject=session.username,
         ip=flows.client_ip(request),
-        details={"others": count, "after": change},
+        details={"others": others + own_hosts, "other_browsers": others, "after": change},
     )
-    return count, new_id
+    return Ended(others, own_hosts), new_id
 
 
 async def _after_enrollment(
@@ -592,8 +596,22 @@ async def _after_enrollment(
     return redirect
 
 
-def _signed_out(count: int) -> str:
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ending the other sessions ended: other browsers' sessions, and this browser's own on the
+    applications' hosts (counted apart: a person who signed in once is not told two were signed out)."""
+
+    others: int
+    own_hosts: int
+
+
+def _signed_out(ended: Ended) -> str:
     """What ending the other sessions did, in words (not "0 other session(s) signed out")."""
-    if count == 0:
-        return "No other session was signed in."
-    return f"{count} other session{'' if count == 1 else 's'} signed out."
+    said = (
+        "No other session was signed in."
+        if ended.others == 0
+        else f"{ended.others} other session{'' if ended.others == 1 else 's'} signed out."
+    )
+    if ended.own_hosts:
+        said += " This browser signs in to the applications again at its next visit."
+    return said

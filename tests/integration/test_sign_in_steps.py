@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -833,7 +834,7 @@ def test_removing_a_lost_authenticator_signs_out_the_sessions_it_opened(site: Si
     signed_out_everywhere(site, thief, user)
     assert reaches_app(site.replica(1), mine, user, host="127.0.0.1")  # the owner's own stays
     (ended,) = [e for e in site.audit("session.revoked", user) if "factor.removed" in e["details"]]
-    assert json.loads(ended["details"]) == {"others": 1, "after": "factor.removed"}
+    assert json.loads(ended["details"]) == {"others": 1, "other_browsers": 1, "after": "factor.removed"}
 
 
 @pytest.mark.peer
@@ -871,12 +872,18 @@ def test_a_new_password_leaves_no_copy_of_an_old_cookie_working(site: Site) -> N
         assert copied is not None
         assert app_copy is not None
         assert reaches_app(site.a, app_copy, user, host=site.wiki_host)
+        # The portal lists the application host's session as this browser's, not as another one.
+        listed = owner.get("/.gateway/account")
+        assert f"this browser, on {site.wiki_host}" in listed.text
         assert owner.get("/.gateway/account/password").status_code == 200
         form = {"current": PASSWORD, "new": NEW_PASSWORD, "confirm": NEW_PASSWORD, "rd": ""}
         done = post_form(owner, "/.gateway/account/password", form)
         assert done.status_code == 303, done.text
-        # The thief's session and this browser's own on the application's host.
-        assert "2%20other%20sessions%20signed%20out" in done.headers["location"]
+        # The thief's session is the one other; this browser's own on the application's host ends
+        # too, but is not counted as someone else's.
+        notice = unquote(done.headers["location"])
+        assert "1 other session signed out." in notice, notice
+        assert "This browser signs in to the applications again at its next visit." in notice
         mine = cookie(owner)
     assert mine not in (None, copied)
     assert mine is not None
