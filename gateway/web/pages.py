@@ -187,8 +187,9 @@ async def mfa_page(
     user_id = signed.session.user_id
     has_totp = await identity.totp.has_confirmed(user_id)
     has_webauthn = bool(await identity.webauthn.list(user_id))
+    enroll = f"/.gateway/account/enroll?rd={quote(rd, safe='')}"
     if not has_totp and not has_webauthn:
-        return Redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")
+        return Redirect(enroll)
     return page(
         request,
         "mfa.html",
@@ -196,6 +197,9 @@ async def mfa_page(
         need=need,
         has_totp=has_totp,
         has_webauthn=has_webauthn,
+        # A passkey route asked of an account without one: the way to add one (the enrolment page asks
+        # for a fresh second factor first), not a page with nothing to press.
+        add_passkey=enroll if need == "webauthn" and not has_webauthn else "",
         error=None,
         user=signed.session.username,
     )

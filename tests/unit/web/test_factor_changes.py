@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pyotp
@@ -282,3 +283,37 @@ async def test_an_older_session_renames_no_factor(worker: tuple[WorkerServices, 
     )
     assert "Renamed" in renamed.headers["location"]
     assert [e.subject for e in await services.identity.audit.events(kind="factor.renamed")] == ["vic"]
+
+
+async def test_a_passkey_route_asked_of_an_account_without_one_leads_to_adding_one(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """The MFA page asked for a passkey (a ``mfa: webauthn`` route) of a person with only an
+    authenticator app showed a sentence and nothing to press. It now links to adding a passkey with the
+    way back carried, and that page asks for nothing more than the fresh factor the person has; an
+    account that has a passkey gets the passkey button, not the link."""
+    services, client = worker
+    user = await _account(services)
+    await signed_in(services, client, user)
+    back = f"{BASE_URL}/reports"
+    asked = await client.get(
+        "/.gateway/mfa", params={"need": "webauthn", "rd": back}, headers={"Accept": "text/html"}
+    )
+    assert asked.status_code == 200, asked.text
+    assert "your account has none yet" in asked.text
+    link = re.search(r'<a class="button full" href="([^"]+)">Add a passkey</a>', asked.text)
+    assert link, asked.text
+    assert link.group(1) == f"/.gateway/account/enroll?rd={quote(back, safe='')}"
+    enroll = await client.get(link.group(1).replace("&amp;", "&"), headers={"Accept": "text/html"})
+    assert enroll.status_code == 200, enroll.text
+    assert 'data-webauthn="register"' in enroll.text
+    # With a passkey on the account: the passkey button, no link to add another.
+    assert (await _register(client, await _token(client))).status_code == 200
+    again = await client.get(
+        "/.gateway/mfa", params={"need": "webauthn", "rd": back}, headers={"Accept": "text/html"}
+    )
+    assert 'data-webauthn="authenticate"' in again.text
+    assert "your account has none yet" not in again.text
+    # Asked for any second factor, the page never offers the passkey link.
+    other = await client.get("/.gateway/mfa", params={"rd": back}, headers={"Accept": "text/html"})
+    assert "Add a passkey" not in other.text
