@@ -32,10 +32,10 @@ class BadFraming(BadHeaders):
 
 
 class BadMethod(BadRequest):
-    """The method has a lower-case letter (``delete``, ``Get``): see ``receive_request``."""
+    """The method has a lower-case letter (``delete``, ``Get``), or is CONNECT: see ``receive_request``."""
 
     reason: str = "bad-method"
-    title = "Request method not in upper case"
+    title = "Request method not accepted"
 
 
 class BrokenBody(BadFraming):
@@ -67,6 +67,12 @@ def body_framing(lengths: list[bytes], codings: list[bytes]) -> BodyFraming:
     if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
         raise BadFraming("The request's Content-Length is malformed.")
     return BodyFraming(content_length=int(next(iter(values))))
+
+
+def _method_refused(method: str) -> str:
+    if method == "CONNECT":
+        return "The gateway is a reverse proxy, not a tunnel: CONNECT is not accepted."
+    return f"The method {method[:20]!r} is not upper case; send it as {method[:20].upper()!r}."
 
 
 def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: IpBlocks) -> bytes:
@@ -113,14 +119,16 @@ def receive_request(scope: Scope, snap: Snapshot, ctx: RequestContext, blocks: I
     if hosts != 1:
         # Zero or several Host headers: components could disagree about the target (smuggling).
         raise BadHeaders("The request must carry exactly one Host header.")
-    if not ctx.method.isupper():
+    if not ctx.method.isupper() or ctx.method == "CONNECT":
         # Methods are case-sensitive (RFC 9110 §9.1), so a rule about DELETE says nothing of "delete";
         # but Flask, Django and Rails upper-case the method they are given, and would run the DELETE
         # the rule refused. Refused, as nginx does, rather than upper-cased: no registered method has
         # a lower-case letter, so only a client probing for that gap sends one.
-        raise BadMethod(
-            f"The method {ctx.method[:20]!r} is not upper case; send it as {ctx.method[:20].upper()!r}."
-        )
+        # CONNECT asks for a tunnel (RFC 9110 §9.3.6), which a reverse proxy does not make: forwarded,
+        # an app's 2xx turned the pooled upstream connection into a tunnel that the next request,
+        # another person's with their identity headers, would have gone into (an attack run), while
+        # the server sent the client nothing. Refused before any stage, as nginx does.
+        raise BadMethod(_method_refused(ctx.method))
     if b"content-length" in by_name or b"transfer-encoding" in by_name:
         lengths = [value for name, value in headers if name == b"content-length"]
         codings = [value for name, value in headers if name == b"transfer-encoding"]

@@ -337,6 +337,23 @@ def test_a_method_in_any_other_case_never_passes_a_rule_about_the_method(site: S
     assert (status, b'"policy-deny"' in body) == (403, True)
 
 
+@pytest.mark.parametrize("target", ["/reports/q3", "/", "guard.localhost:443"])
+def test_connect_never_reaches_an_app_even_where_every_method_is_allowed(site: Site, target: str) -> None:
+    """An attack run: CONNECT on a route whose policy allows every method was forwarded; an app's 2xx
+    made the pooled upstream connection a tunnel the next person's request would have gone into, and
+    the client got no answer. CONNECT is refused before any stage, whoever sends it."""
+    site.guard_wire.connections()
+    status, body = raw_call(site, "dave", "CONNECT", target)
+    assert status == 400, body
+    assert site.guard_wire.connections() == 0, f"CONNECT {target} reached the upstream"
+    if not target.endswith(":443"):  # the authority form is refused earlier, as a bad path
+        assert b'"bad-method"' in body
+    # The control: the same path with a method the policy allows reaches it (the tripwire counts the
+    # connection and never answers).
+    raw_call(site, "dave", "PUT", "/reports/q3")
+    assert site.guard_wire.connections() >= 1
+
+
 def test_a_head_request_is_refused_where_a_get_is(site: Site) -> None:
     """Servers answer HEAD with their GET handler: a deny of GET let HEAD run it (an attack run)."""
     site.guard_wire.connections()
