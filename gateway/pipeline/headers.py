@@ -583,23 +583,41 @@ def authorization_parts(value: bytes) -> tuple[bytes, bytes]:
     return parts[0].lower(), parts[1] if len(parts) == 2 else b""
 
 
+def _credential_parts(value: bytes) -> tuple[bytes, ...]:
+    """Where an ``Authorization`` value may carry a token: its scheme, its credentials, and for Basic
+    the user and password they decode to (``__token__:TOKEN``, as git, pip and docker send a token).
+
+    An attack run: a gateway token sent as a Basic password reached the app of a public path, which
+    could replay it on the token's bearer routes. Decoded as leniently as a server would (either
+    base64 alphabet, padding optional, stray characters skipped), so nothing an app could decode to a
+    token passes."""
+    # Both parts, as sent: a token in the scheme's place (``gwt_… x``, a re-attack run) is one too.
+    parts = tuple(_BLANKS.split(value.strip(b" \t"), maxsplit=1))
+    if len(parts) != 2 or parts[0].lower() != b"basic":
+        return parts
+    credentials = parts[1]
+    try:
+        decoded = base64.b64decode(credentials + b"=" * (-len(credentials) % 4), altchars=b"-_")
+    except (ValueError, binascii.Error):
+        return parts
+    user, _, password = decoded.partition(b":")
+    return (*parts, user, password)
+
+
 def _gateway_token(value: bytes) -> bool:
     """Whether an ``Authorization`` value carries one of the gateway's API tokens, spoiled or not,
-    under any scheme or none: the gateway's own credential, never the app's."""
-    scheme, credentials = authorization_parts(value)
-    # Both parts: a token in the scheme's place (``gwt_… x``, a re-attack run) is one too.
-    return meant_as_gateway_token(scheme.decode("latin-1")) or meant_as_gateway_token(
-        credentials.decode("latin-1")
-    )
+    under any scheme or none, also inside Basic credentials: the gateway's own credential, never the
+    app's."""
+    return any(meant_as_gateway_token(part.decode("latin-1")) for part in _credential_parts(value))
 
 
 def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool:
     """Whether an ``Authorization`` value carries a JWT whose (unverified) ``iss`` and one ``aud`` are
     those of a provider whose access tokens the gateway accepts: a token for the gateway, which an app
     that received it could replay on the gateway's bearer routes as its holder (the last note's open
-    item). In either place, as :func:`_gateway_token` looks; decoded more leniently than the verifier
-    reads it (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
-    for part in _BLANKS.split(value.strip(b" \t"), maxsplit=1):
+    item). Wherever :func:`_gateway_token` looks; decoded more leniently than the verifier reads it
+    (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
+    for part in _credential_parts(value):
         pieces = part.split(b".")
         # A longer token is none the gateway reads (its verifier's limit).
         if len(pieces) != 3 or len(part) > MAX_TOKEN_BYTES:

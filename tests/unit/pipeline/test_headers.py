@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.identity.cookies import cookie_in
@@ -481,6 +483,12 @@ def test_the_remembered_header_names_stay_bounded_whatever_clients_send() -> Non
         b"gwt_only",
         b"gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA x",
         b"gwt_ldkg2ZAz9JNoeHusijFpQvuHz0lUHirYnKH-vSg5CRA eyJhbGciOiJSUzI1NiJ9.e30.c2ln",
+        # An attack run: the token as a Basic password (``https://__token__:TOKEN@host``, as git,
+        # pip and docker send one) or user name, in either base64 alphabet, padded or not.
+        b"Basic X190b2tlbl9fOmd3dF9sZGtnMlpBejlKTm9lSHVzaWpGcFF2dUh6MGxVSGlyWW5LSC12U2c1Q1JB",
+        b"basic Z3d0X2xka2cyWkF6OUpOb2VIdXNpakZwUXZ1SHowbFVIaXJZbktILXZTZzVDUkE6eC1vYXV0aC1iYXNpYw==",
+        b"Basic fn5-Pj8-Omd3dF9sZGtnMlpBejlKTm9lSHVzaWpGcFF2dUh6MGxVSGlyWW5LSC12U2c1Q1JB",
+        b"Basic Z3d0X2xka2cyWkF6OUpOb2VIdXNpakZwUXZ1SHowbFVIaXJZbktILXZTZzVDUkE=",
     ],
 )
 def test_the_gateways_own_token_never_reaches_an_app_that_did_not_need_it(value: bytes) -> None:
@@ -519,6 +527,8 @@ ISSUER, AUDIENCE = "https://idp.example.com", "https://gateway.example.com"
         b"bearer\t" + _jwt({"iss": ISSUER, "aud": ["other", AUDIENCE]}),
         b"DPoP " + _jwt({"iss": ISSUER, "aud": AUDIENCE}, pad=True),
         _jwt({"iss": ISSUER, "aud": AUDIENCE}) + b" x",
+        # The provider's token as a Basic password.
+        b"Basic " + base64.b64encode(b"__token__:" + _jwt({"iss": ISSUER, "aud": AUDIENCE})),
     ],
 )
 def test_a_provider_token_for_the_gateway_never_reaches_an_app(value: bytes) -> None:
