@@ -22,7 +22,7 @@ import re
 import unicodedata
 from typing import Final
 
-__all__ = ["hidden_character"]
+__all__ = ["hidden_character", "visible"]
 
 # Default_Ignorable_Code_Point, Unicode 15.1 (DerivedCoreProperties.txt), as inclusive ranges; the
 # ones that are Cf or Cn are also caught by their category.
@@ -66,3 +66,15 @@ def hidden_character(text: str) -> str | None:
         ):
             return char
     return None
+
+
+def visible(text: str) -> str:
+    """``text`` with every character :func:`hidden_character` finds written as its ``\\uXXXX`` escape.
+
+    For text a record keeps as it was sent, such as the subject of a refused console action: a
+    right-to-left override or a terminal control sequence in it must not make the audit trail show a
+    look-alike of another name, or drive the terminal that lists it (an attack run).
+    """
+    if hidden_character(text) is None:
+        return text
+    return "".join(f"\\u{ord(c):04x}" if hidden_character(c) is not None else c for c in text)

@@ -25,6 +25,7 @@ from gateway.audit.chain import Precondition, append, chain_keys, head_of
 from gateway.audit.models import AuditEvent
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
+from gateway.names import visible
 from gateway.store.db import Database
 
 __all__ = ["AuditListener", "AuditLog", "SecurityEvent", "record_once", "record_quietly"]
@@ -140,6 +141,8 @@ class AuditLog:
         only_if: Precondition | None,
     ) -> bool:
         payload = json.dumps(dict(details or {}), sort_keys=True, default=str)
+        # The details' JSON escapes them already; the two names are stored as given.
+        actor, subject = visible(actor), visible(subject)
         at = self._clock.now()
         # Serialized with every other writer (workers, replicas) so the records form one chain.
         written = await append(

@@ -20,14 +20,50 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity.models import User
+from gateway.names import hidden_character
 from gateway.privacy.models import LegalHold
 from gateway.privacy.subjects import subject_key, subject_keys
 from gateway.store.db import Database, store_errors
 
-__all__ = ["DATA_CLASSES", "HoldExists", "HoldView", "Holds", "UnknownHold"]
+__all__ = ["DATA_CLASSES", "HoldExists", "HoldView", "Holds", "UnknownHold", "hold_reference"]
 
 #: The data classes a class hold (and the retention engine) knows.
 DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
+
+
+# Besides letters and digits of any script: what case numbers are written with. Not "/", "\\", "%",
+# "?" or ";": the release URL names the hold in one path segment, which the admin listener refuses
+# to read in any other spelling than the canonical one.
+_REFERENCE_PUNCTUATION: Final = frozenset(" ._:#()+-,")
+
+
+def hold_reference(reference: str) -> str:
+    """A hold's reference as stored and looked up: without surrounding blanks, checked.
+
+    Every reference accepted can be released through the console's URL as well as the CLI, and reads
+    as what it is. An attack run placed holds named ``..``, ``.``, ``LH\\9`` and ``LH-1`` with a
+    zero-width space that the console could never release (a person's erasure held until someone ran
+    the CLI on the host), and a right-to-left override and terminal control characters that made
+    look-alikes of real references in the register and the audit trail.
+
+    Raises:
+        BadRequest: Empty, over 200 characters, only dots, or a character other than a letter, a
+            digit or one of `` ._:#()+-,``.
+    """
+    reference = reference.strip()
+    if not reference or len(reference) > 200:
+        raise BadRequest("A legal hold needs a reference of at most 200 characters.")
+    odd = next((c for c in reference if not c.isalnum() and c not in _REFERENCE_PUNCTUATION), None)
+    if odd is None:
+        odd = hidden_character(reference)
+    if odd is not None:
+        raise BadRequest(
+            f"A legal hold's reference may hold letters, digits, spaces and . _ : # ( ) + - , only; "
+            f"it has {odd!r} (U+{ord(odd):04X}). Write a '/' of a case number as '-'."
+        )
+    if set(reference) == {"."}:
+        raise BadRequest("A legal hold's reference cannot be only dots.")
+    return reference
 
 
 class UnknownHold(GatewayError):
@@ -129,9 +165,9 @@ class Holds:
             BadRequest: Neither or both given, an unknown class, or an empty reference/reason.
             HoldExists: The reference is taken.
         """
-        reference, reason = reference.strip(), reason.strip()
-        if not reference or len(reference) > 200 or not reason:
-            raise BadRequest("A legal hold needs a reference (at most 200 characters) and a reason.")
+        reference, reason = hold_reference(reference), reason.strip()
+        if not reason:
+            raise BadRequest("A legal hold needs a reason.")
         if (username is None) == (data_class is None):
             raise BadRequest("A legal hold covers either a person (username) or a data class, not both.")
         if data_class is not None and data_class not in DATA_CLASSES:
@@ -174,6 +210,9 @@ class Holds:
         Raises:
             UnknownHold: No active hold has that reference.
         """
+        # Looked up as placed (without surrounding blanks), but not checked: a hold placed before the
+        # reference rule must still be released.
+        reference = reference.strip()
         async with self._db.session(write=True) as session:
             with store_errors("cannot release the legal hold"):
                 row = (

@@ -10,6 +10,7 @@ instead of disabling, enabling instead of lifting). Each test tries the way arou
 from __future__ import annotations
 
 from functools import partial
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -1062,3 +1063,45 @@ async def test_one_admin_cannot_issue_a_token_of_a_service_account_holding_the_a
         boss, "POST", "/api/tokens", json={"account": "opsbot", "routes": ["app"], "expires": "90d"}
     )
     _refused(issued, "second-admin-required")
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["..", ".", "LH\\9", "LH-1\u200b", "LH-\u202e1002-HL", "LH-1\u0085\u009b31m", "LH%41", "H?1", "H;1"],
+)
+async def test_a_hold_the_console_could_not_release_is_never_placed(console: Start, reference: str) -> None:
+    """An attack run placed holds named '..', '.', 'LH\\9' and 'LH-1' with a zero-width space, which the
+    release URL could never name (404 or 400 bad-path: a person's erasure held back until someone ran
+    the CLI on the host), and look-alikes with a right-to-left override or terminal controls."""
+    site = await console()
+    boss = await site.session("boss")
+    placed = await site.call(
+        boss,
+        "POST",
+        "/api/privacy/holds",
+        json={"reference": reference, "reason": "order", "data_class": "incidents"},
+    )
+    assert placed.status_code == 400, placed.text
+    assert await site.services.privacy.holds.find() == []
+
+
+@pytest.mark.parametrize(
+    "reference", ["CASE 2026-17", "Az. 3 O 12-26", "LIT:7 (EU)", "Dossier nº 12", "案件-7", " LH-9 "]
+)
+async def test_every_hold_the_console_places_it_can_release(console: Start, reference: str) -> None:
+    """The control: case numbers as they are written (other scripts, spaces, dots, parentheses) are
+    placed and released through the console's own URL, padding blanks dropped on both sides."""
+    site = await console()
+    boss = await site.session("boss")
+    placed = await site.call(
+        boss,
+        "POST",
+        "/api/privacy/holds",
+        json={"reference": reference, "reason": "order", "data_class": "incidents"},
+    )
+    assert placed.status_code == 201, placed.text
+    released = await site.call(
+        boss, "POST", f"/api/privacy/holds/{quote(reference, safe='')}/release", json={"reason": "done"}
+    )
+    assert released.status_code == 200, released.text
+    assert [h.active for h in await site.services.privacy.holds.find()] == [False]
