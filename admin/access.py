@@ -102,14 +102,16 @@ def check_csrf(
     Raises:
         UnsupportedMediaType: the body is not declared as ``application/json``.
         CrossOriginRefused: ``Origin`` is another origin (``null`` included), or the browser says
-            the request is ``cross-site``.
+            the request is ``cross-site`` or ``same-site``.
     """
     if method.upper() not in MUTATING_METHODS:
         return
     if origin is not None and origin.strip().lower().rstrip("/") not in set(allowed_origins):
         raise CrossOriginRefused(f"Requests from {origin.strip()!r} may not change anything here.")
-    if sec_fetch_site is not None and sec_fetch_site.strip().lower() == "cross-site":
-        raise CrossOriginRefused("Cross-site requests may not change anything here.")
+    # Only the console's own origin is allowed, so a browser's "same-site" (the apps' hosts, the
+    # gateway's own port) is another origin as much as "cross-site" is, Origin header or not.
+    if sec_fetch_site is not None and sec_fetch_site.strip().lower() in ("cross-site", "same-site"):
+        raise CrossOriginRefused("Requests from other origins may not change anything here.")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType("Send the request body as JSON, with 'Content-Type: application/json'.")
