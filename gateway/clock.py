@@ -73,3 +73,16 @@ def as_utc(moment: datetime) -> datetime:
     """``moment`` as aware UTC; a naive one is taken as UTC (what SQLite gives back, and what a time
     typed without an offset means here)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def span_words(seconds: float) -> str:
+    """A length of time as a sentence says it: ``3600`` "an hour", ``7200`` "2 hours", ``600`` "10
+    minutes", ``20`` "20 seconds" (not "1 minute(s)", which a window under a minute was told)."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return "an hour" if hours == 1 else f"{hours} hours"
+    if seconds < 59.5:
+        whole = max(1, round(seconds))
+        return "a second" if whole == 1 else f"{whole} seconds"
+    minutes = round(seconds / 60)
+    return "a minute" if minutes == 1 else f"{minutes} minutes"

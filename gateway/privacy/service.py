@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.audit.trail import AuditLog
-from gateway.clock import Clock
+from gateway.clock import Clock, span_words
 from gateway.crypto.keyring import Keyring
 from gateway.errors import Forbidden, GatewayError
 from gateway.identity.accounts import AccountService, UnknownAccount, account_exists
@@ -258,7 +258,7 @@ class Privacy:
         taken = await self._fast.incr_window(key, window=window)
         if taken > settings.export_limit:
             raise TooManyExports(
-                f"You have taken {settings.export_limit} exports of your data within {_span(window)}; "
+                f"You have taken {settings.export_limit} exports of your data within {span_words(window)}; "
                 "the newest one holds everything. Try again later, or ask the privacy contact."
             )
 
@@ -699,12 +699,3 @@ def _changes_email(user: User, typed: str) -> bool:
         return canonical_email(typed) != user.email
     except ValueError:
         return True  # refused as new; the account service would refuse it as malformed anyway
-
-
-def _span(seconds: float) -> str:
-    """``3600`` as "an hour", ``7200`` as "2 hours", ``600`` as "10 minutes"."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        hours = int(seconds // 3600)
-        return "an hour" if hours == 1 else f"{hours} hours"
-    minutes = max(1, round(seconds / 60))
-    return "a minute" if minutes == 1 else f"{minutes} minutes"

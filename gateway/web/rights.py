@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
+from gateway.clock import span_words
 from gateway.errors import ErrorReason, Forbidden
 from gateway.identity.models import User
 from gateway.identity.sessions import Session
@@ -65,9 +66,8 @@ class RecentFactorRequired(Forbidden):
             max_age: ``mfa.reauth_max_age`` in seconds, to say how recent the factor must be.
             back: Where a browser returns after the second factor.
         """
-        minutes = max(1, round(max_age / 60))
         super().__init__(
-            f"Use your second factor again first: this needs one used within the last {minutes} minute(s).",
+            f"Use your second factor again first: this needs one used within the last {span_words(max_age)}.",
             reason=ErrorReason.MFA_REQUIRED,
             location=step_up_location(back),
         )
