@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from gateway.authz.index import PolicyIndex
+from gateway.authz.principals import principals_of
 from gateway.errors import AuthenticationRequired, Forbidden, GatewayError
 from gateway.identity.cookies import read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.redirects import admin_origin
 from gateway.identity.sessions import Session, SessionStore, fits_host
-from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.origins import CrossOriginRefused
 
 __all__ = [

@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from gateway.authz.decision import Decision, Reason
 from gateway.authz.live import LivePolicy
+from gateway.authz.principals import principals_of
 from gateway.authz.sample import DecisionSample
+from gateway.authz.validate import AUTHENTICATED
 from gateway.errors import Forbidden, ServiceUnavailable
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.sessions import Session
@@ -51,8 +52,6 @@ __all__ = [
     "principals_of",
 ]
 
-AUTHENTICATED = "authenticated"
-
 _MESSAGES: Final[dict[str, str]] = {
     Reason.POLICY_DENY: "A policy rule denies this request.",
     Reason.NO_MATCHING_RULE: "No policy rule allows this request.",
@@ -65,20 +64,6 @@ class AccessDenied(Forbidden):
 
     reason: str = Reason.POLICY_DENY
     title = "Access denied"
-
-
-def principals_of(session: Session) -> frozenset[str]:
-    """Everything a session speaks for, as the policy names it."""
-    return _principals(session.username, session.roles, session.groups)
-
-
-@lru_cache(maxsize=10_000)
-def _principals(username: str, roles: tuple[str, ...], groups: tuple[str, ...]) -> frozenset[str]:
-    # One shared set per identity: the decision and role caches hash it on every request, and a
-    # frozenset computes its hash once per object. A role spelled as a principal ("client:deployer",
-    # "user:boss": stored before accounts refused them) is not a principal of this session.
-    own = (r for r in roles if not r.startswith(("user:", "group:", "client:", "scope:")))
-    return frozenset((f"user:{username}", AUTHENTICATED, *own, *(f"group:{g}" for g in groups)))
 
 
 def _message(decision: Decision) -> str:

@@ -18,12 +18,11 @@ from urllib.parse import quote
 from gateway.authz.live import LivePolicy
 from gateway.errors import ErrorReason, ServiceUnavailable
 from gateway.identity.cookies import cookie_in
-from gateway.identity.sessions import Session, SessionStore
+from gateway.identity.sessions import SessionStore
 from gateway.observe.tracing import Stage
-from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.context import RequestContext
 from gateway.settings.schema import LockdownSettings
-from gateway.threat.lockdown import is_break_glass
+from gateway.threat.lockdown import breaks_glass
 
 __all__ = ["LockedDown", "breaks_glass", "enforce_lockdown"]
 
@@ -48,17 +47,6 @@ class LockedDown(ServiceUnavailable):
     def public_detail(self) -> str:
         # The operator's own words, written for everyone: not a backend's text like other 503s.
         return self.detail
-
-
-def breaks_glass(session: Session, *, policy: LivePolicy, settings: LockdownSettings, now: float) -> bool:
-    """Whether ``session`` may pass a lockdown (the group or its role, and a recent WebAuthn factor)."""
-    return is_break_glass(
-        session,
-        group=settings.break_glass_group,
-        roles=policy.roles_for(principals_of(session)),
-        max_factor_age=float(settings.max_factor_age),
-        now=now,
-    )
 
 
 async def enforce_lockdown(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.authz.live import LivePolicy
+from gateway.authz.principals import principals_of
 from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.identity.cookies import cookie_in
@@ -28,14 +29,12 @@ from gateway.identity.levels import check_requirement
 from gateway.identity.sessions import Session, SessionStore
 from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
-from gateway.pipeline.authorize import principals_of
 from gateway.pipeline.bearer import authenticate_bearer
 from gateway.pipeline.headers import Forwarding, client_of
-from gateway.pipeline.lockdown import breaks_glass
 from gateway.pipeline.snapshot import LiveState, RouteRuntime, Snapshot
 from gateway.settings.schema import MfaPolicy
 from gateway.threat.blocks import IpBlocks
-from gateway.threat.lockdown import Lockdown
+from gateway.threat.lockdown import Lockdown, breaks_glass
 
 __all__ = ["Rechecks"]
 

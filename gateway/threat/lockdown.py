@@ -36,11 +36,14 @@ from typing import Final
 import msgspec
 
 from gateway.audit.trail import AuditLog
+from gateway.authz.live import LivePolicy
+from gateway.authz.principals import principals_of
 from gateway.clock import Clock
 from gateway.errors import BadRequest
 from gateway.identity.levels import Factor
 from gateway.identity.sessions import Session
 from gateway.reasons import reason_problem
+from gateway.settings.schema import LockdownSettings
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
@@ -55,8 +58,11 @@ __all__ = [
     "LockdownRefused",
     "LockdownState",
     "LockdownStore",
+    "NewPasskeys",
+    "breaks_glass",
     "check_request",
     "is_break_glass",
+    "passkey_held_back",
 ]
 
 logger = logging.getLogger("gateway.lockdown")
@@ -167,6 +173,54 @@ def is_break_glass(
     oldest = now - max_factor_age
     # A factor "used in the future" is a clock step or a forged record: it does not count.
     return any(use.factor is Factor.WEBAUTHN and oldest <= use.at <= now + 60 for use in session.factors)
+
+
+def breaks_glass(session: Session, *, policy: LivePolicy, settings: LockdownSettings, now: float) -> bool:
+    """Whether ``session`` may pass a lockdown (the group or its role, and a recent WebAuthn factor)."""
+    return is_break_glass(
+        session,
+        group=settings.break_glass_group,
+        roles=policy.roles_for(principals_of(session)),
+        max_factor_age=float(settings.max_factor_age),
+        now=now,
+    )
+
+
+def passkey_held_back(
+    session: Session, *, state: LockdownState, policy: LivePolicy, settings: LockdownSettings, now: float
+) -> bool:
+    """Whether a lockdown holds back a new passkey for ``session``: while one is on, a person who could
+    break the glass (the group or its role) adds a passkey only from a session that breaks it already.
+
+    A passkey is what breaks the glass because a password, an authenticator code and an identity
+    provider's sign-in can be phished. But an account without a passkey may add its first with exactly
+    those (a fresh code, or a fresh password or provider sign-in for a first factor), and then use it:
+    an attacker holding a break-glass admin's phished provider sign-in would pass the lockdown that
+    was switched on against them. A session that breaks the glass already proved a passkey.
+    """
+    if not state.on:
+        return False
+    group = settings.break_glass_group
+    roles = policy.roles_for(principals_of(session))
+    if group is None or (group not in session.groups and group not in roles):
+        return False
+    return not breaks_glass(session, policy=policy, settings=settings, now=now)
+
+
+class NewPasskeys:
+    """:func:`passkey_held_back` on the worker's lockdown switch and policy, for the pages."""
+
+    __slots__ = ("_lockdown", "_policy")
+
+    def __init__(self, lockdown: Lockdown, policy: LivePolicy) -> None:
+        self._lockdown = lockdown
+        self._policy = policy
+
+    def held_back(self, session: Session, settings: LockdownSettings, now: float) -> bool:
+        """Whether the lockdown in force holds back a new passkey for ``session``."""
+        return passkey_held_back(
+            session, state=self._lockdown.state, policy=self._policy, settings=settings, now=now
+        )
 
 
 class Lockdown:

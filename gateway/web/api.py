@@ -22,8 +22,9 @@ from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.sessions import Session
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
+from gateway.threat.lockdown import NewPasskeys
 from gateway.web import flows
-from gateway.web.deps import Config, Identity
+from gateway.web.deps import Config, Identity, Passkeys
 from gateway.web.gate import PUBLIC, Step, admits
 
 __all__ = ["HANDLERS"]
@@ -134,6 +135,17 @@ async def end_session(
 _ADD_PASSKEY_FIRST = (
     "Confirm it's you first: use your second factor again (one of your passkeys, when you have one)."
 )
+_LOCKDOWN_PASSKEY = (
+    "A lockdown is on, and a passkey would let you through it: adding one needs a session that signed in "
+    "with a passkey you already have. Ask another administrator to lift the lockdown or to check your "
+    "account first."
+)
+
+
+def _may_add_passkey_now(s: Session, config: CurrentConfig, passkeys: NewPasskeys, now: float) -> None:
+    """Refuse (403) a new passkey that a lockdown holds back (:func:`gateway.threat.lockdown.passkey_held_back`)."""
+    if passkeys.held_back(s, config.settings.lockdown, now):
+        raise PermissionDeniedException(_LOCKDOWN_PASSKEY)
 
 
 @post("/.gateway/api/webauthn/register/options", status_code=200, opt=admits(Step.ENROLL))
@@ -142,12 +154,14 @@ async def register_options(
     config: Config,
     identity: Identity,
     data: JSONBody[RegistrationStart],
+    passkeys: Passkeys,
 ) -> Response[Any]:
     """Options for navigator.credentials.create (needs a fresh second factor, or a fresh password
-    when this is the first factor)."""
+    when this is the first factor; during a lockdown, see :func:`_may_add_passkey_now`)."""
     _, s = await _require(request, config, identity)
     if not await flows.may_add_passkey(s, config, identity):
         raise PermissionDeniedException(_ADD_PASSKEY_FIRST)
+    _may_add_passkey_now(s, config, passkeys, identity.clock.time())
     user = await identity.accounts.get(s.user_id)
     options = await identity.webauthn.registration_options(
         user_id=s.user_id,
@@ -161,13 +175,19 @@ async def register_options(
 
 @post("/.gateway/api/webauthn/register/verify", status_code=200, opt=admits(Step.ENROLL))
 async def register_verify(
-    request: Request[Any, Any, Any], config: Config, identity: Identity, data: JSONBody[CeremonyResult]
+    request: Request[Any, Any, Any],
+    config: Config,
+    identity: Identity,
+    data: JSONBody[CeremonyResult],
+    passkeys: Passkeys,
 ) -> Response[Any]:
     """Store the new passkey; a new session id (two-factor if it is the first factor, see
     flows.after_enrolling)."""
     session_id, s = await _require(request, config, identity)
     if not await flows.may_add_passkey(s, config, identity):
         raise PermissionDeniedException(_ADD_PASSKEY_FIRST)
+    # Again here: a lockdown switched on between the options and the ceremony's end.
+    _may_add_passkey_now(s, config, passkeys, identity.clock.time())
     first = await flows.enrolls_first(identity, s)
     stored = await identity.webauthn.register(
         user_id=s.user_id,

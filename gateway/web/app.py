@@ -34,6 +34,7 @@ from gateway.observe.redact import redact_path
 from gateway.services import WorkerServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.trusted import may_see_internals
+from gateway.threat.lockdown import NewPasskeys
 from gateway.web import (
     account,
     account_privacy,
@@ -182,6 +183,7 @@ def dependencies(services: WorkerServices) -> Mapping[str, Provide]:
         "readiness": constant(services.readiness),
         "privacy": constant(services.privacy),
         "invitations": constant(Invitations(services.fast, services.identity.clock)),
+        "passkeys": constant(NewPasskeys(services.lockdown, services.policy)),
     }
 
 

@@ -16,8 +16,9 @@ from gateway.crypto.signing import SigningKeys
 from gateway.privacy.service import Privacy as PrivacyService
 from gateway.services import IdentityServices, ReadinessReport
 from gateway.settings.current import CurrentConfig
+from gateway.threat.lockdown import NewPasskeys
 
-__all__ = ["Config", "Identity", "Privacy", "Readiness", "Signing", "constant"]
+__all__ = ["Config", "Identity", "Passkeys", "Privacy", "Readiness", "Signing", "constant"]
 
 #: ``config``: the configuration in force, read once per request.
 Config: TypeAlias = NamedDependency[CurrentConfig]
@@ -29,6 +30,8 @@ Signing: TypeAlias = NamedDependency[SigningKeys]
 Readiness: TypeAlias = NamedDependency[ReadinessReport]
 #: ``privacy``: the data-subject rights, the request register and legal holds.
 Privacy: TypeAlias = NamedDependency[PrivacyService]
+#: ``passkeys``: whether a lockdown holds back a new passkey.
+Passkeys: TypeAlias = NamedDependency[NewPasskeys]
 
 
 def constant(value: object) -> Provide:
