@@ -35,7 +35,7 @@ from gateway.clock import Clock
 from gateway.identity.oidc.provider import ProviderClient
 from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
-from gateway.machine.provider_jwt import looks_like_jwt
+from gateway.machine.provider_jwt import looks_like_jose
 from gateway.machine.provider_principals import refuse, scopes_of, verified_token
 from gateway.machine.tokens import hash_token, meant_as_gateway_token
 from gateway.machine.verifier import TokenRefused, VerifiedToken
@@ -168,7 +168,7 @@ class ProviderIntrospection:
         return (
             self._introspecting() is not None
             and not meant_as_gateway_token(token)
-            and not looks_like_jwt(token)
+            and not looks_like_jose(token)
         )
 
     def cache(self, idp: IdentityProvider, tokens: AccessTokens) -> IntrospectionCache:

@@ -51,7 +51,7 @@ from gateway.machine.tokens import hash_token
 from gateway.machine.verifier import TokenRefused, VerifiedToken
 from gateway.settings.schema import AccessTokens, IdentityProvider
 
-__all__ = ["ProviderJwtTokens", "looks_like_jwt"]
+__all__ = ["ProviderJwtTokens", "looks_like_jose", "looks_like_jwt"]
 
 # Whatever a configuration says: "none" is no signature, and an HMAC key would be a public key read
 # as a shared secret (the key-confusion attack).
@@ -78,11 +78,18 @@ def _segment(part: str) -> Any:
 
 def looks_like_jwt(token: str) -> bool:
     """Three dot-separated parts whose first decodes to a JSON object with ``alg`` (no verification)."""
-    parts = token.split(".")
-    if len(parts) != 3:
+    return token.count(".") == 2 and looks_like_jose(token)
+
+
+def looks_like_jose(token: str) -> bool:
+    """Dot-separated parts, however many, the first a JOSE header (a JSON object with ``alg``): a JWT,
+    a JWE, or one bent out of shape (``<jwt>..``). Never sent to introspection: a JWT is never sent to
+    the provider, and a bent one drew a provider call per request (an attack run)."""
+    head, dot, _ = token.partition(".")
+    if not dot:
         return False
     try:
-        header = _segment(parts[0])
+        header = _segment(head)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return False
     return isinstance(header, dict) and "alg" in header

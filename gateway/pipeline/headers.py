@@ -619,8 +619,9 @@ def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool
     (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
     for part in _credential_parts(value):
         pieces = part.split(b".")
-        # A longer token is none the gateway reads (its verifier's limit).
-        if len(pieces) != 3 or len(part) > MAX_TOKEN_BYTES:
+        # A longer token is none the gateway reads (its verifier's limit). More than three parts are
+        # read too: an app that drops a trailing "." (an attack run's "<jwt>.") has the token back.
+        if len(pieces) < 3 or len(part) > MAX_TOKEN_BYTES:
             continue
         payload = pieces[1] + b"=" * (-len(pieces[1]) % 4)
         try:

@@ -59,6 +59,9 @@ METADATA_TTL: Final = 3600.0
 METADATA_STALE_LIMIT: Final = 86400.0
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+# Errors of a token introspection request that are about the token sent, not the gateway's client
+# (invalid_client, unauthorized_client and the rest stay an outage: nothing can be introspected).
+_ABOUT_THE_TOKEN: Final = frozenset({"invalid_request", "invalid_token", "unsupported_token_type"})
 _KEY_CLASSES: Final[Mapping[str, type[RSAKey] | type[ECKey] | type[OKPKey]]] = {
     "RSA": RSAKey,
     "EC": ECKey,
@@ -392,6 +395,12 @@ class ProviderClient:
         status, body = await self._request(
             "POST", metadata.introspection_endpoint, what="introspection", data=form, headers=headers
         )
+        if status == 400 and isinstance(body, dict) and body.get("error") in _ABOUT_THE_TOKEN:
+            # The provider refused this token, not the gateway (RFC 6749 §5.2 errors of the request):
+            # an answer about the token, cached and counted like "inactive". Read as an outage, a
+            # token bent to draw one (an attack run: a JWT with ".." appended, which oidc-provider
+            # will not introspect) cost a provider call per request, never cached nor counted.
+            return {"active": False}
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("active"), bool):
             raise ProviderUnavailable(f"{self.idp.name}: introspection answered HTTP {status} without active")
         return body

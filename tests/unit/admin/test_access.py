@@ -73,7 +73,14 @@ CSRF_CASES: list[tuple[str, str, str | None, str | None, str | None, type[Gatewa
     # An attack run: only the console's own origin is allowed, so same-site without an Origin is
     # another origin too.
     ("browser says same-site", "POST", "application/json", None, "same-site", CrossOriginRefused),
-    ("browser says same-site, any case", "DELETE", "application/json", None, " Same-Site", CrossOriginRefused),
+    (
+        "browser says same-site, any case",
+        "DELETE",
+        "application/json",
+        None,
+        " Same-Site",
+        CrossOriginRefused,
+    ),
     ("a form post", "POST", "application/x-www-form-urlencoded", ORIGIN, None, UnsupportedMediaType),
     ("text/plain (no preflight)", "DELETE", "text/plain", ORIGIN, None, UnsupportedMediaType),
     ("no content type", "PATCH", None, None, None, UnsupportedMediaType),

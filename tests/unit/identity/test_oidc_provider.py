@@ -272,6 +272,23 @@ async def test_introspection_authenticates_with_basic_and_sends_the_token(provid
         await client.introspect("t", client_id="c", client_secret="s")
 
 
+@pytest.mark.parametrize("error", ["unsupported_token_type", "invalid_request", "invalid_token"])
+async def test_introspection_refusing_the_token_is_an_answer_not_an_outage(
+    provider: FakeProvider, error: str
+) -> None:
+    """An attack run bent tokens so the provider answered 400 ``unsupported_token_type``: read as an
+    outage, each was a 503 and a provider call that was never cached nor counted against the address.
+    A 400 about the token is "inactive"; one about the gateway's client, or a 5xx, stays an outage."""
+    provider.discovery_overrides = {"introspection_endpoint": f"{provider.url}/token"}
+    client = ProviderClient(settings(provider), FakeClock())
+    provider.token_status, provider.token_body = 400, {"error": error}
+    assert await client.introspect("t", client_id="c", client_secret="s") == {"active": False}
+    for status, body in ((400, {"error": "invalid_client"}), (401, {"error": "invalid_token"}), (500, {})):
+        provider.token_status, provider.token_body = status, body
+        with pytest.raises(ProviderUnavailable, match="without active"):
+            await client.introspect("t", client_id="c", client_secret="s")
+
+
 async def test_token_endpoint_errors_and_outages_are_told_apart(provider: FakeProvider) -> None:
     client = ProviderClient(settings(provider), FakeClock())
     provider.token_status, provider.token_body = 400, {"error": "invalid_grant"}

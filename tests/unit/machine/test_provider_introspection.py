@@ -119,6 +119,11 @@ async def test_the_sign_in_client_is_used_when_introspection_names_none(site: Si
 
 def test_what_it_recognises(site: Site) -> None:
     assert site.verifier.recognises("Ax4GLDNoN9zbLl8s4kEbPHNMDHV3IAmWIgMDTTBF0qT")
+    # A JOSE object with more or fewer parts than a JWT's three (a JWE, or a JWT bent with ".." to
+    # draw a provider call per request: an attack run) is never introspected either.
+    jose = "eyJhbGciOiJFUzI1NiJ9"
+    for bent in (f"{jose}.e30.c2ln..", f"{jose}.e30.c2ln.", f"{jose}.a.b.c.d", f"{jose}.e30"):
+        assert not site.verifier.recognises(bent), bent
     # The gateway's own tokens and JWTs never go to the provider's introspection endpoint.
     assert not site.verifier.recognises("gwt_" + "A" * 43)
     # A gateway token spoiled (a character added, padding, the prefix upper-cased, cut short) still

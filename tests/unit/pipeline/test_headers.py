@@ -527,6 +527,9 @@ ISSUER, AUDIENCE = "https://idp.example.com", "https://gateway.example.com"
         b"bearer\t" + _jwt({"iss": ISSUER, "aud": ["other", AUDIENCE]}),
         b"DPoP " + _jwt({"iss": ISSUER, "aud": AUDIENCE}, pad=True),
         _jwt({"iss": ISSUER, "aud": AUDIENCE}) + b" x",
+        # A trailing "." an app drops to have the token back (an attack run), and a JWE-like five parts.
+        b"Bearer " + _jwt({"iss": ISSUER, "aud": AUDIENCE}) + b".",
+        b"Bearer " + _jwt({"iss": ISSUER, "aud": AUDIENCE}) + b"..",
         # The provider's token as a Basic password.
         b"Basic " + base64.b64encode(b"__token__:" + _jwt({"iss": ISSUER, "aud": AUDIENCE})),
     ],
