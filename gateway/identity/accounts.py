@@ -1076,7 +1076,12 @@ class AccountService:
         return RolesChanged(roles=tuple(after), added=added, removed=removed, sessions_ended=ended)
 
     async def delete(
-        self, user_id: int, *, actor: str, expect: Callable[[User], bool] | None = None
+        self,
+        user_id: int,
+        *,
+        actor: str,
+        expect: Callable[[User], bool] | None = None,
+        recorded_as: str | None = None,
     ) -> int | None:
         """Delete an account with all its factors (TOTP, WebAuthn, recovery codes) and sessions.
 
@@ -1087,6 +1092,10 @@ class AccountService:
             actor: Who is doing this, for the audit trail.
             expect: What the account must still be, checked in the deleting transaction (a retention
                 run chose it minutes earlier: since reopened, or deleted and its id given to a new one).
+            recorded_as: The subject of the ``user.deleted`` record instead of the username: an
+                erasure's tombstone. The record reaches the log sinks at once, where the erasure's
+                later rewrite of the trail never comes (an attack run found the name in the sink's
+                copy, at the erasure and again at every restore that made it again).
 
         Returns:
             How many sessions were ended, or ``None`` without a session store.
@@ -1121,7 +1130,7 @@ class AccountService:
         await self._audit.record(
             "user.deleted",
             actor=actor,
-            subject=username,
+            subject=recorded_as or username,
             details={"sessions_revoked": revoked if revoked is not None else "unknown"},
         )
         return revoked

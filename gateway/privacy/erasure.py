@@ -164,7 +164,7 @@ class Eraser:
         if keep_for is not None:
             until = now + keep_for
             await self._seal(user, ref=ref, pseudonym=pseudonym, reason=reason, until=until)
-        ended = await self._accounts.delete(user_id, actor=actor, expect=expect)
+        ended = await self._accounts.delete(user_id, actor=actor, expect=expect, recorded_as=tombstone)
         await forget_person(self._fast, user.username, user.email)
         samples = await DecisionSample(self._db, clock=self._clock).forget([f"user:{user.username}"])
         result = await erase_person(

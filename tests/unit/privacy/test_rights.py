@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select, text
 
 from gateway.audit.chain import verify_database
-from gateway.audit.trail import AuditLog
+from gateway.audit.trail import AuditLog, SecurityEvent
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
 from gateway.identity.accounts import AccountExists, AccountService, SignInFailed, UnknownAccount
@@ -411,8 +411,15 @@ async def test_erasure_leaves_nothing_readable_and_the_chain_verifying(world: Wo
     user = await world.alice()
     assert "alice" in await _audit_text(world.db)
     assert IP in await _audit_text(world.db)
+    # What the log sinks get while the erasure runs: they keep it, the erasure's rewrite of the trail
+    # never reaches them (an attack run found "user.deleted ... alice" there, and again at a restore).
+    sent: list[SecurityEvent] = []
+    world.audit.listeners.append(sent.append)
     request = await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
     assert request.status == Status.COMPLETED
+    assert {e.kind for e in sent} >= {"user.deleted", "privacy.erased"}
+    for event in sent:
+        assert "alice" not in f"{event.actor} {event.subject} {event.details}", event
     assert await world.accounts.get(user.id) is None
     trail = await _audit_text(world.db)
     assert "alice" not in trail
