@@ -2,7 +2,8 @@
 
 * :func:`follow_channel`: the IP block list and the lockdown switch. Each worker holds a copy the hot
   path reads without I/O; a message on the channel says "changed: re-read", and a periodic re-read
-  catches a message lost while the subscription was down. An outage keeps the last copy and retries.
+  catches a message lost while the subscription was down. An outage keeps re-reading (a copy with
+  another source stays current) and keeps the last copy while nothing answers.
 * :func:`follow_evictions`: the session and API-token caches. A message names the keys to evict; when
   the subscription may have missed messages (not yet live, buffer overflow, reconnection, outage) the
   whole cache is cleared: over-evicting costs a few store reads, under-evicting would accept a revoked
@@ -27,15 +28,27 @@ async def follow_channel(
     state: FastState, channel: str, refresh: Callable[[], Awaitable[None]], *, refresh_every: float, what: str
 ) -> None:
     """Call ``refresh`` once subscribed, on every message on ``channel``, and every ``refresh_every``
-    seconds anyway, until cancelled. ``what`` names the copy in the log (``"lockdown"``)."""
+    seconds anyway, until cancelled; without a subscription too. ``what`` names the copy in the log
+    (``"lockdown"``)."""
+    down = False
     while True:
         try:
             async with state.subscribe(channel) as sub:
+                if down:
+                    logger.warning("%s subscription is back", what)
+                down = False
                 # Anything changed before the subscription was live is found by this read.
                 await refresh()
                 await _follow(sub, refresh, refresh_every)
         except StateUnavailable as exc:
-            logger.warning("%s subscription lost (%s); keeping the last copy, retrying", what, exc)
+            if not down:
+                logger.warning("%s subscription lost (%s); re-reading every %gs", what, exc, refresh_every)
+            down = True
+            # The re-reads go on without a subscription: a copy with another source (the lockdown's
+            # database copy) stays current. A replica started while Redis was out of reach subscribed
+            # never, so it never re-read, and served through a lockdown it could read (an attack run).
+            with contextlib.suppress(StateUnavailable):
+                await refresh()
         await asyncio.sleep(refresh_every)
 
 

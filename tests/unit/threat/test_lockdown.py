@@ -4,7 +4,9 @@ keeps it in the fast state (audited, broadcast to a peer), and a threat rule tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from typing import Any
 
 import pytest
 
@@ -365,3 +367,42 @@ async def test_a_switch_made_while_the_fast_state_was_down_wins_over_the_older_v
     seen = await LockdownStore(fast_state, clock, db=audit_db).read()
     assert seen == on
     assert seen.on
+
+
+class _Unsubscribable:
+    """Reads pass to a real fast state that has no switch in it; subscribing fails (a replica that
+    started while Redis was out of reach, as an attack run ran it)."""
+
+    def __init__(self) -> None:
+        self.subscriptions = 0
+
+    async def get(self, key: str) -> bytes | None:
+        raise StateUnavailable("cut off")
+
+    async def set(self, key: str, value: bytes) -> bool:
+        raise StateUnavailable("cut off")
+
+    def subscribe(self, channel: str) -> Any:
+        self.subscriptions += 1
+        raise StateUnavailable("cut off")
+
+
+async def test_a_worker_that_never_subscribed_follows_the_switch_in_the_database(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """An attack run: a replica started while Redis was out of reach retried its subscription and
+    never re-read, so a lockdown switched on afterwards (in the database too) never closed it."""
+    state = _Unsubscribable()
+    lockdown = Lockdown()
+    store = LockdownStore(state, clock, db=audit_db)  # type: ignore[arg-type]
+    listener = asyncio.create_task(store.run_listener(lockdown, refresh_every=0.01))
+    try:
+        await LockdownStore(fast_state, clock, db=audit_db).switch_on(None, actor="cli:root", reason="breach")
+        async with asyncio.timeout(5):
+            while not lockdown.state.on:
+                await asyncio.sleep(0.01)
+        assert state.subscriptions >= 1
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
