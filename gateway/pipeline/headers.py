@@ -482,7 +482,9 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     # from this list, where a `Connection: Content-Length` could have removed it. In every spelling:
     # a server that folds `_` into `-` (CGI's HTTP_CONTENT_LENGTH) would read `Content_Length` or
     # `Transfer_Encoding` as framing (an attack run saw both reach the app).
-    if norm == b"content-length":
+    # `Expect: 100-continue` was the client's question, answered by the server in front: the proxy
+    # sends the body at once, so the upstream is not asked again (nginx drops it too; an attack run).
+    if norm == b"content-length" or norm == b"expect":
         return _DROP, lname
     if norm in HOP_BY_HOP or norm in _FORWARDING or norm.startswith(_DROPPED_PREFIXES):
         return _DROP, lname
@@ -583,32 +585,42 @@ def authorization_parts(value: bytes) -> tuple[bytes, bytes]:
     return parts[0].lower(), parts[1] if len(parts) == 2 else b""
 
 
-def _credential_parts(value: bytes) -> tuple[bytes, ...]:
+# Basic credentials exactly as RFC 7617 writes them: standard base64, padded.
+_STRICT_BASE64: Final = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def _credential_parts(value: bytes) -> tuple[bytes, ...] | None:
     """Where an ``Authorization`` value may carry a token: its scheme, its credentials, and for Basic
-    the user and password they decode to (``__token__:TOKEN``, as git, pip and docker send a token).
+    the user and password they decode to (``__token__:TOKEN``, as git, pip and docker send a token);
+    None for Basic credentials that are not strict base64.
 
     An attack run: a gateway token sent as a Basic password reached the app of a public path, which
-    could replay it on the token's bearer routes. Decoded as leniently as a server would (either
-    base64 alphabet, padding optional, stray characters skipped), so nothing an app could decode to a
-    token passes."""
+    could replay it on the token's bearer routes; the re-attack run hid one from a first fix with a
+    non-breaking space after the scheme, or a space or dot inside the base64, which Node's decoder and
+    the ``str.split()`` of Python apps read past. So the value splits at any white space a program may
+    split at (``str.split``: Unicode's, in latin-1 as the header's bytes are), and Basic credentials
+    are read only when they are strict base64: any other spelling (the other alphabet, no padding, a
+    stray character), which lenient decoders read past and no honest client sends, is the caller's to
+    drop whole."""
+    text = value.decode("latin-1")
     # Both parts, as sent: a token in the scheme's place (``gwt_… x``, a re-attack run) is one too.
-    parts = tuple(_BLANKS.split(value.strip(b" \t"), maxsplit=1))
+    parts = tuple(part.encode("latin-1") for part in text.split(maxsplit=1))
     if len(parts) != 2 or parts[0].lower() != b"basic":
         return parts
     credentials = parts[1]
-    try:
-        decoded = base64.b64decode(credentials + b"=" * (-len(credentials) % 4), altchars=b"-_")
-    except (ValueError, binascii.Error):
-        return parts
+    if _STRICT_BASE64.fullmatch(credentials) is None:
+        return None
+    decoded = base64.b64decode(credentials)
     user, _, password = decoded.partition(b":")
     return (*parts, user, password)
 
 
 def _gateway_token(value: bytes) -> bool:
     """Whether an ``Authorization`` value carries one of the gateway's API tokens, spoiled or not,
-    under any scheme or none, also inside Basic credentials: the gateway's own credential, never the
-    app's."""
-    return any(meant_as_gateway_token(part.decode("latin-1")) for part in _credential_parts(value))
+    under any scheme or none, also inside Basic credentials (or Basic credentials too odd to tell):
+    the gateway's own credential, never the app's."""
+    parts = _credential_parts(value)
+    return parts is None or any(meant_as_gateway_token(part.decode("latin-1")) for part in parts)
 
 
 def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool:
@@ -617,7 +629,7 @@ def _provider_token(value: bytes, audiences: frozenset[tuple[str, str]]) -> bool
     that received it could replay on the gateway's bearer routes as its holder (the last note's open
     item). Wherever :func:`_gateway_token` looks; decoded more leniently than the verifier reads it
     (:func:`gateway.machine.provider_jwt.looks_like_jwt`), so every token it takes is dropped."""
-    for part in _credential_parts(value):
+    for part in _credential_parts(value) or ():
         pieces = part.split(b".")
         # A longer token is none the gateway reads (its verifier's limit). More than three parts are
         # read too: an app that drops a trailing "." (an attack run's "<jwt>.") has the token back.
