@@ -4,8 +4,9 @@ Incident evidence, audit details and account fields hold text a client chose (a 
 A control character in it, printed as is, is a terminal command: U+009B (an 8-bit CSI) or ESC starts an
 escape sequence that can clear the screen, move the cursor or retitle the window (an attack run put
 one into `gateway incident show` through a User-Agent). The CLI's standard output and error therefore
-show every C0 and C1 control character but newline and tab, DEL, and the Unicode line and paragraph
-separators as a visible escape (``\\x1b``, ``\\u009b``). JSON output is unaffected: ``json.dumps``
+show every C0 and C1 control character but newline and tab, DEL, the Unicode line and paragraph
+separators and the bidirectional overrides and isolates as a visible escape (``\\x1b``, ``\\u009b``,
+``\\u202e``). JSON output is unaffected: ``json.dumps``
 escapes them already.
 """
 
@@ -21,6 +22,9 @@ _TABLE: Final[dict[int, str]] = {
     **{c: f"\\u{c:04x}" for c in range(0x80, 0xA0)},
     0x2028: "\\u2028",
     0x2029: "\\u2029",
+    # The bidirectional overrides and isolates: a right-to-left override makes a printed row read as
+    # another (an attack run's "CI job \u202egnp.exe" showed as "CI job exe.png").
+    **{c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))},
 }
 
 

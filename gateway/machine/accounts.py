@@ -40,6 +40,7 @@ from gateway.machine.tokens import (
     new_token,
     prefix_of,
 )
+from gateway.names import hidden_character
 from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 
@@ -154,8 +155,13 @@ def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
 
 def _text(value: str, what: str) -> str:
     value = value.strip()
-    if len(value) > _MAX_TEXT or any(ord(c) < 32 for c in value):
-        raise InvalidMachineRequest(f"{what} must be at most {_MAX_TEXT} characters on one line")
+    # Nothing a reader cannot see either (a right-to-left override in a description made
+    # "CI job exe.png" of "CI job gnp.exe" in the list: an attack run).
+    if len(value) > _MAX_TEXT or hidden_character(value) is not None:
+        raise InvalidMachineRequest(
+            f"{what} must be at most {_MAX_TEXT} characters on one line, without characters a reader "
+            "cannot see (control, zero-width or direction-changing ones)"
+        )
     return value
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.errors import BadRequest, GatewayError
+from gateway.names import hidden_character
 from gateway.reasons import is_one_line
 from gateway.response.models import IncidentCase, IncidentEntry
 from gateway.response.phases import TITLES, Phase, check_move, refuse_closed
@@ -129,6 +130,11 @@ def _clean(
         raise BadRequest(f"{what} must be one line of text, without control characters.")
     if any(ord(c) < 32 and c not in "\n\t" for c in text):
         raise BadRequest(f"{what} contains control characters.")
+    # Line breaks and tabs are allowed in a note; nothing a reader cannot see (a right-to-left
+    # override, a zero-width space: an attack run's owner "bob\u202e" read as another in the list).
+    hidden = hidden_character(text.replace("\n", " ").replace("\t", " "))
+    if hidden is not None:
+        raise BadRequest(f"{what} contains a character a reader cannot see (U+{ord(hidden):04X}).")
     return text
 
 

@@ -16,6 +16,9 @@ def test_control_characters_are_shown_as_escapes_and_text_is_kept() -> None:
     hostile = "Mozilla \x9b2J\x1b[31mRED\x07\x7f \u2028 \x85 done\r"
     assert escape_controls(hostile) == "Mozilla \\u009b2J\\x1b[31mRED\\x07\\x7f \\u2028 \\u0085 done\\x0d"
     assert escape_controls("line one\n\tcafé © 東京 😀\n") == "line one\n\tcafé © 東京 😀\n"
+    # A re-attack run: a right-to-left override printed "CI job gnp.exe" as "CI job exe.png".
+    assert escape_controls("CI job \u202egnp.exe \u2066x\u2069") == "CI job \\u202egnp.exe \\u2066x\\u2069"
+    assert escape_controls("עברית and العربية") == "עברית and العربية"  # right-to-left text stays
 
 
 def test_the_stream_escapes_what_is_written_and_passes_the_rest() -> None:

@@ -202,3 +202,17 @@ async def test_bad_management_input_changes_nothing(accounts: ServiceAccounts) -
         await accounts.revoke_token("gwt_AAAAAAAA", actor="t")
     assert await accounts.list_tokens() == []
     assert [a.name for a in await accounts.list_accounts()] == ["ci"]
+
+
+@pytest.mark.parametrize("fast_state_backend", ["local"], indirect=True)
+@pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u061c", "\x85", "\x1b"])
+async def test_a_service_account_holds_no_character_a_reader_cannot_see(
+    accounts: ServiceAccounts, hidden: str
+) -> None:
+    """A re-attack run: the description "CI job \u202egnp.exe" read as "CI job exe.png" in the list."""
+    with pytest.raises(InvalidMachineRequest):
+        await accounts.create_account("ci", description=f"CI job {hidden}gnp.exe", actor="cli:test")
+    with pytest.raises(InvalidMachineRequest):
+        await accounts.create_account("ci", owner=f"bob{hidden}x", actor="cli:test")
+    made = await accounts.create_account("ci", description="CI job für Müller", owner="bob", actor="cli:test")
+    assert made.description == "CI job für Müller"

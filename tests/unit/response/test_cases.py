@@ -43,3 +43,18 @@ async def test_what_is_not_an_address_is_a_400_that_changes_nothing(cases: Cases
         await cases.update(case.id, actor="cli:op", owner="mallory", addresses=[bad])
     again = await cases.get(case.id)
     assert (again.owner, again.addresses) == ("", ("192.0.2.7",))
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u2066", "\x85", "\u2028"])
+async def test_a_case_holds_no_character_a_reader_cannot_see(cases: Cases, hidden: str) -> None:
+    """A re-attack run: an owner "bob\u202e" and a summary with a right-to-left override were stored and
+    read as other text in `gateway incident case list` and the console. Line breaks in a note are fine."""
+    with pytest.raises(BadRequest, match="cannot see"):
+        await cases.open(title="spray", severity_="high", actor="cli:op", summary=f"x{hidden}y")
+    case = await cases.open(title="spray", severity_="high", actor="cli:op", summary="two\nlines\tand a tab")
+    with pytest.raises(BadRequest, match=r"cannot see|control"):
+        await cases.update(case.id, actor="cli:op", owner=f"bo{hidden}b")
+    with pytest.raises(BadRequest, match=r"cannot see|control"):
+        await cases.note(case.id, f"note {hidden}abc", actor="cli:op")
+    again = await cases.get(case.id)
+    assert (again.owner, again.summary) == ("", "two\nlines\tand a tab")
