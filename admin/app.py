@@ -344,7 +344,7 @@ class AdminGuard:
         self._policy = policy
         self._live = live
         self._fast = fast
-        self._blocks = BlockStore(fast, identity.clock)
+        self._blocks = BlockStore(fast, identity.clock, db=identity.audit.db)
         # The block-list files (threat.block_lists) too: an attack run reached the console from an
         # address a feed listed, which the data plane refused.
         self._file_blocks = IpBlocks(identity.clock)

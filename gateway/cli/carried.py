@@ -74,7 +74,7 @@ async def node_emergency(settings: Settings) -> Emergency:
                 f"  cannot read the node's lockdown switch ({exc}); the restored one stands", file=sys.stderr
             )
         try:
-            blocks = await BlockStore(fast, SYSTEM_CLOCK).entries()
+            blocks = await BlockStore(fast, SYSTEM_CLOCK, db=db).entries()
         except Exception as exc:  # noqa: BLE001
             print(f"  cannot read the node's address blocks ({exc}): block them again", file=sys.stderr)
     finally:
@@ -105,7 +105,7 @@ async def carry_emergency(
                 await store.update(lambda _now: (carried, (operator(), why)))
             said.append(_told(wanted))
         if node.blocks:
-            blocks = BlockStore(fast, SYSTEM_CLOCK)
+            blocks = BlockStore(fast, SYSTEM_CLOCK, db=db)
             for entry in node.blocks:
                 await blocks.add(
                     entry.cidr,

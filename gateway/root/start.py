@@ -257,7 +257,7 @@ async def _open_worker(
     # The blocks are followed whether detection is on or not: the CLI's and the console's apply too.
     feed = BlockFeed(
         ip_blocks,
-        BlockStore(fast, identity.clock),
+        BlockStore(fast, identity.clock, db=identity.audit.db),
         lambda: live.current.settings.threat.block_lists,
         lambda: float(live.current.settings.threat.block_list_poll),
     )

@@ -6,6 +6,10 @@ Two sources, merged into one ``IpBlocks`` per worker:
   the fast state under one key, ``threat:blocks`` (JSON list, changed with compare-and-set). Every
   change is announced on the ``threat-blocks`` channel; each replica re-reads the key when it hears
   it, and every few seconds anyway (a lost broadcast or a dropped subscription is bounded by that).
+  Every change is also kept in the database (``kv_settings``, key ``threat-blocks``), as the lockdown
+  switch is: a replica that cannot read the fast state reads the list there, and a fast state that
+  lost the key (Redis restarted without persistence) gets it back (an attack run: a replica cut off
+  from Redis served blocked addresses on public paths and bearer routes).
 * **Block-list files** (threat-intel feeds: one CIDR per line, ``#`` comments), re-read when their
   modification time or size changes. Each replica reads its own copy of the files.
 
@@ -29,8 +33,10 @@ from typing import Final
 
 from gateway.clock import Clock
 from gateway.errors import ErrorReason, Forbidden
+from gateway.store.db import Database, store_errors
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
+from gateway.store.models import KvSetting
 from gateway.threat.addresses import ipv4_behind
 
 __all__ = [
@@ -50,6 +56,8 @@ logger = logging.getLogger("gateway.threat")
 
 BLOCKS_KEY: Final = "threat:blocks"
 BLOCKS_CHANNEL: Final = "threat-blocks"
+# The database's copy (kv_settings).
+_DB_KEY: Final = "threat-blocks"
 _CAS_ROUNDS: Final = 32
 _CACHE_SIZE: Final = 4096
 # Blocks kept in the shared list at most; a rule blocking more than this is itself an incident.
@@ -241,17 +249,68 @@ def _bounded(entries: list[BlockEntry], added: BlockEntry) -> list[BlockEntry]:
 
 
 class BlockStore:
-    """The shared list of temporary blocks in the fast state, and the listener that mirrors it."""
+    """The shared list of temporary blocks in the fast state (and its copy in the database), and the
+    listener that mirrors it."""
 
-    def __init__(self, state: FastState, clock: Clock) -> None:
+    def __init__(self, state: FastState, clock: Clock, *, db: Database | None = None) -> None:
         self._state = state
         self._clock = clock
+        self._db = db
 
     async def entries(self) -> list[BlockEntry]:
-        """The blocks still in force, soonest-ending first."""
+        """The blocks still in force, soonest-ending first: the fast state's list; the database's copy
+        when the fast state cannot answer, or has lost the list (which it then gets back).
+
+        Raises:
+            StateUnavailable: neither can answer.
+        """
         now = self._clock.time()
-        live = [e for e in _decode(await self._state.get(BLOCKS_KEY)) if e.until > now]
+        try:
+            raw = await self._state.get(BLOCKS_KEY)
+        except StateUnavailable:
+            stored = await self._from_db()
+            if stored is None:
+                raise
+            raw = stored
+        else:
+            if raw is None:
+                # Never written, or lost (an empty list is stored as "[]"): the database's copy, put
+                # back for every reader unless someone wrote meanwhile.
+                raw = await self._from_db()
+                if raw is not None and _decode(raw):
+                    with contextlib.suppress(StateUnavailable):
+                        await self._state.compare_and_set(BLOCKS_KEY, None, raw)
+                    logger.warning("block list: the fast state did not hold it; took the database's copy")
+        live = [e for e in _decode(raw) if e.until > now]
         return sorted(live, key=lambda e: e.until)
+
+    async def _from_db(self) -> bytes | None:
+        """The database's copy; None when there is none or it cannot be read."""
+        if self._db is None:
+            return None
+        try:
+            async with self._db.session() as session:
+                with store_errors("cannot read the block list"):
+                    row = await session.get(KvSetting, _DB_KEY)
+        except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
+            return None
+        return None if row is None else row.value.encode("utf-8")
+
+    async def _to_db(self, encoded: bytes) -> None:
+        if self._db is None:
+            return
+        try:
+            async with self._db.session(write=True) as session:
+                with store_errors("cannot store the block list"):
+                    row = await session.get(KvSetting, _DB_KEY)
+                    value = encoded.decode("utf-8")
+                    if row is None:
+                        session.add(KvSetting(key=_DB_KEY, value=value, updated_at=self._clock.now()))
+                    else:
+                        row.value, row.updated_at = value, self._clock.now()
+                    await session.commit()
+        except Exception:  # reported; the fast state's list is the one read first
+            logger.exception("block list: could not keep the list in the database")
 
     async def add(
         self, cidr: str, *, until: float, incident: str = "", reason: str = "", actor: str = ""
@@ -328,11 +387,13 @@ class BlockStore:
             now = self._clock.time()
             current = [e for e in _decode(raw) if e.until > now]
             new = change(current)
+            # An empty list is stored, not deleted: a missing key means the fast state lost it.
             encoded = json.dumps([e.to_json() for e in new], separators=(",", ":")).encode()
-            if await self._state.compare_and_set(BLOCKS_KEY, raw, encoded if new else None):
+            if await self._state.compare_and_set(BLOCKS_KEY, raw, encoded):
                 break
         else:
             raise StateUnavailable("the block list kept changing; giving up")
+        await self._to_db(encoded)
         try:
             await self._state.publish(BLOCKS_CHANNEL, b"changed")
         except StateUnavailable:

@@ -117,7 +117,7 @@ class Responder:
         self._clock = clock
         self.emit = emit
         self.webhook = webhook
-        self.blocks = BlockStore(state, clock)
+        self.blocks = BlockStore(state, clock, db=audit.db)
         self.incidents = IncidentStore(state)
         self.lockdown = LockdownStore(state, clock, audit, db=audit.db)
         # Told of every incident a rule raises (the durable incident records of gateway.response,

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.store.fast import FastState
+from gateway.store.db import Database
+from gateway.store.fast import FastState, StateUnavailable
 from gateway.threat import blocks as blocks_module
-from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocks, normalize_network, read_block_list
+from gateway.threat.blocks import (
+    BLOCKS_KEY,
+    BlockListFiles,
+    BlockStore,
+    IpBlocks,
+    normalize_network,
+    read_block_list,
+)
 
 INF = float("inf")
 
@@ -172,3 +182,56 @@ def test_a_configured_translator_prefix_is_read_as_its_ipv4_clients() -> None:
         assert "2001:db8:46::cb00:710b" not in blocks  # another IPv4 client of the same translator
     finally:
         use_nat64_prefixes(())
+
+
+class _CutOff:
+    """A fast state that does not answer (a replica cut off from Redis, or started while it was)."""
+
+    async def get(self, key: str) -> bytes | None:
+        raise StateUnavailable("cut off")
+
+    def subscribe(self, channel: str) -> Any:
+        raise StateUnavailable("cut off")
+
+
+async def test_a_replica_cut_off_from_the_fast_state_reads_the_blocks_from_the_database(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """An attack run: a replica that could not reach Redis (started during the outage, or cut off
+    later) kept serving addresses blocked since on public paths and bearer routes, as the list lived
+    in Redis alone. It is kept in the database too, and the cut-off replica's listener follows it."""
+    store = BlockStore(fast_state, clock, db=audit_db)
+    cut_off = BlockStore(_CutOff(), clock, db=audit_db)  # type: ignore[arg-type]
+    blocks = IpBlocks(clock)
+    listener = asyncio.create_task(cut_off.run_listener(blocks, refresh_every=0.01))
+    try:
+        await store.add("192.0.2.7", until=clock.time() + 600, incident="inc-9", actor="cli:op")
+        async with asyncio.timeout(5):
+            while "192.0.2.7" not in blocks:
+                await asyncio.sleep(0.01)
+        # A lift reaches it the same way (an empty list is kept, not a missing one).
+        assert await store.remove("192.0.2.7") == 1
+        async with asyncio.timeout(5):
+            while "192.0.2.7" in blocks:
+                await asyncio.sleep(0.01)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    with pytest.raises(StateUnavailable):  # neither answers: the caller keeps what it knew
+        await BlockStore(_CutOff(), clock).entries()  # type: ignore[arg-type]
+
+
+async def test_a_fast_state_that_lost_the_blocks_gets_them_back_from_the_database(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """Redis restarted without persistence: the blocks were silently gone on every replica."""
+    store = BlockStore(fast_state, clock, db=audit_db)
+    await store.add("198.51.100.0/24", until=clock.time() + 600, incident="inc-3")
+    await fast_state.delete(BLOCKS_KEY)
+    assert [e.cidr for e in await BlockStore(fast_state, clock, db=audit_db).entries()] == ["198.51.100.0/24"]
+    assert await fast_state.get(BLOCKS_KEY) is not None  # put back for every other reader
+    # Lifted while the fast state answered: the empty list is kept, and nothing comes back.
+    assert await store.remove("198.51.100.0/24") == 1
+    assert await fast_state.get(BLOCKS_KEY) == b"[]"
+    assert await BlockStore(fast_state, clock, db=audit_db).entries() == []
