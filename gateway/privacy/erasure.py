@@ -28,6 +28,7 @@ In this order, so a failure part-way leaves the person *more* protected, never e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,7 +51,7 @@ from gateway.privacy.register import Register
 from gateway.privacy.removed import RemovedArchive
 from gateway.privacy.subjects import new_pseudonym
 from gateway.privacy.traces import forget_person
-from gateway.store.db import Database
+from gateway.store.db import Database, StoreUnavailable
 from gateway.store.fast import FastState
 
 __all__ = ["Erased", "Eraser", "Held", "holding_erasure"]
@@ -190,6 +191,8 @@ class Eraser:
         if self._accounts.ledger is not None:
             # Outside the database too: a gateway started on a restored one erases the person again.
             await self._accounts.ledger.record(user, "erased", ref=ref)
+        with contextlib.suppress(StoreUnavailable):  # done; the log is emptied at a later checkpoint
+            await self._db.drop_old_pages()
         erased = Erased(
             pseudonym=pseudonym,
             audit_records=len(result.erased),

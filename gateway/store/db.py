@@ -226,6 +226,10 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, foreign_keys: bool) -> None:
                 # power loss can drop the last commits: the usual trade for not fsyncing every write.
                 cursor.execute("PRAGMA synchronous = NORMAL")
                 cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+                # Deleted rows are overwritten, not left in free pages: an erased person's hash, email
+                # and addresses must not stay readable in the file (an attack run found them in a
+                # build without SQLITE_SECURE_DELETE compiled in; the default depends on the build).
+                cursor.execute("PRAGMA secure_delete = ON")
             finally:
                 cursor.close()
         except BaseException:
@@ -388,6 +392,19 @@ class Database:
         with store_errors(f"{self._backend} database unavailable"):
             async with asyncio.timeout(PING_TIMEOUT_S), self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+
+    async def drop_old_pages(self) -> None:
+        """After a deletion that must leave no trace (an erasure): on SQLite, write the log back into
+        the file and empty it (``wal_checkpoint(TRUNCATE)``), as the WAL file keeps old copies of the
+        changed pages until it is reused (an attack run read an erased person's password hash and
+        addresses in ``gateway.db-wal``). A checkpoint that readers hold back is left to SQLite's next;
+        PostgreSQL reclaims dead rows by its own VACUUM.
+        """
+        if self._backend != "sqlite":
+            return
+        with store_errors("cannot checkpoint the database"):
+            async with self._engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def close(self) -> None:
         """Close all pooled connections. The handle must not be used afterwards."""
