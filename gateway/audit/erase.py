@@ -23,7 +23,7 @@ backed by one erasure record whose pseudonym is the fixed :data:`EXPIRED_PSEUDON
 
 What it cannot do: version 1 and 2 records hold the fields in their hash, so erasing them would break
 the chain; they are counted (``kept_legacy``) and left alone. Mentions of the user inside other
-people's records' details, and copies the ``gateway.audit`` log and the sinks already received, are
+people's records' details (but the owner a service account's record names), and copies the ``gateway.audit`` log and the sinks already received, are
 outside the table and out of its reach.
 """
 
@@ -75,6 +75,8 @@ __all__ = [
 
 logger = logging.getLogger("gateway.audit")
 
+# Records of things a person owns (their details name the owner): a service account's.
+_OWNED_KINDS: Final = ("service_account.",)
 _AS_SUBJECT: Final = ("subject", "details")
 _AS_ACTOR: Final = ("actor", "ip", "details")
 # What the person did as an admin to others (the admin API's ``admin.*`` records) keeps who did it and
@@ -183,12 +185,27 @@ def _decoded(segment: str) -> str:
     return segment.lower()
 
 
+def _owned_by(row: ChainRecord, names: frozenset[str]) -> bool:
+    """Whether ``row`` records a service account whose owner is the person (its details hold the owner:
+    an attack run found an erased person's address there, which named them again)."""
+    if not row.kind.startswith(_OWNED_KINDS):
+        return False
+    try:
+        details = json.loads(row.details)
+    except ValueError:
+        return False  # erased already
+    owner = details.get("owner") if isinstance(details, dict) else None
+    return isinstance(owner, str) and owner.strip().lower() in names
+
+
 def _fields_to_erase(row: ChainRecord, names: frozenset[str], actors: frozenset[str]) -> tuple[str, ...]:
     """The fields of ``row`` that name the user and are not erased yet, in ``PERSONAL_FIELDS`` order."""
     wanted: set[str] = set()
     about_them = not row.kind.startswith(NOT_ABOUT_PEOPLE) and names_person(row.subject, names)
     if about_them:
         wanted.update(_AS_SUBJECT)
+    if _owned_by(row, names):
+        wanted.add("details")
     if row.actor in actors:
         acted_as_admin = row.kind.startswith(_ADMIN_ACTS) and row.kind != _NOT_AN_ACT
         wanted.update(_AS_ADMIN if acted_as_admin and not about_them else _AS_ACTOR)
@@ -255,6 +272,7 @@ async def erase_person(
                 subject.in_(sorted(names)),
                 AuditEvent.actor.in_(sorted(actors)),
                 subject.contains("/users/", autoescape=True),
+                AuditEvent.kind.startswith(_OWNED_KINDS[0], autoescape=True),
             )
         )
         .order_by(AuditEvent.seq)

@@ -47,6 +47,7 @@ from gateway.identity.sessions import SessionStore
 from gateway.privacy.export import export_person
 from gateway.privacy.holds import Holds, HoldView
 from gateway.privacy.incident_records import Erasing, IncidentRecords
+from gateway.privacy.ownership import forget_ownership
 from gateway.privacy.register import Register
 from gateway.privacy.removed import RemovedArchive
 from gateway.privacy.subjects import new_pseudonym
@@ -185,9 +186,9 @@ class Eraser:
         held = frozenset(
             fold(h.subject) for h in await self._holds.find(active_only=True) if h.scope == "person"
         )
-        incident_rows = await self._incident_records.pseudonymise(
-            Erasing(user.username, user.email, since=user.created_at, held=held), tombstone
-        )
+        erasing = Erasing(user.username, user.email, since=user.created_at, held=held)
+        incident_rows = await self._incident_records.pseudonymise(erasing, tombstone)
+        await forget_ownership(self._db, erasing.mentions(tombstone))
         if self._accounts.ledger is not None:
             # Outside the database too: a gateway started on a restored one erases the person again.
             await self._accounts.ledger.record(user, "erased", ref=ref)

@@ -26,6 +26,7 @@ from gateway.identity.names import RESERVED_USERNAMES, is_gateway_id
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.sessions import Session, SessionStore, browser_label
 from gateway.privacy.models import ConsentRecord, PrivacyRequest
+from gateway.privacy.ownership import owned_by
 from gateway.privacy.register import RequestView, mine
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
@@ -231,6 +232,7 @@ async def export_person(
                     .order_by(DecisionSampleRow.bucket)
                 )
             ).all()
+    owned = await owned_by(db, user.username, user.email)
     actors = actor_spellings(user.username)
     live: list[dict[str, Any]] = []
     unavailable = False
@@ -271,6 +273,7 @@ async def export_person(
             for r in samples
         ],
         "audit_events": [_event(e, actors, user.username, user.email or "") for e in events],
+        "service_accounts_owned": owned,
     }
 
 

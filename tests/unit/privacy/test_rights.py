@@ -722,11 +722,49 @@ async def test_an_erasure_leaves_nothing_of_the_person_in_the_sqlite_files(
     user = await world.alice()
     # The hash as stored: its salt and digest are what a reader of the file could take.
     fresh = await world.accounts.get(user.id)
-    assert fresh is not None and fresh.password_hash
+    assert fresh is not None
+    assert fresh.password_hash
     secret_part = fresh.password_hash.rsplit("$", 1)[-1].encode()
     raw = b"".join(f.read_bytes() for f in sorted(tmp_path.glob("*.db*")))
-    assert b"alice@example.com" in raw and secret_part in raw  # the check can fail
+    assert b"alice@example.com" in raw
+    assert secret_part in raw
     await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
     raw = b"".join(f.read_bytes() for f in sorted(tmp_path.glob("*.db*")))
     for trace in (b"alice@example.com", secret_part, IP.encode(), b"Alice L"):
         assert trace not in raw, trace
+
+
+async def test_the_service_accounts_a_person_owns_are_exported_and_erased_with_them(world: World) -> None:
+    """An attack run: a service account's owner and description named the person by their email address
+    (and its creation record did), the export left them out, and the erasure left them, so the email
+    address named the erased person afterwards."""
+    from gateway.machine.accounts import ServiceAccounts
+
+    machines = ServiceAccounts(world.db, world.audit, world.fast, world.clock, max_lifetime=86400.0)
+    user = await world.alice()
+    await machines.create_account(
+        "billing-bot",
+        owner="alice@example.com",
+        description="billing sync; ask alice@example.com",
+        actor="cli:root",
+    )
+    await machines.create_account("ci-bot", owner="Alice", description="alice builds", actor="cli:root")
+    await machines.create_account(
+        "ops-bot", owner="ops@example.com", description="for alice", actor="cli:root"
+    )
+    _, doc = await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert sorted(a["name"] for a in doc["service_accounts_owned"]) == ["billing-bot", "ci-bot"]
+
+    await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
+    views = {v.name: v for v in await machines.list_accounts()}
+    assert views["billing-bot"].owner.startswith("[erased:")
+    assert views["billing-bot"].description == f"billing sync; ask {views['billing-bot'].owner}"
+    assert views["ci-bot"].owner == views["billing-bot"].owner  # one person, one tombstone
+    # A bare name in free text may be a word; another owner stays.
+    assert (views["ci-bot"].description, views["ops-bot"].owner) == ("alice builds", "ops@example.com")
+    trail = await _audit_text(world.db)
+    assert "alice@example.com" not in trail
+    assert "ops@example.com" in trail
+    report = await verify_database(world.db, keyring=world.keyring)
+    assert report.ok, report.problem
