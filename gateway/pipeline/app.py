@@ -21,7 +21,7 @@ from gateway.observe.tracing import RequestTrace, Stage
 from gateway.pipeline.asgi import ASGIApp, Receive, Scope, Send
 from gateway.pipeline.authorize import authorize, authorize_client
 from gateway.pipeline.bearer import authenticate_bearer, bearer_token, brings_token
-from gateway.pipeline.canonical import canonicalize
+from gateway.pipeline.canonical import canonicalize, refuse_unless_canonical
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.control import hand_to_control
 from gateway.pipeline.entries import FORWARD_AUTH, HTTP, WEBSOCKET, Entry
@@ -139,7 +139,13 @@ class DataPlane:
                 # replaces the proxy stage. Refusals from here on are forward-auth answers.
                 entry = FORWARD_AUTH
                 rec.kind = entry.kind
-                canon = canonicalize(retarget(scope, ctx))
+                original = retarget(scope, ctx)
+                # The proxy sends the app the path as the client wrote it, never the one decided here:
+                # a path with dot segments or empty ones is refused, not resolved (an attack run: the
+                # gateway allowed /admin/../docs/x as /docs/x, and nginx and Caddy sent it whole to
+                # apps that do not resolve dot segments, which served it from their /admin handler).
+                refuse_unless_canonical(original)
+                canon = canonicalize(original)
             # route
             public = route_request(ctx, snap, canon, no_route=entry.no_route)
             rt = ctx.rt

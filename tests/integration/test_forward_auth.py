@@ -309,6 +309,54 @@ def test_a_denied_request_is_403_and_never_reaches_the_app(site: Site, proxy: st
         assert via(port, trick, site.sessions["alice"]).status_code >= 400, trick
 
 
+def raw_get(port: int, target: str, host: str, session: str | None = None) -> tuple[int, bytes]:
+    """GET with the request line exactly as written (httpx resolves dot segments before sending)."""
+    cookie = f"Cookie: {SESSION_COOKIE}={session}\r\n" if session else ""
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n{cookie}"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize(
+    ("target", "decided", "host", "who"),
+    [
+        ("/admin/../docs/intro", "/docs/intro", APP_HOST, "alice"),
+        ("/admin/%2e%2e/docs/intro", "/docs/intro", APP_HOST, "alice"),
+        ("/admin//../docs/intro", "/docs/intro", APP_HOST, "alice"),
+        ("/admin/./../docs/intro", "/docs/intro", APP_HOST, "alice"),
+        ("/admin/../open/x", "/open/x", CUSTOM_HOST, None),
+    ],
+)
+def test_the_app_gets_the_path_decided_or_nothing(
+    site: Site, proxy: str, target: str, decided: str, host: str, who: str | None
+) -> None:
+    """An attack run: the gateway decided the canonical path (/docs/intro: allowed; /open/x: public)
+    while nginx and Caddy sent the app the raw one, which apps that do not resolve dot segments
+    (Litestar, Flask, Express) served from their /admin handler, to alice and to anyone on a host with
+    a public path. Forward-auth cannot send the app the path it decided, so it refuses any other;
+    Traefik resolves the path itself, and its app gets exactly the path decided."""
+    session = site.sessions[who] if who else None
+    status, body = raw_get(port_of(site, proxy), target, host, session)
+    if status == 200:
+        assert json.loads(body)["target"] == decided, body[:300]
+    else:
+        assert status >= 400, (status, body[:300])
+        assert b'"headers"' not in body  # nothing of the echo app
+    # The control: the path decided, as it is, is allowed.
+    status, body = raw_get(port_of(site, proxy), decided, host, session)
+    assert status == 200, (status, body[:300])
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_spoofed_identity_headers_are_replaced(site: Site, proxy: str) -> None:
@@ -496,10 +544,15 @@ def test_the_clients_forwarding_headers_never_reach_the_app(site: Site, proxy: s
         ("X-Forwarded-Ssl", "evil-on"),
         ("X-Forwarded-Scheme", "evil-https"),
         ("X-Forwarded-Protocol", "evil-https"),
+        # An attack run: nginx sets these in its question, but passed the client's own to the app.
+        ("X-Forwarded-Uri", "/evil/admin"),
+        ("X-Forwarded-Method", "EVILPOST"),
     ]
     seen = echoed(spoofing(site, proxy, "/docs/x", [alice, *forged]))
     assert seen["x-gateway-user"] == "alice"
-    leaked = [(k, v) for k, v in seen.items() if "6.6.6.6" in v or "evil" in v or v in ("/admin", "6666")]
+    leaked = [
+        (k, v) for k, v in seen.items() if "6.6.6.6" in v or "evil" in v.lower() or v in ("/admin", "6666")
+    ]
     assert not leaked, leaked
 
 
