@@ -33,6 +33,9 @@ _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _SECURE_PREFIXES = ("__host-", "__secure-")
 
 
+# The session cookie's default name, with and without the prefix insecure_cookies drops.
+_DEFAULT_SESSION_NAMES: Final = ("__Host-gateway_session", "gateway_session")
+
 def session_cookie_name(settings: SessionSettings) -> str:
     """The session cookie's name.
 
@@ -73,9 +76,19 @@ DEVICE_COOKIE: Final = GatewayCookie("__Host-gateway_device", "gateway_device")
 
 
 def own_cookie_names(settings: SessionSettings) -> frozenset[str]:
-    """Every name a cookie of the gateway's may have: none reaches an app, and no app may set one."""
+    """Every name a cookie of the gateway's may have: none reaches an app, and no app may set one.
+
+    The default session cookie names too, whatever ``session.cookie_name`` is now: a deployment that
+    renamed it has browsers that still send the old cookie, a session id (an attack run)."""
     return frozenset(
-        {session_cookie_name(settings), *CSRF_COOKIE, *OIDC_BINDING_COOKIE, *HANDOFF_COOKIE, *DEVICE_COOKIE}
+        {
+            session_cookie_name(settings),
+            *_DEFAULT_SESSION_NAMES,
+            *CSRF_COOKIE,
+            *OIDC_BINDING_COOKIE,
+            *HANDOFF_COOKIE,
+            *DEVICE_COOKIE,
+        }
     )
 
 

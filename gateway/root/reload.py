@@ -57,6 +57,15 @@ _RESTART_ONLY = (
     "threat.webhook_queue",
     "threat.webhook_timeout",
     "lockdown.refresh_interval",
+    # Read once at start too: the keyring (a reload to a missing file was accepted, and the next worker
+    # restarted from it made an empty keyring, could not read a secret and took the whole gateway down
+    # in granian's crash loop), the assertion issuer and WebAuthn origin (public_url: half the workers
+    # signed with the old issuer), the account ledger's file, and the session cookie's name (a rename
+    # stopped keeping the old cookie, still a live session, from the apps).
+    "keyring",
+    "public_url",
+    "backup.ledger",
+    "session.cookie_name",
 )
 
 
