@@ -66,6 +66,7 @@ _KNOWN_PREFIX: Final = re.compile(
 # The public id of one of the gateway's own API tokens (``gwt_`` and 8 characters, see
 # gateway.machine.tokens): it names the token in lists and the audit trail, and is no credential.
 _TOKEN_ID: Final = re.compile(r"gwt_[A-Za-z0-9_-]{8}")
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 # Paths of the gateway's own pages whose rest is a credential (gateway/identity/invitations.py).
 _CREDENTIAL_PATHS: Final = ("/.gateway/invite/",)
 _TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
@@ -219,6 +220,8 @@ def redact_details(value: object) -> object:
         return {
             str(key): REDACTED
             if is_secret_name(str(key)) and not _is_token_id(item)
+            else item
+            if _is_digest(str(key), item)
             else redact_details(item)
             for key, item in value.items()
         }
@@ -237,6 +240,17 @@ def redact_words(text: str) -> str:
     if not looks_secret(text):
         return text
     return " ".join(REDACTED if looks_secret(word) else word for word in text.split(" "))
+
+
+def _is_digest(key: str, value: object) -> bool:
+    """Whether ``value`` is a SHA-256 digest under a name that says so (``sha256``, ``fields_sha256``):
+    random-looking, but what ties a record to a reviewed file (``config.reloaded``), not a secret; an
+    attack run found the sinks' copy redacted, so a SIEM could not match a reload to a review."""
+    return (
+        (key == "sha256" or key.endswith("_sha256"))
+        and isinstance(value, str)
+        and _SHA256_HEX.fullmatch(value) is not None
+    )
 
 
 def _is_token_id(value: object) -> bool:

@@ -153,3 +153,13 @@ def test_the_gateways_own_tokens_are_redacted_and_their_public_ids_stay_readable
     assert redact_details({"token": token}) == {"token": REDACTED}
     assert redact_details({"token": "gwt_Ab3dE9xQ-and-more"}) == {"token": REDACTED}
     assert redact_words(f"bot/1.0 {token} (ci)") == f"bot/1.0 {REDACTED} (ci)"
+
+
+def test_a_digest_under_a_name_that_says_so_stays_readable() -> None:
+    """A re-attack run: config.reloaded's sha256 reached the sinks as [REDACTED], so a SIEM could not
+    tie a reload to the reviewed file. A digest named as one stays; the same value under another name,
+    or a non-digest under that name, is judged as before."""
+    digest = "9f2c5e0b1a7d4c3e8f6a2b9d0c1e4f7a3b8d5c2e9f0a1b6c7d4e3f2a1b0c9d8e"
+    out = redact_details({"sha256": digest, "fields_sha256": digest, "other": digest, "sha256x": digest})
+    assert out == {"sha256": digest, "fields_sha256": digest, "other": REDACTED, "sha256x": REDACTED}
+    assert redact_details({"sha256": "gwt_" + "A1b2" * 10}) == {"sha256": REDACTED}
