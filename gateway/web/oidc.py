@@ -305,13 +305,18 @@ async def _provider_error(
     else:
         ours, rd = True, record.rd
     code = error if error.replace("_", "").isalnum() and len(error) <= 64 else "invalid_error"
-    await identity.audit.record(
-        "signin.oidc",
-        actor=f"oidc:{idp.name}",
-        ip=ip,
-        outcome="failure",
-        details={"provider": idp.name, "error": code, "flow_valid": ours},
-    )
+    if ours:
+        # Only a sign-in this browser started is a failed sign-in: anyone can craft a callback URL
+        # (an <img> on any page makes its visitors' browsers send one), and each wrote a chained
+        # record and a security event, and counted a failed sign-in against the visitor's address
+        # (an attack run: 200 in 1.7 s). The access log still has every request.
+        await identity.audit.record(
+            "signin.oidc",
+            actor=f"oidc:{idp.name}",
+            ip=ip,
+            outcome="failure",
+            details={"provider": idp.name, "error": code, "flow_valid": ours},
+        )
     message = _PROVIDER_ERRORS.get(code, f"{idp.label} did not sign you in.")
     # The provider's own words only for a sign-in this browser started: anyone can craft a
     # callback URL, and this page must not display their text as if it came from us.

@@ -595,6 +595,7 @@ def test_id_token_with_one_thing_wrong_is_refused(site: Site, case: str, check: 
 
 
 def test_access_denied_at_the_provider_is_shown_plainly(site: Site) -> None:
+    before = len([e for e in site.audit("signin.oidc") if e["outcome"] == "failure"])
     with browser(site.a) as client:
         authorize = start(client, rd="/after").headers["location"]
         page = client.get(authorize, follow_redirects=True)
@@ -623,6 +624,17 @@ def test_access_denied_at_the_provider_is_shown_plainly(site: Site) -> None:
         )
         assert resp.status_code == 403
         assert "555-0100" not in resp.text
+    # The refusal of this browser's own sign-in is recorded; the crafted callbacks are not (an attack
+    # run: any page's <img> made its visitors' browsers write a chained record and a security event).
+    recorded = [e for e in site.audit("signin.oidc") if e["outcome"] == "failure"]
+    assert [e["details"]["flow_valid"] for e in recorded[before:]] == [True]
+    with browser(site.a) as client:
+        for attempt in range(5):
+            crafted = client.get(
+                "/.gateway/oidc/corp/callback", params={"error": "access_denied", "state": f"x{attempt}"}
+            )
+            assert crafted.status_code == 403
+    assert [e for e in site.audit("signin.oidc") if e["outcome"] == "failure"] == recorded
 
 
 def test_provider_down_at_sign_in_shows_a_retry_page_and_existing_sessions_keep_working(site: Site) -> None:
