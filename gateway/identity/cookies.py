@@ -36,6 +36,7 @@ _SECURE_PREFIXES = ("__host-", "__secure-")
 # The session cookie's default name, with and without the prefix insecure_cookies drops.
 _DEFAULT_SESSION_NAMES: Final = ("__Host-gateway_session", "gateway_session")
 
+
 def session_cookie_name(settings: SessionSettings) -> str:
     """The session cookie's name.
 

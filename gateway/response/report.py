@@ -10,10 +10,12 @@ team wrote (marked *to be written* while empty).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import or_, select
+from sqlalchemy import case as case_when
+from sqlalchemy import func, or_, select
 
 from gateway.audit.models import AuditEvent
 from gateway.response.cases import CaseView, EntryView
@@ -22,39 +24,64 @@ from gateway.response.phases import TITLES
 from gateway.response.recovery import RecoveryCheck
 from gateway.store.db import Database, store_errors
 
-__all__ = ["audit_timeline", "report_json", "report_markdown"]
+__all__ = ["AuditTimeline", "audit_timeline", "report_json", "report_markdown"]
 
 # Enough for any incident's window; a report is not a log export (that is the evidence bundle).
 MAX_AUDIT_LINES = 500
+# What an investigator reads first when the window holds more than fits: sign-ins and second factors,
+# detections, containment, sessions. An attack run filled the window with 500 refused invitation
+# links from the attacker's address, and the report showed those and none of the sign-ins.
+_FIRST_KINDS: Final = (
+    "signin.", "mfa.", "threat.", "incident.", "lockdown.", "session.", "token.", "admin.",
+    "user.locked", "user.disabled", "user.password",
+)  # fmt: skip
 
 
-async def audit_timeline(db: Database, case: CaseView, until: datetime) -> list[dict[str, Any]]:
-    """The audit records about the incident, its affected people and addresses, in its window."""
+@dataclass(frozen=True, slots=True)
+class AuditTimeline:
+    """The audit records a report shows (in chain order), and how many the window holds in all."""
+
+    records: list[dict[str, Any]]
+    total: int
+
+
+async def audit_timeline(db: Database, case: CaseView, until: datetime) -> AuditTimeline:
+    """The audit records about the incident, its affected people and addresses, in its window: all of
+    them up to :data:`MAX_AUDIT_LINES`; past that, the security-relevant kinds first (``_FIRST_KINDS``),
+    then the rest, and the total says how many there were."""
     about = [AuditEvent.subject == case.id]
     if case.affected_users:
         about.append(AuditEvent.subject.in_(case.affected_users))
     if case.addresses:
         about.append(AuditEvent.ip.in_(case.addresses))
+    window = (AuditEvent.at >= case.opened_at - LOOKBACK, AuditEvent.at <= until, or_(*about))
+    first = or_(*(AuditEvent.kind.startswith(kind, autoescape=True) for kind in _FIRST_KINDS))
     query = (
         select(AuditEvent)
-        .where(AuditEvent.at >= case.opened_at - LOOKBACK, AuditEvent.at <= until, or_(*about))
-        .order_by(AuditEvent.seq)
+        .where(*window)
+        .order_by(case_when((first, 0), else_=1), AuditEvent.seq)
         .limit(MAX_AUDIT_LINES)
     )
     async with db.session() as session:
         with store_errors("cannot read the audit trail"):
-            rows = (await session.scalars(query)).all()
-    return [
+            rows = sorted((await session.scalars(query)).all(), key=lambda r: r.seq)
+            total = len(rows)
+            if total == MAX_AUDIT_LINES:
+                total = (
+                    await session.scalar(select(func.count()).select_from(AuditEvent).where(*window))
+                ) or 0
+    records = [
         {"at": r.at.isoformat(), "seq": r.seq, "kind": r.kind, "actor": r.actor, "subject": r.subject,
          "ip": r.ip, "outcome": r.outcome}
         for r in rows
     ]  # fmt: skip
+    return AuditTimeline(records, total)
 
 
 def report_json(
     case: CaseView,
     entries: list[EntryView],
-    audit: list[dict[str, Any]],
+    audit: AuditTimeline,
     checks: list[RecoveryCheck],
     *,
     generated_at: datetime,
@@ -67,7 +94,9 @@ def report_json(
         "detection": [e.as_dict() for e in entries if e.kind == "detection"],
         "actions": [e.as_dict() for e in entries if e.kind in ("action", "evidence", "notification")],
         "timeline": [e.as_dict() for e in entries],
-        "audit_records": audit,
+        "audit_records": audit.records,
+        # More records in the window than shown: the evidence bundle holds them all.
+        "audit_records_total": audit.total,
         "recovery_checks": [c.as_dict() for c in checks],
         "root_cause": case.root_cause,
         "lessons": case.lessons,
@@ -120,7 +149,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
         "",
         "## Audit records",
         "",
-        f"{len(doc['audit_records'])} record(s) about the incident, its people and addresses:",
+        _shown(len(doc["audit_records"]), doc.get("audit_records_total", len(doc["audit_records"]))),
         "",
     ]
     lines += ["| seq | when | kind | actor | subject | outcome |", "|---|---|---|---|---|---|"]
@@ -135,6 +164,15 @@ def report_markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Root cause", "", doc["root_cause"] or "*To be written.*", ""]
     lines += ["## Lessons learned and improvements", "", doc["lessons"] or "*To be written.*", ""]
     return "\n".join(lines)
+
+
+def _shown(shown: int, total: int) -> str:
+    if shown >= total:
+        return f"{shown} record(s) about the incident, its people and addresses:"
+    return (
+        f"{shown} of {total} record(s) about the incident, its people and addresses (sign-ins, second "
+        f"factors, detections and containment first; all {total} are in the evidence bundle):"
+    )
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -58,3 +58,26 @@ async def test_a_case_holds_no_character_a_reader_cannot_see(cases: Cases, hidde
         await cases.note(case.id, f"note {hidden}abc", actor="cli:op")
     again = await cases.get(case.id)
     assert (again.owner, again.summary) == ("", "two\nlines\tand a tab")
+
+
+async def test_a_report_shows_the_sign_ins_first_and_says_what_it_left_out(
+    cases: Cases, database: Database
+) -> None:
+    """An attack run filled an incident's window with 505 refused invitation links from the attacker's
+    address: the report showed 500 of those, none of the sign-ins, and did not say it had cut."""
+    from gateway.response.report import MAX_AUDIT_LINES, audit_timeline, report_json, report_markdown
+
+    audit = AuditLog(database, clock=cases.clock)
+    for _ in range(MAX_AUDIT_LINES + 5):
+        await audit.record("user.invitation.accepted", actor="anonymous", ip="192.0.2.7", outcome="failure")
+    await audit.record("signin.password", actor="user:bob", subject="bob", ip="192.0.2.7")
+    case = await cases.open(title="spray", severity_="high", actor="cli:op", addresses=["192.0.2.7"])
+    timeline = await audit_timeline(database, case, cases.clock.now())
+    # The 506 records from the address, and the case's own opening record.
+    assert (len(timeline.records), timeline.total) == (MAX_AUDIT_LINES, MAX_AUDIT_LINES + 7)
+    assert any(r["kind"] == "signin.password" for r in timeline.records)
+    seqs = [r["seq"] for r in timeline.records]
+    assert seqs == sorted(seqs)
+    doc = report_json(case, [], timeline, [], generated_at=cases.clock.now())
+    assert doc["audit_records_total"] == MAX_AUDIT_LINES + 7
+    assert f"{MAX_AUDIT_LINES} of {MAX_AUDIT_LINES + 7} record(s)" in report_markdown(doc)
