@@ -279,6 +279,9 @@ async def codes_for_live_session(identity: IdentityServices, session: Session) -
     return codes
 
 
+# Paths a return URL never leads to (:func:`safe_rd`).
+_NOT_DESTINATIONS: Final = ("/.gateway/account/privacy/export", "/.gateway/api/")
+
 def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:
     """The return URL if it is safe to follow, else ``fallback`` (the account portal).
 
@@ -287,7 +290,7 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
     (which a browser reads as ``//evil.test``) never leaves the gateway's hosts.
     """
     admin_listen = config.settings.admin.listen
-    return safe_redirect(
+    target = safe_redirect(
         rd,
         public_url=config.public_url,
         route_hosts=[route.host for route in config.settings.routes],
@@ -297,6 +300,12 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
         # the portal instead).
         extra_origins=[admin_origin(config.public_url, admin_listen)] if admin_listen else (),
     )
+    # Not a place to land but something a GET does: the export downloads the person's data and records
+    # an access request (an attack run's sign-in link with rd=…/privacy/export did both for the
+    # victim), and the API answers scripts. The person goes where they would without an rd.
+    if urlsplit(target).path.startswith(_NOT_DESTINATIONS):
+        return fallback
+    return target
 
 
 def carried_rd(rd: str | None, config: CurrentConfig) -> str:

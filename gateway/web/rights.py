@@ -112,6 +112,11 @@ def requester(session: Session, user: User, config: CurrentConfig, identity: Ide
     return Requester(session, user, f"signed-in session with a second factor at {when(at)}")
 
 
+# What Fetch Metadata says of a request a person made on the gateway's own pages (or typed).
+_OWN_SITE: Final = frozenset({"same-origin", "none"})
+_AS_PAGE: Final = frozenset({"document", "empty"})
+
+
 class CrossSiteRequest(Forbidden):
     """A right exercised from another site's page (403): see :func:`refuse_cross_site`."""
 
@@ -120,14 +125,20 @@ class CrossSiteRequest(Forbidden):
 
 
 def refuse_cross_site(request: AnyRequest) -> None:
-    """403 for a request a browser says came from another site (``Sec-Fetch-Site: cross-site``).
+    """403 for a request a browser says came from another origin's page, or was not asked for as a
+    page or a fetch (an ``<img>``, a ``<script>``).
 
     The export is a GET (a download link that works without script) and records an access request,
     kept three years: a link on another site, followed by a browser that sends the session cookie on a
-    top-level navigation (``SameSite=Lax``), recorded one the person never asked for (an attack run).
-    Every current browser sends the header; scripts and older browsers do not, and are answered as before.
+    top-level navigation (``SameSite=Lax``), recorded one the person never asked for (an attack run);
+    ``<img>`` tags on an application's page of the same site (``same-site``, the cookie sent too) did so
+    three times and used up the person's exports for the hour (a re-attack run). So only ``same-origin``
+    and ``none`` (typed, a bookmark) pass, as a page (``document``) or a fetch (``empty``). Every current
+    browser sends both headers; scripts and older browsers do not, and are answered as before.
     """
-    if request.headers.get("sec-fetch-site") == "cross-site":
+    site = request.headers.get("sec-fetch-site")
+    dest = request.headers.get("sec-fetch-dest")
+    if (site is not None and site not in _OWN_SITE) or (dest is not None and dest not in _AS_PAGE):
         raise CrossSiteRequest(
-            "This download was asked for from another site's page; use the button on your privacy page."
+            "This download was asked for from another page than your privacy page; use the button there."
         )

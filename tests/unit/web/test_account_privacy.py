@@ -25,6 +25,7 @@ from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
 from gateway.privacy.register import Channel, Kind
 from gateway.services import WorkerServices
+from gateway.web import flows
 from gateway.web.rights import CrossSiteRequest, refuse_cross_site
 from tests.unit.web.worker import control_app, signed_in
 
@@ -264,19 +265,52 @@ async def test_an_export_asked_for_from_another_site_is_refused_and_records_noth
 
 
 @pytest.mark.parametrize(
-    ("site", "refused"),
-    [("cross-site", True), ("same-site", False), ("same-origin", False), ("none", False), (None, False)],
+    ("site", "dest", "refused"),
+    [
+        ("cross-site", None, True),
+        # A re-attack run: <img> tags on an application's page of the same site exported three times
+        # and used up the person's exports for the hour.
+        ("same-site", None, True),
+        ("same-origin", "image", True),
+        ("same-origin", "script", True),
+        ("same-origin", "iframe", True),
+        ("same-origin", "document", False),
+        ("same-origin", "empty", False),
+        ("none", "document", False),
+        (None, None, False),
+    ],
 )
-def test_only_a_request_a_browser_says_came_from_another_site_is_refused(
-    site: str | None, refused: bool
+def test_only_a_request_made_on_the_gateways_own_pages_is_answered(
+    site: str | None, dest: str | None, refused: bool
 ) -> None:
-    """Scripts and older browsers send no Sec-Fetch-Site: they are answered as before."""
+    """Scripts and older browsers send no Fetch Metadata: they are answered as before."""
     scope: Any = {"type": "http", "method": "GET", "path": "/", "headers": []}
     if site is not None:
-        scope["headers"] = [(b"sec-fetch-site", site.encode())]
+        scope["headers"].append((b"sec-fetch-site", site.encode()))
+    if dest is not None:
+        scope["headers"].append((b"sec-fetch-dest", dest.encode()))
     request: Request[Any, Any, Any] = Request(scope)
     if refused:
         with pytest.raises(CrossSiteRequest):
             refuse_cross_site(request)
     else:
         refuse_cross_site(request)
+
+
+@pytest.mark.parametrize(
+    "rd",
+    [
+        "/.gateway/account/privacy/export",
+        "/.gateway/account/privacy/export?format=json",
+        "/.gateway/api/account/export",
+        "/.gateway/api/me",
+    ],
+)
+async def test_a_return_url_never_leads_to_a_download_or_the_api(gw: Control, rd: str) -> None:
+    """A re-attack run: a sign-in link with rd=/.gateway/account/privacy/export downloaded the person's
+    data and recorded an access request right after they signed in. After a sign-in or a step-up the
+    person goes where they would without an rd; a page is still a place to return to."""
+    config = gw.services.live.current
+    assert flows.safe_rd(rd, config) == "/.gateway/account"
+    assert flows.carried_rd(rd, config) == ""
+    assert flows.safe_rd("/.gateway/account/privacy", config) == "/.gateway/account/privacy"
