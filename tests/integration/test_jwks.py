@@ -46,7 +46,7 @@ from tests.integration.harness import (
     wait_until,
 )
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 ROUTE = "wiki"
 
 

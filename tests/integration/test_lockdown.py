@@ -163,7 +163,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ("pat", ()),
             ("boss", ("--role", "admin")),
         ):
-            add_user(gw.config_path, user, "correct horse battery staple", *extra)
+            add_user(gw.config_path, user, "amber quarry lantern voyage", *extra)
         cookies = {
             "erin": sign_in_with_passkey(gw, "erin"),
             "tom": sign_in_with_totp(gw, "tom"),
@@ -473,7 +473,7 @@ def test_switched_on_one_replica_it_is_enforced_on_the_other(tmp_path: Path) -> 
             done = run_cli(*step, "--config", str(tmp_path / "a" / "gateway.yaml"))
             assert done.returncode == 0, done.stdout + done.stderr
         with run_gateway(tmp_path / "a", config_a) as gw_a, run_gateway(tmp_path / "b", config_b) as gw_b:
-            add_user(gw_a.config_path, "pat", "correct horse battery staple")
+            add_user(gw_a.config_path, "pat", "amber quarry lantern voyage")
             session = sign_in_with_totp(gw_b, "pat")
             cookie_header = {"Cookie": f"{SESSION_COOKIE}={session}", **JSON}
 
@@ -503,10 +503,10 @@ def test_switched_on_one_replica_it_is_enforced_on_the_other(tmp_path: Path) -> 
 def test_a_failed_passkey_second_factor_is_in_the_trail_for_detection(site: Site) -> None:
     """An attack run: a failed WebAuthn second factor wrote no audit record, so the MFA-failure and
     brute-force rules (which read the trail) never saw it; passkey enrolments named no address."""
-    add_user(site.gw.config_path, "kim", "correct horse battery staple")
+    add_user(site.gw.config_path, "kim", "amber quarry lantern voyage")
     owner = SoftAuthenticator(origin=site.gw.url)
     with browser(site.gw) as client:
-        assert login(client, "kim", "correct horse battery staple").status_code in (302, 303)
+        assert login(client, "kim", "amber quarry lantern voyage").status_code in (302, 303)
         options = _api_post(client, "/.gateway/api/webauthn/register/options", {"discoverable": True})
         done = _api_post(
             client,
@@ -516,7 +516,7 @@ def test_a_failed_passkey_second_factor_is_in_the_trail_for_detection(site: Site
         assert done.status_code == 200, done.text
         assert post_form(client, "/.gateway/logout").status_code == 303
     with browser(site.gw) as client:
-        assert login(client, "kim", "correct horse battery staple").status_code in (302, 303)
+        assert login(client, "kim", "amber quarry lantern voyage").status_code in (302, 303)
         options = _api_post(client, "/.gateway/api/mfa/webauthn/options", {})
         assert options.status_code == 200, options.text
         # The answer of a phishing page's ceremony: signed for another origin.

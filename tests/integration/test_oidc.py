@@ -882,7 +882,7 @@ def test_logout_tokens_are_checked_and_work_once(site: Site) -> None:
 def test_unverified_email_is_never_used_to_find_or_create_an_account(site: Site) -> None:
     local = f"loc{secrets.token_hex(3)}"
     email = f"{local}@corp.test"
-    add_user(site.a.config_path, local, "correct horse battery staple", "--email", email)
+    add_user(site.a.config_path, local, "amber quarry lantern voyage", "--email", email)
     impostor = site.account("imp", verified=False, email=email)
     with browser(site.a) as client:
         assert sign_in(site, client, impostor).status_code == 302
@@ -905,7 +905,7 @@ def test_unverified_email_is_never_used_to_find_or_create_an_account(site: Site)
 def test_a_verified_email_of_an_existing_account_is_not_linked_without_permission(site: Site) -> None:
     local = f"own{secrets.token_hex(3)}"
     email = f"{local}@corp.test"
-    add_user(site.a.config_path, local, "correct horse battery staple", "--email", email)
+    add_user(site.a.config_path, local, "amber quarry lantern voyage", "--email", email)
     namesake = site.account("nam", email=email)
     with browser(site.a) as client:
         resp = sign_in(site, client, namesake)
@@ -920,7 +920,7 @@ def test_pre_provisioned_accounts_are_linked_by_verified_email_and_others_refuse
     add_user(
         site.a.config_path,
         local,
-        "correct horse battery staple",
+        "amber quarry lantern voyage",
         "--email",
         f"{local}@corp.test",
         "--role",
@@ -955,7 +955,7 @@ def test_a_forced_password_change_holds_after_a_provider_sign_in(site: Site) -> 
     add_user(
         site.a.config_path,
         local,
-        "correct horse battery staple",
+        "amber quarry lantern voyage",
         "--email",
         f"{local}@corp.test",
         "--must-change-password",

@@ -35,7 +35,7 @@ from tests.support.processes import Process, port_free, still_running, until_lis
 # Real pgBackRest and a PostgreSQL 15 cluster of the test's own (scripts/ensure-test-deps installs
 # both): a peer test, so a missing tool fails CI instead of skipping quietly.
 pytestmark = pytest.mark.peer
-CIPHER_PASS = "correct horse battery staple, twice over"
+CIPHER_PASS = "amber quarry lantern voyage, twice over"
 POLICY_A = "p, staff, app, /wiki/*, GET, allow\n"
 POLICY_B = "p, staff, app, /wiki/*, GET|POST, allow\np, admin, *, /*, *, allow\n"
 
@@ -372,7 +372,7 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
 
 # -- identical state, damage named, copies at further targets ---------------------------------------------
 
-PASSWORD = "correct horse battery staple 42"
+PASSWORD = "amber quarry lantern voyage 42"
 # rclone's remote "testremote" of type local, configured through the environment only.
 RCLONE_ENV = {"RCLONE_CONFIG_TESTREMOTE_TYPE": "local", "RCLONE_CONFIG": "/nonexistent/rclone.conf"}
 

@@ -31,7 +31,7 @@ from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database
 from tests.integration.harness import ROOT
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 PRIVACY_ACTIONS = [
     ["requests"],
     ["show"],

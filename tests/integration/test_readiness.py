@@ -222,7 +222,7 @@ def test_a_database_outage_keeps_the_replica_ready_with_sign_in_degraded(
         for command in (("migrate",), ("keys", "init")):
             done = run_cli(*command, "--config", str(config_path))
             assert done.returncode == 0, done.stdout + done.stderr
-        add_user(config_path, "alice", "correct horse battery staple")
+        add_user(config_path, "alice", "amber quarry lantern voyage")
         with run_gateway(tmp_path, config) as gw, browser(gw) as alice:
             assert login(alice, "alice").status_code == 302
             assert cookie(alice, SESSION_COOKIE)

@@ -95,7 +95,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def _account_pages(gw: Gateway) -> dict[str, httpx.Response]:
     """Sign in, enroll TOTP, see the codes, portal, password, JSON API, sign out; then the MFA page."""
     user = f"hdr{secrets.token_hex(4)}"
-    add_user(gw.config_path, user, "correct horse battery staple")
+    add_user(gw.config_path, user, "amber quarry lantern voyage")
     seen: dict[str, httpx.Response] = {}
     with browser(gw) as client:
         seen["sign-in"] = client.get("/.gateway/login", headers=HTML)

@@ -28,7 +28,7 @@ OPS_ADMIN = POLICY + "g, ops, admin\ng, user:ghost, admin\n"
 
 async def _account(site: Console, username: str, *, roles: tuple[str, ...] = ()) -> None:
     await site.services.identity.accounts.create(
-        username=username, password="correct horse battery staple", roles=roles, actor="test"
+        username=username, password="amber quarry lantern voyage", roles=roles, actor="test"
     )
 
 

@@ -23,7 +23,7 @@ from gateway.settings.schema import PasswordSettings
 # Cheap argon2 for tests (the loader refuses these in a config file; constructing them directly is fine).
 FAST = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
 STRONGER = PasswordSettings(memory_kib=2048, time_cost=2, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_l
 STRONGER_ARGON = PasswordSettings(memory_kib=2048, time_cost=2, parallelism=1, min_length=12)
 REGULATION = RegulationSettings(free_attempts=3, max_failures=5, lock_time=Duration(900))
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 OTHER_PASSWORD = "another long passphrase 42"
 IP = "198.51.100.7"
 

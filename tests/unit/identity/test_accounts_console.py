@@ -127,7 +127,7 @@ async def test_a_role_spelled_as_a_principal_is_refused(world: World, role: str)
 
 
 def test_a_stored_role_spelled_as_a_principal_is_no_principal_of_the_session() -> None:
-    from gateway.pipeline.authorize import _principals
+    from gateway.authz.principals import _principals
 
     principals = _principals("eve", ("client:deployer", "user:boss", "ops"), ("oidc:staff",))
     assert principals == {"user:eve", "authenticated", "ops", "group:oidc:staff"}

@@ -132,10 +132,12 @@ def test_read_cookie_host_prefixed_name() -> None:
 def test_the_gateways_own_cookies_are_every_one_it_sets_in_both_spellings() -> None:
     """What the proxy keeps from apps (and apps may not set): the session cookie as configured, and the
     CSRF, OIDC-binding, hand-off and known-device cookies, with and without __Host- (a reload may
-    switch it)."""
+    switch it), and the default session cookie's names whatever it is called now (a renamed cookie's
+    old one is still sent by browsers, a session id)."""
     own = own_cookie_names(SessionSettings(cookie_name="__Host-sid", insecure_cookies=False))
     assert own == {
         "__Host-sid",
+        "__Host-gateway_session", "gateway_session",
         "__Host-gateway_csrf", "gateway_csrf",
         "__Host-gateway_oidc", "gateway_oidc",
         "__Host-gateway_handoff", "gateway_handoff",

@@ -41,7 +41,7 @@ async def test_an_outage_leaves_the_sessions_owed_and_they_end_when_it_is_over(
     accounts = AccountService(
         database, PasswordHasher(FAST_ARGON), regulator, audit, clock, sessions=sessions
     )
-    user = await accounts.create(username="lee", password="correct horse battery staple", actor="admin:root")
+    user = await accounts.create(username="lee", password="amber quarry lantern voyage", actor="admin:root")
     live, _ = await sessions.create(
         user_id=user.id,
         username="lee",

@@ -81,7 +81,7 @@ PERSONAL = [
     "acme.example2024",  # the email's domain
 ]
 GOOD = [
-    "correct horse battery staple",
+    "amber quarry lantern voyage",
     "an entirely different passphrase",
     "alice likes green tea",  # contains the name, but more than that
     "malice aforethought",  # contains "alice" inside another word
@@ -212,7 +212,7 @@ def test_a_missing_list_package_fails_closed(monkeypatch: pytest.MonkeyPatch) ->
     # Without the lists the policy would accept what it promises to refuse: no password is accepted.
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
     with pytest.raises(RuntimeError, match="not installed"):
-        check_password("correct horse battery staple", min_length=MIN)
+        check_password("amber quarry lantern voyage", min_length=MIN)
 
 
 @pytest.mark.usefixtures("fresh_lists")
@@ -220,7 +220,7 @@ def test_a_truncated_list_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     short = {name: ["password"] for name in ("passwords", *password_policy._WORD_LISTS)}
     monkeypatch.setattr(password_policy, "_read_frequency_lists", lambda: short)
     with pytest.raises(RuntimeError, match="only 1 entries"):
-        check_password("correct horse battery staple", min_length=MIN)
+        check_password("amber quarry lantern voyage", min_length=MIN)
 
 
 async def test_the_hasher_applies_the_policy_with_its_minimum_off_the_loop() -> None:
@@ -240,7 +240,7 @@ async def test_a_password_longer_than_any_can_be_is_refused_before_it_is_normali
     """An attack run: NFKC makes U+FDFA 18 characters, and a megabyte of it held the event loop a
     second at sign-in (verify) before anything looked at its length."""
     hasher = PasswordHasher(PasswordSettings())
-    stored = await hasher.hash("correct horse battery staple")
+    stored = await hasher.hash("amber quarry lantern voyage")
     huge = "\ufdfa" * (4 * MAX_PASSWORD_CHARS + 1)
 
     def never(form: str, text: str) -> str:
@@ -258,3 +258,15 @@ async def test_a_password_longer_than_any_can_be_is_refused_before_it_is_normali
     kept = check_password(composed, min_length=MIN)
     assert kept is None or kept.rule is not Rule.TOO_LONG
     assert await hasher.verify(await hasher.hash(composed), composed) is True
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["correct horse battery staple", "Correct-Horse-Battery-Staple!", "correcthorsebatterystaple 2026",
+     "the quick brown fox jumps over the lazy dog"],
+)  # fmt: skip
+def test_a_famous_example_passphrase_is_refused(password: str) -> None:
+    """An attack run set xkcd 936's passphrase as an invitation's password: every cracking wordlist has it."""
+    refusal = check_password(password, min_length=12)
+    assert refusal is not None
+    assert refusal.rule is Rule.COMMON

@@ -42,7 +42,7 @@ from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 NOTICE = "We send a monthly mail about new features. Unsubscribe with one click."
 NEWSLETTER = Purpose(name="newsletter", title="Newsletter", notice=NOTICE, version=1)
 BILLING = Purpose(name="billing", title="Billing", notice="Invoices.", basis="contract")

@@ -50,7 +50,7 @@ from gateway.store.fast import MemoryFastState
 from gateway.threat.incidents import Action, Incident, IncidentStore, new_incident_id
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 SETTINGS = PrivacySettings()
 DAY = 86400.0
 START = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)

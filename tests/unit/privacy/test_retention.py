@@ -52,7 +52,7 @@ from gateway.threat.incidents import Incident, IncidentStore
 from tests.support.wait import wait_until_async
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 IP = "203.0.113.77"
 SETTINGS = PrivacySettings()
 DAY = 86400.0

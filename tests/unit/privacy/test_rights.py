@@ -49,7 +49,7 @@ from gateway.store.db import Database
 from gateway.store.fast import MemoryFastState
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 IP = "203.0.113.77"
 SETTINGS = PrivacySettings()
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

@@ -25,7 +25,7 @@ def _keys(name: str) -> tuple[str, ...]:
 async def _person(world: World, name: str) -> User:
     """An account, and the short-lived keys its sign-ins would have left."""
     user = await world.accounts.create(
-        username=name, password="correct horse battery staple", email=f"{name}@example.com", actor="cli:t"
+        username=name, password="amber quarry lantern voyage", email=f"{name}@example.com", actor="cli:t"
     )
     for key in _keys(name):
         await world.fast.set(key, POSITION if key == location_key(name) else b"3", ttl=86400)

@@ -31,7 +31,7 @@ from gateway.store.fast import FastState
 from gateway.threat import IpBlocks, Responder, ThreatDetector
 
 FAST_ARGON = PasswordSettings(memory_kib=1024, time_cost=1, parallelism=1, min_length=12)
-PASSWORD = "correct horse battery staple"
+PASSWORD = "amber quarry lantern voyage"
 SESSION_SETTINGS = SessionSettings(idle_timeout=Duration(1800), lifetime=Duration(3600))
 IP = "203.0.113.9"
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
