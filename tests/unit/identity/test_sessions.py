@@ -22,7 +22,7 @@ from gateway.identity.sessions import (
     SessionStore,
     hash_session_id,
 )
-from gateway.settings.schema import SessionSettings
+from gateway.settings.schema import Duration, SessionSettings
 from gateway.store.fast import FastState, MemoryFastState, RedisFastState, StateUnavailable
 from tests.support.fast_state import FAST_STATE_REDIS_URL, TOLERANT_TIMEOUTS, MakeFastState, TcpProxy
 from tests.support.wait import wait_until_async
@@ -429,6 +429,25 @@ async def test_touch_is_rate_limited(store: SessionStore, fast_state: FastState,
     assert session is not None
     await store.touch(session_id, session)
     assert await fast_state.get(key) == stored  # within the interval again: no write
+
+
+async def test_a_session_in_use_never_idles_out_under_a_short_idle_timeout(
+    fast_state: FastState, clock: FakeClock
+) -> None:
+    """An attack run: with idle_timeout 20s, a client asking every 5 s was signed out 20 s after its
+    sign-in, as last_seen was written once a minute. Under a timeout shorter than two minutes, it is
+    written every half timeout; a session left alone still ends on time."""
+    store = SessionStore(
+        fast_state, SessionSettings(idle_timeout=Duration(20), lifetime=Duration(3600)), clock
+    )
+    session_id, _ = await sign_in(store)
+    for _ in range(24):  # two minutes of a request every 5 s
+        clock.advance(5)
+        session = await store.get(session_id)
+        assert session is not None, clock.time()
+        await store.touch(session_id, session)
+    clock.advance(21)
+    assert await store.get(session_id) is None
 
 
 async def test_touch_never_resurrects(store: SessionStore, fast_state: FastState, clock: FakeClock) -> None:
