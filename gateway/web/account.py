@@ -141,6 +141,9 @@ async def portal(
 async def enroll(
     request: Request[Any, Any, Any], config: Config, identity: Identity, rd: FromQuery[str] = ""
 ) -> Template | Redirect:
+    # Checked where it enters, as every page does (an attack run found it carried into the form and
+    # the script's data unchecked; every later use checked it, but nothing unchecked is rendered).
+    rd = flows.carried_rd(rd, config)
     signed = await flows.current(request, config, identity)
     if signed.session is None:
         return flows.login_redirect(f"/.gateway/account/enroll?rd={quote(rd, safe='')}")

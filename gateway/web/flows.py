@@ -282,6 +282,7 @@ async def codes_for_live_session(identity: IdentityServices, session: Session) -
 # Paths a return URL never leads to (:func:`safe_rd`).
 _NOT_DESTINATIONS: Final = ("/.gateway/account/privacy/export", "/.gateway/api/")
 
+
 def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:
     """The return URL if it is safe to follow, else ``fallback`` (the account portal).
 

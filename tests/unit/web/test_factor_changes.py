@@ -307,6 +307,13 @@ async def test_a_passkey_route_asked_of_an_account_without_one_leads_to_adding_o
     enroll = await client.get(link.group(1).replace("&amp;", "&"), headers={"Accept": "text/html"})
     assert enroll.status_code == 200, enroll.text
     assert 'data-webauthn="register"' in enroll.text
+    assert f'data-rd="{back}"' in enroll.text
+    # A return URL that could not be followed is not carried into the page (a re-attack run).
+    hostile = await client.get(
+        "/.gateway/account/enroll", params={"rd": "javascript:alert(1)"}, headers={"Accept": "text/html"}
+    )
+    assert hostile.status_code == 200, hostile.text
+    assert "javascript:" not in hostile.text
     # With a passkey on the account: the passkey button, no link to add another.
     assert (await _register(client, await _token(client))).status_code == 200
     again = await client.get(
