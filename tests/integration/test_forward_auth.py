@@ -650,6 +650,41 @@ def test_direct_forward_auth_answers_and_headers(site: Site) -> None:
     assert "/.gateway/login" in anonymous.headers["location"]
 
 
+def handshake(port: int, origin: str, session: str | None) -> bytes:
+    """A WebSocket handshake through a proxy, with the request line as written; its answer's status line."""
+    cookie = f"Cookie: {SESSION_COOKIE}={session}\r\n" if session else ""
+    request = (
+        f"GET /docs/socket HTTP/1.1\r\nHost: {APP_HOST}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: {origin}\r\n{cookie}\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while b"\r\n" not in answer and (chunk := conn.recv(4096)):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_a_websocket_opens_through_every_example_only_from_the_apps_own_origin(
+    site: Site, proxy: str
+) -> None:
+    """An attack run: through the README's Caddy example every handshake was refused (Caddy copied the
+    Upgrade into the question, which the gateway's endpoint refused as a WebSocket), and nginx's passed
+    it to the app as plain HTTP; the README says forward-auth decides handshakes as the proxy does."""
+    port = port_of(site, proxy)
+    opened = handshake(port, f"http://{APP_HOST}:{port}", site.sessions["alice"])
+    assert b" 101 " in opened + b" ", opened
+    for origin, session in (
+        ("http://evil.test", site.sessions["alice"]),
+        (f"http://{APP_HOST}:{port}", None),
+    ):
+        refused = handshake(port, origin, session)
+        assert b" 101 " not in refused + b" ", (origin, refused)
+
+
 @pytest.mark.peer
 def test_a_question_about_another_origins_websocket_handshake_is_refused(site: Site) -> None:
     """The re-attack run: behind nginx, a handshake from `Origin: http://evil.test` with the visitor's
