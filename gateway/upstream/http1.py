@@ -128,6 +128,7 @@ class _Dropped(list[tuple[bytes, bytes]]):
 
 
 _TRAILERS: Final = _Dropped()
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class _Connection(asyncio.Protocol):
@@ -265,7 +266,15 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         headers = self.headers
         if status < 200:
-            self.headers = []  # an interim response (100 Continue, 103 Early Hints): wait for the real one
+            # An interim response (100 Continue, 103 Early Hints): wait for the real one. It has no
+            # content (RFC 9110 §15.2); one framed with a body had that body put before the real
+            # answer's (an attack run): the exchange is broken, 502, and the connection not reused.
+            if any(name.lower() in _FRAMING for name, _ in headers):
+                self._fail(
+                    UpstreamProtocolError("the application sent an interim (1xx) response with a body")
+                )
+                raise _Stop
+            self.headers = []
             return
         if len(headers) > _MAX_HEADERS:
             self._fail(

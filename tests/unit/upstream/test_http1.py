@@ -147,6 +147,34 @@ async def test_interim_responses_are_skipped(clients: Clients) -> None:
     assert (status, headers, body) == (200, [(b"Content-Length", b"2")], b"ok")
 
 
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 150 Odd\r\nContent-Length: 12\r\n\r\nSMUGGLED-BIT",
+        b"HTTP/1.1 103 Hints\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
+async def test_an_interim_response_with_a_body_breaks_the_exchange(clients: Clients, interim: bytes) -> None:
+    """An attack run: a 1xx answer framed with a body had that body put before the real answer's. It
+    has no content (RFC 9110 §15.2): the exchange is a 502 and the connection is not reused."""
+    box: list[Upstream] = []
+
+    async def first_broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await box[0].read_request(reader)
+            writer.write((interim if n == 1 else b"") + OK)
+            await writer.drain()
+
+    upstream = Upstream(first_broken)
+    box.append(upstream)
+    async with upstream as target:
+        client = clients(4)
+        with pytest.raises(UpstreamProtocolError, match="interim"):
+            await get(client, target)
+        assert (await get(client, target))[2] == b"ok"
+    assert upstream.connections == 2
+
+
 async def test_head_has_no_body_and_its_connection_is_not_reused(clients: Clients) -> None:
     box: list[Upstream] = []
 
