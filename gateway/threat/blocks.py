@@ -33,10 +33,10 @@ from typing import Final
 
 from gateway.clock import Clock
 from gateway.errors import ErrorReason, Forbidden
-from gateway.store.db import Database, store_errors
+from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
-from gateway.store.models import KvSetting
+from gateway.store.kv import read_kv, write_kv
 from gateway.threat.addresses import ipv4_behind
 
 __all__ = [
@@ -289,26 +289,18 @@ class BlockStore:
         if self._db is None:
             return None
         try:
-            async with self._db.session() as session:
-                with store_errors("cannot read the block list"):
-                    row = await session.get(KvSetting, _DB_KEY)
+            value = await read_kv(self._db, _DB_KEY, what="the block list")
         except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
             return None
-        return None if row is None else row.value.encode("utf-8")
+        return None if value is None else value.encode("utf-8")
 
     async def _to_db(self, encoded: bytes) -> None:
         if self._db is None:
             return
         try:
-            async with self._db.session(write=True) as session:
-                with store_errors("cannot store the block list"):
-                    row = await session.get(KvSetting, _DB_KEY)
-                    value = encoded.decode("utf-8")
-                    if row is None:
-                        session.add(KvSetting(key=_DB_KEY, value=value, updated_at=self._clock.now()))
-                    else:
-                        row.value, row.updated_at = value, self._clock.now()
-                    await session.commit()
+            await write_kv(
+                self._db, _DB_KEY, encoded.decode("utf-8"), at=self._clock.now(), what="the block list"
+            )
         except Exception:  # reported; the fast state's list is the one read first
             logger.exception("block list: could not keep the list in the database")
 

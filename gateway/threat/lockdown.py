@@ -44,10 +44,10 @@ from gateway.identity.levels import Factor
 from gateway.identity.sessions import Session
 from gateway.reasons import reason_problem
 from gateway.settings.schema import LockdownSettings
-from gateway.store.db import Database, store_errors
+from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
-from gateway.store.models import KvSetting
+from gateway.store.kv import read_kv, write_kv
 
 __all__ = [
     "LOCKDOWN_CHANNEL",
@@ -400,15 +400,13 @@ class LockdownStore:
         if self._db is None:
             return None
         try:
-            async with self._db.session() as session:
-                with store_errors("cannot read the lockdown switch"):
-                    row = await session.get(KvSetting, _DB_KEY)
+            value = await read_kv(self._db, _DB_KEY, what="the lockdown switch")
         except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
             return None
-        if row is None:
+        if value is None:
             return None
         try:
-            return _decode(row.value.encode("utf-8"))
+            return _decode(value.encode("utf-8"))
         except (msgspec.DecodeError, msgspec.ValidationError):
             return LockdownState(on=True, reason="unreadable lockdown state")
 
@@ -416,15 +414,8 @@ class LockdownStore:
         if self._db is None:
             return False
         try:
-            async with self._db.session(write=True) as session:
-                with store_errors("cannot store the lockdown switch"):
-                    row = await session.get(KvSetting, _DB_KEY)
-                    value = _encode(new).decode("utf-8")
-                    if row is None:
-                        session.add(KvSetting(key=_DB_KEY, value=value, updated_at=self._clock.now()))
-                    else:
-                        row.value, row.updated_at = value, self._clock.now()
-                    await session.commit()
+            value = _encode(new).decode("utf-8")
+            await write_kv(self._db, _DB_KEY, value, at=self._clock.now(), what="the lockdown switch")
         except Exception:  # reported; the fast state's copy is the one read first
             logger.exception("lockdown: could not keep the switch in the database")
             return False

@@ -309,19 +309,25 @@ def test_a_denied_request_is_403_and_never_reaches_the_app(site: Site, proxy: st
         assert via(port, trick, site.sessions["alice"]).status_code >= 400, trick
 
 
-def raw_get(port: int, target: str, host: str, session: str | None = None) -> tuple[int, bytes]:
-    """GET with the request line exactly as written (httpx resolves dot segments before sending)."""
-    cookie = f"Cookie: {SESSION_COOKIE}={session}\r\n" if session else ""
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n{cookie}"
-        "Connection: close\r\n\r\n"
-    ).encode()
+def exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` exactly as written (httpx resolves dot segments and the absolute form before
+    sending) and read the whole answer (the request asks for the connection to close)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         conn.sendall(request)
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    return answer
+
+
+def raw_get(port: int, target: str, host: str, session: str | None = None) -> tuple[int, bytes]:
+    """GET ``target`` as written on ``host``; the status and the body."""
+    cookie = f"Cookie: {SESSION_COOKIE}={session}\r\n" if session else ""
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n{cookie}"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    head, _, body = exchange(port, request).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
 
@@ -718,11 +724,7 @@ def test_an_absolute_form_request_is_asked_about_the_host_nginx_serves(site: Sit
         f"GET http://{APP_HOST}:{port}/open/x HTTP/1.1\r\n"
         f"Host: {CUSTOM_HOST}:{port}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
+    answer = exchange(port, request)
     status = answer.split(b" ", 2)[1]
     assert status == b"302", answer[:500]  # sent to sign in: app's /open/x is not public
     # The control: the same path on the host whose route makes it public.

@@ -1075,12 +1075,7 @@ async def test_a_hold_the_console_could_not_release_is_never_placed(console: Sta
     the CLI on the host), and look-alikes with a right-to-left override or terminal controls."""
     site = await console()
     boss = await site.session("boss")
-    placed = await site.call(
-        boss,
-        "POST",
-        "/api/privacy/holds",
-        json={"reference": reference, "reason": "order", "data_class": "incidents"},
-    )
+    placed = await _place_hold(site, boss, reference)
     assert placed.status_code == 400, placed.text
     assert await site.services.privacy.holds.find() == []
 
@@ -1093,15 +1088,16 @@ async def test_every_hold_the_console_places_it_can_release(console: Start, refe
     placed and released through the console's own URL, padding blanks dropped on both sides."""
     site = await console()
     boss = await site.session("boss")
-    placed = await site.call(
-        boss,
-        "POST",
-        "/api/privacy/holds",
-        json={"reference": reference, "reason": "order", "data_class": "incidents"},
-    )
+    placed = await _place_hold(site, boss, reference)
     assert placed.status_code == 201, placed.text
     released = await site.call(
         boss, "POST", f"/api/privacy/holds/{quote(reference, safe='')}/release", json={"reason": "done"}
     )
     assert released.status_code == 200, released.text
     assert [h.active for h in await site.services.privacy.holds.find()] == [False]
+
+
+async def _place_hold(site: Console, boss: str, reference: str) -> httpx.Response:
+    """A class hold on incidents under ``reference``, placed through the console's API."""
+    hold = {"reference": reference, "reason": "order", "data_class": "incidents"}
+    return await site.call(boss, "POST", "/api/privacy/holds", json=hold)
