@@ -11,7 +11,7 @@ from datetime import datetime
 from gateway.store.db import Database, store_errors
 from gateway.store.models import KvSetting
 
-__all__ = ["read_kv", "write_kv"]
+__all__ = ["read_kv", "read_kv_or_none", "write_kv"]
 
 
 async def read_kv(db: Database, key: str, *, what: str) -> str | None:
@@ -24,6 +24,17 @@ async def read_kv(db: Database, key: str, *, what: str) -> str | None:
         with store_errors(f"cannot read {what}"):
             row = await session.get(KvSetting, key)
     return None if row is None else row.value
+
+
+async def read_kv_or_none(db: Database | None, key: str, *, what: str) -> str | None:
+    """:func:`read_kv`, and None also without a database or when it cannot be read: for a copy kept
+    beside the fast state, whose reader keeps what it knew when neither answers."""
+    if db is None:
+        return None
+    try:
+        return await read_kv(db, key, what=what)
+    except Exception:  # noqa: BLE001 - the database down too
+        return None
 
 
 async def write_kv(db: Database, key: str, value: str, *, at: datetime, what: str) -> None:

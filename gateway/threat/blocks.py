@@ -36,7 +36,7 @@ from gateway.errors import ErrorReason, Forbidden
 from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
-from gateway.store.kv import read_kv, write_kv
+from gateway.store.kv import read_kv_or_none, write_kv
 from gateway.threat.addresses import ipv4_behind
 
 __all__ = [
@@ -286,12 +286,7 @@ class BlockStore:
 
     async def _from_db(self) -> bytes | None:
         """The database's copy; None when there is none or it cannot be read."""
-        if self._db is None:
-            return None
-        try:
-            value = await read_kv(self._db, _DB_KEY, what="the block list")
-        except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
-            return None
+        value = await read_kv_or_none(self._db, _DB_KEY, what="the block list")
         return None if value is None else value.encode("utf-8")
 
     async def _to_db(self, encoded: bytes) -> None:

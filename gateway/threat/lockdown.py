@@ -47,7 +47,7 @@ from gateway.settings.schema import LockdownSettings
 from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
-from gateway.store.kv import read_kv, write_kv
+from gateway.store.kv import read_kv_or_none, write_kv
 
 __all__ = [
     "LOCKDOWN_CHANNEL",
@@ -397,12 +397,7 @@ class LockdownStore:
 
     async def _from_db(self) -> LockdownState | None:
         """The database's copy; None when there is none or it cannot be read."""
-        if self._db is None:
-            return None
-        try:
-            value = await read_kv(self._db, _DB_KEY, what="the lockdown switch")
-        except Exception:  # noqa: BLE001 - the database down too: the caller keeps what it knew
-            return None
+        value = await read_kv_or_none(self._db, _DB_KEY, what="the lockdown switch")
         if value is None:
             return None
         try:
