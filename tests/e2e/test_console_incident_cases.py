@@ -76,7 +76,9 @@ def _move(page: Page, phase: str, *, refused: bool = False) -> None:
     page.fill("#phase-note", f"to {phase}")
     page.click("#phase-form button[type=submit]")
     if not refused:
-        expect(page.locator("[data-testid=phase]")).to_have_text(TITLES[phase])
+        # Containment seals the evidence (the chain verified over the window) before the page comes
+        # back: seconds on a loaded 2-core machine, past the default 5 s wait (a full run).
+        expect(page.locator("[data-testid=phase]")).to_have_text(TITLES[phase], timeout=30_000)
 
 
 def _run_checks(page: Page) -> None:

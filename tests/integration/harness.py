@@ -25,11 +25,20 @@ from tests.support.wait import wait_until as wait_until  # the integration tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on now, never one this process was given before: two calls in a row may
+    get the same port from the kernel once the first socket is closed (a full run saw a gateway's
+    listener and its admin listener given one port, and the config refused: exit 2)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, *, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:

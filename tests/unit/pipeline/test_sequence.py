@@ -295,8 +295,12 @@ CASES: list[tuple[str, str, bytes, str, str, str, tuple[int, int, int]]] = [
     ("mfa missing", "strong.test", b"/hello", "alice", "deny", "mfa-required", (403, 401, 403)),
     ("password owed", "app.test", b"/hello", "bob", "deny", "password-change-required", (403, 401, 403)),
     ("encoded slash", "app.test", b"/a%2fb", "alice", "invalid", "bad-path", (400, 400, 403)),
-    ("dot segments", "app.test", b"/x/../secret/y", "alice", "deny", "policy-deny", (403, 403, 403)),
+    ("dot segments", "app.test", b"/x/../secret/y", "alice", "deny", "policy-deny", (403, 400, 403)),
 ]
+# Where an entry decides otherwise, and why: forward-auth refuses a path that is not canonical instead
+# of deciding the resolved one, since the proxy sends the app the path as written (an attack run: an
+# app that does not resolve dot segments served /admin/../docs/x from its /admin handler).
+DIFFERS: dict[tuple[str, str], tuple[str, str]] = {("forward-auth", "dot segments"): ("invalid", "bad-path")}
 
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
@@ -306,6 +310,7 @@ async def test_every_entry_runs_the_same_stages(world: World, entry: str) -> Non
         rec = answer.record
         expected_status = statuses[list(ENTRIES).index(entry)]
         assert (case, answer.status) == (case, expected_status)
+        decision, reason = DIFFERS.get((entry, case), (decision, reason))
         assert (case, rec.decision, rec.reason) == (case, decision, reason)
         assert rec.kind is KINDS[entry]
         # Enums end to end: the record holds members, which are their wire values as strings.
