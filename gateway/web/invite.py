@@ -80,13 +80,31 @@ async def _still_open(identity: IdentityServices, user_id: int) -> bool:
     return user is not None and user.can_sign_in
 
 
+async def _signed_in_as(
+    request: Request[Any, Any, Any], config: Config, identity: IdentityServices, user: User
+) -> str:
+    """Who else this browser is signed in as, if anyone: a link opened there sets another account's
+    password, and the person should see that before choosing one (the last note's UX item)."""
+    signed = await flows.current(request, config, identity)
+    if signed.session is None or signed.session.user_id == user.id:
+        return ""
+    return signed.session.username
+
+
 def _form(
-    request: Request[Any, Any, Any], config: Config, user: User, token: str, *, error: str | None = None
+    request: Request[Any, Any, Any],
+    config: Config,
+    user: User,
+    token: str,
+    *,
+    error: str | None = None,
+    signed_in_as: str = "",
 ) -> Template:
     return page(
         request,
         "invite.html",
         status=400 if error else 200,
+        signed_in_as=signed_in_as,
         username=user.username,
         display_name=user.display_name,
         # A valid token is URL-safe base64: the form posts back to the link itself.
@@ -104,7 +122,9 @@ async def invite_page(
     user = await _open(identity, await invitations.peek(token))
     if user is None:
         return _invalid(request)
-    return _form(request, config, user, token)
+    return _form(
+        request, config, user, token, signed_in_as=await _signed_in_as(request, config, identity, user)
+    )
 
 
 @post("/.gateway/invite/{token:str}", status_code=303, opt=PUBLIC)

@@ -1,4 +1,5 @@
-"""Invitation links that open nothing count against the address with its failed sign-ins.
+"""Invitation links: those that open nothing count against the address with its failed sign-ins, and
+one opened where someone else is signed in says so.
 
 An attack run posted 300 made-up invitation links in 3 s: each wrote a chained audit record and a
 security event to every sink, with no limit (the flood then pushed the real records out of an incident
@@ -17,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.identity.invitations import Invitations
 from gateway.services import WorkerServices
-from tests.unit.web.worker import control_app
+from tests.unit.web.worker import control_app, signed_in
 
 LIMIT = 3
 
@@ -54,3 +56,27 @@ async def test_made_up_invitation_links_are_recorded_only_within_the_addresss_li
         if e.outcome == "failure"
     ]
     assert len(refused) == LIMIT
+
+
+async def test_an_invitation_opened_where_someone_else_is_signed_in_says_so(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """The last note's UX item: an invitation link opened in a browser signed in as another person set
+    the other account's password with no word about it."""
+    services, client = worker
+    accounts = services.identity.accounts
+    dora = await accounts.create(username="dora", password=None, actor="cli:test")
+    issued = await Invitations(services.fast, services.identity.clock).issue(
+        user_id=dora.id, username="dora", ttl=3600
+    )
+    path = f"/.gateway/invite/{issued.token}"
+    alone = await client.get(path, headers={"Accept": "text/html"})
+    assert alone.status_code == 200, alone.text
+    assert "signed-in-as" not in alone.text
+    erin = await accounts.create(username="erin", password="amber quarry lantern voyage", actor="cli:test")
+    await signed_in(services, client, erin)
+    other = await client.get(path, headers={"Accept": "text/html"})
+    assert other.status_code == 200, other.text
+    assert 'id="signed-in-as"' in other.text
+    assert "signed in as <strong>erin</strong>" in other.text
+    assert "password of <strong>dora</strong>" in other.text
