@@ -289,6 +289,22 @@ class BlockStore:
         value = await read_kv_or_none(self._db, _DB_KEY, what="the block list")
         return None if value is None else value.encode("utf-8")
 
+    async def _keep_in_db(self, encoded: bytes) -> None:
+        """Write the database's copy, then make sure it is the fast state's list: two changes at once
+        (a rule blocking on one replica, an admin unblocking on another) could finish their database
+        writes in the other order than their compare-and-sets, and an older list stayed in the copy
+        (a re-attack run: a lifted block came back for a replica cut off from Redis, and for every
+        replica once Redis lost the key). Whoever writes the copy last read the fast state after it."""
+        for _ in range(_CAS_ROUNDS):
+            await self._to_db(encoded)
+            try:
+                current = await self._state.get(BLOCKS_KEY)
+            except StateUnavailable:
+                return
+            if current is None or current == encoded:
+                return
+            encoded = current
+
     async def _to_db(self, encoded: bytes) -> None:
         if self._db is None:
             return
@@ -380,7 +396,7 @@ class BlockStore:
                 break
         else:
             raise StateUnavailable("the block list kept changing; giving up")
-        await self._to_db(encoded)
+        await self._keep_in_db(encoded)
         try:
             await self._state.publish(BLOCKS_CHANNEL, b"changed")
         except StateUnavailable:

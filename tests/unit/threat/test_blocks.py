@@ -235,3 +235,19 @@ async def test_a_fast_state_that_lost_the_blocks_gets_them_back_from_the_databas
     assert await store.remove("198.51.100.0/24") == 1
     assert await fast_state.get(BLOCKS_KEY) == b"[]"
     assert await BlockStore(fast_state, clock, db=audit_db).entries() == []
+
+
+async def test_the_database_copy_is_the_fast_states_list_after_changes_at_once(
+    fast_state: FastState, clock: FakeClock, audit_db: Database
+) -> None:
+    """A re-attack run: a block and an unblock made at the same moment on two replicas finished their
+    database writes in the other order than their compare-and-sets, and the copy kept the older list
+    (a lifted block came back for a replica cut off from Redis). Whoever writes the copy last has read
+    the fast state after writing."""
+    here, there = BlockStore(fast_state, clock, db=audit_db), BlockStore(fast_state, clock, db=audit_db)
+    cut_off = BlockStore(_CutOff(), clock, db=audit_db)  # type: ignore[arg-type]
+    for round_ in range(20):
+        changes = [here.add("192.0.2.9", until=clock.time() + 600), there.remove("192.0.2.9")]
+        await asyncio.gather(*(changes if round_ % 2 else reversed(changes)))
+        in_fast = [e.cidr for e in await here.entries()]
+        assert [e.cidr for e in await cut_off.entries()] == in_fast, round_
