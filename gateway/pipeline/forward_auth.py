@@ -200,9 +200,18 @@ def refuse_client_headers(headers: list[tuple[bytes, bytes]], names: frozenset[b
     in, in any spelling (case, ``_`` for ``-``): exactly those a proxied request loses
     (``names``: the snapshot's ``strip_identity``, every route's configured names), or one other
     gateways speak it in (``Remote-User``, ``X-Forwarded-User``: apps written for them trust these); and
-    :class:`ClientReroutingHeaders` for a path or method override (``REROUTING``), also lost there."""
-    for name, _ in headers:
+    :class:`ClientReroutingHeaders` for a path or method override (``REROUTING``), also lost there, and
+    for an upgrade to another protocol than WebSocket (``Upgrade: h2c``, ``HTTP2-Settings``): the proxy
+    would tunnel the connection to the app after its 101, and every request sent in the tunnel reached
+    the app undecided, with any identity headers (an attack run, through nginx and Caddy to hypercorn)."""
+    for name, value in headers:
         normal = normalize_name(name)
+        if normal == b"http2-settings" or (normal == b"upgrade" and value.strip().lower() != b"websocket"):
+            raise ClientReroutingHeaders(
+                f"The request asks the app to switch to another protocol ({name.decode('latin-1')[:40]}: "
+                f"{value.decode('latin-1')[:40]}): requests sent after the switch would reach the app without "
+                "being decided. The proxy in front must not pass it on (README, Forward-auth)."
+            )
         if speaks_identity(normal, names) or foreign_identity(normal):
             raise ClientIdentityHeaders(
                 f"The request carries {name.decode('latin-1')[:60]!r}, an identity header only the gateway "

@@ -674,6 +674,39 @@ def handshake(port: int, origin: str, session: str | None) -> bytes:
 
 @pytest.mark.peer
 @pytest.mark.parametrize("proxy", PROXIES)
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n",
+        "Upgrade: h2c\r\nConnection: Upgrade\r\n",
+        "Upgrade: tls/1.2, websocket\r\nConnection: Upgrade\r\n",
+    ],
+)
+def test_no_upgrade_but_a_websocket_reaches_the_app(site: Site, proxy: str, upgrade: str) -> None:
+    """A re-attack run: an h2c upgrade on a public path (asked about as a plain GET, allowed) reached
+    hypercorn through the README's nginx and Caddy examples; after its 101 the proxies tunnelled the
+    connection, and HTTP/2 requests for /admin with X-Gateway-User: admin reached the app undecided. No
+    upgrade but a WebSocket's reaches the app: refused, or passed on as a plain request."""
+    port = port_of(site, proxy)
+    request = (
+        f"GET /open/x HTTP/1.1\r\nHost: {CUSTOM_HOST}:{port}\r\n{upgrade}Accept: application/json\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    answer = exchange(port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert status != 101, head
+    if status == 200:
+        received = {k.lower(): v.lower() for k, v in json.loads(body)["headers"]}
+        assert "http2-settings" not in received, received
+        assert "h2c" not in received.get("upgrade", ""), received
+        assert "tls" not in received.get("upgrade", ""), received
+    else:
+        assert status >= 400, head
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
 def test_a_websocket_opens_through_every_example_only_from_the_apps_own_origin(
     site: Site, proxy: str
 ) -> None:
