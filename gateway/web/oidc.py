@@ -30,6 +30,7 @@ from gateway.identity.oidc.tokens import TokenRejected
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.settings.schema import IdentityProvider
+from gateway.threat.attempts import TooManyAttempts
 from gateway.web import flows
 from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
@@ -124,6 +125,20 @@ async def start(
         signed = await flows.current(request, config, identity)
         if signed.session is not None:
             return flows.login_redirect(rd)
+    # Each start keeps a flow in the fast state for ten minutes, and its error callback writes a record:
+    # counted per address with the passkey challenges (an attack run started 120 flows in 3 s, each
+    # answered with an error callback and recorded).
+    try:
+        await identity.attempts.reserve("challenge", flows.client_ip(request))
+    except TooManyAttempts as err:
+        return _page(
+            request,
+            err.status,
+            title=err.title,
+            message=err.public_detail,
+            link="/.gateway/login",
+            link_text="Back",
+        )
     cookie_name = OIDC_BINDING_COOKIE.name(insecure=_insecure(config))
     binding = read_cookie(list(request.scope["headers"]), cookie_name)
     if binding is None or not is_binding(binding):
@@ -286,6 +301,15 @@ async def callback(
     return await flows.after_sign_in(request, config, identity, session_id, session, rd)
 
 
+async def _counted_failure(identity: IdentityServices, ip: str) -> bool:
+    """Count a failed sign-in against the address; False past its limit (then nothing is recorded)."""
+    try:
+        await identity.attempts.reserve("password", ip)
+    except TooManyAttempts:
+        return False
+    return True
+
+
 async def _provider_error(
     request: AnyRequest,
     identity: IdentityServices,
@@ -305,7 +329,7 @@ async def _provider_error(
     else:
         ours, rd = True, record.rd
     code = error if error.replace("_", "").isalnum() and len(error) <= 64 else "invalid_error"
-    if ours:
+    if ours and await _counted_failure(identity, ip):
         # Only a sign-in this browser started is a failed sign-in: anyone can craft a callback URL
         # (an <img> on any page makes its visitors' browsers send one), and each wrote a chained
         # record and a security event, and counted a failed sign-in against the visitor's address
@@ -350,8 +374,20 @@ async def backchannel_logout(
             {"error": "invalid_request", "error_description": "unknown provider"}, status_code=404
         )
     token = data.get("logout_token", "")
+    ip = flows.client_ip(request)
+    # A rejected logout token is a failed attempt of its address, as a wrong password is: each writes a
+    # chained record and a security event, and an attack run wrote 80 a second with junk tokens.
+    # Counted first, taken back for a token that was good, and past the limit nothing is recorded.
     try:
-        await identity.oidc.backchannel_logout(settings, token, ip=flows.client_ip(request))
+        await identity.attempts.reserve("password", ip)
+    except TooManyAttempts as err:
+        return Response(
+            {"error": "invalid_request", "error_description": err.public_detail},
+            status_code=err.status,
+            headers=headers,
+        )
+    try:
+        await identity.oidc.backchannel_logout(settings, token, ip=ip)
     except TokenRejected as err:
         return Response(
             {"error": "invalid_request", "error_description": err.detail},
@@ -359,6 +395,7 @@ async def backchannel_logout(
             headers=headers,
         )
     except ProviderUnavailable:
+        await identity.attempts.release("password", ip)
         return Response(
             {
                 "error": "temporarily_unavailable",
@@ -367,6 +404,7 @@ async def backchannel_logout(
             status_code=503,
             headers=headers,
         )
+    await identity.attempts.release("password", ip)
     return Response(b"", status_code=200, headers=headers, media_type=MediaType.TEXT)
 
 
