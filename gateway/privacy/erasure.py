@@ -53,7 +53,7 @@ from gateway.privacy.removed import RemovedArchive
 from gateway.privacy.subjects import new_pseudonym
 from gateway.privacy.traces import forget_person
 from gateway.store.db import Database, StoreUnavailable
-from gateway.store.fast import FastState
+from gateway.store.fast import FastState, StateUnavailable
 
 __all__ = ["Erased", "Eraser", "Held", "holding_erasure"]
 
@@ -194,6 +194,9 @@ class Eraser:
             await self._accounts.ledger.record(user, "erased", ref=ref)
         with contextlib.suppress(StoreUnavailable):  # done; the log is emptied at a later checkpoint
             await self._db.drop_old_pages()
+        if self._fast is not None:
+            with contextlib.suppress(StateUnavailable):
+                await self._fast.drop_old_pages()
         erased = Erased(
             pseudonym=pseudonym,
             audit_records=len(result.erased),

@@ -117,6 +117,11 @@ class FastState(Protocol):
         """Delete ``keys``; return how many existed."""
         ...
 
+    async def drop_old_pages(self) -> None:
+        """After deletions that must leave no trace (an erasure): write away old copies of the deleted
+        values the store keeps on disk (the embedded store's write-ahead log); nothing for the others."""
+        ...
+
     async def take(self, key: str) -> bytes | None:
         """Atomically get and delete ``key``.
 

@@ -406,6 +406,15 @@ class LocalFastState:
 
         return await self._run("set", set_)
 
+    async def drop_old_pages(self) -> None:
+        """See ``FastState.drop_old_pages``: the write-ahead log written into the file and emptied (an
+        attack run read an erased person's session record in ``state.db-wal`` after the erasure)."""
+
+        def checkpoint(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._run("checkpoint", checkpoint)
+
     async def delete(self, *keys: str) -> int:
         """See ``FastState.delete``."""
         names = list(dict.fromkeys(self._key(k) for k in keys))  # a key named twice counts once
@@ -718,6 +727,9 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
             # Without WAL every read would wait for writers (and vice versa) across all processes.
             raise sqlite3.OperationalError(f"{path}: WAL journal mode unavailable (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Deleted values are overwritten, not left in free pages: an erased person's session record,
+        # address and user agent must not stay readable in the file (an attack run found them).
+        conn.execute("PRAGMA secure_delete = ON")
         conn.executescript(_SCHEMA)
     except BaseException:
         conn.close()

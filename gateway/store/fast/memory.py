@@ -223,6 +223,9 @@ class MemoryFastState:
         self._store(key, bytes(value), None if ttl is None else now + ttl)
         return True
 
+    async def drop_old_pages(self) -> None:
+        """See ``FastState.drop_old_pages``: nothing is on disk."""
+
     async def delete(self, *keys: str) -> int:
         """See ``FastState.delete``."""
         now = self._tick()

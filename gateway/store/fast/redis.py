@@ -357,6 +357,10 @@ class RedisFastState:
         )
         return bool(result)
 
+    async def drop_old_pages(self) -> None:
+        """See ``FastState.drop_old_pages``: Redis's own persistence is the server's (its RDB or AOF
+        files are rewritten by the server; README, Privacy)."""
+
     async def delete(self, *keys: str) -> int:
         """See ``FastState.delete``."""
         if not keys:

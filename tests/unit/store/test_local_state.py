@@ -424,3 +424,24 @@ def test_nonsense_limits_are_refused(tmp_path: Path) -> None:
 def test_nothing_is_opened_before_the_first_call(tmp_path: Path) -> None:
     LocalFastState(tmp_path / "state.db")
     assert not os.path.exists(tmp_path / "state.db")
+
+
+async def test_a_deleted_value_is_not_left_on_disk_once_old_pages_are_dropped(
+    opened: Callable[..., LocalFastState], tmp_path: Path
+) -> None:
+    """A re-attack run read an erased person's session record (name, address, user agent) in
+    ``state.db-wal`` after the erasure: deleted values are overwritten, and the erasure empties the log."""
+    state = opened()
+    secret = b'{"username":"zeldaq","ip":"127.0.0.77","user_agent":"ZeldaBrowser/9.9"}'
+    await state.set("sess:zelda", secret, ttl=600)
+    for filler in range(50):  # more pages, so the value is not only in the newest one
+        await state.set(f"other:{filler}", b"x" * 200, ttl=600)
+
+    def on_disk() -> bytes:
+        return b"".join(f.read_bytes() for f in sorted(tmp_path.glob("state.db*")))
+
+    assert b"ZeldaBrowser" in on_disk()  # the check can fail
+    assert await state.delete("sess:zelda") == 1
+    await state.drop_old_pages()
+    assert b"ZeldaBrowser" not in on_disk()
+    assert await state.get("other:0") == b"x" * 200  # the rest is there
