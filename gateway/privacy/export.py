@@ -232,7 +232,7 @@ async def export_person(
                     .order_by(DecisionSampleRow.bucket)
                 )
             ).all()
-    owned = await owned_by(db, user.username, user.email)
+    owned = await owned_by(db, user.username, user.email, user.display_name)
     actors = actor_spellings(user.username)
     live: list[dict[str, Any]] = []
     unavailable = False

@@ -752,19 +752,23 @@ async def test_the_service_accounts_a_person_owns_are_exported_and_erased_with_t
     await machines.create_account(
         "ops-bot", owner="ops@example.com", description="for alice", actor="cli:root"
     )
+    # A re-attack run: an owner written as the person's display name stayed after the erasure.
+    await machines.create_account("shown-bot", owner="Alice L", actor="cli:root")
     _, doc = await world.privacy.export(user, **_as_portal(user))  # type: ignore[arg-type]
     jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
-    assert sorted(a["name"] for a in doc["service_accounts_owned"]) == ["billing-bot", "ci-bot"]
+    assert sorted(a["name"] for a in doc["service_accounts_owned"]) == ["billing-bot", "ci-bot", "shown-bot"]
 
     await world.privacy.erase(user, **_as_portal(user))  # type: ignore[arg-type]
     views = {v.name: v for v in await machines.list_accounts()}
     assert views["billing-bot"].owner.startswith("[erased:")
     assert views["billing-bot"].description == f"billing sync; ask {views['billing-bot'].owner}"
     assert views["ci-bot"].owner == views["billing-bot"].owner  # one person, one tombstone
+    assert views["shown-bot"].owner == views["billing-bot"].owner
     # A bare name in free text may be a word; another owner stays.
     assert (views["ci-bot"].description, views["ops-bot"].owner) == ("alice builds", "ops@example.com")
     trail = await _audit_text(world.db)
     assert "alice@example.com" not in trail
+    assert "Alice L" not in trail
     assert "ops@example.com" in trail
     report = await verify_database(world.db, keyring=world.keyring)
     assert report.ok, report.problem
