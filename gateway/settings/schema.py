@@ -149,9 +149,10 @@ class RegulationSettings(_Config, frozen=True):
     free_attempts: int = 3
     max_failures: int = 10
     lock_time: Duration = Duration(15 * 60)
-    # Per client address (an IPv6 one by its /64): failed password sign-ins, and passkey challenges
-    # made, per `address_window`; past either, that work is refused (429) until the window ends, before
-    # any password is hashed (gateway/threat/attempts.py). 0 turns a limit off.
+    # Per client address (an IPv6 one by its /64): failed password sign-ins (and made-up invitation
+    # links, rejected back-channel logout tokens, sign-ins a provider refused), and passkey challenges
+    # and provider sign-ins started, per `address_window`; past either, that work is refused (429) until
+    # the window ends, before any password is hashed (gateway/threat/attempts.py). 0 turns a limit off.
     address_failures: int = 30
     address_challenges: int = 120
     # Opaque access tokens an identity provider's introspection called inactive (or could not read),
