@@ -176,10 +176,9 @@ class HandoffCodes:
         record = await self._take(code)
         if record is None:
             return NotConfirmed.GONE
-        if not record.binding or record.confirmed or record.family != family:
+        # Not bound, confirmed already, another sign-in's, or nowhere to send it back to (no origin).
+        if not record.binding or record.confirmed or record.family != family or not record.origin:
             return NotConfirmed.ELSEWHERE
-        if not record.origin:
-            return NotConfirmed.ELSEWHERE  # nowhere to send it back to (a code issued without one)
         return await self._store(msgspec.structs.replace(record, confirmed=True)), record.origin
 
     async def _store(self, record: _Record) -> str:

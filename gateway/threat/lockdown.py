@@ -61,6 +61,7 @@ __all__ = [
     "NewPasskeys",
     "breaks_glass",
     "check_request",
+    "in_break_glass_group",
     "is_break_glass",
     "passkey_held_back",
 ]
@@ -155,6 +156,11 @@ def check_request(*, routes: Iterable[str], known: Collection[str], reason: str)
     return tuple(chosen)
 
 
+def in_break_glass_group(session: Session, *, group: str | None, roles: Collection[str]) -> bool:
+    """Whether ``session`` speaks for ``group``: a provider's group it holds, or a role of that name."""
+    return group is not None and (group in session.groups or group in roles)
+
+
 def is_break_glass(
     session: Session, *, group: str | None, roles: Collection[str], max_factor_age: float, now: float
 ) -> bool:
@@ -168,7 +174,7 @@ def is_break_glass(
         max_factor_age: How long ago the WebAuthn factor may have been used, in seconds.
         now: Unix time.
     """
-    if group is None or (group not in session.groups and group not in roles):
+    if not in_break_glass_group(session, group=group, roles=roles):
         return False
     oldest = now - max_factor_age
     # A factor "used in the future" is a clock step or a forged record: it does not count.
@@ -202,9 +208,10 @@ def passkey_held_back(
         return False
     group = settings.break_glass_group
     roles = policy.roles_for(principals_of(session))
-    if group is None or (group not in session.groups and group not in roles):
+    if not in_break_glass_group(session, group=group, roles=roles):
         return False
-    return not breaks_glass(session, policy=policy, settings=settings, now=now)
+    max_age = float(settings.max_factor_age)
+    return not is_break_glass(session, group=group, roles=roles, max_factor_age=max_age, now=now)
 
 
 class NewPasskeys:

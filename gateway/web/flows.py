@@ -28,6 +28,7 @@ from gateway.identity.sessions import Session, SessionEnded, fits_host
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
 from gateway.store.db import StoreUnavailable
+from gateway.threat.attempts import TooManyAttempts
 
 __all__ = [
     "OwedStep",
@@ -316,6 +317,17 @@ def carried_rd(rd: str | None, config: CurrentConfig) -> str:
     URL into a form, a link or a script's data, so no later step can use it unchecked.
     """
     return safe_rd(rd, config, fallback="")
+
+
+async def counted_failure(identity: IdentityServices, ip: str) -> bool:
+    """Count a failed attempt (a guess, a refused sign-in) against the address with its wrong passwords;
+    False past its limit, where the caller records nothing more (each record is a chained write and a
+    security event: attack runs flooded the trail through public endpoints)."""
+    try:
+        await identity.attempts.reserve("password", ip)
+    except TooManyAttempts:
+        return False
+    return True
 
 
 def safe_local_rd(rd: str | None, fallback: str = "/") -> str:

@@ -176,9 +176,8 @@ async def _refused(
     # A link that opens nothing is a guess as much as a wrong password: counted against the address
     # with the failed sign-ins, and past their limit answered with no audit record (an attack run
     # wrote 300 records in 3 s this way, each a chained write and a security event in every sink).
-    try:
-        await identity.attempts.reserve("password", ip)
-    except TooManyAttempts as err:
+    if not await flows.counted_failure(identity, ip):
+        err = TooManyAttempts("Too many attempts from your network. Try again in a minute.")
         return page(
             request,
             "message.html",

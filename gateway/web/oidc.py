@@ -301,15 +301,6 @@ async def callback(
     return await flows.after_sign_in(request, config, identity, session_id, session, rd)
 
 
-async def _counted_failure(identity: IdentityServices, ip: str) -> bool:
-    """Count a failed sign-in against the address; False past its limit (then nothing is recorded)."""
-    try:
-        await identity.attempts.reserve("password", ip)
-    except TooManyAttempts:
-        return False
-    return True
-
-
 async def _provider_error(
     request: AnyRequest,
     identity: IdentityServices,
@@ -329,7 +320,7 @@ async def _provider_error(
     else:
         ours, rd = True, record.rd
     code = error if error.replace("_", "").isalnum() and len(error) <= 64 else "invalid_error"
-    if ours and await _counted_failure(identity, ip):
+    if ours and await flows.counted_failure(identity, ip):
         # Only a sign-in this browser started is a failed sign-in: anyone can craft a callback URL
         # (an <img> on any page makes its visitors' browsers send one), and each wrote a chained
         # record and a security event, and counted a failed sign-in against the visitor's address
