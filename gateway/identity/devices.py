@@ -12,7 +12,9 @@ password or second-factor attempt that carries a valid one for the account is re
 account *and* that device (``alice|device:<id>``); every other attempt under the account alone. The
 attacker without the cookie locks the account's shared bucket, and the person's own browser still
 signs in. The cookie proves nothing about who is at the keyboard: it only chooses the counter, and a
-stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. It is the gateway's own:
+stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. Only a request that has
+just proven a credential gets a new one: a finished session asking the sign-in page again keeps the
+cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). It is the gateway's own:
 no app receives it, and no app may set it.
 """
 

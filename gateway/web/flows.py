@@ -431,6 +431,8 @@ async def after_sign_in(
     session_id: str,
     session: Session,
     rd: str | None,
+    *,
+    proven: bool = True,
 ) -> Redirect:
     """Redirect to :func:`next_location`, carrying this session's cookie on the auth host, and, once
     the sign-in is complete, name the browser a known device of the account
@@ -439,11 +441,14 @@ async def after_sign_in(
     Never before: a known device's failures are counted apart from the account's, so a cookie given
     to a password-only session bought every new one a fresh allowance of second-factor guesses (an
     attack run asked the sign-in page for one after each password, and checked 1,026 wrong TOTP codes
-    in 30 s with the account never locked)."""
+    in 30 s with the account never locked). And a new device only where this request has just proven
+    a credential (``proven``): the sign-in page visited by a finished session keeps the browser's own
+    cookie, never mints one (an attack run minted 20 from one session cookie with 20 visits, each a
+    fresh allowance of password and second-factor guesses for later)."""
     response = Redirect(await next_location(request, config, identity, session, rd))
     set_session_cookie(response, config, session_id)
     if await pending_step(identity, session, rd) is None:
-        remember_device(request, response, config, identity, session.username)
+        remember_device(request, response, config, identity, session.username, mint=proven)
     return response
 
 
@@ -481,14 +486,18 @@ def remember_device(
     config: CurrentConfig,
     identity: IdentityServices,
     username: str,
+    *,
+    mint: bool = True,
 ) -> None:
     """Give the browser a known-device cookie for ``username``: the one it has if that is valid (its
-    year starts again), else a new one."""
+    year starts again), else a new one (not with ``mint`` off: then nothing)."""
     devices = identity.accounts.devices
     if devices is None:
         return
     held = device_cookie(request, config)
     if held is None or devices.regulation_key(username, held) == username:
+        if not mint:
+            return
         held = devices.token(username)
     response.set_cookie(
         key=DEVICE_COOKIE.name(insecure=not secure_cookies(config)),

@@ -73,7 +73,9 @@ async def login_page(
         pending = await flows.pending_step(identity, signed.session, rd)
         if pending is not None:
             return Redirect(pending)
-        return await flows.after_sign_in(request, config, identity, signed.session_id, signed.session, rd)
+        return await flows.after_sign_in(
+            request, config, identity, signed.session_id, signed.session, rd, proven=False
+        )
     configured = config.settings.identity_providers
     # A login hint in a provider's email domain, or a provider named outright, skips this page.
     chosen = provider_named(configured, idp) if idp else provider_for_email(configured, login_hint)

@@ -140,3 +140,25 @@ def test_a_password_alone_never_earns_a_known_device(gw: Gateway) -> None:
     # Every guess counted on the account: checked until its tenth failure, then locked.
     assert answers.count(401) <= 10, answers
     assert answers[-1] == 429, answers
+
+
+def test_a_finished_session_visiting_the_sign_in_page_mints_no_device(gw: Gateway) -> None:
+    """An attack run: one finished session, sent without a device cookie to the sign-in page 20
+    times, got 20 new device cookies, each a fresh allowance of password and second-factor guesses
+    later. The page visited again keeps the browser's own cookie (its year starts again) and names no
+    new device."""
+    add_user(gw.config_path, "vera", PASSWORD)
+    with browser(gw) as own:
+        own.headers["X-Forwarded-For"] = "203.0.113.60"
+        assert login(own, "vera").status_code == 302
+        device = own.cookies.get(DEVICE_COOKIE)
+        assert device
+        for _ in range(5):
+            own.cookies.delete(DEVICE_COOKIE)
+            again = own.get("/.gateway/login")
+            assert again.status_code == 302, again.text  # still signed in: on to the app
+            assert DEVICE_COOKIE not in again.headers.get("set-cookie", ""), again.headers
+        # The browser's own cookie is sent back with its year started again, never another one.
+        own.cookies.set(DEVICE_COOKIE, device)
+        kept = own.get("/.gateway/login")
+        assert f"{DEVICE_COOKIE}={device}" in kept.headers.get("set-cookie", ""), kept.headers
