@@ -30,7 +30,7 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from gateway.identity.oidc.tokens import MAX_TOKEN_BYTES
 from gateway.machine.tokens import meant_as_gateway_token
@@ -414,14 +414,36 @@ def forwarding_for(
             request_id = value.decode()
     entries = _parse_xff(xff)
     entries.append(peer_ip)
+    start = _client_index(entries, trusted)
+    # The app is told the verified part of the chain only, from the client on: the entries to its left
+    # were written by the client, and an app that reads the left-most `X-Forwarded-For` entry or the
+    # first `for=` of the gateway's own `Forwarded` (Express with `trust proxy`, many Django snippets)
+    # took the client's choice for its address (an attack run).
+    verified = cast("list[str]", entries[start:])
     return Forwarding(
-        client_ip=client_of(entries, trusted),
+        client_ip=verified[0],
         peer_trusted=True,
         proto=proto,
         host=host,
-        chain=tuple(hop for hop in entries if hop is not None),
+        chain=tuple(verified),
         request_id=request_id or new_request_id(),
     )
+
+
+def _client_index(hops: Sequence[str | None], trusted: TrustedProxies) -> int:
+    """Where the client is in a forwarding chain (the peer last): the right-most hop that is not a
+    trusted proxy; no hop from there on is None."""
+    index = len(hops) - 1
+    for i in range(len(hops) - 1, -1, -1):
+        hop = hops[i]
+        if hop is None:
+            # A trusted proxy wrote something that is not an address: nothing to its left is believed,
+            # and that proxy is the client as far as the gateway can tell.
+            break
+        index = i
+        if not trusted.is_trusted(hop):
+            break
+    return index
 
 
 def client_of(hops: Sequence[str | None], trusted: TrustedProxies) -> str:
@@ -431,16 +453,9 @@ def client_of(hops: Sequence[str | None], trusted: TrustedProxies) -> str:
     narrowed them: an exchange begun behind an over-broad list kept the address a spoofed
     ``X-Forwarded-For`` gave it, past the fix and a block of its real address, a re-attack run).
     """
-    client = ""
-    for hop in reversed(hops):
-        if hop is None:
-            # A trusted proxy wrote something that is not an address: nothing to its left is believed,
-            # and that proxy is the client as far as the gateway can tell.
-            break
-        client = hop
-        if not trusted.is_trusted(hop):
-            break
-    return client
+    if not hops:
+        return ""
+    return hops[_client_index(hops, trusted)] or ""
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:

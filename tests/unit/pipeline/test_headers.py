@@ -129,7 +129,18 @@ def test_trusted_proxy_chain_is_extended_and_client_is_rightmost_untrusted() -> 
     fwd = _fwd(headers, peer="10.0.0.2", trusted=LB)
     # 6.6.6.6 was written by the client itself; the first untrusted hop from the right is the client.
     assert fwd.client_ip == "198.51.100.7"
-    assert fwd.chain == ("6.6.6.6", "198.51.100.7", "10.1.2.3", "10.0.0.2")
+    assert fwd.chain == ("198.51.100.7", "10.1.2.3", "10.0.0.2")
+
+
+def test_the_app_is_told_only_the_verified_part_of_the_chain() -> None:
+    """An attack run behind a trusted proxy: the client's own `X-Forwarded-For: 6.6.6.6` reached the
+    app as the left-most entry and as the first `for=` of the gateway's own `Forwarded`, which an app
+    reading the first entry (Express with `trust proxy`) took for the client's address."""
+    headers = [(b"host", b"app"), (b"x-forwarded-for", b"6.6.6.6, 203.0.113.9")]
+    out = _out(headers, peer="127.0.0.1", trusted=LB)
+    assert out[b"x-forwarded-for"] == [b"203.0.113.9, 127.0.0.1"]
+    assert out[b"forwarded"][0].startswith(b"for=203.0.113.9, for=127.0.0.1;")
+    assert b"6.6.6.6" not in b"".join(v for vs in out.values() for v in vs)
 
 
 def test_garbage_in_trusted_xff_is_dropped() -> None:
@@ -168,7 +179,7 @@ def test_an_unreadable_entry_ends_the_walk_the_client_cannot_choose_its_address(
 def test_an_entry_with_a_port_is_read_without_it(entry: bytes, address: str) -> None:
     fwd = _fwd([(b"x-forwarded-for", b"192.0.2.99, " + entry)], peer="127.0.0.1", trusted=LB)
     assert fwd.client_ip == address
-    assert fwd.chain == ("192.0.2.99", address, "127.0.0.1")
+    assert fwd.chain == (address, "127.0.0.1")
 
 
 @pytest.mark.parametrize("spelling", [b"X_Forwarded_For", b"x_forwarded-for", b"X-Forwarded_For"])
