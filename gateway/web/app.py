@@ -49,7 +49,7 @@ from gateway.web import (
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import FrameworkRefusal, error_response, wants_html
-from gateway.web.gate import PUBLIC, step_guard
+from gateway.web.gate import PUBLIC_RESOURCE, step_guard
 from gateway.web.hardening import SecurityHeaders
 from gateway.web.requests import GatewayRequest
 
@@ -66,13 +66,13 @@ MAX_PAGE_BODY: Final = 64 * 1024
 logger = logging.getLogger("gateway.web")
 
 
-@get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+@get("/.gateway/health", media_type=MediaType.JSON, cache=False, opt=PUBLIC_RESOURCE)
 async def health() -> dict[str, Any]:
     """Alive: the process answers. Load balancers restart on failure."""
     return {"status": "ok"}
 
 
-@get("/.gateway/ready", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+@get("/.gateway/ready", media_type=MediaType.JSON, cache=False, opt=PUBLIC_RESOURCE)
 async def ready(
     request: Request[Any, Any, Any], config: Config, readiness: Readiness
 ) -> Response[dict[str, Any]]:
@@ -93,7 +93,7 @@ async def ready(
     return Response(report, status_code=status)
 
 
-@get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False, opt=PUBLIC)
+@get("/.gateway/jwks.json", media_type=MediaType.JSON, cache=False, opt=PUBLIC_RESOURCE)
 async def jwks(signing: Signing) -> Response[bytes]:
     """The public keys that verify ``X-Gateway-Assertion`` (an RFC 7517 JWK Set; docs/assertion.md).
 
@@ -206,7 +206,9 @@ def create_control_app(services: WorkerServices) -> Litestar:
             *invite.HANDLERS,
             *privacy_page.HANDLERS,
             *api.HANDLERS,
-            create_static_files_router(path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC),
+            create_static_files_router(
+                path="/.gateway/static", directories=[_HERE / "static"], opt=PUBLIC_RESOURCE
+            ),
         ],
         dependencies=dict(dependencies(services)),
         template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),

@@ -58,6 +58,11 @@ _PAGES: Final = {
 #: ``opt`` of a handler that needs no session (sign-in, sign-out, health, static files).
 PUBLIC: Final[dict[str, Any]] = {_OPT: "public"}
 
+#: ``opt`` of a public answer that is never a page (static files, the key set, health): no CSRF cookie
+#: is set on it. A shared cache keeps what the key set and static files answer (``public``), and an
+#: attack run saw the cookie on them: one token for everyone the cache serves.
+PUBLIC_RESOURCE: Final[dict[str, Any]] = {**PUBLIC, "exclude_from_csrf": True}
+
 
 def admits(*steps: Step) -> dict[str, Any]:
     """``opt`` of a handler that a session with one of these steps pending may use."""

@@ -142,6 +142,19 @@ def test_jwks_is_served_with_a_cacheable_public_key(gateway: Gateway) -> None:
         assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
 
 
+@pytest.mark.parametrize(
+    "path", ["/.gateway/jwks.json", "/.gateway/static/gateway.css", "/.gateway/health", "/.gateway/ready"]
+)
+def test_a_public_resource_sets_no_cookie(gateway: Gateway, path: str) -> None:
+    """An attack run: the key set (and the static files) answered `Cache-Control: public` with a CSRF
+    cookie, which a shared cache would hand every visitor as the same token. Only pages set it."""
+    resp = httpx.get(f"{gateway.url}{path}", timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert "set-cookie" not in resp.headers, resp.headers
+    page = httpx.get(f"{gateway.url}/.gateway/login", timeout=10)
+    assert "gateway_csrf" in page.headers.get("set-cookie", ""), page.headers  # pages still set it
+
+
 def test_jwks_is_the_same_on_every_host(gateway: Gateway) -> None:
     # /.gateway/ answers on every host, never proxied: an upstream may fetch it through its own name.
     resp = httpx.get(f"{gateway.url}/.gateway/jwks.json", headers={"Host": "localhost"}, timeout=10)
