@@ -69,6 +69,10 @@ _TOKEN_ID: Final = re.compile(r"gwt_[A-Za-z0-9_-]{8}")
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 # Paths of the gateway's own pages whose rest is a credential (gateway/identity/invitations.py).
 _CREDENTIAL_PATHS: Final = ("/.gateway/invite/",)
+# A URL with a password in it (``https://user:password@host/``, RFC 3986's userinfo).
+_USERINFO_PASSWORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@")
+# The keys of a JSON object written into a value.
+_JSON_KEY: Final = re.compile(r'"([^"\\]{1,64})"\s*:')
 _TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
 _MIN_ENTROPY_BITS: Final = 3.0
 
@@ -91,7 +95,8 @@ def is_secret_name(name: str) -> bool:
     if any(word in _SECRET_WORDS for word in words):
         return True
     compact = "".join(words)
-    return any(part in compact for part in _SECRET_PARTS)
+    # Run together, the name may be a secret word that the camel split cut up (``pAsS``: an attack run).
+    return compact in _SECRET_WORDS or any(part in compact for part in _SECRET_PARTS)
 
 
 def _entropy(text: str) -> float:
@@ -161,7 +166,7 @@ def redact_query(query: str, *, limit: int = 4096) -> str:
         elif looks_secret(name):
             # A token sent as the name (``?<token>=1``: an attack run found it in the log).
             out.append(f"{REDACTED}={REDACTED}")
-        elif is_secret_name(name) or _value_is_secret(unquote_plus(value)):
+        elif is_secret_name(name) or _value_is_secret(_decoded(value)):
             out.append(f"{raw_name}={REDACTED}")
         else:
             out.append(pair)
@@ -181,7 +186,10 @@ def _decoded(name: str, rounds: int = 3) -> str:
 
 
 def _value_is_secret(value: str) -> bool:
-    if looks_secret(value):
+    if looks_secret(value) or _USERINFO_PASSWORD.search(value):
+        return True
+    # JSON inside a value (``data={"password": …}``: an attack run) is judged by its keys.
+    if any(is_secret_name(key) for key in _JSON_KEY.findall(value)):
         return True
     # A URL or query inside a value (next=/cb?code=…): redact it whole if anything inside is secret.
     _, mark, nested = value.partition("?")
@@ -202,9 +210,23 @@ def redact_path(path: str) -> str:
     for prefix in _CREDENTIAL_PATHS:
         if path.startswith(prefix) and len(path) > len(prefix):
             return prefix + REDACTED
+    if ";" in path:
+        path = _redact_path_parameters(path)
     if not looks_secret(path):
         return path
     return "/".join(REDACTED if looks_secret(segment) else segment for segment in path.split("/"))
+
+
+def _redact_path_parameters(path: str) -> str:
+    """Path parameters (``/app;jsessionid=…``, ``/x;token=…``: RFC 3986 §3.3) judged as query
+    parameters are, by name and by value: an attack run's ``;token=`` value stayed in the log."""
+    segments = []
+    for segment in path.split("/"):
+        head, *params = segment.split(";")
+        if params:
+            segment = ";".join([head, *(redact_query(param) for param in params)])
+        segments.append(segment)
+    return "/".join(segments)
 
 
 def redact_details(value: object) -> object:

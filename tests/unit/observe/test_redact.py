@@ -25,6 +25,8 @@ SECRET_NAMES = [
     "jwt", "csrf_token", "_csrf_token", "private_key", "code_verifier", "ticket", "pin",
     # An attack run found these logged verbatim (and a name encoded twice).
     "pw", "passcode", "mfa", "recovery", "recovery_code", "authcode", "accesskey", "refresh", "mfaCode",
+    # One more: a secret word cut up by the camel split.
+    "pAsS", "PaSs",
 ]  # fmt: skip
 PLAIN_NAMES = ["q", "page", "sort", "lang", "redirect_uri", "rd", "user", "email", "id", "monkey", "keyword"]
 
@@ -107,6 +109,39 @@ def test_long_queries_are_cut() -> None:
 def test_paths_keep_ordinary_segments_and_lose_tokens() -> None:
     assert redact_path("/api/v1/users/alice") == "/api/v1/users/alice"
     assert redact_path(f"/magic/{JWT}/confirm") == f"/magic/{REDACTED}/confirm"
+
+
+def test_path_parameters_are_judged_by_name_and_value() -> None:
+    """An attack run: `/pub/q;token=hunter-semicolon` reached every sink as it was."""
+    assert redact_path("/pub/q;token=hunter-semicolon") == f"/pub/q;token={REDACTED}"
+    assert redact_path("/a;jsessionid=abc/b;v=2") == f"/a;jsessionid={REDACTED}/b;v=2"
+    assert redact_path("/pub/a;b;v=1.2") == "/pub/a;b;v=1.2"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # A nested query encoded twice: the value is decoded as often as a name is.
+        "next=%252Fcb%253Ftoken%253Dhunter-nested",
+        # A password in a URL's userinfo.
+        "redirect=https://u:hunter-userinfo@x.test/",
+        # JSON in a value, judged by its keys.
+        'data={"password":"hunter-json"}',
+        "data=%7B%22clientSecret%22%3A%20%22hunter-json%22%7D",
+    ],
+)
+def test_secrets_inside_values_are_found_as_an_attack_run_hid_them(query: str) -> None:
+    name = query.partition("=")[0]
+    assert redact_query(query) == f"{name}={REDACTED}"
+
+
+def test_urls_and_json_without_secrets_stay() -> None:
+    for query in (
+        "redirect=https://u@x.test/a:b@c",
+        'data={"name":"x","page":2}',
+        "next=%252Fcb%253Fpage%253D2",
+    ):
+        assert redact_query(query) == query
 
 
 def test_an_invitation_token_is_redacted_whatever_it_looks_like() -> None:
