@@ -651,7 +651,7 @@ class AccountService:
         # lock's record name a real account that was never locked (another attack run).
         typed = _spelling_key(login, candidates) if user is not None else self._unknown_key(login)
         key = user.username if user is not None else typed
-        regulated = self.regulation_key(key, device) if user is not None else key
+        regulated = self.regulation_key(user, device) if user is not None else key
         async with contextlib.AsyncExitStack() as stack:
             # An alias (the email) also counts under its own spelling, and only that spelling's counter
             # answers "too many attempts"; the account's is enforced silently. Otherwise failing one
@@ -741,10 +741,12 @@ class AccountService:
         key = self._keyring.derive(_UNKNOWN_LOGIN_INFO) if self._keyring is not None else b""
         return _unmatchable_key(login, key)
 
-    def regulation_key(self, username: str, device: str | None) -> str:
-        """What a sign-in step of ``username`` from a browser with this known-device cookie is counted
+    def regulation_key(self, user: User, device: str | None) -> str:
+        """What a sign-in step of ``user`` from a browser with this known-device cookie is counted
         under (:mod:`gateway.identity.devices`)."""
-        return self.devices.regulation_key(username, device) if self.devices is not None else username
+        if self.devices is None:
+            return user.username
+        return self.devices.regulation_key(user.username, user.password_hash, device)
 
     async def _rehash(self, user: User, stored: str, password: str) -> bool:
         # The password is only known in the clear at sign-in: the one moment to move an old hash to

@@ -14,8 +14,11 @@ attacker without the cookie locks the account's shared bucket, and the person's 
 signs in. The cookie proves nothing about who is at the keyboard: it only chooses the counter, and a
 stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. Only a request that has
 just proven a credential gets a new one: a finished session asking the sign-in page again keeps the
-cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). It is the gateway's own:
-no app receives it, and no app may set it.
+cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). And the MAC
+covers the account's password as it is (its hash, never written out): a password changed, set by an
+admin or withdrawn (``reset-mfa --invite``) ends every device cookie of the account, so those an
+intruder collected while they had the account buy no guesses at the new password. It is the gateway's
+own: no app receives it, and no app may set it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from gateway.crypto.keyring import Keyring
 
 __all__ = ["KnownDevices", "account_of"]
 
-_INFO: Final = b"gateway known devices v1"
+_INFO: Final = b"gateway known devices v2"
 # Not a username character (identity.names): a regulation key with it is an account and a device.
 _DEVICE_SEPARATOR: Final = "|device:"
 _ID_BYTES: Final = 12
@@ -41,24 +44,26 @@ class KnownDevices:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
 
-    def token(self, username: str) -> str:
-        """A new cookie value naming this browser as a known device of ``username``."""
+    def token(self, username: str, password_hash: str | None) -> str:
+        """A new cookie value naming this browser as a known device of ``username`` while its password
+        is the one stored as ``password_hash``."""
         device = secrets.token_urlsafe(_ID_BYTES)
-        return f"{device}.{self._mac(username, device, self._keyring.active_id)}"
+        return f"{device}.{self._mac(username, password_hash, device, self._keyring.active_id)}"
 
-    def regulation_key(self, username: str, token: str | None) -> str:
-        """What an attempt on ``username`` is counted under: with a valid ``token`` for it, the account
-        and the device; otherwise the account alone."""
+    def regulation_key(self, username: str, password_hash: str | None, token: str | None) -> str:
+        """What an attempt on ``username`` is counted under: with a valid ``token`` for it (issued
+        under its password ``password_hash``), the account and the device; otherwise the account alone."""
         if token:
             device, _, mac = token.partition(".")
             for kid in self._keyring.key_ids:
-                if device and hmac.compare_digest(mac, self._mac(username, device, kid)):
+                if device and hmac.compare_digest(mac, self._mac(username, password_hash, device, kid)):
                     return f"{username}{_DEVICE_SEPARATOR}{device}"
         return username
 
-    def _mac(self, username: str, device: str, kid: str) -> str:
+    def _mac(self, username: str, password_hash: str | None, device: str, kid: str) -> str:
         key = self._keyring.derive(_INFO, kid=kid)
-        return hmac.new(key, f"{username}\0{device}".encode(), hashlib.sha256).hexdigest()[:32]
+        message = f"{username}\0{password_hash or ''}\0{device}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
 def account_of(regulation_key: str) -> str:

@@ -475,7 +475,7 @@ async def password_submit(
                 current_password=data.get("current", ""),
                 # This browser's own counter: someone failing the password elsewhere does not stop a
                 # signed-in person from changing it.
-                regulate_as=flows.regulation_key(request, config, identity, s.username),
+                regulate_as=await flows.regulation_key(request, config, identity, s),
             )
         except GatewayError as err:
             if err.status >= 500:

@@ -231,7 +231,7 @@ async def mfa_verify(
 ) -> Response[Any]:
     """Verify the assertion; the session becomes two-factor (new id)."""
     session_id, s = await _require(request, config, identity)
-    key = flows.regulation_key(request, config, identity, s.username)
+    key = await flows.regulation_key(request, config, identity, s)
     async with identity.regulator.attempt(key) as attempt:
         try:
             await identity.webauthn.authenticate(

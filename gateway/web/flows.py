@@ -448,7 +448,7 @@ async def after_sign_in(
     response = Redirect(await next_location(request, config, identity, session, rd))
     set_session_cookie(response, config, session_id)
     if await pending_step(identity, session, rd) is None:
-        remember_device(request, response, config, identity, session.username, mint=proven)
+        await remember_device(request, response, config, identity, session, mint=proven)
     return response
 
 
@@ -472,33 +472,39 @@ def ceremony_holder(request: AnyRequest, config: CurrentConfig, session: Session
     return f"{browser} {session.family}"
 
 
-def regulation_key(
-    request: AnyRequest, config: CurrentConfig, identity: IdentityServices, username: str
+async def regulation_key(
+    request: AnyRequest, config: CurrentConfig, identity: IdentityServices, session: Session
 ) -> str:
-    """What a sign-in step of ``username`` from this browser is counted under (the account, or the
-    account and this known device)."""
-    return identity.accounts.regulation_key(username, device_cookie(request, config))
+    """What a sign-in step of the session's account from this browser is counted under (the account,
+    or the account and this known device)."""
+    user = await identity.accounts.get(session.user_id)
+    if user is None:
+        return session.username
+    return identity.accounts.regulation_key(user, device_cookie(request, config))
 
 
-def remember_device(
+async def remember_device(
     request: AnyRequest,
     response: Response[Any],
     config: CurrentConfig,
     identity: IdentityServices,
-    username: str,
+    session: Session,
     *,
     mint: bool = True,
 ) -> None:
-    """Give the browser a known-device cookie for ``username``: the one it has if that is valid (its
-    year starts again), else a new one (not with ``mint`` off: then nothing)."""
+    """Give the browser a known-device cookie for the session's account: the one it has if that is
+    valid (its year starts again), else a new one (not with ``mint`` off: then nothing)."""
     devices = identity.accounts.devices
     if devices is None:
         return
+    user = await identity.accounts.get(session.user_id)
+    if user is None:
+        return
     held = device_cookie(request, config)
-    if held is None or devices.regulation_key(username, held) == username:
+    if held is None or identity.accounts.regulation_key(user, held) == user.username:
         if not mint:
             return
-        held = devices.token(username)
+        held = devices.token(user.username, user.password_hash)
     response.set_cookie(
         key=DEVICE_COOKIE.name(insecure=not secure_cookies(config)),
         value=held,

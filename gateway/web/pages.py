@@ -237,7 +237,7 @@ async def _second_factor(
     regulator = identity.regulator
     ip = flows.client_ip(request)
     # Counted with the password under the same key: the account, or the account and this known device.
-    key = flows.regulation_key(request, config, identity, session.username)
+    key = await flows.regulation_key(request, config, identity, session)
     try:
         async with regulator.attempt(key) as attempt:
             if factor is Factor.TOTP:

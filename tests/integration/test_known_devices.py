@@ -19,6 +19,7 @@ from tests.integration.harness import (
     echo_route,
     free_port,
     gateway_config,
+    run_cli,
     run_echo,
     run_gateway,
 )
@@ -162,3 +163,29 @@ def test_a_finished_session_visiting_the_sign_in_page_mints_no_device(gw: Gatewa
         own.cookies.set(DEVICE_COOKIE, device)
         kept = own.get("/.gateway/login")
         assert f"{DEVICE_COOKIE}={device}" in kept.headers.get("set-cookie", ""), kept.headers
+
+
+def test_a_new_password_ends_the_device_cookies_collected_before_it(gw: Gateway) -> None:
+    """An attack run: device cookies collected while an intruder had the account outlived the new
+    password that took it back, each its own allowance of guesses at the new one. The cookie's MAC
+    covers the password as it was: after the change it counts with everyone."""
+    add_user(gw.config_path, "tess", PASSWORD)
+    with browser(gw) as intruder:
+        intruder.headers["X-Forwarded-For"] = "198.51.100.70"
+        assert login(intruder, "tess").status_code == 302
+        collected = intruder.cookies.get(DEVICE_COOKIE)
+    assert collected
+    new_password = "a brand new passphrase 2026"
+    proc = run_cli(
+        "user", "set-password", "tess", "--password-stdin", "--config", str(gw.config_path),
+        stdin=new_password + "\n",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for _ in range(10):  # the shared counter locked by wrong guesses from elsewhere
+        with browser(gw) as stranger:
+            stranger.headers["X-Forwarded-For"] = "198.51.100.71"
+            login(stranger, "tess", "not her password")
+    with browser(gw) as intruder:
+        intruder.cookies.set(DEVICE_COOKIE, collected)
+        intruder.headers["X-Forwarded-For"] = "198.51.100.70"
+        assert login(intruder, "tess", "another guess").status_code == 429  # no allowance of its own

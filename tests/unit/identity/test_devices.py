@@ -7,30 +7,42 @@ from pathlib import Path
 from gateway.crypto.keyring import Keyring
 from gateway.identity.devices import KnownDevices, account_of
 
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+
 
 def test_a_valid_cookie_for_the_account_counts_apart_and_nothing_else_does(tmp_path: Path) -> None:
     keyring = Keyring.create(tmp_path / "keyring.json")
     devices = KnownDevices(keyring)
-    alices = devices.token("alice")
-    key = devices.regulation_key("alice", alices)
+    alices = devices.token("alice", HASH)
+    key = devices.regulation_key("alice", HASH, alices)
     assert key.startswith("alice|device:")
     assert account_of(key) == "alice"
     # Anyone else's cookie, a forged one, none: the account's shared counter.
-    assert devices.regulation_key("bob", alices) == "bob"
+    assert devices.regulation_key("bob", HASH, alices) == "bob"
     device, _, mac = alices.partition(".")
-    assert devices.regulation_key("alice", f"{device}.{'0' * len(mac)}") == "alice"
-    assert devices.regulation_key("alice", f"other.{mac}") == "alice"
-    assert devices.regulation_key("alice", None) == "alice"
-    assert devices.regulation_key("alice", "") == "alice"
-    assert devices.regulation_key("alice", "no-dot") == "alice"
+    assert devices.regulation_key("alice", HASH, f"{device}.{'0' * len(mac)}") == "alice"
+    assert devices.regulation_key("alice", HASH, f"other.{mac}") == "alice"
+    assert devices.regulation_key("alice", HASH, None) == "alice"
+    assert devices.regulation_key("alice", HASH, "") == "alice"
+    assert devices.regulation_key("alice", HASH, "no-dot") == "alice"
     # Another deployment's keyring does not know this browser.
     other = KnownDevices(Keyring.create(tmp_path / "other.json"))
-    assert other.regulation_key("alice", alices) == "alice"
+    assert other.regulation_key("alice", HASH, alices) == "alice"
 
 
 def test_a_cookie_survives_a_keyring_rotation(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     keyring = Keyring.create(path)
-    token = KnownDevices(keyring).token("alice")
+    token = KnownDevices(keyring).token("alice", HASH)
     keyring.rotate(path)
-    assert KnownDevices(keyring).regulation_key("alice", token) != "alice"
+    assert KnownDevices(keyring).regulation_key("alice", HASH, token) != "alice"
+
+
+def test_a_new_password_ends_every_device_cookie_of_the_account(tmp_path: Path) -> None:
+    """An attack run: device cookies collected while an intruder had the account outlived the
+    password change and the factor reset that took it back, each a fresh allowance of guesses."""
+    devices = KnownDevices(Keyring.create(tmp_path / "keyring.json"))
+    token = devices.token("alice", HASH)
+    assert devices.regulation_key("alice", HASH, token) != "alice"
+    assert devices.regulation_key("alice", HASH.replace("aGFzaA", "bmV3"), token) == "alice"  # changed
+    assert devices.regulation_key("alice", None, token) == "alice"  # withdrawn
