@@ -121,7 +121,15 @@ _STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _NO_ROUTE = "-"
 # The sampler's period: tallies reach the shared files, sinks and caches are polled.
 _SAMPLE_INTERVAL = 1.0
-_SINK_RESULTS = (("queued", "queued"), ("sent", "sent"), ("dropped", "dropped"), ("failed", "failures"))
+# ``dropped_security``: the security events and checkpoints among the dropped (a SIEM alerts on these;
+# access entries make way for them in a full queue, see gateway.observe.sinks.base).
+_SINK_RESULTS = (
+    ("queued", "queued"),
+    ("sent", "sent"),
+    ("dropped", "dropped"),
+    ("dropped_security", "dropped_security"),
+    ("failed", "failures"),
+)
 # A detection's action kinds that block something, and the ``kind`` label they count under.
 _BLOCKING_ACTIONS = {"block_ip": "ip", "lock_account": "account"}
 

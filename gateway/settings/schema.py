@@ -662,7 +662,8 @@ class LogSink(_Config, frozen=True):
     timeout: Duration = Duration(10)
     # Attempts per batch before it is dropped (and counted); waits double from 0.2s up to 30s.
     retries: int = 5
-    # Events waiting for this sink; beyond it new events are dropped (and counted). None: queue_size.
+    # Events waiting for this sink; beyond it access entries are dropped (and counted), security events
+    # and checkpoints only when nothing else is queued. None: queue_size.
     queue_size: int | None = None
 
 

@@ -7,7 +7,8 @@ client can put them (cookies, Authorization, query parameters, form bodies, the 
 OTP code); the events must arrive and none of the secrets may appear in any output.
 
 A second gateway logs to an HTTP collector and a syslog server that are both down: every request must
-still succeed, and the losses must be counted.
+still succeed, and the losses must be counted. A third floods a slow HTTP collector with anonymous
+requests while someone guesses a password: access entries are dropped, no security event is.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import asyncio
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +117,13 @@ action(type="omfile" file="{server.output}" template="fields" flushOnTXEnd="on" 
 
 @dataclass
 class Collector:
-    """An HTTP log collector in a thread: records every request it receives."""
+    """An HTTP log collector in a thread: records every request it receives, answering each after
+    ``delay`` seconds."""
 
     port: int = 0
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay: float = 0.0
 
     @property
     def url(self) -> str:
@@ -134,14 +142,15 @@ class Collector:
             return b"\n".join(body for _, _, body in self.requests)
 
 
-@pytest.fixture(scope="module")
-def collector() -> Iterator[Collector]:
-    state = Collector(port=free_port())
+@contextmanager
+def serve_collector(delay: float = 0.0) -> Iterator[Collector]:
+    state = Collector(port=free_port(), delay=delay)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
+        await asyncio.sleep(state.delay)
         with state.lock:
             state.requests.append((request.path, dict(request.headers), body))
         if request.path.endswith("/_bulk"):
@@ -171,6 +180,12 @@ def collector() -> Iterator[Collector]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    with serve_collector() as state:
+        yield state
 
 
 def http_sink(collector: Collector, path: str, profile: str) -> dict[str, Any]:
@@ -408,6 +423,117 @@ def test_traffic_while_the_sinks_are_down(tmp_path: Path) -> None:
         # lost with the sink, and refused the rest.
         assert queued < requests
         assert dropped >= requests
+
+
+def test_a_flood_to_a_slow_collector_drops_access_entries_and_no_security_event(tmp_path: Path) -> None:
+    """The attack run: 3000 anonymous requests from 20 connections, a collector that takes its time
+    per batch, and a password guessed a dozen times a second in. The queue dropped the sign-in failures
+    and the lock-out with the access entries; now it drops access entries to keep them."""
+    requests, connections = 3000, 20
+    with run_echo() as echo, serve_collector(delay=0.5) as collector:
+        sinks = [
+            {"type": "http", "name": "coll", "url": f"{collector.url}/ingest", "profile": "ndjson",
+             "batch_size": 50, "flush_interval": "200ms", "queue_size": 300, "retries": 3},
+        ]  # fmt: skip
+        config = gateway_config(
+            tmp_path,
+            free_port(),
+            [echo_route(echo)],
+            session={"insecure_cookies": True},
+            logging={"sinks": sinks, "flush_timeout": "10s"},
+            audit={"checkpoint_interval": "1s"},
+            # Locked at the tenth failure without back-off waits; no threat response blocks the flood.
+            regulation={"free_attempts": 9, "max_failures": 10, "lock_time": "15m"},
+            threat={"enabled": False},
+        )
+        with run_gateway(tmp_path, config) as gw:
+            add_user(gw.config_path, "admin", PASSWORD)
+            database = tmp_path / "data" / "gateway.db"
+            with sqlite3.connect(database) as conn:
+                before = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
+
+            guessed = threading.Event()
+
+            def flood(connection: int) -> list[int]:
+                # Its share of the requests, and on until the guessing is over: under pressure throughout.
+                statuses: list[int] = []
+                with httpx.Client(base_url=gw.url, timeout=30) as client:
+                    while len(statuses) < requests // connections or not guessed.is_set():
+                        statuses.append(client.get(f"/public/{connection}/{len(statuses)}").status_code)
+                return statuses
+
+            with ThreadPoolExecutor(connections) as pool:
+                flooding = [pool.submit(flood, connection) for connection in range(connections)]
+                time.sleep(1)
+                try:
+                    with httpx.Client(base_url=gw.url, follow_redirects=False, timeout=30) as client:
+                        for attempt in range(12):
+                            post_form(
+                                client,
+                                "/.gateway/login",
+                                {"username": "admin", "password": f"wrong-{attempt}"},
+                            )
+                finally:
+                    guessed.set()
+                statuses = [status for future in flooding for status in future.result()]
+            assert len(statuses) >= requests
+            assert set(statuses) == {200}
+
+            # What the trail recorded meanwhile: the sign-in failures, the lock-out, the refusals after it.
+            with sqlite3.connect(database) as conn:
+                recorded = conn.execute(
+                    "SELECT kind, outcome FROM audit_events WHERE seq > ? ORDER BY seq", (before,)
+                ).fetchall()
+                last_seq = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
+            kinds = Counter(kind for kind, _ in recorded)
+            assert kinds["signin.password"] >= 10
+            assert kinds["account.locked"] == 1
+
+            def audit() -> list[dict[str, Any]]:
+                return [
+                    doc
+                    for body in collector.bodies("/ingest")
+                    for doc in _json_lines(body.decode())
+                    if doc["event"]["dataset"] == "gateway.audit"
+                ]
+
+            def arrived() -> list[tuple[str, str]]:
+                return [
+                    (doc["event"]["action"], doc["gateway"]["outcome"])
+                    for doc in audit()
+                    if doc["event"]["action"] in kinds
+                ]
+
+            # Every sign-in failure and the lock-out, in the order they were recorded; and a checkpoint
+            # of the chain that holds them.
+            wait_until(lambda: len(arrived()) >= len(recorded), timeout=60, what="the security events")
+            assert arrived() == recorded
+            wait_until(
+                lambda: any(
+                    doc["gateway"]["checkpoint"]["head_seq"] >= last_seq
+                    for doc in audit()
+                    if doc["event"]["action"] == "audit.checkpoint"
+                ),
+                timeout=60,
+                what="a checkpoint of the sign-in failures",
+            )
+            stop(gw.proc)
+            log = gw.log()
+    access = [
+        doc for body in collector.bodies("/ingest") for doc in _json_lines(body.decode())
+        if doc["event"]["dataset"] == "gateway.access"
+    ]  # fmt: skip
+    match = re.search(
+        r"log sink coll closed: queued=\d+ sent=(\d+) dropped=(\d+) failures=(\d+) dropped_security=(\d+)",
+        log,
+    )
+    assert match, log[-2000:]
+    sent, dropped, failures, dropped_security = map(int, match.groups())
+    assert dropped_security == 0
+    assert dropped > len(statuses) // 2  # the flood did overflow the queue: access entries were dropped
+    assert len(access) < len(statuses)
+    assert failures == 0
+    assert sent + dropped >= len(statuses) + len(recorded)
 
 
 def test_access_log_off_registers_no_observer(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 :class:`SinkHub` owns one :class:`~gateway.observe.sinks.base.Sink` per configured destination. The
 request path calls :meth:`SinkHub.publish`, which only enqueues on every sink (a full queue drops and
-counts); each sink delivers from its own background task, so a collector that is down or slow never
-slows or fails a request. :meth:`SinkHub.stats` exposes per-sink counters for the metrics endpoint.
+counts access entries, and keeps security events and checkpoints in their place); each sink delivers
+from its own background task, so a collector that is down or slow never slows or fails a request.
+:meth:`SinkHub.stats` exposes per-sink counters for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class SinkHub:
             sink.offer(entry)
 
     def stats(self) -> dict[str, SinkStats]:
-        """Counters per sink name: queued, sent, dropped, failures, pending."""
+        """Counters per sink name: queued, sent, dropped, failures, pending, dropped_security."""
         return {sink.name: sink.stats() for sink in self.sinks}
 
     async def close(self) -> None:
@@ -128,10 +129,11 @@ class SinkHub:
             lost = stats.dropped or stats.failures
             logger.log(
                 logging.WARNING if lost else logging.DEBUG if self._quiet else logging.INFO,
-                "log sink %s closed: queued=%d sent=%d dropped=%d failures=%d",
+                "log sink %s closed: queued=%d sent=%d dropped=%d failures=%d dropped_security=%d",
                 name,
                 stats.queued,
                 stats.sent,
                 stats.dropped,
                 stats.failures,
+                stats.dropped_security,
             )

@@ -2,10 +2,13 @@
 
 The request path only calls :meth:`Sink.offer` (an append to a bounded deque): a full queue drops
 the event and counts it, so a sink that is down or slow costs requests nothing (a local file's write
-runs on the loop while it is quick, see :mod:`gateway.observe.sinks.stream`). The delivery task takes batches off
-the queue and hands them to :meth:`Sink.send`; a failed batch is retried with exponential back-off
-(0.2 s doubling up to 30 s) and dropped, counted, after ``retries`` attempts, so one bad collector
-never wedges a sink for good.
+runs on the loop while it is quick, see :mod:`gateway.observe.sinks.stream`). What a full queue drops
+is an access entry: a security event or checkpoint takes the place of the oldest queued access entry,
+and is dropped itself only when the queue holds nothing else (an attack run: a flood of anonymous
+requests to a slow collector dropped every sign-in failure and the lock-out). The delivery task takes
+batches off the queue and hands them to :meth:`Sink.send`; a failed batch is retried with exponential
+back-off (0.2 s doubling up to 30 s) and dropped, counted, after ``retries`` attempts, so one bad
+collector never wedges a sink for good.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from gateway.observe.access import Entry
 
 __all__ = ["Delivery", "PermanentError", "Sink", "SinkStats", "terminal_safe"]
@@ -27,6 +33,11 @@ logger = logging.getLogger("gateway.observe.sinks")
 
 _FIRST_BACKOFF: Final = 0.2
 _MAX_BACKOFF: Final = 30.0
+# Entry.stream of the events a full queue drops: access entries, one per request. Any other stream
+# (security events, audit checkpoints) is kept in an access entry's place.
+_ACCESS: Final = "access"
+# Seconds between two warnings that a queue of nothing but security events dropped one.
+_WARN_EVERY: Final = 60.0
 
 
 # C1 controls (U+0080-U+009F) and the Unicode line and paragraph separators, UTF-8 encoded. JSON lets them
@@ -68,14 +79,16 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class SinkStats:
     """Counters of one sink since start. ``queued`` counts accepted events, ``dropped`` events lost
-    (queue full, retries exhausted, refused, or still queued at shutdown), ``failures`` failed delivery
-    attempts, ``pending`` events waiting now."""
+    (queue full, retries exhausted, refused, or still queued at shutdown), ``dropped_security`` the
+    security events and checkpoints among them, ``failures`` failed delivery attempts, ``pending``
+    events waiting now."""
 
     queued: int
     sent: int
     dropped: int
     failures: int
     pending: int
+    dropped_security: int = 0
 
 
 class Sink:
@@ -87,7 +100,12 @@ class Sink:
         # A deque and one wake-up future rather than asyncio.Queue: offer() runs once per request,
         # and Queue's put/get/task_done bookkeeping was a third of the access log's cost.
         self._queue: deque[Entry] = deque()
-        self._capacity = delivery.queue_size
+        # Security events and checkpoints that stood at the front of _queue when a full queue made
+        # room for one (_make_room): delivered before _queue, so _head + _queue stays in arrival order.
+        self._head: deque[Entry] = deque()
+        # How many entries _queue may hold: queue_size less those in _head. offer() compares with it
+        # alone, so the not-full case costs what it did before there was a _head.
+        self._room = self._capacity = delivery.queue_size
         self._wakeup: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._batch_size = delivery.batch_size
@@ -99,17 +117,55 @@ class Sink:
         self._closing = False
         self._failing = False
         self._queued = self._sent = self._dropped = self._failures = 0
+        self._dropped_security = 0
+        self._warned_at: float | None = None
 
     def offer(self, entry: Entry) -> None:
-        """Enqueue without waiting; a full queue drops the event (counted). Never raises."""
-        if len(self._queue) >= self._capacity:
-            self._dropped += 1
+        """Enqueue without waiting; never raises. A full queue drops an access entry (counted): this
+        one, or for a security event or checkpoint the oldest queued one (see :meth:`_make_room`)."""
+        if len(self._queue) >= self._room:
+            if entry.stream == _ACCESS:
+                self._dropped += 1
+            else:
+                self._make_room(entry)
             return
         self._queue.append(entry)
         self._queued += 1
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+    def _make_room(self, entry: Entry) -> None:
+        """The queue is full and ``entry`` is a security event or checkpoint: the oldest queued access
+        entry makes way for it (counted as dropped). Only a queue of nothing but security events and
+        checkpoints drops ``entry`` itself: counted in ``dropped_security`` as well, and a warning at
+        most once a minute.
+
+        Security events ahead of the oldest access entry move to ``_head``, which is delivered first,
+        so the order of events is kept; each moves once, so this costs O(1) per event amortised.
+        """
+        queue, head = self._queue, self._head
+        while queue:
+            oldest = queue.popleft()
+            if oldest.stream == _ACCESS:
+                self._dropped += 1
+                queue.append(entry)
+                self._queued += 1
+                return
+            head.append(oldest)
+            self._room -= 1
+        self._dropped += 1
+        self._dropped_security += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            logger.warning(
+                "log sink %s dropped a security event: its queue holds %d security events and nothing "
+                "else (%d dropped so far)",
+                self.name,
+                len(head),
+                self._dropped_security,
+            )
 
     def stats(self) -> SinkStats:
         """A snapshot of the counters."""
@@ -118,7 +174,8 @@ class Sink:
             sent=self._sent,
             dropped=self._dropped,
             failures=self._failures,
-            pending=len(self._queue) + len(self._batch),
+            pending=len(self._head) + len(self._queue) + len(self._batch),
+            dropped_security=self._dropped_security,
         )
 
     async def open(self) -> None:
@@ -146,9 +203,13 @@ class Sink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._dropped += len(self._queue) + len(self._batch)
+        lost = (*self._head, *self._queue, *self._batch)
+        self._dropped += len(lost)
+        self._dropped_security += _security_in(lost)
         self._batch = []
+        self._head.clear()
         self._queue.clear()
+        self._room = self._capacity
         try:
             await self.aclose()
         except Exception:  # shutdown must go on for the other sinks
@@ -156,7 +217,7 @@ class Sink:
 
     async def _drained(self) -> None:
         # The delivery task sets _idle whenever it runs out of events to deliver.
-        while self._queue or self._batch:
+        while self._head or self._queue or self._batch:
             self._idle.clear()
             await self._idle.wait()
 
@@ -168,20 +229,26 @@ class Sink:
             self._batch = []
 
     async def _gather(self, batch: list[Entry]) -> None:
-        while not self._queue:
+        while not self._queue and not self._head:
             self._idle.set()
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
                 await self._wakeup
             finally:
                 self._wakeup = None
-        if self._flush_interval > 0 and not self._closing and len(self._queue) < self._batch_size:
+        waiting = len(self._head) + len(self._queue)
+        if self._flush_interval > 0 and not self._closing and waiting < self._batch_size:
             # Let the batch fill by sleeping once, not by waking up for every event: under load a
             # wake-up per request was most of the access log's cost (measured with the guard).
             await asyncio.sleep(self._flush_interval)
         self._drain_into(batch)
 
     def _drain_into(self, batch: list[Entry]) -> None:
+        if self._head:
+            take = min(self._batch_size - len(batch), len(self._head))
+            popleft = self._head.popleft
+            batch.extend(popleft() for _ in range(take))
+            self._room += take
         take = min(self._batch_size - len(batch), len(self._queue))
         popleft = self._queue.popleft
         batch.extend(popleft() for _ in range(take))
@@ -210,6 +277,12 @@ class Sink:
                     logger.warning("log sink %s delivers again", self.name)
                 return
         self._dropped += len(batch)
+        self._dropped_security += _security_in(batch)
+
+
+def _security_in(entries: Iterable[Entry]) -> int:
+    """How many of ``entries`` are security events or checkpoints (on the paths that lose events)."""
+    return sum(entry.stream != _ACCESS for entry in entries)
 
 
 def _describe(exc: BaseException) -> str:

@@ -241,7 +241,14 @@ def test_sink_stats_become_queue_depth_and_counters_of_the_increase() -> None:
             "http": _Stats(10, 5, 3, 0, pending=5),
         },
         {
-            "file": {"queued": 17, "sent": 15, "dropped": 2, "failures": 1, "pending": 2},
+            "file": {
+                "queued": 17,
+                "sent": 15,
+                "dropped": 2,
+                "failures": 1,
+                "pending": 2,
+                "dropped_security": 1,
+            },
             "http": _Stats(12, 5, 3, 0, pending=7),
         },
     ]
@@ -256,6 +263,7 @@ def test_sink_stats_become_queue_depth_and_counters_of_the_increase() -> None:
     assert value(metrics, "gateway_sink_events_total", sink="file", result="sent") == 15
     assert value(metrics, "gateway_sink_events_total", sink="file", result="dropped") == 2
     assert value(metrics, "gateway_sink_events_total", sink="file", result="failed") == 1
+    assert value(metrics, "gateway_sink_events_total", sink="file", result="dropped_security") == 1
     assert value(metrics, "gateway_sink_events_total", sink="http", result="dropped") == 3
 
 

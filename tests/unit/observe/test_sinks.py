@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from gateway.audit.trail import SecurityEvent
 from gateway.observe.access import (
     AccessEntry,
+    CheckpointEntry,
     Entry,
     SecurityEntry,
     _timestamp,
@@ -229,6 +230,91 @@ async def test_a_full_queue_drops_and_counts_without_raising() -> None:
     await hub.close()
     stats = hub.stats()["recording"]
     assert (stats.sent, stats.dropped, stats.pending) == (3, 2, 0)
+
+
+def checkpoint(seq: int) -> CheckpointEntry:
+    return CheckpointEntry({"type": "audit.checkpoint", "head_seq": seq}, AT)
+
+
+def delivered(sink: Recording) -> list[str]:
+    """What ``sink`` delivered, in order: ``access:<request id>``, the audit kind, ``checkpoint:<seq>``."""
+    names = []
+    for line in (json.loads(x) for batch in sink.batches for x in batch):
+        if line["event"]["dataset"] == "gateway.access":
+            names.append(f"access:{line['trace']['id']}")
+        elif "checkpoint" in line["gateway"]:
+            names.append(f"checkpoint:{line['gateway']['checkpoint']['head_seq']}")
+        else:
+            names.append(line["event"]["action"])
+    return names
+
+
+async def test_a_full_queue_drops_access_entries_to_keep_security_events_and_checkpoints() -> None:
+    """The attack run: a flood of anonymous requests filled an HTTP sink's queue, and the sign-in
+    failures and the lock-out that came in between were dropped; the collector had only access lines."""
+    sink = Recording(Delivery(queue_size=10, batch_size=4))
+    hub = SinkHub([sink])
+    for index in range(10):
+        hub.publish(AccessEntry(record(request_id=f"a{index}")))  # not started: the queue is full now
+    for kind in ("signin.password", "signin.password", "account.locked"):
+        hub.publish(SecurityEntry(security(kind)))
+    hub.publish(checkpoint(1))
+    hub.publish(AccessEntry(record(request_id="late")))  # still full: dropped
+    hub.publish(checkpoint(2))
+    stats = hub.stats()["recording"]
+    assert (stats.queued, stats.dropped, stats.dropped_security, stats.pending) == (15, 6, 0, 10)
+    await hub.start()
+    await hub.close()
+    # The oldest access entries made way; the rest of the queue kept its order.
+    assert delivered(sink) == [
+        "access:a5", "access:a6", "access:a7", "access:a8", "access:a9",
+        "signin.password", "signin.password", "account.locked", "checkpoint:1", "checkpoint:2",
+    ]  # fmt: skip
+    stats = hub.stats()["recording"]
+    assert (stats.sent, stats.dropped, stats.dropped_security, stats.pending) == (10, 6, 0, 0)
+
+
+async def test_security_events_keep_their_order_and_only_a_queue_of_nothing_else_drops_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Recording(Delivery(queue_size=5, batch_size=2))
+    hub = SinkHub([sink], flush_timeout=5)
+    for entry in (checkpoint(0), AccessEntry(record(request_id="a0")), checkpoint(1)):
+        hub.publish(entry)
+    hub.publish(AccessEntry(record(request_id="a1")))
+    hub.publish(AccessEntry(record(request_id="a2")))  # full: c0 a0 c1 a1 a2
+    for seq in range(2, 9):
+        # c2-c4 take the places of a0-a2; c5-c8 find nothing but checkpoints and are dropped.
+        hub.publish(checkpoint(seq))
+    hub.publish(AccessEntry(record(request_id="a3")))  # dropped: there is no room for an access entry
+    stats = hub.stats()["recording"]
+    assert (stats.queued, stats.dropped, stats.dropped_security, stats.pending) == (8, 8, 4, 5)
+    # One warning however many are dropped (at most one a minute).
+    warnings = [r.getMessage() for r in caplog.records if "dropped a security event" in r.getMessage()]
+    assert warnings == [
+        "log sink recording dropped a security event: its queue holds 5 security events and nothing else "
+        "(1 dropped so far)"
+    ]
+    await hub.start()
+    async with asyncio.timeout(5):
+        while hub.stats()["recording"].pending:
+            await asyncio.sleep(0.01)
+    hub.publish(AccessEntry(record(request_id="a4")))  # delivered: the queue has room again
+    await hub.close()
+    assert delivered(sink) == [*(f"checkpoint:{seq}" for seq in range(5)), "access:a4"]
+    assert "log sink recording closed: queued=9 sent=6 dropped=8 failures=0 dropped_security=4" in caplog.text
+
+
+@pytest.mark.parametrize("retries", [1, 1000], ids=["lost-with-the-batch", "lost-at-shutdown"])
+async def test_security_events_lost_with_a_batch_or_at_shutdown_are_counted_as_such(retries: int) -> None:
+    sink = Recording(Delivery(retries=retries, batch_size=1), fail=10**6)
+    hub = SinkHub([sink], flush_timeout=0.3)
+    await hub.start()
+    hub.publish(AccessEntry(record()))
+    hub.publish(SecurityEntry(security()))
+    await hub.close()
+    stats = hub.stats()["recording"]
+    assert (stats.sent, stats.dropped, stats.dropped_security) == (0, 2, 1)
 
 
 async def test_failed_batches_are_retried_then_delivered() -> None:
@@ -459,6 +545,7 @@ class Collector:
     url: str
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # answered in order; then 200
+    delay: float = 0.0  # seconds before each answer: a slow collector
 
 
 @pytest.fixture
@@ -469,6 +556,7 @@ async def collector() -> AsyncIterator[Collector]:
 
     async def handle(request: web.Request) -> web.Response:
         state.requests.append((request.path, dict(request.headers), await request.read()))
+        await asyncio.sleep(state.delay)
         status = state.statuses.pop(0) if state.statuses else 200
         if request.path.endswith("_bulk"):
             return web.json_response({"errors": False, "items": []}, status=status)
@@ -564,6 +652,53 @@ async def test_http_retries_server_errors_and_drops_refusals(collector: Collecto
     )
     stats = hub.stats()["ndjson"]
     assert (stats.sent, stats.failures, stats.dropped) == (1, 3, 1)
+
+
+async def test_a_flood_to_a_slow_collector_delivers_every_security_event(collector: Collector) -> None:
+    """The attack run's sink, scaled down: 3000 anonymous requests against a collector that takes a
+    while per batch, a dozen failed sign-ins and a lock-out in the middle of it."""
+    collector.delay = 0.1
+    sink = HttpSink(
+        "coll",
+        Delivery(queue_size=300, batch_size=50, flush_interval=0.05, retries=3),
+        url=collector.url + "/ingest",
+        profile="ndjson",
+        headers={},
+        token=None,
+        index="gateway",
+        labels={},
+        timeout=5,
+    )
+    hub = SinkHub([sink], flush_timeout=10)
+    await hub.start()
+    expected = []
+    for index in range(3000):
+        hub.publish(AccessEntry(record(request_id=f"a{index}")))
+        if index % 100 == 99:
+            await asyncio.sleep(0.001)  # the requests take turns with the sink's task
+        if 1000 <= index < 1012:
+            kind = "account.locked" if index == 1011 else "signin.password"
+            hub.publish(SecurityEntry(security(kind, details=json.dumps({"attempt": index}))))
+            expected.append((kind, index))
+        if index == 2000:
+            hub.publish(checkpoint(7))
+            expected.append(("audit.checkpoint", 7))
+    await hub.close()
+    lines = [json.loads(x) for _, _, body in collector.requests for x in body.splitlines()]
+    audit = [
+        (doc["event"]["action"], doc["gateway"]["details"]["attempt"])
+        if "details" in doc["gateway"]
+        else (doc["event"]["action"], doc["gateway"]["checkpoint"]["head_seq"])
+        for doc in lines
+        if doc["event"]["dataset"] == "gateway.audit"
+    ]
+    assert audit == expected
+    stats = hub.stats()["coll"]
+    assert stats.dropped > 1000  # the flood did overflow the queue
+    assert (stats.dropped_security, stats.failures, stats.pending) == (0, 0, 0)
+    # Every event offered is sent or dropped (an access entry that made way was queued, then dropped).
+    assert stats.sent == len(lines)
+    assert stats.sent + stats.dropped == 3000 + len(expected)
 
 
 async def test_http_to_a_dead_port_counts_failures_and_drops() -> None:
