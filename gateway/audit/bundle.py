@@ -6,7 +6,7 @@ A bundle is a directory or a zip file holding::
     chain.json         the proof: the hash of the record before the range (anchor), each record's hash,
                        the head at the end of the range and the chain head when exported
     checkpoints.jsonl  the signed checkpoints that fall inside the range, and the latest one
-    manifest.json      SHA-256 of every other file
+    manifest.json      SHA-256 of every other file, and the seal (when exported with the keyring)
     README.txt         how to verify it (with or without this gateway)
 
 :func:`verify_bundle` checks the manifest, recomputes every legacy record's hash, checks each record
@@ -14,6 +14,17 @@ links to the one before (starting at the anchor) and that the checkpoints inside
 with the keyring it also checks the keyed records' MACs and the checkpoints' signatures. Version 3
 records carry their ``salts`` and ``erased`` columns, so records whose personal fields were erased
 still verify offline; their erasure records are checked where both lie inside the range.
+
+The chain alone cannot show records cut from either end of a range, nor a window moved: whoever edits
+a bundle can drop the last records, move ``head_at_until`` and recompute the SHA-256 sums. So the
+exporter **seals** the bundle's claims (``since``, ``until``, the anchor, the head at ``until``, the
+chain head at export, the record count, the manifest's file sums and time) with the checkpoints'
+signature under its own keyring-derived key (``gateway.audit.checkpoint.BUNDLE_SEALS``), in
+``manifest.json``'s ``seal``. With the keyring the verifier checks the seal and vouches for the window;
+without it, or for a bundle without a seal (exported before seals existed, or without the keyring: it
+looks the same as one whose seal was removed), it says the window is not authenticated. It also holds
+the checkpoints against the window: one signed at a time inside the window names a head the bundle
+must hold, and none may name a head past the chain head at export.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from gateway.audit.chain import (
     iso,
     iter_records,
 )
-from gateway.audit.checkpoint import check_signature
+from gateway.audit.checkpoint import BUNDLE_SEALS, CHECKPOINT_TYPE, check_signature, sign_checkpoint
 from gateway.audit.models import AuditEvent
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, store_errors
@@ -66,6 +77,25 @@ EVENTS, CHAIN, CHECKPOINTS, MANIFEST, README = (
     "README.txt",
 )
 _CONTENT: Final = (EVENTS, CHAIN, CHECKPOINTS, README)
+#: The manifest's key holding the seal (older verifiers read only its ``files``).
+SEAL: Final = "seal"
+#: Every key an events.jsonl line may have: each is covered by the record's hash or checked.
+_EVENT_KEYS: Final = frozenset(
+    {"v", "kid", "id", "seq", "at", "kind", "actor", "subject", "ip", "outcome", "details"}
+    | {"prev_hash", "record_hash", "salts", "erased"}
+)
+#: What the seal vouches for, and how a problem names it.
+_CLAIMS: Final = {
+    "since": "since",
+    "until": "until",
+    "anchor": "anchor (the record before the range)",
+    "head_at_until": "head_at_until (the last record of the range)",
+    "chain_head_at_export": "chain_head_at_export",
+    "head_seq": "chain head seq at export",
+    "records": "record count",
+    "files": "file SHA-256 sums (the manifest)",
+    "created_at": "export time (the manifest's created_at)",
+}
 
 _README: Final = """\
 Audit trail evidence bundle
@@ -103,12 +133,21 @@ Verify it by hand:
 4. checkpoints.jsonl holds checkpoints signed by the gateways (HMAC-SHA256 with a key derived from the
    gateway keyring). A checkpoint whose head_seq falls inside the range must name that record's
    record_hash: it proves the records were in the database, unchanged, when the checkpoint was made.
+   One whose "at" lies inside the window (since <= at < until) must name a head_seq from the anchor's
+   seq to the last record's, and none may name a head_seq past chain.json's chain_head_at_export.
 5. Every erased field's "by" names a v = 3 privacy.audit_erased record after it, and its tombstone
    carries that record's pseudonym. When the range holds that record and every record naming it, they
    are as many as its details' "records", the SHA-256 of their seqs (ascending, joined by ",") is its
    "seqs_sha256" and, when its details have "fields_sha256" (erasures before it lack it), that is the
    SHA-256 of one line "<seq>:<field>,<field>" per record (the fields it marks erased by that record,
    names sorted), lines in ascending seq order joined by a newline.
+6. manifest.json's "seal" (absent from bundles exported without the keyring or before seals existed:
+   their window is not authenticated) vouches for the window: its since, until, anchor, head_at_until
+   and chain_head_at_export are chain.json's, head_seq is chain_head_at_export's seq (0 for none),
+   records is the number of lines of events.jsonl, files and created_at are the manifest's. Its mac is
+   HMAC-SHA256 (hex) over the compact JSON of the seal without "mac" (keys sorted, separators "," and
+   ":", non-ASCII kept as is) under HKDF-SHA256 (no salt, info "gateway keyring derive" + a zero byte +
+   "audit-bundle-seal", 32 bytes) of keyring key kid. Only the keyring holder can check (or make) it.
 """
 
 
@@ -126,6 +165,19 @@ class ExportSummary:
     last: ChainRecord | None
     checkpoints: int
     problem: str | None
+    sealed_by: str | None = None  # the keyring key id that sealed it; None: exported without the keyring
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a bundle says it covers (chain.json): records with ``since <= at < until``, from the one
+    after the anchor to the head at ``until``, and the chain head when it was exported."""
+
+    since: datetime
+    until: datetime
+    anchor_seq: int
+    last_seq: int  # the anchor's seq when the range holds no record
+    export_head_seq: int  # 0: the chain was empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +194,21 @@ class BundleVerdict:
     erased: int = 0  # records with erased personal fields
     # Erased records and erasure records whose counterpart lies outside the range: backing not checked.
     erasures_unchecked: int = 0
+    window: Window | None = None  # None when the problem was found before it was read
+    # "valid" (checked with the keyring), "unchecked" (sealed, no keyring to check it) or "absent".
+    seal: str = "absent"
+    sealed_by: str | None = None  # the key id the seal names
 
     @property
     def ok(self) -> bool:
         """Whether everything verified."""
         return self.problem is None
+
+    @property
+    def window_authenticated(self) -> bool:
+        """Whether the seal vouches for the window, anchor, heads and record count (checked with the
+        keyring); otherwise records cut from either end of the range would not show."""
+        return self.seal == "valid"
 
 
 def _sha256(data: bytes) -> str:
@@ -172,14 +234,19 @@ def _walker(anchor: Mapping[str, Any], keyring: Keyring | None) -> ChainWalker:
     )
 
 
-async def _seq_range(db: Database, since: datetime, until: datetime) -> tuple[int, int] | None:
+async def _seq_range(db: Database, since: datetime, until: datetime) -> tuple[int, int]:
+    """The seqs ``lo..hi`` of the records with ``since <= at < until``; for none, the empty range
+    after the last record before ``until`` (``hi = lo - 1``, that record the anchor): a checkpoint
+    signed inside the window then names the anchor, and a checkpoint past it shows a cut."""
     query = select(func.min(AuditEvent.seq), func.max(AuditEvent.seq)).where(
         AuditEvent.at >= since, AuditEvent.at < until
     )
+    before = select(func.max(AuditEvent.seq)).where(AuditEvent.at < until)
     with store_errors("audit trail"):
         async with db.session() as session:
             lo, hi = (await session.execute(query)).one()
-    return None if lo is None else (int(lo), int(hi))
+            last = (await session.execute(before)).scalar() if lo is None else None
+    return (int(last or 0) + 1, int(last or 0)) if lo is None else (int(lo), int(hi))
 
 
 async def export_bundle(
@@ -198,7 +265,8 @@ async def export_bundle(
     the proof has no holes. ``out`` ending in ``.zip`` gives a zip file, anything else a directory
     (created; it must not exist or be empty).
 
-    ``keyring`` checks the keyed records' MACs while exporting.
+    ``keyring`` checks the keyed records' MACs while exporting and seals the bundle's claims (without
+    it the bundle has no seal, and its window verifies as not authenticated).
 
     Returns:
         The summary; its ``problem`` is set when the exported range itself does not verify (the bundle
@@ -212,7 +280,9 @@ async def export_bundle(
         db, since=since, until=until, checkpoints=checkpoints, now=now, keyring=keyring
     )
     _write(out, bundle.files)
-    return ExportSummary(out, bundle.records, bundle.first, bundle.last, bundle.checkpoints, bundle.problem)
+    return ExportSummary(
+        out, bundle.records, bundle.first, bundle.last, bundle.checkpoints, bundle.problem, bundle.sealed_by
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +295,7 @@ class Bundle:
     last: ChainRecord | None
     checkpoints: int
     problem: str | None
+    sealed_by: str | None = None  # the keyring key id of the seal; None: not sealed (no keyring)
 
     def zip_bytes(self) -> bytes:
         """The bundle as the zip file ``gateway audit export -o NAME.zip`` writes."""
@@ -245,22 +316,21 @@ async def assemble_bundle(
     Raises:
         StoreUnavailable: The database cannot be read.
     """
-    span = await _seq_range(db, since, until)
+    lo, hi = await _seq_range(db, since, until)
     records: list[ChainRecord] = []
     anchor: dict[str, Any] = {"seq": 0, "id": 0, "record_hash": GENESIS}
-    if span is not None:
-        lo, hi = span
-        if lo > 1:
-            before = [r async for r in iter_records(db, from_seq=lo - 1, to_seq=lo - 1)]
-            anchor = {"seq": lo - 1, "id": None, "record_hash": None}
-            if before:
-                first = before[0]
-                anchor = {
-                    "seq": first.seq,
-                    "id": first.id,
-                    "record_hash": first.record_hash,
-                    "v": first.version,
-                }
+    if lo > 1:
+        before = [r async for r in iter_records(db, from_seq=lo - 1, to_seq=lo - 1)]
+        anchor = {"seq": lo - 1, "id": None, "record_hash": None}
+        if before:
+            first = before[0]
+            anchor = {
+                "seq": first.seq,
+                "id": first.id,
+                "record_hash": first.record_hash,
+                "v": first.version,
+            }
+    if hi >= lo:
         records = [r async for r in iter_records(db, from_seq=lo, to_seq=hi)]
     walker = _walker(anchor, keyring)
     for record in records:
@@ -279,26 +349,30 @@ async def assemble_bundle(
     latest = max(checkpoints, key=lambda c: (int(c["head_seq"]), str(c["at"])), default=None)
     if latest is not None and dict(latest) not in chosen:
         chosen.append(dict(latest))
+    # Read after the checkpoints were gathered: no checkpoint given names a later head, unless the
+    # trail was cut since (then the export says so).
+    exported_head = _ref(await chain_head(db))
     if problem is None:
-        known = {int(anchor["seq"]): anchor, **{r.seq: _ref(r) for r in records}}
-        problem, _checked = _checkpoint_problem(chosen, known, None)
+        window = Window(
+            since, until, int(anchor["seq"]), int(last_seq), int(exported_head["seq"]) if exported_head else 0
+        )
+        known = _known(anchor, [_ref(r) for r in records], exported_head)
+        problem, _checked = _checkpoint_problem(chosen, known, None, window, strict=True)
+    chain = {
+        "format": FORMAT,
+        "hash": "sha256",
+        "since": iso(since),
+        "until": iso(until),
+        "anchor": anchor,
+        "records": [_ref(r) for r in records],
+        "head_at_until": _ref(records[-1]) if records else anchor,
+        "chain_head_at_export": exported_head,
+    }
     files: dict[str, bytes] = {
         EVENTS: "".join(
             json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n" for r in records
         ).encode("utf-8"),
-        CHAIN: json.dumps(
-            {
-                "format": FORMAT,
-                "hash": "sha256",
-                "since": iso(since),
-                "until": iso(until),
-                "anchor": anchor,
-                "records": [_ref(r) for r in records],
-                "head_at_until": _ref(records[-1]) if records else anchor,
-                "chain_head_at_export": _ref(await chain_head(db)),
-            },
-            indent=2,
-        ).encode("utf-8"),
+        CHAIN: json.dumps(chain, indent=2).encode("utf-8"),
         CHECKPOINTS: "".join(json.dumps(c, sort_keys=True) + "\n" for c in chosen).encode("utf-8"),
         README: _README.format(
             since=iso(since),
@@ -308,11 +382,17 @@ async def assemble_bundle(
             last_seq=last_seq if records else "-",
         ).encode("utf-8"),
     }
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": iso(now),
         "files": {name: _sha256(data) for name, data in files.items()},
     }
+    sealed_by = None
+    if keyring is not None:
+        # Round-tripped through JSON: the claims the verifier compares are the ones it reads back.
+        claims = _claims(json.loads(files[CHAIN]), manifest, len(records))
+        manifest[SEAL] = sign_checkpoint(claims, keyring, signing=BUNDLE_SEALS)
+        sealed_by = str(manifest[SEAL]["kid"])
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     return Bundle(
         files,
@@ -321,7 +401,38 @@ async def assemble_bundle(
         records[-1] if records else None,
         len(chosen),
         problem,
+        sealed_by,
     )
+
+
+def _claims(chain: Mapping[str, Any], manifest: Mapping[str, Any], records: int) -> dict[str, Any]:
+    """What the seal vouches for, as the bundle states it (chain.json, the manifest, events.jsonl)."""
+    head = chain.get("chain_head_at_export")
+    return {
+        "since": chain.get("since"),
+        "until": chain.get("until"),
+        "anchor": chain.get("anchor"),
+        "head_at_until": chain.get("head_at_until"),
+        "chain_head_at_export": head,
+        # The chain head the seal saw, under the name check_signature holds against a compromised key.
+        "head_seq": head.get("seq") if isinstance(head, dict) else 0,
+        "records": records,
+        "files": manifest.get("files"),
+        "created_at": manifest.get("created_at"),
+    }
+
+
+def _known(
+    anchor: Mapping[str, Any], refs: list[dict[str, Any] | None], exported_head: Mapping[str, Any] | None
+) -> dict[int, Mapping[str, Any] | None]:
+    """Seq → the record a checkpoint of that seq must name: the anchor, the range, the export head."""
+    known: dict[int, Mapping[str, Any] | None] = {int(anchor["seq"]): anchor}
+    for ref in refs:
+        if ref is not None:
+            known[int(ref["seq"])] = ref
+    if isinstance(exported_head, Mapping) and isinstance(exported_head.get("seq"), int):
+        known.setdefault(int(exported_head["seq"]), exported_head)
+    return known
 
 
 def _zip(files: Mapping[str, bytes]) -> bytes:
@@ -369,23 +480,69 @@ def _json(files: Mapping[str, bytes], name: str) -> Any:
         raise BundleError(f"{name}: not JSON ({exc.msg}, line {exc.lineno})") from None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            # json.loads keeps the last: the first would be what a reader sees and no check covers.
+            raise ValueError(f"the key {key[:64]!r} appears twice")
+        doc[key] = value
+    return doc
+
+
 def _lines(files: Mapping[str, bytes], name: str) -> list[Any]:
     found = []
-    for number, line in enumerate(files[name].decode("utf-8", "replace").splitlines(), start=1):
+    # Only "\n" ends a line: splitlines() also breaks at U+0085 and U+2028, which a record's JSON text
+    # holds raw (written with ensure_ascii=False).
+    for number, line in enumerate(files[name].decode("utf-8", "replace").split("\n"), start=1):
         if line.strip():
             try:
-                found.append(json.loads(line))
+                found.append(json.loads(line, object_pairs_hook=_unique_keys))
             except json.JSONDecodeError as exc:
                 raise BundleError(f"{name}:{number}: not JSON ({exc.msg})") from None
+            except ValueError as exc:
+                raise BundleError(f"{name}:{number}: {exc}") from None
     return found
 
 
-def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdict:
+def _event_problem(number: int, doc: Any) -> str | None:
+    """Keys of an events.jsonl line that neither the record's hash covers nor a check holds."""
+    if not isinstance(doc, dict):
+        return None  # ChainRecord.from_json names it
+    where = f"{EVENTS}:{number}" + (f" (seq {doc['seq']})" if isinstance(doc.get("seq"), int) else "")
+    extra = sorted(set(doc) - _EVENT_KEYS)
+    if extra:
+        names = ", ".join(repr(k[:64]) for k in extra[:5])
+        return f"{where}: key(s) {names} that no record hash covers (added after export)"
+    if doc.get("v", 1) == 1 and doc.get("kid", "") != "":
+        return f"{where}: a version 1 record has no key id, and its hash does not cover 'kid' (added after export)"
+    return None
+
+
+def _window(chain: Mapping[str, Any], records: list[ChainRecord]) -> Window:
+    """What chain.json says the bundle covers.
+
+    Raises:
+        ValueError: since, until, the anchor or the export head is missing or malformed.
+    """
+    since, until = (datetime.fromisoformat(str(chain[k]).replace("Z", "+00:00")) for k in ("since", "until"))
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValueError("since and until need a time zone")
+    anchor = int(chain["anchor"]["seq"])
+    head = chain.get("chain_head_at_export")
+    exported = int(head["seq"]) if isinstance(head, dict) else 0
+    return Window(since, until, anchor, records[-1].seq if records else anchor, exported)
+
+
+def verify_bundle(path: Path, *, keyring: Keyring | None = None, require_seal: bool = False) -> BundleVerdict:
     """Check an evidence bundle offline.
 
     Args:
         path: The bundle directory or zip file.
-        keyring: Also checks the keyed records' MACs and the checkpoints' signatures when given.
+        keyring: Also checks the keyed records' MACs, the checkpoints' signatures and the bundle's seal
+            (which authenticates the window) when given.
+        require_seal: A bundle whose window is not authenticated (no seal, or no keyring to check it)
+            fails instead of verifying with ``window_authenticated`` false.
 
     Returns:
         The verdict, naming the first problem.
@@ -400,6 +557,10 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
     manifest, chain = _json(files, MANIFEST), _json(files, CHAIN)
     if not isinstance(manifest, dict) or not isinstance(chain, dict):
         raise BundleError(f"{path}: manifest.json and chain.json must be JSON objects")
+    window: Window | None = None
+    seal: dict[str, Any] | None = manifest.get(SEAL) if isinstance(manifest.get(SEAL), dict) else None
+    state = "absent" if seal is None else "unchecked"  # "valid" once checked with the keyring
+    sealed_by = str(seal.get("kid")) if seal is not None else None
 
     def verdict(problem: str | None, walker: ChainWalker | None = None, checked: int = 0) -> BundleVerdict:
         r = (walker or ChainWalker()).report()
@@ -413,32 +574,139 @@ def verify_bundle(path: Path, *, keyring: Keyring | None = None) -> BundleVerdic
             r.unchecked,
             r.erased,
             r.erasures_unchecked,
+            window,
+            state,
+            sealed_by,
         )
 
     wrong = _manifest_problem(files, manifest)
     if wrong is not None:
         return verdict(wrong)
+    if SEAL in manifest and seal is None:
+        return verdict("manifest.json's seal is not a signed object (altered after export)")
 
-    try:
-        records = [ChainRecord.from_json(doc) for doc in _lines(files, EVENTS)]
-        anchor = chain["anchor"]
-        walker = _walker(anchor, keyring)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: malformed bundle: {exc}") from None
+    docs = _lines(files, EVENTS)
+    wrong = next((w for n, d in enumerate(docs, start=1) if (w := _event_problem(n, d)) is not None), None)
+    if wrong is not None:
+        return verdict(wrong)
+    records, anchor, window = _parse(path, docs, chain)
+    walker = _walker(anchor, keyring)
+    if seal is not None:
+        if (wrong := _seal_problem(seal, chain, manifest, len(records), keyring)) is not None:
+            return verdict(wrong)
+        state = "valid" if keyring is not None else state
+    if (wrong := _chain_problem(walker, records, chain, anchor, window)) is not None:
+        return verdict(wrong, walker)
+    known = _known(anchor, [_ref(r) for r in records], chain.get("chain_head_at_export"))
+    wrong, checked = _checkpoint_problem(
+        _lines(files, CHECKPOINTS), known, keyring, window, strict=seal is not None
+    )
+    if wrong is None and require_seal and state != "valid":
+        wrong = "its window is not authenticated: " + (
+            "the bundle carries no seal, and a sealed bundle was required"
+            if seal is None
+            else "its seal cannot be checked without the keyring (pass --config)"
+        )
+    return verdict(wrong, walker, checked)
+
+
+def _chain_problem(
+    walker: ChainWalker,
+    records: list[ChainRecord],
+    chain: Mapping[str, Any],
+    anchor: Mapping[str, Any],
+    window: Window,
+) -> str | None:
+    """Walk the records from the anchor, and hold chain.json's lists and heads against them."""
     for record in records:
         if not walker.feed(record):
-            return verdict(str(walker.problem), walker)
+            return str(walker.problem)
     if not walker.finish(at_head=False):
-        return verdict(str(walker.problem), walker)
+        return str(walker.problem)
     if chain.get("records") != [_ref(r) for r in records]:
-        return verdict("chain.json does not list exactly the records of events.jsonl", walker)
+        return "chain.json does not list exactly the records of events.jsonl"
     head = _ref(records[-1]) if records else anchor
     if chain.get("head_at_until") != head:
-        return verdict("chain.json's head_at_until is not the last record of events.jsonl", walker)
+        return "chain.json's head_at_until is not the last record of events.jsonl"
+    return _window_problem(window, records, chain, head)
 
-    known = {int(anchor["seq"]): anchor, **{r.seq: _ref(r) for r in records}}
-    wrong, checked = _checkpoint_problem(_lines(files, CHECKPOINTS), known, keyring)
-    return verdict(wrong, walker, checked)
+
+def _parse(
+    path: Path, docs: list[Any], chain: Mapping[str, Any]
+) -> tuple[list[ChainRecord], Mapping[str, Any], Window]:
+    """The records, the anchor and the window.
+
+    Raises:
+        BundleError: Any of them is missing or malformed.
+    """
+    try:
+        records = [ChainRecord.from_json(doc) for doc in docs]
+        anchor = chain["anchor"]
+        if not isinstance(anchor, dict) or not isinstance(anchor.get("seq"), int):
+            raise ValueError("chain.json's anchor has no seq")
+        return records, anchor, _window(chain, records)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: malformed bundle: {exc}") from None
+
+
+def _seal_problem(
+    seal: Mapping[str, Any],
+    chain: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    records: int,
+    keyring: Keyring | None,
+) -> str | None:
+    """Whether the seal is the exporter's (with the keyring) and vouches for what the bundle states."""
+    if keyring is not None and (why := check_signature(seal, keyring, signing=BUNDLE_SEALS)) is not None:
+        return f"manifest.json's seal: {why}"
+    stated = _claims(chain, manifest, records)
+    for name, what in _CLAIMS.items():
+        if seal.get(name) != stated[name]:
+            return (
+                f"the seal made at export vouches for another {what}: it says {_show(seal.get(name))}, "
+                f"the bundle {_show(stated[name])} (the bundle was changed after export: records cut "
+                "from an end of the range, or the window moved)"
+            )
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict) and "seq" in value:
+        return f"seq {value['seq']}"
+    if isinstance(value, dict):
+        return "other values"
+    return repr(value)[:80]
+
+
+def _window_problem(
+    window: Window, records: list[ChainRecord], chain: Mapping[str, Any], head: Mapping[str, Any] | None
+) -> str | None:
+    """The range's ends lie inside the window, and the chain head at export is at or after the range's."""
+    if records and not window.since <= records[0].at < window.until:
+        return (
+            f"the first record (seq {records[0].seq}, {iso(records[0].at)}) lies outside the window "
+            f"{iso(window.since)} .. {iso(window.until)} chain.json states (the window was changed)"
+        )
+    if records and not window.since <= records[-1].at < window.until:
+        return (
+            f"the last record (seq {records[-1].seq}, {iso(records[-1].at)}) lies outside the window "
+            f"{iso(window.since)} .. {iso(window.until)} chain.json states (the window was changed)"
+        )
+    exported = chain.get("chain_head_at_export")
+    names = ("seq", "id", "record_hash")
+    same = (
+        isinstance(exported, dict)
+        and head is not None
+        and all(exported.get(n) == head.get(n) for n in names)  # the anchor also has "v"
+    )
+    if window.export_head_seq < window.last_seq or (
+        window.export_head_seq == window.last_seq and window.last_seq > 0 and not same
+    ):
+        return (
+            f"chain.json's chain_head_at_export (seq {window.export_head_seq}) is not at or after the "
+            f"range's last record (seq {window.last_seq}) (chain.json was edited)"
+        )
+    return None
 
 
 def _manifest_problem(files: Mapping[str, bytes], manifest: Mapping[str, Any]) -> str | None:
@@ -456,24 +724,81 @@ def _manifest_problem(files: Mapping[str, bytes], manifest: Mapping[str, Any]) -
     return None
 
 
+def _checkpoint_time(doc: Mapping[str, Any]) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(str(doc.get("at")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
 def _checkpoint_problem(
-    docs: list[Any], known: Mapping[int, Mapping[str, Any] | None], keyring: Keyring | None
+    docs: list[Any],
+    known: Mapping[int, Mapping[str, Any] | None],
+    keyring: Keyring | None,
+    window: Window,
+    *,
+    strict: bool,
 ) -> tuple[str | None, int]:
+    """Hold the checkpoints against the bundle: signatures (with the keyring), the record each names
+    where the bundle holds that seq, and the window: one signed inside it saw a head from the anchor to
+    the last record, and none saw a head past the chain head at export.
+
+    ``strict=False`` (an unsealed bundle) spares an empty range anchored at the genesis: exporters
+    before seals anchored every empty range there, so a checkpoint inside its window names a later
+    head without anything having been cut.
+    """
     checked = 0
     for number, doc in enumerate(docs, start=1):
         where = f"checkpoints.jsonl:{number}"
-        if not isinstance(doc, dict) or not isinstance(doc.get("head_seq"), int):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("type") != CHECKPOINT_TYPE
+            or not isinstance(doc.get("head_seq"), int)
+            or isinstance(doc.get("head_seq"), bool)
+            or (at := _checkpoint_time(doc)) is None
+        ):
             return f"{where}: not a checkpoint", checked
         if keyring is not None and (why := check_signature(doc, keyring)) is not None:
             return f"{where}: {why}", checked
-        ref = known.get(doc["head_seq"])
+        seq = doc["head_seq"]
+        if window.since <= at < window.until:
+            spared = not strict and window.last_seq == 0
+            if seq > window.last_seq and not spared:
+                return (
+                    f"{where}: the checkpoint of {doc.get('at')}, inside the window, saw the chain reach seq "
+                    f"{seq}, but the bundle's range ends at seq {window.last_seq}: record(s) seq "
+                    f"{_range(window.last_seq + 1, seq)} were cut from the end of the range (or the window "
+                    "was moved)",
+                    checked,
+                )
+            if seq < window.anchor_seq:
+                return (
+                    f"{where}: the checkpoint of {doc.get('at')}, inside the window, saw the chain end at seq "
+                    f"{seq}, before the bundle's anchor seq {window.anchor_seq}: records were cut from the "
+                    "start of the range (or the window was moved)",
+                    checked,
+                )
+        if seq > window.export_head_seq:
+            return (
+                f"{where}: the checkpoint of {doc.get('at')} saw the chain reach seq {seq}, past the chain head "
+                f"at export (seq {window.export_head_seq}): the trail was cut before export, or chain.json "
+                "was edited",
+                checked,
+            )
+        ref = known.get(seq)
         if ref is None:
-            continue  # outside the range: proves nothing about these records
+            continue  # before the anchor, signed outside the window: proves nothing about these records
         if ref.get("record_hash") != doc.get("head_hash") or ref.get("id") != doc.get("head_id"):
             return (
                 f"{where}: the checkpoint of {doc.get('at')} signed a different record at seq "
-                f"{doc['head_seq']} than the bundle holds (the records were rewritten before export)",
+                f"{seq} than the bundle holds (the records were rewritten before export)",
                 checked,
             )
-        checked += 1
+        if window.anchor_seq <= seq <= window.last_seq:
+            checked += 1  # inside the range (one of the export head is held, not counted)
     return None, checked
+
+
+def _range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}..{hi}"

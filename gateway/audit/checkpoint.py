@@ -24,6 +24,10 @@ does not leave the legacy tail open to forged appends.
 Checkpoints are read back from the local JSONL file, from a file of checkpoint objects, or straight
 from a file sink's log (JSON lines where checkpoints sit under ``gateway.checkpoint`` among other
 events).
+
+The same signature, under a key derived with another label (:data:`BUNDLE_SEALS`), seals what an
+evidence bundle claims about itself (``gateway.audit.bundle``): a seal cannot pass for a checkpoint
+nor a checkpoint for a seal, since each ``type`` is signed and checked and each has its own key.
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ from gateway.store.db import Database
 from gateway.store.private import private_dir
 
 __all__ = [
+    "BUNDLE_SEALS",
+    "CHECKPOINTS",
     "CHECKPOINT_DIR",
     "CHECKPOINT_FILE",
     "ChainBroken",
     "Checkpointer",
+    "Signing",
     "TrailVerdict",
     "check_signature",
     "latest_checkpoint",
@@ -81,8 +88,22 @@ CHECKPOINT_DIR: Final = "audit-checkpoints"
 CHECKPOINT_FILE: Final = "checkpoints.jsonl"
 CHECKPOINT_TYPE: Final = "audit.checkpoint"
 MAC_ALGORITHM: Final = "HMAC-SHA256"
-_KEY_LABEL: Final = b"audit-checkpoint"
 _FIELDS: Final = ("head_id", "head_seq", "head_hash", "count", "at")
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """What a signed document is: its ``type`` (signed, and checked) and the label its key is derived
+    under from the keyring (``keyring.derive(label, kid=…)``), distinct per purpose."""
+
+    type: str
+    label: bytes
+
+
+#: Checkpoints of the chain head.
+CHECKPOINTS: Final = Signing(CHECKPOINT_TYPE, b"audit-checkpoint")
+#: The seal of an evidence bundle's claims (window, anchor, heads, record count, file sums).
+BUNDLE_SEALS: Final = Signing("audit.bundle_seal", b"audit-bundle-seal")
 
 
 class ChainBroken(GatewayError):
@@ -97,26 +118,36 @@ def _signed_bytes(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def sign_checkpoint(body: Mapping[str, Any], keyring: Keyring) -> dict[str, Any]:
-    """Return ``body`` with ``type``, ``alg``, ``kid`` and the ``mac`` over all of it."""
+def sign_checkpoint(
+    body: Mapping[str, Any], keyring: Keyring, *, signing: Signing = CHECKPOINTS
+) -> dict[str, Any]:
+    """Return ``body`` with ``type``, ``alg``, ``kid`` and the ``mac`` over all of it.
+
+    ``signing`` says what is signed: a checkpoint by default, :data:`BUNDLE_SEALS` for a bundle's seal
+    (whose body names the chain head it saw as ``head_seq`` too, for the compromised-key check).
+    """
     with contextlib.suppress(KeyringError):
         # Under the file's active key: never one a rotation has just marked compromised.
         keyring.follow_file()
-    doc = {**body, "type": CHECKPOINT_TYPE, "alg": MAC_ALGORITHM, "kid": keyring.active_id}
-    key = keyring.derive(_KEY_LABEL, kid=keyring.active_id)
+    doc = {**body, "type": signing.type, "alg": MAC_ALGORITHM, "kid": keyring.active_id}
+    key = keyring.derive(signing.label, kid=keyring.active_id)
     doc["mac"] = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()
     return doc
 
 
-def check_signature(doc: Mapping[str, Any], keyring: Keyring) -> str | None:
-    """``None`` if the checkpoint's MAC verifies under the keyring, else why not."""
+def check_signature(
+    doc: Mapping[str, Any], keyring: Keyring, *, signing: Signing = CHECKPOINTS
+) -> str | None:
+    """``None`` if the document's MAC verifies under the keyring (a checkpoint by default), else why not."""
+    if doc.get("type") != signing.type:
+        return f"not a signed {signing.type} (type {str(doc.get('type'))[:64]!r})"
     if doc.get("alg") != MAC_ALGORITHM:
         return f"unknown signature algorithm {doc.get('alg')!r}"
     kid, mac = doc.get("kid"), doc.get("mac")
     if not isinstance(kid, str) or not isinstance(mac, str):
         return "no key id or MAC"
     try:
-        key = keyring.derive(_KEY_LABEL, kid=kid)
+        key = keyring.derive(signing.label, kid=kid)
     except KeyringError:
         return f"signed with key {kid[:64]!r}, which this keyring does not hold"
     expected = hmac.new(key, _signed_bytes(doc), hashlib.sha256).hexdigest()
@@ -319,8 +350,10 @@ async def verify_trail(
     last_seq = report.last.seq if report.last is not None else 0
     problems = _checkpoint_problems(checkpoints, hashes, last_seq, keyring)
     if report.problem is not None and report.problem.seq is not None:
-        # A checkpoint beyond the break is a consequence of the break, not a second finding.
-        problems = [p for p in problems if p[0] <= report.problem.seq]
+        # A checkpoint at or beyond the break is a consequence of the break, not a second finding: an
+        # edited head record stops the walk before it, and the checkpoint of that seq would call it a
+        # truncation when the walker says what it is (its content does not match its hash).
+        problems = [p for p in problems if p[0] < report.problem.seq]
         problems.append((report.problem.seq, report.problem))
     problems.sort(key=lambda p: p[0])
     return TrailVerdict(report, problems[0][1] if problems else None, len(checkpoints))

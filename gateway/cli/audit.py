@@ -5,7 +5,7 @@
     gateway audit verify --config CFG [--checkpoint FILE]
     gateway audit checkpoint --config CFG
     gateway audit export --config CFG --since ISO --until ISO -o BUNDLE(.zip|dir)
-    gateway audit verify-bundle BUNDLE [--config CFG]
+    gateway audit verify-bundle BUNDLE [--config CFG] [--require-seal]
 
 ``verify`` walks the whole hash chain with the keyring and holds it against signed checkpoints (the
 gateway's own ``<data_dir>/audit-checkpoints/checkpoints.jsonl`` and every ``--checkpoint`` file, e.g.
@@ -14,6 +14,12 @@ appended or rewritten with database access only does not carry the chain key's M
 tail or a chain rewritten with fresh hashes no longer reaches a checkpoint. It names the first bad
 record, what is wrong and what to do, and counts the records whose personal fields were erased (each
 backed by a ``privacy.audit_erased`` record on the chain).
+
+``export`` seals the bundle's claims (window, anchor, heads, record count, file sums) with a key from the
+keyring when there is one; ``verify-bundle`` prints the window it vouches for and whether the seal
+authenticates it (with ``--config``), or says it is not authenticated (no keyring, or no seal: bundles
+exported before seals or without the keyring, and bundles whose seal was removed, look the same).
+``--require-seal`` makes an unauthenticated window a failure.
 
 Exit codes: 0 verified / done, 1 the trail or bundle does not verify, or the database or keyring is
 unusable, 2 invalid input (bad time, unreadable checkpoint file or bundle, bad configuration). User
@@ -45,6 +51,7 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
+    from gateway.audit.bundle import BundleVerdict
     from gateway.audit.chain import ChainRecord, ChainReport
     from gateway.crypto.keyring import Keyring
     from gateway.settings.schema import Settings
@@ -283,8 +290,17 @@ def _export(args: argparse.Namespace) -> int:
         span = _span(summary.first, summary.last)
         print(
             f"wrote {summary.path}: {summary.records} record(s){span}, {summary.checkpoints} checkpoint(s); "
-            f"check it with `gateway audit verify-bundle {summary.path}`"
+            f"check it with `gateway audit verify-bundle {summary.path} --config …`"
         )
+        if summary.sealed_by is not None:
+            print(
+                f"  sealed with keyring key {summary.sealed_by}: its window, ends and record count are signed"
+            )
+        else:
+            print(
+                "  NOT sealed (no keyring here): verify-bundle will say its window is not authenticated",
+                file=sys.stderr,
+            )
         if summary.problem is not None:
             print(f"warning: the exported records do not verify: {summary.problem}", file=sys.stderr)
             return EXIT_FAILURE
@@ -304,13 +320,14 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 
     keyring = load_keyring(load_config(args), may_create=False) if args.config is not None else None
     try:
-        verdict = verify_bundle(args.bundle, keyring=keyring)
+        verdict = verify_bundle(args.bundle, keyring=keyring, require_seal=args.require_seal)
     except BundleError as exc:
         raise UserError(str(exc)) from None
     if verdict.problem is not None:
         print(f"bundle FAILED verification: {verdict.problem}")
         return EXIT_FAILURE
     print(f"bundle OK: {verdict.records} record(s){_span(verdict.first, verdict.last)}, manifest matches")
+    _print_window(verdict)
     if verdict.last is not None:
         print(f"  head hash: {verdict.last.record_hash}")
     signatures = (
@@ -330,6 +347,38 @@ def _verify_bundle(args: argparse.Namespace) -> int:
             "outside the range: their backing NOT checked (`gateway audit verify` checks the whole chain)"
         )
     return EXIT_OK
+
+
+def _print_window(verdict: BundleVerdict) -> None:
+    """The window the verdict vouches for, and whether the seal authenticates it."""
+    window = verdict.window
+    if window is None:  # pragma: no cover - a verdict without a problem has read its window
+        return
+    records = (
+        f"records seq {window.anchor_seq + 1}..{window.last_seq}"
+        if window.last_seq > window.anchor_seq
+        else "no records"
+    )
+    print(
+        f"  window: {_when(window.since)} .. {_when(window.until)} (until exclusive): {records} after the "
+        f"anchor seq {window.anchor_seq}; chain head at export seq {window.export_head_seq}"
+    )
+    if verdict.window_authenticated:
+        print(
+            f"  window authenticated: sealed at export with keyring key {verdict.sealed_by} (seal valid): these "
+            "ends, the record count and the file sums are as exported"
+        )
+    elif verdict.seal == "unchecked":
+        print(
+            f"  window NOT authenticated: sealed with keyring key {verdict.sealed_by}, but the seal was not "
+            "checked (pass --config where the gateways' keyring is)"
+        )
+    else:
+        print(
+            "  window NOT authenticated: the bundle carries no seal (exported before bundles were sealed or "
+            "without the keyring, or its seal was removed): records cut from either end of the range, or a "
+            "moved window, would not show; --require-seal refuses such a bundle"
+        )
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -428,11 +477,20 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "verify-bundle",
         "check an evidence bundle offline",
         "Check a bundle made by `gateway audit export`: manifest, every record hash, the chain links "
-        "from the anchor, and the checkpoints inside the range (with --config also the keyed records' MACs "
-        "and the checkpoints' signatures).",
+        "from the anchor, the checkpoints against the range and its window (with --config also the keyed "
+        "records' MACs, the checkpoints' signatures and the seal that authenticates the window). Prints "
+        "the window it vouches for and whether it is authenticated.",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="the zip file or directory")
     config_arg(
-        p, required=False, help_suffix="; needed to check keyed records' MACs and checkpoint signatures"
+        p,
+        required=False,
+        help_suffix="; needed to check keyed records' MACs, checkpoint signatures and the bundle's seal",
+    )
+    p.add_argument(
+        "--require-seal",
+        action="store_true",
+        help="fail unless the bundle's seal verifies (needs --config): a bundle without one (exported "
+        "before seals or without the keyring, or its seal removed) has an unauthenticated window",
     )
     p.set_defaults(func=_verify_bundle)

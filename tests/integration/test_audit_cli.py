@@ -203,9 +203,15 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     assert "bundle OK: 16 record(s)" in proc.stdout
     assert "signatures NOT checked" in proc.stdout
     assert "keyed records: 16 linked correctly, their MACs NOT checked" in proc.stdout
+    assert "window NOT authenticated: sealed with keyring key" in proc.stdout
     proc = gateway("audit", "verify-bundle", str(bundle), *c)
     assert proc.returncode == 0, proc.stdout
     assert "checkpoints inside the range: 1 match; signatures valid" in proc.stdout
+    assert (
+        "  window: 2000-01-01 00:00:00.000000Z .. 2100-01-01 00:00:00.000000Z (until exclusive): records "
+        "seq 1..16 after the anchor seq 0; chain head at export seq 16\n"
+    ) in proc.stdout
+    assert "  window authenticated: sealed at export with keyring key " in proc.stdout
 
 
 def test_tampering_is_named_with_the_first_bad_record(config: Path, tmp_path: Path) -> None:
@@ -286,6 +292,100 @@ def test_tampered_bundle_fails(config: Path, tmp_path: Path) -> None:
     proc = gateway("audit", "verify-bundle", str(bundle))
     assert proc.returncode == 1
     assert "events.jsonl does not match its SHA-256 in the manifest" in proc.stdout
+
+
+def _retouch(bundle: Path, out: Path, *, cut: str, strip_seal: bool) -> Path:
+    """The bundle with records cut ("tail": the last two, heads moved back; "head": the first two, the
+    anchor moved), its SHA-256 sums recomputed, and the seal kept or removed: what an outside review
+    did by hand with unzip and zip."""
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    events = files["events.jsonl"].decode().splitlines(keepends=True)
+    chain = json.loads(files["chain.json"])
+    if cut == "tail":
+        events, chain["records"] = events[:-2], chain["records"][:-2]
+        chain["head_at_until"] = chain["chain_head_at_export"] = chain["records"][-1]
+    else:
+        events, chain["records"] = events[2:], chain["records"][2:]
+        chain["anchor"] = {**json.loads(files["chain.json"])["records"][1], "v": json.loads(events[0])["v"]}
+    files["events.jsonl"], files["chain.json"] = "".join(events).encode(), json.dumps(chain).encode()
+    manifest = json.loads(files["manifest.json"])
+    if strip_seal:
+        del manifest["seal"]
+    for name in ("events.jsonl", "chain.json"):
+        manifest["files"][name] = hashlib.sha256(files[name]).hexdigest()
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out
+
+
+def test_a_bundle_cut_at_either_end_fails_or_says_its_window_is_not_authenticated(
+    config: Path, tmp_path: Path
+) -> None:
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=1, each=15, keyring=_keyring(config))
+    assert gateway("audit", "checkpoint", *c).returncode == 0  # seq 15, signed now: inside the window
+    bundle = tmp_path / "ev.zip"
+    window = ("--since", "2000-01-01", "--until", "2100-01-01")
+    proc = gateway("audit", "export", *c, *window, "-o", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    exported = proc.stdout
+
+    # The last two records cut, the heads moved to seq 13, the sums recomputed: the seal says otherwise.
+    proc = gateway(
+        "audit", "verify-bundle", str(_retouch(bundle, tmp_path / "a.zip", cut="tail", strip_seal=False)), *c
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert (
+        "bundle FAILED verification: the seal made at export vouches for another head_at_until (the last "
+        "record of the range): it says seq 15, the bundle seq 13"
+    ) in proc.stdout
+    # The seal removed too: the signed checkpoint inside the window saw seq 15.
+    proc = gateway(
+        "audit", "verify-bundle", str(_retouch(bundle, tmp_path / "b.zip", cut="tail", strip_seal=True)), *c
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert (
+        "inside the window, saw the chain reach seq 15, but the bundle's range ends at seq 13" in proc.stdout
+    )
+    # The first two cut and the anchor moved, the seal removed: nothing in the bundle shows it, and the
+    # verdict says its window is not authenticated; a sealed bundle required, it fails.
+    cut = _retouch(bundle, tmp_path / "c.zip", cut="head", strip_seal=True)
+    proc = gateway("audit", "verify-bundle", str(cut), *c)
+    assert proc.returncode == 0, proc.stdout
+    assert "bundle OK: 13 record(s) (seq 3..15" in proc.stdout
+    assert "  window NOT authenticated: the bundle carries no seal" in proc.stdout
+    proc = gateway("audit", "verify-bundle", str(cut), *c, "--require-seal")
+    assert proc.returncode == 1, proc.stdout
+    assert "its window is not authenticated: the bundle carries no seal" in proc.stdout
+    proc = gateway(
+        "audit", "verify-bundle", str(_retouch(bundle, tmp_path / "d.zip", cut="head", strip_seal=False)), *c
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert (
+        "vouches for another anchor (the record before the range): it says seq 0, the bundle seq 2"
+        in proc.stdout
+    )
+    assert "  sealed with keyring key " in exported
+
+
+@pytest.mark.parametrize(("column", "value"), [("at", "2026-01-01 00:00:00.000000"), ("id", "99")])
+def test_an_edited_head_record_is_named_as_edited_not_as_truncated(
+    config: Path, column: str, value: str
+) -> None:
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=1, each=5, keyring=_keyring(config))
+    assert gateway("audit", "checkpoint", *c).returncode == 0  # the local checkpoint of seq 5
+    with _db(config) as conn:
+        conn.execute(f"UPDATE audit_events SET {column} = ? WHERE seq = 5", (value,))
+    proc = gateway("audit", "verify", *c)
+    assert proc.returncode == 1, proc.stdout
+    assert "(seq 5): its content does not match its hash" in proc.stdout
+    assert "gone from the end" not in proc.stdout
 
 
 def test_concurrent_processes_keep_one_chain(database_url: str, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from gateway.audit.bundle import BundleError, export_bundle, verify_bundle
 from gateway.audit.chain import GENESIS, ChainRecord
@@ -22,7 +23,9 @@ from gateway.audit.checkpoint import (
     check_signature,
     load_checkpoints,
     sign_checkpoint,
+    verify_trail,
 )
+from gateway.audit.models import AuditEvent
 from gateway.audit.trail import AuditLog, record_quietly
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
@@ -217,6 +220,27 @@ async def test_checkpoint_interval_must_be_positive(database: Database, tmp_path
     keyring, _ = _keyring(tmp_path)
     with pytest.raises(ValueError, match="interval"):
         await Checkpointer(database, keyring, directory=None).run_checkpoints(lambda _doc: None, 0)
+
+
+@pytest.mark.parametrize("column", ["at", "id"])
+async def test_an_edited_head_record_is_named_as_edited_not_as_a_truncation(
+    database: Database, tmp_path: Path, column: str
+) -> None:
+    # The head record changed in place, with a checkpoint of it present: the walker stops before it
+    # (its content does not match its hash), and the checkpoint of that seq is a consequence of that,
+    # not a tail "gone from the end" (an outside review read "truncated" for a record still there).
+    keyring, _ = _keyring(tmp_path)
+    clock = FakeClock(T0)
+    await _fill(database, clock, 5, keyring=keyring)
+    checkpoint = await Checkpointer(database, keyring, directory=None, clock=clock).checkpoint()
+    value = datetime.fromtimestamp(T0 + 7, UTC) if column == "at" else 99
+    async with database.engine.begin() as conn:
+        await conn.execute(update(AuditEvent).where(AuditEvent.seq == 5).values({column: value}))
+    verdict = await verify_trail(database, [checkpoint], keyring=keyring)
+    assert verdict.problem is not None
+    assert verdict.problem.seq == 5
+    assert "its content does not match its hash" in verdict.problem.what, verdict.problem
+    assert "gone from the end" not in str(verdict.problem)
 
 
 # --- bundles ------------------------------------------------------------------------------------------
