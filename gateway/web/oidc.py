@@ -35,6 +35,7 @@ from gateway.web import flows
 from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
 from gateway.web.gate import PUBLIC
+from gateway.web.invite import Invites
 
 __all__ = ["HANDLERS", "callback_url"]
 
@@ -186,6 +187,7 @@ async def callback(
     request: Request[Any, Any, Any],
     config: Config,
     identity: Identity,
+    invitations: Invites,
     idp: FromPath[str],
     code: FromQuery[str] = "",
     # "state" is a name Litestar reserves for the app state.
@@ -260,12 +262,37 @@ async def callback(
             link="/.gateway/login",
             link_text="Back to sign-in",
         )
+    who = completed.identity
+    has_factor = await flows.has_second_factor(identity, who.user.id)
+    if completed.level < AuthLevel.TWO_FACTOR and not has_factor and await invitations.pending(who.user.id):
+        # An administrator's reset (`reset-mfa --invite`, a new account's invitation) chose the link
+        # as the way back in: a provider sign-in would enrol the first factor before the person does,
+        # and the provider's password is as phishable as the one withdrawn (an attack run signed in
+        # through the provider after a lost-device reset and enrolled its own authenticator app).
+        await identity.audit.record(
+            "signin.oidc",
+            actor=f"user:{who.user.username}",
+            subject=who.user.username,
+            ip=ip,
+            outcome="failure",
+            details={"provider": idp, "error": "invitation-pending"},
+        )
+        return _page(
+            request,
+            403,
+            title="Open your invitation link first",
+            message=(
+                "Your administrator reset how this account signs in and sent you an invitation link. "
+                "Open that link to set up your sign-in; after that you can sign in here again."
+            ),
+            link="/.gateway/login",
+            link_text="Back to sign-in",
+        )
     signed = await flows.current(request, config, identity)
     if signed.session_id:
         # Session fixation: whatever session this browser had is ended, a new id is issued.
         await identity.sessions.revoke(signed.session_id)
-    who = completed.identity
-    owes = completed.level < AuthLevel.TWO_FACTOR and await flows.has_second_factor(identity, who.user.id)
+    owes = completed.level < AuthLevel.TWO_FACTOR and has_factor
     session_id, session = await identity.sessions.create(
         user_id=who.user.id,
         username=who.user.username,

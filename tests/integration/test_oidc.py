@@ -47,6 +47,7 @@ from tests.integration.harness import (
     dead_port,
     free_port,
     gateway_config,
+    run_cli,
     run_echo,
     run_gateway,
     run_tripwire,
@@ -973,6 +974,34 @@ def test_a_forced_password_change_holds_after_a_provider_sign_in(site: Site) -> 
         timeout=30,
     )
     assert (held.status_code, held.json()["error"]) == (403, "password-change-required")
+
+
+def test_a_lost_device_reset_is_not_finished_through_the_provider(site: Site) -> None:
+    """An attack run: after `gateway user reset-mfa NAME --invite` on an account linked to a provider,
+    whoever could sign in at the provider (a phished provider password, the lost device's still-live
+    provider session) signed in and enrolled an authenticator app of their own before the person
+    opened the invitation. While the invitation is pending, a provider sign-in that needs a first
+    factor is refused and says what to do; the invitation link still works."""
+    account = site.account("lost")
+    with browser(site.a) as client:
+        assert sign_in(site, client, account).status_code == 302
+        enroll_totp(client)
+    name = site.rows("SELECT username FROM users WHERE email = ?", f"{account.username}@corp.test")[0][0]
+    reset = run_cli("user", "reset-mfa", name, "--invite", "--config", str(site.a.config_path))
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    link = re.search(r"https?://\S+/\.gateway/invite/\S+", reset.stdout)
+    assert link, reset.stdout
+
+    with browser(site.a) as intruder:
+        refused_at = sign_in(site, intruder, account)
+        assert refused_at.status_code == 403, refused_at.text
+        assert "invitation link" in refused_at.text
+        assert cookie(intruder) is None
+        enroll = intruder.get("/.gateway/account/enroll")
+        assert enroll.status_code != 200
+    assert site.audit("signin.oidc")[-1]["details"]["error"] == "invitation-pending"
+    invite = httpx.get(link.group(0).replace("http://localhost", site.a.url), timeout=30)
+    assert invite.status_code == 200, invite.text
 
 
 def test_a_login_hint_in_a_providers_domain_goes_straight_to_it(site: Site) -> None:
