@@ -56,7 +56,7 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity import issuers
-from gateway.identity.devices import KnownDevices
+from gateway.identity.devices import KnownDevices, password_generation
 from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import hold_names, service_account_names
@@ -359,6 +359,11 @@ def _login_candidates(login: str) -> tuple[str, ...]:
 def _search_terms(text: str) -> str:
     # What is stored is canonical (NFKC, case-folded), so the search term is folded the same way.
     return unicodedata.normalize("NFKC", text).casefold().strip()
+
+
+def device_generation(user: User) -> str:
+    """The account's password generation, which its known-device cookies are bound to."""
+    return password_generation(user.password_hash is not None, user.password_changed_at)
 
 
 def _failure_reason(user: User | None, *, correct: bool) -> str:
@@ -746,7 +751,7 @@ class AccountService:
         under (:mod:`gateway.identity.devices`)."""
         if self.devices is None:
             return user.username
-        return self.devices.regulation_key(user.username, user.password_hash, device)
+        return self.devices.regulation_key(user.username, device_generation(user), device)
 
     async def _rehash(self, user: User, stored: str, password: str) -> bool:
         # The password is only known in the clear at sign-in: the one moment to move an old hash to

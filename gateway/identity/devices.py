@@ -15,10 +15,11 @@ signs in. The cookie proves nothing about who is at the keyboard: it only choose
 stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. Only a request that has
 just proven a credential gets a new one: a finished session asking the sign-in page again keeps the
 cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). And the MAC
-covers the account's password as it is (its hash, never written out): a password changed, set by an
-admin or withdrawn (``reset-mfa --invite``) ends every device cookie of the account, so those an
-intruder collected while they had the account buy no guesses at the new password. It is the gateway's
-own: no app receives it, and no app may set it.
+covers the account's password generation (when it was set, and whether there is one): a password
+changed, set by an admin or withdrawn (``reset-mfa --invite``) ends every device cookie of the account,
+so those an intruder collected while they had the account buy no guesses at the new password. A
+rehash of the same password (stronger parameters) is no new generation: it would end the person's own
+browsers' cookies with nothing gained. It is the gateway's own: no app receives it, and no app may set it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import datetime
 from typing import Final
 
 from gateway.crypto.keyring import Keyring
 
-__all__ = ["KnownDevices", "account_of"]
+__all__ = ["KnownDevices", "account_of", "password_generation"]
 
 _INFO: Final = b"gateway known devices v2"
 # Not a username character (identity.names): a regulation key with it is an account and a device.
@@ -44,26 +46,33 @@ class KnownDevices:
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
 
-    def token(self, username: str, password_hash: str | None) -> str:
+    def token(self, username: str, generation: str) -> str:
         """A new cookie value naming this browser as a known device of ``username`` while its password
-        is the one stored as ``password_hash``."""
+        is of this ``generation`` (:func:`password_generation`)."""
         device = secrets.token_urlsafe(_ID_BYTES)
-        return f"{device}.{self._mac(username, password_hash, device, self._keyring.active_id)}"
+        return f"{device}.{self._mac(username, generation, device, self._keyring.active_id)}"
 
-    def regulation_key(self, username: str, password_hash: str | None, token: str | None) -> str:
+    def regulation_key(self, username: str, generation: str, token: str | None) -> str:
         """What an attempt on ``username`` is counted under: with a valid ``token`` for it (issued
-        under its password ``password_hash``), the account and the device; otherwise the account alone."""
+        under its password's ``generation``), the account and the device; otherwise the account alone."""
         if token:
             device, _, mac = token.partition(".")
             for kid in self._keyring.key_ids:
-                if device and hmac.compare_digest(mac, self._mac(username, password_hash, device, kid)):
+                if device and hmac.compare_digest(mac, self._mac(username, generation, device, kid)):
                     return f"{username}{_DEVICE_SEPARATOR}{device}"
         return username
 
-    def _mac(self, username: str, password_hash: str | None, device: str, kid: str) -> str:
+    def _mac(self, username: str, generation: str, device: str, kid: str) -> str:
         key = self._keyring.derive(_INFO, kid=kid)
-        message = f"{username}\0{password_hash or ''}\0{device}".encode()
+        message = f"{username}\0{generation}\0{device}".encode()
         return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def password_generation(has_password: bool, changed_at: datetime | None) -> str:
+    """Which password an account has: none, or the one set at ``changed_at``."""
+    if not has_password:
+        return "none"
+    return changed_at.isoformat() if changed_at is not None else "set"
 
 
 def account_of(regulation_key: str) -> str:

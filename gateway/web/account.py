@@ -509,6 +509,9 @@ async def password_submit(
     note = f"Password changed. {_signed_out(ended)}"
     response = Redirect(f"/.gateway/account?notice={quote(note)}", status_code=303)
     flows.set_session_cookie(response, config, new_id)
+    # The new password ended the account's device cookies (gateway.identity.devices); this browser has
+    # just proven the current one and keeps a known device of the new generation.
+    await flows.remember_device(request, response, config, identity, s)
     return response
 
 
@@ -593,10 +596,11 @@ async def _after_enrollment(
         response = page(request, "codes.html", user=session.username, codes=codes, next=next_url)
         flows.set_session_cookie(response, config, new_id)
         return response
-    redirect = await flows.after_sign_in(
-        request, config, identity, new_id, new_session, rd or "/.gateway/account"
+    # A factor enrolled proves nothing but a fresh session (its seed was chosen a second ago): no new
+    # known device (an attack run enrolled five authenticator apps for five device cookies).
+    return await flows.after_sign_in(
+        request, config, identity, new_id, new_session, rd or "/.gateway/account", proven=False
     )
-    return redirect
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,9 +76,17 @@ async def _redirect_json(
     session_id: str,
     session: Session,
     rd: str,
+    *,
+    proven: bool = False,
 ) -> Response[Any]:
+    """The JSON answer of a passkey ceremony: where to go next, with the session's cookie; with
+    ``proven`` (a passkey just passed a sign-in, not one just enrolled), a complete sign-in also names
+    the browser a known device, as a password or code does (:func:`flows.after_sign_in`): a passkey
+    person's browser had none, so a stranger's wrong passwords locked it out with everyone else."""
     response = _json({"redirect": await flows.next_location(request, config, identity, session, rd)})
     flows.set_session_cookie(response, config, session_id)
+    if proven and await flows.pending_step(identity, session, rd) is None:
+        await flows.remember_device(request, response, config, identity, session)
     return response
 
 
@@ -257,7 +265,7 @@ async def mfa_verify(
         level=AuthLevel.TWO_FACTOR,
         factor=FactorUse(Factor.WEBAUTHN, identity.clock.time()),
     )
-    return await _redirect_json(request, config, identity, new_id, new_session, data.rd)
+    return await _redirect_json(request, config, identity, new_id, new_session, data.rd, proven=True)
 
 
 @post("/.gateway/api/login/passkey/options", status_code=200, opt=PUBLIC)
@@ -323,7 +331,7 @@ async def passkey_verify(
         response = _json({"redirect": f"/.gateway/account/password?rd={quote(data.rd or '', safe='')}"})
         flows.set_session_cookie(response, config, session_id)
         return response
-    return await _redirect_json(request, config, identity, session_id, session, data.rd)
+    return await _redirect_json(request, config, identity, session_id, session, data.rd, proven=True)
 
 
 #: The API handlers, registered on the control app (``web/app.py``).

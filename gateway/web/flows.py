@@ -19,7 +19,7 @@ from litestar import Request
 from litestar.response import Redirect, Response
 
 from gateway.clock import Clock
-from gateway.identity.accounts import account_exists
+from gateway.identity.accounts import account_exists, device_generation
 from gateway.identity.cookies import CSRF_COOKIE, DEVICE_COOKIE, read_cookie
 from gateway.identity.handoff import normalise_host
 from gateway.identity.levels import AuthLevel, Factor, FactorUse, newest_second_factor
@@ -504,7 +504,7 @@ async def remember_device(
     if held is None or identity.accounts.regulation_key(user, held) == user.username:
         if not mint:
             return
-        held = devices.token(user.username, user.password_hash)
+        held = devices.token(user.username, device_generation(user))
     response.set_cookie(
         key=DEVICE_COOKIE.name(insecure=not secure_cookies(config)),
         value=held,

@@ -325,7 +325,9 @@ async def callback(
         response = Redirect(pending)
         flows.set_session_cookie(response, config, session_id)
         return response
-    return await flows.after_sign_in(request, config, identity, session_id, session, rd)
+    # A provider's answer proves nothing of this account's own credentials (a silent single sign-on
+    # round trip minted a device cookie each time, an attack run): no new known device here.
+    return await flows.after_sign_in(request, config, identity, session_id, session, rd, proven=False)
 
 
 async def _provider_error(

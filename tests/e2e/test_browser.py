@@ -96,8 +96,10 @@ def test_passkey_enrollment_then_passwordless_sign_in(
     # The portal fits a phone: factors and sessions stack (a UI run found it 610 px wide at 390).
     phone_shot(page, "05-portal-390")
 
-    # Sign out, then sign in with the passkey alone (user-verifying: counts as two factors).
+    # Sign out, then sign in with the passkey alone (user-verifying: counts as two factors), as from
+    # another computer: no known-device cookie yet.
     page.click("header button:has-text('Sign out')")
+    context.clear_cookies(name=re.compile("gateway_device"))
     page.goto(site.url("app", "/after"))
     page.click("button[data-webauthn=passwordless]")
     try:
@@ -106,6 +108,9 @@ def test_passkey_enrollment_then_passwordless_sign_in(
         shot(page, "debug-passwordless")
         raise AssertionError(f"at {page.url}: {page.locator('#webauthn-error').inner_text()}") from None
     assert echo_seen(page)["x-gateway-user"] == "bob"
+    # The passkey sign-in named this browser a known device, as a password and code do (an attack
+    # run: a passkey person's browsers never got one, so a stranger's wrong passwords locked them out).
+    assert [c for c in context.cookies() if c["name"].endswith("gateway_device")]
 
     # A route that needs WebAuthn specifically: the passkey session qualifies.
     page.goto(site.url("admin", "/console"))

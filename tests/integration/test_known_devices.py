@@ -24,7 +24,8 @@ from tests.integration.harness import (
     run_gateway,
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login, post_form
-from tests.integration.test_signin_http import enroll_totp, wrong_code
+from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, enroll_totp, wrong_code
+from tests.support.totp import previous_step_code
 
 pytestmark = pytest.mark.peer
 
@@ -84,6 +85,35 @@ def test_the_person_may_change_their_password_while_the_account_is_held_locked(g
             own, "/.gateway/account/password", {"current": PASSWORD, "new": new, "confirm": new}
         )
         assert changed.status_code == 303, changed.text
+        # The new password ended the account's device cookies; this browser, which has just proven the
+        # current one, is given one of the new generation and still signs in past the lock.
+        assert DEVICE_COOKIE in changed.headers.get("set-cookie", ""), changed.headers
+        own.cookies.delete(SESSION_COOKIE)
+        assert login(own, "zoe", new).status_code == 302
+
+
+def test_enrolling_another_factor_names_no_new_device(gw: Gateway) -> None:
+    """An attack run: with a fresh session it enrolled five authenticator apps, each confirmed with a
+    code from a seed it had just been given, and got five device cookies."""
+    add_user(gw.config_path, "wade", PASSWORD)
+    with browser(gw) as client:
+        client.headers["X-Forwarded-For"] = "203.0.113.80"
+        assert login(client, "wade").status_code == 302
+        enroll_totp(client)
+        for _ in range(2):
+            client.cookies.delete(DEVICE_COOKIE)
+            page = client.get("/.gateway/account/enroll")
+            assert page.status_code == 200, page.text
+            secret, credential = SECRET_RE.search(page.text), CREDENTIAL_RE.search(page.text)
+            assert secret, page.text
+            assert credential, page.text
+            done = post_form(
+                client,
+                "/.gateway/account/totp/confirm",
+                {"credential_id": credential.group(1), "code": previous_step_code(secret.group(1))},
+            )
+            assert done.status_code in (200, 302, 303), done.text
+            assert DEVICE_COOKIE not in done.headers.get("set-cookie", ""), done.headers
 
 
 def test_a_forged_or_foreign_device_cookie_counts_with_everyone(gw: Gateway) -> None:

@@ -976,6 +976,20 @@ def test_a_forced_password_change_holds_after_a_provider_sign_in(site: Site) -> 
     assert (held.status_code, held.json()["error"]) == (403, "password-change-required")
 
 
+def test_a_provider_sign_in_names_no_known_device(site: Site) -> None:
+    """An attack run: every provider round trip (silent, on the provider's single sign-on) gave the
+    browser a new known-device cookie, each its own allowance of guesses at the local password. A
+    provider's answer proves nothing of the account's own credentials: no device cookie from it."""
+    account = site.account("sso")
+    with browser(site.a) as client:
+        for _ in range(2):
+            client.cookies.clear()
+            answer = sign_in(site, client, account)
+            assert answer.status_code == 302, answer.text
+            assert cookie(client) is not None
+            assert "gateway_device" not in answer.headers.get("set-cookie", ""), answer.headers
+
+
 def test_a_lost_device_reset_is_not_finished_through_the_provider(site: Site) -> None:
     """An attack run: after `gateway user reset-mfa NAME --invite` on an account linked to a provider,
     whoever could sign in at the provider (a phished provider password, the lost device's still-live

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.crypto.keyring import Keyring
-from gateway.identity.devices import KnownDevices, account_of
+from gateway.identity.devices import KnownDevices, account_of, password_generation
 
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+HASH = password_generation(True, datetime(2026, 12, 1, 10, tzinfo=UTC))
 
 
 def test_a_valid_cookie_for_the_account_counts_apart_and_nothing_else_does(tmp_path: Path) -> None:
@@ -44,5 +45,13 @@ def test_a_new_password_ends_every_device_cookie_of_the_account(tmp_path: Path) 
     devices = KnownDevices(Keyring.create(tmp_path / "keyring.json"))
     token = devices.token("alice", HASH)
     assert devices.regulation_key("alice", HASH, token) != "alice"
-    assert devices.regulation_key("alice", HASH.replace("aGFzaA", "bmV3"), token) == "alice"  # changed
-    assert devices.regulation_key("alice", None, token) == "alice"  # withdrawn
+    changed = password_generation(True, datetime(2026, 12, 7, 9, tzinfo=UTC))
+    assert devices.regulation_key("alice", changed, token) == "alice"  # changed
+    assert devices.regulation_key("alice", password_generation(False, None), token) == "alice"  # withdrawn
+    # A rehash keeps the time the password was set: the same generation, the cookie still counts apart.
+    assert (
+        devices.regulation_key(
+            "alice", password_generation(True, datetime(2026, 12, 1, 10, tzinfo=UTC)), token
+        )
+        != "alice"
+    )
