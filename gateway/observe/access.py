@@ -102,6 +102,8 @@ class Entry:
     __slots__ = ("_document", "_json")
 
     stream: str = ""  # "access" or "security": syslog MSGID, Loki label, Elasticsearch dataset
+    # A security event a full sink queue drops before others (gateway.observe.sinks.base): a refusal.
+    expendable: bool = False
 
     def __init__(self) -> None:
         self._document: dict[str, Any] | None = None
@@ -340,6 +342,12 @@ class SecurityEntry(Entry):
     @property
     def severity(self) -> int:
         return 4 if is_alert(self.event.kind) else 6
+
+    @property
+    def expendable(self) -> bool:  # type: ignore[override]
+        """A refusal (a failure that is no alert): anyone can cause them by the thousand, so a full
+        queue of security events drops these before a checkpoint, an alert, a lock-out or a change."""
+        return self.event.outcome == "failure" and not is_alert(self.event.kind)
 
     def _build(self) -> dict[str, Any]:
         ev = self.event

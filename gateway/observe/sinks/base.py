@@ -118,6 +118,8 @@ class Sink:
         self._failing = False
         self._queued = self._sent = self._dropped = self._failures = 0
         self._dropped_security = 0
+        # How many entries of _head are expendable security events (Entry.expendable).
+        self._expendable = 0
         self._warned_at: float | None = None
 
     def offer(self, entry: Entry) -> None:
@@ -153,9 +155,23 @@ class Sink:
                 self._queued += 1
                 return
             head.append(oldest)
+            self._expendable += oldest.expendable
             self._room -= 1
         self._dropped += 1
         self._dropped_security += 1
+        if not entry.expendable and self._expendable:
+            # Nothing but security events: a refused attempt (a failure that is no alert) makes way for
+            # a checkpoint, an alert, a lock-out or a change. Anyone can cause refusals by the thousand
+            # (junk logout tokens, wrong passwords from many addresses: a re-attack run filled the
+            # queue with them, and the lock-out and the checkpoint after them were the ones dropped).
+            for index, queued in enumerate(head):
+                if queued.expendable:
+                    del head[index]
+                    self._expendable -= 1
+                    self._room += 1
+                    queue.append(entry)
+                    self._queued += 1
+                    return
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now
@@ -208,6 +224,7 @@ class Sink:
         self._dropped_security += _security_in(lost)
         self._batch = []
         self._head.clear()
+        self._expendable = 0
         self._queue.clear()
         self._room = self._capacity
         try:
@@ -247,8 +264,10 @@ class Sink:
         if self._head:
             take = min(self._batch_size - len(batch), len(self._head))
             popleft = self._head.popleft
-            batch.extend(popleft() for _ in range(take))
+            taken = [popleft() for _ in range(take)]
+            batch.extend(taken)
             self._room += take
+            self._expendable -= sum(queued.expendable for queued in taken)
         take = min(self._batch_size - len(batch), len(self._queue))
         popleft = self._queue.popleft
         batch.extend(popleft() for _ in range(take))

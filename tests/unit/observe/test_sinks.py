@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -272,6 +272,26 @@ async def test_a_full_queue_drops_access_entries_to_keep_security_events_and_che
     ]  # fmt: skip
     stats = hub.stats()["recording"]
     assert (stats.sent, stats.dropped, stats.dropped_security, stats.pending) == (10, 6, 0, 0)
+
+
+async def test_a_queue_of_refusals_makes_way_for_checkpoints_alerts_and_changes() -> None:
+    """A re-attack run filled the queue with security events anyone can cause (junk back-channel
+    logout tokens, wrong passwords from many addresses), and the lock-out and the checkpoint after
+    them were the ones dropped. Refusals (failures that are no alert) now make way, oldest first."""
+    sink = Recording(Delivery(queue_size=4, batch_size=4))
+    hub = SinkHub([sink], flush_timeout=5)
+    for _ in range(4):
+        hub.publish(SecurityEntry(security("signout.backchannel")))  # refusals: the queue is full
+    changed = replace(security("user.roles_changed"), outcome="success")
+    locked = replace(security("account.locked"), outcome="locked")
+    for entry in (checkpoint(1), SecurityEntry(changed), SecurityEntry(locked)):
+        hub.publish(entry)
+    hub.publish(SecurityEntry(security("signin.password")))  # a refusal finds only refusals to drop:
+    stats = hub.stats()["recording"]  # it is dropped itself
+    assert (stats.queued, stats.dropped, stats.dropped_security) == (7, 4, 4)
+    await hub.start()
+    await hub.close()
+    assert delivered(sink) == ["signout.backchannel", "checkpoint:1", "user.roles_changed", "account.locked"]
 
 
 async def test_security_events_keep_their_order_and_only_a_queue_of_nothing_else_drops_one(
