@@ -26,6 +26,7 @@ from gateway.identity.oidc.service import provider_for_email, provider_named
 from gateway.identity.regulation import AccountLocked
 from gateway.services import IdentityServices
 from gateway.settings.current import CurrentConfig
+from gateway.threat.attempts import TooManyAttempts
 from gateway.web import flows
 from gateway.web.deps import Config, Identity
 from gateway.web.flows import AnyRequest
@@ -239,14 +240,24 @@ async def _second_factor(
     # Counted with the password under the same key: the account, or the account and this known device.
     key = await flows.regulation_key(request, config, identity, session)
     try:
-        async with regulator.attempt(key) as attempt:
-            if factor is Factor.TOTP:
-                ok = await identity.totp.verify(session.user_id, code)
-            else:
-                ok = await identity.recovery.use(session.user_id, code)
-            if not ok:
-                await attempt.fail(ip=ip, factor=factor.value)
-    except AccountLocked as err:
+        # A wrong code counts against the address too, as a wrong password does: the account's own
+        # counter alone let one address holding many people's passwords guess every account's codes
+        # at the account's pace (a re-attack run's reading).
+        await identity.attempts.reserve("password", ip)
+        try:
+            async with regulator.attempt(key) as attempt:
+                if factor is Factor.TOTP:
+                    ok = await identity.totp.verify(session.user_id, code)
+                else:
+                    ok = await identity.recovery.use(session.user_id, code)
+                if not ok:
+                    await attempt.fail(ip=ip, factor=factor.value)
+        except BaseException:
+            await identity.attempts.release("password", ip)
+            raise
+        if ok:
+            await identity.attempts.release("password", ip)
+    except (AccountLocked, TooManyAttempts) as err:
         return await _mfa_error(
             request, identity, session.user_id, session.username, rd, err.public_detail, err.status
         )

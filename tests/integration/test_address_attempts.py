@@ -24,7 +24,8 @@ from tests.integration.harness import (
     run_echo,
     run_gateway,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, csrf, login
+from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, csrf, login, post_form
+from tests.integration.test_signin_http import enroll_totp, wrong_code
 
 pytestmark = pytest.mark.peer
 
@@ -96,3 +97,27 @@ def test_a_burst_sent_at_once_gets_no_more_hashes_than_the_limit(gw: Gateway) ->
     assert answers.count(401) <= LIMIT
     assert answers.count(429) >= 40 - LIMIT
     assert set(answers) <= {401, 429}
+
+
+def test_wrong_second_factor_codes_count_against_the_address(gw: Gateway) -> None:
+    """A re-attack run's reading: wrong authenticator codes counted only on each account, so one address
+    holding many people's passwords guessed every account's codes at the account's own pace. They count
+    on the address too, as wrong passwords do; each account here fails once only."""
+    address = "198.51.100.30"
+    answers = []
+    for n in range(LIMIT + 1):
+        name = f"coder{n}"
+        add_user(gw.config_path, name, PASSWORD)
+        with browser(gw) as own:
+            own.headers["X-Forwarded-For"] = f"203.0.113.{100 + n}"
+            assert login(own, name).status_code == 302
+            secret = enroll_totp(own)
+        with browser(gw) as guesser:
+            guesser.headers["X-Forwarded-For"] = address
+            signed = login(guesser, name)  # the password is right: not counted
+            if signed.status_code != 302:
+                answers.append(signed.status_code)  # past the limit: refused before the password
+                continue
+            guess = post_form(guesser, "/.gateway/mfa/totp", {"code": wrong_code(secret)})
+            answers.append(guess.status_code)
+    assert answers == [401] * LIMIT + [429], answers
