@@ -34,7 +34,7 @@ from typing import Final, NamedTuple, cast
 
 from gateway.identity.oidc.tokens import MAX_TOKEN_BYTES
 from gateway.machine.tokens import meant_as_gateway_token
-from gateway.settings.trusted import TrustedProxies
+from gateway.settings.trusted import TrustedProxies, peer_address
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",
@@ -339,14 +339,37 @@ def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _xff_entry(item: str) -> str | None:
-    """One ``X-Forwarded-For`` entry as an address, or ``None`` when it is not one (``unknown``, ``unix:``,
-    an obfuscated name). ``203.0.113.5:41234`` and ``[2001:db8::1]:443`` are read without their port, as
-    some load balancers write them (Azure Application Gateway)."""
+def _address(text: str) -> str | None:
+    """``text`` as an address in its canonical form, an IPv4-mapped IPv6 one (``::ffff:203.0.113.5``)
+    as the IPv4 address it maps, or ``None`` when it is none.
+
+    One with a zone (``fe80::1%eth0``) is none: Python reads any text after the ``%`` as the zone, which
+    reached the app's ``Forwarded`` and the access log as written (an attack run's ``::1%x";for=...``),
+    and the zone names an interface of the host that wrote it, not one of the gateway's. Unreadable
+    rather than read without it: the walk then ends and the proxy that wrote it counts as the client,
+    as for ``unknown``, where a trusted-looking address the client chose would let it go on to the
+    entries the client wrote itself.
+    """
+    if "%" in text:
+        return None
     try:
-        return str(ipaddress.ip_address(item))
+        addr = ipaddress.ip_address(text)
     except ValueError:
-        pass
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        # So blocks, limits and logs key on one spelling of each IPv4 client whichever a proxy writes.
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _xff_entry(item: str) -> str | None:
+    """One ``X-Forwarded-For`` entry as an address (:func:`_address`), or ``None`` when it is not one
+    (``unknown``, ``unix:``, an obfuscated name, an address with a zone). ``203.0.113.5:41234`` and
+    ``[2001:db8::1]:443`` are read without their port, as some load balancers write them (Azure
+    Application Gateway)."""
+    address = _address(item)
+    if address is not None or "%" in item:
+        return address
     if item.startswith("["):
         address, closed, port = item[1:].partition("]")
         if not closed or (port and not (port[0] == ":" and _is_port(port[1:]))):
@@ -355,10 +378,7 @@ def _xff_entry(item: str) -> str | None:
         address, colon, port = item.partition(":")
         if not colon or not _is_port(port):
             return None
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
+    return _address(address)
 
 
 def _parse_xff(values: Sequence[bytes]) -> list[str | None]:
@@ -391,6 +411,10 @@ def forwarding_for(
     must see the host that was authorized, and a load balancer that passes a client's own header on
     (AWS's ALB does) handed the app one the gateway never routed (an attack run).
     """
+    if ":" in peer_ip:
+        # IPv6, or IPv4 on a dual-stack listener (``::ffff:10.0.0.5``): read as :func:`peer_address`
+        # says before anything is decided on it. IPv4 text, the common case, is taken as given.
+        peer_ip = peer_address(peer_ip)
     peer_trusted = bool(trusted) and trusted.is_trusted(peer_ip)
     if not peer_trusted:
         # The peer is the client and no header is believed: the common case without a load
@@ -672,15 +696,31 @@ def without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
     return b";".join(kept).strip()
 
 
+# RFC 7239 §4: a value that is a token goes as it is; an IPv4 address is one.
+_TOKEN: Final = re.compile(r"[0-9A-Za-z.!#$%&'*+^_`|~-]+")
+# Control characters cannot be in a quoted-string even escaped (RFC 9110 §5.6.4): dropped.
+_NO_CONTROLS: Final = dict.fromkeys([*(c for c in range(0x20) if c != 0x09), 0x7F])
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an RFC 9110 quoted-string: a quote or backslash in it is escaped, so it can never
+    end the string and add parameters of its own."""
+    text = text.translate(_NO_CONTROLS)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _forwarded_node(ip: str) -> str:
-    # RFC 7239 §6: IPv6 addresses are bracketed and the whole value quoted.
-    return f'"[{ip}]"' if ":" in ip else ip
+    # RFC 7239 §6: IPv6 addresses are bracketed and the whole value quoted. The chain holds addresses
+    # only (_xff_entry, peer_address); anything else the server gave as the peer is quoted, escaped.
+    if ":" in ip:
+        return _quoted(f"[{ip}]")
+    return ip if _TOKEN.fullmatch(ip) else _quoted(ip)
 
 
 def _forwarded(chain: tuple[str, ...], proto: str, host: str) -> str:
     elements = [f"for={_forwarded_node(ip)}" for ip in chain]
     host = host.replace('"', "")
-    elements[-1] += f';host="{host}";proto={proto}'
+    elements[-1] += f";host={_quoted(host)};proto={proto}"
     return ", ".join(elements)
 
 
