@@ -10,18 +10,28 @@ Two independent tests, either one redacts:
   ``sk_live_``, ``xoxb-``, ``AKIA…``), or a long random-looking string. A value that carries a nested
   query (``next=/cb?token=…``) is redacted when anything inside it would be.
 
+The same name test also applies *inside* text: wherever a secret-looking name is followed by ``=``, ``=>``
+or ``:`` (quoted or not, spaces allowed) the value after it, up to a delimiter, is replaced
+(``password=…``, ``{"token": …}``, ``{pw:…}``, ``;password:…``, ``Authorization: Bearer …``), and so is
+the password of a URL's userinfo after ``//`` (``//user:…@``, with or without a scheme). Query values,
+path segments, audit detail strings and the User-Agent are also read as an app would decode them
+(percent-encoding, JSON ``\\uXXXX`` and backslash escapes, repeated): a secret that only the decoded text
+shows redacts the whole value, segment or string. The request path and User-Agent are redacted on every
+access log line, so this work only starts when the text holds ``=``, ``:``, ``%`` or a backslash.
+
 False positives cost a little detail in a log line; a false negative leaks a credential into a SIEM that
 many people read, so the rules lean towards redacting.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Final
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 __all__ = [
     "REDACTED",
@@ -69,10 +79,37 @@ _TOKEN_ID: Final = re.compile(r"gwt_[A-Za-z0-9_-]{8}")
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 # Paths of the gateway's own pages whose rest is a credential (gateway/identity/invitations.py).
 _CREDENTIAL_PATHS: Final = ("/.gateway/invite/",)
-# A URL with a password in it (``https://user:password@host/``, RFC 3986's userinfo).
-_USERINFO_PASSWORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@")
-# The keys of a JSON object written into a value.
-_JSON_KEY: Final = re.compile(r'"([^"\\]{1,64})"\s*:')
+# The password of a URL's userinfo (``https://user:password@host/``, RFC 3986), also scheme-relative
+# (``//user:password@host``): group 2. As a browser parses it, the user name ends at the first ``:`` and
+# the password at the last ``@`` before the path (``//a@b:pw@x@host``: the password is ``pw@x``).
+_USERINFO_PASSWORD: Final = re.compile(r"(//[^/?#\s:]*:)([^/?#\s]+)@")
+# ``=``, ``=>`` or ``:`` after a name: ``password=``, ``"token": ``, ``{pw:``, ``Authorization: ``. The
+# separators are found first (``str.find``: a User-Agent's ``rv:109.0`` costs one look back), then the
+# name is read backwards from each, on the reversed text: the whole word of name characters before it
+# (its last 64), past blanks and a closing quote. ``a=1,token=…`` finds both names; ``10:30`` has the
+# name ``10``, no secret.
+_NAME_BEFORE: Final = re.compile(r"\s*[\"']?([\w.\[\]-]{1,64})")
+# The value after a secret name: a quoted string (its inside is replaced, the quotes stay), an object or
+# array (replaced to the end: its closing bracket cannot be found by a regex), or a run up to a blank,
+# ``&``, ``;``, a quote or a closing bracket. An HTTP auth scheme stays readable
+# (``Authorization: Bearer [REDACTED]``). The group that matched is the part replaced; a value already
+# ``[REDACTED]`` (and nothing more) is replaced by itself, so redacting twice changes nothing.
+_VALUE_HEAD: Final = r"\s*(?:(?i:bearer|basic|digest|negotiate|token)[ \t]+)?"
+_QUOTED: Final = r"\"(?P<double>[^\"]*)\"?|'(?P<single>[^']*)'?"
+_DONE: Final = re.escape(REDACTED)
+_VALUE: Final = re.compile(
+    rf"{_VALUE_HEAD}(?:{_QUOTED}|(?P<bare>{_DONE}(?=[\s&;\"'}}\])>]|\Z)|[\[{{].*|[^\s&;\"'}}\])>]+))",
+    re.DOTALL,
+)
+# In a path a value also ends at ``/`` (the next segment).
+_PATH_VALUE: Final = re.compile(
+    rf"{_VALUE_HEAD}(?:{_QUOTED}|(?P<bare>{_DONE}(?=[\s&;\"'}}\])>/]|\Z)|[\[{{][^/]*|[^\s&;\"'}}\])>/]+))"
+)
+# A JSON escape: ``\u0077``, ``\"`` (undone once per decoding round).
+_ESCAPE: Final = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|(.))", re.DOTALL)
+_ESCAPED: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+# Decoding rounds: each percent-encoding and each level of JSON inside a JSON string takes one.
+_DECODE_ROUNDS: Final = 6
 _TOKENISH: Final = re.compile(r"[A-Za-z0-9+/=_\-.~]{20,}")
 _MIN_ENTROPY_BITS: Final = 3.0
 
@@ -186,10 +223,11 @@ def _decoded(name: str, rounds: int = 3) -> str:
 
 
 def _value_is_secret(value: str) -> bool:
-    if looks_secret(value) or _USERINFO_PASSWORD.search(value):
+    if looks_secret(value):
         return True
-    # JSON inside a value (``data={"password": …}``: an attack run) is judged by its keys.
-    if any(is_secret_name(key) for key in _JSON_KEY.findall(value)):
+    # A secret name or a URL's password inside the value, as written or as an app decodes it:
+    # ``data={"password": …}``, ``{pw:…}``, ``{"pass\u0077ord": …}``, ``next=//user:…@host`` (attack runs).
+    if _scrubbed(value, _VALUE, None) != value:
         return True
     # A URL or query inside a value (next=/cb?code=…): redact it whole if anything inside is secret.
     _, mark, nested = value.partition("?")
@@ -199,17 +237,135 @@ def _value_is_secret(value: str) -> bool:
     return False
 
 
+def _scrubbed(text: str, value: re.Pattern[str], unit: str | None) -> str:
+    """``text`` with the values of secret names and the passwords of URLs replaced where they stand.
+
+    A secret that only shows once ``text`` is decoded as an app may decode it (percent-encoding, JSON
+    escapes) cannot be cut out of the raw text: it redacts the whole ``unit`` it is in (each part of
+    ``text`` split on ``unit``; all of it when ``unit`` is None).
+    """
+    text = _in_place(text, value)
+    if "%" in text or "\\" in text:
+        if unit is None:
+            return REDACTED if _hides_secret(text) else text
+        text = unit.join(
+            REDACTED if ("%" in part or "\\" in part) and _hides_secret(part) else part
+            for part in text.split(unit)
+        )
+    return text
+
+
+def _in_place(text: str, value: re.Pattern[str]) -> str:
+    """``text`` with URL passwords and the values after secret names (``value`` finds their end) replaced."""
+    spans: list[tuple[int, int]] = []
+    colons: set[int] = set()
+    if "@" in text and "//" in text:
+        for found in _USERINFO_PASSWORD.finditer(text):
+            spans.append(found.span(2))
+            colons.add(found.end(1) - 1)  # the user name is no secret name (``//token:…@``: the password is)
+    if "=" in text or ":" in text:
+        _pair_spans(text, value, spans, colons)
+    if not spans:
+        return text
+    parts: list[str] = []
+    copied = 0
+    for start, end in sorted(spans):
+        if start >= copied:
+            parts += (text[copied:start], REDACTED)
+        # Overlapping spans (a password that holds ``token=…``) share one marker.
+        copied = max(copied, end)
+    parts.append(text[copied:])
+    return "".join(parts)
+
+
+def _pair_spans(text: str, value: re.Pattern[str], spans: list[tuple[int, int]], colons: set[int]) -> None:
+    """Add to ``spans`` the value after each secret-looking name and ``=``/``=>``/``:`` in ``text``."""
+    covered = 0
+    backwards = text[::-1]
+    size = len(text)
+    equals, colon = text.find("="), text.find(":")
+    while equals >= 0 or colon >= 0:
+        if colon < 0 or 0 <= equals < colon:
+            at, equals = equals, text.find("=", equals + 1)
+            after = at + 2 if text.startswith(">", at + 1) else at + 1
+        else:
+            at, colon = colon, text.find(":", colon + 1)
+            after = at + 1
+        if at < covered or at in colons:
+            continue  # inside a value already found, or a URL's user name
+        name = _NAME_BEFORE.match(backwards, size - at)
+        if name is None or not _is_secret_word(name[1][::-1]):
+            continue  # an ordinary name (``rv:``, ``page=``, ``https:``) or none (``10:30``, ``==``)
+        found = value.match(text, after)
+        if found is None or found.lastgroup is None:
+            continue
+        start, end = found.span(found.lastgroup)
+        if start < end:
+            spans.append((start, end))
+            covered = end
+
+
+# Secret as a parameter's name (OAuth's ``code`` and ``state``, ``key``), but inside free text the
+# words of search syntax (``is:issue state:open``, ``code:python``, ``key:value``): not scanned there.
+_PLAIN_IN_TEXT: Final = frozenset({"state", "code", "key"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_word(name: str) -> bool:
+    """``is_secret_name`` remembered: the names met in User-Agents and paths (``rv``, ``https``) recur.
+    Names here are at most 64 characters (``_NAME_BEFORE``), so the cache stays small."""
+    return name.lower() not in _PLAIN_IN_TEXT and is_secret_name(name)
+
+
+def _hides_secret(text: str) -> bool:
+    """Whether ``text``, decoded as an app may decode it, holds a secret that its raw form hides (its
+    secrets in plain sight are already ``[REDACTED]``). Text that is still not decoded after
+    ``_DECODE_ROUNDS`` rounds is taken to hide one: nothing but an attack encodes so often."""
+    decoded = _normalised(text)
+    if decoded is None:
+        return True
+    if decoded == text:
+        return False
+    return looks_secret(decoded) or _in_place(decoded, _VALUE) != decoded
+
+
+def _normalised(text: str) -> str | None:
+    """``text`` percent-decoded and with JSON escapes undone (``\\u0077`` is ``w``, ``\\"`` is ``"``),
+    repeatedly: JSON inside a JSON string (``"{\\"password\\": …}"``) needs a round per level.
+    None when it still changes after ``_DECODE_ROUNDS`` rounds."""
+    for _ in range(_DECODE_ROUNDS):
+        decoded = unquote(text) if "%" in text else text
+        if "\\" in decoded:
+            decoded = _ESCAPE.sub(_unescaped, decoded)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    code, char = match.groups()
+    return chr(int(code, 16)) if code else _ESCAPED.get(char, char)
+
+
 def redact_path(path: str) -> str:
     """Return ``path`` with segments that look like tokens (a JWT in a magic link) replaced.
 
-    Only the value test applies: path segments have no names, and ids such as UUIDs stay readable
-    unless they look random enough to be keys. The gateway's own credential paths (an invitation
-    link's token) are redacted whatever their token looks like: the value test is a heuristic, and a
-    random token with many ``-``/``_`` can read as a slug.
+    Path segments have no names, so the value test applies to each, and ids such as UUIDs stay
+    readable unless they look random enough to be keys. Inside a segment a secret name with ``=`` or
+    ``:`` (``;password:…``, ``;a=1,token=…``) and a URL's password (``/fetch/https://user:…@host/``)
+    are redacted where they stand; one that only shows percent-decoded (``/x%3Btoken=…``) redacts its
+    segment. The gateway's own credential paths (an invitation link's token) are redacted whatever
+    their token looks like: the value test is a heuristic, and a random token with many ``-``/``_``
+    can read as a slug.
     """
-    for prefix in _CREDENTIAL_PATHS:
-        if path.startswith(prefix) and len(path) > len(prefix):
-            return prefix + REDACTED
+    if path.startswith(_CREDENTIAL_PATHS):
+        for prefix in _CREDENTIAL_PATHS:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return prefix + REDACTED
+    # On every access log line: the plain path (/api/v1/users/42) costs four substring tests.
+    if "=" in path or ":" in path or "%" in path or "\\" in path:
+        path = _scrubbed(path, _PATH_VALUE, "/")
     if ";" in path:
         path = _redact_path_parameters(path)
     if not looks_secret(path):
@@ -232,6 +388,10 @@ def _redact_path_parameters(path: str) -> str:
 def redact_details(value: object) -> object:
     """Return a JSON-like value with secret-named keys and secret-looking strings redacted (recursively).
 
+    A string is judged as a whole (a token), as a query when it holds ``=`` and ``&``, and by the
+    secret names and URL passwords inside it (``"password=…"``, ``"https://user:…@host"``,
+    ``'{"token": …}'``), which are replaced where they stand.
+
     Args:
         value: Decoded JSON: dicts, lists, strings, numbers, booleans, None.
 
@@ -241,7 +401,7 @@ def redact_details(value: object) -> object:
     if isinstance(value, Mapping):
         return {
             str(key): REDACTED
-            if is_secret_name(str(key)) and not _is_token_id(item)
+            if _is_secret_key(str(key)) and not _is_token_id(item)
             else item
             if _is_digest(str(key), item)
             else redact_details(item)
@@ -252,13 +412,33 @@ def redact_details(value: object) -> object:
     if isinstance(value, str):
         if looks_secret(value):
             return REDACTED
-        return redact_query(value) if "=" in value and "&" in value else value
+        if "=" in value and "&" in value:
+            value = redact_query(value)
+        return _scrubbed(value, _VALUE, None)
     return value
+
+
+def _is_secret_key(key: str) -> bool:
+    """``is_secret_name``, also for a key that is a secret name once decoded (``t%6Fken``)."""
+    if is_secret_name(key):
+        return True
+    if "%" not in key and "\\" not in key:
+        return False
+    decoded = _normalised(key)
+    return decoded is None or is_secret_name(decoded)
 
 
 def redact_words(text: str) -> str:
     """Return ``text`` (a User-Agent, free text) with each blank-separated word that looks secret
-    replaced: an attack run put an API token in its User-Agent and found it in the access log."""
+    replaced: an attack run put an API token in its User-Agent and found it in the access log.
+
+    The value after a secret name (``Authorization: Bearer …``, ``token=…``) and a URL's password are
+    replaced too; one that only shows decoded (percent-encoding, JSON escapes) redacts all of ``text``.
+    """
+    # On every access log line (once per distinct User-Agent): a browser's costs four substring tests,
+    # Firefox's (``rv:109.0``) one scan for names.
+    if "=" in text or ":" in text or "%" in text or "\\" in text:
+        text = _scrubbed(text, _VALUE, None)
     if not looks_secret(text):
         return text
     return " ".join(REDACTED if looks_secret(word) else word for word in text.split(" "))

@@ -198,3 +198,191 @@ def test_a_digest_under_a_name_that_says_so_stays_readable() -> None:
     out = redact_details({"sha256": digest, "fields_sha256": digest, "other": digest, "sha256x": digest})
     assert out == {"sha256": digest, "fields_sha256": digest, "other": REDACTED, "sha256x": REDACTED}
     assert redact_details({"sha256": "gwt_" + "A1b2" * 10}) == {"sha256": REDACTED}
+
+
+# A re-attack run: secrets behind a secret-looking name or in a URL's userinfo, in every place a value
+# is logged, written so that the first version of these rules missed them.
+FIREFOX_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0"
+CHROME_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # JSON escapes in the key: the app decodes "pass\u0077ord" to "password".
+        'data={"pass\\u0077ord":"hunter2"}',
+        "data=%7B%22pass%5Cu0077ord%22%3A%22hunter2%22%7D",
+        'data={"p\\u0061ss":"hunter2"}',
+        # JSON inside a JSON string, once and twice.
+        'data={"x":"{\\"password\\":\\"hunter2\\"}"}',
+        'data={"x":"{\\"y\\":\\"{\\\\\\"token\\\\\\":\\\\\\"hunter2\\\\\\"}\\"}"}',
+        # JavaScript-style objects, Ruby-style hashes.
+        "data={'password':'hunter2'}",
+        "data={password:hunter2}",
+        "data={password: hunter2, user: bob}",
+        'data={"password"=>"hunter2"}',
+        # A URL's password without a scheme, and with several @.
+        "next=//admin:hunter2@db.internal/",
+        "next=%2F%2Fadmin%3Ahunter2%40db.internal%2F",
+        "next=https://a@b:hunter2@db.internal/",
+    ],
+)
+def test_secret_names_and_passwords_inside_a_query_value_redact_it(query: str) -> None:
+    name = query.partition("=")[0]
+    assert redact_query(query) == f"{name}={REDACTED}"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/fetch/https://admin:hunter2@db.internal/", f"/fetch/https://admin:{REDACTED}@db.internal/"),
+        ("/fetch//admin:hunter2@db.internal/x", f"/fetch//admin:{REDACTED}@db.internal/x"),
+        ("/x;a=1,token=hunter2", f"/x;a=1,token={REDACTED}"),
+        ("/x;password:hunter2", f"/x;password:{REDACTED}"),
+        ("/x;password:hunter2/next", f"/x;password:{REDACTED}/next"),
+        ("/x,api_key=hunter2/y", f"/x,api_key={REDACTED}/y"),
+        # Encoded: the app reads /x;token=… and {"password": …}.
+        ("/x%3Btoken=hunter2", f"/x%3Btoken={REDACTED}"),
+        ("/a/x%3Bt%6Fken%3Dhunter2/b", f"/a/{REDACTED}/b"),
+        ("/api/%7B%22pass%5Cu0077ord%22%3A%22hunter2%22%7D/ok", f"/api/{REDACTED}/ok"),
+        ("/fetch/https:%2F%2Fadmin:hunter2%40db.internal/", f"/fetch/{REDACTED}/"),
+    ],
+)
+def test_secret_names_and_passwords_inside_a_path_are_redacted(path: str, expected: str) -> None:
+    assert redact_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        ("password=hunter2", f"password={REDACTED}"),
+        ("login failed: password: hunter2", f"login failed: password: {REDACTED}"),
+        ("https://admin:hunter2@db.internal/", f"https://admin:{REDACTED}@db.internal/"),
+        ("//admin:hunter2@db.internal", f"//admin:{REDACTED}@db.internal"),
+        ('{"password":"hunter2","user":"bob"}', f'{{"password":"{REDACTED}","user":"bob"}}'),
+        ("{'token': 'hunter2'}", f"{{'token': '{REDACTED}'}}"),
+        ('{"secret": {"value": "hunter2"}}', f'{{"secret": {REDACTED}'),
+        ('{"pass\\u0077ord":"hunter2"}', REDACTED),
+        ('{"x":"{\\"password\\":\\"hunter2\\"}"}', REDACTED),
+        ("password%3Dhunter2", REDACTED),
+    ],
+)
+def test_secret_names_and_passwords_inside_detail_strings_are_redacted(detail: str, expected: str) -> None:
+    assert redact_details({"detail": detail, "n": [detail]}) == {"detail": expected, "n": [expected]}
+
+
+def test_a_detail_key_that_decodes_to_a_secret_name_is_redacted() -> None:
+    assert redact_details({"t%6Fken": "hunter2", "pass%2577ord": "hunter2"}) == {
+        "t%6Fken": REDACTED,
+        "pass%2577ord": REDACTED,
+    }
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        ("curl/8 Authorization: Bearer hunter2", f"curl/8 Authorization: Bearer {REDACTED}"),
+        ("curl/8 (X-Api-Key: hunter2)", f"curl/8 (X-Api-Key: {REDACTED})"),
+        ("bot/1 token=hunter2 lang=en", f"bot/1 token={REDACTED} lang=en"),
+        (
+            "git/2 https://x-access-token:hunter2@github.com/o/r",
+            f"git/2 https://x-access-token:{REDACTED}@github.com/o/r",
+        ),
+        ('bot/1 {"pass\\u0077ord": "hunter2"}', REDACTED),
+        ("bot/1 password%3Dhunter2", REDACTED),
+    ],
+)
+def test_secret_names_and_passwords_inside_the_user_agent_are_redacted(
+    user_agent: str, expected: str
+) -> None:
+    assert redact_words(user_agent) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An attacker's own "[REDACTED]" in front of a secret shields nothing.
+        "password=[REDACTED]hunter2",
+        "password=[REDACTED]@hunter2",
+        "//u:[REDACTED]@evil:hunter2@host/",
+        # A name encoded more often than any app decodes (``token`` after nine rounds).
+        "t%" + "25" * 8 + "6Fken=hunter2",
+    ],
+)
+def test_redaction_cannot_be_dodged_with_its_own_marker_or_endless_encoding(text: str) -> None:
+    for redacted in (redact_words(text), redact_details(text), redact_path("/" + text)):
+        assert isinstance(redacted, str)
+        assert "hunter2" not in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "curl/8 Authorization: Bearer hunter2",
+        'x {"password":"hunter2","a":"b"} //u:hunter2@h/x token=hunter2&y=1 %7B%22token%22%3A1%7D',
+        "/x;a=1,token=hunter2/https://admin:hunter2@db/",
+    ],
+)
+def test_redacting_twice_changes_nothing(text: str) -> None:
+    assert redact_words(redact_words(text)) == redact_words(text)
+    assert redact_details(redact_details(text)) == redact_details(text)
+    assert redact_path(redact_path(text)) == redact_path(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        FIREFOX_UA,
+        CHROME_UA,
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "https://x.test/a:b@c",
+        "https://u@x.test/a:b@c",
+        "mailto:alice@example.com",
+        "zipcode=123",
+        "meeting at 10:30, 2024-01-01T10:30:00Z",
+        "name=alice&page=2",
+        '{"name":"x","page":2}',
+        "signature algorithm 'none' is not allowed",
+        "100% done",
+    ],
+)
+def test_plain_text_with_colons_and_equals_stays_readable(text: str) -> None:
+    assert redact_words(text) == text
+    assert redact_details({"detail": text}) == {"detail": text}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/users/42",
+        "/wiki/Special:Search",
+        "/v1/projects/p:getIamPolicy",
+        "/t/10:30",
+        "/files/My%20Report%202024.pdf",
+        "/fetch/https://x.test/a:b@c",
+        "/a;v=1.2/b;lang=en",
+    ],
+)
+def test_plain_paths_with_colons_and_equals_stay_readable(path: str) -> None:
+    assert redact_path(path) == path
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["page=2&sort=name", "redirect_uri=https://app.test/cb", "t=10:30", "zipcode=123", "u=mailto:a@b.test"],
+)
+def test_plain_queries_with_colons_stay_readable(query: str) -> None:
+    assert redact_query(query) == query
+
+
+def test_a_password_holding_a_secret_name_is_redacted_once() -> None:
+    assert redact_words("x //u:token=hunter2@db/p y") == f"x //u:{REDACTED} y"
+    assert redact_details("x //token:hunter2@db/p token=hunter2 end") == (
+        f"x //token:{REDACTED}@db/p token={REDACTED} end"
+    )
+
+
+@pytest.mark.parametrize("query", ["q=is:issue%20state:open", "q=code:python", "q=key:value%20lang:en"])
+def test_search_syntax_inside_a_value_stays_readable(query: str) -> None:
+    """`state`, `code` and `key` are secret as a parameter's name, not as words of a search query."""
+    assert redact_query(query) == query
