@@ -110,6 +110,26 @@ REROUTING: Final = frozenset(
         b"x-http-method-override",
         b"x-http-method",
         b"x-method-override",
+        # CGI's and WSGI's environ names, which servers take from a request's headers when their peer
+        # is trusted: gunicorn by default reads SCRIPT_NAME and PATH_INFO from localhost, and cut an
+        # allowed prefix off the path (an attack run: `SCRIPT_NAME: /static` on a public path reached
+        # the app's /admin handlers with no sign-in). Compared after normalize_name, so any spelling.
+        b"script-name",
+        b"path-info",
+        b"path-translated",
+        b"request-uri",
+        b"request-method",
+        b"document-uri",
+        b"query-string",
+        b"remote-addr",
+        b"remote-host",
+        b"remote-port",
+        b"server-name",
+        b"server-port",
+        b"server-addr",
+        b"server-protocol",
+        b"auth-type",
+        b"wsgi-url-scheme",
     }
 )
 # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps written for

@@ -237,6 +237,13 @@ SPOOFED_FORWARDING = [
     ("X-Forwarded-Path", "/evil"),
     ("X-Envoy-Original-Path", "/evil"),
     ("X-Script-Name", "/evil"),
+    # An attack run: gunicorn took SCRIPT_NAME (and PATH_INFO) from its trusted peer, the gateway, and
+    # cut an allowed prefix off the path; its app's /admin handlers answered a public path's request.
+    ("SCRIPT_NAME", "/evil"),
+    ("Script-Name", "/evil"),
+    ("PATH_INFO", "/evil"),
+    ("REQUEST_URI", "/evil"),
+    ("REMOTE_ADDR", "6.6.6.6"),
     ("X-Request-Id", "attacker-chosen-id"),
     ("x_request_id", "attacker-chosen-id"),
 ]
@@ -264,6 +271,10 @@ def _assert_gateway_forwarding(gw: Gateway, resp: httpx.Response, *, host: str |
         "x-forwarded-path",
         "x-envoy-original-path",
         "x-script-name",
+        "script-name",
+        "path-info",
+        "request-uri",
+        "remote-addr",
     ):
         assert not _values(seen, absent), absent
     assert not [n for n, _ in seen if "_" in n], "an underscore spelling slipped through"
