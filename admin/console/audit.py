@@ -404,14 +404,22 @@ async def export(
     It holds the records, the hash-chain proof from the record before the period, the signed
     checkpoints and a manifest of SHA-256 sums, and verifies offline (``gateway audit verify-bundle``).
     ``X-Audit-Records`` says how many records it holds, ``X-Manifest-SHA256`` the hash of its manifest
-    (note it where you hand the bundle over). Recorded as ``admin.audit.export``.
+    (note it where you hand the bundle over), ``X-Audit-Until`` where its window ends: the period ends
+    at the export time at the latest, and a later ``until`` is clamped to it (``X-Audit-Until-Clamped:
+    true``; a ``since`` not before now is a 400). Recorded as ``admin.audit.export``.
     """
     admin = admin_of(request)
     base = {"reason": data.reason, "since": data.since, "until": data.until}
+    now = identity.clock.now()
     try:
         since, until = _time(data.since, "since"), _time(data.until, "until")
         if since is None or until is None or since >= until:
             raise BadRequest("'since' must be before 'until'; nothing was exported.")
+        if since >= now:
+            raise BadRequest(
+                "'since' must be before now: the period ends at the export time at the latest; nothing was "
+                "exported."
+            )
     except BadRequest:
         # Recorded as every refused export is (a time that did not parse left no record).
         await _record(identity, request, "export", admin.actor, "failure", {**base, "error": "bad-request"})
@@ -421,21 +429,27 @@ async def export(
         checkpoints = await asyncio.to_thread(_local_checkpoints, settings)
         keyring = await _keyring(settings, services.identity.keyring)
         bundle = await assemble_bundle(
-            services.db, since=since, until=until, checkpoints=checkpoints, now=identity.clock.now(),
-            keyring=keyring,
+            services.db, since=since, until=until, checkpoints=checkpoints, now=now, keyring=keyring,
         )  # fmt: skip
     except GatewayError as err:
         await _record(identity, request, "export", admin.actor, "failure", {**base, "error": err.reason})
         raise
     manifest = hashlib.sha256(bundle.files[MANIFEST]).hexdigest()
     details = {**base, "records": bundle.records, "manifest_sha256": manifest, "problem": bundle.problem}
+    exported_until = bundle.until.astimezone(UTC).isoformat()
+    if bundle.clamped:
+        details["until_clamped_to"] = exported_until
     await _record(identity, request, "export", admin.actor, "success", details)
-    name = f"audit-evidence-{_stamp(since)}-{_stamp(until)}.zip"
+    name = f"audit-evidence-{_stamp(since)}-{_stamp(bundle.until)}.zip"
     headers = {
         "content-disposition": f'attachment; filename="{name}"',
         "x-audit-records": str(bundle.records),
         "x-manifest-sha256": manifest,
+        "x-audit-until": exported_until,
     }
+    if bundle.clamped:
+        # The period asked for ran past now: the bundle's window ends at the export time.
+        headers["x-audit-until-clamped"] = "true"
     if bundle.problem is not None:
         # The bundle is still evidence; the header says it does not verify, and why.
         text = " ".join(bundle.problem.split())

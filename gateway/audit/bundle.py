@@ -25,6 +25,12 @@ without it, or for a bundle without a seal (exported before seals existed, or wi
 looks the same as one whose seal was removed), it says the window is not authenticated. It also holds
 the checkpoints against the window: one signed at a time inside the window names a head the bundle
 must hold, and none may name a head past the chain head at export.
+
+A window ends at the export time at the latest: the exporter clamps a later ``until`` to it (and says
+so), since records written after the export could lie inside a window still open, and the verifier
+refuses a sealed bundle whose ``until`` is later than its ``created_at``. A seal under a keyring key
+marked compromised vouches only for what was exported before the mark (window, export time and head;
+see :func:`gateway.audit.checkpoint.check_signature`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from gateway.audit.chain import (
 )
 from gateway.audit.checkpoint import BUNDLE_SEALS, CHECKPOINT_TYPE, check_signature, sign_checkpoint
 from gateway.audit.models import AuditEvent
+from gateway.clock import as_utc
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, store_errors
 from gateway.store.private import private_dir, write_new_private
@@ -148,6 +155,10 @@ Verify it by hand:
    HMAC-SHA256 (hex) over the compact JSON of the seal without "mac" (keys sorted, separators "," and
    ":", non-ASCII kept as is) under HKDF-SHA256 (no salt, info "gateway keyring derive" + a zero byte +
    "audit-bundle-seal", 32 bytes) of keyring key kid. Only the keyring holder can check (or make) it.
+   Its until is not later than its created_at (a window ends at the export time at the latest: the
+   exporter clamps a later one). When key kid is marked compromised in the keyring file, the seal
+   counts only if its head_seq is at or before the mark's audit_seq and its until and created_at are
+   before the mark's "at" (and before its "leaked_since", when given).
 """
 
 
@@ -165,7 +176,9 @@ class ExportSummary:
     last: ChainRecord | None
     checkpoints: int
     problem: str | None
+    until: datetime  # the window's end as exported: the until asked for, or the export time if earlier
     sealed_by: str | None = None  # the keyring key id that sealed it; None: exported without the keyring
+    clamped: bool = False  # the until asked for was later than the export time: the window ends at it
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,14 +279,15 @@ async def export_bundle(
     (created; it must not exist or be empty).
 
     ``keyring`` checks the keyed records' MACs while exporting and seals the bundle's claims (without
-    it the bundle has no seal, and its window verifies as not authenticated).
+    it the bundle has no seal, and its window verifies as not authenticated). An ``until`` later than
+    ``now`` is clamped to ``now`` (``ExportSummary.clamped`` and ``until`` say so).
 
     Returns:
         The summary; its ``problem`` is set when the exported range itself does not verify (the bundle
         is still written, as evidence).
 
     Raises:
-        BundleError: ``out`` exists and is not empty.
+        BundleError: ``out`` exists and is not empty, or ``since`` is not before the window's end.
         StoreUnavailable: The database cannot be read.
     """
     bundle = await assemble_bundle(
@@ -281,7 +295,15 @@ async def export_bundle(
     )
     _write(out, bundle.files)
     return ExportSummary(
-        out, bundle.records, bundle.first, bundle.last, bundle.checkpoints, bundle.problem, bundle.sealed_by
+        out,
+        bundle.records,
+        bundle.first,
+        bundle.last,
+        bundle.checkpoints,
+        bundle.problem,
+        bundle.until,
+        bundle.sealed_by,
+        bundle.clamped,
     )
 
 
@@ -295,7 +317,9 @@ class Bundle:
     last: ChainRecord | None
     checkpoints: int
     problem: str | None
+    until: datetime  # the window's end as exported: the until asked for, or the export time if earlier
     sealed_by: str | None = None  # the keyring key id of the seal; None: not sealed (no keyring)
+    clamped: bool = False  # the until asked for was later than the export time: the window ends at it
 
     def zip_bytes(self) -> bytes:
         """The bundle as the zip file ``gateway audit export -o NAME.zip`` writes."""
@@ -313,9 +337,14 @@ async def assemble_bundle(
 ) -> Bundle:
     """The evidence bundle :func:`export_bundle` writes, in memory (the admin console sends it as is).
 
+    An ``until`` later than ``now`` is clamped to ``now`` (``Bundle.clamped``): a window still open at
+    export would have the seal vouch for records written after it.
+
     Raises:
+        BundleError: ``since`` is not before the window's end (``until``, or ``now`` if earlier).
         StoreUnavailable: The database cannot be read.
     """
+    until, clamped = _window_end(since, until, now)
     lo, hi = await _seq_range(db, since, until)
     records: list[ChainRecord] = []
     anchor: dict[str, Any] = {"seq": 0, "id": 0, "record_hash": GENESIS}
@@ -401,8 +430,26 @@ async def assemble_bundle(
         records[-1] if records else None,
         len(chosen),
         problem,
+        until,
         sealed_by,
+        clamped,
     )
+
+
+def _window_end(since: datetime, until: datetime, now: datetime) -> tuple[datetime, bool]:
+    """The window's end as exported, and whether ``until`` was clamped to the export time ``now``.
+
+    Raises:
+        BundleError: ``since`` is not before it (nothing to export).
+    """
+    clamped = as_utc(until) > as_utc(now)
+    end = now if clamped else until
+    if as_utc(since) >= as_utc(end):
+        what = (
+            f"the export time ({iso(now)}): nothing was written yet" if clamped else f"until ({iso(until)})"
+        )
+        raise BundleError(f"since ({iso(since)}) must be before {what}")
+    return end, clamped
 
 
 def _claims(chain: Mapping[str, Any], manifest: Mapping[str, Any], records: int) -> dict[str, Any]:
@@ -667,7 +714,32 @@ def _seal_problem(
                 f"the bundle {_show(stated[name])} (the bundle was changed after export: records cut "
                 "from an end of the range, or the window moved)"
             )
+    return _open_window_problem(seal)
+
+
+def _open_window_problem(seal: Mapping[str, Any]) -> str | None:
+    """A sealed window ends at the export time at the latest: records written after the export could lie
+    in a window still open then, and the seal would vouch for a range they are missing from."""
+    until, created = _time_of(seal.get("until")), _time_of(seal.get("created_at"))
+    if created is None:
+        return f"the seal's created_at is not a time with a zone: {_show(seal.get('created_at'))}"
+    if until is not None and until > created:
+        return (
+            f"the sealed window ends at {seal['until']}, after the bundle was exported ({seal['created_at']}): "
+            "records written after the export could lie inside it, so the seal cannot vouch for the window "
+            "(export it again: a window now ends at the export time at the latest)"
+        )
     return None
+
+
+def _time_of(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def _show(value: Any) -> str:
@@ -725,11 +797,7 @@ def _manifest_problem(files: Mapping[str, bytes], manifest: Mapping[str, Any]) -
 
 
 def _checkpoint_time(doc: Mapping[str, Any]) -> datetime | None:
-    try:
-        at = datetime.fromisoformat(str(doc.get("at")).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else None
+    return _time_of(doc.get("at"))
 
 
 def _checkpoint_problem(

@@ -27,7 +27,10 @@ events).
 
 The same signature, under a key derived with another label (:data:`BUNDLE_SEALS`), seals what an
 evidence bundle claims about itself (``gateway.audit.bundle``): a seal cannot pass for a checkpoint
-nor a checkpoint for a seal, since each ``type`` is signed and checked and each has its own key.
+nor a checkpoint for a seal, since each ``type`` is signed and checked and each has its own key. Under
+a key marked compromised, a seal vouches only for what its signer could have seen before the mark: a
+head at or before the mark's record, and a window ending and exported before the mark (or before
+``leaked_since``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -59,8 +63,8 @@ from gateway.audit.chain import (
     seal_legacy,
 )
 from gateway.audit.chain_key import ChainKeys
-from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.crypto.keyring import Keyring, KeyringError
+from gateway.clock import SYSTEM_CLOCK, Clock, as_utc
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError
 from gateway.errors import GatewayError
 from gateway.store.db import Database
 from gateway.store.private import private_dir
@@ -94,16 +98,23 @@ _FIELDS: Final = ("head_id", "head_seq", "head_hash", "count", "at")
 @dataclass(frozen=True, slots=True)
 class Signing:
     """What a signed document is: its ``type`` (signed, and checked) and the label its key is derived
-    under from the keyring (``keyring.derive(label, kid=…)``), distinct per purpose."""
+    under from the keyring (``keyring.derive(label, kid=…)``), distinct per purpose.
+
+    ``times`` names the document's fields holding times it vouches for (ISO 8601 with a zone). Under a
+    key marked compromised each must lie before the mark (before ``leaked_since`` when the mark names
+    it): a document that speaks for a time after the key leaked is not the gateway's.
+    """
 
     type: str
     label: bytes
+    times: tuple[str, ...] = ()
 
 
 #: Checkpoints of the chain head.
 CHECKPOINTS: Final = Signing(CHECKPOINT_TYPE, b"audit-checkpoint")
-#: The seal of an evidence bundle's claims (window, anchor, heads, record count, file sums).
-BUNDLE_SEALS: Final = Signing("audit.bundle_seal", b"audit-bundle-seal")
+#: The seal of an evidence bundle's claims (window, anchor, heads, record count, file sums): its window
+#: ends (``until``) and it was made (``created_at``) at times its signer must have seen.
+BUNDLE_SEALS: Final = Signing("audit.bundle_seal", b"audit-bundle-seal", times=("until", "created_at"))
 
 
 class ChainBroken(GatewayError):
@@ -138,7 +149,13 @@ def sign_checkpoint(
 def check_signature(
     doc: Mapping[str, Any], keyring: Keyring, *, signing: Signing = CHECKPOINTS
 ) -> str | None:
-    """``None`` if the document's MAC verifies under the keyring (a checkpoint by default), else why not."""
+    """``None`` if the document's MAC verifies under the keyring (a checkpoint by default), else why not.
+
+    Under a key marked compromised the MAC proves little (whoever holds the leaked key can compute it):
+    the document must name a ``head_seq`` at or before the mark's ``audit_seq``, and each of its
+    ``signing.times`` (a seal's ``until`` and ``created_at``) must lie before the mark, or before
+    ``leaked_since`` when the mark names that.
+    """
     if doc.get("type") != signing.type:
         return f"not a signed {signing.type} (type {str(doc.get('type'))[:64]!r})"
     if doc.get("alg") != MAC_ALGORITHM:
@@ -155,14 +172,53 @@ def check_signature(
     if not hmac.compare_digest(expected, mac):
         return "the MAC does not verify (forged or altered)"
     mark = keyring.compromised.get(kid)
+    if mark is None:
+        return None
     head = doc.get("head_seq")
-    if mark is not None and (not isinstance(head, int) or head > mark.audit_seq):
+    if isinstance(head, bool) or not isinstance(head, int) or head > mark.audit_seq:
         # Whoever holds the leaked key can sign any checkpoint: only heads it could have seen are its.
         return (
             f"signed with key {kid!r}, marked compromised at {mark.at}, for a head after record "
             f"{mark.audit_seq} (forged with the leaked key?)"
         )
+    # Nor a time after the key may have leaked: a seal over an empty window after the mark names the
+    # head at the mark, and passed the head check alone.
+    cutoff, since_what = _compromise_time(mark)
+    for name in signing.times:
+        value = doc.get(name)
+        at = _aware_time(value)
+        if at is None or at >= cutoff:
+            shown = "missing" if value is None else repr(str(value))[:80]
+            why = "not a time with a zone, so not shown to be" if at is None else "not"
+            return (
+                f"signed with key {kid!r}, marked compromised at {mark.at}, with {name} {shown}: {why} "
+                f"before {since_what} {cutoff.isoformat()} (forged with the leaked key?)"
+            )
     return None
+
+
+def _compromise_time(mark: Compromise) -> tuple[datetime, str]:
+    """From when a compromised key's signatures speak for nothing: the mark, or ``leaked_since`` when
+    the operator knew it and it is earlier."""
+    cutoff, what = mark.time, "the mark"
+    leaked = None
+    if mark.leaked_since:
+        with contextlib.suppress(ValueError):  # checked when the keyring file was read
+            leaked = as_utc(datetime.fromisoformat(mark.leaked_since))
+    if leaked is not None and leaked < cutoff:
+        cutoff, what = leaked, "the leak (leaked_since)"
+    return cutoff, what
+
+
+def _aware_time(value: object) -> datetime | None:
+    """An ISO 8601 time with a zone (``Z`` allowed), else ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def _check_shape(doc: Any, where: str) -> dict[str, Any]:

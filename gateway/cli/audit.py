@@ -16,10 +16,13 @@ record, what is wrong and what to do, and counts the records whose personal fiel
 backed by a ``privacy.audit_erased`` record on the chain).
 
 ``export`` seals the bundle's claims (window, anchor, heads, record count, file sums) with a key from the
-keyring when there is one; ``verify-bundle`` prints the window it vouches for and whether the seal
-authenticates it (with ``--config``), or says it is not authenticated (no keyring, or no seal: bundles
-exported before seals or without the keyring, and bundles whose seal was removed, look the same).
-``--require-seal`` makes an unauthenticated window a failure.
+keyring when there is one; its window ends at the export time at the latest (a later ``--until`` is
+clamped to it, and the output says so). ``verify-bundle`` prints the window it vouches for and whether
+the seal authenticates it (with ``--config``), or says it is not authenticated (no keyring, or no seal:
+bundles exported before seals or without the keyring, and bundles whose seal was removed, look the
+same). ``--require-seal`` makes an unauthenticated window a failure; a sealed window ending after its
+export time, or a seal under a key marked compromised that speaks for a time or head after the mark,
+fails.
 
 Exit codes: 0 verified / done, 1 the trail or bundle does not verify, or the database or keyring is
 unusable, 2 invalid input (bad time, unreadable checkpoint file or bundle, bad configuration). User
@@ -270,6 +273,8 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.since >= args.until:
         raise UserError("--since must be before --until")
+    if args.since >= SYSTEM_CLOCK.now():
+        raise UserError("--since must be before now: the window ends at the export time at the latest")
     settings = load_config(args)
     _sources, checkpoints = _gather_checkpoints(settings, args.checkpoint)
     keyring = _keyring_if_present(settings)
@@ -292,6 +297,12 @@ def _export(args: argparse.Namespace) -> int:
             f"wrote {summary.path}: {summary.records} record(s){span}, {summary.checkpoints} checkpoint(s); "
             f"check it with `gateway audit verify-bundle {summary.path} --config …`"
         )
+        print(f"  window: {_when(args.since)} .. {_when(summary.until)} (until exclusive)")
+        if summary.clamped:
+            print(
+                f"  --until {_when(args.until)} is later than the export time: the window ends at the export "
+                "time (records written after the export are not in the bundle; export again later for them)"
+            )
         if summary.sealed_by is not None:
             print(
                 f"  sealed with keyring key {summary.sealed_by}: its window, ends and record count are signed"
@@ -463,7 +474,11 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     config_arg(p)
     p.add_argument("--since", type=_time, required=True, metavar="ISO", help="start (UTC if no offset)")
     p.add_argument(
-        "--until", type=_time, required=True, metavar="ISO", help="end, exclusive (UTC if no offset)"
+        "--until",
+        type=_time,
+        required=True,
+        metavar="ISO",
+        help="end, exclusive (UTC if no offset); a time after now is clamped to the export time",
     )
     p.add_argument(
         "-o", "--output", type=Path, required=True, metavar="BUNDLE", help="NAME.zip or a directory"

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -207,10 +207,13 @@ def test_verify_checkpoint_list_and_export(config: Path, tmp_path: Path) -> None
     proc = gateway("audit", "verify-bundle", str(bundle), *c)
     assert proc.returncode == 0, proc.stdout
     assert "checkpoints inside the range: 1 match; signatures valid" in proc.stdout
-    assert (
-        "  window: 2000-01-01 00:00:00.000000Z .. 2100-01-01 00:00:00.000000Z (until exclusive): records "
-        "seq 1..16 after the anchor seq 0; chain head at export seq 16\n"
-    ) in proc.stdout
+    # --until 2100-01-01 ran past the export time: the window ends there.
+    window = next(line for line in proc.stdout.splitlines() if line.startswith("  window: "))
+    assert window.startswith("  window: 2000-01-01 00:00:00.000000Z .. ")
+    assert window.endswith(
+        "Z (until exclusive): records seq 1..16 after the anchor seq 0; chain head at export seq 16"
+    )
+    assert _window_end(window) <= datetime.now(UTC)
     assert "  window authenticated: sealed at export with keyring key " in proc.stdout
 
 
@@ -275,6 +278,56 @@ def test_user_errors(config: Path, tmp_path: Path) -> None:
         proc = gateway(*args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert complaint in proc.stderr, (args, proc.stderr)
+
+
+def _window_end(line: str) -> datetime:
+    """The end of the window a "  window: SINCE .. UNTIL (until exclusive)…" line of the CLI names."""
+    end = line.split(" .. ", 1)[1].split(" (until exclusive)", 1)[0]
+    return datetime.strptime(end, "%Y-%m-%d %H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def test_an_export_ends_at_the_export_time(config: Path, tmp_path: Path) -> None:
+    # An outside review exported with --until 26 days ahead: the seal vouched for a window still open, and
+    # records written inside it afterwards were missing from a bundle that verified as authenticated.
+    c = ("--config", str(config))
+    write_concurrently(_url(config), processes=1, each=3, keyring=_keyring(config))
+    bundle = tmp_path / "ev.zip"
+    before = datetime.now(UTC)
+    ahead = (before + timedelta(days=26)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    proc = gateway("audit", "export", *c, "--since", "2000-01-01", "--until", ahead, "-o", str(bundle))
+    after = datetime.now(UTC)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 record(s) (seq 1..3" in proc.stdout
+    window = next(line for line in proc.stdout.splitlines() if line.startswith("  window: "))
+    assert before <= _window_end(window) <= after
+    assert (
+        f"  --until {(before + timedelta(days=26)).strftime('%Y-%m-%d %H:%M:%S')}.000000Z is later than the "
+        "export time: the window ends at the export time (records written after the export are not in the "
+        "bundle; export again later for them)"
+    ) in proc.stdout
+    write_concurrently(_url(config), processes=1, each=2, keyring=_keyring(config))  # seq 4..5, after it
+    proc = gateway("audit", "verify-bundle", str(bundle), *c, "--require-seal")
+    assert proc.returncode == 0, proc.stdout
+    window = next(line for line in proc.stdout.splitlines() if line.startswith("  window: "))
+    assert before <= _window_end(window) <= after
+    assert "records seq 1..3 after the anchor seq 0; chain head at export seq 3" in window
+    # An --until before now is kept, and nothing is said about it.
+    proc = gateway(
+        "audit", "export", *c, "--since", "2000-01-01", "--until", "2001-01-01", "-o", str(tmp_path / "b")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "  window: 2000-01-01 00:00:00.000000Z .. 2001-01-01 00:00:00.000000Z (until exclusive)\n"
+        in proc.stdout
+    )
+    assert "later than the export time" not in proc.stdout
+    # A window that starts after now holds nothing yet: a user error, nothing written.
+    proc = gateway(
+        "audit", "export", *c, "--since", ahead, "--until", "2200-01-01", "-o", str(tmp_path / "c.zip")
+    )
+    assert proc.returncode == 2, proc.stdout
+    assert "--since must be before now: the window ends at the export time at the latest" in proc.stderr
+    assert not (tmp_path / "c.zip").exists()
 
 
 def test_tampered_bundle_fails(config: Path, tmp_path: Path) -> None:

@@ -7,6 +7,11 @@ more the bundle verified, even beside a signed checkpoint saying the cut records
 exporter seals the claims with a keyring-derived key, the checkpoints are held against the window, and
 a bundle without a seal verifies with its window said to be unauthenticated (or fails when a seal is
 required). Also: keys in events.jsonl that no record hash covers are refused.
+
+A re-attack found two ways round the seal: a window sealed while still open (``until`` after the export
+time, records written into it afterwards), and a seal made with a leaked key for an empty window after
+the key was marked compromised (the head it names is the mark's). Now the window ends at the export
+time at the latest, and a seal under a compromised key vouches only for times before the mark.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import pytest
 
 from gateway.audit.bundle import BundleError, assemble_bundle, export_bundle, verify_bundle
+from gateway.audit.chain import ChainRecord, chain_head
 from gateway.audit.checkpoint import BUNDLE_SEALS, Checkpointer, check_signature, sign_checkpoint
 from gateway.audit.trail import AuditLog
 from gateway.clock import FakeClock
@@ -56,6 +62,7 @@ async def _exported(
     await _trail(db, keyring, first, clock)
     checkpoints = [await checkpointer.checkpoint()]
     await _trail(db, keyring, n - first, clock)
+    clock.advance(60)  # exported a minute later: the window (clamped to the export time) holds the checkpoint
     out = tmp_path / "ev.zip"
     summary = await export_bundle(
         db, since=SINCE, until=UNTIL, checkpoints=checkpoints, out=out, now=clock.now(), keyring=keyring
@@ -213,7 +220,10 @@ async def test_the_verdict_says_whether_the_window_is_authenticated(
     )
     assert verdict.window is not None
     window = verdict.window
-    assert (window.since, window.until) == (SINCE, UNTIL)
+    # The window asked for ran past the export time: it ends there.
+    exported_at = datetime.fromisoformat(json.loads(_files(bundle)["manifest.json"])["created_at"])
+    assert (window.since, window.until) == (SINCE, exported_at)
+    assert exported_at < UNTIL
     assert (window.anchor_seq, window.last_seq, window.export_head_seq) == (0, 15, 15)
     # Without the keyring: sealed, not checked.
     verdict = verify_bundle(bundle)
@@ -259,7 +269,8 @@ async def test_a_seal_made_with_a_leaked_key_vouches_only_for_heads_before_the_m
     path = tmp_path / "keyring.json"
     keyring = Keyring.create(path)
     old = keyring.active_id
-    body = {"since": "s", "until": "u", "chain_head_at_export": None, "records": 0}
+    times = {"until": "2027-01-10T00:00:00.000000+00:00", "created_at": "2027-01-10T00:00:00.000000+00:00"}
+    body = {"since": "2027-01-01T00:00:00.000000+00:00", **times, "chain_head_at_export": None, "records": 0}
     before = sign_checkpoint({**body, "head_seq": 5}, keyring, signing=BUNDLE_SEALS)
     forged = sign_checkpoint({**body, "head_seq": 9}, keyring, signing=BUNDLE_SEALS)
     keyring.rotate(path)
@@ -268,6 +279,239 @@ async def test_a_seal_made_with_a_leaked_key_vouches_only_for_heads_before_the_m
     why = check_signature(forged, keyring, signing=BUNDLE_SEALS)
     assert why is not None
     assert "marked compromised" in why
+
+
+@pytest.mark.parametrize(
+    ("until", "created_at", "leaked_since", "refused"),
+    [
+        ("2027-01-10T00:00:00+00:00", "2027-01-10T00:00:00+00:00", "", None),
+        # The window, or the export, after the mark: nothing the key signed before the mark.
+        ("2027-01-16T00:00:00+00:00", "2027-01-10T00:00:00+00:00", "", "until"),
+        ("2027-01-10T00:00:00+00:00", "2027-01-16T00:00:00+00:00", "", "created_at"),
+        ("2027-01-15T09:00:00+00:00", "2027-01-15T09:00:00+00:00", "", "until"),  # at the mark: not before it
+        # The leak's time known: what was exported since is not vouched for either.
+        ("2027-01-08T00:00:00+00:00", "2027-01-10T00:00:00+00:00", "2027-01-09T00:00:00+00:00", "created_at"),
+        ("2027-01-08T00:00:00+00:00", "2027-01-08T12:00:00+00:00", "2027-01-09T00:00:00+00:00", None),
+        # No time to hold against the mark.
+        (None, "2027-01-10T00:00:00+00:00", "", "until"),
+        ("2027-01-10T00:00:00", "2027-01-10T00:00:00+00:00", "", "until"),  # no zone
+    ],
+)
+async def test_a_seal_made_with_a_leaked_key_vouches_only_for_times_before_the_mark(
+    tmp_path: Path, until: str | None, created_at: str, leaked_since: str, refused: str | None
+) -> None:
+    # A head at the mark's record is not enough: an empty window after the mark names that head too.
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    old = keyring.active_id
+    body: dict[str, Any] = {"since": "2027-01-01T00:00:00+00:00", "created_at": created_at, "head_seq": 5}
+    if until is not None:
+        body["until"] = until
+    seal = sign_checkpoint(body, keyring, signing=BUNDLE_SEALS)
+    checkpoint = sign_checkpoint({"head_seq": 5, "at": "2027-01-16T00:00:00+00:00"}, keyring)
+    keyring.rotate(path)
+    mark = Compromise("2027-01-15T09:00:00+00:00", 5, leaked_since=leaked_since)
+    keyring.mark_compromised(path, old, mark)
+    why = check_signature(seal, keyring, signing=BUNDLE_SEALS)
+    if refused is None:
+        assert why is None, why
+    else:
+        assert why is not None
+        assert why.startswith(
+            f"signed with key {old!r}, marked compromised at 2027-01-15T09:00:00+00:00, with {refused} "
+        )
+        assert ("before the leak (leaked_since)" if leaked_since else "before the mark") in why
+    # Checkpoints are held to their head only, as before.
+    assert check_signature(checkpoint, keyring) is None
+
+
+def _claims_of(chain: dict[str, Any], manifest: dict[str, Any], records: int) -> dict[str, Any]:
+    """What a seal vouches for (README.txt, step 6)."""
+    head = chain["chain_head_at_export"]
+    return {
+        **{k: chain[k] for k in ("since", "until", "anchor", "head_at_until", "chain_head_at_export")},
+        "head_seq": head["seq"] if head else 0,
+        "records": records,
+        "files": manifest["files"],
+        "created_at": manifest["created_at"],
+    }
+
+
+def _zipped(out: Path, files: Files) -> Path:
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out
+
+
+def _sealed_by_hand(
+    out: Path, chain: dict[str, Any], events: list[dict[str, Any]], created_at: str, signer: Keyring
+) -> Path:
+    """A bundle written by hand, its claims sealed under ``signer`` (who holds the key)."""
+    files: Files = {
+        "events.jsonl": "".join(json.dumps(e, sort_keys=True) + "\n" for e in events).encode(),
+        "chain.json": json.dumps(chain, indent=2).encode(),
+        "checkpoints.jsonl": b"",
+        "README.txt": b"Audit trail evidence bundle\n",
+    }
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "created_at": created_at,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+    }
+    manifest["seal"] = sign_checkpoint(_claims_of(chain, manifest, len(events)), signer, signing=BUNDLE_SEALS)
+    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    return _zipped(out, files)
+
+
+def _ref(record: ChainRecord) -> dict[str, Any]:
+    return {"seq": record.seq, "id": record.id, "record_hash": record.record_hash}
+
+
+async def test_a_seal_under_a_leaked_key_for_a_window_after_the_mark_is_refused(
+    audit_db: Database, tmp_path: Path
+) -> None:
+    # The finding: key k signs the checkpoint of seq 5; k leaks, the keyring is rotated and k marked
+    # compromised at seq 5; the intruder's records 6..10 follow. With k, a bundle made by hand claims the
+    # hours after the mark held no record: anchor, heads and export head at seq 5 (the head check passes),
+    # no checkpoint, sealed under k. It verified with its window authenticated.
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    leaked_key = keyring.active_id
+    clock = FakeClock(START.timestamp())
+    await _trail(audit_db, keyring, 5, clock)  # 00:00 .. 04:00
+    await Checkpointer(audit_db, keyring, directory=None, clock=clock).checkpoint()  # seq 5, 05:00, public
+    clock.advance(600)
+    exported_before = clock.now()  # 05:10: a bundle exported before the leak, sealed under k
+    honest = await export_bundle(
+        audit_db, since=SINCE, until=UNTIL, checkpoints=[], out=tmp_path / "honest.zip", now=exported_before,
+        keyring=keyring,
+    )  # fmt: skip
+    assert honest.sealed_by == leaked_key
+    stolen = tmp_path / "stolen-keyring.json"  # the intruder's copy of the file, k still active in it
+    stolen.write_bytes(path.read_bytes())
+    stolen.chmod(0o600)
+    intruder = Keyring.load(stolen)
+    head = await chain_head(audit_db)
+    assert head is not None
+    assert head.seq == 5
+    clock.advance(1200)
+    marked_at = clock.now()  # 05:30
+    keyring.rotate(path)
+    keyring.mark_compromised(
+        path, leaked_key, Compromise(marked_at.isoformat(), 5, audit_hash=head.record_hash)
+    )
+    clock.advance(1800)
+    await _trail(audit_db, keyring, 5, clock)  # the intrusion: seq 6..10, 06:00 .. 10:00
+
+    at_mark = {**_ref(head), "v": head.version}
+    after_mark = {
+        "format": 1, "hash": "sha256",
+        "since": (marked_at + timedelta(minutes=30)).isoformat(), "until": (marked_at + timedelta(hours=5)).isoformat(),
+        "anchor": at_mark, "records": [], "head_at_until": at_mark, "chain_head_at_export": _ref(head),
+    }  # fmt: skip
+    variants = {
+        # As reported: exported "before the mark", the window after it.
+        "reported": (marked_at - timedelta(minutes=15)).isoformat(),
+        # Exported "after the window" (so it does not end past its export time): after the mark too.
+        "exported later": (marked_at + timedelta(hours=6)).isoformat(),
+    }
+    for name, created_at in variants.items():
+        forged = _sealed_by_hand(tmp_path / f"{name}.zip", after_mark, [], created_at, intruder)
+        verdict = verify_bundle(forged, keyring=keyring, require_seal=True)
+        assert verdict.problem is not None, name
+        assert verdict.problem.startswith(
+            f"manifest.json's seal: signed with key {leaked_key!r}, marked compromised at {marked_at.isoformat()}"
+        ), verdict.problem
+        assert not verdict.window_authenticated
+    # Before the mark, the same key's seal still vouches for what it sealed.
+    verdict = verify_bundle(tmp_path / "honest.zip", keyring=keyring, require_seal=True)
+    assert verdict.ok, verdict.problem
+    assert (verdict.seal, verdict.sealed_by, verdict.records) == ("valid", leaked_key, 5)
+    assert verdict.window is not None
+    assert verdict.window.until == exported_before
+
+
+# --- the window ends at the export time ---------------------------------------------------------------
+
+
+async def test_a_window_past_the_export_time_ends_at_the_export_time(
+    audit_db: Database, tmp_path: Path
+) -> None:
+    # The finding: exported with until 26 days ahead, the seal vouched for a window still open; records
+    # written inside it after the export were missing from a bundle whose window verified as authenticated.
+    keyring = _keyring(tmp_path)
+    clock = FakeClock(START.timestamp())
+    await _trail(audit_db, keyring, 3, clock)  # 00:00 .. 02:00
+    exported_at = clock.now()  # 03:00
+    out = tmp_path / "ev.zip"
+    summary = await export_bundle(
+        audit_db, since=SINCE, until=exported_at + timedelta(days=26), checkpoints=[], out=out,
+        now=exported_at, keyring=keyring,
+    )  # fmt: skip
+    files = _files(out)
+    chain, seal = json.loads(files["chain.json"]), json.loads(files["manifest.json"])["seal"]
+    assert (
+        chain["until"]
+        == seal["until"]
+        == seal["created_at"]
+        == exported_at.isoformat(timespec="microseconds")
+    )
+    assert f"to {exported_at.isoformat(timespec='microseconds')}:" in files["README.txt"].decode()
+    assert (summary.problem, summary.records, summary.until, summary.clamped) == (None, 3, exported_at, True)
+    await _trail(audit_db, keyring, 2, clock)  # written after the export, inside the window asked for
+    verdict = verify_bundle(out, keyring=keyring, require_seal=True)
+    assert verdict.ok, verdict.problem
+    assert verdict.window is not None
+    assert (verdict.window.until, verdict.window.export_head_seq) == (exported_at, 3)  # they lie after it
+    # An until before the export time is kept as asked.
+    earlier = exported_at - timedelta(minutes=90)
+    kept = await assemble_bundle(audit_db, since=SINCE, until=earlier, checkpoints=[], now=clock.now())
+    assert (kept.until, kept.clamped, kept.records) == (earlier, False, 2)
+    assert json.loads(kept.files["chain.json"])["until"] == earlier.isoformat(timespec="microseconds")
+    # A window starting at or after the export time holds nothing yet: refused, nothing written.
+    with pytest.raises(BundleError, match=r"must be before the export time .*: nothing was written yet"):
+        await export_bundle(
+            audit_db, since=clock.now(), until=clock.now() + timedelta(days=1), checkpoints=[],
+            out=tmp_path / "future.zip", now=clock.now(), keyring=keyring,
+        )  # fmt: skip
+    assert not (tmp_path / "future.zip").exists()
+
+
+def _resealed(path: Path, out: Path, keyring: Keyring, *, until: datetime, created_at: datetime) -> Path:
+    """The bundle with its window's end and export time changed, sealed again by the keyring's holder:
+    what an exporter that did not clamp the window wrote."""
+    files = _files(path)
+    chain = json.loads(files["chain.json"])
+    chain["until"] = until.isoformat(timespec="microseconds")
+    events = [json.loads(line) for line in files["events.jsonl"].decode().splitlines()]
+    return _sealed_by_hand(out, chain, events, created_at.isoformat(timespec="microseconds"), keyring)
+
+
+async def test_a_sealed_window_ending_after_its_export_time_is_refused(
+    audit_db: Database, tmp_path: Path
+) -> None:
+    keyring = _keyring(tmp_path)
+    bundle, _ = await _exported(audit_db, tmp_path, keyring)
+    created_at = datetime.fromisoformat(json.loads(_files(bundle)["manifest.json"])["created_at"])
+    same = _resealed(bundle, tmp_path / "same.zip", keyring, until=created_at, created_at=created_at)
+    assert verify_bundle(same, keyring=keyring, require_seal=True).ok
+    later = created_at + timedelta(days=26)
+    open_window = _resealed(bundle, tmp_path / "open.zip", keyring, until=later, created_at=created_at)
+    for key in (keyring, None):  # the seal's own claims: held with or without the keyring
+        verdict = verify_bundle(open_window, keyring=key)
+        assert verdict.problem == (
+            f"the sealed window ends at {later.isoformat(timespec='microseconds')}, after the bundle was "
+            f"exported ({created_at.isoformat(timespec='microseconds')}): records written after the export "
+            "could lie inside it, so the seal cannot vouch for the window (export it again: a window now "
+            "ends at the export time at the latest)"
+        )
+        assert not verdict.window_authenticated
+    # A bundle without a seal (exported before seals) is not held to it: its window is not authenticated.
+    unsealed = _tampered(open_window, lambda _events, _chain: None, seal="strip")
+    verdict = verify_bundle(unsealed, keyring=keyring)
+    assert verdict.ok, verdict.problem
+    assert verdict.seal == "absent"
 
 
 async def test_keys_no_hash_covers_are_refused(audit_db: Database, tmp_path: Path) -> None:
@@ -358,7 +602,8 @@ async def test_an_export_of_a_trail_cut_after_a_checkpoint_says_so(
     async with database.engine.begin() as conn:
         await conn.exec_driver_sql("DELETE FROM audit_events WHERE seq >= 4")
     bundle = await assemble_bundle(
-        database, since=SINCE, until=UNTIL, checkpoints=[checkpoint], now=clock.now(), keyring=keyring
-    )
+        database, since=SINCE, until=UNTIL, checkpoints=[checkpoint], now=clock.now() + timedelta(minutes=1),
+        keyring=keyring,
+    )  # fmt: skip
     assert bundle.problem is not None
     assert "saw the chain reach seq 5, but the bundle's range ends at seq 3" in bundle.problem
