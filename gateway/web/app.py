@@ -1,14 +1,12 @@
 """The control-plane app: everything under ``/.gateway/``, on every host, never proxied.
 
 Liveness and readiness, the sign-in pages, the account portal and the JSON API they use (OpenAPI at
-``/.gateway/api/schema``). Every unsafe request is CSRF-checked (double-submit cookie); the secret is
-derived from the keyring, so every replica accepts every other replica's tokens.
+``/.gateway/api/schema``). Every unsafe request is CSRF-checked (double-submit cookie); the tokens are
+keyed by the keyring, so every replica accepts every other replica's tokens, across key rotations.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -16,7 +14,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from litestar import Litestar, MediaType, Request, get
-from litestar.config.csrf import CSRFConfig
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi.config import OpenAPIConfig
@@ -26,9 +23,7 @@ from litestar.response import Redirect, Response
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
-from gateway.identity.cookies import CSRF_COOKIE
 from gateway.identity.invitations import Invitations
 from gateway.observe.redact import redact_path
 from gateway.services import WorkerServices
@@ -47,6 +42,7 @@ from gateway.web import (
     privacy_page,
 )
 from gateway.web.api_reference import ReferencePage
+from gateway.web.csrf import csrf_middleware
 from gateway.web.deps import Config, Readiness, Signing, constant
 from gateway.web.error_pages import FrameworkRefusal, error_response, wants_html
 from gateway.web.gate import PUBLIC_RESOURCE, step_guard
@@ -212,13 +208,10 @@ def create_control_app(services: WorkerServices) -> Litestar:
         ],
         dependencies=dict(dependencies(services)),
         template_config=TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine),
-        csrf_config=CSRFConfig(
-            secret=_csrf_secret(services.identity.keyring),
-            cookie_name=CSRF_COOKIE.name(insecure=insecure),
-            cookie_secure=not insecure,
-            cookie_samesite="lax",
-            header_name="x-csrftoken",
-        ),
+        # Litestar's CSRF check with tokens keyed by the keyring (csrf.py): a token made under any key
+        # the keyring holds verifies on every worker and replica, and a page view replaces a cookie
+        # that verifies under none of them. Not csrf_config: that would add Litestar's own middleware.
+        middleware=[csrf_middleware(services.identity.keyring, insecure_cookies=insecure)],
         # One guard for every handler: a session with a sign-in step pending reaches only that step.
         guards=[step_guard(services.identity, services.live)],
         # Every body these pages take is a form or a WebAuthn ceremony (a few KB; an attestation with
@@ -245,8 +238,3 @@ def create_control_app(services: WorkerServices) -> Litestar:
         before_send=[SecurityHeaders(services.live)],
         debug=False,
     )
-
-
-def _csrf_secret(keyring: Keyring) -> str:
-    # Derived from the keyring: every worker and replica accepts the same CSRF tokens.
-    return hmac.new(keyring.derive(b"gateway csrf v1"), b"csrf", hashlib.sha256).hexdigest()

@@ -35,6 +35,10 @@ STATIC_PREFIX: Final = "/.gateway/static/"
 # Stylesheets and the WebAuthn script: cacheable for an hour, then revalidated, so an upgrade's new
 # files reach every browser within the hour. Nothing personal is in them.
 STATIC_CACHE: Final = b"public, max-age=3600"
+# Only a file's own answer (200, or 304 to a revalidation) is cacheable; any other is no-store. A shared
+# cache that kept a missing file's 404 for an hour refused, for that hour, a file a rolling upgrade adds
+# (the first replica upgraded links it, an old one answers 404); a 405 or 500 is no file's content either.
+_STATIC_CACHEABLE: Final = frozenset({200, 304})
 # Answers whose own Cache-Control is kept: public keys that verifiers are meant to cache (new keys
 # are published ahead of use, see docs/assertion.md).
 _OWN_CACHE: Final = frozenset({"/.gateway/jwks.json"})
@@ -149,7 +153,8 @@ class SecurityHeaders:
             if name.lower() not in HARDENING_HEADER_NAMES
             or (path in _OWN_CACHE and name.lower() == b"cache-control")
         ]
-        cache = STATIC_CACHE if path.startswith(STATIC_PREFIX) else b"no-store"
+        static = path.startswith(STATIC_PREFIX) and message.get("status") in _STATIC_CACHEABLE
+        cache = STATIC_CACHE if static else b"no-store"
         added = hardening_headers(self._policy(), cache_control=cache)
         if path in _OWN_CACHE and any(name.lower() == b"cache-control" for name, _ in kept):
             added = [(n, v) for n, v in added if n != b"cache-control"]

@@ -260,6 +260,16 @@ def test_static_assets_are_cacheable_and_hardened(gw: Gateway, asset: str) -> No
     resp = httpx.get(f"{gw.url}/.gateway/static/{asset}", timeout=30)
     assert resp.status_code == 200
     assert_hardened(resp, gw, cache="public, max-age=3600")
+    assert "set-cookie" not in resp.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_missing_static_file_is_not_cacheable(gw: Gateway, method: str) -> None:
+    """An attack run: the 404 of a missing static file said ``public, max-age=3600``, so during a
+    rolling upgrade a shared cache could keep a new asset's 404 for an hour."""
+    resp = httpx.request(method, f"{gw.url}/.gateway/static/added-by-the-next-release.js", timeout=30)
+    assert resp.status_code == 404
+    assert_hardened(resp, gw)
 
 
 def test_the_proxied_apps_answers_are_not_changed(gw: Gateway) -> None:

@@ -87,10 +87,14 @@ class _Live:
 
 
 def _send(
-    path: str, headers: list[tuple[bytes, bytes]], *, public_url: str = "https://auth.example.com"
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    public_url: str = "https://auth.example.com",
+    status: int = 200,
 ) -> dict[bytes, list[bytes]]:
     hook = SecurityHeaders(_Live(public_url))
-    message: dict[str, Any] = {"type": "http.response.start", "status": 200, "headers": headers}
+    message: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
     asyncio.run(hook(cast("Any", message), cast("Any", {"type": "http", "path": path})))
     out: dict[bytes, list[bytes]] = {}
     for name, value in message["headers"]:
@@ -131,6 +135,15 @@ def test_static_assets_get_a_cache_lifetime_and_the_jwks_keeps_its_own() -> None
     assert jwks[b"x-frame-options"] == [b"DENY"]
     # A path that only looks like a static one is not cacheable.
     assert _send("/.gateway/staticx/a.css", [])[b"cache-control"] == [b"no-store"]
+
+
+@pytest.mark.parametrize("status", [404, 405, 500])
+def test_a_static_answer_that_is_not_the_file_is_not_cacheable(status: int) -> None:
+    """An attack run: a missing static file's 404 said ``public, max-age=3600``, so a shared cache
+    could keep refusing a file a rolling upgrade adds for an hour after every replica has it."""
+    got = _send("/.gateway/static/new.js", [(b"cache-control", b"public, max-age=3600")], status=status)
+    assert got[b"cache-control"] == [b"no-store"]
+    assert _send("/.gateway/static/gateway.css", [], status=304)[b"cache-control"] == [STATIC_CACHE]
 
 
 def test_other_messages_pass_unchanged() -> None:
