@@ -1107,9 +1107,12 @@ async def revoke_session(
         await _refuse_signing_out(request, services, live_policy, config, user)
         sessions = services.identity.sessions
         # Only this account's: an id hash of someone else's session ends nothing here.
-        if session not in {s.id_hash for s in await sessions.list_user(user.id)}:
+        target = next((s for s in await sessions.list_user(user.id) if s.id_hash == session), None)
+        if target is None:
             raise UnknownSession(f"{user.username} has no live session with that id; reload the page.")
-        ended = 1 if await sessions.revoke_hash(session) else 0
+        # The whole sign-in, every host's session of it: ending one row left the app-host sessions of
+        # that sign-in working (a re-attack run, from the portal's list).
+        ended = await sessions.revoke_family(target.family)
         await services.identity.audit.record(
             "session.revoked", actor=actor, subject=user.username, details={"session": session[:12]}
         )

@@ -274,8 +274,10 @@ class Responder:
         return Action("revoke_session", session, ok=count > 0, note=f"{count} revoked")
 
     async def _revoke_each(self, sessions: list[Session]) -> int:
+        """End each session with its whole sign-in (its sessions on every host): a stolen sign-in's
+        app-host sessions must not outlive the one the detection named."""
         assert self._sessions is not None
-        return sum([await self._sessions.revoke_hash(s.id_hash) for s in sessions])
+        return sum([await self._sessions.revoke_family(s.family) for s in sessions])
 
     async def _revoke_sessions(self, subject: str) -> Action | None:
         user_id = await self._user(subject)

@@ -370,12 +370,7 @@ async def revoke_one(
         # As for all of them at once: a stolen, older cookie looped over the list one by one (an
         # attack run signed the owner out everywhere that way).
         return _step_up("/.gateway/account")
-    mine = {other.id_hash for other in await identity.sessions.list_user(s.user_id)}
-    if (
-        session_hash in mine
-        and session_hash != s.id_hash
-        and await identity.sessions.revoke_hash(session_hash)
-    ):
+    if session_hash != s.id_hash and await flows.end_listed_session(identity, s, session_hash):
         await identity.audit.record(
             "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
         )

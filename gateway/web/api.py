@@ -132,9 +132,10 @@ async def end_session(
     _, s = await _require(request, config, identity)
     if not flows.is_fresh(s, config, identity.clock):
         raise PermissionDeniedException(_FRESH_FIRST)
-    if session_hash not in {o.id_hash for o in await identity.sessions.list_user(s.user_id)}:
+    ended = await flows.end_listed_session(identity, s, session_hash)
+    if ended is None:
         raise PermissionDeniedException("Not one of your sessions.")
-    if await identity.sessions.revoke_hash(session_hash):
+    if ended:
         await identity.audit.record(
             "session.revoked", actor=f"user:{s.username}", subject=s.username, ip=flows.client_ip(request)
         )

@@ -38,6 +38,7 @@ __all__ = [
     "client_ip",
     "consent_pending",
     "current",
+    "end_listed_session",
     "enrolls_first",
     "has_second_factor",
     "is_fresh",
@@ -133,6 +134,24 @@ def may_remove(session: Session, kind: str, config: CurrentConfig, clock: Clock)
     ``mfa: webauthn`` route. A person who lost their only passkey asks an administrator
     (``gateway user reset-mfa``)."""
     return is_fresh(session, config, clock, only=Factor.WEBAUTHN if kind == "webauthn" else None)
+
+
+async def end_listed_session(identity: IdentityServices, s: Session, session_hash: str) -> int | None:
+    """End one of the sessions "my sessions" lists for ``s``'s person; None if it is not one of them.
+
+    A session of another browser ends with its whole sign-in, every host's session of it, as a sign-out
+    there would: ending its auth-host row alone left the app-host sessions of that sign-in working (a
+    re-attack run signed a stolen sign-in out from the portal, and its app cookie still got 200). A
+    session of this browser's own sign-in (an app host's) ends alone: the hand-off gives it back.
+    Returns how many sessions ended."""
+    target = next(
+        (o for o in await identity.sessions.list_user(s.user_id) if o.id_hash == session_hash), None
+    )
+    if target is None:
+        return None
+    if target.family != s.family:
+        return await identity.sessions.revoke_family(target.family)
+    return int(await identity.sessions.revoke_hash(session_hash))
 
 
 async def has_second_factor(identity: IdentityServices, user_id: int) -> bool:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import pytest
 
+from gateway.identity.sessions import hash_session_id
 from tests.integration.harness import (
     Gateway,
     add_user,
@@ -40,7 +41,7 @@ from tests.integration.http_client import (
     login,
     post_form,
 )
-from tests.integration.test_sign_in_steps import enroll_totp
+from tests.integration.test_sign_in_steps import enroll_totp, next_code
 
 EVIL = "evil.test"
 LINK_RE = re.compile(r'<a class="button" href="([^"]*)">Try again</a>')
@@ -359,3 +360,31 @@ def test_an_app_hosts_session_is_that_hosts_alone(site: Site) -> None:
     signed_in = site.send("GET", "/.gateway/api/me", site.auth, headers=theirs)
     assert (signed_in.status_code, signed_in.json()["error"]) == (403, "mfa-required")  # known: enrol first
     assert site.send("GET", "/x", f"one.apps.test:{site.gw.port}", headers=theirs).status_code == 200
+
+
+def test_signing_out_another_browser_from_the_portal_ends_its_sign_in_on_every_host(site: Site) -> None:
+    """A re-attack run: the owner signed a stolen sign-in out from "my sessions" (its auth-host row),
+    and the intruder's app-host cookie of that sign-in still got 200. Ending another browser's session
+    ends its whole sign-in."""
+    add_user(site.gw.config_path, "twice", PASSWORD)
+    with browser(site.gw) as owner, browser(site.gw) as intruder:
+        assert login(owner, "twice").status_code == 302
+        secret, _ = enroll_totp(owner)
+        assert login(intruder, "twice").status_code == 302
+        assert post_form(intruder, "/.gateway/mfa/totp", {"code": next_code(secret)}).status_code in (
+            302,
+            303,
+        )
+        resp = intruder.get("/.gateway/login", params={"rd": f"http://app.test:{site.gw.port}/x"})
+        redeemed = follow_handoff(intruder, resp.headers["location"], connect=site.gw.url)
+        app_session = redeemed.cookies.get(SESSION_COOKIE)
+        intruders = cookie(intruder)
+        assert app_session
+        assert intruders
+        on_app = {"Cookie": f"{SESSION_COOKIE}={app_session}", "Accept": "application/json"}
+        assert site.send("GET", "/x", f"app.test:{site.gw.port}", headers=on_app).status_code == 200
+
+        ended = post_form(owner, f"/.gateway/account/sessions/{hash_session_id(intruders)}/revoke")
+        assert ended.status_code == 303, ended.text
+        assert site.send("GET", "/x", f"app.test:{site.gw.port}", headers=on_app).status_code == 401
+        assert owner.get("/.gateway/api/me").status_code == 200  # the owner's own sign-in goes on
