@@ -130,6 +130,13 @@ REROUTING: Final = frozenset(
         b"server-protocol",
         b"auth-type",
         b"wsgi-url-scheme",
+        # httpoxy (CVE-2016-5385 and kin): CGI, PHP and Go's CGI handler put `Proxy:` into HTTP_PROXY,
+        # which the app's own HTTP client then sends its requests through. No browser sends it.
+        b"proxy",
+        # Rack::Sendfile reads these from the request and turns an app's file answer into an
+        # X-Accel-Redirect to a path they map (CVE-2025-61780): the client chose which file nginx sends.
+        b"x-sendfile-type",
+        b"x-accel-mapping",
     }
 )
 # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps written for

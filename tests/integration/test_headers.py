@@ -244,6 +244,10 @@ SPOOFED_FORWARDING = [
     ("PATH_INFO", "/evil"),
     ("REQUEST_URI", "/evil"),
     ("REMOTE_ADDR", "6.6.6.6"),
+    # httpoxy, and Rack::Sendfile's request-side mapping (the client chose the file nginx would send).
+    ("Proxy", "http://evil.test:1/"),
+    ("X-Sendfile-Type", "X-Accel-Redirect"),
+    ("X-Accel-Mapping", "/evil/=/etc/"),
     ("X-Request-Id", "attacker-chosen-id"),
     ("x_request_id", "attacker-chosen-id"),
 ]
@@ -275,6 +279,9 @@ def _assert_gateway_forwarding(gw: Gateway, resp: httpx.Response, *, host: str |
         "path-info",
         "request-uri",
         "remote-addr",
+        "proxy",
+        "x-sendfile-type",
+        "x-accel-mapping",
     ):
         assert not _values(seen, absent), absent
     assert not [n for n, _ in seen if "_" in n], "an underscore spelling slipped through"
