@@ -137,6 +137,17 @@ REROUTING: Final = frozenset(
         # X-Accel-Redirect to a path they map (CVE-2025-61780): the client chose which file nginx sends.
         b"x-sendfile-type",
         b"x-accel-mapping",
+        # Pyramid's traverser always puts X-Vhm-Root in front of the path (no setting, no trusted peer):
+        # a re-attack run's `X-Vhm-Root: /admin` on a public `/` served the admin panel, no sign-in.
+        # repoze.vhm's host companion, and the path prefixes Azure App Service, Home Assistant's ingress
+        # and others read.
+        b"x-vhm-root",
+        b"x-vhm-host",
+        b"x-original-prefix",
+        b"x-ingress-path",
+        b"x-waws-unencoded-url",
+        b"disguised-host",
+        b"x-envoy-original-dst-host",
     }
 )
 # Identity under the names oauth2-proxy, Authelia and web servers' auth modules send it: apps written for
@@ -158,6 +169,15 @@ FOREIGN_IDENTITY: Final = frozenset(
         b"x-auth-request-preferred-username",
         b"x-auth-request-access-token",
         b"x-forwarded-access-token",
+        # Enterprise web access managers' and generic user names (SiteMinder's SMUSER, Oracle Access
+        # Manager, caddy-security, WSO2; a re-attack run passed each). Exact names: X-User-Agent is not one.
+        b"smuser",
+        b"oam-remote-user",
+        b"x-token-subject",
+        b"x-jwt-assertion",
+        b"x-auth-user",
+        b"x-user",
+        b"x-proxy-user",
     }
 )
 # And whole families of them, by prefix: the clouds' identity-aware proxies (Google IAP, Azure App
@@ -206,6 +226,12 @@ FOREIGN_IDENTITY_PREFIXES: Final = (
     # client certificate and Windows identity): a re-attack run found both passed on.
     b"x-appengine-",
     b"ms-aspnetcore-",
+    # Enterprise web access managers: SiteMinder (Spring Security's RequestHeaderAuthenticationFilter
+    # reads SM_USER by default), IBM WebSEAL's iv-*, Oracle Access Manager, caddy-security, WSO2, and
+    # the generic names apps take a user from (a re-attack run passed each to the app and forward-auth).
+    b"sm-",
+    b"iv-",
+    b"x-token-user-",
 )
 
 
@@ -242,6 +268,13 @@ CLIENT_CERTIFICATE_PREFIXES: Final = (
 _DROPPED_PREFIXES: Final = (
     b"x-forwarded-",
     b"cloudfront-viewer-",
+    # Envoy's and Istio's own (x-envoy-original-dst-host picks the upstream host), WebLogic's proxy
+    # plug-in's (WL-Proxy-Client-Cert is a client-certificate sign-in, WL-Proxy-Client-IP, -SSL), and
+    # WebSphere's / Open Liberty's private $WS* headers (host, scheme, port, remote address and user,
+    # trusted from any origin by default; `$` reads as `-` normalized): a re-attack run passed them.
+    b"x-envoy-",
+    b"wl-proxy-",
+    b"-ws",
     *FOREIGN_IDENTITY_PREFIXES,
     *CLIENT_CERTIFICATE_PREFIXES,
 )
@@ -285,6 +318,20 @@ _FORWARDING = frozenset(
         b"x-real-port",
         b"x-client-port",
         b"cf-visitor",
+        # More client-address and scheme names (a re-attack run): Java's usual helpers read
+        # Proxy-Client-IP and the CGI spellings as header names, Gin's TrustedPlatform Fly-Client-IP.
+        b"proxy-client-ip",
+        b"http-x-forwarded-for",
+        b"http-client-ip",
+        b"fly-client-ip",
+        b"x-azure-clientip",
+        b"x-azure-socketip",
+        b"x-vercel-forwarded-for",
+        b"ali-cdn-real-ip",
+        b"x-proxyuser-ip",
+        b"fastly-ssl",
+        b"x-https",
+        b"https",
         b"cf-pseudo-ipv4",
         b"cf-connecting-ipv6",
         b"cloudfront-forwarded-proto",

@@ -75,7 +75,12 @@ def is_override_key(key: bytes) -> bool:
         key.translate(_PHP_KEY),
         key.lstrip(b" ").translate(_PHP_KEY),
         key.lstrip(b"[]").rstrip(b"]"),
-    )
+    ) or key.strip() in _HEADER_NAMED_KEYS
+
+
+# ASP.NET MVC's GetHttpMethodOverride reads the override header's name as a form field and a query
+# parameter of a POST too (a re-attack run's reading).
+_HEADER_NAMED_KEYS: Final = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 
 def override_value(value: bytes) -> str:

@@ -248,6 +248,10 @@ SPOOFED_FORWARDING = [
     ("Proxy", "http://evil.test:1/"),
     ("X-Sendfile-Type", "X-Accel-Redirect"),
     ("X-Accel-Mapping", "/evil/=/etc/"),
+    # Pyramid's traverser prefixes the path with X-Vhm-Root, always (a re-attack run: the admin panel
+    # on a public "/"); WebSphere's $WSRA is the remote address it believes.
+    ("X-Vhm-Root", "/evil"),
+    ("$WSRA", "6.6.6.6"),
     ("X-Request-Id", "attacker-chosen-id"),
     ("x_request_id", "attacker-chosen-id"),
 ]
@@ -282,6 +286,8 @@ def _assert_gateway_forwarding(gw: Gateway, resp: httpx.Response, *, host: str |
         "proxy",
         "x-sendfile-type",
         "x-accel-mapping",
+        "x-vhm-root",
+        "$wsra",
     ):
         assert not _values(seen, absent), absent
     assert not [n for n, _ in seen if "_" in n], "an underscore spelling slipped through"

@@ -41,6 +41,10 @@ from gateway.pipeline.overrides import method_overrides
         (b"%20_method=DELETE", {"DELETE"}),
         (b"++%20_method=PUT", {"PUT"}),
         (b"_method%00x=PATCH", {"PATCH"}),
+        # ASP.NET MVC reads the override header's name as a POST's query parameter or form field too.
+        (b"X-HTTP-Method-Override=DELETE", {"DELETE"}),
+        (b"x-http-method=PUT", {"PUT"}),
+        (b"X-Method-Override=PATCH", {"PATCH"}),
     ],
 )
 def test_the_methods_a_query_asks_for(query: bytes, methods: set[str]) -> None:
