@@ -71,11 +71,15 @@ def is_override_key(key: bytes) -> bool:
     # A leading space read as "_" too: wider than PHP, never narrower. Rack drops leading "[" and
     # "]" and trailing "]" ("[_method]", a re-attack run with Rack::MethodOverride).
     key = key.partition(b"\0")[0].lower()
-    return b"_method" in (
-        key.translate(_PHP_KEY),
-        key.lstrip(b" ").translate(_PHP_KEY),
-        key.lstrip(b"[]").rstrip(b"]"),
-    ) or key.strip() in _HEADER_NAMED_KEYS
+    return (
+        b"_method"
+        in (
+            key.translate(_PHP_KEY),
+            key.lstrip(b" ").translate(_PHP_KEY),
+            key.lstrip(b"[]").rstrip(b"]"),
+        )
+        or key.strip() in _HEADER_NAMED_KEYS
+    )
 
 
 # ASP.NET MVC's GetHttpMethodOverride reads the override header's name as a form field and a query
