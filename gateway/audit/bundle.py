@@ -58,7 +58,13 @@ from gateway.audit.chain import (
     iso,
     iter_records,
 )
-from gateway.audit.checkpoint import BUNDLE_SEALS, CHECKPOINT_TYPE, check_signature, sign_checkpoint
+from gateway.audit.checkpoint import (
+    BUNDLE_SEALS,
+    CHECKPOINT_TYPE,
+    aware_time,
+    check_signature,
+    sign_checkpoint,
+)
 from gateway.audit.models import AuditEvent
 from gateway.clock import as_utc
 from gateway.crypto.keyring import Keyring
@@ -720,7 +726,7 @@ def _seal_problem(
 def _open_window_problem(seal: Mapping[str, Any]) -> str | None:
     """A sealed window ends at the export time at the latest: records written after the export could lie
     in a window still open then, and the seal would vouch for a range they are missing from."""
-    until, created = _time_of(seal.get("until")), _time_of(seal.get("created_at"))
+    until, created = aware_time(seal.get("until")), aware_time(seal.get("created_at"))
     if created is None:
         return f"the seal's created_at is not a time with a zone: {_show(seal.get('created_at'))}"
     if until is not None and until > created:
@@ -730,16 +736,6 @@ def _open_window_problem(seal: Mapping[str, Any]) -> str | None:
             "(export it again: a window now ends at the export time at the latest)"
         )
     return None
-
-
-def _time_of(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else None
 
 
 def _show(value: Any) -> str:
@@ -797,7 +793,7 @@ def _manifest_problem(files: Mapping[str, bytes], manifest: Mapping[str, Any]) -
 
 
 def _checkpoint_time(doc: Mapping[str, Any]) -> datetime | None:
-    return _time_of(doc.get("at"))
+    return aware_time(doc.get("at"))
 
 
 def _checkpoint_problem(

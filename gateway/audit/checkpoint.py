@@ -78,6 +78,7 @@ __all__ = [
     "Checkpointer",
     "Signing",
     "TrailVerdict",
+    "aware_time",
     "check_signature",
     "latest_checkpoint",
     "load_checkpoints",
@@ -186,7 +187,7 @@ def check_signature(
     cutoff, since_what = _compromise_time(mark)
     for name in signing.times:
         value = doc.get(name)
-        at = _aware_time(value)
+        at = aware_time(value)
         if at is None or at >= cutoff:
             shown = "missing" if value is None else repr(str(value))[:80]
             why = "not a time with a zone, so not shown to be" if at is None else "not"
@@ -210,7 +211,7 @@ def _compromise_time(mark: Compromise) -> tuple[datetime, str]:
     return cutoff, what
 
 
-def _aware_time(value: object) -> datetime | None:
+def aware_time(value: object) -> datetime | None:
     """An ISO 8601 time with a zone (``Z`` allowed), else ``None``."""
     if not isinstance(value, str):
         return None
