@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,26 +42,33 @@ def app(environ, start_response):
 """
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("wsgi")
-    (tmp / "wsgiapp.py").write_text(_APP)
+@contextmanager
+def _gunicorn(folder: Path) -> Iterator[int]:
+    """A real gunicorn (its defaults: it trusts 127.0.0.1's SCRIPT_NAME) serving ``_APP``; its port."""
+    (folder / "wsgiapp.py").write_text(_APP)
     port = free_port()
     app = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--chdir", str(tmp), "--no-control-socket", "wsgiapp:app",
+            "--chdir", str(folder), "--no-control-socket", "wsgiapp:app",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_for_port(port, proc=app)
+        yield port
+    finally:
+        stop(app)  # gunicorn's master stops its worker on SIGTERM
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("wsgi")
+    with _gunicorn(tmp) as port:
         route = echo_route(f"http://127.0.0.1:{port}", public_paths=["/static/*"])
         with run_gateway(tmp, gateway_config(tmp, free_port(), [route])) as gateway:
             yield gateway
-    finally:
-        stop(app)  # gunicorn's master stops its worker on SIGTERM
 
 
 def _seen(gw: Gateway, path: str, **headers: str) -> dict[str, str]:
@@ -86,21 +94,8 @@ def test_a_client_cannot_move_the_path_gunicorn_routes_on(gw: Gateway, name: str
 def test_gunicorn_does_take_the_header_from_its_peer(tmp_path: Path) -> None:
     """The peer is real: gunicorn, asked directly from 127.0.0.1, does cut SCRIPT_NAME off the path
     (so the test above would fail if the gateway passed the header on)."""
-    (tmp_path / "wsgiapp.py").write_text(_APP)
-    port = free_port()
-    app = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--chdir", str(tmp_path), "--no-control-socket", "wsgiapp:app",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, proc=app)
+    with _gunicorn(tmp_path) as port:
         resp = httpx.get(
             f"http://127.0.0.1:{port}/static/admin/x", headers={"SCRIPT_NAME": "/static"}, timeout=30
         )
         assert json.loads(resp.text) == {"script_name": "/static", "path_info": "/admin/x"}
-    finally:
-        stop(app)
