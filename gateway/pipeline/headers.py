@@ -34,7 +34,7 @@ from typing import Final, NamedTuple, cast
 
 from gateway.identity.oidc.tokens import MAX_TOKEN_BYTES
 from gateway.machine.tokens import meant_as_gateway_token
-from gateway.settings.trusted import TrustedProxies, peer_address
+from gateway.settings.trusted import TrustedProxies, as_ipv4, peer_address
 
 __all__ = [
     "DEFAULT_IDENTITY_NAMES",
@@ -430,10 +430,8 @@ def _address(text: str) -> str | None:
         addr = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        # So blocks, limits and logs key on one spelling of each IPv4 client whichever a proxy writes.
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    # So blocks, limits and logs key on one spelling of each IPv4 client whichever a proxy writes.
+    return str(as_ipv4(addr))
 
 
 def _xff_entry(item: str) -> str | None:

@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
-__all__ = ["TrustedProxies", "may_see_internals", "peer_address"]
+__all__ = ["TrustedProxies", "as_ipv4", "may_see_internals", "peer_address"]
 
 # Any address family's text, parsed once per distinct peer (bounded: IPv6 clients choose them freely).
 _MAX_REMEMBERED_PEERS = 4096
@@ -24,7 +24,7 @@ _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _as_ipv4(addr: _Address) -> _Address:
+def as_ipv4(addr: _Address) -> _Address:
     """The IPv4 address an IPv4-mapped IPv6 one (``::ffff:a.b.c.d``) stands for; any other, as given."""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
@@ -44,7 +44,7 @@ def peer_address(ip: str) -> str:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return ip
-    addr = _as_ipv4(addr)
+    addr = as_ipv4(addr)
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
         return str(ipaddress.IPv6Address(int(addr)))
     return str(addr)
@@ -72,7 +72,7 @@ class TrustedProxies:
             # An IPv4-mapped address is checked as the IPv4 address it maps: a dual-stack listener sees
             # an IPv4 load balancer as ::ffff:10.0.0.5, which no IPv4 network contains (an attack run).
             try:
-                addr = _as_ipv4(ipaddress.ip_address(ip))
+                addr = as_ipv4(ipaddress.ip_address(ip))
             except ValueError:
                 return False
             return any(addr in net for net in self._networks)
