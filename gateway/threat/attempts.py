@@ -20,7 +20,8 @@ off.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Final, Literal
 
 from gateway.errors import GatewayError
@@ -28,7 +29,7 @@ from gateway.settings.schema import RegulationSettings
 from gateway.store.fast.base import FastState
 from gateway.threat.addresses import counted_as
 
-__all__ = ["AddressAttempts", "TooManyAttempts"]
+__all__ = ["AddressAttempts", "Counted", "TooManyAttempts"]
 
 Kind = Literal["password", "challenge", "introspection"]
 
@@ -47,6 +48,19 @@ class TooManyAttempts(GatewayError):
     status = 429
     reason = "too-many-attempts"
     title = "Too many attempts"
+
+
+class Counted:
+    """One attempt counted by :meth:`AddressAttempts.counting`; :meth:`fail` keeps it counted."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def fail(self) -> None:
+        """The attempt failed: it stays counted against the address."""
+        self.failed = True
 
 
 class AddressAttempts:
@@ -76,6 +90,31 @@ class AddressAttempts:
         limit, window = self._limit(kind)
         if limit and ip:
             await self._state.incr_window(_KEY.format(kind, counted_as(ip)), window=window, amount=-1)
+
+    @asynccontextmanager
+    async def counting(
+        self, kind: Kind, ip: str, *, failures: tuple[type[BaseException], ...] = ()
+    ) -> AsyncIterator[Counted]:
+        """Count one attempt for the block's work: reserved on entry (raising past the limit, before any
+        work), taken back on exit unless the block called :meth:`Counted.fail` or raised one of
+        ``failures``. Any other exception (an outage, a cancelled request) takes it back too: only
+        what the client got wrong may lock its address out.
+
+        Raises:
+            TooManyAttempts: The address reached its limit in this window (the block does not run).
+            StateUnavailable: The fast state cannot answer (503: fail closed).
+        """
+        await self.reserve(kind, ip)
+        counted = Counted()
+        try:
+            yield counted
+        except failures:
+            raise
+        except BaseException:
+            await self.release(kind, ip)
+            raise
+        if not counted.failed:
+            await self.release(kind, ip)
 
     def _limit(self, kind: Kind) -> tuple[int, float]:
         settings = self._settings()

@@ -399,15 +399,14 @@ async def backchannel_logout(
     # chained record and a security event, and an attack run wrote 80 a second with junk tokens.
     # Counted first, taken back for a token that was good, and past the limit nothing is recorded.
     try:
-        await identity.attempts.reserve("password", ip)
+        async with identity.attempts.counting("password", ip, failures=(TokenRejected,)):
+            await identity.oidc.backchannel_logout(settings, token, ip=ip)
     except TooManyAttempts as err:
         return Response(
             {"error": "invalid_request", "error_description": err.public_detail},
             status_code=err.status,
             headers=headers,
         )
-    try:
-        await identity.oidc.backchannel_logout(settings, token, ip=ip)
     except TokenRejected as err:
         return Response(
             {"error": "invalid_request", "error_description": err.detail},
@@ -415,7 +414,6 @@ async def backchannel_logout(
             headers=headers,
         )
     except ProviderUnavailable:
-        await identity.attempts.release("password", ip)
         return Response(
             {
                 "error": "temporarily_unavailable",
@@ -424,7 +422,6 @@ async def backchannel_logout(
             status_code=503,
             headers=headers,
         )
-    await identity.attempts.release("password", ip)
     return Response(b"", status_code=200, headers=headers, media_type=MediaType.TEXT)
 
 

@@ -122,17 +122,10 @@ async def login_submit(
     try:
         # Before any hashing: an address past its failures in this window costs nothing more. Counted
         # now, taken back unless the password fails.
-        await identity.attempts.reserve("password", ip)
-        try:
+        async with identity.attempts.counting("password", ip, failures=(SignInFailed,)):
             result = await identity.accounts.authenticate(
                 username, data.get("password", ""), ip=ip, device=flows.device_cookie(request, config)
             )
-        except SignInFailed:
-            raise
-        except BaseException:
-            await identity.attempts.release("password", ip)
-            raise
-        await identity.attempts.release("password", ip)
     except GatewayError as err:
         if err.status >= 500:
             raise  # an outage: the error handler logs the detail and shows a plain page
@@ -243,20 +236,14 @@ async def _second_factor(
         # A wrong code counts against the address too, as a wrong password does: the account's own
         # counter alone let one address holding many people's passwords guess every account's codes
         # at the account's pace (a re-attack run's reading).
-        await identity.attempts.reserve("password", ip)
-        try:
-            async with regulator.attempt(key) as attempt:
-                if factor is Factor.TOTP:
-                    ok = await identity.totp.verify(session.user_id, code)
-                else:
-                    ok = await identity.recovery.use(session.user_id, code)
-                if not ok:
-                    await attempt.fail(ip=ip, factor=factor.value)
-        except BaseException:
-            await identity.attempts.release("password", ip)
-            raise
-        if ok:
-            await identity.attempts.release("password", ip)
+        async with identity.attempts.counting("password", ip) as counted, regulator.attempt(key) as attempt:
+            if factor is Factor.TOTP:
+                ok = await identity.totp.verify(session.user_id, code)
+            else:
+                ok = await identity.recovery.use(session.user_id, code)
+            if not ok:
+                counted.fail()
+                await attempt.fail(ip=ip, factor=factor.value)
     except (AccountLocked, TooManyAttempts) as err:
         return await _mfa_error(
             request, identity, session.user_id, session.username, rd, err.public_detail, err.status

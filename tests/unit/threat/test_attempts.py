@@ -78,3 +78,47 @@ async def test_zero_turns_a_limit_off(clock: FakeClock) -> None:
     for _ in range(50):
         await off.reserve("password", "203.0.113.9")
         await off.reserve("challenge", "203.0.113.9")
+
+
+class _WrongGuess(Exception):
+    """What the client got wrong (a wrong password), named in ``failures``."""
+
+
+async def _count_left(attempts: AddressAttempts, ip: str) -> int:
+    """How many more attempts the address may start before it is refused (reserves them: probe last)."""
+    left = 0
+    while True:
+        try:
+            await attempts.reserve("password", ip)
+        except TooManyAttempts:
+            return left
+        left += 1
+
+
+async def test_counting_keeps_failures_and_takes_back_everything_else(attempts: AddressAttempts) -> None:
+    ip = "198.51.100.20"
+    async with attempts.counting("password", ip):
+        pass  # a success: taken back
+    with pytest.raises(RuntimeError):
+        async with attempts.counting("password", ip):
+            raise RuntimeError("an outage, not the client's fault: taken back")
+    with pytest.raises(asyncio.CancelledError):
+        async with attempts.counting("password", ip):
+            raise asyncio.CancelledError  # a client that went away: taken back
+    async with attempts.counting("password", ip) as counted:
+        counted.fail()  # a wrong code: kept
+    with pytest.raises(_WrongGuess):
+        async with attempts.counting("password", ip, failures=(_WrongGuess,)):
+            raise _WrongGuess  # a wrong password: kept
+    assert await _count_left(attempts, ip) == 1
+
+
+async def test_counting_past_the_limit_never_runs_the_block(attempts: AddressAttempts) -> None:
+    ip = "198.51.100.21"
+    for _ in range(3):
+        await attempts.reserve("password", ip)
+    ran = False
+    with pytest.raises(TooManyAttempts):
+        async with attempts.counting("password", ip):
+            ran = True
+    assert not ran
