@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
@@ -198,15 +198,13 @@ def _owned_by(row: ChainRecord, names: frozenset[str]) -> bool:
     return isinstance(owner, str) and owner.strip().lower() in names
 
 
-def _fields_to_erase(
-    row: ChainRecord, names: frozenset[str], actors: frozenset[str], owners: frozenset[str]
-) -> tuple[str, ...]:
+def _fields_to_erase(row: ChainRecord, names: frozenset[str], actors: frozenset[str]) -> tuple[str, ...]:
     """The fields of ``row`` that name the user and are not erased yet, in ``PERSONAL_FIELDS`` order."""
     wanted: set[str] = set()
     about_them = not row.kind.startswith(NOT_ABOUT_PEOPLE) and names_person(row.subject, names)
     if about_them:
         wanted.update(_AS_SUBJECT)
-    if _owned_by(row, owners):
+    if _owned_by(row, names):
         wanted.add("details")
     if row.actor in actors:
         acted_as_admin = row.kind.startswith(_ADMIN_ACTS) and row.kind != _NOT_AN_ACT
@@ -231,7 +229,6 @@ async def erase_person(
     actor: str,
     request_ref: str,
     since: datetime | None = None,
-    owner_names: Iterable[str] = (),
 ) -> ErasureResult:
     """Erase ``username``'s personal fields from every version 3 record naming them, on the chain.
 
@@ -248,8 +245,6 @@ async def erase_person(
         request_ref: The erasure request's reference (a ticket), recorded in the erasure record.
         since: Only records from this time on (the account's creation): earlier ones under the name
             are someone else's (a deleted account whose name was given again, a mistyped login).
-        owner_names: Further names the person is the owner of a service account by (their display
-            name): the details of such a record name them too.
 
     Returns:
         What was erased and what was kept; the erasure record is written even when nothing was found,
@@ -288,12 +283,11 @@ async def erase_person(
         async with chain_lock(db) as conn:
             rows = [_record(row) for row in (await conn.execute(query)).all()]
             plans, kept_legacy = [], 0
-            owners = names | {name.strip().lower() for name in owner_names if name.strip()}
             for row in rows:
                 if row.version != ERASABLE_VERSION:
                     kept_legacy += 1
                     continue
-                fields = _fields_to_erase(row, names, actors, owners)
+                fields = _fields_to_erase(row, names, actors)
                 if fields:
                     plans.append(_Plan(row, fields))
             record = await _erase_locked(

@@ -179,7 +179,6 @@ class Eraser:
             actor=actor,
             request_ref=ref,
             since=user.created_at,
-            owner_names=(user.display_name,) if user.display_name else (),
         )
         await self._register.pseudonymise(user_id, tombstone)
         await self._removed.pseudonymise(user.username, pseudonym)
@@ -189,9 +188,7 @@ class Eraser:
         )
         erasing = Erasing(user.username, user.email, since=user.created_at, held=held)
         incident_rows = await self._incident_records.pseudonymise(erasing, tombstone)
-        await forget_ownership(
-            self._db, erasing.mentions(tombstone), display_name=user.display_name, tombstone=tombstone
-        )
+        await forget_ownership(self._db, erasing.mentions(tombstone))
         if self._accounts.ledger is not None:
             # Outside the database too: a gateway started on a restored one erases the person again.
             await self._accounts.ledger.record(user, "erased", ref=ref)

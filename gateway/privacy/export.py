@@ -166,9 +166,21 @@ def _others_addresses_left_out(value: Any, own: str) -> Any:
     return value
 
 
+# What the person's copy of an audit event leaves out: a legal hold's reference and reason are for admins
+# only (docs/privacy.md, table legal_holds). An order may be confidential, and an attack run read its
+# case number in the held person's export. That a hold applies is still said (the request's status).
+_WITHHELD: Final[dict[str, tuple[str, ...]]] = {
+    "privacy.hold.placed": ("reference", "reason"),
+    "privacy.hold.released": ("reference",),
+    "privacy.erasure": ("hold",),
+}
+
+
 def _event(e: AuditEvent, actors: frozenset[str], username: str, email: str) -> dict[str, Any]:
     details: Any = json.loads(e.details) if e.details.startswith("{") else e.details
     details = _others_addresses_left_out(details, email.lower())
+    if isinstance(details, dict):
+        details = {k: v for k, v in details.items() if k not in _WITHHELD.get(e.kind, ())}
     subject = e.subject
     if e.subject.lower() != username.lower():
         subject = _shown_subject(e.subject)
@@ -232,7 +244,7 @@ async def export_person(
                     .order_by(DecisionSampleRow.bucket)
                 )
             ).all()
-    owned = await owned_by(db, user.username, user.email, user.display_name)
+    owned = await owned_by(db, user.username, user.email)
     actors = actor_spellings(user.username)
     live: list[dict[str, Any]] = []
     unavailable = False
@@ -280,4 +292,5 @@ async def export_person(
 def _request(view: RequestView) -> dict[str, Any]:
     doc = view.to_json()
     doc.pop("subject", None)
+    doc["hold_ref"] = ""  # a legal hold is for admins only (see _WITHHELD)
     return doc

@@ -7,8 +7,12 @@ erased person's email address, and so the person, in a service account's owner a
 in the record of its creation, which :func:`gateway.audit.erase.erase_person` now erases too).
 
 Matched as the incident records are (:class:`gateway.privacy.mentions.Mentions`, unambiguous): an
-owner that is wholly the person's username, email address or display name, and the email address
-anywhere; a bare username or the display name inside a description may be common words and stay.
+owner that is wholly the person's username or email address, and the email address anywhere; a bare
+username inside a description may be a common word and stays. Never by the display name: the person
+sets it themselves, so it proves nothing. An attack run renamed itself "Platform Team" in the portal,
+exported that team's service account, and its erasure replaced the team's ownership and the details of
+the admin's record of the account's creation. A service account whose owner is written as a person's
+display name keeps it after their erasure; an admin corrects it (``gateway service-account``).
 """
 
 from __future__ import annotations
@@ -26,12 +30,10 @@ from gateway.store.db import Database, store_errors
 __all__ = ["forget_ownership", "owned_by"]
 
 
-async def owned_by(
-    db: Database, username: str, email: str | None, display_name: str = ""
-) -> list[dict[str, Any]]:
-    """The service accounts whose owner is the person (their username, email address or display name,
-    wholly), for the export: name, description, owner, when created."""
-    names = {fold(n) for n in (username, email, display_name) if n}
+async def owned_by(db: Database, username: str, email: str | None) -> list[dict[str, Any]]:
+    """The service accounts whose owner is the person (their username or email address, wholly), for
+    the export: name, description, owner, when created."""
+    names = {fold(n) for n in (username, email) if n}
     with store_errors("cannot read the service accounts"):
         async with db.session() as session:
             rows = (await session.scalars(select(ServiceAccount).order_by(ServiceAccount.id))).all()
@@ -47,21 +49,15 @@ def _owned(row: ServiceAccount) -> dict[str, Any]:
     }
 
 
-async def forget_ownership(
-    db: Database, mentions: Mentions, *, display_name: str = "", tombstone: str = ""
-) -> int:
-    """Replace the person's mentions in every service account's owner and description (an owner that is
-    wholly their display name too: a re-attack run's "Zelda Quuxington" stayed); return how many
+async def forget_ownership(db: Database, mentions: Mentions) -> int:
+    """Replace the person's mentions in every service account's owner and description; return how many
     service accounts changed."""
     unambiguous = mentions.unambiguous()
-    shown = fold(display_name.strip())
     changed = 0
     with store_errors("cannot change the service accounts"):
         async with db.session(write=True) as session:
             for row in (await session.scalars(select(ServiceAccount))).all():
                 owner, description = unambiguous.text(row.owner), unambiguous.text(row.description)
-                if shown and tombstone and fold(owner.strip()) == shown:
-                    owner = tombstone
                 if (owner, description) != (row.owner, row.description):
                     row.owner, row.description = owner, description
                     changed += 1

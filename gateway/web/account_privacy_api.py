@@ -52,7 +52,8 @@ class PrivacyRequest(msgspec.Struct):
     due_at: datetime
     completed_at: datetime | None
     outcome: str
-    # The legal hold that suspends an erasure (status on_hold), else empty.
+    # Always empty here: a legal hold's reference is for admins only (an order may be confidential, and
+    # its case number would tip off the person it concerns); status on_hold says that one applies.
     hold_ref: str
     overdue: bool
     details: dict[str, Any]
@@ -86,7 +87,7 @@ def _out(view: RequestView, now: datetime) -> PrivacyRequest:
         due_at=view.due_at,
         completed_at=view.completed_at,
         outcome=view.outcome,
-        hold_ref=view.hold_ref,
+        hold_ref="",
         overdue=view.overdue(now),
         details=view.details,
     )
@@ -136,7 +137,7 @@ _CLOSE_DOC: Final = (
 )
 _ERASE_DOC: Final = (
     "Erase your account now. confirm must be your username (400 confirmation-mismatch otherwise, nothing "
-    "done). Answers the request: completed, or on_hold naming the legal hold that suspends it (the account "
+    "done). Answers the request: completed, or on_hold when a legal hold suspends it (the account "
     "is then restricted until the hold is released). Either way every session ends." + _FRESH
 )
 _REQUESTS_DOC: Final = "Your requests in the privacy register, newest first, with their dates and outcomes."
