@@ -10,10 +10,12 @@ then goes on the same way.
 from __future__ import annotations
 
 import logging
+import posixpath
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from litestar import Request
 from litestar.response import Redirect, Response
@@ -324,9 +326,26 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
     # Not a place to land but something a GET does: the export downloads the person's data and records
     # an access request (an attack run's sign-in link with rd=…/privacy/export did both for the
     # victim), and the API answers scripts. The person goes where they would without an rd.
-    if urlsplit(target).path.startswith(_NOT_DESTINATIONS):
+    if _is_not_a_destination(urlsplit(target).path):
         return fallback
     return target
+
+
+def _is_not_a_destination(path: str) -> bool:
+    """Whether ``path``, read as the control app routes it, is one of :data:`_NOT_DESTINATIONS`.
+
+    Compared after decoding escapes, merging slashes and resolving dot segments, in lower case: an
+    attack run's ``/.gateway/%61ccount/privacy/export``, ``/%2Egateway/…`` and ``/.gateway//account/…``
+    passed a comparison of the spelling and still reached the export. A path that only looks like one
+    after this reading goes to the fallback too, which is always safe.
+    """
+    for _ in range(3):  # doubly encoded spellings as well
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    read = posixpath.normpath(re.sub(r"/+", "/", "/" + path)).lower()
+    return any(read == prefix.rstrip("/") or read.startswith(prefix) for prefix in _NOT_DESTINATIONS)
 
 
 def carried_rd(rd: str | None, config: CurrentConfig) -> str:

@@ -304,6 +304,14 @@ def test_only_a_request_made_on_the_gateways_own_pages_is_answered(
         "/.gateway/account/privacy/export?format=json",
         "/.gateway/api/account/export",
         "/.gateway/api/me",
+        # Spellings the control app routes to the same handlers (a re-attack run's):
+        "/.gateway/%61ccount/privacy/export",
+        "/%2Egateway/account/privacy/export",
+        "/.gateway/account/privacy/%65xport",
+        "/.gateway//account/privacy/export",
+        "/.gateway/%2561ccount/privacy/export",
+        "/.gateway/%61pi/me",
+        "/.gateway/account/../api/me",
     ],
 )
 async def test_a_return_url_never_leads_to_a_download_or_the_api(gw: Control, rd: str) -> None:
@@ -313,4 +321,5 @@ async def test_a_return_url_never_leads_to_a_download_or_the_api(gw: Control, rd
     config = gw.services.live.current
     assert flows.safe_rd(rd, config) == "/.gateway/account"
     assert flows.carried_rd(rd, config) == ""
+    assert flows.safe_rd(config.public_url + rd, config) == "/.gateway/account"
     assert flows.safe_rd("/.gateway/account/privacy", config) == "/.gateway/account/privacy"
