@@ -39,7 +39,14 @@ from tests.integration.harness import (
     stop,
     wait_for_port,
 )
-from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, cookie, login
+from tests.integration.http_client import (
+    PASSWORD,
+    SESSION_COOKIE,
+    browser,
+    cookie,
+    follow_handoff,
+    login,
+)
 
 NGINX = "/usr/sbin/nginx"
 # Debian's Caddy (2.6.2), and one of the releases whose copy_headers skips an empty value (2.7 to
@@ -125,7 +132,9 @@ def caddyfile(port: int, gw_port: int, echo_port: int) -> str:
 def traefik_dynamic(gw_port: int, echo_port: int) -> str:
     """The README's example, its router taking every host, as Caddy's site does here."""
     example = _ours(readme_example("yaml"), gw_port, echo_port)
-    assert example.count("rule: Host(`app.example.com`)") == 1, example
+    assert example.count("rule: Host(`app.example.com`)") == 2, example
+    # The gateway's pages first (a longer rule has the higher priority in Traefik, as in the README).
+    example = example.replace("rule: Host(`app.example.com`) && ", "rule: ", 1)
     return example.replace("rule: Host(`app.example.com`)", "rule: PathPrefix(`/`)")
 
 
@@ -762,3 +771,34 @@ def test_an_absolute_form_request_is_asked_about_the_host_nginx_serves(site: Sit
     assert status == b"302", answer[:500]  # sent to sign in: app's /open/x is not public
     # The control: the same path on the host whose route makes it public.
     assert via(port, "/open/x", headers={"Host": f"{CUSTOM_HOST}:{port}"}).status_code == 200
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_a_browser_signed_in_on_the_gateways_host_gets_its_session_on_the_apps_host(
+    site: Site, proxy: str
+) -> None:
+    """An attack run: through the README's nginx example, the sign-in's hand-off to the app's host was
+    asked about as a path of the app (403 no-route), and a browser signed in on the gateway's host never
+    got a session on the app's: the session cookie is host-only. Each example now sends ``/.gateway/``
+    on the app's host to the gateway, and nothing else: its questions stay the proxy's to ask."""
+    port = port_of(site, proxy)
+    proxied = f"http://127.0.0.1:{port}"
+    with browser(site.gw) as client:
+        assert login(client, "alice").status_code == 302
+        # The app's host on the gateway's port, as in a deployment where both are on 443 (a return URL
+        # to another port is refused); the proxy here listens on its own port and serves any host.
+        app = f"{APP_HOST}:{site.gw.port}"
+        sent = client.get("/.gateway/login", params={"rd": f"http://{app}/docs/intro"})
+        target = urlsplit(sent.headers["location"])
+        assert (target.netloc, target.path) == (app, "/.gateway/handoff")
+        redeemed = follow_handoff(client, sent.headers["location"], connect=proxied)
+        assert redeemed.status_code == 302, (redeemed.status_code, redeemed.text[:300])
+        assert redeemed.headers["location"] == "/docs/intro"
+        session = redeemed.cookies.get(SESSION_COOKIE)
+    assert session
+    assert echoed(via(port, "/docs/intro", session))["x-gateway-user"] == "alice"
+    question = {"X-Forwarded-Host": APP_HOST, "X-Forwarded-Uri": "/docs/intro", "X-Forwarded-Method": "GET"}
+    asked = via(port, "/.gateway/auth", session, headers=question)
+    assert "x-gateway-assertion" not in {k.lower() for k in asked.headers}
+    assert asked.status_code in (403, 404), asked.status_code
