@@ -1,6 +1,6 @@
 """Who may use the admin API: a signed-in admin with a fresh second factor, from the admin origin.
 
-Every ``/api/`` request passes two checks, in this order:
+Every ``/api/`` request passes these checks, in this order:
 
 1. **CSRF** (mutating methods only): the body must be ``application/json`` (an HTML form cannot send it
    and a cross-origin ``fetch`` that does needs a CORS preflight, which this app never grants); an
@@ -11,13 +11,21 @@ Every ``/api/`` request passes two checks, in this order:
    the admin listener on the public host name receives it) names a live session; the session holds
    the admin role, directly or through the policy's ``g`` hierarchy from any of its principals; and a
    second factor was used within ``admin.reauth_max_age``.
+3. **Lockdown** (mutating methods only, checked by the guard in :mod:`admin.app`): while a lockdown is
+   on, a change also needs a WebAuthn factor (passkey or security key) used in the session within
+   ``lockdown.max_factor_age`` (:func:`require_lockdown_passkey`). A lockdown is switched on against
+   phished sign-ins; a password and an authenticator code are what phishing takes, and an admin session
+   holding only those must not switch it off. Reading stays open; ``gateway lockdown off`` on the host
+   is the fallback.
 
 Errors::
 
     Forbidden (403, gateway.errors)
     ├── CrossOriginRefused      the request comes from another origin (CSRF)
     ├── AdminRoleRequired       signed in, but not an admin
-    └── StepUpRequired          an admin whose second factor is too old; ``location`` is the MFA page
+    ├── StepUpRequired          an admin whose second factor is too old; ``location`` is the MFA page
+    └── LockdownPasskeyRequired a change during a lockdown without a recent passkey; ``location`` is
+                                the MFA page asking for one
     AuthenticationRequired (401)    no live session; ``location`` is the sign-in page
     UnsupportedMediaType (415)      a mutating request whose body is not JSON
 """
@@ -36,18 +44,21 @@ from gateway.identity.handoff import normalise_host
 from gateway.identity.redirects import admin_origin
 from gateway.identity.sessions import Session, SessionStore, fits_host
 from gateway.pipeline.origins import CrossOriginRefused
+from gateway.threat.lockdown import recent_passkey
 
 __all__ = [
     "MUTATING_METHODS",
     "Admin",
     "AdminRoleRequired",
     "CrossOriginRefused",
+    "LockdownPasskeyRequired",
     "StepUpRequired",
     "UnsupportedMediaType",
     "admin_origin",
     "authenticate",
     "check_csrf",
     "holds_role",
+    "require_lockdown_passkey",
     "require_recent_factor",
 ]
 
@@ -68,6 +79,14 @@ class AdminRoleRequired(Forbidden):
 class StepUpRequired(Forbidden):
     reason = "step-up-required"
     title = "Confirm it's you"
+
+
+class LockdownPasskeyRequired(Forbidden):
+    """A change while a lockdown is on, from an admin session without a recent passkey (see
+    :func:`require_lockdown_passkey`)."""
+
+    reason = "lockdown-passkey-required"
+    title = "Confirm it's you with your passkey"
 
 
 class UnsupportedMediaType(GatewayError):
@@ -207,6 +226,37 @@ def require_recent_factor(
             f"{_minutes(max_age)}: confirm it's you, then retry.",
             location=_with_rd(f"{public_url}/.gateway/mfa?need=any", back),
         )
+
+
+def require_lockdown_passkey(
+    admin: Admin, *, now: float, max_age: float, public_url: str, back: str = ""
+) -> None:
+    """Ask for a passkey before a change while a lockdown is on: one used in this session within
+    ``lockdown.max_factor_age`` (``max_age``), as the data plane's break-glass check asks
+    (:func:`gateway.threat.lockdown.is_break_glass`), without its group: here the admin role is the
+    authority.
+
+    An attack run switched a lockdown off with an admin session signed in with a password and an
+    authenticator code, what a phishing page takes: the very threat the lockdown was on against.
+
+    Raises:
+        LockdownPasskeyRequired: no WebAuthn factor used within ``max_age``; ``location`` is the MFA
+            page asking for a passkey.
+    """
+    if recent_passkey(admin.session, max_age=max_age, now=now):
+        return
+    raise LockdownPasskeyRequired(
+        f"A lockdown is on: admin changes need a passkey used within the last {_age(max_age)}. Confirm "
+        "with your passkey, then retry, or use the host's `gateway lockdown` command.",
+        location=_with_rd(f"{public_url}/.gateway/mfa?need=webauthn", back),
+    )
+
+
+def _age(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return _minutes(seconds)
 
 
 def _minutes(seconds: float) -> str:

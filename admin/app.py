@@ -45,7 +45,15 @@ from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import console
-from admin.access import Admin, AdminRoleRequired, admin_origin, authenticate, check_csrf
+from admin.access import (
+    Admin,
+    AdminRoleRequired,
+    LockdownPasskeyRequired,
+    admin_origin,
+    authenticate,
+    check_csrf,
+    require_lockdown_passkey,
+)
 from admin.actions import ADMIN_KEY, CLIENT_IP_KEY, client_ip, confirm_destructive, keeps_admin
 from admin.actions import admin_of as _admin_of
 from admin.actions import audit as _audit
@@ -86,6 +94,7 @@ from gateway.settings.trusted import may_see_internals
 from gateway.store.fast import FastState
 from gateway.store.ids import parse_id
 from gateway.threat.blocks import BlockListFiles, BlockStore, IpBlocked, IpBlocks
+from gateway.threat.lockdown import LockdownStore
 from gateway.web.api_reference import ReferencePage
 from gateway.web.deps import Config, Identity, constant
 from gateway.web.error_pages import FrameworkRefusal
@@ -96,6 +105,8 @@ __all__ = ["create_admin_app", "dependencies"]
 logger = logging.getLogger("gateway.admin")
 
 _PUBLIC = "public"  # handler opt: no session needed (health)
+# Methods that only read: open to a signed-in admin during a lockdown too (every other one needs a passkey).
+_READING: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Seconds between two ``admin.refused`` records of one account.
 REFUSAL_RECORD_EVERY: Final = 60.0
 _REQUEST_ID = "request_id"
@@ -333,9 +344,20 @@ def _error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
 
 
 class AdminGuard:
-    """The CSRF check, then the admin check (see :mod:`admin.access`); stores the Admin."""
+    """The CSRF check, then the admin check, then during a lockdown the passkey check of a change (see
+    :mod:`admin.access`); stores the Admin."""
 
-    __slots__ = ("_blocks", "_fast", "_file_blocks", "_files", "_identity", "_live", "_origins", "_policy")
+    __slots__ = (
+        "_blocks",
+        "_fast",
+        "_file_blocks",
+        "_files",
+        "_identity",
+        "_live",
+        "_lockdown",
+        "_origins",
+        "_policy",
+    )
 
     def __init__(
         self, identity: IdentityServices, policy: LivePolicy, live: LiveConfig, fast: FastState
@@ -345,6 +367,8 @@ class AdminGuard:
         self._live = live
         self._fast = fast
         self._blocks = BlockStore(fast, identity.clock, db=identity.audit.db)
+        # Read-only here (no audit log): the switch as the gateway workers apply it.
+        self._lockdown = LockdownStore(fast, identity.clock, db=identity.audit.db)
         # The block-list files (threat.block_lists) too: an attack run reached the console from an
         # address a feed listed, which the data plane refused.
         self._file_blocks = IpBlocks(identity.clock)
@@ -400,7 +424,46 @@ class AdminGuard:
                     details={"error": err.reason, "path": connection.url.path},
                 )  # fmt: skip
             raise
+        await self._refuse_phishable_change(connection, admin)
         connection.scope.setdefault("state", {})[ADMIN_KEY] = admin
+
+    async def _refuse_phishable_change(
+        self, connection: ASGIConnection[Any, Any, Any, Any], admin: Admin
+    ) -> None:
+        """403 ``lockdown-passkey-required`` for a change while a lockdown is on, unless the session used
+        a passkey within ``lockdown.max_factor_age`` (:func:`admin.access.require_lockdown_passkey`).
+
+        An attack run switched the lockdown off, and could have lifted incidents or unblocked addresses,
+        with an admin session holding only a password and an authenticator code: what a phishing page
+        takes. Reading stays open; the host's ``gateway lockdown off`` is the fallback. A switch that
+        cannot be read refuses the change (StateUnavailable, 503): it may be on.
+        """
+        if str(connection.scope.get("method", "GET")).upper() in _READING:
+            return
+        if not (await self._lockdown.read()).on:
+            return
+        config = self._live.current
+        try:
+            require_lockdown_passkey(
+                admin,
+                now=self._identity.clock.time(),
+                max_age=float(config.settings.lockdown.max_factor_age),
+                public_url=config.public_url,
+                back=next(iter(self._origins)) + _page_path(connection),
+            )
+        except LockdownPasskeyRequired as err:
+            # Once a minute per account, as the other refusals: a script retrying must not bury the trail.
+            if await self._first_refusal(f"lockdown:{admin.session.username}"):
+                await _audit(
+                    self._identity, connection, "admin.refused", actor=admin.actor,
+                    subject=connection.url.path[:200], outcome="failure",
+                    details={
+                        "error": err.reason,
+                        "path": connection.url.path,
+                        "method": str(connection.scope.get("method", "")),
+                    },
+                )  # fmt: skip
+            raise
 
     async def _record_csrf_refusal(
         self, connection: ASGIConnection[Any, Any, Any, Any], err: GatewayError

@@ -136,11 +136,17 @@
     form.scrollIntoView({ block: "center" });
   }
 
+  // The link an error's location leads to, by its reason; any other: the sign-in page.
+  const LINK_TEXT = {
+    "step-up-required": "Confirm it's you",
+    "lockdown-passkey-required": "Confirm with your passkey",
+  };
+
   function showError(box, status, data, form) {
     const p = text("p", (data && data.message) || `The request failed (HTTP ${status}).`, "alert");
     if (data && data.location) {
       p.append(" ");
-      const a = text("a", data.error === "step-up-required" ? "Confirm it's you" : "Sign in");
+      const a = text("a", LINK_TEXT[data.error] || "Sign in");
       // Back to this very page afterwards (the gateway accepts the console's origin as a return URL),
       // where the form is filled in again.
       const next = new URL(data.location, location.href);

@@ -64,6 +64,7 @@ __all__ = [
     "in_break_glass_group",
     "is_break_glass",
     "passkey_held_back",
+    "recent_passkey",
 ]
 
 logger = logging.getLogger("gateway.lockdown")
@@ -174,9 +175,14 @@ def is_break_glass(
         max_factor_age: How long ago the WebAuthn factor may have been used, in seconds.
         now: Unix time.
     """
-    if not in_break_glass_group(session, group=group, roles=roles):
-        return False
-    oldest = now - max_factor_age
+    return in_break_glass_group(session, group=group, roles=roles) and recent_passkey(
+        session, max_age=max_factor_age, now=now
+    )
+
+
+def recent_passkey(session: Session, *, max_age: float, now: float) -> bool:
+    """Whether ``session`` used a WebAuthn factor (a passkey or security key) within ``max_age``."""
+    oldest = now - max_age
     # A factor "used in the future" is a clock step or a forged record: it does not count.
     return any(use.factor is Factor.WEBAUTHN and oldest <= use.at <= now + 60 for use in session.factors)
 
@@ -193,7 +199,13 @@ def breaks_glass(session: Session, *, policy: LivePolicy, settings: LockdownSett
 
 
 def passkey_held_back(
-    session: Session, *, state: LockdownState, policy: LivePolicy, settings: LockdownSettings, now: float
+    session: Session,
+    *,
+    state: LockdownState,
+    policy: LivePolicy,
+    settings: LockdownSettings,
+    now: float,
+    admin_role: str | None = None,
 ) -> bool:
     """Whether a lockdown holds back a new passkey for ``session``: while one is on, a person who could
     break the glass (the group or its role) adds a passkey only from a session that breaks it already.
@@ -203,15 +215,21 @@ def passkey_held_back(
     those (a fresh code, or a fresh password or provider sign-in for a first factor), and then use it:
     an attacker holding a break-glass admin's phished provider sign-in would pass the lockdown that
     was switched on against them. A session that breaks the glass already proved a passkey.
+
+    The same holds for holders of ``admin_role``: during a lockdown the admin API takes changes only
+    from a session with a recent passkey (``admin.access.require_lockdown_passkey``), and a phished
+    admin session without one would otherwise add the attacker's and switch the lockdown off.
     """
     if not state.on:
         return False
     group = settings.break_glass_group
     roles = policy.roles_for(principals_of(session))
-    if not in_break_glass_group(session, group=group, roles=roles):
-        return False
     max_age = float(settings.max_factor_age)
-    return not is_break_glass(session, group=group, roles=roles, max_factor_age=max_age, now=now)
+    if in_break_glass_group(session, group=group, roles=roles) or (
+        admin_role is not None and admin_role in roles
+    ):
+        return not recent_passkey(session, max_age=max_age, now=now)
+    return False
 
 
 class NewPasskeys:
@@ -223,10 +241,17 @@ class NewPasskeys:
         self._lockdown = lockdown
         self._policy = policy
 
-    def held_back(self, session: Session, settings: LockdownSettings, now: float) -> bool:
+    def held_back(
+        self, session: Session, settings: LockdownSettings, now: float, *, admin_role: str | None = None
+    ) -> bool:
         """Whether the lockdown in force holds back a new passkey for ``session``."""
         return passkey_held_back(
-            session, state=self._lockdown.state, policy=self._policy, settings=settings, now=now
+            session,
+            state=self._lockdown.state,
+            policy=self._policy,
+            settings=settings,
+            now=now,
+            admin_role=admin_role,
         )
 
 

@@ -153,7 +153,7 @@ _LOCKDOWN_PASSKEY = (
 
 def _may_add_passkey_now(s: Session, config: CurrentConfig, passkeys: NewPasskeys, now: float) -> None:
     """Refuse (403) a new passkey that a lockdown holds back (:func:`gateway.threat.lockdown.passkey_held_back`)."""
-    if passkeys.held_back(s, config.settings.lockdown, now):
+    if passkeys.held_back(s, config.settings.lockdown, now, admin_role=config.settings.admin.role):
         raise PermissionDeniedException(_LOCKDOWN_PASSKEY)
 
 

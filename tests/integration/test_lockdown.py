@@ -7,7 +7,8 @@ On the embedded default with two workers (SQLite, the node's state file) and an 
 * a member of the break-glass group signed in with a passkey (a software WebAuthn authenticator doing
   the real ceremony) gets through; a member signed in with an authenticator app (TOTP) does not;
 * the gateway's own pages keep working; ``off`` restores; the admin API switches it too (with a
-  recent second factor; unknown routes are 400 and change nothing); the audit records exist;
+  recent second factor; unknown routes are 400 and change nothing; off only with a recent passkey, as
+  an admin session of a password and an authenticator code can be phished); the audit records exist;
 * attacks: path tricks, encoded paths, another Host header, the forward-auth entry and a WebSocket
   upgrade do not get past it.
 
@@ -162,6 +163,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ("tom", ("--role", GROUP)),
             ("pat", ()),
             ("boss", ("--role", "admin")),
+            ("chief", ("--role", "admin")),
         ):
             add_user(gw.config_path, user, "amber quarry lantern voyage", *extra)
         cookies = {
@@ -427,13 +429,29 @@ def test_the_admin_api_switches_it(site: Site, boss: httpx.Client, lockdown_off:
     every_worker_answers(site, "pat", 503)
     status = admin_api(site, boss, "GET").json()
     assert (status["on"], status["actor"], status["reason"]) == (True, "user:boss", "api drill")
-    off = admin_api(site, boss, "POST", {"on": False, "reason": "api drill over"})
+    # An attack run: an admin session of a password and an authenticator code (what phishing takes)
+    # switched off the lockdown switched on against phishing. It needs a passkey now.
+    refused = admin_api(site, boss, "POST", {"on": False, "reason": "api drill over"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "lockdown-passkey-required"
+    assert "/.gateway/mfa?need=webauthn" in refused.json()["location"]
+    assert admin_api(site, boss, "GET").json()["on"] is True
+    assert get(site, "pat").status_code == 503
+    with browser(site.gw) as chief:
+        # Another admin, signed in with a passkey (not in the break-glass group: the admin role is the
+        # authority on the admin listener).
+        chief.cookies.set(SESSION_COOKIE, sign_in_with_passkey(site.gw, "chief"))
+        off = admin_api(site, chief, "POST", {"on": False, "reason": "api drill over"})
     assert off.status_code == 200, off.text
     every_worker_answers(site, "pat", 200)
     assert any(
         e["actor"] == "user:boss" and e["details"]["reason"] == "api drill" for e in site.audit("lockdown.on")
     )
-    assert any(e["actor"] == "user:boss" for e in site.audit("lockdown.off"))
+    assert any(e["actor"] == "user:chief" for e in site.audit("lockdown.off"))
+    assert any(
+        e["actor"] == "user:boss" and e["details"]["error"] == "lockdown-passkey-required"
+        for e in site.audit("admin.refused")
+    )
     outcomes = [e["outcome"] for e in site.audit("admin.lockdown")]
     assert "failure" in outcomes
     assert "success" in outcomes

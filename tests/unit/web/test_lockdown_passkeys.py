@@ -138,3 +138,27 @@ async def test_a_session_that_breaks_the_glass_adds_another_passkey(
     await _session(services, client, user, (Factor.PASSWORD, Factor.WEBAUTHN), roles=(GROUP,))
     assert (await _register(client, SoftAuthenticator(origin=BASE_URL))).status_code == 200
     assert len(await services.identity.webauthn.list(user.id)) == 2
+
+
+async def test_an_admin_outside_the_group_adds_no_passkey_during_a_lockdown_without_one(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """A re-attack run's gap: during a lockdown the admin API takes changes only from a session with a
+    recent passkey, and an admin without one (not in the break-glass group) could add the attacker's
+    passkey from a phished password-and-code session, use it and switch the lockdown off."""
+    services, client = worker
+    role = services.live.current.settings.admin.role
+    user = await _account(services, "admin-max")
+    await _session(services, client, user, (Factor.PASSWORD, Factor.TOTP), roles=(role,))
+    services.lockdown.set(ON)
+    refused = await _register(client, SoftAuthenticator(origin=BASE_URL))
+    assert refused.status_code == 403, refused.text
+    assert "lockdown is on" in refused.text
+    assert await services.identity.webauthn.list(user.id) == []
+    # A session that used a passkey (a spare key for an admin who has one) may add another.
+    services.lockdown.set(LockdownState())
+    assert (await _register(client, SoftAuthenticator(origin=BASE_URL))).status_code == 200
+    services.lockdown.set(ON)
+    await _session(services, client, user, (Factor.PASSWORD, Factor.WEBAUTHN), roles=(role,))
+    assert (await _register(client, SoftAuthenticator(origin=BASE_URL))).status_code == 200
+    assert len(await services.identity.webauthn.list(user.id)) == 2
