@@ -49,7 +49,14 @@ from gateway.services import Services
 from gateway.threat.blocks import BlockEntry
 from gateway.threat.evidence import incident_events
 from gateway.threat.incidents import Action, Incident, parse_incident_id, severity
-from gateway.threat.manual import BlockRefused, block_seconds, covers, manual_network, parse_network
+from gateway.threat.manual import (
+    BlockRefused,
+    block_note,
+    block_seconds,
+    covers,
+    manual_network,
+    parse_network,
+)
 from gateway.threat.responder import Responder
 from gateway.web.deps import Config
 
@@ -411,7 +418,8 @@ async def block(
             address=action.target,
             expires_at=_utc(until),
             incident=incident.id,
-            message=f"{action.target} is blocked until {_utc(until):%Y-%m-%d %H:%M} UTC ({incident.id}).",
+            message=f"{action.target} is blocked until {_utc(until):%Y-%m-%d %H:%M} UTC ({incident.id})."
+            + (f" ({note})." if (note := block_note(data.address)) else ""),
         )
 
     details = {"reason": data.reason, "address": data.address, "expires_in": data.expires_in}

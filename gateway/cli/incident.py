@@ -59,8 +59,12 @@ _IN_PROCESS: Final = (
 
 async def _with_responder(settings: Settings, action: Callable[[Responder], Awaitable[int]]) -> int:
     from gateway.clock import SYSTEM_CLOCK
+    from gateway.threat.addresses import use_nat64_prefixes
     from gateway.threat.responder import Responder
 
+    # The deployment's own NAT64 prefixes, as the workers read them: a block inside one is stored as
+    # the IPv4 network it translates (a /96 is refused), not in a form no worker matches.
+    use_nat64_prefixes(settings.threat.nat64_prefixes)
     async with account_services(settings) as svc:
         responder = Responder(
             state=svc.fast,
@@ -177,7 +181,7 @@ def _network(text: str, *, to_block: bool = False) -> str:
 
 
 async def _block(args: argparse.Namespace, responder: Responder) -> int:
-    from gateway.threat.manual import BlockRefused, block_seconds
+    from gateway.threat.manual import BlockRefused, block_note, block_seconds
 
     cidr = _network(args.cidr, to_block=True)
     try:
@@ -185,7 +189,8 @@ async def _block(args: argparse.Namespace, responder: Responder) -> int:
     except BlockRefused as exc:
         raise UserError(f"--for {args.duration!r}: {exc.detail}") from None
     incident = await responder.block_ip(cidr, seconds=seconds, actor=operator(), reason=args.reason)
-    print(f"{cidr} blocked for {seconds:g}s ({incident.id})")
+    note = block_note(args.cidr)
+    print(f"{cidr} blocked for {seconds:g}s ({incident.id})" + (f" ({note})" if note else ""))
     return EXIT_OK
 
 

@@ -1,10 +1,13 @@
 """The audit trail of identity-provider access tokens: uses and refusals, rate-limited, in the background.
 
 ``token.used`` at most once per provider principal (``client:<provider>:<id>`` or ``user:<name>``) per
-``interval`` (a minute) per process; ``token.refused`` at most once per (provider, reason) per
-``interval`` with how many were refused since the last record. A flood of forged or expired tokens
-must not become a flood of audit writes, and an attacker choosing the claims must not choose how
-many records are written: the key is the reason class, never a value read from the token.
+``interval`` (a minute) per process; ``token.refused`` as the gateway's own tokens' refusals are
+(:mod:`gateway.machine.tally`): the first of each (provider, reason, route) at once, the rest of its
+interval summed (count and addresses) when the interval ends or the process stops. A flood of forged
+or expired tokens must not become a flood of audit writes, and an attacker choosing the claims must not
+choose how many records are written: the key is the reason class and the configured route, never a
+value read from the token. An attack run's 50 bad JWTs had left one record per worker, counting 1 or
+3: the rest of the minute was written only if another refusal came after it, and never at a stop.
 
 Records carry the provider, the reason, the route and the public token id (a hash prefix or the
 ``jti``), never the token or its claims. The writes run outside the request, bounded in number.
@@ -12,11 +15,12 @@ Records carry the provider, the reason, the route and the public token id (a has
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.machine.background import BackgroundWrites
+from gateway.machine.tally import RefusalTally
 from gateway.machine.verifier import VerifiedToken
 
 __all__ = ["ProviderAudit"]
@@ -32,9 +36,9 @@ class ProviderAudit:
         self._clock = clock
         self._interval = interval
         self._used: dict[str, float] = {}
-        # (provider, reason) → (time of the last record, refusals since it)
-        self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self._writes = BackgroundWrites("provider token audit record")
+        # Refusals by (provider, reason, route): recorded once per interval each, the rest summed.
+        self._refusals = RefusalTally(interval, self._write_refusal)
 
     def used(self, token: VerifiedToken, route: str, ip: str) -> None:
         """Note an accepted token (recorded at most once per principal per interval)."""
@@ -50,33 +54,22 @@ class ProviderAudit:
         self._writes.spawn(self._audit.record("token.used", actor=who, subject=who, ip=ip, details=details))
 
     def refused(self, provider: str, reason: str, route: str, ip: str) -> None:
-        """Note a refused token (recorded at most once per provider and reason per interval)."""
-        key = (provider, reason)
-        mono = self._clock.monotonic()
-        last = self._refused.get(key)
-        if last is not None and 0 <= mono - last[0] < self._interval:
-            self._refused[key] = (last[0], last[1] + 1)
-            return
-        count = 1 if last is None else last[1] + 1
-        if len(self._refused) >= _MAX_NOTED:
-            self._refused.clear()
-        self._refused[key] = (mono, 0)
+        """Note a refused token (recorded at once the first time per provider, reason and route in an
+        interval; the rest of the interval's summed)."""
+        actor = f"client:{provider}:unknown"
+        details = {"issuer": provider, "reason": reason, "route": route}
+        self._refusals.refused(
+            (provider, reason, route), actor=actor, ip=ip, details=details, mono=self._clock.monotonic()
+        )
+
+    def _write_refusal(self, actor: str, ip: str, details: dict[str, Any]) -> None:
         self._writes.spawn(
             self._audit.record(
-                "token.refused",
-                actor=f"client:{provider}:unknown",
-                subject=f"client:{provider}:unknown",
-                ip=ip,
-                outcome="failure",
-                details={
-                    "issuer": provider,
-                    "reason": reason,
-                    "route": route,
-                    "refused_since_last_record": count,
-                },
+                "token.refused", actor=actor, subject=actor, ip=ip, outcome="failure", details=details
             )
         )
 
     async def close(self) -> None:
-        """Let the writes in flight finish (bounded), then stop."""
+        """Record the refusals not recorded yet, let the writes in flight finish (bounded), then stop."""
+        self._refusals.flush()
         await self._writes.close()

@@ -7,7 +7,10 @@ opaque tokens) end here with the token's verified claims:
   ``client:<provider>:<client_id>``. The provider's name is part of it because the gateway's own
   service accounts are ``client:<name>`` too: a provider client called ``ci`` must not get the rules
   written for the service account ``ci`` (nor one provider's client another's). Neither a service
-  account's name nor a role may contain ``:``, so the spellings cannot meet.
+  account's name nor a role may contain ``:``, so the spellings cannot meet. The ``client_id``
+  ``unknown`` is refused (``client-id-reserved``): ``client:<provider>:unknown`` is who the audit
+  trail names for a refused token of the provider, and a real client's records would mix with the
+  forgeries (as the service account name ``unknown`` is reserved for ``client:unknown``).
 * **A person's token** (``sub`` is someone, not the client) is ``user:<name>`` of the account linked
   to ``(provider, sub)`` by an earlier OIDC sign-in (:mod:`.provider_accounts`), with ``users: linked``;
   no linked account, a disabled one, or ``users: refuse`` → refused. The person's roles and
@@ -52,6 +55,8 @@ SCOPE: Final = "scope:"
 # commas (casbin's CSV), bounded. Anything else is refused rather than squeezed into a name.
 _NAME: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,255}")
 _MAX_SCOPES: Final = 64
+# The client_id of the actor a refused token is recorded as (gateway.machine.provider_audit).
+_RESERVED_CLIENT_ID: Final = "unknown"
 
 # reason → what the client reads (RFC 6750 error_description: ASCII, no secrets, no token contents).
 REFUSALS: Final[Mapping[str, str]] = {
@@ -70,6 +75,7 @@ REFUSALS: Final[Mapping[str, str]] = {
     "no-introspection": "The access token is not one this gateway accepts.",
     "user-not-linked": "The access token's user has no account here.",
     "user-tokens-refused": "Only client tokens are accepted from this provider.",
+    "client-id-reserved": "The access token's client_id is reserved here; the client needs another id.",
 }
 
 
@@ -128,11 +134,13 @@ def verified_token(
         expires_at: Unix time the token stops being accepted.
 
     Raises:
-        TokenRefused: no usable ``client_id``, or a person's token without ``username``.
+        TokenRefused: no usable ``client_id``, the reserved one, or a person's token without ``username``.
     """
     client_id = _string(claims, "client_id")
     if client_id is None:
         raise refuse("claims")
+    if client_id == _RESERVED_CLIENT_ID:
+        raise refuse("client-id-reserved")
     scopes = frozenset(scope_principal(provider, s) for s in scopes_of(claims))
     if is_client_token(claims):
         name = f"{provider}:{client_id}"

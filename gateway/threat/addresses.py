@@ -12,12 +12,24 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["counted_as", "ipv4_behind", "network_of", "use_nat64_prefixes"]
+__all__ = [
+    "SUBSCRIBER_PREFIX",
+    "TranslatorRange",
+    "counted_as",
+    "ipv4_behind",
+    "ipv4_network_behind",
+    "network_of",
+    "use_nat64_prefixes",
+]
+
+#: What one IPv6 subscriber holds (RFC 6177): the rules count, and a manual block of a bare address
+#: covers, this much.
+SUBSCRIBER_PREFIX: Final = 64
 
 # RFC 6052's well-known NAT64 prefix and RFC 8215's local-use range (read with the /96 embedding, the
 # one translators use there): an IPv4 client seen through a translator is its IPv4 address, not a /64
 # it shares with every other client of that translator (the re-attack run blocked bystanders).
-_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64: Final = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 # A deployment's own translator prefixes (threat.nat64_prefixes, /96 each), set by the composition
 # root at start and on every reload: one process-wide fact, like the address family of the host.
 _configured: tuple[ipaddress.IPv6Network, ...] = ()
@@ -40,6 +52,32 @@ def ipv4_behind(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+class TranslatorRange(ValueError):
+    """A network of NAT64 addresses that names no IPv4 network (:func:`ipv4_network_behind`)."""
+
+
+def ipv4_network_behind(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 clients a network of NAT64 addresses stands for (``64:ff9b::cb00:7100/120`` is
+    ``203.0.113.0/24``): the addresses :func:`ipv4_behind` reads as IPv4 clients are matched by their
+    IPv4 address, so a block of their IPv6 form must be one of IPv4 to match anything. None for a
+    network outside the translator prefixes (IPv4-mapped networks are the caller's).
+
+    Raises:
+        TranslatorRange: a network of translated addresses naming no IPv4 network: a translator's
+            whole /96 (it would be ``0.0.0.0/0``, every IPv4 client, native ones too) or wider.
+    """
+    ranges = (*_NAT64, *_configured)
+    if not any(network.subnet_of(r) for r in ranges):
+        return None
+    if network.prefixlen <= 96:
+        raise TranslatorRange(
+            f"{network} covers a whole NAT64 translator prefix (/96): its clients are matched by their "
+            "IPv4 addresses, and all of them are every IPv4 address; block the IPv4 network of the "
+            "clients you mean (64:ff9b::cb00:7100/120 is 203.0.113.0/24)"
+        )
+    return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+
+
 def counted_as(ip: str) -> str:
     """The address or network the rules count ``ip`` under: IPv4 as it is (an IPv4-mapped or NAT64
     IPv6 address as its IPv4), IPv6 as its /64 in CIDR form; anything unreadable as given."""
@@ -51,7 +89,7 @@ def counted_as(ip: str) -> str:
         inner = ipv4_behind(address)
         if inner is not None:
             return str(inner)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(ipaddress.ip_network(f"{address}/{SUBSCRIBER_PREFIX}", strict=False))
     return str(address)
 
 

@@ -37,7 +37,7 @@ from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
 from gateway.store.kv import read_kv_or_none, write_kv
-from gateway.threat.addresses import ipv4_behind
+from gateway.threat.addresses import TranslatorRange, ipv4_behind, ipv4_network_behind
 
 __all__ = [
     "BLOCKS_CHANNEL",
@@ -74,21 +74,30 @@ class IpBlocked(Forbidden):
 
 
 def normalize_network(text: str) -> Network:
-    """Parse an address or CIDR (host bits allowed) into its network; IPv4-mapped IPv6 becomes IPv4.
+    """Parse an address or CIDR (host bits allowed) into its network; IPv4-mapped IPv6 becomes IPv4,
+    and so does a network of NAT64 addresses (``64:ff9b::cb00:7100/120`` is ``203.0.113.0/24``).
 
     An IPv6 zone id (``fe80::1%eth0``, as ``ss`` prints it) is dropped: it names the interface of the
     host that saw the address, not the address, and a client's address never carries one here, so a
     block of ``::1%lo`` was stored, reported as blocked, and matched nothing (an attack run).
 
+    The matcher reads a NAT64 client as its IPv4 address (``IpBlocks._lookup``), so a block of a NAT64
+    network kept in IPv6 form was accepted, listed, and matched nothing (an attack run); a translator's
+    whole prefix names no IPv4 network (it would be all of IPv4) and is refused.
+
     Raises:
+        TranslatorRange: a NAT64 network of /96 or wider (a ``ValueError`` saying what to block).
         ValueError: not an address or network.
     """
     address, slash, prefix = text.strip().partition("/")
     net = ipaddress.ip_network(address.partition("%")[0] + slash + prefix, strict=False)
-    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if not isinstance(net, ipaddress.IPv6Network):
+        return net
+    mapped = net.network_address.ipv4_mapped
     if mapped is not None and net.prefixlen >= 96:
         return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
-    return net
+    translated = ipv4_network_behind(net)
+    return net if translated is None else translated
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +257,15 @@ def _bounded(entries: list[BlockEntry], added: BlockEntry) -> list[BlockEntry]:
     return [e for e in entries if id(e) not in dropped]
 
 
+def _canonical(cidr: str) -> str:
+    """A stored block's network as :func:`normalize_network` writes it now: a NAT64 network blocked
+    before it was stored in IPv4 form stays liftable by the text that blocked it."""
+    try:
+        return str(normalize_network(cidr))
+    except ValueError:
+        return cidr
+
+
 class BlockStore:
     """The shared list of temporary blocks in the fast state (and its copy in the database), and the
     listener that mirrors it."""
@@ -349,7 +367,7 @@ class BlockStore:
 
         def change(current: list[BlockEntry]) -> list[BlockEntry]:
             nonlocal removed
-            kept = [e for e in current if e.cidr != text]
+            kept = [e for e in current if _canonical(e.cidr) != text]
             removed = len(current) - len(kept)
             return kept
 
@@ -362,23 +380,24 @@ class BlockStore:
         """Lift the block of exactly ``cidr`` only if ``incident`` holds it, putting ``successor`` (another
         incident's claim on the same network) in its place in the same update; returns the block in force
         for ``cidr`` afterwards (None: not blocked). A block another incident holds (it blocked longer, or
-        later) stays: lifting one incident must not undo another's containment.
+        later) stays: lifting one incident must not undo another's containment. An incident's target
+        no longer read as a network (a NAT64 translator's whole prefix, blocked before such blocks were
+        refused) is matched as written: lifting it must not fail.
 
         Raises:
-            ValueError: ``cidr`` is not an address or network.
             StateUnavailable: the fast state cannot answer.
         """
-        text = str(normalize_network(cidr))
+        text = _canonical(cidr)
         after: BlockEntry | None = None
 
         def change(current: list[BlockEntry]) -> list[BlockEntry]:
             nonlocal after
-            held = next((e for e in current if e.cidr == text), None)
+            held = next((e for e in current if _canonical(e.cidr) == text), None)
             if held is None or held.incident != incident:
                 after = held
                 return current
             after = successor
-            kept = [e for e in current if e.cidr != text]
+            kept = [e for e in current if e is not held]
             return kept if successor is None else [*kept, successor]
 
         await self._update(change)
@@ -434,6 +453,8 @@ def read_block_list(path: str) -> list[Network]:
                 continue
             try:
                 networks.append(normalize_network(text.split()[0]))
+            except TranslatorRange as exc:
+                logger.warning("%s:%d: skipped: %s", path, number, exc)
             except ValueError:
                 logger.warning("%s:%d: not an address or network: %.60r", path, number, text)
     return networks

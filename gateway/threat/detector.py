@@ -7,7 +7,8 @@ task takes them off the queue and counts them in the fast state, so all replicas
 
 Rules (``threat:`` settings; thresholds are ``count`` signals within ``window``)::
 
-    brute_force       failed sign-in steps (password or second factor) per account
+    brute_force       failed sign-in steps (password or second factor) per account, and wrong
+                      current passwords on the portal's password change (a stolen session guessing)
     spraying          failed sign-ins per address over distinct accounts (spraying, stuffing)
     mfa_failures      failed second-factor attempts per account (MFA fatigue)
     reconnaissance    policy denials per principal (user, or address without a session)
@@ -43,6 +44,10 @@ __all__ = ["ThreatDetector", "location_key", "person_keys"]
 
 logger = logging.getLogger("gateway.threat")
 
+# A password change refused for a wrong current password (the only failure it records): a password
+# guessed through a stolen session, counted as a failed password step of the account. An attack run
+# guessed it on /.gateway/account/password with no incident (the regulator's lock was the only limit).
+_PASSWORD_CHANGE: Final = "user.password_changed"  # noqa: S105 - an audit kind
 # Denials that are a principal probing the policy; not "go do MFA" or "your address is blocked".
 _PROBE_REASONS: Final = frozenset({Reason.POLICY_DENY, Reason.NO_MATCHING_RULE})
 _BASELINES: Final = 50_000
@@ -144,11 +149,14 @@ class ThreatDetector:
                 self._put(("hijack", rec.user, rec.session, rec.client_ip, rec.user_agent[:_UA_LIMIT]))
 
     def on_audit(self, event: SecurityEvent) -> None:
-        """Audit listener: failed sign-in steps, and successful sign-ins for impossible travel."""
+        """Audit listener: failed sign-in steps (and wrong current passwords), and successful sign-ins
+        for impossible travel."""
         settings = self._settings()
         if not settings.enabled or event.kind.startswith(("threat.", "incident.")):
             return
-        if event.outcome == "failure" and event.kind.startswith(("signin.", "mfa.")):
+        if event.outcome == "failure" and (
+            event.kind.startswith(("signin.", "mfa.")) or event.kind == _PASSWORD_CHANGE
+        ):
             self._put(("failure", event.kind, event.subject, event.ip))
         elif (
             event.outcome == "success"

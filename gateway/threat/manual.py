@@ -9,9 +9,13 @@ so the CLI and the admin API refuse the same things with the same words:
   file (``threat.block_lists``), where they are reviewed and versioned like any other configuration.
 * **Not for ever.** At most ``MAX_BLOCK`` (90 days), for the same reason: a permanent block is a
   block-list entry.
+* **A bare IPv6 address is its subscriber's /64**, as the threat rules count and block it
+  (:mod:`gateway.threat.addresses`): a block of the one address was left by the attacker's next
+  address of the same /64 (an attack run). A prefix typed (``2001:db8:9::7/128``) is kept as typed.
 
 Unblocking takes any address or network (a block made before these limits must stay liftable), so it
-only needs :func:`parse_network`.
+only needs :func:`parse_network`, which reads a bare IPv6 address the same way: the text that blocked
+it unblocks it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Final
 
 from gateway.errors import BadRequest
 from gateway.settings.units import parse_duration
+from gateway.threat.addresses import SUBSCRIBER_PREFIX, TranslatorRange
 from gateway.threat.blocks import Network, normalize_network
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "MIN_BLOCK",
     "MIN_PREFIX",
     "BlockRefused",
+    "block_note",
     "block_seconds",
     "covers",
     "manual_network",
@@ -50,15 +56,39 @@ class BlockRefused(BadRequest):
 
 
 def parse_network(text: str) -> Network:
-    """The address or network in ``text`` (host bits allowed; IPv4-mapped IPv6 becomes IPv4).
+    """The address or network in ``text`` (host bits allowed; IPv4-mapped and NAT64 IPv6 become IPv4;
+    a bare native IPv6 address becomes its /64, see the module docstring).
 
     Raises:
-        BlockRefused: not an address or network.
+        BlockRefused: not an address or network, or a NAT64 translator's whole prefix.
     """
     try:
-        return normalize_network(text)
+        network = normalize_network(text)
+    except TranslatorRange as exc:
+        raise BlockRefused(str(exc)) from exc
     except ValueError as exc:
         raise BlockRefused(f"{text!r} is not an IP address or CIDR network") from exc
+    if _subscriber_wide(text, network):
+        return ipaddress.IPv6Network((network.network_address, SUBSCRIBER_PREFIX), strict=False)
+    return network
+
+
+def _subscriber_wide(text: str, network: Network) -> bool:
+    """Whether ``text`` is a bare native IPv6 address (no prefix typed), read as its /64."""
+    return network.version == 6 and network.prefixlen == network.max_prefixlen and "/" not in text
+
+
+def block_note(text: str) -> str:
+    """What to tell whoever asked to block ``text`` beyond the network blocked: for a bare IPv6
+    address, that its /64 was blocked and how to block the one address; "" otherwise (also for
+    unreadable text: the block is refused anyway)."""
+    try:
+        network = normalize_network(text)
+    except ValueError:
+        return ""
+    if not _subscriber_wide(text, network):
+        return ""
+    return f"the subscriber's /{SUBSCRIBER_PREFIX}; type /128 for this address only"
 
 
 def manual_network(text: str) -> Network:

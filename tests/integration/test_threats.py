@@ -255,6 +255,14 @@ def test_an_admin_blocks_and_unblocks_by_hand(site: Site) -> None:
     assert "too broad to block by hand" in broad.stderr
     unknown = run_cli("incident", "lift", "inc-00000000", "--config", str(site.a.config_path))
     assert unknown.returncode == 2
+    # A bare IPv6 address is its subscriber's /64, as the automatic rules count it (an attack run
+    # stepped to the next address of the /64 a playbook's block left open), and the output says so.
+    out = incident_cli(site, "block-ip", "2001:db8:9::7", "--for", "1h", "--reason", "test")
+    assert out.startswith("2001:db8:9::/64 blocked"), out
+    assert "type /128 for this address only" in out
+    wait_until(lambda: blocked(site.b, "2001:db8:9::8"), what="the /64 blocked on B")
+    incident_cli(site, "unblock-ip", "2001:db8:9::7")
+    wait_until(lambda: not blocked(site.b, "2001:db8:9::8"), what="the /64 unblocked on B")
 
 
 def test_a_session_replayed_from_another_address_and_browser_is_revoked(site: Site) -> None:

@@ -8,6 +8,7 @@ key under the provider's kid, an ID token (typ JWT) passed off as an access toke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -300,6 +301,12 @@ async def test_a_disabled_account_is_refused_within_the_cache_second(site: Site,
     assert await site.refusal(token) == "user-not-linked"
 
 
+async def _refusal_records(audit_db: Database) -> list[dict[str, Any]]:
+    async with audit_db.session() as session:
+        rows = (await session.scalars(select(AuditEvent).where(AuditEvent.kind == "token.refused"))).all()
+    return [{"actor": r.actor, "ip": r.ip, **json.loads(r.details)} for r in rows]
+
+
 async def test_refusals_are_audited_by_reason_and_rate_limited_without_the_token(
     site: Site, audit_db: Database
 ) -> None:
@@ -308,17 +315,59 @@ async def test_refusals_are_audited_by_reason_and_rate_limited_without_the_token
         assert await site.refusal(expired) == "expired"
     assert await site.refusal(site.token(aud="https://other.example.com")) == "audience"
     await site.verifier.verify(site.token(), route="api", ip="192.0.2.1")
-    await site.audit.close()
+    await asyncio.gather(*site.audit._writes.pending)
     async with audit_db.session() as session:
         rows = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
-    # Written in the background, so in any order.
+    # The first of each reason at once; written in the background, so in any order.
     kinds = sorted((r.kind, json.loads(r.details).get("reason") or "") for r in rows)
     assert kinds == [("token.refused", "audience"), ("token.refused", "expired"), ("token.used", "")]
     assert all(expired.split(".")[2] not in r.details and expired not in r.details for r in rows)
-    site.clock.advance(61)
-    assert await site.refusal(expired) == "expired"
+    # The rest of the minute's expired ones are summed when the minute ends (here: a stop).
     await site.audit.close()
-    async with audit_db.session() as session:
-        last = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()))).first()
-    assert last is not None
-    assert json.loads(last.details)["refused_since_last_record"] == 5
+    summaries = [r for r in await _refusal_records(audit_db) if "refused_since_last_record" in r]
+    assert [(r["reason"], r["refused_since_last_record"]) for r in summaries] == [("expired", 4)]
+
+
+async def test_every_refused_provider_token_is_counted_by_the_stop_or_the_minute(
+    site: Site, audit_db: Database
+) -> None:
+    """An attack run: 50 bad JWTs, then SIGTERM, left one ``token.refused`` record per worker counting
+    1 or 3 (the rest of the minute was written only if another refusal came after it, with the first
+    address only, and never at a stop). Each (provider, reason, route) is now tallied as the gateway's
+    own tokens' refusals are: the count and addresses of the rest of the minute, also at a stop."""
+    forged = site.token(key=STRANGER)
+    for n in range(50):
+        with pytest.raises(TokenRefused):
+            await site.verifier.verify(forged, route="api", ip=f"198.51.100.{n % 4 + 1}")
+    with pytest.raises(TokenRefused):
+        await site.verifier.verify(forged, route="reports", ip="198.51.100.9")  # another route: its own
+    await site.audit.close()  # the worker's shutdown
+    records = await _refusal_records(audit_db)
+    assert sum(r.get("refused_since_last_record", 1) for r in records) == 51
+    by_route = {
+        (r["route"], "refused_since_last_record" in r): r for r in records if r["reason"] == "signature"
+    }
+    assert set(by_route) == {("api", False), ("api", True), ("reports", False)}
+    assert by_route["api", False]["ip"] == "198.51.100.1"
+    summary = by_route["api", True]
+    assert summary["refused_since_last_record"] == 49
+    assert sorted(summary["addresses"]) == [f"198.51.100.{n}" for n in range(1, 5)]
+    assert {r["actor"] for r in records} == {"client:corp:unknown"}
+    # A minute later, a refusal starts a new minute: recorded at once.
+    site.clock.advance(61)
+    with pytest.raises(TokenRefused):
+        await site.verifier.verify(forged, route="api", ip="203.0.113.5")
+    await asyncio.gather(*site.audit._writes.pending)
+    assert len(await _refusal_records(audit_db)) == len(records) + 1
+
+
+async def test_a_provider_client_called_unknown_is_refused(site: Site, audit_db: Database) -> None:
+    """``client:<provider>:unknown`` is who the audit trail names for the provider's refused tokens:
+    a real client of that id would have its records mixed with the forgeries (the gateway's own service
+    accounts reserve ``unknown`` for the same reason)."""
+    assert await site.refusal(site.token(client_id="unknown", sub=None)) == "client-id-reserved"
+    assert await site.refusal(site.token(client_id="unknown", sub="unknown")) == "client-id-reserved"
+    verified = await site.verifier.verify(
+        site.token(client_id="Unknown", sub=None), route="api", ip="192.0.2.1"
+    )
+    assert verified.actor == "client:corp:Unknown"

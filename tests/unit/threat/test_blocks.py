@@ -184,6 +184,46 @@ def test_a_configured_translator_prefix_is_read_as_its_ipv4_clients() -> None:
         use_nat64_prefixes(())
 
 
+def test_a_block_list_entry_of_a_nat64_network_blocks_its_ipv4_clients(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attack run: block-list entries of NAT64 networks (the well-known prefix's, a configured
+    translator's) were loaded and matched nobody, the matcher reading a NAT64 client as its IPv4
+    address. They are their IPv4 networks now; a translator's whole prefix, which would be every IPv4
+    client, is skipped with a line saying why."""
+    from gateway.threat.addresses import use_nat64_prefixes
+
+    feed = tmp_path / "feed.txt"
+    feed.write_text("64:ff9b::cb00:7100/120\n2001:db8:46::c633:6400/120\n64:ff9b::/96\n2001:db8:46::/96\n")
+    use_nat64_prefixes(("2001:db8:46::/96",))
+    try:
+        assert [str(n) for n in read_block_list(str(feed))] == ["203.0.113.0/24", "198.51.100.0/24"]
+        blocks = IpBlocks(FakeClock())
+        BlockListFiles(blocks, lambda: [str(feed)]).poll()
+        assert "64:ff9b::cb00:7109" in blocks
+        assert "2001:db8:46::c633:6409" in blocks
+        assert "198.51.100.9" in blocks
+        assert "64:ff9b::cb00:7209" not in blocks
+        assert "192.0.2.1" not in blocks  # the whole prefixes were not read as 0.0.0.0/0
+    finally:
+        use_nat64_prefixes(())
+    assert "feed.txt:3: skipped: 64:ff9b::/96 covers a whole NAT64 translator prefix" in caplog.text
+
+
+async def test_a_nat64_network_blocked_in_its_ipv6_form_stays_liftable(
+    fast_state: FastState, clock: FakeClock
+) -> None:
+    # Stored before such blocks were kept as IPv4: the text that made it lifts it.
+    store = BlockStore(fast_state, clock)
+    legacy = b'[{"cidr":"64:ff9b::cb00:7100/120","until":%d,"incident":"inc-1","reason":"x"}]'
+    await fast_state.set(BLOCKS_KEY, legacy % int(clock.time() + 600))
+    blocks = IpBlocks(clock)
+    await store.refresh(blocks)
+    assert "64:ff9b::cb00:7109" in blocks  # and it matches now
+    assert await store.remove("64:ff9b::cb00:7100/120") == 1
+    assert await store.entries() == []
+
+
 class _CutOff:
     """A fast state that does not answer (a replica cut off from Redis, or started while it was)."""
 

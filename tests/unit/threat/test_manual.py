@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gateway.clock import FakeClock
 from gateway.store.fast import FastState
-from gateway.threat.blocks import BlockEntry, BlockStore
+from gateway.threat.blocks import BLOCKS_KEY, BlockEntry, BlockStore
 from gateway.threat.incidents import (
+    Action,
     BadIncidentId,
     Incident,
     IncidentNotFound,
@@ -18,6 +20,7 @@ from gateway.threat.incidents import (
 from gateway.threat.manual import (
     MAX_BLOCK,
     BlockRefused,
+    block_note,
     block_seconds,
     covers,
     manual_network,
@@ -35,8 +38,18 @@ from tests.unit.threat.conftest import World
         ("10.1.0.0/16", "10.1.0.0/16"),  # the widest IPv4 network a hand may block
         ("2001:db8::/32", "2001:db8::/32"),  # the widest IPv6 one
         ("::ffff:203.0.113.7", "203.0.113.7/32"),  # IPv4-mapped becomes IPv4
-        ("::1%lo", "::1/128"),  # a zone id names the host's interface, not the address
+        ("::1%lo/128", "::1/128"),  # a zone id names the host's interface, not the address
         ("fe80::1%eth0/64", "fe80::/64"),
+        # A bare IPv6 address is its subscriber's /64, as the rules block it; a prefix typed is kept.
+        ("2001:db8:9::7", "2001:db8:9::/64"),
+        (" 2001:DB8:9:0::7 ", "2001:db8:9::/64"),
+        ("::1%lo", "::/64"),
+        ("2001:db8:9::7/128", "2001:db8:9::7/128"),
+        ("2001:db8:9::7/96", "2001:db8:9::/96"),
+        # NAT64: its clients are matched by their IPv4 address, so the block is of IPv4.
+        ("64:ff9b::cb00:7107", "203.0.113.7/32"),
+        ("64:ff9b::cb00:7100/120", "203.0.113.0/24"),
+        ("64:ff9b:1::cb00:7100/120", "203.0.113.0/24"),
     ],
 )
 def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> None:
@@ -51,6 +64,10 @@ def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> Non
         ("10.0.0.0/15", "too broad"),
         ("::/0", "at most /32 for IPv6"),
         ("2001:db8::/31", "too broad"),
+        # A translator's whole prefix would be every IPv4 client; a wide NAT64 network a wide IPv4 one.
+        ("64:ff9b::/96", "covers a whole NAT64 translator prefix"),
+        ("64:ff9b:1::/64", "covers a whole NAT64 translator prefix"),
+        ("64:ff9b::cb00:0/104", "at most /16 for IPv4"),
         ("not-an-ip", "is not an IP address or CIDR network"),
         ("10.0.0.0/33", "is not an IP address or CIDR network"),
         ("", "is not an IP address or CIDR network"),
@@ -67,6 +84,74 @@ def test_an_unblock_takes_any_network_so_old_broad_blocks_stay_liftable() -> Non
     assert str(parse_network("10.0.0.0/8")) == "10.0.0.0/8"
     with pytest.raises(BlockRefused):
         parse_network("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "note"),
+    [
+        ("2001:db8:9::7", "the subscriber's /64; type /128 for this address only"),
+        ("2001:db8:9::7/128", ""),
+        ("2001:db8:9::/64", ""),
+        ("203.0.113.7", ""),
+        ("::ffff:203.0.113.7", ""),
+        ("64:ff9b::cb00:7107", ""),
+        ("nope", ""),
+    ],
+)
+def test_the_note_says_when_a_bare_ipv6_address_was_blocked_as_its_64(text: str, note: str) -> None:
+    assert block_note(text) == note
+
+
+async def test_a_manual_block_of_an_ipv6_address_covers_its_subscribers_64(world: World) -> None:
+    """An attack run: `gateway incident block-ip 2001:db8:9::7` (and POST /api/blocks) blocked the one
+    address, and the attacker went on from 2001:db8:9::8 of the same /64, which the rules block whole.
+    The text that blocked it unblocks it."""
+    incident = await world.responder.block_ip("2001:db8:9::7", seconds=3600, actor="user:boss", reason="x")
+    assert [(a.kind, a.target) for a in incident.actions] == [("block_ip", "2001:db8:9::/64")]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2001:db8:9::7" in world.blocks
+    assert "2001:db8:9::8" in world.blocks  # the attacker's next address
+    assert "2001:db8:9:1::7" not in world.blocks  # the next subscriber
+    assert await world.responder.unblock_ip("2001:db8:9::7", actor="user:boss") == 1
+    assert await world.responder.blocks.entries() == []
+    # Typed with its prefix, the one address alone.
+    await world.responder.block_ip("2001:db8:9::7/128", seconds=3600, actor="user:boss")
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2001:db8:9::7" in world.blocks
+    assert "2001:db8:9::8" not in world.blocks
+
+
+async def test_a_manual_block_of_a_nat64_network_blocks_its_ipv4_clients(world: World) -> None:
+    """An attack run: `gateway incident block-ip 64:ff9b::/96` was accepted, listed and matched nobody
+    (the matcher reads a NAT64 client as its IPv4 address). A NAT64 network is now its IPv4 network,
+    and a translator's whole prefix, all of IPv4, is refused with nothing blocked."""
+    with pytest.raises(BlockRefused, match="NAT64"):
+        await world.responder.block_ip("64:ff9b::/96", seconds=3600, actor="user:boss")
+    assert await world.responder.blocks.entries() == []
+    incident = await world.responder.block_ip("64:ff9b::cb00:7100/120", seconds=3600, actor="user:boss")
+    assert [a.target for a in incident.actions] == ["203.0.113.0/24"]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "64:ff9b::cb00:7109" in world.blocks
+    assert "64:ff9b::203.0.113.200" in world.blocks
+    assert "203.0.113.9" in world.blocks  # the same client, seen without the translator
+    assert "64:ff9b::cb00:7209" not in world.blocks
+    assert await world.responder.unblock_ip("64:ff9b::cb00:7100/120", actor="user:boss") == 1
+
+
+async def test_a_translators_whole_prefix_blocked_before_it_was_refused_can_still_be_lifted(
+    world: World,
+) -> None:
+    # Blocked (and matching nobody) before the fix: lifting its incident must not fail on its target.
+    until = world.clock.time() + 3600
+    entry = BlockEntry("64:ff9b::/96", until, "inc-00000001", "x", "user:boss")
+    await world.state.set(BLOCKS_KEY, msgspec.json.encode([entry.to_json()]))
+    action = Action("block_ip", "64:ff9b::/96", until=until)
+    incident = Incident(id="inc-00000001", rule="manual", at=world.clock.time(), actions=(action,))
+    await world.responder.incidents.save(incident, new=True)
+    lifted = await world.responder.lift("inc-00000001", actor="user:boss")
+    assert lifted is not None
+    assert [a.lifted for a in lifted.actions] == [True]
+    assert await world.responder.blocks.entries() == []
 
 
 @pytest.mark.parametrize(

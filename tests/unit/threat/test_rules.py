@@ -6,10 +6,12 @@ import contextlib
 import json
 
 import msgspec
+import pytest
 
+from gateway.identity.accounts import WrongPassword
 from gateway.identity.levels import AuthLevel, check_requirement
 from gateway.settings.schema import Duration, MfaPolicy, ThreatRule
-from tests.unit.threat.conftest import IP, UA, World
+from tests.unit.threat.conftest import IP, PASSWORD, UA, World
 
 OTHER_IP = "198.51.100.7"
 
@@ -37,6 +39,35 @@ async def test_brute_force_counts_per_account_and_ignores_successes(world: World
         await world.audit.record("signin.password", actor="user:alice", subject="alice", ip=IP)
     await world.pump()
     assert await incidents(world, "brute_force") == []
+
+
+async def test_wrong_current_passwords_on_the_password_change_page_are_brute_force(world: World) -> None:
+    """An attack run: someone holding a stolen session guessed the current password on the portal's
+    password change (``user.password_changed`` failures) and raised no incident. Each wrong guess is
+    a failed password step of the account, as at sign-in."""
+    user_id = await world.user("alice")
+    rule = world.settings[0].brute_force
+    new_password = "a brand new passphrase"
+
+    async def guess() -> None:
+        with pytest.raises(WrongPassword):
+            await world.accounts.set_password(
+                user_id, new_password, actor="user:alice", current_password="guess", ip=OTHER_IP
+            )
+        await world.pump()
+        world.advance(20)  # past the regulator's back-off, well inside the rule's window
+
+    for _ in range(rule.count - 1):
+        await guess()
+    assert await incidents(world, "brute_force") == []
+    await guess()
+    assert await incidents(world, "brute_force") == ["alice"]
+    [incident] = [i for i in await world.responder.incidents.latest() if i.rule == "brute_force"]
+    assert incident.evidence["last_kind"] == "user.password_changed"
+    # A password change that succeeds is no failure.
+    await world.accounts.set_password(user_id, new_password, actor="user:alice", current_password=PASSWORD)
+    await world.pump()
+    assert len(await incidents(world, "brute_force")) == 1
 
 
 # -- spraying / stuffing ---------------------------------------------------------------------------
