@@ -29,6 +29,13 @@ holds the leaked key can sign anything with it, but cannot write the keyring fil
 gives the earliest the key could have leaked, when it is known: backups made from then on are not
 vouched for either (what the leaked key signed before the mark cannot be told from the gateway's own).
 
+What the leaked key *encrypted* its holder can read from any copy of the database, so the same command
+deals with it: a signing key whose private half is under it is rotated as compromised (after the
+keyring, so the new one is under the new key; an attack run decrypted the old one from a backup and
+forged assertions for anyone), and the output names the accounts whose authenticator-app (TOTP) seeds
+are under it (they must enrol again: `gateway user reset-mfa`; the seeds are not re-encrypted, as they
+are known), the sealed removed content under it, and the backups it encrypted.
+
 ``list`` shows each signing key's state: ``next`` (published, not signing yet), ``active`` (signing),
 ``retiring`` (published so its tokens still verify, no longer signing), ``expired`` (deleted at the
 next rotation).
@@ -57,11 +64,13 @@ from gateway.cli.harness import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection
     from pathlib import Path
 
     from gateway.audit.trail import AuditLog
+    from gateway.cli.harness import Store
     from gateway.crypto.keyring import Compromise, Keyring
+    from gateway.crypto.lifecycle import Rotation
     from gateway.crypto.signing import KeySet, SigningKeys
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
@@ -139,6 +148,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 leaked_since=args.leaked_since,
             )
             if rotation.signing is not None:
+                _print_exposed_signing(rotation)
                 _print_rotation(
                     rotation.signing.before,
                     rotation.signing.after,
@@ -158,6 +168,10 @@ def _rotate(args: argparse.Namespace) -> int:
                 )
             if rotation.keyring_compromised is not None and rotation.keyring_mark is not None:
                 _print_mark(path, rotation.keyring_compromised, rotation.keyring_mark, rotation.keyring_also)
+                leaked = (rotation.keyring_compromised, *rotation.keyring_also)
+                if rotation.signing is None:
+                    print(f"signing key: none published is encrypted under {', '.join(leaked)}; not rotated")
+                await _print_encrypted_under(store.db, leaked)
 
     run(rotate())
     return EXIT_OK
@@ -218,6 +232,102 @@ def _print_mark(path: object, kid: str, mark: Compromise, also: tuple[str, ...] 
         )
 
 
+async def _retire_exposed(
+    settings: Settings, keyring: Keyring, store: Store, leaked: Collection[str]
+) -> Rotation | None:
+    """Rotate the signing key as compromised if its private half is under a leaked keyring key
+    (:func:`gateway.crypto.lifecycle.retire_exposed_signing`), told to the running gateways."""
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.lifecycle import retire_exposed_signing
+    from gateway.crypto.signing import announce_compromise
+    from gateway.identity.ledger import AccountLedger, ledger_path
+
+    return await retire_exposed_signing(
+        _signing_keys(settings, keyring, store.db), keyring, leaked,
+        announce=lambda at: announce_compromise(store.fast, at),
+        ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
+    )  # fmt: skip
+
+
+def _print_exposed_signing(rotation: Rotation) -> None:
+    if rotation.signing_exposed:
+        print(
+            f"signing key: {', '.join(rotation.signing_exposed)} had its private half encrypted under a leaked "
+            "keyring key (whoever holds it can sign assertions for anyone): rotated as compromised"
+        )
+
+
+async def _print_encrypted_under(db: Database, leaked: Collection[str]) -> None:
+    """Say what else the leaked keyring keys encrypted, and what to do about it.
+
+    Its holder reads it from any copy of the database (a backup, a dump), so none of it is re-encrypted
+    under the new key as if that helped: TOTP seeds are known and must be enrolled anew.
+    """
+    import sys
+
+    from gateway.errors import GatewayError
+
+    under = ", ".join(sorted(leaked))
+    try:
+        accounts, removed = await _encrypted_under(db, leaked)
+    except GatewayError as exc:
+        print(
+            f"could not count what {under} encrypted ({exc.detail}): take every authenticator app enrolled "
+            "before now as known (`gateway user reset-mfa USERNAME`)",
+            file=sys.stderr,
+        )
+        return
+    if accounts:
+        # Every one: each must be reset, and no other command lists them.
+        print(
+            f"authenticator apps: the TOTP seeds of {len(accounts)} account(s) are encrypted under {under}: "
+            "whoever holds the key and a copy of the database can make their codes. They are NOT re-encrypted: "
+            "run `gateway user reset-mfa USERNAME` (with --invite where the password may be known too) for "
+            f"each, so they enrol a new app: {', '.join(accounts)}"
+        )
+    else:
+        print(f"authenticator apps: no TOTP seed is encrypted under {under}")
+    if removed:
+        print(
+            f"removed content: {removed} sealed copy(ies) of erased or corrected personal data are encrypted "
+            f"under {under}: readable by whoever holds the key and a copy of the database"
+        )
+    print(
+        f"backups: the archives encrypted under {under} are readable by whoever holds the key (the whole "
+        "database: password hashes, email addresses): treat them as disclosed"
+    )
+
+
+async def _encrypted_under(db: Database, leaked: Collection[str]) -> tuple[list[str], int]:
+    """The accounts with a TOTP seed (confirmed or pending) under one of ``leaked`` (sorted usernames),
+    and how many rows of removed content are."""
+    from sqlalchemy import func, select
+
+    from gateway.crypto.keyring import token_key_id
+    from gateway.identity.models import TotpCredential, User
+    from gateway.privacy.models import RemovedContent
+    from gateway.store.db import store_errors
+
+    kids = set(leaked)
+    with store_errors("cannot read what the leaked keyring key encrypted"):
+        async with db.session() as session:
+            seeds = await session.execute(
+                select(User.username, TotpCredential.secret_enc).join(User, User.id == TotpCredential.user_id)
+            )
+            accounts = sorted({name for name, sealed in seeds if token_key_id(sealed) in kids})
+            # The token's head only ("v1.<kid>."): a payload may be a whole export.
+            heads = await session.scalars(select(func.substr(RemovedContent.payload, 1, 72)))
+            removed = sum(1 for head in heads if token_key_id(_text(head)) in kids)
+    return accounts, removed
+
+
+def _text(head: bytes | str | None) -> str:
+    # 72 bytes hold "v1.<kid>." whole (a key id is at most 64 characters).
+    if head is None:
+        return ""
+    return head if isinstance(head, str) else bytes(head).decode("ascii", "replace")
+
+
 def _keyring_holding(args: argparse.Namespace) -> tuple[Settings, Path, Keyring]:
     """The settings, the keyring file and the keyring, which must hold the key ``args.kid`` (exit 2)."""
     from gateway.crypto.keyring import keyring_path
@@ -241,16 +351,30 @@ def _mark(args: argparse.Namespace) -> int:
             "key active and marks it in one step"
         )
 
-    async def mark() -> Compromise:
-        async with open_store(settings) as store:
+    async def mark() -> None:
+        async with open_store(settings, fast=True) as store:
             audit = store.audit(keyring)
-            return await mark_compromised(
-                keyring, path, args.kid, audit=audit, actor=operator(),
+            # The signing key first (under the active key), then the mark, whose record names both.
+            retired = await _retire_exposed(settings, keyring, store, [args.kid])
+            details = {"keyring_key_compromised": args.kid, **(retired.details() if retired else {})}
+            done = await mark_compromised(
+                keyring, path, args.kid, audit=audit, actor=operator(), details=details,
                 backups_signed=_backups_signed(settings, keyring, audit), leaked_since=args.leaked_since,
             )  # fmt: skip
+            _print_mark(path, args.kid, done)
+            _print_retired(retired, [args.kid])
+            await _print_encrypted_under(store.db, [args.kid])
 
-    _print_mark(path, args.kid, run(mark()))
+    run(mark())
     return EXIT_OK
+
+
+def _print_retired(retired: Rotation | None, leaked: Collection[str]) -> None:
+    if retired is None or retired.signing is None:
+        print(f"signing key: none published is encrypted under {', '.join(leaked)}; not rotated")
+        return
+    _print_exposed_signing(retired)
+    _print_rotation(retired.signing.before, retired.signing.after, retired.signing.kid, compromised=True)
 
 
 def _print_rotation(before: KeySet, after: KeySet, kid: str, compromised: bool = False) -> None:
@@ -298,25 +422,31 @@ def _activate(args: argparse.Namespace) -> int:
     older = leaked_with(keyring, old, args.kid)
     keyring.activate(path, args.kid)
 
-    async def record() -> Compromise | None:
+    async def record() -> None:
         from gateway.crypto.lifecycle import mark_compromised
 
-        async with open_store(settings) as store:
+        async with open_store(settings, fast=args.compromised) as store:
             audit = store.audit(keyring)
-            details = {"keyring_key": args.kid}
-            if args.compromised:
-                return await mark_compromised(
-                    keyring, path, old, audit=audit, actor=operator(),
-                    backups_signed=_backups_signed(settings, keyring, audit),
-                    details={**details, "keyring_key_compromised": old}, kind="keys.activated",
-                    also=older, leaked_since=args.leaked_since,
-                )  # fmt: skip
-            await audit.record("keys.activated", actor=operator(), subject="keys", details=details)
-            return None
+            details: dict[str, object] = {"keyring_key": args.kid}
+            if not args.compromised:
+                await audit.record("keys.activated", actor=operator(), subject="keys", details=details)
+                return
+            leaked = (old, *older)
+            # Under the key just made active: the signing key first, then the mark naming both.
+            retired = await _retire_exposed(settings, keyring, store, leaked)
+            if retired is not None:
+                details.update(retired.details())
+            mark = await mark_compromised(
+                keyring, path, old, audit=audit, actor=operator(),
+                backups_signed=_backups_signed(settings, keyring, audit),
+                details={**details, "keyring_key_compromised": old}, kind="keys.activated",
+                also=older, leaked_since=args.leaked_since,
+            )  # fmt: skip
+            _print_mark(path, old, mark, older)
+            _print_retired(retired, leaked)
+            await _print_encrypted_under(store.db, leaked)
 
-    mark = run(record())
-    if mark is not None:
-        _print_mark(path, old, mark, older)
+    run(record())
     print(
         f"keyring {path}: key {args.kid} is active for new secrets. Gateways reading this file take it up "
         "the first time they meet it; replicas with their own copy need this file (a rolling restart)."
@@ -362,6 +492,13 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no signing keys yet: a gateway creates the first one when it starts")
         return EXIT_OK
+    for k in keyset.published(now):
+        if k.keyring_kid in keyring.compromised:
+            # Marked by a release whose mark left the signing key under it: its holder can sign assertions.
+            print(
+                f"signing key {k.kid}: its private half is encrypted under keyring key {k.keyring_kid}, marked "
+                "compromised: run `gateway keys rotate --signing --compromised`"
+            )
     table = [
         ("KID", "STATE", "CREATED", "SIGNS FROM", "SIGNS UNTIL", "PUBLISHED UNTIL", "KEYRING KEY"),
         *(
@@ -437,7 +574,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="the keys leaked. Signing: the new key signs at once and every old one is deleted (gone from "
         "the JWKS within 30 s, never signing again) instead of handed over; apps must fetch the JWKS anew. "
         "Keyring: the key that was active is marked compromised (decrypts, never active again; only the "
-        "backups it had signed and the audit records before now stay trusted under it)",
+        "backups it had signed and the audit records before now stay trusted under it), the signing key "
+        "is rotated as compromised if its private half is under it, and the accounts whose TOTP seeds it "
+        "encrypted are listed (they must enrol again)",
     )
     _leak_arg(p)
     p.set_defaults(func=_rotate, what="all")
@@ -453,7 +592,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--compromised",
         action="store_true",
-        help="the key that was active leaked: mark it compromised once KID is active (see mark-compromised)",
+        help="the key that was active leaked: mark it compromised once KID is active (see mark-compromised; "
+        "as with rotate --compromised, a signing key under it is rotated and the TOTP seeds under it named)",
     )
     _leak_arg(p)
     p.set_defaults(func=_activate)
@@ -465,7 +605,8 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "encrypted but never becomes active again, and the keyring file records the backups it had signed "
         "and the audit chain's head. From then on backup verify/restore and dr drill refuse every other "
         "backup under it, and audit verify names every later record keyed under it. A key marked once stays "
-        "marked with what it had signed then.",
+        "marked with what it had signed then. A signing key whose private half it encrypted is rotated as "
+        "compromised, and the accounts whose TOTP seeds it encrypted are named (they must enrol again).",
     )
     config_arg(p)
     p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")

@@ -81,6 +81,7 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "keyring_path",
+    "token_key_id",
 ]
 
 ALGORITHM: Final = "AES-256-GCM"
@@ -679,6 +680,18 @@ def keyring_path(settings: Settings) -> Path:
     they all open the same file.
     """
     return Path(settings.keyring) if settings.keyring else Path(settings.data_dir) / "keys" / "keyring.json"
+
+
+def token_key_id(token: str) -> str:
+    """The key id a ciphertext token (:meth:`Keyring.encrypt`) names, or ``""`` if it is not one.
+
+    Read without decrypting: what was encrypted under a key marked compromised, for the operator to
+    act on (the key's holder can decrypt it from any copy of the database).
+    """
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_VERSION or not _KID_RE.fullmatch(parts[1]):
+        return ""
+    return parts[1]
 
 
 def _check_kid(kid: str) -> None:

@@ -12,10 +12,13 @@ Two kinds of key, two rotations (see :mod:`gateway.crypto.keyring` and :mod:`gat
 A keyring key that leaked is *marked compromised* (:func:`mark_compromised`, ``gateway keys rotate
 --keyring --compromised``): it is no longer active and never will be again, and the keyring file
 records what it had signed until then (the backups, the audit chain's head), so that whatever the
-leaked key signs later is refused.
+leaked key signs later is refused. The signing keys' private halves are keyring ciphertext: one under a
+leaked keyring key is the leak's too (whoever holds the key decrypts it from any copy of the database),
+so it is rotated as compromised with the mark (:func:`retire_exposed_signing`), after the keyring, so
+the new signing key is encrypted under the new keyring key.
 
-Rotating both rotates the signing key first, so its private half is encrypted under the keyring key
-every running gateway already holds. Neither list nor rotation ever exposes private key material: a
+Rotating both (without a leak) rotates the signing key first, so its private half is encrypted under
+the keyring key every running gateway already holds. Neither list nor rotation ever exposes private key material: a
 signing key is described by its public facts, the keyring by its key ids.
 """
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -47,7 +50,9 @@ __all__ = [
     "leak_time",
     "leaked_with",
     "mark_compromised",
+    "retire_exposed_signing",
     "rotate_keys",
+    "signing_keys_under",
 ]
 
 #: The backups a keyring key signed before a time (the leak's, when known; else the mark's), id →
@@ -104,6 +109,9 @@ class Rotation:
     staged: bool = False
     # The old signing keys were deleted at once (a leak), not handed over.
     compromised: bool = False
+    # The published signing keys whose private half was encrypted under a leaked keyring key: why the
+    # signing key was rotated as compromised with the keyring.
+    signing_exposed: tuple[str, ...] = ()
     # The keyring key that was active before, marked compromised (a leak), with what it had signed, and
     # the older keys of the file marked with it (they were in the leaked file too).
     keyring_compromised: str | None = None
@@ -125,6 +133,8 @@ class Rotation:
                 found["staged"] = True
         if self.keyring_compromised is not None:
             found["keyring_key_compromised"] = self.keyring_compromised
+        if self.signing_exposed:
+            found["signing_keys_under_leaked_keyring_key"] = list(self.signing_exposed)
         return found
 
 
@@ -169,12 +179,18 @@ async def rotate_keys(
     clock: Clock = SYSTEM_CLOCK,
     leaked_since: datetime | None = None,
 ) -> Rotation:
-    """Rotate the signing key, the keyring or both (signing first).
+    """Rotate the signing key, the keyring or both (signing first, but for a leaked keyring).
+
+    With ``compromised`` and the keyring, the keyring is rotated first and the signing key after it,
+    as compromised, under the new keyring key: with ``ALL``, and with ``KEYRING`` when a published
+    signing key's private half is under the leaked key or another key of the leaked file (an attack
+    run decrypted it from a database backup and forged assertions for anyone). Never the other way
+    round: the new signing key would be encrypted under the leaked key.
 
     Args:
         target: What to rotate.
         signing: The signing keys (only public data is read; the new key is encrypted under the
-            keyring they were built with).
+            keyring they were built with, or, after a compromised keyring rotation, under ``keyring``).
         keyring: Rotated in place and written to ``keyring_file`` (merged with what the file holds).
             A long-running process that must go on encrypting under the key every other process
             holds passes a copy freshly loaded from the file instead of its own.
@@ -186,7 +202,8 @@ async def rotate_keys(
         compromised: The old keys may be in someone else's hands. Signing: the new one signs at once
             and the old ones are deleted (:meth:`SigningKeys.rotate`). Keyring: the key that was
             active is marked compromised with the file's older keys (:func:`mark_compromised`,
-            :func:`leaked_with`); refused with ``stage``.
+            :func:`leaked_with`), and the signing key rotated as compromised if its private half is
+            under one of them; refused with ``stage``.
         announce: With ``compromised``, tells the running workers (:func:`announce_compromise` over
             the caller's fast state), so one that cannot reload stops signing with the old key, and
             every one reads the keyring file again.
@@ -213,16 +230,11 @@ async def rotate_keys(
             "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
             "staged key first and then mark the old one (`gateway keys activate KID --compromised`)"
         )
+    rotate_signing = target in (RotationTarget.ALL, RotationTarget.SIGNING)
     rotation = Rotation()
-    if target in (RotationTarget.ALL, RotationTarget.SIGNING):
-        before = await signing.load(with_private=False)
-        kid = await signing.rotate(compromised=compromised)
-        if compromised and announce is not None:
-            await announce(time.time())
-        after = await signing.load(with_private=False)
-        rotation = Rotation(signing=SigningRotation(kid, before, after), compromised=compromised)
-        if compromised and ledger is not None:
-            await ledger.keys_deleted(kid, [k.kid for k in before.keys if k.kid != kid])
+    if rotate_signing and not (rotate_keyring and compromised):
+        made = await _rotate_signing(signing, compromised=compromised, announce=announce, ledger=ledger)
+        rotation = Rotation(signing=made, compromised=compromised)
     if rotate_keyring:
         old = keyring.active_id
         # File I/O under an exclusive lock (and an fsync): off the event loop.
@@ -232,6 +244,14 @@ async def rotate_keys(
             older = leaked_with(keyring, old, new_id)
             rotation = replace(rotation, keyring_compromised=old, keyring_also=older)
             try:
+                # Under the new keyring key now, before the mark (one audit record names both).
+                leaked = {old, *older, *keyring.compromised}
+                exposed = await signing_keys_under(signing, leaked, clock.time())
+                if rotate_signing or exposed:
+                    made = await _rotate_signing(
+                        signing.under(keyring), compromised=True, announce=announce, ledger=ledger
+                    )
+                    rotation = replace(rotation, signing=made, compromised=True, signing_exposed=exposed)
                 mark = await mark_compromised(
                     keyring, keyring_file, old, audit=audit, actor=actor,
                     backups_signed=backups_signed, details=rotation.details(), kind="keys.rotated",
@@ -245,9 +265,14 @@ async def rotate_keys(
                     if old in keyring.compromised
                     else "is NOT marked compromised"
                 )
+                signed = (
+                    ""
+                    if rotation.signing is not None or old in keyring.compromised
+                    else " (it also rotates the signing key if its private half is under the leaked key)"
+                )
                 raise KeyringError(
                     f"{exc.detail}. The new keyring key {new_id} is active, and the leaked key {old} {state}: "
-                    f"run `gateway keys mark-compromised {old}` once that is mended"
+                    f"run `gateway keys mark-compromised {old}` once that is mended{signed}"
                 ) from exc
             if announce is not None:
                 # The running workers read the keyring file again now, instead of encrypting under the
@@ -256,6 +281,67 @@ async def rotate_keys(
             return replace(rotation, keyring_mark=mark)
     await audit.record("keys.rotated", actor=actor, subject="keys", details=rotation.details())
     return rotation
+
+
+async def _rotate_signing(
+    signing: SigningKeys,
+    *,
+    compromised: bool,
+    announce: Callable[[float], Awaitable[None]] | None,
+    ledger: Ledger | None,
+) -> SigningRotation:
+    """Rotate the signing key (:meth:`SigningKeys.rotate`); a compromised rotation is announced to the
+    running workers and its deleted kids remembered in ``ledger``."""
+    before = await signing.load(with_private=False)
+    kid = await signing.rotate(compromised=compromised)
+    if compromised and announce is not None:
+        await announce(time.time())
+    after = await signing.load(with_private=False)
+    if compromised and ledger is not None:
+        await ledger.keys_deleted(kid, [k.kid for k in before.keys if k.kid != kid])
+    return SigningRotation(kid, before, after)
+
+
+async def signing_keys_under(
+    signing: SigningKeys, keyring_kids: Collection[str], now: float
+) -> tuple[str, ...]:
+    """The signing keys published at ``now`` whose private half is encrypted under one of
+    ``keyring_kids``: whoever holds one of those keyring keys can sign assertions with them.
+
+    Raises:
+        StoreUnavailable: The database cannot be reached.
+    """
+    keyset = await signing.load(with_private=False)
+    return tuple(k.kid for k in keyset.published(now) if k.keyring_kid in keyring_kids)
+
+
+async def retire_exposed_signing(
+    signing: SigningKeys,
+    keyring: Keyring,
+    leaked: Collection[str],
+    *,
+    announce: Callable[[float], Awaitable[None]] | None = None,
+    ledger: Ledger | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Rotation | None:
+    """Keyring keys ``leaked`` are being marked compromised: rotate the signing key as compromised
+    (signing at once, every old key deleted: :meth:`SigningKeys.rotate`) if a published one's private
+    half is under one of them or under a key marked before, for ``gateway keys activate --compromised``
+    and ``mark-compromised``. The new key is encrypted under ``keyring``'s active key (never a marked
+    one), whichever keyring ``signing`` was built with.
+
+    Returns:
+        The signing rotation, naming the exposed kids (``signing_exposed``), or ``None`` when no
+        published key was exposed.
+
+    Raises:
+        StoreUnavailable: The database cannot be reached.
+    """
+    exposed = await signing_keys_under(signing, {*leaked, *keyring.compromised}, clock.time())
+    if not exposed:
+        return None
+    made = await _rotate_signing(signing.under(keyring), compromised=True, announce=announce, ledger=ledger)
+    return Rotation(signing=made, compromised=True, signing_exposed=exposed)
 
 
 class LeakTimeRefused(BadRequest):

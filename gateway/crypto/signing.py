@@ -182,6 +182,7 @@ class SigningKeys:
         self._db = db
         self._keyring = keyring
         self._clock = clock
+        self._settings = settings
         self._grace = float(settings.grace)
         self._publish_ahead = float(settings.publish_ahead)
         self._keyset: KeySet | None = None
@@ -190,6 +191,15 @@ class SigningKeys:
         # that failed, so a dead database is not asked on every JWKS request.
         self._attempted_at: float | None = None
         self._refresh_lock = asyncio.Lock()
+
+    def under(self, keyring: Keyring) -> SigningKeys:
+        """The same keys, with new private halves encrypted under ``keyring`` (nothing loaded yet).
+
+        For the rotation that follows a keyring key's compromise: the new signing key must be encrypted
+        under the keyring key the rotation just made active, not under the leaked one a caller's own
+        keyring (loaded before the rotation, e.g. the console's process) still has active.
+        """
+        return SigningKeys(self._db, keyring, self._clock, self._settings)
 
     # -- the loaded key set ----------------------------------------------------------------------
 

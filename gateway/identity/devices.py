@@ -20,6 +20,8 @@ changed, set by an admin or withdrawn (``reset-mfa --invite``) ends every device
 so those an intruder collected while they had the account buy no guesses at the new password. A
 rehash of the same password (stronger parameters) is no new generation: it would end the person's own
 browsers' cookies with nothing gained. It is the gateway's own: no app receives it, and no app may set it.
+A cookie MACed under a keyring key marked compromised counts as none (whoever holds the key can make
+one for any account and device, each a fresh allowance of guesses), as CSRF tokens under one do.
 """
 
 from __future__ import annotations
@@ -54,10 +56,14 @@ class KnownDevices:
 
     def regulation_key(self, username: str, generation: str, token: str | None) -> str:
         """What an attempt on ``username`` is counted under: with a valid ``token`` for it (issued
-        under its password's ``generation``), the account and the device; otherwise the account alone."""
+        under its password's ``generation``, under a keyring key not marked compromised), the account
+        and the device; otherwise the account alone."""
         if token:
             device, _, mac = token.partition(".")
+            compromised = self._keyring.compromised
             for kid in self._keyring.key_ids:
+                if kid in compromised:
+                    continue  # its holder can mint one: no cookie (the account's shared budget)
                 if device and hmac.compare_digest(mac, self._mac(username, generation, device, kid)):
                     return f"{username}{_DEVICE_SEPARATOR}{device}"
         return username

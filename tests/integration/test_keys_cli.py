@@ -191,3 +191,118 @@ def test_a_staged_key_activated_with_compromised_marks_the_one_it_replaces(confi
         "backups_vouched": 0,
     }
     assert gateway("audit", "verify", *c).returncode == 0
+
+
+def _signing_key_and_seeds(config: Path, *owners: str) -> str:
+    """What a running gateway would have stored: its first signing key and, per owner, an account with
+    a confirmed authenticator app, both encrypted under the active keyring key. The signing kid."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.signing import SigningKeys
+    from gateway.identity.models import TotpCredential, User
+    from gateway.settings.schema import AssertionSettings
+    from gateway.store.db import Database
+
+    data = config.parent / "data"
+
+    async def store() -> str:
+        db = Database.open(f"sqlite+aiosqlite:///{data / 'gateway.db'}", pool_size=1)
+        keyring = Keyring.load(data / "keys" / "keyring.json")
+        try:
+            kid = (await SigningKeys(db, keyring, SYSTEM_CLOCK, AssertionSettings()).ensure()).keys[0].kid
+            now = datetime.now(UTC)
+            async with db.session() as session:
+                for name in owners:
+                    user = User(username=name, email=None, display_name=name, password_hash=None, created_at=now, updated_at=now, password_changed_at=None)  # fmt: skip
+                    session.add(user)
+                    await session.flush()
+                    sealed = keyring.encrypt(b"JBSWY3DPEHPK3PXP", aad=f"totp:{user.id}".encode())
+                    session.add(TotpCredential(user_id=user.id, name="Phone", secret_enc=sealed, confirmed=True, last_step=0, created_at=now, last_used_at=None))  # fmt: skip
+                await session.commit()
+            return kid
+        finally:
+            await db.close()
+
+    return asyncio.run(store())
+
+
+def _signing_keys(config: Path) -> list[dict[str, object]]:
+    proc = gateway("keys", "list", "--config", str(config), "--json")
+    assert proc.returncode == 0, proc.stderr
+    found: list[dict[str, object]] = json.loads(proc.stdout)["signing_keys"]
+    return found
+
+
+def test_a_leaked_keyring_key_takes_the_signing_key_it_encrypted_and_names_the_seeds_it_encrypted(
+    config: Path,
+) -> None:
+    """Attack run F2: `keys rotate --keyring --compromised` left the signing key active, its private
+    half encrypted under the leaked key (a copy of the leaked file and a database backup forged
+    assertions for anyone), and said nothing of the TOTP seeds under it."""
+    c = ("--config", str(config))
+    leaked_ring = str(_keyring(config)["active"])
+    leaked = _signing_key_and_seeds(config, "alice", "bob")
+    done = gateway("keys", "rotate", "--keyring", "--compromised", *c)
+    assert done.returncode == 0, done.stderr
+    assert f"signing key: {leaked} had its private half encrypted under a leaked keyring key" in done.stdout
+    assert f"deleted as compromised: {leaked}" in done.stdout
+    assert f"the TOTP seeds of 2 account(s) are encrypted under {leaked_ring}" in done.stdout
+    assert "NOT re-encrypted" in done.stdout
+    assert "gateway user reset-mfa USERNAME" in done.stdout
+    assert done.stdout.rstrip().count("alice, bob") == 1
+    new_ring = str(_keyring(config)["active"])
+    (key,) = _signing_keys(config)
+    assert (key["state"], key["keyring_key"]) == ("active", new_ring)
+    assert key["kid"] != leaked
+    audited = gateway("audit", "list", *c, "--kind", "keys.rotated", "--json")
+    (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert json.loads(record["details"])["signing_keys_under_leaked_keyring_key"] == [leaked]
+    assert gateway("audit", "verify", *c).returncode == 0
+
+
+def test_a_key_marked_before_the_signing_key_followed_is_shown_and_marking_it_again_retires_it(
+    config: Path,
+) -> None:
+    """A keyring key marked by a release that left the signing key under it: `keys list` says so, and
+    `mark-compromised` (like `activate --compromised`) rotates the signing key it encrypted."""
+    c = ("--config", str(config))
+    file = config.parent / "data" / "keys" / "keyring.json"
+    first = str(_keyring(config)["active"])
+    leaked = _signing_key_and_seeds(config, "carol")
+    assert gateway("keys", "rotate", "--keyring", *c).returncode == 0  # the signing key stays under first
+    from gateway.crypto.keyring import Compromise
+
+    Keyring.load(file).mark_compromised(file, first, Compromise("2026-12-06T20:00:00+00:00", 0))
+    listed = gateway("keys", "list", *c)
+    assert f"signing key {leaked}: its private half is encrypted under keyring key {first}" in listed.stdout
+    assert "gateway keys rotate --signing --compromised" in listed.stdout
+
+    done = gateway("keys", "mark-compromised", first, *c)
+    assert done.returncode == 0, done.stderr
+    assert f"signing key: {leaked} had its private half encrypted under a leaked keyring key" in done.stdout
+    assert f"the TOTP seeds of 1 account(s) are encrypted under {first}" in done.stdout
+    assert "carol" in done.stdout
+    (key,) = _signing_keys(config)
+    assert key["kid"] != leaked
+    assert key["keyring_key"] == _keyring(config)["active"]
+    assert "private half is encrypted under" not in gateway("keys", "list", *c).stdout
+
+
+def test_activating_with_compromised_rotates_the_signing_key_under_the_replaced_key(config: Path) -> None:
+    c = ("--config", str(config))
+    first = str(_keyring(config)["active"])
+    leaked = _signing_key_and_seeds(config)
+    staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
+    kid = staged.stdout.split("staged key ")[1].split()[0]
+    done = gateway("keys", "activate", kid, "--compromised", *c)
+    assert done.returncode == 0, done.stderr
+    assert f"deleted as compromised: {leaked}" in done.stdout
+    assert f"no TOTP seed is encrypted under {first}" in done.stdout
+    (key,) = _signing_keys(config)
+    assert (key["state"], key["keyring_key"]) == ("active", kid)
+    audited = gateway("audit", "list", *c, "--kind", "keys.activated", "--json")
+    (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert json.loads(record["details"])["old_keys_deleted"] == [leaked]
+    assert gateway("audit", "verify", *c).returncode == 0

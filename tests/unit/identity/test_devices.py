@@ -55,3 +55,22 @@ def test_a_new_password_ends_every_device_cookie_of_the_account(tmp_path: Path) 
         )
         != "alice"
     )
+
+
+def test_a_cookie_under_a_keyring_key_marked_compromised_counts_as_none(tmp_path: Path) -> None:
+    """Attack run F5: cookies MACed under a keyring key marked compromised still counted apart, so the
+    key's holder could mint one per guess batch for any account (CSRF tokens under it are refused)."""
+    from gateway.crypto.keyring import Compromise
+
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    leaked = keyring.active_id
+    devices = KnownDevices(keyring)
+    minted = devices.token("alice", HASH)
+    keyring.rotate(path)
+    assert devices.regulation_key("alice", HASH, minted) != "alice"  # a rotation alone keeps it
+    keyring.mark_compromised(path, leaked, Compromise("2026-12-06T20:00:00+00:00", 0))
+    assert devices.regulation_key("alice", HASH, minted) == "alice"
+    # One issued since, under the new key, still counts apart.
+    fresh = devices.token("alice", HASH)
+    assert devices.regulation_key("alice", HASH, fresh).startswith("alice|device:")
