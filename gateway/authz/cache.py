@@ -13,8 +13,12 @@ from gateway.authz.index import PolicyIndex
 
 __all__ = ["Authorizer", "CacheKey", "DecisionCache"]
 
-# (policy version, principals, route, method, path)
-CacheKey = tuple[int, frozenset[str], str, str, str]
+# (policy version, principals, route, method, path), and for a person's access token (principals,
+# then those it speaks for without their roles, :meth:`Authorizer.decide_without_roles`) a 6-tuple: never
+# equal to a session's key, so one's (role-expanded) answer is never read for the other.
+CacheKey = (
+    tuple[int, frozenset[str], str, str, str] | tuple[int, frozenset[str], str, str, str, frozenset[str]]
+)
 
 
 class DecisionCache:
@@ -88,6 +92,19 @@ class Authorizer:
         decision = self.cache.get(key)
         if decision is None:
             decision = index.decide_request(principals, route, method, path)
+            self.cache.put(key, decision)
+        return decision
+
+    def decide_without_roles(
+        self, principals: frozenset[str], without_roles: frozenset[str], route: str, method: str, path: str
+    ) -> Decision:
+        """:meth:`decide` for a request that also speaks for ``without_roles`` without their ``g`` roles
+        (a person's access token: see :meth:`PolicyIndex.decide`)."""
+        index = self._index
+        key: CacheKey = (index.version, principals, route, method, path, without_roles)
+        decision = self.cache.get(key)
+        if decision is None:
+            decision = index.decide_request(principals, route, method, path, without_roles)
             self.cache.put(key, decision)
         return decision
 

@@ -29,6 +29,10 @@ roles). It is allowed iff some allow rule matches some principal of the set (or 
 no deny rule matches any of them. That is casbin's answer for a synthetic subject with a ``g`` link to
 every principal of the set (the tests check it that way, with the hierarchy limit raised by one for
 the extra link).
+
+A person's access token (an identity provider's, for a linked account) speaks for ``user:<name>``
+*without* the account's roles: :meth:`PolicyIndex.decide`'s ``without_roles`` takes such principals.
+Only the rules naming them allow; the deny rules of the roles their ``g`` lines reach still refuse.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ _SUBJECTS_MEMO = 50_000
 _REGEX_META = frozenset(".^$*+?{}[]\\|()")
 
 _Entry = tuple[int, Rule]  # (position in the policy, rule): the lowest position is reported
+_NONE: frozenset[str] = frozenset()
 
 
 class _Cell:
@@ -254,7 +259,14 @@ class PolicyIndex:
             frontier = nearer
         return frozenset(seen)
 
-    def decide_request(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+    def decide_request(
+        self,
+        principals: frozenset[str],
+        route: str,
+        method: str,
+        path: str,
+        without_roles: frozenset[str] = _NONE,
+    ) -> Decision:
         """Decide a request as the gateway does: :meth:`decide`, except that a HEAD also needs what a
         GET of the same path needs (the GET's refusal when it has one).
 
@@ -262,14 +274,21 @@ class PolicyIndex:
         body), so a deny of GET that let HEAD through would run the denied handler and hand out its
         headers. This only ever turns an allow into a deny.
         """
-        decision = self.decide(principals, route, method, path)
+        decision = self.decide(principals, route, method, path, without_roles)
         if method == "HEAD" and decision.allowed:
-            as_get = self.decide(principals, route, "GET", path)
+            as_get = self.decide(principals, route, "GET", path, without_roles)
             if not as_get.allowed:
                 return as_get
         return decision
 
-    def decide(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+    def decide(
+        self,
+        principals: frozenset[str],
+        route: str,
+        method: str,
+        path: str,
+        without_roles: frozenset[str] = _NONE,
+    ) -> Decision:
         """Decide one request exactly as casbin would (HEAD is a method like any other here; the
         gateway decides through :meth:`decide_request`).
 
@@ -278,6 +297,11 @@ class PolicyIndex:
             route: the route name (the policy's domain).
             method: the HTTP method as received.
             path: the canonical path.
+            without_roles: principals the request speaks for without the roles ``g`` lines give them
+                (a person's access token is the linked account without its roles: README "Access
+                tokens of an identity provider"): the rules naming them apply, and so do the *deny*
+                rules of the roles they reach (fail closed), never those roles' allows. Empty for a
+                session, which then costs nothing more; casbin has no such notion.
 
         Returns:
             The decision, with the deciding rule: the first (in policy order) matching deny rule, else
@@ -286,6 +310,24 @@ class PolicyIndex:
         if not self.rules.policies:
             return Decision(False, Reason.NO_POLICY, None, None, self.version)
         subjects = self._subjects(principals)
+        if without_roles:
+            # Denies through everything either set reaches; allows through the roles of ``principals``
+            # only, and the rules naming a principal of ``without_roles`` itself.
+            granting = subjects | (without_roles & self._rule_subjects)
+            deny, _ = self._matching(subjects | self._subjects(without_roles), route, method, path)
+            _, allow = self._matching(granting, route, method, path)
+        else:
+            deny, allow = self._matching(subjects, route, method, path)
+        if deny is not None:
+            return Decision(False, Reason.POLICY_DENY, deny[1], deny[1].sub, self.version)
+        if allow is not None:
+            return Decision(True, Reason.POLICY_ALLOW, allow[1], allow[1].sub, self.version)
+        return Decision(False, Reason.NO_MATCHING_RULE, None, None, self.version)
+
+    def _matching(
+        self, subjects: frozenset[str], route: str, method: str, path: str
+    ) -> tuple[_Entry | None, _Entry | None]:
+        """The first deny and the first allow rule of ``subjects`` that match the request."""
         deny: _Entry | None = None
         allow: _Entry | None = None
         if subjects:
@@ -302,11 +344,7 @@ class PolicyIndex:
                         deny, allow = _from_leaves(leaves, methods, subjects, deny, allow)
                 if table.fallback:
                     deny, allow = _from_casbin(table.fallback, path, method, subjects, deny, allow)
-        if deny is not None:
-            return Decision(False, Reason.POLICY_DENY, deny[1], deny[1].sub, self.version)
-        if allow is not None:
-            return Decision(True, Reason.POLICY_ALLOW, allow[1], allow[1].sub, self.version)
-        return Decision(False, Reason.NO_MATCHING_RULE, None, None, self.version)
+        return deny, allow
 
     def _subjects(self, principals: frozenset[str]) -> frozenset[str]:
         """The rule subjects the principals reach (only those that some ``p`` rule names)."""

@@ -30,6 +30,7 @@ from gateway.authz.validate import AUTHENTICATED
 from gateway.errors import Forbidden, ServiceUnavailable
 from gateway.identity.assertion import AssertionSigner
 from gateway.identity.sessions import Session
+from gateway.machine.provider_principals import USER
 from gateway.machine.verifier import VerifiedToken
 from gateway.observe.record import RequestRecord
 from gateway.pipeline.bearer import InsufficientScope
@@ -47,6 +48,7 @@ __all__ = [
     "authorize",
     "authorize_client",
     "client_identity_headers",
+    "decided_as",
     "denial",
     "identity_headers",
     "principals_of",
@@ -75,6 +77,9 @@ def denial(decision: Decision) -> AccessDenied:
     return AccessDenied(_message(decision), reason=decision.reason)
 
 
+_BEHIND: Final = "The access policy could not be brought up to date."
+
+
 class PolicyBehind(ServiceUnavailable):
     """503: a newer policy version was announced and this worker cannot load it."""
 
@@ -95,7 +100,7 @@ def _decide(
     if policy.behind:
         # A newer policy is known to exist and cannot be loaded (the database is out of reach): the one
         # in hand may allow what the new one denies, so nothing is decided on it (fail closed).
-        raise PolicyBehind("The access policy could not be brought up to date.")
+        raise PolicyBehind(_BEHIND)
     started = time.perf_counter()
     decision = policy.authorizer.decide(principals, route, method, path)
     rec.authz_seconds = time.perf_counter() - started
@@ -103,6 +108,29 @@ def _decide(
     rec.reason = decision.reason
     if sample is not None:
         sample.note(principals, route, method, path)
+    return decision
+
+
+def _decide_without_roles(
+    principals: frozenset[str],
+    without_roles: frozenset[str],
+    route: str,
+    method: str,
+    path: str,
+    policy: LivePolicy,
+    rec: RequestRecord,
+) -> Decision:
+    """:func:`_decide` for a person's access token: ``without_roles`` (its ``user:<name>``) is decided
+    without the roles the policy's ``g`` lines give it (:func:`authorize_client`). Never sampled (no
+    session, so not the person's choices about "policy_analytics"). Its own function so that a
+    session's decision, on every request, pays nothing for it."""
+    if policy.behind:
+        raise PolicyBehind(_BEHIND)  # fail closed, as in _decide
+    started = time.perf_counter()
+    decision = policy.authorizer.decide_without_roles(principals, without_roles, route, method, path)
+    rec.authz_seconds = time.perf_counter() - started
+    rec.policy_version = decision.version
+    rec.reason = decision.reason
     return decision
 
 
@@ -169,6 +197,7 @@ def authorize_overrides(
     policy: LivePolicy,
     rec: RequestRecord,
     bearer: bool = False,
+    without_roles: frozenset[str] = frozenset(),
 ) -> None:
     """For a POST: the policy must also allow each method its ``_method`` parameters name
     (:mod:`gateway.pipeline.overrides`).
@@ -182,7 +211,10 @@ def authorize_overrides(
             ``bearer`` request).
     """
     for method in sorted(methods):
-        decision = _decide(principals, route, method, path, policy, rec, None)
+        if without_roles:
+            decision = _decide_without_roles(principals, without_roles, route, method, path, policy, rec)
+        else:
+            decision = _decide(principals, route, method, path, policy, rec, None)
         if not decision.allowed:
             if method == UNREADABLE:
                 asked = "another method, in a body too large or malformed to read which"
@@ -204,6 +236,7 @@ class BodyOverrides:
     policy: LivePolicy
     rec: RequestRecord
     bearer: bool = False
+    without_roles: frozenset[str] = frozenset()
 
     def check(self, methods: frozenset[str]) -> None:
         """Raise (403) unless the policy allows every one of ``methods`` as well."""
@@ -216,6 +249,7 @@ class BodyOverrides:
                 policy=self.policy,
                 rec=self.rec,
                 bearer=self.bearer,
+                without_roles=self.without_roles,
             )
 
 
@@ -241,6 +275,17 @@ def client_identity_headers(
     )
 
 
+def decided_as(client: VerifiedToken) -> tuple[frozenset[str], frozenset[str]]:
+    """The principals a bearer client is decided with, and those of them whose ``g`` roles allow
+    nothing: a person's token is its ``user:<name>`` without the account's roles (README, "Access
+    tokens of an identity provider"), the rest as they are. The authorize stage and the re-decision
+    of an open exchange (:mod:`gateway.pipeline.watch`) both ask this."""
+    if not client.person:
+        return client.principals, frozenset()
+    without_roles = frozenset(p for p in client.principals if p.startswith(USER))
+    return client.principals - without_roles, without_roles
+
+
 def authorize_client(
     *,
     client: VerifiedToken,
@@ -258,20 +303,30 @@ def authorize_client(
     The principals are ``client:<name>`` and the client's roles, never ``authenticated``: a rule
     written for every signed-in person must not open an application to every script too.
 
+    A person's token (an identity provider's, for a linked account) is ``user:<name>`` *without* the
+    account's roles, also those the policy's ``g`` lines give it: an attack run's token for alice,
+    issued to any application she authorised, was allowed by ``g, user:alice, deployers`` and sent
+    ``deployers`` upstream. Its ``user:`` principal is decided without its roles (the rules naming it
+    allow; the denies of its roles still refuse) and adds no role to ``X-Gateway-Roles``; its scopes
+    (and their ``g`` roles) are what the application was granted.
+
     Raises:
         InsufficientScope: the policy does not allow it (403 with the decision's reason id and the
             RFC 6750 ``insufficient_scope`` challenge).
     """
-    principals = client.principals
+    principals, without_roles = decided_as(client)
     rec = request.rec
     # A person's own token (an identity provider's access token for a linked account) carries no
     # session, so not their choices about "policy_analytics": it is never sampled, which honours an
     # objection or a withdrawal without reading them on every request. Machine clients are sampled.
-    decision = _decide(principals, route, method, path, policy, rec, None if client.person else sample)
+    if without_roles:
+        decision = _decide_without_roles(principals, without_roles, route, method, path, policy, rec)
+    else:
+        decision = _decide(principals, route, method, path, policy, rec, None if client.person else sample)
     if not decision.allowed:
         raise InsufficientScope(_message(decision), reason=decision.reason)
     if method == "POST":
-        _post(request, BodyOverrides(principals, route, path, policy, rec, bearer=True))
+        _post(request, BodyOverrides(principals, route, path, policy, rec, True, without_roles))
     roles = policy.roles_for(principals)
     assertion = signer.assertion_for_client(
         client.subject, client.token_id, route, roles, client.expires_at, client_id=client.client_id

@@ -29,6 +29,7 @@ from gateway.identity.levels import check_requirement
 from gateway.identity.sessions import Session, SessionStore
 from gateway.machine.verifier import Verifiers
 from gateway.observe.record import AuthKind
+from gateway.pipeline.authorize import decided_as
 from gateway.pipeline.bearer import authenticate_bearer
 from gateway.pipeline.headers import Forwarding, client_of
 from gateway.pipeline.snapshot import LiveState, RouteRuntime, Snapshot
@@ -112,6 +113,7 @@ class Rechecks:
         try:
             session = None
             principals: frozenset[str] | None = None
+            without_roles: frozenset[str] = frozenset()
             if request.auth is AuthKind.SESSION:
                 session_id = cookie_in(request.cookies, snap.cookie_name)
                 session = await self._sessions.get(session_id) if session_id else None
@@ -127,8 +129,8 @@ class Rechecks:
                 client = await authenticate_bearer(
                     request.token, verifiers=self._bearer, route=request.route_name, ip=request.client_ip
                 )
-                principals = client.principals
-            if principals is not None and not self._still_decided(principals, request):
+                principals, without_roles = decided_as(client)
+            if principals is not None and not self._still_decided(principals, request, without_roles):
                 return False
             lock = self._lockdown.state
             if lock.on and lock.covers(request.route_name):
@@ -149,15 +151,19 @@ class Rechecks:
         )  # fmt: skip
         return verdict.ok
 
-    def _still_decided(self, principals: frozenset[str], request: _Request) -> bool:
+    def _still_decided(
+        self, principals: frozenset[str], request: _Request, without_roles: frozenset[str]
+    ) -> bool:
         """Whether the policy deciding now still allows what the request's head was allowed: the same
-        decision the authorize stage asks for (a public path never gets here: it has no principals)."""
+        decision the authorize stage asks for (a public path never gets here: it has no principals),
+        a person's token without the account's roles as there (:func:`decided_as`)."""
         if self._policy.behind:
             return False
-        decision = self._policy.authorizer.decide(
-            principals, request.route_name, request.method, request.path
-        )
-        return decision.allowed
+        authorizer = self._policy.authorizer
+        route, method, path = request.route_name, request.method, request.path
+        if without_roles:
+            return authorizer.decide_without_roles(principals, without_roles, route, method, path).allowed
+        return authorizer.decide(principals, route, method, path).allowed
 
 
 def _route_as_decided(snap: Snapshot, request: _Request) -> bool:

@@ -80,3 +80,32 @@ def test_entries_are_keyed_by_version() -> None:
     authorizer = Authorizer(index)
     authorizer.decide(frozenset({"user:a"}), "app", "GET", "/x")
     assert (1, frozenset({"user:a"}), "app", "GET", "/x") in authorizer.cache
+
+
+@pytest.mark.parametrize("token_first", [True, False])
+def test_a_persons_token_and_a_session_never_share_an_entry(token_first: bool) -> None:
+    """A person's access token is decided without the person's ``g`` roles: its answer and the answer
+    for the same principals with those roles are two entries, whichever is asked first."""
+    rules = parse_policy(
+        "g, user:alice, deployers\np, deployers, api, /*, POST, allow\np, scope:corp:x, api, /*, GET, allow\n"
+    )
+    authorizer = Authorizer(PolicyIndex.build(rules, 1))
+    alice = frozenset({"user:alice"})
+
+    def token() -> bool:
+        return authorizer.decide_without_roles(frozenset(), alice, "api", "POST", "/x").allowed
+
+    def session() -> bool:
+        return authorizer.decide(alice, "api", "POST", "/x").allowed
+
+    for _ in range(2):
+        if token_first:
+            assert (token(), session()) == (False, True)
+        else:
+            assert (session(), token()) == (True, False)
+    assert (authorizer.cache.hits, authorizer.cache.misses) == (2, 2)
+    # The token's other principals alone, with or without the person: two entries as well.
+    scope = frozenset({"scope:corp:x"})
+    assert not authorizer.decide_without_roles(scope, alice, "api", "POST", "/x").allowed
+    assert not authorizer.decide(scope, "api", "POST", "/x").allowed
+    assert len(authorizer.cache) == 4

@@ -239,3 +239,53 @@ def test_a_head_request_needs_what_a_get_of_the_path_needs(
     # decide() stays casbin's answer for the method as given; other methods are decided as before.
     assert index.decide(who, "app", "HEAD", path).allowed
     assert index.decide_request(who, "app", "POST", path) == index.decide(who, "app", "POST", path)
+
+
+PERSON_POLICY = parse_policy(
+    "g, user:alice, deployers\n"
+    "g, deployers, release\n"
+    "p, release, api, /v1/deploy, POST, allow\n"
+    "p, user:alice, api, /v1/profile, GET, allow\n"
+    "g, user:alice, no-billing\n"
+    "p, no-billing, api, /v1/billing/*, *, deny\n"
+    "g, scope:corp:billing, billing\n"
+    "p, billing, api, /v1/billing/*, GET, allow\n"
+    "p, user:alice, api, /v1/own.*, GET, allow\n"
+)
+PERSON_INDEX = PolicyIndex.build(PERSON_POLICY, 1)
+
+
+@pytest.mark.parametrize(
+    ("principals", "method", "path", "reason", "line"),
+    [
+        # The roles the person's g lines reach (directly or further up) allow nothing ...
+        (set(), "POST", "/v1/deploy", Reason.NO_MATCHING_RULE, None),
+        (set(), "HEAD", "/v1/deploy", Reason.NO_MATCHING_RULE, None),
+        # ... the rules that name the person do (in the trie and in the matcher's fallback) ...
+        (set(), "GET", "/v1/profile", Reason.POLICY_ALLOW, 4),
+        (set(), "GET", "/v1/own.json", Reason.POLICY_ALLOW, 9),
+        # ... and so do the roles of the other principals (a scope's).
+        ({"scope:corp:reports"}, "GET", "/v1/profile", Reason.POLICY_ALLOW, 4),
+        # The denies of the person's roles still refuse (fail closed), even where a scope allows.
+        ({"scope:corp:billing"}, "GET", "/v1/billing/x", Reason.POLICY_DENY, 6),
+    ],
+)
+def test_principals_without_roles(
+    principals: set[str], method: str, path: str, reason: Reason, line: int | None
+) -> None:
+    """A person's access token is the linked account without its roles (an attack run: its token, issued
+    to any application, got what ``g, user:alice, deployers`` gives her)."""
+    alice = frozenset({"user:alice"})
+    decision = PERSON_INDEX.decide_request(frozenset(principals), "api", method, path, alice)
+    assert decision.reason is reason
+    assert (decision.rule.line if decision.rule else None) == line
+
+
+def test_without_roles_only_ever_takes_allows_away() -> None:
+    # Signed in, alice is a deployer; a billing scope alone reads billing. Neither with her token.
+    alice = frozenset({"user:alice"})
+    assert PERSON_INDEX.decide(alice, "api", "POST", "/v1/deploy").allowed
+    assert not PERSON_INDEX.decide(frozenset(), "api", "POST", "/v1/deploy", alice).allowed
+    scope = frozenset({"scope:corp:billing"})
+    assert PERSON_INDEX.decide(scope, "api", "GET", "/v1/billing/x").allowed
+    assert not PERSON_INDEX.decide(scope, "api", "GET", "/v1/billing/x", alice).allowed

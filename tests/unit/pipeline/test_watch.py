@@ -56,6 +56,21 @@ class OpsOnly:
 
 
 @dataclass
+class OpsThroughAlice(OpsOnly):
+    """``g, user:alice, ops``: alice reaches ``ops`` when her roles count, never without them."""
+
+    def decide(self, principals: frozenset[str], route: str, method: str, path: str) -> Decision:
+        return super().decide(
+            principals | ({"ops"} if "user:alice" in principals else set()), route, method, path
+        )
+
+    def decide_without_roles(
+        self, principals: frozenset[str], without_roles: frozenset[str], route: str, method: str, path: str
+    ) -> Decision:
+        return super().decide(principals | without_roles, route, method, path)
+
+
+@dataclass
 class Policy:
     authorizer: OpsOnly = field(default_factory=OpsOnly)
     behind: bool = False
@@ -240,3 +255,32 @@ async def test_the_client_address_is_read_again_under_the_proxies_trusted_now() 
     everyone = TrustedProxies(["0.0.0.0/0"])
     assert await _checks(Policy(), _session(("ops",)), trusted=everyone, blocks=blocked).allowed(request)
     assert not await _checks(Policy(), _session(("ops",)), blocks=blocked).allowed(request)
+
+
+@pytest.mark.parametrize(("person", "allowed"), [(False, True), (True, False)])
+async def test_a_persons_token_is_decided_again_without_the_accounts_roles(
+    monkeypatch: pytest.MonkeyPatch, person: bool, allowed: bool
+) -> None:
+    """The authorize stage decides a person's access token without the roles ``g`` lines give the
+    account (an attack run's token for any client got them); the re-decision of an open exchange
+    must ask the same, or a person's long exchange outlives a change that refuses the token."""
+    from gateway.machine.verifier import VerifiedToken
+    from gateway.pipeline import watch
+
+    token = VerifiedToken(
+        subject="alice",
+        principals=frozenset({"user:alice"}),
+        roles=(),
+        routes=None,
+        expires_at=NOW + 60,
+        token_id="t1",
+        issuer="corp",
+        person=person,
+    )
+
+    async def verified(*_: object, **__: object) -> VerifiedToken:
+        return token
+
+    monkeypatch.setattr(watch, "authenticate_bearer", verified)
+    checks = _checks(Policy(authorizer=OpsThroughAlice()), None)
+    assert await checks.allowed(Request(auth=AuthKind.BEARER, cookies=(), token="x")) is allowed
