@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from litestar import Request
 from litestar.response import Redirect, Response
@@ -303,6 +303,8 @@ async def codes_for_live_session(identity: IdentityServices, session: Session) -
 
 # Paths a return URL never leads to (:func:`safe_rd`).
 _NOT_DESTINATIONS: Final = ("/.gateway/account/privacy/export", "/.gateway/api/")
+# The same on the admin console's origin: its pages are places to return to, its API is not.
+_CONSOLE_API: Final = ("/api/",)
 
 
 def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/account") -> str:
@@ -313,6 +315,7 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
     (which a browser reads as ``//evil.test``) never leaves the gateway's hosts.
     """
     admin_listen = config.settings.admin.listen
+    console = admin_origin(config.public_url, admin_listen) if admin_listen else None
     target = safe_redirect(
         rd,
         public_url=config.public_url,
@@ -321,18 +324,36 @@ def safe_rd(rd: str | None, config: CurrentConfig, fallback: str = "/.gateway/ac
         fallback=fallback,
         # Back to the admin console after a sign-in or step-up it asked for (a first-day run landed on
         # the portal instead).
-        extra_origins=[admin_origin(config.public_url, admin_listen)] if admin_listen else (),
+        extra_origins=[console] if console else (),
     )
     # Not a place to land but something a GET does: the export downloads the person's data and records
     # an access request (an attack run's sign-in link with rd=…/privacy/export did both for the
-    # victim), and the API answers scripts. The person goes where they would without an rd.
-    if _is_not_a_destination(urlsplit(target).path):
+    # victim), and the API answers scripts, the admin listener's too (a re-attack run's link landed
+    # an admin on an incident report's download). The person goes where they would without an rd.
+    parts = urlsplit(target)
+    if _is_not_a_destination(parts.path, _CONSOLE_API if _on(parts, console) else _NOT_DESTINATIONS):
         return fallback
     return target
 
 
-def _is_not_a_destination(path: str) -> bool:
-    """Whether ``path``, read as the control app routes it, is one of :data:`_NOT_DESTINATIONS`.
+def _on(parts: SplitResult, origin: str | None) -> bool:
+    """Whether the URL ``parts`` is on ``origin``, compared as hosts are (case, a trailing dot)."""
+    if origin is None or not parts.netloc:
+        return False
+    there = urlsplit(origin)
+
+    def place(p: SplitResult) -> tuple[str, str, int | None]:
+        scheme = p.scheme.lower()
+        return scheme, (p.hostname or "").rstrip("."), p.port or {"http": 80, "https": 443}.get(scheme)
+
+    try:
+        return place(parts) == place(there)
+    except ValueError:  # a port that is no number: safe_redirect never lets one through
+        return True
+
+
+def _is_not_a_destination(path: str, places: tuple[str, ...]) -> bool:
+    """Whether ``path``, read as the control app routes it, is one of ``places``.
 
     Compared after decoding escapes, merging slashes and resolving dot segments, in lower case: an
     attack run's ``/.gateway/%61ccount/privacy/export``, ``/%2Egateway/…`` and ``/.gateway//account/…``
@@ -345,7 +366,7 @@ def _is_not_a_destination(path: str) -> bool:
             break
         path = decoded
     read = posixpath.normpath(re.sub(r"/+", "/", "/" + path)).lower()
-    return any(read == prefix.rstrip("/") or read.startswith(prefix) for prefix in _NOT_DESTINATIONS)
+    return any(read == prefix.rstrip("/") or read.startswith(prefix) for prefix in places)
 
 
 def carried_rd(rd: str | None, config: CurrentConfig) -> str:

@@ -549,12 +549,21 @@ async def test_a_legal_hold_suspends_erasure_until_released(world: World) -> Non
     assert held is not None
     assert held.restricted
     # The person's own copy says a hold applies but not which: the order may be confidential (an
-    # attack run read its case number and reason in the held person's export).
+    # attack run read its case number and reason in the held person's export, a re-attack run through
+    # the console's records of the same acts).
+    for kind, details in (
+        ("admin.privacy.hold.place", {"reference": "COURT-2026-17", "reason": "subpoena"}),
+        ("admin.privacy.hold.release", {"reference": "COURT-2026-17", "reason": "subpoena ended"}),
+        ("admin.privacy.erase", {"hold": "COURT-2026-17", "reason": "their request"}),
+    ):
+        await world.audit.record(kind, actor="user:counsel", subject="alice", details=details)
     _, doc = await world.privacy.export(held, **_as_portal(held))  # type: ignore[arg-type]
     jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
     assert [r["status"] for r in doc["privacy_requests"] if r["kind"] == "erasure"] == ["on_hold"]
     kinds = {e["kind"] for e in doc["audit_events"]}
-    assert {"privacy.hold.placed", "privacy.erasure"} <= kinds  # the check below can fail
+    assert {"privacy.hold.placed", "privacy.erasure", "admin.privacy.hold.place"} <= kinds
+    erased = [e for e in doc["audit_events"] if e["kind"] == "admin.privacy.erase"]
+    assert [e["details"] for e in erased] == [{"reason": "their request"}]  # only what names the hold
     assert "COURT-2026-17" not in json.dumps(doc)
     assert "subpoena" not in json.dumps(doc)
     with pytest.raises(SignInFailed):

@@ -23,6 +23,7 @@ from litestar import Request
 
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
+from gateway.identity.redirects import admin_origin
 from gateway.privacy.register import Channel, Kind
 from gateway.services import WorkerServices
 from gateway.web import flows
@@ -323,3 +324,25 @@ async def test_a_return_url_never_leads_to_a_download_or_the_api(gw: Control, rd
     assert flows.carried_rd(rd, config) == ""
     assert flows.safe_rd(config.public_url + rd, config) == "/.gateway/account"
     assert flows.safe_rd("/.gateway/account/privacy", config) == "/.gateway/account/privacy"
+
+
+@pytest.mark.parametrize(
+    ("path", "followed"),
+    [
+        ("/", True),
+        ("/incident-cases/inc-1", True),
+        ("/api/incident-cases/inc-1/report?format=md", False),
+        ("/api/policy", False),
+        ("/%61pi/policy", False),
+        ("//api/policy", False),
+    ],
+)
+async def test_a_return_url_on_the_console_leads_to_its_pages_never_its_api(
+    tmp_path: Path, path: str, followed: bool
+) -> None:
+    """A re-attack run: a sign-in link with rd on the admin listener's /api/ landed an admin, right
+    after signing in, on an incident report's download; the console's pages stay places to return to."""
+    async with control_app(tmp_path, admin={"listen": "127.0.0.1:9091"}) as (services, _):
+        config = services.live.current
+        rd = admin_origin(config.public_url, "127.0.0.1:9091") + path
+        assert flows.safe_rd(rd, config) == (rd if followed else "/.gateway/account")
