@@ -31,6 +31,7 @@ from gateway.crypto.lifecycle import Rotation, RotationTarget, describe_key, rot
 from gateway.crypto.signing import ALGORITHM, SigningKeys, announce_compromise
 from gateway.errors import BadRequest, GatewayError
 from gateway.reasons import REASON_PATTERN
+from gateway.response.exposure import exposed_by
 from gateway.services import Services
 from gateway.web.deps import Config, Identity
 
@@ -147,6 +148,9 @@ class RotateResult(msgspec.Struct, kw_only=True):
     keyring_key: str | None
     message: str
     keys: KeysView
+    # With a keyring key marked compromised: the accounts whose authenticator-app seeds it encrypted,
+    # to reset (`gateway user reset-mfa`): the seeds are known to whoever holds the key.
+    totp_exposed: list[str] = msgspec.field(default_factory=list)
 
 
 def _signing(services: Services) -> SigningKeys:
@@ -310,12 +314,26 @@ async def rotate(
     await audit(identity, request, "admin.keys.rotate", actor=admin.actor, subject="keys",
                 details={**details, **rotation.details()})  # fmt: skip
     view = await keys_view(services)
+    message, exposed = _message(rotation, view), []
+    if rotation.keyring_compromised is not None:
+        leaked = (rotation.keyring_compromised, *rotation.keyring_also)
+        try:
+            exposure = await exposed_by(services.db, leaked)
+        except GatewayError as err:
+            message += (
+                f" Could not count what {', '.join(leaked)} encrypted ({err.detail}): take every "
+                "authenticator app enrolled before now as known (`gateway user reset-mfa USERNAME`)."
+            )
+        else:
+            exposed = list(exposure.accounts)
+            message += " " + " ".join(f"{line[0].upper()}{line[1:]}." for line in exposure.lines())
     return RotateResult(
         which=data.which,
         signing_key=rotation.signing.kid if rotation.signing is not None else None,
         keyring_key=rotation.keyring_key,
-        message=_message(rotation, view),
+        message=message,
         keys=view,
+        totp_exposed=exposed,
     )
 
 

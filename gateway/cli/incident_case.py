@@ -267,6 +267,13 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         {"target": target.value},
     )
     print(f"keys rotated ({target.value}): {json.dumps(details, default=str)}")
+    if rotation.keyring_compromised is not None:
+        from gateway.response.exposure import exposed_by
+
+        # What else the leaked key encrypted, as `gateway keys` says it (the seeds to reset).
+        exposure = await exposed_by(ctx.svc.db, (rotation.keyring_compromised, *rotation.keyring_also))
+        for line in exposure.lines():
+            print(line)
     return EXIT_OK
 
 

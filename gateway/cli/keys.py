@@ -258,74 +258,24 @@ def _print_exposed_signing(rotation: Rotation) -> None:
 
 
 async def _print_encrypted_under(db: Database, leaked: Collection[str]) -> None:
-    """Say what else the leaked keyring keys encrypted, and what to do about it.
-
-    Its holder reads it from any copy of the database (a backup, a dump), so none of it is re-encrypted
-    under the new key as if that helped: TOTP seeds are known and must be enrolled anew.
-    """
+    """Say what else the leaked keyring keys encrypted, and what to do about it
+    (:mod:`gateway.response.exposure`)."""
     import sys
 
     from gateway.errors import GatewayError
+    from gateway.response.exposure import exposed_by
 
-    under = ", ".join(sorted(leaked))
     try:
-        accounts, removed = await _encrypted_under(db, leaked)
+        exposure = await exposed_by(db, leaked)
     except GatewayError as exc:
         print(
-            f"could not count what {under} encrypted ({exc.detail}): take every authenticator app enrolled "
-            "before now as known (`gateway user reset-mfa USERNAME`)",
+            f"could not count what {', '.join(sorted(leaked))} encrypted ({exc.detail}): take every "
+            "authenticator app enrolled before now as known (`gateway user reset-mfa USERNAME`)",
             file=sys.stderr,
         )
         return
-    if accounts:
-        # Every one: each must be reset, and no other command lists them.
-        print(
-            f"authenticator apps: the TOTP seeds of {len(accounts)} account(s) are encrypted under {under}: "
-            "whoever holds the key and a copy of the database can make their codes. They are NOT re-encrypted: "
-            "run `gateway user reset-mfa USERNAME` (with --invite where the password may be known too) for "
-            f"each, so they enrol a new app: {', '.join(accounts)}"
-        )
-    else:
-        print(f"authenticator apps: no TOTP seed is encrypted under {under}")
-    if removed:
-        print(
-            f"removed content: {removed} sealed copy(ies) of erased or corrected personal data are encrypted "
-            f"under {under}: readable by whoever holds the key and a copy of the database"
-        )
-    print(
-        f"backups: the archives encrypted under {under} are readable by whoever holds the key (the whole "
-        "database: password hashes, email addresses): treat them as disclosed"
-    )
-
-
-async def _encrypted_under(db: Database, leaked: Collection[str]) -> tuple[list[str], int]:
-    """The accounts with a TOTP seed (confirmed or pending) under one of ``leaked`` (sorted usernames),
-    and how many rows of removed content are."""
-    from sqlalchemy import func, select
-
-    from gateway.crypto.keyring import token_key_id
-    from gateway.identity.models import TotpCredential, User
-    from gateway.privacy.models import RemovedContent
-    from gateway.store.db import store_errors
-
-    kids = set(leaked)
-    with store_errors("cannot read what the leaked keyring key encrypted"):
-        async with db.session() as session:
-            seeds = await session.execute(
-                select(User.username, TotpCredential.secret_enc).join(User, User.id == TotpCredential.user_id)
-            )
-            accounts = sorted({name for name, sealed in seeds if token_key_id(sealed) in kids})
-            # The token's head only ("v1.<kid>."): a payload may be a whole export.
-            heads = await session.scalars(select(func.substr(RemovedContent.payload, 1, 72)))
-            removed = sum(1 for head in heads if token_key_id(_text(head)) in kids)
-    return accounts, removed
-
-
-def _text(head: bytes | str | None) -> str:
-    # 72 bytes hold "v1.<kid>." whole (a key id is at most 64 characters).
-    if head is None:
-        return ""
-    return head if isinstance(head, str) else bytes(head).decode("ascii", "replace")
+    for line in exposure.lines():
+        print(line)
 
 
 def _keyring_holding(args: argparse.Namespace) -> tuple[Settings, Path, Keyring]:
