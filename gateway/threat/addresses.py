@@ -78,6 +78,14 @@ def ipv4_network_behind(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network
     return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
 
 
+def holds_a_translator(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether ``network`` contains a whole NAT64 translator prefix: the clients behind it are matched
+    by their IPv4 addresses, so a block of it passes every one of them."""
+    return isinstance(network, ipaddress.IPv6Network) and any(
+        r.subnet_of(network) for r in (*_NAT64, *_configured)
+    )
+
+
 def counted_as(ip: str) -> str:
     """The address or network the rules count ``ip`` under: IPv4 as it is (an IPv4-mapped or NAT64
     IPv6 address as its IPv4), IPv6 as its /64 in CIDR form; anything unreadable as given."""

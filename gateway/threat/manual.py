@@ -25,7 +25,7 @@ from typing import Final
 
 from gateway.errors import BadRequest
 from gateway.settings.units import parse_duration
-from gateway.threat.addresses import SUBSCRIBER_PREFIX, TranslatorRange
+from gateway.threat.addresses import SUBSCRIBER_PREFIX, TranslatorRange, holds_a_translator, ipv4_behind
 from gateway.threat.blocks import Network, normalize_network
 
 __all__ = [
@@ -104,6 +104,14 @@ def manual_network(text: str) -> Network:
             f"{network} is too broad to block by hand (at most /{shortest} for IPv{network.version}); "
             "put wide ranges in a block-list file (threat.block_lists)"
         )
+    if holds_a_translator(network):
+        # A re-attack run's /95 around a translator's /96 was listed as blocked and passed every
+        # client behind the translator.
+        raise BlockRefused(
+            f"{network} contains a whole NAT64 translator prefix: the clients behind it are matched by "
+            "their IPv4 addresses, which this block cannot name; block the IPv4 networks of the clients "
+            "you mean, or IPv6 networks beside the translator's"
+        )
     return network
 
 
@@ -126,11 +134,13 @@ def block_seconds(value: str) -> float:
 
 
 def covers(network: Network, address: str) -> bool:
-    """Whether ``address`` (any spelling, IPv4-mapped included) is inside ``network``; False if unreadable."""
+    """Whether ``address`` (any spelling, IPv4-mapped or NAT64 included: read as the block list reads
+    it) is inside ``network``; False if unreadable. A re-attack run's admin on a NAT64 address blocked
+    the IPv4 address behind it, and so themselves, past a check that read only IPv4-mapped ones."""
     try:
-        addr = ipaddress.ip_address(address.strip())
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.strip())
     except ValueError:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        addr = ipv4_behind(addr) or addr
     return addr.version == network.version and addr in network

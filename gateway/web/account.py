@@ -468,6 +468,9 @@ async def password_submit(
                 data.get("new", ""),
                 actor=f"user:{s.username}",
                 current_password=data.get("current", ""),
+                # The address: a wrong current password is a failed step of the account, and the
+                # brute_force rule's block_ip blocks it (a re-attack run's guesses had none to block).
+                ip=flows.client_ip(request),
                 # This browser's own counter: someone failing the password elsewhere does not stop a
                 # signed-in person from changing it.
                 regulate_as=await flows.regulation_key(request, config, identity, s),

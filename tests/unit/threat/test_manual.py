@@ -68,6 +68,9 @@ def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> Non
         ("64:ff9b::/96", "covers a whole NAT64 translator prefix"),
         ("64:ff9b:1::/64", "covers a whole NAT64 translator prefix"),
         ("64:ff9b::cb00:0/104", "at most /16 for IPv4"),
+        # Wider than a translator's prefix: its clients are matched as IPv4, so it would pass them all.
+        ("64:ff9b::/95", "contains a whole NAT64 translator prefix"),
+        ("64:ff9b::/32", "contains a whole NAT64 translator prefix"),
         ("not-an-ip", "is not an IP address or CIDR network"),
         ("10.0.0.0/33", "is not an IP address or CIDR network"),
         ("", "is not an IP address or CIDR network"),
@@ -182,6 +185,10 @@ def test_bad_durations_are_refused(text: str, phrase: str) -> None:
     [
         ("203.0.113.0/24", "203.0.113.7", True),
         ("203.0.113.0/24", "::ffff:203.0.113.7", True),
+        # A NAT64 client is the IPv4 address behind it, as the block list reads it (a re-attack run's
+        # admin blocked themselves past the own-address check).
+        ("203.0.113.0/24", "64:ff9b::cb00:7105", True),
+        ("64:ff9b::/120", "64:ff9b::cb00:7105", False),
         ("203.0.113.0/24", "203.0.114.7", False),
         ("2001:db8::/32", "2001:DB8::1", True),
         ("203.0.113.0/24", "2001:db8::1", False),

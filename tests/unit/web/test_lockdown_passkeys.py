@@ -162,3 +162,19 @@ async def test_an_admin_outside_the_group_adds_no_passkey_during_a_lockdown_with
     await _session(services, client, user, (Factor.PASSWORD, Factor.WEBAUTHN), roles=(role,))
     assert (await _register(client, SoftAuthenticator(origin=BASE_URL))).status_code == 200
     assert len(await services.identity.webauthn.list(user.id)) == 2
+
+
+async def test_an_admin_role_named_as_a_principal_is_held_back_too(tmp_path: Path) -> None:
+    """A re-attack run: with ``admin.role: user:boss`` (or ``group:<idp>:<group>``) the session was an
+    admin to the admin API but not to this check, whose role list leaves principal names out; it added
+    its passkey during the lockdown, used it and switched the lockdown off."""
+    admin = {"role": "user:adm-u"}
+    async with control_app(tmp_path, threat={"enabled": False}, admin=admin) as (services, client):
+        user = await _account(services, "adm-u")
+        await _session(services, client, user, (Factor.PASSWORD, Factor.TOTP), roles=())
+        services.lockdown.set(ON)
+        refused = await _register(client, SoftAuthenticator(origin=BASE_URL))
+        assert refused.status_code == 403, refused.text
+        assert await services.identity.webauthn.list(user.id) == []
+        services.lockdown.set(LockdownState())
+        assert (await _register(client, SoftAuthenticator(origin=BASE_URL))).status_code == 200
