@@ -165,11 +165,13 @@ def _settle_own_run(snap: Path, backup_id: str) -> None:
             conn.commit()
 
 
-def _refuse_shared(directory: Path) -> None:
+def _refuse_shared(directory: Path, named: str) -> None:
     """Refuse a backups directory other users may write (through a link too: its target counts): they
     could hide a backup, or plant one that verify and drills pick (an attack run, with a link to a
     0777 directory). A directory of another user is refused too (root's is fine), and one its group may
     write unless that is a group of this process (Kubernetes' fsGroup volumes are group-writable).
+
+    ``named`` is where the directory came from (``backup.directory``, ``--to``), for the message.
 
     Raises:
         BackupError: The directory is another user's, or writable by everyone or by another group.
@@ -178,7 +180,7 @@ def _refuse_shared(directory: Path) -> None:
     foreign_group = info.st_mode & 0o020 and info.st_gid not in {os.getegid(), *os.getgroups()}
     if info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o002 or foreign_group:
         raise BackupError(
-            f"backup.directory {directory} is writable by other users or not this user's "
+            f"{named} {directory} is writable by other users or not this user's "
             f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}): they could hide or plant "
             "backups. Make it this user's own, mode 0700: chown and chmod 700"
         )
@@ -191,6 +193,8 @@ def create_backup(
     keyring: Keyring,
     clock: Clock,
     progress: Progress = lambda _line: None,
+    *,
+    named: str = "backup.directory",
 ) -> tuple[Manifest, Path]:
     """Snapshot the live database, encrypt it (and the audit checkpoints) and write a signed backup.
 
@@ -201,6 +205,7 @@ def create_backup(
         keyring: Encrypts the parts and keys the manifest's HMAC (never written into the backup).
         clock: The creation time (and the id's timestamp).
         progress: Called with one line per part done.
+        named: Where ``directory`` came from, as a refusal names it (``--to`` when the operator gave it).
 
     Returns:
         The manifest and the backup's directory.
@@ -212,7 +217,7 @@ def create_backup(
     backup_id = f"{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _refuse_shared(directory)
+        _refuse_shared(directory, named)
         final = directory / backup_id
         work = Path(tempfile.mkdtemp(dir=directory, prefix=f".{backup_id}.", suffix=".partial"))
     except OSError as exc:

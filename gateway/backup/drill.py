@@ -3,7 +3,8 @@
 The steps, each a named check, stop at the first failure (what follows depends on it):
 
 * ``verify``: the backup passes every check of :func:`gateway.backup.verify.verify_backup`;
-* ``restore``: it is restored into a new temporary data directory (never the live one);
+* ``restore``: it is restored into a new temporary data directory (never the live one), whose trail
+  records ``backup.restored`` as a restored node's does;
 * ``start``: ``gateway serve`` on a config copied from the live one (that data directory, a free
   loopback port, no admin listener, no TLS, no Redis or PostgreSQL, stdout sinks only, the same
   keyring file: the keyring is never inside a backup) answers ``/.gateway/ready`` with 200;
@@ -44,9 +45,10 @@ import yaml
 
 from gateway.audit.chain import verify_database
 from gateway.backup.manifest import BackupError
-from gateway.backup.verify import restore_backup, verify_backup
+from gateway.backup.verify import Verified, restore_backup, restored_trail, verify_backup
 from gateway.clock import SYSTEM_CLOCK
 from gateway.crypto.keyring import Keyring
+from gateway.errors import GatewayError
 from gateway.identity.ledger import AccountLedger, Lineage
 from gateway.lifetime import die_with
 from gateway.store.db import Database, default_sqlite_url
@@ -70,6 +72,8 @@ READY_TIMEOUT = 90.0
 _HTTP_TIMEOUT = 15.0
 # The drill account's name: recognisable in the restored node's trail, never in the live one.
 DRILL_USER = "dr-drill"
+# Who restored the copy, in its own trail's ``backup.restored`` record.
+DRILL_ACTOR = "system:dr-drill"
 
 
 STEPS = ("verify", "restore", "start", "sign_in", "audit_chain")
@@ -471,6 +475,13 @@ def _steps(
     newest = _newest_record_at(restored.database)
     if newest is not None:
         report.newest_record_age_seconds = (now - newest).total_seconds()
+    # The copy's trail records its restore, as `gateway backup restore` has the restored node's do:
+    # without it, the chain of a backup made before a key was marked compromised reads as cut.
+    try:
+        asyncio.run(_record_restore(restored, keyring))
+    except (GatewayError, OSError) as exc:
+        check("restore", f"cannot record the restore in the copy's audit trail: {exc}", "")
+        return
     live_ledger, node = carried
     if live_ledger is not None:
         try:
@@ -487,6 +498,11 @@ def _steps(
         return
     problem = asyncio.run(audit_chain(default_sqlite_url(data_dir), keyring))
     check("audit_chain", problem, "the restored trail verifies with the keyring")
+
+
+async def _record_restore(restored: Verified, keyring: Keyring) -> None:
+    async with restored_trail(restored, keyring, actor=DRILL_ACTOR):
+        pass
 
 
 def serve_and_use(

@@ -81,8 +81,11 @@ async def sqlite_backup(
     # Signed under the file's active key, not the one this process loaded: a key rotated out (and
     # perhaps marked compromised) since would sign a backup verify then refuses.
     await asyncio.to_thread(keyring.follow_file)
+    # The refusal of a shared directory names what the operator gave (an attack run was told about
+    # backup.directory after `backup create --to /tmp`).
+    named = "backup.directory" if to is None else "--to"
     manifest, path = await asyncio.to_thread(
-        create_backup, database, Path(settings.data_dir), directory, keyring, clock, progress
+        create_backup, database, Path(settings.data_dir), directory, keyring, clock, progress, named=named
     )
     details = manifest.summary()
     if verify:
@@ -99,10 +102,14 @@ async def sqlite_backup(
         progress(f"replication to {target} FAILED: {why}")
     if prune_old and to is None:
         b = settings.backup
-        _kept, dropped = await asyncio.to_thread(
+        kept, dropped = await asyncio.to_thread(
             prune, directory, keyring, keep_daily=b.keep_daily, keep_weekly=b.keep_weekly
         )
         details["pruned"] = [s.backup_id for s in dropped]
+        if broken := [s.backup_id for s in kept if s.broken is not None]:
+            # Kept for inspection, not counted: the record says so, so somebody looks.
+            details["broken"] = broken
+            progress(f"broken backups kept, not counted: {', '.join(broken)}")
     return Made(manifest.backup_id, details, problem)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Manifest",
     "Part",
     "file_sha256",
+    "mac_problem",
     "manifest_bytes",
     "parse_manifest",
     "sha256_hex",
@@ -195,6 +196,26 @@ def signature_problem(manifest: Manifest, doc: dict[str, Any], keyring: Keyring)
 
     Also checks that the parsed manifest is exactly what was signed (no field added or dropped).
     """
+    problem = mac_problem(manifest, doc, keyring)
+    if problem is not None:
+        return problem
+    mark = keyring.compromised.get(manifest.key_id)
+    if mark is not None and not hmac.compare_digest(
+        mark.backups.get(manifest.backup_id, ""), signature_mac(doc)
+    ):
+        # Whoever holds the leaked key can sign anything under it: only what it had signed before it
+        # was marked, as the keyring file recorded then, is still this deployment's.
+        return (
+            f"signed under key {manifest.key_id!r}, marked compromised at {mark.at}, and not one of the "
+            "backups it had signed before (a forgery with the leaked key, or made by a gateway that had "
+            "not yet read the rotation: make a new backup)"
+        )
+    return None
+
+
+def mac_problem(manifest: Manifest, doc: dict[str, Any], keyring: Keyring) -> str | None:
+    """Why the manifest's MAC does not check under ``keyring``, or ``None`` when it does (whether its
+    key was marked compromised since is :func:`signature_problem`'s question)."""
     sig = doc.get("signature")
     if not isinstance(sig, dict) or not isinstance(sig.get("mac"), str):
         return "no signature"
@@ -213,15 +234,6 @@ def signature_problem(manifest: Manifest, doc: dict[str, Any], keyring: Keyring)
         return f"signed under key {manifest.key_id!r}, which this keyring does not hold: wrong keyring?"
     if not hmac.compare_digest(expected, sig["mac"]):
         return "the signature does not match (the manifest was changed, or this is the wrong keyring)"
-    mark = keyring.compromised.get(manifest.key_id)
-    if mark is not None and not hmac.compare_digest(mark.backups.get(manifest.backup_id, ""), sig["mac"]):
-        # Whoever holds the leaked key can sign anything under it: only what it had signed before it
-        # was marked, as the keyring file recorded then, is still this deployment's.
-        return (
-            f"signed under key {manifest.key_id!r}, marked compromised at {mark.at}, and not one of the "
-            "backups it had signed before (a forgery with the leaked key, or made by a gateway that had "
-            "not yet read the rotation: make a new backup)"
-        )
     return None
 
 

@@ -4,7 +4,9 @@ Pruning keeps the newest backup of each of the ``keep_daily`` most recent days t
 each of the ``keep_weekly`` most recent ISO weeks that have one (UTC), and always the newest backup.
 Days and weeks without a backup do not count, so a pause in backups never prunes the last good ones
 away. Partial directories (being written), unreadable ones and those the deployment's keyring did not
-sign are never touched.
+sign are never touched. Nor are broken ones (a part's file missing, or of another size than the
+manifest says): kept for inspection, never counted, so they cannot push a whole backup out (an attack
+run deleted the newest backup's database part, and prune kept only that one and deleted the good ones).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ from gateway.backup.manifest import (
     MANIFEST_NAME,
     BackupError,
     Manifest,
+    mac_problem,
     parse_manifest,
     signature_mac,
     signature_problem,
@@ -53,6 +57,10 @@ class BackupSet:
     created_at: datetime
     parts: int
     size: int
+    # Why it is not whole (a part's file missing, or of another size than the manifest says); None: whole.
+    broken: str | None = None
+    # Listed with ``unsigned``: why this deployment's keyring does not vouch for it; None: it does.
+    untrusted: str | None = None
 
 
 def _manifests(directory: Path) -> Iterator[tuple[Path, Manifest, dict[str, Any]]]:
@@ -70,24 +78,64 @@ def _manifests(directory: Path) -> Iterator[tuple[Path, Manifest, dict[str, Any]
         yield path, manifest, doc
 
 
-def list_backups(directory: Path, *, signed_with: Keyring | None = None) -> list[BackupSet]:
-    """The backups in ``directory``, oldest first; directories without a readable manifest are skipped,
-    and with ``signed_with`` those whose manifest that keyring did not sign (another deployment's,
-    or one anybody who may write the directory wrote)."""
+def list_backups(
+    directory: Path, *, signed_with: Keyring | None = None, unsigned: bool = False
+) -> list[BackupSet]:
+    """The backups in ``directory``, oldest first, each with ``broken`` set when its parts are not all
+    there with the manifest's sizes (a stat each: the hashes are verify's); directories without a
+    readable manifest are skipped. With ``signed_with``, those whose manifest that keyring did not sign
+    (another deployment's, or one anybody who may write the directory wrote) are skipped too, or with
+    ``unsigned`` listed with ``untrusted`` saying why."""
     found: list[BackupSet] = []
     for path, manifest, doc in _manifests(directory):
         created = _created(manifest)
         if created is None:
             continue
+        untrusted = None
         if signed_with is not None and signature_problem(manifest, doc, signed_with) is not None:
-            continue
-        if signed_with is not None and (mark := signed_with.compromised.get(manifest.key_id)) is not None:
+            if not unsigned:
+                continue
+            untrusted = (
+                "signed under a compromised key (not a backup it signed before it was marked)"
+                if mac_problem(manifest, doc, signed_with) is None
+                else "not signed by this keyring"
+            )
+        elif signed_with is not None and (mark := signed_with.compromised.get(manifest.key_id)) is not None:
             # Never newer than the mark: whatever it claims, a backup under a leaked key cannot pass a
             # backup made since, as the newest or when pruning.
             created = min(created, mark.time)
         size = sum(p.size for p in manifest.parts)
-        found.append(BackupSet(manifest.backup_id, path, created, len(manifest.parts), size))
+        found.append(
+            BackupSet(
+                manifest.backup_id,
+                path,
+                created,
+                len(manifest.parts),
+                size,
+                _broken(path, manifest),
+                untrusted,
+            )
+        )
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
+
+
+def _broken(path: Path, manifest: Manifest) -> str | None:
+    """Why the backup at ``path`` is not whole: a part's file missing, not a plain file or of another
+    size than the manifest says; None when each is there."""
+    if not manifest.parts:
+        return "the manifest names no parts"
+    for part in manifest.parts:
+        if "/" in part.file or part.file.startswith("."):
+            return f"part {part.name}: file {part.file[:80]!r} is not a plain name"
+        try:
+            info = (path / part.file).stat()
+        except OSError:
+            return f"part {part.name}: {part.file} is missing"
+        if not stat.S_ISREG(info.st_mode):
+            return f"part {part.name}: {part.file} is not a file"
+        if info.st_size != part.size:
+            return f"part {part.name}: {part.file} is {info.st_size} bytes, the manifest says {part.size}"
+    return None
 
 
 def signed_under(
@@ -202,20 +250,25 @@ def prune_plan(
 def prune(
     directory: Path, keyring: Keyring, *, keep_daily: int, keep_weekly: int, dry_run: bool = False
 ) -> tuple[list[BackupSet], list[BackupSet]]:
-    """Delete the backups :func:`prune_plan` does not keep (none with ``dry_run``), among those this
-    deployment's ``keyring`` signed: others are neither counted nor deleted. Counted by their unsigned
-    dates, another deployment's backups in a shared directory, or manifests dated in the future that
-    anybody able to write the directory could add, pushed every real backup out (an attack run).
+    """Delete the backups :func:`prune_plan` does not keep (none with ``dry_run``), among the whole ones
+    this deployment's ``keyring`` signed: others are neither counted nor deleted. Counted by their
+    unsigned dates, another deployment's backups in a shared directory, or manifests dated in the future
+    that anybody able to write the directory could add, pushed every real backup out (an attack run);
+    counted, a broken backup did the same (another attack run).
 
     Returns:
-        The kept and the deleted (or, with ``dry_run``, to be deleted) backups.
+        The kept backups, the broken ones among them (``broken`` set: kept for inspection, not
+        counted), and the deleted (or, with ``dry_run``, to be deleted) backups; each oldest first.
     """
     ours = list_backups(directory, signed_with=keyring)
-    keep, drop = prune_plan(ours, keep_daily=keep_daily, keep_weekly=keep_weekly)
+    keep, drop = prune_plan(
+        [s for s in ours if s.broken is None], keep_daily=keep_daily, keep_weekly=keep_weekly
+    )
     if not dry_run:
         for s in drop:
             shutil.rmtree(s.path)
-    return keep, drop
+    kept = {s.backup_id for s in keep}
+    return [s for s in ours if s.backup_id in kept or s.broken is not None], drop
 
 
 # backup.created records read when a key is marked: years of hourly backups.

@@ -11,7 +11,8 @@ the restored chain says was sealed (``incident.evidence_sealed``); a sealed bund
 was already gone.
 
 ``restore_backup`` runs the same checks on the real target: it refuses a live one first, then writes
-and checks what it wrote.
+and checks what it wrote. ``restored_trail`` then opens the restored node's database (brought to this
+gateway's schema) and records the restore on its trail, as ``gateway backup restore`` and a drill do.
 """
 
 from __future__ import annotations
@@ -21,21 +22,23 @@ import json
 import shutil
 import sqlite3
 import tempfile
-from contextlib import closing
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
-from gateway.audit.chain import verify_database
+from gateway.audit.chain import RESTORED_KIND, verify_database
+from gateway.audit.trail import AuditListener, AuditLog
 from gateway.backup.archive import DATABASE_PART, INCIDENTS_DIR, part_path, read_backup
 from gateway.backup.manifest import BackupError, Manifest, file_sha256
 from gateway.backup.restore import install_parts, refuse_live_target, staging_dir
 from gateway.crypto.keyring import Keyring
 from gateway.store.db import Database, default_sqlite_url
-from gateway.store.migrate import alembic_config
+from gateway.store.migrate import alembic_config, ensure_schema
 
-__all__ = ["Verified", "check_restored", "restore_backup", "verify_backup"]
+__all__ = ["Verified", "check_restored", "restore_backup", "restored_trail", "verify_backup"]
 
 
 def _known_revisions() -> frozenset[str]:
@@ -214,3 +217,38 @@ async def restore_backup(path: Path, keyring: Keyring, data_dir: Path, *, force:
         shutil.rmtree(staged, ignore_errors=True)
         shutil.rmtree(trial, ignore_errors=True)
     return dataclasses.replace(verified, database=database)
+
+
+@asynccontextmanager
+async def restored_trail(
+    verified: Verified,
+    keyring: Keyring,
+    *,
+    actor: str,
+    forced: bool = False,
+    listeners: Sequence[AuditListener] = (),
+) -> AsyncIterator[tuple[Database, AuditLog]]:
+    """The database :func:`restore_backup` wrote, brought to this gateway's schema, and its audit trail,
+    whose first record after the backup's head is now ``backup.restored`` (by ``actor``; ``listeners``
+    hear it and what follows).
+
+    That record says where the node came from, and it is what lets the chain of a backup made before
+    a key was marked compromised verify on the restored node: keyed under a key the leak did not give
+    away, it shows the trail was rewound on purpose, not cut (an attack run's drill of the trusted
+    pre-mark backup failed its ``audit_chain`` check, which the restore of the same backup passed).
+    """
+    # A backup from an older release: brought to this schema first, as a gateway started on it would
+    # (a re-attack run's backup from before the account ledger failed the restore's ledger step after
+    # the database had been replaced).
+    url = default_sqlite_url(verified.database.parent)
+    await ensure_schema(url, auto=True)
+    db = Database.open(url, pool_size=1)
+    try:
+        audit = AuditLog(db, keyring=keyring)
+        audit.listeners.extend(listeners)
+        await audit.record(
+            RESTORED_KIND, actor=actor, details={**verified.manifest.summary(), "forced": forced}
+        )
+        yield db, audit
+    finally:
+        await db.close()

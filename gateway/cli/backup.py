@@ -14,8 +14,12 @@ a backup end to end (newest without an argument): signature, hashes, decryption,
 scratch directory, the schema revision, the audit chain and the evidence files against their seals.
 ``restore`` puts a backup into a new data directory (an existing database only with ``--force``,
 never one a running gateway holds open). ``prune`` keeps ``backup.keep_daily`` daily and
-``backup.keep_weekly`` weekly backups. Create, verify and restore are recorded in the audit trail
-(``backup.created``, ``backup.verified``, ``backup.verify_failed``, ``backup.restored``).
+``backup.keep_weekly`` weekly backups of the whole ones; a broken one (a part missing, or of another
+size than its manifest says) is named, kept for inspection and not counted, and prune exits 1. ``list``
+marks the backups this keyring does not vouch for (not signed by it, or signed under a key marked
+compromised since) and the broken ones; ``verify`` without an argument names the newer ones it passed
+over. Create, verify and restore are recorded in the audit trail (``backup.created``,
+``backup.verified``, ``backup.verify_failed``, ``backup.restored``).
 
 **PostgreSQL** (``backup.pgbackrest``): ``create`` runs ``pgbackrest backup`` (``--type``, by default
 full on ``backup.full_on`` and incremental otherwise), then, with ``backup.targets``, verifies the
@@ -196,14 +200,21 @@ def _list(args: argparse.Namespace) -> int:
     if pg is not None:
         return _list_pg(pg)
     directory = _directory(settings)
-    backups = list_backups(directory)
-    if not backups:
+    if not list_backups(directory):
         print(f"no backups in {directory}")
         return EXIT_OK
-    for b in backups:
-        print(
+    # Each checked against this keyring: a forged or another deployment's backup listed as ours was
+    # one an operator could pick to restore (an attack run).
+    keyring = load_keyring(settings, may_create=False)
+    for b in list_backups(directory, signed_with=keyring, unsigned=True):
+        line = (
             f"{b.backup_id}  {b.created_at:%Y-%m-%d %H:%M:%S}Z  {b.parts} part(s)  {b.size} bytes  {b.path}"
         )
+        if b.untrusted is not None:
+            line += f"  NOT TRUSTED: {b.untrusted}"
+        if b.broken is not None:
+            line += f"  BROKEN: {b.broken}"
+        print(line)
     return EXIT_OK
 
 
@@ -262,6 +273,8 @@ def _verify(args: argparse.Namespace) -> int:
             "path: gateway backup verify PATH"
         )
     path, keyring = backup_and_keyring(settings, _directory(settings), args.backup)
+    if args.backup is None:
+        _skipped_for(path, _directory(settings), keyring)
 
     async def work() -> int:
         try:
@@ -295,6 +308,18 @@ def _verify(args: argparse.Namespace) -> int:
     return run(work())
 
 
+def _skipped_for(newest: Path, directory: Path, keyring: Keyring) -> None:
+    """Name the backups newer than ``newest`` (the newest this keyring signed) that were passed over,
+    and why: an attack run's planted backups were skipped without a word."""
+    from gateway.backup.sets import list_backups
+
+    listed = list_backups(directory, signed_with=keyring, unsigned=True)
+    chosen = next((b for b in listed if b.path == newest), None)
+    for b in listed:
+        if b.untrusted is not None and (chosen is None or b.created_at > chosen.created_at):
+            print(f"skipped {b.backup_id} ({b.path}), dated later: {b.untrusted}")
+
+
 def _print_evidence(verified: Verified) -> None:
     print(
         f"  incident evidence: {verified.evidence_files} file(s) restored and hashed, "
@@ -308,14 +333,11 @@ def _print_evidence(verified: Verified) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from gateway.audit.trail import AuditLog
     from gateway.backup.manifest import BackupError
     from gateway.backup.restore import refuse_live_target
-    from gateway.backup.verify import restore_backup
-    from gateway.cli.carried import carry_emergency, node_emergency
+    from gateway.backup.verify import restore_backup, restored_trail
+    from gateway.cli.carried import carry_emergency, carry_privacy, node_emergency, node_privacy
     from gateway.observe.access import audit_listener
-    from gateway.store.db import Database, default_sqlite_url
-    from gateway.store.migrate import ensure_schema
 
     settings = load_config(args)
     if _postgres(settings) is not None:
@@ -332,41 +354,33 @@ def _restore(args: argparse.Namespace) -> int:
         raise UserError(exc.detail) from None
 
     async def work() -> int:
-        # The node's lineage, read before its database is replaced (or from the one left in place), and
-        # its lockdown and address blocks, which the restored node takes over.
+        # The node's lineage, read before its database is replaced (or from the one left in place), its
+        # lockdown and address blocks, which the restored node takes over, and its legal holds, which
+        # the restored database keeps.
         lineage = await node_lineage(settings)
         emergency = await node_emergency(settings)
+        privacy = await node_privacy(settings)
         try:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
             raise Failed(f"restore FAILED: {exc.detail}") from None
-        # A backup from an older release: brought to this schema first, as a gateway started on it
-        # would (a re-attack run's backup from before the account ledger failed the ledger step
-        # after the database had been replaced).
-        url = default_sqlite_url(data_dir)
-        await ensure_schema(url, auto=True)
         # The restored trail records its own restore: the first thing the new node's chain says; and
         # the security-event sinks hear of it (the rewound trail no longer holds what came after).
-        db = Database.open(url, pool_size=1)
         sinks = await security_sinks(settings)
+        listeners = [audit_listener(sinks)] if sinks is not None else []
+        m = verified.manifest
         try:
-            audit = AuditLog(db, keyring=keyring)
-            if sinks is not None:
-                audit.listeners.append(audit_listener(sinks))
-            await audit.record(
-                "backup.restored",
-                actor=operator(),
-                details={**verified.manifest.summary(), "forced": bool(args.force)},
-            )
-            carried = await carry_emergency(
-                settings, data_dir, db, audit, emergency, verified.manifest.backup_id
-            )
-            lacking = await _carry_ledger(settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage)
+            async with restored_trail(
+                verified, keyring, actor=operator(), forced=bool(args.force), listeners=listeners
+            ) as (db, audit):
+                carried = await carry_emergency(settings, data_dir, db, audit, emergency, m.backup_id)
+                held, lost = await carry_privacy(db, audit, keyring, privacy, m.backup_id)
+                lacking = await _carry_ledger(
+                    settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage
+                )
         finally:
             if sinks is not None:
                 await sinks.close()
-            await db.close()
-        m = verified.manifest
         print(
             f"backup {m.backup_id} restored into {data_dir} (audit chain verified, {verified.audit_records} records)"
         )
@@ -379,12 +393,13 @@ def _restore(args: argparse.Namespace) -> int:
             "them again before it serves (a password set since is cleared: send those people an "
             "invitation; an address changed since is removed: set it again)"
         )
-        for line in carried:
+        for line in carried + held:
             print(f"  {line}")
+        requests = f": {', '.join(lost)}" if lost else ""
         print(
             "  NOT made again (the restored database predates them): service accounts deleted (their "
-            "tokens stay revoked), policy versions imported after this backup. Find them in the old "
-            "trail or the sinks and make them again.",
+            "tokens stay revoked), policy versions imported after this backup, privacy requests opened "
+            f"after it{requests}. Find them in the old trail or the sinks and make them again.",
             file=sys.stderr,
         )
         print(f"start a gateway with data_dir: {data_dir} and the same keyring; sessions start empty")
@@ -449,20 +464,29 @@ def _prune(args: argparse.Namespace) -> int:
         keep_weekly=b.keep_weekly,
         dry_run=args.dry_run,
     )
+    broken = [s for s in keep if s.broken is not None]
     for s in keep:
-        print(f"keep    {s.backup_id}")
+        if s.broken is None:
+            print(f"keep    {s.backup_id}")
+    for s in broken:
+        print(
+            f"broken  {s.backup_id}: {s.broken}; kept for inspection and not counted as one of the "
+            f"backups kept: check it (gateway backup verify {s.backup_id}), then delete {s.path} by hand"
+        )
     for s in drop:
         print(f"{'would delete' if args.dry_run else 'deleted'} {s.backup_id}")
     if drop and not args.dry_run:
 
         async def record() -> None:
             async with open_store(settings, keyring=True) as store:
-                await store.audit().record(
-                    "backup.pruned", actor=operator(), details={"deleted": [s.backup_id for s in drop]}
-                )
+                details: dict[str, object] = {"deleted": [s.backup_id for s in drop]}
+                if broken:
+                    details["broken"] = [s.backup_id for s in broken]
+                await store.audit().record("backup.pruned", actor=operator(), details=details)
 
         run(record())
-    return EXIT_OK
+    # A broken backup is a failed check: a job running prune must notice it.
+    return EXIT_FAILURE if broken else EXIT_OK
 
 
 def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
@@ -496,7 +520,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     p = actions.add_parser(
         "list",
         help="list the backups",
-        description="List the backups in backup.directory (PostgreSQL: pgbackrest info).",
+        description="List the backups in backup.directory, marking those this keyring does not vouch "
+        "for (NOT TRUSTED) and those with a part missing or of the wrong size (BROKEN) (PostgreSQL: "
+        "pgbackrest info).",
     )
     config_arg(p)
     p.set_defaults(func=_list)
@@ -538,8 +564,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "prune",
         help="delete backups beyond keep_daily and keep_weekly",
         description="Keep the newest backup of each of the backup.keep_daily most recent days and "
-        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest. PostgreSQL: "
-        "pgBackRest's retention_full does it.",
+        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest. A broken "
+        "backup (a part missing or of another size than its manifest says) is named, kept for "
+        "inspection and not counted; prune then exits 1. PostgreSQL: pgBackRest's retention_full does it.",
     )
     config_arg(p)
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

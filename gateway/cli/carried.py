@@ -9,6 +9,13 @@ So the node's switch and blocks are read before its database is replaced, and wr
 restored node after: the switch with an audit record on the restored chain (``lockdown.on`` or
 ``lockdown.off``, by the operator, "carried across the restore"), the blocks as they were (each until
 its own end).
+
+The legal holds too: an order to keep data does not end because a backup predates it (an attack run
+restored a backup made before two holds were placed; the next retention run anonymised what one of them
+held). The node's holds are read before its database is replaced, and the restored database's follow
+them (:meth:`gateway.privacy.holds.Holds.carry`): each active hold it lacks placed again as it was, each
+hold released on the node released. The privacy requests opened on the node since the backup are not
+(the register rows of work in progress): the restore names them, to be opened again.
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ import msgspec
 
 from gateway.cli.harness import operator, storage_url
 from gateway.clock import SYSTEM_CLOCK
+from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
+    from gateway.crypto.keyring import Keyring
+    from gateway.privacy.holds import HoldRecord
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
     from gateway.store.fast.base import FastState
     from gateway.threat.blocks import BlockEntry
     from gateway.threat.lockdown import LockdownState
 
-__all__ = ["Emergency", "carry_emergency", "node_emergency"]
+__all__ = ["Emergency", "NodePrivacy", "carry_emergency", "carry_privacy", "node_emergency", "node_privacy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +144,88 @@ def _told(state: LockdownState) -> str:
         return "lockdown: off, as on the node (a lockdown in the backup is not switched on again)"
     routes = "every route" if state.routes is None else ", ".join(state.routes)
     return f"lockdown: ON for {routes}, as on the node (`gateway lockdown off` opens them)"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePrivacy:
+    """The node's legal holds and the privacy requests in its register (ref -> kind); ``problem`` says
+    why they could not be read (then both are empty)."""
+
+    holds: list[HoldRecord]
+    requests: dict[str, str]
+    problem: str | None = None
+
+
+async def node_privacy(settings: Settings) -> NodePrivacy:
+    """The configured node's legal holds and privacy requests, read before a restore replaces its
+    database."""
+    from sqlalchemy import select
+
+    from gateway.backup.snapshot import sqlite_path
+    from gateway.privacy.holds import stored_holds
+    from gateway.privacy.models import PrivacyRequest
+    from gateway.store.db import Database
+
+    url = storage_url(settings)
+    database = sqlite_path(url)
+    if not database.is_file():
+        return NodePrivacy([], {}, f"the node's database {database} is missing")
+    db = Database.open(url, pool_size=1)
+    try:
+        holds = await stored_holds(db)
+        async with db.session() as session:
+            rows = (
+                await session.execute(
+                    select(PrivacyRequest.ref, PrivacyRequest.kind).order_by(PrivacyRequest.id)
+                )
+            ).all()
+        return NodePrivacy(holds, {ref: kind for ref, kind in rows})
+    except Exception as exc:  # noqa: BLE001 - a damaged node is what a restore is for
+        return NodePrivacy([], {}, f"cannot read the node's database {database}: {exc}")
+    finally:
+        await db.close()
+
+
+async def carry_privacy(
+    db: Database, audit: AuditLog, keyring: Keyring, node: NodePrivacy, backup_id: str
+) -> tuple[list[str], list[str]]:
+    """Make the restored database's (``db``, its trail ``audit``) legal holds follow ``node``'s; return
+    what was carried, as lines for the operator, and the privacy requests the node has and the restored
+    database lacks (``REF (kind)``). Holds that could not be read are said on stderr, loudly: what they
+    held is deleted by the next retention run otherwise."""
+    from sqlalchemy import select
+
+    from gateway.privacy.holds import Holds
+    from gateway.privacy.models import PrivacyRequest
+
+    if node.problem is not None:
+        return _holds_not_carried(node.problem), []
+    why = f"carried across the restore of backup {backup_id}"
+    try:
+        carried = await Holds(db, keyring, audit).carry(node.holds, by=operator(), why=why)
+    except GatewayError as exc:
+        return _holds_not_carried(f"cannot write them into the restored database ({exc})"), []
+    said = [
+        f"legal holds carried over: {len(carried.placed)} placed since this backup"
+        + (f" ({', '.join(carried.placed)})" if carried.placed else "")
+        + f", {len(carried.released)} released since"
+        + (f" ({', '.join(carried.released)})" if carried.released else "")
+    ]
+    async with db.session() as session:
+        here = set((await session.scalars(select(PrivacyRequest.ref))).all())
+    lost = [f"{ref} ({kind})" for ref, kind in node.requests.items() if ref not in here]
+    return said, lost
+
+
+def _holds_not_carried(problem: str) -> list[str]:
+    """Say on stderr, loudly, that the node's holds were not carried over, and what to do; the line
+    for the operator's summary."""
+    print(
+        f"  WARNING: legal holds NOT carried over: {problem}. A hold placed after this backup is "
+        "missing from the restored database, and the next retention run or erasure deletes what it "
+        "holds: before a gateway starts on it, compare `gateway privacy hold list` with the orders in "
+        "force (the old trail or the sinks: privacy.hold.placed) and place the missing ones again "
+        "(`gateway privacy hold place`). Privacy requests opened since are not listed either.",
+        file=sys.stderr,
+    )
+    return ["legal holds: NOT carried over (see the warning)"]

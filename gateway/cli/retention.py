@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.harness import EXIT_FAILURE, EXIT_OK, SubParsers, UserError, command_group, config_arg
@@ -67,12 +67,33 @@ def _plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _kept(keep: timedelta) -> str:
+    """How long a class is kept, in the unit that reads: "180 days", "a day", "36 hours", "10 minutes",
+    "a second" (an attack run's one-second retention was told as "kept 1.15741e-05 days")."""
+    from gateway.clock import span_words
+
+    seconds = keep.total_seconds()
+    if seconds < 0.5:
+        return "0 seconds"
+    if seconds >= _DAY and seconds % _DAY == 0:
+        days = int(seconds // _DAY)
+        return "a day" if days == 1 else f"{days} days"
+    if seconds >= _DAY and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} hours"
+    if seconds >= _DAY:
+        return f"{seconds / _DAY:.1f} days"
+    return span_words(seconds)
+
+
+_DAY = 86400
+
+
 def _class_plan_lines(c: ClassPlan) -> list[str]:
     from gateway.privacy.retention import VERBS
     from gateway.privacy.retention_rules import NEXT_SHOWN
 
     s = c.survey
-    head = f"{c.data_class} (kept {c.keep.total_seconds() / 86400:g} days; {VERBS[c.data_class]} when due)"
+    head = f"{c.data_class} (kept {_kept(c.keep)}; {VERBS[c.data_class]} when due)"
     if c.error is not None:
         return [head, f"  error: {c.error}"]
     lines = [

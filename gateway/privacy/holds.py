@@ -25,7 +25,17 @@ from gateway.privacy.models import LegalHold
 from gateway.privacy.subjects import subject_key, subject_keys
 from gateway.store.db import Database, store_errors
 
-__all__ = ["DATA_CLASSES", "HoldExists", "HoldView", "Holds", "UnknownHold", "hold_reference"]
+__all__ = [
+    "DATA_CLASSES",
+    "CarriedHolds",
+    "HoldExists",
+    "HoldRecord",
+    "HoldView",
+    "Holds",
+    "UnknownHold",
+    "hold_reference",
+    "stored_holds",
+]
 
 #: The data classes a class hold (and the retention engine) knows.
 DATA_CLASSES: Final = ("registration", "removed_content", "audit_events", "incidents", "privacy_requests")
@@ -132,6 +142,62 @@ class HoldView:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    """One hold as stored, its subject key included: what a restore carries from the node it replaces
+    into the restored database (:meth:`Holds.carry`)."""
+
+    reference: str
+    scope: str
+    subject_key: str
+    subject: str
+    data_class: str
+    reason: str
+    placed_by: str
+    placed_at: datetime
+    released_by: str
+    released_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        """Not released."""
+        return self.released_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedHolds:
+    """What :meth:`Holds.carry` changed: the references of the holds placed again, and released."""
+
+    placed: list[str]
+    released: list[str]
+
+
+async def stored_holds(db: Database) -> list[HoldRecord]:
+    """Every hold in ``db``, oldest first.
+
+    Raises:
+        StoreUnavailable: The holds cannot be read.
+    """
+    async with db.session() as session:
+        with store_errors("cannot read legal holds"):
+            rows = (await session.scalars(select(LegalHold).order_by(LegalHold.id))).all()
+    return [
+        HoldRecord(
+            r.reference,
+            r.scope,
+            r.subject_key,
+            r.subject,
+            r.data_class,
+            r.reason,
+            r.placed_by,
+            r.placed_at,
+            r.released_by,
+            r.released_at,
+        )
+        for r in rows
+    ]
+
+
 class Holds:
     """Places, releases and finds legal holds."""
 
@@ -234,6 +300,72 @@ class Holds:
             details={"reference": row.reference, "data_class": row.data_class},
         )
         return HoldView.of(row)
+
+    async def carry(self, node: Sequence[HoldRecord], *, by: str, why: str) -> CarriedHolds:
+        """Make this (restored) database's holds follow ``node``'s, the holds of the database it
+        replaces: a hold active there that this one lacks is placed again as it was (reference, scope,
+        subject and subject key, class, reason, who placed it and when); one released there and active
+        here is released as it was there. A release is final, so a hold this database has released
+        stays released, and one only this database has stays as it is. Each change is recorded
+        (``privacy.hold.placed|released`` by ``by``, ``why`` in its details).
+
+        An attack run restored a backup from before two holds were placed: the restored database had
+        neither, and the next retention run anonymised what one of them held.
+        """
+        async with self._db.session(write=True) as session:
+            with store_errors("cannot carry the legal holds across the restore"):
+                here = {row.reference: row for row in (await session.scalars(select(LegalHold))).all()}
+                placed: list[HoldRecord] = []
+                released: list[LegalHold] = []
+                for hold in node:
+                    row = here.get(hold.reference)
+                    if row is None and hold.active:
+                        session.add(
+                            LegalHold(
+                                reference=hold.reference,
+                                scope=hold.scope,
+                                subject_key=hold.subject_key,
+                                subject=hold.subject,
+                                data_class=hold.data_class,
+                                reason=hold.reason,
+                                placed_by=hold.placed_by,
+                                placed_at=hold.placed_at,
+                                released_by="",
+                                released_at=None,
+                            )
+                        )
+                        placed.append(hold)
+                    elif row is not None and row.released_at is None and not hold.active:
+                        row.released_at, row.released_by = hold.released_at, hold.released_by
+                        released.append(row)
+                await session.commit()
+        for hold in placed:
+            await self._audit.record(
+                "privacy.hold.placed",
+                actor=by,
+                subject=hold.subject,
+                details={
+                    "reference": hold.reference,
+                    "data_class": hold.data_class,
+                    "reason": hold.reason,
+                    "placed_by": hold.placed_by,
+                    "placed_at": hold.placed_at.isoformat(),
+                    "carried": why,
+                },
+            )
+        for row in released:
+            await self._audit.record(
+                "privacy.hold.released",
+                actor=by,
+                subject=row.subject,
+                details={
+                    "reference": row.reference,
+                    "data_class": row.data_class,
+                    "released_by": row.released_by,
+                    "carried": why,
+                },
+            )
+        return CarriedHolds([h.reference for h in placed], [r.reference for r in released])
 
     async def find(self, *, active_only: bool = False) -> list[HoldView]:
         """Every hold, newest first."""

@@ -257,3 +257,30 @@ def test_the_drills_node_makes_again_what_was_done_since_the_backup(site: tuple[
     finally:
         shutil.rmtree(node_dir, ignore_errors=True)
     assert left == set()
+
+
+def test_a_drill_of_the_backup_from_before_a_compromised_key_passes(site: tuple[Path, Path]) -> None:
+    """An attack run: after `keys rotate --keyring --compromised`, the drill of the trusted backup made
+    before the mark always failed its audit_chain check ("records were cut"), while a restore of the
+    same backup verified. The drill's copy records its restore (backup.restored) as a restore does."""
+    config, _database = site
+    rotated = run_cli("keys", "rotate", "--keyring", "--compromised", "-c", str(config))
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+
+    proc, left = _drill(config, "--keep")
+
+    report = json.loads(proc.stdout)
+    node_dir = Path(report["node_dir"])
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert report["checks_passed"] == ["verify", "restore", "start", "sign_in", "audit_chain"]
+        with closing(sqlite3.connect(node_dir / "data" / "gateway.db")) as conn:
+            restored = conn.execute(
+                "SELECT actor, details FROM audit_events WHERE kind = 'backup.restored'"
+            ).fetchall()
+        assert [(actor, json.loads(details)["backup_id"]) for actor, details in restored] == [
+            ("system:dr-drill", report["backup_id"])
+        ]
+    finally:
+        shutil.rmtree(node_dir, ignore_errors=True)
+    assert left == set()

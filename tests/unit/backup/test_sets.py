@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.backup.archive import create_backup
-from gateway.backup.sets import find_backup, list_backups, prune
+from gateway.backup.sets import find_backup, list_backups, prune, signed_under
 from gateway.clock import FakeClock
-from gateway.crypto.keyring import Keyring
+from gateway.crypto.keyring import Compromise, Keyring
 from tests.unit.backup.helpers import make_node
 
 HOUR = 3600.0
@@ -135,3 +135,63 @@ async def test_the_newest_backup_is_one_this_deployment_signed(tmp_path: Path) -
     manifest.write_text(manifest.read_text().replace(ours.created_at.strftime("%Y-"), "2099-", 1))
     assert find_backup(directory, None) == planted  # without a keyring: the newest by its date
     assert find_backup(directory, None, signed_with=keyring) == ours.path
+
+
+async def test_a_broken_backup_is_kept_named_and_never_counted(tmp_path: Path) -> None:
+    """An attack run deleted the newest backup's ``gateway.db.enc``: prune trusted its manifest, kept
+    only that broken one and would have deleted the good ones."""
+    times = [datetime(2027, 1, d, 12, tzinfo=UTC) for d in (1, 2, 3, 4)]
+    directory, keyring = await _backups_at(tmp_path, times)
+    oldest, good, truncated, newest = list_backups(directory)
+    (newest.path / "gateway.db.enc").unlink()
+    with (truncated.path / "gateway.db.enc").open("r+b") as part:
+        part.truncate(100)
+
+    listed = {s.backup_id: s.broken for s in list_backups(directory, signed_with=keyring)}
+    assert listed[newest.backup_id] == "part gateway.db: gateway.db.enc is missing"
+    assert listed[truncated.backup_id] == (
+        f"part gateway.db: gateway.db.enc is 100 bytes, the manifest says {truncated.size}"
+    )
+    assert listed[good.backup_id] is None
+
+    keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
+    # The whole one is counted and kept; the broken ones are kept beside it, marked, never deleted.
+    assert [(s.backup_id, s.broken is not None) for s in keep] == [
+        (good.backup_id, False),
+        (truncated.backup_id, True),
+        (newest.backup_id, True),
+    ]
+    assert [s.backup_id for s in drop] == [oldest.backup_id]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [good.backup_id, truncated.backup_id, newest.backup_id]
+    )
+
+
+async def test_backups_this_keyring_does_not_vouch_for_are_listed_with_why(tmp_path: Path) -> None:
+    """An attack run: `backup list` showed a forged manifest, and a backup under a key marked
+    compromised that the mark does not vouch for, as if they were the deployment's."""
+    directory, keyring = await _backups_at(tmp_path, [datetime(2027, 1, d, tzinfo=UTC) for d in (1, 2)])
+    first, second = list_backups(directory, signed_with=keyring)
+    forged = directory / "20280101T000000Z-forged"
+    shutil.copytree(second.path, forged)
+    manifest = forged / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("2027-", "2028-", 1))
+    # The key both were signed with is marked compromised, vouching for the first only.
+    keyring_file = tmp_path / "live" / "keys" / "keyring.json"
+    old = keyring.active_id
+    keyring.rotate(keyring_file)
+    vouched = signed_under(directory, keyring, old)
+    keyring.mark_compromised(
+        keyring_file,
+        old,
+        Compromise("2027-01-03T00:00:00+00:00", 0, {first.backup_id: vouched[first.backup_id]}),
+    )
+
+    listed = list_backups(directory, signed_with=keyring, unsigned=True)
+    assert [(s.path.name, s.untrusted) for s in listed] == [
+        (first.path.name, None),
+        (second.path.name, "signed under a compromised key (not a backup it signed before it was marked)"),
+        (forged.name, "not signed by this keyring"),
+    ]
+    # Without ``unsigned`` they are left out, as before (verify, prune and drills never pick them).
+    assert [s.path for s in list_backups(directory, signed_with=keyring)] == [first.path]
