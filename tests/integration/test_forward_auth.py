@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from tests.integration.http_client import (
     follow_handoff,
     login,
 )
+from tests.support.wait import wait_until
 
 NGINX = "/usr/sbin/nginx"
 # Debian's Caddy (2.6.2), and one of the releases whose copy_headers skips an empty value (2.7 to
@@ -802,3 +804,24 @@ def test_a_browser_signed_in_on_the_gateways_host_gets_its_session_on_the_apps_h
     asked = via(port, "/.gateway/auth", session, headers=question)
     assert "x-gateway-assertion" not in {k.lower() for k in asked.headers}
     assert asked.status_code in (403, 404), asked.status_code
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_only_the_gateways_own_spelling_of_its_pages_skips_the_question(site: Site, proxy: str) -> None:
+    """A re-attack run: Caddy's ``path`` matcher ignores case, so ``/.GATEWAY/docs/x`` went to the
+    gateway's pages location, skipping forward_auth and every directive after it, and the gateway (whose
+    pages are spelled in lower case) proxied it to the route's upstream itself. Every proxy must ask the
+    question for it, as for any path of the app."""
+    port = port_of(site, proxy)
+    path = f"/.GATEWAY/docs/{proxy}-{secrets.token_hex(4)}"
+    via(port, path, site.sessions["alice"])
+
+    def kinds() -> list[str]:
+        lines = [
+            json.loads(line) for line in site.gw.log().splitlines() if path in line and line.startswith("{")
+        ]
+        return [str(line.get("gateway", {}).get("kind", "")) for line in lines]
+
+    seen = wait_until(kinds, timeout=10, what=f"{path} in the access log")
+    assert set(seen) == {"forward-auth"}, seen
