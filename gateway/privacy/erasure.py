@@ -132,6 +132,7 @@ class Eraser:
         keep_for: timedelta | None,
         reason: str,
         expect: Callable[[User], bool] | None = None,
+        erased_at: datetime | None = None,
     ) -> Erased | Held:
         """Erase the person with account ``user_id`` (see the module docstring).
 
@@ -143,6 +144,10 @@ class Eraser:
             reason: Why, in words ("erasure request", "registration closed 180 days ago").
             expect: What the account must still be, checked first and again in the deleting
                 transaction (:meth:`AccountService.delete`).
+            erased_at: For an erasure made again on a restored database (the account ledger): when it
+                was first done. Only a hold placed by then suspends it: the data was gone when a later
+                one was placed, and a re-attack run's hold placed after an erasure, carried across a
+                restore, kept the erased person's account.
 
         Raises:
             UnknownAccount: No such account, or not as ``expect`` wants it.
@@ -151,7 +156,7 @@ class Eraser:
         user = await self._accounts.get(user_id)
         if user is None or (expect is not None and not expect(user)):
             raise UnknownAccount(f"No account has id {user_id}.")
-        hold = await holding_erasure(self._holds, user.username)
+        hold = await holding_erasure(self._holds, user.username, placed_by=erased_at)
         if hold is not None:
             if not user.restricted:
                 await self._accounts.set_restricted(user_id, True, actor=actor)
@@ -226,8 +231,11 @@ class Eraser:
 _ERASED_CLASSES: Final = ("registration", "audit_events", "incidents", "privacy_requests")
 
 
-async def holding_erasure(holds: Holds, username: str) -> HoldView | None:
+async def holding_erasure(
+    holds: Holds, username: str, *, placed_by: datetime | None = None
+) -> HoldView | None:
     """The active hold an erasure of ``username`` must wait for: one on the person, or on a class of
     data the erasure changes (a re-attack run: under a class hold on ``audit_events`` an erasure
-    tombstoned the person's audit records for good, which the hold was placed to keep)."""
-    return await holds.covering(username=username, data_class=_ERASED_CLASSES)
+    tombstoned the person's audit records for good, which the hold was placed to keep); with
+    ``placed_by`` (an erasure made again), only one placed by then."""
+    return await holds.covering(username=username, data_class=_ERASED_CLASSES, placed_by=placed_by)

@@ -383,9 +383,10 @@ class Holds:
         username: str | None = None,
         keys: list[str] | None = None,
         data_class: str | Sequence[str] | None = None,
+        placed_by: datetime | None = None,
     ) -> HoldView | None:
         """The first active hold on this person (by name or subject keys) or on ``data_class`` (one
-        class, or any of several)."""
+        class, or any of several); with ``placed_by``, only one placed by then."""
         wanted = list(keys or [])
         if username is not None:
             wanted += subject_keys(self._keyring, username)
@@ -398,6 +399,8 @@ class Holds:
         if not clauses:
             return None
         query = select(LegalHold).where(LegalHold.released_at.is_(None), or_(*clauses)).order_by(LegalHold.id)
+        if placed_by is not None:
+            query = query.where(LegalHold.placed_at <= placed_by)
         async with self._db.session() as session:
             with store_errors("cannot read legal holds"):
                 row = (await session.scalars(query)).first()

@@ -182,6 +182,7 @@ async def _make_again_for(user: User, entry: Entry, by: Replayers, done: Replaye
             ref=entry.ref or "account-ledger",
             keep_for=None,
             reason=f"erased on {entry.at.date().isoformat()}; made again on a database restored from a backup",
+            erased_at=entry.at,
         )
         if isinstance(outcome, Held):
             done.held += 1

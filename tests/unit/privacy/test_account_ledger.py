@@ -223,6 +223,27 @@ async def test_an_erasure_is_made_again_on_a_restored_database(nodes: tuple[Node
     assert again.changed == 0
 
 
+async def test_a_hold_placed_after_an_erasure_does_not_keep_it_from_being_made_again(
+    nodes: tuple[Node, Node],
+) -> None:
+    """A re-attack run: a hold on the name placed after the person's erasure, carried across a restore
+    (as a restore carries every hold of the node), suspended the erasure's making again, and the erased
+    person's account stayed with its password. A hold placed before the erasure still suspends it."""
+    a, _ = nodes
+    alice = await a.add("alice")
+    backup = await _row(a.db, alice.id)
+    await a.privacy.erase(
+        alice, settings=SETTINGS, channel=Channel.PORTAL, actor="user:alice", verified_by="signed-in session"
+    )
+    a.clock.advance(60)
+    await a.privacy.holds.place("LH-AFTER", reason="litigation", by="admin:counsel", username="alice")
+    await _restore(a.db, backup)
+    done = await a.replay()
+    assert (done.erased, done.held) == (1, 0)
+    assert await a.accounts.find("alice") is None
+    assert not await a.signs_in("alice")
+
+
 async def test_deletions_and_disables_are_made_again_and_an_enable_is_not(nodes: tuple[Node, Node]) -> None:
     a, _ = nodes
     bob, carol, dave = await a.add("bob"), await a.add("carol"), await a.add("dave")
