@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -66,14 +67,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """Lowercase hex SHA-256 and size of a file, read in blocks (parts can be large).
+def file_sha256(path: Path, *, follow_symlinks: bool = True) -> tuple[str, int]:
+    """Lowercase hex SHA-256 and size of a file, read in blocks (parts can be large); without
+    ``follow_symlinks``, a symbolic link is refused (ELOOP) rather than read through.
 
     Raises:
-        OSError: The file cannot be read.
+        OSError: The file cannot be read (or is a link, without ``follow_symlinks``).
     """
     digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    with os.fdopen(os.open(path, flags), "rb") as fh:
         while block := fh.read(_BLOCK):
             digest.update(block)
             size += len(block)

@@ -4,19 +4,23 @@ Pruning keeps the newest backup of each of the ``keep_daily`` most recent days t
 each of the ``keep_weekly`` most recent ISO weeks that have one (UTC), and always the newest backup.
 Days and weeks without a backup do not count, so a pause in backups never prunes the last good ones
 away. Partial directories (being written), unreadable ones and those the deployment's keyring did not
-sign are never touched. Nor are broken ones (a part's file missing, or of another size than the
-manifest says): kept for inspection, never counted, so they cannot push a whole backup out (an attack
-run deleted the newest backup's database part, and prune kept only that one and deleted the good ones).
+sign are never touched. Nor are broken ones (a part's file missing, a symbolic link, of another size
+than the manifest says or, for those prune would keep, of other content than its SHA-256 says): kept for
+inspection, never counted, so they cannot push a whole backup out (an attack run deleted the newest
+backup's database part, and prune kept only that one and deleted the good ones; a re-attack overwrote 4
+bytes of it, size kept, with the same result). Symbolic links in the directory (an operator's
+``latest``, or one planted) are not backups: never listed, followed or deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import shutil
 import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from gateway.backup.manifest import (
     MANIFEST_NAME,
     BackupError,
     Manifest,
+    file_sha256,
     mac_problem,
     parse_manifest,
     signature_mac,
@@ -39,6 +44,7 @@ __all__ = [
     "BackupSet",
     "backup_directory",
     "find_backup",
+    "linked_entries",
     "list_backups",
     "prune",
     "prune_plan",
@@ -57,19 +63,25 @@ class BackupSet:
     created_at: datetime
     parts: int
     size: int
-    # Why it is not whole (a part's file missing, or of another size than the manifest says); None: whole.
+    # Why it is not whole (a part's file missing, not a plain file, or of another size than the manifest
+    # says; after prune, of other content than its SHA-256 says, or half deleted); None: whole.
     broken: str | None = None
     # Listed with ``unsigned``: why this deployment's keyring does not vouch for it; None: it does.
     untrusted: str | None = None
+    # The manifest as read when listed: prune hashes the parts against this one, not a later read.
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
 
 def _manifests(directory: Path) -> Iterator[tuple[Path, Manifest, dict[str, Any]]]:
     """Every backup directory in ``directory`` with its manifest read (not verified); partial ones
-    (a leading dot: being written) and those without a readable manifest are skipped."""
+    (a leading dot: being written), symbolic links (:func:`linked_entries`) and those without a
+    readable manifest are skipped."""
     if not directory.is_dir():
         return
     for path in directory.iterdir():
-        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
+        # A link is not a backup: followed, an operator's ``latest -> <id>`` listed that backup twice
+        # and made prune call rmtree on the link, which failed after deleting others (a re-attack run).
+        if path.name.startswith(".") or path.is_symlink() or not (path / MANIFEST_NAME).is_file():
             continue
         try:
             manifest, doc = parse_manifest((path / MANIFEST_NAME).read_bytes())
@@ -78,14 +90,23 @@ def _manifests(directory: Path) -> Iterator[tuple[Path, Manifest, dict[str, Any]
         yield path, manifest, doc
 
 
+def linked_entries(directory: Path) -> list[str]:
+    """The names of the symbolic links in ``directory`` (sorted), which listing and pruning skip:
+    for the operator to be told once."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".") and p.is_symlink())
+
+
 def list_backups(
     directory: Path, *, signed_with: Keyring | None = None, unsigned: bool = False
 ) -> list[BackupSet]:
     """The backups in ``directory``, oldest first, each with ``broken`` set when its parts are not all
-    there with the manifest's sizes (a stat each: the hashes are verify's); directories without a
-    readable manifest are skipped. With ``signed_with``, those whose manifest that keyring did not sign
-    (another deployment's, or one anybody who may write the directory wrote) are skipped too, or with
-    ``unsigned`` listed with ``untrusted`` saying why."""
+    there as plain files with the manifest's sizes (a stat each: the hashes are verify's, and prune's
+    for the backups it keeps); directories without a readable manifest are skipped. With
+    ``signed_with``, those whose manifest that keyring did not sign (another deployment's, or one
+    anybody who may write the directory wrote) are skipped too, or with ``unsigned`` listed with
+    ``untrusted`` saying why."""
     found: list[BackupSet] = []
     for path, manifest, doc in _manifests(directory):
         created = _created(manifest)
@@ -114,27 +135,47 @@ def list_backups(
                 size,
                 _broken(path, manifest),
                 untrusted,
+                manifest,
             )
         )
     return sorted(found, key=lambda s: (s.created_at, s.backup_id))
 
 
 def _broken(path: Path, manifest: Manifest) -> str | None:
-    """Why the backup at ``path`` is not whole: a part's file missing, not a plain file or of another
-    size than the manifest says; None when each is there."""
+    """Why the backup at ``path`` is not whole: a part's file missing, not a plain file (a symbolic
+    link to a file of the right size passed a stat: a re-attack run) or of another size than the
+    manifest says; None when each is there."""
     if not manifest.parts:
         return "the manifest names no parts"
     for part in manifest.parts:
         if "/" in part.file or part.file.startswith("."):
             return f"part {part.name}: file {part.file[:80]!r} is not a plain name"
         try:
-            info = (path / part.file).stat()
+            info = (path / part.file).lstat()
         except OSError:
             return f"part {part.name}: {part.file} is missing"
+        if stat.S_ISLNK(info.st_mode):
+            return f"part {part.name}: {part.file} is a symbolic link"
         if not stat.S_ISREG(info.st_mode):
             return f"part {part.name}: {part.file} is not a file"
         if info.st_size != part.size:
             return f"part {part.name}: {part.file} is {info.st_size} bytes, the manifest says {part.size}"
+    return None
+
+
+def _damaged(backup: BackupSet) -> str | None:
+    """Why the backup's parts do not hash to what its manifest says (read without following a link),
+    or None when each does: a stat passed a part overwritten in place, size kept (a re-attack run)."""
+    manifest = backup.manifest
+    if manifest is None:
+        return "its manifest was not read"
+    for part in manifest.parts:
+        try:
+            digest, size = file_sha256(backup.path / part.file, follow_symlinks=False)
+        except OSError as exc:
+            return f"part {part.name}: cannot read {part.file} ({exc.strerror or exc})"
+        if size != part.size or not hmac.compare_digest(digest, part.sha256):
+            return f"part {part.name}: {part.file} does not match its SHA-256 in the manifest (changed or damaged)"
     return None
 
 
@@ -256,19 +297,39 @@ def prune(
     that anybody able to write the directory could add, pushed every real backup out (an attack run);
     counted, a broken backup did the same (another attack run).
 
+    Each backup the plan keeps is hashed against its manifest first; one that does not match is broken
+    and the plan is made again without it, until every one kept matches. Those to be deleted are not
+    hashed: their content no longer matters. A deletion that fails (the directory swapped for a link,
+    a file that cannot be removed) leaves that backup broken and the others are still deleted, so what
+    was deleted is always returned (an rmtree failing part-way lost the record of the rest).
+
     Returns:
         The kept backups, the broken ones among them (``broken`` set: kept for inspection, not
         counted), and the deleted (or, with ``dry_run``, to be deleted) backups; each oldest first.
     """
     ours = list_backups(directory, signed_with=keyring)
-    keep, drop = prune_plan(
-        [s for s in ours if s.broken is None], keep_daily=keep_daily, keep_weekly=keep_weekly
-    )
+    damaged: dict[Path, str | None] = {}  # hashed: why its content does not match, None when it does
+    while True:
+        whole = [s for s in ours if s.broken is None and damaged.get(s.path) is None]
+        keep, drop = prune_plan(whole, keep_daily=keep_daily, keep_weekly=keep_weekly)
+        unhashed = [s for s in keep if s.path not in damaged]
+        if not unhashed:
+            break
+        for s in unhashed:
+            damaged[s.path] = _damaged(s)
+    ours = [replace(s, broken=damaged.get(s.path) or s.broken) for s in ours]
+    deleted: list[BackupSet] = []
     if not dry_run:
         for s in drop:
-            shutil.rmtree(s.path)
-    kept = {s.backup_id for s in keep}
-    return [s for s in ours if s.backup_id in kept or s.broken is not None], drop
+            try:
+                shutil.rmtree(s.path)  # never through a link: rmtree refuses one
+            except OSError as exc:
+                why = f"deleting it failed ({exc.strerror or exc}); what is left may not be a whole backup"
+                ours = [replace(o, broken=why) if o.path == s.path else o for o in ours]
+            else:
+                deleted.append(s)
+    kept = {s.path for s in keep}
+    return [s for s in ours if s.path in kept or s.broken is not None], drop if dry_run else deleted
 
 
 # backup.created records read when a key is marked: years of hourly backups.

@@ -14,11 +14,13 @@ a backup end to end (newest without an argument): signature, hashes, decryption,
 scratch directory, the schema revision, the audit chain and the evidence files against their seals.
 ``restore`` puts a backup into a new data directory (an existing database only with ``--force``,
 never one a running gateway holds open). ``prune`` keeps ``backup.keep_daily`` daily and
-``backup.keep_weekly`` weekly backups of the whole ones; a broken one (a part missing, or of another
-size than its manifest says) is named, kept for inspection and not counted, and prune exits 1. ``list``
-marks the backups this keyring does not vouch for (not signed by it, or signed under a key marked
-compromised since) and the broken ones; ``verify`` without an argument names the newer ones it passed
-over. Create, verify and restore are recorded in the audit trail (``backup.created``,
+``backup.keep_weekly`` weekly backups of the whole ones, hashing each it keeps against its manifest; a
+broken one (a part missing, a symbolic link, of another size or, among those it would keep, of other
+content than its manifest says) is named, kept for inspection and not counted, and prune exits 1.
+``list`` marks the backups this keyring does not vouch for (not signed by it, or signed under a key
+marked compromised since) and the broken ones by a stat of each part (``verify`` hashes the contents);
+``verify`` without an argument names the newer ones it passed over. Symbolic links in the backup
+directory are named and skipped: never listed, counted or deleted through. Create, verify and restore are recorded in the audit trail (``backup.created``,
 ``backup.verified``, ``backup.verify_failed``, ``backup.restored``).
 
 **PostgreSQL** (``backup.pgbackrest``): ``create`` runs ``pgbackrest backup`` (``--type``, by default
@@ -61,6 +63,7 @@ from gateway.cli.harness import (
     security_sinks,
     storage_url,
 )
+from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
     from gateway.backup.verify import Verified
@@ -200,6 +203,7 @@ def _list(args: argparse.Namespace) -> int:
     if pg is not None:
         return _list_pg(pg)
     directory = _directory(settings)
+    _say_links(directory)
     if not list_backups(directory):
         print(f"no backups in {directory}")
         return EXIT_OK
@@ -207,15 +211,29 @@ def _list(args: argparse.Namespace) -> int:
     # one an operator could pick to restore (an attack run).
     keyring = load_keyring(settings, may_create=False)
     for b in list_backups(directory, signed_with=keyring, unsigned=True):
+        # One line each, whatever an unsigned manifest or a directory name holds: a newline in them
+        # printed lines of their own (a re-attack run forged a clean listing line).
         line = (
-            f"{b.backup_id}  {b.created_at:%Y-%m-%d %H:%M:%S}Z  {b.parts} part(s)  {b.size} bytes  {b.path}"
+            f"{one_line(b.backup_id)}  {b.created_at:%Y-%m-%d %H:%M:%S}Z  {b.parts} part(s)  "
+            f"{b.size} bytes  {one_line(str(b.path))}"
         )
         if b.untrusted is not None:
             line += f"  NOT TRUSTED: {b.untrusted}"
         if b.broken is not None:
-            line += f"  BROKEN: {b.broken}"
+            line += f"  BROKEN: {one_line(b.broken)}"
         print(line)
     return EXIT_OK
+
+
+def _say_links(directory: Path) -> None:
+    """Name, once, the symbolic links in ``directory`` that listing and pruning pass over."""
+    from gateway.backup.sets import linked_entries
+
+    for name in linked_entries(directory):
+        print(
+            f"skipped {one_line(name)} in {one_line(str(directory))}: a symbolic link, not a backup "
+            "(never listed, counted or deleted through)"
+        )
 
 
 def _list_pg(pg: PgBackRestSettings) -> int:
@@ -280,7 +298,7 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             verified = await verify_backup(path, keyring)
         except BackupError as exc:
-            print(f"backup {path.name} FAILED verification: {exc.detail}")
+            print(f"backup {one_line(path.name)} FAILED verification: {one_line(exc.detail)}")
             async with open_store(settings, keyring=True) as store:
                 await store.audit().record(
                     "backup.verify_failed",
@@ -317,7 +335,7 @@ def _skipped_for(newest: Path, directory: Path, keyring: Keyring) -> None:
     chosen = next((b for b in listed if b.path == newest), None)
     for b in listed:
         if b.untrusted is not None and (chosen is None or b.created_at > chosen.created_at):
-            print(f"skipped {b.backup_id} ({b.path}), dated later: {b.untrusted}")
+            print(f"skipped {one_line(b.backup_id)} ({one_line(str(b.path))}), dated later: {b.untrusted}")
 
 
 def _print_evidence(verified: Verified) -> None:
@@ -359,7 +377,7 @@ def _restore(args: argparse.Namespace) -> int:
         # the restored database keeps.
         lineage = await node_lineage(settings)
         emergency = await node_emergency(settings)
-        privacy = await node_privacy(settings)
+        privacy = await node_privacy(settings, path)
         try:
             verified = await restore_backup(path, keyring, data_dir, force=args.force)
         except BackupError as exc:
@@ -374,7 +392,7 @@ def _restore(args: argparse.Namespace) -> int:
                 verified, keyring, actor=operator(), forced=bool(args.force), listeners=listeners
             ) as (db, audit):
                 carried = await carry_emergency(settings, data_dir, db, audit, emergency, m.backup_id)
-                held, lost = await carry_privacy(db, audit, keyring, privacy, m.backup_id)
+                held, lost = await carry_privacy(db, audit, keyring, privacy, m)
                 lacking = await _carry_ledger(
                     settings, data_dir, db, keyring, elsewhere=elsewhere, node=lineage
                 )
@@ -457,6 +475,7 @@ def _prune(args: argparse.Namespace) -> int:
         )
     b = settings.backup
     keyring = load_keyring(settings, may_create=False)
+    _say_links(_directory(settings))
     keep, drop = prune(
         _directory(settings),
         keyring,
@@ -467,14 +486,16 @@ def _prune(args: argparse.Namespace) -> int:
     broken = [s for s in keep if s.broken is not None]
     for s in keep:
         if s.broken is None:
-            print(f"keep    {s.backup_id}")
+            print(f"keep    {one_line(s.backup_id)}")
     for s in broken:
+        name = one_line(s.backup_id)
         print(
-            f"broken  {s.backup_id}: {s.broken}; kept for inspection and not counted as one of the "
-            f"backups kept: check it (gateway backup verify {s.backup_id}), then delete {s.path} by hand"
+            f"broken  {name}: {one_line(s.broken or '')}; kept for inspection and not counted as one of the "
+            f"backups kept: check it (gateway backup verify {name}), then delete {one_line(str(s.path))} "
+            "by hand"
         )
     for s in drop:
-        print(f"{'would delete' if args.dry_run else 'deleted'} {s.backup_id}")
+        print(f"{'would delete' if args.dry_run else 'deleted'} {one_line(s.backup_id)}")
     if drop and not args.dry_run:
 
         async def record() -> None:
@@ -521,8 +542,9 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "list",
         help="list the backups",
         description="List the backups in backup.directory, marking those this keyring does not vouch "
-        "for (NOT TRUSTED) and those with a part missing or of the wrong size (BROKEN) (PostgreSQL: "
-        "pgbackrest info).",
+        "for (NOT TRUSTED) and those with a part missing, a symbolic link or of the wrong size (BROKEN: a "
+        "stat of each part; gateway backup verify ID checks the contents). Symbolic links in the "
+        "directory are named and skipped (PostgreSQL: pgbackrest info).",
     )
     config_arg(p)
     p.set_defaults(func=_list)
@@ -564,9 +586,11 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "prune",
         help="delete backups beyond keep_daily and keep_weekly",
         description="Keep the newest backup of each of the backup.keep_daily most recent days and "
-        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest. A broken "
-        "backup (a part missing or of another size than its manifest says) is named, kept for "
-        "inspection and not counted; prune then exits 1. PostgreSQL: pgBackRest's retention_full does it.",
+        "backup.keep_weekly most recent ISO weeks (and always the newest); delete the rest. Each backup "
+        "kept is hashed against its manifest first. A broken backup (a part missing, a symbolic link, "
+        "of another size or, among those kept, of other content than its manifest says) is named, kept "
+        "for inspection and not counted; prune then exits 1. Symbolic links in the directory are named "
+        "and skipped. PostgreSQL: pgBackRest's retention_full does it.",
     )
     config_arg(p)
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

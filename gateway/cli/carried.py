@@ -15,7 +15,12 @@ restored a backup made before two holds were placed; the next retention run anon
 held). The node's holds are read before its database is replaced, and the restored database's follow
 them (:meth:`gateway.privacy.holds.Holds.carry`): each active hold it lacks placed again as it was, each
 hold released on the node released. The privacy requests opened on the node since the backup are not
-(the register rows of work in progress): the restore names them, to be opened again.
+(the register rows of work in progress): the restore names them, to be opened again. Only from a
+database that descends from the backup (its audit trail holds the backup's last record, as the
+manifest names it): a new empty one where the node's was (a rebuilt host, where any command made one
+before the restore) was read as the node's, "0 placed since this backup" said without a warning and
+the holds the backup lacks were lost (a re-attack run); such a database is said loudly, as an
+unreadable one is.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
+    from gateway.backup.manifest import Manifest
     from gateway.crypto.keyring import Keyring
     from gateway.privacy.holds import HoldRecord
     from gateway.settings.schema import Settings
@@ -149,18 +155,25 @@ def _told(state: LockdownState) -> str:
 @dataclass(frozen=True, slots=True)
 class NodePrivacy:
     """The node's legal holds and the privacy requests in its register (ref -> kind); ``problem`` says
-    why they could not be read (then both are empty)."""
+    why they could not be read (then both are empty). ``head`` is the node's audit record at the
+    backup's head seq, ``(seq, record hash)``, None when it has none (or, for a backup of an empty
+    trail, when the node's trail is empty too); ``database`` where they were read."""
 
     holds: list[HoldRecord]
     requests: dict[str, str]
     problem: str | None = None
+    head: tuple[int, str] | None = None
+    database: str = ""
 
 
-async def node_privacy(settings: Settings) -> NodePrivacy:
-    """The configured node's legal holds and privacy requests, read before a restore replaces its
-    database."""
+async def node_privacy(settings: Settings, backup: Path) -> NodePrivacy:
+    """The configured node's legal holds and privacy requests, read before a restore of ``backup``
+    replaces its database, with the node's audit record at the backup's head (its manifest read
+    here unverified: :func:`carry_privacy` compares with the verified one)."""
     from sqlalchemy import select
 
+    from gateway.audit.models import AuditEvent
+    from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest
     from gateway.backup.snapshot import sqlite_path
     from gateway.privacy.holds import stored_holds
     from gateway.privacy.models import PrivacyRequest
@@ -170,6 +183,10 @@ async def node_privacy(settings: Settings) -> NodePrivacy:
     database = sqlite_path(url)
     if not database.is_file():
         return NodePrivacy([], {}, f"the node's database {database} is missing")
+    try:
+        seq: int | None = parse_manifest((backup / MANIFEST_NAME).read_bytes())[0].audit_head_seq
+    except (BackupError, OSError):
+        seq = None  # the restore refuses the backup, before anything is carried
     db = Database.open(url, pool_size=1)
     try:
         holds = await stored_holds(db)
@@ -179,7 +196,18 @@ async def node_privacy(settings: Settings) -> NodePrivacy:
                     select(PrivacyRequest.ref, PrivacyRequest.kind).order_by(PrivacyRequest.id)
                 )
             ).all()
-        return NodePrivacy(holds, {ref: kind for ref, kind in rows})
+            head: tuple[int, str] | None = None
+            if seq == 0:
+                # A backup of an empty trail: any trail descends from it, but an empty one (a new
+                # database) is not the deployment's.
+                if (await session.scalars(select(AuditEvent.seq).limit(1))).first() is not None:
+                    head = (0, "")
+            elif seq is not None:
+                found = (
+                    await session.scalars(select(AuditEvent.record_hash).where(AuditEvent.seq == seq))
+                ).first()
+                head = (seq, found) if found is not None else None
+        return NodePrivacy(holds, {ref: kind for ref, kind in rows}, head=head, database=str(database))
     except Exception as exc:  # noqa: BLE001 - a damaged node is what a restore is for
         return NodePrivacy([], {}, f"cannot read the node's database {database}: {exc}")
     finally:
@@ -187,12 +215,14 @@ async def node_privacy(settings: Settings) -> NodePrivacy:
 
 
 async def carry_privacy(
-    db: Database, audit: AuditLog, keyring: Keyring, node: NodePrivacy, backup_id: str
+    db: Database, audit: AuditLog, keyring: Keyring, node: NodePrivacy, manifest: Manifest
 ) -> tuple[list[str], list[str]]:
-    """Make the restored database's (``db``, its trail ``audit``) legal holds follow ``node``'s; return
-    what was carried, as lines for the operator, and the privacy requests the node has and the restored
-    database lacks (``REF (kind)``). Holds that could not be read are said on stderr, loudly: what they
-    held is deleted by the next retention run otherwise."""
+    """Make the restored database's (``db``, its trail ``audit``) legal holds follow ``node``'s, when
+    the node's database descends from the backup (``manifest``, verified); return what was carried, as
+    lines for the operator, and the privacy requests the node has and the restored database lacks
+    (``REF (kind)``). Holds that could not be read, or were read from a database that is not the
+    deployment's, are said on stderr, loudly: what they held is deleted by the next retention run
+    otherwise."""
     from sqlalchemy import select
 
     from gateway.privacy.holds import Holds
@@ -200,7 +230,13 @@ async def carry_privacy(
 
     if node.problem is not None:
         return _holds_not_carried(node.problem), []
-    why = f"carried across the restore of backup {backup_id}"
+    if node.head != (manifest.audit_head_seq, manifest.audit_head_hash):
+        return _holds_not_carried(
+            f"the node's database {node.database} does not descend from this backup (its audit trail "
+            f"lacks the backup's last record, seq {manifest.audit_head_seq}): a new database, or another "
+            "deployment's, not the one this backup was made of, so its holds are not the deployment's"
+        ), []
+    why = f"carried across the restore of backup {manifest.backup_id}"
     try:
         carried = await Holds(db, keyring, audit).carry(node.holds, by=operator(), why=why)
     except GatewayError as exc:

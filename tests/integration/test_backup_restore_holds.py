@@ -4,7 +4,9 @@ embedded default.
 The attack: a backup, then two legal holds placed (one on a data class, one on a person), the backup
 restored over the node; the restored database had neither hold and the next retention run anonymised
 what they held. A hold released since the backup stays released; privacy requests opened since are
-named as lost; a node whose database cannot be read is said loudly.
+named as lost; a node whose database cannot be read is said loudly, and so is one that does not
+descend from the backup (a re-attack run: on a rebuilt host a command had made a new empty database
+first, and the restore said "0 placed since this backup" without a warning).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from tests.integration.harness import run_cli
 
@@ -114,3 +118,37 @@ def test_a_restore_says_loudly_when_the_nodes_holds_cannot_be_read(tmp_path: Pat
     assert "WARNING: legal holds NOT carried over: the node's database" in proc.stderr
     assert "place the missing ones again (`gateway privacy hold place`)" in proc.stderr
     assert _active(c) == []
+
+
+@pytest.mark.parametrize("records_before", [True, False], ids=["trail", "empty-trail"])
+def test_a_restore_says_loudly_when_the_nodes_database_is_a_new_one(
+    tmp_path: Path, records_before: bool
+) -> None:
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"public_url: http://127.0.0.1:8080\ndata_dir: {data}\n")
+    c = ("--config", str(config))
+    if records_before:
+        _cli("user", "add", "alice", "--no-password", *c)
+    backup_id = _cli("backup", "create", *c).splitlines()[-1]
+    _cli("privacy", "hold", "place", "CASE-1", "--class", "audit_events", "--reason", "court order", *c)
+    # A copy restored into a new directory reads the live deployment: its hold is carried over.
+    proc = run_cli("backup", "restore", backup_id, "--data-dir", str(tmp_path / "copy"), *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "legal holds carried over: 1 placed since this backup (CASE-1)" in proc.stdout
+    assert "WARNING" not in proc.stderr
+    # A rebuilt host: the node's database gone, and a command run before the restore made a new one.
+    for file in data.glob("gateway.db*"):
+        file.unlink()
+    assert _active(c) == []
+    assert (data / "gateway.db").is_file()
+
+    proc = run_cli("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "legal holds: NOT carried over" in proc.stdout
+    assert "legal holds carried over" not in proc.stdout
+    assert (
+        f"WARNING: legal holds NOT carried over: the node's database {data / 'gateway.db'} does not "
+        "descend from this backup"
+    ) in proc.stderr
+    assert "place the missing ones again (`gateway privacy hold place`)" in proc.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.backup.archive import create_backup
-from gateway.backup.sets import find_backup, list_backups, prune, signed_under
+from gateway.backup.sets import find_backup, linked_entries, list_backups, prune, signed_under
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Compromise, Keyring
 from tests.unit.backup.helpers import make_node
@@ -195,3 +195,94 @@ async def test_backups_this_keyring_does_not_vouch_for_are_listed_with_why(tmp_p
     ]
     # Without ``unsigned`` they are left out, as before (verify, prune and drills never pick them).
     assert [s.path for s in list_backups(directory, signed_with=keyring)] == [first.path]
+
+
+async def test_a_backup_whose_part_was_changed_in_place_is_broken_for_prune(tmp_path: Path) -> None:
+    """A re-attack run overwrote 4 bytes inside the newest backup's ``gateway.db.enc``, its size kept:
+    prune counted it as whole, kept it and would have deleted the three good ones of the same day. A
+    symbolic link to a file of the right size passed the same way."""
+    times = [datetime(2027, 1, 4, h, tzinfo=UTC) for h in (1, 2, 3, 4)]
+    directory, keyring = await _backups_at(tmp_path, times)
+    oldest, linked, good, newest = list_backups(directory)
+    with (newest.path / "gateway.db.enc").open("r+b") as part:
+        part.seek(200)
+        part.write(b"AAAA")
+    # A link to a file of the same size as the part it stands for.
+    target = linked.path / "gateway.db.enc"
+    same_size = tmp_path / "same-size"
+    same_size.write_bytes(b"x" * target.stat().st_size)
+    target.unlink()
+    target.symlink_to(same_size)
+
+    # The listing's stat sees the link, not the changed content (verify and prune hash).
+    listed = {s.backup_id: s.broken for s in list_backups(directory, signed_with=keyring)}
+    assert listed[linked.backup_id] == "part gateway.db: gateway.db.enc is a symbolic link"
+    assert listed[newest.backup_id] is None
+
+    keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0, dry_run=True)
+    assert [(s.backup_id, s.broken) for s in keep] == [
+        (linked.backup_id, "part gateway.db: gateway.db.enc is a symbolic link"),
+        (good.backup_id, None),
+        (
+            newest.backup_id,
+            "part gateway.db: gateway.db.enc does not match its SHA-256 in the manifest (changed or damaged)",
+        ),
+    ]
+    assert [s.backup_id for s in drop] == [oldest.backup_id]
+    _keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
+    assert [s.backup_id for s in drop] == [oldest.backup_id]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [linked.backup_id, good.backup_id, newest.backup_id]
+    )
+
+
+async def test_symbolic_links_in_the_backup_directory_are_skipped_never_deleted_through(
+    tmp_path: Path,
+) -> None:
+    """A re-attack run: an operator's ``latest -> <id>`` listed that backup twice and made prune call
+    rmtree on the link, which raised after other backups were deleted (and no record of them)."""
+    times = [datetime(2027, 1, d, 12, tzinfo=UTC) for d in (1, 2, 3)]
+    directory, keyring = await _backups_at(tmp_path, times)
+    oldest, middle, newest = list_backups(directory)
+    (directory / "latest").symlink_to(oldest.backup_id)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(newest.path, elsewhere)
+    (directory / "planted").symlink_to(elsewhere)
+
+    assert linked_entries(directory) == ["latest", "planted"]
+    assert [s.path for s in list_backups(directory, signed_with=keyring)] == [
+        oldest.path,
+        middle.path,
+        newest.path,
+    ]
+    keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
+    assert [s.backup_id for s in keep] == [newest.backup_id]
+    assert [s.backup_id for s in drop] == [oldest.backup_id, middle.backup_id]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(["latest", "planted", newest.backup_id])
+    assert (elsewhere / "manifest.json").is_file()  # the link's target is untouched
+
+
+async def test_a_deletion_that_fails_leaves_that_backup_broken_and_the_others_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion failing part-way raised out of prune: what it had deleted was never reported."""
+    times = [datetime(2027, 1, d, 12, tzinfo=UTC) for d in (1, 2, 3)]
+    directory, keyring = await _backups_at(tmp_path, times)
+    oldest, middle, newest = list_backups(directory)
+    rmtree = shutil.rmtree
+
+    def failing(path: Path) -> None:
+        if Path(path) == oldest.path:
+            raise PermissionError(13, "Permission denied")
+        rmtree(path)
+
+    monkeypatch.setattr("gateway.backup.sets.shutil.rmtree", failing)
+    keep, drop = prune(directory, keyring, keep_daily=1, keep_weekly=0)
+    assert [s.backup_id for s in drop] == [middle.backup_id]
+    assert [(s.backup_id, s.broken) for s in keep] == [
+        (
+            oldest.backup_id,
+            "deleting it failed (Permission denied); what is left may not be a whole backup",
+        ),
+        (newest.backup_id, None),
+    ]
