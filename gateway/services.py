@@ -139,6 +139,8 @@ class IdentityServices:
         live_regulation = regulation or (lambda: settings.regulation)
         regulator = Regulator(fast, live_regulation, audit, clock)
         sessions = SessionStore(fast, settings.session, clock)
+        # What each provider's mapping is now: a provider session signed in under another is refused.
+        sessions.use_providers(settings.identity_providers)
         # One ledger for every service that records a change a restore must not undo.
         ledger = AccountLedger(db, keyring, ledger_path(settings), clock)
         return cls(

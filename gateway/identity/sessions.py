@@ -35,8 +35,8 @@ import msgspec
 
 from gateway.clock import Clock
 from gateway.errors import AuthenticationRequired
-from gateway.identity.levels import SECOND_FACTORS, AuthLevel, FactorUse, newest_second_factor
-from gateway.settings.schema import SessionSettings
+from gateway.identity.levels import SECOND_FACTORS, AuthLevel, Factor, FactorUse, newest_second_factor
+from gateway.settings.schema import IdentityProvider, SessionSettings
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_evictions
 
@@ -49,6 +49,7 @@ __all__ = [
     "browser_label",
     "fits_host",
     "hash_session_id",
+    "provider_mark",
 ]
 
 _log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ class Session:
     # session reaches its pending step and sign-out only, on every host, also an app that asks for no
     # second factor (an attack run copied such a cookie to an `mfa: none` app's host and got in).
     owes_second_factor: bool = False
+    # A provider sign-in: ``<provider>:<digest>`` of what decided its roles and groups there
+    # (:func:`provider_mark`). Once the provider is gone or its groups_claim/role_map changed, the
+    # session is refused (SessionStore.use_providers): an attack run kept a removed provider's mapped
+    # roles until the session's lifetime ended. Empty: not a provider sign-in.
+    provider_mark: str = ""
 
     @property
     def second_factor_at(self) -> float | None:
@@ -127,6 +133,19 @@ class _Family(msgspec.Struct, frozen=True):
     u: int
     c: float
     ids: tuple[str, ...] = ()
+    # The sign-in's provider_mark: a session joining the family (a hand-off) carries it too.
+    p: str = ""
+
+
+def provider_mark(idp: IdentityProvider) -> str:
+    """The mark of a sign-in through ``idp``: its name and a digest of ``groups_claim`` and ``role_map``,
+    what gave the session its provider groups and roles (:meth:`IdentityMapper.map
+    <gateway.identity.oidc.links.IdentityMapper.map>`). Any change of them gives another mark."""
+    mapping = sorted(
+        (group, [roles] if isinstance(roles, str) else list(roles)) for group, roles in idp.role_map.items()
+    )
+    digest = hashlib.sha256(msgspec.json.encode([idp.groups_claim, mapping])).hexdigest()[:16]
+    return f"{idp.name}:{digest}"
 
 
 _encode = msgspec.json.Encoder().encode
@@ -249,6 +268,8 @@ class SessionStore:
         #: the store cannot end them. An attack run held the embedded state file's write lock; the
         #: revocation could not be written, reads went on, and a disabled account's session was served.
         self.owed: frozenset[int] = frozenset()
+        # The marks of the configured providers (use_providers); None: not told, nothing is checked.
+        self._marks: frozenset[str] | None = None
 
     @property
     def lifetime(self) -> float:
@@ -261,6 +282,29 @@ class SessionStore:
         self._idle = float(settings.idle_timeout)
         self._lifetime = float(settings.lifetime)
         self._touch_every = _touch_interval(self._idle)
+
+    def use_providers(self, providers: Sequence[IdentityProvider]) -> None:
+        """Apply the configured identity providers (at start and at each reload): a provider sign-in
+        whose provider is gone, or whose ``groups_claim``/``role_map`` changed, is refused from the next
+        look-up on, as an ended session (sign in again). Its record stays (and in the indexes), so
+        revoking the account still finds it."""
+        marks = frozenset(provider_mark(idp) for idp in providers)
+        if marks != self._marks:
+            self._marks = marks
+            # Only a store read checks the mark (a cache hit costs nothing more): a reload that
+            # changes a mark drops what this worker cached.
+            self._cache.clear()
+
+    def _stale(self, session: Session) -> bool:
+        """Whether a provider sign-in no longer matches its provider's configuration."""
+        marks = self._marks
+        if marks is None:
+            return False
+        if session.provider_mark:
+            return session.provider_mark not in marks
+        # Stored before sessions carried a mark: what decided its roles is unknown, so a provider
+        # sign-in is refused (fail closed: its person signs in again once).
+        return any(use.factor is Factor.OIDC for use in session.factors)
 
     # -- cache -----------------------------------------------------------------------------------
 
@@ -326,7 +370,12 @@ class SessionStore:
             return None
         session = decode_session(raw)
         # The id_hash check guards against a record stored under the wrong key ever being served.
-        if session is None or session.id_hash != id_hash or not self._alive(session, now):
+        if (
+            session is None
+            or session.id_hash != id_hash
+            or not self._alive(session, now)
+            or self._stale(session)
+        ):
             return None
         self._remember(session, now)
         return session
@@ -341,7 +390,12 @@ class SessionStore:
         """
         raw = await self._state.get(_session_key(id_hash))
         session = decode_session(raw) if raw is not None else None
-        if session is None or session.id_hash != id_hash or not self._alive(session, self._clock.time()):
+        if (
+            session is None
+            or session.id_hash != id_hash
+            or not self._alive(session, self._clock.time())
+            or self._stale(session)
+        ):
             return None
         return session
 
@@ -392,7 +446,8 @@ class SessionStore:
             session = None if raw is None else decode_session(raw)
             if session is None or session.user_id != user_id or not self._alive(session, now):
                 dead.add(id_hash)
-            else:
+            elif not self._stale(session):
+                # A stale provider sign-in stays indexed: refused while stale, still found by revoke_user.
                 live.append(session)
         if dead:
             # Housekeeping only: a failure here must not hide the answer.
@@ -451,7 +506,7 @@ class SessionStore:
         now = self._clock.time()
         joining = family is not None
         family_id = family if family is not None else secrets.token_urlsafe(16)
-        created_at = await self._join_family(family_id, id_hash, user_id, now, joining=joining)
+        created_at, mark = await self._join_family(family_id, id_hash, user_id, now, joining=joining)
         session = Session(
             id_hash=id_hash,
             family=family_id,
@@ -470,6 +525,8 @@ class SessionStore:
             password_change=password_change,
             optout=tuple(optout),
             owes_second_factor=owes_second_factor,
+            # A hand-off's session is the same provider sign-in as the one it came from.
+            provider_mark=mark,
         )
         ttl = self._ttl(session, now)
         if ttl is None:
@@ -560,7 +617,7 @@ class SessionStore:
             raise SessionEnded("This sign-in has expired.")
         await self._state.set(
             _family_key(family),
-            _encode(_Family(u=old.user_id, c=old.created_at, ids=(new_hash,))),
+            _encode(_Family(u=old.user_id, c=old.created_at, ids=(new_hash,), p=old.provider_mark)),
             ttl=remaining,
         )
         await self._state.set(_session_key(new_hash), encode_session(session), ttl=ttl)
@@ -586,7 +643,7 @@ class SessionStore:
         raw = await self._state.take(_session_key(old_hash))
         old = None if raw is None else decode_session(raw)
         self._forget((old_hash,))
-        if old is None or old.id_hash != old_hash or not self._alive(old, now):
+        if old is None or old.id_hash != old_hash or not self._alive(old, now) or self._stale(old):
             await self._broadcast([old_hash])
             raise SessionEnded("This session has ended.")
         return old_hash, old, now
@@ -695,6 +752,41 @@ class SessionStore:
             return replace(current, owes_second_factor=True)
 
         return await self._change_live(user_id, owing)
+
+    async def mark_family(self, family: str, mark: str) -> int:
+        """Give a provider sign-in its mark (:func:`provider_mark`), in place: the family's record, so a
+        session joining it later (a hand-off) carries it, and each of its live sessions.
+
+        Returns:
+            How many sessions were marked.
+
+        Raises:
+            StateUnavailable: the store cannot answer, or a record kept changing.
+        """
+        key = _family_key(family)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._state.get(key)
+            record = self._parse_family(raw)
+            remaining = 0.0 if record is None else record.c + self._lifetime - self._clock.time()
+            if record is None or remaining <= 0:
+                return 0
+            if record.p == mark or await self._state.compare_and_set(
+                key, raw, _encode(msgspec.structs.replace(record, p=mark)), ttl=remaining
+            ):
+                break
+        else:
+            raise StateUnavailable("session family record is too contended")
+
+        def marked(current: Session) -> Session | None:
+            if current.family != family or current.provider_mark == mark:
+                return None
+            return replace(current, provider_mark=mark)
+
+        changed = [
+            h for h in record.ids if await self._change_in_place(h, marked, failed="it was not marked")
+        ]
+        await self._broadcast(changed)
+        return len(changed)
 
     async def _update_live(self, user_id: int, fields: dict[str, object]) -> int:
         def with_fields(current: Session) -> Session | None:
@@ -979,8 +1071,9 @@ class SessionStore:
 
     async def _join_family(
         self, family: str, id_hash: str, user_id: int, now: float, *, joining: bool
-    ) -> float:
-        """Add ``id_hash`` to the family (creating it unless ``joining``); return its sign-in time."""
+    ) -> tuple[float, str]:
+        """Add ``id_hash`` to the family (creating it unless ``joining``); return its sign-in time and
+        provider mark."""
         key = _family_key(family)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._state.get(key)
@@ -994,9 +1087,9 @@ class SessionStore:
             remaining = record.c + self._lifetime - now
             if remaining <= 0:
                 raise SessionEnded("This sign-in has expired.")
-            new = _Family(u=record.u, c=record.c, ids=(*record.ids, id_hash))
+            new = msgspec.structs.replace(record, ids=(*record.ids, id_hash))
             if await self._state.compare_and_set(key, raw, _encode(new), ttl=remaining):
-                return record.c
+                return record.c, record.p
         raise StateUnavailable("session family record is too contended")
 
     async def _update_family(self, family: str, change: Callable[[tuple[str, ...]], list[str]]) -> bool:
@@ -1011,7 +1104,7 @@ class SessionStore:
             ids = tuple(dict.fromkeys(change(record.ids)))
             new: bytes | None = None
             if ids and remaining > 0:
-                new = _encode(_Family(u=record.u, c=record.c, ids=ids))
+                new = _encode(msgspec.structs.replace(record, ids=ids))
             if await self._state.compare_and_set(key, raw, new, ttl=remaining if new else None):
                 return True
         raise StateUnavailable("session family record is too contended")

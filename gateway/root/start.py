@@ -470,10 +470,12 @@ async def _open_shared(
         health=health,
         policy_note=policy.file_differs,
         # What keeps part of the configuration outside the live snapshot: the session store's lifetimes
-        # (read on every request's look-up), the NAT64 prefixes (process-wide, as at start). The other
+        # (read on every request's look-up) and providers' mappings, the NAT64 prefixes (process-wide,
+        # as at start). The other
         # services read the live configuration through a callable.
         appliers=(
             lambda new: identity.sessions.use(new.session),
+            lambda new: identity.sessions.use_providers(new.identity_providers),
             lambda new: use_nat64_prefixes(new.threat.nat64_prefixes),
         ),
     )

@@ -29,6 +29,7 @@ The rules, in the order they are applied:
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from gateway.identity.names import (
 )
 from gateway.identity.oidc.models import IdentityLink
 from gateway.identity.retired import retired_among
+from gateway.identity.sessions import provider_mark
 from gateway.names import hidden_character
 from gateway.settings.schema import IdentityProvider
 from gateway.store.db import Database, store_errors
@@ -63,6 +65,8 @@ __all__ = ["AccountRefused", "IdentityMapper", "MappedIdentity", "groups_of", "v
 MAX_GROUPS: Final = 256
 MAX_GROUP_LENGTH: Final = 256
 _MAX_DISPLAY_NAME: Final = 128
+# Fallback usernames at the end of _username_candidates' list.
+_FALLBACKS: Final = 2
 
 
 class AccountRefused(GatewayError):
@@ -87,7 +91,14 @@ class MappedIdentity:
     email: str | None
     groups: tuple[str, ...]
     roles: tuple[str, ...]
+    # What decided ``groups`` and ``roles`` (gateway.identity.sessions.provider_mark): the session keeps
+    # it, and is refused once the provider's configuration no longer gives it.
+    mark: str = ""
 
+
+# The shape of a fallback username (``<provider>-<digest of the subject>``, 16 or 32 hex digits), of any
+# provider, configured now or later.
+_FALLBACK_SHAPE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*-(?:[0-9a-f]{16}|[0-9a-f]{32})")
 
 _ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -163,6 +174,10 @@ def _username_candidates(
             continue  # the gateway's own name in the audit trail: never a person's (names.py)
         if name in AUTHORITY_USERNAMES or system_shaped(name) is not None:
             continue  # "admin", "root", "gateway", "203.0.113.7": chosen by the person at most providers
+        if _FALLBACK_SHAPE.fullmatch(name):
+            # Another person's fallback name, computable from their subject: taken first, it left
+            # them no name at their first sign-in (an attack run).
+            continue
         if "@" in name and name != own_address:
             # Most providers let people edit the username claim: an address-shaped name that is not
             # their own verified email would be someone else's address (as a login, in the apps'
@@ -171,8 +186,10 @@ def _username_candidates(
         if name not in proposed:
             proposed.append(name)
     # Always available: the provider's name and a digest of the subject (never the raw sub, which may
-    # be long or contain characters a username may not).
-    proposed.append(f"{idp.name}-{hashlib.sha256(subject.encode()).hexdigest()[:16]}")
+    # be long or contain characters a username may not). The longer one if the short one is taken
+    # (an account created before claims of this shape were skipped, or a rare collision).
+    digest = hashlib.sha256(subject.encode()).hexdigest()
+    proposed.extend((f"{idp.name}-{digest[:16]}", f"{idp.name}-{digest[:32]}"))
     return proposed
 
 
@@ -253,6 +270,7 @@ class IdentityMapper:
             email=user.email,
             groups=groups,
             roles=roles,
+            mark=provider_mark(idp),
         )
 
     async def _find_or_make(
@@ -380,12 +398,13 @@ class IdentityMapper:
                 taken |= await service_account_names(session, candidates)
                 # A name the policy already grants to a person, chosen here by whoever signs in. Not
                 # the person's own verified email (the only address a candidate can be), nor the last
-                # candidate, made from this very subject.
-                taken |= await policy_names(session, [n for n in candidates[:-1] if "@" not in n])
+                # candidates, made from this very subject.
+                chosen = candidates[:-_FALLBACKS]
+                taken |= await policy_names(session, [n for n in chosen if "@" not in n])
                 if self._keyring is not None:
-                    # A deleted account's name is never handed to someone else; the last candidate
-                    # is made from this very subject, so only its own person can have had it.
-                    taken |= await retired_among(session, self._keyring, candidates[:-1])
+                    # A deleted account's name is never handed to someone else; the last candidates
+                    # are made from this very subject, so only its own person can have had them.
+                    taken |= await retired_among(session, self._keyring, chosen)
                 username = next((name for name in candidates if name not in taken), None)
                 if username is None:
                     raise AccountRefused(

@@ -7,6 +7,7 @@ account (unverified email, email taken, a second subject for a linked account) a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,3 +429,38 @@ async def test_a_name_the_policy_grants_roles_to_is_not_taken_by_a_new_person(wo
     # A name no line names is given as before.
     free = await world.mapper.map(JIT, subject="s-dave", claims=claims(email=None, preferred_username="dave"))
     assert free.user.username == "dave"
+
+
+def _fallback(provider: str, subject: str, digits: int = 16) -> str:
+    return f"{provider}-{hashlib.sha256(subject.encode()).hexdigest()[:digits]}"
+
+
+async def test_a_person_cannot_take_another_persons_fallback_username(world: World) -> None:
+    """An attack run: the fallback name of a subject without a usable username or email is computable
+    (``<provider>-<sha256(sub)[:16]>``); chosen first as a username claim or an address, it left its
+    person no name at their first sign-in (403). A claim of that shape, of any provider, is skipped."""
+    victim = _fallback("corp", "victim")
+    squatter = await world.mapper.map(
+        JIT, subject="mal", claims=claims(sub="mal", email="mal@example.com", preferred_username=victim)
+    )
+    assert squatter.user.username == "mal@example.com"
+    other = await world.mapper.map(
+        JIT,
+        subject="mal2",
+        claims=claims(sub="mal2", email=None, preferred_username=_fallback("elsewhere", "v", 32).upper()),
+    )
+    assert other.user.username == _fallback("corp", "mal2")
+    person = await world.mapper.map(
+        JIT, subject="victim", claims=claims(sub="victim", email=None, preferred_username=None)
+    )
+    assert person.user.username == victim
+
+
+async def test_a_taken_fallback_username_gives_way_to_a_longer_one(world: World) -> None:
+    """The short fallback held by someone else (an account named so before such claims were skipped)
+    no longer refuses the sign-in: the longer digest of the subject is tried first."""
+    await world.add_local(_fallback("corp", "victim"))
+    person = await world.mapper.map(
+        JIT, subject="victim", claims=claims(sub="victim", email=None, preferred_username=None)
+    )
+    assert person.user.username == _fallback("corp", "victim", 32)
