@@ -415,6 +415,10 @@ def admin_api(
 
 @pytest.mark.peer
 def test_the_admin_api_switches_it(site: Site, boss: httpx.Client, lockdown_off: None) -> None:
+    # Another admin, signed in with a passkey before the lockdown (during one, an admin adds a passkey
+    # only from a session that used one); not in the break-glass group: the admin role is the
+    # authority on the admin listener.
+    chief_session = sign_in_with_passkey(site.gw, "chief")
     assert admin_api(site, boss, "GET").json()["on"] is False
     refused = admin_api(site, boss, "POST", {"on": True, "routes": ["nope"], "reason": "x"})
     assert refused.status_code == 400, refused.text
@@ -438,9 +442,7 @@ def test_the_admin_api_switches_it(site: Site, boss: httpx.Client, lockdown_off:
     assert admin_api(site, boss, "GET").json()["on"] is True
     assert get(site, "pat").status_code == 503
     with browser(site.gw) as chief:
-        # Another admin, signed in with a passkey (not in the break-glass group: the admin role is the
-        # authority on the admin listener).
-        chief.cookies.set(SESSION_COOKIE, sign_in_with_passkey(site.gw, "chief"))
+        chief.cookies.set(SESSION_COOKIE, chief_session)
         off = admin_api(site, chief, "POST", {"on": False, "reason": "api drill over"})
     assert off.status_code == 200, off.text
     every_worker_answers(site, "pat", 200)

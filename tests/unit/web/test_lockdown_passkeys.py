@@ -33,7 +33,9 @@ ON = LockdownState(on=True, since=1.0, actor="user:boss", reason="INC-42: creden
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[WorkerServices, httpx.AsyncClient]]:
-    settings = {"break_glass_group": GROUP}
+    # Set in memory by the tests: a worker's refresh from the (empty) store would switch it off again
+    # under a test on a loaded machine (a full run's failure).
+    settings = {"break_glass_group": GROUP, "refresh_interval": "1h"}
     async with control_app(tmp_path, threat={"enabled": False}, lockdown=settings) as started:
         yield started
 
@@ -59,7 +61,7 @@ async def _session(
     identity = services.identity
     now = identity.clock.time()
     second = any(f is not Factor.PASSWORD for f in factors)
-    session_id, _ = await identity.sessions.create(
+    session_id, created = await identity.sessions.create(
         user_id=user.id,
         username=user.username,
         level=AuthLevel.TWO_FACTOR if second else AuthLevel.ONE_FACTOR,
@@ -70,6 +72,12 @@ async def _session(
         host=BASE_URL,
     )
     client.cookies.set("gateway_session", session_id, domain="gw.test")
+    if Factor.OIDC in factors:
+        # A provider sign-in carries its provider's mapping mark, which this worker knows: a stand-in
+        # provider, as no discovery is needed to decide a passkey.
+        mark = "corp:0000000000000000"
+        identity.sessions._marks = frozenset({mark})  # the configured providers' marks
+        assert await identity.sessions.mark_family(created.family, mark) == 1
 
 
 async def _register(client: httpx.AsyncClient, authenticator: SoftAuthenticator) -> httpx.Response:
@@ -169,7 +177,11 @@ async def test_an_admin_role_named_as_a_principal_is_held_back_too(tmp_path: Pat
     admin to the admin API but not to this check, whose role list leaves principal names out; it added
     its passkey during the lockdown, used it and switched the lockdown off."""
     admin = {"role": "user:adm-u"}
-    async with control_app(tmp_path, threat={"enabled": False}, admin=admin) as (services, client):
+    lockdown = {"refresh_interval": "1h"}
+    async with control_app(tmp_path, threat={"enabled": False}, admin=admin, lockdown=lockdown) as (
+        services,
+        client,
+    ):
         user = await _account(services, "adm-u")
         await _session(services, client, user, (Factor.PASSWORD, Factor.TOTP), roles=())
         services.lockdown.set(ON)
