@@ -475,6 +475,7 @@ class SessionStore:
         password_change: bool = False,
         optout: Sequence[str] = (),
         owes_second_factor: bool = False,
+        provider_mark: str = "",
     ) -> tuple[str, Session]:
         """Start a session; return its id (the cookie value) and the session.
 
@@ -493,8 +494,10 @@ class SessionStore:
             password_change: The account must choose a new password before anything else.
             optout: The optional purposes not to process for this person (see ``Session.optout``).
             family: Join this existing sign-in (cross-host hand-off): the session inherits the
-                sign-in time, so the absolute lifetime counts from the real sign-in on every host.
-                None starts a new sign-in.
+                sign-in time, so the absolute lifetime counts from the real sign-in on every host
+                (and its provider mark). None starts a new sign-in.
+            provider_mark: A new sign-in through an identity provider: :func:`provider_mark` of the
+                provider's configuration that gave it its groups and roles (see ``Session``).
 
         Raises:
             SessionEnded: ``family`` has ended (signed out, revoked or past its lifetime).
@@ -506,7 +509,9 @@ class SessionStore:
         now = self._clock.time()
         joining = family is not None
         family_id = family if family is not None else secrets.token_urlsafe(16)
-        created_at, mark = await self._join_family(family_id, id_hash, user_id, now, joining=joining)
+        created_at, mark = await self._join_family(
+            family_id, id_hash, user_id, now, joining=joining, mark=provider_mark
+        )
         session = Session(
             id_hash=id_hash,
             family=family_id,
@@ -752,41 +757,6 @@ class SessionStore:
             return replace(current, owes_second_factor=True)
 
         return await self._change_live(user_id, owing)
-
-    async def mark_family(self, family: str, mark: str) -> int:
-        """Give a provider sign-in its mark (:func:`provider_mark`), in place: the family's record, so a
-        session joining it later (a hand-off) carries it, and each of its live sessions.
-
-        Returns:
-            How many sessions were marked.
-
-        Raises:
-            StateUnavailable: the store cannot answer, or a record kept changing.
-        """
-        key = _family_key(family)
-        for _ in range(_CAS_ATTEMPTS):
-            raw = await self._state.get(key)
-            record = self._parse_family(raw)
-            remaining = 0.0 if record is None else record.c + self._lifetime - self._clock.time()
-            if record is None or remaining <= 0:
-                return 0
-            if record.p == mark or await self._state.compare_and_set(
-                key, raw, _encode(msgspec.structs.replace(record, p=mark)), ttl=remaining
-            ):
-                break
-        else:
-            raise StateUnavailable("session family record is too contended")
-
-        def marked(current: Session) -> Session | None:
-            if current.family != family or current.provider_mark == mark:
-                return None
-            return replace(current, provider_mark=mark)
-
-        changed = [
-            h for h in record.ids if await self._change_in_place(h, marked, failed="it was not marked")
-        ]
-        await self._broadcast(changed)
-        return len(changed)
 
     async def _update_live(self, user_id: int, fields: dict[str, object]) -> int:
         def with_fields(current: Session) -> Session | None:
@@ -1070,10 +1040,10 @@ class SessionStore:
         return True
 
     async def _join_family(
-        self, family: str, id_hash: str, user_id: int, now: float, *, joining: bool
+        self, family: str, id_hash: str, user_id: int, now: float, *, joining: bool, mark: str
     ) -> tuple[float, str]:
-        """Add ``id_hash`` to the family (creating it unless ``joining``); return its sign-in time and
-        provider mark."""
+        """Add ``id_hash`` to the family (creating it, with the provider ``mark``, unless ``joining``);
+        return its sign-in time and provider mark."""
         key = _family_key(family)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._state.get(key)
@@ -1081,7 +1051,7 @@ class SessionStore:
             if record is None:
                 if joining:
                     raise SessionEnded("This sign-in has ended.")
-                record = _Family(u=user_id, c=now)
+                record = _Family(u=user_id, c=now, p=mark)
             elif record.u != user_id:
                 raise ValueError("session family belongs to another user")
             remaining = record.c + self._lifetime - now

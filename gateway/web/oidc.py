@@ -309,6 +309,9 @@ async def callback(
         password_change=who.user.must_change_password,
         optout=await identity.consents.optout_of(who.user),
         owes_second_factor=owes,
+        # What gave it its groups and roles: a reload that removes the provider or changes its
+        # mapping ends it (SessionStore.use_providers).
+        provider_mark=who.mark,
     )
     if not await flows.still_allowed(identity, session_id, who.user.id, roles=who.user.roles):
         return _page(

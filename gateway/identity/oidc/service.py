@@ -293,11 +293,9 @@ class OidcService:
         )
 
     async def remember(self, completed: CompletedSignIn, *, family: str) -> None:
-        """Mark the new session family with what decided its roles (a reload that removes the provider
-        or changes its mapping ends it: ``SessionStore.use_providers``), index it for logout (by
-        provider ``sid`` and ``sub``), and end the oldest sign-ins of that subject or provider session
-        that the index can no longer hold: a sign-in a logout cannot find must not outlive it."""
-        await self._sessions.mark_family(family, completed.identity.mark)
+        """Index the new session family for logout (by provider ``sid`` and ``sub``), and end the
+        oldest sign-ins of that subject or provider session that the index can no longer hold: a
+        sign-in a logout cannot find must not outlive it."""
         sign_in = OidcSignIn(
             provider=completed.provider,
             sub=completed.token.subject,

@@ -194,10 +194,6 @@ async def test_a_logout_with_sid_also_ends_the_subjects_sign_ins_that_had_none(
     assert await index.families(provider="corp", sub=None, sid="sid-9") == (other,)
 
 
-# What remember reads of the mapped identity: the mark it gives the sign-in's sessions.
-_MAPPED = SimpleNamespace(mark="corp:0000000000000000")
-
-
 def _service(
     fast_state: FastState, sessions: SessionStore, clock: FakeClock, database: Database
 ) -> OidcService:
@@ -216,9 +212,7 @@ async def test_a_sign_in_the_index_can_no_longer_hold_is_ended_and_an_ended_one_
 
     def signed_in(sid: str) -> CompletedSignIn:
         token = SimpleNamespace(subject="alice", sid=sid)
-        return cast(
-            CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t", identity=_MAPPED)
-        )
+        return cast(CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t"))
 
     first = await _family(sessions, clock, 1)
     await service.remember(signed_in("sid-1"), family=first)
@@ -247,8 +241,7 @@ async def test_a_lifetime_a_reload_lengthens_is_what_later_sign_ins_are_indexed_
     family = await _family(sessions, clock, 7)
     token = SimpleNamespace(subject="vic", sid="sid-7")
     await service.remember(
-        cast(CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t", identity=_MAPPED)),
-        family=family,
+        cast(CompletedSignIn, SimpleNamespace(provider="corp", token=token, id_token="t")), family=family
     )
     clock.advance(2 * 3600)  # past the lifetime at start (one hour), within the new one
     assert await service.index.families(provider="corp", sub="vic", sid="sid-7") == (family,)

@@ -68,6 +68,7 @@ async def _provider_sign_in(service: OidcService, sessions: SessionStore, clock:
         ip="192.0.2.1",
         user_agent="pytest",
         host="https://auth.example.com",
+        provider_mark=who.mark,
     )
     token = IdToken(claims=claims, subject="s-1", issued_at=0.0, auth_time=None, amr=(), acr=None, sid=None)
     completed = CompletedSignIn(

@@ -19,7 +19,9 @@ import pytest
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
 from gateway.identity.models import User
+from gateway.identity.sessions import provider_mark
 from gateway.services import WorkerServices
+from gateway.settings.schema import IdentityProvider
 from gateway.threat.lockdown import LockdownState
 from tests.support.soft_authenticator import SoftAuthenticator
 from tests.unit.web.worker import BASE_URL, control_app
@@ -28,6 +30,7 @@ PASSWORD = "violet harbour cobalt lantern"
 # A local role of the account (gateway user add --role); a provider group is tested by the lockdown's
 # own tests, and both are read the same way (the session's principals as the policy sees them).
 GROUP = "oncall"
+PROVIDER = IdentityProvider(name="corp", issuer="https://idp.example.com", client_id="gw", client_secret="s")
 ON = LockdownState(on=True, since=1.0, actor="user:boss", reason="INC-42: credential leak")
 
 
@@ -61,7 +64,13 @@ async def _session(
     identity = services.identity
     now = identity.clock.time()
     second = any(f is not Factor.PASSWORD for f in factors)
-    session_id, created = await identity.sessions.create(
+    mark = ""
+    if Factor.OIDC in factors:
+        # A provider sign-in carries its provider's mapping mark, and the worker must know the provider:
+        # a stand-in, as deciding a passkey needs no discovery.
+        identity.sessions.use_providers((PROVIDER,))
+        mark = provider_mark(PROVIDER)
+    session_id, _ = await identity.sessions.create(
         user_id=user.id,
         username=user.username,
         level=AuthLevel.TWO_FACTOR if second else AuthLevel.ONE_FACTOR,
@@ -70,14 +79,9 @@ async def _session(
         ip="127.0.0.1",
         user_agent="test",
         host=BASE_URL,
+        provider_mark=mark,
     )
     client.cookies.set("gateway_session", session_id, domain="gw.test")
-    if Factor.OIDC in factors:
-        # A provider sign-in carries its provider's mapping mark, which this worker knows: a stand-in
-        # provider, as no discovery is needed to decide a passkey.
-        mark = "corp:0000000000000000"
-        identity.sessions._marks = frozenset({mark})  # the configured providers' marks
-        assert await identity.sessions.mark_family(created.family, mark) == 1
 
 
 async def _register(client: httpx.AsyncClient, authenticator: SoftAuthenticator) -> httpx.Response:
