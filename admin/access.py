@@ -138,7 +138,7 @@ def check_csrf(
 
 def holds_role(principals: Iterable[str], role: str, index: PolicyIndex) -> bool:
     """Whether any principal is ``role`` or reaches it through the policy's ``g`` lines."""
-    return any(role in index.roles_of(principal) for principal in principals)
+    return index.holds_role(principals, role)
 
 
 async def authenticate(

@@ -37,6 +37,7 @@ Only the rules naming them allow; the deny rules of the roles their ``g`` lines 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.authz.decision import Decision, Reason
@@ -242,6 +243,11 @@ class PolicyIndex:
         index._rule_subjects = frozenset(rule.sub for rule in rules.policies)
         index.stats = IndexStats(len(rules.policies), len(rules.links), trie, fallback, len(index._domains))
         return index
+
+    def holds_role(self, principals: Iterable[str], role: str) -> bool:
+        """Whether any principal is ``role`` or reaches it through ``g`` lines (how ``admin.role`` is
+        read: a principal-shaped role, ``user:boss``, counts too)."""
+        return any(role in self.roles_of(principal) for principal in principals)
 
     def roles_of(self, principal: str) -> frozenset[str]:
         """``principal`` and every role it reaches through ``g`` lines (within the hierarchy limit)."""

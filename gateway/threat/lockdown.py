@@ -227,18 +227,12 @@ def passkey_held_back(
     roles = policy.roles_for(principals)
     max_age = float(settings.max_factor_age)
     if in_break_glass_group(session, group=group, roles=roles) or (
-        admin_role is not None and _holds(principals, admin_role, policy)
+        # Read as the admin API reads admin.role: roles_for leaves principal names out, and a
+        # re-attack run's `admin.role: user:boss` was an admin to the API but not to this check.
+        admin_role is not None and policy.authorizer.index.holds_role(principals, admin_role)
     ):
         return not recent_passkey(session, max_age=max_age, now=now)
     return False
-
-
-def _holds(principals: Collection[str], role: str, policy: LivePolicy) -> bool:
-    """Whether a principal is ``role`` or reaches it, as the admin API reads ``admin.role``
-    (``admin.access.holds_role``): ``roles_for`` leaves out principal-shaped names, and a re-attack run's
-    ``admin.role: user:boss`` was an admin to the API but not to this check."""
-    index = policy.authorizer.index
-    return any(role in index.roles_of(principal) for principal in principals)
 
 
 class NewPasskeys:
