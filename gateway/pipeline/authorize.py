@@ -77,7 +77,7 @@ def denial(decision: Decision) -> AccessDenied:
     return AccessDenied(_message(decision), reason=decision.reason)
 
 
-_BEHIND: Final = "The access policy could not be brought up to date."
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 class PolicyBehind(ServiceUnavailable):
@@ -94,43 +94,26 @@ def _decide(
     policy: LivePolicy,
     rec: RequestRecord,
     sample: DecisionSample | None,
+    without_roles: frozenset[str] = _NONE,
 ) -> Decision:
     """The policy's decision, its time, version and reason noted in ``rec``; the request's shape in
-    ``sample`` unless it is None (the person opted out of policy analytics)."""
+    ``sample`` unless it is None (the person opted out of policy analytics). ``without_roles``: a
+    person's access token's ``user:<name>``, decided without the roles the policy's ``g`` lines give
+    it (:func:`authorize_client`)."""
     if policy.behind:
         # A newer policy is known to exist and cannot be loaded (the database is out of reach): the one
         # in hand may allow what the new one denies, so nothing is decided on it (fail closed).
-        raise PolicyBehind(_BEHIND)
+        raise PolicyBehind("The access policy could not be brought up to date.")
     started = time.perf_counter()
-    decision = policy.authorizer.decide(principals, route, method, path)
+    if without_roles:
+        decision = policy.authorizer.decide_without_roles(principals, without_roles, route, method, path)
+    else:
+        decision = policy.authorizer.decide(principals, route, method, path)
     rec.authz_seconds = time.perf_counter() - started
     rec.policy_version = decision.version
     rec.reason = decision.reason
     if sample is not None:
         sample.note(principals, route, method, path)
-    return decision
-
-
-def _decide_without_roles(
-    principals: frozenset[str],
-    without_roles: frozenset[str],
-    route: str,
-    method: str,
-    path: str,
-    policy: LivePolicy,
-    rec: RequestRecord,
-) -> Decision:
-    """:func:`_decide` for a person's access token: ``without_roles`` (its ``user:<name>``) is decided
-    without the roles the policy's ``g`` lines give it (:func:`authorize_client`). Never sampled (no
-    session, so not the person's choices about "policy_analytics"). Its own function so that a
-    session's decision, on every request, pays nothing for it."""
-    if policy.behind:
-        raise PolicyBehind(_BEHIND)  # fail closed, as in _decide
-    started = time.perf_counter()
-    decision = policy.authorizer.decide_without_roles(principals, without_roles, route, method, path)
-    rec.authz_seconds = time.perf_counter() - started
-    rec.policy_version = decision.version
-    rec.reason = decision.reason
     return decision
 
 
@@ -211,10 +194,7 @@ def authorize_overrides(
             ``bearer`` request).
     """
     for method in sorted(methods):
-        if without_roles:
-            decision = _decide_without_roles(principals, without_roles, route, method, path, policy, rec)
-        else:
-            decision = _decide(principals, route, method, path, policy, rec, None)
+        decision = _decide(principals, route, method, path, policy, rec, None, without_roles)
         if not decision.allowed:
             if method == UNREADABLE:
                 asked = "another method, in a body too large or malformed to read which"
@@ -319,10 +299,9 @@ def authorize_client(
     # A person's own token (an identity provider's access token for a linked account) carries no
     # session, so not their choices about "policy_analytics": it is never sampled, which honours an
     # objection or a withdrawal without reading them on every request. Machine clients are sampled.
-    if without_roles:
-        decision = _decide_without_roles(principals, without_roles, route, method, path, policy, rec)
-    else:
-        decision = _decide(principals, route, method, path, policy, rec, None if client.person else sample)
+    decision = _decide(
+        principals, route, method, path, policy, rec, None if client.person else sample, without_roles
+    )
     if not decision.allowed:
         raise InsufficientScope(_message(decision), reason=decision.reason)
     if method == "POST":
