@@ -9,7 +9,7 @@ request stays ``on_hold`` and names the hold.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Final
 
@@ -164,6 +164,10 @@ class HoldRecord:
         return self.released_at is None
 
 
+# A LegalHold row's columns but its id, as HoldRecord carries them.
+_RECORDED: Final = tuple(f.name for f in fields(HoldRecord))
+
+
 @dataclass(frozen=True, slots=True)
 class CarriedHolds:
     """What :meth:`Holds.carry` changed: the references of the holds placed again, and released."""
@@ -181,21 +185,7 @@ async def stored_holds(db: Database) -> list[HoldRecord]:
     async with db.session() as session:
         with store_errors("cannot read legal holds"):
             rows = (await session.scalars(select(LegalHold).order_by(LegalHold.id))).all()
-    return [
-        HoldRecord(
-            r.reference,
-            r.scope,
-            r.subject_key,
-            r.subject,
-            r.data_class,
-            r.reason,
-            r.placed_by,
-            r.placed_at,
-            r.released_by,
-            r.released_at,
-        )
-        for r in rows
-    ]
+    return [HoldRecord(**{name: getattr(r, name) for name in _RECORDED}) for r in rows]
 
 
 class Holds:
@@ -320,20 +310,7 @@ class Holds:
                 for hold in node:
                     row = here.get(hold.reference)
                     if row is None and hold.active:
-                        session.add(
-                            LegalHold(
-                                reference=hold.reference,
-                                scope=hold.scope,
-                                subject_key=hold.subject_key,
-                                subject=hold.subject,
-                                data_class=hold.data_class,
-                                reason=hold.reason,
-                                placed_by=hold.placed_by,
-                                placed_at=hold.placed_at,
-                                released_by="",
-                                released_at=None,
-                            )
-                        )
+                        session.add(LegalHold(**asdict(hold)))
                         placed.append(hold)
                     elif row is not None and row.released_at is None and not hold.active:
                         row.released_at, row.released_by = hold.released_at, hold.released_by
