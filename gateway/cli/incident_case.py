@@ -10,7 +10,7 @@
     gateway incident case seal ID                          seal the evidence again (a later window)
     gateway incident case act ID ACTION [--yes]            revoke-sessions | force-password-change | reset-mfa | disable
     gateway incident case restore-policy ID VERSION --reason T
-    gateway incident case rotate-keys ID [--signing | --keyring]
+    gateway incident case rotate-keys ID [--signing | --keyring] [--compromised [--leaked-since ISO]]
     gateway incident case lift ID                          lift every block and lock of its detections
     gateway incident case check ID [--json]                the recovery checklist
     gateway incident case notify ID [--preview] [--template NAME] [--what-to-do TEXT]
@@ -45,6 +45,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
+from gateway.cli.leak import add_leak_arg, check_leak
 from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
@@ -234,6 +235,8 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
     from gateway.crypto.signing import SigningKeys, announce_compromise
     from gateway.response.actions import record_action
 
+    # As `gateway keys rotate` checks it, before the incident is even read: nothing rotated or recorded.
+    check_leak(args.leaked_since, compromised=args.compromised, signing_only=args.signing)
     case = await ctx.cases.get(args.id)
     keyring, keyring_file = ctx.flow.keyring, keyring_path(ctx.svc.settings)
     target = (
@@ -255,18 +258,17 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         announce=lambda at: announce_compromise(ctx.svc.fast, at),
         ledger=ctx.svc.accounts.ledger,
         backups_signed=vouching(backup_directory(ctx.svc.settings), keyring, ctx.svc.audit),
+        leaked_since=args.leaked_since,
     )
     details = rotation.details()
-    await record_action(
-        ctx.cases,
-        ctx.svc.audit,
-        case.id,
-        operator(),
-        "rotate-keys",
-        f"keys rotated ({target.value})",
-        {"target": target.value},
-    )
-    print(f"keys rotated ({target.value}): {json.dumps(details, default=str)}")
+    text, recorded = f"keys rotated ({target.value})", {"target": target.value}
+    if rotation.keyring_mark is not None and rotation.keyring_mark.leaked_since:
+        # The time the mark holds (UTC, as `gateway keys list` shows it): the case says from when on
+        # nothing the leaked key signed is trusted.
+        text += f"; leaked since {rotation.keyring_mark.leaked_since}"
+        recorded["leaked_since"] = rotation.keyring_mark.leaked_since
+    await record_action(ctx.cases, ctx.svc.audit, case.id, operator(), "rotate-keys", text, recorded)
+    print(f"{text}: {json.dumps(details, default=str)}")
     if rotation.keyring_compromised is not None:
         from gateway.response.exposure import exposed_by
 
@@ -431,6 +433,7 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
         help="the keys leaked: a new signing key signs at once and every old one is deleted from the JWKS; "
         "the keyring key that was active is marked compromised (`gateway keys mark-compromised --help`)",
     )
+    add_leak_arg(p)
     p = action("lift", _lift, "lift every block and account lock its detections placed")
     p.add_argument("id", metavar="ID")
     p = action("check", _check, "run the recovery checklist (exit 1 when a check fails)")

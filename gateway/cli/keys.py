@@ -62,6 +62,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
+from gateway.cli.leak import add_leak_arg, check_leak
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -178,33 +179,13 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _check_leak(args: argparse.Namespace) -> None:
-    """``--leaked-since``: only with a mark, and not in the future (exit 2 before anything changes)."""
-    if args.leaked_since is None:
-        return
-    if not getattr(args, "compromised", True):
-        raise UserError("--leaked-since says when the keys leaked: give it with --compromised")
-    if getattr(args, "what", "keyring") == "signing":
-        raise UserError(
-            "--leaked-since narrows what a leaked keyring key vouches for: rotate --keyring or --all"
-        )
-    from gateway.clock import SYSTEM_CLOCK
-    from gateway.crypto.lifecycle import LeakTimeRefused, leak_time
-
-    try:
-        # Here too, not only where the rotation checks it: `activate` makes the key active first.
-        leak_time(args.leaked_since, SYSTEM_CLOCK)
-    except LeakTimeRefused as exc:
-        raise UserError(f"--leaked-since: {exc.detail}") from None
-
-
-def _time(text: str) -> datetime:
-    """argparse type: ISO 8601, UTC when no offset is given (a date alone means its midnight)."""
-    from gateway.audit.query import parse_time
-
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """``--leaked-since``: only with a mark, and not in the future (exit 2 before anything changes).
+    ``mark-compromised`` has no ``--compromised``: it always marks, and only a keyring key."""
+    check_leak(
+        args.leaked_since,
+        compromised=getattr(args, "compromised", True),
+        signing_only=getattr(args, "what", "keyring") == "signing",
+    )
 
 
 def _backups_signed(
@@ -528,7 +509,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "is rotated as compromised if its private half is under it, and the accounts whose TOTP seeds it "
         "encrypted are listed (they must enrol again)",
     )
-    _leak_arg(p)
+    add_leak_arg(p)
     p.set_defaults(func=_rotate, what="all")
 
     p = actions.add_parser(
@@ -545,7 +526,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         help="the key that was active leaked: mark it compromised once KID is active (see mark-compromised; "
         "as with rotate --compromised, a signing key under it is rotated and the TOTP seeds under it named)",
     )
-    _leak_arg(p)
+    add_leak_arg(p)
     p.set_defaults(func=_activate)
 
     p = actions.add_parser(
@@ -560,7 +541,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     )
     config_arg(p)
     p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
-    _leak_arg(p)
+    add_leak_arg(p)
     p.set_defaults(func=_mark)
 
     p = actions.add_parser(
@@ -572,13 +553,3 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)
-
-
-def _leak_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--leaked-since",
-        type=_time,
-        metavar="ISO",
-        help="the earliest the key could have leaked (UTC if no offset), when known: the backups made since "
-        "are not vouched for either, as what the leaked key signed cannot be told from the gateway's own",
-    )
