@@ -230,6 +230,16 @@ async def _retire_exposed(
     )  # fmt: skip
 
 
+async def _resign_ledger(settings: Settings, keyring: Keyring, store: Store) -> None:
+    """Write this node's account ledger lines again under the active keyring key now: those under the
+    key just marked are no longer read (:meth:`gateway.identity.ledger.AccountLedger.resign`)."""
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.lifecycle import resign_ledger
+    from gateway.identity.ledger import AccountLedger, ledger_path
+
+    await resign_ledger(AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK))
+
+
 def _print_exposed_signing(rotation: Rotation) -> None:
     if rotation.signing_exposed:
         print(
@@ -292,6 +302,7 @@ def _mark(args: argparse.Namespace) -> int:
                 keyring, path, args.kid, audit=audit, actor=operator(), details=details,
                 backups_signed=_backups_signed(settings, keyring, audit), leaked_since=args.leaked_since,
             )  # fmt: skip
+            await _resign_ledger(settings, keyring, store)
             _print_mark(path, args.kid, done)
             _print_retired(retired, [args.kid])
             await _print_encrypted_under(store.db, [args.kid])
@@ -373,6 +384,7 @@ def _activate(args: argparse.Namespace) -> int:
                 details={**details, "keyring_key_compromised": old}, kind="keys.activated",
                 also=older, leaked_since=args.leaked_since,
             )  # fmt: skip
+            await _resign_ledger(settings, keyring, store)
             _print_mark(path, old, mark, older)
             _print_retired(retired, leaked)
             await _print_encrypted_under(store.db, leaked)

@@ -25,6 +25,7 @@ signing key is described by its public facts, the keyring by its key ids.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,10 +51,13 @@ __all__ = [
     "leak_time",
     "leaked_with",
     "mark_compromised",
+    "resign_ledger",
     "retire_exposed_signing",
     "rotate_keys",
     "signing_keys_under",
 ]
+
+logger = logging.getLogger("gateway.keys")
 
 #: The backups a keyring key signed before a time (the leak's, when known; else the mark's), id →
 #: manifest MAC (:func:`gateway.backup.sets.vouching`, a floor above this one, bound to the
@@ -162,6 +166,8 @@ class Ledger(Protocol):
 
     async def keys_deleted(self, new_kid: str, deleted: Sequence[str]) -> object: ...
 
+    async def resign(self) -> object: ...
+
 
 async def rotate_keys(
     target: RotationTarget,
@@ -208,7 +214,9 @@ async def rotate_keys(
             the caller's fast state), so one that cannot reload stops signing with the old key, and
             every one reads the keyring file again.
         ledger: With ``compromised``, remembers the deleted kids outside the database, so a gateway
-            started on a database restored from an earlier backup deletes them again before it serves.
+            started on a database restored from an earlier backup deletes them again before it serves;
+            after a keyring key is marked, writes its lines again under the new key (their MACs under
+            the leaked key no longer count: :meth:`AccountLedger.resign`).
         backups_signed: With ``compromised``, the backups a keyring key signed (none without it).
         leaked_since: With ``compromised``, the earliest the keys could have leaked, when known: the
             backups made since are not vouched for (:func:`mark_compromised`).
@@ -278,9 +286,25 @@ async def rotate_keys(
                 # The running workers read the keyring file again now, instead of encrypting under the
                 # leaked key until they meet the new one.
                 await announce(time.time())
+            if ledger is not None:
+                await resign_ledger(ledger)
             return replace(rotation, keyring_mark=mark)
     await audit.record("keys.rotated", actor=actor, subject="keys", details=rotation.details())
     return rotation
+
+
+async def resign_ledger(ledger: Ledger) -> None:
+    """Write this node's account ledger lines again under the new keyring key, now that the ones under
+    the marked key are no longer read (a restore must still make the changes they held). A failure is
+    logged, not raised: the key is rotated and marked, and every gateway's next ledger sync does it."""
+    try:
+        await ledger.resign()
+    except GatewayError as exc:
+        logger.error(
+            "account ledger: cannot write its lines again under the new keyring key (%s); each "
+            "gateway's next ledger sync does it. Do not restore a backup on this node before one has run.",
+            exc.detail,
+        )
 
 
 async def _rotate_signing(

@@ -60,6 +60,24 @@ but has no keyring can neither name an account nor turn an ``enabled`` into an `
 run erased an account that way before). A later change of an account always outranks its earlier one,
 also when the host that wrote the earlier one had its clock ahead.
 
+A line MACed under a keyring key marked compromised (:meth:`Keyring.mark_compromised
+<gateway.crypto.keyring.Keyring.mark_compromised>`) counts as one whose MAC does not check: whoever
+holds the leaked key can write any line under it, say an ``erased`` or a ``factors-reset`` that a
+restore would make. The changes written before the mark are not lost with those lines: the table holds
+every account's latest state, and a sync writes the table's entries the file lacks under the active key,
+then drops the lines under marked keys (:meth:`AccountLedger.resign`). ``gateway keys rotate --keyring
+--compromised``, ``keys mark-compromised``, ``keys activate --compromised`` and ``incident case
+rotate-keys --compromised`` do it for their own node's file right after the mark; every other node does
+it at its next sync once its keyring has the mark (the rotation tells the running workers to read the
+keyring file again). The
+table, never the file, vouches for what is written again (it carries no MAC: whoever can write it can
+write the accounts themselves): a line under a marked key that the table does not hold is dropped. That
+is a line forged since the leak, a superseded change, a line of another copy's lineage sharing the file,
+or a change this node's file held and its database lacked (a restore whose replay had not run when the
+key was marked: start a gateway on the restored database, which makes the changes again and settles
+them in the table, before marking). A leak's time (``leaked_since``) does not help tell lines apart: a
+line's time is inside the MAC the leaked key makes.
+
 Every line also names its **lineage**, inside the MAC: the database it was written for. A copy of the
 deployment restored into another data directory (a disaster-recovery copy, a drill) holds the same
 keyring, accounts and creation times, so without it every line the copy wrote would be valid in
@@ -337,15 +355,18 @@ class AccountLedger:
         self._clock = clock
         # Serialises this process's appends: two lines must never interleave.
         self._lock = asyncio.Lock()
-        # The file as last parsed, by its identity, size, time and the lineage it was read for: the
-        # sync reads it every minute, and it changes only when an account does.
-        self._parsed: tuple[tuple[int, int, int, str], dict[str, Entry]] | None = None
+        # The file as last parsed, by its identity, size, time, the lineage it was read for and the
+        # keyring keys marked compromised then: the sync reads it every minute, and it changes only when
+        # an account does (or a mark makes some of its lines unreadable).
+        self._parsed: tuple[tuple[int, int, int, str, frozenset[str]], dict[str, Entry]] | None = None
         self._lineage: Lineage | None = None
         # Derived keys by keyring key id (a file of many lines costs one derivation per key, not per line).
         self._derived: dict[tuple[bytes, str], bytes] = {}
         # Lines in the file as last parsed, and the count from which compacting is tried (again).
         self._lines = 0
         self._compact_above = COMPACT_AT
+        # Lines in the file as last parsed under a keyring key marked compromised: dropped by the sync.
+        self._marked = 0
 
     # -- naming accounts --------------------------------------------------------------------------------
 
@@ -383,13 +404,18 @@ class AccountLedger:
         return hmac.new(self._derive(_LINE_INFO, kid), entry.signed_part(), hashlib.sha256).hexdigest()
 
     def verified(self, lines: Iterable[Line], lineage: Lineage) -> list[Entry]:
-        """The entries of ``lineage``'s history whose MAC checks under a key the keyring holds; the
-        others are dropped, and counted in one log line each (a file of junk must not flood the log)."""
+        """The entries of ``lineage``'s history whose MAC checks under a key the keyring holds and has
+        not marked compromised; the others are dropped, and counted in one log line each (a file of junk
+        must not flood the log)."""
         kept = []
         kids = set(self._keyring.key_ids)
-        forged = foreign = 0
+        marked = frozenset(self._keyring.compromised)
+        forged = leaked = foreign = 0
         for entry, kid, mac in lines:
-            if not (kid in kids and hmac.compare_digest(mac, self._mac(entry, kid))):
+            if kid in marked:
+                # Whoever holds the leaked key can make this MAC (see the module docstring).
+                leaked += 1
+            elif not (kid in kids and hmac.compare_digest(mac, self._mac(entry, kid))):
                 forged += 1
             elif not lineage.reads(entry.lineage):
                 foreign += 1
@@ -401,6 +427,14 @@ class AccountLedger:
                 "did not write, or made under a keyring key this keyring lacks.",
                 self.path,
                 forged,
+            )
+        if leaked:
+            logger.error(
+                "account ledger: %s has %d line(s) MACed under a keyring key marked compromised; ignored "
+                "(whoever holds that key can write them). The next sync writes the table's entries again "
+                "under the active key and drops these lines.",
+                self.path,
+                leaked,
             )
         if foreign:
             logger.warning(
@@ -586,7 +620,8 @@ class AccountLedger:
         except FileNotFoundError:
             return {}
         lineage = await self.lineage()
-        mark = (info.st_ino, info.st_size, info.st_mtime_ns, lineage.id)
+        marked = frozenset(self._keyring.compromised)
+        mark = (info.st_ino, info.st_size, info.st_mtime_ns, lineage.id, marked)
         if self._parsed is not None and self._parsed[0] == mark:
             return dict(self._parsed[1])
         # Off the event loop: a long file costs a MAC per line.
@@ -594,6 +629,7 @@ class AccountLedger:
         entries = await asyncio.to_thread(lambda: merge(self.verified(lines, lineage)))
         self._parsed = (mark, entries)
         self._lines = len(lines)
+        self._marked = sum(1 for _, kid, _ in lines if kid in marked)
         return dict(entries)
 
     async def sync(self) -> list[Entry]:
@@ -602,23 +638,49 @@ class AccountLedger:
         ledger_replay` makes again and then :meth:`settles <settle>` (not before: a change whose
         making-again failed is found again by the next sync)."""
         table, file = await self.table(), await self.file()
-        await self.append(newer(table, file))
-        if self._lines >= self._compact_above:
-            await self.compact()
+        await self._write_missing(table, file)
         return newer(file, table)
 
-    async def compact(self) -> tuple[int, int] | None:
+    async def resign(self) -> int:
+        """A keyring key was just marked compromised: its lines in this node's file are no longer read
+        (see the module docstring). Write the table's entries the file now lacks under the active key,
+        at once rather than at the next sync, and drop the lines under marked keys; return how many
+        entries were written.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached (the next sync does it).
+            KeyringError: The keyring file changed and cannot be read.
+        """
+        # Take up the mark when this keyring is not the object the rotation marked (one stat otherwise).
+        self._keyring.follow_file()
+        return await self._write_missing(await self.table(), await self.file())
+
+    async def _write_missing(self, table: Mapping[str, Entry], file: Mapping[str, Entry]) -> int:
+        """Append the table's entries ``file`` (this node's, as read) lacks; compact the file when it
+        is long, or holds lines under a marked key (only once the table's were written again)."""
+        missing = newer(table, file)
+        await self.append(missing)
+        if self._marked or self._lines >= self._compact_above:
+            await self.compact(always=self._marked > 0)
+        return len(missing)
+
+    async def compact(self, *, always: bool = False) -> tuple[int, int] | None:
         """Rewrite this node's file with only the lines a reader still uses: per lineage and account
         (or thing), the line :func:`merge` picks, in file order; superseded lines, lines that are no
-        entry and lines whose MAC does not check (every reader ignores them) go. A line under a keyring
-        key this process does not hold stays: it may be one added since the process started.
+        entry, lines whose MAC does not check and lines under a keyring key marked compromised (every
+        reader ignores them) go. A line under a keyring key this process does not hold stays: it may be
+        one added since the process started.
+
+        Args:
+            always: Rewrite it whenever a line would go, not only when at least half would (a mark:
+                lines no reader trusts must not stay where a reader with an older keyring meets them).
 
         Returns:
-            (lines before, lines after), or None when there is no file or less than half would go.
+            (lines before, lines after), or None when there is no file or too few would go.
         """
         async with self._lock:
             try:
-                counted = await asyncio.to_thread(self._compact_file)
+                counted = await asyncio.to_thread(self._compact_file, always)
             except OSError as exc:
                 logger.error("account ledger: cannot compact %s (%s); it stays as it is", self.path, exc)
                 return None
@@ -632,7 +694,7 @@ class AccountLedger:
         logger.info("account ledger: compacted %s from %d to %d lines", self.path, before, after)
         return counted
 
-    def _compact_file(self) -> tuple[int, int] | None:
+    def _compact_file(self, always: bool = False) -> tuple[int, int] | None:
         """(lines before, lines after): the same count when too few would go to rewrite it; None
         without a file."""
         with _locked(self.path) as fd:
@@ -641,7 +703,7 @@ class AccountLedger:
             with os.fdopen(os.dup(fd), "rb") as src:
                 lines = src.read().splitlines()
             kept = self._still_read(lines)
-            if 2 * len(kept) > len(lines):
+            if len(kept) == len(lines) or (not always and 2 * len(kept) > len(lines)):
                 return len(lines), len(lines)
             _replace(self.path, b"".join(lines[number] + b"\n" for number in kept))
         return len(lines), len(kept)
@@ -649,6 +711,7 @@ class AccountLedger:
     def _still_read(self, lines: Sequence[bytes]) -> list[int]:
         """The numbers of the lines a reader of any lineage still uses (see :meth:`compact`)."""
         kids = set(self._keyring.key_ids)
+        marked = frozenset(self._keyring.compromised)
         keep: list[int] = []
         best: dict[tuple[str, str], tuple[int, Entry]] = {}
         for number, line in enumerate(lines):
@@ -656,6 +719,8 @@ class AccountLedger:
             if parsed is None:
                 continue
             entry, kid, mac = parsed
+            if kid in marked:
+                continue  # no reader trusts it; what the table held was written again under a new key
             if kid not in kids:
                 # Under a keyring key this process does not hold (yet: one added since it started, by
                 # a rotation on another node or the CLI): not ours to judge, kept as it is.

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.crypto.keyring import Keyring
+from tests.integration.harness import run_cli
 from tests.integration.harness import run_cli_checked as gateway
 
 
@@ -308,3 +309,30 @@ def test_activating_with_compromised_rotates_the_signing_key_under_the_replaced_
     (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
     assert json.loads(record["details"])["old_keys_deleted"] == [leaked]
     assert gateway("audit", "verify", *c).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["activate", "mark-compromised"])
+def test_the_ledger_is_written_again_under_the_new_key_when_the_old_one_is_marked(
+    config: Path, how: str
+) -> None:
+    """Lines MACed under a key marked compromised are no longer read (whoever holds the key can write
+    them): the commands that mark one write this node's ledger lines again under the active key at once,
+    so a restore made right after still makes the changes again (a disabled account stays disabled)."""
+    c = ("--config", str(config))
+    first = str(_keyring(config)["active"])
+    added = run_cli("user", "add", "carol", "--password-stdin", *c, stdin="a long passphrase 1\n")
+    assert added.returncode == 0, added.stderr
+    assert gateway("user", "disable", "carol", *c).returncode == 0
+    ledger = config.parent / "data" / "account-ledger.jsonl"
+    assert {json.loads(line)["mac_kid"] for line in ledger.read_bytes().splitlines()} == {first}
+    staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
+    kid = staged.stdout.split("staged key ")[1].split()[0]
+    if how == "activate":
+        done = gateway("keys", "activate", kid, "--compromised", *c)
+    else:
+        assert gateway("keys", "activate", kid, *c).returncode == 0
+        done = gateway("keys", "mark-compromised", first, *c)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in ledger.read_bytes().splitlines()]
+    assert {line["mac_kid"] for line in lines} == {kid}
+    assert [line["state"] for line in lines] == ["disabled"]
