@@ -4,6 +4,10 @@ Bodies are never buffered whole: the request body is pulled from the ASGI ``rece
 the upstream client (:mod:`gateway.upstream.http1`) writes it, and the response is pushed to ``send``
 chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
 (502/503/504, rendered by the caller); failures after it started can only abort the connection.
+
+A response's head goes out with the first piece of its body, never alone: the ASGI server (granian)
+writes nothing before that piece anyway, and an error raised between the two became its bare 500
+(an attack run: a long poll whose access ended before its first byte got a 500, not the 403).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ logger = logging.getLogger("gateway.proxy")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+# The access log's status for a client that left before its answer started (nginx's code).
+_CLIENT_LEFT = 499
 
 
 class ClientDisconnected(Exception):
@@ -116,6 +122,11 @@ class Watched(Protocol):
         ...
 
 
+def _first_due(watch: Watched | None) -> float:
+    """When a request's exchange is first checked again (Unix time; 0 without a watch)."""
+    return watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
+
+
 async def _recheck(watch: Watched) -> float:
     """Ask the checks again; when the next check is due (Unix time) if they still let the request
     through.
@@ -174,7 +185,7 @@ class _RequestBody:
         # A long upload is checked again every WATCH_INTERVAL, as a long answer is (the re-attack run
         # trickled one into the app for as long as it liked after the account was disabled).
         self.watch = watch
-        self.due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
+        self.due = _first_due(watch)
         self.scan = scan
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -278,8 +289,10 @@ async def forward_http(
     try:
         await _relay(resp, method, send, rt, request_id, outcome, watch, listen)
         pool.release(target, ok=True)
-    except ClientDisconnected:
-        pool.release(target, ok=True)  # the client's doing, not the target's
+    except (ClientDisconnected, Forbidden):
+        # The client's doing, or access that ended while the answer came: not the target's (a long
+        # poll of each signed-out session would count towards ejecting the application otherwise).
+        pool.release(target, ok=True)
         raise
     except BaseException:
         pool.release(target, ok=False)
@@ -377,6 +390,9 @@ async def _relay(
 ) -> None:
     """Stream the upstream's answer to the client. ``outcome.status`` is set once the response started:
     from then on a failure can only abort the connection, before it the caller renders an error page.
+    An answer that took longer than ``WATCH_INTERVAL`` to come is checked again before its head goes
+    out: access may have ended meanwhile, and then the client is answered 403 ``access-ended``
+    instead (the re-attack run got one a sign-out later).
 
     A streamed answer holds one of the worker's upstream connections: it ends (ClientDisconnected) when
     the client reads nothing for ``limits.body_timeout`` or leaves (``listen``: the request's receive,
@@ -386,7 +402,10 @@ async def _relay(
         resp.headers, extra=rt.response_headers, request_id=request_id, own_cookies=rt.own_set_cookies
     )
     start = {"type": "http.response.start", "status": resp.status, "headers": headers}
+    due = _first_due(watch)
     if method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
+        if watch is not None and time.time() >= due:
+            await _recheck(watch)
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -401,57 +420,65 @@ async def _relay(
             raise UpstreamError("The application's answer was cut short.") from exc
         except TimeoutError as exc:  # the rest of the body stopped coming
             raise UpstreamTimeout("The application did not answer in time.") from exc
-        # An answer that took long to come (a long poll, a slow app) is checked again before it goes
-        # out: access may have ended meanwhile (the re-attack run got one a sign-out later).
-        if watch is not None and time.time() >= watch.started_at + WATCH_INTERVAL:
+        if watch is not None and time.time() >= due:
             await _recheck(watch)
         outcome.status = resp.status
         await send(start)
         await send({"type": "http.response.body", "body": data, "more_body": False})
         outcome.bytes_out = len(data)
         return
-    outcome.status = resp.status
-    await send(start)
-    await _stream(resp, send, rt, outcome, watch, listen)
+    await _stream(resp, send, start, rt, outcome, watch, due, listen)
 
 
 async def _stream(
     resp: UpstreamResponse,
     send: Send,
+    start: Message,
     rt: RouteRuntime,
     outcome: ProxyOutcome,
     watch: Watched | None,
+    due: float,
     listen: Receive | None,
 ) -> None:
-    """The body of a streamed answer, its head sent (see :func:`_relay`)."""
+    """A streamed answer (see :func:`_relay`): its head, ``start``, goes out with its first chunk; until
+    then a failure, or access that ended, still becomes a proper answer. ``due``: when ``watch`` is
+    next asked again."""
     sent = 0
-    due = watch.started_at + WATCH_INTERVAL if watch is not None else 0.0
     left = asyncio.ensure_future(_disconnect(listen)) if listen is not None else None
     try:
         async for chunk in resp.chunks():
             if watch is not None and time.time() >= due:
                 # Checked before the chunk goes out: once access has ended, no byte more does.
-                outcome.bytes_out = sent
                 due = await _recheck(watch)
             if left is not None and left.done() and left.result():
                 raise ClientDisconnected
+            if not outcome.status:
+                outcome.status = resp.status
+                await send(start)
             await _send_within(send, chunk, rt.body_timeout)
             sent += len(chunk)
-    # The answer started: only aborting the connection is left, which raising does. As a GatewayError
-    # it is also the access log's (an attack run: a broken chunk size after the head was logged 200
-    # and success).
+    # Once the answer started only aborting the connection is left, which raising does. As a
+    # GatewayError it is also the access log's (an attack run: a broken chunk size after the head was
+    # logged 200 and success).
     except UpstreamProtocolError as exc:
-        outcome.bytes_out = sent
         raise UpstreamError(f"The application's answer broke off: {exc}.") from exc
     except TimeoutError as exc:
-        outcome.bytes_out = sent
         raise UpstreamTimeout("The application stopped answering midway.") from exc
     except ClientDisconnected:
-        outcome.bytes_out = sent
+        if not outcome.status:
+            # Left before the answer started: nothing to answer, and nginx's "client closed the
+            # connection", not a request with a broken body, for the access log.
+            outcome.status = _CLIENT_LEFT
         raise
     finally:
+        outcome.bytes_out = sent  # on every way out: what the access log says reached the client
         if left is not None:
             left.cancel()
+    if not outcome.status:  # an empty body: the head goes out alone, checked as the chunks are
+        if watch is not None and time.time() >= due:
+            await _recheck(watch)
+        outcome.status = resp.status
+        await send(start)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent
 
