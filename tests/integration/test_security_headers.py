@@ -255,7 +255,7 @@ def test_pages_that_show_secrets_are_never_stored(pages: dict[str, httpx.Respons
     assert pages["recovery-codes"].headers["cache-control"] == "no-store"
 
 
-@pytest.mark.parametrize("asset", ["gateway.css", "error.css", "webauthn.js", "choices.js"])
+@pytest.mark.parametrize("asset", ["gateway.css", "error.css", "csrf.js", "webauthn.js", "choices.js"])
 def test_static_assets_are_cacheable_and_hardened(gw: Gateway, asset: str) -> None:
     resp = httpx.get(f"{gw.url}/.gateway/static/{asset}", timeout=30)
     assert resp.status_code == 200
@@ -300,7 +300,9 @@ def test_error_pages_load_no_inline_style(pages: dict[str, httpx.Response]) -> N
 def test_the_api_reference_needs_nothing_from_elsewhere(pages: dict[str, httpx.Response]) -> None:
     text = pages["api reference"].text
     assert "/.gateway/api/login/passkey/options" in text
-    # No script at all, stylesheets only from the gateway's own origin, no CDN anywhere.
-    assert "<script" not in text.replace('<script src="/.gateway/static/webauthn.js" defer></script>', "")
+    # No script but base.html's, stylesheets only from the gateway's own origin, no CDN anywhere.
+    for ours in ("csrf.js", "webauthn.js"):  # base.html's, from the gateway's own origin
+        text = text.replace(f'<script src="/.gateway/static/{ours}" defer></script>', "")
+    assert "<script" not in text
     assert re.findall(r'(?:href|src)="(https?:)?//', text) == []
     assert pages["api schema json"].json()["openapi"].startswith("3.")

@@ -73,6 +73,9 @@ def test_the_installed_wheel_serves_with_its_admin_listener(tmp_path: Path) -> N
     site = next(venv.glob("lib/python*/site-packages"))
     assert (site / "admin" / "app.py").exists()
     assert (site / "gateway" / "web" / "templates" / "login.html").exists()
+    # The pages' scripts, the CSRF reader base.html loads before them included.
+    for script in ("csrf.js", "webauthn.js", "choices.js"):
+        assert (site / "gateway" / "web" / "static" / script).exists(), script
     assert not (site / "tests").exists()
 
     run_dir = tmp_path / "run"

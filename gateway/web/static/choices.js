@@ -4,21 +4,8 @@
 // in the HTML and enabled here, so without JavaScript nothing looks clickable that does nothing.
 (function () {
   "use strict";
-  // The token the server rendered into this page's forms (the one it checks the cookie against);
-  // without one, the __Host- cookie before a plain gateway_csrf an app on this host may have set.
-  function csrf() {
-    const field = document.querySelector('input[name="_csrf_token"]');
-    if (field && field.value) return field.value;
-    const jar = "; " + document.cookie;
-    for (const name of ["__Host-gateway_csrf", "gateway_csrf"]) {
-      const at = jar.indexOf("; " + name + "=");
-      if (at >= 0) {
-        const value = jar.slice(at + name.length + 3).split(";")[0];
-        if (value) return decodeURIComponent(value);
-      }
-    }
-    return "";
-  }
+  // The page's CSRF token (csrf.js, loaded before this script).
+  const csrf = globalThis.gatewayCsrf;
   function fail(message) {
     const box = document.getElementById("choices-error");
     if (!box) return;

@@ -15,23 +15,8 @@
       return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
     },
   };
-  // The CSRF token the server rendered into this page's forms: exactly the one it checks the cookie
-  // against, whatever the cookie is named. Without a form on the page, the cookie: the __Host- one
-  // when there is one (served over HTTPS, the one the server reads), never a plain gateway_csrf an
-  // app on this host may have set (with Path=/.gateway it would come first in document.cookie).
-  function csrf() {
-    const field = document.querySelector('input[name="_csrf_token"]');
-    if (field && field.value) return field.value;
-    const jar = "; " + document.cookie;
-    for (const name of ["__Host-gateway_csrf", "gateway_csrf"]) {
-      const at = jar.indexOf("; " + name + "=");
-      if (at >= 0) {
-        const value = jar.slice(at + name.length + 3).split(";")[0];
-        if (value) return decodeURIComponent(value);
-      }
-    }
-    return "";
-  }
+  // The page's CSRF token (csrf.js, loaded before this script).
+  const csrf = globalThis.gatewayCsrf;
   async function post(url, body) {
     const resp = await fetch(url, {
       method: "POST", credentials: "same-origin",

@@ -1,4 +1,5 @@
-"""Which CSRF token gateway/web/static/webauthn.js sends (run under Node.js with a stand-in page).
+"""Which CSRF token gateway/web/static/webauthn.js sends (run under Node.js with a stand-in page): the
+one gateway/web/static/csrf.js reads, shared with choices.js.
 
 An attack run: the script took the first cookie matching ``(__Host-)?gateway_csrf``, so a plain
 ``gateway_csrf`` cookie with ``Path=/.gateway`` that an app on the same host set (listed first by the
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "gateway" / "web" / "static" / "webauthn.js"
+STATIC = Path(__file__).resolve().parents[3] / "gateway" / "web" / "static"
+# As base.html loads them: the shared CSRF reader first, then the script that calls it.
+SCRIPTS = (STATIC / "csrf.js", STATIC / "webauthn.js")
 
 # A page with one passkey button: clicking it makes the script post to the API; the stand-in fetch
 # prints the x-csrftoken header it was given.
@@ -49,8 +52,10 @@ def sent_token(tmp_path: Path, cookie: str, field: str | None) -> str:
         pytest.skip("Node.js is missing: scripts/ensure-test-deps installs it")
     page = tmp_path / "page.js"
     page.write_text(PAGE)
+    scripts = tmp_path / "scripts.js"
+    scripts.write_text("\n".join(script.read_text() for script in SCRIPTS))
     done = subprocess.run(
-        [node, str(page), str(SCRIPT), cookie, json.dumps(field)],
+        [node, str(page), str(scripts), cookie, json.dumps(field)],
         capture_output=True,
         text=True,
         timeout=30,
