@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["STATIC_CACHE", "STATIC_PREFIX", "SecurityHeaders", "control_csp", "form_action_sources"]
 
 STATIC_PREFIX: Final = "/.gateway/static/"
-# Stylesheets and the WebAuthn script: cacheable for an hour, then revalidated, so an upgrade's new
+# Stylesheets and the page scripts (CSRF token, WebAuthn, privacy choices): cacheable for an hour, then revalidated, so an upgrade's new
 # files reach every browser within the hour. Nothing personal is in them.
 STATIC_CACHE: Final = b"public, max-age=3600"
 # Only a file's own answer (200, or 304 to a revalidation) is cacheable; any other is no-store. A shared
