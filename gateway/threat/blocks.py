@@ -37,7 +37,7 @@ from gateway.store.db import Database
 from gateway.store.fast.base import FastState, StateUnavailable
 from gateway.store.fast.follow import follow_channel
 from gateway.store.kv import read_kv_or_none, write_kv
-from gateway.threat.addresses import TranslatorRange, ipv4_behind, ipv4_network_behind
+from gateway.threat.addresses import TranslatorRange, ipv4_behind, ipv4_network_behind, tunnelled
 
 __all__ = [
     "BLOCKS_CHANNEL",
@@ -83,7 +83,9 @@ def normalize_network(text: str) -> Network:
 
     The matcher reads a NAT64 client as its IPv4 address (``IpBlocks._lookup``), so a block of a NAT64
     network kept in IPv6 form was accepted, listed, and matched nothing (an attack run); a translator's
-    whole prefix names no IPv4 network (it would be all of IPv4) and is refused.
+    whole prefix names no IPv4 network (it would be all of IPv4) and is refused. A single Teredo or
+    6to4 address becomes the IPv4 address it stands for; a network of them is kept as IPv6, which the
+    matcher also checks them against (``threat.addresses``).
 
     Raises:
         TranslatorRange: a NAT64 network of /96 or wider (a ``ValueError`` saying what to block).
@@ -172,14 +174,21 @@ class IpBlocks:
         except ValueError:
             return 0.0
         if isinstance(addr, ipaddress.IPv6Address):
-            # The IPv4 client behind an IPv4-mapped or NAT64 address: the one the rules counted and
-            # blocked (threat.addresses), and a feed's IPv4 entries name (the re-attack run's NAT64
-            # sprayer was blocked by its IPv4 and let through by its IPv6 form).
+            # The IPv4 client behind an IPv4-mapped, NAT64, Teredo or 6to4 address: the one the rules
+            # counted and blocked (threat.addresses), and a feed's IPv4 entries name (the re-attack
+            # run's NAT64 sprayer was blocked by its IPv4 and let through by its IPv6 form).
             inner = ipv4_behind(addr)
+            if inner is not None and tunnelled(addr):
+                # Also itself: feeds name Teredo and 6to4 ranges in IPv6 form (2002::/16, bogons).
+                return max(self._match(inner), self._match(addr))
             if inner is not None:
                 addr = inner
             elif addr.scope_id is not None:  # fe80::1%eth0: the zone names the link, not another host
                 addr = ipaddress.IPv6Address(int(addr))
+        return self._match(addr)
+
+    def _match(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> float:
+        """Until when ``addr`` itself is blocked (0.0: it is not), by an exact entry or a network."""
         exact = self._exact.get(str(addr))
         if exact is not None:
             return exact

@@ -12,6 +12,8 @@ so the CLI and the admin API refuse the same things with the same words:
 * **A bare IPv6 address is its subscriber's /64**, as the threat rules count and block it
   (:mod:`gateway.threat.addresses`): a block of the one address was left by the attacker's next
   address of the same /64 (an attack run). A prefix typed (``2001:db8:9::7/128``) is kept as typed.
+* **A Teredo or 6to4 address is the IPv4 address it stands for** (its client's, its site's), as the
+  rules count and block it; a range of Teredo addresses is refused: it spans a Teredo server's clients.
 
 Unblocking takes any address or network (a block made before these limits must stay liftable), so it
 only needs :func:`parse_network`, which reads a bare IPv6 address the same way: the text that blocked
@@ -25,7 +27,15 @@ from typing import Final
 
 from gateway.errors import BadRequest
 from gateway.settings.units import parse_duration
-from gateway.threat.addresses import SUBSCRIBER_PREFIX, TranslatorRange, holds_a_translator, ipv4_behind
+from gateway.threat.addresses import (
+    SUBSCRIBER_PREFIX,
+    TranslatorRange,
+    holds_a_translator,
+    ipv4_behind,
+    spans_teredo_clients,
+    stands_for,
+    tunnelled,
+)
 from gateway.threat.blocks import Network, normalize_network
 
 __all__ = [
@@ -80,12 +90,15 @@ def _subscriber_wide(text: str, network: Network) -> bool:
 
 def block_note(text: str) -> str:
     """What to tell whoever asked to block ``text`` beyond the network blocked: for a bare IPv6
-    address, that its /64 was blocked and how to block the one address; "" otherwise (also for
-    unreadable text: the block is refused anyway)."""
+    address, that its /64 was blocked and how to block the one address; for a Teredo or 6to4 address,
+    the IPv4 address blocked for it; "" otherwise (also for unreadable text: the block is refused
+    anyway)."""
     try:
         network = normalize_network(text)
     except ValueError:
         return ""
+    if said := stands_for(text):
+        return said
     if not _subscriber_wide(text, network):
         return ""
     return f"the subscriber's /{SUBSCRIBER_PREFIX}; type /128 for this address only"
@@ -112,6 +125,13 @@ def manual_network(text: str) -> Network:
             "their IPv4 addresses, which this block cannot name; block the IPv4 networks of the clients "
             "you mean, or IPv6 networks beside the translator's"
         )
+    if spans_teredo_clients(network):
+        # A Teredo /64 is a server's, shared by everyone behind it, not one subscriber's.
+        raise BlockRefused(
+            f"{network} spans the clients of a Teredo server (2001::/32, RFC 4380): each is matched by "
+            "the IPv4 address its Teredo address carries; block one client's Teredo address, which "
+            "blocks its IPv4 address, or that IPv4 address"
+        )
     return network
 
 
@@ -134,13 +154,21 @@ def block_seconds(value: str) -> float:
 
 
 def covers(network: Network, address: str) -> bool:
-    """Whether ``address`` (any spelling, IPv4-mapped or NAT64 included: read as the block list reads
-    it) is inside ``network``; False if unreadable. A re-attack run's admin on a NAT64 address blocked
-    the IPv4 address behind it, and so themselves, past a check that read only IPv4-mapped ones."""
+    """Whether ``address`` (any spelling, IPv4-mapped, NAT64, Teredo and 6to4 included: read as the
+    block list reads it) is inside ``network``; False if unreadable. A re-attack run's admin on a NAT64
+    address blocked the IPv4 address behind it, and so themselves, past a check that read only
+    IPv4-mapped ones."""
     try:
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.strip())
     except ValueError:
         return False
     if isinstance(addr, ipaddress.IPv6Address):
-        addr = ipv4_behind(addr) or addr
+        inner = ipv4_behind(addr)
+        if inner is not None and tunnelled(addr) and _inside(addr, network):
+            return True  # a network of Teredo or 6to4 addresses is matched in IPv6 form too
+        addr = inner or addr
+    return _inside(addr, network)
+
+
+def _inside(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, network: Network) -> bool:
     return addr.version == network.version and addr in network

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.threat.addresses import counted_as
+from gateway.threat.addresses import counted_as, network_of
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,31 @@ def test_a_configured_translator_prefix_counts_each_ipv4_client_alone() -> None:
         assert counted_as("2001:db8:47::1") == "2001:db8:47::/64"
     finally:
         use_nat64_prefixes(())
+
+
+# Two clients (192.0.2.45, 192.0.2.46) behind one Teredo server (65.54.227.120): one /64, two clients.
+TEREDO_A = "2001:0:4136:e378:8000:63bf:3fff:fdd2"
+TEREDO_B = "2001:0:4136:e378:8000:63bf:3fff:fdd1"
+
+
+def test_a_teredo_address_counts_as_its_client_not_its_servers_64() -> None:
+    """The /64 of a Teredo address is its server's: by it, one attacker behind a public Teredo server
+    got everyone behind it counted (and blocked) together."""
+    assert counted_as(TEREDO_A) == "192.0.2.45"
+    assert counted_as(TEREDO_B) == "192.0.2.46"
+    # The same client through another server and NAT port, and natively: one client.
+    assert counted_as("2001:0:5ef5:79fb:0:5efe:3fff:fdd2") == "192.0.2.45"
+    assert counted_as("192.0.2.45") == counted_as(TEREDO_A)
+
+
+def test_a_6to4_address_counts_as_its_sites_ipv4_address() -> None:
+    """A 6to4 site's /48 derives from one IPv4 address: by /64 it could rotate through 65,536 of them."""
+    assert counted_as("2002:cb00:710a:5::1") == "203.0.113.10"
+    assert counted_as("2002:cb00:710a:7::9") == "203.0.113.10"
+    assert counted_as("2002:cb00:710b::1") == "203.0.113.11"  # the next site
+
+
+def test_a_wider_rule_counts_teredo_and_6to4_clients_in_their_ipv4_network() -> None:
+    assert network_of(TEREDO_A, 48, 24) == "192.0.2.0/24"
+    assert network_of("2002:cb00:710a:5::1", 48, 24) == "203.0.113.0/24"
+    assert network_of(TEREDO_A, 48) is None  # as for any IPv4 client without prefix_v4

@@ -57,6 +57,21 @@ def matcher(*cidrs: str, clock: FakeClock | None = None) -> IpBlocks:
         (("198.51.100.0/24",), "64:ff9b:1::c633:6442", True),
         (("198.51.100.66",), "64:ff9b::c633:6443", False),
         (("fe80::1",), "fe80::1%eth0", True),  # a zone names the link, not another host
+        # Teredo: a client is the IPv4 address its address carries, not its server's /64.
+        (("2001:0:4136:e378:8000:63bf:3fff:fdd2",), "2001:0:4136:e378:8000:63bf:3fff:fdd1", False),
+        (("2001:0:4136:e378:8000:63bf:3fff:fdd2",), "2001:0:5ef5:79fb:0:5efe:3fff:fdd2", True),
+        (("2001:0:4136:e378:8000:63bf:3fff:fdd2",), "192.0.2.45", True),
+        (("192.0.2.45",), "2001:0:4136:e378:8000:63bf:3fff:fdd2", True),
+        # 6to4: a site is its IPv4 address, every /64 of its /48.
+        (("2002:cb00:710a:5::1",), "2002:cb00:710a:7::9", True),
+        (("2002:cb00:710a:5::1",), "203.0.113.10", True),
+        (("2002:cb00:710a:5::1",), "2002:cb00:710b:5::1", False),
+        (("203.0.113.10",), "2002:cb00:710a:7::9", True),
+        # A feed's Teredo and 6to4 ranges stay IPv6 and still match (a bogon's is not 10.0.0.0/8).
+        (("2001::/32",), "2001:0:4136:e378:8000:63bf:3fff:fdd2", True),
+        (("2002::/16",), "2002:cb00:710a:5::1", True),
+        (("2002:a00::/24",), "2002:a00:1::1", True),
+        (("2002:a00::/24",), "10.0.0.1", False),
         (("fe80::/64",), "fe80::2%3", True),
         (("0.0.0.0/0",), "203.0.113.1", True),
         (("192.0.2.0/24",), "not-an-ip", False),

@@ -50,6 +50,10 @@ from tests.unit.threat.conftest import World
         ("64:ff9b::cb00:7107", "203.0.113.7/32"),
         ("64:ff9b::cb00:7100/120", "203.0.113.0/24"),
         ("64:ff9b:1::cb00:7100/120", "203.0.113.0/24"),
+        # Teredo and 6to4: the IPv4 address it stands for (its client's, its site's).
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45/32"),
+        ("2002:cb00:710a:5::1", "203.0.113.10/32"),
+        ("2002:cb00:710a::/48", "2002:cb00:710a::/48"),  # a network of them is kept, and matched, as IPv6
     ],
 )
 def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> None:
@@ -71,6 +75,10 @@ def test_narrow_networks_may_be_blocked_by_hand(text: str, expected: str) -> Non
         # Wider than a translator's prefix: its clients are matched as IPv4, so it would pass them all.
         ("64:ff9b::/95", "contains a whole NAT64 translator prefix"),
         ("64:ff9b::/32", "contains a whole NAT64 translator prefix"),
+        # A Teredo server's /64 (or all of Teredo) is every client behind it.
+        ("2001:0:4136:e378::/64", "spans the clients of a Teredo server"),
+        ("2001::/32", "spans the clients of a Teredo server"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fd00/120", "spans the clients of a Teredo server"),
         ("not-an-ip", "is not an IP address or CIDR network"),
         ("10.0.0.0/33", "is not an IP address or CIDR network"),
         ("", "is not an IP address or CIDR network"),
@@ -98,6 +106,15 @@ def test_an_unblock_takes_any_network_so_old_broad_blocks_stay_liftable() -> Non
         ("203.0.113.7", ""),
         ("::ffff:203.0.113.7", ""),
         ("64:ff9b::cb00:7107", ""),
+        (
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "a Teredo address is its client's IPv4 address 192.0.2.45, not its server's /64",
+        ),
+        (
+            "2002:cb00:710a:5::1",
+            "a 6to4 address is its site's IPv4 address 203.0.113.10, all of 2002:cb00:710a::/48",
+        ),
+        ("2002:cb00:710a::/48", ""),
         ("nope", ""),
     ],
 )
@@ -139,6 +156,32 @@ async def test_a_manual_block_of_a_nat64_network_blocks_its_ipv4_clients(world: 
     assert "203.0.113.9" in world.blocks  # the same client, seen without the translator
     assert "64:ff9b::cb00:7209" not in world.blocks
     assert await world.responder.unblock_ip("64:ff9b::cb00:7100/120", actor="user:boss") == 1
+
+
+async def test_a_manual_block_of_a_teredo_address_blocks_its_client_not_its_servers_others(
+    world: World,
+) -> None:
+    """A Teredo address's /64 is its server's: a block of one client by it shut out everyone behind
+    that server. The client is the IPv4 address the address carries."""
+    incident = await world.responder.block_ip(
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2", seconds=3600, actor="user:boss"
+    )
+    assert [a.target for a in incident.actions] == ["192.0.2.45/32"]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2001:0:4136:e378:8000:63bf:3fff:fdd2" in world.blocks
+    assert "192.0.2.45" in world.blocks
+    assert "2001:0:4136:e378:8000:63bf:3fff:fdd1" not in world.blocks  # another client, same server
+    assert await world.responder.unblock_ip("2001:0:4136:e378:8000:63bf:3fff:fdd2", actor="user:boss") == 1
+
+
+async def test_a_manual_block_of_a_6to4_address_blocks_its_whole_site(world: World) -> None:
+    """A 6to4 site's /48 is one IPv4 address: a block of one /64 was left by the site's next one."""
+    incident = await world.responder.block_ip("2002:cb00:710a:5::1", seconds=3600, actor="user:boss")
+    assert [a.target for a in incident.actions] == ["203.0.113.10/32"]
+    await world.responder.blocks.refresh(world.blocks)
+    assert "2002:cb00:710a:5::1" in world.blocks
+    assert "2002:cb00:710a:7::9" in world.blocks  # another /64 of the same site
+    assert "2002:cb00:710b:5::1" not in world.blocks  # the next site
 
 
 async def test_a_translators_whole_prefix_blocked_before_it_was_refused_can_still_be_lifted(
@@ -192,6 +235,13 @@ def test_bad_durations_are_refused(text: str, phrase: str) -> None:
         ("203.0.113.0/24", "203.0.114.7", False),
         ("2001:db8::/32", "2001:DB8::1", True),
         ("203.0.113.0/24", "2001:db8::1", False),
+        # Teredo and 6to4 addresses as their IPv4 clients, as the block list reads them.
+        ("192.0.2.45", "2001:0:4136:e378:8000:63bf:3fff:fdd2", True),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:63bf:3fff:fdd1", False),
+        ("2002:cb00:710a:5::1", "2002:cb00:710a:7::9", True),
+        ("203.0.113.0/24", "2002:cb00:710a:7::9", True),
+        ("2002:cb00:710a::/48", "2002:cb00:710a:7::9", True),
+        ("2002:cb00:710b::/48", "2002:cb00:710a:7::9", False),
         ("203.0.113.0/24", "", False),
         ("203.0.113.0/24", "testclient", False),
     ],
