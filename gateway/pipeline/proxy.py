@@ -5,9 +5,13 @@ the upstream client (:mod:`gateway.upstream.http1`) writes it, and the response 
 chunk by chunk, so memory stays flat for a 1 GiB upload or download. Failures before the response starts become gateway errors
 (502/503/504, rendered by the caller); failures after it started can only abort the connection.
 
-A response's head goes out with the first piece of its body, never alone: the ASGI server (granian)
-writes nothing before that piece anyway, and an error raised between the two became its bare 500
-(an attack run: a long poll whose access ended before its first byte got a 500, not the 403).
+An answer that took longer than ``WATCH_INTERVAL`` to come (a long poll) is checked again before its
+head goes out, whatever its kind: streamed ones were checked only at their first chunk, after the
+head, and a long poll whose access had ended meanwhile got granian's bare 500, or a bodiless one the
+app's 204 (an attack run). A streamed answer's head goes out as soon as it comes, with an empty piece
+of body after it: granian writes a head only with the first body message, so a Server-Sent Events
+stream's head would otherwise wait for its first event (a test: 30 s and more). From then on a refusal
+cuts the connection.
 """
 
 from __future__ import annotations
@@ -427,21 +431,27 @@ async def _relay(
         await send({"type": "http.response.body", "body": data, "more_body": False})
         outcome.bytes_out = len(data)
         return
-    await _stream(resp, send, start, rt, outcome, watch, due, listen)
+    if watch is not None and time.time() >= due:
+        due = await _recheck(watch)
+    # A streamed answer's head goes out at once: a Server-Sent Events stream may send its first event
+    # minutes later, and its client (EventSource's open, a proxy's header timeout) waits for the head
+    # meanwhile. granian writes the head with the first body message, so an empty one follows it.
+    outcome.status = resp.status
+    await send(start)
+    await send({"type": "http.response.body", "body": b"", "more_body": True})
+    await _stream(resp, send, rt, outcome, watch, due, listen)
 
 
 async def _stream(
     resp: UpstreamResponse,
     send: Send,
-    start: Message,
     rt: RouteRuntime,
     outcome: ProxyOutcome,
     watch: Watched | None,
     due: float,
     listen: Receive | None,
 ) -> None:
-    """A streamed answer (see :func:`_relay`): its head, ``start``, goes out with its first chunk; until
-    then a failure, or access that ended, still becomes a proper answer. ``due``: when ``watch`` is
+    """The body of a streamed answer, its head sent (see :func:`_relay`). ``due``: when ``watch`` is
     next asked again."""
     sent = 0
     left = asyncio.ensure_future(_disconnect(listen)) if listen is not None else None
@@ -452,9 +462,6 @@ async def _stream(
                 due = await _recheck(watch)
             if left is not None and left.done() and left.result():
                 raise ClientDisconnected
-            if not outcome.status:
-                outcome.status = resp.status
-                await send(start)
             await _send_within(send, chunk, rt.body_timeout)
             sent += len(chunk)
     # Once the answer started only aborting the connection is left, which raising does. As a
@@ -465,20 +472,15 @@ async def _stream(
     except TimeoutError as exc:
         raise UpstreamTimeout("The application stopped answering midway.") from exc
     except ClientDisconnected:
-        if not outcome.status:
-            # Left before the answer started: nothing to answer, and nginx's "client closed the
-            # connection", not a request with a broken body, for the access log.
+        if not sent:
+            # Left before any of the body: nginx's "client closed the connection" for the access log,
+            # not the application's status.
             outcome.status = _CLIENT_LEFT
         raise
     finally:
         outcome.bytes_out = sent  # on every way out: what the access log says reached the client
         if left is not None:
             left.cancel()
-    if not outcome.status:  # an empty body: the head goes out alone, checked as the chunks are
-        if watch is not None and time.time() >= due:
-            await _recheck(watch)
-        outcome.status = resp.status
-        await send(start)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     outcome.bytes_out = sent
 

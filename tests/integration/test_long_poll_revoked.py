@@ -51,8 +51,8 @@ _ANSWERS: dict[str, tuple[bytes, bytes]] = {
     "/poll/empty": (b"", b"HTTP/1.1 204 No Content\r\n\r\n"),
     # The head at once, the body held: nothing reached the client of a small answer yet.
     "/poll/small-body-late": (_SMALL, b"app-answer!"),
-    # A streamed answer's head at once, its body held: the server sends a head with its first body
-    # piece, so no byte reached the client yet either.
+    # A streamed answer's head at once, its body held (Server-Sent Events): the head goes out at once,
+    # so the client has its 200 and the rest can only be cut.
     "/poll/streamed-body-late": (_CHUNKED, b"b\r\napp-answer!\r\n0\r\n\r\n"),
     # A streamed answer's head and first chunk at once: its head went out, so it can only be cut.
     "/poll/streamed": (_CHUNKED + b"5\r\nfirst\r\n", b"b\r\napp-answer!\r\n0\r\n\r\n"),
@@ -250,7 +250,6 @@ def _assert_refused(gw: Gateway, poll: _Poll, user: str) -> None:
         "/poll/large",
         "/poll/empty",
         "/poll/small-body-late",
-        "/poll/streamed-body-late",
     ],
 )
 def test_a_long_poll_of_a_disabled_account_gets_403_before_its_first_byte(
@@ -268,11 +267,38 @@ def test_a_long_poll_signed_out_meanwhile_gets_403(gw: Gateway, upstream: _HeldU
     _assert_refused(gw, poll, user)
 
 
-def test_a_streamed_answer_whose_head_went_out_is_cut_off(gw: Gateway, upstream: _HeldUpstream) -> None:
+@pytest.mark.parametrize("path", ["/poll/streamed", "/poll/streamed-body-late"])
+def test_a_streamed_answer_whose_head_went_out_is_cut_off(
+    gw: Gateway, upstream: _HeldUpstream, path: str
+) -> None:
     """Its 200 reached the client before access ended: the rest of it never does."""
-    poll = _long_poll(gw, upstream, "/poll/streamed", "lp-streamed")
+    user = "lp-cut-" + path.rsplit("/", 1)[1]
+    poll = _long_poll(gw, upstream, path, user)
     assert poll.status == 200
     assert poll.error is not None  # the connection was aborted, not ended as if the body were complete
     assert b"app-answer" not in poll.body
-    event = _access_event(gw, "lp-streamed")
+    event = _access_event(gw, user)
     assert (event["gateway"]["decision"], event["gateway"]["reason"]) == ("deny", "access-ended")
+
+
+def test_a_streamed_answers_head_reaches_the_client_before_its_first_chunk(
+    gw: Gateway, upstream: _HeldUpstream
+) -> None:
+    """A Server-Sent Events stream sends its head, then its first event minutes later: the client
+    (EventSource's open, a proxy's header timeout) has the head at once. A re-attack run measured it
+    5 s late when the head waited for the first chunk."""
+    client, session = _signed_in(gw, "lp-sse")
+    client.close()
+    with httpx.stream(
+        "GET",
+        f"{gw.url}/poll/streamed-body-late",
+        headers={"Cookie": f"{SESSION_COOKIE}={session}"},
+        timeout=30,
+    ) as resp:
+        held = upstream.arrived.get(timeout=30)
+        assert held.path == "/poll/streamed-body-late"
+        # The head is here while the upstream still holds every byte of the body.
+        assert resp.status_code == 200
+        assert not held.release.is_set()
+        held.release.set()
+        assert resp.read() == b"app-answer!"

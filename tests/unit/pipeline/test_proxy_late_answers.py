@@ -165,6 +165,16 @@ async def test_a_late_answer_after_access_ended_sends_nothing(
     assert watch.asked == 1
 
 
+class _Sent:
+    """What the proxy sent the client."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def append_message(self, message: Any) -> None:
+        self.messages.append(message)
+
+
 async def _must_not_send(message: Any) -> None:
     raise AssertionError(f"sent after access ended: {message['type']}")
 
@@ -207,8 +217,8 @@ async def test_a_prompt_answer_is_not_checked_again(client: Http1Client) -> None
 
 
 async def test_a_client_that_left_before_the_first_chunk_is_logged_as_gone(client: Http1Client) -> None:
-    """The head waits for the first chunk; a client that left meanwhile gets nothing, and the access
-    log says 499 (it left), not a request with a broken body."""
+    """The head goes out at once; a client that left before the first chunk gets none of the body, and
+    the access log says 499 (it left), not the application's 200 with a broken body."""
     left = asyncio.Event()
 
     async def leaves() -> dict[str, Any]:
@@ -230,7 +240,7 @@ async def test_a_client_that_left_before_the_first_chunk_is_logged_as_gone(clien
         done.set()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    outcome = ProxyOutcome()
+    outcome, sent = ProxyOutcome(), _Sent()
     async with server:
         with pytest.raises(ClientDisconnected):
             await forward_http(
@@ -238,7 +248,7 @@ async def test_a_client_that_left_before_the_first_chunk_is_logged_as_gone(clien
                 path_and_query="/poll",
                 headers=[(b"host", b"app")],
                 receive=leaves,
-                send=_must_not_send,
+                send=sent.append_message,
                 rt=_route(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"),
                 client=client,
                 request_id="rid",
@@ -246,5 +256,10 @@ async def test_a_client_that_left_before_the_first_chunk_is_logged_as_gone(clien
                 body_framing=NO_BODY,
             )
         await done.wait()  # the upstream's side closed too: nothing left open after the test
+    # The head, and the empty piece that has the server send it at once: none of the body.
+    assert [(m["type"], m.get("body")) for m in sent.messages] == [
+        ("http.response.start", None),
+        ("http.response.body", b""),
+    ]
     assert outcome.status == 499
     assert outcome.bytes_out == 0
