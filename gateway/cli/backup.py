@@ -409,7 +409,8 @@ def _restore(args: argparse.Namespace) -> int:
             "reset or removed, recovery codes spent or replaced, roles set, API tokens revoked, leaked "
             "signing keys deleted, consents withdrawn, objections made); a gateway started on it makes "
             "them again before it serves (a password set since is cleared: send those people an "
-            "invitation; an address changed since is removed: set it again)"
+            "invitation; an address changed since is removed: set it again). Start one before marking "
+            "a keyring key compromised: the mark is refused until then, as it would leave them unread"
         )
         for line in carried + held:
             print(f"  {line}")

@@ -230,6 +230,17 @@ async def _retire_exposed(
     )  # fmt: skip
 
 
+async def _refuse_unsettled(settings: Settings, keyring: Keyring) -> None:
+    """Refuse to mark a key while this node's ledger holds changes the database lacks
+    (:func:`gateway.crypto.lifecycle.refuse_unsettled`), before anything changes."""
+    from gateway.clock import SYSTEM_CLOCK
+    from gateway.crypto.lifecycle import refuse_unsettled
+    from gateway.identity.ledger import AccountLedger, ledger_path
+
+    async with open_store(settings) as store:
+        await refuse_unsettled(AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK))
+
+
 async def _resign_ledger(settings: Settings, keyring: Keyring, store: Store) -> None:
     """Write this node's account ledger lines again under the active keyring key now: those under the
     key just marked are no longer read (:meth:`gateway.identity.ledger.AccountLedger.resign`)."""
@@ -293,6 +304,7 @@ def _mark(args: argparse.Namespace) -> int:
         )
 
     async def mark() -> None:
+        await _refuse_unsettled(settings, keyring)
         async with open_store(settings, fast=True) as store:
             audit = store.audit(keyring)
             # The signing key first (under the active key), then the mark, whose record names both.
@@ -362,6 +374,8 @@ def _activate(args: argparse.Namespace) -> int:
 
     old = keyring.active_id
     older = leaked_with(keyring, old, args.kid)
+    if args.compromised:
+        run(_refuse_unsettled(settings, keyring))  # before the key is made active: nothing changed
     keyring.activate(path, args.kid)
 
     async def record() -> None:

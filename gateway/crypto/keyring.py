@@ -55,7 +55,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -161,6 +161,11 @@ class Compromise:
         ):
             raise ValueError('"backups" must map backup ids to MACs')
         return cls(at, seq, MappingProxyType(dict(backups)), anchor, str(leaked))
+
+
+def _cutoff(mark: Compromise) -> datetime:
+    """From when a mark trusts nothing the key signed: the leak's time when known, else the mark's."""
+    return as_utc(datetime.fromisoformat(mark.leaked_since)) if mark.leaked_since else mark.time
 
 
 def _check_time(name: str, value: object) -> None:
@@ -384,7 +389,11 @@ class Keyring:
         """Mark a key that is no longer active as compromised, and rewrite the file atomically.
 
         A key marked once stays marked with what it had signed then: marking it again changes nothing
-        (a later mark would vouch for what the leaked key signed in between).
+        (a later mark would vouch for what the leaked key signed in between), except that a leak found
+        to be earlier than the mark's (``leaked_since``, or the mark's time without one) narrows it: the
+        earlier leak time, and only the backups both marks vouch for. A re-attack run re-marked a key
+        with an earlier leak time; the audit record said so and the file kept the later one, vouching
+        for the backups in between.
 
         Args:
             path: The keyring file.
@@ -406,7 +415,18 @@ class Keyring:
                     f"key {kid} is the active key: make another key active first "
                     "(`gateway keys rotate --keyring --compromised` does both)"
                 )
-            draft.compromised.setdefault(kid, compromise)
+            known = draft.compromised.get(kid)
+            if known is None:
+                draft.compromised[kid] = compromise
+            elif compromise.leaked_since and _cutoff(compromise) < _cutoff(known):
+                # Narrowed, never widened: the earlier leak, and what both marks still vouch for.
+                draft.compromised[kid] = replace(
+                    known,
+                    leaked_since=compromise.leaked_since,
+                    backups=MappingProxyType(
+                        {b: mac for b, mac in known.backups.items() if compromise.backups.get(b) == mac}
+                    ),
+                )
 
         self._rewrite(Path(path), mark)
         return self._compromised[kid]

@@ -43,6 +43,7 @@ from gateway.errors import BadRequest, GatewayError
 __all__ = [
     "BackupsSigned",
     "LeakTimeRefused",
+    "LedgerUnsettled",
     "Rotation",
     "RotationTarget",
     "SigningRotation",
@@ -51,6 +52,7 @@ __all__ = [
     "leak_time",
     "leaked_with",
     "mark_compromised",
+    "refuse_unsettled",
     "resign_ledger",
     "retire_exposed_signing",
     "rotate_keys",
@@ -168,6 +170,8 @@ class Ledger(Protocol):
 
     async def resign(self) -> object: ...
 
+    async def unsettled(self) -> Sequence[object]: ...
+
 
 async def rotate_keys(
     target: RotationTarget,
@@ -230,9 +234,13 @@ async def rotate_keys(
         KeyringError: The keyring file cannot be read or written, or ``stage`` with ``compromised``
             for the keyring (a leaked key must stop encrypting now).
         LeakTimeRefused: ``leaked_since`` is later than now (nothing was rotated).
+        LedgerUnsettled: the node's account ledger holds changes the database lacks (nothing was
+            rotated).
     """
     rotate_keyring = target in (RotationTarget.ALL, RotationTarget.KEYRING)
     leaked_since = leak_time(leaked_since, clock)  # before anything is rotated
+    if rotate_keyring and compromised and ledger is not None:
+        await refuse_unsettled(ledger)
     if rotate_keyring and compromised and stage:
         raise KeyringError(
             "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
@@ -368,6 +376,36 @@ async def retire_exposed_signing(
     return Rotation(signing=made, compromised=True, signing_exposed=exposed)
 
 
+class LedgerUnsettled(GatewayError):
+    """A keyring key cannot be marked compromised yet (409): this node's account ledger holds changes
+    the database lacks, under the key about to be marked; nothing was changed."""
+
+    status = 409
+    title = "Account ledger not replayed yet"
+
+
+async def refuse_unsettled(ledger: Ledger) -> None:
+    """Refuse a mark while this node's account ledger holds changes the database lacks.
+
+    A database restored from a backup lacks the disables, erasures and resets made since; the ledger
+    file holds them, and a gateway started on the database makes them again. Lines under a key marked
+    compromised are no longer read, and only what the table holds is written again under the new key,
+    so a mark made before that replay lost every one of them (a re-attack run: restore, mark, start;
+    the disabled account was back).
+
+    Raises:
+        LedgerUnsettled: There are such changes.
+    """
+    pending = await ledger.unsettled()
+    if pending:
+        raise LedgerUnsettled(
+            f"this node's account ledger holds {len(pending)} change(s) the database lacks (a database "
+            "restored from a backup that no gateway has started on yet): marking the key now would "
+            "leave them unread. Start a gateway on this database once (it makes them again before it "
+            "serves), then mark the key."
+        )
+
+
 class LeakTimeRefused(BadRequest):
     """A leak's time later than now (400): a typo, not a leak; nothing was changed."""
 
@@ -439,6 +477,15 @@ async def mark_compromised(
         for k in kids:
             mark = Compromise(at, seq, MappingProxyType(vouched[k]), head, since)
             marked[k] = await asyncio.to_thread(keyring.mark_compromised, keyring_file, k, mark)
+        # The record says what the file holds: a key marked before keeps its mark, narrowed only by an
+        # earlier leak (Keyring.mark_compromised), not what this call asked for.
+        held = marked[kid]
+        if held.at != at:
+            record["marked_before_at"] = held.at
+        if held.leaked_since:
+            record["leaked_since"] = held.leaked_since
+        else:
+            record.pop("leaked_since", None)
 
     record: dict[str, object] = {
         **(details or {"keyring_key_compromised": kid}),

@@ -584,12 +584,12 @@ class AccountLedger:
         await self.append([entry])
         return entry
 
-    async def append(self, entries: Iterable[Entry]) -> None:
-        """Append ``entries`` to this node's file and sync it. A failure is logged, not raised: the table
-        holds the change, and the next :meth:`sync` writes it here again."""
+    async def append(self, entries: Iterable[Entry]) -> bool:
+        """Append ``entries`` to this node's file and sync it; whether they were written. A failure is
+        logged, not raised: the table holds the change, and the next :meth:`sync` writes it here again."""
         entries = list(entries)
         if not entries:
-            return
+            return True
         # Stamped with this database's lineage (a line carried from the file keeps its own).
         own = (await self.lineage()).id
         data = b"".join(
@@ -602,6 +602,8 @@ class AccountLedger:
                 logger.error(
                     "account ledger: cannot write %s (%s); the next sync tries again", self.path, exc
                 )
+                return False
+        return True
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -657,12 +659,24 @@ class AccountLedger:
 
     async def _write_missing(self, table: Mapping[str, Entry], file: Mapping[str, Entry]) -> int:
         """Append the table's entries ``file`` (this node's, as read) lacks; compact the file when it
-        is long, or holds lines under a marked key (only once the table's were written again)."""
+        is long, or holds lines under a marked key (only once the table's were written again: a full
+        disk must not leave the changes in neither form)."""
         missing = newer(table, file)
-        await self.append(missing)
-        if self._marked or self._lines >= self._compact_above:
+        written = await self.append(missing)
+        if written and (self._marked or self._lines >= self._compact_above):
             await self.compact(always=self._marked > 0)
         return len(missing)
+
+    async def unsettled(self) -> list[Entry]:
+        """The changes this node's file holds that the table lacks: a database restored from a backup
+        that no gateway has started on yet (a gateway makes them again, then settles them). A mark of
+        the key they are under would leave them unread (see the module docstring)."""
+        return newer(await self.file(), await self.table())
+
+    @property
+    def quarantine(self) -> Path:
+        """Where a compaction moves the lines under marked keys: kept as evidence, never read."""
+        return self.path.with_name(self.path.name + ".compromised")
 
     async def compact(self, *, always: bool = False) -> tuple[int, int] | None:
         """Rewrite this node's file with only the lines a reader still uses: per lineage and account
@@ -705,6 +719,12 @@ class AccountLedger:
             kept = self._still_read(lines)
             if len(kept) == len(lines) or (not always and 2 * len(kept) > len(lines)):
                 return len(lines), len(lines)
+            marked = frozenset(self._keyring.compromised)
+            leaked = [line for line in lines if (parsed := _parse(line)) is not None and parsed[1] in marked]
+            if leaked:
+                # Moved, not deleted: what an intruder wrote with the leaked key is evidence, and a line
+                # the table lacked can still be read by hand (mode 0600, as the ledger).
+                _append(self.quarantine, b"".join(line + b"\n" for line in leaked))
             _replace(self.path, b"".join(lines[number] + b"\n" for number in kept))
         return len(lines), len(kept)
 

@@ -336,3 +336,34 @@ def test_the_ledger_is_written_again_under_the_new_key_when_the_old_one_is_marke
     lines = [json.loads(line) for line in ledger.read_bytes().splitlines()]
     assert {line["mac_kid"] for line in lines} == {kid}
     assert [line["state"] for line in lines] == ["disabled"]
+
+
+def test_a_mark_waits_until_a_restored_databases_ledger_changes_are_made_again(config: Path) -> None:
+    """A re-attack run: restore a backup, then rotate the leaked keyring at once, then start the
+    gateway. The disable made since the backup was only in the ledger file, under the key the rotation
+    marked, and was lost with it. Every command that marks a key refuses until a gateway has started on
+    the restored database (exit 1, nothing rotated)."""
+    c = ("--config", str(config))
+    added = run_cli("user", "add", "carol", "--password-stdin", *c, stdin="a long passphrase 1\n")
+    assert added.returncode == 0, added.stderr
+    made = gateway("backup", "create", *c)
+    assert made.returncode == 0, made.stderr
+    backup_id = made.stdout.strip().splitlines()[-1].split()[-1]
+    assert gateway("user", "disable", "carol", *c).returncode == 0
+    data = config.parent / "data"
+    restored = gateway("backup", "restore", backup_id, "--data-dir", str(data), "--force", *c)
+    assert restored.returncode == 0, restored.stderr
+    keyring_file = (data / "keys" / "keyring.json").read_bytes()
+
+    rotated = gateway("keys", "rotate", "--keyring", "--compromised", *c)
+    assert rotated.returncode == 1
+    assert "1 change(s) the database lacks" in rotated.stderr
+    assert "Start a gateway on this database once" in rotated.stderr
+    staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
+    kid = staged.stdout.split("staged key ")[1].split()[0]
+    activated = gateway("keys", "activate", kid, "--compromised", *c)
+    assert activated.returncode == 1
+    assert "1 change(s) the database lacks" in activated.stderr
+    keyring = json.loads((data / "keys" / "keyring.json").read_bytes())
+    assert keyring["active"] == json.loads(keyring_file)["active"]
+    assert not keyring.get("compromised")

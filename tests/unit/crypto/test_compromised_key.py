@@ -56,6 +56,39 @@ def test_a_marked_key_still_decrypts_but_never_becomes_active_again(tmp_path: Pa
     assert Keyring.load(path).compromised[old] == _mark(7, b1="ab")
 
 
+def test_an_earlier_leak_narrows_a_mark_and_a_later_one_never_widens_it(tmp_path: Path) -> None:
+    """A re-attack run marked a key again with an earlier leak time: the audit record said so, and the
+    file kept the later one, vouching for the backups made in between."""
+    path = tmp_path / "keyring.json"
+    keyring = Keyring.create(path)
+    old = keyring.active_id
+    keyring.rotate(path)
+    at = "2026-12-06T20:00:00+00:00"
+    keyring.mark_compromised(
+        path, old, Compromise(at, 7, {"b1": "ab", "b2": "cd"}, "h7", "2026-12-05T00:00:00+00:00")
+    )
+
+    # Found out later that it leaked on the 1st: b2 was made after that.
+    keyring.mark_compromised(
+        path, old, Compromise("2026-12-07T09:00:00+00:00", 9, {"b1": "ab"}, "h9", "2026-12-01T00:00:00+00:00")
+    )
+    narrowed = Keyring.load(path).compromised[old]
+    assert (narrowed.at, narrowed.audit_seq, narrowed.audit_hash) == (at, 7, "h7")  # the first mark's
+    assert narrowed.leaked_since == "2026-12-01T00:00:00+00:00"
+    assert dict(narrowed.backups) == {"b1": "ab"}
+
+    # A later leak time, a mark without one, a backup vouched only now: nothing widens.
+    keyring.mark_compromised(
+        path,
+        old,
+        Compromise(
+            "2026-12-07T10:00:00+00:00", 11, {"b1": "ab", "b3": "ef"}, "h11", "2026-12-03T00:00:00+00:00"
+        ),
+    )
+    keyring.mark_compromised(path, old, Compromise("2026-12-07T11:00:00+00:00", 12, {"b3": "ef"}))
+    assert Keyring.load(path).compromised[old] == narrowed
+
+
 def test_a_process_that_loaded_the_file_before_the_mark_cannot_drop_it(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     stale = Keyring.create(path)

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.crypto.keyring import Keyring
-from gateway.crypto.lifecycle import Rotation, RotationTarget, rotate_keys
+from gateway.crypto.lifecycle import LedgerUnsettled, Rotation, RotationTarget, rotate_keys
 from gateway.identity.ledger import AccountLedger, Entry, Lineage, merge, read_lines
 from gateway.identity.models import User
 from gateway.privacy.register import Channel
@@ -128,6 +128,7 @@ async def test_a_change_made_before_the_mark_is_still_made_again_after_it(
 
     new = rotation.keyring_key
     assert _kids(a.ledger.path) == {new}  # the marking node's file, at the mark
+    assert _kids(a.ledger.quarantine) == {leaked}  # the old lines moved aside, as evidence
     await b.ledger.sync()
     assert _kids(b.ledger.path) == {new}  # every other node's, at its next sync
     lineage = await a.ledger.lineage()
@@ -164,3 +165,54 @@ async def test_an_ordinary_keyring_rotation_keeps_every_line_readable(
     assert (done.disabled, done.deleted) == (1, 1)
     assert not await a.signs_in("erin")
     assert not await a.signs_in("finn")
+
+
+async def test_a_mark_is_refused_while_a_restored_database_lacks_the_files_changes(
+    pair: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """A re-attack run restored a backup, rotated the leaked keyring at once and then started the
+    gateway: the disable made since the backup was only in the file, under the marked key, and was
+    lost with it. The mark waits until a gateway has made the file's changes again."""
+    a, _ = pair
+    carol = await a.add("carol")
+    backup = [await _row(a.db, carol.id)]
+    await a.accounts.disable(carol.id, actor="admin:root")
+    await _restore(a.db, *backup)
+    keyring_file = (tmp_path / KEYRING).read_bytes()
+
+    with pytest.raises(LedgerUnsettled, match=r"1 change\(s\) the database lacks"):
+        await _rotate(a, tmp_path, compromised=True)
+
+    assert (tmp_path / KEYRING).read_bytes() == keyring_file  # nothing rotated, nothing marked
+    assert (await a.replay()).disabled == 1  # a gateway started on the restored database
+    await _rotate(a, tmp_path, compromised=True)
+    await _restore(a.db, *backup)
+    assert (await a.replay()).disabled == 1  # written again under the new key: still made again
+    assert not await a.signs_in("carol")
+
+
+async def test_marked_lines_stay_while_the_tables_could_not_be_written_again(
+    pair: tuple[Node, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the table's entries cannot be appended under the new key, so the lines under the
+    marked key are not dropped either (the next sync does both); the change is never in neither form."""
+    import gateway.identity.ledger as ledger_module
+
+    a, _ = pair
+    dave = await a.add("dave")
+    await a.accounts.disable(dave.id, actor="admin:root")
+    leaked = a.keyring.active_id
+    real_append = ledger_module._append
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path == a.ledger.path:  # the ledger's own appends; the quarantine beside it still writes
+            raise OSError(28, "No space left on device")
+        real_append(path, data)
+
+    monkeypatch.setattr(ledger_module, "_append", full_disk)
+    await _rotate(a, tmp_path, compromised=True)
+    assert _kids(a.ledger.path) == {leaked}  # kept: nothing took its place
+
+    monkeypatch.setattr(ledger_module, "_append", real_append)
+    await a.ledger.sync()
+    assert _kids(a.ledger.path) == {a.keyring.active_id}
