@@ -14,7 +14,9 @@ session appears only as the prefix of its id's SHA-256.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -36,7 +38,17 @@ if TYPE_CHECKING:
     from gateway.observe.record import Observer, RequestRecord
     from gateway.observe.sinks import SinkHub
 
-__all__ = ["AccessEntry", "Entry", "SecurityEntry", "access_observer", "audit_listener"]
+__all__ = [
+    "UNENCODABLE",
+    "AccessEntry",
+    "Entry",
+    "SecurityEntry",
+    "access_observer",
+    "audit_listener",
+    "unencodable_events",
+]
+
+logger = logging.getLogger("gateway.observe")
 
 ECS_VERSION: Final = "8.11.0"
 _ENCODER: Final = msgspec.json.Encoder()
@@ -47,6 +59,46 @@ _FAILED_DECISIONS: Final = frozenset(
 _ALERT_PREFIXES: Final = ("threat.", "alert.", "anomaly.")
 _ALERT_MARKERS: Final = ("locked", "lockout", "brute", "replay", "tamper")
 _MAX_USER_AGENT: Final = 512
+# The Host's name as logged: a DNS name is at most 255 characters. Any client can send a 30 KB Host
+# (latin-1 decoded, so C1 bytes grow to six escaped bytes each): cut like the User-Agent, it no
+# longer makes a line of 120 KB per sink per request (an attack run).
+_MAX_HOST: Final = 255
+#: The tag of the stand-in for an event that could not be encoded (see :meth:`Entry.json`).
+UNENCODABLE: Final = "unencodable"
+# Seconds between two warnings that an event could not be encoded.
+_WARN_EVERY: Final = 60.0
+# Events sent as an UNENCODABLE stand-in since start, and when that was last said.
+_unencodable = 0
+_unencodable_warned_at: float | None = None
+
+
+def unencodable_events() -> int:
+    """How many events this process sent as an ``unencodable`` stand-in (see :meth:`Entry.json`)."""
+    return _unencodable
+
+
+def _note_unencodable(stream: str, exc: Exception) -> None:
+    """Count an event that could not be encoded; warn at most once a minute."""
+    global _unencodable, _unencodable_warned_at
+    _unencodable += 1
+    now = time.monotonic()
+    if _unencodable_warned_at is None or now - _unencodable_warned_at >= _WARN_EVERY:
+        _unencodable_warned_at = now
+        # The exception's type only: its message may quote the event's content.
+        logger.warning(
+            "a %s event could not be encoded (%s); the log sinks got a minimal event tagged %r in its "
+            "place (%d so far)",
+            stream,
+            type(exc).__name__,
+            UNENCODABLE,
+            _unencodable,
+        )
+
+
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (which JSON escapes can smuggle into audit
+    details and msgspec refuses to encode) becomes ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _milliseconds(at: float) -> int:
@@ -97,7 +149,13 @@ def _timestamp_bytes(at: float) -> bytes:
 
 
 class Entry:
-    """One event queued for the sinks; serialised lazily and only once, whichever sink asks first."""
+    """One event queued for the sinks; serialised lazily and only once, whichever sink asks first.
+
+    Neither :meth:`document` nor :meth:`json` raises: an event that cannot be built or encoded (a lone
+    surrogate in audit details, which msgspec refuses) is replaced by a minimal one (its time, what
+    happened, who, tagged :data:`UNENCODABLE`) and counted. Before, one such event failed its whole
+    batch in every sink, and the batch was dropped after its retries (an attack run).
+    """
 
     __slots__ = ("_document", "_json")
 
@@ -122,16 +180,41 @@ class Entry:
     def document(self) -> dict[str, Any]:
         """The ECS document as plain dicts and lists (built on first use)."""
         if self._document is None:
-            self._document = self._build()
+            try:
+                self._document = self._build()
+            except Exception as exc:  # noqa: BLE001 - one bad event must not fail its batch
+                self._json = self._unencodable(exc)
+        assert self._document is not None  # built, or the stand-in
         return self._document
 
     def json(self) -> bytes:
         """The document as compact UTF-8 JSON, no trailing newline."""
         if self._json is None:
-            self._json = _ENCODER.encode(self._document if self._document is not None else self._build())
+            try:
+                self._json = _ENCODER.encode(self._document if self._document is not None else self._build())
+            except Exception as exc:  # noqa: BLE001 - one bad event must not fail its batch
+                self._json = self._unencodable(exc)
         return self._json
 
     def _build(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _unencodable(self, exc: Exception) -> bytes:
+        """Count the failure, keep the stand-in as the document and return its JSON."""
+        _note_unencodable(self.stream, exc)
+        try:
+            document = self._minimal()
+            document["tags"] = [UNENCODABLE]
+            document["error"] = {"message": f"the event could not be encoded ({type(exc).__name__})"}
+            data = _ENCODER.encode(document)
+        except Exception:  # noqa: BLE001 - the stand-in must not fail either: the bare minimum then
+            document = {"ecs": {"version": ECS_VERSION}, "tags": [UNENCODABLE]}
+            data = _ENCODER.encode(document)
+        self._document = document
+        return data
+
+    def _minimal(self) -> dict[str, Any]:
+        """The stand-in's fields: when, and what happened to whom, with every string made encodable."""
         raise NotImplementedError
 
 
@@ -151,12 +234,29 @@ class AccessEntry(Entry):
 
     def json(self) -> bytes:
         if self._json is None:
-            self._json = _access_json(self.record)
+            try:
+                self._json = _access_json(self.record)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not fail its batch
+                self._json = self._unencodable(exc)
         return self._json
 
     def _build(self) -> dict[str, Any]:
         # Only the Splunk sink asks for the document; every sink wants the JSON, written once.
         document: dict[str, Any] = msgspec.json.decode(self.json())
+        return document
+
+    def _minimal(self) -> dict[str, Any]:
+        rec = self.record
+        document: dict[str, Any] = {
+            "@timestamp": _timestamp(rec.at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {"kind": "event", "category": ["web"], "dataset": "gateway.access"},
+            "http": {"request": {"method": _printable(rec.method)}, "response": {"status_code": rec.status}},
+        }
+        if rec.client_ip:
+            document["source"] = {"ip": _printable(rec.client_ip)}
+        if rec.user:
+            document["user"] = {"name": _printable(rec.user)}
         return document
 
 
@@ -298,8 +398,10 @@ def _client_part(host: str, user_agent: str) -> bytes:
     known = _clients.get(key)
     if known is None:
         name, port = _split_host(host)
-        if name is not None and looks_secret(name):
-            name = REDACTED  # a token sent as the Host (an attack run found it in the log)
+        if name is not None:
+            name = name[:_MAX_HOST]  # only for a new Host: the memo holds the usual ones
+            if looks_secret(name):
+                name = REDACTED  # a token sent as the Host (an attack run found it in the log)
         known = b'%s%s},"user_agent":{"original":%s},' % (
             b"" if name is None else b',"domain":' + _ENCODER.encode(name),
             b"" if port is None else b',"port":%d' % port,
@@ -373,6 +475,28 @@ class SecurityEntry(Entry):
             doc["user"] = {"name": ev.subject}
         return doc
 
+    def _minimal(self) -> dict[str, Any]:
+        ev = self.event
+        subject = _printable(ev.subject)
+        doc: dict[str, Any] = {
+            "@timestamp": _timestamp(self.at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "alert" if is_alert(ev.kind) else "event",
+                "category": [_category(ev.kind)],
+                "action": _printable(ev.kind),
+                "dataset": "gateway.audit",
+                "outcome": _outcome(ev.outcome),
+            },
+            # The details are what failed: left out, the rest says who did what.
+            "gateway": {"actor": _printable(ev.actor), "subject": subject, "outcome": _printable(ev.outcome)},
+        }
+        if ev.ip:
+            doc["source"] = {"ip": _printable(ev.ip)}
+        if subject:
+            doc["user"] = {"name": subject}
+        return doc
+
 
 class CheckpointEntry(Entry):
     """A signed audit-chain checkpoint (or a ``audit.chain_broken`` alert) on its way out of the database.
@@ -409,6 +533,19 @@ class CheckpointEntry(Entry):
                 "dataset": "gateway.audit",
             },
             "gateway": {"checkpoint": self.checkpoint},
+        }
+
+    def _minimal(self) -> dict[str, Any]:
+        broken = self.checkpoint.get("type") == "audit.chain_broken"
+        return {
+            "@timestamp": _timestamp(self._at),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "alert" if broken else "event",
+                "category": ["database"],
+                "action": "audit.chain_broken" if broken else "audit.checkpoint",
+                "dataset": "gateway.audit",
+            },
         }
 
 

@@ -129,6 +129,7 @@ _SINK_RESULTS = (
     ("dropped", "dropped"),
     ("dropped_security", "dropped_security"),
     ("failed", "failures"),
+    ("truncated", "truncated"),  # sent cut down to fit the transport (UDP syslog): also in "sent"
 )
 # A detection's action kinds that block something, and the ``kind`` label they count under.
 _BLOCKING_ACTIONS = {"block_ip": "ip", "lock_account": "account"}

@@ -24,6 +24,7 @@ import aiohttp
 
 from gateway.errors import GatewayError, NoRoute, UpstreamError
 from gateway.observe.record import AuthKind, RequestKind
+from gateway.observe.redact import redact_path
 from gateway.pipeline.asgi import Receive, Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.forward_auth import (
@@ -93,6 +94,12 @@ def _upstream_headers(
         # The gateway's upstream span becomes the application's parent (the client's is replaced).
         headers = ctx.trace.upstream_headers(headers)
     return headers
+
+
+def _logged_path(scope: Scope) -> str:
+    """The request's path for the application log, redacted as the access log redacts it: a token in a
+    path (a WebSocket URL's, a magic link's) must not reach the log through a failed upstream."""
+    return redact_path(str(scope.get("path", "")))
 
 
 class Entry:
@@ -169,7 +176,7 @@ class _Http(Entry):
             # The page shows a plain message and the request id; the detail is here, under that id.
             request_id = ctx.fwd.request_id if ctx.fwd else ""
             logger.warning(
-                "%s %s: %s (request id %s)", scope["method"], scope.get("path"), err.detail, request_id
+                "%s %s: %s (request id %s)", scope["method"], _logged_path(scope), err.detail, request_id
             )
         ctx.rec.status = 302 if err.location and wants_html(ctx.accept) else err.status
         await answer_error(send, err, ctx)
@@ -238,7 +245,7 @@ class _WebSocket(Entry):
         if isinstance(err, UpstreamError):
             # forward_websocket already closed the client's handshake.
             ctx.rec.status = err.status
-            logger.warning("websocket %s: %s", scope.get("path"), err.detail)
+            logger.warning("websocket %s: %s", _logged_path(scope), err.detail)
             return
         # Refuse the handshake; the ASGI server answers it with 403.
         ctx.rec.status = 403

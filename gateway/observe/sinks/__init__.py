@@ -118,7 +118,7 @@ class SinkHub:
             sink.offer(entry)
 
     def stats(self) -> dict[str, SinkStats]:
-        """Counters per sink name: queued, sent, dropped, failures, pending, dropped_security."""
+        """Counters per sink name: queued, sent, dropped, failures, pending, dropped_security, truncated."""
         return {sink.name: sink.stats() for sink in self.sinks}
 
     async def close(self) -> None:
@@ -129,11 +129,12 @@ class SinkHub:
             lost = stats.dropped or stats.failures
             logger.log(
                 logging.WARNING if lost else logging.DEBUG if self._quiet else logging.INFO,
-                "log sink %s closed: queued=%d sent=%d dropped=%d failures=%d dropped_security=%d",
+                "log sink %s closed: queued=%d sent=%d dropped=%d failures=%d dropped_security=%d truncated=%d",
                 name,
                 stats.queued,
                 stats.sent,
                 stats.dropped,
                 stats.failures,
                 stats.dropped_security,
+                stats.truncated,
             )

@@ -9,6 +9,11 @@ requests to a slow collector dropped every sign-in failure and the lock-out). Th
 batches off the queue and hands them to :meth:`Sink.send`; a failed batch is retried with exponential
 back-off (0.2 s doubling up to 30 s) and dropped, counted, after ``retries`` attempts, so one bad
 collector never wedges a sink for good.
+
+A sink whose transport bounds a message's size (syslog over UDP) cuts an event that does not fit and
+notes it (:meth:`Sink._cut`), or, should even the cut-down event not fit, leaves it out and notes that
+(:meth:`Sink._unsendable`): counted in ``truncated``, or as dropped rather than sent, and warned about
+at most once a minute. Before, an event over 65,000 bytes vanished and was counted as sent.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ class SinkStats:
     """Counters of one sink since start. ``queued`` counts accepted events, ``dropped`` events lost
     (queue full, retries exhausted, refused, or still queued at shutdown), ``dropped_security`` the
     security events and checkpoints among them, ``failures`` failed delivery attempts, ``pending``
-    events waiting now."""
+    events waiting now, ``truncated`` events sent cut down to fit the transport (counted in ``sent``
+    as well)."""
 
     queued: int
     sent: int
@@ -89,6 +95,7 @@ class SinkStats:
     failures: int
     pending: int
     dropped_security: int = 0
+    truncated: int = 0
 
 
 class Sink:
@@ -118,6 +125,12 @@ class Sink:
         self._failing = False
         self._queued = self._sent = self._dropped = self._failures = 0
         self._dropped_security = 0
+        self._truncated = 0
+        # What the current delivery attempt cut down, and the entries it could not send at all
+        # (_cut, _unsendable): counted when the attempt succeeds (a failed one is retried whole).
+        self._attempt_cut = 0
+        self._attempt_lost: list[Entry] = []
+        self._oversize_warned_at: float | None = None
         # How many entries of _head are expendable security events (Entry.expendable).
         self._expendable = 0
         self._warned_at: float | None = None
@@ -192,14 +205,24 @@ class Sink:
             failures=self._failures,
             pending=len(self._head) + len(self._queue) + len(self._batch),
             dropped_security=self._dropped_security,
+            truncated=self._truncated,
         )
 
     async def open(self) -> None:
         """Acquire what the sink needs (a client session); connections open lazily in send()."""
 
     async def send(self, batch: list[Entry]) -> None:
-        """Deliver a batch or raise. Must bound its own waiting (timeouts)."""
+        """Deliver a batch or raise. Must bound its own waiting (timeouts). An entry the transport
+        cannot carry whole is cut down (:meth:`_cut`) or, failing that, left out (:meth:`_unsendable`)."""
         raise NotImplementedError
+
+    def _cut(self) -> None:
+        """For :meth:`send`: an entry goes out cut down to fit the transport."""
+        self._attempt_cut += 1
+
+    def _unsendable(self, entry: Entry) -> None:
+        """For :meth:`send`: ``entry`` does not fit the transport even cut down and is left out."""
+        self._attempt_lost.append(entry)
 
     async def aclose(self) -> None:
         """Release connections and files."""
@@ -275,6 +298,8 @@ class Sink:
     async def _deliver(self, batch: list[Entry]) -> None:
         delay = _FIRST_BACKOFF
         for attempt in range(1, self._retries + 1):
+            self._attempt_cut = 0
+            self._attempt_lost = []
             try:
                 await self.send(batch)
             except asyncio.CancelledError:
@@ -290,13 +315,35 @@ class Sink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
             else:
-                self._sent += len(batch)
+                self._sent += len(batch) - len(self._attempt_lost)
+                if self._attempt_cut or self._attempt_lost:
+                    self._count_oversize()
                 if self._failing:
                     self._failing = False
                     logger.warning("log sink %s delivers again", self.name)
                 return
         self._dropped += len(batch)
         self._dropped_security += _security_in(batch)
+
+    def _count_oversize(self) -> None:
+        """Count what the successful attempt cut down or left out; warn at most once a minute."""
+        lost = self._attempt_lost
+        self._truncated += self._attempt_cut
+        self._dropped += len(lost)
+        self._dropped_security += _security_in(lost)
+        now = time.monotonic()
+        if self._oversize_warned_at is None or now - self._oversize_warned_at >= _WARN_EVERY:
+            self._oversize_warned_at = now
+            logger.warning(
+                "log sink %s: events too large for its transport: %d cut down to fit, %d dropped (%d of "
+                "them security events); since start %d cut down, %d security events dropped for any reason",
+                self.name,
+                self._attempt_cut,
+                len(lost),
+                _security_in(lost),
+                self._truncated,
+                self._dropped_security,
+            )
 
 
 def _security_in(entries: Iterable[Entry]) -> int:

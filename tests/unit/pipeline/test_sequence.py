@@ -26,7 +26,9 @@ import yaml
 from aiohttp import WSMsgType, web
 
 from gateway.identity.levels import AuthLevel, Factor, FactorUse
+from gateway.observe.access import AccessEntry
 from gateway.observe.record import AccessDecision, RequestKind, RequestRecord
+from gateway.observe.sinks.base import terminal_safe
 from gateway.pipeline.headers import TrustedProxies
 from gateway.root.apps import ProcessApp, worker_app
 from gateway.services import WorkerServices
@@ -481,3 +483,14 @@ async def test_repeated_header_names_are_read_as_a_list(
     answer = await _call(world, "http", b"/hello", _repeated(world, case))
     assert (case, answer.status, answer.record.user) == (case, status, user)
     assert len(world.upstream.seen) == (1 if status == 200 else 0)
+
+
+async def test_a_30_kb_host_is_logged_cut_to_the_longest_dns_name(world: World) -> None:
+    """An attack run: any client's 30 KB Host (C2 85 pairs, latin-1 decoded: each \\x85 is escaped to six
+    bytes) made a 120 KB access-log line per sink per request."""
+    host = b"\xc2\x85" * 15_000
+    answer = await _call(world, "http", b"/hello", [(b"host", host), (b"accept", b"application/json")])
+    assert answer.record.host == host.decode("latin-1")  # the record holds what was sent...
+    entry = AccessEntry(answer.record)
+    assert len(entry.document()["url"]["domain"]) <= 255  # ...the access event no more than a DNS name
+    assert len(terminal_safe(entry.json())) < 3_000
