@@ -310,10 +310,11 @@ async def rename_factor(
         return flows.login_redirect("/.gateway/account")
     s = signed.session
     credential_id = parse_id(factor_id, what="factor id")  # 400, never a database error
-    if not flows.is_fresh(s, config, identity.clock):
+    if not flows.may_rename(s, kind, config, identity.clock):
         # A stale, stolen cookie renamed the owner's app "LOST phone - remove me" (a re-attack run):
-        # a name tells the owner which factor to remove.
-        return _step_up("/.gateway/account")
+        # a name tells the owner which factor to remove. A passkey asks what its removal asks, one of
+        # the passkeys used fresh (a phished code relabelled the owner's passkey: an attack run).
+        return _step_up("/.gateway/account", kind)
     name = " ".join(data.get("name", "").split())[:60]
     renamed = False
     if name and kind == "totp":

@@ -46,11 +46,14 @@ __all__ = [
     "is_fresh",
     "login_redirect",
     "may_change_factors",
+    "may_remove",
+    "may_rename",
     "owed_step",
     "pending_step",
     "safe_local_rd",
     "safe_rd",
     "set_session_cookie",
+    "sign_in_complete",
 ]
 
 AnyRequest = Request[Any, Any, Any]
@@ -136,6 +139,13 @@ def may_remove(session: Session, kind: str, config: CurrentConfig, clock: Clock)
     ``mfa: webauthn`` route. A person who lost their only passkey asks an administrator
     (``gateway user reset-mfa``)."""
     return is_fresh(session, config, clock, only=Factor.WEBAUTHN if kind == "webauthn" else None)
+
+
+def may_rename(session: Session, kind: str, config: CurrentConfig, clock: Clock) -> bool:
+    """What removing the factor needs (:func:`may_remove`): a name tells the owner which factor to
+    remove, so a passkey's is changed only by someone who could remove it. An attack run's phished
+    password and authenticator code relabelled the owner's passkey "LOST remove me"."""
+    return may_remove(session, kind, config, clock)
 
 
 async def end_listed_session(identity: IdentityServices, s: Session, session_hash: str) -> int | None:
@@ -468,6 +478,14 @@ async def owed_step(identity: IdentityServices, session: Session) -> OwedStep | 
     return "password-change" if session.password_change else None
 
 
+async def sign_in_complete(identity: IdentityServices, session: Session) -> bool:
+    """Whether this sign-in has proved everything the account asks of it (:func:`owed_step`): only
+    then are its failures forgiven and its browser named a known device (:func:`remember_device`).
+    An account without a second factor owes its enrollment, so its password alone completes nothing,
+    although no page of the sign-in asks for it (:func:`pending_step`)."""
+    return await owed_step(identity, session) is None
+
+
 _STEP_PAGES: Final[dict[OwedStep, str]] = {
     "second-factor": "/.gateway/mfa",
     "password-change": "/.gateway/account/password",
@@ -494,20 +512,22 @@ async def after_sign_in(
     proven: bool = True,
 ) -> Redirect:
     """Redirect to :func:`next_location`, carrying this session's cookie on the auth host, and, once
-    the sign-in is complete, name the browser a known device of the account
+    the sign-in is complete (:func:`sign_in_complete`), name the browser a known device of the account
     (:mod:`gateway.identity.devices`).
 
     Never before: a known device's failures are counted apart from the account's, so a cookie given
     to a password-only session bought every new one a fresh allowance of second-factor guesses (an
     attack run asked the sign-in page for one after each password, and checked 1,026 wrong TOTP codes
-    in 30 s with the account never locked). And a new device only where this request has just proven
-    a credential (``proven``): the sign-in page visited by a finished session keeps the browser's own
-    cookie, never mints one (an attack run minted 20 from one session cookie with 20 visits, each a
-    fresh allowance of password and second-factor guesses for later)."""
+    in 30 s with the account never locked). Nor for an account that has no second factor yet: the
+    cookies outlived its enrollment (an attack run collected four with the password of an account
+    without factors, then guessed the owner's new authenticator codes four allowances at a time).
+    And a new device only where this request has just proven a credential (``proven``): the sign-in
+    page visited by a finished session keeps the browser's own cookie, never mints one (an attack run
+    minted 20 from one session cookie with 20 visits, each a fresh allowance of password and
+    second-factor guesses for later)."""
     response = Redirect(await next_location(request, config, identity, session, rd))
     set_session_cookie(response, config, session_id)
-    if await pending_step(identity, session, rd) is None:
-        await remember_device(request, response, config, identity, session, mint=proven)
+    await remember_device(request, response, config, identity, session, mint=proven)
     return response
 
 
@@ -552,9 +572,10 @@ async def remember_device(
     mint: bool = True,
 ) -> None:
     """Give the browser a known-device cookie for the session's account: the one it has if that is
-    valid (its year starts again), else a new one (not with ``mint`` off: then nothing)."""
+    valid (its year starts again), else a new one (not with ``mint`` off: then nothing). Nothing
+    while the sign-in still owes a step (:func:`sign_in_complete`), whoever calls."""
     devices = identity.accounts.devices
-    if devices is None:
+    if devices is None or not await sign_in_complete(identity, session):
         return
     user = await identity.accounts.get(session.user_id)
     if user is None:

@@ -159,8 +159,11 @@ async def login_submit(
         return _login_refused(request, config, rd, username, 401, _SAME_ANSWER)
     pending = await flows.pending_step(identity, session, rd)
     if pending is None:
-        # Nothing more to prove: the sign-in is complete, so its failures are forgiven.
-        await identity.regulator.record_success(result.regulation_key)
+        if await flows.sign_in_complete(identity, session):
+            # Nothing more to prove: the sign-in is complete, so its failures are forgiven. Not for an
+            # account that owes the enrollment of its first factor: whoever has its password would
+            # wipe the count of the guesses at the codes the owner is about to enroll.
+            await identity.regulator.record_success(result.regulation_key)
         return await flows.after_sign_in(request, config, identity, session_id, session, rd)
     response = Redirect(pending)
     flows.set_session_cookie(response, config, session_id)

@@ -9,8 +9,10 @@ browser still signs in. A browser the account has never signed in from is locked
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.integration.harness import (
@@ -25,7 +27,7 @@ from tests.integration.harness import (
 )
 from tests.integration.http_client import PASSWORD, SESSION_COOKIE, browser, login, post_form
 from tests.integration.test_signin_http import CREDENTIAL_RE, SECRET_RE, enroll_totp, wrong_code
-from tests.support.totp import previous_step_code
+from tests.support.totp import oathtool, previous_step_code
 
 pytestmark = pytest.mark.peer
 
@@ -49,12 +51,30 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             yield gateway
 
 
+def known_device(client: httpx.Client, user: str) -> str:
+    """A person's first days: a password sign-in of ``user`` (no factor yet) enrolls an authenticator
+    app, then a sign-in with the password and a code. Returns the device cookie that complete sign-in
+    named; the first one, which owed its enrollment until the end, named none (a password alone of
+    an account without factors bought cookies that outlived the enrollment: an attack run)."""
+    assert login(client, user).status_code == 302
+    secret = enroll_totp(client)
+    assert not client.cookies.get(DEVICE_COOKIE)
+    client.cookies.delete(SESSION_COOKIE)
+    signed = login(client, user)
+    assert signed.status_code == 302, signed.text
+    assert signed.headers["location"].startswith("/.gateway/mfa"), signed.headers
+    assert not client.cookies.get(DEVICE_COOKIE)
+    done = post_form(client, "/.gateway/mfa/totp", {"code": oathtool(secret, time.time())})
+    assert done.status_code in (302, 303), done.text
+    device = client.cookies.get(DEVICE_COOKIE)
+    assert device  # a completed sign-in named this browser a known device of the account
+    return device
+
+
 def test_an_attacker_locks_the_account_but_not_the_persons_own_browser(gw: Gateway) -> None:
     with browser(gw) as own:
         own.headers["X-Forwarded-For"] = "203.0.113.20"
-        assert login(own, "wendy").status_code == 302
-        device = own.cookies.get(DEVICE_COOKIE)
-        assert device  # a completed sign-in named this browser a known device of the account
+        known_device(own, "wendy")
         own.cookies.delete(SESSION_COOKIE)
 
         for _ in range(12):
@@ -65,7 +85,7 @@ def test_an_attacker_locks_the_account_but_not_the_persons_own_browser(gw: Gatew
             stranger.headers["X-Forwarded-For"] = "203.0.113.21"
             assert login(stranger, "wendy").status_code == 429
 
-        assert login(own, "wendy").status_code == 302  # her own browser signs in
+        assert login(own, "wendy").status_code == 302  # her own browser signs in (on to her code)
         assert own.cookies.get(SESSION_COOKIE)
 
 
@@ -74,8 +94,7 @@ def test_the_person_may_change_their_password_while_the_account_is_held_locked(g
     add_user(gw.config_path, "zoe", PASSWORD)
     with browser(gw) as own:
         own.headers["X-Forwarded-For"] = "203.0.113.40"
-        assert login(own, "zoe").status_code == 302
-        enroll_totp(own)  # a password change needs a recent second factor
+        known_device(own, "zoe")  # and a recent second factor, which a password change needs
         for _ in range(12):
             with browser(gw) as attacker:
                 attacker.headers["X-Forwarded-For"] = "198.51.100.88"
@@ -121,8 +140,7 @@ def test_a_forged_or_foreign_device_cookie_counts_with_everyone(gw: Gateway) -> 
     add_user(gw.config_path, "yara", PASSWORD)
     with browser(gw) as other:  # yara's device cookie is no device of xena's
         other.headers["X-Forwarded-For"] = "203.0.113.30"
-        assert login(other, "yara").status_code == 302
-        yaras = other.cookies.get(DEVICE_COOKIE)
+        yaras = known_device(other, "yara")
         # The device cookie is the gateway's: it never reaches the app.
         seen = other.get("/anything", headers={"Accept": "application/json"})
         assert seen.status_code == 200, seen.text
@@ -181,9 +199,7 @@ def test_a_finished_session_visiting_the_sign_in_page_mints_no_device(gw: Gatewa
     add_user(gw.config_path, "vera", PASSWORD)
     with browser(gw) as own:
         own.headers["X-Forwarded-For"] = "203.0.113.60"
-        assert login(own, "vera").status_code == 302
-        device = own.cookies.get(DEVICE_COOKIE)
-        assert device
+        device = known_device(own, "vera")
         for _ in range(5):
             own.cookies.delete(DEVICE_COOKIE)
             again = own.get("/.gateway/login")
@@ -202,9 +218,7 @@ def test_a_new_password_ends_the_device_cookies_collected_before_it(gw: Gateway)
     add_user(gw.config_path, "tess", PASSWORD)
     with browser(gw) as intruder:
         intruder.headers["X-Forwarded-For"] = "198.51.100.70"
-        assert login(intruder, "tess").status_code == 302
-        collected = intruder.cookies.get(DEVICE_COOKIE)
-    assert collected
+        collected = known_device(intruder, "tess")  # the intruder had the password and the code
     new_password = "a brand new passphrase 2026"
     proc = run_cli(
         "user", "set-password", "tess", "--password-stdin", "--config", str(gw.config_path),

@@ -285,6 +285,45 @@ async def test_an_older_session_renames_no_factor(worker: tuple[WorkerServices, 
     assert [e.subject for e in await services.identity.audit.events(kind="factor.renamed")] == ["vic"]
 
 
+async def test_a_passkey_is_renamed_only_by_a_sign_in_that_could_remove_it(
+    worker: tuple[WorkerServices, httpx.AsyncClient],
+) -> None:
+    """An attack run: a phished password and authenticator code relabelled the owner's passkey
+    "LOST remove me", which removing it would not have allowed (that needs one of the passkeys)."""
+    from gateway.identity.levels import AuthLevel, Factor, FactorUse
+
+    services, client = worker
+    identity = services.identity
+    user = await _account(services)
+    await signed_in(services, client, user)
+    assert (await _register(client, await _token(client))).status_code == 200
+    (passkey,) = await identity.webauthn.list(user.id)
+    here = f"/.gateway/account/factors/webauthn/{passkey.id}/rename"
+    # The attacker: password and a fresh authenticator code, sent to use a passkey, as removal is.
+    await signed_in(services, client, user)
+    refused = await client.post(
+        here, data={"_csrf_token": await _token(client), "name": "LOST remove me"},
+        headers={"Accept": "text/html"}, follow_redirects=False,
+    )  # fmt: skip
+    assert refused.status_code in (302, 303), refused.text
+    assert refused.headers["location"].startswith("/.gateway/mfa?need=webauthn"), refused.headers
+    assert [k.name for k in await identity.webauthn.list(user.id)] == [passkey.name]
+    # The owner, with one of the passkeys just used: renamed.
+    now = identity.clock.time()
+    owners, _ = await identity.sessions.create(
+        user_id=user.id, username=user.username, level=AuthLevel.TWO_FACTOR,
+        factors=(FactorUse(Factor.PASSWORD, now), FactorUse(Factor.WEBAUTHN, now)),
+        roles=(), ip="127.0.0.1", user_agent="test", host=BASE_URL,
+    )  # fmt: skip
+    client.cookies.set("gateway_session", owners, domain="gw.test")
+    renamed = await client.post(
+        here, data={"_csrf_token": await _token(client), "name": "Office key"},
+        headers={"Accept": "text/html"}, follow_redirects=False,
+    )  # fmt: skip
+    assert "Renamed" in renamed.headers["location"], renamed.headers
+    assert [k.name for k in await identity.webauthn.list(user.id)] == ["Office key"]
+
+
 async def test_a_passkey_route_asked_of_an_account_without_one_leads_to_adding_one(
     worker: tuple[WorkerServices, httpx.AsyncClient],
 ) -> None:
