@@ -14,7 +14,10 @@ attacker without the cookie locks the account's shared bucket, and the person's 
 signs in. The cookie proves nothing about who is at the keyboard: it only chooses the counter, and a
 stolen one buys its own ``max_failures`` guesses per ``lock_time``, no more. Only a request that has
 just proven a credential gets a new one: a finished session asking the sign-in page again keeps the
-cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). And the MAC
+cookie it has (an attack run minted 20 with one session cookie, 20 allowances of guesses). Completed
+means every factor the account owes (``web.flows.sign_in_complete``): an account without a second
+factor owes its enrollment, so its password alone names no device (an attack run collected four so,
+and once the owner enrolled an authenticator app, guessed its codes four allowances at a time). And the MAC
 covers the account's password generation (when it was set, and whether there is one): a password
 changed, set by an admin or withdrawn (``reset-mfa --invite``) ends every device cookie of the account,
 so those an intruder collected while they had the account buy no guesses at the new password. A
