@@ -45,7 +45,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
-from gateway.cli.leak import add_leak_arg, check_leak
+from gateway.cli.leak import add_drop_unsettled_arg, add_leak_arg, check_leak
 from gateway.cli.terminal import one_line
 
 if TYPE_CHECKING:
@@ -259,6 +259,7 @@ async def _rotate(args: argparse.Namespace, ctx: _Ctx) -> int:
         ledger=ctx.svc.accounts.ledger,
         backups_signed=vouching(backup_directory(ctx.svc.settings), keyring, ctx.svc.audit),
         leaked_since=args.leaked_since,
+        drop_unsettled=args.drop_unsettled,
     )
     details = rotation.details()
     text, recorded = f"keys rotated ({target.value})", {"target": target.value}
@@ -434,6 +435,7 @@ def register_cases(actions: SubParsers[argparse.ArgumentParser]) -> None:
         "the keyring key that was active is marked compromised (`gateway keys mark-compromised --help`)",
     )
     add_leak_arg(p)
+    add_drop_unsettled_arg(p)
     p = action("lift", _lift, "lift every block and account lock its detections placed")
     p.add_argument("id", metavar="ID")
     p = action("check", _check, "run the recovery checklist (exit 1 when a check fails)")

@@ -62,7 +62,7 @@ from gateway.cli.harness import (
     operator,
     run,
 )
-from gateway.cli.leak import add_leak_arg, check_leak
+from gateway.cli.leak import add_drop_unsettled_arg, add_leak_arg, check_leak
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -147,6 +147,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 ledger=AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK),
                 backups_signed=_backups_signed(settings, keyring, audit),
                 leaked_since=args.leaked_since,
+                drop_unsettled=args.drop_unsettled,
             )
             if rotation.signing is not None:
                 _print_exposed_signing(rotation)
@@ -230,15 +231,16 @@ async def _retire_exposed(
     )  # fmt: skip
 
 
-async def _refuse_unsettled(settings: Settings, keyring: Keyring) -> None:
-    """Refuse to mark a key while this node's ledger holds changes the database lacks
-    (:func:`gateway.crypto.lifecycle.refuse_unsettled`), before anything changes."""
+async def _refuse_unsettled(settings: Settings, keyring: Keyring, *, drop: bool) -> None:
+    """Refuse to mark a key while this node's ledger holds changes the database lacks, unless
+    ``drop`` (:func:`gateway.crypto.lifecycle.refuse_unsettled`), before anything changes."""
     from gateway.clock import SYSTEM_CLOCK
     from gateway.crypto.lifecycle import refuse_unsettled
     from gateway.identity.ledger import AccountLedger, ledger_path
 
     async with open_store(settings) as store:
-        await refuse_unsettled(AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK))
+        ledger = AccountLedger(store.db, keyring, ledger_path(settings), SYSTEM_CLOCK)
+        await refuse_unsettled(ledger, drop=drop, audit=store.audit(keyring), actor=operator())
 
 
 async def _resign_ledger(settings: Settings, keyring: Keyring, store: Store) -> None:
@@ -304,7 +306,7 @@ def _mark(args: argparse.Namespace) -> int:
         )
 
     async def mark() -> None:
-        await _refuse_unsettled(settings, keyring)
+        await _refuse_unsettled(settings, keyring, drop=args.drop_unsettled)
         async with open_store(settings, fast=True) as store:
             audit = store.audit(keyring)
             # The signing key first (under the active key), then the mark, whose record names both.
@@ -375,7 +377,8 @@ def _activate(args: argparse.Namespace) -> int:
     old = keyring.active_id
     older = leaked_with(keyring, old, args.kid)
     if args.compromised:
-        run(_refuse_unsettled(settings, keyring))  # before the key is made active: nothing changed
+        # Before the key is made active: nothing changed.
+        run(_refuse_unsettled(settings, keyring, drop=args.drop_unsettled))
     keyring.activate(path, args.kid)
 
     async def record() -> None:
@@ -536,6 +539,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "encrypted are listed (they must enrol again)",
     )
     add_leak_arg(p)
+    add_drop_unsettled_arg(p)
     p.set_defaults(func=_rotate, what="all")
 
     p = actions.add_parser(
@@ -553,6 +557,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
         "as with rotate --compromised, a signing key under it is rotated and the TOTP seeds under it named)",
     )
     add_leak_arg(p)
+    add_drop_unsettled_arg(p)
     p.set_defaults(func=_activate)
 
     p = actions.add_parser(
@@ -568,6 +573,7 @@ def register(sub: SubParsers[argparse.ArgumentParser]) -> None:
     config_arg(p)
     p.add_argument("kid", metavar="KID", help="the key id (`gateway keys list` shows them)")
     add_leak_arg(p)
+    add_drop_unsettled_arg(p)
     p.set_defaults(func=_mark)
 
     p = actions.add_parser(

@@ -1,4 +1,5 @@
-"""``--leaked-since``: how every command that marks a leaked keyring key takes the leak's time.
+"""``--leaked-since`` and ``--drop-unsettled``: how every command that marks a leaked keyring key takes the
+leak's time, and the override of the account ledger's refusal.
 
 ``gateway keys rotate|activate|mark-compromised`` and ``gateway incident case rotate-keys`` add the
 option and check it here, so a time one of them takes the other takes too, and each refuses a time
@@ -13,7 +14,7 @@ from datetime import datetime
 
 from gateway.cli.harness import UserError
 
-__all__ = ["add_leak_arg", "check_leak", "leak_time_arg"]
+__all__ = ["add_drop_unsettled_arg", "add_leak_arg", "check_leak", "leak_time_arg"]
 
 # Heavy imports (the clock, the key lifecycle, the audit query) happen when a command runs, not when
 # the parser is built: `gateway --help` must not pay for them.
@@ -37,6 +38,18 @@ def add_leak_arg(p: argparse.ArgumentParser) -> None:
         metavar="ISO",
         help="the earliest the key could have leaked (UTC if no offset), when known: the backups made since "
         "are not vouched for either, as what the leaked key signed cannot be told from the gateway's own",
+    )
+
+
+def add_drop_unsettled_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--drop-unsettled`` (``args.drop_unsettled``): mark even though this node's account ledger
+    holds changes the database lacks (:func:`gateway.crypto.lifecycle.refuse_unsettled`)."""
+    p.add_argument(
+        "--drop-unsettled",
+        action="store_true",
+        help="mark the key even though this node's account ledger holds changes the database lacks (a "
+        "restored database no gateway has started on yet, or changes a gateway could not make): they are "
+        "given up, and recorded as keys.ledger_unsettled_dropped. Start a gateway on a restored database first",
     )
 
 

@@ -163,6 +163,23 @@ class Compromise:
         return cls(at, seq, MappingProxyType(dict(backups)), anchor, str(leaked))
 
 
+def held_mark(known: Compromise | None, compromise: Compromise) -> Compromise:
+    """The mark a key holds after ``compromise`` is made on it (``known``: its mark before, if any): the
+    new one; else the earlier one, narrowed by an earlier leak (its time, and only the backups both
+    vouch for), never widened (see :meth:`Keyring.mark_compromised`)."""
+    if known is None:
+        return compromise
+    if compromise.leaked_since and _cutoff(compromise) < _cutoff(known):
+        return replace(
+            known,
+            leaked_since=compromise.leaked_since,
+            backups=MappingProxyType(
+                {b: mac for b, mac in known.backups.items() if compromise.backups.get(b) == mac}
+            ),
+        )
+    return known
+
+
 def _cutoff(mark: Compromise) -> datetime:
     """From when a mark trusts nothing the key signed: the leak's time when known, else the mark's."""
     return as_utc(datetime.fromisoformat(mark.leaked_since)) if mark.leaked_since else mark.time
@@ -415,18 +432,7 @@ class Keyring:
                     f"key {kid} is the active key: make another key active first "
                     "(`gateway keys rotate --keyring --compromised` does both)"
                 )
-            known = draft.compromised.get(kid)
-            if known is None:
-                draft.compromised[kid] = compromise
-            elif compromise.leaked_since and _cutoff(compromise) < _cutoff(known):
-                # Narrowed, never widened: the earlier leak, and what both marks still vouch for.
-                draft.compromised[kid] = replace(
-                    known,
-                    leaked_since=compromise.leaked_since,
-                    backups=MappingProxyType(
-                        {b: mac for b, mac in known.backups.items() if compromise.backups.get(b) == mac}
-                    ),
-                )
+            draft.compromised[kid] = held_mark(draft.compromised.get(kid), compromise)
 
         self._rewrite(Path(path), mark)
         return self._compromised[kid]

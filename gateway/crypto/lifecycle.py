@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.clock import SYSTEM_CLOCK, Clock, as_utc
-from gateway.crypto.keyring import Compromise, Keyring, KeyringError
+from gateway.crypto.keyring import Compromise, Keyring, KeyringError, held_mark
 from gateway.crypto.signing import KeySet, PublishedKey, SigningKeys
 from gateway.errors import BadRequest, GatewayError
 
@@ -170,7 +170,21 @@ class Ledger(Protocol):
 
     async def resign(self) -> object: ...
 
-    async def unsettled(self) -> Sequence[object]: ...
+    async def unsettled(self) -> Sequence[Change]: ...
+
+
+class Change(Protocol):
+    """What a refused mark names of a ledger change the database lacks
+    (:class:`gateway.identity.ledger.Entry`)."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def at(self) -> datetime: ...
 
 
 async def rotate_keys(
@@ -188,6 +202,7 @@ async def rotate_keys(
     backups_signed: BackupsSigned | None = None,
     clock: Clock = SYSTEM_CLOCK,
     leaked_since: datetime | None = None,
+    drop_unsettled: bool = False,
 ) -> Rotation:
     """Rotate the signing key, the keyring or both (signing first, but for a leaked keyring).
 
@@ -224,6 +239,8 @@ async def rotate_keys(
         backups_signed: With ``compromised``, the backups a keyring key signed (none without it).
         leaked_since: With ``compromised``, the earliest the keys could have leaked, when known: the
             backups made since are not vouched for (:func:`mark_compromised`).
+        drop_unsettled: With ``compromised``, mark even though the node's ledger holds changes the
+            database lacks, and give them up (:func:`refuse_unsettled`).
         clock: When a key is marked.
 
     Returns:
@@ -240,7 +257,7 @@ async def rotate_keys(
     rotate_keyring = target in (RotationTarget.ALL, RotationTarget.KEYRING)
     leaked_since = leak_time(leaked_since, clock)  # before anything is rotated
     if rotate_keyring and compromised and ledger is not None:
-        await refuse_unsettled(ledger)
+        await refuse_unsettled(ledger, drop=drop_unsettled, audit=audit, actor=actor)
     if rotate_keyring and compromised and stage:
         raise KeyringError(
             "a compromised keyring key must stop encrypting now: rotate in one step, or activate the "
@@ -384,26 +401,59 @@ class LedgerUnsettled(GatewayError):
     title = "Account ledger not replayed yet"
 
 
-async def refuse_unsettled(ledger: Ledger) -> None:
-    """Refuse a mark while this node's account ledger holds changes the database lacks.
+async def refuse_unsettled(
+    ledger: Ledger, *, drop: bool = False, audit: Trail | None = None, actor: str = ""
+) -> int:
+    """Refuse a mark while this node's account ledger holds changes the database lacks; how many there
+    were (given up, with ``drop``).
 
     A database restored from a backup lacks the disables, erasures and resets made since; the ledger
     file holds them, and a gateway started on the database makes them again. Lines under a key marked
     compromised are no longer read, and only what the table holds is written again under the new key,
     so a mark made before that replay lost every one of them (a re-attack run: restore, mark, start;
-    the disabled account was back).
+    the disabled account was back). A change a started gateway could not make (a consent of a purpose
+    no longer configured, a line forged with the leaked key that names no row) stays too: the
+    refusal names each, and ``drop`` (``--drop-unsettled``) marks anyway, recorded as
+    ``keys.ledger_unsettled_dropped``; the lines move to the ledger's ``.compromised`` file with the
+    others under the marked key. An intruder who holds the key and can write the ledger file can
+    otherwise keep every mark refused.
 
     Raises:
-        LedgerUnsettled: There are such changes.
+        LedgerUnsettled: There are such changes and not ``drop``.
     """
-    pending = await ledger.unsettled()
-    if pending:
+    try:
+        pending = list(await ledger.unsettled())
+    except OSError as exc:  # a ledger file that cannot be read (a symbolic link, its mode): no traceback
+        if not drop:
+            raise LedgerUnsettled(
+                f"cannot read this node's account ledger file ({exc.strerror or exc}): fix it and mark "
+                "again, or mark with --drop-unsettled to go on without it"
+            ) from None
+        logger.warning("keys: marking without reading this node's account ledger file (%s)", exc)
+        return 0
+    if not pending:
+        return 0
+    named = "; ".join(f"{c.state} of account {c.user_id} at {c.at.isoformat()}" for c in pending[:10])
+    more = f"; and {len(pending) - 10} more" if len(pending) > 10 else ""
+    if not drop:
         raise LedgerUnsettled(
-            f"this node's account ledger holds {len(pending)} change(s) the database lacks (a database "
-            "restored from a backup that no gateway has started on yet): marking the key now would "
-            "leave them unread. Start a gateway on this database once (it makes them again before it "
-            "serves), then mark the key."
+            f"this node's account ledger holds {len(pending)} change(s) the database lacks ({named}{more}). "
+            "Marking the key now would leave them unread. On a database restored from a backup: start "
+            "a gateway on it once (it makes them again before it serves), then mark the key. If a "
+            "gateway has run and they remain, it could not make them (its log says why; a line forged "
+            "with the leaked key is one): mark with --drop-unsettled to give them up."
         )
+    logger.warning(
+        "keys: marking despite %d unsettled account ledger change(s): %s%s", len(pending), named, more
+    )
+    if audit is not None:
+        await audit.record(
+            "keys.ledger_unsettled_dropped",
+            actor=actor,
+            subject="keys",
+            details={"changes": len(pending), "first": named},
+        )
+    return len(pending)
 
 
 class LeakTimeRefused(BadRequest):
@@ -477,23 +527,32 @@ async def mark_compromised(
         for k in kids:
             mark = Compromise(at, seq, MappingProxyType(vouched[k]), head, since)
             marked[k] = await asyncio.to_thread(keyring.mark_compromised, keyring_file, k, mark)
-        # The record says what the file holds: a key marked before keeps its mark, narrowed only by an
-        # earlier leak (Keyring.mark_compromised), not what this call asked for.
-        held = marked[kid]
-        if held.at != at:
-            record["marked_before_at"] = held.at
-        if held.leaked_since:
-            record["leaked_since"] = held.leaked_since
-        else:
-            record.pop("leaked_since", None)
 
+    # The record says what the file will hold, not what this call asked for: a key marked before keeps
+    # its mark, narrowed only by an earlier leak (held_mark). Worked out before the record is written
+    # (its details are encoded before `prepare` runs: a re-attack run's record named a leak time the
+    # file did not hold).
+    keyring.follow_file()
+    asked = {
+        k: Compromise(
+            clock.now().astimezone(UTC).isoformat(timespec="seconds"),
+            0,
+            MappingProxyType(vouched[k]),
+            "",
+            since,
+        )
+        for k in kids
+    }
+    held = {k: held_mark(keyring.compromised.get(k), asked[k]) for k in kids}
     record: dict[str, object] = {
         **(details or {"keyring_key_compromised": kid}),
-        "backups_vouched": sum(len(v) for v in vouched.values()),
+        "backups_vouched": sum(len(h.backups) for h in held.values()),
     }
     if len(kids) > 1:
         record["keyring_keys_also_compromised"] = kids[1:]
-    if since:
-        record["leaked_since"] = since
+    if kid in keyring.compromised:
+        record["marked_before_at"] = keyring.compromised[kid].at
+    if held[kid].leaked_since:
+        record["leaked_since"] = held[kid].leaked_since
     await audit.record_at_head(prepare, kind, actor=actor, subject="keys", details=record)
     return marked[kid]

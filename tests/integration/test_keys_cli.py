@@ -358,7 +358,7 @@ def test_a_mark_waits_until_a_restored_databases_ledger_changes_are_made_again(c
     rotated = gateway("keys", "rotate", "--keyring", "--compromised", *c)
     assert rotated.returncode == 1
     assert "1 change(s) the database lacks" in rotated.stderr
-    assert "Start a gateway on this database once" in rotated.stderr
+    assert "start a gateway on it once" in rotated.stderr
     staged = gateway("keys", "rotate", "--keyring", "--stage", *c)
     kid = staged.stdout.split("staged key ")[1].split()[0]
     activated = gateway("keys", "activate", kid, "--compromised", *c)
@@ -367,3 +367,13 @@ def test_a_mark_waits_until_a_restored_databases_ledger_changes_are_made_again(c
     keyring = json.loads((data / "keys" / "keyring.json").read_bytes())
     assert keyring["active"] == json.loads(keyring_file)["active"]
     assert not keyring.get("compromised")
+    assert "disabled of account" in rotated.stderr  # each change is named
+    assert "--drop-unsettled" in rotated.stderr
+
+    # A change no gateway can make keeps every mark refused otherwise: the override gives them up.
+    dropped = gateway("keys", "rotate", "--keyring", "--compromised", "--drop-unsettled", *c)
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads((data / "keys" / "keyring.json").read_bytes()).get("compromised")
+    audited = gateway("audit", "list", *c, "--kind", "keys.ledger_unsettled_dropped", "--json")
+    (record,) = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert json.loads(record["details"])["changes"] == 1

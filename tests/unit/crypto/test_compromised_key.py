@@ -277,6 +277,35 @@ async def test_a_key_rotated_out_earlier_can_be_marked_later(tmp_path: Path, clo
     assert event.seq == mark.audit_seq + 1
 
 
+async def test_a_re_marks_record_says_what_the_keyring_holds(tmp_path: Path, clock: FakeClock) -> None:
+    """A re-attack run re-marked a key with a later leak time, then with none: the audit records named
+    what was asked (the record's details are encoded before the mark is made), while the file kept the
+    earlier leak time."""
+    node, keyring_file = await _node(tmp_path, clock)
+    try:
+        old = node.keyring.active_id
+        node.keyring.rotate(keyring_file)
+        first, later, earlier = (datetime(2026, 12, day, 8, tzinfo=UTC) for day in (3, 4, 2))
+        for since in (first, later, None, earlier):
+            clock.advance(60)
+            await mark_compromised(
+                node.keyring, keyring_file, old, audit=node.audit, actor="cli:root", backups_signed=None,
+                clock=clock, leaked_since=since,
+            )  # fmt: skip
+        events = [json.loads(e.details) for e in reversed(await node.audit.events(kind="keys.compromised"))]
+    finally:
+        await node.db.close()
+    assert [e.get("leaked_since") for e in events] == [
+        "2026-12-03T08:00:00+00:00",
+        "2026-12-03T08:00:00+00:00",  # a later leak widens nothing
+        "2026-12-03T08:00:00+00:00",  # nor does a mark without one
+        "2026-12-02T08:00:00+00:00",  # an earlier one narrows it
+    ]
+    assert "marked_before_at" not in events[0]
+    assert all(e["marked_before_at"] == Keyring.load(keyring_file).compromised[old].at for e in events[1:])
+    assert Keyring.load(keyring_file).compromised[old].leaked_since == "2026-12-02T08:00:00+00:00"
+
+
 async def test_backups_made_since_the_leak_are_not_vouched_when_its_time_is_known(
     tmp_path: Path, clock: FakeClock
 ) -> None:

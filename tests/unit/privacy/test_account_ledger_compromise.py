@@ -216,3 +216,14 @@ async def test_marked_lines_stay_while_the_tables_could_not_be_written_again(
     monkeypatch.setattr(ledger_module, "_append", real_append)
     await a.ledger.sync()
     assert _kids(a.ledger.path) == {a.keyring.active_id}
+
+
+async def test_a_factor_line_naming_no_possible_row_is_not_made_again(pair: tuple[Node, Node]) -> None:
+    """A re-attack run's line, MACed with the leaked (still active) key, named row 10**20: the database
+    refused the number and every gateway's start stopped there."""
+    from gateway.factors import ledgered
+
+    a, _ = pair
+    for ref in ("totp:99999999999999999999999", "webauthn:\u00b2", "code:-1"):
+        entry = Entry("x:forged", 1, "factor-removed", datetime(2026, 12, 1, tzinfo=UTC), ref, "root")
+        assert await ledgered.make_again(a.db, a.ledger, entry) is False
