@@ -522,18 +522,7 @@ class CheckpointEntry(Entry):
         return 4 if self.checkpoint.get("type") == "audit.chain_broken" else 6
 
     def _build(self) -> dict[str, Any]:
-        broken = self.checkpoint.get("type") == "audit.chain_broken"
-        return {
-            "@timestamp": _timestamp(self._at),
-            "ecs": {"version": ECS_VERSION},
-            "event": {
-                "kind": "alert" if broken else "event",
-                "category": ["database"],
-                "action": "audit.chain_broken" if broken else "audit.checkpoint",
-                "dataset": "gateway.audit",
-            },
-            "gateway": {"checkpoint": self.checkpoint},
-        }
+        return {**self._minimal(), "gateway": {"checkpoint": self.checkpoint}}
 
     def _minimal(self) -> dict[str, Any]:
         broken = self.checkpoint.get("type") == "audit.chain_broken"
