@@ -73,8 +73,9 @@ async def make_again(db: Database, ledger: AccountLedger, entry: Entry) -> bool:
     """
     kind, _, row = entry.ref.partition(":")
     # ASCII digits within a row id's range: a line forged with a leaked key naming 10**20 stopped every
-    # gateway's start (the database refused the number), and "²" passes str.isdigit() but not int().
-    if not (row.isascii() and row.isdigit()) or int(row) > _MAX_ROW_ID:
+    # gateway's start (the database refused the number), "²" passes str.isdigit() but not int(), and
+    # int() refuses more than 4,300 digits (the length is checked first).
+    if not (row.isascii() and row.isdigit()) or len(row) > len(str(_MAX_ROW_ID)) or int(row) > _MAX_ROW_ID:
         return False
     row_id = int(row)
     async with db.session(write=True) as session:

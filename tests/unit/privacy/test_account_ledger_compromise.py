@@ -224,6 +224,6 @@ async def test_a_factor_line_naming_no_possible_row_is_not_made_again(pair: tupl
     from gateway.factors import ledgered
 
     a, _ = pair
-    for ref in ("totp:99999999999999999999999", "webauthn:\u00b2", "code:-1"):
+    for ref in ("totp:99999999999999999999999", "webauthn:\u00b2", "code:-1", "totp:" + "9" * 5000):
         entry = Entry("x:forged", 1, "factor-removed", datetime(2026, 12, 1, tzinfo=UTC), ref, "root")
         assert await ledgered.make_again(a.db, a.ledger, entry) is False
