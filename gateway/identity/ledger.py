@@ -71,12 +71,13 @@ rotate-keys --compromised`` do it for their own node's file right after the mark
 it at its next sync once its keyring has the mark (the rotation tells the running workers to read the
 keyring file again). The
 table, never the file, vouches for what is written again (it carries no MAC: whoever can write it can
-write the accounts themselves): a line under a marked key that the table does not hold is dropped. That
-is a line forged since the leak, a superseded change, a line of another copy's lineage sharing the file,
-or a change this node's file held and its database lacked (a restore whose replay had not run when the
-key was marked: start a gateway on the restored database, which makes the changes again and settles
-them in the table, before marking). A leak's time (``leaked_since``) does not help tell lines apart: a
-line's time is inside the MAC the leaked key makes.
+write the accounts themselves): a line under a marked key that the table does not hold is not written
+again, and moves with the others to ``<file>.compromised`` (evidence, never read). That is a line forged
+since the leak, a superseded change, a line of another copy's lineage sharing the file, or a change this
+node's file held and its database lacked: a restore whose replay had not run yet. A mark is refused
+while there are such changes (:func:`gateway.crypto.lifecycle.refuse_unsettled`: start a gateway on the
+restored database first, or give them up with ``--drop-unsettled``). A leak's time (``leaked_since``)
+does not help tell lines apart: a line's time is inside the MAC the leaked key makes.
 
 Every line also names its **lineage**, inside the MAC: the database it was written for. A copy of the
 deployment restored into another data directory (a disaster-recovery copy, a drill) holds the same
