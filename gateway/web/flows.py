@@ -54,6 +54,7 @@ __all__ = [
     "safe_rd",
     "set_session_cookie",
     "sign_in_complete",
+    "step_page",
 ]
 
 AnyRequest = Request[Any, Any, Any]
@@ -496,7 +497,11 @@ async def pending_step(identity: IdentityServices, session: Session, rd: str | N
     """Where a sign-in that has not yet proved all it must goes next (:func:`owed_step`): the
     second-factor page or the password page; None once it is complete or has only a first factor to
     enroll (the pages' guard sends it there)."""
-    owed = await owed_step(identity, session)
+    return step_page(await owed_step(identity, session), rd)
+
+
+def step_page(owed: OwedStep | None, rd: str | None) -> str | None:
+    """The page of the step ``owed`` (:func:`pending_step`), for a caller that needs ``owed`` too."""
     page = None if owed is None else _STEP_PAGES.get(owed)
     return None if page is None else f"{page}?rd={quote(rd or '', safe='')}"
 

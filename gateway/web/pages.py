@@ -157,12 +157,14 @@ async def login_submit(
         # Disabled, restricted or closed while the password was being checked: the same answer as
         # for a disabled account.
         return _login_refused(request, config, rd, username, 401, _SAME_ANSWER)
-    pending = await flows.pending_step(identity, session, rd)
+    owed = await flows.owed_step(identity, session)  # once: the step's page and completeness both
+    pending = flows.step_page(owed, rd)
     if pending is None:
-        if await flows.sign_in_complete(identity, session):
-            # Nothing more to prove: the sign-in is complete, so its failures are forgiven. Not for an
-            # account that owes the enrollment of its first factor: whoever has its password would
-            # wipe the count of the guesses at the codes the owner is about to enroll.
+        if owed is None:
+            # Nothing more to prove: the sign-in is complete (flows.sign_in_complete), so its failures
+            # are forgiven. Not for an account that owes the enrollment of its first factor: whoever
+            # has its password would wipe the count of the guesses at the codes the owner is about to
+            # enroll.
             await identity.regulator.record_success(result.regulation_key)
         return await flows.after_sign_in(request, config, identity, session_id, session, rd)
     response = Redirect(pending)
