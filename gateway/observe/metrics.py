@@ -39,7 +39,10 @@ Metrics (all prefixed ``gateway_``):
 ``audit_events_total``                 every stored security event by ``kind`` and ``outcome``
 ``sink_queue_depth``                   events waiting per log ``sink`` (summed over live processes)
 ``sink_events_total``                  events per ``sink`` and ``result`` (queued, sent, dropped,
-                                       failed), from ``SinkHub.stats()`` every 5 s
+                                       dropped_security, failed, truncated), from ``SinkHub.stats()``
+                                       every second
+``log_unencodable_events_total``       events the sinks got as a stand-in tagged ``unencodable``
+                                       (the event could not be encoded; its details are in no log)
 ``policy_version``                     the oldest policy version a live process decides with; equal
                                        to the stored version once every worker has swapped
 ``sessions_active``                    sessions alive in the fast state (Redis only), counted by the
@@ -89,6 +92,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from gateway.audit.trail import SecurityEvent
+from gateway.observe.access import unencodable_events
 from gateway.observe.record import RequestRecord
 from gateway.settings.schema import Settings
 from gateway.store.private import private_dir
@@ -321,6 +325,12 @@ class Metrics:
         self.sink_events = Counter(
             "gateway_sink_events", "Events per sink by result.", ["sink", "result"], registry=r
         )
+        self.unencodable_events = Counter(
+            "gateway_log_unencodable_events",
+            "Events the log sinks got as a minimal stand-in tagged 'unencodable' (the event could not "
+            "be encoded: its details are in no log).",
+            registry=r,
+        )
         self.policy_version = Gauge(
             "gateway_policy_version",
             "Oldest policy version any live gateway process decides with.",
@@ -355,6 +365,7 @@ class Metrics:
         self._version_of: Callable[[], int] | None = None
         self._sinks: list[SinkStats] = []
         self._sink_seen: dict[tuple[str, str], int] = {}
+        self._unencodable_seen = unencodable_events()
         self._sampler: asyncio.Task[None] | None = None
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -510,6 +521,10 @@ class Metrics:
                     if now > seen:
                         self.sink_events.labels(sink=sink, result=result).inc(now - seen)
                     self._sink_seen[(sink, result)] = now
+        unencodable = unencodable_events()
+        if unencodable > self._unencodable_seen:
+            self.unencodable_events.inc(unencodable - self._unencodable_seen)
+            self._unencodable_seen = unencodable
 
     async def _run_sampler(self) -> None:
         while True:

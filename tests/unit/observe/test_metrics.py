@@ -7,6 +7,7 @@ it, with prometheus_client's own parser.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import subprocess
@@ -466,3 +467,21 @@ async def test_closing_writes_what_is_still_tallied() -> None:
         )._value.get()
         == 1
     )
+
+
+def test_events_sent_as_an_unencodable_stand_in_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.observe import access
+
+    # The warning's once-a-minute memory goes back as it was: another test waits for the warning.
+    monkeypatch.setattr(access, "_unencodable_warned_at", access._unencodable_warned_at)
+    metrics = Metrics()
+    metrics.sample()
+    assert value(metrics, "gateway_log_unencodable_events_total") == 0
+    # A JSON escape of a lone surrogate: msgspec refuses to encode it, the sinks get a stand-in.
+    for surrogate in ("\\ud800", "\\udfff"):
+        bad = dataclasses.replace(event("signin.password", "failure"), details=f'{{"name": "{surrogate}"}}')
+        access.SecurityEntry(bad).json()
+    metrics.sample()
+    assert value(metrics, "gateway_log_unencodable_events_total") == 2
+    metrics.sample()  # counted once
+    assert value(metrics, "gateway_log_unencodable_events_total") == 2
