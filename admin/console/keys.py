@@ -104,6 +104,14 @@ class RotateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "either (as `gateway keys rotate --leaked-since`). Not in the future."
         ),
     ] = None
+    drop_unsettled: Annotated[
+        bool,
+        msgspec.Meta(
+            description="With ``compromised`` and a keyring rotation: mark even though this node's account "
+            "ledger holds changes the database lacks, and give them up (as `gateway keys rotate "
+            "--drop-unsettled`; without it such a mark is a 409 ``ledger-unsettled`` naming each)."
+        ),
+    ] = False
     stage: Annotated[
         bool,
         msgspec.Meta(
@@ -288,6 +296,8 @@ async def rotate(
         details["stage"] = True
     if data.leaked_since is not None:
         details["leaked_since"] = data.leaked_since.isoformat()
+    if data.drop_unsettled:
+        details["drop_unsettled"] = True
     try:
         if data.compromised and data.stage:
             raise BadRequest(
@@ -295,7 +305,7 @@ async def rotate(
             )
         if data.stage and data.which != "keyring":
             raise BadRequest("stage stages a keyring key: rotate 'keyring' with it.")
-        _refuse_stray_leak_time(data)
+        _refuse_stray_leak_options(data)
         confirm_destructive(admin, config, identity.clock)
         # A copy from the file: this process keeps encrypting under the key every gateway holds.
         keyring = await asyncio.to_thread(Keyring.load, keyring_path(config.settings))
@@ -305,7 +315,7 @@ async def rotate(
             compromised=data.compromised, announce=lambda at: announce_compromise(services.fast, at),
             ledger=services.identity.accounts.ledger, stage=data.stage,
             backups_signed=vouching(backup_directory(config.settings), keyring, identity.audit),
-            leaked_since=data.leaked_since,
+            leaked_since=data.leaked_since, drop_unsettled=data.drop_unsettled,
         )  # fmt: skip
     except GatewayError as err:
         await audit(identity, request, "admin.keys.rotate", actor=admin.actor, outcome="failure", subject="keys",
@@ -337,12 +347,19 @@ async def rotate(
     )
 
 
-def _refuse_stray_leak_time(data: RotateRequest) -> None:
-    """400 for a leak's time given without a keyring mark: it would narrow nothing (one in the future
-    is refused by the rotation itself, before anything is rotated)."""
-    if data.leaked_since is not None and (not data.compromised or data.which == "signing"):
+def _refuse_stray_leak_options(data: RotateRequest) -> None:
+    """400 for a leak's time or ``drop_unsettled`` given without a keyring mark: they would change
+    nothing, and the caller meant something else (a leak's time in the future is refused by the rotation
+    itself, before anything is rotated)."""
+    marks = data.compromised and data.which != "signing"
+    if data.leaked_since is not None and not marks:
         raise BadRequest(
             "leaked_since says when a keyring key leaked: give it with compromised, rotating the keyring."
+        )
+    if data.drop_unsettled and not marks:
+        raise BadRequest(
+            "drop_unsettled gives up account changes a keyring mark would leave unread: give it with "
+            "compromised, rotating the keyring."
         )
 
 

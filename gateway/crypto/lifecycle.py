@@ -398,6 +398,7 @@ class LedgerUnsettled(GatewayError):
     the database lacks, under the key about to be marked; nothing was changed."""
 
     status = 409
+    reason = "ledger-unsettled"
     title = "Account ledger not replayed yet"
 
 
@@ -441,7 +442,8 @@ async def refuse_unsettled(
             "Marking the key now would leave them unread. On a database restored from a backup: start "
             "a gateway on it once (it makes them again before it serves), then mark the key. If a "
             "gateway has run and they remain, it could not make them (its log says why; a line forged "
-            "with the leaked key is one): mark with --drop-unsettled to give them up."
+            "with the leaked key is one): mark with --drop-unsettled (drop_unsettled in the admin API) "
+            "to give them up."
         )
     logger.warning(
         "keys: marking despite %d unsettled account ledger change(s): %s%s", len(pending), named, more

@@ -18,11 +18,15 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from gateway.clock import SYSTEM_CLOCK
+from gateway.crypto.keyring import Keyring
+from gateway.identity.ledger import AccountLedger, Entry
+from gateway.store.db import Database
 from tests.integration.harness import add_user, free_port, gateway_config, run_cli, run_echo, run_gateway
 from tests.integration.http_client import PASSWORD
 from tests.integration.test_admin_api import (
@@ -379,14 +383,21 @@ def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
     (only what it had signed stays trusted), the admin listener goes on under the new key at once, and
     the marked key cannot be activated again."""
     before = keys(site, boss)["keyring"]["active"]
-    resp = api(
-        site,
-        boss,
-        "POST",
-        "/api/keys/rotate",
-        json={"which": "keyring", "reason": "the keyring file leaked", "compromised": True},
-    )
+    keyring_file = (site.db_path.parent / "keys" / "keyring.json").read_bytes()
+    # A change in this node's account ledger that no gateway can make (a line naming no account, as
+    # one forged with the leaked key would): the mark would leave it unread, so it is refused, naming
+    # it, until the admin gives it up (as `--drop-unsettled` does for the CLI).
+    _unsettled_change(site.db_path.parent)
+    leak = {"which": "keyring", "reason": "the keyring file leaked", "compromised": True}
+    refused = api(site, boss, "POST", "/api/keys/rotate", json=leak)
+    message = assert_error(refused, 409, "ledger-unsettled")["message"]
+    assert "disabled of account 999999" in message
+    assert "drop_unsettled" in message
+    assert (site.db_path.parent / "keys" / "keyring.json").read_bytes() == keyring_file
+    resp = api(site, boss, "POST", "/api/keys/rotate", json={**leak, "drop_unsettled": True})
     assert resp.status_code == 200, resp.text
+    (dropped,) = audited(site, "keys.ledger_unsettled_dropped")
+    assert json.loads(dropped["details"])["changes"] == 1
     assert f"Keyring key {before} is marked compromised" in resp.json()["message"]
     # The seeds the leaked keys encrypted are known to whoever holds them: named, as the CLI names
     # them (a re-attack run found the console silent while the seeds decrypted from a database copy).
@@ -407,6 +418,8 @@ def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
         {"which": "keyring", "compromised": True, "leaked_since": "2999-01-01T00:00:00"},
         {"which": "keyring", "leaked_since": "2026-01-01T00:00:00"},
         {"which": "signing", "compromised": True, "leaked_since": "2026-01-01T00:00:00"},
+        {"which": "keyring", "drop_unsettled": True},
+        {"which": "signing", "compromised": True, "drop_unsettled": True},
     ):
         assert_error(
             api(site, boss, "POST", "/api/keys/rotate", json={**body, "reason": "typo"}), 400, "bad-request"
@@ -416,6 +429,15 @@ def test_a_leaked_keyring_key_is_marked_compromised_and_never_active_again(
     assert json.loads(fact["details"])["keyring_key_compromised"] == before
     # Every record since is keyed under the new key: the trail verifies with the mark in force.
     assert api(site, boss, "POST", "/api/audit/verify", json={}).json()["ok"] is True
+
+
+def _unsettled_change(data: Path) -> None:
+    """Append to the node's account ledger file a disable of an account no row is, under the active key."""
+    keyring = Keyring.load(data / "keys" / "keyring.json")
+    ledger = AccountLedger(cast(Database, None), keyring, data / "account-ledger.jsonl", SYSTEM_CLOCK)
+    line = ledger.line(Entry("no-such-account", 999_999, "disabled", datetime.now(UTC)))
+    with (data / "account-ledger.jsonl").open("ab") as out:
+        out.write(line)
 
 
 # -- a second factor too old, secrets in the config, a tampered trail ---------------------------------
