@@ -21,6 +21,11 @@ manifest names it): a new empty one where the node's was (a rebuilt host, where 
 before the restore) was read as the node's, "0 placed since this backup" said without a warning and
 the holds the backup lacks were lost (a re-attack run); such a database is said loudly, as an
 unreadable one is.
+
+A PostgreSQL point-in-time restore (``gateway pgbackrest restore``) makes a new cluster the operator
+starts and checks before the gateways use it; ``gateway privacy hold carry`` then carries the live
+database's holds into it the same way (:func:`carry_from_live`), from a live database whose audit trail
+the restored one's is an earlier state of.
 """
 
 from __future__ import annotations
@@ -41,14 +46,23 @@ if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
     from gateway.backup.manifest import Manifest
     from gateway.crypto.keyring import Keyring
-    from gateway.privacy.holds import HoldRecord
+    from gateway.privacy.holds import HoldRecord, Holds
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
     from gateway.store.fast.base import FastState
     from gateway.threat.blocks import BlockEntry
     from gateway.threat.lockdown import LockdownState
 
-__all__ = ["Emergency", "NodePrivacy", "carry_emergency", "carry_privacy", "node_emergency", "node_privacy"]
+__all__ = [
+    "Emergency",
+    "LiveCarry",
+    "NodePrivacy",
+    "carry_emergency",
+    "carry_from_live",
+    "carry_privacy",
+    "node_emergency",
+    "node_privacy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,3 +279,66 @@ def _holds_not_carried(problem: str) -> list[str]:
         file=sys.stderr,
     )
     return ["legal holds: NOT carried over (see the warning)"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCarry:
+    """What ``gateway privacy hold carry`` did: lines for the operator, and the privacy requests the
+    live database has and this one lacks (``REF (kind)``)."""
+
+    said: list[str]
+    lost: list[str]
+
+
+async def carry_from_live(live_url: str, db: Database, holds: Holds, *, by: str) -> LiveCarry:
+    """Make ``db``'s legal holds (a database restored to a point in time) follow the live database's at
+    ``live_url``, as :func:`carry_privacy` does for a restore of a backup.
+
+    Only when ``db``'s audit trail is an earlier state of the live one: it holds a record the live
+    trail holds alike (:func:`gateway.audit.descent.shared_trail`); the records it has written since
+    (a gateway started on it, an earlier carry) are its own. Another deployment's database, or a new
+    one, shares none: its holds are not this deployment's, and a release carried from it would let the
+    next retention run delete what a hold here still keeps.
+
+    Raises:
+        Failed: The trails share no record (nothing was changed).
+        StoreUnavailable: A database cannot be read, or ``db`` written.
+    """
+    from sqlalchemy import select
+
+    from gateway.audit.descent import shared_trail
+    from gateway.cli.harness import Failed
+    from gateway.privacy.holds import stored_holds
+    from gateway.privacy.models import PrivacyRequest
+    from gateway.store.db import Database
+
+    live = Database.open(live_url, pool_size=1)
+    try:
+        shared = await shared_trail(db, live)
+        if shared.shared is None:
+            raise Failed(
+                "the restored database's audit trail shares no record with the live one: it is not an "
+                "earlier state of this deployment's database (another deployment's, or a new one), so the "
+                "live holds are not carried into it. Check --config and --from-config; place holds by hand "
+                "with `gateway privacy hold place`"
+            )
+        node = await stored_holds(live)
+        async with live.session() as session:
+            requests = dict((await session.execute(select(PrivacyRequest.ref, PrivacyRequest.kind))).all())
+    finally:
+        await live.close()
+    carried = await holds.carry(
+        node, by=by, why="carried from the live database after a point-in-time restore"
+    )
+    said = [
+        f"audit trails: the restored one is the live one up to record {shared.shared}"
+        + (f", and has {shared.own} record(s) of its own since" if shared.own else ""),
+        f"legal holds carried over: {len(carried.placed)} placed since the restore's target"
+        + (f" ({', '.join(carried.placed)})" if carried.placed else "")
+        + f", {len(carried.released)} released since"
+        + (f" ({', '.join(carried.released)})" if carried.released else ""),
+    ]
+    async with db.session() as session:
+        here = set((await session.scalars(select(PrivacyRequest.ref))).all())
+    lost = [f"{ref} ({kind})" for ref, kind in requests.items() if ref not in here]
+    return LiveCarry(said, lost)

@@ -263,6 +263,11 @@ def _restore(args: argparse.Namespace) -> int:
     print(
         f"restored stanza {pg.stanza}{source} into {target}{to}; start PostgreSQL on it to finish the recovery"
     )
+    print(
+        "then, before a gateway runs on it: `gateway privacy hold carry --config RESTORED.yaml --from-config "
+        "LIVE.yaml` (RESTORED.yaml: this config with storage.url pointing at the restored cluster) places "
+        "the legal holds made since the target again; its retention run would otherwise delete what they keep"
+    )
     return EXIT_OK
 
 

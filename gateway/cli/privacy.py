@@ -14,6 +14,7 @@
     gateway privacy hold place REFERENCE --reason TEXT (--user NAME | --class CLASS)
     gateway privacy hold release REFERENCE
     gateway privacy hold list [--all] [--json]
+    gateway privacy hold carry --from-config LIVE.yaml
     gateway privacy removed list [--user NAME] [--json]
     gateway privacy removed open REF --reason TEXT [--out FILE [--force]]
 
@@ -30,6 +31,11 @@ An erasure asks to type the username at a terminal unless ``--yes``; under a leg
 (the account is restricted meanwhile) and says which hold. The export is the person's data: written
 with ``--out`` to a new file readable by its owner only (``--force`` replaces an existing one), or to
 standard output.
+
+``hold carry`` follows a point-in-time restore (``gateway pgbackrest restore``): the restored database
+(``--config``) gets the live one's legal holds (``--from-config``), as ``gateway backup restore`` carries
+them for the embedded default, before a gateway's retention run can delete what a hold placed after the
+restore's target keeps.
 
 ``removed`` lists and opens the sealed copies an erasure, or a correction under a legal hold, kept
 (removed content): opening one is audited with its reason before anything is shown.
@@ -60,6 +66,7 @@ from gateway.cli.harness import (
     command_group,
     config_arg,
     confirm,
+    storage_url,
 )
 from gateway.cli.privacy_services import PrivacyContext, privacy_runner, when
 from gateway.settings.checks.privacy import LAWS
@@ -367,6 +374,27 @@ async def _hold_release(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     return EXIT_OK
 
 
+async def _hold_carry(args: argparse.Namespace, ctx: PrivacyContext) -> int:
+    from gateway.cli.carried import carry_from_live
+    from gateway.settings.loader import load_settings
+
+    live_url = storage_url(load_settings(args.from_config))
+    if live_url == storage_url(ctx.settings):
+        raise UserError(
+            "--from-config names the database --config does: give the live deployment's config with "
+            "--from-config and the restored database's with --config"
+        )
+    done = await carry_from_live(live_url, ctx.db, ctx.privacy.holds, by=ctx.actor)
+    for line in done.said:
+        print(line)
+    if done.lost:
+        print(
+            f"NOT restored: privacy requests opened after the restore's target: {', '.join(done.lost)}; "
+            "open them again (`gateway privacy requests` on the live database shows them)"
+        )
+    return EXIT_OK
+
+
 async def _hold_list(args: argparse.Namespace, ctx: PrivacyContext) -> int:
     holds = await ctx.privacy.holds.find(active_only=not args.all)
     if args.json:
@@ -545,6 +573,25 @@ def _register_hold(actions: SubParsers[argparse.ArgumentParser]) -> None:
         "deleted by the next retention run, if due.",
     )
     p.add_argument("reference", metavar="REFERENCE", help="the hold's reference")
+
+    p = _action(
+        sub,
+        "carry",
+        _hold_carry,
+        summary="carry the live database's legal holds into a restored one",
+        description="After a point-in-time restore (`gateway pgbackrest restore`), before a gateway runs on the "
+        "restored database (--config): place again every hold the live database (--from-config) has and it "
+        "lacks, and release the ones released since, each recorded in its audit trail. Refused (exit 1, "
+        "nothing changed) when the restored database's audit trail shares no record with the live one. "
+        "Also names the privacy requests opened since, to open again.",
+    )
+    p.add_argument(
+        "--from-config",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the live deployment's config (its storage.url is the database to read the holds from)",
+    )
 
     p = _action(
         sub,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.privacy.retention import Retention
     from gateway.privacy.service import Privacy
     from gateway.settings.schema import Settings
+    from gateway.store.db import Database
 
 __all__ = ["PrivacyContext", "privacy_runner", "when"]
 
@@ -41,6 +42,8 @@ class PrivacyContext:
     actor: str
     # Whether the running gateways' sessions are out of this command's reach (state.embedded: memory).
     sessions_out_of_reach: bool
+    # The database the services work on (``hold carry`` compares its audit trail with another's).
+    db: Database
 
     async def user(self, login: str) -> User:
         """The account ``login`` names (username or email), or a :class:`UserError` (exit 2)."""
@@ -94,7 +97,7 @@ async def privacy_services(settings: Settings) -> AsyncIterator[PrivacyContext]:
             clock=SYSTEM_CLOCK,
         )
         yield PrivacyContext(
-            settings, svc.accounts, svc.audit, privacy, retention, operator(), svc.sessions is None
+            settings, svc.accounts, svc.audit, privacy, retention, operator(), svc.sessions is None, svc.db
         )
 
 

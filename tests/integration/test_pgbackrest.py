@@ -271,6 +271,11 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     time.sleep(1.1)
     version_b = asyncio.run(_set_policy(url, keyring, POLICY_B, "version B"))
     assert version_b == version_a + 1
+    # A court order after the target: the restore rewinds it, `privacy hold carry` brings it back.
+    held = _gateway(
+        "privacy", "hold", "place", "CASE-PITR", "--reason", "subpoena", "--class", "audit_events", *c
+    )
+    assert held.returncode == 0, held.stderr
     # Close the segment holding B and wait until it is in the repository.
     asyncio.run(_sql(port, "select pg_switch_wal()::text"))
     assert _gateway("pgbackrest", "check", *c).returncode == 0
@@ -343,6 +348,13 @@ def test_backup_check_verify_and_point_in_time_restore(node: Node, tmp_path: Pat
     restored_url = f"postgresql://postgres@127.0.0.1:{restored_port}/postgres"
     assert asyncio.run(_live_policy(restored_url)) == (version_a, POLICY_A)
     assert asyncio.run(_live_policy(url)) == (version_b, POLICY_B)
+    restored_config = _config(node, tmp_path, restored_port, name="restored", cipher_pass=CIPHER_PASS)
+    r = ("--config", str(restored_config))
+    assert "no active legal holds" in _gateway("privacy", "hold", "list", *r).stdout
+    proc = _gateway("privacy", "hold", "carry", *r, "--from-config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 placed since the restore's target (CASE-PITR)" in proc.stdout
+    assert "CASE-PITR" in _gateway("privacy", "hold", "list", *r).stdout
     # The restored copy does not push its WAL into the original's stanza.
     assert asyncio.run(_sql(restored_port, "show archive_mode")) == "off"
 

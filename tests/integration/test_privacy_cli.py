@@ -48,6 +48,7 @@ PRIVACY_ACTIONS = [
     ["hold", "place"],
     ["hold", "release"],
     ["hold", "list"],
+    ["hold", "carry"],
     ["removed"],
     ["removed", "list"],
     ["removed", "open"],
