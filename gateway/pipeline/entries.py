@@ -36,7 +36,7 @@ from gateway.pipeline.forward_auth import (
 )
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
-from gateway.pipeline.preflight import PREFLIGHT
+from gateway.pipeline.preflight import PREFLIGHT, PREFLIGHT_HEADERS, preflight_answer
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
 from gateway.pipeline.snapshot import RouteRuntime, Snapshot
@@ -73,15 +73,20 @@ def _upstream_headers(
 ) -> Headers:
     """The request's headers for the application (HTTP and WebSocket alike), in one pass."""
     rec = ctx.rec
+    raw = scope["headers"]
     if rec.auth is AuthKind.SESSION:
         strip = snap.strip_identity
     elif rec.auth is AuthKind.BEARER:
         strip = snap.strip_bearer
     else:
-        # Nobody identified: a public path (the app's own cookies pass), or a CORS preflight (none).
-        strip = snap.strip_preflight if rec.reason == PREFLIGHT else snap.strip_identity
+        # Nobody identified: a public path (the app's own cookies pass), or a CORS preflight (only what
+        # a browser's preflight carries).
+        strip = snap.strip_identity
+        if rec.reason == PREFLIGHT:
+            strip = snap.strip_preflight
+            raw = [(name, value) for name, value in raw if name.lower() in PREFLIGHT_HEADERS]
     headers = upstream_request_headers(
-        scope["headers"],
+        raw,
         fwd=fwd,
         extra=rt.request_headers,
         identity=identity,
@@ -154,6 +159,9 @@ class _Http(Entry):
         assert rt is not None
         assert fwd is not None
         headers = _upstream_headers(ctx, scope, snap, rt, fwd, identity, websocket=False)
+        if ctx.rec.reason == PREFLIGHT:
+            # The browser gets the app's status and CORS headers, never its body or cookies.
+            send = preflight_answer(send, frozenset(name for name, _ in rt.response_headers))
         return forward_http(
             method=scope["method"],
             path_and_query=ctx.path_and_query,

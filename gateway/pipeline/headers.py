@@ -597,6 +597,12 @@ def _classify(name: bytes, strip: frozenset[bytes]) -> tuple[int, bytes]:
     # sends the body at once, so the upstream is not asked again (nginx drops it too; an attack run).
     if norm == b"content-length" or norm == b"expect":
         return _DROP, lname
+    # A client's W3C baggage, whether or not the gateway traces: an app's OpenTelemetry propagator
+    # adopts its entries (`role=root`, `userId=admin`) and passes them on as its own (an attack run saw
+    # them reach the app beside X-Gateway-User with tracing off). A trusted proxy's honoured baggage
+    # is added back by the tracer (gateway.observe.tracing), after this drop.
+    if norm == b"baggage":
+        return _DROP, lname
     if norm in HOP_BY_HOP or norm in _FORWARDING or norm.startswith(_DROPPED_PREFIXES):
         return _DROP, lname
     if speaks_identity(norm, strip):

@@ -7,27 +7,60 @@ never send the real request. On a route with ``cors_preflight: true`` such a req
 without sign-in, for the app to state its CORS policy; the real request that follows is decided as
 any other.
 
-Only what a browser sends passes as a preflight: ``OPTIONS``, both headers, no body. It reaches the
-app as the browser sends it, without credentials: the client's ``Cookie`` and ``Authorization`` are
-removed (the snapshot's ``strip_preflight``) besides what every request loses, so a script cannot use
-the exemption to reach the app with the app's own cookie or a password in ``Authorization``, and no
-identity header is added. The access log writes it as ``public`` with the reason ``cors-preflight``.
+Only what a browser sends passes as a preflight: ``OPTIONS``, both headers, no body, and no credentials
+(a browser never sends ``Cookie``, ``Authorization`` or ``Proxy-Authorization`` on one): an ``OPTIONS``
+with any of them is decided as any other request (an attack run's forward-auth "preflight" got the
+app's cookies back in the answer, and nginx passed its ``Authorization`` on). It reaches the app with
+only the headers a browser's preflight has (:data:`PREFLIGHT_HEADERS`, besides those the gateway sets:
+the app's ``X-Api-Key`` or ``X-Auth-Token`` a script adds do not pass), and no identity header is
+added. What comes back is the
+app's status and its CORS headers (``Access-Control-*``, ``Vary``) and the route's own response
+headers, never its body or cookies (:func:`preflight_answer`: an app that serves ``OPTIONS`` with its
+``GET`` handler would otherwise hand its page to anyone). The access log writes it as ``public`` with
+the reason ``cors-preflight``.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from gateway.pipeline.asgi import Scope
+from gateway.pipeline.asgi import Message, Scope, Send
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.proxy import NO_BODY
 
-__all__ = ["PREFLIGHT", "is_preflight", "let_preflight_through"]
+__all__ = ["PREFLIGHT", "PREFLIGHT_HEADERS", "is_preflight", "let_preflight_through", "preflight_answer"]
 
 # The access log's gateway.reason for a preflight let through (a value on the wire: never rename it).
 PREFLIGHT: Final = "cors-preflight"
 _ORIGIN: Final = b"origin"
 _REQUEST_METHOD: Final = b"access-control-request-method"
+# A browser never sends these on a preflight (Fetch: a CORS-preflight request omits credentials).
+_CREDENTIALS: Final = frozenset({b"cookie", b"authorization", b"proxy-authorization"})
+#: The client's headers a preflight reaches the app with: what a browser's preflight carries.
+PREFLIGHT_HEADERS: Final = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+        b"access-control-request-private-network",
+        b"user-agent",
+        b"accept",
+        b"accept-language",
+        b"accept-encoding",
+        b"referer",
+        b"sec-fetch-mode",
+        b"sec-fetch-site",
+        b"sec-fetch-dest",
+        b"cache-control",
+        b"pragma",
+    }
+)
+# Of the app's answer, besides Access-Control-* and the route's own response headers.
+_ANSWER_HEADERS: Final = frozenset({b"vary", b"x-request-id"})
+_CORS_PREFIX: Final = b"access-control-"
+# Answers that have no body, and so no Content-Length (RFC 9110 §8.6).
+_BODILESS: Final = frozenset({204, 304})
 
 
 def is_preflight(scope: Scope, ctx: RequestContext) -> bool:
@@ -41,7 +74,34 @@ def is_preflight(scope: Scope, ctx: RequestContext) -> bool:
             origin = bool(value.strip())
         elif lname == _REQUEST_METHOD:
             method = bool(value.strip())
+        elif lname in _CREDENTIALS:
+            return False
     return origin and method
+
+
+def preflight_answer(send: Send, route_headers: frozenset[bytes]) -> Send:
+    """``send`` for the answer to a preflight let through: the app's status, its CORS headers and
+    ``Vary``, the route's own response headers (``route_headers``: their names) and the request id;
+    no body (an error page's neither). The body's messages are swallowed until the last."""
+
+    async def answer(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [
+                (name, value)
+                for name, value in message["headers"]
+                if name.startswith(_CORS_PREFIX) or name in _ANSWER_HEADERS or name in route_headers
+            ]
+            if status not in _BODILESS and status >= 200:
+                headers.append((b"content-length", b"0"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+        elif message["type"] == "http.response.body":
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await send(message)
+
+    return answer
 
 
 def let_preflight_through(scope: Scope, ctx: RequestContext) -> bool:

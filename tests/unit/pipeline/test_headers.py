@@ -626,3 +626,18 @@ def test_expect_is_not_sent_upstream() -> None:
     out = _out([(b"host", b"app"), (b"Expect", b"100-continue"), (b"X-Kept", b"1")])
     assert b"expect" not in out
     assert out[b"x-kept"] == [b"1"]
+
+
+@pytest.mark.parametrize("name", [b"baggage", b"Baggage", b"BAGGAGE"])
+def test_a_clients_baggage_never_reaches_the_app(name: bytes) -> None:
+    """An attack run: with tracing off, `baggage: userId=admin,role=root` reached the app beside
+    X-Gateway-User, where an OpenTelemetry propagator adopts it (the tracer adds a trusted proxy's back)."""
+    out = _out(
+        [
+            (b"host", b"app"),
+            (name, b"userId=admin,role=root"),
+            (b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"),
+        ]
+    )
+    assert not [value for values in out.values() for value in values if b"role=root" in value]
+    assert b"traceparent" in out  # passed on as the README says when the gateway does not trace
