@@ -8,12 +8,20 @@ Each message names its recipient alone: the incident's title and summary name wh
 detected for ("brute force: dave"), and an incident can affect several people (detections from one
 address join one case), so everyone else affected reads as "another account" in it. An attack run
 had erin's notice say "brute force: dave" and describe dave's failed sign-ins.
+
+The same goes for another person's addresses: a detection's summary can name the address the person it
+was first raised for signed in from before ("signed in 16,087 km from the previous sign-in
+(198.51.100.10)", often their home), and a later detection from the same attacker address joins the
+case with the first summary. So in a case that affects several people, every IP address in the text
+but the case's own (the addresses it is about, which each person may be told) reads as "another
+address" (an attack run's preview told alice bob's previous address).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -33,6 +41,12 @@ __all__ = ["DEFAULT_WHAT_TO_DO", "NoticeChanged", "Notified", "notify_affected"]
 
 # What another affected person's name reads as in a recipient's message.
 _SOMEONE_ELSE: Final = "another account"
+# What an address of the text that is not the case's own reads as, when the case affects several people.
+_ANOTHER_ADDRESS: Final = "another address"
+# Candidates for an IP address in a text (checked with ipaddress): digits and dots, or hex and colons.
+_ADDRESS_LIKE: Final = re.compile(
+    r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f.]{0,4}){2,})(?![\w.:])"
+)
 # A display name shorter than this is looked for only as written, case and all: "Li" or "Wu" is a
 # whole name, and "an" or "of" in any case would be words. One letter is not looked for.
 _SHORTEST_NAME: Final = 3
@@ -68,6 +82,28 @@ def _digest(messages: list[Preview]) -> str:
     display name ($name) and the template behind the same name between the preview and the send."""
     parts = [[m.sender, m.to, m.subject, m.body] for m in messages]
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+class _OwnAddresses:
+    """Every IP address of a text but ``own`` replaced by :data:`_ANOTHER_ADDRESS`."""
+
+    def __init__(self, own: tuple[str, ...]) -> None:
+        self._own = {_normal(a) for a in own}
+
+    def text(self, value: str) -> str:
+        def replace(found: re.Match[str]) -> str:
+            address = _normal(found.group(0))
+            return found.group(0) if address is None or address in self._own else _ANOTHER_ADDRESS
+
+        return _ADDRESS_LIKE.sub(replace, value)
+
+
+def _normal(text: str) -> str | None:
+    """``text`` as an IP address in its usual spelling, or None when it is none."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 class _AsWritten:
@@ -146,6 +182,7 @@ async def notify_affected(
     result = Notified()
     now = cases.clock.now()
     people, names, short = await _recipients(case, accounts, result)
+    addresses = _OwnAddresses(case.addresses)
 
     def about(recipient: Recipient) -> Incident:
         # Every name of everyone else affected: as listed, username, email and display name (a
@@ -162,6 +199,8 @@ async def notify_affected(
         )
         title = as_written.text(others.text(case.title))
         summary = as_written.text(others.text(case.summary or case.title))
+        if len(names) > 1:
+            title, summary = addresses.text(title), addresses.text(summary)
         return Incident(id=case.id, title=title, summary=summary, what_to_do=what_to_do)
 
     written = [(r, about(r)) for r in people]

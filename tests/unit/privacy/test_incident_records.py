@@ -554,3 +554,33 @@ async def test_a_send_bound_to_a_preview_goes_only_as_previewed(world: World) ->
     with pytest.raises(NoticeChanged):
         await notify(True, digest, settings=other)
     assert [e for e in await world.audit.events() if e.kind == "notify.sent"] == []
+
+
+async def test_another_persons_address_is_left_out_of_a_shared_notice(world: World) -> None:
+    """An attack run: two accounts taken over from one attacker address joined one case whose summary,
+    the first detection's, named bob's previous sign-in address (often his home); alice's notice told
+    her that address. The case's own address stays: it is what each person may be told."""
+    await world.person("bob", "bob@example.com")
+    await world.person("alice", "alice@example.com")
+    case = await world.cases.open(
+        title="impossible travel: bob",
+        severity_="high",
+        actor="rule:impossible_travel",
+        users=["bob", "alice"],
+        addresses=["203.0.113.20"],
+        summary="'bob' signed in 16087 km from the previous sign-in (198.51.100.10) 60 min later, "
+        "from 203.0.113.20 (and 2001:db8::7)",
+        rule="impossible_travel",
+    )
+    to_alice = (await _previews(world, case.id))["alice@example.com"]
+    assert "198.51.100.10" not in to_alice.body
+    assert "2001:db8::7" not in to_alice.body
+    assert "the previous sign-in (another address)" in to_alice.body
+    assert "from 203.0.113.20" in to_alice.body
+    # Alone in a case, a person is told the addresses of their own sign-ins.
+    own = await world.cases.open(
+        title="impossible travel: bob", severity_="high", actor="rule:impossible_travel", users=["bob"],
+        addresses=["203.0.113.20"], summary="from the previous sign-in (198.51.100.10)",
+        rule="impossible_travel",
+    )  # fmt: skip
+    assert "(198.51.100.10)" in (await _previews(world, own.id))["bob@example.com"].body
