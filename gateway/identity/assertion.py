@@ -229,7 +229,9 @@ class AssertionSigner:
         if key is None:
             raise SigningUnavailable("no assertion-signing key is active")
         roles = tuple(roles)
-        cache_key = ("client:" + token_id, route_name, key.kid)
+        # The subject too, not only the token's public id (a prefix, or 64 bits of a provider token's
+        # hash): a collision of ids must not hand one client's assertion to another.
+        cache_key = (f"client:{token_id}\0{client}", route_name, key.kid)
         hit = self._cache.get(cache_key)
         if hit is not None and hit.exp - now >= self._min_left and hit.iat <= now and hit.roles == roles:
             return hit.token

@@ -183,6 +183,18 @@ def test_a_bearer_requests_assertion_names_who_the_token_speaks_for_and_its_clie
     assert verify_es256(short, jwks, audience="api", now=clock.time())["exp"] == int(clock.time()) + 30
 
 
+def test_two_clients_with_one_token_id_never_share_an_assertion(
+    signer: AssertionSigner, signing: SigningKeys, clock: FakeClock
+) -> None:
+    """The cache is keyed by the token's public id, a prefix or 64 bits of a provider token's hash: a
+    collision (same id, same roles) must not hand one client's assertion to another."""
+    expires = clock.time() + 3600
+    ci = signer.assertion_for_client("ci", "sha256:0123456789abcdef", "api", [], expires)
+    other = signer.assertion_for_client("mallory", "sha256:0123456789abcdef", "api", [], expires)
+    assert verify_es256(other, signing.jwks(), audience="api", now=clock.time())["sub"] == "mallory"
+    assert signer.assertion_for_client("ci", "sha256:0123456789abcdef", "api", [], expires) == ci  # reused
+
+
 def test_signature_is_raw_r_s_not_der(signer: AssertionSigner, clock: FakeClock) -> None:
     token = signer.assertion_for(make_session(clock), "wiki", None, [])
     assert len(_b64decode(token.split(".")[2])) == 64
