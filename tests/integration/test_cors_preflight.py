@@ -164,3 +164,46 @@ def test_the_access_log_says_why_it_went_through(
     assert entry["gateway"]["decision"] == "public"
     assert entry["gateway"]["reason"] == "cors-preflight"
     assert entry["gateway"]["auth"] == "none"
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(tmp_path_factory: pytest.TempPathFactory, app: RecordingApp) -> Iterator[Gateway]:
+    """A gateway a proxy on loopback asks (forward-auth), with the same preflight route."""
+    tmp = tmp_path_factory.mktemp("cors-forward-auth")
+    routes = [
+        echo_route(app.url, name="api", host="app.localhost", path="/", public_paths=[], cors_preflight=True)
+    ]
+    config = gateway_config(tmp, free_port(), routes, trusted_proxies=["127.0.0.1/32"])
+    with run_gateway(tmp, config) as gateway:
+        yield gateway
+
+
+ASKED = {
+    "X-Forwarded-Method": "OPTIONS",
+    "X-Forwarded-Proto": "http",
+    "X-Forwarded-Host": "app.localhost",
+    "X-Forwarded-Uri": "/api/secret?x=1",
+}
+
+
+def test_forward_auth_lets_a_browsers_preflight_through_and_hands_it_no_cookie(behind_proxy: Gateway) -> None:
+    resp = httpx.get(f"{behind_proxy.url}/.gateway/auth", headers={**ASKED, **PREFLIGHT}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert not resp.headers.get("x-gateway-cookie")
+    assert not resp.headers.get("x-gateway-user")
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [{"Cookie": "app_session=APP-SECRET; other=1"}, {"Authorization": "Basic YWRtaW46aHVudGVyMg=="}],
+)
+def test_forward_auth_refuses_a_preflight_with_credentials(
+    behind_proxy: Gateway, credential: dict[str, str]
+) -> None:
+    """An attack run: a 'preflight' question with the app's cookie got 200 and that cookie in the answer
+    (X-Gateway-Cookie) for the proxy to send on, and the proxy passed its Authorization unchanged."""
+    resp = httpx.get(
+        f"{behind_proxy.url}/.gateway/auth", headers={**ASKED, **PREFLIGHT, **credential}, timeout=30
+    )
+    assert resp.status_code == 401, resp.text
+    assert "APP-SECRET" not in str(resp.headers)
