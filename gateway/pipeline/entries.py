@@ -36,7 +36,7 @@ from gateway.pipeline.forward_auth import (
 )
 from gateway.pipeline.headers import Forwarding, Headers, upstream_request_headers
 from gateway.pipeline.lockdown import LockedDown
-from gateway.pipeline.preflight import PREFLIGHT, PREFLIGHT_HEADERS, preflight_answer
+from gateway.pipeline.preflight import PREFLIGHT, preflight_answer, preflight_request
 from gateway.pipeline.proxy import forward_http
 from gateway.pipeline.refusal import answer_error
 from gateway.pipeline.snapshot import RouteRuntime, Snapshot
@@ -63,7 +63,7 @@ class Clients(Protocol):
 
 def _upstream_headers(
     ctx: RequestContext,
-    scope: Scope,
+    raw: Headers,
     snap: Snapshot,
     rt: RouteRuntime,
     fwd: Forwarding,
@@ -71,20 +71,9 @@ def _upstream_headers(
     *,
     websocket: bool,
 ) -> Headers:
-    """The request's headers for the application (HTTP and WebSocket alike), in one pass."""
-    rec = ctx.rec
-    raw = scope["headers"]
-    if rec.auth is AuthKind.SESSION:
-        strip = snap.strip_identity
-    elif rec.auth is AuthKind.BEARER:
-        strip = snap.strip_bearer
-    else:
-        # Nobody identified: a public path (the app's own cookies pass), or a CORS preflight (only what
-        # a browser's preflight carries).
-        strip = snap.strip_identity
-        if rec.reason == PREFLIGHT:
-            strip = snap.strip_preflight
-            raw = [(name, value) for name, value in raw if name.lower() in PREFLIGHT_HEADERS]
+    """The client's headers ``raw`` as the application gets them (HTTP and WebSocket alike), in one pass."""
+    # A bearer token authenticated the request: its Authorization is the gateway's, not the app's.
+    strip = snap.strip_bearer if ctx.rec.auth is AuthKind.BEARER else snap.strip_identity
     headers = upstream_request_headers(
         raw,
         fwd=fwd,
@@ -158,10 +147,12 @@ class _Http(Entry):
         # Set by the route and receive stages.
         assert rt is not None
         assert fwd is not None
-        headers = _upstream_headers(ctx, scope, snap, rt, fwd, identity, websocket=False)
+        raw = scope["headers"]
         if ctx.rec.reason == PREFLIGHT:
-            # The browser gets the app's status and CORS headers, never its body or cookies.
-            send = preflight_answer(send, frozenset(name for name, _ in rt.response_headers))
+            # A preflight let through without sign-in: the app gets a browser's preflight headers only,
+            # the browser the app's status and CORS headers, never its body or cookies.
+            raw, send = preflight_request(raw), preflight_answer(send, rt.response_headers)
+        headers = _upstream_headers(ctx, raw, snap, rt, fwd, identity, websocket=False)
         return forward_http(
             method=scope["method"],
             path_and_query=ctx.path_and_query,
@@ -237,7 +228,7 @@ class _WebSocket(Entry):
         assert rt is not None
         assert fwd is not None
         ctx.rec.status = 101
-        headers = _upstream_headers(ctx, scope, snap, rt, fwd, identity, websocket=True)
+        headers = _upstream_headers(ctx, scope["headers"], snap, rt, fwd, identity, websocket=True)
         return forward_websocket(
             scope=scope,
             path_and_query=ctx.path_and_query,

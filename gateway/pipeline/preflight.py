@@ -11,7 +11,7 @@ Only what a browser sends passes as a preflight: ``OPTIONS``, both headers, no b
 (a browser never sends ``Cookie``, ``Authorization`` or ``Proxy-Authorization`` on one): an ``OPTIONS``
 with any of them is decided as any other request (an attack run's forward-auth "preflight" got the
 app's cookies back in the answer, and nginx passed its ``Authorization`` on). It reaches the app with
-only the headers a browser's preflight has (:data:`PREFLIGHT_HEADERS`, besides those the gateway sets:
+only the headers a browser's preflight has (:func:`preflight_request`, besides those the gateway sets:
 the app's ``X-Api-Key`` or ``X-Auth-Token`` a script adds do not pass), and no identity header is
 added. What comes back is the
 app's status and its CORS headers (``Access-Control-*``, ``Vary``) and the route's own response
@@ -22,13 +22,15 @@ the reason ``cors-preflight``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from gateway.pipeline.asgi import Message, Scope, Send
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.headers import Headers
 from gateway.pipeline.proxy import NO_BODY
 
-__all__ = ["PREFLIGHT", "PREFLIGHT_HEADERS", "is_preflight", "let_preflight_through", "preflight_answer"]
+__all__ = ["PREFLIGHT", "is_preflight", "let_preflight_through", "preflight_answer", "preflight_request"]
 
 # The access log's gateway.reason for a preflight let through (a value on the wire: never rename it).
 PREFLIGHT: Final = "cors-preflight"
@@ -36,8 +38,9 @@ _ORIGIN: Final = b"origin"
 _REQUEST_METHOD: Final = b"access-control-request-method"
 # A browser never sends these on a preflight (Fetch: a CORS-preflight request omits credentials).
 _CREDENTIALS: Final = frozenset({b"cookie", b"authorization", b"proxy-authorization"})
-#: The client's headers a preflight reaches the app with: what a browser's preflight carries.
-PREFLIGHT_HEADERS: Final = frozenset(
+# The client's headers a preflight reaches the app with: what a browser's preflight carries (never a
+# credential: an OPTIONS with one is no preflight).
+_BROWSER_HEADERS: Final = frozenset(
     {
         b"host",
         b"origin",
@@ -79,10 +82,16 @@ def is_preflight(scope: Scope, ctx: RequestContext) -> bool:
     return origin and method
 
 
-def preflight_answer(send: Send, route_headers: frozenset[bytes]) -> Send:
+def preflight_request(headers: Headers) -> Headers:
+    """The client's headers of a preflight let through, as the app gets them: a browser's only."""
+    return [(name, value) for name, value in headers if name.lower() in _BROWSER_HEADERS]
+
+
+def preflight_answer(send: Send, route_headers: Sequence[tuple[bytes, bytes]]) -> Send:
     """``send`` for the answer to a preflight let through: the app's status, its CORS headers and
-    ``Vary``, the route's own response headers (``route_headers``: their names) and the request id;
-    no body (an error page's neither). The body's messages are swallowed until the last."""
+    ``Vary``, the route's own response headers (``route_headers``) and the request id; no body (an
+    error page's neither). The body's messages are swallowed until the last."""
+    kept = _ANSWER_HEADERS | {name for name, _ in route_headers}
 
     async def answer(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -90,7 +99,7 @@ def preflight_answer(send: Send, route_headers: frozenset[bytes]) -> Send:
             headers = [
                 (name, value)
                 for name, value in message["headers"]
-                if name.startswith(_CORS_PREFIX) or name in _ANSWER_HEADERS or name in route_headers
+                if name.startswith(_CORS_PREFIX) or name in kept
             ]
             if status not in _BODILESS and status >= 200:
                 headers.append((b"content-length", b"0"))

@@ -86,9 +86,6 @@ class Snapshot:
     # is for the gateway only (an application that logs or leaks it must not hand it out), while an
     # Authorization the route itself sets (request_headers) still reaches the application.
     strip_bearer: frozenset[bytes] = frozenset({b"authorization"})
-    # A CORS preflight let through without sign-in reaches the app as a browser sends it: without
-    # credentials of any kind (gateway/pipeline/preflight.py).
-    strip_preflight: frozenset[bytes] = frozenset({b"authorization", b"cookie"})
     # (issuer, audience) of every provider whose access tokens the gateway accepts: a client's
     # Authorization carrying such a token is the gateway's credential, dropped on its way to any app.
     token_audiences: frozenset[tuple[str, str]] = frozenset()
@@ -148,7 +145,6 @@ def build_snapshot(settings: Settings, *, generation: int, source: str) -> Snaps
         public_url=settings.public_url.rstrip("/"),
         strip_identity=strip,
         strip_bearer=strip | {b"authorization"},
-        strip_preflight=strip | {b"authorization", b"cookie"},
         token_audiences=frozenset(
             (p.issuer, p.access_tokens.audience)
             for p in settings.identity_providers

@@ -63,7 +63,7 @@ async def test_the_answer_to_a_preflight_is_its_status_and_cors_headers_only() -
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    answer = preflight_answer(send, frozenset({b"strict-transport-security"}))  # type: ignore[arg-type]
+    answer = preflight_answer(send, [(b"strict-transport-security", b"max-age=2")])  # type: ignore[arg-type]
     headers = [
         (b"access-control-allow-origin", b"https://spa.example.com"),
         (b"vary", b"Origin"),
