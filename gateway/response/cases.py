@@ -29,7 +29,7 @@ from gateway.response.vocabulary import SEVERITIES
 from gateway.store.db import Database, store_errors
 from gateway.threat.incidents import Incident, new_incident_id, parse_incident_id, severity
 
-__all__ = ["CaseNotFound", "CaseView", "Cases", "EntryView", "detection_ids"]
+__all__ = ["CaseNotFound", "CaseView", "Cases", "EntryView", "canonical_address", "detection_ids"]
 
 # A detection joins an open incident of the same rule and person/address opened this recently.
 JOIN_WINDOW: Final = timedelta(hours=24)

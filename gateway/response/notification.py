@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from gateway.notify.audit import recorder
 from gateway.notify.message import Incident, Preview, Recipient, as_previewed, compose, preview
 from gateway.notify.smtp import Delivery, send_all
 from gateway.privacy.mentions import Mentions
-from gateway.response.cases import Cases, CaseView
+from gateway.response.cases import Cases, CaseView, canonical_address
 from gateway.settings.schema import Settings
 
 __all__ = ["DEFAULT_WHAT_TO_DO", "NoticeChanged", "Notified", "notify_affected"]
@@ -43,7 +42,7 @@ __all__ = ["DEFAULT_WHAT_TO_DO", "NoticeChanged", "Notified", "notify_affected"]
 _SOMEONE_ELSE: Final = "another account"
 # What an address of the text that is not the case's own reads as, when the case affects several people.
 _ANOTHER_ADDRESS: Final = "another address"
-# Candidates for an IP address in a text (checked with ipaddress): digits and dots, or hex and colons.
+# Candidates for an IP address in a text (checked by canonical_address): digits and dots, or hex and colons.
 _ADDRESS_LIKE: Final = re.compile(
     r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f.]{0,4}){2,})(?![\w.:])"
 )
@@ -85,25 +84,17 @@ def _digest(messages: list[Preview]) -> str:
 
 
 class _OwnAddresses:
-    """Every IP address of a text but ``own`` replaced by :data:`_ANOTHER_ADDRESS`."""
+    """Every IP address of a text but ``own`` (the case's, canonical) replaced by :data:`_ANOTHER_ADDRESS`."""
 
     def __init__(self, own: tuple[str, ...]) -> None:
-        self._own = {_normal(a) for a in own}
+        self._own = frozenset(own)
 
     def text(self, value: str) -> str:
         def replace(found: re.Match[str]) -> str:
-            address = _normal(found.group(0))
+            address = canonical_address(found.group(0))
             return found.group(0) if address is None or address in self._own else _ANOTHER_ADDRESS
 
         return _ADDRESS_LIKE.sub(replace, value)
-
-
-def _normal(text: str) -> str | None:
-    """``text`` as an IP address in its usual spelling, or None when it is none."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
 
 
 class _AsWritten:
