@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from gateway.audit.trail import AuditLog
     from gateway.backup.manifest import Manifest
     from gateway.crypto.keyring import Keyring
-    from gateway.privacy.holds import HoldRecord, Holds
+    from gateway.privacy.holds import CarriedHolds, HoldRecord, Holds
     from gateway.settings.schema import Settings
     from gateway.store.db import Database
     from gateway.store.fast.base import FastState
@@ -190,7 +190,6 @@ async def node_privacy(settings: Settings, backup: Path) -> NodePrivacy:
     from gateway.backup.manifest import MANIFEST_NAME, BackupError, parse_manifest
     from gateway.backup.snapshot import sqlite_path
     from gateway.privacy.holds import stored_holds
-    from gateway.privacy.models import PrivacyRequest
     from gateway.store.db import Database
 
     url = storage_url(settings)
@@ -203,13 +202,8 @@ async def node_privacy(settings: Settings, backup: Path) -> NodePrivacy:
         seq = None  # the restore refuses the backup, before anything is carried
     db = Database.open(url, pool_size=1)
     try:
-        holds = await stored_holds(db)
+        holds, requests = await stored_holds(db), await _request_kinds(db)
         async with db.session() as session:
-            rows = (
-                await session.execute(
-                    select(PrivacyRequest.ref, PrivacyRequest.kind).order_by(PrivacyRequest.id)
-                )
-            ).all()
             head: tuple[int, str] | None = None
             if seq == 0:
                 # A backup of an empty trail: any trail descends from it, but an empty one (a new
@@ -221,7 +215,7 @@ async def node_privacy(settings: Settings, backup: Path) -> NodePrivacy:
                     await session.scalars(select(AuditEvent.record_hash).where(AuditEvent.seq == seq))
                 ).first()
                 head = (seq, found) if found is not None else None
-        return NodePrivacy(holds, {ref: kind for ref, kind in rows}, head=head, database=str(database))
+        return NodePrivacy(holds, requests, head=head, database=str(database))
     except Exception as exc:  # noqa: BLE001 - a damaged node is what a restore is for
         return NodePrivacy([], {}, f"cannot read the node's database {database}: {exc}")
     finally:
@@ -237,10 +231,7 @@ async def carry_privacy(
     (``REF (kind)``). Holds that could not be read, or were read from a database that is not the
     deployment's, are said on stderr, loudly: what they held is deleted by the next retention run
     otherwise."""
-    from sqlalchemy import select
-
     from gateway.privacy.holds import Holds
-    from gateway.privacy.models import PrivacyRequest
 
     if node.problem is not None:
         return _holds_not_carried(node.problem), []
@@ -255,16 +246,36 @@ async def carry_privacy(
         carried = await Holds(db, keyring, audit).carry(node.holds, by=operator(), why=why)
     except GatewayError as exc:
         return _holds_not_carried(f"cannot write them into the restored database ({exc})"), []
-    said = [
-        f"legal holds carried over: {len(carried.placed)} placed since this backup"
+    return [_carried_line(carried, "this backup")], await _lacking(db, node.requests)
+
+
+def _carried_line(carried: CarriedHolds, since: str) -> str:
+    """What a carry changed, for the operator: the holds placed again and released, by reference."""
+    return (
+        f"legal holds carried over: {len(carried.placed)} placed since {since}"
         + (f" ({', '.join(carried.placed)})" if carried.placed else "")
         + f", {len(carried.released)} released since"
         + (f" ({', '.join(carried.released)})" if carried.released else "")
-    ]
+    )
+
+
+async def _request_kinds(db: Database) -> dict[str, str]:
+    """The privacy requests in ``db``'s register: ref -> kind."""
+    from sqlalchemy import select
+
+    from gateway.privacy.models import PrivacyRequest
+
     async with db.session() as session:
-        here = set((await session.scalars(select(PrivacyRequest.ref))).all())
-    lost = [f"{ref} ({kind})" for ref, kind in node.requests.items() if ref not in here]
-    return said, lost
+        rows = (
+            await session.execute(select(PrivacyRequest.ref, PrivacyRequest.kind).order_by(PrivacyRequest.id))
+        ).all()
+    return {ref: kind for ref, kind in rows}
+
+
+async def _lacking(db: Database, requests: dict[str, str]) -> list[str]:
+    """The requests of ``requests`` (ref -> kind) that ``db``'s register lacks, as ``REF (kind)``."""
+    here = await _request_kinds(db)
+    return [f"{ref} ({kind})" for ref, kind in requests.items() if ref not in here]
 
 
 def _holds_not_carried(problem: str) -> list[str]:
@@ -304,12 +315,9 @@ async def carry_from_live(live_url: str, db: Database, holds: Holds, *, by: str)
         Failed: The trails share no record (nothing was changed).
         StoreUnavailable: A database cannot be read, or ``db`` written.
     """
-    from sqlalchemy import select
-
     from gateway.audit.descent import shared_trail
     from gateway.cli.harness import Failed
     from gateway.privacy.holds import stored_holds
-    from gateway.privacy.models import PrivacyRequest
     from gateway.store.db import Database
 
     live = Database.open(live_url, pool_size=1)
@@ -323,8 +331,7 @@ async def carry_from_live(live_url: str, db: Database, holds: Holds, *, by: str)
                 "with `gateway privacy hold place`"
             )
         node = await stored_holds(live)
-        async with live.session() as session:
-            requests = dict((await session.execute(select(PrivacyRequest.ref, PrivacyRequest.kind))).all())
+        requests = await _request_kinds(live)
     finally:
         await live.close()
     carried = await holds.carry(
@@ -333,12 +340,6 @@ async def carry_from_live(live_url: str, db: Database, holds: Holds, *, by: str)
     said = [
         f"audit trails: the restored one is the live one up to record {shared.shared}"
         + (f", and has {shared.own} record(s) of its own since" if shared.own else ""),
-        f"legal holds carried over: {len(carried.placed)} placed since the restore's target"
-        + (f" ({', '.join(carried.placed)})" if carried.placed else "")
-        + f", {len(carried.released)} released since"
-        + (f" ({', '.join(carried.released)})" if carried.released else ""),
+        _carried_line(carried, "the restore's target"),
     ]
-    async with db.session() as session:
-        here = set((await session.scalars(select(PrivacyRequest.ref))).all())
-    lost = [f"{ref} ({kind})" for ref, kind in requests.items() if ref not in here]
-    return LiveCarry(said, lost)
+    return LiveCarry(said, await _lacking(db, requests))
