@@ -57,6 +57,9 @@ def _user_id(page: Page, username: str) -> int:
 
 
 def _background(page: Page, selector: str) -> str:
+    # A click's navigation is done once the page is parsed, perhaps before its stylesheet arrives
+    # (slow on a loaded machine): until then every cell is transparent.
+    page.wait_for_load_state("load")
     return str(
         page.evaluate(f"getComputedStyle(document.querySelector({json.dumps(selector)})).backgroundColor")
     )
