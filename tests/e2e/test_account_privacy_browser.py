@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, Request, Response, expect
 
 from gateway.privacy.export import SCHEMA_PATH
-from tests.e2e.conftest import Site, oathtool, shot
+from tests.e2e.conftest import Site, no_horizontal_scroll, oathtool, shot
 from tests.e2e.test_browser import sign_in_with_password
 
 pytestmark = pytest.mark.peer
@@ -135,7 +135,7 @@ def test_download_choose_correct_and_erase_through_the_page(
     shot(page, "portal-privacy")
     # On a phone: the tables stack, nothing scrolls sideways.
     page.set_viewport_size({"width": 390, "height": 820})
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert no_horizontal_scroll(page)
     shot(page, "portal-privacy-390")
 
     # A wrong confirmation erases nothing and says what to type.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import add_virtual_authenticator, shot
+from tests.e2e.conftest import add_virtual_authenticator, no_horizontal_scroll, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, run_console
 from tests.support.smtp_server import SmtpServer, smtp_server
 
@@ -58,7 +58,7 @@ def _photograph(page: Page, name: str) -> None:
         shot(page, name + suffix)
         page.screenshot(path=str(DOCS / f"{name}{suffix}.png"), full_page=True)
         if width == 390:
-            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), name
+            assert no_horizontal_scroll(page), name
     page.set_viewport_size({"width": 1280, "height": 900})
 
 

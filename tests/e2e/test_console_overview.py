@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import no_horizontal_scroll, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
 from tests.support.wait import wait_until
 
@@ -54,7 +54,7 @@ def test_the_overview_shows_the_policy_stores_replicas_and_counts(
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-overview-390")
     # No horizontal scrolling at phone width.
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert no_horizontal_scroll(page)
     # Dark mode follows the system: the same page on a dark background, every section reachable.
     page.set_viewport_size({"width": 1280, "height": 900})
     light = page.evaluate("getComputedStyle(document.body).backgroundColor")

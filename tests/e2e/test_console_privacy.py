@@ -23,7 +23,7 @@ from gateway.clock import FakeClock
 from gateway.privacy.register import Channel, Kind, Register
 from gateway.settings.schema import PrivacySettings
 from gateway.store.db import Database, default_sqlite_url
-from tests.e2e.conftest import shot
+from tests.e2e.conftest import no_horizontal_scroll, shot
 from tests.e2e.console_site import Console, ConsoleAdmin, admin_page, console
 
 __all__ = ["admin_page", "console"]
@@ -158,10 +158,10 @@ def test_overdue_request_hold_placed_and_released_and_erasure_from_the_user_page
     shot(page, "console-privacy")
     DOC_SHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(DOC_SHOT), full_page=True)
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert no_horizontal_scroll(page)
     page.emulate_media(color_scheme="dark")
     shot(page, "console-privacy-dark")
     # At phone width the tables stack their cells: nothing scrolls sideways.
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "console-privacy-390")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert no_horizontal_scroll(page)
