@@ -23,6 +23,8 @@ import re
 import unicodedata
 from typing import Final
 
+from gateway.names import hidden_character
+
 __all__ = [
     "AUTHORITY_USERNAMES",
     "MAX_EMAIL_LENGTH",
@@ -122,7 +124,13 @@ def fold(text: str) -> str:
 
 
 def _invisible(char: str) -> bool:
-    return unicodedata.category(char) in _INVISIBLE_CATEGORIES or char.isspace()
+    # hidden_character adds the default-ignorable letters (the Hangul fillers U+115F, U+1160, U+3164,
+    # U+FFA0 are Lo): "eve" and a filler listed as "eve" beside the admin eve (an attack run).
+    return (
+        unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        or char.isspace()
+        or hidden_character(char) is not None
+    )
 
 
 # Scripts whose letters imitate each other (U+0430 Cyrillic a, U+03BF Greek o): a name mixing them

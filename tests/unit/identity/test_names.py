@@ -77,6 +77,11 @@ USERNAMES_REFUSED = [
     ("a-\u0301", "combining mark", "combining mark on punctuation"),
     ("x" + "\u0300" * (MAX_MARKS_PER_LETTER + 1), "combining mark", "stacked marks"),
     ("\ue000", "invisible", "private use"),
+    ("eve\u3164", "invisible", "Hangul filler: a letter that reads as eve (an attack run)"),
+    ("ex\u115fy", "invisible", "Hangul choseong filler inside"),
+    ("eve\uffa0", "invisible", "half-width Hangul filler"),
+    ("al\u034fice", "invisible", "combining grapheme joiner after a letter"),
+    ("al\u2800ice", "invisible", "Braille blank"),
     ("..", "letter or a digit", "a path segment: the console's /users/.. is its overview (an attack run)"),
     (".", "letter or a digit", "the current path segment"),
     ("-_@+.", "letter or a digit", "punctuation alone"),
@@ -155,6 +160,7 @@ EMAILS_REFUSED = [
     ("alice@exa mple.com", "space", "space in the domain"),
     ("al\u200dice@example.com", "invisible", "zero-width joiner"),
     ("alice@example.com\u202e", "invisible", "right-to-left override"),
+    ("ax\u115fy@x.com", "invisible", "Hangul filler (an attack run)"),
     ("a" * MAX_EMAIL_LENGTH + "@example.com", "longer than", "too long"),
 ]
 
