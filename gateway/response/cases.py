@@ -152,6 +152,13 @@ def canonical_address(text: str) -> str | None:
     return str(mapped or address)
 
 
+def _names(given: Sequence[str], what: str) -> list[str]:
+    """Each affected person or route as one line a reader sees whole, or a 400 naming the one refused:
+    the names are listed on the record and in the confirm of an action on those accounts, where a
+    right-to-left override reversed the names after it (an attack run stored ``x\u202ey``)."""
+    return [_clean(name, f"{what} {name[:60]!r}", limit=256, one_line=True) for name in given]
+
+
 def _addresses(given: Sequence[str]) -> list[str]:
     """Each affected address as :func:`canonical_address` writes it, or a 400 naming the one refused.
 
@@ -245,6 +252,7 @@ class Cases:
             BadRequest: an empty title, an unknown severity, text too long.
         """
         _check_severity(severity_)
+        users, routes = _names(users, "The affected person"), _names(routes, "The route")
         addresses = _addresses(addresses)
         now = self.clock.now()
         row = IncidentCase(
@@ -403,6 +411,7 @@ class Cases:
         """Change the owner, severity, root cause or lessons; add affected users, routes, addresses."""
         if severity_ is not None:
             _check_severity(severity_)
+        users, routes = _names(users, "The affected person"), _names(routes, "The route")
         addresses = _addresses(addresses)
         changed: dict[str, object] = {}
         async with self._db.session(write=True) as session:
