@@ -87,6 +87,7 @@ from gateway.observe.metrics import CONTENT_TYPE, Scraper
 from gateway.pipeline.authorize import AUTHENTICATED
 from gateway.pipeline.canonical import canonicalize, refuse_unless_canonical
 from gateway.pipeline.headers import forwarding_for, new_request_id
+from gateway.reasons import LINE_RULE, OPTIONAL_REASON_PATTERN, REASON_PATTERN
 from gateway.response.workflow import RecoveryChecksFailed
 from gateway.services import IdentityServices, Services
 from gateway.settings.current import CurrentConfig, LiveConfig
@@ -875,6 +876,21 @@ def _is_page(request: Request[Any, Any, Any]) -> bool:
     return "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api")
 
 
+# msgspec names the pattern a field missed; a reason's is a character class of some forty ranges.
+_PATTERN_RULES: Final = {
+    repr(REASON_PATTERN): "say why, in words: " + LINE_RULE,
+    repr(OPTIONAL_REASON_PATTERN): "if given, " + LINE_RULE,
+}
+
+
+def _readable(message: str) -> str:
+    """``message`` with a reason's pattern said in words."""
+    for pattern, rule in _PATTERN_RULES.items():
+        if pattern in message:
+            return rule
+    return message
+
+
 def _validation_error(
     identity: IdentityServices,
 ) -> Callable[[Request[Any, Any, Any], ValidationException], Response[Any]]:
@@ -886,7 +902,8 @@ def _validation_error(
         for item in exc.extra if isinstance(exc.extra, list) else []:
             if isinstance(item, dict):
                 key = item.get("key")
-                problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+                message = _readable(str(item.get("message")))
+                problems.append(f"{key}: {message}" if key else message)
         detail = "; ".join(problems) or str(exc.detail)
         response = _gateway_error(
             request, BadRequest("The request is not valid; nothing was changed. " + detail)

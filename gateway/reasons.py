@@ -5,7 +5,8 @@ reason of only spaces says nothing, which defeats asking for one; a line break o
 in it forged whole lines in `gateway lockdown status` and `gateway incident list` (an attack run
 printed a fake "incident lifted by" line that way). So a reason is one line of printable text with
 something in it: no C0 or C1 control character (tab and line breaks included), no Unicode line or
-paragraph separator and no bidirectional override, which could make a line read as another.
+paragraph separator, no bidirectional override, which could make a line read as another, and nothing
+else a reader cannot see (:func:`gateway.names.hidden_character`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "is_one_line", "reason_problem"]
+from gateway.names import HIDDEN_CHARACTER_CLASS
 
-_CHAR: Final = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+__all__ = ["LINE_RULE", "OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "is_one_line", "reason_problem"]
+
+# Nothing a reader cannot see either (a zero-width space, a soft hyphen, a Hangul filler: an attack
+# run's reasons carried them where notes refused them): the class gateway.names checks names with.
+_CHAR: Final = rf"[^{HIDDEN_CHARACTER_CLASS}]"
 #: One line of printable text with at least one character that is not a space (for msgspec.Meta).
 REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+$"
 #: The same, or nothing at all (where a reason is optional).
 OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?$"
 _LINE: Final = re.compile(rf"^{_CHAR}*$")
+#: What a reason that is not one line is told (the patterns' character class is no sentence).
+LINE_RULE: Final = (
+    "a reason is one line of text: no line breaks, tabs, control characters or characters a reader cannot see"
+)
 
 
 def is_one_line(text: str) -> bool:
@@ -34,5 +43,5 @@ def reason_problem(text: str) -> str | None:
     if not text.strip():
         return "a reason is required: say why, in words"
     if not is_one_line(text):
-        return "a reason is one line of text: no line breaks, tabs or control characters"
+        return LINE_RULE
     return None

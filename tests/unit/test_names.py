@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import unicodedata
+
 import pytest
 
-from gateway.names import hidden_character
+from gateway.names import HIDDEN_CHARACTER_CLASS, hidden_character
 
 
 @pytest.mark.parametrize(
@@ -48,3 +52,16 @@ def test_what_a_reader_cannot_see_is_found(text: str) -> None:
 )
 def test_honest_names_in_any_script_pass(text: str) -> None:
     assert hidden_character(text) is None
+
+
+def test_the_pattern_class_finds_every_assigned_character_hidden_character_finds() -> None:
+    # The class is written out as ranges (a pattern cannot ask for a category); a Unicode update that
+    # assigns a new format character would otherwise slip past every reason pattern unnoticed.
+    found = re.compile(f"[{HIDDEN_CHARACTER_CLASS}]")
+    differ = [
+        f"U+{point:04X}"
+        for point in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(point)) != "Cn"
+        and (found.match(chr(point)) is not None) != (hidden_character(chr(point)) is not None)
+    ]
+    assert differ == []

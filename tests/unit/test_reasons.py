@@ -29,6 +29,10 @@ def test_a_line_of_text_is_a_reason(text: str) -> None:
         ("c1 \x9b31m", "one line"),
         ("line\u2028separator", "one line"),
         ("bidi \u202egnp.exe", "one line"),
+        ("routine\u200b", "reader cannot see"),  # zero-width space (an attack run's reasons took these)
+        ("soft\u00adhyphen", "reader cannot see"),
+        ("eve\u3164", "reader cannot see"),  # Hangul filler
+        ("tag \U000e0041", "reader cannot see"),
     ],
 )
 def test_blank_or_multi_line_text_is_refused(text: str, phrase: str) -> None:
