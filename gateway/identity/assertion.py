@@ -210,13 +210,15 @@ class AssertionSigner:
         expires_at: float,
         *,
         client_id: str = "",
+        optout: tuple[str, ...] = (),
     ) -> str:
         """The signed assertion for a request authenticated by a bearer token on this route.
 
         ``sub`` is who the token speaks for; ``client_id`` is the OAuth client it was issued to, the
         same as ``sub`` for a machine client's own token (RFC 9068 §2.2), the application for a
         person's provider token. ``amr`` is empty: no one authenticated to the gateway. The token's
-        own expiry bounds ``exp``. Reused per token, route and key like a session's.
+        own expiry bounds ``exp``. Reused per token, route and key like a session's. ``optout`` is
+        a person's, as a session's assertion carries it (a machine client has none).
 
         Raises:
             AssertionRefused: Empty client or route.
@@ -233,7 +235,13 @@ class AssertionSigner:
         # hash): a collision of ids must not hand one client's assertion to another.
         cache_key = (f"client:{token_id}\0{client}", route_name, key.kid)
         hit = self._cache.get(cache_key)
-        if hit is not None and hit.exp - now >= self._min_left and hit.iat <= now and hit.roles == roles:
+        if (
+            hit is not None
+            and hit.exp - now >= self._min_left
+            and hit.iat <= now
+            and hit.roles == roles
+            and hit.optout == optout
+        ):
             return hit.token
         iat = int(now)
         exp = min(iat + self._ttl, max(iat + 1, int(expires_at)))
@@ -242,8 +250,10 @@ class AssertionSigner:
             "roles": list(roles), "amr": [], "gateway_auth": "bearer", "iat": iat, "exp": exp,
             "jti": secrets.token_urlsafe(16),
         }  # fmt: skip
+        if optout:
+            claims["optout"] = list(optout)
         token = self._encode_signed(_private_half(key), key.kid, claims)
-        self._keep(cache_key, _Cached(token, iat, exp, None, roles, (), ()))
+        self._keep(cache_key, _Cached(token, iat, exp, None, roles, (), optout))
         return token
 
     def _keep(self, cache_key: tuple[str, str, str], cached: _Cached) -> None:

@@ -7,11 +7,17 @@ creates or links an account. A disabled, restricted or closed account is no acco
 Answers (found or not) are cached per worker for ``ttl`` (1 s): the hot path does at most one
 query per person per second per worker, and a disabled account is refused everywhere within a
 second (invariant 4), as sessions are.
+
+With the account comes what not to process for the person (``optout``, the assertion's claim, as a
+session carries it): a token has no session that a consent withdrawn or an objection could reach,
+and an assertion without the claim reads as "nothing opted out" to the app (an attack run's objecting
+person was sent to the app without it). A choice reaches the person's tokens within ``ttl``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -23,21 +29,44 @@ from gateway.machine.provider_principals import refuse, subject_of
 from gateway.settings.schema import AccessTokens
 from gateway.store.db import Database, store_errors
 
-__all__ = ["LinkedAccounts"]
+__all__ = ["LinkedAccounts", "LinkedPerson", "OptoutOf"]
+
+#: What not to process for an account (``gateway.privacy.consent.Consents.optout_of``, given by the
+#: composition root: the privacy layer is above this one).
+OptoutOf = Callable[[User], Awaitable[tuple[str, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedPerson:
+    """The account a person's token speaks for, and the purposes not to process for them."""
+
+    username: str
+    optout: tuple[str, ...] = ()
 
 
 class LinkedAccounts:
-    """``(provider, sub)`` → the linked account's username, or None."""
+    """``(provider, sub)`` → the linked account (:class:`LinkedPerson`), or None."""
 
-    def __init__(self, db: Database, clock: Clock, *, ttl: float = 1.0, size: int = 10_000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        optout_of: OptoutOf | None = None,
+        ttl: float = 1.0,
+        size: int = 10_000,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._optout_of = optout_of
         self._ttl = ttl
         self._size = size
-        self._cache: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._cache: dict[tuple[str, str], tuple[LinkedPerson | None, float]] = {}
         self.queries = 0
 
-    async def person(self, provider: str, claims: Mapping[str, Any], tokens: AccessTokens) -> str | None:
+    async def person(
+        self, provider: str, claims: Mapping[str, Any], tokens: AccessTokens
+    ) -> LinkedPerson | None:
         """The account a verified token speaks for: None for a client's own token.
 
         Raises:
@@ -51,9 +80,9 @@ class LinkedAccounts:
             return None
         if tokens.users != "linked":
             raise refuse("user-tokens-refused")
-        return await self.username(provider, subject)
+        return await self.linked(provider, subject)
 
-    async def username(self, provider: str, subject: str) -> str | None:
+    async def linked(self, provider: str, subject: str) -> LinkedPerson | None:
         """The linked account that may act, or None (no link, or the account cannot sign in).
 
         Raises:
@@ -73,9 +102,12 @@ class LinkedAccounts:
         async with self._db.session() as session:
             with store_errors("cannot find the token's account"):
                 user = (await session.execute(query)).scalar_one_or_none()
-        name = user.username if user is not None and user.can_sign_in else None
+        found = None
+        if user is not None and user.can_sign_in:
+            optout = await self._optout_of(user) if self._optout_of is not None else ()
+            found = LinkedPerson(user.username, optout)
         self._cache.pop(key, None)
         while len(self._cache) >= self._size:
             del self._cache[next(iter(self._cache))]
-        self._cache[key] = (name, mono)
-        return name
+        self._cache[key] = (found, mono)
+        return found

@@ -228,11 +228,12 @@ class ProviderIntrospection:
         claims = answer.claims
         now = self._clock.time()
         exp = _number(claims.get("exp"))
-        username = await self._accounts.person(idp.name, claims, tokens)
+        person = await self._accounts.person(idp.name, claims, tokens)
         return verified_token(
             provider=idp.name,
             claims=claims,
-            username=username,
+            username=person.username if person is not None else None,
+            optout=person.optout if person is not None else (),
             token_id="sha256:" + key[:16],
             expires_at=exp if exp is not None else now + tokens.cache_ttl,
         )

@@ -176,11 +176,12 @@ class ProviderJwtTokens:
             raise refuse("key")
         claims = _signed_claims(token, keys, alg)
         _check_claims(claims, header, idp, tokens, now=self._clock.time())
-        username = await self._accounts.person(idp.name, claims, tokens)
+        person = await self._accounts.person(idp.name, claims, tokens)
         return verified_token(
             provider=idp.name,
             claims=claims,
-            username=username,
+            username=person.username if person is not None else None,
+            optout=person.optout if person is not None else (),
             token_id="sha256:" + hash_token(token)[:16],
             expires_at=float(claims["exp"]),
         )

@@ -123,6 +123,7 @@ def verified_token(
     username: str | None,
     token_id: str,
     expires_at: float,
+    optout: tuple[str, ...] = (),
 ) -> VerifiedToken:
     """The :class:`VerifiedToken` of verified claims (see the module docstring for the principals).
 
@@ -132,6 +133,7 @@ def verified_token(
         username: For a person's token, the linked account's name (the caller looked it up).
         token_id: A public id for logs (a hash prefix or the ``jti``, never the token).
         expires_at: Unix time the token stops being accepted.
+        optout: For a person's token, what not to process for them (the assertion's ``optout``).
 
     Raises:
         TokenRefused: no usable ``client_id``, the reserved one, or a person's token without ``username``.
@@ -160,6 +162,7 @@ def verified_token(
         issuer=provider,
         client_id=name if username is None else f"{provider}:{client_id}",
         person=username is not None,
+        optout=optout if username is not None else (),
     )
 
 

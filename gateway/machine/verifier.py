@@ -51,6 +51,7 @@ class VerifiedToken:
         client_id: The OAuth client the token was issued to; empty when that is ``subject`` itself.
         person: ``subject`` is a person's account (an identity provider's user token for a linked
             account), not a machine client: the log and the assertion name the person.
+        optout: For a person, the purposes not to process for them (the assertion's ``optout``).
     """
 
     subject: str
@@ -62,6 +63,7 @@ class VerifiedToken:
     issuer: str
     client_id: str = ""
     person: bool = False
+    optout: tuple[str, ...] = ()
 
     @property
     def actor(self) -> str:

@@ -308,6 +308,12 @@ def authorize_client(
         _post(request, BodyOverrides(principals, route, path, policy, rec, True, without_roles))
     roles = policy.roles_for(principals)
     assertion = signer.assertion_for_client(
-        client.subject, client.token_id, route, roles, client.expires_at, client_id=client.client_id
+        client.subject,
+        client.token_id,
+        route,
+        roles,
+        client.expires_at,
+        client_id=client.client_id,
+        optout=client.optout,
     )
     return client_identity_headers(client, roles, assertion, names)

@@ -387,7 +387,7 @@ def _provider_verifiers(
     """
     audit = ProviderAudit(identity.audit, identity.clock)
     stack.push_async_callback(audit.close)
-    accounts = LinkedAccounts(db, identity.clock)
+    accounts = LinkedAccounts(db, identity.clock, optout_of=identity.consents.optout_of)
 
     def providers() -> tuple[IdentityProvider, ...]:
         return live.current.settings.identity_providers

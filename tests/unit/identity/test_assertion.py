@@ -183,6 +183,23 @@ def test_a_bearer_requests_assertion_names_who_the_token_speaks_for_and_its_clie
     assert verify_es256(short, jwks, audience="api", now=clock.time())["exp"] == int(clock.time()) + 30
 
 
+def test_a_persons_token_carries_their_opt_outs_and_a_new_choice_is_not_served_from_the_cache(
+    signer: AssertionSigner, signing: SigningKeys, clock: FakeClock
+) -> None:
+    """An attack run: a person who objected was sent to the app through their provider token with no
+    ``optout``, which reads as "nothing opted out"."""
+    expires = clock.time() + 3600
+    jwks = signing.jwks()
+    plain = signer.assertion_for_client("alice", "jwt:1", "api", [], expires, client_id="corp:reporter")
+    assert "optout" not in verify_es256(plain, jwks, audience="api", now=clock.time())
+    objected = signer.assertion_for_client(
+        "alice", "jwt:1", "api", [], expires, client_id="corp:reporter", optout=("policy_analytics",)
+    )
+    assert objected != plain
+    claims = verify_es256(objected, jwks, audience="api", now=clock.time())
+    assert claims["optout"] == ["policy_analytics"]
+
+
 def test_two_clients_with_one_token_id_never_share_an_assertion(
     signer: AssertionSigner, signing: SigningKeys, clock: FakeClock
 ) -> None:

@@ -33,7 +33,9 @@ from gateway.machine.provider_accounts import LinkedAccounts
 from gateway.machine.provider_audit import ProviderAudit
 from gateway.machine.provider_jwt import ProviderJwtTokens, looks_like_jwt
 from gateway.machine.verifier import TokenRefused, Verifiers
-from gateway.settings.schema import AccessTokens, IdentityProvider
+from gateway.privacy.consent import Consents
+from gateway.privacy.purposes import POLICY_ANALYTICS
+from gateway.settings.schema import DEFAULT_PURPOSES, AccessTokens, IdentityProvider
 from gateway.store.db import Database
 
 ISSUER = "https://idp.example.com"
@@ -299,6 +301,37 @@ async def test_a_disabled_account_is_refused_within_the_cache_second(site: Site,
     assert site.accounts.queries == queries
     site.clock.advance(1.5)
     assert await site.refusal(token) == "user-not-linked"
+
+
+async def test_a_persons_token_carries_what_they_opted_out_of_within_the_cache_second(
+    site: Site, audit_db: Database
+) -> None:
+    """An attack run: the assertion of an objecting person's provider token had no ``optout``, which
+    the app reads as "nothing opted out"; their session's had it."""
+    consents = Consents(
+        audit_db, AuditLog(audit_db, clock=site.clock), None, purposes=lambda: DEFAULT_PURPOSES
+    )
+    site.accounts = LinkedAccounts(audit_db, site.clock, optout_of=consents.optout_of)
+    site.verifier = ProviderJwtTokens(
+        lambda: (site.idp,),
+        lambda _idp: cast(ProviderClient, site.client),
+        site.accounts,
+        site.audit,
+        site.clock,
+    )
+    site.idp = provider(users="linked")
+    await _link(audit_db, "dora", "sub-dora")
+    token = site.token(sub="sub-dora")
+    assert (await site.verifier.verify(token, route="api", ip="192.0.2.1")).optout == ()
+    async with audit_db.session() as session:
+        dora = (await session.execute(select(User).where(User.username == "dora"))).scalar_one()
+    analytics = next(p for p in DEFAULT_PURPOSES if p.name == POLICY_ANALYTICS)
+    assert await consents.object(dora.id, analytics, method="portal", actor="dora")
+    site.clock.advance(1.5)
+    verified = await site.verifier.verify(token, route="api", ip="192.0.2.1")
+    assert verified.optout == (POLICY_ANALYTICS,)
+    # A client's own token speaks for no one: nothing to opt out of.
+    assert (await site.verifier.verify(site.token(), route="api", ip="192.0.2.1")).optout == ()
 
 
 async def _refusal_records(audit_db: Database) -> list[dict[str, Any]]:

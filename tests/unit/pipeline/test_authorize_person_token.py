@@ -8,6 +8,7 @@ granted locally (``users.roles``, which a token never carries) gave 403 ``insuff
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import cast
 
@@ -50,6 +51,7 @@ class Signer:
 
     def __init__(self) -> None:
         self.roles: list[tuple[str, ...]] = []
+        self.optouts: list[tuple[str, ...]] = []
 
     def assertion_for_client(
         self,
@@ -60,8 +62,10 @@ class Signer:
         expires_at: float,
         *,
         client_id: str,
+        optout: tuple[str, ...] = (),
     ) -> str:
         self.roles.append(tuple(roles))
+        self.optouts.append(optout)
         return "assertion"
 
     def assertion_for(self, session: Session, route: str, email: str | None, roles: Sequence[str]) -> str:
@@ -179,3 +183,15 @@ def test_a_worker_behind_the_policy_decides_no_token_either(policy: LivePolicy, 
     with pytest.raises(PolicyBehind):
         as_token(policy, token(), "GET", "/v1/profile", clock)
     assert policy.authorizer.cache.misses == 0
+
+
+def test_the_persons_opt_outs_reach_the_assertion(policy: LivePolicy, clock: FakeClock) -> None:
+    """What the person opted out of (looked up with the linked account) is handed to the signer: an
+    attack run's objecting person reached the app through their token as if they had not objected."""
+    signer = Signer()
+    objecting = dataclasses.replace(token("reports.read"), optout=("policy_analytics",))
+    authorize_client(
+        client=objecting, route="api", method="GET", path="/v1/reports/1", policy=policy,
+        signer=cast(AssertionSigner, signer), request=request(clock), sample=cast(DecisionSample, None),
+    )  # fmt: skip
+    assert signer.optouts == [("policy_analytics",)]
