@@ -222,9 +222,17 @@ def _safe_absolute(
     if host and origin in set(extra_origins):
         # The admin console's own origin (its port is no route's): back there after a step-up.
         return not rest or _safe_path(rest if rest.startswith("/") else "/" + rest)
-    # The auth host's own port is allowed for route hosts too: in development, every host is served
-    # by the one listener. Other ports on a trusted name are not trusted (another service).
-    if port not in (_DEFAULT_PORTS[scheme], public_port):
+    # Every host is served on the public URL's port (one listener, or the front that forwards to it);
+    # the other scheme only as the public one's twin on both default ports (http:// beside
+    # https://, where plain HTTP is allowed). Any other port on a trusted name is another service, the
+    # scheme's default port too when the gateway is not on it: the hand-off sends its codes to the
+    # return URL's origin, and a service on app.example.com:443 beside a gateway on :8443 caught them
+    # and signed its own browser in as the person (an attack run).
+    public_scheme = urlsplit(public_url).scheme.lower()
+    if scheme == public_scheme:
+        if port != public_port:
+            return False
+    elif port != _DEFAULT_PORTS[scheme] or public_port != _DEFAULT_PORTS.get(public_scheme):
         return False
     allowed = [
         public_host,

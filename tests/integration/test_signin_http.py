@@ -526,6 +526,11 @@ def test_return_url_never_leaves_the_site(site: Site) -> None:
         target = urlsplit(resp.headers["location"])
         assert (target.netloc, target.path) == (f"localhost:{site.a.port}", "/.gateway/handoff")
         assert parse_qs(target.query)["rd"] == ["/x"]
+        # The route host on the default port, where the gateway is not: another service there would
+        # get the hand-off's codes and sign its own browser in as this person (an attack run).
+        for default in ("http://localhost/x", "http://localhost:80/x", "https://localhost/x"):
+            resp = client.get("/.gateway/login", params={"rd": default})
+            assert (resp.status_code, resp.headers["location"]) == (302, "/.gateway/account"), default
 
         off_site: dict[str, str] = {}
         for rd in HOSTILE_RD:

@@ -66,7 +66,12 @@ def test_allow_http(rd: str, expected: str) -> None:
         # Development: everything on one listener, so the auth host's port is fine for route hosts.
         ("http://localhost:8080/x", OK),
         ("http://app.localhost:8080/x", OK),
-        ("http://app.localhost/x", OK),
+        # Not the default port when the gateway is not on it: another service there caught the
+        # hand-off's codes and signed its own browser in as the person (an attack run).
+        ("http://app.localhost/x", NO),
+        ("http://localhost/x", NO),
+        ("https://app.localhost/x", NO),
+        ("https://app.localhost:8080/x", NO),  # the other scheme only as a twin on default ports
         ("http://app.localhost:9999/x", NO),
         ("http://evil.localhost:8080/x", NO),
     ],
