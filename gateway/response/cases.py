@@ -152,6 +152,12 @@ def canonical_address(text: str) -> str | None:
     return str(mapped or address)
 
 
+def readable_text(text: str, what: str, *, limit: int = _MAX_TEXT) -> str:
+    """``text`` stripped, if a reader sees all of it (line breaks and tabs allowed, as in a note),
+    else a 400 naming ``what``: for text the incident's people read, such as a notice's "what to do"."""
+    return _clean(text, what, limit=limit)
+
+
 def _names(given: Sequence[str], what: str) -> list[str]:
     """Each affected person or route as one line a reader sees whole, or a 400 naming the one refused:
     the names are listed on the record and in the confirm of an action on those accounts, where a

@@ -24,7 +24,7 @@ from gateway.errors import GatewayError
 from gateway.identity.accounts import AccountService
 from gateway.identity.sessions import SessionStore
 from gateway.response.actions import ActionResult, parse_account_action, record_action, run_account_action
-from gateway.response.cases import Cases, CaseView, detection_ids
+from gateway.response.cases import Cases, CaseView, detection_ids, readable_text
 from gateway.response.evidence import seal_evidence
 from gateway.response.notification import DEFAULT_WHAT_TO_DO, Notified, notify_affected
 from gateway.response.phases import Phase, check_move, parse_phase, refuse_closed
@@ -250,11 +250,14 @@ class Workflow:
             raise MailNotConfigured(
                 "notify.smtp is not configured: there is no mail server to send through (a preview needs none)"
             )
+        # Refused as a note's text is: a right-to-left override in what the people are told to do
+        # would make the mail read otherwise than the console showed it.
+        advice = readable_text(what_to_do, "What to do", limit=2000) if what_to_do else ""
         case = await self.cases.get(case_id)
         if not preview:
             refuse_closed(case.phase, "a notification")
         return await notify_affected(
             case, settings=self.settings, accounts=self.accounts, cases=self.cases, audit=self.audit,
-            actor=actor, template=template, what_to_do=what_to_do or DEFAULT_WHAT_TO_DO, send=not preview,
+            actor=actor, template=template, what_to_do=advice or DEFAULT_WHAT_TO_DO, send=not preview,
             previewed=previewed,
         )  # fmt: skip

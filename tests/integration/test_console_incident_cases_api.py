@@ -272,6 +272,13 @@ def _walk(site: Site, boss: httpx.Client, bob: httpx.Client, mail: SmtpServer) -
         )
         assert_error(stale, 409, "notice-changed")
     assert mail.received == []
+    # What to do is read as the console shows it: nothing a reader cannot see (a right-to-left override
+    # would make the mail read otherwise), as in a note.
+    hidden = api(
+        site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": True, "what_to_do": "Do \u202eton"}
+    )
+    assert_error(hidden, 400, "bad-request")
+    assert "cannot see" in hidden.json()["message"]
     read = ok(api(site, boss, "POST", f"{BASE}/{case_id}/notify", json={"preview": True, "what_to_do": todo}))
     assert read["digest"] != preview["digest"]
     sent = ok(
