@@ -199,63 +199,38 @@ def breaks_glass(session: Session, *, policy: LivePolicy, settings: LockdownSett
 
 
 def passkey_held_back(
-    session: Session,
-    *,
-    state: LockdownState,
-    policy: LivePolicy,
-    settings: LockdownSettings,
-    now: float,
-    admin_role: str | None = None,
+    session: Session, *, state: LockdownState, settings: LockdownSettings, now: float
 ) -> bool:
-    """Whether a lockdown holds back a new passkey for ``session``: while one is on, a person who could
-    break the glass (the group or its role) adds a passkey only from a session that breaks it already.
+    """Whether a lockdown holds back a new passkey for ``session``: while one is on, anyone adds a
+    passkey only from a session that used one within ``lockdown.max_factor_age``.
 
-    A passkey is what breaks the glass because a password, an authenticator code and an identity
-    provider's sign-in can be phished. But an account without a passkey may add its first with exactly
-    those (a fresh code, or a fresh password or provider sign-in for a first factor), and then use it:
-    an attacker holding a break-glass admin's phished provider sign-in would pass the lockdown that
-    was switched on against them. A session that breaks the glass already proved a passkey.
+    A passkey is what breaks the glass, and what the admin API asks for during a lockdown
+    (``admin.access.require_lockdown_passkey``), because a password, an authenticator code and an
+    identity provider's sign-in can be phished. An account without a passkey may add its first with
+    exactly those, so an attacker holding a break-glass admin's phished sign-in would add theirs and
+    pass the lockdown switched on against them.
 
-    The same holds for holders of ``admin_role``: during a lockdown the admin API takes changes only
-    from a session with a recent passkey (``admin.access.require_lockdown_passkey``), and a phished
-    admin session without one would otherwise add the attacker's and switch the lockdown off.
+    Who could break the glass is not a question a session can answer for its account: the group comes
+    from one provider's claims for one sign-in, and the passkey belongs to the account. An attack run
+    registered the passkey from a session of the same account without the group (another provider
+    entry linked to it, or a local password), then used it in a session with the group, and switched
+    the lockdown off. So the hold is for everyone: a person who never had a passkey adds their first
+    once the lockdown is off.
     """
-    if not state.on:
-        return False
-    group = settings.break_glass_group
-    principals = principals_of(session)
-    roles = policy.roles_for(principals)
-    max_age = float(settings.max_factor_age)
-    if in_break_glass_group(session, group=group, roles=roles) or (
-        # Read as the admin API reads admin.role: roles_for leaves principal names out, and a
-        # re-attack run's `admin.role: user:boss` was an admin to the API but not to this check.
-        admin_role is not None and policy.authorizer.index.holds_role(principals, admin_role)
-    ):
-        return not recent_passkey(session, max_age=max_age, now=now)
-    return False
+    return state.on and not recent_passkey(session, max_age=float(settings.max_factor_age), now=now)
 
 
 class NewPasskeys:
-    """:func:`passkey_held_back` on the worker's lockdown switch and policy, for the pages."""
+    """:func:`passkey_held_back` on the worker's lockdown switch, for the pages."""
 
-    __slots__ = ("_lockdown", "_policy")
+    __slots__ = ("_lockdown",)
 
-    def __init__(self, lockdown: Lockdown, policy: LivePolicy) -> None:
+    def __init__(self, lockdown: Lockdown) -> None:
         self._lockdown = lockdown
-        self._policy = policy
 
-    def held_back(
-        self, session: Session, settings: LockdownSettings, now: float, *, admin_role: str | None = None
-    ) -> bool:
+    def held_back(self, session: Session, settings: LockdownSettings, now: float) -> bool:
         """Whether the lockdown in force holds back a new passkey for ``session``."""
-        return passkey_held_back(
-            session,
-            state=self._lockdown.state,
-            policy=self._policy,
-            settings=settings,
-            now=now,
-            admin_role=admin_role,
-        )
+        return passkey_held_back(session, state=self._lockdown.state, settings=settings, now=now)
 
 
 class Lockdown:

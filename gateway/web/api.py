@@ -145,15 +145,15 @@ _ADD_PASSKEY_FIRST = (
     "Confirm it's you first: use your second factor again (one of your passkeys, when you have one)."
 )
 _LOCKDOWN_PASSKEY = (
-    "A lockdown is on, and a passkey would let you through it: adding one needs a session that signed in "
-    "with a passkey you already have. Ask another administrator to lift the lockdown or to check your "
-    "account first."
+    "A lockdown is on: while it lasts, a passkey is added only from a session that signed in with a "
+    "passkey you already have (a new one could open the lockdown to whoever holds your password). Add it "
+    "once the lockdown is lifted, or ask an administrator."
 )
 
 
 def _may_add_passkey_now(s: Session, config: CurrentConfig, passkeys: NewPasskeys, now: float) -> None:
     """Refuse (403) a new passkey that a lockdown holds back (:func:`gateway.threat.lockdown.passkey_held_back`)."""
-    if passkeys.held_back(s, config.settings.lockdown, now, admin_role=config.settings.admin.role):
+    if passkeys.held_back(s, config.settings.lockdown, now):
         raise PermissionDeniedException(_LOCKDOWN_PASSKEY)
 
 

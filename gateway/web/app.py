@@ -179,7 +179,7 @@ def dependencies(services: WorkerServices) -> Mapping[str, Provide]:
         "readiness": constant(services.readiness),
         "privacy": constant(services.privacy),
         "invitations": constant(Invitations(services.fast, services.identity.clock)),
-        "passkeys": constant(NewPasskeys(services.lockdown, services.policy)),
+        "passkeys": constant(NewPasskeys(services.lockdown)),
     }
 
 
