@@ -153,7 +153,7 @@ class ExplainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A hypothetical request. Give ``principals`` or ``username`` (not both)."""
 
     route: Field
-    method: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,20}$", description="As sent: GET, POST, …")]
+    method: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,20}\Z", description="As sent: GET, POST, …")]
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
     principals: list[Field] | None = None
     username: Field | None = None

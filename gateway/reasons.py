@@ -22,10 +22,12 @@ __all__ = ["LINE_RULE", "OPTIONAL_REASON_PATTERN", "REASON_PATTERN", "is_one_lin
 # run's reasons carried them where notes refused them): the class gateway.names checks names with.
 _CHAR: Final = rf"[^{HIDDEN_CHARACTER_CLASS}]"
 #: One line of printable text with at least one character that is not a space (for msgspec.Meta).
-REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+$"
+REASON_PATTERN: Final = rf"^(?=.*\S){_CHAR}+\Z"
 #: The same, or nothing at all (where a reason is optional).
-OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?$"
-_LINE: Final = re.compile(rf"^{_CHAR}*$")
+OPTIONAL_REASON_PATTERN: Final = rf"^(?:(?=.*\S){_CHAR}+)?\Z"
+# \Z, not $: "$" also matches before a final line break, and an attack run's reason "...\n" broke
+# a row of `gateway incident list`.
+_LINE: Final = re.compile(rf"^{_CHAR}*\Z")
 #: What a reason that is not one line is told (the patterns' character class is no sentence).
 LINE_RULE: Final = (
     "a reason is one line of text: no line breaks, tabs, control characters or characters a reader cannot see"

@@ -94,7 +94,7 @@ CaseId = Annotated[
     ),
 ]
 # One line, no control characters: names of people, routes and addresses, an owner.
-_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 _Names = Annotated[list[_Name], msgspec.Meta(max_length=1000)]
 _Text = Annotated[str, msgspec.Meta(max_length=4000)]
 Reason = Annotated[

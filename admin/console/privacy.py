@@ -164,7 +164,7 @@ Law = Annotated[
 ]
 # As the accounts service checks a display name: no control characters, no bidi overrides.
 DisplayName = Annotated[
-    str, msgspec.Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$")
+    str, msgspec.Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*\Z")
 ]
 
 
@@ -238,7 +238,7 @@ class PlaceHold(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             min_length=1,
             max_length=200,
             # A path segment of the release URL: no "/" (and no control characters).
-            pattern=r"^(?=.*\S)[^/\x00-\x1f\x7f]+$",
+            pattern=r"^(?=.*\S)[^/\x00-\x1f\x7f]+\Z",
             description="The order's reference (case number), unique; no '/'.",
         ),
     ]

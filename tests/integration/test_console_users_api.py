@@ -357,7 +357,14 @@ def test_actions_on_nobody_are_404_and_audited(site: Site, boss: httpx.Client) -
     ],
 )
 @pytest.mark.parametrize(
-    "reason", ["   ", "\n\t", "routine\n2026-12-05T19:53:00Z  admin.lockdown  user:boss2", "routine\u200b"]
+    "reason",
+    [
+        "   ",
+        "\n\t",
+        "routine\n2026-12-05T19:53:00Z  admin.lockdown  user:boss2",
+        "routine\u200b",
+        "routine\n",
+    ],
 )
 def test_a_blank_or_multi_line_reason_is_refused_and_changes_nothing(
     site: Site,

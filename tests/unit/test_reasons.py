@@ -33,6 +33,7 @@ def test_a_line_of_text_is_a_reason(text: str) -> None:
         ("soft\u00adhyphen", "reader cannot see"),
         ("eve\u3164", "reader cannot see"),  # Hangul filler
         ("tag \U000e0041", "reader cannot see"),
+        ("credential stuffing\n", "one line"),  # "$" matches before a final line break (an attack run)
     ],
 )
 def test_blank_or_multi_line_text_is_refused(text: str, phrase: str) -> None:
