@@ -56,12 +56,14 @@ from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import BadRequest, GatewayError
 from gateway.identity import issuers
+from gateway.identity.confusables import look_alike_shape, skeleton
 from gateway.identity.devices import KnownDevices, password_generation
 from gateway.identity.invitations import Invitations
 from gateway.identity.ledger import AccountLedger, Entry, State
 from gateway.identity.machine_names import hold_names, service_account_names
 from gateway.identity.models import RecoveryCode, TotpCredential, User, WebAuthnCredential
 from gateway.identity.names import (
+    AUTHORITY_USERNAMES,
     RESERVED_USERNAMES,
     canonical_email,
     canonical_username,
@@ -72,6 +74,7 @@ from gateway.identity.owed import owe
 from gateway.identity.passwords import PasswordHasher
 from gateway.identity.regulation import AccountLocked, Regulator
 from gateway.identity.retired import retire, retired_among
+from gateway.names import hidden_character
 from gateway.observe.redact import looks_secret
 from gateway.store.db import Database, store_errors
 from gateway.store.fast import StateUnavailable
@@ -271,12 +274,21 @@ def _check_display_name(raw: str) -> str:
     name = raw.strip()
     if len(name) > MAX_DISPLAY_NAME_LENGTH:
         raise InvalidAccount(f"The display name is longer than {MAX_DISPLAY_NAME_LENGTH} characters.")
-    # Format characters (zero-width joiner) are legitimate in names and emoji; control characters and
-    # bidi overrides are not: they can make the admin console or a log line read differently.
+    # The joiners are how names are written in some scripts (Persian's zero-width non-joiner) and
+    # emoji are built (the joiner, the variation selectors); nothing else a reader cannot see: control
+    # characters and bidi overrides make the console or a log line read differently, and a Hangul filler
+    # or a line separator passed here while every other name refused them (an attack run).
     for char in name:
-        if unicodedata.category(char) == "Cc" or "\u202a" <= char <= "\u202e" or "\u2066" <= char <= "\u2069":
-            raise InvalidAccount("The display name contains a control character.")
+        if char not in _NAME_JOINERS and hidden_character(char) is not None:
+            if unicodedata.category(char) == "Cc":
+                raise InvalidAccount("The display name contains a control character.")
+            raise InvalidAccount(
+                f"The display name contains a character a reader cannot see (U+{ord(char):04X})."
+            )
     return name
+
+
+_NAME_JOINERS: Final = frozenset("\u200c\u200d\ufe0e\ufe0f")
 
 
 def account_name(raw: str) -> str:
@@ -490,7 +502,7 @@ class AccountService:
             address = canonical_email(email) if email is not None and email.strip() else None
         except ValueError as exc:
             raise _invalid(exc) from exc
-        if (mixed := mixed_script(name)) is not None:
+        if (mixed := mixed_script(name) or look_alike_shape(name)) is not None:
             raise InvalidAccount(mixed)
         if name in RESERVED_USERNAMES:
             raise InvalidAccount(
@@ -576,6 +588,7 @@ class AccountService:
                 f"A service account is named {name!r}: the applications would not tell the two apart "
                 "(X-Gateway-User, the assertion's sub). Choose another username."
             )
+        await _refuse_look_alike(session, name)
 
     @staticmethod
     def _exists(taken: User, name: str, address: str | None) -> AccountExists:
@@ -1603,3 +1616,19 @@ def _enrolled_before(
 ) -> tuple[ColumnElement[bool], ...]:
     """The condition "enrolled before ``before``" on a factor table (none: every row)."""
     return () if before is None else (model.created_at < before,)
+
+
+async def _refuse_look_alike(session: AsyncSession, name: str) -> None:
+    """InvalidAccount if ``name`` reads as a name in use (:mod:`gateway.identity.confusables`): an
+    account's username or email, a service account's name, or a name the audit trail gives authority."""
+    read = skeleton(name)
+    if read == name:
+        return
+    held = read in AUTHORITY_USERNAMES or read in RESERVED_USERNAMES
+    if not held:
+        found = await session.scalars(
+            select(User.id).where(or_(User.username == read, User.email == read)).limit(1)
+        )
+        held = found.first() is not None or bool(await service_account_names(session, [read]))
+    if held:
+        raise InvalidAccount(f"{name!r} reads as {read!r}, a name already in use: choose another username.")

@@ -193,6 +193,12 @@ async def test_email_equal_to_another_username_is_refused(world: World) -> None:
         ({"roles": ["two words"]}, InvalidAccount),
         ({"roles": ["a,b"]}, InvalidAccount),
         ({"display_name": "evil\x1b[2J"}, InvalidAccount),
+        ({"display_name": "Dave\u3164filler"}, InvalidAccount),  # a Hangul filler (an attack run)
+        ({"display_name": "Frank\u2028admin@corp.example  active  admin"}, InvalidAccount),
+        ({"display_name": "Eve\u200b"}, InvalidAccount),
+        ({"username": "alice."}, InvalidAccount),  # a trailing dot reads as alice
+        ({"username": "b\u0966b"}, InvalidAccount),  # a Devanagari zero reads as o
+        ({"username": "adm\u0661n"}, InvalidAccount),  # an Arabic-Indic one reads as l
         ({"password": "short"}, WeakPassword),
     ],
 )
@@ -204,6 +210,37 @@ async def test_invalid_input_is_refused_before_anything_is_stored(
     assert info.value.args[0]  # a message for a human
     assert await world.accounts.list(limit=10, offset=0) == []
     assert await world.events("user.created") == []
+
+
+@pytest.mark.parametrize(
+    ("existing", "typed"),
+    [
+        ("alice", "al\u0130ce"),  # stored as "ali" + a combining dot: drawn as alice (an attack run)
+        ("alice", "al\u0131\u0307ce"),
+        ("alice", "a\u01c0ice"),
+        ("bob", "b\u0585b"),
+        ("joe", "\u0458\u043e\u0435"),  # wholly Cyrillic
+        ("admin", "\u0251dmin"),
+    ],
+)
+async def test_a_name_that_reads_as_one_in_use_is_refused(world: World, existing: str, typed: str) -> None:
+    await world.accounts.create(username=existing, password=None, actor="admin:root")
+    with pytest.raises(InvalidAccount, match="reads as"):
+        await world.accounts.create(username=typed, password=None, actor="admin:root")
+    assert [u.username for u in await world.accounts.list(limit=10, offset=0)] == [existing]
+
+
+async def test_a_name_in_another_script_and_a_joined_display_name_are_names(world: World) -> None:
+    """The controls: a Cyrillic username that reads as no one in use, and a display name with the
+    zero-width non-joiner Persian is written with and an emoji built with joiners."""
+    await world.accounts.create(username="joe", password=None, actor="admin:root")
+    made = await world.accounts.create(
+        username="\u0430\u043b\u0435\u043a\u0441\u0435\u0439",
+        password=None,
+        actor="admin:root",
+        display_name="\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001f469\u200d\U0001f4bb",
+    )
+    assert made.username == "\u0430\u043b\u0435\u043a\u0441\u0435\u0439"
 
 
 async def test_weak_password_carries_the_policy_message(world: World) -> None:

@@ -257,6 +257,55 @@ async def test_a_provider_cannot_give_a_person_a_name_of_authority(world: World,
     assert mapped.user.username == f"{name.lower()}-person@corp.test"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "adm\u0131\u0307n",  # dotless i and a combining dot: reads as admin (an attack run)
+        "ro\u0585t",  # an Armenian o
+        "\u0251dmin",  # Latin alpha
+        "ADM\u0130N",  # capital I with dot above, case-folded to i and a dot
+    ],
+)
+async def test_a_provider_cannot_give_a_name_that_reads_as_one_of_authority(world: World, name: str) -> None:
+    """The name-of-authority check read the name as stored; these read as admin or root."""
+    mapped = await world.mapper.map(
+        JIT, subject=f"s-{name}", claims=claims(email="someone@corp.test", preferred_username=name)
+    )
+    assert mapped.user.username == "someone@corp.test"
+
+
+@pytest.mark.parametrize(
+    ("existing", "claimed"),
+    [
+        ("joe", "\u0458\u043e\u0435"),  # wholly Cyrillic: mixes no script (an attack run)
+        ("pace", "\u0440\u0430\u0441\u0435"),
+        ("bob", "b\u0585b"),  # an Armenian o
+        ("alice", "al\u0130ce"),  # folded to i and a combining dot, drawn as one dotted i
+        ("alice", "a\u01c0ice"),  # the dental click, a vertical bar like l
+        ("joe", "joe."),  # a trailing dot
+        ("bob", "b\u0966b"),  # a Devanagari zero
+    ],
+)
+async def test_a_provider_cannot_give_a_name_that_reads_as_an_existing_one(
+    world: World, existing: str, claimed: str
+) -> None:
+    await world.add_local(existing)
+    mapped = await world.mapper.map(
+        JIT, subject=f"s-{claimed}", claims=claims(email="newcomer@corp.test", preferred_username=claimed)
+    )
+    assert mapped.user.username == "newcomer@corp.test"
+
+
+async def test_a_name_in_another_script_that_reads_as_no_one_is_kept(world: World) -> None:
+    """The control: a Cyrillic name is a name; it is refused only where it reads as one in use."""
+    mapped = await world.mapper.map(
+        JIT,
+        subject="s-ru",
+        claims=claims(email="x@corp.test", preferred_username="\u0430\u043b\u0435\u043a\u0441\u0435\u0439"),
+    )
+    assert mapped.user.username == "\u0430\u043b\u0435\u043a\u0441\u0435\u0439"
+
+
 async def test_two_replicas_creating_the_same_person_end_with_one_account(
     world: World, database: Database
 ) -> None:
