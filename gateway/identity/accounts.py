@@ -40,7 +40,7 @@ import hmac
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
@@ -99,6 +99,7 @@ __all__ = [
     "account_exists",
     "account_name",
     "account_roles",
+    "look_alikes",
 ]
 
 #: What every failed password sign-in says, whatever the cause.
@@ -588,7 +589,10 @@ class AccountService:
                 f"A service account is named {name!r}: the applications would not tell the two apart "
                 "(X-Gateway-User, the assertion's sub). Choose another username."
             )
-        await _refuse_look_alike(session, name)
+        if read := (await look_alikes(session, [name])).get(name):
+            raise InvalidAccount(
+                f"{name!r} reads as {read!r}, a name already in use: choose another username."
+            )
 
     @staticmethod
     def _exists(taken: User, name: str, address: str | None) -> AccountExists:
@@ -1618,17 +1622,18 @@ def _enrolled_before(
     return () if before is None else (model.created_at < before,)
 
 
-async def _refuse_look_alike(session: AsyncSession, name: str) -> None:
-    """InvalidAccount if ``name`` reads as a name in use (:mod:`gateway.identity.confusables`): an
-    account's username or email, a service account's name, or a name the audit trail gives authority."""
-    read = skeleton(name)
-    if read == name:
-        return
-    held = read in AUTHORITY_USERNAMES or read in RESERVED_USERNAMES
-    if not held:
-        found = await session.scalars(
-            select(User.id).where(or_(User.username == read, User.email == read)).limit(1)
-        )
-        held = found.first() is not None or bool(await service_account_names(session, [read]))
-    if held:
-        raise InvalidAccount(f"{name!r} reads as {read!r}, a name already in use: choose another username.")
+async def look_alikes(session: AsyncSession, names: Iterable[str]) -> dict[str, str]:
+    """Each of ``names`` that reads as another name in use (:mod:`gateway.identity.confusables`), with
+    what it reads as: an account's username or email, a service account's name, or a name the audit
+    trail gives authority. For a new local account and for an identity provider's candidate names."""
+    reads = {name: read for name in names if (read := skeleton(name)) != name}
+    if not reads:
+        return {}
+    wanted = set(reads.values())
+    rows = await session.execute(
+        select(User.username, User.email).where(or_(User.username.in_(wanted), User.email.in_(wanted)))
+    )
+    used = {value for row in rows for value in row if value is not None}
+    used |= await service_account_names(session, list(wanted))
+    used |= wanted & (AUTHORITY_USERNAMES | RESERVED_USERNAMES)
+    return {name: read for name, read in reads.items() if read in used}

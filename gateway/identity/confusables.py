@@ -11,7 +11,8 @@ beside ``alice``, ``ro\u0585t`` (an Armenian o) through an identity provider's u
 The :func:`skeleton` of a name maps every character that Unicode's confusables data (UTS #39, as the
 ``confusable_homoglyphs`` package ships it) says looks like an ASCII letter or digit to that character,
 drops the combining dot above after ``i`` and ``j`` (a reader sees one dot) and trailing dots. A new
-name whose skeleton differs from itself and equals a name in use is refused (:func:`reads_as`).
+name whose skeleton differs from itself and equals a name in use is refused
+(:func:`gateway.identity.accounts.look_alikes`).
 ASCII is left as it is (``1`` and ``l`` stay apart): the names people type are compared as typed.
 """
 

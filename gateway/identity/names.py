@@ -104,9 +104,6 @@ def is_gateway_id(value: str) -> bool:
 _USERNAME_PUNCTUATION: Final = frozenset("._-@+")
 _LETTER_CATEGORIES: Final = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo"})
 _MARK_CATEGORIES: Final = frozenset({"Mn", "Mc"})
-# Controls, format characters (zero-width joiner/space, bidi overrides, soft hyphen), separators,
-# unassigned and private-use code points: all invisible or unpredictable on screen.
-_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
 
 def _describe(char: str) -> str:
@@ -124,13 +121,10 @@ def fold(text: str) -> str:
 
 
 def _invisible(char: str) -> bool:
-    # hidden_character adds the default-ignorable letters (the Hangul fillers U+115F, U+1160, U+3164,
-    # U+FFA0 are Lo): "eve" and a filler listed as "eve" beside the admin eve (an attack run).
-    return (
-        unicodedata.category(char) in _INVISIBLE_CATEGORIES
-        or char.isspace()
-        or hidden_character(char) is not None
-    )
+    # What gateway.names finds a reader cannot see (controls, format characters, private use,
+    # unassigned, separators, and the default-ignorable letters: a Hangul filler after "eve" listed as
+    # eve beside the admin eve, an attack run), and every space.
+    return char.isspace() or unicodedata.category(char) == "Zs" or hidden_character(char) is not None
 
 
 # Scripts whose letters imitate each other (U+0430 Cyrillic a, U+03BF Greek o): a name mixing them

@@ -17,7 +17,6 @@ person was sent to the app without it). A choice reaches the person's tokens wit
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -25,23 +24,15 @@ from sqlalchemy import select
 from gateway.clock import Clock
 from gateway.identity.models import User
 from gateway.identity.oidc.models import IdentityLink
-from gateway.machine.provider_principals import refuse, subject_of
+from gateway.machine.provider_principals import LinkedPerson, refuse, subject_of
 from gateway.settings.schema import AccessTokens
 from gateway.store.db import Database, store_errors
 
-__all__ = ["LinkedAccounts", "LinkedPerson", "OptoutOf"]
+__all__ = ["LinkedAccounts", "OptoutOf"]
 
 #: What not to process for an account (``gateway.privacy.consent.Consents.optout_of``, given by the
 #: composition root: the privacy layer is above this one).
 OptoutOf = Callable[[User], Awaitable[tuple[str, ...]]]
-
-
-@dataclass(frozen=True, slots=True)
-class LinkedPerson:
-    """The account a person's token speaks for, and the purposes not to process for them."""
-
-    username: str
-    optout: tuple[str, ...] = ()
 
 
 class LinkedAccounts:

@@ -228,12 +228,10 @@ class ProviderIntrospection:
         claims = answer.claims
         now = self._clock.time()
         exp = _number(claims.get("exp"))
-        person = await self._accounts.person(idp.name, claims, tokens)
         return verified_token(
             provider=idp.name,
             claims=claims,
-            username=person.username if person is not None else None,
-            optout=person.optout if person is not None else (),
+            person=await self._accounts.person(idp.name, claims, tokens),
             token_id="sha256:" + key[:16],
             expires_at=exp if exp is not None else now + tokens.cache_ttl,
         )

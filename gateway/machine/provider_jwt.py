@@ -176,12 +176,10 @@ class ProviderJwtTokens:
             raise refuse("key")
         claims = _signed_claims(token, keys, alg)
         _check_claims(claims, header, idp, tokens, now=self._clock.time())
-        person = await self._accounts.person(idp.name, claims, tokens)
         return verified_token(
             provider=idp.name,
             claims=claims,
-            username=person.username if person is not None else None,
-            optout=person.optout if person is not None else (),
+            person=await self._accounts.person(idp.name, claims, tokens),
             token_id="sha256:" + hash_token(token)[:16],
             expires_at=float(claims["exp"]),
         )

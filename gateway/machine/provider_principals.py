@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway.machine.verifier import TokenRefused, VerifiedToken
@@ -41,6 +42,7 @@ __all__ = [
     "REFUSALS",
     "SCOPE",
     "USER",
+    "LinkedPerson",
     "client_principal",
     "refuse",
     "scope_principal",
@@ -116,27 +118,34 @@ def client_principal(provider: str, client_id: str) -> str:
     return f"{CLIENT}{provider}:{client_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class LinkedPerson:
+    """The account a person's token speaks for, and the purposes not to process for them."""
+
+    username: str
+    optout: tuple[str, ...] = ()
+
+
 def verified_token(
     *,
     provider: str,
     claims: Mapping[str, Any],
-    username: str | None,
+    person: LinkedPerson | None,
     token_id: str,
     expires_at: float,
-    optout: tuple[str, ...] = (),
 ) -> VerifiedToken:
     """The :class:`VerifiedToken` of verified claims (see the module docstring for the principals).
 
     Args:
         provider: The provider's configured name.
         claims: The token's verified claims (JWT payload, or the introspection answer).
-        username: For a person's token, the linked account's name (the caller looked it up).
+        person: For a person's token, the linked account and what not to process for them (the
+            caller looked it up: :class:`~gateway.machine.provider_accounts.LinkedAccounts`).
         token_id: A public id for logs (a hash prefix or the ``jti``, never the token).
         expires_at: Unix time the token stops being accepted.
-        optout: For a person's token, what not to process for them (the assertion's ``optout``).
 
     Raises:
-        TokenRefused: no usable ``client_id``, the reserved one, or a person's token without ``username``.
+        TokenRefused: no usable ``client_id``, the reserved one, or a person's token without a linked account.
     """
     client_id = _string(claims, "client_id")
     if client_id is None:
@@ -148,10 +157,10 @@ def verified_token(
         name = f"{provider}:{client_id}"
         principals = frozenset((client_principal(provider, client_id), *scopes))
     else:
-        if username is None:
+        if person is None:
             raise refuse("user-not-linked")
-        name = username
-        principals = frozenset((f"{USER}{username}", *scopes))
+        name = person.username
+        principals = frozenset((f"{USER}{name}", *scopes))
     return VerifiedToken(
         subject=name,
         principals=principals,
@@ -160,9 +169,9 @@ def verified_token(
         expires_at=expires_at,
         token_id=token_id,
         issuer=provider,
-        client_id=name if username is None else f"{provider}:{client_id}",
-        person=username is not None,
-        optout=optout if username is not None else (),
+        client_id=f"{provider}:{client_id}" if person is not None else name,
+        person=person is not None,
+        optout=person.optout if person is not None else (),
     )
 
 

@@ -37,13 +37,12 @@ from typing import Any, Final
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.trail import AuditLog
 from gateway.clock import Clock
 from gateway.crypto.keyring import Keyring
 from gateway.errors import GatewayError
-from gateway.identity.accounts import account_exists
+from gateway.identity.accounts import account_exists, look_alikes
 from gateway.identity.confusables import look_alike_shape, skeleton
 from gateway.identity.machine_names import hold_names, policy_names, service_account_names
 from gateway.identity.models import User
@@ -194,23 +193,6 @@ def _username_candidates(
     digest = hashlib.sha256(subject.encode()).hexdigest()
     proposed.extend((f"{idp.name}-{digest[:16]}", f"{idp.name}-{digest[:32]}"))
     return proposed
-
-
-async def _look_alikes(session: AsyncSession, candidates: list[str]) -> set[str]:
-    """The candidates whose skeleton (:mod:`gateway.identity.confusables`) is another name in use."""
-    reads = {name: read for name in candidates if (read := skeleton(name)) != name}
-    if not reads:
-        return set()
-    rows = (
-        await session.execute(
-            select(User.username, User.email).where(
-                or_(User.username.in_(reads.values()), User.email.in_(reads.values()))
-            )
-        )
-    ).all()
-    used = {value for row in rows for value in row if value is not None}
-    used |= await service_account_names(session, list(reads.values()))
-    return {name for name, read in reads.items() if read in used}
 
 
 def _folded(raw: str) -> str | None:
@@ -415,7 +397,7 @@ class IdentityMapper:
                 # Usernames and emails are one namespace (either may be typed as a login).
                 taken = {value for row in rows for value in row if value is not None}
                 # And a name that reads as one in use (an attack run's Cyrillic "\u0458\u043e\u0435" beside joe).
-                taken |= await _look_alikes(session, candidates)
+                taken |= (await look_alikes(session, candidates)).keys()
                 # A service account's name too: the apps would take the person for the machine.
                 taken |= await service_account_names(session, candidates)
                 # A name the policy already grants to a person, chosen here by whoever signs in. Not

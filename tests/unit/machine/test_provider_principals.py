@@ -18,7 +18,7 @@ def _principals(provider: str, scope: str) -> frozenset[str]:
     token = verified_token(
         provider=provider,
         claims={"client_id": "reporter", "scope": scope},
-        username=None,
+        person=None,
         token_id="t",
         expires_at=0.0,
     )
